@@ -1,0 +1,667 @@
+"""The gateway's configuration: one frozen object, built once at start.
+
+Sources, highest precedence first: twistd plugin options, the process
+environment, an optional env file (``--env-file``, systemd
+``EnvironmentFile=`` syntax), the documented defaults.  Variable names and
+defaults are the seed's Connect table, exactly; variables the seed does not
+have are ours and say so in their documentation.
+
+Nothing else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from studios_gateway.durations import EXPECTED as DURATION_EXPECTED
+from studios_gateway.durations import format_duration, parse_duration
+
+REDACTED = "<redacted>"
+
+
+class ConfigError(ValueError):
+    """One invalid setting: names the variable, the value given and what is expected."""
+
+    def __init__(self, name: str, value: str | None, expected: str, *, secret: bool = False):
+        self.name = name
+        self.value = value
+        self.expected = expected
+        if value is None:
+            shown = " (not set)"
+        else:
+            shown = "=" + (REDACTED if secret and value else repr(value))
+        super().__init__(f"{name}{shown}: expected {expected}")
+
+
+# --- value parsers: each takes the raw text and raises ValueError(expected) -----
+
+
+def _bool(text: str) -> bool:
+    s = text.strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def _bool_empty_false(text: str) -> bool:
+    return False if text.strip() == "" else _bool(text)
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        s = text.strip()
+        if not re.fullmatch(r"[0-9]+", s) or not lo <= int(s) <= hi:
+            raise ValueError(f"a whole number from {lo} to {hi}")
+        return int(s)
+
+    return parse
+
+
+_port = _int_range(1, 65535)
+
+
+def _optional_port(text: str) -> int | None:
+    return None if text.strip() == "" else _port(text)
+
+
+def _size(text: str) -> int:
+    """Bytes, with an optional binary suffix: 6MiB, 256KiB, 1GiB, 4096."""
+    m = re.fullmatch(r"([0-9]+)\s*(|b|k|kib|m|mib|g|gib)", text.strip().lower())
+    if not m:
+        raise ValueError("a size in bytes such as 262144, 256KiB, 6MiB or 1GiB")
+    mult = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1 << 20, "mib": 1 << 20,
+            "g": 1 << 30, "gib": 1 << 30}[m.group(2)]
+    return int(m.group(1)) * mult
+
+
+def _duration(text: str) -> float:
+    return parse_duration(text)
+
+
+def _positive_duration(text: str) -> float:
+    d = parse_duration(text)
+    if d <= 0:
+        raise ValueError(DURATION_EXPECTED + ", greater than zero")
+    return d
+
+
+def _address(text: str) -> tuple[str, int]:
+    """``:2222``, ``0.0.0.0:2222``, ``[::1]:2222`` -> (host, port); empty host = all."""
+    s = text.strip()
+    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):([0-9]+)", s)
+    if not m:
+        raise ValueError("an address such as :2222, 0.0.0.0:2222 or [::1]:2222")
+    host = m.group(1) or m.group(2) or ""
+    return host, _port(m.group(3))
+
+
+def _redis_address(text: str) -> tuple[str, int]:
+    s = text.strip()
+    m = re.fullmatch(
+        r"(?:redis(s)?://)?(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-_]+))(?::([0-9]+))?", s)
+    if not m:
+        raise ValueError("host:port of the Redis server, such as redis:6379")
+    host = m.group(2) or m.group(3)
+    try:
+        port = _port(m.group(4)) if m.group(4) else 6379
+    except ValueError:
+        raise ValueError("host:port of the Redis server, such as redis:6379") from None
+    return host, port
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    s = text.strip()
+    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-_]+)):([0-9]+)", s)
+    if not m:
+        raise ValueError("host:port, such as connect.example.com:7070")
+    return (m.group(1) or m.group(2)), _port(m.group(3))
+
+
+def _url(text: str) -> str:
+    s = text.strip().rstrip("/")
+    try:
+        parts = urlsplit(s)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("an http:// or https:// URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an http:// or https:// URL")
+    host = parts.hostname
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host):
+            raise ValueError("an http:// or https:// URL with a valid host name") from None
+    return s
+
+
+def _proxy_url(text: str) -> str:
+    """The seed calls it "the base domain name": accept a bare domain or a URL."""
+    s = text.strip()
+    if s and "://" not in s:
+        s = "https://" + s
+    return _url(s)
+
+
+def _domain(text: str) -> str:
+    s = text.strip().lower().rstrip(".")
+    label = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+    if not re.fullmatch(rf"{label}(?:\.{label})*", s):
+        raise ValueError("a DNS domain such as connect.example.com")
+    return s
+
+
+def _log_level(text: str) -> str:
+    s = text.strip().lower()
+    aliases = {"warning": "warn", "critical": "fatal"}
+    s = aliases.get(s, s)
+    if s not in ("trace", "debug", "info", "warn", "error", "fatal"):
+        raise ValueError("one of trace, debug, info, warn, error, fatal")
+    return s
+
+
+def _grant_type(text: str) -> str:
+    if text.strip() != "authorization_code":
+        raise ValueError("authorization_code (the only grant type the proxy implements)")
+    return "authorization_code"
+
+
+def _cidrs(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError("comma-separated CIDRs such as 127.0.0.1/32,10.0.0.0/8") from None
+    return tuple(out)
+
+
+def _workspaces(text: str) -> frozenset[str]:
+    ids = [p.strip() for p in text.split(",")]
+    ids = [p for p in ids if p]
+    for i in ids:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", i):
+            raise ValueError("a comma-separated list of workspace ids, such as 12345,67890")
+    return frozenset(ids)
+
+
+def _node_id(text: str) -> str:
+    s = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", s):
+        raise ValueError("1 to 64 letters, digits, '.', '_' or '-'")
+    return s
+
+
+def _text(text: str) -> str:
+    if re.search(r"[\x00-\x1f\x7f]", text):
+        raise ValueError("printable text (no control characters)")
+    return text
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip() or re.search(r"[\x00-\x1f\x7f]", text):
+        raise ValueError("a non-empty value of printable text")
+    return text.strip()
+
+
+def _key_prefix(text: str) -> str:
+    if not re.fullmatch(r"[!-~]{1,128}", text.strip()):
+        raise ValueError("1 to 128 printable characters without spaces, such as connect:session")
+    return text.strip()
+
+
+def _bind_address(text: str) -> str:
+    s = text.strip().strip("[]")
+    try:
+        return str(ipaddress.ip_address(s))
+    except ValueError:
+        raise ValueError("an IP address to bind to, such as 0.0.0.0, 127.0.0.1 or ::") from None
+
+
+def _readable_file(text: str) -> str:
+    p = Path(text.strip())
+    if not text.strip() or not p.is_file() or not os.access(p, os.R_OK):
+        raise ValueError("the path of a readable file")
+    return str(p)
+
+
+def _directory(text: str) -> str:
+    s = text.strip()
+    if not s or "\0" in s:
+        raise ValueError("a directory path")
+    return s
+
+
+def _pem_base64(text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except ValueError:
+        raise ValueError("base64 of a PEM private key") from None
+    if b"-----BEGIN" not in raw:
+        raise ValueError("base64 of a PEM private key")
+    return raw
+
+
+# --- the variable table -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Var:
+    """One configuration variable: its name, documented default and meaning."""
+
+    name: str
+    attr: str
+    default: str | None
+    parse: Callable[[str], Any]
+    doc: str
+    secret: bool = False
+    seed: bool = True  # in the seed's Connect table (names and defaults are a contract)
+    section: str = "general"
+
+    @property
+    def option(self) -> str:
+        """The twistd plugin option: CONNECT_HTTP_PORT -> http-port."""
+        n = self.name.lower()
+        n = n.removeprefix("connect_")
+        return n.replace("_", "-")
+
+
+def _v(name: str, attr: str, default: str | None, parse: Callable[[str], Any], doc: str,
+       **kw: Any) -> Var:
+    return Var(name, attr, default, parse, doc, **kw)
+
+
+VARIABLES: tuple[Var, ...] = (
+    # Redis (the shared session store)
+    _v("CONNECT_REDIS_ADDRESS", "redis_address", "redis:6379", _redis_address,
+       "Address of the Redis server. When the variable is not set at all the session "
+       "registry is in memory (single node); set it (even empty, meaning redis:6379) to use Redis.",
+       section="redis"),
+    _v("CONNECT_REDIS_USER", "redis_user", None, _text, "Redis ACL user name.", section="redis"),
+    _v("CONNECT_REDIS_PASSWORD", "redis_password", None, _text, "Redis password.",
+       secret=True, section="redis"),
+    _v("CONNECT_REDIS_DB", "redis_db", "0", _int_range(0, 65535), "Redis database number.",
+       section="redis"),
+    _v("CONNECT_REDIS_PREFIX", "redis_prefix", "connect:session", _key_prefix,
+       "Prefix of the gateway's keys in Redis.", section="redis"),
+    _v("CONNECT_REDIS_TLS_ENABLE", "redis_tls_enable", "false", _bool,
+       "Connect to Redis over TLS (the server certificate is verified).", section="redis"),
+    _v("CONNECT_REDIS_TLS_SKIP_VERIFY", "redis_tls_skip_verify", "false", _bool,
+       "Do not verify Redis's TLS certificate (insecure; for testing).", section="redis"),
+    _v("CONNECT_REDIS_TLS_KEY_FILE", "redis_tls_key_file", None, _readable_file,
+       "Client private key for TLS to Redis.", section="redis"),
+    _v("CONNECT_REDIS_TLS_CERT_FILE", "redis_tls_cert_file", None, _readable_file,
+       "Client certificate for TLS to Redis.", section="redis"),
+    _v("CONNECT_REDIS_TLS_CA_FILE", "redis_tls_ca_file", None, _readable_file,
+       "CA bundle that signs Redis's certificate (default: the system's).",
+       seed=False, section="redis"),
+    # Listeners
+    _v("CONNECT_BIND_ADDRESS", "bind_address", "0.0.0.0", _bind_address,
+       "Interface the listeners bind to unless their own address names one.",
+       seed=False, section="listeners"),
+    _v("CONNECT_LISTENER_PORT", "listener_port", "7777", _port,
+       "Port for connections from other gateway nodes.", section="listeners"),
+    _v("CONNECT_TUNNEL_PORT", "tunnel_port", "7070", _port,
+       "Port where studios' connect clients open their tunnels (TLS).", section="listeners"),
+    _v("CONNECT_MANAGEMENT_PORT", "management_port", None, _optional_port,
+       "Port for /metrics, /live, /ready, /shutdown and the admin API; off when unset.",
+       section="listeners"),
+    _v("CONNECT_MANAGEMENT_AUTH_KEY", "management_auth_key", None, _text,
+       "Bearer key required on every management endpoint except /live.",
+       secret=True, section="listeners"),
+    _v("CONNECT_HOST_DOMAIN", "host_domain", None, _domain,
+       "Host domain of this node, advertised to other nodes.", section="listeners"),
+    _v("CONNECT_HTTP_PORT", "http_port", "80", _port,
+       "Port of the HTTP(S) proxy that browsers reach studios through.", section="listeners"),
+    # Proxy
+    _v("CONNECT_PROXY_URL", "proxy_url", None, _proxy_url,
+       "Base URL (or domain) of Connect, such as https://connect.example.com. "
+       "Unset: http://localhost, for a demo on one machine.", section="proxy"),
+    _v("CONNECT_STUDIOS_DOMAIN", "studios_domain", None, _domain,
+       "Parent domain of the per-studio subdomains. Unset: the host of CONNECT_PROXY_URL.",
+       seed=False, section="proxy"),
+    _v("CONNECT_TUNNEL_URL", "tunnel_url", None, _host_port,
+       "host:port that connect clients dial for their tunnel. Unset: the proxy host and "
+       "CONNECT_TUNNEL_PORT.", section="proxy"),
+    _v("PLATFORM_URL", "platform_url", None, _url,
+       "Base URL of Seqera Platform (the OpenID issuer). Unset: logins come from one-time "
+       "links minted by the admin API.", section="proxy"),
+    _v("CONNECT_STORAGE_ROOT", "storage_root", "/data", _directory,
+       "Directory for the gateway's state (keys, OIDC client registration).", section="proxy"),
+    _v("CONNECT_LOG_LEVEL", "log_level", "INFO", _log_level,
+       "trace, debug, info, warn, error or fatal.", section="proxy"),
+    _v("CONNECT_CLIENT_NAME", "client_name", "tower-connect-proxy-client", _nonempty,
+       "OIDC client name registered with the Platform.", section="proxy"),
+    _v("CONNECT_GRANT_TYPE", "grant_type", "authorization_code", _grant_type,
+       "OAuth grant type of the login flow.", section="proxy"),
+    _v("CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN", "oidc_registration_token", None, _text,
+       "Initial access token for OIDC dynamic client registration.", secret=True,
+       section="proxy"),
+    _v("LOCAL_CACHE_TTL", "local_cache_ttl", "2m", _duration,
+       "How long a node trusts its cached copy of a session record.", section="proxy"),
+    _v("CONNECT_TLS_CERT_FILE", "tls_cert_file", None, _readable_file,
+       "Certificate chain (PEM) for HTTPS on CONNECT_HTTP_PORT and for the tunnel; it must "
+       "cover the proxy host and *.<studios domain>.", seed=False, section="proxy"),
+    _v("CONNECT_TLS_KEY_FILE", "tls_key_file", None, _readable_file,
+       "Private key (PEM) of CONNECT_TLS_CERT_FILE.", seed=False, section="proxy"),
+    _v("CONNECT_TRUSTED_PROXY_CIDRS", "trusted_proxy_cidrs", "127.0.0.1/32", _cidrs,
+       "Peers whose X-Forwarded-For is trusted (comma-separated CIDRs).", seed=False,
+       section="proxy"),
+    _v("TOWER_DATA_STUDIO_ALLOWED_WORKSPACES", "allowed_workspaces", None, _workspaces,
+       "Workspaces allowed to use studios: unset = all, empty = none, else comma-separated ids.",
+       seed=False, section="proxy"),
+    _v("TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING", "path_routing", "false", _bool_empty_false,
+       "Route by path (/_studio/<id>/) on the proxy host instead of per-studio subdomains.",
+       seed=False, section="proxy"),
+    # SSH
+    _v("CONNECT_SSH_ENABLED", "ssh_enabled", "false", _bool, "Enable the SSH proxy server.",
+       section="ssh"),
+    _v("CONNECT_SSH_ADDR", "ssh_addr", ":2222", _address,
+       "Address the SSH proxy listens on.", section="ssh"),
+    _v("CONNECT_SSH_KEY_PATH", "ssh_key_path", None, _readable_file,
+       "SSH host key file; wins over CONNECT_SSH_KEY_VALUE_BASE64.", section="ssh"),
+    _v("CONNECT_SSH_KEY_VALUE_BASE64", "ssh_key_value", None, _pem_base64,
+       "Base64 of a PEM SSH host key; used when CONNECT_SSH_KEY_PATH is not set.",
+       secret=True, section="ssh"),
+    _v("CONNECT_SSH_MAX_CONNECTIONS", "ssh_max_connections", "2000", _int_range(1, 1_000_000),
+       "Concurrent SSH connections before new ones are refused.", section="ssh"),
+    _v("CONNECT_SSH_MAX_CONN_CHANNELS", "ssh_max_conn_channels", "30", _int_range(1, 10_000),
+       "Concurrent channels one SSH connection may open.", section="ssh"),
+    _v("CONNECT_SSH_HANDSHAKE_TIMEOUT", "ssh_handshake_timeout", "1m", _positive_duration,
+       "Time allowed for an SSH handshake and login.", section="ssh"),
+    # Tunnel tuning and cluster (ours)
+    _v("CONNECT_TUNNEL_WINDOW_SIZE", "tunnel_window_size", "6MiB", _size,
+       "Per-stream flow-control window of a tunnel.", seed=False, section="tunnel"),
+    _v("CONNECT_TUNNEL_PING_INTERVAL", "tunnel_ping_interval", "10s", _positive_duration,
+       "How often the gateway pings each tunnel.", seed=False, section="tunnel"),
+    _v("CONNECT_TUNNEL_PING_TIMEOUT", "tunnel_ping_timeout", "20s", _positive_duration,
+       "A tunnel that has not answered a ping for this long is dead.", seed=False,
+       section="tunnel"),
+    _v("CONNECT_NODE_ID", "node_id", None, _node_id,
+       "This node's name in the session registry. Unset: host name and port.", seed=False,
+       section="tunnel"),
+    _v("CONNECT_SHUTDOWN_GRACE", "shutdown_grace", "30s", _duration,
+       "How long a graceful shutdown waits for in-flight work.", seed=False,
+       section="general"),
+)
+
+BY_NAME: dict[str, Var] = {v.name: v for v in VARIABLES}
+BY_OPTION: dict[str, Var] = {v.option: v for v in VARIABLES}
+
+#: Variables of the connect client: known, so not reported as misspellings.
+CLIENT_VARIABLES = frozenset({
+    "CONNECT_GATEWAY_URL", "CONNECT_SESSION_ID", "CONNECT_SESSION_TOKEN", "CONNECT_TOOL_PORT",
+    "CONNECT_TOOL_PATH_PREFIX", "CONNECT_CLIENT_LOG_LEVEL", "CONNECT_STRING",
+})
+
+
+# --- the config object --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting, parsed. Build it with :func:`load_config`."""
+
+    redis_enabled: bool
+    redis_address: tuple[str, int]
+    redis_user: str | None
+    redis_password: str | None = field(repr=False)
+    redis_db: int
+    redis_prefix: str
+    redis_tls_enable: bool
+    redis_tls_skip_verify: bool
+    redis_tls_key_file: str | None
+    redis_tls_cert_file: str | None
+    redis_tls_ca_file: str | None
+    bind_address: str
+    listener_port: int
+    tunnel_port: int
+    management_port: int | None
+    management_auth_key: str | None = field(repr=False)
+    host_domain: str | None
+    http_port: int
+    proxy_url: str | None
+    studios_domain: str | None
+    tunnel_url: tuple[str, int] | None
+    platform_url: str | None
+    storage_root: str
+    log_level: str
+    client_name: str
+    grant_type: str
+    oidc_registration_token: str | None = field(repr=False)
+    local_cache_ttl: float
+    tls_cert_file: str | None
+    tls_key_file: str | None
+    trusted_proxy_cidrs: tuple[Any, ...]
+    allowed_workspaces: frozenset[str] | None
+    path_routing: bool
+    ssh_enabled: bool
+    ssh_addr: tuple[str, int]
+    ssh_key_path: str | None
+    ssh_key_value: bytes | None = field(repr=False)
+    ssh_max_connections: int
+    ssh_max_conn_channels: int
+    ssh_handshake_timeout: float
+    tunnel_window_size: int
+    tunnel_ping_interval: float
+    tunnel_ping_timeout: float
+    node_id: str | None
+    shutdown_grace: float
+    #: Where each variable's value came from: option, environment, env file or default.
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
+
+    # Derived views -----------------------------------------------------------
+
+    @property
+    def effective_proxy_url(self) -> str:
+        return self.proxy_url or "http://localhost"
+
+    @property
+    def proxy_host(self) -> str:
+        return urlsplit(self.effective_proxy_url).hostname or "localhost"
+
+    @property
+    def effective_studios_domain(self) -> str:
+        return self.studios_domain or self.proxy_host
+
+    @property
+    def effective_tunnel_url(self) -> tuple[str, int]:
+        return self.tunnel_url or (self.proxy_host, self.tunnel_port)
+
+    @property
+    def effective_node_id(self) -> str:
+        import socket
+
+        return self.node_id or f"{socket.gethostname()}-{self.tunnel_port}"
+
+    def workspace_allowed(self, workspace_id: str | None) -> bool:
+        """TOWER_DATA_STUDIO_ALLOWED_WORKSPACES: unset all, empty none, else listed ids."""
+        if self.allowed_workspaces is None:
+            return True
+        return workspace_id is not None and workspace_id in self.allowed_workspaces
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(variable, effective value with secrets redacted, source), in table order."""
+        rows = []
+        for var in VARIABLES:
+            value = getattr(self, var.attr)
+            source = self.sources.get(var.name, "default")
+            if var.name == "CONNECT_REDIS_ADDRESS" and not self.redis_enabled:
+                rows.append((var.name, "(not set: in-memory registry, single node)", source))
+                continue
+            rows.append((var.name, _show(var, value), source))
+        return rows
+
+
+def _show(var: Var, value: Any) -> str:
+    if value is None:
+        return "(not set)"
+    if var.secret:
+        return REDACTED
+    if var.parse in (_duration, _positive_duration):
+        return format_duration(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, frozenset):
+        return ",".join(sorted(value)) if value else '"" (none)'
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
+        host, port = value
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+# --- loading ------------------------------------------------------------------
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """Parse a systemd EnvironmentFile-style file: KEY=VALUE, # comments, optional quotes."""
+    out: dict[str, str] = {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError("--env-file", path, f"a readable env file ({e.strerror})") from None
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        line = line.removeprefix("export ").lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError(f"{path}:{lineno}", raw, "a line of the form NAME=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        out[key] = value
+    return out
+
+
+def load_config(
+    options: Mapping[str, str | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+    env_file: str | None = None,
+) -> Config:
+    """Build the config. `options` maps variable names to values given on the command line.
+
+    Raises ConfigError for the first invalid or contradictory setting.
+    """
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    environ = dict(os.environ if environ is None else environ)
+    file_values = read_env_file(env_file) if env_file else {}
+    warnings: list[str] = []
+
+    for name in options:
+        if name not in BY_NAME:
+            raise ConfigError(name, options[name], "a known variable")
+    for origin, names in (("environment", environ), ("env file", file_values)):
+        warnings.extend(_unknown_warnings(origin, names))
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for var in VARIABLES:
+        raw: str | None
+        if var.name in options:
+            raw, source = options[var.name], "option"
+        elif var.name in environ:
+            raw, source = environ[var.name], "environment"
+        elif var.name in file_values:
+            raw, source = file_values[var.name], "env file"
+        else:
+            raw, source = var.default, "default"
+        sources[var.name] = source
+        if var.name == "CONNECT_REDIS_ADDRESS":
+            values["redis_enabled"] = source != "default"
+            if raw is not None and raw.strip() == "":
+                raw = var.default
+        elif (raw is None or (raw.strip() == "" and var.default is None
+                              and var.name != "TOWER_DATA_STUDIO_ALLOWED_WORKSPACES")):
+            values[var.attr] = None
+            continue
+        try:
+            values[var.attr] = var.parse(raw)  # type: ignore[arg-type]
+        except ValueError as e:
+            raise ConfigError(var.name, raw, str(e), secret=var.secret) from None
+    cfg = Config(**values, sources=sources, warnings=())
+    warnings.extend(_check_consistency(cfg))
+    return Config(**{f.name: getattr(cfg, f.name) for f in fields(Config)
+                     if f.name != "warnings"}, warnings=tuple(warnings))
+
+
+def _unknown_warnings(origin: str, names: Iterable[str]) -> list[str]:
+    out = []
+    known = set(BY_NAME) | CLIENT_VARIABLES
+    for name in names:
+        if (name.startswith(("CONNECT_", "TOWER_DATA_STUDIO_")) and name not in known):
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            out.append(f"{name} in the {origin} is not a setting of the gateway{hint}")
+    return out
+
+
+def _check_consistency(cfg: Config) -> list[str]:
+    """Raise ConfigError on contradictions; return warnings for doubtful combinations."""
+    warnings: list[str] = []
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+        missing = "CONNECT_TLS_KEY_FILE" if cfg.tls_cert_file else "CONNECT_TLS_CERT_FILE"
+        raise ConfigError(missing, None, "set together with its pair (certificate and key)")
+    if bool(cfg.redis_tls_cert_file) != bool(cfg.redis_tls_key_file):
+        missing = ("CONNECT_REDIS_TLS_KEY_FILE" if cfg.redis_tls_cert_file
+                   else "CONNECT_REDIS_TLS_CERT_FILE")
+        raise ConfigError(missing, None, "set together with its pair (certificate and key)")
+    if cfg.redis_password is not None and not cfg.redis_enabled:
+        warnings.append("CONNECT_REDIS_PASSWORD is set but CONNECT_REDIS_ADDRESS is not: "
+                        "the registry is in memory and Redis is not used")
+    if cfg.redis_user and not cfg.redis_password:
+        raise ConfigError("CONNECT_REDIS_PASSWORD", None,
+                          "a password whenever CONNECT_REDIS_USER is set")
+    if not cfg.redis_tls_enable and (cfg.redis_tls_skip_verify or cfg.redis_tls_cert_file):
+        warnings.append("CONNECT_REDIS_TLS_* options are set but CONNECT_REDIS_TLS_ENABLE "
+                        "is false: they have no effect")
+    if cfg.tunnel_ping_timeout <= cfg.tunnel_ping_interval:
+        raise ConfigError("CONNECT_TUNNEL_PING_TIMEOUT", format_duration(cfg.tunnel_ping_timeout),
+                          "a duration longer than CONNECT_TUNNEL_PING_INTERVAL "
+                          f"({format_duration(cfg.tunnel_ping_interval)})")
+    if cfg.tunnel_window_size < 256 * 1024:
+        raise ConfigError("CONNECT_TUNNEL_WINDOW_SIZE", str(cfg.tunnel_window_size),
+                          "at least 256KiB (the yamux initial window)")
+    ports = {"CONNECT_HTTP_PORT": cfg.http_port, "CONNECT_TUNNEL_PORT": cfg.tunnel_port,
+             "CONNECT_LISTENER_PORT": cfg.listener_port}
+    if cfg.management_port is not None:
+        ports["CONNECT_MANAGEMENT_PORT"] = cfg.management_port
+    if cfg.ssh_enabled:
+        ports["CONNECT_SSH_ADDR"] = cfg.ssh_addr[1]
+    seen: dict[int, str] = {}
+    for name, port in ports.items():
+        if port in seen:
+            raise ConfigError(name, str(port), f"a port not already used by {seen[port]}")
+        seen[port] = name
+    if cfg.allowed_workspaces == frozenset():
+        warnings.append("TOWER_DATA_STUDIO_ALLOWED_WORKSPACES is empty: no workspace may use "
+                        "studios")
+    if cfg.management_port is not None and not cfg.management_auth_key:
+        warnings.append("CONNECT_MANAGEMENT_AUTH_KEY is not set: the management port (and its "
+                        "admin API) is open to anyone who can reach it; bind it to a private "
+                        "interface or set a key")
+    if not cfg.redis_enabled:
+        warnings.append("CONNECT_REDIS_ADDRESS is not set: sessions live in memory on this "
+                        "single node (set it to share sessions between gateways)")
+    if cfg.ssh_enabled and not (cfg.ssh_key_path or cfg.ssh_key_value):
+        warnings.append("no SSH host key configured: one is generated under "
+                        "CONNECT_STORAGE_ROOT and kept there")
+    return warnings

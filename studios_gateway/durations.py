@@ -1,0 +1,47 @@
+"""Durations as operators write them: ``90s``, ``2m``, ``1h30m``, ``250ms``.
+
+The syntax is Go's ``time.ParseDuration`` without signs or fractions of the
+larger units (the seed's defaults come from a Go product: ``2m``, ``1m``), plus
+a bare whole number meaning seconds.
+"""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_WHOLE = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h|d))+")
+
+#: What every error message says is expected.
+EXPECTED = "a duration such as 90s, 2m, 1h or 1h30m (units ms, s, m, h, d)"
+
+
+def parse_duration(text: str) -> float:
+    """Return the duration in seconds, or raise ValueError saying what is expected."""
+    s = text.strip().lower()
+    if re.fullmatch(r"[0-9]+", s):
+        return float(int(s))
+    if not s or not _WHOLE.fullmatch(s):
+        raise ValueError(EXPECTED)
+    total = 0.0
+    seen: set[str] = set()
+    for number, unit in _PART.findall(s):
+        if unit in seen:
+            raise ValueError(EXPECTED)
+        seen.add(unit)
+        total += float(number) * _UNITS[unit]
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest canonical text for a duration: 90 -> '1m30s', 0.25 -> '250ms'."""
+    ms = round(seconds * 1000)
+    if ms == 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        n, ms = divmod(ms, size)
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts)

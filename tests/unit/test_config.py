@@ -1,0 +1,362 @@
+"""The configuration contract: the seed's names and defaults, precedence, validation."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import string
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from studios_gateway.config import BY_NAME, REDACTED, VARIABLES, ConfigError, load_config
+from studios_gateway.durations import format_duration, parse_duration
+
+# The seed's Connect table (002), transcribed: name -> documented default (None: no default).
+SEED_TABLE = {
+    "CONNECT_REDIS_ADDRESS": "redis:6379",
+    "CONNECT_REDIS_USER": None,
+    "CONNECT_REDIS_PASSWORD": None,
+    "CONNECT_REDIS_DB": "0",
+    "CONNECT_REDIS_PREFIX": "connect:session",
+    "CONNECT_REDIS_TLS_ENABLE": "false",
+    "CONNECT_REDIS_TLS_SKIP_VERIFY": "false",
+    "CONNECT_REDIS_TLS_KEY_FILE": None,
+    "CONNECT_REDIS_TLS_CERT_FILE": None,
+    "CONNECT_LISTENER_PORT": "7777",
+    "CONNECT_TUNNEL_PORT": "7070",
+    "CONNECT_MANAGEMENT_PORT": None,
+    "CONNECT_MANAGEMENT_AUTH_KEY": None,
+    "CONNECT_HOST_DOMAIN": None,
+    "CONNECT_HTTP_PORT": "80",
+    "CONNECT_PROXY_URL": None,
+    "CONNECT_TUNNEL_URL": None,
+    "PLATFORM_URL": None,
+    "CONNECT_STORAGE_ROOT": "/data",
+    "CONNECT_LOG_LEVEL": "INFO",
+    "CONNECT_CLIENT_NAME": "tower-connect-proxy-client",
+    "CONNECT_GRANT_TYPE": "authorization_code",
+    "CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN": None,
+    "LOCAL_CACHE_TTL": "2m",
+    "CONNECT_SSH_ENABLED": "false",
+    "CONNECT_SSH_ADDR": ":2222",
+    "CONNECT_SSH_KEY_PATH": None,
+    "CONNECT_SSH_KEY_VALUE_BASE64": None,
+    "CONNECT_SSH_MAX_CONNECTIONS": "2000",
+    "CONNECT_SSH_MAX_CONN_CHANNELS": "30",
+    "CONNECT_SSH_HANDSHAKE_TIMEOUT": "1m",
+}
+
+# What each documented default means once parsed.
+PARSED_DEFAULTS = {
+    "CONNECT_REDIS_ADDRESS": ("redis", 6379),
+    "CONNECT_REDIS_DB": 0,
+    "CONNECT_REDIS_PREFIX": "connect:session",
+    "CONNECT_REDIS_TLS_ENABLE": False,
+    "CONNECT_REDIS_TLS_SKIP_VERIFY": False,
+    "CONNECT_LISTENER_PORT": 7777,
+    "CONNECT_TUNNEL_PORT": 7070,
+    "CONNECT_HTTP_PORT": 80,
+    "CONNECT_STORAGE_ROOT": "/data",
+    "CONNECT_LOG_LEVEL": "info",
+    "CONNECT_CLIENT_NAME": "tower-connect-proxy-client",
+    "CONNECT_GRANT_TYPE": "authorization_code",
+    "LOCAL_CACHE_TTL": 120.0,
+    "CONNECT_SSH_ENABLED": False,
+    "CONNECT_SSH_ADDR": ("", 2222),
+    "CONNECT_SSH_MAX_CONNECTIONS": 2000,
+    "CONNECT_SSH_MAX_CONN_CHANNELS": 30,
+    "CONNECT_SSH_HANDSHAKE_TIMEOUT": 60.0,
+}
+
+
+def test_every_seed_variable_is_known() -> None:
+    assert set(SEED_TABLE) <= set(BY_NAME)
+    assert {v.name for v in VARIABLES if v.seed} == set(SEED_TABLE)
+
+
+@pytest.mark.parametrize("name", sorted(SEED_TABLE))
+def test_seed_default_is_the_documented_one(name: str) -> None:
+    var = BY_NAME[name]
+    assert var.default == SEED_TABLE[name]
+    cfg = load_config(environ={})
+    assert cfg.sources[name] == "default"
+    value = getattr(cfg, var.attr)
+    if name in PARSED_DEFAULTS:
+        assert value == PARSED_DEFAULTS[name]
+    else:
+        assert value is None
+
+
+def test_redis_address_unset_means_memory_set_means_redis() -> None:
+    assert load_config(environ={}).redis_enabled is False
+    cfg = load_config(environ={"CONNECT_REDIS_ADDRESS": "10.1.2.3:6380"})
+    assert cfg.redis_enabled and cfg.redis_address == ("10.1.2.3", 6380)
+    empty = load_config(environ={"CONNECT_REDIS_ADDRESS": ""})
+    assert empty.redis_enabled and empty.redis_address == ("redis", 6379)
+
+
+def test_precedence_option_env_file_default(tmp_path) -> None:
+    env_file = tmp_path / "gw.env"
+    env_file.write_text("# comment\nCONNECT_HTTP_PORT=8001\nCONNECT_TUNNEL_PORT=8002\n"
+                        "export CONNECT_LISTENER_PORT='8003'\n")
+    cfg = load_config(options={"CONNECT_HTTP_PORT": "9001"},
+                      environ={"CONNECT_HTTP_PORT": "9101", "CONNECT_TUNNEL_PORT": "9102"},
+                      env_file=str(env_file))
+    assert cfg.http_port == 9001 and cfg.sources["CONNECT_HTTP_PORT"] == "option"
+    assert cfg.tunnel_port == 9102 and cfg.sources["CONNECT_TUNNEL_PORT"] == "environment"
+    assert cfg.listener_port == 8003 and cfg.sources["CONNECT_LISTENER_PORT"] == "env file"
+    assert cfg.sources["CONNECT_SSH_ADDR"] == "default"
+
+
+def test_env_file_errors_name_the_line(tmp_path) -> None:
+    bad = tmp_path / "bad.env"
+    bad.write_text("CONNECT_HTTP_PORT=1\nthis is not a setting\n")
+    with pytest.raises(ConfigError, match=r"bad.env:2"):
+        load_config(environ={}, env_file=str(bad))
+    with pytest.raises(ConfigError, match="--env-file"):
+        load_config(environ={}, env_file=str(tmp_path / "missing.env"))
+
+
+def test_misspelled_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={"CONNECT_SSH_MAX_CONNECTIONS": "many"})
+    assert str(e.value).startswith("CONNECT_SSH_MAX_CONNECTIONS='many': expected")
+
+
+def test_misspelled_name_is_reported_with_a_suggestion() -> None:
+    cfg = load_config(environ={"CONNECT_SSH_MAX_CONECTIONS": "5", "CONNECT_TOOL_PORT": "8888"})
+    assert any("did you mean CONNECT_SSH_MAX_CONNECTIONS" in w for w in cfg.warnings)
+    assert not any("CONNECT_TOOL_PORT" in w for w in cfg.warnings)
+
+
+def test_secrets_never_in_repr_describe_or_errors() -> None:
+    secret = "s3cr3t-Value-42"
+    key_b64 = base64.b64encode(b"-----BEGIN OPENSSH PRIVATE KEY-----\nxx\n").decode()
+    cfg = load_config(environ={
+        "CONNECT_REDIS_ADDRESS": "r:1", "CONNECT_REDIS_PASSWORD": secret,
+        "CONNECT_MANAGEMENT_AUTH_KEY": secret, "CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN": secret,
+        "CONNECT_SSH_KEY_VALUE_BASE64": key_b64})
+    text = repr(cfg) + str(cfg.describe())
+    assert secret not in text and key_b64 not in text
+    assert REDACTED in str(cfg.describe())
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={"CONNECT_SSH_KEY_VALUE_BASE64": "not base64 " + secret})
+    assert secret not in str(e.value)
+
+
+def test_contradictions_stop_the_start(tmp_path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match="CONNECT_TLS_KEY_FILE"):
+        load_config(environ={"CONNECT_TLS_CERT_FILE": str(cert)})
+    with pytest.raises(ConfigError, match="CONNECT_TUNNEL_PORT"):
+        load_config(environ={"CONNECT_HTTP_PORT": "7070"})
+    with pytest.raises(ConfigError, match="CONNECT_REDIS_PASSWORD"):
+        load_config(environ={"CONNECT_REDIS_USER": "gw"})
+    with pytest.raises(ConfigError, match="CONNECT_TUNNEL_PING_TIMEOUT"):
+        load_config(environ={"CONNECT_TUNNEL_PING_TIMEOUT": "5s"})
+
+
+def test_unknown_option_is_refused() -> None:
+    with pytest.raises(ConfigError, match="CONNECT_NOPE"):
+        load_config(options={"CONNECT_NOPE": "1"}, environ={})
+
+
+# --- durations ----------------------------------------------------------------
+
+units = st.sampled_from([("h", 3600), ("m", 60), ("s", 1), ("ms", 0.001)])
+
+
+@given(st.lists(st.tuples(units, st.integers(0, 10_000)), min_size=1, max_size=4,
+                unique_by=lambda t: t[0][0]))
+def test_duration_sums_its_parts(parts) -> None:
+    text = "".join(f"{n}{u}" for (u, _), n in parts)
+    expected = sum(n * size for (_, size), n in parts)
+    assert parse_duration(text) == pytest.approx(expected)
+
+
+@given(st.integers(0, 10**9))
+def test_duration_format_round_trips(ms: int) -> None:
+    seconds = ms / 1000
+    assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("2m", 120), ("1h", 3600),
+                                          ("1h30m", 5400), ("250ms", 0.25), ("45", 45)])
+def test_duration_examples(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@given(st.text(max_size=12))
+def test_duration_junk_is_refused_cleanly(text: str) -> None:
+    try:
+        value = parse_duration(text)
+    except ValueError as e:
+        assert "duration" in str(e)
+    else:
+        assert value >= 0
+        assert any(c.isdigit() for c in text)
+
+
+@pytest.mark.parametrize("text", ["", "m", "1x", "-1s", "1m1m", "1.5", "h1", "1 h"])
+def test_duration_refusals(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+# --- workspace allow-list ------------------------------------------------------
+
+ws_ids = st.text(string.ascii_letters + string.digits + "_-", min_size=1, max_size=12)
+
+
+@given(ws_ids)
+def test_allow_list_unset_allows_all(ws: str) -> None:
+    assert load_config(environ={}).workspace_allowed(ws)
+
+
+@given(st.one_of(st.none(), ws_ids))
+def test_allow_list_empty_allows_none(ws) -> None:
+    assert not load_config(environ={"TOWER_DATA_STUDIO_ALLOWED_WORKSPACES": ""}
+                           ).workspace_allowed(ws)
+
+
+@given(st.lists(ws_ids, min_size=1, max_size=5), ws_ids)
+def test_allow_list_allows_exactly_the_listed(listed, other) -> None:
+    raw = " , ".join(listed)
+    cfg = load_config(environ={"TOWER_DATA_STUDIO_ALLOWED_WORKSPACES": raw})
+    for ws in listed:
+        assert cfg.workspace_allowed(ws)
+    assert cfg.workspace_allowed(other) == (other in listed)
+    assert not cfg.workspace_allowed(None)
+
+
+# --- every variable's validation -----------------------------------------------
+
+PORT_VARS = ["CONNECT_LISTENER_PORT", "CONNECT_TUNNEL_PORT", "CONNECT_MANAGEMENT_PORT",
+             "CONNECT_HTTP_PORT"]
+INT_VARS = {"CONNECT_SSH_MAX_CONNECTIONS": (1, 1_000_000),
+            "CONNECT_SSH_MAX_CONN_CHANNELS": (1, 10_000), "CONNECT_REDIS_DB": (0, 65535)}
+BOOL_VARS = ["CONNECT_REDIS_TLS_ENABLE", "CONNECT_REDIS_TLS_SKIP_VERIFY", "CONNECT_SSH_ENABLED",
+             "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING"]
+DURATION_VARS = ["LOCAL_CACHE_TTL", "CONNECT_SSH_HANDSHAKE_TIMEOUT", "CONNECT_SHUTDOWN_GRACE"]
+FILE_VARS = ["CONNECT_REDIS_TLS_KEY_FILE", "CONNECT_REDIS_TLS_CERT_FILE", "CONNECT_SSH_KEY_PATH",
+             "CONNECT_TLS_CERT_FILE", "CONNECT_TLS_KEY_FILE", "CONNECT_REDIS_TLS_CA_FILE"]
+URL_VARS = ["PLATFORM_URL"]
+
+
+def _expect_error(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={name: value})
+    assert e.value.name == name
+    assert str(e.value).startswith(name)
+
+
+def _distinct_ports(name: str, port: int) -> dict[str, str]:
+    # Keep the other listeners off `port` so only the variable under test matters.
+    env = {name: str(port)}
+    for other, spare in zip([p for p in PORT_VARS if p != name], (1, 2, 3), strict=False):
+        if str(port) == BY_NAME[other].default or other == "CONNECT_MANAGEMENT_PORT":
+            env[other] = str(spare if spare != port else 4)
+    return env
+
+
+@given(st.sampled_from(PORT_VARS), st.integers(1, 65535))
+def test_ports_accept_the_valid_range(name: str, port: int) -> None:
+    cfg = load_config(environ=_distinct_ports(name, port))
+    assert getattr(cfg, BY_NAME[name].attr) == port
+
+
+@given(st.sampled_from(PORT_VARS), st.one_of(st.integers(max_value=0).map(str),
+                                             st.integers(min_value=65536).map(str),
+                                             st.text(string.ascii_letters, min_size=1)))
+def test_ports_refuse_everything_else(name: str, value: str) -> None:
+    _expect_error(name, value)
+
+
+@given(st.sampled_from(sorted(INT_VARS)), st.integers(-10, 2_000_000))
+def test_bounded_integers(name: str, n: int) -> None:
+    lo, hi = INT_VARS[name]
+    if lo <= n <= hi:
+        assert getattr(load_config(environ={name: str(n)}), BY_NAME[name].attr) == n
+    else:
+        _expect_error(name, str(n))
+
+
+@given(st.sampled_from(BOOL_VARS), st.sampled_from(["true", "TRUE", "1", "yes", "on", "false",
+                                                     "False", "0", "no", "off"]))
+def test_booleans_accept_common_spellings(name: str, text: str) -> None:
+    value = getattr(load_config(environ={name: text}), BY_NAME[name].attr)
+    assert value == (text.lower() in ("true", "1", "yes", "on"))
+
+
+@given(st.sampled_from(BOOL_VARS), st.text(string.ascii_letters, min_size=1, max_size=6))
+def test_booleans_refuse_misspellings(name: str, text: str) -> None:
+    assume(text.lower() not in ("true", "false", "yes", "no", "on", "off"))
+    _expect_error(name, text)
+
+
+def test_path_routing_empty_means_false() -> None:
+    assert load_config(environ={"TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING": ""}).path_routing is False
+
+
+@pytest.mark.parametrize("name", DURATION_VARS)
+@pytest.mark.parametrize("value", ["soon", "1y", "-5s", "m2"])
+def test_durations_refuse_junk(name: str, value: str) -> None:
+    _expect_error(name, value)
+
+
+@pytest.mark.parametrize("name", FILE_VARS)
+def test_files_must_exist(name: str, tmp_path) -> None:
+    _expect_error(name, str(tmp_path / "nope.pem"))
+
+
+@pytest.mark.parametrize("name", URL_VARS)
+@pytest.mark.parametrize("value", ["ftp://x", "platform", "http://", "https://x:99999"])
+def test_urls_are_checked(name: str, value: str) -> None:
+    _expect_error(name, value)
+
+
+def test_proxy_url_accepts_a_bare_domain() -> None:
+    cfg = load_config(environ={"CONNECT_PROXY_URL": "connect.example.com"})
+    assert cfg.proxy_host == "connect.example.com"
+    assert cfg.effective_studios_domain == "connect.example.com"
+    assert cfg.effective_tunnel_url == ("connect.example.com", 7070)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("CONNECT_SSH_ADDR", "2222"), ("CONNECT_SSH_ADDR", "host:"),
+    ("CONNECT_REDIS_ADDRESS", "redis:port"), ("CONNECT_REDIS_ADDRESS", "a b:1"),
+    ("CONNECT_TUNNEL_URL", "nohostport"), ("CONNECT_HOST_DOMAIN", "-bad-.example"),
+    ("CONNECT_LOG_LEVEL", "loud"), ("CONNECT_GRANT_TYPE", "client_credentials"),
+    ("CONNECT_TRUSTED_PROXY_CIDRS", "10.0.0.0/33"), ("CONNECT_REDIS_PREFIX", " "),
+    ("TOWER_DATA_STUDIO_ALLOWED_WORKSPACES", "a b"), ("CONNECT_TUNNEL_WINDOW_SIZE", "lots"),
+    ("CONNECT_SSH_KEY_VALUE_BASE64", "%%%"), ("CONNECT_NODE_ID", "no spaces"),
+    ("CONNECT_CLIENT_NAME", ""),
+])
+def test_other_validations(name: str, value: str) -> None:
+    _expect_error(name, value)
+
+
+@given(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 32)),
+                min_size=1, max_size=4))
+def test_trusted_cidrs_parse(nets) -> None:
+    text = ",".join(f"10.{a}.{b}.0/{p}" for a, b, p in nets)
+    cfg = load_config(environ={"CONNECT_TRUSTED_PROXY_CIDRS": text})
+    assert cfg.trusted_proxy_cidrs == tuple(
+        ipaddress.ip_network(f"10.{a}.{b}.0/{p}", strict=False) for a, b, p in nets)
+
+
+def test_every_variable_is_validated_or_free_text() -> None:
+    """No variable silently accepts anything unless it is free text by nature."""
+    free_text = {"CONNECT_REDIS_USER", "CONNECT_REDIS_PASSWORD", "CONNECT_MANAGEMENT_AUTH_KEY",
+                 "CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN", "CONNECT_STORAGE_ROOT",
+                 "CONNECT_CLIENT_NAME"}
+    for var in VARIABLES:
+        with pytest.raises(ConfigError) as e:
+            load_config(environ={var.name: "\x00not valid\x00"})
+        assert e.value.name == var.name
+        if var.name not in free_text:
+            with pytest.raises(ConfigError):
+                load_config(environ={var.name: "not valid"})
