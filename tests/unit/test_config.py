@@ -360,3 +360,13 @@ def test_every_variable_is_validated_or_free_text() -> None:
         if var.name not in free_text:
             with pytest.raises(ConfigError):
                 load_config(environ={var.name: "not valid"})
+
+
+def test_readme_config_table_is_current() -> None:
+    from pathlib import Path
+
+    from studios_gateway.docgen import render
+
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    text = readme.read_text()
+    assert render(text) == text, "run: python -m studios_gateway.docgen"

@@ -1,0 +1,46 @@
+"""Log levels for the whole process, from CONNECT_LOG_LEVEL.
+
+twistd starts logging before our service starts, and offers no public hook
+to filter it, so at start we wrap the observers already attached to the
+global publisher in a level filter. Third-party debug chatter (Conch logs one
+line per window adjust) is dropped with everything else below the level.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    LogPublisher,
+    globalLogPublisher,
+)
+
+LEVELS: dict[str, LogLevel] = {
+    "trace": LogLevel.debug,
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+    "fatal": LogLevel.critical,
+}
+
+_predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+_installed: set[int] = set()
+
+
+def set_level(level: str, publisher: LogPublisher = globalLogPublisher) -> None:
+    """Apply `level` (a CONNECT_LOG_LEVEL value) to every observer of `publisher`.
+
+    Safe to call again (a reload changes the level in place).
+    """
+    _predicate.setLogLevelForNamespace("", LEVELS[level])
+    observers: list[ILogObserver] = list(getattr(publisher, "_observers", []))
+    for obs in observers:
+        if id(obs) in _installed or isinstance(obs, FilteringLogObserver):
+            continue
+        wrapped = FilteringLogObserver(obs, [_predicate])
+        publisher.removeObserver(obs)
+        publisher.addObserver(wrapped)
+        _installed.add(id(wrapped))

@@ -1,0 +1,151 @@
+"""The management endpoints: /live, /ready, /metrics, /shutdown, and the admin API mount.
+
+Every endpoint but /live needs ``Authorization: Bearer <CONNECT_MANAGEMENT_AUTH_KEY>``
+when a key is configured; the key is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from studios_gateway.metrics import CONTENT_TYPE_LATEST, Metrics
+
+
+class Health(Protocol):
+    def check_ready(self) -> Deferred[tuple[bool, dict[str, str]]]:
+        """(ready, {check name: "ok" or the reason it is not})."""
+
+
+def _json(request: Request, code: int, body: Any) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, indent=1).encode() + b"\n"
+
+
+class _Leaf(Resource):
+    isLeaf = True
+
+
+class LiveResource(_Leaf):
+    def render_GET(self, request: Request) -> bytes:
+        return _json(request, 200, {"status": "live"})
+
+
+class ReadyResource(_Leaf):
+    _log = Logger()
+
+    def __init__(self, health: Health, metrics: Metrics):
+        super().__init__()
+        self._health = health
+        self._metrics = metrics
+
+    def render_GET(self, request: Request) -> int:
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def done(result: tuple[bool, dict[str, str]]) -> None:
+            ready, checks = result
+            self._metrics.ready.set(1 if ready else 0)
+            if not gone:
+                request.write(_json(request, 200 if ready else 503,
+                                    {"status": "ready" if ready else "not ready",
+                                     "checks": checks}))
+                request.finish()
+
+        def failed(f: Any) -> None:
+            self._log.failure("readiness check failed", f)
+            done((False, {"internal": "readiness check raised an error"}))
+
+        self._health.check_ready().addCallbacks(done, failed)
+        return NOT_DONE_YET
+
+
+class MetricsResource(_Leaf):
+    def __init__(self, metrics: Metrics):
+        super().__init__()
+        self._metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return self._metrics.render()
+
+
+class ShutdownResource(_Leaf):
+    _log = Logger()
+
+    def __init__(self, shutdown: Callable[[], Any]):
+        super().__init__()
+        self._shutdown = shutdown
+
+    def render_POST(self, request: Request) -> bytes:
+        self._log.info("graceful shutdown requested through the management port")
+        # Answer first, then drain: the caller sees 202 before listeners close.
+        from twisted.internet import reactor
+
+        reactor.callLater(0, self._shutdown)
+        return _json(request, 202, {"status": "draining"})
+
+
+class _Unauthorized(_Leaf):
+    def render(self, request: Request) -> bytes:
+        request.setHeader(b"www-authenticate", b'Bearer realm="studios-gateway management"')
+        return _json(request, 401, {"error": "missing or wrong bearer token"})
+
+
+class ManagementRoot(Resource):
+    """Root of the management site; guards every child except /live."""
+
+    def __init__(self, *, auth_key: str | None, health: Health, metrics: Metrics,
+                 shutdown: Callable[[], Any], api: Resource | None = None):
+        super().__init__()
+        self._key = auth_key.encode() if auth_key else None
+        self.putChild(b"live", LiveResource())
+        self.putChild(b"ready", ReadyResource(health, metrics))
+        self.putChild(b"metrics", MetricsResource(metrics))
+        self.putChild(b"shutdown", ShutdownResource(shutdown))
+        if api is not None:
+            self.putChild(b"api", api)
+
+    def authorized(self, request: Request) -> bool:
+        if self._key is None:
+            return True
+        header = request.getHeader(b"authorization") or b""
+        if isinstance(header, str):
+            header = header.encode()
+        scheme, _, token = header.partition(b" ")
+        # Compare even on a wrong scheme so timing tells nothing about which part failed.
+        ok = hmac.compare_digest(token.strip(), self._key)
+        return ok and scheme.lower() == b"bearer"
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Resource:
+        if path != b"live" and not self.authorized(request):
+            return _Unauthorized()
+        return super().getChildWithDefault(path, request)
+
+    def render_GET(self, request: Request) -> bytes:
+        if not self.authorized(request):
+            return _Unauthorized().render(request)
+        return _json(request, 200, {"endpoints": ["/live", "/ready", "/metrics", "/shutdown",
+                                                  "/api/sessions"]})
+
+
+class ManagementSite(Site):
+    """The management site, without twisted.web's per-request access log lines."""
+
+    def log(self, request: Request) -> None:
+        pass
+
+
+def make_site(root: ManagementRoot) -> ManagementSite:
+    site = ManagementSite(root)
+    site.displayTracebacks = False
+    return site

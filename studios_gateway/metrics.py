@@ -1,0 +1,87 @@
+"""Prometheus metrics: one registry per gateway, process metrics, reactor tick time."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+_TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """The gateway's metrics. Components add their own to `registry`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.reactor_tick = Histogram(
+            "studios_gateway_reactor_tick_seconds",
+            "Time the reactor spent running callbacks in one loop iteration.",
+            buckets=_TICK_BUCKETS, registry=self.registry)
+        self.reactor_ticks = Counter(
+            "studios_gateway_reactor_ticks", "Reactor loop iterations.", registry=self.registry)
+        self.ready = Gauge("studios_gateway_ready", "1 when /ready answers 200.",
+                           registry=self.registry)
+        self.listeners = Gauge("studios_gateway_listeners", "Bound listeners.", ["listener"],
+                               registry=self.registry)
+        self.background_errors = Counter(
+            "studios_gateway_background_errors", "Failures of background work.", ["task"],
+            registry=self.registry)
+        self._unwrap: Any = None
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def instrument_reactor(self, reactor: Any) -> None:
+        """Time every runUntilCurrent (timed calls and callbacks of one iteration).
+
+        Socket events are handled inside doIteration; time from the end of
+        the poll to the next poll is what we observe, so a wedged callback of
+        either kind shows up as one long tick.
+        """
+        if self._unwrap is not None or not hasattr(reactor, "doIteration"):
+            return
+        original_do = reactor.doIteration
+        original_ruc = reactor.runUntilCurrent
+        state = {"start": None}
+
+        def run_until_current() -> None:
+            if state["start"] is None:
+                state["start"] = time.perf_counter()
+            original_ruc()
+
+        def do_iteration(delay: float | None) -> None:
+            start = state["start"]
+            if start is not None:
+                self.reactor_tick.observe(time.perf_counter() - start)
+                self.reactor_ticks.inc()
+            original_do(delay)
+            state["start"] = time.perf_counter()
+
+        reactor.runUntilCurrent = run_until_current
+        reactor.doIteration = do_iteration
+
+        def unwrap() -> None:
+            reactor.runUntilCurrent = original_ruc
+            reactor.doIteration = original_do
+
+        self._unwrap = unwrap
+
+    def uninstrument_reactor(self) -> None:
+        if self._unwrap is not None:
+            self._unwrap()
+            self._unwrap = None

@@ -1,0 +1,253 @@
+"""Build the gateway from a config: one MultiService, listeners bound together.
+
+A listener that cannot bind fails the whole start with one clear line (no
+half-running process). /ready turns 200 only once every listener is bound
+and the session store answers; a graceful shutdown stops accepting, lets the
+components drain up to CONNECT_SHUTDOWN_GRACE, then stops the reactor.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from studios_gateway import logs
+from studios_gateway.config import Config
+from studios_gateway.metrics import Metrics
+
+STORE_PING_TIMEOUT = 5.0
+
+
+class StartError(Exception):
+    """The gateway cannot start; the message is the one line an operator reads."""
+
+
+@dataclass
+class Listener:
+    name: str
+    variable: str
+    endpoint: IStreamServerEndpoint
+    factory: Factory
+    description: str
+    port: IListeningPort | None = None
+
+
+@dataclass
+class Component:
+    """Something with a lifecycle inside the gateway (tunnel server, proxy, SSH...)."""
+
+    name: str
+    start: Callable[[], Any] = lambda: None
+    drain: Callable[[], Deferred[None] | None] = lambda: None
+    stop: Callable[[], Deferred[None] | None] = lambda: None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
+    """A TCP server endpoint on host:port (IPv6 literals accepted)."""
+    iface = host.replace(":", r"\:")
+    return serverFromString(reactor, f"tcp:port={port}:interface={iface}")
+
+
+def build_store(config: Config, clock: Any) -> Any:
+    """The session registry the config asks for, behind a local cache."""
+    from studios_gateway.registry.cache import CachingStore
+
+    if config.redis_enabled:
+        from studios_gateway.registry.redis import RedisStore
+
+        host, port = config.redis_address
+        inner: Any = RedisStore(
+            address=f"{host}:{port}", user=config.redis_user, password=config.redis_password,
+            db=config.redis_db, prefix=config.redis_prefix, tls=config.redis_tls_enable,
+            tls_skip_verify=config.redis_tls_skip_verify,
+            tls_cert_file=config.redis_tls_cert_file, tls_key_file=config.redis_tls_key_file,
+            tls_ca_file=config.redis_tls_ca_file, clock=clock,
+            node_id=config.effective_node_id)
+    else:
+        from studios_gateway.registry.memory import MemoryStore
+
+        inner = MemoryStore(clock)
+    return CachingStore(inner, config.local_cache_ttl, clock)
+
+
+class GatewayService(MultiService):
+    """The whole gateway: store, listeners, components, readiness and drain."""
+
+    _log = Logger()
+
+    def __init__(self, config: Config, reactor: Any, store: Any, metrics: Metrics | None = None):
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.store = store
+        self.metrics = metrics or Metrics()
+        self.listeners: list[Listener] = []
+        self.components: list[Component] = []
+        self.draining = False
+        self._stopping_reactor = False
+
+    # Assembly ----------------------------------------------------------------
+
+    def add_listener(self, name: str, variable: str, endpoint: IStreamServerEndpoint,
+                     factory: Factory, description: str) -> Listener:
+        listener = Listener(name, variable, endpoint, factory, description)
+        self.listeners.append(listener)
+        return listener
+
+    def add_component(self, component: Component) -> Component:
+        self.components.append(component)
+        return component
+
+    # Lifecycle ---------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        try:
+            self.bind_all()
+        except StartError as e:
+            fail_start(str(e))
+
+    def bind_all(self) -> None:
+        """Bind every listener now; raise StartError naming the first that fails."""
+        for listener in self.listeners:
+            if listener.port is not None:
+                continue
+            outcome: list[Any] = []
+            listener.endpoint.listen(listener.factory).addBoth(outcome.append)
+            if not outcome:
+                raise StartError(f"{listener.description} ({listener.variable}): the listener "
+                                 "did not bind synchronously")
+            result = outcome[0]
+            if isinstance(result, Failure):
+                self.unbind_all()
+                reason = getattr(result.value, "socketError", None) or result.value
+                raise StartError(f"cannot listen for {listener.description} "
+                                 f"({listener.variable}): {reason}")
+            listener.port = result
+            self.metrics.listeners.labels(listener.name).set(1)
+            addr = result.getHost()
+            self._log.info("{description} listening on {host}:{port}",
+                           description=listener.description, host=getattr(addr, "host", "?"),
+                           port=getattr(addr, "port", "?"))
+
+    def unbind_all(self) -> Deferred[Any]:
+        ds = []
+        for listener in self.listeners:
+            if listener.port is not None:
+                ds.append(defer.maybeDeferred(listener.port.stopListening))
+                listener.port = None
+                self.metrics.listeners.labels(listener.name).set(0)
+        return defer.DeferredList(ds, consumeErrors=True)
+
+    def startService(self) -> None:
+        logs.set_level(self.config.log_level)
+        for warning in self.config.warnings:
+            self._log.warn("config: {warning}", warning=warning)
+        self.metrics.instrument_reactor(self.reactor)
+        if hasattr(self.store, "start"):
+            self.store.start()
+        for component in self.components:
+            component.start()
+        super().startService()
+
+    def stopService(self) -> Deferred[Any]:
+        d = defer.maybeDeferred(super().stopService)
+
+        def stop_rest(_: Any) -> Deferred[Any]:
+            ds = [defer.maybeDeferred(c.stop) for c in reversed(self.components)]
+            ds.append(self.unbind_all())
+            if hasattr(self.store, "stop"):
+                ds.append(defer.maybeDeferred(self.store.stop))
+            self.metrics.uninstrument_reactor()
+            return defer.DeferredList(ds, consumeErrors=True)
+
+        return d.addCallback(stop_rest)
+
+    # Health ------------------------------------------------------------------
+
+    def check_ready(self) -> Deferred[tuple[bool, dict[str, str]]]:
+        checks: dict[str, str] = {}
+        for listener in self.listeners:
+            checks[f"listener:{listener.name}"] = "ok" if listener.port else "not bound"
+        if self.draining:
+            checks["draining"] = "shutting down"
+        d = defer.maybeDeferred(self.store.ping)
+        d.addTimeout(STORE_PING_TIMEOUT, self.reactor)
+
+        def store_ok(_: Any) -> None:
+            checks["store"] = "ok"
+
+        def store_failed(f: Failure) -> None:
+            checks["store"] = f"unavailable: {f.getErrorMessage() or f.type.__name__}"
+
+        d.addCallbacks(store_ok, store_failed)
+        d.addCallback(lambda _: (all(v == "ok" for v in checks.values()), checks))
+        return d
+
+    # Drain -------------------------------------------------------------------
+
+    def shutdown(self) -> Deferred[None]:
+        """Graceful: stop accepting, drain components (bounded), then stop the reactor."""
+        if self.draining:
+            return defer.succeed(None)
+        self.draining = True
+        grace = self.config.shutdown_grace
+        self._log.info("draining: no new connections; waiting up to {grace}s for in-flight work",
+                       grace=grace)
+        keep = {"management"}  # keep answering /ready (503) and /metrics while draining
+        for listener in self.listeners:
+            if listener.port is not None and listener.name not in keep:
+                listener.port.stopListening()
+                listener.port = None
+                self.metrics.listeners.labels(listener.name).set(0)
+        drains = [defer.maybeDeferred(c.drain) for c in self.components]
+        d: Deferred[Any] = defer.DeferredList(drains, consumeErrors=True)
+        d.addTimeout(grace, self.reactor)
+        d.addErrback(lambda f: self._log.warn("drain did not finish within {grace}s; stopping",
+                                              grace=grace))
+        d.addCallback(lambda _: self._stop_reactor())
+        return d
+
+    def _stop_reactor(self) -> None:
+        if not self._stopping_reactor:
+            self._stopping_reactor = True
+            self._log.info("drained; stopping")
+            self.reactor.stop()
+
+
+def fail_start(message: str) -> None:
+    """Print the one line an operator needs and exit non-zero."""
+    print(f"studios-gateway: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def make_service(config: Config, reactor: Any = None) -> GatewayService:
+    """Assemble every part the config enables into one GatewayService."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    metrics = Metrics()
+    gateway = GatewayService(config, reactor, build_store(config, reactor), metrics)
+    if config.management_port is not None:
+        from studios_gateway.management import ManagementRoot, make_site
+
+        root = ManagementRoot(auth_key=config.management_auth_key, health=gateway,
+                              metrics=metrics, shutdown=gateway.shutdown)
+        gateway.management_root = root  # type: ignore[attr-defined]
+        gateway.add_listener("management", "CONNECT_MANAGEMENT_PORT",
+                             endpoint_for(reactor, config.bind_address, config.management_port),
+                             make_site(root), "the management endpoints")
+    return gateway

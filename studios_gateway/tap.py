@@ -1,0 +1,40 @@
+"""The `twistd studios-gateway` plugin: options and makeService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from studios_gateway.config import VARIABLES, ConfigError, load_config
+
+
+class Options(usage.Options):
+    """Every configuration variable is also an option: CONNECT_HTTP_PORT is --http-port."""
+
+    synopsis = "[options]"
+    longdesc = ("Runs the studios gateway: tunnel listener, HTTP proxy, SSH proxy and management "
+                "endpoints in one process. Options override environment variables, which "
+                "override the --env-file, which overrides the defaults.")
+    optParameters = [
+        ["env-file", None, None, "Read variables from this file (NAME=value lines)."],
+        *[[v.option, None, None, f"{v.name}: {v.doc}"] for v in VARIABLES],
+    ]
+
+    def variable_options(self) -> dict[str, str | None]:
+        return {v.name: self[v.option] for v in VARIABLES}
+
+
+def makeService(options: Options) -> IService:
+    from studios_gateway.service import StartError, fail_start, make_service
+
+    try:
+        config = load_config(options.variable_options(), env_file=options["env-file"])
+    except ConfigError as e:
+        fail_start(str(e))
+    try:
+        service: Any = make_service(config)
+    except StartError as e:
+        fail_start(str(e))
+    return service

@@ -1,0 +1,121 @@
+"""A real `twistd -n studios-gateway` process: management endpoints, auth, shutdown, errors."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway import BIN, GatewayProcess, base_env, run_twistd
+
+pytestmark = pytest.mark.slow
+
+KEY = "test-management-key-7f3a"
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    gw = GatewayProcess(tmp_path, base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY))
+    try:
+        gw.wait_ready()
+        yield gw
+    finally:
+        gw.stop()
+
+
+def test_live_ready_metrics_and_auth(gateway: GatewayProcess) -> None:
+    status, body, _ = gateway.request("/live", auth=False)
+    assert status == 200 and b"live" in body
+
+    for path in ("/ready", "/metrics", "/"):
+        status, _, headers = gateway.request(path, auth=False)
+        assert status == 401, path
+        assert "Bearer" in headers.get("WWW-Authenticate", "")
+        assert gateway.request(path, auth="wrong-key")[0] == 401
+
+    status, body, _ = gateway.request("/ready")
+    assert status == 200, body
+    assert b'"store": "ok"' in body and b'"listener:management": "ok"' in body
+
+    status, body, headers = gateway.request("/metrics")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain")
+    text = body.decode()
+    assert "studios_gateway_reactor_tick_seconds_bucket" in text
+    assert "process_resident_memory_bytes" in text
+    assert 'studios_gateway_listeners{listener="management"} 1.0' in text
+    assert KEY not in gateway.output()
+
+
+def test_shutdown_drains_and_exits_zero(gateway: GatewayProcess) -> None:
+    assert gateway.request("/shutdown", method="POST", auth=False)[0] == 401
+    status, body, _ = gateway.request("/shutdown", method="POST")
+    assert status == 202 and b"draining" in body
+    assert gateway.wait(timeout=30) == 0
+    assert "drained; stopping" in gateway.output()
+
+
+def test_invalid_value_stops_the_start(tmp_path) -> None:
+    env = base_env(tmp_path, CONNECT_SSH_MAX_CONNECTIONS="many")
+    result = run_twistd(tmp_path, env)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "CONNECT_SSH_MAX_CONNECTIONS" in line]
+    assert lines == ["studios-gateway: CONNECT_SSH_MAX_CONNECTIONS='many': expected a whole "
+                     "number from 1 to 1000000"], result.stderr
+
+
+def test_option_overrides_environment(tmp_path) -> None:
+    env = base_env(tmp_path)
+    result = run_twistd(tmp_path, env, ["--ssh-max-connections", "zero"])
+    assert result.returncode != 0
+    assert "CONNECT_SSH_MAX_CONNECTIONS='zero'" in result.stderr
+
+
+def test_a_port_in_use_fails_the_start(tmp_path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = base_env(tmp_path, CONNECT_MANAGEMENT_PORT=str(port))
+        result = run_twistd(tmp_path, env)
+    assert result.returncode == 1
+    assert "cannot listen for the management endpoints (CONNECT_MANAGEMENT_PORT)" in result.stderr
+
+
+def test_check_config_command(tmp_path) -> None:
+    env = base_env(tmp_path, CONNECT_REDIS_PASSWORD="hunter2-secret")
+    cmd = [str(BIN / "studios-gateway"), "check-config"]
+    ok = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "CONNECT_SSH_MAX_CONNECTIONS" in ok.stdout and "2000" in ok.stdout
+    assert "hunter2-secret" not in ok.stdout + ok.stderr
+    env["CONNECT_LOG_LEVEL"] = "chatty"
+    bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "CONNECT_LOG_LEVEL='chatty'" in bad.stderr
+
+
+def test_installed_wheel_registers_the_plugin(tmp_path) -> None:
+    """Build a wheel, install it (not editable) on its own, and ask twistd --help."""
+    repo = Path(__file__).resolve().parents[2]
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(dist), str(repo)], check=True, timeout=300)
+    (wheel,) = dist.glob("studios_gateway-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "twisted/plugins/studios_gateway_plugin.py" in names
+    assert "twisted/__init__.py" not in names and "twisted/plugins/__init__.py" not in names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                    str(target), str(wheel)], check=True, timeout=300)
+    env = {"PATH": str(BIN), "PYTHONPATH": str(target), "HOME": str(tmp_path)}
+    out = subprocess.run([str(BIN / "twistd"), "--help"], env=env, capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "studios-gateway" in out.stdout
+    help_out = subprocess.run([str(BIN / "twistd"), "studios-gateway", "--help"], env=env,
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "--ssh-max-connections" in help_out.stdout

@@ -1,0 +1,157 @@
+"""GatewayService lifecycle and the management resources, without a real reactor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.web.test.requesthelper import DummyRequest
+
+from studios_gateway.config import load_config
+from studios_gateway.management import ManagementRoot
+from studios_gateway.metrics import Metrics
+from studios_gateway.service import Component, GatewayService, StartError, endpoint_for
+
+
+class FakeStore:
+    """Answers ping as told (a unit-test stand-in for one collaborator)."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.started = self.stopped = False
+
+    def ping(self) -> defer.Deferred[None]:
+        if self.up:
+            return defer.succeed(None)
+        return defer.fail(ConnectionError("connection refused"))
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class FailingEndpoint:
+    def listen(self, factory: Any) -> defer.Deferred[Any]:
+        err = OSError(98, "Address already in use")
+        return defer.fail(err)
+
+
+def make(reactor: MemoryReactorClock, **env: str) -> tuple[GatewayService, FakeStore]:
+    cfg = load_config(environ={"CONNECT_MANAGEMENT_PORT": "9000", **env})
+    store = FakeStore()
+    return GatewayService(cfg, reactor, store, Metrics()), store
+
+
+def result_of(d: defer.Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "deferred did not fire"
+    return out[0]
+
+
+def test_bind_all_and_ready() -> None:
+    reactor = MemoryReactorClock()
+    gw, store = make(reactor)
+    gw.add_listener("management", "CONNECT_MANAGEMENT_PORT", endpoint_for(reactor, "127.0.0.1",
+                    9000), object(), "the management endpoints")
+    ready, checks = result_of(gw.check_ready())
+    assert not ready and checks["listener:management"] == "not bound"
+    gw.bind_all()
+    assert reactor.tcpServers[0][0] == 9000 and reactor.tcpServers[0][3] == "127.0.0.1"
+    ready, checks = result_of(gw.check_ready())
+    assert ready, checks
+    store.up = False
+    ready, checks = result_of(gw.check_ready())
+    assert not ready and checks["store"].startswith("unavailable: connection refused")
+
+
+def test_a_failing_listener_fails_the_start_and_unbinds_the_rest() -> None:
+    reactor = MemoryReactorClock()
+    gw, _ = make(reactor)
+    ok = gw.add_listener("a", "CONNECT_HTTP_PORT", endpoint_for(reactor, "127.0.0.1", 1), object(),
+                         "the HTTP proxy")
+    gw.add_listener("b", "CONNECT_TUNNEL_PORT", FailingEndpoint(), object(), "the tunnel listener")
+    with pytest.raises(StartError, match=r"cannot listen for the tunnel listener "
+                                         r"\(CONNECT_TUNNEL_PORT\): .*Address already in use"):
+        gw.bind_all()
+    assert ok.port is None
+
+
+def test_shutdown_drains_then_stops_the_reactor() -> None:
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    gw, _ = make(reactor, CONNECT_SHUTDOWN_GRACE="10s")
+    drained: defer.Deferred[None] = defer.Deferred()
+    gw.add_component(Component("tunnels", drain=lambda: drained))
+    gw.add_listener("http", "CONNECT_HTTP_PORT", endpoint_for(reactor, "127.0.0.1", 1), object(),
+                    "the HTTP proxy")
+    gw.bind_all()
+    gw.shutdown()
+    assert gw.draining and gw.listeners[0].port is None
+    ready, checks = result_of(gw.check_ready())
+    assert not ready and checks["draining"] == "shutting down"
+    assert not reactor.hasStopped
+    drained.callback(None)
+    assert reactor.hasStopped
+
+
+def test_shutdown_is_bounded_by_the_grace() -> None:
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    gw, _ = make(reactor, CONNECT_SHUTDOWN_GRACE="10s")
+    gw.add_component(Component("stuck", drain=lambda: defer.Deferred()))
+    gw.shutdown()
+    reactor.advance(9.9)
+    assert not reactor.hasStopped
+    reactor.advance(0.2)
+    assert reactor.hasStopped
+
+
+class ReadyHealth:
+    def __init__(self, ready: bool) -> None:
+        self.ready = ready
+
+    def check_ready(self) -> defer.Deferred[tuple[bool, dict[str, str]]]:
+        return defer.succeed((self.ready, {"store": "ok" if self.ready else "down"}))
+
+
+def render(root: ManagementRoot, path: bytes, method: bytes = b"GET",
+           auth: bytes | None = None) -> DummyRequest:
+    request = DummyRequest(path.strip(b"/").split(b"/"))
+    request.method = method
+    if auth is not None:
+        request.requestHeaders.addRawHeader(b"authorization", auth)
+    resource = root
+    for segment in list(request.postpath):
+        request.prepath.append(request.postpath.pop(0))
+        resource = resource.getChildWithDefault(segment, request)
+    body = resource.render(request)
+    if isinstance(body, bytes):
+        request.write(body)
+        request.finish()
+    return request
+
+
+def test_management_auth() -> None:
+    shutdowns: list[int] = []
+    root = ManagementRoot(auth_key="k3y", health=ReadyHealth(True), metrics=Metrics(),
+                          shutdown=lambda: shutdowns.append(1))
+    assert render(root, b"/live").responseCode in (None, 200)
+    for auth in (None, b"Bearer nope", b"Basic k3y", b"k3y"):
+        assert render(root, b"/ready", auth=auth).responseCode == 401, auth
+        assert render(root, b"/metrics", auth=auth).responseCode == 401, auth
+    req = render(root, b"/ready", auth=b"Bearer k3y")
+    assert req.responseCode == 200 and b'"ready"' in b"".join(req.written)
+    req = render(root, b"/metrics", auth=b"bearer k3y")
+    assert b"studios_gateway_reactor_tick_seconds" in b"".join(req.written)
+
+
+def test_ready_503_when_not_ready() -> None:
+    root = ManagementRoot(auth_key=None, health=ReadyHealth(False), metrics=Metrics(),
+                          shutdown=lambda: None)
+    req = render(root, b"/ready")
+    assert req.responseCode == 503 and b"down" in b"".join(req.written)

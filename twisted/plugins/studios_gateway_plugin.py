@@ -1,0 +1,10 @@
+"""twistd plugins of studios-gateway; the real modules are imported only when used."""
+
+from twisted.application.service import ServiceMaker
+
+studios_gateway = ServiceMaker(
+    "studios-gateway",
+    "studios_gateway.tap",
+    "Studios gateway: tunnels, HTTP and SSH proxy, management, in one process.",
+    "studios-gateway",
+)
