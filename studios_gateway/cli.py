@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 from studios_gateway.config import ConfigError, load_config
 
@@ -28,6 +33,94 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _management_url(args: argparse.Namespace) -> str:
+    if args.url:
+        if not args.url.startswith(("http://", "https://")):
+            raise SystemExit("studios-gateway: --url must be an http:// or https:// URL")
+        return args.url.rstrip("/")
+    port = os.environ.get("CONNECT_MANAGEMENT_PORT")
+    if not port:
+        raise SystemExit("studios-gateway: give --url or set CONNECT_MANAGEMENT_PORT (the "
+                         "gateway's management port)")
+    return f"http://127.0.0.1:{port}"
+
+
+def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    """Call the admin API; print its error and exit 1 on failure."""
+    url = _management_url(args) + path
+    headers = {"Accept": "application/json"}
+    key = os.environ.get("CONNECT_MANAGEMENT_AUTH_KEY")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - operator's URL
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read()).get("error", e.reason)
+        except ValueError:
+            message = e.reason
+        raise SystemExit(f"studios-gateway: {method} {path}: {e.code} {message}") from None
+    except urllib.error.URLError as e:
+        raise SystemExit(f"studios-gateway: cannot reach the gateway at {url}: {e.reason}") \
+            from None
+
+
+def _print_session(s: dict[str, Any]) -> None:
+    state = "connected" if s.get("connected") else "not connected"
+    users = ",".join(s.get("allowed_users") or []) or "-"
+    print(f"{s['id']}  {s['tool']:<10}  owner={s['owner']}  users={users}  "
+          f"workspace={s.get('workspace_id') or '-'}  ssh={'on' if s.get('ssh_enabled') else 'off'}"
+          f"  {state}")
+
+
+def sessions_create(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"owner": args.owner, "tool": args.tool,
+                            "allowed_users": args.allow or [], "ssh_enabled": args.ssh}
+    if args.id:
+        body["id"] = args.id
+    if args.workspace:
+        body["workspace_id"] = args.workspace
+    created = api_call(args, "POST", "/api/sessions", body)
+    if args.json:
+        print(json.dumps(created, indent=1))
+        return 0
+    print(f"session:        {created['id']}")
+    print(f"open:           {created['url']}")
+    if created.get("login_link"):
+        print(f"login link:     {created['login_link']}")
+    print(f"connect string: {created['connect_string']}")
+    print("run in the studio: studios-connect --connect '<connect string>' --tool-port PORT")
+    return 0
+
+
+def sessions_list(args: argparse.Namespace) -> int:
+    found = api_call(args, "GET", "/api/sessions")["sessions"]
+    if args.json:
+        print(json.dumps(found, indent=1))
+    for s in found if not args.json else []:
+        _print_session(s)
+    if not found and not args.json:
+        print("no sessions")
+    return 0
+
+
+def sessions_show(args: argparse.Namespace) -> int:
+    print(json.dumps(api_call(args, "GET", f"/api/sessions/{args.id}"), indent=1))
+    return 0
+
+
+def sessions_delete(args: argparse.Namespace) -> int:
+    api_call(args, "DELETE", f"/api/sessions/{args.id}")
+    print(f"session {args.id} ended")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="studios-gateway",
@@ -37,14 +130,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-file", help="also read variables from this file (NAME=value lines)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     p.set_defaults(func=check_config)
+
+    sub.add_parser("demo", help="start a gateway and a demo studio on this machine "
+                                "(see `studios-gateway demo --help`)")
+
+    sp = sub.add_parser("sessions", help="create, list, show and end sessions (admin API)")
+    sp.add_argument("--url", help="management URL (default http://127.0.0.1:"
+                                  "$CONNECT_MANAGEMENT_PORT); the key comes from "
+                                  "CONNECT_MANAGEMENT_AUTH_KEY")
+    ssub = sp.add_subparsers(dest="action", required=True)
+    c = ssub.add_parser("create", help="create a session and print its connect string")
+    c.add_argument("--owner", required=True, help="the user who owns the studio")
+    c.add_argument("--tool", default="generic",
+                   help="jupyterlab, ride, vscode, xpra or generic (default)")
+    c.add_argument("--id", help="session id (default: 8 random hex characters)")
+    c.add_argument("--workspace", help="workspace id")
+    c.add_argument("--allow", action="append", metavar="USER", help="another allowed user")
+    c.add_argument("--ssh", action="store_true", help="allow SSH into the studio")
+    c.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    c.set_defaults(func=sessions_create)
+    ls = ssub.add_parser("list", help="list sessions")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=sessions_list)
+    sh = ssub.add_parser("show", help="one session, with its tunnel")
+    sh.add_argument("id")
+    sh.set_defaults(func=sessions_show)
+    d = ssub.add_parser("delete", help="end a session and close its tunnel")
+    d.add_argument("id")
+    d.set_defaults(func=sessions_delete)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from studios_gateway.demo.run import main as demo_main
+
+        return demo_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args))
 
 
-if __name__ == "__main__":
+def console() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

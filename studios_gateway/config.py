@@ -404,7 +404,7 @@ BY_OPTION: dict[str, Var] = {v.option: v for v in VARIABLES}
 #: Variables of the connect client: known, so not reported as misspellings.
 CLIENT_VARIABLES = frozenset({
     "CONNECT_GATEWAY_URL", "CONNECT_SESSION_ID", "CONNECT_SESSION_TOKEN", "CONNECT_TOOL_PORT",
-    "CONNECT_TOOL_PATH_PREFIX", "CONNECT_CLIENT_LOG_LEVEL", "CONNECT_STRING",
+    "CONNECT_TOOL_PATH_PREFIX", "CONNECT_CLIENT_LOG_LEVEL", "CONNECT_STRING", "CONNECT_TOOL",
 })
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -241,13 +242,94 @@ def make_service(config: Config, reactor: Any = None) -> GatewayService:
         reactor = default_reactor
     metrics = Metrics()
     gateway = GatewayService(config, reactor, build_store(config, reactor), metrics)
+    storage = prepare_storage(config.storage_root)
+    table, pin = _add_tunnels(gateway, storage)
+    gateway.tunnel_table = table  # type: ignore[attr-defined]
+    gateway.tunnel_pin = pin  # type: ignore[attr-defined]
     if config.management_port is not None:
-        from studios_gateway.management import ManagementRoot, make_site
-
-        root = ManagementRoot(auth_key=config.management_auth_key, health=gateway,
-                              metrics=metrics, shutdown=gateway.shutdown)
-        gateway.management_root = root  # type: ignore[attr-defined]
-        gateway.add_listener("management", "CONNECT_MANAGEMENT_PORT",
-                             endpoint_for(reactor, config.bind_address, config.management_port),
-                             make_site(root), "the management endpoints")
+        _add_management(gateway, table, pin)
     return gateway
+
+
+def prepare_storage(root: str) -> Path:
+    path = Path(root)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise StartError(f"CONNECT_STORAGE_ROOT={root!r}: expected a writable directory "
+                         f"({e.strerror})") from None
+    return path
+
+
+def _add_tunnels(gateway: GatewayService, storage: Path) -> tuple[Any, str | None]:
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from studios_gateway.tunnel import tls
+    from studios_gateway.tunnel.server import (
+        TunnelMetrics,
+        TunnelServerFactory,
+        TunnelSettings,
+        TunnelTable,
+    )
+
+    config, reactor = gateway.config, gateway.reactor
+    pin: str | None = None
+    if config.tls_cert_file and config.tls_key_file:
+        cert_path, key_path = config.tls_cert_file, config.tls_key_file
+    else:
+        host, _ = config.effective_tunnel_url
+        names = [host, config.proxy_host, "localhost", "127.0.0.1"]
+        cert, key = tls.ensure_self_signed(storage / "tunnel", names)
+        cert_path, key_path = str(cert), str(key)
+        pin = tls.fingerprint_pem(cert.read_bytes())
+    try:
+        options = tls.server_options(cert_path, key_path)
+    except Exception as e:  # a bad PEM is an operator's mistake: say so in one line
+        raise StartError(f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the "
+                         f"certificate and key ({e})") from None
+    settings = TunnelSettings(window_size=config.tunnel_window_size,
+                              ping_interval=config.tunnel_ping_interval,
+                              ping_timeout=config.tunnel_ping_timeout)
+    advertise = config.host_domain or config.bind_address
+    table = TunnelTable(gateway.store, node_id=config.effective_node_id,
+                        node_address=f"{advertise}:{config.listener_port}", clock=reactor,
+                        settings=settings, metrics=TunnelMetrics(gateway.metrics.registry))
+    factory = TLSMemoryBIOFactory(options, False, TunnelServerFactory(table))
+    gateway.add_listener("tunnel", "CONNECT_TUNNEL_PORT",
+                         endpoint_for(reactor, config.bind_address, config.tunnel_port),
+                         factory, "the tunnel listener")
+    gateway.add_component(Component("tunnels", start=table.start, drain=table.drain,
+                                     stop=table.stop))
+    return table, pin
+
+
+def _add_management(gateway: GatewayService, table: Any, pin: str | None) -> None:
+    from studios_gateway.api import make_api
+    from studios_gateway.management import ManagementRoot, make_site
+    from studios_gateway.sessions import NewSession, Sessions, connect_string, session_url
+
+    config, reactor = gateway.config, gateway.reactor
+    sessions = Sessions(gateway.store, clock=reactor, on_end=table.end_session)
+    tunnel_host, tunnel_port = config.effective_tunnel_url
+
+    def present(new: NewSession) -> dict[str, Any]:
+        sid = new.record.id
+        return {
+            "id": sid,
+            "url": session_url(sid, config.effective_proxy_url, config.effective_studios_domain,
+                               config.path_routing),
+            "token": new.token,
+            "connect_string": connect_string(sid, new.token, tunnel_host, tunnel_port, pin),
+            "tool": new.record.tool,
+            "owner": new.record.owner,
+        }
+
+    root = ManagementRoot(auth_key=config.management_auth_key, health=gateway,
+                          metrics=gateway.metrics, shutdown=gateway.shutdown,
+                          api=make_api(sessions, present))
+    gateway.add_listener("management", "CONNECT_MANAGEMENT_PORT",
+                         endpoint_for(reactor, config.bind_address, config.management_port),
+                         make_site(root), "the management endpoints")

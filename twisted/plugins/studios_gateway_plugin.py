@@ -8,3 +8,10 @@ studios_gateway = ServiceMaker(
     "Studios gateway: tunnels, HTTP and SSH proxy, management, in one process.",
     "studios-gateway",
 )
+
+studios_connect = ServiceMaker(
+    "studios-connect",
+    "studios_gateway.client.tap",
+    "Studios connect client: holds a studio's tunnel to the gateway.",
+    "studios-connect",
+)

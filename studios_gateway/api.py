@@ -1,0 +1,150 @@
+"""The admin API on the management port: /api/sessions.
+
+  POST   /api/sessions            create (JSON: id?, workspace_id, tool, owner,
+                                  allowed_users, ssh_enabled) -> id, url, token,
+                                  connect_string
+  GET    /api/sessions            list, with tunnel state
+  GET    /api/sessions/{id}       one, with tunnel state
+  DELETE /api/sessions/{id}       end it (its tunnel is closed)
+  POST   /api/sessions/{id}/token mint a new connect token (the old one stops working)
+
+Authentication is the management root's (bearer key).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+from studios_gateway.registry.base import SessionExists, StoreUnavailable
+from studios_gateway.sessions import NewSession, RequestError, Sessions, validate_create
+
+MAX_BODY = 64 * 1024
+
+
+def _reply(request: Request, code: int, body: Any) -> None:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    request.write(json.dumps(body, indent=1).encode() + b"\n")
+    request.finish()
+
+
+def _read_json(request: Request) -> Any:
+    length = request.getHeader(b"content-length")
+    content = request.content
+    if content is None:
+        raise RequestError("a JSON body is required")
+    content.seek(0, 2)
+    if content.tell() > MAX_BODY or (length and int(length) > MAX_BODY):
+        raise RequestError(f"body larger than {MAX_BODY} bytes")
+    content.seek(0)
+    raw = content.read()
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise RequestError("the body is not valid JSON") from None
+
+
+class _Async(Resource):
+    """A leaf whose handlers return Deferreds; errors become JSON with a status."""
+
+    isLeaf = True
+    _log = Logger()
+
+    def _run(self, request: Request, handler: Callable[[], Any]) -> int:
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def ok(result: tuple[int, Any]) -> None:
+            if not gone:
+                _reply(request, *result)
+
+        def failed(f: Failure) -> None:
+            if gone:
+                return
+            if f.check(RequestError):
+                _reply(request, 400, {"error": str(f.value)})
+            elif f.check(SessionExists):
+                _reply(request, 409, {"error": "a session with that id exists"})
+            elif f.check(StoreUnavailable):
+                _reply(request, 503, {"error": f"session store unavailable: {f.value}"})
+            else:
+                self._log.failure("admin API request failed", f)
+                _reply(request, 500, {"error": "internal error (see the gateway's log)"})
+
+        defer.maybeDeferred(handler).addCallbacks(ok, failed)
+        return NOT_DONE_YET
+
+
+class SessionsResource(_Async):
+    def __init__(self, sessions: Sessions, present: Callable[[NewSession], dict[str, Any]]):
+        super().__init__()
+        self._sessions = sessions
+        self._present = present
+
+    def render(self, request: Request) -> Any:
+        path = [p for p in request.postpath if p]
+        method = request.method
+        if not path:
+            if method == b"GET":
+                return self._run(request, self._list)
+            if method == b"POST":
+                return self._run(request, lambda: self._create(request))
+        elif len(path) == 1:
+            sid = path[0].decode("ascii", "replace")
+            if method == b"GET":
+                return self._run(request, lambda: self._show(sid))
+            if method == b"DELETE":
+                return self._run(request, lambda: self._end(sid))
+        elif len(path) == 2 and path[1] == b"token" and method == b"POST":
+            sid = path[0].decode("ascii", "replace")
+            return self._run(request, lambda: self._rotate(sid))
+        request.setResponseCode(405 if len(path) <= 2 else 404)
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"error": "no such endpoint or method"}\n'
+
+    @defer.inlineCallbacks
+    def _list(self) -> Any:
+        return 200, {"sessions": (yield self._sessions.list())}
+
+    @defer.inlineCallbacks
+    def _create(self, request: Request) -> Any:
+        fields = validate_create(_read_json(request))
+        new = yield self._sessions.create(fields)
+        return 201, self._present(new)
+
+    @defer.inlineCallbacks
+    def _show(self, sid: str) -> Any:
+        found = yield self._sessions.show(sid)
+        if found is None:
+            return 404, {"error": f"no session {sid}"}
+        return 200, found
+
+    @defer.inlineCallbacks
+    def _end(self, sid: str) -> Any:
+        if (yield self._sessions.end(sid)):
+            return 200, {"id": sid, "ended": True}
+        return 404, {"error": f"no session {sid}"}
+
+    @defer.inlineCallbacks
+    def _rotate(self, sid: str) -> Any:
+        new = yield self._sessions.rotate_token(sid)
+        if new is None:
+            return 404, {"error": f"no session {sid}"}
+        return 200, self._present(new)
+
+
+def make_api(sessions: Sessions, present: Callable[[NewSession], dict[str, Any]]) -> Resource:
+    api = Resource()
+    api.putChild(b"sessions", SessionsResource(sessions, present))
+    return api

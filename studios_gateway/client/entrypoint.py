@@ -1,0 +1,126 @@
+"""Entry-point mode: run the tool as our child, next to the tunnel.
+
+``studios-connect -- jupyter lab --port 8888`` starts the command with
+CONNECT_TOOL_PORT and CONNECT_TOOL_PATH_PREFIX in its environment, forwards
+SIGTERM/SIGINT to it, kills it if it has not exited after the grace period,
+and exits with its status.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+KILL_GRACE = 30.0
+
+
+def exit_status(reason: Failure) -> int:
+    """The shell's view of how a child ended: its code, or 128 + the signal."""
+    value = reason.value
+    if isinstance(value, ProcessDone):
+        return 0
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            return 128 + int(value.signal)
+        return int(value.exitCode or 0)
+    return 1
+
+
+class _ToolProcess(ProcessProtocol):
+    def __init__(self, ended: Deferred[int]):
+        self._ended = ended
+
+    def processEnded(self, reason: Failure) -> None:
+        self._ended.callback(exit_status(reason))
+
+
+class ToolChild:
+    """The tool process: started once, signalled, killed after a grace period."""
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, argv: Sequence[str], env: Mapping[str, str], *,
+                 grace: float = KILL_GRACE):
+        self.reactor = reactor
+        self.argv = list(argv)
+        self.env = dict(env)
+        self.grace = grace
+        self.ended: Deferred[int] = Deferred()
+        self._transport: Any = None
+        self._kill_call: Any = None
+
+    def start(self) -> None:
+        self._log.info("starting the tool: {argv}", argv=" ".join(self.argv))
+        self._transport = self.reactor.spawnProcess(
+            _ToolProcess(self.ended), self.argv[0], self.argv, env=self.env,
+            childFDs={0: 0, 1: 1, 2: 2})
+        self.ended.addBoth(self._ended)
+
+    def _ended(self, status: Any) -> Any:
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        self._log.info("the tool exited with status {status}", status=status)
+        return status
+
+    def terminate(self, sig: int = signal.SIGTERM) -> Deferred[int]:
+        """Pass `sig` on; SIGKILL after the grace period. Fires with the exit status."""
+        if self._transport is not None and not self.ended.called:
+            try:
+                self._transport.signalProcess(sig)
+            except ProcessExitedAlready:
+                pass
+            else:
+                self._log.info("passed signal {sig} to the tool; killing it in {grace:g}s if it "
+                               "has not exited", sig=sig, grace=self.grace)
+                if self._kill_call is None:
+                    self._kill_call = self.reactor.callLater(self.grace, self._kill)
+        d: Deferred[int] = Deferred()
+        self.ended.addBoth(lambda s: (d.callback(s), s)[1])
+        return d
+
+    def _kill(self) -> None:
+        self._log.warn("the tool did not exit within {grace:g}s; killing it", grace=self.grace)
+        try:
+            self._transport.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
+
+
+def child_environment(environ: Mapping[str, str], tool_port: int, prefix: str) -> dict[str, str]:
+    """The tool's environment: ours, minus the session token, plus its port and prefix."""
+    env = {k: v for k, v in environ.items()
+           if k not in ("CONNECT_SESSION_TOKEN", "CONNECT_STRING")}
+    env["CONNECT_TOOL_PORT"] = str(tool_port)
+    env["CONNECT_TOOL_PATH_PREFIX"] = prefix
+    return env
+
+
+def install_signal_forwarding(reactor: Any, on_signal: Callable[[int], Any]) -> None:
+    """Route SIGTERM and SIGINT to `on_signal` inside the reactor thread."""
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(on_signal, signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def resolve_argv(argv: Sequence[str], path: str) -> list[str]:
+    """Find the command on PATH as a shell would, so spawnProcess gets a real file."""
+    cmd = argv[0]
+    if "/" not in cmd:
+        for d in path.split(os.pathsep):
+            candidate = os.path.join(d, cmd)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return [candidate, *argv[1:]]
+        raise FileNotFoundError(f"command not found on PATH: {cmd}")
+    return list(argv)
+

@@ -1,0 +1,117 @@
+"""The connect client's settings: a connect string and/or CONNECT_* variables.
+
+Sources, highest first: command-line options, the environment, the connect
+string (``studios-connect://<id>:<token>@host:port/?pin=sha256:...``, from
+``--connect`` or CONNECT_STRING), defaults. CONNECT_GATEWAY_URL may list
+several gateways, comma-separated (``host:port`` or ``tls://host:port?pin=...``);
+the client tries them in turn.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from studios_gateway.config import ConfigError
+from studios_gateway.tunnel.bind import SESSION_ID, TOOLS
+from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
+
+CLIENT_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
+
+
+@dataclass(frozen=True)
+class Gateway:
+    host: str
+    port: int
+    pin: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    gateways: tuple[Gateway, ...]
+    session_id: str
+    token: str = field(repr=False)
+    tool_port: int
+    tool: str = "generic"
+    tool_path_prefix: str = ""
+    log_level: str = "info"
+    connect_version: str = str(CONNECT_PROTOCOL_VERSION)
+    tool_host: str = "127.0.0.1"
+
+
+def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | None]:
+    """One gateway address; returns it and any session id/token the URL carried."""
+    s = text.strip()
+    if "://" not in s:
+        s = "tls://" + s
+    try:
+        parts = urlsplit(s)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(name, text, "host:port, tls://host:port or a connect string") from None
+    if parts.scheme not in ("tls", "studios-connect") or not parts.hostname or not port:
+        raise ConfigError(name, text, "host:port, tls://host:port or a connect string")
+    pins = parse_qs(parts.query).get("pin", [])
+    pin = pins[0] if pins else None
+    if pin is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", pin):
+        raise ConfigError(name, text, "pin=sha256:<64 lowercase hex digits>")
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return Gateway(parts.hostname, port, pin), user, password
+
+
+def load_client_settings(environ: Mapping[str, str],
+                         options: Mapping[str, str | None] | None = None) -> ClientSettings:
+    """Build the settings or raise ConfigError naming the variable at fault."""
+    opts = {k: v for k, v in (options or {}).items() if v is not None}
+
+    def get(name: str) -> str | None:
+        value = opts.get(name, environ.get(name))
+        return value if value is None or value.strip() else None
+
+    session_id = token = None
+    gateways: list[Gateway] = []
+    conn = get("CONNECT_STRING")
+    if conn:
+        gw, session_id, token = _parse_gateway(conn, "CONNECT_STRING")
+        if not session_id or not token:
+            raise ConfigError("CONNECT_STRING", "<connect string>",
+                              "studios-connect://<session>:<token>@host:port/?pin=...",
+                              secret=True)
+        gateways.append(gw)
+    url = get("CONNECT_GATEWAY_URL")
+    if url:
+        gateways = [_parse_gateway(part, "CONNECT_GATEWAY_URL")[0]
+                    for part in url.split(",") if part.strip()]
+    if not gateways:
+        raise ConfigError("CONNECT_GATEWAY_URL", None,
+                          "the gateway's tunnel address (or a CONNECT_STRING)")
+    session_id = get("CONNECT_SESSION_ID") or session_id
+    if not session_id or not SESSION_ID.fullmatch(session_id):
+        raise ConfigError("CONNECT_SESSION_ID", session_id, "the session id the gateway gave")
+    token = get("CONNECT_SESSION_TOKEN") or token
+    if not token or not 16 <= len(token) <= 512:
+        raise ConfigError("CONNECT_SESSION_TOKEN", token and "<redacted>",
+                          "the session's connect token", secret=True)
+    port_text = get("CONNECT_TOOL_PORT")
+    if port_text is None or not re.fullmatch(r"[0-9]{1,5}", port_text.strip()) \
+            or not 1 <= int(port_text) <= 65535:
+        raise ConfigError("CONNECT_TOOL_PORT", port_text, "the port the tool listens on")
+    tool = (get("CONNECT_TOOL") or "generic").strip().lower()
+    if tool not in TOOLS:
+        raise ConfigError("CONNECT_TOOL", tool, f"one of {', '.join(TOOLS)}")
+    prefix = (get("CONNECT_TOOL_PATH_PREFIX") or "").strip()
+    if prefix and not re.fullmatch(r"/[A-Za-z0-9_./-]*/", prefix):
+        raise ConfigError("CONNECT_TOOL_PATH_PREFIX", prefix, "a path such as /_studio/<id>/")
+    level = (get("CONNECT_CLIENT_LOG_LEVEL") or "info").strip().lower()
+    level = {"warning": "warn"}.get(level, level)
+    if level not in CLIENT_LEVELS:
+        raise ConfigError("CONNECT_CLIENT_LOG_LEVEL", level, f"one of {', '.join(CLIENT_LEVELS)}")
+    return ClientSettings(gateways=tuple(gateways), session_id=session_id, token=token,
+                          tool_port=int(port_text), tool=tool, tool_path_prefix=prefix,
+                          log_level=level)

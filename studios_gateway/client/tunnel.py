@@ -1,0 +1,323 @@
+"""The connect client's tunnel: dial out, bind, serve streams, reconnect forever.
+
+States, each logged once when entered: waiting-for-tool, connecting, bound,
+backing-off, stopped. A refusal the gateway marks as final (bad token,
+incompatible version, unknown session) stops the client with the gateway's
+reason; anything else is retried with exponential backoff and full jitter.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, endpoints, error
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from studios_gateway.client.settings import ClientSettings, Gateway
+from studios_gateway.tunnel.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
+from studios_gateway.tunnel.mux import Multiplexer
+from studios_gateway.tunnel.server import STREAM_SSH, STREAM_TOOL
+from studios_gateway.tunnel.splice import SpliceEnd, join
+from studios_gateway.tunnel.tls import client_options
+
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+TOOL_POLL = 0.5
+TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)starting
+
+
+class Backoff:
+    """Exponential backoff with full jitter; reset after a successful bind."""
+
+    def __init__(self, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX,
+                 rng: Callable[[], float] = random.random):
+        self.base, self.cap, self._rng = base, cap, rng
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.base * (2 ** self.attempt))
+        self.attempt += 1
+        return ceiling * (0.5 + 0.5 * self._rng())
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class ToolSide(SpliceEnd):
+    """The tool end of a stream's splice: a TCP connection to 127.0.0.1:tool_port."""
+
+    def __init__(self, stream_end: StreamSide):
+        super().__init__()
+        self._stream_end = stream_end
+
+    def connectionMade(self) -> None:
+        join(self._stream_end, self)
+
+
+class StreamSide(SpliceEnd):
+    """The stream end: reads the one-byte target, connects it, then splices."""
+
+    _log = Logger()
+
+    def __init__(self, client: ConnectClient):
+        super().__init__()
+        self._client = client
+        self._kind: bytes | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._kind is None:
+            self._kind, data = data[:1], data[1:]
+            self._open_target()
+        if data:
+            super().dataReceived(data)
+
+    def _open_target(self) -> None:
+        self.transport.pauseProducing()
+        if self._kind == STREAM_TOOL:
+            self._client.connect_tool(lambda: ToolSide(self)).addErrback(self._target_failed)
+        elif self._kind == STREAM_SSH and self._client.ssh_target is not None:
+            self._client.ssh_target(self)
+        else:
+            self._log.warn("stream for an unknown target {kind!r}; resetting", kind=self._kind)
+            self.transport.abortConnection()
+
+    def _target_failed(self, f: Failure) -> None:
+        self._log.warn("tool on port {port} is not answering ({why}); resetting the stream",
+                       port=self._client.settings.tool_port, why=f.getErrorMessage())
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+class TunnelClientProtocol(Protocol):
+    """Sends the bind, reads the answer, then runs the multiplexer."""
+
+    _log = Logger()
+
+    def __init__(self, client: ConnectClient, gateway: Gateway):
+        self.client = client
+        self.gateway = gateway
+        self._lines: LineBuffer | None = LineBuffer()
+        self.mux: Multiplexer | None = None
+        self.refusal: BindReply | None = None
+
+    def connectionMade(self) -> None:
+        s = self.client.settings
+        self.transport.write(BindRequest(s.session_id, s.token, s.connect_version, s.tool,
+                                         s.tool_port).encode())
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.mux is not None:
+            self.mux.dataReceived(data)
+            return
+        assert self._lines is not None
+        try:
+            got = self._lines.feed(data)
+        except BindError:
+            self.transport.abortConnection()
+            return
+        if got is None:
+            return
+        line, rest = got
+        try:
+            reply = parse_reply(line)
+        except BindError:
+            self.transport.abortConnection()
+            return
+        if not reply.ok:
+            self.refusal = reply
+            self.transport.loseConnection()
+            return
+        s = self.client.tunnel_settings
+        self.mux = Multiplexer(is_client=True, clock=self.client.clock, on_stream=self._stream,
+                               on_go_away=self._go_away, **s)
+        self.mux.makeConnection(self.transport)
+        self.client.bound(self)
+        if rest:
+            self.mux.dataReceived(rest)
+
+    def _stream(self, stream: Any) -> None:
+        stream.attach(StreamSide(self.client))
+
+    def _go_away(self, code: int) -> None:
+        self._log.info("gateway {gw} is draining (GoAway {code}); reconnecting",
+                       gw=str(self.gateway), code=code)
+        self.client.going_away(self)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.mux is not None:
+            self.mux.connectionLost(reason)
+        self.client.lost(self, reason)
+
+
+class ConnectClient(Service):
+    """Keeps one tunnel to a gateway up for as long as the service runs."""
+
+    _log = Logger()
+
+    def __init__(self, settings: ClientSettings, reactor: Any, *,
+                 tunnel_settings: dict[str, Any] | None = None,
+                 on_fatal: Callable[[str], None] | None = None,
+                 ssh_target: Callable[[StreamSide], None] | None = None,
+                 backoff: Backoff | None = None):
+        self.settings = settings
+        self.reactor = reactor
+        self.clock = reactor
+        self.tunnel_settings = tunnel_settings or {}
+        self.on_fatal = on_fatal
+        self.ssh_target = ssh_target
+        self.backoff = backoff or Backoff()
+        self.state = "new"
+        self.ready: Deferred[None] = Deferred()  # fires at the first successful bind
+        self._gateway_index = 0
+        self._pending: Any = None
+        self._protocol: TunnelClientProtocol | None = None
+        self._connecting: Deferred[Any] | None = None
+
+    def _set_state(self, state: str, message: str, **kw: Any) -> None:
+        if state != self.state:
+            self.state = state
+            self._log.info(message, **kw)
+
+    # Lifecycle ---------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._wait_for_tool()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._set_state("stopped", "stopped")
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.loseConnection()
+
+    # The tool ----------------------------------------------------------------
+
+    def tool_endpoint(self) -> Any:
+        return endpoints.TCP4ClientEndpoint(self.reactor, self.settings.tool_host,
+                                            self.settings.tool_port, timeout=5)
+
+    def connect_tool(self, make: Callable[[], Protocol]) -> Deferred[Any]:
+        """Connect to the tool, retrying for a while if it is (re)starting."""
+        deadline = self.clock.seconds() + TOOL_CONNECT_RETRY
+
+        def attempt() -> Deferred[Any]:
+            d = self.tool_endpoint().connect(Factory.forProtocol(make))
+
+            def retry(f: Failure) -> Any:
+                if f.check(error.ConnectError) and self.clock.seconds() < deadline:
+                    return defer.Deferred.fromCoroutine(_later())
+                return f
+
+            return d.addErrback(retry)
+
+        async def _later() -> Any:
+            await _sleep(self.clock, TOOL_POLL)
+            return await attempt()
+
+        return attempt()
+
+    def _wait_for_tool(self) -> None:
+        if not self.running:
+            return
+        self._set_state("waiting-for-tool", "waiting for the tool to accept connections on "
+                        "port {port}", port=self.settings.tool_port)
+
+        def up(p: Any) -> None:
+            p.transport.loseConnection()
+            self._log.info("tool is accepting connections on port {port}",
+                           port=self.settings.tool_port)
+            self._connect()
+
+        def down(_: Failure) -> None:
+            if self.running:
+                self._pending = self.clock.callLater(TOOL_POLL, self._wait_for_tool)
+
+        self.tool_endpoint().connect(Factory.forProtocol(Protocol)).addCallbacks(up, down)
+
+    # The gateway -------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if not self.running:
+            return
+        gateway = self.settings.gateways[self._gateway_index % len(self.settings.gateways)]
+        self._set_state("connecting", "connecting to gateway {gw}", gw=str(gateway))
+        self._state_gateway = gateway
+        tls = client_options(gateway.host, gateway.pin)
+        endpoint = endpoints.wrapClientTLS(
+            tls, endpoints.HostnameEndpoint(self.reactor, gateway.host, gateway.port, timeout=10))
+        factory = ClientFactory.forProtocol(lambda: TunnelClientProtocol(self, gateway))
+        self._connecting = endpoint.connect(factory)
+
+        def connected(p: TunnelClientProtocol) -> None:
+            self._connecting = None
+            self._protocol = p
+
+        def failed(f: Failure) -> None:
+            self._connecting = None
+            if not f.check(defer.CancelledError):
+                self._log.info("cannot reach gateway {gw}: {why}", gw=str(gateway),
+                               why=f.getErrorMessage())
+                self._retry()
+
+        self._connecting.addCallbacks(connected, failed)
+
+    def bound(self, protocol: TunnelClientProtocol) -> None:
+        self.backoff.reset()
+        self._set_state("bound", "session {sid} bound to gateway {gw}; serving the tool on "
+                        "port {port}", sid=self.settings.session_id, gw=str(protocol.gateway),
+                        port=self.settings.tool_port)
+        if not self.ready.called:
+            self.ready.callback(None)
+
+    def going_away(self, protocol: TunnelClientProtocol) -> None:
+        # Rebind now (elsewhere if we know other gateways); the old tunnel's
+        # streams finish on their own connection.
+        self._gateway_index += 1
+        if protocol is self._protocol:
+            self._protocol = None
+            self._connect()
+
+    def lost(self, protocol: TunnelClientProtocol, reason: Failure | None) -> None:
+        if protocol is not self._protocol and protocol.refusal is None:
+            return
+        self._protocol = None
+        refusal = protocol.refusal
+        if refusal is not None and not refusal.retry:
+            message = f"the gateway refused the bind: {refusal.code}: {refusal.reason}"
+            self._log.error("{message}; not retrying", message=message)
+            self._set_state("refused", "stopped: {message}", message=message)
+            if self.on_fatal is not None:
+                self.on_fatal(message)
+            return
+        if refusal is not None:
+            self._log.warn("the gateway refused the bind for now: {code}: {reason}",
+                           code=refusal.code, reason=refusal.reason)
+        elif self.state == "bound":
+            self._log.info("tunnel to {gw} lost: {why}", gw=str(protocol.gateway),
+                           why=reason.getErrorMessage() if reason else "closed")
+        self._gateway_index += 1
+        self._retry()
+
+    def _retry(self) -> None:
+        if not self.running:
+            return
+        delay = self.backoff.next_delay()
+        self._set_state("backing-off", "reconnecting in {delay:.1f}s", delay=delay)
+        self._log.debug("next attempt in {delay:.2f}s", delay=delay)
+        self._pending = self.clock.callLater(delay, self._connect)
+
+
+async def _sleep(clock: Any, seconds: float) -> None:
+    d: Deferred[None] = Deferred()
+    clock.callLater(seconds, d.callback, None)
+    await d

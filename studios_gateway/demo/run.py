@@ -1,0 +1,152 @@
+"""`studios-gateway demo`: a gateway and one demo studio on this machine, in one command.
+
+It starts `twistd -n studios-gateway` on the embedded default (sessions in
+memory, no Platform), creates a session through the admin API, starts a studio
+through `studios-connect` in entry-point mode (JupyterLab when it is
+installed, otherwise the built-in demo tool), and prints the URL to open.
+Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(url: str, key: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Poll /ready until it answers 200 (the event we need), or the gateway dies."""
+    deadline = time.monotonic() + timeout
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})  # noqa: S310
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"studios-gateway demo: the gateway exited ({proc.returncode}); "
+                             "see its log above")
+        try:
+            with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise SystemExit("studios-gateway demo: the gateway did not become ready within "
+                     f"{timeout:g}s")
+
+
+def _api(base: str, key: str, method: str, path: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method,  # noqa: S310
+                                 headers={"Authorization": f"Bearer {key}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+        return json.loads(resp.read())
+
+
+def tool_command(port: int, prefix: str, force_builtin: bool) -> tuple[str, list[str]]:
+    """JupyterLab when installed (and not refused), else the built-in demo tool."""
+    jupyter = shutil.which("jupyter", path=os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if jupyter and not force_builtin:
+        probe = subprocess.run([jupyter, "lab", "--version"], capture_output=True, timeout=60)
+        if probe.returncode == 0:
+            return "jupyterlab", [
+                jupyter, "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+                f"--ServerApp.base_url={prefix}", "--IdentityProvider.token=",
+                "--ServerApp.password=", "--ServerApp.allow_remote_access=True",
+                "--ServerApp.disable_check_xsrf=False"]
+    return "generic", [sys.executable, "-m", "studios_gateway.demo.tool", "--port", str(port),
+                       "--prefix", prefix]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="studios-gateway demo", description=__doc__)
+    p.add_argument("--http-port", type=int, default=8080, help="browser port (default 8080)")
+    p.add_argument("--management-port", type=int, default=0, help="default: a free port")
+    p.add_argument("--tunnel-port", type=int, default=0, help="default: a free port")
+    p.add_argument("--storage-root", default="./var/demo", help="state directory")
+    p.add_argument("--path-routing", action="store_true",
+                   help="route by /_studio/<id>/ instead of <id>.localhost")
+    p.add_argument("--builtin-tool", action="store_true",
+                   help="use the built-in demo tool even when JupyterLab is installed")
+    p.add_argument("--owner", default="demo", help="the studio's owner (default: demo)")
+    args = p.parse_args(argv)
+
+    bindir = Path(sys.executable).parent
+    mport = args.management_port or _free_port()
+    tport = args.tunnel_port or _free_port()
+    key = secrets.token_urlsafe(24)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update({
+        "CONNECT_BIND_ADDRESS": "127.0.0.1", "CONNECT_HTTP_PORT": str(args.http_port),
+        "CONNECT_MANAGEMENT_PORT": str(mport), "CONNECT_TUNNEL_PORT": str(tport),
+        "CONNECT_LISTENER_PORT": str(_free_port()), "CONNECT_MANAGEMENT_AUTH_KEY": key,
+        "CONNECT_PROXY_URL": f"http://localhost:{args.http_port}",
+        "CONNECT_STORAGE_ROOT": str(Path(args.storage_root).resolve()),
+        "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING": "true" if args.path_routing else "false",
+    })
+    children: list[subprocess.Popen[bytes]] = []
+
+    def stop_all(*_: Any) -> None:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in reversed(children):
+            try:
+                child.wait(timeout=35)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        print(f"==> starting the gateway (HTTP on 127.0.0.1:{args.http_port}, "
+              f"management on 127.0.0.1:{mport})", flush=True)
+        gateway = subprocess.Popen([str(bindir / "twistd"), "-n", "--pidfile=",
+                                    "studios-gateway"], env=env)
+        children.append(gateway)
+        base = f"http://127.0.0.1:{mport}"
+        _wait_ready(base + "/ready", key, gateway)
+        tool_port = _free_port()
+        sid = secrets.token_hex(4)
+        prefix = f"/_studio/{sid}/" if args.path_routing else "/"
+        tool, command = tool_command(tool_port, prefix, args.builtin_tool)
+        created = _api(base, key, "POST", "/api/sessions",
+                       {"id": sid, "owner": args.owner, "tool": tool})
+        print(f"==> session {sid} created; starting the studio ({tool})", flush=True)
+        client_env = {k: v for k, v in env.items() if not k.startswith("CONNECT_")}
+        client_env.update({"CONNECT_STRING": created["connect_string"],
+                           "CONNECT_TOOL_PORT": str(tool_port), "CONNECT_TOOL": tool,
+                           "CONNECT_TOOL_PATH_PREFIX": prefix})
+        studio = subprocess.Popen([str(bindir / "studios-connect"), "--", *command],
+                                  env=client_env)
+        children.append(studio)
+        print("\n  Open your studio:  " + created["url"], flush=True)
+        if created.get("login_link"):
+            print("  Log in first with: " + created["login_link"], flush=True)
+        print(f"  Admin API:         {base}/api/sessions  (Authorization: Bearer {key})")
+        print("  Stop with Ctrl-C.\n", flush=True)
+        pid, _ = os.wait()  # until any of our processes ends
+        name = "the gateway" if pid == gateway.pid else "the studio"
+        print(f"==> {name} ended; stopping the demo", flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("\n==> stopping", flush=True)
+        return 0
+    finally:
+        stop_all()

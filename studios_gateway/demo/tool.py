@@ -1,0 +1,212 @@
+"""A small demo tool: a page, a WebSocket echo, and byte sources/sinks for tests.
+
+It stands in for JupyterLab when JupyterLab is not installed, and serves
+under CONNECT_TOOL_PATH_PREFIX like a real tool does in path-routing mode.
+
+    GET  {prefix}              the page (shows who you are and echoes over a WebSocket)
+    GET  {prefix}api/info      JSON: the request's path, headers the gateway set
+    GET  {prefix}ws            WebSocket echo (text and bytes)
+    GET  {prefix}download?size=N   N bytes, streamed
+    POST {prefix}upload        reads the body; answers its length and SHA-256
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import json
+import sys
+from typing import Any
+
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.websocket import WebSocketResource, WebSocketTransport
+from zope.interface import implementer
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Demo studio</title>
+<style>body{{font:16px system-ui,sans-serif;max-width:40em;margin:3em auto;color:#222}}
+code{{background:#eee;padding:.1em .3em}}#log{{white-space:pre-wrap;background:#f6f6f6;
+padding:1em;min-height:4em}}</style></head>
+<body><h1>Demo studio</h1>
+<p>This page is served by the demo tool inside a studio, through the gateway's tunnel.</p>
+<p>You are <code id="who">{who}</code>.</p>
+<p><input id="msg" value="hello"> <button id="send">send over WebSocket</button>
+<span id="state">connecting…</span></p>
+<div id="log"></div>
+<script>
+const url = new URL("ws", location.href); url.protocol = url.protocol.replace("http", "ws");
+const ws = new WebSocket(url);
+const log = (t) => document.getElementById("log").textContent += t + "\\n";
+ws.onopen = () => document.getElementById("state").textContent = "connected";
+ws.onclose = () => document.getElementById("state").textContent = "closed";
+ws.onmessage = (e) => log("echo: " + e.data);
+document.getElementById("send").onclick = () => ws.send(document.getElementById("msg").value);
+</script></body></html>
+"""
+
+CHUNK = 64 * 1024
+
+
+class Echo:
+    """WebSocket echo: every message comes back as it went."""
+
+    def negotiationStarted(self, transport: WebSocketTransport) -> None:
+        self.transport = transport
+
+    def negotiationFinished(self) -> None:
+        pass
+
+    def textMessageReceived(self, message: str) -> None:
+        self.transport.sendTextMessage(message)
+
+    def bytesMessageReceived(self, data: bytes) -> None:
+        self.transport.sendBytesMessage(bytes(data))
+
+    def pongReceived(self, payload: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+
+class EchoFactory:
+    def buildProtocol(self, request: Request) -> Echo:
+        return Echo()
+
+
+class Page(Resource):
+    isLeaf = False
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"":
+            return self
+        return super().getChild(path, request)
+
+    def render_GET(self, request: Request) -> bytes:
+        who = request.getHeader(b"x-connect-sub") or b"(nobody: no X-Connect-Sub header)"
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return PAGE.format(who=html.escape(who.decode("utf-8", "replace"))).encode()
+
+
+class Info(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        headers = {k.decode().lower(): [v.decode("latin-1") for v in vs]
+                   for k, vs in request.requestHeaders.getAllRawHeaders()}
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"path": request.uri.decode("latin-1"), "method":
+                           request.method.decode(), "headers": headers}).encode()
+
+
+@implementer(IPushProducer)
+class _Zeros:
+    """Streams `size` bytes to the request, paced by its transport."""
+
+    def __init__(self, request: Request, size: int):
+        self.request = request
+        self.left = size
+        self.paused = False
+        self.block = bytes(CHUNK)
+
+    def start(self) -> None:
+        self.request.registerProducer(self, True)
+        self._pump()
+
+    def _pump(self) -> None:
+        while not self.paused and self.left > 0:
+            n = min(self.left, CHUNK)
+            self.left -= n
+            self.request.write(self.block[:n])
+        if self.left == 0 and not self.paused:
+            self.request.unregisterProducer()
+            self.request.finish()
+            self.left = -1
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self.left >= 0:
+            self._pump()
+
+    def stopProducing(self) -> None:
+        self.left = -1
+
+
+class Download(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> Any:
+        try:
+            size = int(request.args.get(b"size", [b"1024"])[0])
+        except ValueError:
+            request.setResponseCode(400)
+            return b"size must be a number\n"
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", str(size).encode())
+        _Zeros(request, size).start()
+        return NOT_DONE_YET
+
+
+class Upload(Resource):
+    isLeaf = True
+
+    def render_POST(self, request: Request) -> bytes:
+        digest = hashlib.sha256()
+        n = 0
+        request.content.seek(0)
+        while block := request.content.read(1 << 20):
+            digest.update(block)
+            n += len(block)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"length": n, "sha256": digest.hexdigest()}).encode()
+
+
+def make_root(prefix: str = "/") -> Resource:
+    """The tool's resource tree, mounted under `prefix` (which ends in '/')."""
+    page = Page()
+    page.putChild(b"ws", WebSocketResource(EchoFactory()))
+    page.putChild(b"api", Resource())
+    page.children[b"api"].putChild(b"info", Info())
+    page.putChild(b"download", Download())
+    page.putChild(b"upload", Upload())
+    root: Resource = page
+    for segment in reversed([s for s in prefix.strip("/").split("/") if s]):
+        parent = Resource()
+        parent.putChild(segment.encode(), root)
+        root = parent
+    return root
+
+
+class QuietSite(Site):
+    def log(self, request: Request) -> None:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    p = argparse.ArgumentParser(description="studios-gateway demo tool")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--prefix", default="/")
+    args = p.parse_args(argv)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    endpoint = endpoints.TCP4ServerEndpoint(reactor, args.port, interface=args.host)
+    endpoint.listen(QuietSite(make_root(args.prefix or "/")))
+    Logger().info("demo tool listening on {host}:{port}{prefix}", host=args.host,
+                  port=args.port, prefix=args.prefix)
+    reactor.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Sessions as the admin API sees them: create, list, show, end, and connect strings.
+
+Plain logic over the session store and the local tunnel table, so the web
+resource (api.py) and the CLI stay thin.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from studios_gateway.registry.base import (
+    SessionExists,
+    SessionRecord,
+    hash_token,
+    new_token,
+)
+from studios_gateway.tunnel.bind import SESSION_ID, TOOLS
+
+USER = re.compile(r"[A-Za-z0-9._@+-]{1,128}")
+WORKSPACE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+CONNECT_SCHEME = "studios-connect"
+
+
+class RequestError(ValueError):
+    """The caller sent something we refuse; the message says what and why."""
+
+
+@dataclass(frozen=True)
+class NewSession:
+    record: SessionRecord
+    token: str
+
+
+def connect_string(session_id: str, token: str, host: str, port: int, pin: str | None) -> str:
+    """The one line a studio needs: studios-connect://<id>:<token>@host:port[?pin=...]."""
+    hostpart = f"[{host}]" if ":" in host else host
+    query = f"?pin={quote(pin, safe=':')}" if pin else ""
+    return f"{CONNECT_SCHEME}://{session_id}:{token}@{hostpart}:{port}/{query}"
+
+
+def session_url(session_id: str, proxy_url: str, studios_domain: str, path_routing: bool) -> str:
+    """Where a person opens the studio, in the configured routing mode."""
+    parts = urlsplit(proxy_url)
+    if path_routing:
+        return f"{proxy_url.rstrip('/')}/_studio/{session_id}/"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{session_id}.{studios_domain}{port}/"
+
+
+def validate_create(body: Any) -> dict[str, Any]:
+    """Check a POST /api/sessions body; return clean fields or raise RequestError."""
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object")
+    unknown = set(body) - {"id", "workspace_id", "tool", "owner", "allowed_users", "ssh_enabled"}
+    if unknown:
+        raise RequestError(f"unknown fields: {', '.join(sorted(unknown))}")
+    sid = body.get("id")
+    if sid is not None and (not isinstance(sid, str) or not SESSION_ID.fullmatch(sid)):
+        raise RequestError("id must be 1-63 lowercase letters, digits or '-'")
+    owner = body.get("owner")
+    if not isinstance(owner, str) or not USER.fullmatch(owner):
+        raise RequestError("owner is required: a user name of letters, digits and ._@+-")
+    ws = body.get("workspace_id")
+    if ws is not None:
+        ws = str(ws) if isinstance(ws, int) and not isinstance(ws, bool) else ws
+        if not isinstance(ws, str) or not WORKSPACE.fullmatch(ws):
+            raise RequestError("workspace_id must be an id of letters, digits and ._-")
+    tool = body.get("tool", "generic")
+    if tool not in TOOLS:
+        raise RequestError(f"tool must be one of {', '.join(TOOLS)}")
+    users = body.get("allowed_users", [])
+    if not isinstance(users, list) or not all(isinstance(u, str) and USER.fullmatch(u)
+                                                for u in users) or len(users) > 1000:
+        raise RequestError("allowed_users must be a list of user names")
+    ssh = body.get("ssh_enabled", False)
+    if not isinstance(ssh, bool):
+        raise RequestError("ssh_enabled must be true or false")
+    return {"id": sid, "workspace_id": ws, "tool": tool, "owner": owner,
+            "allowed_users": tuple(dict.fromkeys(users)), "ssh_enabled": ssh}
+
+
+class Sessions:
+    """Session lifecycle for the admin API."""
+
+    def __init__(self, store: Any, *, clock: Any, on_end: Callable[[str], Any] = lambda s: None,
+                 tunnel_state: Callable[[str], Deferred[dict[str, Any] | None]] | None = None):
+        self._store = store
+        self._clock = clock
+        self._on_end = on_end
+        self._tunnel_state = tunnel_state or self._store_tunnel_state
+
+    def _store_tunnel_state(self, session_id: str) -> Deferred[dict[str, Any] | None]:
+        d = defer.maybeDeferred(self._store.get_tunnel, session_id)
+        return d.addCallback(lambda h: None if h is None else {
+            "node": h.node_id, "connect_version": h.client_version,
+            "tool_port": h.tool_port, "bound_at": h.bound_at})
+
+    @defer.inlineCallbacks
+    def create(self, fields: dict[str, Any]) -> Any:
+        token = new_token()
+        sid = fields["id"]
+        for _ in range(5 if sid is None else 1):
+            candidate = sid or secrets.token_hex(4)
+            record = SessionRecord(
+                id=candidate, workspace_id=fields["workspace_id"], tool=fields["tool"],
+                owner=fields["owner"], allowed_users=fields["allowed_users"],
+                ssh_enabled=fields["ssh_enabled"], token_hash=hash_token(token),
+                created_at=time.time())
+            try:
+                yield self._store.create(record)
+            except SessionExists:
+                if sid is not None:
+                    raise
+                continue
+            return NewSession(record, token)
+        raise SessionExists("could not find a free session id")
+
+    @defer.inlineCallbacks
+    def rotate_token(self, session_id: str) -> Any:
+        from dataclasses import replace
+
+        record = yield self._store.get(session_id)
+        if record is None:
+            return None
+        token = new_token()
+        yield self._store.update(replace(record, token_hash=hash_token(token)))
+        return NewSession(record, token)
+
+    @defer.inlineCallbacks
+    def describe(self, record: SessionRecord) -> Any:
+        tunnel = yield self._tunnel_state(record.id)
+        return {"id": record.id, "workspace_id": record.workspace_id, "tool": record.tool,
+                "owner": record.owner, "allowed_users": list(record.allowed_users),
+                "ssh_enabled": record.ssh_enabled, "created_at": record.created_at,
+                "connected": tunnel is not None, "tunnel": tunnel}
+
+    @defer.inlineCallbacks
+    def show(self, session_id: str) -> Any:
+        record = yield self._store.get(session_id)
+        if record is None:
+            return None
+        return (yield self.describe(record))
+
+    @defer.inlineCallbacks
+    def list(self) -> Any:
+        records = yield self._store.list_sessions()
+        out = []
+        for record in sorted(records, key=lambda r: r.created_at):
+            out.append((yield self.describe(record)))
+        return out
+
+    @defer.inlineCallbacks
+    def end(self, session_id: str) -> Any:
+        deleted = yield self._store.delete(session_id)
+        if deleted:
+            yield defer.maybeDeferred(self._on_end, session_id)
+        return bool(deleted)

@@ -1,0 +1,136 @@
+"""The bind handshake: the first message on a new tunnel, and the gateway's answer.
+
+After TLS, the client sends one line of JSON (at most MAX_LINE bytes):
+``{"session": id, "token": t, "connect_version": "0.12.0", "tool": "jupyterlab",
+"tool_port": 8888}``. The gateway answers one line: ``{"ok": true, "tunnel_id": ...}``
+or ``{"ok": false, "code": ..., "reason": ..., "retry": bool}``; after an ``ok``
+both sides speak yamux on the same connection (the client is the yamux
+client). A refusal says whether retrying can help (store unavailable,
+draining) or not (bad token, incompatible version), and the client acts on it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+MAX_LINE = 4096
+SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+TOOLS = ("jupyterlab", "ride", "vscode", "xpra", "generic")
+
+# Refusal codes, and whether the client should try again.
+RETRYABLE = {"store_unavailable": True, "draining": True, "internal": True,
+             "bad_token": False, "unknown_session": False, "incompatible_version": False,
+             "malformed": False, "tool_mismatch": False}
+
+
+class BindError(Exception):
+    """A refusal: code (one of RETRYABLE) and a reason a person can act on."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+    @property
+    def retry(self) -> bool:
+        return RETRYABLE.get(self.code, False)
+
+
+@dataclass(frozen=True)
+class BindRequest:
+    session_id: str
+    token: str
+    connect_version: str
+    tool: str
+    tool_port: int
+
+    def __repr__(self) -> str:  # never show the token
+        return (f"BindRequest(session_id={self.session_id!r}, connect_version="
+                f"{self.connect_version!r}, tool={self.tool!r}, tool_port={self.tool_port})")
+
+    def encode(self) -> bytes:
+        return json.dumps({"session": self.session_id, "token": self.token,
+                           "connect_version": self.connect_version, "tool": self.tool,
+                           "tool_port": self.tool_port}).encode() + b"\n"
+
+
+@dataclass(frozen=True)
+class BindReply:
+    ok: bool
+    code: str = ""
+    reason: str = ""
+    retry: bool = False
+    tunnel_id: str = ""
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"ok": self.ok}
+        if self.ok:
+            body["tunnel_id"] = self.tunnel_id
+        else:
+            body.update(code=self.code, reason=self.reason, retry=self.retry)
+        return json.dumps(body).encode() + b"\n"
+
+    @classmethod
+    def refusal(cls, err: BindError) -> BindReply:
+        return cls(ok=False, code=err.code, reason=err.reason, retry=err.retry)
+
+
+def _load(line: bytes) -> dict[str, Any]:
+    if len(line) > MAX_LINE:
+        raise BindError("malformed", f"bind message longer than {MAX_LINE} bytes")
+    try:
+        data = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise BindError("malformed", "bind message is not one line of JSON") from None
+    if not isinstance(data, dict):
+        raise BindError("malformed", "bind message is not a JSON object")
+    return data
+
+
+def parse_request(line: bytes) -> BindRequest:
+    data = _load(line)
+    sid, token = data.get("session"), data.get("token")
+    version, tool, port = data.get("connect_version"), data.get("tool"), data.get("tool_port")
+    if not isinstance(sid, str) or not SESSION_ID.fullmatch(sid):
+        raise BindError("malformed", "session must be 1-63 lowercase letters, digits or '-'")
+    if not isinstance(token, str) or not 16 <= len(token) <= 512:
+        raise BindError("malformed", "token must be a string of 16 to 512 characters")
+    if not isinstance(version, str) or len(version) > 32:
+        raise BindError("malformed", "connect_version must be a version string")
+    if tool not in TOOLS:
+        raise BindError("malformed", f"tool must be one of {', '.join(TOOLS)}")
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise BindError("malformed", "tool_port must be a port number")
+    return BindRequest(sid, token, version, tool, port)
+
+
+def parse_reply(line: bytes) -> BindReply:
+    data = _load(line)
+    if data.get("ok") is True:
+        return BindReply(ok=True, tunnel_id=str(data.get("tunnel_id", "")))
+    code = str(data.get("code", "internal"))
+    return BindReply(ok=False, code=code, reason=str(data.get("reason", ""))[:500],
+                     retry=bool(data.get("retry", RETRYABLE.get(code, False))))
+
+
+class LineBuffer:
+    """Collects bytes until the first newline; refuses lines over MAX_LINE."""
+
+    def __init__(self, limit: int = MAX_LINE):
+        self._buf = b""
+        self._limit = limit
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """(line, rest after it) once a line is complete; None while incomplete."""
+        self._buf += data
+        line, nl, rest = self._buf.partition(b"\n")
+        if nl:
+            if len(line) > self._limit:
+                raise BindError("malformed", f"bind message longer than {self._limit} bytes")
+            return line, rest
+        if len(self._buf) > self._limit:
+            raise BindError("malformed", f"bind message longer than {self._limit} bytes")
+        return None

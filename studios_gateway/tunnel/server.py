@@ -1,0 +1,362 @@
+"""The gateway's side of tunnels: the bind handshake, the table of live tunnels.
+
+A connect client dials CONNECT_TUNNEL_PORT over TLS and sends its bind. The
+gateway checks the Connect version, the session and its token, claims the
+session's tunnel in the store (replacing any earlier holder atomically),
+answers, and from then on speaks yamux on the connection. Streams the gateway
+opens start with one byte naming their target in the studio: ``T`` the tool,
+``S`` the studio's SSH server.
+
+While a tunnel lives its claim is refreshed; when it dies the claim is
+released (only if still ours), and if this node dies the claim expires.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from studios_gateway import versions
+from studios_gateway.registry.base import StoreUnavailable, TunnelHolder, token_matches
+from studios_gateway.tunnel.bind import (
+    BindError,
+    BindReply,
+    BindRequest,
+    LineBuffer,
+    parse_request,
+)
+from studios_gateway.tunnel.mux import Multiplexer
+
+STREAM_TOOL = b"T"
+STREAM_SSH = b"S"
+
+
+@dataclass(frozen=True)
+class TunnelSettings:
+    window_size: int = 6 * 1024 * 1024
+    ping_interval: float = 10.0
+    ping_timeout: float = 20.0
+    holder_ttl: float = 30.0
+    bind_timeout: float = 10.0
+    max_streams: int = 1024
+
+
+class TunnelMetrics:
+    def __init__(self, registry: Any) -> None:
+        self.tunnels = Gauge("studios_gateway_tunnels", "Live tunnels held by this node.",
+                             registry=registry)
+        self.binds = Counter("studios_gateway_tunnel_binds", "Bind attempts by outcome.",
+                             ["outcome"], registry=registry)
+        self.streams = Counter("studios_gateway_tunnel_streams_opened",
+                               "Streams opened to studios.", ["kind"], registry=registry)
+
+
+class BindVerifier:
+    """Decides whether a bind may proceed. Plain object: no transport, no reactor."""
+
+    def __init__(self, store: Any, server_version: versions.ConnectVersion | None = None):
+        self._store = store
+        self._server_version = server_version or versions.CONNECT_PROTOCOL_VERSION
+
+    @defer.inlineCallbacks
+    def verify(self, req: BindRequest) -> Any:
+        try:
+            client = versions.parse_connect_version(req.connect_version)
+        except ValueError as e:
+            raise BindError("incompatible_version", f"cannot read connect version: {e}")
+        try:
+            versions.check_client_compatible(client, self._server_version)
+        except versions.IncompatibleVersion as e:
+            raise BindError("incompatible_version", str(e))
+        try:
+            record = yield self._store.get(req.session_id)
+        except StoreUnavailable as e:
+            raise BindError("store_unavailable", f"session store unavailable: {e}")
+        if record is None:
+            raise BindError("unknown_session", f"no session {req.session_id} on this gateway")
+        if not token_matches(req.token, record.token_hash):
+            raise BindError("bad_token", "the connect token is not valid for this session")
+        if record.tool != req.tool and record.tool != "generic":
+            raise BindError("tool_mismatch",
+                            f"session {record.id} is a {record.tool} studio, not {req.tool}")
+        return record
+
+
+class Tunnel:
+    """One live tunnel on this node."""
+
+    def __init__(self, record: Any, holder: TunnelHolder, mux: Multiplexer, protocol: Protocol):
+        self.record = record
+        self.holder = holder
+        self.mux = mux
+        self.protocol = protocol
+
+    @property
+    def session_id(self) -> str:
+        return self.holder.session_id
+
+    def open_stream(self, kind: bytes) -> Any:
+        stream = self.mux.open_stream()
+        stream.write(kind)
+        return stream
+
+    def close(self) -> None:
+        transport = self.protocol.transport
+        if transport is not None:
+            transport.loseConnection()
+
+
+class TunnelTable:
+    """The tunnels this node holds, their claims in the store, and drain."""
+
+    _log = Logger()
+
+    def __init__(self, store: Any, *, node_id: str, node_address: str, clock: Any,
+                 settings: TunnelSettings, metrics: TunnelMetrics | None = None,
+                 verifier: BindVerifier | None = None):
+        self.store = store
+        self.node_id = node_id
+        self.node_address = node_address
+        self.clock = clock
+        self.settings = settings
+        self.metrics = metrics
+        self.verifier = verifier or BindVerifier(store)
+        self.draining = False
+        self._tunnels: dict[str, Tunnel] = {}
+        self._changed: list[Deferred[None]] = []
+        self._refresher = task.LoopingCall(self._refresh_all)
+        self._refresher.clock = clock
+
+    # Lifecycle ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if not self._refresher.running:
+            self._refresher.start(self.settings.holder_ttl / 3, now=False)
+
+    def stop(self) -> Deferred[None]:
+        if self._refresher.running:
+            self._refresher.stop()
+        for tunnel in list(self._tunnels.values()):
+            tunnel.close()
+        return defer.succeed(None)
+
+    def drain(self) -> Deferred[None]:
+        """GoAway to every tunnel: clients rebind elsewhere; resolves when all are gone."""
+        self.draining = True
+        for tunnel in list(self._tunnels.values()):
+            tunnel.mux.go_away(0)
+        return self.wait_empty()
+
+    def wait_empty(self) -> Deferred[None]:
+        if not self._tunnels:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._changed.append(d)
+        return d
+
+    # Queries -----------------------------------------------------------------
+
+    def get(self, session_id: str) -> Tunnel | None:
+        return self._tunnels.get(session_id)
+
+    def __len__(self) -> int:
+        return len(self._tunnels)
+
+    def open_stream(self, session_id: str, kind: bytes = STREAM_TOOL) -> Any | None:
+        tunnel = self._tunnels.get(session_id)
+        if tunnel is None:
+            return None
+        if self.metrics:
+            self.metrics.streams.labels("ssh" if kind == STREAM_SSH else "tool").inc()
+        return tunnel.open_stream(kind)
+
+    def end_session(self, session_id: str) -> None:
+        tunnel = self._tunnels.get(session_id)
+        if tunnel is not None:
+            self._log.info("session {sid} ended: closing its tunnel", sid=session_id)
+            tunnel.close()
+
+    # Binding -----------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def bind(self, req: BindRequest, make_mux: Callable[[], Multiplexer],
+             protocol: Protocol) -> Any:
+        """Verify and claim; return the new Tunnel or raise BindError."""
+        if self.draining:
+            raise BindError("draining", "this gateway is shutting down; try another")
+        record = yield self.verifier.verify(req)
+        holder = TunnelHolder(
+            session_id=req.session_id, node_id=self.node_id, node_address=self.node_address,
+            tunnel_id=secrets.token_hex(8), client_version=req.connect_version,
+            tool_port=req.tool_port, bound_at=time.time())
+        try:
+            yield self.store.claim_tunnel(holder, self.settings.holder_ttl)
+        except StoreUnavailable as e:
+            raise BindError("store_unavailable", f"session store unavailable: {e}")
+        tunnel = Tunnel(record, holder, make_mux(), protocol)
+        old = self._tunnels.get(req.session_id)
+        self._tunnels[req.session_id] = tunnel
+        if old is not None:
+            self._log.info("session {sid}: a new tunnel replaces the old one", sid=req.session_id)
+            old.close()
+        self._update_gauge()
+        return tunnel
+
+    def lost(self, tunnel: Tunnel) -> None:
+        """A tunnel's connection ended: forget it and release its claim if still ours."""
+        if self._tunnels.get(tunnel.session_id) is tunnel:
+            del self._tunnels[tunnel.session_id]
+            d = defer.maybeDeferred(self.store.release_tunnel, tunnel.holder)
+            d.addErrback(lambda f: self._log.info(
+                "could not release the claim of session {sid} ({why}); it expires by itself",
+                sid=tunnel.session_id, why=f.getErrorMessage()))
+        self._update_gauge()
+        if not self._tunnels:
+            waiters, self._changed = self._changed, []
+            for d in waiters:
+                d.callback(None)
+
+    def _update_gauge(self) -> None:
+        if self.metrics:
+            self.metrics.tunnels.set(len(self._tunnels))
+
+    @defer.inlineCallbacks
+    def _refresh_all(self) -> Any:
+        for tunnel in list(self._tunnels.values()):
+            try:
+                ours = yield self.store.refresh_tunnel(tunnel.holder, self.settings.holder_ttl)
+            except StoreUnavailable:
+                continue  # keep serving; retry at the next round
+            except Exception:
+                self._log.failure("refreshing the claim of session {sid}", sid=tunnel.session_id)
+                continue
+            if not ours and self._tunnels.get(tunnel.session_id) is tunnel:
+                self._log.info("session {sid} is now held elsewhere: closing this tunnel",
+                               sid=tunnel.session_id)
+                tunnel.close()
+
+
+class TunnelServerProtocol(Protocol):
+    """Reads the bind, answers it, then hands the connection to the multiplexer."""
+
+    _log = Logger()
+
+    def __init__(self, table: TunnelTable):
+        self.table = table
+        self._lines: LineBuffer | None = LineBuffer()
+        self._mux: Multiplexer | None = None
+        self._tunnel: Tunnel | None = None
+        self._timeout: Any = None
+        self._closed = False
+
+    def connectionMade(self) -> None:
+        self._timeout = self.table.clock.callLater(self.table.settings.bind_timeout,
+                                                   self._bind_timed_out)
+
+    def _bind_timed_out(self) -> None:
+        self._timeout = None
+        self._refuse(BindError("malformed", "no bind message within "
+                                            f"{self.table.settings.bind_timeout:g}s"))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._mux is not None:
+            self._mux.dataReceived(data)
+            return
+        if self._lines is None:
+            return  # bind in progress: the client must wait for the answer
+        try:
+            got = self._lines.feed(data)
+        except BindError as e:
+            self._refuse(e)
+            return
+        if got is None:
+            return
+        line, rest = got
+        self._lines = None
+        if rest:
+            self._refuse(BindError("malformed", "data sent before the bind was answered"))
+            return
+        try:
+            req = parse_request(line)
+        except BindError as e:
+            self._refuse(e)
+            return
+        d = self.table.bind(req, self._make_mux, self)
+        d.addCallbacks(self._bound, self._bind_failed, errbackArgs=(req,))
+
+    def _make_mux(self) -> Multiplexer:
+        s = self.table.settings
+        return Multiplexer(is_client=False, clock=self.table.clock, window_size=s.window_size,
+                           max_streams=s.max_streams, ping_interval=s.ping_interval,
+                           ping_timeout=s.ping_timeout, on_stream=self._refuse_stream)
+
+    @staticmethod
+    def _refuse_stream(stream: Any) -> None:
+        stream.abortConnection()  # studios do not open streams towards the gateway
+
+    def _bound(self, tunnel: Tunnel) -> None:
+        self._cancel_timeout()
+        if self._closed:
+            self.table.lost(tunnel)
+            return
+        self._tunnel = tunnel
+        if self.table.metrics:
+            self.table.metrics.binds.labels("ok").inc()
+        self._log.info("session {sid} bound (connect {version}, tool {tool} on port {port})",
+                       sid=tunnel.session_id, version=tunnel.holder.client_version,
+                       tool=tunnel.record.tool, port=tunnel.holder.tool_port)
+        self.transport.write(BindReply(ok=True, tunnel_id=tunnel.holder.tunnel_id).encode())
+        self._mux = tunnel.mux
+        self._mux.makeConnection(self.transport)
+
+    def _bind_failed(self, f: Failure, req: BindRequest) -> None:
+        if f.check(BindError):
+            self._refuse(f.value)
+        else:
+            self._log.failure("bind of session {sid} failed", f, sid=req.session_id)
+            self._refuse(BindError("internal", "internal error; try again"))
+
+    def _refuse(self, err: BindError) -> None:
+        self._cancel_timeout()
+        if self.table.metrics:
+            self.table.metrics.binds.labels(err.code).inc()
+        peer = self.transport.getPeer() if self.transport else None
+        self._log.info("bind refused from {peer}: {code}: {reason}",
+                       peer=getattr(peer, "host", "?"), code=err.code, reason=err.reason)
+        if self.transport is not None and not self._closed:
+            self.transport.write(BindReply.refusal(err).encode())
+            self.transport.loseConnection()
+
+    def _cancel_timeout(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closed = True
+        self._cancel_timeout()
+        if self._mux is not None:
+            self._mux.connectionLost(reason)
+        if self._tunnel is not None:
+            self._log.info("session {sid}: tunnel closed", sid=self._tunnel.session_id)
+            self.table.lost(self._tunnel)
+
+
+class TunnelServerFactory(Factory):
+    def __init__(self, table: TunnelTable):
+        self.table = table
+
+    def buildProtocol(self, addr: Any) -> Protocol:
+        p = TunnelServerProtocol(self.table)
+        p.factory = self
+        return p

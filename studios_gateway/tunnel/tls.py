@@ -1,0 +1,121 @@
+"""TLS for the tunnel: the gateway's certificate and the client's check of it.
+
+With CONNECT_TLS_CERT_FILE/KEY_FILE the gateway serves that chain, and the
+client verifies it against the system's roots and the host name. Without,
+the gateway makes a self-signed certificate once, keeps it under
+CONNECT_STORAGE_ROOT/tunnel/, and the client pins its SHA-256 fingerprint
+(the pin travels in the connect string).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+_log = Logger()
+
+PIN_PREFIX = "sha256:"
+
+
+def fingerprint_pem(cert_pem: bytes) -> str:
+    """'sha256:<hex>' of the first certificate in a PEM blob (DER bytes hashed)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return PIN_PREFIX + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def make_self_signed(names: list[str], days: int = 3650) -> tuple[bytes, bytes]:
+    """(certificate PEM, private key PEM) for a new P-256 key covering `names`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64])])
+    alt: list[x509.GeneralName] = []
+    for n in dict.fromkeys(names):
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            alt.append(x509.DNSName(n))
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def ensure_self_signed(directory: Path, names: list[str]) -> tuple[Path, Path]:
+    """Create (once) and return the paths of a kept self-signed certificate and key."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    if not (cert_path.exists() and key_path.exists()):
+        cert_pem, key_pem = make_self_signed(names)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_pem)
+        cert_path.write_bytes(cert_pem)
+        _log.warn("no CONNECT_TLS_CERT_FILE: made a self-signed tunnel certificate in "
+                  "{directory}; clients pin {pin}", directory=str(directory),
+                  pin=fingerprint_pem(cert_pem))
+    return cert_path, key_path
+
+
+def server_options(cert_path: str | Path, key_path: str | Path) -> ssl.CertificateOptions:
+    """Server TLS options serving the chain in `cert_path` (leaf first) with its key."""
+    chain_pem = Path(cert_path).read_bytes()
+    key = crypto.load_privatekey(crypto.FILETYPE_PEM, Path(key_path).read_bytes())
+    certs = x509.load_pem_x509_certificates(chain_pem)
+    leaf, *extra = [crypto.X509.from_cryptography(c) for c in certs]
+    return ssl.CertificateOptions(
+        privateKey=key, certificate=leaf, extraCertChain=extra or None,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class PinnedClientTLS:
+    """Client TLS that accepts exactly one server certificate, by SHA-256 fingerprint."""
+
+    def __init__(self, pin: str):
+        if not pin.startswith(PIN_PREFIX) or len(pin) != len(PIN_PREFIX) + 64:
+            raise ValueError(f"a pin of the form {PIN_PREFIX}<64 hex digits>")
+        self._digest = bytes.fromhex(pin[len(PIN_PREFIX):])
+        self._ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        self._ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        self._ctx.set_verify(SSL.VERIFY_PEER, self._verify)
+
+    def _verify(self, conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int,
+                ok: int) -> bool:
+        if depth != 0:
+            return True  # only the leaf matters; it is compared below
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+        return hmac.compare_digest(hashlib.sha256(der).digest(), self._digest)
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        conn = SSL.Connection(self._ctx, None)
+        conn.set_app_data(tlsProtocol)
+        return conn
+
+
+def client_options(host: str, pin: str | None) -> IOpenSSLClientConnectionCreator:
+    """Pin when the connect string carries a pin; otherwise verify host and chain."""
+    if pin:
+        return PinnedClientTLS(pin)
+    return ssl.optionsForClientTLS(host)

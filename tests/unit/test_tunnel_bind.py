@@ -1,0 +1,153 @@
+"""The bind handshake codec, client settings, connect strings and backoff."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from studios_gateway.client.settings import load_client_settings
+from studios_gateway.client.tunnel import Backoff
+from studios_gateway.config import ConfigError
+from studios_gateway.sessions import RequestError, connect_string, session_url, validate_create
+from studios_gateway.tunnel.bind import (
+    MAX_LINE,
+    TOOLS,
+    BindError,
+    BindReply,
+    BindRequest,
+    LineBuffer,
+    parse_reply,
+    parse_request,
+)
+
+session_ids = st.from_regex(r"[a-z0-9][a-z0-9-]{0,20}", fullmatch=True)
+tokens = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_",
+                 min_size=16, max_size=64)
+
+
+@given(session_ids, tokens, st.sampled_from(TOOLS), st.integers(1, 65535),
+       st.from_regex(r"[0-9]{1,2}\.[0-9]{1,2}(\.[0-9]{1,2})?", fullmatch=True))
+def test_bind_request_round_trips(sid, token, tool, port, version) -> None:
+    req = BindRequest(sid, token, version, tool, port)
+    line = req.encode()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert parse_request(line[:-1]) == req
+    assert token not in repr(req)
+
+
+@given(st.binary(max_size=300))
+def test_junk_binds_are_refused_as_malformed(data: bytes) -> None:
+    try:
+        parse_request(data)
+    except BindError as e:
+        assert e.code == "malformed" and not e.retry
+    # a valid request from random bytes is possible only in theory; never another exception
+
+
+@pytest.mark.parametrize("body", [
+    {}, {"session": "UPPER", "token": "x" * 20, "connect_version": "0.12", "tool": "generic",
+         "tool_port": 1},
+    {"session": "abc", "token": "short", "connect_version": "0.12", "tool": "generic",
+     "tool_port": 1},
+    {"session": "abc", "token": "x" * 20, "connect_version": "0.12", "tool": "emacs",
+     "tool_port": 1},
+    {"session": "abc", "token": "x" * 20, "connect_version": "0.12", "tool": "generic",
+     "tool_port": 0},
+    {"session": "abc", "token": "x" * 20, "connect_version": "0.12", "tool": "generic",
+     "tool_port": True},
+    [1, 2],
+])
+def test_invalid_bind_fields(body) -> None:
+    with pytest.raises(BindError) as e:
+        parse_request(json.dumps(body).encode())
+    assert e.value.code == "malformed"
+
+
+def test_line_buffer_bounds_and_splits() -> None:
+    buf = LineBuffer()
+    assert buf.feed(b'{"a":') is None
+    assert buf.feed(b'1}\nrest') == (b'{"a":1}', b"rest")
+    with pytest.raises(BindError):
+        LineBuffer().feed(b"x" * (MAX_LINE + 1))
+
+
+@given(st.sampled_from(["bad_token", "store_unavailable", "incompatible_version", "draining"]),
+       st.text(max_size=100))
+def test_refusals_round_trip_with_retry_flag(code, reason) -> None:
+    reply = BindReply.refusal(BindError(code, reason))
+    parsed = parse_reply(reply.encode()[:-1])
+    assert parsed.code == code and parsed.reason == reason[:500]
+    assert parsed.retry == (code in ("store_unavailable", "draining"))
+
+
+def test_client_settings_from_connect_string() -> None:
+    pin = "sha256:" + "ab" * 32
+    conn = connect_string("abc123", "t" * 43, "gw.example.com", 7070, pin)
+    s = load_client_settings({"CONNECT_STRING": conn, "CONNECT_TOOL_PORT": "8888"})
+    assert s.session_id == "abc123" and s.token == "t" * 43 and s.tool_port == 8888
+    assert s.gateways[0].host == "gw.example.com" and s.gateways[0].port == 7070
+    assert s.gateways[0].pin == pin
+    assert "t" * 43 not in repr(s)
+
+
+def test_client_settings_from_variables_and_several_gateways() -> None:
+    s = load_client_settings({"CONNECT_GATEWAY_URL": "a:1,tls://b:2", "CONNECT_SESSION_ID": "s1",
+                              "CONNECT_SESSION_TOKEN": "k" * 20, "CONNECT_TOOL_PORT": "80",
+                              "CONNECT_TOOL": "JupyterLab",
+                              "CONNECT_TOOL_PATH_PREFIX": "/_studio/s1/"})
+    assert [str(g) for g in s.gateways] == ["a:1", "b:2"]
+    assert s.tool == "jupyterlab" and s.tool_path_prefix == "/_studio/s1/"
+
+
+@pytest.mark.parametrize("env,name", [
+    ({}, "CONNECT_GATEWAY_URL"),
+    ({"CONNECT_GATEWAY_URL": "a:1"}, "CONNECT_SESSION_ID"),
+    ({"CONNECT_GATEWAY_URL": "a:1", "CONNECT_SESSION_ID": "s"}, "CONNECT_SESSION_TOKEN"),
+    ({"CONNECT_GATEWAY_URL": "a:1", "CONNECT_SESSION_ID": "s", "CONNECT_SESSION_TOKEN": "k" * 20},
+     "CONNECT_TOOL_PORT"),
+    ({"CONNECT_GATEWAY_URL": "a:1", "CONNECT_SESSION_ID": "s", "CONNECT_SESSION_TOKEN": "k" * 20,
+      "CONNECT_TOOL_PORT": "http"}, "CONNECT_TOOL_PORT"),
+    ({"CONNECT_GATEWAY_URL": "a:b", "CONNECT_SESSION_ID": "s"}, "CONNECT_GATEWAY_URL"),
+    ({"CONNECT_GATEWAY_URL": "a:1?pin=md5:00", "CONNECT_SESSION_ID": "s"}, "CONNECT_GATEWAY_URL"),
+])
+def test_client_settings_errors_name_the_variable(env, name) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_client_settings(env)
+    assert e.value.name == name
+
+
+def test_backoff_grows_with_jitter_and_resets() -> None:
+    b = Backoff(base=0.5, cap=8, rng=lambda: 1.0)
+    assert [b.next_delay() for _ in range(6)] == [0.5, 1, 2, 4, 8, 8]
+    b.reset()
+    low = Backoff(base=0.5, cap=8, rng=lambda: 0.0)
+    assert low.next_delay() == 0.25
+    assert b.next_delay() == 0.5
+
+
+def test_session_urls() -> None:
+    assert session_url("ab12", "https://connect.example.com", "connect.example.com", False) \
+        == "https://ab12.connect.example.com/"
+    assert session_url("ab12", "http://localhost:8080", "localhost", False) \
+        == "http://ab12.localhost:8080/"
+    assert session_url("ab12", "https://connect.example.com", "x", True) \
+        == "https://connect.example.com/_studio/ab12/"
+
+
+@pytest.mark.parametrize("body", [
+    [], {"owner": ""}, {"owner": "a b"}, {"owner": "a", "tool": "emacs"},
+    {"owner": "a", "id": "UP"}, {"owner": "a", "ssh_enabled": "yes"},
+    {"owner": "a", "allowed_users": "bob"}, {"owner": "a", "extra": 1},
+])
+def test_create_validation(body) -> None:
+    with pytest.raises(RequestError):
+        validate_create(body)
+
+
+def test_create_defaults() -> None:
+    f = validate_create({"owner": "alice", "workspace_id": 42, "allowed_users": ["b", "b"]})
+    assert f == {"id": None, "workspace_id": "42", "tool": "generic", "owner": "alice",
+                 "allowed_users": ("b",), "ssh_enabled": False}
