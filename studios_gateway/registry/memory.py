@@ -1,0 +1,155 @@
+"""The embedded registry: one node, in memory, tunnel TTLs kept with the given clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from studios_gateway.registry.base import (
+    Invalidation,
+    SessionExists,
+    SessionNotFound,
+    SessionRecord,
+    TunnelHolder,
+)
+
+
+class Subscribers:
+    """Invalidation callbacks; one failing callback does not stop the others."""
+
+    _log = Logger()
+
+    def __init__(self) -> None:
+        self._callbacks: list[Invalidation] = []
+
+    def add(self, callback: Invalidation) -> Callable[[], None]:
+        self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def notify(self, session_id: str | None) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(session_id)
+            except Exception:
+                self._log.failure("session registry invalidation callback failed")
+
+
+class MemoryStore:
+    """A SessionStore in this process's memory: the single-node default."""
+
+    def __init__(self, clock: IReactorTime):
+        self._clock = clock
+        self._records: dict[str, SessionRecord] = {}
+        self._tunnels: dict[str, tuple[TunnelHolder, float]] = {}
+        self._subscribers = Subscribers()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(sessions={len(self._records)})"
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> Deferred[None]:
+        return defer.succeed(None)
+
+    def ping(self) -> Deferred[None]:
+        return defer.succeed(None)
+
+    def subscribe(self, callback: Invalidation) -> Callable[[], None]:
+        return self._subscribers.add(callback)
+
+    # Sessions ----------------------------------------------------------------
+
+    def create(self, record: SessionRecord) -> Deferred[None]:
+        if record.id in self._records:
+            return defer.fail(SessionExists(f"session {record.id} exists already"))
+        self._records[record.id] = record
+        self._subscribers.notify(record.id)
+        return defer.succeed(None)
+
+    def get(self, session_id: str) -> Deferred[SessionRecord | None]:
+        return defer.succeed(self._records.get(session_id))
+
+    def list_sessions(self) -> Deferred[list[SessionRecord]]:
+        return defer.succeed(list(self._records.values()))
+
+    def update(self, record: SessionRecord) -> Deferred[None]:
+        if record.id not in self._records:
+            return defer.fail(SessionNotFound(f"no session {record.id}"))
+        self._records[record.id] = record
+        self._subscribers.notify(record.id)
+        return defer.succeed(None)
+
+    def delete(self, session_id: str) -> Deferred[bool]:
+        existed = self._records.pop(session_id, None) is not None
+        had_tunnel = self._tunnels.pop(session_id, None) is not None
+        if existed or had_tunnel:
+            self._subscribers.notify(session_id)
+        return defer.succeed(existed)
+
+    # Tunnels -----------------------------------------------------------------
+
+    def _current(self, session_id: str) -> TunnelHolder | None:
+        entry = self._tunnels.get(session_id)
+        if entry is None:
+            return None
+        holder, expires = entry
+        if self._clock.seconds() >= expires:
+            del self._tunnels[session_id]
+            return None
+        return holder
+
+    def claim_tunnel(self, holder: TunnelHolder, ttl: float) -> Deferred[TunnelHolder | None]:
+        try:
+            seconds = _ttl(ttl)
+        except ValueError as e:
+            return defer.fail(e)
+        if holder.session_id not in self._records:
+            return defer.fail(SessionNotFound(f"no session {holder.session_id}"))
+        previous = self._current(holder.session_id)
+        self._tunnels[holder.session_id] = (holder, self._clock.seconds() + seconds)
+        self._subscribers.notify(holder.session_id)
+        return defer.succeed(previous)
+
+    def refresh_tunnel(self, holder: TunnelHolder, ttl: float) -> Deferred[bool]:
+        try:
+            seconds = _ttl(ttl)
+        except ValueError as e:
+            return defer.fail(e)
+        current = self._current(holder.session_id)
+        if current is None or not _same(current, holder):
+            return defer.succeed(False)
+        self._tunnels[holder.session_id] = (current, self._clock.seconds() + seconds)
+        return defer.succeed(True)
+
+    def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
+        current = self._current(holder.session_id)
+        if current is None or not _same(current, holder):
+            return defer.succeed(False)
+        del self._tunnels[holder.session_id]
+        self._subscribers.notify(holder.session_id)
+        return defer.succeed(True)
+
+    def get_tunnel(self, session_id: str) -> Deferred[TunnelHolder | None]:
+        return defer.succeed(self._current(session_id))
+
+
+def _same(a: TunnelHolder, b: TunnelHolder) -> bool:
+    """Whether two holders are the same claim: same tunnel on the same node."""
+    return a.tunnel_id == b.tunnel_id and a.node_id == b.node_id
+
+
+def _ttl(ttl: Any) -> float:
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not ttl > 0:
+        raise ValueError(f"a tunnel TTL must be a positive number of seconds, not {ttl!r}")
+    return float(ttl)
