@@ -46,24 +46,24 @@ def holder(sid: str = "abc123", node: str = "node-a", tunnel: str = "t1",
 
 
 class Recorder:
-    """Collects invalidations; `wait_for(sid)` fires once `sid` has been seen."""
+    """Collects invalidations; `wait_for(sid, n)` fires once `sid` has been seen n times."""
 
     def __init__(self) -> None:
         self.seen: list[str | None] = []
-        self._waiting: list[tuple[str | None, defer.Deferred[None]]] = []
+        self._waiting: list[tuple[str | None, int, defer.Deferred[None]]] = []
 
     def __call__(self, session_id: str | None) -> None:
         self.seen.append(session_id)
         for item in list(self._waiting):
-            if item[0] == session_id:
+            if self.seen.count(item[0]) >= item[1]:
                 self._waiting.remove(item)
-                item[1].callback(None)
+                item[2].callback(None)
 
-    def wait_for(self, session_id: str | None) -> defer.Deferred[None]:
-        if session_id in self.seen:
+    def wait_for(self, session_id: str | None, count: int = 1) -> defer.Deferred[None]:
+        if self.seen.count(session_id) >= count:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
-        self._waiting.append((session_id, d))
+        self._waiting.append((session_id, count, d))
         return d
 
 

@@ -1,0 +1,623 @@
+"""The shared registry: Redis through txredisapi (several gateway nodes, one truth).
+
+Keys, under the configured prefix (``connect:session`` by default):
+
+- ``<prefix>:<id>``: the session record (JSON);
+- ``<prefix>:<id>:tunnel``: the tunnel holder (JSON) with a PX TTL the holding
+  node refreshes;
+- channel ``<prefix>:events``: every change publishes the session id there; all
+  nodes drop their cached copy when they hear it.
+
+Claim, refresh, release, create, update and delete are Lua scripts, so each is
+one atomic step and a node deletes only a holder that is still its own.
+
+Two connections: one for commands, one subscribed to the events channel. Both
+reconnect forever with backoff (also after AUTH/SELECT failures, which
+txredisapi would otherwise give up on), both are PINGed periodically and
+dropped when the PING goes unanswered. While the command connection is down
+every call fails at once with StoreUnavailable; calls on a live connection are
+bounded by `timeout` seconds on `clock`. See docs/decisions/redis-store.md.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import txredisapi
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.ssl import (
+    Certificate,
+    CertificateOptions,
+    PrivateCertificate,
+    optionsForClientTLS,
+    platformTrust,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from studios_gateway.registry.base import (
+    SESSION_ID,
+    Invalidation,
+    MalformedRecord,
+    SessionExists,
+    SessionNotFound,
+    SessionRecord,
+    StoreUnavailable,
+    TunnelHolder,
+)
+from studios_gateway.registry.memory import Subscribers
+
+# Lua scripts. KEYS are the keys touched; the channel and values come in ARGV.
+
+_CREATE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+_UPDATE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'XX') then
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+_DELETE = """
+local n = redis.call('DEL', KEYS[1])
+local t = redis.call('DEL', KEYS[2])
+if n + t > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return n
+"""
+
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local prev = redis.call('GET', KEYS[2])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+if prev then return {1, prev} end
+return {1}
+"""
+
+# Is the stored holder ours? Same tunnel id on the same node.
+_OURS = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+local ok, h = pcall(cjson.decode, cur)
+if not ok or type(h) ~= 'table' or h['tunnel_id'] ~= ARGV[1] or h['node_id'] ~= ARGV[2] then
+  return 0
+end
+"""
+
+_REFRESH = _OURS + """
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+_RELEASE = _OURS + """
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+#: Redis errors that mean "not usable right now" rather than "your command is wrong".
+_TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "NOAUTH", "NOPERM", "WRONGPASS",
+              "TRYAGAIN", "CLUSTERDOWN")
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``host`` (port 6379)."""
+    text = address.strip()
+    for scheme in ("redis://", "rediss://"):
+        if text.startswith(scheme):
+            text = text[len(scheme):]
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else "6379"
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, "6379"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"Redis address must be host:port, not {address!r}")
+    return host, int(port)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# txredisapi wrappers -----------------------------------------------------------
+
+
+class _Factory(txredisapi.RedisFactory):
+    """A txredisapi factory that never stops trying and tells its link about readiness.
+
+    txredisapi calls stopTrying() when AUTH or SELECT fails, which would leave the
+    gateway without Redis until restarted (a Redis restarted before its ACL file
+    is back, a password rotated in the wrong order). Here the connection is
+    dropped and retried with backoff instead.
+    """
+
+    noisy = False
+
+    def __init__(self, link: _Link, protocol: type, **kwargs: Any):
+        super().__init__(None, kwargs.pop("dbid", None), 1, isLazy=True, **kwargs)
+        self.protocol = protocol
+        self.link = link
+
+    def stopTrying(self) -> Deferred[None]:
+        return defer.succeed(None)
+
+    def connectionError(self, why: str) -> None:
+        self.link.handshake_failed(why)
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        if conn in self.pool:
+            self.link.connected(conn)
+
+    def delConnection(self, conn: Any) -> None:
+        super().delConnection(conn)
+        self.link.lost(conn)
+
+
+class _Commands(txredisapi.RedisProtocol):
+    def connectionLost(self, why: Failure) -> None:  # type: ignore[override]
+        self.factory.link.transport_lost(why)
+        super().connectionLost(why)
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    def connectionLost(self, why: Failure) -> None:  # type: ignore[override]
+        self.factory.link.transport_lost(why)
+        super().connectionLost(why)
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        self.factory.link.message(_text(channel), _text(message))
+
+
+class _Link:
+    """One reconnecting connection to Redis, with its state and a periodic PING."""
+
+    _log = Logger()
+
+    def __init__(self, store: RedisStore, name: str, protocol: type,
+                 on_ready: Callable[[Any], Any] | None = None,
+                 on_lost: Callable[[], None] | None = None,
+                 on_message: Callable[[str, str], None] | None = None):
+        self.store = store
+        self.name = name
+        self.protocol_class = protocol
+        self.on_ready = on_ready
+        self.on_lost = on_lost
+        self.on_message = on_message
+        self.factory: _Factory | None = None
+        self.conn: Any = None
+        self.ready = False
+        self.last_error = "not connected yet"
+        self._waiters: list[Deferred[None]] = []
+        self._failure_waiters: list[Deferred[str]] = []
+        self._transport_error: str | None = None
+        self._pinger: task.LoopingCall | None = None
+
+    def start(self, endpoint: IStreamClientEndpoint) -> None:
+        s = self.store
+        self.factory = _Factory(self, self.protocol_class, dbid=s.db, password=s._password,
+                                username=s.user, convertNumbers=False, charset="utf-8")
+        self.factory.initialDelay, self.factory.maxDelay = s.reconnect_delay
+        self.factory.startConnecting(endpoint)
+        self._pinger = task.LoopingCall(self._ping)
+        self._pinger.clock = s.clock
+        self._pinger.start(s.ping_interval, now=False).addErrback(
+            lambda f: self._log.failure("{name} PING loop failed", f, name=self.name))
+
+    def stop(self) -> Deferred[Any]:
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        self.ready = False
+        if self.factory is None:
+            return defer.succeed(None)
+        factory, self.factory = self.factory, None
+        return factory.disconnect()
+
+    def when_ready(self) -> Deferred[None]:
+        if self.ready:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+    # Called by the factory / protocol.
+
+    def connected(self, conn: Any) -> None:
+        self.conn = conn
+        if self.on_ready is not None:
+            d = defer.maybeDeferred(self.on_ready, conn)
+        else:
+            d = defer.succeed(None)
+
+        def ready(_: Any) -> None:
+            if self.conn is not conn or not conn.connected:
+                return
+            if not self.ready:
+                self._log.info("Redis {name} connection to {address} is up", name=self.name,
+                               address=self.store.address)
+            self.ready = True
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                w.callback(None)
+
+        def failed(f: Failure) -> None:
+            self.last_error = f.getErrorMessage()
+            self._log.warn("Redis {name} connection set-up failed: {error}", name=self.name,
+                           error=self.last_error)
+            conn.transport.loseConnection()
+
+        d.addCallbacks(ready, failed)
+
+    def lost(self, conn: Any) -> None:
+        if conn is not self.conn:
+            return
+        self.conn = None
+        was_ready, self.ready = self.ready, False
+        self.last_error = "connection lost"
+        if was_ready:
+            self._log.warn("Redis {name} connection to {address} lost; reconnecting",
+                           name=self.name, address=self.store.address)
+        if self.on_lost is not None:
+            self.on_lost()
+
+    def when_failed(self) -> Deferred[str]:
+        """Fires with the reason of the next failed connection set-up."""
+        d: Deferred[str] = Deferred()
+        self._failure_waiters.append(d)
+        return d
+
+    def transport_lost(self, why: Failure) -> None:
+        self._transport_error = why.getErrorMessage() or why.type.__name__
+
+    def handshake_failed(self, why: str) -> None:
+        if "Lost connection" in why and self._transport_error:
+            why = f"{why} ({self._transport_error})"
+        self.last_error = why
+        self._log.warn("Redis {name} connection: {why}; will retry", name=self.name, why=why)
+        waiters, self._failure_waiters = self._failure_waiters, []
+        for w in waiters:
+            w.callback(why)
+
+    def message(self, channel: str, message: str) -> None:
+        if self.on_message is not None:
+            self.on_message(channel, message)
+
+    def usable(self) -> Any:
+        conn = self.conn
+        if self.ready and conn is not None and conn.connected:
+            return conn
+        return None
+
+    def _ping(self) -> None:
+        conn = self.usable()
+        if conn is None:
+            return
+        d = defer.maybeDeferred(conn.execute_command, "PING")
+        d.addTimeout(self.store.timeout, self.store.clock)
+
+        def dead(f: Failure) -> None:
+            if self.conn is conn:
+                self.last_error = f"PING failed: {f.getErrorMessage() or f.type.__name__}"
+                self._log.warn("Redis {name} connection: {error}; dropping it", name=self.name,
+                               error=self.last_error)
+                conn.transport.abortConnection()
+
+        d.addErrback(dead)
+
+
+# The store ----------------------------------------------------------------------
+
+
+class RedisStore:
+    """A SessionStore in Redis, shared by every gateway node that uses the same prefix."""
+
+    _log = Logger()
+
+    def __init__(self, address: str = "redis:6379", user: str | None = None,
+                 password: str | None = None, db: int = 0, prefix: str = "connect:session",
+                 tls: bool = False, tls_skip_verify: bool = False,
+                 tls_cert_file: str | None = None, tls_key_file: str | None = None,
+                 tls_ca_file: str | None = None, clock: IReactorTime | None = None,
+                 node_id: str | None = None, *, timeout: float = 2.0,
+                 ping_interval: float = 5.0, connect_timeout: float = 5.0,
+                 reconnect_delay: tuple[float, float] = (0.5, 5.0)):
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor  # type: ignore[assignment]
+        self.address = address
+        self.host, self.port = parse_address(address)
+        self.user = user or None
+        self._password = password
+        self.db = int(db)
+        self.prefix = prefix
+        self.tls = tls
+        self.tls_skip_verify = tls_skip_verify
+        self.tls_cert_file = tls_cert_file
+        self.tls_key_file = tls_key_file
+        self.tls_ca_file = tls_ca_file
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.node_id = node_id or default_node_id()
+        self.timeout = timeout
+        self.ping_interval = ping_interval
+        self.connect_timeout = connect_timeout
+        self.reconnect_delay = reconnect_delay
+        self.channel = f"{prefix}:events"
+        self._subscribers = Subscribers()
+        self._started = False
+        if (tls_cert_file is None) != (tls_key_file is None):
+            raise ValueError("a Redis TLS client certificate needs both the certificate "
+                             "file and the key file")
+        self._commands = _Link(self, "command", _Commands)
+        self._events = _Link(self, "subscriber", _Subscriber, on_ready=self._subscribe,
+                             on_lost=self._events_lost, on_message=self._message)
+
+    def __repr__(self) -> str:
+        auth = f", user={self.user!r}" if self.user else ""
+        secret = ", password=***" if self._password else ""
+        return (f"RedisStore(address={self.address!r}{auth}{secret}, db={self.db}, "
+                f"prefix={self.prefix!r}, tls={self.tls})")
+
+    # Lifecycle -------------------------------------------------------------------
+
+    def endpoint(self) -> IStreamClientEndpoint:
+        from twisted.internet import reactor
+
+        ep: IStreamClientEndpoint = HostnameEndpoint(reactor, self.host, self.port,
+                                                     timeout=self.connect_timeout)
+        if self.tls:
+            ep = wrapClientTLS(self._tls_options(), ep)
+        return ep
+
+    def _tls_options(self) -> Any:
+        client: PrivateCertificate | None = None
+        if self.tls_cert_file and self.tls_key_file:
+            client = PrivateCertificate.loadPEM(
+                Path(self.tls_cert_file).read_text() + "\n" + Path(self.tls_key_file).read_text())
+        if self.tls_skip_verify:
+            # optionsForClientTLS always verifies; an old-style context factory is what
+            # TLSMemoryBIOFactory (under wrapClientTLS) accepts for "do not verify".
+            kwargs: dict[str, Any] = {"verify": False}
+            if client is not None:
+                kwargs["certificate"] = client.original
+                kwargs["privateKey"] = client.privateKey.original
+            return CertificateOptions(**kwargs)
+        trust = (Certificate.loadPEM(Path(self.tls_ca_file).read_bytes())
+                 if self.tls_ca_file else platformTrust())
+        return optionsForClientTLS(self.host, trustRoot=trust, clientCertificate=client)
+
+    def start(self) -> None:
+        """Start connecting (in the background; calls fail with StoreUnavailable until
+        the connection is up)."""
+        if self._started:
+            return
+        self._started = True
+        endpoint = self.endpoint()
+        self._commands.start(endpoint)
+        self._events.start(endpoint)
+
+    def stop(self) -> Deferred[Any]:
+        self._started = False
+        return defer.gatherResults([self._commands.stop(), self._events.stop()],
+                                   consumeErrors=True).addCallback(lambda _: None)
+
+    def when_connected(self) -> Deferred[None]:
+        """Fires when both connections are up (the event subscription included)."""
+        return defer.gatherResults([self._commands.when_ready(), self._events.when_ready()],
+                                   consumeErrors=True).addCallback(lambda _: None)
+
+    def next_connection_failure(self) -> Deferred[str]:
+        """Fires with the reason the next attempt to set up the command connection failed
+        (refused AUTH, failed TLS verification, ...)."""
+        return self._commands.when_failed()
+
+    @property
+    def connected(self) -> bool:
+        return self._commands.ready and self._events.ready
+
+    # Invalidation -----------------------------------------------------------------
+
+    def subscribe(self, callback: Invalidation) -> Callable[[], None]:
+        return self._subscribers.add(callback)
+
+    def _subscribe(self, conn: Any) -> Deferred[Any]:
+        d = conn.subscribe(self.channel)
+        d.addTimeout(self.timeout, self.clock)
+        # Whatever happened while we were not listening is unknown: expire caches.
+        return d.addCallback(lambda _: self._subscribers.notify(None))
+
+    def _events_lost(self) -> None:
+        self._subscribers.notify(None)
+
+    def _message(self, channel: str, message: str) -> None:
+        if channel == self.channel and SESSION_ID.fullmatch(message):
+            self._subscribers.notify(message)
+
+    # Commands ---------------------------------------------------------------------
+
+    def _unavailable(self, what: str) -> StoreUnavailable:
+        if not self._started:
+            return StoreUnavailable(f"Redis store not started ({what})")
+        return StoreUnavailable(f"Redis at {self.address} is unavailable "
+                                f"({self._commands.last_error}); {what} failed")
+
+    def _call(self, what: str, command: Callable[[Any], Deferred[Any]]) -> Deferred[Any]:
+        conn = self._commands.usable()
+        if conn is None:
+            return defer.fail(self._unavailable(what))
+        d = defer.maybeDeferred(command, conn)
+        d.addTimeout(self.timeout, self.clock)
+
+        def translate(f: Failure) -> Failure:
+            if f.check(defer.TimeoutError):
+                raise StoreUnavailable(f"Redis at {self.address} did not answer {what} "
+                                       f"within {self.timeout:g}s")
+            if f.check(txredisapi.ResponseError):
+                message = str(f.value)
+                if not message.startswith(_TRANSIENT):
+                    self._log.error("Redis refused {what}: {message}", what=what,
+                                    message=message)
+                raise StoreUnavailable(f"Redis at {self.address} refused {what}: {message}")
+            if f.check(txredisapi.ConnectionError, ConnectionError, defer.CancelledError):
+                raise StoreUnavailable(f"Redis at {self.address} is unavailable "
+                                       f"({f.getErrorMessage()}); {what} failed")
+            return f
+
+        return d.addErrback(translate)
+
+    def _eval(self, what: str, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
+        return self._call(what, lambda conn: conn.eval(script, keys, args))
+
+    def _key(self, session_id: str) -> str:
+        return f"{self.prefix}:{session_id}"
+
+    def _tunnel_key(self, session_id: str) -> str:
+        return f"{self.prefix}:{session_id}:tunnel"
+
+    def command(self, *args: Any) -> Deferred[Any]:
+        """One raw Redis command on the store's connection (diagnostics and tests)."""
+        return self._call(str(args[0]), lambda conn: conn.execute_command(*args))
+
+    def ping(self) -> Deferred[None]:
+        return self._call("PING", lambda conn: conn.execute_command("PING")).addCallback(
+            lambda _: None)
+
+    def create(self, record: SessionRecord) -> Deferred[None]:
+        d = self._eval("create", _CREATE, [self._key(record.id)],
+                       [record.to_json(), self.channel, record.id])
+
+        def done(created: Any) -> None:
+            if int(created) != 1:
+                raise SessionExists(f"session {record.id} exists already")
+
+        return d.addCallback(done)
+
+    def update(self, record: SessionRecord) -> Deferred[None]:
+        d = self._eval("update", _UPDATE, [self._key(record.id)],
+                       [record.to_json(), self.channel, record.id])
+
+        def done(updated: Any) -> None:
+            if int(updated) != 1:
+                raise SessionNotFound(f"no session {record.id}")
+
+        return d.addCallback(done)
+
+    def delete(self, session_id: str) -> Deferred[bool]:
+        return self._eval("delete", _DELETE,
+                          [self._key(session_id), self._tunnel_key(session_id)],
+                          [self.channel, session_id]).addCallback(lambda n: int(n) > 0)
+
+    def get(self, session_id: str) -> Deferred[SessionRecord | None]:
+        if not SESSION_ID.fullmatch(session_id):
+            return defer.succeed(None)
+        d = self._call("get", lambda conn: conn.execute_command("GET", self._key(session_id)))
+        return d.addCallback(lambda v: None if v is None else SessionRecord.from_json(v))
+
+    @defer.inlineCallbacks
+    def list_sessions(self) -> Any:
+        pattern = _glob_escape(self.prefix) + ":*"
+        keys: list[str] = []
+        cursor = "0"
+        while True:
+            reply = yield self._call("list", lambda conn, c=cursor: conn.execute_command(
+                "SCAN", c, "MATCH", pattern, "COUNT", 1000))
+            cursor = _text(reply[0])
+            for key in reply[1]:
+                sid = _text(key)[len(self.prefix) + 1:]
+                if SESSION_ID.fullmatch(sid):
+                    keys.append(_text(key))
+            if cursor == "0":
+                break
+        records: list[SessionRecord] = []
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            values = yield self._call("list", lambda conn, c=chunk: conn.execute_command(
+                "MGET", *c))
+            for key, value in zip(chunk, values, strict=True):
+                if value is None:
+                    continue
+                try:
+                    records.append(SessionRecord.from_json(value))
+                except MalformedRecord as e:
+                    self._log.error("skipping malformed session record {key}: {error}",
+                                    key=key, error=str(e))
+        return records
+
+    def claim_tunnel(self, holder: TunnelHolder, ttl: float) -> Deferred[TunnelHolder | None]:
+        sid = holder.session_id
+        try:
+            px = _ms(ttl)
+        except ValueError as e:
+            return defer.fail(e)
+        d = self._eval("claim", _CLAIM, [self._key(sid), self._tunnel_key(sid)],
+                       [holder.to_json(), px, self.channel, sid])
+
+        def done(reply: Any) -> TunnelHolder | None:
+            if int(reply[0]) != 1:
+                raise SessionNotFound(f"no session {sid}")
+            if len(reply) < 2 or reply[1] is None:
+                return None
+            try:
+                return TunnelHolder.from_json(reply[1])
+            except MalformedRecord as e:
+                self._log.error("replaced a malformed tunnel holder of {sid}: {error}",
+                                sid=sid, error=str(e))
+                return None
+
+        return d.addCallback(done)
+
+    def refresh_tunnel(self, holder: TunnelHolder, ttl: float) -> Deferred[bool]:
+        try:
+            px = _ms(ttl)
+        except ValueError as e:
+            return defer.fail(e)
+        return self._eval("refresh", _REFRESH, [self._tunnel_key(holder.session_id)],
+                          [holder.tunnel_id, holder.node_id, px]).addCallback(
+            lambda n: int(n) == 1)
+
+    def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
+        sid = holder.session_id
+        return self._eval("release", _RELEASE, [self._tunnel_key(sid)],
+                          [holder.tunnel_id, holder.node_id, self.channel, sid]).addCallback(
+            lambda n: int(n) == 1)
+
+    def get_tunnel(self, session_id: str) -> Deferred[TunnelHolder | None]:
+        if not SESSION_ID.fullmatch(session_id):
+            return defer.succeed(None)
+        d = self._call("get_tunnel", lambda conn: conn.execute_command(
+            "GET", self._tunnel_key(session_id)))
+        return d.addCallback(lambda v: None if v is None else TunnelHolder.from_json(v))
+
+
+def _ms(ttl: float) -> int:
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not ttl > 0:
+        raise ValueError(f"a tunnel TTL must be a positive number of seconds, not {ttl!r}")
+    return max(1, int(ttl * 1000))
+
+
+__all__ = ["RedisStore", "default_node_id", "parse_address"]

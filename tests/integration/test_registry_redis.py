@@ -1,0 +1,345 @@
+"""RedisStore against a real redis-server: the shared store contract, ACL, db, prefix,
+invalidation between nodes, racing claims, an outage and recovery, TLS."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from studios_gateway.registry.base import StoreUnavailable, TunnelHolder
+from studios_gateway.registry.cache import CachingStore
+from studios_gateway.registry.redis import RedisStore
+from tests.support.redis_server import (
+    RedisServer,
+    make_tls_files,
+    redis_available,
+    redis_tls_support,
+)
+from tests.unit.test_registry_memory import Recorder, StoreContract, holder, record
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not redis_available(), reason="redis-server not installed")]
+
+_prefixes = itertools.count()
+TIMEOUT = 10  # trial's per-test timeout, seconds; every wait below is on an event
+
+
+def temp_dir(case: unittest.TestCase) -> Path:
+    """A fresh directory outside the repository, removed after the test."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="redis-test-"))
+    case.addCleanup(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def new_store(server: RedisServer, **kw: Any) -> RedisStore:
+    kw.setdefault("prefix", f"t{next(_prefixes)}:connect:session")
+    kw.setdefault("reconnect_delay", (0.05, 0.3))
+    if server.user is not None:
+        kw.setdefault("user", server.user)
+        kw.setdefault("password", server.password)
+    return RedisStore(address=server.address, clock=reactor, **kw)
+
+
+class RedisCase(unittest.TestCase):
+    timeout = TIMEOUT
+    server: RedisServer
+    server_options: dict[str, Any] = {}
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        import tempfile
+
+        cls._tmp = tempfile.TemporaryDirectory(prefix="redis-test-")
+        cls.server = RedisServer(Path(cls._tmp.name), **cls.server_options)
+        cls.server.start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.server.stop()
+        cls._tmp.cleanup()
+
+    @defer.inlineCallbacks
+    def started(self, store: RedisStore) -> Any:
+        store.start()
+        self.addCleanup(store.stop)
+        yield store.when_connected()
+        return store
+
+
+class RedisContractTests(StoreContract, RedisCase):
+    """The same semantics as MemoryStore, on two nodes sharing one Redis."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        prefix = f"t{next(_prefixes)}:connect:session"
+        self.store = yield self.started(new_store(self.server, prefix=prefix, node_id="node-a"))
+        self.other = yield self.started(new_store(self.server, prefix=prefix, node_id="node-b"))
+
+    @defer.inlineCallbacks
+    def check_expiry(self, h: TunnelHolder, ttl: float) -> Any:
+        key = f"{self.store.prefix}:{h.session_id}:tunnel"
+        pttl = int((yield self.store.command("PTTL", key)))
+        assert 0 < pttl <= ttl * 1000
+        assert (yield self.store.refresh_tunnel(h, 60)) is True
+        assert int((yield self.store.command("PTTL", key))) > ttl * 1000
+        # Let the TTL run out now (a deadline in the past expires the key at once).
+        yield self.store.command("PEXPIREAT", key, 1)
+        assert (yield self.store.get_tunnel(h.session_id)) is None
+        assert (yield self.store.release_tunnel(h)) is False
+        assert (yield self.store.claim_tunnel(h, ttl)) is None
+
+    @defer.inlineCallbacks
+    def test_key_layout(self) -> Any:
+        yield self.store.create(record())
+        yield self.store.claim_tunnel(holder(), 30)
+        p = self.store.prefix
+        assert (yield self.store.command("TYPE", f"{p}:abc123")) == "string"
+        assert (yield self.store.command("EXISTS", f"{p}:abc123:tunnel")) == 1
+        # A tunnel key is not listed as a session.
+        assert [r.id for r in (yield self.store.list_sessions())] == ["abc123"]
+
+    @defer.inlineCallbacks
+    def test_racing_claims_leave_one_holder(self) -> Any:
+        yield self.store.create(record())
+        a = holder(node="node-a", tunnel="ta")
+        b = holder(node="node-b", tunnel="tb")
+        results = yield defer.gatherResults([self.store.claim_tunnel(a, 30),
+                                             self.other.claim_tunnel(b, 30)])
+        final = yield self.store.get_tunnel("abc123")
+        assert final in (a, b)
+        loser = b if final == a else a
+        # Exactly one claim saw no previous holder; the other replaced the first.
+        assert sorted(results, key=lambda r: r is None) == [loser, None]
+        loser_store = self.store if loser is a else self.other
+        winner_store = self.other if loser is a else self.store
+        assert (yield loser_store.release_tunnel(loser)) is False
+        assert (yield loser_store.refresh_tunnel(loser, 30)) is False
+        assert (yield self.store.get_tunnel("abc123")) == final
+        assert (yield winner_store.release_tunnel(final)) is True
+
+    def test_repr_has_no_password(self) -> None:
+        store = RedisStore(address="redis:6379", user="gw", password="hunter2-secret")
+        assert "hunter2" not in repr(store)
+        assert "gw" in repr(store)
+
+
+class RedisPrefixAndDbTests(RedisCase):
+    @defer.inlineCallbacks
+    def test_db_selection(self) -> Any:
+        db0 = yield self.started(new_store(self.server, prefix="same", db=0))
+        db3 = yield self.started(new_store(self.server, prefix="same", db=3))
+        yield db3.create(record())
+        assert (yield db0.get("abc123")) is None
+        assert (yield db3.get("abc123")) == record()
+        assert (yield db3.command("DBSIZE")) == 1
+        assert (yield db0.command("DBSIZE")) == 0
+        yield db3.delete("abc123")
+
+    @defer.inlineCallbacks
+    def test_prefixes_are_separate(self) -> Any:
+        a = yield self.started(new_store(self.server, prefix="team[a]*:sessions"))
+        b = yield self.started(new_store(self.server, prefix="team[a]x:sessions"))
+        yield a.create(record("one"))
+        yield b.create(record("two"))
+        assert [r.id for r in (yield a.list_sessions())] == ["one"]
+        assert [r.id for r in (yield b.list_sessions())] == ["two"]
+        assert (yield a.get("two")) is None
+        assert (yield a.command("EXISTS", "team[a]*:sessions:one")) == 1
+
+    @defer.inlineCallbacks
+    def test_list_many(self) -> Any:
+        store = yield self.started(new_store(self.server))
+        seen = Recorder()
+        store.subscribe(seen)
+        yield defer.gatherResults([store.create(record(f"s{i}")) for i in range(1200)])
+        assert len((yield store.list_sessions())) == 1200
+        yield seen.wait_for("s1199")  # let the flood of invalidations drain before stopping
+
+
+class RedisACLTests(RedisCase):
+    server_options = {"user": "gateway", "password": "correct-horse-battery"}
+
+    @defer.inlineCallbacks
+    def test_acl_user_and_invalidation(self) -> Any:
+        prefix = "acl:connect:session"
+        a = yield self.started(new_store(self.server, prefix=prefix, node_id="a"))
+        b = yield self.started(new_store(self.server, prefix=prefix, node_id="b"))
+        seen = Recorder()
+        b.subscribe(seen)
+        yield a.create(record())
+        yield seen.wait_for("abc123")
+        assert (yield b.get("abc123")) == record()
+
+    @defer.inlineCallbacks
+    def test_wrong_password_is_unavailable_and_not_logged(self) -> Any:
+        store = new_store(self.server, password="wrong-password-xyz")
+        failed = store.next_connection_failure()
+        store.start()
+        self.addCleanup(store.stop)
+        reason = yield failed
+        assert "WRONGPASS" in reason or "auth" in reason.lower()
+        assert "wrong-password-xyz" not in reason
+        try:
+            yield store.ping()
+        except StoreUnavailable as e:
+            assert "wrong-password-xyz" not in str(e)
+        else:
+            raise AssertionError("ping succeeded with a wrong password")
+        assert "wrong-password-xyz" not in repr(store)
+        # It keeps trying (txredisapi alone would give up after a failed AUTH).
+        again = yield store.next_connection_failure()
+        assert again
+
+    @defer.inlineCallbacks
+    def test_no_credentials_refused(self) -> Any:
+        store = RedisStore(address=self.server.address, clock=reactor,
+                           reconnect_delay=(0.05, 0.3))
+        failed = store.next_connection_failure()
+        store.start()
+        self.addCleanup(store.stop)
+        reason = yield failed
+        assert "NOAUTH" in reason or "NOPERM" in reason or "auth" in reason.lower() or reason
+
+
+class RedisOutageTests(unittest.TestCase):
+    """Kill Redis: fail fast, keep serving cached routes; restart it: recover alone."""
+
+    timeout = 20
+
+    def setUp(self) -> None:
+        self.server = RedisServer(temp_dir(self))
+        self.server.start()
+        self.addCleanup(self.server.stop)
+
+    @defer.inlineCallbacks
+    def test_outage_and_recovery(self) -> Any:
+        store = new_store(self.server, node_id="a")
+        store.start()
+        self.addCleanup(store.stop)
+        yield store.when_connected()
+        cache_clock = Clock()
+        cache = CachingStore(store, 120, cache_clock)
+        seen = Recorder()
+        cache.subscribe(seen)
+        yield cache.create(record())
+        yield cache.claim_tunnel(holder(), 30)
+        yield seen.wait_for("abc123", 2)  # our own changes come back on the channel too
+        assert (yield cache.get("abc123")) == record()
+        assert (yield cache.get_tunnel("abc123")) == holder()
+        cache_clock.advance(500)  # cached entries expired: only a fallback now
+
+        seen.seen.clear()
+        lost = seen.wait_for(None)  # the subscriber noticed
+        self.server.kill()
+        start = time.monotonic()
+        try:
+            yield store.ping()
+        except StoreUnavailable as e:
+            assert "127.0.0.1" in str(e)
+        else:
+            raise AssertionError("ping succeeded with Redis dead")
+        assert time.monotonic() - start < store.timeout
+        yield lost
+        for call in (lambda: store.ping(), lambda: cache.create(record("new1")),
+                     lambda: cache.claim_tunnel(holder(tunnel="t2"), 30),
+                     lambda: cache.get("unknown"), lambda: store.list_sessions()):
+            start = time.monotonic()
+            try:
+                yield call()
+            except StoreUnavailable:
+                pass
+            else:
+                raise AssertionError("a call succeeded with Redis dead")
+            assert time.monotonic() - start < 0.5, "did not fail fast"
+        # Cached routes keep working.
+        assert (yield cache.get("abc123")) == record()
+        assert (yield cache.get_tunnel("abc123")) == holder()
+
+        # Same port, no restart of the store.
+        self.server.start()
+        yield store.when_connected()
+        yield store.ping()
+        # Nothing was persisted: the old session is gone and the cache learns that.
+        assert (yield cache.get("abc123")) is None
+        yield cache.create(record("after"))
+        assert (yield cache.claim_tunnel(holder("after"), 30)) is None
+        assert (yield cache.get_tunnel("after")) == holder("after")
+
+    @defer.inlineCallbacks
+    def test_start_before_redis_is_up(self) -> Any:
+        self.server.kill()
+        store = new_store(self.server)
+        store.start()
+        self.addCleanup(store.stop)
+        try:
+            yield store.ping()
+        except StoreUnavailable:
+            pass
+        else:
+            raise AssertionError("ping succeeded without Redis")
+        self.server.start()
+        yield store.when_connected()
+        yield store.create(record())
+        assert (yield store.get("abc123")) == record()
+
+
+_TLS_SKIP = redis_tls_support()
+if _TLS_SKIP:
+    print(f"skipping Redis TLS tests: {_TLS_SKIP}")
+
+
+@pytest.mark.skipif(_TLS_SKIP is not None, reason=_TLS_SKIP or "")
+class RedisTLSTests(unittest.TestCase):
+    timeout = TIMEOUT
+
+    def setUp(self) -> None:
+        base = temp_dir(self)
+        self.tls = make_tls_files(base / "tls")
+        self.server = RedisServer(base / "redis", tls=self.tls, tls_auth_clients=True)
+        self.server.start()
+        self.addCleanup(self.server.stop)
+
+    def tls_store(self, **kw: Any) -> RedisStore:
+        kw.setdefault("tls_cert_file", str(self.tls.client_cert))
+        kw.setdefault("tls_key_file", str(self.tls.client_key))
+        return new_store(self.server, tls=True, **kw)
+
+    @defer.inlineCallbacks
+    def use(self, store: RedisStore) -> Any:
+        store.start()
+        self.addCleanup(store.stop)
+        yield store.when_connected()
+        yield store.create(record())
+        assert (yield store.get("abc123")) == record()
+
+    def test_verified(self) -> Any:
+        return self.use(self.tls_store(tls_ca_file=str(self.tls.ca_cert)))
+
+    def test_skip_verify(self) -> Any:
+        return self.use(self.tls_store(tls_skip_verify=True,
+                                       tls_ca_file=str(self.tls.other_ca_cert)))
+
+    @defer.inlineCallbacks
+    def test_wrong_ca_is_refused(self) -> Any:
+        store = self.tls_store(tls_ca_file=str(self.tls.other_ca_cert))
+        failed = store.next_connection_failure()
+        store.start()
+        self.addCleanup(store.stop)
+        reason = yield failed
+        assert "certificate verify failed" in reason, reason
+        try:
+            yield store.ping()
+        except StoreUnavailable:
+            pass
+        else:
+            raise AssertionError("connected to a server signed by an untrusted CA")
