@@ -178,6 +178,7 @@ class ConnectClient(Service):
         self._pending: Any = None
         self._protocol: TunnelClientProtocol | None = None
         self._connecting: Deferred[Any] | None = None
+        self._bound_waiters: list[Deferred[TunnelClientProtocol]] = []
 
     def _set_state(self, state: str, message: str, **kw: Any) -> None:
         if state != self.state:
@@ -278,6 +279,19 @@ class ConnectClient(Service):
                         port=self.settings.tool_port)
         if not self.ready.called:
             self.ready.callback(None)
+        waiters, self._bound_waiters = self._bound_waiters, []
+        for d in waiters:
+            d.callback(protocol)
+
+    def next_bind(self) -> Deferred[TunnelClientProtocol]:
+        """Fires at the next successful bind (for tests and status reporting)."""
+        d: Deferred[TunnelClientProtocol] = Deferred()
+        self._bound_waiters.append(d)
+        return d
+
+    @property
+    def protocol(self) -> TunnelClientProtocol | None:
+        return self._protocol
 
     def going_away(self, protocol: TunnelClientProtocol) -> None:
         # Rebind now (elsewhere if we know other gateways); the old tunnel's

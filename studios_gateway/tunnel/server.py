@@ -27,7 +27,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway import versions
-from studios_gateway.registry.base import StoreUnavailable, TunnelHolder, token_matches
+from studios_gateway.registry.base import (
+    SessionNotFound,
+    StoreUnavailable,
+    TunnelHolder,
+    token_matches,
+)
 from studios_gateway.tunnel.bind import (
     BindError,
     BindReply,
@@ -203,6 +208,8 @@ class TunnelTable:
             yield self.store.claim_tunnel(holder, self.settings.holder_ttl)
         except StoreUnavailable as e:
             raise BindError("store_unavailable", f"session store unavailable: {e}")
+        except SessionNotFound:
+            raise BindError("unknown_session", f"session {req.session_id} has ended")
         tunnel = Tunnel(record, holder, make_mux(), protocol)
         old = self._tunnels.get(req.session_id)
         self._tunnels[req.session_id] = tunnel

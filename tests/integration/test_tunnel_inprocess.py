@@ -1,0 +1,160 @@
+"""Gateway tunnel server and connect client in one reactor, over real TLS sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import TestCase
+from twisted.web.server import Site
+
+from studios_gateway.client.settings import ClientSettings, Gateway
+from studios_gateway.client.tunnel import ConnectClient
+from studios_gateway.demo.tool import make_root
+from studios_gateway.registry.base import SessionRecord, hash_token, new_token
+from studios_gateway.registry.memory import MemoryStore
+from studios_gateway.tunnel import tls
+from studios_gateway.tunnel.server import TunnelServerFactory, TunnelSettings, TunnelTable
+
+
+class Collect(Protocol):
+    """Sends a request on connect, collects everything until the stream ends."""
+
+    def __init__(self, request: bytes):
+        self.request = request
+        self.data = bytearray()
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback(bytes(self.data))
+
+
+class TunnelTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        tmp = self.mktemp()
+        cert, key = tls.ensure_self_signed(__import__("pathlib").Path(tmp), ["localhost",
+                                                                             "127.0.0.1"])
+        self.pin = tls.fingerprint_pem(cert.read_bytes())
+        self.store = MemoryStore(reactor)
+        self.token = new_token()
+        yield self.store.create(SessionRecord(
+            id="s1", workspace_id=None, tool="generic", owner="alice", allowed_users=(),
+            ssh_enabled=False, token_hash=hash_token(self.token), created_at=0.0))
+        self.table = TunnelTable(self.store, node_id="n1", node_address="127.0.0.1:1",
+                                 clock=reactor, settings=TunnelSettings())
+        self.table.start()
+        self.addCleanup(self.table.stop)
+        factory = TLSMemoryBIOFactory(tls.server_options(cert, key), False,
+                                      TunnelServerFactory(self.table))
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+        self.addCleanup(port.stopListening)
+        self.gw_port = port.getHost().port
+        tool = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(make_root("/")))
+        self.addCleanup(tool.stopListening)
+        self.tool_port = tool.getHost().port
+
+    def client(self, token: str | None = None, version: str | None = None,
+               fatal: defer.Deferred[str] | None = None) -> ConnectClient:
+        extra = {"connect_version": version} if version else {}
+        settings = ClientSettings(
+            gateways=(Gateway("127.0.0.1", self.gw_port, self.pin),), session_id="s1",
+            token=token or self.token, tool_port=self.tool_port, **extra)
+        c = ConnectClient(settings, reactor, on_fatal=(fatal.callback if fatal is not None
+                                                       else None))
+        c.startService()
+        self.addCleanup(lambda: c.running and c.stopService())
+        return c
+
+    def request(self, raw: bytes) -> defer.Deferred[bytes]:
+        stream = self.table.open_stream("s1")
+        assert stream is not None, "session s1 has no tunnel"
+        proto = Collect(raw)
+        stream.attach(proto)
+        return proto.done
+
+    @defer.inlineCallbacks
+    def test_http_through_a_stream(self) -> Any:
+        c = self.client()
+        yield c.ready
+        body = yield self.request(b"GET /api/info HTTP/1.0\r\nHost: x\r\n\r\n")
+        head, _, payload = body.partition(b"\r\n\r\n")
+        self.assertIn(b"200 OK", head)
+        self.assertEqual(json.loads(payload)["path"], "/api/info")
+        holder = yield self.store.get_tunnel("s1")
+        self.assertEqual(holder.node_id, "n1")
+
+    @defer.inlineCallbacks
+    def test_bulk_both_ways(self) -> Any:
+        c = self.client()
+        yield c.ready
+        size = 32 * 1024 * 1024
+        body = yield self.request(b"GET /download?size=%d HTTP/1.0\r\n\r\n" % size)
+        self.assertEqual(len(body.partition(b"\r\n\r\n")[2]), size)
+        upload = bytes(range(256)) * (4 * 1024 * 16)
+        body = yield self.request(b"POST /upload HTTP/1.0\r\nContent-Length: %d\r\n\r\n"
+                                  % len(upload) + upload)
+        answer = json.loads(body.partition(b"\r\n\r\n")[2])
+        self.assertEqual(answer, {"length": len(upload),
+                                  "sha256": hashlib.sha256(upload).hexdigest()})
+
+    @defer.inlineCallbacks
+    def test_wrong_token_is_refused_and_final(self) -> Any:
+        fatal: defer.Deferred[str] = defer.Deferred()
+        c = self.client(token="x" * 43, fatal=fatal)
+        message = yield fatal
+        self.assertIn("bad_token", message)
+        self.assertEqual(c.state, "refused")
+        self.assertIsNone(self.table.get("s1"))
+
+    @defer.inlineCallbacks
+    def test_incompatible_version_is_refused_with_the_supported_ones(self) -> Any:
+        fatal: defer.Deferred[str] = defer.Deferred()
+        self.client(version="0.3.0", fatal=fatal)
+        message = yield fatal
+        self.assertIn("incompatible_version", message)
+        self.assertIn("0.12", message)
+
+    @defer.inlineCallbacks
+    def test_cut_connection_rebinds(self) -> Any:
+        c = self.client()
+        first = yield c.next_bind()
+        again = c.next_bind()
+        first.transport.abortConnection()
+        second = yield again
+        self.assertIsNot(first, second)
+        body = yield self.request(b"GET /api/info HTTP/1.0\r\n\r\n")
+        self.assertIn(b"200 OK", body)
+
+    @defer.inlineCallbacks
+    def test_deleting_the_session_closes_the_tunnel(self) -> Any:
+        c = self.client()
+        proto = yield c.next_bind()
+        closed: defer.Deferred[None] = defer.Deferred()
+        original = proto.connectionLost
+
+        def lost(reason: Any = None) -> None:
+            original(reason)
+            if not closed.called:
+                closed.callback(None)
+
+        proto.connectionLost = lost  # type: ignore[method-assign]
+        yield self.store.delete("s1")
+        self.table.end_session("s1")
+        yield closed
+
