@@ -1,0 +1,202 @@
+"""Signed, expiring tokens: session cookies, handoff codes and login links.
+
+A token is ``<payload>.<mac>``: the payload is URL-safe base64 (no padding) of
+a compact JSON object, the mac is HMAC-SHA256 over a purpose label and the
+payload, keyed by a secret kept under CONNECT_STORAGE_ROOT. The purpose label
+keeps the kinds apart: a login link is never accepted as a cookie.
+
+A session cookie carries its subject, the one session id it is valid for (its
+scope), when it was issued and expires, and the login it belongs to (so a
+logout can revoke every cookie of that login). A cookie copied from studio A
+fails on studio B: its scope names A.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+__all__ = [
+    "COOKIE_NAME",
+    "LOGIN_SCOPE",
+    "Clock",
+    "CookieCodec",
+    "SessionCookie",
+    "Signer",
+    "clear_cookie_header",
+    "cookie_values",
+    "set_cookie_header",
+]
+
+#: The studio cookie's base name; see :func:`cookie_name` for the prefixed forms.
+COOKIE_NAME = "connect_session"
+#: The scope of the proxy host's own login cookie (never a session id: ids have no '@').
+LOGIN_SCOPE = "@login"
+#: Longest token we look at; anything longer is refused before any work.
+MAX_TOKEN = 3000
+#: How far in the future an issued-at may lie (clock skew between nodes).
+SKEW = 60.0
+
+_B64 = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class Clock(Protocol):
+    def seconds(self) -> float: ...
+
+
+def _b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64d(text: str) -> bytes:
+    if not _B64.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Signer:
+    """HMAC-SHA256 over (purpose, payload), verified in constant time."""
+
+    def __init__(self, key: bytes):
+        if len(key) < 32:
+            raise ValueError("the signing key must have at least 32 bytes")
+        self._key = key
+
+    def _mac(self, purpose: str, body: str) -> bytes:
+        msg = purpose.encode("ascii") + b"\x00" + body.encode("ascii")
+        return hmac.new(self._key, msg, hashlib.sha256).digest()
+
+    def sign(self, purpose: str, payload: Mapping[str, Any]) -> str:
+        body = _b64e(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
+        return f"{body}.{_b64e(self._mac(purpose, body))}"
+
+    def verify(self, purpose: str, token: str) -> dict[str, Any] | None:
+        """The payload when `token` was signed by us for `purpose`, else None."""
+        if not isinstance(token, str) or len(token) > MAX_TOKEN or token.count(".") != 1:
+            return None
+        body, _, mac = token.partition(".")
+        try:
+            given = _b64d(mac)
+            if not _B64.fullmatch(body):
+                return None
+        except ValueError:
+            return None
+        if not hmac.compare_digest(given, self._mac(purpose, body)):
+            return None
+        try:
+            data = json.loads(_b64d(body))
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= 256
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class SessionCookie:
+    """What a valid session cookie says."""
+
+    subject: str
+    scope: str  # the session id it opens, or LOGIN_SCOPE for the proxy host's login cookie
+    issued_at: float
+    expires_at: float
+    login_id: str
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"v": 1, "sub": self.subject, "scp": self.scope, "iat": int(self.issued_at),
+                "exp": int(self.expires_at), "lid": self.login_id}
+
+    @classmethod
+    def from_payload(cls, data: Mapping[str, Any]) -> SessionCookie | None:
+        if data.get("v") != 1:
+            return None
+        sub, scp, iat, exp, lid = (data.get(k) for k in ("sub", "scp", "iat", "exp", "lid"))
+        if not (_text(sub) and _text(scp) and _text(lid) and _num(iat) and _num(exp)):
+            return None
+        return cls(sub, scp, float(iat), float(exp), lid)  # type: ignore[arg-type]
+
+
+def new_login_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+class CookieCodec:
+    """Issues and checks session cookies against a clock."""
+
+    PURPOSE = "session-cookie/1"
+
+    def __init__(self, signer: Signer, clock: Clock):
+        self._signer = signer
+        self._clock = clock
+
+    def issue(self, subject: str, scope: str, login_id: str, ttl: float) -> str:
+        now = self._clock.seconds()
+        return self._signer.sign(self.PURPOSE, SessionCookie(
+            subject, scope, now, now + ttl, login_id).to_payload())
+
+    def verify(self, value: str, scope: str) -> SessionCookie | None:
+        """The cookie's claims if it is ours, unexpired and scoped to `scope`."""
+        data = self._signer.verify(self.PURPOSE, value)
+        if data is None:
+            return None
+        cookie = SessionCookie.from_payload(data)
+        if cookie is None or not hmac.compare_digest(cookie.scope.encode(), scope.encode()):
+            return None
+        now = self._clock.seconds()
+        if now >= cookie.expires_at or cookie.issued_at > now + SKEW:
+            return None
+        return cookie
+
+
+# Set-Cookie and Cookie headers ----------------------------------------------------------
+
+
+def cookie_name(*, secure: bool, host_only_root: bool) -> str:
+    """``__Host-`` when the cookie is Secure, has Path=/ and no Domain (subdomain mode):
+    browsers then refuse a sibling subdomain's attempt to set or shadow it."""
+    return f"__Host-{COOKIE_NAME}" if secure and host_only_root else COOKIE_NAME
+
+
+def set_cookie_header(name: str, value: str, *, path: str, max_age: int,
+                      secure: bool) -> tuple[bytes, bytes]:
+    """A host-only (no Domain) Set-Cookie header: HttpOnly, SameSite=Lax, Secure on TLS."""
+    parts = [f"{name}={value}", f"Path={path}", f"Max-Age={max(0, int(max_age))}",
+             "HttpOnly", "SameSite=Lax"]
+    if secure:
+        parts.append("Secure")
+    return b"Set-Cookie", "; ".join(parts).encode("ascii")
+
+
+def clear_cookie_header(name: str, *, path: str, secure: bool) -> tuple[bytes, bytes]:
+    return set_cookie_header(name, "", path=path, max_age=0, secure=secure)
+
+
+def cookie_values(headers: Any, name: str) -> list[str]:
+    """Every value of cookie `name` in the request's Cookie headers, in order.
+
+    `headers` is a sequence of (name, value) byte pairs. Several values can come
+    (cookies with the same name and different paths); callers try each.
+    """
+    out = []
+    for hname, hvalue in headers:
+        if hname.lower() != b"cookie":
+            continue
+        for item in hvalue.decode("latin-1").split(";"):
+            k, sep, v = item.strip().partition("=")
+            if sep and k == name:
+                out.append(v.strip().strip('"'))
+    return out

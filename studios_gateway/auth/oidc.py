@@ -1,0 +1,589 @@
+"""OpenID Connect relying party: discovery, dynamic registration, code flow with PKCE.
+
+One :class:`RelyingParty` per gateway process. :meth:`RelyingParty.start`
+reads the issuer's discovery document and makes sure we have a client: a
+static one from the configuration, the one registered earlier (kept in
+``oidc-client.json`` under CONNECT_STORAGE_ROOT, mode 0600), or a new one
+registered (RFC 7591) with the initial access token. A refused registration
+fails the start with a message that names the variable to fix.
+
+A login is :meth:`begin` (a fresh state, nonce and PKCE S256 verifier, kept
+in a bounded single-use table, and the authorization URL) and then
+:meth:`finish` with the callback's query: the state is taken once, the code
+exchanged, and the ID token's signature (the issuer's JWKS, refetched on an
+unknown key id at most every `jwks_min_refresh` seconds) and claims (iss,
+aud, azp, exp, iat, nonce) checked. Every call to the issuer goes through
+treq with a timeout. Tokens, codes and secrets are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import jwt
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from studios_gateway.auth.cookies import Clock
+from studios_gateway.auth.files import StorageError, read_json, write_private_json
+from studios_gateway.auth.onetime import OneTimeTable
+
+__all__ = [
+    "CLIENT_FILE",
+    "ClientRegistration",
+    "ConfigurationError",
+    "LoginFailed",
+    "LoginResult",
+    "OIDCError",
+    "OIDCSettings",
+    "ProviderMetadata",
+    "RelyingParty",
+    "TokenSet",
+]
+
+CLIENT_FILE = "oidc-client.json"
+BASIC = "client_secret_basic"  # noqa: S105 - the name of an auth method, not a secret
+#: Signature algorithms we accept on ID tokens (asymmetric only; never "none").
+SAFE_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+             "EdDSA")
+
+
+class OIDCError(Exception):
+    """Talking to the OpenID provider failed; the message is safe to show and log."""
+
+
+class ConfigurationError(OIDCError):
+    """The provider or our settings make logins impossible: stop the start."""
+
+
+class LoginFailed(OIDCError):
+    """One login attempt was refused (bad or replayed state, code, token)."""
+
+
+@dataclass(frozen=True)
+class OIDCSettings:
+    issuer: str
+    redirect_uri: str
+    storage_root: str
+    client_name: str = "tower-connect-proxy-client"
+    registration_token: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    timeout: float = 10.0
+    login_ttl: float = 600.0  # how long a started login (state, nonce, verifier) stays valid
+    max_pending: int = 10_000
+    jwks_min_refresh: float = 60.0
+    leeway: float = 60.0
+
+    @property
+    def client_file(self) -> Path:
+        return Path(self.storage_root) / CLIENT_FILE
+
+
+@dataclass(frozen=True)
+class ProviderMetadata:
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str
+    userinfo_endpoint: str | None = None
+    registration_endpoint: str | None = None
+    end_session_endpoint: str | None = None
+    code_challenge_methods: tuple[str, ...] = ()
+    id_token_algs: tuple[str, ...] = ("RS256",)
+    token_auth_methods: tuple[str, ...] = ("client_secret_basic",)
+
+    @classmethod
+    def from_dict(cls, data: Any, expected_issuer: str) -> ProviderMetadata:
+        where = f"the discovery document of {expected_issuer}"
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"{where} is not a JSON object")
+
+        def url(key: str, required: bool = True) -> str | None:
+            v = data.get(key)
+            if v is None and not required:
+                return None
+            if not isinstance(v, str) or urlsplit(v).scheme not in ("http", "https"):
+                raise ConfigurationError(f"{where} has no valid {key}")
+            return v
+
+        issuer = data.get("issuer")
+        if not isinstance(issuer, str) or issuer.rstrip("/") != expected_issuer.rstrip("/"):
+            raise ConfigurationError(
+                f"{where} names the issuer {issuer!r}; it must be the configured issuer")
+
+        def strings(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+            v = data.get(key)
+            if isinstance(v, list) and all(isinstance(x, str) for x in v):
+                return tuple(v)
+            return default
+
+        return cls(
+            issuer=issuer, authorization_endpoint=url("authorization_endpoint"),  # type: ignore[arg-type]
+            token_endpoint=url("token_endpoint"), jwks_uri=url("jwks_uri"),  # type: ignore[arg-type]
+            userinfo_endpoint=url("userinfo_endpoint", False),
+            registration_endpoint=url("registration_endpoint", False),
+            end_session_endpoint=url("end_session_endpoint", False),
+            code_challenge_methods=strings("code_challenge_methods_supported", ()),
+            id_token_algs=strings("id_token_signing_alg_values_supported", ("RS256",)),
+            token_auth_methods=strings("token_endpoint_auth_methods_supported",
+                                       ("client_secret_basic",)),
+        )
+
+
+@dataclass(frozen=True)
+class ClientRegistration:
+    issuer: str
+    client_name: str
+    client_id: str
+    client_secret: str | None = field(repr=False)
+    redirect_uris: tuple[str, ...]
+    token_endpoint_auth_method: str = BASIC
+    registered_at: float = 0.0
+    static: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"issuer": self.issuer, "client_name": self.client_name,
+                "client_id": self.client_id, "client_secret": self.client_secret,
+                "redirect_uris": list(self.redirect_uris),
+                "token_endpoint_auth_method": self.token_endpoint_auth_method,
+                "registered_at": self.registered_at}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ClientRegistration | None:
+        try:
+            return cls(issuer=str(data["issuer"]), client_name=str(data["client_name"]),
+                       client_id=str(data["client_id"]),
+                       client_secret=(None if data.get("client_secret") is None
+                                      else str(data["client_secret"])),
+                       redirect_uris=tuple(str(u) for u in data["redirect_uris"]),
+                       token_endpoint_auth_method=str(
+                           data.get("token_endpoint_auth_method", "client_secret_basic")),
+                       registered_at=float(data.get("registered_at", 0.0)))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def fits(self, settings: OIDCSettings, issuer: str) -> bool:
+        return (self.issuer.rstrip("/") == issuer.rstrip("/")
+                and self.client_name == settings.client_name
+                and settings.redirect_uri in self.redirect_uris)
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    access_token: str | None = field(repr=False)
+    id_token: str | None = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    expires_at: float | None
+
+    @classmethod
+    def from_response(cls, data: Mapping[str, Any], now: float,
+                      previous: TokenSet | None = None) -> TokenSet:
+        expires_in = data.get("expires_in")
+        try:
+            expires_at = now + float(expires_in) if expires_in is not None else None
+        except (TypeError, ValueError):
+            expires_at = None
+        refresh = data.get("refresh_token")
+        if not isinstance(refresh, str):
+            refresh = previous.refresh_token if previous else None
+        access = data.get("access_token")
+        id_token = data.get("id_token")
+        return cls(access_token=access if isinstance(access, str) else None,
+                   id_token=id_token if isinstance(id_token, str) else None,
+                   refresh_token=refresh, expires_at=expires_at)
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    subject: str
+    claims: Mapping[str, Any]
+    tokens: TokenSet
+    next_url: str
+    extra: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    nonce: str
+    verifier: str
+    next_url: str
+    extra: Mapping[str, Any]
+
+
+def pkce_challenge(verifier: str) -> str:
+    """RFC 7636 S256: base64url(sha256(verifier)) without padding."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _short(text: str, n: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _oauth_error(body: Any, text: str) -> str:
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        desc = body.get("error_description")
+        return body["error"] + (f" ({_short(desc)})" if isinstance(desc, str) else "")
+    return _short(text) or "no details"
+
+
+class RelyingParty:
+    """The gateway as an OpenID Connect client of one issuer."""
+
+    _log = Logger()
+
+    def __init__(self, settings: OIDCSettings, *, reactor: Any, http: Any = None):
+        self.settings = settings
+        self._reactor = reactor
+        self._clock: Clock = reactor
+        self._pool: Any = None
+        if http is None:
+            http = self._make_client(reactor)
+        self._http = http
+        self.metadata: ProviderMetadata | None = None
+        self.client: ClientRegistration | None = None
+        self._pending: OneTimeTable[_Pending] = OneTimeTable(
+            reactor, settings.login_ttl, settings.max_pending)
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys_fetched_at: float | None = None
+        self._keys_fetching: Deferred[None] | None = None
+
+    # HTTP --------------------------------------------------------------------------
+
+    def _make_client(self, reactor: Any) -> Any:
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = 4
+        return HTTPClient(Agent(reactor, pool=self._pool))
+
+    def stop(self) -> Deferred[None] | None:
+        """Close kept-alive connections to the issuer."""
+        return self._pool.closeCachedConnections() if self._pool is not None else None
+
+    async def _call(self, method: str, url: str, what: str, *,
+                    data: Mapping[str, str] | None = None, json_body: Any = None,
+                    headers: Mapping[str, str] | None = None) -> tuple[int, Any, str]:
+        hdrs = {"Accept": ["application/json"]}
+        for k, v in (headers or {}).items():
+            hdrs[k] = [v]
+        kwargs: dict[str, Any] = {"headers": hdrs, "timeout": self.settings.timeout,
+                                  "reactor": self._reactor}
+        if data is not None:
+            kwargs["data"] = dict(data)
+        if json_body is not None:
+            kwargs["json"] = json_body
+        try:
+            resp = await self._http.request(method, url, **kwargs)
+            raw = await resp.content()
+        except Exception as e:  # noqa: BLE001 - any transport failure is the same to us
+            reason = "timed out" if type(e).__name__ == "CancelledError" else type(e).__name__
+            raise OIDCError(f"{what} at {url} failed: {reason}") from None
+        text = raw.decode("utf-8", "replace")
+        try:
+            body = json.loads(text) if text.strip() else None
+        except ValueError:
+            body = None
+        return resp.code, body, text
+
+    # Start: discovery and the client --------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Discover the issuer and make sure a client is registered. Fails with
+        ConfigurationError (stop the start) or OIDCError (the issuer is unreachable)."""
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        self.metadata = await self._discover()
+        self.client = await self._ensure_client(self.metadata)
+        await self._fetch_keys()
+
+    async def _discover(self) -> ProviderMetadata:
+        issuer = self.settings.issuer.rstrip("/")
+        url = issuer + "/.well-known/openid-configuration"
+        code, body, text = await self._call("GET", url, "OpenID discovery")
+        if code != 200:
+            raise ConfigurationError(f"OpenID discovery at {url} answered HTTP {code}: "
+                                     f"{_short(text, 120)}")
+        meta = ProviderMetadata.from_dict(body, issuer)
+        if meta.code_challenge_methods and "S256" not in meta.code_challenge_methods:
+            raise ConfigurationError(f"the issuer {issuer} does not support PKCE S256")
+        return meta
+
+    async def _ensure_client(self, meta: ProviderMetadata) -> ClientRegistration:
+        s = self.settings
+        if s.client_id:
+            return ClientRegistration(
+                issuer=meta.issuer, client_name=s.client_name, client_id=s.client_id,
+                client_secret=s.client_secret, redirect_uris=(s.redirect_uri,),
+                token_endpoint_auth_method=("client_secret_basic" if s.client_secret
+                                            else "none"), static=True)
+        try:
+            stored = ClientRegistration.from_dict(read_json(s.client_file) or {})
+        except StorageError as e:
+            raise ConfigurationError(str(e)) from None
+        if stored is not None and stored.fits(s, meta.issuer):
+            self._log.info("using the OIDC client {client_id} registered with {issuer} "
+                           "(from {path})", client_id=stored.client_id, issuer=meta.issuer,
+                           path=str(s.client_file))
+            return stored
+        if stored is not None:
+            self._log.info("the stored OIDC client does not match the issuer, client name "
+                           "or redirect URI {uri}: registering a new one", uri=s.redirect_uri)
+        return await self._register(meta)
+
+    async def _register(self, meta: ProviderMetadata) -> ClientRegistration:
+        s = self.settings
+        if not meta.registration_endpoint:
+            raise ConfigurationError(
+                f"the issuer {meta.issuer} offers no dynamic client registration: set a "
+                "static client (CONNECT_OIDC_CLIENT_ID and CONNECT_OIDC_CLIENT_SECRET)")
+        headers = {}
+        if s.registration_token:
+            headers["Authorization"] = f"Bearer {s.registration_token}"
+        auth_method = ("client_secret_basic" if "client_secret_basic" in meta.token_auth_methods
+                       else "client_secret_post")
+        body = {"client_name": s.client_name, "redirect_uris": [s.redirect_uri],
+                "grant_types": ["authorization_code", "refresh_token"],
+                "response_types": ["code"], "application_type": "web",
+                "token_endpoint_auth_method": auth_method, "scope": " ".join(s.scopes)}
+        code, answer, text = await self._call("POST", meta.registration_endpoint,
+                                              "OIDC client registration", json_body=body,
+                                              headers=headers)
+        if code in (401, 403):
+            hint = ("check CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN" if s.registration_token
+                    else "set CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN (the initial access token)")
+            raise ConfigurationError(
+                f"the issuer {meta.issuer} refused to register the OIDC client "
+                f"{s.client_name!r} (HTTP {code}: {_oauth_error(answer, text)}): {hint}")
+        if code not in (200, 201) or not isinstance(answer, dict) \
+                or not isinstance(answer.get("client_id"), str):
+            raise ConfigurationError(
+                f"OIDC client registration at {meta.registration_endpoint} failed "
+                f"(HTTP {code}: {_oauth_error(answer, text)})")
+        secret = answer.get("client_secret")
+        client = ClientRegistration(
+            issuer=meta.issuer, client_name=s.client_name, client_id=answer["client_id"],
+            client_secret=secret if isinstance(secret, str) else None,
+            redirect_uris=tuple(answer.get("redirect_uris") or [s.redirect_uri]),
+            token_endpoint_auth_method=str(answer.get("token_endpoint_auth_method")
+                                           or auth_method),
+            registered_at=self._clock.seconds())
+        try:
+            write_private_json(s.client_file, client.to_dict())
+        except StorageError as e:
+            raise ConfigurationError(str(e)) from None
+        self._log.info("registered the OIDC client {name!r} with {issuer} as {client_id}",
+                       name=s.client_name, issuer=meta.issuer, client_id=client.client_id)
+        return client
+
+    # Client authentication -----------------------------------------------------
+
+    def client_auth(self, form: dict[str, str]) -> dict[str, str]:
+        """Headers for the token endpoint; adds client_id/secret to `form` when needed."""
+        c = self._need_client()
+        if c.client_secret and c.token_endpoint_auth_method == BASIC:
+            return {"Authorization": basic_auth(c.client_id, c.client_secret)}
+        form["client_id"] = c.client_id
+        if c.client_secret:
+            form["client_secret"] = c.client_secret
+        return {}
+
+    def _need_client(self) -> ClientRegistration:
+        if self.client is None or self.metadata is None:
+            raise OIDCError("the OpenID relying party has not started")
+        return self.client
+
+    # The login -----------------------------------------------------------------
+
+    def begin(self, next_url: str, extra: Mapping[str, Any] | None = None) -> str:
+        """Start a login; returns the authorization URL to redirect the browser to."""
+        client = self._need_client()
+        assert self.metadata is not None
+        nonce = secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(64)
+        state = self._pending.put(_Pending(nonce, verifier, next_url, dict(extra or {})))
+        params = {"response_type": "code", "client_id": client.client_id,
+                  "redirect_uri": self.settings.redirect_uri,
+                  "scope": " ".join(self.settings.scopes),
+                  "state": state, "nonce": nonce, "code_challenge": pkce_challenge(verifier),
+                  "code_challenge_method": "S256"}
+        endpoint = self.metadata.authorization_endpoint
+        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params, quote_via=quote)
+
+    def finish(self, params: Mapping[str, str]) -> Deferred[LoginResult]:
+        """Complete a login from the callback's query parameters (state, code or error)."""
+        return Deferred.fromCoroutine(self._finish(params))
+
+    async def _finish(self, params: Mapping[str, str]) -> LoginResult:
+        pending = self._pending.take(params.get("state", ""))
+        if pending is None:
+            raise LoginFailed("the login's state is unknown, used already or expired")
+        if "error" in params:
+            raise LoginFailed(f"the identity provider refused the login: "
+                              f"{_short(params['error'], 80)}")
+        code = params.get("code")
+        if not code:
+            raise LoginFailed("the callback carries no authorization code")
+        form = {"grant_type": "authorization_code", "code": code,
+                "redirect_uri": self.settings.redirect_uri, "code_verifier": pending.verifier}
+        tokens = await self._token_request(form, "the code exchange")
+        if tokens.id_token is None:
+            raise LoginFailed("the token endpoint returned no ID token")
+        claims = await self.verify_id_token(tokens.id_token, nonce=pending.nonce)
+        return LoginResult(subject=claims["sub"], claims=claims, tokens=tokens,
+                           next_url=pending.next_url, extra=pending.extra)
+
+    async def _token_request(self, form: dict[str, str], what: str,
+                             previous: TokenSet | None = None) -> TokenSet:
+        assert self.metadata is not None
+        headers = self.client_auth(form)
+        code, body, text = await self._call("POST", self.metadata.token_endpoint, what,
+                                            data=form, headers=headers)
+        if code != 200 or not isinstance(body, dict):
+            raise LoginFailed(f"{what} was refused (HTTP {code}: {_oauth_error(body, text)})")
+        return TokenSet.from_response(body, self._clock.seconds(), previous)
+
+    def refresh(self, tokens: TokenSet) -> Deferred[TokenSet]:
+        """New tokens from the refresh token; LoginFailed when the issuer says no."""
+        return Deferred.fromCoroutine(self._refresh(tokens))
+
+    async def _refresh(self, tokens: TokenSet) -> TokenSet:
+        if not tokens.refresh_token:
+            raise LoginFailed("no refresh token")
+        new = await self._token_request(
+            {"grant_type": "refresh_token", "refresh_token": tokens.refresh_token},
+            "the token refresh", previous=tokens)
+        if new.id_token and tokens.id_token:
+            claims = await self.verify_id_token(new.id_token, nonce=None, check_iat=False)
+            old = jwt.decode(tokens.id_token, options={"verify_signature": False})
+            if claims["sub"] != old.get("sub"):
+                raise LoginFailed("the refreshed ID token names another subject")
+        return new
+
+    def userinfo(self, tokens: TokenSet) -> Deferred[dict[str, Any]]:
+        return Deferred.fromCoroutine(self._userinfo(tokens))
+
+    async def _userinfo(self, tokens: TokenSet) -> dict[str, Any]:
+        assert self.metadata is not None
+        if not self.metadata.userinfo_endpoint or not tokens.access_token:
+            raise OIDCError("no userinfo endpoint or no access token")
+        code, body, text = await self._call(
+            "GET", self.metadata.userinfo_endpoint, "the userinfo request",
+            headers={"Authorization": f"Bearer {tokens.access_token}"})
+        if code != 200 or not isinstance(body, dict):
+            raise OIDCError(f"the userinfo request failed (HTTP {code}: "
+                            f"{_oauth_error(body, text)})")
+        return body
+
+    # ID tokens -------------------------------------------------------------------
+
+    async def _fetch_keys(self) -> None:
+        assert self.metadata is not None
+        if self._keys_fetching is not None:
+            await self._keys_fetching
+            return
+        d: Deferred[None] = Deferred()
+        self._keys_fetching = d
+        try:
+            code, body, text = await self._call("GET", self.metadata.jwks_uri, "the JWKS fetch")
+            if code != 200 or not isinstance(body, dict) or not isinstance(body.get("keys"), list):
+                raise OIDCError(f"the JWKS at {self.metadata.jwks_uri} answered HTTP {code}")
+            keys: dict[str, jwt.PyJWK] = {}
+            for i, raw in enumerate(body["keys"]):
+                if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
+                    continue
+                try:
+                    key = jwt.PyJWK(raw)
+                except jwt.PyJWTError:
+                    continue  # a key type we do not use
+                keys[str(raw.get("kid", f"#{i}"))] = key
+            self._keys = keys
+            self._keys_fetched_at = self._clock.seconds()
+        finally:
+            self._keys_fetching = None
+            d.callback(None)
+
+    async def _key_for(self, header: Mapping[str, Any]) -> jwt.PyJWK:
+        kid = header.get("kid")
+        for attempt in (0, 1):
+            if isinstance(kid, str) and kid in self._keys:
+                return self._keys[kid]
+            if kid is None and len(self._keys) == 1:
+                return next(iter(self._keys.values()))
+            recent = (self._keys_fetched_at is not None and self._clock.seconds()
+                      - self._keys_fetched_at < self.settings.jwks_min_refresh)
+            if attempt or recent:
+                break
+            self._log.info("ID token signed with an unknown key: refetching the issuer's JWKS")
+            await self._fetch_keys()
+        raise LoginFailed("the ID token is signed with a key the issuer does not publish")
+
+    async def verify_id_token(self, token: str, *, nonce: str | None,
+                              check_iat: bool = True) -> dict[str, Any]:
+        """The token's claims, once signature, iss, aud, azp, exp, iat and nonce check out."""
+        client = self._need_client()
+        assert self.metadata is not None
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise LoginFailed("the ID token is not a JWT") from None
+        alg = header.get("alg")
+        allowed = [a for a in self.metadata.id_token_algs if a in SAFE_ALGS] or ["RS256"]
+        if alg not in allowed:
+            raise LoginFailed(f"the ID token's algorithm {alg!r} is not accepted")
+        key = await self._key_for(header)
+        try:
+            claims = jwt.decode(
+                token, key=key.key, algorithms=[alg], audience=client.client_id,
+                issuer=self.metadata.issuer,
+                options={"verify_exp": False, "verify_iat": False, "verify_nbf": False,
+                         "require": ["iss", "aud", "exp", "iat", "sub"]})
+        except jwt.PyJWTError as e:
+            raise LoginFailed(f"the ID token is not valid: {type(e).__name__}") from None
+        check_claims(claims, client_id=client.client_id, nonce=nonce,
+                     now=self._clock.seconds(), leeway=self.settings.leeway, check_iat=check_iat,
+                     max_age=self.settings.login_ttl)
+        return claims
+
+
+def check_claims(claims: Mapping[str, Any], *, client_id: str, nonce: str | None, now: float,
+                 leeway: float, check_iat: bool = True, max_age: float = 600.0) -> None:
+    """The time, audience and nonce checks that come after the signature (clock-driven)."""
+    exp, iat, sub = claims.get("exp"), claims.get("iat"), claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise LoginFailed("the ID token has no subject")
+    if not isinstance(exp, int | float) or now >= exp + leeway:
+        raise LoginFailed("the ID token has expired")
+    if not isinstance(iat, int | float) or iat > now + leeway:
+        raise LoginFailed("the ID token was issued in the future")
+    if check_iat and iat < now - max_age - leeway:
+        raise LoginFailed("the ID token was issued too long ago")
+    aud = claims.get("aud")
+    if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != client_id:
+        raise LoginFailed("the ID token is meant for several parties and not authorized to us")
+    if "azp" in claims and claims["azp"] != client_id:
+        raise LoginFailed("the ID token's authorized party is another client")
+    if nonce is not None:
+        got = claims.get("nonce")
+        if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
+            raise LoginFailed("the ID token's nonce does not match this login")
+
+
+def basic_auth(user: str, password: str) -> str:
+    """RFC 6749 2.3.1: both parts form-urlencoded before base64."""
+    raw = f"{quote(user, safe='')}:{quote(password, safe='')}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")

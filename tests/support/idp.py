@@ -1,0 +1,341 @@
+"""A small OpenID provider for the test suite (twisted.web), in-process or standalone.
+
+    python -m tests.support.idp --port 9400 [--user alice:secret] [--registration-token T]
+
+Implements what the gateway uses, strictly enough to catch a sloppy client:
+discovery, dynamic client registration (RFC 7591) that demands the initial
+access token, an authorize endpoint with a real HTML login form (user name
+and password), PKCE S256 (required), single-use codes bound to client,
+redirect URI and verifier, the token endpoint (authorization_code and
+refresh_token grants, client_secret_basic or client_secret_post), RS256 ID
+tokens with a key id, a JWKS with key rotation, userinfo, and the Platform's
+studio access call ``GET /api/studios/<id>/access?user=<name>`` (client
+credentials by HTTP Basic; answers ``{"allowed": true|false}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import hmac
+import html
+import json
+import secrets
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlencode
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from twisted.internet.interfaces import IReactorTCP
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+DEFAULT_REGISTRATION_TOKEN = "initial-access-token"
+
+
+@dataclass
+class _Client:
+    client_id: str
+    secret: str
+    name: str
+    redirect_uris: list[str]
+    auth_method: str
+
+
+@dataclass
+class _Code:
+    client_id: str
+    redirect_uri: str
+    user: str
+    nonce: str | None
+    challenge: str
+    expires: float
+
+
+@dataclass
+class _Key:
+    kid: str
+    private: Any
+    public_jwk: dict[str, Any] = field(default_factory=dict)
+
+
+def _new_key() -> _Key:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    kid = secrets.token_hex(8)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    jwk.update({"kid": kid, "use": "sig", "alg": "RS256"})
+    return _Key(kid, private, jwk)
+
+
+class TestIdP:
+    """State and behaviour of the provider; `resource()` serves it."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, *, clock: Any, users: dict[str, str] | None = None,
+                 registration_token: str | None = DEFAULT_REGISTRATION_TOKEN,
+                 issuer: str = "http://127.0.0.1", token_ttl: int = 300):
+        self.clock = clock
+        self.users = dict(users or {"alice": "alice-password", "bob": "bob-password"})
+        self.registration_token = registration_token
+        self.issuer = issuer
+        self.token_ttl = token_ttl
+        self.keys = [_new_key()]
+        self.clients: dict[str, _Client] = {}
+        self.codes: dict[str, _Code] = {}
+        self.refresh_tokens: dict[str, tuple[str, str]] = {}
+        self.access_tokens: dict[str, str] = {}
+        #: (session id, user) -> the Platform's answer to the access call.
+        self.access: dict[tuple[str, str], bool] = {}
+        #: Claims merged into the next ID tokens (to make bad ones in tests).
+        self.claim_overrides: dict[str, Any] = {}
+        self.counts = {"registrations": 0, "jwks": 0, "token": 0, "access": 0, "authorize": 0}
+
+    # Operations for tests -------------------------------------------------------
+
+    def listen(self, reactor: IReactorTCP, port: int = 0, interface: str = "127.0.0.1") -> Any:
+        p = reactor.listenTCP(port, Site(self.resource()), interface=interface)
+        self.issuer = f"http://{interface}:{p.getHost().port}"
+        return p
+
+    def rotate_key(self, keep_old: bool = True) -> str:
+        """Sign from now on with a new key; the old one stays published unless told."""
+        key = _new_key()
+        self.keys = [key, *self.keys] if keep_old else [key]
+        return key.kid
+
+    def resource(self) -> Resource:
+        return _Root(self)
+
+    def now(self) -> float:
+        return float(self.clock.seconds())
+
+    # Helpers -----------------------------------------------------------------------
+
+    def _authenticate_client(self, request: Request, form: dict[str, str]) -> _Client | None:
+        header = request.getHeader("authorization") or ""
+        if header.lower().startswith("basic "):
+            try:
+                raw = base64.b64decode(header[6:]).decode()
+            except ValueError:
+                return None
+            cid, _, secret = raw.partition(":")
+            cid, secret = unquote(cid), unquote(secret)
+        else:
+            cid, secret = form.get("client_id", ""), form.get("client_secret", "")
+        client = self.clients.get(cid)
+        if client is None or not hmac.compare_digest(client.secret.encode(), secret.encode()):
+            return None
+        return client
+
+    def id_token(self, client_id: str, user: str, nonce: str | None) -> str:
+        now = int(self.now())
+        claims: dict[str, Any] = {"iss": self.issuer, "sub": user, "aud": client_id,
+                                  "iat": now, "exp": now + self.token_ttl, "auth_time": now,
+                                  "preferred_username": user, "email": f"{user}@example.com"}
+        if nonce is not None:
+            claims["nonce"] = nonce
+        claims.update(self.claim_overrides)
+        key = self.keys[0]
+        return jwt.encode(claims, key.private, algorithm="RS256", headers={"kid": key.kid})
+
+    def _tokens(self, client_id: str, user: str, nonce: str | None) -> dict[str, Any]:
+        access = secrets.token_urlsafe(24)
+        refresh = secrets.token_urlsafe(24)
+        self.access_tokens[access] = user
+        self.refresh_tokens[refresh] = (client_id, user)
+        return {"access_token": access, "token_type": "Bearer", "expires_in": self.token_ttl,
+                "refresh_token": refresh, "id_token": self.id_token(client_id, user, nonce)}
+
+
+def _json(request: Request, code: int, body: Any) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body).encode()
+
+
+def _error(request: Request, code: int, error: str, desc: str) -> bytes:
+    return _json(request, code, {"error": error, "error_description": desc})
+
+
+def _args(request: Request) -> dict[str, str]:
+    out = {k.decode(): v[0].decode() for k, v in (request.args or {}).items()}
+    return out
+
+
+def _page(request: Request, code: int, body: str) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    return f"<!doctype html><html><head><title>Test IdP</title></head><body>{body}</body></html>" \
+        .encode()
+
+
+class _Root(Resource):
+    isLeaf = True
+
+    def __init__(self, idp: TestIdP):
+        super().__init__()
+        self.idp = idp
+
+    def render(self, request: Request) -> bytes:
+        path = (request.path or b"/").decode()
+        method = (request.method or b"GET").decode()
+        if path == "/.well-known/openid-configuration":
+            return self.discovery(request)
+        if path == "/register" and method == "POST":
+            return self.register(request)
+        if path == "/authorize":
+            return self.authorize(request, method)
+        if path == "/token" and method == "POST":
+            return self.token(request)
+        if path == "/jwks":
+            self.idp.counts["jwks"] += 1
+            return _json(request, 200, {"keys": [k.public_jwk for k in self.idp.keys]})
+        if path == "/userinfo":
+            return self.userinfo(request)
+        parts = path.strip("/").split("/")
+        if len(parts) == 4 and parts[:2] == ["api", "studios"] and parts[3] == "access":
+            return self.access(request, parts[2])
+        return _error(request, 404, "not_found", path)
+
+    def discovery(self, request: Request) -> bytes:
+        i = self.idp.issuer
+        return _json(request, 200, {
+            "issuer": i, "authorization_endpoint": i + "/authorize",
+            "token_endpoint": i + "/token", "jwks_uri": i + "/jwks",
+            "userinfo_endpoint": i + "/userinfo", "registration_endpoint": i + "/register",
+            "response_types_supported": ["code"], "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "code_challenge_methods_supported": ["S256"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic",
+                                                      "client_secret_post"],
+            "scopes_supported": ["openid", "profile", "email"]})
+
+    def register(self, request: Request) -> bytes:
+        idp = self.idp
+        if idp.registration_token is not None:
+            given = (request.getHeader("authorization") or "").removeprefix("Bearer ")
+            if not hmac.compare_digest(given.encode(), idp.registration_token.encode()):
+                return _error(request, 401, "invalid_token", "the initial access token is wrong")
+        try:
+            body = json.loads(request.content.read() if request.content else b"")
+        except ValueError:
+            return _error(request, 400, "invalid_client_metadata", "not JSON")
+        uris = body.get("redirect_uris") if isinstance(body, dict) else None
+        if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
+            return _error(request, 400, "invalid_redirect_uri", "redirect_uris is required")
+        method = body.get("token_endpoint_auth_method", "client_secret_basic")
+        client = _Client(secrets.token_hex(8), secrets.token_urlsafe(24),
+                         str(body.get("client_name", "")), uris, method)
+        idp.clients[client.client_id] = client
+        idp.counts["registrations"] += 1
+        return _json(request, 201, {
+            "client_id": client.client_id, "client_secret": client.secret,
+            "client_name": client.name, "redirect_uris": uris,
+            "token_endpoint_auth_method": method, "client_id_issued_at": int(idp.now()),
+            "client_secret_expires_at": 0})
+
+    def authorize(self, request: Request, method: str) -> bytes:
+        idp = self.idp
+        q = _args(request)
+        client = idp.clients.get(q.get("client_id", ""))
+        if client is None or q.get("redirect_uri") not in client.redirect_uris:
+            return _page(request, 400, "<p>Unknown client or redirect URI.</p>")
+        if q.get("response_type") != "code" or q.get("code_challenge_method") != "S256" \
+                or not q.get("code_challenge") or "openid" not in q.get("scope", "").split():
+            return _page(request, 400, "<p>Bad request: code flow with PKCE S256 and "
+                                       "scope openid are required.</p>")
+        error = ""
+        if method == "POST":
+            user, password = q.get("username", ""), q.get("password", "")
+            known = idp.users.get(user)
+            if known is not None and hmac.compare_digest(known.encode(), password.encode()):
+                idp.counts["authorize"] += 1
+                code = secrets.token_urlsafe(24)
+                idp.codes[code] = _Code(client.client_id, q["redirect_uri"], user,
+                                        q.get("nonce"), q["code_challenge"], idp.now() + 60)
+                back = {"code": code, "iss": idp.issuer}
+                if "state" in q:
+                    back["state"] = q["state"]
+                sep = "&" if "?" in q["redirect_uri"] else "?"
+                request.redirect(q["redirect_uri"] + sep + urlencode(back))
+                return b""
+            error = "<p class=error>Wrong user name or password.</p>"
+        hidden = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+            for k, v in q.items() if k not in ("username", "password"))
+        return _page(request, 200, f"""<h1>Sign in</h1>{error}
+<form method="post" action="/authorize">{hidden}
+<label>User name <input name="username" id="username" autocomplete="username"></label>
+<label>Password <input name="password" id="password" type="password"></label>
+<button type="submit" id="submit">Sign in</button></form>""")
+
+    def token(self, request: Request) -> bytes:
+        idp = self.idp
+        idp.counts["token"] += 1
+        form = {k: v[0] for k, v in parse_qs(
+            (request.content.read() if request.content else b"").decode()).items()}
+        client = idp._authenticate_client(request, form)
+        if client is None:
+            return _error(request, 401, "invalid_client", "client authentication failed")
+        grant = form.get("grant_type")
+        if grant == "authorization_code":
+            code = idp.codes.pop(form.get("code", ""), None)
+            if code is None or code.client_id != client.client_id or code.expires < idp.now():
+                return _error(request, 400, "invalid_grant", "unknown, used or expired code")
+            if form.get("redirect_uri") != code.redirect_uri:
+                return _error(request, 400, "invalid_grant", "redirect_uri does not match")
+            verifier = form.get("code_verifier", "")
+            digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+            if not hmac.compare_digest(digest.rstrip(b"=").decode(), code.challenge):
+                return _error(request, 400, "invalid_grant", "PKCE verification failed")
+            return _json(request, 200, idp._tokens(client.client_id, code.user, code.nonce))
+        if grant == "refresh_token":
+            held = idp.refresh_tokens.pop(form.get("refresh_token", ""), None)
+            if held is None or held[0] != client.client_id:
+                return _error(request, 400, "invalid_grant", "unknown refresh token")
+            return _json(request, 200, idp._tokens(client.client_id, held[1], None))
+        return _error(request, 400, "unsupported_grant_type", str(grant))
+
+    def userinfo(self, request: Request) -> bytes:
+        header = request.getHeader("authorization") or ""
+        user = (self.idp.access_tokens.get(header[7:]) if header.startswith("Bearer ")
+                else None)
+        if user is None:
+            return _error(request, 401, "invalid_token", "unknown access token")
+        return _json(request, 200, {"sub": user, "preferred_username": user,
+                                    "email": f"{user}@example.com"})
+
+    def access(self, request: Request, session_id: str) -> bytes:
+        idp = self.idp
+        if idp._authenticate_client(request, {}) is None:
+            return _error(request, 401, "invalid_client", "client authentication failed")
+        idp.counts["access"] += 1
+        user = _args(request).get("user", "")
+        return _json(request, 200, {"allowed": idp.access.get((session_id, user), False)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    from twisted.internet import reactor
+
+    p = argparse.ArgumentParser(prog="python -m tests.support.idp")
+    p.add_argument("--port", type=int, default=9400)
+    p.add_argument("--interface", default="127.0.0.1")
+    p.add_argument("--user", action="append", default=[], help="name:password (repeatable)")
+    p.add_argument("--registration-token", default=DEFAULT_REGISTRATION_TOKEN)
+    args = p.parse_args(argv)
+    users = dict(u.split(":", 1) for u in args.user) or None
+    idp = TestIdP(clock=reactor, users=users, registration_token=args.registration_token or None)
+    idp.listen(reactor, args.port, args.interface)  # type: ignore[arg-type]
+    print(f"test IdP at {idp.issuer}", flush=True)
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
