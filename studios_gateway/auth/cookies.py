@@ -59,7 +59,10 @@ def _b64e(data: bytes) -> str:
 def _b64d(text: str) -> bytes:
     if not _B64.fullmatch(text) or len(text) % 4 == 1:
         raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64e(raw) != text:  # non-canonical trailing bits: one token has one spelling
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 class Signer:
