@@ -1,0 +1,329 @@
+"""Who may use which session: the per-request decision, its cache and revocation.
+
+A user may use a session when the session's workspace passes
+TOWER_DATA_STUDIO_ALLOWED_WORKSPACES and the user is its owner, is on its
+allow-list, or the Platform answers yes to the access call (see
+docs/login.md). Decisions are cached for LOCAL_CACHE_TTL on the given clock;
+failures are not trusted for more than a few seconds and always deny.
+
+Revocation: :meth:`Authorizer.revoke_user`, :meth:`Authorizer.logout` and
+:meth:`Authorizer.session_ended` drop cached decisions and tell subscribers
+(:meth:`Authorizer.subscribe`) so the HTTP proxy and the SSH server can close
+live WebSockets and channels. Connections registered with
+:meth:`Authorizer.track` are closed by the authorizer itself: at once on a
+revocation, and otherwise when a re-check (on a registry change, and every
+TTL) no longer allows them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from studios_gateway.auth.cookies import Clock
+from studios_gateway.auth.onetime import SpentSet
+from studios_gateway.registry.base import SessionRecord
+
+__all__ = ["Authorizer", "Decision", "PlatformAccess", "PlatformUnavailable", "Revocation"]
+
+#: How long a failure (store or Platform unreachable) is remembered, at most.
+ERROR_TTL = 5.0
+
+
+class PlatformUnavailable(Exception):
+    """The Platform's access call failed; the message is safe to log."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer for (session, user). `status` is the HTTP status to show when denied."""
+
+    allowed: bool
+    reason: str
+    status: int = 200
+    record: SessionRecord | None = None
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """Something that ends access. Fields left None match anything."""
+
+    kind: str  # "user", "login", "session" or "recheck"
+    session_id: str | None = None
+    user: str | None = None
+    login_id: str | None = None
+
+    def matches(self, session_id: str, user: str, login_id: str | None = None) -> bool:
+        if self.kind == "login":
+            return login_id is not None and login_id == self.login_id
+        return ((self.session_id is None or self.session_id == session_id)
+                and (self.user is None or self.user == user))
+
+
+class PlatformAccess:
+    """``GET {platform}/api/studios/{id}/access?user={user}`` with the gateway's client
+    credentials (HTTP Basic); the answer is JSON ``{"allowed": true|false}``. 200 with
+    allowed true means yes; 403 or 404 means no; anything else is an error."""
+
+    _log = Logger()
+
+    def __init__(self, platform_url: str, credentials: Callable[[], tuple[str, str] | None], *,
+                 reactor: Any, http: Any = None, timeout: float = 5.0):
+        self._base = platform_url.rstrip("/")
+        self._credentials = credentials
+        self._reactor = reactor
+        self._timeout = timeout
+        if http is None:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent, HTTPConnectionPool
+
+            http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor)))
+        self._http = http
+
+    def url(self, session_id: str, user: str) -> str:
+        return (f"{self._base}/api/studios/{quote(session_id, safe='')}/access?"
+                + urlencode({"user": user}))
+
+    def check(self, session_id: str, user: str) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._check(session_id, user))
+
+    async def _check(self, session_id: str, user: str) -> bool:
+        from studios_gateway.auth.oidc import basic_auth
+
+        creds = self._credentials()
+        headers = {"Accept": ["application/json"]}
+        if creds is not None:
+            headers["Authorization"] = [basic_auth(*creds)]
+        try:
+            resp = await self._http.request("GET", self.url(session_id, user), headers=headers,
+                                            timeout=self._timeout, reactor=self._reactor)
+            body = await resp.json() if resp.code == 200 else await resp.content()
+        except Exception as e:  # noqa: BLE001
+            raise PlatformUnavailable(f"the Platform's access call failed: {type(e).__name__}")
+        if resp.code in (403, 404):
+            return False
+        if resp.code != 200 or not isinstance(body, dict) \
+                or not isinstance(body.get("allowed"), bool):
+            raise PlatformUnavailable(f"the Platform's access call answered HTTP {resp.code}")
+        return bool(body["allowed"])
+
+
+@dataclass
+class _Live:
+    session_id: str
+    user: str
+    login_id: str | None
+    close: Callable[[str], Any]
+
+
+class Authorizer:
+    _log = Logger()
+
+    def __init__(self, store: Any, *, clock: Clock, ttl: float,
+                 workspace_allowed: Callable[[str | None], bool],
+                 platform: PlatformAccess | None = None, login_ttl: float = 12 * 3600,
+                 max_entries: int = 100_000):
+        self._store = store
+        self._clock = clock
+        self.ttl = ttl
+        self._workspace_allowed = workspace_allowed
+        self._platform = platform
+        self._max = max_entries
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Decision]] = OrderedDict()
+        self._inflight: dict[tuple[str, str], list[Deferred[Decision]]] = {}
+        self._generation = 0
+        self._subscribers: list[Callable[[Revocation], Any]] = []
+        self._live: dict[int, _Live] = {}
+        self._next_live = 0
+        self._logged_out = SpentSet(clock)
+        self._login_ttl = login_ttl
+        self._unsubscribe_store: Callable[[], None] | None = None
+        self._sweeper: task.LoopingCall | None = None
+
+    # Lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Follow registry changes and re-check live connections every TTL."""
+        if hasattr(self._store, "subscribe") and self._unsubscribe_store is None:
+            self._unsubscribe_store = self._store.subscribe(self._store_changed)
+        if self._sweeper is None and self.ttl > 0:
+            self._sweeper = task.LoopingCall(self.recheck_live)
+            self._sweeper.clock = self._clock  # type: ignore[assignment]
+            self._sweeper.start(self.ttl, now=False).addErrback(
+                lambda f: self._log.failure("the live-connection sweep failed", f))
+
+    def stop(self) -> None:
+        if self._unsubscribe_store is not None:
+            self._unsubscribe_store()
+            self._unsubscribe_store = None
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+
+    # The decision --------------------------------------------------------------------
+
+    def check(self, session_id: str, user: str) -> Deferred[Decision]:
+        """May `user` use `session_id` now? Never fails: errors deny (status 503)."""
+        key = (session_id, user)
+        now = self._clock.seconds()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] > now:
+            return defer.succeed(hit[1])
+        waiting: Deferred[Decision] = Deferred()
+        if key in self._inflight:
+            self._inflight[key].append(waiting)
+            return waiting
+        self._inflight[key] = [waiting]
+        generation = self._generation
+        d = Deferred.fromCoroutine(self._decide(session_id, user))
+
+        def done(result: Decision | Failure) -> None:
+            if isinstance(result, Failure):
+                self._log.failure("authorization of {user} on {session} failed", result,
+                                  user=user, session=session_id)
+                result = Decision(False, "authorization failed", 503)
+            if generation == self._generation:  # nothing was revoked meanwhile
+                ttl = self.ttl if result.status in (200, 403, 404) else min(self.ttl, ERROR_TTL)
+                self._remember(key, result, ttl)
+            for w in self._inflight.pop(key, []):
+                w.callback(result)
+
+        d.addBoth(done)
+        return waiting
+
+    def _remember(self, key: tuple[str, str], decision: Decision, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        self._cache.pop(key, None)
+        self._cache[key] = (self._clock.seconds() + ttl, decision)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+
+    async def _decide(self, session_id: str, user: str) -> Decision:
+        from studios_gateway.registry.base import StoreUnavailable
+
+        try:
+            record = await defer.maybeDeferred(self._store.get, session_id)
+        except StoreUnavailable as e:
+            return Decision(False, f"session registry unavailable: {e.reason}", 503)
+        if record is None:
+            return Decision(False, "no such session", 404)
+        if not self._workspace_allowed(record.workspace_id):
+            return Decision(False, "the session's workspace may not use studios", 403, record)
+        if user == record.owner:
+            return Decision(True, "owner", 200, record)
+        if user in record.allowed_users:
+            return Decision(True, "allow-list", 200, record)
+        if self._platform is not None:
+            try:
+                yes = await self._platform.check(session_id, user)
+            except PlatformUnavailable as e:
+                self._log.warn("{why}", why=str(e))
+                return Decision(False, "the Platform could not be asked", 503, record)
+            if yes:
+                return Decision(True, "platform", 200, record)
+        return Decision(False, "not allowed on this session", 403, record)
+
+    # Revocation ------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[Revocation], Any]) -> Callable[[], None]:
+        """Call `callback(revocation)` on every revocation; returns an unsubscribe."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def _forget(self, session_id: str | None = None, user: str | None = None) -> None:
+        self._generation += 1
+        for key in [k for k in self._cache
+                    if (session_id is None or k[0] == session_id)
+                    and (user is None or k[1] == user)]:
+            del self._cache[key]
+
+    def _notify(self, revocation: Revocation) -> None:
+        for cb in list(self._subscribers):
+            try:
+                cb(revocation)
+            except Exception:
+                self._log.failure("a revocation subscriber failed")
+        for handle, live in list(self._live.items()):
+            if revocation.kind != "recheck" and revocation.matches(
+                    live.session_id, live.user, live.login_id):
+                self._close(handle, f"access revoked ({revocation.kind})")
+
+    def revoke_user(self, session_id: str, user: str) -> None:
+        """`user` lost access to `session_id` (e.g. taken off its allow-list)."""
+        self._forget(session_id, user)
+        self._notify(Revocation("user", session_id=session_id, user=user))
+
+    def logout(self, login_id: str) -> None:
+        """Every cookie of this login stops working; its live connections close."""
+        self._logged_out.spend(login_id, self._clock.seconds() + self._login_ttl)
+        self._generation += 1
+        self._notify(Revocation("login", login_id=login_id))
+
+    def is_logged_out(self, login_id: str) -> bool:
+        return login_id in self._logged_out
+
+    def session_ended(self, session_id: str) -> None:
+        self._forget(session_id)
+        self._notify(Revocation("session", session_id=session_id))
+
+    def _store_changed(self, session_id: str | None) -> None:
+        self._forget(session_id)
+        self._notify(Revocation("recheck", session_id=session_id))
+        self.recheck_live(session_id)
+
+    # Live connections -------------------------------------------------------------------
+
+    def track(self, session_id: str, user: str, close: Callable[[str], Any],
+              login_id: str | None = None) -> Callable[[], None]:
+        """Register a live WebSocket or SSH channel; `close(reason)` is called when access
+        ends. Returns the function to call when the connection closes by itself."""
+        self._next_live += 1
+        handle = self._next_live
+        self._live[handle] = _Live(session_id, user, login_id, close)
+        return lambda: self._live.pop(handle, None) and None
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    def _close(self, handle: int, reason: str) -> None:
+        live = self._live.pop(handle, None)
+        if live is None:
+            return
+        self._log.info("closing a connection of {user} to {session}: {reason}",
+                       user=live.user, session=live.session_id, reason=reason)
+        try:
+            live.close(reason)
+        except Exception:
+            self._log.failure("closing a revoked connection failed")
+
+    def recheck_live(self, session_id: str | None = None) -> Deferred[None]:
+        """Re-decide every tracked connection (of one session); close those now denied."""
+        checks = []
+        for handle, live in list(self._live.items()):
+            if session_id is not None and live.session_id != session_id:
+                continue
+            if live.login_id is not None and self.is_logged_out(live.login_id):
+                self._close(handle, "logged out")
+                continue
+
+            def decided(decision: Decision, handle: int = handle) -> None:
+                if not decision.allowed and decision.status != 503:
+                    self._close(handle, decision.reason)
+
+            checks.append(self.check(live.session_id, live.user).addCallback(decided))
+        return defer.gatherResults(checks).addCallback(lambda _: None)
