@@ -1,0 +1,683 @@
+"""Logins and the `/_connect/*` routes, for the HTTP proxy to mount.
+
+The proxy calls two things per request:
+
+* ``Auth.handle(request)`` first: a Deferred firing with a :class:`Response`
+  for the gateway's own routes (``/_connect/login``, ``callback``, ``link``,
+  ``logout`` on the proxy host; ``handoff`` and ``logout`` on a studio's host)
+  or ``None`` for everything else.
+* ``Auth.authorize_request(request, session_id)`` for a request to a studio:
+  an :class:`Identity` (forward, with ``X-Connect-Sub``) or a
+  :class:`Response` to send instead (a redirect to the login, 401, 403, 404,
+  503).
+
+How a login reaches a studio's cookie:
+
+* subdomain mode: the callback (or a login link) lands on the proxy host,
+  which sets its own login cookie (``Path=/_connect/``) and hands the login
+  to ``https://<id>.<domain>/_connect/handoff?code=...`` with a one-time code
+  valid for a minute; the studio's host sets its own host-only cookie
+  (``__Host-`` prefixed under TLS) scoped to that session id.
+* path mode: the callback sets the studio's cookie with ``Path=/_studio/<id>/``
+  directly.
+
+Without an issuer, logins come from one-time links made by
+:meth:`Auth.mint_login_link`. No studio is ever served without a login.
+
+The top half of this module is plain logic (URLs, ``next`` checks, pages);
+:class:`Auth` is the adapter that speaks Deferreds.
+"""
+
+from __future__ import annotations
+
+import html
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from studios_gateway.auth.authorizer import Authorizer, Decision, PlatformAccess
+from studios_gateway.auth.cookies import (
+    COOKIE_NAME,
+    LOGIN_SCOPE,
+    CookieCodec,
+    Signer,
+    clear_cookie_header,
+    cookie_name,
+    cookie_values,
+    new_login_id,
+    set_cookie_header,
+)
+from studios_gateway.auth.files import load_or_create_key
+from studios_gateway.auth.oidc import (
+    LoginFailed,
+    OIDCError,
+    OIDCSettings,
+    RelyingParty,
+    TokenSet,
+)
+from studios_gateway.auth.onetime import SpentSet
+from studios_gateway.registry.base import SESSION_ID
+
+__all__ = [
+    "Auth",
+    "AuthSettings",
+    "Identity",
+    "RequestInfo",
+    "Response",
+    "SUBJECT_HEADER",
+    "strip_auth_cookies",
+]
+
+PREFIX = "/_connect/"
+SUBJECT_HEADER = b"X-Connect-Sub"
+LOGIN_COOKIE = "connect_login"
+KEY_FILE = "auth-signing.key"
+_LINK = "login-link/1"
+_HANDOFF = "handoff/1"
+
+
+# Requests and responses ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What the login logic needs to know about one HTTP request."""
+
+    method: str
+    host: str  # the Host header as sent (may carry a port)
+    path: str  # the request target's path, as received
+    query: str = ""  # the raw query string, without '?'
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    scheme: str = "http"
+    client: tuple[str, int] | None = None
+
+    @property
+    def hostname(self) -> str:
+        h = self.host.strip().lower()
+        if h.startswith("["):
+            return h[1:h.find("]")] if "]" in h else h
+        return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+    def params(self) -> dict[str, str]:
+        """Query parameters; the first of repeated names wins."""
+        out: dict[str, str] = {}
+        for k, v in parse_qsl(self.query, keep_blank_values=True):
+            out.setdefault(k, v)
+        return out
+
+    def header(self, name: bytes) -> bytes | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    @property
+    def target(self) -> str:
+        return self.path + (f"?{self.query}" if self.query else "")
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated (and, from authorize_request, authorized) user of one session."""
+
+    subject: str
+    session_id: str
+    login_id: str
+    expires_at: float
+    reason: str = ""  # why the authorizer said yes: owner, allow-list, platform
+
+    def header(self) -> tuple[bytes, bytes]:
+        """The identity header for the tool (the proxy strips any client-sent copy)."""
+        return SUBJECT_HEADER, self.subject.encode("utf-8")
+
+
+_STATUS_TEXT = {302: "Found", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
+                403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+                503: "Service Unavailable"}
+
+
+def page(status: int, title: str, message: str, *, link: tuple[str, str] | None = None,
+         extra_headers: Iterable[tuple[bytes, bytes]] = (), body_html: str = "") -> Response:
+    """A small, self-contained HTML page. `message` is text (escaped here)."""
+    more = ""
+    if link is not None:
+        more = f'<p><a href="{html.escape(link[0])}">{html.escape(link[1])}</a></p>'
+    doc = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+           "<meta name=viewport content='width=device-width'><style>body{font-family:"
+           "system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em;color:#222}"
+           "</style></head><body>"
+           f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{body_html}{more}"
+           "</body></html>").encode()
+    return Response(status, (*_common_headers(), (b"Content-Type", b"text/html; charset=utf-8"),
+                             (b"Content-Length", str(len(doc)).encode()), *extra_headers), doc)
+
+
+def _common_headers() -> tuple[tuple[bytes, bytes], ...]:
+    return ((b"Cache-Control", b"no-store"), (b"Referrer-Policy", b"no-referrer"),
+            (b"X-Content-Type-Options", b"nosniff"))
+
+
+def redirect(location: str, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
+    return Response(302, (*_common_headers(), (b"Location", location.encode("utf-8")),
+                          (b"Content-Length", b"0"), *extra_headers))
+
+
+def strip_auth_cookies(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The request headers without the gateway's own cookies (the tool never sees them)."""
+    ours = {COOKIE_NAME, f"__Host-{COOKIE_NAME}", LOGIN_COOKIE}
+    out = []
+    for k, v in headers:
+        if k.lower() != b"cookie":
+            out.append((k, v))
+            continue
+        kept = [c for c in v.decode("latin-1").split(";")
+                if c.strip() and c.strip().partition("=")[0] not in ours]
+        if kept:
+            out.append((k, ";".join(kept).strip().encode("latin-1")))
+    return out
+
+
+# Settings ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    proxy_url: str  # e.g. https://connect.example.com (a port if not the default)
+    studios_domain: str
+    path_routing: bool
+    storage_root: str
+    secure_cookies: bool
+    issuer: str | None = None  # None: login links only
+    platform_url: str | None = None  # the access call; None: owner and allow-list only
+    client_name: str = "tower-connect-proxy-client"
+    registration_token: str | None = field(default=None, repr=False)
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    user_claim: str = "sub"
+    cache_ttl: float = 120.0
+    login_ttl: float = 12 * 3600.0
+    link_ttl: float = 24 * 3600.0
+    handoff_ttl: float = 60.0
+    timeout: float = 10.0
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> AuthSettings:
+        """From the gateway's Config. Variables proposed for auth and not (yet) in the
+        Config are read with getattr and fall back to the defaults above."""
+        issuer = getattr(config, "oidc_issuer_url", None) or config.platform_url
+        values: dict[str, Any] = dict(
+            proxy_url=config.effective_proxy_url.rstrip("/"),
+            studios_domain=config.effective_studios_domain,
+            path_routing=config.path_routing, storage_root=config.storage_root,
+            secure_cookies=(config.effective_proxy_url.startswith("https://")
+                            or bool(config.tls_cert_file)),
+            issuer=issuer, platform_url=config.platform_url, client_name=config.client_name,
+            registration_token=config.oidc_registration_token,
+            client_id=getattr(config, "oidc_client_id", None),
+            client_secret=getattr(config, "oidc_client_secret", None),
+            cache_ttl=config.local_cache_ttl)
+        for attr, name in (("login_ttl", "login_ttl"), ("link_ttl", "login_link_ttl"),
+                           ("user_claim", "oidc_user_claim")):
+            v = getattr(config, name, None)
+            if v is not None:
+                values[attr] = v
+        scopes = getattr(config, "oidc_scopes", None)
+        if scopes:
+            values["scopes"] = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
+        values.update(overrides)
+        return cls(**values)
+
+    # Derived URLs ----------------------------------------------------------------
+
+    @property
+    def _parts(self) -> Any:
+        return urlsplit(self.proxy_url)
+
+    @property
+    def scheme(self) -> str:
+        return self._parts.scheme
+
+    @property
+    def proxy_host(self) -> str:
+        return (self._parts.hostname or "localhost").lower()
+
+    @property
+    def _port_suffix(self) -> str:
+        return f":{self._parts.port}" if self._parts.port else ""
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.proxy_url}{PREFIX}callback"
+
+    def studio_origin(self, session_id: str) -> str:
+        return f"{self.scheme}://{session_id}.{self.studios_domain}{self._port_suffix}"
+
+    def studio_url(self, session_id: str) -> str:
+        if self.path_routing:
+            return f"{self.proxy_url}/_studio/{session_id}/"
+        return self.studio_origin(session_id) + "/"
+
+    def studio_cookie_path(self, session_id: str) -> str:
+        return f"/_studio/{session_id}/" if self.path_routing else "/"
+
+    @property
+    def studio_cookie_name(self) -> str:
+        return cookie_name(secure=self.secure_cookies, host_only_root=not self.path_routing)
+
+    def session_of_host(self, hostname: str) -> str | None:
+        """The session id when `hostname` is a studio's own host (subdomain mode)."""
+        suffix = "." + self.studios_domain
+        if self.path_routing or not hostname.endswith(suffix):
+            return None
+        label = hostname[: -len(suffix)]
+        return label if SESSION_ID.fullmatch(label) else None
+
+    def session_of_path(self, path: str) -> str | None:
+        if not self.path_routing or not path.startswith("/_studio/"):
+            return None
+        label = path[len("/_studio/"):].split("/", 1)[0]
+        return label if SESSION_ID.fullmatch(label) else None
+
+    def safe_next(self, raw: str | None) -> str | None:
+        """`raw` if it is a place on this gateway (the proxy host or a studio), else None.
+
+        Accepts a path on the proxy host ('/x', never '//x' or '/\\x') or an absolute
+        URL with the gateway's scheme and port and a host that is the proxy host or a
+        studio's host. Control characters, backslashes and user info are refused.
+        """
+        if not raw or len(raw) > 4096 or any(ord(c) < 0x21 or c == "\x7f" for c in raw) \
+                or "\\" in raw:
+            return None
+        if raw.startswith("/"):
+            return None if raw.startswith("//") else raw
+        try:
+            u = urlsplit(raw)
+            port = u.port
+        except ValueError:
+            return None
+        if u.scheme != self.scheme or u.username is not None or u.password is not None \
+                or "@" in u.netloc or port != self._parts.port or not u.hostname:
+            return None
+        host = u.hostname.lower()
+        if host != self.proxy_host and self.session_of_host(host) is None:
+            return None
+        return raw
+
+    def studio_of_next(self, next_url: str) -> tuple[str | None, str]:
+        """(session id or None, the path on that session's host) for a checked `next`."""
+        if next_url.startswith("/"):
+            return self.session_of_path(next_url), next_url
+        u = urlsplit(next_url)
+        path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        host = (u.hostname or "").lower()
+        if host == self.proxy_host:
+            return self.session_of_path(path), path
+        return self.session_of_host(host), path
+
+
+# The adapter ----------------------------------------------------------------------------
+
+
+class Auth:
+    """Login routes, cookies and per-request authorization for the HTTP proxy (and the
+    login links that the admin API prints)."""
+
+    _log = Logger()
+
+    def __init__(self, settings: AuthSettings, *, reactor: Any, authorizer: Authorizer,
+                 rp: RelyingParty | None = None, key: bytes | None = None):
+        self.settings = settings
+        self._reactor = reactor
+        self.authorizer = authorizer
+        self.rp = rp
+        signer = Signer(key if key is not None else load_or_create_key(
+            Path(settings.storage_root) / KEY_FILE))
+        self._signer = signer
+        self._cookies = CookieCodec(signer, reactor)
+        self._spent = SpentSet(reactor)
+        self._refreshes: dict[str, Any] = {}
+
+    @classmethod
+    def from_config(cls, config: Any, store: Any, *, reactor: Any,
+                    **overrides: Any) -> Auth:
+        """Everything built from the gateway's Config and session store."""
+        s = AuthSettings.from_config(config, **overrides)
+        rp = None
+        if s.issuer:
+            rp = RelyingParty(OIDCSettings(
+                issuer=s.issuer, redirect_uri=s.redirect_uri, storage_root=s.storage_root,
+                client_name=s.client_name, registration_token=s.registration_token,
+                client_id=s.client_id, client_secret=s.client_secret, scopes=s.scopes,
+                timeout=s.timeout), reactor=reactor)
+        platform = None
+        if s.platform_url:
+            def creds() -> tuple[str, str] | None:
+                c = rp.client if rp is not None else None
+                return (c.client_id, c.client_secret) if c and c.client_secret else None
+            platform = PlatformAccess(s.platform_url, creds, reactor=reactor,
+                                      timeout=min(s.timeout, 5.0))
+        authorizer = Authorizer(store, clock=reactor, ttl=s.cache_ttl,
+                                workspace_allowed=config.workspace_allowed, platform=platform,
+                                login_ttl=s.login_ttl)
+        return cls(s, reactor=reactor, authorizer=authorizer, rp=rp)
+
+    def start(self) -> Deferred[None]:
+        """Discover and register with the issuer (when there is one), follow the registry.
+        A ConfigurationError from here must stop the gateway's start."""
+        self.authorizer.start()
+        if self.rp is None:
+            self._log.info("no OpenID issuer configured: logins come from one-time links")
+            return defer.succeed(None)
+        return self.rp.start()
+
+    def stop(self) -> Deferred[None] | None:
+        self.authorizer.stop()
+        for call in self._refreshes.values():
+            if call.active():
+                call.cancel()
+        self._refreshes.clear()
+        return self.rp.stop() if self.rp is not None else None
+
+    # Login links (no issuer) ---------------------------------------------------------
+
+    def mint_login_link(self, session_id: str, user: str) -> str:
+        """A one-time link that logs `user` in to `session_id` (valid for link_ttl)."""
+        now = self._reactor.seconds()
+        token = self._signer.sign(_LINK, {"sub": user, "sid": session_id,
+                                          "exp": int(now + self.settings.link_ttl),
+                                          "jti": secrets.token_urlsafe(12)})
+        return f"{self.settings.proxy_url}{PREFIX}link?token={token}"
+
+    # Per request ----------------------------------------------------------------------
+
+    def _studio_cookie(self, request: RequestInfo, session_id: str) -> Identity | None:
+        for value in cookie_values(request.headers, self.settings.studio_cookie_name):
+            c = self._cookies.verify(value, session_id)
+            if c is not None and not self.authorizer.is_logged_out(c.login_id):
+                return Identity(c.subject, session_id, c.login_id, c.expires_at)
+        return None
+
+    def login_url(self, request: RequestInfo) -> str:
+        s = self.settings
+        if s.path_routing:
+            next_url = request.target
+        else:
+            next_url = f"{s.scheme}://{request.hostname}{s._port_suffix}{request.target}"
+        return f"{s.proxy_url}{PREFIX}login?" + urlencode({"next": next_url}, quote_via=quote)
+
+    def authenticate(self, request: RequestInfo,
+                     session_id: str) -> Deferred[Identity | Response]:
+        """Who is this (a valid cookie for this very session), or the response to send:
+        a redirect to the login for a page load, 401 for anything else."""
+        ident = self._studio_cookie(request, session_id)
+        if ident is not None:
+            return defer.succeed(ident)
+        upgrade = request.header(b"upgrade") is not None
+        if request.method in ("GET", "HEAD") and not upgrade:
+            return defer.succeed(redirect(self.login_url(request)))
+        return defer.succeed(page(401, "Login required",
+                                  f"Log in to studio {session_id} first.",
+                                  link=(self.login_url(request), "Log in")))
+
+    def authorize_request(self, request: RequestInfo,
+                          session_id: str) -> Deferred[Identity | Response]:
+        """authenticate() and then the authorizer's decision for this user and session."""
+        d = self.authenticate(request, session_id)
+
+        def decide(who: Identity | Response) -> Any:
+            if isinstance(who, Response):
+                return who
+            return self.authorizer.check(session_id, who.subject).addCallback(
+                lambda decision: self._decided(request, who, decision))
+
+        return d.addCallback(decide)
+
+    def _decided(self, request: RequestInfo, who: Identity,
+                 decision: Decision) -> Identity | Response:
+        if decision.allowed:
+            return Identity(who.subject, who.session_id, who.login_id, who.expires_at,
+                            decision.reason)
+        sid = who.session_id
+        if decision.status == 404:
+            return page(404, "Studio not found", f"There is no studio {sid}.")
+        if decision.status == 503:
+            return page(503, "Try again shortly",
+                        f"Access to studio {sid} cannot be checked right now.",
+                        extra_headers=[(b"Retry-After", b"5")])
+        switch = f"{self.settings.proxy_url}{PREFIX}logout?" + urlencode(
+            {"next": self.login_url(request)}, quote_via=quote)
+        return page(403, "Access denied",
+                    f"{who.subject} may not use studio {sid} ({decision.reason}).",
+                    link=(switch, "Log in as someone else"))
+
+    # The /_connect/ routes ----------------------------------------------------------------
+
+    def handle(self, request: RequestInfo) -> Deferred[Response | None]:
+        """The response for one of the gateway's own routes, or None (not ours)."""
+        if not request.path.startswith(PREFIX):
+            return defer.succeed(None)
+        return defer.maybeDeferred(self._route, request).addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> Response:
+        self._log.failure("a login route failed", failure)
+        return page(503, "Login unavailable", "The login could not be completed; try again.")
+
+    def _route(self, request: RequestInfo) -> Any:
+        s = self.settings
+        name = request.path[len(PREFIX):]
+        host = request.hostname
+        studio = s.session_of_host(host)
+        if studio is not None:
+            if name == "handoff":
+                return self._handoff(request, studio)
+            if name == "logout":
+                return self._studio_logout(request, studio)
+            return page(404, "Not found", "No such page.")
+        if host != s.proxy_host:
+            return None  # not a host of ours: let the proxy decide
+        routes = {"login": self._login, "callback": self._callback, "link": self._link,
+                  "logout": self._logout}
+        handler = routes.get(name)
+        if handler is None:
+            return page(404, "Not found", "No such page.")
+        return handler(request)
+
+    def _login_cookie(self, request: RequestInfo) -> Any:
+        for value in cookie_values(request.headers, LOGIN_COOKIE):
+            c = self._cookies.verify(value, LOGIN_SCOPE)
+            if c is not None and not self.authorizer.is_logged_out(c.login_id):
+                return c
+        return None
+
+    def _login(self, request: RequestInfo) -> Any:
+        s = self.settings
+        next_url = s.safe_next(request.params().get("next")) or "/"
+        existing = self._login_cookie(request)
+        if existing is not None:
+            return self._complete(existing.subject, existing.login_id, existing.expires_at,
+                                  next_url, new_login=False)
+        if self.rp is None:
+            return page(401, "Login required",
+                        "This gateway logs people in with one-time links. Ask an "
+                        "administrator for one (studios-gateway sessions create prints it).")
+        return redirect(self.rp.begin(next_url))
+
+    def _callback(self, request: RequestInfo) -> Any:
+        if self.rp is None:
+            return page(404, "Not found", "No such page.")
+        d = self.rp.finish(request.params())
+
+        def failed(f: Any) -> Response:
+            f.trap(LoginFailed, OIDCError)
+            self._log.warn("a login was refused: {why}", why=str(f.value))
+            return page(400, "Login failed", str(f.value),
+                        link=(f"{self.settings.proxy_url}{PREFIX}login", "Try again"))
+
+        def done(result: Any) -> Response:
+            subject = result.claims.get(self.settings.user_claim)
+            if not isinstance(subject, str) or not subject:
+                return page(400, "Login failed",
+                            f"The identity provider sent no {self.settings.user_claim} claim.")
+            login_id = new_login_id()
+            expires = self._reactor.seconds() + self.settings.login_ttl
+            self._keep_fresh(login_id, result.tokens, expires)
+            self._log.info("{user} logged in", user=subject)
+            return self._complete(subject, login_id, expires, result.next_url, new_login=True)
+
+        return d.addCallbacks(done, failed)
+
+    def _complete(self, subject: str, login_id: str, expires_at: float, next_url: str, *,
+                  new_login: bool) -> Response:
+        """Set the cookies a fresh login needs and send the browser on."""
+        s = self.settings
+        now = self._reactor.seconds()
+        ttl = max(0.0, expires_at - now)
+        headers: list[tuple[bytes, bytes]] = []
+        if new_login:
+            headers.append(set_cookie_header(
+                LOGIN_COOKIE, self._cookies.issue(subject, LOGIN_SCOPE, login_id, ttl),
+                path=PREFIX, max_age=int(ttl), secure=s.secure_cookies))
+        session_id, path = s.studio_of_next(next_url)
+        if session_id is None:
+            return redirect(next_url, headers)
+        if s.path_routing:
+            headers.append(set_cookie_header(
+                s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
+                path=s.studio_cookie_path(session_id), max_age=int(ttl),
+                secure=s.secure_cookies))
+            return redirect(next_url, headers)
+        code = self._signer.sign(_HANDOFF, {
+            "sub": subject, "sid": session_id, "lid": login_id, "lexp": int(expires_at),
+            "next": path, "exp": int(now + s.handoff_ttl), "jti": secrets.token_urlsafe(12)})
+        return redirect(f"{s.studio_origin(session_id)}{PREFIX}handoff?code={code}", headers)
+
+    def _handoff(self, request: RequestInfo, session_id: str) -> Response:
+        s = self.settings
+        data = self._signer.verify(_HANDOFF, request.params().get("code", ""))
+        now = self._reactor.seconds()
+        again = (f"{s.proxy_url}{PREFIX}login?"
+                 + urlencode({"next": s.studio_url(session_id)}, quote_via=quote))
+        if data is None or not isinstance(data.get("exp"), int) or data["exp"] <= now \
+                or data.get("sid") != session_id or not self._spend(data):
+            return page(400, "Login link expired",
+                        "This login hand-off was used already, has expired or is for "
+                        "another studio.", link=(again, "Log in again"))
+        login_id, subject = str(data["lid"]), str(data["sub"])
+        if self.authorizer.is_logged_out(login_id):
+            return page(400, "Logged out", "This login has ended.", link=(again, "Log in"))
+        ttl = max(0.0, float(data.get("lexp", 0)) - now)
+        next_path = str(data.get("next") or "/")
+        if not next_path.startswith("/") or next_path.startswith("//"):
+            next_path = "/"
+        return redirect(next_path, [set_cookie_header(
+            s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
+            path="/", max_age=int(ttl), secure=s.secure_cookies)])
+
+    def _spend(self, data: Mapping[str, Any]) -> bool:
+        jti = data.get("jti")
+        return isinstance(jti, str) and self._spent.spend(jti, float(data["exp"]))
+
+    def _link(self, request: RequestInfo) -> Response:
+        s = self.settings
+        token = request.params().get("token", "")
+        data = self._signer.verify(_LINK, token)
+        now = self._reactor.seconds()
+        if data is None or not isinstance(data.get("exp"), int) or data["exp"] <= now \
+                or not isinstance(data.get("sid"), str) or not isinstance(data.get("sub"), str) \
+                or data.get("jti") in self._spent:
+            return page(400, "Login link not valid",
+                        "This login link was used already or has expired. Ask for a new one.")
+        if request.method != "POST":
+            # Link scanners and previews only GET: spend the link on a deliberate click.
+            action = html.escape(f"{PREFIX}link?" + urlencode({"token": token}))
+            form = (f'<form method="post" action="{action}"><button type="submit">'
+                    f"Open studio {html.escape(data['sid'])}</button></form>")
+            return page(200, "Open studio",
+                        f"Log in to studio {data['sid']} as {data['sub']}.", body_html=form)
+        if not self._spend(data):
+            return page(400, "Login link not valid", "This login link was used already.")
+        login_id = new_login_id()
+        self._log.info("{user} logged in with a login link to {session}", user=data["sub"],
+                       session=data["sid"])
+        return self._complete(data["sub"], login_id, now + s.login_ttl,
+                              s.studio_url(data["sid"]), new_login=True)
+
+    def _logout(self, request: RequestInfo) -> Response:
+        s = self.settings
+        c = self._login_cookie(request)
+        if c is not None:
+            self.authorizer.logout(c.login_id)
+            self._log.info("{user} logged out", user=c.subject)
+        clear = [clear_cookie_header(LOGIN_COOKIE, path=PREFIX, secure=s.secure_cookies)]
+        if s.path_routing:
+            sid = s.session_of_path(request.params().get("next", ""))
+            if sid is not None:
+                clear.append(clear_cookie_header(s.studio_cookie_name,
+                                                 path=s.studio_cookie_path(sid),
+                                                 secure=s.secure_cookies))
+        next_url = s.safe_next(request.params().get("next"))
+        if next_url is not None:
+            return redirect(next_url, clear)
+        return page(200, "Logged out", "You are logged out of the studios gateway.",
+                    extra_headers=clear)
+
+    def _studio_logout(self, request: RequestInfo, session_id: str) -> Response:
+        s = self.settings
+        ident = self._studio_cookie(request, session_id)
+        if ident is not None:
+            self.authorizer.logout(ident.login_id)
+        return redirect(f"{s.proxy_url}{PREFIX}logout", [clear_cookie_header(
+            s.studio_cookie_name, path="/", secure=s.secure_cookies)])
+
+    # Refresh before expiry -------------------------------------------------------------
+
+    def _keep_fresh(self, login_id: str, tokens: TokenSet, login_expires: float) -> None:
+        """While the login lasts, refresh its tokens before they expire; a refused
+        refresh (the issuer ended the login) logs the user out everywhere."""
+        if self.rp is None or not tokens.refresh_token or tokens.expires_at is None:
+            return
+        now = self._reactor.seconds()
+        lifetime = max(0.0, tokens.expires_at - now)
+        at = now + max(5.0, lifetime - min(60.0, lifetime / 5))
+        if at >= login_expires:
+            self._refreshes.pop(login_id, None)
+            return
+        rp = self.rp
+
+        def refresh() -> None:
+            def ok(new: TokenSet) -> None:
+                self._keep_fresh(login_id, new, login_expires)
+
+            def failed(f: Any) -> None:
+                self._refreshes.pop(login_id, None)
+                if f.check(LoginFailed):
+                    self._log.info("the issuer refused to refresh a login: logging it out")
+                    self.authorizer.logout(login_id)
+                else:
+                    self._log.warn("refreshing a login failed: {why}", why=str(f.value))
+                    self._keep_fresh(login_id, TokenSet(
+                        tokens.access_token, tokens.id_token, tokens.refresh_token,
+                        self._reactor.seconds() + 30.0), login_expires)
+
+            if self.authorizer.is_logged_out(login_id):
+                self._refreshes.pop(login_id, None)
+                return
+            rp.refresh(tokens).addCallbacks(ok, failed)
+
+        self._refreshes[login_id] = self._reactor.callLater(at - now, refresh)

@@ -1,0 +1,364 @@
+"""Login routes and per-request authentication, driven by a fake provider and a Clock."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from studios_gateway.auth.authorizer import Authorizer
+from studios_gateway.auth.login import (
+    Auth,
+    AuthSettings,
+    Identity,
+    Response,
+    strip_auth_cookies,
+)
+from studios_gateway.auth.oidc import LoginFailed, LoginResult, TokenSet
+from studios_gateway.config import load_config
+from tests.support.auth_browser import Browser, Jar, request
+from tests.unit.test_auth_authorizer import FakeStore, record
+
+PROXY = "https://connect.example.test"
+KEY = b"k" * 32
+
+
+class FakeRP:
+    """Stands in for RelyingParty: begin() and finish() with single-use states."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self.pending: dict[str, str] = {}
+        self.user = "alice"
+        self.logins = 0
+        self.tokens = TokenSet(None, None, None, None)
+        self.refresh_result: Any = None
+
+    def begin(self, next_url: str, extra: Any = None) -> str:
+        state = secrets.token_urlsafe(8)
+        self.pending[state] = next_url
+        return f"https://idp.example.org/authorize?state={state}"
+
+    def finish(self, params: dict[str, str]) -> Deferred[LoginResult]:
+        next_url = self.pending.pop(params.get("state", ""), None)
+        if next_url is None:
+            return defer.fail(LoginFailed("the login's state is unknown, used already or "
+                                          "expired"))
+        if params.get("code") != "good":
+            return defer.fail(LoginFailed("the code exchange was refused"))
+        self.logins += 1
+        return defer.succeed(LoginResult(self.user, {"sub": self.user}, self.tokens, next_url,
+                                         {}))
+
+    def refresh(self, tokens: TokenSet) -> Deferred[TokenSet]:
+        return self.refresh_result(tokens)
+
+    def stop(self) -> None:
+        return None
+
+
+def idp_login(rp: FakeRP) -> Any:
+    async def external(url: str) -> str:
+        state = dict(parse_qsl(urlsplit(url).query))["state"]
+        return f"{PROXY}/_connect/callback?state={state}&code=good"
+    return external
+
+
+def make(path_routing: bool = False, issuer: bool = True, **kw: Any) -> tuple[Auth, Clock, Any]:
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    store = FakeStore(record("abc"), record("xyz", users=()), record("bobs", owner="bob",
+                                                                      users=()))
+    config = load_config(environ={})
+    authorizer = Authorizer(store, clock=clock, ttl=120,
+                            workspace_allowed=config.workspace_allowed)
+    settings = AuthSettings(proxy_url=PROXY, studios_domain="connect.example.test",
+                            path_routing=path_routing, storage_root="/nonexistent",
+                            secure_cookies=True, issuer="https://idp.example.org" if issuer
+                            else None, **kw)
+    rp = FakeRP(clock) if issuer else None
+    auth = Auth(settings, reactor=clock, authorizer=authorizer, rp=rp, key=KEY)  # type: ignore
+    return auth, clock, rp
+
+
+def run(d: Any) -> Any:
+    """The result of a Deferred or coroutine that must have fired already."""
+    if not isinstance(d, Deferred):
+        d = Deferred.fromCoroutine(d)
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "did not fire synchronously"
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]
+
+
+def studio(sid: str, path: str = "/lab") -> str:
+    return f"https://{sid}.connect.example.test{path}"
+
+
+# Subdomain mode -----------------------------------------------------------------------------
+
+
+def test_subdomain_login_hands_off_to_the_studio_host():
+    auth, _, rp = make()
+    b = Browser(auth, external=idp_login(rp))
+    who, url = run(b.open(studio("abc", "/lab?x=1")))
+    assert isinstance(who, Identity)
+    assert (who.subject, who.session_id, who.reason) == ("alice", "abc", "owner")
+    assert url == studio("abc", "/lab?x=1")
+    assert who.header() == (b"X-Connect-Sub", b"alice")
+    assert any("/_connect/handoff?code=" in v for v in b.visited)
+    hosts = {(h, p, n) for (h, p, n) in b.jar.cookies}
+    assert ("abc.connect.example.test", "/", "__Host-connect_session") in hosts
+    assert ("connect.example.test", "/_connect/", "connect_login") in hosts
+    # A second studio: the proxy host's login is reused, the provider is not asked again.
+    who2, _ = run(b.open(studio("xyz", "/")))
+    assert isinstance(who2, Identity) and who2.session_id == "xyz"
+    assert rp.logins == 1
+    assert who2.login_id == who.login_id
+
+
+def test_cookie_from_studio_a_opens_nothing_on_b():
+    auth, _, rp = make()
+    b = Browser(auth, external=idp_login(rp))
+    run(b.open(studio("abc")))
+    value = b.jar.cookies[("abc.connect.example.test", "/", "__Host-connect_session")]
+    stolen = Jar({("xyz.connect.example.test", "/", "__Host-connect_session"): value})
+    resp = run(auth.authorize_request(request(studio("xyz"), stolen), "xyz"))
+    assert isinstance(resp, Response) and resp.status == 302
+    assert dict(resp.headers)[b"Location"].startswith(f"{PROXY}/_connect/login?next=".encode())
+
+
+def test_tampered_and_expired_cookies_send_back_to_login():
+    auth, clock, rp = make()
+    b = Browser(auth, external=idp_login(rp))
+    run(b.open(studio("abc")))
+    key = ("abc.connect.example.test", "/", "__Host-connect_session")
+    good = b.jar.cookies[key]
+    b.jar.cookies[key] = good[:-2] + ("AA" if good[-2:] != "AA" else "BB")
+    resp = run(auth.authorize_request(request(studio("abc"), b.jar), "abc"))
+    assert isinstance(resp, Response) and resp.status == 302
+    b.jar.cookies[key] = good
+    assert isinstance(run(auth.authorize_request(request(studio("abc"), b.jar), "abc")),
+                      Identity)
+    clock.advance(12 * 3600)
+    resp = run(auth.authorize_request(request(studio("abc"), b.jar), "abc"))
+    assert isinstance(resp, Response) and resp.status == 302
+
+
+def test_second_user_gets_403():
+    auth, _, rp = make()
+    rp.user = "mallory"
+    b = Browser(auth, external=idp_login(rp))
+    resp, _ = run(b.open(studio("abc")))
+    assert isinstance(resp, Response) and resp.status == 403
+    assert b"mallory" in resp.body and b"abc" in resp.body
+
+
+def test_handoff_code_is_single_use_and_bound_to_its_studio():
+    auth, clock, rp = make()
+    b = Browser(auth, external=idp_login(rp))
+    run(b.open(studio("abc")))
+    handoff = next(v for v in b.visited if "/_connect/handoff" in v)
+    resp = run(auth.handle(request(handoff)))
+    assert resp.status == 400  # replayed
+    # A fresh code for abc presented on xyz's host.
+    b2 = Browser(auth, external=idp_login(rp))
+    b2.jar = Jar({k: v for k, v in b.jar.cookies.items() if k[0] == "connect.example.test"})
+    first = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}", b2.jar)))
+    code_url = dict(first.headers)[b"Location"].decode()
+    assert "/_connect/handoff?code=" in code_url
+    moved = code_url.replace("abc.connect", "xyz.connect")
+    assert run(auth.handle(request(moved))).status == 400
+    # And an unused one expires.
+    first = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}", b2.jar)))
+    clock.advance(61)
+    assert run(auth.handle(request(dict(first.headers)[b"Location"].decode()))).status == 400
+
+
+def test_wrong_or_replayed_state_and_code_refused():
+    auth, _, rp = make()
+    login = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}")))
+    state = dict(parse_qsl(urlsplit(dict(login.headers)[b"Location"].decode()).query))["state"]
+    bad_code = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad")))
+    assert bad_code.status == 400 and b"refused" in bad_code.body
+    replay = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=good")))
+    assert replay.status == 400 and b"state" in replay.body
+    forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=forged&code=good")))
+    assert forged.status == 400
+    assert not any(k.lower() == b"set-cookie" for k, _ in forged.headers)
+
+
+def test_non_get_and_websocket_without_cookie_get_401():
+    auth, _, _ = make()
+    post = run(auth.authorize_request(request(studio("abc"), method="POST"), "abc"))
+    assert post.status == 401
+    ws = run(auth.authorize_request(request(studio("abc"), headers=(
+        (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"))), "abc"))
+    assert ws.status == 401
+
+
+def test_logout_revokes_every_cookie_of_the_login():
+    auth, _, rp = make()
+    events: list[Any] = []
+    auth.authorizer.subscribe(events.append)
+    b = Browser(auth, external=idp_login(rp))
+    who, _ = run(b.open(studio("abc")))
+    closed: list[str] = []
+    auth.authorizer.track("abc", "alice", closed.append, login_id=who.login_id)
+    resp, _ = run(b.open(f"{PROXY}/_connect/logout"))
+    assert resp.status == 200 and b"logged out" in resp.body
+    assert closed and events[-1].kind == "login"
+    # The studio cookie is still in the jar, but its login has ended.
+    again = run(auth.authorize_request(request(studio("abc"), b.jar), "abc"))
+    assert isinstance(again, Response) and again.status == 302
+
+
+def test_studio_logout_clears_its_cookie_and_the_login():
+    auth, _, rp = make()
+    b = Browser(auth, external=idp_login(rp))
+    who, _ = run(b.open(studio("abc")))
+    resp = run(auth.handle(request(studio("abc", "/_connect/logout"), b.jar)))
+    assert resp.status == 302 and auth.authorizer.is_logged_out(who.login_id)
+
+
+def test_refused_refresh_logs_out():
+    auth, clock, rp = make()
+    now = clock.seconds()
+    rp.tokens = TokenSet("a", "i", "r", now + 300)
+    rp.refresh_result = lambda t: defer.fail(LoginFailed("invalid_grant"))
+    b = Browser(auth, external=idp_login(rp))
+    who, _ = run(b.open(studio("abc")))
+    clock.advance(239)
+    assert not auth.authorizer.is_logged_out(who.login_id)
+    clock.advance(1)
+    assert auth.authorizer.is_logged_out(who.login_id)
+
+
+def test_refresh_keeps_refreshing_before_expiry():
+    auth, clock, rp = make()
+    calls: list[float] = []
+
+    def refresh(t: TokenSet) -> Deferred[TokenSet]:
+        calls.append(clock.seconds())
+        return defer.succeed(TokenSet("a2", None, "r2", clock.seconds() + 300))
+
+    rp.tokens = TokenSet("a", "i", "r", clock.seconds() + 300)
+    rp.refresh_result = refresh
+    run(Browser(auth, external=idp_login(rp)).open(studio("abc")))
+    clock.pump([60] * 20)
+    assert len(calls) == 5  # every 240 s: 60 s before each expiry
+    auth.stop()
+
+
+# Path mode -------------------------------------------------------------------------------
+
+
+def test_path_mode_sets_the_studio_prefix_cookie_directly():
+    auth, _, rp = make(path_routing=True)
+    b = Browser(auth, external=idp_login(rp))
+    who, url = run(b.open(f"{PROXY}/_studio/abc/lab/tree?x=1"))
+    assert isinstance(who, Identity) and who.session_id == "abc"
+    assert url == f"{PROXY}/_studio/abc/lab/tree?x=1"
+    assert not any("handoff" in v for v in b.visited)
+    assert ("connect.example.test", "/_studio/abc/", "connect_session") in b.jar.cookies
+    # The cookie is not sent to another prefix, and is refused there if copied.
+    value = b.jar.cookies[("connect.example.test", "/_studio/abc/", "connect_session")]
+    copied = Jar({("connect.example.test", "/_studio/xyz/", "connect_session"): value})
+    resp = run(auth.authorize_request(request(f"{PROXY}/_studio/xyz/", copied), "xyz"))
+    assert isinstance(resp, Response) and resp.status == 302
+    loc = dict(resp.headers)[b"Location"].decode()
+    assert dict(parse_qsl(urlsplit(loc).query))["next"] == "/_studio/xyz/"
+
+
+# Open redirects ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [
+    "/", "/_studio/abc/lab?x=1", studio("abc", "/x"), f"{PROXY}/somewhere",
+])
+def test_safe_next_accepts_our_places(raw):
+    auth, _, _ = make()
+    assert auth.settings.safe_next(raw) == raw
+
+
+@pytest.mark.parametrize("raw", [
+    "", "//evil.example", "/\\evil.example", "https://evil.example/", "http://abc.connect."
+    "example.test/", "https://abc.connect.example.test.evil.example/",
+    "https://user@abc.connect.example.test/", "https://abc.connect.example.test:8443/",
+    "javascript:alert(1)", "https://a.b.connect.example.test/", "/x\r\nSet-Cookie: a=b",
+    "https://ABC_.connect.example.test/", "data:text/html,hi", "https:/evil.example",
+])
+def test_safe_next_refuses_elsewhere(raw):
+    auth, _, _ = make()
+    assert auth.settings.safe_next(raw) is None
+
+
+@given(st.text(max_size=80))
+def test_safe_next_never_leaves_the_gateway(raw):
+    auth, _, _ = make()
+    got = auth.settings.safe_next(raw)
+    if got is None:
+        return
+    if got.startswith("/"):
+        assert not got.startswith("//") and "\\" not in got
+    else:
+        host = urlsplit(got).hostname or ""
+        assert host == "connect.example.test" or host.endswith(".connect.example.test")
+
+
+def test_login_with_foreign_next_lands_on_the_proxy_root():
+    auth, _, rp = make()
+    b = Browser(auth, external=idp_login(rp))
+    resp, url = run(b.open(f"{PROXY}/_connect/login?next=https://evil.example/"))
+    assert url == f"{PROXY}/"
+
+
+# Login links (no issuer) ------------------------------------------------------------------
+
+
+def test_login_link_flow():
+    auth, clock, _ = make(issuer=False)
+    b = Browser(auth)
+    resp, _ = run(b.open(studio("abc")))
+    assert resp.status == 401 and b"one-time links" in resp.body
+    link = auth.mint_login_link("abc", "alice")
+    assert link.startswith(f"{PROXY}/_connect/link?token=")
+    shown = run(auth.handle(request(link)))
+    assert shown.status == 200 and b"<form method=\"post\"" in shown.body
+    # GET (a link preview) did not spend it; POST does.
+    who, url = run(b.open(link, method="POST"))
+    assert isinstance(who, Identity) and who.subject == "alice" and url == studio("abc", "/")
+    again = run(auth.handle(request(link, method="POST")))
+    assert again.status == 400
+    assert run(auth.handle(request(link))).status == 400
+    old = auth.mint_login_link("abc", "alice")
+    clock.advance(24 * 3600)
+    assert run(auth.handle(request(old, method="POST"))).status == 400
+    assert run(auth.handle(request(link[:-3] + "AAA", method="POST"))).status == 400
+
+
+def test_no_issuer_no_callback():
+    auth, _, _ = make(issuer=False)
+    assert run(auth.handle(request(f"{PROXY}/_connect/callback?state=a&code=b"))).status == 404
+
+
+def test_other_paths_are_not_ours():
+    auth, _, _ = make()
+    assert run(auth.handle(request(studio("abc", "/lab")))) is None
+    assert run(auth.handle(request("https://elsewhere.test/_connect/login"))) is None
+    assert run(auth.handle(request(f"{PROXY}/_connect/nope"))).status == 404
+
+
+def test_strip_auth_cookies():
+    headers = [(b"Host", b"x"), (b"Cookie", b"a=1; __Host-connect_session=s; connect_login=l"),
+               (b"Cookie", b"connect_session=z")]
+    assert strip_auth_cookies(headers) == [(b"Host", b"x"), (b"Cookie", b"a=1")]
