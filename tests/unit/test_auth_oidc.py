@@ -1,0 +1,225 @@
+"""oidc.py without a network: PKCE, single-use state, ID-token checks on a Clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from studios_gateway.auth.oidc import (
+    ClientRegistration,
+    LoginFailed,
+    OIDCSettings,
+    ProviderMetadata,
+    RelyingParty,
+    check_claims,
+    pkce_challenge,
+)
+from studios_gateway.auth.onetime import OneTimeTable
+
+ISSUER = "https://idp.example.org"
+NOW = 1_700_000_000
+
+
+class FakeResponse:
+    def __init__(self, code: int, body: Any):
+        self.code = code
+        self._raw = json.dumps(body).encode()
+
+    def content(self) -> Deferred[bytes]:
+        return defer.succeed(self._raw)
+
+
+class FakeHTTP:
+    """Answers the token endpoint and the JWKS; records what was asked."""
+
+    def __init__(self, key: Any, kid: str = "k1"):
+        self.key, self.kid = key, kid
+        self.claims: dict[str, Any] = {}
+        self.requests: list[tuple[str, str, dict[str, Any]]] = []
+
+    def request(self, method: str, url: str, **kw: Any) -> Deferred[FakeResponse]:
+        self.requests.append((method, url, kw))
+        if url.endswith("/jwks"):
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+            jwk["kid"] = self.kid
+            return defer.succeed(FakeResponse(200, {"keys": [jwk]}))
+        form = kw["data"]
+        if form.get("code") != "the-code":
+            return defer.succeed(FakeResponse(400, {"error": "invalid_grant"}))
+        token = jwt.encode(self.claims, self.key, algorithm="RS256", headers={"kid": self.kid})
+        return defer.succeed(FakeResponse(200, {"access_token": "a", "id_token": token,
+                                                "expires_in": 300, "token_type": "Bearer"}))
+
+
+@pytest.fixture(scope="module")
+def key() -> Any:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def make_rp(key: Any, **kw: Any) -> tuple[RelyingParty, Clock, FakeHTTP]:
+    clock = Clock()
+    clock.advance(NOW)
+    http = FakeHTTP(key)
+    rp = RelyingParty(OIDCSettings(issuer=ISSUER, redirect_uri="https://gw/_connect/callback",
+                                   storage_root="/nonexistent", **kw), reactor=clock, http=http)
+    rp.metadata = ProviderMetadata(issuer=ISSUER, authorization_endpoint=ISSUER + "/auth",
+                                   token_endpoint=ISSUER + "/token", jwks_uri=ISSUER + "/jwks")
+    rp.client = ClientRegistration(issuer=ISSUER, client_name="gw", client_id="cid",
+                                   client_secret="secret", redirect_uris=("https://gw/",))
+    return rp, clock, http
+
+
+def result(d: Deferred[Any]) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]
+
+
+def begin(rp: RelyingParty, http: FakeHTTP, clock: Clock, **claims: Any) -> dict[str, str]:
+    q = dict(parse_qsl(urlsplit(rp.begin("/next")).query))
+    http.claims = {"iss": ISSUER, "aud": "cid", "sub": "alice", "iat": int(clock.seconds()),
+                   "exp": int(clock.seconds()) + 300, "nonce": q["nonce"], **claims}
+    return q
+
+
+def test_pkce_rfc7636_vector():
+    assert pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == \
+        "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+
+
+def test_authorization_url_carries_pkce_state_nonce(key):
+    rp, _, _ = make_rp(key)
+    q = dict(parse_qsl(urlsplit(rp.begin("/x")).query))
+    assert q["code_challenge_method"] == "S256" and q["response_type"] == "code"
+    assert q["client_id"] == "cid" and q["redirect_uri"] == "https://gw/_connect/callback"
+    assert len(q["state"]) >= 43 and len(q["nonce"]) >= 43 and "openid" in q["scope"].split()
+    q2 = dict(parse_qsl(urlsplit(rp.begin("/x")).query))
+    assert q2["state"] != q["state"] and q2["nonce"] != q["nonce"]
+
+
+def test_full_exchange_sends_the_verifier(key):
+    rp, clock, http = make_rp(key)
+    q = begin(rp, http, clock)
+    got = result(rp.finish({"state": q["state"], "code": "the-code"}))
+    assert got.subject == "alice" and got.next_url == "/next"
+    _, _, kw = next(r for r in http.requests if r[1].endswith("/token"))
+    assert pkce_challenge(kw["data"]["code_verifier"]) == q["code_challenge"]
+    assert kw["data"]["redirect_uri"] == "https://gw/_connect/callback"
+    assert kw["headers"]["Authorization"][0].startswith("Basic ")
+    assert kw["timeout"] == 10.0
+
+
+def test_state_is_single_use(key):
+    rp, clock, http = make_rp(key)
+    q = begin(rp, http, clock)
+    result(rp.finish({"state": q["state"], "code": "the-code"}))
+    with pytest.raises(LoginFailed, match="state"):
+        result(rp.finish({"state": q["state"], "code": "the-code"}))
+
+
+def test_state_expires(key):
+    rp, clock, http = make_rp(key, login_ttl=600)
+    q = begin(rp, http, clock)
+    clock.advance(600)
+    with pytest.raises(LoginFailed, match="state"):
+        result(rp.finish({"state": q["state"], "code": "the-code"}))
+    assert not any(r[1].endswith("/token") for r in http.requests)
+
+
+def test_pending_table_is_bounded(key):
+    rp, clock, http = make_rp(key, max_pending=3)
+    first = begin(rp, http, clock)
+    for _ in range(3):
+        begin(rp, http, clock)
+    with pytest.raises(LoginFailed, match="state"):
+        result(rp.finish({"state": first["state"], "code": "the-code"}))
+
+
+def test_wrong_code_refused_and_state_spent(key):
+    rp, clock, http = make_rp(key)
+    q = begin(rp, http, clock)
+    with pytest.raises(LoginFailed, match="invalid_grant"):
+        result(rp.finish({"state": q["state"], "code": "wrong"}))
+    with pytest.raises(LoginFailed, match="state"):
+        result(rp.finish({"state": q["state"], "code": "the-code"}))
+
+
+def test_provider_error_param(key):
+    rp, clock, http = make_rp(key)
+    q = begin(rp, http, clock)
+    with pytest.raises(LoginFailed, match="access_denied"):
+        result(rp.finish({"state": q["state"], "error": "access_denied"}))
+
+
+@pytest.mark.parametrize(("claims", "message"), [
+    ({"nonce": "other"}, "nonce"),
+    ({"aud": "another"}, "not valid"),
+    ({"iss": "https://evil.example"}, "not valid"),
+    ({"exp": NOW - 120}, "expired"),
+    ({"iat": NOW + 3600, "exp": NOW + 7200}, "future"),
+    ({"aud": ["cid", "other"]}, "several parties"),
+    ({"azp": "other"}, "authorized party"),
+])
+def test_bad_id_tokens_refused(key, claims, message):
+    rp, clock, http = make_rp(key)
+    q = begin(rp, http, clock, **claims)
+    with pytest.raises(LoginFailed, match=message):
+        result(rp.finish({"state": q["state"], "code": "the-code"}))
+
+
+def test_token_signed_by_another_key_refused(key):
+    rp, clock, http = make_rp(key)
+    result(Deferred.fromCoroutine(rp._fetch_keys()))
+    http.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    q = begin(rp, http, clock)
+    with pytest.raises(LoginFailed, match="not valid"):
+        result(rp.finish({"state": q["state"], "code": "the-code"}))
+
+
+def test_unknown_kid_refetch_is_rate_limited(key):
+    rp, clock, http = make_rp(key, jwks_min_refresh=60)
+    q = begin(rp, http, clock)
+    result(rp.finish({"state": q["state"], "code": "the-code"}))
+    fetches = sum(1 for r in http.requests if r[1].endswith("/jwks"))
+    http.kid = "k2"  # rotation: a new kid, and the JWKS publishes it
+    clock.advance(30)
+    q = begin(rp, http, clock)
+    with pytest.raises(LoginFailed, match="key"):
+        result(rp.finish({"state": q["state"], "code": "the-code"}))
+    assert sum(1 for r in http.requests if r[1].endswith("/jwks")) == fetches
+    clock.advance(30)
+    q = begin(rp, http, clock)
+    assert result(rp.finish({"state": q["state"], "code": "the-code"})).subject == "alice"
+    assert sum(1 for r in http.requests if r[1].endswith("/jwks")) == fetches + 1
+
+
+def test_check_claims_leeway():
+    base = {"sub": "a", "aud": "cid", "iat": NOW, "exp": NOW + 10, "nonce": "n"}
+    check_claims(base, client_id="cid", nonce="n", now=NOW + 69, leeway=60)
+    with pytest.raises(LoginFailed):
+        check_claims(base, client_id="cid", nonce="n", now=NOW + 70, leeway=60)
+    with pytest.raises(LoginFailed):
+        check_claims({**base, "sub": ""}, client_id="cid", nonce="n", now=NOW, leeway=60)
+
+
+def test_one_time_table():
+    clock = Clock()
+    t: OneTimeTable[int] = OneTimeTable(clock, ttl=10, max_entries=2)
+    a = t.put(1)
+    assert t.take(a) == 1 and t.take(a) is None
+    b, c, d = t.put(2), t.put(3), t.put(4)
+    assert t.take(b) is None and len(t) == 2  # the oldest was evicted
+    clock.advance(10)
+    assert t.take(c) is None and t.take(d) is None
+    assert t.take("") is None
