@@ -81,12 +81,18 @@ class PlatformAccess:
         self._credentials = credentials
         self._reactor = reactor
         self._timeout = timeout
+        self._pool: Any = None
         if http is None:
             from treq.client import HTTPClient
             from twisted.web.client import Agent, HTTPConnectionPool
 
-            http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor)))
+            self._pool = HTTPConnectionPool(reactor)
+            http = HTTPClient(Agent(reactor, pool=self._pool))
         self._http = http
+
+    def stop(self) -> Deferred[None] | None:
+        """Close kept-alive connections to the Platform."""
+        return self._pool.closeCachedConnections() if self._pool is not None else None
 
     def url(self, session_id: str, user: str) -> str:
         return (f"{self._base}/api/studios/{quote(session_id, safe='')}/access?"
@@ -160,13 +166,16 @@ class Authorizer:
             self._sweeper.start(self.ttl, now=False).addErrback(
                 lambda f: self._log.failure("the live-connection sweep failed", f))
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None] | None:
+        """Stop following the registry; closes the Platform client's connections."""
         if self._unsubscribe_store is not None:
             self._unsubscribe_store()
             self._unsubscribe_store = None
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._sweeper = None
+        stop = getattr(self._platform, "stop", None)
+        return stop() if stop is not None else None
 
     # The decision --------------------------------------------------------------------
 

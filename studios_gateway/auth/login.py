@@ -386,13 +386,15 @@ class Auth:
             return defer.succeed(None)
         return self.rp.start()
 
-    def stop(self) -> Deferred[None] | None:
-        self.authorizer.stop()
+    def stop(self) -> Deferred[None]:
+        """Cancel refreshes, close connections to the issuer and the Platform."""
         for call in self._refreshes.values():
             if call.active():
                 call.cancel()
         self._refreshes.clear()
-        return self.rp.stop() if self.rp is not None else None
+        waits = [self.authorizer.stop(), self.rp.stop() if self.rp is not None else None]
+        return defer.gatherResults([d for d in waits if d is not None]).addCallback(
+            lambda _: None)
 
     # Login links (no issuer) ---------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html.parser
 import importlib.util
 import json
 import os
@@ -26,7 +25,7 @@ from studios_gateway.auth.oidc import (
     OIDCSettings,
     RelyingParty,
 )
-from tests.support.idp import DEFAULT_REGISTRATION_TOKEN, TestIdP
+from tests.support.idp import DEFAULT_REGISTRATION_TOKEN, TestIdP, http_client, submit_login
 from tests.support.ports import free_port, wait_for_port
 
 pytestmark = pytest.mark.slow
@@ -34,54 +33,9 @@ pytestmark = pytest.mark.slow
 REDIRECT = "https://connect.example.test/_connect/callback"
 
 
-class _Form(html.parser.HTMLParser):
-    """The fields and action of the first form on a page, as a browser would submit it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.action: str | None = None
-        self.fields: dict[str, str] = {}
-        self._done = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag == "form" and self.action is None and not self._done:
-            self.action = a.get("action") or ""
-        elif tag == "input" and self.action is not None and not self._done and a.get("name"):
-            self.fields[a["name"] or ""] = a.get("value") or ""
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form" and self.action is not None:
-            self._done = True
-
-
-def http_client() -> Any:
-    """treq without kept-alive connections, so trial finds a clean reactor."""
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-
-
 async def browser_login(authorize_url: str, fields: dict[str, str]) -> dict[str, str]:
     """Open the provider's login page, fill the form, return the callback's query."""
-    http = http_client()
-    resp = await http.get(authorize_url, timeout=10)
-    page = (await resp.text()).strip()
-    assert resp.code == 200, page
-    form = _Form()
-    form.feed(page)
-    assert form.action is not None, page
-    data = {**form.fields, **fields}
-    target = form.action or authorize_url
-    if target.startswith("/"):
-        u = urlsplit(authorize_url)
-        target = f"{u.scheme}://{u.netloc}{target}"
-    elif not target.startswith("http"):
-        target = authorize_url
-    resp = await http.post(target, data=data, allow_redirects=False, timeout=10)
-    location = resp.headers.getRawHeaders("location", [""])[0]
-    assert resp.code in (302, 303), (resp.code, await resp.text())
+    location = await submit_login(authorize_url, fields)
     assert location.startswith(REDIRECT), location
     return dict(parse_qsl(urlsplit(location).query))
 

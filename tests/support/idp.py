@@ -20,12 +20,13 @@ import base64
 import hashlib
 import hmac
 import html
+import html.parser
 import json
 import secrets
 import sys
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlencode
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -318,6 +319,62 @@ class _Root(Resource):
         idp.counts["access"] += 1
         user = _args(request).get("user", "")
         return _json(request, 200, {"allowed": idp.access.get((session_id, user), False)})
+
+
+# Driving the login page from a test ------------------------------------------------------
+
+
+class _Form(html.parser.HTMLParser):
+    """The fields and action of the first form on a page, as a browser would submit it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: str | None = None
+        self.fields: dict[str, str] = {}
+        self._done = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "form" and self.action is None and not self._done:
+            self.action = a.get("action") or ""
+        elif tag == "input" and self.action is not None and not self._done and a.get("name"):
+            self.fields[a["name"] or ""] = a.get("value") or ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form" and self.action is not None:
+            self._done = True
+
+
+def http_client() -> Any:
+    """treq without kept-alive connections, so trial finds a clean reactor."""
+    from treq.client import HTTPClient
+    from twisted.internet import reactor
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
+async def submit_login(authorize_url: str, fields: dict[str, str]) -> str:
+    """Open a provider's login page, fill its first form as a browser would, submit it;
+    returns where the provider redirects the browser (the relying party's callback)."""
+    http = http_client()
+    resp = await http.get(authorize_url, timeout=10)
+    page = (await resp.text()).strip()
+    assert resp.code == 200, page
+    form = _Form()
+    form.feed(page)
+    assert form.action is not None, page
+    data = {**form.fields, **fields}
+    target = form.action or authorize_url
+    if target.startswith("/"):
+        u = urlsplit(authorize_url)
+        target = f"{u.scheme}://{u.netloc}{target}"
+    elif not target.startswith("http"):
+        target = authorize_url
+    resp = await http.post(target, data=data, allow_redirects=False, timeout=10)
+    location = resp.headers.getRawHeaders("location", [""])[0]
+    assert resp.code in (302, 303), (resp.code, await resp.text())
+    return location
 
 
 def main(argv: list[str] | None = None) -> int:
