@@ -484,7 +484,7 @@ class Auth:
         s = self.settings
         name = request.path[len(PREFIX):]
         host = request.hostname
-        studio = s.session_of_host(host)
+        studio = None if host == s.proxy_host else s.session_of_host(host)
         if studio is not None:
             if name == "handoff":
                 return self._handoff(request, studio)

@@ -362,3 +362,14 @@ def test_strip_auth_cookies():
     headers = [(b"Host", b"x"), (b"Cookie", b"a=1; __Host-connect_session=s; connect_login=l"),
                (b"Cookie", b"connect_session=z")]
     assert strip_auth_cookies(headers) == [(b"Host", b"x"), (b"Cookie", b"a=1")]
+
+
+def test_proxy_host_inside_the_studios_domain_is_still_the_proxy_host():
+    auth, _, rp = make()
+    settings = AuthSettings(proxy_url="https://connect.example.test",
+                            studios_domain="example.test", path_routing=False,
+                            storage_root="/nonexistent", secure_cookies=True,
+                            issuer="https://idp.example.org")
+    auth = Auth(settings, reactor=auth._reactor, authorizer=auth.authorizer, rp=rp, key=KEY)
+    resp = run(auth.handle(request("https://connect.example.test/_connect/login?next=/")))
+    assert resp.status == 302 and b"idp.example.org" in dict(resp.headers)[b"Location"]
