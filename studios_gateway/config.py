@@ -223,6 +223,12 @@ def _key_prefix(text: str) -> str:
     return text.strip()
 
 
+def _token_text(text: str) -> str:
+    if not re.fullmatch(r"[!-~]{1,512}", text.strip()):
+        raise ValueError("printable characters without spaces")
+    return text.strip()
+
+
 def _bind_address(text: str) -> str:
     s = text.strip().strip("[]")
     try:
@@ -352,6 +358,21 @@ VARIABLES: tuple[Var, ...] = (
        section="proxy"),
     _v("LOCAL_CACHE_TTL", "local_cache_ttl", "2m", _duration,
        "How long a node trusts its cached copy of a session record.", section="proxy"),
+    _v("CONNECT_OIDC_ISSUER_URL", "oidc_issuer_url", None, _url,
+       "OpenID issuer to log in against. Unset: PLATFORM_URL.", seed=False, section="proxy"),
+    _v("CONNECT_OIDC_CLIENT_ID", "oidc_client_id", None, _token_text,
+       "Static OIDC client id; when set, dynamic registration is skipped.", seed=False,
+       section="proxy"),
+    _v("CONNECT_OIDC_CLIENT_SECRET", "oidc_client_secret", None, _text,
+       "Secret of CONNECT_OIDC_CLIENT_ID.", secret=True, seed=False, section="proxy"),
+    _v("CONNECT_OIDC_SCOPES", "oidc_scopes", "openid profile email", _nonempty,
+       "Scopes requested at login.", seed=False, section="proxy"),
+    _v("CONNECT_OIDC_USER_CLAIM", "oidc_user_claim", "sub", _token_text,
+       "ID-token claim that names the user.", seed=False, section="proxy"),
+    _v("CONNECT_LOGIN_TTL", "login_ttl", "12h", _positive_duration,
+       "How long a login (and its cookies) lasts.", seed=False, section="proxy"),
+    _v("CONNECT_LOGIN_LINK_TTL", "login_link_ttl", "24h", _positive_duration,
+       "How long a one-time login link stays valid.", seed=False, section="proxy"),
     _v("CONNECT_TLS_CERT_FILE", "tls_cert_file", None, _readable_file,
        "Certificate chain (PEM) for HTTPS on CONNECT_HTTP_PORT and for the tunnel; it must "
        "cover the proxy host and *.<studios domain>.", seed=False, section="proxy"),
@@ -443,6 +464,13 @@ class Config:
     grant_type: str
     oidc_registration_token: str | None = field(repr=False)
     local_cache_ttl: float
+    oidc_issuer_url: str | None
+    oidc_client_id: str | None
+    oidc_client_secret: str | None = field(repr=False)
+    oidc_scopes: str
+    oidc_user_claim: str
+    login_ttl: float
+    login_link_ttl: float
     tls_cert_file: str | None
     tls_key_file: str | None
     trusted_proxy_cidrs: tuple[Any, ...]

@@ -352,7 +352,7 @@ def test_every_variable_is_validated_or_free_text() -> None:
     """No variable silently accepts anything unless it is free text by nature."""
     free_text = {"CONNECT_REDIS_USER", "CONNECT_REDIS_PASSWORD", "CONNECT_MANAGEMENT_AUTH_KEY",
                  "CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN", "CONNECT_STORAGE_ROOT",
-                 "CONNECT_CLIENT_NAME"}
+                 "CONNECT_CLIENT_NAME", "CONNECT_OIDC_CLIENT_SECRET", "CONNECT_OIDC_SCOPES"}
     for var in VARIABLES:
         with pytest.raises(ConfigError) as e:
             load_config(environ={var.name: "\x00not valid\x00"})
