@@ -97,7 +97,9 @@ class GatewayService(MultiService):
         self.listeners: list[Listener] = []
         self.components: list[Component] = []
         self.draining = False
+        self.start_failed: str | None = None
         self._stopping_reactor = False
+        self._ready_checks: list[Callable[[], str]] = []
 
     # Assembly ----------------------------------------------------------------
 
@@ -106,6 +108,10 @@ class GatewayService(MultiService):
         listener = Listener(name, variable, endpoint, factory, description)
         self.listeners.append(listener)
         return listener
+
+    def add_ready_check(self, check: Callable[[], str]) -> None:
+        """A check that returns 'name=ok' or 'name=<why not>' for /ready."""
+        self._ready_checks.append(check)
 
     def add_component(self, component: Component) -> Component:
         self.components.append(component)
@@ -160,8 +166,23 @@ class GatewayService(MultiService):
         if hasattr(self.store, "start"):
             self.store.start()
         for component in self.components:
-            component.start()
+            d = defer.maybeDeferred(component.start)
+            d.addErrback(self._component_failed, component)
         super().startService()
+
+    def _component_failed(self, f: Failure, component: Component) -> None:
+        """A part could not start (a wrong registration token, say): say why, exit 1."""
+        message = f"{component.name} could not start: {f.getErrorMessage()}"
+        self._log.critical("{message}", message=message)
+        print(f"studios-gateway: {message}", file=sys.stderr, flush=True)
+        self.start_failed = message
+        import os
+
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        if getattr(self.reactor, "running", False):
+            self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self) -> Deferred[Any]:
         d = defer.maybeDeferred(super().stopService)
@@ -184,6 +205,9 @@ class GatewayService(MultiService):
             checks[f"listener:{listener.name}"] = "ok" if listener.port else "not bound"
         if self.draining:
             checks["draining"] = "shutting down"
+        for check in self._ready_checks:
+            name, _, state = check().partition("=")
+            checks[name] = state
         d = defer.maybeDeferred(self.store.ping)
         d.addTimeout(STORE_PING_TIMEOUT, self.reactor)
 
@@ -246,9 +270,26 @@ def make_service(config: Config, reactor: Any = None) -> GatewayService:
     table, pin = _add_tunnels(gateway, storage)
     gateway.tunnel_table = table  # type: ignore[attr-defined]
     gateway.tunnel_pin = pin  # type: ignore[attr-defined]
+    auth = _add_auth(gateway)
+    gateway.auth = auth  # type: ignore[attr-defined]
     if config.management_port is not None:
-        _add_management(gateway, table, pin)
+        _add_management(gateway, table, pin, auth)
     return gateway
+
+
+def _add_auth(gateway: GatewayService) -> Any:
+    from studios_gateway.auth import Auth
+
+    auth = Auth.from_config(gateway.config, gateway.store, reactor=gateway.reactor)
+    state = {"started": False}
+
+    def start() -> Deferred[None]:
+        d = auth.start()
+        return d.addCallback(lambda _: state.update(started=True))
+
+    gateway.add_component(Component("login (OpenID Connect)", start=start, stop=auth.stop))
+    gateway.add_ready_check(lambda: "login=" + ("ok" if state["started"] else "starting"))
+    return auth
 
 
 def prepare_storage(root: str) -> Path:
@@ -306,13 +347,17 @@ def _add_tunnels(gateway: GatewayService, storage: Path) -> tuple[Any, str | Non
     return table, pin
 
 
-def _add_management(gateway: GatewayService, table: Any, pin: str | None) -> None:
+def _add_management(gateway: GatewayService, table: Any, pin: str | None, auth: Any) -> None:
     from studios_gateway.api import make_api
     from studios_gateway.management import ManagementRoot, make_site
     from studios_gateway.sessions import NewSession, Sessions, connect_string, session_url
 
     config, reactor = gateway.config, gateway.reactor
-    sessions = Sessions(gateway.store, clock=reactor, on_end=table.end_session)
+    def on_end(session_id: str) -> None:
+        table.end_session(session_id)
+        auth.authorizer.session_ended(session_id)
+
+    sessions = Sessions(gateway.store, clock=reactor, on_end=on_end)
     tunnel_host, tunnel_port = config.effective_tunnel_url
 
     def present(new: NewSession) -> dict[str, Any]:
@@ -325,6 +370,8 @@ def _add_management(gateway: GatewayService, table: Any, pin: str | None) -> Non
             "connect_string": connect_string(sid, new.token, tunnel_host, tunnel_port, pin),
             "tool": new.record.tool,
             "owner": new.record.owner,
+            "login_link": (None if auth.settings.issuer
+                           else auth.mint_login_link(sid, new.record.owner)),
         }
 
     root = ManagementRoot(auth_key=config.management_auth_key, health=gateway,
