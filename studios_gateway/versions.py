@@ -186,7 +186,7 @@ def _check_tool_version(tool: object, text: str) -> None:
             raise InvalidImageTag(
                 f"{text!r}: the tool version {tool!r} must be parts of letters, digits, '.' "
                 "and '_' joined by single '-', each part starting with a letter or digit")
-    if _UPDATE.fullmatch(tool.split("-")[-1]):
+    if re.fullmatch(r"u[0-9]*", tool.split("-")[-1]):
         raise InvalidImageTag(f"{text!r}: the tool version {tool!r} ends in an update flag; "
                               "put the update in its own field")
     if not any(c.isdigit() for c in tool):

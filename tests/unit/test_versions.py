@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -75,9 +77,8 @@ connect_versions = st.builds(ConnectVersion, numbers, numbers,
                              st.none() | numbers)
 tool_parts = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._]{0,8}", fullmatch=True)
 tool_versions = st.lists(tool_parts, min_size=1, max_size=4).map("-".join).filter(
-    lambda t: any(c.isdigit() for c in t) and not (
-        t.split("-")[-1].startswith("u") and t.split("-")[-1][1:].isdigit()
-        and t.split("-")[-1][1:2] not in ("", "0")))
+    # a last part shaped like an update flag (u, u0, u12) would be read as one
+    lambda t: any(c.isdigit() for c in t) and not re.fullmatch(r"u[0-9]*", t.split("-")[-1]))
 updates = st.none() | st.integers(min_value=1, max_value=999)
 
 
