@@ -4,7 +4,8 @@ Sources, highest first: command-line options, the environment, the connect
 string (``studios-connect://<id>:<token>@host:port/?pin=sha256:...``, from
 ``--connect`` or CONNECT_STRING), defaults. CONNECT_GATEWAY_URL may list
 several gateways, comma-separated (``host:port`` or ``tls://host:port?pin=...``);
-the client tries them in turn.
+the client tries them in turn. CONNECT_CLIENT_VERSION overrides the Connect
+version the client announces (to check a gateway's compatibility window).
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def load_client_settings(environ: Mapping[str, str],
     level = {"warning": "warn"}.get(level, level)
     if level not in CLIENT_LEVELS:
         raise ConfigError("CONNECT_CLIENT_LOG_LEVEL", level, f"one of {', '.join(CLIENT_LEVELS)}")
+    version = (get("CONNECT_CLIENT_VERSION") or str(CONNECT_PROTOCOL_VERSION)).strip()
+    if not re.fullmatch(r"[0-9]{1,4}\.[0-9]{1,4}(\.[0-9]{1,4})?", version):
+        raise ConfigError("CONNECT_CLIENT_VERSION", version, "a version such as 0.12 or 0.12.1")
     return ClientSettings(gateways=tuple(gateways), session_id=session_id, token=token,
                           tool_port=int(port_text), tool=tool, tool_path_prefix=prefix,
-                          log_level=level)
+                          log_level=level, connect_version=version)

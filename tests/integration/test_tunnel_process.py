@@ -1,0 +1,221 @@
+"""The tunnel with real processes: twistd gateway, studios-connect, the demo tool, redis-server.
+
+Requests go through the HTTP proxy, so these also exercise routing and login
+links; what they prove is the tunnel: data both ways, backpressure, rebinding
+after a cut, surviving a Redis restart, refusals with reasons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway import GatewayProcess, base_env
+from tests.support.redis_server import RedisServer, redis_available
+from tests.support.studio import Connect, CuttableRelay, Tool
+from tests.support.web import Browser
+
+pytestmark = pytest.mark.slow
+
+KEY = "tunnel-test-key"
+MiB = 1024 * 1024
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def wait_connected(gw: GatewayProcess, sid: str, connected: bool = True,
+                   timeout: float = 20) -> dict:
+    """Poll the admin API for the tunnel state we expect (the event), up to `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body, _ = gw.request(f"/api/sessions/{sid}")
+        import json
+
+        state = json.loads(body) if status == 200 else {}
+        if state.get("connected") == connected:
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"session {sid} connected={state.get('connected')} after "
+                                 f"{timeout}s; gateway log:\n{gw.output()[-3000:]}")
+        time.sleep(0.1)
+
+
+class Deployment:
+    def __init__(self, tmp_path: Path, **env: str):
+        self.tmp_path = tmp_path
+        self.env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
+                            CONNECT_PROXY_URL="http://localhost", **env)
+        self.http_port = int(self.env["CONNECT_HTTP_PORT"])
+        self.env["CONNECT_PROXY_URL"] = f"http://localhost:{self.http_port}"
+        self.gw = GatewayProcess(tmp_path, self.env)
+        self.gw.wait_ready()
+        self.stoppers = [self.gw.stop]
+        self.browser = Browser()
+
+    def create(self, **fields) -> dict:
+        status, body, _ = self.gw.request("/api/sessions", method="POST",
+                                          body={"owner": "alice", **fields})
+        assert status == 201, body
+        import json
+
+        return json.loads(body)
+
+    def studio(self, created: dict, connect_string: str | None = None,
+               **env: str) -> tuple[Tool, Connect]:
+        tool = Tool(self.tmp_path)
+        self.stoppers.append(tool.stop)
+        client = Connect(self.tmp_path, connect_string or created["connect_string"], tool.port,
+                         extra_env=env, name=f"connect-{created['id']}")
+        self.stoppers.append(client.stop)
+        return tool, client
+
+    def login(self, created: dict) -> None:
+        reply = self.browser.get(created["login_link"])
+        assert reply.status == 200, (reply.status, reply.text[:500])
+
+    def url(self, created: dict, path: str = "/") -> str:
+        return f"http://{created['id']}.localhost:{self.http_port}{path}"
+
+    def stop(self) -> None:
+        for stop in reversed(self.stoppers):
+            stop()
+
+
+@pytest.fixture
+def deployment(tmp_path) -> Iterator[Deployment]:
+    d = Deployment(tmp_path)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_data_flows_both_ways(deployment: Deployment) -> None:
+    created = deployment.create()
+    deployment.studio(created)
+    wait_connected(deployment.gw, created["id"])
+    deployment.login(created)
+    info = deployment.browser.get(deployment.url(created, "/api/info"))
+    assert info.status == 200 and info.json()["path"] == "/api/info"
+    assert info.json()["headers"]["x-connect-sub"] == ["alice"]
+    down = deployment.browser.get(deployment.url(created, f"/download?size={16 * MiB}"))
+    assert down.status == 200 and len(down.body) == 16 * MiB
+    payload = bytes(range(256)) * (64 * 1024)
+    up = deployment.browser.request(deployment.url(created, "/upload"), method="POST",
+                                    body=payload)
+    assert up.json() == {"length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+
+
+def test_a_stalled_reader_does_not_grow_memory(deployment: Deployment) -> None:
+    """1 GiB to a reader that stops: RSS of gateway and client stays flat, then it completes."""
+    created = deployment.create()
+    _, client = deployment.studio(created)
+    wait_connected(deployment.gw, created["id"])
+    deployment.login(created)
+    size = 1024 * MiB
+    cookie = deployment.browser._cookie_header(f"{created['id']}.localhost", "/")
+    sock = socket.create_connection(("127.0.0.1", deployment.http_port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+    sock.sendall(f"GET /download?size={size} HTTP/1.1\r\nHost: {created['id']}.localhost:"
+                 f"{deployment.http_port}\r\nCookie: {cookie}\r\n\r\n".encode())
+    got = 0
+    while got < 32 * MiB:
+        got += len(sock.recv(1 << 20))
+    base_gw, base_client = rss_kib(deployment.gw.proc.pid), rss_kib(client.proc.pid)
+    # Stop reading for a while; the tool keeps trying to send. Sample memory meanwhile.
+    peak_gw, peak_client = base_gw, base_client
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        peak_gw = max(peak_gw, rss_kib(deployment.gw.proc.pid))
+        peak_client = max(peak_client, rss_kib(client.proc.pid))
+        time.sleep(0.2)
+    assert (peak_gw - base_gw) < 64 * 1024, f"gateway grew {(peak_gw - base_gw) // 1024} MiB"
+    assert (peak_client - base_client) < 64 * 1024, \
+        f"client grew {(peak_client - base_client) // 1024} MiB"
+    # Resume: everything arrives.
+    while got < size:
+        chunk = sock.recv(4 * MiB)
+        assert chunk, f"connection closed after {got} bytes"
+        got += len(chunk)
+    sock.close()
+
+
+def test_cut_connection_rebinds_within_10s(tmp_path) -> None:
+    d = Deployment(tmp_path)
+    try:
+        relay = CuttableRelay(int(d.env["CONNECT_TUNNEL_PORT"]))
+        d.stoppers.append(relay.close)
+        created = d.create()
+        via_relay = created["connect_string"].replace(
+            f":{d.env['CONNECT_TUNNEL_PORT']}/", f":{relay.port}/")
+        d.studio(created, connect_string=via_relay)
+        wait_connected(d.gw, created["id"])
+        d.login(created)
+        assert d.browser.get(d.url(created, "/api/info")).status == 200
+        assert relay.cut() >= 1
+        start = time.monotonic()
+        deadline = start + 10
+        while True:
+            reply = d.browser.get(d.url(created, "/api/info"))
+            if reply.status == 200:
+                break
+            assert time.monotonic() < deadline, f"still {reply.status} after 10s"
+            time.sleep(0.1)
+    finally:
+        d.stop()
+
+
+def test_wrong_token_and_incompatible_version_are_refused(deployment: Deployment) -> None:
+    created = deployment.create()
+    sid, token = created["id"], created["token"]
+    bad = created["connect_string"].replace(token, "x" * len(token))
+    _, client = deployment.studio(created, connect_string=bad)
+    assert client.proc.wait(timeout=30) == 2
+    assert "bad_token" in client.output()
+    created2 = deployment.create()
+    _, old = deployment.studio(created2, CONNECT_CLIENT_VERSION="0.3.1")
+    assert old.proc.wait(timeout=30) == 2
+    out = old.output()
+    assert "incompatible_version" in out and "0.12" in out
+    assert sid
+
+
+@pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
+def test_redis_restart_needs_no_gateway_restart(tmp_path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    d = None
+    try:
+        d = Deployment(tmp_path, CONNECT_REDIS_ADDRESS=redis.address)
+        created = d.create()
+        d.studio(created)
+        wait_connected(d.gw, created["id"])
+        d.login(created)
+        assert d.browser.get(d.url(created, "/api/info")).status == 200
+        redis.stop()
+        # Cached route keeps working while Redis is down; creating a session cannot.
+        assert d.browser.get(d.url(created, "/api/info")).status == 200
+        status, body, _ = d.gw.request("/api/sessions", method="POST", body={"owner": "bob"})
+        assert status == 503 and b"unavailable" in body
+        redis.start()  # same port, empty: the gateway must find its way back by itself
+        deadline = time.monotonic() + 20
+        while True:
+            status, body, _ = d.gw.request("/api/sessions", method="POST", body={"owner": "bob"})
+            if status == 201:
+                break
+            assert time.monotonic() < deadline, f"still {status} {body!r}"
+            time.sleep(0.2)
+    finally:
+        if d is not None:
+            d.stop()
+        redis.stop()

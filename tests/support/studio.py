@@ -1,0 +1,129 @@
+"""A studio for integration tests: the demo tool and `studios-connect`, as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from tests.support.gateway import BIN, REPO
+from tests.support.ports import free_port, wait_for_port
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Tool:
+    """The demo tool (HTTP + WebSocket) on a free port."""
+
+    def __init__(self, tmp_path: Path, prefix: str = "/"):
+        self.port = free_port()
+        self.log = open(tmp_path / f"tool-{self.port}.log", "wb")  # noqa: SIM115
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "studios_gateway.demo.tool", "--port", str(self.port),
+             "--prefix", prefix], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.log.close()
+
+
+class Connect:
+    """`studios-connect` for one session; its output is kept for assertions."""
+
+    def __init__(self, tmp_path: Path, connect_string: str, tool_port: int,
+                 extra_env: dict[str, str] | None = None, args: list[str] | None = None,
+                 name: str = "connect"):
+        self.log_path = tmp_path / f"{name}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+        env.update({"PYTHONPATH": str(REPO), "CONNECT_STRING": connect_string,
+                    "CONNECT_TOOL_PORT": str(tool_port), "CONNECT_CLIENT_LOG_LEVEL": "debug",
+                    "PYTHONUNBUFFERED": "1"})
+        env.update(extra_env or {})
+        self.proc = subprocess.Popen([str(BIN / "studios-connect"), *(args or [])], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.log.close()
+
+
+class CuttableRelay:
+    """A TCP relay between the client and the gateway whose connections a test can cut.
+
+    `cut()` resets every relayed connection (SO_LINGER 0), as a network failure
+    would, without touching either process.
+    """
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> int:
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.close()
+            except OSError:
+                pass
+        return len(socks) // 2
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+        self.cut()
