@@ -1,0 +1,218 @@
+"""A real `twistd -n studios-gateway` under a stand-in for systemd: the test owns the
+NOTIFY_SOCKET datagram socket and the listening sockets it hands over (LISTEN_FDS)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway import GatewayProcess, base_env, twistd
+from tests.support.ports import free_port, wait_for_port
+
+pytestmark = pytest.mark.slow
+
+
+class NotifyListener:
+    """systemd's side of sd_notify: an abstract AF_UNIX datagram socket."""
+
+    def __init__(self) -> None:
+        self.name = f"studios-gateway-it-{uuid.uuid4().hex}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name)
+        self.seen: list[dict[str, str]] = []
+
+    @property
+    def address(self) -> str:
+        return "@" + self.name
+
+    def next(self, timeout: float) -> dict[str, str]:
+        """The next message (blocks on the socket, up to `timeout`)."""
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(4096)
+        message = dict(line.split("=", 1) for line in data.decode().split("\n"))
+        self.seen.append(message)
+        return message
+
+    def wait_for(self, key: str, timeout: float = 30.0) -> tuple[dict[str, str], list[dict]]:
+        """Read until a message carrying `key`; return it and the messages before it."""
+        deadline = time.monotonic() + timeout
+        before: list[dict[str, str]] = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no {key} within {timeout}s; saw {self.seen}")
+            try:
+                message = self.next(remaining)
+            except TimeoutError:
+                raise TimeoutError(f"no {key} within {timeout}s; saw {self.seen}") from None
+            if key in message:
+                return message, before
+            before.append(message)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def notify() -> Iterator[NotifyListener]:
+    listener = NotifyListener()
+    yield listener
+    listener.close()
+
+
+def get(port: int, path: str, timeout: float = 15.0) -> tuple[int, bytes]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+        return resp.status, resp.read()
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_ready_watchdog_reload_and_stopping(tmp_path: Path, notify: NotifyListener) -> None:
+    env = base_env(tmp_path, NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="2000000")
+    gw = GatewayProcess(tmp_path, env)
+    try:
+        ready, before = notify.wait_for("READY")
+        # At READY=1 the management port already accepts connections.
+        socket.create_connection(("127.0.0.1", gw.management_port), timeout=2).close()
+        assert all("READY" not in m for m in before)
+        assert any(m.get("STATUS", "").startswith("starting") for m in before), before
+        assert ready["STATUS"].startswith("ready: ")
+        assert f"management 127.0.0.1:{gw.management_port}" in ready["STATUS"]
+
+        # The watchdog keeps pinging (every second for WATCHDOG_USEC=2s).
+        for _ in range(3):
+            notify.wait_for("WATCHDOG", timeout=5)
+
+        # SIGHUP: RELOADING=1 (with MONOTONIC_USEC) and then READY=1 again; still running.
+        gw.proc.send_signal(signal.SIGHUP)
+        reloading, _ = notify.wait_for("RELOADING", timeout=10)
+        assert int(reloading["MONOTONIC_USEC"]) > 0
+        again, _ = notify.wait_for("READY", timeout=10)
+        assert again["STATUS"].startswith("ready (reloaded): ")
+        assert gw.proc.poll() is None
+
+        status, body, _ = gw.request("/shutdown", method="POST")
+        assert status == 202, body
+        stopping, _ = notify.wait_for("STOPPING", timeout=10)
+        assert stopping["STATUS"].startswith("stopping")
+        assert gw.wait(timeout=30) == 0
+        assert "told systemd (READY=1)" in gw.output()
+    finally:
+        gw.stop()
+
+
+def test_watchdog_meant_for_another_process_is_not_served(tmp_path: Path,
+                                                          notify: NotifyListener) -> None:
+    env = base_env(tmp_path, NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="200000",
+                   WATCHDOG_PID="1")
+    gw = GatewayProcess(tmp_path, env)
+    try:
+        notify.wait_for("READY")
+        assert gw.request("/shutdown", method="POST")[0] == 202
+        notify.wait_for("STOPPING", timeout=10)
+        assert gw.wait(timeout=30) == 0
+    finally:
+        gw.stop()
+    assert not any("WATCHDOG" in m for m in notify.seen)
+
+
+# A stand-in for systemd's exec step: move the passed sockets to descriptors 3, 4, ...,
+# set LISTEN_PID to this very process and exec (the pid stays the same).
+ACTIVATE = """
+import fcntl, os, sys
+fds = [int(x) for x in os.environ.pop("PASS_FDS").split(",")]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]
+for fd in fds:
+    os.close(fd)
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i)
+    os.close(fd)
+os.environ["LISTEN_FDS"] = str(len(fds))
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def listening_socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    return s
+
+
+def test_serves_on_sockets_it_was_handed(tmp_path: Path, notify: NotifyListener) -> None:
+    management, tunnel = listening_socket(), listening_socket()
+    handed_mgmt, handed_tunnel = management.getsockname()[1], tunnel.getsockname()[1]
+    env = base_env(tmp_path, NOTIFY_SOCKET=notify.address,
+                   LISTEN_FDNAMES="management:tunnel",
+                   PASS_FDS=f"{management.fileno()},{tunnel.fileno()}")
+    configured_mgmt, configured_tunnel = (int(env["CONNECT_MANAGEMENT_PORT"]),
+                                          int(env["CONNECT_TUNNEL_PORT"]))
+    log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ACTIVATE, twistd(), "-n", "--pidfile=", "studios-gateway"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+        pass_fds=(management.fileno(), tunnel.fileno()))
+    management.close()
+    tunnel.close()
+    try:
+        ready, _ = notify.wait_for("READY")
+        output = (tmp_path / "gateway.log").read_text()
+        assert f"management 127.0.0.1:{handed_mgmt}" in ready["STATUS"], output
+        assert f"tunnel 127.0.0.1:{handed_tunnel}" in ready["STATUS"], output
+        status, body = get(handed_mgmt, "/live")
+        assert status == 200 and json.loads(body)["status"] == "live"
+        # The configured ports were never bound: the handed sockets replaced them.
+        assert refused(configured_mgmt) and refused(configured_tunnel)
+        assert "using the socket passed by the service manager" in output
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+        log.close()
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                    reason="systemd-socket-activate is not installed (apt package systemd)")
+def test_under_systemd_socket_activate(tmp_path: Path, notify: NotifyListener) -> None:
+    port = free_port()
+    env = base_env(tmp_path, NOTIFY_SOCKET=notify.address)
+    log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        ["systemd-socket-activate", "-l", f"127.0.0.1:{port}", "--fdname=management",
+         # It passes only the variables named with -E (and LISTEN_*).
+         *[f"-E{k}" for k in env
+           if k.startswith(("CONNECT_", "PYTHON")) or k in ("NOTIFY_SOCKET", "PATH", "HOME")],
+         twistd(), "-n", "--pidfile=", "studios-gateway"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        # systemd-socket-activate binds, then waits for a first connection before it
+        # execs the gateway, as a socket unit does: this connection starts it.
+        wait_for_port(port, proc=proc)
+        status, body = get(port, "/live", timeout=30)
+        assert status == 200 and json.loads(body)["status"] == "live"
+        ready, _ = notify.wait_for("READY")
+        assert f"management 127.0.0.1:{port}" in ready["STATUS"]
+        assert refused(int(env["CONNECT_MANAGEMENT_PORT"]))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+        log.close()
