@@ -1,0 +1,112 @@
+"""The systemd units and the env-file example: current, complete, and accepted by systemd."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from studios_gateway.config import VARIABLES, load_config, read_env_file
+
+REPO = Path(__file__).resolve().parents[2]
+UNITS = REPO / "systemd"
+EXAMPLE = UNITS / "gateway.env.example"
+TWISTD = Path(sys.executable).parent / "twistd"
+
+
+def unit(name: str) -> dict[str, list[str]]:
+    """key -> values (in order) of a unit file; sections flattened, comments dropped."""
+    out: dict[str, list[str]] = {}
+    for line in (UNITS / name).read_text().splitlines():
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def test_env_example_is_current() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "packaging" / "env_example.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_env_example_lists_every_variable_with_its_default(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    for var in VARIABLES:
+        assert re.search(rf"(?m)^#{var.name}=", text), var.name
+    # Uncommented, every default is a valid setting.
+    uncommented = tmp_path / "uncommented.env"
+    uncommented.write_text(re.sub(r"(?m)^#([A-Z][A-Z0-9_]*=)", r"\1", text))
+    values = read_env_file(str(uncommented))
+    assert set(values) == {v.name for v in VARIABLES}
+    config = load_config(environ={}, env_file=str(uncommented))
+    assert config.storage_root == "/var/lib/studios-gateway"
+    assert config.oidc_scopes == "openid profile email"
+
+
+def test_gateway_unit() -> None:
+    u = unit("studios-gateway.service")
+    expected = {
+        "Type": "notify", "NotifyAccess": "main", "WatchdogSec": "30s",
+        "Restart": "on-failure", "EnvironmentFile": "/etc/studios-gateway/gateway.env",
+        "LimitNOFILE": "65536", "User": "studios-gateway", "DynamicUser": "no",
+        "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+        "PrivateDevices": "yes", "NoNewPrivileges": "yes",
+        "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
+        "SystemCallFilter": "@system-service", "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE",
+        "AmbientCapabilities": "CAP_NET_BIND_SERVICE", "StateDirectory": "studios-gateway",
+        "ExecStart": "/opt/studios-gateway/bin/twistd --nodaemon --pidfile= studios-gateway",
+        "ExecReload": "/bin/kill -HUP $MAINPID",
+    }
+    for key, value in expected.items():
+        assert u.get(key) == [value], key
+    assert "CONNECT_STORAGE_ROOT=/var/lib/studios-gateway" in u["Environment"]
+
+
+@pytest.mark.parametrize("name", ["http", "tunnel", "ssh"])
+def test_socket_units_name_their_descriptor(name: str) -> None:
+    u = unit(f"studios-gateway-{name}.socket")
+    assert u["FileDescriptorName"] == [name]
+    assert u["Service"] == ["studios-gateway.service"]
+
+
+def test_template_gives_each_instance_its_ports_and_node_id() -> None:
+    u = unit("studios-gateway@.service")
+    (exec_start,) = u["ExecStart"]
+    assert "--management-port 90%i" in exec_start and "--node-id %l-%i" in exec_start
+    assert "--listener-port 77%i" in exec_start
+    assert u["Sockets"] == ["studios-gateway-http.socket studios-gateway-tunnel.socket "
+                            "studios-gateway-ssh.socket"]
+
+
+def all_units() -> list[Path]:
+    return sorted(p for p in UNITS.iterdir() if p.suffix in (".service", ".socket"))
+
+
+def test_systemd_analyze_verify(tmp_path: Path) -> None:
+    """`systemd-analyze verify` on copies whose paths exist on this machine."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (apt package systemd)")
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text(EXAMPLE.read_text())
+    names = []
+    for path in all_units():
+        text = path.read_text()
+        text = text.replace("/opt/studios-gateway/bin/twistd", str(TWISTD))
+        text = re.sub(r"(?m)^EnvironmentFile=(-?)/etc/studios-gateway/\S+",
+                      lambda m: f"EnvironmentFile={m.group(1)}{env_file}", text)
+        (tmp_path / path.name).write_text(text)
+        names.append(f"./{path.name}" if "@." not in path.name
+                     else "./" + path.name.replace("@.", "@01."))
+    proc = subprocess.run([analyze, "verify", "--man=no", *names], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0 and "Failed to" in proc.stderr and "bus" in proc.stderr.lower():
+        pytest.skip(f"systemd-analyze cannot run here: {proc.stderr.strip()}")
+    # Unknown keys are only warnings: any output at all is a failure.
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stderr
