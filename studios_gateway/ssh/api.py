@@ -1,0 +1,122 @@
+"""Admin API for users' SSH keys, mounted under /api/users on the management port.
+
+  GET    /api/users/{user}/keys           -> {"user", "keys": [{"key", "fingerprint"}]}
+  PUT    /api/users/{user}/keys           replace: body is authorized_keys text, or JSON
+                                          {"keys": ["ssh-ed25519 AAAA... comment", ...]}
+  POST   /api/users/{user}/keys           add (same body), keeping the existing keys
+  DELETE /api/users/{user}/keys           forget all of the user's keys
+  DELETE /api/users/{user}/keys/{fp}      forget one key (fp: SHA256:..., URL-encoded)
+
+Authentication is the management root's (bearer key). Keys are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import unquote
+
+from twisted.conch.ssh.keys import Key
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from studios_gateway.ssh.keys import MemoryUserKeys, fingerprint, parse_public_keys, valid_user
+
+__all__ = ["UserKeysResource"]
+
+MAX_BODY = 256 * 1024
+log = Logger(namespace="studios_gateway.ssh.api")
+
+
+def _reply(request: Request, code: int, body: Any) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(body, indent=1).encode() + b"\n"
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _body_lines(request: Request) -> list[str]:
+    content = request.content
+    if content is None:
+        raise _BadRequest("a body with the keys is required")
+    content.seek(0, 2)
+    if content.tell() > MAX_BODY:
+        raise _BadRequest(f"body larger than {MAX_BODY} bytes")
+    content.seek(0)
+    raw = content.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _BadRequest("the body is not UTF-8") from None
+    ctype = (request.getHeader(b"content-type") or b"").decode("latin-1")
+    if ctype.startswith("application/json") or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise _BadRequest("the body is not valid JSON") from None
+        keys = data.get("keys") if isinstance(data, dict) else None
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise _BadRequest('expected {"keys": ["<type> <base64> [comment]", ...]}')
+        text = "\n".join(keys)
+    try:
+        return parse_public_keys(text)
+    except ValueError as e:
+        raise _BadRequest(str(e)) from None
+
+
+def _describe(user: str, lines: list[str]) -> dict[str, Any]:
+    return {"user": user, "keys": [
+        {"key": line, "fingerprint": fingerprint(Key.fromString(line.encode()))}
+        for line in lines]}
+
+
+class UserKeysResource(Resource):
+    """/api/users: children are ``{user}/keys[/{fingerprint}]``."""
+
+    isLeaf = True
+
+    def __init__(self, user_keys: MemoryUserKeys):
+        super().__init__()
+        self.user_keys = user_keys
+
+    def _target(self, request: Request) -> tuple[str, str | None]:
+        parts = [unquote(p.decode("utf-8", "replace")) for p in request.postpath]
+        if parts and parts[-1] == "":
+            parts = parts[:-1]
+        if len(parts) in (2, 3) and parts[1] == "keys" and valid_user(parts[0]):
+            return parts[0], parts[2] if len(parts) == 3 else None
+        raise LookupError
+
+    def render(self, request: Request) -> bytes:
+        try:
+            user, fp = self._target(request)
+        except LookupError:
+            return _reply(request, 404, {"error": "expected /api/users/{user}/keys"})
+        method = request.method.decode("ascii", "replace")
+        try:
+            if method == "GET" and fp is None:
+                return _reply(request, 200, _describe(user, self.user_keys.lines(user)))
+            if method == "PUT" and fp is None:
+                lines = _body_lines(request)
+                self.user_keys.set_keys(user, lines)
+                log.info("SSH keys of {user} replaced ({n} keys)", user=user, n=len(lines))
+                return _reply(request, 200, _describe(user, lines))
+            if method == "POST" and fp is None:
+                merged = self.user_keys.add_keys(user, _body_lines(request))
+                log.info("SSH keys added for {user} (now {n})", user=user, n=len(merged))
+                return _reply(request, 200, _describe(user, merged))
+            if method == "DELETE":
+                gone = self.user_keys.delete(user, fp)
+                if fp is not None and not gone:
+                    return _reply(request, 404, {"error": f"{user} has no key {fp}"})
+                log.info("SSH keys of {user} deleted ({n})", user=user, n=gone)
+                return _reply(request, 200, {"user": user, "deleted": gone})
+        except (_BadRequest, ValueError) as e:
+            return _reply(request, 400, {"error": str(e)})
+        request.setHeader(b"allow", b"GET, PUT, POST, DELETE")
+        return _reply(request, 405, {"error": f"{method} is not allowed here"})

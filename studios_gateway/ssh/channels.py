@@ -1,0 +1,448 @@
+"""Flow-controlled SSH channels and the connection service that carries them.
+
+Conch's stock classes grant window as soon as data arrives and buffer writes
+without bound when the peer's window is shut. Here:
+
+* :class:`FlowConnection` never adjusts a window by itself: a channel calls
+  :meth:`FlowChannel.consumed` when whoever it hands data to has taken it, and
+  the window is re-opened in half-window steps.
+* :class:`FlowChannel` keeps an ordered outgoing queue (data, extended data,
+  requests, EOF, close). Data leaves only while the peer's window allows; what
+  waits is bounded by the window of whoever feeds the channel, because that
+  feeder is only given credit (:meth:`sent`) for bytes that actually left.
+  Requests, EOF and close wait behind queued data, so ``exit-status`` never
+  overtakes output.
+* Channel opens may be answered later (a Deferred): the relay confirms the
+  user's channel only once the studio confirmed its own.
+* Channel requests see their want-reply flag, and replies go out in order.
+
+Conch's own log lines (one per window adjust, per channel open and close) go
+through :data:`conch_log`, which passes warnings and worse only.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Any
+
+from twisted.conch import error
+from twisted.conch.ssh import common, connection
+from twisted.conch.ssh.channel import SSHChannel
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
+from twisted.python.failure import Failure
+
+__all__ = ["WINDOW", "MAX_PACKET", "FlowChannel", "FlowConnection", "conch_log"]
+
+#: Channel window we grant. Large enough for a 1 Gbit/s * 15 ms path without stalls.
+WINDOW = 2 * 1024 * 1024
+#: Largest data packet we accept (OpenSSH sends at most this much per packet).
+MAX_PACKET = 32 * 1024
+
+#: Conch's chatter (info/debug per channel and per window adjust) is dropped.
+conch_log = Logger(observer=FilteringLogObserver(
+    globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]))
+
+OPEN_ADMINISTRATIVELY_PROHIBITED = connection.OPEN_ADMINISTRATIVELY_PROHIBITED
+OPEN_CONNECT_FAILED = connection.OPEN_CONNECT_FAILED
+OPEN_UNKNOWN_CHANNEL_TYPE = connection.OPEN_UNKNOWN_CHANNEL_TYPE
+OPEN_RESOURCE_SHORTAGE = connection.OPEN_RESOURCE_SHORTAGE
+
+
+class OpenRefused(Exception):
+    """A channel open is refused; `code` is an SSH OPEN_* reason code."""
+
+    def __init__(self, code: int, description: str):
+        super().__init__(description)
+        self.code = code
+        self.description = description
+
+
+class FlowChannel(SSHChannel):
+    """A channel with an ordered, window-paced outgoing queue and explicit credit."""
+
+    _log = conch_log
+
+    def __init__(self, *, window: int = WINDOW, max_packet: int = MAX_PACKET,
+                 remote_window: int = 0, remote_max_packet: int = 0, conn: Any = None,
+                 name: bytes | None = None) -> None:
+        super().__init__(localWindow=window, localMaxPacket=max_packet,
+                         remoteWindow=remote_window, remoteMaxPacket=remote_max_packet,
+                         conn=conn)
+        if name is not None:
+            self.name = name
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self.queued_bytes = 0
+        self._unacked = 0  # bytes received and consumed but not yet re-granted
+        self._held = 0  # bytes received while our consumer is paused
+        self._consumer_paused = False
+        self._blocked = False
+        self._eof_queued = False
+        self._close_queued = False
+        self.is_open = False
+        self.opened: Deferred[FlowChannel] = Deferred()
+        self.reply_slots: deque[list[Any]] = deque()
+
+    # Opening -------------------------------------------------------------------------
+
+    def channelOpen(self, specificData: bytes) -> None:
+        self.is_open = True
+        if not self.opened.called:
+            self.opened.callback(self)
+        self._flush()
+
+    def openFailed(self, reason: Any) -> None:
+        if not self.opened.called:
+            self.opened.errback(Failure(reason) if isinstance(reason, Exception) else reason)
+
+    # Receiving: credit ---------------------------------------------------------------
+
+    def consumed(self, n: int) -> None:
+        """`n` received bytes have been taken by our consumer: re-open the window."""
+        if self._consumer_paused:
+            self._held += n
+            return
+        self._unacked += n
+        if self._unacked >= self.localWindowSize // 2 or self.localWindowLeft < self.localMaxPacket:
+            grant, self._unacked = self._unacked, 0
+            if self.conn is not None and not self.localClosed:
+                self.conn.adjustWindow(self, grant)
+
+    def pause_consumer(self) -> None:
+        """Our consumer is full: hold credit until :meth:`resume_consumer`."""
+        self._consumer_paused = True
+
+    def resume_consumer(self) -> None:
+        self._consumer_paused = False
+        held, self._held = self._held, 0
+        if held:
+            self.consumed(held)
+
+    # Sending -------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if data and not self._close_queued and not self._eof_queued:
+            self._queue.append(("d", data))
+            self.queued_bytes += len(data)
+            self._flush()
+
+    def writeExtended(self, dataType: int, data: bytes) -> None:
+        if data and not self._close_queued and not self._eof_queued:
+            self._queue.append(("x", dataType, data))
+            self.queued_bytes += len(data)
+            self._flush()
+
+    def send_request(self, request: bytes, data: bytes, want_reply: bool) -> Deferred[bool] | None:
+        """Send a channel request after whatever is queued; fires True/False on reply."""
+        if self._close_queued or self.localClosed:
+            return defer.succeed(False) if want_reply else None
+        d: Deferred[bool] | None = Deferred() if want_reply else None
+        self._queue.append(("r", request, data, d))
+        self._flush()
+        return d
+
+    def send_eof(self) -> None:
+        if not self._eof_queued and not self._close_queued:
+            self._eof_queued = True
+            self._queue.append(("e",))
+            self._flush()
+
+    def loseConnection(self) -> None:
+        """Close after the queue has gone out."""
+        if not self._close_queued:
+            self._close_queued = True
+            self.closing = 1
+            self._queue.append(("c",))
+            self._flush()
+
+    def abort(self) -> None:
+        """Close now, dropping anything queued."""
+        self._queue.clear()
+        self.queued_bytes = 0
+        self._close_queued = True
+        self.closing = 1
+        if self.conn is not None and self.is_open and not self.localClosed:
+            self.conn.sendClose(self)
+
+    def addWindowBytes(self, data: int) -> None:
+        self.remoteWindowLeft += data
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.is_open or self.conn is None:
+            return
+        if self.localClosed:
+            self._queue.clear()
+            self.queued_bytes = 0
+            return
+        sent = 0
+        conn = self.conn
+        queue = self._queue
+        while queue:
+            item = queue[0]
+            kind = item[0]
+            if kind in ("d", "x"):
+                data = item[-1]
+                n = min(len(data), self.remoteWindowLeft)
+                if n <= 0:
+                    break
+                step = self.remoteMaxPacket or MAX_PACKET
+                for offset in range(0, n, step):
+                    chunk = data[offset:min(n, offset + step)]
+                    if kind == "d":
+                        conn.sendData(self, chunk)
+                    else:
+                        conn.sendExtendedData(self, item[1], chunk)
+                self.remoteWindowLeft -= n
+                sent += n
+                if n < len(data):
+                    queue[0] = item[:-1] + (data[n:],)
+                    break
+                queue.popleft()
+            elif kind == "r":
+                queue.popleft()
+                _, request, data, d = item
+                result = conn.sendRequest(self, request, data, wantReply=d is not None)
+                if d is not None:
+                    if result is None:
+                        d.callback(False)
+                    else:
+                        result.addCallbacks(lambda _: True, lambda _: False).chainDeferred(d)
+            elif kind == "e":
+                queue.popleft()
+                conn.sendEOF(self)
+            else:
+                queue.popleft()
+                conn.sendClose(self)
+                queue.clear()
+        if sent:
+            self.queued_bytes -= sent
+            self.sent(sent)
+        if queue and any(i[0] in ("d", "x") for i in queue):
+            if not self._blocked:
+                self._blocked = True
+                self.writes_blocked()
+        elif self._blocked:
+            self._blocked = False
+            self.writes_unblocked()
+
+    # Hooks -------------------------------------------------------------------------------
+
+    def sent(self, n: int) -> None:
+        """`n` bytes of queued data left through the connection."""
+
+    def writes_blocked(self) -> None:
+        """The peer's window is shut and data waits: pause whoever writes to us."""
+
+    def writes_unblocked(self) -> None:
+        """The queue has drained: resume whoever writes to us."""
+
+    def handle_request(self, request: bytes, data: bytes, want_reply: bool) -> Any:
+        """A channel request arrived; return (a Deferred of) a bool."""
+        return self.requestReceived(request, data)
+
+    def closeReceived(self) -> None:
+        # The peer will take no more: drop what waits, answer with our close.
+        self._queue.clear()
+        self.queued_bytes = 0
+        self._close_queued = False
+        self.loseConnection()
+
+    def closed(self) -> None:
+        self._queue.clear()
+        self.queued_bytes = 0
+
+
+class FlowConnection(connection.SSHConnection):
+    """ssh-connection with explicit credit, deferred opens, ordered request replies."""
+
+    _log = conch_log
+    #: Most channels open (or opening) at once on this connection; None: no limit.
+    max_channels: int | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._opening = 0
+
+    @property
+    def channel_count(self) -> int:
+        return len(self.channels) + self._opening
+
+    # Opens from the peer -----------------------------------------------------------------
+
+    def open_channel(self, channel_type: bytes, window: int, max_packet: int,
+                     data: bytes) -> FlowChannel | Deferred[FlowChannel]:
+        """Return the channel for a peer's open (or a Deferred); raise OpenRefused."""
+        raise OpenRefused(OPEN_UNKNOWN_CHANNEL_TYPE, "unknown channel type")
+
+    def channel_limit_message(self) -> str:
+        return f"too many channels on this connection (limit {self.max_channels})"
+
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
+        channel_type, rest = common.getNS(packet)
+        sender, window, max_packet = struct.unpack(">3L", rest[:12])
+        data = rest[12:]
+        if self.max_channels is not None and self.channel_count >= self.max_channels:
+            self._open_failed(sender, OPEN_RESOURCE_SHORTAGE, self.channel_limit_message())
+            return
+        self._opening += 1
+        d = defer.maybeDeferred(self.open_channel, channel_type, window, max_packet, data)
+
+        def done(result: FlowChannel | Failure) -> None:
+            self._opening -= 1
+            if self.transport is None or getattr(self, "_stopped", False):
+                if isinstance(result, FlowChannel):
+                    result.closed()
+                return
+            if isinstance(result, Failure):
+                if result.check(OpenRefused):
+                    code, why = result.value.code, result.value.description
+                elif result.check(error.ConchError):
+                    why, code = result.value.args[0], result.value.args[1]
+                    if isinstance(why, int):
+                        why, code = code, why
+                    why = why.decode() if isinstance(why, bytes) else str(why)
+                else:
+                    self._log.failure("opening a {kind} channel", result,
+                                      kind=channel_type.decode("latin-1"))
+                    code, why = OPEN_CONNECT_FAILED, "internal error"
+                self._open_failed(sender, code, why)
+                return
+            channel = result
+            channel.conn = self
+            channel.remoteWindowLeft = window
+            channel.remoteMaxPacket = max_packet
+            local = self.localChannelID
+            self.localChannelID += 1
+            channel.id = local
+            self.channels[local] = channel
+            self.channelsToRemoteChannel[channel] = sender
+            self.localToRemoteChannel[local] = sender
+            self.transport.sendPacket(
+                connection.MSG_CHANNEL_OPEN_CONFIRMATION,
+                struct.pack(">4L", sender, local, channel.localWindowSize,
+                            channel.localMaxPacket) + channel.specificData)
+            channel.channelOpen(b"")
+
+        d.addBoth(done)
+
+    def _open_failed(self, sender: int, code: int, why: str) -> None:
+        self.transport.sendPacket(
+            connection.MSG_CHANNEL_OPEN_FAILURE,
+            struct.pack(">2L", sender, code) + common.NS(why.encode("utf-8", "replace"))
+            + common.NS(b""))
+
+    def ssh_CHANNEL_OPEN_CONFIRMATION(self, packet: bytes) -> None:
+        local = struct.unpack(">L", packet[:4])[0]
+        if local in self.channels:
+            super().ssh_CHANNEL_OPEN_CONFIRMATION(packet)
+
+    def ssh_CHANNEL_OPEN_FAILURE(self, packet: bytes) -> None:
+        local = struct.unpack(">L", packet[:4])[0]
+        if local in self.channels:
+            super().ssh_CHANNEL_OPEN_FAILURE(packet)
+
+    # Data: no automatic window adjust ------------------------------------------------------
+
+    def _channel_for_data(self, local: int, n: int) -> FlowChannel | None:
+        channel = self.channels.get(local)
+        if channel is None:
+            return None
+        if n > channel.localWindowLeft or n > channel.localMaxPacket:
+            self._log.warn("peer sent more than the window allows; closing the channel")
+            channel.abort()
+            return None
+        channel.localWindowLeft -= n
+        return channel  # type: ignore[no-any-return]
+
+    def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
+        local, n = struct.unpack(">2L", packet[:8])
+        channel = self._channel_for_data(local, n)
+        if channel is not None and not channel.remoteClosed:
+            channel.dataReceived(packet[8:8 + n])
+
+    def ssh_CHANNEL_EXTENDED_DATA(self, packet: bytes) -> None:
+        local, type_code, n = struct.unpack(">3L", packet[:12])
+        channel = self._channel_for_data(local, n)
+        if channel is not None and not channel.remoteClosed:
+            channel.extReceived(type_code, packet[12:12 + n])
+
+    def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
+        if channel.localClosed or channel not in self.channelsToRemoteChannel:
+            return
+        self.transport.sendPacket(
+            connection.MSG_CHANNEL_WINDOW_ADJUST,
+            struct.pack(">2L", self.channelsToRemoteChannel[channel], bytesToAdd))
+        channel.localWindowLeft += bytesToAdd
+
+    # Messages for channels that are already gone are ignored, not KeyErrors.
+    def ssh_CHANNEL_WINDOW_ADJUST(self, packet: bytes) -> None:
+        local, n = struct.unpack(">2L", packet[:8])
+        channel = self.channels.get(local)
+        if channel is not None:
+            channel.addWindowBytes(n)
+
+    def ssh_CHANNEL_EOF(self, packet: bytes) -> None:
+        channel = self.channels.get(struct.unpack(">L", packet[:4])[0])
+        if channel is not None:
+            channel.eofReceived()
+
+    def ssh_CHANNEL_CLOSE(self, packet: bytes) -> None:
+        channel = self.channels.get(struct.unpack(">L", packet[:4])[0])
+        if channel is not None:
+            super().ssh_CHANNEL_CLOSE(packet)
+
+    # Requests ----------------------------------------------------------------------------
+
+    def ssh_CHANNEL_REQUEST(self, packet: bytes) -> None:
+        local = struct.unpack(">L", packet[:4])[0]
+        request, rest = common.getNS(packet[4:])
+        want_reply = bool(rest[0])
+        channel = self.channels.get(local)
+        if channel is None:
+            return
+        d = defer.maybeDeferred(channel.handle_request, request, rest[1:], want_reply)
+        if not want_reply:
+            d.addErrback(lambda f: self._log.failure("channel request {r}", f,
+                                                     r=request.decode("latin-1")))
+            return
+        slot: list[Any] = [False, False]
+        channel.reply_slots.append(slot)
+
+        def answered(result: Any) -> None:
+            if isinstance(result, Failure):
+                if not result.check(error.ConchError):
+                    self._log.failure("channel request {r}", result,
+                                      r=request.decode("latin-1"))
+                result = False
+            slot[0], slot[1] = True, bool(result)
+            while channel.reply_slots and channel.reply_slots[0][0]:
+                _, ok = channel.reply_slots.popleft()
+                if channel.localClosed or channel not in self.channelsToRemoteChannel:
+                    continue
+                self.transport.sendPacket(
+                    connection.MSG_CHANNEL_SUCCESS if ok else connection.MSG_CHANNEL_FAILURE,
+                    struct.pack(">L", self.localToRemoteChannel[channel.id]))
+
+        d.addBoth(answered)
+
+    def ssh_CHANNEL_SUCCESS(self, packet: bytes) -> None:
+        local = struct.unpack(">L", packet[:4])[0]
+        if self.deferreds.get(local):
+            self.deferreds[local].pop(0).callback(True)
+
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> Any:
+        # keepalive@openssh.com and anything we do not offer: a failure reply is the answer.
+        return 0
+
+    def serviceStopped(self) -> None:
+        self._stopped = True
+        super().serviceStopped()

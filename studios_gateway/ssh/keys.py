@@ -1,0 +1,246 @@
+"""SSH keys: the gateway's host key, fingerprints, and users' registered public keys.
+
+The host key comes from CONNECT_SSH_KEY_PATH (wins) or CONNECT_SSH_KEY_VALUE_BASE64;
+ed25519, RSA and ECDSA keys in OpenSSH or PEM format are accepted. With neither,
+an ed25519 key is generated once under ``<CONNECT_STORAGE_ROOT>/ssh/`` (mode 0600)
+and a warning says so. The same key authenticates the gateway to the studios'
+SSH servers, which pin its fingerprint.
+
+Users' public keys live behind :class:`UserKeys` (``async keys_for(user)``);
+:class:`FileUserKeys` keeps them in memory and in one JSON file under the
+storage root. Keys are never logged, only fingerprints.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from twisted.conch.ssh.keys import BadKeyError, Key
+from twisted.logger import Logger
+
+__all__ = [
+    "FileUserKeys",
+    "HostKeyError",
+    "MemoryUserKeys",
+    "UserKeys",
+    "fingerprint",
+    "load_host_key",
+    "parse_public_keys",
+]
+
+_log = Logger()
+
+GENERATED_NAME = "ssh_host_ed25519_key"
+ACCEPTED_TYPES = {"Ed25519", "RSA", "EC"}
+#: Registered user key types (no DSA, no certificates).
+USER_KEY_TYPES = {b"ssh-ed25519", b"ssh-rsa", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384",
+                  b"ecdsa-sha2-nistp521", b"sk-ssh-ed25519@openssh.com",
+                  b"sk-ecdsa-sha2-nistp256@openssh.com"}
+MAX_KEYS_PER_USER = 100
+_USER = re.compile(r"[^\s/@]{1,256}")
+
+
+class HostKeyError(ValueError):
+    """The host key cannot be used; the message names the variable and the problem."""
+
+
+def fingerprint(key: Key) -> str:
+    """OpenSSH's SHA256 fingerprint of a (public or private) key: ``SHA256:<base64>``."""
+    digest = hashlib.sha256(key.public().blob()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def _check_private(key: Key, source: str) -> Key:
+    if not key.isPublic() and key.type() in ACCEPTED_TYPES:
+        if key.type() == "RSA" and key.size() < 2048:
+            raise HostKeyError(f"{source}: RSA host keys must have at least 2048 bits")
+        return key
+    raise HostKeyError(f"{source}: expected an ed25519, RSA or ECDSA private key, "
+                       f"not {'a public key' if key.isPublic() else key.type()}")
+
+
+def _parse(data: bytes, source: str) -> Key:
+    try:
+        key = Key.fromString(data)
+    except (BadKeyError, ValueError, TypeError) as e:
+        key = _from_pkcs8(data)  # Conch reads OpenSSH and traditional PEM, not PKCS#8
+        if key is None:
+            raise HostKeyError(f"{source}: not a usable private key ({e.__class__.__name__}; "
+                               "an unencrypted OpenSSH or PEM key is expected)") from None
+    except Exception as e:  # encrypted keys raise EncryptedKeyError and friends
+        raise HostKeyError(f"{source}: cannot read the key ({e.__class__.__name__}; "
+                           "is it encrypted? host keys must not have a passphrase)") from None
+    return _check_private(key, source)
+
+
+def _from_pkcs8(data: bytes) -> Key | None:
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(private, ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+                      | ec.EllipticCurvePrivateKey):
+        return None
+    return Key(private)
+
+
+def load_host_key(path: str | None, value: bytes | None, storage_root: str) -> Key:
+    """The host key the config asks for; generate and keep one when none is given."""
+    if path:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise HostKeyError(f"CONNECT_SSH_KEY_PATH={path!r}: cannot read ({e.strerror})")
+        return _parse(data, f"CONNECT_SSH_KEY_PATH={path!r}")
+    if value:
+        return _parse(value, "CONNECT_SSH_KEY_VALUE_BASE64")
+    return _generated_key(Path(storage_root) / "ssh")
+
+
+def _generated_key(directory: Path) -> Key:
+    target = directory / GENERATED_NAME
+    if target.exists():
+        key = _parse(target.read_bytes(), str(target))
+        _log.warn("SSH: no host key configured; using the generated key {path} ({fp}). Set "
+                  "CONNECT_SSH_KEY_PATH or CONNECT_SSH_KEY_VALUE_BASE64 so that every node "
+                  "presents the same key", path=str(target), fp=fingerprint(key))
+        return key
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = Key(ed25519.Ed25519PrivateKey.generate())
+    tmp = directory / f".{GENERATED_NAME}.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, key.toString("OPENSSH"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, target)  # first writer wins when several processes start at once
+    except FileExistsError:
+        os.unlink(tmp)
+        return _parse(target.read_bytes(), str(target))
+    os.unlink(tmp)
+    _log.warn("SSH: no host key configured; generated {path} ({fp}). Set CONNECT_SSH_KEY_PATH "
+              "or CONNECT_SSH_KEY_VALUE_BASE64 so that every node presents the same key",
+              path=str(target), fp=fingerprint(key))
+    return key
+
+
+# Users' keys ----------------------------------------------------------------------------
+
+
+def valid_user(user: str) -> bool:
+    return isinstance(user, str) and _USER.fullmatch(user) is not None
+
+
+def parse_public_keys(text: str) -> list[str]:
+    """authorized_keys-style lines -> normalised ``<type> <base64> [comment]`` lines.
+
+    Raises ValueError naming the first bad line. Options (``from=...``) are refused.
+    """
+    out: list[str] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 2)
+        if len(parts) < 2 or parts[0].encode() not in USER_KEY_TYPES:
+            raise ValueError(f"line {n}: expected '<key type> <base64> [comment]' with a key "
+                             "type of ssh-ed25519, ssh-rsa, ecdsa-sha2-* or sk-*")
+        try:
+            key = Key.fromString(" ".join(parts[:2]).encode())
+        except Exception:
+            raise ValueError(f"line {n}: the key does not parse") from None
+        if key.type() == "RSA" and key.size() < 2048:
+            raise ValueError(f"line {n}: RSA keys must have at least 2048 bits")
+        out.append(" ".join(parts))
+    if len(out) > MAX_KEYS_PER_USER:
+        raise ValueError(f"at most {MAX_KEYS_PER_USER} keys per user")
+    return out
+
+
+class UserKeys(Protocol):
+    """Where users' SSH public keys come from."""
+
+    async def keys_for(self, user: str) -> list[Key]:
+        """The public keys `user` may log in with (empty when none)."""
+        ...
+
+
+class MemoryUserKeys:
+    """Users' keys in memory; the admin API edits them."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, list[str]] = {}
+
+    async def keys_for(self, user: str) -> list[Key]:
+        return [Key.fromString(line.encode()) for line in self._keys.get(user, [])]
+
+    def lines(self, user: str) -> list[str]:
+        return list(self._keys.get(user, []))
+
+    def set_keys(self, user: str, lines: list[str]) -> None:
+        if lines:
+            self._keys[user] = list(lines)
+        else:
+            self._keys.pop(user, None)
+        self._saved()
+
+    def add_keys(self, user: str, lines: list[str]) -> list[str]:
+        have = self._keys.get(user, [])
+        blobs = {line.split()[1] for line in have}
+        merged = have + [line for line in lines if line.split()[1] not in blobs]
+        if len(merged) > MAX_KEYS_PER_USER:
+            raise ValueError(f"at most {MAX_KEYS_PER_USER} keys per user")
+        self.set_keys(user, merged)
+        return merged
+
+    def delete(self, user: str, fp: str | None = None) -> int:
+        """Forget all of a user's keys, or the one with fingerprint `fp`; how many went."""
+        have = self._keys.get(user, [])
+        if fp is None:
+            keep: list[str] = []
+        else:
+            keep = [line for line in have if fingerprint(Key.fromString(line.encode())) != fp]
+        self.set_keys(user, keep)
+        return len(have) - len(keep)
+
+    def _saved(self) -> None:
+        """Hook for persistence."""
+
+
+class FileUserKeys(MemoryUserKeys):
+    """Users' keys in memory, saved to one JSON file (written atomically, mode 0600)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        self.path = Path(path)
+        if self.path.exists():
+            data = json.loads(self.path.read_text())
+            users = data.get("users", {}) if isinstance(data, dict) else {}
+            for user, lines in users.items():
+                if valid_user(user) and isinstance(lines, list):
+                    self._keys[user] = [str(x) for x in lines]
+
+    @classmethod
+    def under(cls, storage_root: str) -> FileUserKeys:
+        return cls(Path(storage_root) / "ssh" / "user_keys.json")
+
+    def _saved(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps({"users": self._keys}, indent=1, sort_keys=True).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)

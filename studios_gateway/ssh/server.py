@@ -1,0 +1,620 @@
+"""The gateway's SSH proxy: ``ssh alice@<session-id>@gateway -p 2222``.
+
+A user's connection is authenticated here (public key against the user's
+registered keys, then the session checks), and only then does the gateway open
+a tunnel stream to the studio and run an SSH *client* over it, logging in to
+the studio's in-process SSH server with the gateway's host key. The user's
+USERAUTH_SUCCESS is sent once the studio has accepted the gateway; from then on
+every channel and channel request is relayed both ways with flow control
+(:mod:`studios_gateway.ssh.channels`).
+
+Refusals say why, in a userauth banner (which OpenSSH prints) and in the
+disconnect reason: not a ``user@session`` name, unknown session, not allowed,
+SSH disabled for the session, studio not connected. A wrong key gets the usual
+``Permission denied (publickey)``, and nothing about sessions is revealed before
+the key has been proven.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.conch import avatar as conch_avatar
+from twisted.conch import error as conch_error
+from twisted.conch.interfaces import IConchUser
+from twisted.conch.ssh import common, factory, keys, transport, userauth
+from twisted.cred import credentials
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from studios_gateway.registry.base import SessionRecord, StoreUnavailable
+from studios_gateway.ssh.channels import (
+    OPEN_ADMINISTRATIVELY_PROHIBITED,
+    OPEN_CONNECT_FAILED,
+    OPEN_RESOURCE_SHORTAGE,
+    OPEN_UNKNOWN_CHANNEL_TYPE,
+    WINDOW,
+    FlowChannel,
+    FlowConnection,
+    OpenRefused,
+    conch_log,
+)
+from studios_gateway.ssh.keys import UserKeys, fingerprint
+from studios_gateway.ssh.policy import ConnectionLimiter, LoginName, Refused, parse_login
+
+__all__ = [
+    "CIPHERS",
+    "KEX",
+    "MACS",
+    "GatewaySSHFactory",
+    "SSHSettings",
+    "default_authorize",
+]
+
+log = Logger(namespace="studios_gateway.ssh")
+
+#: Key exchanges, best first; all are in OpenSSH 9's defaults (mlkem from 9.9).
+KEX = [b"mlkem768x25519-sha256", b"curve25519-sha256", b"curve25519-sha256@libssh.org",
+       b"ecdh-sha2-nistp256", b"ecdh-sha2-nistp384", b"ecdh-sha2-nistp521"]
+CIPHERS = [b"aes128-ctr", b"aes256-ctr", b"aes192-ctr"]
+MACS = [b"hmac-sha2-256", b"hmac-sha2-512"]
+HOST_KEY_ALGORITHMS = [b"ssh-ed25519", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384",
+                       b"ecdsa-sha2-nistp521", b"rsa-sha2-512", b"rsa-sha2-256"]
+VERSION = b"SSH-2.0-studios_gateway"
+MSG_USERAUTH_BANNER = 53
+DISCONNECT_TOO_MANY_CONNECTIONS = 12
+
+#: Channel types a user may open; the studio may open only agent channels back.
+USER_CHANNELS = {b"session", b"direct-tcpip"}
+AGENT_CHANNEL = b"auth-agent@openssh.com"
+
+#: authorize(user, record) -> True, or False / a reason the user reads.
+Authorize = Callable[[str, SessionRecord], "Deferred[bool | str] | bool | str"]
+#: dial(session_id, protocol): attach `protocol` to a new SSH stream to the studio;
+#: False (or a Deferred of False) when this node holds no tunnel for the session.
+Dial = Callable[[str, IProtocol], "Deferred[bool] | bool"]
+#: track(session_id, user, close) -> untrack: revocation closes live connections.
+Track = Callable[[str, str, Callable[[str], Any]], Callable[[], None]]
+
+
+def _supported(wanted: list[bytes], offered: list[bytes]) -> list[bytes]:
+    return [w for w in wanted if w in offered]
+
+
+def default_authorize(user: str, record: SessionRecord) -> bool | str:
+    """The owner and the session's allow-list may log in."""
+    if user == record.owner or user in record.allowed_users:
+        return True
+    return f"{user} is not allowed on session {record.id}"
+
+
+@dataclass(frozen=True)
+class SSHSettings:
+    max_connections: int = 2000
+    max_conn_channels: int = 30
+    handshake_timeout: float = 60.0
+    window: int = WINDOW
+
+
+# Authentication -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    login: LoginName
+    key_fingerprint: str
+
+
+@implementer(ICredentialsChecker)
+class UserKeyChecker:
+    """Public-key check against the user's registered keys."""
+
+    credentialInterfaces = (credentials.ISSHPrivateKey,)
+
+    def __init__(self, user_keys: UserKeys):
+        self.user_keys = user_keys
+
+    def requestAvatarId(self, creds: Any) -> Deferred[Identity]:
+        return Deferred.fromCoroutine(self._check(creds))
+
+    async def _check(self, creds: Any) -> Identity:
+        login = parse_login(creds.username)  # Refused(kind="usage") says how to log in
+        try:
+            offered = keys.Key.fromString(creds.blob)
+        except Exception:
+            raise UnauthorizedLogin("unreadable key") from None
+        registered = await self.user_keys.keys_for(login.user)
+        if not any(k.blob() == offered.blob() for k in registered):
+            raise UnauthorizedLogin("key not registered for this user")
+        if creds.signature is None:
+            raise conch_error.ValidPublicKey()
+        if not offered.verify(creds.signature, creds.sigData):
+            raise UnauthorizedLogin("bad signature")
+        return Identity(login, fingerprint(offered))
+
+
+class RelayAvatar(conch_avatar.ConchUser):
+    def __init__(self, identity: Identity, upstream: UpstreamConnection):
+        super().__init__()
+        self.identity = identity
+        self.upstream = upstream
+
+
+@implementer(IRealm)
+class SessionRealm:
+    """After the key: the session checks, then the studio connection."""
+
+    def __init__(self, factory: GatewaySSHFactory, transport: GatewayTransport):
+        self.factory = factory
+        self.transport = transport
+
+    def requestAvatar(self, avatar_id: Identity, mind: Any, *interfaces: Any) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._login(avatar_id))
+
+    async def _login(self, identity: Identity) -> tuple[Any, Any, Callable[[], None]]:
+        f, login = self.factory, identity.login
+        sid, user = login.session_id, login.user
+        try:
+            record = await defer.maybeDeferred(f.store.get, sid)
+        except StoreUnavailable:
+            raise Refused("the session registry is unavailable; try again shortly",
+                          kind="unavailable") from None
+        if record is None:
+            raise Refused(f"there is no session {sid} (check the session id)",
+                          kind="unknown_session")
+        verdict = await defer.maybeDeferred(f.authorize, user, record)
+        if verdict is not True:
+            reason = verdict if isinstance(verdict, str) and verdict else (
+                f"{user} is not allowed on session {sid}")
+            raise Refused(reason, kind="not_allowed")
+        if not record.ssh_enabled:
+            raise Refused(f"SSH is not enabled for session {sid}", kind="ssh_disabled")
+        upstream = await self.transport.connect_studio(identity)
+        avatar = RelayAvatar(identity, upstream)
+        return IConchUser, avatar, lambda: None
+
+
+class GatewayUserAuth(userauth.SSHUserAuthServer):
+    _log = conch_log
+    attemptsBeforeDisconnect = 6
+
+    def serviceStarted(self) -> None:
+        # Conch's version reads factory.portal and starts its own login timer; ours has a
+        # portal per connection (the realm dials this connection's studio), and the
+        # transport's handshake timeout governs.
+        self.authenticatedWith = []
+        self.loginAttempts = 0
+        self.user = None
+        self.nextService = None
+        self._cancelLoginTimeout = None
+        t = self.transport
+        self.portal = Portal(SessionRealm(t.factory, t), [UserKeyChecker(t.factory.user_keys)])
+        self.supportedAuthentications = [b"publickey"]
+
+    def _ebBadAuth(self, reason: Failure) -> None:
+        if reason.check(Refused):
+            self.transport.refuse(reason.value)
+            return
+        super()._ebBadAuth(reason)
+
+
+class GatewayTransport(transport.SSHServerTransport):
+    """One user's connection: limits, the handshake timer, the studio link."""
+
+    _log = conch_log
+    ourVersionString = VERSION
+    factory: GatewaySSHFactory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.supportedKeyExchanges = _supported(KEX, self.supportedKeyExchanges)
+        self.supportedCiphers = CIPHERS
+        self.supportedMACs = MACS
+        self.supportedCompressions = [b"none"]
+        self._counted = False
+        self._timer: Any = None
+        self._untrack: Callable[[], None] | None = None
+        self.upstream: UpstreamTransport | None = None
+        self.identity: Identity | None = None
+        self.closing = False
+        self._got_bytes = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        f = self.factory
+        if not f.limiter.acquire():
+            log.warn("SSH: refusing a connection from {peer}: {live} connections open "
+                     "(CONNECT_SSH_MAX_CONNECTIONS={limit})", peer=self._peer(),
+                     live=f.limiter.live, limit=f.limiter.limit)
+            self.sendDisconnect(DISCONNECT_TOO_MANY_CONNECTIONS,
+                                b"the gateway has too many SSH connections; try again later")
+            return
+        self._counted = True
+        self._timer = f.clock.callLater(f.settings.handshake_timeout, self._timed_out)
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        # A client saying goodbye (code 11, "disconnected by user") is not an error.
+        log.debug("SSH: {peer} disconnected ({code}: {why})", peer=self._peer(),
+                  code=reasonCode, why=description.decode("utf-8", "replace"))
+
+    def _peer(self) -> str:
+        peer = self.transport.getPeer()
+        return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+    def dataReceived(self, data: bytes) -> None:
+        self._got_bytes = True
+        super().dataReceived(data)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        log.info("SSH: {peer} did not log in within {t:g}s; disconnecting", peer=self._peer(),
+                 t=self.factory.settings.handshake_timeout)
+        self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR,
+                            b"login timed out (the gateway allows %gs)"
+                            % self.factory.settings.handshake_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def sendDisconnect(self, reason: int, desc: bytes) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        super().sendDisconnect(reason, desc)
+
+    def refuse(self, refusal: Refused) -> None:
+        """Tell the user why (banner, then disconnect reason) and hang up."""
+        who = str(self.identity.login) if self.identity else "?"
+        log.info("SSH: refused {who} from {peer}: {why}", who=who, peer=self._peer(),
+                 why=refusal.message)
+        message = f"studios-gateway: {refusal.message}"
+        self.sendPacket(MSG_USERAUTH_BANNER, common.NS(message.encode() + b"\r\n")
+                        + common.NS(b""))
+        code = (transport.DISCONNECT_ILLEGAL_USER_NAME if refusal.kind == "usage"
+                else transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE)
+        self.sendDisconnect(code, refusal.message.encode())
+
+    # The studio ----------------------------------------------------------------------
+
+    async def connect_studio(self, identity: Identity) -> UpstreamConnection:
+        """Dial the studio over the tunnel and log in to its SSH server as the gateway."""
+        self.identity = identity
+        sid = identity.login.session_id
+        ready: Deferred[UpstreamConnection] = Deferred()
+        up = UpstreamTransport(identity.login.user, self.factory.host_key, ready, self)
+        self.upstream = up
+        try:
+            ok = await defer.maybeDeferred(self.factory.dial, sid, up)
+        except Exception as e:
+            log.info("SSH: cannot open a stream to session {sid}: {why}", sid=sid, why=str(e))
+            ok = False
+        if not ok:
+            self.upstream = None
+            raise Refused(f"the studio of session {sid} is not connected (is it running?)",
+                          kind="not_connected")
+        try:
+            return await ready
+        except Refused:
+            raise
+        except Exception as e:
+            raise Refused(f"the studio of session {sid} did not accept the SSH connection "
+                          f"({e})", kind="studio_failed") from None
+
+    def authenticated(self, conn: UserConnection) -> None:
+        self._cancel_timer()
+        identity = self.identity
+        assert identity is not None
+        log.info("SSH: {who} logged in from {peer} (key {fp})", who=str(identity.login),
+                 peer=self._peer(), fp=identity.key_fingerprint)
+        if self.factory.track is not None:
+            self._untrack = self.factory.track(identity.login.session_id, identity.login.user,
+                                               self.revoke)
+
+    def revoke(self, reason: str) -> None:
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION,
+                            f"access ended: {reason}".encode())
+
+    def upstream_lost(self) -> None:
+        if not self.closing and self.transport is not None:
+            self.sendDisconnect(transport.DISCONNECT_CONNECTION_LOST,
+                                b"the connection to the studio was closed")
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._cancel_timer()
+        if self._counted:
+            self._counted = False
+            self.factory.limiter.release()
+        if self._untrack is not None:
+            self._untrack()
+            self._untrack = None
+        if not self._got_bytes:
+            log.debug("SSH: {peer} closed without a handshake (health check?)",
+                      peer=self._peer())
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.user_gone()
+        super().connectionLost(reason)
+
+
+class GatewaySSHFactory(factory.SSHFactory):
+    """The SSH listener's factory. Every collaborator is a plain argument."""
+
+    protocol = GatewayTransport
+    _log = conch_log
+    noisy = False
+
+    def __init__(self, *, host_key: keys.Key, user_keys: UserKeys, store: Any, dial: Dial,
+                 authorize: Authorize = default_authorize, settings: SSHSettings | None = None,
+                 clock: Any = None, track: Track | None = None):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.host_key = host_key
+        self.user_keys = user_keys
+        self.store = store
+        self.dial = dial
+        self.authorize = authorize
+        self.settings = settings or SSHSettings()
+        self.clock = clock
+        self.track = track
+        self.limiter = ConnectionLimiter(self.settings.max_connections)
+        self.publicKeys = {host_key.sshType(): host_key.public()}
+        self.privateKeys = {host_key.sshType(): host_key}
+        self.primes = None
+        self.services = {b"ssh-userauth": GatewayUserAuth, b"ssh-connection": UserConnection}
+
+    def buildProtocol(self, addr: Any) -> GatewayTransport:
+        t: GatewayTransport = super().buildProtocol(addr)  # type: ignore[assignment]
+        t.supportedPublicKeys = _supported(HOST_KEY_ALGORITHMS, t.supportedPublicKeys)
+        return t
+
+    @property
+    def live_connections(self) -> int:
+        return self.limiter.live
+
+    def host_key_fingerprint(self) -> str:
+        return fingerprint(self.host_key)
+
+
+# The relay ---------------------------------------------------------------------------------
+
+
+class RelayChannel(FlowChannel):
+    """One half of a relayed channel; its peer is the other connection's half."""
+
+    def __init__(self, relay: Relay, **kw: Any):
+        super().__init__(window=relay.window, **kw)
+        self.relay = relay
+        self.peer: RelayChannel | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.peer is not None:
+            self.peer.write(data)
+        else:
+            self.consumed(len(data))
+
+    def extReceived(self, dataType: int, data: bytes) -> None:
+        if self.peer is not None:
+            self.peer.writeExtended(dataType, data)
+        else:
+            self.consumed(len(data))
+
+    def sent(self, n: int) -> None:
+        # Our peer's data left towards our side's client: our peer may take more.
+        if self.peer is not None:
+            self.peer.consumed(n)
+
+    def handle_request(self, request: bytes, data: bytes, want_reply: bool) -> Any:
+        if self.peer is None:
+            return False
+        if request == b"auth-agent-req@openssh.com" and self.relay.user_side(self):
+            self.relay.agent_requested = True
+        return self.peer.send_request(request, data, want_reply)
+
+    def eofReceived(self) -> None:
+        if self.peer is not None:
+            self.peer.send_eof()
+
+    def closeReceived(self) -> None:
+        super().closeReceived()
+        if self.peer is not None:
+            self.peer.loseConnection()
+
+    def closed(self) -> None:
+        super().closed()
+        peer, self.peer = self.peer, None
+        if peer is not None:
+            peer.peer = None
+            peer.loseConnection()
+
+
+def _pair(a: RelayChannel, b: RelayChannel) -> None:
+    a.peer, b.peer = b, a
+
+
+class Relay:
+    """The two connections of one login and the rules for what crosses between them."""
+
+    def __init__(self, window: int):
+        self.window = window
+        self.user: UserConnection | None = None
+        self.studio: UpstreamConnection | None = None
+        self.agent_requested = False
+
+    def user_side(self, channel: RelayChannel) -> bool:
+        return channel.conn is self.user
+
+    def open_towards_studio(self, channel_type: bytes, data: bytes) -> Deferred[RelayChannel]:
+        """A user opened a channel: open its twin at the studio; fire with the user half."""
+        if channel_type not in USER_CHANNELS:
+            raise OpenRefused(OPEN_UNKNOWN_CHANNEL_TYPE,
+                              f"{channel_type.decode('latin-1')} channels are not offered")
+        assert self.studio is not None
+        return self._open(channel_type, data, self.studio)
+
+    def open_towards_user(self, channel_type: bytes, data: bytes) -> Deferred[RelayChannel]:
+        """The studio opened a channel (an agent connection): open its twin at the user."""
+        if channel_type != AGENT_CHANNEL:
+            raise OpenRefused(OPEN_ADMINISTRATIVELY_PROHIBITED,
+                              f"{channel_type.decode('latin-1')} channels are not relayed")
+        if not self.agent_requested:
+            raise OpenRefused(OPEN_ADMINISTRATIVELY_PROHIBITED, "agent forwarding not requested")
+        user = self.user
+        if user is None:
+            raise OpenRefused(OPEN_CONNECT_FAILED, "no user connection")
+        if user.max_channels is not None and user.channel_count >= user.max_channels:
+            raise OpenRefused(OPEN_RESOURCE_SHORTAGE, user.channel_limit_message())
+        return self._open(channel_type, data, user)
+
+    def _open(self, channel_type: bytes, data: bytes,
+              far: FlowConnection) -> Deferred[RelayChannel]:
+        near_half = RelayChannel(self)
+        far_half = RelayChannel(self, name=channel_type)
+        far.openChannel(far_half, data)
+
+        def opened(_: Any) -> RelayChannel:
+            _pair(near_half, far_half)
+            return near_half
+
+        def failed(f: Failure) -> None:
+            value = f.value
+            if isinstance(value, conch_error.ConchError):
+                why, code = value.args[0], value.args[1] if len(value.args) > 1 else 2
+                if isinstance(why, int):
+                    why, code = code, why
+                why = why.decode("utf-8", "replace") if isinstance(why, bytes) else str(why)
+                raise OpenRefused(int(code), why)
+            raise OpenRefused(OPEN_CONNECT_FAILED, f.getErrorMessage())
+
+        return far_half.opened.addCallbacks(opened, failed)
+
+
+class UserConnection(FlowConnection):
+    """ssh-connection towards the user."""
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        t: GatewayTransport = self.transport
+        self.max_channels = t.factory.settings.max_conn_channels
+        avatar: RelayAvatar = t.avatar
+        self.relay = avatar.upstream.relay
+        self.relay.user = self
+        t.authenticated(self)
+
+    def open_channel(self, channel_type: bytes, window: int, max_packet: int,
+                     data: bytes) -> Any:
+        return self.relay.open_towards_studio(channel_type, data)
+
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> Any:
+        return 0  # keepalive@openssh.com gets its (failure) reply; -R is not offered
+
+    def serviceStopped(self) -> None:
+        super().serviceStopped()
+        self.relay.user = None
+
+
+class UpstreamConnection(FlowConnection):
+    """ssh-connection towards the studio."""
+
+    def __init__(self, relay: Relay, ready: Deferred[UpstreamConnection]):
+        super().__init__()
+        self.relay = relay
+        self._ready = ready
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.relay.studio = self
+        if not self._ready.called:
+            self._ready.callback(self)
+
+    def open_channel(self, channel_type: bytes, window: int, max_packet: int,
+                     data: bytes) -> Any:
+        return self.relay.open_towards_user(channel_type, data)
+
+    def serviceStopped(self) -> None:
+        super().serviceStopped()
+        self.relay.studio = None
+
+
+class UpstreamAuth(userauth.SSHUserAuthClient):
+    """Logs in to the studio with the gateway's host key."""
+
+    _log = conch_log
+    preferredOrder = [b"publickey"]
+
+    def __init__(self, user: str, key: keys.Key, conn: UpstreamConnection):
+        super().__init__(user.encode("utf-8"), conn)
+        self._key = key
+        self._offered = False
+
+    def getPublicKey(self) -> keys.Key | None:
+        if self._offered:
+            return None
+        self._offered = True
+        return self._key.public()
+
+    def getPrivateKey(self) -> Deferred[keys.Key]:
+        return defer.succeed(self._key)
+
+    def getPassword(self, prompt: Any = None) -> None:
+        return None
+
+
+class UpstreamTransport(transport.SSHClientTransport):
+    """The gateway's SSH client, over a tunnel stream, towards the studio."""
+
+    _log = conch_log
+    ourVersionString = VERSION
+
+    def __init__(self, user: str, key: keys.Key, ready: Deferred[UpstreamConnection],
+                 user_transport: GatewayTransport):
+        super().__init__()
+        self.supportedKeyExchanges = _supported([b"curve25519-sha256"] + KEX,
+                                                self.supportedKeyExchanges)
+        self.supportedCiphers = CIPHERS
+        self.supportedMACs = MACS
+        self.supportedCompressions = [b"none"]
+        self.supportedPublicKeys = _supported(HOST_KEY_ALGORITHMS, self.supportedPublicKeys)
+        self.relay = Relay(user_transport.factory.settings.window)
+        self._user = user
+        self._key = key
+        self._ready = ready
+        self._user_transport: GatewayTransport | None = user_transport
+
+    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Deferred[bool]:
+        # The studio is reached through its authenticated tunnel; its SSH host key is
+        # ephemeral. The studio, in turn, pins the gateway's key.
+        return defer.succeed(True)
+
+    def connectionSecure(self) -> None:
+        conn = UpstreamConnection(self.relay, self._ready)
+        self.requestService(UpstreamAuth(self._user, self._key, conn))
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        if not self._ready.called:
+            self._ready.errback(Refused(
+                "the studio refused the gateway: "
+                + description.decode("utf-8", "replace"), kind="studio_failed"))
+
+    def user_gone(self) -> None:
+        self._user_transport = None
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        if not self._ready.called:
+            self._ready.errback(ConnectionError("the studio closed the stream"))
+        user, self._user_transport = self._user_transport, None
+        if user is not None:
+            user.upstream_lost()

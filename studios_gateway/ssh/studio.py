@@ -1,0 +1,803 @@
+"""The studio's SSH server: runs inside the connect client, reachable only by tunnel.
+
+No TCP listener: each ``S`` stream the gateway opens is handed to
+:meth:`StudioSSHServer.ssh_target`, which runs a Conch SSH server on it. The only
+login accepted is the gateway's, by public key, checked against the pinned
+fingerprint(s) of the gateway's host key (:meth:`StudioSSHServer.pin`).
+
+Offered, as the connect client's OS user, in the tool's working directory:
+shell and exec with or without a pty (env, window-change, signals, exit status
+and signals), the ``sftp`` subsystem (so OpenSSH's scp and sftp work), agent
+forwarding (a private UNIX socket named by ``SSH_AUTH_SOCK``) and direct-tcpip
+(``ssh -L``). Every byte path is flow-controlled: process output pauses when the
+channel's window is shut, and the gateway's window re-opens only once the
+process, the socket or the sftp server has taken the data.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import pwd
+import re
+import shutil
+import signal
+import struct
+import tempfile
+import termios
+import tty
+from collections.abc import Iterable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.conch import avatar as conch_avatar
+from twisted.conch import error as conch_error
+from twisted.conch import ttymodes
+from twisted.conch.interfaces import IConchUser
+from twisted.conch.ssh import common, factory, filetransfer, keys, session, transport, userauth
+from twisted.conch.unix import SFTPServerForUnixConchUser, UnixSFTPFile
+from twisted.cred import credentials
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer, endpoints, protocol
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
+from zope.interface import implementer
+
+from studios_gateway.ssh.channels import (
+    OPEN_CONNECT_FAILED,
+    OPEN_UNKNOWN_CHANNEL_TYPE,
+    WINDOW,
+    FlowChannel,
+    FlowConnection,
+    OpenRefused,
+    conch_log,
+)
+from studios_gateway.ssh.keys import fingerprint
+from studios_gateway.ssh.server import CIPHERS, HOST_KEY_ALGORITHMS, KEX, MACS, _supported
+from studios_gateway.tunnel.splice import SpliceEnd, join
+
+__all__ = ["StudioSSHServer"]
+
+log = Logger(namespace="studios_gateway.ssh.studio")
+
+#: Environment names a user may set with SendEnv / SetEnv.
+ACCEPT_ENV = re.compile(r"(LANG|LANGUAGE|LC_[A-Z_]+|TZ|TERM|COLORTERM|EDITOR|VISUAL|"
+                        r"GIT_[A-Z_]+|STUDIO_[A-Z0-9_]+)")
+#: The connect client's own settings (its token!) never reach a user's shell.
+HIDDEN_ENV = re.compile(r"CONNECT_.*|SSH_AUTH_SOCK|SSH_CONNECTION|SSH_CLIENT|SSH_TTY")
+SIGNALS = {"ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV",
+           "TERM", "USR1", "USR2"}
+
+
+@implementer(IPushProducer)
+class _CreditGate:
+    """Registered on a consumer (process stdin, socket): its pauses hold channel credit."""
+
+    def __init__(self, channel: FlowChannel):
+        self.channel = channel
+
+    def pauseProducing(self) -> None:
+        self.channel.pause_consumer()
+
+    def resumeProducing(self) -> None:
+        self.channel.resume_consumer()
+
+    def stopProducing(self) -> None:
+        self.channel.pause_consumer()
+
+
+# Sessions: shell, exec, sftp ------------------------------------------------------------------
+
+
+class _ProcessSide(protocol.ProcessProtocol):
+    def __init__(self, channel: SessionChannel):
+        self.channel = channel
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(_CreditGate(self.channel), True)
+
+    def outReceived(self, data: bytes) -> None:
+        self.channel.write(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self.channel.writeExtended(1, data)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.channel.process_ended(reason)
+
+
+class _SFTPAvatar:
+    """What Conch's Unix SFTP server needs from an avatar: we already are the user."""
+
+    def __init__(self, home: str):
+        self._home = FilePath(home)
+
+    def getHomeDir(self) -> FilePath[str]:
+        return self._home
+
+    def getUserGroupId(self) -> tuple[int, int]:
+        return os.getuid(), os.getgid()
+
+    def _runAsUser(self, f: Any, *args: Any, **kw: Any) -> Any:
+        if callable(f):
+            return f(*args, **kw)
+        result = None
+        for item in f:
+            func = item[0]
+            result = func(*(item[1] if len(item) > 1 else ()),
+                          **(item[2] if len(item) > 2 else {}))
+        return result
+
+
+class _SFTPFile(UnixSFTPFile):
+    """Conch's Unix file, with fsetstat (scp sets modes and times) and positional I/O."""
+
+    def readChunk(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def writeChunk(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def setAttrs(self, attrs: dict[str, Any]) -> None:
+        if "size" in attrs:
+            os.ftruncate(self.fd, attrs["size"])
+        if "uid" in attrs and "gid" in attrs:
+            os.fchown(self.fd, attrs["uid"], attrs["gid"])
+        if "permissions" in attrs:
+            os.fchmod(self.fd, attrs["permissions"] & 0o7777)
+        if "atime" in attrs and "mtime" in attrs:
+            os.utime(self.fd, (attrs["atime"], attrs["mtime"]))
+
+
+class _SFTPFiles(SFTPServerForUnixConchUser):
+    def openFile(self, filename: bytes, flags: int, attrs: dict[str, Any]) -> _SFTPFile:
+        return _SFTPFile(self, self._absPath(filename), flags, attrs)
+
+
+class _SFTPServer(filetransfer.FileTransferServer):
+    _log = conch_log
+
+    def __init__(self, home: str):
+        filetransfer.FileTransferBase.__init__(self)
+        self.client = _SFTPFiles(_SFTPAvatar(home))
+        self.openFiles: dict[Any, Any] = {}
+        self.openDirs: dict[Any, Any] = {}
+
+
+class _ChannelTransport:
+    """Lets a Protocol (the sftp server) write to a channel."""
+
+    def __init__(self, channel: SessionChannel):
+        self.channel = channel
+
+    def write(self, data: bytes) -> None:
+        self.channel.write(data)
+
+    def writeSequence(self, seq: Iterable[bytes]) -> None:
+        self.channel.write(b"".join(seq))
+
+    def loseConnection(self) -> None:
+        self.channel.loseConnection()
+
+    def getPeer(self) -> Any:
+        return self.channel.conn.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self.channel.conn.transport.getHost()
+
+
+class SessionChannel(FlowChannel):
+    """A ``session`` channel: one shell, command or sftp server."""
+
+    def __init__(self, server: StudioSSHServer, **kw: Any):
+        super().__init__(window=server.window, **kw)
+        self.server = server
+        self.env: dict[str, str] = {}
+        self.pty: tuple[int, int, str] | None = None  # master fd, slave fd, tty name
+        self.term = "xterm"
+        self.process: Any = None
+        self.sftp: _SFTPServer | None = None
+        self.agent: _AgentListener | None = None
+        self._ended = False
+
+    # Requests ---------------------------------------------------------------------------
+
+    def handle_request(self, request: bytes, data: bytes, want_reply: bool) -> Any:
+        name = request.decode("latin-1")
+        try:
+            handler = {
+                "pty-req": self._pty_req, "env": self._env, "shell": self._shell,
+                "exec": self._exec, "subsystem": self._subsystem,
+                "window-change": self._window_change, "signal": self._signal,
+                "auth-agent-req@openssh.com": self._agent_req,
+            }.get(name)
+            if handler is None:
+                return False
+            return handler(data)
+        except Exception:
+            log.failure("session request {name} failed", name=name)
+            return False
+
+    def _started(self) -> bool:
+        return self.process is not None or self.sftp is not None
+
+    def _pty_req(self, data: bytes) -> bool:
+        if self.pty is not None or self._started():
+            return False
+        term, size, modes = session.parseRequest_pty_req(data)
+        self.term = term.decode("latin-1") or "xterm"
+        master, slave = pty.openpty()
+        _set_size(slave, size)
+        _apply_modes(slave, modes)
+        self.pty = (master, slave, os.ttyname(slave))
+        return True
+
+    def _env(self, data: bytes) -> bool:
+        name, value, _ = common.getNS(data, 2)
+        key = name.decode("utf-8", "replace")
+        if not ACCEPT_ENV.fullmatch(key) or len(self.env) > 64 or len(value) > 4096:
+            return False
+        self.env[key] = value.decode("utf-8", "replace")
+        return True
+
+    def _shell(self, data: bytes) -> bool:
+        shell = self.server.shell
+        return self._spawn(shell, ["-" + os.path.basename(shell)])
+
+    def _exec(self, data: bytes) -> bool:
+        command = common.getNS(data)[0].decode("utf-8", "surrogateescape")
+        shell = self.server.shell
+        return self._spawn(shell, [os.path.basename(shell), "-c", command])
+
+    def _subsystem(self, data: bytes) -> bool:
+        name = common.getNS(data)[0]
+        if name != b"sftp" or self._started():
+            return False
+        self.sftp = _SFTPServer(self.server.cwd)
+        self.sftp.makeConnection(_ChannelTransport(self))  # type: ignore[arg-type]
+        return True
+
+    def _window_change(self, data: bytes) -> bool:
+        if self.pty is None:
+            return False
+        size = session.parseRequest_window_change(data)
+        _set_size(self.pty[0], size)
+        return True
+
+    def _signal(self, data: bytes) -> bool:
+        name = common.getNS(data)[0].decode("ascii", "replace")
+        if self.process is None or name not in SIGNALS:
+            return False
+        try:
+            self.process.signalProcess(name if name in ("KILL", "INT", "TERM") else
+                                       getattr(signal, "SIG" + name))
+        except Exception:
+            return False
+        return True
+
+    def _agent_req(self, data: bytes) -> bool:
+        if self.agent is None:
+            self.agent = _AgentListener(self.server, self.conn)
+        return True
+
+    def _spawn(self, executable: str, argv: list[str]) -> bool:
+        if self._started():
+            return False
+        env = self.server.base_env()
+        env.update(self.env)
+        if self.agent is not None:
+            env["SSH_AUTH_SOCK"] = self.agent.path
+        proto = _ProcessSide(self)
+        reactor = self.server.reactor
+        if self.pty is not None:
+            env["TERM"] = self.term
+            env["SSH_TTY"] = self.pty[2]
+            self.process = reactor.spawnProcess(proto, executable, argv, env, self.server.cwd,
+                                                usePTY=self.pty)
+        else:
+            self.process = reactor.spawnProcess(proto, executable, argv, env, self.server.cwd)
+        log.info("studio SSH: started {what} (pid {pid})",
+                 what="a login shell" if argv[0].startswith("-") else "a command",
+                 pid=getattr(self.process, "pid", "?"))
+        return True
+
+    # Data ----------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.process is not None:
+            self.process.write(data)
+            self.consumed(len(data))
+        elif self.sftp is not None:
+            self.sftp.dataReceived(data)
+            self.consumed(len(data))
+        else:
+            self.consumed(len(data))
+
+    def writes_blocked(self) -> None:
+        if self.process is not None:
+            self.process.pauseProducing()
+        elif self.sftp is not None:
+            self.pause_consumer()  # no new sftp requests until its answers have left
+
+    def writes_unblocked(self) -> None:
+        if self.process is not None:
+            self.process.resumeProducing()
+        elif self.sftp is not None:
+            self.resume_consumer()
+
+    def eofReceived(self) -> None:
+        if self.process is not None and self.pty is None:
+            self.process.closeStdin()
+        elif self.sftp is not None:
+            self.sftp.connectionLost(Failure(ConnectionError("eof")))
+            self.sftp = None
+            self.send_request(b"exit-status", struct.pack(">L", 0), False)
+            self.send_eof()
+            self.loseConnection()
+
+    def process_ended(self, reason: Failure) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        value = reason.value
+        sig = getattr(value, "signal", None)
+        code = getattr(value, "exitCode", None)
+        if sig is not None:
+            names = {getattr(signal, "SIG" + n): n for n in SIGNALS}
+            self.send_request(b"exit-signal",
+                              common.NS(names.get(sig, "KILL").encode()) + b"\0"
+                              + common.NS(b"") + common.NS(b""), False)
+        else:
+            self.send_request(b"exit-status", struct.pack(">L", code or 0), False)
+        self.send_eof()
+        self.loseConnection()
+
+    def closed(self) -> None:
+        super().closed()
+        if self.process is not None and not self._ended:
+            try:
+                self.process.signalProcess("HUP")
+            except Exception:  # noqa: S110 - the process is already gone
+                pass
+        if self.sftp is not None:
+            self.sftp.connectionLost(Failure(ConnectionError("channel closed")))
+            self.sftp = None
+        if self.pty is not None:
+            try:
+                os.close(self.pty[1])
+            except OSError:
+                pass
+            if self.process is None:
+                try:
+                    os.close(self.pty[0])
+                except OSError:
+                    pass
+        if self.agent is not None:
+            self.agent.close()
+            self.agent = None
+
+
+def _set_size(fd: int, size: tuple[int, int, int, int]) -> None:
+    rows, cols, xpixel, ypixel = size
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("4H", rows, cols, xpixel, ypixel))
+
+
+def _apply_modes(fd: int, modes: list[tuple[int, int]]) -> None:
+    attr = tty.tcgetattr(fd)
+    for mode, value in modes:
+        if mode not in ttymodes.TTYMODES:
+            continue
+        name = ttymodes.TTYMODES[mode]
+        where, flag = name
+        if where == "OSPEED":
+            attr[tty.OSPEED] = getattr(tty, f"B{value}", attr[tty.OSPEED])
+        elif where == "ISPEED":
+            attr[tty.ISPEED] = getattr(tty, f"B{value}", attr[tty.ISPEED])
+        elif isinstance(flag, int) and where in ("IFLAG", "OFLAG", "CFLAG", "LFLAG"):
+            index = getattr(tty, where)
+            attr[index] = attr[index] | flag if value else attr[index] & ~flag
+        elif where == "CC" and isinstance(flag, int) and flag < len(attr[tty.CC]):
+            attr[tty.CC][flag] = bytes([value & 0xFF])
+    tty.tcsetattr(fd, tty.TCSANOW, attr)
+
+
+# Sockets: direct-tcpip and agent connections ---------------------------------------------------
+
+
+class SocketChannel(FlowChannel):
+    """A channel joined to a stream socket (TCP for -L, UNIX for the agent)."""
+
+    def __init__(self, window: int, **kw: Any):
+        super().__init__(window=window, **kw)
+        self.sock: _SocketSide | None = None
+
+    def attach(self, sock: _SocketSide) -> None:
+        self.sock = sock
+        sock.transport.registerProducer(_CreditGate(self), True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.sock is not None and self.sock.transport is not None:
+            self.sock.transport.write(data)
+        self.consumed(len(data))
+
+    def writes_blocked(self) -> None:
+        if self.sock is not None and self.sock.transport is not None:
+            self.sock.transport.pauseProducing()
+
+    def writes_unblocked(self) -> None:
+        if self.sock is not None and self.sock.transport is not None:
+            self.sock.transport.resumeProducing()
+
+    def eofReceived(self) -> None:
+        if self.sock is not None and self.sock.transport is not None:
+            lose_write = getattr(self.sock.transport, "loseWriteConnection", None)
+            if lose_write is not None:
+                lose_write()
+
+    def closed(self) -> None:
+        super().closed()
+        sock, self.sock = self.sock, None
+        if sock is not None and sock.transport is not None:
+            sock.channel = None
+            sock.transport.loseConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class _SocketSide(protocol.Protocol):
+    def __init__(self, channel: SocketChannel | None = None):
+        self.channel = channel
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.channel is not None:
+            self.channel.write(data)
+
+    def readConnectionLost(self) -> None:
+        if self.channel is not None:
+            self.channel.send_eof()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            channel.sock = None
+            channel.loseConnection()
+
+
+class _AgentListener:
+    """A private UNIX socket for SSH_AUTH_SOCK; each client opens an agent channel."""
+
+    def __init__(self, server: StudioSSHServer, conn: StudioConnection):
+        self.conn = conn
+        self.window = server.window
+        self.dir = tempfile.mkdtemp(prefix="ssh-studio-")  # mode 0700
+        self.path = os.path.join(self.dir, f"agent.{os.getpid()}")
+        fac = protocol.Factory.forProtocol(lambda: _AgentClient(self))
+        self.port = server.reactor.listenUNIX(self.path, fac, mode=0o600)
+
+    def close(self) -> None:
+        d = defer.maybeDeferred(self.port.stopListening)
+        d.addBoth(lambda _: shutil.rmtree(self.dir, ignore_errors=True))
+
+
+class _AgentClient(_SocketSide):
+    def __init__(self, listener: _AgentListener):
+        super().__init__()
+        self.listener = listener
+
+    def connectionMade(self) -> None:
+        conn = self.listener.conn
+        if conn.transport is None or getattr(conn, "_stopped", False):
+            self.transport.loseConnection()
+            return
+        self.transport.pauseProducing()
+        channel = SocketChannel(self.listener.window, name=b"auth-agent@openssh.com")
+        self.channel = channel
+        conn.openChannel(channel, b"")
+
+        def opened(_: Any) -> None:
+            if self.transport is not None and self.channel is channel:
+                channel.attach(self)
+                self.transport.resumeProducing()
+
+        def failed(_: Failure) -> None:
+            self.channel = None
+            if self.transport is not None:
+                self.transport.loseConnection()
+
+        channel.opened.addCallbacks(opened, failed)
+
+
+# Connection, authentication, factory --------------------------------------------------------------
+
+
+class StudioConnection(FlowConnection):
+    server: StudioSSHServer
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        self.server = self.transport.factory.server
+
+    def open_channel(self, channel_type: bytes, window: int, max_packet: int,
+                     data: bytes) -> Any:
+        if channel_type == b"session":
+            return SessionChannel(self.server)
+        if channel_type == b"direct-tcpip":
+            return self._direct_tcpip(data)
+        raise OpenRefused(OPEN_UNKNOWN_CHANNEL_TYPE,
+                          f"{channel_type.decode('latin-1')} channels are not offered")
+
+    def _direct_tcpip(self, data: bytes) -> Deferred[SocketChannel]:
+        host_b, rest = common.getNS(data)
+        port = struct.unpack(">L", rest[:4])[0]
+        host = host_b.decode("utf-8", "replace")
+        if not 0 < port < 65536:
+            raise OpenRefused(OPEN_CONNECT_FAILED, f"bad port {port}")
+        channel = SocketChannel(self.server.window)
+        endpoint = endpoints.HostnameEndpoint(self.server.reactor, host, port, timeout=10)
+
+        def connected(sock: _SocketSide) -> SocketChannel:
+            sock.channel = channel
+            channel.attach(sock)
+            return channel
+
+        def failed(f: Failure) -> None:
+            raise OpenRefused(OPEN_CONNECT_FAILED,
+                              f"cannot connect to {host}:{port}: {f.getErrorMessage()}")
+
+        d = endpoint.connect(protocol.Factory.forProtocol(_SocketSide))
+        return d.addCallbacks(connected, failed)
+
+
+@implementer(ICredentialsChecker)
+class _GatewayKeyChecker:
+    credentialInterfaces = (credentials.ISSHPrivateKey,)
+
+    def __init__(self, server: StudioSSHServer):
+        self.server = server
+
+    def requestAvatarId(self, creds: Any) -> Deferred[bytes]:
+        try:
+            key = keys.Key.fromString(creds.blob)
+        except Exception:
+            return defer.fail(UnauthorizedLogin("unreadable key"))
+        if fingerprint(key) not in self.server.trusted():
+            log.warn("studio SSH: refused a login with key {fp}: not the gateway's",
+                     fp=fingerprint(key))
+            return defer.fail(UnauthorizedLogin("not the gateway's key"))
+        if creds.signature is None:
+            return defer.fail(conch_error.ValidPublicKey())
+        if not key.verify(creds.signature, creds.sigData):
+            return defer.fail(UnauthorizedLogin("bad signature"))
+        return defer.succeed(creds.username)
+
+
+@implementer(IRealm)
+class _Realm:
+    def requestAvatar(self, avatar_id: bytes, mind: Any, *interfaces: Any) -> Any:
+        return IConchUser, conch_avatar.ConchUser(), lambda: None
+
+
+class _StudioUserAuth(userauth.SSHUserAuthServer):
+    _log = conch_log
+    attemptsBeforeDisconnect = 2
+
+
+class _StudioTransport(transport.SSHServerTransport):
+    _log = conch_log
+    ourVersionString = b"SSH-2.0-studios_connect"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.supportedKeyExchanges = _supported(KEX, self.supportedKeyExchanges)
+        self.supportedCiphers = CIPHERS
+        self.supportedMACs = MACS
+        self.supportedCompressions = [b"none"]
+
+
+class _StudioFactory(factory.SSHFactory):
+    protocol = _StudioTransport
+    _log = conch_log
+    noisy = False
+
+    def __init__(self, server: StudioSSHServer):
+        self.server = server
+        key = keys.Key(ed25519.Ed25519PrivateKey.generate())
+        self.publicKeys = {key.sshType(): key.public()}
+        self.privateKeys = {key.sshType(): key}
+        self.primes = None
+        self.portal = Portal(_Realm(), [_GatewayKeyChecker(server)])
+        self.services = {b"ssh-userauth": _StudioUserAuth, b"ssh-connection": StudioConnection}
+
+    def buildProtocol(self, addr: Any) -> Any:
+        t = super().buildProtocol(addr)
+        t.supportedPublicKeys = _supported(HOST_KEY_ALGORITHMS, t.supportedPublicKeys)
+        return t
+
+
+class _SSHEnd(SpliceEnd):
+    """The SSH server's end of a splice with a tunnel stream (see :meth:`ssh_target`)."""
+
+    def __init__(self, ssh: Any):
+        super().__init__()
+        self.ssh = ssh
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        super().connectionLost(reason)
+        ssh, self.ssh = self.ssh, None
+        if ssh is not None:
+            ssh.connectionLost(reason or Failure(ConnectionError("stream closed")))
+
+
+@implementer(IPushProducer)
+class _MemoryPipe:
+    """Connects the SSH protocol to its splice end inside this process.
+
+    Writes by the SSH protocol go to the stream; bytes the splice delivers go to the
+    SSH protocol. Backpressure is the SSH channels' windows (see module docstring).
+    """
+
+    def __init__(self, end: _SSHEnd):
+        self.end = end
+        self.disconnecting = False
+        self._producer: Any = None
+
+    # Seen by the splice end (as its transport): bytes from the stream.
+    def write(self, data: bytes) -> None:
+        ssh = self.end.ssh
+        if ssh is not None:
+            ssh.dataReceived(data)
+
+    def writeSequence(self, seq: Iterable[bytes]) -> None:
+        self.write(b"".join(seq))
+
+    def loseWriteConnection(self) -> None:
+        self.loseConnection()
+
+    def loseConnection(self) -> None:
+        if not self.disconnecting:
+            self.disconnecting = True
+            self.end.connectionLost(Failure(ConnectionError("stream ended")))
+
+    def abortConnection(self) -> None:
+        self.loseConnection()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    def getPeer(self) -> Any:
+        return _TunnelAddress()
+
+    def getHost(self) -> Any:
+        return _TunnelAddress()
+
+
+class _SSHTransportOut:
+    """The SSH protocol's transport: writes go to the tunnel stream."""
+
+    def __init__(self, stream_end: SpliceEnd):
+        self.stream_end = stream_end
+        self.disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        t = self.stream_end.transport
+        if t is not None and not self.disconnecting:
+            t.write(data)
+
+    def writeSequence(self, seq: Iterable[bytes]) -> None:
+        self.write(b"".join(seq))
+
+    def loseConnection(self) -> None:
+        if not self.disconnecting:
+            self.disconnecting = True
+            t = self.stream_end.transport
+            if t is not None:
+                t.loseConnection()
+
+    def abortConnection(self) -> None:
+        self.loseConnection()
+
+    def getPeer(self) -> Any:
+        return _TunnelAddress()
+
+    def getHost(self) -> Any:
+        return _TunnelAddress()
+
+
+class _TunnelAddress:
+    host = "tunnel"
+    port = 0
+
+    def __repr__(self) -> str:
+        return "<tunnel stream>"
+
+
+class StudioSSHServer:
+    """The studio's SSH server. Hand streams to :meth:`ssh_target`; pin the gateway's key
+    fingerprint with :meth:`pin`."""
+
+    def __init__(self, *, reactor: Any = None, cwd: str | None = None,
+                 trusted: Iterable[str] = (), shell: str | None = None,
+                 window: int = WINDOW, env: dict[str, str] | None = None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.cwd = cwd or os.getcwd()
+        self._trusted = set(trusted)
+        self.window = window
+        self._env = dict(os.environ if env is None else env)
+        self.shell = shell or _login_shell()
+        self.factory = _StudioFactory(self)
+        self.factory.doStart()
+
+    def pin(self, *fingerprints: str) -> None:
+        """Trust exactly these gateway key fingerprints (``SHA256:...``) from now on."""
+        self._trusted = set(fingerprints)
+
+    def trusted(self) -> set[str]:
+        return self._trusted
+
+    def base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in self._env.items() if not HIDDEN_ENV.fullmatch(k)}
+        try:
+            pw = pwd.getpwuid(os.getuid())
+            env.setdefault("HOME", pw.pw_dir)
+            env.setdefault("USER", pw.pw_name)
+            env.setdefault("LOGNAME", pw.pw_name)
+        except KeyError:
+            pass
+        env["SHELL"] = self.shell
+        env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+        return env
+
+    def build_protocol(self) -> Any:
+        """A fresh server-side SSH protocol (connect it to any byte stream)."""
+        return self.factory.buildProtocol(_TunnelAddress())
+
+    def ssh_target(self, stream_end: SpliceEnd) -> None:
+        """Serve SSH on a tunnel stream; `stream_end` is the stream's (paused) protocol.
+
+        This is the connect client's ``ssh_target`` hook.
+        """
+        if not self._trusted:
+            log.warn("studio SSH: no gateway key pinned yet; refusing the stream")
+            stream_end.transport.loseConnection()
+            return
+        ssh = self.build_protocol()
+        end = _SSHEnd(ssh)
+        pipe = _MemoryPipe(end)
+        end.makeConnection(pipe)  # type: ignore[arg-type]
+        ssh.makeConnection(_SSHTransportOut(stream_end))
+        join(stream_end, end)
+
+
+def _login_shell() -> str:
+    try:
+        shell = pwd.getpwuid(os.getuid()).pw_shell
+    except KeyError:
+        shell = ""
+    if shell and os.access(shell, os.X_OK) and not shell.endswith(("nologin", "false")):
+        return shell
+    return "/bin/bash" if os.access("/bin/bash", os.X_OK) else "/bin/sh"

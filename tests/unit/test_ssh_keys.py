@@ -1,0 +1,159 @@
+"""Host key loading, users' keys, and the /api/users/{user}/keys resource."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from twisted.conch.ssh.keys import Key
+from twisted.web.test.requesthelper import DummyRequest
+
+from studios_gateway.ssh.api import UserKeysResource
+from studios_gateway.ssh.keys import (
+    FileUserKeys,
+    HostKeyError,
+    fingerprint,
+    load_host_key,
+    parse_public_keys,
+)
+
+
+def _pem(private: object) -> bytes:
+    return private.private_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
+                                 serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+
+def _traditional(private: object) -> bytes:
+    if isinstance(private, ed25519.Ed25519PrivateKey):
+        return _openssh(private)
+    return private.private_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
+                                 serialization.PrivateFormat.TraditionalOpenSSL,
+                                 serialization.NoEncryption())
+
+
+def _openssh(private: object) -> bytes:
+    return private.private_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
+                                 serialization.PrivateFormat.OpenSSH,
+                                 serialization.NoEncryption())
+
+
+KEYS = {
+    "ed25519": ed25519.Ed25519PrivateKey.generate(),
+    "rsa": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    "ecdsa": ec.generate_private_key(ec.SECP256R1()),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KEYS))
+@pytest.mark.parametrize("fmt", [_pem, _traditional, _openssh])
+def test_value_formats(kind: str, fmt: object, tmp_path: Path) -> None:
+    data = fmt(KEYS[kind])  # type: ignore[operator]
+    key = load_host_key(None, data, str(tmp_path))
+    assert not key.isPublic()
+    assert not (tmp_path / "ssh").exists()
+
+
+def test_path_wins_over_value(tmp_path: Path) -> None:
+    path = tmp_path / "host"
+    path.write_bytes(_openssh(KEYS["ed25519"]))
+    other = _pem(KEYS["rsa"])
+    key = load_host_key(str(path), other, str(tmp_path))
+    assert key.type() == "Ed25519"
+
+
+def test_generated_once_0600(tmp_path: Path) -> None:
+    first = load_host_key(None, None, str(tmp_path))
+    files = list((tmp_path / "ssh").iterdir())
+    assert [f.name for f in files] == ["ssh_host_ed25519_key"]
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    again = load_host_key(None, None, str(tmp_path))
+    assert fingerprint(first) == fingerprint(again) and first.type() == "Ed25519"
+
+
+def test_fingerprint_matches_ssh_keygen(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    out = subprocess.run(["ssh-keygen", "-l", "-f", str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    assert fingerprint(Key.fromFile(str(path))) == out.split()[1]
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"not a key", "not a usable private key"),
+    (b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl",
+     "public key"),
+])
+def test_bad_values(data: bytes, words: str, tmp_path: Path) -> None:
+    with pytest.raises(HostKeyError, match=words) as e:
+        load_host_key(None, data, str(tmp_path))
+    assert "CONNECT_SSH_KEY_VALUE_BASE64" in str(e.value)
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(HostKeyError, match="CONNECT_SSH_KEY_PATH"):
+        load_host_key(str(tmp_path / "nope"), None, str(tmp_path))
+
+
+def _pub(kind: str = "ed25519") -> str:
+    return Key(KEYS[kind]).public().toString("OPENSSH").decode() + " someone@host"
+
+
+def test_parse_public_keys() -> None:
+    text = f"# comment\n\n{_pub()}\n{_pub('rsa')}\n"
+    lines = parse_public_keys(text)
+    assert len(lines) == 2 and lines[0].endswith("someone@host")
+    with pytest.raises(ValueError, match="line 1"):
+        parse_public_keys('from="1.2.3.4" ' + _pub())
+    with pytest.raises(ValueError, match="line 1"):
+        parse_public_keys("ssh-ed25519 AAAAnotbase64!!")
+
+
+def test_file_user_keys_persist(tmp_path: Path) -> None:
+    import asyncio
+
+    store = FileUserKeys.under(str(tmp_path))
+    store.set_keys("alice", parse_public_keys(_pub()))
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    again = FileUserKeys.under(str(tmp_path))
+    keys = asyncio.run(again.keys_for("alice"))
+    assert [k.blob() for k in keys] == [Key(KEYS["ed25519"]).public().blob()]
+    assert asyncio.run(again.keys_for("bob")) == []
+    assert again.delete("alice", fingerprint(keys[0])) == 1
+    assert FileUserKeys.under(str(tmp_path)).lines("alice") == []
+
+
+def _call(resource: UserKeysResource, method: str, path: str,
+          body: bytes = b"") -> tuple[int, dict]:
+    req = DummyRequest([p.encode() for p in path.split("/")])
+    req.method = method.encode()
+    import io
+
+    req.content = io.BytesIO(body)
+    out = resource.render(req)
+    return req.responseCode or 200, json.loads(out)
+
+
+def test_api(tmp_path: Path) -> None:
+    res = UserKeysResource(FileUserKeys.under(str(tmp_path)))
+    code, body = _call(res, "PUT", "alice/keys", _pub().encode())
+    assert code == 200 and body["keys"][0]["fingerprint"].startswith("SHA256:")
+    code, body = _call(res, "POST", "alice/keys", json.dumps({"keys": [_pub("ecdsa")]}).encode())
+    assert code == 200 and len(body["keys"]) == 2
+    code, body = _call(res, "GET", "alice/keys")
+    assert len(body["keys"]) == 2
+    fp = body["keys"][1]["fingerprint"]
+    code, body = _call(res, "DELETE", f"alice/keys/{fp}")
+    assert code == 200 and body["deleted"] == 1
+    code, body = _call(res, "PUT", "alice/keys", b"garbage")
+    assert code == 400 and "line 1" in body["error"]
+    code, body = _call(res, "DELETE", "alice/keys")
+    assert body["deleted"] == 1
+    assert _call(res, "GET", "alice/nothing")[0] == 404
+    assert _call(res, "PATCH", "alice/keys")[0] == 405
