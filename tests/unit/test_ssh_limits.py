@@ -1,0 +1,204 @@
+"""Limits (connections, channels, handshake timeout) and channel flow control, on a fake
+clock and in-memory transports."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.conch.ssh import common, connection
+from twisted.conch.ssh.keys import Key
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
+
+from studios_gateway.registry.memory import MemoryStore
+from studios_gateway.ssh.channels import FlowChannel, FlowConnection
+from studios_gateway.ssh.keys import MemoryUserKeys
+from studios_gateway.ssh.server import GatewaySSHFactory, RelayChannel, SSHSettings, _pair
+
+
+def _factory(clock: MemoryReactorClock, **settings: Any) -> GatewaySSHFactory:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = Key(ed25519.Ed25519PrivateKey.generate())
+    f = GatewaySSHFactory(host_key=key, user_keys=MemoryUserKeys(), store=MemoryStore(clock),
+                          dial=lambda sid, proto: False, settings=SSHSettings(**settings),
+                          clock=clock)
+    f.doStart()
+    return f
+
+
+def _connect(f: GatewaySSHFactory) -> tuple[Any, StringTransport]:
+    proto = f.buildProtocol(None)
+    t = StringTransport()
+    proto.makeConnection(t)
+    return proto, t
+
+
+def test_handshake_timeout() -> None:
+    clock = MemoryReactorClock()
+    f = _factory(clock, handshake_timeout=5.0)
+    proto, t = _connect(f)
+    clock.advance(4.9)
+    assert not t.disconnecting
+    clock.advance(0.2)
+    assert t.disconnecting
+    assert b"login timed out (the gateway allows 5s)" in t.value()
+    proto.connectionLost(Failure(ConnectionError()))
+    assert f.live_connections == 0
+
+
+def test_connection_limit_and_release() -> None:
+    clock = MemoryReactorClock()
+    f = _factory(clock, max_connections=2)
+    (p1, t1), (_p2, t2) = _connect(f), _connect(f)
+    p3, t3 = _connect(f)
+    assert not t1.disconnecting and not t2.disconnecting
+    assert t3.disconnecting and b"too many SSH connections" in t3.value()
+    p3.connectionLost(Failure(ConnectionError()))
+    assert f.live_connections == 2 and f.limiter.refused == 1
+    p1.connectionLost(Failure(ConnectionError()))
+    _p4, t4 = _connect(f)
+    assert not t4.disconnecting and f.live_connections == 2
+    assert not clock.getDelayedCalls() or all(c.active() for c in clock.getDelayedCalls())
+
+
+def test_health_check_is_quiet() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if event.get("log_level", LogLevel.info) >= LogLevel.warn:
+            seen.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        clock = MemoryReactorClock()
+        f = _factory(clock)
+        proto, _ = _connect(f)
+        proto.connectionLost(Failure(ConnectionError("closed")))
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert seen == []
+    assert f.live_connections == 0 and not [c for c in clock.getDelayedCalls() if c.active()]
+
+
+# Channels -------------------------------------------------------------------------------
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.packets: list[tuple[int, bytes]] = []
+
+    def sendPacket(self, kind: int, payload: bytes) -> None:
+        self.packets.append((kind, payload))
+
+    def kinds(self) -> list[int]:
+        return [k for k, _ in self.packets]
+
+
+class Conn(FlowConnection):
+    def open_channel(self, channel_type: bytes, window: int, max_packet: int,
+                     data: bytes) -> FlowChannel:
+        return FlowChannel(window=1024, max_packet=256)
+
+
+def _open(conn: FlowConnection, sender: int, window: int = 10_000, maxp: int = 100) -> None:
+    conn.ssh_CHANNEL_OPEN(common.NS(b"session") + struct.pack(">3L", sender, window, maxp))
+
+
+def test_channel_limit() -> None:
+    conn = Conn()
+    conn.transport = FakeTransport()
+    conn.max_channels = 2
+    for i in range(3):
+        _open(conn, i)
+    kinds = conn.transport.kinds()
+    assert kinds[:2] == [connection.MSG_CHANNEL_OPEN_CONFIRMATION] * 2
+    assert kinds[2] == connection.MSG_CHANNEL_OPEN_FAILURE
+    payload = conn.transport.packets[2][1]
+    assert struct.unpack(">2L", payload[:8]) == (2, connection.OPEN_RESOURCE_SHORTAGE)
+    assert b"too many channels on this connection (limit 2)" in payload
+    # closing one frees a slot
+    conn.channels[0].loseConnection()
+    conn.ssh_CHANNEL_CLOSE(struct.pack(">L", 0))
+    _open(conn, 3)
+    assert conn.transport.kinds()[-1] == connection.MSG_CHANNEL_OPEN_CONFIRMATION
+
+
+class Relay:
+    window = 1024
+
+    def user_side(self, channel: Any) -> bool:
+        return False
+
+
+def _relay_pair(remote_window: int) -> tuple[RelayChannel, RelayChannel, Conn, Conn]:
+    """a: receives from its peer (big window); b: sends to a peer whose window is small."""
+    ca, cb = Conn(), Conn()
+    ca.transport, cb.transport = FakeTransport(), FakeTransport()
+    a, b = RelayChannel(Relay()), RelayChannel(Relay())  # type: ignore[arg-type]
+    for conn, ch, window, sender in ((ca, a, 1 << 20, 7), (cb, b, remote_window, 9)):
+        ch.conn = conn
+        ch.id = 0
+        conn.channels[0] = ch
+        conn.channelsToRemoteChannel[ch] = sender
+        conn.localToRemoteChannel[0] = sender
+        ch.remoteWindowLeft, ch.remoteMaxPacket = window, 100
+        ch.channelOpen(b"")
+    _pair(a, b)
+    return a, b, ca, cb
+
+
+def _data(n: int) -> bytes:
+    return struct.pack(">2L", 0, n) + b"x" * n
+
+
+def _adjusts(conn: Conn) -> int:
+    return sum(struct.unpack(">2L", p[:8])[1] for k, p in conn.transport.packets
+               if k == connection.MSG_CHANNEL_WINDOW_ADJUST)
+
+
+@given(st.lists(st.integers(1, 100), min_size=1, max_size=60), st.integers(0, 600))
+def test_relay_credit_only_for_forwarded_bytes(chunks: list[int], remote: int) -> None:
+    a, b, ca, cb = _relay_pair(remote)
+    received = 0
+    for n in chunks:
+        if n > a.localWindowLeft:
+            break
+        ca.ssh_CHANNEL_DATA(_data(n))
+        received += n
+        forwarded = sum(len(p) - 8 for k, p in cb.transport.packets
+                        if k == connection.MSG_CHANNEL_DATA)
+        # never more than the far window; whatever waits is at most what a's window let in
+        assert forwarded <= remote
+        assert b.queued_bytes == received - forwarded <= a.localWindowSize
+        assert a.localWindowLeft >= 0
+        # the user is credited only for what went on
+        assert _adjusts(ca) <= forwarded
+    # the far side opens its window: the queue drains and credit follows
+    cb.ssh_CHANNEL_WINDOW_ADJUST(struct.pack(">2L", 0, 1 << 20))
+    assert b.queued_bytes == 0
+    assert a.localWindowLeft + a._unacked == a.localWindowSize
+
+
+def test_eof_and_exit_status_wait_behind_data() -> None:
+    a, b, ca, cb = _relay_pair(50)
+    ca.ssh_CHANNEL_DATA(_data(80))
+    a.handle_request(b"exit-status", struct.pack(">L", 3), False)
+    ca.ssh_CHANNEL_EOF(struct.pack(">L", 0))
+    assert cb.transport.kinds() == [connection.MSG_CHANNEL_DATA]
+    cb.ssh_CHANNEL_WINDOW_ADJUST(struct.pack(">2L", 0, 100))
+    assert cb.transport.kinds()[1:] == [connection.MSG_CHANNEL_DATA,
+                                        connection.MSG_CHANNEL_REQUEST,
+                                        connection.MSG_CHANNEL_EOF]
+
+
+def test_window_overrun_closes_channel() -> None:
+    conn = Conn()
+    conn.transport = FakeTransport()
+    _open(conn, 1)
+    conn.ssh_CHANNEL_DATA(_data(300))  # max packet 256
+    assert conn.transport.kinds()[-1] == connection.MSG_CHANNEL_CLOSE
