@@ -221,6 +221,7 @@ class GatewayTransport(transport.SSHServerTransport):
         self.supportedMACs = MACS
         self.supportedCompressions = [b"none"]
         self._counted = False
+        self._over_limit = False
         self._timer: Any = None
         self._untrack: Callable[[], None] | None = None
         self.upstream: UpstreamTransport | None = None
@@ -231,15 +232,22 @@ class GatewayTransport(transport.SSHServerTransport):
     def connectionMade(self) -> None:
         super().connectionMade()
         f = self.factory
+        self._timer = f.clock.callLater(f.settings.handshake_timeout, self._timed_out)
         if not f.limiter.acquire():
             log.warn("SSH: refusing a connection from {peer}: {live} connections open "
                      "(CONNECT_SSH_MAX_CONNECTIONS={limit})", peer=self._peer(),
                      live=f.limiter.live, limit=f.limiter.limit)
+            self._over_limit = True  # said at the client's KEXINIT, so that it reads it
+            return
+        self._over_limit = False
+        self._counted = True
+
+    def ssh_KEXINIT(self, packet: bytes) -> None:
+        if self._over_limit:
             self.sendDisconnect(DISCONNECT_TOO_MANY_CONNECTIONS,
                                 b"the gateway has too many SSH connections; try again later")
             return
-        self._counted = True
-        self._timer = f.clock.callLater(f.settings.handshake_timeout, self._timed_out)
+        super().ssh_KEXINIT(packet)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         # A client saying goodbye (code 11, "disconnected by user") is not an error.

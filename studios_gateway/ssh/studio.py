@@ -392,21 +392,25 @@ def _set_size(fd: int, size: tuple[int, int, int, int]) -> None:
 
 
 def _apply_modes(fd: int, modes: list[tuple[int, int]]) -> None:
+    """Apply the client's terminal modes (RFC 4254 8) to the pty."""
     attr = tty.tcgetattr(fd)
     for mode, value in modes:
-        if mode not in ttymodes.TTYMODES:
+        spec = ttymodes.TTYMODES.get(mode)
+        if spec is None:
             continue
-        name = ttymodes.TTYMODES[mode]
-        where, flag = name
-        if where == "OSPEED":
-            attr[tty.OSPEED] = getattr(tty, f"B{value}", attr[tty.OSPEED])
-        elif where == "ISPEED":
-            attr[tty.ISPEED] = getattr(tty, f"B{value}", attr[tty.ISPEED])
-        elif isinstance(flag, int) and where in ("IFLAG", "OFLAG", "CFLAG", "LFLAG"):
-            index = getattr(tty, where)
-            attr[index] = attr[index] | flag if value else attr[index] & ~flag
-        elif where == "CC" and isinstance(flag, int) and flag < len(attr[tty.CC]):
-            attr[tty.CC][flag] = bytes([value & 0xFF])
+        if isinstance(spec, tuple):  # (attribute index, flag name)
+            index, flag_name = spec
+            flag = getattr(tty, flag_name, None)
+            if flag is not None:
+                attr[index] = attr[index] | flag if value else attr[index] & ~flag
+        elif spec in ("OSPEED", "ISPEED"):
+            speed = getattr(tty, f"B{value}", None)
+            if speed is not None:
+                attr[getattr(tty, spec)] = speed
+        else:  # a control character, such as VINTR
+            cc = getattr(tty, spec, None)
+            if cc is not None and cc < len(attr[tty.CC]):
+                attr[tty.CC][cc] = bytes([value & 0xFF])
     tty.tcsetattr(fd, tty.TCSANOW, attr)
 
 

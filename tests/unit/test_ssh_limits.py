@@ -51,12 +51,23 @@ def test_handshake_timeout() -> None:
     assert f.live_connections == 0
 
 
+def _client_hello() -> bytes:
+    from twisted.conch.ssh import transport
+
+    client = transport.SSHClientTransport()
+    out = StringTransport()
+    client.makeConnection(out)
+    return out.value()
+
+
 def test_connection_limit_and_release() -> None:
     clock = MemoryReactorClock()
     f = _factory(clock, max_connections=2)
     (p1, t1), (_p2, t2) = _connect(f), _connect(f)
     p3, t3 = _connect(f)
     assert not t1.disconnecting and not t2.disconnecting
+    assert not t3.disconnecting  # waits for the client's KEXINIT, then says why
+    p3.dataReceived(_client_hello())
     assert t3.disconnecting and b"too many SSH connections" in t3.value()
     p3.connectionLost(Failure(ConnectionError()))
     assert f.live_connections == 2 and f.limiter.refused == 1

@@ -1,0 +1,397 @@
+"""The SSH proxy with OpenSSH's own ssh, scp and sftp.
+
+A gateway-side SSH server and a studio-side SSH server run in a child process
+(``python -m studios_gateway.ssh.loopback``), joined by a real socket that
+stands in for the tunnel stream (the studio side is handed each connection the
+way the connect client hands it an ``S`` stream).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.ports import free_port, wait_for_port
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client not installed"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _record(sid: str, **kw: object) -> dict[str, object]:
+    data: dict[str, object] = dict(id=sid, workspace_id=None, tool="generic", owner="alice",
+                                   allowed_users=["carol"], ssh_enabled=True,
+                                   token_hash="sha256:unused", created_at=0.0)
+    data.update(kw)
+    return data
+
+
+@dataclass
+class Gateway:
+    port: int
+    dir: Path
+    work: Path
+    proc: subprocess.Popen[str]
+    log: Path
+
+    def ssh_base(self, key: str = "alice_key") -> list[str]:
+        return ["-F", "/dev/null", "-o", f"UserKnownHostsFile={self.dir / 'known_hosts'}",
+                "-o", "StrictHostKeyChecking=accept-new", "-o", "IdentitiesOnly=yes",
+                "-o", "BatchMode=yes", "-i", str(self.dir / key)]
+
+    def ssh(self, login: str, *args: str, key: str = "alice_key") -> list[str]:
+        return ["ssh", *self.ssh_base(key), "-p", str(self.port), *args,
+                f"{login}@127.0.0.1"]
+
+    def run(self, login: str, command: str, *opts: str, key: str = "alice_key",
+            timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.ssh(login, *opts, key=key), command], capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _start(base: Path, name: str, *extra: str) -> Gateway:
+    d = base / name
+    (d / "store" / "ssh").mkdir(parents=True)
+    work = d / "work"
+    work.mkdir()
+    for key in ("alice_key", "bob_key", "carol_key"):
+        if not (base / key).exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", key,
+                            "-f", str(base / key)], check=True)
+        shutil.copy(base / key, d / key)
+        os.chmod(d / key, 0o600)
+    users = {u: [(base / f"{u}_key.pub").read_text().strip()] for u in ("alice", "carol")}
+    (d / "store" / "ssh" / "user_keys.json").write_text(json.dumps({"users": users}))
+    sessions = [_record("abcd"), _record("nossh", ssh_enabled=False),
+                _record("bobs", owner="bob", allowed_users=[]), _record("gone")]
+    (d / "sessions.json").write_text(json.dumps(sessions))
+    log = d / "gateway.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "studios_gateway.ssh.loopback", "--storage-root",
+         str(d / "store"), "--sessions", str(d / "sessions.json"), "--cwd", str(work),
+         "--offline", "gone", *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("ready "), f"gateway did not start: {log.read_text()}"
+    return Gateway(int(line.split()[1]), d, work, proc, log)
+
+
+def _stop(gw: Gateway) -> None:
+    gw.proc.send_signal(signal.SIGTERM)
+    try:
+        gw.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        gw.proc.kill()
+        gw.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ssh")
+
+
+@pytest.fixture(scope="module")
+def gw(base: Path) -> Iterator[Gateway]:
+    g = _start(base, "main")
+    yield g
+    _stop(g)
+    text = g.log.read_text()
+    assert "Traceback" not in text and "#error]" not in text and "#critical]" not in text, text
+
+
+@pytest.fixture(scope="module")
+def tight(base: Path) -> Iterator[Gateway]:
+    g = _start(base, "tight", "--max-connections", "2", "--max-channels", "2",
+               "--handshake-timeout", "1.5")
+    yield g
+    _stop(g)
+
+
+# Sessions ---------------------------------------------------------------------------------
+
+
+def test_exec_output_and_exit_status(gw: Gateway) -> None:
+    r = gw.run("alice@abcd", "echo hello; echo oops >&2; pwd; exit 3")
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == f"hello\n{gw.work}\n"
+    assert "oops" in r.stderr
+
+
+def test_allow_listed_user(gw: Gateway) -> None:
+    r = gw.run("carol@abcd", "echo $USER-ok", key="carol_key")
+    assert r.returncode == 0 and r.stdout.strip().endswith("-ok"), r.stderr
+
+
+def _read_until(fd: int, needle: bytes, deadline: float) -> bytes:
+    out = b""
+    while needle not in out:
+        left = deadline - time.monotonic()
+        assert left > 0, f"timed out waiting for {needle!r}; got {out!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def test_pty_and_window_size(gw: Gateway) -> None:
+    master, slave = pty.openpty()
+    termios_size = struct.pack("4H", 40, 100, 0, 0)
+    import fcntl
+
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, termios_size)
+    proc = subprocess.Popen(
+        [*gw.ssh("alice@abcd", "-tt"), "tty; stty size; echo $TERM; read x; stty size; exit 4"],
+        stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+        env={**os.environ, "TERM": "xterm-256color"})
+    os.close(slave)
+    try:
+        deadline = time.monotonic() + 20
+        out = _read_until(master, b"xterm-256color", deadline)
+        assert b"/dev/pts/" in out and b"40 100" in out, out
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("4H", 50, 132, 0, 0))
+        proc.send_signal(signal.SIGWINCH)
+        time.sleep(0.3)  # ssh sends window-change from its loop; then the line
+        os.write(master, b"go\r")
+        out = _read_until(master, b"50 132", deadline)
+        assert proc.wait(10) == 4
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def test_agent_forwarding(gw: Gateway, tmp_path: Path) -> None:
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline and agent.poll() is None
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(gw.dir / "alice_key")], env=env, check=True,
+                       capture_output=True)
+        r = subprocess.run([*gw.ssh("alice@abcd", "-A"), "echo $SSH_AUTH_SOCK; ssh-add -l"],
+                           env=env, capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0, r.stderr
+        assert "alice_key" in r.stdout and "ED25519" in r.stdout
+        # without -A there is no agent in the studio
+        r = subprocess.run([*gw.ssh("alice@abcd"), "ssh-add -l"], env=env,
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode != 0 and "alice_key" not in r.stdout
+    finally:
+        agent.terminate()
+        agent.wait(5)
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[int]:
+    (tmp_path / "index.html").write_text("the tool says hi\n")
+
+    def handler(*a: object) -> _Quiet:
+        return _Quiet(*a, directory=str(tmp_path))  # type: ignore[arg-type]
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_local_forwarding(gw: Gateway, http_server: int) -> None:
+    lport = free_port()
+    proc = subprocess.Popen(gw.ssh("alice@abcd", "-N", "-L", f"{lport}:127.0.0.1:{http_server}"),
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(lport, proc=proc)
+        for _ in range(3):
+            with urllib.request.urlopen(f"http://127.0.0.1:{lport}/index.html", timeout=10) as r:
+                assert r.read() == b"the tool says hi\n"
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_scp_256mib_up_and_down(gw: Gateway, tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    size = 256 * 1024 * 1024
+    with src.open("wb") as f:
+        for _ in range(size // (4 << 20)):
+            f.write(os.urandom(4 << 20))
+    scp = ["scp", *gw.ssh_base(), "-P", str(gw.port)]
+    t0 = time.monotonic()
+    r = subprocess.run([*scp, str(src), "alice@abcd@127.0.0.1:big.bin"], capture_output=True,
+                       text=True, timeout=60)
+    up = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert _sha(gw.work / "big.bin") == _sha(src)
+    back = tmp_path / "back.bin"
+    t0 = time.monotonic()
+    r = subprocess.run([*scp, "alice@abcd@127.0.0.1:big.bin", str(back)], capture_output=True,
+                       text=True, timeout=60)
+    down = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert _sha(back) == _sha(src)
+    print(f"\nscp 256 MiB through the proxy: up {size / up / 1e6:.0f} MB/s, "
+          f"down {size / down / 1e6:.0f} MB/s")
+    (gw.work / "big.bin").unlink()
+
+
+def test_sftp_batch(gw: Gateway, tmp_path: Path) -> None:
+    (gw.work / "notes.txt").write_text("remember the milk\n")
+    batch = tmp_path / "batch"
+    batch.write_text(f"ls -l\nget notes.txt {tmp_path / 'got.txt'}\nmkdir sub\nls\n")
+    r = subprocess.run(["sftp", *gw.ssh_base(), "-P", str(gw.port), "-b", str(batch),
+                        "alice@abcd@127.0.0.1"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert "notes.txt" in r.stdout and "sub" in r.stdout
+    assert (tmp_path / "got.txt").read_text() == "remember the milk\n"
+    assert (gw.work / "sub").is_dir()
+
+
+# Refusals ------------------------------------------------------------------------------------
+
+
+def test_refusals_each_with_its_message(gw: Gateway) -> None:
+    live = subprocess.Popen([*gw.ssh("alice@abcd"), "cat"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdin and live.stdout
+        live.stdin.write("before\n")
+        live.stdin.flush()
+        assert live.stdout.readline() == "before\n"
+        cases = [
+            ("alice@abcd", "bob_key", "Permission denied (publickey)"),
+            ("alice@nope", "alice_key", "there is no session nope"),
+            ("alice@bobs", "alice_key", "alice is not allowed on session bobs"),
+            ("alice@nossh", "alice_key", "SSH is not enabled for session nossh"),
+            ("alice@gone", "alice_key", "the studio of session gone is not connected"),
+            ("alice", "alice_key", "log in as <user>@<session-id>"),
+        ]
+        for login, key, message in cases:
+            r = gw.run(login, "echo should-not-run", key=key)
+            assert r.returncode == 255, (login, r.stdout, r.stderr)
+            assert message in r.stderr, (login, r.stderr)
+            assert "should-not-run" not in r.stdout
+        live.stdin.write("after\n")
+        live.stdin.flush()
+        assert live.stdout.readline() == "after\n"
+    finally:
+        live.terminate()
+        live.wait(5)
+
+
+def test_health_check_not_an_error(gw: Gateway) -> None:
+    for _ in range(3):
+        socket.create_connection(("127.0.0.1", gw.port), timeout=5).close()
+    r = gw.run("alice@abcd", "echo still-fine")
+    assert r.stdout == "still-fine\n"
+    assert "Traceback" not in gw.log.read_text()
+
+
+# Limits ----------------------------------------------------------------------------------------
+
+
+def test_connection_limit(tight: Gateway) -> None:
+    holders = [subprocess.Popen([*tight.ssh("alice@abcd"), "echo up; cat"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    try:
+        for h in holders:
+            assert h.stdout and h.stdout.readline() == "up\n"
+        r = tight.run("alice@abcd", "echo third")
+        assert r.returncode == 255
+        assert "too many SSH connections" in r.stderr
+    finally:
+        for h in holders:
+            h.terminate()
+            h.wait(5)
+    deadline = time.monotonic() + 10
+    while True:  # the slots come back as the holders' connections close
+        r = tight.run("alice@abcd", "echo again")
+        if r.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert r.stdout == "again\n", r.stderr
+
+
+def test_channel_limit(tight: Gateway) -> None:
+    held: list[socket.socket] = []
+    srv = socket.create_server(("127.0.0.1", 0))
+    lport = free_port()
+    proc = subprocess.Popen(
+        tight.ssh("alice@abcd", "-N", "-L", f"{lport}:127.0.0.1:{srv.getsockname()[1]}"),
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(lport, proc=proc)  # this probe opens (and closes) one channel
+        srv.accept()[0].close()
+        for _ in range(2):
+            held.append(socket.create_connection(("127.0.0.1", lport), timeout=5))
+            held.append(srv.accept()[0])
+        third = socket.create_connection(("127.0.0.1", lport), timeout=5)
+        third.settimeout(10)
+        assert third.recv(1) == b""  # ssh closes it: the gateway refused the channel
+        third.close()
+    finally:
+        for s in held:
+            s.close()
+        srv.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=5)
+    assert "resource shortage" in err and "too many channels" in err, err
+
+
+def test_handshake_timeout(tight: Gateway) -> None:
+    s = socket.create_connection(("127.0.0.1", tight.port), timeout=10)
+    t0 = time.monotonic()
+    data = b""
+    while chunk := s.recv(4096):
+        data += chunk
+    s.close()
+    assert 1.0 < time.monotonic() - t0 < 8
+    assert data.startswith(b"SSH-2.0-studios_gateway")
+    assert b"login timed out" in data
