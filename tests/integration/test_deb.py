@@ -1,0 +1,103 @@
+"""packaging/build-deb: the .deb holds a relocated venv, the units and the conffile, and its
+twistd lists both plugins. Installed with dpkg only in CI (CI=true)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed"),
+    pytest.mark.skipif(subprocess.run(["/usr/bin/python3", "-c", "import ensurepip, venv"],
+                                      capture_output=True).returncode != 0
+                       if Path("/usr/bin/python3").exists() else True,
+                       reason="Debian's python3 with venv is needed (apt install python3-venv)"),
+]
+
+TWISTD_HELP = ("import sys; sys.argv = ['twistd', '--help']; "
+               "from twisted.scripts.twistd import run; run()")
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("deb")
+    proc = subprocess.run([str(REPO / "packaging" / "build-deb"), str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (path,) = out.glob("studios-gateway_*.deb")
+    return path
+
+
+def dpkg_deb(*args: str) -> str:
+    return subprocess.run(["dpkg-deb", *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_control_and_contents(deb: Path, tmp_path: Path) -> None:
+    info = dpkg_deb("-I", str(deb))
+    assert "Package: studios-gateway" in info
+    assert "Depends: python3." in info
+    for script in ("postinst", "prerm", "postrm", "conffiles"):
+        assert script in info
+    contents = dpkg_deb("-c", str(deb))
+    for path in ("./opt/studios-gateway/bin/twistd", "./opt/studios-gateway/bin/studios-gateway",
+                 "./etc/studios-gateway/gateway.env",
+                 "./lib/systemd/system/studios-gateway.service",
+                 "./lib/systemd/system/studios-gateway@.service",
+                 "./lib/systemd/system/studios-gateway-http.socket",
+                 "./lib/systemd/system/studios-connect.service",
+                 "/twisted/plugins/studios_gateway_plugin.py"):
+        assert path in contents, path
+    assert "__pycache__" not in contents and "dropin.cache" not in contents
+    assert "-rw------- root/root" in next(line for line in contents.splitlines()
+                                          if line.endswith("etc/studios-gateway/gateway.env"))
+
+    control = tmp_path / "control"
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(control)], check=True)
+    assert (control / "conffiles").read_text().split() == ["/etc/studios-gateway/gateway.env"]
+    postinst = (control / "postinst").read_text()
+    assert "useradd --system" in postinst and "twistd --help" in postinst
+
+    root = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    venv = root / "opt" / "studios-gateway"
+    assert (venv / "bin" / "twistd").read_text().startswith("#!/opt/studios-gateway/bin/python")
+    assert os.readlink(venv / "bin" / "python3").startswith("/usr/bin/python3.")
+    assert "/opt/studios-gateway" in (venv / "pyvenv.cfg").read_text()
+    # The extracted venv runs where it lies (a venv finds itself from its interpreter link).
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", TWISTD_HELP], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120)
+    assert "studios-gateway" in proc.stdout and "studios-connect" in proc.stdout, proc.stdout
+
+
+@pytest.mark.skipif(os.environ.get("CI") != "true" or os.geteuid() != 0,
+                    reason="installs with dpkg -i: only in CI (CI=true) as root")
+def test_install_in_ci(deb: Path) -> None:
+    subprocess.run(["dpkg", "-i", str(deb)], check=True, timeout=300)
+    try:
+        help_text = subprocess.run(["/opt/studios-gateway/bin/twistd", "--help"],
+                                   capture_output=True, text=True, check=True).stdout
+        assert "studios-gateway" in help_text and "studios-connect" in help_text
+        assert list(Path("/opt/studios-gateway").rglob("dropin.cache"))
+        assert subprocess.run(["getent", "passwd", "studios-gateway"]).returncode == 0
+        assert Path("/var/lib/studios-gateway").is_dir()
+        check = subprocess.run(["/opt/studios-gateway/bin/studios-gateway", "check-config",
+                                "--env-file", "/etc/studios-gateway/gateway.env"],
+                               capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+        assert check.returncode == 0, check.stdout + check.stderr
+        if shutil.which("systemd-analyze"):
+            units = sorted(str(p) for p in Path("/lib/systemd/system").glob("studios-*"))
+            units = [u.replace("@.service", "@01.service") for u in units]
+            verify = subprocess.run(["systemd-analyze", "verify", "--man=no", *units],
+                                    capture_output=True, text=True)
+            assert verify.returncode == 0 and not verify.stderr, verify.stderr
+    finally:
+        subprocess.run(["dpkg", "--purge", "studios-gateway"], check=True, timeout=120)
+    assert not Path("/opt/studios-gateway/bin").exists()
