@@ -1,0 +1,161 @@
+"""The yamux frame codec: round trips, and every malformed header is a ProtocolError."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from studios_gateway.tunnel import frames
+from studios_gateway.tunnel.frames import (
+    ACK,
+    DATA,
+    FIN,
+    GO_AWAY,
+    PING,
+    RST,
+    SYN,
+    WINDOW_UPDATE,
+    Frame,
+    FrameDecoder,
+    ProtocolError,
+)
+
+MAX_DATA = 4096
+u32 = st.integers(0, 0xFFFF_FFFF)
+stream_flags = st.sampled_from([f for f in range(16) if not (f & SYN and f & ACK)])
+
+
+@st.composite
+def valid_frames(draw: st.DrawFn) -> Frame:
+    kind = draw(st.sampled_from([DATA, WINDOW_UPDATE, PING, GO_AWAY]))
+    if kind == DATA:
+        data = draw(st.binary(max_size=MAX_DATA))
+        return Frame(DATA, draw(stream_flags), draw(st.integers(1, 0xFFFF_FFFF)), len(data), data)
+    if kind == WINDOW_UPDATE:
+        return Frame(WINDOW_UPDATE, draw(stream_flags), draw(st.integers(1, 0xFFFF_FFFF)),
+                     draw(u32))
+    if kind == PING:
+        return Frame(PING, draw(st.sampled_from([SYN, ACK])), 0, draw(u32))
+    return Frame(GO_AWAY, 0, 0, draw(st.sampled_from([0, 1, 2])))
+
+
+def split(blob: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(blob) + 1) for c in cuts})
+    pieces, last = [], 0
+    for p in points:
+        pieces.append(blob[last:p])
+        last = p
+    pieces.append(blob[last:])
+    return pieces
+
+
+@given(st.lists(valid_frames(), max_size=12), st.lists(st.integers(0, 10**6), max_size=20))
+def test_round_trip_in_any_split(fs: list[Frame], cuts: list[int]) -> None:
+    blob = b"".join(frames.encode_frame(f) for f in fs)
+    decoder = FrameDecoder(MAX_DATA)
+    got: list[Frame] = []
+    for piece in split(blob, cuts):
+        got.extend(decoder.feed(piece))
+    assert got == fs
+    assert decoder.buffered == 0
+
+
+@given(valid_frames())
+def test_header_fields_are_big_endian_on_the_wire(f: Frame) -> None:
+    blob = frames.encode_frame(f)
+    assert struct.unpack(">BBHII", blob[:12]) == (0, f.type, f.flags, f.stream_id, f.length)
+    assert blob[12:] == f.data
+
+
+def header_is_valid(version: int, ftype: int, flags: int, sid: int, length: int) -> bool:
+    """The spec's rules, written independently of the decoder."""
+    if version != 0 or ftype not in (0, 1, 2, 3) or flags > 15:
+        return False
+    if ftype in (0, 1):
+        return sid != 0 and flags & 3 != 3 and (ftype == 1 or length <= MAX_DATA)
+    if ftype == 2:
+        return sid == 0 and flags in (1, 2)
+    return sid == 0 and flags == 0 and length in (0, 1, 2)
+
+
+headers = st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 0xFFFF), u32, u32)
+nearly_valid = st.tuples(st.integers(0, 2), st.integers(0, 5), st.integers(0, 20),
+                         st.integers(0, 3), st.integers(0, MAX_DATA + 2))
+
+
+@given(st.one_of(headers, nearly_valid))
+def test_malformed_headers_are_protocol_errors_and_nothing_else(h: tuple[int, ...]) -> None:
+    blob = struct.pack(">BBHII", *h)
+    decoder = FrameDecoder(MAX_DATA)
+    if header_is_valid(*h):
+        got = decoder.feed(blob)
+        if h[1] == DATA and h[4]:
+            assert got == [] and decoder.buffered == 0  # waiting for the payload
+        else:
+            assert got == [Frame(h[1], h[2], h[3], h[4], b"")]
+    else:
+        with pytest.raises(ProtocolError) as e:
+            decoder.feed(blob)
+        assert e.value.reason
+        with pytest.raises(ProtocolError):  # framing lost: the decoder stays broken
+            decoder.feed(frames.encode_ping(1))
+
+
+@given(st.binary(max_size=200), st.lists(st.integers(0, 300), max_size=6))
+def test_garbage_only_ever_raises_protocol_error(blob: bytes, cuts: list[int]) -> None:
+    decoder = FrameDecoder(MAX_DATA)
+    try:
+        for piece in split(blob, cuts):
+            decoder.feed(piece)
+    except ProtocolError:
+        pass
+
+
+@pytest.mark.parametrize("blob, words", [
+    (struct.pack(">BBHII", 1, DATA, 0, 1, 0), "version"),
+    (struct.pack(">BBHII", 0, 4, 0, 1, 0), "type"),
+    (struct.pack(">BBHII", 0, DATA, 0x10, 1, 0), "flag"),
+    (struct.pack(">BBHII", 0, DATA, 0, 1, MAX_DATA + 1), "exceeds"),
+    (struct.pack(">BBHII", 0, PING, SYN, 3, 0), "Ping on stream"),
+    (struct.pack(">BBHII", 0, GO_AWAY, 0, 3, 0), "GoAway on stream"),
+    (struct.pack(">BBHII", 0, GO_AWAY, 0, 0, 7), "GoAway code"),
+    (struct.pack(">BBHII", 0, WINDOW_UPDATE, 0, 0, 1), "stream 0"),
+    (struct.pack(">BBHII", 0, PING, 0, 0, 1), "Ping flags"),
+])
+def test_each_rule_has_a_reason(blob: bytes, words: str) -> None:
+    with pytest.raises(ProtocolError, match=words):
+        FrameDecoder(MAX_DATA).feed(blob)
+
+
+def test_payload_inside_one_chunk_is_not_copied() -> None:
+    payload = b"x" * 1000
+    decoder = FrameDecoder(MAX_DATA)
+    assert decoder.feed(frames.encode_header(DATA, 0, 1, len(payload))) == []
+    [frame] = decoder.feed(payload)
+    assert frame.data is payload
+
+
+def test_partial_payload_is_held_as_views_and_bounded() -> None:
+    decoder = FrameDecoder(MAX_DATA)
+    blob = frames.encode_data(5, b"a" * MAX_DATA, FIN)
+    body = blob[:-1]
+    for i in range(0, len(body), 100):
+        assert decoder.feed(body[i:i + 100]) == []
+        assert decoder.buffered <= frames.HEADER_SIZE + MAX_DATA
+    [frame] = decoder.feed(blob[-1:])
+    assert frame == Frame(DATA, FIN, 5, MAX_DATA, b"a" * MAX_DATA)
+    assert type(frame.data) is bytes
+
+
+def test_encoders_refuse_out_of_range_fields() -> None:
+    with pytest.raises(ValueError):
+        frames.encode_header(DATA, 0x10, 1, 0)
+    with pytest.raises(ValueError):
+        frames.encode_header(DATA, 0, 2**32, 0)
+    with pytest.raises(ValueError):
+        frames.encode_go_away(9)
+    assert frames.encode_ping(7, ack=True) == struct.pack(">BBHII", 0, PING, ACK, 0, 7)
+    assert frames.encode_window_update(3, 10, RST) == struct.pack(">BBHII", 0, 1, RST, 3, 10)
