@@ -1,0 +1,64 @@
+"""Pausing one transport for several reasons at once.
+
+A client connection's reads are paused while its request is dispatched, while
+the tool's side is full, and while too many pipelined bytes wait; Twisted's
+pause/resume are not counted, so a :class:`Gate` pauses the transport when the
+first reason appears and resumes it when the last one goes. :class:`GateProducer`
+is the IPushProducer registered on the *other* transport: that transport's
+back-pressure becomes one reason on this gate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+__all__ = ["Gate", "GateProducer"]
+
+
+class Gate:
+    def __init__(self, transport: Any):
+        self._transport = transport
+        self._reasons: set[str] = set()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._reasons)
+
+    def reasons(self) -> frozenset[str]:
+        return frozenset(self._reasons)
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons:
+            self._transport.pauseProducing()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons:
+            self._transport.resumeProducing()
+
+
+@implementer(IPushProducer)
+class GateProducer:
+    """Registered as the streaming producer of a consumer transport: when that
+    consumer's buffer is full, `reason` pauses the gate."""
+
+    def __init__(self, gate: Gate, reason: str):
+        self._gate = gate
+        self._reason = reason
+
+    def pauseProducing(self) -> None:
+        self._gate.pause(self._reason)
+
+    def resumeProducing(self) -> None:
+        self._gate.resume(self._reason)
+
+    def stopProducing(self) -> None:
+        # The consumer went away; whoever owns the gate learns that from its own
+        # connectionLost. Do not leave the gate paused for this reason.
+        self._gate.resume(self._reason)

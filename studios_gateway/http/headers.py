@@ -1,0 +1,177 @@
+"""Plain decisions about request heads and header lists, testable without a reactor.
+
+* :func:`check_head` looks at the raw bytes of a request head before h11 parses
+  it and refuses the shapes used for request smuggling that h11 would accept or
+  normalise (obs-fold, repeated Content-Length, Content-Length with
+  Transfer-Encoding, codings other than ``chunked``, missing or repeated Host),
+  and enforces the line and header limits.
+* :func:`request_headers` / :func:`response_headers` build the header lists the
+  proxy forwards: hop-by-hop headers out, ``X-Forwarded-*`` and
+  ``X-Connect-Sub`` in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "HeadProblem",
+    "Headers",
+    "SUBJECT_HEADER",
+    "check_head",
+    "connection_tokens",
+    "is_trusted",
+    "request_headers",
+    "response_headers",
+]
+
+Headers = list[tuple[bytes, bytes]]
+SUBJECT_HEADER = b"X-Connect-Sub"
+
+_HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+_FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                         b"x-real-ip", b"forwarded"})
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^ ]+) HTTP/1\.([01])")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+
+
+@dataclass(frozen=True)
+class HeadProblem:
+    status: int
+    reason: str
+
+
+def check_head(head: bytes, *, max_request_line: int, max_header_count: int
+               ) -> HeadProblem | None:
+    """Problems with a complete request head (ending in CRLF CRLF), or None."""
+    if b"\r\n\r\n" != head[-4:]:
+        return HeadProblem(400, "incomplete head")
+    lines = head[:-4].split(b"\r\n")
+    if any(b"\n" in line or b"\r" in line for line in lines):
+        return HeadProblem(400, "bare CR or LF")
+    request_line, fields = lines[0], lines[1:]
+    if len(request_line) > max_request_line:
+        return HeadProblem(414, "request line too long")
+    if len(fields) > max_header_count:
+        return HeadProblem(431, "too many header fields")
+    m = _REQUEST_LINE.fullmatch(request_line)
+    if m is None:
+        return HeadProblem(400, "malformed request line")
+    counts: dict[bytes, int] = {}
+    content_length: bytes | None = None
+    transfer_encoding: bytes | None = None
+    for line in fields:
+        if line[:1] in (b" ", b"\t"):
+            return HeadProblem(400, "obsolete line folding")
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            return HeadProblem(400, "malformed header field")
+        lname = name.lower()
+        counts[lname] = counts.get(lname, 0) + 1
+        value = value.strip(b" \t")
+        if lname == b"content-length":
+            content_length = value
+        elif lname == b"transfer-encoding":
+            transfer_encoding = value
+    if counts.get(b"content-length", 0) > 1:
+        return HeadProblem(400, "repeated Content-Length")
+    if counts.get(b"transfer-encoding", 0) > 1:
+        return HeadProblem(400, "repeated Transfer-Encoding")
+    if content_length is not None and transfer_encoding is not None:
+        return HeadProblem(400, "Content-Length with Transfer-Encoding")
+    if content_length is not None and not _DIGITS.fullmatch(content_length):
+        return HeadProblem(400, "malformed Content-Length")
+    if transfer_encoding is not None:
+        if m.group(3) == b"0":
+            return HeadProblem(400, "Transfer-Encoding in HTTP/1.0")
+        if transfer_encoding.lower() != b"chunked":
+            return HeadProblem(400, "unsupported Transfer-Encoding")
+    if counts.get(b"host", 0) != 1:
+        return HeadProblem(400, "missing or repeated Host")
+    return None
+
+
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """The lower-cased options named in every Connection header."""
+    out: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            out.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return out
+
+
+def _without_hop_by_hop(headers: Sequence[tuple[bytes, bytes]], keep_upgrade: bool) -> Headers:
+    named = connection_tokens(headers)
+    drop = set(_HOP_BY_HOP | named) - ({b"upgrade"} if keep_upgrade else set())
+    drop.discard(b"host")
+    return [(n, v) for n, v in headers if n.lower() not in drop]
+
+
+def is_trusted(peer: str | None, cidrs: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+               ) -> bool:
+    if peer is None or not cidrs:
+        return False
+    try:
+        addr = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr.version == net.version and addr in net for net in cidrs)
+
+
+def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
+                    trusted: bool, scheme: str, subject: str, upgrade: bool,
+                    framing: tuple[bytes, bytes] | None) -> Headers:
+    """The header list to send the tool.
+
+    ``framing`` is the body framing to forward (``(b"Content-Length", n)`` or
+    ``(b"Transfer-Encoding", b"chunked")``); ``upgrade`` keeps ``Upgrade`` and
+    sends ``Connection: upgrade``. From an untrusted peer every client-sent
+    forwarding header is dropped and replaced; from a trusted one the peer is
+    appended to ``X-Forwarded-For`` and its Proto/Host are kept.
+    """
+    out = [(n, v) for n, v in _without_hop_by_hop(headers, keep_upgrade=upgrade)
+           if n.lower() != b"content-length"]
+    host = next((v for n, v in out if n.lower() == b"host"), b"")
+    sub = SUBJECT_HEADER.lower()
+    prior_for = [v.strip() for n, v in out if n.lower() == b"x-forwarded-for"] if trusted else []
+    kept_proto = kept_host = None
+    if trusted:
+        kept_proto = next((v for n, v in out if n.lower() == b"x-forwarded-proto"), None)
+        kept_host = next((v for n, v in out if n.lower() == b"x-forwarded-host"), None)
+        out = [(n, v) for n, v in out
+               if n.lower() not in (sub, b"x-forwarded-for", b"x-forwarded-proto",
+                                    b"x-forwarded-host")]
+    else:
+        out = [(n, v) for n, v in out if n.lower() != sub and n.lower() not in _FORWARDING]
+    chain = [v for v in prior_for if v]
+    if peer is not None:
+        chain.append(peer.encode("ascii", "replace"))
+    if chain:
+        out.append((b"X-Forwarded-For", b", ".join(chain)))
+    out.append((b"X-Forwarded-Proto", kept_proto or scheme.encode("ascii")))
+    out.append((b"X-Forwarded-Host", kept_host or host))
+    out.append((SUBJECT_HEADER, subject.encode("utf-8")))
+    if upgrade:
+        out.append((b"Connection", b"upgrade"))
+    if framing is not None:
+        out.append(framing)
+    return out
+
+
+def response_headers(headers: Sequence[tuple[bytes, bytes]], *, upgrade: bool) -> Headers:
+    """The tool's response headers without hop-by-hop ones. Framing is re-added by h11
+    from the forwarded ``Content-Length`` or as ``chunked``; for a 101 the ``Upgrade``
+    header stays and ``Connection: upgrade`` is sent."""
+    out = _without_hop_by_hop(headers, keep_upgrade=upgrade)
+    if upgrade:
+        out.append((b"Connection", b"upgrade"))
+    return out

@@ -1,0 +1,133 @@
+"""Small, self-contained HTML pages the proxy answers with instead of the tool.
+
+Every page names the studio (escaped) when there is one, says what happened and
+what to do, and carries no external resources. A page is a :class:`Page`: the
+status, headers and body the proxy sends as they are.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+__all__ = [
+    "Page",
+    "bad_request",
+    "forbidden",
+    "not_connected",
+    "not_found",
+    "page",
+    "redirect",
+    "tool_not_answering",
+    "xpra_in_path_mode",
+]
+
+_REASONS = {
+    301: "Moved Permanently", 302: "Found", 308: "Permanent Redirect", 400: "Bad Request",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+    413: "Content Too Large", 414: "URI Too Long", 421: "Misdirected Request",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+}
+
+_STYLE = ("body{font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;"
+          "padding:0 1em;color:#222}code{background:#eee;padding:0 .2em}")
+
+
+@dataclass(frozen=True)
+class Page:
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    @property
+    def reason(self) -> bytes:
+        return _REASONS.get(self.status, "Error").encode()
+
+
+def reason_phrase(status: int) -> bytes:
+    return _REASONS.get(status, "Error").encode()
+
+
+def page(status: int, title: str, message: str, *, session_id: str | None = None,
+         refresh: int | None = None, extra: tuple[tuple[bytes, bytes], ...] = ()) -> Page:
+    """A page; `title` and `message` are text (escaped here)."""
+    meta = f"<meta http-equiv=refresh content={int(refresh)}>" if refresh else ""
+    studio = (f"<p>Studio: <code>{html.escape(session_id)}</code></p>"
+              if session_id else "")
+    retry = "<p>This page reloads by itself.</p>" if refresh else ""
+    doc = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width'>"
+        f"{meta}<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{studio}{retry}"
+        "</body></html>"
+    ).encode()
+    headers = (
+        (b"Content-Type", b"text/html; charset=utf-8"),
+        (b"Content-Length", str(len(doc)).encode()),
+        (b"Cache-Control", b"no-store"),
+        (b"X-Content-Type-Options", b"nosniff"),
+        (b"Referrer-Policy", b"no-referrer"),
+        *extra,
+    )
+    return Page(status, headers, doc)
+
+
+def redirect(location: str, status: int = 308) -> Page:
+    return Page(status, ((b"Location", location.encode("utf-8")), (b"Content-Length", b"0"),
+                         (b"Cache-Control", b"no-store")), b"")
+
+
+def not_found(session_id: str | None = None, message: str = "") -> Page:
+    text = message or ("There is no studio with this name. It may have been stopped "
+                       "or the address may be mistyped.")
+    return page(404, "Studio not found", text, session_id=session_id)
+
+
+def not_connected(session_id: str) -> Page:
+    return page(502, "Studio is starting",
+                "The studio has not connected to the gateway yet. It is usually ready "
+                "within a minute of starting.", session_id=session_id, refresh=5,
+                extra=((b"Retry-After", b"5"),))
+
+
+def tool_not_answering(session_id: str) -> Page:
+    return page(504, "Studio is not answering",
+                "The studio is connected but its application did not answer in time. "
+                "It may still be starting, or it may be busy; try again shortly.",
+                session_id=session_id, refresh=10, extra=((b"Retry-After", b"10"),))
+
+
+def bad_gateway(session_id: str) -> Page:
+    return page(502, "Studio connection failed",
+                "The connection to the studio's application failed.",
+                session_id=session_id, refresh=10)
+
+
+def forbidden(session_id: str | None = None, message: str = "") -> Page:
+    return page(403, "Access denied", message or "You may not use this studio.",
+                session_id=session_id)
+
+
+def bad_request(message: str = "The request was malformed.") -> Page:
+    return page(400, "Bad request", message)
+
+
+def xpra_in_path_mode(session_id: str) -> Page:
+    return page(501, "Not available with path routing",
+                "Xpra studios need their own host name: Xpra does not work under a path "
+                "prefix such as /_studio/<id>/. Ask your administrator to use subdomain "
+                "routing for Xpra studios.", session_id=session_id)
+
+
+def overloaded() -> Page:
+    return page(503, "Too many connections",
+                "The gateway is handling as many connections as it can; try again shortly.",
+                extra=((b"Retry-After", b"2"),))
+
+
+def status_page(status: int, message: str, session_id: str | None = None) -> Page:
+    """A generic page for a status without its own wording (408, 413, 414, 431, ...)."""
+    return page(status, reason_phrase(status).decode(), message, session_id=session_id)

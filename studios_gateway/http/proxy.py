@@ -1,0 +1,818 @@
+"""The forwarding HTTP/1.1 proxy in front of the studios' tools.
+
+One :class:`ProxyProtocol` per client connection, one :class:`UpstreamConnection`
+per connection to a tool (through :class:`~studios_gateway.http.upstream.Upstream`).
+h11 parses and frames both sides; this module moves events between them:
+
+    client bytes -> head checks (headers.check_head) -> h11 Request -> routing
+    -> local routes (login) -> authorize -> lookup -> pool or Upstream.connect
+    -> request head + body to the tool -> response head (+ path-mode rewrites)
+    + body to the client -> the upstream connection back to the pool
+
+Flow control: while a request body streams, the tool's transport has the
+client's reads registered as its producer (its buffer full pauses the client);
+while a response streams, the client's transport has the tool's reads as its
+producer. After a 101 both stay registered and bytes are spliced as they come.
+Nothing is buffered beyond one read on either side.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from studios_gateway.auth.login import RequestInfo, strip_auth_cookies
+from studios_gateway.http import pages
+from studios_gateway.http.flow import Gate, GateProducer
+from studios_gateway.http.headers import (
+    check_head,
+    connection_tokens,
+    is_trusted,
+    request_headers,
+    response_headers,
+)
+from studios_gateway.http.pathmode import rewrite_response_headers
+from studios_gateway.http.routing import (
+    Mode,
+    Redirect,
+    Refusal,
+    Route,
+    Router,
+    absolute_to_origin,
+    parse_host,
+)
+from studios_gateway.http.upstream import (
+    Authorize,
+    IdlePool,
+    Lookup,
+    SessionInfo,
+    StudioNotConnected,
+    ToolNotAnswering,
+    Upstream,
+)
+
+__all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConnection",
+           "allow_anonymous"]
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_request_line: int = 8 * 1024  # 414
+    max_header_bytes: int = 64 * 1024  # 431 (request line and fields together)
+    max_header_count: int = 100  # 431
+    header_timeout: float = 30.0  # 408: from the first byte (or the connection) to a full head
+    idle_timeout: float = 75.0  # a keep-alive connection with no request is closed
+    max_connections: int = 10_000  # 503 beyond this many client connections
+    max_body: int | None = None  # 413; None = unlimited
+    connect_timeout: float = 30.0  # 504 when the tool's connection is not up in time
+    response_timeout: float = 300.0  # 504 when no response head this long after the request
+
+
+@dataclass(frozen=True)
+class Anonymous:
+    subject: str = "anonymous"
+
+
+def allow_anonymous(request: RequestInfo, session_id: str) -> Deferred[Anonymous]:
+    """The default authorize hook: everyone is "anonymous" and allowed."""
+    return defer.succeed(Anonymous())
+
+
+@dataclass
+class _Exchange:
+    """One request/response on a client connection."""
+
+    request: h11.Request
+    h: h11.Connection  # server side, this cycle only
+    route: Route | None = None
+    info: RequestInfo | None = None
+    subject: str = ""
+    upgrade: bool = False
+    up: UpstreamConnection | None = None
+    pending: Deferred[Any] | None = None
+    reused: bool = False
+    retried: bool = False
+    body_started: bool = False
+    body_bytes: int = 0
+    client_done: bool = False  # the whole request was read from the client
+    request_done: bool = False  # ... and sent to the tool
+    response_started: bool = False
+    pipelined: int = 0
+    timer: IDelayedCall | None = field(default=None, repr=False)
+
+
+class UpstreamConnection(Protocol):
+    """One connection to a tool. Belongs to a client connection while an exchange
+    runs, to the pool while idle."""
+
+    _log = Logger()
+
+    def __init__(self, session_id: str, pool: IdlePool, max_head: int):
+        self.session_id = session_id
+        self.pool = pool
+        self.h = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
+        self.owner: ProxyProtocol | None = None
+        self.gate: Gate | None = None
+        self.lost = False
+        self.has_producer = False
+
+    def connectionMade(self) -> None:
+        self.gate = Gate(self.transport)
+
+    def send(self, event: Any) -> None:
+        data = self.h.send(event)
+        if data:
+            self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.owner is None:
+            self.close()  # an idle connection has nothing to say
+            return
+        self.owner.upstream_data(self, data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = True
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.upstream_lost(self)
+        else:
+            self.pool.discard(self.session_id, self)
+
+    def close(self) -> None:
+        if not self.lost and self.transport is not None:
+            self.transport.loseConnection()
+
+    def reusable(self) -> bool:
+        return not self.lost and self.h.our_state is h11.DONE and self.h.their_state is h11.DONE
+
+
+class _UpstreamFactory(Factory):
+    def __init__(self, session_id: str, pool: IdlePool, max_head: int):
+        self.session_id = session_id
+        self.pool = pool
+        self.max_head = max_head
+
+    def buildProtocol(self, addr: Any) -> UpstreamConnection:
+        return UpstreamConnection(self.session_id, self.pool, self.max_head)
+
+
+class ProxyFactory(Factory):
+    """Builds a :class:`ProxyProtocol` per client connection.
+
+    ``router``: which studio a request is for. ``upstream``: how to reach a
+    studio's tool. ``lookup(session_id) -> Deferred[SessionInfo | None]``.
+    ``authorize(request, session_id) -> Deferred[identity | refusal]`` (an
+    identity has ``.subject``; a refusal has ``.status``, ``.headers``, ``.body``),
+    by default :func:`allow_anonymous`. ``local_routes(request) ->
+    Deferred[refusal-like | None]`` answers the gateway's own routes (the login's
+    ``Auth.handle``) before any studio routing. ``reactor`` supplies time and
+    timers.
+    """
+
+    _log = Logger()
+
+    def __init__(self, *, router: Router, upstream: Upstream, lookup: Lookup, reactor: Any,
+                 authorize: Authorize | None = None,
+                 local_routes: Callable[[RequestInfo], Deferred[Any]] | None = None,
+                 trusted_proxy_cidrs: Sequence[Network] = (), scheme: str = "http",
+                 max_idle_per_session: int = 8, upstream_idle_timeout: float = 4.0,
+                 max_request_line: int = Limits.max_request_line,
+                 max_header_bytes: int = Limits.max_header_bytes,
+                 max_header_count: int = Limits.max_header_count,
+                 header_timeout: float = Limits.header_timeout,
+                 idle_timeout: float = Limits.idle_timeout,
+                 max_connections: int = Limits.max_connections,
+                 max_body: int | None = Limits.max_body,
+                 connect_timeout: float = Limits.connect_timeout,
+                 response_timeout: float = Limits.response_timeout):
+        self.router = router
+        self.upstream = upstream
+        self.lookup = lookup
+        self.reactor = reactor
+        self.authorize: Authorize = authorize or allow_anonymous
+        self.local_routes = local_routes
+        self.trusted_proxy_cidrs = tuple(trusted_proxy_cidrs)
+        self.scheme = scheme
+        self.limits = Limits(max_request_line, max_header_bytes, max_header_count,
+                             header_timeout, idle_timeout, max_connections, max_body,
+                             connect_timeout, response_timeout)
+        self.pool = IdlePool(reactor, max_idle=max_idle_per_session,
+                             idle_timeout=upstream_idle_timeout)
+        self.active: set[ProxyProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> ProxyProtocol:
+        p = ProxyProtocol()
+        p.factory = self
+        return p
+
+    def upstream_factory(self, session_id: str) -> _UpstreamFactory:
+        return _UpstreamFactory(session_id, self.pool, self.limits.max_header_bytes + 1024)
+
+    def stop(self) -> None:
+        """Close idle upstream connections (live ones end with their clients)."""
+        self.pool.close_all()
+
+
+def _raw_response(page: pages.Page) -> bytes:
+    """A complete response with Connection: close, for errors before h11 has a request."""
+    lines = [b"HTTP/1.1 %d %s" % (page.status, page.reason)]
+    lines += [k + b": " + v for k, v in page.headers]
+    lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + page.body
+
+
+class ProxyProtocol(Protocol):
+    """One client connection: reads request heads, runs exchanges one at a time."""
+
+    _log = Logger()
+    factory: ProxyFactory
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._ex: _Exchange | None = None
+        self._tunnel: UpstreamConnection | None = None
+        self._timer: IDelayedCall | None = None
+        self._closing = False
+        self._peer: str | None = None
+        self._peer_port = 0
+        self._has_producer = False
+        self._idle = False  # waiting for the next request on a kept-alive connection
+
+    # Connection lifecycle ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.gate = Gate(self.transport)
+        f = self.factory
+        peer = self.transport.getPeer()
+        self._peer = getattr(peer, "host", None)
+        self._peer_port = getattr(peer, "port", 0)
+        if len(f.active) >= f.limits.max_connections:
+            self._log.warn("refusing a connection: {n} open", n=len(f.active))
+            self._refuse_raw(pages.overloaded())
+            return
+        f.active.add(self)
+        self._set_timer(f.limits.header_timeout, self._head_timed_out)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        self.factory.active.discard(self)
+        self._cancel_timer()
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            tunnel.owner = None
+            tunnel.close()
+        ex, self._ex = self._ex, None
+        if ex is not None:
+            self._abandon(ex)
+
+    def _abandon(self, ex: _Exchange) -> None:
+        if ex.timer is not None and ex.timer.active():
+            ex.timer.cancel()
+        if ex.pending is not None:
+            ex.pending.cancel()
+        up, ex.up = ex.up, None
+        if up is not None:
+            self._detach(up)
+            up.close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._cancel_timer()
+        self.transport.loseConnection()
+
+    def _refuse_raw(self, page: pages.Page) -> None:
+        self._closing = True
+        self._cancel_timer()
+        self.transport.write(_raw_response(page))
+        self.transport.loseConnection()
+
+    # Timers ---------------------------------------------------------------------------------
+
+    def _set_timer(self, seconds: float, fn: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = self.factory.reactor.callLater(seconds, fn)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        self._log.info("request head timeout from {peer}", peer=self._peer)
+        self._refuse_raw(pages.status_page(408, "The request took too long to arrive."))
+
+    def _idle_timed_out(self) -> None:
+        self._timer = None
+        self._close()
+
+    # Bytes from the client -------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if self._tunnel is not None:
+            self._tunnel.transport.write(data)
+            return
+        ex = self._ex
+        if ex is None:
+            self._buf += data
+            self._read_head()
+            return
+        ex.h.receive_data(data)
+        if ex.client_done:
+            ex.pipelined += len(data)
+            if ex.pipelined > self.factory.limits.max_header_bytes:
+                self.gate.pause("pipeline")
+        elif ex.up is not None:
+            self._pump_request(ex)
+
+    def _read_head(self) -> None:
+        buf = self._buf
+        while buf[:2] == b"\r\n":  # empty lines before a request are ignored
+            del buf[:2]
+        if not buf:
+            return
+        lim = self.factory.limits
+        if self._idle:
+            self._idle = False
+            self._set_timer(lim.header_timeout, self._head_timed_out)
+        end = buf.find(b"\r\n\r\n")
+        line_end = buf.find(b"\r\n")
+        if line_end > lim.max_request_line or (line_end == -1 and len(buf) > lim.max_request_line):
+            self._refuse_head(414, "request line too long")
+            return
+        if (end + 4 if end != -1 else len(buf)) > lim.max_header_bytes:
+            self._refuse_head(431, "request head too large")
+            return
+        if _BARE_LF.search(buf, 0, end + 4 if end != -1 else len(buf)):
+            self._refuse_head(400, "bare LF")
+            return
+        if end == -1:
+            return
+        head, rest = bytes(buf[: end + 4]), bytes(buf[end + 4 :])
+        buf.clear()
+        problem = check_head(head, max_request_line=lim.max_request_line,
+                             max_header_count=lim.max_header_count)
+        if problem is not None:
+            self._refuse_head(problem.status, problem.reason)
+            return
+        h = h11.Connection(h11.SERVER, max_incomplete_event_size=lim.max_header_bytes + 1024)
+        h.receive_data(head)
+        try:
+            event = h.next_event()
+        except h11.RemoteProtocolError as e:
+            self._refuse_head(400, str(e))
+            return
+        if not isinstance(event, h11.Request):
+            self._refuse_head(400, "no request")
+            return
+        self._cancel_timer()
+        if rest:
+            h.receive_data(rest)
+        self._start(_Exchange(event, h))
+
+    def _refuse_head(self, status: int, why: str) -> None:
+        self._log.info("refused a request from {peer}: {status} {why}", peer=self._peer,
+                       status=status, why=why)
+        self._refuse_raw(pages.status_page(status, f"The request was refused: {why}."))
+
+    # Dispatch ---------------------------------------------------------------------------------
+
+    def _start(self, ex: _Exchange) -> None:
+        self._ex = ex
+        f = self.factory
+        req = ex.request
+        raw = list(req.headers.raw_items())
+        host = next(v for k, v in raw if k.lower() == b"host").decode("latin-1")
+        target = req.target.decode("latin-1")
+        if not target.startswith("/"):
+            origin = absolute_to_origin(target, host)
+            if origin is None:
+                self._respond(ex, pages.bad_request("This request target is not accepted."),
+                              close=True)
+                return
+            target = origin
+        path, _, query = target.partition("?")
+        ex.info = RequestInfo(req.method.decode("ascii"), host, path, query,
+                              headers=tuple(raw), scheme=f.scheme,
+                              client=(self._peer, self._peer_port) if self._peer else None)
+        tokens = connection_tokens(raw)
+        ex.upgrade = b"upgrade" in tokens and any(k.lower() == b"upgrade" for k, _ in raw)
+        length = next((v for k, v in raw if k.lower() == b"content-length"), None)
+        if f.limits.max_body is not None and length is not None \
+                and int(length) > f.limits.max_body:
+            self._respond(ex, pages.status_page(413, "The request body is too large."),
+                          close=True)
+            return
+        self.gate.pause("dispatch")
+        d: Deferred[Any] = (defer.maybeDeferred(f.local_routes, ex.info)
+                            if f.local_routes is not None else defer.succeed(None))
+        ex.pending = d
+        d.addCallback(self._after_local, ex, host, target)
+        d.addErrback(self._dispatch_failed, ex)
+
+    def _after_local(self, answer: Any, ex: _Exchange, host: str, target: str) -> Any:
+        if ex is not self._ex:
+            return None
+        if answer is not None:
+            self._respond(ex, answer)
+            return None
+        route = self.factory.router.route(host, target)
+        if isinstance(route, Redirect):
+            self._respond(ex, pages.redirect(route.location, route.status))
+            return None
+        if isinstance(route, Refusal):
+            if route.status == 404:
+                page = pages.not_found(route.session_id, route.detail)
+            else:
+                page = pages.status_page(route.status, route.detail, route.session_id)
+            self._respond(ex, page, close=route.status == 400)
+            return None
+        ex.route = route
+        assert ex.info is not None
+        d = self.factory.authorize(ex.info, route.session_id)
+        ex.pending = d
+        return d.addCallback(self._authorized, ex)
+
+    def _authorized(self, who: Any, ex: _Exchange) -> Any:
+        if ex is not self._ex:
+            return None
+        if not hasattr(who, "subject"):
+            self._respond(ex, who)  # the authorizer's refusal, sent as it is
+            return None
+        ex.subject = who.subject
+        assert ex.route is not None
+        d = self.factory.lookup(ex.route.session_id)
+        ex.pending = d
+        return d.addCallback(self._looked_up, ex)
+
+    def _looked_up(self, info: SessionInfo | None, ex: _Exchange) -> None:
+        if ex is not self._ex:
+            return
+        route = ex.route
+        assert route is not None
+        if info is None:
+            self._respond(ex, pages.not_found(route.session_id))
+        elif route.mode is Mode.PATH and info.tool.lower() == "xpra":
+            self._respond(ex, pages.xpra_in_path_mode(route.session_id))
+        elif not info.connected:
+            self._respond(ex, pages.not_connected(route.session_id))
+        else:
+            self._connect(ex)
+
+    def _dispatch_failed(self, failure: Failure, ex: _Exchange) -> None:
+        if ex is not self._ex:
+            return
+        self._log.failure("dispatching a request failed", failure)
+        self._respond(ex, pages.page(500, "Gateway error", "The gateway failed to handle "
+                                     "this request; try again."), close=True)
+
+    # The tool's side --------------------------------------------------------------------------
+
+    def _connect(self, ex: _Exchange) -> None:
+        f = self.factory
+        route = ex.route
+        assert route is not None
+        conn = None if ex.retried else f.pool.take(route.session_id)
+        if conn is not None:
+            assert isinstance(conn, UpstreamConnection)
+            ex.reused = True
+            self._attach(ex, conn)
+            return
+        d = f.upstream.connect(route.session_id, f.upstream_factory(route.session_id))
+        d.addTimeout(f.limits.connect_timeout, f.reactor)
+        ex.pending = d
+        d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(ex,),
+                       errbackArgs=(ex,))
+
+    def _connected(self, conn: UpstreamConnection, ex: _Exchange) -> None:
+        ex.pending = None
+        if ex is not self._ex:
+            conn.close()
+            return
+        self._attach(ex, conn)
+
+    def _connect_failed(self, failure: Failure, ex: _Exchange) -> None:
+        if ex is not self._ex:
+            return
+        ex.pending = None
+        sid = ex.route.session_id if ex.route else ""
+        if failure.check(StudioNotConnected):
+            page = pages.not_connected(sid)
+        elif failure.check(ToolNotAnswering, defer.TimeoutError, defer.CancelledError):
+            page = pages.tool_not_answering(sid)
+        else:
+            self._log.failure("connecting to studio {sid} failed", failure, sid=sid)
+            page = pages.bad_gateway(sid)
+        self._respond(ex, page)
+
+    def _attach(self, ex: _Exchange, conn: UpstreamConnection) -> None:
+        f = self.factory
+        ex.up = conn
+        conn.owner = self
+        route = ex.route
+        assert route is not None
+        req = ex.request
+        raw = strip_auth_cookies(req.headers.raw_items())
+        framing = None
+        for k, v in raw:
+            lk = k.lower()
+            if lk == b"content-length":
+                framing = (b"Content-Length", v.strip())
+            elif lk == b"transfer-encoding":
+                framing = (b"Transfer-Encoding", b"chunked")
+        headers = request_headers(
+            raw, peer=self._peer, trusted=is_trusted(self._peer, f.trusted_proxy_cidrs),
+            scheme=f.scheme, subject=ex.subject, upgrade=ex.upgrade, framing=framing)
+        try:
+            conn.send(h11.Request(method=req.method, target=route.upstream_target.encode(),
+                                  headers=headers))
+        except h11.LocalProtocolError as e:
+            self._log.info("request not forwardable: {e}", e=e)
+            self._detach(conn)
+            ex.up = None
+            conn.close()
+            self._respond(ex, pages.bad_request("The request could not be forwarded."),
+                          close=True)
+            return
+        conn.transport.registerProducer(GateProducer(self.gate, "upstream-full"), True)
+        conn.has_producer = True
+        assert conn.gate is not None
+        self.transport.registerProducer(GateProducer(conn.gate, "client-full"), True)
+        self._has_producer = True
+        self.gate.resume("dispatch")
+        if ex.client_done:  # a retry: the (empty) body was read already
+            self._request_sent(ex)
+        else:
+            self._pump_request(ex)
+
+    def _detach(self, conn: UpstreamConnection) -> None:
+        """Undo _attach's producer wiring between this client and `conn`."""
+        conn.owner = None
+        if conn.has_producer:
+            conn.has_producer = False
+            if not conn.lost:
+                conn.transport.unregisterProducer()
+        if conn.gate is not None:
+            conn.gate.resume("client-full")
+        if self._has_producer:
+            self._has_producer = False
+            if not self._closing:
+                self.transport.unregisterProducer()
+        self.gate.resume("upstream-full")
+
+    def _pump_request(self, ex: _Exchange) -> None:
+        lim = self.factory.limits
+        while ex is self._ex and ex.up is not None and not ex.client_done:
+            try:
+                event = ex.h.next_event()
+            except h11.RemoteProtocolError as e:
+                self._body_refused(ex, 400, f"malformed request body: {e}")
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Data):
+                ex.body_bytes += len(event.data)
+                if lim.max_body is not None and ex.body_bytes > lim.max_body:
+                    self._body_refused(ex, 413, "The request body is too large.")
+                    return
+                ex.body_started = True
+                ex.up.send(h11.Data(data=event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                ex.client_done = True
+                self._request_sent(ex)
+            elif isinstance(event, h11.ConnectionClosed):
+                self._close()
+                return
+
+    def _request_sent(self, ex: _Exchange) -> None:
+        assert ex.up is not None
+        ex.up.send(h11.EndOfMessage())
+        ex.request_done = True
+        ex.timer = self.factory.reactor.callLater(self.factory.limits.response_timeout,
+                                                  self._response_timed_out, ex)
+
+    def _body_refused(self, ex: _Exchange, status: int, why: str) -> None:
+        self._log.info("request body refused: {why}", why=why)
+        up, ex.up = ex.up, None
+        if up is not None:
+            self._detach(up)
+            up.close()
+        if ex.response_started:
+            self._close()
+        else:
+            self._respond(ex, pages.status_page(status, why), close=True)
+
+    def _response_timed_out(self, ex: _Exchange) -> None:
+        ex.timer = None
+        if ex is not self._ex or ex.response_started:
+            return
+        up, ex.up = ex.up, None
+        if up is not None:
+            self._detach(up)
+            up.close()
+        self._respond(ex, pages.tool_not_answering(ex.route.session_id if ex.route else ""),
+                      close=True)
+
+    def upstream_data(self, conn: UpstreamConnection, data: bytes) -> None:
+        if self._tunnel is conn:
+            self.transport.write(data)
+            return
+        ex = self._ex
+        if ex is None or ex.up is not conn:
+            conn.close()
+            return
+        conn.h.receive_data(data)
+        self._pump_response(ex, conn)
+
+    def _pump_response(self, ex: _Exchange, conn: UpstreamConnection) -> None:
+        while ex is self._ex and ex.up is conn:
+            try:
+                event = conn.h.next_event()
+            except h11.RemoteProtocolError as e:
+                self._upstream_broken(ex, conn, f"bad response from the tool: {e}")
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101:
+                    self._switch(ex, conn, event)
+                    return
+                self.transport.write(ex.h.send(h11.InformationalResponse(
+                    status_code=event.status_code, reason=event.reason,
+                    headers=response_headers(event.headers.raw_items(), upgrade=False))))
+            elif isinstance(event, h11.Response):
+                self._cancel_exchange_timer(ex)
+                ex.response_started = True
+                self.transport.write(ex.h.send(h11.Response(
+                    status_code=event.status_code, reason=event.reason,
+                    headers=self._response_headers(ex, event, upgrade=False))))
+            elif isinstance(event, h11.Data):
+                self.transport.write(ex.h.send(h11.Data(data=event.data)))
+            elif isinstance(event, h11.EndOfMessage):
+                self.transport.write(ex.h.send(h11.EndOfMessage()))
+                self._response_done(ex, conn)
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                return
+
+    def _response_headers(self, ex: _Exchange, event: Any, upgrade: bool
+                          ) -> list[tuple[bytes, bytes]]:
+        headers = response_headers(event.headers.raw_items(), upgrade=upgrade)
+        route = ex.route
+        if route is not None and route.mode is Mode.PATH and ex.info is not None:
+            hostname = parse_host(ex.info.host) or ""
+            headers = rewrite_response_headers(headers, route.prefix, hostname)
+        return headers
+
+    def _cancel_exchange_timer(self, ex: _Exchange) -> None:
+        if ex.timer is not None and ex.timer.active():
+            ex.timer.cancel()
+        ex.timer = None
+
+    def _response_done(self, ex: _Exchange, conn: UpstreamConnection) -> None:
+        self._cancel_exchange_timer(ex)
+        ex.up = None
+        self._detach(conn)
+        if ex.request_done and conn.reusable():
+            conn.h.start_next_cycle()
+            assert ex.route is not None
+            if not self.factory.pool.put(ex.route.session_id, conn):
+                conn.close()
+        else:
+            conn.close()
+        self._finish(ex)
+
+    def _switch(self, ex: _Exchange, conn: UpstreamConnection,
+                event: h11.InformationalResponse) -> None:
+        """A 101: from here on, bytes are spliced both ways."""
+        self._cancel_exchange_timer(ex)
+        try:
+            head = ex.h.send(h11.InformationalResponse(
+                status_code=101, reason=event.reason,
+                headers=self._response_headers(ex, event, upgrade=True)))
+        except h11.LocalProtocolError:
+            self._upstream_broken(ex, conn, "the tool switched protocols unasked")
+            return
+        self._ex = None
+        self._tunnel = conn
+        self.transport.write(head)
+        up_rest, _ = conn.h.trailing_data
+        client_rest, _ = ex.h.trailing_data
+        if up_rest:
+            self.transport.write(up_rest)
+        if client_rest:
+            conn.transport.write(client_rest)
+        self.gate.resume("pipeline")
+
+    def _upstream_broken(self, ex: _Exchange, conn: UpstreamConnection, why: str) -> None:
+        self._log.info("{why}", why=why)
+        ex.up = None
+        self._detach(conn)
+        conn.close()
+        if ex.response_started:
+            self._close()
+        else:
+            self._respond(ex, pages.bad_gateway(ex.route.session_id if ex.route else ""),
+                          close=True)
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        if self._tunnel is conn:
+            self._tunnel = None
+            self._close()
+            return
+        ex = self._ex
+        if ex is None or ex.up is not conn:
+            return
+        if ex.response_started:  # a response delimited by the close ends here
+            conn.h.receive_data(b"")
+            self._pump_response(ex, conn)
+            if ex is not self._ex or ex.up is not conn:
+                return
+        self._cancel_exchange_timer(ex)
+        ex.up = None
+        self._detach(conn)
+        if ex.response_started:
+            self._close()
+        elif ex.reused and not ex.body_started and not ex.retried:
+            # An idle connection the tool closed as we took it: one fresh try.
+            ex.retried = True
+            ex.request_done = False
+            self._log.debug("retrying on a fresh connection to {sid}",
+                            sid=ex.route.session_id if ex.route else "")
+            self.gate.pause("dispatch")
+            self._connect(ex)
+        else:
+            self._respond(ex, pages.bad_gateway(ex.route.session_id if ex.route else ""),
+                          close=True)
+
+    # Answering and finishing ------------------------------------------------------------------
+
+    def _respond(self, ex: _Exchange, answer: Any, close: bool = False) -> None:
+        """Send a response made here (a page, a redirect, the login's answer)."""
+        if ex is not self._ex or self._closing:
+            return
+        complete = ex.client_done
+        while not complete:
+            try:
+                event = ex.h.next_event()
+            except h11.RemoteProtocolError:
+                break
+            if isinstance(event, h11.EndOfMessage):
+                complete = True
+            elif not isinstance(event, h11.Data):
+                break
+        headers = [(k, v) for k, v in answer.headers if k.lower() != b"connection"]
+        if close or not complete:
+            headers.append((b"Connection", b"close"))
+        try:
+            data = ex.h.send(h11.Response(status_code=answer.status, headers=headers,
+                                          reason=pages.reason_phrase(answer.status)))
+            if answer.body and ex.request.method != b"HEAD":
+                data += ex.h.send(h11.Data(data=answer.body))
+            data += ex.h.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as e:
+            self._log.warn("could not send a {status}: {e}", status=answer.status, e=e)
+            self._close()
+            return
+        self.transport.write(data)
+        self._finish(ex, close=close or not complete)
+
+    def _finish(self, ex: _Exchange, close: bool = False) -> None:
+        self._ex = None
+        self._cancel_exchange_timer(ex)
+        if ex.pending is not None:
+            ex.pending = None
+        if close or ex.h.our_state is not h11.DONE or ex.h.their_state is not h11.DONE:
+            self._close()
+            return
+        data, closed = ex.h.trailing_data
+        if closed:
+            self._close()
+            return
+        self._buf = bytearray(data)
+        self.gate.resume("pipeline")
+        self.gate.resume("dispatch")
+        self.gate.resume("upstream-full")
+        lim = self.factory.limits
+        if self._buf:
+            self._set_timer(lim.header_timeout, self._head_timed_out)
+            self._read_head()
+        else:
+            self._idle = True
+            self._set_timer(lim.idle_timeout, self._idle_timed_out)

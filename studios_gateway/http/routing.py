@@ -1,0 +1,152 @@
+"""Which studio a request is for: pure functions of the Host header and the request target.
+
+Two ways in:
+
+* subdomain mode: ``Host: <id>.<studios domain>`` (any port, any case); the tool
+  sees the request target unchanged and its prefix is ``/``;
+* path mode: ``Host: <proxy host>`` and a target under ``/_studio/<id>/``; the
+  tool sees the target unchanged too (it is started with that prefix), and the
+  proxy fixes ``Location`` and cookie paths that escape it.
+
+The answer is a :class:`Route`, a :class:`Redirect` (``/_studio/<id>`` gets its
+slash) or a :class:`Refusal` with the status the proxy should send.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+from urllib.parse import urlsplit
+
+__all__ = [
+    "PATH_PREFIX",
+    "Mode",
+    "Redirect",
+    "Refusal",
+    "Route",
+    "Router",
+    "SESSION_ID_RE",
+    "parse_host",
+]
+
+SESSION_ID_RE = re.compile(r"[a-z0-9-]{1,63}")
+PATH_PREFIX = "/_studio/"
+
+# RFC 3986 reg-name restricted to what DNS names use, or an IP literal.
+_REG_NAME = re.compile(r"[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.?")
+_IPV6 = re.compile(r"\[[0-9A-Fa-f:.]{2,45}\]")
+_PORT = re.compile(r"[0-9]{1,5}")
+# Dot segments, plain or percent-encoded, anywhere in a path.
+_DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
+
+
+class Mode(Enum):
+    SUBDOMAIN = "subdomain"
+    PATH = "path"
+
+
+@dataclass(frozen=True)
+class Route:
+    session_id: str
+    mode: Mode
+    upstream_target: str  # what the tool is sent (path and query), unchanged in both modes
+    prefix: str  # "/" in subdomain mode, "/_studio/<id>/" in path mode
+
+
+@dataclass(frozen=True)
+class Redirect:
+    location: str
+    status: int = 308
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    reason: str  # machine-readable: bad-host, bad-target, not-a-studio, unknown-host
+    detail: str = ""  # for the page (plain text)
+    session_id: str | None = None
+
+
+def parse_host(value: str) -> str | None:
+    """The lower-cased host name of a Host header value (port and trailing dot removed),
+    or None if the value is not a valid host[:port]."""
+    if not value or value != value.strip() or len(value) > 300:
+        return None
+    if value.startswith("["):
+        end = value.find("]")
+        host, rest = value[: end + 1], value[end + 1 :]
+        if end == -1 or not _IPV6.fullmatch(host):
+            return None
+    else:
+        host, sep, port = value.partition(":")
+        rest = sep + port
+        if not _REG_NAME.fullmatch(host) or len(host) > 254:
+            return None
+    if rest:
+        if not rest.startswith(":") or not _PORT.fullmatch(rest[1:]) or int(rest[1:]) > 65535:
+            return None
+    return host.lower().rstrip(".")
+
+
+@dataclass(frozen=True)
+class Router:
+    """Routes for one deployment.
+
+    ``studios_domain``: the parent of the per-studio hosts (``connect.example.com``);
+    ``proxy_host``: the host that serves path mode and the login routes (often the
+    same name); ``path_routing``: whether ``/_studio/<id>/`` is served at all.
+    """
+
+    studios_domain: str
+    proxy_host: str
+    path_routing: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "studios_domain", self.studios_domain.lower().rstrip("."))
+        object.__setattr__(self, "proxy_host", self.proxy_host.lower().rstrip("."))
+
+    def route(self, host_header: str, target: str) -> Route | Redirect | Refusal:
+        hostname = parse_host(host_header)
+        if hostname is None:
+            return Refusal(400, "bad-host", "The Host header is not a valid host name.")
+        if not target.startswith("/"):
+            return Refusal(400, "bad-target", "The request target must be a path.")
+        suffix = "." + self.studios_domain
+        if hostname != self.proxy_host and hostname.endswith(suffix):
+            label = hostname[: -len(suffix)]
+            if not SESSION_ID_RE.fullmatch(label):
+                return Refusal(404, "unknown-host", "There is no studio at this address.")
+            return Route(label, Mode.SUBDOMAIN, target, "/")
+        if hostname == self.proxy_host:
+            return self._path_route(target)
+        return Refusal(404, "unknown-host", "There is no studio at this address.")
+
+    def _path_route(self, target: str) -> Route | Redirect | Refusal:
+        if not self.path_routing or not target.startswith(PATH_PREFIX):
+            return Refusal(404, "not-a-studio", "There is nothing here.")
+        path, qmark, query = target.partition("?")
+        sid, slash, _rest = path[len(PATH_PREFIX) :].partition("/")
+        if not SESSION_ID_RE.fullmatch(sid):
+            return Refusal(404, "not-a-studio", "That is not a studio address.")
+        if _DOT_SEGMENT.search(path):
+            return Refusal(400, "bad-target", "The path has dot segments.", sid)
+        prefix = f"{PATH_PREFIX}{sid}/"
+        if not slash:
+            return Redirect(prefix + (qmark + query if qmark else ""))
+        return Route(sid, Mode.PATH, target, prefix)
+
+
+def absolute_to_origin(target: str, host_header: str) -> str | None:
+    """An absolute-form target (``http://host/path``) as origin-form, if its authority
+    is the Host header; None when it is anything else (the proxy refuses it)."""
+    try:
+        parts = urlsplit(target)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or parts.fragment or parts.username:
+        return None
+    if parse_host(parts.netloc) is None or parts.netloc.lower() != host_header.lower():
+        return None
+    path = parts.path or "/"
+    return path + (f"?{parts.query}" if parts.query else "")

@@ -1,0 +1,159 @@
+"""What the proxy needs from the rest of the gateway: a way to reach a studio's tool,
+what is known about a session, and who the user is. Plus the idle connection pool.
+
+``Upstream.connect(session_id, factory)`` works like
+``IStreamClientEndpoint.connect``: it builds one protocol with
+``factory.buildProtocol(addr)``, connects it to a byte stream that reaches the
+tool of that session, and fires with the protocol once ``makeConnection`` has
+been called. The stream's transport must be an ``IPushProducer`` and accept
+``registerProducer`` (a TCP transport or a mux stream). It fails with
+:class:`StudioNotConnected` when no tunnel is bound, :class:`ToolNotAnswering`
+when the tool refuses or does not accept in time; anything else is a 502.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory
+from twisted.logger import Logger
+
+__all__ = [
+    "Authorize",
+    "EndpointUpstream",
+    "IdlePool",
+    "Lookup",
+    "SessionInfo",
+    "StudioNotConnected",
+    "ToolNotAnswering",
+    "Upstream",
+]
+
+
+class StudioNotConnected(Exception):
+    """No tunnel is bound for the session (the studio is starting or stopped)."""
+
+
+class ToolNotAnswering(Exception):
+    """The tunnel is up but the tool did not accept the connection."""
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    id: str
+    tool: str  # jupyter, rstudio, vscode, xpra, ...
+    connected: bool  # a tunnel is bound somewhere
+
+
+class Upstream(Protocol):
+    def connect(self, session_id: str, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        ...
+
+
+# lookup(session_id) -> Deferred[SessionInfo | None]
+Lookup = Callable[[str], "Deferred[SessionInfo | None]"]
+# authorize(request: auth.login.RequestInfo, session_id) -> Deferred[identity | refusal]:
+# an identity has `.subject`; a refusal has `.status`, `.headers`, `.body` and is sent as is.
+Authorize = Callable[[Any, str], "Deferred[Any]"]
+
+
+class EndpointUpstream:
+    """An Upstream from ``endpoint_for(session_id) -> IStreamClientEndpoint | None``
+    (None: not connected). Tests use TCP endpoints; connection refused maps to
+    :class:`ToolNotAnswering`."""
+
+    def __init__(self, endpoint_for: Callable[[str], Any]):
+        self._endpoint_for = endpoint_for
+
+    def connect(self, session_id: str, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        from twisted.internet.error import ConnectError
+
+        endpoint = self._endpoint_for(session_id)
+        if endpoint is None:
+            d: Deferred[IProtocol] = Deferred()
+            d.errback(StudioNotConnected(session_id))
+            return d
+
+        def refused(f: Any) -> Any:
+            if f.check(ConnectError):
+                raise ToolNotAnswering(str(f.value))
+            return f
+
+        return endpoint.connect(factory).addErrback(refused)
+
+
+class Poolable(Protocol):
+    def close(self) -> None: ...
+
+
+class IdlePool:
+    """Idle upstream connections, per session, most recently used first.
+
+    At most ``max_idle`` per session; each is closed after ``idle_timeout``
+    seconds unused (keep it below the tools' own keep-alive timeouts: Node's is
+    5 s). A connection is put back only after a complete exchange that left it
+    keep-alive; the caller decides that.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock: Any, *, max_idle: int, idle_timeout: float):
+        self._clock = clock
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self._idle: dict[str, deque[tuple[Poolable, IDelayedCall]]] = {}
+
+    def take(self, session_id: str) -> Poolable | None:
+        conns = self._idle.get(session_id)
+        if not conns:
+            return None
+        conn, timer = conns.pop()
+        if not conns:
+            del self._idle[session_id]
+        if timer.active():
+            timer.cancel()
+        return conn
+
+    def put(self, session_id: str, conn: Poolable) -> bool:
+        """Keep `conn` idle; False (and nothing kept) when the session's pool is full."""
+        conns = self._idle.setdefault(session_id, deque())
+        if len(conns) >= self.max_idle:
+            if not conns:
+                del self._idle[session_id]
+            return False
+        timer = self._clock.callLater(self.idle_timeout, self._expire, session_id, conn)
+        conns.append((conn, timer))
+        return True
+
+    def discard(self, session_id: str, conn: Poolable) -> None:
+        conns = self._idle.get(session_id)
+        if not conns:
+            return
+        for entry in list(conns):
+            if entry[0] is conn:
+                conns.remove(entry)
+                if entry[1].active():
+                    entry[1].cancel()
+        if not conns:
+            del self._idle[session_id]
+
+    def _expire(self, session_id: str, conn: Poolable) -> None:
+        self.discard(session_id, conn)
+        conn.close()
+
+    def count(self, session_id: str | None = None) -> int:
+        if session_id is not None:
+            return len(self._idle.get(session_id, ()))
+        return sum(len(c) for c in self._idle.values())
+
+    def close_all(self) -> None:
+        for sid in list(self._idle):
+            for conn, timer in list(self._idle.get(sid, ())):
+                if timer.active():
+                    timer.cancel()
+                conn.close()
+        self._idle.clear()

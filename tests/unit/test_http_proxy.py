@@ -1,0 +1,558 @@
+"""The proxy protocol driven by hand: StringTransports on both sides, a fake clock."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import h11
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from studios_gateway.http.proxy import ProxyFactory, ProxyProtocol, UpstreamConnection
+from studios_gateway.http.routing import Router
+from studios_gateway.http.upstream import SessionInfo, StudioNotConnected, ToolNotAnswering
+
+DOMAIN = "studios.test"
+GET = b"GET /lab HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+
+class FakeUpstream:
+    """Hands out UpstreamConnections on StringTransports; can be told to fail or hang."""
+
+    def __init__(self) -> None:
+        self.conns: list[tuple[UpstreamConnection, StringTransport]] = []
+        self.fail: Exception | None = None
+        self.hang = False
+        self.asked: list[str] = []
+
+    def connect(self, session_id: str, factory: Any) -> defer.Deferred[Any]:
+        self.asked.append(session_id)
+        if self.fail is not None:
+            return defer.fail(self.fail)
+        if self.hang:
+            return defer.Deferred()
+        p = factory.buildProtocol(None)
+        t = StringTransport()
+        p.makeConnection(t)
+        self.conns.append((p, t))
+        return defer.succeed(p)
+
+
+class Harness:
+    def __init__(self, **kw: Any) -> None:
+        self.clock = MemoryReactorClock()
+        self.upstream = FakeUpstream()
+        self.sessions = {"abc": SessionInfo("abc", "jupyter", True),
+                         "off": SessionInfo("off", "jupyter", False),
+                         "xp": SessionInfo("xp", "xpra", True)}
+        self.factory = ProxyFactory(
+            router=Router(DOMAIN, DOMAIN), upstream=self.upstream,
+            lookup=lambda sid: defer.succeed(self.sessions.get(sid)), reactor=self.clock, **kw)
+
+    def client(self, peer: str = "192.0.2.7") -> tuple[ProxyProtocol, StringTransport]:
+        p = self.factory.buildProtocol(None)
+        t = StringTransport(peerAddress=IPv4Address("TCP", peer, 5555))
+        p.makeConnection(t)
+        return p, t
+
+    def up(self, i: int = -1) -> tuple[UpstreamConnection, StringTransport]:
+        return self.upstream.conns[i]
+
+
+def parse_responses(data: bytes, method: bytes = b"GET") -> list[tuple[int, dict[bytes, bytes],
+                                                                      bytes]]:
+    """Responses in `data`, parsed by h11 playing the client."""
+    out = []
+    c = h11.Connection(h11.CLIENT)
+    c.receive_data(data)
+    while True:
+        c.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
+        c.send(h11.EndOfMessage())
+        status, headers, body = 0, {}, b""
+        while True:
+            ev = c.next_event()
+            if isinstance(ev, h11.Response):
+                status, headers = ev.status_code, dict(ev.headers)
+            elif isinstance(ev, h11.Data):
+                body += ev.data
+            elif isinstance(ev, h11.EndOfMessage):
+                break
+            elif ev is h11.NEED_DATA or ev is h11.PAUSED:
+                return out
+        out.append((status, headers, body))
+        if c.our_state is not h11.DONE or c.their_state is not h11.DONE:
+            return out
+        c.start_next_cycle()
+
+
+def status_of(t: StringTransport) -> int:
+    return int(t.value().split(b" ", 2)[1])
+
+
+def sent_request(ut: StringTransport) -> tuple[h11.Request, bytes]:
+    s = h11.Connection(h11.SERVER)
+    s.receive_data(ut.value())
+    req = s.next_event()
+    body = b""
+    while isinstance(ev := s.next_event(), h11.Data):
+        body += ev.data
+    assert isinstance(req, h11.Request)
+    return req, body
+
+
+# Forwarding ---------------------------------------------------------------------------------
+
+
+def test_get_is_forwarded_and_answered() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(GET)
+    up, ut = h.up()
+    req, _ = sent_request(ut)
+    assert req.target == b"/lab"
+    headers = dict(req.headers)
+    assert headers[b"x-connect-sub"] == b"anonymous"
+    assert headers[b"x-forwarded-for"] == b"192.0.2.7"
+    assert headers[b"host"] == b"abc.studios.test"
+    up.dataReceived(OK)
+    [(status, _, body)] = parse_responses(t.value())
+    assert (status, body) == (200, b"hi")
+    assert not t.disconnecting
+    assert h.factory.pool.count("abc") == 1
+
+
+def test_keep_alive_reuses_the_upstream_connection() -> None:
+    h = Harness()
+    p, t = h.client()
+    for _ in range(3):
+        p.dataReceived(GET)
+        up, ut = h.up(0)
+        up.dataReceived(OK)
+    assert len(h.upstream.conns) == 1
+    assert [r[2] for r in parse_responses(t.value())] == [b"hi"] * 3
+
+
+def test_no_reuse_after_connection_close_or_incomplete_read() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(GET)
+    h.up()[0].dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi")
+    assert h.up()[1].disconnecting and h.factory.pool.count() == 0
+    p.dataReceived(GET)
+    assert len(h.upstream.conns) == 2
+
+
+def test_pool_is_bounded_and_idle_connections_expire() -> None:
+    h = Harness(max_idle_per_session=1, upstream_idle_timeout=4.0)
+    clients = [h.client() for _ in range(2)]
+    for p, _ in clients:
+        p.dataReceived(GET)
+    for i in range(2):
+        h.up(i)[0].dataReceived(OK)
+    assert h.factory.pool.count("abc") == 1
+    assert h.up(1)[1].disconnecting  # the second one did not fit
+    h.clock.advance(4.1)
+    assert h.factory.pool.count() == 0 and h.up(0)[1].disconnecting
+
+
+def test_pipelined_requests_are_answered_in_order() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(GET + GET.replace(b"/lab", b"/two"))
+    up, ut = h.up()
+    assert b"/two" not in ut.value()
+    ut.clear()
+    up.dataReceived(OK)
+    req, _ = sent_request(ut)
+    assert req.target == b"/two"
+    up.dataReceived(OK)
+    assert len(parse_responses(t.value())) == 2
+
+
+def test_chunked_request_and_response_bodies() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(b"POST /up HTTP/1.1\r\nHost: abc.studios.test\r\nTransfer-Encoding: chunked"
+                   b"\r\n\r\n5\r\nhello\r\n")
+    up, ut = h.up()
+    p.dataReceived(b"6\r\n world\r\n0\r\n\r\n")
+    req, body = sent_request(ut)
+    assert body == b"hello world" and dict(req.headers)[b"transfer-encoding"] == b"chunked"
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    [(status, headers, body)] = parse_responses(t.value())
+    assert body == b"abc" and headers[b"transfer-encoding"] == b"chunked"
+
+
+def test_head_response_has_no_body() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(GET.replace(b"GET", b"HEAD"))
+    up, _ = h.up()
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    assert t.value().endswith(b"\r\n\r\n") and b"content-length: 100" in t.value().lower()
+    p.dataReceived(GET)
+    assert len(h.upstream.conns) == 1  # reused after the HEAD
+
+
+def test_client_headers_cannot_forge_identity() -> None:
+    h = Harness(authorize=lambda req, sid: defer.succeed(type("I", (), {"subject": "alice"})()))
+    p, _ = h.client()
+    p.dataReceived(b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\nX-Connect-Sub: root\r\n"
+                   b"X-Forwarded-For: 6.6.6.6\r\nConnection: x-connect-sub\r\n\r\n")
+    req, _ = sent_request(h.up()[1])
+    subs = [v for k, v in req.headers if k == b"x-connect-sub"]
+    assert subs == [b"alice"]
+    assert [v for k, v in req.headers if k == b"x-forwarded-for"] == [b"192.0.2.7"]
+
+
+def test_trusted_proxy_forwarded_for_is_appended() -> None:
+    h = Harness(trusted_proxy_cidrs=[ipaddress.ip_network("10.0.0.0/8")])
+    p, _ = h.client(peer="10.2.3.4")
+    p.dataReceived(b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\nX-Forwarded-For: 1.1.1.1\r\n"
+                   b"X-Forwarded-Proto: https\r\n\r\n")
+    req, _ = sent_request(h.up()[1])
+    headers = dict(req.headers)
+    assert headers[b"x-forwarded-for"] == b"1.1.1.1, 10.2.3.4"
+    assert headers[b"x-forwarded-proto"] == b"https"
+
+
+def test_path_mode_rewrites_location_and_cookie() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(b"GET /_studio/abc/login HTTP/1.1\r\nHost: studios.test\r\n\r\n")
+    req, _ = sent_request(h.up()[1])
+    assert req.target == b"/_studio/abc/login"
+    h.up()[0].dataReceived(b"HTTP/1.1 302 Found\r\nLocation: /tree\r\n"
+                           b"Set-Cookie: s=1; Path=/\r\nContent-Length: 0\r\n\r\n")
+    [(status, headers, _)] = parse_responses(t.value())
+    assert status == 302
+    assert headers[b"location"] == b"/_studio/abc/tree"
+    assert headers[b"set-cookie"] == b"s=1; Path=/_studio/abc/"
+
+
+def test_path_mode_redirects_bare_prefix() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(b"GET /_studio/abc HTTP/1.1\r\nHost: studios.test\r\n\r\n")
+    [(status, headers, _)] = parse_responses(t.value())
+    assert status == 308 and headers[b"location"] == b"/_studio/abc/"
+    assert not h.upstream.conns
+
+
+def test_local_routes_answer_first() -> None:
+    from studios_gateway.http.pages import page
+
+    seen = []
+
+    def local(req: Any) -> defer.Deferred[Any]:
+        seen.append(req.path)
+        return defer.succeed(page(200, "Login", "hi") if req.path.startswith("/_connect/")
+                             else None)
+
+    h = Harness(local_routes=local)
+    p, t = h.client()
+    p.dataReceived(b"GET /_connect/login HTTP/1.1\r\nHost: studios.test\r\n\r\n")
+    assert status_of(t) == 200 and not h.upstream.conns and seen == ["/_connect/login"]
+
+
+# Pages instead of the tool -----------------------------------------------------------------
+
+
+def one_status(h: Harness, request: bytes) -> tuple[int, bytes]:
+    p, t = h.client()
+    p.dataReceived(request)
+    [(status, _, body)] = parse_responses(t.value())
+    return status, body
+
+
+def test_pages() -> None:
+    h = Harness()
+    st_, body = one_status(h, b"GET / HTTP/1.1\r\nHost: nope.studios.test\r\n\r\n")
+    assert st_ == 404 and b"nope" in body
+    st_, body = one_status(h, b"GET / HTTP/1.1\r\nHost: off.studios.test\r\n\r\n")
+    assert st_ == 502 and b"http-equiv=refresh" in body and b"off" in body
+    st_, body = one_status(h, b"GET /_studio/xp/ HTTP/1.1\r\nHost: studios.test\r\n\r\n")
+    assert st_ == 501 and b"Xpra" in body
+    st_, _ = one_status(h, b"GET / HTTP/1.1\r\nHost: studios.test\r\n\r\n")
+    assert st_ == 404
+    h.upstream.fail = StudioNotConnected("abc")
+    assert one_status(h, GET)[0] == 502
+    h.upstream.fail = ToolNotAnswering("abc")
+    assert one_status(h, GET)[0] == 504
+    h.upstream.fail = RuntimeError("boom")
+    assert one_status(h, GET)[0] == 502
+    assert not h.upstream.conns
+
+
+def test_session_id_in_page_is_escaped() -> None:
+    from studios_gateway.http import pages
+
+    assert b"<script>" not in pages.not_found("<script>").body
+
+
+def test_refusal_from_authorize_is_sent_as_is() -> None:
+    from studios_gateway.http.pages import forbidden
+
+    h = Harness(authorize=lambda req, sid: defer.succeed(forbidden(sid)))
+    status, body = one_status(h, GET)
+    assert status == 403 and b"abc" in body and not h.upstream.conns
+
+
+def test_connect_timeout_is_504() -> None:
+    h = Harness(connect_timeout=5)
+    h.upstream.hang = True
+    p, t = h.client()
+    p.dataReceived(GET)
+    assert t.value() == b""
+    h.clock.advance(5.1)
+    assert status_of(t) == 504
+
+
+def test_response_timeout_is_504() -> None:
+    h = Harness(response_timeout=10)
+    p, t = h.client()
+    p.dataReceived(GET)
+    h.clock.advance(10.1)
+    assert status_of(t) == 504 and h.up()[1].disconnecting
+
+
+def test_upstream_dies_mid_response_closes_client() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(GET)
+    up, _ = h.up()
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    up.connectionLost(Failure(ConnectionError()))
+    assert t.disconnecting
+
+
+def test_stale_pooled_connection_is_retried_once() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(GET)
+    h.up()[0].dataReceived(OK)
+    p.dataReceived(GET)
+    h.up(0)[0].connectionLost(Failure(ConnectionError()))  # closed as we took it
+    assert len(h.upstream.conns) == 2
+    sent_request(h.up(1)[1])
+    h.up(1)[0].dataReceived(OK)
+    assert [r[0] for r in parse_responses(t.value())] == [200, 200]
+
+
+def test_close_delimited_response() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(GET)
+    up, _ = h.up()
+    up.dataReceived(b"HTTP/1.1 200 OK\r\n\r\nsome bytes")
+    up.connectionLost(Failure(ConnectionError()))
+    [(status, _, body)] = parse_responses(t.value())
+    assert body == b"some bytes" and not t.disconnecting
+
+
+# Refusals and limits -----------------------------------------------------------------------
+
+SMUGGLING = [
+    b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nContent-Length: 3\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nContent-Length: 3\r\nContent-Length: 3\r\n"
+    b"\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nContent-Length: +3\r\n\r\nabc",
+    b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\nX: a\r\n b\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\nHost: abc.studios.test\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: abc.studios.test:x\r\n\r\n",
+    b"GET http://other.test/ HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n",
+    b"CONNECT abc.studios.test:443 HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: abc.studios.test\n\n",
+    b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"zz\r\nabc\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nTransfer-Encoding: xchunked\r\n\r\n",
+]
+
+
+def test_smuggling_shapes_never_reach_the_tool() -> None:
+    for raw in SMUGGLING:
+        h = Harness()
+        p, t = h.client()
+        p.dataReceived(raw)
+        assert status_of(t) == 400, raw
+        assert t.disconnecting, raw
+        if h.upstream.conns:  # a bad chunk is noticed only after the head went out
+            up, ut = h.up()
+            assert b"zz" not in ut.value() and ut.disconnecting, raw
+
+
+def test_absolute_form_for_our_host_is_accepted() -> None:
+    h = Harness()
+    p, _ = h.client()
+    p.dataReceived(b"GET http://abc.studios.test/x HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n")
+    req, _ = sent_request(h.up()[1])
+    assert req.target == b"/x"
+
+
+def test_limits_statuses() -> None:
+    h = Harness(max_request_line=50, max_header_bytes=200, max_header_count=3, max_body=5)
+    cases = [
+        (b"GET /" + b"a" * 60 + b" HTTP/1.1\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\nX: " + b"a" * 200, 431),
+        (b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\n" + b"A: 1\r\n" * 3 + b"\r\n", 431),
+        (b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nContent-Length: 6\r\n\r\n", 413),
+    ]
+    for raw, want in cases:
+        p, t = h.client()
+        p.dataReceived(raw)
+        assert status_of(t) == want, raw
+        assert t.disconnecting
+    assert not h.upstream.conns
+
+
+def test_chunked_body_over_the_limit_is_413() -> None:
+    h = Harness(max_body=5)
+    p, t = h.client()
+    p.dataReceived(b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nTransfer-Encoding: chunked"
+                   b"\r\n\r\n3\r\nabc\r\n")
+    up, ut = h.up()
+    p.dataReceived(b"3\r\ndef\r\n")
+    assert status_of(t) == 413 and t.disconnecting and ut.disconnecting
+
+
+def test_header_timeout_is_408_and_idle_timeout_closes() -> None:
+    h = Harness(header_timeout=10, idle_timeout=30)
+    p, t = h.client()
+    p.dataReceived(b"GET / HTTP/1.1\r\n")
+    h.clock.advance(10.1)
+    assert status_of(t) == 408 and t.disconnecting
+    p, t = h.client()
+    p.dataReceived(GET)
+    h.up()[0].dataReceived(OK)
+    h.clock.advance(29)
+    assert not t.disconnecting
+    h.clock.advance(2)
+    assert t.disconnecting and t.value().count(b"HTTP/1.1") == 1
+
+
+def test_max_connections_503() -> None:
+    h = Harness(max_connections=2)
+    a, _b = h.client(), h.client()
+    p, t = h.client()
+    assert status_of(t) == 503 and t.disconnecting
+    a[0].connectionLost(Failure(ConnectionError()))
+    p, t = h.client()
+    assert t.value() == b""
+
+
+def test_client_gone_aborts_upstream() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(GET)
+    p.connectionLost(Failure(ConnectionError()))
+    assert h.up()[1].disconnecting and h.factory.pool.count() == 0
+
+
+# Backpressure -------------------------------------------------------------------------------
+
+
+def test_slow_client_pauses_the_tool() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(GET)
+    up, ut = h.up()
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+    assert t.producer is not None
+    t.producer.pauseProducing()  # the client's send buffer is full
+    assert ut.producerState == "paused"
+    t.producer.resumeProducing()
+    assert ut.producerState == "producing"
+
+
+def test_slow_tool_pauses_the_client() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nContent-Length: 100\r\n\r\nab")
+    up, ut = h.up()
+    assert ut.producer is not None
+    ut.producer.pauseProducing()
+    assert t.producerState == "paused"
+    ut.producer.resumeProducing()
+    assert t.producerState == "producing"
+
+
+def test_client_is_paused_while_the_request_is_dispatched() -> None:
+    h = Harness()
+    h.upstream.hang = True
+    p, t = h.client()
+    p.dataReceived(b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nContent-Length: 100\r\n\r\n")
+    assert t.producerState == "paused"
+
+
+def test_pause_reasons_combine() -> None:
+    """Upstream full and then drained must not resume a client paused for dispatch."""
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nContent-Length: 3\r\n\r\nabc")
+    up, ut = h.up()
+    ut.producer.pauseProducing()
+    p.gate.pause("dispatch")
+    ut.producer.resumeProducing()
+    assert t.producerState == "paused"
+
+
+# Upgrade ------------------------------------------------------------------------------------
+
+
+def test_websocket_upgrade_splices_bytes() -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(b"GET /ws HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade\r\n"
+                   b"Upgrade: websocket\r\nSec-WebSocket-Key: x\r\n\r\n")
+    up, ut = h.up()
+    req, _ = sent_request(ut)
+    assert dict(req.headers)[b"upgrade"] == b"websocket"
+    ut.clear()
+    up.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: y\r\n\r\n\x81\x02hi")
+    assert t.value().startswith(b"HTTP/1.1 101 ")
+    assert t.value().endswith(b"\r\n\r\n\x81\x02hi")
+    p.dataReceived(b"\x81\x82abcd\x00\x00")
+    assert ut.value() == b"\x81\x82abcd\x00\x00"
+    t.producer.pauseProducing()
+    assert ut.producerState == "paused"
+    up.connectionLost(Failure(ConnectionError()))
+    assert t.disconnecting
+
+
+# Hostile heads ------------------------------------------------------------------------------
+
+_pieces = st.sampled_from([
+    b"GET", b"POST", b" ", b"/", b"HTTP/1.1", b"HTTP/1.0", b"\r\n", b"\n", b"\r", b":",
+    b"Host", b"abc.studios.test", b"Content-Length", b"Transfer-Encoding", b"chunked",
+    b"0", b"5", b"-1", b"\t", b"\x00", b"\xff", b"Connection", b"Upgrade", b",", b"X-A",
+    b"\r\n\r\n", b"http://abc.studios.test", b"*", b"%",
+])
+
+
+@settings(max_examples=300)
+@given(st.lists(_pieces, max_size=30).map(b"".join), st.integers(1, 7))
+def test_hostile_heads_never_crash_or_reach_the_tool_unvalidated(raw: bytes,
+                                                                split: int) -> None:
+    h = Harness(max_header_bytes=512)
+    p, t = h.client()
+    step = max(1, len(raw) // split)
+    for i in range(0, len(raw), step):
+        p.dataReceived(raw[i:i + step])
+    for _, ut in h.upstream.conns:
+        req, _ = sent_request(ut)  # what reached the tool is a well-formed request
+        assert b"abc.studios.test" in dict(req.headers)[b"host"]
+    h.clock.advance(1000)  # all timers fire cleanly
+    p2, t2 = h.client()
+    p2.dataReceived(GET)
+    assert h.upstream.conns, "a second connection keeps working"
+    h.up()[0].dataReceived(OK)
+    assert parse_responses(t2.value())[0][0] == 200

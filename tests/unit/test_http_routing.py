@@ -1,0 +1,102 @@
+"""Routing by Host and path: examples and properties."""
+
+from __future__ import annotations
+
+import string
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from studios_gateway.http.routing import (
+    SESSION_ID_RE,
+    Mode,
+    Redirect,
+    Refusal,
+    Route,
+    Router,
+    absolute_to_origin,
+    parse_host,
+)
+
+R = Router(studios_domain="studios.example.com", proxy_host="studios.example.com")
+ids = st.from_regex(SESSION_ID_RE, fullmatch=True)
+paths = st.text(alphabet=string.ascii_letters + string.digits + "/-._~%?=&", max_size=40).map(
+    lambda s: "/" + s)
+
+
+def test_subdomain_route() -> None:
+    r = R.route("AbC-1.Studios.Example.com:8443", "/lab?x=1")
+    assert r == Route("abc-1", Mode.SUBDOMAIN, "/lab?x=1", "/")
+
+
+def test_path_route_and_redirect() -> None:
+    assert R.route("studios.example.com", "/_studio/abc/lab") == Route(
+        "abc", Mode.PATH, "/_studio/abc/lab", "/_studio/abc/")
+    assert R.route("studios.example.com", "/_studio/abc") == Redirect("/_studio/abc/")
+    assert R.route("studios.example.com", "/_studio/abc?a=b") == Redirect("/_studio/abc/?a=b")
+
+
+def test_refusals() -> None:
+    assert R.route("bad host", "/").status == 400  # type: ignore[union-attr]
+    assert R.route("", "/").status == 400  # type: ignore[union-attr]
+    assert R.route("a.b.studios.example.com", "/").status == 404  # type: ignore[union-attr]
+    assert R.route("x_y.studios.example.com", "/").status == 400  # type: ignore[union-attr]
+    assert R.route("other.example.org", "/").status == 404  # type: ignore[union-attr]
+    assert R.route("studios.example.com", "/").reason == "not-a-studio"  # type: ignore[union-attr]
+    assert R.route("studios.example.com", "/_studio/ABC/").status == 404  # type: ignore[union-attr]
+    assert R.route("studios.example.com", "/_studio/abc/../x/").status == 400  # type: ignore
+    assert R.route("studios.example.com", "/_studio/abc/%2E%2e/x").status == 400  # type: ignore
+    assert R.route("abc.studios.example.com", "*").status == 400  # type: ignore[union-attr]
+    no_paths = Router("studios.example.com", "studios.example.com", path_routing=False)
+    assert isinstance(no_paths.route("studios.example.com", "/_studio/abc/"), Refusal)
+
+
+def test_parse_host() -> None:
+    assert parse_host("Example.COM.:80") == "example.com"
+    assert parse_host("[::1]:8080") == "[::1]"
+    for bad in ("a b", "a:b", "a:99999", "a:", "[::1", "ex ample", "a/b", "a@b", " a", "a..b"):
+        assert parse_host(bad) is None, bad
+
+
+def test_absolute_form() -> None:
+    assert absolute_to_origin("http://a.example.com/x?y", "a.example.com") == "/x?y"
+    assert absolute_to_origin("http://b.example.com/x", "a.example.com") is None
+    assert absolute_to_origin("ftp://a.example.com/x", "a.example.com") is None
+    assert absolute_to_origin("http://u@a.example.com/x", "a.example.com") is None
+
+
+@given(ids, paths, st.sampled_from(["", ":80", ":65535"]), st.booleans())
+def test_any_valid_subdomain_routes_to_its_id(sid: str, path: str, port: str,
+                                              upper: bool) -> None:
+    host = f"{sid}.studios.example.com{port}"
+    r = R.route(host.upper() if upper else host, path)
+    assert r == Route(sid, Mode.SUBDOMAIN, path, "/")
+
+
+@given(ids, paths)
+def test_any_path_under_a_studio_routes_to_its_id(sid: str, path: str) -> None:
+    target = f"/_studio/{sid}{path}"
+    r = R.route("studios.example.com", target)
+    if isinstance(r, Route):
+        assert r.session_id == sid and r.mode is Mode.PATH
+        assert r.upstream_target == target and target.startswith(r.prefix)
+    elif isinstance(r, Redirect):
+        assert r.location.startswith(f"/_studio/{sid}/")
+    else:
+        assert r.status == 400 and r.reason == "bad-target"
+
+
+@given(st.text(max_size=80), st.text(max_size=80))
+def test_hostile_input_never_crashes_and_routes_only_valid_ids(host: str, target: str) -> None:
+    r = R.route(host, target)
+    assert isinstance(r, Route | Redirect | Refusal)
+    if isinstance(r, Route):
+        assert SESSION_ID_RE.fullmatch(r.session_id)
+        assert parse_host(host) is not None
+
+
+@given(st.text(alphabet=string.printable, max_size=60))
+def test_parse_host_is_strict(value: str) -> None:
+    h = parse_host(value)
+    if h is not None:
+        assert h == h.lower() and " " not in h and "/" not in h and "@" not in h
