@@ -113,22 +113,38 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--offline", action="append", default=[],
                    help="session ids whose studio is not connected")
     p.add_argument("--pin", help="fingerprint the studio trusts (default: the host key's)")
+    p.add_argument("--tunnel", action="store_true",
+                   help="join them through the real tunnel (TLS, yamux, connect client) "
+                        "for every session, instead of loopback TCP")
     args = p.parse_args(argv)
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     store = MemoryStore(reactor)
     with open(args.sessions) as fh:
-        for data in json.load(fh):
-            store.create(SessionRecord.from_dict(data))
+        records = json.load(fh)
+    tokens: dict[str, str] = {}
+    for data in records:
+        if args.tunnel:
+            from studios_gateway.registry.base import hash_token, new_token
+
+            tokens[data["id"]] = new_token()
+            data = {**data, "token_hash": hash_token(tokens[data["id"]])}
+        store.create(SessionRecord.from_dict(data))
     host_key = load_host_key(args.key_path, None, args.storage_root)
     studio = StudioSSHServer(reactor=reactor, cwd=args.cwd,
                              trusted=[args.pin or fingerprint(host_key)])
-    studio_port = reactor.listenTCP(0, StreamListener(studio.ssh_target), interface="127.0.0.1")
-    tcp = tcp_dial(reactor, "127.0.0.1", studio_port.getHost().port)
     offline = set(args.offline)
+    bound: list[Deferred[None]] = []
+    if args.tunnel:
+        tunnel_dial = _tunnel(reactor, store, studio, args.storage_root,
+                              {s: t for s, t in tokens.items() if s not in offline}, bound)
+    else:
+        studio_port = reactor.listenTCP(0, StreamListener(studio.ssh_target),
+                                        interface="127.0.0.1")
+        tunnel_dial = tcp_dial(reactor, "127.0.0.1", studio_port.getHost().port)
 
     def dial(session_id: str, proto: IProtocol) -> Any:
-        return False if session_id in offline else tcp(session_id, proto)
+        return False if session_id in offline else tunnel_dial(session_id, proto)
 
     fac = GatewaySSHFactory(
         host_key=host_key, user_keys=FileUserKeys.under(args.storage_root), store=store,
@@ -137,8 +153,55 @@ def main(argv: list[str] | None = None) -> None:
                                         handshake_timeout=args.handshake_timeout),
         clock=reactor)
     port = reactor.listenTCP(args.port, fac, interface="127.0.0.1")
-    print(f"ready {port.getHost().port}", flush=True)
+    from twisted.internet import defer
+
+    defer.gatherResults(bound).addCallback(
+        lambda _: print(f"ready {port.getHost().port}", flush=True))
     reactor.run()
+
+
+def _tunnel(reactor: Any, store: Any, studio: Any, storage_root: str, tokens: dict[str, str],
+            bound: list[Deferred[None]]) -> Callable[[str, IProtocol], bool]:
+    """A tunnel server and one connect client per session, all in this process."""
+    from pathlib import Path
+
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from studios_gateway.client.settings import ClientSettings, Gateway
+    from studios_gateway.client.tunnel import ConnectClient
+    from studios_gateway.tunnel import tls
+    from studios_gateway.tunnel.server import (
+        STREAM_SSH,
+        TunnelServerFactory,
+        TunnelSettings,
+        TunnelTable,
+    )
+
+    cert, key = tls.ensure_self_signed(Path(storage_root) / "tunnel", ["127.0.0.1"])
+    table = TunnelTable(store, node_id="n1", node_address="127.0.0.1:1", clock=reactor,
+                        settings=TunnelSettings())
+    table.start()
+    port = reactor.listenTCP(0, TLSMemoryBIOFactory(tls.server_options(cert, key), False,
+                                                    TunnelServerFactory(table)),
+                             interface="127.0.0.1")
+    tool = reactor.listenTCP(0, protocol.Factory.forProtocol(protocol.Protocol),
+                             interface="127.0.0.1")
+    pin = tls.fingerprint_pem(cert.read_bytes())
+    for sid, token in tokens.items():
+        settings = ClientSettings(gateways=(Gateway("127.0.0.1", port.getHost().port, pin),),
+                                  session_id=sid, token=token, tool_port=tool.getHost().port)
+        client = ConnectClient(settings, reactor, ssh_target=studio.ssh_target)
+        client.startService()
+        bound.append(client.ready)
+
+    def dial(session_id: str, proto: IProtocol) -> bool:
+        stream = table.open_stream(session_id, STREAM_SSH)
+        if stream is None:
+            return False
+        stream.attach(proto)
+        return True
+
+    return dial
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from tests.support.ports import free_port, wait_for_port
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.timeout(120),
     pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client not installed"),
 ]
 
@@ -94,6 +95,10 @@ def _start(base: Path, name: str, *extra: str) -> Gateway:
          "--offline", "gone", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
     assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    if not ready:
+        proc.kill()
+        pytest.fail(f"gateway did not start within 30s: {log.read_text()}")
     line = proc.stdout.readline()
     assert line.startswith("ready "), f"gateway did not start: {log.read_text()}"
     return Gateway(int(line.split()[1]), d, work, proc, log)
@@ -395,3 +400,31 @@ def test_handshake_timeout(tight: Gateway) -> None:
     assert 1.0 < time.monotonic() - t0 < 8
     assert data.startswith(b"SSH-2.0-studios_gateway")
     assert b"login timed out" in data
+
+
+# Through the real tunnel -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tunneled(base: Path) -> Iterator[Gateway]:
+    g = _start(base, "tunneled", "--tunnel")
+    yield g
+    _stop(g)
+    text = g.log.read_text()
+    assert "Traceback" not in text and "#critical]" not in text, text
+
+
+def test_through_the_tunnel(tunneled: Gateway, tmp_path: Path) -> None:
+    """The same relay over TLS + yamux streams served by a real ConnectClient."""
+    r = tunneled.run("alice@abcd", "echo hello; exit 3")
+    assert (r.returncode, r.stdout) == (3, "hello\n"), r.stderr
+    src = tmp_path / "mid.bin"
+    src.write_bytes(os.urandom(32 * 1024 * 1024))
+    scp = ["scp", *tunneled.ssh_base(), "-P", str(tunneled.port)]
+    subprocess.run([*scp, str(src), "alice@abcd@127.0.0.1:mid.bin"], check=True, timeout=60,
+                   capture_output=True)
+    subprocess.run([*scp, "alice@abcd@127.0.0.1:mid.bin", str(tmp_path / "back.bin")],
+                   check=True, timeout=60, capture_output=True)
+    assert _sha(tmp_path / "back.bin") == _sha(src) == _sha(tunneled.work / "mid.bin")
+    r = tunneled.run("alice@gone", "true")
+    assert "the studio of session gone is not connected" in r.stderr
