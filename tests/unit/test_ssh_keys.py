@@ -149,7 +149,9 @@ def test_api(tmp_path: Path) -> None:
     code, body = _call(res, "GET", "alice/keys")
     assert len(body["keys"]) == 2
     fp = body["keys"][1]["fingerprint"]
-    code, body = _call(res, "DELETE", f"alice/keys/{fp}")
+    from urllib.parse import quote
+
+    code, body = _call(res, "DELETE", f"alice/keys/{quote(fp, safe='')}")
     assert code == 200 and body["deleted"] == 1
     code, body = _call(res, "PUT", "alice/keys", b"garbage")
     assert code == 400 and "line 1" in body["error"]
