@@ -200,6 +200,14 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
         self.portal = Portal(SessionRealm(t.factory, t), [UserKeyChecker(t.factory.user_keys)])
         self.supportedAuthentications = [b"publickey"]
 
+    def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
+        if self.transport.over_limit:
+            self.transport.refuse(Refused(
+                "the gateway has too many SSH connections; try again later",
+                kind="too_many_connections"))
+            return None
+        return super().ssh_USERAUTH_REQUEST(packet)
+
     def _ebBadAuth(self, reason: Failure) -> None:
         if reason.check(Refused):
             self.transport.refuse(reason.value)
@@ -221,7 +229,7 @@ class GatewayTransport(transport.SSHServerTransport):
         self.supportedMACs = MACS
         self.supportedCompressions = [b"none"]
         self._counted = False
-        self._over_limit = False
+        self.over_limit = False
         self._timer: Any = None
         self._untrack: Callable[[], None] | None = None
         self.upstream: UpstreamTransport | None = None
@@ -237,17 +245,12 @@ class GatewayTransport(transport.SSHServerTransport):
             log.warn("SSH: refusing a connection from {peer}: {live} connections open "
                      "(CONNECT_SSH_MAX_CONNECTIONS={limit})", peer=self._peer(),
                      live=f.limiter.live, limit=f.limiter.limit)
-            self._over_limit = True  # said at the client's KEXINIT, so that it reads it
+            # Said at the client's first userauth request, when OpenSSH shows banners
+            # and disconnect reasons (during key exchange it may just hang up).
+            self.over_limit = True
             return
-        self._over_limit = False
+        self.over_limit = False
         self._counted = True
-
-    def ssh_KEXINIT(self, packet: bytes) -> None:
-        if self._over_limit:
-            self.sendDisconnect(DISCONNECT_TOO_MANY_CONNECTIONS,
-                                b"the gateway has too many SSH connections; try again later")
-            return
-        super().ssh_KEXINIT(packet)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         # A client saying goodbye (code 11, "disconnected by user") is not an error.
@@ -289,8 +292,9 @@ class GatewayTransport(transport.SSHServerTransport):
         message = f"studios-gateway: {refusal.message}"
         self.sendPacket(MSG_USERAUTH_BANNER, common.NS(message.encode() + b"\r\n")
                         + common.NS(b""))
-        code = (transport.DISCONNECT_ILLEGAL_USER_NAME if refusal.kind == "usage"
-                else transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE)
+        code = {"usage": transport.DISCONNECT_ILLEGAL_USER_NAME,
+                "too_many_connections": DISCONNECT_TOO_MANY_CONNECTIONS}.get(
+                    refusal.kind, transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE)
         self.sendDisconnect(code, refusal.message.encode())
 
     # The studio ----------------------------------------------------------------------

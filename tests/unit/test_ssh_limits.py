@@ -17,7 +17,13 @@ from twisted.python.failure import Failure
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.ssh.channels import FlowChannel, FlowConnection
 from studios_gateway.ssh.keys import MemoryUserKeys
-from studios_gateway.ssh.server import GatewaySSHFactory, RelayChannel, SSHSettings, _pair
+from studios_gateway.ssh.server import (
+    GatewaySSHFactory,
+    GatewayUserAuth,
+    RelayChannel,
+    SSHSettings,
+    _pair,
+)
 
 
 def _factory(clock: MemoryReactorClock, **settings: Any) -> GatewaySSHFactory:
@@ -51,23 +57,18 @@ def test_handshake_timeout() -> None:
     assert f.live_connections == 0
 
 
-def _client_hello() -> bytes:
-    from twisted.conch.ssh import transport
-
-    client = transport.SSHClientTransport()
-    out = StringTransport()
-    client.makeConnection(out)
-    return out.value()
-
-
 def test_connection_limit_and_release() -> None:
     clock = MemoryReactorClock()
     f = _factory(clock, max_connections=2)
     (p1, t1), (_p2, t2) = _connect(f), _connect(f)
     p3, t3 = _connect(f)
     assert not t1.disconnecting and not t2.disconnecting
-    assert not t3.disconnecting  # waits for the client's KEXINIT, then says why
-    p3.dataReceived(_client_hello())
+    assert p3.over_limit and not p1.over_limit and not t3.disconnecting
+    # said at the first userauth request, after key exchange (OpenSSH shows it then)
+    auth = GatewayUserAuth()
+    auth.transport = p3
+    p3.sendPacket = lambda kind, payload: t3.write(payload)  # type: ignore[method-assign]
+    auth.ssh_USERAUTH_REQUEST(b"")
     assert t3.disconnecting and b"too many SSH connections" in t3.value()
     p3.connectionLost(Failure(ConnectionError()))
     assert f.live_connections == 2 and f.limiter.refused == 1
