@@ -1,0 +1,856 @@
+"""The yamux stream multiplexer: many byte streams over one tunnel connection.
+
+A :class:`Multiplexer` is a Protocol for any transport (TCP, TLS). Either side
+opens streams without a round trip (the SYN rides on the first frame) and
+each :class:`Stream` is a Twisted transport for the protocol attached to it.
+
+Flow control is yamux's per-stream window, mapped onto Twisted producers:
+
+* sending: a stream writes while its send window lasts; once it is shut the
+  stream's registered producer is paused, and resumed when the peer's
+  WindowUpdate reopens it. The tunnel transport pausing the multiplexer
+  pauses every stream's producer the same way.
+* receiving: a stream hands data to its protocol and tells the peer about
+  the room made once half the window has been consumed. While the stream is
+  paused (``pauseProducing``, typically by the consumer it is spliced into),
+  it holds what arrives and sends no WindowUpdate, so the far writer stops
+  after at most one window.
+
+Bounds (see docs/decisions/tunnel-framing.md): a stream's receive buffer
+holds at most ``window_size`` bytes (the peer may not send more: doing so is
+a protocol error); its send buffer at most ``max_send_buffer`` (a writer
+that ignores backpressure that far gets its stream reset); the frame
+decoder holds at most one frame; streams are capped at ``max_streams``.
+
+Window accounting (:class:`SendWindow`, :class:`ReceiveWindow`) and the
+keepalive decisions (:class:`Keepalive`) are plain objects, testable without
+a reactor.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IPushProducer,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from studios_gateway.tunnel import frames
+from studios_gateway.tunnel.frames import (
+    ACK,
+    DATA,
+    FIN,
+    GO_AWAY,
+    GO_AWAY_INTERNAL_ERROR,
+    GO_AWAY_NORMAL,
+    GO_AWAY_PROTOCOL_ERROR,
+    INITIAL_WINDOW,
+    MAX_U32,
+    PING,
+    RST,
+    SYN,
+    WINDOW_UPDATE,
+    FrameDecoder,
+    ProtocolError,
+)
+
+_pack_header = frames.HEADER_STRUCT.pack
+
+DEFAULT_WINDOW = 6 * 1024 * 1024
+DEFAULT_MAX_FRAME_DATA = 128 * 1024
+DEFAULT_MAX_SEND_BUFFER = 64 * 1024 * 1024
+DEFAULT_CLOSE_TIMEOUT = 60.0
+
+
+class StreamReset(error.ConnectionLost):
+    """The peer reset the stream (RST), or refused to open it."""
+
+
+class TunnelLost(error.ConnectionLost):
+    """The tunnel under the stream ended."""
+
+
+class TunnelUnavailable(Exception):
+    """No stream can be opened: the tunnel is closed or the peer is going away."""
+
+
+# Plain decision objects ---------------------------------------------------------
+
+
+class SendWindow:
+    """How many bytes we may still send on a stream (the peer's receive window)."""
+
+    __slots__ = ("available",)
+
+    def __init__(self, initial: int = INITIAL_WINDOW):
+        self.available = initial
+
+    def grant(self, delta: int) -> None:
+        """The peer sent a WindowUpdate of ``delta``."""
+        if self.available + delta > MAX_U32:
+            raise ProtocolError(f"window update of {delta} overflows the send window")
+        self.available += delta
+
+    def take(self, wanted: int) -> int:
+        """Reserve up to ``wanted`` bytes of window; returns how many were granted."""
+        n = wanted if wanted < self.available else self.available
+        self.available -= n
+        return n
+
+
+class ReceiveWindow:
+    """What the peer may still send us, and when to advertise room the reader made.
+
+    Invariant: ``remaining + owed + unconsumed == size``, where ``unconsumed``
+    is what arrived but the reader has not taken yet. A WindowUpdate is due
+    once ``owed`` (consumed, not yet advertised) reaches half the window.
+    """
+
+    __slots__ = ("size", "remaining", "owed")
+
+    def __init__(self, size: int, initial: int = INITIAL_WINDOW):
+        if size < initial:
+            raise ValueError(f"window {size} is below the yamux initial window {initial}")
+        self.size = size
+        self.remaining = initial
+        self.owed = size - initial  # advertised by the WindowUpdate sent with SYN/ACK
+
+    def received(self, n: int) -> None:
+        if n > self.remaining:
+            raise ProtocolError(f"peer sent {n} bytes with only {self.remaining} of window left")
+        self.remaining -= n
+
+    def consumed(self, n: int) -> int:
+        """The reader took ``n`` bytes; returns the WindowUpdate delta to send now, or 0."""
+        self.owed += n
+        if self.owed * 2 >= self.size:
+            return self.advertise()
+        return 0
+
+    def advertise(self) -> int:
+        """Advertise everything owed; returns the delta (may be 0)."""
+        delta, self.owed = self.owed, 0
+        self.remaining += delta
+        return delta
+
+
+class Keepalive:
+    """Ping bookkeeping: one Ping outstanding at a time; the peer is dead without its ACK."""
+
+    __slots__ = ("timeout", "outstanding", "sent_at", "rtt", "_next")
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.outstanding: int | None = None
+        self.sent_at = 0.0
+        self.rtt: float | None = None
+        self._next = 0
+
+    def next_ping(self, now: float) -> int | None:
+        """The opaque value of a Ping to send now, or None when one is still outstanding."""
+        if self.outstanding is not None:
+            return None
+        self._next = (self._next + 1) & MAX_U32
+        self.outstanding, self.sent_at = self._next, now
+        return self._next
+
+    def acked(self, opaque: int, now: float) -> bool:
+        if opaque != self.outstanding:
+            return False
+        self.outstanding = None
+        self.rtt = now - self.sent_at
+        return True
+
+    def expired(self, now: float) -> bool:
+        return self.outstanding is not None and now - self.sent_at >= self.timeout
+
+
+@implementer(IAddress)
+@dataclass(frozen=True)
+class StreamAddress:
+    """A stream's end: the tunnel's address plus the stream id."""
+
+    tunnel: Any
+    stream_id: int
+
+    @property
+    def host(self) -> str | None:
+        return getattr(self.tunnel, "host", None)
+
+    @property
+    def port(self) -> int | None:
+        return getattr(self.tunnel, "port", None)
+
+
+# Streams -------------------------------------------------------------------------
+
+
+@implementer(ITransport, IConsumer, IPushProducer)
+class Stream:
+    """One yamux stream: a transport for the protocol attached to it.
+
+    States: the write side is open until ``loseConnection`` /
+    ``loseWriteConnection`` (FIN once buffered data is sent); the read side
+    until the peer's FIN has been delivered. Both done, or an RST either way,
+    or the tunnel's end, closes the stream: ``connectionLost`` once.
+    """
+
+    _log = Logger()
+
+    def __init__(self, mux: Multiplexer, stream_id: int, window_size: int):
+        self.mux = mux
+        self.stream_id = stream_id
+        self.protocol: IProtocol | None = None
+        self.connected = True
+        self.disconnecting = False
+        self._send_window = SendWindow()
+        self._recv_window = ReceiveWindow(window_size)
+        # Send side.
+        self._send_buffer: deque[bytes | memoryview] = deque()
+        self._send_buffered = 0
+        self._fin_queued = False
+        self._full_close = False  # loseConnection (vs loseWriteConnection)
+        self._fin_sent = False
+        self._producer: Any = None
+        self._producer_streaming = False
+        self._producer_paused = False
+        self._pull_call: IDelayedCall | None = None
+        self._close_call: IDelayedCall | None = None
+        # Receive side.
+        self._recv_buffer: deque[bytes] = deque()
+        self._recv_buffered = 0
+        self._reading_paused = False
+        self._delivering = False
+        self._fin_received = False
+        self._eof_delivered = False
+        self._closed = False
+        self._lost_reason: Failure | None = None
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.stream_id}{' closed' if self._closed else ''}>"
+
+    # Attaching a protocol --------------------------------------------------------
+
+    def attach(self, protocol: IProtocol) -> None:
+        """Make ``protocol`` the stream's protocol (``makeConnection``), deliver what waits."""
+        if self.protocol is not None:
+            raise RuntimeError(f"{self!r} already has a protocol")
+        self.protocol = protocol
+        protocol.makeConnection(self)
+        if self._closed:
+            reason, self._lost_reason = self._lost_reason, None
+            protocol.connectionLost(reason)
+            return
+        self._deliver()
+
+    # ITransport -------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self._fin_queued or self._closed or not data:
+            return
+        if not isinstance(data, bytes):
+            data = bytes(data)  # never keep a view of a caller's mutable buffer
+        if self._send_buffered or not self._send_window.available:
+            self._queue(data)
+        else:
+            self._send_now(data)
+        self._update_producer()
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        """FIN after the buffered data; the stream closes when the peer's FIN arrives too."""
+        self._full_close = True
+        self._lose_write()
+
+    def loseWriteConnection(self) -> None:
+        """Half-close: FIN after the buffered data; reading goes on."""
+        self._lose_write()
+
+    def abortConnection(self) -> None:
+        """RST now, dropping buffered data both ways."""
+        if self._closed:
+            return
+        self.mux._send_control(WINDOW_UPDATE, RST, self.stream_id, 0)
+        self._finish(Failure(error.ConnectionAborted()))
+
+    def getPeer(self) -> StreamAddress:
+        transport = self.mux.transport
+        return StreamAddress(transport.getPeer() if transport is not None else None,
+                             self.stream_id)
+
+    def getHost(self) -> StreamAddress:
+        transport = self.mux.transport
+        return StreamAddress(transport.getHost() if transport is not None else None,
+                             self.stream_id)
+
+    # IConsumer ----------------------------------------------------------------------
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self._producer is not None:
+            raise RuntimeError(f"{self!r} already has a producer")
+        self._producer = producer
+        self._producer_streaming = bool(streaming)
+        self._producer_paused = False
+        if self._closed:
+            self._stop_producer()
+            return
+        self._update_producer()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        if self._pull_call is not None and self._pull_call.active():
+            self._pull_call.cancel()
+        self._pull_call = None
+
+    # IPushProducer (towards the reader) ------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """Stop delivering data; the peer's writer stops once the window is used up."""
+        self._reading_paused = True
+
+    def resumeProducing(self) -> None:
+        self._reading_paused = False
+        self._deliver()
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    # Introspection (tests, metrics) ---------------------------------------------------
+
+    @property
+    def send_window(self) -> int:
+        return self._send_window.available
+
+    @property
+    def receive_window(self) -> int:
+        """What the peer may still send before it must wait for a WindowUpdate."""
+        return self._recv_window.remaining
+
+    @property
+    def send_buffered(self) -> int:
+        return self._send_buffered
+
+    @property
+    def receive_buffered(self) -> int:
+        return self._recv_buffered
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # Sending --------------------------------------------------------------------------
+
+    def _send_now(self, data: bytes) -> None:
+        max_frame = self.mux.max_frame_data
+        size = len(data)
+        n = self._send_window.take(size)
+        if n == size and n <= max_frame:
+            self.mux._send_data(self.stream_id, data)
+            return
+        view = memoryview(data)
+        for start in range(0, n, max_frame):
+            self.mux._send_data(self.stream_id, view[start:min(start + max_frame, n)])
+        if n < size:
+            self._queue(view[n:])
+
+    def _queue(self, data: bytes | memoryview) -> None:
+        self._send_buffer.append(data)
+        self._send_buffered += len(data)
+        if self._send_buffered > self.mux.max_send_buffer:
+            self._log.error("stream {sid}: its writer ignored backpressure ({n} bytes waiting "
+                            "for window); resetting it", sid=self.stream_id, n=self._send_buffered)
+            self.abortConnection()
+
+    def _flush(self) -> None:
+        """Send buffered data the window allows; FIN once everything is out."""
+        buf = self._send_buffer
+        max_frame = self.mux.max_frame_data
+        while buf and self._send_window.available and not self._closed:
+            chunk = buf[0]
+            n = self._send_window.take(min(len(chunk), max_frame))
+            if n == len(chunk):
+                buf.popleft()
+                self.mux._send_data(self.stream_id, chunk)
+            else:
+                view = memoryview(chunk)
+                buf[0] = view[n:]
+                self.mux._send_data(self.stream_id, view[:n])
+            self._send_buffered -= n
+        if not buf and self._fin_queued and not self._fin_sent and not self._closed:
+            self._send_fin()
+
+    def _window_update(self, delta: int) -> None:
+        self._send_window.grant(delta)
+        if self._send_buffered or (self._fin_queued and not self._fin_sent):
+            self._flush()
+        self._update_producer()
+
+    def _lose_write(self) -> None:
+        if self._closed:
+            return
+        self.disconnecting = True
+        if self._fin_queued:
+            if self._fin_sent and self._full_close:
+                self._start_close_timer()
+            return
+        self._fin_queued = True
+        if not self._send_buffered:
+            self._send_fin()
+
+    def _send_fin(self) -> None:
+        self._fin_sent = True
+        self.mux._send_control(WINDOW_UPDATE, FIN, self.stream_id, 0)
+        if self._eof_delivered:
+            self._finish(Failure(error.ConnectionDone("stream closed")))
+        elif self._full_close:
+            self._start_close_timer()
+        elif IHalfCloseableProtocol.providedBy(self.protocol):
+            self.protocol.writeConnectionLost()  # type: ignore[union-attr]
+
+    def _start_close_timer(self) -> None:
+        if self._close_call is None and not self._closed:
+            self._close_call = self.mux.clock.callLater(self.mux.close_timeout,
+                                                        self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._close_call = None
+        if self._closed:
+            return
+        self._log.info("stream {sid}: the peer did not close it within {t:g}s; resetting",
+                       sid=self.stream_id, t=self.mux.close_timeout)
+        self.mux._send_control(WINDOW_UPDATE, RST, self.stream_id, 0)
+        self._finish(Failure(error.ConnectionLost("the peer did not finish the stream")))
+
+    def _should_pause_producer(self) -> bool:
+        return (bool(self._send_buffered) or not self._send_window.available
+                or self.mux._transport_paused)
+
+    def _update_producer(self) -> None:
+        producer = self._producer
+        if producer is None or self._closed:
+            return
+        if self._fin_queued:
+            return
+        blocked = self._should_pause_producer()
+        if self._producer_streaming:
+            if blocked and not self._producer_paused:
+                self._producer_paused = True
+                producer.pauseProducing()
+            elif not blocked and self._producer_paused:
+                self._producer_paused = False
+                producer.resumeProducing()
+        elif not blocked and self._pull_call is None:
+            self._pull_call = self.mux.clock.callLater(0, self._pull)
+
+    def _pull(self) -> None:
+        self._pull_call = None
+        if self._producer is not None and not self._closed and not self._fin_queued:
+            self._producer.resumeProducing()
+
+    def _stop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if self._pull_call is not None and self._pull_call.active():
+            self._pull_call.cancel()
+        self._pull_call = None
+        if producer is not None:
+            producer.stopProducing()
+
+    # Receiving ------------------------------------------------------------------------
+
+    def _data_received(self, data: bytes) -> None:
+        if self._fin_received:
+            raise ProtocolError(f"data on stream {self.stream_id} after its FIN")
+        n = len(data)
+        self._recv_window.received(n)
+        if (not self._recv_buffer and not self._reading_paused and not self._delivering
+                and self.protocol is not None):
+            self._delivering = True
+            try:
+                self.protocol.dataReceived(data)
+            except Exception:
+                self._protocol_failed("dataReceived")
+            finally:
+                self._delivering = False
+            if not self._closed and not self._fin_received:
+                self._consumed(n)
+            if not self._reading_paused and self._recv_buffer:
+                self._deliver()
+        else:
+            self._recv_buffer.append(data)
+            self._recv_buffered += n
+
+    def _fin(self) -> None:
+        if self._fin_received:
+            return
+        self._fin_received = True
+        self._deliver()
+
+    def _consumed(self, n: int) -> None:
+        delta = self._recv_window.consumed(n)
+        if delta:
+            self.mux._send_control(WINDOW_UPDATE, 0, self.stream_id, delta)
+
+    def _deliver(self) -> None:
+        """Hand buffered data (then EOF) to the protocol while it is willing to read."""
+        if self._delivering or self.protocol is None:
+            return
+        self._delivering = True
+        try:
+            buf = self._recv_buffer
+            while buf and not self._reading_paused and not self._closed:
+                chunk = buf.popleft()
+                self._recv_buffered -= len(chunk)
+                self.protocol.dataReceived(chunk)
+                if not self._closed and not self._fin_received:
+                    self._consumed(len(chunk))
+            if (self._fin_received and not buf and not self._reading_paused
+                    and not self._closed and not self._eof_delivered):
+                self._deliver_eof()
+        except Exception:
+            self._protocol_failed("dataReceived or readConnectionLost")
+        finally:
+            self._delivering = False
+
+    def _protocol_failed(self, what: str) -> None:
+        """A bug in the stream's protocol ends that stream, not the whole tunnel."""
+        self._log.failure("stream {sid}: {what} raised; resetting the stream",
+                          sid=self.stream_id, what=what)
+        self.abortConnection()
+
+    def _deliver_eof(self) -> None:
+        self._eof_delivered = True
+        if IHalfCloseableProtocol.providedBy(self.protocol):
+            self.protocol.readConnectionLost()  # type: ignore[union-attr]
+            if self._fin_sent and not self._closed:
+                self._finish(Failure(error.ConnectionDone("stream closed")))
+        elif self._fin_sent:
+            self._finish(Failure(error.ConnectionDone("stream closed")))
+        else:
+            self.loseConnection()  # not half-closeable: EOF ends the stream
+
+    # Closing --------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._finish(Failure(StreamReset("stream reset by the peer")))
+
+    def _finish(self, reason: Failure) -> None:
+        """The stream is over: forget it, stop its producer, tell the protocol."""
+        if self._closed:
+            return
+        self._closed = True
+        self.connected = False
+        self.disconnecting = True
+        self._send_buffer.clear()
+        self._send_buffered = 0
+        self._recv_buffer.clear()
+        self._recv_buffered = 0
+        if self._close_call is not None and self._close_call.active():
+            self._close_call.cancel()
+        self._close_call = None
+        self.mux._forget(self)
+        self._stop_producer()
+        if self.protocol is None:
+            self._lost_reason = reason
+            return
+        try:
+            self.protocol.connectionLost(reason)
+        except Exception:
+            self._log.failure("connectionLost of stream {sid}'s protocol", sid=self.stream_id)
+
+
+# The multiplexer -----------------------------------------------------------------
+
+
+@implementer(IPushProducer)
+class Multiplexer(Protocol):
+    """yamux over one connection; the client opens odd stream ids, the server even ones."""
+
+    _log = Logger()
+
+    def __init__(self, *, is_client: bool, clock: IReactorTime,
+                 window_size: int = DEFAULT_WINDOW, max_streams: int = 1024,
+                 ping_interval: float = 10.0, ping_timeout: float = 20.0,
+                 max_frame_data: int = DEFAULT_MAX_FRAME_DATA,
+                 max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
+                 close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+                 on_stream: Callable[[Stream], IProtocol | None] | None = None,
+                 on_go_away: Callable[[int], None] | None = None,
+                 on_close: Callable[[Failure], None] | None = None):
+        if not INITIAL_WINDOW <= window_size <= MAX_U32:
+            raise ValueError(f"window_size must be between {INITIAL_WINDOW} and {MAX_U32}")
+        if not 0 < max_frame_data <= window_size:
+            raise ValueError("max_frame_data must be positive and at most window_size")
+        self.is_client = is_client
+        self.clock = clock
+        self.window_size = window_size
+        self.max_streams = max_streams
+        self.ping_interval = ping_interval
+        self.max_frame_data = max_frame_data
+        self.max_send_buffer = max_send_buffer
+        self.close_timeout = close_timeout
+        self.on_stream = on_stream
+        self.on_go_away = on_go_away
+        self.on_close = on_close
+        self.streams: dict[int, Stream] = {}
+        self.keepalive = Keepalive(ping_timeout)
+        self.local_go_away = False
+        self.remote_go_away: int | None = None
+        self.closed = False
+        self.close_reason: Failure | None = None
+        self._decoder = FrameDecoder(window_size)
+        self._next_id = 1 if is_client else 2
+        self._transport_paused = False
+        self._pinger: LoopingCall | None = None
+        self._ping_deadline: IDelayedCall | None = None
+        self._idle_waiters: list[Callable[[], None]] = []
+
+    # Protocol -------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        if self.ping_interval > 0:
+            self._pinger = LoopingCall(self._ping)
+            self._pinger.clock = self.clock
+            self._pinger.start(self.ping_interval, now=False)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            for frame in self._decoder.feed(data):
+                self._frame(frame)
+                if self.closed:
+                    return
+        except ProtocolError as e:
+            self._protocol_error(e.reason)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._terminate(reason if reason is not None else Failure(error.ConnectionDone()))
+
+    # IPushProducer (towards the tunnel transport) ----------------------------------------
+
+    def pauseProducing(self) -> None:
+        if not self._transport_paused:
+            self._transport_paused = True
+            for stream in list(self.streams.values()):
+                stream._update_producer()
+
+    def resumeProducing(self) -> None:
+        if self._transport_paused:
+            self._transport_paused = False
+            for stream in list(self.streams.values()):
+                stream._update_producer()
+
+    def stopProducing(self) -> None:
+        pass  # the transport is closing; connectionLost follows
+
+    # Public API ------------------------------------------------------------------------
+
+    def open_stream(self) -> Stream:
+        """A new stream, usable at once (no round trip). Attach a protocol with ``attach``."""
+        if self.closed or self.transport is None:
+            raise TunnelUnavailable("the tunnel is closed" if self.closed else
+                                    "the tunnel is not connected yet")
+        if self.remote_go_away is not None:
+            raise TunnelUnavailable("the peer is going away and accepts no new streams")
+        sid = self._next_id
+        if sid > MAX_U32:
+            raise TunnelUnavailable("stream ids exhausted on this tunnel")
+        self._next_id += 2
+        stream = Stream(self, sid, self.window_size)
+        self.streams[sid] = stream
+        self._send_control(WINDOW_UPDATE, SYN, sid, stream._recv_window.advertise())
+        self._log.debug("opened stream {sid}", sid=sid)
+        return stream
+
+    def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
+        """Tell the peer we accept no new streams (its SYNs get RST); ours may finish."""
+        if self.closed or self.local_go_away:
+            return
+        self.local_go_away = True
+        self._send_control(GO_AWAY, 0, 0, code)
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no stream is open (now, if none is). For drain."""
+        if not self.streams or self.closed:
+            callback()
+        else:
+            self._idle_waiters.append(callback)
+
+    @property
+    def rtt(self) -> float | None:
+        """The round-trip time the last Ping measured."""
+        return self.keepalive.rtt
+
+    # Frames in ------------------------------------------------------------------------
+
+    def _frame(self, frame: frames.Frame) -> None:
+        ftype, flags, sid, length, data = frame
+        if ftype == DATA or ftype == WINDOW_UPDATE:
+            stream = self.streams.get(sid)
+            if flags & SYN:
+                if stream is not None:
+                    raise ProtocolError(f"SYN for stream {sid}, which is already open")
+                stream = self._accept(sid)
+            if stream is None:
+                return  # a stream we reset or refused: late frames are expected
+            if flags & RST:
+                stream._reset()
+                return
+            if ftype == DATA:
+                if length:
+                    stream._data_received(data)
+            elif length:
+                stream._window_update(length)
+            if flags & FIN and not stream._closed:
+                stream._fin()
+        elif ftype == PING:
+            if flags & SYN:
+                self._send_control(PING, ACK, 0, length)
+            elif self.keepalive.acked(length, self.clock.seconds()):
+                if self._ping_deadline is not None and self._ping_deadline.active():
+                    self._ping_deadline.cancel()
+                self._ping_deadline = None
+        else:
+            self._go_away_received(length)
+
+    def _accept(self, sid: int) -> Stream | None:
+        if (sid % 2 == 1) == self.is_client:
+            raise ProtocolError(f"peer opened stream {sid} with an id of our parity")
+        if self.local_go_away or len(self.streams) >= self.max_streams or self.on_stream is None:
+            why = ("going away" if self.local_go_away else
+                   "stream limit reached" if self.on_stream is not None else "not accepting")
+            self._log.debug("refusing stream {sid}: {why}", sid=sid, why=why)
+            self._send_control(WINDOW_UPDATE, RST, sid, 0)
+            return None
+        stream = Stream(self, sid, self.window_size)
+        self.streams[sid] = stream
+        self._send_control(WINDOW_UPDATE, ACK, sid, stream._recv_window.advertise())
+        try:
+            protocol = self.on_stream(stream)
+        except Exception:
+            self._log.failure("on_stream for stream {sid}", sid=sid)
+            stream.abortConnection()
+            return None
+        if protocol is not None and stream.protocol is None:
+            stream.attach(protocol)
+        return None if stream._closed else stream
+
+    def _go_away_received(self, code: int) -> None:
+        self.remote_go_away = code
+        if code == GO_AWAY_NORMAL:
+            self._log.info("peer is going away: no new streams on this tunnel")
+        else:
+            self._log.warn("peer ended the tunnel with GoAway code {code}", code=code)
+        if self.on_go_away is not None:
+            try:
+                self.on_go_away(code)
+            except Exception:
+                self._log.failure("on_go_away")
+        if code != GO_AWAY_NORMAL and not self.closed:
+            what = "protocol error" if code == GO_AWAY_PROTOCOL_ERROR else "internal error"
+            self._close_transport(Failure(error.ConnectionLost(f"peer reported a {what}")))
+
+    # Frames out -----------------------------------------------------------------------
+
+    def _send_data(self, sid: int, data: bytes | memoryview) -> None:
+        if not self.closed:
+            self.transport.write(_pack_header(0, DATA, 0, sid, len(data)) + data)
+
+    def _send_control(self, ftype: int, flags: int, sid: int, length: int) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(frames.encode_header(ftype, flags, sid, length))
+
+    # Keepalive ------------------------------------------------------------------------
+
+    def _ping(self) -> None:
+        opaque = self.keepalive.next_ping(self.clock.seconds())
+        if opaque is None:
+            return
+        self._send_control(PING, SYN, 0, opaque)
+        self._ping_deadline = self.clock.callLater(self.keepalive.timeout, self._ping_expired)
+
+    def _ping_expired(self) -> None:
+        self._ping_deadline = None
+        if self.closed or self.keepalive.outstanding is None:
+            return
+        self._log.warn("no Ping answer within {t:g}s: the tunnel is dead",
+                       t=self.keepalive.timeout)
+        reason = Failure(error.TimeoutError(f"no Ping answer within {self.keepalive.timeout:g}s"))
+        transport = self.transport
+        self._terminate(reason)
+        if transport is not None:
+            transport.abortConnection()
+
+    # Ending ---------------------------------------------------------------------------
+
+    def _protocol_error(self, reason: str) -> None:
+        self._log.warn("tunnel protocol error: {reason}", reason=reason)
+        self._send_control(GO_AWAY, 0, 0, GO_AWAY_PROTOCOL_ERROR)
+        self._close_transport(Failure(ProtocolError(reason)))
+
+    def internal_error(self, reason: str) -> None:
+        """End the tunnel telling the peer it was our fault (GoAway code 2)."""
+        self._send_control(GO_AWAY, 0, 0, GO_AWAY_INTERNAL_ERROR)
+        self._close_transport(Failure(ProtocolError(reason)))
+
+    def _close_transport(self, reason: Failure) -> None:
+        transport = self.transport
+        self._terminate(reason)
+        if transport is not None:
+            transport.loseConnection()
+
+    def _terminate(self, reason: Failure) -> None:
+        """The tunnel is over: every stream is lost, timers stop, ``on_close`` once."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        if self._ping_deadline is not None and self._ping_deadline.active():
+            self._ping_deadline.cancel()
+        self._ping_deadline = None
+        lost = Failure(TunnelLost(f"tunnel lost: {reason.getErrorMessage()}"))
+        for stream in list(self.streams.values()):
+            stream._finish(lost)
+        self.streams.clear()
+        self._fire_idle()
+        if self.on_close is not None:
+            try:
+                self.on_close(reason)
+            except Exception:
+                self._log.failure("on_close")
+
+    def _forget(self, stream: Stream) -> None:
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+            self._log.debug("stream {sid} closed", sid=stream.stream_id)
+            if not self.streams:
+                self._fire_idle()
+
+    def _fire_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for callback in waiters:
+            try:
+                callback()
+            except Exception:
+                self._log.failure("when_idle callback")

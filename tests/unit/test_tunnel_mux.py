@@ -1,0 +1,733 @@
+"""The yamux multiplexer: windows, backpressure, keepalive, drain, resets, half-close."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer, error, reactor
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from studios_gateway.tunnel import frames
+from studios_gateway.tunnel.frames import (
+    ACK,
+    DATA,
+    FIN,
+    GO_AWAY,
+    INITIAL_WINDOW,
+    PING,
+    RST,
+    SYN,
+    WINDOW_UPDATE,
+    Frame,
+    FrameDecoder,
+    ProtocolError,
+)
+from studios_gateway.tunnel.mux import (
+    Keepalive,
+    Multiplexer,
+    ReceiveWindow,
+    SendWindow,
+    Stream,
+    StreamReset,
+    TunnelLost,
+    TunnelUnavailable,
+)
+
+KiB = 1024
+MiB = 1024 * 1024
+
+
+# Helpers -------------------------------------------------------------------------
+
+
+class Collector(Protocol):
+    """Records what a stream delivers."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.eof = False
+        self.lost: Failure | None = None
+        self.made = False
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.lost is None and not self.eof
+        self.data += data
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        assert self.lost is None, "connectionLost twice"
+        self.lost = reason
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloser(Collector):
+    def __init__(self) -> None:
+        super().__init__()
+        self.write_closed = False
+
+    def readConnectionLost(self) -> None:
+        self.eof = True
+
+    def writeConnectionLost(self) -> None:
+        self.write_closed = True
+
+
+@implementer(IPushProducer)
+class Producer:
+    """A streaming producer that records pause/resume."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.stopped = False
+        self.pauses = 0
+
+    def pauseProducing(self) -> None:
+        assert not self.paused
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        assert self.paused
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+def parse(raw: bytes) -> list[Frame]:
+    return FrameDecoder(2**32 - 1).feed(raw)
+
+
+def take(transport: StringTransport) -> list[Frame]:
+    raw = transport.value()
+    transport.clear()
+    return parse(raw)
+
+
+class Link:
+    """Two multiplexers joined by StringTransports; bytes move only when told to."""
+
+    def __init__(self, clock: Clock | None = None, **kw: Any):
+        self.clock = clock or Clock()
+        self.accepted: dict[str, list[Stream]] = {"client": [], "server": []}
+        self.protocols: dict[str, list[Collector]] = {"client": [], "server": []}
+        self.go_aways: dict[str, list[int]] = {"client": [], "server": []}
+        self.closes: dict[str, list[Failure]] = {"client": [], "server": []}
+        self.t = {"client": StringTransport(), "server": StringTransport()}
+        self.inflight = {"client": b"", "server": b""}  # written by that side, not yet read
+        self.mux: dict[str, Multiplexer] = {}
+        for side in ("client", "server"):
+            self.mux[side] = Multiplexer(
+                is_client=side == "client", clock=self.clock,
+                on_stream=lambda s, side=side: self._accept(side, s),
+                on_go_away=self.go_aways[side].append, on_close=self.closes[side].append,
+                **kw)
+            self.mux[side].makeConnection(self.t[side])
+
+    @property
+    def client(self) -> Multiplexer:
+        return self.mux["client"]
+
+    @property
+    def server(self) -> Multiplexer:
+        return self.mux["server"]
+
+    def _accept(self, side: str, stream: Stream) -> Collector:
+        self.accepted[side].append(stream)
+        p = HalfCloser()
+        self.protocols[side].append(p)
+        return p
+
+    def move(self, sender: str, limit: int | None = None) -> int:
+        """Deliver up to ``limit`` bytes written by ``sender`` to the other side."""
+        t = self.t[sender]
+        self.inflight[sender] += t.value()
+        t.clear()
+        data = self.inflight[sender]
+        n = len(data) if limit is None else min(limit, len(data))
+        self.inflight[sender] = data[n:]
+        if n:
+            self.mux["server" if sender == "client" else "client"].dataReceived(data[:n])
+        return n
+
+    def pump(self) -> None:
+        for _ in range(10_000):
+            if not (self.move("client") + self.move("server")):
+                return
+        raise AssertionError("link never settled")
+
+
+def open_pair(link: Link, opener: str = "client") -> tuple[Stream, Collector, Stream, Collector]:
+    """Open a stream from ``opener``; returns (local stream, its protocol, remote, remote's)."""
+    other = "server" if opener == "client" else "client"
+    local = link.mux[opener].open_stream()
+    mine = HalfCloser()
+    local.attach(mine)
+    link.pump()
+    return local, mine, link.accepted[other][-1], link.protocols[other][-1]
+
+
+# Plain objects -------------------------------------------------------------------
+
+
+def test_send_window_takes_what_is_there_and_refuses_overflow() -> None:
+    w = SendWindow()
+    assert w.take(10) == 10 and w.available == INITIAL_WINDOW - 10
+    assert w.take(10 * MiB) == INITIAL_WINDOW - 10 and w.available == 0
+    assert w.take(5) == 0
+    w.grant(100)
+    assert w.available == 100
+    with pytest.raises(ProtocolError):
+        w.grant(2**32)
+
+
+def test_receive_window_advertises_at_half_and_refuses_excess() -> None:
+    w = ReceiveWindow(1 * MiB)
+    assert w.advertise() == 1 * MiB - INITIAL_WINDOW and w.remaining == 1 * MiB
+    w.received(600 * KiB)
+    assert w.consumed(400 * KiB) == 0  # under half: nothing to say yet
+    assert w.consumed(112 * KiB) == 512 * KiB  # half consumed: tell the peer
+    assert w.remaining == 1 * MiB - 600 * KiB + 512 * KiB
+    with pytest.raises(ProtocolError, match="window"):
+        w.received(w.remaining + 1)
+    with pytest.raises(ValueError):
+        ReceiveWindow(INITIAL_WINDOW - 1)
+
+
+def test_keepalive_one_ping_outstanding() -> None:
+    k = Keepalive(timeout=20)
+    first = k.next_ping(0.0)
+    assert first is not None and k.next_ping(5.0) is None
+    assert not k.expired(19.9) and k.expired(20.0)
+    assert not k.acked(first + 1, 3.0)
+    assert k.acked(first, 3.0) and k.rtt == 3.0 and not k.expired(100)
+    assert k.next_ping(10.0) != first
+
+
+# Opening -------------------------------------------------------------------------
+
+
+def test_open_is_one_frame_with_syn_and_the_window_growth() -> None:
+    link = Link(window_size=6 * MiB)
+    stream = link.client.open_stream()
+    stream.write(b"T")
+    assert take(link.t["client"]) == [
+        Frame(WINDOW_UPDATE, SYN, 1, 6 * MiB - INITIAL_WINDOW),
+        Frame(DATA, 0, 1, 1, b"T")]
+    assert link.client.open_stream().stream_id == 3
+    assert link.server.open_stream().stream_id == 2
+
+
+def test_accept_answers_ack_with_window_and_delivers_early_data() -> None:
+    link = Link()
+    stream = link.client.open_stream()
+    stream.write(b"hello")  # before any answer, and before a protocol is attached
+    link.move("client")
+    [remote] = link.accepted["server"]
+    assert link.protocols["server"][0].data == b"hello"
+    assert take(link.t["server"]) == [Frame(WINDOW_UPDATE, ACK, remote.stream_id,
+                                            6 * MiB - INITIAL_WINDOW)]
+    assert remote.getPeer().stream_id == 1 and remote.getHost().host is not None
+
+
+def test_stream_attached_later_gets_what_waited() -> None:
+    link = Link()
+    seen: list[Stream] = []
+    link.server.on_stream = seen.append  # the application attaches later
+    stream = link.client.open_stream()
+    stream.write(b"early")
+    stream.loseWriteConnection()
+    link.pump()
+    p = HalfCloser()
+    seen[0].attach(p)
+    assert p.made and p.data == b"early" and p.eof
+
+
+# Flow control ----------------------------------------------------------------------
+
+
+def test_writer_waits_for_window_then_finishes() -> None:
+    link = Link(window_size=INITIAL_WINDOW, max_frame_data=64 * KiB)
+    local, _, remote, remote_p = open_pair(link)
+    payload = os.urandom(INITIAL_WINDOW * 3 + 17)
+    local.write(payload)
+    assert local.send_window == 0 and local.send_buffered == len(payload) - INITIAL_WINDOW
+    sent = take(link.t["client"])
+    assert all(f.length <= 64 * KiB for f in sent)
+    assert sum(f.length for f in sent) == INITIAL_WINDOW
+    link.server.dataReceived(b"".join(frames.encode_frame(f) for f in sent))
+    link.pump()
+    assert bytes(remote_p.data) == payload and local.send_buffered == 0
+
+
+def test_data_beyond_the_window_is_a_protocol_error() -> None:
+    link = Link(window_size=INITIAL_WINDOW)
+    local, mine, remote, _ = open_pair(link)
+    local.pauseProducing()  # nothing consumed, so no WindowUpdate: 256 KiB is all there is
+    # Our own mux never oversends; forge the frames a broken peer would send.
+    link.client.dataReceived(frames.encode_data(local.stream_id, b"x" * INITIAL_WINDOW))
+    assert not link.client.closed
+    link.client.dataReceived(frames.encode_data(local.stream_id, b"y"))
+    assert link.client.closed
+    assert take(link.t["client"])[-1] == Frame(GO_AWAY, 0, 0, frames.GO_AWAY_PROTOCOL_ERROR)
+    assert link.t["client"].disconnecting
+    assert mine.lost is not None and mine.lost.check(TunnelLost)
+    assert link.closes["client"][0].check(ProtocolError)
+
+
+@pytest.mark.parametrize("raw", [
+    b"\x01" + b"\x00" * 11,  # bad version
+    frames.encode_window_update(3, 0, SYN),  # the server may only open even ids
+    frames.encode_data(8, b"x", SYN) + frames.encode_data(8, b"x", SYN),  # duplicate SYN
+    frames.encode_window_update(8, 1, SYN) + frames.encode_window_update(8, 2**32 - 1),
+])
+def test_protocol_errors_end_the_tunnel_with_go_away(raw: bytes) -> None:
+    link = Link()
+    link.client.dataReceived(raw)  # what a server would have sent
+    assert link.client.closed and link.t["client"].disconnecting
+    assert take(link.t["client"])[-1] == Frame(GO_AWAY, 0, 0, frames.GO_AWAY_PROTOCOL_ERROR)
+
+
+def test_frames_for_unknown_streams_are_ignored() -> None:
+    link = Link()
+    link.server.dataReceived(frames.encode_data(9, b"late") + frames.encode_window_update(9, 5))
+    assert not link.server.closed and link.t["server"].value() == b""
+
+
+Op = tuple[str, str, int]
+ops = st.lists(st.one_of(
+    st.tuples(st.just("write"), st.sampled_from(["a", "b"]), st.integers(1, 300 * KiB)),
+    st.tuples(st.just("move"), st.sampled_from(["client", "server"]),
+              st.integers(1, 400 * KiB)),
+    st.tuples(st.just("pause"), st.sampled_from(["a", "b"]), st.just(0)),
+    st.tuples(st.just("resume"), st.sampled_from(["a", "b"]), st.just(0)),
+), max_size=40)
+
+
+@settings(max_examples=60)
+@given(ops, st.sampled_from([INITIAL_WINDOW, 512 * KiB]), st.sampled_from([16 * KiB, 64 * KiB]))
+def test_windows_hold_and_bytes_arrive_in_order_both_ways(
+        script: list[Op], window: int, frame: int) -> None:
+    link = Link(window_size=window, max_frame_data=frame)
+    # Stream "a" opened by the client, "b" by the server; each writes both ways.
+    a_c, a_cp, a_s, a_sp = open_pair(link, "client")
+    b_s, b_sp, b_c, b_cp = open_pair(link, "server")
+    ends = {"a": [(a_c, a_sp), (a_s, a_cp)], "b": [(b_s, b_cp), (b_c, b_sp)]}
+    readers = {"a": [a_sp, a_cp, a_s, a_c], "b": [b_cp, b_sp, b_c, b_s]}
+    sent = {id(p): bytearray() for pair in ends.values() for _, p in pair}
+    frozen: dict[int, int] = {}  # paused reader's protocol -> bytes it had when paused
+    counter = 0
+
+    def check() -> None:
+        assert not link.client.closed and not link.server.closed
+        for pairs in ends.values():
+            for writer, reader_p in pairs:
+                reader = link.mux["server" if writer.mux is link.client else "client"] \
+                    .streams[writer.stream_id]
+                assert writer.send_window >= 0 and reader.receive_window >= 0
+                assert reader.receive_buffered <= window
+                # in flight + delivered-but-unadvertised never exceed what was advertised
+                assert len(sent[id(reader_p)]) - len(reader_p.data) <= \
+                    window + writer.send_buffered
+        for name in ("client", "server"):
+            assert len(link.inflight[name]) + len(link.t[name].value()) <= 2 * window + 4096
+        for pairs in ends.values():
+            for _, reader_p in pairs:
+                if id(reader_p) in frozen:
+                    assert len(reader_p.data) == frozen[id(reader_p)]
+
+    for op, who, n in script:
+        if op == "write":
+            for writer, reader_p in ends[who]:
+                chunk = bytes([counter % 251]) * n
+                counter += 1
+                writer.write(chunk)
+                sent[id(reader_p)] += chunk
+        elif op == "move":
+            link.move(who, n)
+        elif op == "pause":
+            for s, p in zip(readers[who][2:], readers[who][:2], strict=True):
+                s.pauseProducing()
+                frozen[id(p)] = len(p.data)
+        else:
+            for s, p in zip(readers[who][2:], readers[who][:2], strict=True):
+                frozen.pop(id(p), None)
+                s.resumeProducing()
+        check()
+    frozen.clear()
+    for s in (a_c, a_s, b_c, b_s):
+        s.resumeProducing()
+    link.pump()
+    check()
+    for pairs in ends.values():
+        for writer, reader_p in pairs:
+            assert writer.send_buffered == 0
+            assert reader_p.data == sent[id(reader_p)]
+
+
+# Backpressure ----------------------------------------------------------------------
+
+
+def test_paused_reader_pauses_far_writer_within_one_window_then_resumes() -> None:
+    window = 1 * MiB
+    link = Link(window_size=window, max_frame_data=64 * KiB)
+    local, _, remote, remote_p = open_pair(link)
+    producer = Producer()
+    local.registerProducer(producer, True)
+    remote.pauseProducing()  # the reader's consumer is slow
+    written = 0
+    for _ in range(100):
+        local.write(b"z" * 48 * KiB)
+        written += 48 * KiB
+        link.pump()
+        if producer.paused:
+            break
+    assert written <= window + 48 * KiB  # at most one window (plus the chunk that hit it)
+    assert remote.receive_buffered <= window and remote_p.data == b""
+    assert remote.receive_window == 0 or local.send_buffered
+    for _ in range(5):  # nothing moves while paused: no WindowUpdate goes back
+        link.pump()
+    assert producer.paused and not link.t["server"].value()
+    remote.resumeProducing()
+    link.pump()
+    assert not producer.paused and len(remote_p.data) == written
+    assert local.send_buffered == 0
+
+
+def test_transport_pause_pauses_every_stream_producer() -> None:
+    link = Link()
+    streams = [link.client.open_stream() for _ in range(3)]
+    producers = [Producer() for _ in streams]
+    for s, p in zip(streams, producers, strict=True):
+        s.registerProducer(p, True)
+    assert link.t["client"].producer is link.client
+    link.t["client"].producer.pauseProducing()
+    assert all(p.paused for p in producers)
+    late = link.client.open_stream()
+    late_p = Producer()
+    late.registerProducer(late_p, True)
+    assert late_p.paused
+    link.t["client"].producer.resumeProducing()
+    assert not any(p.paused for p in [*producers, late_p])
+
+
+def test_writer_that_ignores_backpressure_is_reset() -> None:
+    link = Link(window_size=INITIAL_WINDOW, max_send_buffer=1 * MiB)
+    local, mine, remote, remote_p = open_pair(link)
+    local.write(b"x" * (INITIAL_WINDOW + 1 * MiB + 1))
+    assert local.closed and mine.lost is not None and mine.lost.check(error.ConnectionAborted)
+    link.pump()
+    assert remote_p.lost is not None and remote_p.lost.check(StreamReset)
+
+
+def test_pull_producer_is_asked_for_more_while_window_lasts() -> None:
+    link = Link(window_size=INITIAL_WINDOW)
+    local, _, _, remote_p = open_pair(link)
+
+    class Pull:
+        calls = 0
+
+        def resumeProducing(self) -> None:
+            Pull.calls += 1
+            local.write(b"p" * 100 * KiB)
+
+        def stopProducing(self) -> None:
+            pass
+
+    local.registerProducer(Pull(), False)
+    for _ in range(10):
+        link.clock.advance(0)
+    assert Pull.calls == 3  # 256 KiB initial window: the third write shuts it
+    assert local.send_buffered
+    link.pump()  # the reader's WindowUpdate reopens the window: asked again until it shuts
+    link.clock.advance(0)
+    assert Pull.calls > 3 and local.send_buffered
+    assert len(remote_p.data) + local.send_buffered + len(link.t["client"].value()) >= \
+        (Pull.calls - 1) * 100 * KiB
+
+
+# Closing ---------------------------------------------------------------------------
+
+
+def test_fin_half_close_then_full_close() -> None:
+    link = Link()
+    local, mine, remote, remote_p = open_pair(link)
+    local.write(b"request")
+    local.loseWriteConnection()
+    link.pump()
+    assert mine.write_closed and remote_p.eof and remote_p.data == b"request"
+    remote.write(b"response")  # the other direction still works
+    remote.loseConnection()
+    link.pump()
+    assert mine.data == b"response" and mine.eof
+    assert mine.lost is not None and mine.lost.check(error.ConnectionDone)
+    assert remote_p.lost is not None and remote_p.lost.check(error.ConnectionDone)
+    assert not link.client.streams and not link.server.streams
+
+
+def test_fin_to_a_protocol_without_half_close_closes_the_stream() -> None:
+    link = Link()
+    stream = link.client.open_stream()
+    plain = Collector()
+    stream.attach(plain)
+    link.pump()
+    [remote] = link.accepted["server"]
+    remote.write(b"bye")
+    remote.loseConnection()
+    link.pump()
+    assert plain.data == b"bye" and plain.lost is not None
+    assert plain.lost.check(error.ConnectionDone) and not link.client.streams
+
+
+def test_fin_waits_behind_buffered_data() -> None:
+    link = Link(window_size=INITIAL_WINDOW)
+    local, _, remote, remote_p = open_pair(link)
+    local.write(b"q" * (INITIAL_WINDOW + 10))
+    local.loseConnection()
+    local.write(b"dropped")
+    assert FIN not in {f.flags for f in parse(link.t["client"].value())}
+    remote.loseConnection()
+    link.pump()
+    assert len(remote_p.data) == INITIAL_WINDOW + 10 and remote_p.lost is not None
+
+
+def test_rst_both_ways() -> None:
+    link = Link()
+    local, mine, remote, remote_p = open_pair(link)
+    producer = Producer()
+    remote.registerProducer(producer, True)
+    local.write(b"some")
+    local.abortConnection()
+    assert mine.lost is not None and mine.lost.check(error.ConnectionAborted)
+    link.pump()
+    assert remote_p.lost is not None and remote_p.lost.check(StreamReset)
+    assert producer.stopped and not link.server.streams and not link.client.streams
+
+
+def test_close_timeout_resets_a_stream_the_peer_never_finishes() -> None:
+    link = Link(close_timeout=30)
+    local, mine, _, remote_p = open_pair(link)
+    local.loseConnection()
+    link.pump()
+    assert remote_p.eof and mine.lost is None
+    link.clock.advance(30)
+    assert mine.lost is not None and local.stream_id not in link.client.streams
+    link.pump()
+    assert remote_p.lost is not None and remote_p.lost.check(StreamReset)
+
+
+def test_a_failing_stream_protocol_resets_only_its_stream() -> None:
+    link = Link()
+    local, _, remote, remote_p = open_pair(link)
+    other, _, _, other_p = open_pair(link)
+
+    def boom(data: bytes) -> None:
+        raise RuntimeError("bug")
+
+    remote_p.dataReceived = boom  # type: ignore[method-assign]
+    local.write(b"x")
+    other.write(b"y")
+    link.pump()
+    assert remote.closed and not link.server.closed and other_p.data == b"y"
+
+
+def test_tunnel_loss_reaches_every_stream() -> None:
+    link = Link()
+    _, mine, _, _ = open_pair(link)
+    _, mine2, _, _ = open_pair(link)
+    link.client.connectionLost(Failure(error.ConnectionLost("cable cut")))
+    for p in (mine, mine2):
+        assert p.lost is not None and p.lost.check(TunnelLost)
+        assert "cable cut" in p.lost.getErrorMessage()
+    assert len(link.closes["client"]) == 1
+    link.client.connectionLost(None)  # idempotent
+    with pytest.raises(TunnelUnavailable):
+        link.client.open_stream()
+
+
+# Limits and drain -----------------------------------------------------------------------
+
+
+def test_max_streams_resets_extra_syns() -> None:
+    link = Link(max_streams=2)
+    results = [open_pair(link) for _ in range(2)]
+    extra = link.client.open_stream()
+    extra_p = Collector()
+    extra.attach(extra_p)
+    link.pump()
+    assert extra_p.lost is not None and extra_p.lost.check(StreamReset)
+    assert len(link.server.streams) == 2
+    results[0][0].abortConnection()
+    link.pump()
+    open_pair(link)  # room again
+    assert len(link.server.streams) == 2
+
+
+def test_go_away_drains() -> None:
+    link = Link()
+    local, mine, remote, remote_p = open_pair(link)
+    idle: list[bool] = []
+    link.server.go_away()
+    link.server.when_idle(lambda: idle.append(True))
+    link.pump()
+    assert link.go_aways["client"] == [0] and not link.client.closed
+    with pytest.raises(TunnelUnavailable):
+        link.client.open_stream()
+    # A peer that opens a stream anyway is refused with RST.
+    link.server.dataReceived(frames.encode_window_update(101, 0, SYN))
+    assert Frame(WINDOW_UPDATE, RST, 101, 0) in take(link.t["server"])
+    # The existing stream finishes normally.
+    local.write(b"last")
+    local.loseConnection()
+    link.pump()
+    assert remote_p.data == b"last" and not idle
+    remote.loseConnection()
+    link.pump()
+    assert idle == [True] and mine.lost is not None and mine.lost.check(error.ConnectionDone)
+    assert link.server.open_stream() is not None  # our own side may still open
+
+
+def test_go_away_with_an_error_code_ends_the_tunnel() -> None:
+    link = Link()
+    link.client.dataReceived(frames.encode_go_away(frames.GO_AWAY_INTERNAL_ERROR))
+    assert link.go_aways["client"] == [2] and link.client.closed
+
+
+# Keepalive ---------------------------------------------------------------------------
+
+
+def test_pings_are_answered_and_a_silent_peer_is_declared_dead() -> None:
+    link = Link(ping_interval=10, ping_timeout=20)
+    _, mine, _, _ = open_pair(link)
+    link.server.connectionLost(None)  # the server below is only a ping answerer
+    link.clock.advance(10)
+    [ping] = take(link.t["client"])
+    assert ping.type == PING and ping.flags == SYN
+    answerer = Link().server
+    answerer.dataReceived(frames.encode_frame(ping))
+    [pong] = take(answerer.transport)
+    assert pong == Frame(PING, ACK, 0, ping.length)
+    link.clock.advance(1.5)
+    link.client.dataReceived(frames.encode_frame(pong))
+    assert link.client.rtt == 1.5
+    link.clock.advance(8.5)
+    [ping2] = take(link.t["client"])  # the next round goes unanswered
+    assert ping2.flags == SYN and ping2.length != ping.length
+    link.clock.advance(10)
+    assert take(link.t["client"]) == []  # still waiting: no second ping stacked up
+    assert not link.client.closed
+    link.clock.advance(10)
+    assert link.client.closed and link.t["client"].disconnected  # aborted
+    assert link.closes["client"][0].check(error.TimeoutError)
+    assert mine.lost is not None and mine.lost.check(TunnelLost)
+    assert not link.clock.getDelayedCalls()
+
+
+# A real socket -------------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    def __init__(self, done: defer.Deferred[tuple[int, str]]):
+        self.hash = hashlib.sha256()
+        self.n = 0
+        self.done = done
+
+    def dataReceived(self, data: bytes) -> None:
+        self.hash.update(data)
+        self.n += len(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.done.callback((self.n, self.hash.hexdigest()))
+
+
+@implementer(IPushProducer)
+class Source:
+    """Writes ``total`` pseudo-random bytes into a stream, honouring its backpressure."""
+
+    def __init__(self, stream: Stream, total: int):
+        self.stream = stream
+        self.left = total
+        self.paused = False
+        self.hash = hashlib.sha256()
+        self.block = os.urandom(256 * KiB)
+
+    def start(self) -> None:
+        self.stream.registerProducer(self, True)
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while self.left and not self.paused:
+            chunk = self.block[: min(len(self.block), self.left)]
+            self.left -= len(chunk)
+            self.hash.update(chunk)
+            self.stream.write(chunk)
+        if not self.left:
+            self.stream.unregisterProducer()
+            self.stream.loseConnection()
+
+    def stopProducing(self) -> None:
+        self.left = 0
+
+
+class MuxProtocol(Protocol):
+    def __init__(self, mux: Multiplexer):
+        self.mux = mux
+
+    def connectionMade(self) -> None:
+        self.mux.makeConnection(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.mux.dataReceived(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.mux.connectionLost(reason)
+
+
+class RealSocketTests(TestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_64_mib_over_loopback(self) -> Any:
+        total = 64 * MiB
+        received: defer.Deferred[tuple[int, str]] = defer.Deferred()
+        server = Multiplexer(is_client=False, clock=reactor,
+                             on_stream=lambda s: Sink(received))
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: MuxProtocol(server)),
+                                 interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = Multiplexer(is_client=True, clock=reactor)
+        connected: defer.Deferred[Any] = defer.Deferred()
+        factory = ClientFactory.forProtocol(lambda: MuxProtocol(client))
+        factory.clientConnectionFailed = lambda c, r: connected.errback(r)  # type: ignore
+        reactor.connectTCP("127.0.0.1", port.getHost().port, factory)
+        while client.transport is None:
+            d: defer.Deferred[None] = defer.Deferred()
+            reactor.callLater(0, d.callback, None)
+            yield d
+        self.addCleanup(lambda: client.transport.loseConnection())
+        started = time.perf_counter()
+        source = Source(client.open_stream(), total)
+        source.start()
+        n, digest = yield received
+        elapsed = time.perf_counter() - started
+        print(f"\n64 MiB through one stream over 127.0.0.1: {total / MiB / elapsed:.0f} MiB/s")
+        self.assertEqual((n, digest), (total, source.hash.hexdigest()))
+        self.assertEqual(server.streams, {})
