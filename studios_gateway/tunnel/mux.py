@@ -73,7 +73,7 @@ from studios_gateway.tunnel.frames import (
 _pack_header = frames.HEADER_STRUCT.pack
 
 DEFAULT_WINDOW = 6 * 1024 * 1024
-DEFAULT_MAX_FRAME_DATA = 128 * 1024
+DEFAULT_MAX_FRAME_DATA = 64 * 1024  # see docs/decisions/tunnel-framing.md
 DEFAULT_MAX_SEND_BUFFER = 64 * 1024 * 1024
 DEFAULT_CLOSE_TIMEOUT = 60.0
 

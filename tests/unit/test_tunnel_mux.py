@@ -559,6 +559,32 @@ def test_tunnel_loss_reaches_every_stream() -> None:
         link.client.open_stream()
 
 
+def test_refusing_in_on_stream_resets_and_a_late_attach_still_hears_of_it() -> None:
+    link = Link()
+    link.server.on_stream = lambda s: s.abortConnection()  # like the gateway does
+    stream = link.client.open_stream()
+    stream.write(b"T")
+    link.pump()
+    assert stream.closed and not link.server.streams and not link.client.streams
+    late = Collector()
+    stream.attach(late)  # the application attaches after the reset arrived
+    assert late.made and late.lost is not None and late.lost.check(StreamReset)
+
+
+def test_on_stream_failure_resets_only_that_stream() -> None:
+    link = Link()
+
+    def broken(stream: Stream) -> None:
+        raise RuntimeError("bug")
+
+    link.server.on_stream = broken
+    stream = link.client.open_stream()
+    p = Collector()
+    stream.attach(p)
+    link.pump()
+    assert p.lost is not None and p.lost.check(StreamReset) and not link.server.closed
+
+
 # Limits and drain -----------------------------------------------------------------------
 
 
