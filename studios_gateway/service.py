@@ -270,6 +270,10 @@ def make_service(config: Config, reactor: Any = None) -> GatewayService:
     table, pin = _add_tunnels(gateway, storage)
     gateway.tunnel_table = table  # type: ignore[attr-defined]
     gateway.tunnel_pin = pin  # type: ignore[attr-defined]
+    from studios_gateway.tunnel.dialer import Dialer
+
+    # Every way into a studio (HTTP, SSH, peers) gets its streams from here.
+    gateway.dialer = Dialer(table)  # type: ignore[attr-defined]
     auth = _add_auth(gateway)
     gateway.auth = auth  # type: ignore[attr-defined]
     if config.management_port is not None:

@@ -180,10 +180,10 @@ class ConnectClient(Service):
         self._connecting: Deferred[Any] | None = None
         self._bound_waiters: list[Deferred[TunnelClientProtocol]] = []
 
-    def _set_state(self, state: str, message: str, **kw: Any) -> None:
+    def _set_state(self, state: str, log_format: str, **kw: Any) -> None:
         if state != self.state:
             self.state = state
-            self._log.info(message, **kw)
+            self._log.info(log_format, **kw)
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -297,6 +297,8 @@ class ConnectClient(Service):
         # Rebind now (elsewhere if we know other gateways); the old tunnel's
         # streams finish on their own connection.
         self._gateway_index += 1
+        if protocol.mux is not None and protocol.transport is not None:
+            protocol.mux.when_idle(protocol.transport.loseConnection)
         if protocol is self._protocol:
             self._protocol = None
             self._connect()

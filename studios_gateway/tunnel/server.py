@@ -115,6 +115,11 @@ class Tunnel:
         stream.write(kind)
         return stream
 
+    def retire(self) -> None:
+        """No new streams here; close once the streams in flight have finished."""
+        self.mux.go_away(0)
+        self.mux.when_idle(self.close)
+
     def close(self) -> None:
         transport = self.protocol.transport
         if transport is not None:
@@ -159,7 +164,7 @@ class TunnelTable:
         """GoAway to every tunnel: clients rebind elsewhere; resolves when all are gone."""
         self.draining = True
         for tunnel in list(self._tunnels.values()):
-            tunnel.mux.go_away(0)
+            tunnel.retire()
         return self.wait_empty()
 
     def wait_empty(self) -> Deferred[None]:
@@ -181,9 +186,10 @@ class TunnelTable:
         tunnel = self._tunnels.get(session_id)
         if tunnel is None:
             return None
+        stream = tunnel.open_stream(kind)  # raises TunnelUnavailable while it closes
         if self.metrics:
             self.metrics.streams.labels("ssh" if kind == STREAM_SSH else "tool").inc()
-        return tunnel.open_stream(kind)
+        return stream
 
     def end_session(self, session_id: str) -> None:
         tunnel = self._tunnels.get(session_id)
@@ -215,7 +221,7 @@ class TunnelTable:
         self._tunnels[req.session_id] = tunnel
         if old is not None:
             self._log.info("session {sid}: a new tunnel replaces the old one", sid=req.session_id)
-            old.close()
+            old.retire()
         self._update_gauge()
         return tunnel
 
