@@ -27,6 +27,7 @@ SECTIONS = {
     "redis": "Redis: the session registry shared by every node",
     "listeners": "Listeners and management",
     "proxy": "HTTP proxy, URLs, login and authorization",
+    "http": "HTTP proxy limits",
     "ssh": "SSH proxy",
     "tunnel": "Tunnels",
 }

@@ -387,6 +387,40 @@ VARIABLES: tuple[Var, ...] = (
     _v("TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING", "path_routing", "false", _bool_empty_false,
        "Route by path (/_studio/<id>/) on the proxy host instead of per-studio subdomains.",
        seed=False, section="proxy"),
+    # HTTP proxy limits (ours)
+    _v("CONNECT_HTTP_MAX_REQUEST_LINE", "http_max_request_line", "8KiB", _size,
+       "Longest request line the HTTP proxy accepts (longer: 414).", seed=False,
+       section="http"),
+    _v("CONNECT_HTTP_MAX_HEADER_SIZE", "http_max_header_size", "64KiB", _size,
+       "Largest request head (request line and header fields; larger: 431).", seed=False,
+       section="http"),
+    _v("CONNECT_HTTP_MAX_HEADERS", "http_max_headers", "100", _int_range(1, 10_000),
+       "Most header fields in one request (more: 431).", seed=False, section="http"),
+    _v("CONNECT_HTTP_HEADER_TIMEOUT", "http_header_timeout", "30s", _positive_duration,
+       "Time a client has to send a full request head (slower: 408).", seed=False,
+       section="http"),
+    _v("CONNECT_HTTP_IDLE_TIMEOUT", "http_idle_timeout", "75s", _positive_duration,
+       "A kept-alive browser connection with no request for this long is closed.",
+       seed=False, section="http"),
+    _v("CONNECT_HTTP_MAX_CONNECTIONS", "http_max_connections", "10000",
+       _int_range(1, 1_000_000),
+       "Concurrent browser connections before new ones get 503.", seed=False,
+       section="http"),
+    _v("CONNECT_HTTP_MAX_BODY", "http_max_body", None, _size,
+       "Largest request body (larger: 413). Unset: no limit (bodies are streamed, not kept).",
+       seed=False, section="http"),
+    _v("CONNECT_HTTP_CONNECT_TIMEOUT", "http_connect_timeout", "30s", _positive_duration,
+       "Time to get a connection to a studio's tool (longer: 504 page).", seed=False,
+       section="http"),
+    _v("CONNECT_HTTP_RESPONSE_TIMEOUT", "http_response_timeout", "5m", _positive_duration,
+       "Time from the end of a request to the tool's response head (longer: 504 page).",
+       seed=False, section="http"),
+    _v("CONNECT_HTTP_POOL_SIZE", "http_pool_size", "8", _int_range(0, 1000),
+       "Idle connections to each studio's tool kept for reuse.", seed=False,
+       section="http"),
+    _v("CONNECT_HTTP_POOL_IDLE_TIMEOUT", "http_pool_idle_timeout", "4s", _positive_duration,
+       "An idle pooled connection to a tool is closed after this long (keep it below the "
+       "tools' own keep-alive, 5s for Node).", seed=False, section="http"),
     # SSH
     _v("CONNECT_SSH_ENABLED", "ssh_enabled", "false", _bool, "Enable the SSH proxy server.",
        section="ssh"),
@@ -477,6 +511,17 @@ class Config:
     trusted_proxy_cidrs: tuple[Any, ...]
     allowed_workspaces: frozenset[str] | None
     path_routing: bool
+    http_max_request_line: int
+    http_max_header_size: int
+    http_max_headers: int
+    http_header_timeout: float
+    http_idle_timeout: float
+    http_max_connections: int
+    http_max_body: int | None
+    http_connect_timeout: float
+    http_response_timeout: float
+    http_pool_size: int
+    http_pool_idle_timeout: float
     ssh_enabled: bool
     ssh_addr: tuple[str, int]
     ssh_key_path: str | None
@@ -666,6 +711,10 @@ def _check_consistency(cfg: Config) -> list[str]:
         raise ConfigError("CONNECT_TUNNEL_PING_TIMEOUT", format_duration(cfg.tunnel_ping_timeout),
                           "a duration longer than CONNECT_TUNNEL_PING_INTERVAL "
                           f"({format_duration(cfg.tunnel_ping_interval)})")
+    if not 256 <= cfg.http_max_request_line <= cfg.http_max_header_size:
+        raise ConfigError("CONNECT_HTTP_MAX_REQUEST_LINE", str(cfg.http_max_request_line),
+                          "at least 256 bytes and at most CONNECT_HTTP_MAX_HEADER_SIZE "
+                          f"({cfg.http_max_header_size})")
     if cfg.tunnel_window_size < 256 * 1024:
         raise ConfigError("CONNECT_TUNNEL_WINDOW_SIZE", str(cfg.tunnel_window_size),
                           "at least 256KiB (the yamux initial window)")

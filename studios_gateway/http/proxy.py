@@ -59,6 +59,7 @@ from studios_gateway.http.upstream import (
     SessionInfo,
     StudioNotConnected,
     ToolNotAnswering,
+    Track,
     Upstream,
 )
 
@@ -101,6 +102,7 @@ class _Exchange:
     route: Route | None = None
     info: RequestInfo | None = None
     subject: str = ""
+    identity: Any = None  # what authorize returned (for tracking upgraded connections)
     upgrade: bool = False
     up: UpstreamConnection | None = None
     pending: Deferred[Any] | None = None
@@ -129,6 +131,8 @@ class UpstreamConnection(Protocol):
         self.gate: Gate | None = None
         self.lost = False
         self.has_producer = False
+        self.answered = False  # any byte came from the tool on this connection
+        self.lost_reason: Failure | None = None
 
     def connectionMade(self) -> None:
         self.gate = Gate(self.transport)
@@ -142,10 +146,12 @@ class UpstreamConnection(Protocol):
         if self.owner is None:
             self.close()  # an idle connection has nothing to say
             return
+        self.answered = True
         self.owner.upstream_data(self, data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
+        self.lost_reason = reason
         owner, self.owner = self.owner, None
         if owner is not None:
             owner.upstream_lost(self)
@@ -155,6 +161,11 @@ class UpstreamConnection(Protocol):
     def close(self) -> None:
         if not self.lost and self.transport is not None:
             self.transport.loseConnection()
+
+    def refused(self) -> bool:
+        """The tool would not take this connection (lost with ToolNotAnswering, unanswered)."""
+        return (not self.answered and self.lost_reason is not None
+                and self.lost_reason.check(ToolNotAnswering) is not None)
 
     def reusable(self) -> bool:
         return not self.lost and self.h.our_state is h11.DONE and self.h.their_state is h11.DONE
@@ -188,6 +199,7 @@ class ProxyFactory(Factory):
     def __init__(self, *, router: Router, upstream: Upstream, lookup: Lookup, reactor: Any,
                  authorize: Authorize | None = None,
                  local_routes: Callable[[RequestInfo], Deferred[Any]] | None = None,
+                 track: Track | None = None,
                  trusted_proxy_cidrs: Sequence[Network] = (), scheme: str = "http",
                  max_idle_per_session: int = 8, upstream_idle_timeout: float = 4.0,
                  max_request_line: int = Limits.max_request_line,
@@ -205,6 +217,9 @@ class ProxyFactory(Factory):
         self.reactor = reactor
         self.authorize: Authorize = authorize or allow_anonymous
         self.local_routes = local_routes
+        self.track = track
+        self.draining = False
+        self._drained: list[Deferred[None]] = []
         self.trusted_proxy_cidrs = tuple(trusted_proxy_cidrs)
         self.scheme = scheme
         self.limits = Limits(max_request_line, max_header_bytes, max_header_count,
@@ -225,6 +240,30 @@ class ProxyFactory(Factory):
     def stop(self) -> None:
         """Close idle upstream connections (live ones end with their clients)."""
         self.pool.close_all()
+
+    def drain(self) -> Deferred[None]:
+        """Stop keeping connections alive: idle ones close now, upgraded ones (WebSockets,
+        which browsers reopen) close now, the rest after their current response. Fires
+        when no client connection is left."""
+        self.draining = True
+        self.pool.close_all()
+        for p in list(self.active):
+            p.drain()
+        return self._when_empty()
+
+    def _when_empty(self) -> Deferred[None]:
+        if not self.active:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drained.append(d)
+        return d
+
+    def forget(self, p: ProxyProtocol) -> None:
+        self.active.discard(p)
+        if not self.active and self._drained:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
 
 
 def _raw_response(page: pages.Page) -> bytes:
@@ -251,6 +290,7 @@ class ProxyProtocol(Protocol):
         self._peer_port = 0
         self._has_producer = False
         self._idle = False  # waiting for the next request on a kept-alive connection
+        self._release: Callable[[], Any] | None = None  # untrack an upgraded connection
 
     # Connection lifecycle ------------------------------------------------------------------
 
@@ -267,10 +307,18 @@ class ProxyProtocol(Protocol):
         f.active.add(self)
         self._set_timer(f.limits.header_timeout, self._head_timed_out)
 
+    def drain(self) -> None:
+        """The gateway is shutting down: close now unless a request is in flight."""
+        if self._ex is None and not self._closing:
+            self._close()
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
-        self.factory.active.discard(self)
+        self.factory.forget(self)
         self._cancel_timer()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
         tunnel, self._tunnel = self._tunnel, None
         if tunnel is not None:
             tunnel.owner = None
@@ -456,6 +504,7 @@ class ProxyProtocol(Protocol):
             self._respond(ex, who)  # the authorizer's refusal, sent as it is
             return None
         ex.subject = who.subject
+        ex.identity = who
         assert ex.route is not None
         d = self.factory.lookup(ex.route.session_id)
         ex.pending = d
@@ -711,6 +760,10 @@ class ProxyProtocol(Protocol):
             return
         self._ex = None
         self._tunnel = conn
+        f = self.factory
+        if f.track is not None and ex.route is not None:
+            self._release = f.track(ex.route.session_id, ex.identity,
+                                    lambda reason: self._close())
         self.transport.write(head)
         up_rest, _ = conn.h.trailing_data
         client_rest, _ = ex.h.trailing_data
@@ -758,8 +811,9 @@ class ProxyProtocol(Protocol):
             self.gate.pause("dispatch")
             self._connect(ex)
         else:
-            self._respond(ex, pages.bad_gateway(ex.route.session_id if ex.route else ""),
-                          close=True)
+            sid = ex.route.session_id if ex.route else ""
+            page = pages.tool_not_answering(sid) if conn.refused() else pages.bad_gateway(sid)
+            self._respond(ex, page, close=True)
 
     # Answering and finishing ------------------------------------------------------------------
 
@@ -798,7 +852,8 @@ class ProxyProtocol(Protocol):
         self._cancel_exchange_timer(ex)
         if ex.pending is not None:
             ex.pending = None
-        if close or ex.h.our_state is not h11.DONE or ex.h.their_state is not h11.DONE:
+        if (close or self.factory.draining or ex.h.our_state is not h11.DONE
+                or ex.h.their_state is not h11.DONE):
             self._close()
             return
         data, closed = ex.h.trailing_data

@@ -30,6 +30,7 @@ __all__ = [
     "SessionInfo",
     "StudioNotConnected",
     "ToolNotAnswering",
+    "Track",
     "Upstream",
 ]
 
@@ -59,6 +60,9 @@ Lookup = Callable[[str], "Deferred[SessionInfo | None]"]
 # authorize(request: auth.login.RequestInfo, session_id) -> Deferred[identity | refusal]:
 # an identity has `.subject`; a refusal has `.status`, `.headers`, `.body` and is sent as is.
 Authorize = Callable[[Any, str], "Deferred[Any]"]
+# track(session_id, identity, close(reason)) -> release(): an upgraded connection (a
+# WebSocket) is registered while it lives, so that revoking access can close it.
+Track = Callable[[str, Any, Callable[[str], Any]], Callable[[], Any]]
 
 
 class EndpointUpstream:

@@ -80,7 +80,7 @@ class Deployment:
         return tool, client
 
     def login(self, created: dict) -> None:
-        reply = self.browser.get(created["login_link"])
+        reply = self.browser.use_login_link(created["login_link"])
         assert reply.status == 200, (reply.status, reply.text[:500])
 
     def url(self, created: dict, path: str = "/") -> str:

@@ -93,3 +93,10 @@ class Browser:
 
     def get(self, url: str, **kw: Any) -> Reply:
         return self.request(url, **kw)
+
+    def use_login_link(self, link: str) -> Reply:
+        """Open a one-time login link as a person does: the page, then its button (a POST),
+        following the redirects to the studio."""
+        page = self.get(link)
+        assert page.status == 200 and 'method="post"' in page.text, (page.status, page.text)
+        return self.request(link, method="POST")

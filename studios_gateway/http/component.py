@@ -1,0 +1,219 @@
+"""The HTTP proxy inside the gateway: its listener, its way to the studios, its hooks.
+
+``add_http(gateway)`` (called from ``service.make_service``) builds a
+:class:`~studios_gateway.http.proxy.ProxyFactory` from the config and the
+gateway's parts:
+
+* upstream: a yamux stream from ``gateway.dialer`` (``STREAM_TOOL``) with the
+  proxy's protocol attached; no tunnel -> "studio not connected" (502), the
+  connect client resetting the stream before the tool said anything -> "tool
+  not answering" (504);
+* lookup: the session record from ``gateway.store`` plus whether a tunnel is
+  bound (here, or on any node);
+* login: ``gateway.auth.handle`` for ``/_connect/*``, ``authorize_request`` per
+  request, and WebSockets tracked so that a logout or a revocation closes them;
+* a listener on ``CONNECT_HTTP_PORT`` (HTTPS when ``CONNECT_TLS_CERT_FILE`` and
+  ``CONNECT_TLS_KEY_FILE`` are set; the certificate must cover the proxy host
+  and, in subdomain mode, ``*.<studios domain>``);
+* drain on shutdown: no new connections, in-flight requests finish.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from studios_gateway.http.proxy import ProxyFactory
+from studios_gateway.http.routing import Router
+from studios_gateway.http.upstream import SessionInfo, StudioNotConnected, ToolNotAnswering
+
+__all__ = ["TunnelUpstream", "add_http", "check_certificate_names", "make_lookup"]
+
+
+class _RefusalGuard(Protocol):
+    """Sits between a stream and the proxy's protocol: a stream reset before the tool
+    sent a byte means the connect client could not reach the tool."""
+
+    def __init__(self, inner: IProtocol, session_id: str):
+        self.inner = inner
+        self.session_id = session_id
+        self.answered = False
+
+    def connectionMade(self) -> None:
+        self.inner.makeConnection(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.answered = True
+        self.inner.dataReceived(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        from studios_gateway.tunnel.mux import StreamReset
+
+        if not self.answered and reason is not None and reason.check(StreamReset):
+            reason = Failure(ToolNotAnswering(f"the tool of studio {self.session_id} "
+                                              "refused the connection"))
+        self.inner.connectionLost(reason)
+
+
+class TunnelUpstream:
+    """The proxy's Upstream over the gateway's dialer."""
+
+    def __init__(self, dialer: Any):
+        self.dialer = dialer
+
+    def connect(self, session_id: str, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        from studios_gateway.tunnel.dialer import StudioUnreachable
+        from studios_gateway.tunnel.server import STREAM_TOOL
+
+        def attach(stream: Any) -> IProtocol:
+            protocol = factory.buildProtocol(stream.getPeer())
+            assert protocol is not None
+            stream.attach(_RefusalGuard(protocol, session_id))
+            return protocol
+
+        def unreachable(f: Failure) -> None:
+            f.trap(StudioUnreachable)
+            raise StudioNotConnected(f.value.why)
+
+        d = defer.maybeDeferred(self.dialer.dial, session_id, STREAM_TOOL)
+        return d.addCallbacks(attach, unreachable)
+
+
+def make_lookup(store: Any, dialer: Any) -> Any:
+    """lookup(session_id) -> Deferred[SessionInfo | None] from the registry and the dialer."""
+
+    def lookup(session_id: str) -> Deferred[SessionInfo | None]:
+        def found(record: Any) -> Any:
+            if record is None:
+                return None
+            if dialer.is_local(session_id):
+                return SessionInfo(session_id, record.tool, True)
+            d = defer.maybeDeferred(store.get_tunnel, session_id)
+            d.addCallback(lambda holder: holder is not None)
+            d.addErrback(lambda _: False)  # the registry is away: say "not connected"
+            return d.addCallback(lambda bound: SessionInfo(session_id, record.tool, bound))
+
+        return defer.maybeDeferred(store.get, session_id).addCallback(found)
+
+    return lookup
+
+
+def _load_leaf(cert_file: str) -> Any:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificates(Path(cert_file).read_bytes())[0]
+
+
+def check_certificate_names(cert_file: str, proxy_host: str, studios_domain: str,
+                            path_routing: bool) -> str | None:
+    """What the certificate fails to cover, as one line for the operator; None if fine."""
+    from service_identity import CertificateError, VerificationError
+    from service_identity.cryptography import (
+        verify_certificate_hostname,
+        verify_certificate_ip_address,
+    )
+
+    try:
+        cert = _load_leaf(cert_file)
+    except (OSError, ValueError) as e:
+        return f"CONNECT_TLS_CERT_FILE={cert_file!r}: cannot read a PEM certificate ({e})"
+
+    def covers(name: str) -> bool:
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            check = verify_certificate_hostname
+        else:
+            check = verify_certificate_ip_address
+        try:
+            check(cert, name)
+        except (VerificationError, CertificateError):
+            return False
+        return True
+
+    missing = []
+    if not covers(proxy_host):
+        missing.append(f"the proxy host {proxy_host}")
+    # A name no operator would list by hand: only a wildcard covers it.
+    if not path_routing and not covers(f"studio-name-check.{studios_domain}"):
+        missing.append(f"*.{studios_domain} (studio subdomains)")
+    if not missing:
+        return None
+    return (f"CONNECT_TLS_CERT_FILE={cert_file!r} does not cover {' or '.join(missing)}: "
+            "use a certificate whose subjectAltName lists them (or set "
+            "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING=true to need only the proxy host)")
+
+
+def _track(auth: Any) -> Any:
+    def track(session_id: str, identity: Any, close: Any) -> Any:
+        subject = getattr(identity, "subject", "")
+        return auth.authorizer.track(session_id, subject, close,
+                                     login_id=getattr(identity, "login_id", None))
+
+    return track
+
+
+def build_factory(gateway: Any) -> ProxyFactory:
+    """The proxy for this gateway's config, store, dialer and login."""
+    config = gateway.config
+    auth = gateway.auth
+    tls = bool(config.tls_cert_file and config.tls_key_file)
+    return ProxyFactory(
+        router=Router(config.effective_studios_domain, config.proxy_host, config.path_routing),
+        upstream=TunnelUpstream(gateway.dialer),
+        lookup=make_lookup(gateway.store, gateway.dialer),
+        reactor=gateway.reactor,
+        authorize=auth.authorize_request,
+        local_routes=auth.handle,
+        track=_track(auth),
+        trusted_proxy_cidrs=config.trusted_proxy_cidrs,
+        scheme="https" if tls else "http",
+        max_idle_per_session=config.http_pool_size,
+        upstream_idle_timeout=config.http_pool_idle_timeout,
+        max_request_line=config.http_max_request_line,
+        max_header_bytes=config.http_max_header_size,
+        max_header_count=config.http_max_headers,
+        header_timeout=config.http_header_timeout,
+        idle_timeout=config.http_idle_timeout,
+        max_connections=config.http_max_connections,
+        max_body=config.http_max_body,
+        connect_timeout=config.http_connect_timeout,
+        response_timeout=config.http_response_timeout,
+    )
+
+
+def add_http(gateway: Any) -> ProxyFactory:
+    """Add the HTTP(S) proxy's listener and lifecycle to the gateway; returns the proxy."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from studios_gateway.service import Component, StartError, endpoint_for
+    from studios_gateway.tunnel import tls
+
+    config, reactor = gateway.config, gateway.reactor
+    factory = build_factory(gateway)
+    served: Any = factory
+    description = "the HTTP proxy"
+    if config.tls_cert_file and config.tls_key_file:
+        problem = check_certificate_names(config.tls_cert_file, config.proxy_host,
+                                          config.effective_studios_domain, config.path_routing)
+        if problem is not None:
+            raise StartError(problem)
+        try:
+            options = tls.server_options(config.tls_cert_file, config.tls_key_file)
+        except Exception as e:  # a bad PEM or a key that does not match: one line
+            raise StartError(f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the "
+                             f"certificate and key ({e})") from None
+        served = TLSMemoryBIOFactory(options, False, factory)
+        description = "the HTTPS proxy"
+    gateway.add_listener("http", "CONNECT_HTTP_PORT",
+                         endpoint_for(reactor, config.bind_address, config.http_port),
+                         served, description)
+    gateway.add_component(Component("HTTP proxy", drain=factory.drain, stop=factory.stop))
+    return factory

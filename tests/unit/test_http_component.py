@@ -1,0 +1,183 @@
+"""The proxy's wiring: certificate names, the tunnel upstream, lookup, drain, tracking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from studios_gateway.http.component import TunnelUpstream, check_certificate_names, make_lookup
+from studios_gateway.http.upstream import SessionInfo, StudioNotConnected
+from studios_gateway.registry.base import TunnelHolder
+from studios_gateway.tunnel.dialer import StudioUnreachable
+from studios_gateway.tunnel.mux import StreamReset
+from studios_gateway.tunnel.tls import make_self_signed
+from tests.unit.test_http_proxy import GET, OK, Harness, parse_responses, status_of
+
+
+def cert(tmp_path: Path, *names: str) -> str:
+    pem, _ = make_self_signed(list(names))
+    path = tmp_path / "cert.pem"
+    path.write_bytes(pem)
+    return str(path)
+
+
+def test_certificate_must_cover_proxy_host_and_wildcard(tmp_path: Path) -> None:
+    good = cert(tmp_path, "connect.example.com", "*.connect.example.com")
+    assert check_certificate_names(good, "connect.example.com", "connect.example.com",
+                                   False) is None
+    only_host = cert(tmp_path, "connect.example.com")
+    problem = check_certificate_names(only_host, "connect.example.com", "connect.example.com",
+                                      False)
+    assert problem is not None and "*.connect.example.com" in problem
+    assert "the proxy host connect" not in problem
+    # Path mode needs only the proxy host.
+    assert check_certificate_names(only_host, "connect.example.com", "connect.example.com",
+                                   True) is None
+    other = cert(tmp_path, "elsewhere.example.org")
+    problem = check_certificate_names(other, "connect.example.com", "connect.example.com", True)
+    assert problem is not None and "the proxy host connect.example.com" in problem
+    ip = cert(tmp_path, "127.0.0.1")
+    assert check_certificate_names(ip, "127.0.0.1", "x.test", True) is None
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    problem = check_certificate_names(str(tmp_path / "junk.pem"), "a.test", "a.test", True)
+    assert problem is not None and "cannot read" in problem
+
+
+class FakeStream(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol: Any = None
+
+    def attach(self, protocol: Any) -> None:
+        self.protocol = protocol
+        protocol.makeConnection(self)
+
+
+class FakeDialer:
+    def __init__(self) -> None:
+        self.streams: list[FakeStream] = []
+        self.local: set[str] = set()
+
+    def is_local(self, sid: str) -> bool:
+        return sid in self.local
+
+    def dial(self, sid: str, kind: bytes) -> defer.Deferred[Any]:
+        assert kind == b"T"
+        if sid not in self.local:
+            return defer.fail(StudioUnreachable(sid))
+        s = FakeStream()
+        self.streams.append(s)
+        return defer.succeed(s)
+
+
+def tunnel_harness() -> tuple[Harness, FakeDialer]:
+    h = Harness()
+    dialer = FakeDialer()
+    dialer.local.add("abc")
+    h.factory.upstream = TunnelUpstream(dialer)
+    return h, dialer
+
+
+def test_tunnel_upstream_forwards_and_maps_failures() -> None:
+    h, dialer = tunnel_harness()
+    # A reset before any response byte: the tool refused (504, not 502).
+    p, t = h.client()
+    p.dataReceived(GET)
+    dialer.streams[0].protocol.connectionLost(Failure(StreamReset("reset")))
+    assert status_of(t) == 504
+    p2, t2 = h.client()
+    p2.dataReceived(GET)
+    stream = dialer.streams[1]
+    assert stream.value().startswith(b"GET /lab HTTP/1.1")
+    stream.protocol.dataReceived(OK)
+    assert [r[0] for r in parse_responses(t2.value())] == [200]
+    # No tunnel: the dialer's StudioUnreachable is "not connected" (502 page).
+    dialer.local.clear()
+    d = TunnelUpstream(dialer).connect("abc", h.factory.upstream_factory("abc"))
+    failures: list[Failure] = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].check(StudioNotConnected)
+
+
+def test_reset_after_the_response_started_is_not_a_refusal() -> None:
+    h, dialer = tunnel_harness()
+    p, t = h.client()
+    p.dataReceived(GET)
+    stream = dialer.streams[0]
+    stream.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    stream.protocol.connectionLost(Failure(StreamReset("reset")))
+    assert t.disconnecting and b"504" not in t.value()
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.records: dict[str, Any] = {}
+        self.holders: dict[str, Any] = {}
+
+    def get(self, sid: str) -> defer.Deferred[Any]:
+        return defer.succeed(self.records.get(sid))
+
+    def get_tunnel(self, sid: str) -> defer.Deferred[Any]:
+        if sid == "broken":
+            return defer.fail(RuntimeError("store away"))
+        return defer.succeed(self.holders.get(sid))
+
+
+def test_lookup_uses_record_and_tunnel_state() -> None:
+    class Rec:
+        tool = "jupyterlab"
+
+    store, dialer = FakeStore(), FakeDialer()
+    store.records = {s: Rec() for s in ("here", "there", "nowhere", "broken")}
+    dialer.local.add("here")
+    store.holders["there"] = TunnelHolder("there", "node-b", "10.0.0.2:7777", "t1", "0.12.0",
+                                          8888, 1.0)
+    lookup = make_lookup(store, dialer)
+    got: dict[str, Any] = {}
+    for sid in ("here", "there", "nowhere", "broken", "missing"):
+        lookup(sid).addCallback(lambda info, sid=sid: got.__setitem__(sid, info))
+    assert got["here"] == SessionInfo("here", "jupyterlab", True)
+    assert got["there"].connected and not got["nowhere"].connected
+    assert not got["broken"].connected and got["missing"] is None
+
+
+def test_drain_closes_idle_and_waits_for_in_flight() -> None:
+    h = Harness()
+    idle, idle_t = h.client()
+    busy, busy_t = h.client()
+    busy.dataReceived(GET)
+    done: list[Any] = []
+    h.factory.drain().addCallback(done.append)
+    assert idle_t.disconnecting and not busy_t.disconnecting
+    idle.connectionLost(Failure(ConnectionError()))
+    assert not done
+    h.up()[0].dataReceived(OK)  # the in-flight response completes, then the connection closes
+    assert [r[0] for r in parse_responses(busy_t.value())] == [200]
+    assert busy_t.disconnecting
+    busy.connectionLost(Failure(ConnectionError()))
+    assert done == [None]
+
+
+def test_upgraded_connections_are_tracked_and_closed_by_revocation() -> None:
+    tracked: list[tuple[str, Any, Any]] = []
+    released: list[bool] = []
+
+    def track(sid: str, who: Any, close: Any) -> Any:
+        tracked.append((sid, who, close))
+        return lambda: released.append(True)
+
+    h = Harness(track=track)
+    p, t = h.client()
+    p.dataReceived(b"GET /ws HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade\r\n"
+                   b"Upgrade: websocket\r\n\r\n")
+    h.up()[0].dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                           b"Upgrade: websocket\r\n\r\n")
+    assert [(sid, who.subject) for sid, who, _ in tracked] == [("abc", "anonymous")]
+    tracked[0][2]("logged out")
+    assert t.disconnecting
+    p.connectionLost(Failure(ConnectionError()))
+    assert released == [True]
