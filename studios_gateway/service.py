@@ -100,6 +100,7 @@ class GatewayService(MultiService):
         self.start_failed: str | None = None
         self._stopping_reactor = False
         self._ready_checks: list[Callable[[], str]] = []
+        self.api_mounts: dict[bytes, Any] = {}
 
     # Assembly ----------------------------------------------------------------
 
@@ -116,6 +117,10 @@ class GatewayService(MultiService):
     def add_component(self, component: Component) -> Component:
         self.components.append(component)
         return component
+
+    def mount_api(self, name: bytes, resource: Any) -> None:
+        """Serve `resource` at /api/<name> on the management port (added before it)."""
+        self.api_mounts[name] = resource
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -276,6 +281,10 @@ def make_service(config: Config, reactor: Any = None) -> GatewayService:
     gateway.dialer = Dialer(table)  # type: ignore[attr-defined]
     auth = _add_auth(gateway)
     gateway.auth = auth  # type: ignore[attr-defined]
+    if config.ssh_enabled:
+        from studios_gateway.ssh.component import add_ssh
+
+        add_ssh(gateway)
     if config.management_port is not None:
         _add_management(gateway, table, pin, auth)
     return gateway
@@ -378,9 +387,11 @@ def _add_management(gateway: GatewayService, table: Any, pin: str | None, auth: 
                            else auth.mint_login_link(sid, new.record.owner)),
         }
 
+    api = make_api(sessions, present)
+    for name, child in gateway.api_mounts.items():
+        api.putChild(name, child)
     root = ManagementRoot(auth_key=config.management_auth_key, health=gateway,
-                          metrics=gateway.metrics, shutdown=gateway.shutdown,
-                          api=make_api(sessions, present))
+                          metrics=gateway.metrics, shutdown=gateway.shutdown, api=api)
     gateway.add_listener("management", "CONNECT_MANAGEMENT_PORT",
                          endpoint_for(reactor, config.bind_address, config.management_port),
                          make_site(root), "the management endpoints")

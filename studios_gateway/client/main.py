@@ -88,6 +88,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str]) -> int:
         install_signal_forwarding,
         resolve_argv,
     )
+    from studios_gateway.client.ssh import StudioSSH
     from studios_gateway.client.tunnel import ConnectClient
 
     status = {"code": 0}
@@ -105,7 +106,9 @@ def run(settings: Any, command: list[str], environ: dict[str, str]) -> int:
         if child is None:
             finish(2)
 
-    client = ConnectClient(settings, reactor, on_fatal=fatal)
+    ssh = StudioSSH(reactor)  # reachable only through the tunnel, as the gateway
+    client = ConnectClient(settings, reactor, on_fatal=fatal, ssh_target=ssh.ssh_target,
+                           on_bind=ssh.on_bind)
     if command:
         try:
             argv = resolve_argv(command, environ.get("PATH", os.defpath))

@@ -105,6 +105,7 @@ class TunnelClientProtocol(Protocol):
         self._lines: LineBuffer | None = LineBuffer()
         self.mux: Multiplexer | None = None
         self.refusal: BindReply | None = None
+        self.reply: BindReply | None = None  # the gateway's ok
 
     def connectionMade(self) -> None:
         s = self.client.settings
@@ -133,6 +134,7 @@ class TunnelClientProtocol(Protocol):
             self.refusal = reply
             self.transport.loseConnection()
             return
+        self.reply = reply
         s = self.client.tunnel_settings
         self.mux = Multiplexer(is_client=True, clock=self.client.clock, on_stream=self._stream,
                                on_go_away=self._go_away, **s)
@@ -164,6 +166,7 @@ class ConnectClient(Service):
                  tunnel_settings: dict[str, Any] | None = None,
                  on_fatal: Callable[[str], None] | None = None,
                  ssh_target: Callable[[StreamSide], None] | None = None,
+                 on_bind: Callable[[BindReply], None] | None = None,
                  backoff: Backoff | None = None):
         self.settings = settings
         self.reactor = reactor
@@ -171,6 +174,7 @@ class ConnectClient(Service):
         self.tunnel_settings = tunnel_settings or {}
         self.on_fatal = on_fatal
         self.ssh_target = ssh_target
+        self.on_bind = on_bind  # sees each ok (the gateway's SSH key fingerprint)
         self.backoff = backoff or Backoff()
         self.state = "new"
         self.ready: Deferred[None] = Deferred()  # fires at the first successful bind
@@ -274,6 +278,8 @@ class ConnectClient(Service):
 
     def bound(self, protocol: TunnelClientProtocol) -> None:
         self.backoff.reset()
+        if self.on_bind is not None and protocol.reply is not None:
+            self.on_bind(protocol.reply)
         self._set_state("bound", "session {sid} bound to gateway {gw}; serving the tool on "
                         "port {port}", sid=self.settings.session_id, gw=str(protocol.gateway),
                         port=self.settings.tool_port)

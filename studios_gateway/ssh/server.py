@@ -240,6 +240,7 @@ class GatewayTransport(transport.SSHServerTransport):
     def connectionMade(self) -> None:
         super().connectionMade()
         f = self.factory
+        f.connections.add(self)
         self._timer = f.clock.callLater(f.settings.handshake_timeout, self._timed_out)
         if not f.limiter.acquire():
             log.warn("SSH: refusing a connection from {peer}: {live} connections open "
@@ -344,6 +345,7 @@ class GatewayTransport(transport.SSHServerTransport):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._cancel_timer()
+        self.factory.forget(self)
         if self._counted:
             self._counted = False
             self.factory.limiter.release()
@@ -380,6 +382,8 @@ class GatewaySSHFactory(factory.SSHFactory):
         self.clock = clock
         self.track = track
         self.limiter = ConnectionLimiter(self.settings.max_connections)
+        self.connections: set[GatewayTransport] = set()
+        self._idle: list[Deferred[None]] = []
         self.publicKeys = {host_key.sshType(): host_key.public()}
         self.privateKeys = {host_key.sshType(): host_key}
         self.primes = None
@@ -396,6 +400,28 @@ class GatewaySSHFactory(factory.SSHFactory):
 
     def host_key_fingerprint(self) -> str:
         return fingerprint(self.host_key)
+
+    def forget(self, conn: GatewayTransport) -> None:
+        self.connections.discard(conn)
+        if not self.connections:
+            waiters, self._idle = self._idle, []
+            for d in waiters:
+                d.callback(None)
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no user connection is open (for a graceful drain)."""
+        if not self.connections:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
+
+    def disconnect_all(self, reason: str) -> None:
+        """Say goodbye to every user connection (the gateway is stopping)."""
+        for conn in list(self.connections):
+            conn.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, reason.encode())
+            if conn.transport is not None:
+                conn.transport.loseConnection()
 
 
 # The relay ---------------------------------------------------------------------------------

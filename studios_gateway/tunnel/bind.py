@@ -7,6 +7,11 @@ or ``{"ok": false, "code": ..., "reason": ..., "retry": bool}``; after an ``ok``
 both sides speak yamux on the same connection (the client is the yamux
 client). A refusal says whether retrying can help (store unavailable,
 draining) or not (bad token, incompatible version), and the client acts on it.
+
+An ``ok`` from a gateway that runs the SSH proxy also carries ``"ssh_host_key":
+"SHA256:..."``, the fingerprint of the key the gateway logs in to the studio's
+SSH server with; the studio accepts no other. Either side ignores fields it
+does not know, so older clients and gateways keep working (without SSH).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 MAX_LINE = 4096
 SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+SSH_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 TOOLS = ("jupyterlab", "ride", "vscode", "xpra", "generic")
 
 # Refusal codes, and whether the client should try again.
@@ -64,11 +70,14 @@ class BindReply:
     reason: str = ""
     retry: bool = False
     tunnel_id: str = ""
+    ssh_host_key: str = ""  # fingerprint of the gateway's SSH key; "" = no SSH
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"ok": self.ok}
         if self.ok:
             body["tunnel_id"] = self.tunnel_id
+            if self.ssh_host_key:
+                body["ssh_host_key"] = self.ssh_host_key
         else:
             body.update(code=self.code, reason=self.reason, retry=self.retry)
         return json.dumps(body).encode() + b"\n"
@@ -110,7 +119,10 @@ def parse_request(line: bytes) -> BindRequest:
 def parse_reply(line: bytes) -> BindReply:
     data = _load(line)
     if data.get("ok") is True:
-        return BindReply(ok=True, tunnel_id=str(data.get("tunnel_id", "")))
+        ssh = data.get("ssh_host_key")
+        if not isinstance(ssh, str) or not SSH_FINGERPRINT.fullmatch(ssh):
+            ssh = ""  # absent or unreadable: this gateway offers no SSH to us
+        return BindReply(ok=True, tunnel_id=str(data.get("tunnel_id", "")), ssh_host_key=ssh)
     code = str(data.get("code", "internal"))
     return BindReply(ok=False, code=code, reason=str(data.get("reason", ""))[:500],
                      retry=bool(data.get("retry", RETRYABLE.get(code, False))))

@@ -141,6 +141,8 @@ class TunnelTable:
         self.settings = settings
         self.metrics = metrics
         self.verifier = verifier or BindVerifier(store)
+        #: Fingerprint of the SSH proxy's key, told to every studio at bind (None: no SSH).
+        self.ssh_host_key: str | None = None
         self.draining = False
         self._tunnels: dict[str, Tunnel] = {}
         self._changed: list[Deferred[None]] = []
@@ -328,7 +330,8 @@ class TunnelServerProtocol(Protocol):
         self._log.info("session {sid} bound (connect {version}, tool {tool} on port {port})",
                        sid=tunnel.session_id, version=tunnel.holder.client_version,
                        tool=tunnel.record.tool, port=tunnel.holder.tool_port)
-        self.transport.write(BindReply(ok=True, tunnel_id=tunnel.holder.tunnel_id).encode())
+        self.transport.write(BindReply(ok=True, tunnel_id=tunnel.holder.tunnel_id,
+                                       ssh_host_key=self.table.ssh_host_key or "").encode())
         self._mux = tunnel.mux
         self._mux.makeConnection(self.transport)
 

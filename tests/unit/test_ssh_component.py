@@ -1,0 +1,139 @@
+"""The SSH proxy's wiring into the gateway, and the key trust carried by the bind reply."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+
+from studios_gateway.auth import Decision
+from studios_gateway.client.ssh import StudioSSH
+from studios_gateway.config import load_config
+from studios_gateway.registry.base import SessionRecord
+from studios_gateway.service import StartError, make_service
+from studios_gateway.ssh.component import make_authorize, make_dial
+from studios_gateway.tunnel.bind import BindReply, parse_reply
+from studios_gateway.tunnel.dialer import StudioUnreachable
+
+FP = "SHA256:" + "A" * 43
+
+
+def gateway(tmp_path: Path, **env: str) -> Any:
+    cfg = load_config(environ={"CONNECT_STORAGE_ROOT": str(tmp_path),
+                               "CONNECT_MANAGEMENT_PORT": "9000", "CONNECT_SSH_ENABLED": "true",
+                               "CONNECT_SSH_ADDR": "127.0.0.1:2222", **env})
+    return make_service(cfg, MemoryReactorClock())
+
+
+def test_enabled_adds_listener_component_api_and_tells_the_tunnels(tmp_path: Path) -> None:
+    gw = gateway(tmp_path)
+    ssh = [lst for lst in gw.listeners if lst.name == "ssh"]
+    assert ssh and ssh[0].variable == "CONNECT_SSH_ADDR"
+    assert "SSH proxy" in [c.name for c in gw.components]
+    assert b"users" in gw.api_mounts
+    assert gw.tunnel_table.ssh_host_key == gw.ssh_factory.host_key_fingerprint()
+    assert (tmp_path / "ssh" / "ssh_host_ed25519_key").exists()
+    gw.bind_all()
+    assert any(server[0] == 2222 for server in gw.reactor.tcpServers)
+
+
+def test_disabled_adds_nothing(tmp_path: Path) -> None:
+    gw = gateway(tmp_path, CONNECT_SSH_ENABLED="false")
+    assert "ssh" not in [lst.name for lst in gw.listeners]
+    assert gw.tunnel_table.ssh_host_key is None
+
+
+def test_an_unusable_host_key_fails_the_start(tmp_path: Path) -> None:
+    bad = base64.b64encode(b"-----BEGIN OPENSSH PRIVATE KEY-----\nnope\n").decode()
+    with pytest.raises(StartError, match="CONNECT_SSH_KEY_VALUE_BASE64"):
+        gateway(tmp_path, CONNECT_SSH_KEY_VALUE_BASE64=bad)
+
+
+def test_drain_waits_for_open_connections(tmp_path: Path) -> None:
+    f = gateway(tmp_path).ssh_factory
+    conn = object()
+    f.connections.add(conn)
+    done = f.when_idle()
+    assert not done.called
+    f.forget(conn)
+    assert done.called
+
+
+class FakeDialer:
+    def __init__(self, stream: Any = None):
+        self.stream = stream
+        self.kinds: list[bytes] = []
+
+    def dial(self, sid: str, kind: bytes) -> defer.Deferred[Any]:
+        self.kinds.append(kind)
+        if self.stream is None:
+            return defer.fail(StudioUnreachable(sid))
+        return defer.succeed(self.stream)
+
+
+class FakeStream:
+    attached: Any = None
+
+    def attach(self, proto: Any) -> None:
+        self.attached = proto
+
+
+def test_dial_attaches_an_ssh_stream_or_answers_false() -> None:
+    stream = FakeStream()
+    dialer = FakeDialer(stream)
+    got: list[Any] = []
+    make_dial(dialer)("abcd", "proto").addCallback(got.append)  # type: ignore[arg-type]
+    assert got == [True] and stream.attached == "proto" and dialer.kinds == [b"S"]
+    make_dial(FakeDialer())("abcd", "proto").addCallback(got.append)  # type: ignore[arg-type]
+    assert got == [True, False]
+
+
+class FakeAuthorizer:
+    def __init__(self, decision: Decision):
+        self.decision = decision
+
+    def check(self, sid: str, user: str) -> defer.Deferred[Decision]:
+        return defer.succeed(self.decision)
+
+
+@pytest.mark.parametrize(("decision", "expect"), [
+    (Decision(True, "owner"), True),
+    (Decision(False, "not allowed on this session", 403), "bob is not allowed on session abcd"),
+    (Decision(False, "the Platform could not be asked", 503), "try again shortly"),
+])
+def test_authorize_words_the_decision(decision: Decision, expect: Any) -> None:
+    record = SessionRecord.from_dict(dict(id="abcd", workspace_id=None, tool="generic",
+                                          owner="alice", allowed_users=[], ssh_enabled=True,
+                                          token_hash="x", created_at=0.0))
+    got: list[Any] = []
+    make_authorize(FakeAuthorizer(decision))("bob", record).addCallback(got.append)
+    assert got[0] is True if expect is True else expect in got[0]
+
+
+# The bind reply ------------------------------------------------------------------------------
+
+
+def test_bind_reply_carries_the_fingerprint() -> None:
+    line = BindReply(ok=True, tunnel_id="t1", ssh_host_key=FP).encode()
+    assert json.loads(line)["ssh_host_key"] == FP
+    assert parse_reply(line.strip()).ssh_host_key == FP
+
+
+def test_bind_reply_without_or_with_a_bad_fingerprint_means_no_ssh() -> None:
+    assert "ssh_host_key" not in json.loads(BindReply(ok=True, tunnel_id="t").encode())
+    assert parse_reply(b'{"ok": true, "tunnel_id": "t"}').ssh_host_key == ""
+    assert parse_reply(b'{"ok": true, "ssh_host_key": "md5:xx", "new": 1}').ssh_host_key == ""
+
+
+def test_studio_pins_what_each_bind_says() -> None:
+    ssh = StudioSSH(MemoryReactorClock())
+    assert ssh.server.trusted() == set()
+    ssh.on_bind(BindReply(ok=True, ssh_host_key=FP))
+    assert ssh.server.trusted() == {FP}
+    ssh.on_bind(BindReply(ok=True))
+    assert ssh.server.trusted() == set()
