@@ -47,7 +47,7 @@ class Connect:
 
     def __init__(self, tmp_path: Path, connect_string: str, tool_port: int,
                  extra_env: dict[str, str] | None = None, args: list[str] | None = None,
-                 name: str = "connect"):
+                 name: str = "connect", cwd: Path | None = None):
         self.log_path = tmp_path / f"{name}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
@@ -56,7 +56,7 @@ class Connect:
                     "PYTHONUNBUFFERED": "1"})
         env.update(extra_env or {})
         self.proc = subprocess.Popen([str(BIN / "studios-connect"), *(args or [])], env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=cwd)
 
     def output(self) -> str:
         self.log.flush()
