@@ -281,6 +281,9 @@ def make_service(config: Config, reactor: Any = None) -> GatewayService:
     gateway.dialer = Dialer(table)  # type: ignore[attr-defined]
     auth = _add_auth(gateway)
     gateway.auth = auth  # type: ignore[attr-defined]
+    from studios_gateway.http.component import add_http
+
+    gateway.http = add_http(gateway)  # type: ignore[attr-defined]
     if config.ssh_enabled:
         from studios_gateway.ssh.component import add_ssh
 
