@@ -118,9 +118,12 @@ class CuttableRelay:
         for s in socks:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                s.close()
+                # close() alone does not end a recv() blocked in a pump thread (the socket
+                # lives on until it returns): shutdown() wakes it, then close() resets.
+                s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            s.close()
         return len(socks) // 2
 
     def close(self) -> None:
