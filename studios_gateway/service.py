@@ -9,7 +9,7 @@ components drain up to CONNECT_SHUTDOWN_GRACE, then stops the reactor.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,10 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway import logs
+from studios_gateway import logs, systemd
 from studios_gateway.config import Config
 from studios_gateway.metrics import Metrics
+from studios_gateway.reload import apply_log_level, run_hooks, tls_reloader
 
 STORE_PING_TIMEOUT = 5.0
 
@@ -88,9 +89,14 @@ class GatewayService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, config: Config, reactor: Any, store: Any, metrics: Metrics | None = None):
+    def __init__(self, config: Config, reactor: Any, store: Any, metrics: Metrics | None = None,
+                 environ: Mapping[str, str] | None = None):
         super().__init__()
         self.config = config
+        # The process environment as given (NOTIFY_SOCKET, LISTEN_FDS...); never os.environ here.
+        self.environ: Mapping[str, str] = environ if environ is not None else {}
+        self.on_drain: list[Callable[[], Any]] = []  # called once when a drain begins
+        self._reload_hooks: list[Callable[[Config], Any]] = []
         self.reactor = reactor
         self.store = store
         self.metrics = metrics or Metrics()
@@ -106,6 +112,8 @@ class GatewayService(MultiService):
 
     def add_listener(self, name: str, variable: str, endpoint: IStreamServerEndpoint,
                      factory: Factory, description: str) -> Listener:
+        # A socket systemd passed under this listener's name replaces the configured port.
+        endpoint = systemd.activated_endpoint(self.reactor, name, self.environ) or endpoint
         listener = Listener(name, variable, endpoint, factory, description)
         self.listeners.append(listener)
         return listener
@@ -117,6 +125,13 @@ class GatewayService(MultiService):
     def add_component(self, component: Component) -> Component:
         self.components.append(component)
         return component
+
+    def add_reload_hook(self, hook: Callable[[Config], Any]) -> None:
+        """`hook(new_config)` runs on SIGHUP; it raises to say its part failed."""
+        self._reload_hooks.append(hook)
+
+    def reload(self, config: Config) -> None:
+        run_hooks(self._reload_hooks, config)
 
     def mount_api(self, name: bytes, resource: Any) -> None:
         """Serve `resource` at /api/<name> on the management port (added before it)."""
@@ -179,7 +194,7 @@ class GatewayService(MultiService):
         """A part could not start (a wrong registration token, say): say why, exit 1."""
         message = f"{component.name} could not start: {f.getErrorMessage()}"
         self._log.critical("{message}", message=message)
-        print(f"studios-gateway: {message}", file=sys.stderr, flush=True)
+        say_to_operator(message)
         self.start_failed = message
         import os
 
@@ -190,7 +205,9 @@ class GatewayService(MultiService):
             self.reactor.callWhenRunning(self.reactor.stop)
 
     def stopService(self) -> Deferred[Any]:
-        d = defer.maybeDeferred(super().stopService)
+        # Reached by reactor.stop() (SIGINT, a failed start...): drain first, as /shutdown does.
+        d = self._drain() if not (self.draining or self.start_failed) else defer.succeed(None)
+        d.addCallback(lambda _: MultiService.stopService(self))
 
         def stop_rest(_: Any) -> Deferred[Any]:
             ds = [defer.maybeDeferred(c.stop) for c in reversed(self.components)]
@@ -232,7 +249,20 @@ class GatewayService(MultiService):
         """Graceful: stop accepting, drain components (bounded), then stop the reactor."""
         if self.draining:
             return defer.succeed(None)
+        return self._drain().addCallback(lambda _: self._stop_reactor())
+
+    def terminate(self) -> None:
+        """SIGTERM: drain like shutdown(); a second SIGTERM stops without waiting."""
+        if self.draining:
+            self._log.info("second SIGTERM: stopping without waiting for the drain")
+            self._stop_reactor()
+        else:
+            self.shutdown()
+
+    def _drain(self) -> Deferred[None]:
         self.draining = True
+        for hook in self.on_drain:
+            hook()
         grace = self.config.shutdown_grace
         self._log.info("draining: no new connections; waiting up to {grace}s for in-flight work",
                        grace=grace)
@@ -247,7 +277,6 @@ class GatewayService(MultiService):
         d.addTimeout(grace, self.reactor)
         d.addErrback(lambda f: self._log.warn("drain did not finish within {grace}s; stopping",
                                               grace=grace))
-        d.addCallback(lambda _: self._stop_reactor())
         return d
 
     def _stop_reactor(self) -> None:
@@ -257,20 +286,31 @@ class GatewayService(MultiService):
             self.reactor.stop()
 
 
+def say_to_operator(message: str) -> None:
+    """One line on the real stderr (twistd sends sys.stderr into the log)."""
+    stream = sys.__stderr__ or sys.stderr
+    print(f"studios-gateway: {message}", file=stream, flush=True)
+
+
 def fail_start(message: str) -> None:
-    """Print the one line an operator needs and exit non-zero."""
-    print(f"studios-gateway: {message}", file=sys.stderr, flush=True)
+    """Print the one line an operator needs, and exit non-zero."""
+    say_to_operator(message)
     raise SystemExit(1)
 
 
-def make_service(config: Config, reactor: Any = None) -> GatewayService:
-    """Assemble every part the config enables into one GatewayService."""
+def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str] | None = None,
+                 reload: Callable[[], Config] | None = None) -> GatewayService:
+    """Assemble every part the config enables into one GatewayService.
+
+    `environ` is the process environment (systemd's variables); `reload` re-reads
+    the settings for a SIGHUP reload.
+    """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     metrics = Metrics()
-    gateway = GatewayService(config, reactor, build_store(config, reactor), metrics)
+    gateway = GatewayService(config, reactor, build_store(config, reactor), metrics, environ)
     storage = prepare_storage(config.storage_root)
     table, pin = _add_tunnels(gateway, storage)
     gateway.tunnel_table = table  # type: ignore[attr-defined]
@@ -290,7 +330,17 @@ def make_service(config: Config, reactor: Any = None) -> GatewayService:
         add_ssh(gateway)
     if config.management_port is not None:
         _add_management(gateway, table, pin, auth)
+    _add_systemd(gateway, reload)
     return gateway
+
+
+def _add_systemd(gateway: GatewayService, reread: Callable[[], Config] | None) -> None:
+    gateway.add_reload_hook(apply_log_level)
+    gateway.add_reload_hook(tls_reloader(gateway.tunnel_tls))  # type: ignore[attr-defined]
+    gateway.systemd = systemd.wire(  # type: ignore[attr-defined]
+        gateway, gateway.environ, gateway.reactor,
+        reload=(lambda: gateway.reload(reread())) if reread else None,
+        terminate=gateway.terminate)
 
 
 def _add_auth(gateway: GatewayService) -> Any:
@@ -324,6 +374,7 @@ def prepare_storage(root: str) -> Path:
 def _add_tunnels(gateway: GatewayService, storage: Path) -> tuple[Any, str | None]:
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
+    from studios_gateway.reload import ReloadableServerTLS
     from studios_gateway.tunnel import tls
     from studios_gateway.tunnel.server import (
         TunnelMetrics,
@@ -343,7 +394,7 @@ def _add_tunnels(gateway: GatewayService, storage: Path) -> tuple[Any, str | Non
         cert_path, key_path = str(cert), str(key)
         pin = tls.fingerprint_pem(cert.read_bytes())
     try:
-        options = tls.server_options(cert_path, key_path)
+        options = ReloadableServerTLS(cert_path, key_path, tls.server_options)
     except Exception as e:  # a bad PEM is an operator's mistake: say so in one line
         raise StartError(f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the "
                          f"certificate and key ({e})") from None
@@ -354,6 +405,7 @@ def _add_tunnels(gateway: GatewayService, storage: Path) -> tuple[Any, str | Non
     table = TunnelTable(gateway.store, node_id=config.effective_node_id,
                         node_address=f"{advertise}:{config.listener_port}", clock=reactor,
                         settings=settings, metrics=TunnelMetrics(gateway.metrics.registry))
+    gateway.tunnel_tls = options  # type: ignore[attr-defined]  # reloaded on SIGHUP
     factory = TLSMemoryBIOFactory(options, False, TunnelServerFactory(table))
     gateway.add_listener("tunnel", "CONNECT_TUNNEL_PORT",
                          endpoint_for(reactor, config.bind_address, config.tunnel_port),

@@ -106,6 +106,7 @@ class TunnelClientProtocol(Protocol):
         self.mux: Multiplexer | None = None
         self.refusal: BindReply | None = None
         self.reply: BindReply | None = None  # the gateway's ok
+        self.closed: Deferred[None] = Deferred()  # fires once the connection is gone
 
     def connectionMade(self) -> None:
         s = self.client.settings
@@ -155,6 +156,7 @@ class TunnelClientProtocol(Protocol):
         if self.mux is not None:
             self.mux.connectionLost(reason)
         self.client.lost(self, reason)
+        self.closed.callback(None)
 
 
 class ConnectClient(Service):
@@ -195,15 +197,22 @@ class ConnectClient(Service):
         super().startService()
         self._wait_for_tool()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
+        """Stop reconnecting and close the tunnel; fires once its connection is gone."""
         super().stopService()
         self._set_state("stopped", "stopped")
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         if self._connecting is not None:
             self._connecting.cancel()
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.loseConnection()
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            if protocol.mux is not None:
+                protocol.mux.close()
+            else:
+                protocol.transport.loseConnection()
+            return protocol.closed
+        return defer.succeed(None)
 
     # The tool ----------------------------------------------------------------
 
@@ -303,8 +312,8 @@ class ConnectClient(Service):
         # Rebind now (elsewhere if we know other gateways); the old tunnel's
         # streams finish on their own connection.
         self._gateway_index += 1
-        if protocol.mux is not None and protocol.transport is not None:
-            protocol.mux.when_idle(protocol.transport.loseConnection)
+        if protocol.mux is not None:
+            protocol.mux.when_idle(protocol.mux.close)
         if protocol is self._protocol:
             self._protocol = None
             self._connect()

@@ -812,10 +812,19 @@ class Multiplexer(Protocol):
         self._send_control(GO_AWAY, 0, 0, GO_AWAY_INTERNAL_ERROR)
         self._close_transport(Failure(ProtocolError(reason)))
 
+    def close(self) -> None:
+        """End the tunnel from our side: streams are lost, the connection closes."""
+        self._close_transport(Failure(error.ConnectionDone("tunnel closed locally")))
+
     def _close_transport(self, reason: Failure) -> None:
+        if self.closed:
+            return
         transport = self.transport
         self._terminate(reason)
         if transport is not None:
+            # We registered as the transport's producer; a transport with a
+            # producer waits for it before closing.
+            transport.unregisterProducer()
             transport.loseConnection()
 
     def _terminate(self, reason: Failure) -> None:

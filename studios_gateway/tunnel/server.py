@@ -121,6 +121,9 @@ class Tunnel:
         self.mux.when_idle(self.close)
 
     def close(self) -> None:
+        if self.mux.transport is not None:
+            self.mux.close()
+            return
         transport = self.protocol.transport
         if transport is not None:
             transport.loseConnection()

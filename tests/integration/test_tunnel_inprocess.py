@@ -78,7 +78,8 @@ class TunnelTests(TestCase):
         c = ConnectClient(settings, reactor, on_fatal=(fatal.callback if fatal is not None
                                                        else None))
         c.startService()
-        self.addCleanup(lambda: c.running and c.stopService())
+        self.addCleanup(self.table.wait_empty)  # runs after the client has closed its side
+        self.addCleanup(lambda: c.stopService() if c.running else None)
         return c
 
     def request(self, raw: bytes) -> defer.Deferred[bytes]:

@@ -757,3 +757,15 @@ class RealSocketTests(TestCase):
         print(f"\n64 MiB through one stream over 127.0.0.1: {total / MiB / elapsed:.0f} MiB/s")
         self.assertEqual((n, digest), (total, source.hash.hexdigest()))
         self.assertEqual(server.streams, {})
+
+
+def test_close_unregisters_from_the_transport_so_the_connection_really_closes() -> None:
+    link = Link()
+    _, mine, _, _ = open_pair(link)
+    assert link.t["client"].producer is link.client
+    link.client.close()
+    link.client.close()  # twice is harmless
+    assert link.t["client"].producer is None  # a registered producer would hold the close
+    assert link.t["client"].disconnecting
+    assert mine.lost is not None and mine.lost.check(TunnelLost)
+    assert not link.clock.getDelayedCalls()
