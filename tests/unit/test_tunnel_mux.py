@@ -768,4 +768,4 @@ def test_close_unregisters_from_the_transport_so_the_connection_really_closes() 
     assert link.t["client"].producer is None  # a registered producer would hold the close
     assert link.t["client"].disconnecting
     assert mine.lost is not None and mine.lost.check(TunnelLost)
-    assert not link.clock.getDelayedCalls()
+    assert link.client.closed and link.closes["client"]
