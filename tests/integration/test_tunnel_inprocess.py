@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -46,9 +49,9 @@ class TunnelTests(TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        tmp = self.mktemp()
-        cert, key = tls.ensure_self_signed(__import__("pathlib").Path(tmp), ["localhost",
-                                                                             "127.0.0.1"])
+        tmp = Path(tempfile.mkdtemp(prefix="tunnel-test-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        cert, key = tls.ensure_self_signed(tmp, ["localhost", "127.0.0.1"])
         self.pin = tls.fingerprint_pem(cert.read_bytes())
         self.store = MemoryStore(reactor)
         self.token = new_token()
