@@ -404,11 +404,24 @@ class Wiring:
 
 def install_sighup(reactor: Any, handler: Callable[[], Any]) -> None:
     """Run `handler` in the reactor on SIGHUP (the default action would kill us)."""
+    install_signal(reactor, signal.SIGHUP, handler)
 
+
+def install_sigterm(reactor: Any, handler: Callable[[], Any]) -> None:
+    """Run `handler` in the reactor on SIGTERM, in place of Twisted's handler.
+
+    Installed once the reactor runs (after Twisted's own handlers). Twisted's
+    handler stops the reactor and makes twistd die by the same signal; `handler`
+    drains and stops the reactor itself, so the process exits 0.
+    """
+    install_signal(reactor, signal.SIGTERM, handler)
+
+
+def install_signal(reactor: Any, signum: int, handler: Callable[[], Any]) -> None:
     def on_signal(signum: int, frame: Any) -> None:
         reactor.callFromThread(handler)
 
-    signal.signal(signal.SIGHUP, on_signal)
+    signal.signal(signum, on_signal)
 
 
 def unused_sockets(gateway: Any, environ: Mapping[str, str], pid: int | None = None) -> list[str]:
@@ -423,6 +436,7 @@ def unused_sockets(gateway: Any, environ: Mapping[str, str], pid: int | None = N
 def wire(gateway: Any, environ: Mapping[str, str], clock: IReactorTime, *,
          reload: Callable[[], Any] | None = None, reactor: Any = None,
          notifier: Notifier | None = None, handle_sighup: bool = True,
+         terminate: Callable[[], Any] | None = None,
          ready_timeout: float = READY_TIMEOUT) -> Wiring:
     """Tie a GatewayService's lifecycle to systemd.
 
@@ -432,7 +446,8 @@ def wire(gateway: Any, environ: Mapping[str, str], clock: IReactorTime, *,
     ready, then sends READY=1 with a STATUS= line naming the listeners.
     STOPPING=1 goes out when a drain begins (``gateway.on_drain``, when the
     gateway has it) or before reactor shutdown; SIGHUP sends RELOADING=1, runs
-    `reload` and sends READY=1.
+    `reload` and sends READY=1. With `terminate`, SIGTERM (systemd's stop) runs it
+    instead of Twisted's immediate reactor stop.
     """
     reactor = reactor if reactor is not None else getattr(gateway, "reactor", clock)
     notifier = notifier if notifier is not None else Notifier(environ, clock)
@@ -445,6 +460,8 @@ def wire(gateway: Any, environ: Mapping[str, str], clock: IReactorTime, *,
         hooks.append(wiring.on_stopping)
     if handle_sighup:
         reactor.callWhenRunning(install_sighup, reactor, wiring.on_reload)
+    if terminate is not None:
+        reactor.callWhenRunning(install_sigterm, reactor, terminate)
     for name in unused_sockets(gateway, environ):
         _log.warn("the service manager passed a socket named {name!r} that no listener uses "
                   "(known names: {known})", name=name, known=", ".join(SOCKET_NAMES))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
-from studios_gateway.config import VARIABLES, ConfigError, load_config
+from studios_gateway.config import VARIABLES, Config, ConfigError, load_config
 
 
 class Options(usage.Options):
@@ -29,12 +30,17 @@ class Options(usage.Options):
 def makeService(options: Options) -> IService:
     from studios_gateway.service import StartError, fail_start, make_service
 
+    def read_config() -> Config:
+        """The settings as at start: options, environment, env file (SIGHUP re-reads them)."""
+        return load_config(options.variable_options(), environ=os.environ,
+                           env_file=options["env-file"])
+
     try:
-        config = load_config(options.variable_options(), env_file=options["env-file"])
+        config = read_config()
     except ConfigError as e:
         fail_start(str(e))
     try:
-        service: Any = make_service(config)
+        service: Any = make_service(config, environ=os.environ, reload=read_config)
     except StartError as e:
         fail_start(str(e))
     return service

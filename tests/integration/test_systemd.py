@@ -12,15 +12,18 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.gateway import GatewayProcess, base_env, twistd
 from tests.support.ports import free_port, wait_for_port
+from tests.support.studio import Connect, Tool
 
 pytestmark = pytest.mark.slow
+
+KEY = "systemd-test-key"
 
 
 class NotifyListener:
@@ -131,6 +134,46 @@ def test_watchdog_meant_for_another_process_is_not_served(tmp_path: Path,
     finally:
         gw.stop()
     assert not any("WATCHDOG" in m for m in notify.seen)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not {what} within {timeout}s")
+        time.sleep(0.05)
+
+
+def test_sigterm_drains_like_shutdown_and_exits_zero(tmp_path: Path,
+                                                     notify: NotifyListener) -> None:
+    """systemd's stop (SIGTERM): STOPPING=1, stop accepting, the studio's tunnel is sent
+    away and closes, then exit 0 (not death by the signal, which is Twisted's default)."""
+    env = base_env(tmp_path, NOTIFY_SOCKET=notify.address, CONNECT_MANAGEMENT_AUTH_KEY=KEY)
+    gw = GatewayProcess(tmp_path, env)
+    tool = client = None
+    try:
+        notify.wait_for("READY")
+        status, body, _ = gw.request("/api/sessions", method="POST", body={"owner": "alice"})
+        assert status == 201, body
+        created = json.loads(body)
+        tool = Tool(tmp_path)
+        client = Connect(tmp_path, created["connect_string"], tool.port)
+        wait_until(lambda: json.loads(gw.request(f"/api/sessions/{created['id']}")[1])
+                   .get("connected") is True, "connected")
+
+        gw.proc.send_signal(signal.SIGTERM)
+        stopping, _ = notify.wait_for("STOPPING", timeout=10)
+        assert stopping["STATUS"].startswith("stopping")
+        tunnel_port = int(env["CONNECT_TUNNEL_PORT"])
+        wait_until(lambda: refused(tunnel_port), "refusing new tunnels")
+        assert gw.wait(timeout=30) == 0
+        output = gw.output()
+        assert "draining: no new connections" in output and "drained; stopping" in output
+        assert "Received SIGTERM" not in output  # Twisted's own handler did not run
+    finally:
+        for part in (client, tool, gw):
+            if part is not None:
+                part.stop()
 
 
 # A stand-in for systemd's exec step: move the passed sockets to descriptors 3, 4, ...,

@@ -459,3 +459,12 @@ def test_unused_sockets_are_named() -> None:
     assert systemd.unused_sockets(gw, env) == ["ssh"]
     # After Twisted consumed LISTEN_FDS/LISTEN_PID, the names are still there.
     assert systemd.unused_sockets(gw, {"LISTEN_FDNAMES": "management:ssh"}) == ["ssh"]
+
+
+def test_wire_routes_sigterm_to_terminate_when_given() -> None:
+    reactor = MemoryReactorClock()
+    gw, _ = make_gateway(reactor)
+    wire(gw, {}, reactor, notifier=RecordingNotifier({}, reactor), handle_sighup=False,
+         terminate=gw.terminate)
+    assert [(h[0], h[1][1]) for h in reactor.whenRunningHooks] == [
+        (systemd.install_sigterm, gw.terminate)]

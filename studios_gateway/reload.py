@@ -1,0 +1,88 @@
+"""SIGHUP reload: what a running gateway takes from re-read settings.
+
+Only what can change without dropping a connection: the log level, and the
+TLS certificate and key (a renewed certificate is served to new connections;
+open ones keep the old). Everything else needs a restart. A reload that fails
+changes nothing that failed and says why; the gateway runs on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from studios_gateway import logs
+from studios_gateway.config import Config
+
+_log = Logger()
+
+
+class ReloadError(Exception):
+    """Some part of a reload failed; the message names each part and why."""
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ReloadableServerTLS:
+    """Server TLS whose certificate and key can be replaced while listening.
+
+    `load(cert_path, key_path)` builds the options (it raises on a bad PEM);
+    each new connection uses whatever was loaded last.
+    """
+
+    def __init__(self, cert_path: str | Path, key_path: str | Path,
+                 load: Callable[[str | Path, str | Path], Any]) -> None:
+        self._load = load
+        self.cert_path, self.key_path = str(cert_path), str(key_path)
+        self._current = load(cert_path, key_path)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection: SSL.Connection = self._current.serverConnectionForTLS(tlsProtocol)
+        return connection
+
+    def reload(self, cert_path: str | None = None, key_path: str | None = None) -> None:
+        """Load the files again (or new ones); on error keep serving the old pair."""
+        cert = cert_path or self.cert_path
+        key = key_path or self.key_path
+        try:
+            options = self._load(cert, key)
+        except Exception as e:
+            raise ReloadError(f"certificate {cert}: cannot load it and its key ({e}); "
+                              "still serving the previous one") from None
+        self._current = options
+        self.cert_path, self.key_path = cert, key
+
+
+def apply_log_level(config: Config) -> None:
+    logs.set_level(config.log_level)
+    _log.info("reload: log level {log_level}", log_level=config.log_level)
+
+
+def tls_reloader(creator: ReloadableServerTLS) -> Callable[[Config], None]:
+    """A reload hook: the configured certificate files (or the same files again)."""
+
+    def reload(config: Config) -> None:
+        if config.tls_cert_file and config.tls_key_file:
+            creator.reload(config.tls_cert_file, config.tls_key_file)
+        else:  # the self-signed pair kept under CONNECT_STORAGE_ROOT
+            creator.reload()
+        _log.info("reload: certificate {path}", path=creator.cert_path)
+
+    return reload
+
+
+def run_hooks(hooks: list[Callable[[Config], Any]], config: Config) -> None:
+    """Run every hook with the new config; raise ReloadError naming each that failed."""
+    errors = []
+    for hook in hooks:
+        try:
+            hook(config)
+        except Exception as e:  # one part failing must not stop the others
+            errors.append(str(e) or type(e).__name__)
+    if errors:
+        raise ReloadError("; ".join(errors))

@@ -1,0 +1,159 @@
+"""SIGHUP reload (log level, certificates) and SIGTERM drain, wired through make_service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from OpenSSL import SSL, crypto
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+
+from studios_gateway import logs
+from studios_gateway.config import ConfigError, load_config
+from studios_gateway.metrics import Metrics
+from studios_gateway.reload import ReloadableServerTLS, ReloadError, run_hooks
+from studios_gateway.service import Component, GatewayService, make_service
+from studios_gateway.tunnel.tls import fingerprint_pem, make_self_signed, server_options
+
+
+def write_pair(directory: Path, name: str) -> tuple[Path, Path, str]:
+    cert_pem, key_pem = make_self_signed([name])
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
+    return cert, key, fingerprint_pem(cert_pem)
+
+
+def served_pin(creator: ReloadableServerTLS) -> str:
+    """The fingerprint of the certificate a new connection would be served."""
+
+    from types import SimpleNamespace
+
+    from twisted.internet.protocol import Factory
+
+    tls_protocol = SimpleNamespace(factory=SimpleNamespace(wrappedFactory=Factory()))
+    connection = creator.serverConnectionForTLS(tls_protocol)
+    assert isinstance(connection, SSL.Connection)
+    cert = connection.get_certificate()
+    assert cert is not None
+    return fingerprint_pem(crypto.dump_certificate(crypto.FILETYPE_PEM, cert))
+
+
+def test_a_reload_serves_the_renewed_certificate_to_new_connections(tmp_path: Path) -> None:
+    cert, key, old_pin = write_pair(tmp_path, "old.example")
+    creator = ReloadableServerTLS(cert, key, server_options)
+    assert served_pin(creator) == old_pin
+    new_cert, new_key, new_pin = write_pair(tmp_path, "new.example")
+    cert.write_bytes(new_cert.read_bytes())  # renewed in place, as certbot does
+    key.write_bytes(new_key.read_bytes())
+    creator.reload()
+    assert served_pin(creator) == new_pin
+
+
+def test_a_bad_certificate_keeps_the_old_one(tmp_path: Path) -> None:
+    cert, key, pin = write_pair(tmp_path, "gw.example")
+    creator = ReloadableServerTLS(cert, key, server_options)
+    cert.write_text("not a certificate\n")
+    with pytest.raises(ReloadError, match=r"gw.example.crt: cannot load .*still serving"):
+        creator.reload()
+    assert served_pin(creator) == pin and creator.cert_path == str(cert)
+
+
+def test_every_hook_runs_and_each_failure_is_named() -> None:
+    ran: list[str] = []
+
+    def broken(config: Any) -> None:
+        ran.append("broken")
+        raise ValueError("certificate x: unreadable")
+
+    cfg = load_config(environ={})
+    with pytest.raises(ReloadError, match="^certificate x: unreadable$"):
+        run_hooks([broken, lambda c: ran.append("level")], cfg)
+    assert ran == ["broken", "level"]
+
+
+# --- through make_service: the systemd wiring's reload and the SIGTERM drain -----------
+
+
+@pytest.fixture
+def gateway_env(tmp_path: Path) -> dict[str, str]:
+    return {"CONNECT_STORAGE_ROOT": str(tmp_path), "CONNECT_MANAGEMENT_PORT": "9000",
+            "CONNECT_LOG_LEVEL": "info", "CONNECT_SHUTDOWN_GRACE": "10s"}
+
+
+def test_sighup_applies_the_re_read_log_level(gateway_env: dict[str, str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = dict(gateway_env)
+    gw = make_service(load_config(environ=settings), MemoryReactorClock(), environ={},
+                      reload=lambda: load_config(environ=settings))
+    settings["CONNECT_LOG_LEVEL"] = "debug"
+    applied: list[str] = []
+    monkeypatch.setattr(logs, "set_level", applied.append)
+    result: list[Any] = []
+    gw.systemd.on_reload().addBoth(result.append)  # type: ignore[attr-defined]
+    assert result == [None] and applied == ["debug"]
+
+
+def test_an_invalid_setting_fails_the_reload_and_changes_nothing(
+        gateway_env: dict[str, str]) -> None:
+    reactor = MemoryReactorClock()
+
+    def reread() -> Any:
+        raise ConfigError("CONNECT_LOG_LEVEL", "loud", "a level")
+
+    gw = make_service(load_config(environ=gateway_env), reactor, environ={}, reload=reread)
+    sent: list[str] = []
+    gw.systemd.notifier.notify = lambda *a: sent.extend(a) or True  # type: ignore[attr-defined]
+    gw.systemd.on_reload()  # type: ignore[attr-defined]
+    assert sent[-2] == "READY=1"
+    assert sent[-1].startswith("STATUS=reload failed (CONNECT_LOG_LEVEL='loud': expected a level)")
+
+
+def make(reactor: MemoryReactorClock) -> tuple[GatewayService, defer.Deferred[None]]:
+    cfg = load_config(environ={"CONNECT_SHUTDOWN_GRACE": "10s"})
+    store = type("Store", (), {"ping": lambda self: defer.succeed(None)})()
+    gw = GatewayService(cfg, reactor, store, Metrics())
+    drained: defer.Deferred[None] = defer.Deferred()
+    gw.add_component(Component("tunnels", drain=lambda: drained))
+    return gw, drained
+
+
+def test_stop_service_drains_first() -> None:
+    """reactor.stop() (SIGINT, say) waits for the drain before stopping the parts."""
+    reactor = MemoryReactorClock()
+    gw, drained = make(reactor)
+    began: list[int] = []
+    gw.on_drain.append(lambda: began.append(1))
+    gw.startService()
+    stopped: list[Any] = []
+    gw.stopService().addBoth(stopped.append)
+    assert gw.draining and began == [1] and stopped == [] and gw.running
+    drained.callback(None)
+    assert len(stopped) == 1 and not gw.running
+
+
+def test_stop_service_after_a_drain_does_not_wait_again() -> None:
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    gw, drained = make(reactor)
+    gw.startService()
+    gw.terminate()  # SIGTERM: the same drain as POST /shutdown
+    assert gw.draining and not reactor.hasStopped
+    drained.callback(None)
+    assert reactor.hasStopped
+    stopped: list[Any] = []
+    gw.stopService().addBoth(stopped.append)
+    assert len(stopped) == 1
+
+
+def test_a_second_sigterm_stops_without_waiting() -> None:
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    gw, _ = make(reactor)
+    gw.terminate()
+    reactor.advance(1)
+    assert not reactor.hasStopped
+    gw.terminate()
+    assert reactor.hasStopped
