@@ -241,6 +241,8 @@ class GatewayTransport(transport.SSHServerTransport):
         super().connectionMade()
         f = self.factory
         f.connections.add(self)
+        if hasattr(self.transport, "setTcpNoDelay"):  # as OpenSSH does: keystrokes go now
+            self.transport.setTcpNoDelay(True)
         self._timer = f.clock.callLater(f.settings.handshake_timeout, self._timed_out)
         if not f.limiter.acquire():
             log.warn("SSH: refusing a connection from {peer}: {live} connections open "
