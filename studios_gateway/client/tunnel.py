@@ -23,6 +23,7 @@ from studios_gateway.client.settings import ClientSettings, Gateway
 from studios_gateway.tunnel.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
 from studios_gateway.tunnel.mux import Multiplexer
 from studios_gateway.tunnel.server import STREAM_SSH, STREAM_TOOL
+from studios_gateway.tunnel.sockopts import no_delay
 from studios_gateway.tunnel.splice import SpliceEnd, join
 from studios_gateway.tunnel.tls import client_options
 
@@ -57,6 +58,7 @@ class ToolSide(SpliceEnd):
         self._stream_end = stream_end
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         join(self._stream_end, self)
 
 
@@ -109,6 +111,7 @@ class TunnelClientProtocol(Protocol):
         self.closed: Deferred[None] = Deferred()  # fires once the connection is gone
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         s = self.client.settings
         self.transport.write(BindRequest(s.session_id, s.token, s.connect_version, s.tool,
                                          s.tool_port).encode())

@@ -41,6 +41,7 @@ from studios_gateway.tunnel.bind import (
     parse_request,
 )
 from studios_gateway.tunnel.mux import Multiplexer
+from studios_gateway.tunnel.sockopts import no_delay
 
 STREAM_TOOL = b"T"
 STREAM_SSH = b"S"
@@ -278,6 +279,7 @@ class TunnelServerProtocol(Protocol):
         self._closed = False
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self._timeout = self.table.clock.callLater(self.table.settings.bind_timeout,
                                                    self._bind_timed_out)
 

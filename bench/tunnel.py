@@ -1,0 +1,249 @@
+"""Tunnel throughput and stream-open latency, against the same work done directly.
+
+    .venv/bin/python -m bench.tunnel                 # 256 MiB transfers, 3 runs, 300 opens
+    .venv/bin/python -m bench.tunnel --size-mib 1024 --runs 5
+
+This process plays the gateway: it runs the real tunnel listener (TLS, bind
+handshake, yamux) with an in-memory session. A real `studios-connect`
+process binds to it and serves the demo tool, which runs as a third process.
+Every figure is measured twice in the same run, from the same reactor:
+
+- tunnel: a yamux stream opened by the gateway, through `studios-connect`, to the tool;
+- direct: a TCP connection from this process straight to the tool.
+
+Printed: MB/s (10^6 bytes/s, median of --runs) for a download and an upload,
+and the latency of opening a stream and getting a small answer (p50/p99 of
+--opens sequential requests), each with the ratio tunnel / direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CHUNK = 256 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Exchange(Protocol):
+    """Sends a request head (and optionally a body of zeros), counts the answer's bytes."""
+
+    def __init__(self, head: bytes, body_size: int = 0):
+        self.head = head
+        self.body_left = body_size
+        self.received = 0
+        self.first_byte_at: float | None = None
+        self.done: defer.Deferred[int] = defer.Deferred()
+        self._paused = False
+        self._block = bytes(CHUNK)
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.head)
+        if self.body_left:
+            self.transport.registerProducer(self, True)
+            self._pump()
+
+    def _pump(self) -> None:
+        while not self._paused and self.body_left > 0:
+            n = min(self.body_left, CHUNK)
+            self.body_left -= n
+            self.transport.write(self._block[:n])
+        if self.body_left == 0:
+            self.body_left = -1
+            self.transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if self.body_left > 0:
+            self._pump()
+
+    def stopProducing(self) -> None:
+        self.body_left = -1
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.first_byte_at is None:
+            self.first_byte_at = time.perf_counter()
+        self.received += len(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback(self.received)
+
+
+class Bench:
+    def __init__(self, reactor: Any, args: argparse.Namespace, work: Path):
+        self.reactor = reactor
+        self.args = args
+        self.work = work
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    # Parts ---------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        from studios_gateway.registry.base import SessionRecord, hash_token, new_token
+        from studios_gateway.registry.memory import MemoryStore
+        from studios_gateway.sessions import connect_string
+        from studios_gateway.tunnel import tls
+        from studios_gateway.tunnel.server import TunnelServerFactory, TunnelSettings, TunnelTable
+
+        self.tool_port = free_port()
+        self.spawn("tool", [sys.executable, "-m", "studios_gateway.demo.tool",
+                            "--port", str(self.tool_port)])
+        cert, key = tls.ensure_self_signed(self.work / "tls", ["127.0.0.1", "localhost"])
+        store = MemoryStore(self.reactor)
+        token = new_token()
+        yield store.create(SessionRecord(
+            id="bench", workspace_id=None, tool="generic", owner="bench", allowed_users=(),
+            ssh_enabled=False, token_hash=hash_token(token), created_at=time.time()))
+        self.table = TunnelTable(store, node_id="bench", node_address="127.0.0.1:0",
+                                 clock=self.reactor, settings=TunnelSettings())
+        factory = TLSMemoryBIOFactory(tls.server_options(cert, key), False,
+                                      TunnelServerFactory(self.table))
+        self.port = yield TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(
+            factory)
+        line = connect_string("bench", token, "127.0.0.1", self.port.getHost().port,
+                              tls.fingerprint_pem(cert.read_bytes()))
+        env = {"CONNECT_STRING": line, "CONNECT_TOOL_PORT": str(self.tool_port),
+               "CONNECT_CLIENT_LOG_LEVEL": "warn"}
+        self.spawn("connect", [str(BIN / "studios-connect")], env)
+        yield self.wait_for(lambda: self.table.get("bench") is not None, "the tunnel to bind")
+
+    def spawn(self, name: str, argv: list[str], extra: dict[str, str] | None = None) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+        env.update({"PYTHONPATH": str(REPO), **(extra or {})})
+        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
+        self.procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+
+    @defer.inlineCallbacks
+    def wait_for(self, condition: Any, what: str, timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{p.args[0]} exited ({p.returncode}) before {what}; "
+                                       f"logs in {self.work}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}; logs in {self.work}")
+            yield task.deferLater(self.reactor, 0.05, lambda: None)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    # Paths -----------------------------------------------------------------------
+
+    def via(self, path: str, proto: Exchange) -> defer.Deferred[Any]:
+        if path == "tunnel":
+            stream = self.table.open_stream("bench")
+            stream.attach(proto)
+            return defer.succeed(proto)
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.tool_port)
+        return endpoint.connect(Factory.forProtocol(lambda: proto))
+
+    @defer.inlineCallbacks
+    def transfer(self, path: str, direction: str, size: int) -> Any:
+        if direction == "down":
+            proto = Exchange(b"GET /download?size=%d HTTP/1.0\r\n\r\n" % size)
+        else:
+            proto = Exchange(b"POST /upload HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % size, size)
+        start = time.perf_counter()
+        yield self.via(path, proto)
+        received = yield proto.done
+        elapsed = time.perf_counter() - start
+        if direction == "down" and received < size:
+            raise RuntimeError(f"{path}: got {received} of {size} bytes")
+        return size / elapsed / 1e6
+
+    @defer.inlineCallbacks
+    def open_latency(self, path: str) -> Any:
+        proto = Exchange(b"GET /api/info HTTP/1.0\r\n\r\n")
+        start = time.perf_counter()
+        yield self.via(path, proto)
+        yield proto.done
+        assert proto.first_byte_at is not None
+        return (proto.first_byte_at - start) * 1000
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@defer.inlineCallbacks
+def run(reactor: Any, args: argparse.Namespace, work: Path) -> Any:
+    bench = Bench(reactor, args, work)
+    try:
+        yield bench.start()
+        size = args.size_mib * 1024 * 1024
+        rows = []
+        for direction in ("down", "up"):
+            figures: dict[str, list[float]] = {"tunnel": [], "direct": []}
+            for _ in range(args.runs):
+                for path in ("direct", "tunnel"):  # alternate, so drift hits both
+                    figures[path].append((yield bench.transfer(path, direction, size)))
+            t, d = statistics.median(figures["tunnel"]), statistics.median(figures["direct"])
+            rows.append((f"{direction}load {args.size_mib} MiB, MB/s", t, d, t / d))
+        latencies: dict[str, list[float]] = {"tunnel": [], "direct": []}
+        for _ in range(args.opens):
+            for path in ("direct", "tunnel"):
+                latencies[path].append((yield bench.open_latency(path)))
+        for q, name in ((0.5, "p50"), (0.99, "p99")):
+            t, d = pct(latencies["tunnel"], q), pct(latencies["direct"], q)
+            rows.append((f"open + small answer {name}, ms", t, d, t / d))
+        print(f"\n{'figure':<34} {'tunnel':>10} {'direct':>10} {'tunnel/direct':>14}")
+        for name, t, d, ratio in rows:
+            print(f"{name:<34} {t:>10.2f} {d:>10.2f} {ratio:>14.2f}")
+    finally:
+        bench.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--size-mib", type=int, default=256)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--opens", type=int, default=300)
+    p.add_argument("--keep", action="store_true", help="keep the work dir with the logs")
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-tunnel-"))
+    try:
+        task.react(run, (args, work))
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
