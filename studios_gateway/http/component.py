@@ -193,6 +193,7 @@ def add_http(gateway: Any) -> ProxyFactory:
     """Add the HTTP(S) proxy's listener and lifecycle to the gateway; returns the proxy."""
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
+    from studios_gateway.reload import ReloadableServerTLS, tls_reloader
     from studios_gateway.service import Component, StartError, endpoint_for
     from studios_gateway.tunnel import tls
 
@@ -205,11 +206,13 @@ def add_http(gateway: Any) -> ProxyFactory:
                                           config.effective_studios_domain, config.path_routing)
         if problem is not None:
             raise StartError(problem)
-        try:
-            options = tls.server_options(config.tls_cert_file, config.tls_key_file)
+        try:  # SIGHUP loads the files again (a renewed certificate): systemd reload
+            options = ReloadableServerTLS(config.tls_cert_file, config.tls_key_file,
+                                          tls.server_options)
         except Exception as e:  # a bad PEM or a key that does not match: one line
             raise StartError(f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the "
                              f"certificate and key ({e})") from None
+        gateway.add_reload_hook(tls_reloader(options))
         served = TLSMemoryBIOFactory(options, False, factory)
         description = "the HTTPS proxy"
     gateway.add_listener("http", "CONNECT_HTTP_PORT",

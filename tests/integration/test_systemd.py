@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from studios_gateway.tunnel.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import GatewayProcess, base_env, twistd
 from tests.support.ports import free_port, wait_for_port
 from tests.support.studio import Connect, Tool
@@ -87,8 +89,25 @@ def refused(port: int) -> bool:
     return False
 
 
+def write_certificate(cert: Path, key: Path) -> str:
+    """A new certificate for the names the test gateway serves; returns its pin."""
+    cert_pem, key_pem = make_self_signed(["gw.test", "*.gw.test", "localhost", "127.0.0.1"])
+    key.write_bytes(key_pem)
+    cert.write_bytes(cert_pem)
+    return fingerprint_pem(cert_pem)
+
+
+def served_pin(port: int) -> str:
+    return fingerprint_pem(ssl.get_server_certificate(("127.0.0.1", port), timeout=10).encode())
+
+
 def test_ready_watchdog_reload_and_stopping(tmp_path: Path, notify: NotifyListener) -> None:
-    env = base_env(tmp_path, NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="2000000")
+    cert, key = tmp_path / "gateway.crt", tmp_path / "gateway.key"
+    first = write_certificate(cert, key)
+    env = base_env(tmp_path, NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="2000000",
+                   CONNECT_TLS_CERT_FILE=str(cert), CONNECT_TLS_KEY_FILE=str(key),
+                   CONNECT_PROXY_URL="https://gw.test")
+    tunnel_port, https_port = int(env["CONNECT_TUNNEL_PORT"]), int(env["CONNECT_HTTP_PORT"])
     gw = GatewayProcess(tmp_path, env)
     try:
         ready, before = notify.wait_for("READY")
@@ -103,13 +122,17 @@ def test_ready_watchdog_reload_and_stopping(tmp_path: Path, notify: NotifyListen
         for _ in range(3):
             notify.wait_for("WATCHDOG", timeout=5)
 
-        # SIGHUP: RELOADING=1 (with MONOTONIC_USEC) and then READY=1 again; still running.
+        # SIGHUP after the certificate was renewed in place: RELOADING=1 (with
+        # MONOTONIC_USEC), READY=1 again, and new connections get the new certificate.
+        assert served_pin(tunnel_port) == first == served_pin(https_port)
+        renewed = write_certificate(cert, key)
         gw.proc.send_signal(signal.SIGHUP)
         reloading, _ = notify.wait_for("RELOADING", timeout=10)
         assert int(reloading["MONOTONIC_USEC"]) > 0
         again, _ = notify.wait_for("READY", timeout=10)
         assert again["STATUS"].startswith("ready (reloaded): ")
         assert gw.proc.poll() is None
+        assert served_pin(tunnel_port) == renewed == served_pin(https_port)
 
         status, body, _ = gw.request("/shutdown", method="POST")
         assert status == 202, body
