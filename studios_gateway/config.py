@@ -261,6 +261,24 @@ def _pem_base64(text: str) -> bytes:
     return raw
 
 
+def _peer_secret(text: str) -> str:
+    s = text.strip()
+    if len(s) < 16 or re.search(r"[\x00-\x20\x7f]", s):
+        raise ValueError("at least 16 printable characters without spaces (a long random "
+                         "string, the same on every node)")
+    return s
+
+
+def _advertise(text: str) -> tuple[str, int | None]:
+    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port or None)."""
+    s = text.strip()
+    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-_]+))(?::([0-9]+))?", s)
+    if not m:
+        raise ValueError("host or host:port that other nodes can dial, such as "
+                         "gw-1.internal:7777")
+    return (m.group(1) or m.group(2)), (_port(m.group(3)) if m.group(3) else None)
+
+
 # --- the variable table -------------------------------------------------------
 
 
@@ -448,6 +466,22 @@ VARIABLES: tuple[Var, ...] = (
     _v("CONNECT_NODE_ID", "node_id", None, _node_id,
        "This node's name in the session registry. Unset: host name and port.", seed=False,
        section="tunnel"),
+    # Peers: several nodes sharing one Redis (ours; see docs/cluster.md)
+    _v("CONNECT_PEER_SECRET", "peer_secret", None, _peer_secret,
+       "Shared secret that gateway nodes prove to each other on CONNECT_LISTENER_PORT "
+       "(the same on every node). Without it or peer TLS, every peer is refused.",
+       secret=True, seed=False, section="peers"),
+    _v("CONNECT_PEER_TLS_CERT_FILE", "peer_tls_cert_file", None, _readable_file,
+       "Certificate (PEM) this node presents to its peers (mutual TLS between nodes).",
+       seed=False, section="peers"),
+    _v("CONNECT_PEER_TLS_KEY_FILE", "peer_tls_key_file", None, _readable_file,
+       "Private key (PEM) of CONNECT_PEER_TLS_CERT_FILE.", seed=False, section="peers"),
+    _v("CONNECT_PEER_TLS_CA_FILE", "peer_tls_ca_file", None, _readable_file,
+       "CA (PEM) that must sign every peer's certificate.", seed=False, section="peers"),
+    _v("CONNECT_ADVERTISE_ADDRESS", "advertise_address", None, _advertise,
+       "host or host:port other nodes dial to reach this node's peer listener. Unset: "
+       "CONNECT_HOST_DOMAIN, else CONNECT_BIND_ADDRESS (else the host name), with "
+       "CONNECT_LISTENER_PORT.", seed=False, section="peers"),
     _v("CONNECT_SHUTDOWN_GRACE", "shutdown_grace", "30s", _duration,
        "How long a graceful shutdown waits for in-flight work.", seed=False,
        section="general"),
@@ -533,6 +567,11 @@ class Config:
     tunnel_ping_interval: float
     tunnel_ping_timeout: float
     node_id: str | None
+    peer_secret: str | None = field(repr=False)
+    peer_tls_cert_file: str | None
+    peer_tls_key_file: str | None
+    peer_tls_ca_file: str | None
+    advertise_address: tuple[str, int | None] | None
     shutdown_grace: float
     #: Where each variable's value came from: option, environment, env file or default.
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -592,6 +631,9 @@ def _show(var: Var, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, frozenset):
         return ",".join(sorted(value)) if value else '"" (none)'
+    if var.parse is _advertise:
+        host, port = value
+        return host if port is None else f"{host}:{port}"
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
         host, port = value
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -707,6 +749,17 @@ def _check_consistency(cfg: Config) -> list[str]:
     if not cfg.redis_tls_enable and (cfg.redis_tls_skip_verify or cfg.redis_tls_cert_file):
         warnings.append("CONNECT_REDIS_TLS_* options are set but CONNECT_REDIS_TLS_ENABLE "
                         "is false: they have no effect")
+    peer_tls = {"CONNECT_PEER_TLS_CERT_FILE": cfg.peer_tls_cert_file,
+                "CONNECT_PEER_TLS_KEY_FILE": cfg.peer_tls_key_file,
+                "CONNECT_PEER_TLS_CA_FILE": cfg.peer_tls_ca_file}
+    if any(peer_tls.values()) and not all(peer_tls.values()):
+        missing = next(name for name, value in peer_tls.items() if not value)
+        raise ConfigError(missing, None, "set together with the other CONNECT_PEER_TLS_* "
+                          "files (certificate, key and CA)")
+    if cfg.redis_enabled and not (cfg.peer_secret or cfg.peer_tls_cert_file):
+        warnings.append("neither CONNECT_PEER_SECRET nor CONNECT_PEER_TLS_* is set: the peer "
+                        "listener refuses every other gateway node, so a session bound to "
+                        "another node is not reachable through this one")
     if cfg.tunnel_ping_timeout <= cfg.tunnel_ping_interval:
         raise ConfigError("CONNECT_TUNNEL_PING_TIMEOUT", format_duration(cfg.tunnel_ping_timeout),
                           "a duration longer than CONNECT_TUNNEL_PING_INTERVAL "

@@ -319,6 +319,9 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
 
     # Every way into a studio (HTTP, SSH, peers) gets its streams from here.
     gateway.dialer = Dialer(table)  # type: ignore[attr-defined]
+    from studios_gateway.peers import add_peers
+
+    gateway.peers = add_peers(gateway)  # type: ignore[attr-defined]
     auth = _add_auth(gateway)
     gateway.auth = auth  # type: ignore[attr-defined]
     from studios_gateway.http.component import add_http

@@ -1,0 +1,104 @@
+"""The peers part of the gateway: listener, dialing pool, advertised address, metrics."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter
+from twisted.internet import defer, ssl
+from twisted.logger import Logger
+
+from studios_gateway.peers.handshake import PeerAuth
+from studios_gateway.peers.link import PeerPool, PeerServerFactory, PeerSettings
+from studios_gateway.peers.remote import make_remote
+
+_log = Logger(namespace="studios_gateway.peers")
+
+
+def advertised_address(config: Any) -> str:
+    """host:port other nodes dial to reach this node's peer listener."""
+    host, port = config.advertise_address or (None, None)
+    if host is None:
+        host = config.host_domain
+    if host is None:
+        bind = ipaddress.ip_address(config.bind_address)
+        host = socket.gethostname() if bind.is_unspecified else str(bind)
+    port = port or config.listener_port
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def peer_tls_options(config: Any) -> ssl.CertificateOptions | None:
+    """Mutual TLS between nodes: present our certificate, require one signed by the CA.
+    The same options serve both directions (no host-name check: the CA is the cluster)."""
+    if not config.peer_tls_cert_file:
+        return None
+    from OpenSSL import crypto
+
+    key = crypto.load_privatekey(crypto.FILETYPE_PEM,
+                                 Path(config.peer_tls_key_file).read_bytes())
+    cert = crypto.load_certificate(crypto.FILETYPE_PEM,
+                                   Path(config.peer_tls_cert_file).read_bytes())
+    ca = crypto.load_certificate(crypto.FILETYPE_PEM, Path(config.peer_tls_ca_file).read_bytes())
+    return ssl.CertificateOptions(privateKey=key, certificate=cert, verify=True, caCerts=[ca],
+                                  requireCertificate=True,
+                                  raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
+
+def settings_from(config: Any) -> PeerSettings:
+    return PeerSettings(window_size=config.tunnel_window_size,
+                        ping_interval=config.tunnel_ping_interval,
+                        ping_timeout=config.tunnel_ping_timeout)
+
+
+def add_peers(gateway: Any) -> PeerPool | None:
+    """Wire peers into the gateway; returns the dialing pool (None for one node)."""
+    from studios_gateway.service import Component, StartError, endpoint_for
+
+    config, reactor, table = gateway.config, gateway.reactor, gateway.tunnel_table
+    address = advertised_address(config)
+    table.node_address = address
+    if not config.redis_enabled:
+        return None  # in-memory registry: this node is alone, nobody to peer with
+    try:
+        tls = peer_tls_options(config)
+    except Exception as e:  # a bad PEM is an operator's mistake: one line
+        raise StartError(f"CONNECT_PEER_TLS_*: cannot load the certificate, key or CA "
+                         f"({e})") from None
+    auth = PeerAuth(config.peer_secret, mutual_tls=tls is not None)
+    streams = Counter("studios_gateway_peer_streams", "Streams carried between gateway nodes, "
+                      "by direction and outcome.", ["direction", "outcome"],
+                      registry=gateway.metrics.registry)
+    settings = settings_from(config)
+    server = PeerServerFactory(table, auth, settings, reactor,
+                               on_outcome=lambda o: streams.labels("in", o).inc())
+    factory: Any = server
+    if tls is not None:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        factory = TLSMemoryBIOFactory(tls, False, factory)
+    gateway.add_listener("peers", "CONNECT_LISTENER_PORT",
+                         endpoint_for(reactor, config.bind_address, config.listener_port),
+                         factory, "the peer listener")
+    pool = PeerPool(reactor, auth, table.node_id, settings, tls=tls)
+    gateway.dialer.remote = make_remote(gateway.store, pool, table.node_id,
+                                        lambda: table.node_address,
+                                        on_outcome=lambda o: streams.labels("out", o).inc())
+
+    def start() -> None:
+        how = " and ".join(w for w, on in (("a shared secret", bool(config.peer_secret)),
+                                            ("mutual TLS", tls is not None)) if on)
+        if auth.enabled:
+            _log.info("node {node} reachable by peers at {address} (peers authenticate with "
+                      "{how})", node=table.node_id, address=address, how=how)
+        else:
+            _log.warn("peer listener refuses every peer: set CONNECT_PEER_SECRET (or "
+                      "CONNECT_PEER_TLS_*) on every node to share sessions between them")
+
+    def stop() -> Any:
+        return defer.DeferredList([pool.close(), server.close()])
+
+    gateway.add_component(Component("peers", start=start, stop=stop))
+    return pool

@@ -1,0 +1,222 @@
+"""One stream between nodes = one connection to a studio held by the receiving node.
+
+The dialing node opens a yamux stream on its peer connection and writes one line,
+``open <kind> <session id>``; the holding node answers ``ok`` and splices the
+stream onto a stream of the session's tunnel, or answers ``no <reason>`` and
+closes it. Only then does the dialing node hand the stream to its caller (the
+HTTP or SSH proxy), so "not here any more" is an error the caller can show, not
+a connection that dies silently. Bytes that follow ``ok`` in the same read are
+kept and delivered first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+
+from studios_gateway.registry.base import SESSION_ID
+from studios_gateway.tunnel.bind import BindError, LineBuffer
+from studios_gateway.tunnel.mux import TunnelUnavailable
+from studios_gateway.tunnel.server import STREAM_SSH, STREAM_TOOL
+from studios_gateway.tunnel.splice import SpliceEnd, join
+
+MAX_LINE = 256
+KINDS = (STREAM_TOOL, STREAM_SSH)
+
+
+class PeerRefused(Exception):
+    """The other node would not (or could not) open the stream; `reason` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def open_line(session_id: str, kind: bytes) -> bytes:
+    return b"open " + kind + b" " + session_id.encode() + b"\n"
+
+
+def parse_open(line: bytes) -> tuple[str, bytes]:
+    """(session id, kind) from an ``open`` line; ValueError saying what is wrong."""
+    parts = line.strip().split(b" ")
+    if len(parts) != 3 or parts[0] != b"open":
+        raise ValueError("malformed stream request")
+    kind, sid = parts[1], parts[2].decode("ascii", "replace")
+    if kind not in KINDS:
+        raise ValueError("unknown stream kind")
+    if not SESSION_ID.fullmatch(sid):
+        raise ValueError("malformed session id")
+    return sid, kind
+
+
+# The holding node ------------------------------------------------------------------
+
+
+class PeerRequest(SpliceEnd):
+    """A stream from another node: read its ``open`` line, then splice it to our tunnel."""
+
+    def __init__(self, table: Any, on_outcome: Any = None):
+        super().__init__()
+        self.table = table
+        self.on_outcome = on_outcome or (lambda outcome: None)
+        self._lines: LineBuffer | None = LineBuffer(MAX_LINE)
+        self._refused = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._lines is None:
+            super().dataReceived(data)
+            return
+        try:
+            got = self._lines.feed(data)
+        except BindError:
+            self._refuse("stream request too long")
+            return
+        if got is None:
+            return
+        line, rest = got
+        self._lines = None
+        try:
+            session_id, kind = parse_open(line)
+        except ValueError as e:
+            self._refuse(str(e))
+            return
+        try:
+            local = self.table.open_stream(session_id, kind)
+        except TunnelUnavailable as e:
+            self._refuse(f"tunnel closing here ({e})")
+            return
+        if local is None:
+            self._refuse("not connected to this node")
+            return
+        self.on_outcome("ok")
+        self.transport.write(b"ok\n")
+        tunnel_end = SpliceEnd()
+        local.attach(tunnel_end)
+        join(self, tunnel_end)
+        if rest:
+            super().dataReceived(rest)
+
+    def readConnectionLost(self) -> None:
+        if self._lines is not None or self._refused:
+            self.transport.loseConnection()
+            return
+        super().readConnectionLost()
+
+    def _refuse(self, reason: str) -> None:
+        self._refused = True
+        self._lines = None
+        self.on_outcome("refused")
+        self.transport.write(b"no " + reason.encode("utf-8", "replace")[:MAX_LINE - 8] + b"\n")
+        self.transport.loseConnection()
+
+
+# The dialing node ------------------------------------------------------------------
+
+
+class _Opening(Protocol):
+    """Writes the ``open`` line and waits for the answer; then forwards to the caller's
+    protocol (the stream stays paused until the caller attaches one)."""
+
+    def __init__(self, session_id: str, kind: bytes, answered: Deferred[Any]):
+        self.session_id = session_id
+        self.kind = kind
+        self.answered = answered
+        self._lines: LineBuffer | None = LineBuffer(MAX_LINE)
+        self.held: list[bytes] = []
+        self.lost: Failure | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.write(open_line(self.session_id, self.kind))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._lines is None:
+            self.held.append(data)
+            return
+        try:
+            got = self._lines.feed(data)
+        except BindError:
+            self._fail("the peer's answer is too long")
+            return
+        if got is None:
+            return
+        line, rest = got
+        self._lines = None
+        if line.strip() == b"ok":
+            if rest:
+                self.held.append(rest)
+            self.transport.pauseProducing()
+            self.answered.callback(PeerStream(self.transport, self))
+            return
+        word, _, why = line.partition(b" ")
+        reason = why.decode("utf-8", "replace") if word == b"no" else "malformed answer"
+        self._fail(reason)
+
+    def _fail(self, reason: str) -> None:
+        self._lines = None
+        if not self.answered.called:
+            self.answered.errback(PeerRefused(reason))
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = reason or Failure(ConnectionError("stream closed"))
+        if not self.answered.called:
+            self._lines = None
+            self.answered.errback(PeerRefused(f"the peer closed the stream "
+                                              f"({self.lost.getErrorMessage()})"))
+
+
+class PeerStream:
+    """What the dialer hands out for a studio on another node: a yamux stream (every
+    transport method is the stream's) whose ``attach`` takes over from the opening."""
+
+    def __init__(self, stream: Any, opening: _Opening):
+        self._stream = stream
+        self._opening = opening
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def __repr__(self) -> str:
+        return f"<PeerStream {self._stream!r}>"
+
+    def attach(self, protocol: IProtocol) -> None:
+        stream, opening = self._stream, self._opening
+        held, opening.held = opening.held, []
+        if opening.lost is not None:  # ended between the answer and now
+            protocol.makeConnection(stream)
+            for chunk in held:
+                protocol.dataReceived(chunk)
+            protocol.connectionLost(opening.lost)
+            return
+        stream.protocol = None  # hand over: the caller's protocol reads from here on
+        stream.attach(protocol)
+        for chunk in held:
+            protocol.dataReceived(chunk)
+        stream.resumeProducing()
+
+
+def open_remote(mux: Any, session_id: str, kind: bytes, clock: Any,
+                timeout: float) -> Deferred[PeerStream]:
+    """Open a stream on a peer connection and wait (up to `timeout`) for the holder's answer."""
+    answered: Deferred[PeerStream] = Deferred()
+    stream = mux.open_stream()  # raises TunnelUnavailable when the link is going away
+    stream.attach(_Opening(session_id, kind, answered))
+
+    def timed_out(f: Failure) -> Failure:
+        if f.check(defer.TimeoutError, defer.CancelledError):
+            stream.abortConnection()
+            return Failure(PeerRefused(f"no answer from the peer within {timeout:g}s"))
+        return f
+
+    answered.addTimeout(timeout, clock)
+    return answered.addErrback(timed_out)
+
+
+__all__ = ["PeerRefused", "PeerRequest", "PeerStream", "open_line", "open_remote", "parse_open"]

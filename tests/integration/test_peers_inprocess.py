@@ -1,0 +1,258 @@
+"""The peer link in one reactor over real loopback sockets: handshake, streams, refusals.
+
+Node B "holds" a tunnel: a yamux pair over TCP whose studio side answers every
+stream with the upper-cased bytes it receives. Node A dials B through a
+PeerPool, as its dialer would.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import TestCase
+
+from studios_gateway.peers.component import peer_tls_options
+from studios_gateway.peers.handshake import PeerAuth
+from studios_gateway.peers.link import PeerPool, PeerServerFactory, PeerSettings, PeerUnavailable
+from studios_gateway.peers.remote import make_remote
+from studios_gateway.peers.streams import PeerRefused
+from studios_gateway.registry.base import TunnelHolder
+from studios_gateway.tunnel.dialer import StudioUnreachable
+from studios_gateway.tunnel.mux import Multiplexer
+from studios_gateway.tunnel.server import STREAM_TOOL
+
+SECRET = "a-long-shared-peer-secret"
+
+
+class Upper(Protocol):
+    """The studio's side of a stream: skips the kind byte, echoes upper-cased, half-close
+    aware (EOF in -> EOF out)."""
+
+    def __init__(self) -> None:
+        self.kind: bytes | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.kind is None:
+            self.kind, data = data[:1], data[1:]
+        if data:
+            self.transport.write(data.upper())
+
+
+class Collect(Protocol):
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.done: defer.Deferred[bytes] = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.done.called:
+            self.done.callback(bytes(self.data))
+
+
+class FakeTable:
+    """The part of TunnelTable the peer listener uses."""
+
+    def __init__(self) -> None:
+        self.tunnels: dict[str, Multiplexer] = {}
+        self.node_id = "node-b"
+
+    def open_stream(self, session_id: str, kind: bytes) -> Any:
+        mux = self.tunnels.get(session_id)
+        if mux is None:
+            return None
+        stream = mux.open_stream()
+        stream.write(kind)
+        return stream
+
+
+def make_mux(is_client: bool, **kw: Any) -> Multiplexer:
+    return Multiplexer(is_client=is_client, clock=reactor, ping_interval=0, **kw)
+
+
+def ca_and_leaf(directory: Path) -> SimpleNamespace:
+    """A cluster CA and one node certificate it signed (no EKU: good for both roles)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("cluster CA")).issuer_name(name("cluster CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (x509.CertificateBuilder().subject_name(name("node")).issuer_name(name("cluster CA"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    out = SimpleNamespace(peer_tls_cert_file=str(directory / "node.crt"),
+                          peer_tls_key_file=str(directory / "node.key"),
+                          peer_tls_ca_file=str(directory / "ca.crt"))
+    Path(out.peer_tls_cert_file).write_bytes(leaf.public_bytes(pem))
+    Path(out.peer_tls_ca_file).write_bytes(ca.public_bytes(pem))
+    Path(out.peer_tls_key_file).write_bytes(key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return out
+
+
+class PeerLinkTests(TestCase):
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        # A "tunnel" from node B to a studio: two multiplexers over loopback TCP.
+        self.table = FakeTable()
+        studio_factory = Factory.forProtocol(
+            lambda: make_mux(True, on_stream=lambda stream: Upper()))
+        port = reactor.listenTCP(0, studio_factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        gateway_side = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
+            Factory.forProtocol(lambda: make_mux(False)))
+        self.addCleanup(gateway_side.close)
+        self.table.tunnels["s1"] = gateway_side
+        self.settings = PeerSettings(ping_interval=5, ping_timeout=10, handshake_timeout=1,
+                                     answer_timeout=5)
+
+    def listen(self, auth: PeerAuth, tls: Any = None) -> str:
+        server = PeerServerFactory(self.table, auth, self.settings, reactor)
+        self.addCleanup(server.close)
+        factory: Any = server
+        if tls is not None:
+            factory = TLSMemoryBIOFactory(tls, False, factory)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return f"127.0.0.1:{port.getHost().port}"
+
+    def pool(self, auth: PeerAuth, tls: Any = None) -> PeerPool:
+        pool = PeerPool(reactor, auth, "node-a", self.settings, tls=tls)
+        self.addCleanup(pool.close)
+        return pool
+
+    @defer.inlineCallbacks
+    def roundtrip(self, pool: PeerPool, address: str) -> Any:
+        stream = yield pool.open(address, "s1", STREAM_TOOL)
+        got = Collect()
+        stream.attach(got)
+        stream.write(b"hello ")
+        stream.write(b"peer")
+        stream.loseConnection()
+        data = yield got.done
+        return data
+
+    @defer.inlineCallbacks
+    def test_stream_through_a_peer_reaches_the_tunnel(self) -> Any:
+        address = self.listen(PeerAuth(SECRET))
+        pool = self.pool(PeerAuth(SECRET))
+        self.assertEqual((yield self.roundtrip(pool, address)), b"HELLO PEER")
+        first = pool.links[address].mux
+        self.assertEqual((yield self.roundtrip(pool, address)), b"HELLO PEER")
+        self.assertIs(pool.links[address].mux, first, "one link per peer, reused")
+
+    @defer.inlineCallbacks
+    def test_lost_link_is_dialed_again(self) -> Any:
+        address = self.listen(PeerAuth(SECRET))
+        pool = self.pool(PeerAuth(SECRET))
+        yield self.roundtrip(pool, address)
+        mux = pool.links[address].mux
+        closed = defer.Deferred()
+        mux.on_close = lambda reason: closed.callback(None)
+        mux.transport.abortConnection()
+        yield closed
+        self.assertEqual((yield self.roundtrip(pool, address)), b"HELLO PEER")
+        self.assertIsNot(pool.links[address].mux, mux)
+
+    @defer.inlineCallbacks
+    def test_session_not_held_there_is_refused_with_a_reason(self) -> Any:
+        address = self.listen(PeerAuth(SECRET))
+        pool = self.pool(PeerAuth(SECRET))
+        with self.assertRaises(PeerRefused) as caught:
+            yield pool.open(address, "other", STREAM_TOOL)
+        self.assertIn("not connected to this node", caught.exception.reason)
+
+    @defer.inlineCallbacks
+    def test_wrong_secret_is_refused_both_ways(self) -> Any:
+        address = self.listen(PeerAuth(SECRET))
+        pool = self.pool(PeerAuth("another-secret-of-some-length"))
+        with self.assertRaises(PeerUnavailable) as caught:
+            yield pool.open(address, "s1", STREAM_TOOL)
+        self.assertIn("authentication failed", caught.exception.reason)
+        self.assertNotIn(SECRET, caught.exception.reason)
+
+    @defer.inlineCallbacks
+    def test_listener_without_auth_refuses_every_peer(self) -> Any:
+        address = self.listen(PeerAuth(None))
+        pool = self.pool(PeerAuth(None))
+        with self.assertRaises(PeerUnavailable) as caught:
+            yield pool.open(address, "s1", STREAM_TOOL)
+        self.assertIn("accepts no peers", caught.exception.reason)
+
+    @defer.inlineCallbacks
+    def test_unreachable_peer_fails_fast_then_retries(self) -> Any:
+        from tests.support.ports import free_port
+
+        pool = self.pool(PeerAuth(SECRET))
+        address = f"127.0.0.1:{free_port()}"
+        with self.assertRaises(PeerUnavailable):
+            yield pool.open(address, "s1", STREAM_TOOL)
+        with self.assertRaises(PeerUnavailable):  # within retry_after: no new connect
+            yield pool.open(address, "s1", STREAM_TOOL)
+
+    @defer.inlineCallbacks
+    def test_mutual_tls_without_a_secret(self) -> Any:
+        tmp = Path(tempfile.mkdtemp(prefix="peer-tls-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        tls = peer_tls_options(ca_and_leaf(tmp))
+        address = self.listen(PeerAuth(None, mutual_tls=True), tls)
+        pool = self.pool(PeerAuth(None, mutual_tls=True), tls)
+        self.assertEqual((yield self.roundtrip(pool, address)), b"HELLO PEER")
+        # A node without the cluster's certificate does not get in.
+        from OpenSSL import crypto
+        from twisted.internet import ssl
+
+        ca = crypto.load_certificate(crypto.FILETYPE_PEM, (tmp / "ca.crt").read_bytes())
+        stranger = self.pool(PeerAuth(None, mutual_tls=True),
+                             ssl.CertificateOptions(verify=True, caCerts=[ca]))
+        with self.assertRaises(PeerUnavailable):
+            yield stranger.open(address, "s2", STREAM_TOOL)
+
+    @defer.inlineCallbacks
+    def test_remote_dial_follows_the_registry(self) -> Any:
+        address = self.listen(PeerAuth(SECRET))
+        pool = self.pool(PeerAuth(SECRET))
+        holders = {"s1": TunnelHolder("s1", "node-b", address, "t1", "0.12", 8888, 0.0),
+                   "s2": TunnelHolder("s2", "node-a", "127.0.0.1:1", "t2", "0.12", 8888, 0.0)}
+        invalidated: list[str] = []
+        store = SimpleNamespace(get_tunnel=lambda sid: defer.succeed(holders.get(sid)),
+                                invalidate=invalidated.append)
+        remote = make_remote(store, pool, "node-a", lambda: "127.0.0.1:1")
+        stream = yield remote("s1", STREAM_TOOL)
+        got = Collect()
+        stream.attach(got)
+        stream.write(b"via registry")
+        stream.loseConnection()
+        self.assertEqual((yield got.done), b"VIA REGISTRY")
+        for sid, why in (("s2", "not connected"), ("s3", "not connected")):
+            with self.assertRaises(StudioUnreachable) as caught:
+                yield remote(sid, STREAM_TOOL)
+            self.assertEqual(caught.exception.why, why)
+        self.assertEqual(invalidated, ["s2"])  # asked again once after a stale answer

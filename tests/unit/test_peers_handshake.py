@@ -1,0 +1,104 @@
+"""The peer handshake and stream request lines, as plain objects (no reactor)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from studios_gateway.config import ConfigError, load_config
+from studios_gateway.peers import advertised_address
+from studios_gateway.peers.handshake import (
+    ClientHandshake,
+    HandshakeError,
+    PeerAuth,
+    ServerHandshake,
+)
+from studios_gateway.peers.streams import open_line, parse_open
+
+SECRET = "s" * 24
+
+
+def exchange(server_auth: PeerAuth, client_auth: PeerAuth) -> ClientHandshake:
+    server, client = ServerHandshake(server_auth), ClientHandshake(client_auth, "node-a")
+    line = client.greet(server.hello())
+    try:
+        reply = server.answer(line)
+    except HandshakeError as e:
+        reply = ServerHandshake.refusal(e)
+    client.finish(reply)
+    return client
+
+
+def test_same_secret_is_accepted_and_never_sent() -> None:
+    server, client = ServerHandshake(PeerAuth(SECRET)), ClientHandshake(PeerAuth(SECRET), "n1")
+    line = client.greet(server.hello())
+    reply = server.answer(line)
+    client.finish(reply)
+    assert server.peer_node == "n1"
+    assert SECRET.encode() not in line + reply
+
+
+def test_other_secret_is_refused_with_a_reason() -> None:
+    with pytest.raises(HandshakeError, match="authentication failed"):
+        exchange(PeerAuth(SECRET), PeerAuth("t" * 24))
+
+
+def test_no_auth_configured_refuses_everyone() -> None:
+    with pytest.raises(HandshakeError, match="accepts no peers"):
+        exchange(PeerAuth(None), PeerAuth(None))
+
+
+def test_mutual_tls_alone_needs_no_secret() -> None:
+    exchange(PeerAuth(None, mutual_tls=True), PeerAuth(None, mutual_tls=True))
+    with pytest.raises(HandshakeError):  # a secret-less client cannot fool a secret server
+        exchange(PeerAuth(SECRET, mutual_tls=True), PeerAuth(None, mutual_tls=True))
+
+
+def test_client_checks_the_server_too() -> None:
+    server, client = ServerHandshake(PeerAuth("u" * 24)), ClientHandshake(PeerAuth(SECRET), "n")
+    client.greet(server.hello())
+    with pytest.raises(HandshakeError, match="could not prove"):
+        client.finish(b"ok " + b"0" * 64)
+
+
+def test_not_a_peer_listener() -> None:
+    with pytest.raises(HandshakeError, match="not a gateway peer"):
+        ClientHandshake(PeerAuth(SECRET), "n").greet(b"SSH-2.0-OpenSSH_9.6")
+
+
+@given(st.binary(max_size=300))
+def test_server_never_crashes_on_garbage(line: bytes) -> None:
+    server = ServerHandshake(PeerAuth(SECRET))
+    with pytest.raises(HandshakeError):
+        server.answer(line)
+
+
+@given(st.binary(max_size=100))
+def test_parse_open_rejects_or_round_trips(line: bytes) -> None:
+    try:
+        sid, kind = parse_open(line)
+    except ValueError:
+        return
+    assert open_line(sid, kind).strip() == line.strip()
+
+
+def test_open_line_round_trip() -> None:
+    assert parse_open(open_line("abc-1", b"S")) == ("abc-1", b"S")
+
+
+def test_peer_variables() -> None:
+    base = {"CONNECT_REDIS_ADDRESS": "r:6379", "CONNECT_BIND_ADDRESS": "10.0.0.5"}
+    cfg = load_config(environ=base)
+    assert any("refuses every other gateway node" in w for w in cfg.warnings)
+    assert advertised_address(cfg) == "10.0.0.5:7777"
+    cfg = load_config(environ={**base, "CONNECT_PEER_SECRET": SECRET,
+                               "CONNECT_HOST_DOMAIN": "gw1.internal"})
+    assert not any("refuses" in w for w in cfg.warnings)
+    assert advertised_address(cfg) == "gw1.internal:7777"
+    cfg = load_config(environ={**base, "CONNECT_ADVERTISE_ADDRESS": "[fd00::5]:7001"})
+    assert advertised_address(cfg) == "[fd00::5]:7001"
+    with pytest.raises(ConfigError, match="CONNECT_PEER_SECRET=<redacted>"):
+        load_config(environ={**base, "CONNECT_PEER_SECRET": "short"})
+    with pytest.raises(ConfigError, match="CONNECT_PEER_TLS_KEY_FILE"):
+        load_config(environ={**base, "CONNECT_PEER_TLS_CERT_FILE": "/etc/hostname"})
