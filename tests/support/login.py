@@ -1,0 +1,122 @@
+"""Real-process login for integration tests: the in-repo IdP as its own process, a gateway
+that logs in against it, and a browser that fills the IdP's login form."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urljoin
+
+from tests.support.gateway import REPO, GatewayProcess, base_env
+from tests.support.idp import DEFAULT_REGISTRATION_TOKEN, _Form
+from tests.support.ports import free_port, wait_for_port
+from tests.support.studio import Connect, Tool, _stop
+from tests.support.web import Browser, Reply
+
+KEY = "login-test-key"
+USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+
+
+class IdPProcess:
+    """`python -m tests.support.idp` on a free port of 127.0.0.1."""
+
+    def __init__(self, tmp_path: Path, users: dict[str, str] = USERS):
+        self.port = free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.log = open(tmp_path / "idp.log", "wb")  # noqa: SIM115 - closed in stop()
+        args = [sys.executable, "-m", "tests.support.idp", "--port", str(self.port)]
+        for name, password in users.items():
+            args += ["--user", f"{name}:{password}"]
+        self.proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                     cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.log.close()
+
+
+def login_at_idp(browser: Browser, url: str, user: str,
+                 password: str | None = None) -> Reply:
+    """Open `url`; it must lead to the IdP's login form, which is filled and sent as a
+    browser does. Returns where the redirects after the login end."""
+    form_page = browser.get(url)
+    assert form_page.status == 200 and 'name="password"' in form_page.text, \
+        (form_page.status, form_page.url, form_page.text[:300])
+    form = _Form()
+    form.feed(form_page.text)
+    fields = {**form.fields, "username": user, "password": password or USERS[user]}
+    return browser.request(urljoin(form_page.url, form.action or ""), method="POST",
+                           body=urlencode(fields).encode(),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+
+
+class Gateway:
+    """A twistd gateway on free ports with the admin API, its studios and browsers."""
+
+    def __init__(self, tmp_path: Path, **env: str):
+        self.tmp_path = tmp_path
+        self.env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY, **env)
+        self.http_port = int(self.env["CONNECT_HTTP_PORT"])
+        self.proxy = f"http://localhost:{self.http_port}"
+        self.env["CONNECT_PROXY_URL"] = self.proxy
+        self.gw = GatewayProcess(tmp_path, self.env)
+        self.stoppers = [self.gw.stop]
+        self.gw.wait_ready()
+        self.wait_ready()
+        self.path_mode = self.env.get("TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING") == "true"
+        self.tools: dict[str, Tool] = {}  # by path prefix
+
+    def tool(self, prefix: str = "/") -> Tool:
+        if prefix not in self.tools:
+            self.tools[prefix] = Tool(self.tmp_path, prefix)
+            self.stoppers.append(self.tools[prefix].stop)
+        return self.tools[prefix]
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        """Poll /ready until every part (the login's registration too) says ok."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, body, _ = self.gw.request("/ready")
+            if status == 200:
+                return
+            assert time.monotonic() < deadline, (body, self.gw.output()[-2000:])
+            time.sleep(0.05)
+
+    def api(self, path: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+        status, raw, _ = self.gw.request(path, method=method, body=body)
+        return status, json.loads(raw)
+
+    def studio(self, **fields: Any) -> dict[str, Any]:
+        """Create a session (owner alice unless told) and connect a studio to it."""
+        status, created = self.api("/api/sessions", "POST", {"owner": "alice", **fields})
+        assert status == 201, created
+        sid = created["id"]
+        tool = self.tool(f"/_studio/{sid}/" if self.path_mode else "/")
+        client = Connect(self.tmp_path, created["connect_string"], tool.port,
+                         name=f"connect-{created['id']}")
+        self.stoppers.append(client.stop)
+        deadline = time.monotonic() + 20
+        while not self.api(f"/api/sessions/{sid}")[1].get("connected"):
+            assert time.monotonic() < deadline, client.output()[-2000:]
+            time.sleep(0.05)
+        return created
+
+    def url(self, sid: str, path: str = "/") -> str:
+        if self.path_mode:
+            return f"{self.proxy}/_studio/{sid}{path}"
+        return f"http://{sid}.localhost:{self.http_port}{path}"
+
+    def stop(self) -> None:
+        for stop in reversed(self.stoppers):
+            stop()
+
+
+def oidc_env(idp: IdPProcess, **more: str) -> dict[str, str]:
+    return {"PLATFORM_URL": idp.issuer,
+            "CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN": DEFAULT_REGISTRATION_TOKEN, **more}
