@@ -284,6 +284,7 @@ class ConnectClient(Service):
             if not f.check(defer.CancelledError):
                 self._log.info("cannot reach gateway {gw}: {why}", gw=str(gateway),
                                why=f.getErrorMessage())
+                self._gateway_index += 1  # the next attempt tries the next gateway listed
                 self._retry()
 
         self._connecting.addCallbacks(connected, failed)

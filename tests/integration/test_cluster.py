@@ -1,0 +1,105 @@
+"""Three real gateway processes sharing one real redis-server (docs/cluster.md).
+
+A studio (demo tool + studios-connect) binds to node A; browsers reach it
+through the HTTP listeners of nodes B and C, whose requests travel over the
+authenticated peer link to A. Then A is killed with SIGKILL: the connect
+client, given all three gateways, rebinds to another node and requests work
+again within 15 s, with no operator action.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.integration.test_tunnel_process import wait_connected
+from tests.support.gateway import GatewayProcess, base_env
+from tests.support.redis_server import RedisServer, redis_available
+from tests.support.studio import Connect, Tool
+from tests.support.web import Browser
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")]
+
+KEY = "cluster-test-key"
+SECRET = "cluster-test-peer-secret"
+
+
+def poll_ok(browser: Browser, url: str, timeout: float) -> float:
+    """Seconds until `url` answers 200 (fails after `timeout`)."""
+    start = time.monotonic()
+    while True:
+        reply = browser.get(url)
+        if reply.status == 200:
+            return time.monotonic() - start
+        assert time.monotonic() - start < timeout, \
+            f"{url}: still {reply.status} after {timeout}s: {reply.text[:300]}"
+        time.sleep(0.1)
+
+
+def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    stoppers = [redis.stop]
+    try:
+        nodes: dict[str, GatewayProcess] = {}
+        for name in ("a", "b", "c"):  # one after the other: they share the storage root
+            env = base_env(tmp_path, CONNECT_REDIS_ADDRESS=redis.address,
+                           CONNECT_PEER_SECRET=SECRET, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
+                           CONNECT_LOG_LEVEL="info", CONNECT_NODE_ID=f"node-{name}")
+            env["CONNECT_PROXY_URL"] = f"http://localhost:{env['CONNECT_HTTP_PORT']}"
+            node = GatewayProcess(tmp_path, env, name=f"gateway-{name}")
+            stoppers.append(node.stop)
+            node.wait_ready()
+            nodes[name] = node
+        a, b, c = nodes["a"], nodes["b"], nodes["c"]
+        assert "peers authenticate with a shared secret" in a.output()
+
+        status, body, _ = a.request("/api/sessions", method="POST", body={"owner": "alice"})
+        assert status == 201, body
+        created = json.loads(body)
+        sid = created["id"]
+        pin = parse_qs(urlsplit(created["connect_string"]).query)["pin"][0]
+        gateways = ",".join(f"tls://127.0.0.1:{n.env['CONNECT_TUNNEL_PORT']}?pin={pin}"
+                            for n in (a, b, c))
+        tool = Tool(tmp_path)
+        stoppers.append(tool.stop)
+        client = Connect(tmp_path, created["connect_string"], tool.port,
+                         extra_env={"CONNECT_GATEWAY_URL": gateways})
+        stoppers.append(client.stop)
+        wait_connected(a, sid)
+        assert wait_connected(b, sid)["tunnel"]["node"] == "node-a"
+        stored = json.loads(json.loads(redis.cli("GET", f"connect:session:{sid}:tunnel")))
+        assert stored["node_address"] == f"127.0.0.1:{a.env['CONNECT_LISTENER_PORT']}"
+
+        browser = Browser(timeout=10)
+        login = browser.use_login_link(created["login_link"])
+        assert login.status == 200, (login.status, login.text[:300])
+
+        def url(node: GatewayProcess, path: str = "/api/info") -> str:
+            return f"http://{sid}.localhost:{node.env['CONNECT_HTTP_PORT']}{path}"
+
+        for node in (b, c):  # not the holder: through the peer link to A
+            info = browser.get(url(node))
+            assert info.status == 200, (info.status, info.text[:300], node.output()[-2000:])
+            assert info.json()["headers"]["x-connect-sub"] == ["alice"]
+        big = browser.get(url(b, f"/download?size={4 << 20}"))
+        assert big.status == 200 and len(big.body) == 4 << 20
+
+        os.kill(a.proc.pid, signal.SIGKILL)
+        a.proc.wait(timeout=10)
+        took = poll_ok(browser, url(b), timeout=15)
+        poll_ok(browser, url(c), timeout=5)
+        holder = wait_connected(c, sid)["tunnel"]["node"]
+        assert holder in ("node-b", "node-c"), holder
+        print(f"\nrequests succeed again {took:.2f}s after node A was killed; "
+              f"now held by {holder}")
+    finally:
+        for stop in reversed(stoppers):
+            stop()
