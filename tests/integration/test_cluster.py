@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -43,6 +45,23 @@ def poll_ok(browser: Browser, url: str, timeout: float) -> float:
         time.sleep(0.1)
 
 
+def ssh_through(node: GatewayProcess, sid: str, tmp_path: Path) -> None:
+    """OpenSSH to the session through `node` (which does not hold the tunnel)."""
+    key = tmp_path / "alice_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    # User keys live in each node's storage (read at start): register them on this node.
+    status, body, _ = node.request("/api/users/alice/keys", method="PUT",
+                                   body={"keys": [key.with_suffix(".pub").read_text()]})
+    assert status == 200, body
+    port = node.env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1]
+    r = subprocess.run(["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+                        "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+                        "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-i", str(key),
+                        "-p", port, f"alice@{sid}@127.0.0.1", "echo through-a-peer"],
+                       capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and r.stdout == "through-a-peer\n", (r.stderr, node.output()[-2000:])
+
+
 def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) -> None:
     redis = RedisServer(tmp_path / "redis")
     redis.start()
@@ -52,7 +71,8 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
         for name in ("a", "b", "c"):  # one after the other: they share the storage root
             env = base_env(tmp_path, CONNECT_REDIS_ADDRESS=redis.address,
                            CONNECT_PEER_SECRET=SECRET, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
-                           CONNECT_LOG_LEVEL="info", CONNECT_NODE_ID=f"node-{name}")
+                           CONNECT_LOG_LEVEL="info", CONNECT_NODE_ID=f"node-{name}",
+                           CONNECT_SSH_ENABLED="true")
             env["CONNECT_PROXY_URL"] = f"http://localhost:{env['CONNECT_HTTP_PORT']}"
             node = GatewayProcess(tmp_path, env, name=f"gateway-{name}")
             stoppers.append(node.stop)
@@ -61,7 +81,8 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
         a, b, c = nodes["a"], nodes["b"], nodes["c"]
         assert "peers authenticate with a shared secret" in a.output()
 
-        status, body, _ = a.request("/api/sessions", method="POST", body={"owner": "alice"})
+        status, body, _ = a.request("/api/sessions", method="POST",
+                                    body={"owner": "alice", "ssh_enabled": True})
         assert status == 201, body
         created = json.loads(body)
         sid = created["id"]
@@ -91,6 +112,8 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
             assert info.json()["headers"]["x-connect-sub"] == ["alice"]
         big = browser.get(url(b, f"/download?size={4 << 20}"))
         assert big.status == 200 and len(big.body) == 4 << 20
+        if shutil.which("ssh"):
+            ssh_through(b, sid, tmp_path)
 
         os.kill(a.proc.pid, signal.SIGKILL)
         a.proc.wait(timeout=10)
