@@ -1,0 +1,87 @@
+"""Everything the HTTP-level scenarios share, started once per invocation: the tools,
+the gateway with two logged-in studios, and the baseline proxies in front of the
+same tools.
+
+* nginx as the tool (small responses, 1 GiB download, PUT upload): fast enough
+  that the proxy in front of it is what gets measured;
+* the repository's demo tool for WebSocket echo;
+* the gateway: studio "tool" (nginx tool) and studio "ws" (demo tool), each with
+  its own ``studios-connect`` process and a login cookie from its one-time link;
+* nginx proxy_pass and configurable-http-proxy in front of the same two tools;
+* (bulk only) an ``ssh -R`` reverse tunnel to the nginx tool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import baselines, deploy
+from bench.common import Processes, Run
+
+
+@dataclass
+class Target:
+    """One way to reach a tool: a base URL and the headers every request needs."""
+
+    name: str
+    port: int
+    headers: dict[str, str] = field(default_factory=dict)
+    prefix: str = ""
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{self.prefix}{path}"
+
+
+@dataclass
+class Arena:
+    procs: Processes
+    work: Path
+    gateway: deploy.Gateway
+    tool: baselines.NginxTool
+    http: dict[str, Target]       # small responses and bulk, by path name
+    ws: dict[str, Target]         # WebSocket echo, by path name
+    notes: list[str]
+    ssh_port: int | None = None
+
+    def ssh_reverse(self) -> Target:
+        if self.ssh_port is None:
+            self.ssh_port = baselines.start_ssh_reverse(self.procs, self.work, self.tool.port)
+        return Target("ssh -R tunnel", self.ssh_port)
+
+
+GATEWAY = "gateway (full path)"
+DIRECT = "direct to the tool"
+NGINX = "nginx proxy_pass"
+CHP = "configurable-http-proxy"
+
+
+def start(run: Run) -> Arena:
+    work = run.work / "arena"
+    work.mkdir()
+    procs = Processes(run.work)
+    try:
+        tool = baselines.start_nginx_tool(procs, work, run.bulk_mib << 20)
+        ws_port = deploy.start_demo_tool(procs)
+        gw = deploy.start_gateway(procs, work)
+        if run.profile is not None:
+            run.profile(gw.pid)
+        studio = deploy.start_studio(procs, work, gw, tool.port, name="connect-tool")
+        ws_studio = deploy.start_studio(procs, work, gw, ws_port, name="connect-ws")
+        nginx_port = baselines.start_nginx_proxy(procs, work, tool.port, ws_port)
+        chp_port = baselines.start_chp(procs, tool.port, ws_port)
+    except BaseException:
+        procs.stop_all()
+        raise
+    http = {GATEWAY: Target(GATEWAY, gw.http_port, studio.headers),
+            DIRECT: Target(DIRECT, tool.port), NGINX: Target(NGINX, nginx_port)}
+    ws = {GATEWAY: Target(GATEWAY, gw.http_port, ws_studio.headers),
+          DIRECT: Target(DIRECT, ws_port), NGINX: Target(NGINX, nginx_port)}
+    notes = []
+    if chp_port is None:
+        notes.append("configurable-http-proxy is not installed (bench/setup installs it "
+                     "with npm): its rows are skipped.")
+    else:
+        http[CHP] = Target(CHP, chp_port)
+        ws[CHP] = Target(CHP, chp_port)
+    return Arena(procs, work, gw, tool, http, ws, notes)

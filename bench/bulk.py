@@ -1,0 +1,74 @@
+"""Bulk transfer: one big download and one big upload with curl, through the gateway vs
+direct to the nginx tool vs an OpenSSH ``ssh -R`` reverse tunnel carrying the same bytes
+(and vs nginx proxy_pass and configurable-http-proxy, which cost little to add)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+
+from bench.arena import GATEWAY, Arena, Target
+from bench.common import Run, Section, random_file
+
+MB = 1e6
+
+
+def _curl(argv: list[str], target: Target) -> float:
+    """Run curl; returns its transfer time in seconds (checks the status)."""
+    cmd = ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{http_code} %{time_total}",
+           "--max-time", "300"]
+    for k, v in target.headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run(cmd + argv, capture_output=True, text=True, timeout=330)
+    if out.returncode != 0:
+        raise RuntimeError(f"curl via {target.name} failed: {out.stderr.strip()}")
+    code, took = out.stdout.split()
+    if not code.startswith("2"):
+        raise RuntimeError(f"curl via {target.name}: HTTP {code}")
+    return float(took)
+
+
+def download(target: Target) -> float:
+    return _curl([target.url("/download")], target)
+
+
+def upload(target: Target, payload: str, arena: Arena) -> float:
+    arena.tool.clear_uploads()
+    took = _curl(["-T", payload, target.url("/upload/payload.bin")], target)
+    got = os.path.getsize(arena.tool.dir / "put" / "payload.bin")
+    if got != os.path.getsize(payload):
+        raise RuntimeError(f"upload via {target.name}: the tool got {got} bytes")
+    arena.tool.clear_uploads()
+    return took
+
+
+def scenario(run: Run, arena: Arena) -> Section:
+    size = run.bulk_mib << 20
+    payload = str(random_file(arena.work / "payload.bin", run.bulk_mib))
+    targets = dict(arena.http)
+    ssh = arena.ssh_reverse()
+    targets[ssh.name] = ssh
+    section = Section(
+        f"Bulk transfer of {run.bulk_mib:,} MiB",
+        "curl, one connection: `GET /download` (a file nginx sends with sendfile) and "
+        "`PUT /upload/` (nginx WebDAV writes it to tmpfs), median of "
+        f"{run.runs} runs. The ssh -R path is a private sshd plus `ssh -N -R` "
+        "(OpenSSH defaults) from the studio side, like the connect client's tunnel.",
+        notes=list(arena.notes))
+    got: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in targets}
+    try:
+        for _ in range(run.runs):
+            for name, target in targets.items():
+                got[name][0].append(size / download(target) / MB)
+                got[name][1].append(size / upload(target, payload, arena) / MB)
+    finally:
+        os.unlink(payload)
+    med = {n: (statistics.median(d), statistics.median(u)) for n, (d, u) in got.items()}
+    section.tables.append(("", ["path", "download MB/s", "upload MB/s"],
+                           [[n, f"{d:,.0f}", f"{u:,.0f}"] for n, (d, u) in med.items()]))
+    section.tables.append((
+        "Ratios of throughput (above 1: the gateway is faster)", ["ratio", "download", "upload"],
+        [[f"gateway / {n}", f"{med[GATEWAY][0] / d:.2f}", f"{med[GATEWAY][1] / u:.2f}"]
+         for n, (d, u) in med.items() if n != GATEWAY]))
+    return section

@@ -1,0 +1,182 @@
+"""The full path under test: a real gateway process, sessions made through its admin API,
+a studio (`studios-connect` in front of a tool) and a logged-in user's cookie.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bench.common import Processes, free_port, port_open, wait_until
+from bench.ssh import BIN, REPO
+
+AUTH_KEY = "bench-management-key"
+#: Extra twistd options for the gateways the harness starts (the cProfile fallback).
+TWISTD_ARGS: list[str] = []
+
+
+@dataclass
+class Gateway:
+    proc: Any
+    http_port: int
+    management_port: int
+    tunnel_port: int
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+    def api(self, path: str, method: str = "GET", body: object = None,
+            conn: http.client.HTTPConnection | None = None) -> Any:
+        own = conn is None
+        c = conn or http.client.HTTPConnection("127.0.0.1", self.management_port, timeout=30)
+        try:
+            c.request(method, path, body=json.dumps(body) if body is not None else None,
+                      headers={"Authorization": f"Bearer {AUTH_KEY}",
+                               "Content-Type": "application/json"})
+            resp = c.getresponse()
+            data = resp.read()
+        finally:
+            if own:
+                c.close()
+        if resp.status >= 300:
+            raise RuntimeError(f"admin API {method} {path}: {resp.status} {data[:200]!r}")
+        return json.loads(data) if data else None
+
+    def create_session(self, conn: http.client.HTTPConnection | None = None) -> dict[str, Any]:
+        return self.api("/api/sessions", "POST", {"owner": "bench"}, conn=conn)
+
+    def wait_connected(self, sid: str, timeout: float = 60.0) -> None:
+        wait_until(lambda: self.api(f"/api/sessions/{sid}").get("connected") is True,
+                   f"studio {sid} connected", timeout=timeout, proc=self.proc)
+
+    def host(self, sid: str) -> str:
+        return f"{sid}.localhost:{self.http_port}"
+
+
+def start_gateway(procs: Processes, work: Path, name: str = "gateway",
+                  extra: dict[str, str] | None = None) -> Gateway:
+    """`twistd -n studios-gateway` on free ports, quiet logs, memory registry."""
+    storage = work / f"{name}-storage"
+    storage.mkdir()
+    ports = {k: free_port() for k in ("http", "tunnel", "listener", "mgmt")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CONNECT_", "TOWER_", "PLATFORM_", "LOCAL_CACHE"))}
+    env.update(PYTHONPATH=str(REPO), CONNECT_BIND_ADDRESS="127.0.0.1",
+               CONNECT_HTTP_PORT=str(ports["http"]), CONNECT_TUNNEL_PORT=str(ports["tunnel"]),
+               CONNECT_LISTENER_PORT=str(ports["listener"]),
+               CONNECT_MANAGEMENT_PORT=str(ports["mgmt"]),
+               CONNECT_MANAGEMENT_AUTH_KEY=AUTH_KEY, CONNECT_STORAGE_ROOT=str(storage),
+               CONNECT_PROXY_URL=f"http://localhost:{ports['http']}",
+               CONNECT_LOG_LEVEL="warn",
+               CONNECT_HTTP_MAX_CONNECTIONS="20000")
+    env.update(extra or {})
+    proc = procs.start(name, [str(BIN / "twistd"), "-n", "--pidfile=", *TWISTD_ARGS,
+                              "studios-gateway"],
+                       env=env, cwd=work)
+    wait_until(lambda: port_open(ports["mgmt"]), f"{name} management port", proc=proc)
+    return Gateway(proc, ports["http"], ports["mgmt"], ports["tunnel"])
+
+
+def start_connect(procs: Processes, work: Path, connect_string: str, tool_port: int,
+                  name: str = "connect") -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update(PYTHONPATH=str(REPO), CONNECT_STRING=connect_string,
+               CONNECT_TOOL_PORT=str(tool_port), CONNECT_CLIENT_LOG_LEVEL="warn")
+    home = work / name
+    home.mkdir(exist_ok=True)
+    return procs.start(name, [str(BIN / "studios-connect")], env=env, cwd=home)
+
+
+def start_demo_tool(procs: Processes, name: str = "demo-tool") -> int:
+    """The repository's demo tool (Twisted web, WebSocket echo at /ws)."""
+    port = free_port()
+    proc = procs.start(name, [sys.executable, "-m", "studios_gateway.demo.tool", "--port",
+                              str(port)], env={**os.environ, "PYTHONPATH": str(REPO)})
+    wait_until(lambda: port_open(port), name, proc=proc)
+    return port
+
+
+def login_cookie(gateway: Gateway, link: str) -> str:
+    """Use the one-time login link as a person would (page, then its POST button) and
+    return the studio cookie(s) as a Cookie header value."""
+    parts = urlsplit(link)
+    target = f"{parts.path}?{parts.query}"
+    jars: dict[str, dict[str, str]] = {}
+    method, host = "GET", parts.netloc
+    for _ in range(10):
+        conn = http.client.HTTPConnection("127.0.0.1", gateway.http_port, timeout=30)
+        headers = {"Host": host}
+        jar = jars.setdefault(host, {})
+        if jar:
+            headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in jar.items())
+        conn.request(method, target, headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        for raw in resp.headers.get_all("Set-Cookie") or []:
+            name, _, value = raw.split(";")[0].strip().partition("=")
+            if value:
+                jar[name] = value
+        location = resp.headers.get("Location")
+        if method == "GET" and target.startswith("/_connect/link"):
+            method = "POST"  # the page's "Open studio" button
+            continue
+        if resp.status in (301, 302, 303, 307, 308) and location:
+            loc = urlsplit(location)
+            host = loc.netloc or host
+            target = (loc.path or "/") + (f"?{loc.query}" if loc.query else "")
+            method = "GET"
+            continue
+        if resp.status != 200:
+            raise RuntimeError(f"login link ended at {resp.status} for {host}{target}")
+        return "; ".join(f"{k}={v}" for k, v in jar.items())
+    raise RuntimeError("login link: too many redirects")
+
+
+@dataclass
+class Studio:
+    gateway: Gateway
+    sid: str
+    cookie: str
+    connect: Any
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Host": self.gateway.host(self.sid), "Cookie": self.cookie}
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.gateway.http_port}{path}"
+
+
+def start_studio(procs: Processes, work: Path, gateway: Gateway, tool_port: int,
+                 name: str = "connect") -> Studio:
+    """One session for `tool_port`, its connect client bound, and a login cookie."""
+    created = gateway.create_session()
+    client = start_connect(procs, work, created["connect_string"], tool_port, name=name)
+    gateway.wait_connected(created["id"])
+    cookie = login_cookie(gateway, created["login_link"])
+    studio = Studio(gateway, created["id"], cookie, client)
+    _check_through(studio)
+    return studio
+
+
+def _check_through(studio: Studio) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", studio.gateway.http_port, timeout=10)
+        conn.request("GET", "/", headers=studio.headers)
+        status = conn.getresponse().status
+        conn.close()
+        if status == 200:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"studio {studio.sid}: GET / through the gateway gave {status}")
+        time.sleep(0.1)
