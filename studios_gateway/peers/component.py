@@ -79,7 +79,7 @@ def add_peers(gateway: Any) -> PeerPool | None:
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         factory = TLSMemoryBIOFactory(tls, False, factory)
-    gateway.add_listener("peers", "CONNECT_LISTENER_PORT",
+    gateway.add_listener("peer", "CONNECT_LISTENER_PORT",
                          endpoint_for(reactor, config.bind_address, config.listener_port),
                          factory, "the peer listener")
     pool = PeerPool(reactor, auth, table.node_id, settings, tls=tls)
