@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -43,6 +44,16 @@ def poll_ok(browser: Browser, url: str, timeout: float) -> float:
         assert time.monotonic() - start < timeout, \
             f"{url}: still {reply.status} after {timeout}s: {reply.text[:300]}"
         time.sleep(0.1)
+
+
+def median_ms(browser: Browser, url: str, n: int = 40) -> float:
+    """Median time of `n` small requests (a new browser connection each)."""
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        assert browser.get(url).status == 200
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
 
 
 def ssh_through(node: GatewayProcess, sid: str, tmp_path: Path) -> None:
@@ -114,6 +125,8 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
         assert big.status == 200 and len(big.body) == 4 << 20
         if shutil.which("ssh"):
             ssh_through(b, sid, tmp_path)
+        print(f"\nmedian request: {median_ms(browser, url(a)):.2f} ms on the holder, "
+              f"{median_ms(browser, url(b)):.2f} ms through a peer")
 
         os.kill(a.proc.pid, signal.SIGKILL)
         a.proc.wait(timeout=10)

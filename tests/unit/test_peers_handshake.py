@@ -102,3 +102,24 @@ def test_peer_variables() -> None:
         load_config(environ={**base, "CONNECT_PEER_SECRET": "short"})
     with pytest.raises(ConfigError, match="CONNECT_PEER_TLS_KEY_FILE"):
         load_config(environ={**base, "CONNECT_PEER_TLS_CERT_FILE": "/etc/hostname"})
+
+
+def test_wiring_into_the_gateway(tmp_path) -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from studios_gateway.service import make_service
+
+    env = {"CONNECT_STORAGE_ROOT": str(tmp_path), "CONNECT_BIND_ADDRESS": "127.0.0.1",
+           "CONNECT_LISTENER_PORT": "7123"}
+    alone = make_service(load_config(environ=env), MemoryReactorClock())
+    assert "peer" not in [lst.name for lst in alone.listeners]  # in-memory: one node
+    assert alone.dialer.remote is None
+    cluster = make_service(load_config(environ={**env, "CONNECT_REDIS_ADDRESS": "r:6379",
+                                                "CONNECT_PEER_SECRET": SECRET,
+                                                "CONNECT_NODE_ID": "gw-1"}),
+                           MemoryReactorClock())
+    peer = [lst for lst in cluster.listeners if lst.name == "peer"]
+    assert peer and peer[0].variable == "CONNECT_LISTENER_PORT"
+    assert cluster.dialer.remote is not None
+    assert cluster.tunnel_table.node_address == "127.0.0.1:7123"
+    assert "peers" in [c.name for c in cluster.components]
