@@ -373,10 +373,19 @@ def test_channel_limit(tight: Gateway) -> None:
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_port(lport, proc=proc)  # this probe opens (and closes) one channel
+        srv.settimeout(10)
         srv.accept()[0].close()
-        for _ in range(2):
-            held.append(socket.create_connection(("127.0.0.1", lport), timeout=5))
-            held.append(srv.accept()[0])
+        srv.settimeout(0.5)
+        # The probe's channel closes through gateway and tunnel asynchronously; until
+        # it has, a new one may be refused. Retry (with a deadline) until two are held.
+        deadline = time.monotonic() + 10
+        while len(held) < 4:
+            client = socket.create_connection(("127.0.0.1", lport), timeout=5)
+            try:
+                held += [client, srv.accept()[0]]
+            except TimeoutError:
+                client.close()
+                assert time.monotonic() < deadline, "the probe's channel was never released"
         third = socket.create_connection(("127.0.0.1", lport), timeout=5)
         third.settimeout(10)
         assert third.recv(1) == b""  # ssh closes it: the gateway refused the channel
