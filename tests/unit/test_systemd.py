@@ -468,3 +468,18 @@ def test_wire_routes_sigterm_to_terminate_when_given() -> None:
          terminate=gw.terminate)
     assert [(h[0], h[1][1]) for h in reactor.whenRunningHooks] == [
         (systemd.install_sigterm, gw.terminate)]
+
+
+def test_every_listener_name_is_a_socket_name(tmp_path: Path) -> None:
+    """FileDescriptorName= in the .socket units must match the names listeners look for."""
+    from studios_gateway.service import make_service
+
+    cfg = load_config(environ={"CONNECT_STORAGE_ROOT": str(tmp_path), "CONNECT_SSH_ENABLED":
+                               "true", "CONNECT_MANAGEMENT_PORT": "9000"})
+    gw = make_service(cfg, MemoryReactorClock(), environ={})
+    names = {listener.name for listener in gw.listeners}
+    assert {"http", "tunnel", "ssh", "management"} <= names <= set(systemd.SOCKET_NAMES)
+    units = Path(__file__).resolve().parents[2] / "systemd"
+    for unit in units.glob("*.socket"):
+        (line,) = [x for x in unit.read_text().splitlines() if x.startswith("FileDescriptorName=")]
+        assert line.partition("=")[2] in names, unit.name
