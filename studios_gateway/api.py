@@ -5,6 +5,8 @@
                                   connect_string
   GET    /api/sessions            list, with tunnel state
   GET    /api/sessions/{id}       one, with tunnel state
+  PATCH  /api/sessions/{id}       change it (JSON: allowed_users); users taken off
+                                  the list lose their open connections
   DELETE /api/sessions/{id}       end it (its tunnel is closed)
   POST   /api/sessions/{id}/token mint a new connect token (the old one stops working)
 
@@ -24,7 +26,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from studios_gateway.registry.base import SessionExists, StoreUnavailable
-from studios_gateway.sessions import NewSession, RequestError, Sessions, validate_create
+from studios_gateway.sessions import (
+    NewSession,
+    RequestError,
+    Sessions,
+    validate_change,
+    validate_create,
+)
 
 MAX_BODY = 64 * 1024
 
@@ -106,6 +114,8 @@ class SessionsResource(_Async):
                 return self._run(request, lambda: self._show(sid))
             if method == b"DELETE":
                 return self._run(request, lambda: self._end(sid))
+            if method == b"PATCH":
+                return self._run(request, lambda: self._change(request, sid))
         elif len(path) == 2 and path[1] == b"token" and method == b"POST":
             sid = path[0].decode("ascii", "replace")
             return self._run(request, lambda: self._rotate(sid))
@@ -129,6 +139,13 @@ class SessionsResource(_Async):
         if found is None:
             return 404, {"error": f"no session {sid}"}
         return 200, found
+
+    @defer.inlineCallbacks
+    def _change(self, request: Request, sid: str) -> Any:
+        changed = yield self._sessions.change(sid, validate_change(_read_json(request)))
+        if changed is None:
+            return 404, {"error": f"no session {sid}"}
+        return 200, changed
 
     @defer.inlineCallbacks
     def _end(self, sid: str) -> Any:

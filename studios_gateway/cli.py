@@ -115,6 +115,13 @@ def sessions_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def sessions_users(args: argparse.Namespace) -> int:
+    changed = api_call(args, "PATCH", f"/api/sessions/{args.id}",
+                       {"allowed_users": args.users})
+    _print_session(changed)
+    return 0
+
+
 def sessions_delete(args: argparse.Namespace) -> int:
     api_call(args, "DELETE", f"/api/sessions/{args.id}")
     print(f"session {args.id} ended")
@@ -155,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     sh = ssub.add_parser("show", help="one session, with its tunnel")
     sh.add_argument("id")
     sh.set_defaults(func=sessions_show)
+    u = ssub.add_parser("users", help="set a session's allow-list (users taken off it are "
+                                      "disconnected)")
+    u.add_argument("id")
+    u.add_argument("users", nargs="*", metavar="USER", help="the allowed users (none: only "
+                                                            "the owner)")
+    u.set_defaults(func=sessions_users)
     d = ssub.add_parser("delete", help="end a session and close its tunnel")
     d.add_argument("id")
     d.set_defaults(func=sessions_delete)

@@ -428,7 +428,8 @@ def _add_management(gateway: GatewayService, table: Any, pin: str | None, auth: 
         table.end_session(session_id)
         auth.authorizer.session_ended(session_id)
 
-    sessions = Sessions(gateway.store, clock=reactor, on_end=on_end)
+    sessions = Sessions(gateway.store, clock=reactor, on_end=on_end,
+                        on_revoke=auth.authorizer.revoke_user)
     tunnel_host, tunnel_port = config.effective_tunnel_url
 
     def present(new: NewSession) -> dict[str, Any]:

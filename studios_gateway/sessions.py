@@ -77,25 +77,43 @@ def validate_create(body: Any) -> dict[str, Any]:
     tool = body.get("tool", "generic")
     if tool not in TOOLS:
         raise RequestError(f"tool must be one of {', '.join(TOOLS)}")
-    users = body.get("allowed_users", [])
-    if not isinstance(users, list) or not all(isinstance(u, str) and USER.fullmatch(u)
-                                                for u in users) or len(users) > 1000:
-        raise RequestError("allowed_users must be a list of user names")
+    users = _allowed_users(body.get("allowed_users", []))
     ssh = body.get("ssh_enabled", False)
     if not isinstance(ssh, bool):
         raise RequestError("ssh_enabled must be true or false")
     return {"id": sid, "workspace_id": ws, "tool": tool, "owner": owner,
-            "allowed_users": tuple(dict.fromkeys(users)), "ssh_enabled": ssh}
+            "allowed_users": users, "ssh_enabled": ssh}
+
+
+def _allowed_users(users: Any) -> tuple[str, ...]:
+    if not isinstance(users, list) or not all(isinstance(u, str) and USER.fullmatch(u)
+                                                for u in users) or len(users) > 1000:
+        raise RequestError("allowed_users must be a list of user names")
+    return tuple(dict.fromkeys(users))
+
+
+def validate_change(body: Any) -> dict[str, Any]:
+    """Check a PATCH /api/sessions/{id} body (only allowed_users may change)."""
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object")
+    unknown = set(body) - {"allowed_users"}
+    if unknown:
+        raise RequestError(f"only allowed_users can be changed, not {', '.join(sorted(unknown))}")
+    if "allowed_users" not in body:
+        raise RequestError("allowed_users is required")
+    return {"allowed_users": _allowed_users(body["allowed_users"])}
 
 
 class Sessions:
     """Session lifecycle for the admin API."""
 
     def __init__(self, store: Any, *, clock: Any, on_end: Callable[[str], Any] = lambda s: None,
+                 on_revoke: Callable[[str, str], Any] = lambda s, u: None,
                  tunnel_state: Callable[[str], Deferred[dict[str, Any] | None]] | None = None):
         self._store = store
         self._clock = clock
         self._on_end = on_end
+        self._on_revoke = on_revoke
         self._tunnel_state = tunnel_state or self._store_tunnel_state
 
     def _store_tunnel_state(self, session_id: str) -> Deferred[dict[str, Any] | None]:
@@ -134,6 +152,21 @@ class Sessions:
         token = new_token()
         yield self._store.update(replace(record, token_hash=hash_token(token)))
         return NewSession(record, token)
+
+    @defer.inlineCallbacks
+    def change(self, session_id: str, fields: dict[str, Any]) -> Any:
+        """Replace the session's allow-list; returns the new description or None.
+        Users taken off the list lose access at once (`on_revoke`)."""
+        from dataclasses import replace
+
+        record = yield self._store.get(session_id)
+        if record is None:
+            return None
+        new = replace(record, **fields)
+        yield self._store.update(new)
+        for user in set(record.allowed_users) - set(new.allowed_users):
+            self._on_revoke(session_id, user)
+        return (yield self.describe(new))
 
     @defer.inlineCallbacks
     def describe(self, record: SessionRecord) -> Any:

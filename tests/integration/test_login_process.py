@@ -5,14 +5,17 @@ provider running as its own process (tests/support/idp.py), studios are real
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.support.gateway import BIN
 from tests.support.login import Gateway, IdPProcess, login_at_idp, oidc_env
 from tests.support.web import Browser
+from tests.support.ws_echo import Closed, EchoSocket
 
 pytestmark = pytest.mark.slow
 
@@ -75,11 +78,9 @@ def test_subdomain_login_reaches_the_tool_as_the_user(subdomain: Gateway) -> Non
                         headers={"Cookie": f"connect_session={stolen}"})
     assert refused.status == 302 and "/_connect/login" in refused.headers["Location"]
     # A WebSocket upgrade with it is refused too.
-    ws = thief.get(g.url(b["id"], "/ws"), follow=False, headers={
-        "Cookie": f"connect_session={stolen}", "Connection": "Upgrade",
-        "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
-    assert ws.status == 401
+    with pytest.raises(Closed, match="HTTP 401"):
+        EchoSocket(g.http_port, f"{b['id']}.localhost:{g.http_port}",
+                   cookie=f"connect_session={stolen}")
     # Alice herself opens B without the IdP: the proxy host's login cookie hands it over.
     assert info(browser, g.url(b["id"], "/api/info"))["headers"]["x-connect-sub"] == ["alice"]
     # Bob (on A's allow-list) gets in to A; not to B (neither owner nor listed): 403.
@@ -115,5 +116,111 @@ def test_path_mode_login(idp: IdPProcess, tmp_path: Path) -> None:
                                 headers={"Cookie": f"connect_session={stolen}"})
         assert refused.status == 302 and "/_connect/login" in refused.headers["Location"]
         assert a["id"] == "pth"
+    finally:
+        g.stop()
+
+
+# Live revocation -------------------------------------------------------------------------
+
+
+def open_ws(g: Gateway, browser: Browser, sid: str) -> EchoSocket:
+    """The demo tool's /ws echo through the proxy, with the browser's cookie for `sid`."""
+    cookie = browser._cookie_header(f"{sid}.localhost", "/ws")
+    assert cookie, "not logged in to that studio"
+    ws = EchoSocket(g.http_port, f"{sid}.localhost:{g.http_port}", cookie=cookie)
+    assert ws.echo("hello") == "hello"
+    return ws
+
+
+def echoes(ws: EchoSocket) -> bool:
+    return ws.echo("still there?") == "still there?"
+
+
+TTL = 2.0
+
+
+def logged_in(g: Gateway, sid: str, user: str) -> Browser:
+    browser = Browser()
+    landed = login_at_idp(browser, g.url(sid, "/api/info"), user)
+    assert landed.json()["headers"]["x-connect-sub"] == [user]
+    return browser
+
+
+def test_taking_a_user_off_the_allow_list_closes_their_websocket(subdomain: Gateway) -> None:
+    g = subdomain
+    sid = g.studio(allowed_users=["bob", "carol"])["id"]
+    users = {u: logged_in(g, sid, u) for u in ("alice", "bob", "carol")}
+    socks = {u: open_ws(g, b, sid) for u, b in users.items()}
+    status, changed = g.api(f"/api/sessions/{sid}", "PATCH", {"allowed_users": ["carol"]})
+    assert status == 200 and changed["allowed_users"] == ["carol"]
+    took = socks["bob"].wait_closed(TTL + 1)
+    assert echoes(socks["alice"]) and echoes(socks["carol"])
+    assert users["bob"].get(g.url(sid, "/api/info")).status == 403
+    # Ending the session closes everybody's.
+    status, _ = g.api(f"/api/sessions/{sid}", "DELETE")
+    assert status == 200
+    for user in ("alice", "carol"):
+        socks[user].wait_closed(TTL + 1)
+    print(f"allow-list removal closed the WebSocket in {took:.3f}s")
+
+
+def test_logout_closes_that_logins_websocket(subdomain: Gateway) -> None:
+    g = subdomain
+    sid = g.studio(allowed_users=["bob"])["id"]
+    alice, bob = logged_in(g, sid, "alice"), logged_in(g, sid, "bob")
+    mine, his = open_ws(g, alice, sid), open_ws(g, bob, sid)
+    out = alice.get(g.url(sid, "/_connect/logout"))
+    assert out.status == 200 and "Logged out" in out.text
+    mine.wait_closed(TTL + 1)
+    assert echoes(his)
+    # Her old cookie is dead: the studio sends her back to the login (the IdP's form).
+    again = alice.get(g.url(sid, "/api/info"))
+    assert 'name="password"' in again.text
+
+
+# Without an issuer: one-time login links ------------------------------------------------
+
+
+def cli(g: Gateway, *args: str) -> str:
+    env = {**g.env, "CONNECT_MANAGEMENT_PORT": str(g.gw.management_port)}
+    done = subprocess.run([str(BIN / "studios-gateway"), "sessions", *args], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_without_an_issuer_only_login_links_open_a_studio(tmp_path: Path) -> None:
+    g = Gateway(tmp_path)
+    try:
+        out = cli(g, "create", "--owner", "alice", "--id", "emb", "--allow", "bob")
+        lines = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        link, connect = lines["login link"].strip(), lines["connect string"].strip()
+        assert link.startswith(f"{g.proxy}/_connect/link?token="), out
+        g.connect("emb", connect)
+        # Nobody gets the tool without the link: a page load ends on the "ask for a link"
+        # page, anything else and a WebSocket get 401, a made-up cookie changes nothing.
+        anonymous = Browser()
+        page = anonymous.get(g.url("emb", "/api/info"))
+        assert page.status == 401 and "one-time links" in page.text
+        for method in ("POST", "PUT", "DELETE"):
+            assert anonymous.request(g.url("emb", "/upload"), method=method,
+                                     body=b"x").status == 401
+        forged = anonymous.get(g.url("emb", "/api/info"),
+                               headers={"Cookie": "connect_session=alice"})
+        assert forged.status == 401 and "x-connect-sub" not in forged.text
+        with pytest.raises(Closed, match="HTTP 401"):
+            EchoSocket(g.http_port, f"emb.localhost:{g.http_port}")
+        # The link works once.
+        alice = Browser()
+        landed = alice.use_login_link(link)
+        assert landed.status == 200 and landed.url == g.url("emb", "/")
+        assert info(alice, g.url("emb", "/api/info"))["headers"]["x-connect-sub"] == ["alice"]
+        ws = open_ws(g, alice, "emb")
+        again = Browser().get(link)
+        assert again.status == 400 and "used already" in again.text
+        assert Browser().request(link, method="POST").status == 400
+        # The CLI changes the allow-list; alice, the owner, stays connected.
+        assert "users=-" in cli(g, "users", "emb")
+        assert echoes(ws)
     finally:
         g.stop()

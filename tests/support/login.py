@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,7 +67,7 @@ class Gateway:
         self.proxy = f"http://localhost:{self.http_port}"
         self.env["CONNECT_PROXY_URL"] = self.proxy
         self.gw = GatewayProcess(tmp_path, self.env)
-        self.stoppers = [self.gw.stop]
+        self.parts: list[Any] = [self.gw]  # each has .proc and .stop()
         self.gw.wait_ready()
         self.wait_ready()
         self.path_mode = self.env.get("TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING") == "true"
@@ -75,7 +76,7 @@ class Gateway:
     def tool(self, prefix: str = "/") -> Tool:
         if prefix not in self.tools:
             self.tools[prefix] = Tool(self.tmp_path, prefix)
-            self.stoppers.append(self.tools[prefix].stop)
+            self.parts.append(self.tools[prefix])
         return self.tools[prefix]
 
     def wait_ready(self, timeout: float = 20) -> None:
@@ -96,16 +97,18 @@ class Gateway:
         """Create a session (owner alice unless told) and connect a studio to it."""
         status, created = self.api("/api/sessions", "POST", {"owner": "alice", **fields})
         assert status == 201, created
-        sid = created["id"]
+        self.connect(created["id"], created["connect_string"])
+        return created
+
+    def connect(self, sid: str, connect_string: str) -> None:
+        """Start studios-connect (and the demo tool) for a session; wait for its tunnel."""
         tool = self.tool(f"/_studio/{sid}/" if self.path_mode else "/")
-        client = Connect(self.tmp_path, created["connect_string"], tool.port,
-                         name=f"connect-{created['id']}")
-        self.stoppers.append(client.stop)
+        client = Connect(self.tmp_path, connect_string, tool.port, name=f"connect-{sid}")
+        self.parts.append(client)
         deadline = time.monotonic() + 20
         while not self.api(f"/api/sessions/{sid}")[1].get("connected"):
             assert time.monotonic() < deadline, client.output()[-2000:]
             time.sleep(0.05)
-        return created
 
     def url(self, sid: str, path: str = "/") -> str:
         if self.path_mode:
@@ -113,8 +116,12 @@ class Gateway:
         return f"http://{sid}.localhost:{self.http_port}{path}"
 
     def stop(self) -> None:
-        for stop in reversed(self.stoppers):
-            stop()
+        """SIGTERM to every process first (they stop in parallel), then wait for each."""
+        for part in self.parts:
+            if part.proc.poll() is None:
+                part.proc.send_signal(signal.SIGTERM)
+        for part in reversed(self.parts):
+            part.stop()
 
 
 def oidc_env(idp: IdPProcess, **more: str) -> dict[str, str]:

@@ -1,0 +1,54 @@
+"""The admin API's PATCH /api/sessions/{id}: a new allow-list, revocation of removed users."""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.test.requesthelper import DummyRequest
+
+from studios_gateway.api import make_api
+from studios_gateway.registry.memory import MemoryStore
+from studios_gateway.sessions import Sessions
+
+
+def call(api: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    parts = [p.encode() for p in path.strip("/").split("/")]
+    request = DummyRequest(parts[2:])
+    request.method = method.encode()
+    request.content = BytesIO(b"" if body is None else json.dumps(body).encode())
+    resource = api.getChildWithDefault(parts[1], request)
+    assert resource.render(request) == NOT_DONE_YET
+    assert request.finished
+    return request.responseCode or 200, json.loads(b"".join(request.written))
+
+
+def setup() -> tuple[Any, list[tuple[str, str]]]:
+    revoked: list[tuple[str, str]] = []
+    sessions = Sessions(MemoryStore(Clock()), clock=Clock(),
+                        on_revoke=lambda s, u: revoked.append((s, u)))
+    api = make_api(sessions, lambda new: {"id": new.record.id})
+    status, _ = call(api, "POST", "/api/sessions",
+                     {"id": "abc", "owner": "alice", "allowed_users": ["bob", "carol"]})
+    assert status == 201
+    return api, revoked
+
+
+def test_patch_replaces_the_allow_list_and_revokes_the_removed() -> None:
+    api, revoked = setup()
+    status, body = call(api, "PATCH", "/api/sessions/abc", {"allowed_users": ["carol", "dan"]})
+    assert status == 200 and body["allowed_users"] == ["carol", "dan"]
+    assert revoked == [("abc", "bob")]
+    assert call(api, "GET", "/api/sessions/abc")[1]["allowed_users"] == ["carol", "dan"]
+
+
+def test_patch_refuses_other_fields_bad_names_and_unknown_sessions() -> None:
+    api, revoked = setup()
+    assert call(api, "PATCH", "/api/sessions/abc", {"owner": "mallory"})[0] == 400
+    assert call(api, "PATCH", "/api/sessions/abc", {"allowed_users": ["a b"]})[0] == 400
+    assert call(api, "PATCH", "/api/sessions/abc", {})[0] == 400
+    assert call(api, "PATCH", "/api/sessions/nope", {"allowed_users": []})[0] == 404
+    assert revoked == []
