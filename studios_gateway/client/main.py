@@ -132,7 +132,9 @@ def run(settings: Any, command: list[str], environ: dict[str, str]) -> int:
         client.startService()
 
     reactor.callWhenRunning(startup)
-    reactor.run(installSignalHandlers=False)
+    # Twisted's handlers are needed for SIGCHLD (the tool's exit); startup() then replaces
+    # its SIGTERM/SIGINT handlers with ours.
+    reactor.run()
     return status["code"]
 
 

@@ -59,6 +59,23 @@ def _api(base: str, key: str, method: str, path: str, body: Any = None) -> Any:
         return json.loads(resp.read())
 
 
+def _wait_connected(base: str, key: str, sid: str, studio: subprocess.Popen[bytes],
+                    timeout: float) -> None:
+    """Poll the admin API until the studio's tunnel is bound (the tool answers first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if studio.poll() is not None:
+            raise SystemExit(f"studios-gateway demo: the studio exited ({studio.returncode}); "
+                             "see its log above")
+        try:
+            if _api(base, key, "GET", f"/api/sessions/{sid}").get("connected"):
+                return
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"studios-gateway demo: the studio did not connect within {timeout:g}s")
+
+
 def tool_command(port: int, prefix: str, force_builtin: bool) -> tuple[str, list[str]]:
     """JupyterLab when installed (and not refused), else the built-in demo tool."""
     jupyter = shutil.which("jupyter", path=os.pathsep.join(
@@ -86,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--builtin-tool", action="store_true",
                    help="use the built-in demo tool even when JupyterLab is installed")
     p.add_argument("--owner", default="demo", help="the studio's owner (default: demo)")
+    p.add_argument("--start-timeout", type=float, default=180,
+                   help="seconds to wait for the studio to connect (default 180)")
     args = p.parse_args(argv)
 
     bindir = Path(sys.executable).parent
@@ -131,15 +150,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"==> session {sid} created; starting the studio ({tool})", flush=True)
         client_env = {k: v for k, v in env.items() if not k.startswith("CONNECT_")}
         client_env.update({"CONNECT_STRING": created["connect_string"],
-                           "CONNECT_TOOL_PORT": str(tool_port), "CONNECT_TOOL": tool,
-                           "CONNECT_TOOL_PATH_PREFIX": prefix})
+                           "CONNECT_TOOL_PORT": str(tool_port), "CONNECT_TOOL": tool})
+        if args.path_routing:
+            client_env["CONNECT_TOOL_PATH_PREFIX"] = prefix
         studio = subprocess.Popen([str(bindir / "studios-connect"), "--", *command],
                                   env=client_env)
         children.append(studio)
-        print("\n  Open your studio:  " + created["url"], flush=True)
-        if created.get("login_link"):
-            print("  Log in first with: " + created["login_link"], flush=True)
-        print(f"  Admin API:         {base}/api/sessions  (Authorization: Bearer {key})")
+        _wait_connected(base, key, sid, studio, args.start_timeout)
+        print(f"\n==> studio {sid} is up. Open this one-time link in your browser; it logs "
+              f"you in as {args.owner} and opens the studio:\n\n  {created['login_link']}\n",
+              flush=True)
+        print(f"  The studio's address (after logging in): {created['url']}")
+        print(f"  Admin API: {base}/api/sessions  (Authorization: Bearer {key})")
         print("  Stop with Ctrl-C.\n", flush=True)
         pid, _ = os.wait()  # until any of our processes ends
         name = "the gateway" if pid == gateway.pid else "the studio"

@@ -1,0 +1,81 @@
+"""`studios-gateway demo` as a newcomer runs it: one process, a printed link, a browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.support.gateway import BIN, REPO
+from tests.support.ports import free_port
+from tests.support.studio import _stop as stop_process
+from tests.support.web import Browser
+from tests.support.websocket import WebSocket
+
+LINK = re.compile(r"(http://localhost:\d+/_connect/link\?token=\S+)")
+
+
+class Demo:
+    def __init__(self, tmp_path: Path, *args: str):
+        self.http_port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+        env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(
+            [str(BIN / "studios-gateway"), "demo", "--http-port", str(self.http_port),
+             "--storage-root", str(tmp_path / "demo"), *args],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._seen = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._seen:
+                self.lines.append(line)
+                self._seen.notify_all()
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 120) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while True:
+                for line in self.lines:
+                    if m := pattern.search(line):
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise AssertionError("the demo printed no login link:\n" + "".join(self.lines))
+                self._seen.wait(min(left, 1.0))
+
+    def stop(self) -> int:
+        """SIGTERM (the demo treats it as Ctrl-C and stops its children), by pid."""
+        stop_process(self.proc, timeout=60)
+        return self.proc.returncode
+
+
+@pytest.mark.slow
+def test_demo_link_opens_the_studio_and_its_websocket(tmp_path: Path) -> None:
+    demo = Demo(tmp_path, "--builtin-tool")
+    try:
+        link = demo.wait_for(LINK).group(1)
+        browser = Browser()
+        page = browser.use_login_link(link)
+        assert page.status == 200, page.text[:300]
+        assert "Demo studio" in page.text and "demo" in page.text
+        studio = urlsplit(page.url)
+        assert studio.hostname and studio.hostname.endswith(".localhost")
+        cookie = browser._cookie_header(studio.hostname, "/ws")
+        assert cookie
+        ws = WebSocket(demo.http_port, studio.netloc, "/ws", {"Cookie": cookie})
+        ws.send_text("hello through the tunnel")
+        assert ws.recv_text() == "hello through the tunnel"
+        ws.close()
+    finally:
+        assert demo.stop() == 0, "".join(demo.lines)[-3000:]
+    assert "stopping" in "".join(demo.lines)
