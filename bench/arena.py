@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from bench import baselines, deploy
 from bench.common import Processes, Run
 
@@ -62,14 +64,19 @@ def start(run: Run) -> Arena:
     procs = Processes(run.work)
     try:
         tool = baselines.start_nginx_tool(procs, work, run.bulk_mib << 20)
-        ws_port = deploy.start_demo_tool(procs)
+        ws_port, ws_tool = deploy.start_demo_tool(procs)
         gw = deploy.start_gateway(procs, work)
-        if run.profile is not None:
-            run.profile(gw.pid)
         studio = deploy.start_studio(procs, work, gw, tool.port, name="connect-tool")
         ws_studio = deploy.start_studio(procs, work, gw, ws_port, name="connect-ws")
         nginx_port = baselines.start_nginx_proxy(procs, work, tool.port, ws_port)
         chp_port = baselines.start_chp(procs, tool.port, ws_port)
+        if run.profile is not None:
+            run.profile(gw.pid, "gateway", True)
+            run.profile(studio.connect.pid, "studios-connect (nginx tool)", True)
+            run.profile(ws_studio.connect.pid, "studios-connect (demo tool)", True)
+            run.profile(ws_tool.pid, "demo tool (WebSocket echo)", True)
+            for worker in psutil.Process(tool.proc.pid).children():
+                run.profile(worker.pid, "nginx tool (worker)", False)
     except BaseException:
         procs.stop_all()
         raise
@@ -78,6 +85,10 @@ def start(run: Run) -> Arena:
     ws = {GATEWAY: Target(GATEWAY, gw.http_port, ws_studio.headers),
           DIRECT: Target(DIRECT, ws_port), NGINX: Target(NGINX, nginx_port)}
     notes = []
+    if run.profile is not None:
+        notes.append("profile mode: only the gateway path is measured.")
+        return Arena(procs, work, gw, tool, {GATEWAY: http[GATEWAY]}, {GATEWAY: ws[GATEWAY]},
+                     notes)
     if chp_port is None:
         notes.append("configurable-http-proxy is not installed (bench/setup installs it "
                      "with npm): its rows are skipped.")

@@ -14,6 +14,7 @@ import subprocess
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.common import Processes, free_port, port_open, wait_until
 from bench.ssh import start_sshd
@@ -33,12 +34,12 @@ def _nginx_conf(d: Path, servers: str) -> str:
             f"keepalive_requests 1000000;\n{servers}}}\n")
 
 
-def _start_nginx(procs: Processes, d: Path, name: str, servers: str) -> None:
+def _start_nginx(procs: Processes, d: Path, name: str, servers: str) -> Any:
     if not os.path.exists(NGINX):
         raise SystemExit("bench: nginx not found (bench/setup installs it)")
     d.mkdir(parents=True, exist_ok=True)
     (d / "nginx.conf").write_text(_nginx_conf(d, servers))
-    procs.start(name, [NGINX, "-e", str(d / "error.log"), "-p", str(d), "-c",
+    return procs.start(name, [NGINX, "-e", str(d / "error.log"), "-p", str(d), "-c",
                        str(d / "nginx.conf")])
 
 
@@ -49,6 +50,7 @@ class NginxTool:
 
     port: int
     dir: Path
+    proc: Any
 
     def clear_uploads(self) -> None:
         for f in (self.dir / "put").glob("*"):
@@ -67,9 +69,9 @@ def start_nginx_tool(procs: Processes, work: Path, size: int) -> NginxTool:
                "  client_max_body_size 0;\n"
                f"  location /upload/ {{ alias {d / 'put'}/; dav_methods PUT; }}\n"
                "  location = / { return 200 'tool'; }\n}\n")
-    _start_nginx(procs, d, "nginx-tool", servers)
-    wait_until(lambda: port_open(port), "nginx (tool)")
-    return NginxTool(port, d)
+    proc = _start_nginx(procs, d, "nginx-tool", servers)
+    wait_until(lambda: port_open(port), "nginx (tool)", proc=proc)
+    return NginxTool(port, d, proc)
 
 
 def start_nginx_proxy(procs: Processes, work: Path, tool_port: int, ws_port: int) -> int:

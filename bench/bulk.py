@@ -47,8 +47,9 @@ def scenario(run: Run, arena: Arena) -> Section:
     size = run.bulk_mib << 20
     payload = str(random_file(arena.work / "payload.bin", run.bulk_mib))
     targets = dict(arena.http)
-    ssh = arena.ssh_reverse()
-    targets[ssh.name] = ssh
+    if run.profile is None:
+        ssh = arena.ssh_reverse()
+        targets[ssh.name] = ssh
     section = Section(
         f"Bulk transfer of {run.bulk_mib:,} MiB",
         "curl, one connection: `GET /download` (a file nginx sends with sendfile) and "

@@ -35,7 +35,8 @@ class Run:
     ws_seconds: float = 5.0
     scale_counts: tuple[int, ...] = (1000, 10000)
     ssh_mib: int = 256
-    profile: Callable[[int], None] | None = None  # called with the gateway pid when profiling
+    #: profiling: called with (pid, label, is-Python) for each process of the path
+    profile: Callable[[int, str, bool], None] | None = None
 
 
 @dataclass

@@ -95,13 +95,13 @@ def start_connect(procs: Processes, work: Path, connect_string: str, tool_port: 
     return procs.start(name, [str(BIN / "studios-connect")], env=env, cwd=home)
 
 
-def start_demo_tool(procs: Processes, name: str = "demo-tool") -> int:
+def start_demo_tool(procs: Processes, name: str = "demo-tool") -> tuple[int, Any]:
     """The repository's demo tool (Twisted web, WebSocket echo at /ws)."""
     port = free_port()
     proc = procs.start(name, [sys.executable, "-m", "studios_gateway.demo.tool", "--port",
                               str(port)], env={**os.environ, "PYTHONPATH": str(REPO)})
     wait_until(lambda: port_open(port), name, proc=proc)
-    return port
+    return port, proc
 
 
 def login_cookie(gateway: Gateway, link: str) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import arena as arena_mod
-from bench import bulk, http, report, scale, scp
+from bench import bulk, cluster, http, report, scale, scp
 from bench.baselines import chp_version
 from bench.common import Run, Section
 from bench.profile import Profiler
@@ -36,19 +36,10 @@ ARENA_SCENARIOS: dict[str, Callable[[Run, arena_mod.Arena], Section]] = {
 }
 
 
-def processes_scenario(run: Run) -> Section:
-    return Section(
-        "Scale: requests/s with 1 vs 2 gateway processes",
-        notes=["skipped: clustering does not exist yet. A gateway reaches only the studios "
-               "whose tunnels it holds itself (the dialer has no peer link: "
-               "`Dialer(table, remote=None)`), so a second process cannot serve the same "
-               "studio. Add this scenario when the peer link lands."])
-
-
 OWN_SCENARIOS: dict[str, Callable[[Run], Section]] = {
     "ssh": scp.scenario,
     "scale-idle": scale.scenario,
-    "scale-processes": processes_scenario,
+    "scale-processes": cluster.scenario,
 }
 ALL = [*ARENA_SCENARIOS, *OWN_SCENARIOS]
 

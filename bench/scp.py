@@ -35,8 +35,9 @@ def scenario(run: Run) -> Section:
         pub = key.with_suffix(".pub").read_text().strip()
         src = random_file(work / "payload.bin", run.ssh_mib)
         ssh_port, sid = ssh.start_studio(procs, work, pub)
-        if run.profile is not None:
-            run.profile(procs.procs[0].pid)  # the gateway, started first
+        if run.profile is not None:  # bench.ssh starts the gateway, tool, connect client
+            run.profile(procs.procs[0].pid, "gateway", True)
+            run.profile(procs.procs[2].pid, "studios-connect", True)
         sshd_port = ssh.start_sshd(procs, work, pub)
         base = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
                 f"UserKnownHostsFile={work / 'known_hosts'}", "-o", "IdentitiesOnly=yes",
