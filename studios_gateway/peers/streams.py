@@ -15,9 +15,10 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IConsumer, IProtocol, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from studios_gateway.registry.base import SESSION_ID
 from studios_gateway.tunnel.bind import BindError, LineBuffer
@@ -172,13 +173,18 @@ class _Opening(Protocol):
                                               f"({self.lost.getErrorMessage()})"))
 
 
+@implementer(ITransport, IConsumer, IPushProducer)
 class PeerStream:
-    """What the dialer hands out for a studio on another node: a yamux stream (every
-    transport method is the stream's) whose ``attach`` takes over from the opening."""
+    """What the dialer hands out for a studio on another node: the yamux stream to the
+    holding node, past its ``ok``. It is the transport of the protocol attached to it;
+    every method is the stream's, except that pausing is tracked so that the hand-over
+    from the opening never resumes a stream its new protocol wants paused."""
 
     def __init__(self, stream: Any, opening: _Opening):
         self._stream = stream
         self._opening = opening
+        self._attached = False
+        self._paused_by_protocol = False
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -186,20 +192,30 @@ class PeerStream:
     def __repr__(self) -> str:
         return f"<PeerStream {self._stream!r}>"
 
+    def pauseProducing(self) -> None:
+        self._paused_by_protocol = True
+        self._stream.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused_by_protocol = False
+        if self._attached:
+            self._stream.resumeProducing()
+
     def attach(self, protocol: IProtocol) -> None:
+        """Make `protocol` read from the stream: what came with ``ok`` first, then the rest."""
+        if self._attached:
+            raise RuntimeError(f"{self!r} already has a protocol")
         stream, opening = self._stream, self._opening
         held, opening.held = opening.held, []
-        if opening.lost is not None:  # ended between the answer and now
-            protocol.makeConnection(stream)
-            for chunk in held:
-                protocol.dataReceived(chunk)
-            protocol.connectionLost(opening.lost)
-            return
-        stream.protocol = None  # hand over: the caller's protocol reads from here on
-        stream.attach(protocol)
+        stream.protocol = protocol  # the stream is still paused: nothing is delivered yet
+        protocol.makeConnection(self)
         for chunk in held:
             protocol.dataReceived(chunk)
-        stream.resumeProducing()
+        self._attached = True
+        if opening.lost is not None:  # ended between the answer and now
+            protocol.connectionLost(opening.lost)
+        elif not self._paused_by_protocol:
+            stream.resumeProducing()
 
 
 def open_remote(mux: Any, session_id: str, kind: bytes, clock: Any,

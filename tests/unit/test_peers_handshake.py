@@ -123,3 +123,68 @@ def test_wiring_into_the_gateway(tmp_path) -> None:
     assert cluster.dialer.remote is not None
     assert cluster.tunnel_table.node_address == "127.0.0.1:7123"
     assert "peers" in [c.name for c in cluster.components]
+
+
+class FakeStream:
+    """Just enough of a mux Stream for the dialing side's hand-over."""
+
+    def __init__(self) -> None:
+        self.protocol = None
+        self.written = b""
+        self.paused = False
+        self.aborted = False
+
+    def attach(self, protocol) -> None:
+        self.protocol = protocol
+        protocol.makeConnection(self)
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+def test_hand_over_keeps_early_bytes_and_the_new_protocol_pause() -> None:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import Protocol
+
+    from studios_gateway.peers.streams import PeerRefused, _Opening
+
+    class Pausing(Protocol):
+        got = b""
+
+        def connectionMade(self) -> None:
+            self.transport.pauseProducing()
+
+        def dataReceived(self, data: bytes) -> None:
+            self.got += data
+
+    answered: Deferred = Deferred()
+    stream = FakeStream()
+    stream.attach(_Opening("s1", b"T", answered))
+    assert stream.written == b"open T s1\n"
+    stream.protocol.dataReceived(b"ok\nSSH-2.0-x\r\n")
+    peer_stream = answered.result
+    assert stream.paused  # nothing more is read until someone attaches
+    proto = Pausing()
+    peer_stream.attach(proto)
+    assert proto.got == b"SSH-2.0-x\r\n" and proto.transport is peer_stream
+    assert stream.paused, "the new protocol paused it: the hand-over must not resume it"
+    peer_stream.resumeProducing()
+    assert not stream.paused
+
+    refused: Deferred = Deferred()
+    other = FakeStream()
+    other.attach(_Opening("s2", b"S", refused))
+    other.protocol.dataReceived(b"no not connected to this node\n")
+    failures: list = []
+    refused.addErrback(failures.append)
+    assert failures[0].check(PeerRefused) and other.aborted
+    assert failures[0].value.reason == "not connected to this node"
