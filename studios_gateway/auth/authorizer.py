@@ -12,7 +12,9 @@ Revocation: :meth:`Authorizer.revoke_user`, :meth:`Authorizer.logout` and
 live WebSockets and channels. Connections registered with
 :meth:`Authorizer.track` are closed by the authorizer itself: at once on a
 revocation, and otherwise when a re-check (on a registry change, and every
-TTL) no longer allows them.
+half TTL) no longer allows them. That sweep trusts no decision older than
+half a TTL, so a change nobody tells the gateway about (the Platform's
+answer) closes connections within one TTL.
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ class Authorizer:
         self._workspace_allowed = workspace_allowed
         self._platform = platform
         self._max = max_entries
-        self._cache: OrderedDict[tuple[str, str], tuple[float, Decision]] = OrderedDict()
+        #: (session, user) -> (expires at, decided at, decision)
+        self._cache: OrderedDict[tuple[str, str], tuple[float, float, Decision]] = OrderedDict()
         self._inflight: dict[tuple[str, str], list[Deferred[Decision]]] = {}
         self._generation = 0
         self._subscribers: list[Callable[[Revocation], Any]] = []
@@ -157,13 +160,14 @@ class Authorizer:
     # Lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Follow registry changes and re-check live connections every TTL."""
+        """Follow registry changes and re-check live connections every half TTL."""
         if hasattr(self._store, "subscribe") and self._unsubscribe_store is None:
             self._unsubscribe_store = self._store.subscribe(self._store_changed)
         if self._sweeper is None and self.ttl > 0:
-            self._sweeper = task.LoopingCall(self.recheck_live)
+            half = self.ttl / 2
+            self._sweeper = task.LoopingCall(lambda: self.recheck_live(max_age=half))
             self._sweeper.clock = self._clock  # type: ignore[assignment]
-            self._sweeper.start(self.ttl, now=False).addErrback(
+            self._sweeper.start(half, now=False).addErrback(
                 lambda f: self._log.failure("the live-connection sweep failed", f))
 
     def stop(self) -> Deferred[None] | None:
@@ -179,13 +183,15 @@ class Authorizer:
 
     # The decision --------------------------------------------------------------------
 
-    def check(self, session_id: str, user: str) -> Deferred[Decision]:
-        """May `user` use `session_id` now? Never fails: errors deny (status 503)."""
+    def check(self, session_id: str, user: str, *,
+              max_age: float | None = None) -> Deferred[Decision]:
+        """May `user` use `session_id` now? Never fails: errors deny (status 503).
+        `max_age`: do not reuse a cached decision older than that (seconds)."""
         key = (session_id, user)
         now = self._clock.seconds()
         hit = self._cache.get(key)
-        if hit is not None and hit[0] > now:
-            return defer.succeed(hit[1])
+        if hit is not None and hit[0] > now and (max_age is None or now - hit[1] < max_age):
+            return defer.succeed(hit[2])
         waiting: Deferred[Decision] = Deferred()
         if key in self._inflight:
             self._inflight[key].append(waiting)
@@ -211,8 +217,9 @@ class Authorizer:
     def _remember(self, key: tuple[str, str], decision: Decision, ttl: float) -> None:
         if ttl <= 0:
             return
+        now = self._clock.seconds()
         self._cache.pop(key, None)
-        self._cache[key] = (self._clock.seconds() + ttl, decision)
+        self._cache[key] = (now + ttl, now, decision)
         while len(self._cache) > self._max:
             self._cache.popitem(last=False)
 
@@ -320,8 +327,10 @@ class Authorizer:
         except Exception:
             self._log.failure("closing a revoked connection failed")
 
-    def recheck_live(self, session_id: str | None = None) -> Deferred[None]:
-        """Re-decide every tracked connection (of one session); close those now denied."""
+    def recheck_live(self, session_id: str | None = None, *,
+                     max_age: float | None = None) -> Deferred[None]:
+        """Re-decide every tracked connection (of one session); close those now denied.
+        `max_age` as for :meth:`check`."""
         checks = []
         for handle, live in list(self._live.items()):
             if session_id is not None and live.session_id != session_id:
@@ -334,5 +343,6 @@ class Authorizer:
                 if not decision.allowed and decision.status != 503:
                     self._close(handle, decision.reason)
 
-            checks.append(self.check(live.session_id, live.user).addCallback(decided))
+            checks.append(self.check(live.session_id, live.user, max_age=max_age)
+                          .addCallback(decided))
         return defer.gatherResults(checks).addCallback(lambda _: None)

@@ -224,3 +224,17 @@ def test_without_an_issuer_only_login_links_open_a_studio(tmp_path: Path) -> Non
         assert echoes(ws)
     finally:
         g.stop()
+
+
+def test_a_platform_no_closes_the_websocket_within_the_ttl(idp: IdPProcess,
+                                                           subdomain: Gateway) -> None:
+    """Nobody tells the gateway: its re-check every LOCAL_CACHE_TTL finds the change."""
+    g = subdomain
+    sid = g.studio()["id"]
+    idp.set_access(sid, "carol", True)
+    carol = logged_in(g, sid, "carol")
+    ws = open_ws(g, carol, sid)
+    idp.set_access(sid, "carol", False)
+    took = ws.wait_closed(TTL + 1)  # the TTL, and a second for a busy machine
+    assert carol.get(g.url(sid, "/api/info")).status == 403
+    print(f"the Platform's no closed the WebSocket after {took:.3f}s")

@@ -10,7 +10,9 @@ redirect URI and verifier, the token endpoint (authorization_code and
 refresh_token grants, client_secret_basic or client_secret_post), RS256 ID
 tokens with a key id, a JWKS with key rotation, userinfo, and the Platform's
 studio access call ``GET /api/studios/<id>/access?user=<name>`` (client
-credentials by HTTP Basic; answers ``{"allowed": true|false}``).
+credentials by HTTP Basic; answers ``{"allowed": true|false}``). Run as its own
+process, ``PUT /test/access?session=<id>&user=<name>&allowed=true|false`` sets
+that answer.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class TestIdP:
         self.access: dict[tuple[str, str], bool] = {}
         #: Claims merged into the next ID tokens (to make bad ones in tests).
         self.claim_overrides: dict[str, Any] = {}
+        #: Serve PUT /test/access (the standalone process, for tests in another process).
+        self.control = False
         self.counts = {"registrations": 0, "jwks": 0, "token": 0, "access": 0, "authorize": 0}
 
     # Operations for tests -------------------------------------------------------
@@ -201,6 +205,8 @@ class _Root(Resource):
         parts = path.strip("/").split("/")
         if len(parts) == 4 and parts[:2] == ["api", "studios"] and parts[3] == "access":
             return self.access(request, parts[2])
+        if path == "/test/access" and method == "PUT" and self.idp.control:
+            return self.set_access(request)
         return _error(request, 404, "not_found", path)
 
     def discovery(self, request: Request) -> bytes:
@@ -312,6 +318,12 @@ class _Root(Resource):
         return _json(request, 200, {"sub": user, "preferred_username": user,
                                     "email": f"{user}@example.com"})
 
+    def set_access(self, request: Request) -> bytes:
+        """A test changes the Platform's answer: PUT /test/access?session=&user=&allowed="""
+        q = _args(request)
+        self.idp.access[(q.get("session", ""), q.get("user", ""))] = q.get("allowed") == "true"
+        return _json(request, 200, {"ok": True})
+
     def access(self, request: Request, session_id: str) -> bytes:
         idp = self.idp
         if idp._authenticate_client(request, {}) is None:
@@ -388,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     users = dict(u.split(":", 1) for u in args.user) or None
     idp = TestIdP(clock=reactor, users=users, registration_token=args.registration_token or None)
+    idp.control = True
     idp.listen(reactor, args.port, args.interface)  # type: ignore[arg-type]
     print(f"test IdP at {idp.issuer}", flush=True)
     reactor.run()  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin
@@ -36,6 +37,13 @@ class IdPProcess:
         self.proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)},
                                      cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
         wait_for_port(self.port, proc=self.proc)
+
+    def set_access(self, session_id: str, user: str, allowed: bool) -> None:
+        """What the Platform's access call answers from now on for (session, user)."""
+        query = urlencode({"session": session_id, "user": user, "allowed": str(allowed).lower()})
+        req = urllib.request.Request(f"{self.issuer}/test/access?{query}", method="PUT")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
 
     def stop(self) -> None:
         _stop(self.proc)

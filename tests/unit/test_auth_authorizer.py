@@ -222,13 +222,14 @@ def test_periodic_sweep_closes_within_the_ttl():
     a, clock = make(FakeStore(record()), platform=platform, ttl=60)
     a.start()
     closed: list[str] = []
+    clock.advance(1)  # out of step with the sweep: the decision is cached until 61
     assert decide(a, "abc", "carol").allowed
     a.track("abc", "carol", closed.append)
     platform.answers[("abc", "carol")] = False  # the Platform changed its mind
-    clock.advance(59)
-    assert closed == []
-    clock.advance(1)
-    assert len(closed) == 1
+    clock.advance(29)
+    assert closed == [] and platform.calls == 1  # a sweep that trusts a fresh decision
+    clock.advance(30)  # the sweep at 60 asks again: within the TTL of the decision
+    assert len(closed) == 1 and platform.calls == 2
     a.stop()
 
 
