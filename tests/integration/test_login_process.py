@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.support.gateway import BIN
+from tests.support.gateway import BIN, base_env, run_twistd
 from tests.support.login import Gateway, IdPProcess, login_at_idp, oidc_env
 from tests.support.web import Browser
 from tests.support.ws_echo import Closed, EchoSocket
@@ -238,3 +238,34 @@ def test_a_platform_no_closes_the_websocket_within_the_ttl(idp: IdPProcess,
     took = ws.wait_closed(TTL + 1)  # the TTL, and a second for a busy machine
     assert carol.get(g.url(sid, "/api/info")).status == 403
     print(f"the Platform's no closed the WebSocket after {took:.3f}s")
+
+
+# Registration across restarts -----------------------------------------------------------
+
+
+def test_registration_is_kept_across_a_restart_and_a_wrong_token_stops_the_start(
+        idp: IdPProcess, tmp_path: Path) -> None:
+    g = Gateway(tmp_path / "a", **oidc_env(idp))
+    client_file = Path(g.env["CONNECT_STORAGE_ROOT"]) / "oidc-client.json"
+    try:
+        registered = json.loads(client_file.read_text())
+        assert registered["client_name"] == "tower-connect-proxy-client"
+        assert client_file.stat().st_mode & 0o777 == 0o600
+        g.restart()
+        assert json.loads(client_file.read_text()) == registered  # not registered again
+        sid = g.studio()["id"]
+        to_idp = Browser().get(g.url(sid, "/"), follow=False)
+        to_idp = Browser().get(to_idp.headers["Location"], follow=False)
+        assert f"client_id={registered['client_id']}" in to_idp.headers["Location"]
+        assert logged_in(g, sid, "alice")
+    finally:
+        g.stop()
+    (tmp_path / "b").mkdir()
+    env = base_env(tmp_path / "b", CONNECT_PROXY_URL="http://localhost:1",
+                   **oidc_env(idp, CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN="not-the-S3CRET"))
+    done = run_twistd(tmp_path / "b", env, timeout=30)
+    assert done.returncode != 0
+    assert "refused to register" in done.stderr + done.stdout
+    assert "check CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN" in done.stderr + done.stdout
+    assert "S3CRET" not in done.stderr + done.stdout
+    print(done.stderr.splitlines()[0])

@@ -69,6 +69,7 @@ class Gateway:
     """A twistd gateway on free ports with the admin API, its studios and browsers."""
 
     def __init__(self, tmp_path: Path, **env: str):
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.tmp_path = tmp_path
         self.env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY, **env)
         self.http_port = int(self.env["CONNECT_HTTP_PORT"])
@@ -80,6 +81,16 @@ class Gateway:
         self.wait_ready()
         self.path_mode = self.env.get("TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING") == "true"
         self.tools: dict[str, Tool] = {}  # by path prefix
+
+    def restart(self) -> None:
+        """Stop the gateway process and start it again with the same settings and storage
+        (sessions live in memory: they are gone; make new ones)."""
+        self.gw.stop()
+        self.parts.remove(self.gw)
+        self.gw = GatewayProcess(self.tmp_path, self.env, name="gateway-again")
+        self.parts.insert(0, self.gw)
+        self.gw.wait_ready()
+        self.wait_ready()
 
     def tool(self, prefix: str = "/") -> Tool:
         if prefix not in self.tools:
