@@ -5,6 +5,7 @@ provider running as its own process (tests/support/idp.py), studios are real
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,8 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdPProcess]:
 
 @pytest.fixture(scope="module")
 def subdomain(idp: IdPProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    g = Gateway(tmp_path_factory.mktemp("subdomain"), **oidc_env(idp, LOCAL_CACHE_TTL="2s"))
+    g = Gateway(tmp_path_factory.mktemp("subdomain"),
+                **oidc_env(idp, LOCAL_CACHE_TTL="2s", CONNECT_SSH_ENABLED="true"))
     try:
         yield g
     finally:
@@ -176,6 +178,61 @@ def test_logout_closes_that_logins_websocket(subdomain: Gateway) -> None:
     # Her old cookie is dead: the studio sends her back to the login (the IdP's form).
     again = alice.get(g.url(sid, "/api/info"))
     assert 'name="password"' in again.text
+
+
+class SSHSession:
+    """`ssh user@session@127.0.0.1 cat`, kept running: an open SSH channel to the studio."""
+
+    def __init__(self, g: Gateway, user: str, sid: str):
+        key = g.tmp_path / f"{user}_key"
+        if not key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                           check=True)
+            status, body = g.api(f"/api/users/{user}/keys", "PUT",
+                                 {"keys": [key.with_suffix(".pub").read_text()]})
+            assert status == 200, body
+        port = g.env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1]
+        self.proc = subprocess.Popen(
+            ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
+             f"UserKnownHostsFile={g.tmp_path / 'known_hosts'}", "-o", "BatchMode=yes",
+             "-o", "IdentitiesOnly=yes", "-i", str(key), "-p", port,
+             f"{user}@{sid}@127.0.0.1", "echo ready; exec cat"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if self.line() != "ready":
+            raise AssertionError(f"ssh failed: {self.proc.communicate()[1].decode()}")
+
+    def line(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().decode().strip()
+
+    def echo(self, text: str) -> bool:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{text}\n".encode())
+        self.proc.stdin.flush()
+        return self.line() == text
+
+    def wait_closed(self, seconds: float) -> None:
+        self.proc.wait(timeout=seconds)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client not installed")
+def test_taking_a_user_off_the_allow_list_ends_their_ssh_session(subdomain: Gateway) -> None:
+    g = subdomain
+    sid = g.studio(allowed_users=["bob"], ssh_enabled=True)["id"]
+    alice, bob = SSHSession(g, "alice", sid), SSHSession(g, "bob", sid)
+    try:
+        status, _ = g.api(f"/api/sessions/{sid}", "PATCH", {"allowed_users": []})
+        assert status == 200
+        bob.wait_closed(TTL + 1)
+        assert alice.echo("alice is still in")
+    finally:
+        alice.stop()
+        bob.stop()
 
 
 # Without an issuer: one-time login links ------------------------------------------------
