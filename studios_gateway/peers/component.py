@@ -85,7 +85,8 @@ def add_peers(gateway: Any) -> PeerPool | None:
     pool = PeerPool(reactor, auth, table.node_id, settings, tls=tls)
     gateway.dialer.remote = make_remote(gateway.store, pool, table.node_id,
                                         lambda: table.node_address,
-                                        on_outcome=lambda o: streams.labels("out", o).inc())
+                                        on_outcome=lambda o: streams.labels("out", o).inc(),
+                                        local=table.open_stream, clock=reactor)
 
     def start() -> None:
         how = " and ".join(w for w, on in (("a shared secret", bool(config.peer_secret)),

@@ -2,9 +2,12 @@
 
 Ask the registry which node holds the session's tunnel, then open a stream
 through the peer link to that node. When the answer may be stale (the holder
-says it no longer has the tunnel, or cannot be reached while the client is
-rebinding elsewhere), the cached entry is dropped and the registry asked once
-more before giving up with StudioUnreachable.
+says it no longer has the tunnel, or cannot be reached), the cached entry is
+dropped and the registry asked again. If the registry still names a holder that
+cannot serve (a node that just died or is draining: its studios are rebinding
+elsewhere), the request waits up to `rebind_wait` seconds for the session's
+next change in the registry (the rebind, heard over pub/sub) and tries once
+more, here or on the new holder, before giving up with StudioUnreachable.
 """
 
 from __future__ import annotations
@@ -20,14 +23,41 @@ from studios_gateway.peers.link import PeerPool, PeerUnavailable
 from studios_gateway.peers.streams import PeerRefused
 from studios_gateway.registry.base import StoreUnavailable
 from studios_gateway.tunnel.dialer import StudioUnreachable
+from studios_gateway.tunnel.mux import TunnelUnavailable
 
 _log = Logger(namespace="studios_gateway.peers")
 
+REBIND_WAIT = 5.0
+
+
+def wait_for_change(store: Any, clock: Any, session_id: str, timeout: float) -> Deferred[bool]:
+    """Fires True when the registry reports a change of `session_id` (or may have missed
+    one), False after `timeout` seconds."""
+    d: Deferred[bool] = Deferred()
+
+    def heard(sid: str | None) -> None:
+        if sid in (session_id, None) and not d.called:
+            d.callback(True)
+
+    unsubscribe = store.subscribe(heard)
+    timer = clock.callLater(timeout, lambda: d.called or d.callback(False))
+
+    def done(result: bool) -> bool:
+        unsubscribe()
+        if timer.active():
+            timer.cancel()
+        return result
+
+    return d.addBoth(done)
+
 
 def make_remote(store: Any, pool: PeerPool, node_id: str, node_address: Callable[[], str],
-                on_outcome: Callable[[str], None] | None = None
-                ) -> Callable[[str, bytes], Deferred[Any]]:
-    """remote(session_id, kind) for :class:`~studios_gateway.tunnel.dialer.Dialer`."""
+                on_outcome: Callable[[str], None] | None = None, *,
+                local: Callable[[str, bytes], Any] | None = None, clock: Any = None,
+                rebind_wait: float = REBIND_WAIT) -> Callable[[str, bytes], Deferred[Any]]:
+    """remote(session_id, kind) for :class:`~studios_gateway.tunnel.dialer.Dialer`.
+    `local` is the table's open_stream (tried again after a wait: the studio may have
+    rebound to this very node); without `clock` there is no waiting."""
     outcome = on_outcome or (lambda _: None)
 
     def forget(session_id: str) -> None:
@@ -35,10 +65,19 @@ def make_remote(store: Any, pool: PeerPool, node_id: str, node_address: Callable
         if invalidate is not None:
             invalidate(session_id)
 
+    def try_local(session_id: str, kind: bytes) -> Any:
+        if local is None:
+            return None
+        try:
+            return local(session_id, kind)
+        except TunnelUnavailable:
+            return None
+
     @defer.inlineCallbacks
     def remote(session_id: str, kind: bytes) -> Any:
         why = "not connected"
-        for attempt in (1, 2):
+        waited = False
+        for attempt in range(3):
             try:
                 holder = yield store.get_tunnel(session_id)
             except StoreUnavailable as e:
@@ -59,7 +98,17 @@ def make_remote(store: Any, pool: PeerPool, node_id: str, node_address: Callable
                     outcome("ok")
                     return stream
             if attempt == 1:
-                forget(session_id)
+                if clock is None or waited:
+                    break
+                waited = True
+                changed = yield wait_for_change(store, clock, session_id, rebind_wait)
+                if not changed:
+                    break
+                stream = try_local(session_id, kind)
+                if stream is not None:
+                    outcome("ok")
+                    return stream
+            forget(session_id)
         outcome("unreachable")
         _log.debug("studio {sid} unreachable through peers: {why}", sid=session_id, why=why)
         raise StudioUnreachable(session_id, why)

@@ -15,6 +15,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import threading
 import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -136,6 +137,30 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
         assert holder in ("node-b", "node-c"), holder
         print(f"\nrequests succeed again {took:.2f}s after node A was killed; "
               f"now held by {holder}")
+
+        # Drain the new holder: its tunnel moves to the last node; requests through that
+        # node meanwhile all succeed (each retried once, as an idempotent GET may be).
+        draining, other = (b, c) if holder == "node-b" else (c, b)
+        failed, done = [], threading.Event()
+
+        def load() -> None:
+            while not done.is_set():
+                reply = browser.get(url(other))
+                if reply.status != 200 and browser.get(url(other)).status != 200:
+                    failed.append(reply.status)
+
+        loader = threading.Thread(target=load)
+        loader.start()
+        try:
+            status, body, _ = draining.request("/shutdown", method="POST")
+            assert status == 202, body
+            assert draining.wait(timeout=30) == 0
+            moved = wait_connected(other, sid)["tunnel"]["node"]
+        finally:
+            done.set()
+            loader.join(20)
+        assert moved == other.env["CONNECT_NODE_ID"]
+        assert not failed, f"{len(failed)} failed requests during the drain: {failed[:5]}"
     finally:
         for stop in reversed(stoppers):
             stop()

@@ -188,3 +188,49 @@ def test_hand_over_keeps_early_bytes_and_the_new_protocol_pause() -> None:
     refused.addErrback(failures.append)
     assert failures[0].check(PeerRefused) and other.aborted
     assert failures[0].value.reason == "not connected to this node"
+
+
+def test_remote_waits_for_the_rebind_when_the_holder_cannot_serve() -> None:
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from studios_gateway.peers.link import PeerUnavailable
+    from studios_gateway.peers.remote import make_remote
+    from studios_gateway.registry.base import TunnelHolder
+    from studios_gateway.registry.memory import Subscribers
+    from studios_gateway.tunnel.dialer import StudioUnreachable
+
+    dead = TunnelHolder("s1", "node-a", "10.0.0.1:7777", "t1", "0.12", 8888, 0.0)
+    subscribers = Subscribers()
+
+    class Store:
+        holder: TunnelHolder | None = dead
+
+        def get_tunnel(self, sid: str):
+            return defer.succeed(self.holder)
+
+        def subscribe(self, callback):
+            return subscribers.add(callback)
+
+        def invalidate(self, sid: str) -> None:
+            pass
+
+    class Pool:
+        def open(self, address, sid, kind):
+            return defer.fail(PeerUnavailable(address, "connection refused"))
+
+    store, clock, here = Store(), Clock(), {}
+    remote = make_remote(store, Pool(), "node-b", lambda: "10.0.0.2:7777",
+                         local=lambda sid, kind: here.get(sid), clock=clock, rebind_wait=5)
+    d = remote("s1", b"T")
+    assert not d.called  # waiting for the studio to rebind somewhere
+    here["s1"] = "local stream"  # the client rebound to this node: the claim is published
+    subscribers.notify("s1")
+    assert d.result == "local stream"
+    d2 = remote("s1", b"T")
+    here.clear()
+    clock.advance(5)  # nothing changed within the wait: give up with the reason
+    failures: list = []
+    d2.addErrback(failures.append)
+    assert failures[0].check(StudioUnreachable)
+    assert "node-a unreachable (connection refused)" in failures[0].value.why
