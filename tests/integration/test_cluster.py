@@ -1,8 +1,8 @@
 """Three real gateway processes sharing one real redis-server (docs/cluster.md).
 
 A studio (demo tool + studios-connect) binds to node A; browsers reach it
-through the HTTP listeners of nodes B and C, whose requests travel over the
-authenticated peer link to A. Then A is killed with SIGKILL: the connect
+(HTTP, WebSocket, and OpenSSH) through nodes B and C, whose connections travel
+over the authenticated peer link to A. Then A is killed with SIGKILL: the connect
 client, given all three gateways, rebinds to another node and requests work
 again within 15 s, with no operator action.
 """
@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import threading
@@ -55,6 +56,29 @@ def median_ms(browser: Browser, url: str, n: int = 40) -> float:
         assert browser.get(url).status == 200
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
+
+
+def websocket_echo(port: int, host: str, cookie: str, text: str) -> str:
+    """One text message over a WebSocket to the demo tool's /ws echo (frames by hand)."""
+    import base64
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(f"GET /ws HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+                     "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += sock.recv(4096)
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        payload, mask = text.encode(), os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+        while len(buf) < 2 or len(buf) < 2 + (buf[1] & 0x7F):
+            buf += sock.recv(4096)
+        assert buf[0] == 0x81, buf[:2]
+        return buf[2:2 + (buf[1] & 0x7F)].decode()
 
 
 def ssh_through(node: GatewayProcess, sid: str, tmp_path: Path) -> None:
@@ -124,6 +148,10 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
             assert info.json()["headers"]["x-connect-sub"] == ["alice"]
         big = browser.get(url(b, f"/download?size={4 << 20}"))
         assert big.status == 200 and len(big.body) == 4 << 20
+        for node in (b, c):
+            port = int(node.env["CONNECT_HTTP_PORT"])
+            cookie = browser._cookie_header(f"{sid}.localhost", "/") or ""
+            assert websocket_echo(port, f"{sid}.localhost:{port}", cookie, "hi") == "hi"
         if shutil.which("ssh"):
             ssh_through(b, sid, tmp_path)
         print(f"\nmedian request: {median_ms(browser, url(a)):.2f} ms on the holder, "
