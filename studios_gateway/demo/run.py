@@ -87,7 +87,9 @@ def tool_command(port: int, prefix: str, force_builtin: bool) -> tuple[str, list
                 jupyter, "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
                 f"--ServerApp.base_url={prefix}", "--IdentityProvider.token=",
                 "--ServerApp.password=", "--ServerApp.allow_remote_access=True",
-                "--ServerApp.disable_check_xsrf=False"]
+                "--ServerApp.disable_check_xsrf=False",
+                # Studios often run as root in their container; Jupyter refuses unless told.
+                *(["--allow-root"] if os.geteuid() == 0 else [])]
     return "generic", [sys.executable, "-m", "studios_gateway.demo.tool", "--port", str(port),
                        "--prefix", prefix]
 

@@ -1,0 +1,118 @@
+"""Headless Debian Chromium driven over the DevTools protocol (CDP), for screenshot tests.
+
+Started with a fresh profile and no background traffic; the DevTools port is
+chosen by Chromium and read from its profile directory. Stopped by pid.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import Any
+
+from tests.support.studio import _stop as stop_process
+from tests.support.websocket import WebSocket
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         "--disable-dev-shm-usage", "--window-size=1280,800"]
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class Chromium:
+    def __init__(self, tmp_path: Path, timeout: float = 60):
+        profile = tmp_path / "chromium-profile"
+        profile.mkdir()
+        self.log = open(tmp_path / "chromium.log", "wb")  # noqa: SIM115 - closed in stop()
+        binary = chromium_path()
+        assert binary, "chromium is not installed (scripts/setup --test)"
+        self.proc = subprocess.Popen(
+            [binary, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+             "about:blank"], stdout=self.log, stderr=subprocess.STDOUT)
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert self.proc.poll() is None, "chromium exited at start"
+            assert time.monotonic() < deadline, "chromium did not open its DevTools port"
+            time.sleep(0.1)
+        self.port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/list",
+                                    timeout=10) as resp:
+            pages = [t for t in json.loads(resp.read()) if t["type"] == "page"]
+        path = "/" + pages[0]["webSocketDebuggerUrl"].split("/", 3)[3]
+        self.ws = WebSocket(self.port, f"127.0.0.1:{self.port}", path, timeout=timeout)
+        self._ids = itertools.count(1)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """One CDP command; events that arrive meanwhile are dropped."""
+        msg_id = next(self._ids)
+        self.ws.send_text(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:
+            reply = json.loads(self.ws.recv_text())
+            if reply.get("id") == msg_id:
+                if "error" in reply:
+                    raise AssertionError(f"{method}: {reply['error']}")
+                return reply["result"]
+
+    def evaluate(self, expression: str) -> Any:
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 60) -> Any:
+        """Poll a JavaScript expression until it is truthy (the page's own event)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            assert time.monotonic() < deadline, f"{expression!r} still false after {timeout}s"
+            time.sleep(0.25)
+
+    def screenshot(self, path: Path) -> bytes:
+        png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+        path.write_bytes(png)
+        return png
+
+    def stop(self) -> None:
+        try:
+            self.ws.close()
+        finally:
+            stop_process(self.proc)
+            self.log.close()
+
+
+def png_colours(png: bytes, sample: int = 200_000) -> int:
+    """How many distinct pixel values (RGB(A) tuples) a sample of a PNG's scanlines has.
+
+    Enough to tell a rendered page from a blank or single-colour one; filter bytes
+    make the count approximate, which is fine for that.
+    """
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat = 8, b""
+    width = channels = 0
+    while pos < len(png):
+        length = int.from_bytes(png[pos:pos + 4], "big")
+        kind, data = png[pos + 4:pos + 8], png[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width = int.from_bytes(data[:4], "big")
+            channels = {2: 3, 6: 4}.get(data[9], 1)
+        elif kind == b"IDAT":
+            idat += data
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    stride = width * channels + 1
+    colours = set()
+    for row in range(0, min(len(raw), sample), stride):
+        line = raw[row + 1:row + stride]
+        colours.update(line[i:i + channels] for i in range(0, len(line), channels))
+    return len(colours)
