@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from studios_gateway.tunnel.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import BIN, base_env, run_twistd
 from tests.support.login import Gateway, IdPProcess, login_at_idp, oidc_env
 from tests.support.web import Browser
@@ -106,7 +108,9 @@ def test_path_mode_login(idp: IdPProcess, tmp_path: Path) -> None:
     g = Gateway(tmp_path, **oidc_env(idp, TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING="true"))
     try:
         a = g.studio(id="pth")
-        b = g.studio(id="other")
+        # Another session (no studio needed: the cookie is refused before any routing).
+        status, b = g.api("/api/sessions", "POST", {"owner": "alice", "id": "other"})
+        assert status == 201
         browser = Browser()
         landed = login_at_idp(browser, g.url("pth", "/api/info"), "alice")
         assert landed.status == 200 and landed.url == g.url("pth", "/api/info")
@@ -326,3 +330,37 @@ def test_registration_is_kept_across_a_restart_and_a_wrong_token_stops_the_start
     assert "check CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN" in done.stderr + done.stdout
     assert "S3CRET" not in done.stderr + done.stdout
     print(done.stderr.splitlines()[0])
+
+
+# Over HTTPS ------------------------------------------------------------------------------
+
+
+def test_over_https_the_studio_cookie_is_secure_and_host_only(idp: IdPProcess,
+                                                              tmp_path: Path) -> None:
+    cert_pem, key_pem = make_self_signed(["localhost", "*.studios.localhost"])
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    (tmp_path / "key.pem").write_bytes(key_pem)
+    g = Gateway(tmp_path, CONNECT_TLS_CERT_FILE=str(tmp_path / "cert.pem"),
+                CONNECT_TLS_KEY_FILE=str(tmp_path / "key.pem"),
+                CONNECT_STUDIOS_DOMAIN="studios.localhost", **oidc_env(idp))
+    try:
+        status, created = g.api("/api/sessions", "POST", {"owner": "alice"})
+        assert status == 201 and created["url"].startswith("https://")
+        sid = created["id"]
+        # The tunnel serves the same certificate; the test's studio pins it.
+        g.connect(sid, created["connect_string"].split("?")[0]
+                  + f"?pin={fingerprint_pem(cert_pem)}")
+        browser = Browser(tls=ssl.create_default_context(cadata=cert_pem.decode()))
+        landed = login_at_idp(browser, g.url(sid, "/api/info"), "alice")
+        assert landed.status == 200 and landed.url == g.url(sid, "/api/info")
+        seen = landed.json()
+        assert seen["headers"]["x-connect-sub"] == ["alice"] and "cookie" not in seen["headers"]
+        cookies = {(host, raw.split("=", 1)[0]): [a.strip().lower() for a in raw.split(";")[1:]]
+                   for host, raw in browser.set_cookies}
+        studio = cookies[(f"{sid}.studios.localhost", "__Host-connect_session")]
+        assert {"secure", "httponly", "samesite=lax", "path=/"} <= set(studio)
+        assert not any(a.startswith("domain") for a in studio)
+        login = cookies[("localhost", "connect_login")]
+        assert {"secure", "httponly", "samesite=lax", "path=/_connect/"} <= set(login)
+    finally:
+        g.stop()

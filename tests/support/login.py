@@ -73,7 +73,9 @@ class Gateway:
         self.tmp_path = tmp_path
         self.env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY, **env)
         self.http_port = int(self.env["CONNECT_HTTP_PORT"])
-        self.proxy = f"http://localhost:{self.http_port}"
+        self.scheme = "https" if "CONNECT_TLS_CERT_FILE" in self.env else "http"
+        self.domain = self.env.get("CONNECT_STUDIOS_DOMAIN", "localhost")
+        self.proxy = f"{self.scheme}://localhost:{self.http_port}"
         self.env["CONNECT_PROXY_URL"] = self.proxy
         self.gw = GatewayProcess(tmp_path, self.env)
         self.parts: list[Any] = [self.gw]  # each has .proc and .stop()
@@ -132,7 +134,7 @@ class Gateway:
     def url(self, sid: str, path: str = "/") -> str:
         if self.path_mode:
             return f"{self.proxy}/_studio/{sid}{path}"
-        return f"http://{sid}.localhost:{self.http_port}{path}"
+        return f"{self.scheme}://{sid}.{self.domain}:{self.http_port}{path}"
 
     def stop(self) -> None:
         """SIGTERM to every process first (they stop in parallel), then wait for each."""

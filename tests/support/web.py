@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import http.client
 import json as jsonlib
+import socket
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -29,12 +31,27 @@ class Reply:
         return self.body.decode("utf-8", "replace")
 
 
+class _HTTPSTo127(http.client.HTTPSConnection):
+    """HTTPS to 127.0.0.1 on the URL's port, with the URL's host name as SNI."""
+
+    def __init__(self, hostname: str, port: int, context: ssl.SSLContext, timeout: float):
+        super().__init__("127.0.0.1", port, timeout=timeout, context=context)
+        self._hostname = hostname
+
+    def connect(self) -> None:
+        sock = socket.create_connection(("127.0.0.1", self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self._hostname)
+
+
 @dataclass
 class Browser:
-    """Cookie jar keyed by (host, path prefix); good enough for host-only cookies."""
+    """Cookie jar keyed by (host, path prefix); good enough for host-only cookies.
+    `tls`: the context for https:// URLs; `set_cookies` keeps every (host, Set-Cookie)."""
 
     cookies: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
     timeout: float = 30.0
+    tls: ssl.SSLContext | None = None
+    set_cookies: list[tuple[str, str]] = field(default_factory=list)
 
     def _cookie_header(self, host: str, path: str) -> str | None:
         jar = self.cookies.get(host, {})
@@ -44,6 +61,7 @@ class Browser:
 
     def _store(self, host: str, headers: http.client.HTTPMessage) -> None:
         for raw in headers.get_all("Set-Cookie") or []:
+            self.set_cookies.append((host, raw))
             first, *attrs = [p.strip() for p in raw.split(";")]
             name, _, value = first.partition("=")
             path = "/"
@@ -69,7 +87,12 @@ class Browser:
             port = parts.port or (443 if parts.scheme == "https" else 80)
             path = parts.path or "/"
             target = path + (f"?{parts.query}" if parts.query else "")
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout)
+            conn: http.client.HTTPConnection
+            if parts.scheme == "https":
+                conn = _HTTPSTo127(host, port, self.tls or ssl.create_default_context(),
+                                   self.timeout)
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout)
             hdrs = {"Host": parts.netloc}
             cookie = self._cookie_header(host, path)
             if cookie:
