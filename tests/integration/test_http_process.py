@@ -1,0 +1,275 @@
+"""The HTTP proxy in a real gateway process, in front of a real tunnel and tool.
+
+1 GiB each way with the gateway's memory watched, and hostile request heads
+(hypothesis) against the live listener with a recording tool behind it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.integration.test_tunnel_process import Deployment, rss_kib, wait_connected
+from tests.support.studio import Connect
+
+pytestmark = pytest.mark.slow
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class PeakRss:
+    """Samples a process's RSS in a thread until stopped; keeps the peak."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.base = rss_kib(pid)
+        self.peak = self.base
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(0.05):
+            self.peak = max(self.peak, rss_kib(self.pid))
+
+    def growth_mib(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return (self.peak - self.base) / 1024
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    d = Deployment(tmp_path)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_one_gib_up_and_down_with_bounded_gateway_memory(deployment: Deployment) -> None:
+    created = deployment.create()
+    deployment.studio(created)
+    wait_connected(deployment.gw, created["id"])
+    deployment.login(created)
+    host = f"{created['id']}.localhost:{deployment.http_port}"
+    cookie = deployment.browser._cookie_header(f"{created['id']}.localhost", "/")
+    assert cookie
+    headers = {"Host": host, "Cookie": cookie}
+    # Warm up (pool, buffers) before the baseline.
+    assert deployment.browser.get(deployment.url(created, "/api/info")).status == 200
+    gw_pid = deployment.gw.proc.pid
+
+    chunk = bytes(range(256)) * (4 * 1024)  # 1 MiB
+    digest = hashlib.sha256()
+    for _ in range(GiB // len(chunk)):
+        digest.update(chunk)
+    watch = PeakRss(gw_pid)
+    conn = http.client.HTTPConnection("127.0.0.1", deployment.http_port, timeout=120)
+    start = time.monotonic()
+    conn.request("POST", "/upload", body=(chunk for _ in range(GiB // len(chunk))),
+                 headers={**headers, "Content-Length": str(GiB)})
+    reply = conn.getresponse()
+    body = reply.read()
+    up_s = time.monotonic() - start
+    assert reply.status == 200, body[:300]
+    import json
+
+    assert json.loads(body) == {"length": GiB, "sha256": digest.hexdigest()}
+    start = time.monotonic()
+    conn.request("GET", f"/download?size={GiB}", headers=headers)
+    reply = conn.getresponse()
+    got = 0
+    while data := reply.read(4 * MiB):
+        got += len(data)
+    down_s = time.monotonic() - start
+    conn.close()
+    growth = watch.growth_mib()
+    assert reply.status == 200 and got == GiB
+    print(f"1 GiB up {GiB / MiB / up_s:.0f} MiB/s, down {GiB / MiB / down_s:.0f} MiB/s, "
+          f"gateway RSS growth {growth:.1f} MiB")
+    assert growth < 64, f"gateway RSS grew {growth:.1f} MiB"
+
+
+# Hostile heads ---------------------------------------------------------------------------
+
+
+class RecordingTool:
+    """A tool that records every byte it receives; answers a GET `ok` (and closes), reads
+    anything else to the end without answering."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received = bytearray()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        head = b""
+        with conn:
+            try:
+                while b"\r\n\r\n" not in head and (data := conn.recv(65536)):
+                    head += data
+                    with self._lock:
+                        self.received += data
+                if not head.startswith(b"GET "):  # read the body until the proxy gives up
+                    while data := conn.recv(65536):
+                        with self._lock:
+                            self.received += data
+                elif b"\r\n\r\n" in head:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                                 b"Connection: close\r\n\r\nok")
+            except OSError:
+                pass
+
+    def seen(self, marker: bytes) -> bool:
+        with self._lock:
+            return marker in self.received
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+MARK = b"/evil-marker"
+
+# Each makes the head invalid on its own; the rest of the request is ordinary.
+DEFECTS = {
+    "cl+te": [b"Content-Length: 5", b"Transfer-Encoding: chunked"],
+    "two cl": [b"Content-Length: 5", b"Content-Length: 6"],
+    "cl list": [b"Content-Length: 5, 5"],
+    "cl sign": [b"Content-Length: +5"],
+    "cl hex": [b"Content-Length: 0x5"],
+    "te twice": [b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"],
+    "te gzip": [b"Transfer-Encoding: gzip"],
+    "te chunked,x": [b"Transfer-Encoding: chunked, identity"],
+    "obs-fold": [b"X-A: one", b" folded"],
+    "space before colon": [b"Content-Length : 5"],
+    "no colon": [b"Just a line"],
+    "nul in value": [b"X-A: a\x00b"],
+    "ctl in name": [b"X\x01A: b"],
+    "huge header": [b"X-Big: " + b"a" * (70 * 1024)],
+    "many headers": [b"X-H%d: v" % i for i in range(150)],
+}
+HOST_DEFECTS = [b"", b"Host: a b", b"Host: x/y", b"Host: [zz]", b"Host: a:99999"]
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> Iterator[tuple[Deployment, RecordingTool, dict, str]]:
+    d = Deployment(tmp_path)
+    tool = RecordingTool()
+    d.stoppers.append(tool.close)
+    try:
+        created = d.create()
+        client = Connect(tmp_path, created["connect_string"], tool.port, name="connect-rec")
+        d.stoppers.append(client.stop)
+        wait_connected(d.gw, created["id"])
+        d.login(created)
+        cookie = d.browser._cookie_header(f"{created['id']}.localhost", "/")
+        assert cookie
+        yield d, tool, created, cookie
+    finally:
+        d.stop()
+
+
+def exchange(port: int, data: bytes, timeout: float = 10) -> bytes:
+    """Send `data`, read until the gateway closes (or a response arrives and then EOF)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except OSError:
+            pass
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return out
+
+
+hostile_heads = st.builds(
+    lambda method, defect, host_defect, extra, junk, version: (
+        defect, method + b" " + MARK + b"?" + junk.hex().encode() + b" " + version + b"\r\n"
+        + b"\r\n".join([*([host_defect] if host_defect is not None else []), *extra,
+                        *DEFECTS.get(defect, [])]) + b"\r\n\r\n"),
+    method=st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"OPTIONS"]),
+    defect=st.sampled_from([*DEFECTS, "host"]),
+    host_defect=st.none(),
+    extra=st.lists(st.sampled_from([b"Accept: */*", b"X-Forwarded-For: 6.6.6.6",
+                                    b"X-Connect-Sub: root", b"Connection: keep-alive",
+                                    b"Upgrade: websocket"]), max_size=3),
+    junk=st.binary(max_size=8),
+    version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]),
+)
+
+
+def test_hostile_heads_never_reach_the_tool(recorded) -> None:
+    d, tool, created, cookie = recorded
+    host = f"Host: {created['id']}.localhost:{d.http_port}".encode()
+    auth = b"Cookie: " + cookie.encode()
+
+    def good(path: bytes) -> bytes:
+        return exchange(d.http_port, b"GET " + path + b" HTTP/1.1\r\n" + host + b"\r\n" + auth
+                        + b"\r\nConnection: close\r\n\r\n")
+
+    assert good(b"/ok-before").startswith(b"HTTP/1.1 200") and tool.seen(b"/ok-before")
+    # A slow, legitimate connection stays open through the storm.
+    slow = socket.create_connection(("127.0.0.1", d.http_port), timeout=30)
+    slow.sendall(b"GET /ok-slow HTTP/1.1\r\n" + host + b"\r\n")
+
+    @settings(max_examples=80, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                     HealthCheck.too_slow])
+    @given(hostile_heads, st.sampled_from(HOST_DEFECTS))
+    def check(case: tuple[str, bytes], bad_host: bytes) -> None:
+        defect, head = case
+        line, _, rest = head.partition(b"\r\n")
+        if defect == "host":  # the Host header itself is the defect
+            head = line + b"\r\n" + (bad_host + b"\r\n" if bad_host else b"") + auth + b"\r\n" \
+                + rest
+        else:
+            head = line + b"\r\n" + host + b"\r\n" + auth + b"\r\n" + rest
+        answer = exchange(d.http_port, head)
+        status = int(answer[9:12]) if answer.startswith(b"HTTP/1.1 ") else 0
+        assert status in (400, 414, 431), (defect, head[:200], answer[:200])
+        assert not tool.seen(MARK), (defect, head[:200])
+
+    check()
+    slow.sendall(auth + b"\r\nConnection: close\r\n\r\n")
+    answer = b""
+    while chunk := slow.recv(65536):
+        answer += chunk
+    slow.close()
+    assert answer.startswith(b"HTTP/1.1 200") and tool.seen(b"/ok-slow")
+    assert good(b"/ok-after").startswith(b"HTTP/1.1 200") and tool.seen(b"/ok-after")
+    assert d.gw.proc.poll() is None
+
+
+def test_bad_chunk_sizes_abort_the_tool_side(recorded) -> None:
+    d, tool, created, cookie = recorded
+    head = (f"POST /chunks HTTP/1.1\r\nHost: {created['id']}.localhost:{d.http_port}\r\n"
+            f"Cookie: {cookie}\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    for body in (b"zz\r\nhello\r\n0\r\n\r\n", b"-5\r\nhello\r\n0\r\n\r\n",
+                 b"5 5\r\nhello\r\n0\r\n\r\n", b"\r\nhello\r\n0\r\n\r\n"):
+        answer = exchange(d.http_port, head + body)
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert not tool.seen(b"hello")
