@@ -170,6 +170,11 @@ DEFECTS = {
     "many headers": [b"X-H%d: v" % i for i in range(150)],
 }
 HOST_DEFECTS = [b"", b"Host: a b", b"Host: x/y", b"Host: [zz]", b"Host: a:99999"]
+LINE_DEFECTS = [b"GET /evil-marker HTTP/1.1 extra", b"GET  /evil-marker HTTP/1.1",
+                b"CONNECT evil-marker:443 HTTP/1.1", b"GET http://other.test/evil-marker HTTP/1.1",
+                b"GET /evil-marker HTTP/2.0", b"GET /evil-marker HTTP/1.1\rX",
+                b"GET /evil-marker?" + b"a" * (9 * 1024) + b" HTTP/1.1",
+                b"G\x7fT /evil-marker HTTP/1.1"]
 
 
 @pytest.fixture
@@ -212,7 +217,7 @@ hostile_heads = st.builds(
         + b"\r\n".join([*([host_defect] if host_defect is not None else []), *extra,
                         *DEFECTS.get(defect, [])]) + b"\r\n\r\n"),
     method=st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"OPTIONS"]),
-    defect=st.sampled_from([*DEFECTS, "host"]),
+    defect=st.sampled_from([*DEFECTS, "host", "line"]),
     host_defect=st.none(),
     extra=st.lists(st.sampled_from([b"Accept: */*", b"X-Forwarded-For: 6.6.6.6",
                                     b"X-Connect-Sub: root", b"Connection: keep-alive",
@@ -239,10 +244,12 @@ def test_hostile_heads_never_reach_the_tool(recorded) -> None:
     @settings(max_examples=80, deadline=None, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture,
                                      HealthCheck.too_slow])
-    @given(hostile_heads, st.sampled_from(HOST_DEFECTS))
-    def check(case: tuple[str, bytes], bad_host: bytes) -> None:
+    @given(hostile_heads, st.sampled_from(HOST_DEFECTS), st.sampled_from(LINE_DEFECTS))
+    def check(case: tuple[str, bytes], bad_host: bytes, bad_line: bytes) -> None:
         defect, head = case
         line, _, rest = head.partition(b"\r\n")
+        if defect == "line":
+            line = bad_line
         if defect == "host":  # the Host header itself is the defect
             head = line + b"\r\n" + (bad_host + b"\r\n" if bad_host else b"") + auth + b"\r\n" \
                 + rest
@@ -250,7 +257,7 @@ def test_hostile_heads_never_reach_the_tool(recorded) -> None:
             head = line + b"\r\n" + host + b"\r\n" + auth + b"\r\n" + rest
         answer = exchange(d.http_port, head)
         status = int(answer[9:12]) if answer.startswith(b"HTTP/1.1 ") else 0
-        assert status in (400, 414, 431), (defect, head[:200], answer[:200])
+        assert status in (400, 414, 431, 505), (defect, head[:200], answer[:200])
         assert not tool.seen(MARK), (defect, head[:200])
 
     check()
