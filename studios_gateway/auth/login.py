@@ -56,6 +56,7 @@ from studios_gateway.auth.cookies import (
 )
 from studios_gateway.auth.files import load_or_create_key
 from studios_gateway.auth.oidc import (
+    ConfigurationError,
     LoginFailed,
     OIDCError,
     OIDCSettings,
@@ -79,6 +80,10 @@ PREFIX = "/_connect/"
 SUBJECT_HEADER = b"X-Connect-Sub"
 LOGIN_COOKIE = "connect_login"
 KEY_FILE = "auth-signing.key"
+#: Retrying an unreachable issuer at start: first after this many seconds, doubling up to
+START_RETRY_FIRST = 1.0
+#: ... this many.
+START_RETRY_MAX = 30.0
 _LINK = "login-link/1"
 _HANDOFF = "handoff/1"
 
@@ -352,6 +357,11 @@ class Auth:
         self._cookies = CookieCodec(signer, reactor)
         self._spent = SpentSet(reactor)
         self._refreshes: dict[str, Any] = {}
+        self._start_retry: Any = None
+        self._start_tried = 0.0
+        self._stopped = False
+        #: The issuer could not be reached at start (and is being asked again).
+        self.issuer_down = False
 
     @classmethod
     def from_config(cls, config: Any, store: Any, *, reactor: Any,
@@ -379,15 +389,58 @@ class Auth:
 
     def start(self) -> Deferred[None]:
         """Discover and register with the issuer (when there is one), follow the registry.
-        A ConfigurationError from here must stop the gateway's start."""
+
+        Fails only with a ConfigurationError (a refused registration...), which must
+        stop the gateway's start. An issuer that cannot be reached is asked again,
+        less and less often (up to every START_RETRY_MAX seconds); meanwhile studios
+        serve the cookies they know and new logins answer 503. The Deferred fires once
+        logins work."""
         self.authorizer.start()
         if self.rp is None:
             self._log.info("no OpenID issuer configured: logins come from one-time links")
             return defer.succeed(None)
-        return self.rp.start()
+        rp = self.rp
+        started: Deferred[None] = Deferred()
+        delay = [START_RETRY_FIRST]
+
+        def attempt() -> None:
+            self._start_retry = None
+            self._start_tried = self._reactor.seconds()
+            rp.start().addCallbacks(ok, failed)
+
+        def ok(_: Any) -> None:
+            self.issuer_down = False
+            started.callback(None)
+
+        def failed(f: Any) -> None:
+            if f.check(ConfigurationError) or not f.check(OIDCError):
+                started.errback(f)
+                return
+            self.issuer_down = True
+            if self._stopped:
+                return
+            self._log.warn("{why}; new logins fail until the issuer answers (next try in "
+                           "{delay:.0f}s)", why=f.getErrorMessage(), delay=delay[0])
+            self._start_retry = self._reactor.callLater(delay[0], attempt)
+            delay[0] = min(delay[0] * 2, START_RETRY_MAX)
+
+        attempt()
+        return started
+
+    def _retry_start_now(self) -> None:
+        """Somebody wants to log in while the issuer was unreachable: ask it again now
+        rather than at the next back-off step (at most every START_RETRY_FIRST)."""
+        call = self._start_retry
+        if call is not None and call.active() \
+                and self._reactor.seconds() - self._start_tried >= START_RETRY_FIRST:
+            call.reset(0)
 
     def stop(self) -> Deferred[None]:
         """Cancel refreshes, close connections to the issuer and the Platform."""
+        self._stopped = True
+        if self._start_retry is not None and self._start_retry.active():
+            self._start_retry.cancel()
+        self._start_retry = None
         for call in self._refreshes.values():
             if call.active():
                 call.cancel()
@@ -518,6 +571,11 @@ class Auth:
             return page(401, "Login required",
                         "This gateway logs people in with one-time links. Ask an "
                         "administrator for one (studios-gateway sessions create prints it).")
+        if self.issuer_down:
+            self._retry_start_now()
+            return page(503, "Login unavailable",
+                        "The identity provider cannot be reached right now; try again "
+                        "shortly.", extra_headers=[(b"Retry-After", b"5")])
         return redirect(self.rp.begin(next_url))
 
     def _callback(self, request: RequestInfo) -> Any:

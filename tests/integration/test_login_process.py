@@ -16,7 +16,9 @@ import pytest
 
 from studios_gateway.tunnel.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import BIN, base_env, run_twistd
+from tests.support.idp import DEFAULT_REGISTRATION_TOKEN
 from tests.support.login import Gateway, IdPProcess, login_at_idp, oidc_env
+from tests.support.ports import free_port
 from tests.support.web import Browser
 from tests.support.ws_echo import Closed, EchoSocket
 
@@ -364,3 +366,26 @@ def test_over_https_the_studio_cookie_is_secure_and_host_only(idp: IdPProcess,
         assert {"secure", "httponly", "samesite=lax", "path=/_connect/"} <= set(login)
     finally:
         g.stop()
+
+
+def test_an_issuer_that_is_down_at_start_is_waited_for(tmp_path: Path) -> None:
+    port = free_port()
+    g = Gateway(tmp_path, ready=False, PLATFORM_URL=f"http://127.0.0.1:{port}",
+                CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN=DEFAULT_REGISTRATION_TOKEN)
+    idp = None
+    try:
+        status, body, _ = g.gw.request("/ready")
+        assert status == 503 and json.loads(body)["checks"]["login"] == "starting"
+        sid = g.studio()["id"]  # the gateway runs: sessions, tunnels
+        down = Browser().get(g.url(sid, "/"))
+        assert down.status == 503 and "cannot be reached" in down.text
+        idp = IdPProcess(tmp_path, port=port)
+        Browser().get(g.url(sid, "/"))  # a visitor: the gateway asks the issuer again now
+        g.wait_ready(timeout=15)
+        assert logged_in(g, sid, "alice")
+        assert "ConnectionRefusedError; new logins fail until the issuer answers" in \
+            g.gw.output()
+    finally:
+        g.stop()
+        if idp is not None:
+            idp.stop()

@@ -27,8 +27,8 @@ USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
 class IdPProcess:
     """`python -m tests.support.idp` on a free port of 127.0.0.1."""
 
-    def __init__(self, tmp_path: Path, users: dict[str, str] = USERS):
-        self.port = free_port()
+    def __init__(self, tmp_path: Path, users: dict[str, str] = USERS, port: int | None = None):
+        self.port = port or free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp_path / "idp.log", "wb")  # noqa: SIM115 - closed in stop()
         args = [sys.executable, "-m", "tests.support.idp", "--port", str(self.port)]
@@ -68,7 +68,7 @@ def login_at_idp(browser: Browser, url: str, user: str,
 class Gateway:
     """A twistd gateway on free ports with the admin API, its studios and browsers."""
 
-    def __init__(self, tmp_path: Path, **env: str):
+    def __init__(self, tmp_path: Path, ready: bool = True, **env: str):
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.tmp_path = tmp_path
         self.env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY, **env)
@@ -80,7 +80,8 @@ class Gateway:
         self.gw = GatewayProcess(tmp_path, self.env)
         self.parts: list[Any] = [self.gw]  # each has .proc and .stop()
         self.gw.wait_ready()
-        self.wait_ready()
+        if ready:
+            self.wait_ready()
         self.path_mode = self.env.get("TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING") == "true"
         self.tools: dict[str, Tool] = {}  # by path prefix
 

@@ -21,7 +21,13 @@ from studios_gateway.auth.login import (
     Response,
     strip_auth_cookies,
 )
-from studios_gateway.auth.oidc import LoginFailed, LoginResult, TokenSet
+from studios_gateway.auth.oidc import (
+    ConfigurationError,
+    LoginFailed,
+    LoginResult,
+    OIDCError,
+    TokenSet,
+)
 from studios_gateway.config import load_config
 from tests.support.auth_browser import Browser, Jar, request
 from tests.unit.test_auth_authorizer import FakeStore, record
@@ -373,3 +379,66 @@ def test_proxy_host_inside_the_studios_domain_is_still_the_proxy_host():
     auth = Auth(settings, reactor=auth._reactor, authorizer=auth.authorizer, rp=rp, key=KEY)
     resp = run(auth.handle(request("https://connect.example.test/_connect/login?next=/")))
     assert resp.status == 302 and b"idp.example.org" in dict(resp.headers)[b"Location"]
+
+
+class FlakyRP(FakeRP):
+    """start() fails `failures` times as an unreachable issuer does, or with `error`."""
+
+    def __init__(self, clock: Clock, failures: int, error: Exception | None = None):
+        super().__init__(clock)
+        self.failures = failures
+        self.error = error or OIDCError("OpenID discovery at http://idp/x failed: "
+                                        "ConnectionRefusedError")
+        self.starts = 0
+
+    def start(self) -> Deferred[None]:
+        self.starts += 1
+        if self.starts <= self.failures:
+            return defer.fail(self.error)
+        return defer.succeed(None)
+
+
+def test_an_unreachable_issuer_at_start_is_asked_again_not_fatal():
+    auth, clock, _ = make()
+    auth.rp = rp = FlakyRP(clock, failures=3)
+    started: list[Any] = []
+    auth.start().addBoth(started.append)
+    assert rp.starts == 1 and started == []
+    clock.advance(1)
+    assert rp.starts == 2
+    clock.advance(2)  # backing off: 1, 2, 4 ...
+    assert rp.starts == 3 and started == []
+    clock.advance(4)
+    assert rp.starts == 4 and started == [None]
+
+
+def test_a_configuration_error_at_start_is_fatal():
+    auth, clock, _ = make()
+    auth.rp = FlakyRP(clock, failures=1, error=ConfigurationError("wrong token"))
+    failed: list[Any] = []
+    auth.start().addErrback(failed.append)
+    assert failed and failed[0].check(ConfigurationError)
+
+
+def test_stop_ends_the_start_retries():
+    auth, clock, _ = make()
+    auth.rp = rp = FlakyRP(clock, failures=100)
+    auth.start()
+    auth.stop()
+    clock.advance(3600)
+    assert rp.starts == 1
+
+
+def test_a_login_while_the_issuer_is_down_says_so_and_asks_again_now():
+    auth, clock, _ = make()
+    auth.rp = rp = FlakyRP(clock, failures=2)
+    auth.start()
+    clock.advance(1)
+    assert rp.starts == 2  # the next try is 2 s away ...
+    clock.advance(1)
+    resp = run(auth.handle(request(f"{PROXY}/_connect/login?next=/")))
+    assert resp.status == 503 and b"cannot be reached" in resp.body
+    clock.advance(0)
+    assert rp.starts == 3  # ... but somebody wants to log in: asked at once
+    resp = run(auth.handle(request(f"{PROXY}/_connect/login?next=/")))
+    assert resp.status == 302 and not auth.issuer_down
