@@ -89,6 +89,9 @@ def test_subdomain_login_reaches_the_tool_as_the_user(subdomain: Gateway) -> Non
                    cookie=f"connect_session={stolen}")
     # Alice herself opens B without the IdP: the proxy host's login cookie hands it over.
     assert info(browser, g.url(b["id"], "/api/info"))["headers"]["x-connect-sub"] == ["alice"]
+    # Nobody can claim to be someone else by sending the header.
+    spoofed = browser.get(g.url(b["id"], "/api/info"), headers={"X-Connect-Sub": "mallory"})
+    assert spoofed.json()["headers"]["x-connect-sub"] == ["alice"]
     # Bob (on A's allow-list) gets in to A; not to B (neither owner nor listed): 403.
     bob = Browser()
     assert login_at_idp(bob, g.url(a["id"], "/api/info"), "bob").json()["headers"][
@@ -103,7 +106,8 @@ def test_a_stranger_gets_403(subdomain: Gateway) -> None:
     carol = Browser()
     denied = login_at_idp(carol, subdomain.url(a["id"], "/"), "carol")
     assert denied.status == 403 and "carol may not use studio" in denied.text
-    assert "X-Connect-Sub" not in denied.text
+    with pytest.raises(Closed, match="HTTP 403"):
+        open_ws(subdomain, carol, a["id"])
 
 
 def test_path_mode_login(idp: IdPProcess, tmp_path: Path) -> None:
