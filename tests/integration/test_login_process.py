@@ -4,6 +4,7 @@ provider running as its own process (tests/support/idp.py), studios are real
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import ssl
@@ -17,7 +18,13 @@ import pytest
 from studios_gateway.tunnel.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import BIN, base_env, run_twistd
 from tests.support.idp import DEFAULT_REGISTRATION_TOKEN
-from tests.support.login import Gateway, IdPProcess, login_at_idp, oidc_env
+from tests.support.login import (
+    Gateway,
+    IdPProcess,
+    MockProviderProcess,
+    login_at_idp,
+    oidc_env,
+)
 from tests.support.ports import free_port
 from tests.support.web import Browser
 from tests.support.ws_echo import Closed, EchoSocket
@@ -320,11 +327,16 @@ def test_registration_is_kept_across_a_restart_and_a_wrong_token_stops_the_start
         assert client_file.stat().st_mode & 0o777 == 0o600
         g.restart()
         assert json.loads(client_file.read_text()) == registered  # not registered again
-        sid = g.studio()["id"]
-        to_idp = Browser().get(g.url(sid, "/"), follow=False)
-        to_idp = Browser().get(to_idp.headers["Location"], follow=False)
+        # A session without a studio is enough: the login completes with the kept client
+        # (the code exchange authenticates it) and ends on the studio's "not connected".
+        status, created = g.api("/api/sessions", "POST", {"owner": "alice"})
+        assert status == 201
+        browser = Browser()
+        to_idp = browser.get(browser.get(g.url(created["id"]), follow=False)
+                             .headers["Location"], follow=False)
         assert f"client_id={registered['client_id']}" in to_idp.headers["Location"]
-        assert logged_in(g, sid, "alice")
+        landed = login_at_idp(browser, g.url(created["id"]), "alice")
+        assert landed.url == g.url(created["id"]) and landed.status == 502, landed.text
     finally:
         g.stop()
     (tmp_path / "b").mkdir()
@@ -393,3 +405,29 @@ def test_an_issuer_that_is_down_at_start_is_waited_for(tmp_path: Path) -> None:
         g.stop()
         if idp is not None:
             idp.stop()
+
+
+# An independent provider ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(importlib.util.find_spec("oidc_provider_mock") is None,
+                    reason="oidc-provider-mock is not installed")
+def test_the_gateway_logs_in_against_oidc_provider_mock(tmp_path: Path) -> None:
+    mock = MockProviderProcess(tmp_path)
+    g = None
+    try:
+        # Its own issuer (no Platform: owner and allow-list decide), dynamic registration.
+        g = Gateway(tmp_path, CONNECT_OIDC_ISSUER_URL=mock.issuer,
+                    CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN="not-checked-by-the-mock")
+        sid = g.studio(allowed_users=["dora"])["id"]
+        browser = Browser()
+        landed = login_at_idp(browser, g.url(sid, "/api/info"), "dora", {"sub": "dora"})
+        assert landed.status == 200 and landed.url == g.url(sid, "/api/info")
+        assert landed.json()["headers"]["x-connect-sub"] == ["dora"]
+        assert open_ws(g, browser, sid).echo("interop") == "interop"
+        eve = login_at_idp(Browser(), g.url(sid, "/"), "eve", {"sub": "eve"})
+        assert eve.status == 403
+    finally:
+        if g is not None:
+            g.stop()
+        mock.stop()

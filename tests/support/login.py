@@ -50,16 +50,32 @@ class IdPProcess:
         self.log.close()
 
 
+class MockProviderProcess(IdPProcess):
+    """oidc-provider-mock (an independent implementation, on authlib) as its own process,
+    with registration and nonces required. Its login form asks only for a `sub`."""
+
+    def __init__(self, tmp_path: Path):  # noqa: D107 - not the in-repo IdP's arguments
+        self.port = free_port()
+        self.issuer = f"http://127.0.0.1:{self.port}"
+        self.log = open(tmp_path / "oidc-provider-mock.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-W", "ignore", "-m", "oidc_provider_mock", "--host",
+             "127.0.0.1", "--port", str(self.port), "--require-registration", "true",
+             "--require-nonce", "true"], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, proc=self.proc)
+
+
 def login_at_idp(browser: Browser, url: str, user: str,
-                 password: str | None = None) -> Reply:
-    """Open `url`; it must lead to the IdP's login form, which is filled and sent as a
-    browser does. Returns where the redirects after the login end."""
+                 fields: dict[str, str] | None = None) -> Reply:
+    """Open `url`; it must lead to the IdP's login form, which is filled (by default
+    with the test IdP's user name and password) and sent as a browser does. Returns
+    where the redirects after the login end."""
     form_page = browser.get(url)
-    assert form_page.status == 200 and 'name="password"' in form_page.text, \
+    assert form_page.status == 200 and "<form" in form_page.text, \
         (form_page.status, form_page.url, form_page.text[:300])
     form = _Form()
     form.feed(form_page.text)
-    fields = {**form.fields, "username": user, "password": password or USERS[user]}
+    fields = {**form.fields, **(fields or {"username": user, "password": USERS[user]})}
     return browser.request(urljoin(form_page.url, form.action or ""), method="POST",
                            body=urlencode(fields).encode(),
                            headers={"Content-Type": "application/x-www-form-urlencoded"})
