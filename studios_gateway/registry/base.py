@@ -29,6 +29,9 @@ from twisted.internet.defer import Deferred
 __all__ = [
     "SESSION_ID",
     "Invalidation",
+    "MAX_USER_KEYS",
+    "MAX_USER_KEY_LENGTH",
+    "BadUserKeys",
     "MalformedRecord",
     "RegistryError",
     "SessionExists",
@@ -37,7 +40,10 @@ __all__ = [
     "SessionStore",
     "StoreUnavailable",
     "TunnelHolder",
+    "check_user_keys",
     "hash_token",
+    "key_blob",
+    "unique_keys",
     "new_token",
     "token_matches",
 ]
@@ -47,8 +53,15 @@ SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _TOKEN_BYTES = 32
 _HASH_PREFIX = "sha256:"
 
-#: subscribe() callbacks get a session id, or None meaning "anything may have changed".
+#: subscribe() callbacks get a session id, or None meaning "anything may have changed";
+#: subscribe_user_keys() callbacks get a user name, or None likewise.
 Invalidation = Callable[[str | None], Any]
+
+#: Users' SSH public keys: at most this many per user, each line at most this long
+#: (a 16384-bit RSA key with a long comment fits).
+MAX_USER_KEYS = 100
+MAX_USER_KEY_LENGTH = 8192
+_KEY_LINE = re.compile(r"[a-z0-9@.-]{3,64} AAAA[A-Za-z0-9+/]+={0,3}(?: [^\r\n]*)?")
 
 
 class RegistryError(Exception):
@@ -73,6 +86,10 @@ class StoreUnavailable(RegistryError):
 
 class MalformedRecord(RegistryError, ValueError):
     """Stored or received data is not a valid record; the message says which field."""
+
+
+class BadUserKeys(RegistryError, ValueError):
+    """A user's keys break a limit (count, length) or are not key lines; says which."""
 
 
 # Records ----------------------------------------------------------------------------
@@ -239,6 +256,47 @@ def token_matches(token: str, token_hash: str) -> bool:
     return hmac.compare_digest(hash_token(token).encode(), token_hash.encode("utf-8", "replace"))
 
 
+# Users' SSH keys ----------------------------------------------------------------------
+
+
+def key_blob(line: str) -> str:
+    """The base64 key of an authorized_keys-style line ``<type> <base64> [comment]``:
+    what identifies the key (the comment does not)."""
+    return line.split(" ", 2)[1]
+
+
+def unique_keys(lines: list[str]) -> list[str]:
+    """`lines` without repeated keys (the first of each stays), in order."""
+    seen: set[str] = set()
+    out = []
+    for line in lines:
+        if key_blob(line) not in seen:
+            seen.add(key_blob(line))
+            out.append(line)
+    return out
+
+
+def check_user_keys(user: str, lines: list[str]) -> None:
+    """Raise BadUserKeys unless `user` is a plausible user name and `lines` are within the
+    limits: normalised key lines (the SSH layer parses the keys themselves), at most
+    MAX_USER_KEYS, none longer than MAX_USER_KEY_LENGTH, no key twice."""
+    if not isinstance(user, str) or not 0 < len(user) <= 256 \
+            or any(c.isspace() or ord(c) < 32 for c in user):
+        raise BadUserKeys(f"not a user name: {user!r:.80}")
+    if len(lines) > MAX_USER_KEYS:
+        raise BadUserKeys(f"at most {MAX_USER_KEYS} keys per user (got {len(lines)})")
+    seen: set[str] = set()
+    for n, line in enumerate(lines, 1):
+        if not isinstance(line, str) or len(line.encode("utf-8", "replace")) \
+                > MAX_USER_KEY_LENGTH:
+            raise BadUserKeys(f"key {n}: longer than {MAX_USER_KEY_LENGTH} bytes")
+        if not _KEY_LINE.fullmatch(line):
+            raise BadUserKeys(f"key {n}: expected '<key type> <base64> [comment]'")
+        if key_blob(line) in seen:
+            raise BadUserKeys(f"key {n}: the same key twice")
+        seen.add(key_blob(line))
+
+
 # The interface ----------------------------------------------------------------------
 
 
@@ -288,3 +346,25 @@ class SessionStore(Protocol):
         """Call `callback(session_id)` whenever any node changes a session or its tunnel
         (and `callback(None)` when changes may have been missed). Returns an
         unsubscribe function."""
+
+    # Users' SSH public keys (authorized_keys-style lines, checked by check_user_keys).
+
+    def get_user_keys(self, user: str) -> Deferred[list[str]]:
+        """The user's key lines (empty when none), in the order they were added."""
+
+    def set_user_keys(self, user: str, lines: list[str]) -> Deferred[None]:
+        """Replace the user's keys (an empty list forgets the user); BadUserKeys if the
+        lines break a limit."""
+
+    def add_user_keys(self, user: str, lines: list[str]) -> Deferred[list[str]]:
+        """Add keys the user does not have yet (same base64 key: kept as it was), in one
+        atomic step; returns all the user's keys. BadUserKeys, changing nothing, when
+        the result would have more than MAX_USER_KEYS."""
+
+    def remove_user_keys(self, user: str, blobs: list[str] | None = None) -> Deferred[int]:
+        """Forget the user's keys whose base64 key is in `blobs` (None: all of them), in
+        one atomic step; how many went."""
+
+    def subscribe_user_keys(self, callback: Invalidation) -> Callable[[], None]:
+        """Call `callback(user)` whenever any node changes a user's keys (and
+        `callback(None)` when changes may have been missed)."""

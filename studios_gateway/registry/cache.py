@@ -8,6 +8,9 @@ seen before fail with StoreUnavailable. Writes go straight through.
 
 An invalidation of None ("anything may have changed", e.g. the pub/sub link
 was lost) marks every entry expired but keeps it as the outage fallback.
+
+Users' SSH keys (`get_user_keys`) follow the same rules, keyed by user name and
+invalidated by the store's user-key events.
 """
 
 from __future__ import annotations
@@ -104,9 +107,13 @@ class CachingStore:
         self._clock = clock
         self._records: _Table[SessionRecord | None] = _Table(max_entries)
         self._tunnels: _Table[TunnelHolder | None] = _Table(max_entries)
+        self._user_keys: _Table[list[str]] = _Table(max_entries)
         self._subscribers = Subscribers()
+        self._key_subscribers = Subscribers()
         self.stale_served = 0
         inner.subscribe(self._invalidated)
+        if hasattr(inner, "subscribe_user_keys"):
+            inner.subscribe_user_keys(self._keys_invalidated)
 
     def __repr__(self) -> str:
         return f"CachingStore({self.inner!r}, ttl={self.ttl})"
@@ -128,6 +135,16 @@ class CachingStore:
 
     def subscribe(self, callback: Invalidation) -> Callable[[], None]:
         return self._subscribers.add(callback)
+
+    def _keys_invalidated(self, user: str | None) -> None:
+        if user is None:
+            self._user_keys.expire_all()
+        else:
+            self._user_keys.drop(user)
+        self._key_subscribers.notify(user)
+
+    def subscribe_user_keys(self, callback: Invalidation) -> Callable[[], None]:
+        return self._key_subscribers.add(callback)
 
     # Cached reads --------------------------------------------------------------
 
@@ -163,6 +180,10 @@ class CachingStore:
     def get_tunnel(self, session_id: str) -> Deferred[TunnelHolder | None]:
         return self._cached(self._tunnels, session_id, self.inner.get_tunnel, "tunnel")
 
+    def get_user_keys(self, user: str) -> Deferred[list[str]]:
+        d = self._cached(self._user_keys, user, self.inner.get_user_keys, "SSH keys")
+        return d.addCallback(list)  # callers get their own copy
+
     # Pass-through --------------------------------------------------------------
 
     def _write(self, session_id: str, call: Callable[..., Deferred[Any]],
@@ -183,6 +204,29 @@ class CachingStore:
             return f
 
         return d.addCallbacks(done, failed)
+
+    def _write_keys(self, user: str, call: Callable[..., Deferred[Any]],
+                    *args: Any) -> Deferred[Any]:
+        d = defer.maybeDeferred(call, user, *args)
+
+        def done(result: Any) -> Any:
+            self._user_keys.drop(user)
+            return result
+
+        def failed(f: Failure) -> Failure:
+            self._user_keys.expire(user)
+            return f
+
+        return d.addCallbacks(done, failed)
+
+    def set_user_keys(self, user: str, lines: list[str]) -> Deferred[None]:
+        return self._write_keys(user, self.inner.set_user_keys, lines)
+
+    def add_user_keys(self, user: str, lines: list[str]) -> Deferred[list[str]]:
+        return self._write_keys(user, self.inner.add_user_keys, lines)
+
+    def remove_user_keys(self, user: str, blobs: list[str] | None = None) -> Deferred[int]:
+        return self._write_keys(user, self.inner.remove_user_keys, blobs)
 
     def create(self, record: SessionRecord) -> Deferred[None]:
         return self._write(record.id, self.inner.create, record)

@@ -1,4 +1,5 @@
-"""The embedded registry: one node, in memory, tunnel TTLs kept with the given clock."""
+"""The embedded registry: one node, in memory, tunnel TTLs kept with the given clock;
+users' SSH keys too."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from studios_gateway.registry.base import (
+    MAX_USER_KEYS,
+    BadUserKeys,
     Invalidation,
     SessionExists,
     SessionNotFound,
     SessionRecord,
     TunnelHolder,
+    check_user_keys,
+    key_blob,
+    unique_keys,
 )
 
 
@@ -51,7 +57,9 @@ class MemoryStore:
         self._clock = clock
         self._records: dict[str, SessionRecord] = {}
         self._tunnels: dict[str, tuple[TunnelHolder, float]] = {}
+        self._user_keys: dict[str, list[str]] = {}
         self._subscribers = Subscribers()
+        self._key_subscribers = Subscribers()
 
     def __repr__(self) -> str:
         return f"MemoryStore(sessions={len(self._records)})"
@@ -142,6 +150,55 @@ class MemoryStore:
 
     def get_tunnel(self, session_id: str) -> Deferred[TunnelHolder | None]:
         return defer.succeed(self._current(session_id))
+
+    # Users' SSH keys -----------------------------------------------------------
+
+    def subscribe_user_keys(self, callback: Invalidation) -> Callable[[], None]:
+        return self._key_subscribers.add(callback)
+
+    def get_user_keys(self, user: str) -> Deferred[list[str]]:
+        return defer.succeed(list(self._user_keys.get(user, [])))
+
+    def all_user_keys(self) -> dict[str, list[str]]:
+        """Every user's keys, now (for saving them to a file)."""
+        return {user: list(lines) for user, lines in self._user_keys.items()}
+
+    def _store_keys(self, user: str, lines: list[str]) -> None:
+        if lines:
+            self._user_keys[user] = list(lines)
+        else:
+            self._user_keys.pop(user, None)
+        self._key_subscribers.notify(user)
+
+    def set_user_keys(self, user: str, lines: list[str]) -> Deferred[None]:
+        try:
+            check_user_keys(user, lines)
+        except BadUserKeys as e:
+            return defer.fail(e)
+        self._store_keys(user, lines)
+        return defer.succeed(None)
+
+    def add_user_keys(self, user: str, lines: list[str]) -> Deferred[list[str]]:
+        have = self._user_keys.get(user, [])
+        merged = unique_keys(have + lines)
+        try:
+            if len(merged) > MAX_USER_KEYS:
+                raise BadUserKeys(f"at most {MAX_USER_KEYS} keys per user ({user} has "
+                                  f"{len(have)}, {len(merged) - len(have)} new)")
+            check_user_keys(user, merged)
+        except BadUserKeys as e:
+            return defer.fail(e)
+        if len(merged) != len(have):
+            self._store_keys(user, merged)
+        return defer.succeed(merged)
+
+    def remove_user_keys(self, user: str, blobs: list[str] | None = None) -> Deferred[int]:
+        have = self._user_keys.get(user, [])
+        drop = None if blobs is None else set(blobs)
+        keep = [] if drop is None else [line for line in have if key_blob(line) not in drop]
+        if len(keep) != len(have):
+            self._store_keys(user, keep)
+        return defer.succeed(len(have) - len(keep))
 
 
 def _same(a: TunnelHolder, b: TunnelHolder) -> bool:

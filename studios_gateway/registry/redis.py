@@ -5,8 +5,11 @@ Keys, under the configured prefix (``connect:session`` by default):
 - ``<prefix>:<id>``: the session record (JSON);
 - ``<prefix>:<id>:tunnel``: the tunnel holder (JSON) with a PX TTL the holding
   node refreshes;
-- channel ``<prefix>:events``: every change publishes the session id there; all
-  nodes drop their cached copy when they hear it.
+- ``<prefix>:_keys:<user>``: a user's SSH public keys (JSON list of key lines);
+  ``_`` never starts a session id, so these never collide with sessions;
+- channel ``<prefix>:events``: every change publishes the session id there (a
+  change of a user's keys publishes ``keys:<user>``); all nodes drop their cached
+  copy when they hear it.
 
 Claim, refresh, release, create, update and delete are Lua scripts, so each is
 one atomic step and a node deletes only a holder that is still its own.
@@ -21,6 +24,7 @@ bounded by `timeout` seconds on `clock`. See docs/decisions/redis-store.md.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -43,7 +47,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.registry.base import (
+    MAX_USER_KEYS,
     SESSION_ID,
+    BadUserKeys,
     Invalidation,
     MalformedRecord,
     SessionExists,
@@ -51,6 +57,8 @@ from studios_gateway.registry.base import (
     SessionRecord,
     StoreUnavailable,
     TunnelHolder,
+    check_user_keys,
+    unique_keys,
 )
 from studios_gateway.registry.memory import Subscribers
 
@@ -108,6 +116,63 @@ redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
+
+# Users' SSH keys: a JSON list of "<type> <base64> [comment]" lines; a key is its base64.
+
+_SET_KEYS = """
+if ARGV[1] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+_HAVE_KEYS = """
+local have = {}
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, v = pcall(cjson.decode, cur)
+  if ok and type(v) == 'table' then have = v end
+end
+local function blob(line) return string.match(line, '^%S+ (%S+)') or line end
+"""
+
+_ADD_KEYS = _HAVE_KEYS + """
+local seen, n0 = {}, #have
+for _, line in ipairs(have) do seen[blob(line)] = true end
+for _, line in ipairs(cjson.decode(ARGV[4])) do
+  if not seen[blob(line)] then
+    seen[blob(line)] = true
+    table.insert(have, line)
+  end
+end
+if #have > tonumber(ARGV[1]) then return {0, n0} end
+if #have > n0 then
+  redis.call('SET', KEYS[1], cjson.encode(have))
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+if #have == 0 then return {1, '[]'} end
+return {1, cjson.encode(have)}
+"""
+
+_REMOVE_KEYS = _HAVE_KEYS + """
+if not cur then return 0 end
+local keep = {}
+if ARGV[3] ~= '' then
+  local drop = {}
+  for _, b in ipairs(cjson.decode(ARGV[3])) do drop[b] = true end
+  for _, line in ipairs(have) do
+    if not drop[blob(line)] then table.insert(keep, line) end
+  end
+end
+local gone = #have - #keep
+if #keep == 0 then redis.call('DEL', KEYS[1]) elseif gone > 0 then
+  redis.call('SET', KEYS[1], cjson.encode(keep))
+end
+if gone > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+return gone
+"""
+
+#: Prefix of the events that name a user whose keys changed (never a session id).
+KEYS_EVENT = "keys:"
 
 #: Redis errors that mean "not usable right now" rather than "your command is wrong".
 _TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "NOAUTH", "NOPERM", "WRONGPASS",
@@ -369,6 +434,7 @@ class RedisStore:
         self.reconnect_delay = reconnect_delay
         self.channel = f"{prefix}:events"
         self._subscribers = Subscribers()
+        self._key_subscribers = Subscribers()
         self._started = False
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ValueError("a Redis TLS client certificate needs both the certificate "
@@ -449,14 +515,19 @@ class RedisStore:
         d = conn.subscribe(self.channel)
         d.addTimeout(self.timeout, self.clock)
         # Whatever happened while we were not listening is unknown: expire caches.
-        return d.addCallback(lambda _: self._subscribers.notify(None))
+        return d.addCallback(lambda _: self._events_lost())
 
     def _events_lost(self) -> None:
         self._subscribers.notify(None)
+        self._key_subscribers.notify(None)
 
     def _message(self, channel: str, message: str) -> None:
-        if channel == self.channel and SESSION_ID.fullmatch(message):
+        if channel != self.channel:
+            return
+        if SESSION_ID.fullmatch(message):
             self._subscribers.notify(message)
+        elif message.startswith(KEYS_EVENT) and len(message) > len(KEYS_EVENT):
+            self._key_subscribers.notify(message[len(KEYS_EVENT):])
 
     # Commands ---------------------------------------------------------------------
 
@@ -612,6 +683,66 @@ class RedisStore:
         d = self._call("get_tunnel", lambda conn: conn.execute_command(
             "GET", self._tunnel_key(session_id)))
         return d.addCallback(lambda v: None if v is None else TunnelHolder.from_json(v))
+
+    # Users' SSH keys -----------------------------------------------------------------
+
+    def subscribe_user_keys(self, callback: Invalidation) -> Callable[[], None]:
+        return self._key_subscribers.add(callback)
+
+    def _keys_key(self, user: str) -> str:
+        return f"{self.prefix}:_keys:{user}"
+
+    def get_user_keys(self, user: str) -> Deferred[list[str]]:
+        d = self._call("get_user_keys", lambda conn: conn.execute_command(
+            "GET", self._keys_key(user)))
+        return d.addCallback(lambda v: [] if v is None else self._decode_keys(user, v))
+
+    def _decode_keys(self, user: str, value: Any) -> list[str]:
+        try:
+            lines = json.loads(_text(value))
+            if isinstance(lines, dict) and not lines:  # how cjson writes an empty list
+                return []
+            if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
+                raise ValueError("not a list of key lines")
+            check_user_keys(user, lines)
+        except ValueError as e:
+            self._log.error("ignoring the malformed SSH keys of {user} in Redis: {error}",
+                            user=user, error=str(e))
+            return []
+        return lines
+
+    def set_user_keys(self, user: str, lines: list[str]) -> Deferred[None]:
+        try:
+            check_user_keys(user, lines)
+        except BadUserKeys as e:
+            return defer.fail(e)
+        value = json.dumps(lines) if lines else ""
+        return self._eval("set_user_keys", _SET_KEYS, [self._keys_key(user)],
+                          [value, self.channel, KEYS_EVENT + user]).addCallback(lambda _: None)
+
+    def add_user_keys(self, user: str, lines: list[str]) -> Deferred[list[str]]:
+        new = unique_keys(lines)
+        try:
+            check_user_keys(user, new[:MAX_USER_KEYS])
+            if len(new) > MAX_USER_KEYS:
+                raise BadUserKeys(f"at most {MAX_USER_KEYS} keys per user")
+        except BadUserKeys as e:
+            return defer.fail(e)
+        d = self._eval("add_user_keys", _ADD_KEYS, [self._keys_key(user)],
+                       [MAX_USER_KEYS, self.channel, KEYS_EVENT + user, json.dumps(new)])
+
+        def done(reply: Any) -> list[str]:
+            if int(reply[0]) != 1:
+                raise BadUserKeys(f"at most {MAX_USER_KEYS} keys per user ({user} has "
+                                  f"{int(reply[1])})")
+            return self._decode_keys(user, reply[1])
+
+        return d.addCallback(done)
+
+    def remove_user_keys(self, user: str, blobs: list[str] | None = None) -> Deferred[int]:
+        which = "" if blobs is None else json.dumps(list(blobs))
+        return self._eval("remove_user_keys", _REMOVE_KEYS, [self._keys_key(user)],
+                          [self.channel, KEYS_EVENT + user, which]).addCallback(int)
 
 
 def _ms(ttl: float) -> int:

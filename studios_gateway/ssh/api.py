@@ -8,6 +8,8 @@
   DELETE /api/users/{user}/keys/{fp}      forget one key (fp: SHA256:..., URL-encoded)
 
 Authentication is the management root's (bearer key). Keys are never logged.
+The keys live in the session registry (shared by every node with the same
+Redis); when it does not answer, the call fails with 503.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from twisted.conch.ssh.keys import Key
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
-from studios_gateway.ssh.keys import MemoryUserKeys, fingerprint, parse_public_keys, valid_user
+from studios_gateway.registry.base import StoreUnavailable, key_blob
+from studios_gateway.ssh.keys import fingerprint, parse_public_keys, valid_user
 
 __all__ = ["UserKeysResource"]
 
@@ -76,13 +80,14 @@ def _describe(user: str, lines: list[str]) -> dict[str, Any]:
 
 
 class UserKeysResource(Resource):
-    """/api/users: children are ``{user}/keys[/{fingerprint}]``."""
+    """/api/users: children are ``{user}/keys[/{fingerprint}]``; `store` is the session
+    store (its ``*_user_keys`` methods)."""
 
     isLeaf = True
 
-    def __init__(self, user_keys: MemoryUserKeys):
+    def __init__(self, store: Any):
         super().__init__()
-        self.user_keys = user_keys
+        self.store = store
 
     def _target(self, request: Request) -> tuple[str, str | None]:
         parts = [unquote(p.decode("utf-8", "replace")) for p in request.postpath]
@@ -92,31 +97,54 @@ class UserKeysResource(Resource):
             return parts[0], parts[2] if len(parts) == 3 else None
         raise LookupError
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> Any:
         try:
             user, fp = self._target(request)
         except LookupError:
             return _reply(request, 404, {"error": "expected /api/users/{user}/keys"})
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def send(reply: tuple[int, Any]) -> None:
+            if not gone:
+                request.write(_reply(request, *reply))
+                request.finish()
+
+        def crashed(f: Any) -> None:
+            log.failure("the SSH keys API failed", f)
+            send((500, {"error": "internal error"}))
+
+        Deferred.fromCoroutine(self._answer(request, user, fp)).addCallbacks(send, crashed)
+        return NOT_DONE_YET
+
+    async def _answer(self, request: Request, user: str, fp: str | None) -> tuple[int, Any]:
         method = request.method.decode("ascii", "replace")
+        store = self.store
         try:
             if method == "GET" and fp is None:
-                return _reply(request, 200, _describe(user, self.user_keys.lines(user)))
+                return 200, _describe(user, await store.get_user_keys(user))
             if method == "PUT" and fp is None:
                 lines = _body_lines(request)
-                self.user_keys.set_keys(user, lines)
+                await store.set_user_keys(user, lines)
                 log.info("SSH keys of {user} replaced ({n} keys)", user=user, n=len(lines))
-                return _reply(request, 200, _describe(user, lines))
+                return 200, _describe(user, lines)
             if method == "POST" and fp is None:
-                merged = self.user_keys.add_keys(user, _body_lines(request))
+                merged = await store.add_user_keys(user, _body_lines(request))
                 log.info("SSH keys added for {user} (now {n})", user=user, n=len(merged))
-                return _reply(request, 200, _describe(user, merged))
+                return 200, _describe(user, merged)
             if method == "DELETE":
-                gone = self.user_keys.delete(user, fp)
-                if fp is not None and not gone:
-                    return _reply(request, 404, {"error": f"{user} has no key {fp}"})
-                log.info("SSH keys of {user} deleted ({n})", user=user, n=gone)
-                return _reply(request, 200, {"user": user, "deleted": gone})
+                blobs = None
+                if fp is not None:
+                    blobs = [key_blob(line) for line in await store.get_user_keys(user)
+                             if fingerprint(Key.fromString(line.encode())) == fp]
+                    if not blobs:
+                        return 404, {"error": f"{user} has no key {fp}"}
+                n = await store.remove_user_keys(user, blobs)
+                log.info("SSH keys of {user} deleted ({n})", user=user, n=n)
+                return 200, {"user": user, "deleted": n}
         except (_BadRequest, ValueError) as e:
-            return _reply(request, 400, {"error": str(e)})
+            return 400, {"error": str(e)}
+        except StoreUnavailable as e:
+            return 503, {"error": f"the users' key registry is unavailable: {e.reason}"}
         request.setHeader(b"allow", b"GET, PUT, POST, DELETE")
-        return _reply(request, 405, {"error": f"{method} is not allowed here"})
+        return 405, {"error": f"{method} is not allowed here"}

@@ -1,8 +1,11 @@
 """The SSH proxy as a part of the running gateway: ``add_ssh(gateway)``.
 
 Called by ``service.make_service`` when CONNECT_SSH_ENABLED=true. It loads the
-host key, opens the users' key registry under the storage root, and joins the
-Conch server (:mod:`studios_gateway.ssh.server`) to the gateway's collaborators:
+host key, sets up users' keys (:mod:`studios_gateway.ssh.user_keys`: kept by the
+session store; with the in-memory store also in the storage root's keys file,
+with Redis that file is imported once; plus the Platform's keys when
+PLATFORM_URL is set), and joins the Conch server
+(:mod:`studios_gateway.ssh.server`) to the gateway's collaborators:
 
 - streams to studios come from ``gateway.dialer.dial(sid, STREAM_SSH)``;
 - who may log in is ``gateway.auth.authorizer.check`` (the login rules), and
@@ -26,8 +29,10 @@ from twisted.python.failure import Failure
 
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.ssh.api import UserKeysResource
-from studios_gateway.ssh.keys import FileUserKeys, HostKeyError, fingerprint, load_host_key
+from studios_gateway.ssh.keys import HostKeyError, fingerprint, load_host_key
+from studios_gateway.ssh.platform_keys import PlatformKeys
 from studios_gateway.ssh.server import GatewaySSHFactory, SSHSettings
+from studios_gateway.ssh.user_keys import FileImport, StoreUserKeys, keep_in_file
 
 __all__ = ["add_ssh"]
 
@@ -79,6 +84,24 @@ def make_authorize(authorizer: Any) -> Any:
     return authorize
 
 
+def make_platform_keys(gateway: Any) -> PlatformKeys | None:
+    """The Platform's SSH key call when PLATFORM_URL is set, with the credentials of the
+    gateway's OIDC client (as the studio access call; docs/login.md)."""
+    auth = gateway.auth
+    url = auth.settings.platform_url
+    if not url:
+        return None
+    rp = auth.rp
+
+    def credentials() -> tuple[str, str] | None:
+        client = rp.client if rp is not None else None
+        return (client.client_id, client.client_secret) if client and client.client_secret \
+            else None
+
+    return PlatformKeys(url, credentials, reactor=gateway.reactor, ttl=auth.settings.cache_ttl,
+                        timeout=min(auth.settings.timeout, 5.0))
+
+
 def add_ssh(gateway: Any) -> GatewaySSHFactory:
     """Add the SSH proxy (listener, component, admin API) to `gateway`."""
     from studios_gateway.service import Component, StartError, endpoint_for
@@ -88,10 +111,18 @@ def add_ssh(gateway: Any) -> GatewaySSHFactory:
         host_key = load_host_key(config.ssh_key_path, config.ssh_key_value, config.storage_root)
     except HostKeyError as e:
         raise StartError(str(e)) from None
-    user_keys = FileUserKeys.under(config.storage_root)
+    store = gateway.store
+    inner = getattr(store, "inner", store)
+    keys_import: FileImport | None = None
+    if hasattr(inner, "all_user_keys"):  # one node, in memory: the file keeps them
+        keep_in_file(inner, config.storage_root)
+    else:
+        keys_import = FileImport(store, config.storage_root, gateway.reactor)
+    platform = make_platform_keys(gateway)
+    user_keys = StoreUserKeys(store, platform)
     authorizer = gateway.auth.authorizer
     factory = GatewaySSHFactory(
-        host_key=host_key, user_keys=user_keys, store=gateway.store,
+        host_key=host_key, user_keys=user_keys, store=store,
         dial=make_dial(gateway.dialer), authorize=make_authorize(authorizer),
         settings=settings_from(config), clock=gateway.reactor, track=authorizer.track)
     fp = fingerprint(host_key)
@@ -101,10 +132,18 @@ def add_ssh(gateway: Any) -> GatewaySSHFactory:
     gateway.add_listener("ssh", "CONNECT_SSH_ADDR", endpoint_for(gateway.reactor, host, port),
                          factory, "the SSH proxy")
 
-    def stop() -> None:
-        factory.disconnect_all("the gateway is shutting down")
+    def start() -> None:
+        if keys_import is not None:
+            keys_import.start()
 
-    gateway.add_component(Component("SSH proxy", drain=factory.when_idle, stop=stop))
-    gateway.mount_api(b"users", UserKeysResource(user_keys))
+    def stop() -> Any:
+        factory.disconnect_all("the gateway is shutting down")
+        if keys_import is not None:
+            keys_import.stop()
+        return platform.stop() if platform is not None else None
+
+    gateway.add_component(Component("SSH proxy", start=start, drain=factory.when_idle,
+                                    stop=stop))
+    gateway.mount_api(b"users", UserKeysResource(store))
     gateway.ssh_factory = factory
     return factory

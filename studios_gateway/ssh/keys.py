@@ -6,9 +6,11 @@ an ed25519 key is generated once under ``<CONNECT_STORAGE_ROOT>/ssh/`` (mode 060
 and a warning says so. The same key authenticates the gateway to the studios'
 SSH servers, which pin its fingerprint.
 
-Users' public keys live behind :class:`UserKeys` (``async keys_for(user)``);
-:class:`FileUserKeys` keeps them in memory and in one JSON file under the
-storage root. Keys are never logged, only fingerprints.
+Users' public keys live behind :class:`UserKeys` (``async accepts(user, key)``).
+The gateway keeps them in the session registry (:mod:`studios_gateway.ssh.user_keys`);
+:class:`FileUserKeys` (memory plus one JSON file, the format of
+``<storage root>/ssh/user_keys.json``) serves the loopback tool and tests.
+Keys are never logged, only fingerprints.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.conch.ssh.keys import BadKeyError, Key
 from twisted.logger import Logger
 
+from studios_gateway.registry.base import MAX_USER_KEY_LENGTH, MAX_USER_KEYS, unique_keys
+
 __all__ = [
     "FileUserKeys",
     "HostKeyError",
+    "KeysUnavailable",
     "MemoryUserKeys",
     "UserKeys",
     "fingerprint",
@@ -44,8 +49,9 @@ ACCEPTED_TYPES = {"Ed25519", "RSA", "EC"}
 USER_KEY_TYPES = {b"ssh-ed25519", b"ssh-rsa", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384",
                   b"ecdsa-sha2-nistp521", b"sk-ssh-ed25519@openssh.com",
                   b"sk-ecdsa-sha2-nistp256@openssh.com"}
-MAX_KEYS_PER_USER = 100
-_USER = re.compile(r"[^\s/@]{1,256}")
+MAX_KEYS_PER_USER = MAX_USER_KEYS
+#: A user name: what may stand before the last '@' of an SSH login name.
+_USER = re.compile(r"[^\s/\x00-\x1f]{1,256}")
 
 
 class HostKeyError(ValueError):
@@ -161,18 +167,56 @@ def parse_public_keys(text: str) -> list[str]:
             raise ValueError(f"line {n}: the key does not parse") from None
         if key.type() == "RSA" and key.size() < 2048:
             raise ValueError(f"line {n}: RSA keys must have at least 2048 bits")
-        out.append(" ".join(parts))
+        normal = " ".join(parts)
+        if len(normal.encode()) > MAX_USER_KEY_LENGTH:
+            raise ValueError(f"line {n}: longer than {MAX_USER_KEY_LENGTH} bytes")
+        out.append(normal)
+    out = unique_keys(out)
     if len(out) > MAX_KEYS_PER_USER:
         raise ValueError(f"at most {MAX_KEYS_PER_USER} keys per user")
     return out
 
 
+class KeysUnavailable(Exception):
+    """The user's keys cannot be looked up right now; the message is for the user."""
+
+
 class UserKeys(Protocol):
     """Where users' SSH public keys come from."""
 
-    async def keys_for(self, user: str) -> list[Key]:
-        """The public keys `user` may log in with (empty when none)."""
+    async def accepts(self, user: str, key: Key) -> bool:
+        """Whether `user` may log in with the public `key`. KeysUnavailable when that
+        cannot be decided now (the registry or the Platform does not answer)."""
         ...
+
+
+def key_file_path(storage_root: str) -> Path:
+    """Where users' keys are kept on disk: a single node's store, or the file an upgrade
+    imports into Redis."""
+    return Path(storage_root) / "ssh" / "user_keys.json"
+
+
+def read_key_file(path: Path) -> dict[str, list[str]]:
+    """The users and key lines of a ``{"users": {user: [lines]}}`` file (none if absent)."""
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    users = data.get("users", {}) if isinstance(data, dict) else {}
+    return {user: [str(x) for x in lines] for user, lines in users.items()
+            if valid_user(user) and isinstance(lines, list)}
+
+
+def write_key_file(path: Path, users: dict[str, list[str]]) -> None:
+    """Write the file atomically (mode 0600, its directory 0700)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps({"users": users}, indent=1, sort_keys=True).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 class MemoryUserKeys:
@@ -183,6 +227,9 @@ class MemoryUserKeys:
 
     async def keys_for(self, user: str) -> list[Key]:
         return [Key.fromString(line.encode()) for line in self._keys.get(user, [])]
+
+    async def accepts(self, user: str, key: Key) -> bool:
+        return any(k.blob() == key.blob() for k in await self.keys_for(user))
 
     def lines(self, user: str) -> list[str]:
         return list(self._keys.get(user, []))
@@ -223,24 +270,11 @@ class FileUserKeys(MemoryUserKeys):
     def __init__(self, path: str | Path) -> None:
         super().__init__()
         self.path = Path(path)
-        if self.path.exists():
-            data = json.loads(self.path.read_text())
-            users = data.get("users", {}) if isinstance(data, dict) else {}
-            for user, lines in users.items():
-                if valid_user(user) and isinstance(lines, list):
-                    self._keys[user] = [str(x) for x in lines]
+        self._keys.update(read_key_file(self.path))
 
     @classmethod
     def under(cls, storage_root: str) -> FileUserKeys:
-        return cls(Path(storage_root) / "ssh" / "user_keys.json")
+        return cls(key_file_path(storage_root))
 
     def _saved(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps({"users": self._keys}, indent=1, sort_keys=True).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        write_key_file(self.path, self._keys)

@@ -48,7 +48,7 @@ from studios_gateway.ssh.channels import (
     OpenRefused,
     conch_log,
 )
-from studios_gateway.ssh.keys import UserKeys, fingerprint
+from studios_gateway.ssh.keys import KeysUnavailable, UserKeys, fingerprint
 from studios_gateway.ssh.policy import ConnectionLimiter, LoginName, Refused, parse_login
 
 __all__ = [
@@ -116,12 +116,18 @@ class Identity:
 
 @implementer(ICredentialsChecker)
 class UserKeyChecker:
-    """Public-key check against the user's registered keys."""
+    """Public-key check against the user's keys (registered, or the Platform's).
+
+    When the keys cannot be looked up (registry or Platform down) the key is
+    refused like an unknown one, so the client goes on with its other keys, and
+    `notice` tells the user why (once per connection)."""
 
     credentialInterfaces = (credentials.ISSHPrivateKey,)
 
-    def __init__(self, user_keys: UserKeys):
+    def __init__(self, user_keys: UserKeys, notice: Callable[[str], Any] = lambda _: None):
         self.user_keys = user_keys
+        self.notice = notice
+        self._noticed = False
 
     def requestAvatarId(self, creds: Any) -> Deferred[Identity]:
         return Deferred.fromCoroutine(self._check(creds))
@@ -132,8 +138,14 @@ class UserKeyChecker:
             offered = keys.Key.fromString(creds.blob)
         except Exception:
             raise UnauthorizedLogin("unreadable key") from None
-        registered = await self.user_keys.keys_for(login.user)
-        if not any(k.blob() == offered.blob() for k in registered):
+        try:
+            known = await self.user_keys.accepts(login.user, offered)
+        except KeysUnavailable as e:
+            if not self._noticed:
+                self._noticed = True
+                self.notice(str(e))
+            raise UnauthorizedLogin("keys unavailable") from None
+        if not known:
             raise UnauthorizedLogin("key not registered for this user")
         if creds.signature is None:
             raise conch_error.ValidPublicKey()
@@ -197,7 +209,8 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
         self.nextService = None
         self._cancelLoginTimeout = None
         t = self.transport
-        self.portal = Portal(SessionRealm(t.factory, t), [UserKeyChecker(t.factory.user_keys)])
+        self.portal = Portal(SessionRealm(t.factory, t),
+                             [UserKeyChecker(t.factory.user_keys, notice=t.banner)])
         self.supportedAuthentications = [b"publickey"]
 
     def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
@@ -287,14 +300,18 @@ class GatewayTransport(transport.SSHServerTransport):
         self.closing = True
         super().sendDisconnect(reason, desc)
 
+    def banner(self, text: str) -> None:
+        """Show `text` to the user now (OpenSSH prints userauth banners)."""
+        message = f"studios-gateway: {text}"
+        self.sendPacket(MSG_USERAUTH_BANNER, common.NS(message.encode() + b"\r\n")
+                        + common.NS(b""))
+
     def refuse(self, refusal: Refused) -> None:
         """Tell the user why (banner, then disconnect reason) and hang up."""
         who = str(self.identity.login) if self.identity else "?"
         log.info("SSH: refused {who} from {peer}: {why}", who=who, peer=self._peer(),
                  why=refusal.message)
-        message = f"studios-gateway: {refusal.message}"
-        self.sendPacket(MSG_USERAUTH_BANNER, common.NS(message.encode() + b"\r\n")
-                        + common.NS(b""))
+        self.banner(refusal.message)
         code = {"usage": transport.DISCONNECT_ILLEGAL_USER_NAME,
                 "too_many_connections": DISCONNECT_TOO_MANY_CONNECTIONS}.get(
                     refusal.kind, transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE)

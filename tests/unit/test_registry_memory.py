@@ -236,7 +236,7 @@ class FlakyStore:
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.inner, name)
-        if name in ("subscribe", "start", "stop"):
+        if name in ("subscribe", "subscribe_user_keys", "start", "stop"):
             return method
 
         def call(*args: Any) -> Any:

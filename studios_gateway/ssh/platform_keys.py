@@ -1,0 +1,199 @@
+"""The Platform's SSH keys of a user (when PLATFORM_URL is set).
+
+``GET {PLATFORM_URL}/api/users/{user}/ssh-keys`` with the gateway's client
+credentials (HTTP Basic, as the studio access call), ``Accept:
+application/json``. The answer ``200 {"keys": ["ssh-ed25519 AAAA... comment",
+...]}`` lists the keys the user may log in with; ``404`` means none. Anything
+else, or no answer within the timeout, is an error: keys the gateway does not
+know are refused for now, with a message saying why. Answers are cached per
+user for LOCAL_CACHE_TTL, errors for a few seconds. Lines the gateway would
+not accept through its own API (DSA, short RSA, options) are skipped. See
+docs/login.md and docs/ssh.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+from twisted.conch.ssh.keys import Key
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from studios_gateway.registry.base import MAX_USER_KEYS, key_blob
+from studios_gateway.ssh.keys import KeysUnavailable, parse_public_keys
+
+__all__ = ["PlatformKeys"]
+
+#: How long a failed call is remembered (seconds): OpenSSH offers several keys in a row.
+ERROR_TTL = 5.0
+#: Largest answer read (bytes); more is an error.
+MAX_BODY = 1024 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class PlatformKeys:
+    """Asks the Platform for a user's SSH keys; caches the answers."""
+
+    _log = Logger()
+
+    def __init__(self, platform_url: str, credentials: Callable[[], tuple[str, str] | None],
+                 *, reactor: Any, ttl: float, http: Any = None, timeout: float = 5.0,
+                 max_entries: int = 10_000):
+        self._base = platform_url.rstrip("/")
+        self._credentials = credentials
+        self._reactor = reactor
+        self._ttl = ttl
+        self._timeout = timeout
+        self._max = max_entries
+        #: user -> (expires at, set of key blobs, or the error message)
+        self._cache: OrderedDict[str, tuple[float, frozenset[bytes] | str]] = OrderedDict()
+        self._inflight: dict[str, list[Deferred[frozenset[bytes]]]] = {}
+        self.calls = 0
+        self._pool: Any = None
+        if http is None:
+            from treq.client import HTTPClient
+            from twisted.web.client import Agent, HTTPConnectionPool
+
+            self._pool = HTTPConnectionPool(reactor)
+            http = HTTPClient(Agent(reactor, pool=self._pool))
+        self._http = http
+
+    def stop(self) -> Deferred[None] | None:
+        """Close kept-alive connections to the Platform."""
+        return self._pool.closeCachedConnections() if self._pool is not None else None
+
+    def url(self, user: str) -> str:
+        return f"{self._base}/api/users/{quote(user, safe='')}/ssh-keys"
+
+    async def accepts(self, user: str, key: Key) -> bool:
+        """Whether the Platform lists `key` for `user`; KeysUnavailable if it cannot say."""
+        return key.blob() in await self.keys(user)
+
+    def keys(self, user: str) -> Deferred[frozenset[bytes]]:
+        """The blobs of the user's keys (cached); fails with KeysUnavailable."""
+        now = self._reactor.seconds()
+        hit = self._cache.get(user)
+        if hit is not None and hit[0] > now:
+            self._cache.move_to_end(user)
+            if isinstance(hit[1], str):
+                return defer.fail(KeysUnavailable(hit[1]))
+            return defer.succeed(hit[1])
+        waiting: Deferred[frozenset[bytes]] = Deferred()
+        if user in self._inflight:
+            self._inflight[user].append(waiting)
+            return waiting
+        self._inflight[user] = [waiting]
+        d = Deferred.fromCoroutine(self._fetch(user))
+
+        def done(result: frozenset[bytes] | Failure) -> None:
+            if isinstance(result, Failure):
+                message = (result.getErrorMessage() if result.check(KeysUnavailable)
+                           else "the Platform's SSH key call failed")
+                if not result.check(KeysUnavailable):
+                    self._log.failure("the Platform's SSH key call for {user} failed", result,
+                                      user=user)
+                self._remember(user, message, min(self._ttl, ERROR_TTL))
+                outcome: Any = KeysUnavailable(message)
+            else:
+                self._remember(user, result, self._ttl)
+                outcome = result
+            for w in self._inflight.pop(user, []):
+                if isinstance(outcome, Exception):
+                    w.errback(outcome)
+                else:
+                    w.callback(outcome)
+
+        d.addBoth(done)
+        return waiting
+
+    def forget(self, user: str | None = None) -> None:
+        """Ask the Platform again next time (one user, or everyone)."""
+        if user is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(user, None)
+
+    def _remember(self, user: str, value: frozenset[bytes] | str, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        self._cache.pop(user, None)
+        self._cache[user] = (self._reactor.seconds() + ttl, value)
+        while len(self._cache) > self._max:
+            self._cache.popitem(last=False)
+
+    async def _fetch(self, user: str) -> frozenset[bytes]:
+        from treq import collect
+
+        from studios_gateway.auth.oidc import basic_auth
+
+        self.calls += 1
+        creds = self._credentials()
+        headers = {"Accept": ["application/json"]}
+        if creds is not None:
+            headers["Authorization"] = [basic_auth(*creds)]
+        chunks: list[bytes] = []
+
+        def collector(data: bytes) -> None:
+            chunks.append(data)
+            if sum(map(len, chunks)) > MAX_BODY:
+                raise _TooLarge()
+
+        try:
+            resp = await self._http.request("GET", self.url(user), headers=headers,
+                                            timeout=self._timeout, reactor=self._reactor)
+            await collect(resp, collector)
+        except _TooLarge:
+            self._log.warn("the Platform's SSH key call for {user} answered more than "
+                           "{max} bytes", user=user, max=MAX_BODY)
+            raise KeysUnavailable("the Platform's SSH key answer was too large") from None
+        except Exception as e:  # noqa: BLE001
+            self._log.warn("the Platform's SSH key call for {user} failed: {error}",
+                           user=user, error=type(e).__name__)
+            raise KeysUnavailable("the Platform did not answer the SSH key call "
+                                  f"({type(e).__name__})") from None
+        if resp.code == 404:
+            return frozenset()
+        keys = _keys_in(b"".join(chunks)) if resp.code == 200 else None
+        if keys is None:
+            self._log.warn("the Platform's SSH key call for {user} answered HTTP {code}"
+                           "{what}", user=user, code=resp.code,
+                           what=" without a list of keys" if resp.code == 200 else "")
+            raise KeysUnavailable(f"the Platform's SSH key call answered HTTP {resp.code}")
+        good = _usable(keys)
+        if len(good) < len(keys):
+            self._log.warn("the Platform lists {n} SSH keys for {user} that the gateway does "
+                           "not accept (bad lines, DSA, short RSA, options, over {max}); "
+                           "skipped", n=len(keys) - len(good), user=user, max=MAX_USER_KEYS)
+        return frozenset(base64.b64decode(key_blob(line)) for line in good)
+
+
+def _keys_in(body: bytes) -> list[str] | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    keys = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        return None
+    return keys
+
+
+def _usable(lines: list[str]) -> list[str]:
+    good = []
+    for line in lines[:MAX_USER_KEYS]:
+        try:
+            good.extend(parse_public_keys(line))
+        except ValueError:
+            continue
+    return good
+
