@@ -1,10 +1,11 @@
 """Three real gateway processes sharing one real redis-server (docs/cluster.md).
 
 A studio (demo tool + studios-connect) binds to node A; browsers reach it
-(HTTP, WebSocket, and OpenSSH) through nodes B and C, whose connections travel
-over the authenticated peer link to A. Then A is killed with SIGKILL: the connect
-client, given all three gateways, rebinds to another node and requests work
-again within 15 s, with no operator action.
+(HTTP, WebSocket, and OpenSSH with a key registered through node C) through
+nodes B and C, whose connections travel over the authenticated peer link to A.
+Then A is killed with SIGKILL: the connect client, given all three gateways,
+rebinds to another node and requests work again within 15 s, with no operator
+action.
 """
 
 from __future__ import annotations
@@ -81,20 +82,29 @@ def websocket_echo(port: int, host: str, cookie: str, text: str) -> str:
         return buf[2:2 + (buf[1] & 0x7F)].decode()
 
 
-def ssh_through(node: GatewayProcess, sid: str, tmp_path: Path) -> None:
-    """OpenSSH to the session through `node` (which does not hold the tunnel)."""
+def ssh_through(node: GatewayProcess, sid: str, tmp_path: Path,
+                registrar: GatewayProcess) -> None:
+    """OpenSSH to the session through `node` (which does not hold the tunnel), with a key
+    registered through another node's admin API a moment before (users' keys are in
+    the shared Redis, and every node hears of the change at once)."""
     key = tmp_path / "alice_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    # User keys live in each node's storage (read at start): register them on this node.
-    status, body, _ = node.request("/api/users/alice/keys", method="PUT",
-                                   body={"keys": [key.with_suffix(".pub").read_text()]})
-    assert status == 200, body
     port = node.env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1]
-    r = subprocess.run(["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-                        "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
-                        "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-i", str(key),
-                        "-p", port, f"alice@{sid}@127.0.0.1", "echo through-a-peer"],
-                       capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+
+    def ssh() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+                               "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+                               "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-i",
+                               str(key), "-p", port, f"alice@{sid}@127.0.0.1",
+                               "echo through-a-peer"], capture_output=True, text=True,
+                              timeout=20, stdin=subprocess.DEVNULL)
+
+    refused = ssh()  # `node` now caches "alice has no keys" (for LOCAL_CACHE_TTL)...
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr, refused.stderr
+    status, body, _ = registrar.request("/api/users/alice/keys", method="PUT",
+                                        body={"keys": [key.with_suffix(".pub").read_text()]})
+    assert status == 200, body
+    r = ssh()  # ...until the registrar's change reaches it over Redis pub/sub
     assert r.returncode == 0 and r.stdout == "through-a-peer\n", (r.stderr, node.output()[-2000:])
 
 
@@ -153,7 +163,7 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
             cookie = browser._cookie_header(f"{sid}.localhost", "/") or ""
             assert websocket_echo(port, f"{sid}.localhost:{port}", cookie, "hi") == "hi"
         if shutil.which("ssh"):
-            ssh_through(b, sid, tmp_path)
+            ssh_through(b, sid, tmp_path, registrar=c)
         print(f"\nmedian request: {median_ms(browser, url(a)):.2f} ms on the holder, "
               f"{median_ms(browser, url(b)):.2f} ms through a peer")
 

@@ -4,6 +4,7 @@ invalidation between nodes, racing claims, an outage and recovery, TLS."""
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from twisted.trial import unittest
 from studios_gateway.registry.base import StoreUnavailable, TunnelHolder
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.redis import RedisStore
+from studios_gateway.ssh.keys import key_file_path
+from studios_gateway.ssh.user_keys import FileImport
 from tests.support.redis_server import (
     RedisServer,
     make_tls_files,
@@ -23,6 +26,8 @@ from tests.support.redis_server import (
     redis_tls_support,
 )
 from tests.unit.test_registry_memory import Recorder, StoreContract, holder, record
+from tests.unit.test_registry_user_keys import UserKeysContract, real_key
+from tests.unit.test_registry_user_keys import line as key_line
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not redis_available(), reason="redis-server not installed")]
@@ -343,3 +348,53 @@ class RedisTLSTests(unittest.TestCase):
             pass
         else:
             raise AssertionError("connected to a server signed by an untrusted CA")
+
+
+class RedisUserKeysTests(UserKeysContract, RedisCase):
+    """Users' SSH keys: the same semantics as in memory, on two nodes sharing one Redis."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        prefix = f"t{next(_prefixes)}:connect:session"
+        self.store = yield self.started(new_store(self.server, prefix=prefix, node_id="node-a"))
+        self.other = yield self.started(new_store(self.server, prefix=prefix, node_id="node-b"))
+
+    @defer.inlineCallbacks
+    def test_layout_next_to_sessions(self) -> Any:
+        # A session and a user with the same name do not meet.
+        yield self.store.create(record("keys"))
+        yield self.store.set_user_keys("keys", [key_line(1)])
+        p = self.store.prefix
+        assert json.loads((yield self.store.command("GET", f"{p}:_keys:keys"))) == [key_line(1)]
+        assert [r.id for r in (yield self.other.list_sessions())] == ["keys"]
+        assert (yield self.other.get("keys")) == record("keys")
+        # A malformed stored value reads as no keys (logged); adding replaces it.
+        yield self.store.command("SET", f"{p}:_keys:bob", "{not json")
+        assert (yield self.other.get_user_keys("bob")) == []
+        assert (yield self.other.add_user_keys("bob", [key_line(2)])) == [key_line(2)]
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
+    def test_a_key_added_on_one_node_is_seen_by_the_others_cache_at_once(self) -> Any:
+        a = CachingStore(self.store, 120, reactor)
+        b = CachingStore(self.other, 120, reactor)
+        assert (yield b.get_user_keys("alice")) == []  # cached on B for 120 s...
+        heard = Recorder()
+        b.subscribe_user_keys(heard)
+        yield a.add_user_keys("alice", [key_line(1)])
+        yield heard.wait_for("alice")  # ...until A's change is published
+        assert (yield b.get_user_keys("alice")) == [key_line(1)]
+
+    @defer.inlineCallbacks
+    def test_import_of_a_keys_file(self) -> Any:
+        root = temp_dir(self)
+        path = key_file_path(str(root))
+        path.parent.mkdir(parents=True)
+        _, text = real_key()
+        path.write_text(json.dumps({"users": {"alice": [text]}}))
+        yield self.store.set_user_keys("alice", [key_line(1)])
+        job = FileImport(self.store, str(root), reactor)
+        job.start()
+        assert (yield job.done) == 1
+        assert (yield self.other.get_user_keys("alice")) == [key_line(1), text]
+        assert not path.exists()
