@@ -138,7 +138,7 @@ class Authorizer:
     def __init__(self, store: Any, *, clock: Clock, ttl: float,
                  workspace_allowed: Callable[[str | None], bool],
                  platform: PlatformAccess | None = None, login_ttl: float = 12 * 3600,
-                 max_entries: int = 100_000):
+                 max_entries: int = 100_000, logged_out: SpentSet | None = None):
         self._store = store
         self._clock = clock
         self.ttl = ttl
@@ -152,7 +152,8 @@ class Authorizer:
         self._subscribers: list[Callable[[Revocation], Any]] = []
         self._live: dict[int, _Live] = {}
         self._next_live = 0
-        self._logged_out = SpentSet(clock)
+        #: Logins that ended (kept in a journal by Auth.from_config: survives a restart).
+        self._logged_out = logged_out if logged_out is not None else SpentSet(clock)
         self._login_ttl = login_ttl
         self._unsubscribe_store: Callable[[], None] | None = None
         self._sweeper: task.LoopingCall | None = None
@@ -178,6 +179,7 @@ class Authorizer:
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._sweeper = None
+        self._logged_out.close()
         stop = getattr(self._platform, "stop", None)
         return stop() if stop is not None else None
 

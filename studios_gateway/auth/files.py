@@ -81,3 +81,52 @@ def read_json(path: str | Path) -> Any | None:
         return None
     except (OSError, ValueError) as e:
         raise StorageError(f"cannot read {p}: {e}") from None
+
+
+class Journal:
+    """An append-only file of ``<key> <until>`` lines (mode 0600) that survives a restart.
+
+    ``load`` returns the entries still valid at `now` and rewrites the file with only
+    those (so it never grows past what is live); ``append`` adds one line and flushes.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file: Any = None
+
+    def load(self, now: float) -> dict[str, float]:
+        live: dict[str, float] = {}
+        try:
+            text = self.path.read_text(encoding="ascii", errors="replace")
+        except FileNotFoundError:
+            text = ""
+        except OSError as e:
+            raise StorageError(f"cannot read {self.path}: {e.strerror}") from None
+        for line in text.splitlines():
+            key, _, until = line.partition(" ")
+            try:
+                t = float(until)
+            except ValueError:
+                continue  # a torn last line after a crash
+            if key and t > now:
+                live[key] = max(t, live.get(key, t))
+        data = "".join(f"{k} {t:.0f}\n" for k, t in live.items()).encode()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.replace(_write_temp(self.path.parent, data), self.path)
+            self._file = open(self.path, "a", encoding="ascii")  # noqa: SIM115 - kept open
+        except OSError as e:
+            raise StorageError(f"cannot write {self.path}: {e.strerror}") from None
+        return live
+
+    def append(self, key: str, until: float) -> None:
+        if self._file is None or not key or any(c.isspace() for c in key):
+            return
+        self._file.write(f"{key} {until:.0f}\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+

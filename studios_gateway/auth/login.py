@@ -80,6 +80,9 @@ PREFIX = "/_connect/"
 SUBJECT_HEADER = b"X-Connect-Sub"
 LOGIN_COOKIE = "connect_login"
 KEY_FILE = "auth-signing.key"
+#: Journals under the storage root: logins that ended, used login links and hand-off codes.
+LOGOUTS = "auth-logouts.log"
+SPENT = "auth-spent.log"
 #: Retrying an unreachable issuer at start: first after this many seconds, doubling up to
 START_RETRY_FIRST = 1.0
 #: ... this many.
@@ -346,7 +349,8 @@ class Auth:
     _log = Logger()
 
     def __init__(self, settings: AuthSettings, *, reactor: Any, authorizer: Authorizer,
-                 rp: RelyingParty | None = None, key: bytes | None = None):
+                 rp: RelyingParty | None = None, key: bytes | None = None,
+                 spent: SpentSet | None = None):
         self.settings = settings
         self._reactor = reactor
         self.authorizer = authorizer
@@ -355,7 +359,8 @@ class Auth:
             Path(settings.storage_root) / KEY_FILE))
         self._signer = signer
         self._cookies = CookieCodec(signer, reactor)
-        self._spent = SpentSet(reactor)
+        #: Used login links and hand-off codes.
+        self._spent = spent if spent is not None else SpentSet(reactor)
         self._refreshes: dict[str, Any] = {}
         self._start_retry: Any = None
         self._start_tried = 0.0
@@ -366,8 +371,23 @@ class Auth:
     @classmethod
     def from_config(cls, config: Any, store: Any, *, reactor: Any,
                     **overrides: Any) -> Auth:
-        """Everything built from the gateway's Config and session store."""
+        """Everything built from the gateway's Config and session store. A storage
+        problem (the key file, the journals) is a StartError with one line."""
+        from studios_gateway.auth.files import StorageError
+
+        try:
+            return cls._from_config(config, store, reactor=reactor, **overrides)
+        except StorageError as e:
+            from studios_gateway.service import StartError
+
+            raise StartError(str(e)) from None
+
+    @classmethod
+    def _from_config(cls, config: Any, store: Any, *, reactor: Any, **overrides: Any) -> Auth:
+        from studios_gateway.auth.files import Journal
+
         s = AuthSettings.from_config(config, **overrides)
+        root = Path(s.storage_root)
         rp = None
         if s.issuer:
             rp = RelyingParty(OIDCSettings(
@@ -384,8 +404,10 @@ class Auth:
                                       timeout=min(s.timeout, 5.0))
         authorizer = Authorizer(store, clock=reactor, ttl=s.cache_ttl,
                                 workspace_allowed=config.workspace_allowed, platform=platform,
-                                login_ttl=s.login_ttl)
-        return cls(s, reactor=reactor, authorizer=authorizer, rp=rp)
+                                login_ttl=s.login_ttl,
+                                logged_out=SpentSet(reactor, journal=Journal(root / LOGOUTS)))
+        return cls(s, reactor=reactor, authorizer=authorizer, rp=rp,
+                   spent=SpentSet(reactor, journal=Journal(root / SPENT)))
 
     def start(self) -> Deferred[None]:
         """Discover and register with the issuer (when there is one), follow the registry.
@@ -445,6 +467,7 @@ class Auth:
             if call.active():
                 call.cancel()
         self._refreshes.clear()
+        self._spent.close()
         waits = [self.authorizer.stop(), self.rp.stop() if self.rp is not None else None]
         return defer.gatherResults([d for d in waits if d is not None]).addCallback(
             lambda _: None)

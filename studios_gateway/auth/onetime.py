@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from studios_gateway.auth.cookies import Clock
 
@@ -62,12 +62,20 @@ class OneTimeTable(Generic[T]):
 
 
 class SpentSet:
-    """Remembers spent single-use ids until they would have expired anyway."""
+    """Remembers spent single-use ids until they would have expired anyway.
 
-    def __init__(self, clock: Clock, max_entries: int = 100_000):
+    With a `journal` (:class:`~studios_gateway.auth.files.Journal`) what was spent
+    survives a restart: a used login link stays used, a logout stays a logout."""
+
+    def __init__(self, clock: Clock, max_entries: int = 100_000, journal: Any = None):
         self._clock = clock
         self._max = max_entries
         self._items: OrderedDict[str, float] = OrderedDict()
+        self._journal = journal
+        if journal is not None:
+            for key, until in sorted(journal.load(clock.seconds()).items(),
+                                     key=lambda kv: kv[1]):
+                self._items[key] = until
 
     def spend(self, key: str, until: float) -> bool:
         """Mark `key` spent until `until`; False if it was spent already."""
@@ -82,7 +90,13 @@ class SpentSet:
         self._items[key] = until
         while len(self._items) > self._max:
             self._items.popitem(last=False)
+        if self._journal is not None:
+            self._journal.append(key, until)
         return True
+
+    def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
 
     def __contains__(self, key: object) -> bool:
         t = self._items.get(key)  # type: ignore[call-overload]

@@ -296,6 +296,15 @@ def test_without_an_issuer_only_login_links_open_a_studio(tmp_path: Path) -> Non
         # The CLI changes the allow-list; alice, the owner, stays connected.
         assert "users=-" in cli(g, "users", "emb")
         assert echoes(ws)
+        # She logs out; a restart forgets neither the logout nor the used link.
+        old_login = alice.cookies["localhost"]["connect_login"][0]
+        assert alice.get(g.url("emb", "/_connect/logout")).status == 200
+        ws.wait_closed(TTL + 1)
+        g.restart()
+        assert Browser().get(link).status == 400
+        replay = Browser().get(f"{g.proxy}/_connect/login?next=/", follow=False,
+                               headers={"Cookie": f"connect_login={old_login}"})
+        assert replay.status == 401 and "one-time links" in replay.text
     finally:
         g.stop()
 
