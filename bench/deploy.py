@@ -20,6 +20,8 @@ from bench.ssh import BIN, REPO
 AUTH_KEY = "bench-management-key"
 #: Extra twistd options for the gateways the harness starts (the cProfile fallback).
 TWISTD_ARGS: list[str] = []
+#: Extra environment for every gateway the harness starts (bench/run --gateway-env).
+GATEWAY_ENV: dict[str, str] = {}
 
 
 @dataclass
@@ -77,6 +79,7 @@ def start_gateway(procs: Processes, work: Path, name: str = "gateway",
                CONNECT_PROXY_URL=f"http://localhost:{ports['http']}",
                CONNECT_LOG_LEVEL="warn",
                CONNECT_HTTP_MAX_CONNECTIONS="20000")
+    env.update(GATEWAY_ENV)
     env.update(extra or {})
     proc = procs.start(name, [str(BIN / "twistd"), "-n", "--pidfile=", *TWISTD_ARGS,
                               "studios-gateway"],

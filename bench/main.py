@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import arena as arena_mod
-from bench import bulk, cluster, http, report, scale, scp
+from bench import bulk, cluster, deploy, http, report, scale, scp
 from bench.baselines import chp_version
 from bench.common import Run, Section
 from bench.profile import Profiler
@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help=f"comma-separated scenarios: {', '.join(ALL)}")
     p.add_argument("--profile", metavar="SCENARIO", choices=ALL,
                    help="run one scenario with the gateway under py-spy (or cProfile)")
+    p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a variable for every gateway the harness starts (repeatable)")
     p.add_argument("--runs", type=int, help="measurements per figure (median is reported)")
     p.add_argument("--output", default=str(HERE / "report.md"), help="the report file")
     p.add_argument("--readme", action="store_true",
@@ -121,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in ALL]
     if unknown:
         p.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(ALL)}")
+    for item in args.gateway_env:
+        name, eq, value = item.partition("=")
+        if not eq or not name.startswith(("CONNECT_", "TOWER_")):
+            p.error(f"--gateway-env {item!r}: want CONNECT_...=value")
+        deploy.GATEWAY_ENV[name] = value
     work = work_dir()
     run = settings(args, work)
     profiler = Profiler(work) if args.profile else None
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme:
         put_in_readme(report.render(command.strip(), took, chp_version(),
                                     profiler.tool if profiler else None, sections,
-                                    heading="##"), HERE / "README.md")
+                                    heading="###"), HERE / "README.md")
     return 0
 
 
