@@ -252,6 +252,23 @@ def test_taking_a_user_off_the_allow_list_ends_their_ssh_session(subdomain: Gate
         bob.stop()
 
 
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client not installed")
+def test_the_platforms_ssh_keys_let_a_user_in(subdomain: Gateway, idp: IdPProcess) -> None:
+    """Dave has no key registered with the gateway; the Platform lists his (docs/ssh.md)."""
+    g = subdomain
+    sid = g.studio(allowed_users=["dave"], ssh_enabled=True)["id"]
+    key = g.tmp_path / "dave_platform_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    idp.set_ssh_keys("dave", [key.with_suffix(".pub").read_text().strip()])
+    done = subprocess.run(
+        ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
+         f"UserKnownHostsFile={g.tmp_path / 'known_hosts'}", "-o", "BatchMode=yes",
+         "-o", "IdentitiesOnly=yes", "-i", str(key), "-p", g.env["CONNECT_SSH_ADDR"].rsplit(
+             ":", 1)[1], f"dave@{sid}@127.0.0.1", "echo platform-key"],
+        capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and done.stdout == "platform-key\n", done.stderr
+
+
 # Without an issuer: one-time login links ------------------------------------------------
 
 

@@ -10,9 +10,10 @@ redirect URI and verifier, the token endpoint (authorization_code and
 refresh_token grants, client_secret_basic or client_secret_post), RS256 ID
 tokens with a key id, a JWKS with key rotation, userinfo, and the Platform's
 studio access call ``GET /api/studios/<id>/access?user=<name>`` (client
-credentials by HTTP Basic; answers ``{"allowed": true|false}``). Run as its own
-process, ``PUT /test/access?session=<id>&user=<name>&allowed=true|false`` sets
-that answer.
+credentials by HTTP Basic; answers ``{"allowed": true|false}``) and the SSH key
+call ``GET /api/users/<name>/ssh-keys``. Run as its own process,
+``PUT /test/access?session=<id>&user=<name>&allowed=true|false`` sets that answer
+and ``PUT /test/ssh-keys?user=<name>`` (body ``{"keys": [...]}``) a user's keys.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ class TestIdP:
         self.access_tokens: dict[str, str] = {}
         #: (session id, user) -> the Platform's answer to the access call.
         self.access: dict[tuple[str, str], bool] = {}
+        #: user -> the keys the Platform's SSH key call lists (absent: 404).
+        self.ssh_keys: dict[str, list[str]] = {}
         #: Claims merged into the next ID tokens (to make bad ones in tests).
         self.claim_overrides: dict[str, Any] = {}
         #: Serve PUT /test/access (the standalone process, for tests in another process).
@@ -207,6 +210,12 @@ class _Root(Resource):
             return self.access(request, parts[2])
         if path == "/test/access" and method == "PUT" and self.idp.control:
             return self.set_access(request)
+        if len(parts) == 4 and parts[:2] == ["api", "users"] and parts[3] == "ssh-keys":
+            return self.user_ssh_keys(request, unquote(parts[2]))
+        if path == "/test/ssh-keys" and method == "PUT" and self.idp.control:
+            body = json.loads(request.content.read() or b"{}")
+            self.idp.ssh_keys[_args(request).get("user", "")] = list(body.get("keys", []))
+            return _json(request, 200, {"ok": True})
         return _error(request, 404, "not_found", path)
 
     def discovery(self, request: Request) -> bytes:
@@ -331,6 +340,16 @@ class _Root(Resource):
         idp.counts["access"] += 1
         user = _args(request).get("user", "")
         return _json(request, 200, {"allowed": idp.access.get((session_id, user), False)})
+
+
+    def user_ssh_keys(self, request: Request, user: str) -> bytes:
+        """The Platform's SSH key call: GET /api/users/<user>/ssh-keys (client auth)."""
+        if self.idp._authenticate_client(request, {}) is None:
+            return _error(request, 401, "invalid_client", "client authentication failed")
+        self.idp.counts["ssh_keys"] = self.idp.counts.get("ssh_keys", 0) + 1
+        if user not in self.idp.ssh_keys:
+            return _error(request, 404, "not_found", "no such user")
+        return _json(request, 200, {"keys": self.idp.ssh_keys[user]})
 
 
 # Driving the login page from a test ------------------------------------------------------

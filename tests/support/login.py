@@ -45,6 +45,13 @@ class IdPProcess:
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200
 
+    def set_ssh_keys(self, user: str, keys: list[str]) -> None:
+        """The keys the Platform's SSH key call lists for `user` from now on."""
+        req = urllib.request.Request(f"{self.issuer}/test/ssh-keys?{urlencode({'user': user})}",
+                                     data=json.dumps({"keys": keys}).encode(), method="PUT")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+
     def stop(self) -> None:
         _stop(self.proc)
         self.log.close()
