@@ -482,6 +482,10 @@ VARIABLES: tuple[Var, ...] = (
        "host or host:port other nodes dial to reach this node's peer listener. Unset: "
        "CONNECT_HOST_DOMAIN, else CONNECT_BIND_ADDRESS (else the host name), with "
        "CONNECT_LISTENER_PORT.", seed=False, section="peers"),
+    _v("CONNECT_REUSE_PORT", "reuse_port", "false", _bool,
+       "Share the HTTP, tunnel and SSH ports with other gateway processes on this host "
+       "(SO_REUSEPORT; one process per core, with Redis and CONNECT_PEER_SECRET).",
+       seed=False, section="peers"),
     _v("CONNECT_SHUTDOWN_GRACE", "shutdown_grace", "30s", _duration,
        "How long a graceful shutdown waits for in-flight work.", seed=False,
        section="general"),
@@ -572,6 +576,7 @@ class Config:
     peer_tls_key_file: str | None
     peer_tls_ca_file: str | None
     advertise_address: tuple[str, int | None] | None
+    reuse_port: bool
     shutdown_grace: float
     #: Where each variable's value came from: option, environment, env file or default.
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)

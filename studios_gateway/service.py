@@ -22,11 +22,13 @@ from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from studios_gateway import logs, systemd
 from studios_gateway.config import Config
 from studios_gateway.metrics import Metrics
 from studios_gateway.reload import apply_log_level, run_hooks, tls_reloader
+from studios_gateway.reuseport import SHARED_LISTENERS, ReusePortEndpoint
 
 STORE_PING_TIMEOUT = 5.0
 
@@ -56,10 +58,23 @@ class Component:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@implementer(IStreamServerEndpoint)
+class TCPEndpoint:
+    """A TCP server endpoint on host:port that remembers both (so the service can
+    swap it for a socket-activated or SO_REUSEPORT one)."""
+
+    def __init__(self, reactor: Any, host: str, port: int):
+        self.reactor, self.host, self.port = reactor, host, port
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        iface = self.host.replace(":", r"\:")
+        return serverFromString(self.reactor,
+                                f"tcp:port={self.port}:interface={iface}").listen(factory)
+
+
 def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
     """A TCP server endpoint on host:port (IPv6 literals accepted)."""
-    iface = host.replace(":", r"\:")
-    return serverFromString(reactor, f"tcp:port={port}:interface={iface}")
+    return TCPEndpoint(reactor, host, port)
 
 
 def build_store(config: Config, clock: Any) -> Any:
@@ -114,6 +129,9 @@ class GatewayService(MultiService):
                      factory: Factory, description: str) -> Listener:
         # A socket systemd passed under this listener's name replaces the configured port.
         endpoint = systemd.activated_endpoint(self.reactor, name, self.environ) or endpoint
+        if (getattr(self.config, "reuse_port", False) and name in SHARED_LISTENERS
+                and isinstance(endpoint, TCPEndpoint)):
+            endpoint = ReusePortEndpoint(self.reactor, endpoint.host, endpoint.port)
         listener = Listener(name, variable, endpoint, factory, description)
         self.listeners.append(listener)
         return listener
