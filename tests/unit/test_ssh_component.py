@@ -137,3 +137,26 @@ def test_studio_pins_what_each_bind_says() -> None:
     assert ssh.server.trusted() == {FP}
     ssh.on_bind(BindReply(ok=True))
     assert ssh.server.trusted() == set()
+
+
+def test_users_keys_are_the_registrys_and_one_node_keeps_the_file(tmp_path: Path) -> None:
+    from studios_gateway.ssh.keys import key_file_path
+    from studios_gateway.ssh.user_keys import StoreUserKeys
+
+    line = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC2vM1aF0vO0Zt0m9kq2Zm9pLk0rM8nJ4x8mW3yQd7Ls "
+            "old@node")
+    key_file_path(str(tmp_path)).parent.mkdir(parents=True, exist_ok=True)
+    key_file_path(str(tmp_path)).write_text(json.dumps({"users": {"alice": [line]}}))
+    gw = gateway(tmp_path)
+    keys = gw.ssh_factory.user_keys
+    assert isinstance(keys, StoreUserKeys) and keys.store is gw.store and keys.platform is None
+    assert gw.store.get_user_keys("alice").result == [line]  # loaded from the file
+    gw.store.set_user_keys("bob", [line])
+    assert json.loads(key_file_path(str(tmp_path)).read_text())["users"]["bob"] == [line]
+
+
+def test_with_a_platform_its_keys_are_asked_too(tmp_path: Path) -> None:
+    gw = gateway(tmp_path, PLATFORM_URL="https://platform.example.com",
+                 CONNECT_PROXY_URL="https://connect.example.com")
+    platform = gw.ssh_factory.user_keys.platform
+    assert platform.url("a@b") == "https://platform.example.com/api/users/a%40b/ssh-keys"

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -165,3 +166,47 @@ def test_api() -> None:
     assert body["deleted"] == 1
     assert _call(res, "GET", "alice/nothing")[0] == 404
     assert _call(res, "PATCH", "alice/keys")[0] == 405
+
+
+def test_api_limits_and_an_unavailable_registry() -> None:
+    from tests.unit.test_registry_memory import FlakyStore
+
+    flaky = FlakyStore(MemoryStore(Clock()))
+    res = UserKeysResource(flaky)
+    many = "\n".join(Key(ed25519.Ed25519PrivateKey.generate()).public().toString("OPENSSH")
+                     .decode() for _ in range(101))
+    code, body = _call(res, "PUT", "alice/keys", many.encode())
+    assert code == 400 and "at most 100 keys" in body["error"]
+    code, body = _call(res, "PUT", "alice/keys", (_pub() + " " + "x" * 9000).encode())
+    assert code == 400 and "longer than 8192 bytes" in body["error"]
+    code, body = _call(res, "PUT", "alice@example.com/keys", f"{_pub()}\n{_pub()}".encode())
+    assert code == 200 and len(body["keys"]) == 1  # e-mail user names; the same key once
+    flaky.up = False
+    for method in ("GET", "PUT", "DELETE"):
+        code, body = _call(res, method, "alice/keys", _pub().encode())
+        assert code == 503 and "registry is unavailable" in body["error"], (method, body)
+
+
+def test_checker_refuses_unavailable_keys_and_says_why_once() -> None:
+    from twisted.conch.ssh.keys import Key as ConchKey
+    from twisted.cred.credentials import SSHPrivateKey
+    from twisted.cred.error import UnauthorizedLogin
+    from twisted.internet import defer
+
+    from studios_gateway.ssh.keys import KeysUnavailable
+    from studios_gateway.ssh.server import UserKeyChecker
+
+    class Down:
+        async def accepts(self, user: str, key: ConchKey) -> bool:
+            raise KeysUnavailable(f"cannot check {user}'s SSH keys right now")
+
+    said: list[str] = []
+    checker = UserKeyChecker(Down(), notice=said.append)
+    blob = Key(KEYS["ed25519"]).public().blob()
+    for _ in range(2):
+        d = checker.requestAvatarId(SSHPrivateKey(b"alice@abc123", b"ssh-ed25519", blob,
+                                                  None, None))
+        failures: list[Any] = []
+        d.addErrback(failures.append)
+        assert isinstance(d, defer.Deferred) and failures[0].check(UnauthorizedLogin)
+    assert said == ["cannot check alice's SSH keys right now"]
