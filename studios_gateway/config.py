@@ -433,7 +433,7 @@ VARIABLES: tuple[Var, ...] = (
     _v("CONNECT_HTTP_RESPONSE_TIMEOUT", "http_response_timeout", "5m", _positive_duration,
        "Time from the end of a request to the tool's response head (longer: 504 page).",
        seed=False, section="http"),
-    _v("CONNECT_HTTP_POOL_SIZE", "http_pool_size", "8", _int_range(0, 1000),
+    _v("CONNECT_HTTP_POOL_SIZE", "http_pool_size", "32", _int_range(0, 1000),
        "Idle connections to each studio's tool kept for reuse.", seed=False,
        section="http"),
     _v("CONNECT_HTTP_POOL_IDLE_TIMEOUT", "http_pool_idle_timeout", "4s", _positive_duration,
