@@ -1,6 +1,14 @@
 """Login with real processes: `twistd studios-gateway` logs people in against an OpenID
-provider running as its own process (tests/support/idp.py), studios are real
-`studios-connect` + demo tool pairs, and a browser follows every redirect."""
+provider running as its own process (tests/support/idp.py, and oidc-provider-mock),
+studios are real `studios-connect` + demo tool pairs, a browser follows every
+redirect, WebSockets and OpenSSH sessions go through the proxy.
+
+Shown here: the subdomain login (registration, PKCE, hand-off, X-Connect-Sub,
+one studio's cookie opens no other, 403 for strangers), path mode, HTTPS cookie
+attributes, live revocation (allow-list change, session end, logout, the
+Platform's no within LOCAL_CACHE_TTL), login links without an issuer (once,
+also across a restart), registration kept across a restart, a wrong initial
+access token, an issuer that is down at start."""
 
 from __future__ import annotations
 
