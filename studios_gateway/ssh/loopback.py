@@ -97,9 +97,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from studios_gateway.registry.base import SessionRecord
     from studios_gateway.registry.memory import MemoryStore
-    from studios_gateway.ssh.keys import FileUserKeys, fingerprint, load_host_key
+    from studios_gateway.ssh.keys import fingerprint, load_host_key
     from studios_gateway.ssh.server import GatewaySSHFactory, SSHSettings
     from studios_gateway.ssh.studio import StudioSSHServer
+    from studios_gateway.ssh.user_keys import StoreUserKeys, keep_in_file
 
     p = argparse.ArgumentParser(prog="python -m studios_gateway.ssh.loopback")
     p.add_argument("--port", type=int, default=0)
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
             tokens[data["id"]] = new_token()
             data = {**data, "token_hash": hash_token(tokens[data["id"]])}
         store.create(SessionRecord.from_dict(data))
+    keep_in_file(store, args.storage_root)  # users' keys, as a single gateway node keeps them
     host_key = load_host_key(args.key_path, None, args.storage_root)
     studio = StudioSSHServer(reactor=reactor, cwd=args.cwd,
                              trusted=[args.pin or fingerprint(host_key)])
@@ -147,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         return False if session_id in offline else tunnel_dial(session_id, proto)
 
     fac = GatewaySSHFactory(
-        host_key=host_key, user_keys=FileUserKeys.under(args.storage_root), store=store,
+        host_key=host_key, user_keys=StoreUserKeys(store), store=store,
         dial=dial, settings=SSHSettings(max_connections=args.max_connections,
                                         max_conn_channels=args.max_channels,
                                         handshake_timeout=args.handshake_timeout),
