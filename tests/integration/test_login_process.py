@@ -34,6 +34,7 @@ from tests.support.login import (
     oidc_env,
 )
 from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer, redis_available
 from tests.support.web import Browser
 from tests.support.ws_echo import Closed, EchoSocket
 
@@ -465,3 +466,38 @@ def test_the_gateway_logs_in_against_oidc_provider_mock(tmp_path: Path) -> None:
         if g is not None:
             g.stop()
         mock.stop()
+
+
+# Two nodes -------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
+def test_a_change_on_one_node_closes_websockets_on_another(idp: IdPProcess,
+                                                           tmp_path: Path) -> None:
+    """Two nodes on one Redis: bob's WebSocket goes through node B, the allow-list is
+    changed on node A, the studio's tunnel (held by A) stays up."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    nodes: list[Gateway] = []
+    try:
+        for name in ("a", "b"):  # one after the other: they share the storage (the key)
+            nodes.append(Gateway(tmp_path, CONNECT_REDIS_ADDRESS=redis.address,
+                                 CONNECT_PEER_SECRET="login-test-peer-secret",
+                                 CONNECT_NODE_ID=f"node-{name}",
+                                 **oidc_env(idp, LOCAL_CACHE_TTL="2s")))
+        a, b = nodes
+        sid = a.studio(allowed_users=["bob"])["id"]  # its tunnel is held by node A
+        alice, bob = logged_in(b, sid, "alice"), logged_in(b, sid, "bob")
+        hers, his = open_ws(b, alice, sid), open_ws(b, bob, sid)
+        status, _ = a.api(f"/api/sessions/{sid}", "PATCH", {"allowed_users": []})
+        assert status == 200
+        took = his.wait_closed(TTL + 1)
+        assert echoes(hers)
+        status, _ = a.api(f"/api/sessions/{sid}", "DELETE")
+        assert status == 200
+        hers.wait_closed(TTL + 1)
+        print(f"changed on node A; bob's WebSocket through node B closed in {took:.3f}s")
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+        redis.stop()
