@@ -233,7 +233,11 @@ class StoreUserKeysTests(unittest.TestCase):
 
 class KeyFileTests(unittest.TestCase):
     def setUp(self) -> None:
-        self.root = Path(self.mktemp())
+        import shutil
+        import tempfile
+
+        self.root = Path(tempfile.mkdtemp(prefix="user-keys-test-"))  # not in the repository
+        self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
         self.path = key_file_path(str(self.root))
         self.path.parent.mkdir(parents=True)
         self.key, self.line = real_key()
