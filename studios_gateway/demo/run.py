@@ -88,6 +88,7 @@ def tool_command(port: int, prefix: str, force_builtin: bool) -> tuple[str, list
                 f"--ServerApp.base_url={prefix}", "--IdentityProvider.token=",
                 "--ServerApp.password=", "--ServerApp.allow_remote_access=True",
                 "--ServerApp.disable_check_xsrf=False",
+                "--ServerApp.log_level=WARN",  # keep the demo's own lines readable
                 # Studios often run as root in their container; Jupyter refuses unless told.
                 *(["--allow-root"] if os.geteuid() == 0 else [])]
     return "generic", [sys.executable, "-m", "studios_gateway.demo.tool", "--port", str(port),
