@@ -316,8 +316,9 @@ class RelyingParty:
         url = issuer + "/.well-known/openid-configuration"
         code, body, text = await self._call("GET", url, "OpenID discovery")
         if code != 200:
-            raise ConfigurationError(f"OpenID discovery at {url} answered HTTP {code}: "
-                                     f"{_short(text, 120)}")
+            # 5xx: the issuer (or a proxy before it) is down for now: asked again later.
+            error = OIDCError if code >= 500 else ConfigurationError
+            raise error(f"OpenID discovery at {url} answered HTTP {code}: {_short(text, 120)}")
         meta = ProviderMetadata.from_dict(body, issuer)
         if meta.code_challenge_methods and "S256" not in meta.code_challenge_methods:
             raise ConfigurationError(f"the issuer {issuer} does not support PKCE S256")
@@ -369,6 +370,9 @@ class RelyingParty:
             raise ConfigurationError(
                 f"the issuer {meta.issuer} refused to register the OIDC client "
                 f"{s.client_name!r} (HTTP {code}: {_oauth_error(answer, text)}): {hint}")
+        if code >= 500:
+            raise OIDCError(f"OIDC client registration at {meta.registration_endpoint} "
+                            f"answered HTTP {code}")
         if code not in (200, 201) or not isinstance(answer, dict) \
                 or not isinstance(answer.get("client_id"), str):
             raise ConfigurationError(

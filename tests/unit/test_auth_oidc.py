@@ -15,7 +15,9 @@ from twisted.internet.task import Clock
 
 from studios_gateway.auth.oidc import (
     ClientRegistration,
+    ConfigurationError,
     LoginFailed,
+    OIDCError,
     OIDCSettings,
     ProviderMetadata,
     RelyingParty,
@@ -223,3 +225,23 @@ def test_one_time_table():
     clock.advance(10)
     assert t.take(c) is None and t.take(d) is None
     assert t.take("") is None
+
+
+class StatusHTTP:
+    """Every request answers `code` (a Platform behind a proxy that is down, or a wrong URL)."""
+
+    def __init__(self, code: int):
+        self.code = code
+
+    def request(self, method: str, url: str, **kw: Any) -> Deferred[FakeResponse]:
+        return defer.succeed(FakeResponse(self.code, {"error": "whatever"}))
+
+
+@pytest.mark.parametrize(("code", "fatal"), [(502, False), (503, False), (404, True)])
+def test_discovery_5xx_is_transient_4xx_is_a_configuration_error(code: int, fatal: bool):
+    rp = RelyingParty(OIDCSettings(issuer=ISSUER, redirect_uri="https://gw/_connect/callback",
+                                   storage_root="/nonexistent"), reactor=Clock(),
+                      http=StatusHTTP(code))
+    with pytest.raises(OIDCError, match=f"HTTP {code}") as e:
+        result(rp.start())
+    assert isinstance(e.value, ConfigurationError) is fatal
