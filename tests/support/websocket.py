@@ -71,6 +71,19 @@ class WebSocket:
                     raise ConnectionError(f"WebSocket closed: {event.code} {event.reason}")
         return self._text.pop(0)
 
+    def wait_closed(self, timeout: float) -> float:
+        """Seconds until the other side closes the WebSocket (a close frame or the end of
+        the connection); TimeoutError if it is still open after `timeout`."""
+        start = time.monotonic()
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                for event in self._events(start + timeout):
+                    if isinstance(event, CloseConnection):
+                        return time.monotonic() - start
+        except ConnectionError:
+            return time.monotonic() - start
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.sendall(self.ws.send(CloseConnection(code=1000)))
