@@ -134,12 +134,16 @@ def check_certificate_names(cert_file: str, proxy_host: str, studios_domain: str
             check = verify_certificate_ip_address
         try:
             check(cert, name)
-        except (VerificationError, CertificateError):
+        except VerificationError:
             return False
         return True
 
     missing = []
-    if not covers(proxy_host):
+    try:
+        host_covered = covers(proxy_host)
+    except CertificateError as e:  # a malformed name in the certificate (e.g. *.localhost)
+        return f"CONNECT_TLS_CERT_FILE={cert_file!r}: {e}"
+    if not host_covered:
         missing.append(f"the proxy host {proxy_host}")
     # A name no operator would list by hand: only a wildcard covers it.
     if not path_routing and not covers(f"studio-name-check.{studios_domain}"):

@@ -280,3 +280,48 @@ def test_bad_chunk_sizes_abort_the_tool_side(recorded) -> None:
         answer = exchange(d.http_port, head + body)
         assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert not tool.seen(b"hello")
+
+
+# HTTPS ---------------------------------------------------------------------------------------
+
+
+def write_pair(directory: Path, names: list[str]) -> tuple[str, str]:
+    from studios_gateway.tunnel.tls import make_self_signed
+
+    directory.mkdir()
+    cert, key = make_self_signed(names)
+    (directory / "cert.pem").write_bytes(cert)
+    (directory / "key.pem").write_bytes(key)
+    return str(directory / "cert.pem"), str(directory / "key.pem")
+
+
+def test_https_through_the_tunnel_and_a_certificate_without_the_wildcard(tmp_path: Path
+                                                                          ) -> None:
+    import ssl
+
+    from tests.support.gateway import base_env, run_twistd
+
+    narrow = write_pair(tmp_path / "narrow", ["localhost"])
+    env = base_env(tmp_path, CONNECT_PROXY_URL="https://localhost",
+                   CONNECT_TLS_CERT_FILE=narrow[0], CONNECT_TLS_KEY_FILE=narrow[1])
+    refused = run_twistd(tmp_path, env)
+    assert refused.returncode == 1
+    assert "does not cover *.localhost (studio subdomains)" in refused.stderr, refused.stderr
+
+    # Browsers (and service-identity) refuse *.localhost: a name under it instead.
+    wide = write_pair(tmp_path / "wide", ["gw.localhost", "*.gw.localhost", "localhost"])
+    d = Deployment(tmp_path, tls=ssl.create_default_context(cafile=wide[0]),
+                   host="gw.localhost", CONNECT_TLS_CERT_FILE=wide[0],
+                   CONNECT_TLS_KEY_FILE=wide[1])
+    try:
+        created = d.create()
+        d.studio(created, SSL_CERT_FILE=wide[0])  # the client trusts the tunnel's certificate
+        wait_connected(d.gw, created["id"])
+        assert created["login_link"].startswith("https://")
+        d.login(created)
+        info = d.browser.get(d.url(created, "/api/info"))
+        assert info.status == 200, info.text[:300]
+        assert info.json()["headers"]["x-forwarded-proto"] == ["https"]
+        assert info.json()["headers"]["x-connect-sub"] == ["alice"]
+    finally:
+        d.stop()

@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,16 +52,24 @@ def wait_connected(gw: GatewayProcess, sid: str, connected: bool = True,
 
 
 class Deployment:
-    def __init__(self, tmp_path: Path, **env: str):
+    def __init__(self, tmp_path: Path, tls: Any = None, host: str = "localhost", **env: str):
+        """`tls`: an ssl.SSLContext trusting the gateway's certificate (then HTTPS, and
+        clients dial the tunnel as localhost); `host`: the proxy host (the test
+        browser sends every name to 127.0.0.1)."""
         self.tmp_path = tmp_path
+        self.scheme = "https" if tls is not None else "http"
+        self.host = host
         self.env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
                             CONNECT_PROXY_URL="http://localhost", **env)
         self.http_port = int(self.env["CONNECT_HTTP_PORT"])
-        self.env["CONNECT_PROXY_URL"] = f"http://localhost:{self.http_port}"
+        self.env["CONNECT_PROXY_URL"] = f"{self.scheme}://{host}:{self.http_port}"
+        if tls is not None:
+            tunnel_port = self.env["CONNECT_TUNNEL_PORT"]
+            self.env.setdefault("CONNECT_TUNNEL_URL", f"localhost:{tunnel_port}")
         self.gw = GatewayProcess(tmp_path, self.env)
         self.gw.wait_ready()
         self.stoppers = [self.gw.stop]
-        self.browser = Browser()
+        self.browser = Browser(tls=tls)
 
     def create(self, **fields) -> dict:
         status, body, _ = self.gw.request("/api/sessions", method="POST",
@@ -84,7 +93,7 @@ class Deployment:
         assert reply.status == 200, (reply.status, reply.text[:500])
 
     def url(self, created: dict, path: str = "/") -> str:
-        return f"http://{created['id']}.localhost:{self.http_port}{path}"
+        return f"{self.scheme}://{created['id']}.{self.host}:{self.http_port}{path}"
 
     def stop(self) -> None:
         for stop in reversed(self.stoppers):

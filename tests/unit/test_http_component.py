@@ -42,6 +42,9 @@ def test_certificate_must_cover_proxy_host_and_wildcard(tmp_path: Path) -> None:
     assert problem is not None and "the proxy host connect.example.com" in problem
     ip = cert(tmp_path, "127.0.0.1")
     assert check_certificate_names(ip, "127.0.0.1", "x.test", True) is None
+    tld = cert(tmp_path, "localhost", "*.localhost")
+    problem = check_certificate_names(tld, "localhost", "localhost", False)
+    assert problem is not None and "too few host components" in problem
     (tmp_path / "junk.pem").write_text("not a certificate")
     problem = check_certificate_names(str(tmp_path / "junk.pem"), "a.test", "a.test", True)
     assert problem is not None and "cannot read" in problem
