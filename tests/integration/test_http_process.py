@@ -325,3 +325,19 @@ def test_https_through_the_tunnel_and_a_certificate_without_the_wildcard(tmp_pat
         assert info.json()["headers"]["x-connect-sub"] == ["alice"]
     finally:
         d.stop()
+
+
+def test_pages_when_the_studio_is_away_or_its_tool_is_down(deployment: Deployment) -> None:
+    created = deployment.create()
+    # The login works before the studio connects; the studio then says so, and retries.
+    away = deployment.browser.use_login_link(created["login_link"])
+    assert away.status == 502 and created["id"] in away.text
+    assert "refresh" in away.text  # the page retries by itself
+    tool, _ = deployment.studio(created)
+    wait_connected(deployment.gw, created["id"])
+    assert deployment.browser.get(deployment.url(created, "/api/info")).status == 200
+    tool.stop()  # the tunnel stays up; the connect client now resets the tool's streams
+    down = deployment.browser.get(deployment.url(created, "/api/info?again"))
+    assert down.status == 504 and created["id"] in down.text, (down.status, down.text[:300])
+    unknown = deployment.browser.get(f"http://nosuchstudio.localhost:{deployment.http_port}/")
+    assert unknown.status in (302, 404)
