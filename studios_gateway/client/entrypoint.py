@@ -48,8 +48,9 @@ class ToolChild:
     _log = Logger()
 
     def __init__(self, reactor: Any, argv: Sequence[str], env: Mapping[str, str], *,
-                 grace: float = KILL_GRACE):
+                 grace: float = KILL_GRACE, child_fds: Mapping[int, int] | None = None):
         self.reactor = reactor
+        self.child_fds = dict(child_fds or {0: 0, 1: 1, 2: 2})  # the tool shares our stdio
         self.argv = list(argv)
         self.env = dict(env)
         self.grace = grace
@@ -61,7 +62,7 @@ class ToolChild:
         self._log.info("starting the tool: {argv}", argv=" ".join(self.argv))
         self._transport = self.reactor.spawnProcess(
             _ToolProcess(self.ended), self.argv[0], self.argv, env=self.env,
-            childFDs={0: 0, 1: 1, 2: 2})
+            childFDs=self.child_fds)
         self.ended.addBoth(self._ended)
 
     def _ended(self, status: Any) -> Any:
