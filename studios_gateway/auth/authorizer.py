@@ -15,6 +15,13 @@ revocation, and otherwise when a re-check (on a registry change, and every
 half TTL) no longer allows them. That sweep trusts no decision older than
 half a TTL, so a change nobody tells the gateway about (the Platform's
 answer) closes connections within one TTL.
+
+Logouts are cluster-wide: :meth:`Authorizer.logout` records the login in the
+store (`login_state`: Redis shared by every node, or this node's memory store),
+which tells every node's authorizer; each keeps the ended logins it knows in
+memory, so the per-request check (:meth:`Authorizer.is_logged_out`) asks
+nobody. It reads them all again at start and whenever store events may have
+been missed, and writes a logout the store could not take again later.
 """
 
 from __future__ import annotations
@@ -31,13 +38,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.auth.cookies import Clock
-from studios_gateway.auth.onetime import SpentSet
 from studios_gateway.registry.base import SessionRecord
+from studios_gateway.registry.memory import MemoryStore
+from studios_gateway.registry.spent import SpentSet
 
 __all__ = ["Authorizer", "Decision", "PlatformAccess", "PlatformUnavailable", "Revocation"]
 
 #: How long a failure (store or Platform unreachable) is remembered, at most.
 ERROR_TTL = 5.0
+#: Seconds between attempts to write or read logouts while the store is unavailable.
+LOGOUT_RETRY = 2.0
 
 
 class PlatformUnavailable(Exception):
@@ -138,7 +148,7 @@ class Authorizer:
     def __init__(self, store: Any, *, clock: Clock, ttl: float,
                  workspace_allowed: Callable[[str | None], bool],
                  platform: PlatformAccess | None = None, login_ttl: float = 12 * 3600,
-                 max_entries: int = 100_000, logged_out: SpentSet | None = None):
+                 max_entries: int = 100_000, login_state: Any = None):
         self._store = store
         self._clock = clock
         self.ttl = ttl
@@ -152,8 +162,17 @@ class Authorizer:
         self._subscribers: list[Callable[[Revocation], Any]] = []
         self._live: dict[int, _Live] = {}
         self._next_live = 0
-        #: Logins that ended (kept in a journal by Auth.from_config: survives a restart).
-        self._logged_out = logged_out if logged_out is not None else SpentSet(clock)
+        #: Where logouts and spent single-use ids are kept for every node: the store
+        #: (or, for a store without them, this node's memory).
+        self.login_state = login_state if login_state is not None else (
+            store if hasattr(store, "spend_once") else MemoryStore(clock))
+        #: The logins this node knows ended (its copy of the store's, for every request).
+        self._logged_out = SpentSet(clock, max_entries)
+        #: Logouts the store has not taken yet: login id -> until.
+        self._unwritten: dict[str, float] = {}
+        self._logout_sync: Any = None
+        self._reading_failed = True  # quiet until the store has answered once (at start)
+        self._unsubscribe_logouts: Callable[[], None] | None = None
         self._login_ttl = login_ttl
         self._unsubscribe_store: Callable[[], None] | None = None
         self._sweeper: task.LoopingCall | None = None
@@ -164,6 +183,9 @@ class Authorizer:
         """Follow registry changes and re-check live connections every half TTL."""
         if hasattr(self._store, "subscribe") and self._unsubscribe_store is None:
             self._unsubscribe_store = self._store.subscribe(self._store_changed)
+        if self._unsubscribe_logouts is None:
+            self._unsubscribe_logouts = self.login_state.subscribe_logouts(self._logout_heard)
+            self._sync_logouts()
         if self._sweeper is None and self.ttl > 0:
             half = self.ttl / 2
             self._sweeper = task.LoopingCall(lambda: self.recheck_live(max_age=half))
@@ -179,7 +201,12 @@ class Authorizer:
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._sweeper = None
-        self._logged_out.close()
+        if self._unsubscribe_logouts is not None:
+            self._unsubscribe_logouts()
+            self._unsubscribe_logouts = None
+        if self._logout_sync is not None and self._logout_sync.active():
+            self._logout_sync.cancel()
+        self._logout_sync = None
         stop = getattr(self._platform, "stop", None)
         return stop() if stop is not None else None
 
@@ -286,13 +313,77 @@ class Authorizer:
         self._notify(Revocation("user", session_id=session_id, user=user))
 
     def logout(self, login_id: str) -> None:
-        """Every cookie of this login stops working; its live connections close."""
-        self._logged_out.spend(login_id, self._clock.seconds() + self._login_ttl)
-        self._generation += 1
-        self._notify(Revocation("login", login_id=login_id))
+        """Every cookie of this login stops working and its live connections close, here
+        at once and on every node that shares the store as soon as it hears."""
+        until = self._clock.seconds() + self._login_ttl
+        self._ended(login_id, until)
+        self._write_logout(login_id, until)
 
     def is_logged_out(self, login_id: str) -> bool:
         return login_id in self._logged_out
+
+    def _ended(self, login_id: str, until: float) -> None:
+        """A login ended (here or on another node): refuse it, close its connections."""
+        if login_id in self._logged_out:
+            return
+        self._logged_out.spend(login_id, until)
+        self._generation += 1
+        self._notify(Revocation("login", login_id=login_id))
+
+    def _logout_heard(self, login_id: str | None) -> None:
+        if login_id is None:  # logouts may have been missed: read them all again
+            self._sync_logouts()
+        else:
+            self._ended(login_id, self._clock.seconds() + self._login_ttl)
+
+    def _write_logout(self, login_id: str, until: float) -> None:
+        ttl = until - self._clock.seconds()
+        if ttl <= 0:
+            self._unwritten.pop(login_id, None)
+            return
+
+        def written(_: Any) -> None:
+            self._unwritten.pop(login_id, None)
+
+        def failed(f: Failure) -> None:
+            if login_id not in self._unwritten:
+                self._log.warn("a logout could not be shared with the other nodes "
+                               "({why}); trying again", why=f.getErrorMessage())
+            self._unwritten[login_id] = until
+            while len(self._unwritten) > self._max:
+                self._unwritten.pop(next(iter(self._unwritten)))
+            self._retry_logouts()
+
+        defer.maybeDeferred(self.login_state.log_out, login_id, ttl).addCallbacks(
+            written, failed)
+
+    def _retry_logouts(self) -> None:
+        if self._unsubscribe_logouts is not None and (
+                self._logout_sync is None or not self._logout_sync.active()):
+            self._logout_sync = self._clock.callLater(LOGOUT_RETRY, self._sync_logouts)
+
+    def _sync_logouts(self) -> None:
+        """Write the logouts the store missed; learn every logout it has."""
+        if self._logout_sync is not None and self._logout_sync.active():
+            self._logout_sync.cancel()
+        self._logout_sync = None
+        for login_id, until in list(self._unwritten.items()):
+            self._write_logout(login_id, until)
+
+        def loaded(live: dict[str, float]) -> None:
+            self._reading_failed = False
+            now = self._clock.seconds()
+            for login_id, ttl in live.items():
+                self._ended(login_id, now + ttl)
+
+        def failed(f: Failure) -> None:
+            if not self._reading_failed:  # once per outage
+                self._log.warn("cannot read the logouts of other nodes yet ({why}); "
+                               "trying again", why=f.getErrorMessage())
+            self._reading_failed = True
+            self._retry_logouts()
+
+        defer.maybeDeferred(self.login_state.logged_out).addCallbacks(loaded, failed)
 
     def session_ended(self, session_id: str) -> None:
         self._forget(session_id)

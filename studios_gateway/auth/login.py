@@ -24,6 +24,11 @@ How a login reaches a studio's cookie:
 Without an issuer, logins come from one-time links made by
 :meth:`Auth.mint_login_link`. No studio is ever served without a login.
 
+Login links and hand-off codes are signed, so any node that shares the key
+can redeem them; "once" is the store's ``spend_once`` (Redis: shared by every
+node; alone: memory backed by journal files), and a store that cannot answer
+refuses the id with a "try again" page rather than risk accepting it twice.
+
 The top half of this module is plain logic (URLs, ``next`` checks, pages);
 :class:`Auth` is the adapter that speaks Deferreds.
 """
@@ -63,8 +68,7 @@ from studios_gateway.auth.oidc import (
     RelyingParty,
     TokenSet,
 )
-from studios_gateway.auth.onetime import SpentSet
-from studios_gateway.registry.base import SESSION_ID
+from studios_gateway.registry.base import SESSION_ID, StoreUnavailable
 
 __all__ = [
     "Auth",
@@ -80,7 +84,8 @@ PREFIX = "/_connect/"
 SUBJECT_HEADER = b"X-Connect-Sub"
 LOGIN_COOKIE = "connect_login"
 KEY_FILE = "auth-signing.key"
-#: Journals under the storage root: logins that ended, used login links and hand-off codes.
+#: Journals under the storage root (one node, no Redis): logins that ended, used login
+#: links and hand-off codes.
 LOGOUTS = "auth-logouts.log"
 SPENT = "auth-spent.log"
 #: Retrying an unreachable issuer at start: first after this many seconds, doubling up to
@@ -349,8 +354,7 @@ class Auth:
     _log = Logger()
 
     def __init__(self, settings: AuthSettings, *, reactor: Any, authorizer: Authorizer,
-                 rp: RelyingParty | None = None, key: bytes | None = None,
-                 spent: SpentSet | None = None):
+                 rp: RelyingParty | None = None, key: bytes | None = None):
         self.settings = settings
         self._reactor = reactor
         self.authorizer = authorizer
@@ -359,8 +363,8 @@ class Auth:
             Path(settings.storage_root) / KEY_FILE))
         self._signer = signer
         self._cookies = CookieCodec(signer, reactor)
-        #: Used login links and hand-off codes.
-        self._spent = spent if spent is not None else SpentSet(reactor)
+        #: Where used login links and hand-off codes are kept (the session store).
+        self._once = authorizer.login_state
         self._refreshes: dict[str, Any] = {}
         self._start_retry: Any = None
         self._start_tried = 0.0
@@ -402,12 +406,13 @@ class Auth:
                 return (c.client_id, c.client_secret) if c and c.client_secret else None
             platform = PlatformAccess(s.platform_url, creds, reactor=reactor,
                                       timeout=min(s.timeout, 5.0))
+        inner = getattr(store, "inner", store)
+        if hasattr(inner, "keep_login_journals"):  # one node, in memory: files remember
+            inner.keep_login_journals(Journal(root / SPENT), Journal(root / LOGOUTS))
         authorizer = Authorizer(store, clock=reactor, ttl=s.cache_ttl,
                                 workspace_allowed=config.workspace_allowed, platform=platform,
-                                login_ttl=s.login_ttl,
-                                logged_out=SpentSet(reactor, journal=Journal(root / LOGOUTS)))
-        return cls(s, reactor=reactor, authorizer=authorizer, rp=rp,
-                   spent=SpentSet(reactor, journal=Journal(root / SPENT)))
+                                login_ttl=s.login_ttl)
+        return cls(s, reactor=reactor, authorizer=authorizer, rp=rp)
 
     def start(self) -> Deferred[None]:
         """Discover and register with the issuer (when there is one), follow the registry.
@@ -467,7 +472,6 @@ class Auth:
             if call.active():
                 call.cancel()
         self._refreshes.clear()
-        self._spent.close()
         waits = [self.authorizer.stop(), self.rp.stop() if self.rp is not None else None]
         return defer.gatherResults([d for d in waits if d is not None]).addCallback(
             lambda _: None)
@@ -553,6 +557,12 @@ class Auth:
         return defer.maybeDeferred(self._route, request).addErrback(self._failed)
 
     def _failed(self, failure: Any) -> Response:
+        if failure.check(StoreUnavailable):
+            # Whether a link or code was used cannot be known: refuse it for now.
+            self._log.warn("a login was refused for now: {why}", why=failure.value.reason)
+            return page(503, "Try again shortly",
+                        "The login cannot be checked right now; try again in a moment.",
+                        extra_headers=[(b"Retry-After", b"5")])
         self._log.failure("a login route failed", failure)
         return page(503, "Login unavailable", "The login could not be completed; try again.")
 
@@ -650,17 +660,24 @@ class Auth:
             "next": path, "exp": int(now + s.handoff_ttl), "jti": secrets.token_urlsafe(12)})
         return redirect(f"{s.studio_origin(session_id)}{PREFIX}handoff?code={code}", headers)
 
-    def _handoff(self, request: RequestInfo, session_id: str) -> Response:
+    def _handoff(self, request: RequestInfo, session_id: str) -> Any:
         s = self.settings
         data = self._signer.verify(_HANDOFF, request.params().get("code", ""))
         now = self._reactor.seconds()
         again = (f"{s.proxy_url}{PREFIX}login?"
                  + urlencode({"next": s.studio_url(session_id)}, quote_via=quote))
+        expired = page(400, "Login link expired",
+                       "This login hand-off was used already, has expired or is for "
+                       "another studio.", link=(again, "Log in again"))
         if data is None or not isinstance(data.get("exp"), int) or data["exp"] <= now \
-                or data.get("sid") != session_id or not self._spend(data):
-            return page(400, "Login link expired",
-                        "This login hand-off was used already, has expired or is for "
-                        "another studio.", link=(again, "Log in again"))
+                or data.get("sid") != session_id or not isinstance(data.get("jti"), str):
+            return expired
+        return self._spend(data).addCallback(
+            lambda fresh: self._handed_off(data, session_id, again) if fresh else expired)
+
+    def _handed_off(self, data: Mapping[str, Any], session_id: str, again: str) -> Response:
+        s = self.settings
+        now = self._reactor.seconds()
         login_id, subject = str(data["lid"]), str(data["sub"])
         if self.authorizer.is_logged_out(login_id):
             return page(400, "Logged out", "This login has ended.", link=(again, "Log in"))
@@ -672,29 +689,39 @@ class Auth:
             s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
             path="/", max_age=int(ttl), secure=s.secure_cookies)])
 
-    def _spend(self, data: Mapping[str, Any]) -> bool:
-        jti = data.get("jti")
-        return isinstance(jti, str) and self._spent.spend(jti, float(data["exp"]))
+    def _spend(self, data: Mapping[str, Any]) -> Deferred[bool]:
+        """Spend a verified link's or code's id on every node: True the first time.
+        Fails with StoreUnavailable when that cannot be known (the route answers 503)."""
+        jti = data["jti"]
+        ttl = max(0.001, float(data["exp"]) - self._reactor.seconds())
+        return defer.maybeDeferred(self._once.spend_once, jti, ttl)
 
-    def _link(self, request: RequestInfo) -> Response:
-        s = self.settings
+    def _link(self, request: RequestInfo) -> Any:
         token = request.params().get("token", "")
         data = self._signer.verify(_LINK, token)
         now = self._reactor.seconds()
+        invalid = page(400, "Login link not valid",
+                       "This login link was used already or has expired. Ask for a new one.")
         if data is None or not isinstance(data.get("exp"), int) or data["exp"] <= now \
                 or not isinstance(data.get("sid"), str) or not isinstance(data.get("sub"), str) \
-                or data.get("jti") in self._spent:
-            return page(400, "Login link not valid",
-                        "This login link was used already or has expired. Ask for a new one.")
+                or not isinstance(data.get("jti"), str):
+            return invalid
         if request.method != "POST":
             # Link scanners and previews only GET: spend the link on a deliberate click.
             action = html.escape(f"{PREFIX}link?" + urlencode({"token": token}))
             form = (f'<form method="post" action="{action}"><button type="submit">'
                     f"Open studio {html.escape(data['sid'])}</button></form>")
-            return page(200, "Open studio",
-                        f"Log in to studio {data['sid']} as {data['sub']}.", body_html=form)
-        if not self._spend(data):
-            return page(400, "Login link not valid", "This login link was used already.")
+            confirm = page(200, "Open studio",
+                           f"Log in to studio {data['sid']} as {data['sub']}.", body_html=form)
+            return defer.maybeDeferred(self._once.is_spent, data["jti"]).addCallback(
+                lambda spent: invalid if spent else confirm)
+        return self._spend(data).addCallback(
+            lambda fresh: self._link_spent(data) if fresh else page(
+                400, "Login link not valid", "This login link was used already."))
+
+    def _link_spent(self, data: Mapping[str, Any]) -> Response:
+        s = self.settings
+        now = self._reactor.seconds()
         login_id = new_login_id()
         self._log.info("{user} logged in with a login link to {session}", user=data["sub"],
                        session=data["sid"])

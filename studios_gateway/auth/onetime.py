@@ -1,4 +1,4 @@
-"""Single-use, expiring, bounded tables: OIDC state, handoff codes, spent login links.
+"""Single-use, expiring, bounded tables: OIDC state (and, re-exported, SpentSet).
 
 `put` stores a value under a fresh random key (or a key you give), `take`
 returns it once and forgets it. Entries expire after `ttl` seconds on the
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import secrets
 from collections import OrderedDict
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from studios_gateway.auth.cookies import Clock
+from studios_gateway.registry.spent import SpentSet
+
+__all__ = ["OneTimeTable", "SpentSet"]
 
 T = TypeVar("T")
 
@@ -60,44 +63,3 @@ class OneTimeTable(Generic[T]):
         self._expire()
         return key in self._items
 
-
-class SpentSet:
-    """Remembers spent single-use ids until they would have expired anyway.
-
-    With a `journal` (:class:`~studios_gateway.auth.files.Journal`) what was spent
-    survives a restart: a used login link stays used, a logout stays a logout."""
-
-    def __init__(self, clock: Clock, max_entries: int = 100_000, journal: Any = None):
-        self._clock = clock
-        self._max = max_entries
-        self._items: OrderedDict[str, float] = OrderedDict()
-        self._journal = journal
-        if journal is not None:
-            for key, until in sorted(journal.load(clock.seconds()).items(),
-                                     key=lambda kv: kv[1]):
-                self._items[key] = until
-
-    def spend(self, key: str, until: float) -> bool:
-        """Mark `key` spent until `until`; False if it was spent already."""
-        now = self._clock.seconds()
-        while self._items:  # oldest first; entries of one kind share a lifetime
-            k, t = next(iter(self._items.items()))
-            if t > now:
-                break
-            del self._items[k]
-        if key in self._items and self._items[key] > now:
-            return False
-        self._items[key] = until
-        while len(self._items) > self._max:
-            self._items.popitem(last=False)
-        if self._journal is not None:
-            self._journal.append(key, until)
-        return True
-
-    def close(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-
-    def __contains__(self, key: object) -> bool:
-        t = self._items.get(key)  # type: ignore[call-overload]
-        return t is not None and t > self._clock.seconds()

@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred
 
 __all__ = [
     "SESSION_ID",
+    "SINGLE_USE_ID",
     "Invalidation",
     "MAX_USER_KEYS",
     "MAX_USER_KEY_LENGTH",
@@ -40,6 +41,7 @@ __all__ = [
     "SessionStore",
     "StoreUnavailable",
     "TunnelHolder",
+    "check_single_use_id",
     "check_user_keys",
     "hash_token",
     "key_blob",
@@ -50,6 +52,8 @@ __all__ = [
 
 #: A session id is one DNS label (it becomes a subdomain): lowercase letters, digits, '-'.
 SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+#: A single-use id (a login link's or hand-off code's) or a login id: URL-safe base64.
+SINGLE_USE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TOKEN_BYTES = 32
 _HASH_PREFIX = "sha256:"
 
@@ -256,6 +260,19 @@ def token_matches(token: str, token_hash: str) -> bool:
     return hmac.compare_digest(hash_token(token).encode(), token_hash.encode("utf-8", "replace"))
 
 
+# Login state -------------------------------------------------------------------------
+
+
+def check_single_use_id(key: Any, ttl: Any) -> float:
+    """`ttl` as seconds; ValueError unless `key` is a single-use or login id (SINGLE_USE_ID)
+    and `ttl` a positive number."""
+    if not isinstance(key, str) or not SINGLE_USE_ID.fullmatch(key):
+        raise ValueError(f"not a single-use or login id: {key!r:.80}")
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not ttl > 0:
+        raise ValueError(f"a lifetime must be a positive number of seconds, not {ttl!r}")
+    return float(ttl)
+
+
 # Users' SSH keys ----------------------------------------------------------------------
 
 
@@ -368,3 +385,25 @@ class SessionStore(Protocol):
     def subscribe_user_keys(self, callback: Invalidation) -> Callable[[], None]:
         """Call `callback(user)` whenever any node changes a user's keys (and
         `callback(None)` when changes may have been missed)."""
+
+    # Login state that every node must share (auth/): single-use ids and logouts.
+
+    def spend_once(self, key: str, ttl: float) -> Deferred[bool]:
+        """Mark the single-use id `key` (a login link's, a hand-off code's) spent for `ttl`
+        seconds, its remaining lifetime, in one atomic step: True the first time on any
+        node, False afterwards. StoreUnavailable when that cannot be known (callers refuse
+        the id: never accept it twice)."""
+
+    def is_spent(self, key: str) -> Deferred[bool]:
+        """Whether any node spent `key` (and its lifetime has not run out)."""
+
+    def log_out(self, login_id: str, ttl: float) -> Deferred[None]:
+        """Record that a login ended, for `ttl` seconds (how long its cookies could still
+        be valid), and tell every node's subscribe_logouts callbacks."""
+
+    def logged_out(self) -> Deferred[dict[str, float]]:
+        """Every recorded logout: login id -> seconds it is still kept."""
+
+    def subscribe_logouts(self, callback: Invalidation) -> Callable[[], None]:
+        """Call `callback(login_id)` whenever any node records a logout (and
+        `callback(None)` when some may have been missed: read logged_out() again)."""

@@ -11,6 +11,9 @@ was lost) marks every entry expired but keeps it as the outage fallback.
 
 Users' SSH keys (`get_user_keys`) follow the same rules, keyed by user name and
 invalidated by the store's user-key events.
+
+The login state (spent single-use ids, logouts) is never cached: it goes
+straight to the store, so "used once" holds on every node.
 """
 
 from __future__ import annotations
@@ -248,6 +251,21 @@ class CachingStore:
 
     def list_sessions(self) -> Deferred[list[SessionRecord]]:
         return defer.maybeDeferred(self.inner.list_sessions)
+
+    def spend_once(self, key: str, ttl: float) -> Deferred[bool]:
+        return defer.maybeDeferred(self.inner.spend_once, key, ttl)
+
+    def is_spent(self, key: str) -> Deferred[bool]:
+        return defer.maybeDeferred(self.inner.is_spent, key)
+
+    def log_out(self, login_id: str, ttl: float) -> Deferred[None]:
+        return defer.maybeDeferred(self.inner.log_out, login_id, ttl)
+
+    def logged_out(self) -> Deferred[dict[str, float]]:
+        return defer.maybeDeferred(self.inner.logged_out)
+
+    def subscribe_logouts(self, callback: Invalidation) -> Callable[[], None]:
+        return self.inner.subscribe_logouts(callback)  # type: ignore[no-any-return]
 
     def ping(self) -> Deferred[None]:
         return defer.maybeDeferred(self.inner.ping)

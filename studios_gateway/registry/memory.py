@@ -1,5 +1,9 @@
 """The embedded registry: one node, in memory, tunnel TTLs kept with the given clock;
-users' SSH keys too."""
+users' SSH keys and the login state (spent single-use ids, logouts) too.
+
+The login state must outlast a restart (a used login link stays used):
+:meth:`MemoryStore.keep_login_journals` backs it by two append-only journal
+files under the storage root (auth/ does this when there is no Redis)."""
 
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ from studios_gateway.registry.base import (
     SessionNotFound,
     SessionRecord,
     TunnelHolder,
+    check_single_use_id,
     check_user_keys,
     key_blob,
     unique_keys,
 )
+from studios_gateway.registry.spent import SpentSet
 
 
 class Subscribers:
@@ -60,6 +66,9 @@ class MemoryStore:
         self._user_keys: dict[str, list[str]] = {}
         self._subscribers = Subscribers()
         self._key_subscribers = Subscribers()
+        self._spent = SpentSet(clock)
+        self._logouts = SpentSet(clock)
+        self._logout_subscribers = Subscribers()
 
     def __repr__(self) -> str:
         return f"MemoryStore(sessions={len(self._records)})"
@@ -68,6 +77,8 @@ class MemoryStore:
         pass
 
     def stop(self) -> Deferred[None]:
+        self._spent.close()
+        self._logouts.close()
         return defer.succeed(None)
 
     def ping(self) -> Deferred[None]:
@@ -199,6 +210,41 @@ class MemoryStore:
         if len(keep) != len(have):
             self._store_keys(user, keep)
         return defer.succeed(len(have) - len(keep))
+
+    # Login state ------------------------------------------------------------------
+
+    def keep_login_journals(self, spent: Any, logouts: Any) -> None:
+        """Back spent ids and logouts by journals (:class:`~studios_gateway.auth.files.Journal`):
+        what they hold now is loaded, every later change appended."""
+        self._spent.close()
+        self._logouts.close()
+        self._spent = SpentSet(self._clock, journal=spent)
+        self._logouts = SpentSet(self._clock, journal=logouts)
+
+    def spend_once(self, key: str, ttl: float) -> Deferred[bool]:
+        try:
+            seconds = check_single_use_id(key, ttl)
+        except ValueError as e:
+            return defer.fail(e)
+        return defer.succeed(self._spent.spend(key, self._clock.seconds() + seconds))
+
+    def is_spent(self, key: str) -> Deferred[bool]:
+        return defer.succeed(key in self._spent)
+
+    def log_out(self, login_id: str, ttl: float) -> Deferred[None]:
+        try:
+            seconds = check_single_use_id(login_id, ttl)
+        except ValueError as e:
+            return defer.fail(e)
+        if self._logouts.spend(login_id, self._clock.seconds() + seconds):
+            self._logout_subscribers.notify(login_id)
+        return defer.succeed(None)
+
+    def logged_out(self) -> Deferred[dict[str, float]]:
+        return defer.succeed(self._logouts.live())
+
+    def subscribe_logouts(self, callback: Invalidation) -> Callable[[], None]:
+        return self._logout_subscribers.add(callback)
 
 
 def _same(a: TunnelHolder, b: TunnelHolder) -> bool:

@@ -7,9 +7,13 @@ Keys, under the configured prefix (``connect:session`` by default):
   node refreshes;
 - ``<prefix>:_keys:<user>``: a user's SSH public keys (JSON list of key lines);
   ``_`` never starts a session id, so these never collide with sessions;
+- ``<prefix>:_once:<id>``: a spent single-use id (login link, hand-off code),
+  set with NX and a PX TTL of the id's remaining lifetime: the first SET wins;
+- ``<prefix>:_logout:<login id>``: a login that ended, with a PX TTL of the
+  login's lifetime;
 - channel ``<prefix>:events``: every change publishes the session id there (a
-  change of a user's keys publishes ``keys:<user>``); all nodes drop their cached
-  copy when they hear it.
+  change of a user's keys publishes ``keys:<user>``, a logout ``logout:<login
+  id>``); all nodes drop their cached copy (or end that login) when they hear it.
 
 Claim, refresh, release, create, update and delete are Lua scripts, so each is
 one atomic step and a node deletes only a holder that is still its own.
@@ -49,6 +53,7 @@ from twisted.python.failure import Failure
 from studios_gateway.registry.base import (
     MAX_USER_KEYS,
     SESSION_ID,
+    SINGLE_USE_ID,
     BadUserKeys,
     Invalidation,
     MalformedRecord,
@@ -57,6 +62,7 @@ from studios_gateway.registry.base import (
     SessionRecord,
     StoreUnavailable,
     TunnelHolder,
+    check_single_use_id,
     check_user_keys,
     unique_keys,
 )
@@ -171,8 +177,24 @@ if gone > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return gone
 """
 
+# Login state: a logout is recorded and announced in one step.
+
+_LOG_OUT = """
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+_PTTLS = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('PTTL', key) end
+return out
+"""
+
 #: Prefix of the events that name a user whose keys changed (never a session id).
 KEYS_EVENT = "keys:"
+#: Prefix of the events that name a login that ended.
+LOGOUT_EVENT = "logout:"
 
 #: Redis errors that mean "not usable right now" rather than "your command is wrong".
 _TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "NOAUTH", "NOPERM", "WRONGPASS",
@@ -435,6 +457,7 @@ class RedisStore:
         self.channel = f"{prefix}:events"
         self._subscribers = Subscribers()
         self._key_subscribers = Subscribers()
+        self._logout_subscribers = Subscribers()
         self._started = False
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ValueError("a Redis TLS client certificate needs both the certificate "
@@ -520,6 +543,7 @@ class RedisStore:
     def _events_lost(self) -> None:
         self._subscribers.notify(None)
         self._key_subscribers.notify(None)
+        self._logout_subscribers.notify(None)
 
     def _message(self, channel: str, message: str) -> None:
         if channel != self.channel:
@@ -528,6 +552,9 @@ class RedisStore:
             self._subscribers.notify(message)
         elif message.startswith(KEYS_EVENT) and len(message) > len(KEYS_EVENT):
             self._key_subscribers.notify(message[len(KEYS_EVENT):])
+        elif message.startswith(LOGOUT_EVENT) \
+                and SINGLE_USE_ID.fullmatch(message[len(LOGOUT_EVENT):]):
+            self._logout_subscribers.notify(message[len(LOGOUT_EVENT):])
 
     # Commands ---------------------------------------------------------------------
 
@@ -610,20 +637,26 @@ class RedisStore:
         return d.addCallback(lambda v: None if v is None else SessionRecord.from_json(v))
 
     @defer.inlineCallbacks
-    def list_sessions(self) -> Any:
-        pattern = _glob_escape(self.prefix) + ":*"
-        keys: list[str] = []
+    def _scan(self, what: str, under: str) -> Any:
+        """Every key ``<prefix>:<under><name>``: {key: name}."""
+        start = f"{self.prefix}:{under}"
+        pattern = _glob_escape(start) + "*"
+        keys: dict[str, str] = {}
         cursor = "0"
         while True:
-            reply = yield self._call("list", lambda conn, c=cursor: conn.execute_command(
+            reply = yield self._call(what, lambda conn, c=cursor: conn.execute_command(
                 "SCAN", c, "MATCH", pattern, "COUNT", 1000))
             cursor = _text(reply[0])
             for key in reply[1]:
-                sid = _text(key)[len(self.prefix) + 1:]
-                if SESSION_ID.fullmatch(sid):
-                    keys.append(_text(key))
+                keys[_text(key)] = _text(key)[len(start):]
             if cursor == "0":
                 break
+        return keys
+
+    @defer.inlineCallbacks
+    def list_sessions(self) -> Any:
+        found = yield self._scan("list", "")
+        keys = [key for key, sid in found.items() if SESSION_ID.fullmatch(sid)]
         records: list[SessionRecord] = []
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
@@ -744,10 +777,58 @@ class RedisStore:
         return self._eval("remove_user_keys", _REMOVE_KEYS, [self._keys_key(user)],
                           [self.channel, KEYS_EVENT + user, which]).addCallback(int)
 
+    # Login state ------------------------------------------------------------------------
+
+    def subscribe_logouts(self, callback: Invalidation) -> Callable[[], None]:
+        return self._logout_subscribers.add(callback)
+
+    def _once_key(self, key: str) -> str:
+        return f"{self.prefix}:_once:{key}"
+
+    def _logout_key(self, login_id: str) -> str:
+        return f"{self.prefix}:_logout:{login_id}"
+
+    def spend_once(self, key: str, ttl: float) -> Deferred[bool]:
+        try:
+            px = _ms(check_single_use_id(key, ttl))
+        except ValueError as e:
+            return defer.fail(e)
+        return self._call("spend_once", lambda conn: conn.execute_command(
+            "SET", self._once_key(key), "1", "NX", "PX", px)).addCallback(
+            lambda reply: reply is not None)
+
+    def is_spent(self, key: str) -> Deferred[bool]:
+        if not SINGLE_USE_ID.fullmatch(key):
+            return defer.succeed(False)
+        return self._call("is_spent", lambda conn: conn.execute_command(
+            "EXISTS", self._once_key(key))).addCallback(lambda n: int(n) > 0)
+
+    def log_out(self, login_id: str, ttl: float) -> Deferred[None]:
+        try:
+            px = _ms(check_single_use_id(login_id, ttl))
+        except ValueError as e:
+            return defer.fail(e)
+        return self._eval("log_out", _LOG_OUT, [self._logout_key(login_id)],
+                          [px, self.channel, LOGOUT_EVENT + login_id]).addCallback(
+            lambda _: None)
+
+    @defer.inlineCallbacks
+    def logged_out(self) -> Any:
+        found = yield self._scan("logged_out", "_logout:")
+        keys = list(found)
+        out: dict[str, float] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            ttls = yield self._eval("logged_out", _PTTLS, chunk, [])
+            for key, pttl in zip(chunk, ttls, strict=True):
+                if int(pttl) > 0 and SINGLE_USE_ID.fullmatch(found[key]):
+                    out[found[key]] = int(pttl) / 1000
+        return out
+
 
 def _ms(ttl: float) -> int:
     if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not ttl > 0:
-        raise ValueError(f"a tunnel TTL must be a positive number of seconds, not {ttl!r}")
+        raise ValueError(f"a TTL must be a positive number of seconds, not {ttl!r}")
     return max(1, int(ttl * 1000))
 
 
