@@ -137,14 +137,35 @@ def new_login_id() -> str:
     return secrets.token_urlsafe(12)
 
 
+#: How long a cookie whose signature and scope checked out is remembered, and how many
+#: are: a browser sends the same cookie with every request, and the HMAC, base64 and
+#: JSON work is most of what checking it costs. Expiry is checked on every use.
+VERIFIED_TTL = 30.0
+VERIFIED_MAX = 10_000
+
+
 class CookieCodec:
-    """Issues and checks session cookies against a clock."""
+    """Issues and checks session cookies against a clock.
+
+    Cookies that verified are remembered for ``verified_ttl`` seconds (at most
+    ``verified_max`` of them) by their exact value and scope, so a browser's
+    next requests skip the HMAC. Only valid cookies are remembered: a forged or
+    tampered one pays the full check every time and cannot crowd out others. The
+    lookup is a dict lookup keyed by the value; Python's string hash is keyed by
+    a per-process secret, so its timing tells an attacker nothing about a
+    cookie they do not already hold.
+    """
 
     PURPOSE = "session-cookie/1"
 
-    def __init__(self, signer: Signer, clock: Clock):
+    def __init__(self, signer: Signer, clock: Clock, *, verified_ttl: float = VERIFIED_TTL,
+                 verified_max: int = VERIFIED_MAX):
         self._signer = signer
         self._clock = clock
+        self._verified_ttl = verified_ttl
+        self._verified_max = verified_max
+        #: (value, scope) -> (remembered until, the cookie's claims)
+        self._verified: dict[tuple[str, str], tuple[float, SessionCookie]] = {}
 
     def issue(self, subject: str, scope: str, login_id: str, ttl: float) -> str:
         now = self._clock.seconds()
@@ -153,16 +174,41 @@ class CookieCodec:
 
     def verify(self, value: str, scope: str) -> SessionCookie | None:
         """The cookie's claims if it is ours, unexpired and scoped to `scope`."""
+        now = self._clock.seconds()
+        key = (value, scope)
+        hit = self._verified.get(key)
+        if hit is not None and hit[0] > now:
+            cookie = hit[1]
+        else:
+            if hit is not None:
+                del self._verified[key]
+            found = self._check(value, scope)
+            if found is None:
+                return None
+            cookie = found
+        if now >= cookie.expires_at or cookie.issued_at > now + SKEW:
+            return None
+        if hit is None or hit[1] is not cookie:
+            self._remember(key, cookie, now)
+        return cookie
+
+    def _check(self, value: str, scope: str) -> SessionCookie | None:
+        """Signature, claims and scope (not the time) of `value`."""
         data = self._signer.verify(self.PURPOSE, value)
         if data is None:
             return None
         cookie = SessionCookie.from_payload(data)
         if cookie is None or not hmac.compare_digest(cookie.scope.encode(), scope.encode()):
             return None
-        now = self._clock.seconds()
-        if now >= cookie.expires_at or cookie.issued_at > now + SKEW:
-            return None
         return cookie
+
+    def _remember(self, key: tuple[str, str], cookie: SessionCookie, now: float) -> None:
+        if self._verified_ttl <= 0 or self._verified_max <= 0:
+            return
+        cache = self._verified
+        while len(cache) >= self._verified_max:
+            del cache[next(iter(cache))]  # the oldest
+        cache[key] = (now + self._verified_ttl, cookie)
 
 
 # Set-Cookie and Cookie headers ----------------------------------------------------------

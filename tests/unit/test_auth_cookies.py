@@ -153,3 +153,58 @@ def test_key_file_created_once_0600(tmp_path):
     path.write_bytes(b"short")
     with pytest.raises(StorageError):
         load_or_create_key(path)
+
+
+class CountingSigner(Signer):
+    def __init__(self, key: bytes):
+        super().__init__(key)
+        self.checks = 0
+
+    def verify(self, purpose, token):
+        self.checks += 1
+        return super().verify(purpose, token)
+
+
+def counting_codec(**kw) -> tuple[CookieCodec, CountingSigner, Clock]:
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    signer = CountingSigner(KEY)
+    return CookieCodec(signer, clock, **kw), signer, clock
+
+
+def test_a_verified_cookie_is_remembered_for_a_while_expiry_still_checked():
+    c, signer, clock = counting_codec(verified_ttl=30)
+    value = c.issue("alice", "abc", "l", 100)
+    for _ in range(3):
+        assert c.verify(value, "abc") is not None
+    assert signer.checks == 1
+    assert c.verify(value, "abd") is None  # another scope is its own check, and fails
+    clock.advance(31)
+    assert c.verify(value, "abc") is not None
+    assert signer.checks == 3  # remembered no longer than the TTL
+    clock.advance(69)
+    assert c.verify(value, "abc") is None  # expired while remembered
+
+
+def test_bad_cookies_are_never_remembered_and_the_memory_is_bounded():
+    c, signer, _ = counting_codec(verified_max=2)
+    value = c.issue("alice", "abc", "l", 100)
+    tampered = value[:-2] + ("AA" if value[-2:] != "AA" else "BB")
+    for _ in range(3):
+        assert c.verify(tampered, "abc") is None
+    assert signer.checks == 3
+    values = [c.issue(f"u{i}", "abc", "l", 100) for i in range(3)]
+    for v in values:
+        assert c.verify(v, "abc") is not None
+    assert len(c._verified) == 2
+    before = signer.checks
+    assert c.verify(values[0], "abc") is not None  # the oldest was let go
+    assert signer.checks == before + 1
+
+
+def test_a_remembered_cookie_issued_in_the_future_is_refused():
+    c, _, clock = counting_codec()
+    value = c.issue("alice", "abc", "l", 7200)
+    assert c.verify(value, "abc") is not None
+    clock.advance(-3600)
+    assert c.verify(value, "abc") is None
