@@ -236,7 +236,7 @@ class FlakyStore:
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.inner, name)
-        if name in ("subscribe", "subscribe_user_keys", "start", "stop"):
+        if name in ("subscribe", "subscribe_user_keys", "subscribe_logouts", "start", "stop"):
             return method
 
         def call(*args: Any) -> Any:
