@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 
 from studios_gateway.auth.authorizer import Authorizer
 from studios_gateway.registry.base import StoreUnavailable
-from tests.integration.test_registry_redis import RedisCase, _prefixes, new_store
+from tests.integration.test_registry_redis import RedisCase, new_store
 from tests.support.redis_server import redis_available
 from tests.unit.test_registry_login_state import LoginStateContract
 
@@ -21,11 +21,8 @@ pytestmark = [pytest.mark.slow,
 
 
 class RedisLoginStateTests(LoginStateContract, RedisCase):
-    @defer.inlineCallbacks
-    def setUp(self) -> Any:
-        prefix = f"t{next(_prefixes)}:connect:session"
-        self.store = yield self.started(new_store(self.server, prefix=prefix, node_id="node-a"))
-        self.other = yield self.started(new_store(self.server, prefix=prefix, node_id="node-b"))
+    def setUp(self) -> defer.Deferred[None]:
+        return self.two_nodes()
 
     @defer.inlineCallbacks
     def check_lifetime(self, kind: str, key: str, ttl: float) -> Any:

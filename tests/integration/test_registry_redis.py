@@ -80,6 +80,13 @@ class RedisCase(unittest.TestCase):
         yield store.when_connected()
         return store
 
+    @defer.inlineCallbacks
+    def two_nodes(self) -> Any:
+        """`self.store` and `self.other`: nodes a and b on one fresh prefix, connected."""
+        prefix = f"t{next(_prefixes)}:connect:session"
+        self.store = yield self.started(new_store(self.server, prefix=prefix, node_id="node-a"))
+        self.other = yield self.started(new_store(self.server, prefix=prefix, node_id="node-b"))
+
 
 class RedisContractTests(StoreContract, RedisCase):
     """The same semantics as MemoryStore, on two nodes sharing one Redis."""
