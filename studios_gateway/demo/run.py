@@ -95,6 +95,9 @@ def tool_command(port: int, prefix: str, force_builtin: bool) -> tuple[str, list
                        "--prefix", prefix]
 
 
+STOP_WAIT = 15.0  # seconds for the gateway and the studio to stop before we kill them
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="studios-gateway demo", description=__doc__)
     p.add_argument("--http-port", type=int, default=8080, help="browser port (default 8080)")
@@ -121,19 +124,27 @@ def main(argv: list[str] | None = None) -> int:
         "CONNECT_LISTENER_PORT": str(_free_port()), "CONNECT_MANAGEMENT_AUTH_KEY": key,
         "CONNECT_PROXY_URL": f"http://localhost:{args.http_port}",
         "CONNECT_STORAGE_ROOT": str(Path(args.storage_root).resolve()),
+        "CONNECT_SHUTDOWN_GRACE": "5s",  # a demo: stop promptly
         "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING": "true" if args.path_routing else "false",
     })
     children: list[subprocess.Popen[bytes]] = []
 
     def stop_all(*_: Any) -> None:
+        # A second Ctrl-C (or the SIGTERM below reaching us) must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for child in reversed(children):
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT
         for child in reversed(children):
             try:
-                child.wait(timeout=35)
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                print(f"==> pid {child.pid} did not stop within {STOP_WAIT:g}s; killing it",
+                      flush=True)
                 child.kill()
+                child.wait()
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
