@@ -23,7 +23,7 @@ from studios_gateway.client.settings import ClientSettings, Gateway
 from studios_gateway.tunnel.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
 from studios_gateway.tunnel.mux import Multiplexer
 from studios_gateway.tunnel.server import STREAM_SSH, STREAM_TOOL
-from studios_gateway.tunnel.sockopts import no_delay
+from studios_gateway.tunnel.sockopts import TOOL_BUFFER, TUNNEL_BUFFER, bulk_buffers, no_delay
 from studios_gateway.tunnel.splice import SpliceEnd, join
 from studios_gateway.tunnel.tls import client_options
 
@@ -59,6 +59,7 @@ class ToolSide(SpliceEnd):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        bulk_buffers(self.transport, TOOL_BUFFER)
         join(self._stream_end, self)
 
 
@@ -112,6 +113,7 @@ class TunnelClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        bulk_buffers(self.transport, TUNNEL_BUFFER)
         s = self.client.settings
         self.transport.write(BindRequest(s.session_id, s.token, s.connect_version, s.tool,
                                          s.tool_port).encode())

@@ -41,7 +41,7 @@ from studios_gateway.tunnel.bind import (
     parse_request,
 )
 from studios_gateway.tunnel.mux import Multiplexer
-from studios_gateway.tunnel.sockopts import no_delay
+from studios_gateway.tunnel.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay
 
 STREAM_TOOL = b"T"
 STREAM_SSH = b"S"
@@ -280,6 +280,7 @@ class TunnelServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        bulk_buffers(self.transport, TUNNEL_BUFFER)
         self._timeout = self.table.clock.callLater(self.table.settings.bind_timeout,
                                                    self._bind_timed_out)
 

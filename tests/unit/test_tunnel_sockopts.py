@@ -1,6 +1,6 @@
 from typing import Any
 
-from studios_gateway.tunnel.sockopts import no_delay
+from studios_gateway.tunnel.sockopts import bulk_buffers, no_delay
 
 
 class TCPish:
@@ -36,3 +36,24 @@ def test_transports_without_the_option_are_left_alone() -> None:
     no_delay(None)
     no_delay(object())
     no_delay(Wrapper(Refusing()))
+
+
+class TCPBuffers:
+    """The two class attributes of a Twisted TCP transport that bulk_buffers sets."""
+
+    bufferSize = 64 * 1024  # noqa: N815 - Twisted's name
+    SEND_LIMIT = 128 * 1024
+
+
+def test_bulk_buffers_sets_the_tcp_transport_not_a_wrapper() -> None:
+    tcp = TCPBuffers()
+    wrapper = Wrapper(Wrapper(tcp))
+    bulk_buffers(wrapper, 512 * 1024)
+    assert (tcp.bufferSize, tcp.SEND_LIMIT) == (512 * 1024, 512 * 1024)
+    assert "bufferSize" not in vars(wrapper)
+    assert TCPBuffers.bufferSize == 64 * 1024  # the instance, not every connection
+
+
+def test_bulk_buffers_leaves_other_transports_alone() -> None:
+    bulk_buffers(None, 1)
+    bulk_buffers(object(), 1)
