@@ -346,6 +346,10 @@ class Authorizer:
             self._unwritten.pop(login_id, None)
 
         def failed(f: Failure) -> None:
+            if f.check(ValueError):  # not a login id the store takes: never will be
+                self._log.warn("a logout was not shared: {why}", why=f.getErrorMessage())
+                self._unwritten.pop(login_id, None)
+                return
             if login_id not in self._unwritten:
                 self._log.warn("a logout could not be shared with the other nodes "
                                "({why}); trying again", why=f.getErrorMessage())

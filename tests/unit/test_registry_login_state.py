@@ -166,10 +166,16 @@ class TwoNodesTests(unittest.TestCase):
             assert refused.status == 400 and b"used already" in refused.body
 
     def test_a_hand_off_code_is_spent_once_across_nodes(self) -> None:
-        alice = Browser(self.a)
-        run(alice.open(self.a.mint_login_link("abc", "alice"), method="POST"))
-        handoff = next(url for url in alice.visited if "/_connect/handoff?code=" in url)
-        again = run(self.b.handle(request(handoff)))
+        to_studio = self.a._complete("alice", "login-1", self.clock.seconds() + 3600,
+                                     "https://abc.connect.example.test/lab", new_login=False)
+        handoff = dict(to_studio.headers)[b"Location"].decode()
+        assert "/_connect/handoff?code=" in handoff
+        self.flaky.up = False
+        assert run(self.b.handle(request(handoff))).status == 503  # not known: refused
+        self.flaky.up = True
+        landed = run(self.b.handle(request(handoff)))
+        assert landed.status == 302 and dict(landed.headers)[b"Location"] == b"/lab"
+        again = run(self.a.handle(request(handoff)))
         assert again.status == 400 and b"used already" in again.body
 
     def test_a_store_that_cannot_answer_refuses_the_link_for_now(self) -> None:
