@@ -33,6 +33,13 @@ TOOL_POLL = 0.5
 TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)starting
 
 
+def quiet_factory(make: Callable[[], Protocol]) -> Factory:
+    """A factory that does not log 'Starting factory' for every tool connection."""
+    factory = Factory.forProtocol(make)
+    factory.noisy = False
+    return factory
+
+
 class Backoff:
     """Exponential backoff with full jitter; reset after a successful bind."""
 
@@ -230,7 +237,7 @@ class ConnectClient(Service):
         deadline = self.clock.seconds() + TOOL_CONNECT_RETRY
 
         def attempt() -> Deferred[Any]:
-            d = self.tool_endpoint().connect(Factory.forProtocol(make))
+            d = self.tool_endpoint().connect(quiet_factory(make))
 
             def retry(f: Failure) -> Any:
                 if f.check(error.ConnectError) and self.clock.seconds() < deadline:
@@ -261,7 +268,7 @@ class ConnectClient(Service):
             if self.running:
                 self._pending = self.clock.callLater(TOOL_POLL, self._wait_for_tool)
 
-        self.tool_endpoint().connect(Factory.forProtocol(Protocol)).addCallbacks(up, down)
+        self.tool_endpoint().connect(quiet_factory(Protocol)).addCallbacks(up, down)
 
     # The gateway -------------------------------------------------------------
 
@@ -275,6 +282,7 @@ class ConnectClient(Service):
         endpoint = endpoints.wrapClientTLS(
             tls, endpoints.HostnameEndpoint(self.reactor, gateway.host, gateway.port, timeout=10))
         factory = ClientFactory.forProtocol(lambda: TunnelClientProtocol(self, gateway))
+        factory.noisy = False
         self._connecting = endpoint.connect(factory)
 
         def connected(p: TunnelClientProtocol) -> None:
