@@ -288,6 +288,7 @@ class ProxyProtocol(Protocol):
         self._closing = False
         self._peer: str | None = None
         self._peer_port = 0
+        self._trusted = False  # the peer is a trusted proxy (decided once per connection)
         self._has_producer = False
         self._idle = False  # waiting for the next request on a kept-alive connection
         self._release: Callable[[], Any] | None = None  # untrack an upgraded connection
@@ -300,6 +301,7 @@ class ProxyProtocol(Protocol):
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", None)
         self._peer_port = getattr(peer, "port", 0)
+        self._trusted = is_trusted(self._peer, f.trusted_proxy_cidrs)
         if len(f.active) >= f.limits.max_connections:
             self._log.warn("refusing a connection: {n} open", n=len(f.active))
             self._refuse_raw(pages.overloaded())
@@ -467,12 +469,15 @@ class ProxyProtocol(Protocol):
             self._respond(ex, pages.status_page(413, "The request body is too large."),
                           close=True)
             return
-        self.gate.pause("dispatch")
         d: Deferred[Any] = (defer.maybeDeferred(f.local_routes, ex.info)
                             if f.local_routes is not None else defer.succeed(None))
         ex.pending = d
         d.addCallback(self._after_local, ex, host, target)
         d.addErrback(self._dispatch_failed, ex)
+        # Most requests (cached login, pooled connection) reach the tool or an answer
+        # before this line; pause the client's reads only when something is awaited.
+        if ex is self._ex and ex.up is None and not self._closing:
+            self.gate.pause("dispatch")
 
     def _after_local(self, answer: Any, ex: _Exchange, host: str, target: str) -> Any:
         if ex is not self._ex:
@@ -586,7 +591,7 @@ class ProxyProtocol(Protocol):
             elif lk == b"transfer-encoding":
                 framing = (b"Transfer-Encoding", b"chunked")
         headers = request_headers(
-            raw, peer=self._peer, trusted=is_trusted(self._peer, f.trusted_proxy_cidrs),
+            raw, peer=self._peer, trusted=self._trusted,
             scheme=f.scheme, subject=ex.subject, upgrade=ex.upgrade, framing=framing)
         try:
             conn.send(h11.Request(method=req.method, target=route.upstream_target.encode(),
