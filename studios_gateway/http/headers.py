@@ -23,6 +23,7 @@ __all__ = [
     "SUBJECT_HEADER",
     "check_head",
     "connection_tokens",
+    "field_value_ok",
     "is_trusted",
     "request_headers",
     "response_headers",
@@ -40,6 +41,8 @@ _FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^ ]+) HTTP/1\.([01])")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+# RFC 9110 field-value: visible characters (and obs-text), inner spaces and tabs only.
+_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,12 @@ def check_head(head: bytes, *, max_request_line: int, max_header_count: int
     return None
 
 
+def field_value_ok(value: bytes) -> bool:
+    """Whether `value` may be sent as a header value as it is (no CR, LF, NUL, no
+    leading or trailing whitespace)."""
+    return _FIELD_VALUE.fullmatch(value) is not None
+
+
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     """The lower-cased options named in every Connection header."""
     out: set[bytes] = set()
@@ -136,7 +145,8 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
     ``(b"Transfer-Encoding", b"chunked")``); ``upgrade`` keeps ``Upgrade`` and
     sends ``Connection: upgrade``. From an untrusted peer every client-sent
     forwarding header is dropped and replaced; from a trusted one the peer is
-    appended to ``X-Forwarded-For`` and its Proto/Host are kept.
+    appended to ``X-Forwarded-For`` and its Proto/Host are kept. A subject that
+    is no valid header value (CR, LF, NUL, ...) raises ValueError.
     """
     out = [(n, v) for n, v in _without_hop_by_hop(headers, keep_upgrade=upgrade)
            if n.lower() != b"content-length"]
@@ -159,7 +169,10 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
         out.append((b"X-Forwarded-For", b", ".join(chain)))
     out.append((b"X-Forwarded-Proto", kept_proto or scheme.encode("ascii")))
     out.append((b"X-Forwarded-Host", kept_host or host))
-    out.append((SUBJECT_HEADER, subject.encode("utf-8")))
+    sub_value = subject.encode("utf-8")
+    if not field_value_ok(sub_value):
+        raise ValueError("the subject cannot be sent in a header")
+    out.append((SUBJECT_HEADER, sub_value))
     if upgrade:
         out.append((b"Connection", b"upgrade"))
     if framing is not None:

@@ -590,13 +590,17 @@ class ProxyProtocol(Protocol):
                 framing = (b"Content-Length", v.strip())
             elif lk == b"transfer-encoding":
                 framing = (b"Transfer-Encoding", b"chunked")
-        headers = request_headers(
-            raw, peer=self._peer, trusted=self._trusted,
-            scheme=f.scheme, subject=ex.subject, upgrade=ex.upgrade, framing=framing)
         try:
+            headers = request_headers(
+                raw, peer=self._peer, trusted=self._trusted,
+                scheme=f.scheme, subject=ex.subject, upgrade=ex.upgrade, framing=framing)
+            # Every header value came from h11's parse of the client's request, from the
+            # transport (the peer's address) or was checked by request_headers (the
+            # subject, ValueError): h11 need not validate them again (`_parsed`; the
+            # method and target it still checks).
             conn.send(h11.Request(method=req.method, target=route.upstream_target.encode(),
-                                  headers=headers))
-        except h11.LocalProtocolError as e:
+                                  headers=headers, _parsed=True))
+        except (h11.LocalProtocolError, ValueError) as e:
             self._log.info("request not forwardable: {e}", e=e)
             self._detach(conn)
             ex.up = None
@@ -695,44 +699,62 @@ class ProxyProtocol(Protocol):
         self._pump_response(ex, conn)
 
     def _pump_response(self, ex: _Exchange, conn: UpstreamConnection) -> None:
-        while ex is self._ex and ex.up is conn:
-            try:
-                event = conn.h.next_event()
-            except h11.RemoteProtocolError as e:
-                self._upstream_broken(ex, conn, f"bad response from the tool: {e}")
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.InformationalResponse):
-                if event.status_code == 101:
-                    self._switch(ex, conn, event)
+        # What one read of the tool's bytes yields (often head, body and end) goes to
+        # the client in one write; it is written before anything that ends or
+        # switches the exchange.
+        out: list[bytes] = []
+        try:
+            while ex is self._ex and ex.up is conn:
+                try:
+                    event = conn.h.next_event()
+                except h11.RemoteProtocolError as e:
+                    self._flush(out)
+                    self._upstream_broken(ex, conn, f"bad response from the tool: {e}")
                     return
-                self.transport.write(ex.h.send(h11.InformationalResponse(
-                    status_code=event.status_code, reason=event.reason,
-                    headers=response_headers(event.headers.raw_items(), upgrade=False))))
-            elif isinstance(event, h11.Response):
-                self._cancel_exchange_timer(ex)
-                ex.response_started = True
-                self.transport.write(ex.h.send(h11.Response(
-                    status_code=event.status_code, reason=event.reason,
-                    headers=self._response_headers(ex, event, upgrade=False))))
-            elif isinstance(event, h11.Data):
-                self.transport.write(ex.h.send(h11.Data(data=event.data)))
-            elif isinstance(event, h11.EndOfMessage):
-                self.transport.write(ex.h.send(h11.EndOfMessage()))
-                self._response_done(ex, conn)
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                return
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    return
+                if isinstance(event, h11.InformationalResponse):
+                    if event.status_code == 101:
+                        self._flush(out)
+                        self._switch(ex, conn, event)
+                        return
+                    out.append(ex.h.send(h11.InformationalResponse(
+                        status_code=event.status_code, reason=event.reason,
+                        headers=response_headers(event.headers.raw_items(), upgrade=False))))
+                elif isinstance(event, h11.Response):
+                    self._cancel_exchange_timer(ex)
+                    ex.response_started = True
+                    headers, parsed = self._response_headers(ex, event, upgrade=False)
+                    out.append(ex.h.send(h11.Response(
+                        status_code=event.status_code, reason=event.reason, headers=headers,
+                        _parsed=parsed)))
+                elif isinstance(event, h11.Data):
+                    out.append(ex.h.send(h11.Data(data=event.data)))
+                elif isinstance(event, h11.EndOfMessage):
+                    out.append(ex.h.send(h11.EndOfMessage()))
+                    self._flush(out)
+                    self._response_done(ex, conn)
+                    return
+                elif isinstance(event, h11.ConnectionClosed):
+                    return
+        finally:
+            self._flush(out)
+
+    def _flush(self, out: list[bytes]) -> None:
+        if out:
+            self.transport.write(b"".join(out))
+            out.clear()
 
     def _response_headers(self, ex: _Exchange, event: Any, upgrade: bool
-                          ) -> list[tuple[bytes, bytes]]:
+                          ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """The headers for the client, and whether they are all as h11 parsed them from
+        the tool (then h11 need not validate them again)."""
         headers = response_headers(event.headers.raw_items(), upgrade=upgrade)
         route = ex.route
         if route is not None and route.mode is Mode.PATH and ex.info is not None:
             hostname = parse_host(ex.info.host) or ""
-            headers = rewrite_response_headers(headers, route.prefix, hostname)
-        return headers
+            return rewrite_response_headers(headers, route.prefix, hostname), False
+        return headers, True
 
     def _cancel_exchange_timer(self, ex: _Exchange) -> None:
         if ex.timer is not None and ex.timer.active():
@@ -759,7 +781,7 @@ class ProxyProtocol(Protocol):
         try:
             head = ex.h.send(h11.InformationalResponse(
                 status_code=101, reason=event.reason,
-                headers=self._response_headers(ex, event, upgrade=True)))
+                headers=self._response_headers(ex, event, upgrade=True)[0]))
         except h11.LocalProtocolError:
             self._upstream_broken(ex, conn, "the tool switched protocols unasked")
             return

@@ -8,6 +8,7 @@ import pytest
 
 from studios_gateway.http.headers import (
     check_head,
+    field_value_ok,
     is_trusted,
     request_headers,
     response_headers,
@@ -160,3 +161,16 @@ def test_location(before: str, after: str) -> None:
 ])
 def test_set_cookie(before: str, after: str) -> None:
     assert rewrite_set_cookie(before, P) == after
+
+
+def test_field_values_that_may_be_sent_as_they_are() -> None:
+    for ok in (b"", b"alice", b"a b\tc", "j\u00f6rg".encode(), b"x=1; y"):
+        assert field_value_ok(ok), ok
+    for bad in (b"a\r\nX-Evil: 1", b"a\nb", b"a\rb", b"a\x00b", b" a", b"a ", b"a\x7f"):
+        assert not field_value_ok(bad), bad
+
+
+def test_a_subject_that_is_no_header_value_is_refused() -> None:
+    with pytest.raises(ValueError):
+        request_headers(CLIENT, peer="192.0.2.1", trusted=False, scheme="http",
+                        subject="alice\r\nX-Connect-Sub: root", upgrade=False, framing=None)

@@ -211,6 +211,15 @@ def test_client_headers_cannot_forge_identity() -> None:
     assert [v for k, v in req.headers if k == b"x-forwarded-for"] == [b"192.0.2.7"]
 
 
+def test_a_subject_with_a_line_break_is_never_sent() -> None:
+    h = Harness(authorize=lambda req, sid: defer.succeed(
+        type("I", (), {"subject": "alice\r\nX-Connect-Sub: root"})()))
+    p, t = h.client()
+    p.dataReceived(GET)
+    assert h.up()[1].value() == b""
+    assert parse_responses(t.value())[0][0] == 400
+
+
 def test_trusted_proxy_forwarded_for_is_appended() -> None:
     h = Harness(trusted_proxy_cidrs=[ipaddress.ip_network("10.0.0.0/8")])
     p, _ = h.client(peer="10.2.3.4")
