@@ -6,6 +6,8 @@ answer refuses it (503), a logout on one node ends the login on the others."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +115,8 @@ class JournalTests(unittest.TestCase):
     """One node, no Redis: the memory store's login state is backed by the journals."""
 
     def test_a_restart_remembers_spent_ids_and_logouts(self) -> None:
-        root = Path(self.mktemp())
+        root = Path(tempfile.mkdtemp(prefix="login-state-"))  # outside the repository
+        self.addCleanup(shutil.rmtree, root, ignore_errors=True)
         clock = Clock()
         clock.advance(1_700_000_000)
         first = MemoryStore(clock)
