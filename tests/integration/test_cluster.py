@@ -128,7 +128,7 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
             env["CONNECT_PROXY_URL"] = f"http://localhost:{env['CONNECT_HTTP_PORT']}"
             node = GatewayProcess(tmp_path, env, name=f"gateway-{name}")
             stoppers.append(node.stop)
-            node.wait_ready()
+            node.wait_healthy()
             nodes[name] = node
         a, b, c = nodes["a"], nodes["b"], nodes["c"]
         assert "peers authenticate with a shared secret" in a.output()

@@ -45,7 +45,7 @@ def test_two_processes_share_the_public_ports(tmp_path) -> None:
             env = base_env(tmp_path, **shared, CONNECT_NODE_ID=f"core-{i}")
             node = GatewayProcess(tmp_path, env, name=f"gateway-{i}")
             stoppers.append(node.stop)
-            node.wait_ready()
+            node.wait_healthy()
             nodes.append(node)
         for node in nodes:  # both bound the same ports: neither failed its start
             status, body, _ = node.request("/ready")

@@ -67,7 +67,7 @@ class Deployment:
             tunnel_port = self.env["CONNECT_TUNNEL_PORT"]
             self.env.setdefault("CONNECT_TUNNEL_URL", f"localhost:{tunnel_port}")
         self.gw = GatewayProcess(tmp_path, self.env)
-        self.gw.wait_ready()
+        self.gw.wait_healthy()
         self.stoppers = [self.gw.stop]
         self.browser = Browser(tls=tls)
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -60,7 +61,20 @@ class GatewayProcess:
         self.auth_key = env.get("CONNECT_MANAGEMENT_AUTH_KEY")
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the management port accepts (the process is up; parts may be starting)."""
         wait_for_port(self.management_port, timeout=timeout, proc=self.proc)
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until /ready says 200: listeners bound, store answering, login started."""
+        self.wait_ready(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            status, body, _ = self.request("/ready")
+            if status == 200:
+                return
+            assert self.proc.poll() is None, f"the gateway exited:\n{self.output()[-2000:]}"
+            assert time.monotonic() < deadline, (body, self.output()[-2000:])
+            time.sleep(0.05)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.management_port}{path}"
