@@ -21,19 +21,19 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import h11
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.auth.login import RequestInfo, strip_auth_cookies
 from studios_gateway.http import pages
+from studios_gateway.http.deadline import Deadline
 from studios_gateway.http.flow import Gate, GateProducer
 from studios_gateway.http.headers import (
     check_head,
@@ -114,7 +114,6 @@ class _Exchange:
     request_done: bool = False  # ... and sent to the tool
     response_started: bool = False
     pipelined: int = 0
-    timer: IDelayedCall | None = field(default=None, repr=False)
 
 
 class UpstreamConnection(Protocol):
@@ -284,7 +283,8 @@ class ProxyProtocol(Protocol):
         self._buf = bytearray()
         self._ex: _Exchange | None = None
         self._tunnel: UpstreamConnection | None = None
-        self._timer: IDelayedCall | None = None
+        self._timer: Deadline | None = None  # idle and head timeouts
+        self._response_timer: Deadline | None = None  # the tool's response head
         self._closing = False
         self._peer: str | None = None
         self._peer_port = 0
@@ -298,6 +298,8 @@ class ProxyProtocol(Protocol):
     def connectionMade(self) -> None:
         self.gate = Gate(self.transport)
         f = self.factory
+        self._timer = Deadline(f.reactor)
+        self._response_timer = Deadline(f.reactor)
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", None)
         self._peer_port = getattr(peer, "port", 0)
@@ -317,7 +319,9 @@ class ProxyProtocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
         self.factory.forget(self)
-        self._cancel_timer()
+        for timer in (self._timer, self._response_timer):
+            if timer is not None:
+                timer.stop()
         release, self._release = self._release, None
         if release is not None:
             release()
@@ -330,8 +334,7 @@ class ProxyProtocol(Protocol):
             self._abandon(ex)
 
     def _abandon(self, ex: _Exchange) -> None:
-        if ex.timer is not None and ex.timer.active():
-            ex.timer.cancel()
+        self._cancel_exchange_timer(ex)
         if ex.pending is not None:
             ex.pending.cancel()
         up, ex.up = ex.up, None
@@ -353,21 +356,18 @@ class ProxyProtocol(Protocol):
     # Timers ---------------------------------------------------------------------------------
 
     def _set_timer(self, seconds: float, fn: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self.factory.reactor.callLater(seconds, fn)
+        assert self._timer is not None
+        self._timer.arm(seconds, fn)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        if self._timer is not None:
+            self._timer.disarm()
 
     def _head_timed_out(self) -> None:
-        self._timer = None
         self._log.info("request head timeout from {peer}", peer=self._peer)
         self._refuse_raw(pages.status_page(408, "The request took too long to arrive."))
 
     def _idle_timed_out(self) -> None:
-        self._timer = None
         self._close()
 
     # Bytes from the client -------------------------------------------------------------------
@@ -398,10 +398,11 @@ class ProxyProtocol(Protocol):
         if not buf:
             return
         lim = self.factory.limits
+        end = buf.find(b"\r\n\r\n")
         if self._idle:
             self._idle = False
-            self._set_timer(lim.header_timeout, self._head_timed_out)
-        end = buf.find(b"\r\n\r\n")
+            if end == -1:  # a complete head disarms the idle timer below instead
+                self._set_timer(lim.header_timeout, self._head_timed_out)
         line_end = buf.find(b"\r\n")
         if line_end > lim.max_request_line or (line_end == -1 and len(buf) > lim.max_request_line):
             self._refuse_head(414, "request line too long")
@@ -662,8 +663,9 @@ class ProxyProtocol(Protocol):
         assert ex.up is not None
         ex.up.send(h11.EndOfMessage())
         ex.request_done = True
-        ex.timer = self.factory.reactor.callLater(self.factory.limits.response_timeout,
-                                                  self._response_timed_out, ex)
+        assert self._response_timer is not None
+        self._response_timer.arm(self.factory.limits.response_timeout,
+                                 self._response_timed_out, ex)
 
     def _body_refused(self, ex: _Exchange, status: int, why: str) -> None:
         self._log.info("request body refused: {why}", why=why)
@@ -677,7 +679,6 @@ class ProxyProtocol(Protocol):
             self._respond(ex, pages.status_page(status, why), close=True)
 
     def _response_timed_out(self, ex: _Exchange) -> None:
-        ex.timer = None
         if ex is not self._ex or ex.response_started:
             return
         up, ex.up = ex.up, None
@@ -757,9 +758,8 @@ class ProxyProtocol(Protocol):
         return headers, True
 
     def _cancel_exchange_timer(self, ex: _Exchange) -> None:
-        if ex.timer is not None and ex.timer.active():
-            ex.timer.cancel()
-        ex.timer = None
+        if self._response_timer is not None:
+            self._response_timer.disarm()
 
     def _response_done(self, ex: _Exchange, conn: UpstreamConnection) -> None:
         self._cancel_exchange_timer(ex)
