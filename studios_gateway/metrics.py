@@ -3,22 +3,69 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 _TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class _ReactorTicks:
+    """Reactor iterations and their times, counted in plain attributes (the reactor runs
+    this thousands of times a second: a Prometheus Histogram and Counter took a lock
+    and a bucket search each time) and handed over as a histogram and a counter when
+    the metrics are read."""
+
+    def __init__(self, buckets: tuple[float, ...]):
+        self._bounds = buckets
+        self._counts = [0] * (len(buckets) + 1)  # the last: above every bound
+        self._sum = 0.0
+        self._created = time.time()
+
+    def observe(self, seconds: float) -> None:
+        self._counts[bisect_left(self._bounds, seconds)] += 1
+        self._sum += seconds
+
+    def describe(self) -> list[Metric]:
+        return list(self._families(empty=True))
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(empty=False)
+
+    def _families(self, empty: bool) -> Iterator[Metric]:
+        counts = [0] * len(self._counts) if empty else list(self._counts)
+        cumulative = list(accumulate(counts))
+        tick = HistogramMetricFamily(
+            "studios_gateway_reactor_tick_seconds",
+            "Time the reactor spent running callbacks in one loop iteration.")
+        if not empty:
+            tick.add_metric([], [(floatToGoString(b), c) for b, c in
+                                 zip((*self._bounds, float("inf")), cumulative, strict=True)],
+                            sum_value=self._sum)
+        yield tick
+        ticks = CounterMetricFamily("studios_gateway_reactor_ticks", "Reactor loop iterations.")
+        if not empty:
+            ticks.add_metric([], cumulative[-1], created=self._created)
+        yield ticks
 
 
 class Metrics:
@@ -28,12 +75,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        self.reactor_tick = Histogram(
-            "studios_gateway_reactor_tick_seconds",
-            "Time the reactor spent running callbacks in one loop iteration.",
-            buckets=_TICK_BUCKETS, registry=self.registry)
-        self.reactor_ticks = Counter(
-            "studios_gateway_reactor_ticks", "Reactor loop iterations.", registry=self.registry)
+        self.reactor_ticks = _ReactorTicks(_TICK_BUCKETS)
+        self.registry.register(self.reactor_ticks)
         self.ready = Gauge("studios_gateway_ready", "1 when /ready answers 200.",
                            registry=self.registry)
         self.listeners = Gauge("studios_gateway_listeners", "Bound listeners.", ["listener"],
@@ -58,6 +101,7 @@ class Metrics:
         original_do = reactor.doIteration
         original_ruc = reactor.runUntilCurrent
         state = {"start": None}
+        ticks = self.reactor_ticks
 
         def run_until_current() -> None:
             if state["start"] is None:
@@ -67,8 +111,7 @@ class Metrics:
         def do_iteration(delay: float | None) -> None:
             start = state["start"]
             if start is not None:
-                self.reactor_tick.observe(time.perf_counter() - start)
-                self.reactor_ticks.inc()
+                ticks.observe(time.perf_counter() - start)
             original_do(delay)
             state["start"] = time.perf_counter()
 
