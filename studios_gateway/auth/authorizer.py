@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.auth.cookies import Clock
+from studios_gateway.auth.platform_http import PlatformHTTP
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.registry.spent import SpentSet
@@ -80,31 +81,12 @@ class Revocation:
                 and (self.user is None or self.user == user))
 
 
-class PlatformAccess:
+class PlatformAccess(PlatformHTTP):
     """``GET {platform}/api/studios/{id}/access?user={user}`` with the gateway's client
     credentials (HTTP Basic); the answer is JSON ``{"allowed": true|false}``. 200 with
     allowed true means yes; 403 or 404 means no; anything else is an error."""
 
     _log = Logger()
-
-    def __init__(self, platform_url: str, credentials: Callable[[], tuple[str, str] | None], *,
-                 reactor: Any, http: Any = None, timeout: float = 5.0):
-        self._base = platform_url.rstrip("/")
-        self._credentials = credentials
-        self._reactor = reactor
-        self._timeout = timeout
-        self._pool: Any = None
-        if http is None:
-            from treq.client import HTTPClient
-            from twisted.web.client import Agent, HTTPConnectionPool
-
-            self._pool = HTTPConnectionPool(reactor)
-            http = HTTPClient(Agent(reactor, pool=self._pool))
-        self._http = http
-
-    def stop(self) -> Deferred[None] | None:
-        """Close kept-alive connections to the Platform."""
-        return self._pool.closeCachedConnections() if self._pool is not None else None
 
     def url(self, session_id: str, user: str) -> str:
         return (f"{self._base}/api/studios/{quote(session_id, safe='')}/access?"
@@ -114,15 +96,8 @@ class PlatformAccess:
         return Deferred.fromCoroutine(self._check(session_id, user))
 
     async def _check(self, session_id: str, user: str) -> bool:
-        from studios_gateway.auth.oidc import basic_auth
-
-        creds = self._credentials()
-        headers = {"Accept": ["application/json"]}
-        if creds is not None:
-            headers["Authorization"] = [basic_auth(*creds)]
         try:
-            resp = await self._http.request("GET", self.url(session_id, user), headers=headers,
-                                            timeout=self._timeout, reactor=self._reactor)
+            resp = await self._get(self.url(session_id, user))
             body = await resp.json() if resp.code == 200 else await resp.content()
         except Exception as e:  # noqa: BLE001
             raise PlatformUnavailable(f"the Platform's access call failed: {type(e).__name__}")

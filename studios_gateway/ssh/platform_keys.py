@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from studios_gateway.auth.platform_http import PlatformHTTP
 from studios_gateway.registry.base import MAX_USER_KEYS, key_blob
 from studios_gateway.ssh.keys import KeysUnavailable, parse_public_keys
 
@@ -41,7 +42,7 @@ class _TooLarge(Exception):
     pass
 
 
-class PlatformKeys:
+class PlatformKeys(PlatformHTTP):
     """Asks the Platform for a user's SSH keys; caches the answers."""
 
     _log = Logger()
@@ -49,28 +50,14 @@ class PlatformKeys:
     def __init__(self, platform_url: str, credentials: Callable[[], tuple[str, str] | None],
                  *, reactor: Any, ttl: float, http: Any = None, timeout: float = 5.0,
                  max_entries: int = 10_000):
-        self._base = platform_url.rstrip("/")
-        self._credentials = credentials
-        self._reactor = reactor
+        super().__init__(platform_url, credentials, reactor=reactor, http=http,
+                         timeout=timeout)
         self._ttl = ttl
-        self._timeout = timeout
         self._max = max_entries
         #: user -> (expires at, set of key blobs, or the error message)
         self._cache: OrderedDict[str, tuple[float, frozenset[bytes] | str]] = OrderedDict()
         self._inflight: dict[str, list[Deferred[frozenset[bytes]]]] = {}
         self.calls = 0
-        self._pool: Any = None
-        if http is None:
-            from treq.client import HTTPClient
-            from twisted.web.client import Agent, HTTPConnectionPool
-
-            self._pool = HTTPConnectionPool(reactor)
-            http = HTTPClient(Agent(reactor, pool=self._pool))
-        self._http = http
-
-    def stop(self) -> Deferred[None] | None:
-        """Close kept-alive connections to the Platform."""
-        return self._pool.closeCachedConnections() if self._pool is not None else None
 
     def url(self, user: str) -> str:
         return f"{self._base}/api/users/{quote(user, safe='')}/ssh-keys"
@@ -134,13 +121,7 @@ class PlatformKeys:
     async def _fetch(self, user: str) -> frozenset[bytes]:
         from treq import collect
 
-        from studios_gateway.auth.oidc import basic_auth
-
         self.calls += 1
-        creds = self._credentials()
-        headers = {"Accept": ["application/json"]}
-        if creds is not None:
-            headers["Authorization"] = [basic_auth(*creds)]
         chunks: list[bytes] = []
 
         def collector(data: bytes) -> None:
@@ -149,8 +130,7 @@ class PlatformKeys:
                 raise _TooLarge()
 
         try:
-            resp = await self._http.request("GET", self.url(user), headers=headers,
-                                            timeout=self._timeout, reactor=self._reactor)
+            resp = await self._get(self.url(user))
             await collect(resp, collector)
         except _TooLarge:
             self._log.warn("the Platform's SSH key call for {user} answered more than "
