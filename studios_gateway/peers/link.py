@@ -32,6 +32,7 @@ from studios_gateway.peers.handshake import (
 from studios_gateway.peers.streams import PeerRequest, PeerStream, open_remote
 from studios_gateway.tunnel.bind import BindError, LineBuffer
 from studios_gateway.tunnel.mux import Multiplexer, TunnelUnavailable
+from studios_gateway.tunnel.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay
 
 
 class PeerUnavailable(Exception):
@@ -76,6 +77,9 @@ class _HandshakeProtocol(Protocol):
         self.closed_waiters: list[Deferred[None]] = []
 
     def connectionMade(self) -> None:
+        # A peer link is a tunnel between nodes: same socket treatment as the studio's.
+        no_delay(self.transport)
+        bulk_buffers(self.transport, TUNNEL_BUFFER)
         self._timer = self.clock.callLater(self.settings.handshake_timeout, self._timed_out)
 
     def _timed_out(self) -> None:
