@@ -1,0 +1,102 @@
+"""Small HTTP responses through gateways built from different source trees, side by side.
+
+    git worktree add /tmp/before HEAD~3        # or: git archive REV | tar -x -C DIR
+    .venv/bin/python -m bench.ab --tree before=/tmp/before --tree after=.
+    .venv/bin/python -m bench.ab --tree a=/tmp/before --tree b=. --runs 9 --conns 1,32
+
+One nginx tool; per tree a gateway (`twistd -n studios-gateway` with that tree
+first on PYTHONPATH), a session, a `studios-connect` (from `--connect-tree`,
+by default this repository, so only the gateway differs) and a logged-in cookie.
+wrk runs go round-robin over the trees, so drift on a shared machine touches
+each alike. Per tree and connection count it prints the medians of req/s,
+p50/p99 latency and the CPU each process spent per request (psutil: user +
+system time over the run divided by its requests), and the lowest CPU per
+request of any run. CPU per request moves less with the machine's load than
+req/s does: compare it first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import baselines, deploy
+from bench.common import Processes, wrk
+from bench.main import work_dir
+from bench.ssh import BIN, REPO
+
+
+def _cpu(p: psutil.Process) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
+
+
+def _connect(procs: Processes, work: Path, connect_string: str, tool_port: int, name: str,
+             tree: str) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update(PYTHONPATH=tree, CONNECT_STRING=connect_string,
+               CONNECT_TOOL_PORT=str(tool_port), CONNECT_CLIENT_LOG_LEVEL="warn")
+    home = work / name
+    home.mkdir(exist_ok=True)
+    return procs.start(name, [str(BIN / "studios-connect")], env=env, cwd=home)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tree", action="append", required=True, metavar="NAME=DIR",
+                   help="a source tree to run the gateway from (repeat)")
+    p.add_argument("--connect-tree", default=str(REPO), metavar="DIR",
+                   help="the source tree of every studios-connect")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--conns", default="1,32", help="comma-separated wrk connection counts")
+    p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE")
+    args = p.parse_args(argv)
+    trees = [tuple(t.split("=", 1)) for t in args.tree]
+    if any(len(t) != 2 or not Path(t[1]).is_dir() for t in trees):
+        p.error("--tree takes NAME=DIR with an existing directory")
+    extra = dict(e.split("=", 1) for e in args.gateway_env)
+    work = work_dir()
+    procs = Processes(work)
+    try:
+        tool = baselines.start_nginx_tool(procs, work, 1 << 20)
+        paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Process]] = {}
+        for name, tree in trees:
+            gw = deploy.start_gateway(procs, work, name=f"gateway-{name}",
+                                      extra={"PYTHONPATH": str(Path(tree).resolve()), **extra})
+            created = gw.create_session()
+            client = _connect(procs, work, created["connect_string"], tool.port,
+                              f"connect-{name}", args.connect_tree)
+            gw.wait_connected(created["id"])
+            studio = deploy.Studio(gw, created["id"],
+                                   deploy.login_cookie(gw, created["login_link"]), client)
+            paths[name] = (studio, psutil.Process(gw.pid), psutil.Process(client.pid))
+        rows: dict[tuple[str, int], list[tuple[float, ...]]] = {}
+        for conns in (int(c) for c in args.conns.split(",")):
+            for _ in range(args.runs):
+                for name, (studio, gp, cp) in paths.items():
+                    g0, c0 = _cpu(gp), _cpu(cp)
+                    r = wrk(studio.url("/small"), conns, args.seconds, studio.headers)
+                    n = max(r.rps * args.seconds, 1.0)
+                    rows.setdefault((name, conns), []).append(
+                        (r.rps, r.p50_ms, r.p99_ms, (_cpu(gp) - g0) / n * 1e6,
+                         (_cpu(cp) - c0) / n * 1e6, r.errors))
+        for (name, conns), runs in rows.items():
+            med = [statistics.median(x[i] for x in runs) for i in range(5)]
+            print(f"{name:10} {conns:3} conn  req/s {med[0]:8,.0f}  p50 {med[1]:6.2f} ms  "
+                  f"p99 {med[2]:7.2f} ms  gateway CPU {med[3]:5.0f} us/req "
+                  f"(lowest {min(x[3] for x in runs):5.0f})  connect CPU {med[4]:4.0f} us/req"
+                  f"  errors {sum(int(x[5]) for x in runs)}", flush=True)
+    finally:
+        procs.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
