@@ -62,6 +62,7 @@ from studios_gateway.http.upstream import (
     Track,
     Upstream,
 )
+from studios_gateway.tunnel.sockopts import no_delay
 
 __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConnection",
            "allow_anonymous"]
@@ -296,6 +297,7 @@ class ProxyProtocol(Protocol):
     # Connection lifecycle ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)  # small writes (WebSocket frames, heads) go out at once
         self.gate = Gate(self.transport)
         f = self.factory
         self._timer = Deadline(f.reactor)
