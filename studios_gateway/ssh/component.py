@@ -10,7 +10,8 @@ PLATFORM_URL is set), and joins the Conch server
 - streams to studios come from ``gateway.dialer.dial(sid, STREAM_SSH)``;
 - who may log in is ``gateway.auth.authorizer.check`` (the login rules), and
   live connections are registered with ``authorizer.track`` so revocation
-  closes them;
+  closes them; each is also tracked with the key it logged in with
+  (:mod:`studios_gateway.ssh.key_watch`), so removing that key closes it;
 - the tunnel table tells every binding studio the host key's fingerprint (the
   bind reply's ``ssh_host_key``), which is the only login the studio accepts;
 - ``/api/users/{user}/keys`` is mounted into the management API;
@@ -29,6 +30,7 @@ from twisted.python.failure import Failure
 
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.ssh.api import UserKeysResource
+from studios_gateway.ssh.key_watch import KeyWatch
 from studios_gateway.ssh.keys import HostKeyError, fingerprint, load_host_key
 from studios_gateway.ssh.platform_keys import PlatformKeys
 from studios_gateway.ssh.server import GatewaySSHFactory, SSHSettings
@@ -121,10 +123,12 @@ def add_ssh(gateway: Any) -> GatewaySSHFactory:
     platform = make_platform_keys(gateway)
     user_keys = StoreUserKeys(store, platform)
     authorizer = gateway.auth.authorizer
+    key_watch = KeyWatch(store, platform, clock=gateway.reactor, ttl=config.local_cache_ttl)
     factory = GatewaySSHFactory(
         host_key=host_key, user_keys=user_keys, store=store,
         dial=make_dial(gateway.dialer), authorize=make_authorize(authorizer),
-        settings=settings_from(config), clock=gateway.reactor, track=authorizer.track)
+        settings=settings_from(config), clock=gateway.reactor, track=authorizer.track,
+        watch_keys=key_watch.track)
     fp = fingerprint(host_key)
     gateway.tunnel_table.ssh_host_key = fp
     log.info("SSH: host key {type} {fp}", type=host_key.sshType().decode(), fp=fp)
@@ -133,10 +137,12 @@ def add_ssh(gateway: Any) -> GatewaySSHFactory:
                          factory, "the SSH proxy")
 
     def start() -> None:
+        key_watch.start()
         if keys_import is not None:
             keys_import.start()
 
     def stop() -> Any:
+        key_watch.stop()
         factory.disconnect_all("the gateway is shutting down")
         if keys_import is not None:
             keys_import.stop()

@@ -66,11 +66,13 @@ class PlatformKeys(PlatformHTTP):
         """Whether the Platform lists `key` for `user`; KeysUnavailable if it cannot say."""
         return key.blob() in await self.keys(user)
 
-    def keys(self, user: str) -> Deferred[frozenset[bytes]]:
-        """The blobs of the user's keys (cached); fails with KeysUnavailable."""
+    def keys(self, user: str, *, max_age: float | None = None) -> Deferred[frozenset[bytes]]:
+        """The blobs of the user's keys (cached; with `max_age`, no answer older than
+        that); fails with KeysUnavailable."""
         now = self._reactor.seconds()
         hit = self._cache.get(user)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > now and (
+                max_age is None or hit[0] - self._ttl >= now - max_age):
             self._cache.move_to_end(user)
             if isinstance(hit[1], str):
                 return defer.fail(KeysUnavailable(hit[1]))

@@ -84,6 +84,8 @@ Authorize = Callable[[str, SessionRecord], "Deferred[bool | str] | bool | str"]
 Dial = Callable[[str, IProtocol], "Deferred[bool] | bool"]
 #: track(session_id, user, close) -> untrack: revocation closes live connections.
 Track = Callable[[str, str, Callable[[str], Any]], Callable[[], None]]
+#: watch_keys(user, key blob, close) -> untrack: removing the key closes the connection.
+WatchKeys = Callable[[str, bytes, Callable[[str], Any]], Callable[[], None]]
 
 
 def _supported(wanted: list[bytes], offered: list[bytes]) -> list[bytes]:
@@ -112,6 +114,7 @@ class SSHSettings:
 class Identity:
     login: LoginName
     key_fingerprint: str
+    key_blob: bytes = b""
 
 
 @implementer(ICredentialsChecker)
@@ -151,7 +154,7 @@ class UserKeyChecker:
             raise conch_error.ValidPublicKey()
         if not offered.verify(creds.signature, creds.sigData):
             raise UnauthorizedLogin("bad signature")
-        return Identity(login, fingerprint(offered))
+        return Identity(login, fingerprint(offered), offered.blob())
 
 
 class RelayAvatar(conch_avatar.ConchUser):
@@ -244,7 +247,7 @@ class GatewayTransport(transport.SSHServerTransport):
         self._counted = False
         self.over_limit = False
         self._timer: Any = None
-        self._untrack: Callable[[], None] | None = None
+        self._untrack: list[Callable[[], None]] = []
         self.upstream: UpstreamTransport | None = None
         self.identity: Identity | None = None
         self.closing = False
@@ -350,8 +353,11 @@ class GatewayTransport(transport.SSHServerTransport):
         log.info("SSH: {who} logged in from {peer} (key {fp})", who=str(identity.login),
                  peer=self._peer(), fp=identity.key_fingerprint)
         if self.factory.track is not None:
-            self._untrack = self.factory.track(identity.login.session_id, identity.login.user,
-                                               self.revoke)
+            self._untrack.append(self.factory.track(identity.login.session_id,
+                                                    identity.login.user, self.revoke))
+        if self.factory.watch_keys is not None:
+            self._untrack.append(self.factory.watch_keys(identity.login.user,
+                                                         identity.key_blob, self.revoke))
 
     def revoke(self, reason: str) -> None:
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION,
@@ -368,9 +374,9 @@ class GatewayTransport(transport.SSHServerTransport):
         if self._counted:
             self._counted = False
             self.factory.limiter.release()
-        if self._untrack is not None:
-            self._untrack()
-            self._untrack = None
+        untrack, self._untrack = self._untrack, []
+        for forget in untrack:
+            forget()
         if not self._got_bytes:
             log.debug("SSH: {peer} closed without a handshake (health check?)",
                       peer=self._peer())
@@ -389,7 +395,8 @@ class GatewaySSHFactory(factory.SSHFactory):
 
     def __init__(self, *, host_key: keys.Key, user_keys: UserKeys, store: Any, dial: Dial,
                  authorize: Authorize = default_authorize, settings: SSHSettings | None = None,
-                 clock: Any = None, track: Track | None = None):
+                 clock: Any = None, track: Track | None = None,
+                 watch_keys: WatchKeys | None = None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.host_key = host_key
@@ -400,6 +407,7 @@ class GatewaySSHFactory(factory.SSHFactory):
         self.settings = settings or SSHSettings()
         self.clock = clock
         self.track = track
+        self.watch_keys = watch_keys
         self.limiter = ConnectionLimiter(self.settings.max_connections)
         self.connections: set[GatewayTransport] = set()
         self._idle: list[Deferred[None]] = []

@@ -3,8 +3,8 @@
 One gateway process with CONNECT_SSH_ENABLED=true, one studio (demo tool and
 `studios-connect`), a session with ssh_enabled and alice's key registered
 through the admin API; then OpenSSH's ssh and scp through the gateway, and one
-refusal. The studio's SSH server trusts the gateway's key because the bind
-reply told it the fingerprint.
+refusal; removing a key closes the connection open with it. The studio's SSH
+server trusts the gateway's key because the bind reply told it the fingerprint.
 """
 
 from __future__ import annotations
@@ -120,3 +120,33 @@ def test_user_keys_api_lists_the_key(dep: Deployment) -> None:
     assert len(keys) == 1 and keys[0]["fingerprint"].startswith("SHA256:")
     status, _, _ = dep.gw.request("/api/users/alice/keys", auth=False)
     assert status == 401
+
+
+def test_removing_the_key_closes_the_open_connection(dep: Deployment, tmp_path: Path) -> None:
+    second = tmp_path / "alice_laptop"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "laptop",
+                    "-f", str(second)], check=True)
+    first_line = dep.key.with_suffix(".pub").read_text()
+    status, body, _ = dep.gw.request("/api/users/alice/keys", method="POST",
+                                     body={"keys": [second.with_suffix(".pub").read_text()]})
+    assert status == 200, body
+    opts = [*dep.ssh_opts()[:-1], str(second)]
+    proc = subprocess.Popen(["ssh", *opts, "-p", str(dep.port), f"alice@{dep.sid}@127.0.0.1",
+                             "echo ready; sleep 30"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        # Replace alice's keys with the first one only: the laptop's connection ends.
+        status, body, _ = dep.gw.request("/api/users/alice/keys", method="PUT",
+                                         body={"keys": [first_line]})
+        assert status == 200, body
+        assert proc.wait(timeout=5) == 255
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        assert "your SSH key was removed" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # The remaining key still logs in.
+    assert dep.ssh(f"alice@{dep.sid}", "echo still").stdout == "still\n"

@@ -1,0 +1,155 @@
+"""Close live SSH connections whose key the user no longer has.
+
+Every logged-in connection is registered with :meth:`KeyWatch.track` together
+with the blob of the key it proved. A connection is kept while that key is
+still registered for its user (the session registry) or, when a Platform is
+configured, still listed by the Platform's key call; otherwise it is closed
+with a reason the user reads ("your SSH key ... was removed").
+
+When: at once when the registry says a user's keys changed (``keys:<user>``
+events reach every node; ``None``, "events may have been missed", re-checks
+everyone), and otherwise every half ``LOCAL_CACHE_TTL`` with no registry or
+Platform answer older than that, so a removal nobody announces (the
+Platform's) closes connections within one TTL. When the keys cannot be read
+(registry or Platform unavailable) the connection is kept and the reason is
+logged: a removal is never guessed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from studios_gateway.registry.base import StoreUnavailable, key_blob
+from studios_gateway.ssh.keys import KeysUnavailable
+
+__all__ = ["KeyWatch"]
+
+log = Logger(namespace="studios_gateway.ssh.key_watch")
+
+
+@dataclass
+class _Conn:
+    user: str
+    blob: bytes
+    close: Callable[[str], Any]
+
+
+def _blobs(lines: list[str]) -> set[bytes]:
+    out = set()
+    for line in lines:
+        try:
+            out.add(base64.b64decode(key_blob(line), validate=True))
+        except (IndexError, binascii.Error, ValueError):
+            continue
+    return out
+
+
+class KeyWatch:
+    """Tracks live connections by (user, key blob); closes those whose key is gone.
+
+    `store` has ``get_user_keys`` and ``subscribe_user_keys`` (a CachingStore:
+    its ``inner`` is read directly by the periodic sweep); `platform` is a
+    PlatformKeys (``keys(user, max_age=...)``) or None."""
+
+    def __init__(self, store: Any, platform: Any, *, clock: Any, ttl: float):
+        self.store = store
+        self.platform = platform
+        self.clock = clock
+        self.ttl = ttl
+        self._live: dict[int, _Conn] = {}
+        self._next = 0
+        self._unsubscribe: Callable[[], None] | None = None
+        self._sweeper: task.LoopingCall | None = None
+
+    # Lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._unsubscribe is None and hasattr(self.store, "subscribe_user_keys"):
+            self._unsubscribe = self.store.subscribe_user_keys(self._changed)
+        if self._sweeper is None and self.ttl > 0:
+            half = self.ttl / 2
+            self._sweeper = task.LoopingCall(lambda: self.recheck(max_age=half))
+            self._sweeper.clock = self.clock
+            self._sweeper.start(half, now=False).addErrback(
+                lambda f: log.failure("SSH: the key re-check failed", f))
+
+    def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+
+    # Connections --------------------------------------------------------------------
+
+    def track(self, user: str, blob: bytes, close: Callable[[str], Any]) -> Callable[[], None]:
+        """Register a logged-in connection; returns the function to call when it ends."""
+        self._next += 1
+        handle = self._next
+        self._live[handle] = _Conn(user, blob, close)
+        return lambda: self._live.pop(handle, None) and None
+
+    @property
+    def live_count(self) -> int:
+        return len(self._live)
+
+    def _changed(self, user: str | None) -> None:
+        self.recheck(user)
+
+    # The decision -------------------------------------------------------------------
+
+    def recheck(self, user: str | None = None, *,
+                max_age: float | None = None) -> Deferred[None]:
+        """Re-check the live connections (of one user); close those whose key is gone.
+        With `max_age`, no registry or Platform answer older than that is used."""
+        users = {c.user for c in self._live.values() if user is None or c.user == user}
+        checks = [Deferred.fromCoroutine(self._recheck_user(u, max_age)) for u in sorted(users)]
+        return defer.gatherResults(checks, consumeErrors=True).addCallback(lambda _: None)
+
+    async def _recheck_user(self, user: str, max_age: float | None) -> None:
+        conns = {h: c for h, c in self._live.items() if c.user == user}
+        if not conns:
+            return
+        kept = await self.kept_keys(user, {c.blob for c in conns.values()}, max_age)
+        if kept is None:
+            return
+        for handle, conn in conns.items():
+            if conn.blob not in kept and self._live.pop(handle, None) is not None:
+                log.info("SSH: closing a connection of {user}: its key is no longer "
+                         "registered", user=user)
+                try:
+                    conn.close("your SSH key was removed from the gateway; log in again "
+                               "with a key registered for " + user)
+                except Exception:
+                    log.failure("SSH: closing a connection whose key was removed failed")
+
+    async def kept_keys(self, user: str, blobs: set[bytes],
+                        max_age: float | None = None) -> set[bytes] | None:
+        """Which of `blobs` `user` may still use; None when that cannot be said now
+        (a source did not answer and some key is not known to the other)."""
+        reader = getattr(self.store, "inner", self.store) if max_age is not None else self.store
+        problems = []
+        kept: set[bytes] = set()
+        try:
+            kept = blobs & _blobs(await reader.get_user_keys(user))
+        except StoreUnavailable as e:
+            problems.append(f"the key registry is unavailable ({e.reason})")
+        if kept != blobs and self.platform is not None:
+            try:
+                kept |= blobs & await self.platform.keys(user, max_age=max_age)
+            except KeysUnavailable as e:
+                problems.append(str(e))
+        if kept != blobs and problems:
+            log.warn("SSH: cannot re-check the keys of {user}'s open connections; keeping "
+                     "them for now: {why}", user=user, why="; ".join(problems))
+            return None
+        return kept
