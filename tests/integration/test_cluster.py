@@ -1,8 +1,9 @@
 """Three real gateway processes sharing one real redis-server (docs/cluster.md).
 
 A studio (demo tool + studios-connect) binds to node A; browsers reach it
-(HTTP, WebSocket, and OpenSSH with a key registered through node C) through
-nodes B and C, whose connections travel over the authenticated peer link to A.
+(HTTP, WebSocket, and OpenSSH with a key registered through node C, whose removal
+there closes the open connection) through nodes B and C, whose connections
+travel over the authenticated peer link to A.
 Then A is killed with SIGKILL: the connect client, given all three gateways,
 rebinds to another node and requests work again within 15 s, with no operator
 action.
@@ -86,7 +87,8 @@ def ssh_through(node: GatewayProcess, sid: str, tmp_path: Path,
                 registrar: GatewayProcess) -> None:
     """OpenSSH to the session through `node` (which does not hold the tunnel), with a key
     registered through another node's admin API a moment before (users' keys are in
-    the shared Redis, and every node hears of the change at once)."""
+    the shared Redis, and every node hears of the change at once); then removing it
+    there closes the connection open with it here."""
     key = tmp_path / "alice_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     port = node.env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1]
@@ -112,6 +114,26 @@ def ssh_through(node: GatewayProcess, sid: str, tmp_path: Path,
     print(f"\nssh: refused before the key was registered in {took_refused * 1000:.0f} ms; "
           f"in with the key registered on another node {(time.monotonic() - start) * 1000:.0f} "
           "ms later")
+    # Removing the key through the other node ends the connection open with it here.
+    proc = subprocess.Popen(["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+                             "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+                             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-i",
+                             str(key), "-p", port, f"alice@{sid}@127.0.0.1",
+                             "echo ready; sleep 30"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        start = time.monotonic()
+        status, body, _ = registrar.request("/api/users/alice/keys", method="DELETE")
+        assert status in (200, 204), body
+        assert proc.wait(timeout=5) == 255
+        assert proc.stderr is not None and "your SSH key was removed" in proc.stderr.read()
+        print(f"ssh: closed {(time.monotonic() - start) * 1000:.0f} ms after asking another "
+              "node to remove its key")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) -> None:
