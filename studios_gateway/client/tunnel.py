@@ -197,6 +197,7 @@ class ConnectClient(Service):
         self._protocol: TunnelClientProtocol | None = None
         self._connecting: Deferred[Any] | None = None
         self._bound_waiters: list[Deferred[TunnelClientProtocol]] = []
+        self._tool_down_since: float | None = None  # when the tool began refusing
 
     def _set_state(self, state: str, log_format: str, **kw: Any) -> None:
         if state != self.state:
@@ -233,18 +234,35 @@ class ConnectClient(Service):
                                             self.settings.tool_port, timeout=5)
 
     def connect_tool(self, make: Callable[[], Protocol]) -> Deferred[Any]:
-        """Connect to the tool, retrying for a while if it is (re)starting."""
-        deadline = self.clock.seconds() + TOOL_CONNECT_RETRY
+        """Connect to the tool, retrying for a while if it is (re)starting.
+
+        A tool that has refused connections for longer than the retry window is
+        down, not restarting: then one attempt, so the browser gets its 504 page
+        at once instead of after another wait.
+        """
+        now = self.clock.seconds()
+        down_since = self._tool_down_since
+        if down_since is not None and now - down_since >= TOOL_CONNECT_RETRY:
+            deadline = now
+        else:
+            deadline = now + TOOL_CONNECT_RETRY
 
         def attempt() -> Deferred[Any]:
             d = self.tool_endpoint().connect(quiet_factory(make))
 
+            def up(protocol: Any) -> Any:
+                self._tool_down_since = None
+                return protocol
+
             def retry(f: Failure) -> Any:
-                if f.check(error.ConnectError) and self.clock.seconds() < deadline:
-                    return defer.Deferred.fromCoroutine(_later())
+                if f.check(error.ConnectError):
+                    if self._tool_down_since is None:
+                        self._tool_down_since = self.clock.seconds()
+                    if self.clock.seconds() < deadline:
+                        return defer.Deferred.fromCoroutine(_later())
                 return f
 
-            return d.addErrback(retry)
+            return d.addCallbacks(up, retry)
 
         async def _later() -> Any:
             await _sleep(self.clock, TOOL_POLL)
