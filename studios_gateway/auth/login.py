@@ -92,6 +92,8 @@ SPENT = "auth-spent.log"
 START_RETRY_FIRST = 1.0
 #: ... this many.
 START_RETRY_MAX = 30.0
+#: Tokens are refreshed at most this often (seconds), however short-lived.
+REFRESH_MIN_INTERVAL = 1.0
 _LINK = "login-link/1"
 _HANDOFF = "handoff/1"
 
@@ -764,7 +766,8 @@ class Auth:
             return
         now = self._reactor.seconds()
         lifetime = max(0.0, tokens.expires_at - now)
-        at = now + max(5.0, lifetime - min(60.0, lifetime / 5))
+        # A fifth of the lifetime (at most a minute) before expiry; at most once a second.
+        at = now + max(REFRESH_MIN_INTERVAL, lifetime - min(60.0, lifetime / 5))
         if at >= login_expires:
             self._refreshes.pop(login_id, None)
             return

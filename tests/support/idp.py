@@ -12,8 +12,13 @@ tokens with a key id, a JWKS with key rotation, userinfo, and the Platform's
 studio access call ``GET /api/studios/<id>/access?user=<name>`` (client
 credentials by HTTP Basic; answers ``{"allowed": true|false}``) and the SSH key
 call ``GET /api/users/<name>/ssh-keys``. Run as its own process,
-``PUT /test/access?session=<id>&user=<name>&allowed=true|false`` sets that answer
-and ``PUT /test/ssh-keys?user=<name>`` (body ``{"keys": [...]}``) a user's keys.
+``PUT /test/access?session=<id>&user=<name>&allowed=true|false`` sets that answer,
+``PUT /test/ssh-keys?user=<name>`` (body ``{"keys": [...]}``) a user's keys,
+``PUT /test/revoke?user=<name>`` revokes that user's refresh tokens (the next refresh
+is refused with invalid_grant) and ``GET /test/counts`` answers the call counters
+(``refreshed``: refresh grants served, ``refreshed_late``: of those, how many came
+after the tokens being refreshed had expired, ``refresh_refused``).
+``--token-ttl`` sets the lifetime of ID and access tokens (seconds).
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ class TestIdP:
         self.clients: dict[str, _Client] = {}
         self.codes: dict[str, _Code] = {}
         self.refresh_tokens: dict[str, tuple[str, str]] = {}
+        #: refresh token -> when the tokens issued with it expire.
+        self.refresh_expiry: dict[str, float] = {}
         self.access_tokens: dict[str, str] = {}
         #: (session id, user) -> the Platform's answer to the access call.
         self.access: dict[tuple[str, str], bool] = {}
@@ -100,7 +107,8 @@ class TestIdP:
         self.claim_overrides: dict[str, Any] = {}
         #: Serve PUT /test/access (the standalone process, for tests in another process).
         self.control = False
-        self.counts = {"registrations": 0, "jwks": 0, "token": 0, "access": 0, "authorize": 0}
+        self.counts = {"registrations": 0, "jwks": 0, "token": 0, "access": 0, "authorize": 0,
+                       "refreshed": 0, "refreshed_late": 0, "refresh_refused": 0}
 
     # Operations for tests -------------------------------------------------------
 
@@ -155,6 +163,7 @@ class TestIdP:
         refresh = secrets.token_urlsafe(24)
         self.access_tokens[access] = user
         self.refresh_tokens[refresh] = (client_id, user)
+        self.refresh_expiry[refresh] = self.now() + self.token_ttl
         return {"access_token": access, "token_type": "Bearer", "expires_in": self.token_ttl,
                 "refresh_token": refresh, "id_token": self.id_token(client_id, user, nonce)}
 
@@ -210,6 +219,10 @@ class _Root(Resource):
             return self.access(request, parts[2])
         if path == "/test/access" and method == "PUT" and self.idp.control:
             return self.set_access(request)
+        if path == "/test/revoke" and method == "PUT" and self.idp.control:
+            return self.revoke(request)
+        if path == "/test/counts" and self.idp.control:
+            return _json(request, 200, self.idp.counts)
         if len(parts) == 4 and parts[:2] == ["api", "users"] and parts[3] == "ssh-keys":
             return self.user_ssh_keys(request, unquote(parts[2]))
         if path == "/test/ssh-keys" and method == "PUT" and self.idp.control:
@@ -312,9 +325,14 @@ class _Root(Resource):
                 return _error(request, 400, "invalid_grant", "PKCE verification failed")
             return _json(request, 200, idp._tokens(client.client_id, code.user, code.nonce))
         if grant == "refresh_token":
-            held = idp.refresh_tokens.pop(form.get("refresh_token", ""), None)
+            given = form.get("refresh_token", "")
+            held = idp.refresh_tokens.pop(given, None)
             if held is None or held[0] != client.client_id:
+                idp.counts["refresh_refused"] += 1
                 return _error(request, 400, "invalid_grant", "unknown refresh token")
+            idp.counts["refreshed"] += 1
+            if idp.refresh_expiry.pop(given, 0.0) <= idp.now():
+                idp.counts["refreshed_late"] += 1
             return _json(request, 200, idp._tokens(client.client_id, held[1], None))
         return _error(request, 400, "unsupported_grant_type", str(grant))
 
@@ -331,6 +349,15 @@ class _Root(Resource):
         """A test changes the Platform's answer: PUT /test/access?session=&user=&allowed="""
         q = _args(request)
         self.idp.access[(q.get("session", ""), q.get("user", ""))] = q.get("allowed") == "true"
+        return _json(request, 200, {"ok": True})
+
+    def revoke(self, request: Request) -> bytes:
+        """A test ends a user's logins at the provider: PUT /test/revoke?user="""
+        user = _args(request).get("user", "")
+        idp = self.idp
+        for token in [t for t, (_, u) in idp.refresh_tokens.items() if u == user]:
+            del idp.refresh_tokens[token]
+            idp.refresh_expiry.pop(token, None)
         return _json(request, 200, {"ok": True})
 
     def access(self, request: Request, session_id: str) -> bytes:
@@ -416,9 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interface", default="127.0.0.1")
     p.add_argument("--user", action="append", default=[], help="name:password (repeatable)")
     p.add_argument("--registration-token", default=DEFAULT_REGISTRATION_TOKEN)
+    p.add_argument("--token-ttl", type=int, default=300,
+                   help="lifetime of ID and access tokens, seconds")
     args = p.parse_args(argv)
     users = dict(u.split(":", 1) for u in args.user) or None
-    idp = TestIdP(clock=reactor, users=users, registration_token=args.registration_token or None)
+    idp = TestIdP(clock=reactor, users=users, registration_token=args.registration_token or None,
+                  token_ttl=args.token_ttl)
     idp.control = True
     idp.listen(reactor, args.port, args.interface)  # type: ignore[arg-type]
     print(f"test IdP at {idp.issuer}", flush=True)

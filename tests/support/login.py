@@ -27,11 +27,14 @@ USERS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
 class IdPProcess:
     """`python -m tests.support.idp` on a free port of 127.0.0.1."""
 
-    def __init__(self, tmp_path: Path, users: dict[str, str] = USERS, port: int | None = None):
+    def __init__(self, tmp_path: Path, users: dict[str, str] = USERS, port: int | None = None,
+                 token_ttl: int | None = None):
         self.port = port or free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp_path / "idp.log", "wb")  # noqa: SIM115 - closed in stop()
         args = [sys.executable, "-m", "tests.support.idp", "--port", str(self.port)]
+        if token_ttl is not None:
+            args += ["--token-ttl", str(token_ttl)]
         for name, password in users.items():
             args += ["--user", f"{name}:{password}"]
         self.proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -41,14 +44,26 @@ class IdPProcess:
     def set_access(self, session_id: str, user: str, allowed: bool) -> None:
         """What the Platform's access call answers from now on for (session, user)."""
         query = urlencode({"session": session_id, "user": user, "allowed": str(allowed).lower()})
-        req = urllib.request.Request(f"{self.issuer}/test/access?{query}", method="PUT")
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            assert resp.status == 200
+        self._put(f"/test/access?{query}")
 
     def set_ssh_keys(self, user: str, keys: list[str]) -> None:
         """The keys the Platform's SSH key call lists for `user` from now on."""
         req = urllib.request.Request(f"{self.issuer}/test/ssh-keys?{urlencode({'user': user})}",
                                      data=json.dumps({"keys": keys}).encode(), method="PUT")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
+
+    def revoke(self, user: str) -> None:
+        """The provider ends `user`'s logins: their refresh tokens stop working."""
+        self._put(f"/test/revoke?{urlencode({'user': user})}")
+
+    def counts(self) -> dict[str, int]:
+        """The provider's call counters (GET /test/counts)."""
+        with urllib.request.urlopen(f"{self.issuer}/test/counts", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def _put(self, path: str) -> None:
+        req = urllib.request.Request(f"{self.issuer}{path}", method="PUT")
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200
 

@@ -265,6 +265,23 @@ def test_refresh_keeps_refreshing_before_expiry():
     auth.stop()
 
 
+def test_short_lived_tokens_are_refreshed_before_they_expire():
+    auth, clock, rp = make()
+    calls: list[float] = []
+
+    def refresh(t: TokenSet) -> Deferred[TokenSet]:
+        assert t.expires_at is not None and clock.seconds() < t.expires_at
+        calls.append(clock.seconds())
+        return defer.succeed(TokenSet("a2", None, "r2", clock.seconds() + 2))
+
+    rp.tokens = TokenSet("a", "i", "r", clock.seconds() + 2)
+    rp.refresh_result = refresh
+    run(Browser(auth, external=idp_login(rp)).open(studio("abc")))
+    clock.pump([0.1] * 55)  # 5.5 s
+    assert len(calls) == 3  # every 1.6 s: a fifth of the lifetime before expiry
+    auth.stop()
+
+
 # Path mode -------------------------------------------------------------------------------
 
 
