@@ -1,5 +1,5 @@
 """Refresh before expiry, with real processes: `twistd studios-gateway` logs people in
-against the test IdP running as its own process and handing out tokens that live two
+against the test IdP running as its own process and handing out tokens that live three
 seconds. The gateway refreshes them before they expire (the IdP counts the refreshes and
 how many came late), so the browser's login outlives its first tokens; when the IdP
 refuses a refresh (the user's refresh tokens revoked), the login ends: the next page
@@ -18,7 +18,7 @@ from tests.support.login import Gateway, IdPProcess, oidc_env
 
 pytestmark = pytest.mark.slow
 
-TOKEN_TTL = 2  # seconds: the gateway refreshes 1.6 s after each token set is issued
+TOKEN_TTL = 3  # seconds: the gateway refreshes 2.4 s after each token set is issued
 
 
 def wait_until(what: str, condition: Callable[[], bool], timeout: float) -> float:
