@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from bench import deploy
-from bench.common import Processes, free_port, port_open, wait_until
+from bench.common import Processes, wait_until
 
 SECRET = "bench-peer-secret-bind"
 
@@ -80,14 +80,11 @@ def measure(rounds: int) -> list[float]:
     procs = Processes(work)
     times: list[float] = []
     try:
-        rport = free_port()
-        redis = procs.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port",
-                                      str(rport), "--save", "", "--appendonly", "no",
-                                      "--dir", str(work)])
-        wait_until(lambda: port_open(rport), "redis-server", proc=redis)
+        redis = deploy.start_redis(procs, work)
+        rport = int(redis.rsplit(":", 1)[1])
         storage = work / "storage"
         storage.mkdir()
-        env = {"CONNECT_REDIS_ADDRESS": f"127.0.0.1:{rport}", "CONNECT_PEER_SECRET": SECRET,
+        env = {"CONNECT_REDIS_ADDRESS": redis, "CONNECT_PEER_SECRET": SECRET,
                "CONNECT_STORAGE_ROOT": str(storage)}
         a = deploy.start_gateway(procs, work, "node-a", {**env, "CONNECT_NODE_ID": "node-a"})
         wait_until(lambda: _ready(a), "node A ready", proc=a.proc)

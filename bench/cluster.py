@@ -13,7 +13,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 
 from bench import baselines, deploy
-from bench.common import Processes, Run, Section, free_port, port_open, wait_until, wrk
+from bench.common import Processes, Run, Section, wrk
 
 SECRET = "bench-peer-secret"
 CONNS = 16  # per wrk (per studio)
@@ -42,14 +42,10 @@ def scenario(run: Run) -> Section:
     work.mkdir()
     procs = Processes(work)
     try:
-        rport = free_port()
-        redis = procs.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port",
-                                      str(rport), "--save", "", "--appendonly", "no",
-                                      "--dir", str(work)])
-        wait_until(lambda: port_open(rport), "redis-server", proc=redis)
+        redis = deploy.start_redis(procs, work)
         storage = work / "storage"  # shared: the nodes must sign cookies with one key
         storage.mkdir()
-        env = {"CONNECT_REDIS_ADDRESS": f"127.0.0.1:{rport}", "CONNECT_PEER_SECRET": SECRET,
+        env = {"CONNECT_REDIS_ADDRESS": redis, "CONNECT_PEER_SECRET": SECRET,
                "CONNECT_STORAGE_ROOT": str(storage)}
         tool = baselines.start_nginx_tool(procs, work, 1 << 20)
         a = deploy.start_gateway(procs, work, "node-a", {**env, "CONNECT_NODE_ID": "node-a"})

@@ -63,6 +63,15 @@ class Gateway:
         return f"{sid}.localhost:{self.http_port}"
 
 
+def start_redis(procs: Processes, work: Path) -> str:
+    """A throwaway redis-server (no persistence) in ``work``; returns its address."""
+    port = free_port()
+    redis = procs.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(port),
+                                  "--save", "", "--appendonly", "no", "--dir", str(work)])
+    wait_until(lambda: port_open(port), "redis-server", proc=redis)
+    return f"127.0.0.1:{port}"
+
+
 def start_gateway(procs: Processes, work: Path, name: str = "gateway",
                   extra: dict[str, str] | None = None) -> Gateway:
     """`twistd -n studios-gateway` on free ports, quiet logs, memory registry."""

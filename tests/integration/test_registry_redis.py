@@ -91,11 +91,8 @@ class RedisCase(unittest.TestCase):
 class RedisContractTests(StoreContract, RedisCase):
     """The same semantics as MemoryStore, on two nodes sharing one Redis."""
 
-    @defer.inlineCallbacks
     def setUp(self) -> Any:
-        prefix = f"t{next(_prefixes)}:connect:session"
-        self.store = yield self.started(new_store(self.server, prefix=prefix, node_id="node-a"))
-        self.other = yield self.started(new_store(self.server, prefix=prefix, node_id="node-b"))
+        return self.two_nodes()
 
     @defer.inlineCallbacks
     def check_expiry(self, h: TunnelHolder, ttl: float) -> Any:
@@ -360,11 +357,8 @@ class RedisTLSTests(unittest.TestCase):
 class RedisUserKeysTests(UserKeysContract, RedisCase):
     """Users' SSH keys: the same semantics as in memory, on two nodes sharing one Redis."""
 
-    @defer.inlineCallbacks
     def setUp(self) -> Any:
-        prefix = f"t{next(_prefixes)}:connect:session"
-        self.store = yield self.started(new_store(self.server, prefix=prefix, node_id="node-a"))
-        self.other = yield self.started(new_store(self.server, prefix=prefix, node_id="node-b"))
+        return self.two_nodes()
 
     @defer.inlineCallbacks
     def test_layout_next_to_sessions(self) -> Any:
