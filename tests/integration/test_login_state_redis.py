@@ -11,7 +11,7 @@ import pytest
 from twisted.internet import defer, reactor
 
 from studios_gateway.auth.authorizer import Authorizer
-from tests.integration.test_registry_redis import RedisCase, new_store
+from tests.integration.test_registry_redis import RedisCase, fail_fast, new_store
 from tests.support.redis_server import redis_available
 from tests.unit.test_registry_login_state import LoginStateContract
 
@@ -78,7 +78,7 @@ class RedisLoginStateOutageTests(RedisCase):
         store = yield self.started(new_store(self.server))
         assert (yield store.spend_once("before", 600)) is True
         self.server.kill()
-        yield self.fail_fast(lambda: store.spend_once("during", 600),
+        yield fail_fast(lambda: store.spend_once("during", 600),
                      lambda: store.is_spent("before"), lambda: store.log_out("l1", 60),
                      lambda: store.logged_out())
         self.server.start()  # no persistence configured: a fresh, empty Redis

@@ -55,6 +55,20 @@ def new_store(server: RedisServer, **kw: Any) -> RedisStore:
     return RedisStore(address=server.address, clock=reactor, **kw)
 
 
+@defer.inlineCallbacks
+def fail_fast(*calls: Any) -> Any:
+    """Each call fails with StoreUnavailable within 0.5 s (Redis is dead)."""
+    for call in calls:
+        start = time.monotonic()
+        try:
+            yield call()
+        except StoreUnavailable:
+            pass
+        else:
+            raise AssertionError("a call succeeded with Redis dead")
+        assert time.monotonic() - start < 0.5, "did not fail fast"
+
+
 class RedisCase(unittest.TestCase):
     timeout = TIMEOUT
     server: RedisServer
@@ -79,19 +93,6 @@ class RedisCase(unittest.TestCase):
         self.addCleanup(store.stop)
         yield store.when_connected()
         return store
-
-    @defer.inlineCallbacks
-    def fail_fast(self, *calls: Any) -> Any:
-        """Each call fails with StoreUnavailable within 0.5 s (Redis is dead)."""
-        for call in calls:
-            start = time.monotonic()
-            try:
-                yield call()
-            except StoreUnavailable:
-                pass
-            else:
-                raise AssertionError("a call succeeded with Redis dead")
-            assert time.monotonic() - start < 0.5, "did not fail fast"
 
     @defer.inlineCallbacks
     def two_nodes(self) -> Any:
@@ -272,7 +273,7 @@ class RedisOutageTests(unittest.TestCase):
             raise AssertionError("ping succeeded with Redis dead")
         assert time.monotonic() - start < store.timeout
         yield lost
-        yield self.fail_fast(lambda: store.ping(), lambda: cache.create(record("new1")),
+        yield fail_fast(lambda: store.ping(), lambda: cache.create(record("new1")),
                      lambda: cache.claim_tunnel(holder(tunnel="t2"), 30),
                      lambda: cache.get("unknown"), lambda: store.list_sessions())
         # Cached routes keep working.
