@@ -129,7 +129,7 @@ class GatewayService(MultiService):
                      factory: Factory, description: str) -> Listener:
         # A socket systemd passed under this listener's name replaces the configured port.
         endpoint = systemd.activated_endpoint(self.reactor, name, self.environ) or endpoint
-        if (getattr(self.config, "reuse_port", False) and name in SHARED_LISTENERS
+        if (self.config.reuse_port and name in SHARED_LISTENERS
                 and isinstance(endpoint, TCPEndpoint)):
             endpoint = ReusePortEndpoint(self.reactor, endpoint.host, endpoint.port)
         listener = Listener(name, variable, endpoint, factory, description)
