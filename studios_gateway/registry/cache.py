@@ -189,38 +189,34 @@ class CachingStore:
 
     # Pass-through --------------------------------------------------------------
 
-    def _write(self, session_id: str, call: Callable[..., Deferred[Any]],
-               *args: Any) -> Deferred[Any]:
+    @staticmethod
+    def _through(tables: tuple[_Table[Any], ...], key: str, call: Callable[..., Deferred[Any]],
+                 *args: Any) -> Deferred[Any]:
+        """`call(*args)` on the store, then forget what `tables` hold under `key`."""
         d = defer.maybeDeferred(call, *args)
 
         def done(result: Any) -> Any:
             # Our own change: do not wait for the store's notification to forget it.
-            self._records.drop(session_id)
-            self._tunnels.drop(session_id)
+            for table in tables:
+                table.drop(key)
             return result
 
         def failed(f: Failure) -> Failure:
             # The write may or may not have happened: stop trusting what we know,
             # but keep it to serve while the store is down.
-            self._records.expire(session_id)
-            self._tunnels.expire(session_id)
+            for table in tables:
+                table.expire(key)
             return f
 
         return d.addCallbacks(done, failed)
+
+    def _write(self, session_id: str, call: Callable[..., Deferred[Any]],
+               *args: Any) -> Deferred[Any]:
+        return self._through((self._records, self._tunnels), session_id, call, *args)
 
     def _write_keys(self, user: str, call: Callable[..., Deferred[Any]],
                     *args: Any) -> Deferred[Any]:
-        d = defer.maybeDeferred(call, user, *args)
-
-        def done(result: Any) -> Any:
-            self._user_keys.drop(user)
-            return result
-
-        def failed(f: Failure) -> Failure:
-            self._user_keys.expire(user)
-            return f
-
-        return d.addCallbacks(done, failed)
+        return self._through((self._user_keys,), user, call, user, *args)
 
     def set_user_keys(self, user: str, lines: list[str]) -> Deferred[None]:
         return self._write_keys(user, self.inner.set_user_keys, lines)
