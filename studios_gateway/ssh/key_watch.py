@@ -17,8 +17,6 @@ logged: a removal is never guessed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +25,8 @@ from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from studios_gateway.registry.base import StoreUnavailable, key_blob
-from studios_gateway.ssh.keys import KeysUnavailable
+from studios_gateway.registry.base import StoreUnavailable
+from studios_gateway.ssh.keys import KeysUnavailable, key_blobs
 
 __all__ = ["KeyWatch"]
 
@@ -40,16 +38,6 @@ class _Conn:
     user: str
     blob: bytes
     close: Callable[[str], Any]
-
-
-def _blobs(lines: list[str]) -> set[bytes]:
-    out = set()
-    for line in lines:
-        try:
-            out.add(base64.b64decode(key_blob(line), validate=True))
-        except (IndexError, binascii.Error, ValueError):
-            continue
-    return out
 
 
 class KeyWatch:
@@ -140,7 +128,7 @@ class KeyWatch:
         problems = []
         kept: set[bytes] = set()
         try:
-            kept = blobs & _blobs(await reader.get_user_keys(user))
+            kept = blobs & key_blobs(await reader.get_user_keys(user))
         except StoreUnavailable as e:
             problems.append(f"the key registry is unavailable ({e.reason})")
         if kept != blobs and self.platform is not None:

@@ -16,6 +16,7 @@ Keys are never logged, only fingerprints.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import os
@@ -28,7 +29,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.conch.ssh.keys import BadKeyError, Key
 from twisted.logger import Logger
 
-from studios_gateway.registry.base import MAX_USER_KEY_LENGTH, MAX_USER_KEYS, unique_keys
+from studios_gateway.registry.base import (
+    MAX_USER_KEY_LENGTH,
+    MAX_USER_KEYS,
+    key_blob,
+    unique_keys,
+)
 
 __all__ = [
     "FileUserKeys",
@@ -174,6 +180,17 @@ def parse_public_keys(text: str) -> list[str]:
     out = unique_keys(out)
     if len(out) > MAX_KEYS_PER_USER:
         raise ValueError(f"at most {MAX_KEYS_PER_USER} keys per user")
+    return out
+
+
+def key_blobs(lines: list[str]) -> set[bytes]:
+    """The keys (decoded blobs) of authorized_keys-style lines; unreadable lines are skipped."""
+    out = set()
+    for line in lines:
+        try:
+            out.add(base64.b64decode(key_blob(line), validate=True))
+        except (IndexError, binascii.Error, ValueError):
+            continue
     return out
 
 

@@ -20,8 +20,6 @@ Where the registered keys live on disk:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 from pathlib import Path
 from typing import Any
@@ -31,9 +29,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.registry.base import BadUserKeys, StoreUnavailable, key_blob
+from studios_gateway.registry.base import BadUserKeys, StoreUnavailable
 from studios_gateway.ssh.keys import (
     KeysUnavailable,
+    key_blobs,
     key_file_path,
     parse_public_keys,
     read_key_file,
@@ -48,13 +47,6 @@ log = Logger(namespace="studios_gateway.ssh.user_keys")
 IMPORT_RETRY = 2.0
 
 
-def _same_key(line: str, blob: bytes) -> bool:
-    try:
-        return base64.b64decode(key_blob(line), validate=True) == blob
-    except (IndexError, binascii.Error, ValueError):
-        return False
-
-
 class StoreUserKeys:
     """The SSH server's UserKeys: registered keys from `store`, then `platform`'s."""
 
@@ -63,7 +55,6 @@ class StoreUserKeys:
         self.platform = platform
 
     async def accepts(self, user: str, key: Key) -> bool:
-        blob = key.blob()
         problems = []
         try:
             lines = await self.store.get_user_keys(user)
@@ -72,7 +63,7 @@ class StoreUserKeys:
                      why=e.reason)
             lines = []
             problems.append("the gateway's key registry is unavailable")
-        if any(_same_key(line, blob) for line in lines):
+        if key.blob() in key_blobs(lines):
             return True
         if self.platform is not None:
             try:
