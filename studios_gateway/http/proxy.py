@@ -336,7 +336,7 @@ class ProxyProtocol(Protocol):
             self._abandon(ex)
 
     def _abandon(self, ex: _Exchange) -> None:
-        self._cancel_exchange_timer(ex)
+        self._cancel_response_timer()
         if ex.pending is not None:
             ex.pending.cancel()
         up, ex.up = ex.up, None
@@ -725,7 +725,7 @@ class ProxyProtocol(Protocol):
                         status_code=event.status_code, reason=event.reason,
                         headers=response_headers(event.headers.raw_items(), upgrade=False))))
                 elif isinstance(event, h11.Response):
-                    self._cancel_exchange_timer(ex)
+                    self._cancel_response_timer()
                     ex.response_started = True
                     headers, parsed = self._response_headers(ex, event, upgrade=False)
                     out.append(ex.h.send(h11.Response(
@@ -759,12 +759,12 @@ class ProxyProtocol(Protocol):
             return rewrite_response_headers(headers, route.prefix, hostname), False
         return headers, True
 
-    def _cancel_exchange_timer(self, ex: _Exchange) -> None:
+    def _cancel_response_timer(self) -> None:
         if self._response_timer is not None:
             self._response_timer.disarm()
 
     def _response_done(self, ex: _Exchange, conn: UpstreamConnection) -> None:
-        self._cancel_exchange_timer(ex)
+        self._cancel_response_timer()
         ex.up = None
         self._detach(conn)
         if ex.request_done and conn.reusable():
@@ -779,7 +779,7 @@ class ProxyProtocol(Protocol):
     def _switch(self, ex: _Exchange, conn: UpstreamConnection,
                 event: h11.InformationalResponse) -> None:
         """A 101: from here on, bytes are spliced both ways."""
-        self._cancel_exchange_timer(ex)
+        self._cancel_response_timer()
         try:
             head = ex.h.send(h11.InformationalResponse(
                 status_code=101, reason=event.reason,
@@ -826,7 +826,7 @@ class ProxyProtocol(Protocol):
             self._pump_response(ex, conn)
             if ex is not self._ex or ex.up is not conn:
                 return
-        self._cancel_exchange_timer(ex)
+        self._cancel_response_timer()
         ex.up = None
         self._detach(conn)
         if ex.response_started:
@@ -878,7 +878,7 @@ class ProxyProtocol(Protocol):
 
     def _finish(self, ex: _Exchange, close: bool = False) -> None:
         self._ex = None
-        self._cancel_exchange_timer(ex)
+        self._cancel_response_timer()
         if ex.pending is not None:
             ex.pending = None
         if (close or self.factory.draining or ex.h.our_state is not h11.DONE
