@@ -1,4 +1,4 @@
-"""Single-use, expiring, bounded tables: OIDC state (and, re-exported, SpentSet).
+"""Single-use, expiring, bounded tables: OIDC state.
 
 `put` stores a value under a fresh random key (or a key you give), `take`
 returns it once and forgets it. Entries expire after `ttl` seconds on the
@@ -13,9 +13,6 @@ from collections import OrderedDict
 from typing import Generic, TypeVar
 
 from studios_gateway.auth.cookies import Clock
-from studios_gateway.registry.spent import SpentSet
-
-__all__ = ["OneTimeTable", "SpentSet"]
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from twisted.internet.task import Clock
 
 from studios_gateway.auth.files import Journal
-from studios_gateway.auth.onetime import SpentSet
+from studios_gateway.registry.spent import SpentSet
 
 
 def test_spent_ids_survive_a_restart_until_they_expire(tmp_path: Path) -> None:
