@@ -10,7 +10,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -144,8 +144,6 @@ class Sessions:
 
     @defer.inlineCallbacks
     def rotate_token(self, session_id: str) -> Any:
-        from dataclasses import replace
-
         record = yield self._store.get(session_id)
         if record is None:
             return None
@@ -157,8 +155,6 @@ class Sessions:
     def change(self, session_id: str, fields: dict[str, Any]) -> Any:
         """Replace the session's allow-list; returns the new description or None.
         Users taken off the list lose access at once (`on_revoke`)."""
-        from dataclasses import replace
-
         record = yield self._store.get(session_id)
         if record is None:
             return None
