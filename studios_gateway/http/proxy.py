@@ -131,7 +131,6 @@ class UpstreamConnection(Protocol):
         self.gate: Gate | None = None
         self.lost = False
         self.has_producer = False
-        self.answered = False  # any byte came from the tool on this connection
         self.lost_reason: Failure | None = None
 
     def connectionMade(self) -> None:
@@ -146,7 +145,6 @@ class UpstreamConnection(Protocol):
         if self.owner is None:
             self.close()  # an idle connection has nothing to say
             return
-        self.answered = True
         self.owner.upstream_data(self, data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -163,9 +161,9 @@ class UpstreamConnection(Protocol):
             self.transport.loseConnection()
 
     def refused(self) -> bool:
-        """The tool would not take this connection (lost with ToolNotAnswering, unanswered)."""
-        return (not self.answered and self.lost_reason is not None
-                and self.lost_reason.check(ToolNotAnswering) is not None)
+        """The tool would not take this connection: the upstream ended it with
+        ToolNotAnswering (TunnelUpstream's guard does so only before the tool's first byte)."""
+        return self.lost_reason is not None and self.lost_reason.check(ToolNotAnswering) is not None
 
     def reusable(self) -> bool:
         return not self.lost and self.h.our_state is h11.DONE and self.h.their_state is h11.DONE
