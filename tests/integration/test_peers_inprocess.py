@@ -29,6 +29,7 @@ from studios_gateway.registry.base import TunnelHolder
 from studios_gateway.tunnel.dialer import StudioUnreachable
 from studios_gateway.tunnel.mux import Multiplexer
 from studios_gateway.tunnel.server import STREAM_TOOL
+from tests.integration.test_tunnel_inprocess import Collect
 
 SECRET = "a-long-shared-peer-secret"
 
@@ -45,19 +46,6 @@ class Upper(Protocol):
             self.kind, data = data[:1], data[1:]
         if data:
             self.transport.write(data.upper())
-
-
-class Collect(Protocol):
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.done: defer.Deferred[bytes] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        if not self.done.called:
-            self.done.callback(bytes(self.data))
 
 
 class FakeTable:

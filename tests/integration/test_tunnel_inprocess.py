@@ -26,15 +26,16 @@ from studios_gateway.tunnel.server import TunnelServerFactory, TunnelSettings, T
 
 
 class Collect(Protocol):
-    """Sends a request on connect, collects everything until the stream ends."""
+    """Sends `request` (if any) on connect, collects everything until the stream ends."""
 
-    def __init__(self, request: bytes):
+    def __init__(self, request: bytes = b""):
         self.request = request
         self.data = bytearray()
         self.done: defer.Deferred[bytes] = defer.Deferred()
 
     def connectionMade(self) -> None:
-        self.transport.write(self.request)
+        if self.request:
+            self.transport.write(self.request)
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
