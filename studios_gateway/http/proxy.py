@@ -63,6 +63,7 @@ from studios_gateway.http.upstream import (
     Upstream,
 )
 from studios_gateway.tunnel.sockopts import no_delay
+from studios_gateway.waiters import EmptyWaiters
 
 __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConnection",
            "allow_anonymous"]
@@ -217,7 +218,7 @@ class ProxyFactory(Factory):
         self.local_routes = local_routes
         self.track = track
         self.draining = False
-        self._drained: list[Deferred[None]] = []
+        self._drained = EmptyWaiters()
         self.trusted_proxy_cidrs = tuple(trusted_proxy_cidrs)
         self.scheme = scheme
         self.limits = Limits(max_request_line, max_header_bytes, max_header_count,
@@ -250,18 +251,12 @@ class ProxyFactory(Factory):
         return self._when_empty()
 
     def _when_empty(self) -> Deferred[None]:
-        if not self.active:
-            return defer.succeed(None)
-        d: Deferred[None] = Deferred()
-        self._drained.append(d)
-        return d
+        return self._drained.wait(not self.active)
 
     def forget(self, p: ProxyProtocol) -> None:
         self.active.discard(p)
-        if not self.active and self._drained:
-            waiting, self._drained = self._drained, []
-            for d in waiting:
-                d.callback(None)
+        if not self.active:
+            self._drained.fire()
 
 
 def _raw_response(page: pages.Page) -> bytes:

@@ -50,6 +50,7 @@ from studios_gateway.ssh.channels import (
 )
 from studios_gateway.ssh.keys import KeysUnavailable, UserKeys, fingerprint
 from studios_gateway.ssh.policy import ConnectionLimiter, LoginName, Refused, parse_login
+from studios_gateway.waiters import EmptyWaiters
 
 __all__ = [
     "CIPHERS",
@@ -410,7 +411,7 @@ class GatewaySSHFactory(factory.SSHFactory):
         self.watch_keys = watch_keys
         self.limiter = ConnectionLimiter(self.settings.max_connections)
         self.connections: set[GatewayTransport] = set()
-        self._idle: list[Deferred[None]] = []
+        self._idle = EmptyWaiters()
         self.publicKeys = {host_key.sshType(): host_key.public()}
         self.privateKeys = {host_key.sshType(): host_key}
         self.primes = None
@@ -431,17 +432,11 @@ class GatewaySSHFactory(factory.SSHFactory):
     def forget(self, conn: GatewayTransport) -> None:
         self.connections.discard(conn)
         if not self.connections:
-            waiters, self._idle = self._idle, []
-            for d in waiters:
-                d.callback(None)
+            self._idle.fire()
 
     def when_idle(self) -> Deferred[None]:
         """Fires once no user connection is open (for a graceful drain)."""
-        if not self.connections:
-            return defer.succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
+        return self._idle.wait(not self.connections)
 
     def disconnect_all(self, reason: str) -> None:
         """Say goodbye to every user connection (the gateway is stopping)."""

@@ -42,6 +42,7 @@ from studios_gateway.tunnel.bind import (
 )
 from studios_gateway.tunnel.mux import Multiplexer
 from studios_gateway.tunnel.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay
+from studios_gateway.waiters import EmptyWaiters
 
 STREAM_TOOL = b"T"
 STREAM_SSH = b"S"
@@ -149,7 +150,7 @@ class TunnelTable:
         self.ssh_host_key: str | None = None
         self.draining = False
         self._tunnels: dict[str, Tunnel] = {}
-        self._changed: list[Deferred[None]] = []
+        self._empty = EmptyWaiters()
         self._refresher = task.LoopingCall(self._refresh_all)
         self._refresher.clock = clock
 
@@ -174,11 +175,7 @@ class TunnelTable:
         return self.wait_empty()
 
     def wait_empty(self) -> Deferred[None]:
-        if not self._tunnels:
-            return defer.succeed(None)
-        d: Deferred[None] = Deferred()
-        self._changed.append(d)
-        return d
+        return self._empty.wait(not self._tunnels)
 
     # Queries -----------------------------------------------------------------
 
@@ -241,9 +238,7 @@ class TunnelTable:
                 sid=tunnel.session_id, why=f.getErrorMessage()))
         self._update_gauge()
         if not self._tunnels:
-            waiters, self._changed = self._changed, []
-            for d in waiters:
-                d.callback(None)
+            self._empty.fire()
 
     def _update_gauge(self) -> None:
         if self.metrics:
