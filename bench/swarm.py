@@ -2,7 +2,7 @@
 
     python -m bench.swarm FILE     (FILE: one connect string per line)
 
-Each client is the real connect client (studios_gateway.client.tunnel), bound to a
+Each client is the real connect client (studios_gateway.studio.client), bound to a
 do-nothing tool this process listens on. Binds are started a window at a time so
 the gateway's accept queue is not flooded. Prints ``bound N`` as it goes and
 ``ready N`` once every tunnel is bound; then idles until SIGTERM.
@@ -24,8 +24,8 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-from studios_gateway.client.settings import load_client_settings
-from studios_gateway.client.tunnel import ConnectClient
+from studios_gateway.studio.client import ConnectClient
+from studios_gateway.studio.settings import load_client_settings
 
 WINDOW = 64  # binds in flight at once
 

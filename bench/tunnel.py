@@ -101,11 +101,11 @@ class Bench:
 
     @defer.inlineCallbacks
     def start(self) -> Any:
+        from studios_gateway.management.sessions import connect_string
         from studios_gateway.registry.base import SessionRecord, hash_token, new_token
         from studios_gateway.registry.memory import MemoryStore
-        from studios_gateway.sessions import connect_string
-        from studios_gateway.tunnel import tls
         from studios_gateway.tunnel.server import TunnelServerFactory, TunnelSettings, TunnelTable
+        from studios_gateway.wire import tls
 
         self.tool_port = free_port()
         self.spawn("tool", [sys.executable, "-m", "studios_gateway.demo.tool",

@@ -8,73 +8,34 @@ components drain up to CONNECT_SHUTDOWN_GRACE, then stops the reactor.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from studios_gateway import logs, systemd
+from studios_gateway.component import (
+    Component,
+    Listener,
+    StartError,
+    TCPEndpoint,
+    endpoint_for,
+    fail_start,
+    say_to_operator,
+)
 from studios_gateway.config import Config
 from studios_gateway.metrics import Metrics
 from studios_gateway.reload import apply_log_level, run_hooks, tls_reloader
 from studios_gateway.reuseport import SHARED_LISTENERS, ReusePortEndpoint
 
 STORE_PING_TIMEOUT = 5.0
-
-
-class StartError(Exception):
-    """The gateway cannot start; the message is the one line an operator reads."""
-
-
-@dataclass
-class Listener:
-    name: str
-    variable: str
-    endpoint: IStreamServerEndpoint
-    factory: Factory
-    description: str
-    port: IListeningPort | None = None
-
-
-@dataclass
-class Component:
-    """Something with a lifecycle inside the gateway (tunnel server, proxy, SSH...)."""
-
-    name: str
-    start: Callable[[], Any] = lambda: None
-    drain: Callable[[], Deferred[None] | None] = lambda: None
-    stop: Callable[[], Deferred[None] | None] = lambda: None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@implementer(IStreamServerEndpoint)
-class TCPEndpoint:
-    """A TCP server endpoint on host:port that remembers both (so the service can
-    swap it for a socket-activated or SO_REUSEPORT one)."""
-
-    def __init__(self, reactor: Any, host: str, port: int):
-        self.reactor, self.host, self.port = reactor, host, port
-
-    def listen(self, factory: Any) -> Deferred[Any]:
-        iface = self.host.replace(":", r"\:")
-        return serverFromString(self.reactor,
-                                f"tcp:port={self.port}:interface={iface}").listen(factory)
-
-
-def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
-    """A TCP server endpoint on host:port (IPv6 literals accepted)."""
-    return TCPEndpoint(reactor, host, port)
 
 
 def build_store(config: Config, clock: Any) -> Any:
@@ -304,18 +265,6 @@ class GatewayService(MultiService):
             self.reactor.stop()
 
 
-def say_to_operator(message: str) -> None:
-    """One line on the real stderr (twistd sends sys.stderr into the log)."""
-    stream = sys.__stderr__ or sys.stderr
-    print(f"studios-gateway: {message}", file=stream, flush=True)
-
-
-def fail_start(message: str) -> None:
-    """Print the one line an operator needs, and exit non-zero."""
-    say_to_operator(message)
-    raise SystemExit(1)
-
-
 def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str] | None = None,
                  reload: Callable[[], Config] | None = None) -> GatewayService:
     """Assemble every part the config enables into one GatewayService.
@@ -396,13 +345,13 @@ def _add_tunnels(gateway: GatewayService, storage: Path) -> tuple[Any, str | Non
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
     from studios_gateway.reload import ReloadableServerTLS
-    from studios_gateway.tunnel import tls
     from studios_gateway.tunnel.server import (
         TunnelMetrics,
         TunnelServerFactory,
         TunnelSettings,
         TunnelTable,
     )
+    from studios_gateway.wire import tls
 
     config, reactor = gateway.config, gateway.reactor
     pin: str | None = None
@@ -437,9 +386,14 @@ def _add_tunnels(gateway: GatewayService, storage: Path) -> tuple[Any, str | Non
 
 
 def _add_management(gateway: GatewayService, table: Any, pin: str | None, auth: Any) -> None:
-    from studios_gateway.api import make_api
-    from studios_gateway.management import ManagementRoot, make_site
-    from studios_gateway.sessions import NewSession, Sessions, connect_string, session_url
+    from studios_gateway.management.api import make_api
+    from studios_gateway.management.endpoints import ManagementRoot, make_site
+    from studios_gateway.management.sessions import (
+        NewSession,
+        Sessions,
+        connect_string,
+        session_url,
+    )
 
     config, reactor = gateway.config, gateway.reactor
     def on_end(session_id: str) -> None:

@@ -28,7 +28,8 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    from studios_gateway.service import StartError, fail_start, make_service
+    from studios_gateway.component import StartError, fail_start
+    from studios_gateway.service import make_service
 
     def read_config() -> Config:
         """The settings as at start: options, environment, env file (SIGHUP re-reads them)."""

@@ -384,7 +384,7 @@ class Auth:
         try:
             return cls._from_config(config, store, reactor=reactor, **overrides)
         except StorageError as e:
-            from studios_gateway.service import StartError
+            from studios_gateway.component import StartError
 
             raise StartError(str(e)) from None
 

@@ -54,7 +54,7 @@ class _RefusalGuard(Protocol):
         self.inner.dataReceived(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        from studios_gateway.tunnel.mux import StreamReset
+        from studios_gateway.wire.mux import StreamReset
 
         if not self.answered and reason is not None and reason.check(StreamReset):
             reason = Failure(ToolNotAnswering(f"the tool of studio {self.session_id} "
@@ -70,7 +70,7 @@ class TunnelUpstream:
 
     def connect(self, session_id: str, factory: IProtocolFactory) -> Deferred[IProtocol]:
         from studios_gateway.tunnel.dialer import StudioUnreachable
-        from studios_gateway.tunnel.server import STREAM_TOOL
+        from studios_gateway.wire.kinds import STREAM_TOOL
 
         def attach(stream: Any) -> IProtocol:
             protocol = factory.buildProtocol(stream.getPeer())
@@ -197,9 +197,9 @@ def add_http(gateway: Any) -> ProxyFactory:
     """Add the HTTP(S) proxy's listener and lifecycle to the gateway; returns the proxy."""
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
+    from studios_gateway.component import Component, StartError, endpoint_for
     from studios_gateway.reload import ReloadableServerTLS, tls_reloader
-    from studios_gateway.service import Component, StartError, endpoint_for
-    from studios_gateway.tunnel import tls
+    from studios_gateway.wire import tls
 
     config, reactor = gateway.config, gateway.reactor
     factory = build_factory(gateway)

@@ -62,8 +62,8 @@ from studios_gateway.http.upstream import (
     Track,
     Upstream,
 )
-from studios_gateway.tunnel.sockopts import no_delay
 from studios_gateway.waiters import EmptyWaiters
+from studios_gateway.wire.sockopts import no_delay
 
 __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConnection",
            "allow_anonymous"]

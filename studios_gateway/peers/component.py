@@ -55,7 +55,7 @@ def settings_from(config: Any) -> PeerSettings:
 
 def add_peers(gateway: Any) -> PeerPool | None:
     """Wire peers into the gateway; returns the dialing pool (None for one node)."""
-    from studios_gateway.service import Component, StartError, endpoint_for
+    from studios_gateway.component import Component, StartError, endpoint_for
 
     config, reactor, table = gateway.config, gateway.reactor, gateway.tunnel_table
     address = advertised_address(config)

@@ -30,9 +30,9 @@ from studios_gateway.peers.handshake import (
     ServerHandshake,
 )
 from studios_gateway.peers.streams import PeerRequest, PeerStream, open_remote
-from studios_gateway.tunnel.bind import BindError, LineBuffer
-from studios_gateway.tunnel.mux import Multiplexer, TunnelUnavailable
-from studios_gateway.tunnel.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay
+from studios_gateway.wire.bind import BindError, LineBuffer
+from studios_gateway.wire.mux import Multiplexer, TunnelUnavailable
+from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay
 
 
 class PeerUnavailable(Exception):

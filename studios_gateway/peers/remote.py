@@ -23,7 +23,7 @@ from studios_gateway.peers.link import PeerPool, PeerUnavailable
 from studios_gateway.peers.streams import PeerRefused
 from studios_gateway.registry.base import StoreUnavailable
 from studios_gateway.tunnel.dialer import StudioUnreachable
-from studios_gateway.tunnel.mux import TunnelUnavailable
+from studios_gateway.wire.mux import TunnelUnavailable
 
 _log = Logger(namespace="studios_gateway.peers")
 

@@ -21,10 +21,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from studios_gateway.registry.base import SESSION_ID
-from studios_gateway.tunnel.bind import BindError, LineBuffer
-from studios_gateway.tunnel.mux import TunnelUnavailable
-from studios_gateway.tunnel.server import STREAM_SSH, STREAM_TOOL
-from studios_gateway.tunnel.splice import SpliceEnd, join
+from studios_gateway.wire.bind import BindError, LineBuffer
+from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
+from studios_gateway.wire.mux import TunnelUnavailable
+from studios_gateway.wire.splice import SpliceEnd, join
 
 MAX_LINE = 256
 KINDS = (STREAM_TOOL, STREAM_SSH)

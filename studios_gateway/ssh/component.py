@@ -51,7 +51,7 @@ def make_dial(dialer: Any) -> Any:
     """The SSH server's ``dial``: a tunnel stream of kind ``S``, or False when the studio
     cannot be reached."""
     from studios_gateway.tunnel.dialer import StudioUnreachable
-    from studios_gateway.tunnel.server import STREAM_SSH
+    from studios_gateway.wire.kinds import STREAM_SSH
 
     def dial(session_id: str, proto: IProtocol) -> Deferred[bool]:
         def got(stream: Any) -> bool:
@@ -106,7 +106,7 @@ def make_platform_keys(gateway: Any) -> PlatformKeys | None:
 
 def add_ssh(gateway: Any) -> GatewaySSHFactory:
     """Add the SSH proxy (listener, component, admin API) to `gateway`."""
-    from studios_gateway.service import Component, StartError, endpoint_for
+    from studios_gateway.component import Component, StartError, endpoint_for
 
     config = gateway.config
     try:

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from studios_gateway.tunnel.mux import TunnelUnavailable
+from studios_gateway.wire.mux import TunnelUnavailable
 
 
 class StudioUnreachable(Exception):

@@ -33,19 +33,17 @@ from studios_gateway.registry.base import (
     TunnelHolder,
     token_matches,
 )
-from studios_gateway.tunnel.bind import (
+from studios_gateway.waiters import EmptyWaiters
+from studios_gateway.wire.bind import (
     BindError,
     BindReply,
     BindRequest,
     LineBuffer,
     parse_request,
 )
-from studios_gateway.tunnel.mux import Multiplexer
-from studios_gateway.tunnel.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay
-from studios_gateway.waiters import EmptyWaiters
-
-STREAM_TOOL = b"T"
-STREAM_SSH = b"S"
+from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
+from studios_gateway.wire.mux import Multiplexer
+from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay
 
 
 @dataclass(frozen=True)

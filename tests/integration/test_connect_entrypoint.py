@@ -14,8 +14,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from studios_gateway.client.entrypoint import ToolChild
 from studios_gateway.registry.base import new_token
+from studios_gateway.studio.entrypoint import ToolChild
 from tests.support.gateway import BIN, REPO
 from tests.support.ports import free_port
 

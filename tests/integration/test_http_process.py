@@ -286,7 +286,7 @@ def test_bad_chunk_sizes_abort_the_tool_side(recorded) -> None:
 
 
 def write_pair(directory: Path, names: list[str]) -> tuple[str, str]:
-    from studios_gateway.tunnel.tls import make_self_signed
+    from studios_gateway.wire.tls import make_self_signed
 
     directory.mkdir()
     cert, key = make_self_signed(names)

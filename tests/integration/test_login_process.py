@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from studios_gateway.tunnel.tls import fingerprint_pem, make_self_signed
+from studios_gateway.wire.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import BIN, base_env, run_twistd
 from tests.support.idp import DEFAULT_REGISTRATION_TOKEN
 from tests.support.login import (

@@ -27,8 +27,8 @@ from studios_gateway.peers.remote import make_remote
 from studios_gateway.peers.streams import PeerRefused
 from studios_gateway.registry.base import TunnelHolder
 from studios_gateway.tunnel.dialer import StudioUnreachable
-from studios_gateway.tunnel.mux import Multiplexer
-from studios_gateway.tunnel.server import STREAM_TOOL
+from studios_gateway.wire.kinds import STREAM_TOOL
+from studios_gateway.wire.mux import Multiplexer
 from tests.integration.test_tunnel_inprocess import Collect
 
 SECRET = "a-long-shared-peer-secret"

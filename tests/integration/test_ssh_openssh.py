@@ -1,7 +1,7 @@
 """The SSH proxy with OpenSSH's own ssh, scp and sftp.
 
 A gateway-side SSH server and a studio-side SSH server run in a child process
-(``python -m studios_gateway.ssh.loopback``), joined by a real socket that
+(``python -m tests.support.ssh_loopback``), joined by a real socket that
 stands in for the tunnel stream (the studio side is handed each connection the
 way the connect client hands it an ``S`` stream).
 """
@@ -90,7 +90,7 @@ def _start(base: Path, name: str, *extra: str) -> Gateway:
     (d / "sessions.json").write_text(json.dumps(sessions))
     log = d / "gateway.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "studios_gateway.ssh.loopback", "--storage-root",
+        [sys.executable, "-m", "tests.support.ssh_loopback", "--storage-root",
          str(d / "store"), "--sessions", str(d / "sessions.json"), "--cwd", str(work),
          "--offline", "gone", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)

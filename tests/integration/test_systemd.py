@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from studios_gateway.tunnel.tls import fingerprint_pem, make_self_signed
+from studios_gateway.wire.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import GatewayProcess, base_env, twistd
 from tests.support.ports import free_port, wait_for_port
 from tests.support.studio import Connect, Tool

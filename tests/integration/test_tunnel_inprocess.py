@@ -16,13 +16,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
-from studios_gateway.client.settings import ClientSettings, Gateway
-from studios_gateway.client.tunnel import ConnectClient
 from studios_gateway.demo.tool import make_root
 from studios_gateway.registry.base import SessionRecord, hash_token, new_token
 from studios_gateway.registry.memory import MemoryStore
-from studios_gateway.tunnel import tls
+from studios_gateway.studio.client import ConnectClient
+from studios_gateway.studio.settings import ClientSettings, Gateway
 from studios_gateway.tunnel.server import TunnelServerFactory, TunnelSettings, TunnelTable
+from studios_gateway.wire import tls
 
 
 class Collect(Protocol):

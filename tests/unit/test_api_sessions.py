@@ -10,9 +10,9 @@ from twisted.internet.task import Clock
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from studios_gateway.api import make_api
+from studios_gateway.management.api import make_api
+from studios_gateway.management.sessions import Sessions
 from studios_gateway.registry.memory import MemoryStore
-from studios_gateway.sessions import Sessions
 
 
 def call(api: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -6,9 +6,9 @@ from twisted.internet import defer, error
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 
-from studios_gateway.client import tunnel
-from studios_gateway.client.settings import ClientSettings, Gateway
-from studios_gateway.client.tunnel import ConnectClient
+from studios_gateway.studio import client as tunnel
+from studios_gateway.studio.client import ConnectClient
+from studios_gateway.studio.settings import ClientSettings, Gateway
 
 
 class Endpoint:

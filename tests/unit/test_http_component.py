@@ -13,8 +13,8 @@ from studios_gateway.http.component import TunnelUpstream, check_certificate_nam
 from studios_gateway.http.upstream import SessionInfo, StudioNotConnected
 from studios_gateway.registry.base import TunnelHolder
 from studios_gateway.tunnel.dialer import StudioUnreachable
-from studios_gateway.tunnel.mux import StreamReset
-from studios_gateway.tunnel.tls import make_self_signed
+from studios_gateway.wire.mux import StreamReset
+from studios_gateway.wire.tls import make_self_signed
 from tests.unit.test_http_proxy import GET, OK, Harness, parse_responses, status_of
 
 

@@ -11,11 +11,12 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from studios_gateway import logs
+from studios_gateway.component import Component
 from studios_gateway.config import ConfigError, load_config
 from studios_gateway.metrics import Metrics
 from studios_gateway.reload import ReloadableServerTLS, ReloadError, run_hooks
-from studios_gateway.service import Component, GatewayService, make_service
-from studios_gateway.tunnel.tls import fingerprint_pem, make_self_signed, server_options
+from studios_gateway.service import GatewayService, make_service
+from studios_gateway.wire.tls import fingerprint_pem, make_self_signed, server_options
 
 
 def write_pair(directory: Path, name: str) -> tuple[Path, Path, str]:

@@ -9,10 +9,11 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web.test.requesthelper import DummyRequest
 
+from studios_gateway.component import Component, StartError, endpoint_for
 from studios_gateway.config import load_config
-from studios_gateway.management import ManagementRoot
+from studios_gateway.management.endpoints import ManagementRoot
 from studios_gateway.metrics import Metrics
-from studios_gateway.service import Component, GatewayService, StartError, endpoint_for
+from studios_gateway.service import GatewayService
 
 
 class FakeStore:

@@ -12,13 +12,14 @@ from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from studios_gateway.auth import Decision
-from studios_gateway.client.ssh import StudioSSH
+from studios_gateway.component import StartError
 from studios_gateway.config import load_config
 from studios_gateway.registry.base import SessionRecord
-from studios_gateway.service import StartError, make_service
+from studios_gateway.service import make_service
 from studios_gateway.ssh.component import make_authorize, make_dial
-from studios_gateway.tunnel.bind import BindReply, parse_reply
+from studios_gateway.studio.ssh import StudioSSH
 from studios_gateway.tunnel.dialer import StudioUnreachable
+from studios_gateway.wire.bind import BindReply, parse_reply
 
 FP = "SHA256:" + "A" * 43
 

@@ -18,9 +18,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
 from studios_gateway import systemd
+from studios_gateway.component import endpoint_for
 from studios_gateway.config import load_config
 from studios_gateway.metrics import Metrics
-from studios_gateway.service import GatewayService, endpoint_for
+from studios_gateway.service import GatewayService
 from studios_gateway.systemd import (
     Notifier,
     activated_endpoint,

@@ -8,11 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from studios_gateway.client.settings import load_client_settings
-from studios_gateway.client.tunnel import Backoff
 from studios_gateway.config import ConfigError
-from studios_gateway.sessions import RequestError, connect_string, session_url, validate_create
-from studios_gateway.tunnel.bind import (
+from studios_gateway.management.sessions import (
+    RequestError,
+    connect_string,
+    session_url,
+    validate_create,
+)
+from studios_gateway.studio.client import Backoff
+from studios_gateway.studio.settings import load_client_settings
+from studios_gateway.wire.bind import (
     MAX_LINE,
     TOOLS,
     BindError,

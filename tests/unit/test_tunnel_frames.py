@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from studios_gateway.tunnel import frames
-from studios_gateway.tunnel.frames import (
+from studios_gateway.wire import frames
+from studios_gateway.wire.frames import (
     ACK,
     DATA,
     FIN,

@@ -19,8 +19,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
-from studios_gateway.tunnel import frames
-from studios_gateway.tunnel.frames import (
+from studios_gateway.wire import frames
+from studios_gateway.wire.frames import (
     ACK,
     DATA,
     FIN,
@@ -34,7 +34,7 @@ from studios_gateway.tunnel.frames import (
     FrameDecoder,
     ProtocolError,
 )
-from studios_gateway.tunnel.mux import (
+from studios_gateway.wire.mux import (
     Keepalive,
     Multiplexer,
     ReceiveWindow,

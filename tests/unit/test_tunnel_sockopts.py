@@ -1,6 +1,6 @@
 from typing import Any
 
-from studios_gateway.tunnel.sockopts import bulk_buffers, no_delay
+from studios_gateway.wire.sockopts import bulk_buffers, no_delay
 
 
 class TCPish:

@@ -11,7 +11,7 @@ studios_gateway = ServiceMaker(
 
 studios_connect = ServiceMaker(
     "studios-connect",
-    "studios_gateway.client.tap",
+    "studios_gateway.studio.tap",
     "Studios connect client: holds a studio's tunnel to the gateway.",
     "studios-connect",
 )

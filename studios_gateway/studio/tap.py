@@ -7,8 +7,8 @@ from typing import Any
 
 from twisted.python import usage
 
-from studios_gateway.client.main import OPTION_VARS
 from studios_gateway.config import ConfigError
+from studios_gateway.studio.main import OPTION_VARS
 
 
 class Options(usage.Options):
@@ -21,9 +21,9 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> Any:
-    from studios_gateway.client.settings import load_client_settings
-    from studios_gateway.client.tunnel import ConnectClient
-    from studios_gateway.service import fail_start
+    from studios_gateway.component import fail_start
+    from studios_gateway.studio.client import ConnectClient
+    from studios_gateway.studio.settings import load_client_settings
 
     values = {var: options[attr.replace("_", "-")] for attr, var in OPTION_VARS.items()}
     try:

@@ -19,13 +19,13 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.client.settings import ClientSettings, Gateway
-from studios_gateway.tunnel.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
-from studios_gateway.tunnel.mux import Multiplexer
-from studios_gateway.tunnel.server import STREAM_SSH, STREAM_TOOL
-from studios_gateway.tunnel.sockopts import TOOL_BUFFER, TUNNEL_BUFFER, bulk_buffers, no_delay
-from studios_gateway.tunnel.splice import SpliceEnd, join
-from studios_gateway.tunnel.tls import client_options
+from studios_gateway.studio.settings import ClientSettings, Gateway
+from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
+from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
+from studios_gateway.wire.mux import Multiplexer
+from studios_gateway.wire.sockopts import TOOL_BUFFER, TUNNEL_BUFFER, bulk_buffers, no_delay
+from studios_gateway.wire.splice import SpliceEnd, join
+from studios_gateway.wire.tls import client_options
 
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0

@@ -23,7 +23,7 @@ from studios_gateway.registry.base import (
     hash_token,
     new_token,
 )
-from studios_gateway.tunnel.bind import SESSION_ID, TOOLS
+from studios_gateway.wire.bind import SESSION_ID, TOOLS
 
 USER = re.compile(r"[A-Za-z0-9._@+-]{1,128}")
 WORKSPACE = re.compile(r"[A-Za-z0-9_.-]{1,128}")

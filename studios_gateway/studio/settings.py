@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from studios_gateway.config import ConfigError
-from studios_gateway.tunnel.bind import SESSION_ID, TOOLS
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
+from studios_gateway.wire.bind import SESSION_ID, TOOLS
 
 CLIENT_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
 

@@ -3,7 +3,7 @@
 :class:`StreamListener` accepts TCP connections and treats each like a tunnel
 stream arriving at the connect client: the first byte names the target (``S``),
 the connection is paused and handed to ``ssh_target`` (a
-:class:`~studios_gateway.tunnel.splice.SpliceEnd` whose transport is the
+:class:`~studios_gateway.wire.splice.SpliceEnd` whose transport is the
 socket). :func:`tcp_dial` is the gateway's matching ``dial``: it connects,
 writes ``S`` (as ``TunnelTable.open_stream`` does) and attaches the protocol.
 """
@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol
 from twisted.python.failure import Failure
 
-from studios_gateway.tunnel.splice import SpliceEnd
+from studios_gateway.wire.splice import SpliceEnd
 
 STREAM_SSH = b"S"
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
 
     For tests, benchmarks and trying things out::
 
-        python -m studios_gateway.ssh.loopback --storage-root DIR --sessions FILE.json
+        python -m tests.support.ssh_loopback --storage-root DIR --sessions FILE.json
 
     FILE.json is a list of session records (the registry's JSON form). Users' keys
     come from ``<storage-root>/ssh/user_keys.json``. Prints ``ready <ssh-port>``.
@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     from studios_gateway.registry.memory import MemoryStore
     from studios_gateway.ssh.keys import fingerprint, load_host_key
     from studios_gateway.ssh.server import GatewaySSHFactory, SSHSettings
-    from studios_gateway.ssh.studio import StudioSSHServer
     from studios_gateway.ssh.user_keys import StoreUserKeys, keep_in_file
+    from studios_gateway.studio.sshd import StudioSSHServer
 
-    p = argparse.ArgumentParser(prog="python -m studios_gateway.ssh.loopback")
+    p = argparse.ArgumentParser(prog="python -m tests.support.ssh_loopback")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--storage-root", required=True)
     p.add_argument("--sessions", required=True)
@@ -169,15 +169,15 @@ def _tunnel(reactor: Any, store: Any, studio: Any, storage_root: str, tokens: di
 
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    from studios_gateway.client.settings import ClientSettings, Gateway
-    from studios_gateway.client.tunnel import ConnectClient
-    from studios_gateway.tunnel import tls
+    from studios_gateway.studio.client import ConnectClient
+    from studios_gateway.studio.settings import ClientSettings, Gateway
     from studios_gateway.tunnel.server import (
         STREAM_SSH,
         TunnelServerFactory,
         TunnelSettings,
         TunnelTable,
     )
+    from studios_gateway.wire import tls
 
     cert, key = tls.ensure_self_signed(Path(storage_root) / "tunnel", ["127.0.0.1"])
     table = TunnelTable(store, node_id="n1", node_address="127.0.0.1:1", clock=reactor,

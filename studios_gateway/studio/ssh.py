@@ -12,16 +12,16 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from studios_gateway.tunnel.bind import BindReply
+from studios_gateway.wire.bind import BindReply
 
-log = Logger(namespace="studios_gateway.client.ssh")
+log = Logger(namespace="studios_gateway.studio.ssh")
 
 
 class StudioSSH:
     """Holds the studio's SSH server; ``ssh_target`` and ``on_bind`` go to ConnectClient."""
 
     def __init__(self, reactor: Any, cwd: str | None = None):
-        from studios_gateway.ssh.studio import StudioSSHServer
+        from studios_gateway.studio.sshd import StudioSSHServer
 
         self.server = StudioSSHServer(reactor=reactor, cwd=cwd)
         self.pinned: str | None = None

@@ -51,8 +51,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from studios_gateway.tunnel import frames
-from studios_gateway.tunnel.frames import (
+from studios_gateway.wire import frames
+from studios_gateway.wire.frames import (
     ACK,
     DATA,
     FIN,

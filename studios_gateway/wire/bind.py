@@ -71,6 +71,12 @@ class BindReply:
     retry: bool = False
     tunnel_id: str = ""
     ssh_host_key: str = ""  # fingerprint of the gateway's SSH key; "" = no SSH
+    # How browsers reach this studio, so one image works behind either routing mode:
+    # "subdomain" or "path", and the studio's public URL (its path is the prefix the
+    # browser sees: "/" in subdomain mode, "/_studio/<id>/" in path mode). "" from a
+    # gateway that does not say (older ones): the client then keeps its own settings.
+    routing: str = ""
+    public_url: str = ""
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"ok": self.ok}
@@ -78,6 +84,9 @@ class BindReply:
             body["tunnel_id"] = self.tunnel_id
             if self.ssh_host_key:
                 body["ssh_host_key"] = self.ssh_host_key
+            if self.routing:
+                body["routing"] = self.routing
+                body["public_url"] = self.public_url
         else:
             body.update(code=self.code, reason=self.reason, retry=self.retry)
         return json.dumps(body).encode() + b"\n"
@@ -116,13 +125,25 @@ def parse_request(line: bytes) -> BindRequest:
     return BindRequest(sid, token, version, tool, port)
 
 
+ROUTINGS = ("subdomain", "path")
+
+
+def _public_url_ok(url: str) -> bool:
+    return (len(url) <= 2048 and url.startswith(("http://", "https://"))
+            and url.endswith("/") and url.isprintable() and " " not in url)
+
+
 def parse_reply(line: bytes) -> BindReply:
     data = _load(line)
     if data.get("ok") is True:
         ssh = data.get("ssh_host_key")
         if not isinstance(ssh, str) or not SSH_FINGERPRINT.fullmatch(ssh):
             ssh = ""  # absent or unreadable: this gateway offers no SSH to us
-        return BindReply(ok=True, tunnel_id=str(data.get("tunnel_id", "")), ssh_host_key=ssh)
+        routing, url = data.get("routing"), data.get("public_url")
+        if routing not in ROUTINGS or not isinstance(url, str) or not _public_url_ok(url):
+            routing, url = "", ""  # absent or unreadable: the client keeps its own settings
+        return BindReply(ok=True, tunnel_id=str(data.get("tunnel_id", "")), ssh_host_key=ssh,
+                         routing=routing, public_url=url)
     code = str(data.get("code", "internal"))
     return BindReply(ok=False, code=code, reason=str(data.get("reason", ""))[:500],
                      retry=bool(data.get("retry", RETRYABLE.get(code, False))))

@@ -25,14 +25,14 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from studios_gateway.registry.base import SessionExists, StoreUnavailable
-from studios_gateway.sessions import (
+from studios_gateway.management.sessions import (
     NewSession,
     RequestError,
     Sessions,
     validate_change,
     validate_create,
 )
+from studios_gateway.registry.base import SessionExists, StoreUnavailable
 
 MAX_BODY = 64 * 1024
 

@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     args = build_parser().parse_args(args_list)
     environ = dict(os.environ if environ is None else environ)
 
-    from studios_gateway.client.settings import load_client_settings
+    from studios_gateway.studio.settings import load_client_settings
 
     options = {var: getattr(args, attr) for attr, var in OPTION_VARS.items()}
     try:
@@ -82,14 +82,14 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
 def run(settings: Any, command: list[str], environ: dict[str, str]) -> int:
     from twisted.internet import reactor
 
-    from studios_gateway.client.entrypoint import (
+    from studios_gateway.studio.client import ConnectClient
+    from studios_gateway.studio.entrypoint import (
         ToolChild,
         child_environment,
         install_signal_forwarding,
         resolve_argv,
     )
-    from studios_gateway.client.ssh import StudioSSH
-    from studios_gateway.client.tunnel import ConnectClient
+    from studios_gateway.studio.ssh import StudioSSH
 
     status = {"code": 0}
     child: ToolChild | None = None

@@ -60,11 +60,11 @@ from studios_gateway.ssh.channels import (
 )
 from studios_gateway.ssh.keys import fingerprint
 from studios_gateway.ssh.server import CIPHERS, HOST_KEY_ALGORITHMS, KEX, MACS, _supported
-from studios_gateway.tunnel.splice import SpliceEnd, join
+from studios_gateway.wire.splice import SpliceEnd, join
 
 __all__ = ["StudioSSHServer"]
 
-log = Logger(namespace="studios_gateway.ssh.studio")
+log = Logger(namespace="studios_gateway.studio.sshd")
 
 #: Environment names a user may set with SendEnv / SetEnv.
 ACCEPT_ENV = re.compile(r"(LANG|LANGUAGE|LC_[A-Z_]+|TZ|TERM|COLORTERM|EDITOR|VISUAL|"

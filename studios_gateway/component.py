@@ -1,0 +1,74 @@
+"""What every part of the gateway is built from: a lifecycle, a listener, a start error.
+
+This module sits below every part (http, ssh, peers, auth, the studio side), so
+none of them imports the service that wires them together.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.protocol import Factory
+from zope.interface import implementer
+
+
+class StartError(Exception):
+    """The gateway cannot start; the message is the one line an operator reads."""
+
+
+@dataclass
+class Listener:
+    name: str
+    variable: str
+    endpoint: IStreamServerEndpoint
+    factory: Factory
+    description: str
+    port: IListeningPort | None = None
+
+
+@dataclass
+class Component:
+    """Something with a lifecycle inside the gateway (tunnel server, proxy, SSH...)."""
+
+    name: str
+    start: Callable[[], Any] = lambda: None
+    drain: Callable[[], Deferred[None] | None] = lambda: None
+    stop: Callable[[], Deferred[None] | None] = lambda: None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@implementer(IStreamServerEndpoint)
+class TCPEndpoint:
+    """A TCP server endpoint on host:port that remembers both (so the service can
+    swap it for a socket-activated or SO_REUSEPORT one)."""
+
+    def __init__(self, reactor: Any, host: str, port: int):
+        self.reactor, self.host, self.port = reactor, host, port
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        iface = self.host.replace(":", r"\:")
+        return serverFromString(self.reactor,
+                                f"tcp:port={self.port}:interface={iface}").listen(factory)
+
+
+def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
+    """A TCP server endpoint on host:port (IPv6 literals accepted)."""
+    return TCPEndpoint(reactor, host, port)
+
+
+def say_to_operator(message: str) -> None:
+    """One line on the real stderr (twistd sends sys.stderr into the log)."""
+    stream = sys.__stderr__ or sys.stderr
+    print(f"studios-gateway: {message}", file=stream, flush=True)
+
+
+def fail_start(message: str) -> None:
+    """Print the one line an operator needs, and exit non-zero."""
+    say_to_operator(message)
+    raise SystemExit(1)

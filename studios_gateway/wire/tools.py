@@ -1,0 +1,69 @@
+"""The studio tools both ends know: their names, and how each sits behind a path prefix.
+
+The gateway and the connect client read the same table. Seqera Platform spells
+the tools ``jupyter``, ``rstudio``, ``vscode`` and ``xpra``; ours are
+``jupyterlab``, ``ride``, ``vscode``, ``xpra`` and ``generic``. Both are
+accepted wherever a tool is named; :func:`canonical` gives the one name that
+is stored, sent in the bind and shown.
+
+In path mode (``/_studio/<id>/``) a tool either serves under the prefix itself
+(``strip_prefix=False``: the gateway passes the path unchanged and the tool is
+started with its base path) or cannot (``strip_prefix=True``: the gateway
+removes the prefix before the tool and puts it back on ``Location``,
+``Set-Cookie`` paths and ``Refresh`` on the way out). ``proxy_headers`` names
+request headers the tool expects from its proxy; their values are built by
+the gateway (``{prefix}`` is the public path prefix, ``/`` in subdomain mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str  # canonical name
+    title: str  # what a person reads
+    aliases: tuple[str, ...] = ()
+    strip_prefix: bool = False
+    proxy_headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+TOOL_SPECS: tuple[ToolSpec, ...] = (
+    ToolSpec("jupyterlab", "JupyterLab", aliases=("jupyter",)),
+    ToolSpec("ride", "R-IDE (RStudio Server)", aliases=("rstudio",),
+             proxy_headers=(("X-RStudio-Root-Path", "{prefix_no_slash}"),)),
+    ToolSpec("vscode", "VS Code (code-server)", aliases=("code-server",), strip_prefix=True),
+    ToolSpec("xpra", "Xpra", strip_prefix=True),
+    ToolSpec("generic", "web application"),
+)
+
+_BY_NAME: dict[str, ToolSpec] = {}
+for _spec in TOOL_SPECS:
+    for _name in (_spec.name, *_spec.aliases):
+        _BY_NAME[_name] = _spec
+
+TOOLS: tuple[str, ...] = tuple(s.name for s in TOOL_SPECS)
+"""Canonical names, in the order they are listed to people."""
+
+TOOL_NAMES: tuple[str, ...] = tuple(_BY_NAME)
+"""Every accepted spelling (canonical names and the Platform's)."""
+
+
+def canonical(name: str) -> str | None:
+    """The canonical name for ``name`` (any accepted spelling, any case), or None."""
+    spec = _BY_NAME.get(name.strip().lower()) if isinstance(name, str) else None
+    return spec.name if spec else None
+
+
+def spec_for(name: str) -> ToolSpec:
+    """The tool's spec; unknown names get the generic one (a tool passed through as is)."""
+    return _BY_NAME.get(name.strip().lower(), _BY_NAME["generic"])
+
+
+def accepted() -> str:
+    """For error messages: 'jupyterlab (or jupyter), ride (or rstudio), ...'."""
+    parts = []
+    for s in TOOL_SPECS:
+        parts.append(f"{s.name} (or {', '.join(s.aliases)})" if s.aliases else s.name)
+    return ", ".join(parts)
