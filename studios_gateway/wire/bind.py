@@ -52,15 +52,19 @@ class BindRequest:
     connect_version: str
     tool: str
     tool_port: int
+    tool_version: str = ""  # the tool's own version as the studio found it; "" = unknown
 
     def __repr__(self) -> str:  # never show the token
         return (f"BindRequest(session_id={self.session_id!r}, connect_version="
                 f"{self.connect_version!r}, tool={self.tool!r}, tool_port={self.tool_port})")
 
     def encode(self) -> bytes:
-        return json.dumps({"session": self.session_id, "token": self.token,
-                           "connect_version": self.connect_version, "tool": self.tool,
-                           "tool_port": self.tool_port}).encode() + b"\n"
+        body: dict[str, Any] = {"session": self.session_id, "token": self.token,
+                                "connect_version": self.connect_version, "tool": self.tool,
+                                "tool_port": self.tool_port}
+        if self.tool_version:
+            body["tool_version"] = self.tool_version
+        return json.dumps(body).encode() + b"\n"
 
 
 @dataclass(frozen=True)
@@ -122,10 +126,15 @@ def parse_request(line: bytes) -> BindRequest:
         raise BindError("malformed", f"tool must be one of {', '.join(TOOLS)}")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise BindError("malformed", "tool_port must be a port number")
-    return BindRequest(sid, token, version, tool, port)
+    tool_version = data.get("tool_version", "")
+    if not isinstance(tool_version, str) or not TOOL_VERSION.fullmatch(tool_version):
+        raise BindError("malformed", "tool_version must be up to 64 letters, digits, '.', '-', "
+                                     "'+' or '_'")
+    return BindRequest(sid, token, version, tool, port, tool_version)
 
 
 ROUTINGS = ("subdomain", "path")
+TOOL_VERSION = re.compile(r"[A-Za-z0-9._+-]{0,64}")
 
 
 def _public_url_ok(url: str) -> bool:
