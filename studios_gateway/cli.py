@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from studios_gateway.config import ConfigError, load_config
+from studios_gateway.wire import tools
 
 
 def check_config(args: argparse.Namespace) -> int:
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = ssub.add_parser("create", help="create a session and print its connect string")
     c.add_argument("--owner", required=True, help="the user who owns the studio")
     c.add_argument("--tool", default="generic",
-                   help="jupyterlab, ride, vscode, xpra or generic (default)")
+                   help=f"the studio's tool: {tools.accepted()}; default generic")
     c.add_argument("--id", help="session id (default: 8 random hex characters)")
     c.add_argument("--workspace", help="workspace id")
     c.add_argument("--allow", action="append", metavar="USER", help="another allowed user")

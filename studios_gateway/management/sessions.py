@@ -23,7 +23,8 @@ from studios_gateway.registry.base import (
     hash_token,
     new_token,
 )
-from studios_gateway.wire.bind import SESSION_ID, TOOLS
+from studios_gateway.wire import tools
+from studios_gateway.wire.bind import SESSION_ID
 
 USER = re.compile(r"[A-Za-z0-9._@+-]{1,128}")
 WORKSPACE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
@@ -74,9 +75,9 @@ def validate_create(body: Any) -> dict[str, Any]:
         ws = str(ws) if isinstance(ws, int) and not isinstance(ws, bool) else ws
         if not isinstance(ws, str) or not WORKSPACE.fullmatch(ws):
             raise RequestError("workspace_id must be an id of letters, digits and ._-")
-    tool = body.get("tool", "generic")
-    if tool not in TOOLS:
-        raise RequestError(f"tool must be one of {', '.join(TOOLS)}")
+    tool = tools.canonical(body.get("tool", "generic"))  # the Platform's names are accepted
+    if tool is None:
+        raise RequestError(f"tool must be one of {tools.accepted()}")
     users = _allowed_users(body.get("allowed_users", []))
     ssh = body.get("ssh_enabled", False)
     if not isinstance(ssh, bool):

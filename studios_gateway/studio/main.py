@@ -23,6 +23,7 @@ from twisted.logger import (
 )
 
 from studios_gateway.config import ConfigError
+from studios_gateway.wire import tools
 
 OPTION_VARS = {"connect": "CONNECT_STRING", "gateway": "CONNECT_GATEWAY_URL",
                "session": "CONNECT_SESSION_ID", "tool_port": "CONNECT_TOOL_PORT",
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gateway tunnel address(es), comma-separated (CONNECT_GATEWAY_URL)")
     p.add_argument("--session", metavar="ID", help="session id (CONNECT_SESSION_ID)")
     p.add_argument("--tool-port", metavar="PORT", help="the tool's port (CONNECT_TOOL_PORT)")
-    p.add_argument("--tool", help="jupyterlab, ride, vscode, xpra or generic (CONNECT_TOOL)")
+    p.add_argument("--tool", help=f"{tools.accepted()} (CONNECT_TOOL)")
     p.add_argument("--tool-path-prefix", metavar="PATH",
                    help="path prefix the tool serves under (CONNECT_TOOL_PATH_PREFIX)")
     p.add_argument("--log-level", help="CONNECT_CLIENT_LOG_LEVEL (default info)")

@@ -17,7 +17,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from studios_gateway.config import ConfigError
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
-from studios_gateway.wire.bind import SESSION_ID, TOOLS
+from studios_gateway.wire import tools
+from studios_gateway.wire.bind import SESSION_ID
 
 CLIENT_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
 
@@ -103,9 +104,10 @@ def load_client_settings(environ: Mapping[str, str],
     if port_text is None or not re.fullmatch(r"[0-9]{1,5}", port_text.strip()) \
             or not 1 <= int(port_text) <= 65535:
         raise ConfigError("CONNECT_TOOL_PORT", port_text, "the port the tool listens on")
-    tool = (get("CONNECT_TOOL") or "generic").strip().lower()
-    if tool not in TOOLS:
-        raise ConfigError("CONNECT_TOOL", tool, f"one of {', '.join(TOOLS)}")
+    tool_text = get("CONNECT_TOOL") or "generic"
+    tool = tools.canonical(tool_text)
+    if tool is None:
+        raise ConfigError("CONNECT_TOOL", tool_text, f"one of {tools.accepted()}")
     prefix = (get("CONNECT_TOOL_PATH_PREFIX") or "").strip()
     if prefix and not re.fullmatch(r"/[A-Za-z0-9_./-]*/", prefix):
         raise ConfigError("CONNECT_TOOL_PATH_PREFIX", prefix, "a path such as /_studio/<id>/")

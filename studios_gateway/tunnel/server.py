@@ -34,6 +34,7 @@ from studios_gateway.registry.base import (
     token_matches,
 )
 from studios_gateway.waiters import EmptyWaiters
+from studios_gateway.wire import tools
 from studios_gateway.wire.bind import (
     BindError,
     BindReply,
@@ -91,7 +92,8 @@ class BindVerifier:
             raise BindError("unknown_session", f"no session {req.session_id} on this gateway")
         if not token_matches(req.token, record.token_hash):
             raise BindError("bad_token", "the connect token is not valid for this session")
-        if record.tool != req.tool and record.tool != "generic":
+        # The request's tool is canonical (parse_request); a record could hold an alias.
+        if tools.canonical(record.tool) not in (req.tool, "generic"):
             raise BindError("tool_mismatch",
                             f"session {record.id} is a {record.tool} studio, not {req.tool}")
         return record

@@ -2,7 +2,9 @@
 
 After TLS, the client sends one line of JSON (at most MAX_LINE bytes):
 ``{"session": id, "token": t, "connect_version": "0.12.0", "tool": "jupyterlab",
-"tool_port": 8888}``. The gateway answers one line: ``{"ok": true, "tunnel_id": ...}``
+"tool_port": 8888}`` (``tool`` in any spelling :mod:`~studios_gateway.wire.tools`
+accepts, the Platform's ``jupyter`` and ``rstudio`` too; it is read as its
+canonical name). The gateway answers one line: ``{"ok": true, "tunnel_id": ...}``
 or ``{"ok": false, "code": ..., "reason": ..., "retry": bool}``; after an ``ok``
 both sides speak yamux on the same connection (the client is the yamux
 client). A refusal says whether retrying can help (store unavailable,
@@ -21,10 +23,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from studios_gateway.wire import tools
+
 MAX_LINE = 4096
 SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 SSH_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
-TOOLS = ("jupyterlab", "ride", "vscode", "xpra", "generic")
 
 # Refusal codes, and whether the client should try again.
 RETRYABLE = {"store_unavailable": True, "draining": True, "internal": True,
@@ -122,15 +125,16 @@ def parse_request(line: bytes) -> BindRequest:
         raise BindError("malformed", "token must be a string of 16 to 512 characters")
     if not isinstance(version, str) or len(version) > 32:
         raise BindError("malformed", "connect_version must be a version string")
-    if tool not in TOOLS:
-        raise BindError("malformed", f"tool must be one of {', '.join(TOOLS)}")
+    canonical_tool = tools.canonical(tool) if isinstance(tool, str) else None
+    if canonical_tool is None:
+        raise BindError("malformed", f"tool must be one of {tools.accepted()}")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise BindError("malformed", "tool_port must be a port number")
     tool_version = data.get("tool_version", "")
     if not isinstance(tool_version, str) or not TOOL_VERSION.fullmatch(tool_version):
         raise BindError("malformed", "tool_version must be up to 64 letters, digits, '.', '-', "
                                      "'+' or '_'")
-    return BindRequest(sid, token, version, tool, port, tool_version)
+    return BindRequest(sid, token, version, canonical_tool, port, tool_version)
 
 
 ROUTINGS = ("subdomain", "path")

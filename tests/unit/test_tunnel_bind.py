@@ -19,7 +19,6 @@ from studios_gateway.studio.client import Backoff
 from studios_gateway.studio.settings import load_client_settings
 from studios_gateway.wire.bind import (
     MAX_LINE,
-    TOOLS,
     BindError,
     BindReply,
     BindRequest,
@@ -27,6 +26,7 @@ from studios_gateway.wire.bind import (
     parse_reply,
     parse_request,
 )
+from studios_gateway.wire.tools import TOOLS
 
 session_ids = st.from_regex(r"[a-z0-9][a-z0-9-]{0,20}", fullmatch=True)
 tokens = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_",
