@@ -13,8 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from zope.interface import implementer
 
 
@@ -27,7 +26,7 @@ class Listener:
     name: str
     variable: str
     endpoint: IStreamServerEndpoint
-    factory: Factory
+    factory: IProtocolFactory
     description: str
     port: IListeningPort | None = None
 
@@ -41,6 +40,21 @@ class Component:
     drain: Callable[[], Deferred[None] | None] = lambda: None
     stop: Callable[[], Deferred[None] | None] = lambda: None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Part:
+    """What one builder made, for the service to run: its listeners, its lifecycle, its
+    readiness checks and reload hooks. Builders return one; only the service registers it."""
+
+    listeners: list[Listener] = field(default_factory=list)
+    components: list[Component] = field(default_factory=list)
+    ready_checks: list[Callable[[], str]] = field(default_factory=list)
+    reload_hooks: list[Callable[[Any], Any]] = field(default_factory=list)
+
+    def listen(self, name: str, variable: str, endpoint: IStreamServerEndpoint,
+               factory: IProtocolFactory, description: str) -> None:
+        self.listeners.append(Listener(name, variable, endpoint, factory, description))
 
 
 @implementer(IStreamServerEndpoint)

@@ -9,21 +9,23 @@ components drain up to CONNECT_SHUTDOWN_GRACE, then stops the reactor.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway import logs, systemd
+from studios_gateway.auth.login import Auth
 from studios_gateway.component import (
     Component,
     Listener,
+    Part,
     StartError,
     TCPEndpoint,
     endpoint_for,
@@ -31,9 +33,17 @@ from studios_gateway.component import (
     say_to_operator,
 )
 from studios_gateway.config import Config
+from studios_gateway.http.component import build_http
+from studios_gateway.http.proxy import ProxyFactory
+from studios_gateway.management.endpoints import Health
 from studios_gateway.metrics import Metrics
+from studios_gateway.peers import advertised_address, build_peers
 from studios_gateway.reload import apply_log_level, run_hooks, tls_reloader
 from studios_gateway.reuseport import SHARED_LISTENERS, ReusePortEndpoint
+from studios_gateway.ssh.component import SSHProxy, build_ssh, load_gateway_host_key
+from studios_gateway.ssh.keys import fingerprint
+from studios_gateway.tunnel.dialer import Dialer
+from studios_gateway.tunnel.server import TunnelTable
 
 STORE_PING_TIMEOUT = 5.0
 
@@ -82,12 +92,13 @@ class GatewayService(MultiService):
         self.start_failed: str | None = None
         self._stopping_reactor = False
         self._ready_checks: list[Callable[[], str]] = []
-        self.api_mounts: dict[bytes, Any] = {}
+        self.systemd: systemd.Wiring | None = None  # set by make_service
+        self.built: Built | None = None  # what make_service built (tests look at it)
 
     # Assembly ----------------------------------------------------------------
 
     def add_listener(self, name: str, variable: str, endpoint: IStreamServerEndpoint,
-                     factory: Factory, description: str) -> Listener:
+                     factory: IProtocolFactory, description: str) -> Listener:
         # A socket systemd passed under this listener's name replaces the configured port.
         endpoint = systemd.activated_endpoint(self.reactor, name, self.environ) or endpoint
         if (self.config.reuse_port and name in SHARED_LISTENERS
@@ -112,9 +123,18 @@ class GatewayService(MultiService):
     def reload(self, config: Config) -> None:
         run_hooks(self._reload_hooks, config)
 
-    def mount_api(self, name: bytes, resource: Any) -> None:
-        """Serve `resource` at /api/<name> on the management port (added before it)."""
-        self.api_mounts[name] = resource
+    def add_part(self, part: Part) -> None:
+        """Run what one builder made: bind its listeners with the others, start and drain
+        its components, ask its readiness checks, run its reload hooks."""
+        for spec in part.listeners:
+            self.add_listener(spec.name, spec.variable, spec.endpoint, spec.factory,
+                              spec.description)
+        for component in part.components:
+            self.add_component(component)
+        for check in part.ready_checks:
+            self.add_ready_check(check)
+        for hook in part.reload_hooks:
+            self.add_reload_hook(hook)
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -216,7 +236,7 @@ class GatewayService(MultiService):
             checks["store"] = "ok"
 
         def store_failed(f: Failure) -> None:
-            checks["store"] = f"unavailable: {f.getErrorMessage() or f.type.__name__}"
+            checks["store"] = f"unavailable: {f.getErrorMessage() or type(f.value).__name__}"
 
         d.addCallbacks(store_ok, store_failed)
         d.addCallback(lambda _: (all(v == "ok" for v in checks.values()), checks))
@@ -265,69 +285,6 @@ class GatewayService(MultiService):
             self.reactor.stop()
 
 
-def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str] | None = None,
-                 reload: Callable[[], Config] | None = None) -> GatewayService:
-    """Assemble every part the config enables into one GatewayService.
-
-    `environ` is the process environment (systemd's variables); `reload` re-reads
-    the settings for a SIGHUP reload.
-    """
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
-    metrics = Metrics()
-    gateway = GatewayService(config, reactor, build_store(config, reactor), metrics, environ)
-    storage = prepare_storage(config.storage_root)
-    table, pin = _add_tunnels(gateway, storage)
-    gateway.tunnel_table = table  # type: ignore[attr-defined]
-    gateway.tunnel_pin = pin  # type: ignore[attr-defined]
-    from studios_gateway.tunnel.dialer import Dialer
-
-    # Every way into a studio (HTTP, SSH, peers) gets its streams from here.
-    gateway.dialer = Dialer(table)  # type: ignore[attr-defined]
-    from studios_gateway.peers import add_peers
-
-    gateway.peers = add_peers(gateway)  # type: ignore[attr-defined]
-    auth = _add_auth(gateway)
-    gateway.auth = auth  # type: ignore[attr-defined]
-    from studios_gateway.http.component import add_http
-
-    gateway.http = add_http(gateway)  # type: ignore[attr-defined]
-    if config.ssh_enabled:
-        from studios_gateway.ssh.component import add_ssh
-
-        add_ssh(gateway)
-    if config.management_port is not None:
-        _add_management(gateway, table, pin, auth)
-    _add_systemd(gateway, reload)
-    return gateway
-
-
-def _add_systemd(gateway: GatewayService, reread: Callable[[], Config] | None) -> None:
-    gateway.add_reload_hook(apply_log_level)
-    gateway.add_reload_hook(tls_reloader(gateway.tunnel_tls))  # type: ignore[attr-defined]
-    gateway.systemd = systemd.wire(  # type: ignore[attr-defined]
-        gateway, gateway.environ, gateway.reactor,
-        reload=(lambda: gateway.reload(reread())) if reread else None,
-        terminate=gateway.terminate)
-
-
-def _add_auth(gateway: GatewayService) -> Any:
-    from studios_gateway.auth import Auth
-
-    auth = Auth.from_config(gateway.config, gateway.store, reactor=gateway.reactor)
-    state = {"started": False}
-
-    def start() -> Deferred[None]:
-        d = auth.start()
-        return d.addCallback(lambda _: state.update(started=True))
-
-    gateway.add_component(Component("login (OpenID Connect)", start=start, stop=auth.stop))
-    gateway.add_ready_check(lambda: "login=" + ("ok" if state["started"] else "starting"))
-    return auth
-
-
 def prepare_storage(root: str) -> Path:
     path = Path(root)
     try:
@@ -341,19 +298,96 @@ def prepare_storage(root: str) -> Path:
     return path
 
 
-def _add_tunnels(gateway: GatewayService, storage: Path) -> tuple[Any, str | None]:
+@dataclass
+class Built:
+    """The parts make_service built, kept on the service for tests and introspection."""
+
+    tunnel_table: TunnelTable
+    tunnel_pin: str | None
+    dialer: Dialer
+    auth: Auth
+    http: ProxyFactory
+    ssh: SSHProxy | None
+    api_mounts: dict[bytes, Any]
+
+
+def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str] | None = None,
+                 reload: Callable[[], Config] | None = None) -> GatewayService:
+    """Assemble every part the config enables into one GatewayService, in data-flow order:
+    store -> tunnels -> peers -> dialer -> auth -> http -> ssh -> management -> systemd.
+
+    Each builder gets its collaborators as arguments and returns what it built (a
+    :class:`Part` for the service to run); nothing is set on a shared object. `environ`
+    is the process environment (systemd's variables); `reload` re-reads the settings
+    for a SIGHUP reload.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    metrics = Metrics()
+    store = build_store(config, reactor)
+    gateway = GatewayService(config, reactor, store, metrics, environ)
+    storage = prepare_storage(config.storage_root)
+    host_key = load_gateway_host_key(config) if config.ssh_enabled else None
+
+    table, pin, tunnels = build_tunnels(
+        config, reactor, store, metrics, storage, node_address=advertised_address(config),
+        ssh_host_key=fingerprint(host_key) if host_key is not None else None)
+    gateway.add_part(tunnels)
+    remote, peers = build_peers(config, reactor, store, table, metrics)
+    gateway.add_part(peers)
+    # Every way into a studio (HTTP, SSH, peers) gets its streams from here.
+    dialer = Dialer(table, remote)
+    auth, login = build_auth(config, reactor, store)
+    gateway.add_part(login)
+    http, proxy = build_http(config, reactor, store, dialer, auth)
+    gateway.add_part(proxy)
+    ssh: SSHProxy | None = None
+    api_mounts: dict[bytes, Any] = {}
+    if host_key is not None:
+        ssh = build_ssh(config, reactor, store, dialer, auth, host_key)
+        gateway.add_part(ssh.part)
+        api_mounts.update(ssh.api)
+    if config.management_port is not None:
+        gateway.add_part(build_management(config, reactor, store, table, pin, auth, api_mounts,
+                                          health=gateway, metrics=metrics,
+                                          shutdown=gateway.shutdown))
+    gateway.add_reload_hook(apply_log_level)
+    gateway.systemd = systemd.wire(
+        gateway, gateway.environ, reactor,
+        reload=(lambda: gateway.reload(reload())) if reload else None,
+        terminate=gateway.terminate)
+    gateway.built = Built(table, pin, dialer, auth, http, ssh, api_mounts)
+    return gateway
+
+
+def build_auth(config: Config, reactor: Any, store: Any) -> tuple[Auth, Part]:
+    """Login and authorization, and its Part (started before /ready says ok)."""
+    auth = Auth.from_config(config, store, reactor=reactor)
+    state = {"started": False}
+
+    def start() -> Deferred[None]:
+        d = auth.start()
+        return d.addCallback(lambda _: state.update(started=True))
+
+    part = Part()
+    part.components.append(Component("login (OpenID Connect)", start=start, stop=auth.stop))
+    part.ready_checks.append(lambda: "login=" + ("ok" if state["started"] else "starting"))
+    return auth, part
+
+
+def build_tunnels(config: Config, reactor: Any, store: Any, metrics: Metrics, storage: Path, *,
+                  node_address: str, ssh_host_key: str | None
+                  ) -> tuple[TunnelTable, str | None, Part]:
+    """The tunnel listener and table; the pin of a self-made certificate (None with the
+    operator's certificate), and the Part (listener, lifecycle, certificate reload)."""
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
     from studios_gateway.reload import ReloadableServerTLS
-    from studios_gateway.tunnel.server import (
-        TunnelMetrics,
-        TunnelServerFactory,
-        TunnelSettings,
-        TunnelTable,
-    )
+    from studios_gateway.tunnel.server import TunnelMetrics, TunnelServerFactory, TunnelSettings
     from studios_gateway.wire import tls
 
-    config, reactor = gateway.config, gateway.reactor
     pin: str | None = None
     if config.tls_cert_file and config.tls_key_file:
         cert_path, key_path = config.tls_cert_file, config.tls_key_file
@@ -371,21 +405,24 @@ def _add_tunnels(gateway: GatewayService, storage: Path) -> tuple[Any, str | Non
     settings = TunnelSettings(window_size=config.tunnel_window_size,
                               ping_interval=config.tunnel_ping_interval,
                               ping_timeout=config.tunnel_ping_timeout)
-    advertise = config.host_domain or config.bind_address
-    table = TunnelTable(gateway.store, node_id=config.effective_node_id,
-                        node_address=f"{advertise}:{config.listener_port}", clock=reactor,
-                        settings=settings, metrics=TunnelMetrics(gateway.metrics.registry))
-    gateway.tunnel_tls = options  # type: ignore[attr-defined]  # reloaded on SIGHUP
+    table = TunnelTable(store, node_id=config.effective_node_id, node_address=node_address,
+                        clock=reactor, settings=settings,
+                        metrics=TunnelMetrics(metrics.registry), ssh_host_key=ssh_host_key)
+    part = Part()
+    part.reload_hooks.append(tls_reloader(options))  # a renewed certificate on SIGHUP
     factory = TLSMemoryBIOFactory(options, False, TunnelServerFactory(table))
-    gateway.add_listener("tunnel", "CONNECT_TUNNEL_PORT",
-                         endpoint_for(reactor, config.bind_address, config.tunnel_port),
-                         factory, "the tunnel listener")
-    gateway.add_component(Component("tunnels", start=table.start, drain=table.drain,
+    part.listen("tunnel", "CONNECT_TUNNEL_PORT",
+                endpoint_for(reactor, config.bind_address, config.tunnel_port),
+                factory, "the tunnel listener")
+    part.components.append(Component("tunnels", start=table.start, drain=table.drain,
                                      stop=table.stop))
-    return table, pin
+    return table, pin, part
 
 
-def _add_management(gateway: GatewayService, table: Any, pin: str | None, auth: Any) -> None:
+def build_management(config: Config, reactor: Any, store: Any, table: TunnelTable,
+                     pin: str | None, auth: Auth, api_mounts: Mapping[bytes, Any], *,
+                     health: Health, metrics: Metrics, shutdown: Callable[[], Any]) -> Part:
+    """The management listener: /live /ready /metrics /shutdown and the admin API."""
     from studios_gateway.management.api import make_api
     from studios_gateway.management.endpoints import ManagementRoot, make_site
     from studios_gateway.management.sessions import (
@@ -395,12 +432,11 @@ def _add_management(gateway: GatewayService, table: Any, pin: str | None, auth: 
         session_url,
     )
 
-    config, reactor = gateway.config, gateway.reactor
     def on_end(session_id: str) -> None:
         table.end_session(session_id)
         auth.authorizer.session_ended(session_id)
 
-    sessions = Sessions(gateway.store, clock=reactor, on_end=on_end,
+    sessions = Sessions(store, clock=reactor, on_end=on_end,
                         on_revoke=auth.authorizer.revoke_user)
     tunnel_host, tunnel_port = config.effective_tunnel_url
 
@@ -419,10 +455,13 @@ def _add_management(gateway: GatewayService, table: Any, pin: str | None, auth: 
         }
 
     api = make_api(sessions, present)
-    for name, child in gateway.api_mounts.items():
+    for name, child in api_mounts.items():
         api.putChild(name, child)
-    root = ManagementRoot(auth_key=config.management_auth_key, health=gateway,
-                          metrics=gateway.metrics, shutdown=gateway.shutdown, api=api)
-    gateway.add_listener("management", "CONNECT_MANAGEMENT_PORT",
-                         endpoint_for(reactor, config.bind_address, config.management_port),
-                         make_site(root), "the management endpoints")
+    root = ManagementRoot(auth_key=config.management_auth_key, health=health,
+                          metrics=metrics, shutdown=shutdown, api=api)
+    assert config.management_port is not None
+    part = Part()
+    part.listen("management", "CONNECT_MANAGEMENT_PORT",
+                endpoint_for(reactor, config.bind_address, config.management_port),
+                make_site(root), "the management endpoints")
+    return part

@@ -1,16 +1,16 @@
 """The HTTP proxy inside the gateway: its listener, its way to the studios, its hooks.
 
-``add_http(gateway)`` (called from ``service.make_service``) builds a
-:class:`~studios_gateway.http.proxy.ProxyFactory` from the config and the
-gateway's parts:
+``build_http(config, reactor, store, dialer, auth)`` (called from
+``service.make_service``) builds a :class:`~studios_gateway.http.proxy.ProxyFactory`
+from the config and the gateway's parts:
 
-* upstream: a yamux stream from ``gateway.dialer`` (``STREAM_TOOL``) with the
+* upstream: a yamux stream from the ``dialer`` (``STREAM_TOOL``) with the
   proxy's protocol attached; no tunnel -> "studio not connected" (502), the
   connect client resetting the stream before the tool said anything -> "tool
   not answering" (504);
-* lookup: the session record from ``gateway.store`` plus whether a tunnel is
+* lookup: the session record from the ``store`` plus whether a tunnel is
   bound (here, or on any node);
-* login: ``gateway.auth.handle`` for ``/_connect/*``, ``authorize_request`` per
+* login: ``auth.handle`` for ``/_connect/*``, ``authorize_request`` per
   request, and WebSockets tracked so that a logout or a revocation closes them;
 * a listener on ``CONNECT_HTTP_PORT`` (HTTPS when ``CONNECT_TLS_CERT_FILE`` and
   ``CONNECT_TLS_KEY_FILE`` are set; the certificate must cover the proxy host
@@ -30,11 +30,15 @@ from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
+from studios_gateway.auth.login import Auth
+from studios_gateway.component import Component, Part, StartError, endpoint_for
+from studios_gateway.config import Config
 from studios_gateway.http.proxy import ProxyFactory
 from studios_gateway.http.routing import Router
 from studios_gateway.http.upstream import SessionInfo, StudioNotConnected, ToolNotAnswering
+from studios_gateway.tunnel.dialer import Dialer
 
-__all__ = ["TunnelUpstream", "add_http", "check_certificate_names", "make_lookup"]
+__all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "make_lookup"]
 
 
 class _RefusalGuard(Protocol):
@@ -65,7 +69,7 @@ class _RefusalGuard(Protocol):
 class TunnelUpstream:
     """The proxy's Upstream over the gateway's dialer."""
 
-    def __init__(self, dialer: Any):
+    def __init__(self, dialer: Dialer):
         self.dialer = dialer
 
     def connect(self, session_id: str, factory: IProtocolFactory) -> Deferred[IProtocol]:
@@ -164,16 +168,15 @@ def _track(auth: Any) -> Any:
     return track
 
 
-def build_factory(gateway: Any) -> ProxyFactory:
+def build_factory(config: Config, reactor: Any, store: Any, dialer: Dialer,
+                  auth: Auth) -> ProxyFactory:
     """The proxy for this gateway's config, store, dialer and login."""
-    config = gateway.config
-    auth = gateway.auth
     tls = bool(config.tls_cert_file and config.tls_key_file)
     return ProxyFactory(
         router=Router(config.effective_studios_domain, config.proxy_host, config.path_routing),
-        upstream=TunnelUpstream(gateway.dialer),
-        lookup=make_lookup(gateway.store, gateway.dialer),
-        reactor=gateway.reactor,
+        upstream=TunnelUpstream(dialer),
+        lookup=make_lookup(store, dialer),
+        reactor=reactor,
         authorize=auth.authorize_request,
         local_routes=auth.handle,
         track=_track(auth),
@@ -193,16 +196,16 @@ def build_factory(gateway: Any) -> ProxyFactory:
     )
 
 
-def add_http(gateway: Any) -> ProxyFactory:
-    """Add the HTTP(S) proxy's listener and lifecycle to the gateway; returns the proxy."""
+def build_http(config: Config, reactor: Any, store: Any, dialer: Dialer,
+               auth: Auth) -> tuple[ProxyFactory, Part]:
+    """The HTTP(S) proxy and its Part: the listener, drain and stop, the TLS reload hook."""
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    from studios_gateway.component import Component, StartError, endpoint_for
     from studios_gateway.reload import ReloadableServerTLS, tls_reloader
     from studios_gateway.wire import tls
 
-    config, reactor = gateway.config, gateway.reactor
-    factory = build_factory(gateway)
+    part = Part()
+    factory = build_factory(config, reactor, store, dialer, auth)
     served: Any = factory
     description = "the HTTP proxy"
     if config.tls_cert_file and config.tls_key_file:
@@ -216,11 +219,10 @@ def add_http(gateway: Any) -> ProxyFactory:
         except Exception as e:  # a bad PEM or a key that does not match: one line
             raise StartError(f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the "
                              f"certificate and key ({e})") from None
-        gateway.add_reload_hook(tls_reloader(options))
+        part.reload_hooks.append(tls_reloader(options))
         served = TLSMemoryBIOFactory(options, False, factory)
         description = "the HTTPS proxy"
-    gateway.add_listener("http", "CONNECT_HTTP_PORT",
-                         endpoint_for(reactor, config.bind_address, config.http_port),
-                         served, description)
-    gateway.add_component(Component("HTTP proxy", drain=factory.drain, stop=factory.stop))
-    return factory
+    part.listen("http", "CONNECT_HTTP_PORT",
+                endpoint_for(reactor, config.bind_address, config.http_port), served, description)
+    part.components.append(Component("HTTP proxy", drain=factory.drain, stop=factory.stop))
+    return factory, part

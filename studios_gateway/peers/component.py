@@ -11,9 +11,14 @@ from prometheus_client import Counter
 from twisted.internet import defer, ssl
 from twisted.logger import Logger
 
+from studios_gateway.component import Component, Part, StartError, endpoint_for
+from studios_gateway.config import Config
+from studios_gateway.metrics import Metrics
 from studios_gateway.peers.handshake import PeerAuth
 from studios_gateway.peers.link import PeerPool, PeerServerFactory, PeerSettings
 from studios_gateway.peers.remote import make_remote
+from studios_gateway.tunnel.dialer import RemoteDial
+from studios_gateway.tunnel.server import TunnelTable
 
 _log = Logger(namespace="studios_gateway.peers")
 
@@ -53,15 +58,13 @@ def settings_from(config: Any) -> PeerSettings:
                         ping_timeout=config.tunnel_ping_timeout)
 
 
-def add_peers(gateway: Any) -> PeerPool | None:
-    """Wire peers into the gateway; returns the dialing pool (None for one node)."""
-    from studios_gateway.component import Component, StartError, endpoint_for
-
-    config, reactor, table = gateway.config, gateway.reactor, gateway.tunnel_table
-    address = advertised_address(config)
-    table.node_address = address
+def build_peers(config: Config, reactor: Any, store: Any, table: TunnelTable,
+                metrics: Metrics) -> tuple[RemoteDial | None, Part]:
+    """The peer listener and the dialing pool to other nodes, as a Part, and the dial
+    for sessions held elsewhere (None for one node: an in-memory registry has no peers)."""
+    part = Part()
     if not config.redis_enabled:
-        return None  # in-memory registry: this node is alone, nobody to peer with
+        return None, part
     try:
         tls = peer_tls_options(config)
     except Exception as e:  # a bad PEM is an operator's mistake: one line
@@ -70,7 +73,7 @@ def add_peers(gateway: Any) -> PeerPool | None:
     auth = PeerAuth(config.peer_secret, mutual_tls=tls is not None)
     streams = Counter("studios_gateway_peer_streams", "Streams carried between gateway nodes, "
                       "by direction and outcome.", ["direction", "outcome"],
-                      registry=gateway.metrics.registry)
+                      registry=metrics.registry)
     settings = settings_from(config)
     server = PeerServerFactory(table, auth, settings, reactor,
                                on_outcome=lambda o: streams.labels("in", o).inc())
@@ -79,21 +82,20 @@ def add_peers(gateway: Any) -> PeerPool | None:
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
         factory = TLSMemoryBIOFactory(tls, False, factory)
-    gateway.add_listener("peer", "CONNECT_LISTENER_PORT",
-                         endpoint_for(reactor, config.bind_address, config.listener_port),
-                         factory, "the peer listener")
+    part.listen("peer", "CONNECT_LISTENER_PORT",
+                endpoint_for(reactor, config.bind_address, config.listener_port),
+                factory, "the peer listener")
     pool = PeerPool(reactor, auth, table.node_id, settings, tls=tls)
-    gateway.dialer.remote = make_remote(gateway.store, pool, table.node_id,
-                                        lambda: table.node_address,
-                                        on_outcome=lambda o: streams.labels("out", o).inc(),
-                                        local=table.open_stream, clock=reactor)
+    remote = make_remote(store, pool, table.node_id, lambda: table.node_address,
+                         on_outcome=lambda o: streams.labels("out", o).inc(),
+                         local=table.open_stream, clock=reactor)
 
     def start() -> None:
         how = " and ".join(w for w, on in (("a shared secret", bool(config.peer_secret)),
                                             ("mutual TLS", tls is not None)) if on)
         if auth.enabled:
             _log.info("node {node} reachable by peers at {address} (peers authenticate with "
-                      "{how})", node=table.node_id, address=address, how=how)
+                      "{how})", node=table.node_id, address=table.node_address, how=how)
         else:
             _log.warn("peer listener refuses every peer: set CONNECT_PEER_SECRET (or "
                       "CONNECT_PEER_TLS_*) on every node to share sessions between them")
@@ -101,5 +103,5 @@ def add_peers(gateway: Any) -> PeerPool | None:
     def stop() -> Any:
         return defer.DeferredList([pool.close(), server.close()])
 
-    gateway.add_component(Component("peers", start=start, stop=stop))
-    return pool
+    part.components.append(Component("peers", start=start, stop=stop))
+    return remote, part

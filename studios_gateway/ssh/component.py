@@ -1,33 +1,37 @@
-"""The SSH proxy as a part of the running gateway: ``add_ssh(gateway)``.
+"""The SSH proxy as a part of the running gateway: ``build_ssh(...)``.
 
-Called by ``service.make_service`` when CONNECT_SSH_ENABLED=true. It loads the
-host key, sets up users' keys (:mod:`studios_gateway.ssh.user_keys`: kept by the
-session store; with the in-memory store also in the storage root's keys file,
-with Redis that file is imported once; plus the Platform's keys when
-PLATFORM_URL is set), and joins the Conch server
+Called by ``service.make_service`` when CONNECT_SSH_ENABLED=true, with the host
+key the service loaded first (``load_gateway_host_key``; the tunnel table tells
+binding studios its fingerprint). It sets up users' keys
+(:mod:`studios_gateway.ssh.user_keys`: kept by the session store; with the
+in-memory store also in the storage root's keys file, with Redis that file is
+imported once; plus the Platform's keys when PLATFORM_URL is set), and joins the Conch server
 (:mod:`studios_gateway.ssh.server`) to the gateway's collaborators:
 
-- streams to studios come from ``gateway.dialer.dial(sid, STREAM_SSH)``;
-- who may log in is ``gateway.auth.authorizer.check`` (the login rules), and
+- streams to studios come from ``dialer.dial(sid, STREAM_SSH)``;
+- who may log in is ``auth.authorizer.check`` (the login rules), and
   live connections are registered with ``authorizer.track`` so revocation
   closes them; each is also tracked with the key it logged in with
   (:mod:`studios_gateway.ssh.key_watch`), so removing that key closes it;
-- the tunnel table tells every binding studio the host key's fingerprint (the
-  bind reply's ``ssh_host_key``), which is the only login the studio accepts;
-- ``/api/users/{user}/keys`` is mounted into the management API;
+- ``/api/users/{user}/keys`` is returned for the management API;
 - the listener on CONNECT_SSH_ADDR is bound with the others (a port in use
   fails the start); a drain waits for open connections, a stop closes them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from twisted.conch.ssh.keys import Key
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from studios_gateway.auth.login import Auth
+from studios_gateway.component import Component, Part, StartError, endpoint_for
+from studios_gateway.config import Config
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.ssh.api import UserKeysResource
 from studios_gateway.ssh.key_watch import KeyWatch
@@ -35,8 +39,9 @@ from studios_gateway.ssh.keys import HostKeyError, fingerprint, load_host_key
 from studios_gateway.ssh.platform_keys import PlatformKeys
 from studios_gateway.ssh.server import GatewaySSHFactory, SSHSettings
 from studios_gateway.ssh.user_keys import FileImport, StoreUserKeys, keep_in_file
+from studios_gateway.tunnel.dialer import Dialer
 
-__all__ = ["add_ssh"]
+__all__ = ["SSHProxy", "build_ssh", "load_gateway_host_key"]
 
 log = Logger(namespace="studios_gateway.ssh")
 
@@ -86,10 +91,9 @@ def make_authorize(authorizer: Any) -> Any:
     return authorize
 
 
-def make_platform_keys(gateway: Any) -> PlatformKeys | None:
+def make_platform_keys(auth: Auth, reactor: Any) -> PlatformKeys | None:
     """The Platform's SSH key call when PLATFORM_URL is set, with the credentials of the
     gateway's OIDC client (as the studio access call; docs/login.md)."""
-    auth = gateway.auth
     url = auth.settings.platform_url
     if not url:
         return None
@@ -100,41 +104,50 @@ def make_platform_keys(gateway: Any) -> PlatformKeys | None:
         return (client.client_id, client.client_secret) if client and client.client_secret \
             else None
 
-    return PlatformKeys(url, credentials, reactor=gateway.reactor, ttl=auth.settings.cache_ttl,
+    return PlatformKeys(url, credentials, reactor=reactor, ttl=auth.settings.cache_ttl,
                         timeout=min(auth.settings.timeout, 5.0))
 
 
-def add_ssh(gateway: Any) -> GatewaySSHFactory:
-    """Add the SSH proxy (listener, component, admin API) to `gateway`."""
-    from studios_gateway.component import Component, StartError, endpoint_for
-
-    config = gateway.config
+def load_gateway_host_key(config: Config) -> Key:
+    """The gateway's SSH host key (CONNECT_SSH_KEY_PATH / _VALUE_BASE64, else one kept in
+    the storage root); a key that cannot be read stops the start with one line."""
     try:
-        host_key = load_host_key(config.ssh_key_path, config.ssh_key_value, config.storage_root)
+        return load_host_key(config.ssh_key_path, config.ssh_key_value, config.storage_root)
     except HostKeyError as e:
         raise StartError(str(e)) from None
-    store = gateway.store
+
+
+@dataclass
+class SSHProxy:
+    factory: GatewaySSHFactory
+    part: Part
+    api: dict[bytes, Any]  # resources for the management API, by name under /api/
+
+
+def build_ssh(config: Config, reactor: Any, store: Any, dialer: Dialer, auth: Auth,
+              host_key: Key) -> SSHProxy:
+    """The SSH proxy: its listener and lifecycle (a Part), and /api/users for the admin API."""
     inner = getattr(store, "inner", store)
     keys_import: FileImport | None = None
     if hasattr(inner, "all_user_keys"):  # one node, in memory: the file keeps them
         keep_in_file(inner, config.storage_root)
     else:
-        keys_import = FileImport(store, config.storage_root, gateway.reactor)
-    platform = make_platform_keys(gateway)
+        keys_import = FileImport(store, config.storage_root, reactor)
+    platform = make_platform_keys(auth, reactor)
     user_keys = StoreUserKeys(store, platform)
-    authorizer = gateway.auth.authorizer
-    key_watch = KeyWatch(store, platform, clock=gateway.reactor, ttl=config.local_cache_ttl)
+    authorizer = auth.authorizer
+    key_watch = KeyWatch(store, platform, clock=reactor, ttl=config.local_cache_ttl)
     factory = GatewaySSHFactory(
         host_key=host_key, user_keys=user_keys, store=store,
-        dial=make_dial(gateway.dialer), authorize=make_authorize(authorizer),
-        settings=settings_from(config), clock=gateway.reactor, track=authorizer.track,
+        dial=make_dial(dialer), authorize=make_authorize(authorizer),
+        settings=settings_from(config), clock=reactor, track=authorizer.track,
         watch_keys=key_watch.track)
-    fp = fingerprint(host_key)
-    gateway.tunnel_table.ssh_host_key = fp
-    log.info("SSH: host key {type} {fp}", type=host_key.sshType().decode(), fp=fp)
+    log.info("SSH: host key {type} {fp}", type=host_key.sshType().decode(),
+             fp=fingerprint(host_key))
+    part = Part()
     host, port = config.ssh_addr
-    gateway.add_listener("ssh", "CONNECT_SSH_ADDR", endpoint_for(gateway.reactor, host, port),
-                         factory, "the SSH proxy")
+    part.listen("ssh", "CONNECT_SSH_ADDR", endpoint_for(reactor, host, port), factory,
+                "the SSH proxy")
 
     def start() -> None:
         key_watch.start()
@@ -148,8 +161,6 @@ def add_ssh(gateway: Any) -> GatewaySSHFactory:
             keys_import.stop()
         return platform.stop() if platform is not None else None
 
-    gateway.add_component(Component("SSH proxy", start=start, drain=factory.when_idle,
-                                    stop=stop))
-    gateway.mount_api(b"users", UserKeysResource(store))
-    gateway.ssh_factory = factory
-    return factory
+    part.components.append(Component("SSH proxy", start=start, drain=factory.when_idle,
+                                     stop=stop))
+    return SSHProxy(factory, part, {b"users": UserKeysResource(store)})

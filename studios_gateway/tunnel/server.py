@@ -138,7 +138,7 @@ class TunnelTable:
 
     def __init__(self, store: Any, *, node_id: str, node_address: str, clock: Any,
                  settings: TunnelSettings, metrics: TunnelMetrics | None = None,
-                 verifier: BindVerifier | None = None):
+                 verifier: BindVerifier | None = None, ssh_host_key: str | None = None):
         self.store = store
         self.node_id = node_id
         self.node_address = node_address
@@ -147,7 +147,7 @@ class TunnelTable:
         self.metrics = metrics
         self.verifier = verifier or BindVerifier(store)
         #: Fingerprint of the SSH proxy's key, told to every studio at bind (None: no SSH).
-        self.ssh_host_key: str | None = None
+        self.ssh_host_key = ssh_host_key
         self.draining = False
         self._tunnels: dict[str, Tunnel] = {}
         self._empty = EmptyWaiters()

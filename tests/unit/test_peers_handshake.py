@@ -113,15 +113,16 @@ def test_wiring_into_the_gateway(tmp_path) -> None:
            "CONNECT_LISTENER_PORT": "7123"}
     alone = make_service(load_config(environ=env), MemoryReactorClock())
     assert "peer" not in [lst.name for lst in alone.listeners]  # in-memory: one node
-    assert alone.dialer.remote is None
+    assert alone.built is not None and alone.built.dialer.remote is None
     cluster = make_service(load_config(environ={**env, "CONNECT_REDIS_ADDRESS": "r:6379",
                                                 "CONNECT_PEER_SECRET": SECRET,
                                                 "CONNECT_NODE_ID": "gw-1"}),
                            MemoryReactorClock())
     peer = [lst for lst in cluster.listeners if lst.name == "peer"]
     assert peer and peer[0].variable == "CONNECT_LISTENER_PORT"
-    assert cluster.dialer.remote is not None
-    assert cluster.tunnel_table.node_address == "127.0.0.1:7123"
+    assert cluster.built is not None
+    assert cluster.built.dialer.remote is not None
+    assert cluster.built.tunnel_table.node_address == "127.0.0.1:7123"
     assert "peers" in [c.name for c in cluster.components]
 
 

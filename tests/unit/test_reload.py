@@ -93,7 +93,8 @@ def test_sighup_applies_the_re_read_log_level(gateway_env: dict[str, str],
     applied: list[str] = []
     monkeypatch.setattr(logs, "set_level", applied.append)
     result: list[Any] = []
-    gw.systemd.on_reload().addBoth(result.append)  # type: ignore[attr-defined]
+    assert gw.systemd is not None
+    gw.systemd.on_reload().addBoth(result.append)
     assert result == [None] and applied == ["debug"]
 
 
@@ -106,8 +107,9 @@ def test_an_invalid_setting_fails_the_reload_and_changes_nothing(
 
     gw = make_service(load_config(environ=gateway_env), reactor, environ={}, reload=reread)
     sent: list[str] = []
-    gw.systemd.notifier.notify = lambda *a: sent.extend(a) or True  # type: ignore[attr-defined]
-    gw.systemd.on_reload()  # type: ignore[attr-defined]
+    assert gw.systemd is not None
+    gw.systemd.notifier.notify = lambda *a: sent.extend(a) or True  # type: ignore[method-assign]
+    gw.systemd.on_reload()
     assert sent[-2] == "READY=1"
     assert sent[-1].startswith("STATUS=reload failed (CONNECT_LOG_LEVEL='loud': expected a level)")
 

@@ -15,7 +15,7 @@ from studios_gateway.auth import Decision
 from studios_gateway.component import StartError
 from studios_gateway.config import load_config
 from studios_gateway.registry.base import SessionRecord
-from studios_gateway.service import make_service
+from studios_gateway.service import Built, GatewayService, make_service
 from studios_gateway.ssh.component import make_authorize, make_dial
 from studios_gateway.studio.ssh import StudioSSH
 from studios_gateway.tunnel.dialer import StudioUnreachable
@@ -24,11 +24,22 @@ from studios_gateway.wire.bind import BindReply, parse_reply
 FP = "SHA256:" + "A" * 43
 
 
-def gateway(tmp_path: Path, **env: str) -> Any:
+def gateway(tmp_path: Path, **env: str) -> GatewayService:
     cfg = load_config(environ={"CONNECT_STORAGE_ROOT": str(tmp_path),
                                "CONNECT_MANAGEMENT_PORT": "9000", "CONNECT_SSH_ENABLED": "true",
                                "CONNECT_SSH_ADDR": "127.0.0.1:2222", **env})
     return make_service(cfg, MemoryReactorClock())
+
+
+def built(gw: GatewayService) -> Built:
+    assert gw.built is not None
+    return gw.built
+
+
+def ssh_factory(gw: GatewayService) -> Any:
+    ssh = built(gw).ssh
+    assert ssh is not None
+    return ssh.factory
 
 
 def test_enabled_adds_listener_component_api_and_tells_the_tunnels(tmp_path: Path) -> None:
@@ -36,8 +47,8 @@ def test_enabled_adds_listener_component_api_and_tells_the_tunnels(tmp_path: Pat
     ssh = [lst for lst in gw.listeners if lst.name == "ssh"]
     assert ssh and ssh[0].variable == "CONNECT_SSH_ADDR"
     assert "SSH proxy" in [c.name for c in gw.components]
-    assert b"users" in gw.api_mounts
-    assert gw.tunnel_table.ssh_host_key == gw.ssh_factory.host_key_fingerprint()
+    assert b"users" in built(gw).api_mounts
+    assert built(gw).tunnel_table.ssh_host_key == ssh_factory(gw).host_key_fingerprint()
     assert (tmp_path / "ssh" / "ssh_host_ed25519_key").exists()
     gw.bind_all()
     assert any(server[0] == 2222 for server in gw.reactor.tcpServers)
@@ -46,7 +57,8 @@ def test_enabled_adds_listener_component_api_and_tells_the_tunnels(tmp_path: Pat
 def test_disabled_adds_nothing(tmp_path: Path) -> None:
     gw = gateway(tmp_path, CONNECT_SSH_ENABLED="false")
     assert "ssh" not in [lst.name for lst in gw.listeners]
-    assert gw.tunnel_table.ssh_host_key is None
+    assert built(gw).tunnel_table.ssh_host_key is None
+    assert built(gw).ssh is None
 
 
 def test_an_unusable_host_key_fails_the_start(tmp_path: Path) -> None:
@@ -56,7 +68,7 @@ def test_an_unusable_host_key_fails_the_start(tmp_path: Path) -> None:
 
 
 def test_drain_waits_for_open_connections(tmp_path: Path) -> None:
-    f = gateway(tmp_path).ssh_factory
+    f = ssh_factory(gateway(tmp_path))
     conn = object()
     f.connections.add(conn)
     done = f.when_idle()
@@ -149,7 +161,7 @@ def test_users_keys_are_the_registrys_and_one_node_keeps_the_file(tmp_path: Path
     key_file_path(str(tmp_path)).parent.mkdir(parents=True, exist_ok=True)
     key_file_path(str(tmp_path)).write_text(json.dumps({"users": {"alice": [line]}}))
     gw = gateway(tmp_path)
-    keys = gw.ssh_factory.user_keys
+    keys = ssh_factory(gw).user_keys
     assert isinstance(keys, StoreUserKeys) and keys.store is gw.store and keys.platform is None
     assert gw.store.get_user_keys("alice").result == [line]  # loaded from the file
     gw.store.set_user_keys("bob", [line])
@@ -159,5 +171,5 @@ def test_users_keys_are_the_registrys_and_one_node_keeps_the_file(tmp_path: Path
 def test_with_a_platform_its_keys_are_asked_too(tmp_path: Path) -> None:
     gw = gateway(tmp_path, PLATFORM_URL="https://platform.example.com",
                  CONNECT_PROXY_URL="https://connect.example.com")
-    platform = gw.ssh_factory.user_keys.platform
+    platform = ssh_factory(gw).user_keys.platform
     assert platform.url("a@b") == "https://platform.example.com/api/users/a%40b/ssh-keys"
