@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from studios_gateway import versions
 from studios_gateway.config import ConfigError, load_config
 from studios_gateway.wire import tools
 
@@ -31,6 +32,21 @@ def check_config(args: argparse.Namespace) -> int:
     for warning in config.warnings:
         print(f"warning: {warning}")
     print("configuration OK")
+    return 0
+
+
+def image_tag(args: argparse.Namespace) -> int:
+    """Print the two tags an image of this tool version is pushed with (seed 000)."""
+    try:
+        update = None if args.update is None else versions.parse_update(args.update)
+        connect = versions.parse_connect_version(args.connect) if args.connect \
+            else versions.CONNECT_PROTOCOL_VERSION
+        tags = versions.published_tags(args.tool_version, update, connect)
+    except versions.VersionError as e:
+        print(f"studios-gateway: image-tag: {e}", file=sys.stderr)
+        return 2
+    for tag in tags:
+        print(tag)
     return 0
 
 
@@ -75,14 +91,19 @@ def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None)
 def _print_session(s: dict[str, Any]) -> None:
     state = "connected" if s.get("connected") else "not connected"
     users = ",".join(s.get("allowed_users") or []) or "-"
+    versions_ = f"tool {s.get('tool_version') or '?'}, connect {s.get('connect_version') or '?'}"
     print(f"{s['id']}  {s['tool']:<10}  owner={s['owner']}  users={users}  "
           f"workspace={s.get('workspace_id') or '-'}  ssh={'on' if s.get('ssh_enabled') else 'off'}"
-          f"  {state}")
+          f"  {state}  image={s.get('image') or '-'} ({versions_})")
 
 
 def sessions_create(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"owner": args.owner, "tool": args.tool,
-                            "allowed_users": args.allow or [], "ssh_enabled": args.ssh}
+    body: dict[str, Any] = {"owner": args.owner, "allowed_users": args.allow or [],
+                            "ssh_enabled": args.ssh}
+    if args.tool:
+        body["tool"] = args.tool
+    if args.image:
+        body["image"] = args.image
     if args.id:
         body["id"] = args.id
     if args.workspace:
@@ -95,6 +116,9 @@ def sessions_create(args: argparse.Namespace) -> int:
     print(f"open:           {created['url']}")
     if created.get("login_link"):
         print(f"login link:     {created['login_link']}")
+    if created.get("image"):
+        print(f"image:          {created['image']} (tool {created['tool']} "
+              f"{created['tool_version']}, connect {created['connect_version']})")
     print(f"connect string: {created['connect_string']}")
     print("run in the studio: studios-connect --connect '<connect string>' --tool-port PORT")
     return 0
@@ -139,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     p.set_defaults(func=check_config)
 
+    t = sub.add_parser("image-tag", help="print the two tags a studio image is pushed with",
+                       description="Print the tags of a studio image built for this Connect "
+                                   "version: <TOOL_VERSION>-[u<N>-]<MAJOR>.<MINOR> (the one "
+                                   "the Platform shows) and ...<MAJOR>.<MINOR>.<PATCH>.")
+    t.add_argument("tool_version", metavar="TOOL_VERSION", help="the tool's version, e.g. 4.2.5")
+    t.add_argument("--update", metavar="uN", help="update flag for a backwards incompatible "
+                                                  "change of the tool, e.g. u1")
+    t.add_argument("--connect", metavar="VERSION",
+                   help=f"Connect version (default this one's, "
+                        f"{versions.CONNECT_PROTOCOL_VERSION})")
+    t.set_defaults(func=image_tag)
+
     sub.add_parser("demo", help="start a gateway and a demo studio on this machine "
                                 "(see `studios-gateway demo --help`)")
 
@@ -149,8 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     ssub = sp.add_subparsers(dest="action", required=True)
     c = ssub.add_parser("create", help="create a session and print its connect string")
     c.add_argument("--owner", required=True, help="the user who owns the studio")
-    c.add_argument("--tool", default="generic",
-                   help=f"the studio's tool: {tools.accepted()}; default generic")
+    c.add_argument("--tool", help=f"the studio's tool: {tools.accepted()}; default: the one "
+                                   "the image's name names, else generic")
+    c.add_argument("--image", help="the studio's image, such as registry.example/"
+                                   "data-studio-jupyter:4.2.5-0.12.0: its tag gives the tool "
+                                   "and Connect versions")
     c.add_argument("--id", help="session id (default: 8 random hex characters)")
     c.add_argument("--workspace", help="workspace id")
     c.add_argument("--allow", action="append", metavar="USER", help="another allowed user")

@@ -450,6 +450,10 @@ def build_management(config: Config, reactor: Any, store: Any, table: TunnelTabl
             "connect_string": connect_string(sid, new.token, tunnel_host, tunnel_port, pin),
             "tool": new.record.tool,
             "owner": new.record.owner,
+            "image": new.record.image,
+            "tool_version": new.record.tool_version,
+            "update_version": new.record.update_version,
+            "connect_version": new.record.connect_version,
             "login_link": (None if auth.settings.issuer
                            else auth.mint_login_link(sid, new.record.owner)),
         }

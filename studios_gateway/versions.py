@@ -30,6 +30,8 @@ __all__ = [
     "is_client_compatible",
     "parse_connect_version",
     "parse_image_tag",
+    "parse_update",
+    "published_tags",
     "supported_versions",
 ]
 
@@ -176,6 +178,24 @@ def parse_image_tag(text: str) -> ImageTag:
     tool = "-".join(rest)
     _check_tool_version(tool, text)
     return ImageTag(tool, update, connect)
+
+
+def parse_update(text: str) -> int:
+    """An update flag ``u<N>`` (``u1``) as N; InvalidImageTag says why not."""
+    m = _UPDATE.fullmatch(text) if isinstance(text, str) else None
+    if m is None or int(m.group(1)) >= _MAX_NUMBER:
+        raise InvalidImageTag(f"the update version must be u<N> with N a whole number from 1 "
+                              f"without leading zeros, such as u1, not {text!r}")
+    return int(m.group(1))
+
+
+def published_tags(tool_version: str, update: int | None,
+                   connect: ConnectVersion) -> tuple[ImageTag, ImageTag]:
+    """The two tags an image is pushed with (seed 000): ``<TOOL>-[u<N>-]<MAJOR>.<MINOR>``,
+    the one the Platform shows, and ``...<MAJOR>.<MINOR>.<PATCH>`` (a missing patch is 0)."""
+    series = ConnectVersion(connect.major, connect.minor)
+    full = ConnectVersion(connect.major, connect.minor, connect.patch or 0)
+    return ImageTag(tool_version, update, series), ImageTag(tool_version, update, full)
 
 
 def _check_tool_version(tool: object, text: str) -> None:

@@ -17,12 +17,14 @@ from urllib.parse import quote, urlsplit
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from studios_gateway.images import StudioImage, studio_image
 from studios_gateway.registry.base import (
     SessionExists,
     SessionRecord,
     hash_token,
     new_token,
 )
+from studios_gateway.versions import CONNECT_PROTOCOL_VERSION, ConnectVersion, VersionError
 from studios_gateway.wire import tools
 from studios_gateway.wire.bind import SESSION_ID
 
@@ -57,11 +59,14 @@ def session_url(session_id: str, proxy_url: str, studios_domain: str, path_routi
     return f"{parts.scheme}://{session_id}.{studios_domain}{port}/"
 
 
-def validate_create(body: Any) -> dict[str, Any]:
-    """Check a POST /api/sessions body; return clean fields or raise RequestError."""
+def validate_create(body: Any,
+                    server: ConnectVersion = CONNECT_PROTOCOL_VERSION) -> dict[str, Any]:
+    """Check a POST /api/sessions body; return clean fields or raise RequestError.
+    An image's Connect version must be one a gateway at `server` speaks."""
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object")
-    unknown = set(body) - {"id", "workspace_id", "tool", "owner", "allowed_users", "ssh_enabled"}
+    unknown = set(body) - {"id", "workspace_id", "tool", "owner", "allowed_users", "ssh_enabled",
+                           "image"}
     if unknown:
         raise RequestError(f"unknown fields: {', '.join(sorted(unknown))}")
     sid = body.get("id")
@@ -75,15 +80,45 @@ def validate_create(body: Any) -> dict[str, Any]:
         ws = str(ws) if isinstance(ws, int) and not isinstance(ws, bool) else ws
         if not isinstance(ws, str) or not WORKSPACE.fullmatch(ws):
             raise RequestError("workspace_id must be an id of letters, digits and ._-")
-    tool = tools.canonical(body.get("tool", "generic"))  # the Platform's names are accepted
+    tool = body.get("tool")
+    if tool is not None:
+        tool = tools.canonical(tool) if isinstance(tool, str) else None
+        if tool is None:
+            raise RequestError(f"tool must be one of {tools.accepted()}")
+    image = _image(body.get("image"), server)
     if tool is None:
-        raise RequestError(f"tool must be one of {tools.accepted()}")
+        try:
+            tool = (image.tool if image else None) or "generic"
+        except VersionError as e:
+            raise RequestError(str(e)) from None
     users = _allowed_users(body.get("allowed_users", []))
     ssh = body.get("ssh_enabled", False)
     if not isinstance(ssh, bool):
         raise RequestError("ssh_enabled must be true or false")
     return {"id": sid, "workspace_id": ws, "tool": tool, "owner": owner,
-            "allowed_users": users, "ssh_enabled": ssh}
+            "allowed_users": users, "ssh_enabled": ssh, **image_fields(image)}
+
+
+def _image(text: Any, server: ConnectVersion) -> StudioImage | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise RequestError("image must be an image reference such as "
+                           "registry.example/data-studio-jupyter:4.2.5-0.12.0")
+    try:
+        return studio_image(text, server)
+    except VersionError as e:
+        raise RequestError(str(e)) from None
+
+
+def image_fields(image: StudioImage | None) -> dict[str, str | None]:
+    """The session record's image fields for `image` (all None without one)."""
+    if image is None:
+        return {"image": None, "tool_version": None, "update_version": None,
+                "connect_version": None}
+    return {"image": image.reference.text, "tool_version": image.tool_version,
+            "update_version": image.update_version,
+            "connect_version": str(image.connect_version)}
 
 
 def _allowed_users(users: Any) -> tuple[str, ...]:
@@ -121,7 +156,8 @@ class Sessions:
         d = defer.maybeDeferred(self._store.get_tunnel, session_id)
         return d.addCallback(lambda h: None if h is None else {
             "node": h.node_id, "connect_version": h.client_version,
-            "tool_port": h.tool_port, "bound_at": h.bound_at})
+            "tool_version": h.tool_version or None, "tool_port": h.tool_port,
+            "bound_at": h.bound_at})
 
     @defer.inlineCallbacks
     def create(self, fields: dict[str, Any]) -> Any:
@@ -133,7 +169,8 @@ class Sessions:
                 id=candidate, workspace_id=fields["workspace_id"], tool=fields["tool"],
                 owner=fields["owner"], allowed_users=fields["allowed_users"],
                 ssh_enabled=fields["ssh_enabled"], token_hash=hash_token(token),
-                created_at=time.time())
+                created_at=time.time(),
+                **{k: fields.get(k) for k in image_fields(None)})
             try:
                 yield self._store.create(record)
             except SessionExists:
@@ -168,9 +205,15 @@ class Sessions:
     @defer.inlineCallbacks
     def describe(self, record: SessionRecord) -> Any:
         tunnel = yield self._tunnel_state(record.id)
+        live = tunnel or {}
         return {"id": record.id, "workspace_id": record.workspace_id, "tool": record.tool,
                 "owner": record.owner, "allowed_users": list(record.allowed_users),
                 "ssh_enabled": record.ssh_enabled, "created_at": record.created_at,
+                "image": record.image,
+                # what the studio announced at bind, else what the image's tag says
+                "tool_version": live.get("tool_version") or record.tool_version,
+                "update_version": record.update_version,
+                "connect_version": live.get("connect_version") or record.connect_version,
                 "connected": tunnel is not None, "tunnel": tunnel}
 
     @defer.inlineCallbacks

@@ -145,6 +145,12 @@ class SessionRecord:
     ssh_enabled: bool
     token_hash: str = field(repr=False)
     created_at: float
+    # The studio image the session was created for, and what its tag says (None: not
+    # given). Records written before these fields existed read as None.
+    image: str | None = None
+    tool_version: str | None = None
+    update_version: str | None = None  # "u1"
+    connect_version: str | None = None  # the image's Connect version
 
     def __post_init__(self) -> None:
         if not isinstance(self.allowed_users, tuple):
@@ -170,7 +176,8 @@ class SessionRecord:
         return cls(id=data["id"], workspace_id=data["workspace_id"], tool=data["tool"],
                    owner=data["owner"], allowed_users=tuple(data["allowed_users"]),
                    ssh_enabled=data["ssh_enabled"], token_hash=data["token_hash"],
-                   created_at=float(data["created_at"]))
+                   created_at=float(data["created_at"]),
+                   **{k: data.get(k) for k in _IMAGE_FIELDS})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SessionRecord:
@@ -188,6 +195,19 @@ def _check_record(data: dict[str, Any]) -> None:
     _need(data, "ssh_enabled", "true or false", lambda v: isinstance(v, bool))
     _need(data, "token_hash", "non-empty text", _is_text)
     _need(data, "created_at", "a finite number", _is_number)
+    for key in _IMAGE_FIELDS:
+        _optional(data, key, "text or null", _is_text)
+
+
+#: A record's optional image fields (absent in records from older nodes).
+_IMAGE_FIELDS = ("image", "tool_version", "update_version", "connect_version")
+
+
+def _optional(data: dict[str, Any], key: str, kind: str, check: Callable[[Any], bool]) -> None:
+    """Like _need for a field that may be absent or null."""
+    value = data.get(key)
+    if value is not None and not check(value):
+        raise MalformedRecord(f"field {key!r} must be {kind}, not {value!r:.80}")
 
 
 @dataclass(frozen=True)
@@ -201,6 +221,8 @@ class TunnelHolder:
     client_version: str
     tool_port: int
     bound_at: float
+    tool_version: str = ""  # as the studio announced it at bind; "" = it did not say
+
 
     def __post_init__(self) -> None:
         self.validate()
@@ -220,7 +242,8 @@ class TunnelHolder:
         return cls(session_id=data["session_id"], node_id=data["node_id"],
                    node_address=data["node_address"], tunnel_id=data["tunnel_id"],
                    client_version=data["client_version"], tool_port=data["tool_port"],
-                   bound_at=float(data["bound_at"]))
+                   bound_at=float(data["bound_at"]),
+                   tool_version=data.get("tool_version") or "")
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TunnelHolder:
@@ -237,6 +260,8 @@ def _check_holder(data: dict[str, Any]) -> None:
     _need(data, "tool_port", "a port number (1-65535)",
           lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535)
     _need(data, "bound_at", "a finite number", _is_number)
+    _optional(data, "tool_version", "text of at most 64 characters",
+              lambda v: isinstance(v, str) and len(v) <= 64)
 
 
 # Tokens -----------------------------------------------------------------------------

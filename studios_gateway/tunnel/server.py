@@ -212,7 +212,7 @@ class TunnelTable:
         holder = TunnelHolder(
             session_id=req.session_id, node_id=self.node_id, node_address=self.node_address,
             tunnel_id=secrets.token_hex(8), client_version=req.connect_version,
-            tool_port=req.tool_port, bound_at=time.time())
+            tool_port=req.tool_port, bound_at=time.time(), tool_version=req.tool_version)
         try:
             yield self.store.claim_tunnel(holder, self.settings.holder_ttl)
         except StoreUnavailable as e:
@@ -328,9 +328,11 @@ class TunnelServerProtocol(Protocol):
         self._tunnel = tunnel
         if self.table.metrics:
             self.table.metrics.binds.labels("ok").inc()
-        self._log.info("session {sid} bound (connect {version}, tool {tool} on port {port})",
-                       sid=tunnel.session_id, version=tunnel.holder.client_version,
-                       tool=tunnel.record.tool, port=tunnel.holder.tool_port)
+        self._log.info("session {sid} bound (connect {version}, tool {tool} {tool_version}"
+                       "on port {port})", sid=tunnel.session_id,
+                       version=tunnel.holder.client_version, tool=tunnel.record.tool,
+                       tool_version=tunnel.holder.tool_version + " " if tunnel.holder.tool_version
+                       else "", port=tunnel.holder.tool_port)
         self.transport.write(BindReply(ok=True, tunnel_id=tunnel.holder.tunnel_id,
                                        ssh_host_key=self.table.ssh_host_key or "").encode())
         self._mux = tunnel.mux

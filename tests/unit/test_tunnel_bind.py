@@ -155,4 +155,5 @@ def test_create_validation(body) -> None:
 def test_create_defaults() -> None:
     f = validate_create({"owner": "alice", "workspace_id": 42, "allowed_users": ["b", "b"]})
     assert f == {"id": None, "workspace_id": "42", "tool": "generic", "owner": "alice",
-                 "allowed_users": ("b",), "ssh_enabled": False}
+                 "allowed_users": ("b",), "ssh_enabled": False, "image": None,
+                 "tool_version": None, "update_version": None, "connect_version": None}
