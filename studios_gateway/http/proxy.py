@@ -1,10 +1,12 @@
-"""The forwarding HTTP/1.1 proxy in front of the studios' tools.
+"""The forwarding HTTP/1.1 proxy in front of the studios' tools: the I/O side.
 
 One :class:`ProxyProtocol` per client connection, one :class:`UpstreamConnection`
 per connection to a tool (through :class:`~studios_gateway.http.upstream.Upstream`).
-h11 parses and frames both sides; this module moves events between them:
+The HTTP itself (heads, framing, refusals, what goes to whom) is in
+:mod:`studios_gateway.http.exchange`, without transports; this module feeds it
+bytes, writes what it returns, runs the timers and the dispatch:
 
-    client bytes -> head checks (headers.check_head) -> h11 Request -> routing
+    client bytes -> HeadReader (refusals) -> Exchange -> routing
     -> local routes (login) -> authorize -> lookup -> pool or Upstream.connect
     -> request head + body to the tool -> response head (+ path-mode rewrites)
     + body to the client -> the upstream connection back to the pool
@@ -19,39 +21,32 @@ Nothing is buffered beyond one read on either side.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import h11
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.auth.login import RequestInfo, strip_auth_cookies
+from studios_gateway.auth.login import RequestInfo
 from studios_gateway.http import pages
 from studios_gateway.http.deadline import Deadline
+from studios_gateway.http.exchange import (
+    Exchange,
+    HeadReader,
+    HeadRefused,
+    Limits,
+    NotForwardable,
+    Step,
+    ToolCodec,
+    raw_response,
+)
 from studios_gateway.http.flow import Gate, GateProducer
-from studios_gateway.http.headers import (
-    check_head,
-    connection_tokens,
-    is_trusted,
-    request_headers,
-    response_headers,
-)
-from studios_gateway.http.pathmode import rewrite_response_headers
-from studios_gateway.http.routing import (
-    Mode,
-    Redirect,
-    Refusal,
-    Route,
-    Router,
-    absolute_to_origin,
-    parse_host,
-)
+from studios_gateway.http.headers import is_trusted
+from studios_gateway.http.routing import Mode, Redirect, Refusal, Router
 from studios_gateway.http.upstream import (
     Authorize,
     IdlePool,
@@ -68,21 +63,7 @@ from studios_gateway.wire.sockopts import no_delay
 __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConnection",
            "allow_anonymous"]
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_request_line: int = 8 * 1024  # 414
-    max_header_bytes: int = 64 * 1024  # 431 (request line and fields together)
-    max_header_count: int = 100  # 431
-    header_timeout: float = 30.0  # 408: from the first byte (or the connection) to a full head
-    idle_timeout: float = 75.0  # a keep-alive connection with no request is closed
-    max_connections: int = 10_000  # 503 beyond this many client connections
-    max_body: int | None = None  # 413; None = unlimited
-    connect_timeout: float = 30.0  # 504 when the tool's connection is not up in time
-    response_timeout: float = 300.0  # 504 when no response head this long after the request
 
 
 @dataclass(frozen=True)
@@ -95,29 +76,6 @@ def allow_anonymous(request: RequestInfo, session_id: str) -> Deferred[Anonymous
     return defer.succeed(Anonymous())
 
 
-@dataclass
-class _Exchange:
-    """One request/response on a client connection."""
-
-    request: h11.Request
-    h: h11.Connection  # server side, this cycle only
-    route: Route | None = None
-    info: RequestInfo | None = None
-    subject: str = ""
-    identity: Any = None  # what authorize returned (for tracking upgraded connections)
-    upgrade: bool = False
-    up: UpstreamConnection | None = None
-    pending: Deferred[Any] | None = None
-    reused: bool = False
-    retried: bool = False
-    body_started: bool = False
-    body_bytes: int = 0
-    client_done: bool = False  # the whole request was read from the client
-    request_done: bool = False  # ... and sent to the tool
-    response_started: bool = False
-    pipelined: int = 0
-
-
 class UpstreamConnection(Protocol):
     """One connection to a tool. Belongs to a client connection while an exchange
     runs, to the pool while idle."""
@@ -127,7 +85,7 @@ class UpstreamConnection(Protocol):
     def __init__(self, session_id: str, pool: IdlePool, max_head: int):
         self.session_id = session_id
         self.pool = pool
-        self.h = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
+        self.codec = ToolCodec(max_head)
         self.owner: ProxyProtocol | None = None
         self.gate: Gate | None = None
         self.lost = False
@@ -136,11 +94,6 @@ class UpstreamConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.gate = Gate(self.transport)
-
-    def send(self, event: Any) -> None:
-        data = self.h.send(event)
-        if data:
-            self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
         if self.owner is None:
@@ -167,7 +120,7 @@ class UpstreamConnection(Protocol):
         return self.lost_reason is not None and self.lost_reason.check(ToolNotAnswering) is not None
 
     def reusable(self) -> bool:
-        return not self.lost and self.h.our_state is h11.DONE and self.h.their_state is h11.DONE
+        return not self.lost and self.codec.idle()
 
 
 class _UpstreamFactory(Factory):
@@ -259,14 +212,6 @@ class ProxyFactory(Factory):
             self._drained.fire()
 
 
-def _raw_response(page: pages.Page) -> bytes:
-    """A complete response with Connection: close, for errors before h11 has a request."""
-    lines = [b"HTTP/1.1 %d %s" % (page.status, page.reason)]
-    lines += [k + b": " + v for k, v in page.headers]
-    lines.append(b"Connection: close")
-    return b"\r\n".join(lines) + b"\r\n\r\n" + page.body
-
-
 class ProxyProtocol(Protocol):
     """One client connection: reads request heads, runs exchanges one at a time."""
 
@@ -274,8 +219,8 @@ class ProxyProtocol(Protocol):
     factory: ProxyFactory
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._ex: _Exchange | None = None
+        self._reader: HeadReader | None = None
+        self._ex: Exchange | None = None
         self._tunnel: UpstreamConnection | None = None
         self._timer: Deadline | None = None  # idle and head timeouts
         self._response_timer: Deadline | None = None  # the tool's response head
@@ -293,6 +238,7 @@ class ProxyProtocol(Protocol):
         no_delay(self.transport)  # small writes (WebSocket frames, heads) go out at once
         self.gate = Gate(self.transport)
         f = self.factory
+        self._reader = HeadReader(f.limits)
         self._timer = Deadline(f.reactor)
         self._response_timer = Deadline(f.reactor)
         peer = self.transport.getPeer()
@@ -328,7 +274,7 @@ class ProxyProtocol(Protocol):
         if ex is not None:
             self._abandon(ex)
 
-    def _abandon(self, ex: _Exchange) -> None:
+    def _abandon(self, ex: Exchange) -> None:
         self._cancel_response_timer()
         if ex.pending is not None:
             ex.pending.cancel()
@@ -345,7 +291,7 @@ class ProxyProtocol(Protocol):
     def _refuse_raw(self, page: pages.Page) -> None:
         self._closing = True
         self._cancel_timer()
-        self.transport.write(_raw_response(page))
+        self.transport.write(raw_response(page))
         self.transport.loseConnection()
 
     # Timers ---------------------------------------------------------------------------------
@@ -375,62 +321,30 @@ class ProxyProtocol(Protocol):
             return
         ex = self._ex
         if ex is None:
-            self._buf += data
+            assert self._reader is not None
+            self._reader.feed(data)
             self._read_head()
             return
-        ex.h.receive_data(data)
-        if ex.client_done:
-            ex.pipelined += len(data)
-            if ex.pipelined > self.factory.limits.max_header_bytes:
-                self.gate.pause("pipeline")
-        elif ex.up is not None:
+        if ex.client_data(data):
+            self.gate.pause("pipeline")
+        elif not ex.client_done and ex.up is not None:
             self._pump_request(ex)
 
     def _read_head(self) -> None:
-        buf = self._buf
-        while buf[:2] == b"\r\n":  # empty lines before a request are ignored
-            del buf[:2]
-        if not buf:
-            return
-        lim = self.factory.limits
-        end = buf.find(b"\r\n\r\n")
-        if self._idle:
+        reader = self._reader
+        assert reader is not None
+        got = reader.take()
+        if self._idle and (got is not None or reader.buf):
             self._idle = False
-            if end == -1:  # a complete head disarms the idle timer below instead
-                self._set_timer(lim.header_timeout, self._head_timed_out)
-        line_end = buf.find(b"\r\n")
-        if line_end > lim.max_request_line or (line_end == -1 and len(buf) > lim.max_request_line):
-            self._refuse_head(414, "request line too long")
+            if got is None:  # a complete head disarms the idle timer below instead
+                self._set_timer(self.factory.limits.header_timeout, self._head_timed_out)
+        if got is None:
             return
-        if (end + 4 if end != -1 else len(buf)) > lim.max_header_bytes:
-            self._refuse_head(431, "request head too large")
-            return
-        if _BARE_LF.search(buf, 0, end + 4 if end != -1 else len(buf)):
-            self._refuse_head(400, "bare LF")
-            return
-        if end == -1:
-            return
-        head, rest = bytes(buf[: end + 4]), bytes(buf[end + 4 :])
-        buf.clear()
-        problem = check_head(head, max_request_line=lim.max_request_line,
-                             max_header_count=lim.max_header_count)
-        if problem is not None:
-            self._refuse_head(problem.status, problem.reason)
-            return
-        h = h11.Connection(h11.SERVER, max_incomplete_event_size=lim.max_header_bytes + 1024)
-        h.receive_data(head)
-        try:
-            event = h.next_event()
-        except h11.RemoteProtocolError as e:
-            self._refuse_head(400, str(e))
-            return
-        if not isinstance(event, h11.Request):
-            self._refuse_head(400, "no request")
+        if isinstance(got, HeadRefused):
+            self._refuse_head(got.status, got.why)
             return
         self._cancel_timer()
-        if rest:
-            h.receive_data(rest)
-        self._start(_Exchange(event, h))
+        self._start(got)
 
     def _refuse_head(self, status: int, why: str) -> None:
         self._log.info("refused a request from {peer}: {status} {why}", peer=self._peer,
@@ -439,49 +353,31 @@ class ProxyProtocol(Protocol):
 
     # Dispatch ---------------------------------------------------------------------------------
 
-    def _start(self, ex: _Exchange) -> None:
+    def _start(self, ex: Exchange) -> None:
         self._ex = ex
         f = self.factory
-        req = ex.request
-        raw = list(req.headers.raw_items())
-        host = next(v for k, v in raw if k.lower() == b"host").decode("latin-1")
-        target = req.target.decode("latin-1")
-        if not target.startswith("/"):
-            origin = absolute_to_origin(target, host)
-            if origin is None:
-                self._respond(ex, pages.bad_request("This request target is not accepted."),
-                              close=True)
-                return
-            target = origin
-        path, _, query = target.partition("?")
-        ex.info = RequestInfo(req.method.decode("ascii"), host, path, query,
-                              headers=tuple(raw), scheme=f.scheme,
-                              client=(self._peer, self._peer_port) if self._peer else None)
-        tokens = connection_tokens(raw)
-        ex.upgrade = b"upgrade" in tokens and any(k.lower() == b"upgrade" for k, _ in raw)
-        length = next((v for k, v in raw if k.lower() == b"content-length"), None)
-        if f.limits.max_body is not None and length is not None \
-                and int(length) > f.limits.max_body:
-            self._respond(ex, pages.status_page(413, "The request body is too large."),
-                          close=True)
+        refused = ex.begin(f.scheme, self._peer, self._peer_port)
+        if refused is not None:
+            self._respond(ex, refused.page, close=refused.close)
             return
+        assert ex.info is not None
         d: Deferred[Any] = (defer.maybeDeferred(f.local_routes, ex.info)
                             if f.local_routes is not None else defer.succeed(None))
         ex.pending = d
-        d.addCallback(self._after_local, ex, host, target)
+        d.addCallback(self._after_local, ex)
         d.addErrback(self._dispatch_failed, ex)
         # Most requests (cached login, pooled connection) reach the tool or an answer
         # before this line; pause the client's reads only when something is awaited.
         if ex is self._ex and ex.up is None and not self._closing:
             self.gate.pause("dispatch")
 
-    def _after_local(self, answer: Any, ex: _Exchange, host: str, target: str) -> Any:
+    def _after_local(self, answer: Any, ex: Exchange) -> Any:
         if ex is not self._ex:
             return None
         if answer is not None:
             self._respond(ex, answer)
             return None
-        route = self.factory.router.route(host, target)
+        route = self.factory.router.route(ex.host, ex.target)
         if isinstance(route, Redirect):
             self._respond(ex, pages.redirect(route.location, route.status))
             return None
@@ -498,7 +394,7 @@ class ProxyProtocol(Protocol):
         ex.pending = d
         return d.addCallback(self._authorized, ex)
 
-    def _authorized(self, who: Any, ex: _Exchange) -> Any:
+    def _authorized(self, who: Any, ex: Exchange) -> Any:
         if ex is not self._ex:
             return None
         if not hasattr(who, "subject"):
@@ -506,12 +402,11 @@ class ProxyProtocol(Protocol):
             return None
         ex.subject = who.subject
         ex.identity = who
-        assert ex.route is not None
-        d = self.factory.lookup(ex.route.session_id)
+        d = self.factory.lookup(ex.session_id)
         ex.pending = d
         return d.addCallback(self._looked_up, ex)
 
-    def _looked_up(self, info: SessionInfo | None, ex: _Exchange) -> None:
+    def _looked_up(self, info: SessionInfo | None, ex: Exchange) -> None:
         if ex is not self._ex:
             return
         route = ex.route
@@ -525,7 +420,7 @@ class ProxyProtocol(Protocol):
         else:
             self._connect(ex)
 
-    def _dispatch_failed(self, failure: Failure, ex: _Exchange) -> None:
+    def _dispatch_failed(self, failure: Failure, ex: Exchange) -> None:
         if ex is not self._ex:
             return
         self._log.failure("dispatching a request failed", failure)
@@ -534,34 +429,33 @@ class ProxyProtocol(Protocol):
 
     # The tool's side --------------------------------------------------------------------------
 
-    def _connect(self, ex: _Exchange) -> None:
+    def _connect(self, ex: Exchange) -> None:
         f = self.factory
-        route = ex.route
-        assert route is not None
-        conn = None if ex.retried else f.pool.take(route.session_id)
+        sid = ex.session_id
+        conn = None if ex.retried else f.pool.take(sid)
         if conn is not None:
             assert isinstance(conn, UpstreamConnection)
             ex.reused = True
             self._attach(ex, conn)
             return
-        d = f.upstream.connect(route.session_id, f.upstream_factory(route.session_id))
+        d = f.upstream.connect(sid, f.upstream_factory(sid))
         d.addTimeout(f.limits.connect_timeout, f.reactor)
         ex.pending = d
         d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(ex,),
                        errbackArgs=(ex,))
 
-    def _connected(self, conn: UpstreamConnection, ex: _Exchange) -> None:
+    def _connected(self, conn: UpstreamConnection, ex: Exchange) -> None:
         ex.pending = None
         if ex is not self._ex:
             conn.close()
             return
         self._attach(ex, conn)
 
-    def _connect_failed(self, failure: Failure, ex: _Exchange) -> None:
+    def _connect_failed(self, failure: Failure, ex: Exchange) -> None:
         if ex is not self._ex:
             return
         ex.pending = None
-        sid = ex.route.session_id if ex.route else ""
+        sid = ex.session_id
         if failure.check(StudioNotConnected):
             page = pages.not_connected(sid)
         elif failure.check(ToolNotAnswering, defer.TimeoutError, defer.CancelledError):
@@ -571,32 +465,14 @@ class ProxyProtocol(Protocol):
             page = pages.bad_gateway(sid)
         self._respond(ex, page)
 
-    def _attach(self, ex: _Exchange, conn: UpstreamConnection) -> None:
+    def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
         f = self.factory
         ex.up = conn
         conn.owner = self
-        route = ex.route
-        assert route is not None
-        req = ex.request
-        raw = strip_auth_cookies(req.headers.raw_items())
-        framing = None
-        for k, v in raw:
-            lk = k.lower()
-            if lk == b"content-length":
-                framing = (b"Content-Length", v.strip())
-            elif lk == b"transfer-encoding":
-                framing = (b"Transfer-Encoding", b"chunked")
         try:
-            headers = request_headers(
-                raw, peer=self._peer, trusted=self._trusted,
-                scheme=f.scheme, subject=ex.subject, upgrade=ex.upgrade, framing=framing)
-            # Every header value came from h11's parse of the client's request, from the
-            # transport (the peer's address) or was checked by request_headers (the
-            # subject, ValueError): h11 need not validate them again (`_parsed`; the
-            # method and target it still checks).
-            conn.send(h11.Request(method=req.method, target=route.upstream_target.encode(),
-                                  headers=headers, _parsed=True))
-        except (h11.LocalProtocolError, ValueError) as e:
+            head = ex.tool_head(conn.codec, peer=self._peer, trusted=self._trusted,
+                                scheme=f.scheme)
+        except NotForwardable as e:
             self._log.info("request not forwardable: {e}", e=e)
             self._detach(conn)
             ex.up = None
@@ -604,6 +480,7 @@ class ProxyProtocol(Protocol):
             self._respond(ex, pages.bad_request("The request could not be forwarded."),
                           close=True)
             return
+        conn.transport.write(head)
         conn.transport.registerProducer(GateProducer(self.gate, "upstream-full"), True)
         conn.has_producer = True
         assert conn.gate is not None
@@ -611,6 +488,7 @@ class ProxyProtocol(Protocol):
         self._has_producer = True
         self.gate.resume("dispatch")
         if ex.client_done:  # a retry: the (empty) body was read already
+            self._to_tool(conn, ex.end_request(conn.codec))
             self._request_sent(ex)
         else:
             self._pump_request(ex)
@@ -630,39 +508,30 @@ class ProxyProtocol(Protocol):
                 self.transport.unregisterProducer()
         self.gate.resume("upstream-full")
 
-    def _pump_request(self, ex: _Exchange) -> None:
-        lim = self.factory.limits
-        while ex is self._ex and ex.up is not None and not ex.client_done:
-            try:
-                event = ex.h.next_event()
-            except h11.RemoteProtocolError as e:
-                self._body_refused(ex, 400, f"malformed request body: {e}")
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.Data):
-                ex.body_bytes += len(event.data)
-                if lim.max_body is not None and ex.body_bytes > lim.max_body:
-                    self._body_refused(ex, 413, "The request body is too large.")
-                    return
-                ex.body_started = True
-                ex.up.send(h11.Data(data=event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                ex.client_done = True
-                self._request_sent(ex)
-            elif isinstance(event, h11.ConnectionClosed):
-                self._close()
-                return
+    @staticmethod
+    def _to_tool(conn: UpstreamConnection, data: bytes) -> None:
+        if data:
+            conn.transport.write(data)
 
-    def _request_sent(self, ex: _Exchange) -> None:
-        assert ex.up is not None
-        ex.up.send(h11.EndOfMessage())
-        ex.request_done = True
+    def _pump_request(self, ex: Exchange) -> None:
+        up = ex.up
+        assert up is not None
+        data, step = ex.pump_request(up.codec)
+        self._to_tool(up, data)
+        if step is Step.COMPLETE:
+            self._request_sent(ex)
+        elif step is Step.REFUSED:
+            assert ex.problem is not None
+            self._body_refused(ex, ex.problem.status, ex.problem.why)
+        elif step is Step.CLOSED:
+            self._close()
+
+    def _request_sent(self, ex: Exchange) -> None:
         assert self._response_timer is not None
         self._response_timer.arm(self.factory.limits.response_timeout,
                                  self._response_timed_out, ex)
 
-    def _body_refused(self, ex: _Exchange, status: int, why: str) -> None:
+    def _body_refused(self, ex: Exchange, status: int, why: str) -> None:
         self._log.info("request body refused: {why}", why=why)
         up, ex.up = ex.up, None
         if up is not None:
@@ -673,15 +542,14 @@ class ProxyProtocol(Protocol):
         else:
             self._respond(ex, pages.status_page(status, why), close=True)
 
-    def _response_timed_out(self, ex: _Exchange) -> None:
+    def _response_timed_out(self, ex: Exchange) -> None:
         if ex is not self._ex or ex.response_started:
             return
         up, ex.up = ex.up, None
         if up is not None:
             self._detach(up)
             up.close()
-        self._respond(ex, pages.tool_not_answering(ex.route.session_id if ex.route else ""),
-                      close=True)
+        self._respond(ex, pages.tool_not_answering(ex.session_id), close=True)
 
     def upstream_data(self, conn: UpstreamConnection, data: bytes) -> None:
         if self._tunnel is conn:
@@ -691,95 +559,51 @@ class ProxyProtocol(Protocol):
         if ex is None or ex.up is not conn:
             conn.close()
             return
-        conn.h.receive_data(data)
+        conn.codec.receive(data)
         self._pump_response(ex, conn)
 
-    def _pump_response(self, ex: _Exchange, conn: UpstreamConnection) -> None:
+    def _pump_response(self, ex: Exchange, conn: UpstreamConnection) -> None:
         # What one read of the tool's bytes yields (often head, body and end) goes to
         # the client in one write; it is written before anything that ends or
         # switches the exchange.
-        out: list[bytes] = []
-        try:
-            while ex is self._ex and ex.up is conn:
-                try:
-                    event = conn.h.next_event()
-                except h11.RemoteProtocolError as e:
-                    self._flush(out)
-                    self._upstream_broken(ex, conn, f"bad response from the tool: {e}")
-                    return
-                if event is h11.NEED_DATA or event is h11.PAUSED:
-                    return
-                if isinstance(event, h11.InformationalResponse):
-                    if event.status_code == 101:
-                        self._flush(out)
-                        self._switch(ex, conn, event)
-                        return
-                    out.append(ex.h.send(h11.InformationalResponse(
-                        status_code=event.status_code, reason=event.reason,
-                        headers=response_headers(event.headers.raw_items(), upgrade=False))))
-                elif isinstance(event, h11.Response):
-                    self._cancel_response_timer()
-                    ex.response_started = True
-                    headers, parsed = self._response_headers(ex, event, upgrade=False)
-                    out.append(ex.h.send(h11.Response(
-                        status_code=event.status_code, reason=event.reason, headers=headers,
-                        _parsed=parsed)))
-                elif isinstance(event, h11.Data):
-                    out.append(ex.h.send(h11.Data(data=event.data)))
-                elif isinstance(event, h11.EndOfMessage):
-                    out.append(ex.h.send(h11.EndOfMessage()))
-                    self._flush(out)
-                    self._response_done(ex, conn)
-                    return
-                elif isinstance(event, h11.ConnectionClosed):
-                    return
-        finally:
-            self._flush(out)
-
-    def _flush(self, out: list[bytes]) -> None:
-        if out:
-            self.transport.write(b"".join(out))
-            out.clear()
-
-    def _response_headers(self, ex: _Exchange, event: Any, upgrade: bool
-                          ) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """The headers for the client, and whether they are all as h11 parsed them from
-        the tool (then h11 need not validate them again)."""
-        headers = response_headers(event.headers.raw_items(), upgrade=upgrade)
-        route = ex.route
-        if route is not None and route.mode is Mode.PATH and ex.info is not None:
-            hostname = parse_host(ex.info.host) or ""
-            return rewrite_response_headers(headers, route.prefix, hostname), False
-        return headers, True
+        started = ex.response_started
+        data, step, event = ex.pump_response(conn.codec)
+        if ex.response_started and not started:
+            self._cancel_response_timer()
+        if data:
+            self.transport.write(data)
+        if step is Step.COMPLETE:
+            self._response_done(ex, conn)
+        elif step is Step.SWITCH:
+            self._switch(ex, conn, event)
+        elif step is Step.BROKEN:
+            assert ex.problem is not None
+            self._upstream_broken(ex, conn, ex.problem.why)
 
     def _cancel_response_timer(self) -> None:
         if self._response_timer is not None:
             self._response_timer.disarm()
 
-    def _response_done(self, ex: _Exchange, conn: UpstreamConnection) -> None:
+    def _response_done(self, ex: Exchange, conn: UpstreamConnection) -> None:
         self._cancel_response_timer()
         ex.up = None
         self._detach(conn)
-        if ex.request_done and conn.reusable():
-            conn.h.start_next_cycle()
-            assert ex.route is not None
-            if not self.factory.pool.put(ex.route.session_id, conn):
+        if not conn.lost and ex.reusable(conn.codec):
+            conn.codec.next_cycle()
+            if not self.factory.pool.put(ex.session_id, conn):
                 conn.close()
         else:
             conn.close()
         self._finish(ex)
 
-    def _switch(self, ex: _Exchange, conn: UpstreamConnection,
-                event: h11.InformationalResponse) -> None:
+    def _switch(self, ex: Exchange, conn: UpstreamConnection, event: Any) -> None:
         """A 101: from here on, bytes are spliced both ways."""
         self._cancel_response_timer()
-        try:
-            head = ex.h.send(h11.InformationalResponse(
-                status_code=101, reason=event.reason,
-                headers=self._response_headers(ex, event, upgrade=True)[0]))
-        except h11.LocalProtocolError:
+        switched = ex.switch(conn.codec, event)
+        if switched is None:
             self._upstream_broken(ex, conn, "the tool switched protocols unasked")
             return
+        head, up_rest, client_rest = switched
         self._ex = None
         self._tunnel = conn
         f = self.factory
@@ -787,15 +611,13 @@ class ProxyProtocol(Protocol):
             self._release = f.track(ex.route.session_id, ex.identity,
                                     lambda reason: self._close())
         self.transport.write(head)
-        up_rest, _ = conn.h.trailing_data
-        client_rest, _ = ex.h.trailing_data
         if up_rest:
             self.transport.write(up_rest)
         if client_rest:
             conn.transport.write(client_rest)
         self.gate.resume("pipeline")
 
-    def _upstream_broken(self, ex: _Exchange, conn: UpstreamConnection, why: str) -> None:
+    def _upstream_broken(self, ex: Exchange, conn: UpstreamConnection, why: str) -> None:
         self._log.info("{why}", why=why)
         ex.up = None
         self._detach(conn)
@@ -803,8 +625,7 @@ class ProxyProtocol(Protocol):
         if ex.response_started:
             self._close()
         else:
-            self._respond(ex, pages.bad_gateway(ex.route.session_id if ex.route else ""),
-                          close=True)
+            self._respond(ex, pages.bad_gateway(ex.session_id), close=True)
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         if self._tunnel is conn:
@@ -815,7 +636,7 @@ class ProxyProtocol(Protocol):
         if ex is None or ex.up is not conn:
             return
         if ex.response_started:  # a response delimited by the close ends here
-            conn.h.receive_data(b"")
+            conn.codec.closed()
             self._pump_response(ex, conn)
             if ex is not self._ex or ex.up is not conn:
                 return
@@ -828,66 +649,45 @@ class ProxyProtocol(Protocol):
             # An idle connection the tool closed as we took it: one fresh try.
             ex.retried = True
             ex.request_done = False
-            self._log.debug("retrying on a fresh connection to {sid}",
-                            sid=ex.route.session_id if ex.route else "")
+            self._log.debug("retrying on a fresh connection to {sid}", sid=ex.session_id)
             self.gate.pause("dispatch")
             self._connect(ex)
         else:
-            sid = ex.route.session_id if ex.route else ""
+            sid = ex.session_id
             page = pages.tool_not_answering(sid) if conn.refused() else pages.bad_gateway(sid)
             self._respond(ex, page, close=True)
 
     # Answering and finishing ------------------------------------------------------------------
 
-    def _respond(self, ex: _Exchange, answer: Any, close: bool = False) -> None:
+    def _respond(self, ex: Exchange, answer: Any, close: bool = False) -> None:
         """Send a response made here (a page, a redirect, the login's answer)."""
         if ex is not self._ex or self._closing:
             return
-        complete = ex.client_done
-        while not complete:
-            try:
-                event = ex.h.next_event()
-            except h11.RemoteProtocolError:
-                break
-            if isinstance(event, h11.EndOfMessage):
-                complete = True
-            elif not isinstance(event, h11.Data):
-                break
-        headers = [(k, v) for k, v in answer.headers if k.lower() != b"connection"]
-        if close or not complete:
-            headers.append((b"Connection", b"close"))
-        try:
-            data = ex.h.send(h11.Response(status_code=answer.status, headers=headers,
-                                          reason=pages.reason_phrase(answer.status)))
-            if answer.body and ex.request.method != b"HEAD":
-                data += ex.h.send(h11.Data(data=answer.body))
-            data += ex.h.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as e:
-            self._log.warn("could not send a {status}: {e}", status=answer.status, e=e)
+        data, close = ex.answer(answer, close)
+        if data is None:
+            self._log.warn("could not send a {status}: {e}", status=answer.status,
+                           e=ex.problem.why if ex.problem else "")
             self._close()
             return
         self.transport.write(data)
-        self._finish(ex, close=close or not complete)
+        self._finish(ex, close=close)
 
-    def _finish(self, ex: _Exchange, close: bool = False) -> None:
+    def _finish(self, ex: Exchange, close: bool = False) -> None:
         self._ex = None
         self._cancel_response_timer()
         if ex.pending is not None:
             ex.pending = None
-        if (close or self.factory.draining or ex.h.our_state is not h11.DONE
-                or ex.h.their_state is not h11.DONE):
+        rest = None if close or self.factory.draining else ex.leftover()
+        if rest is None:
             self._close()
             return
-        data, closed = ex.h.trailing_data
-        if closed:
-            self._close()
-            return
-        self._buf = bytearray(data)
+        assert self._reader is not None
+        self._reader.reset(rest)
         self.gate.resume("pipeline")
         self.gate.resume("dispatch")
         self.gate.resume("upstream-full")
         lim = self.factory.limits
-        if self._buf:
+        if self._reader.buf:
             self._set_timer(lim.header_timeout, self._head_timed_out)
             self._read_head()
         else:

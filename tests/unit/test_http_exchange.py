@@ -1,0 +1,111 @@
+"""The proxy's HTTP logic without transports, reactor or Deferreds: bytes in, bytes out."""
+
+from __future__ import annotations
+
+from studios_gateway.http.exchange import (
+    Exchange,
+    HeadReader,
+    HeadRefused,
+    Limits,
+    Step,
+    ToolCodec,
+)
+from studios_gateway.http.routing import Router
+
+GET = b"GET /lab?x=1 HTTP/1.1\r\nHost: abc.studios.test\r\nCookie: a=b\r\n\r\n"
+ROUTER = Router("studios.test", "studios.test")
+
+
+def started(raw: bytes) -> Exchange:
+    reader = HeadReader(Limits())
+    reader.feed(raw)
+    ex = reader.take()
+    assert isinstance(ex, Exchange)
+    assert ex.begin("http", "192.0.2.7", 5555) is None
+    route = ROUTER.route(ex.host, ex.target)
+    ex.route = route  # type: ignore[assignment]
+    ex.subject = "alice"
+    return ex
+
+
+def test_a_get_round_trip_in_bytes() -> None:
+    ex = started(GET)
+    assert (ex.host, ex.target, ex.upgrade) == ("abc.studios.test", "/lab?x=1", False)
+    assert ex.info is not None and ex.info.path == "/lab" and ex.info.query == "x=1"
+    tool = ToolCodec(1 << 16)
+    head = ex.tool_head(tool, peer="192.0.2.7", trusted=False, scheme="http")
+    assert head.startswith(b"GET /lab?x=1 HTTP/1.1\r\n")
+    assert b"X-Connect-Sub: alice\r\n" in head and b"X-Forwarded-For: 192.0.2.7\r\n" in head
+    body, step = ex.pump_request(tool)
+    assert (body, step) == (b"", Step.COMPLETE) and ex.request_done
+    tool.receive(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nhi")
+    out, step, _ = ex.pump_response(tool)
+    assert step is Step.COMPLETE and ex.response_started
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nhi")
+    assert b"keep-alive" not in out.lower()  # hop-by-hop
+    assert ex.reusable(tool) and ex.leftover() == b""
+
+
+def test_pipelined_bytes_are_left_for_the_next_request() -> None:
+    ex = started(GET + b"GET /two HTTP/1.1\r\n")
+    tool = ToolCodec(1 << 16)
+    ex.tool_head(tool, peer=None, trusted=False, scheme="http")
+    assert ex.pump_request(tool)[1] is Step.COMPLETE
+    tool.receive(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert ex.pump_response(tool)[1] is Step.COMPLETE
+    assert ex.leftover() == b"GET /two HTTP/1.1\r\n"
+
+
+def test_chunked_body_streams_and_a_bad_chunk_is_refused() -> None:
+    ex = started(b"POST /up HTTP/1.1\r\nHost: abc.studios.test\r\nTransfer-Encoding: chunked"
+                 b"\r\n\r\n5\r\nhello\r\n")
+    tool = ToolCodec(1 << 16)
+    ex.tool_head(tool, peer=None, trusted=False, scheme="http")
+    assert ex.pump_request(tool) == (b"5\r\nhello\r\n", Step.NEED_DATA)
+    ex.client_data(b"zz\r\n")
+    data, step = ex.pump_request(tool)
+    assert step is Step.REFUSED and data == b"" and ex.problem is not None
+    assert ex.problem.status == 400
+
+
+def test_body_over_the_limit_and_answers_made_here() -> None:
+    reader = HeadReader(Limits(max_body=3))
+    reader.feed(b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nContent-Length: 9\r\n\r\n")
+    ex = reader.take()
+    assert isinstance(ex, Exchange)
+    refused = ex.begin("http", None, 0)
+    assert refused is not None and refused.page.status == 413 and refused.close
+    data, close = ex.answer(refused.page, refused.close)
+    assert data is not None and data.startswith(b"HTTP/1.1 413 ") and close
+    assert b"Connection: close\r\n" in data
+
+
+def test_head_refusals_and_partial_heads() -> None:
+    reader = HeadReader(Limits(max_request_line=40))
+    reader.feed(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a")
+    assert reader.take() is None and reader.buf.startswith(b"GET /")
+    for raw, status in [(b"GET /" + b"a" * 50, 414), (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+                        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400)]:
+        reader = HeadReader(Limits(max_request_line=40))
+        reader.feed(raw)
+        got = reader.take()
+        assert isinstance(got, HeadRefused) and got.status == status, raw
+
+
+def test_a_101_switches_and_hands_over_the_bytes_after_it() -> None:
+    ex = started(b"GET /ws HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade\r\n"
+                 b"Upgrade: websocket\r\n\r\n\x81\x00")
+    assert ex.upgrade
+    tool = ToolCodec(1 << 16)
+    head = ex.tool_head(tool, peer=None, trusted=False, scheme="http")
+    assert b"Connection: upgrade\r\n" in head
+    ex.pump_request(tool)
+    tool.receive(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\n\r\n\x82\x00")
+    out, step, event = ex.pump_response(tool)
+    assert step is Step.SWITCH and out == b""
+    switched = ex.switch(tool, event)
+    assert switched is not None
+    head, up_rest, client_rest = switched
+    assert head.startswith(b"HTTP/1.1 101 ") and up_rest == b"\x82\x00"
+    assert client_rest == b"\x81\x00"
