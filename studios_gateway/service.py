@@ -38,6 +38,8 @@ from studios_gateway.http.proxy import ProxyFactory
 from studios_gateway.management.endpoints import Health
 from studios_gateway.metrics import Metrics
 from studios_gateway.peers import advertised_address, build_peers
+from studios_gateway.registry.base import SessionStore, TunnelClaims
+from studios_gateway.registry.cache import CachingStore
 from studios_gateway.reload import apply_log_level, run_hooks, tls_reloader
 from studios_gateway.reuseport import SHARED_LISTENERS, ReusePortEndpoint
 from studios_gateway.ssh.component import SSHProxy, build_ssh, load_gateway_host_key
@@ -48,7 +50,7 @@ from studios_gateway.tunnel.server import TunnelTable
 STORE_PING_TIMEOUT = 5.0
 
 
-def build_store(config: Config, clock: Any) -> Any:
+def build_store(config: Config, clock: Any) -> CachingStore:
     """The session registry the config asks for, behind a local cache."""
     from studios_gateway.registry.cache import CachingStore
 
@@ -75,7 +77,8 @@ class GatewayService(MultiService):
 
     _log = Logger()
 
-    def __init__(self, config: Config, reactor: Any, store: Any, metrics: Metrics | None = None,
+    def __init__(self, config: Config, reactor: Any, store: SessionStore,
+                 metrics: Metrics | None = None,
                  environ: Mapping[str, str] | None = None):
         super().__init__()
         self.config = config
@@ -182,8 +185,7 @@ class GatewayService(MultiService):
         for warning in self.config.warnings:
             self._log.warn("config: {warning}", warning=warning)
         self.metrics.instrument_reactor(self.reactor)
-        if hasattr(self.store, "start"):
-            self.store.start()
+        self.store.start()
         for component in self.components:
             d = defer.maybeDeferred(component.start)
             d.addErrback(self._component_failed, component)
@@ -211,8 +213,7 @@ class GatewayService(MultiService):
         def stop_rest(_: Any) -> Deferred[Any]:
             ds = [defer.maybeDeferred(c.stop) for c in reversed(self.components)]
             ds.append(self.unbind_all())
-            if hasattr(self.store, "stop"):
-                ds.append(defer.maybeDeferred(self.store.stop))
+            ds.append(defer.maybeDeferred(self.store.stop))
             self.metrics.uninstrument_reactor()
             return defer.DeferredList(ds, consumeErrors=True)
 
@@ -229,7 +230,7 @@ class GatewayService(MultiService):
         for check in self._ready_checks:
             name, _, state = check().partition("=")
             checks[name] = state
-        d = defer.maybeDeferred(self.store.ping)
+        d: Deferred[Any] = defer.maybeDeferred(self.store.ping)
         d.addTimeout(STORE_PING_TIMEOUT, self.reactor)
 
         def store_ok(_: Any) -> None:
@@ -362,7 +363,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     return gateway
 
 
-def build_auth(config: Config, reactor: Any, store: Any) -> tuple[Auth, Part]:
+def build_auth(config: Config, reactor: Any, store: SessionStore) -> tuple[Auth, Part]:
     """Login and authorization, and its Part (started before /ready says ok)."""
     auth = Auth.from_config(config, store, reactor=reactor)
     state = {"started": False}
@@ -377,7 +378,8 @@ def build_auth(config: Config, reactor: Any, store: Any) -> tuple[Auth, Part]:
     return auth, part
 
 
-def build_tunnels(config: Config, reactor: Any, store: Any, metrics: Metrics, storage: Path, *,
+def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Metrics,
+                  storage: Path, *,
                   node_address: str, ssh_host_key: str | None
                   ) -> tuple[TunnelTable, str | None, Part]:
     """The tunnel listener and table; the pin of a self-made certificate (None with the
@@ -419,7 +421,7 @@ def build_tunnels(config: Config, reactor: Any, store: Any, metrics: Metrics, st
     return table, pin, part
 
 
-def build_management(config: Config, reactor: Any, store: Any, table: TunnelTable,
+def build_management(config: Config, reactor: Any, store: SessionStore, table: TunnelTable,
                      pin: str | None, auth: Auth, api_mounts: Mapping[bytes, Any], *,
                      health: Health, metrics: Metrics, shutdown: Callable[[], Any]) -> Part:
     """The management listener: /live /ready /metrics /shutdown and the admin API."""

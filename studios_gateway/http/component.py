@@ -36,6 +36,7 @@ from studios_gateway.config import Config
 from studios_gateway.http.proxy import ProxyFactory
 from studios_gateway.http.routing import Router
 from studios_gateway.http.upstream import SessionInfo, StudioNotConnected, ToolNotAnswering
+from studios_gateway.registry.base import TunnelClaims
 from studios_gateway.tunnel.dialer import Dialer
 
 __all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "make_lookup"]
@@ -90,7 +91,7 @@ class TunnelUpstream:
         return d.addCallbacks(attach, unreachable)
 
 
-def make_lookup(store: Any, dialer: Any) -> Any:
+def make_lookup(store: TunnelClaims, dialer: Dialer) -> Any:
     """lookup(session_id) -> Deferred[SessionInfo | None] from the registry and the dialer."""
 
     def lookup(session_id: str) -> Deferred[SessionInfo | None]:
@@ -168,7 +169,7 @@ def _track(auth: Any) -> Any:
     return track
 
 
-def build_factory(config: Config, reactor: Any, store: Any, dialer: Dialer,
+def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer,
                   auth: Auth) -> ProxyFactory:
     """The proxy for this gateway's config, store, dialer and login."""
     tls = bool(config.tls_cert_file and config.tls_key_file)
@@ -196,7 +197,7 @@ def build_factory(config: Config, reactor: Any, store: Any, dialer: Dialer,
     )
 
 
-def build_http(config: Config, reactor: Any, store: Any, dialer: Dialer,
+def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer,
                auth: Auth) -> tuple[ProxyFactory, Part]:
     """The HTTP(S) proxy and its Part: the listener, drain and stop, the TLS reload hook."""
     from twisted.protocols.tls import TLSMemoryBIOFactory

@@ -21,6 +21,7 @@ from studios_gateway.images import StudioImage, studio_image
 from studios_gateway.registry.base import (
     SessionExists,
     SessionRecord,
+    SessionStore,
     hash_token,
     new_token,
 )
@@ -143,7 +144,8 @@ def validate_change(body: Any) -> dict[str, Any]:
 class Sessions:
     """Session lifecycle for the admin API."""
 
-    def __init__(self, store: Any, *, clock: Any, on_end: Callable[[str], Any] = lambda s: None,
+    def __init__(self, store: SessionStore, *, clock: Any,
+                 on_end: Callable[[str], Any] = lambda s: None,
                  on_revoke: Callable[[str, str], Any] = lambda s, u: None,
                  tunnel_state: Callable[[str], Deferred[dict[str, Any] | None]] | None = None):
         self._store = store

@@ -17,6 +17,7 @@ from studios_gateway.metrics import Metrics
 from studios_gateway.peers.handshake import PeerAuth
 from studios_gateway.peers.link import PeerPool, PeerServerFactory, PeerSettings
 from studios_gateway.peers.remote import make_remote
+from studios_gateway.registry.base import TunnelClaims
 from studios_gateway.tunnel.dialer import RemoteDial
 from studios_gateway.tunnel.server import TunnelTable
 
@@ -58,7 +59,7 @@ def settings_from(config: Any) -> PeerSettings:
                         ping_timeout=config.tunnel_ping_timeout)
 
 
-def build_peers(config: Config, reactor: Any, store: Any, table: TunnelTable,
+def build_peers(config: Config, reactor: Any, store: TunnelClaims, table: TunnelTable,
                 metrics: Metrics) -> tuple[RemoteDial | None, Part]:
     """The peer listener and the dialing pool to other nodes, as a Part, and the dial
     for sessions held elsewhere (None for one node: an in-memory registry has no peers)."""

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from studios_gateway.peers.link import PeerPool, PeerUnavailable
 from studios_gateway.peers.streams import PeerRefused
-from studios_gateway.registry.base import StoreUnavailable
+from studios_gateway.registry.base import StoreUnavailable, TunnelClaims
 from studios_gateway.tunnel.dialer import StudioUnreachable
 from studios_gateway.wire.mux import TunnelUnavailable
 
@@ -30,7 +30,8 @@ _log = Logger(namespace="studios_gateway.peers")
 REBIND_WAIT = 5.0
 
 
-def wait_for_change(store: Any, clock: Any, session_id: str, timeout: float) -> Deferred[bool]:
+def wait_for_change(store: TunnelClaims, clock: Any, session_id: str,
+                    timeout: float) -> Deferred[bool]:
     """Fires True when the registry reports a change of `session_id` (or may have missed
     one), False after `timeout` seconds."""
     d: Deferred[bool] = Deferred()
@@ -51,7 +52,7 @@ def wait_for_change(store: Any, clock: Any, session_id: str, timeout: float) -> 
     return d.addBoth(done)
 
 
-def make_remote(store: Any, pool: PeerPool, node_id: str, node_address: Callable[[], str],
+def make_remote(store: TunnelClaims, pool: PeerPool, node_id: str, node_address: Callable[[], str],
                 on_outcome: Callable[[str], None] | None = None, *,
                 local: Callable[[str, bytes], Any] | None = None, clock: Any = None,
                 rebind_wait: float = REBIND_WAIT) -> Callable[[str, bytes], Deferred[Any]]:

@@ -342,9 +342,14 @@ def check_user_keys(user: str, lines: list[str]) -> None:
 # The interface ----------------------------------------------------------------------
 
 
-class SessionStore(Protocol):
-    """What the gateway needs from a session registry. Every method returns a Deferred;
-    when the backend is unreachable they fail with StoreUnavailable."""
+# Narrow interfaces: each part of the gateway names the one it uses in its signatures.
+# Every method returns a Deferred; when the backend is unreachable they fail with
+# StoreUnavailable. MemoryStore, RedisStore and CachingStore implement all of them
+# (SessionStore); the choice between them is made once, in service.build_store.
+
+
+class StoreLifecycle(Protocol):
+    """Connecting to the backend, and asking whether it answers."""
 
     def start(self) -> None:
         """Connect (if there is anything to connect to); returns at once."""
@@ -354,6 +359,10 @@ class SessionStore(Protocol):
 
     def ping(self) -> Deferred[None]:
         """Succeeds when the backend answers."""
+
+
+class SessionRecords(Protocol):
+    """Sessions: who may reach which studio (the admin API, the HTTP proxy, the authorizer)."""
 
     def create(self, record: SessionRecord) -> Deferred[None]:
         """Store a new session; SessionExists if the id is taken."""
@@ -370,6 +379,18 @@ class SessionStore(Protocol):
     def delete(self, session_id: str) -> Deferred[bool]:
         """Delete a session and its tunnel holder; whether the session existed."""
 
+    def subscribe(self, callback: Invalidation) -> Callable[[], None]:
+        """Call `callback(session_id)` whenever any node changes a session or its tunnel
+        (and `callback(None)` when changes may have been missed). Returns an
+        unsubscribe function."""
+
+
+class TunnelClaims(Protocol):
+    """Which node holds each session's tunnel (the tunnel table, the dialer, peers)."""
+
+    def get(self, session_id: str) -> Deferred[SessionRecord | None]:
+        """The session, or None (a bind checks the session exists and its token)."""
+
     def claim_tunnel(self, holder: TunnelHolder, ttl: float) -> Deferred[TunnelHolder | None]:
         """Make `holder` the session's tunnel holder for `ttl` seconds, replacing any
         previous one atomically; returns the previous holder. SessionNotFound if the
@@ -385,11 +406,11 @@ class SessionStore(Protocol):
         """The session's current tunnel holder, or None."""
 
     def subscribe(self, callback: Invalidation) -> Callable[[], None]:
-        """Call `callback(session_id)` whenever any node changes a session or its tunnel
-        (and `callback(None)` when changes may have been missed). Returns an
-        unsubscribe function."""
+        """As SessionRecords.subscribe: a claim changing is a session change."""
 
-    # Users' SSH public keys (authorized_keys-style lines, checked by check_user_keys).
+
+class UserKeyStore(Protocol):
+    """Users' SSH public keys (authorized_keys-style lines, checked by check_user_keys)."""
 
     def get_user_keys(self, user: str) -> Deferred[list[str]]:
         """The user's key lines (empty when none), in the order they were added."""
@@ -411,7 +432,8 @@ class SessionStore(Protocol):
         """Call `callback(user)` whenever any node changes a user's keys (and
         `callback(None)` when changes may have been missed)."""
 
-    # Login state that every node must share (auth/): single-use ids and logouts.
+class LoginState(Protocol):
+    """Login state that every node must share (auth/): single-use ids and logouts."""
 
     def spend_once(self, key: str, ttl: float) -> Deferred[bool]:
         """Mark the single-use id `key` (a login link's, a hand-off code's) spent for `ttl`
@@ -432,3 +454,8 @@ class SessionStore(Protocol):
     def subscribe_logouts(self, callback: Invalidation) -> Callable[[], None]:
         """Call `callback(login_id)` whenever any node records a logout (and
         `callback(None)` when some may have been missed: read logged_out() again)."""
+
+
+class SessionStore(StoreLifecycle, SessionRecords, TunnelClaims, UserKeyStore, LoginState,
+                   Protocol):
+    """All of it: what service.build_store makes and GatewayService starts and stops."""

@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from studios_gateway.registry.base import StoreUnavailable, key_blob
+from studios_gateway.registry.base import StoreUnavailable, UserKeyStore, key_blob
 from studios_gateway.ssh.keys import fingerprint, parse_public_keys, valid_user
 
 __all__ = ["UserKeysResource"]
@@ -85,7 +85,7 @@ class UserKeysResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, store: Any):
+    def __init__(self, store: UserKeyStore):
         super().__init__()
         self.store = store
 

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from studios_gateway.auth.login import Auth
 from studios_gateway.component import Component, Part, StartError, endpoint_for
 from studios_gateway.config import Config
-from studios_gateway.registry.base import SessionRecord
+from studios_gateway.registry.base import SessionRecord, SessionStore
 from studios_gateway.ssh.api import UserKeysResource
 from studios_gateway.ssh.key_watch import KeyWatch
 from studios_gateway.ssh.keys import HostKeyError, fingerprint, load_host_key
@@ -124,7 +124,7 @@ class SSHProxy:
     api: dict[bytes, Any]  # resources for the management API, by name under /api/
 
 
-def build_ssh(config: Config, reactor: Any, store: Any, dialer: Dialer, auth: Auth,
+def build_ssh(config: Config, reactor: Any, store: SessionStore, dialer: Dialer, auth: Auth,
               host_key: Key) -> SSHProxy:
     """The SSH proxy: its listener and lifecycle (a Part), and /api/users for the admin API."""
     inner = getattr(store, "inner", store)

@@ -25,7 +25,7 @@ from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from studios_gateway.registry.base import StoreUnavailable
+from studios_gateway.registry.base import StoreUnavailable, UserKeyStore
 from studios_gateway.ssh.keys import KeysUnavailable, key_blobs
 
 __all__ = ["KeyWatch"]
@@ -47,7 +47,7 @@ class KeyWatch:
     its ``inner`` is read directly by the periodic sweep); `platform` is a
     PlatformKeys (``keys(user, max_age=...)``) or None."""
 
-    def __init__(self, store: Any, platform: Any, *, clock: Any, ttl: float):
+    def __init__(self, store: UserKeyStore, platform: Any, *, clock: Any, ttl: float):
         self.store = store
         self.platform = platform
         self.clock = clock

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from studios_gateway.registry.base import SessionRecord, StoreUnavailable
+from studios_gateway.registry.base import SessionRecord, SessionRecords, StoreUnavailable
 from studios_gateway.ssh.channels import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
     OPEN_CONNECT_FAILED,
@@ -394,7 +394,8 @@ class GatewaySSHFactory(factory.SSHFactory):
     _log = conch_log
     noisy = False
 
-    def __init__(self, *, host_key: keys.Key, user_keys: UserKeys, store: Any, dial: Dial,
+    def __init__(self, *, host_key: keys.Key, user_keys: UserKeys, store: SessionRecords,
+                 dial: Dial,
                  authorize: Authorize = default_authorize, settings: SSHSettings | None = None,
                  clock: Any = None, track: Track | None = None,
                  watch_keys: WatchKeys | None = None):

@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.registry.base import BadUserKeys, StoreUnavailable
+from studios_gateway.registry.base import BadUserKeys, StoreUnavailable, UserKeyStore
 from studios_gateway.ssh.keys import (
     KeysUnavailable,
     key_blobs,
@@ -50,7 +50,7 @@ IMPORT_RETRY = 2.0
 class StoreUserKeys:
     """The SSH server's UserKeys: registered keys from `store`, then `platform`'s."""
 
-    def __init__(self, store: Any, platform: Any = None):
+    def __init__(self, store: UserKeyStore, platform: Any = None):
         self.store = store
         self.platform = platform
 
@@ -111,7 +111,7 @@ class FileImport:
     since. While the registry is unavailable it tries again every IMPORT_RETRY
     seconds. `done` fires with the number of users imported (0: no file)."""
 
-    def __init__(self, store: Any, storage_root: str, clock: Any):
+    def __init__(self, store: UserKeyStore, storage_root: str, clock: Any):
         self.store = store
         self.path = key_file_path(storage_root)
         self.clock = clock

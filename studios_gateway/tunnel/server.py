@@ -30,6 +30,7 @@ from studios_gateway import versions
 from studios_gateway.registry.base import (
     SessionNotFound,
     StoreUnavailable,
+    TunnelClaims,
     TunnelHolder,
     token_matches,
 )
@@ -70,7 +71,8 @@ class TunnelMetrics:
 class BindVerifier:
     """Decides whether a bind may proceed. Plain object: no transport, no reactor."""
 
-    def __init__(self, store: Any, server_version: versions.ConnectVersion | None = None):
+    def __init__(self, store: TunnelClaims,
+                 server_version: versions.ConnectVersion | None = None):
         self._store = store
         self._server_version = server_version or versions.CONNECT_PROTOCOL_VERSION
 
@@ -136,7 +138,7 @@ class TunnelTable:
 
     _log = Logger()
 
-    def __init__(self, store: Any, *, node_id: str, node_address: str, clock: Any,
+    def __init__(self, store: TunnelClaims, *, node_id: str, node_address: str, clock: Any,
                  settings: TunnelSettings, metrics: TunnelMetrics | None = None,
                  verifier: BindVerifier | None = None, ssh_host_key: str | None = None):
         self.store = store

@@ -14,6 +14,7 @@ from studios_gateway import logs
 from studios_gateway.component import Component
 from studios_gateway.config import ConfigError, load_config
 from studios_gateway.metrics import Metrics
+from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.reload import ReloadableServerTLS, ReloadError, run_hooks
 from studios_gateway.service import GatewayService, make_service
 from studios_gateway.wire.tls import fingerprint_pem, make_self_signed, server_options
@@ -116,8 +117,7 @@ def test_an_invalid_setting_fails_the_reload_and_changes_nothing(
 
 def make(reactor: MemoryReactorClock) -> tuple[GatewayService, defer.Deferred[None]]:
     cfg = load_config(environ={"CONNECT_SHUTDOWN_GRACE": "10s"})
-    store = type("Store", (), {"ping": lambda self: defer.succeed(None)})()
-    gw = GatewayService(cfg, reactor, store, Metrics())
+    gw = GatewayService(cfg, reactor, MemoryStore(reactor), Metrics())
     drained: defer.Deferred[None] = defer.Deferred()
     gw.add_component(Component("tunnels", drain=lambda: drained))
     return gw, drained
