@@ -44,7 +44,8 @@ __all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "make_look
 
 class _RefusalGuard(Protocol):
     """Sits between a stream and the proxy's protocol: a stream reset before the tool
-    sent a byte means the connect client could not reach the tool."""
+    sent a byte means the connect client could not reach the tool; the tunnel lost
+    (declared dead, say) before then means the studio is not connected."""
 
     def __init__(self, inner: IProtocol, session_id: str):
         self.inner = inner
@@ -59,9 +60,12 @@ class _RefusalGuard(Protocol):
         self.inner.dataReceived(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        from studios_gateway.wire.mux import StreamReset
+        from studios_gateway.wire.mux import StreamReset, TunnelLost
 
-        if not self.answered and reason is not None and reason.check(StreamReset):
+        if not self.answered and reason is not None and reason.check(TunnelLost):
+            reason = Failure(StudioNotConnected(f"the tunnel of studio {self.session_id} "
+                                                "was lost"))
+        elif not self.answered and reason is not None and reason.check(StreamReset):
             reason = Failure(ToolNotAnswering(f"the tool of studio {self.session_id} "
                                               "refused the connection"))
         self.inner.connectionLost(reason)

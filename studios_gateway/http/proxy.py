@@ -119,6 +119,12 @@ class UpstreamConnection(Protocol):
         ToolNotAnswering (TunnelUpstream's guard does so only before the tool's first byte)."""
         return self.lost_reason is not None and self.lost_reason.check(ToolNotAnswering) is not None
 
+    def tunnel_lost(self) -> bool:
+        """The studio's tunnel ended before the tool said anything (TunnelUpstream's guard
+        reports it as StudioNotConnected)."""
+        return (self.lost_reason is not None
+                and self.lost_reason.check(StudioNotConnected) is not None)
+
     def reusable(self) -> bool:
         return not self.lost and self.codec.idle()
 
@@ -654,7 +660,8 @@ class ProxyProtocol(Protocol):
             self._connect(ex)
         else:
             sid = ex.session_id
-            page = pages.tool_not_answering(sid) if conn.refused() else pages.bad_gateway(sid)
+            page = (pages.tool_not_answering(sid) if conn.refused() else
+                    pages.not_connected(sid) if conn.tunnel_lost() else pages.bad_gateway(sid))
             self._respond(ex, page, close=True)
 
     # Answering and finishing ------------------------------------------------------------------

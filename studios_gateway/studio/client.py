@@ -28,7 +28,15 @@ from studios_gateway.wire.splice import SpliceEnd, join
 from studios_gateway.wire.tls import client_options
 
 BACKOFF_BASE = 0.5
-BACKOFF_MAX = 30.0
+# The ceiling of the back-off. With full jitter a client waits 0..8 s between
+# attempts once the gateway has been away a few seconds: every studio is back
+# within ~8 s of the gateway being ready again, and a thousand studios dialling
+# a gateway that is down make ~250 (cheap, refused) attempts a second.
+BACKOFF_MAX = 8.0
+# After a GoAway (the gateway drains) the client rebinds after a delay drawn
+# uniformly from 0..GOAWAY_SPREAD, so the studios of a draining node do not all
+# dial at the same instant. The old tunnel keeps serving meanwhile.
+GOAWAY_SPREAD = 2.0
 TOOL_POLL = 0.5
 TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)starting
 
@@ -41,7 +49,8 @@ def quiet_factory(make: Callable[[], Protocol]) -> Factory:
 
 
 class Backoff:
-    """Exponential backoff with full jitter; reset after a successful bind."""
+    """Exponential backoff with full jitter (uniform in 0..ceiling, the ceiling doubling
+    from ``base`` up to ``cap``); reset after a successful bind."""
 
     def __init__(self, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX,
                  rng: Callable[[], float] = random.random):
@@ -51,7 +60,11 @@ class Backoff:
     def next_delay(self) -> float:
         ceiling = min(self.cap, self.base * (2 ** self.attempt))
         self.attempt += 1
-        return ceiling * (0.5 + 0.5 * self._rng())
+        return ceiling * self._rng()
+
+    def spread(self, width: float) -> float:
+        """A delay uniform in 0..width (after a GoAway)."""
+        return width * self._rng()
 
     def reset(self) -> None:
         self.attempt = 0
@@ -148,7 +161,10 @@ class TunnelClientProtocol(Protocol):
             self.transport.loseConnection()
             return
         self.reply = reply
-        s = self.client.tunnel_settings
+        s = dict(self.client.tunnel_settings)
+        if reply.ping_interval and reply.ping_timeout:
+            # The gateway's keepalive: both ends find a silent path within its timeout.
+            s.update(ping_interval=reply.ping_interval, ping_timeout=reply.ping_timeout)
         self.mux = Multiplexer(is_client=True, clock=self.client.clock, on_stream=self._stream,
                                on_go_away=self._go_away, **s)
         self.mux.makeConnection(self.transport)
@@ -341,14 +357,17 @@ class ConnectClient(Service):
         return self._protocol
 
     def going_away(self, protocol: TunnelClientProtocol) -> None:
-        # Rebind now (elsewhere if we know other gateways); the old tunnel's
-        # streams finish on their own connection.
+        # Rebind soon (elsewhere if we know other gateways), after a random part of
+        # GOAWAY_SPREAD so a draining node's studios do not all dial at once; the
+        # old tunnel's streams finish on their own connection.
         self._gateway_index += 1
         if protocol.mux is not None:
             protocol.mux.when_idle(protocol.mux.close)
-        if protocol is self._protocol:
+        if protocol is self._protocol and self.running:
             self._protocol = None
-            self._connect()
+            delay = self.backoff.spread(GOAWAY_SPREAD)
+            self._set_state("backing-off", "rebinding in {delay:.1f}s", delay=delay)
+            self._pending = self.clock.callLater(delay, self._connect)
 
     def lost(self, protocol: TunnelClientProtocol, reason: Failure | None) -> None:
         if protocol is not self._protocol and protocol.refusal is None:

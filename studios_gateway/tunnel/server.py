@@ -335,8 +335,11 @@ class TunnelServerProtocol(Protocol):
                        version=tunnel.holder.client_version, tool=tunnel.record.tool,
                        tool_version=tunnel.holder.tool_version + " " if tunnel.holder.tool_version
                        else "", port=tunnel.holder.tool_port)
+        s = self.table.settings
         self.transport.write(BindReply(ok=True, tunnel_id=tunnel.holder.tunnel_id,
-                                       ssh_host_key=self.table.ssh_host_key or "").encode())
+                                       ssh_host_key=self.table.ssh_host_key or "",
+                                       ping_interval=s.ping_interval,
+                                       ping_timeout=s.ping_timeout).encode())
         self._mux = tunnel.mux
         self._mux.makeConnection(self.transport)
 

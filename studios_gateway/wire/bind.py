@@ -12,8 +12,11 @@ draining) or not (bad token, incompatible version), and the client acts on it.
 
 An ``ok`` from a gateway that runs the SSH proxy also carries ``"ssh_host_key":
 "SHA256:..."``, the fingerprint of the key the gateway logs in to the studio's
-SSH server with; the studio accepts no other. Either side ignores fields it
-does not know, so older clients and gateways keep working (without SSH).
+SSH server with; the studio accepts no other. It also carries the gateway's
+keepalive settings, ``"ping_interval"`` and ``"ping_timeout"`` (seconds), so
+both ends declare a silent path dead within the same timeout. Either side
+ignores fields it does not know, so older clients and gateways keep working
+(without SSH; with the client's own keepalive defaults).
 """
 
 from __future__ import annotations
@@ -84,6 +87,10 @@ class BindReply:
     # gateway that does not say (older ones): the client then keeps its own settings.
     routing: str = ""
     public_url: str = ""
+    # The gateway's keepalive (seconds); 0 = not said (an older gateway): the client
+    # keeps its own defaults.
+    ping_interval: float = 0.0
+    ping_timeout: float = 0.0
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"ok": self.ok}
@@ -94,6 +101,9 @@ class BindReply:
             if self.routing:
                 body["routing"] = self.routing
                 body["public_url"] = self.public_url
+            if self.ping_interval and self.ping_timeout:
+                body["ping_interval"] = self.ping_interval
+                body["ping_timeout"] = self.ping_timeout
         else:
             body.update(code=self.code, reason=self.reason, retry=self.retry)
         return json.dumps(body).encode() + b"\n"
@@ -146,6 +156,20 @@ def _public_url_ok(url: str) -> bool:
             and url.endswith("/") and url.isprintable() and " " not in url)
 
 
+MAX_PING_SECONDS = 3600.0
+
+
+def _keepalive(interval: Any, timeout: Any) -> tuple[float, float]:
+    """The gateway's ping settings if both are sane numbers (0 < interval < timeout <=
+    an hour), else (0, 0): the client keeps its own."""
+    def seconds(v: Any) -> float:
+        ok = isinstance(v, int | float) and not isinstance(v, bool)
+        return float(v) if ok and 0 < v <= MAX_PING_SECONDS else 0.0
+
+    i, t = seconds(interval), seconds(timeout)
+    return (i, t) if i and t and i < t else (0.0, 0.0)
+
+
 def parse_reply(line: bytes) -> BindReply:
     data = _load(line)
     if data.get("ok") is True:
@@ -155,8 +179,10 @@ def parse_reply(line: bytes) -> BindReply:
         routing, url = data.get("routing"), data.get("public_url")
         if routing not in ROUTINGS or not isinstance(url, str) or not _public_url_ok(url):
             routing, url = "", ""  # absent or unreadable: the client keeps its own settings
+        interval, timeout = _keepalive(data.get("ping_interval"), data.get("ping_timeout"))
         return BindReply(ok=True, tunnel_id=str(data.get("tunnel_id", "")), ssh_host_key=ssh,
-                         routing=routing, public_url=url)
+                         routing=routing, public_url=url, ping_interval=interval,
+                         ping_timeout=timeout)
     code = str(data.get("code", "internal"))
     return BindReply(ok=False, code=code, reason=str(data.get("reason", ""))[:500],
                      retry=bool(data.get("retry", RETRYABLE.get(code, False))))

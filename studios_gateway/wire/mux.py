@@ -151,16 +151,24 @@ class ReceiveWindow:
 
 
 class Keepalive:
-    """Ping bookkeeping: one Ping outstanding at a time; the peer is dead without its ACK."""
+    """Liveness bookkeeping: one Ping outstanding at a time; a peer silent for
+    ``timeout`` (no frame of any kind, Ping answers included) is dead.
 
-    __slots__ = ("timeout", "outstanding", "sent_at", "rtt", "_next")
+    Both ends ping every ``ping_interval`` (< ``timeout``), so a live path always
+    carries something within the timeout; a path that went silent (a sleeping
+    laptop, an expired NAT entry) is declared dead at most ``timeout`` after the
+    last frame heard, whichever end notices first.
+    """
 
-    def __init__(self, timeout: float):
+    __slots__ = ("timeout", "outstanding", "sent_at", "rtt", "_next", "last_heard")
+
+    def __init__(self, timeout: float, now: float = 0.0):
         self.timeout = timeout
         self.outstanding: int | None = None
         self.sent_at = 0.0
         self.rtt: float | None = None
         self._next = 0
+        self.last_heard = now
 
     def next_ping(self, now: float) -> int | None:
         """The opaque value of a Ping to send now, or None when one is still outstanding."""
@@ -175,10 +183,22 @@ class Keepalive:
             return False
         self.outstanding = None
         self.rtt = now - self.sent_at
+        self.last_heard = now
         return True
 
+    def heard(self, now: float) -> None:
+        """A frame (any bytes) arrived from the peer."""
+        self.last_heard = now
+
+    def dead_at(self) -> float:
+        """When the peer is dead if nothing more is heard (an unanswered Ping counts too)."""
+        silent = self.last_heard + self.timeout
+        if self.outstanding is not None:
+            return min(silent, self.sent_at + self.timeout)
+        return silent
+
     def expired(self, now: float) -> bool:
-        return self.outstanding is not None and now - self.sent_at >= self.timeout
+        return now >= self.dead_at()
 
 
 @implementer(IAddress)
@@ -610,7 +630,9 @@ class Multiplexer(Protocol):
         self.on_go_away = on_go_away
         self.on_close = on_close
         self.streams: dict[int, Stream] = {}
-        self.keepalive = Keepalive(ping_timeout)
+        if ping_interval > 0 and ping_timeout <= ping_interval:
+            raise ValueError("ping_timeout must be longer than ping_interval")
+        self.keepalive = Keepalive(ping_timeout, clock.seconds())
         self.local_go_away = False
         self.remote_go_away: int | None = None
         self.closed = False
@@ -619,7 +641,7 @@ class Multiplexer(Protocol):
         self._next_id = 1 if is_client else 2
         self._transport_paused = False
         self._pinger: LoopingCall | None = None
-        self._ping_deadline: IDelayedCall | None = None
+        self._watchdog: IDelayedCall | None = None
         self._idle_waiters: list[Callable[[], None]] = []
 
     # Protocol -------------------------------------------------------------------------
@@ -630,10 +652,14 @@ class Multiplexer(Protocol):
             self._pinger = LoopingCall(self._ping)
             self._pinger.clock = self.clock
             self._pinger.start(self.ping_interval, now=False)
+            self.keepalive.heard(self.clock.seconds())
+            self._arm_watchdog()
 
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
+        if self._watchdog is not None:
+            self.keepalive.heard(self.clock.seconds())
         try:
             for frame in self._decoder.feed(data):
                 self._frame(frame)
@@ -725,10 +751,8 @@ class Multiplexer(Protocol):
         elif ftype == PING:
             if flags & SYN:
                 self._send_control(PING, ACK, 0, length)
-            elif self.keepalive.acked(length, self.clock.seconds()):
-                if self._ping_deadline is not None and self._ping_deadline.active():
-                    self._ping_deadline.cancel()
-                self._ping_deadline = None
+            else:
+                self.keepalive.acked(length, self.clock.seconds())
         else:
             self._go_away_received(length)
 
@@ -783,18 +807,24 @@ class Multiplexer(Protocol):
 
     def _ping(self) -> None:
         opaque = self.keepalive.next_ping(self.clock.seconds())
-        if opaque is None:
-            return
-        self._send_control(PING, SYN, 0, opaque)
-        self._ping_deadline = self.clock.callLater(self.keepalive.timeout, self._ping_expired)
+        if opaque is not None:
+            self._send_control(PING, SYN, 0, opaque)
 
-    def _ping_expired(self) -> None:
-        self._ping_deadline = None
-        if self.closed or self.keepalive.outstanding is None:
+    def _arm_watchdog(self) -> None:
+        delay = max(0.0, self.keepalive.dead_at() - self.clock.seconds())
+        self._watchdog = self.clock.callLater(delay, self._check_alive)
+
+    def _check_alive(self) -> None:
+        """Runs when the peer would be dead if nothing was heard since; usually it was."""
+        self._watchdog = None
+        if self.closed:
             return
-        self._log.warn("no Ping answer within {t:g}s: the tunnel is dead",
-                       t=self.keepalive.timeout)
-        reason = Failure(error.TimeoutError(f"no Ping answer within {self.keepalive.timeout:g}s"))
+        if not self.keepalive.expired(self.clock.seconds()):
+            self._arm_watchdog()
+            return
+        t = self.keepalive.timeout
+        self._log.warn("nothing heard from the peer for {t:g}s: the tunnel is dead", t=t)
+        reason = Failure(error.TimeoutError(f"nothing heard from the peer for {t:g}s"))
         transport = self.transport
         self._terminate(reason)
         if transport is not None:
@@ -835,9 +865,9 @@ class Multiplexer(Protocol):
         self.close_reason = reason
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
-        if self._ping_deadline is not None and self._ping_deadline.active():
-            self._ping_deadline.cancel()
-        self._ping_deadline = None
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
         lost = Failure(TunnelLost(f"tunnel lost: {reason.getErrorMessage()}"))
         for stream in list(self.streams.values()):
             stream._finish(lost)

@@ -88,6 +88,15 @@ class Deployment:
         self.stoppers.append(client.stop)
         return tool, client
 
+    def relayed_studio(self, created: dict, **env: str) -> tuple[CuttableRelay, Tool, Connect]:
+        """A studio whose tunnel goes through a relay the test can cut or silence."""
+        relay = CuttableRelay(int(self.env["CONNECT_TUNNEL_PORT"]))
+        self.stoppers.append(relay.close)
+        via_relay = created["connect_string"].replace(
+            f":{self.env['CONNECT_TUNNEL_PORT']}/", f":{relay.port}/")
+        tool, client = self.studio(created, connect_string=via_relay, **env)
+        return relay, tool, client
+
     def login(self, created: dict) -> None:
         reply = self.browser.use_login_link(created["login_link"])
         assert reply.status == 200, (reply.status, reply.text[:500])
@@ -162,12 +171,8 @@ def test_a_stalled_reader_does_not_grow_memory(deployment: Deployment) -> None:
 def test_cut_connection_rebinds_within_10s(tmp_path) -> None:
     d = Deployment(tmp_path)
     try:
-        relay = CuttableRelay(int(d.env["CONNECT_TUNNEL_PORT"]))
-        d.stoppers.append(relay.close)
         created = d.create()
-        via_relay = created["connect_string"].replace(
-            f":{d.env['CONNECT_TUNNEL_PORT']}/", f":{relay.port}/")
-        d.studio(created, connect_string=via_relay)
+        relay, _, _ = d.relayed_studio(created)
         wait_connected(d.gw, created["id"])
         d.login(created)
         assert d.browser.get(d.url(created, "/api/info")).status == 200

@@ -71,7 +71,9 @@ class CuttableRelay:
     """A TCP relay between the client and the gateway whose connections a test can cut.
 
     `cut()` resets every relayed connection (SO_LINGER 0), as a network failure
-    would, without touching either process.
+    would, without touching either process. `silence()` makes the connections
+    relayed so far drop everything, both ways, without closing them (a laptop
+    asleep, a NAT entry expired); connections made afterwards relay normally.
     """
 
     def __init__(self, target_port: int):
@@ -79,6 +81,7 @@ class CuttableRelay:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._socks: list[socket.socket] = []
+        self._silenced: set[int] = set()  # ids of sockets whose data is dropped
         self._lock = threading.Lock()
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -99,11 +102,16 @@ class CuttableRelay:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def silence(self) -> int:
+        with self._lock:
+            self._silenced.update(id(s) for s in self._socks)
+            return len(self._socks) // 2
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(1 << 16):
-                dst.sendall(data)
+                if id(src) not in self._silenced:
+                    dst.sendall(data)
         except OSError:
             pass
         for s in (src, dst):
@@ -115,6 +123,7 @@ class CuttableRelay:
     def cut(self) -> int:
         with self._lock:
             socks, self._socks = self._socks, []
+            self._silenced.clear()
         for s in socks:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

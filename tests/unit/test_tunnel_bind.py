@@ -124,13 +124,30 @@ def test_client_settings_errors_name_the_variable(env, name) -> None:
     assert e.value.name == name
 
 
-def test_backoff_grows_with_jitter_and_resets() -> None:
+def test_backoff_grows_with_full_jitter_and_resets() -> None:
     b = Backoff(base=0.5, cap=8, rng=lambda: 1.0)
     assert [b.next_delay() for _ in range(6)] == [0.5, 1, 2, 4, 8, 8]
     b.reset()
-    low = Backoff(base=0.5, cap=8, rng=lambda: 0.0)
-    assert low.next_delay() == 0.25
     assert b.next_delay() == 0.5
+    # Full jitter: anywhere from 0 to the ceiling, not its upper half.
+    draws = iter([0.0, 0.25, 0.5])
+    low = Backoff(base=0.5, cap=8, rng=lambda: next(draws))
+    assert [low.next_delay() for _ in range(3)] == [0.0, 0.25, 1.0]
+    assert Backoff(rng=lambda: 0.5).spread(2.0) == 1.0
+
+
+def test_bind_reply_carries_the_gateways_keepalive_and_ignores_nonsense() -> None:
+    line = BindReply(ok=True, tunnel_id="t", ping_interval=2, ping_timeout=5).encode()
+    assert json.loads(line)["ping_timeout"] == 5
+    reply = parse_reply(line.strip())
+    assert (reply.ping_interval, reply.ping_timeout) == (2.0, 5.0)
+    assert "ping_interval" not in json.loads(BindReply(ok=True, tunnel_id="t").encode())
+    for bad in ('"ping_interval": 5, "ping_timeout": 2', '"ping_interval": 0, "ping_timeout": 2',
+                '"ping_interval": "2", "ping_timeout": 5', '"ping_interval": true, '
+                '"ping_timeout": 5', '"ping_interval": 2, "ping_timeout": 1e9',
+                '"ping_interval": 2'):
+        reply = parse_reply(b'{"ok": true, "tunnel_id": "t", ' + bad.encode() + b"}")
+        assert reply.ok and (reply.ping_interval, reply.ping_timeout) == (0.0, 0.0), bad
 
 
 def test_session_urls() -> None:

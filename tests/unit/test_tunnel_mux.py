@@ -214,8 +214,19 @@ def test_keepalive_one_ping_outstanding() -> None:
     assert first is not None and k.next_ping(5.0) is None
     assert not k.expired(19.9) and k.expired(20.0)
     assert not k.acked(first + 1, 3.0)
-    assert k.acked(first, 3.0) and k.rtt == 3.0 and not k.expired(100)
+    assert k.acked(first, 3.0) and k.rtt == 3.0
+    assert not k.expired(22.9) and k.expired(23.0)  # the answer was the last thing heard
     assert k.next_ping(10.0) != first
+
+
+def test_keepalive_a_silent_peer_is_dead_a_timeout_after_the_last_frame_heard() -> None:
+    k = Keepalive(timeout=5, now=100.0)
+    assert k.dead_at() == 105.0
+    k.heard(103.0)
+    assert not k.expired(107.9) and k.expired(108.0)
+    k.next_ping(104.0)  # a Ping unanswered is no later than the silence
+    k.heard(106.0)
+    assert k.dead_at() == 109.0
 
 
 # Opening -------------------------------------------------------------------------
@@ -519,7 +530,7 @@ def test_rst_both_ways() -> None:
 
 
 def test_close_timeout_resets_a_stream_the_peer_never_finishes() -> None:
-    link = Link(close_timeout=30)
+    link = Link(close_timeout=30, ping_interval=0)  # no keepalive: the link is not pumped
     local, mine, _, remote_p = open_pair(link)
     local.loseConnection()
     link.pump()

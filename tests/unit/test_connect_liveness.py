@@ -1,0 +1,67 @@
+"""The connect client's side of liveness: the gateway's ping settings, GoAway spread."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from studios_gateway.studio.client import (
+    GOAWAY_SPREAD,
+    Backoff,
+    ConnectClient,
+    TunnelClientProtocol,
+)
+from studios_gateway.studio.settings import Gateway, load_client_settings
+from studios_gateway.wire.bind import BindReply
+
+CONNECT = "studios-connect://s1:" + "t" * 32 + "@127.0.0.1:7070/"
+
+
+def make_client(clock: Clock, draw: float = 0.5) -> ConnectClient:
+    settings = load_client_settings({"CONNECT_STRING": CONNECT, "CONNECT_TOOL_PORT": "8888"})
+    client = ConnectClient(settings, clock, backoff=Backoff(rng=lambda: draw))
+    client.running = True  # not started: no tool polling, no dialling
+    return client
+
+
+def bound_protocol(client: ConnectClient, reply: BindReply) -> TunnelClientProtocol:
+    protocol = TunnelClientProtocol(client, Gateway("127.0.0.1", 7070))
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(reply.encode())
+    assert protocol.mux is not None
+    return protocol
+
+
+def test_the_client_keeps_the_gateways_ping_settings() -> None:
+    clock = Clock()
+    client = make_client(clock)
+    protocol = bound_protocol(client, BindReply(ok=True, tunnel_id="t", ping_interval=2,
+                                                ping_timeout=5))
+    mux: Any = protocol.mux
+    assert (mux.ping_interval, mux.keepalive.timeout) == (2.0, 5.0)
+    clock.advance(4.9)
+    assert not mux.closed
+    clock.advance(0.1)  # nothing heard from the gateway for 5 s: dead, on our side too
+    assert mux.closed and protocol.transport.disconnecting
+
+
+def test_an_older_gateway_leaves_the_clients_defaults() -> None:
+    client = make_client(Clock())
+    protocol = bound_protocol(client, BindReply(ok=True, tunnel_id="t"))
+    mux: Any = protocol.mux
+    assert (mux.ping_interval, mux.keepalive.timeout) == (10.0, 20.0)
+
+
+def test_go_away_rebinds_after_a_jittered_delay() -> None:
+    clock = Clock()
+    client = make_client(clock, draw=0.25)
+    protocol = bound_protocol(client, BindReply(ok=True, tunnel_id="t"))
+    client._protocol = protocol
+    dialled: list[float] = []
+    client._connect = lambda: dialled.append(clock.seconds())  # type: ignore[method-assign]
+    client.going_away(protocol)
+    assert dialled == [] and client.state == "backing-off"
+    clock.advance(GOAWAY_SPREAD * 0.25)
+    assert dialled == [GOAWAY_SPREAD * 0.25]
