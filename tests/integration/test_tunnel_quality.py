@@ -21,13 +21,16 @@ PING_INTERVAL, PING_TIMEOUT = 1.0, 3.0
 DEAD = "nothing heard from the peer"
 
 
-def first_line_time(read: Callable[[], str], needle: str, start: float,
-                    deadline: float) -> float | None:
-    while time.monotonic() < deadline:
-        if needle in read():
-            return time.monotonic() - start
+def when_logged(logs: dict[str, Callable[[], str]], needle: str, start: float,
+                deadline: float) -> dict[str, float]:
+    """Seconds from `start` until each log first shows `needle` (absent: not by deadline)."""
+    found: dict[str, float] = {}
+    while time.monotonic() < deadline and len(found) < len(logs):
+        for name, read in logs.items():
+            if name not in found and needle in read():
+                found[name] = time.monotonic() - start
         time.sleep(0.02)
-    return None
+    return found
 
 
 def test_a_silent_path_is_found_by_both_ends_within_the_ping_timeout(tmp_path: Path) -> None:
@@ -55,8 +58,9 @@ def test_a_silent_path_is_found_by_both_ends_within_the_ping_timeout(tmp_path: P
         request = threading.Thread(target=in_flight)
         request.start()
         deadline = start + PING_TIMEOUT + 5
-        gateway_found = first_line_time(d.gw.output, DEAD, start, deadline)
-        client_found = first_line_time(client.output, DEAD, start, deadline)
+        found = when_logged({"gateway": d.gw.output, "client": client.output}, DEAD, start,
+                            deadline)
+        gateway_found, client_found = found.get("gateway"), found.get("client")
         served = None
         while time.monotonic() < deadline:
             if d.browser.get(url).status == 200:

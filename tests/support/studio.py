@@ -114,6 +114,8 @@ class CuttableRelay:
                     dst.sendall(data)
         except OSError:
             pass
+        if id(src) in self._silenced:
+            return  # a silent path does not pass on a close either
         for s in (src, dst):
             try:
                 s.shutdown(socket.SHUT_RDWR)
