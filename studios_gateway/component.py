@@ -67,8 +67,9 @@ class TCPEndpoint:
 
     def listen(self, factory: Any) -> Deferred[Any]:
         iface = self.host.replace(":", r"\:")
-        return serverFromString(self.reactor,
-                                f"tcp:port={self.port}:interface={iface}").listen(factory)
+        endpoint: IStreamServerEndpoint = serverFromString(
+            self.reactor, f"tcp:port={self.port}:interface={iface}")
+        return endpoint.listen(factory)
 
 
 def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
