@@ -31,8 +31,8 @@ from studios_gateway.http.headers import (
     request_headers,
     response_headers,
 )
-from studios_gateway.http.pathmode import rewrite_response_headers
-from studios_gateway.http.routing import Mode, Route, absolute_to_origin, parse_host
+from studios_gateway.http.routing import Route, absolute_to_origin
+from studios_gateway.http.toolroute import ToolRoute
 
 __all__ = ["Answer", "Exchange", "HeadReader", "HeadRefused", "Limits", "NotForwardable",
            "Step", "ToolCodec", "raw_response"]
@@ -172,6 +172,7 @@ class Exchange:
         self.host = ""
         self.target = ""  # origin-form
         self.route: Route | None = None
+        self.tool: ToolRoute | None = None  # how the studio's tool is presented (after lookup)
         self.info: RequestInfo | None = None
         self.subject = ""
         self.identity: Any = None  # what authorize returned (for tracking upgraded connections)
@@ -245,12 +246,14 @@ class Exchange:
             headers = request_headers(
                 raw, peer=peer, trusted=trusted,
                 scheme=scheme, subject=self.subject, upgrade=self.upgrade, framing=framing)
+            target = self.route.upstream_target
+            if self.tool is not None:
+                headers, target = self.tool.request_headers(headers), self.tool.target(target)
             # Every header value came from h11's parse of the client's request, from the
-            # transport (the peer's address) or was checked by request_headers (the
-            # subject, ValueError): h11 need not validate them again (`_parsed`; the
-            # method and target it still checks).
-            return codec.h.send(h11.Request(method=req.method,
-                                            target=self.route.upstream_target.encode(),
+            # transport (the peer's address), from the session id (the tool route's) or
+            # was checked by request_headers (the subject, ValueError): h11 need not
+            # validate them again (`_parsed`; the method and target it still checks).
+            return codec.h.send(h11.Request(method=req.method, target=target.encode(),
                                             headers=headers, _parsed=True)) or b""
         except (h11.LocalProtocolError, ValueError) as e:
             raise NotForwardable(str(e)) from None
@@ -329,10 +332,9 @@ class Exchange:
         """The headers for the client, and whether they are all as h11 parsed them from
         the tool (then h11 need not validate them again)."""
         headers = response_headers(event.headers.raw_items(), upgrade=upgrade)
-        route = self.route
-        if route is not None and route.mode is Mode.PATH and self.info is not None:
-            hostname = parse_host(self.info.host) or ""
-            return rewrite_response_headers(headers, route.prefix, hostname), False
+        if self.tool is not None and self.info is not None:
+            headers, changed = self.tool.response_headers(headers, self.info.host, self.info.path)
+            return headers, not changed
         return headers, True
 
     def switch(self, codec: ToolCodec, event: Any) -> tuple[bytes, bytes, bytes] | None:

@@ -19,7 +19,7 @@ __all__ = [
     "page",
     "redirect",
     "tool_not_answering",
-    "xpra_in_path_mode",
+    "tool_unavailable",
 ]
 
 _REASONS = {
@@ -115,11 +115,10 @@ def bad_request(message: str = "The request was malformed.") -> Page:
     return page(400, "Bad request", message)
 
 
-def xpra_in_path_mode(session_id: str) -> Page:
-    return page(501, "Not available with path routing",
-                "Xpra studios need their own host name: Xpra does not work under a path "
-                "prefix such as /_studio/<id>/. Ask your administrator to use subdomain "
-                "routing for Xpra studios.", session_id=session_id)
+def tool_unavailable(session_id: str, tool: str, mode: str, why: str) -> Page:
+    """A studio whose tool cannot work in this routing mode (instead of the tool's 404)."""
+    return page(501, f"Not available with {mode} routing",
+                f"{tool} does not work with {mode} routing: {why}", session_id=session_id)
 
 
 def overloaded() -> Page:

@@ -46,7 +46,8 @@ from studios_gateway.http.exchange import (
 )
 from studios_gateway.http.flow import Gate, GateProducer
 from studios_gateway.http.headers import is_trusted
-from studios_gateway.http.routing import Mode, Redirect, Refusal, Router
+from studios_gateway.http.routing import Redirect, Refusal, Router
+from studios_gateway.http.toolroute import tool_route
 from studios_gateway.http.upstream import (
     Authorize,
     IdlePool,
@@ -419,8 +420,11 @@ class ProxyProtocol(Protocol):
         assert route is not None
         if info is None:
             self._respond(ex, pages.not_found(route.session_id))
-        elif route.mode is Mode.PATH and info.tool.lower() == "xpra":
-            self._respond(ex, pages.xpra_in_path_mode(route.session_id))
+            return
+        ex.tool = tool_route(route, info.tool)
+        if ex.tool.unavailable is not None:
+            self._respond(ex, pages.tool_unavailable(route.session_id, ex.tool.spec.title,
+                                                     route.mode.value, ex.tool.unavailable))
         elif not info.connected:
             self._respond(ex, pages.not_connected(route.session_id))
         else:

@@ -4,9 +4,9 @@ Two ways in:
 
 * subdomain mode: ``Host: <id>.<studios domain>`` (any port, any case); the tool
   sees the request target unchanged and its prefix is ``/``;
-* path mode: ``Host: <proxy host>`` and a target under ``/_studio/<id>/``; the
-  tool sees the target unchanged too (it is started with that prefix), and the
-  proxy fixes ``Location`` and cookie paths that escape it.
+* path mode: ``Host: <proxy host>`` and a target under ``/_studio/<id>/``; what
+  the tool sees of that prefix depends on the tool (``http.toolroute``: passed on
+  to tools started with it, stripped for tools that serve at ``/``).
 
 The answer is a :class:`Route`, a :class:`Redirect` (``/_studio/<id>`` gets its
 slash) or a :class:`Refusal` with the status the proxy should send.
@@ -50,7 +50,7 @@ class Mode(Enum):
 class Route:
     session_id: str
     mode: Mode
-    upstream_target: str  # what the tool is sent (path and query), unchanged in both modes
+    upstream_target: str  # path and query as asked (toolroute may strip the prefix)
     prefix: str  # "/" in subdomain mode, "/_studio/<id>/" in path mode
 
 

@@ -11,8 +11,18 @@ In path mode (``/_studio/<id>/``) a tool either serves under the prefix itself
 started with its base path) or cannot (``strip_prefix=True``: the gateway
 removes the prefix before the tool and puts it back on ``Location``,
 ``Set-Cookie`` paths and ``Refresh`` on the way out). ``proxy_headers`` names
-request headers the tool expects from its proxy; their values are built by
-the gateway (``{prefix}`` is the public path prefix, ``/`` in subdomain mode).
+request headers the tool expects from its proxy; the gateway sets them (any
+copy a client sent is dropped) from templates: ``{prefix}`` is the public path
+prefix (``/_studio/<id>/``; ``/`` in subdomain mode), ``{prefix_no_slash}`` the
+same without its trailing slash (``/_studio/<id>``; still ``/`` in subdomain
+mode). ``unavailable`` lists the routing modes (``subdomain``, ``path``) a tool
+cannot work in, with the reason the gateway's page gives instead of the tool's
+answer; today every tool works in both.
+
+RStudio Server serves at ``/`` whatever its ``www-root-path``: that setting and
+the ``X-RStudio-Root-Path`` header only tell it which prefix its proxy removed
+(RStudio's proxy guide strips the path; so does jupyter-rsession-proxy). So
+``ride`` is stripped, and told its root path by the header.
 """
 
 from __future__ import annotations
@@ -27,11 +37,16 @@ class ToolSpec:
     aliases: tuple[str, ...] = ()
     strip_prefix: bool = False
     proxy_headers: tuple[tuple[str, str], ...] = field(default=())
+    unavailable: tuple[tuple[str, str], ...] = field(default=())  # (mode, why)
+
+    def unavailable_in(self, mode: str) -> str | None:
+        """Why this tool cannot work in routing mode ``mode``; None when it can."""
+        return next((why for m, why in self.unavailable if m == mode), None)
 
 
 TOOL_SPECS: tuple[ToolSpec, ...] = (
     ToolSpec("jupyterlab", "JupyterLab", aliases=("jupyter",)),
-    ToolSpec("ride", "R-IDE (RStudio Server)", aliases=("rstudio",),
+    ToolSpec("ride", "R-IDE (RStudio Server)", aliases=("rstudio",), strip_prefix=True,
              proxy_headers=(("X-RStudio-Root-Path", "{prefix_no_slash}"),)),
     ToolSpec("vscode", "VS Code (code-server)", aliases=("code-server",), strip_prefix=True),
     ToolSpec("xpra", "Xpra", strip_prefix=True),

@@ -13,7 +13,7 @@ from studios_gateway.http.headers import (
     request_headers,
     response_headers,
 )
-from studios_gateway.http.pathmode import rewrite_location, rewrite_set_cookie
+from studios_gateway.http.pathmode import ToolPaths, rewrite_set_cookie
 
 
 def head(*fields: str, line: str = "GET / HTTP/1.1") -> bytes:
@@ -145,10 +145,10 @@ P = "/_studio/abc/"
     ("https://PROXY.example.com:8443/x", "https://PROXY.example.com:8443/_studio/abc/x"),
     ("//proxy.example.com/x", "//proxy.example.com/_studio/abc/x"),
     ("https://elsewhere.example.org/x", "https://elsewhere.example.org/x"),
-    ("relative/path", "relative/path"),
+    ("relative/path", "/_studio/abc/relative/path"),
 ])
 def test_location(before: str, after: str) -> None:
-    assert rewrite_location(before, P, "proxy.example.com") == after
+    assert ToolPaths(P).location(before, "proxy.example.com", P) == after
 
 
 @pytest.mark.parametrize("before,after", [

@@ -286,8 +286,6 @@ def test_pages() -> None:
     assert st_ == 404 and b"nope" in body
     st_, body = one_status(h, b"GET / HTTP/1.1\r\nHost: off.studios.test\r\n\r\n")
     assert st_ == 502 and b"http-equiv=refresh" in body and b"off" in body
-    st_, body = one_status(h, b"GET /_studio/xp/ HTTP/1.1\r\nHost: studios.test\r\n\r\n")
-    assert st_ == 501 and b"Xpra" in body
     st_, _ = one_status(h, b"GET / HTTP/1.1\r\nHost: studios.test\r\n\r\n")
     assert st_ == 404
     h.upstream.fail = StudioNotConnected("abc")

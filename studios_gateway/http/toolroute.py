@@ -1,0 +1,78 @@
+"""How the gateway presents one studio's tool: its routing mode times its tool.
+
+:func:`tool_route` turns a :class:`~studios_gateway.http.routing.Route` and the
+session's tool (any name :mod:`~studios_gateway.wire.tools` accepts) into a
+:class:`ToolRoute`, a plain object the proxy asks three things:
+
+* ``target(upstream_target)``: what the tool is sent (the prefix stripped for
+  tools that serve at ``/``, in path mode);
+* ``request_headers(headers)``: the headers the tool expects from its proxy
+  set (RStudio's ``X-RStudio-Root-Path``), ``X-Forwarded-Prefix`` set when the
+  gateway stripped a prefix, and any copy of these a client sent dropped;
+* ``response_headers(headers, host, path)``: ``Location``, ``Refresh`` and
+  ``Set-Cookie`` paths kept inside the studio (path mode only).
+
+``unavailable`` says why the tool cannot work in this mode (the proxy then
+answers with a page, never with the tool's 404); no tool needs it today.
+
+``X-Forwarded-Prefix`` is sent only when the gateway removed the prefix: that is
+what the header means to the frameworks that read it (Spring, ASP.NET, Traefik's
+StripPrefix), which put it in front of the path they were given; a tool that
+already sees the prefix would get it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from studios_gateway.http.pathmode import ToolPaths
+from studios_gateway.http.routing import Mode, Route, parse_host
+from studios_gateway.wire import tools
+from studios_gateway.wire.tools import ToolSpec
+
+__all__ = ["FORWARDED_PREFIX", "ToolRoute", "tool_route"]
+
+FORWARDED_PREFIX = b"X-Forwarded-Prefix"
+Headers = list[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True)
+class ToolRoute:
+    spec: ToolSpec
+    mode: Mode
+    paths: ToolPaths | None  # None in subdomain mode: nothing to strip or rewrite
+    set_headers: tuple[tuple[bytes, bytes], ...] = ()
+    unavailable: str | None = None
+
+    def target(self, upstream_target: str) -> str:
+        return self.paths.to_tool(upstream_target) if self.paths else upstream_target
+
+    def request_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> Headers:
+        drop = {FORWARDED_PREFIX.lower()} | {name.lower() for name, _ in self.set_headers}
+        return [(n, v) for n, v in headers if n.lower() not in drop] + list(self.set_headers)
+
+    def response_headers(self, headers: Headers, host_header: str, request_path: str
+                         ) -> tuple[Headers, bool]:
+        """The tool's response headers for the browser, and whether any were changed."""
+        if self.paths is None:
+            return headers, False
+        return self.paths.response_headers(headers, parse_host(host_header) or "",
+                                           request_path), True
+
+
+def _header_value(template: str, prefix: str) -> bytes:
+    return template.format(prefix=prefix, prefix_no_slash=prefix.rstrip("/") or "/").encode()
+
+
+def tool_route(route: Route, tool: str) -> ToolRoute:
+    spec = tools.spec_for(tool)
+    headers = [(name.encode(), _header_value(value, route.prefix))
+               for name, value in spec.proxy_headers]
+    paths = None
+    if route.mode is Mode.PATH:
+        paths = ToolPaths(route.prefix, strip=spec.strip_prefix)
+        if spec.strip_prefix:
+            headers.append((FORWARDED_PREFIX, route.prefix.rstrip("/").encode()))
+    return ToolRoute(spec, route.mode, paths, tuple(headers),
+                     spec.unavailable_in(route.mode.value))
