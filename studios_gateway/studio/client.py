@@ -39,6 +39,7 @@ BACKOFF_MAX = 8.0
 GOAWAY_SPREAD = 2.0
 TOOL_POLL = 0.5
 TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)starting
+TOOL_START_WAIT = 120.0  # how long a stream waits for a preset's tool to become ready
 
 
 def quiet_factory(make: Callable[[], Protocol]) -> Factory:
@@ -136,7 +137,7 @@ class TunnelClientProtocol(Protocol):
         bulk_buffers(self.transport, TUNNEL_BUFFER)
         s = self.client.settings
         self.transport.write(BindRequest(s.session_id, s.token, s.connect_version, s.tool,
-                                         s.tool_port).encode())
+                                         s.tool_port, s.tool_version).encode())
 
     def dataReceived(self, data: bytes) -> None:
         if self.mux is not None:
@@ -197,7 +198,8 @@ class ConnectClient(Service):
                  on_fatal: Callable[[str], None] | None = None,
                  ssh_target: Callable[[StreamSide], None] | None = None,
                  on_bind: Callable[[BindReply], None] | None = None,
-                 backoff: Backoff | None = None):
+                 backoff: Backoff | None = None,
+                 tool_ready: Deferred[None] | None = None, bind_first: bool = False):
         self.settings = settings
         self.reactor = reactor
         self.clock = reactor
@@ -206,6 +208,11 @@ class ConnectClient(Service):
         self.ssh_target = ssh_target
         self.on_bind = on_bind  # sees each ok (the gateway's SSH key fingerprint)
         self.backoff = backoff or Backoff()
+        # A preset's readiness probe: the first bind waits for it (or, with bind_first,
+        # the bind comes first so the tool can learn its prefix) and streams wait for it.
+        # None: the tool is ready when its port accepts.
+        self.tool_ready = tool_ready
+        self.bind_first = bind_first
         self.state = "new"
         self.ready: Deferred[None] = Deferred()  # fires at the first successful bind
         self._gateway_index = 0
@@ -224,7 +231,32 @@ class ConnectClient(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._wait_for_tool()
+        if self.bind_first:
+            self._connect()
+        elif self.tool_ready is not None:
+            self._set_state("waiting-for-tool", "waiting for the tool to be ready")
+            self._after_ready(self._connect)
+        else:
+            self._wait_for_tool()
+
+    def _after_ready(self, then: Callable[[], Any], timeout: float | None = None) -> None:
+        """Call ``then`` once the tool is ready (or after ``timeout`` seconds, if given)."""
+        gate = self.tool_ready
+        if gate is None or gate.called:
+            then()
+            return
+        fired = []
+
+        def go(_: Any = None) -> Any:
+            if not fired:
+                fired.append(True)
+                if timer is not None and timer.active():
+                    timer.cancel()
+                then()
+            return _
+
+        timer = self.clock.callLater(timeout, go) if timeout is not None else None
+        gate.addCallback(go)
 
     def stopService(self) -> Deferred[None]:
         """Stop reconnecting and close the tunnel; fires once its connection is gone."""
@@ -256,6 +288,14 @@ class ConnectClient(Service):
         down, not restarting: then one attempt, so the browser gets its 504 page
         at once instead of after another wait.
         """
+        if self.tool_ready is not None and not self.tool_ready.called:
+            waited: Deferred[Any] = Deferred()
+            self._after_ready(lambda: self._connect_tool(make).chainDeferred(waited),
+                              timeout=TOOL_START_WAIT)
+            return waited
+        return self._connect_tool(make)
+
+    def _connect_tool(self, make: Callable[[], Protocol]) -> Deferred[Any]:
         now = self.clock.seconds()
         down_since = self._tool_down_since
         if down_since is not None and now - down_since >= TOOL_CONNECT_RETRY:

@@ -48,12 +48,14 @@ class ToolChild:
     _log = Logger()
 
     def __init__(self, reactor: Any, argv: Sequence[str], env: Mapping[str, str], *,
-                 grace: float = KILL_GRACE, child_fds: Mapping[int, int] | None = None):
+                 grace: float = KILL_GRACE, child_fds: Mapping[int, int] | None = None,
+                 path: str | None = None):
         self.reactor = reactor
         self.child_fds = dict(child_fds or {0: 0, 1: 1, 2: 2})  # the tool shares our stdio
         self.argv = list(argv)
         self.env = dict(env)
         self.grace = grace
+        self.path = path  # its working directory (None: ours)
         self.ended: Deferred[int] = Deferred()
         self._transport: Any = None
         self._kill_call: Any = None
@@ -62,7 +64,7 @@ class ToolChild:
         self._log.info("starting the tool: {argv}", argv=" ".join(self.argv))
         self._transport = self.reactor.spawnProcess(
             _ToolProcess(self.ended), self.argv[0], self.argv, env=self.env,
-            childFDs=self.child_fds)
+            childFDs=self.child_fds, path=self.path)
         self.ended.addBoth(self._ended)
 
     def _ended(self, status: Any) -> Any:

@@ -2,9 +2,14 @@
 
     studios-connect --connect 'studios-connect://<id>:<token>@gw:7070/?pin=...' --tool-port 8888
     studios-connect --tool-port 8888 -- jupyter lab --port 8888 --no-browser
+    studios-connect --tool jupyterlab            # the preset starts JupyterLab itself
+    studios-connect --tool xpra -- igv           # the preset adds what `igv` needs (in Xpra)
 
 Everything can also come from CONNECT_* variables (see settings.py). With a
 command after ``--`` the tool runs as our child and we exit with its status.
+A tool with a preset (studio/presets/) gets the flags it needs behind the
+gateway: with ``--tool X`` and no command the preset starts the tool; with a
+command (and CONNECT_TOOL or --tool naming the tool) it adds what is missing.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gateway tunnel address(es), comma-separated (CONNECT_GATEWAY_URL)")
     p.add_argument("--session", metavar="ID", help="session id (CONNECT_SESSION_ID)")
     p.add_argument("--tool-port", metavar="PORT", help="the tool's port (CONNECT_TOOL_PORT)")
-    p.add_argument("--tool", help=f"{tools.accepted()} (CONNECT_TOOL)")
+    p.add_argument("--tool", help=f"{tools.accepted()} (CONNECT_TOOL); with no command, "
+                                  "starts the tool through its preset")
     p.add_argument("--tool-path-prefix", metavar="PATH",
                    help="path prefix the tool serves under (CONNECT_TOOL_PATH_PREFIX)")
     p.add_argument("--log-level", help="CONNECT_CLIENT_LOG_LEVEL (default info)")
@@ -72,15 +78,53 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
 
     options = {var: getattr(args, attr) for attr, var in OPTION_VARS.items()}
     try:
-        settings = load_client_settings(environ, options)
+        settings = load_client_settings(environ, choose_port(environ, options, command))
     except ConfigError as e:
         print(f"studios-connect: {e}", file=sys.stderr)
         return 2
     start_logging(settings.log_level)
-    return run(settings, command, environ)
+    launcher = None
+    if uses_preset(settings, command, tool_on_command_line=args.tool is not None):
+        from studios_gateway.studio.presets.base import PresetError
+        from studios_gateway.studio.presets.setup import prepare
+
+        try:
+            settings, launcher = prepare(settings, command, environ)
+        except PresetError as e:
+            print(f"studios-connect: {e}", file=sys.stderr)
+            return 2
+        except FileNotFoundError as e:
+            print(f"studios-connect: {e}", file=sys.stderr)
+            return 127
+    return run(settings, command, environ, launcher)
 
 
-def run(settings: Any, command: list[str], environ: dict[str, str]) -> int:
+def uses_preset(settings: Any, command: list[str], tool_on_command_line: bool) -> bool:
+    """A preset applies to a command for its tool, or starts the tool when --tool names it."""
+    from studios_gateway.studio.presets import preset_for
+
+    if preset_for(settings.tool) is None or not settings.preset:
+        return False
+    return bool(command) or tool_on_command_line
+
+
+def choose_port(environ: dict[str, str], options: dict[str, str | None],
+                command: list[str]) -> dict[str, str | None]:
+    """With --tool naming a preset's tool and no port given, a free loopback port."""
+    from studios_gateway.studio.presets import preset_for
+
+    tool = tools.canonical(options.get("CONNECT_TOOL") or environ.get("CONNECT_TOOL") or "")
+    if tool is None or preset_for(tool) is None:
+        return options
+    if options.get("CONNECT_TOOL_PORT") or (environ.get("CONNECT_TOOL_PORT") or "").strip():
+        return options
+    from studios_gateway.studio.presets.setup import free_port
+
+    return {**options, "CONNECT_TOOL_PORT": str(free_port())}
+
+
+def run(settings: Any, command: list[str], environ: dict[str, str],
+        launcher: Any = None) -> int:
     from twisted.internet import reactor
 
     from studios_gateway.studio.client import ConnectClient
@@ -108,9 +152,25 @@ def run(settings: Any, command: list[str], environ: dict[str, str]) -> int:
             finish(2)
 
     ssh = StudioSSH(reactor)  # reachable only through the tunnel, as the gateway
+
+    def on_bind(reply: Any) -> None:
+        ssh.on_bind(reply)
+        if launcher is not None:
+            launcher.on_bind(reply)
+
     client = ConnectClient(settings, reactor, on_fatal=fatal, ssh_target=ssh.ssh_target,
-                           on_bind=ssh.on_bind)
-    if command:
+                           on_bind=on_bind,
+                           tool_ready=launcher.ready if launcher is not None else None,
+                           bind_first=launcher is not None and launcher.bind_first)
+    if launcher is not None:
+        def started(tool: ToolChild) -> ToolChild:
+            nonlocal child
+            child = tool
+            tool.ended.addCallback(finish)
+            return tool
+
+        launcher.child_started.addCallback(started)
+    elif command:
         try:
             argv = resolve_argv(command, environ.get("PATH", os.defpath))
         except FileNotFoundError as e:
@@ -120,14 +180,19 @@ def run(settings: Any, command: list[str], environ: dict[str, str]) -> int:
                                                            settings.tool_path_prefix))
 
     def on_signal(signum: int) -> None:
-        if child is not None:
+        if launcher is not None and child is not None:
+            launcher.terminate(signum)
+        elif child is not None:
             child.terminate(signum)
         else:
             finish(0)
 
     def startup() -> None:
         install_signal_forwarding(reactor, on_signal)
-        if child is not None:
+        if launcher is not None:
+            if not launcher.bind_first:
+                launcher.start()
+        elif child is not None:
             child.start()
             child.ended.addCallback(finish)
         client.startService()

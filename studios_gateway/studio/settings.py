@@ -6,6 +6,9 @@ string (``studios-connect://<id>:<token>@host:port/?pin=sha256:...``, from
 several gateways, comma-separated (``host:port`` or ``tls://host:port?pin=...``);
 the client tries them in turn. CONNECT_CLIENT_VERSION overrides the Connect
 version the client announces (to check a gateway's compatibility window).
+CONNECT_TOOL names the tool (ours or the Platform's spelling); with a preset
+(``--tool``), CONNECT_TOOL_WORKDIR is the tool's working directory (default
+$HOME) and CONNECT_TOOL_PRESET=off runs a command exactly as given.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ class ClientSettings:
     log_level: str = "info"
     connect_version: str = str(CONNECT_PROTOCOL_VERSION)
     tool_host: str = "127.0.0.1"
+    tool_workdir: str = ""  # "" = the studio's home ($HOME)
+    preset: bool = True  # a tool's preset may add to a command (CONNECT_TOOL_PRESET)
+    tool_version: str = ""  # found by the preset; sent in the bind
 
 
 def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | None]:
@@ -108,6 +114,12 @@ def load_client_settings(environ: Mapping[str, str],
     tool = tools.canonical(tool_text)
     if tool is None:
         raise ConfigError("CONNECT_TOOL", tool_text, f"one of {tools.accepted()}")
+    workdir = (get("CONNECT_TOOL_WORKDIR") or "").strip()
+    if workdir and not workdir.startswith("/"):
+        raise ConfigError("CONNECT_TOOL_WORKDIR", workdir, "an absolute directory path")
+    preset_text = (get("CONNECT_TOOL_PRESET") or "on").strip().lower()
+    if preset_text not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
+        raise ConfigError("CONNECT_TOOL_PRESET", preset_text, "on or off")
     prefix = (get("CONNECT_TOOL_PATH_PREFIX") or "").strip()
     if prefix and not re.fullmatch(r"/[A-Za-z0-9_./-]*/", prefix):
         raise ConfigError("CONNECT_TOOL_PATH_PREFIX", prefix, "a path such as /_studio/<id>/")
@@ -120,4 +132,5 @@ def load_client_settings(environ: Mapping[str, str],
         raise ConfigError("CONNECT_CLIENT_VERSION", version, "a version such as 0.12 or 0.12.1")
     return ClientSettings(gateways=tuple(gateways), session_id=session_id, token=token,
                           tool_port=int(port_text), tool=tool, tool_path_prefix=prefix,
-                          log_level=level, connect_version=version)
+                          log_level=level, connect_version=version, tool_workdir=workdir,
+                          preset=preset_text in ("on", "true", "1", "yes"))

@@ -71,3 +71,56 @@ def test_a_tool_down_longer_than_the_window_fails_at_once_until_it_is_back() -> 
     assert len(fourth) == 1 and fourth[0].check(error.ConnectError)
     for f in (first, second, fourth):
         f[0].trap(error.ConnectError)
+
+
+def gated(bind_first: bool) -> tuple[ConnectClient, Clock, Endpoint, defer.Deferred[None],
+                                      list[str]]:
+    """A client whose tool is a preset's: ready when `gate` fires; records connect attempts."""
+    clock = Clock()
+    settings = ClientSettings(gateways=(Gateway("127.0.0.1", 1, None),), session_id="abcd1234",
+                              token="t" * 43, tool_port=9)
+    gate: defer.Deferred[None] = defer.Deferred()
+    c = ConnectClient(settings, clock, tool_ready=gate, bind_first=bind_first)
+    endpoint = Endpoint()
+    c.tool_endpoint = lambda: endpoint  # type: ignore[method-assign]
+    dialled: list[str] = []
+    c._connect = lambda: dialled.append("gateway")  # type: ignore[method-assign]
+    return c, clock, endpoint, gate, dialled
+
+
+def test_a_bind_first_preset_dials_the_gateway_before_its_tool_exists() -> None:
+    c, clock, endpoint, gate, dialled = gated(bind_first=True)
+    c.startService()
+    assert dialled == ["gateway"] and endpoint.attempts == 0  # no port polling either
+
+
+def test_a_preset_tool_is_bound_once_its_probe_says_ready_not_when_its_port_opens() -> None:
+    c, clock, endpoint, gate, dialled = gated(bind_first=False)
+    endpoint.up = True
+    c.startService()
+    clock.advance(5)
+    assert dialled == [] and endpoint.attempts == 0
+    gate.callback(None)
+    assert dialled == ["gateway"]
+
+
+def test_streams_wait_for_the_tools_readiness_then_connect() -> None:
+    c, clock, endpoint, gate, _ = gated(bind_first=True)
+    endpoint.up = True
+    got = outcome(c.connect_tool(Protocol))
+    clock.advance(tunnel.TOOL_CONNECT_RETRY * 3)
+    assert got == [] and endpoint.attempts == 0
+    gate.callback(None)
+    assert len(got) == 1 and isinstance(got[0], Protocol)
+    late = outcome(c.connect_tool(Protocol))  # once ready, no wait at all
+    assert isinstance(late[0], Protocol)
+
+
+def test_a_tool_that_never_gets_ready_is_tried_after_the_start_wait() -> None:
+    c, clock, endpoint, gate, _ = gated(bind_first=True)
+    got = outcome(c.connect_tool(Protocol))
+    clock.advance(tunnel.TOOL_START_WAIT)
+    assert endpoint.attempts == 1 and got == []  # now patient as for a restart
+    clock.pump([tunnel.TOOL_POLL] * int(tunnel.TOOL_CONNECT_RETRY / tunnel.TOOL_POLL + 2))
+    assert len(got) == 1 and got[0].check(error.ConnectError)
+    got[0].trap(error.ConnectError)

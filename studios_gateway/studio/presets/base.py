@@ -1,0 +1,212 @@
+"""What every tool preset shares: flags it adds, the tool's version, the command it builds.
+
+A preset turns "start JupyterLab behind the gateway" into a command line. With
+no command it starts the tool itself; with one (``studios-connect --tool X --
+CMD...``) it keeps what the person wrote and adds only the flags that are
+missing. Building the command is pure (no processes): the installed tool's
+version and help text are read once by :func:`inspect_tool` and passed in, so
+a flag the installed version does not have is found before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+VERSION = re.compile(r"[0-9]+(?:\.[0-9]+)+(?:[-+][A-Za-z0-9._]+)?")
+INSPECT_TIMEOUT = 120.0  # `jupyter lab --help-all` takes seconds on a busy machine
+
+
+class PresetError(Exception):
+    """The preset cannot start this tool; the message is one line for the person."""
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One option a preset adds: ``names[0]=value`` (or the bare switch when value is None)."""
+
+    names: tuple[str, ...]  # every spelling the tool accepts; the first is the one we add
+    value: str | None
+    why: str  # what it is for, in the failure line ("... has no --x flag (needed to WHY)")
+    check: str | None = ""  # text the help output must hold ("" = names[0]; None = not listed)
+    port: bool = False  # its value carries the tool's port; a person's own value wins
+
+    def args(self) -> list[str]:
+        return [self.names[0]] if self.value is None else [f"{self.names[0]}={self.value}"]
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where the tool runs: its loopback port, the public path prefix, its home, its user."""
+
+    port: int
+    prefix: str = "/"  # "/" in subdomain mode, "/_studio/<id>/" in path mode
+    workdir: str = "/"
+    user: str = "root"
+    root: bool = False  # running as root (some tools need to be told that is fine)
+    display: int = 0  # an X display number of its own (Xpra)
+
+    @property
+    def prefix_no_slash(self) -> str:
+        return self.prefix.rstrip("/") or "/"
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What the installed tool says about itself: its version and its help text."""
+
+    version: str
+    help: str = ""
+
+
+@dataclass
+class Launch:
+    """The command to run, and what the preset added to it (logged in one line)."""
+
+    argv: list[str]
+    port: int
+    cwd: str
+    added: list[str] = field(default_factory=list)
+    stop_argv: list[str] | None = None  # run on shutdown before the tool is signalled
+    foreign: bool = False  # the command is not the tool: nothing could be added
+
+
+def given(argv: Sequence[str], names: Sequence[str]) -> str | None:
+    """The value a person gave for any of ``names`` ("" for a bare switch), or None."""
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name:
+                nxt = argv[i + 1] if i + 1 < len(argv) else ""
+                return "" if nxt.startswith("-") else nxt
+            if arg.startswith(name + "="):
+                return arg[len(name) + 1:]
+    return None
+
+
+def port_in(value: str) -> int | None:
+    """The port in ``8888``, ``127.0.0.1:8888`` or ``[::1]:8888``; None if there is none."""
+    m = re.search(r"(?:^|:)([0-9]{1,5})$", value.strip())
+    if m and 1 <= int(m.group(1)) <= 65535:
+        return int(m.group(1))
+    return None
+
+
+class Preset:
+    """One tool. Subclasses name the tool's executables, flags, probe and default command."""
+
+    tool = "generic"  # canonical name (wire.tools)
+    title = "tool"
+    executables: tuple[str, ...] = ()
+    needs_prefix = False  # the tool must know the public prefix when it starts: bind first
+    probe_ok: tuple[int, ...] = (200,)
+
+    # -- what subclasses describe --------------------------------------------------
+
+    def default_command(self, place: Place) -> list[str]:
+        raise NotImplementedError
+
+    def head(self, argv: Sequence[str]) -> int | None:
+        """How many leading words of ``argv`` name the tool (``jupyter lab`` = 2), or None."""
+        if argv and os.path.basename(argv[0]) in self.executables:
+            return 1
+        return None
+
+    def flags(self, place: Place) -> list[Flag]:
+        raise NotImplementedError
+
+    def probe_path(self, place: Place) -> str:
+        """The path the readiness probe asks the tool for (on its own loopback port)."""
+        return "/"
+
+    def version_argv(self, head: Sequence[str]) -> list[str]:
+        return [*head, "--version"]
+
+    def help_argv(self, head: Sequence[str]) -> list[str]:
+        return [*head, "--help"]
+
+    def wrap(self, argv: Sequence[str], place: Place) -> list[str] | None:
+        """A command that is not the tool, wrapped in it (Xpra runs it); None: run as given."""
+        return None
+
+    def positional(self, rest: list[str], place: Place, default: bool) -> tuple[list[str],
+                                                                                list[str]]:
+        """Words after the head the tool needs besides flags; returns (rest, notes)."""
+        return rest, []
+
+    def stop_argv(self, head: Sequence[str], rest: Sequence[str]) -> list[str] | None:
+        return None
+
+    # -- building -----------------------------------------------------------------
+
+    def tool_head(self, command: Sequence[str], place: Place) -> list[str]:
+        """The words that run the tool, for --version and --help (the default's if no command)."""
+        argv = list(command) or self.default_command(place)
+        n = self.head(argv)
+        if n is None:
+            wrapped = self.wrap(argv, place)
+            if wrapped is None:
+                return []
+            argv, n = wrapped, self.head(wrapped)
+            assert n is not None
+        return argv[:n]
+
+    def build(self, command: Sequence[str], place: Place, installed: Installed) -> Launch:
+        """The command to run; raises PresetError if the installed tool lacks a needed flag."""
+        default = not command
+        argv = self.default_command(place) if default else list(command)
+        notes: list[str] = []
+        n = self.head(argv)
+        if n is None:
+            wrapped = self.wrap(argv, place)
+            if wrapped is None:
+                return Launch(argv, place.port, place.workdir, foreign=True)
+            notes.append(f"runs {' '.join(argv)} inside {self.title}")
+            argv, n = wrapped, self.head(wrapped)
+            assert n is not None
+        head, rest = argv[:n], argv[n:]
+        rest, more = self.positional(rest, place, default)
+        notes += more
+        port = place.port
+        for flag in self.flags(place):
+            value = given(rest, flag.names)
+            if value is not None:
+                if flag.port:
+                    port = port_in(value) or port
+                continue
+            check = flag.names[0] if flag.check == "" else flag.check
+            if check is not None and check not in installed.help:
+                raise PresetError(f"{self.title} {installed.version or '(version unknown)'} has "
+                                  f"no {flag.names[0]} option (needed to {flag.why}); use a "
+                                  f"version that has it, or give the command yourself after --")
+            rest += flag.args()
+            notes.append(" ".join(flag.args()))
+        return Launch([*head, *rest], port, place.workdir, notes,
+                      stop_argv=self.stop_argv(head, rest))
+
+
+Runner = Callable[[Sequence[str]], str]
+
+
+def run_for_text(argv: Sequence[str]) -> str:
+    """A command's stdout and stderr together ("" if it cannot run)."""
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True,
+                              timeout=INSPECT_TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return (done.stdout or "") + (done.stderr or "")
+
+
+def inspect_tool(preset: Preset, head: Sequence[str], run: Runner = run_for_text) -> Installed:
+    """Ask the installed tool for its version and help text (before anything starts)."""
+    if not head:
+        return Installed("")
+    out = run(preset.version_argv(head))
+    m = VERSION.search(out)
+    if m is None:
+        raise PresetError(f"{preset.title}: `{' '.join(preset.version_argv(head))}` did not "
+                          f"print a version; is {head[0]} installed and on PATH?")
+    return Installed(m.group(0)[:64], run(preset.help_argv(head)))

@@ -1,0 +1,65 @@
+"""JupyterLab: served under the public prefix (base_url), so it binds first, then starts.
+
+Adds: loopback ip and port, ``base_url`` from the routing, ``allow_remote_access``
+(Jupyter's own Host check refuses the studio's host name otherwise; its Origin
+check compares Origin with Host, which the gateway passes unchanged, so that
+one stays on), token and password off (the gateway authenticates), XSRF kept on
+(the browser's ``_xsrf`` cookie and header pass through), the studio's home as
+root_dir, no browser, and ``--allow-root`` when running as root. Readiness:
+``<prefix>api/status`` answers 200.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from studios_gateway.studio.presets.base import Flag, Place, Preset
+
+
+class JupyterLab(Preset):
+    tool = "jupyterlab"
+    title = "JupyterLab"
+    executables = ("jupyter", "jupyter-lab")
+    needs_prefix = True
+
+    def default_command(self, place: Place) -> list[str]:
+        return ["jupyter", "lab"]
+
+    def head(self, argv: Sequence[str]) -> int | None:
+        name = os.path.basename(argv[0]) if argv else ""
+        if name == "jupyter-lab":
+            return 1
+        if name == "jupyter" and len(argv) > 1 and argv[1] == "lab":
+            return 2
+        return None
+
+    def help_argv(self, head: Sequence[str]) -> list[str]:
+        return [*head, "--help-all"]
+
+    def flags(self, place: Place) -> list[Flag]:
+        flags = [
+            Flag(("--no-browser", "--ServerApp.open_browser"), None, "not open a browser"),
+            Flag(("--ServerApp.ip", "--ip"), "127.0.0.1", "listen on loopback only"),
+            Flag(("--ServerApp.port", "--port"), str(place.port), "listen on the tool port",
+                 port=True),
+            Flag(("--ServerApp.port_retries",), "0", "fail rather than take another port"),
+            Flag(("--ServerApp.base_url",), place.prefix, "serve under the studio's prefix"),
+            Flag(("--ServerApp.allow_remote_access",), "True",
+                 "accept the studio's host name (Jupyter's Host check)"),
+            # Jupyter Server 2 reads these from its identity provider (not in --help-all).
+            Flag(("--IdentityProvider.token", "--ServerApp.token", "--NotebookApp.token"), "",
+                 "turn the token off (the gateway authenticates)", check=None),
+            Flag(("--PasswordIdentityProvider.hashed_password", "--ServerApp.password",
+                  "--NotebookApp.password"), "",
+                 "turn the password off (the gateway authenticates)", check=None),
+            Flag(("--ServerApp.disable_check_xsrf",), "False", "keep XSRF checks on"),
+            Flag(("--ServerApp.root_dir", "--notebook-dir", "--ServerApp.notebook_dir"),
+                 place.workdir, "open the studio's home"),
+        ]
+        if place.root:
+            flags.append(Flag(("--allow-root",), None, "run as root (studios often do)"))
+        return flags
+
+    def probe_path(self, place: Place) -> str:
+        return place.prefix + "api/status"

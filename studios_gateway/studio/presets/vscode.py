@@ -1,0 +1,39 @@
+"""VS Code as code-server: it has no base-path option, so the gateway strips the prefix.
+
+Adds: ``--bind-addr 127.0.0.1:PORT``, ``--auth none`` (the gateway
+authenticates), telemetry and update checks off, and (with no command) the
+studio's home as the folder to open. Its Origin check compares Origin with
+Host, which the gateway passes unchanged, so no trusted origins are added.
+Readiness: ``/healthz`` answers 200.
+"""
+
+from __future__ import annotations
+
+from studios_gateway.studio.presets.base import Flag, Place, Preset
+
+
+class VSCode(Preset):
+    tool = "vscode"
+    title = "code-server"
+    executables = ("code-server",)
+
+    def default_command(self, place: Place) -> list[str]:
+        return ["code-server"]
+
+    def positional(self, rest: list[str], place: Place, default: bool) -> tuple[list[str],
+                                                                                list[str]]:
+        if default:
+            return [*rest, place.workdir], [place.workdir]
+        return rest, []
+
+    def flags(self, place: Place) -> list[Flag]:
+        return [
+            Flag(("--bind-addr",), f"127.0.0.1:{place.port}", "listen on loopback only",
+                 port=True),
+            Flag(("--auth",), "none", "turn its password off (the gateway authenticates)"),
+            Flag(("--disable-telemetry",), None, "send no telemetry"),
+            Flag(("--disable-update-check",), None, "not check for updates"),
+        ]
+
+    def probe_path(self, place: Place) -> str:
+        return "/healthz"

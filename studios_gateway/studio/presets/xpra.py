@@ -1,0 +1,83 @@
+"""Xpra: an X session on a display of its own, shown in the browser by its HTML5 client.
+
+``xpra start :N`` with ``--bind-tcp 127.0.0.1:PORT --html on`` in the
+foreground (``--daemon no``), an xterm as the default program (``--start``),
+and the desktop services a container lacks turned off (systemd, mDNS, audio,
+printing, webcam, D-Bus and the notifications that need it). A command that is
+not ``xpra`` is run inside the session (``--start-child``, and the session ends
+with it). The gateway strips the path prefix. Shutdown runs
+``xpra stop :N``. Readiness: ``/`` (the HTML5 client's page) answers 200.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Callable, Sequence
+
+from studios_gateway.studio.presets.base import Flag, Place, Preset
+
+DEFAULT_CHILD = "xterm"
+FIRST_DISPLAY = 100
+X_SOCKETS = "/tmp/.X11-unix"  # noqa: S108 - where every X server puts its socket
+
+
+def free_display(exists: Callable[[str], bool] = os.path.exists, first: int = FIRST_DISPLAY
+                 ) -> int:
+    """The first display number from ``first`` with no X socket and no lock file."""
+    n = first
+    while exists(f"{X_SOCKETS}/X{n}") or exists(f"/tmp/.X{n}-lock"):  # noqa: S108
+        n += 1
+    return n
+
+
+class Xpra(Preset):
+    tool = "xpra"
+    title = "Xpra"
+    executables = ("xpra",)
+
+    def head(self, argv: Sequence[str]) -> int | None:
+        if argv and os.path.basename(argv[0]) == "xpra" and len(argv) > 1 \
+                and argv[1] in ("start", "start-desktop"):
+            return 2
+        return None
+
+    def version_argv(self, head: Sequence[str]) -> list[str]:
+        return [head[0], "--version"]
+
+    def default_command(self, place: Place) -> list[str]:
+        return ["xpra", "start", f"--start={DEFAULT_CHILD}"]
+
+    def wrap(self, argv: Sequence[str], place: Place) -> list[str] | None:
+        if argv and os.path.basename(argv[0]) == "xpra":
+            return None  # another xpra subcommand: run it as given
+        # The session lives as long as the person's program (entry-point mode: its end is ours).
+        return ["xpra", "start", f"--start-child={shlex.join(argv)}", "--exit-with-children=yes"]
+
+    def positional(self, rest: list[str], place: Place, default: bool) -> tuple[list[str],
+                                                                                list[str]]:
+        if any(a.startswith(":") for a in rest):
+            return rest, []
+        return [f":{place.display}", *rest], [f":{place.display}"]
+
+    def flags(self, place: Place) -> list[Flag]:
+        return [
+            Flag(("--bind-tcp",), f"127.0.0.1:{place.port}", "listen on loopback only",
+                 port=True),
+            Flag(("--html",), "on", "serve its HTML5 client"),
+            Flag(("--daemon",), "no", "stay in the foreground as our child"),
+            Flag(("--tcp-auth",), "none", "turn its login off (the gateway authenticates)"),
+            Flag(("--systemd-run",), "no", "not use systemd (containers have none)"),
+            Flag(("--mdns",), "no", "not announce itself on the network"),
+            Flag(("--pulseaudio",), "no", "not start a sound server"),
+            Flag(("--dbus-launch",), "", "not start a D-Bus session"),
+            Flag(("--dbus-control",), "no", "not serve D-Bus control"),
+            Flag(("--dbus-proxy",), "no", "not proxy D-Bus"),
+            Flag(("--notifications",), "no", "not forward notifications (they need D-Bus)"),
+            Flag(("--printing",), "no", "not set up printing"),
+            Flag(("--webcam",), "no", "not forward webcams"),
+        ]
+
+    def stop_argv(self, head: Sequence[str], rest: Sequence[str]) -> list[str] | None:
+        display = next((a for a in rest if a.startswith(":")), None)
+        return [head[0], "stop", display] if display else None

@@ -1,0 +1,349 @@
+"""Tool presets: the command lines they build, their probes and their start order (no processes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet import defer, error
+from twisted.internet.task import Clock
+
+from studios_gateway.studio.presets import PRESETS, preset_for
+from studios_gateway.studio.presets.base import (
+    Installed,
+    Place,
+    Preset,
+    PresetError,
+    given,
+    inspect_tool,
+    port_in,
+)
+from studios_gateway.studio.presets.launcher import PresetLauncher, describe, routed_prefix
+from studios_gateway.studio.presets.probe import PROBE_INTERVAL, Readiness
+from studios_gateway.studio.presets.xpra import free_display
+from studios_gateway.wire.bind import BindReply
+
+PATH = Place(port=8888, prefix="/_studio/abcd1234/", workdir="/home/al", user="al")
+SUB = Place(port=8888, prefix="/", workdir="/home/al", user="al", display=100)
+
+
+def knows_all(preset: Preset, version: str = "1.2.3") -> Installed:
+    """An installed tool whose help lists every flag the preset may add."""
+    names = [f.names[0] for p in (PATH, Place(1, root=True)) for f in preset.flags(p)]
+    return Installed(version, "\n".join(names))
+
+
+def build(tool: str, command: list[str] | None = None, place: Place = PATH) -> Any:
+    preset = PRESETS[tool]
+    return preset.build(command or [], place, knows_all(preset))
+
+
+def test_every_tool_but_generic_has_a_preset_named_as_the_tool_table_does() -> None:
+    assert set(PRESETS) == {"jupyterlab", "ride", "vscode", "xpra"}
+    assert preset_for("generic") is None
+
+
+def test_jupyterlab_with_no_command_gets_everything_it_needs_behind_the_gateway() -> None:
+    launch = build("jupyterlab")
+    assert launch.argv[:2] == ["jupyter", "lab"]
+    for arg in ("--no-browser", "--ServerApp.ip=127.0.0.1", "--ServerApp.port=8888",
+                "--ServerApp.port_retries=0", "--ServerApp.base_url=/_studio/abcd1234/",
+                "--ServerApp.allow_remote_access=True", "--IdentityProvider.token=",
+                "--PasswordIdentityProvider.hashed_password=",
+                "--ServerApp.disable_check_xsrf=False", "--ServerApp.root_dir=/home/al"):
+        assert arg in launch.argv
+    assert "--allow-root" not in launch.argv and launch.cwd == "/home/al"
+    assert PRESETS["jupyterlab"].needs_prefix  # it binds first to learn the prefix
+    assert PRESETS["jupyterlab"].probe_path(PATH) == "/_studio/abcd1234/api/status"
+    root = PRESETS["jupyterlab"].build([], Place(8888, root=True), knows_all(PRESETS["jupyterlab"]))
+    assert "--allow-root" in root.argv and "--ServerApp.base_url=/" in root.argv
+
+
+def test_a_command_keeps_what_the_person_wrote_and_gets_only_what_is_missing() -> None:
+    launch = build("jupyterlab", ["/opt/conda/bin/jupyter", "lab", "--port", "9999",
+                                  "--notebook-dir=/data", "--IdentityProvider.token="])
+    assert launch.port == 9999  # their port wins; the client follows it
+    assert not any(a.startswith("--ServerApp.port=") for a in launch.argv)
+    assert not any(a.startswith("--ServerApp.root_dir") for a in launch.argv)
+    assert launch.argv.count("--IdentityProvider.token=") == 1
+    assert "--ServerApp.base_url=/_studio/abcd1234/" in launch.added
+    line = describe(PRESETS["jupyterlab"], launch, given=True, version="4.2.5")
+    assert line.startswith("jupyterlab preset: added --no-browser ") and "\n" not in line
+    assert "127.0.0.1:9999 only" in line and "JupyterLab 4.2.5" in line
+
+
+def test_a_command_that_is_not_the_tool_is_run_as_given_and_says_so() -> None:
+    launch = build("jupyterlab", ["start-my-lab.sh", "--fancy"])
+    assert launch.foreign and launch.argv == ["start-my-lab.sh", "--fancy"]
+    assert "adds nothing" in describe(PRESETS["jupyterlab"], launch, given=True)
+
+
+def test_a_flag_the_installed_version_lacks_is_one_line_naming_tool_version_and_flag() -> None:
+    preset = PRESETS["vscode"]
+    help_text = knows_all(preset).help.replace("--disable-update-check", "")
+    with pytest.raises(PresetError) as e:
+        preset.build([], SUB, Installed("3.12.0", help_text))
+    msg = str(e.value)
+    assert "code-server 3.12.0" in msg and "--disable-update-check" in msg and "\n" not in msg
+    # ...but a person who gave the flag themselves is not stopped by the check
+    launch = preset.build(["code-server", "--disable-update-check"], SUB,
+                          Installed("3.12.0", help_text))
+    assert launch.argv.count("--disable-update-check") == 1
+
+
+def test_code_server_binds_loopback_with_auth_off_and_no_base_path() -> None:
+    launch = build("vscode", place=PATH)
+    assert launch.argv == ["code-server", "/home/al", "--bind-addr=127.0.0.1:8888",
+                           "--auth=none", "--disable-telemetry", "--disable-update-check"]
+    assert not PRESETS["vscode"].needs_prefix  # the gateway strips the prefix
+    assert PRESETS["vscode"].probe_path(PATH) == "/healthz"
+    theirs = build("vscode", ["code-server", "--bind-addr", "127.0.0.1:7000", "/src"])
+    assert theirs.port == 7000 and theirs.argv[-1] == "--disable-update-check"
+
+
+def test_rstudio_gets_its_documented_flags_and_the_root_path_from_the_routing() -> None:
+    launch = build("ride", place=PATH)
+    assert launch.argv == ["rserver", "--server-daemonize=0", "--www-address=127.0.0.1",
+                           "--www-port=8888", "--auth-none=1", "--server-user=al",
+                           "--www-root-path=/_studio/abcd1234"]
+    assert "--www-root-path=/" in build("ride", place=SUB).argv
+    assert PRESETS["ride"].needs_prefix and 302 in PRESETS["ride"].probe_ok
+
+
+def test_xpra_has_its_own_display_an_xterm_and_stops_with_xpra_stop() -> None:
+    launch = build("xpra", place=SUB)
+    assert launch.argv[:4] == ["xpra", "start", ":100", "--start=xterm"]
+    for arg in ("--bind-tcp=127.0.0.1:8888", "--html=on", "--daemon=no", "--tcp-auth=none"):
+        assert arg in launch.argv
+    assert launch.stop_argv == ["xpra", "stop", ":100"]
+    wrapped = build("xpra", ["igv", "--batch", "x y"], place=SUB)
+    assert wrapped.argv[:5] == ["xpra", "start", ":100", "--start-child=igv --batch 'x y'",
+                                "--exit-with-children=yes"]
+    assert "runs igv --batch x y inside Xpra" in wrapped.added
+    theirs = build("xpra", ["xpra", "start", ":7", "--bind-tcp=127.0.0.1:6000"], place=SUB)
+    assert theirs.port == 6000 and theirs.stop_argv == ["xpra", "stop", ":7"]
+    assert ":100" not in theirs.argv
+
+
+def test_free_display_skips_sockets_and_lock_files() -> None:
+    taken = {"/tmp/.X11-unix/X100", "/tmp/.X101-lock"}
+    assert free_display(taken.__contains__) == 102
+
+
+def test_given_and_port_in() -> None:
+    assert given(["--port", "9"], ["--port"]) == "9"
+    assert given(["--port=9"], ["--x", "--port"]) == "9"
+    assert given(["--no-browser", "--x"], ["--no-browser"]) == ""
+    assert given(["--portx=9"], ["--port"]) is None
+    assert port_in("127.0.0.1:8080") == 8080 and port_in("8080") == 8080
+    assert port_in("[::1]:70000") is None and port_in("host") is None
+
+
+def test_inspect_tool_reads_the_version_and_refuses_a_tool_that_prints_none() -> None:
+    calls: list[list[str]] = []
+
+    def run(argv: Any) -> str:
+        calls.append(list(argv))
+        return "4.100.3 3c0b449c6e6e37b44a8a7938c0d8a3049926a64c with Code 1.100.3\n" \
+            if argv[-1] == "--version" else "--bind-addr --auth"
+
+    got = inspect_tool(PRESETS["vscode"], ["/usr/bin/code-server"], run)
+    assert got.version == "4.100.3" and "--auth" in got.help
+    assert calls == [["/usr/bin/code-server", "--version"], ["/usr/bin/code-server", "--help"]]
+    assert inspect_tool(PRESETS["xpra"], ["xpra", "start"],
+                        lambda a: "xpra v3.1.3-r0\n").version == "3.1.3-r0"
+    with pytest.raises(PresetError, match="did not print a version"):
+        inspect_tool(PRESETS["ride"], ["rserver"], lambda a: "")
+
+
+def test_readiness_polls_until_an_ok_status_not_an_open_port() -> None:
+    clock = Clock()
+    answers: list[Any] = [error.ConnectionRefusedError(), 503, 200]
+    asked: list[str] = []
+
+    def fetch(url: str) -> defer.Deferred[int]:
+        asked.append(url)
+        a = answers.pop(0)
+        return defer.fail(a) if isinstance(a, Exception) else defer.succeed(a)
+
+    probe = Readiness(clock, 8888, "/api/status", (200,), fetch)
+    ready: list[Any] = []
+    probe.start().addCallback(ready.append)
+    assert not ready
+    clock.advance(PROBE_INTERVAL)
+    assert not ready and probe.last == "status 503"
+    clock.advance(PROBE_INTERVAL)
+    assert ready == [None] and asked == ["http://127.0.0.1:8888/api/status"] * 3
+    clock.advance(10)
+    assert not answers  # no more polling once ready
+
+
+class FakeReactor(Clock):
+    """A clock that records spawnProcess calls instead of running anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[dict[str, Any]] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: Any = None,
+                     path: Any = None, childFDs: Any = None, **kw: Any) -> Any:
+        self.spawned.append({"protocol": protocol, "args": args, "env": env, "path": path})
+
+        class Transport:
+            def signalProcess(self, sig: Any) -> None:
+                pass
+
+        return Transport()
+
+
+def launcher(tool: str, override: str = "") -> tuple[PresetLauncher, FakeReactor]:
+    reactor = FakeReactor()
+    preset = PRESETS[tool]
+    never: Any = lambda url: defer.Deferred()  # noqa: E731 - the probe never answers here
+    env = {"PATH": "/usr/bin:/bin", "CONNECT_SESSION_TOKEN": "secret-secret-secret",
+           "HOME": "/home/al"}
+    return PresetLauncher(reactor, preset, ["/bin/true"] if tool == "generic" else [],
+                          SUB, knows_all(preset), env, prefix_override=override,
+                          fetch=never), reactor
+
+
+def reply(routing: str = "path", url: str = "http://gw.example/_studio/abcd1234/") -> BindReply:
+    return BindReply(ok=True, tunnel_id="t", routing=routing, public_url=url)
+
+
+def test_a_bind_first_tool_starts_at_the_first_bind_under_the_routed_prefix(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("studios_gateway.studio.presets.launcher.resolve_argv",
+                        lambda argv, path: list(argv))
+    lab, reactor = launcher("jupyterlab")
+    assert lab.bind_first and not reactor.spawned
+    lab.on_bind(reply())
+    (spawned,) = reactor.spawned
+    assert "--ServerApp.base_url=/_studio/abcd1234/" in spawned["args"]
+    assert spawned["path"] == "/home/al"
+    assert spawned["env"]["CONNECT_TOOL_PATH_PREFIX"] == "/_studio/abcd1234/"
+    assert "CONNECT_SESSION_TOKEN" not in spawned["env"]
+    lab.on_bind(reply())  # a rebind does not start a second tool
+    assert len(reactor.spawned) == 1
+    sub, reactor = launcher("jupyterlab")
+    sub.on_bind(reply("subdomain", "http://abcd1234.gw.example/"))
+    assert "--ServerApp.base_url=/" in reactor.spawned[0]["args"]
+    old, reactor = launcher("jupyterlab")
+    old.on_bind(BindReply(ok=True, tunnel_id="t"))  # an older gateway says nothing: "/"
+    assert "--ServerApp.base_url=/" in reactor.spawned[0]["args"]
+    forced, reactor = launcher("jupyterlab", override="/lab/")
+    forced.on_bind(reply())
+    assert "--ServerApp.base_url=/lab/" in reactor.spawned[0]["args"]
+
+
+def test_routed_prefix_is_the_public_urls_path() -> None:
+    assert routed_prefix(reply()) == "/_studio/abcd1234/"
+    assert routed_prefix(reply("subdomain", "https://abcd1234.gw.example/")) == "/"
+    assert routed_prefix(BindReply(ok=True)) is None
+
+
+def test_xpra_stop_runs_before_the_tool_is_signalled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("studios_gateway.studio.presets.launcher.resolve_argv",
+                        lambda argv, path: list(argv))
+    xpra, reactor = launcher("xpra")
+    child = xpra.start()
+    signalled: list[Any] = []
+    child.terminate = lambda sig=15: signalled.append(sig)  # type: ignore[method-assign]
+    xpra.terminate(15)
+    assert reactor.spawned[-1]["args"] == ["xpra", "stop", ":100"] and not signalled
+    reactor.spawned[-1]["protocol"].processEnded(None)
+    assert signalled == [15]
+
+
+BASE_ENV = {"CONNECT_GATEWAY_URL": "gw:7070", "CONNECT_SESSION_ID": "abcd1234",
+            "CONNECT_SESSION_TOKEN": "k" * 20}
+
+
+def test_preset_settings_platform_names_workdir_and_the_off_switch() -> None:
+    from studios_gateway.config import ConfigError
+    from studios_gateway.studio.settings import load_client_settings
+
+    s = load_client_settings({**BASE_ENV, "CONNECT_TOOL_PORT": "80", "CONNECT_TOOL": "rstudio",
+                              "CONNECT_TOOL_WORKDIR": "/data", "CONNECT_TOOL_PRESET": "off"})
+    assert (s.tool, s.tool_workdir, s.preset) == ("ride", "/data", False)
+    for name, value in (("CONNECT_TOOL_WORKDIR", "data"), ("CONNECT_TOOL_PRESET", "maybe"),
+                        ("CONNECT_TOOL", "emacs")):
+        with pytest.raises(ConfigError) as e:
+            load_client_settings({**BASE_ENV, "CONNECT_TOOL_PORT": "80", name: value})
+        assert e.value.name == name
+
+
+def test_a_preset_starts_the_tool_only_when_asked_on_the_command_line_or_given_a_command(
+        ) -> None:
+    from studios_gateway.studio.main import choose_port, uses_preset
+    from studios_gateway.studio.settings import load_client_settings
+
+    lab = load_client_settings({**BASE_ENV, "CONNECT_TOOL_PORT": "80",
+                                "CONNECT_TOOL": "jupyter"})
+    assert uses_preset(lab, [], tool_on_command_line=True)
+    assert uses_preset(lab, ["jupyter", "lab"], tool_on_command_line=False)
+    assert not uses_preset(lab, [], tool_on_command_line=False)  # a sidecar: tool elsewhere
+    generic = load_client_settings({**BASE_ENV, "CONNECT_TOOL_PORT": "80"})
+    assert not uses_preset(generic, ["my-app"], tool_on_command_line=True)
+    # A preset's tool needs no port from the person: a free one is chosen.
+    picked = choose_port({}, {"CONNECT_TOOL": "xpra"}, [])
+    assert 1 <= int(picked["CONNECT_TOOL_PORT"] or 0) <= 65535
+    assert choose_port({"CONNECT_TOOL_PORT": "7"}, {"CONNECT_TOOL": "xpra"}, []) == \
+        {"CONNECT_TOOL": "xpra"}
+    assert "CONNECT_TOOL_PORT" not in choose_port({}, {"CONNECT_TOOL": "generic"}, [])
+
+
+def test_prepare_fails_before_anything_runs_and_binds_with_the_tools_port_and_version(
+        tmp_path: Any) -> None:
+    from studios_gateway.studio.presets.setup import prepare
+    from studios_gateway.studio.settings import load_client_settings
+
+    exe = tmp_path / "code-server"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}
+    s = load_client_settings({**BASE_ENV, "CONNECT_TOOL_PORT": "80", "CONNECT_TOOL": "vscode"})
+    help_text = "--bind-addr --auth --disable-telemetry --disable-update-check"
+    run = lambda argv: "4.100.3 abc with Code 1.100.3" if argv[-1] == "--version" \
+        else help_text  # noqa: E731
+    settings, lab = prepare(s, ["code-server", "--bind-addr=127.0.0.1:9000"], env, run=run,
+                            reactor=FakeReactor())
+    assert (settings.tool_port, settings.tool_version) == (9000, "4.100.3")
+    assert lab.launch.cwd == str(tmp_path) and not lab.bind_first
+    with pytest.raises(PresetError, match="code-server 4.100.3 has no --auth option"):
+        prepare(s, [], env, run=lambda argv: run(argv).replace("--auth", ""),
+                reactor=FakeReactor())
+    with pytest.raises(FileNotFoundError):
+        prepare(s, [], {"PATH": str(tmp_path / "none"), "HOME": str(tmp_path)}, run=run,
+                reactor=FakeReactor())
+    with pytest.raises(PresetError, match="working directory"):
+        prepare(s, [], {**env, "HOME": str(tmp_path / "gone")}, run=run, reactor=FakeReactor())
+
+
+def test_the_probe_reads_only_the_status_line() -> None:
+    from twisted.internet.testing import StringTransport
+
+    from studios_gateway.studio.presets.probe import _StatusLine
+
+    done: defer.Deferred[int] = defer.Deferred()
+    got = outcome(done)
+    proto = _StatusLine(b"GET /healthz HTTP/1.0\r\n\r\n", done)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    assert transport.value() == b"GET /healthz HTTP/1.0\r\n\r\n"
+    proto.dataReceived(b"HTTP/1.1 2")
+    assert got == []
+    proto.dataReceived(b"00 OK\r\nContent-Length: 2\r\n")
+    assert got == [200] and transport.disconnecting
+    bad: defer.Deferred[int] = defer.Deferred()
+    failed = outcome(bad)
+    other = _StatusLine(b"", bad)
+    other.makeConnection(StringTransport())
+    other.dataReceived(b"SSH-2.0-OpenSSH\r\n")
+    assert failed[0].check(ValueError)
+
+
+def outcome(d: defer.Deferred[Any]) -> list[Any]:
+    got: list[Any] = []
+    d.addBoth(got.append)
+    return got
