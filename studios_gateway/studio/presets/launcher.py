@@ -152,8 +152,11 @@ class PresetLauncher:
             self._log.warn("cannot run {argv}: {why}", argv=shlex.join(stop), why=str(e))
             child.terminate(sig)
             return
-        timer = self.reactor.callLater(STOP_COMMAND_WAIT,
-                                       lambda: done.called or done.callback(None))
+        def waited_enough() -> None:
+            if not done.called:
+                done.callback(None)
+
+        timer = self.reactor.callLater(STOP_COMMAND_WAIT, waited_enough)
 
         def then(_: Any) -> None:
             if timer.active():

@@ -28,6 +28,8 @@ Fetch = Callable[[str], "Deferred[int]"]
 class _StatusLine(Protocol):
     """Sends one GET and reads the status line; the rest of the answer is not needed."""
 
+    transport: Any
+
     def __init__(self, request: bytes, done: Deferred[int]):
         self._request, self._done, self._buf = request, done, b""
 
@@ -65,7 +67,11 @@ def http_status(reactor: Any) -> Fetch:
                                       parts.port or 80, timeout=PROBE_TIMEOUT)
         factory = Factory.forProtocol(lambda: _StatusLine(request, done))
         factory.noisy = False
-        endpoint.connect(factory).addErrback(lambda f: done.called or done.errback(f))
+        def refused(f: Failure) -> None:
+            if not done.called:
+                done.errback(f)
+
+        endpoint.connect(factory).addErrback(refused)
         return done
 
     return fetch
