@@ -30,6 +30,7 @@ SECTIONS = {
     "http": "HTTP proxy limits",
     "ssh": "SSH proxy",
     "tunnel": "Tunnels",
+    "operations": "Access log and transfer quotas",
 }
 
 #: Values the systemd unit sets itself (Environment=), which differ from the built-in default.

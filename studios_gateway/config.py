@@ -171,6 +171,13 @@ def _log_level(text: str) -> str:
     return s
 
 
+def _access_log(text: str) -> str:
+    s = text.strip().lower()
+    if s not in ("off", "text", "json"):
+        raise ValueError("off, text or json")
+    return s
+
+
 def _grant_type(text: str) -> str:
     if text.strip() != "authorization_code":
         raise ValueError("authorization_code (the only grant type the proxy implements)")
@@ -490,6 +497,11 @@ VARIABLES: tuple[Var, ...] = (
     _v("CONNECT_SHUTDOWN_GRACE", "shutdown_grace", "30s", _duration,
        "How long a graceful shutdown waits for in-flight work.", seed=False,
        section="general"),
+    # Operations: access log, quotas (ours; see docs/operators.md)
+    _v("CONNECT_ACCESS_LOG", "access_log", "text", _access_log,
+       "Access log, one line per HTTP request and per WebSocket and SSH session: off, text "
+       "or json (log namespace studios_gateway.access; written whatever CONNECT_LOG_LEVEL).",
+       seed=False, section="operations"),
 )
 
 BY_NAME: dict[str, Var] = {v.name: v for v in VARIABLES}
@@ -579,6 +591,7 @@ class Config:
     advertise_address: tuple[str, int | None] | None
     reuse_port: bool
     shutdown_grace: float
+    access_log: str
     #: Where each variable's value came from: option, environment, env file or default.
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)

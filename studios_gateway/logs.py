@@ -44,3 +44,9 @@ def set_level(level: str, publisher: LogPublisher = globalLogPublisher) -> None:
         publisher.removeObserver(obs)
         publisher.addObserver(wrapped)
         _installed.add(id(wrapped))
+
+
+def always(namespace: str, level: LogLevel = LogLevel.info) -> None:
+    """Let `namespace`'s events at `level` and above through whatever CONNECT_LOG_LEVEL
+    says (the access log is asked for by its own setting)."""
+    _predicate.setLogLevelForNamespace(namespace, level)

@@ -44,6 +44,8 @@ from studios_gateway.reload import apply_log_level, run_hooks, tls_reloader
 from studios_gateway.reuseport import SHARED_LISTENERS, ReusePortEndpoint
 from studios_gateway.ssh.component import SSHProxy, build_ssh, load_gateway_host_key
 from studios_gateway.ssh.keys import fingerprint
+from studios_gateway.traffic.component import build_traffic
+from studios_gateway.traffic.observer import Traffic
 from studios_gateway.tunnel.dialer import Dialer
 from studios_gateway.tunnel.server import TunnelTable
 
@@ -310,6 +312,7 @@ class Built:
     http: ProxyFactory
     ssh: SSHProxy | None
     api_mounts: dict[bytes, Any]
+    traffic: Traffic
 
 
 def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str] | None = None,
@@ -340,26 +343,29 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     gateway.add_part(peers)
     # Every way into a studio (HTTP, SSH, peers) gets its streams from here.
     dialer = Dialer(table, remote)
+    traffic, observing = build_traffic(config, reactor, metrics)
+    gateway.add_part(observing)
     auth, login = build_auth(config, reactor, store)
+    auth.on_login = traffic.metrics.login
     gateway.add_part(login)
     http, proxy = build_http(config, reactor, store, dialer, auth)
     gateway.add_part(proxy)
     ssh: SSHProxy | None = None
     api_mounts: dict[bytes, Any] = {}
     if host_key is not None:
-        ssh = build_ssh(config, reactor, store, dialer, auth, host_key)
+        ssh = build_ssh(config, reactor, store, dialer, auth, host_key, traffic)
         gateway.add_part(ssh.part)
         api_mounts.update(ssh.api)
     if config.management_port is not None:
         gateway.add_part(build_management(config, reactor, store, table, pin, auth, api_mounts,
                                           health=gateway, metrics=metrics,
-                                          shutdown=gateway.shutdown))
+                                          shutdown=gateway.shutdown, traffic=traffic))
     gateway.add_reload_hook(apply_log_level)
     gateway.systemd = systemd.wire(
         gateway, gateway.environ, reactor,
         reload=(lambda: gateway.reload(reload())) if reload else None,
         terminate=gateway.terminate)
-    gateway.built = Built(table, pin, dialer, auth, http, ssh, api_mounts)
+    gateway.built = Built(table, pin, dialer, auth, http, ssh, api_mounts, traffic)
     return gateway
 
 
@@ -423,7 +429,8 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
 
 def build_management(config: Config, reactor: Any, store: SessionStore, table: TunnelTable,
                      pin: str | None, auth: Auth, api_mounts: Mapping[bytes, Any], *,
-                     health: Health, metrics: Metrics, shutdown: Callable[[], Any]) -> Part:
+                     health: Health, metrics: Metrics, shutdown: Callable[[], Any],
+                     traffic: Traffic) -> Part:
     """The management listener: /live /ready /metrics /shutdown and the admin API."""
     from studios_gateway.management.api import make_api
     from studios_gateway.management.endpoints import ManagementRoot, make_site
@@ -437,9 +444,10 @@ def build_management(config: Config, reactor: Any, store: SessionStore, table: T
     def on_end(session_id: str) -> None:
         table.end_session(session_id)
         auth.authorizer.session_ended(session_id)
+        traffic.session_ended(session_id)
 
     sessions = Sessions(store, clock=reactor, on_end=on_end,
-                        on_revoke=auth.authorizer.revoke_user)
+                        on_revoke=auth.authorizer.revoke_user, usage=traffic.describe)
     tunnel_host, tunnel_port = config.effective_tunnel_url
 
     def present(new: NewSession) -> dict[str, Any]:

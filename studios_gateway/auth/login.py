@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import html
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,6 +373,8 @@ class Auth:
         self._stopped = False
         #: The issuer could not be reached at start (and is being asked again).
         self.issuer_down = False
+        #: on_login(kind, ok): a login ("oidc", "link", "handoff") succeeded or failed.
+        self.on_login: Callable[[str, bool], Any] = lambda kind, ok: None
 
     @classmethod
     def from_config(cls, config: Any, store: Any, *, reactor: Any,
@@ -621,6 +623,7 @@ class Auth:
         def failed(f: Any) -> Response:
             f.trap(LoginFailed, OIDCError)
             self._log.warn("a login was refused: {why}", why=str(f.value))
+            self.on_login("oidc", False)
             return page(400, "Login failed", str(f.value),
                         link=(f"{self.settings.proxy_url}{PREFIX}login", "Try again"))
 
@@ -633,6 +636,7 @@ class Auth:
             expires = self._reactor.seconds() + self.settings.login_ttl
             self._keep_fresh(login_id, result.tokens, expires)
             self._log.info("{user} logged in", user=subject)
+            self.on_login("oidc", True)
             return self._complete(subject, login_id, expires, result.next_url, new_login=True)
 
         return d.addCallbacks(done, failed)
@@ -673,9 +677,14 @@ class Auth:
                        "another studio.", link=(again, "Log in again"))
         if data is None or not isinstance(data.get("exp"), int) or data["exp"] <= now \
                 or data.get("sid") != session_id or not isinstance(data.get("jti"), str):
+            self.on_login("handoff", False)
             return expired
-        return self._spend(data).addCallback(
-            lambda fresh: self._handed_off(data, session_id, again) if fresh else expired)
+
+        def spent(fresh: bool) -> Response:
+            self.on_login("handoff", fresh)
+            return self._handed_off(data, session_id, again) if fresh else expired
+
+        return self._spend(data).addCallback(spent)
 
     def _handed_off(self, data: Mapping[str, Any], session_id: str, again: str) -> Response:
         s = self.settings
@@ -707,6 +716,7 @@ class Auth:
         if data is None or not isinstance(data.get("exp"), int) or data["exp"] <= now \
                 or not isinstance(data.get("sid"), str) or not isinstance(data.get("sub"), str) \
                 or not isinstance(data.get("jti"), str):
+            self.on_login("link", False)
             return invalid
         if request.method != "POST":
             # Link scanners and previews only GET: spend the link on a deliberate click.
@@ -717,9 +727,12 @@ class Auth:
                            f"Log in to studio {data['sid']} as {data['sub']}.", body_html=form)
             return defer.maybeDeferred(self._once.is_spent, data["jti"]).addCallback(
                 lambda spent: invalid if spent else confirm)
-        return self._spend(data).addCallback(
-            lambda fresh: self._link_spent(data) if fresh else page(
-                400, "Login link not valid", "This login link was used already."))
+        def spent(fresh: bool) -> Response:
+            self.on_login("link", fresh)
+            return self._link_spent(data) if fresh else page(
+                400, "Login link not valid", "This login link was used already.")
+
+        return self._spend(data).addCallback(spent)
 
     def _link_spent(self, data: Mapping[str, Any]) -> Response:
         s = self.settings

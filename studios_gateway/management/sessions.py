@@ -147,12 +147,15 @@ class Sessions:
     def __init__(self, store: SessionStore, *, clock: Any,
                  on_end: Callable[[str], Any] = lambda s: None,
                  on_revoke: Callable[[str, str], Any] = lambda s, u: None,
-                 tunnel_state: Callable[[str], Deferred[dict[str, Any] | None]] | None = None):
+                 tunnel_state: Callable[[str], Deferred[dict[str, Any] | None]] | None = None,
+                 usage: Callable[[str], Any] | None = None):
         self._store = store
         self._clock = clock
         self._on_end = on_end
         self._on_revoke = on_revoke
         self._tunnel_state = tunnel_state or self._store_tunnel_state
+        #: usage(session_id) -> the session's traffic figures (or a Deferred of them)
+        self._usage = usage
 
     def _store_tunnel_state(self, session_id: str) -> Deferred[dict[str, Any] | None]:
         d = defer.maybeDeferred(self._store.get_tunnel, session_id)
@@ -208,15 +211,18 @@ class Sessions:
     def describe(self, record: SessionRecord) -> Any:
         tunnel = yield self._tunnel_state(record.id)
         live = tunnel or {}
-        return {"id": record.id, "workspace_id": record.workspace_id, "tool": record.tool,
-                "owner": record.owner, "allowed_users": list(record.allowed_users),
-                "ssh_enabled": record.ssh_enabled, "created_at": record.created_at,
-                "image": record.image,
-                # what the studio announced at bind, else what the image's tag says
-                "tool_version": live.get("tool_version") or record.tool_version,
-                "update_version": record.update_version,
-                "connect_version": live.get("connect_version") or record.connect_version,
-                "connected": tunnel is not None, "tunnel": tunnel}
+        out = {"id": record.id, "workspace_id": record.workspace_id, "tool": record.tool,
+               "owner": record.owner, "allowed_users": list(record.allowed_users),
+               "ssh_enabled": record.ssh_enabled, "created_at": record.created_at,
+               "image": record.image,
+               # what the studio announced at bind, else what the image's tag says
+               "tool_version": live.get("tool_version") or record.tool_version,
+               "update_version": record.update_version,
+               "connect_version": live.get("connect_version") or record.connect_version,
+               "connected": tunnel is not None, "tunnel": tunnel}
+        if self._usage is not None:
+            out["usage"] = yield defer.maybeDeferred(self._usage, record.id)
+        return out
 
     @defer.inlineCallbacks
     def show(self, session_id: str) -> Any:

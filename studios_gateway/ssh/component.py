@@ -39,6 +39,7 @@ from studios_gateway.ssh.keys import HostKeyError, fingerprint, load_host_key
 from studios_gateway.ssh.platform_keys import PlatformKeys
 from studios_gateway.ssh.server import GatewaySSHFactory, SSHSettings
 from studios_gateway.ssh.user_keys import FileImport, StoreUserKeys, keep_in_file
+from studios_gateway.traffic.observer import Traffic
 from studios_gateway.tunnel.dialer import Dialer
 
 __all__ = ["SSHProxy", "build_ssh", "load_gateway_host_key"]
@@ -125,7 +126,7 @@ class SSHProxy:
 
 
 def build_ssh(config: Config, reactor: Any, store: SessionStore, dialer: Dialer, auth: Auth,
-              host_key: Key) -> SSHProxy:
+              host_key: Key, traffic: Traffic | None = None) -> SSHProxy:
     """The SSH proxy: its listener and lifecycle (a Part), and /api/users for the admin API."""
     inner = getattr(store, "inner", store)
     keys_import: FileImport | None = None
@@ -141,7 +142,7 @@ def build_ssh(config: Config, reactor: Any, store: SessionStore, dialer: Dialer,
         host_key=host_key, user_keys=user_keys, store=store,
         dial=make_dial(dialer), authorize=make_authorize(authorizer),
         settings=settings_from(config), clock=reactor, track=authorizer.track,
-        watch_keys=key_watch.track)
+        watch_keys=key_watch.track, traffic=traffic)
     log.info("SSH: host key {type} {fp}", type=host_key.sshType().decode(),
              fp=fingerprint(host_key))
     part = Part()

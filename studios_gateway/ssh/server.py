@@ -18,7 +18,7 @@ the key has been proven.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.conch import avatar as conch_avatar
@@ -50,6 +50,7 @@ from studios_gateway.ssh.channels import (
 )
 from studios_gateway.ssh.keys import KeysUnavailable, UserKeys, fingerprint
 from studios_gateway.ssh.policy import ConnectionLimiter, LoginName, Refused, parse_login
+from studios_gateway.traffic.facts import SSH, Finished
 from studios_gateway.waiters import EmptyWaiters
 
 __all__ = [
@@ -179,6 +180,7 @@ class SessionRealm:
     async def _login(self, identity: Identity) -> tuple[Any, Any, Callable[[], None]]:
         f, login = self.factory, identity.login
         sid, user = login.session_id, login.user
+        self.transport.identity = identity  # for the access log, also when refused
         try:
             record = await defer.maybeDeferred(f.store.get, sid)
         except StoreUnavailable:
@@ -192,6 +194,7 @@ class SessionRealm:
             reason = verdict if isinstance(verdict, str) and verdict else (
                 f"{user} is not allowed on session {sid}")
             raise Refused(reason, kind="not_allowed")
+        self.transport.tool = record.tool
         if not record.ssh_enabled:
             raise Refused(f"SSH is not enabled for session {sid}", kind="ssh_disabled")
         upstream = await self.transport.connect_studio(identity)
@@ -218,6 +221,7 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
         self.supportedAuthentications = [b"publickey"]
 
     def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
+        self.transport.tried_login = True
         if self.transport.over_limit:
             self.transport.refuse(Refused(
                 "the gateway has too many SSH connections; try again later",
@@ -253,11 +257,17 @@ class GatewayTransport(transport.SSHServerTransport):
         self.identity: Identity | None = None
         self.closing = False
         self._got_bytes = False
+        self._started = 0.0
+        self._refusal = ""  # why this connection was refused, for the access log
+        self.meter: Any = None  # the traffic meter, once logged in
+        self.tool = ""  # the session's tool, once its record was read
+        self.tried_login = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
         f = self.factory
         f.connections.add(self)
+        self._started = f.clock.seconds()
         if hasattr(self.transport, "setTcpNoDelay"):  # as OpenSSH does: keystrokes go now
             self.transport.setTcpNoDelay(True)
         self._timer = f.clock.callLater(f.settings.handshake_timeout, self._timed_out)
@@ -315,6 +325,7 @@ class GatewayTransport(transport.SSHServerTransport):
         who = str(self.identity.login) if self.identity else "?"
         log.info("SSH: refused {who} from {peer}: {why}", who=who, peer=self._peer(),
                  why=refusal.message)
+        self._refusal = self._refusal or refusal.message
         self.banner(refusal.message)
         code = {"usage": transport.DISCONNECT_ILLEGAL_USER_NAME,
                 "too_many_connections": DISCONNECT_TOO_MANY_CONNECTIONS}.get(
@@ -359,6 +370,17 @@ class GatewayTransport(transport.SSHServerTransport):
         if self.factory.watch_keys is not None:
             self._untrack.append(self.factory.watch_keys(identity.login.user,
                                                          identity.key_blob, self.revoke))
+        traffic = self.factory.traffic
+        if traffic is not None:
+            traffic.metrics.login("ssh", True)
+            self.meter = traffic.open(SSH, identity.login.session_id, identity.login.user,
+                                      self.stop_data)
+            conn.relay.meter = self.meter
+            conn.relay.on_channels = traffic.ssh_channels
+
+    def stop_data(self, message: str) -> None:
+        """Stop this connection's data (a transfer quota): the user reads `message`."""
+        self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, message.encode())
 
     def revoke(self, reason: str) -> None:
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION,
@@ -369,9 +391,34 @@ class GatewayTransport(transport.SSHServerTransport):
             self.sendDisconnect(transport.DISCONNECT_CONNECTION_LOST,
                                 b"the connection to the studio was closed")
 
+    def _facts(self) -> Finished:
+        identity = self.identity
+        peer = self.transport.getPeer() if self.transport is not None else None
+        now = self.factory.clock.seconds()
+        return Finished(SSH, started=self._started, duration=max(0.0, now - self._started),
+                        session_id=identity.login.session_id if identity else "",
+                        subject=identity.login.user if identity else "", tool=self.tool,
+                        client=str(getattr(peer, "host", "")), method="SSH",
+                        reason=self._refusal)
+
+    def _report(self) -> None:
+        traffic = self.factory.traffic
+        if traffic is None:
+            return
+        if self.meter is not None:
+            traffic.close(self.meter, self._facts())
+            self.meter = None
+        elif self._refusal or self.tried_login:
+            traffic.metrics.login("ssh", False)
+            facts = self._facts()
+            if not facts.reason:
+                facts = replace(facts, reason="no accepted key")
+            traffic.ssh_refused(facts)
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._cancel_timer()
         self.factory.forget(self)
+        self._report()
         if self._counted:
             self._counted = False
             self.factory.limiter.release()
@@ -398,7 +445,7 @@ class GatewaySSHFactory(factory.SSHFactory):
                  dial: Dial,
                  authorize: Authorize = default_authorize, settings: SSHSettings | None = None,
                  clock: Any = None, track: Track | None = None,
-                 watch_keys: WatchKeys | None = None):
+                 watch_keys: WatchKeys | None = None, traffic: Any = None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.host_key = host_key
@@ -410,6 +457,7 @@ class GatewaySSHFactory(factory.SSHFactory):
         self.clock = clock
         self.track = track
         self.watch_keys = watch_keys
+        self.traffic = traffic  # studios_gateway.traffic.observer.Traffic, or None
         self.limiter = ConnectionLimiter(self.settings.max_connections)
         self.connections: set[GatewayTransport] = set()
         self._idle = EmptyWaiters()
@@ -457,14 +505,17 @@ class RelayChannel(FlowChannel):
         super().__init__(window=relay.window, **kw)
         self.relay = relay
         self.peer: RelayChannel | None = None
+        self.counted = False  # counted as an open channel (the user's half)
 
     def dataReceived(self, data: bytes) -> None:
+        self.relay.count(self, len(data))
         if self.peer is not None:
             self.peer.write(data)
         else:
             self.consumed(len(data))
 
     def extReceived(self, dataType: int, data: bytes) -> None:
+        self.relay.count(self, len(data))
         if self.peer is not None:
             self.peer.writeExtended(dataType, data)
         else:
@@ -493,6 +544,9 @@ class RelayChannel(FlowChannel):
 
     def closed(self) -> None:
         super().closed()
+        if self.counted:
+            self.counted = False
+            self.relay.channel_count(-1)
         peer, self.peer = self.peer, None
         if peer is not None:
             peer.peer = None
@@ -511,6 +565,20 @@ class Relay:
         self.user: UserConnection | None = None
         self.studio: UpstreamConnection | None = None
         self.agent_requested = False
+        self.meter: Any = None  # traffic meter: channel data from and to the user
+        self.on_channels: Callable[[int], Any] | None = None  # open channels +1 / -1
+
+    def count(self, channel: RelayChannel, n: int) -> None:
+        meter = self.meter
+        if meter is not None:
+            if channel.conn is self.user:
+                meter.inbound(n)
+            else:
+                meter.outbound(n)
+
+    def channel_count(self, delta: int) -> None:
+        if self.on_channels is not None:
+            self.on_channels(delta)
 
     def user_side(self, channel: RelayChannel) -> bool:
         return channel.conn is self.user
@@ -545,6 +613,9 @@ class Relay:
 
         def opened(_: Any) -> RelayChannel:
             _pair(near_half, far_half)
+            if far is self.studio:  # a user's channel
+                near_half.counted = True
+                self.channel_count(1)
             return near_half
 
         def failed(f: Failure) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -66,6 +67,10 @@ class TunnelMetrics:
                              ["outcome"], registry=registry)
         self.streams = Counter("studios_gateway_tunnel_streams_opened",
                                "Streams opened to studios.", ["kind"], registry=registry)
+        self.losses = Counter("studios_gateway_tunnel_losses",
+                              "Bound tunnels that ended, by how: closed (cleanly), lost (the "
+                              "connection broke or stopped answering pings).", ["reason"],
+                              registry=registry)
 
 
 class BindVerifier:
@@ -373,6 +378,9 @@ class TunnelServerProtocol(Protocol):
             self._mux.connectionLost(reason)
         if self._tunnel is not None:
             self._log.info("session {sid}: tunnel closed", sid=self._tunnel.session_id)
+            if self.table.metrics:
+                clean = reason is None or reason.check(ConnectionDone) is not None
+                self.table.metrics.losses.labels("closed" if clean else "lost").inc()
             self.table.lost(self._tunnel)
 
 

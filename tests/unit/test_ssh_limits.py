@@ -146,6 +146,12 @@ class Relay:
     def user_side(self, channel: Any) -> bool:
         return False
 
+    def count(self, channel: Any, n: int) -> None:
+        pass
+
+    def channel_count(self, delta: int) -> None:
+        pass
+
 
 def _relay_pair(remote_window: int) -> tuple[RelayChannel, RelayChannel, Conn, Conn]:
     """a: receives from its peer (big window); b: sends to a peer whose window is small."""

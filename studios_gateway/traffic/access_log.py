@@ -1,0 +1,84 @@
+"""The access log: one line per finished exchange, text or JSON, through twisted.logger.
+
+Lines go to the namespace :data:`NAMESPACE` at level info, so every observer of
+the process (twistd's log file, journald) gets them and an operator can filter
+them out or in by that name. The level filter lets this namespace through whatever
+``CONNECT_LOG_LEVEL`` says (:func:`studios_gateway.logs.keep_namespace`).
+
+Only the fields of :class:`~studios_gateway.traffic.facts.Finished` are written:
+no header, cookie, token or query string is ever in the facts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from twisted.logger import Logger
+
+from studios_gateway.traffic.facts import Finished
+
+__all__ = ["NAMESPACE", "AccessLog", "json_line", "text_line"]
+
+NAMESPACE = "studios_gateway.access"
+_UNSAFE = re.compile(r'[\x00-\x20"\\\x7f-\U0010ffff]')
+_UNSAFE_QUOTED = re.compile(r'[\x00-\x1f"\\\x7f-\U0010ffff]')
+
+
+def _escape(text: str, unsafe: re.Pattern[str]) -> str:
+    return unsafe.sub(lambda m: "".join(f"\\x{b:02x}" for b in m.group().encode()), text)
+
+
+def _quote(text: str) -> str:
+    """A field for the text line: printable ASCII without spaces or quotes (others are
+    written as \\xNN), "-" when empty."""
+    return _escape(text, _UNSAFE) if text else "-"
+
+
+def _clf_time(started: float) -> str:
+    return time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(started))
+
+
+def text_line(f: Finished, node: str) -> str:
+    """A combined-log-like line: client, user, time, request, status, bytes, then
+    key=value fields."""
+    status = str(f.status) if f.status is not None else "-"
+    request = f"{_quote(f.method)} {_quote(f.path)}"
+    fields = [f"in={f.bytes_in}", f"out={f.bytes_out}", f"duration={f.duration:.3f}",
+              f"kind={f.kind}", f"session={_quote(f.session_id)}", f"tool={_quote(f.tool)}",
+              f"node={_quote(node)}"]
+    if f.reason:
+        fields.append(f'reason="{_escape(f.reason, _UNSAFE_QUOTED)}"')
+    return (f"{_quote(f.client)} - {_quote(f.subject)} [{_clf_time(f.started)}] "
+            f"\"{request}\" {status} {f.bytes_out} " + " ".join(fields))
+
+
+def json_line(f: Finished, node: str) -> str:
+    record: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(f.started))
+        + f".{int(f.started % 1 * 1000):03d}Z",
+        "node": node, "kind": f.kind, "session": f.session_id, "tool": f.tool,
+        "user": f.subject, "client": f.client, "method": f.method, "path": f.path,
+        "status": f.status, "bytes_in": f.bytes_in, "bytes_out": f.bytes_out,
+        "duration": round(f.duration, 6)}
+    if f.reason:
+        record["reason"] = f.reason
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=True)
+
+
+class AccessLog:
+    """Writes finished exchanges as `mode` ("off", "text" or "json") lines."""
+
+    def __init__(self, mode: str, node: str, logger: Logger | None = None):
+        self.mode = mode
+        self.node = node
+        # An instance attribute: a Logger on the class would name its events after the class.
+        self._log = logger if logger is not None else Logger(namespace=NAMESPACE)
+
+    def __call__(self, f: Finished) -> None:
+        if self.mode == "off":
+            return
+        line = json_line(f, self.node) if self.mode == "json" else text_line(f, self.node)
+        self._log.info("{access_line}", access_line=line)

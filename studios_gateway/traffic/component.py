@@ -1,0 +1,28 @@
+"""``build_traffic``: the access log, traffic metrics and per-session usage, built from the
+config before the proxies that report to them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from studios_gateway import logs
+from studios_gateway.component import Component, Part
+from studios_gateway.config import Config
+from studios_gateway.metrics import Metrics
+from studios_gateway.traffic.access_log import NAMESPACE, AccessLog
+from studios_gateway.traffic.metrics import TrafficMetrics
+from studios_gateway.traffic.observer import Traffic
+
+__all__ = ["build_traffic"]
+
+
+def build_traffic(config: Config, reactor: Any, metrics: Metrics) -> tuple[Traffic, Part]:
+    """The traffic observer and its Part (the once-a-second tick)."""
+    if config.access_log != "off":
+        logs.always(NAMESPACE)
+    traffic = Traffic(metrics=TrafficMetrics(metrics.registry),
+                      access_log=AccessLog(config.access_log, config.effective_node_id),
+                      clock=reactor)
+    part = Part()
+    part.components.append(Component("traffic", start=traffic.start, stop=traffic.stop))
+    return traffic, part

@@ -1,0 +1,35 @@
+"""The facts of one finished HTTP request, WebSocket or SSH session.
+
+The proxies fill one :class:`Finished` when an exchange ends and hand it to the
+gateway's observer; nothing here holds a header, a cookie or a query string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HTTP = "http"
+WEBSOCKET = "websocket"
+SSH = "ssh"
+
+
+@dataclass(frozen=True)
+class Finished:
+    kind: str  # HTTP, WEBSOCKET or SSH
+    started: float  # wall-clock seconds (epoch) when it began
+    duration: float  # seconds
+    session_id: str = ""
+    tool: str = ""
+    subject: str = ""  # the user, once known
+    client: str = ""  # the client's address (after trusted-proxy handling)
+    method: str = ""  # the HTTP method; "SSH" for SSH
+    path: str = ""  # the path without its query string
+    status: int | None = None  # the HTTP status sent (101 for a WebSocket); None for SSH
+    bytes_in: int = 0  # from the client
+    bytes_out: int = 0  # to the client
+    reason: str = ""  # why it was refused or ended, when it was
+
+
+def path_only(target: str) -> str:
+    """The path of a request target, never its query string or fragment."""
+    return target.split("?", 1)[0].split("#", 1)[0]

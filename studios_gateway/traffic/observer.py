@@ -1,0 +1,200 @@
+"""The gateway's traffic observer: the one object the proxies report to.
+
+* HTTP: :meth:`Traffic.http_done` with the facts of each finished request.
+* WebSocket and SSH sessions: :meth:`Traffic.open` returns a :class:`Meter` the data
+  path adds byte counts to (two integer additions per read); :meth:`Traffic.close`
+  with the session's facts when it ends.
+
+Every second (:meth:`Traffic.tick`) the byte counts of open meters are carried into
+the metrics, the per-session figures and the quota, which may stop a meter's
+connection (its `stop` callback, with the message the user should read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from studios_gateway.traffic.access_log import AccessLog
+from studios_gateway.traffic.facts import HTTP, SSH, WEBSOCKET, Finished
+from studios_gateway.traffic.metrics import TrafficMetrics, status_class, tool_label
+from studios_gateway.traffic.usage import SessionFigures, Usage
+
+__all__ = ["Meter", "Traffic"]
+
+TICK = 1.0
+
+
+class Meter:
+    """Live byte counts of one long-lived connection."""
+
+    __slots__ = ("bytes_in", "bytes_out", "kind", "session_id", "stop", "stopped", "subject",
+                 "_carried_in", "_carried_out")
+
+    def __init__(self, kind: str, session_id: str, subject: str,
+                 stop: Callable[[str], Any]):
+        self.kind = kind
+        self.session_id = session_id
+        self.subject = subject
+        self.stop = stop
+        self.stopped = ""
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._carried_in = 0
+        self._carried_out = 0
+
+    def inbound(self, n: int) -> None:
+        self.bytes_in += n
+
+    def outbound(self, n: int) -> None:
+        self.bytes_out += n
+
+    def take(self) -> tuple[int, int]:
+        """Bytes each way since the last take."""
+        d_in, d_out = self.bytes_in - self._carried_in, self.bytes_out - self._carried_out
+        self._carried_in, self._carried_out = self.bytes_in, self.bytes_out
+        return d_in, d_out
+
+
+class Traffic:
+    _log = Logger()
+
+    def __init__(self, *, metrics: TrafficMetrics, access_log: AccessLog, clock: Any,
+                 quota: Any = None, usage: Usage | None = None):
+        self.metrics = metrics
+        self.access_log = access_log
+        self.clock = clock
+        self.quota = quota
+        self.usage = usage or Usage()
+        self.meters: set[Meter] = set()
+        self._loop: LoopingCall | None = None
+
+    # Lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(TICK, now=False).addErrback(
+            lambda f: self._log.failure("traffic tick failed", f))
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        for meter in list(self.meters):
+            self._carry(meter)
+
+    # HTTP -----------------------------------------------------------------------------------
+
+    def http_done(self, f: Finished) -> None:
+        m = self.metrics
+        tool = tool_label(f.tool)
+        m.requests.labels(status_class(f.status), tool).inc()
+        m.latency.labels(tool).observe(f.duration)
+        m.bytes.labels(HTTP, "in").inc(f.bytes_in)
+        m.bytes.labels(HTTP, "out").inc(f.bytes_out)
+        if f.session_id:
+            figures = self.usage.of(f.session_id, self.clock.seconds())
+            figures.requests += 1
+            figures.bytes_in += f.bytes_in
+            figures.bytes_out += f.bytes_out
+        if self.quota is not None and f.session_id:
+            self.quota.add(f.session_id, f.subject, f.bytes_in + f.bytes_out)
+        self.access_log(f)
+
+    # WebSockets and SSH sessions ------------------------------------------------------------
+
+    def open(self, kind: str, session_id: str, subject: str,
+             stop: Callable[[str], Any]) -> Meter:
+        meter = Meter(kind, session_id, subject, stop)
+        self.meters.add(meter)
+        figures = self.usage.of(session_id, self.clock.seconds())
+        if kind == WEBSOCKET:
+            self.metrics.websockets.inc()
+            self.metrics.websockets_open.inc()
+            figures.websockets += 1
+            figures.open_websockets += 1
+        else:
+            self.metrics.ssh_open.inc()
+            figures.ssh_sessions += 1
+            figures.open_ssh += 1
+        self.metrics.studios_active.set(self.usage.active_studios())
+        return meter
+
+    def close(self, meter: Meter, f: Finished) -> None:
+        """The connection of `meter` ended; `f` are its facts (bytes from the meter)."""
+        if meter in self.meters:
+            self.meters.discard(meter)
+            self._carry(meter)
+            figures = self.usage.get(meter.session_id)
+            if meter.kind == WEBSOCKET:
+                self.metrics.websockets_open.dec()
+                if figures is not None:
+                    figures.open_websockets -= 1
+            else:
+                self.metrics.ssh_open.dec()
+                self.metrics.ssh_sessions.labels("ok").inc()
+                if figures is not None:
+                    figures.open_ssh -= 1
+            self.metrics.studios_active.set(self.usage.active_studios())
+        if meter.stopped and not f.reason:
+            f = replace(f, reason=meter.stopped)
+        self.access_log(replace(f, bytes_in=meter.bytes_in, bytes_out=meter.bytes_out))
+
+    def ssh_refused(self, f: Finished) -> None:
+        """An SSH connection that never reached a studio (refused, or a bad key)."""
+        self.metrics.ssh_sessions.labels("refused").inc()
+        self.metrics.bytes.labels(SSH, "in").inc(f.bytes_in)
+        self.metrics.bytes.labels(SSH, "out").inc(f.bytes_out)
+        self.access_log(f)
+
+    def ssh_channels(self, delta: int) -> None:
+        """A user's SSH channel opened (+1) or closed (-1)."""
+        self.metrics.ssh_channels_open.inc(delta)
+        if delta > 0:
+            self.metrics.ssh_channels.inc(delta)
+
+    def describe(self, session_id: str) -> dict[str, Any]:
+        """The session's figures for the admin API: this node's counts (requests, bytes
+        moved, connections open now)."""
+        figures = self.usage.get(session_id)
+        out: dict[str, Any] = {"node": self.access_log.node}
+        out.update((figures or SessionFigures()).as_dict())
+        return out
+
+    def session_ended(self, session_id: str) -> None:
+        self.usage.forget(session_id)
+
+    # The tick ---------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        for meter in list(self.meters):
+            self._carry(meter)
+        if self.quota is not None:
+            self.quota.flush()
+            for meter in list(self.meters):
+                if meter.stopped:
+                    continue
+                over = self.quota.over(meter.session_id, meter.subject)
+                if over is not None:
+                    meter.stopped = over.message
+                    self.metrics.quota_refusals.labels(meter.kind, over.scope).inc()
+                    meter.stop(over.message)
+
+    def _carry(self, meter: Meter) -> None:
+        d_in, d_out = meter.take()
+        if not (d_in or d_out):
+            return
+        self.metrics.bytes.labels(meter.kind, "in").inc(d_in)
+        self.metrics.bytes.labels(meter.kind, "out").inc(d_out)
+        figures = self.usage.get(meter.session_id)
+        if figures is not None:
+            figures.bytes_in += d_in
+            figures.bytes_out += d_out
+            figures.last_active = self.clock.seconds()
+        if self.quota is not None:
+            self.quota.add(meter.session_id, meter.subject, d_in + d_out)

@@ -1,0 +1,67 @@
+"""Per-studio figures on this node: requests, bytes, open connections.
+
+Kept in a dict by session id (not in Prometheus labels, whose series would grow with
+every session ever seen); a session's entry goes when the session ends, and the
+least recently active entries go beyond `limit`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["SessionFigures", "Usage"]
+
+
+@dataclass
+class SessionFigures:
+    requests: int = 0
+    websockets: int = 0  # opened
+    ssh_sessions: int = 0  # logged in
+    bytes_in: int = 0
+    bytes_out: int = 0
+    open_websockets: int = 0
+    open_ssh: int = 0
+    last_active: float = 0.0
+
+    @property
+    def open_connections(self) -> int:
+        return self.open_websockets + self.open_ssh
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "open_connections": self.open_connections}
+
+
+class Usage:
+    def __init__(self, limit: int = 100_000):
+        self.limit = limit
+        self._by_session: OrderedDict[str, SessionFigures] = OrderedDict()
+
+    def of(self, session_id: str, now: float) -> SessionFigures:
+        figures = self._by_session.get(session_id)
+        if figures is None:
+            figures = self._by_session[session_id] = SessionFigures()
+            self._trim()
+        else:
+            self._by_session.move_to_end(session_id)
+        figures.last_active = now
+        return figures
+
+    def get(self, session_id: str) -> SessionFigures | None:
+        return self._by_session.get(session_id)
+
+    def forget(self, session_id: str) -> None:
+        self._by_session.pop(session_id, None)
+
+    def active_studios(self) -> int:
+        return sum(1 for f in self._by_session.values() if f.open_connections)
+
+    def _trim(self) -> None:
+        while len(self._by_session) > self.limit:
+            for sid, figures in self._by_session.items():
+                if not figures.open_connections:
+                    del self._by_session[sid]
+                    break
+            else:
+                return
