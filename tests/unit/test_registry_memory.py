@@ -26,6 +26,7 @@ from studios_gateway.registry.base import (
 )
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.memory import MemoryStore
+from tests.support.stores import FlakyStore
 
 
 def record(sid: str = "abc123", **kw: Any) -> SessionRecord:
@@ -226,28 +227,6 @@ class MemoryStoreTests(StoreContract, unittest.TestCase):
 # The cache -----------------------------------------------------------------------------
 
 
-class FlakyStore:
-    """A MemoryStore that can be switched off, as Redis going away."""
-
-    def __init__(self, inner: MemoryStore):
-        self.inner = inner
-        self.up = True
-        self.calls = 0
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self.inner, name)
-        if name in ("subscribe", "subscribe_user_keys", "subscribe_logouts", "start", "stop"):
-            return method
-
-        def call(*args: Any) -> Any:
-            self.calls += 1
-            if not self.up:
-                return defer.fail(StoreUnavailable("Redis at redis:6379 is unavailable"))
-            return method(*args)
-
-        return call
-
-
 class CachingStoreTests(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -258,13 +237,13 @@ class CachingStoreTests(unittest.TestCase):
     def test_reads_are_cached_for_ttl(self) -> None:
         self.successResultOf(self.backend.create(record()))
         assert self.successResultOf(self.cache.get("abc123")) == record()
-        calls = self.flaky.calls
+        calls = self.flaky.total_calls
         self.clock.advance(119)
         assert self.successResultOf(self.cache.get("abc123")) == record()
-        assert self.flaky.calls == calls
+        assert self.flaky.total_calls == calls
         self.clock.advance(2)
         self.successResultOf(self.cache.get("abc123"))
-        assert self.flaky.calls == calls + 1
+        assert self.flaky.total_calls == calls + 1
 
     def test_invalidation_drops_entries_early(self) -> None:
         self.successResultOf(self.cache.create(record()))

@@ -7,32 +7,16 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
+from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
 from studios_gateway.component import Component, StartError, endpoint_for
 from studios_gateway.config import load_config
 from studios_gateway.management.endpoints import ManagementRoot
 from studios_gateway.metrics import Metrics
+from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.service import GatewayService
-
-
-class FakeStore:
-    """Answers ping as told (a unit-test stand-in for one collaborator)."""
-
-    def __init__(self) -> None:
-        self.up = True
-        self.started = self.stopped = False
-
-    def ping(self) -> defer.Deferred[None]:
-        if self.up:
-            return defer.succeed(None)
-        return defer.fail(ConnectionError("connection refused"))
-
-    def start(self) -> None:
-        self.started = True
-
-    def stop(self) -> None:
-        self.stopped = True
+from tests.support.stores import FlakyStore
 
 
 class FailingEndpoint:
@@ -41,17 +25,15 @@ class FailingEndpoint:
         return defer.fail(err)
 
 
-def make(reactor: MemoryReactorClock, **env: str) -> tuple[GatewayService, FakeStore]:
+def make(reactor: MemoryReactorClock, **env: str) -> tuple[GatewayService, FlakyStore]:
     cfg = load_config(environ={"CONNECT_MANAGEMENT_PORT": "9000", **env})
-    store = FakeStore()
-    return GatewayService(cfg, reactor, store, Metrics()), store
+    store = FlakyStore(MemoryStore(reactor), reason="connection refused")
+    return GatewayService(cfg, reactor, store, Metrics()), store  # type: ignore[arg-type]
 
 
 def result_of(d: defer.Deferred[Any]) -> Any:
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "deferred did not fire"
-    return out[0]
+    """What an already-fired Deferred gave (trial's successResultOf, for pytest tests)."""
+    return unittest.TestCase().successResultOf(d)
 
 
 def test_bind_all_and_ready() -> None:

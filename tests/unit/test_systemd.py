@@ -21,6 +21,7 @@ from studios_gateway import systemd
 from studios_gateway.component import endpoint_for
 from studios_gateway.config import load_config
 from studios_gateway.metrics import Metrics
+from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.service import GatewayService
 from studios_gateway.systemd import (
     Notifier,
@@ -30,6 +31,7 @@ from studios_gateway.systemd import (
     watchdog_interval,
     wire,
 )
+from tests.support.stores import FlakyStore
 
 # --- a datagram socket the test owns, standing in for systemd's ------------------
 
@@ -310,20 +312,11 @@ class RecordingNotifier(Notifier):
         return [a.partition("=")[0] if not a.startswith("STATUS=") else a for a in self.sent]
 
 
-class FakeStore:
-    def __init__(self) -> None:
-        self.up = False
-
-    def ping(self) -> defer.Deferred[None]:
-        if self.up:
-            return defer.succeed(None)
-        return defer.fail(ConnectionError("connection refused"))
-
-
-def make_gateway(reactor: MemoryReactorClock) -> tuple[GatewayService, FakeStore]:
+def make_gateway(reactor: MemoryReactorClock) -> tuple[GatewayService, FlakyStore]:
     cfg = load_config(environ={"CONNECT_MANAGEMENT_PORT": "9000"})
-    store = FakeStore()
-    gw = GatewayService(cfg, reactor, store, Metrics())
+    store = FlakyStore(MemoryStore(reactor), reason="connection refused")
+    store.up = False
+    gw = GatewayService(cfg, reactor, store, Metrics())  # type: ignore[arg-type]
     gw.add_listener("management", "CONNECT_MANAGEMENT_PORT",
                     endpoint_for(reactor, "127.0.0.1", 9000), Factory(), "the management endpoints")
     return gw, store
