@@ -36,6 +36,7 @@ from studios_gateway.config import Config
 from studios_gateway.http.component import build_http
 from studios_gateway.http.proxy import ProxyFactory
 from studios_gateway.management.endpoints import Health
+from studios_gateway.management.sessions import studio_routing
 from studios_gateway.metrics import Metrics
 from studios_gateway.peers import advertised_address, build_peers
 from studios_gateway.registry.base import SessionStore, TunnelClaims
@@ -47,7 +48,7 @@ from studios_gateway.ssh.keys import fingerprint
 from studios_gateway.traffic.component import build_traffic
 from studios_gateway.traffic.observer import Traffic
 from studios_gateway.tunnel.dialer import Dialer
-from studios_gateway.tunnel.server import TunnelTable
+from studios_gateway.tunnel.server import Routing, TunnelTable
 
 STORE_PING_TIMEOUT = 5.0
 
@@ -335,9 +336,12 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     storage = prepare_storage(config.storage_root)
     host_key = load_gateway_host_key(config) if config.ssh_enabled else None
 
+    # How browsers reach a studio: shown by the admin API, told to the studio at bind.
+    routing = studio_routing(config.effective_proxy_url, config.effective_studios_domain,
+                             config.path_routing)
     table, pin, tunnels = build_tunnels(
         config, reactor, store, metrics, storage, node_address=advertised_address(config),
-        ssh_host_key=fingerprint(host_key) if host_key is not None else None)
+        ssh_host_key=fingerprint(host_key) if host_key is not None else None, routing=routing)
     gateway.add_part(tunnels)
     remote, peers = build_peers(config, reactor, store, table, metrics)
     gateway.add_part(peers)
@@ -359,7 +363,8 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     if config.management_port is not None:
         gateway.add_part(build_management(config, reactor, store, table, pin, auth, api_mounts,
                                           health=gateway, metrics=metrics,
-                                          shutdown=gateway.shutdown, traffic=traffic))
+                                          shutdown=gateway.shutdown, traffic=traffic,
+                                          routing=routing))
     gateway.add_reload_hook(apply_log_level)
     gateway.systemd = systemd.wire(
         gateway, gateway.environ, reactor,
@@ -386,7 +391,7 @@ def build_auth(config: Config, reactor: Any, store: SessionStore) -> tuple[Auth,
 
 def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Metrics,
                   storage: Path, *,
-                  node_address: str, ssh_host_key: str | None
+                  node_address: str, ssh_host_key: str | None, routing: Routing
                   ) -> tuple[TunnelTable, str | None, Part]:
     """The tunnel listener and table; the pin of a self-made certificate (None with the
     operator's certificate), and the Part (listener, lifecycle, certificate reload)."""
@@ -415,7 +420,8 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                               ping_timeout=config.tunnel_ping_timeout)
     table = TunnelTable(store, node_id=config.effective_node_id, node_address=node_address,
                         clock=reactor, settings=settings,
-                        metrics=TunnelMetrics(metrics.registry), ssh_host_key=ssh_host_key)
+                        metrics=TunnelMetrics(metrics.registry), ssh_host_key=ssh_host_key,
+                        routing=routing)
     part = Part()
     part.reload_hooks.append(tls_reloader(options))  # a renewed certificate on SIGHUP
     factory = TLSMemoryBIOFactory(options, False, TunnelServerFactory(table))
@@ -430,7 +436,7 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
 def build_management(config: Config, reactor: Any, store: SessionStore, table: TunnelTable,
                      pin: str | None, auth: Auth, api_mounts: Mapping[bytes, Any], *,
                      health: Health, metrics: Metrics, shutdown: Callable[[], Any],
-                     traffic: Traffic) -> Part:
+                     traffic: Traffic, routing: Routing) -> Part:
     """The management listener: /live /ready /metrics /shutdown and the admin API."""
     from studios_gateway.management.api import make_api
     from studios_gateway.management.endpoints import ManagementRoot, make_site
@@ -438,7 +444,6 @@ def build_management(config: Config, reactor: Any, store: SessionStore, table: T
         NewSession,
         Sessions,
         connect_string,
-        session_url,
     )
 
     def on_end(session_id: str) -> None:
@@ -454,8 +459,7 @@ def build_management(config: Config, reactor: Any, store: SessionStore, table: T
         sid = new.record.id
         return {
             "id": sid,
-            "url": session_url(sid, config.effective_proxy_url, config.effective_studios_domain,
-                               config.path_routing),
+            "url": routing(sid)[1],
             "token": new.token,
             "connect_string": connect_string(sid, new.token, tunnel_host, tunnel_port, pin),
             "tool": new.record.tool,

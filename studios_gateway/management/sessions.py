@@ -60,6 +60,19 @@ def session_url(session_id: str, proxy_url: str, studios_domain: str, path_routi
     return f"{parts.scheme}://{session_id}.{studios_domain}{port}/"
 
 
+def studio_routing(proxy_url: str, studios_domain: str, path_routing: bool
+                   ) -> Callable[[str], tuple[str, str]]:
+    """``routing(session_id) -> (mode, url)`` for this deployment: the routing mode
+    ("path" or "subdomain") and :func:`session_url`. Built once; the admin API shows the
+    URL, the tunnel tells it to the studio in the bind answer."""
+    mode = "path" if path_routing else "subdomain"
+
+    def routing(session_id: str) -> tuple[str, str]:
+        return mode, session_url(session_id, proxy_url, studios_domain, path_routing)
+
+    return routing
+
+
 def validate_create(body: Any,
                     server: ConnectVersion = CONNECT_PROTOCOL_VERSION) -> dict[str, Any]:
     """Check a POST /api/sessions body; return clean fields or raise RequestError.

@@ -48,6 +48,10 @@ from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer
 from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay
 
+# routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
+# in "/"): how the gateway serves a studio, told to it in the bind answer.
+Routing = Callable[[str], tuple[str, str]]
+
 
 @dataclass(frozen=True)
 class TunnelSettings:
@@ -145,7 +149,8 @@ class TunnelTable:
 
     def __init__(self, store: TunnelClaims, *, node_id: str, node_address: str, clock: Any,
                  settings: TunnelSettings, metrics: TunnelMetrics | None = None,
-                 verifier: BindVerifier | None = None, ssh_host_key: str | None = None):
+                 verifier: BindVerifier | None = None, ssh_host_key: str | None = None,
+                 routing: Routing | None = None):
         self.store = store
         self.node_id = node_id
         self.node_address = node_address
@@ -155,6 +160,9 @@ class TunnelTable:
         self.verifier = verifier or BindVerifier(store)
         #: Fingerprint of the SSH proxy's key, told to every studio at bind (None: no SSH).
         self.ssh_host_key = ssh_host_key
+        #: session id -> (routing mode, public URL), told to every studio at bind (None: not
+        #: told; the studio keeps its own settings).
+        self.routing = routing
         self.draining = False
         self._tunnels: dict[str, Tunnel] = {}
         self._empty = EmptyWaiters()
@@ -341,8 +349,10 @@ class TunnelServerProtocol(Protocol):
                        tool_version=tunnel.holder.tool_version + " " if tunnel.holder.tool_version
                        else "", port=tunnel.holder.tool_port)
         s = self.table.settings
+        mode, url = self.table.routing(tunnel.session_id) if self.table.routing else ("", "")
         self.transport.write(BindReply(ok=True, tunnel_id=tunnel.holder.tunnel_id,
                                        ssh_host_key=self.table.ssh_host_key or "",
+                                       routing=mode, public_url=url,
                                        ping_interval=s.ping_interval,
                                        ping_timeout=s.ping_timeout).encode())
         self._mux = tunnel.mux

@@ -1,0 +1,78 @@
+"""The bind answer tells the studio how browsers reach it: the routing mode and its URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from studios_gateway.config import load_config
+from studios_gateway.management.sessions import studio_routing
+from studios_gateway.registry.base import SessionRecord, hash_token
+from studios_gateway.registry.memory import MemoryStore
+from studios_gateway.service import make_service
+from studios_gateway.tunnel.server import (
+    Routing,
+    TunnelServerFactory,
+    TunnelSettings,
+    TunnelTable,
+)
+from studios_gateway.wire.bind import BindReply, BindRequest, parse_reply
+
+TOKEN = "t" * 20
+
+
+def bind_answer(routing: Routing | None) -> BindReply:
+    """What a studio reads after sending its bind to a table built with `routing`."""
+    clock = Clock()
+    store = MemoryStore(clock)
+    store.create(SessionRecord(id="s1", workspace_id=None, tool="vscode", owner="alice",
+                               allowed_users=(), ssh_enabled=False,
+                               token_hash=hash_token(TOKEN), created_at=0.0))
+    table = TunnelTable(store, node_id="n1", node_address="a:1", clock=clock,
+                        settings=TunnelSettings(), routing=routing)
+    protocol = TunnelServerFactory(table).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "code-server", 8080).encode())
+    line = transport.value().split(b"\n", 1)[0]
+    protocol.connectionLost(None)
+    return parse_reply(line)
+
+
+@pytest.mark.parametrize("path_routing,mode,url", [
+    (True, "path", "https://gw.example.com/_studio/s1/"),
+    (False, "subdomain", "https://s1.studios.example.com/"),
+])
+def test_the_bind_answer_carries_routing_and_public_url(path_routing, mode, url) -> None:
+    routing = studio_routing("https://gw.example.com", "studios.example.com", path_routing)
+    reply = bind_answer(routing)
+    assert reply.ok and (reply.routing, reply.public_url) == (mode, url)
+
+
+def test_without_routing_the_answer_says_nothing_and_the_studio_keeps_its_settings() -> None:
+    reply = bind_answer(None)
+    assert reply.ok and (reply.routing, reply.public_url) == ("", "")
+
+
+def test_a_port_in_the_proxy_url_is_kept_in_both_modes() -> None:
+    assert studio_routing("http://localhost:8080", "localhost", False)("ab") \
+        == ("subdomain", "http://ab.localhost:8080/")
+    assert studio_routing("http://localhost:8080/", "localhost", True)("ab") \
+        == ("path", "http://localhost:8080/_studio/ab/")
+
+
+@pytest.mark.parametrize("path_routing", [True, False])
+def test_the_gateway_wires_its_routing_into_the_tunnel_table(tmp_path: Path,
+                                                              path_routing: bool) -> None:
+    config = load_config(environ={
+        "CONNECT_PROXY_URL": "https://gw.example.com", "CONNECT_STUDIOS_DOMAIN": "s.example.com",
+        "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING": str(path_routing).lower(),
+        "CONNECT_STORAGE_ROOT": str(tmp_path), "CONNECT_MANAGEMENT_PORT": "9000"})
+    table = make_service(config, MemoryReactorClock()).built.tunnel_table
+    assert table.routing is not None
+    assert table.routing("s1") == studio_routing("https://gw.example.com", "s.example.com",
+                                                 path_routing)("s1")
+    assert table.routing("s1")[0] == ("path" if path_routing else "subdomain")
