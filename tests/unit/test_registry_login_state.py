@@ -21,9 +21,10 @@ from studios_gateway.auth.login import Auth, AuthSettings, Identity
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.memory import MemoryStore
 from tests.support.auth_browser import Browser, request
+from tests.support.stores import FlakyStore
 from tests.unit.test_auth_authorizer import record
 from tests.unit.test_auth_login import run
-from tests.unit.test_registry_memory import FlakyStore, Recorder
+from tests.unit.test_registry_memory import Recorder
 
 PROXY = "https://connect.example.test"
 KEY = b"k" * 32

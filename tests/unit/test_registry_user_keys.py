@@ -27,7 +27,8 @@ from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.ssh.keys import KeysUnavailable, key_file_path
 from studios_gateway.ssh.user_keys import FileImport, StoreUserKeys, keep_in_file
-from tests.unit.test_registry_memory import FlakyStore, Recorder
+from tests.support.stores import FlakyStore
+from tests.unit.test_registry_memory import Recorder
 
 
 def line(n: int, comment: str = "") -> str:
@@ -136,12 +137,12 @@ class UserKeysCacheTests(unittest.TestCase):
     def test_cached_for_ttl_and_dropped_on_a_change_anywhere(self) -> None:
         self.successResultOf(self.backend.set_user_keys("alice", [line(1)]))
         assert self.get() == [line(1)]
-        calls = self.flaky.calls
+        calls = self.flaky.total_calls
         self.clock.advance(119)
-        assert self.get() == [line(1)] and self.flaky.calls == calls
+        assert self.get() == [line(1)] and self.flaky.total_calls == calls
         self.clock.advance(2)
         self.get()
-        assert self.flaky.calls == calls + 1
+        assert self.flaky.total_calls == calls + 1
         # Another node changes them: its event drops our copy at once.
         self.successResultOf(self.backend.add_user_keys("alice", [line(2)]))
         assert self.get() == [line(1), line(2)]

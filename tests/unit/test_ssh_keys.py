@@ -169,7 +169,7 @@ def test_api() -> None:
 
 
 def test_api_limits_and_an_unavailable_registry() -> None:
-    from tests.unit.test_registry_memory import FlakyStore
+    from tests.support.stores import FlakyStore
 
     flaky = FlakyStore(MemoryStore(Clock()))
     res = UserKeysResource(flaky)
