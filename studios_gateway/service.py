@@ -352,7 +352,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     auth, login = build_auth(config, reactor, store)
     auth.on_login = traffic.metrics.login
     gateway.add_part(login)
-    http, proxy = build_http(config, reactor, store, dialer, auth)
+    http, proxy = build_http(config, reactor, store, dialer, auth, traffic)
     gateway.add_part(proxy)
     ssh: SSHProxy | None = None
     api_mounts: dict[bytes, Any] = {}

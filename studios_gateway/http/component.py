@@ -37,6 +37,7 @@ from studios_gateway.http.proxy import ProxyFactory
 from studios_gateway.http.routing import Router
 from studios_gateway.http.upstream import SessionInfo, StudioNotConnected, ToolNotAnswering
 from studios_gateway.registry.base import TunnelClaims
+from studios_gateway.traffic.observer import Traffic
 from studios_gateway.tunnel.dialer import Dialer
 
 __all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "make_lookup"]
@@ -174,7 +175,7 @@ def _track(auth: Any) -> Any:
 
 
 def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer,
-                  auth: Auth) -> ProxyFactory:
+                  auth: Auth, traffic: Traffic | None = None) -> ProxyFactory:
     """The proxy for this gateway's config, store, dialer and login."""
     tls = bool(config.tls_cert_file and config.tls_key_file)
     return ProxyFactory(
@@ -185,6 +186,7 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
         authorize=auth.authorize_request,
         local_routes=auth.handle,
         track=_track(auth),
+        observer=traffic,
         trusted_proxy_cidrs=config.trusted_proxy_cidrs,
         scheme="https" if tls else "http",
         max_idle_per_session=config.http_pool_size,
@@ -202,7 +204,7 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
 
 
 def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer,
-               auth: Auth) -> tuple[ProxyFactory, Part]:
+               auth: Auth, traffic: Traffic | None = None) -> tuple[ProxyFactory, Part]:
     """The HTTP(S) proxy and its Part: the listener, drain and stop, the TLS reload hook."""
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -210,7 +212,7 @@ def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer
     from studios_gateway.wire import tls
 
     part = Part()
-    factory = build_factory(config, reactor, store, dialer, auth)
+    factory = build_factory(config, reactor, store, dialer, auth, traffic)
     served: Any = factory
     description = "the HTTP proxy"
     if config.tls_cert_file and config.tls_key_file:

@@ -188,6 +188,7 @@ class Exchange:
         self.response_started = False
         self.pipelined = 0
         self.problem: HeadRefused | None = None  # why the body was refused / the tool broke
+        self.status: int | None = None  # the status sent to the client (for the access log)
 
     @property
     def session_id(self) -> str:
@@ -315,6 +316,7 @@ class Exchange:
                     headers=response_headers(event.headers.raw_items(), upgrade=False))))
             elif isinstance(event, h11.Response):
                 self.response_started = True
+                self.status = event.status_code
                 headers, parsed = self._response_headers(event, upgrade=False)
                 out.append(self.h.send(h11.Response(
                     status_code=event.status_code, reason=event.reason, headers=headers,
@@ -347,6 +349,7 @@ class Exchange:
         except h11.LocalProtocolError:
             self.problem = HeadRefused(502, "the tool switched protocols unasked")
             return None
+        self.status = 101
         return head, codec.h.trailing_data[0], self.h.trailing_data[0]
 
     def reusable(self, codec: ToolCodec) -> bool:
@@ -380,6 +383,7 @@ class Exchange:
         except h11.LocalProtocolError as e:
             self.problem = HeadRefused(answer.status, str(e))
             return None, True
+        self.status = answer.status
         return data, close or not complete
 
     def leftover(self) -> bytes | None:

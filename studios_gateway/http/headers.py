@@ -136,6 +136,18 @@ def is_trusted(peer: str | None, cidrs: Sequence[ipaddress.IPv4Network | ipaddre
     return any(addr.version == net.version and addr in net for net in cidrs)
 
 
+def client_address(headers: Sequence[tuple[bytes, bytes]], peer: str | None,
+                   trusted: bool) -> str:
+    """Who the client is: the peer, or for a trusted proxy the address it says it
+    forwarded for (the last X-Forwarded-For entry)."""
+    if trusted:
+        chain = b",".join(v for n, v in headers if n.lower() == b"x-forwarded-for")
+        last = chain.rsplit(b",", 1)[-1].strip()
+        if last and field_value_ok(last) and len(last) <= 64:
+            return last.decode("ascii", "replace")
+    return peer or ""
+
+
 def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
                     trusted: bool, scheme: str, subject: str, upgrade: bool,
                     framing: tuple[bytes, bytes] | None) -> Headers:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet import defer
@@ -45,7 +45,7 @@ from studios_gateway.http.exchange import (
     raw_response,
 )
 from studios_gateway.http.flow import Gate, GateProducer
-from studios_gateway.http.headers import is_trusted
+from studios_gateway.http.headers import client_address, is_trusted
 from studios_gateway.http.routing import Redirect, Refusal, Router
 from studios_gateway.http.toolroute import tool_route
 from studios_gateway.http.upstream import (
@@ -58,6 +58,7 @@ from studios_gateway.http.upstream import (
     Track,
     Upstream,
 )
+from studios_gateway.traffic.facts import HTTP, WEBSOCKET, Finished, path_only
 from studios_gateway.waiters import EmptyWaiters
 from studios_gateway.wire.sockopts import no_delay
 
@@ -158,7 +159,7 @@ class ProxyFactory(Factory):
     def __init__(self, *, router: Router, upstream: Upstream, lookup: Lookup, reactor: Any,
                  authorize: Authorize | None = None,
                  local_routes: Callable[[RequestInfo], Deferred[Any]] | None = None,
-                 track: Track | None = None,
+                 track: Track | None = None, observer: Any = None,
                  trusted_proxy_cidrs: Sequence[Network] = (), scheme: str = "http",
                  max_idle_per_session: int = 8, upstream_idle_timeout: float = 4.0,
                  max_request_line: int = Limits.max_request_line,
@@ -177,6 +178,8 @@ class ProxyFactory(Factory):
         self.authorize: Authorize = authorize or allow_anonymous
         self.local_routes = local_routes
         self.track = track
+        #: Told of every finished exchange (studios_gateway.traffic.observer.Traffic).
+        self.observer = observer
         self.draining = False
         self._drained = EmptyWaiters()
         self.trusted_proxy_cidrs = tuple(trusted_proxy_cidrs)
@@ -238,6 +241,13 @@ class ProxyProtocol(Protocol):
         self._has_producer = False
         self._idle = False  # waiting for the next request on a kept-alive connection
         self._release: Callable[[], Any] | None = None  # untrack an upgraded connection
+        # For the access log and metrics: bytes each way on this connection, and at the
+        # start of the current exchange; when it started; why the gateway refused it.
+        self._bytes_in = self._bytes_out = self._mark_in = self._mark_out = 0
+        self._started = 0.0
+        self._why = ""
+        self._meter: Any = None  # an upgraded connection's byte counts
+        self._upgraded: Finished | None = None  # ... and its facts so far
 
     # Connection lifecycle ------------------------------------------------------------------
 
@@ -254,7 +264,7 @@ class ProxyProtocol(Protocol):
         self._trusted = is_trusted(self._peer, f.trusted_proxy_cidrs)
         if len(f.active) >= f.limits.max_connections:
             self._log.warn("refusing a connection: {n} open", n=len(f.active))
-            self._refuse_raw(pages.overloaded())
+            self._refuse_raw(pages.overloaded(), "too many connections")
             return
         f.active.add(self)
         self._set_timer(f.limits.header_timeout, self._head_timed_out)
@@ -273,6 +283,11 @@ class ProxyProtocol(Protocol):
         release, self._release = self._release, None
         if release is not None:
             release()
+        meter, self._meter = self._meter, None
+        if meter is not None and self._upgraded is not None:
+            up = self._upgraded
+            self.factory.observer.close(meter, replace(
+                up, duration=self.factory.reactor.seconds() - up.started))
         tunnel, self._tunnel = self._tunnel, None
         if tunnel is not None:
             tunnel.owner = None
@@ -280,6 +295,7 @@ class ProxyProtocol(Protocol):
         ex, self._ex = self._ex, None
         if ex is not None:
             self._abandon(ex)
+            self._report(ex, "connection closed before the response ended")
 
     def _abandon(self, ex: Exchange) -> None:
         self._cancel_response_timer()
@@ -295,11 +311,20 @@ class ProxyProtocol(Protocol):
         self._cancel_timer()
         self.transport.loseConnection()
 
-    def _refuse_raw(self, page: pages.Page) -> None:
+    def _refuse_raw(self, page: pages.Page, why: str) -> None:
+        """Answer `page` and close, before a request was read whole; `why` for the access
+        log (nothing is logged without it)."""
         self._closing = True
         self._cancel_timer()
-        self.transport.write(raw_response(page))
+        data = raw_response(page)
+        self.transport.write(data)
         self.transport.loseConnection()
+        f = self.factory
+        if f.observer is not None and why:
+            f.observer.http_done(Finished(
+                HTTP, started=f.reactor.seconds(), duration=0.0, client=self._peer or "",
+                status=page.status, bytes_in=self._bytes_in, bytes_out=len(data),
+                reason=why))
 
     # Timers ---------------------------------------------------------------------------------
 
@@ -313,7 +338,9 @@ class ProxyProtocol(Protocol):
 
     def _head_timed_out(self) -> None:
         self._log.info("request head timeout from {peer}", peer=self._peer)
-        self._refuse_raw(pages.status_page(408, "The request took too long to arrive."))
+        # A connection that never sent a byte (a browser's preconnect) is not logged.
+        self._refuse_raw(pages.status_page(408, "The request took too long to arrive."),
+                         "request head timeout" if self._bytes_in else "")
 
     def _idle_timed_out(self) -> None:
         self._close()
@@ -323,7 +350,10 @@ class ProxyProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        self._bytes_in += len(data)
         if self._tunnel is not None:
+            if self._meter is not None:
+                self._meter.inbound(len(data))
             self._tunnel.transport.write(data)
             return
         ex = self._ex
@@ -356,13 +386,15 @@ class ProxyProtocol(Protocol):
     def _refuse_head(self, status: int, why: str) -> None:
         self._log.info("refused a request from {peer}: {status} {why}", peer=self._peer,
                        status=status, why=why)
-        self._refuse_raw(pages.status_page(status, f"The request was refused: {why}."))
+        self._refuse_raw(pages.status_page(status, f"The request was refused: {why}."), why)
 
     # Dispatch ---------------------------------------------------------------------------------
 
     def _start(self, ex: Exchange) -> None:
         self._ex = ex
         f = self.factory
+        self._started = f.reactor.seconds()
+        self._why = ""
         refused = ex.begin(f.scheme, self._peer, self._peer_port)
         if refused is not None:
             self._respond(ex, refused.page, close=refused.close)
@@ -419,14 +451,15 @@ class ProxyProtocol(Protocol):
         route = ex.route
         assert route is not None
         if info is None:
-            self._respond(ex, pages.not_found(route.session_id))
+            self._respond(ex, pages.not_found(route.session_id), why="no such session")
             return
         ex.tool = tool_route(route, info.tool)
         if ex.tool.unavailable is not None:
             self._respond(ex, pages.tool_unavailable(route.session_id, ex.tool.spec.title,
-                                                     route.mode.value, ex.tool.unavailable))
+                                                     route.mode.value, ex.tool.unavailable),
+                          why="tool unavailable in this routing mode")
         elif not info.connected:
-            self._respond(ex, pages.not_connected(route.session_id))
+            self._respond(ex, pages.not_connected(route.session_id), why="studio not connected")
         else:
             self._connect(ex)
 
@@ -467,13 +500,13 @@ class ProxyProtocol(Protocol):
         ex.pending = None
         sid = ex.session_id
         if failure.check(StudioNotConnected):
-            page = pages.not_connected(sid)
+            page, why = pages.not_connected(sid), "studio not connected"
         elif failure.check(ToolNotAnswering, defer.TimeoutError, defer.CancelledError):
-            page = pages.tool_not_answering(sid)
+            page, why = pages.tool_not_answering(sid), "tool not answering"
         else:
             self._log.failure("connecting to studio {sid} failed", failure, sid=sid)
-            page = pages.bad_gateway(sid)
-        self._respond(ex, page)
+            page, why = pages.bad_gateway(sid), "cannot reach the studio"
+        self._respond(ex, page, why=why)
 
     def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
         f = self.factory
@@ -559,10 +592,13 @@ class ProxyProtocol(Protocol):
         if up is not None:
             self._detach(up)
             up.close()
-        self._respond(ex, pages.tool_not_answering(ex.session_id), close=True)
+        self._respond(ex, pages.tool_not_answering(ex.session_id), close=True,
+                      why="no response from the tool in time")
 
     def upstream_data(self, conn: UpstreamConnection, data: bytes) -> None:
         if self._tunnel is conn:
+            if self._meter is not None:
+                self._meter.outbound(len(data))
             self.transport.write(data)
             return
         ex = self._ex
@@ -581,6 +617,7 @@ class ProxyProtocol(Protocol):
         if ex.response_started and not started:
             self._cancel_response_timer()
         if data:
+            self._bytes_out += len(data)
             self.transport.write(data)
         if step is Step.COMPLETE:
             self._response_done(ex, conn)
@@ -620,6 +657,13 @@ class ProxyProtocol(Protocol):
         if f.track is not None and ex.route is not None:
             self._release = f.track(ex.route.session_id, ex.identity,
                                     lambda reason: self._close())
+        self._bytes_out += len(head)
+        if f.observer is not None:
+            self._upgraded = self._facts(ex, WEBSOCKET, "")
+            self._meter = f.observer.open(WEBSOCKET, ex.session_id, ex.subject,
+                                          lambda why: self._close())
+            self._meter.inbound(self._upgraded.bytes_in)
+            self._meter.outbound(self._upgraded.bytes_out)
         self.transport.write(head)
         if up_rest:
             self.transport.write(up_rest)
@@ -670,22 +714,46 @@ class ProxyProtocol(Protocol):
 
     # Answering and finishing ------------------------------------------------------------------
 
-    def _respond(self, ex: Exchange, answer: Any, close: bool = False) -> None:
-        """Send a response made here (a page, a redirect, the login's answer)."""
+    def _respond(self, ex: Exchange, answer: Any, close: bool = False, why: str = "") -> None:
+        """Send a response made here (a page, a redirect, the login's answer); `why` the
+        gateway refused the request (the access log's reason; by default the status's)."""
         if ex is not self._ex or self._closing:
             return
+        self._why = why or (pages.reason_phrase(answer.status).decode().lower()
+                            if answer.status >= 400 else "")
         data, close = ex.answer(answer, close)
         if data is None:
             self._log.warn("could not send a {status}: {e}", status=answer.status,
                            e=ex.problem.why if ex.problem else "")
             self._close()
             return
+        self._bytes_out += len(data)
         self.transport.write(data)
         self._finish(ex, close=close)
+
+    def _facts(self, ex: Exchange, kind: str, why: str) -> Finished:
+        """What the access log and the metrics take of `ex` (never a header or query)."""
+        now = self.factory.reactor.seconds()
+        return Finished(
+            kind, started=self._started, duration=now - self._started,
+            session_id=ex.session_id, tool=ex.tool.spec.name if ex.tool else "",
+            subject=ex.subject,
+            client=client_address(ex.request.headers.raw_items(), self._peer, self._trusted),
+            method=ex.request.method.decode("ascii", "replace"),
+            path=path_only(ex.info.path if ex.info else ex.request.target.decode("latin-1")),
+            status=ex.status, bytes_in=self._bytes_in - self._mark_in,
+            bytes_out=self._bytes_out - self._mark_out, reason=why)
+
+    def _report(self, ex: Exchange, why: str = "") -> None:
+        """`ex` ended: tell the observer, and start the next exchange's counts here."""
+        if self.factory.observer is not None:
+            self.factory.observer.http_done(self._facts(ex, HTTP, self._why or why))
+        self._mark_in, self._mark_out = self._bytes_in, self._bytes_out
 
     def _finish(self, ex: Exchange, close: bool = False) -> None:
         self._ex = None
         self._cancel_response_timer()
+        self._report(ex)
         if ex.pending is not None:
             ex.pending = None
         rest = None if close or self.factory.draining else ex.leftover()
