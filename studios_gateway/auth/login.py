@@ -77,12 +77,18 @@ __all__ = [
     "RequestInfo",
     "Response",
     "SUBJECT_HEADER",
+    "GATEWAY_COOKIES",
     "strip_auth_cookies",
 ]
 
 PREFIX = "/_connect/"
 SUBJECT_HEADER = b"X-Connect-Sub"
 LOGIN_COOKIE = "connect_login"
+#: The gateway's cookie names, lower-cased, with the prefixed forms a browser treats
+#: specially: a tool's Set-Cookie with one of these names never reaches the browser.
+GATEWAY_COOKIES = frozenset(
+    f"{prefix}{name}".lower() for name in (COOKIE_NAME, LOGIN_COOKIE)
+    for prefix in ("", "__Host-", "__Secure-"))
 KEY_FILE = "auth-signing.key"
 #: Journals under the storage root (one node, no Redis): logins that ended, used login
 #: links and hand-off codes.
@@ -600,6 +606,16 @@ class Auth:
     def _login(self, request: RequestInfo) -> Any:
         s = self.settings
         next_url = s.safe_next(request.params().get("next")) or "/"
+        if len(cookie_values(request.headers, LOGIN_COOKIE)) > 1:
+            # The gateway sets one login cookie; a second one was planted (by a page on
+            # a sibling host or path), and trying each could log this browser in as
+            # whoever planted it. Clear ours and have the person clear the rest.
+            self._log.warn("a login with several login cookies was refused")
+            return page(400, "Login refused",
+                        "Your browser sent several login cookies for this gateway, which "
+                        "it never sets. Clear this site's cookies, then log in again.",
+                        extra_headers=[clear_cookie_header(LOGIN_COOKIE, path=PREFIX,
+                                                           secure=s.secure_cookies)])
         existing = self._login_cookie(request)
         if existing is not None:
             return self._complete(existing.subject, existing.login_id, existing.expires_at,

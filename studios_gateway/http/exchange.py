@@ -23,13 +23,14 @@ from typing import Any
 
 import h11
 
-from studios_gateway.auth.login import RequestInfo, strip_auth_cookies
+from studios_gateway.auth.login import GATEWAY_COOKIES, RequestInfo, strip_auth_cookies
 from studios_gateway.http import pages
 from studios_gateway.http.headers import (
     check_head,
     connection_tokens,
     request_headers,
     response_headers,
+    tool_set_cookies,
 )
 from studios_gateway.http.routing import Route, absolute_to_origin
 from studios_gateway.http.toolroute import ToolRoute
@@ -313,7 +314,7 @@ class Exchange:
                     return b"".join(out), Step.SWITCH, event
                 out.append(self.h.send(h11.InformationalResponse(
                     status_code=event.status_code, reason=event.reason,
-                    headers=response_headers(event.headers.raw_items(), upgrade=False))))
+                    headers=self._response_headers(event, upgrade=False)[0])))
             elif isinstance(event, h11.Response):
                 self.response_started = True
                 self.status = event.status_code
@@ -332,12 +333,14 @@ class Exchange:
     def _response_headers(self, event: Any, upgrade: bool
                           ) -> tuple[list[tuple[bytes, bytes]], bool]:
         """The headers for the client, and whether they are all as h11 parsed them from
-        the tool (then h11 need not validate them again)."""
-        headers = response_headers(event.headers.raw_items(), upgrade=upgrade)
+        the tool (then h11 need not validate them again). The tool's cookies stay its
+        own: no Domain, none named like the gateway's (every response passes here)."""
+        headers, cookies_changed = tool_set_cookies(
+            response_headers(event.headers.raw_items(), upgrade=upgrade), GATEWAY_COOKIES)
         if self.tool is not None and self.info is not None:
             headers, changed = self.tool.response_headers(headers, self.info.host, self.info.path)
-            return headers, not changed
-        return headers, True
+            return headers, not (changed or cookies_changed)
+        return headers, not cookies_changed
 
     def switch(self, codec: ToolCodec, event: Any) -> tuple[bytes, bytes, bytes] | None:
         """After the tool's 101: the head for the client, the tool's bytes after it, the

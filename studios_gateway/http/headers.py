@@ -8,6 +8,8 @@
 * :func:`request_headers` / :func:`response_headers` build the header lists the
   proxy forwards: hop-by-hop headers out, ``X-Forwarded-*`` and
   ``X-Connect-Sub`` in.
+* :func:`tool_set_cookies` keeps a tool's ``Set-Cookie`` headers to its own
+  studio: no ``Domain`` (host-only), none named like the gateway's cookies.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ __all__ = [
     "is_trusted",
     "request_headers",
     "response_headers",
+    "tool_set_cookie",
+    "tool_set_cookies",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -200,3 +204,45 @@ def response_headers(headers: Sequence[tuple[bytes, bytes]], *, upgrade: bool) -
     if upgrade:
         out.append((b"Connection", b"upgrade"))
     return out
+
+
+def tool_set_cookie(value: bytes, reserved: frozenset[str]) -> bytes | None:
+    """A tool's Set-Cookie value as the browser may see it, or None to drop it.
+
+    ``Domain`` attributes are removed, so the cookie is host-only: a studio's
+    tool cannot set cookies for its parent domain (other studios, the proxy
+    host). A cookie whose name is one of ``reserved`` (the gateway's own,
+    compared without case, as browsers compare the ``__Host-`` prefix) is
+    dropped: a tool never plants or shadows the gateway's login. The name is
+    read as browsers read it: up to the first ``=`` of the part before the
+    first ``;``, trimmed; a part without ``=`` is a value with an empty name.
+    """
+    parts = value.split(b";")
+    name, eq, _ = parts[0].partition(b"=")
+    if eq and name.strip(b" \t").decode("latin-1").lower() in reserved:
+        return None
+    kept = [parts[0].strip(b" \t")]
+    dropped = False
+    for attr in parts[1:]:
+        if attr.partition(b"=")[0].strip(b" \t").lower() == b"domain":
+            dropped = True
+        else:
+            kept.append(attr.strip(b" \t"))
+    return b"; ".join(a for a in kept if a) if dropped else value
+
+
+def tool_set_cookies(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset[str]
+                     ) -> tuple[Headers, bool]:
+    """``headers`` with every Set-Cookie passed through :func:`tool_set_cookie`
+    (``reserved`` lower-cased), and whether anything changed."""
+    out: Headers = []
+    changed = False
+    for name, value in headers:
+        if name.lower() == b"set-cookie":
+            new = tool_set_cookie(value, reserved)
+            changed = changed or new != value
+            if new is None:
+                continue
+            value = new
+        out.append((name, value))
+    return out, changed

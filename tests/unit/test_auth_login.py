@@ -459,3 +459,27 @@ def test_a_login_while_the_issuer_is_down_says_so_and_asks_again_now():
     assert rp.starts == 3  # ... but somebody wants to log in: asked at once
     resp = run(auth.handle(request(f"{PROXY}/_connect/login?next=/")))
     assert resp.status == 302 and not auth.issuer_down
+
+
+def test_a_login_with_two_login_cookies_is_refused():
+    # Mallory's valid login cookie planted next to Alice's must not mint Mallory's studio
+    # cookie for Alice's browser (nor Alice's for Mallory): the login is refused.
+    auth, _, rp = make()
+    alice = Browser(auth, external=idp_login(rp))
+    run(alice.open(studio("abc")))
+    rp.user = "mallory"
+    mallory = Browser(auth, external=idp_login(rp))
+    run(mallory.open(studio("xyz")))
+    ours = [v for (_, _, n), v in alice.jar.cookies.items() if n == "connect_login"]
+    planted = [v for (_, _, n), v in mallory.jar.cookies.items() if n == "connect_login"]
+    login = f"{PROXY}/_connect/login?next=" + studio("xyz")
+    for first, second in ((planted[0], ours[0]), (ours[0], planted[0])):
+        cookie = (b"Cookie", f"connect_login={first}; connect_login={second}".encode())
+        resp = run(auth.handle(request(login, headers=(cookie,))))
+        assert resp.status == 400 and b"several login cookies" in resp.body
+        assert not any(b"handoff" in v for k, v in resp.headers if k == b"Location")
+        assert any(k == b"Set-Cookie" and v.startswith(b"connect_login=;")
+                   for k, v in resp.headers)
+    # One login cookie still logs in as before.
+    one = (b"Cookie", f"connect_login={ours[0]}".encode())
+    assert run(auth.handle(request(login, headers=(one,)))).status == 302
