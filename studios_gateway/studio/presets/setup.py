@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import socket
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -72,7 +73,9 @@ def prepare(settings: Any, command: Sequence[str], environ: Mapping[str, str], *
     if preset is None:
         raise PresetError(f"no preset for tool {settings.tool}")
     place = place_for(settings, environ, preset.tool)
-    path = environ.get("PATH", os.defpath)
+    # A tool installed next to studios-connect (the same virtualenv) is found too.
+    path = os.pathsep.join([environ.get("PATH", os.defpath), os.path.dirname(sys.executable)])
+    environ = {**environ, "PATH": path}
     head = preset.tool_head(command, place)
     if head:
         head = [resolve_argv(head, path)[0], *head[1:]]

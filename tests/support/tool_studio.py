@@ -1,0 +1,126 @@
+"""A real tool behind a real gateway, started only through its preset: `studios-connect --tool X`.
+
+One twistd gateway in the routing mode asked for, one session for the tool,
+one `studios-connect --tool X` with no command (the preset starts the tool,
+learning its prefix from the bind reply: the test sets no prefix), and a
+logged-in cookie jar. Screenshots go to the test's tmp dir; when
+STUDIOS_SHOTS_DIR is set, a copy goes there too (to look at by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tests.integration.test_tunnel_process import KEY
+from tests.support.chromium import Chromium
+from tests.support.gateway import GatewayProcess, base_env
+from tests.support.ports import free_port
+from tests.support.studio import Connect
+from tests.support.web import Browser
+
+
+@dataclass
+class ToolStudio:
+    tool: str
+    mode: str
+    tmp: Path
+    home: Path  # the studio's home: the tool's working directory
+    http_port: int
+    base: str  # the studio's URL, ending in /
+    browser: Browser
+    client: Connect
+    gateway: GatewayProcess
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base).netloc
+
+    @property
+    def prefix(self) -> str:
+        return urlsplit(self.base).path
+
+    def url(self, path: str = "") -> str:
+        return self.base + path
+
+    def cookie(self, path: str = "") -> str:
+        value = self.browser._cookie_header(urlsplit(self.base).hostname or "", self.prefix + path)
+        assert value
+        return value
+
+    def chromium(self) -> Chromium:
+        """Headless Chromium holding this studio's login cookies."""
+        browser = Chromium(self.tmp)
+        host = urlsplit(self.base).hostname
+        for name, (value, path) in self.browser.cookies[host].items():
+            browser.call("Network.setCookie", name=name, value=value, domain=host, path=path)
+        return browser
+
+    def keep_shot(self, png_path: Path) -> None:
+        shots = os.environ.get("STUDIOS_SHOTS_DIR")
+        if shots:
+            Path(shots).mkdir(parents=True, exist_ok=True)
+            shutil.copy(png_path, Path(shots) / f"{self.tool}-{self.mode}.png")
+
+
+@contextmanager
+def tool_studio(tmp: Path, tool: str, mode: str, ready_path: str, *,
+                extra_env: dict[str, str] | None = None,
+                timeout: float = 180) -> Iterator[ToolStudio]:
+    """Gateway + `studios-connect --tool <tool>`; yields once `ready_path` answers 200
+    through the gateway (the tool is really serving, not just connected)."""
+    env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
+                   TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING=str(mode == "path").lower())
+    http_port = int(env["CONNECT_HTTP_PORT"])
+    env["CONNECT_PROXY_URL"] = f"http://localhost:{http_port}"
+    stoppers = []
+    try:
+        gw = GatewayProcess(tmp, env)
+        stoppers.append(gw.stop)
+        gw.wait_ready()
+        status, body, _ = gw.request("/api/sessions", method="POST",
+                                     body={"owner": "alice", "tool": tool})
+        assert status == 201, body
+        created = json.loads(body)
+        home = tmp / "home"
+        home.mkdir()
+        client_env = {"HOME": str(home), **(extra_env or {})}
+        client = Connect(tmp, created["connect_string"], free_port(), extra_env=client_env,
+                         args=["--tool", tool], name=f"connect-{tool}-{mode}")
+        stoppers.append(client.stop)
+        browser = Browser()
+        deadline = time.monotonic() + timeout
+        while True:
+            assert client.proc.poll() is None, f"studios-connect exited:\n{client.output()[-4000:]}"
+            assert time.monotonic() < deadline, \
+                f"{tool} did not connect:\n{client.output()[-4000:]}"
+            status, body, _ = gw.request(f"/api/sessions/{created['id']}")
+            if status == 200 and json.loads(body).get("connected"):
+                break
+            time.sleep(0.2)
+        page = browser.use_login_link(created["login_link"])
+        assert page.status in (200, 302), (page.status, page.text[:300])
+        base = created["url"].rstrip("/") + "/"
+        if mode == "path":
+            assert urlsplit(base).path == f"/_studio/{created['id']}/"
+        else:
+            assert urlsplit(base).hostname == f"{created['id']}.localhost"
+        while True:  # the tool answers through the gateway (the preset's probe passed)
+            got = browser.get(base + ready_path, follow=False)
+            if got.status == 200:
+                break
+            assert client.proc.poll() is None, f"studios-connect exited:\n{client.output()[-4000:]}"
+            assert time.monotonic() < deadline, \
+                f"{base + ready_path}: {got.status}\n{client.output()[-4000:]}"
+            time.sleep(0.5)
+        yield ToolStudio(tool, mode, tmp, home, http_port, base, browser, client, gw)
+    finally:
+        for stop in reversed(stoppers):
+            stop()
