@@ -52,13 +52,17 @@ class Chromium:
         path = "/" + pages[0]["webSocketDebuggerUrl"].split("/", 3)[3]
         self.ws = WebSocket(self.port, f"127.0.0.1:{self.port}", path, timeout=timeout)
         self._ids = itertools.count(1)
+        self.keep_events: set[str] = set()  # CDP event names to keep in `events`
+        self.events: list[dict[str, Any]] = []
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
-        """One CDP command; events that arrive meanwhile are dropped."""
+        """One CDP command; events that arrive meanwhile are dropped unless in keep_events."""
         msg_id = next(self._ids)
         self.ws.send_text(json.dumps({"id": msg_id, "method": method, "params": params}))
         while True:
             reply = json.loads(self.ws.recv_text())
+            if reply.get("method") in self.keep_events:
+                self.events.append(reply)
             if reply.get("id") == msg_id:
                 if "error" in reply:
                     raise AssertionError(f"{method}: {reply['error']}")

@@ -94,11 +94,12 @@ def test_a_flag_the_installed_version_lacks_is_one_line_naming_tool_version_and_
 def test_code_server_binds_loopback_with_auth_off_and_no_base_path() -> None:
     launch = build("vscode", place=PATH)
     assert launch.argv == ["code-server", "/home/al", "--bind-addr=127.0.0.1:8888",
-                           "--auth=none", "--disable-telemetry", "--disable-update-check"]
+                           "--auth=none", "--disable-telemetry", "--disable-update-check",
+                           "--disable-workspace-trust"]
     assert not PRESETS["vscode"].needs_prefix  # the gateway strips the prefix
     assert PRESETS["vscode"].probe_path(PATH) == "/healthz"
     theirs = build("vscode", ["code-server", "--bind-addr", "127.0.0.1:7000", "/src"])
-    assert theirs.port == 7000 and theirs.argv[-1] == "--disable-update-check"
+    assert theirs.port == 7000 and theirs.argv[-1] == "--disable-workspace-trust"
 
 
 def test_rstudio_gets_its_documented_flags_and_the_root_path_from_the_routing() -> None:
@@ -303,7 +304,8 @@ def test_prepare_fails_before_anything_runs_and_binds_with_the_tools_port_and_ve
     exe.chmod(0o755)
     env = {"PATH": str(tmp_path), "HOME": str(tmp_path)}
     s = load_client_settings({**BASE_ENV, "CONNECT_TOOL_PORT": "80", "CONNECT_TOOL": "vscode"})
-    help_text = "--bind-addr --auth --disable-telemetry --disable-update-check"
+    help_text = ("--bind-addr --auth --disable-telemetry --disable-update-check "
+                 "--disable-workspace-trust")
     run = lambda argv: "4.100.3 abc with Code 1.100.3" if argv[-1] == "--version" \
         else help_text  # noqa: E731
     settings, lab = prepare(s, ["code-server", "--bind-addr=127.0.0.1:9000"], env, run=run,

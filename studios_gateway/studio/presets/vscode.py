@@ -1,7 +1,9 @@
 """VS Code as code-server: it has no base-path option, so the gateway strips the prefix.
 
 Adds: ``--bind-addr 127.0.0.1:PORT``, ``--auth none`` (the gateway
-authenticates), telemetry and update checks off, and (with no command) the
+authenticates), telemetry and update checks off, workspace trust off (the
+studio's files are its owner's; Restricted Mode would turn extensions such as
+Nextflow's off), and (with no command) the
 studio's home as the folder to open. Its Origin check compares Origin with
 Host, which the gateway passes unchanged, so no trusted origins are added.
 Readiness: ``/healthz`` answers 200.
@@ -33,6 +35,8 @@ class VSCode(Preset):
             Flag(("--auth",), "none", "turn its password off (the gateway authenticates)"),
             Flag(("--disable-telemetry",), None, "send no telemetry"),
             Flag(("--disable-update-check",), None, "not check for updates"),
+            Flag(("--disable-workspace-trust",), None,
+                 "trust the studio's own files, so extensions stay on"),
         ]
 
     def probe_path(self, place: Place) -> str:

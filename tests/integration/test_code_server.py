@@ -1,0 +1,97 @@
+"""A real code-server (VS Code) through gateway and tunnel, in both routing modes, by its preset.
+
+`studios-connect --tool vscode` with no command: the preset starts code-server
+on loopback with its login off and the studio's home as the folder to open.
+code-server has no base-path option; in path mode the gateway strips
+``/_studio/<id>`` before it. Headless Chromium loads the workbench, which
+lists the studio's home over its WebSocket (the remote file system), and no
+reconnect dialog appears. CI installs code-server with scripts/install-studio-tools.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.chromium import chromium_path, png_colours
+from tests.support.tool_studio import ToolStudio, tool_studio
+
+CODE_SERVER_HOME = os.environ.get("CODE_SERVER_PREFIX", "/opt/code-server") + "/bin"
+
+
+def code_server_path() -> str:
+    return os.pathsep.join([os.environ.get("PATH", ""), CODE_SERVER_HOME])
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("code-server", path=code_server_path()) is None,
+                       reason="code-server is not installed (scripts/install-studio-tools "
+                              "code-server)"),
+    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed"),
+]
+
+WS_EVENTS = {"Network.webSocketCreated", "Network.webSocketFrameReceived",
+             "Network.webSocketClosed"}
+
+
+@pytest.fixture(scope="module", params=["subdomain", "path"])
+def code(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[ToolStudio]:
+    mode = request.param
+    tmp = tmp_path_factory.mktemp(f"code-{mode}")
+    env = {"PATH": code_server_path(), "XDG_DATA_HOME": str(tmp / "xdg-data"),
+           "XDG_CONFIG_HOME": str(tmp / "xdg-config")}
+    with tool_studio(tmp, "vscode", mode, "healthz", extra_env=env) as studio:
+        yield studio
+
+
+def test_the_preset_started_code_server_on_loopback_with_its_login_off(code: ToolStudio
+                                                                        ) -> None:
+    out = code.client.output()
+    assert "vscode preset: starting `" in out, out[-3000:]
+    assert "--auth=none" in out and "--bind-addr=127.0.0.1:" in out
+    assert "code-server is ready" in out
+    health = code.browser.get(code.url("healthz"))
+    assert health.status == 200 and "status" in health.json()
+
+
+def test_the_workbench_loads_talks_over_its_websocket_and_does_not_reconnect(
+        code: ToolStudio) -> None:
+    (code.home / "hello-from-the-studio.txt").write_text("hello\n")
+    browser = code.chromium()
+    try:
+        browser.keep_events = WS_EVENTS  # Chromium's own record of the page's WebSockets
+        browser.call("Network.enable")
+        browser.call("Page.navigate", url=code.url())
+        browser.wait_for("!!document.querySelector('.monaco-workbench .part.activitybar')",
+                         timeout=120)
+        # The explorer lists the studio's home: read over the workbench's WebSocket.
+        browser.wait_for("document.body.innerText.includes('hello-from-the-studio.txt')",
+                         timeout=120)
+        urls = [e["params"]["url"] for e in browser.events
+                if e["method"] == "Network.webSocketCreated"]
+        frames = sum(e["method"] == "Network.webSocketFrameReceived" for e in browser.events)
+        assert urls and frames >= 10, (urls, frames)
+        assert all(u.startswith(("ws://", "wss://")) and code.host in u for u in urls), urls
+        if code.mode == "path":  # the browser keeps the prefix; the tool never saw it
+            assert all(code.prefix in u for u in urls), urls
+        assert browser.evaluate("location.href").startswith(code.base)
+        # An observation window, not a wait for an event: a dropped socket shows its dialog
+        # within a second or two, and nothing else would announce its absence.
+        time.sleep(3)
+        text = browser.evaluate("document.body.innerText").lower()
+        assert "reconnect" not in text and "disconnected" not in text, text[:2000]
+        assert not browser.evaluate("!!document.querySelector('.monaco-dialog-box')")
+        assert not any(e["method"] == "Network.webSocketClosed" for e in browser.events)
+        shot = Path(code.tmp) / f"code-server-{code.mode}.png"
+        png = browser.screenshot(shot)
+        code.keep_shot(shot)
+    finally:
+        browser.stop()
+    assert len(png) > 20_000 and png_colours(png) > 50, (len(png), png_colours(png))
