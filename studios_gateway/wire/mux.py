@@ -259,6 +259,8 @@ class Stream:
         self._delivering = False
         self._fin_received = False
         self._eof_delivered = False
+        self._reader_gone = False  # loseConnection: what arrives now is refused
+        self._refused_data = False  # data came (or waited) after the reader went
         self._closed = False
         self._lost_reason: Failure | None = None
 
@@ -296,9 +298,33 @@ class Stream:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
-        """FIN after the buffered data; the stream closes when the peer's FIN arrives too."""
+        """FIN after the buffered data; the stream closes when the peer's FIN arrives too.
+
+        The reader is gone (as with a TCP socket, nothing more is read): data
+        waiting for it is dropped, data arriving is dropped without a
+        WindowUpdate, and once our FIN is out any such data resets the stream
+        (RST), so the far writer stops after at most one window instead of
+        sending everything into the void. A peer that has nothing more to
+        say just answers with its FIN.
+        """
+        if self._closed:
+            return
         self._full_close = True
+        self._reader_gone = True
+        if self._recv_buffer:
+            self._recv_buffer.clear()
+            self._recv_buffered = 0
+            self._refused_data = True
         self._lose_write()
+        self._reset_if_refused()
+
+    def _reset_if_refused(self) -> None:
+        """Reader gone, our FIN out, and the peer still sends: tell it to stop (RST)."""
+        if self._refused_data and self._fin_sent and not self._closed:
+            self._log.debug("stream {sid}: data after the reader went; resetting",
+                            sid=self.stream_id)
+            self.mux._send_control(WINDOW_UPDATE, RST, self.stream_id, 0)
+            self._finish(Failure(error.ConnectionDone("stream closed; the peer's data refused")))
 
     def loseWriteConnection(self) -> None:
         """Half-close: FIN after the buffered data; reading goes on."""
@@ -442,6 +468,7 @@ class Stream:
             self._finish(Failure(error.ConnectionDone("stream closed")))
         elif self._full_close:
             self._start_close_timer()
+            self._reset_if_refused()
         elif IHalfCloseableProtocol.providedBy(self.protocol):
             self.protocol.writeConnectionLost()  # type: ignore[union-attr]
 
@@ -500,6 +527,10 @@ class Stream:
             raise ProtocolError(f"data on stream {self.stream_id} after its FIN")
         n = len(data)
         self._recv_window.received(n)
+        if self._reader_gone:
+            self._refused_data = True
+            self._reset_if_refused()
+            return
         if (not self._recv_buffer and not self._reading_paused and not self._delivering
                 and self.protocol is not None):
             self._delivering = True

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.integration.test_tunnel_process import Deployment, rss_kib, wait_connected
-from tests.support.studio import Connect
+from tests.support.studio import Connect, SocketTool
 
 pytestmark = pytest.mark.slow
 
@@ -104,24 +104,14 @@ def test_one_gib_up_and_down_with_bounded_gateway_memory(deployment: Deployment)
 # Hostile heads ---------------------------------------------------------------------------
 
 
-class RecordingTool:
+class RecordingTool(SocketTool):
     """A tool that records every byte it receives; answers a GET `ok` (and closes), reads
     anything else to the end without answering."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.received = bytearray()
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         head = b""
@@ -144,9 +134,6 @@ class RecordingTool:
     def seen(self, marker: bytes) -> bool:
         with self._lock:
             return marker in self.received
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 MARK = b"/evil-marker"

@@ -143,7 +143,7 @@ class PeerLinkTests(TestCase):
         stream.attach(got)
         stream.write(b"hello ")
         stream.write(b"peer")
-        stream.loseConnection()
+        stream.loseWriteConnection()  # half-close: the answer is still read
         data = yield got.done
         return data
 
@@ -237,7 +237,7 @@ class PeerLinkTests(TestCase):
         got = Collect()
         stream.attach(got)
         stream.write(b"via registry")
-        stream.loseConnection()
+        stream.loseWriteConnection()
         self.assertEqual((yield got.done), b"VIA REGISTRY")
         for sid, why in (("s2", "not connected"), ("s3", "not connected")):
             with self.assertRaises(StudioUnreachable) as caught:

@@ -88,12 +88,18 @@ class Deployment:
         self.stoppers.append(client.stop)
         return tool, client
 
-    def relayed_studio(self, created: dict, **env: str) -> tuple[CuttableRelay, Tool, Connect]:
-        """A studio whose tunnel goes through a relay the test can cut or silence."""
+    def relay(self, created: dict) -> tuple[CuttableRelay, str]:
+        """A relay to the tunnel listener the test can cut or silence, and the session's
+        connect string through it."""
         relay = CuttableRelay(int(self.env["CONNECT_TUNNEL_PORT"]))
         self.stoppers.append(relay.close)
         via_relay = created["connect_string"].replace(
             f":{self.env['CONNECT_TUNNEL_PORT']}/", f":{relay.port}/")
+        return relay, via_relay
+
+    def relayed_studio(self, created: dict, **env: str) -> tuple[CuttableRelay, Tool, Connect]:
+        """A studio whose tunnel goes through a relay (see `relay`)."""
+        relay, via_relay = self.relay(created)
         tool, client = self.studio(created, connect_string=via_relay, **env)
         return relay, tool, client
 

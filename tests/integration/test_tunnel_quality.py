@@ -6,6 +6,7 @@ closing anything, as when a laptop sleeps or a NAT entry expires.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -14,11 +15,14 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_tunnel_process import Deployment, wait_connected
+from tests.support.studio import Connect, SocketTool
 
 pytestmark = pytest.mark.slow
 
 PING_INTERVAL, PING_TIMEOUT = 1.0, 3.0
 DEAD = "nothing heard from the peer"
+MiB = 1 << 20
+WINDOW = 6 * MiB  # the gateway's receive window per stream (the default)
 
 
 def when_logged(logs: dict[str, Callable[[], str]], needle: str, start: float,
@@ -76,5 +80,80 @@ def test_a_silent_path_is_found_by_both_ends_within_the_ping_timeout(tmp_path: P
         [(status, text, took)] = answers
         assert took <= PING_TIMEOUT + 0.5
         assert status == 200 or (status == 502 and "Studio is starting" in text), (status, text)
+    finally:
+        d.stop()
+
+
+class EndlessTool(SocketTool):
+    """A tool answering GET /big with a 2 GiB download, as fast as it may send (anything
+    else with a short page); it records how much each download took and when it ended."""
+
+    SIZE = 2 << 30
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []  # per answered connection, updated as it goes
+        self.ended: list[float] = []  # monotonic time each answered connection ended
+        super().__init__()
+
+    def _serve(self, conn: socket.socket) -> None:
+        head = b""
+        with conn:
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(4096)
+                if not data:
+                    return  # the client's probe, or an idle close
+                head += data
+            if not head.startswith(b"GET /big "):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                return
+            i = len(self.sent)
+            self.sent.append(0)
+            block = bytes(1 << 16)
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                             b"Content-Length: %d\r\n\r\n" % self.SIZE)
+                while self.sent[i] < self.SIZE:
+                    conn.sendall(block)
+                    self.sent[i] += len(block)
+            except OSError:
+                pass
+            self.ended.append(time.monotonic())
+
+
+def test_an_abandoned_download_is_reset_end_to_end(tmp_path: Path) -> None:
+    """A browser reads 64 MiB of a 2 GiB download and leaves: the tool's connection is
+    closed, and at most one window (6 MiB) more crosses the tunnel."""
+    d = Deployment(tmp_path)
+    tool = EndlessTool()
+    d.stoppers.append(tool.close)
+    try:
+        created = d.create()
+        relay, via_relay = d.relay(created)
+        client = Connect(tmp_path, via_relay, tool.port, name="connect")
+        d.stoppers.append(client.stop)
+        wait_connected(d.gw, created["id"])
+        d.login(created)
+        host = f"{created['id']}.localhost:{d.http_port}"
+        cookie = d.browser._cookie_header(f"{created['id']}.localhost", "/")
+        browser = socket.create_connection(("127.0.0.1", d.http_port))
+        browser.sendall(f"GET /big HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n"
+                        .encode())
+        got = 0
+        while got < 64 * MiB:
+            got += len(browser.recv(1 << 20))
+        up_at_leave = relay.forwarded["up"]
+        left = time.monotonic()
+        browser.close()
+        deadline = left + 10
+        while not tool.ended and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert tool.ended, f"the tool still sends after 10 s ({tool.sent[0] / MiB:.0f} MiB)"
+        closed_after = tool.ended[0] - left
+        time.sleep(0.5)  # anything still in flight has crossed by now
+        crossed = relay.forwarded["up"] - up_at_leave
+        print(f"tool closed {closed_after:.2f}s after the leave, having sent "
+              f"{tool.sent[0] / MiB:.0f} MiB; {crossed / MiB:.2f} MiB crossed the tunnel after")
+        assert crossed <= WINDOW * 1.01  # payload plus frame and TLS headers
+        assert tool.sent[0] < 256 * MiB
     finally:
         d.stop()

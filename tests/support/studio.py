@@ -42,6 +42,30 @@ class Tool:
         self.log.close()
 
 
+class SocketTool:
+    """A tool written with plain sockets, one thread per connection: subclasses say
+    what `serve(conn)` does; the listener is on a free 127.0.0.1 port."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 class Connect:
     """`studios-connect` for one session; its output is kept for assertions."""
 
@@ -82,6 +106,8 @@ class CuttableRelay:
         self.port = self.listener.getsockname()[1]
         self._socks: list[socket.socket] = []
         self._silenced: set[int] = set()  # ids of sockets whose data is dropped
+        #: bytes relayed so far: "up" towards the target (the gateway), "down" back
+        self.forwarded = {"up": 0, "down": 0}
         self._lock = threading.Lock()
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -99,19 +125,20 @@ class CuttableRelay:
                 continue
             with self._lock:
                 self._socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            for a, b, way in ((client, upstream, "up"), (upstream, client, "down")):
+                threading.Thread(target=self._pump, args=(a, b, way), daemon=True).start()
 
     def silence(self) -> int:
         with self._lock:
             self._silenced.update(id(s) for s in self._socks)
             return len(self._socks) // 2
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, way: str) -> None:
         try:
             while data := src.recv(1 << 16):
                 if id(src) not in self._silenced:
                     dst.sendall(data)
+                    self.forwarded[way] += len(data)
         except OSError:
             pass
         if id(src) in self._silenced:

@@ -511,9 +511,49 @@ def test_fin_waits_behind_buffered_data() -> None:
     local.loseConnection()
     local.write(b"dropped")
     assert FIN not in {f.flags for f in parse(link.t["client"].value())}
-    remote.loseConnection()
+    remote.loseWriteConnection()  # still reading
     link.pump()
     assert len(remote_p.data) == INITIAL_WINDOW + 10 and remote_p.lost is not None
+
+
+def test_a_reader_that_leaves_resets_the_writer_within_one_window() -> None:
+    """loseConnection while the peer still sends: no more window, then RST (issue 16)."""
+    link = Link(window_size=INITIAL_WINDOW)
+    local, mine, remote, remote_p = open_pair(link)
+    producer = Producer()
+    remote.registerProducer(producer, True)
+    remote.write(b"d" * (INITIAL_WINDOW // 2))
+    link.pump()
+    assert len(mine.data) == INITIAL_WINDOW // 2
+    local.pauseProducing()  # the browser is slow: some data waits in the stream
+    remote.write(b"d" * 1000)
+    link.pump()
+    local.loseConnection()  # ... then leaves
+    sent_after = 0
+    for _ in range(100):  # the writer goes on while it may
+        if producer.paused or remote.closed:
+            break
+        n = remote.send_window
+        remote.write(b"d" * n)
+        sent_after += n
+        link.pump()
+    assert sent_after <= INITIAL_WINDOW
+    assert remote.closed and remote_p.lost is not None and remote_p.lost.check(StreamReset)
+    assert producer.stopped
+    assert mine.lost is not None and mine.lost.check(error.ConnectionDone)
+    assert len(mine.data) == INITIAL_WINDOW // 2  # nothing after the leave reached it
+    assert not link.client.streams and not link.server.streams
+
+
+def test_a_reader_that_leaves_after_the_last_byte_closes_cleanly() -> None:
+    link = Link()
+    local, mine, remote, remote_p = open_pair(link)
+    for step in (lambda: remote.write(b"answer"), local.loseConnection, remote.loseConnection):
+        step()  # the peer had nothing more: it answers our FIN with its own, no RST
+        link.pump()
+    assert mine.data == b"answer" and remote_p.eof
+    assert [p.lost.check(error.ConnectionDone) for p in (mine, remote_p) if p.lost] == \
+        [error.ConnectionDone] * 2
 
 
 def test_rst_both_ways() -> None:
