@@ -77,6 +77,24 @@ def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
     return TCPEndpoint(reactor, host, port)
 
 
+def serve_tls(config: Any, reactor: Any, metrics: Any, listener: str, options: Any,
+              factory: IProtocolFactory) -> IProtocolFactory:
+    """`factory` behind server TLS whose handshakes have the configured deadline and cap
+    (CONNECT_TLS_HANDSHAKE_TIMEOUT, CONNECT_TLS_MAX_HANDSHAKES), counted in `metrics`
+    (the gateway's Metrics, or None) under `listener`. The one way the gateway serves
+    TLS (studios_gateway.wire.tls_guard)."""
+    from studios_gateway.wire.tls_guard import GuardedTLSFactory, HandshakeLimits
+
+    def count(outcome: str) -> None:
+        if metrics is not None:
+            metrics.tls_handshakes.labels(listener, outcome).inc()
+
+    return GuardedTLSFactory(
+        options, factory, clock=reactor,
+        limits=HandshakeLimits(config.tls_handshake_timeout, config.tls_max_handshakes),
+        on_outcome=count, name=f"the {listener} listener")
+
+
 def say_to_operator(message: str) -> None:
     """One line on the real stderr (twistd sends sys.stderr into the log)."""
     stream = sys.__stderr__ or sys.stderr

@@ -403,6 +403,12 @@ VARIABLES: tuple[Var, ...] = (
        "cover the proxy host and *.<studios domain>.", seed=False, section="proxy"),
     _v("CONNECT_TLS_KEY_FILE", "tls_key_file", None, _readable_file,
        "Private key (PEM) of CONNECT_TLS_CERT_FILE.", seed=False, section="proxy"),
+    _v("CONNECT_TLS_HANDSHAKE_TIMEOUT", "tls_handshake_timeout", "10s", _positive_duration,
+       "Time from accept to a finished TLS handshake on the tunnel, HTTPS and peer ports "
+       "(slower: the socket is reset).", seed=False, section="proxy"),
+    _v("CONNECT_TLS_MAX_HANDSHAKES", "tls_max_handshakes", "1000", _int_range(1, 1_000_000),
+       "Connections in their TLS handshake at once, per TLS port (more are closed at accept; "
+       "established connections do not count).", seed=False, section="proxy"),
     _v("CONNECT_TRUSTED_PROXY_CIDRS", "trusted_proxy_cidrs", "127.0.0.1/32", _cidrs,
        "Peers whose X-Forwarded-For is trusted (comma-separated CIDRs).", seed=False,
        section="proxy"),
@@ -559,6 +565,8 @@ class Config:
     login_link_ttl: float
     tls_cert_file: str | None
     tls_key_file: str | None
+    tls_handshake_timeout: float
+    tls_max_handshakes: int
     trusted_proxy_cidrs: tuple[Any, ...]
     allowed_workspaces: frozenset[str] | None
     path_routing: bool

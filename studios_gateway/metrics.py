@@ -84,6 +84,11 @@ class Metrics:
         self.background_errors = Counter(
             "studios_gateway_background_errors", "Failures of background work.", ["task"],
             registry=self.registry)
+        self.tls_handshakes = Counter(
+            "studios_gateway_tls_handshakes", "TLS handshakes on the gateway's TLS ports by "
+            "outcome: ok, timeout (reset at CONNECT_TLS_HANDSHAKE_TIMEOUT), full (closed at "
+            "accept: CONNECT_TLS_MAX_HANDSHAKES in progress), failed.", ["listener", "outcome"],
+            registry=self.registry)
         self._unwrap: Any = None
 
     def render(self) -> bytes:

@@ -31,6 +31,7 @@ from studios_gateway.component import (
     endpoint_for,
     fail_start,
     say_to_operator,
+    serve_tls,
 )
 from studios_gateway.config import Config
 from studios_gateway.http.component import build_http
@@ -352,7 +353,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     auth, login = build_auth(config, reactor, store)
     auth.on_login = traffic.metrics.login
     gateway.add_part(login)
-    http, proxy = build_http(config, reactor, store, dialer, auth, traffic)
+    http, proxy = build_http(config, reactor, store, dialer, auth, traffic, metrics)
     gateway.add_part(proxy)
     ssh: SSHProxy | None = None
     api_mounts: dict[bytes, Any] = {}
@@ -395,8 +396,6 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                   ) -> tuple[TunnelTable, str | None, Part]:
     """The tunnel listener and table; the pin of a self-made certificate (None with the
     operator's certificate), and the Part (listener, lifecycle, certificate reload)."""
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-
     from studios_gateway.reload import ReloadableServerTLS
     from studios_gateway.tunnel.server import TunnelMetrics, TunnelServerFactory, TunnelSettings
     from studios_gateway.wire import tls
@@ -424,7 +423,7 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                         routing=routing)
     part = Part()
     part.reload_hooks.append(tls_reloader(options))  # a renewed certificate on SIGHUP
-    factory = TLSMemoryBIOFactory(options, False, TunnelServerFactory(table))
+    factory = serve_tls(config, reactor, metrics, "tunnel", options, TunnelServerFactory(table))
     part.listen("tunnel", "CONNECT_TUNNEL_PORT",
                 endpoint_for(reactor, config.bind_address, config.tunnel_port),
                 factory, "the tunnel listener")

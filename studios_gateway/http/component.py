@@ -31,11 +31,12 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from studios_gateway.auth.login import Auth
-from studios_gateway.component import Component, Part, StartError, endpoint_for
+from studios_gateway.component import Component, Part, StartError, endpoint_for, serve_tls
 from studios_gateway.config import Config
 from studios_gateway.http.proxy import ProxyFactory
 from studios_gateway.http.routing import Router
 from studios_gateway.http.upstream import SessionInfo, StudioNotConnected, ToolNotAnswering
+from studios_gateway.metrics import Metrics
 from studios_gateway.registry.base import TunnelClaims
 from studios_gateway.traffic.observer import Traffic
 from studios_gateway.tunnel.dialer import Dialer
@@ -204,10 +205,9 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
 
 
 def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer,
-               auth: Auth, traffic: Traffic | None = None) -> tuple[ProxyFactory, Part]:
+               auth: Auth, traffic: Traffic | None = None,
+               metrics: Metrics | None = None) -> tuple[ProxyFactory, Part]:
     """The HTTP(S) proxy and its Part: the listener, drain and stop, the TLS reload hook."""
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-
     from studios_gateway.reload import ReloadableServerTLS, tls_reloader
     from studios_gateway.wire import tls
 
@@ -227,7 +227,7 @@ def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer
             raise StartError(f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the "
                              f"certificate and key ({e})") from None
         part.reload_hooks.append(tls_reloader(options))
-        served = TLSMemoryBIOFactory(options, False, factory)
+        served = serve_tls(config, reactor, metrics, "http", options, factory)
         description = "the HTTPS proxy"
     part.listen("http", "CONNECT_HTTP_PORT",
                 endpoint_for(reactor, config.bind_address, config.http_port), served, description)

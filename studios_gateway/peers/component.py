@@ -11,7 +11,7 @@ from prometheus_client import Counter
 from twisted.internet import defer, ssl
 from twisted.logger import Logger
 
-from studios_gateway.component import Component, Part, StartError, endpoint_for
+from studios_gateway.component import Component, Part, StartError, endpoint_for, serve_tls
 from studios_gateway.config import Config
 from studios_gateway.metrics import Metrics
 from studios_gateway.peers.handshake import PeerAuth
@@ -80,9 +80,7 @@ def build_peers(config: Config, reactor: Any, store: TunnelClaims, table: Tunnel
                                on_outcome=lambda o: streams.labels("in", o).inc())
     factory: Any = server
     if tls is not None:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
-        factory = TLSMemoryBIOFactory(tls, False, factory)
+        factory = serve_tls(config, reactor, metrics, "peer", tls, factory)
     part.listen("peer", "CONNECT_LISTENER_PORT",
                 endpoint_for(reactor, config.bind_address, config.listener_port),
                 factory, "the peer listener")

@@ -1,0 +1,149 @@
+"""Sockets that never start TLS, against a real gateway on its three TLS ports.
+
+A gateway with HTTPS, Redis and mutual TLS between peers gets 200 silent sockets
+on each of the tunnel, HTTPS and peer ports (more than CONNECT_HTTP_MAX_CONNECTIONS).
+While they are held a studio binds, a browser logs in and gets its page, and a peer
+completes a TLS handshake; then the deadline closes every silent socket and the
+gateway's file descriptors come back to where they were.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_http_process import write_pair
+from tests.integration.test_tunnel_process import Deployment, wait_connected
+from tests.support.redis_server import RedisServer, make_tls_files, redis_available
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")]
+
+SILENT = 200
+DEADLINE = 15.0  # long enough for a studio to start while they are held
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, what
+        time.sleep(0.05)
+
+
+def silent_sockets(port: int, n: int) -> list[socket.socket]:
+    return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """The gateway closed (or reset) this socket; it sent nothing before."""
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """The gateway has sent its FIN (this end is in CLOSE_WAIT) or reset the connection;
+    read from /proc, so the test itself never reads or answers anything."""
+    port = sock.getsockname()[1]
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port:
+            return fields[3] in ("08", "07")  # CLOSE_WAIT, CLOSE
+    return True  # gone: reset
+
+
+def test_silent_sockets_are_closed_and_hold_nobody_up(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    peer = make_tls_files(tmp_path / "peer-tls")
+    cert, key = write_pair(tmp_path / "https", ["gw.localhost", "*.gw.localhost", "localhost"])
+    d = None
+    socks: list[socket.socket] = []
+    quiet_tls: list[ssl.SSLSocket] = []
+    try:
+        d = Deployment(tmp_path, tls=ssl.create_default_context(cafile=cert), host="gw.localhost",
+                       CONNECT_TLS_CERT_FILE=cert, CONNECT_TLS_KEY_FILE=key,
+                       CONNECT_REDIS_ADDRESS=redis.address,
+                       CONNECT_PEER_TLS_CERT_FILE=str(peer.server_cert),
+                       CONNECT_PEER_TLS_KEY_FILE=str(peer.server_key),
+                       CONNECT_PEER_TLS_CA_FILE=str(peer.ca_cert),
+                       CONNECT_TLS_HANDSHAKE_TIMEOUT=f"{DEADLINE:g}s",
+                       CONNECT_HTTP_MAX_CONNECTIONS="20", CONNECT_HTTP_HEADER_TIMEOUT="5s")
+        pid = d.gw.proc.pid
+        created = d.create()
+        baseline = open_fds(pid)
+        ports = {"tunnel": int(d.env["CONNECT_TUNNEL_PORT"]),
+                 "https": d.http_port,
+                 "peer": int(d.env["CONNECT_LISTENER_PORT"])}
+        # Clients that finish the handshake and then neither speak nor read: the
+        # application's own timeout (bind 10 s, request head 5 s) must close them
+        # although they never answer the gateway's TLS close_notify.
+        for name in ("tunnel", "https"):
+            ctx = ssl.create_default_context(cafile=cert)
+            raw = socket.create_connection(("127.0.0.1", ports[name]), timeout=5)
+            quiet_tls.append(ctx.wrap_socket(raw, server_hostname="gw.localhost"))
+        opened = time.monotonic()
+        for port in ports.values():
+            socks += silent_sockets(port, SILENT)
+        end = time.monotonic() + 5
+        while open_fds(pid) < baseline + 3 * SILENT and time.monotonic() < end:
+            time.sleep(0.05)  # until the gateway has accepted them all (polled, bounded)
+        during = open_fds(pid)
+
+        # While they are held: a studio binds, a browser gets in, a peer shakes hands.
+        d.studio(created, SSL_CERT_FILE=cert)
+        wait_connected(d.gw, created["id"], timeout=DEADLINE + 10)
+        d.login(created)
+        page = d.browser.get(d.url(created, "/api/info"))
+        assert page.status == 200, page.text[:300]
+        ctx = ssl.create_default_context(cafile=str(peer.ca_cert))
+        ctx.check_hostname = False
+        ctx.load_cert_chain(str(peer.client_cert), str(peer.client_key))
+        with socket.create_connection(("127.0.0.1", ports["peer"]), timeout=5) as raw, \
+                ctx.wrap_socket(raw) as tls:
+            assert tls.version() is not None
+        closed_early = [s for s in socks if select.select([s], [], [], 0)[0]]
+        assert not closed_early, (f"{len(closed_early)} silent sockets were closed before the "
+                                  f"real clients were done ({time.monotonic() - opened:.1f}s)")
+
+        # Then the deadline closes every one of them, and nothing is left behind.
+        pending = list(socks)
+        end = opened + DEADLINE + 10
+        while pending:
+            assert time.monotonic() < end, (
+                f"{len(pending)} silent sockets still open {DEADLINE + 10:g}s after they "
+                f"connected ({open_fds(pid)} gateway fds, {baseline} at the start)")
+            ready, _, _ = select.select(pending, [], [], 0.5)
+            for s in ready:
+                assert closed_by_peer(s)
+                pending.remove(s)
+        for s in socks:
+            s.close()
+        wait_for(lambda: all(peer_closed(q) for q in quiet_tls), 5,
+                 "a client that finished its handshake and then stayed quiet is still open")
+        # The studio's tunnel and the browser's connection are new since the baseline.
+        wait_for(lambda: open_fds(pid) <= baseline + 8, 10,
+                 f"gateway fds: {baseline} before, {during} during, {open_fds(pid)} after")
+        status, metrics, _ = d.gw.request("/metrics")
+        text = metrics.decode()
+        for listener in ("tunnel", "http", "peer"):
+            line = (f'studios_gateway_tls_handshakes_total{{listener="{listener}",'
+                    f'outcome="timeout"}} {float(SILENT)}')
+            assert line in text, [x for x in text.splitlines() if "tls_handshakes" in x]
+    finally:
+        for s in [*socks, *quiet_tls]:
+            s.close()
+        if d is not None:
+            d.stop()
+        redis.stop()

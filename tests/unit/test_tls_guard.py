@@ -1,0 +1,132 @@
+"""GuardedTLSFactory: the handshake's deadline and cap, the application connected after it."""
+
+from __future__ import annotations
+
+from twisted.internet import ssl
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.test.iosim import connectedServerAndClient
+
+from studios_gateway.wire import tls
+from studios_gateway.wire.tls_guard import GuardedTLSFactory, HandshakeLimits
+
+ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+class App(Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.made = False
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+class AppFactory(Factory):
+    def __init__(self) -> None:
+        self.built: list[App] = []
+
+    def buildProtocol(self, addr: object) -> App:
+        app = App()
+        self.built.append(app)
+        return app
+
+
+def server_options(tmp_path) -> ssl.CertificateOptions:
+    cert, key = tls.ensure_self_signed(tmp_path / "tls", ["localhost"])
+    return tls.server_options(cert, key)
+
+
+def guarded(tmp_path, clock: Clock, **limits: float) -> tuple[GuardedTLSFactory, AppFactory,
+                                                                 list[str]]:
+    app, outcomes = AppFactory(), []
+    factory = GuardedTLSFactory(server_options(tmp_path), app, clock=clock,
+                                limits=HandshakeLimits(**limits), on_outcome=outcomes.append)
+    return factory, app, outcomes
+
+
+def test_a_silent_connection_is_reset_at_the_deadline_without_an_application(tmp_path) -> None:
+    clock = Clock()
+    factory, app, outcomes = guarded(tmp_path, clock, timeout=5, max_pending=10)
+    proto = factory.buildProtocol(ADDR)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    assert app.built == [] and factory.pending == 1
+    clock.advance(4.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting  # aborted: StringTransport records both as disconnecting
+    proto.connectionLost(None)
+    assert factory.pending == 0 and outcomes == ["timeout"] and app.built == []
+    assert clock.getDelayedCalls() == []
+
+
+def test_past_the_cap_a_socket_is_closed_at_accept(tmp_path) -> None:
+    clock = Clock()
+    factory, _, outcomes = guarded(tmp_path, clock, timeout=5, max_pending=2)
+    first, second = factory.buildProtocol(ADDR), factory.buildProtocol(ADDR)
+    for p in (first, second):
+        p.makeConnection(StringTransport())
+    assert factory.buildProtocol(ADDR) is None
+    assert outcomes == ["full"]
+    first.connectionLost(None)  # one leaves: room for the next
+    assert factory.pending == 1 and outcomes == ["full", "failed"]
+    assert factory.buildProtocol(ADDR) is not None
+
+
+def test_the_application_is_connected_after_the_handshake_and_gets_every_byte(tmp_path
+                                                                             ) -> None:
+    clock = Clock()
+    factory, app, outcomes = guarded(tmp_path, clock, timeout=5, max_pending=10)
+
+    class Hello(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.write(b"bind line\n")
+
+    client = TLSMemoryBIOFactory(ssl.CertificateOptions(), True, Factory.forProtocol(Hello),
+                                 clock=clock)
+    _, server_proto, pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(ADDR), lambda: client.buildProtocol(ADDR),
+        greet=False)
+    for _ in range(5):  # TLS writes are gathered until the clock turns, then pumped across
+        clock.advance(0)
+        pump.flush()
+    assert outcomes == ["ok"] and factory.pending == 0
+    assert len(app.built) == 1 and app.built[0].made
+    assert app.built[0].received == b"bind line\n"
+    assert app.built[0].transport is server_proto
+    clock.advance(60)  # the deadline was cancelled: nothing resets the connection
+    assert not server_proto.disconnecting
+
+
+def test_limits_must_be_positive() -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        HandshakeLimits(timeout=0)
+    with pytest.raises(ValueError):
+        HandshakeLimits(max_pending=0)
+
+
+def test_a_close_does_not_wait_for_the_peers_close_notify(tmp_path) -> None:
+    clock = Clock()
+    factory, app, _ = guarded(tmp_path, clock, timeout=5, max_pending=10)
+    client = TLSMemoryBIOFactory(ssl.CertificateOptions(), True, Factory.forProtocol(Protocol),
+                                 clock=clock)
+    _, server_proto, pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(ADDR), lambda: client.buildProtocol(ADDR),
+        greet=False)
+    for _ in range(5):
+        clock.advance(0)
+        pump.flush()
+    app.built[0].transport.write(b"refused: bye\n")
+    app.built[0].transport.loseConnection()
+    # The peer has not answered (nothing pumped): TCP closes anyway, after the reply.
+    assert server_proto.transport.disconnecting
+    assert server_proto.transport.stream  # the reply and the close_notify, queued for TCP
