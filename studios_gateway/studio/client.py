@@ -377,9 +377,12 @@ class ConnectClient(Service):
         self.backoff.reset()
         if self.on_bind is not None and protocol.reply is not None:
             self.on_bind(protocol.reply)
-        self._set_state("bound", "session {sid} bound to gateway {gw}; serving the tool on "
-                        "port {port}", sid=self.settings.session_id, gw=str(protocol.gateway),
-                        port=self.settings.tool_port)
+        reply = protocol.reply
+        seen = (f" (routing {reply.routing}, browsers open {reply.public_url})"
+                if reply is not None and reply.routing else "")
+        self._set_state("bound", "session {sid} bound to gateway {gw}{seen}; serving the tool "
+                        "on port {port}", sid=self.settings.session_id, gw=str(protocol.gateway),
+                        seen=seen, port=self.settings.tool_port)
         if not self.ready.called:
             self.ready.callback(None)
         waiters, self._bound_waiters = self._bound_waiters, []

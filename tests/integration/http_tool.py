@@ -5,7 +5,8 @@ The demo tool's pages (``/``, ``/api/info``, ``/ws`` echo, ``/download?size=N``,
 ``/_studio/pth/`` for path mode, plus:
 
     GET /conn        the client port of the connection the request came on (reuse check)
-    GET /redirect    302 to /elsewhere with a cookie for Path=/ (escapes a path prefix)
+    GET /redirect    302 to /elsewhere with a cookie for Path=/ and Refresh to /again (all
+                     escape a path prefix)
 
     python -m tests.integration.http_tool --port N
 """
@@ -35,6 +36,7 @@ class Escape(Resource):
         request.setResponseCode(302)
         request.setHeader(b"location", b"/elsewhere")
         request.addCookie(b"t", b"1", path=b"/")
+        request.setHeader(b"refresh", b"0; url=/again")
         return b""
 
 

@@ -46,6 +46,15 @@ def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
+def routing_env(tmp_path: Path, mode: str, **overrides: str) -> dict[str, str]:
+    """base_env for a gateway in routing mode `mode` ("subdomain" or "path"), its proxy
+    URL http://localhost:<its HTTP port> (studios at <id>.localhost in subdomain mode)."""
+    env = base_env(tmp_path, TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING=str(mode == "path").lower(),
+                   **overrides)
+    env["CONNECT_PROXY_URL"] = f"http://localhost:{env['CONNECT_HTTP_PORT']}"
+    return env
+
+
 class GatewayProcess:
     """One gateway process; stopped by its pid when the test ends."""
 
