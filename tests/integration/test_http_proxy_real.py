@@ -42,6 +42,10 @@ MiB = 1 << 20
 BIG = 256 * MiB
 
 
+# Real sockets on 127.0.0.1 in this process: the integration layer, not the fast one.
+pytestmark = pytest.mark.slow
+
+
 def rss_kib() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -32,6 +33,10 @@ from studios_gateway.wire.mux import Multiplexer
 from tests.integration.test_tunnel_inprocess import Collect
 
 SECRET = "a-long-shared-peer-secret"
+
+
+# Real sockets on 127.0.0.1 in this process: the integration layer, not the fast one.
+pytestmark = pytest.mark.slow
 
 
 class Upper(Protocol):

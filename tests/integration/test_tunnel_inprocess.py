@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Protocol
@@ -23,6 +24,9 @@ from studios_gateway.studio.client import ConnectClient
 from studios_gateway.studio.settings import ClientSettings, Gateway
 from studios_gateway.tunnel.server import TunnelServerFactory, TunnelSettings, TunnelTable
 from studios_gateway.wire import tls
+
+# Real sockets on 127.0.0.1 in this process: the integration layer, not the fast one.
+pytestmark = pytest.mark.slow
 
 
 class Collect(Protocol):
