@@ -1,9 +1,10 @@
-"""A real JupyterLab through gateway and tunnel, in both routing modes.
+"""A real JupyterLab through gateway and tunnel, in both routing modes, started by its preset.
 
-One twistd gateway, one `studios-connect` running `jupyter lab` as its child
-(entry-point mode) and one login per mode; then the REST API, a kernel that
-evaluates 6*7 over its WebSocket channel, and headless Chromium rendering the
-launcher (the screenshot is kept in the test's tmp dir).
+One twistd gateway per mode and `studios-connect --tool jupyterlab` with no
+command: the preset starts `jupyter lab` itself, learning its base path from
+the bind reply (the test sets no prefix and no Jupyter flag). Then the REST
+API (with XSRF on), a kernel that evaluates 6*7 over its WebSocket channel,
+and headless Chromium rendering the launcher (screenshot in the test's tmp dir).
 """
 
 from __future__ import annotations
@@ -13,19 +14,11 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
-from studios_gateway.demo.run import tool_command
-from tests.integration.test_tunnel_process import KEY
-from tests.support.chromium import Chromium, chromium_path, png_colours
-from tests.support.gateway import GatewayProcess, base_env
-from tests.support.ports import free_port
-from tests.support.studio import Connect
-from tests.support.web import Browser
+from tests.support.chromium import chromium_path, png_colours
+from tests.support.tool_studio import ToolStudio, tool_studio
 from tests.support.websocket import WebSocket
 
 pytestmark = [
@@ -35,30 +28,7 @@ pytestmark = [
                        reason="jupyterlab and ipykernel are not installed (the test extra)"),
 ]
 
-
-@dataclass
-class Lab:
-    mode: str
-    tmp: Path
-    http_port: int
-    base: str  # the studio's URL, ending in /
-    browser: Browser
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.base).netloc
-
-    @property
-    def prefix(self) -> str:
-        return urlsplit(self.base).path
-
-    def url(self, path: str) -> str:
-        return self.base + path
-
-    def cookie(self, path: str = "") -> str:
-        value = self.browser._cookie_header(urlsplit(self.base).hostname or "", self.prefix + path)
-        assert value
-        return value
+Lab = ToolStudio
 
 
 @pytest.fixture(scope="module", params=["subdomain", "path"])
@@ -66,55 +36,25 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[Lab]:
     mode = request.param
     tmp = tmp_path_factory.mktemp(f"lab-{mode}")
-    env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
-                   TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING=str(mode == "path").lower())
-    http_port = int(env["CONNECT_HTTP_PORT"])
-    env["CONNECT_PROXY_URL"] = f"http://localhost:{http_port}"
-    stoppers = []
-    try:
-        gw = GatewayProcess(tmp, env)
-        stoppers.append(gw.stop)
-        gw.wait_ready()
-        status, body, _ = gw.request("/api/sessions", method="POST",
-                                     body={"owner": "alice", "tool": "jupyterlab"})
-        assert status == 201, body
-        created = json.loads(body)
-        sid = created["id"]
-        prefix = f"/_studio/{sid}/" if mode == "path" else "/"
-        tool_port = free_port()
-        tool, command = tool_command(tool_port, prefix, force_builtin=False)
-        assert tool == "jupyterlab"
-        work = tmp / "work"
-        work.mkdir()
-        command += [f"--ServerApp.root_dir={work}"]
-        jupyter_env = {"JUPYTER_CONFIG_DIR": str(tmp / "jupyter-config"),
-                       "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime"),
-                       "IPYTHONDIR": str(tmp / "ipython"), "CONNECT_TOOL": "jupyterlab"}
-        if mode == "path":
-            jupyter_env["CONNECT_TOOL_PATH_PREFIX"] = prefix
-        client = Connect(tmp, created["connect_string"], tool_port, extra_env=jupyter_env,
-                         args=["--", *command], name=f"connect-{mode}")
-        stoppers.append(client.stop)
-        deadline = time.monotonic() + 120  # JupyterLab takes ~10 s to start on 2 cores
-        while client.proc.poll() is None and time.monotonic() < deadline:
-            status, body, _ = gw.request(f"/api/sessions/{sid}")
-            if status == 200 and json.loads(body).get("connected"):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"JupyterLab did not connect:\n{client.output()[-3000:]}")
-        browser = Browser()
-        page = browser.use_login_link(created["login_link"])
-        assert page.status == 200, (page.status, page.text[:300])
-        base = created["url"].rstrip("/") + "/"
-        if mode == "path":
-            assert urlsplit(base).path == prefix
-        else:
-            assert urlsplit(base).hostname == f"{sid}.localhost"
-        yield Lab(mode, tmp, http_port, base, browser)
-    finally:
-        for stop in reversed(stoppers):
-            stop()
+    jupyter_env = {"JUPYTER_CONFIG_DIR": str(tmp / "jupyter-config"),
+                   "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime"),
+                   "IPYTHONDIR": str(tmp / "ipython")}
+    # JupyterLab takes ~10 s to start on 2 cores
+    with tool_studio(tmp, "jupyterlab", mode, "api/status", extra_env=jupyter_env) as lab:
+        yield lab
+
+
+def test_the_preset_started_jupyterlab_under_the_routed_prefix(lab: Lab) -> None:
+    out = lab.client.output()
+    assert "jupyterlab preset: starting `" in out, out[-3000:]
+    assert f"--ServerApp.base_url={lab.prefix}" in out
+    assert f"--ServerApp.root_dir={lab.home}" in out
+    assert "JupyterLab is ready" in out
+    sid = lab.base.split("/_studio/")[-1].strip("/") if lab.mode == "path" \
+        else lab.host.split(".")[0]
+    status, body, _ = lab.gateway.request(f"/api/sessions/{sid}")
+    version = json.loads(body).get("tool_version")
+    assert version and version[0].isdigit(), body  # the preset found it and sent it
 
 
 def test_rest_api_and_a_kernel_over_its_websocket(lab: Lab) -> None:
@@ -160,11 +100,8 @@ def test_rest_api_and_a_kernel_over_its_websocket(lab: Lab) -> None:
 
 @pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
 def test_chromium_renders_the_launcher(lab: Lab) -> None:
-    browser = Chromium(lab.tmp)
+    browser = lab.chromium()
     try:
-        host = urlsplit(lab.base).hostname
-        for name, (value, path) in lab.browser.cookies[host].items():
-            browser.call("Network.setCookie", name=name, value=value, domain=host, path=path)
         browser.call("Page.navigate", url=lab.url("lab"))
         cards = browser.wait_for(
             "document.querySelectorAll('.jp-Launcher .jp-LauncherCard').length", timeout=90)
@@ -173,6 +110,7 @@ def test_chromium_renders_the_launcher(lab: Lab) -> None:
         assert browser.evaluate("location.href").startswith(lab.base)
         shot = lab.tmp / f"launcher-{lab.mode}.png"
         png = browser.screenshot(shot)
+        lab.keep_shot(shot)
     finally:
         browser.stop()
     assert len(png) > 20_000 and png_colours(png) > 50, (len(png), png_colours(png))
