@@ -1,0 +1,118 @@
+"""A real Xpra (Debian's, with Xvfb) through gateway and tunnel, in both modes, by its preset.
+
+`studios-connect --tool xpra` with no command: the preset starts `xpra start
+:N` on a display of its own with an xterm, its HTML5 client on loopback and its
+login off. In path mode the gateway strips ``/_studio/<id>`` (Xpra serves at
+``/`` only). Headless Chromium opens the HTML5 client, which draws the xterm
+window over its WebSocket; keys typed in the browser run a command in the
+xterm (it creates a file in the studio's home and prints a line, seen in the
+screenshot). Stopping the studio runs `xpra stop :N`: no Xvfb is left behind.
+CI installs Xpra with scripts/install-studio-tools.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.chromium import Chromium, chromium_path, png_colours
+from tests.support.tool_studio import ToolStudio, tool_studio
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("xpra") is None or shutil.which("Xvfb") is None
+                       or shutil.which("xterm") is None,
+                       reason="xpra, Xvfb and xterm are not installed (scripts/"
+                              "install-studio-tools xpra)"),
+    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed"),
+]
+
+
+@pytest.fixture(scope="module", params=["subdomain", "path"])
+def xpra(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[ToolStudio]:
+    mode = request.param
+    tmp = tmp_path_factory.mktemp(f"xpra-{mode}")
+    env = {"XDG_RUNTIME_DIR": str(tmp / "runtime")}
+    (tmp / "runtime").mkdir(mode=0o700)
+    with tool_studio(tmp, "xpra", mode, "", extra_env=env) as studio:
+        yield studio
+        display = re.search(r"xpra start (:[0-9]+)", studio.client.output())
+        studio.client.stop()  # SIGTERM: the preset runs `xpra stop :N` first
+        assert display, studio.client.output()[-3000:]
+        out = studio.client.log_path.read_text(errors="replace")
+        assert f"stopping Xpra: xpra stop {display.group(1)}" in out, out[-3000:]
+        assert not Path(f"/tmp/.X11-unix/X{display.group(1)[1:]}").exists(), \
+            "the X server outlived the studio"
+
+
+def type_text(browser: Chromium, text: str) -> None:
+    """Keys as a person types them (lowercase letters, digits, space, '-', Enter)."""
+    for ch in text:
+        if ch == "\n":
+            key = {"key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": "\r"}
+        elif ch == " ":
+            key = {"key": " ", "code": "Space", "windowsVirtualKeyCode": 32, "text": " "}
+        elif ch == "-":
+            key = {"key": "-", "code": "Minus", "windowsVirtualKeyCode": 189, "text": "-"}
+        elif ch.isdigit():
+            key = {"key": ch, "code": f"Digit{ch}", "windowsVirtualKeyCode": ord(ch),
+                   "text": ch}
+        else:
+            assert ch.isalpha() and ch.islower(), ch
+            key = {"key": ch, "code": f"Key{ch.upper()}",
+                   "windowsVirtualKeyCode": ord(ch.upper()), "text": ch}
+        browser.call("Input.dispatchKeyEvent", type="keyDown", **key)
+        browser.call("Input.dispatchKeyEvent", type="keyUp",
+                     **{k: v for k, v in key.items() if k != "text"})
+
+
+def click(browser: Chromium, x: float, y: float) -> None:
+    for kind in ("mousePressed", "mouseReleased"):
+        browser.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left",
+                     clickCount=1)
+
+
+def test_the_preset_started_xpra_on_its_own_display_on_loopback(xpra: ToolStudio) -> None:
+    out = xpra.client.output()
+    assert "xpra preset: starting `xpra start :" in out, out[-3000:]
+    assert "--bind-tcp=127.0.0.1:" in out and "--html=on" in out and "--start=xterm" in out
+    assert "Xpra is ready" in out
+    page = xpra.browser.get(xpra.url())
+    assert page.status == 200 and "<html" in page.text.lower()
+
+
+def test_the_html5_client_draws_the_xterm_and_typed_keys_run_a_command(xpra: ToolStudio
+                                                                        ) -> None:
+    marker = xpra.home / f"typed-{xpra.mode}"
+    browser = xpra.chromium()
+    try:
+        browser.call("Page.navigate", url=xpra.url())
+        # The xterm's window, drawn on a canvas by the HTML5 client (frames over its WebSocket).
+        browser.wait_for("!!document.querySelector('div.window canvas') && "
+                         "document.querySelector('div.window canvas').width > 100", timeout=90)
+        assert browser.evaluate("location.href").startswith(xpra.base)
+        box = browser.evaluate("(() => { const r = document.querySelector('div.window canvas')"
+                               ".getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; "
+                               "})()")
+        click(browser, box[0] + box[2] / 2, box[1] + box[3] / 2)
+        browser.wait_for("!!document.querySelector('div.windowinfocus')", timeout=30)
+        type_text(browser, f"cd\ntouch typed-{xpra.mode}\necho studio says {6 * 7}\n")
+        deadline = time.monotonic() + 60
+        while not marker.exists():  # the command really ran in the session's shell
+            assert time.monotonic() < deadline, f"{marker} was not created by the typed command"
+            time.sleep(0.25)
+        time.sleep(1)  # let the client draw the echoed line before the screenshot
+        shot = Path(xpra.tmp) / f"xpra-{xpra.mode}.png"
+        png = browser.screenshot(shot)
+        xpra.keep_shot(shot)
+    finally:
+        browser.stop()
+    assert len(png) > 10_000 and png_colours(png) > 20, (len(png), png_colours(png))
+    assert os.path.getsize(marker) == 0
