@@ -103,6 +103,26 @@ def test_stripping_then_restoring_round_trips(path, query) -> None:
         assert paths.to_public(path) + query == public
 
 
+def cookie_path(set_cookie: str) -> str | None:
+    """The path a browser gives this cookie (RFC 6265 5.2.4: the last Path attribute
+    that starts with "/"; None: the request's own directory, under the prefix here)."""
+    path = None
+    for attr in set_cookie.split(";")[1:]:
+        name, _, value = attr.partition("=")
+        if name.strip().lower() == "path":
+            value = value.strip()
+            path = value if value.startswith("/") else None
+    return path
+
+
+@given(st.lists(st.text(st.sampled_from("/._ab%=; \t"), max_size=12), max_size=3),
+       st.booleans())
+def test_no_cookie_path_leaves_the_prefix(paths, strip) -> None:
+    header = "k=v" + "".join(f"; Path={p}" for p in paths) + "; HttpOnly"
+    path = cookie_path(ToolPaths(PREFIX, strip=strip).set_cookie(header))
+    assert path is None or under_prefix(path, PREFIX), (header, path)
+
+
 def test_a_location_already_under_the_prefix_is_not_prefixed_twice() -> None:
     for strip in (True, False):
         paths = ToolPaths(PREFIX, strip=strip)
