@@ -68,7 +68,8 @@ from studios_gateway.auth.oidc import (
     RelyingParty,
     TokenSet,
 )
-from studios_gateway.registry.base import SESSION_ID, StoreUnavailable
+from studios_gateway.registry.base import StoreUnavailable
+from studios_gateway.wire.ids import SESSION_ID
 
 __all__ = [
     "Auth",

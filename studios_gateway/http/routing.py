@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import urlsplit
 
+from studios_gateway.wire.ids import SESSION_ID
+
 __all__ = [
     "PATH_PREFIX",
     "Mode",
@@ -26,11 +28,9 @@ __all__ = [
     "Refusal",
     "Route",
     "Router",
-    "SESSION_ID_RE",
     "parse_host",
 ]
 
-SESSION_ID_RE = re.compile(r"[a-z0-9-]{1,63}")
 PATH_PREFIX = "/_studio/"
 
 # RFC 3986 reg-name restricted to what DNS names use, or an IP literal.
@@ -115,7 +115,7 @@ class Router:
         suffix = "." + self.studios_domain
         if hostname != self.proxy_host and hostname.endswith(suffix):
             label = hostname[: -len(suffix)]
-            if not SESSION_ID_RE.fullmatch(label):
+            if not SESSION_ID.fullmatch(label):
                 return Refusal(404, "unknown-host", "There is no studio at this address.")
             return Route(label, Mode.SUBDOMAIN, target, "/")
         if hostname == self.proxy_host:
@@ -127,7 +127,7 @@ class Router:
             return Refusal(404, "not-a-studio", "There is nothing here.")
         path, qmark, query = target.partition("?")
         sid, slash, _rest = path[len(PATH_PREFIX) :].partition("/")
-        if not SESSION_ID_RE.fullmatch(sid):
+        if not SESSION_ID.fullmatch(sid):
             return Refusal(404, "not-a-studio", "That is not a studio address.")
         if _DOT_SEGMENT.search(path):
             return Refusal(400, "bad-target", "The path has dot segments.", sid)

@@ -20,8 +20,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from studios_gateway.registry.base import SESSION_ID
 from studios_gateway.wire.bind import BindError, LineBuffer
+from studios_gateway.wire.ids import SESSION_ID
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import TunnelUnavailable
 from studios_gateway.wire.splice import SpliceEnd, join

@@ -26,8 +26,9 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
+from studios_gateway.wire.ids import SESSION_ID, SESSION_ID_RULE
+
 __all__ = [
-    "SESSION_ID",
     "SINGLE_USE_ID",
     "Invalidation",
     "MAX_USER_KEYS",
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 #: A session id is one DNS label (it becomes a subdomain): lowercase letters, digits, '-'.
-SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 #: A single-use id (a login link's or hand-off code's) or a login id: URL-safe base64.
 SINGLE_USE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _TOKEN_BYTES = 32
@@ -185,7 +185,7 @@ class SessionRecord:
 
 
 def _check_record(data: dict[str, Any]) -> None:
-    _need(data, "id", "a session id (1-63 lowercase letters, digits or '-')",
+    _need(data, "id", f"a session id ({SESSION_ID_RULE})",
           lambda v: isinstance(v, str) and SESSION_ID.fullmatch(v) is not None)
     _need(data, "workspace_id", "text or null", lambda v: v is None or _is_text(v))
     _need(data, "tool", "non-empty text", _is_text)

@@ -52,7 +52,6 @@ from twisted.python.failure import Failure
 
 from studios_gateway.registry.base import (
     MAX_USER_KEYS,
-    SESSION_ID,
     SINGLE_USE_ID,
     BadUserKeys,
     Invalidation,
@@ -67,6 +66,7 @@ from studios_gateway.registry.base import (
     unique_keys,
 )
 from studios_gateway.registry.memory import Subscribers
+from studios_gateway.wire.ids import SESSION_ID
 
 # Lua scripts. KEYS are the keys touched; the channel and values come in ARGV.
 

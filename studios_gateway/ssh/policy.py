@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from studios_gateway.registry.base import SESSION_ID
+from studios_gateway.wire.ids import SESSION_ID
 
 __all__ = ["LoginName", "Refused", "ConnectionLimiter", "parse_login", "USAGE"]
 

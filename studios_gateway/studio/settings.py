@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from studios_gateway.config import ConfigError
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
 from studios_gateway.wire import tools
-from studios_gateway.wire.bind import SESSION_ID
+from studios_gateway.wire.ids import SESSION_ID
 
 CLIENT_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from studios_gateway.wire import tools
+from studios_gateway.wire.ids import SESSION_ID, SESSION_ID_RULE
 
 MAX_LINE = 4096
-SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 SSH_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 
 # Refusal codes, and whether the client should try again.
@@ -130,7 +130,7 @@ def parse_request(line: bytes) -> BindRequest:
     sid, token = data.get("session"), data.get("token")
     version, tool, port = data.get("connect_version"), data.get("tool"), data.get("tool_port")
     if not isinstance(sid, str) or not SESSION_ID.fullmatch(sid):
-        raise BindError("malformed", "session must be 1-63 lowercase letters, digits or '-'")
+        raise BindError("malformed", f"session must be {SESSION_ID_RULE}")
     if not isinstance(token, str) or not 16 <= len(token) <= 512:
         raise BindError("malformed", "token must be a string of 16 to 512 characters")
     if not isinstance(version, str) or len(version) > 32:

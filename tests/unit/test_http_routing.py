@@ -8,7 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from studios_gateway.http.routing import (
-    SESSION_ID_RE,
     Mode,
     Redirect,
     Refusal,
@@ -17,9 +16,10 @@ from studios_gateway.http.routing import (
     absolute_to_origin,
     parse_host,
 )
+from studios_gateway.wire.ids import SESSION_ID
 
 R = Router(studios_domain="studios.example.com", proxy_host="studios.example.com")
-ids = st.from_regex(SESSION_ID_RE, fullmatch=True)
+ids = st.from_regex(SESSION_ID, fullmatch=True)
 paths = st.text(alphabet=string.ascii_letters + string.digits + "/-._~%?=&", max_size=40).map(
     lambda s: "/" + s)
 
@@ -47,6 +47,9 @@ def test_refusals() -> None:
     assert R.route("studios.example.com", "/_studio/abc/../x/").status == 400  # type: ignore
     assert R.route("studios.example.com", "/_studio/abc/%2E%2e/x").status == 400  # type: ignore
     assert R.route("abc.studios.example.com", "*").status == 400  # type: ignore[union-attr]
+    # One session-id grammar everywhere (wire/ids.py): no id starts with '-'.
+    assert isinstance(R.route("-abc.studios.example.com", "/"), Refusal)
+    assert isinstance(R.route("studios.example.com", "/_studio/-abc/"), Refusal)
     no_paths = Router("studios.example.com", "studios.example.com", path_routing=False)
     assert isinstance(no_paths.route("studios.example.com", "/_studio/abc/"), Refusal)
 
@@ -91,7 +94,7 @@ def test_hostile_input_never_crashes_and_routes_only_valid_ids(host: str, target
     r = R.route(host, target)
     assert isinstance(r, Route | Redirect | Refusal)
     if isinstance(r, Route):
-        assert SESSION_ID_RE.fullmatch(r.session_id)
+        assert SESSION_ID.fullmatch(r.session_id)
         assert parse_host(host) is not None
 
 
