@@ -477,6 +477,10 @@ VARIABLES: tuple[Var, ...] = (
     _v("CONNECT_TUNNEL_PING_TIMEOUT", "tunnel_ping_timeout", "20s", _positive_duration,
        "A tunnel over which nothing arrived for this long is dead, at either end.",
        seed=False, section="tunnel"),
+    _v("CONNECT_TUNNEL_CLAIM_TTL", "tunnel_claim_ttl", "30s", _positive_duration,
+       "How long a node's claim on a tunnel lives in the registry unless refreshed (every "
+       "third of it); after a node dies its studios are routed nowhere for up to this long.",
+       seed=False, section="tunnel"),
     _v("CONNECT_NODE_ID", "node_id", None, _node_id,
        "This node's name in the session registry. Unset: host name and port.", seed=False,
        section="tunnel"),
@@ -591,6 +595,7 @@ class Config:
     tunnel_window_size: int
     tunnel_ping_interval: float
     tunnel_ping_timeout: float
+    tunnel_claim_ttl: float
     node_id: str | None
     peer_secret: str | None = field(repr=False)
     peer_tls_cert_file: str | None

@@ -416,7 +416,8 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                          f"certificate and key ({e})") from None
     settings = TunnelSettings(window_size=config.tunnel_window_size,
                               ping_interval=config.tunnel_ping_interval,
-                              ping_timeout=config.tunnel_ping_timeout)
+                              ping_timeout=config.tunnel_ping_timeout,
+                              holder_ttl=config.tunnel_claim_ttl)
     table = TunnelTable(store, node_id=config.effective_node_id, node_address=node_address,
                         clock=reactor, settings=settings,
                         metrics=TunnelMetrics(metrics.registry), ssh_host_key=ssh_host_key,

@@ -397,7 +397,10 @@ class TunnelClaims(Protocol):
         session does not exist."""
 
     def refresh_tunnel(self, holder: TunnelHolder, ttl: float) -> Deferred[bool]:
-        """Extend the holder's TTL to `ttl` if it is still ours (same tunnel and node)."""
+        """Extend the holder's TTL to `ttl` if it is still ours (same tunnel and node), or
+        claim again when no holder is stored (the claim expired, as in a store outage
+        longer than its TTL) and the session exists. False only when another tunnel or
+        node holds the session, or the session is gone: then this tunnel must close."""
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
         """Delete the holder if it is still ours; whether it was."""

@@ -146,6 +146,11 @@ class MemoryStore:
         except ValueError as e:
             return defer.fail(e)
         current = self._current(holder.session_id)
+        if current is None and holder.session_id in self._records:
+            # The claim expired (this node was too busy to refresh it?): claim it again.
+            self._tunnels[holder.session_id] = (holder, self._clock.seconds() + seconds)
+            self._subscribers.notify(holder.session_id)
+            return defer.succeed(True)
         if current is None or not _same(current, holder):
             return defer.succeed(False)
         self._tunnels[holder.session_id] = (current, self._clock.seconds() + seconds)

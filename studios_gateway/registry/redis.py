@@ -112,7 +112,16 @@ if not ok or type(h) ~= 'table' or h['tunnel_id'] ~= ARGV[1] or h['node_id'] ~= 
 end
 """
 
-_REFRESH = _OURS + """
+# Refresh: a claim that has expired (a store outage longer than its TTL) is made again,
+# so long as the session exists; a claim held by another tunnel or node is left alone.
+_REFRESH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  return 2
+end
+""" + _OURS + """
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
@@ -700,9 +709,17 @@ class RedisStore:
             px = _ms(ttl)
         except ValueError as e:
             return defer.fail(e)
-        return self._eval("refresh", _REFRESH, [self._tunnel_key(holder.session_id)],
-                          [holder.tunnel_id, holder.node_id, px]).addCallback(
-            lambda n: int(n) == 1)
+        sid = holder.session_id
+        d = self._eval("refresh", _REFRESH, [self._tunnel_key(sid), self._key(sid)],
+                       [holder.tunnel_id, holder.node_id, px, holder.to_json(), self.channel, sid])
+
+        def done(n: Any) -> bool:
+            if int(n) == 2:
+                self._log.info("the claim of session {sid}'s tunnel had expired (the store "
+                               "was away longer than its TTL?): claimed it again", sid=sid)
+            return int(n) >= 1
+
+        return d.addCallback(done)
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
         sid = holder.session_id

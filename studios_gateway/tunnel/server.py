@@ -247,13 +247,16 @@ class TunnelTable:
         """A tunnel's connection ended: forget it and release its claim if still ours."""
         if self._tunnels.get(tunnel.session_id) is tunnel:
             del self._tunnels[tunnel.session_id]
-            d = defer.maybeDeferred(self.store.release_tunnel, tunnel.holder)
-            d.addErrback(lambda f: self._log.info(
-                "could not release the claim of session {sid} ({why}); it expires by itself",
-                sid=tunnel.session_id, why=f.getErrorMessage()))
+            self._release(tunnel)
         self._update_gauge()
         if not self._tunnels:
             self._empty.fire()
+
+    def _release(self, tunnel: Tunnel) -> None:
+        d = defer.maybeDeferred(self.store.release_tunnel, tunnel.holder)
+        d.addErrback(lambda f: self._log.info(
+            "could not release the claim of session {sid} ({why}); it expires by itself",
+            sid=tunnel.session_id, why=f.getErrorMessage()))
 
     def _update_gauge(self) -> None:
         if self.metrics:
@@ -269,7 +272,12 @@ class TunnelTable:
             except Exception:
                 self._log.failure("refreshing the claim of session {sid}", sid=tunnel.session_id)
                 continue
-            if not ours and self._tunnels.get(tunnel.session_id) is tunnel:
+            if self._tunnels.get(tunnel.session_id) is not tunnel:
+                # Lost (and released) while its refresh was on the way, which may have
+                # claimed it again: release that claim (only if still ours).
+                if ours:
+                    self._release(tunnel)
+            elif not ours:
                 self._log.info("session {sid} is now held elsewhere: closing this tunnel",
                                sid=tunnel.session_id)
                 tunnel.close()

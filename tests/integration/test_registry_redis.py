@@ -121,6 +121,10 @@ class RedisContractTests(StoreContract, RedisCase):
         assert (yield self.store.release_tunnel(h)) is False
         assert (yield self.store.claim_tunnel(h, ttl)) is None
 
+    def expire(self, h: TunnelHolder, ttl: float) -> Any:
+        key = f"{self.store.prefix}:{h.session_id}:tunnel"
+        return self.store.command("PEXPIREAT", key, 1)  # a deadline in the past: gone now
+
     @defer.inlineCallbacks
     def test_key_layout(self) -> Any:
         yield self.store.create(record())

@@ -1,0 +1,77 @@
+"""The tunnel table's claims across a store outage longer than their TTL (fake clock)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from studios_gateway.registry.base import SessionRecord, hash_token
+from studios_gateway.registry.memory import MemoryStore
+from studios_gateway.tunnel.server import TunnelServerFactory, TunnelSettings, TunnelTable
+from studios_gateway.wire.bind import BindRequest
+from tests.support.stores import FlakyStore
+
+TOKEN = "t" * 20
+TTL = 30.0
+
+
+def bound() -> tuple[Clock, FlakyStore, TunnelTable, StringTransport, Any]:
+    clock = Clock()
+    store = FlakyStore(MemoryStore(clock))
+    store.create(SessionRecord(id="s1", workspace_id=None, tool="generic", owner="alice",
+                               allowed_users=(), ssh_enabled=False,
+                               token_hash=hash_token(TOKEN), created_at=0.0))
+    table = TunnelTable(store, node_id="n1", node_address="a:1", clock=clock,
+                        settings=TunnelSettings(holder_ttl=TTL, ping_interval=1000,
+                                                ping_timeout=2000))  # no pongs here
+    table.start()
+    protocol = TunnelServerFactory(table).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "generic", 8080).encode())
+    tunnel = table.get("s1")
+    assert tunnel is not None
+    return clock, store, table, transport, tunnel
+
+
+def outage(clock: Clock, store: FlakyStore, seconds: float) -> None:
+    store.up = False
+    for _ in range(int(seconds)):
+        clock.advance(1)
+    store.up = True
+
+
+def test_a_claim_expired_in_an_outage_is_claimed_again_and_the_tunnel_stays() -> None:
+    clock, store, table, transport, tunnel = bound()
+    outage(clock, store, TTL + 5)
+    assert store.inner.get_tunnel("s1").result is None  # expired while the store was away
+    clock.advance(TTL / 3)  # the next refresh round
+    assert table.get("s1") is tunnel and not transport.disconnecting
+    assert store.inner.get_tunnel("s1").result == tunnel.holder
+
+
+def test_a_claim_another_node_took_closes_the_tunnel() -> None:
+    clock, store, table, transport, tunnel = bound()
+    outage(clock, store, TTL + 5)
+    store.inner.claim_tunnel(replace(tunnel.holder, node_id="n2", tunnel_id="other"), TTL)
+    clock.advance(TTL / 3)
+    assert transport.disconnecting
+
+
+def test_a_tunnel_lost_while_its_refresh_is_out_leaves_no_claim_behind() -> None:
+    clock, store, table, transport, tunnel = bound()
+    outage(clock, store, TTL + 5)
+    # The refresh is on its way (the store is slow) when the tunnel goes away.
+    from twisted.internet import defer
+
+    answers: list[defer.Deferred[bool]] = []
+    real = store.inner.refresh_tunnel
+    store.inner.refresh_tunnel = lambda h, ttl: answers.append(defer.Deferred()) or answers[-1]
+    clock.advance(TTL / 3)
+    assert len(answers) == 1
+    table.lost(tunnel)
+    answers[0].callback(real(tunnel.holder, TTL).result)  # the late refresh claimed again
+    assert store.inner.get_tunnel("s1").result is None
