@@ -1,9 +1,10 @@
 """The proxy's HTTP/1.1 logic without transports: request heads, exchanges, the tool's side.
 
-Nothing here writes to a socket, arms a timer or waits for a Deferred. Each call
-takes bytes or decisions and returns bytes to send and what happened; the
-protocol (:mod:`studios_gateway.http.proxy`) does the I/O, the timers and the
-dispatch. So every framing decision can be driven and checked by hand:
+llhttp (httptools, through :mod:`studios_gateway.http.h1`) parses both sides'
+heads and the tool's bodies. Nothing here writes to a socket, arms a timer or
+waits for a Deferred. Each call takes bytes or decisions and returns bytes to
+send and what happened; the protocol (:mod:`studios_gateway.http.proxy`) does
+the I/O, the timers and the dispatch. So every framing decision can be driven and checked by hand:
 
 * :class:`HeadReader` gathers a client's bytes until one request head is
   complete and refuses the shapes and sizes the proxy never forwards;
@@ -21,13 +22,21 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import h11
-
 from studios_gateway.auth.login import GATEWAY_COOKIES, RequestInfo, strip_auth_cookies
 from studios_gateway.http import pages
+from studios_gateway.http.h1 import (
+    BodyError,
+    RequestBody,
+    RequestHead,
+    ResponseFramer,
+    ResponseHead,
+    ResponseReader,
+    parse_request_head,
+)
 from studios_gateway.http.headers import (
     check_head,
     connection_tokens,
+    field_value_ok,
     request_headers,
     response_headers,
     tool_set_cookies,
@@ -129,46 +138,50 @@ class HeadReader:
                              max_header_count=lim.max_header_count)
         if problem is not None:
             return HeadRefused(problem.status, problem.reason)
-        h = h11.Connection(h11.SERVER, max_incomplete_event_size=lim.max_header_bytes + 1024)
-        h.receive_data(head)
-        try:
-            event = h.next_event()
-        except h11.RemoteProtocolError as e:
-            return HeadRefused(400, str(e))
-        if not isinstance(event, h11.Request):
-            return HeadRefused(400, "no request")
+        request = parse_request_head(head)
+        if isinstance(request, str):
+            return HeadRefused(400, request)
+        body = RequestBody(head, request, lim.max_header_bytes + 1024)
         if rest:
-            h.receive_data(rest)
-        return Exchange(event, h, lim)
+            body.feed(rest)
+        return Exchange(request, body, lim)
 
 
 class ToolCodec:
     """HTTP/1.1 towards one tool connection; it outlives exchanges while pooled."""
 
     def __init__(self, max_head: int):
-        self.h = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
+        self.reader = ResponseReader(max_head)
+        self.events: list[Any] = []
+        self.error: str | None = None
 
     def receive(self, data: bytes) -> None:
-        self.h.receive_data(data)
+        if self.error is not None:
+            return
+        try:
+            self.events += self.reader.feed(data)
+        except BodyError as e:
+            self.error = str(e)
 
     def closed(self) -> None:
         """The tool closed the connection (a close-delimited body ends here)."""
-        self.h.receive_data(b"")
+        self.events += self.reader.closed()
 
     def idle(self) -> bool:
-        """Both sides finished their messages: the connection may serve another request."""
-        return self.h.our_state is h11.DONE and self.h.their_state is h11.DONE
+        """The last response was read whole and the tool keeps the connection open."""
+        return self.error is None and self.reader.reusable()
 
     def next_cycle(self) -> None:
-        self.h.start_next_cycle()
+        self.events.clear()
 
 
 class Exchange:
     """One request/response on a client connection (see the module's docstring)."""
 
-    def __init__(self, request: h11.Request, h: h11.Connection, limits: Limits):
+    def __init__(self, request: RequestHead, body: RequestBody, limits: Limits):
         self.request = request
-        self.h = h  # server side, this cycle only
+        self.body = body
+        self.framer = ResponseFramer(request)
         self.limits = limits
         self.host = ""
         self.target = ""  # origin-form
@@ -187,6 +200,7 @@ class Exchange:
         self.client_done = False  # the whole request was read from the client
         self.request_done = False  # ... and sent to the tool
         self.response_started = False
+        self.head_sent = False  # a final response head went to the client
         self.pipelined = 0
         self.problem: HeadRefused | None = None  # why the body was refused / the tool broke
         self.status: int | None = None  # the status sent to the client (for the access log)
@@ -200,7 +214,7 @@ class Exchange:
     def begin(self, scheme: str, peer: str | None, peer_port: int) -> Answer | None:
         """Read the request's facts; an answer when it is refused at once."""
         req = self.request
-        raw = list(req.headers.raw_items())
+        raw = req.headers
         host = next(v for k, v in raw if k.lower() == b"host").decode("latin-1")
         target = req.target.decode("latin-1")
         self.host = host
@@ -215,17 +229,17 @@ class Exchange:
                                 headers=tuple(raw), scheme=scheme,
                                 client=(peer, peer_port) if peer else None)
         tokens = connection_tokens(raw)
-        self.upgrade = b"upgrade" in tokens and any(k.lower() == b"upgrade" for k, _ in raw)
-        length = next((v for k, v in raw if k.lower() == b"content-length"), None)
+        self.upgrade = b"upgrade" in tokens and req.upgrade_offered
         max_body = self.limits.max_body
-        if max_body is not None and length is not None and int(length) > max_body:
+        if max_body is not None and req.content_length is not None \
+                and req.content_length > max_body:
             return Answer(pages.status_page(413, "The request body is too large."), True)
         return None
 
     def client_data(self, data: bytes) -> bool:
         """More client bytes while this exchange runs; True when too many wait behind a
         complete request (pipelined) and the client's reads should pause."""
-        self.h.receive_data(data)
+        self.body.feed(data)
         if self.client_done:
             self.pipelined += len(data)
             return self.pipelined > self.limits.max_header_bytes
@@ -236,124 +250,123 @@ class Exchange:
         """The request head for the tool; NotForwardable when it cannot be sent."""
         assert self.route is not None
         req = self.request
-        raw = strip_auth_cookies(req.headers.raw_items())
+        raw = strip_auth_cookies(req.headers)
         framing = None
-        for k, v in raw:
-            lk = k.lower()
-            if lk == b"content-length":
-                framing = (b"Content-Length", v.strip())
-            elif lk == b"transfer-encoding":
-                framing = (b"Transfer-Encoding", b"chunked")
+        if req.chunked:
+            framing = (b"Transfer-Encoding", b"chunked")
+        else:
+            for k, v in raw:
+                if k.lower() == b"content-length":
+                    framing = (b"Content-Length", v.strip())
         try:
             headers = request_headers(
                 raw, peer=peer, trusted=trusted,
                 scheme=scheme, subject=self.subject, upgrade=self.upgrade, framing=framing)
-            target = self.route.upstream_target
-            if self.tool is not None:
-                headers, target = self.tool.request_headers(headers), self.tool.target(target)
-            # Every header value came from h11's parse of the client's request, from the
-            # transport (the peer's address), from the session id (the tool route's) or
-            # was checked by request_headers (the subject, ValueError): h11 need not
-            # validate them again (`_parsed`; the method and target it still checks).
-            return codec.h.send(h11.Request(method=req.method, target=target.encode(),
-                                            headers=headers, _parsed=True)) or b""
-        except (h11.LocalProtocolError, ValueError) as e:
+        except ValueError as e:
             raise NotForwardable(str(e)) from None
+        target = self.route.upstream_target
+        if self.tool is not None:
+            headers, target = self.tool.request_headers(headers), self.tool.target(target)
+        # Every header value came from the client's checked head, from the transport
+        # (the peer's address), from the session id (the tool route's) or was checked
+        # by request_headers (the subject); Host goes first.
+        lines = [b"%s %s HTTP/1.1\r\n" % (req.method, target.encode())]
+        lines += [b"%s: %s\r\n" % nv for nv in headers if nv[0].lower() == b"host"]
+        lines += [b"%s: %s\r\n" % nv for nv in headers if nv[0].lower() != b"host"]
+        lines.append(b"\r\n")
+        codec.reader.expect(req.method)
+        return b"".join(lines)
 
     def pump_request(self, codec: ToolCodec) -> tuple[bytes, Step]:
         """The request body read so far, framed for the tool; COMPLETE includes its end."""
-        lim = self.limits
-        out: list[bytes] = []
-        while True:
-            event = self._next_event(self.h, 400, "malformed request body")
-            if event is None:
-                return b"".join(out), Step.REFUSED
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return b"".join(out), Step.NEED_DATA
-            if isinstance(event, h11.Data):
-                self.body_bytes += len(event.data)
-                if lim.max_body is not None and self.body_bytes > lim.max_body:
-                    self.problem = HeadRefused(413, "The request body is too large.")
-                    return b"".join(out), Step.REFUSED
-                self.body_started = True
-                out.append(codec.h.send(h11.Data(data=event.data)) or b"")
-            elif isinstance(event, h11.EndOfMessage):
-                self.client_done = True
-                out.append(self.end_request(codec))
-                return b"".join(out), Step.COMPLETE
-            elif isinstance(event, h11.ConnectionClosed):
-                return b"".join(out), Step.CLOSED
-
-    def _next_event(self, h: h11.Connection, status: int, what: str) -> Any:
-        """h's next event; None (and the problem noted) when the peer broke the protocol."""
         try:
-            return h.next_event()
-        except h11.RemoteProtocolError as e:
-            self.problem = HeadRefused(status, f"{what}: {e}")
-            return None
+            data = self.body.read()
+        except BodyError as e:
+            self.problem = HeadRefused(400, f"malformed request body: {e}")
+            return b"", Step.REFUSED
+        out = b""
+        if data:
+            self.body_bytes += len(data)
+            max_body = self.limits.max_body
+            if max_body is not None and self.body_bytes > max_body:
+                self.problem = HeadRefused(413, "The request body is too large.")
+                return b"", Step.REFUSED
+            self.body_started = True
+            out = b"%x\r\n%s\r\n" % (len(data), data) if self.request.chunked else data
+        if self.body.done:
+            self.client_done = True
+            return out + self.end_request(codec), Step.COMPLETE
+        return out, Step.NEED_DATA
 
     def end_request(self, codec: ToolCodec) -> bytes:
         """The end of the request for the tool (a retry sends it again after the head)."""
         self.request_done = True
-        return codec.h.send(h11.EndOfMessage()) or b""
+        return b"0\r\n\r\n" if self.request.chunked else b""
 
     # The response ---------------------------------------------------------------------------
 
     def pump_response(self, codec: ToolCodec) -> tuple[bytes, Step, Any]:
         """What the tool's bytes so far make for the client, and how it ended: SWITCH
-        comes with the tool's 101 event (nothing of it in the bytes)."""
+        comes with the tool's 101 head (nothing of it in the bytes)."""
         out: list[bytes] = []
-        while True:
-            event = self._next_event(codec.h, 502, "bad response from the tool")
+        framer = self.framer
+        events = codec.events
+        while events:
+            event = events.pop(0)
             if event is None:
-                return b"".join(out), Step.BROKEN, None
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return b"".join(out), Step.NEED_DATA, None
-            if isinstance(event, h11.InformationalResponse):
-                if event.status_code == 101:
-                    return b"".join(out), Step.SWITCH, event
-                out.append(self.h.send(h11.InformationalResponse(
-                    status_code=event.status_code, reason=event.reason,
-                    headers=self._response_headers(event, upgrade=False)[0])))
-            elif isinstance(event, h11.Response):
-                self.response_started = True
-                self.status = event.status_code
-                headers, parsed = self._response_headers(event, upgrade=False)
-                out.append(self.h.send(h11.Response(
-                    status_code=event.status_code, reason=event.reason, headers=headers,
-                    _parsed=parsed)))
-            elif isinstance(event, h11.Data):
-                out.append(self.h.send(h11.Data(data=event.data)))
-            elif isinstance(event, h11.EndOfMessage):
-                out.append(self.h.send(h11.EndOfMessage()))
+                out.append(framer.end())
                 return b"".join(out), Step.COMPLETE, None
-            elif isinstance(event, h11.ConnectionClosed):
-                return b"".join(out), Step.NEED_DATA, None
+            if type(event) is bytes:
+                out.append(framer.data(event))
+            elif event.status == 101:
+                return b"".join(out), Step.SWITCH, event
+            else:
+                try:
+                    headers = self._response_headers(event, upgrade=False)
+                except NotForwardable as e:
+                    self.problem = HeadRefused(502, str(e))
+                    return b"".join(out), Step.BROKEN, None
+                if event.status < 200:
+                    out.append(framer.informational(event.status, event.reason, headers))
+                    continue
+                self.response_started = True
+                self.status = event.status
+                self.head_sent = True
+                out.append(framer.head(event.status, event.reason, headers))
+        if codec.error is not None:
+            self.problem = HeadRefused(502, f"bad response from the tool: {codec.error}")
+            return b"".join(out), Step.BROKEN, None
+        return b"".join(out), Step.NEED_DATA, None
 
-    def _response_headers(self, event: Any, upgrade: bool
-                          ) -> tuple[list[tuple[bytes, bytes]], bool]:
-        """The headers for the client, and whether they are all as h11 parsed them from
-        the tool (then h11 need not validate them again). The tool's cookies stay its
-        own: no Domain, none named like the gateway's (every response passes here)."""
-        headers, cookies_changed = tool_set_cookies(
-            response_headers(event.headers.raw_items(), upgrade=upgrade), GATEWAY_COOKIES)
+    def _response_headers(self, event: ResponseHead, upgrade: bool) -> list[tuple[bytes, bytes]]:
+        """The headers for the client. The tool's cookies stay its own: no Domain, none
+        named like the gateway's (every response passes here); the tool route keeps
+        redirects and cookies under the studio's prefix in path mode. Rewritten values
+        are checked (NotForwardable)."""
+        headers, changed = tool_set_cookies(response_headers(event.headers, upgrade=upgrade),
+                                            GATEWAY_COOKIES)
         if self.tool is not None and self.info is not None:
-            headers, changed = self.tool.response_headers(headers, self.info.host, self.info.path)
-            return headers, not (changed or cookies_changed)
-        return headers, not cookies_changed
+            headers, route_changed = self.tool.response_headers(headers, self.info.host,
+                                                                self.info.path)
+            changed = changed or route_changed
+        if changed and not all(field_value_ok(v) for _, v in headers):
+            raise NotForwardable("a rewritten response header is no valid field value")
+        return headers
 
     def switch(self, codec: ToolCodec, event: Any) -> tuple[bytes, bytes, bytes] | None:
         """After the tool's 101: the head for the client, the tool's bytes after it, the
         client's bytes after its request; None when the client never asked to switch."""
-        try:
-            head = self.h.send(h11.InformationalResponse(
-                status_code=101, reason=event.reason,
-                headers=self._response_headers(event, upgrade=True)[0]))
-        except h11.LocalProtocolError:
+        if not (self.request.upgrade_offered and self.client_done) or self.head_sent:
             self.problem = HeadRefused(502, "the tool switched protocols unasked")
             return None
+        try:
+            headers = self._response_headers(event, upgrade=True)
+        except NotForwardable as e:
+            self.problem = HeadRefused(502, str(e))
+            return None
+        head = self.framer.informational(101, event.reason, headers)
         self.status = 101
-        return head, codec.h.trailing_data[0], self.h.trailing_data[0]
+        return head, codec.reader.switched_rest or b"", self.body.leftover()
 
     def reusable(self, codec: ToolCodec) -> bool:
         """After the response: the tool connection can go back to the pool."""
@@ -363,37 +376,32 @@ class Exchange:
 
     def answer(self, answer: Any, close: bool = False) -> tuple[bytes | None, bool]:
         """The bytes of a response made here and whether the connection closes after it;
-        None when it cannot be sent (the exchange's state does not allow it)."""
-        complete = self.client_done
-        while not complete:
+        None when it cannot be sent (a response head went out already)."""
+        if self.head_sent:
+            self.problem = HeadRefused(answer.status, "a response was sent already")
+            return None, True
+        body = self.body
+        if not body.done:
             try:
-                event = self.h.next_event()
-            except h11.RemoteProtocolError:
-                break
-            if isinstance(event, h11.EndOfMessage):
-                complete = True
-            elif not isinstance(event, h11.Data):
-                break
+                body.read()  # what the client sent of its body is dropped
+            except BodyError:
+                pass
+        complete = body.done
         headers = [(k, v) for k, v in answer.headers if k.lower() != b"connection"]
         if close or not complete:
             headers.append((b"Connection", b"close"))
-        try:
-            data = self.h.send(h11.Response(status_code=answer.status, headers=headers,
-                                            reason=pages.reason_phrase(answer.status)))
-            if answer.body and self.request.method != b"HEAD":
-                data += self.h.send(h11.Data(data=answer.body))
-            data += self.h.send(h11.EndOfMessage())
-        except h11.LocalProtocolError as e:
-            self.problem = HeadRefused(answer.status, str(e))
-            return None, True
+        framer = self.framer
+        self.head_sent = True
+        data = framer.head(answer.status, pages.reason_phrase(answer.status), headers)
+        if answer.body and self.request.method != b"HEAD":
+            data += framer.data(answer.body)
+        data += framer.end()
         self.status = answer.status
         return data, close or not complete
 
     def leftover(self) -> bytes | None:
         """After the response: the client's bytes for the next request, or None when the
         connection cannot carry another one."""
-        h = self.h
-        if h.our_state is not h11.DONE or h.their_state is not h11.DONE:
+        if not (self.framer.done and self.framer.keep_alive and self.body.done):
             return None
-        data, closed = h.trailing_data
-        return None if closed else data
+        return self.body.leftover()

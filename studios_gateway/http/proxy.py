@@ -648,7 +648,8 @@ class ProxyProtocol(Protocol):
         self._cancel_response_timer()
         switched = ex.switch(conn.codec, event)
         if switched is None:
-            self._upstream_broken(ex, conn, "the tool switched protocols unasked")
+            assert ex.problem is not None
+            self._upstream_broken(ex, conn, ex.problem.why)
             return
         head, up_rest, client_rest = switched
         self._ex = None
@@ -738,7 +739,7 @@ class ProxyProtocol(Protocol):
             kind, started=self._started, duration=now - self._started,
             session_id=ex.session_id, tool=ex.tool.spec.name if ex.tool else "",
             subject=ex.subject,
-            client=client_address(ex.request.headers.raw_items(), self._peer, self._trusted),
+            client=client_address(ex.request.headers, self._peer, self._trusted),
             method=ex.request.method.decode("ascii", "replace"),
             path=path_only(ex.info.path if ex.info else ex.request.target.decode("latin-1")),
             status=ex.status, bytes_in=self._bytes_in - self._mark_in,

@@ -109,3 +109,62 @@ def test_a_101_switches_and_hands_over_the_bytes_after_it() -> None:
     head, up_rest, client_rest = switched
     assert head.startswith(b"HTTP/1.1 101 ") and up_rest == b"\x82\x00"
     assert client_rest == b"\x81\x00"
+
+
+def answered(request: bytes, response: bytes | list[bytes]) -> tuple[Exchange, ToolCodec,
+                                                                     bytes, Step]:
+    ex = started(request)
+    tool = ToolCodec(1 << 16)
+    ex.tool_head(tool, peer=None, trusted=False, scheme="http")
+    ex.pump_request(tool)
+    out, step = b"", Step.NEED_DATA
+    for piece in response if isinstance(response, list) else [response]:
+        tool.receive(piece)
+        data, step, _ = ex.pump_response(tool)
+        out += data
+    return ex, tool, out, step
+
+
+def test_response_framing_follows_the_client_and_the_tool() -> None:
+    # no length from the tool: chunked to an HTTP/1.1 client, close-delimited to 1.0
+    ex, tool, out, step = answered(GET, b"HTTP/1.1 200 OK\r\n\r\nsome")
+    assert step is Step.NEED_DATA
+    assert out.endswith(b"Transfer-Encoding: chunked\r\n\r\n4\r\nsome\r\n")
+    tool.closed()
+    out, step, _ = ex.pump_response(tool)
+    assert (out, step) == (b"0\r\n\r\n", Step.COMPLETE) and not ex.reusable(tool)
+    assert ex.leftover() == b""
+    old = GET.replace(b"HTTP/1.1", b"HTTP/1.0")
+    ex, tool, out, _ = answered(old, b"HTTP/1.1 200 OK\r\n\r\nsome")
+    assert b"Transfer-Encoding" not in out and out.endswith(b"Connection: close\r\n\r\nsome")
+    # HEAD: the length header stays, no body; the connection is kept
+    head = GET.replace(b"GET", b"HEAD")
+    ex, tool, out, step = answered(head, b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
+    assert step is Step.COMPLETE and out.endswith(b"Content-Length: 9\r\n\r\n")
+    assert ex.reusable(tool) and ex.leftover() == b""
+    # 204 and a tool that closes: answered, the tool's connection not pooled
+    ex, tool, out, step = answered(GET, b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+    assert step is Step.COMPLETE and out == b"HTTP/1.1 204 No Content\r\n\r\n"
+    assert not ex.reusable(tool) and ex.leftover() == b""
+    # the client asked to close
+    closing = GET.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    ex, tool, out, _ = answered(closing, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    assert out.endswith(b"Connection: close\r\n\r\nhi") and ex.leftover() is None
+
+
+def test_a_response_split_anywhere_and_informational_heads() -> None:
+    raw = (b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+           b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+    for cut in range(1, len(raw)):
+        ex, tool, out, step = answered(GET, [raw[:cut], raw[cut:]])
+        assert step is Step.COMPLETE, cut
+        assert out.startswith(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"), cut
+        assert out.endswith(b"\r\n\r\nhello") and ex.reusable(tool), cut
+
+
+def test_a_tool_that_says_more_than_its_response_is_not_pooled() -> None:
+    ex, tool, _, step = answered(GET, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+                                      b"HTTP/1.1 200 OK\r\n")
+    assert step is Step.COMPLETE and not ex.reusable(tool)
+    ex, tool, _, step = answered(GET, b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")
+    assert step is Step.BROKEN and ex.problem is not None and ex.problem.status == 502

@@ -1,0 +1,379 @@
+"""HTTP/1.1 messages for the proxy's hot path: llhttp (httptools) parses, we frame.
+
+* :func:`parse_request_head` parses a complete request head that
+  :func:`~studios_gateway.http.headers.check_head` accepted (llhttp in C, plus the
+  field checks h11 made: target characters, field values);
+* :class:`RequestBody` reads the body that follows (none, Content-Length or
+  chunked) and keeps the bytes after it for the next request;
+* :class:`ResponseReader` reads the tool's responses (llhttp), one exchange at a time;
+* :class:`ResponseFramer` writes responses for the client: status line, headers
+  and the body framing h11 would choose (Content-Length kept, chunked for a body
+  of unknown length to an HTTP/1.1 client, close-delimited to HTTP/1.0, none for
+  HEAD, 204 and 304; ``Connection: close`` when the connection will not be kept).
+
+docs/decisions/http-parser.md says why llhttp, and what is still h11's (chunked
+request bodies, the rare path).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+import httptools
+
+__all__ = ["BodyError", "RequestBody", "RequestHead", "ResponseFramer", "ResponseHead",
+           "ResponseReader", "parse_request_head"]
+
+Headers = list[tuple[bytes, bytes]]
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+# h11's field-value (RFC 9110 with obs-text): no NUL, no whitespace but inner spaces/tabs.
+_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_NO_BODY_STATUS = (204, 304)
+
+
+class BodyError(Exception):
+    """A malformed request body (a bad chunk)."""
+
+
+@dataclass
+class RequestHead:
+    method: bytes
+    target: bytes
+    version: bytes  # b"1.0" or b"1.1"
+    headers: Headers  # as received: raw names, values without surrounding whitespace
+    keep_alive: bool  # no "Connection: close" and HTTP/1.1
+    upgrade_offered: bool  # an Upgrade header (what lets the tool answer 101)
+    content_length: int | None
+    chunked: bool
+
+
+class _HeadCollector:
+    __slots__ = ("target", "headers")
+
+    def __init__(self) -> None:
+        self.target = b""
+        self.headers: Headers = []
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+
+def parse_request_head(head: bytes) -> RequestHead | str:
+    """The request in `head` (complete, ending in CRLF CRLF), or why it is refused."""
+    c = _HeadCollector()
+    p = httptools.HttpRequestParser(c)
+    try:
+        p.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass  # the head is complete; what follows is not parsed here
+    except httptools.HttpParserError as e:
+        return f"malformed request ({e})"
+    if not _TARGET.fullmatch(c.target):
+        return "malformed request target"
+    keep_alive = True
+    upgrade = False
+    length = None
+    chunked = False
+    for name, value in c.headers:
+        if not _VALUE.fullmatch(value):
+            return "malformed header value"
+        lname = name.lower()
+        if lname == b"connection":
+            if b"close" in (t.strip().lower() for t in value.split(b",")):
+                keep_alive = False
+        elif lname == b"upgrade":
+            upgrade = True
+        elif lname == b"content-length":
+            length = int(value)
+        elif lname == b"transfer-encoding":
+            chunked = True  # check_head let only "chunked" through
+    version = b"1.1" if head[head.index(b"\r\n") - 1:head.index(b"\r\n")] == b"1" else b"1.0"
+    if version == b"1.0":
+        keep_alive = False
+    return RequestHead(p.get_method(), c.target, version, c.headers, keep_alive, upgrade,
+                       length, chunked)
+
+
+class RequestBody:
+    """The body of one request and the client's bytes after it.
+
+    Content-Length bodies are counted here; chunked ones (rare from browsers) are
+    decoded by h11, exactly as before llhttp took the heads.
+    """
+
+    def __init__(self, head_bytes: bytes, head: RequestHead, max_head: int):
+        self._remaining = 0 if head.chunked else (head.content_length or 0)
+        self._chunked: h11.Connection | None = None
+        self._buf = bytearray()
+        self.done = not head.chunked and self._remaining == 0
+        if head.chunked:
+            self._chunked = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+            self._chunked.receive_data(head_bytes)
+            event = self._chunked.next_event()
+            assert isinstance(event, h11.Request)
+
+    def feed(self, data: bytes) -> None:
+        if self._chunked is not None:
+            self._chunked.receive_data(data)
+        else:
+            self._buf += data
+
+    def read(self) -> bytes:
+        """The body bytes available now (BodyError for a malformed one); `done` once the
+        whole body was read."""
+        if self._chunked is not None:
+            out = []
+            while not self.done:
+                try:
+                    event = self._chunked.next_event()
+                except h11.RemoteProtocolError as e:
+                    raise BodyError(str(e)) from None
+                if isinstance(event, h11.Data):
+                    out.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    self.done = True
+                else:
+                    break
+            return b"".join(out)
+        n = self._remaining
+        if not n or not self._buf:
+            return b""
+        buf = self._buf
+        if len(buf) <= n:
+            chunk = bytes(buf)
+            buf.clear()
+        else:
+            chunk = bytes(buf[:n])
+            del buf[:n]
+        self._remaining = n - len(chunk)
+        self.done = self._remaining == 0
+        return chunk
+
+    def leftover(self) -> bytes:
+        """The bytes after the body (the next request's), once `done`."""
+        if self._chunked is not None:
+            return bytes(self._chunked.trailing_data[0])
+        return bytes(self._buf)
+
+
+@dataclass
+class ResponseHead:
+    status: int
+    reason: bytes
+    headers: Headers
+
+
+class ResponseReader:
+    """The tool's side of one connection: its response to each request, as events.
+
+    ``feed`` returns a list of events: a :class:`ResponseHead` (1xx ones included),
+    body ``bytes``, and ``None`` at the end of the response. A 101 ends the list; the
+    bytes after its head are in ``switched_rest``. BodyError for a malformed response.
+    """
+
+    def __init__(self, max_head: int):
+        self.max_head = max_head
+        self._parser: Any = None
+        self._events: list[Any] = []
+        self._headers: Headers = []
+        self._reason = b""
+        self._head_bytes = bytearray()  # this exchange's bytes until its final head
+        self._heads = 0
+        self._head_only = False
+        self._until_close = False
+        self.keep_alive = False
+        self.started = False  # a final response head was read
+        self.done = False  # the whole response was read
+        self.extra = False  # the tool sent more than the response: not reusable
+        self.switched_rest: bytes | None = None
+
+    def expect(self, method: bytes) -> None:
+        """A request went out: read its response (`method` decides whether it has a body)."""
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_only = method == b"HEAD"
+        self._head_bytes = bytearray()
+        self._heads = 0
+        self._until_close = False
+        self.keep_alive = False
+        self.started = self.done = self.extra = False
+        self.switched_rest = None
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True  # the tool says more than the response
+        self._headers = []
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.done:
+            return
+        status = self._parser.get_status_code()
+        self._heads += 1
+        self._events.append(ResponseHead(status, self._reason, self._headers))
+        if status == 101:
+            raise _Switched()
+        if status >= 200:
+            self.started = True
+            self.keep_alive = self._parser.should_keep_alive()
+            if self._head_only:
+                raise _HeadOnly()
+            names = {n.lower() for n, _ in self._headers}
+            self._until_close = (status not in _NO_BODY_STATUS
+                                 and b"content-length" not in names
+                                 and b"transfer-encoding" not in names)
+
+    def on_body(self, body: bytes) -> None:
+        if not self.done:
+            self._events.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.started and not self.done:
+            self.keep_alive = self.keep_alive and self._parser.should_keep_alive()
+            self.done = True
+            self._events.append(None)
+
+    def feed(self, data: bytes) -> list[Any]:
+        if self.done or self._parser is None:
+            if data:
+                self.extra = True
+            return []
+        if not self.started:
+            self._head_bytes += data
+            if len(self._head_bytes) > self.max_head and b"\r\n\r\n" not in self._head_bytes:
+                raise BodyError("response head too large")
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.switched_rest = self._after_heads()
+            self.done = True
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, _Switched):
+                self.switched_rest = self._after_heads()
+                self.done = True
+            elif isinstance(cause, _HeadOnly):
+                self.extra = bool(self._after_heads())
+                self.done = True
+                self._events.append(None)
+            elif not self.done:
+                raise BodyError(str(e)) from None
+            else:
+                self.extra = True
+        except httptools.HttpParserError as e:
+            if not self.done:
+                raise BodyError(str(e)) from None
+            self.extra = True
+        events, self._events = self._events, []
+        if self.started:
+            self._head_bytes = bytearray()
+        return events
+
+    def _after_heads(self) -> bytes:
+        """The bytes after the last head read (1xx heads have no body)."""
+        raw = bytes(self._head_bytes)
+        end = -4
+        for _ in range(self._heads):
+            end = raw.find(b"\r\n\r\n", end + 4)
+        return raw[end + 4:]
+
+    def reusable(self) -> bool:
+        return self.done and self.keep_alive and not self.extra
+
+    def closed(self) -> list[Any]:
+        """The tool closed: a body delimited by the close ends here."""
+        if self.started and not self.done and self._until_close:
+            self.done = True
+            self.keep_alive = False
+            return [None]
+        return []
+
+
+class _Switched(Exception):
+    pass
+
+
+class _HeadOnly(Exception):
+    pass
+
+
+class ResponseFramer:
+    """Responses for one client request, framed as h11 would frame them."""
+
+    def __init__(self, request: RequestHead):
+        self.request = request
+        self.keep_alive = request.keep_alive
+        self._mode = "none"  # "length", "chunked", "close", "none"
+        self.done = False
+
+    def head(self, status: int, reason: bytes, headers: Headers) -> bytes:
+        """A final response head; the body framing follows from the headers."""
+        req = self.request
+        lower = [n.lower() for n, _ in headers]
+        if status in _NO_BODY_STATUS or req.method == b"HEAD":
+            # HEAD answers with the GET framing headers but no body; 204/304 have none
+            mode = "none"
+            if status not in _NO_BODY_STATUS and (b"transfer-encoding" in lower
+                                                  or b"content-length" not in lower):
+                headers = self._unknown_length(headers, lower)
+        elif b"transfer-encoding" in lower or b"content-length" not in lower:
+            headers = self._unknown_length(headers, lower)
+            mode = "chunked" if req.version == b"1.1" else "close"
+        else:
+            mode = "length"
+        if b"connection" in lower:
+            for n, v in headers:
+                if n.lower() == b"connection" and b"close" in v.lower():
+                    self.keep_alive = False
+        if not self.keep_alive:
+            headers = [(n, v) for n, v in headers if n.lower() != b"connection"]
+            headers.append((b"Connection", b"close"))
+        self._mode = mode
+        return _head(status, reason, headers)
+
+    def _unknown_length(self, headers: Headers, lower: list[bytes]) -> Headers:
+        headers = [(n, v) for n, v in headers
+                   if n.lower() not in (b"content-length", b"transfer-encoding")]
+        if self.request.version == b"1.1":
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        elif self.request.method != b"HEAD":
+            self.keep_alive = False
+        return headers
+
+    def informational(self, status: int, reason: bytes, headers: Headers) -> bytes:
+        return _head(status, reason, headers)
+
+    def data(self, data: bytes) -> bytes:
+        mode = self._mode
+        if mode == "chunked":
+            return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+        if mode == "none":
+            return b""
+        return data
+
+    def end(self) -> bytes:
+        self.done = True
+        if self._mode == "chunked":
+            return b"0\r\n\r\n"
+        if self._mode == "close":
+            self.keep_alive = False
+        return b""
+
+
+def _head(status: int, reason: bytes, headers: Headers) -> bytes:
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    lines += [b"%s: %s\r\n" % nv for nv in headers]
+    lines.append(b"\r\n")
+    return b"".join(lines)
