@@ -515,6 +515,15 @@ VARIABLES: tuple[Var, ...] = (
 )
 
 BY_NAME: dict[str, Var] = {v.name: v for v in VARIABLES}
+_BY_ATTR: dict[str, Var] = {v.attr: v for v in VARIABLES}
+
+
+def default_of(attr: str) -> Any:
+    """The parsed default of the setting stored as `attr` (None when it has none). Parts
+    that can be built without a Config (in tests) take their defaults from here, so each
+    setting has one default."""
+    var = _BY_ATTR[attr]
+    return None if var.default is None else var.parse(var.default)
 BY_OPTION: dict[str, Var] = {v.option: v for v in VARIABLES}
 
 #: Variables of the connect client: known, so not reported as misspellings.

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from studios_gateway.auth.login import GATEWAY_COOKIES, RequestInfo, strip_auth_cookies
+from studios_gateway.config import default_of
 from studios_gateway.http import pages
 from studios_gateway.http.h1 import (
     BodyError,
@@ -52,15 +53,20 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 @dataclass(frozen=True)
 class Limits:
-    max_request_line: int = 8 * 1024  # 414
-    max_header_bytes: int = 64 * 1024  # 431 (request line and fields together)
-    max_header_count: int = 100  # 431
-    header_timeout: float = 30.0  # 408: from the first byte (or the connection) to a full head
-    idle_timeout: float = 75.0  # a keep-alive connection with no request is closed
-    max_connections: int = 10_000  # 503 beyond this many client connections
-    max_body: int | None = None  # 413; None = unlimited
-    connect_timeout: float = 30.0  # 504 when the tool's connection is not up in time
-    response_timeout: float = 300.0  # 504 when no response head this long after the request
+    # Defaults are the settings' (CONNECT_HTTP_*), read from config: one default each.
+    max_request_line: int = default_of("http_max_request_line")  # 414
+    # 431 (request line and fields together)
+    max_header_bytes: int = default_of("http_max_header_size")
+    max_header_count: int = default_of("http_max_headers")  # 431
+    # 408: from the first byte (or the connection) to a full head
+    header_timeout: float = default_of("http_header_timeout")
+    idle_timeout: float = default_of("http_idle_timeout")  # an idle keep-alive is closed
+    max_connections: int = default_of("http_max_connections")  # 503 beyond this many
+    max_body: int | None = default_of("http_max_body")  # 413; None = unlimited
+    # 504 when the tool's connection is not up in time
+    connect_timeout: float = default_of("http_connect_timeout")
+    # 504 when no response head this long after the request
+    response_timeout: float = default_of("http_response_timeout")
 
 
 def raw_response(page: pages.Page) -> bytes:

@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.auth.login import RequestInfo
+from studios_gateway.config import default_of
 from studios_gateway.http import pages
 from studios_gateway.http.deadline import Deadline
 from studios_gateway.http.exchange import (
@@ -161,7 +162,8 @@ class ProxyFactory(Factory):
                  local_routes: Callable[[RequestInfo], Deferred[Any]] | None = None,
                  track: Track | None = None, observer: Any = None,
                  trusted_proxy_cidrs: Sequence[Network] = (), scheme: str = "http",
-                 max_idle_per_session: int = 8, upstream_idle_timeout: float = 4.0,
+                 max_idle_per_session: int = default_of("http_pool_size"),
+                 upstream_idle_timeout: float = default_of("http_pool_idle_timeout"),
                  max_request_line: int = Limits.max_request_line,
                  max_header_bytes: int = Limits.max_header_bytes,
                  max_header_count: int = Limits.max_header_count,
