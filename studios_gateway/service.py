@@ -70,9 +70,15 @@ def build_store(config: Config, clock: Any) -> CachingStore:
             tls_ca_file=config.redis_tls_ca_file, clock=clock,
             node_id=config.effective_node_id)
     else:
+        from studios_gateway.private_files import StorageError
         from studios_gateway.registry.memory import MemoryStore
+        from studios_gateway.registry.sessions_file import sessions_path
 
-        inner = MemoryStore(clock)
+        # One node: the sessions outlast a restart in CONNECT_STORAGE_ROOT/sessions.json.
+        try:
+            inner = MemoryStore(clock, sessions_file=sessions_path(config.storage_root))
+        except StorageError as e:
+            raise StartError(f"the saved sessions cannot be loaded: {e}") from None
     return CachingStore(inner, config.local_cache_ttl, clock)
 
 

@@ -7,32 +7,17 @@ process starting at the same moment never leaves a half-written key.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from studios_gateway.private_files import StorageError, read_json, write_private_json, write_temp
+
+__all__ = ["KEY_BYTES", "Journal", "StorageError", "load_or_create_key", "read_json",
+           "write_private_json"]
+
 KEY_BYTES = 32
-
-
-class StorageError(Exception):
-    """A file under the storage root cannot be read or written; the message says which."""
-
-
-def _write_temp(directory: Path, data: bytes) -> str:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
 
 
 def load_or_create_key(path: str | Path, size: int = KEY_BYTES) -> bytes:
@@ -45,7 +30,7 @@ def load_or_create_key(path: str | Path, size: int = KEY_BYTES) -> bytes:
     try:
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not p.exists():
-            tmp = _write_temp(p.parent, secrets.token_bytes(size))
+            tmp = write_temp(p.parent, secrets.token_bytes(size))
             try:
                 os.link(tmp, p)
             except FileExistsError:
@@ -59,28 +44,6 @@ def load_or_create_key(path: str | Path, size: int = KEY_BYTES) -> bytes:
         raise StorageError(f"the key file {p} is shorter than {size} bytes; remove it to make "
                            "a new one (every login is then signed out)")
     return key
-
-
-def write_private_json(path: str | Path, data: Any) -> None:
-    """Replace `path` atomically with `data` as JSON, mode 0600."""
-    p = Path(path)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = _write_temp(p.parent, json.dumps(data, indent=1, sort_keys=True).encode())
-        os.replace(tmp, p)
-    except OSError as e:
-        raise StorageError(f"cannot write {p}: {e.strerror}") from None
-
-
-def read_json(path: str | Path) -> Any | None:
-    """The JSON document at `path`, or None when there is no such file."""
-    p = Path(path)
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise StorageError(f"cannot read {p}: {e}") from None
 
 
 class Journal:
@@ -113,7 +76,7 @@ class Journal:
         data = "".join(f"{k} {t:.0f}\n" for k, t in live.items()).encode()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.replace(_write_temp(self.path.parent, data), self.path)
+            os.replace(write_temp(self.path.parent, data), self.path)
             self._file = open(self.path, "a", encoding="ascii")  # noqa: SIM115 - kept open
         except OSError as e:
             raise StorageError(f"cannot write {self.path}: {e.strerror}") from None

@@ -3,11 +3,15 @@ users' SSH keys and the login state (spent single-use ids, logouts) too.
 
 The login state must outlast a restart (a used login link stays used):
 :meth:`MemoryStore.keep_login_journals` backs it by two append-only journal
-files under the storage root (auth/ does this when there is no Redis)."""
+files under the storage root (auth/ does this when there is no Redis). Given a
+``sessions_file``, the session records outlast a restart too: loaded when the store
+is made, saved whole after every change (:mod:`~studios_gateway.registry.sessions_file`);
+a change that cannot be saved is refused and undone."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -15,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from studios_gateway.private_files import StorageError
 from studios_gateway.registry.base import (
     MAX_USER_KEYS,
     BadUserKeys,
@@ -22,12 +27,14 @@ from studios_gateway.registry.base import (
     SessionExists,
     SessionNotFound,
     SessionRecord,
+    StoreUnavailable,
     TunnelHolder,
     check_single_use_id,
     check_user_keys,
     key_blob,
     unique_keys,
 )
+from studios_gateway.registry.sessions_file import load_sessions, save_sessions
 from studios_gateway.registry.spent import SpentSet
 
 
@@ -59,9 +66,12 @@ class Subscribers:
 class MemoryStore:
     """A SessionStore in this process's memory: the single-node default."""
 
-    def __init__(self, clock: IReactorTime):
+    def __init__(self, clock: IReactorTime, sessions_file: Path | None = None):
         self._clock = clock
-        self._records: dict[str, SessionRecord] = {}
+        self._sessions_file = sessions_file
+        # StorageError (a clear message naming the file) when it cannot be read.
+        self._records: dict[str, SessionRecord] = (
+            load_sessions(sessions_file) if sessions_file is not None else {})
         self._tunnels: dict[str, tuple[TunnelHolder, float]] = {}
         self._user_keys: dict[str, list[str]] = {}
         self._subscribers = Subscribers()
@@ -93,6 +103,9 @@ class MemoryStore:
         if record.id in self._records:
             return defer.fail(SessionExists(f"session {record.id} exists already"))
         self._records[record.id] = record
+        failed = self._saved(record.id, None)
+        if failed is not None:
+            return failed
         self._subscribers.notify(record.id)
         return defer.succeed(None)
 
@@ -105,16 +118,39 @@ class MemoryStore:
     def update(self, record: SessionRecord) -> Deferred[None]:
         if record.id not in self._records:
             return defer.fail(SessionNotFound(f"no session {record.id}"))
-        self._records[record.id] = record
+        before, self._records[record.id] = self._records[record.id], record
+        failed = self._saved(record.id, before)
+        if failed is not None:
+            return failed
         self._subscribers.notify(record.id)
         return defer.succeed(None)
 
     def delete(self, session_id: str) -> Deferred[bool]:
-        existed = self._records.pop(session_id, None) is not None
+        before = self._records.pop(session_id, None)
+        existed = before is not None
+        if existed:
+            failed = self._saved(session_id, before)
+            if failed is not None:
+                return failed
         had_tunnel = self._tunnels.pop(session_id, None) is not None
         if existed or had_tunnel:
             self._subscribers.notify(session_id)
         return defer.succeed(existed)
+
+    def _saved(self, session_id: str, before: SessionRecord | None) -> Deferred[Any] | None:
+        """Save every record after a change to `session_id`; when that fails, undo the
+        change (`before` was its record) and return the failure (StoreUnavailable)."""
+        if self._sessions_file is None:
+            return None
+        try:
+            save_sessions(self._sessions_file, self._records.values())
+        except StorageError as e:
+            if before is None:
+                self._records.pop(session_id, None)
+            else:
+                self._records[session_id] = before
+            return defer.fail(StoreUnavailable(f"the session could not be saved: {e}"))
+        return None
 
     # Tunnels -----------------------------------------------------------------
 

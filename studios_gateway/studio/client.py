@@ -2,8 +2,11 @@
 
 States, each logged once when entered: waiting-for-tool, connecting, bound,
 backing-off, stopped. A refusal the gateway marks as final (bad token,
-incompatible version, unknown session) stops the client with the gateway's
-reason; anything else is retried with exponential backoff and full jitter.
+incompatible version) stops the client with the gateway's reason; anything else
+is retried with exponential backoff and full jitter. ``unknown_session`` is
+final only after it has been heard for ``unknown_session_wait`` seconds without
+a bind in between (CONNECT_UNKNOWN_SESSION_WAIT): a gateway that restarts loads
+its sessions again, and its studios must still be there when it does.
 """
 
 from __future__ import annotations
@@ -221,6 +224,7 @@ class ConnectClient(Service):
         self._connecting: Deferred[Any] | None = None
         self._bound_waiters: list[Deferred[TunnelClientProtocol]] = []
         self._tool_down_since: float | None = None  # when the tool began refusing
+        self._unknown_since: float | None = None  # when unknown_session was first heard
 
     def _set_state(self, state: str, log_format: str, **kw: Any) -> None:
         if state != self.state:
@@ -375,6 +379,7 @@ class ConnectClient(Service):
 
     def bound(self, protocol: TunnelClientProtocol) -> None:
         self.backoff.reset()
+        self._unknown_since = None
         if self.on_bind is not None and protocol.reply is not None:
             self.on_bind(protocol.reply)
         reply = protocol.reply
@@ -417,8 +422,20 @@ class ConnectClient(Service):
             return
         self._protocol = None
         refusal = protocol.refusal
+        if refusal is not None and refusal.code == "unknown_session" \
+                and self._still_waiting_for_session():
+            self._log.warn("the gateway does not know session {sid} ({reason}); trying "
+                           "again for up to {left:.0f}s more (CONNECT_UNKNOWN_SESSION_WAIT)",
+                           sid=self.settings.session_id, reason=refusal.reason,
+                           left=self._unknown_left())
+            self._gateway_index += 1
+            self._retry()
+            return
         if refusal is not None and not refusal.retry:
             message = f"the gateway refused the bind: {refusal.code}: {refusal.reason}"
+            if refusal.code == "unknown_session" and self.settings.unknown_session_wait > 0:
+                message += (f" (for {self.settings.unknown_session_wait:.0f}s, "
+                            "CONNECT_UNKNOWN_SESSION_WAIT); giving up")
             self._log.error("{message}; not retrying", message=message)
             self._set_state("refused", "stopped: {message}", message=message)
             if self.on_fatal is not None:
@@ -432,6 +449,16 @@ class ConnectClient(Service):
                            why=reason.getErrorMessage() if reason else "closed")
         self._gateway_index += 1
         self._retry()
+
+    def _still_waiting_for_session(self) -> bool:
+        """unknown_session heard now: whether the wait for the session still runs."""
+        if self._unknown_since is None:
+            self._unknown_since = self.clock.seconds()
+        return self._unknown_left() > 0
+
+    def _unknown_left(self) -> float:
+        since = self._unknown_since if self._unknown_since is not None else self.clock.seconds()
+        return since + self.settings.unknown_session_wait - self.clock.seconds()
 
     def _retry(self) -> None:
         if not self.running:

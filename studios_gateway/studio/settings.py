@@ -9,6 +9,10 @@ version the client announces (to check a gateway's compatibility window).
 CONNECT_TOOL names the tool (ours or the Platform's spelling); with a preset
 (``--tool``), CONNECT_TOOL_WORKDIR is the tool's working directory (default
 $HOME) and CONNECT_TOOL_PRESET=off runs a command exactly as given.
+CONNECT_UNKNOWN_SESSION_WAIT (a duration, default 5m; 0 = give up at once) is how
+long the client keeps trying while the gateway says it does not know the session
+(a gateway restarting from its saved sessions, a registry being restored) before
+it gives up.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from studios_gateway.config import ConfigError
+from studios_gateway.durations import EXPECTED, parse_duration
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
 from studios_gateway.wire import tools
 from studios_gateway.wire.ids import SESSION_ID
 
 CLIENT_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
+#: How long a client keeps trying while the gateway answers unknown_session (seconds).
+UNKNOWN_SESSION_WAIT = 300.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class ClientSettings:
     tool_workdir: str = ""  # "" = the studio's home ($HOME)
     preset: bool = True  # a tool's preset may add to a command (CONNECT_TOOL_PRESET)
     tool_version: str = ""  # found by the preset; sent in the bind
+    unknown_session_wait: float = UNKNOWN_SESSION_WAIT  # CONNECT_UNKNOWN_SESSION_WAIT
 
 
 def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | None]:
@@ -130,7 +138,13 @@ def load_client_settings(environ: Mapping[str, str],
     version = (get("CONNECT_CLIENT_VERSION") or str(CONNECT_PROTOCOL_VERSION)).strip()
     if not re.fullmatch(r"[0-9]{1,4}\.[0-9]{1,4}(\.[0-9]{1,4})?", version):
         raise ConfigError("CONNECT_CLIENT_VERSION", version, "a version such as 0.12 or 0.12.1")
+    wait_text = (get("CONNECT_UNKNOWN_SESSION_WAIT") or "").strip()
+    try:
+        wait = parse_duration(wait_text) if wait_text else UNKNOWN_SESSION_WAIT
+    except ValueError:
+        raise ConfigError("CONNECT_UNKNOWN_SESSION_WAIT", wait_text, EXPECTED) from None
     return ClientSettings(gateways=tuple(gateways), session_id=session_id, token=token,
+                          unknown_session_wait=wait,
                           tool_port=int(port_text), tool=tool, tool_path_prefix=prefix,
                           log_level=level, connect_version=version, tool_workdir=workdir,
                           preset=preset_text in ("on", "true", "1", "yes"))

@@ -1,0 +1,90 @@
+"""Restarting a single memory-registry gateway keeps its studios (issue 17, item 3).
+
+Real processes: twistd gateway (embedded registry, sessions in
+CONNECT_STORAGE_ROOT/sessions.json), studios-connect and the demo tool.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from tests.integration.test_tunnel_process import Deployment, wait_connected
+from tests.support.gateway import GatewayProcess
+
+pytestmark = pytest.mark.slow
+
+
+def restart(d: Deployment) -> float:
+    """Stop the gateway (SIGTERM) and start it again on the same ports and storage root;
+    the time it took until it was healthy."""
+    d.gw.stop()
+    start = time.monotonic()
+    d.gw = GatewayProcess(d.tmp_path, d.env, name=f"gateway-{int(start * 1000)}")
+    d.stoppers.append(d.gw.stop)
+    d.gw.wait_healthy()
+    return time.monotonic() - start
+
+
+def reachable_within(d: Deployment, created: dict, seconds: float) -> float:
+    start = time.monotonic()
+    while True:
+        reply = d.browser.get(d.url(created, "/api/info"))
+        if reply.status == 200:
+            return time.monotonic() - start
+        assert time.monotonic() - start < seconds, f"still {reply.status} after {seconds}s"
+        time.sleep(0.1)
+
+
+def test_a_restarted_gateway_keeps_its_studios(tmp_path) -> None:
+    d = Deployment(tmp_path)
+    try:
+        created = d.create()
+        _, client = d.studio(created)
+        wait_connected(d.gw, created["id"])
+        d.login(created)
+        assert d.browser.get(d.url(created, "/api/info")).status == 200
+        down = time.monotonic()
+        restart(d)
+        # The session is known again at once, and the same browser's login still holds.
+        status, body, _ = d.gw.request(f"/api/sessions/{created['id']}")
+        assert status == 200 and json.loads(body)["id"] == created["id"]
+        reachable_within(d, created, 15)
+        print(f"studio unreachable for {time.monotonic() - down:.2f}s across the restart")
+        # Once rebound, nothing fails.
+        failed = sum(d.browser.get(d.url(created, "/api/info")).status != 200
+                     for _ in range(50))
+        assert failed == 0
+        assert client.proc.poll() is None and "giving up" not in client.output()
+    finally:
+        d.stop()
+
+
+def test_a_client_waits_for_a_session_the_gateway_does_not_know_yet(tmp_path) -> None:
+    """The gateway comes back without the session (its store restored later): the client
+    hears unknown_session, keeps trying, and binds once the session is back."""
+    d = Deployment(tmp_path)
+    try:
+        created = d.create()
+        _, client = d.studio(created, CONNECT_UNKNOWN_SESSION_WAIT="60s")
+        wait_connected(d.gw, created["id"])
+        store = tmp_path / "storage" / "sessions.json"
+        saved = tmp_path / "sessions.json.saved"
+        d.gw.stop()
+        shutil.move(store, saved)
+        restart(d)
+        deadline = time.monotonic() + 20
+        while "does not know session" not in client.output():
+            assert time.monotonic() < deadline, client.output()[-2000:]
+            time.sleep(0.1)
+        assert client.proc.poll() is None
+        d.gw.stop()
+        shutil.move(saved, store)
+        restart(d)
+        wait_connected(d.gw, created["id"], timeout=20)
+        assert client.proc.poll() is None and "giving up" not in client.output()
+    finally:
+        d.stop()
