@@ -53,6 +53,7 @@ def test_control_and_contents(deb: Path, tmp_path: Path) -> None:
                  "./lib/systemd/system/studios-gateway@.service",
                  "./lib/systemd/system/studios-gateway-http.socket",
                  "./lib/systemd/system/studios-connect.service",
+                 "./usr/share/studios-gateway/grafana/studios-gateway.json",
                  "/twisted/plugins/studios_gateway_plugin.py"):
         assert path in contents, path
     assert "__pycache__" not in contents and "dropin.cache" not in contents
