@@ -512,6 +512,15 @@ VARIABLES: tuple[Var, ...] = (
        "Access log, one line per HTTP request and per WebSocket and SSH session: off, text "
        "or json (log namespace studios_gateway.access; written whatever CONNECT_LOG_LEVEL).",
        seed=False, section="operations"),
+    _v("CONNECT_QUOTA_WINDOW", "quota_window", "24h", _positive_duration,
+       "Rolling window of the transfer quotas.", seed=False, section="operations"),
+    _v("CONNECT_QUOTA_USER_BYTES", "quota_user_bytes", None, _size,
+       "Bytes one user may move (both ways, every session, every node) per window; over it "
+       "new requests get 429 and WebSocket and SSH connections stop. Unset: no limit.",
+       seed=False, section="operations"),
+    _v("CONNECT_QUOTA_SESSION_BYTES", "quota_session_bytes", None, _size,
+       "Bytes one session may move (both ways, every user, every node) per window. Unset: "
+       "no limit.", seed=False, section="operations"),
 )
 
 BY_NAME: dict[str, Var] = {v.name: v for v in VARIABLES}
@@ -614,6 +623,9 @@ class Config:
     reuse_port: bool
     shutdown_grace: float
     access_log: str
+    quota_window: float
+    quota_user_bytes: int | None
+    quota_session_bytes: int | None
     #: Where each variable's value came from: option, environment, env file or default.
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
@@ -809,6 +821,9 @@ def _check_consistency(cfg: Config) -> list[str]:
         raise ConfigError("CONNECT_HTTP_MAX_REQUEST_LINE", str(cfg.http_max_request_line),
                           "at least 256 bytes and at most CONNECT_HTTP_MAX_HEADER_SIZE "
                           f"({cfg.http_max_header_size})")
+    if cfg.quota_window < 12:
+        raise ConfigError("CONNECT_QUOTA_WINDOW", format_duration(cfg.quota_window),
+                          "a duration of at least 12s")
     if cfg.tunnel_window_size < 256 * 1024:
         raise ConfigError("CONNECT_TUNNEL_WINDOW_SIZE", str(cfg.tunnel_window_size),
                           "at least 256KiB (the yamux initial window)")

@@ -46,6 +46,7 @@ from studios_gateway.reload import apply_log_level, run_hooks, tls_reloader
 from studios_gateway.reuseport import SHARED_LISTENERS, ReusePortEndpoint
 from studios_gateway.ssh.component import SSHProxy, build_ssh, load_gateway_host_key
 from studios_gateway.ssh.keys import fingerprint
+from studios_gateway.traffic.api import QuotaResource
 from studios_gateway.traffic.component import build_traffic
 from studios_gateway.traffic.observer import Traffic
 from studios_gateway.tunnel.dialer import Dialer
@@ -354,7 +355,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     gateway.add_part(peers)
     # Every way into a studio (HTTP, SSH, peers) gets its streams from here.
     dialer = Dialer(table, remote)
-    traffic, observing = build_traffic(config, reactor, metrics)
+    traffic, observing = build_traffic(config, reactor, metrics, store)
     gateway.add_part(observing)
     auth, login = build_auth(config, reactor, store)
     auth.on_login = traffic.metrics.login
@@ -367,6 +368,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
         ssh = build_ssh(config, reactor, store, dialer, auth, host_key, traffic)
         gateway.add_part(ssh.part)
         api_mounts.update(ssh.api)
+    api_mounts[b"quota"] = QuotaResource(traffic.quota)
     if config.management_port is not None:
         gateway.add_part(build_management(config, reactor, store, table, pin, auth, api_mounts,
                                           health=gateway, metrics=metrics,

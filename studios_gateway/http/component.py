@@ -39,6 +39,7 @@ from studios_gateway.http.upstream import SessionInfo, StudioNotConnected, ToolN
 from studios_gateway.metrics import Metrics
 from studios_gateway.registry.base import TunnelClaims
 from studios_gateway.traffic.observer import Traffic
+from studios_gateway.traffic.quota import admitting
 from studios_gateway.tunnel.dialer import Dialer
 
 __all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "make_lookup"]
@@ -184,7 +185,9 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
         upstream=TunnelUpstream(dialer),
         lookup=make_lookup(store, dialer),
         reactor=reactor,
-        authorize=auth.authorize_request,
+        authorize=(admitting(auth.authorize_request, traffic.quota, traffic.quota_refused)
+                   if traffic is not None and traffic.quota is not None
+                   else auth.authorize_request),
         local_routes=auth.handle,
         track=_track(auth),
         observer=traffic,

@@ -26,7 +26,7 @@ _REASONS = {
     301: "Moved Permanently", 302: "Found", 308: "Permanent Redirect", 400: "Bad Request",
     401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
     413: "Content Too Large", 414: "URI Too Long", 421: "Misdirected Request",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
     504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }

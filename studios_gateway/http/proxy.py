@@ -21,6 +21,7 @@ Nothing is buffered beyond one read on either side.
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -664,7 +665,7 @@ class ProxyProtocol(Protocol):
         if f.observer is not None:
             self._upgraded = self._facts(ex, WEBSOCKET, "")
             self._meter = f.observer.open(WEBSOCKET, ex.session_id, ex.subject,
-                                          lambda why: self._close())
+                                          self._stop_upgraded)
             self._meter.inbound(self._upgraded.bytes_in)
             self._meter.outbound(self._upgraded.bytes_out)
         self.transport.write(head)
@@ -673,6 +674,14 @@ class ProxyProtocol(Protocol):
         if client_rest:
             conn.transport.write(client_rest)
         self.gate.resume("pipeline")
+
+    def _stop_upgraded(self, why: str) -> None:
+        """Stop an upgraded connection (a transfer quota): a WebSocket close frame (1008,
+        policy violation) with `why` to the client, then the connection closes."""
+        reason = why.encode("utf-8")[:120].decode("utf-8", "ignore").encode("utf-8")
+        self.transport.write(b"\x88" + bytes([2 + len(reason)]) + struct.pack("!H", 1008)
+                             + reason)
+        self._close()
 
     def _upstream_broken(self, ex: Exchange, conn: UpstreamConnection, why: str) -> None:
         self._log.info("{why}", why=why)

@@ -94,6 +94,10 @@ class _Async(Resource):
         return NOT_DONE_YET
 
 
+#: For other parts' admin endpoints (/api/users, /api/quota): the same JSON errors.
+AsyncResource = _Async
+
+
 class SessionsResource(_Async):
     def __init__(self, sessions: Sessions, present: Callable[[NewSession], dict[str, Any]]):
         super().__init__()

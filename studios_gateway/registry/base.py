@@ -459,6 +459,21 @@ class LoginState(Protocol):
         `callback(None)` when some may have been missed: read logged_out() again)."""
 
 
+class TransferCounts(Protocol):
+    """Bytes moved, counted by every node in time buckets (traffic/quota.py): a counter is
+    named by a scope key ("user:alice", "session:abcd") and a bucket number."""
+
+    def add_transfer(self, counts: dict[str, int], bucket: int, ttl: float) -> Deferred[None]:
+        """Add each key's bytes to its counter of `bucket`, kept `ttl` seconds."""
+
+    def get_transfer(self, keys: list[str], buckets: list[int]
+                     ) -> Deferred[dict[str, list[int]]]:
+        """Each key's counts in `buckets` (0 where none was kept)."""
+
+    def reset_transfer(self, key: str, buckets: list[int]) -> Deferred[None]:
+        """Forget `key`'s counts in `buckets`."""
+
+
 class SessionStore(StoreLifecycle, SessionRecords, TunnelClaims, UserKeyStore, LoginState,
-                   Protocol):
+                   TransferCounts, Protocol):
     """All of it: what service.build_store makes and GatewayService starts and stops."""

@@ -251,6 +251,16 @@ class CachingStore:
     def spend_once(self, key: str, ttl: float) -> Deferred[bool]:
         return defer.maybeDeferred(self.inner.spend_once, key, ttl)
 
+    def add_transfer(self, counts: dict[str, int], bucket: int, ttl: float) -> Deferred[None]:
+        return defer.maybeDeferred(self.inner.add_transfer, counts, bucket, ttl)
+
+    def get_transfer(self, keys: list[str], buckets: list[int]
+                     ) -> Deferred[dict[str, list[int]]]:
+        return defer.maybeDeferred(self.inner.get_transfer, keys, buckets)
+
+    def reset_transfer(self, key: str, buckets: list[int]) -> Deferred[None]:
+        return defer.maybeDeferred(self.inner.reset_transfer, key, buckets)
+
     def is_spent(self, key: str) -> Deferred[bool]:
         return defer.maybeDeferred(self.inner.is_spent, key)
 

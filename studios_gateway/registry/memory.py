@@ -79,6 +79,7 @@ class MemoryStore:
         self._spent = SpentSet(clock)
         self._logouts = SpentSet(clock)
         self._logout_subscribers = Subscribers()
+        self._transfer: dict[tuple[str, int], tuple[int, float]] = {}  # -> (bytes, until)
 
     def __repr__(self) -> str:
         return f"MemoryStore(sessions={len(self._records)})"
@@ -261,6 +262,26 @@ class MemoryStore:
         self._logouts.close()
         self._spent = SpentSet(self._clock, journal=spent)
         self._logouts = SpentSet(self._clock, journal=logouts)
+
+    def add_transfer(self, counts: dict[str, int], bucket: int, ttl: float) -> Deferred[None]:
+        now = self._clock.seconds()
+        for key, n in counts.items():
+            value, _ = self._transfer.get((key, bucket), (0, 0.0))
+            self._transfer[(key, bucket)] = (value + n, now + ttl)
+        return defer.succeed(None)
+
+    def get_transfer(self, keys: list[str], buckets: list[int]
+                     ) -> Deferred[dict[str, list[int]]]:
+        now = self._clock.seconds()
+        for k in [k for k, (_, until) in self._transfer.items() if until <= now]:
+            del self._transfer[k]
+        return defer.succeed({key: [self._transfer.get((key, b), (0, 0.0))[0] for b in buckets]
+                              for key in keys})
+
+    def reset_transfer(self, key: str, buckets: list[int]) -> Deferred[None]:
+        for b in buckets:
+            self._transfer.pop((key, b), None)
+        return defer.succeed(None)
 
     def spend_once(self, key: str, ttl: float) -> Deferred[bool]:
         try:

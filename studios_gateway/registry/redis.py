@@ -70,6 +70,15 @@ from studios_gateway.wire.ids import SESSION_ID
 
 # Lua scripts. KEYS are the keys touched; the channel and values come in ARGV.
 
+# KEYS: one counter per scope; ARGV[1]: TTL in ms, ARGV[i + 1]: bytes for KEYS[i].
+_ADD_TRANSFER = """
+for i, key in ipairs(KEYS) do
+  redis.call('INCRBY', key, ARGV[i + 1])
+  redis.call('PEXPIRE', key, ARGV[1])
+end
+return 1
+"""
+
 _CREATE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   redis.call('PUBLISH', ARGV[2], ARGV[3])
@@ -804,6 +813,33 @@ class RedisStore:
 
     def _logout_key(self, login_id: str) -> str:
         return f"{self.prefix}:_logout:{login_id}"
+
+    def _transfer_key(self, key: str, bucket: int) -> str:
+        return f"{self.prefix}:_transfer:{key}:{bucket}"
+
+    def add_transfer(self, counts: dict[str, int], bucket: int, ttl: float) -> Deferred[None]:
+        keys = [self._transfer_key(k, bucket) for k in counts]
+        return self._eval("add_transfer", _ADD_TRANSFER, keys,
+                          [_ms(ttl), *counts.values()]).addCallback(lambda _: None)
+
+    def get_transfer(self, keys: list[str], buckets: list[int]
+                     ) -> Deferred[dict[str, list[int]]]:
+        names = [self._transfer_key(k, b) for k in keys for b in buckets]
+        if not names:
+            return defer.succeed({})
+
+        def split(values: list[Any]) -> dict[str, list[int]]:
+            counts = [int(v) if v is not None else 0 for v in values]
+            n = len(buckets)
+            return {k: counts[i * n:(i + 1) * n] for i, k in enumerate(keys)}
+
+        return self._call("get_transfer", lambda conn: conn.execute_command(
+            "MGET", *names)).addCallback(split)
+
+    def reset_transfer(self, key: str, buckets: list[int]) -> Deferred[None]:
+        names = [self._transfer_key(key, b) for b in buckets]
+        return self._call("reset_transfer", lambda conn: conn.execute_command(
+            "DEL", *names)).addCallback(lambda _: None)
 
     def spend_once(self, key: str, ttl: float) -> Deferred[bool]:
         try:

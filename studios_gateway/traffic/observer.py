@@ -16,12 +16,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from studios_gateway.traffic.access_log import AccessLog
 from studios_gateway.traffic.facts import HTTP, SSH, WEBSOCKET, Finished
 from studios_gateway.traffic.metrics import TrafficMetrics, status_class, tool_label
+from studios_gateway.traffic.quota import Over, Quota
 from studios_gateway.traffic.usage import SessionFigures, Usage
 
 __all__ = ["Meter", "Traffic"]
@@ -64,7 +67,7 @@ class Traffic:
     _log = Logger()
 
     def __init__(self, *, metrics: TrafficMetrics, access_log: AccessLog, clock: Any,
-                 quota: Any = None, usage: Usage | None = None):
+                 quota: Quota | None = None, usage: Usage | None = None):
         self.metrics = metrics
         self.access_log = access_log
         self.clock = clock
@@ -152,19 +155,32 @@ class Traffic:
         self.metrics.bytes.labels(SSH, "out").inc(f.bytes_out)
         self.access_log(f)
 
+    def quota_refused(self, over: Over) -> None:
+        """An HTTP request was refused by a quota (429)."""
+        self.metrics.quota_refusals.labels(HTTP, over.scope).inc()
+
     def ssh_channels(self, delta: int) -> None:
         """A user's SSH channel opened (+1) or closed (-1)."""
         self.metrics.ssh_channels_open.inc(delta)
         if delta > 0:
             self.metrics.ssh_channels.inc(delta)
 
-    def describe(self, session_id: str) -> dict[str, Any]:
+    def describe(self, session_id: str) -> Deferred[dict[str, Any]]:
         """The session's figures for the admin API: this node's counts (requests, bytes
-        moved, connections open now)."""
+        moved, connections open now) and, with a session quota, its use on every node."""
         figures = self.usage.get(session_id)
         out: dict[str, Any] = {"node": self.access_log.node}
         out.update((figures or SessionFigures()).as_dict())
-        return out
+        if self.quota is None or self.quota.settings.session_bytes is None:
+            return defer.succeed(out)
+
+        def with_quota(quota: dict[str, Any]) -> dict[str, Any]:
+            return {**out, "quota": quota}
+
+        def without(f: Any) -> dict[str, Any]:
+            return {**out, "quota": {"error": f.getErrorMessage()}}
+
+        return self.quota.usage("session", session_id).addCallbacks(with_quota, without)
 
     def session_ended(self, session_id: str) -> None:
         self.usage.forget(session_id)
@@ -175,7 +191,7 @@ class Traffic:
         for meter in list(self.meters):
             self._carry(meter)
         if self.quota is not None:
-            self.quota.flush()
+            self.quota.flush().addErrback(lambda f: self._log.failure("quota flush", f))
             for meter in list(self.meters):
                 if meter.stopped:
                     continue

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_login_process import open_ws
-from tests.support.login import Gateway
-from tests.support.redis_server import RedisServer, redis_available
+from tests.support.login import Gateway, redis_nodes
+from tests.support.redis_server import redis_available
 from tests.support.web import Browser
 from tests.support.websocket import WebSocket
 
@@ -29,19 +29,9 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[tuple[Gateway, Gateway]]:
-    redis = RedisServer(tmp_path / "redis")
-    redis.start()
-    started: list[Gateway] = []
-    try:
-        for name in ("a", "b"):  # one after the other: the first makes the signing key
-            started.append(Gateway(tmp_path, CONNECT_REDIS_ADDRESS=redis.address,
-                                   CONNECT_PEER_SECRET="cluster-login-peer-secret",
-                                   CONNECT_NODE_ID=f"node-{name}", LOCAL_CACHE_TTL="60s"))
-        yield started[0], started[1]
-    finally:
-        for node in reversed(started):
-            node.stop()
-        redis.stop()
+    with redis_nodes(tmp_path, "a", "b", CONNECT_PEER_SECRET="cluster-login-peer-secret",
+                     LOCAL_CACHE_TTL="60s") as (a, b):
+        yield a, b
 
 
 def test_a_link_used_on_one_node_and_a_logout_on_one_node_hold_on_the_other(

@@ -3,6 +3,7 @@ that logs in against it, and a browser that fills the IdP's login form."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin
@@ -17,6 +19,7 @@ from urllib.parse import urlencode, urljoin
 from tests.support.gateway import REPO, GatewayProcess, base_env
 from tests.support.idp import DEFAULT_REGISTRATION_TOKEN, _Form
 from tests.support.ports import free_port, wait_for_port
+from tests.support.redis_server import RedisServer
 from tests.support.studio import Connect, Tool, _stop
 from tests.support.web import Browser, Reply
 
@@ -182,6 +185,25 @@ class Gateway:
                 part.proc.send_signal(signal.SIGTERM)
         for part in reversed(self.parts):
             part.stop()
+
+
+@contextlib.contextmanager
+def redis_nodes(tmp_path: Path, *names: str, **env: str) -> Iterator[list[Gateway]]:
+    """Gateways `node-<name>` (each with its own directory) on one real redis-server,
+    sharing the storage root (so the login signing key), stopped with it at the end."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    started: list[Gateway] = []
+    try:
+        for name in names:  # one after the other: the first makes the signing key
+            started.append(Gateway(tmp_path / name, CONNECT_REDIS_ADDRESS=redis.address,
+                                   CONNECT_STORAGE_ROOT=str(tmp_path / "storage"),
+                                   CONNECT_NODE_ID=f"node-{name}", **env))
+        yield started
+    finally:
+        for node in reversed(started):
+            node.stop()
+        redis.stop()
 
 
 def oidc_env(idp: IdPProcess, **more: str) -> dict[str, str]:
