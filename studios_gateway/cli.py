@@ -178,12 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="start a gateway and a demo studio on this machine "
                                 "(see `studios-gateway demo --help`)")
 
+    url_help = ("management URL (default http://127.0.0.1:$CONNECT_MANAGEMENT_PORT); the key "
+                "comes from CONNECT_MANAGEMENT_AUTH_KEY")
     sp = sub.add_parser("sessions", help="create, list, show and end sessions (admin API)")
-    sp.add_argument("--url", help="management URL (default http://127.0.0.1:"
-                                  "$CONNECT_MANAGEMENT_PORT); the key comes from "
-                                  "CONNECT_MANAGEMENT_AUTH_KEY")
+    sp.add_argument("--url", help=url_help)
+    # --url before or after the action (`sessions list --url URL`): the action's copy
+    # sets it only when given, so `sessions --url URL list` keeps working.
+    url_after = argparse.ArgumentParser(add_help=False)
+    url_after.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
     ssub = sp.add_subparsers(dest="action", required=True)
-    c = ssub.add_parser("create", help="create a session and print its connect string")
+
+    def action(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return ssub.add_parser(name, parents=[url_after], **kw)
+
+    c = action("create", help="create a session and print its connect string")
     c.add_argument("--owner", required=True, help="the user who owns the studio")
     c.add_argument("--tool", help=f"the studio's tool: {tools.accepted()}; default: the one "
                                    "the image's name names, else generic")
@@ -196,19 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ssh", action="store_true", help="allow SSH into the studio")
     c.add_argument("--json", action="store_true", help="print the API's JSON answer")
     c.set_defaults(func=sessions_create)
-    ls = ssub.add_parser("list", help="list sessions")
+    ls = action("list", help="list sessions")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=sessions_list)
-    sh = ssub.add_parser("show", help="one session, with its tunnel")
+    sh = action("show", help="one session, with its tunnel")
     sh.add_argument("id")
     sh.set_defaults(func=sessions_show)
-    u = ssub.add_parser("users", help="set a session's allow-list (users taken off it are "
+    u = action("users", help="set a session's allow-list (users taken off it are "
                                       "disconnected)")
     u.add_argument("id")
     u.add_argument("users", nargs="*", metavar="USER", help="the allowed users (none: only "
                                                             "the owner)")
     u.set_defaults(func=sessions_users)
-    d = ssub.add_parser("delete", help="end a session and close its tunnel")
+    d = action("delete", help="end a session and close its tunnel")
     d.add_argument("id")
     d.set_defaults(func=sessions_delete)
     return parser
