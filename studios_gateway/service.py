@@ -42,6 +42,7 @@ from studios_gateway.metrics import Metrics
 from studios_gateway.peers import advertised_address, build_peers
 from studios_gateway.registry.base import SessionStore, TunnelClaims
 from studios_gateway.registry.cache import CachingStore
+from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.reload import apply_log_level, run_hooks, tls_reloader
 from studios_gateway.reuseport import SHARED_LISTENERS, ReusePortEndpoint
 from studios_gateway.ssh.component import SSHProxy, build_ssh, load_gateway_host_key
@@ -340,6 +341,8 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
         reactor = default_reactor
     metrics = Metrics()
     store = build_store(config, reactor)
+    # The embedded registry of a single node keeps users' keys and login state in files.
+    local = store.inner if isinstance(store.inner, MemoryStore) else None
     gateway = GatewayService(config, reactor, store, metrics, environ)
     storage = prepare_storage(config.storage_root)
     host_key = load_gateway_host_key(config) if config.ssh_enabled else None
@@ -357,7 +360,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     dialer = Dialer(table, remote)
     traffic, observing = build_traffic(config, reactor, metrics, store)
     gateway.add_part(observing)
-    auth, login = build_auth(config, reactor, store)
+    auth, login = build_auth(config, reactor, store, local)
     auth.on_login = traffic.metrics.login
     gateway.add_part(login)
     http, proxy = build_http(config, reactor, store, dialer, auth, traffic, metrics)
@@ -365,7 +368,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     ssh: SSHProxy | None = None
     api_mounts: dict[bytes, Any] = {}
     if host_key is not None:
-        ssh = build_ssh(config, reactor, store, dialer, auth, host_key, traffic)
+        ssh = build_ssh(config, reactor, store, dialer, auth, host_key, traffic, local=local)
         gateway.add_part(ssh.part)
         api_mounts.update(ssh.api)
     api_mounts[b"quota"] = QuotaResource(traffic.quota)
@@ -383,9 +386,10 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     return gateway
 
 
-def build_auth(config: Config, reactor: Any, store: SessionStore) -> tuple[Auth, Part]:
+def build_auth(config: Config, reactor: Any, store: SessionStore,
+               local: MemoryStore | None = None) -> tuple[Auth, Part]:
     """Login and authorization, and its Part (started before /ready says ok)."""
-    auth = Auth.from_config(config, store, reactor=reactor)
+    auth = Auth.from_config(config, store, reactor=reactor, local=local)
     state = {"started": False}
 
     def start() -> Deferred[None]:

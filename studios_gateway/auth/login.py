@@ -69,6 +69,7 @@ from studios_gateway.auth.oidc import (
     TokenSet,
 )
 from studios_gateway.registry.base import StoreUnavailable
+from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.wire.ids import SESSION_ID
 
 __all__ = [
@@ -385,20 +386,23 @@ class Auth:
 
     @classmethod
     def from_config(cls, config: Any, store: Any, *, reactor: Any,
-                    **overrides: Any) -> Auth:
+                    local: MemoryStore | None = None, **overrides: Any) -> Auth:
         """Everything built from the gateway's Config and session store. A storage
         problem (the key file, the journals) is a StartError with one line."""
         from studios_gateway.auth.files import StorageError
 
         try:
-            return cls._from_config(config, store, reactor=reactor, **overrides)
+            return cls._from_config(config, store, reactor=reactor, local=local, **overrides)
         except StorageError as e:
             from studios_gateway.component import StartError
 
             raise StartError(str(e)) from None
 
     @classmethod
-    def _from_config(cls, config: Any, store: Any, *, reactor: Any, **overrides: Any) -> Auth:
+    def _from_config(cls, config: Any, store: Any, *, reactor: Any,
+                     local: MemoryStore | None = None, **overrides: Any) -> Auth:
+        """`local`: the embedded registry of a single node, whose login state (spent
+        links, logouts) is kept in journal files under the storage root."""
         from studios_gateway.auth.files import Journal
 
         s = AuthSettings.from_config(config, **overrides)
@@ -417,9 +421,8 @@ class Auth:
                 return (c.client_id, c.client_secret) if c and c.client_secret else None
             platform = PlatformAccess(s.platform_url, creds, reactor=reactor,
                                       timeout=min(s.timeout, 5.0))
-        inner = getattr(store, "inner", store)
-        if hasattr(inner, "keep_login_journals"):  # one node, in memory: files remember
-            inner.keep_login_journals(Journal(root / SPENT), Journal(root / LOGOUTS))
+        if local is not None:  # one node, in memory: files remember
+            local.keep_login_journals(Journal(root / SPENT), Journal(root / LOGOUTS))
         authorizer = Authorizer(store, clock=reactor, ttl=s.cache_ttl,
                                 workspace_allowed=config.workspace_allowed, platform=platform,
                                 login_ttl=s.login_ttl)

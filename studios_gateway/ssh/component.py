@@ -33,6 +33,7 @@ from studios_gateway.auth.login import Auth
 from studios_gateway.component import Component, Part, StartError, endpoint_for
 from studios_gateway.config import Config
 from studios_gateway.registry.base import SessionRecord, SessionStore
+from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.ssh.api import UserKeysResource
 from studios_gateway.ssh.key_watch import KeyWatch
 from studios_gateway.ssh.keys import HostKeyError, fingerprint, load_host_key
@@ -126,12 +127,14 @@ class SSHProxy:
 
 
 def build_ssh(config: Config, reactor: Any, store: SessionStore, dialer: Dialer, auth: Auth,
-              host_key: Key, traffic: Traffic | None = None) -> SSHProxy:
-    """The SSH proxy: its listener and lifecycle (a Part), and /api/users for the admin API."""
-    inner = getattr(store, "inner", store)
+              host_key: Key, traffic: Traffic | None = None,
+              local: MemoryStore | None = None) -> SSHProxy:
+    """The SSH proxy: its listener and lifecycle (a Part), and /api/users for the admin API.
+    `local`: the embedded registry of a single node (users' keys then live in a file);
+    with a shared registry the file is imported once."""
     keys_import: FileImport | None = None
-    if hasattr(inner, "all_user_keys"):  # one node, in memory: the file keeps them
-        keep_in_file(inner, config.storage_root)
+    if local is not None:  # one node, in memory: the file keeps them
+        keep_in_file(local, config.storage_root)
     else:
         keys_import = FileImport(store, config.storage_root, reactor)
     platform = make_platform_keys(auth, reactor)
