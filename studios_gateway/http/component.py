@@ -234,5 +234,17 @@ def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer
         description = "the HTTPS proxy"
     part.listen("http", "CONNECT_HTTP_PORT",
                 endpoint_for(reactor, config.bind_address, config.http_port), served, description)
-    part.components.append(Component("HTTP proxy", drain=factory.drain, stop=factory.stop))
+    # A session whose tunnel changed (moved to another node, say): its idle upstream
+    # connections may lead to the old holder, so they are let go.
+    unsubscribe: list[Any] = []
+
+    def start() -> None:
+        unsubscribe.append(store.subscribe(factory.pool.drop))
+
+    def stop() -> Any:
+        while unsubscribe:
+            unsubscribe.pop()()
+        return factory.stop()
+
+    part.components.append(Component("HTTP proxy", start=start, drain=factory.drain, stop=stop))
     return factory, part

@@ -132,6 +132,11 @@ class UpstreamConnection(Protocol):
     def reusable(self) -> bool:
         return not self.lost and self.codec.idle()
 
+    def fit_for_reuse(self) -> bool:
+        """Kept idle in the pool: still open, and its stream's tunnel still takes new
+        work (not retired since: the studio may have moved to another node)."""
+        return not self.lost and not getattr(self.transport, "retiring", False)
+
 
 class _UpstreamFactory(Factory):
     def __init__(self, session_id: str, pool: IdlePool, max_head: int):

@@ -93,6 +93,8 @@ class EndpointUpstream:
 class Poolable(Protocol):
     def close(self) -> None: ...
 
+    def fit_for_reuse(self) -> bool: ...
+
 
 class IdlePool:
     """Idle upstream connections, per session, most recently used first.
@@ -112,15 +114,19 @@ class IdlePool:
         self._idle: dict[str, deque[tuple[Poolable, IDelayedCall]]] = {}
 
     def take(self, session_id: str) -> Poolable | None:
+        """The most recently used idle connection still fit for reuse (those that no
+        longer are, e.g. on a tunnel retired since, are closed on the way)."""
         conns = self._idle.get(session_id)
-        if not conns:
-            return None
-        conn, timer = conns.pop()
-        if not conns:
-            del self._idle[session_id]
-        if timer.active():
-            timer.cancel()
-        return conn
+        while conns:
+            conn, timer = conns.pop()
+            if not conns:
+                del self._idle[session_id]
+            if timer.active():
+                timer.cancel()
+            if conn.fit_for_reuse():
+                return conn
+            conn.close()
+        return None
 
     def put(self, session_id: str, conn: Poolable) -> bool:
         """Keep `conn` idle; False (and nothing kept) when the session's pool is full."""
@@ -153,6 +159,17 @@ class IdlePool:
         if session_id is not None:
             return len(self._idle.get(session_id, ()))
         return sum(len(c) for c in self._idle.values())
+
+    def drop(self, session_id: str | None) -> None:
+        """Close the idle connections of one session (None: of every session), e.g. when
+        the registry says its tunnel moved: they may lead to the old holder."""
+        if session_id is None:
+            self.close_all()
+            return
+        for conn, timer in self._idle.pop(session_id, ()):
+            if timer.active():
+                timer.cancel()
+            conn.close()
 
     def close_all(self) -> None:
         for sid in list(self._idle):

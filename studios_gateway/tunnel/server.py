@@ -165,6 +165,10 @@ class TunnelTable:
         self.routing = routing
         self.draining = False
         self._tunnels: dict[str, Tunnel] = {}
+        #: Tunnels whose session another node holds now: out of the table (requests go to
+        #: the new holder), finishing their streams in flight until closed at the timer.
+        self._moved: dict[Tunnel, Any] = {}
+        self._unsubscribe: Callable[[], None] | None = None
         self._empty = EmptyWaiters()
         self._refresher = task.LoopingCall(self._refresh_all)
         self._refresher.clock = clock
@@ -174,11 +178,16 @@ class TunnelTable:
     def start(self) -> None:
         if not self._refresher.running:
             self._refresher.start(self.settings.holder_ttl / 3, now=False)
+        if self._unsubscribe is None:
+            self._unsubscribe = self.store.subscribe(self._changed)
 
     def stop(self) -> Deferred[None]:
         if self._refresher.running:
             self._refresher.stop()
-        for tunnel in list(self._tunnels.values()):
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        for tunnel in [*self._tunnels.values(), *self._moved]:
             tunnel.close()
         return defer.succeed(None)
 
@@ -190,7 +199,7 @@ class TunnelTable:
         return self.wait_empty()
 
     def wait_empty(self) -> Deferred[None]:
-        return self._empty.wait(not self._tunnels)
+        return self._empty.wait(not self._tunnels and not self._moved)
 
     # Queries -----------------------------------------------------------------
 
@@ -245,11 +254,14 @@ class TunnelTable:
 
     def lost(self, tunnel: Tunnel) -> None:
         """A tunnel's connection ended: forget it and release its claim if still ours."""
+        timer = self._moved.pop(tunnel, None)
+        if timer is not None and timer.active():
+            timer.cancel()
         if self._tunnels.get(tunnel.session_id) is tunnel:
             del self._tunnels[tunnel.session_id]
             self._release(tunnel)
         self._update_gauge()
-        if not self._tunnels:
+        if not self._tunnels and not self._moved:
             self._empty.fire()
 
     def _release(self, tunnel: Tunnel) -> None:
@@ -278,9 +290,41 @@ class TunnelTable:
                 if ours:
                     self._release(tunnel)
             elif not ours:
-                self._log.info("session {sid} is now held elsewhere: closing this tunnel",
-                               sid=tunnel.session_id)
-                tunnel.close()
+                self._held_elsewhere(tunnel, "its claim could not be refreshed")
+
+    # Following the registry ----------------------------------------------------
+
+    def _changed(self, session_id: str | None) -> None:
+        """The registry says a session changed (None: anything may have): if another
+        node claimed the tunnel of one we hold, stop routing to ours at once."""
+        if session_id is None:
+            tunnels = list(self._tunnels.values())
+        else:
+            tunnel = self._tunnels.get(session_id)
+            tunnels = [tunnel] if tunnel is not None else []
+        for tunnel in tunnels:
+            d = defer.maybeDeferred(self.store.get_tunnel, tunnel.session_id)
+            d.addCallback(self._check_holder, tunnel)
+            d.addErrback(lambda f: None)  # the registry is away: the refresh loop retries
+
+    def _check_holder(self, holder: TunnelHolder | None, tunnel: Tunnel) -> None:
+        # None (released, expired) is left to the refresh loop: only a claim by another
+        # tunnel proves the studio has moved.
+        if holder is not None and holder.tunnel_id != tunnel.holder.tunnel_id:
+            self._held_elsewhere(tunnel, f"node {holder.node_id} holds it now")
+
+    def _held_elsewhere(self, tunnel: Tunnel, why: str) -> None:
+        """Take the tunnel out of the table (requests go to the new holder) and let the
+        streams in flight finish (GoAway), for at most a claim-refresh period (the bound
+        the refresh loop gave before): then it is closed."""
+        if self._tunnels.get(tunnel.session_id) is not tunnel:
+            return
+        self._log.info("session {sid} moved ({why}): retiring this node's tunnel",
+                       sid=tunnel.session_id, why=why)
+        del self._tunnels[tunnel.session_id]
+        self._moved[tunnel] = self.clock.callLater(self.settings.holder_ttl / 3, tunnel.close)
+        self._update_gauge()
+        tunnel.retire()
 
 
 class TunnelServerProtocol(Protocol):

@@ -402,6 +402,13 @@ class Stream:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def retiring(self) -> bool:
+        """The tunnel under the stream takes no new work (GoAway either way, or closed):
+        an idle stream kept for reuse should be let go."""
+        mux = self.mux
+        return mux.closed or mux.local_go_away or mux.remote_go_away is not None
+
     # Sending --------------------------------------------------------------------------
 
     def _send_now(self, data: bytes) -> None:

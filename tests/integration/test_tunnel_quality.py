@@ -1,21 +1,30 @@
-"""Tunnel quality with real processes: a silent path found by both ends in time.
+"""Tunnel quality with real processes (issue 16): a silent path found by both ends in
+time, an abandoned download reset end to end, a takeover on another node followed at
+once.
 
-(Issue 16.) A relay between studios-connect and the gateway goes silent without
-closing anything, as when a laptop sleeps or a NAT entry expires.
+A relay between studios-connect and the gateway can go silent without closing
+anything, as when a laptop sleeps or a NAT entry expires.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from tests.integration.test_tunnel_process import Deployment, wait_connected
-from tests.support.studio import Connect, SocketTool
+from tests.support.gateway import GatewayProcess, base_env
+from tests.support.redis_server import RedisServer, redis_available
+from tests.support.studio import Connect, SocketTool, Tool
+from tests.support.web import Browser
 
 pytestmark = pytest.mark.slow
 
@@ -157,3 +166,74 @@ def test_an_abandoned_download_is_reset_end_to_end(tmp_path: Path) -> None:
         assert tool.sent[0] < 256 * MiB
     finally:
         d.stop()
+
+
+@pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
+def test_a_takeover_on_another_node_is_followed_at_once(tmp_path: Path) -> None:
+    """Two real nodes on one redis-server. The studio's first client, bound to node A,
+    freezes (SIGSTOP: its tunnel stays open and silent, as a suspended VM's would); the
+    studio comes back through node B. Node A must route to B from the registry's change
+    event on, not keep sending requests into its silent tunnel until the ping timeout
+    (20 s here) or the next claim refresh."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    stoppers: list[Callable[[], None]] = [redis.stop]
+    try:
+        nodes = []
+        for name in ("a", "b"):
+            env = base_env(tmp_path, CONNECT_REDIS_ADDRESS=redis.address,
+                           CONNECT_PEER_SECRET="takeover-test-peer-secret",
+                           CONNECT_MANAGEMENT_AUTH_KEY="k", CONNECT_LOG_LEVEL="info",
+                           CONNECT_NODE_ID=f"node-{name}")
+            env["CONNECT_PROXY_URL"] = f"http://localhost:{env['CONNECT_HTTP_PORT']}"
+            node = GatewayProcess(tmp_path, env, name=f"gateway-{name}")
+            stoppers.append(node.stop)
+            node.wait_healthy()
+            nodes.append(node)
+        a, b = nodes
+        status, body, _ = a.request("/api/sessions", method="POST", body={"owner": "alice"})
+        assert status == 201, body
+        created = json.loads(body)
+        sid = created["id"]
+        pin = parse_qs(urlsplit(created["connect_string"]).query)["pin"][0]
+
+        def via(node: GatewayProcess) -> dict[str, str]:
+            return {"CONNECT_GATEWAY_URL":
+                    f"tls://127.0.0.1:{node.env['CONNECT_TUNNEL_PORT']}?pin={pin}"}
+
+        tool = Tool(tmp_path)
+        stoppers.append(tool.stop)
+        first = Connect(tmp_path, created["connect_string"], tool.port, extra_env=via(a),
+                        name="connect-first")
+        stoppers.append(first.stop)
+        wait_connected(a, sid)
+        browser = Browser(timeout=30)
+        assert browser.use_login_link(created["login_link"]).status == 200
+        url = f"http://{sid}.localhost:{a.env['CONNECT_HTTP_PORT']}/api/info"
+        assert browser.get(url).status == 200
+
+        os.kill(first.proc.pid, signal.SIGSTOP)
+        stoppers.append(lambda: os.kill(first.proc.pid, signal.SIGCONT))
+        second = Connect(tmp_path, created["connect_string"], tool.port, extra_env=via(b),
+                         name="connect-second")
+        stoppers.append(second.stop)
+        deadline = time.monotonic() + 20
+        while "node-b" not in redis.cli("GET", f"connect:session:{sid}:tunnel"):
+            assert time.monotonic() < deadline, second.output()[-2000:]
+            time.sleep(0.01)
+        moved = time.monotonic()
+        # From now on every request through A reaches the studio through B, quickly.
+        quick = Browser(cookies=browser.cookies, timeout=3)
+        took = []
+        for _ in range(30):
+            start = time.monotonic()
+            reply = quick.get(url)
+            took.append(time.monotonic() - start)
+            assert reply.status == 200, (reply.status, reply.text[:300], a.output()[-2000:])
+        first_ok = took[0] + (start - moved - sum(took[1:]))
+        print(f"\nnode A served through B {first_ok * 1000:.0f} ms after B's claim; "
+              f"30 requests through A, slowest {max(took) * 1000:.0f} ms")
+        assert "moved (node node-b holds it now)" in a.output()
+    finally:
+        for stop in reversed(stoppers):
+            stop()

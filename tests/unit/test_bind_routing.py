@@ -10,29 +10,18 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from studios_gateway.config import load_config
 from studios_gateway.management.sessions import studio_routing
-from studios_gateway.registry.base import SessionRecord, hash_token
-from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.service import make_service
 from studios_gateway.tunnel.server import (
     Routing,
     TunnelServerFactory,
-    TunnelSettings,
-    TunnelTable,
 )
 from studios_gateway.wire.bind import BindReply, BindRequest, parse_reply
-
-TOKEN = "t" * 20
+from tests.support.tables import TOKEN, memory_table
 
 
 def bind_answer(routing: Routing | None) -> BindReply:
     """What a studio reads after sending its bind to a table built with `routing`."""
-    clock = Clock()
-    store = MemoryStore(clock)
-    store.create(SessionRecord(id="s1", workspace_id=None, tool="vscode", owner="alice",
-                               allowed_users=(), ssh_enabled=False,
-                               token_hash=hash_token(TOKEN), created_at=0.0))
-    table = TunnelTable(store, node_id="n1", node_address="a:1", clock=clock,
-                        settings=TunnelSettings(), routing=routing)
+    _, table = memory_table(Clock(), tool="vscode", routing=routing)
     protocol = TunnelServerFactory(table).buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)

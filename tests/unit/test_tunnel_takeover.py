@@ -1,0 +1,96 @@
+"""A studio that binds on another node: this node stops routing to its tunnel at the
+registry's change event, not at the next claim refresh (issue 16)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from studios_gateway.registry.memory import MemoryStore
+from studios_gateway.tunnel.server import TunnelServerFactory, TunnelTable
+from studios_gateway.wire import frames
+from studios_gateway.wire.bind import BindRequest
+from studios_gateway.wire.frames import GO_AWAY, FrameDecoder
+from tests.support.tables import TOKEN, memory_table
+
+
+def setup() -> tuple[Clock, MemoryStore, TunnelTable, StringTransport, object]:
+    clock = Clock()
+    store, table = memory_table(clock)
+    table.start()
+    protocol = TunnelServerFactory(table).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "generic", 8080).encode())
+    assert table.get("s1") is not None
+    return clock, store, table, transport, protocol
+
+
+def frames_after_bind(transport: StringTransport) -> list[frames.Frame]:
+    return FrameDecoder(2**32 - 1).feed(transport.value().split(b"\n", 1)[1])
+
+
+def test_a_claim_by_another_node_takes_the_tunnel_out_of_the_table_at_once() -> None:
+    clock, store, table, transport, protocol = setup()
+    ours = table.get("s1")
+    assert ours is not None
+    idle = ours.open_stream(b"T")  # say, an idle upstream connection the proxy keeps
+    assert not idle.retiring
+    transport.clear()
+    elsewhere = replace(ours.holder, node_id="n2", node_address="b:1", tunnel_id="other")
+    store.claim_tunnel(elsewhere, 30)  # the store tells every node at once
+    assert table.get("s1") is None  # requests now go to the new holder
+    assert [f.type for f in FrameDecoder(2**32 - 1).feed(transport.value())] == [GO_AWAY]
+    assert idle.retiring  # so the proxy lets it go instead of reusing it
+    idle.abortConnection()
+    assert not table.wait_empty().called  # its streams in flight may finish...
+    clock.advance(table.settings.holder_ttl / 3)  # ...for a claim-refresh period at most
+    assert transport.disconnecting
+    protocol.connectionLost(None)
+    assert table.wait_empty().called
+    holder = store.get_tunnel("s1").result
+    assert holder.tunnel_id == "other"  # the old tunnel's end did not release the new claim
+    table.stop()
+
+
+def test_our_own_claims_and_unrelated_changes_leave_the_tunnel_alone() -> None:
+    clock, store, table, transport, protocol = setup()
+    ours = table.get("s1")
+    assert ours is not None
+    store.refresh_tunnel(ours.holder, 30)
+    table._changed("s1")
+    table._changed(None)
+    table._changed("s2")
+    assert table.get("s1") is ours and frames_after_bind(transport) == []
+    table.stop()
+
+
+def test_the_proxy_pool_lets_go_of_idle_connections_on_a_retired_tunnel() -> None:
+    from studios_gateway.http.upstream import IdlePool
+
+    class Conn:
+        def __init__(self, fit: bool) -> None:
+            self.fit, self.closed = fit, False
+
+        def fit_for_reuse(self) -> bool:
+            return self.fit
+
+        def close(self) -> None:
+            self.closed = True
+
+    pool = IdlePool(Clock(), max_idle=4, idle_timeout=5)
+    good, stale = Conn(True), Conn(False)
+    pool.put("s1", good)
+    pool.put("s1", stale)  # most recently used, but its tunnel retired since
+    assert pool.take("s1") is good and stale.closed and not good.closed
+    assert pool.take("s1") is None
+    # The registry says the session changed: its idle connections go, others stay.
+    kept, other = Conn(True), Conn(True)
+    pool.put("s1", kept)
+    pool.put("s2", other)
+    pool.drop("s1")
+    assert kept.closed and pool.take("s1") is None and pool.count("s2") == 1
+    pool.drop(None)
+    assert other.closed and pool.take("s2") is None
