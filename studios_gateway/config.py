@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from studios_gateway.durations import EXPECTED as DURATION_EXPECTED
 from studios_gateway.durations import format_duration, parse_duration
+from studios_gateway.ssh.policy import MaxStartups
 
 REDACTED = "<redacted>"
 
@@ -468,6 +469,15 @@ VARIABLES: tuple[Var, ...] = (
        "Concurrent channels one SSH connection may open.", section="ssh"),
     _v("CONNECT_SSH_HANDSHAKE_TIMEOUT", "ssh_handshake_timeout", "1m", _positive_duration,
        "Time allowed for an SSH handshake and login.", section="ssh"),
+    _v("CONNECT_SSH_MAX_STARTUPS", "ssh_max_startups", "10:30:100", MaxStartups.parse,
+       "SSH connections not logged in yet, as OpenSSH's MaxStartups start:rate:full: from "
+       "start on, new ones are closed at accept with rate% chance, rising to all at full. "
+       "Only logged-in connections count toward CONNECT_SSH_MAX_CONNECTIONS.", seed=False,
+       section="ssh"),
+    _v("CONNECT_SSH_KEX_TIMEOUT", "ssh_kex_timeout", "10s", _positive_duration,
+       "Time from accept until the SSH key exchange is done (a silent socket is closed "
+       "then); CONNECT_SSH_HANDSHAKE_TIMEOUT still bounds the whole login.", seed=False,
+       section="ssh"),
     # Tunnel tuning and cluster (ours)
     _v("CONNECT_TUNNEL_WINDOW_SIZE", "tunnel_window_size", "6MiB", _size,
        "Per-stream flow-control window of a tunnel.", seed=False, section="tunnel"),
@@ -610,6 +620,8 @@ class Config:
     ssh_max_connections: int
     ssh_max_conn_channels: int
     ssh_handshake_timeout: float
+    ssh_max_startups: MaxStartups
+    ssh_kex_timeout: float
     tunnel_window_size: int
     tunnel_ping_interval: float
     tunnel_ping_timeout: float

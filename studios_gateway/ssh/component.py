@@ -51,7 +51,9 @@ log = Logger(namespace="studios_gateway.ssh")
 def settings_from(config: Any) -> SSHSettings:
     return SSHSettings(max_connections=config.ssh_max_connections,
                        max_conn_channels=config.ssh_max_conn_channels,
-                       handshake_timeout=config.ssh_handshake_timeout)
+                       handshake_timeout=config.ssh_handshake_timeout,
+                       max_startups=config.ssh_max_startups,
+                       kex_timeout=config.ssh_kex_timeout)
 
 
 def make_dial(dialer: Any) -> Any:

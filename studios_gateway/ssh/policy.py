@@ -5,11 +5,13 @@ No reactor, no transport: each piece is tested on its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from studios_gateway.wire.ids import SESSION_ID
 
-__all__ = ["LoginName", "Refused", "ConnectionLimiter", "parse_login", "USAGE"]
+__all__ = ["LoginName", "Refused", "ConnectionLimiter", "MaxStartups", "StartupLimiter",
+           "parse_login", "USAGE"]
 
 USAGE = "log in as <user>@<session-id>, for example: ssh alice@abcd1234@gateway -p 2222"
 MAX_LOGIN = 512
@@ -75,3 +77,62 @@ class ConnectionLimiter:
     def release(self) -> None:
         if self.live > 0:
             self.live -= 1
+
+
+@dataclass(frozen=True)
+class MaxStartups:
+    """OpenSSH's MaxStartups for connections not yet logged in: below `start` every new
+    one is accepted; from `start` on a new one is refused with probability `rate`%,
+    rising linearly to 100% at `full`."""
+
+    start: int
+    rate: int
+    full: int
+
+    @classmethod
+    def parse(cls, text: str) -> MaxStartups:
+        """``start:rate:full`` (10:30:100), or one number N (a hard cap: N:100:N)."""
+        parts = text.strip().split(":")
+        try:
+            if len(parts) == 1:
+                n = int(parts[0])
+                value = cls(n, 100, n)
+            elif len(parts) == 3:
+                value = cls(*(int(p) for p in parts))
+            else:
+                raise ValueError
+        except ValueError:
+            raise ValueError("start:rate:full (such as 10:30:100) or one number") from None
+        if not (1 <= value.start <= value.full and 0 <= value.rate <= 100):
+            raise ValueError("start:rate:full with 1 <= start <= full and rate from 0 to 100")
+        return value
+
+    def __str__(self) -> str:
+        return f"{self.start}:{self.rate}:{self.full}"
+
+    def drop_chance(self, pending: int) -> float:
+        """Probability that a new connection is refused while `pending` are logging in."""
+        if pending < self.start:
+            return 0.0
+        if pending >= self.full:
+            return 1.0
+        span = self.full - self.start
+        return (self.rate + (100 - self.rate) * (pending - self.start) / span) / 100
+
+
+class StartupLimiter(ConnectionLimiter):
+    """Counts connections that have not logged in (`live`); `acquire` admits a new one
+    by MaxStartups. `random` returns a float in [0, 1) (random.random; fixed in tests)."""
+
+    def __init__(self, policy: MaxStartups, random: Callable[[], float]):
+        super().__init__(policy.full)
+        self.policy = policy
+        self._random = random
+
+    def acquire(self) -> bool:
+        chance = self.policy.drop_chance(self.live)
+        if chance > 0 and self._random() < chance:
+            self.refused += 1
+            return False
+        self.live += 1
+        return True

@@ -49,7 +49,14 @@ from studios_gateway.ssh.channels import (
     conch_log,
 )
 from studios_gateway.ssh.keys import KeysUnavailable, UserKeys, fingerprint
-from studios_gateway.ssh.policy import ConnectionLimiter, LoginName, Refused, parse_login
+from studios_gateway.ssh.policy import (
+    ConnectionLimiter,
+    LoginName,
+    MaxStartups,
+    Refused,
+    StartupLimiter,
+    parse_login,
+)
 from studios_gateway.traffic.facts import SSH, Finished
 from studios_gateway.waiters import EmptyWaiters
 
@@ -103,10 +110,16 @@ def default_authorize(user: str, record: SessionRecord) -> bool | str:
 
 @dataclass(frozen=True)
 class SSHSettings:
+    #: Logged-in connections (CONNECT_SSH_MAX_CONNECTIONS).
     max_connections: int = 2000
     max_conn_channels: int = 30
+    #: From accept until logged in (CONNECT_SSH_HANDSHAKE_TIMEOUT).
     handshake_timeout: float = 60.0
     window: int = WINDOW
+    #: Connections not logged in yet, with early random drop (CONNECT_SSH_MAX_STARTUPS).
+    max_startups: MaxStartups = MaxStartups(10, 30, 100)
+    #: From accept until the key exchange is done (CONNECT_SSH_KEX_TIMEOUT).
+    kex_timeout: float = 10.0
 
 
 # Authentication -------------------------------------------------------------------------
@@ -181,6 +194,9 @@ class SessionRealm:
         f, login = self.factory, identity.login
         sid, user = login.session_id, login.user
         self.transport.identity = identity  # for the access log, also when refused
+        if not self.transport.logged_in():
+            raise Refused("the gateway has too many SSH connections; try again later",
+                          kind="too_many_connections")
         try:
             record = await defer.maybeDeferred(f.store.get, sid)
         except StoreUnavailable:
@@ -222,11 +238,6 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
 
     def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
         self.transport.tried_login = True
-        if self.transport.over_limit:
-            self.transport.refuse(Refused(
-                "the gateway has too many SSH connections; try again later",
-                kind="too_many_connections"))
-            return None
         return super().ssh_USERAUTH_REQUEST(packet)
 
     def _ebBadAuth(self, reason: Failure) -> None:
@@ -249,9 +260,10 @@ class GatewayTransport(transport.SSHServerTransport):
         self.supportedCiphers = CIPHERS
         self.supportedMACs = MACS
         self.supportedCompressions = [b"none"]
-        self._counted = False
-        self.over_limit = False
+        self._counted = False  # holds a slot of CONNECT_SSH_MAX_CONNECTIONS (logged in)
+        self.starting = False  # holds a slot of CONNECT_SSH_MAX_STARTUPS (not logged in)
         self._timer: Any = None
+        self._kex_timer: Any = None
         self._untrack: list[Callable[[], None]] = []
         self.upstream: UpstreamTransport | None = None
         self.identity: Identity | None = None
@@ -271,16 +283,41 @@ class GatewayTransport(transport.SSHServerTransport):
         if hasattr(self.transport, "setTcpNoDelay"):  # as OpenSSH does: keystrokes go now
             self.transport.setTcpNoDelay(True)
         self._timer = f.clock.callLater(f.settings.handshake_timeout, self._timed_out)
+        self._kex_timer = f.clock.callLater(f.settings.kex_timeout, self._kex_timed_out)
+
+    def logged_in(self) -> bool:
+        """The user's key is accepted: from a startup slot to a connection slot (False
+        when CONNECT_SSH_MAX_CONNECTIONS are logged in already)."""
+        f = self.factory
+        self._end_startup()
+        if self._counted:
+            return True
         if not f.limiter.acquire():
-            log.warn("SSH: refusing a connection from {peer}: {live} connections open "
+            log.warn("SSH: refusing {peer}: {live} connections logged in "
                      "(CONNECT_SSH_MAX_CONNECTIONS={limit})", peer=self._peer(),
                      live=f.limiter.live, limit=f.limiter.limit)
-            # Said at the client's first userauth request, when OpenSSH shows banners
-            # and disconnect reasons (during key exchange it may just hang up).
-            self.over_limit = True
-            return
-        self.over_limit = False
+            return False
         self._counted = True
+        return True
+
+    def _end_startup(self) -> None:
+        if self.starting:
+            self.starting = False
+            self.factory.startups.release()
+
+    def ssh_NEWKEYS(self, packet: bytes) -> None:
+        super().ssh_NEWKEYS(packet)
+        if self._kex_timer is not None and self._kex_timer.active():
+            self._kex_timer.cancel()
+        self._kex_timer = None
+
+    def _kex_timed_out(self) -> None:
+        self._kex_timer = None
+        log.info("SSH: {peer} did not finish the key exchange within {t:g}s; disconnecting",
+                 peer=self._peer(), t=self.factory.settings.kex_timeout)
+        self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR,
+                            b"key exchange timed out (the gateway allows %gs)"
+                            % self.factory.settings.kex_timeout)
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         # A client saying goodbye (code 11, "disconnected by user") is not an error.
@@ -304,9 +341,10 @@ class GatewayTransport(transport.SSHServerTransport):
                             % self.factory.settings.handshake_timeout)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._kex_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._kex_timer = None
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         if self.closing:
@@ -419,6 +457,7 @@ class GatewayTransport(transport.SSHServerTransport):
         self._cancel_timer()
         self.factory.forget(self)
         self._report()
+        self._end_startup()
         if self._counted:
             self._counted = False
             self.factory.limiter.release()
@@ -445,7 +484,8 @@ class GatewaySSHFactory(factory.SSHFactory):
                  dial: Dial,
                  authorize: Authorize = default_authorize, settings: SSHSettings | None = None,
                  clock: Any = None, track: Track | None = None,
-                 watch_keys: WatchKeys | None = None, traffic: Any = None):
+                 watch_keys: WatchKeys | None = None, traffic: Any = None,
+                 random: Callable[[], float] | None = None):
         if clock is None:
             from twisted.internet import reactor as clock
         self.host_key = host_key
@@ -459,6 +499,12 @@ class GatewaySSHFactory(factory.SSHFactory):
         self.watch_keys = watch_keys
         self.traffic = traffic  # studios_gateway.traffic.observer.Traffic, or None
         self.limiter = ConnectionLimiter(self.settings.max_connections)
+        if random is None:
+            import random as random_module
+
+            random = random_module.random
+        self.startups = StartupLimiter(self.settings.max_startups, random)
+        self._crowded = False  # said once per crowd, not once per socket
         self.connections: set[GatewayTransport] = set()
         self._idle = EmptyWaiters()
         self.publicKeys = {host_key.sshType(): host_key.public()}
@@ -466,9 +512,22 @@ class GatewaySSHFactory(factory.SSHFactory):
         self.primes = None
         self.services = {b"ssh-userauth": GatewayUserAuth, b"ssh-connection": UserConnection}
 
-    def buildProtocol(self, addr: Any) -> GatewayTransport:
+    def buildProtocol(self, addr: Any) -> GatewayTransport | None:  # type: ignore[override]
+        # Too many connections not logged in: None closes the socket at accept, before
+        # our version line and any key exchange (OpenSSH's MaxStartups does the same).
+        if not self.startups.acquire():
+            if not self._crowded:
+                self._crowded = True
+                log.warn("SSH: {n} connections are not logged in yet "
+                         "(CONNECT_SSH_MAX_STARTUPS={policy}); closing new ones at random "
+                         "until they log in or time out", n=self.startups.live,
+                         policy=str(self.startups.policy))
+            return None
+        if self.startups.live <= self.startups.policy.start // 2:
+            self._crowded = False
         t: GatewayTransport = super().buildProtocol(addr)  # type: ignore[assignment]
         t.supportedPublicKeys = _supported(HOST_KEY_ALGORITHMS, t.supportedPublicKeys)
+        t.starting = True
         return t
 
     @property

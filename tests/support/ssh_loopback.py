@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     from studios_gateway.registry.base import SessionRecord
     from studios_gateway.registry.memory import MemoryStore
     from studios_gateway.ssh.keys import fingerprint, load_host_key
+    from studios_gateway.ssh.policy import MaxStartups
     from studios_gateway.ssh.server import GatewaySSHFactory, SSHSettings
     from studios_gateway.ssh.user_keys import StoreUserKeys, keep_in_file
     from studios_gateway.studio.sshd import StudioSSHServer
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-connections", type=int, default=2000)
     p.add_argument("--max-channels", type=int, default=30)
     p.add_argument("--handshake-timeout", type=float, default=60.0)
+    p.add_argument("--max-startups", default="10:30:100")
+    p.add_argument("--kex-timeout", type=float, default=10.0)
     p.add_argument("--offline", action="append", default=[],
                    help="session ids whose studio is not connected")
     p.add_argument("--pin", help="fingerprint the studio trusts (default: the host key's)")
@@ -152,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
         host_key=host_key, user_keys=StoreUserKeys(store), store=store,
         dial=dial, settings=SSHSettings(max_connections=args.max_connections,
                                         max_conn_channels=args.max_channels,
-                                        handshake_timeout=args.handshake_timeout),
+                                        handshake_timeout=args.handshake_timeout,
+                                        max_startups=MaxStartups.parse(args.max_startups),
+                                        kex_timeout=args.kex_timeout),
         clock=reactor)
     port = reactor.listenTCP(args.port, fac, interface="127.0.0.1")
     from twisted.internet import defer

@@ -17,9 +17,9 @@ from twisted.python.failure import Failure
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.ssh.channels import FlowChannel, FlowConnection
 from studios_gateway.ssh.keys import MemoryUserKeys
+from studios_gateway.ssh.policy import MaxStartups, StartupLimiter
 from studios_gateway.ssh.server import (
     GatewaySSHFactory,
-    GatewayUserAuth,
     RelayChannel,
     SSHSettings,
     _pair,
@@ -57,25 +57,71 @@ def test_handshake_timeout() -> None:
     assert f.live_connections == 0
 
 
-def test_connection_limit_and_release() -> None:
+def test_only_logged_in_connections_count_toward_max_connections() -> None:
     clock = MemoryReactorClock()
     f = _factory(clock, max_connections=2)
-    (p1, t1), (_p2, t2) = _connect(f), _connect(f)
-    p3, t3 = _connect(f)
-    assert not t1.disconnecting and not t2.disconnecting
-    assert p3.over_limit and not p1.over_limit and not t3.disconnecting
-    # said at the first userauth request, after key exchange (OpenSSH shows it then)
-    auth = GatewayUserAuth()
-    auth.transport = p3
-    p3.sendPacket = lambda kind, payload: t3.write(payload)  # type: ignore[method-assign]
-    auth.ssh_USERAUTH_REQUEST(b"")
-    assert t3.disconnecting and b"too many SSH connections" in t3.value()
+    conns = [_connect(f) for _ in range(5)]  # five not logged in: no slot taken
+    assert f.live_connections == 0 and f.startups.live == 5
+    (p1, _), (p2, _), (p3, _) = conns[:3]
+    assert p1.logged_in() and p2.logged_in()
+    assert f.live_connections == 2 and f.startups.live == 3
+    assert not p3.logged_in()  # the login refuses it with "too many SSH connections"
+    assert f.limiter.refused == 1 and f.startups.live == 2
     p3.connectionLost(Failure(ConnectionError()))
-    assert f.live_connections == 2 and f.limiter.refused == 1
+    assert f.live_connections == 2
     p1.connectionLost(Failure(ConnectionError()))
-    _p4, t4 = _connect(f)
-    assert not t4.disconnecting and f.live_connections == 2
-    assert not clock.getDelayedCalls() or all(c.active() for c in clock.getDelayedCalls())
+    p4, _ = conns[3]
+    assert p4.logged_in() and f.live_connections == 2
+    for p, _ in (conns[1], conns[3], conns[4]):
+        p.connectionLost(Failure(ConnectionError()))
+    assert f.live_connections == 0 and f.startups.live == 0
+
+
+def test_max_startups_closes_new_sockets_at_accept_before_our_version_line() -> None:
+    clock = MemoryReactorClock()
+    draws = iter([0.99, 0.0])  # the first draw keeps, the second drops
+    f = _factory(clock, max_startups=MaxStartups(2, 50, 4))
+    f.startups = StartupLimiter(f.settings.max_startups, lambda: next(draws))
+    _connect(f), _connect(f)  # below start: always in, no draw
+    assert f.buildProtocol(None) is not None  # 50% chance of a drop: kept (0.99)
+    assert f.buildProtocol(None) is None  # 75%: dropped (0.0); Twisted closes the socket
+    assert f.startups.live == 3 and f.startups.refused == 1
+
+
+def test_a_silent_socket_is_closed_at_the_kex_timeout() -> None:
+    clock = MemoryReactorClock()
+    f = _factory(clock, kex_timeout=3.0, handshake_timeout=60.0)
+    proto, t = _connect(f)
+    clock.advance(2.9)
+    assert not t.disconnecting
+    clock.advance(0.2)
+    assert t.disconnecting and b"key exchange timed out" in t.value()
+    proto.connectionLost(Failure(ConnectionError()))
+    assert f.startups.live == 0 and not [c for c in clock.getDelayedCalls() if c.active()]
+
+
+@given(st.integers(1, 50), st.integers(0, 100), st.integers(0, 60), st.integers(0, 200))
+def test_max_startups_drop_chance(start: int, rate: int, extra: int, pending: int) -> None:
+    policy = MaxStartups(start, rate, start + extra)
+    chance = policy.drop_chance(pending)
+    assert 0.0 <= chance <= 1.0
+    if pending < start:
+        assert chance == 0.0
+    elif pending >= start + extra:
+        assert chance == 1.0
+    else:
+        assert chance >= rate / 100 and policy.drop_chance(pending + 1) >= chance
+    assert MaxStartups.parse(str(policy)) == policy
+
+
+def test_max_startups_parse() -> None:
+    import pytest
+
+    assert MaxStartups.parse("10:30:100") == MaxStartups(10, 30, 100)
+    assert MaxStartups.parse(" 7 ") == MaxStartups(7, 100, 7)
+    for bad in ("", "0", "10:30", "10:101:20", "20:30:10", "a:b:c", "1:2:3:4"):
+        with pytest.raises(ValueError):
+            MaxStartups.parse(bad)
 
 
 def test_health_check_is_quiet() -> None:
