@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from http import HTTPStatus
 
 __all__ = [
     "Page",
@@ -22,14 +23,8 @@ __all__ = [
     "tool_unavailable",
 ]
 
-_REASONS = {
-    301: "Moved Permanently", 302: "Found", 308: "Permanent Redirect", 400: "Bad Request",
-    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
-    413: "Content Too Large", 414: "URI Too Long", 421: "Misdirected Request",
-    429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
-    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
-}
+# RFC 9110's names where Python's table still has the older ones.
+_RFC9110 = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
 
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;"
           "padding:0 1em;color:#222}code{background:#eee;padding:0 .2em}")
@@ -43,11 +38,19 @@ class Page:
 
     @property
     def reason(self) -> bytes:
-        return _REASONS.get(self.status, "Error").encode()
+        return reason_phrase(self.status)
 
 
 def reason_phrase(status: int) -> bytes:
-    return _REASONS.get(status, "Error").encode()
+    """The status's reason phrase ("OK" for 200); a status without a name gets its class's
+    (RFC 9110 section 15: a client treats it as the x00 of its class)."""
+    if status in _RFC9110:
+        return _RFC9110[status].encode()
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return HTTPStatus(status // 100 * 100).phrase.encode() if 100 <= status < 600 \
+            else b"Unknown"
 
 
 def page(status: int, title: str, message: str, *, session_id: str | None = None,
