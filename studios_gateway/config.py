@@ -361,7 +361,8 @@ VARIABLES: tuple[Var, ...] = (
     # Proxy
     _v("CONNECT_PROXY_URL", "proxy_url", None, _proxy_url,
        "Base URL (or domain) of Connect, such as https://connect.example.com. "
-       "Unset: http://localhost, for a demo on one machine.", section="proxy"),
+       "Unset: http://localhost (https:// with CONNECT_TLS_CERT_FILE; :CONNECT_HTTP_PORT "
+       "unless it is the scheme's default), for a demo on one machine.", section="proxy"),
     _v("CONNECT_STUDIOS_DOMAIN", "studios_domain", None, _domain,
        "Parent domain of the per-studio subdomains. Unset: the host of CONNECT_PROXY_URL.",
        seed=False, section="proxy"),
@@ -646,7 +647,15 @@ class Config:
 
     @property
     def effective_proxy_url(self) -> str:
-        return self.proxy_url or "http://localhost"
+        """CONNECT_PROXY_URL, or localhost as this gateway serves it: https when the HTTP
+        port has a certificate, with the port when it is not the scheme's default (the
+        links it hands out must work as printed)."""
+        if self.proxy_url:
+            return self.proxy_url
+        tls = bool(self.tls_cert_file and self.tls_key_file)
+        scheme, default_port = ("https", 443) if tls else ("http", 80)
+        port = "" if self.http_port == default_port else f":{self.http_port}"
+        return f"{scheme}://localhost{port}"
 
     @property
     def proxy_host(self) -> str:

@@ -370,3 +370,24 @@ def test_readme_config_table_is_current() -> None:
     readme = Path(__file__).resolve().parents[2] / "README.md"
     text = readme.read_text()
     assert render(text) == text, "run: python -m studios_gateway.docgen"
+
+
+@pytest.mark.parametrize("env, url", [
+    ({}, "http://localhost"),
+    ({"CONNECT_HTTP_PORT": "8080"}, "http://localhost:8080"),
+    ({"CONNECT_HTTP_PORT": "443"}, "http://localhost:443"),
+    ({"CONNECT_PROXY_URL": "https://connect.example.com"}, "https://connect.example.com"),
+])
+def test_the_default_proxy_url_carries_the_http_port(env: dict, url: str) -> None:
+    assert load_config(environ=env).effective_proxy_url == url
+
+
+def test_the_default_proxy_url_is_https_on_a_certificate(tmp_path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    env = {"CONNECT_TLS_CERT_FILE": str(cert), "CONNECT_TLS_KEY_FILE": str(key)}
+    assert load_config(environ={**env, "CONNECT_HTTP_PORT": "443"}
+                       ).effective_proxy_url == "https://localhost"
+    assert load_config(environ={**env, "CONNECT_HTTP_PORT": "8443"}
+                       ).effective_proxy_url == "https://localhost:8443"
