@@ -2,8 +2,9 @@
 
 It starts `twistd -n studios-gateway` on the embedded default (sessions in
 memory, no Platform), creates a session through the admin API, starts a studio
-through `studios-connect` in entry-point mode (JupyterLab when it is
-installed, otherwise the built-in demo tool), and prints the URL to open.
+through `studios-connect` in entry-point mode (JupyterLab through its preset
+when it is installed, otherwise the built-in demo tool), and prints the URL to
+open.
 Ctrl-C stops everything.
 """
 
@@ -77,22 +78,19 @@ def _wait_connected(base: str, key: str, sid: str, studio: subprocess.Popen[byte
 
 
 def tool_command(port: int, prefix: str, force_builtin: bool) -> tuple[str, list[str]]:
-    """JupyterLab when installed (and not refused), else the built-in demo tool."""
+    """`studios-connect` arguments: JupyterLab through its preset when installed (and not
+    refused), else the built-in demo tool as the child command."""
     jupyter = shutil.which("jupyter", path=os.pathsep.join(
         [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if jupyter and not force_builtin:
         probe = subprocess.run([jupyter, "lab", "--version"], capture_output=True, timeout=60)
         if probe.returncode == 0:
-            return "jupyterlab", [
-                jupyter, "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-                f"--ServerApp.base_url={prefix}", "--IdentityProvider.token=",
-                "--ServerApp.password=", "--ServerApp.allow_remote_access=True",
-                "--ServerApp.disable_check_xsrf=False",
-                "--ServerApp.log_level=WARN",  # keep the demo's own lines readable
-                # Studios often run as root in their container; Jupyter refuses unless told.
-                *(["--allow-root"] if os.geteuid() == 0 else [])]
-    return "generic", [sys.executable, "-m", "studios_gateway.demo.tool", "--port", str(port),
-                       "--prefix", prefix]
+            # The preset adds the rest (loopback, port, base path from the gateway, login
+            # off, ...) and says so in one line; this keeps the demo's own lines readable.
+            return "jupyterlab", ["--tool", "jupyterlab", "--", jupyter, "lab",
+                                  "--ServerApp.log_level=WARN"]
+    return "generic", ["--", sys.executable, "-m", "studios_gateway.demo.tool", "--port",
+                       str(port), "--prefix", prefix]
 
 
 STOP_WAIT = 15.0  # seconds for the gateway and the studio to stop before we kill them
@@ -165,10 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         client_env = {k: v for k, v in env.items() if not k.startswith("CONNECT_")}
         client_env.update({"CONNECT_STRING": created["connect_string"],
                            "CONNECT_TOOL_PORT": str(tool_port), "CONNECT_TOOL": tool})
-        if args.path_routing:
+        if args.path_routing and tool == "generic":  # the preset learns it from the gateway
             client_env["CONNECT_TOOL_PATH_PREFIX"] = prefix
-        studio = subprocess.Popen([str(bindir / "studios-connect"), "--", *command],
-                                  env=client_env)
+        studio = subprocess.Popen([str(bindir / "studios-connect"), *command], env=client_env)
         children.append(studio)
         _wait_connected(base, key, sid, studio, args.start_timeout)
         print(f"\n==> studio {sid} is up. Open this one-time link in your browser; it logs "
