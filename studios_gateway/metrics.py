@@ -105,7 +105,7 @@ class Metrics:
             return
         original_do = reactor.doIteration
         original_ruc = reactor.runUntilCurrent
-        state = {"start": None}
+        state: dict[str, float | None] = {"start": None}
         ticks = self.reactor_ticks
 
         def run_until_current() -> None:

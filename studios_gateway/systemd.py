@@ -35,6 +35,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 #: FileDescriptorName= values the gateway looks for, one per listener.
 SOCKET_NAMES = ("http", "tunnel", "ssh", "peer", "management")
@@ -257,6 +258,7 @@ def socket_family(fd: int) -> int:
         probe.close()
 
 
+@implementer(IStreamServerEndpoint)
 class _FailingEndpoint:
     """Reports an unusable inherited socket when the listener binds (one clear line)."""
 

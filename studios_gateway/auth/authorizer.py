@@ -34,10 +34,10 @@ from urllib.parse import quote, urlencode
 
 from twisted.internet import defer, task
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.auth.cookies import Clock
 from studios_gateway.auth.platform_http import PlatformHTTP
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
@@ -120,7 +120,7 @@ class _Live:
 class Authorizer:
     _log = Logger()
 
-    def __init__(self, store: Any, *, clock: Clock, ttl: float,
+    def __init__(self, store: Any, *, clock: IReactorTime, ttl: float,
                  workspace_allowed: Callable[[str | None], bool],
                  platform: PlatformAccess | None = None, login_ttl: float = 12 * 3600,
                  max_entries: int = 100_000, login_state: Any = None):
@@ -164,7 +164,7 @@ class Authorizer:
         if self._sweeper is None and self.ttl > 0:
             half = self.ttl / 2
             self._sweeper = task.LoopingCall(lambda: self.recheck_live(max_age=half))
-            self._sweeper.clock = self._clock  # type: ignore[assignment]
+            self._sweeper.clock = self._clock
             self._sweeper.start(half, now=False).addErrback(
                 lambda f: self._log.failure("the live-connection sweep failed", f))
 
@@ -382,7 +382,10 @@ class Authorizer:
         self._next_live += 1
         handle = self._next_live
         self._live[handle] = _Live(session_id, user, login_id, close)
-        return lambda: self._live.pop(handle, None) and None
+        def forget() -> None:
+            self._live.pop(handle, None)
+
+        return forget
 
     @property
     def live_count(self) -> int:

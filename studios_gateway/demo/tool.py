@@ -161,6 +161,7 @@ class Upload(Resource):
     def render_POST(self, request: Request) -> bytes:
         digest = hashlib.sha256()
         n = 0
+        assert request.content is not None
         request.content.seek(0)
         while block := request.content.read(1 << 20):
             digest.update(block)
@@ -172,7 +173,8 @@ class Upload(Resource):
 def make_root(prefix: str = "/") -> Resource:
     """The tool's resource tree, mounted under `prefix` (which ends in '/')."""
     page = Page()
-    page.putChild(b"ws", WebSocketResource(EchoFactory()))
+    # Twisted types the factory by its protocol class; ours is a subclass (invariance).
+    page.putChild(b"ws", WebSocketResource(EchoFactory()))  # type: ignore[arg-type]
     page.putChild(b"api", Resource())
     page.children[b"api"].putChild(b"info", Info())
     page.putChild(b"download", Download())
@@ -186,7 +188,7 @@ def make_root(prefix: str = "/") -> Resource:
 
 
 class QuietSite(Site):
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass
 
 

@@ -105,7 +105,7 @@ class SessionsResource(_Async):
         self._present = present
 
     def render(self, request: Request) -> Any:
-        path = [p for p in request.postpath if p]
+        path = [p for p in request.postpath or [] if p]
         method = request.method
         if not path:
             if method == b"GET":

@@ -41,7 +41,11 @@ def wait_for_change(store: TunnelClaims, clock: Any, session_id: str,
             d.callback(True)
 
     unsubscribe = store.subscribe(heard)
-    timer = clock.callLater(timeout, lambda: d.called or d.callback(False))
+    def expire() -> None:
+        if not d.called:
+            d.callback(False)
+
+    timer = clock.callLater(timeout, expire)
 
     def done(result: bool) -> bool:
         unsubscribe()

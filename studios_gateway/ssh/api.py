@@ -90,7 +90,7 @@ class UserKeysResource(Resource):
         self.store = store
 
     def _target(self, request: Request) -> tuple[str, str | None]:
-        parts = [unquote(p.decode("utf-8", "replace")) for p in request.postpath]
+        parts = [unquote(p.decode("utf-8", "replace")) for p in request.postpath or []]
         if parts and parts[-1] == "":
             parts = parts[:-1]
         if len(parts) in (2, 3) and parts[1] == "keys" and valid_user(parts[0]):

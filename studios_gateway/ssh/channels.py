@@ -296,17 +296,18 @@ class FlowConnection(connection.SSHConnection):
         self._opening += 1
         d = defer.maybeDeferred(self.open_channel, channel_type, window, max_packet, data)
 
-        def done(result: FlowChannel | Failure) -> None:
+        def done(result: Any) -> None:  # a FlowChannel, or the Failure
             self._opening -= 1
             if self.transport is None or getattr(self, "_stopped", False):
                 if isinstance(result, FlowChannel):
                     result.closed()
                 return
             if isinstance(result, Failure):
+                err: Any = result.value
                 if result.check(OpenRefused):
-                    code, why = result.value.code, result.value.description
+                    code, why = err.code, err.description
                 elif result.check(error.ConchError):
-                    why, code = result.value.args[0], result.value.args[1]
+                    why, code = err.args[0], err.args[1]
                     if isinstance(why, int):
                         why, code = code, why
                     why = why.decode() if isinstance(why, bytes) else str(why)
@@ -326,6 +327,7 @@ class FlowConnection(connection.SSHConnection):
             self.channels[local] = channel
             self.channelsToRemoteChannel[channel] = sender
             self.localToRemoteChannel[local] = sender
+            assert self.transport is not None
             self.transport.sendPacket(
                 connection.MSG_CHANNEL_OPEN_CONFIRMATION,
                 struct.pack(">4L", sender, local, channel.localWindowSize,
@@ -335,6 +337,7 @@ class FlowConnection(connection.SSHConnection):
         d.addBoth(done)
 
     def _open_failed(self, sender: int, code: int, why: str) -> None:
+        assert self.transport is not None
         self.transport.sendPacket(
             connection.MSG_CHANNEL_OPEN_FAILURE,
             struct.pack(">2L", sender, code) + common.NS(why.encode("utf-8", "replace"))
@@ -361,7 +364,7 @@ class FlowConnection(connection.SSHConnection):
             channel.abort()
             return None
         channel.localWindowLeft -= n
-        return channel  # type: ignore[no-any-return]
+        return channel
 
     def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
         local, n = struct.unpack(">2L", packet[:8])
@@ -378,6 +381,7 @@ class FlowConnection(connection.SSHConnection):
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
         if channel.localClosed or channel not in self.channelsToRemoteChannel:
             return
+        assert self.transport is not None
         self.transport.sendPacket(
             connection.MSG_CHANNEL_WINDOW_ADJUST,
             struct.pack(">2L", self.channelsToRemoteChannel[channel], bytesToAdd))
@@ -428,6 +432,7 @@ class FlowConnection(connection.SSHConnection):
                 _, ok = channel.reply_slots.popleft()
                 if channel.localClosed or channel not in self.channelsToRemoteChannel:
                     continue
+                assert self.transport is not None
                 self.transport.sendPacket(
                     connection.MSG_CHANNEL_SUCCESS if ok else connection.MSG_CHANNEL_FAILURE,
                     struct.pack(">L", self.localToRemoteChannel[channel.id]))

@@ -84,7 +84,10 @@ class KeyWatch:
         self._next += 1
         handle = self._next
         self._live[handle] = _Conn(user, blob, close)
-        return lambda: self._live.pop(handle, None) and None
+        def forget() -> None:
+            self._live.pop(handle, None)
+
+        return forget
 
     @property
     def live_count(self) -> int:

@@ -86,7 +86,11 @@ class ToolChild:
                 if self._kill_call is None:
                     self._kill_call = self.reactor.callLater(self.grace, self._kill)
         d: Deferred[int] = Deferred()
-        self.ended.addBoth(lambda s: (d.callback(s), s)[1])
+        def tell(status: Any) -> Any:
+            d.callback(status)
+            return status
+
+        self.ended.addBoth(tell)
         return d
 
     def _kill(self) -> None:

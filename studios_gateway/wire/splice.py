@@ -10,9 +10,9 @@ end of file.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -67,12 +67,13 @@ class SpliceEnd(Protocol):
         if peer is not None:
             peer.peer = None
             if peer.transport is not None and not peer._lost:
-                peer.transport.unregisterProducer()
+                cast(IConsumer, peer.transport).unregisterProducer()
                 peer.transport.loseConnection()
 
     def _attach(self, peer: SpliceEnd) -> None:
         self.peer = peer
         pending, self._pending = self._pending, []
+        assert peer.transport is not None
         for chunk in pending:
             peer.transport.write(chunk)
         if self._peer_eof_pending:
@@ -83,8 +84,8 @@ class SpliceEnd(Protocol):
 def join(a: SpliceEnd, b: SpliceEnd) -> None:
     """Splice two connected ends: bytes flow both ways, each paced by the other."""
     assert a.transport is not None and b.transport is not None
-    a.transport.registerProducer(b.transport, True)
-    b.transport.registerProducer(a.transport, True)
+    cast(IConsumer, a.transport).registerProducer(cast(IPushProducer, b.transport), True)
+    cast(IConsumer, b.transport).registerProducer(cast(IPushProducer, a.transport), True)
     a._attach(b)
     b._attach(a)
     for end in (a, b):
