@@ -31,6 +31,12 @@ def check_config(args: argparse.Namespace) -> int:
         print()
     for warning in config.warnings:
         print(f"warning: {warning}")
+    from studios_gateway.http.component import check_https_certificate
+
+    problem = check_https_certificate(config)  # what the start would refuse
+    if problem is not None:
+        print(f"studios-gateway: {problem}", file=sys.stderr)
+        return 2
     print("configuration OK")
     return 0
 

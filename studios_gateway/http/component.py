@@ -176,6 +176,26 @@ def _track(auth: Any) -> Any:
     return track
 
 
+def check_https_certificate(config: Config) -> str | None:
+    """Why the HTTPS proxy would not start with CONNECT_TLS_CERT_FILE/KEY_FILE (one line),
+    or None: names it does not cover, a PEM or key that does not load. The start and
+    ``studios-gateway check-config`` both ask this."""
+    from studios_gateway.wire import tls
+
+    if not (config.tls_cert_file and config.tls_key_file):
+        return None
+    problem = check_certificate_names(config.tls_cert_file, config.proxy_host,
+                                      config.effective_studios_domain, config.path_routing)
+    if problem is not None:
+        return problem
+    try:
+        tls.server_options(config.tls_cert_file, config.tls_key_file).getContext()
+    except Exception as e:  # a bad PEM or a key that does not match: one line
+        return (f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the certificate "
+                f"and key ({e})")
+    return None
+
+
 def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer,
                   auth: Auth, traffic: Traffic | None = None) -> ProxyFactory:
     """The proxy for this gateway's config, store, dialer and login."""
@@ -219,16 +239,12 @@ def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer
     served: Any = factory
     description = "the HTTP proxy"
     if config.tls_cert_file and config.tls_key_file:
-        problem = check_certificate_names(config.tls_cert_file, config.proxy_host,
-                                          config.effective_studios_domain, config.path_routing)
+        problem = check_https_certificate(config)
         if problem is not None:
             raise StartError(problem)
-        try:  # SIGHUP loads the files again (a renewed certificate): systemd reload
-            options = ReloadableServerTLS(config.tls_cert_file, config.tls_key_file,
-                                          tls.server_options)
-        except Exception as e:  # a bad PEM or a key that does not match: one line
-            raise StartError(f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the "
-                             f"certificate and key ({e})") from None
+        # SIGHUP loads the files again (a renewed certificate): systemd reload
+        options = ReloadableServerTLS(config.tls_cert_file, config.tls_key_file,
+                                      tls.server_options)
         part.reload_hooks.append(tls_reloader(options))
         served = serve_tls(config, reactor, metrics, "http", options, factory)
         description = "the HTTPS proxy"

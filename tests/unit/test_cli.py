@@ -26,3 +26,33 @@ def test_without_url_it_is_unset_and_the_later_one_wins() -> None:
     assert build_parser().parse_args(["sessions", "list"]).url is None
     args = build_parser().parse_args(["sessions", "--url", "http://a", "list", "--url", URL])
     assert args.url == URL
+
+
+def test_check_config_fails_on_a_certificate_the_start_refuses(
+        tmp_path, monkeypatch, capsys) -> None:
+    from studios_gateway.cli import main
+    from studios_gateway.wire.tls import make_self_signed
+
+    def files(*names: str) -> None:
+        cert, key = make_self_signed(list(names))
+        (tmp_path / "cert.pem").write_bytes(cert)
+        (tmp_path / "key.pem").write_bytes(key)
+
+    for k in [k for k in __import__("os").environ if k.startswith(("CONNECT_", "TOWER_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CONNECT_PROXY_URL", "https://connect.example.com")
+    monkeypatch.setenv("CONNECT_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("CONNECT_TLS_CERT_FILE", str(tmp_path / "cert.pem"))
+    monkeypatch.setenv("CONNECT_TLS_KEY_FILE", str(tmp_path / "key.pem"))
+    files("connect.example.com", "*.connect.example.com")
+    assert main(["check-config", "-q"]) == 0
+    assert "configuration OK" in capsys.readouterr().out
+    files("connect.example.com")  # no *.connect.example.com: the start refuses it
+    assert main(["check-config", "-q"]) == 2
+    out = capsys.readouterr()
+    assert "*.connect.example.com" in out.err and "configuration OK" not in out.out
+    files("connect.example.com", "*.connect.example.com")
+    other_key = make_self_signed(["x.test"])[1]
+    (tmp_path / "key.pem").write_bytes(other_key)  # a key that is not the certificate's
+    assert main(["check-config", "-q"]) == 2
+    assert "cannot load the certificate and key" in capsys.readouterr().err
