@@ -8,26 +8,18 @@ load goes to the IdP's login form and the open WebSocket is closed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.test_login_process import echoes, logged_in, open_ws
 from tests.support.login import Gateway, IdPProcess, oidc_env
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 TOKEN_TTL = 3  # seconds: the gateway refreshes 2.4 s after each token set is issued
-
-
-def wait_until(what: str, condition: Callable[[], bool], timeout: float) -> float:
-    """Seconds until `condition()` holds; fails after `timeout`."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, f"not within {timeout}s: {what}"
-        time.sleep(0.05)
-    return time.monotonic() - start
 
 
 @pytest.fixture
@@ -51,7 +43,7 @@ def test_refresh_keeps_the_login_until_the_idp_refuses(
     hers, his = open_ws(g, alice, sid), open_ws(g, bob, sid)
     logged_in_at = time.monotonic()
     # Two refreshes each: every token set the logins started with has expired by then.
-    wait_until("two refreshes per login", lambda: idp.counts()["refreshed"] >= 4,
+    wait_until(lambda: idp.counts()["refreshed"] >= 4, "two refreshes per login",
                2 * TOKEN_TTL + 3)
     assert time.monotonic() - logged_in_at > TOKEN_TTL
     counts = idp.counts()
@@ -69,7 +61,7 @@ def test_refresh_keeps_the_login_until_the_idp_refuses(
     assert "the issuer refused to refresh a login: logging it out" in g.gw.output()
     # Bob's login is untouched and keeps being refreshed.
     refreshed = idp.counts()["refreshed"]
-    wait_until("bob's next refresh", lambda: idp.counts()["refreshed"] > refreshed,
+    wait_until(lambda: idp.counts()["refreshed"] > refreshed, "bob's next refresh",
                TOKEN_TTL + 2)
     assert echoes(his)
     assert bob.get(g.url(sid, "/api/info")).status == 200

@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from studios_gateway.wire.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import GatewayProcess, base_env, twistd
 from tests.support.ports import free_port, wait_for_port
 from tests.support.studio import Connect, Tool
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -157,14 +158,6 @@ def test_watchdog_meant_for_another_process_is_not_served(tmp_path: Path,
     finally:
         gw.stop()
     assert not any("WATCHDOG" in m for m in notify.seen)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not {what} within {timeout}s")
-        time.sleep(0.05)
 
 
 def test_sigterm_drains_like_shutdown_and_exits_zero(tmp_path: Path,
