@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,10 @@ class FileBackedMemoryStoreTests(contract.MemoryStoreTests):
 
     def setUp(self) -> None:
         self.clock = Clock()
+        root = tempfile.mkdtemp(prefix="sessions-file-")  # not trial's mktemp: not in the cwd
+        self.addCleanup(shutil.rmtree, root, True)
         self.store = self.other = MemoryStore(
-            self.clock, sessions_file=Path(self.mktemp()) / "sessions.json")
+            self.clock, sessions_file=Path(root) / "sessions.json")
 
 
 def result(d: Any) -> Any:
