@@ -22,7 +22,8 @@ import urllib.parse
 from pathlib import Path
 
 from bench.common import free_port, port_open, wait_until
-from tests.integration.test_tunnel_process import KEY, Deployment, wait_connected
+from tests.integration.test_traffic_process import SSHStudio, ssh_studio
+from tests.integration.test_tunnel_process import KEY, Deployment
 from tests.support.websocket import WebSocket
 
 GRAPHS = [
@@ -55,9 +56,8 @@ scrape_configs:
     return proc, port
 
 
-def load(d: Deployment, created: dict, key: Path, ssh_port: int, stop: threading.Event
-         ) -> list[threading.Thread]:
-    sid = created["id"]
+def load(d: Deployment, studio: SSHStudio, stop: threading.Event) -> list[threading.Thread]:
+    created, sid = studio.created, studio.sid
     host = f"{sid}.localhost:{d.http_port}"
     cookie = d.browser._cookie_header(f"{sid}.localhost", "/") or ""
 
@@ -84,12 +84,8 @@ def load(d: Deployment, created: dict, key: Path, ssh_port: int, stop: threading
             ws.close()
 
     def ssh() -> None:
-        opts = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
-                "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
-                "-i", str(key), "-p", str(ssh_port)]
         while not stop.is_set():
-            subprocess.run(["ssh", *opts, f"alice@{sid}@127.0.0.1",
-                            "head -c 30000000 /dev/zero; sleep 3"],
+            subprocess.run(studio.ssh("head -c 30000000 /dev/zero; sleep 3"),
                            stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=60)
             stop.wait(4)
 
@@ -123,19 +119,10 @@ def main() -> int:
     prom = None
     stop = threading.Event()
     try:
-        ssh_port = int(d.env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1])
-        created = d.create(ssh_enabled=True)
-        key = work / "alice_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-                       check=True)
-        d.gw.request("/api/users/alice/keys", method="PUT",
-                     body={"keys": [key.with_suffix(".pub").read_text()]})
-        d.studio(created)
-        wait_connected(d.gw, created["id"])
-        d.login(created)
+        studio = ssh_studio(d, work)
         prom, prom_port = prometheus(work, f"127.0.0.1:{d.gw.management_port}")
         wait_until(lambda: port_open(prom_port), "prometheus", 30, prom)
-        threads = load(d, created, key, ssh_port, stop)
+        threads = load(d, studio, stop)
         time.sleep(args.seconds)
         screenshot(prom_port, args.out.resolve(), max(1, int(args.seconds // 60) + 1))
         stop.set()

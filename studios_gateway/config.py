@@ -532,6 +532,10 @@ VARIABLES: tuple[Var, ...] = (
     _v("CONNECT_QUOTA_SESSION_BYTES", "quota_session_bytes", None, _size,
        "Bytes one session may move (both ways, every user, every node) per window. Unset: "
        "no limit.", seed=False, section="operations"),
+    _v("CONNECT_QUOTA_SESSION_BANDWIDTH", "quota_session_bandwidth", None, _size,
+       "Bytes per second one session may move on one node (HTTP, WebSockets and SSH "
+       "together, each direction counted); reads are paused to keep to it. Unset: no cap.",
+       seed=False, section="operations"),
 )
 
 BY_NAME: dict[str, Var] = {v.name: v for v in VARIABLES}
@@ -639,6 +643,7 @@ class Config:
     quota_window: float
     quota_user_bytes: int | None
     quota_session_bytes: int | None
+    quota_session_bandwidth: int | None
     #: Where each variable's value came from: option, environment, env file or default.
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)

@@ -62,3 +62,35 @@ class GateProducer:
         # The consumer went away; whoever owns the gate learns that from its own
         # connectionLost. Do not leave the gate paused for this reason.
         self._gate.resume(self._reason)
+
+
+class Pacer:
+    """Holds a gate paused (reason "bandwidth") for a while: a bandwidth cap's delay.
+    A longer delay asked while paused extends the pause; a shorter one changes nothing."""
+
+    REASON = "bandwidth"
+
+    def __init__(self, gate: Gate, clock: Any):
+        self._gate = gate
+        self._clock = clock
+        self._call: Any = None
+
+    def hold(self, delay: float) -> None:
+        if delay <= 0:
+            return
+        call = self._call
+        if call is not None and call.active():
+            if call.getTime() - self._clock.seconds() < delay:
+                call.reset(delay)
+            return
+        self._gate.pause(self.REASON)
+        self._call = self._clock.callLater(delay, self._release)
+
+    def _release(self) -> None:
+        self._call = None
+        self._gate.resume(self.REASON)
+
+    def cancel(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None

@@ -46,7 +46,7 @@ from studios_gateway.http.exchange import (
     ToolCodec,
     raw_response,
 )
-from studios_gateway.http.flow import Gate, GateProducer
+from studios_gateway.http.flow import Gate, GateProducer, Pacer
 from studios_gateway.http.headers import client_address, is_trusted
 from studios_gateway.http.routing import Redirect, Refusal, Router
 from studios_gateway.http.toolroute import tool_route
@@ -95,9 +95,17 @@ class UpstreamConnection(Protocol):
         self.lost = False
         self.has_producer = False
         self.lost_reason: Failure | None = None
+        self._pacer: Pacer | None = None
 
     def connectionMade(self) -> None:
         self.gate = Gate(self.transport)
+
+    def pacer(self, clock: Any) -> Pacer:
+        """This connection's bandwidth pacer (made when a cap first needs it)."""
+        if self._pacer is None:
+            assert self.gate is not None
+            self._pacer = Pacer(self.gate, clock)
+        return self._pacer
 
     def dataReceived(self, data: bytes) -> None:
         if self.owner is None:
@@ -108,6 +116,8 @@ class UpstreamConnection(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.lost = True
         self.lost_reason = reason
+        if self._pacer is not None:
+            self._pacer.cancel()
         owner, self.owner = self.owner, None
         if owner is not None:
             owner.upstream_lost(self)
@@ -263,6 +273,7 @@ class ProxyProtocol(Protocol):
         no_delay(self.transport)  # small writes (WebSocket frames, heads) go out at once
         self.gate = Gate(self.transport)
         f = self.factory
+        self._client_pacer = Pacer(self.gate, f.reactor)
         self._reader = HeadReader(f.limits)
         self._timer = Deadline(f.reactor)
         self._response_timer = Deadline(f.reactor)
@@ -288,6 +299,7 @@ class ProxyProtocol(Protocol):
         for timer in (self._timer, self._response_timer):
             if timer is not None:
                 timer.stop()
+        self._client_pacer.cancel()
         release, self._release = self._release, None
         if release is not None:
             release()
@@ -362,9 +374,12 @@ class ProxyProtocol(Protocol):
         if self._tunnel is not None:
             if self._meter is not None:
                 self._meter.inbound(len(data))
+                self._pace(self._client_pacer, self._meter.session_id, len(data))
             self._tunnel.transport.write(data)
             return
         ex = self._ex
+        if ex is not None and ex.route is not None:
+            self._pace(self._client_pacer, ex.session_id, len(data))
         if ex is None:
             assert self._reader is not None
             self._reader.feed(data)
@@ -607,12 +622,14 @@ class ProxyProtocol(Protocol):
         if self._tunnel is conn:
             if self._meter is not None:
                 self._meter.outbound(len(data))
+                self._pace(conn.pacer(self.factory.reactor), self._meter.session_id, len(data))
             self.transport.write(data)
             return
         ex = self._ex
         if ex is None or ex.up is not conn:
             conn.close()
             return
+        self._pace(conn.pacer(self.factory.reactor), ex.session_id, len(data))
         conn.codec.receive(data)
         self._pump_response(ex, conn)
 
@@ -679,6 +696,12 @@ class ProxyProtocol(Protocol):
         if client_rest:
             conn.transport.write(client_rest)
         self.gate.resume("pipeline")
+
+    def _pace(self, pacer: Pacer, session_id: str, n: int) -> None:
+        """The session's bandwidth cap: stop reading from this side for a while."""
+        obs = self.factory.observer
+        if obs is not None and obs.throttles is not None and session_id:
+            pacer.hold(obs.throttles.delay(session_id, n))
 
     def _stop_upgraded(self, why: str) -> None:
         """Stop an upgraded connection (a transfer quota): a WebSocket close frame (1008,

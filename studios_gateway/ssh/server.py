@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from studios_gateway.http.flow import Gate, Pacer
 from studios_gateway.registry.base import SessionRecord, SessionRecords, StoreUnavailable
 from studios_gateway.ssh.channels import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -415,6 +416,10 @@ class GatewayTransport(transport.SSHServerTransport):
                                       self.stop_data)
             conn.relay.meter = self.meter
             conn.relay.on_channels = traffic.ssh_channels
+            throttles, sid = traffic.throttles, identity.login.session_id
+            if throttles is not None:
+                conn.relay.clock = self.factory.clock
+                conn.relay.pace = lambda n: throttles.delay(sid, n)
 
     def stop_data(self, message: str) -> None:
         """Stop this connection's data (a transfer quota): the user reads `message`."""
@@ -469,6 +474,7 @@ class GatewayTransport(transport.SSHServerTransport):
                       peer=self._peer())
         up, self.upstream = self.upstream, None
         if up is not None:
+            up.relay.stop_pacing()
             up.user_gone()
         super().connectionLost(reason)
 
@@ -626,14 +632,36 @@ class Relay:
         self.agent_requested = False
         self.meter: Any = None  # traffic meter: channel data from and to the user
         self.on_channels: Callable[[int], Any] | None = None  # open channels +1 / -1
+        #: The session's bandwidth cap: pace(n) -> seconds to stop reading (and a clock).
+        self.pace: Callable[[int], float] | None = None
+        self.clock: Any = None
+        self._pacers: dict[bool, Pacer] = {}
 
     def count(self, channel: RelayChannel, n: int) -> None:
         meter = self.meter
+        from_user = channel.conn is self.user
         if meter is not None:
-            if channel.conn is self.user:
+            if from_user:
                 meter.inbound(n)
             else:
                 meter.outbound(n)
+        if self.pace is not None:
+            delay = self.pace(n)
+            if delay > 0:
+                self._pacer(from_user).hold(delay)
+
+    def _pacer(self, user_side: bool) -> Pacer:
+        """Pauses reading the user's connection, or the studio's stream, for a while."""
+        pacer = self._pacers.get(user_side)
+        if pacer is None:
+            conn = self.user if user_side else self.studio
+            assert conn is not None
+            pacer = self._pacers[user_side] = Pacer(Gate(conn.transport.transport), self.clock)
+        return pacer
+
+    def stop_pacing(self) -> None:
+        for pacer in self._pacers.values():
+            pacer.cancel()
 
     def channel_count(self, delta: int) -> None:
         if self.on_channels is not None:

@@ -14,6 +14,7 @@ from studios_gateway.traffic.access_log import NAMESPACE, AccessLog
 from studios_gateway.traffic.metrics import TrafficMetrics
 from studios_gateway.traffic.observer import Traffic
 from studios_gateway.traffic.quota import Quota, QuotaSettings
+from studios_gateway.traffic.throttle import Throttles
 
 __all__ = ["build_traffic"]
 
@@ -29,7 +30,9 @@ def build_traffic(config: Config, reactor: Any, metrics: Metrics, store: Transfe
     quota = Quota(settings, store, reactor) if settings.enabled else None
     traffic = Traffic(metrics=TrafficMetrics(metrics.registry),
                       access_log=AccessLog(config.access_log, config.effective_node_id),
-                      clock=reactor, quota=quota)
+                      clock=reactor, quota=quota,
+                      throttles=(Throttles(config.quota_session_bandwidth, reactor)
+                                 if config.quota_session_bandwidth else None))
     part = Part()
     part.components.append(Component("traffic", start=traffic.start, stop=traffic.stop))
     return traffic, part

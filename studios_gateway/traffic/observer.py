@@ -25,6 +25,7 @@ from studios_gateway.traffic.access_log import AccessLog
 from studios_gateway.traffic.facts import HTTP, SSH, WEBSOCKET, Finished
 from studios_gateway.traffic.metrics import TrafficMetrics, status_class, tool_label
 from studios_gateway.traffic.quota import Over, Quota
+from studios_gateway.traffic.throttle import Throttles
 from studios_gateway.traffic.usage import SessionFigures, Usage
 
 __all__ = ["Meter", "Traffic"]
@@ -67,11 +68,14 @@ class Traffic:
     _log = Logger()
 
     def __init__(self, *, metrics: TrafficMetrics, access_log: AccessLog, clock: Any,
-                 quota: Quota | None = None, usage: Usage | None = None):
+                 quota: Quota | None = None, usage: Usage | None = None,
+                 throttles: Throttles | None = None):
         self.metrics = metrics
         self.access_log = access_log
         self.clock = clock
         self.quota = quota
+        #: The per-session bandwidth cap, when one is set: the data paths ask it.
+        self.throttles = throttles
         self.usage = usage or Usage()
         self.meters: set[Meter] = set()
         self._loop: LoopingCall | None = None

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,22 +59,44 @@ def fields(line: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S+)", line))
 
 
+@dataclass
+class SSHStudio:
+    """A logged-in session with SSH on, its studio connected, alice's key registered."""
+
+    created: dict
+    key: Path
+    ssh_port: int
+
+    @property
+    def sid(self) -> str:
+        return self.created["id"]
+
+    def ssh(self, *command: str) -> list[str]:
+        return ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
+                "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+                "-o", "IdentitiesOnly=yes", "-i", str(self.key), "-p", str(self.ssh_port),
+                f"alice@{self.sid}@127.0.0.1", *command]
+
+
+def ssh_studio(d: Deployment, work: Path) -> SSHStudio:
+    created = d.create(ssh_enabled=True)
+    key = work / "alice_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    status, body, _ = d.gw.request("/api/users/alice/keys", method="PUT",
+                                   body={"keys": [key.with_suffix(".pub").read_text()]})
+    assert status == 200, body
+    d.studio(created)
+    wait_connected(d.gw, created["id"])
+    d.login(created)
+    return SSHStudio(created, key, int(d.env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1]))
+
+
 def test_access_log_and_metrics_of_http_websocket_and_ssh(tmp_path: Path) -> None:
     d = Deployment(tmp_path, CONNECT_SSH_ENABLED="true", CONNECT_LOG_LEVEL="warn",
                    CONNECT_NODE_ID="gw-test")
     try:
-        ssh_port = int(d.env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1])
-        created = d.create(ssh_enabled=True)
-        sid = created["id"]
-        key = tmp_path / "alice_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-                       check=True)
-        status, body, _ = d.gw.request("/api/users/alice/keys", method="PUT",
-                                       body={"keys": [key.with_suffix(".pub").read_text()]})
-        assert status == 200, body
-        d.studio(created)
-        wait_connected(d.gw, sid)
-        d.login(created)
+        studio = ssh_studio(d, tmp_path)
+        created, sid = studio.created, studio.sid
         before = metrics(d)
         skip = len(access_lines(d, 0, timeout=0))  # the login's requests
 
@@ -91,14 +114,11 @@ def test_access_log_and_metrics_of_http_websocket_and_ssh(tmp_path: Path) -> Non
             assert ws.recv_text() == f"hello {i}"
         ws.close()
         # An SSH session moving 200 000 bytes to the user, then a refused one.
-        ssh = ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-               "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}", "-o", "BatchMode=yes",
-               "-o", "IdentitiesOnly=yes", "-i", str(key), "-p", str(ssh_port)]
-        r = subprocess.run([*ssh, f"alice@{sid}@127.0.0.1", "head -c 200000 /dev/zero"],
-                           capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        r = subprocess.run(studio.ssh("head -c 200000 /dev/zero"), capture_output=True,
+                           timeout=30, stdin=subprocess.DEVNULL)
         assert r.returncode == 0 and len(r.stdout) == 200_000, r.stderr
-        r = subprocess.run([*ssh, "alice@nosuchsession@127.0.0.1", "true"],
-                           capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        refused = [*studio.ssh()[:-1], "alice@nosuchsession@127.0.0.1", "true"]
+        r = subprocess.run(refused, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
         assert r.returncode == 255
 
         lines = access_lines(d, skip + 4)[skip:]
@@ -148,5 +168,28 @@ def test_access_log_and_metrics_of_http_websocket_and_ssh(tmp_path: Path) -> Non
         assert usage["node"] == "gw-test" and usage["requests"] >= 2
         assert usage["websockets"] == 1 and usage["ssh_sessions"] == 1
         assert usage["bytes_out"] >= 200_000 and usage["open_connections"] == 0
+    finally:
+        d.stop()
+
+
+def test_a_session_bandwidth_cap_paces_http_and_ssh(tmp_path: Path) -> None:
+    """CONNECT_QUOTA_SESSION_BANDWIDTH=2MiB: 8 MiB over HTTP and 6 MiB over SSH each take
+    at least the time the cap allows: all but the burst (a quarter second's worth) and the
+    last read (a pause begins after the read that overdrew) at 2 MiB/s."""
+    d = Deployment(tmp_path, CONNECT_SSH_ENABLED="true", CONNECT_QUOTA_SESSION_BANDWIDTH="2MiB")
+    try:
+        studio = ssh_studio(d, tmp_path)
+        created = studio.created
+        start = time.monotonic()
+        got = d.browser.get(d.url(created, f"/download?size={8 << 20}"))
+        http_s = time.monotonic() - start
+        assert got.status == 200 and len(got.body) == 8 << 20
+        start = time.monotonic()
+        r = subprocess.run(studio.ssh(f"head -c {6 << 20} /dev/zero"), capture_output=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+        ssh_s = time.monotonic() - start
+        assert r.returncode == 0 and len(r.stdout) == 6 << 20, r.stderr
+        print(f"8 MiB over HTTP in {http_s:.2f}s, 6 MiB over SSH in {ssh_s:.2f}s at 2 MiB/s")
+        assert 3.4 <= http_s < 30 and 2.4 <= ssh_s < 30
     finally:
         d.stop()

@@ -8,11 +8,13 @@ from typing import Any
 
 from studios_gateway.traffic.facts import Finished
 from studios_gateway.traffic.observer import Meter
+from studios_gateway.traffic.throttle import Throttles
 from tests.unit.test_http_proxy import OK, Harness
 
 
 class Observer:
-    def __init__(self) -> None:
+    def __init__(self, throttles: Throttles | None = None) -> None:
+        self.throttles = throttles
         self.done: list[Finished] = []
         self.closed: list[tuple[Meter, Finished]] = []
         self.meters: list[Meter] = []
@@ -92,3 +94,59 @@ def test_a_websocket_is_metered_and_reported_when_it_ends() -> None:
     assert closed is meter and meter.bytes_in == len(head) + 8
     assert meter.bytes_out == len(t.value())
     assert (f.kind, f.status, f.path, f.duration) == ("websocket", 101, "/ws", 3)
+
+
+WS_HEAD = (b"GET /ws HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade\r\n"
+           b"Upgrade: websocket\r\nSec-WebSocket-Key: x\r\n\r\n")
+SWITCHED = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: y\r\n\r\n")
+
+
+def test_a_stopped_websocket_gets_a_close_frame_with_the_reason() -> None:
+    obs = Observer()
+    h = Harness(observer=obs)
+    p, t = h.client()
+    p.dataReceived(WS_HEAD)
+    up, _ = h.up()
+    up.dataReceived(SWITCHED)
+    t.clear()
+    [meter] = obs.meters
+    meter.stop("transfer quota reached")
+    reason = b"transfer quota reached"
+    assert t.value() == b"\x88" + bytes([2 + len(reason)]) + b"\x03\xf0" + reason
+    assert t.disconnecting
+
+
+def test_a_bandwidth_cap_pauses_the_side_that_sent_too_much() -> None:
+    h = Harness()
+    obs = Observer(Throttles(1000, h.clock, burst_seconds=1.0))
+    h.factory.observer = obs
+    p, t = h.client()
+    p.dataReceived(WS_HEAD)
+    up, ut = h.up()
+    up.dataReceived(SWITCHED)
+    # 1000 bytes at once, then 1000 a second: the 101's head and 3000 bytes are 2.1 s over.
+    up.dataReceived(b"x" * 3000)
+    assert ut.producerState == "paused" and t.producerState == "producing"
+    h.clock.advance(2.0)
+    assert ut.producerState == "paused"
+    h.clock.advance(0.2)
+    assert ut.producerState == "producing"
+    p.dataReceived(b"y" * 1500)  # the client's side now, 98 bytes left: 1.402 s
+    assert t.producerState == "paused"
+    h.clock.advance(1.3)
+    assert t.producerState == "paused"
+    h.clock.advance(0.2)
+    assert t.producerState == "producing"
+
+
+def test_throttles_average_the_rate() -> None:
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    th = Throttles(100, clock, burst_seconds=0.5)
+    assert th.delay("s", 50) == 0  # the burst
+    assert th.delay("s", 100) == 1.0
+    clock.advance(1.0)
+    assert th.delay("s", 0) == 0  # paid back
+    assert th.delay("other", 50) == 0  # per session
