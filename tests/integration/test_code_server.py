@@ -56,7 +56,7 @@ def test_the_preset_started_code_server_on_loopback_with_its_login_off(code: Too
     out = code.client.output()
     assert "vscode preset: starting `" in out, out[-3000:]
     assert "--auth=none" in out and "--bind-addr=127.0.0.1:" in out
-    assert "code-server is ready" in out
+    assert "code-server (VS Code) is ready" in out
     health = code.browser.get(code.url("healthz"))
     assert health.status == 200 and "status" in health.json()
 

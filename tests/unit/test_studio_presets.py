@@ -84,7 +84,7 @@ def test_a_flag_the_installed_version_lacks_is_one_line_naming_tool_version_and_
     with pytest.raises(PresetError) as e:
         preset.build([], SUB, Installed("3.12.0", help_text))
     msg = str(e.value)
-    assert "code-server 3.12.0" in msg and "--disable-update-check" in msg and "\n" not in msg
+    assert "code-server (VS Code) 3.12.0" in msg and "--disable-update-check" in msg and "\n" not in msg
     # ...but a person who gave the flag themselves is not stopped by the check
     launch = preset.build(["code-server", "--disable-update-check"], SUB,
                           Installed("3.12.0", help_text))
@@ -149,7 +149,8 @@ def test_inspect_tool_reads_the_version_and_refuses_a_tool_that_prints_none() ->
             if argv[-1] == "--version" else "--bind-addr --auth"
 
     got = inspect_tool(PRESETS["vscode"], ["/usr/bin/code-server"], run)
-    assert got.version == "4.100.3" and "--auth" in got.help
+    assert got.version == "1.100.3" and "--auth" in got.help  # VS Code's, as tags name it
+    assert PRESETS["vscode"].read_version("4.0.1\n") == "4.0.1"
     assert calls == [["/usr/bin/code-server", "--version"], ["/usr/bin/code-server", "--help"]]
     assert inspect_tool(PRESETS["xpra"], ["xpra", "start"],
                         lambda a: "xpra v3.1.3-r0\n").version == "3.1.3-r0"
@@ -310,9 +311,9 @@ def test_prepare_fails_before_anything_runs_and_binds_with_the_tools_port_and_ve
         else help_text  # noqa: E731
     settings, lab = prepare(s, ["code-server", "--bind-addr=127.0.0.1:9000"], env, run=run,
                             reactor=FakeReactor())
-    assert (settings.tool_port, settings.tool_version) == (9000, "4.100.3")
+    assert (settings.tool_port, settings.tool_version) == (9000, "1.100.3")
     assert lab.launch.cwd == str(tmp_path) and not lab.bind_first
-    with pytest.raises(PresetError, match="code-server 4.100.3 has no --auth option"):
+    with pytest.raises(PresetError, match=r"code-server \(VS Code\) 1.100.3 has no --auth option"):
         prepare(s, [], env, run=lambda argv: run(argv).replace("--auth", ""),
                 reactor=FakeReactor())
     with pytest.raises(FileNotFoundError):

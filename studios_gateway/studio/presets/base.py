@@ -127,6 +127,11 @@ class Preset:
     def help_argv(self, head: Sequence[str]) -> list[str]:
         return [*head, "--help"]
 
+    def read_version(self, output: str) -> str | None:
+        """The tool's version in its ``--version`` output (the first version-like word)."""
+        m = VERSION.search(output)
+        return m.group(0) if m else None
+
     def wrap(self, argv: Sequence[str], place: Place) -> list[str] | None:
         """A command that is not the tool, wrapped in it (Xpra runs it); None: run as given."""
         return None
@@ -205,8 +210,8 @@ def inspect_tool(preset: Preset, head: Sequence[str], run: Runner = run_for_text
     if not head:
         return Installed("")
     out = run(preset.version_argv(head))
-    m = VERSION.search(out)
-    if m is None:
+    version = preset.read_version(out)
+    if version is None:
         raise PresetError(f"{preset.title}: `{' '.join(preset.version_argv(head))}` did not "
                           f"print a version; is {head[0]} installed and on PATH?")
-    return Installed(m.group(0)[:64], run(preset.help_argv(head)))
+    return Installed(version[:64], run(preset.help_argv(head)))

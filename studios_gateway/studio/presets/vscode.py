@@ -6,21 +6,32 @@ studio's files are its owner's; Restricted Mode would turn extensions such as
 Nextflow's off), and (with no command) the
 studio's home as the folder to open. Its Origin check compares Origin with
 Host, which the gateway passes unchanged, so no trusted origins are added.
-Readiness: ``/healthz`` answers 200.
+Readiness: ``/healthz`` answers 200. The version it announces is VS Code's (the
+one the image templates' tags carry), not code-server's.
 """
 
 from __future__ import annotations
 
+import re
+
 from studios_gateway.studio.presets.base import Flag, Place, Preset
+
+WITH_CODE = re.compile(r"with Code ([0-9]+(?:\.[0-9]+)+)")
 
 
 class VSCode(Preset):
     tool = "vscode"
-    title = "code-server"
+    title = "code-server (VS Code)"
     executables = ("code-server",)
 
     def default_command(self, place: Place) -> list[str]:
         return ["code-server"]
+
+    def read_version(self, output: str) -> str | None:
+        """VS Code's version ("4.93.1 <commit> with Code 1.93.1" -> 1.93.1), as the image tags
+        name it; code-server's own when it does not say."""
+        m = WITH_CODE.search(output)
+        return m.group(1) if m else super().read_version(output)
 
     def positional(self, rest: list[str], place: Place, default: bool) -> tuple[list[str],
                                                                                 list[str]]:
