@@ -555,7 +555,11 @@ CLIENT_VARIABLES = frozenset({
     "CONNECT_GATEWAY_URL", "CONNECT_SESSION_ID", "CONNECT_SESSION_TOKEN", "CONNECT_TOOL_PORT",
     "CONNECT_TOOL_PATH_PREFIX", "CONNECT_CLIENT_LOG_LEVEL", "CONNECT_STRING", "CONNECT_TOOL",
     "CONNECT_CLIENT_VERSION", "CONNECT_TOOL_WORKDIR", "CONNECT_TOOL_PRESET",
+    "CONNECT_UNKNOWN_SESSION_WAIT",
 })
+#: Platform-side variables people set for the gateway, and what the gateway reads instead.
+PLATFORM_HINTS = {"TOWER_SERVER_URL": "PLATFORM_URL", "TOWER_API_URL": "PLATFORM_URL",
+                  "TOWER_ACCESS_TOKEN": "CONNECT_MANAGEMENT_AUTH_KEY"}
 
 
 # --- the config object --------------------------------------------------------
@@ -801,11 +805,16 @@ def load_config(
 def _unknown_warnings(origin: str, names: Iterable[str]) -> list[str]:
     out = []
     known = set(BY_NAME) | CLIENT_VARIABLES
-    for name in names:
-        if (name.startswith(("CONNECT_", "TOWER_DATA_STUDIO_")) and name not in known):
+    for name in sorted(names):
+        if not name.startswith(("CONNECT_", "TOWER_")) or name in known:
+            continue
+        if name in PLATFORM_HINTS:
+            hint = f"; the gateway reads {PLATFORM_HINTS[name]}"
+        else:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            out.append(f"{name} in the {origin} is not a setting of the gateway{hint}")
+        out.append(f"{name} in the {origin} is not a setting of the gateway and is "
+                   f"ignored{hint}")
     return out
 
 
@@ -872,8 +881,9 @@ def _check_consistency(cfg: Config) -> list[str]:
                         "admin API) is open to anyone who can reach it; bind it to a private "
                         "interface or set a key")
     if not cfg.redis_enabled:
-        warnings.append("CONNECT_REDIS_ADDRESS is not set: sessions live in memory on this "
-                        "single node (set it to share sessions between gateways)")
+        warnings.append("CONNECT_REDIS_ADDRESS is not set: sessions are kept by this single "
+                        "node (CONNECT_STORAGE_ROOT/sessions.json; set it to share sessions "
+                        "between gateways)")
     if cfg.ssh_enabled and not (cfg.ssh_key_path or cfg.ssh_key_value):
         warnings.append("no SSH host key configured: one is generated under "
                         "CONNECT_STORAGE_ROOT and kept there")

@@ -128,7 +128,7 @@ class Gateway:
 
     def restart(self) -> None:
         """Stop the gateway process and start it again with the same settings and storage
-        (sessions live in memory: they are gone; make new ones)."""
+        (its sessions are loaded again from the storage root)."""
         self.gw.stop()
         self.parts.remove(self.gw)
         self.gw = GatewayProcess(self.tmp_path, self.env, name="gateway-again")

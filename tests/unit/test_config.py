@@ -391,3 +391,15 @@ def test_the_default_proxy_url_is_https_on_a_certificate(tmp_path) -> None:
                        ).effective_proxy_url == "https://localhost"
     assert load_config(environ={**env, "CONNECT_HTTP_PORT": "8443"}
                        ).effective_proxy_url == "https://localhost:8443"
+
+
+def test_every_platform_or_connect_variable_the_gateway_does_not_use_is_named() -> None:
+    cfg = load_config(environ={"TOWER_SERVER_URL": "https://tower.example", "TOWER_FOO": "1",
+                               "TOWER_DATA_STUDIO_X": "1", "CONNECT_NOPE": "1",
+                               "CONNECT_TOOL_PORT": "8888", "HOME": "/root",
+                               "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING": "false"})
+    named = {w.split()[0]: w for w in cfg.warnings if "not a setting" in w}
+    assert set(named) == {"TOWER_SERVER_URL", "TOWER_FOO", "TOWER_DATA_STUDIO_X",
+                          "CONNECT_NOPE"}
+    assert "is ignored; the gateway reads PLATFORM_URL" in named["TOWER_SERVER_URL"]
+    assert all("not a setting of the gateway and is ignored" in w for w in named.values())
