@@ -1,0 +1,59 @@
+"""`studios-connect --tool X` refusing to start, as a person would see it (real processes).
+
+A tool whose installed version lacks an option the preset needs stops
+studios-connect before anything starts, with one line naming the tool, its
+version and the option; a tool that is not installed is exit status 127.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from studios_gateway.registry.base import new_token
+from tests.support.gateway import BIN, REPO
+from tests.support.ports import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def run(tmp_path: Path, *args: str, path: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update({"PYTHONPATH": str(REPO), "PATH": path, "HOME": str(tmp_path),
+                "CONNECT_STRING": f"studios-connect://abcd1234:{new_token()}@127.0.0.1:"
+                                  f"{free_port()}/"})
+    return subprocess.run([str(BIN / "studios-connect"), *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_an_old_tool_without_a_needed_option_is_one_line_before_anything_starts(
+        tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    started = tmp_path / "started"
+    fake = bin_dir / "code-server"
+    # An old code-server: it knows --bind-addr and --auth but no --disable-workspace-trust.
+    fake.write_text(f"""#!/bin/sh
+case "$1" in
+  --version) echo "3.12.0 abcdef with Code 1.60.2" ;;
+  --help) printf '  --bind-addr\\n  --auth\\n  --disable-telemetry\\n  --disable-update-check\\n' ;;
+  *) touch {started} ;;
+esac
+""")
+    fake.chmod(0o755)
+    done = run(tmp_path, "--tool", "vscode", path=f"{bin_dir}:/usr/bin:/bin")
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("studios-connect: code-server (VS Code) 1.60.2 has no "
+                               "--disable-workspace-trust option"), lines[0]
+    assert not started.exists()  # the tool never ran
+
+
+def test_a_tool_that_is_not_installed_is_status_127(tmp_path: Path) -> None:
+    done = run(tmp_path, "--tool", "ride", path=str(tmp_path / "nothing-here"))
+    assert done.returncode == 127, done
+    assert "rserver" in done.stderr and len(done.stderr.strip().splitlines()) == 1
