@@ -218,6 +218,13 @@ class Authorizer:
         d.addBoth(done)
         return waiting
 
+    def cached(self, session_id: str, user: str) -> Decision | None:
+        """The decision `check` would give at once, if it has one (no Deferred)."""
+        hit = self._cache.get((session_id, user))
+        if hit is not None and hit[0] > self._clock.seconds():
+            return hit[2]
+        return None
+
     def _remember(self, key: tuple[str, str], decision: Decision, ttl: float) -> None:
         if ttl <= 0:
             return

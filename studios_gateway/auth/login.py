@@ -68,7 +68,7 @@ from studios_gateway.auth.oidc import (
     RelyingParty,
     TokenSet,
 )
-from studios_gateway.registry.base import StoreUnavailable
+from studios_gateway.registry.base import SessionRecord, StoreUnavailable
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.wire.ids import SESSION_ID
 
@@ -543,6 +543,21 @@ class Auth:
                 lambda decision: self._decided(request, who, decision))
 
         return d.addCallback(decide)
+
+    def authorized_now(self, request: RequestInfo,
+                       session_id: str) -> tuple[Identity, SessionRecord] | None:
+        """What authorize_request would allow at once from what is cached (a remembered
+        cookie and decision), with the session's record; None: ask authorize_request."""
+        if request.path.startswith(PREFIX):
+            return None  # one of our routes: handle() answers it
+        who = self._studio_cookie(request, session_id)
+        if who is None:
+            return None
+        decision = self.authorizer.cached(session_id, who.subject)
+        if decision is None or not decision.allowed or decision.record is None:
+            return None
+        return (Identity(who.subject, who.session_id, who.login_id, who.expires_at,
+                         decision.reason), decision.record)
 
     def _decided(self, request: RequestInfo, who: Identity,
                  decision: Decision) -> Identity | Response:

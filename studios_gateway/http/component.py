@@ -35,14 +35,20 @@ from studios_gateway.component import Component, Part, StartError, endpoint_for,
 from studios_gateway.config import Config
 from studios_gateway.http.proxy import ProxyFactory
 from studios_gateway.http.routing import Router
-from studios_gateway.http.upstream import SessionInfo, StudioNotConnected, ToolNotAnswering
+from studios_gateway.http.upstream import (
+    FastPath,
+    SessionInfo,
+    StudioNotConnected,
+    ToolNotAnswering,
+)
 from studios_gateway.metrics import Metrics
 from studios_gateway.registry.base import TunnelClaims
 from studios_gateway.traffic.observer import Traffic
 from studios_gateway.traffic.quota import admitting
 from studios_gateway.tunnel.dialer import Dialer
 
-__all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "make_lookup"]
+__all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "make_fast_path",
+           "make_lookup"]
 
 
 class _RefusalGuard(Protocol):
@@ -115,6 +121,20 @@ def make_lookup(store: TunnelClaims, dialer: Dialer) -> Any:
         return defer.maybeDeferred(store.get, session_id).addCallback(found)
 
     return lookup
+
+
+def make_fast_path(auth: Auth, dialer: Dialer) -> FastPath:
+    """fast(request, session_id): the login's cached answer (cookie and decision, with
+    the session's record) for a studio whose tunnel is on this node; None otherwise."""
+
+    def fast(request: Any, session_id: str) -> tuple[Any, SessionInfo] | None:
+        known = auth.authorized_now(request, session_id)
+        if known is None or not dialer.is_local(session_id):
+            return None
+        who, record = known
+        return who, SessionInfo(session_id, record.tool, True)
+
+    return fast
 
 
 def _load_leaf(cert_file: str) -> Any:
@@ -209,6 +229,7 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
                    if traffic is not None and traffic.quota is not None
                    else auth.authorize_request),
         local_routes=auth.handle,
+        fast=make_fast_path(auth, dialer),
         track=_track(auth),
         observer=traffic,
         trusted_proxy_cidrs=config.trusted_proxy_cidrs,

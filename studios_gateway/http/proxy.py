@@ -48,10 +48,11 @@ from studios_gateway.http.exchange import (
 )
 from studios_gateway.http.flow import Gate, GateProducer, Pacer
 from studios_gateway.http.headers import client_address, is_trusted
-from studios_gateway.http.routing import Redirect, Refusal, Router
+from studios_gateway.http.routing import Redirect, Refusal, Route, Router
 from studios_gateway.http.toolroute import tool_route
 from studios_gateway.http.upstream import (
     Authorize,
+    FastPath,
     IdlePool,
     Lookup,
     SessionInfo,
@@ -167,8 +168,10 @@ class ProxyFactory(Factory):
     identity has ``.subject``; a refusal has ``.status``, ``.headers``, ``.body``),
     by default :func:`allow_anonymous`. ``local_routes(request) ->
     Deferred[refusal-like | None]`` answers the gateway's own routes (the login's
-    ``Auth.handle``) before any studio routing. ``reactor`` supplies time and
-    timers.
+    ``Auth.handle``) before any studio routing. ``fast(request, session_id) ->
+    (identity, SessionInfo) | None`` answers the same three questions at once, without
+    waiting, when every answer is known already (None: ask the hooks above).
+    ``reactor`` supplies time and timers.
     """
 
     _log = Logger()
@@ -176,6 +179,7 @@ class ProxyFactory(Factory):
     def __init__(self, *, router: Router, upstream: Upstream, lookup: Lookup, reactor: Any,
                  authorize: Authorize | None = None,
                  local_routes: Callable[[RequestInfo], Deferred[Any]] | None = None,
+                 fast: FastPath | None = None,
                  track: Track | None = None, observer: Any = None,
                  trusted_proxy_cidrs: Sequence[Network] = (), scheme: str = "http",
                  max_idle_per_session: int = default_of("http_pool_size"),
@@ -195,6 +199,7 @@ class ProxyFactory(Factory):
         self.reactor = reactor
         self.authorize: Authorize = authorize or allow_anonymous
         self.local_routes = local_routes
+        self.fast = fast
         self.track = track
         #: Told of every finished exchange (studios_gateway.traffic.observer.Traffic).
         self.observer = observer
@@ -423,6 +428,8 @@ class ProxyProtocol(Protocol):
             self._respond(ex, refused.page, close=refused.close)
             return
         assert ex.info is not None
+        if f.fast is not None and self._fast(ex):
+            return
         d: Deferred[Any] = (defer.maybeDeferred(f.local_routes, ex.info)
                             if f.local_routes is not None else defer.succeed(None))
         ex.pending = d
@@ -432,6 +439,28 @@ class ProxyProtocol(Protocol):
         # before this line; pause the client's reads only when something is awaited.
         if ex is self._ex and ex.up is None and not self._closing:
             self.gate.pause("dispatch")
+
+    def _fast(self, ex: Exchange) -> bool:
+        """Everything known already (not a gateway route, a studio route, the login and
+        the decision cached, the tunnel here): on to the tool in this turn, no Deferred
+        until a new stream is needed. False: the full dispatch decides (the same way)."""
+        f = self.factory
+        assert f.fast is not None and ex.info is not None
+        route = f.router.route(ex.host, ex.target)
+        if not isinstance(route, Route):
+            return False
+        known = f.fast(ex.info, route.session_id)
+        if known is None:
+            return False
+        who, info = known
+        tool = tool_route(route, info.tool)
+        if tool.unavailable is not None or not info.connected:
+            return False
+        ex.route, ex.tool, ex.subject, ex.identity = route, tool, who.subject, who
+        self._connect(ex)
+        if ex is self._ex and ex.up is None and not self._closing:
+            self.gate.pause("dispatch")
+        return True
 
     def _after_local(self, answer: Any, ex: Exchange) -> Any:
         if ex is not self._ex:

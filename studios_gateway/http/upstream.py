@@ -25,6 +25,7 @@ from twisted.logger import Logger
 __all__ = [
     "Authorize",
     "EndpointUpstream",
+    "FastPath",
     "IdlePool",
     "Lookup",
     "SessionInfo",
@@ -60,6 +61,9 @@ Lookup = Callable[[str], "Deferred[SessionInfo | None]"]
 # authorize(request: auth.login.RequestInfo, session_id) -> Deferred[identity | refusal]:
 # an identity has `.subject`; a refusal has `.status`, `.headers`, `.body` and is sent as is.
 Authorize = Callable[[Any, str], "Deferred[Any]"]
+# fast(request, session_id) -> (identity, SessionInfo) | None: not a gateway route, the
+# login and the decision cached, the session known; None when any of it needs waiting.
+FastPath = Callable[[Any, str], "tuple[Any, SessionInfo] | None"]
 # track(session_id, identity, close(reason)) -> release(): an upgraded connection (a
 # WebSocket) is registered while it lives, so that revoking access can close it.
 Track = Callable[[str, Any, Callable[[str], Any]], Callable[[], Any]]
