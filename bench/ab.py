@@ -3,10 +3,12 @@
     git worktree add /tmp/before HEAD~3        # or: git archive REV | tar -x -C DIR
     .venv/bin/python -m bench.ab --tree before=/tmp/before --tree after=.
     .venv/bin/python -m bench.ab --tree a=/tmp/before --tree b=. --runs 9 --conns 1,32
+    .venv/bin/python -m bench.ab --tree before=. --tree after=. --connect before=/tmp/before
 
 One nginx tool; per tree a gateway (`twistd -n studios-gateway` with that tree
 first on PYTHONPATH), a session, a `studios-connect` (from `--connect-tree`,
-by default this repository, so only the gateway differs) and a logged-in cookie.
+by default this repository, so only the gateway differs; `--connect NAME=DIR` gives
+one tree's studios-connect its own source) and a logged-in cookie.
 wrk runs go round-robin over the trees, so drift on a shared machine touches
 each alike. Per tree and connection count it prints the medians of req/s,
 p50/p99 latency and the CPU each process spent per request (psutil: user +
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a source tree to run the gateway from (repeat)")
     p.add_argument("--connect-tree", default=str(REPO), metavar="DIR",
                    help="the source tree of every studios-connect")
+    p.add_argument("--connect", action="append", default=[], metavar="NAME=DIR",
+                   help="the studios-connect source tree for the tree NAME (repeat)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--conns", default="1,32", help="comma-separated wrk connection counts")
@@ -62,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(len(t) != 2 or not Path(t[1]).is_dir() for t in trees):
         p.error("--tree takes NAME=DIR with an existing directory")
     extra = dict(e.split("=", 1) for e in args.gateway_env)
+    connect_trees = dict(c.split("=", 1) for c in args.connect)
     work = work_dir()
     procs = Processes(work)
     try:
@@ -72,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                                       extra={"PYTHONPATH": str(Path(tree).resolve()), **extra})
             created = gw.create_session()
             client = _connect(procs, work, created["connect_string"], tool.port,
-                              f"connect-{name}", args.connect_tree)
+                              f"connect-{name}",
+                              str(Path(connect_trees.get(name, args.connect_tree)).resolve()))
             gw.wait_connected(created["id"])
             studio = deploy.Studio(gw, created["id"],
                                    deploy.login_cookie(gw, created["login_link"]), client)

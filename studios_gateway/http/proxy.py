@@ -63,7 +63,7 @@ from studios_gateway.http.upstream import (
 )
 from studios_gateway.traffic.facts import HTTP, WEBSOCKET, Finished, path_only
 from studios_gateway.waiters import EmptyWaiters
-from studios_gateway.wire.sockopts import no_delay
+from studios_gateway.wire.sockopts import no_delay, write_through
 
 __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConnection",
            "allow_anonymous"]
@@ -276,6 +276,7 @@ class ProxyProtocol(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)  # small writes (WebSocket frames, heads) go out at once
+        write_through(self.transport)  # ... in this turn when nothing waits before them
         self.gate = Gate(self.transport)
         f = self.factory
         self._client_pacer = Pacer(self.gate, f.reactor)

@@ -26,7 +26,13 @@ from studios_gateway.studio.settings import ClientSettings, Gateway
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer
-from studios_gateway.wire.sockopts import TOOL_BUFFER, TUNNEL_BUFFER, bulk_buffers, no_delay
+from studios_gateway.wire.sockopts import (
+    TOOL_BUFFER,
+    TUNNEL_BUFFER,
+    bulk_buffers,
+    no_delay,
+    write_through,
+)
 from studios_gateway.wire.splice import SpliceEnd, join
 from studios_gateway.wire.tls import client_options
 
@@ -84,6 +90,7 @@ class ToolSide(SpliceEnd):
     def connectionMade(self) -> None:
         no_delay(self.transport)
         bulk_buffers(self.transport, TOOL_BUFFER)
+        write_through(self.transport)
         join(self._stream_end, self)
 
 
@@ -138,6 +145,7 @@ class TunnelClientProtocol(Protocol):
     def connectionMade(self) -> None:
         no_delay(self.transport)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
+        write_through(self.transport)
         s = self.client.settings
         self.transport.write(BindRequest(s.session_id, s.token, s.connect_version, s.tool,
                                          s.tool_port, s.tool_version).encode())

@@ -46,7 +46,7 @@ from studios_gateway.wire.bind import (
 )
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer
-from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay
+from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay, write_through
 
 # routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
 # in "/"): how the gateway serves a studio, told to it in the bind answer.
@@ -343,6 +343,7 @@ class TunnelServerProtocol(Protocol):
     def connectionMade(self) -> None:
         no_delay(self.transport)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
+        write_through(self.transport)
         self._timeout = self.table.clock.callLater(self.table.settings.bind_timeout,
                                                    self._bind_timed_out)
 

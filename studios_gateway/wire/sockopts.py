@@ -55,3 +55,37 @@ def bulk_buffers(transport: Any, size: int) -> None:
     if tcp is not None:
         tcp.bufferSize = size
         tcp.SEND_LIMIT = size
+
+
+def write_through(transport: Any) -> None:
+    """Send at once from ``write`` when nothing waits in the TCP transport's buffer.
+
+    Twisted queues every write and sends it when the reactor next finds the socket
+    writable: two ``epoll_ctl`` calls and a reactor turn per write, and under TLS a
+    further turn (the TLS layer gathers a turn's writes first). With Nagle off
+    (:func:`no_delay`) and one write per direction per exchange, sending at once is
+    what the queue would do a turn later. A partial send, a full socket (EAGAIN) or
+    an error leaves the rest to the queue, which keeps Twisted's backpressure and
+    error handling; data already queued keeps its order (new data queues behind it).
+    """
+    tcp = _tcp_under(transport, "writeSomeData")
+    sock = getattr(tcp, "socket", None)
+    if tcp is None or sock is None or getattr(tcp, "_write_through", False):
+        return
+    queue = tcp.write
+
+    def write(data: bytes) -> None:
+        if (data and tcp.connected and not tcp.disconnecting
+                and not tcp._writeDisconnecting and not tcp._tempDataLen
+                and tcp.offset == len(tcp.dataBuffer)):
+            try:
+                sent = sock.send(data)
+            except OSError:
+                sent = 0  # a full socket (or an error the queue's send will report)
+            if sent == len(data):
+                return
+            data = data[sent:]
+        queue(data)
+
+    tcp.write = write
+    tcp._write_through = True

@@ -1,0 +1,80 @@
+"""sockopts.write_through on a real TCP connection pair (no reactor running)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+
+from studios_gateway.wire.sockopts import write_through
+
+
+class Bare(tcp.Connection):
+    """A Twisted TCP transport on one end of a socketpair, outside any reactor."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.reactor: Any = self
+        super().__init__(sock, None, self)
+        self.connected = 1
+        self.writing = 0
+
+    def addWriter(self, _: Any) -> None:
+        self.writing = 1
+
+    def removeWriter(self, _: Any) -> None:
+        self.writing = 0
+
+    def addReader(self, _: Any) -> None:
+        pass
+
+    def removeReader(self, _: Any) -> None:
+        pass
+
+    def getHandle(self) -> Any:
+        return self.socket
+
+
+def pair() -> tuple[Bare, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return Bare(a), b
+
+
+def test_sends_at_once_when_nothing_is_queued_and_queues_otherwise() -> None:
+    t, peer = pair()
+    write_through(t)
+    t.write(b"hello")
+    assert peer.recv(100) == b"hello" and not t.writing and not t._tempDataLen
+    t.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = b"x" * (1 << 20)
+    t.write(big)  # partly sent; the rest waits for the reactor's turn
+    assert t.writing and 0 < t._tempDataLen < len(big)
+    t.write(b"after")  # queued behind it, never ahead
+    got = b""
+    while t.writing or t._tempDataLen or t.offset < len(t.dataBuffer):
+        t.doWrite()
+        try:
+            got += peer.recv(1 << 20)
+        except BlockingIOError:
+            pass
+    while True:
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            break
+        got += chunk
+    assert len(got) == len(big) + 5 and got.endswith(b"after")
+    t.socket.close()
+    peer.close()
+
+
+def test_after_lose_connection_writes_go_through_the_queue() -> None:
+    t, peer = pair()
+    write_through(t)
+    t.loseConnection()
+    t.write(b"late")
+    assert t._tempDataLen == 4
+    t.socket.close()
+    peer.close()
