@@ -351,3 +351,24 @@ def outcome(d: defer.Deferred[Any]) -> list[Any]:
     got: list[Any] = []
     d.addBoth(got.append)
     return got
+
+
+def test_openvscode_server_where_an_image_has_it_instead_of_code_server() -> None:
+    from studios_gateway.studio.presets import pick
+    from studios_gateway.studio.presets.vscode import OpenVSCode
+
+    only_open = {"openvscode-server"}.__contains__
+    assert isinstance(pick("vscode", [], only_open), OpenVSCode)
+    assert pick("vscode", [], {"code-server", "openvscode-server"}.__contains__) \
+        is PRESETS["vscode"]
+    assert pick("vscode", [], lambda name: False) is PRESETS["vscode"]  # says code-server
+    chosen = pick("vscode", ["/opt/ovs/bin/openvscode-server", "--port", "7000"], only_open)
+    assert isinstance(chosen, OpenVSCode)
+    assert pick("generic", [], only_open) is None
+    assert chosen is not None
+    launch = chosen.build(["/opt/ovs/bin/openvscode-server", "--port", "7000"], SUB,
+                          knows_all(chosen))
+    assert launch.port == 7000
+    assert launch.argv[3:] == ["--host=127.0.0.1", "--without-connection-token",
+                               "--telemetry-level=off", "--default-folder=/home/al"]
+    assert not chosen.needs_prefix and chosen.tool == "vscode"

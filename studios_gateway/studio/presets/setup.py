@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import socket
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from studios_gateway.studio.entrypoint import resolve_argv
-from studios_gateway.studio.presets import preset_for
+from studios_gateway.studio.presets import pick
 from studios_gateway.studio.presets.base import (
     Installed,
     Place,
@@ -69,13 +70,13 @@ def prepare(settings: Any, command: Sequence[str], environ: Mapping[str, str], *
 
     Raises PresetError (one line) or FileNotFoundError (the command is not on PATH).
     """
-    preset = preset_for(settings.tool)
-    if preset is None:
-        raise PresetError(f"no preset for tool {settings.tool}")
-    place = place_for(settings, environ, preset.tool)
     # A tool installed next to studios-connect (the same virtualenv) is found too.
     path = os.pathsep.join([environ.get("PATH", os.defpath), os.path.dirname(sys.executable)])
     environ = {**environ, "PATH": path}
+    preset = pick(settings.tool, command, lambda name: shutil.which(name, path=path) is not None)
+    if preset is None:
+        raise PresetError(f"no preset for tool {settings.tool}")
+    place = place_for(settings, environ, preset.tool)
     head = preset.tool_head(command, place)
     if head:
         head = [resolve_argv(head, path)[0], *head[1:]]

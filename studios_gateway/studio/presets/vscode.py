@@ -52,3 +52,25 @@ class VSCode(Preset):
 
     def probe_path(self, place: Place) -> str:
         return "/healthz"
+
+
+class OpenVSCode(Preset):
+    """openvscode-server, where an image has it instead of code-server (not installable here,
+    so checked by unit tests only). The gateway strips the prefix for it as for code-server."""
+
+    tool = "vscode"
+    title = "openvscode-server (VS Code)"
+    executables = ("openvscode-server",)
+
+    def default_command(self, place: Place) -> list[str]:
+        return ["openvscode-server"]
+
+    def flags(self, place: Place) -> list[Flag]:
+        return [
+            Flag(("--host",), "127.0.0.1", "listen on loopback only"),
+            Flag(("--port",), str(place.port), "listen on the tool port", port=True),
+            Flag(("--without-connection-token",), None,
+                 "turn its connection token off (the gateway authenticates)"),
+            Flag(("--telemetry-level",), "off", "send no telemetry"),
+            Flag(("--default-folder",), place.workdir, "open the studio's home"),
+        ]
