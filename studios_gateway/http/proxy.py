@@ -576,18 +576,19 @@ class ProxyProtocol(Protocol):
             self._respond(ex, pages.bad_request("The request could not be forwarded."),
                           close=True)
             return
-        conn.transport.write(head)
+        # The head and what the client sent of the body so far: one write, one frame.
+        if ex.client_done:  # a retry: the (empty) body was read already
+            data, step = ex.end_request(conn.codec), Step.COMPLETE
+        else:
+            data, step = ex.pump_request(conn.codec)
+        conn.transport.write(head + data)
         conn.transport.registerProducer(GateProducer(self.gate, "upstream-full"), True)
         conn.has_producer = True
         assert conn.gate is not None
         self.transport.registerProducer(GateProducer(conn.gate, "client-full"), True)
         self._has_producer = True
         self.gate.resume("dispatch")
-        if ex.client_done:  # a retry: the (empty) body was read already
-            self._to_tool(conn, ex.end_request(conn.codec))
-            self._request_sent(ex)
-        else:
-            self._pump_request(ex)
+        self._request_step(ex, step)
 
     def _detach(self, conn: UpstreamConnection) -> None:
         """Undo _attach's producer wiring between this client and `conn`."""
@@ -614,6 +615,9 @@ class ProxyProtocol(Protocol):
         assert up is not None
         data, step = ex.pump_request(up.codec)
         self._to_tool(up, data)
+        self._request_step(ex, step)
+
+    def _request_step(self, ex: Exchange, step: Step) -> None:
         if step is Step.COMPLETE:
             self._request_sent(ex)
         elif step is Step.REFUSED:

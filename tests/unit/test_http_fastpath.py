@@ -91,3 +91,22 @@ def test_the_login_answers_at_once_only_what_it_would_allow() -> None:
     assert auth.authorized_now(request(studio("xyz"), b.jar), "xyz") is None  # not yet decided
     clock.advance(121)  # the decision expired: ask again
     assert auth.authorized_now(request(studio("abc"), b.jar), "abc") is None
+
+
+def test_head_and_a_small_body_reach_the_tool_in_one_write() -> None:
+    h = Harness()
+    p, _ = h.client()
+    writes: list[bytes] = []
+    real = h.upstream.connect
+
+    def connect(sid: str, factory: Any) -> Any:
+        d = real(sid, factory)
+        ut = h.up()[1]
+        original = ut.write
+        ut.write = lambda data: (writes.append(data), original(data))  # type: ignore
+        return d
+
+    h.upstream.connect = connect  # type: ignore
+    p.dataReceived(b"POST /api HTTP/1.1\r\nHost: abc.studios.test\r\nContent-Length: 5\r\n"
+                   b"\r\nhello")
+    assert len(writes) == 1 and writes[0].endswith(b"\r\n\r\nhello")
