@@ -12,7 +12,6 @@ from studios_gateway.auth.login import (
     Auth,
     AuthSettings,
     Identity,
-    RequestInfo,
     Response,
     strip_auth_cookies,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "Identity",
     "OIDCError",
     "PlatformAccess",
-    "RequestInfo",
     "Response",
     "Revocation",
     "strip_auth_cookies",

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -68,6 +68,8 @@ from studios_gateway.auth.oidc import (
     RelyingParty,
     TokenSet,
 )
+from studios_gateway.http import pages
+from studios_gateway.http.request import RequestInfo
 from studios_gateway.registry.base import SessionRecord, StoreUnavailable
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.wire.ids import SESSION_ID
@@ -108,50 +110,8 @@ _HANDOFF = "handoff/1"
 
 # Requests and responses ------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class RequestInfo:
-    """What the login logic needs to know about one HTTP request."""
-
-    method: str
-    host: str  # the Host header as sent (may carry a port)
-    path: str  # the request target's path, as received
-    query: str = ""  # the raw query string, without '?'
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-    scheme: str = "http"
-    client: tuple[str, int] | None = None
-
-    @property
-    def hostname(self) -> str:
-        h = self.host.strip().lower()
-        if h.startswith("["):
-            return h[1:h.find("]")] if "]" in h else h
-        return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
-
-    def params(self) -> dict[str, str]:
-        """Query parameters; the first of repeated names wins."""
-        out: dict[str, str] = {}
-        for k, v in parse_qsl(self.query, keep_blank_values=True):
-            out.setdefault(k, v)
-        return out
-
-    def header(self, name: bytes) -> bytes | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
-
-    @property
-    def target(self) -> str:
-        return self.path + (f"?{self.query}" if self.query else "")
-
-
-@dataclass(frozen=True)
-class Response:
-    status: int
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-    body: bytes = b""
+# Response: what a login route answers, a page or a redirect (http/pages.py).
+Response = pages.Page
 
 
 @dataclass(frozen=True)
@@ -169,35 +129,16 @@ class Identity:
         return SUBJECT_HEADER, self.subject.encode("utf-8")
 
 
-_STATUS_TEXT = {302: "Found", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
-                403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-                503: "Service Unavailable"}
-
-
 def page(status: int, title: str, message: str, *, link: tuple[str, str] | None = None,
          extra_headers: Iterable[tuple[bytes, bytes]] = (), body_html: str = "") -> Response:
-    """A small, self-contained HTML page. `message` is text (escaped here)."""
-    more = ""
-    if link is not None:
-        more = f'<p><a href="{html.escape(link[0])}">{html.escape(link[1])}</a></p>'
-    doc = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-           "<meta name=viewport content='width=device-width'><style>body{font-family:"
-           "system-ui,sans-serif;max-width:36em;margin:4em auto;padding:0 1em;color:#222}"
-           "</style></head><body>"
-           f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{body_html}{more}"
-           "</body></html>").encode()
-    return Response(status, (*_common_headers(), (b"Content-Type", b"text/html; charset=utf-8"),
-                             (b"Content-Length", str(len(doc)).encode()), *extra_headers), doc)
-
-
-def _common_headers() -> tuple[tuple[bytes, bytes], ...]:
-    return ((b"Cache-Control", b"no-store"), (b"Referrer-Policy", b"no-referrer"),
-            (b"X-Content-Type-Options", b"nosniff"))
+    """A small, self-contained HTML page (http/pages.py makes every page the gateway
+    answers with). `message` is text (escaped there)."""
+    return pages.page(status, title, message, link=link, body_html=body_html,
+                      extra=tuple(extra_headers))
 
 
 def redirect(location: str, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
-    return Response(302, (*_common_headers(), (b"Location", location.encode("utf-8")),
-                          (b"Content-Length", b"0"), *extra_headers))
+    return pages.redirect(location, 302, extra=tuple(extra_headers))
 
 
 def strip_auth_cookies(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

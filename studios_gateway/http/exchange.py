@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from studios_gateway.auth.login import GATEWAY_COOKIES, RequestInfo, strip_auth_cookies
+from studios_gateway.auth.login import GATEWAY_COOKIES, strip_auth_cookies
 from studios_gateway.config import default_of
 from studios_gateway.http import pages
 from studios_gateway.http.h1 import (
@@ -42,6 +42,7 @@ from studios_gateway.http.headers import (
     response_headers,
     tool_set_cookies,
 )
+from studios_gateway.http.request import RequestInfo
 from studios_gateway.http.routing import Route, absolute_to_origin
 from studios_gateway.http.toolroute import ToolRoute
 

@@ -54,17 +54,22 @@ def reason_phrase(status: int) -> bytes:
 
 
 def page(status: int, title: str, message: str, *, session_id: str | None = None,
-         refresh: int | None = None, extra: tuple[tuple[bytes, bytes], ...] = ()) -> Page:
-    """A page; `title` and `message` are text (escaped here)."""
+         refresh: int | None = None, extra: tuple[tuple[bytes, bytes], ...] = (),
+         link: tuple[str, str] | None = None, body_html: str = "") -> Page:
+    """A page; `title`, `message` and the link's (href, text) are text (escaped here);
+    `body_html` is markup the gateway made itself (a form), placed after the message."""
     meta = f"<meta http-equiv=refresh content={int(refresh)}>" if refresh else ""
     studio = (f"<p>Studio: <code>{html.escape(session_id)}</code></p>"
               if session_id else "")
     retry = "<p>This page reloads by itself.</p>" if refresh else ""
+    more = (f'<p><a href="{html.escape(link[0])}">{html.escape(link[1])}</a></p>'
+            if link is not None else "")
     doc = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width'>"
         f"{meta}<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{studio}{retry}"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{body_html}{more}"
+        f"{studio}{retry}"
         "</body></html>"
     ).encode()
     headers = (
@@ -78,9 +83,11 @@ def page(status: int, title: str, message: str, *, session_id: str | None = None
     return Page(status, headers, doc)
 
 
-def redirect(location: str, status: int = 308) -> Page:
+def redirect(location: str, status: int = 308,
+             extra: tuple[tuple[bytes, bytes], ...] = ()) -> Page:
     return Page(status, ((b"Location", location.encode("utf-8")), (b"Content-Length", b"0"),
-                         (b"Cache-Control", b"no-store")), b"")
+                         (b"Cache-Control", b"no-store"), (b"Referrer-Policy", b"no-referrer"),
+                         (b"X-Content-Type-Options", b"nosniff"), *extra), b"")
 
 
 def not_found(session_id: str | None = None, message: str = "") -> Page:

@@ -32,7 +32,6 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.auth.login import RequestInfo
 from studios_gateway.config import default_of
 from studios_gateway.http import pages
 from studios_gateway.http.deadline import Deadline
@@ -48,6 +47,7 @@ from studios_gateway.http.exchange import (
 )
 from studios_gateway.http.flow import Gate, GateProducer, Pacer
 from studios_gateway.http.headers import client_address, is_trusted
+from studios_gateway.http.request import RequestInfo
 from studios_gateway.http.routing import Redirect, Refusal, Route, Router
 from studios_gateway.http.toolroute import tool_route
 from studios_gateway.http.upstream import (

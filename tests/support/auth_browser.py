@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from studios_gateway.auth.login import Auth, Identity, RequestInfo, Response
+from studios_gateway.auth.login import Auth, Identity, Response
+from studios_gateway.http.request import RequestInfo
 
 
 @dataclass
