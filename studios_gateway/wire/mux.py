@@ -6,10 +6,13 @@ each :class:`Stream` is a Twisted transport for the protocol attached to it.
 
 Flow control is yamux's per-stream window, mapped onto Twisted producers:
 
-* sending: a stream writes while its send window lasts; once it is shut the
-  stream's registered producer is paused, and resumed when the peer's
-  WindowUpdate reopens it. The tunnel transport pausing the multiplexer
-  pauses every stream's producer the same way.
+* sending: a stream's writes wait in its own buffer; a :class:`FrameScheduler`
+  (wire/schedule.py) decides whose frame goes out next while the transport
+  takes more (small writes first, then one frame per stream in turn) and the
+  send window allows. A stream's registered producer is paused once its
+  buffer holds ``stream_buffer`` bytes (the window shut, or others' turns),
+  and resumed below half. The tunnel transport pausing the multiplexer only
+  stops the scheduler.
 * receiving: a stream hands data to its protocol and tells the peer about
   the room made once half the window has been consumed. While the stream is
   paused (``pauseProducing``, typically by the consumer it is spliced into),
@@ -69,6 +72,7 @@ from studios_gateway.wire.frames import (
     FrameDecoder,
     ProtocolError,
 )
+from studios_gateway.wire.schedule import FrameScheduler
 
 _pack_header = frames.HEADER_STRUCT.pack
 
@@ -76,6 +80,9 @@ DEFAULT_WINDOW = 6 * 1024 * 1024
 DEFAULT_MAX_FRAME_DATA = 64 * 1024  # see docs/decisions/tunnel-framing.md
 DEFAULT_MAX_SEND_BUFFER = 64 * 1024 * 1024
 DEFAULT_CLOSE_TIMEOUT = 60.0
+# Outgoing bytes a stream may have waiting in the multiplexer before its producer is
+# paused (one read from a tool socket; see docs/decisions/tunnel-scheduling.md).
+DEFAULT_STREAM_BUFFER = 256 * 1024
 
 
 class StreamReset(error.ConnectionLost):
@@ -288,10 +295,15 @@ class Stream:
             return
         if not isinstance(data, bytes):
             data = bytes(data)  # never keep a view of a caller's mutable buffer
-        if self._send_buffered or not self._send_window.available:
-            self._queue(data)
-        else:
-            self._send_now(data)
+        self._send_buffer.append(data)
+        self._send_buffered += len(data)
+        if self._send_buffered > self.mux.max_send_buffer:
+            self._log.error("stream {sid}: its writer ignored backpressure ({n} bytes waiting "
+                            "for window); resetting it", sid=self.stream_id, n=self._send_buffered)
+            self.abortConnection()
+            return
+        if self._send_window.available:
+            self.mux._ready(self)
         self._update_producer()
 
     def writeSequence(self, data: Any) -> None:
@@ -411,50 +423,32 @@ class Stream:
 
     # Sending --------------------------------------------------------------------------
 
-    def _send_now(self, data: bytes) -> None:
-        max_frame = self.mux.max_frame_data
-        size = len(data)
-        n = self._send_window.take(size)
-        if n == size and n <= max_frame:
-            self.mux._send_data(self.stream_id, data)
-            return
-        view = memoryview(data)
-        for start in range(0, n, max_frame):
-            self.mux._send_data(self.stream_id, view[start:min(start + max_frame, n)])
-        if n < size:
-            self._queue(view[n:])
-
-    def _queue(self, data: bytes | memoryview) -> None:
-        self._send_buffer.append(data)
-        self._send_buffered += len(data)
-        if self._send_buffered > self.mux.max_send_buffer:
-            self._log.error("stream {sid}: its writer ignored backpressure ({n} bytes waiting "
-                            "for window); resetting it", sid=self.stream_id, n=self._send_buffered)
-            self.abortConnection()
-
-    def _flush(self) -> None:
-        """Send buffered data the window allows; FIN once everything is out."""
+    def _send_frame(self) -> None:
+        """Send one frame of buffered data (the scheduler's turn); FIN once all is out."""
         buf = self._send_buffer
-        max_frame = self.mux.max_frame_data
-        while buf and self._send_window.available and not self._closed:
-            chunk = buf[0]
-            n = self._send_window.take(min(len(chunk), max_frame))
-            if n == len(chunk):
-                buf.popleft()
-                self.mux._send_data(self.stream_id, chunk)
-            else:
-                view = memoryview(chunk)
-                buf[0] = view[n:]
-                self.mux._send_data(self.stream_id, view[:n])
-            self._send_buffered -= n
-        if not buf and self._fin_queued and not self._fin_sent and not self._closed:
+        chunk = buf[0]
+        n = self._send_window.take(min(len(chunk), self.mux.max_frame_data))
+        if n == len(chunk):
+            buf.popleft()
+            self.mux._send_data(self.stream_id, chunk)
+        else:
+            view = memoryview(chunk)
+            buf[0] = view[n:]
+            self.mux._send_data(self.stream_id, view[:n])
+        self._send_buffered -= n
+        if self._closed:
+            return
+        if buf:
+            if self._send_window.available:
+                self.mux._ready(self)
+        elif self._fin_queued and not self._fin_sent:
             self._send_fin()
+        self._update_producer()
 
     def _window_update(self, delta: int) -> None:
         self._send_window.grant(delta)
-        if self._send_buffered or (self._fin_queued and not self._fin_sent):
-            self._flush()
-        self._update_producer()
+        if self._send_buffered:
+            self.mux._ready(self)
 
     def _lose_write(self) -> None:
         if self._closed:
@@ -494,8 +488,11 @@ class Stream:
         self._finish(Failure(error.ConnectionLost("the peer did not finish the stream")))
 
     def _should_pause_producer(self) -> bool:
-        return (bool(self._send_buffered) or not self._send_window.available
-                or self.mux._transport_paused)
+        """Pause at ``stream_buffer`` bytes waiting, resume once half of it went out."""
+        limit = self.mux.stream_buffer
+        if self._producer_paused or not self._producer_streaming:
+            return self._send_buffered > limit // 2
+        return self._send_buffered >= limit
 
     def _update_producer(self) -> None:
         producer = self._producer
@@ -649,6 +646,7 @@ class Multiplexer(Protocol):
                  max_frame_data: int = DEFAULT_MAX_FRAME_DATA,
                  max_send_buffer: int = DEFAULT_MAX_SEND_BUFFER,
                  close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+                 stream_buffer: int = DEFAULT_STREAM_BUFFER,
                  on_stream: Callable[[Stream], IProtocol | None] | None = None,
                  on_go_away: Callable[[int], None] | None = None,
                  on_close: Callable[[Failure], None] | None = None):
@@ -664,6 +662,9 @@ class Multiplexer(Protocol):
         self.max_frame_data = max_frame_data
         self.max_send_buffer = max_send_buffer
         self.close_timeout = close_timeout
+        self.stream_buffer = stream_buffer
+        self.scheduler: FrameScheduler[Stream] = FrameScheduler()
+        self._pumping = False
         self.on_stream = on_stream
         self.on_go_away = on_go_away
         self.on_close = on_close
@@ -711,17 +712,17 @@ class Multiplexer(Protocol):
 
     # IPushProducer (towards the tunnel transport) ----------------------------------------
 
+    # The transport pausing us stops the scheduler, not the streams' producers: each
+    # stream keeps filling its own bounded buffer, and what goes out next when the
+    # transport takes more is the scheduler's choice.
+
     def pauseProducing(self) -> None:
-        if not self._transport_paused:
-            self._transport_paused = True
-            for stream in list(self.streams.values()):
-                stream._update_producer()
+        self._transport_paused = True
 
     def resumeProducing(self) -> None:
         if self._transport_paused:
             self._transport_paused = False
-            for stream in list(self.streams.values()):
-                stream._update_producer()
+            self._pump()
 
     def stopProducing(self) -> None:
         pass  # the transport is closing; connectionLost follows
@@ -833,6 +834,28 @@ class Multiplexer(Protocol):
 
     # Frames out -----------------------------------------------------------------------
 
+    def _ready(self, stream: Stream) -> None:
+        """``stream`` has data and window: queue it, and send while the transport takes it."""
+        self.scheduler.ready(stream, stream._send_buffered)
+        if not self._pumping:
+            self._pump()
+
+    def _pump(self) -> None:
+        """Send frames, one stream's turn at a time, until the transport is full."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while not self._transport_paused and not self.closed:
+                stream = self.scheduler.next()
+                if stream is None:
+                    break
+                if (not stream._closed and stream._send_buffered
+                        and stream._send_window.available):
+                    stream._send_frame()
+        finally:
+            self._pumping = False
+
     def _send_data(self, sid: int, data: bytes | memoryview) -> None:
         if not self.closed:
             self.transport.write(_pack_header(0, DATA, 0, sid, len(data)) + data)
@@ -910,6 +933,7 @@ class Multiplexer(Protocol):
         for stream in list(self.streams.values()):
             stream._finish(lost)
         self.streams.clear()
+        self.scheduler.clear()
         self._fire_idle()
         if self.on_close is not None:
             try:

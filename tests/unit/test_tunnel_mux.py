@@ -407,7 +407,8 @@ def test_paused_reader_pauses_far_writer_within_one_window_then_resumes() -> Non
         link.pump()
         if producer.paused:
             break
-    assert written <= window + 48 * KiB  # at most one window (plus the chunk that hit it)
+    # At most one window crosses; the writer then fills its stream's buffer and pauses.
+    assert written <= window + local.mux.stream_buffer + 48 * KiB
     assert remote.receive_buffered <= window and remote_p.data == b""
     assert remote.receive_window == 0 or local.send_buffered
     for _ in range(5):  # nothing moves while paused: no WindowUpdate goes back
@@ -419,21 +420,47 @@ def test_paused_reader_pauses_far_writer_within_one_window_then_resumes() -> Non
     assert local.send_buffered == 0
 
 
-def test_transport_pause_pauses_every_stream_producer() -> None:
-    link = Link()
+def data_frames(transport: StringTransport) -> list[tuple[int, int]]:
+    """(stream id, length) of each Data frame written, in order."""
+    return [(f.stream_id, f.length) for f in take(transport) if f.type == DATA]
+
+
+def test_a_full_transport_stops_the_scheduler_and_each_stream_buffers_its_own_bound() -> None:
+    link = Link(stream_buffer=256 * KiB)
     streams = [link.client.open_stream() for _ in range(3)]
     producers = [Producer() for _ in streams]
     for s, p in zip(streams, producers, strict=True):
         s.registerProducer(p, True)
+    take(link.t["client"])
     assert link.t["client"].producer is link.client
-    link.t["client"].producer.pauseProducing()
-    assert all(p.paused for p in producers)
-    late = link.client.open_stream()
-    late_p = Producer()
-    late.registerProducer(late_p, True)
-    assert late_p.paused
-    link.t["client"].producer.resumeProducing()
-    assert not any(p.paused for p in [*producers, late_p])
+    link.client.pauseProducing()  # the tunnel's socket is full
+    for s in streams:
+        s.write(b"b" * 128 * KiB)
+    assert not any(p.paused for p in producers)  # each is within its own bound
+    assert data_frames(link.t["client"]) == []  # nothing goes out meanwhile
+    streams[0].write(b"b" * 128 * KiB)
+    assert producers[0].paused and not any(p.paused for p in producers[1:])
+    link.client.resumeProducing()
+    assert not any(p.paused for p in producers)
+
+
+def test_bulk_streams_take_turns_frame_by_frame_and_small_writes_go_first() -> None:
+    link = Link(max_frame_data=64 * KiB)
+    a, b, c = (link.client.open_stream() for _ in range(3))
+    take(link.t["client"])
+    link.client.pauseProducing()
+    a.write(b"a" * 256 * KiB)  # a download that started first...
+    b.write(b"b" * 256 * KiB)
+    c.write(b"c" * 256 * KiB)
+    keystroke = link.client.open_stream()
+    take(link.t["client"])  # its SYN
+    keystroke.write(b"k")  # ...and a keystroke that came last
+    link.client.resumeProducing()
+    frames_out = data_frames(link.t["client"])
+    assert frames_out[0] == (keystroke.stream_id, 1)
+    ids = [sid for sid, _ in frames_out[1:]]
+    assert ids == [a.stream_id, b.stream_id, c.stream_id] * 4  # round-robin, 64 KiB each
+    assert all(n == 64 * KiB for _, n in frames_out[1:])
 
 
 def test_writer_that_ignores_backpressure_is_reset() -> None:
@@ -462,7 +489,9 @@ def test_pull_producer_is_asked_for_more_while_window_lasts() -> None:
     local.registerProducer(Pull(), False)
     for _ in range(10):
         link.clock.advance(0)
-    assert Pull.calls == 3  # 256 KiB initial window: the third write shuts it
+    # 256 KiB initial window: the third write shuts it, the fourth fills the stream's
+    # buffer past half its bound (DEFAULT_STREAM_BUFFER / 2)
+    assert Pull.calls == 4
     assert local.send_buffered
     link.pump()  # the reader's WindowUpdate reopens the window: asked again until it shuts
     link.clock.advance(0)
