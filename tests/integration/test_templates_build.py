@@ -1,0 +1,176 @@
+"""Image templates really built and run behind a real gateway: JupyterLab and Xpra (the two
+whose sources these machines reach; R-IDE and VS Code need CRAN, Posit, GitHub and Open VSX).
+
+No image registry is reachable from these machines, so the base is a Debian 12 root
+file system made here with mmdebstrap and imported into podman (`--build-arg BASE=`). The
+JupyterLab image is built offline: its pip installer (INSTALLER=pip, the small
+requirements-core.txt) takes every wheel from the build context (PIP_OPTIONS=--no-index),
+where templates/make-wheels put them; Xpra comes from Debian's archive. Each container runs
+on the host's network with only CONNECT_STRING set; its entry point (`studios-connect --tool
+<tool>`) starts the tool through the preset and binds. Skipped where podman cannot run
+containers. The base image is kept for later runs; the built images are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway import BIN, REPO, GatewayProcess, base_env
+from tests.support.web import Browser
+
+pytestmark = pytest.mark.slow
+
+BASE = "localhost/studios-templates-base:bookworm"
+KEY = "templates-test-key"
+
+
+def podman(*args: str, timeout: float = 120, check: bool = True
+           ) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)}: exit {done.returncode}\n"
+                             f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def containers_run() -> str | None:
+    """Why containers cannot run here (None: they can)."""
+    for tool in ("podman", "mmdebstrap"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (scripts/setup --test installs it)"
+    info = subprocess.run(["podman", "info"], capture_output=True, text=True, timeout=60)
+    if info.returncode != 0:
+        return f"podman info failed: {info.stderr.strip()[-500:]}"
+    return None
+
+
+def ensure_base(tmp_path: Path) -> None:
+    """A minimal Debian 12 image made with mmdebstrap (kept for later runs)."""
+    if podman("image", "exists", BASE, check=False).returncode == 0:
+        return
+    tarball = tmp_path / "base.tar"
+    made = subprocess.run(["mmdebstrap", "--variant=minbase", "--include=ca-certificates",
+                           "bookworm", str(tarball), "http://deb.debian.org/debian"],
+                          capture_output=True, text=True, timeout=900)
+    assert made.returncode == 0, made.stderr[-3000:]
+    podman("import", "--quiet", str(tarball), BASE, timeout=300)
+
+
+#: tool -> (TOOL_VERSION, repository, more build arguments, a path that answers 200, a word
+#: the tool's answer there contains)
+TEMPLATES = {
+    "jupyterlab": ("4.2.5", "data-studio-jupyter",
+                   ["INSTALLER=pip", "PIP_REQUIREMENTS=requirements-core.txt",
+                    "PIP_OPTIONS=--no-index"], "/api/status", '"started"'),
+    "xpra": ("3.1.3", "data-studio-xpra", [], "/", "xpra"),
+}
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    why = containers_run()
+    if why:
+        pytest.skip(f"containers cannot run here: {why}")
+    tmp = tmp_path_factory.mktemp("template")
+    ensure_base(tmp)
+    context = tmp / "context"
+    shutil.copytree(REPO / "templates", context, ignore=shutil.ignore_patterns("wheels"))
+    wheels = subprocess.run(
+        [str(REPO / "templates" / "make-wheels"), str(context / "wheels"),
+         "-r", str(context / "jupyterlab" / "requirements-core.txt")],
+        env={"PATH": f"{BIN}:/usr/bin:/bin", "PYTHON": str(BIN / "python")},
+        capture_output=True, text=True, timeout=600)
+    assert wheels.returncode == 0, wheels.stderr[-3000:]
+    return context
+
+
+@pytest.fixture(scope="module", params=sorted(TEMPLATES))
+def image(request: pytest.FixtureRequest, context: Path) -> Iterator[tuple[str, str]]:
+    """(tool, the built image's reference with its full tag)."""
+    tool = request.param
+    version, repository, args, _, _ = TEMPLATES[tool]
+    tags = subprocess.run([str(BIN / "studios-gateway"), "image-tag", version],
+                          env={"PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          check=True).stdout.split()
+    name = f"localhost/studios-test-{uuid.uuid4().hex[:8]}/{repository}"
+    refs = [f"{name}:{tag}" for tag in tags]
+    build = ["build", "--build-arg", f"BASE={BASE}", "-f", str(context / tool / "Containerfile")]
+    for arg in args:
+        build += ["--build-arg", arg]
+    for ref in refs:
+        build += ["-t", ref]
+    podman(*build, str(context), timeout=1800)
+    try:
+        yield tool, refs[-1]  # the full tag, <version>-0.12.0
+    finally:
+        podman("rmi", "--force", *refs, check=False)
+
+
+def test_the_built_image_carries_its_versions(image: tuple[str, str]) -> None:
+    tool, ref = image
+    version = TEMPLATES[tool][0]
+    config = json.loads(podman("image", "inspect", ref).stdout)[0]["Config"]
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.version"] == f"{version}-0.12.0"
+    assert (labels["studios-gateway.tool"], labels["studios-gateway.tool-version"],
+            labels["studios-gateway.connect-version"]) == (tool, version, "0.12.0")
+    assert config["Entrypoint"] == ["studios-connect", "--tool", tool]
+    assert config.get("User", "") in ("", "root")
+
+
+def test_the_image_runs_behind_a_real_gateway(image: tuple[str, str], tmp_path: Path) -> None:
+    tool, ref = image
+    version, _, _, path, word = TEMPLATES[tool]
+    env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY)
+    http_port = env["CONNECT_HTTP_PORT"]
+    env["CONNECT_PROXY_URL"] = f"http://localhost:{http_port}"
+    gw = GatewayProcess(tmp_path, env)
+    container = f"studios-test-{uuid.uuid4().hex[:8]}"
+    try:
+        gw.wait_healthy()
+        status, body, _ = gw.request("/api/sessions", method="POST",
+                                     body={"owner": "alice", "image": ref})
+        assert status == 201, body
+        created = json.loads(body)
+        assert (created["tool"], created["tool_version"], created["connect_version"]) == \
+            (tool, version, "0.12.0")  # from the image's name and tag
+        podman("run", "--detach", "--name", container, "--network", "host",
+               "--env", f"CONNECT_STRING={created['connect_string']}", ref)
+        shown = wait_for_tool_version(gw, created["id"], container)
+        assert shown["tunnel"]["tool_version"] == version  # what the preset found installed
+        assert shown["image"] == ref
+        browser = Browser()
+        assert browser.use_login_link(created["login_link"]).status == 200
+        reply = browser.get(f"http://{created['id']}.localhost:{http_port}{path}")
+        assert reply.status == 200, (reply.status, reply.text[:500])
+        assert word in reply.text.lower()  # the tool's own answer, through the tunnel
+    finally:
+        logs = podman("logs", container, check=False)
+        podman("rm", "--force", "--time", "10", container, check=False, timeout=60)
+        gw.stop()
+        print(logs.stdout[-3000:], logs.stderr[-3000:])
+
+
+def wait_for_tool_version(gw: GatewayProcess, sid: str, container: str,
+                          timeout: float = 120) -> dict:
+    """The session once its studio has bound and announced its tool version."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = json.loads(gw.request(f"/api/sessions/{sid}")[1])
+        if state.get("connected") and (state.get("tunnel") or {}).get("tool_version"):
+            return state
+        running = podman("inspect", "--format", "{{.State.Running}}", container, check=False)
+        logs = podman("logs", container, check=False)
+        assert running.stdout.strip() == "true", \
+            f"the studio container stopped:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
+        assert time.monotonic() < deadline, \
+            f"not bound after {timeout}s:\n{logs.stderr[-3000:]}\n{gw.output()[-2000:]}"
+        time.sleep(0.5)

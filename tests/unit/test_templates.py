@@ -1,0 +1,161 @@
+"""The image templates (templates/<tool>/Containerfile), read without building them: entry
+point, build arguments, labels, root user, and the versions the documents give.
+
+The documents' versions (seed 000, "Studios container image templates") are written out
+here, since the seed is not part of the repository: JupyterLab 4.2.5 with its list of
+conda-forge packages, R-IDE 4.4.1, Visual Studio Code 1.93.1 with Nextflow and its VS Code
+extension; Xpra has no version there (the template takes Debian 12's).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from studios_gateway.studio.presets import preset_for
+from studios_gateway.versions import CONNECT_PROTOCOL_VERSION, ImageTag, published_tags
+from studios_gateway.wire.tools import TOOLS, canonical
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+
+SEED_VERSIONS = {"jupyterlab": "4.2.5", "ride": "4.4.1", "vscode": "1.93.1", "xpra": None}
+SEED_JUPYTER_PACKAGES = [
+    "python=3.13.0", "pip=24.2", "jedi-language-server=0.41.4", "jupyterlab=4.2.5",
+    "jupyter-collaboration=1.2.0", "jupyterlab-git=0.50.1", "jupytext=1.16.4",
+    "jupyter-dash=0.4.2", "ipywidgets=7.8.4", "pandas[all]=2.2.3", "scikit-learn=1.5.2",
+    "statsmodels=0.14.4", "itables=2.2.2", "seaborn[stats]=0.13.2", "altair=5.4.1",
+    "plotly=5.24.1", "r-ggplot2=3.5.1", "nb_black=1.0.7", "qgrid=1.3.1",
+]
+VERSION_LABEL = "${TOOL_VERSION}-${UPDATE_VERSION:+${UPDATE_VERSION}-}${CONNECT_VERSION}"
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order: continuation lines joined, comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue  # a comment inside a continued instruction
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        text = pending + line
+        pending = ""
+        word, _, rest = text.partition(" ")
+        out.append((word.upper(), rest.strip()))
+    assert not pending, f"{path}: ends inside a continued line"
+    return out
+
+
+class Containerfile:
+    def __init__(self, path: Path):
+        self.path = path
+        self.steps = instructions(path)
+        self.args: dict[str, str | None] = {}
+        self.labels: dict[str, str] = {}
+        self.users = [rest for word, rest in self.steps if word == "USER"]
+        entry = [rest for word, rest in self.steps if word == "ENTRYPOINT"]
+        assert len(entry) == 1, f"{path}: one ENTRYPOINT"
+        self.entrypoint = json.loads(entry[0])
+        for word, rest in self.steps:
+            if word == "ARG":
+                name, eq, default = rest.partition("=")
+                if eq or name not in self.args:
+                    self.args[name] = default if eq else None
+            elif word == "LABEL":
+                for pair in shlex.split(rest):
+                    key, _, value = pair.partition("=")
+                    self.labels[key] = value
+
+
+def template(tool: str) -> Containerfile:
+    return Containerfile(TEMPLATES / tool / "Containerfile")
+
+
+def test_one_template_per_tool_with_a_preset() -> None:
+    found = sorted(p.parent.name for p in TEMPLATES.glob("*/Containerfile"))
+    assert found == sorted(t for t in TOOLS if preset_for(t) is not None) == \
+        sorted(SEED_VERSIONS)
+
+
+@pytest.mark.parametrize("tool", sorted(SEED_VERSIONS))
+def test_entry_point_is_the_tools_preset(tool: str) -> None:
+    entry = template(tool).entrypoint
+    assert entry == ["studios-connect", "--tool", tool]
+    assert canonical(entry[2]) == tool and preset_for(tool) is not None
+
+
+@pytest.mark.parametrize("tool", sorted(SEED_VERSIONS))
+def test_build_arguments_and_versions(tool: str) -> None:
+    c = template(tool)
+    for name in ("BASE", "TOOL_VERSION", "UPDATE_VERSION", "CONNECT_VERSION"):
+        assert name in c.args, f"{tool}: ARG {name}"
+    assert c.args["CONNECT_VERSION"] == str(CONNECT_PROTOCOL_VERSION)
+    assert c.args["UPDATE_VERSION"] == ""
+    version = c.args["TOOL_VERSION"]
+    assert version
+    if SEED_VERSIONS[tool] is not None:
+        assert version == SEED_VERSIONS[tool]
+    # The defaults make a tag the parser reads back (what image-tag prints for them).
+    series, full = published_tags(version, None, CONNECT_PROTOCOL_VERSION)
+    assert str(full) == f"{version}-{CONNECT_PROTOCOL_VERSION}"
+    assert isinstance(series, ImageTag)
+    assert c.steps[0][0] == "ARG" and c.steps[1] == ("FROM", "${BASE}")
+
+
+@pytest.mark.parametrize("tool", sorted(SEED_VERSIONS))
+def test_labels_carry_the_versions(tool: str) -> None:
+    labels = template(tool).labels
+    assert labels["org.opencontainers.image.version"] == VERSION_LABEL
+    assert labels["org.opencontainers.image.title"]
+    assert labels["org.opencontainers.image.base.name"] == "${BASE}"
+    assert labels["studios-gateway.tool"] == tool
+    assert labels["studios-gateway.tool-version"] == "${TOOL_VERSION}"
+    assert labels["studios-gateway.update-version"] == "${UPDATE_VERSION}"
+    assert labels["studios-gateway.connect-version"] == "${CONNECT_VERSION}"
+
+
+@pytest.mark.parametrize("tool", sorted(SEED_VERSIONS))
+def test_root_user_and_studios_connect_from_the_wheels(tool: str) -> None:
+    c = template(tool)
+    assert c.users and c.users[-1] == "root"
+    runs = [rest for word, rest in c.steps if word == "RUN"]
+    assert any("--mount=type=bind,source=wheels,target=/tmp/wheels" in r
+               and "install-studios-connect \"${CONNECT_VERSION}\"" in r for r in runs)
+    copies = [rest for word, rest in c.steps if word == "COPY"]
+    assert "wheels/SHA256SUMS /opt/studio/wheels.sha256" in copies
+
+
+def test_jupyterlab_packages_are_the_documented_ones() -> None:
+    env = (TEMPLATES / "jupyterlab" / "environment.yml").read_text()
+    assert re.search(r"channels:\n  - conda-forge\n", env)
+    listed = re.findall(r"^  - (\S+=\S+)$", env, re.M)
+    assert listed == SEED_JUPYTER_PACKAGES
+    # The PyPI list is the same but for Python itself, pip and the R package.
+    pypi = [line for line in (TEMPLATES / "jupyterlab" / "requirements.txt").read_text()
+            .splitlines() if line and not line.startswith("#") and not line.startswith("httpx")]
+    expected = [p.replace("=", "==") for p in SEED_JUPYTER_PACKAGES
+                if not p.startswith(("python=", "pip=", "r-"))]
+    assert pypi == expected
+
+
+def test_vscode_brings_nextflow_and_its_extension() -> None:
+    c = template("vscode")
+    assert c.args["CODE_SERVER_VERSION"] == "4.93.1"  # the release built on VS Code 1.93.1
+    assert c.args["NEXTFLOW_EXTENSION"] == "nextflow.nextflow"
+    install = (TEMPLATES / "vscode" / "install").read_text()
+    assert "get.nextflow.io" in install and '--install-extension "$extension"' in install
+
+
+@pytest.mark.parametrize("tool", sorted(SEED_VERSIONS))
+def test_the_readme_covers_each_template(tool: str) -> None:
+    readme = (TEMPLATES / "README.md").read_text()
+    assert f"templates/{tool}/Containerfile" in readme
+    assert f"--tool {tool}" in readme or f'"--tool", "{tool}"' in readme
