@@ -291,3 +291,14 @@ def test_the_bind_keeps_the_announced_tool_version_with_the_holder() -> None:
     holders: list[Any] = []
     store.get_tunnel("s1").addCallback(holders.append)
     assert holders[0].tool_version == "4.2.5"
+
+
+def test_the_embedded_registrys_file_keeps_the_image_fields(tmp_path: Any) -> None:
+    path = tmp_path / "sessions.json"
+    fields = {"image": "r.example/jupyter:4.2.5-u1-0.12.0", "tool_version": "4.2.5",
+              "update_version": "u1", "connect_version": "0.12.0"}
+    made = SessionRecord.from_dict({**OLD_RECORD, **fields})
+    MemoryStore(Clock(), sessions_file=path).create(made)
+    again: list[Any] = []
+    MemoryStore(Clock(), sessions_file=path).get("s1").addCallback(again.append)
+    assert again == [made]
