@@ -40,8 +40,20 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def silent_sockets(port: int, n: int) -> list[socket.socket]:
-    return [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(n)]
+def silent_sockets(pid: int, port: int, n: int) -> list[socket.socket]:
+    """n sockets that never send a byte, opened in steps the listen backlog (50) takes:
+    past it the kernel completes our connect but the gateway sees the socket only when
+    a SYN-ACK retry gets through, seconds later (or never)."""
+    socks: list[socket.socket] = []
+    while len(socks) < n:
+        base = open_fds(pid)
+        step = [socket.create_connection(("127.0.0.1", port), timeout=5)
+                for _ in range(min(25, n - len(socks)))]
+        socks += step
+        want = base + len(step)
+        wait_for(lambda w=want: open_fds(pid) >= w, 10,
+                 "the gateway did not accept the silent sockets")
+    return socks
 
 
 def closed_by_peer(sock: socket.socket) -> bool:
@@ -95,10 +107,7 @@ def test_silent_sockets_are_closed_and_hold_nobody_up(tmp_path: Path) -> None:
             quiet_tls.append(ctx.wrap_socket(raw, server_hostname="gw.localhost"))
         opened = time.monotonic()
         for port in ports.values():
-            socks += silent_sockets(port, SILENT)
-        end = time.monotonic() + 5
-        while open_fds(pid) < baseline + 3 * SILENT and time.monotonic() < end:
-            time.sleep(0.05)  # until the gateway has accepted them all (polled, bounded)
+            socks += silent_sockets(pid, port, SILENT)
         during = open_fds(pid)
 
         # While they are held: a studio binds, a browser gets in, a peer shakes hands.
