@@ -368,7 +368,8 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     ssh: SSHProxy | None = None
     api_mounts: dict[bytes, Any] = {}
     if host_key is not None:
-        ssh = build_ssh(config, reactor, store, dialer, auth, host_key, traffic, local=local)
+        ssh = build_ssh(config, reactor, store, dialer, auth, host_key, traffic, local=local,
+                        fresh=store.inner)
         gateway.add_part(ssh.part)
         api_mounts.update(ssh.api)
     api_mounts[b"quota"] = QuotaResource(traffic.quota)

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from studios_gateway.auth.login import Auth
 from studios_gateway.component import Component, Part, StartError, endpoint_for
 from studios_gateway.config import Config
-from studios_gateway.registry.base import SessionRecord, SessionStore
+from studios_gateway.registry.base import SessionRecord, SessionStore, UserKeyStore
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.ssh.api import UserKeysResource
 from studios_gateway.ssh.key_watch import KeyWatch
@@ -130,10 +130,12 @@ class SSHProxy:
 
 def build_ssh(config: Config, reactor: Any, store: SessionStore, dialer: Dialer, auth: Auth,
               host_key: Key, traffic: Traffic | None = None,
-              local: MemoryStore | None = None) -> SSHProxy:
+              local: MemoryStore | None = None,
+              fresh: UserKeyStore | None = None) -> SSHProxy:
     """The SSH proxy: its listener and lifecycle (a Part), and /api/users for the admin API.
     `local`: the embedded registry of a single node (users' keys then live in a file);
-    with a shared registry the file is imported once."""
+    with a shared registry the file is imported once. `fresh`: the registry behind the
+    cache, which the periodic key re-check reads."""
     keys_import: FileImport | None = None
     if local is not None:  # one node, in memory: the file keeps them
         keep_in_file(local, config.storage_root)
@@ -142,7 +144,8 @@ def build_ssh(config: Config, reactor: Any, store: SessionStore, dialer: Dialer,
     platform = make_platform_keys(auth, reactor)
     user_keys = StoreUserKeys(store, platform)
     authorizer = auth.authorizer
-    key_watch = KeyWatch(store, platform, clock=reactor, ttl=config.local_cache_ttl)
+    key_watch = KeyWatch(store, platform, clock=reactor, ttl=config.local_cache_ttl,
+                         fresh=fresh)
     factory = GatewaySSHFactory(
         host_key=host_key, user_keys=user_keys, store=store,
         dial=make_dial(dialer), authorize=make_authorize(authorizer),

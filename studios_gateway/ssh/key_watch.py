@@ -43,12 +43,14 @@ class _Conn:
 class KeyWatch:
     """Tracks live connections by (user, key blob); closes those whose key is gone.
 
-    `store` has ``get_user_keys`` and ``subscribe_user_keys`` (a CachingStore:
-    its ``inner`` is read directly by the periodic sweep); `platform` is a
-    PlatformKeys (``keys(user, max_age=...)``) or None."""
+    `store` is the registry as the gateway reads it (cached); the periodic sweep
+    reads `fresh` (the registry behind the cache; default: `store`); `platform`
+    is a PlatformKeys (``keys(user, max_age=...)``) or None."""
 
-    def __init__(self, store: UserKeyStore, platform: Any, *, clock: Any, ttl: float):
+    def __init__(self, store: UserKeyStore, platform: Any, *, clock: Any, ttl: float,
+                 fresh: UserKeyStore | None = None):
         self.store = store
+        self.fresh = fresh if fresh is not None else store
         self.platform = platform
         self.clock = clock
         self.ttl = ttl
@@ -60,7 +62,7 @@ class KeyWatch:
     # Lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._unsubscribe is None and hasattr(self.store, "subscribe_user_keys"):
+        if self._unsubscribe is None:
             self._unsubscribe = self.store.subscribe_user_keys(self._changed)
         if self._sweeper is None and self.ttl > 0:
             half = self.ttl / 2
@@ -127,7 +129,7 @@ class KeyWatch:
                         max_age: float | None = None) -> set[bytes] | None:
         """Which of `blobs` `user` may still use; None when that cannot be said now
         (a source did not answer and some key is not known to the other)."""
-        reader = getattr(self.store, "inner", self.store) if max_age is not None else self.store
+        reader = self.fresh if max_age is not None else self.store
         problems = []
         kept: set[bytes] = set()
         try:

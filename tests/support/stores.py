@@ -2,12 +2,15 @@
 
 ``FlakyStore(MemoryStore(clock))`` behaves exactly as the embedded registry while
 ``up``; switched off, every data call fails with StoreUnavailable, as with Redis
-gone. ``calls`` counts the data calls by method name.
+gone. ``calls`` counts the data calls by method name. While ``deaf``, change
+events are lost (as when Redis pub/sub drops); ``announce`` delivers one by hand
+(``None``: "changes may have been missed").
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -15,9 +18,11 @@ from twisted.internet import defer
 from studios_gateway.registry.base import StoreUnavailable
 from studios_gateway.registry.memory import MemoryStore
 
-# Subscriptions and the lifecycle keep working while "down": a node keeps its
-# subscription and hears nothing, as with a Redis outage.
-_PASS_THROUGH = {"subscribe", "subscribe_user_keys", "subscribe_logouts", "start", "stop"}
+# The lifecycle keeps working while "down"; subscriptions too (a node keeps its
+# subscription and hears nothing, as with a Redis outage).
+_PASS_THROUGH = {"start", "stop"}
+_SUBSCRIPTIONS = {"subscribe", "subscribe_user_keys", "subscribe_logouts"}
+Listener = Callable[[Any], Any]
 
 
 class FlakyStore:
@@ -28,12 +33,40 @@ class FlakyStore:
         self.up = True
         self.reason = reason
         self.calls: Counter[str] = Counter()
+        self.deaf = False
+        self._listeners: dict[str, list[Listener]] = {name: [] for name in _SUBSCRIPTIONS}
 
     @property
     def total_calls(self) -> int:
         return sum(self.calls.values())
 
+    def subscribers(self, kind: str = "subscribe") -> int:
+        """How many callbacks are subscribed with `kind` (a subscribe method's name)."""
+        return len(self._listeners[kind])
+
+    def announce(self, kind: str = "subscribe", key: str | None = None) -> None:
+        """Deliver one change event to every `kind` subscriber, deaf or not."""
+        for callback in list(self._listeners[kind]):
+            callback(key)
+
+    def _subscribe(self, kind: str, callback: Listener) -> Callable[[], None]:
+        def hear(key: Any) -> None:
+            if not self.deaf:
+                callback(key)
+
+        unsubscribe = getattr(self.inner, kind)(hear)
+        self._listeners[kind].append(callback)
+
+        def undo() -> None:
+            unsubscribe()
+            if callback in self._listeners[kind]:
+                self._listeners[kind].remove(callback)
+
+        return undo
+
     def __getattr__(self, name: str) -> Any:
+        if name in _SUBSCRIPTIONS:
+            return lambda callback: self._subscribe(name, callback)
         method = getattr(self.inner, name)
         if name in _PASS_THROUGH or not callable(method):
             return method
