@@ -54,7 +54,8 @@ class Deployment:
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     tmp = tmp_path_factory.mktemp("sshgw")
-    env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY, CONNECT_SSH_ENABLED="true")
+    env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY, CONNECT_SSH_ENABLED="true",
+                   CONNECT_SSH_MAX_CONNECTIONS="5", CONNECT_SSH_MAX_STARTUPS="10:30:60")
     ssh_port = int(env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1])
     key = tmp / "alice_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice",
@@ -105,6 +106,23 @@ def test_scp_a_small_file_up_and_down(dep: Deployment, tmp_path: Path) -> None:
                         str(back)], capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, r.stderr
     assert back.read_bytes() == src.read_bytes()
+
+
+def test_five_silent_sockets_do_not_lock_users_out(dep: Deployment) -> None:
+    """Issue 17: with CONNECT_SSH_MAX_CONNECTIONS=5, five sockets that connect and say
+    nothing refused every user until the handshake timeout (60 s)."""
+    import socket
+
+    silent = [socket.create_connection(("127.0.0.1", dep.port), timeout=10)
+              for _ in range(5)]
+    try:
+        for s in silent:
+            assert s.recv(8) == b"SSH-2.0-"  # accepted, each holding a connection
+        r = dep.ssh(f"alice@{dep.sid}", "echo in")
+        assert r.returncode == 0 and r.stdout == "in\n", (r.stderr, dep.gw.output()[-3000:])
+    finally:
+        for s in silent:
+            s.close()
 
 
 def test_unknown_session_is_refused_with_its_reason(dep: Deployment) -> None:
