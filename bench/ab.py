@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.ab --tree before=/tmp/before --tree after=.
     .venv/bin/python -m bench.ab --tree a=/tmp/before --tree b=. --runs 9 --conns 1,32
     .venv/bin/python -m bench.ab --tree before=. --tree after=. --connect before=/tmp/before
+    .venv/bin/python -m bench.ab --tree log=. --tree nolog=. --env nolog=CONNECT_ACCESS_LOG=off
 
 One nginx tool; per tree a gateway (`twistd -n studios-gateway` with that tree
 first on PYTHONPATH), a session, a `studios-connect` (from `--connect-tree`,
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="the source tree of every studios-connect")
     p.add_argument("--connect", action="append", default=[], metavar="NAME=DIR",
                    help="the studios-connect source tree for the tree NAME (repeat)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VAR=VALUE",
+                   help="a gateway setting for the tree NAME only (repeat)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--conns", default="1,32", help="comma-separated wrk connection counts")
@@ -67,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--tree takes NAME=DIR with an existing directory")
     extra = dict(e.split("=", 1) for e in args.gateway_env)
     connect_trees = dict(c.split("=", 1) for c in args.connect)
+    tree_env: dict[str, dict[str, str]] = {}
+    for e in args.env:
+        name, var, value = e.split("=", 2)
+        tree_env.setdefault(name, {})[var] = value
     work = work_dir()
     procs = Processes(work)
     try:
@@ -74,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Process]] = {}
         for name, tree in trees:
             gw = deploy.start_gateway(procs, work, name=f"gateway-{name}",
-                                      extra={"PYTHONPATH": str(Path(tree).resolve()), **extra})
+                                      extra={"PYTHONPATH": str(Path(tree).resolve()), **extra,
+                                             **tree_env.get(name, {})})
             created = gw.create_session()
             client = _connect(procs, work, created["connect_string"], tool.port,
                               f"connect-{name}",
