@@ -27,8 +27,8 @@ import struct
 import tempfile
 import termios
 import tty
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, Protocol, cast
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch import avatar as conch_avatar
@@ -43,11 +43,17 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, endpoints, protocol
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IHalfCloseableProtocol,
+    IProcessTransport,
+    IPushProducer,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from studios_gateway.ssh.channels import (
     OPEN_CONNECT_FAILED,
@@ -75,6 +81,22 @@ SIGNALS = {"ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "
            "TERM", "USR1", "USR2"}
 
 
+class _SocketTransport(Protocol):
+    """What a connected TCP or UNIX transport offers (Twisted types it ``ITransport | None``:
+    it is also the IConsumer and IPushProducer the relay needs)."""
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+
+
+def _socket_transport(proto: protocol.Protocol) -> _SocketTransport | None:
+    """A socket protocol's transport with the interfaces a connected one provides."""
+    return cast("_SocketTransport | None", proto.transport)
+
+
 @implementer(IPushProducer)
 class _CreditGate:
     """Registered on a consumer (process stdin, socket): its pauses hold channel credit."""
@@ -100,7 +122,9 @@ class _ProcessSide(protocol.ProcessProtocol):
         self.channel = channel
 
     def connectionMade(self) -> None:
-        self.transport.registerProducer(_CreditGate(self.channel), True)
+        # A spawned process's transport is also the consumer of its stdin.
+        assert self.transport is not None
+        cast(IConsumer, self.transport).registerProducer(_CreditGate(self.channel), True)
 
     def outReceived(self, data: bytes) -> None:
         self.channel.write(data)
@@ -124,6 +148,7 @@ class _SFTPAvatar:
     def getUserGroupId(self) -> tuple[int, int]:
         return os.getuid(), os.getgid()
 
+    # Conch's contract: `f` is a callable, or a list of (callable, args, kwargs) tuples.
     def _runAsUser(self, f: Any, *args: Any, **kw: Any) -> Any:
         if callable(f):
             return f(*args, **kw)
@@ -147,7 +172,7 @@ class _SFTPFile(UnixSFTPFile):
             n = os.pwrite(self.fd, view, offset)
             view, offset = view[n:], offset + n
 
-    def setAttrs(self, attrs: dict[str, Any]) -> None:
+    def setAttrs(self, attrs: dict[str, Any]) -> None:  # Any: ints, bytes for extensions
         if "size" in attrs:
             os.ftruncate(self.fd, attrs["size"])
         if "uid" in attrs and "gid" in attrs:
@@ -159,7 +184,8 @@ class _SFTPFile(UnixSFTPFile):
 
 
 class _SFTPFiles(SFTPServerForUnixConchUser):
-    def openFile(self, filename: bytes, flags: int, attrs: dict[str, Any]) -> _SFTPFile:
+    def openFile(self, filename: bytes, flags: int,
+                 attrs: dict[str, Any]) -> _SFTPFile:  # Any: as setAttrs
         return _SFTPFile(self, self._absPath(filename), flags, attrs)
 
 
@@ -169,8 +195,8 @@ class _SFTPServer(filetransfer.FileTransferServer):
     def __init__(self, home: str):
         filetransfer.FileTransferBase.__init__(self)
         self.client = _SFTPFiles(_SFTPAvatar(home))
-        self.openFiles: dict[Any, Any] = {}
-        self.openDirs: dict[Any, Any] = {}
+        self.openFiles: dict[bytes, object] = {}  # handle -> open file
+        self.openDirs: dict[bytes, object] = {}  # handle -> directory listing
 
 
 class _ChannelTransport:
@@ -188,11 +214,11 @@ class _ChannelTransport:
     def loseConnection(self) -> None:
         self.channel.loseConnection()
 
-    def getPeer(self) -> Any:
-        return self.channel.conn.transport.getPeer()
+    def getPeer(self) -> IAddress:
+        return _TunnelAddress()
 
-    def getHost(self) -> Any:
-        return self.channel.conn.transport.getHost()
+    def getHost(self) -> IAddress:
+        return _TunnelAddress()
 
 
 class SessionChannel(FlowChannel):
@@ -204,17 +230,17 @@ class SessionChannel(FlowChannel):
         self.env: dict[str, str] = {}
         self.pty: tuple[int, int, str] | None = None  # master fd, slave fd, tty name
         self.term = "xterm"
-        self.process: Any = None
+        self.process: IProcessTransport | None = None
         self.sftp: _SFTPServer | None = None
         self.agent: _AgentListener | None = None
         self._ended = False
 
     # Requests ---------------------------------------------------------------------------
 
-    def handle_request(self, request: bytes, data: bytes, want_reply: bool) -> Any:
+    def handle_request(self, request: bytes, data: bytes, want_reply: bool) -> bool:
         name = request.decode("latin-1")
         try:
-            handler = {
+            handler: Callable[[bytes], bool] | None = {
                 "pty-req": self._pty_req, "env": self._env, "shell": self._shell,
                 "exec": self._exec, "subsystem": self._subsystem,
                 "window-change": self._window_change, "signal": self._signal,
@@ -263,7 +289,7 @@ class SessionChannel(FlowChannel):
         if name != b"sftp" or self._started():
             return False
         self.sftp = _SFTPServer(self.server.cwd)
-        self.sftp.makeConnection(_ChannelTransport(self))  # type: ignore[arg-type]
+        self.sftp.makeConnection(_ChannelTransport(self))
         return True
 
     def _window_change(self, data: bytes) -> bool:
@@ -286,6 +312,7 @@ class SessionChannel(FlowChannel):
 
     def _agent_req(self, data: bytes) -> bool:
         if self.agent is None:
+            assert isinstance(self.conn, StudioConnection)
             self.agent = _AgentListener(self.server, self.conn)
         return True
 
@@ -323,14 +350,14 @@ class SessionChannel(FlowChannel):
             self.consumed(len(data))
 
     def writes_blocked(self) -> None:
-        if self.process is not None:
-            self.process.pauseProducing()
+        if self.process is not None:  # a process transport also produces its output
+            cast(IPushProducer, self.process).pauseProducing()
         elif self.sftp is not None:
             self.pause_consumer()  # no new sftp requests until its answers have left
 
     def writes_unblocked(self) -> None:
         if self.process is not None:
-            self.process.resumeProducing()
+            cast(IPushProducer, self.process).resumeProducing()
         elif self.sftp is not None:
             self.resume_consumer()
 
@@ -393,25 +420,23 @@ def _set_size(fd: int, size: tuple[int, int, int, int]) -> None:
 
 def _apply_modes(fd: int, modes: list[tuple[int, int]]) -> None:
     """Apply the client's terminal modes (RFC 4254 8) to the pty."""
-    attr = tty.tcgetattr(fd)
+    attr = termios.tcgetattr(fd)
     for mode, value in modes:
-        spec = ttymodes.TTYMODES.get(mode)
-        if spec is None:
-            continue
+        spec: object = ttymodes.TTYMODES.get(mode)
         if isinstance(spec, tuple):  # (attribute index, flag name)
             index, flag_name = spec
-            flag = getattr(tty, flag_name, None)
+            flag = getattr(termios, flag_name, None)
             if flag is not None:
                 attr[index] = attr[index] | flag if value else attr[index] & ~flag
-        elif spec in ("OSPEED", "ISPEED"):
-            speed = getattr(tty, f"B{value}", None)
+        elif spec == "ISPEED" or spec == "OSPEED":
+            speed = getattr(termios, f"B{value}", None)
             if speed is not None:
-                attr[getattr(tty, spec)] = speed
-        else:  # a control character, such as VINTR
-            cc = getattr(tty, spec, None)
+                attr[tty.ISPEED if spec == "ISPEED" else tty.OSPEED] = speed
+        elif isinstance(spec, str):  # a control character, such as VINTR
+            cc = getattr(termios, spec, None)
             if cc is not None and cc < len(attr[tty.CC]):
                 attr[tty.CC][cc] = bytes([value & 0xFF])
-    tty.tcsetattr(fd, tty.TCSANOW, attr)
+    termios.tcsetattr(fd, termios.TCSANOW, attr)
 
 
 # Sockets: direct-tcpip and agent connections ---------------------------------------------------
@@ -424,22 +449,30 @@ class SocketChannel(FlowChannel):
         super().__init__(window=window, **kw)
         self.sock: _SocketSide | None = None
 
+    def _transport(self) -> _SocketTransport | None:
+        return _socket_transport(self.sock) if self.sock is not None else None
+
     def attach(self, sock: _SocketSide) -> None:
         self.sock = sock
-        sock.transport.registerProducer(_CreditGate(self), True)
+        transport = _socket_transport(sock)
+        assert transport is not None
+        transport.registerProducer(_CreditGate(self), True)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.sock is not None and self.sock.transport is not None:
-            self.sock.transport.write(data)
+        transport = self._transport()
+        if transport is not None:
+            transport.write(data)
         self.consumed(len(data))
 
     def writes_blocked(self) -> None:
-        if self.sock is not None and self.sock.transport is not None:
-            self.sock.transport.pauseProducing()
+        transport = self._transport()
+        if transport is not None:
+            transport.pauseProducing()
 
     def writes_unblocked(self) -> None:
-        if self.sock is not None and self.sock.transport is not None:
-            self.sock.transport.resumeProducing()
+        transport = self._transport()
+        if transport is not None:
+            transport.resumeProducing()
 
     def eofReceived(self) -> None:
         if self.sock is not None and self.sock.transport is not None:
@@ -501,18 +534,21 @@ class _AgentClient(_SocketSide):
 
     def connectionMade(self) -> None:
         conn = self.listener.conn
+        transport = _socket_transport(self)
+        assert transport is not None
         if conn.transport is None or getattr(conn, "_stopped", False):
-            self.transport.loseConnection()
+            transport.loseConnection()
             return
-        self.transport.pauseProducing()
+        transport.pauseProducing()
         channel = SocketChannel(self.listener.window, name=b"auth-agent@openssh.com")
         self.channel = channel
         conn.openChannel(channel, b"")
 
-        def opened(_: Any) -> None:
-            if self.transport is not None and self.channel is channel:
+        def opened(_: FlowChannel) -> None:
+            transport = _socket_transport(self)
+            if transport is not None and self.channel is channel:
                 channel.attach(self)
-                self.transport.resumeProducing()
+                transport.resumeProducing()
 
         def failed(_: Failure) -> None:
             self.channel = None
@@ -530,10 +566,11 @@ class StudioConnection(FlowConnection):
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
+        assert self.transport is not None and isinstance(self.transport.factory, _StudioFactory)
         self.server = self.transport.factory.server
 
     def open_channel(self, channel_type: bytes, window: int, max_packet: int,
-                     data: bytes) -> Any:
+                     data: bytes) -> FlowChannel | Deferred[FlowChannel]:
         if channel_type == b"session":
             return SessionChannel(self.server)
         if channel_type == b"direct-tcpip":
@@ -541,7 +578,7 @@ class StudioConnection(FlowConnection):
         raise OpenRefused(OPEN_UNKNOWN_CHANNEL_TYPE,
                           f"{channel_type.decode('latin-1')} channels are not offered")
 
-    def _direct_tcpip(self, data: bytes) -> Deferred[SocketChannel]:
+    def _direct_tcpip(self, data: bytes) -> Deferred[FlowChannel]:
         host_b, rest = common.getNS(data)
         port = struct.unpack(">L", rest[:4])[0]
         host = host_b.decode("utf-8", "replace")
@@ -550,12 +587,12 @@ class StudioConnection(FlowConnection):
         channel = SocketChannel(self.server.window)
         endpoint = endpoints.HostnameEndpoint(self.server.reactor, host, port, timeout=10)
 
-        def connected(sock: _SocketSide) -> SocketChannel:
+        def connected(sock: _SocketSide) -> FlowChannel:
             sock.channel = channel
             channel.attach(sock)
             return channel
 
-        def failed(f: Failure) -> None:
+        def failed(f: Failure) -> NoReturn:
             raise OpenRefused(OPEN_CONNECT_FAILED,
                               f"cannot connect to {host}:{port}: {f.getErrorMessage()}")
 
@@ -570,7 +607,8 @@ class _GatewayKeyChecker:
     def __init__(self, server: StudioSSHServer):
         self.server = server
 
-    def requestAvatarId(self, creds: Any) -> Deferred[bytes]:
+    def requestAvatarId(self, creds: credentials.SSHPrivateKey
+                        ) -> Deferred[bytes | tuple[()]]:
         try:
             key = keys.Key.fromString(creds.blob)
         except Exception:
@@ -588,7 +626,9 @@ class _GatewayKeyChecker:
 
 @implementer(IRealm)
 class _Realm:
-    def requestAvatar(self, avatar_id: bytes, mind: Any, *interfaces: Any) -> Any:
+    def requestAvatar(self, avatar_id: bytes | tuple[()], mind: object,
+                      *interfaces: type[Interface]
+                      ) -> tuple[type[Interface], object, Callable[[], None]]:
         return IConchUser, conch_avatar.ConchUser(), lambda: None
 
 
@@ -623,8 +663,9 @@ class _StudioFactory(factory.SSHFactory):
         self.portal = Portal(_Realm(), [_GatewayKeyChecker(server)])
         self.services = {b"ssh-userauth": _StudioUserAuth, b"ssh-connection": StudioConnection}
 
-    def buildProtocol(self, addr: Any) -> Any:
+    def buildProtocol(self, addr: IAddress | None) -> _StudioTransport:
         t = super().buildProtocol(addr)
+        assert isinstance(t, _StudioTransport)
         t.supportedPublicKeys = _supported(HOST_KEY_ALGORITHMS, t.supportedPublicKeys)
         return t
 
@@ -632,9 +673,9 @@ class _StudioFactory(factory.SSHFactory):
 class _SSHEnd(SpliceEnd):
     """The SSH server's end of a splice with a tunnel stream (see :meth:`ssh_target`)."""
 
-    def __init__(self, ssh: Any):
+    def __init__(self, ssh: _StudioTransport):
         super().__init__()
-        self.ssh = ssh
+        self.ssh: _StudioTransport | None = ssh
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
@@ -654,7 +695,7 @@ class _MemoryPipe:
     def __init__(self, end: _SSHEnd):
         self.end = end
         self.disconnecting = False
-        self._producer: Any = None
+        self._producer: object = None
 
     # Seen by the splice end (as its transport): bytes from the stream.
     def write(self, data: bytes) -> None:
@@ -676,7 +717,7 @@ class _MemoryPipe:
     def abortConnection(self) -> None:
         self.loseConnection()
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
+    def registerProducer(self, producer: object, streaming: bool) -> None:
         self._producer = producer
 
     def unregisterProducer(self) -> None:
@@ -691,10 +732,10 @@ class _MemoryPipe:
     def stopProducing(self) -> None:
         self.loseConnection()
 
-    def getPeer(self) -> Any:
+    def getPeer(self) -> IAddress:
         return _TunnelAddress()
 
-    def getHost(self) -> Any:
+    def getHost(self) -> IAddress:
         return _TunnelAddress()
 
 
@@ -723,13 +764,14 @@ class _SSHTransportOut:
     def abortConnection(self) -> None:
         self.loseConnection()
 
-    def getPeer(self) -> Any:
+    def getPeer(self) -> IAddress:
         return _TunnelAddress()
 
-    def getHost(self) -> Any:
+    def getHost(self) -> IAddress:
         return _TunnelAddress()
 
 
+@implementer(IAddress)
 class _TunnelAddress:
     host = "tunnel"
     port = 0
@@ -742,6 +784,8 @@ class StudioSSHServer:
     """The studio's SSH server. Hand streams to :meth:`ssh_target`; pin the gateway's key
     fingerprint with :meth:`pin`."""
 
+    # reactor: Any because it must provide IReactorProcess, IReactorUNIX and IReactorTCP at
+    # once, which no single interface names.
     def __init__(self, *, reactor: Any = None, cwd: str | None = None,
                  trusted: Iterable[str] = (), shell: str | None = None,
                  window: int = WINDOW, env: dict[str, str] | None = None):
@@ -776,7 +820,7 @@ class StudioSSHServer:
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
         return env
 
-    def build_protocol(self) -> Any:
+    def build_protocol(self) -> _StudioTransport:
         """A fresh server-side SSH protocol (connect it to any byte stream)."""
         return self.factory.buildProtocol(_TunnelAddress())
 
@@ -787,12 +831,13 @@ class StudioSSHServer:
         """
         if not self._trusted:
             log.warn("studio SSH: no gateway key pinned yet; refusing the stream")
-            stream_end.transport.loseConnection()
+            if stream_end.transport is not None:
+                stream_end.transport.loseConnection()
             return
         ssh = self.build_protocol()
         end = _SSHEnd(ssh)
         pipe = _MemoryPipe(end)
-        end.makeConnection(pipe)  # type: ignore[arg-type]
+        end.makeConnection(pipe)
         ssh.makeConnection(_SSHTransportOut(stream_end))
         join(stream_end, end)
 
