@@ -103,11 +103,13 @@ def test_the_html5_client_draws_the_xterm_and_typed_keys_run_a_command(xpra: Too
                                "})()")
         click(browser, box[0] + box[2] / 2, box[1] + box[3] / 2)
         browser.wait_for("!!document.querySelector('div.windowinfocus')", timeout=30)
-        type_text(browser, f"cd\ntouch typed-{xpra.mode}\necho studio says {6 * 7}\n")
+        type_text(browser, f"cd\ntouch typed-{xpra.mode}\n")
         deadline = time.monotonic() + 60
         while not marker.exists():  # the command really ran in the session's shell
             assert time.monotonic() < deadline, f"{marker} was not created by the typed command"
             time.sleep(0.25)
+        # The shell is back at its prompt: a command whose output the screenshot shows.
+        type_text(browser, f"echo studio says {6 * 7}\n")
         time.sleep(1)  # let the client draw the echoed line before the screenshot
         shot = Path(xpra.tmp) / f"xpra-{xpra.mode}.png"
         png = browser.screenshot(shot)
