@@ -131,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         # A second Ctrl-C (or the SIGTERM below reaching us) must not cut the cleanup short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # One at a time, the studio first: a studio that saw its gateway go first would
+        # try to reach it again while it stops.
+        deadline = time.monotonic() + STOP_WAIT
         for child in reversed(children):
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_WAIT
-        for child in reversed(children):
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"==> starting the gateway (HTTP on 127.0.0.1:{args.http_port}, "
               f"management on 127.0.0.1:{mport})", flush=True)
         gateway = subprocess.Popen([str(bindir / "twistd"), "-n", "--pidfile=",
-                                    "studios-gateway"], env=env)
+                                    "studios-gateway"], env=env,
+                                   process_group=0)
         children.append(gateway)
         base = f"http://127.0.0.1:{mport}"
         _wait_ready(base + "/ready", key, gateway)
@@ -160,12 +162,18 @@ def main(argv: list[str] | None = None) -> int:
         created = _api(base, key, "POST", "/api/sessions",
                        {"id": sid, "owner": args.owner, "tool": tool})
         print(f"==> session {sid} created; starting the studio ({tool})", flush=True)
+        # The studio's own directory (JupyterLab's notebooks land there), not the
+        # directory the demo was started from.
+        home = Path(args.storage_root).resolve() / "studio"
+        home.mkdir(parents=True, exist_ok=True)
         client_env = {k: v for k, v in env.items() if not k.startswith("CONNECT_")}
         client_env.update({"CONNECT_STRING": created["connect_string"],
-                           "CONNECT_TOOL_PORT": str(tool_port), "CONNECT_TOOL": tool})
+                           "CONNECT_TOOL_PORT": str(tool_port), "CONNECT_TOOL": tool,
+                           "CONNECT_TOOL_WORKDIR": str(home)})
         if args.path_routing and tool == "generic":  # the preset learns it from the gateway
             client_env["CONNECT_TOOL_PATH_PREFIX"] = prefix
-        studio = subprocess.Popen([str(bindir / "studios-connect"), *command], env=client_env)
+        studio = subprocess.Popen([str(bindir / "studios-connect"), *command], env=client_env,
+                                  cwd=home, process_group=0)
         children.append(studio)
         _wait_connected(base, key, sid, studio, args.start_timeout)
         print(f"\n==> studio {sid} is up. Open this one-time link in your browser; it logs "

@@ -4,7 +4,8 @@ It stands in for JupyterLab when JupyterLab is not installed, and serves
 under CONNECT_TOOL_PATH_PREFIX like a real tool does in path-routing mode.
 
     GET  {prefix}              the page (shows who you are and echoes over a WebSocket)
-    GET  {prefix}api/info      JSON: the request's path, headers the gateway set
+    GET  {prefix}api/info      JSON: the request's path, headers the gateway set, the
+                               tool's working directory
     GET  {prefix}ws            WebSocket echo (text and bytes)
     GET  {prefix}download?size=N   N bytes, streamed
     POST {prefix}upload        reads the body; answers its length and SHA-256
@@ -16,6 +17,7 @@ import argparse
 import hashlib
 import html
 import json
+import os
 import sys
 from typing import Any
 
@@ -101,7 +103,8 @@ class Info(Resource):
                    for k, vs in request.requestHeaders.getAllRawHeaders()}
         request.setHeader(b"content-type", b"application/json")
         return json.dumps({"path": request.uri.decode("latin-1"), "method":
-                           request.method.decode(), "headers": headers}).encode()
+                           request.method.decode(), "headers": headers,
+                           "cwd": os.getcwd()}).encode()
 
 
 @implementer(IPushProducer)

@@ -69,6 +69,8 @@ def test_demo_link_opens_the_studio_and_its_websocket(tmp_path: Path) -> None:
         assert page.status == 200, page.text[:300]
         assert "Demo studio" in page.text and "demo" in page.text
         studio = urlsplit(page.url)
+        info = browser.get(f"{studio.scheme}://{studio.netloc}/api/info").json()
+        assert info["cwd"] == str(tmp_path / "demo" / "studio")  # its own, not the demo's
         assert studio.hostname and studio.hostname.endswith(".localhost")
         cookie = browser._cookie_header(studio.hostname, "/ws")
         assert cookie
@@ -78,4 +80,6 @@ def test_demo_link_opens_the_studio_and_its_websocket(tmp_path: Path) -> None:
         ws.close()
     finally:
         assert demo.stop() == 0, "".join(demo.lines)[-3000:]
-    assert "stopping" in "".join(demo.lines)
+    said = "".join(demo.lines)
+    assert "stopping" in said
+    assert "cannot reach gateway" not in said and "HostnameAddress" not in said
