@@ -358,18 +358,21 @@ class ConnectClient(Service):
 
     # The gateway -------------------------------------------------------------
 
+    def gateway_endpoint(self, gateway: Gateway) -> Any:
+        """The TLS endpoint of one gateway (pinned or verified by name)."""
+        tls = client_options(gateway.host, gateway.pin)
+        return endpoints.wrapClientTLS(
+            tls, endpoints.HostnameEndpoint(self.reactor, gateway.host, gateway.port, timeout=10))
+
     def _connect(self) -> None:
         if not self.running:
             return
         gateway = self.settings.gateways[self._gateway_index % len(self.settings.gateways)]
         self._set_state("connecting", "connecting to gateway {gw}", gw=str(gateway))
         self._state_gateway = gateway
-        tls = client_options(gateway.host, gateway.pin)
-        endpoint = endpoints.wrapClientTLS(
-            tls, endpoints.HostnameEndpoint(self.reactor, gateway.host, gateway.port, timeout=10))
         factory = ClientFactory.forProtocol(lambda: TunnelClientProtocol(self, gateway))
         factory.noisy = False
-        self._connecting = endpoint.connect(factory)
+        self._connecting = self.gateway_endpoint(gateway).connect(factory)
 
         def connected(p: TunnelClientProtocol) -> None:
             self._connecting = None
@@ -377,7 +380,10 @@ class ConnectClient(Service):
 
         def failed(f: Failure) -> None:
             self._connecting = None
-            if not f.check(defer.CancelledError):
+            # Cancelled: the client is stopping (HostnameEndpoint reports that as
+            # ConnectingCancelledError): nothing to say, nothing to retry.
+            if self.running and not f.check(defer.CancelledError,
+                                            error.ConnectingCancelledError):
                 self._log.info("cannot reach gateway {gw}: {why}", gw=str(gateway),
                                why=f.getErrorMessage())
                 self._gateway_index += 1  # the next attempt tries the next gateway listed

@@ -92,3 +92,36 @@ def test_the_setting_is_a_duration() -> None:
                                 ).unknown_session_wait == 120.0
     with pytest.raises(ConfigError, match="CONNECT_UNKNOWN_SESSION_WAIT='soon'"):
         load_client_settings({**ENV, "CONNECT_UNKNOWN_SESSION_WAIT": "soon"})
+
+
+def test_stopping_while_dialling_says_nothing_and_dials_no_more() -> None:
+    # HostnameEndpoint fails a cancelled attempt with ConnectingCancelledError, whose text
+    # is the address: 'cannot reach gateway localhost:PORT: HostnameAddress(...)' at every
+    # demo stop.
+    from twisted.internet import defer, error
+    from twisted.internet.address import HostnameAddress
+    from twisted.logger import globalLogPublisher
+
+    clock = Clock()
+    client = ConnectClient(load_client_settings(ENV), clock, backoff=Backoff(rng=lambda: 1.0))
+    client.running = True
+
+    class Dialling:
+        def connect(self, factory: object) -> defer.Deferred[object]:
+            return defer.Deferred(lambda d: d.errback(error.ConnectingCancelledError(
+                HostnameAddress(b"localhost", 7070))))
+
+    client.gateway_endpoint = lambda gateway: Dialling()  # type: ignore[method-assign]
+    said: list[str] = []
+
+    def observe(event: dict) -> None:
+        said.append(str(event.get("log_format", "")))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        client._connect()
+        client.stopService()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert not [line for line in said if "cannot reach" in line]
+    assert client.state == "stopped" and not clock.getDelayedCalls()
