@@ -14,7 +14,6 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -89,9 +88,7 @@ def test_the_workbench_loads_talks_over_its_websocket_and_does_not_reconnect(
         assert "reconnect" not in text and "disconnected" not in text, text[:2000]
         assert not browser.evaluate("!!document.querySelector('.monaco-dialog-box')")
         assert not any(e["method"] == "Network.webSocketClosed" for e in browser.events)
-        shot = Path(code.tmp) / f"code-server-{code.mode}.png"
-        png = browser.screenshot(shot)
-        code.keep_shot(shot)
+        png = code.screenshot(browser, "code-server")
     finally:
         browser.stop()
     assert len(png) > 20_000 and png_colours(png) > 50, (len(png), png_colours(png))

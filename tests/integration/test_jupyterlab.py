@@ -108,9 +108,7 @@ def test_chromium_renders_the_launcher(lab: Lab) -> None:
         assert cards >= 1
         assert "Python 3" in browser.evaluate("document.querySelector('.jp-Launcher').innerText")
         assert browser.evaluate("location.href").startswith(lab.base)
-        shot = lab.tmp / f"launcher-{lab.mode}.png"
-        png = browser.screenshot(shot)
-        lab.keep_shot(shot)
+        png = lab.screenshot(browser, "launcher")
     finally:
         browser.stop()
     assert len(png) > 20_000 and png_colours(png) > 50, (len(png), png_colours(png))

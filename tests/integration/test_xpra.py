@@ -111,9 +111,7 @@ def test_the_html5_client_draws_the_xterm_and_typed_keys_run_a_command(xpra: Too
         # The shell is back at its prompt: a command whose output the screenshot shows.
         type_text(browser, f"echo studio says {6 * 7}\n")
         time.sleep(1)  # let the client draw the echoed line before the screenshot
-        shot = Path(xpra.tmp) / f"xpra-{xpra.mode}.png"
-        png = browser.screenshot(shot)
-        xpra.keep_shot(shot)
+        png = xpra.screenshot(browser, "xpra")
     finally:
         browser.stop()
     assert len(png) > 10_000 and png_colours(png) > 20, (len(png), png_colours(png))

@@ -63,11 +63,16 @@ class ToolStudio:
             browser.call("Network.setCookie", name=name, value=value, domain=host, path=path)
         return browser
 
-    def keep_shot(self, png_path: Path) -> None:
+    def screenshot(self, browser: Chromium, name: str) -> bytes:
+        """The page as PNG, saved as <tmp>/<name>-<mode>.png (and copied to
+        $STUDIOS_SHOTS_DIR/<tool>-<mode>.png when that is set)."""
+        path = self.tmp / f"{name}-{self.mode}.png"
+        png = browser.screenshot(path)
         shots = os.environ.get("STUDIOS_SHOTS_DIR")
         if shots:
             Path(shots).mkdir(parents=True, exist_ok=True)
-            shutil.copy(png_path, Path(shots) / f"{self.tool}-{self.mode}.png")
+            shutil.copy(path, Path(shots) / f"{self.tool}-{self.mode}.png")
+        return png
 
 
 @contextmanager
