@@ -15,7 +15,7 @@ from studios_gateway.auth import Auth, ConfigurationError, Identity, Response
 from studios_gateway.config import load_config
 from tests.support.auth_browser import Browser
 from tests.support.idp import DEFAULT_REGISTRATION_TOKEN, TestIdP, submit_login
-from tests.unit.test_auth_authorizer import FakeStore, record
+from tests.unit.test_auth_authorizer import record, store_with
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,7 @@ class FlowTests(TestCase):
         port = self.idp.listen(reactor)
         self.addCleanup(port.stopListening)
         self.storage = tempfile.mkdtemp()
-        self.store = FakeStore(record("abc", owner="alice", users=()),
+        self.store = store_with(record("abc", owner="alice", users=()),
                                record("xyz", owner="alice", users=()))
 
     def auth(self, path_routing: bool = False, token: str = DEFAULT_REGISTRATION_TOKEN) -> Auth:

@@ -34,6 +34,8 @@ class FlakyStore:
         self.reason = reason
         self.calls: Counter[str] = Counter()
         self.deaf = False
+        #: Methods that fail even while up (one broken call, the rest answering).
+        self.failing: set[str] = set()
         self._listeners: dict[str, list[Listener]] = {name: [] for name in _SUBSCRIPTIONS}
 
     @property
@@ -73,7 +75,7 @@ class FlakyStore:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self.calls[name] += 1
-            if not self.up:
+            if not self.up or name in self.failing:
                 return defer.fail(StoreUnavailable(self.reason))
             return method(*args, **kwargs)
 

@@ -7,10 +7,13 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.trial import unittest
 
 from studios_gateway.auth.authorizer import Authorizer, PlatformUnavailable, Revocation
 from studios_gateway.config import load_config
-from studios_gateway.registry.base import SessionRecord, StoreUnavailable
+from studios_gateway.registry.base import SessionRecord
+from studios_gateway.registry.memory import MemoryStore
+from tests.support.stores import FlakyStore
 
 
 def record(sid: str = "abc", owner: str = "alice", users: tuple[str, ...] = ("bob",),
@@ -20,27 +23,19 @@ def record(sid: str = "abc", owner: str = "alice", users: tuple[str, ...] = ("bo
                          created_at=0.0)
 
 
-class FakeStore:
-    def __init__(self, *records: SessionRecord):
-        self.records = {r.id: r for r in records}
-        self.gets = 0
-        self.down = False
-        self.subscribers: list[Any] = []
+def store_with(*records: SessionRecord) -> FlakyStore:
+    """The shared store fake (the real MemoryStore that can go away) holding `records`."""
+    store = FlakyStore(MemoryStore(Clock()), reason="redis is down")
+    for r in records:
+        assert unittest.TestCase().successResultOf(store.inner.create(r)) is None
+    return store
 
-    def get(self, sid: str) -> defer.Deferred[SessionRecord | None]:
-        self.gets += 1
-        if self.down:
-            return defer.fail(StoreUnavailable("redis is down"))
-        return defer.succeed(self.records.get(sid))
 
-    def subscribe(self, cb: Any) -> Any:
-        self.subscribers.append(cb)
-        return lambda: self.subscribers.remove(cb)
-
-    def change(self, rec: SessionRecord) -> None:
-        self.records[rec.id] = rec
-        for cb in list(self.subscribers):
-            cb(rec.id)
+def change(store: FlakyStore, rec: SessionRecord, *, heard: bool = True) -> None:
+    """Another node changes a session; every node hears of it unless `heard` is False."""
+    store.deaf = not heard
+    assert unittest.TestCase().successResultOf(store.update(rec)) is None
+    store.deaf = False
 
 
 class FakePlatform:
@@ -66,7 +61,7 @@ def decide(a: Authorizer, sid: str, user: str) -> Any:
     return out[0]
 
 
-def make(store: FakeStore, *, workspaces: str | None = None, platform: Any = None,
+def make(store: FlakyStore, *, workspaces: str | None = None, platform: Any = None,
          ttl: float = 120.0) -> tuple[Authorizer, Clock]:
     env = {} if workspaces is None else {"TOWER_DATA_STUDIO_ALLOWED_WORKSPACES": workspaces}
     config = load_config(environ=env)
@@ -77,7 +72,7 @@ def make(store: FakeStore, *, workspaces: str | None = None, platform: Any = Non
 
 
 def test_owner_allow_list_and_others():
-    a, _ = make(FakeStore(record()))
+    a, _ = make(store_with(record()))
     assert decide(a, "abc", "alice").reason == "owner"
     assert decide(a, "abc", "bob").reason == "allow-list"
     no = decide(a, "abc", "mallory")
@@ -92,7 +87,7 @@ def test_owner_allow_list_and_others():
     ("12345,67890", True, False, False),  # a list: only those
 ])
 def test_workspace_allow_list(workspaces, inside, outside, none_ws):
-    store = FakeStore(record("in", workspace="12345"), record("out", workspace="99999"),
+    store = store_with(record("in", workspace="12345"), record("out", workspace="99999"),
                       record("nows", workspace=None))
     a, _ = make(store, workspaces=workspaces)
     assert decide(a, "in", "alice").allowed is inside
@@ -106,7 +101,7 @@ def test_workspace_allow_list(workspaces, inside, outside, none_ws):
 def test_platform_says_yes_or_no_and_errors_deny():
     platform = FakePlatform()
     platform.answers[("abc", "carol")] = True
-    a, clock = make(FakeStore(record()), platform=platform)
+    a, clock = make(store_with(record()), platform=platform)
     assert decide(a, "abc", "carol").reason == "platform"
     assert decide(a, "abc", "dave").allowed is False
     assert decide(a, "abc", "alice").reason == "owner"
@@ -121,29 +116,29 @@ def test_platform_says_yes_or_no_and_errors_deny():
 
 
 def test_store_unavailable_denies_with_503():
-    store = FakeStore(record())
-    store.down = True
+    store = store_with(record())
+    store.up = False
     a, _ = make(store)
     d = decide(a, "abc", "alice")
     assert (d.allowed, d.status) == (False, 503)
 
 
 def test_decisions_cached_for_the_ttl():
-    store = FakeStore(record())
+    store = store_with(record())
     a, clock = make(store, ttl=120)
     decide(a, "abc", "alice")
     clock.advance(119)
     decide(a, "abc", "alice")
-    assert store.gets == 1
+    assert store.calls["get"] == 1
     clock.advance(1)
     decide(a, "abc", "alice")
-    assert store.gets == 2
+    assert store.calls["get"] == 2
 
 
 def test_concurrent_checks_share_one_lookup():
     platform = FakePlatform()
     platform.pending = defer.Deferred()
-    a, _ = make(FakeStore(record()), platform=platform)
+    a, _ = make(store_with(record()), platform=platform)
     got: list[Any] = []
     a.check("abc", "carol").addCallback(got.append)
     a.check("abc", "carol").addCallback(got.append)
@@ -153,7 +148,7 @@ def test_concurrent_checks_share_one_lookup():
 
 
 def test_revoke_user_notifies_and_closes_tracked():
-    store = FakeStore(record())
+    store = store_with(record())
     a, _ = make(store)
     seen: list[Revocation] = []
     a.subscribe(seen.append)
@@ -161,7 +156,7 @@ def test_revoke_user_notifies_and_closes_tracked():
     decide(a, "abc", "bob")
     a.track("abc", "bob", closed.append, login_id="l1")
     a.track("abc", "alice", closed.append, login_id="l2")
-    store.records["abc"] = record(users=())  # taken off the allow-list
+    change(store, record(users=()), heard=False)  # taken off the allow-list, unheard
     a.revoke_user("abc", "bob")
     assert seen == [Revocation("user", session_id="abc", user="bob")]
     assert len(closed) == 1 and a.live_count == 1
@@ -169,7 +164,7 @@ def test_revoke_user_notifies_and_closes_tracked():
 
 
 def test_logout_closes_that_login_only():
-    a, _ = make(FakeStore(record()))
+    a, _ = make(store_with(record()))
     closed: list[str] = []
     a.track("abc", "alice", lambda r: closed.append("l1"), login_id="l1")
     a.track("abc", "alice", lambda r: closed.append("l2"), login_id="l2")
@@ -179,14 +174,14 @@ def test_logout_closes_that_login_only():
 
 
 def test_logged_out_forgotten_after_login_ttl():
-    a, clock = make(FakeStore(record()))
+    a, clock = make(store_with(record()))
     a.logout("l1")
     clock.advance(12 * 3600)
     assert not a.is_logged_out("l1")
 
 
 def test_session_ended_closes_everything_on_it():
-    a, _ = make(FakeStore(record(), record("xyz")))
+    a, _ = make(store_with(record(), record("xyz")))
     closed: list[str] = []
     a.track("abc", "alice", lambda r: closed.append("abc"))
     a.track("xyz", "alice", lambda r: closed.append("xyz"))
@@ -195,7 +190,7 @@ def test_session_ended_closes_everything_on_it():
 
 
 def test_untrack():
-    a, _ = make(FakeStore(record()))
+    a, _ = make(store_with(record()))
     closed: list[str] = []
     untrack = a.track("abc", "alice", closed.append)
     untrack()
@@ -204,14 +199,14 @@ def test_untrack():
 
 
 def test_registry_change_rechecks_live_connections():
-    store = FakeStore(record())
+    store = store_with(record())
     a, _ = make(store)
     a.start()
     closed: list[str] = []
     decide(a, "abc", "bob")
     a.track("abc", "bob", closed.append)
     a.track("abc", "alice", closed.append)
-    store.change(record(users=()))  # another node took bob off the allow-list
+    change(store, record(users=()))  # another node took bob off the allow-list
     assert len(closed) == 1 and "not allowed" in closed[0]
     a.stop()
 
@@ -219,7 +214,7 @@ def test_registry_change_rechecks_live_connections():
 def test_periodic_sweep_closes_within_the_ttl():
     platform = FakePlatform()
     platform.answers[("abc", "carol")] = True
-    a, clock = make(FakeStore(record()), platform=platform, ttl=60)
+    a, clock = make(store_with(record()), platform=platform, ttl=60)
     a.start()
     closed: list[str] = []
     clock.advance(1)  # out of step with the sweep: the decision is cached until 61
@@ -234,12 +229,12 @@ def test_periodic_sweep_closes_within_the_ttl():
 
 
 def test_sweep_keeps_connections_when_the_store_is_down():
-    store = FakeStore(record())
+    store = store_with(record())
     a, clock = make(store, ttl=60)
     a.start()
     closed: list[str] = []
     a.track("abc", "alice", closed.append)
-    store.down = True
+    store.up = False
     clock.advance(60)
     assert closed == []  # degrade: never cut people off because Redis blinked
     a.stop()
@@ -248,7 +243,7 @@ def test_sweep_keeps_connections_when_the_store_is_down():
 def test_revocation_during_a_lookup_is_not_cached_over():
     platform = FakePlatform()
     platform.pending = defer.Deferred()
-    a, _ = make(FakeStore(record()), platform=platform)
+    a, _ = make(store_with(record()), platform=platform)
     first: list[Any] = []
     a.check("abc", "carol").addCallback(first.append)
     a.revoke_user("abc", "carol")

@@ -30,7 +30,7 @@ from studios_gateway.auth.oidc import (
 )
 from studios_gateway.config import load_config
 from tests.support.auth_browser import Browser, Jar, request
-from tests.unit.test_auth_authorizer import FakeStore, record
+from tests.unit.test_auth_authorizer import record, store_with
 
 PROXY = "https://connect.example.test"
 KEY = b"k" * 32
@@ -80,7 +80,7 @@ def idp_login(rp: FakeRP) -> Any:
 def make(path_routing: bool = False, issuer: bool = True, **kw: Any) -> tuple[Auth, Clock, Any]:
     clock = Clock()
     clock.advance(1_700_000_000)
-    store = FakeStore(record("abc"), record("xyz", users=()), record("bobs", owner="bob",
+    store = store_with(record("abc"), record("xyz", users=()), record("bobs", owner="bob",
                                                                       users=()))
     config = load_config(environ={})
     authorizer = Authorizer(store, clock=clock, ttl=120,

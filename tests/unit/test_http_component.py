@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.trial import unittest
 
 from studios_gateway.http.component import TunnelUpstream, check_certificate_names, make_lookup
 from studios_gateway.http.upstream import SessionInfo, StudioNotConnected
@@ -15,6 +17,7 @@ from studios_gateway.registry.base import TunnelHolder
 from studios_gateway.tunnel.dialer import StudioUnreachable
 from studios_gateway.wire.mux import StreamReset
 from studios_gateway.wire.tls import make_self_signed
+from tests.unit.test_auth_authorizer import record, store_with
 from tests.unit.test_http_proxy import GET, OK, Harness, parse_responses, status_of
 
 
@@ -116,36 +119,23 @@ def test_reset_after_the_response_started_is_not_a_refusal() -> None:
     assert t.disconnecting and b"504" not in t.value()
 
 
-class FakeStore:
-    def __init__(self) -> None:
-        self.records: dict[str, Any] = {}
-        self.holders: dict[str, Any] = {}
-
-    def get(self, sid: str) -> defer.Deferred[Any]:
-        return defer.succeed(self.records.get(sid))
-
-    def get_tunnel(self, sid: str) -> defer.Deferred[Any]:
-        if sid == "broken":
-            return defer.fail(RuntimeError("store away"))
-        return defer.succeed(self.holders.get(sid))
-
-
 def test_lookup_uses_record_and_tunnel_state() -> None:
-    class Rec:
-        tool = "jupyterlab"
-
-    store, dialer = FakeStore(), FakeDialer()
-    store.records = {s: Rec() for s in ("here", "there", "nowhere", "broken")}
+    store = store_with(*(replace(record(s), tool="jupyterlab")
+                         for s in ("here", "there", "nowhere")))
+    dialer = FakeDialer()
     dialer.local.add("here")
-    store.holders["there"] = TunnelHolder("there", "node-b", "10.0.0.2:7777", "t1", "0.12.0",
-                                          8888, 1.0)
-    lookup = make_lookup(store, dialer)
+    holder = TunnelHolder("there", "node-b", "10.0.0.2:7777", "t1", "0.12.0", 8888, 1.0)
+    assert unittest.TestCase().successResultOf(store.claim_tunnel(holder, 30)) is None
+    lookup = make_lookup(store, dialer)  # type: ignore[arg-type]
     got: dict[str, Any] = {}
-    for sid in ("here", "there", "nowhere", "broken", "missing"):
+    for sid in ("here", "there", "nowhere", "missing"):
         lookup(sid).addCallback(lambda info, sid=sid: got.__setitem__(sid, info))
     assert got["here"] == SessionInfo("here", "jupyterlab", True)
     assert got["there"].connected and not got["nowhere"].connected
-    assert not got["broken"].connected and got["missing"] is None
+    assert got["missing"] is None
+    store.failing.add("get_tunnel")  # the registry cannot say where the tunnel is
+    lookup("there").addCallback(lambda info: got.__setitem__("broken", info))
+    assert got["broken"] == SessionInfo("there", "jupyterlab", False)
 
 
 def test_drain_closes_idle_and_waits_for_in_flight() -> None:

@@ -198,36 +198,31 @@ def test_remote_waits_for_the_rebind_when_the_holder_cannot_serve() -> None:
     from studios_gateway.peers.link import PeerUnavailable
     from studios_gateway.peers.remote import make_remote
     from studios_gateway.registry.base import TunnelHolder
-    from studios_gateway.registry.memory import Subscribers
+    from studios_gateway.registry.memory import MemoryStore
     from studios_gateway.tunnel.dialer import StudioUnreachable
+    from tests.support.stores import FlakyStore
+    from tests.unit.test_auth_authorizer import record
 
+    clock = Clock()
+    store = FlakyStore(MemoryStore(clock))
+    store.inner.create(record("s1"))
     dead = TunnelHolder("s1", "node-a", "10.0.0.1:7777", "t1", "0.12", 8888, 0.0)
-    subscribers = Subscribers()
-
-    class Store:
-        holder: TunnelHolder | None = dead
-
-        def get_tunnel(self, sid: str):
-            return defer.succeed(self.holder)
-
-        def subscribe(self, callback):
-            return subscribers.add(callback)
-
-        def invalidate(self, sid: str) -> None:
-            pass
+    store.inner.claim_tunnel(dead, 60)
 
     class Pool:
         def open(self, address, sid, kind):
             return defer.fail(PeerUnavailable(address, "connection refused"))
 
-    store, clock, here = Store(), Clock(), {}
+    here: dict[str, str] = {}
     remote = make_remote(store, Pool(), "node-b", lambda: "10.0.0.2:7777",
                          local=lambda sid, kind: here.get(sid), clock=clock, rebind_wait=5)
     d = remote("s1", b"T")
     assert not d.called  # waiting for the studio to rebind somewhere
     here["s1"] = "local stream"  # the client rebound to this node: the claim is published
-    subscribers.notify("s1")
+    store.inner.claim_tunnel(TunnelHolder("s1", "node-b", "10.0.0.2:7777", "t2", "0.12", 8888,
+                                          1.0), 60)
     assert d.result == "local stream"
+    store.inner.claim_tunnel(dead, 60)  # it moved back to node-a, which is now gone
     d2 = remote("s1", b"T")
     here.clear()
     clock.advance(5)  # nothing changed within the wait: give up with the reason
