@@ -143,14 +143,13 @@ def redirect(location: str, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -
 
 def strip_auth_cookies(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The request headers without the gateway's own cookies (the tool never sees them)."""
-    ours = {COOKIE_NAME, f"__Host-{COOKIE_NAME}", LOGIN_COOKIE}
     out = []
     for k, v in headers:
         if k.lower() != b"cookie":
             out.append((k, v))
             continue
         kept = [c for c in v.decode("latin-1").split(";")
-                if c.strip() and c.strip().partition("=")[0] not in ours]
+                if c.strip() and c.partition("=")[0].strip().lower() not in GATEWAY_COOKIES]
         if kept:
             out.append((k, ";".join(kept).strip().encode("latin-1")))
     return out
@@ -239,6 +238,16 @@ class AuthSettings:
 
     def studio_cookie_path(self, session_id: str) -> str:
         return f"/_studio/{session_id}/" if self.path_routing else "/"
+
+    @property
+    def login_cookie_name(self) -> str:
+        """``__Host-connect_login`` under HTTPS (Secure, Path=/, no Domain): a page on a
+        studio's host cannot set or shadow it, not even from JavaScript."""
+        return f"__Host-{LOGIN_COOKIE}" if self.secure_cookies else LOGIN_COOKIE
+
+    @property
+    def login_cookie_path(self) -> str:
+        return "/" if self.secure_cookies else PREFIX
 
     @property
     def studio_cookie_name(self) -> str:
@@ -557,7 +566,7 @@ class Auth:
         return handler(request)
 
     def _login_cookie(self, request: RequestInfo) -> Any:
-        for value in cookie_values(request.headers, LOGIN_COOKIE):
+        for value in cookie_values(request.headers, self.settings.login_cookie_name):
             c = self._cookies.verify(value, LOGIN_SCOPE)
             if c is not None and not self.authorizer.is_logged_out(c.login_id):
                 return c
@@ -566,7 +575,7 @@ class Auth:
     def _login(self, request: RequestInfo) -> Any:
         s = self.settings
         next_url = s.safe_next(request.params().get("next")) or "/"
-        if len(cookie_values(request.headers, LOGIN_COOKIE)) > 1:
+        if len(cookie_values(request.headers, s.login_cookie_name)) > 1:
             # The gateway sets one login cookie; a second one was planted (by a page on
             # a sibling host or path), and trying each could log this browser in as
             # whoever planted it. Clear ours and have the person clear the rest.
@@ -574,8 +583,9 @@ class Auth:
             return page(400, "Login refused",
                         "Your browser sent several login cookies for this gateway, which "
                         "it never sets. Clear this site's cookies, then log in again.",
-                        extra_headers=[clear_cookie_header(LOGIN_COOKIE, path=PREFIX,
-                                                           secure=s.secure_cookies)])
+                        extra_headers=[clear_cookie_header(
+                            s.login_cookie_name, path=s.login_cookie_path,
+                            secure=s.secure_cookies)])
         existing = self._login_cookie(request)
         if existing is not None:
             return self._complete(existing.subject, existing.login_id, existing.expires_at,
@@ -626,8 +636,8 @@ class Auth:
         headers: list[tuple[bytes, bytes]] = []
         if new_login:
             headers.append(set_cookie_header(
-                LOGIN_COOKIE, self._cookies.issue(subject, LOGIN_SCOPE, login_id, ttl),
-                path=PREFIX, max_age=int(ttl), secure=s.secure_cookies))
+                s.login_cookie_name, self._cookies.issue(subject, LOGIN_SCOPE, login_id, ttl),
+                path=s.login_cookie_path, max_age=int(ttl), secure=s.secure_cookies))
         session_id, path = s.studio_of_next(next_url)
         if session_id is None:
             return redirect(next_url, headers)
@@ -725,7 +735,8 @@ class Auth:
         if c is not None:
             self.authorizer.logout(c.login_id)
             self._log.info("{user} logged out", user=c.subject)
-        clear = [clear_cookie_header(LOGIN_COOKIE, path=PREFIX, secure=s.secure_cookies)]
+        clear = [clear_cookie_header(s.login_cookie_name, path=s.login_cookie_path,
+                                     secure=s.secure_cookies)]
         if s.path_routing:
             sid = s.session_of_path(request.params().get("next", ""))
             if sid is not None:

@@ -419,8 +419,9 @@ def test_over_https_the_studio_cookie_is_secure_and_host_only(idp: IdPProcess,
         studio = cookies[(f"{sid}.studios.localhost", "__Host-connect_session")]
         assert {"secure", "httponly", "samesite=lax", "path=/"} <= set(studio)
         assert not any(a.startswith("domain") for a in studio)
-        login = cookies[("localhost", "connect_login")]
-        assert {"secure", "httponly", "samesite=lax", "path=/_connect/"} <= set(login)
+        login = cookies[("localhost", "__Host-connect_login")]  # HTTPS: __Host-, Path=/
+        assert {"secure", "httponly", "samesite=lax", "path=/"} <= set(login)
+        assert not any(a.startswith("domain") for a in login)
     finally:
         g.stop()
 

@@ -124,7 +124,8 @@ def test_subdomain_login_hands_off_to_the_studio_host():
     assert any("/_connect/handoff?code=" in v for v in b.visited)
     hosts = {(h, p, n) for (h, p, n) in b.jar.cookies}
     assert ("abc.connect.example.test", "/", "__Host-connect_session") in hosts
-    assert ("connect.example.test", "/_connect/", "connect_login") in hosts
+    # HTTPS: the login cookie is __Host- (Path=/, no Domain): no studio host can plant one.
+    assert ("connect.example.test", "/", "__Host-connect_login") in hosts
     # A second studio: the proxy host's login is reused, the provider is not asked again.
     who2, _ = run(b.open(studio("xyz", "/")))
     assert isinstance(who2, Identity) and who2.session_id == "xyz"
@@ -382,7 +383,8 @@ def test_other_paths_are_not_ours():
 
 
 def test_strip_auth_cookies():
-    headers = [(b"Host", b"x"), (b"Cookie", b"a=1; __Host-connect_session=s; connect_login=l"),
+    headers = [(b"Host", b"x"), (b"Cookie", b"a=1; __Host-connect_session=s; connect_login=l; "
+                                            b"__Host-connect_login=h"),
                (b"Cookie", b"connect_session=z")]
     assert strip_auth_cookies(headers) == [(b"Host", b"x"), (b"Cookie", b"a=1")]
 
@@ -470,16 +472,17 @@ def test_a_login_with_two_login_cookies_is_refused():
     rp.user = "mallory"
     mallory = Browser(auth, external=idp_login(rp))
     run(mallory.open(studio("xyz")))
-    ours = [v for (_, _, n), v in alice.jar.cookies.items() if n == "connect_login"]
-    planted = [v for (_, _, n), v in mallory.jar.cookies.items() if n == "connect_login"]
+    ours = [v for (_, _, n), v in alice.jar.cookies.items() if n == "__Host-connect_login"]
+    planted = [v for (_, _, n), v in mallory.jar.cookies.items() if n == "__Host-connect_login"]
     login = f"{PROXY}/_connect/login?next=" + studio("xyz")
     for first, second in ((planted[0], ours[0]), (ours[0], planted[0])):
-        cookie = (b"Cookie", f"connect_login={first}; connect_login={second}".encode())
+        name = "__Host-connect_login"
+        cookie = (b"Cookie", f"{name}={first}; {name}={second}".encode())
         resp = run(auth.handle(request(login, headers=(cookie,))))
         assert resp.status == 400 and b"several login cookies" in resp.body
         assert not any(b"handoff" in v for k, v in resp.headers if k == b"Location")
-        assert any(k == b"Set-Cookie" and v.startswith(b"connect_login=;")
+        assert any(k == b"Set-Cookie" and v.startswith(b"__Host-connect_login=; Path=/;")
                    for k, v in resp.headers)
     # One login cookie still logs in as before.
-    one = (b"Cookie", f"connect_login={ours[0]}".encode())
+    one = (b"Cookie", f"__Host-connect_login={ours[0]}".encode())
     assert run(auth.handle(request(login, headers=(one,)))).status == 302
