@@ -9,6 +9,9 @@ process binds to it and serves the demo tool, which runs as a third process.
 Every figure is measured twice in the same run, from the same reactor:
 
 - tunnel: a yamux stream opened by the gateway, through `studios-connect`, to the tool;
+- websocket: the same, the tunnel carried in a WebSocket to the gateway's HTTP proxy
+  (`ws://.../_connect/tunnel`, the carrier for HTTP-only egress), a second
+  `studios-connect` bound to a second session;
 - direct: a TCP connection from this process straight to the tool.
 
 Printed: MB/s (10^6 bytes/s, median of --runs) for a download and an upload,
@@ -36,6 +39,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from bench.common import free_port
+from studios_gateway.http.proxy import ProxyFactory
+from studios_gateway.http.routing import Router
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -113,21 +118,35 @@ class Bench:
         cert, key = tls.ensure_self_signed(self.work / "tls", ["127.0.0.1", "localhost"])
         store = MemoryStore(self.reactor)
         token = new_token()
-        yield store.create(SessionRecord(
-            id="bench", workspace_id=None, tool="generic", owner="bench", allowed_users=(),
-            ssh_enabled=False, token_hash=hash_token(token), created_at=time.time()))
+        for sid in ("bench", "bench-ws"):
+            yield store.create(SessionRecord(
+                id=sid, workspace_id=None, tool="generic", owner="bench", allowed_users=(),
+                ssh_enabled=False, token_hash=hash_token(token), created_at=time.time()))
         self.table = TunnelTable(store, node_id="bench", node_address="127.0.0.1:0",
                                  clock=self.reactor, settings=TunnelSettings())
         factory = TLSMemoryBIOFactory(tls.server_options(cert, key), False,
                                       TunnelServerFactory(self.table))
         self.port = yield TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(
             factory)
-        line = connect_string("bench", token, "127.0.0.1", self.port.getHost().port,
-                              tls.fingerprint_pem(cert.read_bytes()))
+        pin = tls.fingerprint_pem(cert.read_bytes())
+        line = connect_string("bench", token, "127.0.0.1", self.port.getHost().port, pin)
         env = {"CONNECT_STRING": line, "CONNECT_TOOL_PORT": str(self.tool_port),
                "CONNECT_CLIENT_LOG_LEVEL": "warn"}
         self.spawn("connect", [str(BIN / "studios-connect")], env)
+        # The WebSocket carrier: the real HTTP proxy, handing /_connect/tunnel to the same
+        # tunnel listener's protocol.
+        proxy = ProxyFactory(router=Router("localhost", "localhost", False), upstream=None,
+                             lookup=lambda sid: defer.succeed(None), reactor=self.reactor)
+        proxy.carry = factory
+        self.http = yield TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(
+            proxy)
+        ws_url = (f"ws://127.0.0.1:{self.http.getHost().port}/_connect/tunnel?pin={pin}")
+        ws_line = connect_string("bench-ws", token, "127.0.0.1", 1, pin)
+        self.spawn("connect-ws", [str(BIN / "studios-connect")],
+                   {**env, "CONNECT_STRING": ws_line, "CONNECT_GATEWAY_URL": ws_url})
         yield self.wait_for(lambda: self.table.get("bench") is not None, "the tunnel to bind")
+        yield self.wait_for(lambda: self.table.get("bench-ws") is not None,
+                            "the WebSocket tunnel to bind")
 
     def spawn(self, name: str, argv: list[str], extra: dict[str, str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
@@ -161,8 +180,8 @@ class Bench:
     # Paths -----------------------------------------------------------------------
 
     def via(self, path: str, proto: Exchange) -> defer.Deferred[Any]:
-        if path == "tunnel":
-            stream = self.table.open_stream("bench")
+        if path in ("tunnel", "websocket"):
+            stream = self.table.open_stream("bench" if path == "tunnel" else "bench-ws")
             stream.attach(proto)
             return defer.succeed(proto)
         endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.tool_port)
@@ -204,23 +223,25 @@ def run(reactor: Any, args: argparse.Namespace, work: Path) -> Any:
         yield bench.start()
         size = args.size_mib * 1024 * 1024
         rows = []
+        paths = ("direct", "tunnel", "websocket")  # alternate, so drift hits each
         for direction in ("down", "up"):
-            figures: dict[str, list[float]] = {"tunnel": [], "direct": []}
+            figures: dict[str, list[float]] = {p: [] for p in paths}
             for _ in range(args.runs):
-                for path in ("direct", "tunnel"):  # alternate, so drift hits both
+                for path in paths:
                     figures[path].append((yield bench.transfer(path, direction, size)))
-            t, d = statistics.median(figures["tunnel"]), statistics.median(figures["direct"])
-            rows.append((f"{direction}load {args.size_mib} MiB, MB/s", t, d, t / d))
-        latencies: dict[str, list[float]] = {"tunnel": [], "direct": []}
+            rows.append((f"{direction}load {args.size_mib} MiB, MB/s",
+                         *(statistics.median(figures[p]) for p in paths)))
+        latencies: dict[str, list[float]] = {p: [] for p in paths}
         for _ in range(args.opens):
-            for path in ("direct", "tunnel"):
+            for path in paths:
                 latencies[path].append((yield bench.open_latency(path)))
         for q, name in ((0.5, "p50"), (0.99, "p99")):
-            t, d = pct(latencies["tunnel"], q), pct(latencies["direct"], q)
-            rows.append((f"open + small answer {name}, ms", t, d, t / d))
-        print(f"\n{'figure':<34} {'tunnel':>10} {'direct':>10} {'tunnel/direct':>14}")
-        for name, t, d, ratio in rows:
-            print(f"{name:<34} {t:>10.2f} {d:>10.2f} {ratio:>14.2f}")
+            rows.append((f"open + small answer {name}, ms",
+                         *(pct(latencies[p], q) for p in paths)))
+        print(f"\n{'figure':<34} {'direct':>10} {'tunnel':>10} {'websocket':>10} "
+              f"{'tunnel/direct':>14} {'ws/tunnel':>10}")
+        for name, d, t, w in rows:
+            print(f"{name:<34} {d:>10.2f} {t:>10.2f} {w:>10.2f} {t / d:>14.2f} {w / t:>10.2f}")
     finally:
         bench.stop()
 

@@ -350,7 +350,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     # How browsers reach a studio: shown by the admin API, told to the studio at bind.
     routing = studio_routing(config.effective_proxy_url, config.effective_studios_domain,
                              config.path_routing)
-    table, pin, tunnels = build_tunnels(
+    table, pin, tunnel_factory, tunnels = build_tunnels(
         config, reactor, store, metrics, storage, node_address=advertised_address(config),
         ssh_host_key=fingerprint(host_key) if host_key is not None else None, routing=routing)
     gateway.add_part(tunnels)
@@ -363,7 +363,8 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     auth, login = build_auth(config, reactor, store, local)
     auth.on_login = traffic.metrics.login
     gateway.add_part(login)
-    http, proxy = build_http(config, reactor, store, dialer, auth, traffic, metrics)
+    http, proxy = build_http(config, reactor, store, dialer, auth, traffic, metrics,
+                             carry=tunnel_factory)
     gateway.add_part(proxy)
     ssh: SSHProxy | None = None
     api_mounts: dict[bytes, Any] = {}
@@ -406,7 +407,7 @@ def build_auth(config: Config, reactor: Any, store: SessionStore,
 def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Metrics,
                   storage: Path, *,
                   node_address: str, ssh_host_key: str | None, routing: Routing
-                  ) -> tuple[TunnelTable, str | None, Part]:
+                  ) -> tuple[TunnelTable, str | None, IProtocolFactory, Part]:
     """The tunnel listener and table; the pin of a self-made certificate (None with the
     operator's certificate), and the Part (listener, lifecycle, certificate reload)."""
     from studios_gateway.reload import ReloadableServerTLS
@@ -443,7 +444,7 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                 factory, "the tunnel listener")
     part.components.append(Component("tunnels", start=table.start, drain=table.drain,
                                      stop=table.stop))
-    return table, pin, part
+    return table, pin, factory, part
 
 
 def build_management(config: Config, reactor: Any, store: SessionStore, table: TunnelTable,

@@ -250,13 +250,15 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
 
 def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer,
                auth: Auth, traffic: Traffic | None = None,
-               metrics: Metrics | None = None) -> tuple[ProxyFactory, Part]:
+               metrics: Metrics | None = None, carry: Any = None) -> tuple[ProxyFactory, Part]:
     """The HTTP(S) proxy and its Part: the listener, drain and stop, the TLS reload hook."""
     from studios_gateway.reload import ReloadableServerTLS, tls_reloader
     from studios_gateway.wire import tls
 
     part = Part()
     factory = build_factory(config, reactor, store, dialer, auth, traffic)
+    # Tunnels carried in WebSockets to /_connect/tunnel go to the tunnel listener's protocol.
+    factory.carry = carry
     served: Any = factory
     description = "the HTTP proxy"
     if config.tls_cert_file and config.tls_key_file:

@@ -63,6 +63,7 @@ from studios_gateway.http.upstream import (
 )
 from studios_gateway.traffic.facts import HTTP, WEBSOCKET, Finished, path_only
 from studios_gateway.waiters import EmptyWaiters
+from studios_gateway.wire.carrier import TUNNEL_PATH, WebSocketServer, accept_head
 from studios_gateway.wire.sockopts import no_delay, write_through
 
 __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConnection",
@@ -203,6 +204,8 @@ class ProxyFactory(Factory):
         self.track = track
         #: Told of every finished exchange (studios_gateway.traffic.observer.Traffic).
         self.observer = observer
+        #: The tunnel listener's factory: a WebSocket to /_connect/tunnel carries a tunnel.
+        self.carry: Any = None
         self.draining = False
         self._drained = EmptyWaiters()
         self.trusted_proxy_cidrs = tuple(trusted_proxy_cidrs)
@@ -270,6 +273,7 @@ class ProxyProtocol(Protocol):
         self._started = 0.0
         self._why = ""
         self._meter: Any = None  # an upgraded connection's byte counts
+        self._carrier: WebSocketServer | None = None  # a tunnel carried in a WebSocket
         self._upgraded: Finished | None = None  # ... and its facts so far
 
     # Connection lifecycle ------------------------------------------------------------------
@@ -296,8 +300,8 @@ class ProxyProtocol(Protocol):
 
     def drain(self) -> None:
         """The gateway is shutting down: close now unless a request is in flight."""
-        if self._ex is None and not self._closing:
-            self._close()
+        if self._ex is None and not self._closing and self._carrier is None:
+            self._close()  # a carried tunnel is drained by the tunnel table (GoAway)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
@@ -309,6 +313,9 @@ class ProxyProtocol(Protocol):
         release, self._release = self._release, None
         if release is not None:
             release()
+        carrier, self._carrier = self._carrier, None
+        if carrier is not None:
+            carrier.connectionLost(reason)
         meter, self._meter = self._meter, None
         if meter is not None and self._upgraded is not None:
             up = self._upgraded
@@ -376,6 +383,9 @@ class ProxyProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if self._carrier is not None:
+            self._carrier.dataReceived(data)
+            return
         self._bytes_in += len(data)
         if self._tunnel is not None:
             if self._meter is not None:
@@ -429,6 +439,9 @@ class ProxyProtocol(Protocol):
             self._respond(ex, refused.page, close=refused.close)
             return
         assert ex.info is not None
+        if f.carry is not None and ex.upgrade and ex.info.path == TUNNEL_PATH:
+            self._carry(ex)
+            return
         if f.fast is not None and self._fast(ex):
             return
         d: Deferred[Any] = (defer.maybeDeferred(f.local_routes, ex.info)
@@ -462,6 +475,24 @@ class ProxyProtocol(Protocol):
         if ex is self._ex and ex.up is None and not self._closing:
             self.gate.pause("dispatch")
         return True
+
+    def _carry(self, ex: Exchange) -> None:
+        """A studio's tunnel in a WebSocket (HTTP-only egress): accept the upgrade and hand
+        the connection to the tunnel listener's protocol (its TLS, bind and yamux)."""
+        head = accept_head(ex.request.headers)
+        if head is None:
+            self._respond(ex, pages.bad_request("A WebSocket upgrade is expected here."),
+                          close=True, why="not a WebSocket upgrade")
+            return
+        self._ex = None
+        self._cancel_timer()
+        rest = ex.body.leftover() if ex.body.done else b""
+        self.transport.write(head)
+        inner = self.factory.carry.buildProtocol(self.transport.getPeer())
+        self._carrier = WebSocketServer(inner)
+        self._carrier.makeConnection(self.transport)
+        if rest:
+            self._carrier.dataReceived(rest)
 
     def _after_local(self, answer: Any, ex: Exchange) -> Any:
         if ex is not self._ex:

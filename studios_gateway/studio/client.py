@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from studios_gateway.studio.settings import ClientSettings, Gateway
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
+from studios_gateway.wire.carrier import CarrierEndpoint, ProxyConnect, WebSocketClient, proxy_for
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer
 from studios_gateway.wire.sockopts import (
@@ -359,10 +360,9 @@ class ConnectClient(Service):
     # The gateway -------------------------------------------------------------
 
     def gateway_endpoint(self, gateway: Gateway) -> Any:
-        """The TLS endpoint of one gateway (pinned or verified by name)."""
-        tls = client_options(gateway.host, gateway.pin)
-        return endpoints.wrapClientTLS(
-            tls, endpoints.HostnameEndpoint(self.reactor, gateway.host, gateway.port, timeout=10))
+        """The TLS endpoint of one gateway (pinned or verified by name), over its carrier."""
+        return endpoints.wrapClientTLS(client_options(gateway.host, gateway.pin),
+                                       self._carrier(gateway))
 
     def _connect(self) -> None:
         if not self.running:
@@ -390,6 +390,27 @@ class ConnectClient(Service):
                 self._retry()
 
         self._connecting.addCallbacks(connected, failed)
+
+    def _carrier(self, gateway: Gateway) -> Any:
+        """The endpoint under the tunnel's TLS: TCP to the gateway, through the HTTPS_PROXY
+        (CONNECT) when one applies, and for ws(s):// a WebSocket (in TLS for wss)."""
+        proxy = proxy_for(gateway.host, dict(self.settings.proxy_environ))
+        if proxy is None:
+            endpoint: Any = endpoints.HostnameEndpoint(self.reactor, gateway.host,
+                                                       gateway.port, timeout=10)
+        else:
+            endpoint = CarrierEndpoint(
+                endpoints.HostnameEndpoint(self.reactor, proxy[0], proxy[1], timeout=10),
+                lambda inner: ProxyConnect(inner, gateway.host, gateway.port), self.reactor)
+        if gateway.carrier == "tls":
+            return endpoint
+        if gateway.carrier == "wss":
+            endpoint = endpoints.wrapClientTLS(client_options(gateway.host, gateway.pin),
+                                               endpoint)
+        default = 443 if gateway.carrier == "wss" else 80
+        host = gateway.host if gateway.port == default else f"{gateway.host}:{gateway.port}"
+        return CarrierEndpoint(endpoint, lambda inner: WebSocketClient(inner, host, gateway.path),
+                               self.reactor)
 
     def bound(self, protocol: TunnelClientProtocol) -> None:
         self.backoff.reset()

@@ -38,9 +38,13 @@ class Gateway:
     host: str
     port: int
     pin: str | None = None
+    carrier: str = "tls"  # "tls": the tunnel port; "ws"/"wss": a WebSocket to the HTTP(S) port
+    path: str = ""  # the WebSocket's path
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        if self.carrier == "tls":
+            return f"{self.host}:{self.port}"
+        return f"{self.carrier}://{self.host}:{self.port}{self.path}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class ClientSettings:
     preset: bool = True  # a tool's preset may add to a command (CONNECT_TOOL_PRESET)
     tool_version: str = ""  # found by the preset; sent in the bind
     unknown_session_wait: float = UNKNOWN_SESSION_WAIT  # CONNECT_UNKNOWN_SESSION_WAIT
+    #: HTTPS_PROXY and NO_PROXY as the environment gave them (the tunnel goes through the
+    #: proxy with CONNECT)
+    proxy_environ: tuple[tuple[str, str], ...] = ()
 
 
 def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | None]:
@@ -65,19 +72,25 @@ def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | Non
     s = text.strip()
     if "://" not in s:
         s = "tls://" + s
+    expected = ("host:port, tls://host:port, ws(s)://host[:port]/_connect/tunnel or a connect "
+                "string")
     try:
         parts = urlsplit(s)
-        port = parts.port
+        port = parts.port or {"ws": 80, "wss": 443}.get(parts.scheme)
     except ValueError:
-        raise ConfigError(name, text, "host:port, tls://host:port or a connect string") from None
-    if parts.scheme not in ("tls", "studios-connect") or not parts.hostname or not port:
-        raise ConfigError(name, text, "host:port, tls://host:port or a connect string")
+        raise ConfigError(name, text, expected) from None
+    if parts.scheme not in ("tls", "studios-connect", "ws", "wss") or not parts.hostname \
+            or not port:
+        raise ConfigError(name, text, expected)
     pins = parse_qs(parts.query).get("pin", [])
     pin = pins[0] if pins else None
     if pin is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", pin):
         raise ConfigError(name, text, "pin=sha256:<64 lowercase hex digits>")
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
+    if parts.scheme in ("ws", "wss"):
+        return Gateway(parts.hostname, port, pin, parts.scheme, parts.path or "/_connect/tunnel"
+                       ), user, password
     return Gateway(parts.hostname, port, pin), user, password
 
 
@@ -145,6 +158,8 @@ def load_client_settings(environ: Mapping[str, str],
         raise ConfigError("CONNECT_UNKNOWN_SESSION_WAIT", wait_text, EXPECTED) from None
     return ClientSettings(gateways=tuple(gateways), session_id=session_id, token=token,
                           unknown_session_wait=wait,
+                          proxy_environ=tuple((k, v) for k, v in environ.items() if k in (
+                              "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy")),
                           tool_port=int(port_text), tool=tool, tool_path_prefix=prefix,
                           log_level=level, connect_version=version, tool_workdir=workdir,
                           preset=preset_text in ("on", "true", "1", "yes"))

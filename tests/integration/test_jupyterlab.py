@@ -58,6 +58,11 @@ def test_the_preset_started_jupyterlab_under_the_routed_prefix(lab: Lab) -> None
 
 
 def test_rest_api_and_a_kernel_over_its_websocket(lab: Lab) -> None:
+    kernel_answers_42(lab)
+
+
+def kernel_answers_42(lab: Lab) -> None:
+    """The REST API (with XSRF), then a kernel evaluates 6*7 over its WebSocket channel."""
     status = lab.browser.get(lab.url("api/status"))
     assert status.status == 200 and "started" in status.json(), status.text[:300]
     specs = lab.browser.get(lab.url("api/kernelspecs")).json()

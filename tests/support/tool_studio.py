@@ -13,10 +13,11 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from tests.integration.test_tunnel_process import KEY
@@ -78,9 +79,11 @@ class ToolStudio:
 @contextmanager
 def tool_studio(tmp: Path, tool: str, mode: str, ready_path: str, *,
                 extra_env: dict[str, str] | None = None,
-                timeout: float = 180) -> Iterator[ToolStudio]:
+                client_env: Callable[[dict[str, str], dict[str, Any]], dict[str, str]]
+                | None = None, timeout: float = 180) -> Iterator[ToolStudio]:
     """Gateway + `studios-connect --tool <tool>`; yields once `ready_path` answers 200
-    through the gateway (the tool is really serving, not just connected)."""
+    through the gateway (the tool is really serving, not just connected). `client_env`
+    (the gateway's environment, the created session) adds to the client's environment."""
     env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
                    TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING=str(mode == "path").lower())
     http_port = int(env["CONNECT_HTTP_PORT"])
@@ -96,8 +99,9 @@ def tool_studio(tmp: Path, tool: str, mode: str, ready_path: str, *,
         created = json.loads(body)
         home = tmp / "home"
         home.mkdir()
-        client_env = {"HOME": str(home), **(extra_env or {})}
-        client = Connect(tmp, created["connect_string"], free_port(), extra_env=client_env,
+        more = client_env(env, created) if client_env is not None else {}
+        client = Connect(tmp, created["connect_string"], free_port(),
+                         extra_env={"HOME": str(home), **(extra_env or {}), **more},
                          args=["--tool", tool], name=f"connect-{tool}-{mode}")
         stoppers.append(client.stop)
         browser = Browser()

@@ -1,0 +1,305 @@
+"""Carrying a tunnel through networks that only let HTTP(S) out.
+
+A :class:`Carrier` sits between a connection and the protocol that would have had it
+(the tunnel's TLS, then bind and yamux, unchanged): it speaks a handshake first, then
+becomes that protocol's transport, encoding what it writes and decoding what arrives.
+
+* :class:`ProxyConnect`: ``CONNECT host:port`` through an HTTP forward proxy, then the
+  bytes pass as they are.
+* :class:`WebSocketClient`: an HTTP/1.1 upgrade to a WebSocket at the gateway's
+  ``/_connect/tunnel``; the tunnel's bytes travel as binary messages.
+* :class:`WebSocketServer`: the gateway's end, once its HTTP proxy has answered the
+  upgrade (:func:`accept_head`).
+
+:class:`CarrierEndpoint` puts a carrier in front of another endpoint, so the client
+composes: TCP (or the proxy) -> TLS for wss -> WebSocket -> the tunnel's own TLS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from wsproto import ConnectionType, WSConnection
+from wsproto import events as ws
+from wsproto.connection import Connection
+from wsproto.utilities import generate_accept_token
+from zope.interface import implementer
+
+__all__ = ["TUNNEL_PATH", "Carrier", "CarrierEndpoint", "CarrierRefused", "ProxyConnect",
+           "WebSocketClient", "WebSocketServer", "accept_head", "proxy_for"]
+
+TUNNEL_PATH = "/_connect/tunnel"
+MAX_HEAD = 16 * 1024
+
+
+class CarrierRefused(ConnectionError):
+    """The proxy or the gateway did not take the handshake (the reason says how)."""
+
+
+@implementer(ITransport, IConsumer, IPushProducer)
+class Carrier(Protocol):
+    """The inner protocol's transport once the handshake is done."""
+
+    transport: Any  # the connection it rides on (TCP, TLS, or another carrier)
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.ready: Deferred[Any] = Deferred()  # the inner protocol, once it is connected
+        self.up = False
+
+    # The connection's side ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.handshake()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.up:
+            self.decode(data)
+        else:
+            self.handshake_data(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.up:
+            self.up = False
+            self.inner.connectionLost(reason)
+        elif not self.ready.called:
+            self.ready.errback(reason or Failure(CarrierRefused("closed in the handshake")))
+
+    def started(self, rest: bytes = b"") -> None:
+        """The handshake is done: connect the inner protocol, then pass `rest` on."""
+        self.up = True
+        self.inner.makeConnection(self)
+        if not self.ready.called:
+            self.ready.callback(self.inner)
+        if rest and self.up:
+            self.decode(rest)
+
+    def refuse(self, why: str) -> None:
+        if not self.ready.called:
+            self.ready.errback(CarrierRefused(why))
+        self.transport.abortConnection()
+
+    # Overridden by each carrier ---------------------------------------------------------
+
+    def handshake(self) -> None:
+        """Send what opens the carrier (nothing by default)."""
+
+    def handshake_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def decode(self, data: bytes) -> None:
+        self.inner.dataReceived(data)
+
+    def encode(self, data: bytes) -> bytes:
+        return data
+
+    def goodbye(self) -> bytes:
+        return b""
+
+    # The inner protocol's transport ---------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if data:
+            self.transport.write(self.encode(data))
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def loseConnection(self) -> None:
+        bye = self.goodbye()
+        if bye:
+            self.transport.write(bye)
+        self.transport.loseConnection()
+
+    def abortConnection(self) -> None:
+        self.transport.abortConnection()
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.transport.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+
+class ProxyConnect(Carrier):
+    """Through an HTTP forward proxy: ``CONNECT host:port``, then transparent."""
+
+    def __init__(self, inner: Any, host: str, port: int):
+        super().__init__(inner)
+        self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._buf = b""
+
+    def handshake(self) -> None:
+        t = self.target.encode("ascii")
+        self.transport.write(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (t, t))
+
+    def handshake_data(self, data: bytes) -> None:
+        self._buf += data
+        end = self._buf.find(b"\r\n\r\n")
+        if end == -1:
+            if len(self._buf) > MAX_HEAD:
+                self.refuse("the proxy's answer to CONNECT is too long")
+            return
+        status = self._buf.split(b"\r\n", 1)[0].decode("latin-1")
+        rest, self._buf = self._buf[end + 4:], b""
+        parts = status.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or parts[1] != "200":
+            self.refuse(f"the proxy refused CONNECT {self.target}: {status}")
+            return
+        self.started(rest)
+
+
+class _WebSocket(Carrier):
+    ws: Any
+
+    def decode(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events():
+            if isinstance(event, ws.BytesMessage):
+                if event.data:
+                    self.inner.dataReceived(bytes(event.data))
+            elif isinstance(event, ws.Ping):
+                self.transport.write(self.ws.send(event.response()))
+            elif isinstance(event, ws.CloseConnection):
+                self.transport.loseConnection()
+            elif isinstance(event, ws.TextMessage):
+                self.transport.abortConnection()  # a tunnel is binary only
+            if not self.up:
+                return
+
+    def encode(self, data: bytes) -> bytes:
+        return self.ws.send(ws.BytesMessage(data=data))
+
+    def goodbye(self) -> bytes:
+        try:
+            return self.ws.send(ws.CloseConnection(code=1000))
+        except Exception:  # already closing
+            return b""
+
+
+class WebSocketClient(_WebSocket):
+    def __init__(self, inner: Any, host: str, path: str = TUNNEL_PATH):
+        super().__init__(inner)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.host = host
+        self.path = path
+
+    def handshake(self) -> None:
+        self.transport.write(self.ws.send(ws.Request(host=self.host, target=self.path)))
+
+    def handshake_data(self, data: bytes) -> None:
+        self.ws.receive_data(data)
+        for event in self.ws.events():
+            if isinstance(event, ws.AcceptConnection):
+                self.up = True
+                self.inner.makeConnection(self)
+                if not self.ready.called:
+                    self.ready.callback(self.inner)
+                self.decode(b"")  # whatever came with the 101
+                return
+            if isinstance(event, ws.RejectConnection):
+                self.refuse(f"the gateway refused the WebSocket tunnel ({event.status_code})")
+                return
+
+
+class WebSocketServer(_WebSocket):
+    """The gateway's end: the 101 was sent by the HTTP proxy (:func:`accept_head`)."""
+
+    def __init__(self, inner: Any):
+        super().__init__(inner)
+        self.ws = Connection(ConnectionType.SERVER)
+
+    def connectionMade(self) -> None:
+        self.started()
+
+
+def accept_head(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    """The 101 that accepts a WebSocket upgrade with these request headers, or None when
+    they do not ask for one properly."""
+    fields = {k.lower(): v for k, v in headers}
+    key = fields.get(b"sec-websocket-key")
+    if key is None or fields.get(b"upgrade", b"").lower() != b"websocket" \
+            or fields.get(b"sec-websocket-version") != b"13":
+        return None
+    accept = generate_accept_token(key.strip())
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+
+
+class CarrierEndpoint:
+    """An endpoint whose connections speak `make_carrier`'s handshake first; connect()
+    fires with the inner protocol once the handshake is done (or fails with why not)."""
+
+    def __init__(self, inner: Any, make_carrier: Callable[[Any], Carrier], clock: Any,
+                 timeout: float = 15.0):
+        self.inner = inner
+        self.make_carrier = make_carrier
+        self.clock = clock
+        self.timeout = timeout
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        carriers: list[Carrier] = []
+
+        def build(addr: Any) -> Carrier:
+            carrier = self.make_carrier(factory.buildProtocol(addr))
+            carriers.append(carrier)
+            return carrier
+
+        outer = Factory.forProtocol(Protocol)
+        outer.buildProtocol = build  # type: ignore[method-assign]
+        outer.noisy = False
+        d = self.inner.connect(outer)
+
+        def handshake(_: Any) -> Deferred[Any]:
+            ready = carriers[-1].ready
+            ready.addTimeout(self.timeout, self.clock,
+                             onTimeoutCancel=lambda *_: self._timed_out(carriers[-1]))
+            return ready
+
+        return d.addCallback(handshake)
+
+    def _timed_out(self, carrier: Carrier) -> None:
+        if carrier.transport is not None:
+            carrier.transport.abortConnection()
+        raise CarrierRefused(f"no answer to the handshake within {self.timeout:g}s")
+
+
+def proxy_for(host: str, environ: Mapping[str, str]) -> tuple[str, int] | None:
+    """The HTTP proxy (host, port) that HTTPS_PROXY names for `host`, unless NO_PROXY
+    excludes it (a host, a domain suffix, or *)."""
+    url = environ.get("HTTPS_PROXY") or environ.get("https_proxy")
+    if not url:
+        return None
+    no_proxy = environ.get("NO_PROXY") or environ.get("no_proxy") or ""
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        entry = entry.split(":")[0] if entry.count(":") == 1 else entry
+        if entry == "*" or (entry and (host.lower() == entry.lstrip(".")
+                                       or host.lower().endswith("." + entry.lstrip(".")))):
+            return None
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    if not parts.hostname:
+        return None
+    return parts.hostname, parts.port or 80
+
+

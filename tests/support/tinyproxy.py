@@ -1,0 +1,44 @@
+"""Debian's tinyproxy as the studio's only way out: an HTTP forward proxy that allows
+CONNECT to the ports it is told (the gateway's HTTP port), no other."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.support.ports import free_port, wait_for_port
+from tests.support.studio import _stop
+
+
+def tinyproxy_available() -> bool:
+    return shutil.which("tinyproxy") is not None
+
+
+class Tinyproxy:
+    def __init__(self, work: Path, connect_ports: list[int]):
+        work.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        conf = work / "tinyproxy.conf"
+        lines = [f"Port {self.port}", "Listen 127.0.0.1", "Timeout 600",
+                 "LogLevel Connect", "MaxClients 100",
+                 "Allow 127.0.0.1", *[f"ConnectPort {p}" for p in connect_ports]]
+        if os.geteuid() == 0:
+            lines += ["User nobody", "Group nogroup"]
+        conf.write_text("\n".join(lines) + "\n")
+        self.log = work / "tinyproxy.log"  # in the foreground it logs to its output
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(["tinyproxy", "-d", "-c", str(conf)], stdout=out,
+                                         stderr=subprocess.STDOUT)
+        wait_for_port(self.port, proc=self.proc)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        _stop(self.proc)

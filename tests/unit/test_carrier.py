@@ -1,0 +1,114 @@
+"""The tunnel's carriers for HTTP-only egress, driven by hand on StringTransports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from studios_gateway.studio.settings import load_client_settings
+from studios_gateway.wire.carrier import (
+    CarrierRefused,
+    ProxyConnect,
+    WebSocketClient,
+    WebSocketServer,
+    accept_head,
+    proxy_for,
+)
+
+
+class Recorder(Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+
+
+def _headers(head: bytes) -> list[tuple[bytes, bytes]]:
+    lines = head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    return [tuple(part.strip() for part in line.split(b":", 1)) for line in lines]  # type: ignore[misc]
+
+
+def test_a_tunnel_through_a_websocket_both_ways() -> None:
+    inner_c, inner_s = Recorder(), Recorder()
+    client = WebSocketClient(inner_c, "gw.example:8080")
+    ct = StringTransport()
+    client.makeConnection(ct)
+    request = ct.value()
+    assert request.startswith(b"GET /_connect/tunnel HTTP/1.1\r\n")
+    head = accept_head(_headers(request))
+    assert head is not None and head.startswith(b"HTTP/1.1 101 ")
+    server = WebSocketServer(inner_s)
+    st = StringTransport()
+    server.makeConnection(st)
+    assert inner_s.transport is server  # the server end is up at once
+    ct.clear()
+    client.dataReceived(head)
+    assert TestCase().successResultOf(client.ready) is inner_c
+    inner_c.transport.write(b"bind line\n")
+    server.dataReceived(ct.value())
+    assert inner_s.data == b"bind line\n"
+    inner_s.transport.write(b"x" * 100_000)
+    for i in range(0, len(st.value()), 7):  # in small reads
+        client.dataReceived(st.value()[i:i + 7])
+    assert inner_c.data == b"x" * 100_000
+    ct.clear()
+    inner_c.transport.loseConnection()  # a close frame, then the connection closes
+    assert ct.value()[:1] == b"\x88" and ct.disconnecting
+
+
+def test_accept_head_wants_a_proper_upgrade() -> None:
+    assert accept_head([(b"Upgrade", b"websocket"), (b"Sec-WebSocket-Version", b"13")]) is None
+    assert accept_head([(b"Upgrade", b"h2c"), (b"Sec-WebSocket-Key", b"a"),
+                        (b"Sec-WebSocket-Version", b"13")]) is None
+
+
+def test_a_proxy_connect_and_its_refusal() -> None:
+    inner = Recorder()
+    carrier = ProxyConnect(inner, "gw.example", 443)
+    t = StringTransport()
+    carrier.makeConnection(t)
+    assert t.value() == b"CONNECT gw.example:443 HTTP/1.1\r\nHost: gw.example:443\r\n\r\n"
+    carrier.dataReceived(b"HTTP/1.1 200 Connection established\r\n\r\nfirst bytes")
+    assert inner.data == b"first bytes" and inner.transport is carrier
+    refused = ProxyConnect(Recorder(), "gw.example", 7070)
+    refused.makeConnection(StringTransport())
+    refused.dataReceived(b"HTTP/1.0 403 Forbidden\r\nServer: tinyproxy\r\n\r\n")
+    failure = TestCase().failureResultOf(refused.ready, CarrierRefused)
+    assert "403 Forbidden" in str(failure.value)
+
+
+@pytest.mark.parametrize("no_proxy, host, expected", [
+    ("", "gw.example", ("proxy.lab", 3128)),
+    ("*", "gw.example", None),
+    ("example,localhost", "gw.example", None),
+    (".example", "gw.example", None),
+    ("other.example", "gw.example", ("proxy.lab", 3128)),
+])
+def test_proxy_for(no_proxy: str, host: str, expected: Any) -> None:
+    env = {"HTTPS_PROXY": "http://proxy.lab:3128", "NO_PROXY": no_proxy}
+    assert proxy_for(host, env) == expected
+    assert proxy_for(host, {}) is None
+
+
+def test_gateway_urls_name_the_carrier() -> None:
+    s = load_client_settings({
+        "CONNECT_GATEWAY_URL": "gw.example:7070,wss://gw.example/_connect/tunnel?pin=sha256:"
+                               + "a" * 64 + ",ws://10.0.0.1:8080",
+        "CONNECT_SESSION_ID": "abcd1234", "CONNECT_SESSION_TOKEN": "t" * 20,
+        "CONNECT_TOOL_PORT": "8888", "HTTPS_PROXY": "http://proxy:3128"})
+    tls, wss, ws = s.gateways
+    assert (tls.carrier, tls.port) == ("tls", 7070)
+    assert (wss.carrier, wss.port, wss.path, wss.pin) == ("wss", 443, "/_connect/tunnel",
+                                                          "sha256:" + "a" * 64)
+    assert (ws.carrier, ws.port, ws.path, str(ws)) == ("ws", 8080, "/_connect/tunnel",
+                                                       "ws://10.0.0.1:8080/_connect/tunnel")
+    assert dict(s.proxy_environ) == {"HTTPS_PROXY": "http://proxy:3128"}
