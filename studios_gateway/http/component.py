@@ -44,7 +44,7 @@ from studios_gateway.http.upstream import (
 from studios_gateway.metrics import Metrics
 from studios_gateway.registry.base import TunnelClaims
 from studios_gateway.traffic.observer import Traffic
-from studios_gateway.traffic.quota import admitting
+from studios_gateway.traffic.quota import Quota, admitting
 from studios_gateway.tunnel.dialer import Dialer
 
 __all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "make_fast_path",
@@ -123,15 +123,18 @@ def make_lookup(store: TunnelClaims, dialer: Dialer) -> Any:
     return lookup
 
 
-def make_fast_path(auth: Auth, dialer: Dialer) -> FastPath:
+def make_fast_path(auth: Auth, dialer: Dialer, quota: Quota | None = None) -> FastPath:
     """fast(request, session_id): the login's cached answer (cookie and decision, with
-    the session's record) for a studio whose tunnel is on this node; None otherwise."""
+    the session's record) for a studio whose tunnel is on this node; None otherwise (and
+    while a transfer quota cannot say at once that the request may go on)."""
 
     def fast(request: Any, session_id: str) -> tuple[Any, SessionInfo] | None:
         known = auth.authorized_now(request, session_id)
         if known is None or not dialer.is_local(session_id):
             return None
         who, record = known
+        if quota is not None and not quota.clear_now(session_id, who.subject):
+            return None
         return who, SessionInfo(session_id, record.tool, True)
 
     return fast
@@ -229,7 +232,7 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
                    if traffic is not None and traffic.quota is not None
                    else auth.authorize_request),
         local_routes=auth.handle,
-        fast=make_fast_path(auth, dialer),
+        fast=make_fast_path(auth, dialer, traffic.quota if traffic is not None else None),
         track=_track(auth),
         observer=traffic,
         trusted_proxy_cidrs=config.trusted_proxy_cidrs,

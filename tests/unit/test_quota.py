@@ -125,3 +125,16 @@ def test_a_store_that_fails_lets_traffic_through() -> None:
     a.add("s1", "alice", 5)
     result(a.flush())
     assert result(a.check("s1", "alice")) is None
+
+
+def test_clear_now_only_with_fresh_counts_under_the_quota() -> None:
+    a, _, clock = nodes(session_bytes=100)
+    assert not a.clear_now("s1", "alice")  # never read: the full check must read
+    assert result(a.check("s1", "alice")) is None
+    assert a.clear_now("s1", "alice")
+    clock.advance(1.5)
+    assert not a.clear_now("s1", "alice")  # stale
+    result(a.flush())  # the tick reads the watched scope again
+    assert a.clear_now("s1", "alice")
+    a.add("s1", "alice", 200)
+    assert not a.clear_now("s1", "alice")
