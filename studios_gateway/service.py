@@ -71,6 +71,11 @@ def build_store(config: Config, clock: Any) -> CachingStore:
             tls_cert_file=config.redis_tls_cert_file, tls_key_file=config.redis_tls_key_file,
             tls_ca_file=config.redis_tls_ca_file, clock=clock,
             node_id=config.effective_node_id)
+        from studios_gateway.registry.redis_persistence import log_persistence
+
+        # Once connected: warn when a Redis restart would lose every session.
+        inner.when_connected().addCallbacks(
+            lambda _: log_persistence(inner, f"{host}:{port}"), lambda _: None)
     else:
         from studios_gateway.private_files import StorageError
         from studios_gateway.registry.memory import MemoryStore
