@@ -72,9 +72,10 @@ def start_redis(procs: Processes, work: Path) -> str:
     return f"127.0.0.1:{port}"
 
 
-def start_gateway(procs: Processes, work: Path, name: str = "gateway",
-                  extra: dict[str, str] | None = None) -> Gateway:
-    """`twistd -n studios-gateway` on free ports, quiet logs, memory registry."""
+def gateway_env(work: Path, name: str = "gateway",
+                extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a gateway on free ports, quiet logs, memory registry (unless
+    `extra` says otherwise), its storage under ``work``."""
     storage = work / f"{name}-storage"
     storage.mkdir()
     ports = {k: free_port() for k in ("http", "tunnel", "listener", "mgmt")}
@@ -90,11 +91,24 @@ def start_gateway(procs: Processes, work: Path, name: str = "gateway",
                CONNECT_HTTP_MAX_CONNECTIONS="20000")
     env.update(GATEWAY_ENV)
     env.update(extra or {})
+    return env
+
+
+def launch_gateway(procs: Processes, work: Path, env: dict[str, str],
+                   name: str = "gateway") -> Gateway:
+    """`twistd -n studios-gateway` with ``env`` (again, for a restart on the same ports)."""
     proc = procs.start(name, [str(BIN / "twistd"), "-n", "--pidfile=", *TWISTD_ARGS,
                               "studios-gateway"],
                        env=env, cwd=work)
-    wait_until(lambda: port_open(ports["mgmt"]), f"{name} management port", proc=proc)
-    return Gateway(proc, ports["http"], ports["mgmt"], ports["tunnel"])
+    mgmt = int(env["CONNECT_MANAGEMENT_PORT"])
+    wait_until(lambda: port_open(mgmt), f"{name} management port", proc=proc)
+    return Gateway(proc, int(env["CONNECT_HTTP_PORT"]), mgmt, int(env["CONNECT_TUNNEL_PORT"]))
+
+
+def start_gateway(procs: Processes, work: Path, name: str = "gateway",
+                  extra: dict[str, str] | None = None) -> Gateway:
+    """`twistd -n studios-gateway` on free ports, quiet logs, memory registry."""
+    return launch_gateway(procs, work, gateway_env(work, name, extra), name)
 
 
 def start_connect(procs: Processes, work: Path, connect_string: str, tool_port: int,

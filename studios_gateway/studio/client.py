@@ -204,6 +204,8 @@ class ConnectClient(Service):
     """Keeps one tunnel to a gateway up for as long as the service runs."""
 
     _log = Logger()
+    #: The protocol each connection to a gateway speaks (bench/storm.py records its binds).
+    protocol_class: type[TunnelClientProtocol] = TunnelClientProtocol
 
     def __init__(self, settings: ClientSettings, reactor: Any, *,
                  tunnel_settings: dict[str, Any] | None = None,
@@ -370,7 +372,7 @@ class ConnectClient(Service):
         gateway = self.settings.gateways[self._gateway_index % len(self.settings.gateways)]
         self._set_state("connecting", "connecting to gateway {gw}", gw=str(gateway))
         self._state_gateway = gateway
-        factory = ClientFactory.forProtocol(lambda: TunnelClientProtocol(self, gateway))
+        factory = ClientFactory.forProtocol(lambda: self.protocol_class(self, gateway))
         factory.noisy = False
         self._connecting = self.gateway_endpoint(gateway).connect(factory)
 
