@@ -11,7 +11,9 @@ current user. Then it copies one file of random bytes up and down with
 OpenSSH's scp, to the studio through the proxy and to sshd directly (once
 with the algorithms the proxy negotiates, once with OpenSSH's defaults),
 checks every copy's SHA-256, and prints MB/s (10^6 bytes per second) and the
-ratio proxy / direct. Every process it starts is stopped by its pid.
+ratio proxy / direct, and the CPU the gateway and the connect client spent per GB
+through the proxy (user + system seconds, from /proc: unlike MB/s it barely moves
+when other work shares the machine). Every process it starts is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -99,6 +101,12 @@ def admin(port: int, path: str, method: str = "GET", body: object = None) -> dic
         return json.loads(resp.read())
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_studio(procs: Processes, work: Path, pub_key: str) -> tuple[int, str]:
     """Gateway, tool and connect client; returns (SSH port, session id)."""
     storage = work / "storage"
@@ -172,13 +180,26 @@ def scp(opts: list[str], port: int, src: str, dst: str) -> float:
 
 
 def measure(label: str, opts: list[str], port: int, login: str, remote: str, src: Path,
-            back: Path, repeat: int) -> tuple[float, float]:
-    """Best MB/s up and down over `repeat` runs; every copy's hash is checked."""
+            back: Path, repeat: int, cpu: Callable[[], list[float]] = list,
+            used: list[list[float]] | None = None) -> tuple[float, float]:
+    """Best MB/s up and down over `repeat` runs; every copy's hash is checked.
+
+    `cpu` reads the CPU seconds of the processes watched; what each copy cost them is
+    appended to `used` (uploads and downloads alike).
+    """
     size, want = src.stat().st_size, sha256(src)
     ups, downs = [], []
+
+    def timed(src_arg: str, dst_arg: str) -> float:
+        before = cpu()
+        took = scp(opts, port, src_arg, dst_arg)
+        if used is not None:
+            used.append([b - a for a, b in zip(before, cpu(), strict=True)])
+        return size / took / 1e6
+
     for _ in range(repeat):
-        ups.append(size / scp(opts, port, str(src), f"{login}@127.0.0.1:{remote}") / 1e6)
-        downs.append(size / scp(opts, port, f"{login}@127.0.0.1:{remote}", str(back)) / 1e6)
+        ups.append(timed(str(src), f"{login}@127.0.0.1:{remote}"))
+        downs.append(timed(f"{login}@127.0.0.1:{remote}", str(back)))
         if sha256(back) != want:
             raise SystemExit(f"bench: {label}: the copy differs from the original")
         back.unlink()
@@ -206,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.size_mib):
                 fh.write(os.urandom(1 << 20))
         ssh_port, sid = start_studio(procs, work, pub)
+        watched = [procs.procs[0].pid, procs.procs[-1].pid]  # the gateway, the connect client
         sshd_port = start_sshd(procs, work, pub)
         base = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
                 f"UserKnownHostsFile={work / 'known_hosts'}", "-o", "IdentitiesOnly=yes",
@@ -214,10 +236,11 @@ def main(argv: list[str] | None = None) -> int:
         back = work / "back.bin"
         direct_dir = work / "direct"
         direct_dir.mkdir()
+        used: list[list[float]] = []
         rows = [
             ("proxy (gateway -> tunnel -> studio)",
              measure("proxy", base, ssh_port, f"bench@{sid}", "payload.bin", src, back,
-                     args.repeat)),
+                     args.repeat, lambda: [cpu_seconds(p) for p in watched], used)),
             ("direct sshd, same algorithms",
              measure("direct", base + PROXY_ALGORITHMS, sshd_port, me,
                      str(direct_dir / "a.bin"), src, back, args.repeat)),
@@ -233,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         (pu, pd), (du, dd), (fu, fd) = (r[1] for r in rows)
         print(f"ratio proxy / direct (same algorithms): up {pu / du:.2f}, down {pd / dd:.2f}")
         print(f"ratio proxy / direct (OpenSSH defaults): up {pu / fu:.2f}, down {pd / fd:.2f}")
+        gb = src.stat().st_size * len(used) / 1e9
+        gw_cpu, connect_cpu = (sum(u[i] for u in used) / gb for i in (0, 1))
+        print(f"CPU per GB through the proxy: gateway {gw_cpu:.2f} s, "
+              f"connect client {connect_cpu:.2f} s")
         return 0
     finally:
         procs.stop_all()

@@ -49,6 +49,7 @@ from studios_gateway.ssh.channels import (
     OpenRefused,
     conch_log,
 )
+from studios_gateway.ssh.framing import PacketFraming
 from studios_gateway.ssh.keys import KeysUnavailable, UserKeys, fingerprint
 from studios_gateway.ssh.policy import (
     ConnectionLimiter,
@@ -248,7 +249,7 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
         super()._ebBadAuth(reason)
 
 
-class GatewayTransport(transport.SSHServerTransport):
+class GatewayTransport(PacketFraming, transport.SSHServerTransport):
     """One user's connection: limits, the handshake timer, the studio link."""
 
     _log = conch_log
@@ -789,7 +790,7 @@ class UpstreamAuth(userauth.SSHUserAuthClient):
         return None
 
 
-class UpstreamTransport(transport.SSHClientTransport):
+class UpstreamTransport(PacketFraming, transport.SSHClientTransport):
     """The gateway's SSH client, over a tunnel stream, towards the studio."""
 
     _log = conch_log

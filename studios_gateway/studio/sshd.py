@@ -64,6 +64,7 @@ from studios_gateway.ssh.channels import (
     OpenRefused,
     conch_log,
 )
+from studios_gateway.ssh.framing import PacketFraming
 from studios_gateway.ssh.keys import fingerprint
 from studios_gateway.ssh.server import CIPHERS, HOST_KEY_ALGORITHMS, KEX, MACS, _supported
 from studios_gateway.wire.splice import SpliceEnd, join
@@ -637,7 +638,7 @@ class _StudioUserAuth(userauth.SSHUserAuthServer):
     attemptsBeforeDisconnect = 2
 
 
-class _StudioTransport(transport.SSHServerTransport):
+class _StudioTransport(PacketFraming, transport.SSHServerTransport):
     _log = conch_log
     ourVersionString = b"SSH-2.0-studios_connect"
 
