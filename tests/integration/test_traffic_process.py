@@ -123,7 +123,14 @@ def test_access_log_and_metrics_of_http_websocket_and_ssh(tmp_path: Path) -> Non
 
         lines = access_lines(d, skip + 4)[skip:]
         assert len(lines) == 4, lines
-        http, websocket, ssh_ok, ssh_refused = lines
+
+        def line(kind: str, session: str) -> str:
+            [found] = [x for x in lines
+                       if fields(x)["kind"] == kind and fields(x)["session"] == session]
+            return found
+
+        http, websocket = line("http", sid), line("websocket", sid)
+        ssh_ok, ssh_refused = line("ssh", sid), line("ssh", "nosuchsession")
         # 127.0.0.1 - alice [03/Dec/2026:20:30:00 +0000] "GET /api/info" 200 ... key=value
         assert re.match(r'127\.0\.0\.1 - alice \[\d\d/\w{3}/\d{4}:[\d:]{8} \+0000\] '
                         r'"GET /api/info" 200 \d+ ', http), http
