@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 KILL_GRACE = 30.0
+# Runs the tool as the leader of a process group of its own (same pid), so that signals
+# reach every process it starts: code-server's extension hosts otherwise outlive it.
+GROUP_LEADER = "import os, sys; os.setpgid(0, 0); os.execvp(sys.argv[1], sys.argv[1:])"
 
 
 def exit_status(reason: Failure) -> int:
@@ -49,35 +53,59 @@ class ToolChild:
 
     def __init__(self, reactor: Any, argv: Sequence[str], env: Mapping[str, str], *,
                  grace: float = KILL_GRACE, child_fds: Mapping[int, int] | None = None,
-                 path: str | None = None):
+                 path: str | None = None, own_group: bool = False):
         self.reactor = reactor
         self.child_fds = dict(child_fds or {0: 0, 1: 1, 2: 2})  # the tool shares our stdio
         self.argv = list(argv)
         self.env = dict(env)
         self.grace = grace
         self.path = path  # its working directory (None: ours)
+        self.own_group = own_group  # signal its whole process group; end stragglers with it
         self.ended: Deferred[int] = Deferred()
         self._transport: Any = None
+        self._pid: int | None = None
         self._kill_call: Any = None
 
     def start(self) -> None:
         self._log.info("starting the tool: {argv}", argv=" ".join(self.argv))
+        argv = self.argv
+        if self.own_group:
+            argv = [sys.executable, "-c", GROUP_LEADER, *self.argv]
         self._transport = self.reactor.spawnProcess(
-            _ToolProcess(self.ended), self.argv[0], self.argv, env=self.env,
+            _ToolProcess(self.ended), argv[0], argv, env=self.env,
             childFDs=self.child_fds, path=self.path)
+        self._pid = getattr(self._transport, "pid", None)
         self.ended.addBoth(self._ended)
 
     def _ended(self, status: Any) -> Any:
         if self._kill_call is not None and self._kill_call.active():
             self._kill_call.cancel()
         self._log.info("the tool exited with status {status}", status=status)
+        if self.own_group and self._group_signal(signal.SIGTERM):
+            self._log.info("stopped what the tool left running in its process group")
         return status
+
+    def _group_signal(self, sig: int) -> bool:
+        """Signal the tool's process group; False if there is none (yet, or any more)."""
+        if self._pid is None:
+            return False
+        try:
+            os.killpg(self._pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    def _signal(self, sig: int | str) -> None:
+        number = signal.SIGKILL if sig == "KILL" else int(sig)
+        if self.own_group and self._group_signal(number):
+            return
+        self._transport.signalProcess(sig)
 
     def terminate(self, sig: int = signal.SIGTERM) -> Deferred[int]:
         """Pass `sig` on; SIGKILL after the grace period. Fires with the exit status."""
         if self._transport is not None and not self.ended.called:
             try:
-                self._transport.signalProcess(sig)
+                self._signal(sig)
             except ProcessExitedAlready:
                 pass
             else:
@@ -96,7 +124,7 @@ class ToolChild:
     def _kill(self) -> None:
         self._log.warn("the tool did not exit within {grace:g}s; killing it", grace=self.grace)
         try:
-            self._transport.signalProcess("KILL")
+            self._signal("KILL")
         except ProcessExitedAlready:
             pass
 

@@ -133,3 +133,27 @@ def tool_studio(tmp: Path, tool: str, mode: str, ready_path: str, *,
     finally:
         for stop in reversed(stoppers):
             stop()
+    left: list[str] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        left = survivors(home)
+        if not left:
+            break
+        time.sleep(0.25)
+    assert not left, f"processes of the {tool} studio outlived it: {left}"
+
+
+def survivors(home: Path) -> list[str]:
+    """Live processes started for this studio (their environment has HOME=<its home>)."""
+    marker = f"HOME={home}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")[:160]
+                found.append(f"{proc.name}: {cmd.decode(errors='replace')}")
+        except OSError:
+            continue
+    return found

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
 
+from studios_gateway.studio.entrypoint import GROUP_LEADER
 from studios_gateway.studio.presets import PRESETS, preset_for
 from studios_gateway.studio.presets.base import (
     Installed,
@@ -193,6 +195,8 @@ class FakeReactor(Clock):
         self.spawned.append({"protocol": protocol, "args": args, "env": env, "path": path})
 
         class Transport:
+            pid = None
+
             def signalProcess(self, sig: Any) -> None:
                 pass
 
@@ -223,6 +227,8 @@ def test_a_bind_first_tool_starts_at_the_first_bind_under_the_routed_prefix(
     lab.on_bind(reply())
     (spawned,) = reactor.spawned
     assert "--ServerApp.base_url=/_studio/abcd1234/" in spawned["args"]
+    # in a process group of its own, so a signal reaches what the tool starts too
+    assert spawned["args"][:4] == [sys.executable, "-c", GROUP_LEADER, "jupyter"]
     assert spawned["path"] == "/home/al"
     assert spawned["env"]["CONNECT_TOOL_PATH_PREFIX"] == "/_studio/abcd1234/"
     assert "CONNECT_SESSION_TOKEN" not in spawned["env"]

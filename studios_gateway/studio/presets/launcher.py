@@ -102,7 +102,7 @@ class PresetLauncher:
                                                self.installed.version))
         argv = resolve_argv(launch.argv, self.environ.get("PATH", os.defpath))
         env = child_environment(self.environ, launch.port, prefix)
-        self.child = ToolChild(self.reactor, argv, env, path=launch.cwd)
+        self.child = ToolChild(self.reactor, argv, env, path=launch.cwd, own_group=True)
         self.child.start()
         self._readiness = Readiness(self.reactor, launch.port, self.preset.probe_path(place),
                                     self.preset.probe_ok, self.fetch or http_status(self.reactor),
