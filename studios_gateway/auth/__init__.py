@@ -10,12 +10,12 @@ from studios_gateway.auth.authorizer import Authorizer, Decision, PlatformAccess
 from studios_gateway.auth.login import (
     SUBJECT_HEADER,
     Auth,
-    AuthSettings,
     Identity,
     Response,
     strip_auth_cookies,
 )
 from studios_gateway.auth.oidc import ConfigurationError, OIDCError
+from studios_gateway.auth.settings import AuthSettings
 
 __all__ = [
     "SUBJECT_HEADER",

@@ -29,8 +29,9 @@ can redeem them; "once" is the store's ``spend_once`` (Redis: shared by every
 node; alone: memory backed by journal files), and a store that cannot answer
 refuses the id with a "try again" page rather than risk accepting it twice.
 
-The top half of this module is plain logic (URLs, ``next`` checks, pages);
-:class:`Auth` is the adapter that speaks Deferreds.
+URLs, cookie scopes and ``next`` checks are plain logic in
+:mod:`studios_gateway.auth.settings`; :class:`Auth` here is the adapter that
+speaks Deferreds.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from __future__ import annotations
 import html
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -54,7 +55,6 @@ from studios_gateway.auth.cookies import (
     CookieCodec,
     Signer,
     clear_cookie_header,
-    cookie_name,
     cookie_values,
     new_login_id,
     set_cookie_header,
@@ -68,15 +68,14 @@ from studios_gateway.auth.oidc import (
     RelyingParty,
     TokenSet,
 )
+from studios_gateway.auth.settings import LOGIN_COOKIE, PREFIX, AuthSettings
 from studios_gateway.http import pages
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.registry.base import SessionRecord, StoreUnavailable
 from studios_gateway.registry.memory import MemoryStore
-from studios_gateway.wire.ids import SESSION_ID
 
 __all__ = [
     "Auth",
-    "AuthSettings",
     "Identity",
     "RequestInfo",
     "Response",
@@ -85,9 +84,7 @@ __all__ = [
     "strip_auth_cookies",
 ]
 
-PREFIX = "/_connect/"
 SUBJECT_HEADER = b"X-Connect-Sub"
-LOGIN_COOKIE = "connect_login"
 #: The gateway's cookie names, lower-cased, with the prefixed forms a browser treats
 #: specially: a tool's Set-Cookie with one of these names never reaches the browser.
 GATEWAY_COOKIES = frozenset(
@@ -153,155 +150,6 @@ def strip_auth_cookies(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[byt
         if kept:
             out.append((k, ";".join(kept).strip().encode("latin-1")))
     return out
-
-
-# Settings ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AuthSettings:
-    proxy_url: str  # e.g. https://connect.example.com (a port if not the default)
-    studios_domain: str
-    path_routing: bool
-    storage_root: str
-    secure_cookies: bool
-    issuer: str | None = None  # None: login links only
-    platform_url: str | None = None  # the access call; None: owner and allow-list only
-    client_name: str = "tower-connect-proxy-client"
-    registration_token: str | None = field(default=None, repr=False)
-    client_id: str | None = None
-    client_secret: str | None = field(default=None, repr=False)
-    scopes: tuple[str, ...] = ("openid", "profile", "email")
-    user_claim: str = "sub"
-    cache_ttl: float = 120.0
-    login_ttl: float = 12 * 3600.0
-    link_ttl: float = 24 * 3600.0
-    handoff_ttl: float = 60.0
-    timeout: float = 10.0
-
-    @classmethod
-    def from_config(cls, config: Any, **overrides: Any) -> AuthSettings:
-        """From the gateway's Config. Variables proposed for auth and not (yet) in the
-        Config are read with getattr and fall back to the defaults above."""
-        issuer = getattr(config, "oidc_issuer_url", None) or config.platform_url
-        values: dict[str, Any] = dict(
-            proxy_url=config.effective_proxy_url.rstrip("/"),
-            studios_domain=config.effective_studios_domain,
-            path_routing=config.path_routing, storage_root=config.storage_root,
-            secure_cookies=(config.effective_proxy_url.startswith("https://")
-                            or bool(config.tls_cert_file)),
-            issuer=issuer, platform_url=config.platform_url, client_name=config.client_name,
-            registration_token=config.oidc_registration_token,
-            client_id=getattr(config, "oidc_client_id", None),
-            client_secret=getattr(config, "oidc_client_secret", None),
-            cache_ttl=config.local_cache_ttl)
-        for attr, name in (("login_ttl", "login_ttl"), ("link_ttl", "login_link_ttl"),
-                           ("user_claim", "oidc_user_claim")):
-            v = getattr(config, name, None)
-            if v is not None:
-                values[attr] = v
-        scopes = getattr(config, "oidc_scopes", None)
-        if scopes:
-            values["scopes"] = tuple(scopes.split()) if isinstance(scopes, str) else tuple(scopes)
-        values.update(overrides)
-        return cls(**values)
-
-    # Derived URLs ----------------------------------------------------------------
-
-    @property
-    def _parts(self) -> Any:
-        return urlsplit(self.proxy_url)
-
-    @property
-    def scheme(self) -> str:
-        return self._parts.scheme
-
-    @property
-    def proxy_host(self) -> str:
-        return (self._parts.hostname or "localhost").lower()
-
-    @property
-    def _port_suffix(self) -> str:
-        return f":{self._parts.port}" if self._parts.port else ""
-
-    @property
-    def redirect_uri(self) -> str:
-        return f"{self.proxy_url}{PREFIX}callback"
-
-    def studio_origin(self, session_id: str) -> str:
-        return f"{self.scheme}://{session_id}.{self.studios_domain}{self._port_suffix}"
-
-    def studio_url(self, session_id: str) -> str:
-        if self.path_routing:
-            return f"{self.proxy_url}/_studio/{session_id}/"
-        return self.studio_origin(session_id) + "/"
-
-    def studio_cookie_path(self, session_id: str) -> str:
-        return f"/_studio/{session_id}/" if self.path_routing else "/"
-
-    @property
-    def login_cookie_name(self) -> str:
-        """``__Host-connect_login`` under HTTPS (Secure, Path=/, no Domain): a page on a
-        studio's host cannot set or shadow it, not even from JavaScript."""
-        return f"__Host-{LOGIN_COOKIE}" if self.secure_cookies else LOGIN_COOKIE
-
-    @property
-    def login_cookie_path(self) -> str:
-        return "/" if self.secure_cookies else PREFIX
-
-    @property
-    def studio_cookie_name(self) -> str:
-        return cookie_name(secure=self.secure_cookies, host_only_root=not self.path_routing)
-
-    def session_of_host(self, hostname: str) -> str | None:
-        """The session id when `hostname` is a studio's own host (subdomain mode)."""
-        suffix = "." + self.studios_domain
-        if self.path_routing or not hostname.endswith(suffix):
-            return None
-        label = hostname[: -len(suffix)]
-        return label if SESSION_ID.fullmatch(label) else None
-
-    def session_of_path(self, path: str) -> str | None:
-        if not self.path_routing or not path.startswith("/_studio/"):
-            return None
-        label = path[len("/_studio/"):].split("/", 1)[0]
-        return label if SESSION_ID.fullmatch(label) else None
-
-    def safe_next(self, raw: str | None) -> str | None:
-        """`raw` if it is a place on this gateway (the proxy host or a studio), else None.
-
-        Accepts a path on the proxy host ('/x', never '//x' or '/\\x') or an absolute
-        URL with the gateway's scheme and port and a host that is the proxy host or a
-        studio's host. Control characters, backslashes and user info are refused.
-        """
-        if not raw or len(raw) > 4096 or any(ord(c) < 0x21 or c == "\x7f" for c in raw) \
-                or "\\" in raw:
-            return None
-        if raw.startswith("/"):
-            return None if raw.startswith("//") else raw
-        try:
-            u = urlsplit(raw)
-            port = u.port
-        except ValueError:
-            return None
-        if u.scheme != self.scheme or u.username is not None or u.password is not None \
-                or "@" in u.netloc or port != self._parts.port or not u.hostname:
-            return None
-        host = u.hostname.lower()
-        if host != self.proxy_host and self.session_of_host(host) is None:
-            return None
-        return raw
-
-    def studio_of_next(self, next_url: str) -> tuple[str | None, str]:
-        """(session id or None, the path on that session's host) for a checked `next`."""
-        if next_url.startswith("/"):
-            return self.session_of_path(next_url), next_url
-        u = urlsplit(next_url)
-        path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-        host = (u.hostname or "").lower()
-        if host == self.proxy_host:
-            return self.session_of_path(path), path
-        return self.session_of_host(host), path
 
 
 # The adapter ----------------------------------------------------------------------------

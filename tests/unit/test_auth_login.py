@@ -16,7 +16,6 @@ from twisted.internet.task import Clock
 from studios_gateway.auth.authorizer import Authorizer
 from studios_gateway.auth.login import (
     Auth,
-    AuthSettings,
     Identity,
     Response,
     strip_auth_cookies,
@@ -28,6 +27,7 @@ from studios_gateway.auth.oidc import (
     OIDCError,
     TokenSet,
 )
+from studios_gateway.auth.settings import AuthSettings
 from studios_gateway.config import load_config
 from tests.support.auth_browser import Browser, Jar, request
 from tests.unit.test_auth_authorizer import record, store_with

@@ -17,7 +17,8 @@ from twisted.trial import unittest
 
 from studios_gateway.auth.authorizer import LOGOUT_RETRY, Authorizer
 from studios_gateway.auth.files import Journal
-from studios_gateway.auth.login import Auth, AuthSettings, Identity
+from studios_gateway.auth.login import Auth, Identity
+from studios_gateway.auth.settings import AuthSettings
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.memory import MemoryStore
 from tests.support.auth_browser import Browser, request
