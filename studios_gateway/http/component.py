@@ -21,11 +21,13 @@ from the config and the gateway's parts:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -62,6 +64,7 @@ class _RefusalGuard(Protocol):
         self.answered = False
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.inner.makeConnection(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
@@ -77,7 +80,7 @@ class _RefusalGuard(Protocol):
         elif not self.answered and reason is not None and reason.check(StreamReset):
             reason = Failure(ToolNotAnswering(f"the tool of studio {self.session_id} "
                                               "refused the connection"))
-        self.inner.connectionLost(reason)
+        self.inner.connectionLost(reason if reason is not None else Failure(ConnectionDone()))
 
 
 class TunnelUpstream:
@@ -96,11 +99,12 @@ class TunnelUpstream:
             stream.attach(_RefusalGuard(protocol, session_id))
             return protocol
 
-        def unreachable(f: Failure) -> None:
+        def unreachable(f: Failure) -> IProtocol:
             f.trap(StudioUnreachable)
-            raise StudioNotConnected(f.value.why)
+            err: Any = f.value
+            raise StudioNotConnected(err.why)
 
-        d = defer.maybeDeferred(self.dialer.dial, session_id, STREAM_TOOL)
+        d: Deferred[Any] = defer.maybeDeferred(self.dialer.dial, session_id, STREAM_TOOL)
         return d.addCallbacks(attach, unreachable)
 
 
@@ -113,7 +117,7 @@ def make_lookup(store: TunnelClaims, dialer: Dialer) -> Any:
                 return None
             if dialer.is_local(session_id):
                 return SessionInfo(session_id, record.tool, True)
-            d = defer.maybeDeferred(store.get_tunnel, session_id)
+            d: Deferred[Any] = defer.maybeDeferred(store.get_tunnel, session_id)
             d.addCallback(lambda holder: holder is not None)
             d.addErrback(lambda _: False)  # the registry is away: say "not connected"
             return d.addCallback(lambda bound: SessionInfo(session_id, record.tool, bound))
@@ -161,6 +165,7 @@ def check_certificate_names(cert_file: str, proxy_host: str, studios_domain: str
         return f"CONNECT_TLS_CERT_FILE={cert_file!r}: cannot read a PEM certificate ({e})"
 
     def covers(name: str) -> bool:
+        check: Callable[[Any, str], None]
         try:
             ipaddress.ip_address(name)
         except ValueError:

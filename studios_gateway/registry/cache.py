@@ -171,7 +171,7 @@ class CachingStore:
                 return f
             self.stale_served += 1
             self._log.debug("session registry unavailable ({reason}); serving the cached "
-                            "{what} of {session_id}", reason=f.value.reason, what=what,
+                            "{what} of {session_id}", reason=f.getErrorMessage(), what=what,
                             session_id=key)
             return stale.value
 
@@ -271,7 +271,7 @@ class CachingStore:
         return defer.maybeDeferred(self.inner.logged_out)
 
     def subscribe_logouts(self, callback: Invalidation) -> Callable[[], None]:
-        return self.inner.subscribe_logouts(callback)  # type: ignore[no-any-return]
+        return self.inner.subscribe_logouts(callback)
 
     def ping(self) -> Deferred[None]:
         return defer.maybeDeferred(self.inner.ping)

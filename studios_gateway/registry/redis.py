@@ -285,13 +285,13 @@ class _Factory(txredisapi.RedisFactory):
 
 
 class _Commands(txredisapi.RedisProtocol):
-    def connectionLost(self, why: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, why: Failure) -> None:
         self.factory.link.transport_lost(why)
         super().connectionLost(why)
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):
-    def connectionLost(self, why: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, why: Failure) -> None:
         self.factory.link.transport_lost(why)
         super().connectionLost(why)
 
@@ -397,7 +397,7 @@ class _Link:
         return d
 
     def transport_lost(self, why: Failure) -> None:
-        self._transport_error = why.getErrorMessage() or why.type.__name__
+        self._transport_error = why.getErrorMessage() or type(why.value).__name__
 
     def handshake_failed(self, why: str) -> None:
         if "Lost connection" in why and self._transport_error:
@@ -427,7 +427,7 @@ class _Link:
 
         def dead(f: Failure) -> None:
             if self.conn is conn:
-                self.last_error = f"PING failed: {f.getErrorMessage() or f.type.__name__}"
+                self.last_error = f"PING failed: {f.getErrorMessage() or type(f.value).__name__}"
                 self._log.warn("Redis {name} connection: {error}; dropping it", name=self.name,
                                error=self.last_error)
                 conn.transport.abortConnection()
@@ -454,7 +454,7 @@ class RedisStore:
         if clock is None:
             from twisted.internet import reactor
 
-            clock = reactor  # type: ignore[assignment]
+            clock = reactor
         self.address = address
         self.host, self.port = parse_address(address)
         self.user = user or None
@@ -466,7 +466,7 @@ class RedisStore:
         self.tls_cert_file = tls_cert_file
         self.tls_key_file = tls_key_file
         self.tls_ca_file = tls_ca_file
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.clock: IReactorTime = clock
         self.node_id = node_id or default_node_id()
         self.timeout = timeout
         self.ping_interval = ping_interval
@@ -662,8 +662,10 @@ class RedisStore:
         keys: dict[str, str] = {}
         cursor = "0"
         while True:
-            reply = yield self._call(what, lambda conn, c=cursor: conn.execute_command(
-                "SCAN", c, "MATCH", pattern, "COUNT", 1000))
+            def scan(conn: Any, c: str = cursor) -> Any:
+                return conn.execute_command("SCAN", c, "MATCH", pattern, "COUNT", 1000)
+
+            reply = yield self._call(what, scan)
             cursor = _text(reply[0])
             for key in reply[1]:
                 keys[_text(key)] = _text(key)[len(start):]
@@ -678,8 +680,10 @@ class RedisStore:
         records: list[SessionRecord] = []
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
-            values = yield self._call("list", lambda conn, c=chunk: conn.execute_command(
-                "MGET", *c))
+            def mget(conn: Any, c: list[str] = chunk) -> Any:
+                return conn.execute_command("MGET", *c)
+
+            values = yield self._call("list", mget)
             for key, value in zip(chunk, values, strict=True):
                 if value is None:
                     continue
