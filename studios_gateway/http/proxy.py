@@ -86,6 +86,9 @@ class UpstreamConnection(Protocol):
     """One connection to a tool. Belongs to a client connection while an exchange
     runs, to the pool while idle."""
 
+    # Set by makeConnection: a tunnel stream (or, in tests, a TCP connection), which is
+    # both the consumer of the request and the producer of the tool's answer.
+    transport: Any
     _log = Logger()
 
     def __init__(self, session_id: str, pool: IdlePool, max_head: int):
@@ -217,7 +220,7 @@ class ProxyFactory(Factory):
                              idle_timeout=upstream_idle_timeout)
         self.active: set[ProxyProtocol] = set()
 
-    def buildProtocol(self, addr: Any) -> ProxyProtocol:
+    def buildProtocol(self, addr: Any) -> ProxyProtocol:  # type: ignore[override]
         p = ProxyProtocol()
         p.factory = self
         return p
@@ -250,6 +253,10 @@ class ProxyFactory(Factory):
 
 class ProxyProtocol(Protocol):
     """One client connection: reads request heads, runs exchanges one at a time."""
+
+    # Set by makeConnection before any other event reaches the protocol: a TCP (or TLS)
+    # connection, which is also the producer the proxy pauses and resumes.
+    transport: Any
 
     _log = Logger()
     factory: ProxyFactory
