@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -115,10 +116,19 @@ class ManagementRoot(Resource):
         if api is not None:
             self.putChild(b"api", api)
 
+    @staticmethod
+    def is_open(path: bytes) -> bool:
+        """Whether a request target needs no key (only /live), split as twisted.web does."""
+        segments = path.split(b"?", 1)[0].split(b"/")[1:]
+        return bool(segments) and segments[0] == b"live"
+
     def authorized(self, request: Request) -> bool:
+        return self.key_matches(request.getHeader(b"authorization"))
+
+    def key_matches(self, header: bytes | str | None) -> bool:
         if self._key is None:
             return True
-        header = request.getHeader(b"authorization") or b""
+        header = header or b""
         if isinstance(header, str):
             header = header.encode()
         scheme, _, token = header.partition(b" ")
@@ -138,8 +148,57 @@ class ManagementRoot(Resource):
                                                   "/api/sessions"]})
 
 
+_REFUSAL = (b"HTTP/1.1 401 Unauthorized\r\n"
+            b'WWW-Authenticate: Bearer realm="studios-gateway management"\r\n'
+            b"Content-Type: application/json\r\n"
+            b"Cache-Control: no-store\r\n"
+            b"Connection: close\r\n")
+_REFUSAL_BODY = b'{"error": "missing or wrong bearer token"}\n'
+
+
+class ManagementChannel(HTTPChannel):
+    """Refuses a request without the key as soon as its head is complete.
+
+    twisted.web reads the whole body before a resource sees the request, so a caller
+    without the key could make the gateway buffer any amount; here the 401 goes out
+    when the headers end and the connection closes without reading the body.
+    """
+
+    site: ManagementSite
+    _refused = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        root = self.site.resource
+        request = self.requests[-1]
+        transport = self.transport
+        if (transport is not None and isinstance(root, ManagementRoot)
+                and not root.is_open(self._path)
+                and not root.key_matches(request.requestHeaders.getRawHeaders(
+                    b"authorization", [None])[0])):
+            self._refused = True
+            transport.write(_REFUSAL + b"Content-Length: %d\r\n\r\n" % len(_REFUSAL_BODY)
+                            + _REFUSAL_BODY)
+            transport.loseConnection()
+            return
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if not self._refused:  # a refused request without a body must not be rendered too
+            super().allContentReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if not self._refused:
+            super().rawDataReceived(data)
+
+
 class ManagementSite(Site):
     """The management site, without twisted.web's per-request access log lines."""
+
+    protocol = ManagementChannel  # type: ignore[assignment]
 
     def log(self, request: Any) -> None:
         pass

@@ -119,3 +119,39 @@ def test_installed_wheel_registers_the_plugin(tmp_path) -> None:
     help_out = subprocess.run([str(BIN / "twistd"), "studios-gateway", "--help"], env=env,
                               capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert "--ssh-max-connections" in help_out.stdout
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_a_body_without_the_key_is_refused_before_it_is_read(gateway: GatewayProcess) -> None:
+    """A 64 MiB POST without the key: 401 as soon as the head ends; the body is never read."""
+    size = 64 << 20
+    before = _rss_kib(gateway.proc.pid)
+    with socket.create_connection(("127.0.0.1", gateway.management_port), timeout=10) as sock:
+        sock.sendall(b"POST /api/sessions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % size)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)  # times out (fails) if the gateway waits for the body
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 401 "), answer
+        assert b"Bearer" in answer
+        sent = 0
+        chunk = b"x" * (1 << 20)
+        try:
+            while sent < size:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the gateway closed the connection: what is wanted
+    assert sent < size, "the gateway kept reading the body"
+    assert _rss_kib(gateway.proc.pid) - before < 16 * 1024
+    assert gateway.request("/ready", auth=False)[0] == 401
+    assert gateway.request("/live", method="POST", auth=False)[0] in (200, 405)
