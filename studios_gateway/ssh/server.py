@@ -49,7 +49,7 @@ from studios_gateway.ssh.channels import (
     OpenRefused,
     conch_log,
 )
-from studios_gateway.ssh.framing import PacketFraming
+from studios_gateway.ssh.framing import GCM_CIPHERS, PacketFraming
 from studios_gateway.ssh.keys import KeysUnavailable, UserKeys, fingerprint
 from studios_gateway.ssh.policy import (
     ConnectionLimiter,
@@ -64,6 +64,7 @@ from studios_gateway.waiters import EmptyWaiters
 
 __all__ = [
     "CIPHERS",
+    "INNER_CIPHERS",
     "KEX",
     "MACS",
     "GatewaySSHFactory",
@@ -76,7 +77,12 @@ log = Logger(namespace="studios_gateway.ssh")
 #: Key exchanges, best first; all are in OpenSSH 9's defaults (mlkem from 9.9).
 KEX = [b"mlkem768x25519-sha256", b"curve25519-sha256", b"curve25519-sha256@libssh.org",
        b"ecdh-sha2-nistp256", b"ecdh-sha2-nistp384", b"ecdh-sha2-nistp521"]
-CIPHERS = [b"aes128-ctr", b"aes256-ctr", b"aes192-ctr"]
+#: Offered to users. OpenSSH takes the first of its own list we have: aes128-ctr by
+#: default (it lists CTR before GCM); GCM is there for clients that ask for it.
+CIPHERS = [b"aes128-ctr", b"aes256-ctr", b"aes192-ctr", *GCM_CIPHERS]
+#: Gateway -> studio, where we choose (the client's order wins): GCM first, one AEAD
+#: call per packet instead of CTR + HMAC; CTR still agreed with an older studio.
+INNER_CIPHERS = [*GCM_CIPHERS, b"aes128-ctr", b"aes256-ctr", b"aes192-ctr"]
 MACS = [b"hmac-sha2-256", b"hmac-sha2-512"]
 HOST_KEY_ALGORITHMS = [b"ssh-ed25519", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384",
                        b"ecdsa-sha2-nistp521", b"rsa-sha2-512", b"rsa-sha2-256"]
@@ -801,7 +807,7 @@ class UpstreamTransport(PacketFraming, transport.SSHClientTransport):
         super().__init__()
         self.supportedKeyExchanges = _supported([b"curve25519-sha256"] + KEX,
                                                 self.supportedKeyExchanges)
-        self.supportedCiphers = CIPHERS
+        self.supportedCiphers = INNER_CIPHERS
         self.supportedMACs = MACS
         self.supportedCompressions = [b"none"]
         self.supportedPublicKeys = _supported(HOST_KEY_ALGORITHMS, self.supportedPublicKeys)

@@ -66,7 +66,7 @@ from studios_gateway.ssh.channels import (
 )
 from studios_gateway.ssh.framing import PacketFraming
 from studios_gateway.ssh.keys import fingerprint
-from studios_gateway.ssh.server import CIPHERS, HOST_KEY_ALGORITHMS, KEX, MACS, _supported
+from studios_gateway.ssh.server import HOST_KEY_ALGORITHMS, INNER_CIPHERS, KEX, MACS, _supported
 from studios_gateway.wire.splice import SpliceEnd, join
 
 __all__ = ["StudioSSHServer"]
@@ -645,7 +645,7 @@ class _StudioTransport(PacketFraming, transport.SSHServerTransport):
     def __init__(self) -> None:
         super().__init__()
         self.supportedKeyExchanges = _supported(KEX, self.supportedKeyExchanges)
-        self.supportedCiphers = CIPHERS
+        self.supportedCiphers = INNER_CIPHERS
         self.supportedMACs = MACS
         self.supportedCompressions = [b"none"]
 

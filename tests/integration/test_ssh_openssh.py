@@ -145,6 +145,16 @@ def test_exec_output_and_exit_status(gw: Gateway) -> None:
     assert "oops" in r.stderr
 
 
+@pytest.mark.parametrize("cipher", ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"])
+def test_openssh_asking_for_aes_gcm(gw: Gateway, cipher: str) -> None:
+    # Our own GCM framing against OpenSSH's, on the user's hop (the gateway -> studio
+    # hop uses it in every test); 300 KB of output crosses several packets.
+    r = gw.run("alice@abcd", "head -c 300000 /dev/zero | tr '\\0' x; echo; echo done",
+               "-c", cipher)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "x" * 300000 + "\ndone\n"
+
+
 def test_allow_listed_user(gw: Gateway) -> None:
     r = gw.run("carol@abcd", "echo $USER-ok", key="carol_key")
     assert r.returncode == 0 and r.stdout.strip().endswith("-ok"), r.stderr

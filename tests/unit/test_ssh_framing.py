@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from twisted.conch.ssh import transport
 from twisted.internet.testing import StringTransport
 
-from studios_gateway.ssh.framing import PacketFraming
+from studios_gateway.ssh.framing import AEADCiphers, PacketFraming
 
 KEYS = [os.urandom(32) for _ in range(6)]
 
@@ -43,7 +43,7 @@ def _pair(sender_cls: type[_Stock], receiver_cls: type[_Stock],
         t._keyExchangeState = t._KEY_EXCHANGE_NONE
         t.outgoingPacketSequence = t.incomingPacketSequence = 0
         t.outgoingCompression = t.incomingCompression = None
-        enc = transport.SSHCiphers(cipher, cipher, mac, mac)
+        enc = AEADCiphers(cipher, cipher, mac, mac)
         out, inn = (KEYS[:3], KEYS[3:]) if mine else (KEYS[3:], KEYS[:3])
         enc.setKeys(out[0][:16], out[1], inn[0][:16], inn[1], out[2], inn[2])
         t.currentEncryptions = enc
@@ -83,6 +83,38 @@ def test_any_split_of_the_input(cuts: list[int]) -> None:
         assert not hasattr(b, "first")  # Conch's own reader (which sets it) was not used
         pos, i = pos + step, i + 1
     assert [p for _, p in b.got] == PAYLOADS
+
+
+GCM = [b"aes128-gcm@openssh.com", b"aes256-gcm@openssh.com"]
+
+
+@pytest.mark.parametrize("cipher", GCM)
+def test_gcm_round_trip(cipher: bytes) -> None:
+    a, b = _pair(_Fast, _Fast, cipher)
+    for p in PAYLOADS:
+        a.sendPacket(94, p)
+    wire = a.transport.value()
+    # Length in clear, a multiple of the block size; 16-byte tag; nothing of the payload.
+    assert int.from_bytes(wire[:4], "big") % 16 == 0
+    assert PAYLOADS[-1][:64] not in wire
+    for i in range(0, len(wire), 777):
+        b.dataReceived(wire[i:i + 777])
+    assert [p for _, p in b.got] == PAYLOADS and b.disconnects == []
+    # The nonce counts packets: a replayed packet does not verify.
+    b.dataReceived(wire[:4 + int.from_bytes(wire[:4], "big") + 16])
+    assert b.disconnects == [b"bad MAC"]
+
+
+def test_gcm_refuses_a_bad_tag_and_a_bad_length() -> None:
+    a, b = _pair(_Fast, _Fast, GCM[0])
+    a.sendPacket(94, b"hello")
+    wire = bytearray(a.transport.value())
+    wire[10] ^= 1
+    b.dataReceived(bytes(wire))
+    assert b.got == [] and b.disconnects == [b"bad MAC"]
+    a, b = _pair(_Fast, _Fast, GCM[0])
+    b.dataReceived((20).to_bytes(4, "big") + b"\0" * 40)
+    assert b.disconnects == [b"bad packet length 20"]
 
 
 def test_a_bad_mac_disconnects_and_dispatches_nothing() -> None:
