@@ -6,14 +6,16 @@ file system made here with mmdebstrap and imported into podman (`--build-arg BAS
 JupyterLab image is built offline: its pip installer (INSTALLER=pip, the small
 requirements-core.txt) takes every wheel from the build context (PIP_OPTIONS=--no-index),
 where templates/make-wheels put them; Xpra comes from Debian's archive. Each container runs
-on the host's network with only CONNECT_STRING set; its entry point (`studios-connect --tool
-<tool>`) starts the tool through the preset and binds. Skipped where podman cannot run
-containers. The base image is kept for later runs; the built images are removed.
+in a network namespace of its own (slirp4netns) with only CONNECT_STRING set; its entry
+point (`studios-connect --tool <tool>`) starts the tool through the preset and binds.
+Skipped where podman cannot run containers. The base image is kept for later runs; the
+built images are removed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.slow
 
 BASE = "localhost/studios-templates-base:bookworm"
 KEY = "templates-test-key"
+HOST_FROM_CONTAINER = "10.0.2.2"  # slirp4netns's address for the host's loopback
 
 
 def podman(*args: str, timeout: float = 120, check: bool = True
@@ -43,7 +46,7 @@ def podman(*args: str, timeout: float = 120, check: bool = True
 
 def containers_run() -> str | None:
     """Why containers cannot run here (None: they can)."""
-    for tool in ("podman", "mmdebstrap"):
+    for tool in ("podman", "mmdebstrap", "slirp4netns"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (scripts/setup --test installs it)"
     info = subprocess.run(["podman", "info"], capture_output=True, text=True, timeout=60)
@@ -142,8 +145,14 @@ def test_the_image_runs_behind_a_real_gateway(image: tuple[str, str], tmp_path: 
         created = json.loads(body)
         assert (created["tool"], created["tool_version"], created["connect_version"]) == \
             (tool, version, "0.12.0")  # from the image's name and tag
-        podman("run", "--detach", "--name", container, "--network", "host",
-               "--env", f"CONNECT_STRING={created['connect_string']}", ref)
+        # A network namespace of its own (X servers' abstract sockets, ports), from which
+        # the host's loopback, where the gateway listens, is 10.0.2.2; the pin in the
+        # connect string is what the client checks, not the host name.
+        connect = re.sub(r"@[^@:/]+:", f"@{HOST_FROM_CONTAINER}:", created["connect_string"])
+        assert HOST_FROM_CONTAINER in connect, created["connect_string"]
+        podman("run", "--detach", "--name", container,
+               "--network", "slirp4netns:allow_host_loopback=true",
+               "--env", f"CONNECT_STRING={connect}", ref)
         shown = wait_for_tool_version(gw, created["id"], container)
         assert shown["tunnel"]["tool_version"] == version  # what the preset found installed
         assert shown["image"] == ref
