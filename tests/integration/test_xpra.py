@@ -116,3 +116,28 @@ def test_the_html5_client_draws_the_xterm_and_typed_keys_run_a_command(xpra: Too
         browser.stop()
     assert len(png) > 10_000 and png_colours(png) > 20, (len(png), png_colours(png))
     assert os.path.getsize(marker) == 0
+
+
+def test_a_command_of_ones_own_runs_inside_xpra_and_ends_the_studio_with_it(
+        tmp_path: Path) -> None:
+    """`studios-connect --tool xpra -- PROGRAM`: the preset wraps the program in an Xpra
+    session (subdomain mode) and says so in one line; when the program exits, so do the
+    session and the studio, with status 0, leaving nothing behind."""
+    (tmp_path / "runtime").mkdir(mode=0o700)
+    env = {"XDG_RUNTIME_DIR": str(tmp_path / "runtime")}
+    home = tmp_path / "home"
+    program = ["sh", "-c", f"touch {home}/running; while [ ! -e {home}/stop ]; do sleep 0.2; done"]
+    with tool_studio(tmp_path, "xpra", "subdomain", "", extra_env=env,
+                     command=program) as studio:
+        lines = [line for line in studio.client.output().splitlines() if "xpra preset:" in line]
+        assert len(lines) == 1, lines
+        assert "xpra preset: your command runs inside Xpra: `xpra start :" in lines[0]
+        assert "--exit-with-children=yes" in lines[0] and "'--start-child=sh -c " in lines[0]
+        assert studio.browser.get(studio.url()).status == 200
+        deadline = time.monotonic() + 60
+        while not (home / "running").exists():  # Xpra started the program
+            assert time.monotonic() < deadline, studio.client.output()[-3000:]
+            time.sleep(0.25)
+        (home / "stop").touch()  # the program ends: the session and the studio end
+        studio.client.proc.wait(timeout=60)
+        assert studio.client.proc.returncode == 0, studio.client.output()[-3000:]

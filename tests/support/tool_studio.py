@@ -80,8 +80,9 @@ class ToolStudio:
 def tool_studio(tmp: Path, tool: str, mode: str, ready_path: str, *,
                 extra_env: dict[str, str] | None = None,
                 client_env: Callable[[dict[str, str], dict[str, Any]], dict[str, str]]
-                | None = None, timeout: float = 180) -> Iterator[ToolStudio]:
-    """Gateway + `studios-connect --tool <tool>`; yields once `ready_path` answers 200
+                | None = None, command: list[str] | None = None,
+                timeout: float = 180) -> Iterator[ToolStudio]:
+    """Gateway + `studios-connect --tool <tool> [-- command]`; yields once `ready_path` answers 200
     through the gateway (the tool is really serving, not just connected). `client_env`
     (the gateway's environment, the created session) adds to the client's environment."""
     env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
@@ -102,7 +103,8 @@ def tool_studio(tmp: Path, tool: str, mode: str, ready_path: str, *,
         more = client_env(env, created) if client_env is not None else {}
         client = Connect(tmp, created["connect_string"], free_port(),
                          extra_env={"HOME": str(home), **(extra_env or {}), **more},
-                         args=["--tool", tool], name=f"connect-{tool}-{mode}")
+                         args=["--tool", tool, *(["--", *command] if command else [])],
+                         name=f"connect-{tool}-{mode}")
         stoppers.append(client.stop)
         browser = Browser()
         deadline = time.monotonic() + timeout

@@ -123,7 +123,9 @@ def test_xpra_has_its_own_display_an_xterm_and_stops_with_xpra_stop() -> None:
     wrapped = build("xpra", ["igv", "--batch", "x y"], place=SUB)
     assert wrapped.argv[:5] == ["xpra", "start", ":100", "--start-child=igv --batch 'x y'",
                                 "--exit-with-children=yes"]
-    assert "runs igv --batch x y inside Xpra" in wrapped.added
+    assert wrapped.wrapped and not launch.wrapped
+    line = describe(PRESETS["xpra"], wrapped, given=True)
+    assert line.startswith("xpra preset: your command runs inside Xpra: `xpra start :100 ")
     theirs = build("xpra", ["xpra", "start", ":7", "--bind-tcp=127.0.0.1:6000"], place=SUB)
     assert theirs.port == 6000 and theirs.stop_argv == ["xpra", "stop", ":7"]
     assert ":100" not in theirs.argv
@@ -131,7 +133,8 @@ def test_xpra_has_its_own_display_an_xterm_and_stops_with_xpra_stop() -> None:
 
 def test_free_display_skips_sockets_and_lock_files() -> None:
     taken = {"/tmp/.X11-unix/X100", "/tmp/.X101-lock"}
-    assert free_display(taken.__contains__) == 102
+    assert free_display(taken.__contains__, first=100) == 102
+    assert 100 <= free_display(lambda path: False) < 500
 
 
 def test_given_and_port_in() -> None:

@@ -72,6 +72,7 @@ class Launch:
     added: list[str] = field(default_factory=list)
     stop_argv: list[str] | None = None  # run on shutdown before the tool is signalled
     foreign: bool = False  # the command is not the tool: nothing could be added
+    wrapped: bool = False  # the command is not the tool: it runs inside it (Xpra)
 
 
 def given(argv: Sequence[str], names: Sequence[str]) -> str | None:
@@ -164,11 +165,11 @@ class Preset:
         argv = self.default_command(place) if default else list(command)
         notes: list[str] = []
         n = self.head(argv)
+        wrapped = None
         if n is None:
             wrapped = self.wrap(argv, place)
             if wrapped is None:
                 return Launch(argv, place.port, place.workdir, foreign=True)
-            notes.append(f"runs {' '.join(argv)} inside {self.title}")
             argv, n = wrapped, self.head(wrapped)
             assert n is not None
         head, rest = argv[:n], argv[n:]
@@ -189,7 +190,7 @@ class Preset:
             rest += flag.args()
             notes.append(" ".join(flag.args()))
         return Launch([*head, *rest], port, place.workdir, notes,
-                      stop_argv=self.stop_argv(head, rest))
+                      stop_argv=self.stop_argv(head, rest), wrapped=wrapped is not None)
 
 
 Runner = Callable[[Sequence[str]], str]

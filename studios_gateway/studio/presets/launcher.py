@@ -49,6 +49,9 @@ def describe(preset: Preset, launch: Launch, given: bool, version: str = "") -> 
                 f"CONNECT_TOOL_PORT={launch.port} yourself)")
     if not given:
         return f"{preset.tool} preset: starting `{shlex.join(launch.argv)}`; {where}"
+    if launch.wrapped:
+        return (f"{preset.tool} preset: your command runs inside {preset.title}: "
+                f"`{shlex.join(launch.argv)}`; {where}")
     if not launch.added:
         return f"{preset.tool} preset: your command has everything it needs; adding nothing"
     return f"{preset.tool} preset: added {' '.join(launch.added)} to your command; {where}"

@@ -22,10 +22,14 @@ FIRST_DISPLAY = 100
 X_SOCKETS = "/tmp/.X11-unix"  # noqa: S108 - where every X server puts its socket
 
 
-def free_display(exists: Callable[[str], bool] = os.path.exists, first: int = FIRST_DISPLAY
+def free_display(exists: Callable[[str], bool] = os.path.exists, first: int | None = None
                  ) -> int:
-    """The first display number from ``first`` with no X socket and no lock file."""
-    n = first
+    """The first display number from ``first`` with no X socket and no lock file.
+
+    By default the search starts at 100 plus our pid modulo 400: two studios starting at
+    the same moment on one machine (tests; a container has one) rarely try the same number.
+    """
+    n = FIRST_DISPLAY + os.getpid() % 400 if first is None else first
     while exists(f"{X_SOCKETS}/X{n}") or exists(f"/tmp/.X{n}-lock"):  # noqa: S108
         n += 1
     return n
