@@ -35,7 +35,7 @@ from studios_gateway.wire.sockopts import (
     write_through,
 )
 from studios_gateway.wire.splice import SpliceEnd, join
-from studios_gateway.wire.tls import client_options
+from studios_gateway.wire.tls import PinMismatch, client_options, handshake_failure
 
 BACKOFF_BASE = 0.5
 # The ceiling of the back-off. With full jitter a client waits 0..8 s between
@@ -386,8 +386,16 @@ class ConnectClient(Service):
             # ConnectingCancelledError): nothing to say, nothing to retry.
             if self.running and not f.check(defer.CancelledError,
                                             error.ConnectingCancelledError):
-                self._log.info("cannot reach gateway {gw}: {why}", gw=str(gateway),
-                               why=f.getErrorMessage())
+                why = handshake_failure(f)  # a wss carrier's TLS fails here
+                if why is not None and f.check(PinMismatch):
+                    self._stop_for(f"cannot verify gateway {gateway}: {why}")
+                    return
+                if why is not None:
+                    self._log.error("cannot verify gateway {gw}: {why}; trying again",
+                                   gw=str(gateway), why=why)
+                else:
+                    self._log.info("cannot reach gateway {gw}: {why}", gw=str(gateway),
+                                   why=f.getErrorMessage())
                 self._gateway_index += 1  # the next attempt tries the next gateway listed
                 self._retry()
 
@@ -473,12 +481,16 @@ class ConnectClient(Service):
             if refusal.code == "unknown_session" and self.settings.unknown_session_wait > 0:
                 message += (f" (for {self.settings.unknown_session_wait:.0f}s, "
                             "CONNECT_UNKNOWN_SESSION_WAIT); giving up")
-            self._log.error("{message}; not retrying", message=message)
-            self._set_state("refused", "stopped: {message}", message=message)
-            if self.on_fatal is not None:
-                self.on_fatal(message)
+            self._stop_for(message)
             return
-        if refusal is not None:
+        why = handshake_failure(reason) if refusal is None and protocol.reply is None else None
+        if why is not None and reason is not None and reason.check(PinMismatch):
+            self._stop_for(f"cannot verify gateway {protocol.gateway}: {why}")
+            return
+        if why is not None:
+            self._log.error("cannot verify gateway {gw}: {why}; trying again",
+                           gw=str(protocol.gateway), why=why)
+        elif refusal is not None:
             self._log.warn("the gateway refused the bind for now: {code}: {reason}",
                            code=refusal.code, reason=refusal.reason)
         elif self.state == "bound":
@@ -486,6 +498,13 @@ class ConnectClient(Service):
                            why=reason.getErrorMessage() if reason else "closed")
         self._gateway_index += 1
         self._retry()
+
+    def _stop_for(self, message: str) -> None:
+        """A final failure: say why, stop retrying, tell the owner (studios-connect exits)."""
+        self._log.error("{message}; not retrying", message=message)
+        self._set_state("refused", "stopped: {message}", message=message)
+        if self.on_fatal is not None:
+            self.on_fatal(message)
 
     def _still_waiting_for_session(self) -> bool:
         """unknown_session heard now: whether the wait for the session still runs."""

@@ -89,6 +89,22 @@ def server_options(cert_path: str | Path, key_path: str | Path) -> ssl.Certifica
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
 
 
+class PinMismatch(SSL.Error):
+    """The gateway's certificate is not the pinned one: retrying cannot help."""
+
+    def __init__(self, expected: str, seen: str):
+        self.message = (f"the gateway's tunnel certificate is {seen}, not the pinned {expected} "
+                        "(the connect string's pin is wrong or the gateway's certificate "
+                        "changed: take a new connect string)")
+        # Shaped like OpenSSL's error queue, which Twisted's TLS layer reads.
+        super().__init__([("studios-gateway", "pin check", self.message)])
+        self.expected = expected
+        self.seen = seen
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @implementer(IOpenSSLClientConnectionCreator)
 class PinnedClientTLS:
     """Client TLS that accepts exactly one server certificate, by SHA-256 fingerprint."""
@@ -97,6 +113,7 @@ class PinnedClientTLS:
         if not pin.startswith(PIN_PREFIX) or len(pin) != len(PIN_PREFIX) + 64:
             raise ValueError(f"a pin of the form {PIN_PREFIX}<64 hex digits>")
         self._digest = bytes.fromhex(pin[len(PIN_PREFIX):])
+        self._pin = pin
         self._ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         self._ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         # Free OpenSSL's ~32 KiB of record buffers while the tunnel is idle, as
@@ -109,7 +126,12 @@ class PinnedClientTLS:
         if depth != 0:
             return True  # only the leaf matters; it is compared below
         der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
-        return hmac.compare_digest(hashlib.sha256(der).digest(), self._digest)
+        digest = hashlib.sha256(der).digest()
+        if hmac.compare_digest(digest, self._digest):
+            return True
+        # pyOpenSSL re-raises this from the handshake, and Twisted hands it (an SSL.Error)
+        # to the protocol's connectionLost: the client can tell a wrong pin from a fault.
+        raise PinMismatch(self._pin, PIN_PREFIX + digest.hex())
 
     def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         conn = SSL.Connection(self._ctx, None)
@@ -122,3 +144,19 @@ def client_options(host: str, pin: str | None) -> IOpenSSLClientConnectionCreato
     if pin:
         return PinnedClientTLS(pin)
     return ssl.optionsForClientTLS(host)
+
+
+def handshake_failure(reason: object) -> str | None:
+    """Why a TLS handshake failed, in words, when `reason` (a Failure) says it did."""
+    from service_identity import VerificationError
+    from twisted.python.failure import Failure
+
+    if not isinstance(reason, Failure):
+        return None
+    if reason.check(PinMismatch):
+        return str(reason.value)
+    if reason.check(VerificationError):
+        return f"the gateway's certificate is not for this host name: {reason.getErrorMessage()}"
+    if reason.check(SSL.Error):
+        return f"the TLS handshake failed: {reason.getErrorMessage()}"
+    return None

@@ -239,3 +239,39 @@ def test_redis_restart_needs_no_gateway_restart(tmp_path) -> None:
         if d is not None:
             d.stop()
         redis.stop()
+
+
+def test_a_wrong_pin_stops_the_client_with_the_reason(deployment: Deployment) -> None:
+    """The gateway's certificate is not the pinned one: said once, plainly, and final."""
+    created = deployment.create()
+    real = created["connect_string"].split("pin=sha256:")[1][:64]
+    wrong = "0" * 64 if real != "0" * 64 else "1" * 64
+    bad = created["connect_string"].replace(real, wrong)
+    _, client = deployment.studio(created, connect_string=bad,
+                                  CONNECT_CLIENT_LOG_LEVEL="error")
+    assert client.proc.wait(timeout=30) == 2, client.output()
+    out = client.output()
+    assert f"not the pinned sha256:{wrong}" in out, out
+    assert f"sha256:{real}" in out, out
+    assert out.count("not the pinned") <= 3, out  # log line, final state, exit message
+
+
+def test_an_unverifiable_certificate_is_said_at_every_attempt(tmp_path) -> None:
+    """An unpinned tunnel whose certificate does not verify: retried, each time saying why,
+    even with the log level at error."""
+    d = Deployment(tmp_path)
+    try:
+        created = d.create()
+        tunnel_port = d.env["CONNECT_TUNNEL_PORT"]
+        # No pin: the client checks the chain and the name (127.0.0.1 is not a name the
+        # self-signed certificate can be trusted for), so every attempt fails the same way.
+        unpinned = f"studios-connect://{created['id']}:{created['token']}@127.0.0.1:{tunnel_port}/"
+        _, client = d.studio(created, connect_string=unpinned, CONNECT_CLIENT_LOG_LEVEL="error")
+        deadline = time.monotonic() + 20
+        while client.output().count("cannot verify gateway") < 2:
+            assert client.proc.poll() is None, client.output()
+            assert time.monotonic() < deadline, client.output()
+            time.sleep(0.2)
+        assert "TLS handshake failed" in client.output() or "host name" in client.output()
+    finally:
+        d.stop()
