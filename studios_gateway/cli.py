@@ -153,6 +153,12 @@ def sessions_users(args: argparse.Namespace) -> int:
     return 0
 
 
+def sessions_link(args: argparse.Namespace) -> int:
+    minted = api_call(args, "POST", f"/api/sessions/{args.id}/login-links", {"user": args.user})
+    print(minted["login_link"])
+    return 0
+
+
 def sessions_delete(args: argparse.Namespace) -> int:
     api_call(args, "DELETE", f"/api/sessions/{args.id}")
     print(f"session {args.id} ended")
@@ -222,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("users", nargs="*", metavar="USER", help="the allowed users (none: only "
                                                             "the owner)")
     u.set_defaults(func=sessions_users)
+    lk = action("link", help="print a one-time login link for the owner or an allowed user "
+                             "(gateways without an OpenID issuer; the connect token is kept)")
+    lk.add_argument("id")
+    lk.add_argument("user", metavar="USER")
+    lk.set_defaults(func=sessions_link)
     d = action("delete", help="end a session and close its tunnel")
     d.add_argument("id")
     d.set_defaults(func=sessions_delete)

@@ -491,7 +491,8 @@ def build_management(config: Config, reactor: Any, store: SessionStore, table: T
                            else auth.mint_login_link(sid, new.record.owner)),
         }
 
-    api = make_api(sessions, present)
+    api = make_api(sessions, present,
+                   None if auth.settings.issuer else auth.mint_login_link)
     for name, child in api_mounts.items():
         api.putChild(name, child)
     root = ManagementRoot(auth_key=config.management_auth_key, health=health,

@@ -9,6 +9,10 @@
                                   the list lose their open connections
   DELETE /api/sessions/{id}       end it (its tunnel is closed)
   POST   /api/sessions/{id}/token mint a new connect token (the old one stops working)
+  POST   /api/sessions/{id}/login-links
+                                  a one-time login link for a user of the session (JSON:
+                                  user; the owner or an allowed user); without an OpenID
+                                  issuer only; the connect token is not touched
 
 Authentication is the management root's (bearer key).
 """
@@ -31,6 +35,7 @@ from studios_gateway.management.sessions import (
     Sessions,
     validate_change,
     validate_create,
+    validate_login_link,
 )
 from studios_gateway.registry.base import SessionExists, StoreUnavailable
 
@@ -98,11 +103,18 @@ class _Async(Resource):
 AsyncResource = _Async
 
 
+#: login_link(session id, user) -> a one-time login URL; None when an OpenID issuer logs
+#: users in (the gateway mints no links then).
+LoginLinks = Callable[[str, str], str] | None
+
+
 class SessionsResource(_Async):
-    def __init__(self, sessions: Sessions, present: Callable[[NewSession], dict[str, Any]]):
+    def __init__(self, sessions: Sessions, present: Callable[[NewSession], dict[str, Any]],
+                 login_link: LoginLinks = None):
         super().__init__()
         self._sessions = sessions
         self._present = present
+        self._login_link = login_link
 
     def render(self, request: Request) -> Any:
         path = [p for p in request.postpath or [] if p]
@@ -123,6 +135,9 @@ class SessionsResource(_Async):
         elif len(path) == 2 and path[1] == b"token" and method == b"POST":
             sid = path[0].decode("ascii", "replace")
             return self._run(request, lambda: self._rotate(sid))
+        elif len(path) == 2 and path[1] == b"login-links" and method == b"POST":
+            sid = path[0].decode("ascii", "replace")
+            return self._run(request, lambda: self._link(request, sid))
         request.setResponseCode(405 if len(path) <= 2 else 404)
         request.setHeader(b"content-type", b"application/json")
         return b'{"error": "no such endpoint or method"}\n'
@@ -164,8 +179,24 @@ class SessionsResource(_Async):
             return 404, {"error": f"no session {sid}"}
         return 200, self._present(new)
 
+    @defer.inlineCallbacks
+    def _link(self, request: Request, sid: str) -> Any:
+        user = validate_login_link(_read_json(request))
+        if self._login_link is None:
+            return 409, {"error": "users log in through the OpenID issuer "
+                                  "(PLATFORM_URL or CONNECT_OIDC_ISSUER_URL); the "
+                                  "gateway mints no login links"}
+        allowed = yield self._sessions.may_use(sid, user)
+        if allowed is None:
+            return 404, {"error": f"no session {sid}"}
+        if not allowed:
+            return 403, {"error": f"{user} is neither the owner of session {sid} nor on its "
+                                  "allow-list (add them with PATCH allowed_users first)"}
+        return 201, {"id": sid, "user": user, "login_link": self._login_link(sid, user)}
 
-def make_api(sessions: Sessions, present: Callable[[NewSession], dict[str, Any]]) -> Resource:
+
+def make_api(sessions: Sessions, present: Callable[[NewSession], dict[str, Any]],
+             login_link: LoginLinks = None) -> Resource:
     api = Resource()
-    api.putChild(b"sessions", SessionsResource(sessions, present))
+    api.putChild(b"sessions", SessionsResource(sessions, present, login_link))
     return api

@@ -154,6 +154,19 @@ def validate_change(body: Any) -> dict[str, Any]:
     return {"allowed_users": _allowed_users(body["allowed_users"])}
 
 
+def validate_login_link(body: Any) -> str:
+    """Check a POST /api/sessions/{id}/login-links body; return the user named."""
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object")
+    unknown = set(body) - {"user"}
+    if unknown:
+        raise RequestError(f"unknown fields: {', '.join(sorted(unknown))}")
+    user = body.get("user")
+    if not isinstance(user, str) or not USER.fullmatch(user):
+        raise RequestError("user is required: a user name of letters, digits and ._@+-")
+    return user
+
+
 class Sessions:
     """Session lifecycle for the admin API."""
 
@@ -206,6 +219,14 @@ class Sessions:
         token = new_token()
         yield self._store.update(replace(record, token_hash=hash_token(token)))
         return NewSession(record, token)
+
+    @defer.inlineCallbacks
+    def may_use(self, session_id: str, user: str) -> Any:
+        """None without such a session, else whether `user` is its owner or allow-listed."""
+        record = yield self._store.get(session_id)
+        if record is None:
+            return None
+        return user == record.owner or user in record.allowed_users
 
     @defer.inlineCallbacks
     def change(self, session_id: str, fields: dict[str, Any]) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.gateway import GatewayProcess, base_env
+from tests.support.gateway import BIN, REPO, GatewayProcess, base_env
 from tests.support.redis_server import RedisServer, redis_available
 from tests.support.studio import Connect, CuttableRelay, Tool
 from tests.support.web import Browser
@@ -275,3 +276,27 @@ def test_an_unverifiable_certificate_is_said_at_every_attempt(tmp_path) -> None:
         assert "TLS handshake failed" in client.output() or "host name" in client.output()
     finally:
         d.stop()
+
+
+def test_a_login_link_for_an_allowed_user_from_the_cli(deployment: Deployment) -> None:
+    """`studios-gateway sessions link ID USER` mints bob's link; the studio keeps its token."""
+    created = deployment.create(allowed_users=["bob"])
+    deployment.studio(created)
+    wait_connected(deployment.gw, created["id"])
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+           "CONNECT_MANAGEMENT_PORT": str(deployment.gw.management_port),
+           "CONNECT_MANAGEMENT_AUTH_KEY": KEY}
+
+    def link(user: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "studios-gateway"), "sessions", "link", created["id"],
+                               user], env=env, capture_output=True, text=True, timeout=60)
+
+    minted = link("bob")
+    assert minted.returncode == 0, minted.stderr
+    reply = deployment.browser.use_login_link(minted.stdout.strip())
+    assert reply.status == 200, (reply.status, reply.text[:500])
+    info = deployment.browser.get(deployment.url(created, "/api/info"))
+    assert info.json()["headers"]["x-connect-sub"] == ["bob"]
+    refused = link("mallory")
+    assert refused.returncode == 1 and "403" in refused.stderr and "mallory" in refused.stderr
+    wait_connected(deployment.gw, created["id"])  # the connect token still binds

@@ -52,3 +52,41 @@ def test_patch_refuses_other_fields_bad_names_and_unknown_sessions() -> None:
     assert call(api, "PATCH", "/api/sessions/abc", {})[0] == 400
     assert call(api, "PATCH", "/api/sessions/nope", {"allowed_users": []})[0] == 404
     assert revoked == []
+
+
+def _with_links(links: Any) -> tuple[Any, MemoryStore]:
+    store = MemoryStore(Clock())
+    api = make_api(Sessions(store, clock=Clock()), lambda new: {"id": new.record.id}, links)
+    assert call(api, "POST", "/api/sessions",
+                {"id": "abc", "owner": "alice", "allowed_users": ["bob"]})[0] == 201
+    return api, store
+
+
+def test_login_links_for_the_owner_and_allowed_users_only() -> None:
+    minted: list[tuple[str, str]] = []
+
+    def link(sid: str, user: str) -> str:
+        minted.append((sid, user))
+        return f"https://gw/_connect/link?token={sid}-{user}"
+
+    api, store = _with_links(link)
+    token_hash = store.get("abc").result.token_hash  # type: ignore[union-attr]
+    for user in ("alice", "bob"):
+        status, body = call(api, "POST", "/api/sessions/abc/login-links", {"user": user})
+        assert status == 201, body
+        assert body == {"id": "abc", "user": user,
+                        "login_link": f"https://gw/_connect/link?token=abc-{user}"}
+    status, body = call(api, "POST", "/api/sessions/abc/login-links", {"user": "mallory"})
+    assert status == 403 and "mallory" in body["error"] and "allow-list" in body["error"]
+    assert call(api, "POST", "/api/sessions/nope/login-links", {"user": "bob"})[0] == 404
+    assert call(api, "POST", "/api/sessions/abc/login-links", {"user": "a b"})[0] == 400
+    assert call(api, "POST", "/api/sessions/abc/login-links", {})[0] == 400
+    assert minted == [("abc", "alice"), ("abc", "bob")]
+    # the studio's connect token is untouched
+    assert store.get("abc").result.token_hash == token_hash  # type: ignore[union-attr]
+
+
+def test_login_links_are_refused_when_an_issuer_logs_users_in() -> None:
+    api, _ = _with_links(None)
+    status, body = call(api, "POST", "/api/sessions/abc/login-links", {"user": "alice"})
+    assert status == 409 and "OpenID issuer" in body["error"]
