@@ -1,12 +1,15 @@
 """Which studio a request is for: pure functions of the Host header and the request target.
 
-Two ways in:
+Two ways in, one per deployment:
 
 * subdomain mode: ``Host: <id>.<studios domain>`` (any port, any case); the tool
   sees the request target unchanged and its prefix is ``/``;
 * path mode: ``Host: <proxy host>`` and a target under ``/_studio/<id>/``; what
   the tool sees of that prefix depends on the tool (``http.toolroute``: passed on
-  to tools started with it, stripped for tools that serve at ``/``).
+  to tools started with it, stripped for tools that serve at ``/``). Per-studio
+  host names are refused in path mode: path mode is for deployments without a
+  wildcard name and certificate, its logins and cookies are scoped to paths on
+  the proxy host, and a studio reachable by a second origin would escape that.
 
 The answer is a :class:`Route`, a :class:`Redirect` (``/_studio/<id>`` gets its
 slash) or a :class:`Refusal` with the status the proxy should send.
@@ -63,7 +66,8 @@ class Redirect:
 @dataclass(frozen=True)
 class Refusal:
     status: int
-    reason: str  # machine-readable: bad-host, bad-target, not-a-studio, unknown-host
+    # machine-readable: bad-host, bad-target, not-a-studio, unknown-host, path-mode-host
+    reason: str
     detail: str = ""  # for the page (plain text)
     session_id: str | None = None
 
@@ -95,12 +99,13 @@ class Router:
 
     ``studios_domain``: the parent of the per-studio hosts (``connect.example.com``);
     ``proxy_host``: the host that serves path mode and the login routes (often the
-    same name); ``path_routing``: whether ``/_studio/<id>/`` is served at all.
+    same name); ``path_routing``: path mode (``/_studio/<id>/`` on the proxy host,
+    per-studio hosts refused) instead of subdomain mode.
     """
 
     studios_domain: str
     proxy_host: str
-    path_routing: bool = True
+    path_routing: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "studios_domain", self.studios_domain.lower().rstrip("."))
@@ -117,6 +122,10 @@ class Router:
             label = hostname[: -len(suffix)]
             if not SESSION_ID.fullmatch(label):
                 return Refusal(404, "unknown-host", "There is no studio at this address.")
+            if self.path_routing:
+                return Refusal(404, "path-mode-host",
+                               f"This gateway serves studios by path, not by host name: open "
+                               f"{self.proxy_host}{PATH_PREFIX}{label}/ instead.", label)
             return Route(label, Mode.SUBDOMAIN, target, "/")
         if hostname == self.proxy_host:
             return self._path_route(target)

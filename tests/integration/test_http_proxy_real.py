@@ -115,6 +115,8 @@ class ProxyOnSockets(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_path_mode_rewrites(self) -> Any:
+        self.factory.router = Router(DOMAIN, DOMAIN, path_routing=True)
+
         def run() -> tuple[Any, ...]:
             conn = self.connection()
             status, headers, _ = self.get(conn, "/_studio/pth/redirect", host=DOMAIN)

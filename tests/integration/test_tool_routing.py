@@ -133,3 +133,18 @@ def test_the_studio_was_told_its_routing(setup: Setup) -> None:
     for studio in setup.studios.values():
         log = studio.connect.output()
         assert f"routing {setup.mode}" in log and studio.url in log, log[-2000:]
+
+
+def test_the_other_modes_addresses_are_refused(setup: Setup) -> None:
+    """Path mode refuses per-studio host names (with a page naming the path address);
+    subdomain mode serves no /_studio/ paths."""
+    studio = next(iter(setup.studios.values()))
+    proxy = f"localhost:{setup.http_port}"
+    if setup.mode == "path":
+        other = f"http://{studio.sid}.localhost:{setup.http_port}/api/info"
+    else:
+        other = f"http://{proxy}/_studio/{studio.sid}/api/info"
+    reply = studio.browser.get(other, follow=False)
+    assert reply.status == 404, (reply.status, reply.text[:300])
+    if setup.mode == "path":
+        assert f"localhost/_studio/{studio.sid}/" in reply.text, reply.text[:500]

@@ -45,14 +45,14 @@ class FakeUpstream:
 
 
 class Harness:
-    def __init__(self, **kw: Any) -> None:
+    def __init__(self, path_routing: bool = False, **kw: Any) -> None:
         self.clock = MemoryReactorClock()
         self.upstream = FakeUpstream()
         self.sessions = {"abc": SessionInfo("abc", "jupyter", True),
                          "off": SessionInfo("off", "jupyter", False),
                          "xp": SessionInfo("xp", "xpra", True)}
         self.factory = ProxyFactory(
-            router=Router(DOMAIN, DOMAIN), upstream=self.upstream,
+            router=Router(DOMAIN, DOMAIN, path_routing), upstream=self.upstream,
             lookup=lambda sid: defer.succeed(self.sessions.get(sid)), reactor=self.clock, **kw)
 
     def client(self, peer: str = "192.0.2.7") -> tuple[ProxyProtocol, StringTransport]:
@@ -232,7 +232,7 @@ def test_trusted_proxy_forwarded_for_is_appended() -> None:
 
 
 def test_path_mode_rewrites_location_and_cookie() -> None:
-    h = Harness()
+    h = Harness(path_routing=True)
     p, t = h.client()
     p.dataReceived(b"GET /_studio/abc/login HTTP/1.1\r\nHost: studios.test\r\n\r\n")
     req, _ = sent_request(h.up()[1])
@@ -246,7 +246,7 @@ def test_path_mode_rewrites_location_and_cookie() -> None:
 
 
 def test_path_mode_redirects_bare_prefix() -> None:
-    h = Harness()
+    h = Harness(path_routing=True)
     p, t = h.client()
     p.dataReceived(b"GET /_studio/abc HTTP/1.1\r\nHost: studios.test\r\n\r\n")
     [(status, headers, _)] = parse_responses(t.value())

@@ -19,6 +19,8 @@ from studios_gateway.http.routing import (
 from studios_gateway.wire.ids import SESSION_ID
 
 R = Router(studios_domain="studios.example.com", proxy_host="studios.example.com")
+P = Router(studios_domain="studios.example.com", proxy_host="studios.example.com",
+           path_routing=True)
 ids = st.from_regex(SESSION_ID, fullmatch=True)
 paths = st.text(alphabet=string.ascii_letters + string.digits + "/-._~%?=&", max_size=40).map(
     lambda s: "/" + s)
@@ -30,10 +32,18 @@ def test_subdomain_route() -> None:
 
 
 def test_path_route_and_redirect() -> None:
-    assert R.route("studios.example.com", "/_studio/abc/lab") == Route(
+    assert P.route("studios.example.com", "/_studio/abc/lab") == Route(
         "abc", Mode.PATH, "/_studio/abc/lab", "/_studio/abc/")
-    assert R.route("studios.example.com", "/_studio/abc") == Redirect("/_studio/abc/")
-    assert R.route("studios.example.com", "/_studio/abc?a=b") == Redirect("/_studio/abc/?a=b")
+    assert P.route("studios.example.com", "/_studio/abc") == Redirect("/_studio/abc/")
+    assert P.route("studios.example.com", "/_studio/abc?a=b") == Redirect("/_studio/abc/?a=b")
+
+
+def test_path_mode_refuses_per_studio_host_names() -> None:
+    r = P.route("abc.studios.example.com", "/lab")
+    assert isinstance(r, Refusal) and (r.status, r.reason) == (404, "path-mode-host")
+    assert "studios.example.com/_studio/abc/" in r.detail
+    # and subdomain mode does not serve paths on the proxy host
+    assert isinstance(R.route("studios.example.com", "/_studio/abc/"), Refusal)
 
 
 def test_refusals() -> None:
@@ -43,15 +53,13 @@ def test_refusals() -> None:
     assert R.route("x_y.studios.example.com", "/").status == 400  # type: ignore[union-attr]
     assert R.route("other.example.org", "/").status == 404  # type: ignore[union-attr]
     assert R.route("studios.example.com", "/").reason == "not-a-studio"  # type: ignore[union-attr]
-    assert R.route("studios.example.com", "/_studio/ABC/").status == 404  # type: ignore[union-attr]
-    assert R.route("studios.example.com", "/_studio/abc/../x/").status == 400  # type: ignore
-    assert R.route("studios.example.com", "/_studio/abc/%2E%2e/x").status == 400  # type: ignore
+    assert P.route("studios.example.com", "/_studio/ABC/").status == 404  # type: ignore[union-attr]
+    assert P.route("studios.example.com", "/_studio/abc/../x/").status == 400  # type: ignore
+    assert P.route("studios.example.com", "/_studio/abc/%2E%2e/x").status == 400  # type: ignore
     assert R.route("abc.studios.example.com", "*").status == 400  # type: ignore[union-attr]
     # One session-id grammar everywhere (wire/ids.py): no id starts with '-'.
     assert isinstance(R.route("-abc.studios.example.com", "/"), Refusal)
-    assert isinstance(R.route("studios.example.com", "/_studio/-abc/"), Refusal)
-    no_paths = Router("studios.example.com", "studios.example.com", path_routing=False)
-    assert isinstance(no_paths.route("studios.example.com", "/_studio/abc/"), Refusal)
+    assert isinstance(P.route("studios.example.com", "/_studio/-abc/"), Refusal)
 
 
 def test_parse_host() -> None:
@@ -79,7 +87,7 @@ def test_any_valid_subdomain_routes_to_its_id(sid: str, path: str, port: str,
 @given(ids, paths)
 def test_any_path_under_a_studio_routes_to_its_id(sid: str, path: str) -> None:
     target = f"/_studio/{sid}{path}"
-    r = R.route("studios.example.com", target)
+    r = P.route("studios.example.com", target)
     if isinstance(r, Route):
         assert r.session_id == sid and r.mode is Mode.PATH
         assert r.upstream_target == target and target.startswith(r.prefix)

@@ -216,15 +216,15 @@ def test_a_tool_unavailable_in_a_mode_is_said_by_the_table(monkeypatch) -> None:
 # Through the proxy ---------------------------------------------------------------------------
 
 
-def harness(tool: str) -> Harness:
-    h = Harness()
+def harness(tool: str, path_routing: bool = True) -> Harness:
+    h = Harness(path_routing=path_routing)
     h.sessions["abc"] = SessionInfo("abc", tool, True)
     return h
 
 
 def forwarded(tool: str, head: bytes) -> tuple[Harness, Any, Any]:
     """The request the tool receives for `head` (a request from a browser)."""
-    h = harness(tool)
+    h = harness(tool, path_routing=b" /_studio/" in head)
     p, t = h.client()
     p.dataReceived(head)
     return h, t, sent_request(h.up()[1])[0]
