@@ -108,39 +108,73 @@ class Step(enum.Enum):
 
 
 class HeadReader:
-    """A client's bytes before the next request head."""
+    """A client's bytes before the next request head.
+
+    Each byte is looked at a bounded number of times however the head arrives (one
+    byte per read included): the searches resume where the last one stopped, going
+    back only as far as a match could straddle (3 bytes for the blank line).
+    """
 
     def __init__(self, limits: Limits):
         self.limits = limits
         self.buf = bytearray()
+        self._scanned = 0  # bytes of buf already searched (no blank line, no bare LF there)
+        self._line_end = -1  # where the request line ends, once seen
+        #: bytes examined by the searches, all told (tests hold this linear in the input)
+        self.work = 0
 
     def feed(self, data: bytes) -> None:
         self.buf += data
 
     def reset(self, data: bytes) -> None:
         self.buf = bytearray(data)
+        self._forget()
+
+    def _forget(self) -> None:
+        self._scanned = 0
+        self._line_end = -1
+
+    def _scan(self) -> int:
+        """Search what arrived since the last call: the blank line's offset or -1;
+        sets _line_end when the request line's end is seen."""
+        buf, start = self.buf, self._scanned
+        if self._line_end == -1:
+            from_ = max(0, start - 1)
+            self._line_end = buf.find(b"\r\n", from_)
+            self.work += (self._line_end + 2 if self._line_end != -1 else len(buf)) - from_
+        from_ = max(0, start - 3)
+        end = buf.find(b"\r\n\r\n", from_)
+        self.work += (end + 4 if end != -1 else len(buf)) - from_
+        return end
 
     def take(self) -> Exchange | HeadRefused | None:
         """The next request (and whatever followed its head), a refusal, or None: more
         bytes are needed. Empty lines before a request are dropped."""
         buf = self.buf
-        while buf[:2] == b"\r\n":
-            del buf[:2]
+        if buf[:2] == b"\r\n":
+            while buf[:2] == b"\r\n":
+                del buf[:2]
+            self._forget()  # offsets moved; what was searched is at most a lone CR
         if not buf:
             return None
         lim = self.limits
-        end = buf.find(b"\r\n\r\n")
-        line_end = buf.find(b"\r\n")
+        end = self._scan()
+        line_end = self._line_end
         if line_end > lim.max_request_line or (line_end == -1 and len(buf) > lim.max_request_line):
             return HeadRefused(414, "request line too long")
         if (end + 4 if end != -1 else len(buf)) > lim.max_header_bytes:
             return HeadRefused(431, "request head too large")
-        if _BARE_LF.search(buf, 0, end + 4 if end != -1 else len(buf)):
+        limit = end + 4 if end != -1 else len(buf)
+        # A bare LF's verdict needs only the byte before it, which is already here.
+        self.work += max(0, limit - self._scanned)
+        if _BARE_LF.search(buf, self._scanned, limit):
             return HeadRefused(400, "bare LF")
+        self._scanned = limit
         if end == -1:
             return None
         head, rest = bytes(buf[: end + 4]), bytes(buf[end + 4 :])
         buf.clear()
+        self._forget()
         problem = check_head(head, max_request_line=lim.max_request_line,
                              max_header_count=lim.max_header_count)
         if problem is not None:

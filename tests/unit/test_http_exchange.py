@@ -168,3 +168,29 @@ def test_a_tool_that_says_more_than_its_response_is_not_pooled() -> None:
     assert step is Step.COMPLETE and not ex.reusable(tool)
     ex, tool, _, step = answered(GET, b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n")
     assert step is Step.BROKEN and ex.problem is not None and ex.problem.status == 502
+
+
+def test_a_head_dribbled_one_byte_at_a_time_is_scanned_in_linear_work() -> None:
+    """60 KiB of head, one byte per read: the searches look at each byte a few times,
+    not once per read (that was ~1.8 G byte looks, quadratic)."""
+    fields = b"".join(b"X-F%05d: %s\r\n" % (i, b"v" * 40) for i in range(1200))
+    head = b"GET /x HTTP/1.1\r\nHost: a.studios.test\r\n" + fields + b"\r\n"
+    assert len(head) > 60 * 1024
+    reader = HeadReader(Limits(max_header_bytes=128 * 1024, max_header_count=2000))
+    got = None
+    for i in range(len(head)):
+        reader.feed(head[i:i + 1])
+        got = reader.take()
+        if got is not None:
+            break
+    assert isinstance(got, Exchange), got
+    assert i == len(head) - 1
+    assert reader.work <= 8 * len(head), reader.work
+
+
+def test_a_split_crlf_before_a_request_is_still_dropped() -> None:
+    reader = HeadReader(Limits())
+    for piece in (b"\r", b"\n", b"GET / HTTP/1.1\r\nHost: a.studios.test\r", b"\n\r", b"\n"):
+        reader.feed(piece)
+        got = reader.take()
+    assert got is not None and got.request.target == b"/", got  # type: ignore[union-attr]
