@@ -257,25 +257,45 @@ def test_a_wrong_pin_stops_the_client_with_the_reason(deployment: Deployment) ->
     assert out.count("not the pinned") <= 3, out  # log line, final state, exit message
 
 
-def test_an_unverifiable_certificate_is_said_at_every_attempt(tmp_path) -> None:
-    """An unpinned tunnel whose certificate does not verify: retried, each time saying why,
-    even with the log level at error."""
-    d = Deployment(tmp_path)
+def test_a_certificate_for_another_name_is_said_at_every_attempt(tmp_path) -> None:
+    """The client trusts the gateway's certificate but it names another host: retried
+    (the name may be fixed on either side), each time saying why, even at log level error."""
+    from studios_gateway.wire.tls import make_self_signed
+
+    cert_pem, key_pem = make_self_signed(["other.example"])
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    (tmp_path / "key.pem").write_bytes(key_pem)
+    env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
+                   CONNECT_TLS_CERT_FILE=str(tmp_path / "cert.pem"),
+                   CONNECT_TLS_KEY_FILE=str(tmp_path / "key.pem"),
+                   TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING="true")
+    env["CONNECT_PROXY_URL"] = f"https://other.example:{env['CONNECT_HTTP_PORT']}"
+    env["CONNECT_TUNNEL_URL"] = f"127.0.0.1:{env['CONNECT_TUNNEL_PORT']}"
+    gw = GatewayProcess(tmp_path, env)
+    client = None
+    tool = Tool(tmp_path)
     try:
-        created = d.create()
-        tunnel_port = d.env["CONNECT_TUNNEL_PORT"]
-        # No pin: the client checks the chain and the name (127.0.0.1 is not a name the
-        # self-signed certificate can be trusted for), so every attempt fails the same way.
-        unpinned = f"studios-connect://{created['id']}:{created['token']}@127.0.0.1:{tunnel_port}/"
-        _, client = d.studio(created, connect_string=unpinned, CONNECT_CLIENT_LOG_LEVEL="error")
-        deadline = time.monotonic() + 20
+        gw.wait_healthy()
+        status, body, _ = gw.request("/api/sessions", method="POST", body={"owner": "alice"})
+        assert status == 201, body
+        import json
+
+        created = json.loads(body)
+        assert "pin=" not in created["connect_string"]
+        client = Connect(tmp_path, created["connect_string"], tool.port,
+                         extra_env={"CONNECT_CLIENT_LOG_LEVEL": "error",
+                                    "SSL_CERT_FILE": str(tmp_path / "cert.pem")})
+        deadline = time.monotonic() + 30
         while client.output().count("cannot verify gateway") < 2:
             assert client.proc.poll() is None, client.output()
             assert time.monotonic() < deadline, client.output()
             time.sleep(0.2)
-        assert "TLS handshake failed" in client.output() or "host name" in client.output()
+        assert "not for this host name" in client.output(), client.output()
     finally:
-        d.stop()
+        if client is not None:
+            client.stop()
+        tool.stop()
+        gw.stop()
 
 
 def test_a_login_link_for_an_allowed_user_from_the_cli(deployment: Deployment) -> None:
