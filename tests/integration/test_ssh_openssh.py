@@ -155,6 +155,17 @@ def test_openssh_asking_for_aes_gcm(gw: Gateway, cipher: str) -> None:
     assert r.stdout == "x" * 300000 + "\ndone\n"
 
 
+@pytest.mark.parametrize("cipher", ["aes128-ctr", "aes128-gcm@openssh.com"])
+def test_rekeying_mid_stream(gw: Gateway, cipher: str) -> None:
+    # OpenSSH re-keys every 256 KiB here: new keys while data flows both ways.
+    r = subprocess.run([*gw.ssh("alice@abcd", "-v", "-c", cipher, "-o", "RekeyLimit=256K"),
+                        "wc -c; head -c 2000000 /dev/zero | tr '\\0' y | wc -c"],
+                       input="z" * 1_500_000, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1500000", "2000000"]
+    assert r.stderr.count("SSH2_MSG_NEWKEYS received") > 3  # the first and re-keys
+
+
 def test_allow_listed_user(gw: Gateway) -> None:
     r = gw.run("carol@abcd", "echo $USER-ok", key="carol_key")
     assert r.returncode == 0 and r.stdout.strip().endswith("-ok"), r.stderr
