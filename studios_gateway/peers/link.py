@@ -66,6 +66,9 @@ def _make_mux(settings: PeerSettings, clock: Any, is_client: bool,
 class _HandshakeProtocol(Protocol):
     """Line-based handshake, then everything goes to a multiplexer."""
 
+    # Set by makeConnection before any other event: a TCP or mutual-TLS connection between nodes.
+    transport: Any
+
     _log = Logger()
 
     def __init__(self, settings: PeerSettings, clock: Any):

@@ -125,6 +125,10 @@ class _Opening(Protocol):
     """Writes the ``open`` line and waits for the answer; then forwards to the caller's
     protocol (the stream stays paused until the caller attaches one)."""
 
+    # Set by makeConnection before any other event: a tunnel stream or a peer-link
+    # stream (consumer and producer).
+    transport: Any
+
     def __init__(self, session_id: str, kind: bytes, answered: Deferred[Any]):
         self.session_id = session_id
         self.kind = kind

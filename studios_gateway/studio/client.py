@@ -52,7 +52,7 @@ TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)star
 TOOL_START_WAIT = 120.0  # how long a stream waits for a preset's tool to become ready
 
 
-def quiet_factory(make: Callable[[], Protocol]) -> Factory:
+def quiet_factory(make: Callable[[], Protocol]) -> Factory[Protocol]:
     """A factory that does not log 'Starting factory' for every tool connection."""
     factory = Factory.forProtocol(make)
     factory.noisy = False
@@ -131,6 +131,10 @@ class StreamSide(SpliceEnd):
 
 class TunnelClientProtocol(Protocol):
     """Sends the bind, reads the answer, then runs the multiplexer."""
+
+    # Set by makeConnection before any other event: the TLS (or WebSocket-carried)
+    # connection to the gateway.
+    transport: Any
 
     _log = Logger()
 
@@ -260,7 +264,7 @@ class ConnectClient(Service):
         if gate is None or gate.called:
             then()
             return
-        fired = []
+        fired: list[bool] = []
 
         def go(_: Any = None) -> Any:
             if not fired:

@@ -330,6 +330,9 @@ class TunnelTable:
 class TunnelServerProtocol(Protocol):
     """Reads the bind, answers it, then hands the connection to the multiplexer."""
 
+    # Set by makeConnection before any other event: a TLS connection from a connect client.
+    transport: Any
+
     _log = Logger()
 
     def __init__(self, table: TunnelTable):
@@ -413,6 +416,7 @@ class TunnelServerProtocol(Protocol):
 
     def _bind_failed(self, f: Failure, req: BindRequest) -> None:
         if f.check(BindError):
+            assert isinstance(f.value, BindError)
             self._refuse(f.value)
         else:
             self._log.failure("bind of session {sid} failed", f, sid=req.session_id)

@@ -284,7 +284,8 @@ class Stream:
         protocol.makeConnection(self)
         if self._closed:
             reason, self._lost_reason = self._lost_reason, None
-            protocol.connectionLost(reason)
+            protocol.connectionLost(reason if reason is not None
+                                    else Failure(error.ConnectionDone()))
             return
         self._deliver()
 
@@ -471,7 +472,7 @@ class Stream:
             self._start_close_timer()
             self._reset_if_refused()
         elif IHalfCloseableProtocol.providedBy(self.protocol):
-            self.protocol.writeConnectionLost()  # type: ignore[union-attr]
+            self.protocol.writeConnectionLost()
 
     def _start_close_timer(self) -> None:
         if self._close_call is None and not self._closed:
@@ -593,7 +594,7 @@ class Stream:
     def _deliver_eof(self) -> None:
         self._eof_delivered = True
         if IHalfCloseableProtocol.providedBy(self.protocol):
-            self.protocol.readConnectionLost()  # type: ignore[union-attr]
+            self.protocol.readConnectionLost()
             if self._fin_sent and not self._closed:
                 self._finish(Failure(error.ConnectionDone("stream closed")))
         elif self._fin_sent:
@@ -637,6 +638,10 @@ class Stream:
 @implementer(IPushProducer)
 class Multiplexer(Protocol):
     """yamux over one connection; the client opens odd stream ids, the server even ones."""
+
+    # Set by makeConnection before any other event: the tunnel connection (TCP, TLS,
+    # or a WebSocket carrier): a consumer that is also the producer the mux pauses.
+    transport: Any
 
     _log = Logger()
 

@@ -30,6 +30,10 @@ def _shutdown_write(transport: Any) -> None:
 class SpliceEnd(Protocol):
     """One end of a splice. Connect two with :func:`join`."""
 
+    # Set by makeConnection: a TCP connection or a tunnel stream, each a consumer that is
+    # also a producer (join registers each end's transport as the other's producer).
+    transport: Any
+
     def __init__(self) -> None:
         self.peer: SpliceEnd | None = None
         self._pending: list[bytes] = []
