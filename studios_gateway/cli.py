@@ -126,7 +126,12 @@ def sessions_create(args: argparse.Namespace) -> int:
         print(f"image:          {created['image']} (tool {created['tool']} "
               f"{created['tool_version']}, connect {created['connect_version']})")
     print(f"connect string: {created['connect_string']}")
-    print("run in the studio: studios-connect --connect '<connect string>' --tool-port PORT")
+    tool = created.get("tool") or "generic"
+    if tool == "generic":  # a web app of your own, already listening on PORT
+        print("run in the studio: studios-connect --connect '<connect string>' "
+              "--tool-port PORT")
+    else:  # the preset starts the tool (docs/studios.md)
+        print(f"run in the studio: studios-connect --connect '<connect string>' --tool {tool}")
     return 0
 
 

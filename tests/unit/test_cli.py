@@ -56,3 +56,21 @@ def test_check_config_fails_on_a_certificate_the_start_refuses(
     (tmp_path / "key.pem").write_bytes(other_key)  # a key that is not the certificate's
     assert main(["check-config", "-q"]) == 2
     assert "cannot load the certificate and key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tool, hint", [
+    ("jupyterlab", "--tool jupyterlab"),
+    ("ride", "--tool ride"),
+    ("generic", "--tool-port PORT"),
+])
+def test_create_says_how_to_run_the_studio_for_its_tool(monkeypatch, capsys, tool: str,
+                                                        hint: str) -> None:
+    from studios_gateway import cli
+
+    created = {"id": "abc", "url": "http://abc.localhost/", "tool": tool,
+               "connect_string": "studios-connect://abc:t@localhost:7070/"}
+    monkeypatch.setattr(cli, "api_call", lambda *a, **k: created)
+    args = build_parser().parse_args(["sessions", "create", "--owner", "alice", "--url", URL])
+    assert cli.sessions_create(args) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("run in")][0]
+    assert line.endswith(hint)
