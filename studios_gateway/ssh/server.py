@@ -155,7 +155,9 @@ class UserKeyChecker:
         self.notice = notice
         self._noticed = False
 
-    def requestAvatarId(self, creds: Any) -> Deferred[Identity]:
+    # Our avatar ids are Identity objects (user, session, key), not the bytes Conch's
+    # interface names: a real boundary between Conch's portal and the gateway.
+    def requestAvatarId(self, creds: Any) -> Deferred[Identity]:  # type: ignore[override]
         return Deferred.fromCoroutine(self._check(creds))
 
     async def _check(self, creds: Any) -> Identity:
@@ -195,7 +197,8 @@ class SessionRealm:
         self.factory = factory
         self.transport = transport
 
-    def requestAvatar(self, avatar_id: Identity, mind: Any, *interfaces: Any) -> Deferred[Any]:
+    def requestAvatar(  # type: ignore[override]  # the avatar id is an Identity (above)
+            self, avatar_id: Identity, mind: Any, *interfaces: Any) -> Deferred[Any]:
         return Deferred.fromCoroutine(self._login(avatar_id))
 
     async def _login(self, identity: Identity) -> tuple[Any, Any, Callable[[], None]]:
@@ -227,6 +230,8 @@ class SessionRealm:
 
 
 class GatewayUserAuth(userauth.SSHUserAuthServer):
+    # Set by Conch before the service starts: this connection's GatewayTransport.
+    transport: Any
     _log = conch_log
     attemptsBeforeDisconnect = 6
 
@@ -238,7 +243,7 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
         self.loginAttempts = 0
         self.user = None
         self.nextService = None
-        self._cancelLoginTimeout = None
+        self._cancelLoginTimeout = None  # type: ignore[assignment]  # Conch: None = no timer
         t = self.transport
         self.portal = Portal(SessionRealm(t.factory, t),
                              [UserKeyChecker(t.factory.user_keys, notice=t.banner)])
@@ -663,7 +668,8 @@ class Relay:
         if pacer is None:
             conn = self.user if user_side else self.studio
             assert conn is not None
-            pacer = self._pacers[user_side] = Pacer(Gate(conn.transport.transport), self.clock)
+            ssh_transport: Any = conn.transport  # the SSH transport over the TCP one
+            pacer = self._pacers[user_side] = Pacer(Gate(ssh_transport.transport), self.clock)
         return pacer
 
     def stop_pacing(self) -> None:
@@ -712,7 +718,7 @@ class Relay:
                 self.channel_count(1)
             return near_half
 
-        def failed(f: Failure) -> None:
+        def failed(f: Failure) -> Any:  # raises OpenRefused
             value = f.value
             if isinstance(value, conch_error.ConchError):
                 why, code = value.args[0], value.args[1] if len(value.args) > 1 else 2
@@ -728,11 +734,15 @@ class Relay:
 class UserConnection(FlowConnection):
     """ssh-connection towards the user."""
 
+    # Set by Conch before the service starts: this connection's GatewayTransport.
+    transport: Any
+
     def serviceStarted(self) -> None:
         super().serviceStarted()
         t: GatewayTransport = self.transport
         self.max_channels = t.factory.settings.max_conn_channels
-        avatar: RelayAvatar = t.avatar
+        avatar = t.avatar
+        assert isinstance(avatar, RelayAvatar)  # our realm makes no other kind
         self.relay = avatar.upstream.relay
         self.relay.user = self
         t.authenticated(self)
