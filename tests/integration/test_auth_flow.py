@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 
 from studios_gateway.auth import Auth, ConfigurationError, Identity, Response
 from studios_gateway.config import load_config
-from tests.support.auth_browser import Browser
+from tests.support.auth_browser import LoginDriver
 from tests.support.idp import DEFAULT_REGISTRATION_TOKEN, TestIdP, submit_login
 from tests.unit.test_auth_authorizer import record, store_with
 
@@ -41,11 +41,11 @@ class FlowTests(TestCase):
         self.addCleanup(auth.stop)
         return auth
 
-    def browser(self, auth: Auth, user: str) -> Browser:
+    def browser(self, auth: Auth, user: str) -> LoginDriver:
         async def provider(url: str) -> str:
             return await submit_login(url, {"username": user,
                                             "password": self.idp.users[user]})
-        return Browser(auth, external=provider)
+        return LoginDriver(auth, external=provider)
 
     def test_subdomain_mode(self) -> Any:
         async def go() -> None:

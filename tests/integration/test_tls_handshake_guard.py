@@ -21,6 +21,7 @@ import pytest
 from tests.integration.test_http_process import write_pair
 from tests.integration.test_tunnel_process import Deployment, wait_connected
 from tests.support.redis_server import RedisServer, make_tls_files, redis_available
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")]
@@ -31,13 +32,6 @@ DEADLINE = 15.0  # long enough for a studio to start while they are held
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, what
-        time.sleep(0.05)
 
 
 def silent_sockets(pid: int, port: int, n: int) -> list[socket.socket]:
@@ -51,8 +45,8 @@ def silent_sockets(pid: int, port: int, n: int) -> list[socket.socket]:
                 for _ in range(min(25, n - len(socks)))]
         socks += step
         want = base + len(step)
-        wait_for(lambda w=want: open_fds(pid) >= w, 10,
-                 "the gateway did not accept the silent sockets")
+        wait_until(lambda w=want: open_fds(pid) >= w, timeout=10,
+                   what="the gateway did not accept the silent sockets")
     return socks
 
 
@@ -139,11 +133,11 @@ def test_silent_sockets_are_closed_and_hold_nobody_up(tmp_path: Path) -> None:
                 pending.remove(s)
         for s in socks:
             s.close()
-        wait_for(lambda: all(peer_closed(q) for q in quiet_tls), 5,
-                 "a client that finished its handshake and then stayed quiet is still open")
+        wait_until(lambda: all(peer_closed(q) for q in quiet_tls), timeout=5,
+                   what="a client that finished its handshake and then stayed quiet is still open")
         # The studio's tunnel and the browser's connection are new since the baseline.
-        wait_for(lambda: open_fds(pid) <= baseline + 8, 10,
-                 f"gateway fds: {baseline} before, {during} during, {open_fds(pid)} after")
+        wait_until(lambda: open_fds(pid) <= baseline + 8, timeout=10,
+                   what=f"gateway fds: {baseline} before, {during} during, {open_fds(pid)} after")
         status, metrics, _ = d.gw.request("/metrics")
         text = metrics.decode()
         for listener in ("tunnel", "http", "peer"):

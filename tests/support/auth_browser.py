@@ -1,4 +1,7 @@
-"""A minimal browser for the login flow: a cookie jar and redirects, driving `Auth` in-process.
+"""The login flow driven in-process: a cookie jar and redirects calling `Auth` directly.
+
+Unit tests of the login routes use this; everything over real sockets uses
+:class:`tests.support.web.Browser` (the one browser of the integration tests).
 
 Requests to the gateway's hosts go through ``Auth.handle`` and then
 ``Auth.authorize_request`` (as the proxy will do); a redirect to any other
@@ -55,7 +58,7 @@ def request(url: str, jar: Jar | None = None, method: str = "GET",
 
 
 @dataclass
-class Browser:
+class LoginDriver:
     auth: Auth
     external: Callable[[str], Awaitable[str]] | None = None
     jar: Jar = field(default_factory=Jar)

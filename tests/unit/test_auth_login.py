@@ -29,7 +29,7 @@ from studios_gateway.auth.oidc import (
 )
 from studios_gateway.auth.settings import AuthSettings
 from studios_gateway.config import load_config
-from tests.support.auth_browser import Browser, Jar, request
+from tests.support.auth_browser import Jar, LoginDriver, request
 from tests.unit.test_auth_authorizer import record, store_with
 
 PROXY = "https://connect.example.test"
@@ -115,7 +115,7 @@ def studio(sid: str, path: str = "/lab") -> str:
 
 def test_subdomain_login_hands_off_to_the_studio_host():
     auth, _, rp = make()
-    b = Browser(auth, external=idp_login(rp))
+    b = LoginDriver(auth, external=idp_login(rp))
     who, url = run(b.open(studio("abc", "/lab?x=1")))
     assert isinstance(who, Identity)
     assert (who.subject, who.session_id, who.reason) == ("alice", "abc", "owner")
@@ -135,7 +135,7 @@ def test_subdomain_login_hands_off_to_the_studio_host():
 
 def test_cookie_from_studio_a_opens_nothing_on_b():
     auth, _, rp = make()
-    b = Browser(auth, external=idp_login(rp))
+    b = LoginDriver(auth, external=idp_login(rp))
     run(b.open(studio("abc")))
     value = b.jar.cookies[("abc.connect.example.test", "/", "__Host-connect_session")]
     stolen = Jar({("xyz.connect.example.test", "/", "__Host-connect_session"): value})
@@ -146,7 +146,7 @@ def test_cookie_from_studio_a_opens_nothing_on_b():
 
 def test_tampered_and_expired_cookies_send_back_to_login():
     auth, clock, rp = make()
-    b = Browser(auth, external=idp_login(rp))
+    b = LoginDriver(auth, external=idp_login(rp))
     run(b.open(studio("abc")))
     key = ("abc.connect.example.test", "/", "__Host-connect_session")
     good = b.jar.cookies[key]
@@ -164,7 +164,7 @@ def test_tampered_and_expired_cookies_send_back_to_login():
 def test_second_user_gets_403():
     auth, _, rp = make()
     rp.user = "mallory"
-    b = Browser(auth, external=idp_login(rp))
+    b = LoginDriver(auth, external=idp_login(rp))
     resp, _ = run(b.open(studio("abc")))
     assert isinstance(resp, Response) and resp.status == 403
     assert b"mallory" in resp.body and b"abc" in resp.body
@@ -172,13 +172,13 @@ def test_second_user_gets_403():
 
 def test_handoff_code_is_single_use_and_bound_to_its_studio():
     auth, clock, rp = make()
-    b = Browser(auth, external=idp_login(rp))
+    b = LoginDriver(auth, external=idp_login(rp))
     run(b.open(studio("abc")))
     handoff = next(v for v in b.visited if "/_connect/handoff" in v)
     resp = run(auth.handle(request(handoff)))
     assert resp.status == 400  # replayed
     # A fresh code for abc presented on xyz's host.
-    b2 = Browser(auth, external=idp_login(rp))
+    b2 = LoginDriver(auth, external=idp_login(rp))
     b2.jar = Jar({k: v for k, v in b.jar.cookies.items() if k[0] == "connect.example.test"})
     first = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}", b2.jar)))
     code_url = dict(first.headers)[b"Location"].decode()
@@ -217,7 +217,7 @@ def test_logout_revokes_every_cookie_of_the_login():
     auth, _, rp = make()
     events: list[Any] = []
     auth.authorizer.subscribe(events.append)
-    b = Browser(auth, external=idp_login(rp))
+    b = LoginDriver(auth, external=idp_login(rp))
     who, _ = run(b.open(studio("abc")))
     closed: list[str] = []
     auth.authorizer.track("abc", "alice", closed.append, login_id=who.login_id)
@@ -231,7 +231,7 @@ def test_logout_revokes_every_cookie_of_the_login():
 
 def test_studio_logout_clears_its_cookie_and_the_login():
     auth, _, rp = make()
-    b = Browser(auth, external=idp_login(rp))
+    b = LoginDriver(auth, external=idp_login(rp))
     who, _ = run(b.open(studio("abc")))
     resp = run(auth.handle(request(studio("abc", "/_connect/logout"), b.jar)))
     assert resp.status == 302 and auth.authorizer.is_logged_out(who.login_id)
@@ -242,7 +242,7 @@ def test_refused_refresh_logs_out():
     now = clock.seconds()
     rp.tokens = TokenSet("a", "i", "r", now + 300)
     rp.refresh_result = lambda t: defer.fail(LoginFailed("invalid_grant"))
-    b = Browser(auth, external=idp_login(rp))
+    b = LoginDriver(auth, external=idp_login(rp))
     who, _ = run(b.open(studio("abc")))
     clock.advance(239)
     assert not auth.authorizer.is_logged_out(who.login_id)
@@ -260,7 +260,7 @@ def test_refresh_keeps_refreshing_before_expiry():
 
     rp.tokens = TokenSet("a", "i", "r", clock.seconds() + 300)
     rp.refresh_result = refresh
-    run(Browser(auth, external=idp_login(rp)).open(studio("abc")))
+    run(LoginDriver(auth, external=idp_login(rp)).open(studio("abc")))
     clock.pump([60] * 20)
     assert len(calls) == 5  # every 240 s: 60 s before each expiry
     auth.stop()
@@ -277,7 +277,7 @@ def test_short_lived_tokens_are_refreshed_before_they_expire():
 
     rp.tokens = TokenSet("a", "i", "r", clock.seconds() + 2)
     rp.refresh_result = refresh
-    run(Browser(auth, external=idp_login(rp)).open(studio("abc")))
+    run(LoginDriver(auth, external=idp_login(rp)).open(studio("abc")))
     clock.pump([0.1] * 55)  # 5.5 s
     assert len(calls) == 3  # every 1.6 s: a fifth of the lifetime before expiry
     auth.stop()
@@ -288,7 +288,7 @@ def test_short_lived_tokens_are_refreshed_before_they_expire():
 
 def test_path_mode_sets_the_studio_prefix_cookie_directly():
     auth, _, rp = make(path_routing=True)
-    b = Browser(auth, external=idp_login(rp))
+    b = LoginDriver(auth, external=idp_login(rp))
     who, url = run(b.open(f"{PROXY}/_studio/abc/lab/tree?x=1"))
     assert isinstance(who, Identity) and who.session_id == "abc"
     assert url == f"{PROXY}/_studio/abc/lab/tree?x=1"
@@ -341,7 +341,7 @@ def test_safe_next_never_leaves_the_gateway(raw):
 
 def test_login_with_foreign_next_lands_on_the_proxy_root():
     auth, _, rp = make()
-    b = Browser(auth, external=idp_login(rp))
+    b = LoginDriver(auth, external=idp_login(rp))
     resp, url = run(b.open(f"{PROXY}/_connect/login?next=https://evil.example/"))
     assert url == f"{PROXY}/"
 
@@ -351,7 +351,7 @@ def test_login_with_foreign_next_lands_on_the_proxy_root():
 
 def test_login_link_flow():
     auth, clock, _ = make(issuer=False)
-    b = Browser(auth)
+    b = LoginDriver(auth)
     resp, _ = run(b.open(studio("abc")))
     assert resp.status == 401 and b"one-time links" in resp.body
     link = auth.mint_login_link("abc", "alice")
@@ -467,10 +467,10 @@ def test_a_login_with_two_login_cookies_is_refused():
     # Mallory's valid login cookie planted next to Alice's must not mint Mallory's studio
     # cookie for Alice's browser (nor Alice's for Mallory): the login is refused.
     auth, _, rp = make()
-    alice = Browser(auth, external=idp_login(rp))
+    alice = LoginDriver(auth, external=idp_login(rp))
     run(alice.open(studio("abc")))
     rp.user = "mallory"
-    mallory = Browser(auth, external=idp_login(rp))
+    mallory = LoginDriver(auth, external=idp_login(rp))
     run(mallory.open(studio("xyz")))
     ours = [v for (_, _, n), v in alice.jar.cookies.items() if n == "__Host-connect_login"]
     planted = [v for (_, _, n), v in mallory.jar.cookies.items() if n == "__Host-connect_login"]

@@ -21,7 +21,7 @@ from studios_gateway.auth.login import Auth, Identity
 from studios_gateway.auth.settings import AuthSettings
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.memory import MemoryStore
-from tests.support.auth_browser import Browser, request
+from tests.support.auth_browser import LoginDriver, request
 from tests.support.stores import FlakyStore
 from tests.unit.test_auth_authorizer import record
 from tests.unit.test_auth_login import run
@@ -164,7 +164,7 @@ class TwoNodesTests(unittest.TestCase):
 
     def test_a_login_link_used_on_one_node_is_refused_on_the_other(self) -> None:
         link = self.a.mint_login_link("abc", "alice")
-        who, _ = run(Browser(self.a).open(link, method="POST"))
+        who, _ = run(LoginDriver(self.a).open(link, method="POST"))
         assert isinstance(who, Identity) and who.subject == "alice"
         for method in ("GET", "POST"):
             refused = run(self.b.handle(request(link, method=method)))
@@ -190,11 +190,11 @@ class TwoNodesTests(unittest.TestCase):
             busy = run(self.b.handle(request(link, method=method)))
             assert busy.status == 503 and (b"Retry-After", b"5") in busy.headers
         self.flaky.up = True  # nothing was spent meanwhile: the link still works
-        who, _ = run(Browser(self.b).open(link, method="POST"))
+        who, _ = run(LoginDriver(self.b).open(link, method="POST"))
         assert isinstance(who, Identity)
 
     def test_a_logout_on_one_node_ends_the_login_on_the_other(self) -> None:
-        alice = Browser(self.a)
+        alice = LoginDriver(self.a)
         who, _ = run(alice.open(self.a.mint_login_link("abc", "alice"), method="POST"))
         closed: list[str] = []
         self.b.authorizer.track("abc", "alice", closed.append, login_id=who.login_id)
