@@ -8,7 +8,7 @@ import pytest
 from twisted.internet import defer
 
 from studios_gateway.http.upstream import SessionInfo
-from tests.support.auth_browser import Browser, request
+from tests.support.auth_browser import LoginDriver, request
 from tests.unit.test_auth_login import idp_login, make, run, studio
 from tests.unit.test_http_proxy import GET, OK, Harness, parse_responses
 
@@ -78,7 +78,7 @@ def test_not_a_studio_route_goes_the_full_way() -> None:
 
 def test_the_login_answers_at_once_only_what_it_would_allow() -> None:
     auth, clock, rp = make()
-    b = Browser(auth, external=idp_login(rp))
+    b = LoginDriver(auth, external=idp_login(rp))
     assert auth.authorized_now(request(studio("abc"), b.jar), "abc") is None  # no cookie
     run(b.open(studio("abc")))  # logs in; the decision is now cached
     who, record = auth.authorized_now(request(studio("abc"), b.jar), "abc")
