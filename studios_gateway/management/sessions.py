@@ -27,7 +27,7 @@ from studios_gateway.registry.base import (
 )
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION, ConnectVersion, VersionError
 from studios_gateway.wire import tools
-from studios_gateway.wire.ids import SESSION_ID, SESSION_ID_RULE
+from studios_gateway.wire.ids import SESSION_ID_RULE, is_session_id
 
 USER = re.compile(r"[A-Za-z0-9._@+-]{1,128}")
 WORKSPACE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
@@ -84,7 +84,7 @@ def validate_create(body: Any,
     if unknown:
         raise RequestError(f"unknown fields: {', '.join(sorted(unknown))}")
     sid = body.get("id")
-    if sid is not None and (not isinstance(sid, str) or not SESSION_ID.fullmatch(sid)):
+    if sid is not None and not is_session_id(sid):
         raise RequestError(f"id must be {SESSION_ID_RULE}")
     owner = body.get("owner")
     if not isinstance(owner, str) or not USER.fullmatch(owner):

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
-from studios_gateway.wire.ids import SESSION_ID, SESSION_ID_RULE
+from studios_gateway.wire.ids import SESSION_ID_RULE, is_session_id
 
 __all__ = [
     "SINGLE_USE_ID",
@@ -185,8 +185,7 @@ class SessionRecord:
 
 
 def _check_record(data: dict[str, Any]) -> None:
-    _need(data, "id", f"a session id ({SESSION_ID_RULE})",
-          lambda v: isinstance(v, str) and SESSION_ID.fullmatch(v) is not None)
+    _need(data, "id", f"a session id ({SESSION_ID_RULE})", is_session_id)
     _need(data, "workspace_id", "text or null", lambda v: v is None or _is_text(v))
     _need(data, "tool", "non-empty text", _is_text)
     _need(data, "owner", "non-empty text", _is_text)
@@ -251,8 +250,7 @@ class TunnelHolder:
 
 
 def _check_holder(data: dict[str, Any]) -> None:
-    _need(data, "session_id", "a session id",
-          lambda v: isinstance(v, str) and SESSION_ID.fullmatch(v) is not None)
+    _need(data, "session_id", "a session id", is_session_id)
     _need(data, "node_id", "non-empty text", _is_text)
     _need(data, "node_address", "text", lambda v: isinstance(v, str) and len(v) <= 1024)
     _need(data, "tunnel_id", "non-empty text", _is_text)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from studios_gateway.wire import tools
-from studios_gateway.wire.ids import SESSION_ID, SESSION_ID_RULE
+from studios_gateway.wire.ids import SESSION_ID_RULE, is_session_id
 
 MAX_LINE = 4096
 SSH_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
@@ -129,7 +129,7 @@ def parse_request(line: bytes) -> BindRequest:
     data = _load(line)
     sid, token = data.get("session"), data.get("token")
     version, tool, port = data.get("connect_version"), data.get("tool"), data.get("tool_port")
-    if not isinstance(sid, str) or not SESSION_ID.fullmatch(sid):
+    if not is_session_id(sid):
         raise BindError("malformed", f"session must be {SESSION_ID_RULE}")
     if not isinstance(token, str) or not 16 <= len(token) <= 512:
         raise BindError("malformed", "token must be a string of 16 to 512 characters")

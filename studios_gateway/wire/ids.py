@@ -6,10 +6,11 @@ digits or '-', not starting with '-'.
 """
 
 import re
+from typing import TypeGuard
 
 SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 SESSION_ID_RULE = "1-63 lowercase letters, digits or '-', not starting with '-'"
 
 
-def is_session_id(value: object) -> bool:
+def is_session_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and SESSION_ID.fullmatch(value) is not None
