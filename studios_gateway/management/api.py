@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from studios_gateway.management.endpoints import json_reply
 from studios_gateway.management.sessions import (
     NewSession,
     RequestError,
@@ -43,10 +44,7 @@ MAX_BODY = 64 * 1024
 
 
 def _reply(request: Request, code: int, body: Any) -> None:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    request.write(json.dumps(body, indent=1).encode() + b"\n")
+    request.write(json_reply(request, code, body))
     request.finish()
 
 

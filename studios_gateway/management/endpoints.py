@@ -25,7 +25,8 @@ class Health(Protocol):
         """(ready, {check name: "ok" or the reason it is not})."""
 
 
-def _json(request: Request, code: int, body: Any) -> bytes:
+def json_reply(request: Request, code: int, body: Any) -> bytes:
+    """`body` as the JSON answer of every management endpoint (status, type, no-store)."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
@@ -38,7 +39,7 @@ class _Leaf(Resource):
 
 class LiveResource(_Leaf):
     def render_GET(self, request: Request) -> bytes:
-        return _json(request, 200, {"status": "live"})
+        return json_reply(request, 200, {"status": "live"})
 
 
 class ReadyResource(_Leaf):
@@ -57,7 +58,7 @@ class ReadyResource(_Leaf):
             ready, checks = result
             self._metrics.ready.set(1 if ready else 0)
             if not gone:
-                request.write(_json(request, 200 if ready else 503,
+                request.write(json_reply(request, 200 if ready else 503,
                                     {"status": "ready" if ready else "not ready",
                                      "checks": checks}))
                 request.finish()
@@ -93,13 +94,13 @@ class ShutdownResource(_Leaf):
         from twisted.internet import reactor
 
         reactor.callLater(0, self._shutdown)
-        return _json(request, 202, {"status": "draining"})
+        return json_reply(request, 202, {"status": "draining"})
 
 
 class _Unauthorized(_Leaf):
     def render(self, request: Request) -> bytes:
         request.setHeader(b"www-authenticate", b'Bearer realm="studios-gateway management"')
-        return _json(request, 401, {"error": "missing or wrong bearer token"})
+        return json_reply(request, 401, {"error": "missing or wrong bearer token"})
 
 
 class ManagementRoot(Resource):
@@ -144,7 +145,7 @@ class ManagementRoot(Resource):
     def render_GET(self, request: Request) -> bytes:
         if not self.authorized(request):
             return _Unauthorized().render(request)
-        return _json(request, 200, {"endpoints": ["/live", "/ready", "/metrics", "/shutdown",
+        return json_reply(request, 200, {"endpoints": ["/live", "/ready", "/metrics", "/shutdown",
                                                   "/api/sessions"]})
 
 

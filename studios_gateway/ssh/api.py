@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from studios_gateway.management.endpoints import json_reply
 from studios_gateway.registry.base import StoreUnavailable, UserKeyStore, key_blob
 from studios_gateway.ssh.keys import fingerprint, parse_public_keys, valid_user
 
@@ -31,13 +32,6 @@ __all__ = ["UserKeysResource"]
 
 MAX_BODY = 256 * 1024
 log = Logger(namespace="studios_gateway.ssh.api")
-
-
-def _reply(request: Request, code: int, body: Any) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body, indent=1).encode() + b"\n"
 
 
 class _BadRequest(Exception):
@@ -101,13 +95,13 @@ class UserKeysResource(Resource):
         try:
             user, fp = self._target(request)
         except LookupError:
-            return _reply(request, 404, {"error": "expected /api/users/{user}/keys"})
+            return json_reply(request, 404, {"error": "expected /api/users/{user}/keys"})
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
         def send(reply: tuple[int, Any]) -> None:
             if not gone:
-                request.write(_reply(request, *reply))
+                request.write(json_reply(request, *reply))
                 request.finish()
 
         def crashed(f: Any) -> None:
