@@ -835,6 +835,8 @@ class StudioSSHServer:
             if stream_end.transport is not None:
                 stream_end.transport.loseConnection()
             return
+        log.debug("studio SSH: serving stream {sid}",
+                  sid=getattr(stream_end.transport, "stream_id", "?"))
         ssh = self.build_protocol()
         end = _SSHEnd(ssh)
         pipe = _MemoryPipe(end)
