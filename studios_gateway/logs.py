@@ -27,7 +27,9 @@ LEVELS: dict[str, LogLevel] = {
 }
 
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-_installed: set[int] = set()
+#: The level filters set_level put in front of the process's observers, by id: (the filter,
+#: the observer behind it). The filter is kept, so its id cannot be another object's.
+_installed: dict[int, tuple[ILogObserver, ILogObserver]] = {}
 
 
 def set_level(level: str, publisher: LogPublisher = globalLogPublisher) -> None:
@@ -43,7 +45,21 @@ def set_level(level: str, publisher: LogPublisher = globalLogPublisher) -> None:
         wrapped = FilteringLogObserver(obs, [_predicate])
         publisher.removeObserver(obs)
         publisher.addObserver(wrapped)
-        _installed.add(id(wrapped))
+        _installed[id(wrapped)] = (wrapped, obs)
+
+
+def observers(publisher: LogPublisher = globalLogPublisher) -> list[ILogObserver] | None:
+    """The observers behind :func:`set_level`'s filters on `publisher` (twistd's log file or
+    standard output), or None when the publisher has any other observer too (its events
+    must then go through the publisher)."""
+    current: list[ILogObserver] = list(getattr(publisher, "_observers", []))
+    behind: list[ILogObserver] = []
+    for obs in current:
+        pair = _installed.get(id(obs))
+        if pair is None or pair[0] is not obs:
+            return None
+        behind.append(pair[1])
+    return behind or None
 
 
 def always(namespace: str, level: LogLevel = LogLevel.info) -> None:

@@ -1,9 +1,11 @@
-"""The access log: one line per finished exchange, text or JSON, through twisted.logger.
+"""The access log: one line per finished exchange, text or JSON, in the process's log.
 
-Lines go to the namespace :data:`NAMESPACE` at level info, so every observer of
-the process (twistd's log file, journald) gets them and an operator can filter
-them out or in by that name. The level filter lets this namespace through whatever
-``CONNECT_LOG_LEVEL`` says (:func:`studios_gateway.logs.keep_namespace`).
+Lines are info events of the namespace :data:`NAMESPACE`, written whatever
+``CONNECT_LOG_LEVEL`` says (:func:`studios_gateway.logs.always`). Once started, when
+the process logs only to text files (twistd's log file or standard output, the usual
+case), the lines go straight to those files a batch at a time, each with the prefix
+the log would have given it (:mod:`studios_gateway.traffic.access_file`); otherwise
+each line is an event through twisted.logger, so every observer gets it.
 
 Only the fields of :class:`~studios_gateway.traffic.facts.Finished` are written:
 no header, cookie, token or query string is ever in the facts.
@@ -16,8 +18,10 @@ import re
 import time
 from typing import Any
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogPublisher, globalLogPublisher
 
+from studios_gateway import logs
+from studios_gateway.traffic.access_file import LineBuffer, TextTarget
 from studios_gateway.traffic.facts import Finished
 
 __all__ = ["NAMESPACE", "AccessLog", "json_line", "text_line"]
@@ -76,9 +80,33 @@ class AccessLog:
         self.node = node
         # An instance attribute: a Logger on the class would name its events after the class.
         self._log = logger if logger is not None else Logger(namespace=NAMESPACE)
+        self._buffer: LineBuffer | None = None
+
+    @property
+    def buffered(self) -> bool:
+        """Lines go straight to the log's files (see :meth:`start`)."""
+        return self._buffer is not None
+
+    def start(self, clock: Any, publisher: LogPublisher = globalLogPublisher) -> None:
+        """Write lines straight to the log's files from now on, when every observer of
+        `publisher` is a text file's (else each line stays an event)."""
+        if self.mode == "off" or self._buffer is not None:
+            return
+        found = logs.observers(publisher)
+        targets = [TextTarget.of(obs, NAMESPACE) for obs in found or ()]
+        if targets and all(t is not None for t in targets):
+            self._buffer = LineBuffer(clock, [t for t in targets if t is not None])
+
+    def stop(self) -> None:
+        """Write the lines that wait; later ones (a shutdown's) go out one by one."""
+        if self._buffer is not None:
+            self._buffer.close()
 
     def __call__(self, f: Finished) -> None:
         if self.mode == "off":
             return
         line = json_line(f, self.node) if self.mode == "json" else text_line(f, self.node)
-        self._log.info("{access_line}", access_line=line)
+        if self._buffer is not None:
+            self._buffer.add(f.started + f.duration, line)
+        else:
+            self._log.info("{access_line}", access_line=line)

@@ -83,6 +83,7 @@ class Traffic:
     # Lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.access_log.start(self.clock)
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
         self._loop.start(TICK, now=False).addErrback(
@@ -94,6 +95,7 @@ class Traffic:
         self._loop = None
         for meter in list(self.meters):
             self._carry(meter)
+        self.access_log.stop()
 
     # HTTP -----------------------------------------------------------------------------------
 

@@ -1,0 +1,145 @@
+"""The access log written straight to the log's files: the same lines as the per-event
+path, a batch per interval, size and signal rotation of twistd's log file (fake clock)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.logger import (
+    Logger,
+    LogLevel,
+    LogPublisher,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+from twisted.python.logfile import LogFile
+
+from studios_gateway import logs
+from studios_gateway.traffic.access_file import INTERVAL, LIMIT, LineBuffer, TextTarget
+from studios_gateway.traffic.access_log import NAMESPACE, AccessLog, text_line
+from tests.unit.test_traffic import T0, facts
+
+
+class CountingFile(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+def as_event(line: str, when: float) -> dict[str, Any]:
+    """The event the per-event path logs for `line` at `when`."""
+    return {"log_time": when, "log_namespace": NAMESPACE, "log_level": LogLevel.info,
+            "log_format": "{access_line}", "access_line": line, "log_source": None}
+
+
+def test_a_target_writes_what_the_observer_would_have_written() -> None:
+    via_event, direct = io.StringIO(), io.StringIO()
+    textFileLogObserver(via_event)(as_event("a line", T0))
+    textFileLogObserver(via_event)(as_event("another", T0 + 1.5))
+    target = TextTarget.of(textFileLogObserver(direct), NAMESPACE)
+    assert target is not None  # twistd's observer still keeps its file where we look
+    target.write([(T0, "a line"), (T0 + 1.5, "another")])
+    assert direct.getvalue() == via_event.getvalue()
+    assert f"[{NAMESPACE}#info] a line\n" in direct.getvalue()
+
+
+def test_observers_that_are_not_text_files_are_not_targets() -> None:
+    assert TextTarget.of(jsonFileLogObserver(io.StringIO()), NAMESPACE) is None
+    assert TextTarget.of(lambda event: None, NAMESPACE) is None
+
+
+def test_lines_wait_for_the_interval_and_go_in_one_write() -> None:
+    out, clock = CountingFile(), Clock()
+    target = TextTarget.of(textFileLogObserver(out), NAMESPACE)
+    assert target is not None
+    buffer = LineBuffer(clock, [target])
+    for i in range(50):
+        buffer.add(T0, f"request {i}")
+    assert out.getvalue() == ""
+    clock.advance(INTERVAL)
+    assert out.writes == 1
+    assert [line.rsplit(" ", 1)[1] for line in out.getvalue().splitlines()] == [
+        str(i) for i in range(50)]
+    assert not clock.getDelayedCalls()  # nothing waits, no timer
+
+
+def test_a_full_buffer_and_close_write_at_once() -> None:
+    out, clock = CountingFile(), Clock()
+    target = TextTarget.of(textFileLogObserver(out), NAMESPACE)
+    assert target is not None
+    buffer = LineBuffer(clock, [target])
+    line = "x" * 1000
+    for _ in range(LIMIT // len(line) + 1):
+        buffer.add(T0, line)
+    assert out.writes == 1 and not clock.getDelayedCalls()
+    buffer.add(T0, "waits")
+    buffer.close()
+    assert out.getvalue().endswith("waits\n")
+    buffer.add(T0, "after close")
+    assert out.getvalue().endswith("after close\n") and not clock.getDelayedCalls()
+
+
+def test_a_write_that_fails_is_said_once_and_does_not_raise(monkeypatch: Any) -> None:
+    class Broken(io.StringIO):
+        def write(self, s: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    said: list[dict[str, Any]] = []
+    clock = Clock()
+    target = TextTarget.of(textFileLogObserver(Broken()), NAMESPACE)
+    assert target is not None
+    monkeypatch.setattr(LineBuffer, "_log", Logger(observer=said.append))
+    buffer = LineBuffer(clock, [target])
+    for _ in range(2):
+        buffer.add(T0, "lost")
+        clock.advance(INTERVAL)
+    assert len(said) == 1 and "No space left" in str(said[0]["e"])
+
+
+def test_twistd_log_file_rotates_by_size_and_by_signal(tmp_path: Path) -> None:
+    log_file = LogFile("twistd.log", str(tmp_path), rotateLength=4000)
+    clock = Clock()
+    target = TextTarget.of(textFileLogObserver(log_file), NAMESPACE)
+    assert target is not None
+    buffer = LineBuffer(clock, [target])
+    for batch in range(4):
+        for i in range(20):
+            buffer.add(T0, f"batch {batch} line {i}")
+        clock.advance(INTERVAL)
+    assert (tmp_path / "twistd.log.1").exists()  # rotated by size between batches
+    log_file.rotate()  # what twistd does on SIGUSR1
+    buffer.add(T0, "after the signal")
+    clock.advance(INTERVAL)
+    assert (tmp_path / "twistd.log").read_text().endswith("after the signal\n")
+    every = "".join(p.read_text() for p in tmp_path.iterdir())
+    assert every.count(f"[{NAMESPACE}#info] batch") == 80
+
+
+def test_the_access_log_buffers_only_when_every_observer_is_a_text_file() -> None:
+    out = io.StringIO()
+    publisher = LogPublisher(textFileLogObserver(out))
+    assert logs.observers(publisher) is None  # not behind set_level's filter: unknown
+    logs.set_level("info", publisher)
+    clock = Clock()
+    access = AccessLog("text", "gw")
+    access.start(clock, publisher)
+    assert access.buffered
+    access(facts())
+    assert out.getvalue() == ""
+    clock.advance(INTERVAL)
+    [line] = out.getvalue().splitlines()
+    assert line.endswith(f"[{NAMESPACE}#info] {text_line(facts(), 'gw')}")
+
+    events: list[dict[str, Any]] = []
+    publisher.addObserver(events.append)  # an observer that is not a file: every event
+    assert logs.observers(publisher) is None
+    per_event = AccessLog("text", "gw", logger=None)
+    per_event.start(clock, publisher)
+    assert not per_event.buffered
