@@ -36,6 +36,7 @@ from studios_gateway.wire.sockopts import (
 )
 from studios_gateway.wire.splice import SpliceEnd, join
 from studios_gateway.wire.tls import PinMismatch, client_options, handshake_failure
+from studios_gateway.wire.tls_memory import wrap_client_tls
 
 BACKOFF_BASE = 0.5
 # The ceiling of the back-off. With full jitter a client waits 0..8 s between
@@ -367,7 +368,7 @@ class ConnectClient(Service):
 
     def gateway_endpoint(self, gateway: Gateway) -> Any:
         """The TLS endpoint of one gateway (pinned or verified by name), over its carrier."""
-        return endpoints.wrapClientTLS(client_options(gateway.host, gateway.pin),
+        return wrap_client_tls(client_options(gateway.host, gateway.pin),
                                        self._carrier(gateway))
 
     def _connect(self) -> None:
@@ -419,7 +420,7 @@ class ConnectClient(Service):
         if gateway.carrier == "tls":
             return endpoint
         if gateway.carrier == "wss":
-            endpoint = endpoints.wrapClientTLS(client_options(gateway.host, gateway.pin),
+            endpoint = wrap_client_tls(client_options(gateway.host, gateway.pin),
                                                endpoint)
         default = 443 if gateway.carrier == "wss" else 80
         host = gateway.host if gateway.port == default else f"{gateway.host}:{gateway.port}"

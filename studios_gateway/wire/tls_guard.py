@@ -20,6 +20,8 @@ gateway's listeners (tunnel, HTTPS proxy, peers) that instead:
   limits and established users are never starved by it;
 - when the application closes, closes TCP as soon as its TLS close_notify is
   out, instead of waiting (for ever, if the peer does not read) for the peer's.
+- frees what its memory BIOs grew to (the handshake, a burst) once the
+  connection is quiet (wire/tls_memory.py).
 
 Until the handshake is done the TLS layer's protocol is a placeholder that
 learns of the handshake through Twisted's ``IHandshakeListener``, which the TLS
@@ -40,6 +42,8 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from studios_gateway.wire.tls_memory import RenewingBIOs
 
 __all__ = ["GuardedTLSFactory", "HandshakeLimits"]
 
@@ -71,7 +75,7 @@ class _AwaitingHandshake(Protocol):
         self._guard.handshake_done()
 
 
-class _GuardedTLSProtocol(BufferingTLSTransport):
+class _GuardedTLSProtocol(RenewingBIOs, BufferingTLSTransport):
     factory: GuardedTLSFactory
 
     def __init__(self, factory: GuardedTLSFactory, addr: Any):
