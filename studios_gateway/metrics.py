@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Iterator
-from itertools import accumulate
 from typing import Any
 
 from prometheus_client import (
@@ -17,12 +15,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.utils import floatToGoString
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+
+from studios_gateway.plain_metrics import PlainHistogram
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -30,41 +25,30 @@ _TICK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 
 class _ReactorTicks:
-    """Reactor iterations and their times, counted in plain attributes (the reactor runs
-    this thousands of times a second: a Prometheus Histogram and Counter took a lock
-    and a bucket search each time) and handed over as a histogram and a counter when
+    """Reactor iterations and their times, counted in plain numbers (the reactor runs
+    this thousands of times a second) and handed over as a histogram and a counter when
     the metrics are read."""
 
     def __init__(self, buckets: tuple[float, ...]):
-        self._bounds = buckets
-        self._counts = [0] * (len(buckets) + 1)  # the last: above every bound
-        self._sum = 0.0
+        self.seconds = PlainHistogram(
+            "studios_gateway_reactor_tick_seconds",
+            "Time the reactor spent running callbacks in one loop iteration.", buckets)
+        self.seconds.series(())
         self._created = time.time()
 
     def observe(self, seconds: float) -> None:
-        self._counts[bisect_left(self._bounds, seconds)] += 1
-        self._sum += seconds
+        self.seconds.observe((), seconds)
+
+    def _ticks(self) -> CounterMetricFamily:
+        return CounterMetricFamily("studios_gateway_reactor_ticks", "Reactor loop iterations.")
 
     def describe(self) -> list[Metric]:
-        return list(self._families(empty=True))
+        return [*self.seconds.describe(), self._ticks()]
 
     def collect(self) -> Iterator[Metric]:
-        return self._families(empty=False)
-
-    def _families(self, empty: bool) -> Iterator[Metric]:
-        counts = [0] * len(self._counts) if empty else list(self._counts)
-        cumulative = list(accumulate(counts))
-        tick = HistogramMetricFamily(
-            "studios_gateway_reactor_tick_seconds",
-            "Time the reactor spent running callbacks in one loop iteration.")
-        if not empty:
-            tick.add_metric([], [(floatToGoString(b), c) for b, c in
-                                 zip((*self._bounds, float("inf")), cumulative, strict=True)],
-                            sum_value=self._sum)
-        yield tick
-        ticks = CounterMetricFamily("studios_gateway_reactor_ticks", "Reactor loop iterations.")
-        if not empty:
-            ticks.add_metric([], cumulative[-1], created=self._created)
+        yield from self.seconds.collect()
+        ticks = self._ticks()
+        ticks.add_metric([], self.seconds.count(()), created=self._created)
         yield ticks
 
 

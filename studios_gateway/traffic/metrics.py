@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
+from studios_gateway.plain_metrics import PlainCounter, PlainHistogram
 from studios_gateway.wire.tools import TOOLS
 
 __all__ = ["TrafficMetrics", "status_class", "tool_label"]
@@ -20,7 +21,10 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 def status_class(status: int | None) -> str:
     if status is None or not 100 <= status <= 599:
         return "none"
-    return f"{status // 100}xx"
+    return _CLASSES[status // 100]
+
+
+_CLASSES = {n: f"{n}xx" for n in range(1, 6)}
 
 
 def tool_label(tool: str) -> str:
@@ -35,14 +39,15 @@ class TrafficMetrics:
 
     def __init__(self, registry: Any):
         r = registry
-        self.requests = Counter(
+        # Counted on every request: in plain numbers (studios_gateway.plain_metrics).
+        self.requests = PlainCounter(
             "studios_gateway_http_requests", "HTTP requests answered, by status class and tool.",
             ["code", "tool"], registry=r)
-        self.latency = Histogram(
+        self.latency = PlainHistogram(
             "studios_gateway_http_request_duration_seconds",
-            "Time from a request's head to the end of its response, by tool.", ["tool"],
-            buckets=_LATENCY_BUCKETS, registry=r)
-        self.bytes = Counter(
+            "Time from a request's head to the end of its response, by tool.",
+            _LATENCY_BUCKETS, ["tool"], registry=r)
+        self.bytes = PlainCounter(
             "studios_gateway_transfer_bytes",
             "Bytes from clients (in) and to clients (out), by kind (http, websocket, ssh).",
             ["kind", "direction"], registry=r)
@@ -72,7 +77,7 @@ class TrafficMetrics:
             registry=r)
         for kind in ("http", "websocket", "ssh"):  # the series exist from the start
             for direction in ("in", "out"):
-                self.bytes.labels(kind, direction)
+                self.bytes.add((kind, direction), 0)
         for outcome in ("ok", "refused"):
             self.ssh_sessions.labels(outcome)
 

@@ -31,6 +31,7 @@ from studios_gateway.traffic.usage import SessionFigures, Usage
 __all__ = ["Meter", "Traffic"]
 
 TICK = 1.0
+_HTTP_IN, _HTTP_OUT = (HTTP, "in"), (HTTP, "out")
 
 
 class Meter:
@@ -102,17 +103,17 @@ class Traffic:
     def http_done(self, f: Finished) -> None:
         m = self.metrics
         tool = tool_label(f.tool)
-        m.requests.labels(status_class(f.status), tool).inc()
-        m.latency.labels(tool).observe(f.duration)
-        m.bytes.labels(HTTP, "in").inc(f.bytes_in)
-        m.bytes.labels(HTTP, "out").inc(f.bytes_out)
+        m.requests.add((status_class(f.status), tool))
+        m.latency.observe((tool,), f.duration)
+        m.bytes.add(_HTTP_IN, f.bytes_in)
+        m.bytes.add(_HTTP_OUT, f.bytes_out)
         if f.session_id:
             figures = self.usage.of(f.session_id, self.clock.seconds())
             figures.requests += 1
             figures.bytes_in += f.bytes_in
             figures.bytes_out += f.bytes_out
-        if self.quota is not None and f.session_id:
-            self.quota.add(f.session_id, f.subject, f.bytes_in + f.bytes_out)
+            if self.quota is not None:
+                self.quota.add(f.session_id, f.subject, f.bytes_in + f.bytes_out)
         self.access_log(f)
 
     # WebSockets and SSH sessions ------------------------------------------------------------
@@ -157,8 +158,8 @@ class Traffic:
     def ssh_refused(self, f: Finished) -> None:
         """An SSH connection that never reached a studio (refused, or a bad key)."""
         self.metrics.ssh_sessions.labels("refused").inc()
-        self.metrics.bytes.labels(SSH, "in").inc(f.bytes_in)
-        self.metrics.bytes.labels(SSH, "out").inc(f.bytes_out)
+        self.metrics.bytes.add((SSH, "in"), f.bytes_in)
+        self.metrics.bytes.add((SSH, "out"), f.bytes_out)
         self.access_log(f)
 
     def quota_refused(self, over: Over) -> None:
@@ -211,8 +212,8 @@ class Traffic:
         d_in, d_out = meter.take()
         if not (d_in or d_out):
             return
-        self.metrics.bytes.labels(meter.kind, "in").inc(d_in)
-        self.metrics.bytes.labels(meter.kind, "out").inc(d_out)
+        self.metrics.bytes.add((meter.kind, "in"), d_in)
+        self.metrics.bytes.add((meter.kind, "out"), d_out)
         figures = self.usage.get(meter.session_id)
         if figures is not None:
             figures.bytes_in += d_in
