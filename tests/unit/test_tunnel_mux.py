@@ -743,6 +743,30 @@ def test_pings_are_answered_and_a_silent_peer_is_declared_dead() -> None:
     assert not link.clock.getDelayedCalls()
 
 
+
+def test_an_idle_tunnel_holds_one_timer_and_gives_its_scheduler_back() -> None:
+    link = Link(ping_interval=10, ping_timeout=20)
+    assert len(link.clock.getDelayedCalls()) == 2  # one keepalive timer per side
+    assert link.client.scheduler is None  # nothing sent yet: no scheduler made
+    local, mine, remote, theirs = open_pair(link)
+    local.write(b"request")
+    link.pump()
+    assert link.client.scheduler is not None and theirs.data == b"request"
+    local.loseConnection()
+    remote.loseConnection()
+    link.pump()
+    assert not link.client.streams
+    for _ in range(3):  # pings go both ways; the idle tunnels drop their schedulers
+        link.clock.advance(10)
+        link.pump()
+    assert link.client.scheduler is None and link.server.scheduler is None
+    assert len(link.clock.getDelayedCalls()) == 2 and not link.client.closed
+    again, _, _, theirs2 = open_pair(link)  # the next stream makes a scheduler again
+    again.write(b"more")
+    link.pump()
+    assert theirs2.data == b"more"
+
+
 # A real socket -------------------------------------------------------------------------
 
 
