@@ -1,0 +1,144 @@
+"""The studio's SFTP server tells OpenSSH its limits (limits@openssh.com), and serves at
+most that much per read."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from twisted.conch.ssh import filetransfer
+from twisted.conch.ssh.common import NS, getNS
+from twisted.internet.testing import StringTransport
+
+from studios_gateway.studio.sshd import SFTP_MAX_MESSAGE, SFTP_MAX_READ, _SFTPServer
+
+
+def _packet(kind: int, data: bytes) -> bytes:
+    return struct.pack("!LB", len(data) + 1, kind) + data
+
+
+def _replies(wire: bytes) -> list[tuple[int, bytes]]:
+    out = []
+    while wire:
+        length, kind = struct.unpack("!LB", wire[:5])
+        out.append((kind, wire[5:4 + length]))
+        wire = wire[4 + length:]
+    return out
+
+
+def _server(tmp_path: Path) -> tuple[_SFTPServer, StringTransport]:
+    server = _SFTPServer(str(tmp_path))
+    transport = StringTransport()
+    server.makeConnection(transport)
+    server.dataReceived(_packet(filetransfer.FXP_INIT, struct.pack("!L", 3)))
+    return server, transport
+
+
+def test_the_version_reply_offers_limits(tmp_path: Path) -> None:
+    _, transport = _server(tmp_path)
+    [(kind, data)] = _replies(transport.value())
+    assert kind == filetransfer.FXP_VERSION
+    assert struct.unpack("!L", data[:4]) == (3,)
+    name, rest = getNS(data[4:])
+    value, rest = getNS(rest)
+    assert (name, value, rest) == (b"limits@openssh.com", b"1", b"")
+
+
+def test_limits_reply_and_unknown_extensions(tmp_path: Path) -> None:
+    server, transport = _server(tmp_path)
+    transport.clear()
+    server.dataReceived(_packet(filetransfer.FXP_EXTENDED, struct.pack("!L", 7)
+                                + NS(b"limits@openssh.com")))
+    server.dataReceived(_packet(filetransfer.FXP_EXTENDED, struct.pack("!L", 8)
+                                + NS(b"no-such@example.com")))
+    (kind, data), (status_kind, status) = _replies(transport.value())
+    assert kind == filetransfer.FXP_EXTENDED_REPLY
+    assert struct.unpack("!L4Q", data) == (7, SFTP_MAX_MESSAGE, SFTP_MAX_READ, SFTP_MAX_READ, 0)
+    assert status_kind == filetransfer.FXP_STATUS
+    assert struct.unpack("!2L", status[:8]) == (8, filetransfer.FX_OP_UNSUPPORTED)
+
+
+def test_a_read_larger_than_the_limit_is_served_short(tmp_path: Path) -> None:
+    (tmp_path / "big").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    server, transport = _server(tmp_path)
+    transport.clear()
+    server.dataReceived(_packet(filetransfer.FXP_OPEN, struct.pack("!L", 1) + NS(b"big")
+                                + struct.pack("!2L", filetransfer.FXF_READ, 0)))
+    [(kind, data)] = _replies(transport.value())
+    assert kind == filetransfer.FXP_HANDLE
+    handle, _ = getNS(data[4:])
+    transport.clear()
+    server.dataReceived(_packet(filetransfer.FXP_READ, struct.pack("!L", 2) + NS(handle)
+                                + struct.pack("!QL", 1000, 1 << 20)))
+    [(kind, data)] = _replies(transport.value())
+    assert kind == filetransfer.FXP_DATA
+    chunk, _ = getNS(data[4:])
+    assert len(chunk) == SFTP_MAX_READ
+    assert chunk == ((bytes(range(256)) * 4096)[1000:1000 + SFTP_MAX_READ])
+
+
+def _stat(request_id: int) -> bytes:
+    return _packet(filetransfer.FXP_STAT, struct.pack("!L", request_id) + NS(b"."))
+
+
+def test_requests_wait_while_paused(tmp_path: Path) -> None:
+    server, transport = _server(tmp_path)
+    transport.clear()
+    server.pause()
+    wire = _stat(1) + _stat(2)
+    server.dataReceived(wire[:5])
+    server.dataReceived(wire[5:])
+    assert transport.value() == b""
+    server.resume()
+    assert [kind for kind, _ in _replies(transport.value())] == [filetransfer.FXP_ATTRS] * 2
+    # A request split across reads is handled once whole.
+    transport.clear()
+    wire = _stat(3)
+    server.dataReceived(wire[:7])
+    assert transport.value() == b""
+    server.dataReceived(wire[7:])
+    assert len(_replies(transport.value())) == 1
+
+
+def test_a_request_over_the_limit_closes_the_session(tmp_path: Path) -> None:
+    server, transport = _server(tmp_path)
+    transport.clear()
+    server.dataReceived(struct.pack("!LBL", SFTP_MAX_MESSAGE + 1, filetransfer.FXP_WRITE, 1))
+    assert transport.disconnecting
+    server.dataReceived(_stat(2))
+    assert transport.value() == b""
+
+
+def _open(server: _SFTPServer, transport: StringTransport, name: bytes, flags: int) -> bytes:
+    transport.clear()
+    server.dataReceived(_packet(filetransfer.FXP_OPEN, struct.pack("!L", 1) + NS(name)
+                                + struct.pack("!2L", flags, 0)))
+    [(kind, data)] = _replies(transport.value())
+    assert kind == filetransfer.FXP_HANDLE
+    transport.clear()
+    return getNS(data[4:])[0]
+
+
+def test_writes_land_at_their_offsets_and_are_answered(tmp_path: Path) -> None:
+    server, transport = _server(tmp_path)
+    handle = _open(server, transport, b"up.bin",
+                   filetransfer.FXF_WRITE | filetransfer.FXF_CREAT)
+    block = bytes(range(256)) * 1000
+    wire = b"".join(_packet(filetransfer.FXP_WRITE, struct.pack("!L", 10 + i) + NS(handle)
+                            + struct.pack("!Q", i * len(block)) + NS(block))
+                    for i in (1, 0, 2))
+    for i in range(0, len(wire), 32768):  # as channel packets bring it
+        server.dataReceived(wire[i:i + 32768])
+    replies = _replies(transport.value())
+    assert [(kind, struct.unpack("!2L", data[:8])) for kind, data in replies] == [
+        (filetransfer.FXP_STATUS, (11, filetransfer.FX_OK)),
+        (filetransfer.FXP_STATUS, (10, filetransfer.FX_OK)),
+        (filetransfer.FXP_STATUS, (12, filetransfer.FX_OK))]
+    assert (tmp_path / "up.bin").read_bytes() == block * 3
+    # A write to a handle that is not open fails with a status, as Conch's does.
+    transport.clear()
+    server.dataReceived(_packet(filetransfer.FXP_WRITE, struct.pack("!L", 20) + NS(b"nope")
+                                + struct.pack("!Q", 0) + NS(b"x")))
+    [(kind, data)] = _replies(transport.value())
+    assert kind == filetransfer.FXP_STATUS
+    assert struct.unpack("!2L", data[:8])[0] == 20 and data[4:8] != b"\0\0\0\0"
