@@ -3,7 +3,8 @@
 States, each logged once when entered: waiting-for-tool, connecting, bound,
 backing-off, stopped. A refusal the gateway marks as final (bad token,
 incompatible version) stops the client with the gateway's reason; anything else
-is retried with exponential backoff and full jitter. ``unknown_session`` is
+is retried (``Backoff``: one quick retry, one full-jitter wait, then a steady
+period on the phase that wait gave). ``unknown_session`` is
 final only after it has been heard for ``unknown_session_wait`` seconds without
 a bind in between (CONNECT_UNKNOWN_SESSION_WAIT): a gateway that restarts loads
 its sessions again, and its studios must still be there when it does.
@@ -38,16 +39,22 @@ from studios_gateway.wire.splice import SpliceEnd, join
 from studios_gateway.wire.tls import PinMismatch, client_options, handshake_failure
 from studios_gateway.wire.tls_memory import wrap_client_tls
 
+# Retries after a tunnel is lost (docs/decisions/reconnect-backoff.md): the first one
+# within 0..BACKOFF_BASE (a blip heals at once); the second after a full-jitter wait of
+# 0..BACKOFF_MAX, which gives each studio a random phase; then one every BACKOFF_MAX
+# (less up to STEADY_JITTER of it) on that phase. However long a gateway was away, the
+# attempts of its studios are then spread evenly over BACKOFF_MAX, so every studio is
+# back within ~8 s of the gateway being ready and none of those seconds gets more than
+# its share. (A ceiling doubling from 0.5 s, each wait full jitter under it, bunched a
+# restarted node's studios into its first two seconds: 5-6x the mean per 100 ms.)
 BACKOFF_BASE = 0.5
-# The ceiling of the back-off. With full jitter a client waits 0..8 s between
-# attempts once the gateway has been away a few seconds: every studio is back
-# within ~8 s of the gateway being ready again, and a thousand studios dialling
-# a gateway that is down make ~250 (cheap, refused) attempts a second.
 BACKOFF_MAX = 8.0
+STEADY_JITTER = 0.1
 # After a GoAway (the gateway drains) the client rebinds after a delay drawn
-# uniformly from 0..GOAWAY_SPREAD, so the studios of a draining node do not all
-# dial at the same instant. The old tunnel keeps serving meanwhile.
-GOAWAY_SPREAD = 2.0
+# uniformly from 0..GOAWAY_SPREAD, then as above on that phase: a draining node's
+# studios neither dial at the same instant nor crowd a node that restarts quickly.
+# The old tunnel keeps serving meanwhile.
+GOAWAY_SPREAD = BACKOFF_MAX
 TOOL_POLL = 0.5
 TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)starting
 TOOL_START_WAIT = 120.0  # how long a stream waits for a preset's tool to become ready
@@ -61,21 +68,25 @@ def quiet_factory(make: Callable[[], Protocol]) -> Factory[Protocol]:
 
 
 class Backoff:
-    """Exponential backoff with full jitter (uniform in 0..ceiling, the ceiling doubling
-    from ``base`` up to ``cap``); reset after a successful bind."""
+    """When to try again: 0..base, then 0..cap (full jitter), then every cap (less up to
+    ``steady`` of it) on the phase that draw gave; reset after a successful bind."""
 
     def __init__(self, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX,
-                 rng: Callable[[], float] = random.random):
-        self.base, self.cap, self._rng = base, cap, rng
+                 rng: Callable[[], float] = random.random, steady: float = STEADY_JITTER):
+        self.base, self.cap, self.steady, self._rng = base, cap, steady, rng
         self.attempt = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self.cap, self.base * (2 ** self.attempt))
         self.attempt += 1
-        return ceiling * self._rng()
+        if self.attempt == 1:
+            return self.base * self._rng()
+        if self.attempt == 2:
+            return self.cap * self._rng()
+        return self.cap * (1 - self.steady * self._rng())
 
     def spread(self, width: float) -> float:
-        """A delay uniform in 0..width (after a GoAway)."""
+        """A delay uniform in 0..width (after a GoAway); attempts after it keep its phase."""
+        self.attempt = 2
         return width * self._rng()
 
     def reset(self) -> None:
@@ -455,7 +466,7 @@ class ConnectClient(Service):
         return self._protocol
 
     def going_away(self, protocol: TunnelClientProtocol) -> None:
-        # Rebind soon (elsewhere if we know other gateways), after a random part of
+        # Rebind (elsewhere if we know other gateways) after a random part of
         # GOAWAY_SPREAD so a draining node's studios do not all dial at once; the
         # old tunnel's streams finish on their own connection.
         self._gateway_index += 1

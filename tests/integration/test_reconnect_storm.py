@@ -3,7 +3,7 @@ process of 50 real connect clients (bench/storm.py runs both scenarios; the 1,00
 run is `python -m bench.storm`, too heavy for CI on two cores):
 
 * a node is drained while a second one runs: the studios rebind there, spread over the
-  GoAway delay instead of all at once;
+  GoAway delay (0-8 s) instead of all at once;
 * a node is stopped, kept down 2 s and started again on the same ports: every studio is
   back within 10 s of it being ready and none gives up."""
 
@@ -23,11 +23,11 @@ pytestmark = [pytest.mark.slow,
 
 def test_a_drained_nodes_studios_rebind_elsewhere_spread_out() -> None:
     with tempfile.TemporaryDirectory(prefix="storm-") as work:
-        storm = run(studios=50, down=0, bin_s=0.5, work=Path(work), move=True)
+        storm = run(studios=50, down=0, bin_s=2.0, work=Path(work), move=True)
     print(f"\n{storm}")
     assert storm.gave_up == 0
     # Rebinding at once on the GoAway put all 50 binds into one bin (4x the mean over the
-    # 2 s counted); the jittered delay (0-2 s) spreads them, ~12 to a 0.5 s bin.
+    # 8 s counted); the jittered delay (0-8 s) spreads them, ~12 to a 2 s bin.
     assert storm.peak_per_bin <= 3 * storm.mean_per_bin
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from hypothesis import given
@@ -15,7 +16,7 @@ from studios_gateway.management.sessions import (
     session_url,
     validate_create,
 )
-from studios_gateway.studio.client import Backoff
+from studios_gateway.studio.client import BACKOFF_MAX, GOAWAY_SPREAD, Backoff
 from studios_gateway.studio.settings import load_client_settings
 from studios_gateway.wire.bind import (
     MAX_LINE,
@@ -124,16 +125,43 @@ def test_client_settings_errors_name_the_variable(env, name) -> None:
     assert e.value.name == name
 
 
-def test_backoff_grows_with_full_jitter_and_resets() -> None:
+def test_backoff_one_quick_retry_one_full_jitter_wait_then_a_steady_period() -> None:
     b = Backoff(base=0.5, cap=8, rng=lambda: 1.0)
-    assert [b.next_delay() for _ in range(6)] == [0.5, 1, 2, 4, 8, 8]
+    assert [b.next_delay() for _ in range(4)] == [0.5, 8, 7.2, 7.2]
     b.reset()
     assert b.next_delay() == 0.5
-    # Full jitter: anywhere from 0 to the ceiling, not its upper half.
-    draws = iter([0.0, 0.25, 0.5])
+    # Full jitter: anywhere from 0 to the ceiling, not its upper half; then the period,
+    # shortened by at most a tenth.
+    draws = iter([0.0, 0.25, 0.5, 0.0])
     low = Backoff(base=0.5, cap=8, rng=lambda: next(draws))
-    assert [low.next_delay() for _ in range(3)] == [0.0, 0.25, 1.0]
-    assert Backoff(rng=lambda: 0.5).spread(2.0) == 1.0
+    assert [low.next_delay() for _ in range(4)] == [0.0, 2.0, 7.6, 8.0]
+
+
+def test_after_a_goaway_spread_the_attempts_keep_its_phase() -> None:
+    b = Backoff(rng=lambda: 0.5)
+    b.next_delay()
+    assert b.spread(8.0) == 4.0
+    assert b.next_delay() == 8 * (1 - 0.1 * 0.5)  # no quick retry: the period
+
+
+def test_a_restarted_nodes_studios_come_back_evenly_whenever_it_is_ready() -> None:
+    """1,000 studios lose their node at 0 (GoAway); it is ready again at R: their first
+    attempts from R on fall evenly over the period, at any R (the doubling ceiling put
+    most into the first seconds: 5x the mean per 100 ms when R was 2-5 s)."""
+    rng = random.Random(7)
+    for ready in (0.5, 1.0, 2.0, 3.0, 5.0, 9.0, 20.0):
+        firsts = []
+        for _ in range(1000):
+            b = Backoff(rng=rng.random)
+            t = b.spread(GOAWAY_SPREAD)
+            while t < ready:
+                t += b.next_delay()
+            firsts.append(t - ready)
+        assert max(firsts) <= BACKOFF_MAX
+        seconds = [0] * 8
+        for t in firsts:
+            seconds[min(7, int(t))] += 1
+        assert max(seconds) <= 1.6 * 1000 / 8, (ready, seconds)
 
 
 def test_bind_reply_carries_the_gateways_keepalive_and_ignores_nonsense() -> None:
