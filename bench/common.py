@@ -34,6 +34,7 @@ class Run:
     ws_rate: int = 200         # WebSocket messages per second
     ws_seconds: float = 5.0
     scale_counts: tuple[int, ...] = (1000, 10000)
+    rebind_counts: tuple[int, ...] = (10000,)
     ssh_mib: int = 256
     #: profiling: called with (pid, label, is-Python) for each process of the path
     profile: Callable[[int, str, bool], None] | None = None

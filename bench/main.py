@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import arena as arena_mod
-from bench import bulk, cluster, deploy, http, report, scale, scp
+from bench import bulk, cluster, deploy, http, rebind, report, scale, scp
 from bench.baselines import chp_version
 from bench.common import Run, Section
 from bench.profile import Profiler
@@ -39,6 +39,7 @@ ARENA_SCENARIOS: dict[str, Callable[[Run, arena_mod.Arena], Section]] = {
 OWN_SCENARIOS: dict[str, Callable[[Run], Section]] = {
     "ssh": scp.scenario,
     "scale-idle": scale.scenario,
+    "rebind": rebind.scenario,
     "scale-processes": cluster.scenario,
 }
 ALL = [*ARENA_SCENARIOS, *OWN_SCENARIOS]
@@ -49,6 +50,7 @@ def settings(args: argparse.Namespace, work: Path) -> Run:
     if args.quick:
         run.runs, run.seconds, run.bulk_mib = 1, 2.0, 128
         run.ws_seconds, run.scale_counts, run.ssh_mib = 2.0, (1000,), 32
+        run.rebind_counts = (1000,)
     if args.runs:
         run.runs = args.runs
     return run

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -58,6 +59,7 @@ class Storm:
     timer_late_p99_ms: float = 0.0  # how late the swarms' dial timers fired, from the stop
     timer_late_max_ms: float = 0.0
     swarms: int = 1
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the stop, at the end
 
     @property
     def cpu_per_bind_ms(self) -> float:
@@ -185,7 +187,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run(studios: int, down: float, bin_s: float, work: Path, move: bool = False,
-        per_swarm: int = 250, start_rate: float = 200.0, timeout: float = 120.0) -> Storm:
+        per_swarm: int = 250, start_rate: float = 200.0, timeout: float = 120.0,
+        kill: bool = False) -> Storm:
+    """One restart (SIGTERM, or SIGKILL with ``kill``), or with ``move`` one drain."""
+    return rounds(studios, down, bin_s, work, ["move" if move else "kill" if kill else "term"],
+                  per_swarm, start_rate, timeout)[0]
+
+
+def rounds(studios: int, down: float, bin_s: float, work: Path, stops: list[str],
+           per_swarm: int = 250, start_rate: float = 200.0, timeout: float = 120.0
+           ) -> list[Storm]:
+    """Bind ``studios`` once, then for each of ``stops`` stop the node and measure the
+    studios coming back: "term" (SIGTERM: drain, GoAway) or "kill" (SIGKILL) and start
+    it again after ``down`` seconds, or "move" (drain it; a second node takes them)."""
     raise_nofile(studios * 4 + 1024)
     procs = Processes(work)
     try:
@@ -194,7 +208,7 @@ def run(studios: int, down: float, bin_s: float, work: Path, move: bool = False,
         wait_until(lambda: _ready(gw), "gateway ready", proc=gw.proc)
         strings = create_sessions(gw, studios)
         gateways = ""
-        if move:  # a second node on the same registry and storage (one tunnel pin)
+        if "move" in stops:  # a second node on the same registry and storage (one pin)
             other_env = gateway_env(work, "storm-other", {
                 "CONNECT_REDIS_ADDRESS": env["CONNECT_REDIS_ADDRESS"],
                 "CONNECT_STORAGE_ROOT": env["CONNECT_STORAGE_ROOT"]})
@@ -206,27 +220,36 @@ def run(studios: int, down: float, bin_s: float, work: Path, move: bool = False,
         swarms = Swarms(procs, work, strings, per_swarm, gateways, start_rate)
         wait_until(lambda: swarms.bound_since(0) >= studios, f"{studios} studios bound",
                    timeout=max(600, 3 * studios / start_rate))
-        stopped = time.time()
-        gw.proc.terminate()  # drain: GoAway to every studio, then exit
-        if move:
-            ready, serving = stopped, other  # the second node is ready all along
-        else:
-            gw.proc.wait(timeout=60)
-            time.sleep(down)
-            gw = launch_gateway(procs, work, env, "storm-gateway-again")
-            wait_until(lambda: _ready(gw), "gateway ready again", proc=gw.proc)
-            ready, serving = time.time(), gw
-        cpu_at_ready = cpu_seconds(serving.pid)
-        wait_until(lambda: swarms.bound_since(stopped) >= studios, "every studio bound again",
-                   timeout=timeout)
-        cpu = cpu_seconds(serving.pid) - cpu_at_ready
-        (work / "times").write_text(f"stopped {stopped:.4f}\nready {ready:.4f}\n")
         from studios_gateway.studio.client import GOAWAY_SPREAD
 
-        storm = analyse(swarms.events(), stopped, ready, studios, bin_s,
-                        window=GOAWAY_SPREAD if move else 0.0)
-        storm.gateway_cpu_s, storm.swarms = round(cpu, 3), len(swarms.paths)
-        return storm
+        storms = []
+        for n, stop in enumerate(stops):
+            load_at_stop = os.getloadavg()[0]
+            stopped = time.time()
+            if stop == "kill":
+                gw.proc.kill()
+            else:
+                gw.proc.terminate()  # drain: GoAway to every studio, then exit
+            if stop == "move":
+                ready, serving = stopped, other  # the second node is ready all along
+            else:
+                gw.proc.wait(timeout=60)
+                time.sleep(down)
+                gw = launch_gateway(procs, work, env, f"storm-gateway-{n + 1}")
+                wait_until(lambda g=gw: _ready(g), "gateway ready again", proc=gw.proc)
+                ready, serving = time.time(), gw
+            cpu_at_ready = cpu_seconds(serving.pid)
+            wait_until(lambda t=stopped: swarms.bound_since(t) >= studios,
+                       "every studio bound again", timeout=timeout)
+            cpu = cpu_seconds(serving.pid) - cpu_at_ready
+            with open(work / "times", "a") as times:
+                times.write(f"{stop} stopped {stopped:.4f} ready {ready:.4f}\n")
+            storm = analyse(swarms.events(), stopped, ready, studios, bin_s,
+                            window=GOAWAY_SPREAD if stop == "move" else 0.0)
+            storm.gateway_cpu_s, storm.swarms = round(cpu, 3), len(swarms.paths)
+            storm.load = (load_at_stop, os.getloadavg()[0])
+            storms.append(storm)
+        return storms
     finally:
         procs.stop_all()
 
@@ -250,16 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--down", type=float, default=3.0, help="seconds the node stays down")
     p.add_argument("--bin", type=float, default=0.1, help="bin of the attempts count, s")
     p.add_argument("--move", action="store_true", help="drain one of two nodes instead")
+    p.add_argument("--kill", action="store_true", help="SIGKILL the node (no drain, no GoAway)")
     p.add_argument("--per-swarm", type=int, default=250, help="clients per swarm process")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (logs, events)")
     a = p.parse_args(args)
     if a.keep:
         Path(a.keep).mkdir(parents=True)
-        storm = run(a.studios, a.down, a.bin, Path(a.keep), a.move, a.per_swarm)
+        storm = run(a.studios, a.down, a.bin, Path(a.keep), a.move, a.per_swarm, kill=a.kill)
     else:
         with tempfile.TemporaryDirectory(prefix="storm-") as tmp:
-            storm = run(a.studios, a.down, a.bin, Path(tmp), a.move, a.per_swarm)
+            storm = run(a.studios, a.down, a.bin, Path(tmp), a.move, a.per_swarm, kill=a.kill)
     if a.json:
         print(json.dumps({**asdict(storm), "peak_over_mean": storm.peak_over_mean,
                           "cpu_per_bind_ms": storm.cpu_per_bind_ms}))
@@ -271,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{storm.gave_up} gave up; ready {storm.ready_after_stop_s:.2f} s after the "
               f"stop; gateway CPU {storm.cpu_per_bind_ms:.2f} ms per bind; swarm timers late "
               f"p99 {storm.timer_late_p99_ms:g} ms, worst {storm.timer_late_max_ms:g} ms "
-              f"({storm.swarms} swarm processes)")
+              f"({storm.swarms} swarm processes); load {storm.load[0]:.2f} -> "
+              f"{storm.load[1]:.2f}")
     return 0
 
 
