@@ -5,6 +5,8 @@
     .venv/bin/python -m bench.ab --tree a=/tmp/before --tree b=. --runs 9 --conns 1,32
     .venv/bin/python -m bench.ab --tree before=. --tree after=. --connect before=/tmp/before
     .venv/bin/python -m bench.ab --tree log=. --tree nolog=. --env nolog=CONNECT_ACCESS_LOG=off
+    .venv/bin/python -m bench.ab --scenario websocket --tree before=/tmp/before --tree after=. \
+        --connect before=/tmp/before --runs 9
 
 One nginx tool; per tree a gateway (`twistd -n studios-gateway` with that tree
 first on PYTHONPATH), a session, a `studios-connect` (from `--connect-tree`,
@@ -16,6 +18,12 @@ p50/p99 latency and the CPU each process spent per request (psutil: user +
 system time over the run divided by its requests), and the lowest CPU per
 request of any run. CPU per request moves less with the machine's load than
 req/s does: compare it first.
+
+``--scenario websocket`` measures bench/run's WebSocket echo instead (one WebSocket
+to the demo tool's /ws, a 32-byte message every 5 ms, each round trip timed): per
+tree the medians of each run's p50/p99 and the CPU per round trip of the gateway
+and of ``studios-connect``. Latency changes usually touch both ends of the tunnel,
+so give each tree its own studios-connect with ``--connect``.
 """
 
 from __future__ import annotations
@@ -30,7 +38,9 @@ from typing import Any
 import psutil
 
 from bench import baselines, deploy
+from bench.arena import Target
 from bench.common import Processes, wrk
+from bench.http import echo_run
 from bench.main import work_dir
 from bench.ssh import BIN, REPO
 
@@ -64,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--conns", default="1,32", help="comma-separated wrk connection counts")
     p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--scenario", choices=("small", "websocket"), default="small",
+                   help="wrk GETs of a small response, or the WebSocket echo")
     args = p.parse_args(argv)
     trees = [tuple(t.split("=", 1)) for t in args.tree]
     if any(len(t) != 2 or not Path(t[1]).is_dir() for t in trees):
@@ -77,20 +89,26 @@ def main(argv: list[str] | None = None) -> int:
     work = work_dir()
     procs = Processes(work)
     try:
-        tool = baselines.start_nginx_tool(procs, work, 1 << 20)
+        if args.scenario == "websocket":
+            tool_port = deploy.start_demo_tool(procs)[0]
+        else:
+            tool_port = baselines.start_nginx_tool(procs, work, 1 << 20).port
         paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Process]] = {}
         for name, tree in trees:
             gw = deploy.start_gateway(procs, work, name=f"gateway-{name}",
                                       extra={"PYTHONPATH": str(Path(tree).resolve()), **extra,
                                              **tree_env.get(name, {})})
             created = gw.create_session()
-            client = _connect(procs, work, created["connect_string"], tool.port,
+            client = _connect(procs, work, created["connect_string"], tool_port,
                               f"connect-{name}",
                               str(Path(connect_trees.get(name, args.connect_tree)).resolve()))
             gw.wait_connected(created["id"])
             studio = deploy.Studio(gw, created["id"],
                                    deploy.login_cookie(gw, created["login_link"]), client)
             paths[name] = (studio, psutil.Process(gw.pid), psutil.Process(client.pid))
+        if args.scenario == "websocket":
+            _websocket(paths, args.runs, args.seconds)
+            return 0
         rows: dict[tuple[str, int], list[tuple[float, ...]]] = {}
         for conns in (int(c) for c in args.conns.split(",")):
             for _ in range(args.runs):
@@ -110,6 +128,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
     return 0
+
+
+def _websocket(paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Process]],
+               runs: int, seconds: float, rate: int = 200) -> None:
+    """bench/run's WebSocket echo through each tree's path, runs round-robin."""
+    got: dict[str, list[tuple[float, float, float, float]]] = {}
+    for _ in range(runs):
+        for name, (studio, gp, cp) in paths.items():
+            target = Target(name, studio.gateway.http_port, studio.headers)
+            g0, c0 = _cpu(gp), _cpu(cp)
+            p50, p99 = echo_run(target, rate, seconds)
+            n = rate * seconds + 20  # echo_run's warm-up round trips count too
+            got.setdefault(name, []).append(
+                (p50, p99, (_cpu(gp) - g0) / n * 1e6, (_cpu(cp) - c0) / n * 1e6))
+    for name, rows in got.items():
+        med = [statistics.median(x[i] for x in rows) for i in range(4)]
+        print(f"{name:10} echo  p50 {med[0]:6.3f} ms  p99 {med[1]:6.3f} ms "
+              f"(runs: {' '.join(f'{x[1]:.2f}' for x in rows)})  gateway CPU {med[2]:4.0f} "
+              f"us/round trip  connect CPU {med[3]:4.0f} us/round trip", flush=True)
 
 
 if __name__ == "__main__":
