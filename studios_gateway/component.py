@@ -78,11 +78,13 @@ def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
 
 
 def serve_tls(config: Any, reactor: Any, metrics: Any, listener: str, options: Any,
-              factory: IProtocolFactory) -> IProtocolFactory:
+              factory: IProtocolFactory, write_at_once: bool = False) -> IProtocolFactory:
     """`factory` behind server TLS whose handshakes have the configured deadline and cap
     (CONNECT_TLS_HANDSHAKE_TIMEOUT, CONNECT_TLS_MAX_HANDSHAKES), counted in `metrics`
     (the gateway's Metrics, or None) under `listener`. The one way the gateway serves
-    TLS (studios_gateway.wire.tls_guard)."""
+    TLS (studios_gateway.wire.tls_guard). `write_at_once`: each write is sent when it is
+    made, not gathered until the end of the reactor turn (the tunnel, whose multiplexer
+    gathers its own)."""
     from studios_gateway.wire.tls_guard import GuardedTLSFactory, HandshakeLimits
 
     def count(outcome: str) -> None:
@@ -92,7 +94,7 @@ def serve_tls(config: Any, reactor: Any, metrics: Any, listener: str, options: A
     return GuardedTLSFactory(
         options, factory, clock=reactor,
         limits=HandshakeLimits(config.tls_handshake_timeout, config.tls_max_handshakes),
-        on_outcome=count, name=f"the {listener} listener")
+        on_outcome=count, name=f"the {listener} listener", write_at_once=write_at_once)
 
 
 def say_to_operator(message: str) -> None:

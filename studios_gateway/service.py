@@ -443,7 +443,8 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                         routing=routing)
     part = Part()
     part.reload_hooks.append(tls_reloader(options))  # a renewed certificate on SIGHUP
-    factory = serve_tls(config, reactor, metrics, "tunnel", options, TunnelServerFactory(table))
+    factory = serve_tls(config, reactor, metrics, "tunnel", options, TunnelServerFactory(table),
+                        write_at_once=True)
     part.listen("tunnel", "CONNECT_TUNNEL_PORT",
                 endpoint_for(reactor, config.bind_address, config.tunnel_port),
                 factory, "the tunnel listener")

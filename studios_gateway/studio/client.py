@@ -379,8 +379,8 @@ class ConnectClient(Service):
 
     def gateway_endpoint(self, gateway: Gateway) -> Any:
         """The TLS endpoint of one gateway (pinned or verified by name), over its carrier."""
-        return wrap_client_tls(client_options(gateway.host, gateway.pin),
-                                       self._carrier(gateway))
+        return wrap_client_tls(client_options(gateway.host, gateway.pin), self._carrier(gateway),
+                               write_at_once=True)
 
     def _connect(self) -> None:
         if not self.running:

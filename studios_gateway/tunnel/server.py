@@ -124,9 +124,9 @@ class Tunnel:
         return self.holder.session_id
 
     def open_stream(self, kind: bytes) -> Any:
-        stream = self.mux.open_stream()
-        stream.write(kind)
-        return stream
+        # The kind byte and the SYN go out with the stream's first write (the request),
+        # as one TLS record.
+        return self.mux.open_stream(kind)
 
     def retire(self) -> None:
         """No new streams here; close once the streams in flight have finished."""

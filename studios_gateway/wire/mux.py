@@ -643,6 +643,10 @@ class Multiplexer(Protocol):
     transport: Any
 
     _log = Logger()
+    # Frames waiting for the tunnel's next write (see _hold), and the end-of-turn call
+    # that sends them if nothing else does. Class defaults: nothing per idle tunnel.
+    _held = b""
+    _flush_call: IDelayedCall | None = None
 
     def __init__(self, *, is_client: bool, clock: IReactorTime,
                  window_size: int = DEFAULT_WINDOW, max_streams: int = 1024,
@@ -736,8 +740,16 @@ class Multiplexer(Protocol):
 
     # Public API ------------------------------------------------------------------------
 
-    def open_stream(self) -> Stream:
-        """A new stream, usable at once (no round trip). Attach a protocol with ``attach``."""
+    def open_stream(self, first: bytes = b"") -> Stream:
+        """A new stream, usable at once (no round trip). Attach a protocol with ``attach``.
+
+        With ``first`` (at most one frame's bytes, sent as the stream's first data) the
+        SYN and ``first`` are held until the tunnel next sends anything (typically the
+        request the opener writes next, in the same turn) or the end of this reactor
+        turn: a stream opened to carry a request goes out in one write with it.
+        """
+        if len(first) > self.max_frame_data:
+            raise ValueError(f"first is {len(first)} bytes; at most {self.max_frame_data}")
         if self.closed or self.transport is None:
             raise TunnelUnavailable("the tunnel is closed" if self.closed else
                                     "the tunnel is not connected yet")
@@ -749,7 +761,12 @@ class Multiplexer(Protocol):
         self._next_id += 2
         stream = Stream(self, sid, self.window_size)
         self.streams[sid] = stream
-        self._send_control(WINDOW_UPDATE, SYN, sid, stream._recv_window.advertise())
+        syn = frames.encode_header(WINDOW_UPDATE, SYN, sid, stream._recv_window.advertise())
+        if first:
+            stream._send_window.take(len(first))  # within the initial window
+            self._hold(syn + _pack_header(0, DATA, 0, sid, len(first)) + first)
+        else:
+            self._write(syn)
         self._log.debug("opened stream {sid}", sid=sid)
         return stream
 
@@ -869,11 +886,28 @@ class Multiplexer(Protocol):
 
     def _send_data(self, sid: int, data: bytes | memoryview) -> None:
         if not self.closed:
-            self.transport.write(_pack_header(0, DATA, 0, sid, len(data)) + data)
+            self._write(_pack_header(0, DATA, 0, sid, len(data)) + data)
 
     def _send_control(self, ftype: int, flags: int, sid: int, length: int) -> None:
         if not self.closed and self.transport is not None:
-            self.transport.write(frames.encode_header(ftype, flags, sid, length))
+            self._write(frames.encode_header(ftype, flags, sid, length))
+
+    def _write(self, data: bytes) -> None:
+        """Every frame goes out here, at once, behind whatever is held (open_stream)."""
+        if self._held:
+            data, self._held = self._held + data, b""
+        self.transport.write(data)
+
+    def _hold(self, data: bytes) -> None:
+        """Keep ``data`` for the tunnel's next write, or the end of this reactor turn."""
+        self._held += data
+        if self._flush_call is None or not self._flush_call.active():
+            self._flush_call = self.clock.callLater(0, self._flush_held)
+
+    def _flush_held(self) -> None:
+        self._flush_call = None
+        if self._held and not self.closed and self.transport is not None:
+            self._write(b"")
 
     # Keepalive ------------------------------------------------------------------------
 
@@ -934,6 +968,8 @@ class Multiplexer(Protocol):
         if self.closed:
             return
         transport = self.transport
+        if self._held and transport is not None:
+            self._write(b"")  # a held SYN goes before the end
         self._terminate(reason)
         if transport is not None:
             # We registered as the transport's producer; a transport with a
@@ -950,6 +986,10 @@ class Multiplexer(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        self._held = b""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
         lost = Failure(TunnelLost(f"tunnel lost: {reason.getErrorMessage()}"))
         for stream in list(self.streams.values()):
             stream._finish(lost)

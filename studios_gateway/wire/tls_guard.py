@@ -19,7 +19,11 @@ gateway's listeners (tunnel, HTTPS proxy, peers) that instead:
   done, so a connection in its handshake holds none of the application's
   limits and established users are never starved by it;
 - when the application closes, closes TCP as soon as its TLS close_notify is
-  out, instead of waiting (for ever, if the peer does not read) for the peer's.
+  out, instead of waiting (for ever, if the peer does not read) for the peer's;
+- with ``write_at_once``, encrypts and sends each write when it is made, where
+  Twisted's default TLS transport gathers a turn's writes and sends them at the
+  end of the turn (a reactor turn of latency per write; the tunnel's multiplexer
+  does its own gathering, see docs/decisions/tunnel-scheduling.md);
 - frees what its memory BIOs grew to (the handshake, a burst) once the
   connection is quiet (wire/tls_memory.py).
 
@@ -39,7 +43,11 @@ from twisted.internet.interfaces import IHandshakeListener, IProtocolFactory, IR
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import (
+    BufferingTLSTransport,
+    TLSMemoryBIOFactory,
+    TLSMemoryBIOProtocol,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -75,7 +83,9 @@ class _AwaitingHandshake(Protocol):
         self._guard.handshake_done()
 
 
-class _GuardedTLSProtocol(RenewingBIOs, BufferingTLSTransport):
+class _GuardedTLSProtocol(RenewingBIOs, TLSMemoryBIOProtocol):
+    """The guard over Twisted's TLS layer, writing at once (see :class:`_GuardedBuffered`)."""
+
     factory: GuardedTLSFactory
 
     def __init__(self, factory: GuardedTLSFactory, addr: Any):
@@ -143,6 +153,11 @@ class _GuardedTLSProtocol(RenewingBIOs, BufferingTLSTransport):
         super().connectionLost(reason)
 
 
+class _GuardedBuffered(_GuardedTLSProtocol, BufferingTLSTransport):
+    """The guard over Twisted's default TLS transport, which sends a turn's small
+    writes together at the end of the turn."""
+
+
 class GuardedTLSFactory(TLSMemoryBIOFactory):
     """``TLSMemoryBIOFactory(options, False, wrapped)`` with a deadline and a cap on the
     handshake, and the application connected only after it (see the module's text)."""
@@ -152,8 +167,9 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
     def __init__(self, options: Any, wrapped: IProtocolFactory, *, clock: IReactorTime,
                  limits: HandshakeLimits,
                  on_outcome: Callable[[str], object] = lambda _: None,
-                 name: str = "TLS"):
+                 name: str = "TLS", write_at_once: bool = False):
         super().__init__(options, False, wrapped, clock=clock)
+        self._kind = _GuardedTLSProtocol if write_at_once else _GuardedBuffered
         self.clock = clock
         self.limits = limits
         self.name = name
@@ -173,7 +189,7 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
                                name=self.name, n=self.pending)
             return None
         self.pending += 1
-        return _GuardedTLSProtocol(self, addr)
+        return self._kind(self, addr)
 
     def handshake_ended(self, outcome: str) -> None:
         self.pending -= 1

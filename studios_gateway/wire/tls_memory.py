@@ -29,7 +29,11 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamClientEndpoint,
 )
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import (
+    BufferingTLSTransport,
+    TLSMemoryBIOFactory,
+    TLSMemoryBIOProtocol,
+)
 from zope.interface import implementer
 
 __all__ = ["QUIET", "RenewingBIOs", "renew_bios", "wrap_client_tls"]
@@ -119,17 +123,35 @@ class _RenewingTLSFactory(TLSMemoryBIOFactory):
     protocol = _RenewingTLSProtocol
 
 
+class _RenewingAtOnce(RenewingBIOs, TLSMemoryBIOProtocol):
+    pass
+
+
+class _RenewingAtOnceFactory(TLSMemoryBIOFactory):
+    # Twisted's plain TLS layer: each write is encrypted and sent when it is made, where
+    # BufferingTLSTransport gathers a turn's writes and sends them a turn later.
+    protocol = _RenewingAtOnce
+
+
 @implementer(IStreamClientEndpoint)
 class _ClientTLSEndpoint:
-    def __init__(self, creator: IOpenSSLClientConnectionCreator, endpoint: Any):
+    def __init__(self, creator: IOpenSSLClientConnectionCreator, endpoint: Any,
+                 factory: type[TLSMemoryBIOFactory]):
         self._creator = creator
         self._endpoint = endpoint
+        self._factory = factory
 
     def connect(self, factory: IProtocolFactory) -> Any:
-        tls = _RenewingTLSFactory(self._creator, True, factory)
+        tls = self._factory(self._creator, True, factory)
         return self._endpoint.connect(tls).addCallback(lambda p: p.wrappedProtocol)
 
 
-def wrap_client_tls(creator: IOpenSSLClientConnectionCreator, endpoint: Any) -> Any:
-    """``twisted.internet.endpoints.wrapClientTLS`` whose connections renew their BIOs."""
-    return _ClientTLSEndpoint(creator, endpoint)
+def wrap_client_tls(creator: IOpenSSLClientConnectionCreator, endpoint: Any,
+                    write_at_once: bool = False) -> Any:
+    """``twisted.internet.endpoints.wrapClientTLS`` whose connections renew their BIOs.
+
+    ``write_at_once``: each write is sent when it is made instead of at the end of the
+    reactor turn (the tunnel, whose multiplexer gathers what belongs in one write; see
+    docs/decisions/tunnel-scheduling.md)."""
+    return _ClientTLSEndpoint(creator, endpoint,
+                              _RenewingAtOnceFactory if write_at_once else _RenewingTLSFactory)

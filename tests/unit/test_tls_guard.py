@@ -10,7 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import connectedServerAndClient
 
-from studios_gateway.wire import tls
+from studios_gateway.wire import tls, tls_memory
 from studios_gateway.wire.tls_guard import GuardedTLSFactory, HandshakeLimits
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -130,3 +130,57 @@ def test_a_close_does_not_wait_for_the_peers_close_notify(tmp_path) -> None:
     # The peer has not answered (nothing pumped): TCP closes anyway, after the reply.
     assert server_proto.transport.disconnecting
     assert server_proto.transport.stream  # the reply and the close_notify, queued for TCP
+
+
+
+class _Endpoint:
+    """Records the factory a client endpoint connects with."""
+
+    def connect(self, factory: Factory) -> object:
+        from twisted.internet import defer
+
+        self.factory = factory
+        return defer.succeed(factory.buildProtocol(ADDR))
+
+
+def _handshaken(tmp_path, write_at_once: bool) -> tuple[Clock, App, App, object]:
+    """A guarded server and the tunnel client's TLS (write_at_once, pinned), handshaken:
+    (clock, the client's application, the server's, the pump)."""
+    clock = Clock()
+    app = AppFactory()
+    cert, key = tls.ensure_self_signed(tmp_path / "tls", ["localhost"])
+    factory = GuardedTLSFactory(tls.server_options(cert, key), app, clock=clock,
+                                limits=HandshakeLimits(), write_at_once=write_at_once)
+    client_app = App()
+    inner = _Endpoint()
+    connected: list[Protocol] = []
+    pin = tls.fingerprint_pem(cert.read_bytes())
+    tls_memory.wrap_client_tls(tls.PinnedClientTLS(pin), inner, write_at_once=True).connect(
+        Factory.forProtocol(lambda: client_app)).addCallback(connected.append)
+    assert connected == [client_app]  # the application's protocol, as wrapClientTLS gives it
+    _, _, pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(ADDR), lambda: inner.factory.buildProtocol(ADDR),
+        greet=False)
+    for _ in range(5):
+        clock.advance(0)
+        pump.flush()
+    assert len(app.built) == 1
+    return clock, client_app, app.built[0], pump
+
+
+def test_write_at_once_sends_each_write_in_the_same_turn_both_ways(tmp_path) -> None:
+    clock, client_app, server_app, pump = _handshaken(tmp_path, write_at_once=True)
+    server_app.transport.write(b"echo")
+    client_app.transport.write(b"ohce")
+    pump.flush()  # no clock.advance: nothing waits for the end of the turn
+    assert client_app.received == b"echo" and server_app.received == b"ohce"
+
+
+def test_by_default_the_guarded_server_sends_writes_at_the_end_of_the_turn(tmp_path) -> None:
+    clock, client_app, server_app, pump = _handshaken(tmp_path, write_at_once=False)
+    server_app.transport.write(b"echo")
+    pump.flush()
+    assert client_app.received == b""
+    clock.advance(0)
+    pump.flush()
+    assert client_app.received == b"echo"

@@ -243,6 +243,61 @@ def test_open_is_one_frame_with_syn_and_the_window_growth() -> None:
     assert link.server.open_stream().stream_id == 2
 
 
+
+class CountingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+def counted_mux(**kw: Any) -> tuple[Clock, Multiplexer, CountingTransport]:
+    clock = Clock()
+    mux = Multiplexer(is_client=True, clock=clock, **kw)
+    transport = CountingTransport()
+    mux.makeConnection(transport)
+    return clock, mux, transport
+
+
+def test_an_opening_with_first_bytes_goes_out_in_one_write_with_the_first_request() -> None:
+    clock, mux, transport = counted_mux(window_size=6 * MiB)
+    stream = mux.open_stream(b"T")
+    assert transport.value() == b""  # held for the opener's next write...
+    stream.write(b"GET / HTTP/1.1\r\n\r\n")
+    assert transport.writes == 1  # ...and sent with it, in order, without a turn
+    assert parse(transport.value()) == [
+        Frame(WINDOW_UPDATE, SYN, 1, 6 * MiB - INITIAL_WINDOW), Frame(DATA, 0, 1, 1, b"T"),
+        Frame(DATA, 0, 1, 18, b"GET / HTTP/1.1\r\n\r\n")]
+    assert stream.send_window == INITIAL_WINDOW - 19
+    clock.advance(0)
+    assert transport.writes == 1
+
+
+def test_an_opening_nobody_writes_after_goes_out_at_the_end_of_the_turn() -> None:
+    clock, mux, transport = counted_mux()
+    mux.open_stream(b"S")
+    mux.open_stream(b"T")
+    assert transport.value() == b""
+    clock.advance(0)
+    assert transport.writes == 1
+    assert [(f.type, f.flags, f.stream_id, f.data) for f in parse(transport.value())] == [
+        (WINDOW_UPDATE, SYN, 1, b""), (DATA, 0, 1, b"S"),
+        (WINDOW_UPDATE, SYN, 3, b""), (DATA, 0, 3, b"T")]
+    with pytest.raises(ValueError):
+        mux.open_stream(b"x" * (mux.max_frame_data + 1))
+
+
+def test_an_opening_still_held_when_the_tunnel_closes_goes_out_before_the_close() -> None:
+    clock, mux, transport = counted_mux()
+    mux.open_stream(b"T")
+    mux.close()
+    assert [f.type for f in parse(transport.value())] == [WINDOW_UPDATE, DATA]
+    assert transport.disconnecting and clock.getDelayedCalls() == []
+
+
 def test_accept_answers_ack_with_window_and_delivers_early_data() -> None:
     link = Link()
     stream = link.client.open_stream()

@@ -38,6 +38,7 @@ def test_a_claim_by_another_node_takes_the_tunnel_out_of_the_table_at_once() -> 
     assert ours is not None
     idle = ours.open_stream(b"T")  # say, an idle upstream connection the proxy keeps
     assert not idle.retiring
+    clock.advance(0)  # its SYN went out at the end of the turn (nothing else was sent)
     transport.clear()
     elsewhere = replace(ours.holder, node_id="n2", node_address="b:1", tunnel_id="other")
     store.claim_tunnel(elsewhere, 30)  # the store tells every node at once
