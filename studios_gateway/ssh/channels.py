@@ -51,6 +51,9 @@ MAX_PACKET = 32 * 1024
 conch_log = Logger(observer=FilteringLogObserver(
     globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]))
 
+_DATA_HEAD = struct.Struct(">2L")  # recipient channel, data length
+_EXTENDED_HEAD = struct.Struct(">3L")  # recipient channel, data type, data length
+
 OPEN_ADMINISTRATIVELY_PROHIBITED = connection.OPEN_ADMINISTRATIVELY_PROHIBITED
 OPEN_CONNECT_FAILED = connection.OPEN_CONNECT_FAILED
 OPEN_UNKNOWN_CHANNEL_TYPE = connection.OPEN_UNKNOWN_CHANNEL_TYPE
@@ -195,6 +198,8 @@ class FlowChannel(SSHChannel):
                 if n <= 0:
                     break
                 step = self.remoteMaxPacket or MAX_PACKET
+                if n > step or n < len(data):
+                    data = memoryview(data)  # cut into packets without copying
                 for offset in range(0, n, step):
                     chunk = data[offset:min(n, offset + step)]
                     if kind == "d":
@@ -377,6 +382,26 @@ class FlowConnection(connection.SSHConnection):
         channel = self._channel_for_data(local, n)
         if channel is not None and not channel.remoteClosed:
             channel.extReceived(type_code, packet[12:12 + n])
+
+    def sendData(self, channel: Any, data: bytes) -> None:
+        self._send_data(channel, connection.MSG_CHANNEL_DATA, _DATA_HEAD.pack(
+            self.channelsToRemoteChannel[channel], len(data)), data)
+
+    def sendExtendedData(self, channel: Any, dataType: int, data: bytes) -> None:
+        self._send_data(channel, connection.MSG_CHANNEL_EXTENDED_DATA, _EXTENDED_HEAD.pack(
+            self.channelsToRemoteChannel[channel], dataType, len(data)), data)
+
+    def _send_data(self, channel: Any, message: int, head: bytes, data: bytes) -> None:
+        # Conch's version copies the data twice before the packet does (length prefix,
+        # then the channel id); the packet's own join is the only copy here.
+        if channel.localClosed:
+            return
+        assert self.transport is not None
+        send_parts = getattr(self.transport, "send_parts", None)
+        if send_parts is not None:
+            send_parts(message, (head, data))
+        else:
+            self.transport.sendPacket(message, head + data)
 
     def adjustWindow(self, channel: Any, bytesToAdd: int) -> None:
         if channel.localClosed or channel not in self.channelsToRemoteChannel:

@@ -271,37 +271,42 @@ class PacketFraming:
     # Sending -----------------------------------------------------------------------------
 
     def sendPacket(self, messageType: int, payload: bytes) -> None:
+        self.send_parts(messageType, (payload,))
+
+    def send_parts(self, messageType: int, parts: tuple[bytes | memoryview, ...]) -> None:
+        """Send one packet whose payload is `parts` joined: they are copied once, into
+        the packet (a channel's data need not be joined to its header first)."""
         enc = self.currentEncryptions
         gcm = getattr(enc, "out_gcm", None)
         if gcm is not None:
             if (self._keyExchangeState != self._KEY_EXCHANGE_NONE
                     and not self._allowedKeyExchangeMessageType(messageType)):
-                self._blockedByKeyExchange.append((messageType, payload))
+                self._blockedByKeyExchange.append((messageType, b"".join(parts)))
                 return
-            size = 2 + len(payload)  # padding length, type, payload
+            size = 2 + sum(len(p) for p in parts)  # padding length, type, payload
             pad = _GCM_BLOCK - size % _GCM_BLOCK
             if pad < 4:
                 pad += _GCM_BLOCK
             head = _U32.pack(size + pad)
             sealed = gcm.aead.encrypt(gcm.nonce(), b"".join(
-                (bytes((pad, messageType)), payload, self._padding(pad))), head)
-            self.transport.write(head + sealed)
+                (bytes((pad, messageType)), *parts, self._padding(pad))), head)
+            self.transport.writeSequence((head, sealed))
             self.outgoingPacketSequence += 1
             return
         if (enc.outCipType == b"none" or not enc.outMAC[0] or self.outgoingCompression
                 or self._keyExchangeState != self._KEY_EXCHANGE_NONE):
-            super().sendPacket(messageType, payload)  # type: ignore[misc]
+            super().sendPacket(messageType, b"".join(parts))  # type: ignore[misc]
             return
         bs = enc.encBlockSize
-        size = 6 + len(payload)  # length, padding length, type, payload
+        size = 6 + sum(len(p) for p in parts)  # length, padding length, type, payload
         pad = bs - size % bs
         if pad < 4:
             pad += bs
-        packet = b"".join((_HEADER.pack(size + pad - 4, pad, messageType), payload,
+        packet = b"".join((_HEADER.pack(size + pad - 4, pad, messageType), *parts,
                            self._padding(pad)))
         mac = hmac.new(enc.outMAC.key, _SEQ.pack(self.outgoingPacketSequence), enc.outMAC[0])
         mac.update(packet)
-        self.transport.write(enc.encrypt(packet) + mac.digest())
+        self.transport.writeSequence((enc.encrypt(packet), mac.digest()))
         self.outgoingPacketSequence += 1
 
     def _padding(self, n: int) -> bytes:

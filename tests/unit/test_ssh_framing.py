@@ -150,3 +150,14 @@ def test_packets_dispatched_while_receiving_are_read_after_the_current_one() -> 
     b.dispatchMessage = dispatch  # type: ignore[method-assign]
     b.dataReceived(first)
     assert seen == [b"one", b"after one", b"two"]
+
+
+@pytest.mark.parametrize("cipher", [b"aes128-ctr", GCM[0]])
+def test_a_payload_sent_in_parts_arrives_whole(cipher: bytes) -> None:
+    a, b = _pair(_Fast, _Stock if cipher == b"aes128-ctr" else _Fast, cipher)
+    data = os.urandom(40000)
+    a.send_parts(94, (b"head", memoryview(data)[:32768], bytearray(b"tail")))
+    a.send_parts(95, ())
+    b.dataReceived(a.transport.value())
+    assert b.got == [(94, b"head" + data[:32768] + b"tail"), (95, b"")]
+    assert b.disconnects == []

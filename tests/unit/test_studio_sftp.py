@@ -26,9 +26,16 @@ def _replies(wire: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+class _Channel(StringTransport):
+    """What the server writes to (its channel takes a read's reply as a bytearray)."""
+
+    def write(self, data: bytes | bytearray) -> None:
+        super().write(bytes(data))
+
+
 def _server(tmp_path: Path) -> tuple[_SFTPServer, StringTransport]:
     server = _SFTPServer(str(tmp_path))
-    transport = StringTransport()
+    transport = _Channel()
     server.makeConnection(transport)
     server.dataReceived(_packet(filetransfer.FXP_INIT, struct.pack("!L", 3)))
     return server, transport
@@ -75,6 +82,16 @@ def test_a_read_larger_than_the_limit_is_served_short(tmp_path: Path) -> None:
     chunk, _ = getNS(data[4:])
     assert len(chunk) == SFTP_MAX_READ
     assert chunk == ((bytes(range(256)) * 4096)[1000:1000 + SFTP_MAX_READ])
+    # The end of the file is a short read, then FX_EOF.
+    transport.clear()
+    for request_id, offset in ((3, (1 << 20) - 10), (4, 1 << 20)):
+        server.dataReceived(_packet(filetransfer.FXP_READ, struct.pack("!L", request_id)
+                                    + NS(handle) + struct.pack("!QL", offset, 100)))
+    (kind, data), (eof_kind, eof) = _replies(transport.value())
+    assert kind == filetransfer.FXP_DATA and data[:4] == struct.pack("!L", 3)
+    assert getNS(data[4:]) == ((bytes(range(256)) * 4096)[-10:], b"")
+    assert eof_kind == filetransfer.FXP_STATUS
+    assert struct.unpack("!2L", eof[:8]) == (4, filetransfer.FX_EOF)
 
 
 def _stat(request_id: int) -> bytes:
