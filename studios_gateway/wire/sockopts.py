@@ -8,6 +8,9 @@ from typing import Any
 # connection and for the connect client's connections to the tool.
 TUNNEL_BUFFER = 512 * 1024
 TOOL_BUFFER = 256 * 1024
+# The read size while reads are small (see bulk_buffers): under glibc's mmap threshold
+# (128 KiB by default), so a read's buffer comes from the heap.
+SMALL_READ = 64 * 1024
 
 
 def _tcp_under(transport: Any, attribute: str) -> Any:
@@ -50,11 +53,35 @@ def bulk_buffers(transport: Any, size: int) -> None:
     transport pauses its producer only once ``size`` bytes wait for the
     socket, and sends up to ``size`` per call. Backpressure is unchanged;
     the transport's bound moves from 64 KiB (plus one write) to ``size``.
+
+    Reads are ``size`` only while the data comes in bulk: they start at
+    :data:`SMALL_READ`, grow to ``size`` after a read that filled its buffer and
+    shrink back after one that brought less than :data:`SMALL_READ`. CPython's
+    ``recv(n)`` allocates ``n`` bytes before it reads; at 512 KiB that is above
+    glibc's mmap threshold, so every read of a 38-byte WebSocket message cost an
+    mmap, an mremap and an munmap (the last after the message was passed on, so
+    on the next process's way when both share a CPU).
     """
     tcp = _tcp_under(transport, "SEND_LIMIT")
-    if tcp is not None:
-        tcp.bufferSize = size
-        tcp.SEND_LIMIT = size
+    if tcp is None:
+        return
+    tcp.SEND_LIMIT = size
+    tcp.bufferSize = min(size, SMALL_READ)
+    received = getattr(tcp, "_dataReceived", None)  # Twisted: doRead hands each read here
+    if size <= SMALL_READ or received is None or getattr(tcp, "_adaptive_reads", False):
+        return
+
+    def read_size_follows(data: bytes | None) -> Any:
+        if data:
+            n = len(data)
+            if n >= tcp.bufferSize:
+                tcp.bufferSize = size
+            elif n < SMALL_READ:
+                tcp.bufferSize = SMALL_READ
+        return received(data)
+
+    tcp._dataReceived = read_size_follows
+    tcp._adaptive_reads = True
 
 
 def write_through(transport: Any) -> None:

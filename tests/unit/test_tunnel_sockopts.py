@@ -1,6 +1,6 @@
 from typing import Any
 
-from studios_gateway.wire.sockopts import bulk_buffers, no_delay
+from studios_gateway.wire.sockopts import SMALL_READ, bulk_buffers, no_delay
 
 
 class TCPish:
@@ -39,19 +39,52 @@ def test_transports_without_the_option_are_left_alone() -> None:
 
 
 class TCPBuffers:
-    """The two class attributes of a Twisted TCP transport that bulk_buffers sets."""
+    """The two class attributes of a Twisted TCP transport that bulk_buffers sets, and
+    the method its doRead hands each read to."""
 
     bufferSize = 64 * 1024  # noqa: N815 - Twisted's name
     SEND_LIMIT = 128 * 1024
+
+    def __init__(self) -> None:
+        self.delivered: list[bytes | None] = []
+
+    def _dataReceived(self, data: bytes | None) -> None:
+        self.delivered.append(data)
 
 
 def test_bulk_buffers_sets_the_tcp_transport_not_a_wrapper() -> None:
     tcp = TCPBuffers()
     wrapper = Wrapper(Wrapper(tcp))
     bulk_buffers(wrapper, 512 * 1024)
-    assert (tcp.bufferSize, tcp.SEND_LIMIT) == (512 * 1024, 512 * 1024)
+    assert (tcp.bufferSize, tcp.SEND_LIMIT) == (SMALL_READ, 512 * 1024)
     assert "bufferSize" not in vars(wrapper)
     assert TCPBuffers.bufferSize == 64 * 1024  # the instance, not every connection
+
+
+def test_reads_grow_to_the_bulk_size_while_they_fill_and_shrink_after_a_small_one() -> None:
+    tcp = TCPBuffers()
+    bulk_buffers(tcp, 512 * 1024)
+    read = tcp._dataReceived
+    read(b"x" * 38)  # a WebSocket message: the next read stays small (heap, no mmap)
+    assert tcp.bufferSize == SMALL_READ
+    read(b"x" * SMALL_READ)  # filled its buffer: bulk is coming
+    assert tcp.bufferSize == 512 * 1024
+    read(b"x" * (200 * 1024))  # a partial bulk read: still bulk
+    assert tcp.bufferSize == 512 * 1024
+    read(b"x" * 100)
+    assert tcp.bufferSize == SMALL_READ
+    read(None)  # the end (Twisted passes what recv gave)
+    assert [len(d) if d is not None else None for d in tcp.delivered] == [
+        38, SMALL_READ, 200 * 1024, 100, None]
+    bulk_buffers(tcp, 512 * 1024)  # again (a second call): not wrapped twice
+    tcp._dataReceived(b"x" * SMALL_READ)
+    assert len(tcp.delivered) == 6
+
+
+def test_a_small_bulk_size_is_a_fixed_read_size() -> None:
+    tcp = TCPBuffers()
+    bulk_buffers(tcp, 32 * 1024)
+    assert tcp.bufferSize == 32 * 1024 and "_dataReceived" not in vars(tcp)
 
 
 def test_bulk_buffers_leaves_other_transports_alone() -> None:
