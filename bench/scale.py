@@ -3,13 +3,16 @@
 For each N a fresh gateway is started; its RSS (psutil) is read when it has just
 started, after N sessions were created through the admin API, and after a swarm
 of real connect clients (bench.swarm, 2,500 per process) bound all N tunnels.
-Per-tunnel cost = (RSS with tunnels - RSS with sessions only) / N.
+Per-tunnel cost = (RSS with tunnels - RSS with sessions only) / N. The connect
+clients' side: the swarms' RSS with their tunnels bound, less that of a swarm
+process with no tunnel (started first, its RSS read once it is ready), per tunnel.
 """
 
 from __future__ import annotations
 
 import http.client
 import math
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -72,6 +75,14 @@ def measure(run: Run, n: int) -> dict[str, float]:
         created_s = time.monotonic() - t0
         sessions_rss = settled_rss(gw.pid)
         workers = math.ceil(n / PER_WORKER)
+        empty = run.work / f"scale-{n}-swarm-empty.txt"
+        empty.write_text("")
+        name = f"scale-{n}-swarm-empty"
+        idle = procs.start(name, [sys.executable, "-m", "bench.swarm", str(empty)],
+                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+        wait_until(lambda: _log_has(run.work / f"{name}.log", "ready"), name, timeout=60,
+                   proc=idle)
+        swarm_base_rss = settled_rss(idle.pid)
         logs = []
         t0 = time.monotonic()
         for w in range(workers):
@@ -89,8 +100,11 @@ def measure(run: Run, n: int) -> dict[str, float]:
                 raise RuntimeError(f"swarm {log.name}: {log.read_text()[-500:]}")
         bind_s = time.monotonic() - t0
         tunnels_rss = settled_rss(gw.pid)
+        swarms_rss = sum(settled_rss(proc.pid) for _, proc in logs)
         return {"start": start_rss, "sessions": sessions_rss, "tunnels": tunnels_rss,
-                "create_s": created_s, "bind_s": bind_s}
+                "create_s": created_s, "bind_s": bind_s,
+                "client_per_tunnel": (swarms_rss - workers * swarm_base_rss) / n,
+                "load": os.getloadavg()[0]}
     finally:
         procs.stop_all()
 
@@ -101,7 +115,9 @@ def scenario(run: Run) -> Section:
         "Scale: gateway memory with idle tunnels",
         "One gateway process (memory registry). N sessions are created through the admin "
         "API, then N real connect clients (`ConnectClient`, 2,500 per swarm process) bind "
-        "one TLS + yamux tunnel each and stay idle. RSS from psutil once it settles. "
+        "one TLS + yamux tunnel each and stay idle. RSS from psutil once it settles; "
+        "the clients' side per tunnel is the swarms' RSS less that of a swarm process "
+        "with no tunnel. "
         f"RLIMIT_NOFILE raised to {limit} for the bench and its children. "
         "One measurement per N (each needs a fresh gateway and a full swarm).")
     rows = []
@@ -115,9 +131,11 @@ def scenario(run: Run) -> Section:
         rows.append([f"{n:,}", f"{m['start'] / MiB:.0f}", f"{m['sessions'] / MiB:.0f}",
                      f"{m['tunnels'] / MiB:.0f}", f"{per_session / 1024:.1f}",
                      f"{per_tunnel / 1024:.1f}", f"{m['create_s']:.1f}",
-                     f"{m['bind_s']:.1f}", f"{n / m['bind_s']:.0f}"])
+                     f"{m['bind_s']:.1f}", f"{n / m['bind_s']:.0f}",
+                     f"{m['client_per_tunnel'] / 1024:.1f}", f"{m['load']:.1f}"])
     section.tables.append((
         "", ["idle tunnels", "RSS at start MiB", "RSS with sessions MiB",
              "RSS with tunnels MiB", "per session KiB", "per tunnel KiB",
-             "create sessions s", "bind tunnels s", "binds/s"], rows))
+             "create sessions s", "bind tunnels s", "binds/s",
+             "connect client per tunnel KiB", "load (1 min)"], rows))
     return section

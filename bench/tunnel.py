@@ -16,7 +16,10 @@ Every figure is measured twice in the same run, from the same reactor:
 
 Printed: MB/s (10^6 bytes/s, median of --runs) for a download and an upload,
 and the latency of opening a stream and getting a small answer (p50/p99 of
---opens sequential requests), each with the ratio tunnel / direct.
+--opens sequential requests), each with the ratio tunnel / direct; then the CPU
+seconds per GB of this process (the gateway's side, plus the HTTP client it also
+plays) and of `studios-connect` on the tunnel path (median of --runs), which move
+less with the machine's load than MB/s do, and the load average.
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from bench.common import free_port
 from studios_gateway.http.proxy import ProxyFactory
@@ -101,6 +104,8 @@ class Bench:
         self.args = args
         self.work = work
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.pids: dict[str, int] = {}
+        self.cpu: dict[str, list[tuple[float, float]]] = {"down": [], "up": []}
 
     # Parts ---------------------------------------------------------------------
 
@@ -111,6 +116,7 @@ class Bench:
         from studios_gateway.registry.memory import MemoryStore
         from studios_gateway.tunnel.server import TunnelServerFactory, TunnelSettings, TunnelTable
         from studios_gateway.wire import tls
+        from studios_gateway.wire.tls_guard import GuardedTLSFactory, HandshakeLimits
 
         self.tool_port = free_port()
         self.spawn("tool", [sys.executable, "-m", "studios_gateway.demo.tool",
@@ -124,8 +130,10 @@ class Bench:
                 ssh_enabled=False, token_hash=hash_token(token), created_at=time.time()))
         self.table = TunnelTable(store, node_id="bench", node_address="127.0.0.1:0",
                                  clock=self.reactor, settings=TunnelSettings())
-        factory = TLSMemoryBIOFactory(tls.server_options(cert, key), False,
-                                      TunnelServerFactory(self.table))
+        # The gateway's own TLS layer for its listeners (handshake guard, BIO renewal).
+        factory = GuardedTLSFactory(tls.server_options(cert, key),
+                                    TunnelServerFactory(self.table), clock=self.reactor,
+                                    limits=HandshakeLimits())
         self.port = yield TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1").listen(
             factory)
         pin = tls.fingerprint_pem(cert.read_bytes())
@@ -153,6 +161,7 @@ class Bench:
         env.update({"PYTHONPATH": str(REPO), **(extra or {})})
         log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - lives with the process
         self.procs.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        self.pids[name] = self.procs[-1].pid
 
     @defer.inlineCallbacks
     def wait_for(self, condition: Any, what: str, timeout: float = 30.0) -> Any:
@@ -193,12 +202,18 @@ class Bench:
             proto = Exchange(b"GET /download?size=%d HTTP/1.0\r\n\r\n" % size)
         else:
             proto = Exchange(b"POST /upload HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % size, size)
+        connect = psutil.Process(self.pids["connect"])
+        cpu0 = (_cpu(psutil.Process()), _cpu(connect))
         start = time.perf_counter()
         yield self.via(path, proto)
         received = yield proto.done
         elapsed = time.perf_counter() - start
         if direction == "down" and received < size:
             raise RuntimeError(f"{path}: got {received} of {size} bytes")
+        if path == "tunnel":
+            gb = size / 1e9
+            self.cpu[direction].append(((_cpu(psutil.Process()) - cpu0[0]) / gb,
+                                        (_cpu(connect) - cpu0[1]) / gb))
         return size / elapsed / 1e6
 
     @defer.inlineCallbacks
@@ -209,6 +224,11 @@ class Bench:
         yield proto.done
         assert proto.first_byte_at is not None
         return (proto.first_byte_at - start) * 1000
+
+
+def _cpu(p: Any) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -242,6 +262,11 @@ def run(reactor: Any, args: argparse.Namespace, work: Path) -> Any:
               f"{'tunnel/direct':>14} {'ws/tunnel':>10}")
         for name, d, t, w in rows:
             print(f"{name:<34} {d:>10.2f} {t:>10.2f} {w:>10.2f} {t / d:>14.2f} {w / t:>10.2f}")
+        print(f"\n{'tunnel CPU, s per GB':<34} {'gateway':>10} {'connect':>10}")
+        for direction, runs in bench.cpu.items():
+            print(f"{direction + 'load':<34} {statistics.median(r[0] for r in runs):>10.2f} "
+                  f"{statistics.median(r[1] for r in runs):>10.2f}")
+        print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         bench.stop()
 
