@@ -61,6 +61,7 @@ from studios_gateway.ssh.policy import (
 )
 from studios_gateway.traffic.facts import SSH, Finished
 from studios_gateway.waiters import EmptyWaiters
+from studios_gateway.wire.sockopts import bulk_buffers
 
 __all__ = [
     "CIPHERS",
@@ -87,6 +88,8 @@ MACS = [b"hmac-sha2-256", b"hmac-sha2-512"]
 HOST_KEY_ALGORITHMS = [b"ssh-ed25519", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384",
                        b"ecdsa-sha2-nistp521", b"rsa-sha2-512", b"rsa-sha2-256"]
 VERSION = b"SSH-2.0-studios_gateway"
+#: Read size and send size (Twisted's: 64 KiB and 128 KiB) on a user's connection.
+USER_BUFFER = 512 * 1024
 MSG_USERAUTH_BANNER = 53
 DISCONNECT_TOO_MANY_CONNECTIONS = 12
 
@@ -295,6 +298,8 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         self._started = f.clock.seconds()
         if hasattr(self.transport, "setTcpNoDelay"):  # as OpenSSH does: keystrokes go now
             self.transport.setTcpNoDelay(True)
+        # Bulk reads and sends of up to USER_BUFFER: a scp moves 4x fewer syscalls.
+        bulk_buffers(self.transport, USER_BUFFER)
         self._timer = f.clock.callLater(f.settings.handshake_timeout, self._timed_out)
         self._kex_timer = f.clock.callLater(f.settings.kex_timeout, self._kex_timed_out)
 
