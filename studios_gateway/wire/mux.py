@@ -295,6 +295,16 @@ class Stream:
             return
         if not isinstance(data, bytes):
             data = bytes(data)  # never keep a view of a caller's mutable buffer
+        mux = self.mux
+        if (not self._send_buffered and not mux._pumping and not mux._transport_paused
+                and len(data) <= mux.max_frame_data and len(data) <= self._send_window.available
+                and not mux.scheduler):
+            # Nothing waits (here, in the scheduler or for the transport) and the data is
+            # one frame the window allows: what the scheduler would send at once, sent
+            # without queueing it (a WebSocket message, a request, an answer's read).
+            self._send_window.available -= len(data)
+            mux._send_data(self.stream_id, data)
+            return
         self._send_buffer.append(data)
         self._send_buffered += len(data)
         if self._send_buffered > self.mux.max_send_buffer:

@@ -804,9 +804,12 @@ def test_an_idle_tunnel_holds_one_timer_and_gives_its_scheduler_back() -> None:
     assert len(link.clock.getDelayedCalls()) == 2  # one keepalive timer per side
     assert link.client.scheduler is None  # nothing sent yet: no scheduler made
     local, mine, remote, theirs = open_pair(link)
-    local.write(b"request")
+    local.write(b"request")  # one frame, nothing waiting: sent without a scheduler
     link.pump()
-    assert link.client.scheduler is not None and theirs.data == b"request"
+    assert link.client.scheduler is None and theirs.data == b"request"
+    local.write(b"x" * (200 * KiB))  # more than a frame: the scheduler takes turns
+    link.pump()
+    assert link.client.scheduler is not None and len(theirs.data) == 7 + 200 * KiB
     local.loseConnection()
     remote.loseConnection()
     link.pump()
