@@ -18,7 +18,6 @@ the I/O, the timers and the dispatch. So every framing decision can be driven an
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +48,13 @@ from studios_gateway.http.toolroute import ToolRoute
 __all__ = ["Answer", "Exchange", "HeadReader", "HeadRefused", "Limits", "NotForwardable",
            "Step", "ToolCodec", "raw_response"]
 
-_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+def _bare_lf(buf: bytearray, start: int, end: int) -> bool:
+    """Whether buf[start:end] holds a LF that is not the end of a CRLF (the byte before
+    `start` counts as the CR of a LF at `start`): every LF there is counted, then every
+    CRLF whose LF is there. Two C-level counts; the regex with a lookbehind it replaces
+    (``(?<!\\r)\\n``) took 5 us for a 250-byte head."""
+    return buf.count(b"\n", start, end) != buf.count(b"\r\n", max(start - 1, 0), end)
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,7 @@ class HeadReader:
         limit = end + 4 if end != -1 else len(buf)
         # A bare LF's verdict needs only the byte before it, which is already here.
         self.work += max(0, limit - self._scanned)
-        if _BARE_LF.search(buf, self._scanned, limit):
+        if _bare_lf(buf, self._scanned, limit):
             return HeadRefused(400, "bare LF")
         self._scanned = limit
         if end == -1:

@@ -29,8 +29,16 @@ __all__ = ["BodyError", "RequestBody", "RequestHead", "ResponseFramer", "Respons
 
 Headers = list[tuple[bytes, bytes]]
 _TARGET = re.compile(rb"[\x21-\x7e]+")
-# h11's field-value (RFC 9110 with obs-text): no NUL, no whitespace but inner spaces/tabs.
-_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+# h11's field-value (RFC 9110 with obs-text): no NUL, no whitespace but inner spaces/tabs,
+# i.e. rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"; _value_ok checks it with C-level calls
+# (that regex took ~2 us for a long cookie). The bytes a value may hold:
+_VALUE_BYTES = bytes(b for b in range(256) if b not in b"\x00\n\r\x0b\x0c")
+
+
+def _value_ok(value: bytes) -> bool:
+    """Whether `value` is a field value: only allowed bytes, no space or tab at either end."""
+    return not value.translate(None, _VALUE_BYTES) and (
+        not value or (value[0] not in (0x20, 0x09) and value[-1] not in (0x20, 0x09)))
 _NO_BODY_STATUS = (204, 304)
 
 
@@ -81,7 +89,7 @@ def parse_request_head(head: bytes) -> RequestHead | str:
     length = None
     chunked = False
     for name, value in c.headers:
-        if not _VALUE.fullmatch(value):
+        if not _value_ok(value):
             return "malformed header value"
         lname = name.lower()
         if lname == b"connection":
