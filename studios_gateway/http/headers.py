@@ -120,10 +120,19 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return out
 
 
+# What _without_hop_by_hop drops when Connection names nothing else (keep-alive, close,
+# upgrade: nearly every message), by keep_upgrade.
+_USUAL_DROP = {False: _HOP_BY_HOP, True: _HOP_BY_HOP - {b"upgrade"}}
+
+
 def _without_hop_by_hop(headers: Sequence[tuple[bytes, bytes]], keep_upgrade: bool) -> Headers:
     named = connection_tokens(headers)
-    drop = set(_HOP_BY_HOP | named) - ({b"upgrade"} if keep_upgrade else set())
-    drop.discard(b"host")
+    drop: frozenset[bytes] | set[bytes]
+    if named <= _HOP_BY_HOP:
+        drop = _USUAL_DROP[keep_upgrade]
+    else:
+        drop = set(_HOP_BY_HOP | named) - ({b"upgrade"} if keep_upgrade else set())
+        drop.discard(b"host")
     return [(n, v) for n, v in headers if n.lower() not in drop]
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 from studios_gateway.http.pathmode import ToolPaths
 from studios_gateway.http.routing import Mode, Route, parse_host
@@ -48,8 +49,13 @@ class ToolRoute:
     def target(self, upstream_target: str) -> str:
         return self.paths.to_tool(upstream_target) if self.paths else upstream_target
 
+    @cached_property
+    def _drop(self) -> frozenset[bytes]:
+        return frozenset({FORWARDED_PREFIX.lower()}
+                         | {name.lower() for name, _ in self.set_headers})
+
     def request_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> Headers:
-        drop = {FORWARDED_PREFIX.lower()} | {name.lower() for name, _ in self.set_headers}
+        drop = self._drop
         return [(n, v) for n, v in headers if n.lower() not in drop] + list(self.set_headers)
 
     def response_headers(self, headers: Headers, host_header: str, request_path: str
@@ -66,13 +72,19 @@ def _header_value(template: str, prefix: str) -> bytes:
 
 
 def tool_route(route: Route, tool: str) -> ToolRoute:
+    """How `tool` is presented on `route` (the same object for the same mode, prefix and
+    tool: it is asked on every request, and is immutable)."""
+    return _tool_route(route.mode, route.prefix, tool)
+
+
+@lru_cache(maxsize=4096)
+def _tool_route(mode: Mode, prefix: str, tool: str) -> ToolRoute:
     spec = tools.spec_for(tool)
-    headers = [(name.encode(), _header_value(value, route.prefix))
+    headers = [(name.encode(), _header_value(value, prefix))
                for name, value in spec.proxy_headers]
     paths = None
-    if route.mode is Mode.PATH:
-        paths = ToolPaths(route.prefix, strip=spec.strip_prefix)
+    if mode is Mode.PATH:
+        paths = ToolPaths(prefix, strip=spec.strip_prefix)
         if spec.strip_prefix:
-            headers.append((FORWARDED_PREFIX, route.prefix.rstrip("/").encode()))
-    return ToolRoute(spec, route.mode, paths, tuple(headers),
-                     spec.unavailable_in(route.mode.value))
+            headers.append((FORWARDED_PREFIX, prefix.rstrip("/").encode()))
+    return ToolRoute(spec, mode, paths, tuple(headers), spec.unavailable_in(mode.value))

@@ -38,11 +38,21 @@ def _escape(text: str, unsafe: re.Pattern[str]) -> str:
 def _quote(text: str) -> str:
     """A field for the text line: printable ASCII without spaces or quotes (others are
     written as \\xNN), "-" when empty."""
-    return _escape(text, _UNSAFE) if text else "-"
+    if not text:
+        return "-"
+    return text if _UNSAFE.search(text) is None else _escape(text, _UNSAFE)
+
+
+_last_clf: tuple[int, str] = (-1, "")
 
 
 def _clf_time(started: float) -> str:
-    return time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(started))
+    """The common log format's time (UTC), formatted once per second."""
+    global _last_clf
+    second = int(started)
+    if _last_clf[0] != second:
+        _last_clf = (second, time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(second)))
+    return _last_clf[1]
 
 
 def text_line(f: Finished, node: str) -> str:
