@@ -83,12 +83,21 @@ class RenewingBIOs:
     first quiet read after the handshake or after a large read or write."""
 
     # The handshake's flights have grown both BIOs by the time it is done.
-    _bios_grown = True
+    _bios_grown: bool
 
     # Twisted's TLSMemoryBIOProtocol provides these.
     _tlsConnection: Any  # an SSL.Connection; None once the connection is lost
     _handshakeDone: bool
     _lostTLSConnection: bool
+    _producer: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Set here, in the same place for every connection, so that the flag joins the
+        # instance attributes CPython shares between instances (set later, it makes the
+        # instance's attribute dict a full one of its own: ~460 bytes per connection).
+        self._bios_grown = True
+        self._producer = None  # Twisted's TLS layer sets it later (registerProducer): same
 
     def dataReceived(self, data: bytes) -> None:
         quiet = len(data) <= QUIET
