@@ -116,3 +116,49 @@ def write_through(transport: Any) -> None:
 
     tcp.write = write
     tcp._write_through = True
+
+
+def one_send_per_read(transport: Any) -> None:
+    """Writes made while one read from the TCP transport under ``transport`` is handled
+    leave together, in one write at the end of that handling.
+
+    With :func:`write_through` every write is a send() at once. Handling one read can
+    make many: in the connect client a read of SFTP requests from the gateway makes a
+    255 KiB reply, eight SSH packets, eight tunnel frames, eight TLS writes. Each
+    send() on the tunnel is a system call and, on one machine, a wake-up of the
+    gateway for a fraction of the data. Gathered, they are one send of the lot, made
+    before the read's handler returns (no reactor turn is added): an answer to a ping
+    or a small request still leaves at once. Writes made outside a read's handling
+    (a tool's data read from its socket) are not held.
+    """
+    tcp = _tcp_under(transport, "writeSomeData")
+    received = getattr(tcp, "_dataReceived", None)  # Twisted: doRead hands each read here
+    if tcp is None or received is None or getattr(tcp, "_one_send_per_read", False):
+        return
+    write = tcp.write
+    held: list[bytes] = []
+    reading = False
+
+    def gathered_write(data: bytes) -> None:
+        if reading:
+            held.append(data)
+        else:
+            write(data)
+
+    def read(data: bytes) -> Any:
+        nonlocal reading
+        if reading:  # (a read inside a read's handling: not made by Twisted)
+            return received(data)
+        reading = True
+        try:
+            return received(data)
+        finally:
+            reading = False
+            if held:
+                out = held[0] if len(held) == 1 else b"".join(held)
+                held.clear()
+                write(out)
+
+    tcp.write = gathered_write
+    tcp._dataReceived = read
+    tcp._one_send_per_read = True
