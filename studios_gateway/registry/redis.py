@@ -50,6 +50,7 @@ from twisted.internet.ssl import (
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from studios_gateway.deadline import within
 from studios_gateway.registry.base import (
     MAX_USER_KEYS,
     SINGLE_USE_ID,
@@ -422,8 +423,8 @@ class _Link:
         conn = self.usable()
         if conn is None:
             return
-        d = defer.maybeDeferred(conn.execute_command, "PING")
-        d.addTimeout(self.store.timeout, self.store.clock)
+        d = within(defer.maybeDeferred(conn.execute_command, "PING"), self.store.timeout,
+                   self.store.clock)
 
         def dead(f: Failure) -> None:
             if self.conn is conn:
@@ -553,8 +554,7 @@ class RedisStore:
         return self._subscribers.add(callback)
 
     def _subscribe(self, conn: Any) -> Deferred[Any]:
-        d = conn.subscribe(self.channel)
-        d.addTimeout(self.timeout, self.clock)
+        d = within(conn.subscribe(self.channel), self.timeout, self.clock)
         # Whatever happened while we were not listening is unknown: expire caches.
         return d.addCallback(lambda _: self._events_lost())
 
@@ -586,8 +586,7 @@ class RedisStore:
         conn = self._commands.usable()
         if conn is None:
             return defer.fail(self._unavailable(what))
-        d = defer.maybeDeferred(command, conn)
-        d.addTimeout(self.timeout, self.clock)
+        d = within(defer.maybeDeferred(command, conn), self.timeout, self.clock)
 
         def translate(f: Failure) -> Failure:
             if f.check(defer.TimeoutError):
