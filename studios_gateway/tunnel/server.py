@@ -48,6 +48,12 @@ from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer
 from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay, write_through
 
+#: Registry look-ups in flight at once for change events (the rest wait their turn): when
+#: the registry's events were lost every tunnel is looked up, and 10,000 GETs at once
+#: queued the binds' commands and the link's PING behind them (the PING failed, the link
+#: was dropped with every command on it, and the events were lost again).
+CHECKS_IN_FLIGHT = 16
+
 # routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
 # in "/"): how the gateway serves a studio, told to it in the bind answer.
 Routing = Callable[[str], tuple[str, str]]
@@ -169,6 +175,11 @@ class TunnelTable:
         #: the new holder), finishing their streams in flight until closed at the timer.
         self._moved: dict[Tunnel, Any] = {}
         self._unsubscribe: Callable[[], None] | None = None
+        #: Sessions whose holder is to be looked up (a dict as an ordered set: changes
+        #: heard again before the look-up coalesce), and look-ups in flight.
+        self._to_check: dict[str, None] = {}
+        self._checking = 0
+        self._pumping = False
         self._empty = EmptyWaiters()
         self._refresher = task.LoopingCall(self._refresh_all)
         self._refresher.clock = clock
@@ -187,6 +198,7 @@ class TunnelTable:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        self._to_check.clear()
         for tunnel in [*self._tunnels.values(), *self._moved]:
             tunnel.close()
         return defer.succeed(None)
@@ -298,14 +310,36 @@ class TunnelTable:
         """The registry says a session changed (None: anything may have): if another
         node claimed the tunnel of one we hold, stop routing to ours at once."""
         if session_id is None:
-            tunnels = list(self._tunnels.values())
+            ids: list[str] = list(self._tunnels)
         else:
-            tunnel = self._tunnels.get(session_id)
-            tunnels = [tunnel] if tunnel is not None else []
-        for tunnel in tunnels:
-            d = defer.maybeDeferred(self.store.get_tunnel, tunnel.session_id)
-            d.addCallback(self._check_holder, tunnel)
-            d.addErrback(lambda f: None)  # the registry is away: the refresh loop retries
+            ids = [session_id] if session_id in self._tunnels else []
+        for sid in ids:
+            self._to_check[sid] = None
+        self._check_next()
+
+    def _check_next(self) -> None:
+        """Start look-ups of queued sessions, CHECKS_IN_FLIGHT at most at once."""
+        if self._pumping:  # a look-up answered at once, inside the loop below
+            return
+        self._pumping = True
+        try:
+            while self._to_check and self._checking < CHECKS_IN_FLIGHT:
+                sid = next(iter(self._to_check))
+                del self._to_check[sid]
+                tunnel = self._tunnels.get(sid)
+                if tunnel is None:
+                    continue
+                self._checking += 1
+                d = defer.maybeDeferred(self.store.get_tunnel, sid)
+                d.addCallback(self._check_holder, tunnel)
+                d.addErrback(lambda f: None)  # the registry is away: the refresh loop retries
+                d.addBoth(self._checked)
+        finally:
+            self._pumping = False
+
+    def _checked(self, _: object) -> None:
+        self._checking -= 1
+        self._check_next()
 
     def _check_holder(self, holder: TunnelHolder | None, tunnel: Tunnel) -> None:
         # None (released, expired) is left to the refresh loop: only a claim by another

@@ -68,6 +68,32 @@ def test_our_own_claims_and_unrelated_changes_leave_the_tunnel_alone() -> None:
     table.stop()
 
 
+def test_lost_events_look_every_tunnel_up_a_few_at_a_time() -> None:
+    """Events lost (None): every tunnel is looked up, CHECKS_IN_FLIGHT at once, so the
+    registry's link is not flooded; repeated changes of one session coalesce."""
+    from twisted.internet.defer import Deferred
+
+    from studios_gateway.tunnel.server import CHECKS_IN_FLIGHT
+
+    clock, store, table, transport, protocol = setup()
+    ours = table.get("s1")
+    assert ours is not None
+    for n in range(40):  # 40 more tunnels held (the table's own bookkeeping only)
+        table._tunnels[f"x{n}"] = ours
+    asked: list[Deferred[object]] = []
+    store.get_tunnel = lambda sid: asked.append(Deferred()) or asked[-1]  # type: ignore
+    table._changed(None)
+    table._changed("x39")  # already queued: not asked twice
+    assert len(asked) == CHECKS_IN_FLIGHT
+    while any(not d.called for d in asked):
+        next(d for d in asked if not d.called).callback(None)
+        assert sum(not d.called for d in asked) <= CHECKS_IN_FLIGHT
+    assert len(asked) == 41 and table._checking == 0
+    for n in range(40):
+        del table._tunnels[f"x{n}"]
+    table.stop()
+
+
 def test_the_proxy_pool_lets_go_of_idle_connections_on_a_retired_tunnel() -> None:
     from studios_gateway.http.upstream import IdlePool
 
