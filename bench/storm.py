@@ -40,7 +40,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from bench.common import Processes, raise_nofile, wait_until
-from bench.deploy import gateway_env, launch_gateway, start_redis
+from bench.deploy import AUTH_KEY, GATEWAY_ENV, gateway_env, launch_gateway, start_redis
 from bench.scale import create_sessions
 from bench.ssh import REPO
 
@@ -60,6 +60,7 @@ class Storm:
     timer_late_max_ms: float = 0.0
     swarms: int = 1
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the stop, at the end
+    outcomes: str = ""  # the serving gateway's binds and TLS handshakes by outcome
 
     @property
     def cpu_per_bind_ms(self) -> float:
@@ -68,13 +69,6 @@ class Storm:
     @property
     def peak_over_mean(self) -> float:
         return self.peak_per_bin / self.mean_per_bin if self.mean_per_bin else 0.0
-
-
-def read_events(path: Path) -> list[list[str]]:
-    try:
-        return [line.split() for line in path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
-        return []
 
 
 def analyse(events: list[list[str]], stopped: float, ready: float, studios: int,
@@ -146,7 +140,7 @@ def swarm(strings: list[str], events_path: Path, gateways: str = "",
         client = Timed(
             settings, reactor,
             on_bind=lambda _reply, sid=sid: events.write(f"B {sid} {time.time():.4f}\n"),
-            on_fatal=lambda _msg, sid=sid: events.write(f"F {sid}\n"))
+            on_fatal=lambda msg, sid=sid: events.write(f"F {sid} {msg}\n"))
         clients.append(client)
     for n, client in enumerate(clients):  # spread the first binds, as bench.swarm
         reactor.callLater(n * start_every, client.startService)
@@ -161,22 +155,65 @@ class Swarms:
     between them at first; their events are read together."""
 
     def __init__(self, procs: Processes, work: Path, strings: list[str], per_swarm: int,
-                 gateways: str = "", start_rate: float = 200.0, name: str = "storm-swarm"):
+                 gateways: str = "", start_rate: float = 200.0, name: str = "storm-swarm",
+                 nice: int = 0):
         self.paths: list[Path] = []
         count = max(1, math.ceil(len(strings) / per_swarm))
         for w in range(count):
             part, events = work / f"{name}-{w}.strings", work / f"{name}-{w}.events"
             part.write_text("\n".join(strings[w::count]) + "\n")
             self.paths.append(events)
-            procs.start(f"{name}-{w}", [sys.executable, "-m", "bench.storm", "swarm", str(part),
-                                        str(events), gateways, f"{count / start_rate:g}"],
-                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, cwd=work)
+            procs.start(f"{name}-{w}", ["nice", "-n", str(nice), sys.executable, "-m",
+                                        "bench.storm", "swarm", str(part), str(events),
+                                        gateways, f"{count / start_rate:g}"],
+                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                             **_passed_on()}, cwd=work)
+
+        self._read: dict[Path, int] = {}  # how far each events file was read
+        self._events: list[list[str]] = []
+        self._last_bind: dict[str, float] = {}  # session id -> its latest bind
+
+    def _catch_up(self) -> None:
+        """Read what the swarms wrote since the last call (whole lines only): polled every
+        50 ms, re-reading 10,000 studios' events cost the bench a tenth of a core."""
+        for path in self.paths:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self._read.get(path, 0))
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            whole = data[:data.rfind(b"\n") + 1]
+            self._read[path] = self._read.get(path, 0) + len(whole)
+            for line in whole.decode().splitlines():
+                e = line.split()
+                if e:
+                    self._events.append(e)
+                    if e[0] == "B":
+                        self._last_bind[e[1]] = float(e[2])
 
     def events(self) -> list[list[str]]:
-        return [e for path in self.paths for e in read_events(path)]
+        self._catch_up()
+        return self._events
 
     def bound_since(self, t: float) -> int:
-        return len({e[1] for e in self.events() if e[0] == "B" and float(e[2]) > t})
+        self._catch_up()
+        return sum(1 for at in self._last_bind.values() if at > t)
+
+
+def _waiting(check: Any, what: str, timeout: float, gw: Any, swarms: Swarms) -> None:
+    """wait_until, saying on a timeout how far it got and what the gateway counted."""
+    try:
+        wait_until(check, what, timeout=timeout)
+    except SystemExit as e:
+        raise SystemExit(f"{e}; {swarms.bound_since(0)} bound; gateway: {outcomes(gw)}; "
+                         f"gave up: {[e[2:] for e in swarms.events() if e[0] == 'F'][:3]}")
+
+
+def _passed_on() -> dict[str, str]:
+    """OPENSSL_CONF, when set, reaches the swarms as it reaches the gateways (an A/B of
+    TLS settings on both ends, e.g. the key exchange groups)."""
+    return {k: v for k, v in os.environ.items() if k == "OPENSSL_CONF"}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -188,18 +225,20 @@ def cpu_seconds(pid: int) -> float:
 
 def run(studios: int, down: float, bin_s: float, work: Path, move: bool = False,
         per_swarm: int = 250, start_rate: float = 200.0, timeout: float = 120.0,
-        kill: bool = False) -> Storm:
+        kill: bool = False, nice: int = 0) -> Storm:
     """One restart (SIGTERM, or SIGKILL with ``kill``), or with ``move`` one drain."""
     return rounds(studios, down, bin_s, work, ["move" if move else "kill" if kill else "term"],
-                  per_swarm, start_rate, timeout)[0]
+                  per_swarm, start_rate, timeout, nice)[0]
 
 
 def rounds(studios: int, down: float, bin_s: float, work: Path, stops: list[str],
-           per_swarm: int = 250, start_rate: float = 200.0, timeout: float = 120.0
-           ) -> list[Storm]:
+           per_swarm: int = 250, start_rate: float = 200.0, timeout: float = 120.0,
+           nice: int = 0) -> list[Storm]:
     """Bind ``studios`` once, then for each of ``stops`` stop the node and measure the
     studios coming back: "term" (SIGTERM: drain, GoAway) or "kill" (SIGKILL) and start
-    it again after ``down`` seconds, or "move" (drain it; a second node takes them)."""
+    it again after ``down`` seconds, or "move" (drain it; a second node takes them).
+    ``nice``: the swarms' niceness (10: they yield the CPU to the gateway, as studios on
+    machines of their own would not compete with it)."""
     raise_nofile(studios * 4 + 1024)
     procs = Processes(work)
     try:
@@ -217,9 +256,9 @@ def rounds(studios: int, down: float, bin_s: float, work: Path, stops: list[str]
             pin = parse_qs(urlsplit(strings[0]).query)["pin"][0]
             gateways = ",".join(f"tls://127.0.0.1:{port}?pin={pin}"
                                 for port in (gw.tunnel_port, other.tunnel_port))
-        swarms = Swarms(procs, work, strings, per_swarm, gateways, start_rate)
-        wait_until(lambda: swarms.bound_since(0) >= studios, f"{studios} studios bound",
-                   timeout=max(600, 3 * studios / start_rate))
+        swarms = Swarms(procs, work, strings, per_swarm, gateways, start_rate, nice=nice)
+        _waiting(lambda: swarms.bound_since(0) >= studios, f"{studios} studios bound",
+                 max(600, 3 * studios / start_rate), gw, swarms)
         from studios_gateway.studio.client import GOAWAY_SPREAD
 
         storms = []
@@ -239,8 +278,8 @@ def rounds(studios: int, down: float, bin_s: float, work: Path, stops: list[str]
                 wait_until(lambda g=gw: _ready(g), "gateway ready again", proc=gw.proc)
                 ready, serving = time.time(), gw
             cpu_at_ready = cpu_seconds(serving.pid)
-            wait_until(lambda t=stopped: swarms.bound_since(t) >= studios,
-                       "every studio bound again", timeout=timeout)
+            _waiting(lambda t=stopped: swarms.bound_since(t) >= studios,
+                     "every studio bound again", timeout, serving, swarms)
             cpu = cpu_seconds(serving.pid) - cpu_at_ready
             with open(work / "times", "a") as times:
                 times.write(f"{stop} stopped {stopped:.4f} ready {ready:.4f}\n")
@@ -248,10 +287,34 @@ def rounds(studios: int, down: float, bin_s: float, work: Path, stops: list[str]
                             window=GOAWAY_SPREAD if stop == "move" else 0.0)
             storm.gateway_cpu_s, storm.swarms = round(cpu, 3), len(swarms.paths)
             storm.load = (load_at_stop, os.getloadavg()[0])
+            storm.outcomes = outcomes(serving)
             storms.append(storm)
         return storms
     finally:
         procs.stop_all()
+
+
+def outcomes(gw: Any) -> str:
+    """The gateway's bind and TLS handshake counts by outcome, from /metrics, in one line
+    (what became of the attempts: bound, refused and why, handshakes timed out or full)."""
+    import http.client
+
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", gw.management_port, timeout=10)
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {AUTH_KEY}"})
+        text = conn.getresponse().read().decode()
+        conn.close()
+    except OSError as e:
+        return f"(no metrics: {e})"
+    got = []
+    for line in text.splitlines():
+        if line.startswith(("studios_gateway_tunnel_binds_total",
+                            'studios_gateway_tls_handshakes_total{listener="tunnel"')):
+            name, value = line.rsplit(" ", 1)
+            label = name.split("{", 1)[1].rstrip("}").replace('listener="tunnel",', "")
+            kind = "bind" if "binds" in name else "tls"
+            got.append(f"{kind} {label.split('=')[1].strip(chr(34))} {float(value):.0f}")
+    return ", ".join(got)
 
 
 def _ready(gw: Any) -> bool:
@@ -275,15 +338,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--move", action="store_true", help="drain one of two nodes instead")
     p.add_argument("--kill", action="store_true", help="SIGKILL the node (no drain, no GoAway)")
     p.add_argument("--per-swarm", type=int, default=250, help="clients per swarm process")
+    p.add_argument("--nice", type=int, default=0, help="the swarms' niceness (10: the "
+                   "gateway gets the CPU first)")
+    p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a variable for every gateway started (repeatable)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (logs, events)")
     a = p.parse_args(args)
+    for item in a.gateway_env:
+        name, eq, value = item.partition("=")
+        if not eq or not name.startswith("CONNECT_"):
+            p.error(f"--gateway-env {item!r}: want CONNECT_...=value")
+        GATEWAY_ENV[name] = value
     if a.keep:
         Path(a.keep).mkdir(parents=True)
-        storm = run(a.studios, a.down, a.bin, Path(a.keep), a.move, a.per_swarm, kill=a.kill)
+        storm = run(a.studios, a.down, a.bin, Path(a.keep), a.move, a.per_swarm, kill=a.kill,
+                    nice=a.nice)
     else:
         with tempfile.TemporaryDirectory(prefix="storm-") as tmp:
-            storm = run(a.studios, a.down, a.bin, Path(tmp), a.move, a.per_swarm, kill=a.kill)
+            storm = run(a.studios, a.down, a.bin, Path(tmp), a.move, a.per_swarm, kill=a.kill,
+                    nice=a.nice)
     if a.json:
         print(json.dumps({**asdict(storm), "peak_over_mean": storm.peak_over_mean,
                           "cpu_per_bind_ms": storm.cpu_per_bind_ms}))
@@ -296,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
               f"stop; gateway CPU {storm.cpu_per_bind_ms:.2f} ms per bind; swarm timers late "
               f"p99 {storm.timer_late_p99_ms:g} ms, worst {storm.timer_late_max_ms:g} ms "
               f"({storm.swarms} swarm processes); load {storm.load[0]:.2f} -> "
-              f"{storm.load[1]:.2f}")
+              f"{storm.load[1]:.2f}\ngateway: {storm.outcomes}")
     return 0
 
 
