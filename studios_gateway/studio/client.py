@@ -197,7 +197,7 @@ class TunnelClientProtocol(Protocol):
             # The gateway's keepalive: both ends find a silent path within its timeout.
             s.update(ping_interval=reply.ping_interval, ping_timeout=reply.ping_timeout)
         self.mux = Multiplexer(is_client=True, clock=self.client.clock, on_stream=self._stream,
-                               on_go_away=self._go_away, **s)
+                               on_go_away=self._go_away, gather=True, **s)
         self.mux.makeConnection(self.transport)
         self.client.bound(self)
         if rest:

@@ -419,7 +419,8 @@ class TunnelServerProtocol(Protocol):
         s = self.table.settings
         return Multiplexer(is_client=False, clock=self.table.clock, window_size=s.window_size,
                            max_streams=s.max_streams, ping_interval=s.ping_interval,
-                           ping_timeout=s.ping_timeout, on_stream=self._refuse_stream)
+                           ping_timeout=s.ping_timeout, on_stream=self._refuse_stream,
+                           gather=True)
 
     @staticmethod
     def _refuse_stream(stream: Any) -> None:

@@ -76,6 +76,9 @@ from studios_gateway.wire.schedule import FrameScheduler
 _pack_header = frames.HEADER_STRUCT.pack
 
 DEFAULT_WINDOW = 6 * 1024 * 1024
+#: With ``gather``, frames of one turn are held only while they add up to less than this
+#: (a bulk frame, and what is held with it, goes out at once).
+GATHER_LIMIT = 64 * 1024
 DEFAULT_MAX_FRAME_DATA = 64 * 1024  # see docs/decisions/tunnel-framing.md
 DEFAULT_MAX_SEND_BUFFER = 64 * 1024 * 1024
 DEFAULT_CLOSE_TIMEOUT = 60.0
@@ -657,6 +660,9 @@ class Multiplexer(Protocol):
     # that sends them if nothing else does. Class defaults: nothing per idle tunnel.
     _held = b""
     _flush_call: IDelayedCall | None = None
+    # Armed by the first send of a reactor turn (with ``gather``): later small frames of
+    # the same turn wait for it and go out together at the turn's end (see _write).
+    _turn_call: IDelayedCall | None = None
 
     def __init__(self, *, is_client: bool, clock: IReactorTime,
                  window_size: int = DEFAULT_WINDOW, max_streams: int = 1024,
@@ -667,13 +673,15 @@ class Multiplexer(Protocol):
                  stream_buffer: int = DEFAULT_STREAM_BUFFER,
                  on_stream: Callable[[Stream], IProtocol | None] | None = None,
                  on_go_away: Callable[[int], None] | None = None,
-                 on_close: Callable[[Failure], None] | None = None):
+                 on_close: Callable[[Failure], None] | None = None,
+                 gather: bool = False):
         if not INITIAL_WINDOW <= window_size <= MAX_U32:
             raise ValueError(f"window_size must be between {INITIAL_WINDOW} and {MAX_U32}")
         if not 0 < max_frame_data <= window_size:
             raise ValueError("max_frame_data must be positive and at most window_size")
         self.is_client = is_client
         self.clock = clock
+        self.gather = gather
         self.window_size = window_size
         self.max_streams = max_streams
         self.ping_interval = ping_interval
@@ -903,10 +911,22 @@ class Multiplexer(Protocol):
             self._write(frames.encode_header(ftype, flags, sid, length))
 
     def _write(self, data: bytes) -> None:
-        """Every frame goes out here, at once, behind whatever is held (open_stream)."""
+        """Every frame goes out here, behind whatever is held (open_stream): at once, or
+        with ``gather``, at once if it is the tunnel's first send of this reactor turn
+        and otherwise (below GATHER_LIMIT) with the turn's other frames at its end.
+
+        A turn that answers N requests (N client reads in one poll) then makes two sends
+        on the tunnel instead of N, and encrypts two TLS records (the tunnel's TLS writes
+        at once); a lone message (one request at a time, a WebSocket echo) still goes
+        out in the call that wrote it."""
         if self._held:
             data, self._held = self._held + data, b""
+        if self._turn_call is not None and len(data) < GATHER_LIMIT:
+            self._held = data
+            return
         self.transport.write(data)
+        if self.gather and self._turn_call is None:
+            self._turn_call = self.clock.callLater(0, self._turn_ended)
 
     def _hold(self, data: bytes) -> None:
         """Keep ``data`` for the tunnel's next write, or the end of this reactor turn."""
@@ -916,8 +936,16 @@ class Multiplexer(Protocol):
 
     def _flush_held(self) -> None:
         self._flush_call = None
+        self._send_held()
+
+    def _turn_ended(self) -> None:
+        self._turn_call = None
+        self._send_held()
+
+    def _send_held(self) -> None:
         if self._held and not self.closed and self.transport is not None:
-            self._write(b"")
+            data, self._held = self._held, b""
+            self.transport.write(data)
 
     # Keepalive ------------------------------------------------------------------------
 
@@ -979,7 +1007,7 @@ class Multiplexer(Protocol):
             return
         transport = self.transport
         if self._held and transport is not None:
-            self._write(b"")  # a held SYN goes before the end
+            self._send_held()  # a held SYN (or a turn's frames) goes before the end
         self._terminate(reason)
         if transport is not None:
             # We registered as the transport's producer; a transport with a
@@ -997,9 +1025,10 @@ class Multiplexer(Protocol):
             self._timer.cancel()
         self._timer = None
         self._held = b""
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-        self._flush_call = None
+        for call in (self._flush_call, self._turn_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._turn_call = None
         lost = Failure(TunnelLost(f"tunnel lost: {reason.getErrorMessage()}"))
         for stream in list(self.streams.values()):
             stream._finish(lost)

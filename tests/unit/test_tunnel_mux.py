@@ -118,6 +118,51 @@ def take(transport: StringTransport) -> list[Frame]:
     return parse(raw)
 
 
+def test_gather_sends_a_turns_first_frame_at_once_and_the_rest_at_its_end() -> None:
+    clock, mux, transport = counted_mux(gather=True)
+    a, b, c = mux.open_stream(), mux.open_stream(), mux.open_stream()
+    assert transport.writes == 1  # a's SYN: the turn's first send, at once
+    for stream, request in ((a, b"GET /a"), (b, b"GET /b"), (c, b"GET /c")):
+        stream.write(request)
+    assert transport.writes == 1  # the rest of the turn waits for its end...
+    clock.advance(0)
+    assert transport.writes == 2  # ...and goes out in one send, in order
+    assert [(f.type, f.stream_id, f.data) for f in parse(transport.value())] == [
+        (WINDOW_UPDATE, 1, b""), (WINDOW_UPDATE, 3, b""), (WINDOW_UPDATE, 5, b""),
+        (DATA, 1, b"GET /a"), (DATA, 3, b"GET /b"), (DATA, 5, b"GET /c")]
+    a.write(b"next turn")  # a new turn: at once again
+    assert transport.writes == 3 and transport.value().endswith(b"next turn")
+    clock.advance(0)
+    assert transport.writes == 3
+    assert [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()] == []
+
+
+def test_gather_lets_a_bulk_frame_and_what_waits_before_it_go_at_once() -> None:
+    clock, mux, transport = counted_mux(gather=True, window_size=6 * MiB)
+    stream = mux.open_stream()
+    stream.write(b"small")
+    assert transport.writes == 1
+    stream.write(b"x" * 64 * KiB)  # one frame's worth: no holding it back
+    assert transport.writes == 2
+    assert [f.data[:5] for f in parse(transport.value())][1:] == [b"small", b"xxxxx"]
+
+
+def test_gather_a_held_frame_goes_out_before_the_tunnel_closes() -> None:
+    clock, mux, transport = counted_mux(gather=True)
+    stream = mux.open_stream()
+    stream.write(b"held")
+    mux.close()
+    assert [f.data for f in parse(transport.value())][-1] == b"held"
+    assert transport.disconnecting and clock.getDelayedCalls() == []
+
+
+def test_gather_keeps_an_opening_and_its_request_one_write_without_a_turn() -> None:
+    clock, mux, transport = counted_mux(gather=True)
+    stream = mux.open_stream(b"T")
+    stream.write(b"GET / HTTP/1.1\r\n\r\n")
+    assert transport.writes == 1 and len(parse(transport.value())) == 3
+
+
 class Link:
     """Two multiplexers joined by StringTransports; bytes move only when told to."""
 
