@@ -13,7 +13,6 @@ over time.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from bench.common import Run, Section, raise_nofile
@@ -65,8 +64,11 @@ def scenario(run: Run) -> Section:
         if n + 512 > limit:  # the gateway holds a socket per tunnel
             section.notes.append(f"{n:,} tunnels skipped: RLIMIT_NOFILE is only {limit}")
             continue
-        with tempfile.TemporaryDirectory(prefix=f"rebind-{n}-", dir=run.work) as tmp:
-            storms = measure(n, Path(tmp))
+        work = run.work / f"rebind-{n}"  # kept with --keep: events, logs, times
+        work.mkdir()
+        storms = measure(n, work)
         rows += [row(n, stop, s) for stop, s in zip(STOPS.values(), storms, strict=True)]
+        section.notes += [f"{n:,}, {stop}: the new gateway counted {s.outcomes}"
+                          for stop, s in zip(STOPS.values(), storms, strict=True)]
     section.tables.append(("", COLUMNS, rows))
     return section
