@@ -300,7 +300,7 @@ class Exchange:
         framing = None
         if req.chunked:
             framing = (b"Transfer-Encoding", b"chunked")
-        else:
+        elif req.content_length is not None:  # else there is no Content-Length to look for
             for k, v in raw:
                 if k.lower() == b"content-length":
                     framing = (b"Content-Length", v.strip())
@@ -317,8 +317,10 @@ class Exchange:
         # (the peer's address), from the session id (the tool route's) or was checked
         # by request_headers (the subject); Host goes first.
         lines = [b"%s %s HTTP/1.1\r\n" % (req.method, target.encode())]
-        lines += [b"%s: %s\r\n" % nv for nv in headers if nv[0].lower() == b"host"]
-        lines += [b"%s: %s\r\n" % nv for nv in headers if nv[0].lower() != b"host"]
+        rest: list[bytes] = []
+        for nv in headers:
+            (lines if nv[0].lower() == b"host" else rest).append(b"%s: %s\r\n" % nv)
+        lines += rest
         lines.append(b"\r\n")
         codec.reader.expect(req.method)
         return b"".join(lines)

@@ -120,6 +120,12 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return out
 
 
+# What request_headers drops besides hop-by-hop headers: the length (the framing is
+# re-added), the subject header and the forwarding headers (a trusted proxy's
+# X-Forwarded-For/-Proto/-Host are read first).
+_OURS_TRUSTED = frozenset({b"content-length", SUBJECT_HEADER.lower(), b"x-forwarded-for",
+                           b"x-forwarded-proto", b"x-forwarded-host"})
+_OURS_UNTRUSTED = frozenset({b"content-length", SUBJECT_HEADER.lower()}) | _FORWARDING
 # What _without_hop_by_hop drops when Connection names nothing else (keep-alive, close,
 # upgrade: nearly every message), by keep_upgrade.
 _USUAL_DROP = {False: _HOP_BY_HOP, True: _HOP_BY_HOP - {b"upgrade"}}
@@ -173,30 +179,48 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
     appended to ``X-Forwarded-For`` and its Proto/Host are kept. A subject that
     is no valid header value (CR, LF, NUL, ...) raises ValueError.
     """
-    out = [(n, v) for n, v in _without_hop_by_hop(headers, keep_upgrade=upgrade)
-           if n.lower() != b"content-length"]
-    host = next((v for n, v in out if n.lower() == b"host"), b"")
-    sub = SUBJECT_HEADER.lower()
-    prior_for = [v.strip() for n, v in out if n.lower() == b"x-forwarded-for"] if trusted else []
-    kept_proto = kept_host = None
-    if trusted:
-        kept_proto = next((v for n, v in out if n.lower() == b"x-forwarded-proto"), None)
-        kept_host = next((v for n, v in out if n.lower() == b"x-forwarded-host"), None)
-        out = [(n, v) for n, v in out
-               if n.lower() not in (sub, b"x-forwarded-for", b"x-forwarded-proto",
-                                    b"x-forwarded-host")]
+    sub_value = subject.encode("utf-8")
+    if not field_value_ok(sub_value):
+        raise ValueError("the subject cannot be sent in a header")
+    # One pass, each name lower-cased once: hop-by-hop headers and those Connection
+    # names go (as in _without_hop_by_hop); then Content-Length, ours and the
+    # forwarding headers, a trusted proxy's values kept aside first.
+    named = connection_tokens(headers)
+    hop: frozenset[bytes] | set[bytes]
+    if named <= _HOP_BY_HOP:
+        hop = _USUAL_DROP[upgrade]
     else:
-        out = [(n, v) for n, v in out if n.lower() != sub and n.lower() not in _FORWARDING]
+        hop = set(_HOP_BY_HOP | named) - ({b"upgrade"} if upgrade else set())
+        hop.discard(b"host")
+    ours = _OURS_TRUSTED if trusted else _OURS_UNTRUSTED
+    out: Headers = []
+    host: bytes | None = None
+    prior_for: list[bytes] = []
+    kept_proto = kept_host = None
+    for n, v in headers:
+        name = n.lower()
+        if name in hop:
+            continue
+        if name == b"host":
+            if host is None:
+                host = v
+        elif name in ours:
+            if trusted:
+                if name == b"x-forwarded-for":
+                    prior_for.append(v.strip())
+                elif name == b"x-forwarded-proto" and kept_proto is None:
+                    kept_proto = v
+                elif name == b"x-forwarded-host" and kept_host is None:
+                    kept_host = v
+            continue
+        out.append((n, v))
     chain = [v for v in prior_for if v]
     if peer is not None:
         chain.append(peer.encode("ascii", "replace"))
     if chain:
         out.append((b"X-Forwarded-For", b", ".join(chain)))
     out.append((b"X-Forwarded-Proto", kept_proto or scheme.encode("ascii")))
-    out.append((b"X-Forwarded-Host", kept_host or host))
-    sub_value = subject.encode("utf-8")
-    if not field_value_ok(sub_value):
-        raise ValueError("the subject cannot be sent in a header")
+    out.append((b"X-Forwarded-Host", kept_host or host or b""))
     out.append((SUBJECT_HEADER, sub_value))
     if upgrade:
         out.append((b"Connection", b"upgrade"))
