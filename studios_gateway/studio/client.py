@@ -33,7 +33,6 @@ from studios_gateway.wire.sockopts import (
     TUNNEL_BUFFER,
     bulk_buffers,
     no_delay,
-    one_send_per_read,
     write_through,
 )
 from studios_gateway.wire.splice import SpliceEnd, join
@@ -164,7 +163,6 @@ class TunnelClientProtocol(Protocol):
         no_delay(self.transport)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
         write_through(self.transport)
-        one_send_per_read(self.transport)
         s = self.client.settings
         self.transport.write(BindRequest(s.session_id, s.token, s.connect_version, s.tool,
                                          s.tool_port, s.tool_version).encode())

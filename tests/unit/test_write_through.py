@@ -6,9 +6,8 @@ import socket
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.protocol import Protocol
 
-from studios_gateway.wire.sockopts import one_send_per_read, write_through
+from studios_gateway.wire.sockopts import write_through
 
 
 class Bare(tcp.Connection):
@@ -80,47 +79,3 @@ def test_after_lose_connection_writes_go_through_the_queue() -> None:
     t.socket.close()
     peer.close()
 
-
-class _Answering(Protocol):
-    """Answers each read with three writes, noting what the peer had by then."""
-
-    def __init__(self, peer: socket.socket) -> None:
-        self.peer = peer
-        self.seen_meanwhile: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        for part in (b"a-" + data, b"b-" + data, b"c-" + data):
-            self.transport.write(part)
-            self.seen_meanwhile.append(_drain(self.peer))
-
-
-def _drain(s: socket.socket) -> bytes:
-    got = b""
-    while True:
-        try:
-            chunk = s.recv(1 << 20)
-        except BlockingIOError:
-            return got
-        if not chunk:
-            return got
-        got += chunk
-
-
-def test_one_send_per_read_holds_a_reads_writes_until_it_is_handled() -> None:
-    t, peer = pair()
-    write_through(t)
-    one_send_per_read(t)
-    one_send_per_read(t)  # once only
-    proto = _Answering(peer)
-    t.protocol = proto
-    proto.makeConnection(t)
-    t._dataReceived(b"1")
-    assert proto.seen_meanwhile == [b"", b"", b""]
-    assert _drain(peer) == b"a-1b-1c-1" and not t._tempDataLen
-    t.write(b"outside")  # not in a read's handling: at once
-    assert _drain(peer) == b"outside"
-    t._dataReceived(b"2")
-    assert _drain(peer) == b"a-2b-2c-2"
-    t.socket.close()
-    peer.close()
