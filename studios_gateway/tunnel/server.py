@@ -53,6 +53,8 @@ from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay,
 #: queued the binds' commands and the link's PING behind them (the PING failed, the link
 #: was dropped with every command on it, and the events were lost again).
 CHECKS_IN_FLIGHT = 16
+#: Claim refreshes in flight at once in each refresh round (_refresh_all).
+REFRESHES_IN_FLIGHT = 16
 
 # routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
 # in "/"): how the gateway serves a studio, told to it in the bind answer.
@@ -286,23 +288,31 @@ class TunnelTable:
         if self.metrics:
             self.metrics.tunnels.set(len(self._tunnels))
 
+    def _refresh_all(self) -> Deferred[Any]:
+        """Refresh every claim, REFRESHES_IN_FLIGHT at once: one at a time, each claim
+        waited for the last one's round trip, and a reactor iteration handled one reply
+        (3,000 claims on Redis: 0.35-0.39 s and 0.27-0.29 s of CPU a round, against
+        0.18-0.23 s and 0.15-0.19 s with 16 in flight)."""
+        limit = defer.DeferredSemaphore(REFRESHES_IN_FLIGHT)
+        return defer.DeferredList([limit.run(self._refresh, tunnel)
+                                   for tunnel in list(self._tunnels.values())])
+
     @defer.inlineCallbacks
-    def _refresh_all(self) -> Any:
-        for tunnel in list(self._tunnels.values()):
-            try:
-                ours = yield self.store.refresh_tunnel(tunnel.holder, self.settings.holder_ttl)
-            except StoreUnavailable:
-                continue  # keep serving; retry at the next round
-            except Exception:
-                self._log.failure("refreshing the claim of session {sid}", sid=tunnel.session_id)
-                continue
-            if self._tunnels.get(tunnel.session_id) is not tunnel:
-                # Lost (and released) while its refresh was on the way, which may have
-                # claimed it again: release that claim (only if still ours).
-                if ours:
-                    self._release(tunnel)
-            elif not ours:
-                self._held_elsewhere(tunnel, "its claim could not be refreshed")
+    def _refresh(self, tunnel: Tunnel) -> Any:
+        try:
+            ours = yield self.store.refresh_tunnel(tunnel.holder, self.settings.holder_ttl)
+        except StoreUnavailable:
+            return  # keep serving; retry at the next round
+        except Exception:
+            self._log.failure("refreshing the claim of session {sid}", sid=tunnel.session_id)
+            return
+        if self._tunnels.get(tunnel.session_id) is not tunnel:
+            # Lost (and released) while its refresh was on the way, which may have
+            # claimed it again: release that claim (only if still ours).
+            if ours:
+                self._release(tunnel)
+        elif not ours:
+            self._held_elsewhere(tunnel, "its claim could not be refreshed")
 
     # Following the registry ----------------------------------------------------
 
