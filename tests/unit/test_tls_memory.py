@@ -132,3 +132,11 @@ def test_a_connection_that_is_not_memory_bio_is_left_alone() -> None:
         _ssl = object()
 
     assert not tls_memory.renew_bios(Plain())  # type: ignore[arg-type]
+
+
+def test_the_connect_client_makes_one_tls_context_per_gateway() -> None:
+    pin = tls.PIN_PREFIX + "ab" * 32
+    first = tls.client_options("gw.example", pin)
+    assert tls.client_options("gw.example", pin) is first  # every attempt shares it
+    assert tls.client_options("gw.example", tls.PIN_PREFIX + "cd" * 32) is not first
+    assert isinstance(first, tls.PinnedClientTLS)
