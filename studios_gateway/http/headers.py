@@ -131,14 +131,20 @@ _OURS_UNTRUSTED = frozenset({b"content-length", SUBJECT_HEADER.lower()}) | _FORW
 _USUAL_DROP = {False: _HOP_BY_HOP, True: _HOP_BY_HOP - {b"upgrade"}}
 
 
-def _without_hop_by_hop(headers: Sequence[tuple[bytes, bytes]], keep_upgrade: bool) -> Headers:
+def _hop_by_hop_names(headers: Sequence[tuple[bytes, bytes]],
+                      keep_upgrade: bool) -> frozenset[bytes] | set[bytes]:
+    """The (lower-case) names that must not cross this hop: the hop-by-hop set and
+    what Connection names (never Host), less Upgrade when it is kept."""
     named = connection_tokens(headers)
-    drop: frozenset[bytes] | set[bytes]
     if named <= _HOP_BY_HOP:
-        drop = _USUAL_DROP[keep_upgrade]
-    else:
-        drop = set(_HOP_BY_HOP | named) - ({b"upgrade"} if keep_upgrade else set())
-        drop.discard(b"host")
+        return _USUAL_DROP[keep_upgrade]
+    drop = set(_HOP_BY_HOP | named) - ({b"upgrade"} if keep_upgrade else set())
+    drop.discard(b"host")
+    return drop
+
+
+def _without_hop_by_hop(headers: Sequence[tuple[bytes, bytes]], keep_upgrade: bool) -> Headers:
+    drop = _hop_by_hop_names(headers, keep_upgrade)
     return [(n, v) for n, v in headers if n.lower() not in drop]
 
 
@@ -183,15 +189,9 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
     if not field_value_ok(sub_value):
         raise ValueError("the subject cannot be sent in a header")
     # One pass, each name lower-cased once: hop-by-hop headers and those Connection
-    # names go (as in _without_hop_by_hop); then Content-Length, ours and the
+    # names go (_hop_by_hop_names); then Content-Length, ours and the
     # forwarding headers, a trusted proxy's values kept aside first.
-    named = connection_tokens(headers)
-    hop: frozenset[bytes] | set[bytes]
-    if named <= _HOP_BY_HOP:
-        hop = _USUAL_DROP[upgrade]
-    else:
-        hop = set(_HOP_BY_HOP | named) - ({b"upgrade"} if upgrade else set())
-        hop.discard(b"host")
+    hop = _hop_by_hop_names(headers, upgrade)
     ours = _OURS_TRUSTED if trusted else _OURS_UNTRUSTED
     out: Headers = []
     host: bytes | None = None
