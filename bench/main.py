@@ -53,7 +53,19 @@ def settings(args: argparse.Namespace, work: Path) -> Run:
         run.rebind_counts = (1000,)
     if args.runs:
         run.runs = args.runs
+    if args.scale_counts:
+        run.scale_counts = args.scale_counts
     return run
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(n.replace("_", "")) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: want numbers like 1000,3000") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: want positive numbers")
+    return counts
 
 
 def work_dir() -> Path:
@@ -114,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                    help="a variable for every gateway the harness starts (repeatable)")
     p.add_argument("--runs", type=int, help="measurements per figure (median is reported)")
+    p.add_argument("--scale-counts", type=_counts, metavar="N,N...",
+                   help="scale-idle's numbers of idle tunnels (default 1000,10000)")
     p.add_argument("--output", default=str(HERE / "report.md"), help="the report file")
     p.add_argument("--readme", action="store_true",
                    help="also replace the report in bench/README.md")

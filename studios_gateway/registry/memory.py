@@ -5,8 +5,10 @@ The login state must outlast a restart (a used login link stays used):
 :meth:`MemoryStore.keep_login_journals` backs it by two append-only journal
 files under the storage root (auth/ does this when there is no Redis). Given a
 ``sessions_file``, the session records outlast a restart too: loaded when the store
-is made, saved whole after every change (:mod:`~studios_gateway.registry.sessions_file`);
-a change that cannot be saved is refused and undone."""
+is made, every change appended to a journal and fsynced before it is acknowledged,
+the journal folded into ``sessions.json`` now and then and at stop
+(:mod:`~studios_gateway.registry.sessions_journal`); a change that cannot be saved
+is refused and undone."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from studios_gateway.registry.base import (
     key_blob,
     unique_keys,
 )
-from studios_gateway.registry.sessions_file import load_sessions, save_sessions
+from studios_gateway.registry.sessions_journal import COMPACT_AFTER, SessionsJournal
 from studios_gateway.registry.spent import SpentSet
 
 
@@ -66,12 +68,14 @@ class Subscribers:
 class MemoryStore:
     """A SessionStore in this process's memory: the single-node default."""
 
-    def __init__(self, clock: IReactorTime, sessions_file: Path | None = None):
+    def __init__(self, clock: IReactorTime, sessions_file: Path | None = None,
+                 compact_after: int = COMPACT_AFTER):
         self._clock = clock
-        self._sessions_file = sessions_file
+        self.journal = (None if sessions_file is None
+                        else SessionsJournal(sessions_file, compact_after))
         # StorageError (a clear message naming the file) when it cannot be read.
         self._records: dict[str, SessionRecord] = (
-            load_sessions(sessions_file) if sessions_file is not None else {})
+            self.journal.open() if self.journal is not None else {})
         self._tunnels: dict[str, tuple[TunnelHolder, float]] = {}
         self._user_keys: dict[str, list[str]] = {}
         self._subscribers = Subscribers()
@@ -88,6 +92,8 @@ class MemoryStore:
         pass
 
     def stop(self) -> Deferred[None]:
+        if self.journal is not None:
+            self.journal.close(self._records.values())
         self._spent.close()
         self._logouts.close()
         return defer.succeed(None)
@@ -104,7 +110,7 @@ class MemoryStore:
         if record.id in self._records:
             return defer.fail(SessionExists(f"session {record.id} exists already"))
         self._records[record.id] = record
-        failed = self._saved(record.id, None)
+        failed = self._saved(record, None)
         if failed is not None:
             return failed
         self._subscribers.notify(record.id)
@@ -120,7 +126,7 @@ class MemoryStore:
         if record.id not in self._records:
             return defer.fail(SessionNotFound(f"no session {record.id}"))
         before, self._records[record.id] = self._records[record.id], record
-        failed = self._saved(record.id, before)
+        failed = self._saved(record, before)
         if failed is not None:
             return failed
         self._subscribers.notify(record.id)
@@ -138,13 +144,19 @@ class MemoryStore:
             self._subscribers.notify(session_id)
         return defer.succeed(existed)
 
-    def _saved(self, session_id: str, before: SessionRecord | None) -> Deferred[Any] | None:
-        """Save every record after a change to `session_id`; when that fails, undo the
-        change (`before` was its record) and return the failure (StoreUnavailable)."""
-        if self._sessions_file is None:
+    def _saved(self, change: SessionRecord | str,
+               before: SessionRecord | None) -> Deferred[Any] | None:
+        """Make a change durable: `change` is the record put, or the id deleted. When
+        that fails, undo the change (`before` was its record) and return the failure
+        (StoreUnavailable)."""
+        if self.journal is None:
             return None
+        session_id = change if isinstance(change, str) else change.id
         try:
-            save_sessions(self._sessions_file, self._records.values())
+            if isinstance(change, str):
+                self.journal.delete(change, self._records.values())
+            else:
+                self.journal.put(change, self._records.values())
         except StorageError as e:
             if before is None:
                 self._records.pop(session_id, None)

@@ -1,11 +1,12 @@
 """The embedded registry's sessions on disk, so a restart of a single node keeps its studios.
 
 One JSON document (``sessions.json`` under CONNECT_STORAGE_ROOT, mode 0600)
-holds every session record. It is replaced whole on every change: written to a
-temporary file beside it, fsynced, renamed over the old one, and the directory
-fsynced (:func:`~studios_gateway.auth.files.write_private_json`). A crash at any
-moment leaves either the old document or the new one, never a torn one. Tunnel
-claims are not kept: studios bind again after a restart.
+holds every session record as of its last compaction; the changes since are in a
+journal beside it (:mod:`~studios_gateway.registry.sessions_journal`). The document
+is replaced whole: written to a temporary file beside it, fsynced, renamed over the
+old one, and the directory fsynced (:func:`~studios_gateway.auth.files.write_private_json`).
+A crash at any moment leaves either the old document or the new one, never a torn
+one. Tunnel claims are not kept: studios bind again after a restart.
 
 A document that cannot be read, or a record in it that does not check out, is
 an error at start naming the file: nothing in it is dropped silently.

@@ -103,6 +103,35 @@ def test_a_restarted_gateway_keeps_its_studios(tmp_path) -> None:
         d.stop()
 
 
+def test_sessions_acknowledged_before_a_crash_or_a_stop_are_kept(tmp_path) -> None:
+    """A session the admin API acknowledged is on disk (the journal) before the answer:
+    a SIGKILL right after loses nothing; a SIGTERM folds the journal into sessions.json."""
+    d = Deployment(tmp_path)
+    try:
+        storage = tmp_path / "storage"
+        first = d.create()
+        d.gw.proc.kill()
+        d.gw.wait()
+        assert not (storage / "sessions.json").exists()
+        assert first["id"] in (storage / "sessions.journal").read_text()
+        restart(d)
+        status, body, _ = d.gw.request(f"/api/sessions/{first['id']}")
+        assert status == 200 and json.loads(body)["id"] == first["id"]
+        second = d.create()
+        status, _, _ = d.gw.request(f"/api/sessions/{first['id']}", method="DELETE")
+        assert status in (200, 204)
+        restart(d)  # SIGTERM, then a new process
+        saved = json.loads((storage / "sessions.json").read_text())
+        assert [s["id"] for s in saved["sessions"]] == [second["id"]]
+        assert (storage / "sessions.journal").read_bytes() == b""
+        status, _, _ = d.gw.request(f"/api/sessions/{first['id']}")
+        assert status == 404
+        status, _, _ = d.gw.request(f"/api/sessions/{second['id']}")
+        assert status == 200
+    finally:
+        d.stop()
+
+
 def test_a_client_waits_for_a_session_the_gateway_does_not_know_yet(tmp_path) -> None:
     """The gateway comes back without the session (its store restored later): the client
     hears unknown_session, keeps trying, and binds once the session is back."""

@@ -1,4 +1,5 @@
-"""The embedded registry keeps its sessions in CONNECT_STORAGE_ROOT/sessions.json."""
+"""The embedded registry keeps its sessions in CONNECT_STORAGE_ROOT/sessions.json and the
+changes since in sessions.journal beside it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from studios_gateway.private_files import StorageError
 from studios_gateway.registry.base import StoreUnavailable
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.registry.sessions_file import load_sessions, sessions_path
+from studios_gateway.registry.sessions_journal import JOURNAL_NAME
 from studios_gateway.service import build_store
 from tests.unit import test_registry_memory as contract
 from tests.unit.test_registry_memory import record
@@ -48,21 +50,85 @@ def test_a_new_store_on_the_same_file_has_the_same_sessions(tmp_path: Path) -> N
         assert result(first.create(record(sid))) is None
     assert result(first.update(replace(record("b2"), allowed_users=("carol",)))) is None
     assert result(first.delete("c3")) is True
-    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    journal = path.with_name(JOURNAL_NAME)
+    assert oct(journal.stat().st_mode & 0o777) == "0o600"
+
+    def check(again: MemoryStore) -> None:
+        assert result(again.get("a1")) == record("a1")
+        assert result(again.get("b2")).allowed_users == ("carol",)
+        assert result(again.get("c3")) is None
+        assert sorted(r.id for r in result(again.list_sessions())) == ["a1", "b2"]
+
+    # Without a stop (a crash): every acknowledged change is in the journal.
+    assert not path.exists() and len(journal.read_bytes().splitlines()) == 5
+    check(MemoryStore(Clock(), sessions_file=path))
+    # Opening folded the journal into the snapshot; a clean stop leaves it so.
+    assert sorted(load_sessions(path)) == ["a1", "b2"] and journal.read_bytes() == b""
     again = MemoryStore(Clock(), sessions_file=path)
-    assert result(again.get("a1")) == record("a1")
-    assert result(again.get("b2")).allowed_users == ("carol",)
-    assert result(again.get("c3")) is None
-    assert sorted(r.id for r in result(again.list_sessions())) == ["a1", "b2"]
+    assert result(again.create(record("d4"))) is None
+    result(again.stop())
+    result(again.stop())
+    assert sorted(load_sessions(path)) == ["a1", "b2", "d4"] and journal.read_bytes() == b""
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
-def test_a_crash_before_the_rename_leaves_the_old_store_readable(
+def test_a_change_that_cannot_be_written_is_refused_and_cut_from_the_journal(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "sessions.json"
     store = MemoryStore(Clock(), sessions_file=path)
     assert result(store.create(record("a1"))) is None
+    journal = path.with_name(JOURNAL_NAME)
+    size = journal.stat().st_size
+    real_write = os.write
+
+    def torn_write(fd: int, data: bytes) -> int:
+        return real_write(fd, data[:10])  # a disk that filled up mid-line
+
+    monkeypatch.setattr(os, "write", torn_write)
+    failed = result(store.create(record("b2")))
+    assert failed.check(StoreUnavailable) and "could not be saved" in str(failed.value)
+    assert result(store.get("b2")) is None
+    assert journal.stat().st_size == size  # the partial line is gone
+    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    assert result(store.update(replace(record("a1"), tool="rstudio"))).check(StoreUnavailable)
+    assert result(store.get("a1")) == record("a1")  # undone
+    monkeypatch.undo()
+    assert result(store.create(record("c3"))) is None
+    again = MemoryStore(Clock(), sessions_file=path)
+    assert sorted(r.id for r in result(again.list_sessions())) == ["a1", "c3"]
+    assert result(again.get("a1")) == record("a1")
+
+
+def test_a_journal_that_cannot_be_cut_back_gives_way_to_a_whole_save(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "sessions.json"
+    store = MemoryStore(Clock(), sessions_file=path)
+    assert result(store.create(record("a1"))) is None
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:10]))
+    monkeypatch.setattr(os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(OSError(5, "EIO")))
+    assert result(store.create(record("b2"))).check(StoreUnavailable)
+    monkeypatch.undo()
+    # A crash now: the torn last line was never acknowledged; it is skipped.
+    assert sorted(r.id for r in result(
+        MemoryStore(Clock(), sessions_file=path).list_sessions())) == ["a1"]
+    # The store goes on: the next change is written whole (and starts a new journal).
+    assert result(store.create(record("c3"))) is None
+    assert sorted(load_sessions(path)) == ["a1", "c3"]
+    assert path.with_name(JOURNAL_NAME).read_bytes() == b""
+    assert result(store.delete("a1")) is True
+    assert sorted(r.id for r in result(
+        MemoryStore(Clock(), sessions_file=path).list_sessions())) == ["c3"]
+
+
+def test_a_crash_in_a_compaction_loses_nothing(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "sessions.json"
+    store = MemoryStore(Clock(), sessions_file=path, compact_after=3)
+    assert result(store.create(record("a1"))) is None
     calls: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
         calls.append("fsync")
@@ -74,28 +140,87 @@ def test_a_crash_before_the_rename_leaves_the_old_store_readable(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", crash)
-    failed = result(store.create(record("b2")))
-    assert failed.check(StoreUnavailable) and "could not be saved" in str(failed.value)
-    assert calls == ["fsync", "replace"]  # the new bytes were on disk before the rename
-    # The refused change is undone here, and the file still holds the old document.
-    assert result(store.get("b2")) is None
-    assert list(load_sessions(path)) == ["a1"]
-    monkeypatch.setattr(os, "replace", real_replace)
-    calls.clear()
-    # A torn temporary file from the crash is not read; the next save succeeds.
-    (tmp_path / ".tmp-torn").write_bytes(b'{"version": 1, "sess')
-    assert result(store.update(replace(record("a1"), tool="rstudio"))) is None
-    assert calls == ["fsync", "fsync"]  # the file, then its directory (the rename)
-    assert load_sessions(path)["a1"].tool == "rstudio"
+    assert result(store.create(record("b2"))) is None
+    # The third change is journaled (fsync), then the compaction's snapshot fails at
+    # its rename (its bytes were on disk before): the change stands all the same.
+    assert result(store.create(record("c3"))) is None
+    assert calls == ["fsync", "fsync", "fsync", "replace"]
+    assert not path.exists()
+    (tmp_path / ".tmp-torn").write_bytes(b'{"version": 1, "sess')  # the crash's leftover
+    assert sorted(r.id for r in result(
+        MemoryStore(Clock(), sessions_file=path).list_sessions())) == ["a1", "b2", "c3"]
+    # Between the snapshot's rename and the journal's: the journal is replayed on the
+    # snapshot that holds it already; nothing changes.
+    monkeypatch.undo()
+    journal = path.with_name(JOURNAL_NAME)
+    kept = journal.read_bytes()
+    result(store.stop())
+    journal.write_bytes(kept)
+    reopened = MemoryStore(Clock(), sessions_file=path)
+    assert sorted(r.id for r in result(reopened.list_sessions())) == ["a1", "b2", "c3"]
 
 
 def test_a_failed_delete_keeps_the_session(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     store = MemoryStore(Clock(), sessions_file=tmp_path / "sessions.json")
     assert result(store.create(record("a1"))) is None
-    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "full")))
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "full")))
     assert result(store.delete("a1")).check(StoreUnavailable)
     assert result(store.get("a1")) == record("a1")
+
+
+def test_creating_n_sessions_writes_o_n_records(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole-file save rewrote every record per change (N creates: N^2 / 2 records
+    written); now each change appends one line, and a compaction (all records) comes
+    only once the journal holds as many changes as there are records."""
+    from studios_gateway.registry import sessions_journal
+
+    written: list[int] = []
+    real_save = sessions_journal.save_sessions
+
+    def counted(path: Path, records: Any) -> None:
+        records = list(records)
+        written.append(len(records))
+        real_save(path, records)
+
+    monkeypatch.setattr(sessions_journal, "save_sessions", counted)
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # the disk's time is not the point
+    path = tmp_path / "sessions.json"
+    store = MemoryStore(Clock(), sessions_file=path, compact_after=50)
+    n = 1600
+    for i in range(n):
+        assert result(store.create(record(f"s{i:05d}"))) is None
+    assert sum(written) <= n and len(written) <= 2, written
+    # Updates and deletes of a store of N records: one whole write per ~N changes.
+    written.clear()
+    for i in range(n):
+        assert result(store.update(replace(record(f"s{i:05d}"), tool="rstudio"))) is None
+    assert len(written) == 1, written
+    result(store.stop())
+    assert len(load_sessions(path)) == n
+
+
+def test_a_journal_line_that_does_not_read_stops_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.json"
+    store = MemoryStore(Clock(), sessions_file=path)
+    for sid in ("a1", "b2"):
+        assert result(store.create(record(sid))) is None
+    journal = path.with_name(JOURNAL_NAME)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(lines[0] + b'{"put": {"id": "x"}}\n' + lines[1])
+    with pytest.raises(StorageError, match=r"sessions.journal: line 2 is malformed"):
+        MemoryStore(Clock(), sessions_file=path)
+    journal.write_bytes(lines[0] + b'{"delete": 7}\n' + lines[1])
+    with pytest.raises(StorageError, match=r"line 2 is malformed \(neither put nor delete"):
+        MemoryStore(Clock(), sessions_file=path)
+    # As the last line, the same is a torn, never acknowledged change: skipped.
+    journal.write_bytes(lines[0] + lines[1] + b'{"put": {"id": "c3", "work')
+    again = MemoryStore(Clock(), sessions_file=path)
+    assert sorted(r.id for r in result(again.list_sessions())) == ["a1", "b2"]
+    assert result(again.create(record("c3"))) is None
+    assert sorted(r.id for r in result(
+        MemoryStore(Clock(), sessions_file=path).list_sessions())) == ["a1", "b2", "c3"]
 
 
 @pytest.mark.parametrize("text, why", [
@@ -120,6 +245,7 @@ def test_build_store_keeps_sessions_under_the_storage_root(tmp_path: Path) -> No
     config = load_config(environ={"CONNECT_STORAGE_ROOT": str(tmp_path)})
     store = build_store(config, Clock())
     assert result(store.create(record("a1"))) is None
+    result(store.stop())
     assert json.loads((tmp_path / "sessions.json").read_text())["sessions"][0]["id"] == "a1"
     assert result(build_store(config, Clock()).get("a1")) == record("a1")
 
