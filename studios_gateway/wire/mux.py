@@ -72,6 +72,7 @@ from studios_gateway.wire.frames import (
     ProtocolError,
 )
 from studios_gateway.wire.schedule import FrameScheduler
+from studios_gateway.wire.turns import turns_of
 
 _pack_header = frames.HEADER_STRUCT.pack
 
@@ -656,13 +657,14 @@ class Multiplexer(Protocol):
     transport: Any
 
     _log = Logger()
-    # Frames waiting for the tunnel's next write (see _hold), and the end-of-turn call
-    # that sends them if nothing else does. Class defaults: nothing per idle tunnel.
+    # Frames waiting to go out together (open_stream's SYN, with ``gather`` a turn's
+    # later frames; see _write), and the one end-of-turn call that sends them if
+    # nothing else does. Class defaults: nothing per idle tunnel.
     _held = b""
-    _flush_call: IDelayedCall | None = None
-    # Armed by the first send of a reactor turn (with ``gather``): later small frames of
-    # the same turn wait for it and go out together at the turn's end (see _write).
     _turn_call: IDelayedCall | None = None
+    # With ``gather``: the turn (its number from wire/turns.py, or 0 without a counter)
+    # in which a frame last went out at once; later small frames of that turn are held.
+    _sent_turn = -1
 
     def __init__(self, *, is_client: bool, clock: IReactorTime,
                  window_size: int = DEFAULT_WINDOW, max_streams: int = 1024,
@@ -682,6 +684,7 @@ class Multiplexer(Protocol):
         self.is_client = is_client
         self.clock = clock
         self.gather = gather
+        self._turns = turns_of(clock) if gather else None
         self.window_size = window_size
         self.max_streams = max_streams
         self.ping_interval = ping_interval
@@ -918,31 +921,37 @@ class Multiplexer(Protocol):
         A turn that answers N requests (N client reads in one poll) then makes two sends
         on the tunnel instead of N, and encrypts two TLS records (the tunnel's TLS writes
         at once); a lone message (one request at a time, a WebSocket echo) still goes
-        out in the call that wrote it."""
+        out in the call that wrote it, and with the reactor's turn counter
+        (wire/turns.py) sets no timer either: the end-of-turn call is made only once a
+        frame is held. Without a counter (a fake clock) the first send sets it."""
         if self._held:
             data, self._held = self._held + data, b""
-        if self._turn_call is not None and len(data) < GATHER_LIMIT:
-            self._held = data
+        if self.gather:
+            turns = self._turns
+            turn = turns.n if turns is not None else 0
+            if turn == self._sent_turn and len(data) < GATHER_LIMIT:
+                self._held = data
+                if self._turn_call is None:
+                    self._turn_call = self.clock.callLater(0, self._turn_ended)
+                return
+            self.transport.write(data)
+            self._sent_turn = turn
+            if turns is None and self._turn_call is None:
+                self._turn_call = self.clock.callLater(0, self._turn_ended)
             return
         self.transport.write(data)
-        if self.gather and self._turn_call is None:
-            self._turn_call = self.clock.callLater(0, self._turn_ended)
 
     def _hold(self, data: bytes) -> None:
         """Keep ``data`` for the tunnel's next write, or the end of this reactor turn."""
         self._held += data
-        if self._flush_call is None or not self._flush_call.active():
-            self._flush_call = self.clock.callLater(0, self._flush_held)
-
-    def _flush_held(self) -> None:
-        self._flush_call = None
-        self._send_held()
+        if self._turn_call is None:
+            self._turn_call = self.clock.callLater(0, self._turn_ended)
 
     def _turn_ended(self) -> None:
+        """The end of a turn that held frames (or, without a turn counter, sent one):
+        what is held goes out in one send; the next frame is a new turn's first."""
         self._turn_call = None
-        self._send_held()
-
-    def _send_held(self) -> None:
+        self._sent_turn = -1
         if self._held and not self.closed and self.transport is not None:
             data, self._held = self._held, b""
             self.transport.write(data)
@@ -1007,7 +1016,8 @@ class Multiplexer(Protocol):
             return
         transport = self.transport
         if self._held and transport is not None:
-            self._send_held()  # a held SYN (or a turn's frames) goes before the end
+            data, self._held = self._held, b""
+            transport.write(data)  # a held SYN (or a turn's frames) goes before the end
         self._terminate(reason)
         if transport is not None:
             # We registered as the transport's producer; a transport with a
@@ -1025,10 +1035,9 @@ class Multiplexer(Protocol):
             self._timer.cancel()
         self._timer = None
         self._held = b""
-        for call in (self._flush_call, self._turn_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._flush_call = self._turn_call = None
+        if self._turn_call is not None and self._turn_call.active():
+            self._turn_call.cancel()
+        self._turn_call = None
         lost = Failure(TunnelLost(f"tunnel lost: {reason.getErrorMessage()}"))
         for stream in list(self.streams.values()):
             stream._finish(lost)

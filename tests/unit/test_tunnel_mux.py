@@ -163,6 +163,81 @@ def test_gather_keeps_an_opening_and_its_request_one_write_without_a_turn() -> N
     assert transport.writes == 1 and len(parse(transport.value())) == 3
 
 
+class TurnClock(Clock):
+    """A fake clock with a reactor loop's doIteration: the multiplexer counts turns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polls = 0
+
+    def doIteration(self, timeout: float | None) -> None:
+        self.polls += 1
+
+    def next_turn(self) -> None:
+        self.doIteration(None)
+
+    def turn_ends(self) -> list[Any]:
+        """The calls set for the end of this turn (not the keepalive's)."""
+        return [c for c in self.getDelayedCalls() if c.getTime() <= self.seconds()]
+
+
+def test_with_a_turn_counter_a_lone_frame_per_turn_sets_no_timer() -> None:
+    clock = TurnClock()
+    mux = Multiplexer(is_client=True, clock=clock, gather=True)
+    transport = CountingTransport()
+    mux.makeConnection(transport)
+    stream = mux.open_stream(b"T")
+    assert clock.turn_ends() != []  # the held opening waits for the turn's end...
+    stream.write(b"GET /1")
+    assert transport.writes == 1  # ...or, as here, for the request: one send
+    clock.advance(0)
+    for n in range(2, 5):  # one request per turn: each at once, and no timer set
+        clock.next_turn()
+        stream.write(b"GET /%d" % n)
+        assert transport.writes == n and clock.turn_ends() == []
+    assert clock.polls == 3  # the counter wraps the loop's own doIteration
+
+
+def test_with_a_turn_counter_a_turns_later_frames_wait_for_its_end() -> None:
+    clock = TurnClock()
+    mux = Multiplexer(is_client=True, clock=clock, gather=True)
+    transport = CountingTransport()
+    mux.makeConnection(transport)
+    a, b = mux.open_stream(), mux.open_stream()
+    assert transport.writes == 1  # a's SYN at once, b's held for the turn's end
+    clock.advance(0)
+    assert transport.writes == 2
+    clock.next_turn()
+    a.write(b"a1")
+    b.write(b"b1")
+    a.write(b"a2")
+    assert transport.writes == 3 and len(clock.turn_ends()) == 1
+    clock.advance(0)
+    assert transport.writes == 4
+    assert [f.data for f in parse(transport.value()) if f.type == DATA] == [b"a1", b"b1", b"a2"]
+    clock.next_turn()
+    a.write(b"a3")
+    assert transport.writes == 5 and clock.turn_ends() == []
+
+
+def test_the_turn_counter_wraps_again_after_someone_restores_the_loop() -> None:
+    from studios_gateway.wire.turns import turns_of
+
+    clock = TurnClock()
+    original = clock.doIteration
+    turns = turns_of(clock)
+    assert turns is not None and turns_of(clock) is turns
+    clock.next_turn()
+    assert turns.n == 1
+    clock.doIteration = original  # type: ignore[method-assign]  # e.g. metrics unwrapping
+    clock.next_turn()
+    assert turns.n == 1
+    assert turns_of(clock) is turns
+    clock.next_turn()
+    assert turns.n == 2 and clock.polls == 3
+    assert turns_of(Clock()) is None
+
+
 class Link:
     """Two multiplexers joined by StringTransports; bytes move only when told to."""
 
