@@ -46,11 +46,11 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import (
     BufferingTLSTransport,
     TLSMemoryBIOFactory,
-    TLSMemoryBIOProtocol,
 )
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from studios_gateway.wire.tls_lean import LeanTLSProtocol
 from studios_gateway.wire.tls_memory import RenewingBIOs
 
 __all__ = ["GuardedTLSFactory", "HandshakeLimits"]
@@ -83,7 +83,7 @@ class _AwaitingHandshake(Protocol):
         self._guard.handshake_done()
 
 
-class _GuardedTLSProtocol(RenewingBIOs, TLSMemoryBIOProtocol):
+class _GuardedTLSProtocol(RenewingBIOs, LeanTLSProtocol):
     """The guard over Twisted's TLS layer, writing at once (see :class:`_GuardedBuffered`)."""
 
     factory: GuardedTLSFactory

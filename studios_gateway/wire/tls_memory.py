@@ -22,8 +22,6 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL import SSL
-from OpenSSL._util import ffi as _ffi
-from OpenSSL._util import lib as _lib
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IProtocolFactory,
@@ -32,9 +30,11 @@ from twisted.internet.interfaces import (
 from twisted.protocols.tls import (
     BufferingTLSTransport,
     TLSMemoryBIOFactory,
-    TLSMemoryBIOProtocol,
 )
 from zope.interface import implementer
+
+from studios_gateway.wire import openssl_private as _private
+from studios_gateway.wire.tls_lean import LeanTLSProtocol
 
 __all__ = ["QUIET", "RenewingBIOs", "renew_bios", "wrap_client_tls"]
 
@@ -61,8 +61,9 @@ def renew_bios(conn: SSL.Connection) -> bool:
     a memory-BIO one.
     """
     parts = _bios(conn)
-    if parts is None:
+    if parts is None or not _private.AVAILABLE:
         return False
+    _lib, _ffi = _private.lib, _private.ffi
     ssl, into, out = parts
     if _lib.BIO_get_mem_data(into, _ffi.NULL) or _lib.BIO_get_mem_data(out, _ffi.NULL):
         return False
@@ -124,7 +125,7 @@ class RenewingBIOs:
         return False
 
 
-class _RenewingTLSProtocol(RenewingBIOs, BufferingTLSTransport):
+class _RenewingTLSProtocol(RenewingBIOs, LeanTLSProtocol, BufferingTLSTransport):
     pass
 
 
@@ -132,12 +133,12 @@ class _RenewingTLSFactory(TLSMemoryBIOFactory):
     protocol = _RenewingTLSProtocol
 
 
-class _RenewingAtOnce(RenewingBIOs, TLSMemoryBIOProtocol):
+class _RenewingAtOnce(RenewingBIOs, LeanTLSProtocol):
     pass
 
 
 class _RenewingAtOnceFactory(TLSMemoryBIOFactory):
-    # Twisted's plain TLS layer: each write is encrypted and sent when it is made, where
+    # Each write is encrypted and sent when it is made (wire/tls_lean.py), where
     # BufferingTLSTransport gathers a turn's writes and sends them a turn later.
     protocol = _RenewingAtOnce
 

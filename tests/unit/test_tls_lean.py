@@ -1,0 +1,224 @@
+"""LeanTLSProtocol: the tunnel's TLS both ways, over memory, with the lean path in use.
+
+The gateway's guarded server (write at once) and the connect client's TLS, each a
+LeanTLSProtocol, exchange bytes over an in-memory wire that a test can cut into any
+TCP reads it likes; closing and failures go through iosim, as the guard's tests do.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from OpenSSL import SSL
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.test.iosim import connectedServerAndClient
+
+from studios_gateway.wire import openssl_private, tls, tls_lean, tls_memory
+from studios_gateway.wire.tls_guard import GuardedTLSFactory, HandshakeLimits
+
+ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+class App(Protocol):
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.reads: list[bytes] = []
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        self.reads.append(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost = reason
+
+
+class Wire:
+    """A TCP transport that keeps what is written for the test to deliver."""
+
+    disconnecting = False
+    connected = True
+
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def writeSequence(self, seq: list[bytes]) -> None:
+        self.out += b"".join(seq)
+
+    def getPeer(self) -> IPv4Address:
+        return ADDR
+
+    getHost = getPeer
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    abortConnection = loseConnection
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    return tls.ensure_self_signed(tmp_path_factory.mktemp("tls"), ["localhost"])
+
+
+def _factories(certificate: tuple[Any, Any], clock: Clock, server_app: App,
+               client_app: App) -> tuple[Any, Any]:
+    cert, key = certificate
+    server = GuardedTLSFactory(tls.server_options(cert, key),
+                               Factory.forProtocol(lambda: server_app), clock=clock,
+                               limits=HandshakeLimits(), write_at_once=True)
+    client = tls_memory._RenewingAtOnceFactory(
+        tls.PinnedClientTLS(tls.fingerprint_pem(cert.read_bytes())), True,
+        Factory.forProtocol(lambda: client_app), clock=clock)
+    return server, client
+
+
+class Pair:
+    def __init__(self, certificate: tuple[Any, Any]) -> None:
+        self.clock = Clock()
+        self.server_app, self.client_app = App(), App()
+        server, client = _factories(certificate, self.clock, self.server_app,
+                                    self.client_app)
+        self.server, self.client = server.buildProtocol(ADDR), client.buildProtocol(ADDR)
+        self.server_wire, self.client_wire = Wire(), Wire()
+        self.server.makeConnection(self.server_wire)
+        self.client.makeConnection(self.client_wire)
+        self.move()
+        assert self.server._handshakeDone and self.client._handshakeDone
+
+    def move(self, cut: int = 0) -> None:
+        """Deliver what both sides wrote, in TCP reads of at most ``cut`` bytes (0: whole)."""
+        while self.server_wire.out or self.client_wire.out:
+            for wire, to in ((self.client_wire, self.server), (self.server_wire, self.client)):
+                data, wire.out = bytes(wire.out), bytearray()
+                step = cut or len(data) or 1
+                for at in range(0, len(data), step):
+                    to.dataReceived(data[at:at + step])
+
+
+def test_the_lean_path_is_the_one_in_use(certificate) -> None:
+    pair = Pair(certificate)
+    for proto in (pair.server, pair.client):
+        assert isinstance(proto, tls_lean.LeanTLSProtocol)
+    assert tls_lean.LEAN
+
+
+def test_small_writes_are_sent_at_once_and_records_of_one_read_arrive_together(
+        certificate) -> None:
+    pair = Pair(certificate)
+    for word in (b"one", b"two", b"three"):
+        pair.client_app.transport.write(word)
+    assert pair.client_wire.out.count(b"\x17\x03\x03") == 3  # three records, not sent later
+    pair.move()
+    assert pair.server_app.reads == [b"onetwothree"]  # one TCP read: one delivery
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.tuples(st.booleans(), st.integers(0, 70_000)), max_size=12),
+       cut=st.sampled_from([0, 1, 5, 333, 16_389, 100_000]))
+def test_every_byte_arrives_in_order_however_tcp_cuts_the_records(certificate, writes,
+                                                                 cut) -> None:
+    pair = Pair(certificate)
+    sent: dict[bool, bytearray] = {True: bytearray(), False: bytearray()}
+    for n, (from_client, size) in enumerate(writes):
+        data = bytes([n % 251]) * size
+        sent[from_client] += data
+        (pair.client_app if from_client else pair.server_app).transport.write(data)
+        if n % 3 == 0:
+            pair.move(cut)
+    pair.move(cut)
+    assert bytes(pair.server_app.received) == bytes(sent[True])
+    assert bytes(pair.client_app.received) == bytes(sent[False])
+    assert max(map(len, pair.server_app.reads + pair.client_app.reads), default=0) <= \
+        tls_lean.DELIVER
+
+
+def test_a_write_of_a_buffer_that_is_not_bytes_goes_through(certificate) -> None:
+    pair = Pair(certificate)
+    pair.client_app.transport.write(bytearray(b"array "))
+    pair.client_app.transport.write(memoryview(b"view"))
+    pair.move()
+    assert bytes(pair.server_app.received) == b"array view"
+
+
+def test_an_application_that_aborts_gets_nothing_more(certificate) -> None:
+    pair = Pair(certificate)
+
+    class Aborting(App):
+        def dataReceived(self, data: bytes) -> None:
+            super().dataReceived(data)
+            self.transport.abortConnection()
+
+    aborting = Aborting()
+    pair.server.wrappedProtocol = aborting
+    aborting.transport = pair.server
+    big = b"x" * (tls_lean.DELIVER + 10)  # two deliveries' worth in one read
+    pair.client_app.transport.write(big)
+    pair.move()
+    assert len(aborting.reads) == 1 and pair.server_wire.disconnecting
+
+
+def test_a_damaged_record_ends_the_connection_with_the_tls_error(certificate) -> None:
+    pair = Pair(certificate)
+    pair.client_app.transport.write(b"good")
+    pair.client_app.transport.write(b"then bad")
+    data = bytearray(pair.client_wire.out)
+    data[-3] ^= 0xFF  # the second record's tag no longer matches
+    pair.client_wire.out = bytearray()
+    pair.server.dataReceived(bytes(data))
+    assert bytes(pair.server_app.received) == b"good"  # what came before is delivered
+    assert pair.server._lostTLSConnection and pair.server_wire.disconnecting
+    pair.server.connectionLost(Failure(ConnectionDone()))
+    assert pair.server_app.lost is not None and pair.server_app.lost.check(SSL.Error)
+    assert pair.server_wire.out  # the alert that says why (TLS 1.3: an encrypted record)
+
+
+def _iosim_pair(certificate: tuple[Any, Any]) -> tuple[Clock, App, App, Any, Any, Any]:
+    clock = Clock()
+    server_app, client_app = App(), App()
+    server, client = _factories(certificate, clock, server_app, client_app)
+    client_proto, server_proto, pump = connectedServerAndClient(
+        lambda: server.buildProtocol(ADDR), lambda: client.buildProtocol(ADDR), greet=False)
+    pump.flush()
+    return clock, server_app, client_app, server_proto, client_proto, pump
+
+
+def test_close_notify_comes_after_the_data_and_is_answered(certificate) -> None:
+    clock, server_app, client_app, server_proto, client_proto, pump = _iosim_pair(certificate)
+    client_app.transport.write(b"last words")
+    client_app.transport.loseConnection()
+    pump.flush()
+    assert bytes(server_app.received) == b"last words"
+    assert server_app.lost is not None and server_app.lost.check(ConnectionDone)
+    assert client_app.lost is not None and client_app.lost.check(ConnectionDone)
+    assert server_proto.getHandle() is None and client_proto.getHandle() is None
+
+
+def test_without_the_private_api_the_class_is_twisteds(monkeypatch) -> None:
+    monkeypatch.setattr(openssl_private, "AVAILABLE", False)
+    try:
+        public = importlib.reload(tls_lean)
+        assert not public.LEAN
+        assert "dataReceived" not in vars(public.LeanTLSProtocol)
+        assert "_write" not in vars(public.LeanTLSProtocol)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(tls_lean)
