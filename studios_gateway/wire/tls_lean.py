@@ -66,8 +66,10 @@ if LEAN:
     _SSL_pending = _lib.SSL_pending
     _pending = _lib.BIO_get_mem_data  # (bio, NULL): the bytes a memory BIO holds
     _WANT_READ = _lib.SSL_ERROR_WANT_READ
-    _in_buf = _ffi.new("char[]", DELIVER)
-    _out_buf = _ffi.new("char[]", _OUT_ROOM)
+    # Not zeroed: the pages of the read buffer are touched only when bulk fills them.
+    _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
+    _in_buf = _alloc("char[]", DELIVER)
+    _out_buf = _alloc("char[]", _OUT_ROOM)
     _take = _ffi.buffer
 
 #: :meth:`LeanTLSProtocol._read_outcome` of the peer's close_notify.
@@ -155,7 +157,7 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             n = _pending(out, _NULL)
             if n <= 0:
                 return
-            buf = _out_buf if n <= _OUT_ROOM else _ffi.new("char[]", n)
+            buf = _out_buf if n <= _OUT_ROOM else _alloc("char[]", n)
             got = _BIO_read(out, buf, n)
             if got > 0:
                 self.transport.write(_take(buf, got)[:])  # type: ignore[union-attr]
