@@ -34,8 +34,7 @@ from studios_gateway.http.h1 import (
     parse_request_head,
 )
 from studios_gateway.http.headers import (
-    check_head,
-    connection_tokens,
+    HeadProblem,
     field_value_ok,
     request_headers,
     response_headers,
@@ -180,13 +179,10 @@ class HeadReader:
         head, rest = bytes(buf[: end + 4]), bytes(buf[end + 4 :])
         buf.clear()
         self._forget()
-        problem = check_head(head, max_request_line=lim.max_request_line,
-                             max_header_count=lim.max_header_count)
-        if problem is not None:
-            return HeadRefused(problem.status, problem.reason)
-        request = parse_request_head(head)
-        if isinstance(request, str):
-            return HeadRefused(400, request)
+        request = parse_request_head(head, max_request_line=lim.max_request_line,
+                                     max_header_count=lim.max_header_count)
+        if isinstance(request, HeadProblem):
+            return HeadRefused(request.status, request.reason)
         body = RequestBody(head, request, lim.max_header_bytes + 1024)
         if rest:
             body.feed(rest)
@@ -261,7 +257,7 @@ class Exchange:
         """Read the request's facts; an answer when it is refused at once."""
         req = self.request
         raw = req.headers
-        host = next(v for k, v in raw if k.lower() == b"host").decode("latin-1")
+        host = req.host.decode("latin-1")
         target = req.target.decode("latin-1")
         self.host = host
         if not target.startswith("/"):
@@ -274,8 +270,7 @@ class Exchange:
         self.info = RequestInfo(req.method.decode("ascii"), host, path, query,
                                 headers=tuple(raw), scheme=scheme,
                                 client=(peer, peer_port) if peer else None)
-        tokens = connection_tokens(raw)
-        self.upgrade = b"upgrade" in tokens and req.upgrade_offered
+        self.upgrade = b"upgrade" in req.connection and req.upgrade_offered
         max_body = self.limits.max_body
         if max_body is not None and req.content_length is not None \
                 and req.content_length > max_body:

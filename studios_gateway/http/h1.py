@@ -1,8 +1,9 @@
 """HTTP/1.1 messages for the proxy's hot path: llhttp (httptools) parses, we frame.
 
-* :func:`parse_request_head` parses a complete request head that
-  :func:`~studios_gateway.http.headers.check_head` accepted (llhttp in C, plus the
-  field checks h11 made: target characters, field values);
+* :func:`parse_request_head` reads a complete request head in one pass
+  (:func:`~studios_gateway.http.headers.read_head`'s smuggling and limit checks),
+  has llhttp check it in C, and makes the field checks h11 made (target
+  characters, field values);
 * :class:`RequestBody` reads the body that follows (none, Content-Length or
   chunked) and keeps the bytes after it for the next request;
 * :class:`ResponseReader` reads the tool's responses (llhttp), one exchange at a time;
@@ -23,6 +24,8 @@ from typing import Any
 
 import h11
 import httptools
+
+from studios_gateway.http.headers import HeadProblem, read_head
 
 __all__ = ["BodyError", "RequestBody", "RequestHead", "ResponseFramer", "ResponseHead",
            "ResponseReader", "parse_request_head"]
@@ -56,56 +59,45 @@ class RequestHead:
     upgrade_offered: bool  # an Upgrade header (what lets the tool answer 101)
     content_length: int | None
     chunked: bool
+    host: bytes = b""  # the Host header's value
+    connection: frozenset[bytes] = frozenset()  # the options Connection names (lower case)
 
 
-class _HeadCollector:
-    __slots__ = ("target", "headers")
+class _Validate:
+    """An llhttp protocol with no callbacks: the parser only says whether it accepts."""
 
-    def __init__(self) -> None:
-        self.target = b""
-        self.headers: Headers = []
-
-    def on_url(self, url: bytes) -> None:
-        self.target += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+    __slots__ = ()
 
 
-def parse_request_head(head: bytes) -> RequestHead | str:
-    """The request in `head` (complete, ending in CRLF CRLF), or why it is refused."""
-    c = _HeadCollector()
-    p = httptools.HttpRequestParser(c)
+_VALIDATE = _Validate()
+
+
+def parse_request_head(head: bytes, *, max_request_line: int, max_header_count: int
+                       ) -> RequestHead | HeadProblem:
+    """The request in `head` (complete, ending in CRLF CRLF), or why it is refused: first
+    :func:`~studios_gateway.http.headers.read_head`'s checks (whose single pass over the
+    lines also reads the fields), then llhttp's (in C, without a call back into Python),
+    then the field checks h11 made (target characters, field values)."""
+    fields = read_head(head, max_request_line=max_request_line,
+                       max_header_count=max_header_count)
+    if isinstance(fields, HeadProblem):
+        return fields
     try:
-        p.feed_data(head)
+        httptools.HttpRequestParser(_VALIDATE).feed_data(head)
     except httptools.HttpParserUpgrade:
         pass  # the head is complete; what follows is not parsed here
     except httptools.HttpParserError as e:
-        return f"malformed request ({e})"
-    if not _TARGET.fullmatch(c.target):
-        return "malformed request target"
-    keep_alive = True
-    upgrade = False
-    length = None
-    chunked = False
-    for name, value in c.headers:
-        if not _value_ok(value):
-            return "malformed header value"
-        lname = name.lower()
-        if lname == b"connection":
-            if b"close" in (t.strip().lower() for t in value.split(b",")):
-                keep_alive = False
-        elif lname == b"upgrade":
-            upgrade = True
-        elif lname == b"content-length":
-            length = int(value)
-        elif lname == b"transfer-encoding":
-            chunked = True  # check_head let only "chunked" through
-    version = b"1.1" if head[head.index(b"\r\n") - 1:head.index(b"\r\n")] == b"1" else b"1.0"
-    if version == b"1.0":
-        keep_alive = False
-    return RequestHead(p.get_method(), c.target, version, c.headers, keep_alive, upgrade,
-                       length, chunked)
+        return HeadProblem(400, f"malformed request ({e})")
+    if not _TARGET.fullmatch(fields.target):
+        return HeadProblem(400, "malformed request target")
+    if not fields.values_ok:
+        return HeadProblem(400, "malformed header value")
+    version = b"1.1" if fields.minor == b"1" else b"1.0"
+    cl = fields.content_length
+    return RequestHead(fields.method, fields.target, version, fields.headers,
+                       version == b"1.1" and b"close" not in fields.connection,
+                       fields.upgrade, None if cl is None else int(cl), fields.chunked,
+                       fields.host, fields.connection)
 
 
 class RequestBody:

@@ -1,10 +1,11 @@
 """Plain decisions about request heads and header lists, testable without a reactor.
 
-* :func:`check_head` looks at the raw bytes of a request head before h11 parses
-  it and refuses the shapes used for request smuggling that h11 would accept or
-  normalise (obs-fold, repeated Content-Length, Content-Length with
-  Transfer-Encoding, codings other than ``chunked``, missing or repeated Host),
-  and enforces the line and header limits.
+* :func:`check_head` looks at the raw bytes of a request head before llhttp
+  parses it and refuses the shapes used for request smuggling that a parser
+  might accept or normalise (obs-fold, repeated Content-Length, Content-Length
+  with Transfer-Encoding, codings other than ``chunked``, missing or repeated
+  Host), and enforces the line and header limits; :func:`read_head` is the same
+  pass returning what it read (the request line, the fields, the framing).
 * :func:`request_headers` / :func:`response_headers` build the header lists the
   proxy forwards: hop-by-hop headers out, ``X-Forwarded-*`` and
   ``X-Connect-Sub`` in.
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "HeadFields",
     "HeadProblem",
     "Headers",
     "SUBJECT_HEADER",
@@ -27,6 +29,7 @@ __all__ = [
     "connection_tokens",
     "field_value_ok",
     "is_trusted",
+    "read_head",
     "request_headers",
     "response_headers",
     "tool_set_cookie",
@@ -55,41 +58,105 @@ class HeadProblem:
     reason: str
 
 
+class HeadFields:
+    """What :func:`read_head` found in a head it did not refuse (before llhttp's look)."""
+
+    __slots__ = ("method", "target", "minor", "headers", "values_ok", "connection",
+                 "host", "content_length", "chunked", "upgrade")
+
+    def __init__(self, method: bytes, target: bytes, minor: bytes, headers: Headers,
+                 values_ok: bool, connection: frozenset[bytes], host: bytes,
+                 content_length: bytes | None, chunked: bool, upgrade: bool):
+        self.method = method
+        self.target = target
+        self.minor = minor  # b"0" or b"1" (HTTP/1.x)
+        #: raw names; values as llhttp gives them (leading spaces and tabs removed)
+        self.headers = headers
+        #: every value has only field-value bytes and no trailing space or tab
+        self.values_ok = values_ok
+        self.connection = connection  # connection_tokens(headers)
+        self.host = host
+        self.content_length = content_length  # its digits, when there is one
+        self.chunked = chunked  # a Transfer-Encoding (which can only be "chunked")
+        self.upgrade = upgrade  # an Upgrade header
+
+
+_NO_OPTIONS: frozenset[bytes] = frozenset()
+# Bytes a field line may hold after its name passed _TOKEN: the value's (no NUL, VT, FF;
+# the head has no bare CR or LF by then) and the CRLFs between lines.
+_FIELD_BYTES = bytes(b for b in range(256) if b not in b"\x00\x0b\x0c")
+_CL, _TE, _HOST, _CONN, _UPG = range(5)
+_SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"host": _HOST,
+            b"connection": _CONN, b"upgrade": _UPG}
+
+
 def check_head(head: bytes, *, max_request_line: int, max_header_count: int
                ) -> HeadProblem | None:
     """Problems with a complete request head (ending in CRLF CRLF), or None."""
+    got = read_head(head, max_request_line=max_request_line, max_header_count=max_header_count)
+    return got if isinstance(got, HeadProblem) else None
+
+
+def read_head(head: bytes, *, max_request_line: int, max_header_count: int
+              ) -> HeadProblem | HeadFields:
+    """:func:`check_head`'s verdict on `head`, and when it has none, the head's request
+    line and fields read in the same single pass over its lines."""
     if b"\r\n\r\n" != head[-4:]:
         return HeadProblem(400, "incomplete head")
-    lines = head[:-4].split(b"\r\n")
-    if any(b"\n" in line or b"\r" in line for line in lines):
+    text = head[:-4]
+    lines = text.split(b"\r\n")
+    # No line holds a CR or LF: every CR and every LF is one of the separators'.
+    if not (text.count(b"\r") == text.count(b"\n") == len(lines) - 1):
         return HeadProblem(400, "bare CR or LF")
-    request_line, fields = lines[0], lines[1:]
+    request_line = lines[0]
     if len(request_line) > max_request_line:
         return HeadProblem(414, "request line too long")
-    if len(fields) > max_header_count:
+    if len(lines) - 1 > max_header_count:
         return HeadProblem(431, "too many header fields")
     m = _REQUEST_LINE.fullmatch(request_line)
     if m is None:
         return HeadProblem(400, "malformed request line")
-    counts: dict[bytes, int] = {}
-    content_length: bytes | None = None
-    transfer_encoding: bytes | None = None
-    for line in fields:
+    headers: Headers = []
+    append = headers.append
+    special = _SPECIAL.get
+    token = _TOKEN.fullmatch
+    n_cl = n_te = n_host = 0
+    content_length = transfer_encoding = None
+    host = b""
+    connection = _NO_OPTIONS
+    upgrade = False
+    trailing_ws = False
+    for i in range(1, len(lines)):
+        line = lines[i]
         if line[:1] in (b" ", b"\t"):
             return HeadProblem(400, "obsolete line folding")
         name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):
+        if not colon or not token(name):
             return HeadProblem(400, "malformed header field")
-        lname = name.lower()
-        counts[lname] = counts.get(lname, 0) + 1
-        value = value.strip(b" \t")
-        if lname == b"content-length":
-            content_length = value
-        elif lname == b"transfer-encoding":
-            transfer_encoding = value
-    if counts.get(b"content-length", 0) > 1:
+        value = value.lstrip(b" \t")
+        if value[-1:] in (b" ", b"\t"):
+            trailing_ws = True
+        append((name, value))
+        kind = special(name.lower())
+        if kind is None:
+            continue
+        if kind == _CL:
+            n_cl += 1
+            content_length = value.rstrip(b" \t")
+        elif kind == _TE:
+            n_te += 1
+            transfer_encoding = value.rstrip(b" \t")
+        elif kind == _HOST:
+            n_host += 1
+            host = value
+        elif kind == _CONN:
+            connection = connection | {t.strip().lower() for t in value.split(b",")
+                                       if t.strip()}
+        else:
+            upgrade = True
+    if n_cl > 1:
         return HeadProblem(400, "repeated Content-Length")
-    if counts.get(b"transfer-encoding", 0) > 1:
+    if n_te > 1:
         return HeadProblem(400, "repeated Transfer-Encoding")
     if content_length is not None and transfer_encoding is not None:
         return HeadProblem(400, "Content-Length with Transfer-Encoding")
@@ -100,9 +167,11 @@ def check_head(head: bytes, *, max_request_line: int, max_header_count: int
             return HeadProblem(400, "Transfer-Encoding in HTTP/1.0")
         if transfer_encoding.lower() != b"chunked":
             return HeadProblem(400, "unsupported Transfer-Encoding")
-    if counts.get(b"host", 0) != 1:
+    if n_host != 1:
         return HeadProblem(400, "missing or repeated Host")
-    return None
+    values_ok = not trailing_ws and not text[len(request_line):].translate(None, _FIELD_BYTES)
+    return HeadFields(m.group(1), m.group(2), m.group(3), headers, values_ok,
+                      connection, host, content_length, transfer_encoding is not None, upgrade)
 
 
 def field_value_ok(value: bytes) -> bool:
