@@ -29,12 +29,12 @@ from studios_gateway.http.h1 import (
     RequestBody,
     RequestHead,
     ResponseFramer,
-    ResponseHead,
     ResponseReader,
     parse_request_head,
 )
 from studios_gateway.http.headers import (
     HeadProblem,
+    client_response_headers,
     field_value_ok,
     request_headers,
     response_headers,
@@ -364,8 +364,12 @@ class Exchange:
             elif event.status == 101:
                 return b"".join(out), Step.SWITCH, event
             else:
+                # The tool's cookies stay its own: no Domain, none named like the
+                # gateway's (every response passes here).
+                headers, names, changed = client_response_headers(event.headers,
+                                                                  GATEWAY_COOKIES)
                 try:
-                    headers = self._response_headers(event, upgrade=False)
+                    headers = self._tool_response_headers(headers, changed)
                 except NotForwardable as e:
                     self.problem = HeadRefused(502, str(e))
                     return b"".join(out), Step.BROKEN, None
@@ -375,19 +379,18 @@ class Exchange:
                 self.response_started = True
                 self.status = event.status
                 self.head_sent = True
-                out.append(framer.head(event.status, event.reason, headers))
+                out.append(framer.head(event.status, event.reason, headers, names))
         if codec.error is not None:
             self.problem = HeadRefused(502, f"bad response from the tool: {codec.error}")
             return b"".join(out), Step.BROKEN, None
         return b"".join(out), Step.NEED_DATA, None
 
-    def _response_headers(self, event: ResponseHead, upgrade: bool) -> list[tuple[bytes, bytes]]:
-        """The headers for the client. The tool's cookies stay its own: no Domain, none
-        named like the gateway's (every response passes here); the tool route keeps
-        redirects and cookies under the studio's prefix in path mode. Rewritten values
-        are checked (NotForwardable)."""
-        headers, changed = tool_set_cookies(response_headers(event.headers, upgrade=upgrade),
-                                            GATEWAY_COOKIES)
+    def _tool_response_headers(self, headers: list[tuple[bytes, bytes]], changed: bool
+                               ) -> list[tuple[bytes, bytes]]:
+        """The headers for the client: `headers` (hop-by-hop ones gone, cookies kept to the
+        tool; `changed` when one was rewritten) kept by the tool route under the studio's
+        prefix in path mode (redirects, cookies). Rewritten values are checked
+        (NotForwardable)."""
         if self.tool is not None and self.info is not None:
             headers, route_changed = self.tool.response_headers(headers, self.info.host,
                                                                 self.info.path)
@@ -403,7 +406,9 @@ class Exchange:
             self.problem = HeadRefused(502, "the tool switched protocols unasked")
             return None
         try:
-            headers = self._response_headers(event, upgrade=True)
+            headers, changed = tool_set_cookies(response_headers(event.headers, upgrade=True),
+                                                GATEWAY_COOKIES)
+            headers = self._tool_response_headers(headers, changed)
         except NotForwardable as e:
             self.problem = HeadRefused(502, str(e))
             return None

@@ -182,6 +182,7 @@ class ResponseReader:
         self._parser: Any = None
         self._events: list[Any] = []
         self._headers: Headers = []
+        self._final_headers: Headers = []
         self._reason = b""
         self._head_bytes = bytearray()  # this exchange's bytes until its final head
         self._heads = 0
@@ -230,10 +231,10 @@ class ResponseReader:
             self.keep_alive = self._parser.should_keep_alive()
             if self._head_only:
                 raise _HeadOnly()
-            names = {n.lower() for n, _ in self._headers}
-            self._until_close = (status not in _NO_BODY_STATUS
-                                 and b"content-length" not in names
-                                 and b"transfer-encoding" not in names)
+            # Whether the body ends with the connection: its headers are looked at only
+            # if the tool closes before the end (closed()).
+            self._until_close = status not in _NO_BODY_STATUS
+            self._final_headers = self._headers
 
     def on_body(self, body: bytes) -> None:
         if not self.done:
@@ -294,7 +295,9 @@ class ResponseReader:
 
     def closed(self) -> list[Any]:
         """The tool closed: a body delimited by the close ends here."""
-        if self.started and not self.done and self._until_close:
+        if self.started and not self.done and self._until_close and not any(
+                n.lower() in (b"content-length", b"transfer-encoding")
+                for n, _ in self._final_headers):
             self.done = True
             self.keep_alive = False
             return [None]
@@ -318,10 +321,13 @@ class ResponseFramer:
         self._mode = "none"  # "length", "chunked", "close", "none"
         self.done = False
 
-    def head(self, status: int, reason: bytes, headers: Headers) -> bytes:
-        """A final response head; the body framing follows from the headers."""
+    def head(self, status: int, reason: bytes, headers: Headers,
+             lower: list[bytes] | None = None) -> bytes:
+        """A final response head; the body framing follows from the headers (`lower`:
+        their names in lower case, when the caller has them)."""
         req = self.request
-        lower = [n.lower() for n, _ in headers]
+        if lower is None:
+            lower = [n.lower() for n, _ in headers]
         if status in _NO_BODY_STATUS or req.method == b"HEAD":
             # HEAD answers with the GET framing headers but no body; 204/304 have none
             mode = "none"

@@ -26,6 +26,7 @@ __all__ = [
     "Headers",
     "SUBJECT_HEADER",
     "check_head",
+    "client_response_headers",
     "connection_tokens",
     "field_value_ok",
     "is_trusted",
@@ -306,6 +307,31 @@ def response_headers(headers: Sequence[tuple[bytes, bytes]], *, upgrade: bool) -
     if upgrade:
         out.append((b"Connection", b"upgrade"))
     return out
+
+
+def client_response_headers(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset[str]
+                            ) -> tuple[Headers, list[bytes], bool]:
+    """A tool's final response headers for the client in one pass: what
+    ``tool_set_cookies(response_headers(headers, upgrade=False), reserved)`` gives, the
+    lower-case names of that list (for the framing) and whether a cookie changed."""
+    drop = _hop_by_hop_names(headers, False)
+    out: Headers = []
+    names: list[bytes] = []
+    changed = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname in drop:
+            continue
+        if lname == b"set-cookie":
+            new = tool_set_cookie(value, reserved)
+            if new != value:
+                changed = True
+                if new is None:
+                    continue
+                value = new
+        out.append((name, value))
+        names.append(lname)
+    return out, names, changed
 
 
 def tool_set_cookie(value: bytes, reserved: frozenset[str]) -> bytes | None:
