@@ -47,6 +47,8 @@ from studios_gateway.http.toolroute import ToolRoute
 __all__ = ["Answer", "Exchange", "HeadReader", "HeadRefused", "Limits", "NotForwardable",
            "Step", "ToolCodec", "raw_response"]
 
+_NONE: frozenset[bytes] = frozenset()
+
 
 def _bare_lf(buf: bytearray, start: int, end: int) -> bool:
     """Whether buf[start:end] holds a LF that is not the end of a CRLF (the byte before
@@ -299,23 +301,26 @@ class Exchange:
             for k, v in raw:
                 if k.lower() == b"content-length":
                     framing = (b"Content-Length", v.strip())
+        tool = self.tool
         try:
+            # Host first; what the tool route sets is dropped from the client's headers
+            # and appended (its ToolRoute.request_headers, in the same pass).
             headers = request_headers(
                 raw, peer=peer, trusted=trusted,
-                scheme=scheme, subject=self.subject, upgrade=self.upgrade, framing=framing)
+                scheme=scheme, subject=self.subject, upgrade=self.upgrade, framing=framing,
+                connection=req.connection, drop=tool.drop if tool is not None else _NONE,
+                host_first=True)
         except ValueError as e:
             raise NotForwardable(str(e)) from None
         target = self.route.upstream_target
-        if self.tool is not None:
-            headers, target = self.tool.request_headers(headers), self.tool.target(target)
+        if tool is not None:
+            headers += tool.set_headers
+            target = tool.target(target)
         # Every header value came from the client's checked head, from the transport
         # (the peer's address), from the session id (the tool route's) or was checked
-        # by request_headers (the subject); Host goes first.
+        # by request_headers (the subject).
         lines = [b"%s %s HTTP/1.1\r\n" % (req.method, target.encode())]
-        rest: list[bytes] = []
-        for nv in headers:
-            (lines if nv[0].lower() == b"host" else rest).append(b"%s: %s\r\n" % nv)
-        lines += rest
+        lines += [b"%s: %s\r\n" % nv for nv in headers]
         lines.append(b"\r\n")
         codec.reader.expect(req.method)
         return b"".join(lines)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 __all__ = [
@@ -201,11 +202,13 @@ _OURS_UNTRUSTED = frozenset({b"content-length", SUBJECT_HEADER.lower()}) | _FORW
 _USUAL_DROP = {False: _HOP_BY_HOP, True: _HOP_BY_HOP - {b"upgrade"}}
 
 
-def _hop_by_hop_names(headers: Sequence[tuple[bytes, bytes]],
-                      keep_upgrade: bool) -> frozenset[bytes] | set[bytes]:
+def _hop_by_hop_names(headers: Sequence[tuple[bytes, bytes]], keep_upgrade: bool,
+                      named: AbstractSet[bytes] | None = None) -> frozenset[bytes] | set[bytes]:
     """The (lower-case) names that must not cross this hop: the hop-by-hop set and
-    what Connection names (never Host), less Upgrade when it is kept."""
-    named = connection_tokens(headers)
+    what Connection names (never Host), less Upgrade when it is kept. `named`: the
+    Connection options when the caller has them (connection_tokens(headers))."""
+    if named is None:
+        named = connection_tokens(headers)
     if named <= _HOP_BY_HOP:
         return _USUAL_DROP[keep_upgrade]
     drop = set(_HOP_BY_HOP | named) - ({b"upgrade"} if keep_upgrade else set())
@@ -243,9 +246,18 @@ def client_address(headers: Sequence[tuple[bytes, bytes]], peer: str | None,
     return peer or ""
 
 
+# The (lower-case) names request_headers may add after the client's headers.
+_ADDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                    SUBJECT_HEADER.lower(), b"connection", b"content-length",
+                    b"transfer-encoding"})
+_NOTHING: frozenset[bytes] = frozenset()
+
+
 def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
                     trusted: bool, scheme: str, subject: str, upgrade: bool,
-                    framing: tuple[bytes, bytes] | None) -> Headers:
+                    framing: tuple[bytes, bytes] | None,
+                    connection: AbstractSet[bytes] | None = None,
+                    drop: frozenset[bytes] = _NOTHING, host_first: bool = False) -> Headers:
     """The header list to send the tool.
 
     ``framing`` is the body framing to forward (``(b"Content-Length", n)`` or
@@ -254,6 +266,11 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
     forwarding header is dropped and replaced; from a trusted one the peer is
     appended to ``X-Forwarded-For`` and its Proto/Host are kept. A subject that
     is no valid header value (CR, LF, NUL, ...) raises ValueError.
+
+    For the tool's request head in the same pass: ``connection`` the Connection
+    options when the caller read them already; ``drop`` more lower-case names that
+    must not reach the tool (the tool route's), whoever set them; ``host_first``
+    puts Host before the other headers.
     """
     sub_value = subject.encode("utf-8")
     if not field_value_ok(sub_value):
@@ -261,19 +278,23 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
     # One pass, each name lower-cased once: hop-by-hop headers and those Connection
     # names go (_hop_by_hop_names); then Content-Length, ours and the
     # forwarding headers, a trusted proxy's values kept aside first.
-    hop = _hop_by_hop_names(headers, upgrade)
+    hop = _hop_by_hop_names(headers, upgrade, connection)
     ours = _OURS_TRUSTED if trusted else _OURS_UNTRUSTED
     out: Headers = []
+    hosts: Headers = []
     host: bytes | None = None
     prior_for: list[bytes] = []
     kept_proto = kept_host = None
     for n, v in headers:
         name = n.lower()
-        if name in hop:
+        if name in hop or name in drop:
             continue
         if name == b"host":
             if host is None:
                 host = v
+            if host_first:
+                hosts.append((n, v))
+                continue
         elif name in ours:
             if trusted:
                 if name == b"x-forwarded-for":
@@ -284,18 +305,24 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
                     kept_host = v
             continue
         out.append((n, v))
+    added: Headers = []
     chain = [v for v in prior_for if v]
     if peer is not None:
         chain.append(peer.encode("ascii", "replace"))
     if chain:
-        out.append((b"X-Forwarded-For", b", ".join(chain)))
-    out.append((b"X-Forwarded-Proto", kept_proto or scheme.encode("ascii")))
-    out.append((b"X-Forwarded-Host", kept_host or host or b""))
-    out.append((SUBJECT_HEADER, sub_value))
+        added.append((b"X-Forwarded-For", b", ".join(chain)))
+    added.append((b"X-Forwarded-Proto", kept_proto or scheme.encode("ascii")))
+    added.append((b"X-Forwarded-Host", kept_host or host or b""))
+    added.append((SUBJECT_HEADER, sub_value))
     if upgrade:
-        out.append((b"Connection", b"upgrade"))
+        added.append((b"Connection", b"upgrade"))
     if framing is not None:
-        out.append(framing)
+        added.append(framing)
+    if not drop.isdisjoint(_ADDED):
+        added = [(n, v) for n, v in added if n.lower() not in drop]
+    if hosts:
+        return hosts + out + added
+    out += added
     return out
 
 

@@ -50,12 +50,13 @@ class ToolRoute:
         return self.paths.to_tool(upstream_target) if self.paths else upstream_target
 
     @cached_property
-    def _drop(self) -> frozenset[bytes]:
+    def drop(self) -> frozenset[bytes]:
+        """The (lower-case) names of request headers only the gateway sets for this tool."""
         return frozenset({FORWARDED_PREFIX.lower()}
                          | {name.lower() for name, _ in self.set_headers})
 
     def request_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> Headers:
-        drop = self._drop
+        drop = self.drop
         return [(n, v) for n, v in headers if n.lower() not in drop] + list(self.set_headers)
 
     def response_headers(self, headers: Headers, host_header: str, request_path: str
