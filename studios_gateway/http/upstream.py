@@ -107,40 +107,65 @@ class IdlePool:
     seconds unused (keep it below the tools' own keep-alive timeouts: Node's is
     5 s). A connection is put back only after a complete exchange that left it
     keep-alive; the caller decides that.
+
+    Each connection keeps its deadline, not a timer: putting one back and taking
+    it again (every keep-alive request) costs no DelayedCall. One timer per pool
+    (at the earliest deadline, at most every ``idle_timeout / SWEEPS`` seconds)
+    closes the expired ones; ``take`` never hands out one past its deadline, so a
+    late sweep only keeps a connection open a little longer.
     """
 
     _log = Logger()
+    #: At most this many sweeps per idle_timeout (each looks at every session's oldest).
+    SWEEPS = 8
 
     def __init__(self, clock: Any, *, max_idle: int, idle_timeout: float):
         self._clock = clock
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
-        self._idle: dict[str, deque[tuple[Poolable, IDelayedCall]]] = {}
+        self._idle: dict[str, deque[tuple[Poolable, float]]] = {}
+        self._sweep_call: IDelayedCall | None = None
 
     def take(self, session_id: str) -> Poolable | None:
         """The most recently used idle connection still fit for reuse (those that no
-        longer are, e.g. on a tunnel retired since, are closed on the way)."""
+        longer are, e.g. on a tunnel retired since or past their deadline, are closed
+        on the way)."""
         conns = self._idle.get(session_id)
+        if not conns:
+            return None
+        now = self._clock.seconds()
+        found: Poolable | None = None
+        closing: list[Poolable] = []
         while conns:
-            conn, timer = conns.pop()
-            if not conns:
-                del self._idle[session_id]
-            if timer.active():
-                timer.cancel()
-            if conn.fit_for_reuse():
-                return conn
+            conn, deadline = conns.pop()
+            if deadline <= now:  # and every older one too
+                closing.append(conn)
+                closing.extend(c for c, _ in conns)
+                conns.clear()
+            elif conn.fit_for_reuse():
+                found = conn
+                break
+            else:
+                closing.append(conn)
+        if not conns:
+            del self._idle[session_id]
+        for conn in closing:  # (closing may call discard: the pool is consistent by now)
             conn.close()
-        return None
+        return found
 
     def put(self, session_id: str, conn: Poolable) -> bool:
         """Keep `conn` idle; False (and nothing kept) when the session's pool is full."""
-        conns = self._idle.setdefault(session_id, deque())
-        if len(conns) >= self.max_idle:
-            if not conns:
-                del self._idle[session_id]
+        conns = self._idle.get(session_id)
+        if conns is None:
+            if self.max_idle <= 0:
+                return False
+            conns = self._idle[session_id] = deque()
+        elif len(conns) >= self.max_idle:
             return False
-        timer = self._clock.callLater(self.idle_timeout, self._expire, session_id, conn)
-        conns.append((conn, timer))
+        deadline = self._clock.seconds() + self.idle_timeout
+        conns.append((conn, deadline))
+        if self._sweep_call is None:
+            self._sweep_call = self._clock.callLater(self.idle_timeout, self._sweep)
         return True
 
     def discard(self, session_id: str, conn: Poolable) -> None:
@@ -150,14 +175,29 @@ class IdlePool:
         for entry in list(conns):
             if entry[0] is conn:
                 conns.remove(entry)
-                if entry[1].active():
-                    entry[1].cancel()
         if not conns:
             del self._idle[session_id]
 
-    def _expire(self, session_id: str, conn: Poolable) -> None:
-        self.discard(session_id, conn)
-        conn.close()
+    def _sweep(self) -> None:
+        """Close what is past its deadline; come back at the next one (not sooner than
+        idle_timeout / SWEEPS) while anything is idle."""
+        self._sweep_call = None
+        now = self._clock.seconds()
+        earliest: float | None = None
+        expired: list[Poolable] = []
+        for session_id, conns in list(self._idle.items()):
+            while conns and conns[0][1] <= now:
+                expired.append(conns.popleft()[0])
+            if conns:
+                if earliest is None or conns[0][1] < earliest:
+                    earliest = conns[0][1]
+            else:
+                del self._idle[session_id]
+        for conn in expired:
+            conn.close()
+        if earliest is not None and self._sweep_call is None:
+            delay = max(earliest - now, self.idle_timeout / self.SWEEPS)
+            self._sweep_call = self._clock.callLater(delay, self._sweep)
 
     def count(self, session_id: str | None = None) -> int:
         if session_id is not None:
@@ -170,15 +210,14 @@ class IdlePool:
         if session_id is None:
             self.close_all()
             return
-        for conn, timer in self._idle.pop(session_id, ()):
-            if timer.active():
-                timer.cancel()
+        for conn, _ in self._idle.pop(session_id, ()):
             conn.close()
 
     def close_all(self) -> None:
-        for sid in list(self._idle):
-            for conn, timer in list(self._idle.get(sid, ())):
-                if timer.active():
-                    timer.cancel()
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn, _ in conns:
                 conn.close()
-        self._idle.clear()
