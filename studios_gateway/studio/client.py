@@ -121,7 +121,12 @@ class StreamSide(SpliceEnd):
         if self._kind is None:
             self._kind, data = data[:1], data[1:]
             self._open_target()
-        if data:
+            if not data:
+                return
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)  # spliced: straight to the target (every request)
+        else:
             super().dataReceived(data)
 
     def _open_target(self) -> None:

@@ -66,6 +66,12 @@ class Frame(NamedTuple):
     data: bytes = b""
 
 
+SYN_ACK = SYN | ACK
+# Frame(...) without the Python-level __new__ a NamedTuple adds (the decoder makes one
+# per frame): tuple.__new__(Frame, fields).
+_new_frame = tuple.__new__
+
+
 def check_header(version: int, ftype: int, flags: int, stream_id: int, length: int,
                  max_data: int) -> None:
     """Raise :class:`ProtocolError` unless the header fields form a valid frame."""
@@ -185,11 +191,19 @@ class FrameDecoder:
             raise
 
     def _feed(self, data: bytes) -> list[Frame]:
-        frames: list[Frame] = []
         end = len(data)
+        unpack = HEADER_STRUCT.unpack_from
+        if self._pending is None and not self._head and end >= HEADER_SIZE:
+            # The common read: exactly one whole Data frame (a request, an answer, a
+            # WebSocket message), checked as check_header would and handed out at once.
+            version, ftype, flags, sid, length = unpack(data)
+            if (ftype == DATA and length == end - HEADER_SIZE and not version and sid
+                    and not flags & ~ALL_FLAGS and (flags & SYN_ACK) != SYN_ACK
+                    and length <= self.max_data):
+                return [_new_frame(Frame, (DATA, flags, sid, length, data[HEADER_SIZE:]))]
+        frames: list[Frame] = []
         pos = 0
         max_data = self.max_data
-        unpack = HEADER_STRUCT.unpack_from
         while True:
             pending = self._pending
             if pending is not None:  # the rest of a Data payload
@@ -208,7 +222,8 @@ class FrameDecoder:
                     payload = data[pos:pos + missing]
                 pos += missing
                 self._pending = None
-                frames.append(Frame(DATA, pending[1], pending[2], pending[3], payload))
+                frames.append(_new_frame(Frame, (DATA, pending[1], pending[2], pending[3],
+                                                 payload)))
                 continue
             if self._head:  # complete a header split across feeds
                 take = min(HEADER_SIZE - len(self._head), end - pos)
@@ -230,4 +245,4 @@ class FrameDecoder:
                 self._pending = (ftype, flags, sid, length)
                 self._missing = length
             else:
-                frames.append(Frame(ftype, flags, sid, length, b""))
+                frames.append(_new_frame(Frame, (ftype, flags, sid, length, b"")))

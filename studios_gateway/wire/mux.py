@@ -559,7 +559,10 @@ class Stream:
             finally:
                 self._delivering = False
             if not self._closed and not self._fin_received:
-                self._consumed(n)
+                window = self._recv_window  # ReceiveWindow.consumed, inline (per frame)
+                window.owed += n
+                if window.owed * 2 >= window.size:
+                    self.mux._send_control(WINDOW_UPDATE, 0, self.stream_id, window.advertise())
             if not self._reading_paused and self._recv_buffer:
                 self._deliver()
         else:
@@ -730,7 +733,7 @@ class Multiplexer(Protocol):
         if self.closed:
             return
         if self._timer is not None:
-            self.keepalive.heard(self.clock.seconds())
+            self.keepalive.last_heard = self.clock.seconds()  # Keepalive.heard, inline
         try:
             for frame in self._decoder.feed(data):
                 self._frame(frame)
