@@ -87,9 +87,15 @@ _NO_OPTIONS: frozenset[bytes] = frozenset()
 # Bytes a field line may hold after its name passed _TOKEN: the value's (no NUL, VT, FF;
 # the head has no bare CR or LF by then) and the CRLFs between lines.
 _FIELD_BYTES = bytes(b for b in range(256) if b not in b"\x00\x0b\x0c")
-_CL, _TE, _HOST, _CONN, _UPG = range(5)
+_CL, _TE, _HOST, _CONN, _UPG, _OTHER = range(6)
 _SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"host": _HOST,
             b"connection": _CONN, b"upgrade": _UPG}
+# Field names seen before that are tokens, as sent, with what read_head makes of them:
+# browsers send the same few dozen names on every request, so most lines need one dict
+# look-up instead of the token regex, a lower() and a look-up. Bounded: once full, other
+# names are checked every time (nothing is evicted, nothing a client sends can grow it).
+_KNOWN_NAMES: dict[bytes, int] = {}
+_KNOWN_NAMES_MAX = 512
 
 
 def check_head(head: bytes, *, max_request_line: int, max_header_count: int
@@ -120,8 +126,7 @@ def read_head(head: bytes, *, max_request_line: int, max_header_count: int
         return HeadProblem(400, "malformed request line")
     headers: Headers = []
     append = headers.append
-    special = _SPECIAL.get
-    token = _TOKEN.fullmatch
+    known = _KNOWN_NAMES.get
     n_cl = n_te = n_host = 0
     content_length = transfer_encoding = None
     host = b""
@@ -130,17 +135,21 @@ def read_head(head: bytes, *, max_request_line: int, max_header_count: int
     trailing_ws = False
     for i in range(1, len(lines)):
         line = lines[i]
-        if line[:1] in (b" ", b"\t"):
-            return HeadProblem(400, "obsolete line folding")
         name, colon, value = line.partition(b":")
-        if not colon or not token(name):
-            return HeadProblem(400, "malformed header field")
+        kind = known(name)
+        if kind is None or not colon:  # (a known name is a token: no space or tab first)
+            if line[:1] in (b" ", b"\t"):
+                return HeadProblem(400, "obsolete line folding")
+            if not colon or not _TOKEN.fullmatch(name):
+                return HeadProblem(400, "malformed header field")
+            kind = _SPECIAL.get(name.lower(), _OTHER)
+            if len(_KNOWN_NAMES) < _KNOWN_NAMES_MAX:
+                _KNOWN_NAMES[name] = kind
         value = value.lstrip(b" \t")
         if value[-1:] in (b" ", b"\t"):
             trailing_ws = True
         append((name, value))
-        kind = special(name.lower())
-        if kind is None:
+        if kind == _OTHER:
             continue
         if kind == _CL:
             n_cl += 1

@@ -165,7 +165,8 @@ _LINES = st.one_of(
     st.tuples(_NAMES, _SEPS, _VALUES).map(b"".join),
     st.tuples(_NAMES, _SEPS, _VALUES).map(b"".join),
     st.tuples(_NAMES, _SEPS, _VALUES).map(b"".join),
-    st.sampled_from([b" folded", b"\tfolded", b"NoColon", b"X: a\rb", b"X: a\nb", b""]),
+    st.sampled_from([b" folded", b"\tfolded", b"NoColon", b"X: a\rb", b"X: a\nb", b"",
+                     b"Host", b"Cookie", b"X-A", b" Cookie: a", b"\tX-A:"]),
 )
 _HOST = _mostly([b"Host: abc.studios.test"], [b"", b"host:abc", b"Host:  a\t"])
 
