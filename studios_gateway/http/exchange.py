@@ -222,32 +222,35 @@ class ToolCodec:
 class Exchange:
     """One request/response on a client connection (see the module's docstring)."""
 
+    # The state every exchange starts in, as class attributes (immutable values): an
+    # instance sets only what changes, so making one per request costs four assignments.
+    host = ""
+    target = ""  # origin-form
+    route: Route | None = None
+    tool: ToolRoute | None = None  # how the studio's tool is presented (after lookup)
+    info: RequestInfo | None = None
+    subject = ""
+    identity: Any = None  # what authorize returned (for tracking upgraded connections)
+    upgrade = False
+    up: Any = None  # the tool connection while attached (its .codec is a ToolCodec)
+    pending: Any = None  # the Deferred being waited for, if any
+    reused = False
+    retried = False
+    body_started = False
+    body_bytes = 0
+    client_done = False  # the whole request was read from the client
+    request_done = False  # ... and sent to the tool
+    response_started = False
+    head_sent = False  # a final response head went to the client
+    pipelined = 0
+    problem: HeadRefused | None = None  # why the body was refused / the tool broke
+    status: int | None = None  # the status sent to the client (for the access log)
+
     def __init__(self, request: RequestHead, body: RequestBody, limits: Limits):
         self.request = request
         self.body = body
         self.framer = ResponseFramer(request)
         self.limits = limits
-        self.host = ""
-        self.target = ""  # origin-form
-        self.route: Route | None = None
-        self.tool: ToolRoute | None = None  # how the studio's tool is presented (after lookup)
-        self.info: RequestInfo | None = None
-        self.subject = ""
-        self.identity: Any = None  # what authorize returned (for tracking upgraded connections)
-        self.upgrade = False
-        self.up: Any = None  # the tool connection while attached (its .codec is a ToolCodec)
-        self.pending: Any = None  # the Deferred being waited for, if any
-        self.reused = False
-        self.retried = False
-        self.body_started = False
-        self.body_bytes = 0
-        self.client_done = False  # the whole request was read from the client
-        self.request_done = False  # ... and sent to the tool
-        self.response_started = False
-        self.head_sent = False  # a final response head went to the client
-        self.pipelined = 0
-        self.problem: HeadRefused | None = None  # why the body was refused / the tool broke
-        self.status: int | None = None  # the status sent to the client (for the access log)
 
     @property
     def session_id(self) -> str:

@@ -72,9 +72,26 @@ class Refusal:
     session_id: str | None = None
 
 
+# parse_host's answers for Host values seen before (a client sends the same one on every
+# request, the login asks again). Bounded: once full, other values are parsed each time.
+_PARSED_HOSTS: dict[str, str | None] = {}
+_PARSED_HOSTS_MAX = 1024
+
+
 def parse_host(value: str) -> str | None:
     """The lower-cased host name of a Host header value (port and trailing dot removed),
     or None if the value is not a valid host[:port]."""
+    try:
+        return _PARSED_HOSTS[value]
+    except KeyError:
+        pass
+    host = _parse_host(value)
+    if len(_PARSED_HOSTS) < _PARSED_HOSTS_MAX:
+        _PARSED_HOSTS[value] = host
+    return host
+
+
+def _parse_host(value: str) -> str | None:
     if not value or value != value.strip() or len(value) > 300:
         return None
     if value.startswith("["):

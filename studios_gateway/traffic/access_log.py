@@ -35,12 +35,25 @@ def _escape(text: str, unsafe: re.Pattern[str]) -> str:
     return unsafe.sub(lambda m: "".join(f"\\x{b:02x}" for b in m.group().encode()), text)
 
 
+# _quote's answers for the texts seen before (the same client, user, session, tool,
+# method and path come back request after request). Bounded: once full, other texts
+# are worked out each time.
+_QUOTED: dict[str, str] = {}
+_QUOTED_MAX = 1024
+
+
 def _quote(text: str) -> str:
     """A field for the text line: printable ASCII without spaces or quotes (others are
     written as \\xNN), "-" when empty."""
-    if not text:
-        return "-"
-    return text if _UNSAFE.search(text) is None else _escape(text, _UNSAFE)
+    quoted = _QUOTED.get(text)
+    if quoted is None:
+        if not text:
+            quoted = "-"
+        else:
+            quoted = text if _UNSAFE.search(text) is None else _escape(text, _UNSAFE)
+        if len(_QUOTED) < _QUOTED_MAX:
+            _QUOTED[text] = quoted
+    return quoted
 
 
 _last_clf: tuple[int, str] = (-1, "")
