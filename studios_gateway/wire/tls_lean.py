@@ -15,17 +15,18 @@ handling of Twisted's class and replaces the hot path once the handshake is done
   cleartext of all records of the read reaches the application in one
   ``dataReceived`` (up to :data:`DELIVER` bytes at a time), and "nothing more"
   is ``SSL_get_error``'s answer, not an exception;
-- a write is encrypted with ``SSL_write`` straight from the caller's bytes, up to
-  :data:`WRITE_CHUNK` at a time, and what OpenSSL wrote out is taken with one
-  ``BIO_read`` of exactly what the BIO holds (``BIO_get_mem_data``'s length), and
-  handed to the transport at once;
+- a write is encrypted with ``SSL_write`` straight from the caller's bytes (a
+  record per call), and what OpenSSL wrote out is taken with one ``BIO_read`` of
+  exactly what the BIO holds (``BIO_get_mem_data``'s length) and handed to the
+  transport at once: a small write is one record and one transport write, a large
+  one a transport write per :data:`WRITE_CHUNK` of records;
 - any other answer from OpenSSL (close_notify, an alert, a renegotiation that
   wants a read) goes to pyOpenSSL's own error translation and then to the same
   handling as Twisted's (``_tlsShutdownFinished``, ``_bufferedWrite``...).
 
 The shared buffers are module-level: they cost nothing per connection (an idle
-tunnel holds what it held before). They are only used between two C calls of the
-reactor thread, never across a call into the application.
+tunnel holds what it held before). They belong to the reactor thread, and nothing
+in them is left uncopied when the application is called.
 
 When pyOpenSSL lacks something this uses (wire/openssl_private.py), the class is
 Twisted's path unchanged. See docs/decisions/tunnel-tls-path.md.
@@ -51,9 +52,9 @@ DELIVER = 256 * 1024
 #: The most cleartext encrypted before its records are handed to the transport
 #: (records are at most 16 KiB: four per chunk).
 WRITE_CHUNK = 64 * 1024
-#: The shared buffer for records taken out of the write BIO; more than this at once
-#: (a write of WRITE_CHUNK makes a little more) is read into a buffer of its own.
-_OUT_ROOM = WRITE_CHUNK + 4096
+#: The shared buffer for records taken out of the write BIO (WRITE_CHUNK and up to
+#: one more record); more than this at once is read into a buffer of its own.
+_OUT_ROOM = WRITE_CHUNK + 20 * 1024
 
 if LEAN:
     _lib, _ffi = _private.lib, _private.ffi
@@ -171,34 +172,37 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             conn = self._tlsConnection
             ssl = conn._ssl
             total = len(data)
-            if total <= WRITE_CHUNK:
-                result = _SSL_write(ssl, data, total) if total else total
-                if result == total:
-                    self._flushSendBIO()
-                    return
-                if result > 0:  # a partial write: carry on from there
-                    self._write_from(conn, ssl, data, result)
-                else:
-                    self._write_failed(conn, ssl, result, data)
+            if not total:
                 return
-            self._write_from(conn, ssl, data, 0)
+            result = _SSL_write(ssl, data, total)
+            if result == total:  # a small write: one record
+                self._flushSendBIO()
+            elif result > 0:
+                self._write_from(conn, ssl, data, result)
+            else:
+                self._write_failed(conn, ssl, result, data)
 
         def _write_from(self, conn: Any, ssl: Any, data: bytes, done: int) -> None:
-            total = len(data)
+            # pyOpenSSL's contexts allow partial writes: SSL_write makes one record
+            # (16 KiB at most) per call. The records go out WRITE_CHUNK at a time.
+            total, sent = len(data), 0
             with _ffi.from_buffer(data) as view:
                 while done < total:
-                    result = _SSL_write(ssl, view + done, min(total - done, WRITE_CHUNK))
+                    result = _SSL_write(ssl, view + done, total - done)
                     if result <= 0:
                         self._write_failed(conn, ssl, result, data[done:])
                         return
                     done += result
-                    self._flushSendBIO()
+                    if done - sent >= WRITE_CHUNK or done == total:
+                        self._flushSendBIO()
+                        sent = done
 
         def _write_failed(self, conn: Any, ssl: Any, result: int, rest: bytes) -> None:
             """What Twisted does with the exception pyOpenSSL makes of this ``SSL_write``."""
             try:
                 conn._raise_ssl_error(ssl, result)
             except WantReadError:
+                self._flushSendBIO()  # the records made before it
                 self._bufferedWrite(rest)  # OpenSSL needs the peer first (renegotiation)
             except Error:
                 self._tlsShutdownFinished(Failure())
