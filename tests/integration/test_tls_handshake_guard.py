@@ -58,13 +58,17 @@ def closed_by_peer(sock: socket.socket) -> bool:
         return True
 
 
-def peer_closed(sock: socket.socket) -> bool:
+def peer_closed(ends: tuple[int, int]) -> bool:
     """The gateway has sent its FIN (this end is in CLOSE_WAIT) or reset the connection;
-    read from /proc, so the test itself never reads or answers anything."""
-    port = sock.getsockname()[1]
+    read from /proc, so the test itself never reads or answers anything. ``ends``: the
+    connection's (local port, gateway port). Both are needed: Linux gives one local port
+    to several connections when their destinations differ (the silent sockets to the
+    other listeners, the test's own requests, other processes'), so a local port alone
+    can name another connection, one in TIME_WAIT say."""
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port:
+        ports = (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16))
+        if ports == ends:
             return fields[3] in ("08", "07")  # CLOSE_WAIT, CLOSE
     return True  # gone: reset
 
@@ -77,6 +81,7 @@ def test_silent_sockets_are_closed_and_hold_nobody_up(tmp_path: Path) -> None:
     d = None
     socks: list[socket.socket] = []
     quiet_tls: list[ssl.SSLSocket] = []
+    quiet_ends: list[tuple[int, int]] = []
     try:
         d = Deployment(tmp_path, tls=ssl.create_default_context(cafile=cert), host="gw.localhost",
                        CONNECT_TLS_CERT_FILE=cert, CONNECT_TLS_KEY_FILE=key,
@@ -99,6 +104,7 @@ def test_silent_sockets_are_closed_and_hold_nobody_up(tmp_path: Path) -> None:
             ctx = ssl.create_default_context(cafile=cert)
             raw = socket.create_connection(("127.0.0.1", ports[name]), timeout=5)
             quiet_tls.append(ctx.wrap_socket(raw, server_hostname="gw.localhost"))
+            quiet_ends.append((quiet_tls[-1].getsockname()[1], ports[name]))
         opened = time.monotonic()
         for port in ports.values():
             socks += silent_sockets(pid, port, SILENT)
@@ -133,7 +139,7 @@ def test_silent_sockets_are_closed_and_hold_nobody_up(tmp_path: Path) -> None:
                 pending.remove(s)
         for s in socks:
             s.close()
-        wait_until(lambda: all(peer_closed(q) for q in quiet_tls), timeout=5,
+        wait_until(lambda: all(peer_closed(ends) for ends in quiet_ends), timeout=5,
                    what="a client that finished its handshake and then stayed quiet is still open")
         # The studio's tunnel and the browser's connection are new since the baseline.
         wait_until(lambda: open_fds(pid) <= baseline + 8, timeout=10,
