@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,36 +80,35 @@ class Metrics:
         return generate_latest(self.registry)
 
     def instrument_reactor(self, reactor: Any) -> None:
-        """Time every runUntilCurrent (timed calls and callbacks of one iteration).
+        """Time every reactor iteration's timed calls and callbacks.
 
         Socket events are handled inside doIteration; time from the end of
         the poll to the next poll is what we observe, so a wedged callback of
-        either kind shows up as one long tick.
+        either kind shows up as one long tick. The first tick runs from here.
+
+        One wrapper, around doIteration, counted in place (the reactor runs it twice
+        per small request at one connection at a time).
         """
         if self._unwrap is not None or not hasattr(reactor, "doIteration"):
             return
         original_do = reactor.doIteration
-        original_ruc = reactor.runUntilCurrent
-        state: dict[str, float | None] = {"start": None}
-        ticks = self.reactor_ticks
-
-        def run_until_current() -> None:
-            if state["start"] is None:
-                state["start"] = time.perf_counter()
-            original_ruc()
+        histogram = self.reactor_ticks.seconds
+        counts = histogram.series(())
+        bounds = histogram.bounds
+        sums = histogram.sums
+        clock = time.perf_counter
+        started = [clock()]
 
         def do_iteration(delay: float | None) -> None:
-            start = state["start"]
-            if start is not None:
-                ticks.observe(time.perf_counter() - start)
+            tick = clock() - started[0]
+            counts[bisect_left(bounds, tick)] += 1
+            sums[()] += tick
             original_do(delay)
-            state["start"] = time.perf_counter()
+            started[0] = clock()
 
-        reactor.runUntilCurrent = run_until_current
         reactor.doIteration = do_iteration
 
         def unwrap() -> None:
-            reactor.runUntilCurrent = original_ruc
             reactor.doIteration = original_do
 
         self._unwrap = unwrap

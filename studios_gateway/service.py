@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway import logs, systemd
+from studios_gateway import logs, reactor_loop, systemd
 from studios_gateway.auth.login import Auth
 from studios_gateway.component import (
     Component,
@@ -201,6 +201,7 @@ class GatewayService(MultiService):
         logs.set_level(self.config.log_level)
         for warning in self.config.warnings:
             self._log.warn("config: {warning}", warning=warning)
+        reactor_loop.install(self.reactor)  # before the tick metrics wrap doIteration
         self.metrics.instrument_reactor(self.reactor)
         self.store.start()
         for component in self.components:

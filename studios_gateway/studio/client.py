@@ -23,6 +23,7 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from studios_gateway import reactor_loop
 from studios_gateway.studio.settings import ClientSettings, Gateway
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
 from studios_gateway.wire.carrier import CarrierEndpoint, ProxyConnect, WebSocketClient, proxy_for
@@ -267,6 +268,7 @@ class ConnectClient(Service):
 
     def startService(self) -> None:
         super().startService()
+        reactor_loop.install(self.clock)  # the lean epoll poll (the real reactor only)
         if self.bind_first:
             self._connect()
         elif self.tool_ready is not None:

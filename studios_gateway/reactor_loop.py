@@ -1,0 +1,113 @@
+"""The epoll reactor's per-event work made lean.
+
+A proxy's reactor wakes up for one or two socket events per small request. At one
+connection at a time every request is such a wake-up, so what Twisted does around
+each event, not the request's own work, is a large part of a process's CPU.
+``EPollReactor.doPoll`` hands every event to ``log.callWithLogger``, which asks the
+selectable for its ``logPrefix()``, copies the logging context and pushes it through
+three layers of ``twisted.python.context`` (about ten Python calls per event).
+:func:`install` replaces the installed reactor's ``doIteration`` with a poll that
+pushes the same context (``system`` is the selectable's ``logPrefix()``, so legacy
+``log.msg``/``log.err`` from a protocol, Conch's for one, still name their
+connection) straight onto the context stack, and logs an exception escaping an event
+with that ``system`` as ``callWithLogger`` does.
+
+Only Twisted's own epoll reactor is changed (not a subclass with its own poll, nor a
+reactor whose ``doIteration`` something wrapped already: install first);
+``tests/unit/test_reactor_loop.py`` fails when the Twisted code this module stands in
+for changes. Anything else keeps Twisted's loop. See docs/decisions/reactor-loop.md.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import Any
+
+from twisted.python import context, log
+from twisted.python.log import ILogContext
+
+__all__ = ["install", "installed"]
+
+#: Set on a reactor that has the lean poll.
+_INSTALLED = "_studios_lean_poll"
+
+
+def installed(reactor: Any) -> bool:
+    return getattr(reactor, _INSTALLED, False)
+
+
+def supported(reactor: Any) -> bool:
+    """``reactor`` is Twisted's epoll reactor with the ``doPoll`` this module replaces."""
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+    except ImportError:  # not Linux
+        return False
+    return (isinstance(reactor, EPollReactor)
+            and type(reactor).doPoll is EPollReactor.doPoll
+            and type(reactor).doIteration is EPollReactor.doPoll
+            and "doIteration" not in vars(reactor))
+
+
+def install(reactor: Any) -> bool:
+    """Give ``reactor`` the lean poll; False (nothing changed) when it is not the epoll
+    reactor this module knows, or it has the lean poll already."""
+    if installed(reactor) or not supported(reactor):
+        return False
+    setattr(reactor, _INSTALLED, True)
+    reactor.doIteration = _lean_poll(reactor)
+    return True
+
+
+def _lean_poll(reactor: Any) -> Callable[[float | None], None]:
+    poller = reactor._poller
+    selectables: dict[int, Any] = reactor._selectables
+    handle = reactor._doReadOrWrite
+    # The reactor's thread's context stack and the logging context at the loop (twistd's
+    # default), found on the first event: the loop runs in one thread, at one depth.
+    where: list[Any] = []
+
+    def do_poll(timeout: float | None) -> None:
+        try:
+            events = poller.poll(-1 if timeout is None else timeout, len(selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return
+            raise
+        if events:
+            if not where or where[0] is not context.theContextTracker:
+                where[:] = _context_stack()
+            stack, base = where[1], where[2]
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue
+                try:
+                    system = selectable.logPrefix()
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    system = "(buggy logPrefix method)"
+                    log.err(system=system)
+                stack.append({ILogContext: {**base, "system": system}})
+                try:
+                    handle(selectable, fd, event)
+                except KeyboardInterrupt:
+                    stack.pop()
+                    raise
+                except BaseException:
+                    stack.pop()
+                    log.err(system=system)
+                else:
+                    stack.pop()
+
+    return do_poll
+
+
+def _context_stack() -> tuple[Any, list[dict[Any, Any]], dict[str, Any]]:
+    """The context tracker, this thread's context stack (what ``context.call`` pushes
+    onto) and the logging context at its top."""
+    tracker: Any = context.theContextTracker
+    current = getattr(tracker, "currentContext", None)
+    stack = (current() if current is not None else tracker).contexts
+    return tracker, stack, context.get(ILogContext) or {}

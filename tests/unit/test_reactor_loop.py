@@ -1,0 +1,186 @@
+"""reactor_loop: the lean epoll poll keeps Twisted's per-event behaviour, and the Twisted
+code it stands in for is the code it was written against (a Twisted upgrade that changes
+it fails here first)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import inspect
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.internet import epollreactor, posixbase, task
+from twisted.internet.abstract import FileDescriptor
+from twisted.python import context, log
+
+from studios_gateway import reactor_loop
+from studios_gateway.reactor_loop import install
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+
+def test_the_twisted_code_stood_in_for_is_unchanged() -> None:
+    """If this fails, Twisted changed what reactor_loop replaces or relies on: compare
+    _lean_poll with the new code (EPollReactor.doPoll, log.callWithLogger and
+    callWithContext, the context stack), adapt it, then update these digests."""
+    assert {
+        "doPoll": _digest(epollreactor.EPollReactor.doPoll),
+        "callWithLogger": _digest(log.callWithLogger),
+        "callWithContext": _digest(log.callWithContext),
+        "ContextTracker.callWithContext": _digest(context.ContextTracker.callWithContext),
+        "ThreadedContextTracker.currentContext":
+            _digest(context.ThreadedContextTracker.currentContext),
+        "_doReadOrWrite": _digest(posixbase._PollLikeMixin._doReadOrWrite),
+    } == {
+        "doPoll": "09b62ae68ef01b4b",
+        "callWithLogger": "802f8564bca3531f",
+        "callWithContext": "c44b5124f288e82f",
+        "ContextTracker.callWithContext": "c17a3f4bb097dffb",
+        "ThreadedContextTracker.currentContext": "1499c99f80346a41",
+        "_doReadOrWrite": "5ffee55b79492b00",
+    }
+
+
+@pytest.fixture
+def reactor() -> Iterator[epollreactor.EPollReactor]:
+    r = epollreactor.EPollReactor()
+    yield r
+    for reader in list(r._internalReaders):  # the waker's pipe (the tests' sockets are
+        reader.connectionLost(None)          # closed by their own fixture)
+    r._poller.close()
+
+
+class Reader(FileDescriptor):
+    """Reads one end of a socket pair; what it does on a read is up to the test."""
+
+    def __init__(self, reactor: Any, sock: socket.socket, prefix: str, on_read: Any):
+        super().__init__(reactor)
+        self.sock = sock
+        self.prefix = prefix
+        self.on_read = on_read
+        self.lost: Any = None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return self.prefix
+
+    def doRead(self) -> Any:
+        self.sock.recv(100)
+        return self.on_read()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost = reason
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _events() -> tuple[list[dict[str, Any]], Any]:
+    seen: list[dict[str, Any]] = []
+    log.addObserver(seen.append)
+    return seen, lambda: log.removeObserver(seen.append)
+
+
+def _one_turn(reactor: Any, sender: socket.socket) -> list[dict[str, Any]]:
+    """Send a byte to the reader's socket and run one reactor turn; the log events."""
+    seen, stop = _events()
+    try:
+        sender.send(b"x")
+        reactor.doIteration(1)
+    finally:
+        stop()
+    return seen
+
+
+def test_only_twisteds_own_epoll_reactor_is_changed(reactor: Any) -> None:
+    assert install(task.Clock()) is False
+    assert install(reactor) is True
+    assert install(reactor) is False  # once
+    assert reactor_loop.installed(reactor)
+    other = epollreactor.EPollReactor()
+    try:
+        other.doIteration = lambda timeout: None  # wrapped by someone already
+        assert install(other) is False
+    finally:
+        other._poller.close()
+
+
+def test_a_legacy_log_line_in_an_event_names_its_connection(reactor: Any, pair: Any) -> None:
+    install(reactor)
+    a, b = pair
+    systems: list[str] = []
+    reader = Reader(reactor, a, "Proto,7,127.0.0.1",
+                    lambda: (log.msg("hello"), systems.append(
+                        context.get(log.ILogContext)["system"]))[0] and None)
+    reactor.addReader(reader)
+    seen = _one_turn(reactor, b)
+    assert systems == ["Proto,7,127.0.0.1"]
+    assert [e["system"] for e in seen if e.get("message") == ("hello",)] == ["Proto,7,127.0.0.1"]
+    assert context.get(log.ILogContext)["system"] == "-"  # popped after the event
+
+
+def test_an_exception_escaping_an_event_is_logged_with_its_system(reactor: Any,
+                                                                  pair: Any) -> None:
+    install(reactor)
+    a, b = pair
+    reader = Reader(reactor, a, "Broken,1,127.0.0.1", lambda: None)
+    reactor.addReader(reader)
+    depth = len(context.theContextTracker.currentContext().contexts)
+
+    def boom(selectable: Any, fd: int, event: int) -> None:
+        raise RuntimeError("boom")
+
+    install_handle(reactor, boom)
+    seen = _one_turn(reactor, b)
+    errors = [e for e in seen if e.get("isError")]
+    assert len(errors) == 1 and errors[0]["system"] == "Broken,1,127.0.0.1"
+    assert "boom" in str(errors[0]["failure"].value)
+    assert len(context.theContextTracker.currentContext().contexts) == depth
+
+
+def install_handle(reactor: Any, handle: Any) -> None:
+    """Re-make the lean poll around another per-event handler (a test double)."""
+    reactor._doReadOrWrite = handle
+    reactor.doIteration = reactor_loop._lean_poll(reactor)
+
+
+def test_a_failing_read_disconnects_as_twisted_does(reactor: Any, pair: Any) -> None:
+    install(reactor)
+    a, b = pair
+
+    def fail() -> None:
+        raise ValueError("bad bytes")
+
+    reader = Reader(reactor, a, "R", fail)
+    reactor.addReader(reader)
+    seen = _one_turn(reactor, b)
+    assert reader.lost is not None and reader.lost.check(ValueError)
+    assert any(e.get("isError") and e["system"] == "R" for e in seen)
+
+
+def test_an_interrupted_poll_returns_quietly(reactor: Any) -> None:
+    install(reactor)
+
+    class Interrupted:
+        def poll(self, timeout: float, n: int) -> Any:
+            raise OSError(errno.EINTR, os.strerror(errno.EINTR))
+
+    real, reactor._poller = reactor._poller, Interrupted()
+    try:
+        reactor_loop._lean_poll(reactor)(0)
+    finally:
+        reactor._poller = real
