@@ -28,6 +28,7 @@ __all__ = [
     "SUBJECT_HEADER",
     "check_head",
     "client_response_headers",
+    "connection_options",
     "connection_tokens",
     "field_value_ok",
     "is_trusted",
@@ -161,8 +162,7 @@ def read_head(head: bytes, *, max_request_line: int, max_header_count: int
             n_host += 1
             host = value
         elif kind == _CONN:
-            connection = connection | {t.strip().lower() for t in value.split(b",")
-                                       if t.strip()}
+            connection = connection | connection_options(value)
         else:
             upgrade = True
     if n_cl > 1:
@@ -191,12 +191,30 @@ def field_value_ok(value: bytes) -> bool:
     return _FIELD_VALUE.fullmatch(value) is not None
 
 
+# connection_options' answers for the short values seen before ("keep-alive", "close",
+# "Upgrade" and a few more are nearly all there is). Bounded (count and length): once
+# full, other values are split each time.
+_OPTIONS: dict[bytes, frozenset[bytes]] = {}
+_OPTIONS_MAX = 256
+_OPTIONS_LONGEST = 64
+
+
+def connection_options(value: bytes) -> frozenset[bytes]:
+    """The lower-cased options one Connection header's value names."""
+    options = _OPTIONS.get(value)
+    if options is None:
+        options = frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+        if len(_OPTIONS) < _OPTIONS_MAX and len(value) <= _OPTIONS_LONGEST:
+            _OPTIONS[value] = options
+    return options
+
+
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     """The lower-cased options named in every Connection header."""
     out: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
-            out.update(t.strip().lower() for t in value.split(b",") if t.strip())
+            out |= connection_options(value)
     return out
 
 

@@ -12,6 +12,7 @@ from studios_gateway.auth.login import GATEWAY_COOKIES
 from studios_gateway.http.headers import (
     Headers,
     client_response_headers,
+    connection_options,
     response_headers,
     tool_set_cookies,
 )
@@ -39,3 +40,12 @@ def reference(headers: Headers) -> tuple[Headers, list[bytes], bool]:
 @given(_HEADERS)
 def test_one_pass_is_the_filters(headers: Headers) -> None:
     assert client_response_headers(headers, GATEWAY_COOKIES) == reference(headers)
+
+
+@settings(max_examples=500)
+@given(st.lists(st.sampled_from([b"keep-alive", b"Close", b" upgrade", b"X-Custom ", b"",
+                                 b" ", b"\t", b"a" * 70]), max_size=4).map(b",".join))
+def test_connection_options_remembered_are_the_split(value: bytes) -> None:
+    split = {t.strip().lower() for t in value.split(b",") if t.strip()}
+    assert connection_options(value) == split
+    assert connection_options(value) == split  # remembered (or, when long, split again)
