@@ -90,3 +90,59 @@ def test_a_small_bulk_size_is_a_fixed_read_size() -> None:
 def test_bulk_buffers_leaves_other_transports_alone() -> None:
     bulk_buffers(None, 1)
     bulk_buffers(object(), 1)
+
+
+class Port:
+    """Like Twisted's tcp.Port: makes each accepted connection with its ``transport`` class."""
+
+    transport: type = TCPBuffers
+
+
+class Accepted(TCPBuffers):
+    """A connection a Port accepted (Twisted's tcp.Server keeps its port as ``server``)."""
+
+    def __init__(self, port: Port) -> None:
+        super().__init__()
+        self.server = port
+
+
+def test_a_listeners_next_connections_are_made_with_bulk_buffers() -> None:
+    port = Port()
+    port.transport = Accepted
+    first = Accepted(port)
+    bulk_buffers(first, 512 * 1024)
+    assert "_dataReceived" in vars(first)  # this one: set on the instance, as before
+    made = port.transport
+    assert issubclass(made, Accepted) and made is not Accepted
+    later = made(port)
+    assert sorted(vars(later)) == ["bufferSize", "delivered", "server"]  # all from birth
+    bulk_buffers(later, 512 * 1024)
+    assert sorted(vars(later)) == ["bufferSize", "delivered", "server"]  # nothing added
+    assert (later.bufferSize, later.SEND_LIMIT) == (SMALL_READ, 512 * 1024)
+    later._dataReceived(b"x" * SMALL_READ)
+    assert later.bufferSize == 512 * 1024
+    later._dataReceived(b"x" * 10)
+    assert later.bufferSize == SMALL_READ and [len(d or b"") for d in later.delivered] == [
+        SMALL_READ, 10]
+    assert TCPBuffers.bufferSize == Accepted.bufferSize == 64 * 1024  # Twisted's unchanged
+    # Another size on a fitted connection (no caller does it): that connection's own.
+    bulk_buffers(later, 1024 * 1024)
+    assert later.SEND_LIMIT == 1024 * 1024 and made.SEND_LIMIT == 512 * 1024
+    # The port is fitted once; a second port of the same class gets the same class.
+    bulk_buffers(made(port), 512 * 1024)
+    assert port.transport is made
+    other = Port()
+    other.transport = Accepted
+    bulk_buffers(Accepted(other), 512 * 1024)
+    assert other.transport is made
+
+
+def test_a_port_that_is_not_twisteds_is_left_alone() -> None:
+    class Odd(TCPBuffers):
+        server = object()  # no transport class
+
+    bulk_buffers(Odd(), 512 * 1024)
+    port = Port()  # makes TCPBuffers, not what this connection is
+    conn = Accepted(port)
+    bulk_buffers(conn, 512 * 1024)
+    assert port.transport is TCPBuffers

@@ -79,3 +79,40 @@ def test_after_lose_connection_writes_go_through_the_queue() -> None:
     t.socket.close()
     peer.close()
 
+
+
+class Port:
+    """Like Twisted's tcp.Port: makes each accepted connection with ``transport``."""
+
+    transport: type
+
+
+class Accepted(Bare):
+    def __init__(self, sock: socket.socket, port: Port) -> None:
+        self.server = port
+        super().__init__(sock)
+
+
+def test_a_listeners_next_connections_write_through_from_birth() -> None:
+    port = Port()
+    port.transport = Accepted
+    a, b = socket.socketpair()
+    first = Accepted(a, port)
+    write_through(first)
+    assert "write" in vars(first)  # this one: set on the instance, as before
+    made = port.transport
+    assert issubclass(made, Accepted) and made is not Accepted
+    c, d = socket.socketpair()
+    for s in (c, d):
+        s.setblocking(False)
+    later = made(c, port)
+    before = sorted(vars(later))
+    write_through(later)
+    assert sorted(vars(later)) == before and "write" not in before  # nothing added
+    later.write(b"hello")
+    assert d.recv(100) == b"hello" and not later.writing and not later._tempDataLen
+    later.loseConnection()
+    later.write(b"late")  # after loseConnection: through the queue, as before
+    assert later._tempDataLen == 4
+    for s in (a, b, c, d):
+        s.close()
