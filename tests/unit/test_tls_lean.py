@@ -222,3 +222,44 @@ def test_without_the_private_api_the_class_is_twisteds(monkeypatch) -> None:
     finally:
         monkeypatch.undo()
         importlib.reload(tls_lean)
+
+
+def test_tls_inside_tls_shares_the_buffers_safely(certificate) -> None:
+    """The connect client's wss carrier runs the tunnel's TLS inside another TLS
+    connection: both layers are LeanTLSProtocol and use the same module buffers, the
+    inner one from inside the outer one's delivery."""
+    cert, key = certificate
+    clock = Clock()
+    server_app, client_app = App(), App()
+    creator = tls.PinnedClientTLS(tls.fingerprint_pem(cert.read_bytes()))
+
+    def guarded(wrapped: Any) -> GuardedTLSFactory:
+        return GuardedTLSFactory(tls.server_options(cert, key), wrapped, clock=clock,
+                                 limits=HandshakeLimits(), write_at_once=True)
+
+    def client(wrapped: Any) -> Any:
+        return tls_memory._RenewingAtOnceFactory(creator, True, wrapped, clock=clock)
+
+    server = guarded(guarded(Factory.forProtocol(lambda: server_app))).buildProtocol(ADDR)
+    outer_client = client(client(Factory.forProtocol(lambda: client_app))).buildProtocol(ADDR)
+    server_wire, client_wire = Wire(), Wire()
+    server.makeConnection(server_wire)
+    outer_client.makeConnection(client_wire)
+
+    def move() -> None:
+        while server_wire.out or client_wire.out:
+            for wire, to in ((client_wire, server), (server_wire, outer_client)):
+                data, wire.out = bytes(wire.out), bytearray()
+                if data:
+                    to.dataReceived(data)
+
+    move()
+    assert server_app.transport is not None and client_app.transport is not None
+    up = bytes(range(256)) * (tls_lean.DELIVER // 128)  # two deliveries' worth and more
+    down = bytes(reversed(range(256))) * (tls_lean.DELIVER // 100)
+    client_app.transport.write(up)
+    server_app.transport.write(down)
+    server_app.transport.write(b"and a small one")
+    move()
+    assert bytes(server_app.received) == up
+    assert bytes(client_app.received) == down + b"and a small one"
