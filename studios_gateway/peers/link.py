@@ -33,6 +33,7 @@ from studios_gateway.peers.streams import PeerRequest, PeerStream, open_remote
 from studios_gateway.wire.bind import BindError, LineBuffer
 from studios_gateway.wire.mux import Multiplexer, TunnelUnavailable
 from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay
+from studios_gateway.wire.tls_memory import wrap_client_tls
 
 
 class PeerUnavailable(Exception):
@@ -290,7 +291,9 @@ class _Link:
         endpoint: Any = endpoints.HostnameEndpoint(pool.reactor, host, port,
                                                    timeout=pool.settings.connect_timeout)
         if pool.tls is not None:
-            endpoint = endpoints.wrapClientTLS(pool.tls, endpoint)
+            # wrapClientTLS's connection with wire/tls_lean.py's record path and BIOs
+            # renewed once quiet (wire/tls_memory.py); writes still gathered per turn.
+            endpoint = wrap_client_tls(pool.tls, endpoint)
         factory = Factory.forProtocol(lambda: PeerClientProtocol(self))
         endpoint.connect(factory).addErrback(
             lambda f: self.failed(f.getErrorMessage() or f.type.__name__))
