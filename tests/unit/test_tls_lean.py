@@ -263,3 +263,20 @@ def test_tls_inside_tls_shares_the_buffers_safely(certificate) -> None:
     move()
     assert bytes(server_app.received) == up
     assert bytes(client_app.received) == down + b"and a small one"
+
+
+def test_a_wrong_pin_still_fails_the_handshake_with_pin_mismatch(certificate) -> None:
+    cert, key = certificate
+    clock = Clock()
+    server_app, client_app = App(), App()
+    server = GuardedTLSFactory(tls.server_options(cert, key),
+                               Factory.forProtocol(lambda: server_app), clock=clock,
+                               limits=HandshakeLimits(), write_at_once=True)
+    client = tls_memory._RenewingAtOnceFactory(
+        tls.PinnedClientTLS(tls.PIN_PREFIX + "00" * 32), True,
+        Factory.forProtocol(lambda: client_app), clock=clock)
+    _, _, pump = connectedServerAndClient(
+        lambda: server.buildProtocol(ADDR), lambda: client.buildProtocol(ADDR), greet=False)
+    pump.flush()
+    assert client_app.lost is not None and client_app.lost.check(tls.PinMismatch)
+    assert server_app.transport is None  # the gateway's application never saw it
