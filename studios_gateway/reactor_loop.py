@@ -12,6 +12,15 @@ pushes the same context (``system`` is the selectable's ``logPrefix()``, so lega
 connection) straight onto the context stack, and logs an exception escaping an event
 with that ``system`` as ``callWithLogger`` does.
 
+Around the poll, ``ReactorBase.mainLoop`` calls ``runUntilCurrent`` and ``timeout``
+(each calling ``_insertNewDelayedCalls``) and enters and leaves its failure handler on
+every iteration, about six Python calls with no timer due. The lean loop
+(:func:`_lean_main_loop`) calls ``runUntilCurrent`` only when it has work (a timed call
+due, new timed calls, calls from threads, a stop, cancelled calls to sweep) and
+computes the poll's timeout in place, with the same failure handler on an exception.
+``doIteration`` is still looked up on every iteration, so wrappers (the tick metric,
+the multiplexer's turn counter) keep working.
+
 Only Twisted's own epoll reactor is changed (not a subclass with its own poll, nor a
 reactor whose ``doIteration`` something wrapped already: install first);
 ``tests/unit/test_reactor_loop.py`` fails when the Twisted code this module stands in
@@ -21,6 +30,7 @@ for changes. Anything else keeps Twisted's loop. See docs/decisions/reactor-loop
 from __future__ import annotations
 
 import errno
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -50,13 +60,50 @@ def supported(reactor: Any) -> bool:
 
 
 def install(reactor: Any) -> bool:
-    """Give ``reactor`` the lean poll; False (nothing changed) when it is not the epoll
-    reactor this module knows, or it has the lean poll already."""
-    if installed(reactor) or not supported(reactor):
+    """Give ``reactor`` the lean poll and main loop; False (nothing changed) when it is
+    not the epoll reactor this module knows, or it has them already. The main loop takes
+    effect when the reactor starts running (install before ``reactor.run()``); the poll
+    at once."""
+    if installed(reactor) or not supported(reactor) or "mainLoop" in vars(reactor):
         return False
     setattr(reactor, _INSTALLED, True)
     reactor.doIteration = _lean_poll(reactor)
+    reactor.mainLoop = _lean_main_loop(reactor)
     return True
+
+
+#: The longest poll: epoll_wait's timeout is a C int of milliseconds (as Twisted's).
+_LONGEST = 2147483
+
+
+def _lean_main_loop(reactor: Any) -> Callable[[], None]:
+    from twisted.internet.base import _log as base_log
+    from twisted.internet.base import _topHandler
+
+    seconds = reactor.seconds
+    failed = _topHandler.__exit__
+
+    def main_loop() -> None:
+        r = reactor
+        while r._started:
+            try:
+                due = r._pendingTimedCalls
+                if (r._newTimedCalls or r.threadCallQueue or r._justStopped
+                        or r._cancellations > 50 or (due and due[0].time <= seconds())):
+                    r.runUntilCurrent()
+                    if r._newTimedCalls:
+                        r._insertNewDelayedCalls()
+                    due = r._pendingTimedCalls
+                timeout: float | None = None
+                if due:
+                    timeout = max(0, min(_LONGEST, due[0].time - seconds()))
+                r.doIteration(timeout if r.running else 0)
+            except BaseException:
+                if not failed(*sys.exc_info()):
+                    raise
+        base_log.info("Main loop terminated.")
+
+    return main_loop
 
 
 def _lean_poll(reactor: Any) -> Callable[[float | None], None]:

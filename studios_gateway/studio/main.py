@@ -127,6 +127,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
         launcher: Any = None) -> int:
     from twisted.internet import reactor
 
+    from studios_gateway import reactor_loop
     from studios_gateway.studio.client import ConnectClient
     from studios_gateway.studio.entrypoint import (
         ToolChild,
@@ -198,6 +199,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
         client.startService()
 
     reactor.callWhenRunning(startup)
+    reactor_loop.install(reactor)  # the lean poll and main loop (before run)
     # Twisted's handlers are needed for SIGCHLD (the tool's exit); startup() then replaces
     # its SIGTERM/SIGINT handlers with ours.
     reactor.run()

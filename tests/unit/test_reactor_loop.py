@@ -9,11 +9,13 @@ import hashlib
 import inspect
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.internet import epollreactor, posixbase, task
+from twisted.internet import base, epollreactor, posixbase, task
 from twisted.internet.abstract import FileDescriptor
 from twisted.python import context, log
 
@@ -37,12 +39,20 @@ def test_the_twisted_code_stood_in_for_is_unchanged() -> None:
         "ThreadedContextTracker.currentContext":
             _digest(context.ThreadedContextTracker.currentContext),
         "_doReadOrWrite": _digest(posixbase._PollLikeMixin._doReadOrWrite),
+        "mainLoop": _digest(base.ReactorBase.mainLoop),
+        "runUntilCurrent": _digest(base.ReactorBase.runUntilCurrent),
+        "timeout": _digest(base.ReactorBase.timeout),
+        "_insertNewDelayedCalls": _digest(base.ReactorBase._insertNewDelayedCalls),
     } == {
         "doPoll": "09b62ae68ef01b4b",
         "callWithLogger": "802f8564bca3531f",
         "callWithContext": "c44b5124f288e82f",
         "ContextTracker.callWithContext": "c17a3f4bb097dffb",
         "ThreadedContextTracker.currentContext": "1499c99f80346a41",
+        "mainLoop": "769125a86d0cd7e9",
+        "runUntilCurrent": "b9fbbdb8e8414792",
+        "timeout": "347720436ca8713c",
+        "_insertNewDelayedCalls": "793e23d07f8fb7da",
         "_doReadOrWrite": "5ffee55b79492b00",
     }
 
@@ -184,3 +194,91 @@ def test_an_interrupted_poll_returns_quietly(reactor: Any) -> None:
         reactor_loop._lean_poll(reactor)(0)
     finally:
         reactor._poller = real
+
+
+def _run(reactor: Any, guard: float = 10.0) -> None:
+    """Run ``reactor`` (lean loop installed) until it stops; ended from another thread
+    after ``guard`` seconds (the loop's condition made false, the poll woken: nothing of
+    the loop's own timer or thread-call handling) so a broken loop fails the test
+    instead of hanging it."""
+    assert install(reactor)
+    finished = threading.Event()
+
+    def guard_thread() -> None:
+        if not finished.wait(guard):
+            reactor._started = False
+            reactor.wakeUp()
+
+    threading.Thread(target=guard_thread, daemon=True).start()
+    try:
+        reactor.run(installSignalHandlers=False)
+    finally:
+        finished.set()
+
+
+def test_the_lean_loop_runs_timers_thread_calls_and_stops(reactor: Any) -> None:
+    done: list[str] = []
+
+    def chain(n: int) -> None:
+        done.append(f"zero{n}")
+        if n < 3:
+            reactor.callLater(0, chain, n + 1)
+
+    moved = reactor.callLater(0.01, done.append, "moved")
+    moved.reset(0.05)  # later: Twisted re-queues it when its old time comes
+    cancelled = reactor.callLater(0.02, done.append, "cancelled")
+    reactor.callLater(0.005, cancelled.cancel)
+    reactor.callLater(0, chain, 0)
+    reactor.callLater(0.03, lambda: threading.Thread(
+        target=reactor.callFromThread, args=(done.append, "thread")).start())
+    reactor.callLater(0.2, done.append, "last")
+    reactor.callLater(0.21, reactor.stop)
+    reactor.addSystemEventTrigger("before", "shutdown", done.append, "shutdown")
+    seen, stop = _events()
+    try:
+        _run(reactor)
+    finally:
+        stop()
+    assert done[:4] == ["zero0", "zero1", "zero2", "zero3"]
+    assert done[4:] == ["thread", "moved", "last", "shutdown"] or \
+        done[4:] == ["moved", "thread", "last", "shutdown"]
+    assert any(e.get("log_format") == "Main loop terminated." for e in seen)
+
+
+def test_a_timer_that_sleeps_through_its_time_is_not_waited_for(reactor: Any) -> None:
+    times: list[float] = []
+    reactor.callLater(0.05, lambda: times.append(time.monotonic()))
+    reactor.callLater(0.06, reactor.stop)
+    started = time.monotonic()
+    _run(reactor)
+    assert len(times) == 1 and 0.04 <= times[0] - started < 1.0
+
+
+def test_failures_in_the_loop_are_logged_and_the_loop_goes_on(reactor: Any) -> None:
+    done: list[str] = []
+
+    def bad_timer() -> None:
+        raise RuntimeError("timer broke")
+
+    inner: list[Any] = []
+
+    def bad_iteration(timeout: Any) -> None:
+        reactor.doIteration = inner[0]  # once
+        raise RuntimeError("iteration broke")
+
+    def break_next_iteration() -> None:
+        inner.append(reactor.doIteration)
+        reactor.doIteration = bad_iteration
+
+    reactor.callLater(0, bad_timer)
+    reactor.callLater(0.01, break_next_iteration)
+    reactor.callLater(0.05, done.append, "after")
+    reactor.callLater(0.06, reactor.stop)
+    seen, stop = _events()
+    try:
+        _run(reactor)
+    finally:
+        stop()
+    assert done == ["after"]
+    errors = [str(e["failure"].value) for e in seen if e.get("isError")]
+    assert "timer broke" in errors and "iteration broke" in errors
