@@ -133,7 +133,7 @@ def _load_object(text: str | bytes, what: str) -> dict[str, Any]:
     return data
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SessionRecord:
     """A studio session: who owns it, who else may use it, its token's hash."""
 
@@ -209,7 +209,7 @@ def _optional(data: dict[str, Any], key: str, kind: str, check: Callable[[Any], 
         raise MalformedRecord(f"field {key!r} must be {kind}, not {value!r:.80}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TunnelHolder:
     """The node that holds a session's tunnel, and how to reach it."""
 
