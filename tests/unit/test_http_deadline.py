@@ -52,3 +52,18 @@ def test_stop_cancels() -> None:
     assert clock.getDelayedCalls() == [] and not d.armed
     clock.advance(20)
     assert fired == []
+
+
+def test_arming_later_moves_no_call_until_the_old_time_comes() -> None:
+    clock, fired = Clock(), []
+    d = Deadline(clock)
+    d.arm(10, fired.append, "a")
+    (call,) = clock.getDelayedCalls()
+    for _ in range(5):  # a request every second, each moving the idle timeout on
+        clock.advance(1)
+        d.arm(10, fired.append, "a")
+    assert clock.getDelayedCalls() == [call] and call.getTime() == 10
+    clock.advance(5)  # the old time (10): the call sees it is early, waits for 15
+    assert fired == [] and clock.getDelayedCalls()[0].getTime() == 15
+    clock.advance(5)
+    assert fired == ["a"]
