@@ -177,7 +177,9 @@ class _WriteThrough:
     socket: Any
 
     def write(self, data: bytes) -> None:
-        rest = _send_now(self, self.socket, data)
+        # No socket once Twisted's connectionLost ran (a TLS layer flushing its close
+        # from there): _send_now sends nothing then, the queue drops it as Twisted does.
+        rest = _send_now(self, getattr(self, "socket", None), data)
         if rest is not None:
             super().write(rest)  # type: ignore[misc]
 

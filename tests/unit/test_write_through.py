@@ -5,7 +5,9 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from twisted.internet import tcp
+from twisted.internet import error, tcp
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 
 from studios_gateway.wire.sockopts import write_through
 
@@ -114,5 +116,24 @@ def test_a_listeners_next_connections_write_through_from_birth() -> None:
     later.loseConnection()
     later.write(b"late")  # after loseConnection: through the queue, as before
     assert later._tempDataLen == 4
+    for s in (a, b, c, d):
+        s.close()
+
+
+def test_a_fitted_connection_takes_a_write_after_it_was_lost() -> None:
+    """A TLS layer flushes its close_notify from connectionLost, after Twisted dropped
+    the transport's socket: the write is dropped, as Twisted's own is, not an
+    AttributeError that stops the connection's cleanup (a gateway's drain then waited
+    its whole timeout)."""
+    port = Port()
+    port.transport = Accepted
+    a, b = socket.socketpair()
+    write_through(Accepted(a, port))
+    c, d = socket.socketpair()
+    lost = port.transport(c, port)
+    lost.protocol = Protocol()
+    lost.connectionLost(Failure(error.ConnectionDone()))  # tcp.Connection: the socket goes
+    assert not hasattr(lost, "socket")
+    lost.write(b"close_notify")
     for s in (a, b, c, d):
         s.close()
