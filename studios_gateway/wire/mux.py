@@ -668,6 +668,17 @@ class Multiplexer(Protocol):
     # With ``gather``: the turn (its number from wire/turns.py, or 0 without a counter)
     # in which a frame last went out at once; later small frames of that turn are held.
     _sent_turn = -1
+    # State that most tunnels never change, as class defaults: an instance gets its own
+    # value only when it changes. CPython 3.11 keeps up to 30 attribute names of a class
+    # in one table shared by its instances; the 31st gives that instance a dict of its
+    # own (~1.5 KiB per tunnel). tests/unit/test_tunnel_mux.py counts them.
+    _pumping = False
+    _transport_paused = False
+    local_go_away = False
+    remote_go_away: int | None = None
+    closed = False
+    close_reason: Failure | None = None
+    _idle_waiters: list[Callable[[], None]] | None = None
 
     def __init__(self, *, is_client: bool, clock: IReactorTime,
                  window_size: int = DEFAULT_WINDOW, max_streams: int = 1024,
@@ -698,7 +709,6 @@ class Multiplexer(Protocol):
         # Made at the first frame to send; dropped again while the tunnel is idle (an
         # empty scheduler's two deques and set cost ~1.7 KiB per idle tunnel).
         self.scheduler: FrameScheduler[Stream] | None = None
-        self._pumping = False
         self.on_stream = on_stream
         self.on_go_away = on_go_away
         self.on_close = on_close
@@ -706,18 +716,12 @@ class Multiplexer(Protocol):
         if ping_interval > 0 and ping_timeout <= ping_interval:
             raise ValueError("ping_timeout must be longer than ping_interval")
         self.keepalive = Keepalive(ping_timeout, clock.seconds())
-        self.local_go_away = False
-        self.remote_go_away: int | None = None
-        self.closed = False
-        self.close_reason: Failure | None = None
         self._decoder = FrameDecoder(window_size)
         self._next_id = 1 if is_client else 2
-        self._transport_paused = False
         # One timer per tunnel for both keepalive duties: the next Ping, and the moment
         # the peer would be dead if nothing more is heard (whichever comes first).
         self._timer: IDelayedCall | None = None
         self._next_ping = 0.0
-        self._idle_waiters: list[Callable[[], None]] = []
 
     # Protocol -------------------------------------------------------------------------
 
@@ -805,6 +809,8 @@ class Multiplexer(Protocol):
         """Call ``callback`` once no stream is open (now, if none is). For drain."""
         if not self.streams or self.closed:
             callback()
+        elif self._idle_waiters is None:
+            self._idle_waiters = [callback]
         else:
             self._idle_waiters.append(callback)
 
@@ -1061,7 +1067,10 @@ class Multiplexer(Protocol):
                 self._fire_idle()
 
     def _fire_idle(self) -> None:
-        waiters, self._idle_waiters = self._idle_waiters, []
+        waiters = self._idle_waiters
+        if waiters is None:
+            return
+        self._idle_waiters = None
         for callback in waiters:
             try:
                 callback()

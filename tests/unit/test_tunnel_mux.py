@@ -1051,3 +1051,42 @@ def test_close_unregisters_from_the_transport_so_the_connection_really_closes() 
     assert link.t["client"].disconnecting
     assert mine.lost is not None and mine.lost.check(TunnelLost)
     assert link.client.closed and link.closes["client"]
+
+
+# CPython 3.11 shares one table of up to 30 attribute names among a class's instances;
+# an instance that sets a 31st name gets a dict of its own (~1.4 KiB per tunnel, at each
+# end). State most tunnels never change lives on the class (Multiplexer's defaults).
+SHARED_NAMES = 30
+
+
+def test_a_working_tunnels_multiplexer_keeps_to_the_shared_attribute_names() -> None:
+    clock, mux, transport = counted_mux(gather=True)
+    assert len(vars(mux)) <= SHARED_NAMES - 4  # room for the state only some tunnels set
+    stream = mux.open_stream(b"T")
+    stream.write(b"GET / HTTP/1.1\r\n\r\n")
+    for _ in range(3):
+        stream.write(b"x" * 100)
+    clock.advance(0)
+    mux.pauseProducing()  # a tunnel the kernel pushed back on
+    stream.write(b"y" * 300_000)
+    mux.resumeProducing()
+    clock.advance(0)
+    mux.dataReceived(frames.encode_header(WINDOW_UPDATE, 0, stream.stream_id, 1000))
+    mux.when_idle(lambda: None)
+    stream.loseConnection()
+    clock.advance(0)
+    assert len(vars(mux)) <= SHARED_NAMES, sorted(vars(mux))
+
+
+def test_when_idle_callbacks_run_once_each_when_the_last_stream_goes() -> None:
+    clock, mux, transport = counted_mux()
+    called: list[str] = []
+    mux.when_idle(lambda: called.append("now"))  # no stream: at once
+    stream = mux.open_stream()
+    mux.when_idle(lambda: called.append("a"))
+    mux.when_idle(lambda: called.append("b"))
+    assert called == ["now"]
+    mux._forget(stream)
+    assert called == ["now", "a", "b"]
+    mux._fire_idle()
+    assert called == ["now", "a", "b"]
