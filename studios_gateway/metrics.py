@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -86,23 +85,18 @@ class Metrics:
         the poll to the next poll is what we observe, so a wedged callback of
         either kind shows up as one long tick. The first tick runs from here.
 
-        One wrapper, around doIteration, counted in place (the reactor runs it twice
-        per small request at one connection at a time).
+        One wrapper, around doIteration (the reactor runs it twice per small request
+        at one connection at a time).
         """
         if self._unwrap is not None or not hasattr(reactor, "doIteration"):
             return
         original_do = reactor.doIteration
-        histogram = self.reactor_ticks.seconds
-        counts = histogram.series(())
-        bounds = histogram.bounds
-        sums = histogram.sums
+        observe = self.reactor_ticks.observe
         clock = time.perf_counter
         started = [clock()]
 
         def do_iteration(delay: float | None) -> None:
-            tick = clock() - started[0]
-            counts[bisect_left(bounds, tick)] += 1
-            sums[()] += tick
+            observe(clock() - started[0])
             original_do(delay)
             started[0] = clock()
 

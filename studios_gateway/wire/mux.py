@@ -559,10 +559,7 @@ class Stream:
             finally:
                 self._delivering = False
             if not self._closed and not self._fin_received:
-                window = self._recv_window  # ReceiveWindow.consumed, inline (per frame)
-                window.owed += n
-                if window.owed * 2 >= window.size:
-                    self.mux._send_control(WINDOW_UPDATE, 0, self.stream_id, window.advertise())
+                self._consumed(n)
             if not self._reading_paused and self._recv_buffer:
                 self._deliver()
         else:
@@ -737,7 +734,7 @@ class Multiplexer(Protocol):
         if self.closed:
             return
         if self._timer is not None:
-            self.keepalive.last_heard = self.clock.seconds()  # Keepalive.heard, inline
+            self.keepalive.heard(self.clock.seconds())
         try:
             for frame in self._decoder.feed(data):
                 self._frame(frame)
