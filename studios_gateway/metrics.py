@@ -17,6 +17,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
+from studios_gateway import reactor_loop
 from studios_gateway.plain_metrics import PlainHistogram
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -85,10 +86,21 @@ class Metrics:
         the poll to the next poll is what we observe, so a wedged callback of
         either kind shows up as one long tick. The first tick runs from here.
 
-        One wrapper, around doIteration (the reactor runs it twice per small request
-        at one connection at a time).
+        With the lean poll (reactor_loop.py) the poll times it itself (a hook, no
+        wrapper); otherwise one wrapper, around doIteration (the reactor runs it twice
+        per small request at one connection at a time).
         """
         if self._unwrap is not None or not hasattr(reactor, "doIteration"):
+            return
+        hooks = reactor_loop.hooks_of(reactor)
+        if hooks is not None:
+            hooks.started = time.perf_counter()
+            hooks.tick = self.reactor_ticks.observe
+
+            def unhook() -> None:
+                hooks.tick = None
+
+            self._unwrap = unhook
             return
         original_do = reactor.doIteration
         observe = self.reactor_ticks.observe

@@ -7,15 +7,18 @@ an end-of-turn timer at every first frame, even when nothing followed: at one
 request at a time, a DelayedCall per request at each end of the tunnel for nothing.
 With the turn's number it needs a timer only once a second frame is actually held.
 
-The counter is advanced by wrapping the reactor's ``doIteration`` (one poll and the
-events it returns) once per reactor. A clock without ``doIteration`` (a fake
-``task.Clock`` in tests) has no counter: :func:`turns_of` returns None and the
+The counter is advanced by the lean poll itself where the reactor has it
+(reactor_loop.py's hooks), and otherwise by wrapping the reactor's ``doIteration`` (one
+poll and the events it returns) once per reactor. A clock without ``doIteration`` (a
+fake ``task.Clock`` in tests) has no counter: :func:`turns_of` returns None and the
 multiplexer sets its end-of-turn timer at each first frame, as before.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from studios_gateway import reactor_loop
 
 __all__ = ["Turns", "turns_of"]
 
@@ -44,7 +47,11 @@ def turns_of(clock: Any) -> Turns | None:
     if turns is None:
         turns = Turns()
         clock._studios_turns = turns
-    elif do_iteration is turns.wrapper:
+    hooks = reactor_loop.hooks_of(clock)
+    if hooks is not None:
+        hooks.turns = turns
+        return turns
+    if do_iteration is turns.wrapper:
         return turns
     inner = do_iteration
 

@@ -129,6 +129,35 @@ def test_only_twisteds_own_epoll_reactor_is_changed(reactor: Any) -> None:
         other._poller.close()
 
 
+def test_the_turn_counter_and_the_tick_metric_are_hooks_not_wrappers(reactor: Any,
+                                                                     pair: Any) -> None:
+    from studios_gateway.metrics import Metrics
+    from studios_gateway.wire.turns import turns_of
+
+    install(reactor)
+    poll = reactor.doIteration
+    metrics = Metrics()
+    metrics.instrument_reactor(reactor)
+    turns = turns_of(reactor)
+    assert turns is not None and turns_of(reactor) is turns
+    assert reactor.doIteration is poll  # nothing wrapped around the lean poll
+    a, b = pair
+    took: list[float] = []
+    reader = Reader(reactor, a, "Slow", lambda: took.append(time.perf_counter()))
+    reactor.addReader(reader)
+    before = turns.n
+    _one_turn(reactor, b)
+    reactor.doIteration(0)  # the next poll observes the tick the read ran in
+    assert turns.n == before + 2
+    text = metrics.render().decode()
+    assert "studios_gateway_reactor_ticks_total 2.0" in text
+    metrics.uninstrument_reactor()
+    reactor.doIteration(0)
+    assert turns.n == before + 3
+    assert "studios_gateway_reactor_ticks_total 2.0" in metrics.render().decode()
+    assert took
+
+
 def test_a_legacy_log_line_in_an_event_names_its_connection(reactor: Any, pair: Any) -> None:
     install(reactor)
     a, b = pair
@@ -165,7 +194,7 @@ def test_an_exception_escaping_an_event_is_logged_with_its_system(reactor: Any,
 def install_handle(reactor: Any, handle: Any) -> None:
     """Re-make the lean poll around another per-event handler (a test double)."""
     reactor._doReadOrWrite = handle
-    reactor.doIteration = reactor_loop._lean_poll(reactor)
+    reactor.doIteration = reactor_loop._lean_poll(reactor, reactor_loop.Hooks())
 
 
 def test_a_failing_read_disconnects_as_twisted_does(reactor: Any, pair: Any) -> None:
@@ -191,7 +220,7 @@ def test_an_interrupted_poll_returns_quietly(reactor: Any) -> None:
 
     real, reactor._poller = reactor._poller, Interrupted()
     try:
-        reactor_loop._lean_poll(reactor)(0)
+        reactor_loop._lean_poll(reactor, reactor_loop.Hooks())(0)
     finally:
         reactor._poller = real
 
