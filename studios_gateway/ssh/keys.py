@@ -7,9 +7,8 @@ and a warning says so. The same key authenticates the gateway to the studios'
 SSH servers, which pin its fingerprint.
 
 Users' public keys live behind :class:`UserKeys` (``async accepts(user, key)``).
-The gateway keeps them in the session registry (:mod:`studios_gateway.ssh.user_keys`);
-:class:`FileUserKeys` (memory plus one JSON file, the format of
-``<storage root>/ssh/user_keys.json``) serves the loopback tool and tests.
+The gateway keeps them in the session registry (:mod:`studios_gateway.ssh.user_keys`),
+which imports an older version's ``<storage root>/ssh/user_keys.json`` once.
 Keys are never logged, only fingerprints.
 """
 
@@ -37,10 +36,8 @@ from studios_gateway.registry.base import (
 )
 
 __all__ = [
-    "FileUserKeys",
     "HostKeyError",
     "KeysUnavailable",
-    "MemoryUserKeys",
     "UserKeys",
     "fingerprint",
     "load_host_key",
@@ -234,64 +231,3 @@ def write_key_file(path: Path, users: dict[str, list[str]]) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-
-
-class MemoryUserKeys:
-    """Users' keys in memory; the admin API edits them."""
-
-    def __init__(self) -> None:
-        self._keys: dict[str, list[str]] = {}
-
-    async def keys_for(self, user: str) -> list[Key]:
-        return [Key.fromString(line.encode()) for line in self._keys.get(user, [])]
-
-    async def accepts(self, user: str, key: Key) -> bool:
-        return any(k.blob() == key.blob() for k in await self.keys_for(user))
-
-    def lines(self, user: str) -> list[str]:
-        return list(self._keys.get(user, []))
-
-    def set_keys(self, user: str, lines: list[str]) -> None:
-        if lines:
-            self._keys[user] = list(lines)
-        else:
-            self._keys.pop(user, None)
-        self._saved()
-
-    def add_keys(self, user: str, lines: list[str]) -> list[str]:
-        have = self._keys.get(user, [])
-        blobs = {line.split()[1] for line in have}
-        merged = have + [line for line in lines if line.split()[1] not in blobs]
-        if len(merged) > MAX_KEYS_PER_USER:
-            raise ValueError(f"at most {MAX_KEYS_PER_USER} keys per user")
-        self.set_keys(user, merged)
-        return merged
-
-    def delete(self, user: str, fp: str | None = None) -> int:
-        """Forget all of a user's keys, or the one with fingerprint `fp`; how many went."""
-        have = self._keys.get(user, [])
-        if fp is None:
-            keep: list[str] = []
-        else:
-            keep = [line for line in have if fingerprint(Key.fromString(line.encode())) != fp]
-        self.set_keys(user, keep)
-        return len(have) - len(keep)
-
-    def _saved(self) -> None:
-        """Hook for persistence."""
-
-
-class FileUserKeys(MemoryUserKeys):
-    """Users' keys in memory, saved to one JSON file (written atomically, mode 0600)."""
-
-    def __init__(self, path: str | Path) -> None:
-        super().__init__()
-        self.path = Path(path)
-        self._keys.update(read_key_file(self.path))
-
-    @classmethod
-    def under(cls, storage_root: str) -> FileUserKeys:
-        return cls(key_file_path(storage_root))
-
-    def _saved(self) -> None:
-        write_key_file(self.path, self._keys)

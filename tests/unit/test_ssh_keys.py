@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 from pathlib import Path
@@ -20,7 +19,6 @@ from twisted.web.test.requesthelper import DummyRequest
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.ssh.api import UserKeysResource
 from studios_gateway.ssh.keys import (
-    FileUserKeys,
     HostKeyError,
     fingerprint,
     load_host_key,
@@ -117,20 +115,6 @@ def test_parse_public_keys() -> None:
         parse_public_keys('from="1.2.3.4" ' + _pub())
     with pytest.raises(ValueError, match="line 1"):
         parse_public_keys("ssh-ed25519 AAAAnotbase64!!")
-
-
-def test_file_user_keys_persist(tmp_path: Path) -> None:
-    import asyncio
-
-    store = FileUserKeys.under(str(tmp_path))
-    store.set_keys("alice", parse_public_keys(_pub()))
-    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
-    again = FileUserKeys.under(str(tmp_path))
-    keys = asyncio.run(again.keys_for("alice"))
-    assert [k.blob() for k in keys] == [Key(KEYS["ed25519"]).public().blob()]
-    assert asyncio.run(again.keys_for("bob")) == []
-    assert again.delete("alice", fingerprint(keys[0])) == 1
-    assert FileUserKeys.under(str(tmp_path)).lines("alice") == []
 
 
 def _call(resource: UserKeysResource, method: str, path: str,

@@ -16,7 +16,6 @@ from twisted.python.failure import Failure
 
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.ssh.channels import FlowChannel, FlowConnection
-from studios_gateway.ssh.keys import MemoryUserKeys
 from studios_gateway.ssh.policy import MaxStartups, StartupLimiter
 from studios_gateway.ssh.server import (
     GatewaySSHFactory,
@@ -26,11 +25,18 @@ from studios_gateway.ssh.server import (
 )
 
 
+class _NoKeys:
+    """Nobody has a registered key (these tests never get as far as a login)."""
+
+    async def accepts(self, user: str, key: Key) -> bool:
+        return False
+
+
 def _factory(clock: MemoryReactorClock, **settings: Any) -> GatewaySSHFactory:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     key = Key(ed25519.Ed25519PrivateKey.generate())
-    f = GatewaySSHFactory(host_key=key, user_keys=MemoryUserKeys(), store=MemoryStore(clock),
+    f = GatewaySSHFactory(host_key=key, user_keys=_NoKeys(), store=MemoryStore(clock),
                           dial=lambda sid, proto: False, settings=SSHSettings(**settings),
                           clock=clock)
     f.doStart()
