@@ -53,6 +53,7 @@ from studios_gateway.auth.cookies import (
     COOKIE_NAME,
     LOGIN_SCOPE,
     CookieCodec,
+    SessionCookie,
     Signer,
     clear_cookie_header,
     cookie_values,
@@ -301,10 +302,17 @@ class Auth:
     # Per request ----------------------------------------------------------------------
 
     def _studio_cookie(self, request: RequestInfo, session_id: str) -> Identity | None:
+        c = self._studio_claims(request, session_id)
+        return None if c is None else Identity(c.subject, session_id, c.login_id,
+                                               c.expires_at)
+
+    def _studio_claims(self, request: RequestInfo, session_id: str) -> SessionCookie | None:
+        """The first of the request's studio cookies that is valid for `session_id` and
+        whose login has not ended."""
         for value in cookie_values(request.headers, self.settings.studio_cookie_name):
             c = self._cookies.verify(value, session_id)
             if c is not None and not self.authorizer.is_logged_out(c.login_id):
-                return Identity(c.subject, session_id, c.login_id, c.expires_at)
+                return c
         return None
 
     def login_url(self, request: RequestInfo) -> str:
@@ -348,14 +356,14 @@ class Auth:
         cookie and decision), with the session's record; None: ask authorize_request."""
         if request.path.startswith(PREFIX):
             return None  # one of our routes: handle() answers it
-        who = self._studio_cookie(request, session_id)
-        if who is None:
+        c = self._studio_claims(request, session_id)
+        if c is None:
             return None
-        decision = self.authorizer.cached(session_id, who.subject)
+        decision = self.authorizer.cached(session_id, c.subject)
         if decision is None or not decision.allowed or decision.record is None:
             return None
-        return (Identity(who.subject, who.session_id, who.login_id, who.expires_at,
-                         decision.reason), decision.record)
+        return (Identity(c.subject, session_id, c.login_id, c.expires_at, decision.reason),
+                decision.record)
 
     def _decided(self, request: RequestInfo, who: Identity,
                  decision: Decision) -> Identity | Response:

@@ -273,7 +273,7 @@ class Exchange:
         self.target = target
         path, _, query = target.partition("?")
         self.info = RequestInfo(req.method.decode("ascii"), host, path, query,
-                                headers=tuple(raw), scheme=scheme,
+                                headers=raw, scheme=scheme,
                                 client=(peer, peer_port) if peer else None)
         self.upgrade = b"upgrade" in req.connection and req.upgrade_offered
         max_body = self.limits.max_body
@@ -322,11 +322,9 @@ class Exchange:
         # Every header value came from the client's checked head, from the transport
         # (the peer's address), from the session id (the tool route's) or was checked
         # by request_headers (the subject).
-        lines = [b"%s %s HTTP/1.1\r\n" % (req.method, target.encode())]
-        lines += [b"%s: %s\r\n" % nv for nv in headers]
-        lines.append(b"\r\n")
         codec.reader.expect(req.method)
-        return b"".join(lines)
+        return b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (
+            req.method, target.encode(), b"\r\n".join([b": ".join(nv) for nv in headers]))
 
     def pump_request(self, codec: ToolCodec) -> tuple[bytes, Step]:
         """The request body read so far, framed for the tool; COMPLETE includes its end."""

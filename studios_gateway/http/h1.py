@@ -379,7 +379,7 @@ class ResponseFramer:
 
 
 def _head(status: int, reason: bytes, headers: Headers) -> bytes:
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    lines += [b"%s: %s\r\n" % nv for nv in headers]
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    if not headers:
+        return b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason)
+    return b"HTTP/1.1 %d %s\r\n%s\r\n\r\n" % (
+        status, reason, b"\r\n".join([b": ".join(nv) for nv in headers]))

@@ -104,6 +104,9 @@ class UpstreamConnection(Protocol):
 
     def connectionMade(self) -> None:
         self.gate = Gate(self.transport)
+        #: Registered on each client's transport this connection serves (made once: the
+        #: same for every exchange on it).
+        self.client_full = GateProducer(self.gate, "client-full")
 
     def pacer(self, clock: Any) -> Pacer:
         """This connection's bandwidth pacer (made when a cap first needs it)."""
@@ -289,6 +292,8 @@ class ProxyProtocol(Protocol):
         no_delay(self.transport)  # small writes (WebSocket frames, heads) go out at once
         write_through(self.transport)  # ... in this turn when nothing waits before them
         self.gate = Gate(self.transport)
+        # Registered on each tool connection while it serves this client (made once).
+        self._upstream_full = GateProducer(self.gate, "upstream-full")
         f = self.factory
         self._client_pacer = Pacer(self.gate, f.reactor)
         self._reader = HeadReader(f.limits)
@@ -620,10 +625,9 @@ class ProxyProtocol(Protocol):
         else:
             data, step = ex.pump_request(conn.codec)
         conn.transport.write(head + data)
-        conn.transport.registerProducer(GateProducer(self.gate, "upstream-full"), True)
+        conn.transport.registerProducer(self._upstream_full, True)
         conn.has_producer = True
-        assert conn.gate is not None
-        self.transport.registerProducer(GateProducer(conn.gate, "client-full"), True)
+        self.transport.registerProducer(conn.client_full, True)
         self._has_producer = True
         self.gate.resume("dispatch")
         self._request_step(ex, step)
@@ -701,7 +705,9 @@ class ProxyProtocol(Protocol):
         if ex is None or ex.up is not conn:
             conn.close()
             return
-        self._pace(conn.pacer(self.factory.reactor), ex.session_id, len(data))
+        obs = self.factory.observer
+        if obs is not None and obs.throttles is not None:
+            self._pace(conn.pacer(self.factory.reactor), ex.session_id, len(data))
         conn.codec.receive(data)
         self._pump_response(ex, conn)
 
@@ -729,7 +735,7 @@ class ProxyProtocol(Protocol):
             self._response_timer.disarm()
 
     def _response_done(self, ex: Exchange, conn: UpstreamConnection) -> None:
-        self._cancel_response_timer()
+        # (the response timer: disarmed when the response started, or by _finish)
         ex.up = None
         self._detach(conn)
         if not conn.lost and ex.reusable(conn.codec):
@@ -850,7 +856,8 @@ class ProxyProtocol(Protocol):
             kind, started=self._started, duration=now - self._started,
             session_id=ex.session_id, tool=ex.tool.spec.name if ex.tool else "",
             subject=ex.subject,
-            client=client_address(ex.request.headers, self._peer, self._trusted),
+            client=(client_address(ex.request.headers, self._peer, True) if self._trusted
+                    else self._peer or ""),
             method=ex.request.method.decode("ascii", "replace"),
             path=path_only(ex.info.path if ex.info else ex.request.target.decode("latin-1")),
             status=ex.status, bytes_in=self._bytes_in - self._mark_in,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -10,15 +11,19 @@ from studios_gateway.http.routing import parse_host
 __all__ = ["RequestInfo"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestInfo:
-    """What the login logic needs to know about one HTTP request."""
+    """What the login logic needs to know about one HTTP request.
+
+    Not frozen: the proxy makes one per request, and a frozen dataclass sets each field
+    through ``object.__setattr__`` (0.66 against 0.11 us for these seven); none is changed
+    once made, and ``headers`` is the head's own list, never changed either."""
 
     method: str
     host: str  # the Host header as sent (may carry a port)
     path: str  # the request target's path, as received
     query: str = ""  # the raw query string, without '?'
-    headers: tuple[tuple[bytes, bytes], ...] = ()
+    headers: Sequence[tuple[bytes, bytes]] = ()
     scheme: str = "http"
     client: tuple[str, int] | None = None
 

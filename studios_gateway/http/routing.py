@@ -49,8 +49,11 @@ class Mode(Enum):
     PATH = "path"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Route:
+    """Not frozen: one is made per request, and a frozen dataclass sets each field through
+    ``object.__setattr__`` (about 0.1 us a field); none is changed once made."""
+
     session_id: str
     mode: Mode
     upstream_target: str  # path and query as asked (toolroute may strip the prefix)

@@ -32,6 +32,7 @@ __all__ = ["Meter", "Traffic"]
 
 TICK = 1.0
 _HTTP_IN, _HTTP_OUT = (HTTP, "in"), (HTTP, "out")
+_LABELS_MAX = 4096
 
 
 class Meter:
@@ -79,6 +80,8 @@ class Traffic:
         self.throttles = throttles
         self.usage = usage or Usage()
         self.meters: set[Meter] = set()
+        #: (status, tool) -> the labels http_done counts them under (_http_labels)
+        self._labels: dict[tuple[int | None, str], tuple[tuple[str, str], tuple[str]]] = {}
         self._loop: LoopingCall | None = None
 
     # Lifecycle ----------------------------------------------------------------------------
@@ -102,9 +105,11 @@ class Traffic:
 
     def http_done(self, f: Finished) -> None:
         m = self.metrics
-        tool = tool_label(f.tool)
-        m.requests.add((status_class(f.status), tool))
-        m.latency.observe((tool,), f.duration)
+        labels = self._labels.get((f.status, f.tool))
+        if labels is None:
+            labels = self._http_labels(f.status, f.tool)
+        m.requests.add(labels[0])
+        m.latency.observe(labels[1], f.duration)
         m.bytes.add(_HTTP_IN, f.bytes_in)
         m.bytes.add(_HTTP_OUT, f.bytes_out)
         if f.session_id:
@@ -115,6 +120,16 @@ class Traffic:
             if self.quota is not None:
                 self.quota.add(f.session_id, f.subject, f.bytes_in + f.bytes_out)
         self.access_log(f)
+
+    def _http_labels(self, status: int | None, tool: str
+                     ) -> tuple[tuple[str, str], tuple[str]]:
+        """The request counter's and the latency histogram's labels for a status and a
+        tool, remembered (bounded: statuses and tools are few)."""
+        label = tool_label(tool)
+        labels = ((status_class(status), label), (label,))
+        if len(self._labels) < _LABELS_MAX:
+            self._labels[(status, tool)] = labels
+        return labels
 
     # WebSockets and SSH sessions ------------------------------------------------------------
 
