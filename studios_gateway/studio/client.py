@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from studios_gateway import reactor_loop
 from studios_gateway.studio.settings import ClientSettings, Gateway
+from studios_gateway.studio.tool_link import ToolConnection, ToolEndpoint
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
 from studios_gateway.wire.carrier import CarrierEndpoint, ProxyConnect, WebSocketClient, proxy_for
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
@@ -95,16 +96,20 @@ class Backoff:
 
 
 class ToolSide(SpliceEnd):
-    """The tool end of a stream's splice: a TCP connection to 127.0.0.1:tool_port."""
+    """The tool end of a stream's splice: a TCP connection to 127.0.0.1:tool_port (a
+    ToolConnection, which reads and writes as the fitting below asks by itself)."""
+
+    direct = True  # a read of the tool's answer: straight to the stream's write
 
     def __init__(self, stream_end: StreamSide):
         super().__init__()
         self._stream_end = stream_end
 
     def connectionMade(self) -> None:
-        no_delay(self.transport)
-        bulk_buffers(self.transport, TOOL_BUFFER)
-        write_through(self.transport)
+        if not isinstance(self.transport, ToolConnection):
+            no_delay(self.transport)
+            bulk_buffers(self.transport, TOOL_BUFFER)
+            write_through(self.transport)
         join(self._stream_end, self)
 
 
@@ -112,6 +117,7 @@ class StreamSide(SpliceEnd):
     """The stream end: reads the one-byte target, connects it, then splices."""
 
     _log = Logger()
+    direct = True  # once spliced, a request goes straight to the target's write
 
     def __init__(self, client: ConnectClient):
         super().__init__()
@@ -119,16 +125,14 @@ class StreamSide(SpliceEnd):
         self._kind: bytes | None = None
 
     def dataReceived(self, data: bytes) -> None:
+        # Once spliced, join has bound the target transport's write in this method's
+        # place: only the stream's first bytes (and any before the target is up) come here.
         if self._kind is None:
             self._kind, data = data[:1], data[1:]
             self._open_target()
             if not data:
                 return
-        peer = self.peer
-        if peer is not None and peer.transport is not None:
-            peer.transport.write(data)  # spliced: straight to the target (every request)
-        else:
-            super().dataReceived(data)
+        super().dataReceived(data)
 
     def _open_target(self) -> None:
         self.transport.pauseProducing()
@@ -316,8 +320,8 @@ class ConnectClient(Service):
     # The tool ----------------------------------------------------------------
 
     def tool_endpoint(self) -> Any:
-        return endpoints.TCP4ClientEndpoint(self.reactor, self.settings.tool_host,
-                                            self.settings.tool_port, timeout=5)
+        return ToolEndpoint(self.reactor, self.settings.tool_host, self.settings.tool_port,
+                            timeout=5)
 
     def connect_tool(self, make: Callable[[], Protocol]) -> Deferred[Any]:
         """Connect to the tool, retrying for a while if it is (re)starting.

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from studios_gateway.demo.tool import make_root
 from studios_gateway.registry.base import SessionRecord, hash_token, new_token
@@ -47,6 +49,20 @@ class Collect(Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         if not self.done.called:
             self.done.callback(bytes(self.data))
+
+
+@implementer(IHalfCloseableProtocol)
+class CountToEOF(Protocol):
+    """A tool that reads until EOF, then answers with the byte count and closes."""
+
+    n = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.n += len(data)
+
+    def readConnectionLost(self) -> None:
+        self.transport.write(b"%d\n" % self.n)
+        self.transport.loseConnection()
 
 
 class TunnelTests(TestCase):
@@ -107,6 +123,22 @@ class TunnelTests(TestCase):
         self.assertEqual(json.loads(payload)["path"], "/api/info")
         holder = yield self.store.get_tunnel("s1")
         self.assertEqual(holder.node_id, "n1")
+
+    @defer.inlineCallbacks
+    def test_a_half_closed_stream_is_a_half_closed_tool_connection(self) -> Any:
+        tool = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(CountToEOF))
+        self.addCleanup(tool.stopListening)
+        self.tool_port = tool.getHost().port
+        c = self.client()
+        yield c.ready
+        stream = self.table.open_stream("s1")
+        assert stream is not None
+        proto = Collect(b"a" * 100_000)
+        stream.attach(proto)
+        stream.loseWriteConnection()  # the tool sees EOF, answers, and its EOF comes back
+        body = yield proto.done
+        self.assertEqual(body, b"100000\n")
 
     @defer.inlineCallbacks
     def test_bulk_both_ways(self) -> Any:
