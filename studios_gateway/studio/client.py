@@ -207,6 +207,9 @@ class TunnelClientProtocol(Protocol):
         self.mux = Multiplexer(is_client=True, clock=self.client.clock, on_stream=self._stream,
                                on_go_away=self._go_away, gather=True, **s)
         self.mux.makeConnection(self.transport)
+        deliver_to = getattr(self.transport, "deliver_to", None)
+        if deliver_to is not None:
+            deliver_to(self.mux)  # the tunnel's TLS reads go to the mux without this hop
         self.client.bound(self)
         if rest:
             self.mux.dataReceived(rest)

@@ -458,6 +458,9 @@ class TunnelServerProtocol(Protocol):
                                        ping_timeout=s.ping_timeout).encode())
         self._mux = tunnel.mux
         self._mux.makeConnection(self.transport)
+        deliver_to = getattr(self.transport, "deliver_to", None)
+        if deliver_to is not None:
+            deliver_to(self._mux)  # the tunnel's TLS reads go to the mux without this hop
 
     def _bind_failed(self, f: Failure, req: BindRequest) -> None:
         if f.check(BindError):

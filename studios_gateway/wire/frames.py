@@ -46,6 +46,7 @@ INITIAL_WINDOW = 256 * 1024  # every yamux stream starts with this receive windo
 MAX_U32 = 0xFFFF_FFFF
 
 HEADER_STRUCT = struct.Struct(">BBHII")  # version, type, flags, stream id, length
+_unpack_header = HEADER_STRUCT.unpack_from
 
 
 class ProtocolError(Exception):
@@ -66,7 +67,6 @@ class Frame(NamedTuple):
     data: bytes = b""
 
 
-SYN_ACK = SYN | ACK
 # Frame(...) without the Python-level __new__ a NamedTuple adds (the decoder makes one
 # per frame): tuple.__new__(Frame, fields).
 _new_frame = tuple.__new__
@@ -190,17 +190,25 @@ class FrameDecoder:
             self._pending = None
             raise
 
+    def lone_data(self, data: bytes) -> int:
+        """The stream id if ``data`` is exactly one whole Data frame with a payload and no
+        flags, and nothing of an earlier frame is held; else 0 (nothing decoded: then
+        :meth:`feed` it). Its payload is ``data[HEADER_SIZE:]``.
+
+        The common read (a request, an answer, a WebSocket message), checked as
+        check_header would, without making a Frame or a list for it."""
+        if self._pending is None and not self._head and self._error is None:
+            end = len(data)
+            if end > HEADER_SIZE and type(data) is bytes:
+                version, ftype, flags, sid, length = _unpack_header(data)
+                if (not ftype and not flags and not version and sid
+                        and length == end - HEADER_SIZE and length <= self.max_data):
+                    return sid
+        return 0
+
     def _feed(self, data: bytes) -> list[Frame]:
         end = len(data)
-        unpack = HEADER_STRUCT.unpack_from
-        if self._pending is None and not self._head and end >= HEADER_SIZE:
-            # The common read: exactly one whole Data frame (a request, an answer, a
-            # WebSocket message), checked as check_header would and handed out at once.
-            version, ftype, flags, sid, length = unpack(data)
-            if (ftype == DATA and length == end - HEADER_SIZE and not version and sid
-                    and not flags & ~ALL_FLAGS and (flags & SYN_ACK) != SYN_ACK
-                    and length <= self.max_data):
-                return [_new_frame(Frame, (DATA, flags, sid, length, data[HEADER_SIZE:]))]
+        unpack = _unpack_header
         frames: list[Frame] = []
         pos = 0
         max_data = self.max_data

@@ -62,6 +62,7 @@ from studios_gateway.wire.frames import (
     GO_AWAY_INTERNAL_ERROR,
     GO_AWAY_NORMAL,
     GO_AWAY_PROTOCOL_ERROR,
+    HEADER_SIZE,
     INITIAL_WINDOW,
     MAX_U32,
     PING,
@@ -735,8 +736,15 @@ class Multiplexer(Protocol):
             return
         if self._timer is not None:
             self.keepalive.heard(self.clock.seconds())
+        decoder = self._decoder
+        sid = decoder.lone_data(data)
         try:
-            for frame in self._decoder.feed(data):
+            if sid:  # the common read: one Data frame, what _frame would do with it
+                stream = self.streams.get(sid)
+                if stream is not None:
+                    stream._data_received(data[HEADER_SIZE:])
+                return
+            for frame in decoder.feed(data):
                 self._frame(frame)
                 if self.closed:
                     return

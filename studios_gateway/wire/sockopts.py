@@ -1,17 +1,23 @@
 """Socket options for tunnels and tool connections: Nagle off, bulk-sized buffers.
 
-:func:`bulk_buffers` and :func:`write_through` change one TCP transport. On a
-listener's connection they also give its port a transport class that does the same
-from birth (:func:`_fit_port`), so the port's later connections need nothing set on
-them: a single attribute added to a Twisted TCP transport after it was made costs
-CPython an attribute dict of its own (~830 bytes), and the per-connection closures
-~500 more: ~1.3-1.6 KiB per idle tunnel (docs/decisions/tunnel-framing.md "Memory
-per idle tunnel").
+:func:`bulk_buffers` and :func:`write_through` change one TCP transport by giving it
+a subclass of its Twisted class with the option in it (:func:`_fit`); on a listener's
+connection they also give its port that class, so the port's later connections are
+made with it and need nothing set on them: a single attribute added to a Twisted TCP
+transport after it was made costs CPython an attribute dict of its own (~830 bytes),
+and per-connection closures ~500 more: ~1.3-1.6 KiB per idle tunnel
+(docs/decisions/tunnel-framing.md "Memory per idle tunnel"). The class's methods also
+replace Twisted's for the hot path: a read is one call from the reactor to the
+protocol (:meth:`_AdaptiveReads.doRead`), a write one call to ``send``.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from twisted.internet import main
+from twisted.internet.tcp import EWOULDBLOCK
+from twisted.internet.tcp import Connection as _TwistedConnection
 
 # Read size and write-buffer threshold (see bulk_buffers) for the tunnel's TCP
 # connection and for the connect client's connections to the tool.
@@ -74,35 +80,15 @@ def bulk_buffers(transport: Any, size: int) -> None:
     tcp = _tcp_under(transport, "SEND_LIMIT")
     if tcp is None or getattr(tcp, "_bulk_size", None) == size:
         return  # nothing to do, or made by a fitted port with this size
-    if isinstance(tcp, _AdaptiveReads):  # fitted for another size (not one the code uses)
+    first = min(size, SMALL_READ)
+    if not isinstance(tcp, _AdaptiveReads) and _reads_like_twisted(type(tcp)):
+        _fit(tcp, _AdaptiveReads, _bulk_size=size, SEND_LIMIT=size, bufferSize=first)
+    if getattr(tcp, "_bulk_size", None) != size:
+        # Fitted for another size (no caller does it), or a transport whose class cannot
+        # be fitted (its reads stay ``size``): the sizes on this connection alone.
         tcp._bulk_size = size
         tcp.SEND_LIMIT = size
-        tcp.bufferSize = min(size, SMALL_READ)
-        return
-    _fit_port(tcp, _AdaptiveReads, _bulk_size=size, SEND_LIMIT=size,
-              bufferSize=min(size, SMALL_READ))
-    tcp.SEND_LIMIT = size
-    tcp.bufferSize = min(size, SMALL_READ)
-    received = getattr(tcp, "_dataReceived", None)  # Twisted: doRead hands each read here
-    if size <= SMALL_READ or received is None or getattr(tcp, "_adaptive_reads", False):
-        return
-
-    def read_size_follows(data: bytes | None) -> Any:
-        _follow_reads(tcp, data, size)
-        return received(data)
-
-    tcp._dataReceived = read_size_follows
-    tcp._adaptive_reads = True
-
-
-def _follow_reads(tcp: Any, data: bytes | None, size: int) -> None:
-    """Bulk-sized reads after a read that filled its buffer, small after a small one."""
-    if data:
-        n = len(data)
-        if n >= tcp.bufferSize:
-            tcp.bufferSize = size
-        elif n < SMALL_READ:
-            tcp.bufferSize = SMALL_READ
+    tcp.bufferSize = first if isinstance(tcp, _AdaptiveReads) else size
 
 
 def write_through(transport: Any) -> None:
@@ -117,38 +103,12 @@ def write_through(transport: Any) -> None:
     error handling; data already queued keeps its order (new data queues behind it).
     """
     tcp = _tcp_under(transport, "writeSomeData")
-    sock = getattr(tcp, "socket", None)
-    if tcp is None or sock is None or getattr(tcp, "_write_through", False):
+    if tcp is None or getattr(tcp, "socket", None) is None or isinstance(tcp, _WriteThrough):
         return
-    _fit_port(tcp, _WriteThrough, _write_through=True)
-    queue = tcp.write
-
-    def write(data: bytes) -> None:
-        rest = _send_now(tcp, sock, data)
-        if rest is not None:
-            queue(rest)
-
-    tcp.write = write
-    tcp._write_through = True
+    _fit(tcp, _WriteThrough)
 
 
-def _send_now(tcp: Any, sock: Any, data: bytes) -> bytes | None:
-    """Send what the socket takes now if nothing waits before it; what is left for the
-    transport's queue (None: all sent)."""
-    if (data and tcp.connected and not tcp.disconnecting
-            and not tcp._writeDisconnecting and not tcp._tempDataLen
-            and tcp.offset == len(tcp.dataBuffer)):
-        try:
-            sent = sock.send(data)
-        except OSError:
-            sent = 0  # a full socket (or an error the queue's send will report)
-        if sent == len(data):
-            return None
-        data = data[sent:]
-    return data
-
-
-# Transport classes for a listener's port -----------------------------------------------
+# Transport classes with the options from birth -------------------------------------------
 
 
 class _AdaptiveReads:
@@ -158,47 +118,95 @@ class _AdaptiveReads:
     _bulk_size: int
     bufferSize: int  # noqa: N815 - Twisted's name
     SEND_LIMIT: int
+    socket: Any
+    protocol: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # An instance key from birth, so that changing it later adds none (see the module).
         self.bufferSize = type(self).bufferSize
 
-    def _dataReceived(self, data: bytes | None) -> Any:
-        if self._bulk_size > SMALL_READ:
-            _follow_reads(self, data, self._bulk_size)
-        return super()._dataReceived(data)  # type: ignore[misc]
+    def doRead(self) -> Any:  # noqa: N802 - Twisted's name
+        """Twisted's ``tcp.Connection.doRead`` and ``_dataReceived`` in one call, the next
+        read's size set from this one's (see :func:`bulk_buffers`)."""
+        size = self.bufferSize
+        try:
+            data = self.socket.recv(size)
+        except OSError as se:
+            if se.args[0] == EWOULDBLOCK:
+                return None
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        n = len(data)
+        if n >= size:
+            self.bufferSize = self._bulk_size  # filled its buffer: bulk is coming
+        elif n < SMALL_READ < size:
+            self.bufferSize = SMALL_READ
+        self.protocol.dataReceived(data)
+        return None
 
 
 class _WriteThrough:
     """Mixin for a Twisted TCP transport class: :func:`write_through` from birth."""
 
-    _write_through = True
+    connected: bool
+    disconnecting: bool
+    _writeDisconnecting: bool  # noqa: N815 - Twisted's names
+    _tempDataLen: int  # noqa: N815
+    offset: int
+    dataBuffer: bytes  # noqa: N815
     socket: Any
 
     def write(self, data: bytes) -> None:
-        # No socket once Twisted's connectionLost ran (a TLS layer flushing its close
-        # from there): _send_now sends nothing then, the queue drops it as Twisted does.
-        rest = _send_now(self, getattr(self, "socket", None), data)
-        if rest is not None:
-            super().write(rest)  # type: ignore[misc]
+        """Send what the socket takes now if nothing waits before it; the rest (a partial
+        send, a full socket, an error the queue's send will report) to Twisted's queue.
+        ``connected`` is False from the start of Twisted's connectionLost, before the
+        socket goes: a TLS layer flushing its close from there queues, and the queue
+        drops it as Twisted does."""
+        if (data and self.connected and not self.disconnecting
+                and not self._writeDisconnecting and not self._tempDataLen
+                and self.offset == len(self.dataBuffer)):
+            try:
+                sent = self.socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        super().write(data)  # type: ignore[misc]
+
+
+def _reads_like_twisted(cls: type) -> bool:
+    """Whether ``cls`` reads with Twisted's own TCP ``doRead`` (which
+    :class:`_AdaptiveReads` stands in for; tests/unit/test_tunnel_sockopts.py pins it)."""
+    return getattr(cls, "doRead", None) is _TwistedConnection.doRead
 
 
 _FITTED: dict[tuple[type, type, tuple[tuple[str, Any], ...]], type] = {}
 
 
-def _fit_port(tcp: Any, mixin: type, **attributes: Any) -> None:
-    """Make the listening port that accepted ``tcp`` build its next connections with
-    ``mixin`` (and ``attributes``) in their class. Only Twisted's TCP ports, whose
-    ``transport`` class attribute is what they make each accepted connection with."""
-    port: Any = getattr(tcp, "server", None)
-    made = getattr(port, "transport", None)
-    if (not isinstance(made, type) or not issubclass(made, type(tcp))
-            or issubclass(made, mixin)):
-        return
-    key = (made, mixin, tuple(sorted(attributes.items())))
+def _fitted(base: type, mixin: type, attributes: dict[str, Any]) -> type:
+    key = (base, mixin, tuple(sorted(attributes.items())))
     fitted = _FITTED.get(key)
     if fitted is None:
-        fitted = _FITTED[key] = type(f"{mixin.__name__.lstrip('_')}{made.__name__}",
-                                     (mixin, made), {"__module__": __name__, **attributes})
-    port.transport = fitted
+        fitted = _FITTED[key] = type(f"{mixin.__name__.lstrip('_')}{base.__name__}",
+                                     (mixin, base), {"__module__": __name__, **attributes})
+    return fitted
+
+
+def _fit(tcp: Any, mixin: type, **attributes: Any) -> None:
+    """Give ``tcp`` a class with ``mixin`` (and ``attributes``) in it, and, for a connection
+    a Twisted TCP port accepted, make the port build its next connections with that class
+    (Twisted's ports make each accepted connection with their ``transport`` class
+    attribute). A connection whose class cannot be changed keeps Twisted's behaviour."""
+    port: Any = getattr(tcp, "server", None)
+    made = getattr(port, "transport", None)
+    if (isinstance(made, type) and issubclass(made, type(tcp))
+            and not issubclass(made, mixin)):
+        port.transport = _fitted(made, mixin, attributes)
+    if not isinstance(tcp, mixin):
+        try:
+            tcp.__class__ = _fitted(type(tcp), mixin, attributes)
+        except TypeError:
+            pass

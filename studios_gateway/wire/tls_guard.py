@@ -25,7 +25,7 @@ gateway's listeners (tunnel, HTTPS proxy, peers) that instead:
   end of the turn (a reactor turn of latency per write; the tunnel's multiplexer
   does its own gathering, see docs/decisions/tunnel-scheduling.md);
 - frees what its memory BIOs grew to (the handshake, a burst) once the
-  connection is quiet (wire/tls_memory.py).
+  connection is quiet (wire/tls_lean.py, wire/tls_memory.py).
 
 Until the handshake is done the TLS layer's protocol is a placeholder that
 learns of the handshake through Twisted's ``IHandshakeListener``, which the TLS
@@ -51,7 +51,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from studios_gateway.wire.tls_lean import LeanTLSProtocol
-from studios_gateway.wire.tls_memory import RenewingBIOs
 
 __all__ = ["GuardedTLSFactory", "HandshakeLimits"]
 
@@ -83,7 +82,7 @@ class _AwaitingHandshake(Protocol):
         self._guard.handshake_done()
 
 
-class _GuardedTLSProtocol(RenewingBIOs, LeanTLSProtocol):
+class _GuardedTLSProtocol(LeanTLSProtocol):
     """The guard over Twisted's TLS layer, writing at once (see :class:`_GuardedBuffered`)."""
 
     factory: GuardedTLSFactory

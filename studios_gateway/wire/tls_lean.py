@@ -29,20 +29,22 @@ tunnel holds what it held before). They belong to the reactor thread, and nothin
 in them is left uncopied when the application is called.
 
 When pyOpenSSL lacks something this uses (wire/openssl_private.py), the class is
-Twisted's path unchanged. See docs/decisions/tunnel-tls-path.md.
+Twisted's path unchanged (and memory BIOs are not renewed). See
+docs/decisions/tunnel-tls-path.md.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from OpenSSL import SSL
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from studios_gateway.wire import openssl_private as _private
 
-__all__ = ["DELIVER", "LEAN", "WRITE_CHUNK", "LeanTLSProtocol"]
+__all__ = ["DELIVER", "LEAN", "QUIET", "WRITE_CHUNK", "LeanTLSProtocol", "renew_bios"]
 
 #: Whether the lean path is in use (pyOpenSSL has everything it needs).
 LEAN = _private.AVAILABLE
@@ -71,7 +73,48 @@ if LEAN:
     _alloc = _ffi.new_allocator(should_clear_after_alloc=False)
     _in_buf = _alloc("char[]", DELIVER)
     _out_buf = _alloc("char[]", _OUT_ROOM)
-    _take = _ffi.buffer
+    _take = _ffi.unpack  # (char buffer, n): its first n bytes, as bytes
+
+#: A read of at most this many bytes (TLS records included) is a quiet one; a read
+#: or write above it marks the BIOs as grown. A BIO renewed at quiet times holds
+#: at most about a third more than this.
+QUIET = 4096
+
+
+def _bios(conn: SSL.Connection) -> tuple[Any, Any, Any] | None:
+    """(SSL*, read BIO, write BIO) of a memory-BIO connection, as pyOpenSSL made them."""
+    ssl, into, out = (getattr(conn, name, None) for name in ("_ssl", "_into_ssl", "_from_ssl"))
+    if ssl is None or into is None or out is None:
+        return None  # a socket connection, or a pyOpenSSL that keeps them elsewhere
+    return ssl, into, out
+
+
+def renew_bios(conn: SSL.Connection) -> bool:
+    """Give ``conn`` two new empty memory BIOs if both of its BIOs are empty.
+
+    What pyOpenSSL itself does when it makes the connection (``SSL_set_bio``
+    with two new ``BIO_s_mem``); OpenSSL frees the old BIOs. Returns whether it
+    did; False (nothing changed) when a BIO holds bytes or the connection is not
+    a memory-BIO one.
+    """
+    parts = _bios(conn)
+    if parts is None or not _private.AVAILABLE:
+        return False
+    _lib, _ffi = _private.lib, _private.ffi
+    ssl, into, out = parts
+    if _lib.BIO_get_mem_data(into, _ffi.NULL) or _lib.BIO_get_mem_data(out, _ffi.NULL):
+        return False
+    new_into = _lib.BIO_new(_lib.BIO_s_mem())
+    new_out = _lib.BIO_new(_lib.BIO_s_mem())
+    if new_into == _ffi.NULL or new_out == _ffi.NULL:
+        for bio in (new_into, new_out):
+            if bio != _ffi.NULL:
+                _lib.BIO_free(bio)
+        return False
+    _lib.SSL_set_bio(ssl, new_into, new_out)
+    conn._into_ssl, conn._from_ssl = new_into, new_out
+    return True
+
 
 #: :meth:`LeanTLSProtocol._read_outcome` of the peer's close_notify.
 _CLOSED = object()
@@ -79,26 +122,67 @@ _CLOSED = object()
 
 class LeanTLSProtocol(TLSMemoryBIOProtocol):
     """``TLSMemoryBIOProtocol`` whose post-handshake reads and writes take the lean
-    path (see the module). Every write is encrypted and sent when it is made."""
+    path (see the module), with its memory BIOs renewed once quiet (:meth:`renew_bios`).
+    Every write is encrypted and sent when it is made."""
+
+    # The handshake's flights have grown both BIOs by the time it is done.
+    _bios_grown: bool
+    #: Where a read's cleartext goes: the application (None) or what it named with
+    #: :meth:`deliver_to`.
+    _receiver: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Set here, in the same place for every connection, so that they join the
+        # instance attributes CPython shares between instances (set later, one makes the
+        # instance's attribute dict a full one of its own: ~460 bytes per connection).
+        self._bios_grown = True
+        self._receiver = None
+        self._producer = None  # Twisted's TLS layer sets it later (registerProducer): same
+
+    def deliver_to(self, receiver: Any) -> None:
+        """Hand every later read's cleartext straight to ``receiver.dataReceived``, not to
+        the application's: for an application that, once set up, passes all it reads to
+        another protocol (the tunnel's bind protocol to its multiplexer), one call less
+        per read. Everything else (the connection's end, the producer) still goes to the
+        application."""
+        self._receiver = receiver
+
+    def renew_bios(self) -> bool:
+        """Free the BIOs' buffers now if the connection allows it (wire/tls_memory.py)."""
+        conn = self._tlsConnection
+        if conn is None or not self._handshakeDone or self._lostTLSConnection:
+            return False
+        if renew_bios(conn):
+            self._bios_grown = False
+            return True
+        return False
 
     if LEAN:
 
         def dataReceived(self, data: bytes) -> None:
-            if not self._handshakeDone:
-                super().dataReceived(data)  # the handshake: Twisted's path throughout
-                return
+            # A read or write above QUIET marks the BIOs as grown; the next quiet read
+            # renews them (wire/tls_memory.py).
             n = len(data)
-            if _BIO_write(self._tlsConnection._into_ssl, data, n) != n:
-                raise MemoryError("OpenSSL could not take a TLS read into its memory BIO")
-            if self._appSendBuffer:
-                self._unbufferPendingWrites()
-            self._flushReceiveBIO()
+            if n > QUIET:
+                self._bios_grown = True
+            if self._handshakeDone:
+                if _BIO_write(self._tlsConnection._into_ssl, data, n) != n:
+                    raise MemoryError("OpenSSL could not take a TLS read into its memory BIO")
+                if self._appSendBuffer:
+                    self._unbufferPendingWrites()
+                self._flushReceiveBIO()
+            else:
+                super().dataReceived(data)  # the handshake: Twisted's path throughout
+            if n <= QUIET and self._bios_grown:
+                self.renew_bios()
 
         def _flushReceiveBIO(self) -> None:
             conn = self._tlsConnection
             if conn is None:
                 return
             ssl, into = conn._ssl, conn._into_ssl
+            receiver = self._receiver or self.wrappedProtocol
             got = 0
             while not self._lostTLSConnection:
                 result = _SSL_read(ssl, _in_buf + got, DELIVER - got)
@@ -110,22 +194,22 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                         # All that was read is out (OpenSSL reads no record ahead of
                         # the one it decrypts): no call that can only say "no more".
                         if not self._aborted:
-                            self.wrappedProtocol.dataReceived(_take(_in_buf, got)[:])
+                            receiver.dataReceived(_take(_in_buf, got))
                         break
-                    data, got = _take(_in_buf, got)[:], 0
+                    data, got = _take(_in_buf, got), 0
                     if not self._aborted:
-                        self.wrappedProtocol.dataReceived(data)
+                        receiver.dataReceived(data)
                     continue
                 # Asked at once: the application's writes change what it would say.
                 if _SSL_get_error(ssl, result) == _WANT_READ:
                     if got and not self._aborted:
-                        self.wrappedProtocol.dataReceived(_take(_in_buf, got)[:])
+                        receiver.dataReceived(_take(_in_buf, got))
                     break
                 # The connection's end or a failure: what pyOpenSSL makes of it now,
                 # acted on (as Twisted does) after the cleartext before it is delivered.
                 outcome = self._read_outcome(conn, ssl, result)
                 if got and not self._aborted:
-                    self.wrappedProtocol.dataReceived(_take(_in_buf, got)[:])
+                    receiver.dataReceived(_take(_in_buf, got))
                 if outcome is _CLOSED:
                     # The peer's close_notify: answer it; the application's
                     # connectionLost gets the transport's reason.
@@ -134,7 +218,11 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                 elif outcome is not None:
                     self._tlsShutdownFinished(outcome)
                 break
-            self._flushSendBIO()
+            # What reading made OpenSSL write (close_notify's answer, a key update);
+            # nothing, almost always: asked here without a call.
+            conn = self._tlsConnection
+            if conn is not None and _pending(conn._from_ssl, _NULL):
+                self._flushSendBIO()
 
         @staticmethod
         def _read_outcome(conn: Any, ssl: Any, result: int) -> Failure | object | None:
@@ -161,19 +249,19 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             buf = _out_buf if n <= _OUT_ROOM else _alloc("char[]", n)
             got = _BIO_read(out, buf, n)
             if got > 0:
-                self.transport.write(_take(buf, got)[:])  # type: ignore[union-attr]
+                self.transport.write(_take(buf, got))  # type: ignore[union-attr]
 
         def _write(self, data: bytes) -> None:
+            total = len(data)
+            if total > QUIET:
+                self._bios_grown = True
             if not self._handshakeDone or type(data) is not bytes:
                 super()._write(data)
                 return
-            if self._lostTLSConnection:
+            if self._lostTLSConnection or not total:
                 return
             conn = self._tlsConnection
             ssl = conn._ssl
-            total = len(data)
-            if not total:
-                return
             result = _SSL_write(ssl, data, total)
             if result == total:  # a small write: one record
                 self._flushSendBIO()

@@ -280,3 +280,20 @@ def test_a_wrong_pin_still_fails_the_handshake_with_pin_mismatch(certificate) ->
     pump.flush()
     assert client_app.lost is not None and client_app.lost.check(tls.PinMismatch)
     assert server_app.transport is None  # the gateway's application never saw it
+
+
+def test_deliver_to_hands_reads_to_another_protocol_and_the_end_to_the_application(
+        certificate) -> None:
+    """The tunnel's bind protocols hand the connection to their multiplexer this way:
+    its reads skip the application, its end (connectionLost) does not."""
+    clock, server_app, client_app, server_proto, client_proto, pump = _iosim_pair(certificate)
+    mux = App()
+    client_app.transport.write(b"bind")
+    pump.flush()
+    server_proto.deliver_to(mux)
+    client_app.transport.write(b"frames")
+    pump.flush()
+    assert bytes(server_app.received) == b"bind" and bytes(mux.received) == b"frames"
+    client_app.transport.loseConnection()
+    pump.flush()
+    assert server_app.lost is not None and mux.lost is None

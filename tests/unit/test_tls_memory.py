@@ -1,4 +1,4 @@
-"""RenewingBIOs: a TLS connection frees its memory BIOs' burst room once quiet."""
+"""BIO renewal: a TLS connection frees its memory BIOs' burst room once quiet."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.test.iosim import connectedServerAndClient
 
-from studios_gateway.wire import tls, tls_memory
+from studios_gateway.wire import tls, tls_lean, tls_memory
 from studios_gateway.wire.tls_guard import GuardedTLSFactory, HandshakeLimits
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -71,7 +71,7 @@ def renewals(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
             done.append(conn)
         return renewed
 
-    monkeypatch.setattr(tls_memory, "renew_bios", spy)
+    monkeypatch.setattr(tls_lean, "renew_bios", spy)  # what the TLS layer's read path calls
     return done
 
 

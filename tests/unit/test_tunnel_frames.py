@@ -159,3 +159,35 @@ def test_encoders_refuse_out_of_range_fields() -> None:
         frames.encode_go_away(9)
     assert frames.encode_ping(7, ack=True) == struct.pack(">BBHII", 0, PING, ACK, 0, 7)
     assert frames.encode_window_update(3, 10, RST) == struct.pack(">BBHII", 0, 1, RST, 3, 10)
+
+
+@given(st.one_of(headers, nearly_valid), st.binary(max_size=MAX_DATA + 2),
+       st.booleans())
+def test_a_lone_data_frame_is_what_feed_would_decode(h: tuple[int, ...], payload: bytes,
+                                                     held: bool) -> None:
+    """lone_data names a stream only for a read that feed would decode into exactly one
+    flagless Data frame with that payload, and decodes nothing itself."""
+    blob = struct.pack(">BBHII", h[0], h[1], h[2], h[3], len(payload)) + payload
+    decoder, other = FrameDecoder(MAX_DATA), FrameDecoder(MAX_DATA)
+    if held:  # half a header from an earlier read: this read is not a frame of its own
+        for d in (decoder, other):
+            d.feed(b"\0\0\0")
+    sid = decoder.lone_data(blob)
+    assert decoder.buffered == (3 if held else 0)
+    try:
+        got = other.feed(blob)
+    except ProtocolError:
+        assert sid == 0
+        return
+    if sid:
+        assert not held and got == [Frame(DATA, 0, sid, len(payload), payload)]
+    elif not held:
+        assert len(got) != 1 or got[0].flags or got[0].type != DATA or not payload
+
+
+def test_lone_data_of_a_broken_decoder_is_nothing() -> None:
+    decoder = FrameDecoder(MAX_DATA)
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"\x09" * 12)
+    assert decoder.lone_data(frames.encode_data(1, b"x")) == 0
+    assert decoder.lone_data(bytearray(frames.encode_data(1, b"x"))) == 0  # type: ignore[arg-type]

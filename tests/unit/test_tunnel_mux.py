@@ -492,6 +492,22 @@ def test_frames_for_unknown_streams_are_ignored() -> None:
     link = Link()
     link.server.dataReceived(frames.encode_data(9, b"late") + frames.encode_window_update(9, 5))
     assert not link.server.closed and link.t["server"].value() == b""
+    link.server.dataReceived(frames.encode_data(9, b"late"))  # a read that is one frame
+    assert not link.server.closed and link.t["server"].value() == b""
+
+
+def test_a_read_that_is_one_data_frame_follows_the_same_rules() -> None:
+    """The reads that are exactly one Data frame take a shorter way to their stream
+    (FrameDecoder.lone_data): delivered, windowed and refused after FIN as any other."""
+    link = Link()
+    local, mine, remote, theirs = open_pair(link)
+    link.client.dataReceived(frames.encode_data(local.stream_id, b"one"))
+    assert bytes(mine.data) == b"one" and local.receive_window < link.client.window_size
+    link.client.dataReceived(frames.encode_data(local.stream_id, b"", FIN))
+    assert mine.eof
+    link.client.dataReceived(frames.encode_data(local.stream_id, b"after"))
+    assert link.client.closed
+    assert take(link.t["client"])[-1] == Frame(GO_AWAY, 0, 0, frames.GO_AWAY_PROTOCOL_ERROR)
 
 
 Op = tuple[str, str, int]

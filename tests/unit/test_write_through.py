@@ -101,9 +101,9 @@ def test_a_listeners_next_connections_write_through_from_birth() -> None:
     a, b = socket.socketpair()
     first = Accepted(a, port)
     write_through(first)
-    assert "write" in vars(first)  # this one: set on the instance, as before
     made = port.transport
     assert issubclass(made, Accepted) and made is not Accepted
+    assert type(first) is made and "write" not in vars(first)  # this one: its class changed
     c, d = socket.socketpair()
     for s in (c, d):
         s.setblocking(False)
