@@ -658,25 +658,17 @@ class Multiplexer(Protocol):
     transport: Any
 
     _log = Logger()
-    # Frames waiting to go out together (open_stream's SYN, with ``gather`` a turn's
-    # later frames; see _write), and the one end-of-turn call that sends them if
-    # nothing else does. Class defaults: nothing per idle tunnel.
-    _held = b""
-    _turn_call: IDelayedCall | None = None
-    # With ``gather``: the turn (its number from wire/turns.py, or 0 without a counter)
-    # in which a frame last went out at once; later small frames of that turn are held.
-    _sent_turn = -1
-    # State that most tunnels never change, as class defaults: an instance gets its own
-    # value only when it changes. CPython 3.11 keeps up to 30 attribute names of a class
-    # in one table shared by its instances; the 31st gives that instance a dict of its
-    # own (~1.5 KiB per tunnel). tests/unit/test_tunnel_mux.py counts them.
-    _pumping = False
-    _transport_paused = False
+    # The state of a closing tunnel, as class defaults: an instance gets its own value
+    # only when it closes. CPython 3.11 keeps a class's instance attribute names in one
+    # table shared by its instances, of at most 29 names, and every instance made
+    # shrinks the room left for new names by one: a name first set after a few
+    # instances exist gives each instance that sets it a dict of its own (~1 KiB per
+    # tunnel). So every name a working tunnel sets is set in __init__ (all 29), and only
+    # a closing tunnel gets a dict. tests/unit/test_tunnel_mux.py checks both.
     local_go_away = False
     remote_go_away: int | None = None
     closed = False
     close_reason: Failure | None = None
-    _idle_waiters: list[Callable[[], None]] | None = None
 
     def __init__(self, *, is_client: bool, clock: IReactorTime,
                  window_size: int = DEFAULT_WINDOW, max_streams: int = 1024,
@@ -693,6 +685,8 @@ class Multiplexer(Protocol):
             raise ValueError(f"window_size must be between {INITIAL_WINDOW} and {MAX_U32}")
         if not 0 < max_frame_data <= window_size:
             raise ValueError("max_frame_data must be positive and at most window_size")
+        if ping_interval > 0 and ping_timeout <= ping_interval:
+            raise ValueError("ping_timeout must be longer than ping_interval")
         self.is_client = is_client
         self.clock = clock
         self.gather = gather
@@ -711,8 +705,6 @@ class Multiplexer(Protocol):
         self.on_go_away = on_go_away
         self.on_close = on_close
         self.streams: dict[int, Stream] = {}
-        if ping_interval > 0 and ping_timeout <= ping_interval:
-            raise ValueError("ping_timeout must be longer than ping_interval")
         self.keepalive = Keepalive(ping_timeout, clock.seconds())
         self._decoder = FrameDecoder(window_size)
         self._next_id = 1 if is_client else 2
@@ -720,6 +712,21 @@ class Multiplexer(Protocol):
         # the peer would be dead if nothing more is heard (whichever comes first).
         self._timer: IDelayedCall | None = None
         self._next_ping = 0.0
+        # Frames waiting to go out together (open_stream's SYN, with ``gather`` a turn's
+        # later frames; see _write), and the one end-of-turn call that sends them if
+        # nothing else does.
+        self._held = b""
+        self._turn_call: IDelayedCall | None = None
+        # With ``gather``: the turn (its number from wire/turns.py, or 0 without a
+        # counter) in which a frame last went out at once; later small frames of that
+        # turn are held.
+        self._sent_turn = -1
+        self._pumping = False
+        self._transport_paused = False
+        self._idle_waiters: list[Callable[[], None]] | None = None
+        # What makeConnection sets (Protocol's class defaults until then).
+        self.transport = None
+        self.connected = 0
 
     # Protocol -------------------------------------------------------------------------
 
