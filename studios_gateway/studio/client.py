@@ -436,11 +436,12 @@ class ConnectClient(Service):
         (CONNECT) when one applies, and for ws(s):// a WebSocket (in TLS for wss)."""
         proxy = proxy_for(gateway.host, dict(self.settings.proxy_environ))
         if proxy is None:
-            endpoint: Any = endpoints.HostnameEndpoint(self.reactor, gateway.host,
-                                                       gateway.port, timeout=10)
+            endpoint: Any = Unwrapped(endpoints.HostnameEndpoint(
+                self.reactor, gateway.host, gateway.port, timeout=10))
         else:
             endpoint = CarrierEndpoint(
-                endpoints.HostnameEndpoint(self.reactor, proxy[0], proxy[1], timeout=10),
+                Unwrapped(endpoints.HostnameEndpoint(self.reactor, proxy[0], proxy[1],
+                                                     timeout=10)),
                 lambda inner: ProxyConnect(inner, gateway.host, gateway.port), self.reactor)
         if gateway.carrier == "tls":
             return endpoint
@@ -553,6 +554,30 @@ class ConnectClient(Service):
         self._set_state("backing-off", "reconnecting in {delay:.1f}s", delay=delay)
         self._log.debug("next attempt in {delay:.2f}s", delay=delay)
         self._pending = self.clock.callLater(delay, self._connect)
+
+
+class Unwrapped:
+    """A client endpoint whose connections read straight into their protocol.
+
+    Twisted's client endpoints put a ``_WrappingProtocol`` between the transport and
+    the protocol to learn when the connection is made, and leave it there: every read
+    of the tunnel's TCP connection went through its ``dataReceived``. Once connected,
+    the transport is given the protocol itself (which the wrapper only passed events
+    to, and whose interfaces it mirrored)."""
+
+    def __init__(self, endpoint: Any):
+        self.endpoint = endpoint
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        return self.endpoint.connect(factory).addCallback(_unwrap)
+
+
+def _unwrap(protocol: Any) -> Any:
+    transport: Any = getattr(protocol, "transport", None)
+    wrapper = getattr(transport, "protocol", None)
+    if wrapper is not protocol and getattr(wrapper, "_wrappedProtocol", None) is protocol:
+        transport.protocol = protocol
+    return protocol
 
 
 async def _sleep(clock: Any, seconds: float) -> None:
