@@ -2,9 +2,8 @@
 
 Every byte of a request and of its answer crosses one of these connections, so the
 work per read and per write is kept to a call: :class:`ToolConnection` is a Twisted TCP
-client transport that reads in adaptive sizes and writes through by itself (what
-``sockopts.bulk_buffers`` and ``sockopts.write_through`` add to other transports with
-wrappers), with Nagle off from the start. :class:`ToolEndpoint` connects one without
+client transport with sockopts' adaptive reads and write-through in its class and Nagle
+off from the start. :class:`ToolEndpoint` connects one without
 Twisted's endpoint wrapper: its ``_WrappingProtocol`` stays between the transport and
 the protocol for the connection's life, a call per read. A read of the tool's answer is
 then ``doRead`` -> the stream's ``write`` (the splice binds it, ``wire/splice.py``), and a
@@ -14,72 +13,34 @@ request from the stream is the stream's delivery -> ``ToolConnection.write`` -> 
 from __future__ import annotations
 
 import socket
-from errno import EWOULDBLOCK
 from typing import Any
 
-from twisted.internet import error, main, tcp
+from twisted.internet import error, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, Factory
 from twisted.python.failure import Failure
 
-from studios_gateway.wire.sockopts import SMALL_READ, TOOL_BUFFER
+from studios_gateway.wire.sockopts import SMALL_READ, TOOL_BUFFER, _AdaptiveReads, _WriteThrough
 
 
-class ToolConnection(tcp.Client):
+# (ignore: the mixins declare connected/disconnecting as bool, Twisted's FileDescriptor int)
+class ToolConnection(_AdaptiveReads, _WriteThrough, tcp.Client):  # type: ignore[misc]
     """A connection to the tool: Nagle off, reads of :data:`SMALL_READ` growing to
     :data:`TOOL_BUFFER` while the tool sends in bulk, writes sent at once while nothing
     waits in the transport's buffer (a partial send, a full socket or an error leave the
-    rest to Twisted's queue, which keeps its backpressure and error handling)."""
+    rest to Twisted's queue, which keeps its backpressure and error handling): what
+    sockopts.bulk_buffers and write_through give a tunnel's transport, from birth."""
 
-    # Twisted's read size and write threshold (bulk_buffers' meaning); the adaptive read
-    # size is an instance key from birth (set in __init__).
+    # Twisted's read size and write threshold (bulk_buffers' meaning), and the size reads
+    # grow to; bulk_buffers finds them here and has nothing left to do.
     bufferSize = SMALL_READ
     SEND_LIMIT = TOOL_BUFFER
-    # What sockopts.bulk_buffers / write_through look for: nothing left for them to do.
     _bulk_size = TOOL_BUFFER
-    _write_through = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bufferSize = SMALL_READ
 
     def createInternetSocket(self) -> socket.socket:
         s = super().createInternetSocket()
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return s
-
-    def doRead(self) -> Any:
-        """One read, handed to the protocol (Twisted's doRead and _dataReceived in one),
-        with the read size following the reads (sockopts.bulk_buffers)."""
-        try:
-            data = self.socket.recv(self.bufferSize)
-        except OSError as se:
-            if se.errno == EWOULDBLOCK:
-                return None
-            return main.CONNECTION_LOST
-        if not data:
-            return main.CONNECTION_DONE
-        n = len(data)
-        if n >= self.bufferSize:
-            self.bufferSize = TOOL_BUFFER
-        elif n < SMALL_READ:
-            self.bufferSize = SMALL_READ
-        self.protocol.dataReceived(data)
-        return None
-
-    def write(self, data: bytes) -> None:
-        """Send now when nothing waits before ``data`` (sockopts.write_through)."""
-        if (data and self.connected and not self.disconnecting
-                and not self._writeDisconnecting and not self._tempDataLen
-                and self.offset == len(self.dataBuffer)):
-            try:
-                sent = self.socket.send(data)
-            except OSError:
-                sent = 0  # a full socket (or an error the queue's send will report)
-            if sent == len(data):
-                return
-            data = data[sent:]
-        super().write(data)
 
     def _connectDone(self) -> None:
         super()._connectDone()

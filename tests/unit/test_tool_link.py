@@ -71,7 +71,8 @@ def test_reads_grow_to_the_bulk_size_after_a_full_one_and_shrink_after_a_small_o
 
 
 def test_eof_would_block_and_errors_read_as_twisted_reads_them() -> None:
-    sock = Socket([BlockingIOError(errno.EAGAIN, "again"), ConnectionResetError(), 0])
+    sock = Socket([BlockingIOError(errno.EAGAIN, "again"),
+                   ConnectionResetError(errno.ECONNRESET, "reset"), 0])
     t = connection(sock)
     assert t.doRead() is None
     assert t.doRead() is main.CONNECTION_LOST
