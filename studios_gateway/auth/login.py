@@ -82,6 +82,7 @@ __all__ = [
     "Response",
     "SUBJECT_HEADER",
     "GATEWAY_COOKIES",
+    "strip_auth_cookie",
     "strip_auth_cookies",
 ]
 
@@ -146,10 +147,35 @@ def strip_auth_cookies(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[byt
         if k.lower() != b"cookie":
             out.append((k, v))
             continue
-        kept = [c for c in v.decode("latin-1").split(";")
-                if c.strip() and c.partition("=")[0].strip().lower() not in GATEWAY_COOKIES]
-        if kept:
-            out.append((k, ";".join(kept).strip().encode("latin-1")))
+        kept = strip_auth_cookie(v)
+        if kept is not None:
+            out.append((k, kept))
+    return out
+
+
+# strip_auth_cookie's answers for the Cookie values seen lately: a browser sends the same
+# value on each request until a cookie changes. Bounded by count and length; once full,
+# the oldest answer goes. (The values are secrets the process holds anyway, like
+# CookieCodec's cache of verified cookies.)
+_STRIPPED: dict[bytes, bytes | None] = {}
+_STRIPPED_MAX = 256
+_STRIPPED_LONGEST = 4096
+
+
+def strip_auth_cookie(value: bytes) -> bytes | None:
+    """One Cookie header's value without the gateway's own cookies; None when nothing is
+    left of it."""
+    try:
+        return _STRIPPED[value]
+    except KeyError:
+        pass
+    kept = [c for c in value.decode("latin-1").split(";")
+            if c.strip() and c.partition("=")[0].strip().lower() not in GATEWAY_COOKIES]
+    out = ";".join(kept).strip().encode("latin-1") if kept else None
+    if len(value) <= _STRIPPED_LONGEST:
+        if len(_STRIPPED) >= _STRIPPED_MAX:
+            del _STRIPPED[next(iter(_STRIPPED))]
+        _STRIPPED[value] = out
     return out
 
 

@@ -21,7 +21,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from studios_gateway.auth.login import GATEWAY_COOKIES, strip_auth_cookies
+from studios_gateway.auth.login import GATEWAY_COOKIES, strip_auth_cookie
 from studios_gateway.config import default_of
 from studios_gateway.http import pages
 from studios_gateway.http.h1 import (
@@ -50,7 +50,7 @@ __all__ = ["Answer", "Exchange", "HeadReader", "HeadRefused", "Limits", "NotForw
 _NONE: frozenset[bytes] = frozenset()
 
 
-def _bare_lf(buf: bytearray, start: int, end: int) -> bool:
+def _bare_lf(buf: bytes | bytearray, start: int, end: int) -> bool:
     """Whether buf[start:end] holds a LF that is not the end of a CRLF (the byte before
     `start` counts as the CR of a LF at `start`): every LF there is counted, then every
     CRLF whose LF is there. Two C-level counts; the regex with a lookbehind it replaces
@@ -181,6 +181,32 @@ class HeadReader:
         head, rest = bytes(buf[: end + 4]), bytes(buf[end + 4 :])
         buf.clear()
         self._forget()
+        return self._exchange(head, rest)
+
+    def take_read(self, data: bytes) -> Exchange | HeadRefused | None:
+        """``feed(data)`` then ``take()``, without copying `data` into the buffer when it
+        starts a head (nothing waits before it) and holds all of it: a keep-alive
+        client's usual read. Anything else, refusals included, goes the general way."""
+        if self.buf or data[:2] == b"\r\n":
+            self.feed(data)
+            return self.take()
+        lim = self.limits
+        end = data.find(b"\r\n\r\n")
+        line_end = data.find(b"\r\n")
+        if (end == -1 or end + 4 > lim.max_header_bytes or line_end > lim.max_request_line
+                or _bare_lf(data, 0, end + 4)):
+            self.feed(data)
+            return self.take()
+        # What take's searches would have examined: the request line, the blank line and
+        # the bare-LF count, each from the start.
+        self.work += line_end + 2 + 2 * (end + 4)
+        if end + 4 == len(data):
+            return self._exchange(data, b"")
+        return self._exchange(data[: end + 4], data[end + 4 :])
+
+    def _exchange(self, head: bytes, rest: bytes) -> Exchange | HeadRefused:
+        """The exchange of the complete request head `head`, `rest` the bytes after it."""
+        lim = self.limits
         request = parse_request_head(head, max_request_line=lim.max_request_line,
                                      max_header_count=lim.max_header_count)
         if isinstance(request, HeadProblem):
@@ -296,7 +322,7 @@ class Exchange:
         """The request head for the tool; NotForwardable when it cannot be sent."""
         assert self.route is not None
         req = self.request
-        raw = strip_auth_cookies(req.headers)
+        raw = req.headers
         framing = None
         if req.chunked:
             framing = (b"Transfer-Encoding", b"chunked")
@@ -307,12 +333,13 @@ class Exchange:
         tool = self.tool
         try:
             # Host first; what the tool route sets is dropped from the client's headers
-            # and appended (its ToolRoute.request_headers, in the same pass).
+            # and appended (its ToolRoute.request_headers, in the same pass); the login's
+            # cookies taken out of Cookie headers (strip_auth_cookies, in the same pass).
             headers = request_headers(
                 raw, peer=peer, trusted=trusted,
                 scheme=scheme, subject=self.subject, upgrade=self.upgrade, framing=framing,
                 connection=req.connection, drop=tool.drop if tool is not None else _NONE,
-                host_first=True)
+                host_first=True, cookie=strip_auth_cookie)
         except ValueError as e:
             raise NotForwardable(str(e)) from None
         target = self.route.upstream_target

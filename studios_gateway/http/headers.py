@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -284,7 +284,8 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
                     trusted: bool, scheme: str, subject: str, upgrade: bool,
                     framing: tuple[bytes, bytes] | None,
                     connection: AbstractSet[bytes] | None = None,
-                    drop: frozenset[bytes] = _NOTHING, host_first: bool = False) -> Headers:
+                    drop: frozenset[bytes] = _NOTHING, host_first: bool = False,
+                    cookie: Callable[[bytes], bytes | None] | None = None) -> Headers:
     """The header list to send the tool.
 
     ``framing`` is the body framing to forward (``(b"Content-Length", n)`` or
@@ -297,7 +298,8 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
     For the tool's request head in the same pass: ``connection`` the Connection
     options when the caller read them already; ``drop`` more lower-case names that
     must not reach the tool (the tool route's), whoever set them; ``host_first``
-    puts Host before the other headers.
+    puts Host before the other headers; ``cookie`` what a Cookie header's value becomes
+    (None: the header goes), e.g. the login's cookies taken out.
     """
     sub_value = subject.encode("utf-8")
     if not field_value_ok(sub_value):
@@ -322,6 +324,12 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
             if host_first:
                 hosts.append((n, v))
                 continue
+        elif name == b"cookie":
+            if cookie is not None:
+                kept = cookie(v)
+                if kept is None:
+                    continue
+                v = kept
         elif name in ours:
             if trusted:
                 if name == b"x-forwarded-for":
@@ -368,13 +376,30 @@ def client_response_headers(headers: Sequence[tuple[bytes, bytes]], reserved: fr
     """A tool's final response headers for the client in one pass: what
     ``tool_set_cookies(response_headers(headers, upgrade=False), reserved)`` gives, the
     lower-case names of that list (for the framing) and whether a cookie changed."""
-    drop = _hop_by_hop_names(headers, False)
+    # The usual case in one pass: Connection names only hop-by-hop headers (keep-alive,
+    # close), so the names dropped are the hop-by-hop set; else a second pass without
+    # what Connection names too.
+    got = _response_pass(headers, reserved, _HOP_BY_HOP, True)
+    if got is None:
+        got = _response_pass(headers, reserved, _hop_by_hop_names(headers, False), False)
+        assert got is not None
+    return got
+
+
+def _response_pass(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset[str],
+                   drop: AbstractSet[bytes], check_connection: bool
+                   ) -> tuple[Headers, list[bytes], bool] | None:
+    """client_response_headers without the (lower-case) names in `drop`; None when
+    `check_connection` and a Connection header names more than hop-by-hop headers."""
     out: Headers = []
     names: list[bytes] = []
     changed = False
     for name, value in headers:
         lname = name.lower()
         if lname in drop:
+            if (check_connection and lname == b"connection"
+                    and not connection_options(value) <= _HOP_BY_HOP):
+                return None
             continue
         if lname == b"set-cookie":
             new = tool_set_cookie(value, reserved)

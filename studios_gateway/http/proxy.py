@@ -409,19 +409,18 @@ class ProxyProtocol(Protocol):
         if ex is not None and ex.route is not None:
             self._pace(self._client_pacer, ex.session_id, len(data))
         if ex is None:
-            assert self._reader is not None
-            self._reader.feed(data)
-            self._read_head()
+            self._read_head(data)
             return
         if ex.client_data(data):
             self.gate.pause("pipeline")
         elif not ex.client_done and ex.up is not None:
             self._pump_request(ex)
 
-    def _read_head(self) -> None:
+    def _read_head(self, data: bytes | None = None) -> None:
+        """The next request head from what the reader holds and `data` (a new read)."""
         reader = self._reader
         assert reader is not None
-        got = reader.take()
+        got = reader.take() if data is None else reader.take_read(data)
         if self._idle and (got is not None or reader.buf):
             self._idle = False
             if got is None:  # a complete head disarms the idle timer below instead

@@ -71,15 +71,19 @@ def _clf_time(started: float) -> str:
 def text_line(f: Finished, node: str) -> str:
     """A combined-log-like line: client, user, time, request, status, bytes, then
     key=value fields."""
-    status = str(f.status) if f.status is not None else "-"
-    request = f"{_quote(f.method)} {_quote(f.path)}"
-    fields = [f"in={f.bytes_in}", f"out={f.bytes_out}", f"duration={f.duration:.3f}",
-              f"kind={f.kind}", f"session={_quote(f.session_id)}", f"tool={_quote(f.tool)}",
-              f"node={_quote(node)}"]
+    # _quote's remembered answers asked directly (each is a non-empty text); _quote
+    # works out the others.
+    q = _QUOTED.get
+    line = (f"{q(f.client) or _quote(f.client)} - {q(f.subject) or _quote(f.subject)} "
+            f"[{_clf_time(f.started)}] "
+            f"\"{q(f.method) or _quote(f.method)} {q(f.path) or _quote(f.path)}\" "
+            f"{'-' if f.status is None else f.status} {f.bytes_out} "
+            f"in={f.bytes_in} out={f.bytes_out} duration={f.duration:.3f} kind={f.kind} "
+            f"session={q(f.session_id) or _quote(f.session_id)} "
+            f"tool={q(f.tool) or _quote(f.tool)} node={q(node) or _quote(node)}")
     if f.reason:
-        fields.append(f'reason="{_escape(f.reason, _UNSAFE_QUOTED)}"')
-    return (f"{_quote(f.client)} - {_quote(f.subject)} [{_clf_time(f.started)}] "
-            f"\"{request}\" {status} {f.bytes_out} " + " ".join(fields))
+        line += f' reason="{_escape(f.reason, _UNSAFE_QUOTED)}"'
+    return line
 
 
 def json_line(f: Finished, node: str) -> str:

@@ -1,0 +1,81 @@
+"""The proxy's shortcuts for a keep-alive client's usual read say what the general way
+says: HeadReader.take_read (a read that starts a head, taken without the buffer) against
+feed + take, and strip_auth_cookie's remembered answers against the answer worked out."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from studios_gateway.auth import login
+from studios_gateway.auth.login import strip_auth_cookie
+from studios_gateway.http.exchange import Exchange, HeadReader, HeadRefused, Limits
+
+LIMITS = Limits(max_request_line=64, max_header_bytes=256, max_header_count=6)
+
+_PIECES = st.sampled_from([
+    b"GET / HTTP/1.1", b"GET /a?b=c HTTP/1.0", b"POST /x HTTP/1.1", b"GET  / HTTP/1.1",
+    b"GET /" + b"x" * 80 + b" HTTP/1.1", b"\r\n", b"\n", b"\r", b"\r\n\r\n",
+    b"Host: a.studios.test", b"Host: b", b"Content-Length: 3", b"Content-Length: x",
+    b"Transfer-Encoding: chunked", b"Connection: close, upgrade", b"Upgrade: websocket",
+    b" folded", b"X-Long: " + b"v" * 200, b"Bad Name: 1", b"X: a\x00b", b"X: trailing ",
+    b"abc", b"", b"0\r\n\r\n",
+])
+
+
+def _outcome(got: Exchange | HeadRefused | None, reader: HeadReader) -> object:
+    if isinstance(got, Exchange):
+        req = got.request
+        return ("exchange", req.method, req.target, req.version, req.headers, req.keep_alive,
+                req.upgrade_offered, req.content_length, req.chunked, req.host,
+                req.connection, got.body.done, bytes(got.body._buf))
+    if isinstance(got, HeadRefused):
+        return ("refused", got.status, got.why)
+    return ("more", bytes(reader.buf))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, min_size=1, max_size=8), st.lists(_PIECES, max_size=3))
+def test_take_read_says_what_feed_and_take_say(first: list[bytes], second: list[bytes]
+                                               ) -> None:
+    reads = [b"".join(first)] + ([b"".join(second)] if second else [])
+    fast, slow = HeadReader(LIMITS), HeadReader(LIMITS)
+    for data in reads:
+        got_fast = fast.take_read(data)
+        slow.feed(data)
+        got_slow = slow.take()
+        assert _outcome(got_fast, fast) == _outcome(got_slow, slow)
+        if got_slow is not None:
+            break
+
+
+def test_take_read_of_a_whole_head_keeps_what_follows_for_the_body() -> None:
+    reader = HeadReader(Limits())
+    got = reader.take_read(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nokGET")
+    assert isinstance(got, Exchange)
+    assert got.body.read() == b"ok" and got.body.done and got.body.leftover() == b"GET"
+    assert not reader.buf
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a=1", " b=2", "__Host-connect_session=x",
+                                 "connect_session=y", "CONNECT_SESSION=z", "", " ", "c",
+                                 "__host-connect_login=q", "d=\"e\""]), max_size=5))
+def test_a_remembered_cookie_answer_is_the_answer(parts: list[str]) -> None:
+    value = ";".join(parts).encode("latin-1")
+    login._STRIPPED.clear()
+    first = strip_auth_cookie(value)  # worked out (and remembered)
+    assert strip_auth_cookie(value) == first  # remembered
+    kept = [c for c in parts if c.strip()
+            and c.partition("=")[0].strip().lower() not in login.GATEWAY_COOKIES]
+    assert first == (";".join(kept).strip().encode("latin-1") if kept else None)
+
+
+def test_the_remembered_cookie_answers_are_bounded() -> None:
+    login._STRIPPED.clear()
+    for i in range(login._STRIPPED_MAX + 50):
+        strip_auth_cookie(b"a=%d; __Host-connect_session=x" % i)
+    strip_auth_cookie(b"a=" + b"x" * (login._STRIPPED_LONGEST + 1))
+    assert len(login._STRIPPED) == login._STRIPPED_MAX
+    assert all(len(v) <= login._STRIPPED_LONGEST for v in login._STRIPPED)
+    assert b"a=0; __Host-connect_session=x" not in login._STRIPPED  # the oldest went
