@@ -162,7 +162,11 @@ def _lean_poll(reactor: Any, hooks: Hooks) -> Callable[[float | None], None]:
             if not where or where[0] is not context.theContextTracker:
                 where[:] = _context_stack()
             stack, base = where[1], where[2]
+            left = len(events)
             for fd, event in events:
+                left -= 1
+                if turns is not None:
+                    turns.more = left  # the events of this poll after this one
                 selectable = selectables.get(fd)
                 if selectable is None:
                     continue

@@ -937,20 +937,24 @@ class Multiplexer(Protocol):
     def _write(self, data: bytes) -> None:
         """Every frame goes out here, behind whatever is held (open_stream): at once, or
         with ``gather``, at once if it is the tunnel's first send of this reactor turn
-        and otherwise (below GATHER_LIMIT) with the turn's other frames at its end.
+        and no event of the turn's poll is still to come (wire/turns.py's ``more``), and
+        otherwise (below GATHER_LIMIT) with the turn's other frames: at the poll's last
+        event's frame, or at the turn's end.
 
-        A turn that answers N requests (N client reads in one poll) then makes two sends
-        on the tunnel instead of N, and encrypts two TLS records (the tunnel's TLS writes
+        A turn that answers N requests (N client reads in one poll) then makes one send
+        on the tunnel instead of N, and encrypts one TLS record (the tunnel's TLS writes
         at once); a lone message (one request at a time, a WebSocket echo) still goes
-        out in the call that wrote it, and with the reactor's turn counter
-        (wire/turns.py) sets no timer either: the end-of-turn call is made only once a
-        frame is held. Without a counter (a fake clock) the first send sets it."""
+        out in the call that wrote it, and with the reactor's turn counter sets no timer
+        either: the end-of-turn call is made only once a frame is held. Without a
+        counter (a fake clock) the first send sets it; without the lean poll (no
+        ``more``) a turn's first frame goes out at once."""
         if self._held:
             data, self._held = self._held + data, b""
         if self.gather:
             turns = self._turns
             turn = turns.n if turns is not None else 0
-            if turn == self._sent_turn and len(data) < GATHER_LIMIT:
+            if len(data) < GATHER_LIMIT and (turn == self._sent_turn
+                                             or (turns is not None and turns.more)):
                 self._held = data
                 if self._turn_call is None:
                     self._turn_call = self.clock.callLater(0, self._turn_ended)

@@ -24,12 +24,18 @@ __all__ = ["Turns", "turns_of"]
 
 
 class Turns:
-    """``n`` is the number of the reactor iteration in progress (it only grows)."""
+    """``n`` is the number of the reactor iteration in progress (it only grows).
 
-    __slots__ = ("n", "wrapper")
+    ``more``: while the lean poll hands out the events of one poll, how many of them
+    come after the one being handled (0 at the last one, and on a reactor without the
+    lean poll). A frame written while ``more`` is not 0 can wait for the poll's later
+    events to add theirs (docs/decisions/tunnel-scheduling.md)."""
+
+    __slots__ = ("n", "more", "wrapper")
 
     def __init__(self) -> None:
         self.n = 0
+        self.more = 0
         self.wrapper: Any = None
 
 

@@ -158,6 +158,31 @@ def test_the_turn_counter_and_the_tick_metric_are_hooks_not_wrappers(reactor: An
     assert took
 
 
+def test_the_turn_counter_says_how_many_events_of_the_poll_come_after_this_one(
+        reactor: Any) -> None:
+    from studios_gateway.wire.turns import turns_of
+
+    install(reactor)
+    turns = turns_of(reactor)
+    assert turns is not None
+    seen: list[int] = []
+    pairs = [socket.socketpair() for _ in range(3)]
+    readers = [Reader(reactor, a, f"R{n}", lambda: seen.append(turns.more))
+               for n, (a, _) in enumerate(pairs)]
+    try:
+        for reader, (a, b) in zip(readers, pairs, strict=True):
+            a.setblocking(False)
+            reactor.addReader(reader)
+            b.send(b"x")
+        reactor.doIteration(1)  # one poll, three readable sockets
+        assert seen == [2, 1, 0] and turns.more == 0
+    finally:
+        for reader, (a, b) in zip(readers, pairs, strict=True):
+            reactor.removeReader(reader)
+            a.close()
+            b.close()
+
+
 def test_a_legacy_log_line_in_an_event_names_its_connection(reactor: Any, pair: Any) -> None:
     install(reactor)
     a, b = pair

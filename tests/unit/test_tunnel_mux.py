@@ -220,6 +220,45 @@ def test_with_a_turn_counter_a_turns_later_frames_wait_for_its_end() -> None:
     assert transport.writes == 5 and clock.turn_ends() == []
 
 
+def test_a_frame_written_before_the_polls_last_event_waits_for_the_others() -> None:
+    """A poll that returned several events (several browsers' requests): the turn's
+    first frame waits too while events of the same poll are still to come, and the
+    frames go out in one write at the last one's frame, or at the turn's end."""
+    from studios_gateway.wire.turns import turns_of
+
+    clock = TurnClock()
+    mux = Multiplexer(is_client=True, clock=clock, gather=True)
+    transport = CountingTransport()
+    mux.makeConnection(transport)
+    turns = turns_of(clock)
+    assert turns is not None
+    a, b = mux.open_stream(), mux.open_stream()
+    clock.advance(0)
+    sent = transport.writes
+    clock.next_turn()
+    turns.more = 2  # the first of three events
+    a.write(b"a1")
+    turns.more = 1
+    b.write(b"b1")
+    assert transport.writes == sent and len(clock.turn_ends()) == 1
+    turns.more = 0  # the last: its frame takes the held ones along
+    a.write(b"a2")
+    assert transport.writes == sent + 1
+    assert [f.data for f in parse(transport.value()) if f.type == DATA] == [b"a1", b"b1", b"a2"]
+    clock.advance(0)  # the turn's end: nothing left to send
+    assert transport.writes == sent + 1
+    clock.next_turn()
+    turns.more = 1  # held, and the poll's last event writes nothing here: the turn's end
+    b.write(b"b2")
+    turns.more = 0
+    assert transport.writes == sent + 1
+    clock.advance(0)
+    assert transport.writes == sent + 2
+    clock.next_turn()
+    b.write(b"b3")  # a poll of one event: at once, no timer
+    assert transport.writes == sent + 3 and clock.turn_ends() == []
+
+
 def test_the_turn_counter_wraps_again_after_someone_restores_the_loop() -> None:
     from studios_gateway.wire.turns import turns_of
 
