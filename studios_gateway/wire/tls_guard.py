@@ -25,7 +25,8 @@ gateway's listeners (tunnel, HTTPS proxy, peers) that instead:
   end of the turn (a reactor turn of latency per write; the tunnel's multiplexer
   does its own gathering, see docs/decisions/tunnel-scheduling.md);
 - frees what its memory BIOs grew to (the handshake, a burst) once the
-  connection is quiet (wire/tls_lean.py, wire/tls_memory.py).
+  connection is quiet (wire/tls_lean.py, wire/tls_memory.py), and the client's
+  key share OpenSSL keeps from the handshake (wire/openssl_peer_key.py).
 
 Until the handshake is done the TLS layer's protocol is a placeholder that
 learns of the handshake through Twisted's ``IHandshakeListener``, which the TLS
@@ -50,6 +51,7 @@ from twisted.protocols.tls import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from studios_gateway.wire import openssl_peer_key
 from studios_gateway.wire.tls_lean import LeanTLSProtocol
 
 __all__ = ["GuardedTLSFactory", "HandshakeLimits"]
@@ -108,6 +110,9 @@ class _GuardedTLSProtocol(LeanTLSProtocol):
         if not self._pending:
             return
         self._finish(OK)
+        # The client's key share is of no more use; OpenSSL would keep it (~6.8 KiB with
+        # the hybrid key exchange) as long as the connection lives.
+        openssl_peer_key.drop(self._tlsConnection)
         app = self.factory.wrappedFactory.buildProtocol(self._addr)
         if app is None:  # the application refuses it (as a factory may at accept)
             self.abortConnection()

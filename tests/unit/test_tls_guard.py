@@ -184,3 +184,21 @@ def test_by_default_the_guarded_server_sends_writes_at_the_end_of_the_turn(tmp_p
     clock.advance(0)
     pump.flush()
     assert client_app.received == b"echo"
+
+
+def test_a_guarded_server_connection_lets_the_clients_key_share_go(tmp_path) -> None:
+    """OpenSSL keeps the client's key share (~6.8 KiB with the hybrid key exchange) as
+    long as a connection lives; the guard drops it once the handshake is done
+    (wire/openssl_peer_key.py), and the connection carries data both ways after."""
+    from studios_gateway.wire import openssl_peer_key
+    from tests.unit.test_openssl_peer_key import peer_key
+
+    clock, client_app, server_app, pump = _handshaken(tmp_path, write_at_once=True)
+    server_tls = server_app.transport
+    conn = server_tls._tlsConnection
+    assert openssl_peer_key.status() == (True, "")
+    assert peer_key(conn) is None
+    server_app.transport.write(b"echo")
+    client_app.transport.write(b"ohce" * 1000)
+    pump.flush()
+    assert client_app.received == b"echo" and server_app.received == b"ohce" * 1000
