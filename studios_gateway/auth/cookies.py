@@ -244,8 +244,34 @@ def cookie_values(headers: Any, name: str) -> list[str]:
     for hname, hvalue in headers:
         if hname.lower() != b"cookie":
             continue
-        for item in hvalue.decode("latin-1").split(";"):
-            k, sep, v = item.strip().partition("=")
-            if sep and k == name:
-                out.append(v.strip().strip('"'))
+        for k, v in _cookie_pairs(hvalue):
+            if k == name:
+                out.append(v)
     return out
+
+
+# _cookie_pairs' answers for the Cookie values seen lately (a browser sends the same one
+# on each request until a cookie changes). Bounded by count and length; once full, the
+# oldest answer goes. (The values are secrets the process holds anyway, like
+# CookieCodec's cache of verified cookies.)
+_PAIRS: dict[bytes, tuple[tuple[str, str], ...]] = {}
+_PAIRS_MAX = 256
+_PAIRS_LONGEST = 4096
+
+
+def _cookie_pairs(value: bytes) -> tuple[tuple[str, str], ...]:
+    """The (name, value) pairs of one Cookie header's value, in order (items without
+    "=" left out; values without surrounding spaces and quotes)."""
+    pairs = _PAIRS.get(value)
+    if pairs is None:
+        found = []
+        for item in value.decode("latin-1").split(";"):
+            k, sep, v = item.strip().partition("=")
+            if sep:
+                found.append((k, v.strip().strip('"')))
+        pairs = tuple(found)
+        if len(value) <= _PAIRS_LONGEST:
+            if len(_PAIRS) >= _PAIRS_MAX:
+                del _PAIRS[next(iter(_PAIRS))]
+            _PAIRS[value] = pairs
+    return pairs

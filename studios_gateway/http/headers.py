@@ -278,6 +278,10 @@ _ADDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host
                     SUBJECT_HEADER.lower(), b"connection", b"content-length",
                     b"transfer-encoding"})
 _NOTHING: frozenset[bytes] = frozenset()
+# request_headers' subjects seen before, as checked header values (the same users come
+# back request after request). Bounded: once full, others are checked every time.
+_SUBJECTS: dict[str, bytes] = {}
+_SUBJECTS_MAX = 1024
 
 
 def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
@@ -301,9 +305,13 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
     puts Host before the other headers; ``cookie`` what a Cookie header's value becomes
     (None: the header goes), e.g. the login's cookies taken out.
     """
-    sub_value = subject.encode("utf-8")
-    if not field_value_ok(sub_value):
-        raise ValueError("the subject cannot be sent in a header")
+    sub_value = _SUBJECTS.get(subject)
+    if sub_value is None:
+        sub_value = subject.encode("utf-8")
+        if not field_value_ok(sub_value):
+            raise ValueError("the subject cannot be sent in a header")
+        if len(_SUBJECTS) < _SUBJECTS_MAX:
+            _SUBJECTS[subject] = sub_value
     # One pass, each name lower-cased once: hop-by-hop headers and those Connection
     # names go (_hop_by_hop_names); then Content-Length, ours and the
     # forwarding headers, a trusted proxy's values kept aside first.
@@ -341,7 +349,7 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
             continue
         out.append((n, v))
     added: Headers = []
-    chain = [v for v in prior_for if v]
+    chain = [v for v in prior_for if v] if prior_for else []
     if peer is not None:
         chain.append(peer.encode("ascii", "replace"))
     if chain:
@@ -356,7 +364,9 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
     if not drop.isdisjoint(_ADDED):
         added = [(n, v) for n, v in added if n.lower() not in drop]
     if hosts:
-        return hosts + out + added
+        hosts += out
+        hosts += added
+        return hosts
     out += added
     return out
 

@@ -857,7 +857,7 @@ class ProxyProtocol(Protocol):
             subject=ex.subject,
             client=(client_address(ex.request.headers, self._peer, True) if self._trusted
                     else self._peer or ""),
-            method=ex.request.method.decode("ascii", "replace"),
+            method=ex.info.method if ex.info else ex.request.method.decode("ascii", "replace"),
             path=path_only(ex.info.path if ex.info else ex.request.target.decode("latin-1")),
             status=ex.status, bytes_in=self._bytes_in - self._mark_in,
             bytes_out=self._bytes_out - self._mark_out, reason=why)

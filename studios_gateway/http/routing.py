@@ -18,7 +18,7 @@ slash) or a :class:`Refusal` with the status the proxy should send.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import urlsplit
 
@@ -113,6 +113,9 @@ def _parse_host(value: str) -> str | None:
     return host.lower().rstrip(".")
 
 
+_STUDIO_HOSTS_MAX = 1024
+
+
 @dataclass(frozen=True)
 class Router:
     """Routes for one deployment.
@@ -126,12 +129,27 @@ class Router:
     studios_domain: str
     proxy_host: str
     path_routing: bool = False
+    # Host header values seen before that name a studio in subdomain mode, with its id:
+    # every request of a studio's pages asks again. Bounded: once full, others are
+    # worked out each time.
+    _studio_hosts: dict[str, str] = field(default_factory=dict, init=False, repr=False,
+                                          compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "studios_domain", self.studios_domain.lower().rstrip("."))
         object.__setattr__(self, "proxy_host", self.proxy_host.lower().rstrip("."))
 
     def route(self, host_header: str, target: str) -> Route | Redirect | Refusal:
+        label = self._studio_hosts.get(host_header)
+        if label is not None and target[:1] == "/":
+            return Route(label, Mode.SUBDOMAIN, target, "/")
+        got = self._route(host_header, target)
+        if (type(got) is Route and got.mode is Mode.SUBDOMAIN
+                and len(self._studio_hosts) < _STUDIO_HOSTS_MAX):
+            self._studio_hosts[host_header] = got.session_id
+        return got
+
+    def _route(self, host_header: str, target: str) -> Route | Redirect | Refusal:
         hostname = parse_host(host_header)
         if hostname is None:
             return Refusal(400, "bad-host", "The Host header is not a valid host name.")

@@ -44,8 +44,11 @@ class ToolNotAnswering(Exception):
     """The tunnel is up but the tool did not accept the connection."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SessionInfo:
+    """Not frozen: the fast path makes one per request (a frozen dataclass sets each field
+    through ``object.__setattr__``); none is changed once made."""
+
     id: str
     tool: str  # jupyter, rstudio, vscode, xpra, ...
     connected: bool  # a tunnel is bound somewhere

@@ -36,4 +36,6 @@ class Finished:
 
 def path_only(target: str) -> str:
     """The path of a request target, never its query string or fragment."""
-    return target.split("?", 1)[0].split("#", 1)[0]
+    if "?" in target or "#" in target:
+        return target.split("?", 1)[0].split("#", 1)[0]
+    return target

@@ -1,15 +1,18 @@
-"""The proxy's shortcuts for a keep-alive client's usual read say what the general way
+"""The proxy's shortcuts for a keep-alive client's usual request say what the general way
 says: HeadReader.take_read (a read that starts a head, taken without the buffer) against
-feed + take, and strip_auth_cookie's remembered answers against the answer worked out."""
+feed + take; strip_auth_cookie's and cookie_values' remembered answers against the
+answers worked out; a Router that remembers studio hosts against a fresh one."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from studios_gateway.auth import login
+from studios_gateway.auth import cookies, login
+from studios_gateway.auth.cookies import cookie_values
 from studios_gateway.auth.login import strip_auth_cookie
 from studios_gateway.http.exchange import Exchange, HeadReader, HeadRefused, Limits
+from studios_gateway.http.routing import Router
 
 LIMITS = Limits(max_request_line=64, max_header_bytes=256, max_header_count=6)
 
@@ -79,3 +82,48 @@ def test_the_remembered_cookie_answers_are_bounded() -> None:
     assert len(login._STRIPPED) == login._STRIPPED_MAX
     assert all(len(v) <= login._STRIPPED_LONGEST for v in login._STRIPPED)
     assert b"a=0; __Host-connect_session=x" not in login._STRIPPED  # the oldest went
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a=1", " connect_session=x ", "connect_session=\"y\"", "",
+                                 "b", "connect_session", "=z", "connect_session=w=v"]),
+                max_size=5), st.integers(min_value=1, max_value=2))
+def test_remembered_cookie_pairs_give_the_values_worked_out(parts: list[str], times: int
+                                                            ) -> None:
+    value = ";".join(parts).encode("latin-1")
+    headers = [(b"Host", b"a")] + [(b"Cookie", value)] * times
+    cookies._PAIRS.clear()
+    first = cookie_values(headers, "connect_session")
+    assert cookie_values(headers, "connect_session") == first  # remembered
+    expected = []
+    for item in parts:
+        k, sep, v = item.strip().partition("=")
+        if sep and k == "connect_session":
+            expected.append(v.strip().strip('"'))
+    assert first == expected * times
+
+
+def test_the_remembered_cookie_pairs_are_bounded() -> None:
+    cookies._PAIRS.clear()
+    for i in range(cookies._PAIRS_MAX + 10):
+        cookie_values([(b"Cookie", b"a=%d" % i)], "a")
+    cookie_values([(b"Cookie", b"a=" + b"x" * (cookies._PAIRS_LONGEST + 1))], "a")
+    assert len(cookies._PAIRS) == cookies._PAIRS_MAX
+    assert b"a=0" not in cookies._PAIRS
+
+
+_HOSTS = st.sampled_from(["abc.studios.test", "ABC.studios.test:8443", "abc.studios.test.",
+                          "studios.test", "-x.studios.test", "a b.studios.test", "abc.other",
+                          "abc.studios.test:99999", "[::1]", "x.abc.studios.test", ""])
+_TARGETS = st.sampled_from(["/", "/lab?x=1", "", "*", "http://abc.studios.test/",
+                            "/_studio/abc/", "/_studio/abc"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_HOSTS, _TARGETS), min_size=1, max_size=6), st.booleans())
+def test_a_remembered_studio_host_routes_as_a_fresh_router_does(
+        asks: list[tuple[str, str]], path_routing: bool) -> None:
+    used = Router("studios.test", "studios.test", path_routing)
+    for host, target in asks:
+        fresh = Router("studios.test", "studios.test", path_routing)
+        assert used.route(host, target) == fresh.route(host, target)
