@@ -24,6 +24,11 @@ to the demo tool's /ws, a 32-byte message every 5 ms, each round trip timed): pe
 tree the medians of each run's p50/p99 and the CPU per round trip of the gateway
 and of ``studios-connect``. Latency changes usually touch both ends of the tunnel,
 so give each tree its own studios-connect with ``--connect``.
+
+``--scenario small-close`` is ``small`` with a tool that closes its connection after
+each answer (nginx ``keepalive_requests 1``, as HTTP/1.0 tools and some development
+servers do): the gateway's pooled stream goes with it, so every request opens a tunnel
+stream and ``studios-connect`` connects to the tool: the stream-open path's cost.
 """
 
 from __future__ import annotations
@@ -74,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--conns", default="1,32", help="comma-separated wrk connection counts")
     p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE")
-    p.add_argument("--scenario", choices=("small", "websocket"), default="small",
-                   help="wrk GETs of a small response, or the WebSocket echo")
+    p.add_argument("--scenario", choices=("small", "small-close", "websocket"),
+                   default="small", help="wrk GETs of a small response (small-close: from a "
+                   "tool that closes after each answer), or the WebSocket echo")
     args = p.parse_args(argv)
     trees = [tuple(t.split("=", 1)) for t in args.tree]
     if any(len(t) != 2 or not Path(t[1]).is_dir() for t in trees):
@@ -92,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.scenario == "websocket":
             tool_port = deploy.start_demo_tool(procs)[0]
         else:
-            tool_port = baselines.start_nginx_tool(procs, work, 1 << 20).port
+            tool_port = baselines.start_nginx_tool(
+                procs, work, 1 << 20,
+                keepalive_requests=1 if args.scenario == "small-close" else None).port
         paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Process]] = {}
         for name, tree in trees:
             gw = deploy.start_gateway(procs, work, name=f"gateway-{name}",

@@ -57,7 +57,9 @@ class NginxTool:
             f.unlink()
 
 
-def start_nginx_tool(procs: Processes, work: Path, size: int) -> NginxTool:
+def start_nginx_tool(procs: Processes, work: Path, size: int,
+                     keepalive_requests: int | None = None) -> NginxTool:
+    """``keepalive_requests``: nginx closes a connection after that many answers."""
     d = work / "nginx-tool"
     (d / "www").mkdir(parents=True)
     (d / "put").mkdir()
@@ -65,8 +67,10 @@ def start_nginx_tool(procs: Processes, work: Path, size: int) -> NginxTool:
     with open(d / "www" / "download", "wb") as fh:
         fh.truncate(size)
     port = free_port()
+    keepalive = (f"  keepalive_requests {keepalive_requests};\n"
+                 if keepalive_requests is not None else "")
     servers = (f"server {{ listen 127.0.0.1:{port}; root {d / 'www'};\n"
-               "  client_max_body_size 0;\n"
+               f"  client_max_body_size 0;\n{keepalive}"
                f"  location /upload/ {{ alias {d / 'put'}/; dav_methods PUT; }}\n"
                "  location = / { return 200 'tool'; }\n}\n")
     proc = _start_nginx(procs, d, "nginx-tool", servers)

@@ -12,7 +12,9 @@ request from the stream is the stream's delivery -> ``ToolConnection.write`` -> 
 
 from __future__ import annotations
 
+import os
 import socket
+from errno import EALREADY, EINPROGRESS, EINVAL, EISCONN, EWOULDBLOCK
 from typing import Any
 
 from twisted.internet import error, tcp
@@ -42,6 +44,42 @@ class ToolConnection(_AdaptiveReads, _WriteThrough, tcp.Client):  # type: ignore
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return s
 
+    # Twisted's client starts its connect a reactor turn after it is made; this one when
+    # its connector says (start), unless there is a name to resolve or no socket.
+    _started = False
+
+    def _finishInit(self, whenDone: Any, skt: Any, err: Any, reactor: Any) -> None:
+        if whenDone is not None and not self._requiresResolution and len(self.addr) == 2:
+            # What Twisted's does before it schedules the connect (no protocol yet).
+            self._commonConnection.__init__(self, skt, None, reactor)  # type: ignore[arg-type]
+        else:
+            self._started = True  # Twisted's way: resolve (or fail) a turn later
+            super()._finishInit(whenDone, skt, err, reactor)
+
+    def start(self) -> None:
+        """Connect now. On loopback the handshake is over by the time ``connect`` says
+        EINPROGRESS, so a second ``connect`` tells at once whether it worked: then the
+        protocol is connected (or the attempt failed) in this call, without a reactor
+        turn, a wait for the socket to become writable and the poller changes around it.
+        Otherwise Twisted's doConnect waits for the socket as usual."""
+        if self._started:
+            return
+        self._started = True
+        self.realAddress = address = self.addr
+        sock = self.socket
+        try:
+            result = sock.connect_ex(address)
+            if result == EINPROGRESS:
+                result = sock.connect_ex(address)
+        except OSError as e:
+            result = e.errno or EINVAL
+        if result in (0, EISCONN):
+            self._connectDone()
+        elif result in (EINPROGRESS, EALREADY, EWOULDBLOCK):
+            self.doConnect()
+        else:
+            self.failIfNotConnected(error.getConnectError((result, os.strerror(result))))
+
     def _connectDone(self) -> None:
         super()._connectDone()
         dial = self.connector.factory
@@ -50,8 +88,25 @@ class ToolConnection(_AdaptiveReads, _WriteThrough, tcp.Client):  # type: ignore
 
 
 class _Connector(tcp.Connector):
+    """Twisted's TCP connector for a ToolConnection, whose attempt is made before the
+    connect timeout is set: one that connects (or is refused) at once needs none."""
+
     def _makeTransport(self) -> ToolConnection:
         return ToolConnection(self.host, self.port, self.bindAddress, self, self.reactor)
+
+    def connect(self) -> None:
+        if self.state != "disconnected":
+            raise RuntimeError("can't connect in this state")
+        self.state = "connecting"
+        if not self.factoryStarted:
+            self.factory.doStart()
+            self.factoryStarted = 1
+        self.transport = transport = self._makeTransport()
+        self.factory.startedConnecting(self)
+        transport.start()
+        if self.state == "connecting" and self.timeout is not None:
+            self.timeoutID = self.reactor.callLater(self.timeout, transport.failIfNotConnected,
+                                                    error.TimeoutError())
 
 
 class _Dial(ClientFactory):

@@ -93,22 +93,70 @@ class ToolLinkTests(TestCase):
         self.assertEqual(client.events[:2], ["made", "write closed"])
 
     @defer.inlineCallbacks
-    def test_a_refusing_tool_fails_the_connect_with_a_connect_error(self) -> Any:
+    def test_a_loopback_connect_is_done_in_the_call_that_asks_for_it(self) -> Any:
+        port = yield self.listen()
+        got: list[Any] = []
+        ToolEndpoint(reactor, "127.0.0.1", port, timeout=5).connect(
+            Factory.forProtocol(Client)).addBoth(got.append)
+        self.assertEqual(len(got), 1)  # connected, connectionMade run: no reactor turn
+        self.assertIsInstance(got[0], Client)
+        self.assertEqual(got[0].events, ["made"])
+        self.assertFalse([c for c in reactor.getDelayedCalls()
+                          if getattr(c.func, "__name__", "") == "failIfNotConnected"])
+        got[0].transport.loseConnection()
+
+    def test_a_refusing_tool_fails_the_connect_at_once_with_a_connect_error(self) -> None:
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
         s.close()  # nobody listens there now
-        d = ToolEndpoint(reactor, "127.0.0.1", port, timeout=5).connect(
-            Factory.forProtocol(Client))
-        yield self.assertFailure(d, error.ConnectionRefusedError)
+        got: list[Any] = []
+        ToolEndpoint(reactor, "127.0.0.1", port, timeout=5).connect(
+            Factory.forProtocol(Client)).addBoth(got.append)
+        self.assertEqual(len(got), 1)
+        got[0].trap(error.ConnectionRefusedError)
+
+    def full_listener(self) -> int:
+        """A port whose accept queue is full: a connect to it waits (Linux drops the SYN)."""
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler = socket.socket()
+        filler.connect(listener.getsockname())
+        self.addCleanup(listener.close)
+        self.addCleanup(filler.close)
+        return listener.getsockname()[1]
 
     @defer.inlineCallbacks
-    def test_a_cancelled_connect_fails_and_never_makes_the_protocol(self) -> Any:
-        port = yield self.listen()
+    def test_a_connect_that_waits_can_be_cancelled_and_never_makes_the_protocol(self) -> Any:
         made: list[Client] = []
-        d = ToolEndpoint(reactor, "127.0.0.1", port, timeout=5).connect(
+        d = ToolEndpoint(reactor, "127.0.0.1", self.full_listener(), timeout=5).connect(
             Factory.forProtocol(lambda: made.append(Client()) or made[-1]))
+        self.assertFalse(d.called)  # waiting for the socket, as Twisted's connect does
         d.cancel()
         yield self.assertFailure(d, error.ConnectingCancelledError)
-        yield defer.succeed(None)
         self.assertEqual(made, [])
+
+    @defer.inlineCallbacks
+    def test_a_connect_that_waits_times_out(self) -> Any:
+        d = ToolEndpoint(reactor, "127.0.0.1", self.full_listener(), timeout=0.2).connect(
+            Factory.forProtocol(Client))
+        yield self.assertFailure(d, error.TimeoutError)
+
+    @defer.inlineCallbacks
+    def test_a_connect_that_waits_is_made_once_the_tool_accepts(self) -> Any:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        self.addCleanup(listener.close)
+        filler = socket.socket()
+        filler.connect(listener.getsockname())
+        self.addCleanup(filler.close)
+        d = ToolEndpoint(reactor, "127.0.0.1", listener.getsockname()[1], timeout=10).connect(
+            Factory.forProtocol(Client))
+        self.assertFalse(d.called)
+        accepted, _ = listener.accept()  # room in the queue: the SYN's retry gets in
+        self.addCleanup(accepted.close)
+        client = yield d
+        self.assertEqual(client.events, ["made"])
+        client.transport.loseConnection()
