@@ -14,6 +14,7 @@ released (only if still ours), and if this node dies the claim expires.
 from __future__ import annotations
 
 import secrets
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,8 +122,12 @@ class BindVerifier:
 class Tunnel:
     """One live tunnel on this node."""
 
-    def __init__(self, record: Any, holder: TunnelHolder, mux: Multiplexer, protocol: Protocol):
-        self.record = record
+    # One per bound tunnel, for its whole life: slots, and of the session's record only
+    # the tool (a store on Redis hands each bind a record of its own, ~0.3 KiB).
+    __slots__ = ("tool", "holder", "mux", "protocol")
+
+    def __init__(self, tool: str, holder: TunnelHolder, mux: Multiplexer, protocol: Protocol):
+        self.tool = tool
         self.holder = holder
         self.mux = mux
         self.protocol = protocol
@@ -257,7 +262,7 @@ class TunnelTable:
             raise BindError("store_unavailable", f"session store unavailable: {e}")
         except SessionNotFound:
             raise BindError("unknown_session", f"session {req.session_id} has ended")
-        tunnel = Tunnel(record, holder, make_mux(), protocol)
+        tunnel = Tunnel(sys.intern(record.tool), holder, make_mux(), protocol)
         old = self._tunnels.get(req.session_id)
         self._tunnels[req.session_id] = tunnel
         if old is not None:
@@ -446,7 +451,7 @@ class TunnelServerProtocol(Protocol):
             self.table.metrics.binds.labels("ok").inc()
         self._log.info("session {sid} bound (connect {version}, tool {tool} {tool_version}"
                        "on port {port})", sid=tunnel.session_id,
-                       version=tunnel.holder.client_version, tool=tunnel.record.tool,
+                       version=tunnel.holder.client_version, tool=tunnel.tool,
                        tool_version=tunnel.holder.tool_version + " " if tunnel.holder.tool_version
                        else "", port=tunnel.holder.tool_port)
         s = self.table.settings

@@ -97,3 +97,15 @@ def test_a_refresh_round_keeps_a_few_refreshes_in_flight_and_reaches_every_claim
     assert len(answers) == 41 and table.get("s1") is tunnel and not transport.disconnecting
     for n in range(40):
         del table._tunnels[f"x{n}"]
+
+
+def test_a_bound_tunnel_keeps_the_tool_not_the_sessions_record() -> None:
+    """A store on Redis hands each bind a record of its own (~0.6 KiB, decoded from
+    JSON): a tunnel, which lives as long as the studio is connected, keeps only the
+    tool of it (for its log lines), as slots."""
+    import gc
+
+    clock, store, table, transport, tunnel = bound()
+    assert tunnel.tool == "generic"
+    assert not hasattr(tunnel, "__dict__")
+    assert not any(isinstance(ref, SessionRecord) for ref in gc.get_referents(tunnel))
