@@ -248,7 +248,9 @@ class FrameDecoder:
                 if pos < end:
                     self._head += data[pos:]
                 return frames
-            check_header(version, ftype, flags, sid, length, max_data)
+            if ftype or flags or version or not sid or length > max_data:
+                check_header(version, ftype, flags, sid, length, max_data)
+            # else a valid Data frame without flags (most frames): nothing to check
             if ftype == DATA and length:
                 self._pending = (ftype, flags, sid, length)
                 self._missing = length

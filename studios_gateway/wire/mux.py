@@ -301,13 +301,15 @@ class Stream:
         if not isinstance(data, bytes):
             data = bytes(data)  # never keep a view of a caller's mutable buffer
         mux = self.mux
-        if (not self._send_buffered and not mux._pumping and not mux._transport_paused
-                and len(data) <= mux.max_frame_data and len(data) <= self._send_window.available
-                and not mux.scheduler):
+        n = len(data)
+        scheduler = mux.scheduler
+        if (not self._send_buffered and n <= self._send_window.available
+                and n <= mux.max_frame_data and not mux._pumping and not mux._transport_paused
+                and (scheduler is None or not scheduler.queued)):
             # Nothing waits (here, in the scheduler or for the transport) and the data is
             # one frame the window allows: what the scheduler would send at once, sent
             # without queueing it (a WebSocket message, a request, an answer's read).
-            self._send_window.available -= len(data)
+            self._send_window.available -= n
             mux._send_data(self.stream_id, data)
             return
         self._send_buffer.append(data)
@@ -835,7 +837,11 @@ class Multiplexer(Protocol):
 
     def _frame(self, frame: frames.Frame) -> None:
         ftype, flags, sid, length, data = frame
-        if ftype == DATA or ftype == WINDOW_UPDATE:
+        if not ftype and not flags:  # Data without flags, most frames: to its stream
+            stream = self.streams.get(sid)
+            if stream is not None and length:
+                stream._data_received(data)
+        elif ftype == DATA or ftype == WINDOW_UPDATE:
             stream = self.streams.get(sid)
             if flags & SYN:
                 if stream is not None:

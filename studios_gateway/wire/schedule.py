@@ -28,20 +28,22 @@ SMALL_WRITE = 16 * 1024
 
 
 class FrameScheduler(Generic[T]):
-    __slots__ = ("small", "_interactive", "_bulk", "_queued")
+    __slots__ = ("small", "_interactive", "_bulk", "queued")
 
     def __init__(self, small: int = SMALL_WRITE):
         self.small = small
         self._interactive: deque[T] = deque()
         self._bulk: deque[T] = deque()
-        self._queued: set[int] = set()  # ids of the items in either queue
+        #: The ids of the items in either queue: empty when nothing waits (``not
+        #: scheduler.queued`` asks that without a Python call, as ``len`` would make).
+        self.queued: set[int] = set()
 
     def ready(self, item: T, waiting: int) -> None:
         """``item`` has ``waiting`` bytes to send and window for some: queue it (once)."""
         key = id(item)
-        if key in self._queued:
+        if key in self.queued:
             return
-        self._queued.add(key)
+        self.queued.add(key)
         (self._interactive if waiting <= self.small else self._bulk).append(item)
 
     def next(self) -> T | None:
@@ -52,13 +54,13 @@ class FrameScheduler(Generic[T]):
             item = self._bulk.popleft()
         else:
             return None
-        self._queued.discard(id(item))
+        self.queued.discard(id(item))
         return item
 
     def __len__(self) -> int:
-        return len(self._queued)
+        return len(self.queued)
 
     def clear(self) -> None:
         self._interactive.clear()
         self._bulk.clear()
-        self._queued.clear()
+        self.queued.clear()

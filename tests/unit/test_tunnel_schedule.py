@@ -38,4 +38,4 @@ def test_an_item_is_queued_once_until_its_turn() -> None:
     assert len(s) == 1 and s.next() == "a" and s.next() is None
     s.ready("a", 5)
     s.clear()
-    assert len(s) == 0 and s.next() is None
+    assert len(s) == 0 and not s.queued and s.next() is None
