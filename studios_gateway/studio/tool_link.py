@@ -80,6 +80,17 @@ class ToolConnection(_AdaptiveReads, _WriteThrough, tcp.Client):  # type: ignore
         else:
             self.failIfNotConnected(error.getConnectError((result, os.strerror(result))))
 
+    def loseWriteConnection(self) -> None:
+        """Half-close now when nothing waits to be sent (writes go out at once, so nearly
+        always): Twisted's waits for the socket to be writable first, a poll later."""
+        if (self.connected and not self.disconnecting and not self._writeDisconnecting
+                and not self._tempDataLen and self.offset == len(self.dataBuffer)):
+            self._writeDisconnecting = True
+            self._writeDisconnected = True
+            self._closeWriteConnection()  # shutdown(SHUT_WR), then writeConnectionLost
+        else:
+            super().loseWriteConnection()
+
     def _connectDone(self) -> None:
         super()._connectDone()
         dial = self.connector.factory

@@ -92,3 +92,40 @@ def test_a_write_goes_out_at_once_and_what_the_socket_leaves_goes_to_twisteds_qu
     sock.room = 100
     t.write(b"later")  # something waits in the queue: behind it, not before
     assert bytes(sock.sent) == b"0123456789abcd" and t._tempDataLen == 9
+
+
+class HalfClosing(Reader):
+    def __init__(self) -> None:
+        super().__init__()
+        self.write_closed = 0
+
+    def writeConnectionLost(self) -> None:
+        self.write_closed += 1
+
+
+def test_a_half_close_with_nothing_queued_shuts_the_socket_at_once() -> None:
+    from twisted.internet.interfaces import IHalfCloseableProtocol
+    from zope.interface import directlyProvides
+
+    sock = Socket([])
+    shut: list[int] = []
+    sock.shutdown = shut.append  # type: ignore[attr-defined]
+    t = connection(sock)
+    t._writeDisconnecting = t._writeDisconnected = False
+    t.protocol = p = HalfClosing()  # type: ignore[assignment]
+    directlyProvides(p, IHalfCloseableProtocol)
+    t.loseWriteConnection()
+    assert shut == [1] and p.write_closed == 1 and t.queued == []  # type: ignore[attr-defined]
+    t.write(b"late")  # the write side is closed: dropped, as Twisted drops it
+    assert bytes(sock.sent) == b""
+
+
+def test_a_half_close_behind_queued_data_waits_for_the_queue() -> None:
+    sock = Socket([], room=2)
+    shut: list[int] = []
+    sock.shutdown = shut.append  # type: ignore[attr-defined]
+    t = connection(sock)
+    t._writeDisconnecting = t._writeDisconnected = False
+    t.write(b"abcd")  # two bytes wait in Twisted's queue
+    t.loseWriteConnection()
+    assert shut == [] and t._writeDisconnecting  # Twisted's doWrite shuts it after the queue
