@@ -113,9 +113,12 @@ _HANDOFF = "handoff/1"
 Response = pages.Page
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Identity:
-    """An authenticated (and, from authorize_request, authorized) user of one session."""
+    """An authenticated (and, from authorize_request, authorized) user of one session.
+
+    Not frozen: the proxy's fast path makes one per request, and a frozen dataclass sets
+    each field through ``object.__setattr__``; none is changed once made."""
 
     subject: str
     session_id: str

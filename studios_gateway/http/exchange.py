@@ -133,7 +133,10 @@ class HeadReader:
         self.buf += data
 
     def reset(self, data: bytes) -> None:
-        self.buf = bytearray(data)
+        if data:
+            self.buf = bytearray(data)
+        else:
+            self.buf.clear()
         self._forget()
 
     def _forget(self) -> None:

@@ -162,7 +162,7 @@ class RequestBody:
         return bytes(self._buf)
 
 
-@dataclass
+@dataclass(slots=True)
 class ResponseHead:
     status: int
     reason: bytes

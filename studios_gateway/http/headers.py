@@ -134,8 +134,7 @@ def read_head(head: bytes, *, max_request_line: int, max_header_count: int
     connection = _NO_OPTIONS
     upgrade = False
     trailing_ws = False
-    for i in range(1, len(lines)):
-        line = lines[i]
+    for line in lines[1:]:
         name, colon, value = line.partition(b":")
         kind = known(name)
         if kind is None or not colon:  # (a known name is a token: no space or tab first)
@@ -173,15 +172,16 @@ def read_head(head: bytes, *, max_request_line: int, max_header_count: int
         return HeadProblem(400, "Content-Length with Transfer-Encoding")
     if content_length is not None and not _DIGITS.fullmatch(content_length):
         return HeadProblem(400, "malformed Content-Length")
+    method, target, minor = m.groups()
     if transfer_encoding is not None:
-        if m.group(3) == b"0":
+        if minor == b"0":
             return HeadProblem(400, "Transfer-Encoding in HTTP/1.0")
         if transfer_encoding.lower() != b"chunked":
             return HeadProblem(400, "unsupported Transfer-Encoding")
     if n_host != 1:
         return HeadProblem(400, "missing or repeated Host")
     values_ok = not trailing_ws and not text[len(request_line):].translate(None, _FIELD_BYTES)
-    return HeadFields(m.group(1), m.group(2), m.group(3), headers, values_ok,
+    return HeadFields(method, target, minor, headers, values_ok,
                       connection, host, content_length, transfer_encoding is not None, upgrade)
 
 

@@ -623,7 +623,7 @@ class ProxyProtocol(Protocol):
             data, step = ex.end_request(conn.codec), Step.COMPLETE
         else:
             data, step = ex.pump_request(conn.codec)
-        conn.transport.write(head + data)
+        conn.transport.write(head + data if data else head)
         conn.transport.registerProducer(self._upstream_full, True)
         conn.has_producer = True
         self.transport.registerProducer(conn.client_full, True)
@@ -880,9 +880,11 @@ class ProxyProtocol(Protocol):
             return
         assert self._reader is not None
         self._reader.reset(rest)
-        self.gate.resume("pipeline")
-        self.gate.resume("dispatch")
-        self.gate.resume("upstream-full")
+        gate = self.gate
+        if gate.paused:
+            gate.resume("pipeline")
+            gate.resume("dispatch")
+            gate.resume("upstream-full")
         lim = self.factory.limits
         if self._reader.buf:
             self._set_timer(lim.header_timeout, self._head_timed_out)
