@@ -127,6 +127,9 @@ def _dropper() -> _Dropper | None:
             _state["reason"] = str(e)
             _log.info("TLS: peer key shares are kept after the handshake: {reason}",
                       reason=str(e))
+        except Exception as e:  # whatever went wrong, the connections are not to pay
+            _state["reason"] = f"setting up failed: {e!r}"
+            _log.failure("TLS: peer key shares are kept after the handshake")
     dropper: _Dropper | None = _state["dropper"]
     return dropper
 

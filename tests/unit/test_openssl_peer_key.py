@@ -183,3 +183,19 @@ def test_a_word_that_is_not_the_key_share_turns_the_feature_off(contexts: Any,
     assert not openssl_peer_key.drop(server)
     monkeypatch.undo()
     assert peer_key(server) is not None
+
+
+def test_a_set_up_that_fails_unexpectedly_leaves_connections_alone(contexts: Any,
+                                                                   monkeypatch: Any) -> None:
+    def broken() -> None:
+        raise OSError("the extension module cannot be read")
+
+    monkeypatch.setattr(openssl_peer_key, "_set_up", broken)
+    monkeypatch.setattr(openssl_peer_key, "_state",
+                        {"dropper": None, "reason": "", "tried": False})
+    server, client = handshaken(contexts)
+    assert not openssl_peer_key.drop(server)
+    assert openssl_peer_key.status() == (False, "setting up failed: OSError("
+                                         "'the extension module cannot be read')")
+    monkeypatch.undo()
+    assert peer_key(server) is not None
