@@ -210,8 +210,7 @@ class HeadReader:
     def _exchange(self, head: bytes, rest: bytes) -> Exchange | HeadRefused:
         """The exchange of the complete request head `head`, `rest` the bytes after it."""
         lim = self.limits
-        request = parse_request_head(head, max_request_line=lim.max_request_line,
-                                     max_header_count=lim.max_header_count)
+        request = parse_request_head(head, lim.max_request_line, lim.max_header_count)
         if isinstance(request, HeadProblem):
             return HeadRefused(request.status, request.reason)
         body = RequestBody(head, request, lim.max_header_bytes + 1024)
@@ -301,9 +300,8 @@ class Exchange:
             target = origin
         self.target = target
         path, _, query = target.partition("?")
-        self.info = RequestInfo(req.method.decode("ascii"), host, path, query,
-                                headers=raw, scheme=scheme,
-                                client=(peer, peer_port) if peer else None)
+        self.info = RequestInfo(req.method.decode("ascii"), host, path, query, raw, scheme,
+                                (peer, peer_port) if peer else None)
         self.upgrade = b"upgrade" in req.connection and req.upgrade_offered
         max_body = self.limits.max_body
         if max_body is not None and req.content_length is not None \
@@ -338,11 +336,12 @@ class Exchange:
             # Host first; what the tool route sets is dropped from the client's headers
             # and appended (its ToolRoute.request_headers, in the same pass); the login's
             # cookies taken out of Cookie headers (strip_auth_cookies, in the same pass).
+            # (positional, in its order: peer, trusted, scheme, subject, upgrade, framing,
+            # connection, drop, host_first, cookie; keywords cost 0.25 us more per request)
             headers = request_headers(
-                raw, peer=peer, trusted=trusted,
-                scheme=scheme, subject=self.subject, upgrade=self.upgrade, framing=framing,
-                connection=req.connection, drop=tool.drop if tool is not None else _NONE,
-                host_first=True, cookie=strip_auth_cookie)
+                raw, peer, trusted, scheme, self.subject, self.upgrade, framing,
+                req.connection, tool.drop if tool is not None else _NONE, True,
+                strip_auth_cookie)
         except ValueError as e:
             raise NotForwardable(str(e)) from None
         target = self.route.upstream_target

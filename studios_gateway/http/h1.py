@@ -72,14 +72,13 @@ class _Validate:
 _VALIDATE = _Validate()
 
 
-def parse_request_head(head: bytes, *, max_request_line: int, max_header_count: int
+def parse_request_head(head: bytes, max_request_line: int, max_header_count: int
                        ) -> RequestHead | HeadProblem:
     """The request in `head` (complete, ending in CRLF CRLF), or why it is refused: first
     :func:`~studios_gateway.http.headers.read_head`'s checks (whose single pass over the
     lines also reads the fields), then llhttp's (in C, without a call back into Python),
     then the field checks h11 made (target characters, field values)."""
-    fields = read_head(head, max_request_line=max_request_line,
-                       max_header_count=max_header_count)
+    fields = read_head(head, max_request_line, max_header_count)  # (positional: cheaper)
     if isinstance(fields, HeadProblem):
         return fields
     try:

@@ -106,7 +106,7 @@ def check_head(head: bytes, *, max_request_line: int, max_header_count: int
     return got if isinstance(got, HeadProblem) else None
 
 
-def read_head(head: bytes, *, max_request_line: int, max_header_count: int
+def read_head(head: bytes, max_request_line: int, max_header_count: int
               ) -> HeadProblem | HeadFields:
     """:func:`check_head`'s verdict on `head`, and when it has none, the head's request
     line and fields read in the same single pass over its lines."""
@@ -284,7 +284,7 @@ _SUBJECTS: dict[str, bytes] = {}
 _SUBJECTS_MAX = 1024
 
 
-def request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
+def request_headers(headers: Sequence[tuple[bytes, bytes]], peer: str | None,
                     trusted: bool, scheme: str, subject: str, upgrade: bool,
                     framing: tuple[bytes, bytes] | None,
                     connection: AbstractSet[bytes] | None = None,

@@ -851,16 +851,18 @@ class ProxyProtocol(Protocol):
     def _facts(self, ex: Exchange, kind: str, why: str) -> Finished:
         """What the access log and the metrics take of `ex` (never a header or query)."""
         now = self.factory.reactor.seconds()
+        info = ex.info
+        # Positional, in Finished's order (keywords cost 0.3 us more per request): kind,
+        # started, duration, session_id, tool, subject, client, method, path, status,
+        # bytes_in, bytes_out, reason.
         return Finished(
-            kind, started=self._started, duration=now - self._started,
-            session_id=ex.session_id, tool=ex.tool.spec.name if ex.tool else "",
-            subject=ex.subject,
-            client=(client_address(ex.request.headers, self._peer, True) if self._trusted
-                    else self._peer or ""),
-            method=ex.info.method if ex.info else ex.request.method.decode("ascii", "replace"),
-            path=path_only(ex.info.path if ex.info else ex.request.target.decode("latin-1")),
-            status=ex.status, bytes_in=self._bytes_in - self._mark_in,
-            bytes_out=self._bytes_out - self._mark_out, reason=why)
+            kind, self._started, now - self._started, ex.session_id,
+            ex.tool.spec.name if ex.tool else "", ex.subject,
+            (client_address(ex.request.headers, self._peer, True) if self._trusted
+             else self._peer or ""),
+            info.method if info else ex.request.method.decode("ascii", "replace"),
+            path_only(info.path if info else ex.request.target.decode("latin-1")),
+            ex.status, self._bytes_in - self._mark_in, self._bytes_out - self._mark_out, why)
 
     def _report(self, ex: Exchange, why: str = "") -> None:
         """`ex` ended: tell the observer, and start the next exchange's counts here."""
