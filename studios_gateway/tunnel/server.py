@@ -254,8 +254,9 @@ class TunnelTable:
         record = yield self.verifier.verify(req)
         holder = TunnelHolder(
             session_id=req.session_id, node_id=self.node_id, node_address=self.node_address,
-            tunnel_id=secrets.token_hex(8), client_version=req.connect_version,
-            tool_port=req.tool_port, bound_at=time.time(), tool_version=req.tool_version)
+            tunnel_id=secrets.token_hex(8), client_version=sys.intern(req.connect_version),
+            tool_port=req.tool_port, bound_at=time.time(),
+            tool_version=sys.intern(req.tool_version))  # versions: one copy for all studios
         try:
             yield self.store.claim_tunnel(holder, self.settings.holder_ttl)
         except StoreUnavailable as e:

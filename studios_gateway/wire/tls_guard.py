@@ -114,6 +114,7 @@ class _GuardedTLSProtocol(LeanTLSProtocol):
         # the hybrid key exchange) as long as the connection lives.
         openssl_peer_key.drop(self._tlsConnection)
         app = self.factory.wrappedFactory.buildProtocol(self._addr)
+        self._addr = None  # needed for nothing else, and kept as long as the connection
         if app is None:  # the application refuses it (as a factory may at accept)
             self.abortConnection()
             return

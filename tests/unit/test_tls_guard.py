@@ -198,6 +198,7 @@ def test_a_guarded_server_connection_lets_the_clients_key_share_go(tmp_path) -> 
     conn = server_tls._tlsConnection
     assert openssl_peer_key.status() == (True, "")
     assert peer_key(conn) is None
+    assert server_tls._addr is None  # handed to the application; not kept
     server_app.transport.write(b"echo")
     client_app.transport.write(b"ohce" * 1000)
     pump.flush()

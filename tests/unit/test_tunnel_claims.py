@@ -109,3 +109,16 @@ def test_a_bound_tunnel_keeps_the_tool_not_the_sessions_record() -> None:
     assert tunnel.tool == "generic"
     assert not hasattr(tunnel, "__dict__")
     assert not any(isinstance(ref, SessionRecord) for ref in gc.get_referents(tunnel))
+
+
+def test_tunnels_share_one_copy_of_the_versions_their_binds_name() -> None:
+    clock, store, table, transport, first = bound()
+    store.create(SessionRecord(id="s2", workspace_id=None, tool="generic", owner="bob",
+                               allowed_users=(), ssh_enabled=False,
+                               token_hash=hash_token(TOKEN), created_at=0.0))
+    protocol = TunnelServerFactory(table).buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(BindRequest("s2", TOKEN, "0.12.0", "generic", 8080).encode())
+    second = table.get("s2")
+    assert second is not None and second.holder.client_version == "0.12.0"
+    assert second.holder.client_version is first.holder.client_version
