@@ -105,6 +105,17 @@ class ToolLinkTests(TestCase):
                           if getattr(c.func, "__name__", "") == "failIfNotConnected"])
         got[0].transport.loseConnection()
 
+    @defer.inlineCallbacks
+    def test_a_tool_host_by_name_is_resolved_and_connected_twisteds_way(self) -> Any:
+        port = yield self.listen()
+        d = ToolEndpoint(reactor, "localhost", port, timeout=5).connect(
+            Factory.forProtocol(Client))
+        self.assertFalse(d.called)  # resolved first, a turn later
+        client = yield d
+        self.assertEqual(client.events, ["made"])
+        self.assertIsInstance(client.transport, ToolConnection)
+        client.transport.loseConnection()
+
     def test_a_refusing_tool_fails_the_connect_at_once_with_a_connect_error(self) -> None:
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
