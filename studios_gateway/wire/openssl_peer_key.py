@@ -171,27 +171,7 @@ def _set_up() -> _Dropper:
 def _try_on_a_handshake(dropper: _Dropper) -> None:
     """Drop the key share of a TLS 1.3 connection made in memory with OpenSSL's default
     groups, then check the connection still carries data both ways."""
-    from studios_gateway.wire import tls
-
-    cert_pem, key_pem = tls.make_self_signed(["localhost"], days=1)
-    server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    server_ctx.use_certificate(x509.load_pem_x509_certificate(cert_pem))
-    server_ctx.use_privatekey(serialization.load_pem_private_key(key_pem, None))  # type: ignore[arg-type]
-    server = SSL.Connection(server_ctx, None)
-    server.set_accept_state()
-    client = SSL.Connection(SSL.Context(SSL.TLS_CLIENT_METHOD), None)
-    client.set_connect_state()
-    for _ in range(10):
-        done = 0
-        for one in (client, server):
-            try:
-                one.do_handshake()
-                done += 1
-            except SSL.WantReadError:
-                pass
-        _move(client, server)
-        if done == 2:
-            break
+    server, client = handshaken_pair()
     was = _state["dropper"]
     _state["dropper"] = dropper
     try:
@@ -205,6 +185,38 @@ def _try_on_a_handshake(dropper: _Dropper) -> None:
     _move(client, server)
     if client.recv(16) != b"ping/pong":
         raise _NotHere("the trial connection did not carry data after the drop")
+
+
+def handshaken_pair(server_ctx: SSL.Context | None = None,
+                    client_ctx: SSL.Context | None = None) -> tuple[SSL.Connection,
+                                                                     SSL.Connection]:
+    """(server, client): two memory-BIO connections with their handshake done, by default
+    with a throwaway certificate and OpenSSL's default groups (the trial, the tests and
+    bench/peer_key_audit.py)."""
+    if server_ctx is None:
+        from studios_gateway.wire import tls
+
+        cert_pem, key_pem = tls.make_self_signed(["localhost"], days=1)
+        server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        server_ctx.use_certificate(x509.load_pem_x509_certificate(cert_pem))
+        server_ctx.use_privatekey(
+            serialization.load_pem_private_key(key_pem, None))  # type: ignore[arg-type]
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    client = SSL.Connection(client_ctx or SSL.Context(SSL.TLS_CLIENT_METHOD), None)
+    client.set_connect_state()
+    for _ in range(10):
+        done = 0
+        for one in (client, server):
+            try:
+                one.do_handshake()
+                done += 1
+            except SSL.WantReadError:
+                pass
+        _move(client, server)
+        if done == 2:
+            return server, client
+    raise _NotHere("the trial handshake did not finish")
 
 
 def _move(client: SSL.Connection, server: SSL.Connection) -> None:
