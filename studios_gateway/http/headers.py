@@ -97,6 +97,14 @@ _SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"host": _HOST,
 # names are checked every time (nothing is evicted, nothing a client sends can grow it).
 _KNOWN_NAMES: dict[bytes, int] = {}
 _KNOWN_NAMES_MAX = 512
+# Field lines seen lately that passed read_head's per-line checks, with what it read of
+# them ((name, value), kind): a browser sends the same User-Agent, Accept-*, sec-ch-*
+# and Cookie lines on every request. Bounded by count and length; once full, the oldest
+# goes (a client sending new lines only makes every line a miss). The lines hold
+# cookies: secrets the process holds anyway (see auth.cookies' caches).
+_SEEN_LINES: dict[bytes, tuple[tuple[bytes, bytes], int]] = {}
+_SEEN_LINES_MAX = 1024
+_SEEN_LINES_LONGEST = 1024
 
 
 def check_head(head: bytes, *, max_request_line: int, max_header_count: int
@@ -134,23 +142,33 @@ def read_head(head: bytes, max_request_line: int, max_header_count: int
     connection = _NO_OPTIONS
     upgrade = False
     trailing_ws = False
+    seen = _SEEN_LINES.get
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        kind = known(name)
-        if kind is None or not colon:  # (a known name is a token: no space or tab first)
-            if line[:1] in (b" ", b"\t"):
-                return HeadProblem(400, "obsolete line folding")
-            if not colon or not _TOKEN.fullmatch(name):
-                return HeadProblem(400, "malformed header field")
-            kind = _SPECIAL.get(name.lower(), _OTHER)
-            if len(_KNOWN_NAMES) < _KNOWN_NAMES_MAX:
-                _KNOWN_NAMES[name] = kind
-        value = value.lstrip(b" \t")
-        if value[-1:] in (b" ", b"\t"):
-            trailing_ws = True
-        append((name, value))
+        hit = seen(line)
+        if hit is None:
+            name, colon, value = line.partition(b":")
+            kind = known(name)
+            if kind is None or not colon:  # (a known name is a token: no space or tab first)
+                if line[:1] in (b" ", b"\t"):
+                    return HeadProblem(400, "obsolete line folding")
+                if not colon or not _TOKEN.fullmatch(name):
+                    return HeadProblem(400, "malformed header field")
+                kind = _SPECIAL.get(name.lower(), _OTHER)
+                if len(_KNOWN_NAMES) < _KNOWN_NAMES_MAX:
+                    _KNOWN_NAMES[name] = kind
+            value = value.lstrip(b" \t")
+            hit = ((name, value), kind)
+            if value[-1:] in (b" ", b"\t"):
+                trailing_ws = True  # (not remembered: its head is refused, values_ok)
+            elif len(line) <= _SEEN_LINES_LONGEST:
+                if len(_SEEN_LINES) >= _SEEN_LINES_MAX:
+                    del _SEEN_LINES[next(iter(_SEEN_LINES))]
+                _SEEN_LINES[line] = hit
+        field, kind = hit
+        append(field)
         if kind == _OTHER:
             continue
+        value = field[1]
         if kind == _CL:
             n_cl += 1
             content_length = value.rstrip(b" \t")

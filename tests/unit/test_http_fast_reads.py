@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from studios_gateway.auth import cookies, login
 from studios_gateway.auth.cookies import cookie_values
 from studios_gateway.auth.login import strip_auth_cookie
+from studios_gateway.http import headers
 from studios_gateway.http.exchange import Exchange, HeadReader, HeadRefused, Limits
 from studios_gateway.http.routing import Router
 
@@ -127,3 +128,29 @@ def test_a_remembered_studio_host_routes_as_a_fresh_router_does(
     for host, target in asks:
         fresh = Router("studios.test", "studios.test", path_routing)
         assert used.route(host, target) == fresh.route(host, target)
+
+
+def _fields(got: object) -> object:
+    if isinstance(got, headers.HeadFields):
+        return tuple(getattr(got, k) for k in headers.HeadFields.__slots__)
+    return got
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_PIECES, min_size=1, max_size=8))
+def test_remembered_field_lines_read_as_lines_worked_out(pieces: list[bytes]) -> None:
+    head = b"GET / HTTP/1.1\r\n" + b"\r\n".join(pieces) + b"\r\n\r\n"
+    headers._SEEN_LINES.clear()
+    first = headers.read_head(head, 64, 6)  # every line worked out (and remembered)
+    assert _fields(headers.read_head(head, 64, 6)) == _fields(first)
+
+
+def test_the_remembered_field_lines_are_bounded() -> None:
+    headers._SEEN_LINES.clear()
+    for i in range(headers._SEEN_LINES_MAX + 10):
+        headers.read_head(b"GET / HTTP/1.1\r\nHost: a\r\nX-N: %d\r\n\r\n" % i, 64, 6)
+    headers.read_head(b"GET / HTTP/1.1\r\nHost: a\r\nX-L: " + b"v" * 2000 + b"\r\n\r\n",
+                      64, 6)
+    assert len(headers._SEEN_LINES) == headers._SEEN_LINES_MAX
+    assert all(len(line) <= headers._SEEN_LINES_LONGEST for line in headers._SEEN_LINES)
+    assert b"X-N: 0" not in headers._SEEN_LINES  # the oldest went
