@@ -12,6 +12,7 @@ from twisted.test.iosim import connectedServerAndClient
 
 from studios_gateway.wire import tls, tls_memory
 from studios_gateway.wire.tls_guard import GuardedTLSFactory, HandshakeLimits
+from tests.unit.test_openssl_peer_key import audited
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
 
@@ -186,6 +187,7 @@ def test_by_default_the_guarded_server_sends_writes_at_the_end_of_the_turn(tmp_p
     assert client_app.received == b"echo"
 
 
+@audited
 def test_a_guarded_server_connection_lets_the_clients_key_share_go(tmp_path) -> None:
     """OpenSSL keeps the client's key share (~6.8 KiB with the hybrid key exchange) as
     long as a connection lives; the guard drops it once the handshake is done
