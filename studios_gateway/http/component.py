@@ -68,7 +68,12 @@ class _RefusalGuard(Protocol):
         self.inner.makeConnection(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
+        # The tool answered: from now on the guard changes nothing, so the stream hands
+        # its reads (and its end) to the proxy's protocol itself (one call less a read).
         self.answered = True
+        transport: Any = self.transport
+        if getattr(transport, "protocol", None) is self:
+            transport.protocol = self.inner
         self.inner.dataReceived(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:

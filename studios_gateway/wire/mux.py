@@ -310,7 +310,8 @@ class Stream:
             # one frame the window allows: what the scheduler would send at once, sent
             # without queueing it (a WebSocket message, a request, an answer's read).
             self._send_window.available -= n
-            mux._send_data(self.stream_id, data)
+            if not mux.closed:  # mux._send_data's frame, one call less per write
+                mux._write(_pack_header(0, DATA, 0, self.stream_id, n) + data)
             return
         self._send_buffer.append(data)
         self._send_buffered += len(data)
@@ -547,7 +548,11 @@ class Stream:
         if self._fin_received:
             raise ProtocolError(f"data on stream {self.stream_id} after its FIN")
         n = len(data)
-        self._recv_window.received(n)
+        window = self._recv_window
+        if n > window.remaining:  # ReceiveWindow.received, made here once per read
+            raise ProtocolError(f"peer sent {n} bytes with only {window.remaining} of window "
+                                "left")
+        window.remaining -= n
         if self._reader_gone:
             self._refused_data = True
             self._reset_if_refused()
@@ -562,7 +567,11 @@ class Stream:
             finally:
                 self._delivering = False
             if not self._closed and not self._fin_received:
-                self._consumed(n)
+                # _consumed(n) without its two calls while no WindowUpdate is due
+                window.owed += n
+                if window.owed * 2 >= window.size:
+                    self.mux._send_control(WINDOW_UPDATE, 0, self.stream_id,
+                                           window.advertise())
             if not self._reading_paused and self._recv_buffer:
                 self._deliver()
         else:
@@ -743,8 +752,8 @@ class Multiplexer(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
-        if self._timer is not None:
-            self.keepalive.heard(self.clock.seconds())
+        if self._timer is not None:  # keepalive.heard(now), one call less per read
+            self.keepalive.last_heard = self.clock.seconds()
         decoder = self._decoder
         sid = decoder.lone_data(data)
         try:

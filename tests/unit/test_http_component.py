@@ -114,7 +114,10 @@ def test_reset_after_the_response_started_is_not_a_refusal() -> None:
     p, t = h.client()
     p.dataReceived(GET)
     stream = dialer.streams[0]
+    guard = stream.protocol
     stream.protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    # Answered: the guard has stepped aside, the stream talks to the proxy's protocol.
+    assert stream.protocol is guard.inner and stream.protocol is not guard
     stream.protocol.connectionLost(Failure(StreamReset("reset")))
     assert t.disconnecting and b"504" not in t.value()
 
