@@ -10,7 +10,9 @@ three layers of ``twisted.python.context`` (about ten Python calls per event).
 pushes the same context (``system`` is the selectable's ``logPrefix()``, so legacy
 ``log.msg``/``log.err`` from a protocol, Conch's for one, still name their
 connection) straight onto the context stack, and logs an exception escaping an event
-with that ``system`` as ``callWithLogger`` does.
+with that ``system`` as ``callWithLogger`` does. The pushed frame is kept per prefix
+(at most :data:`_FRAMES`), and an event that is only a read is read in the poll, as
+Twisted's ``_doReadOrWrite`` would (every other event still goes there).
 
 Around the poll, ``ReactorBase.mainLoop`` calls ``runUntilCurrent`` and ``timeout``
 (each calling ``_insertNewDelayedCalls``) and enters and leaves its failure handler on
@@ -100,6 +102,11 @@ def install(reactor: Any) -> bool:
     return True
 
 
+#: How many events' context frames the lean poll keeps (one per ``logPrefix()``, which
+#: names a connection): past it they are dropped and made again as events come. A few
+#: hundred small dicts for the whole process, nothing per connection.
+_FRAMES = 256
+
 #: The longest poll: epoll_wait's timeout is a C int of milliseconds (as Twisted's).
 _LONGEST = 2147483
 
@@ -135,12 +142,18 @@ def _lean_main_loop(reactor: Any) -> Callable[[], None]:
 
 
 def _lean_poll(reactor: Any, hooks: Hooks) -> Callable[[float | None], None]:
+    from twisted.internet.posixbase import _NO_FILEDESC
+
     poller = reactor._poller
     selectables: dict[int, Any] = reactor._selectables
     handle = reactor._doReadOrWrite
+    disconnect = reactor._disconnectSelectable
+    readable = reactor._POLL_IN
     # The reactor's thread's context stack and the logging context at the loop (twistd's
     # default), found on the first event: the loop runs in one thread, at one depth.
     where: list[Any] = []
+    # The context frame pushed for each event, by system (see _FRAMES).
+    frames: dict[str, dict[Any, Any]] = {}
 
     def do_poll(timeout: float | None) -> None:
         turns = hooks.turns
@@ -161,6 +174,7 @@ def _lean_poll(reactor: Any, hooks: Hooks) -> Callable[[float | None], None]:
         if events:
             if not where or where[0] is not context.theContextTracker:
                 where[:] = _context_stack()
+                frames.clear()
             stack, base = where[1], where[2]
             left = len(events)
             for fd, event in events:
@@ -177,9 +191,34 @@ def _lean_poll(reactor: Any, hooks: Hooks) -> Callable[[float | None], None]:
                 except BaseException:
                     system = "(buggy logPrefix method)"
                     log.err(system=system)
-                stack.append({ILogContext: {**base, "system": system}})
                 try:
-                    handle(selectable, fd, event)
+                    frame = frames[system]
+                except KeyError:
+                    if len(frames) >= _FRAMES:
+                        frames.clear()
+                    frame = frames[system] = {ILogContext: {**base, "system": system}}
+                except TypeError:  # a prefix that is not a string (nor hashable)
+                    frame = {ILogContext: {**base, "system": system}}
+                stack.append(frame)
+                try:
+                    if event == readable:
+                        # Twisted's _doReadOrWrite for an event that is only a read:
+                        # the same calls, in the same order, with the same reasons.
+                        in_read = False
+                        why: Any
+                        try:
+                            if selectable.fileno() == -1:
+                                why = _NO_FILEDESC
+                            else:
+                                why = selectable.doRead()
+                                in_read = True
+                        except BaseException:
+                            why = sys.exc_info()[1]
+                            log.err()
+                        if why:
+                            disconnect(selectable, why, in_read)
+                    else:
+                        handle(selectable, fd, event)
                 except KeyboardInterrupt:
                     stack.pop()
                     raise

@@ -8,6 +8,7 @@ import errno
 import hashlib
 import inspect
 import os
+import select
 import socket
 import threading
 import time
@@ -15,9 +16,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twisted.internet import base, epollreactor, posixbase, task
+from twisted.internet import base, epollreactor, error, main, posixbase, task
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.python import context, log
+from zope.interface import implementer
 
 from studios_gateway import reactor_loop
 from studios_gateway.reactor_loop import install
@@ -202,7 +205,7 @@ def test_an_exception_escaping_an_event_is_logged_with_its_system(reactor: Any,
     install(reactor)
     a, b = pair
     reader = Reader(reactor, a, "Broken,1,127.0.0.1", lambda: None)
-    reactor.addReader(reader)
+    reactor.addWriter(reader)  # a write event: Twisted's _doReadOrWrite handles it
     depth = len(context.theContextTracker.currentContext().contexts)
 
     def boom(selectable: Any, fd: int, event: int) -> None:
@@ -336,3 +339,169 @@ def test_failures_in_the_loop_are_logged_and_the_loop_goes_on(reactor: Any) -> N
     assert done == ["after"]
     errors = [str(e["failure"].value) for e in seen if e.get("isError")]
     assert "timer broke" in errors and "iteration broke" in errors
+
+
+# The fast branch for a read-only event -------------------------------------------------
+
+
+@implementer(IHalfCloseableDescriptor)
+class HalfCloseable(Reader):
+    """A reader that is told of its peer's half-close (readConnectionLost)."""
+
+    def readConnectionLost(self, reason: Any) -> None:
+        self.lost = ("read", reason)
+
+
+class Gone(Reader):
+    """A reader whose descriptor went away (Twisted's historical fileno() == -1)."""
+
+    read = False
+
+    def fileno(self) -> int:
+        return -1 if self.read else self.sock.fileno()
+
+    def doRead(self) -> Any:
+        raise AssertionError("not read: its descriptor is gone")
+
+
+def _outcome(lean: bool, make: Any, on_read: Any) -> tuple[Any, ...]:
+    """One readable event for a reader made by ``make`` (its doRead does ``on_read``) on a
+    reactor with or without the lean poll: what the reader was told, the errors logged
+    (system, exception type) and whether it is still read."""
+    r = epollreactor.EPollReactor()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        if lean:
+            assert install(r)
+        reader = make(r, a, "Case,3,127.0.0.1", on_read)
+        r.addReader(reader)
+        if isinstance(reader, Gone):
+            reader.read = True
+        seen = _one_turn(r, b)
+        lost = reader.lost
+        told = (lost[0], type(lost[1].value)) if isinstance(lost, tuple) else \
+            (None if lost is None else ("lost", type(lost.value)))
+        errors = [(e["system"], type(e["failure"].value)) for e in seen if e.get("isError")]
+        return told, errors, reader in r.getReaders()
+    finally:
+        for reader in list(r._internalReaders):
+            reader.connectionLost(None)
+        r._poller.close()
+        a.close()
+        b.close()
+
+
+def _raise() -> None:
+    raise ValueError("bad bytes")
+
+
+def _raise_done() -> None:
+    raise error.ConnectionDone()
+
+
+@pytest.mark.parametrize("make,on_read", [
+    (Reader, lambda: None),
+    (Reader, lambda: main.CONNECTION_DONE),
+    (HalfCloseable, lambda: main.CONNECTION_DONE),
+    (HalfCloseable, lambda: main.CONNECTION_LOST),
+    (Reader, lambda: main.CONNECTION_LOST),
+    (Reader, _raise),
+    (HalfCloseable, _raise),
+    (HalfCloseable, _raise_done),
+    (Reader, lambda: error.ConnectionRefusedError()),
+    (Gone, lambda: None),
+], ids=["nothing", "done", "half-close", "half-lost", "lost", "raises", "half-raises",
+        "half-raises-done", "other-reason", "fileno-gone"])
+def test_a_read_event_ends_as_with_twisteds_own_handler(make: Any, on_read: Any) -> None:
+    """The lean poll's branch for an event that is only a read stands in for
+    _doReadOrWrite: every way a read can end (nothing, done, a half-close, lost, another
+    reason, an exception, a descriptor gone) tells the reader the same, logs the same
+    errors with the same system, and leaves it read or not, as Twisted's does."""
+    twisted_way = _outcome(False, make, on_read)
+    assert _outcome(True, make, on_read) == twisted_way
+    if on_read is _raise:
+        assert twisted_way[1] == [("Case,3,127.0.0.1", ValueError)]
+
+
+def test_a_read_event_is_read_directly_and_other_events_by_twisteds_handler(
+        reactor: Any, pair: Any) -> None:
+    install(reactor)
+    handled: list[int] = []
+    real = reactor._doReadOrWrite
+
+    def spy(selectable: Any, fd: int, event: int) -> None:
+        handled.append(event)
+        real(selectable, fd, event)
+
+    install_handle(reactor, spy)
+    a, b = pair
+    reads: list[int] = []
+    reader = Reader(reactor, a, "R", lambda: reads.append(1))
+    reader.doWrite = lambda: reactor.removeWriter(reader)  # type: ignore[method-assign]
+    reactor.addReader(reader)
+    _one_turn(reactor, b)
+    assert reads == [1] and handled == []  # EPOLLIN only: doRead straight away
+    reactor.addWriter(reader)
+    _one_turn(reactor, b)
+    assert reads == [1, 1] and handled == [select.EPOLLIN | select.EPOLLOUT]
+    reactor.removeReader(reader)
+    b.close()  # the peer gone: a hang-up with nothing to read is Twisted's to handle
+    reactor.addReader(reader)
+    reactor.doIteration(1)
+    assert len(handled) == 2 and handled[1] & select.EPOLLIN
+
+
+def test_an_exception_escaping_a_read_events_disconnect_is_logged_with_its_system(
+        reactor: Any, pair: Any) -> None:
+    install(reactor)
+    a, b = pair
+    depth = len(context.theContextTracker.currentContext().contexts)
+
+    class LoseBadly(Reader):
+        def connectionLost(self, reason: Any) -> None:
+            raise RuntimeError("connectionLost broke")
+
+    reader = LoseBadly(reactor, a, "Bad,2,127.0.0.1", lambda: main.CONNECTION_LOST)
+    reactor.addReader(reader)
+    seen = _one_turn(reactor, b)
+    errors = [(e["system"], str(e["failure"].value)) for e in seen if e.get("isError")]
+    assert errors == [("Bad,2,127.0.0.1", "connectionLost broke")]
+    assert len(context.theContextTracker.currentContext().contexts) == depth
+
+
+def test_each_events_context_names_its_connection_when_frames_are_reused(
+        reactor: Any, monkeypatch: Any) -> None:
+    """The context frames kept per logPrefix: a connection's prefix that changes, more
+    connections than are kept, and a prefix that is not a string all log their own."""
+    monkeypatch.setattr(reactor_loop, "_FRAMES", 2)
+    install(reactor)
+    systems: list[Any] = []
+
+    def note() -> None:
+        systems.append(context.get(log.ILogContext)["system"])
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    readers = [Reader(reactor, a, f"C,{n},127.0.0.1", note) for n, (a, _) in enumerate(pairs)]
+    try:
+        for reader, (a, _) in zip(readers, pairs, strict=True):
+            a.setblocking(False)
+            reactor.addReader(reader)
+        poll = reactor.doIteration
+        frames = dict(zip(poll.__code__.co_freevars, poll.__closure__, strict=True))["frames"]
+        for _ in range(2):
+            for n, (_, b) in enumerate(pairs):
+                _one_turn(reactor, b)
+                assert systems[-1] == f"C,{n},127.0.0.1"
+                assert len(frames.cell_contents) <= 2  # the bound
+        readers[0].prefix = "Upgraded,0,127.0.0.1"
+        _one_turn(reactor, pairs[0][1])
+        readers[1].prefix = ("not", ["hashable"])  # type: ignore[assignment]
+        _one_turn(reactor, pairs[1][1])
+        assert systems[-2:] == ["Upgraded,0,127.0.0.1", ("not", ["hashable"])]
+        assert context.get(log.ILogContext)["system"] == "-"
+    finally:
+        for reader, (a, b) in zip(readers, pairs, strict=True):
+            reactor.removeReader(reader)
+            a.close()
+            b.close()
