@@ -30,6 +30,10 @@ class Gate:
     def reasons(self) -> frozenset[str]:
         return frozenset(self._reasons)
 
+    def holds(self, reason: str) -> bool:
+        """Paused (among others) for `reason`."""
+        return reason in self._reasons
+
     def pause(self, reason: str) -> None:
         if not self._reasons:
             self._transport.pauseProducing()

@@ -96,6 +96,10 @@ class UpstreamConnection(Protocol):
         self.pool = pool
         self.codec = ToolCodec(max_head)
         self.owner: ProxyProtocol | None = None
+        #: The client whose producers stay wired to this connection while it is idle in
+        #: the pool (ProxyProtocol._park), so that client's next request skips the wiring.
+        self.paired: ProxyProtocol | None = None
+        self.pool_entry: Any = None  # IdlePool's, while idle in it
         self.gate: Gate | None = None
         self.lost = False
         self.has_producer = False
@@ -126,6 +130,9 @@ class UpstreamConnection(Protocol):
         self.lost_reason = reason
         if self._pacer is not None:
             self._pacer.cancel()
+        paired = self.paired
+        if paired is not None:
+            paired._unpair()
         owner, self.owner = self.owner, None
         if owner is not None:
             owner.upstream_lost(self)
@@ -275,6 +282,8 @@ class ProxyProtocol(Protocol):
         self._peer_port = 0
         self._trusted = False  # the peer is a trusted proxy (decided once per connection)
         self._has_producer = False
+        # A pooled tool connection left wired to this client between its requests.
+        self._paired: UpstreamConnection | None = None
         self._idle = False  # waiting for the next request on a kept-alive connection
         self._release: Callable[[], Any] | None = None  # untrack an upgraded connection
         # For the access log and metrics: bytes each way on this connection, and at the
@@ -318,6 +327,8 @@ class ProxyProtocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
         self.factory.forget(self)
+        if self._paired is not None:
+            self._unpair()
         for timer in (self._timer, self._response_timer):
             if timer is not None:
                 timer.stop()
@@ -352,6 +363,8 @@ class ProxyProtocol(Protocol):
             up.close()
 
     def _close(self) -> None:
+        if self._paired is not None:  # unwired before the transport closes
+            self._unpair()
         self._closing = True
         self._cancel_timer()
         self.transport.loseConnection()
@@ -359,6 +372,8 @@ class ProxyProtocol(Protocol):
     def _refuse_raw(self, page: pages.Page, why: str) -> None:
         """Answer `page` and close, before a request was read whole; `why` for the access
         log (nothing is logged without it)."""
+        if self._paired is not None:
+            self._unpair()
         self._closing = True
         self._cancel_timer()
         data = raw_response(page)
@@ -497,6 +512,8 @@ class ProxyProtocol(Protocol):
             return
         self._ex = None
         self._cancel_timer()
+        if self._paired is not None:  # the carried tunnel writes to this transport now
+            self._unpair()
         rest = ex.body.leftover() if ex.body.done else b""
         self.transport.write(head)
         inner = self.factory.carry.buildProtocol(self.transport.getPeer())
@@ -570,7 +587,7 @@ class ProxyProtocol(Protocol):
     def _connect(self, ex: Exchange) -> None:
         f = self.factory
         sid = ex.session_id
-        conn = None if ex.retried else f.pool.take(sid)
+        conn = None if ex.retried else f.pool.take(sid, self._paired)
         if conn is not None:
             assert isinstance(conn, UpstreamConnection)
             ex.reused = True
@@ -624,16 +641,52 @@ class ProxyProtocol(Protocol):
         else:
             data, step = ex.pump_request(conn.codec)
         conn.transport.write(head + data if data else head)
+        if self._paired is conn:  # this client's own previous one: still wired to it
+            self._paired = conn.paired = None
+        else:
+            self._wire(conn)
+        self.gate.resume("dispatch")
+        self._request_step(ex, step)
+
+    def _wire(self, conn: UpstreamConnection) -> None:
+        """Each side's back-pressure pauses the other: this client's gate is the tool
+        stream's producer, `conn`'s gate the client transport's."""
+        other = conn.paired
+        if other is not None:  # idle and wired to another client: taken by this one
+            other._unpair()
+        if self._paired is not None:
+            self._unpair()
         conn.transport.registerProducer(self._upstream_full, True)
         conn.has_producer = True
         self.transport.registerProducer(conn.client_full, True)
         self._has_producer = True
-        self.gate.resume("dispatch")
-        self._request_step(ex, step)
+
+    def _park(self, conn: UpstreamConnection) -> None:
+        """`conn` went back to the pool after this client's exchange: its wiring stays
+        (the client's next request most likely takes it again, see IdlePool.take's
+        prefer) unless either side is held back by the other right now."""
+        gate = conn.gate
+        if (self._closing or (gate is not None and gate.holds("client-full"))
+                or self.gate.holds("upstream-full")):
+            self._unwire(conn)
+            return
+        self._paired = conn
+        conn.paired = self
+
+    def _unpair(self) -> None:
+        """Undo the wiring of the connection parked with this client (it is taken by
+        another client, lost, or this client takes another or closes)."""
+        conn, self._paired = self._paired, None
+        if conn is not None:
+            conn.paired = None
+            self._unwire(conn)
 
     def _detach(self, conn: UpstreamConnection) -> None:
         """Undo _attach's producer wiring between this client and `conn`."""
         conn.owner = None
+        self._unwire(conn)
+
+    def _unwire(self, conn: UpstreamConnection) -> None:
         if conn.has_producer:
             conn.has_producer = False
             if not conn.lost:
@@ -736,12 +789,16 @@ class ProxyProtocol(Protocol):
     def _response_done(self, ex: Exchange, conn: UpstreamConnection) -> None:
         # (the response timer: disarmed when the response started, or by _finish)
         ex.up = None
-        self._detach(conn)
+        conn.owner = None
         if not conn.lost and ex.reusable(conn.codec):
             conn.codec.next_cycle()
-            if not self.factory.pool.put(ex.session_id, conn):
+            if self.factory.pool.put(ex.session_id, conn):
+                self._park(conn)
+            else:
+                self._unwire(conn)
                 conn.close()
         else:
+            self._unwire(conn)
             conn.close()
         self._finish(ex)
 

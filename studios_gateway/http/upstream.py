@@ -98,6 +98,9 @@ class EndpointUpstream:
 
 
 class Poolable(Protocol):
+    #: The pool's entry while idle in it (set by IdlePool.put; take(prefer=) looks it up).
+    pool_entry: Any
+
     def close(self) -> None: ...
 
     def fit_for_reuse(self) -> bool: ...
@@ -129,14 +132,22 @@ class IdlePool:
         self._idle: dict[str, deque[tuple[Poolable, float]]] = {}
         self._sweep_call: IDelayedCall | None = None
 
-    def take(self, session_id: str) -> Poolable | None:
+    def take(self, session_id: str, prefer: Poolable | None = None) -> Poolable | None:
         """The most recently used idle connection still fit for reuse (those that no
         longer are, e.g. on a tunnel retired since or past their deadline, are closed
-        on the way)."""
+        on the way); `prefer` first if it is idle here, within its deadline and fit (a
+        client's own previous connection, still wired to it)."""
         conns = self._idle.get(session_id)
         if not conns:
             return None
         now = self._clock.seconds()
+        if prefer is not None:
+            entry = prefer.pool_entry
+            if (entry is not None and entry is not conns[-1] and entry[1] > now
+                    and entry in conns and prefer.fit_for_reuse()):
+                conns.remove(entry)  # (a C-level scan; identity matches first)
+                prefer.pool_entry = None
+                return prefer
         found: Poolable | None = None
         closing: list[Poolable] = []
         while conns:
@@ -166,7 +177,8 @@ class IdlePool:
         elif len(conns) >= self.max_idle:
             return False
         deadline = self._clock.seconds() + self.idle_timeout
-        conns.append((conn, deadline))
+        conn.pool_entry = entry = (conn, deadline)
+        conns.append(entry)
         if self._sweep_call is None:
             self._sweep_call = self._clock.callLater(self.idle_timeout, self._sweep)
         return True

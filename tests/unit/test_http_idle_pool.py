@@ -10,6 +10,7 @@ from studios_gateway.http.upstream import IdlePool
 class Conn:
     def __init__(self) -> None:
         self.closed = False
+        self.pool_entry: object = None
 
     def fit_for_reuse(self) -> bool:
         return not self.closed
@@ -94,3 +95,23 @@ def test_closing_a_connection_may_discard_it_from_the_pool_on_the_way() -> None:
     pool.put("s", stale)
     clock.seconds = lambda: 100.0  # type: ignore[method-assign]
     assert pool.take("s") is None and pool.count() == 0
+
+
+def test_pool_take_prefers_the_given_connection_within_its_deadline() -> None:
+    clock = Clock()
+    pool = IdlePool(clock, max_idle=4, idle_timeout=4.0)
+    a, b, c = Conn(), Conn(), Conn()
+    pool.put("s", a)
+    clock.advance(1)
+    pool.put("s", b)
+    pool.put("s", c)
+    assert pool.take("s", prefer=a) is a  # not the most recent, but asked for
+    assert pool.take("s", prefer=a) is c  # a is not idle: the most recent
+    pool.put("s", a)
+    b.closed = True
+    assert pool.take("s", prefer=b) is a  # unfit: the usual choice (b closed on the way)
+    pool.put("s", d := Conn())
+    clock.advance(3.5)  # d's deadline is 4 s away, a's... a was taken; put e late
+    pool.put("s", e := Conn())
+    clock.advance(1.0)  # d past its deadline, e not
+    assert pool.take("s", prefer=d) is e and d.closed
