@@ -7,6 +7,7 @@ Plain logic, no I/O: :mod:`studios_gateway.auth.login` asks it for every decisio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -111,7 +112,7 @@ class AuthSettings:
     def login_cookie_path(self) -> str:
         return "/" if self.secure_cookies else PREFIX
 
-    @property
+    @cached_property  # asked on every request (the login's fast path); settings are frozen
     def studio_cookie_name(self) -> str:
         return cookie_name(secure=self.secure_cookies, host_only_root=not self.path_routing)
 

@@ -75,11 +75,13 @@ def _header_value(template: str, prefix: str) -> bytes:
 def tool_route(route: Route, tool: str) -> ToolRoute:
     """How `tool` is presented on `route` (the same object for the same mode, prefix and
     tool: it is asked on every request, and is immutable)."""
-    return _tool_route(route.mode, route.prefix, tool)
+    # Keyed by the mode's value: an Enum member's hash is a Python call (one per request).
+    return _tool_route(route.mode._value_, route.prefix, tool)
 
 
 @lru_cache(maxsize=4096)
-def _tool_route(mode: Mode, prefix: str, tool: str) -> ToolRoute:
+def _tool_route(mode_value: str, prefix: str, tool: str) -> ToolRoute:
+    mode = Mode(mode_value)
     spec = tools.spec_for(tool)
     headers = [(name.encode(), _header_value(value, prefix))
                for name, value in spec.proxy_headers]

@@ -75,7 +75,14 @@ class TextTarget:
         return self._prefix
 
     def write(self, lines: Sequence[tuple[float, str]]) -> None:
-        text = "".join([f"{self.prefix(when)}{line}\n" for when, line in lines])
+        # The prefix asked once per second of the batch's lines (not once per line).
+        parts: list[str] = []
+        second, head = -1, ""
+        for when, line in lines:
+            if int(when) != second:
+                second, head = int(when), self.prefix(when)
+            parts.append(f"{head}{line}\n")
+        text = "".join(parts)
         self.out.write(text.encode("utf-8") if self._bytes else text)
         self.out.flush()
 

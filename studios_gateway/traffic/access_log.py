@@ -74,8 +74,10 @@ def text_line(f: Finished, node: str) -> str:
     # _quote's remembered answers asked directly (each is a non-empty text); _quote
     # works out the others.
     q = _QUOTED.get
+    clf = _last_clf  # this second's time as is, else _clf_time's
+    when = clf[1] if clf[0] == int(f.started) else _clf_time(f.started)
     line = (f"{q(f.client) or _quote(f.client)} - {q(f.subject) or _quote(f.subject)} "
-            f"[{_clf_time(f.started)}] "
+            f"[{when}] "
             f"\"{q(f.method) or _quote(f.method)} {q(f.path) or _quote(f.path)}\" "
             f"{'-' if f.status is None else f.status} {f.bytes_out} "
             f"in={f.bytes_in} out={f.bytes_out} duration={f.duration:.3f} kind={f.kind} "

@@ -43,9 +43,12 @@ def test_a_target_writes_what_the_observer_would_have_written() -> None:
     via_event, direct = io.StringIO(), io.StringIO()
     textFileLogObserver(via_event)(as_event("a line", T0))
     textFileLogObserver(via_event)(as_event("another", T0 + 1.5))
+    textFileLogObserver(via_event)(as_event("a third", T0 + 1.7))  # the same second
+    textFileLogObserver(via_event)(as_event("a fourth", T0 + 3.2))
     target = TextTarget.of(textFileLogObserver(direct), NAMESPACE)
     assert target is not None  # twistd's observer still keeps its file where we look
-    target.write([(T0, "a line"), (T0 + 1.5, "another")])
+    target.write([(T0, "a line"), (T0 + 1.5, "another"), (T0 + 1.7, "a third"),
+                  (T0 + 3.2, "a fourth")])
     assert direct.getvalue() == via_event.getvalue()
     assert f"[{NAMESPACE}#info] a line\n" in direct.getvalue()
 
