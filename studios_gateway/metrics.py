@@ -34,11 +34,12 @@ class _ReactorTicks:
         self.seconds = PlainHistogram(
             "studios_gateway_reactor_tick_seconds",
             "Time the reactor spent running callbacks in one loop iteration.", buckets)
-        self.seconds.series(())
+        # The histogram's one series, counted in place (by the lean poll, or observe).
+        self.counts = reactor_loop.TickCounts(self.seconds.bounds, self.seconds.series(()))
         self._created = time.time()
 
     def observe(self, seconds: float) -> None:
-        self.seconds.observe((), seconds)
+        self.counts.observe(seconds)
 
     def _ticks(self) -> CounterMetricFamily:
         return CounterMetricFamily("studios_gateway_reactor_ticks", "Reactor loop iterations.")
@@ -47,6 +48,7 @@ class _ReactorTicks:
         return [*self.seconds.describe(), self._ticks()]
 
     def collect(self) -> Iterator[Metric]:
+        self.seconds.sums[()] = self.counts.total
         yield from self.seconds.collect()
         ticks = self._ticks()
         ticks.add_metric([], self.seconds.count(()), created=self._created)
@@ -95,10 +97,10 @@ class Metrics:
         hooks = reactor_loop.hooks_of(reactor)
         if hooks is not None:
             hooks.started = time.perf_counter()
-            hooks.tick = self.reactor_ticks.observe
+            hooks.ticks = self.reactor_ticks.counts
 
             def unhook() -> None:
-                hooks.tick = None
+                hooks.ticks = None
 
             self._unwrap = unhook
             return

@@ -24,7 +24,8 @@ computes the poll's timeout in place, with the same failure handler on an except
 The two things that used to wrap ``doIteration`` on every iteration, the multiplexer's
 turn counter (wire/turns.py) and the reactor-tick metric (metrics.py), are hooks of the
 lean poll instead (:func:`hooks_of`): the poll counts the turn and times the tick
-itself, two Python calls fewer per wake-up. ``doIteration`` is still looked up on every
+itself, and counts the tick into the metric's histogram in place (:class:`TickCounts`),
+with no Python call per wake-up. ``doIteration`` is still looked up on every
 iteration, so any other wrapper keeps working.
 
 Only Twisted's own epoll reactor is changed (not a subclass with its own poll, nor a
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from bisect import bisect_left
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -44,7 +46,7 @@ from typing import Any
 from twisted.python import context, log
 from twisted.python.log import ILogContext
 
-__all__ = ["Hooks", "hooks_of", "install", "installed"]
+__all__ = ["Hooks", "TickCounts", "hooks_of", "install", "installed"]
 
 #: Set on a reactor that has the lean poll: its :class:`Hooks`.
 _INSTALLED = "_studios_lean_poll"
@@ -54,16 +56,36 @@ class Hooks:
     """What the lean poll does besides polling, on every iteration.
 
     ``turns``: an object whose ``n`` the poll adds one to before it polls (the
-    multiplexer's turn counter, wire/turns.py). ``tick``: called with the seconds from
-    the end of the previous poll to the start of this one (the callbacks of the events
-    that poll returned, and the timed calls run since), the reactor-tick metric."""
+    multiplexer's turn counter, wire/turns.py). ``ticks``: the :class:`TickCounts` the
+    poll counts the seconds from the end of the previous poll to the start of this one
+    in (the callbacks of the events that poll returned, and the timed calls run since),
+    the reactor-tick metric's."""
 
-    __slots__ = ("turns", "tick", "started")
+    __slots__ = ("turns", "ticks", "started")
 
     def __init__(self) -> None:
         self.turns: Any = None
-        self.tick: Callable[[float], None] | None = None
+        self.ticks: TickCounts | None = None
         self.started = perf_counter()
+
+
+class TickCounts:
+    """A histogram of tick times in plain numbers, counted in place by the lean poll (no
+    call per iteration): ``counts[i]`` ticks took at most ``bounds[i]`` seconds and more
+    than the bound before (the last: above every bound), ``total`` seconds in all."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...], counts: list[int]) -> None:
+        assert len(counts) == len(bounds) + 1 and list(bounds) == sorted(bounds)
+        self.bounds = bounds
+        self.counts = counts
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Count one tick (what the lean poll does in place)."""
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
 
 
 def installed(reactor: Any) -> bool:
@@ -123,15 +145,21 @@ def _lean_main_loop(reactor: Any) -> Callable[[], None]:
         while r._started:
             try:
                 due = r._pendingTimedCalls
+                now = seconds() if due else 0.0  # one clock read when nothing is run
                 if (r._newTimedCalls or r.threadCallQueue or r._justStopped
-                        or r._cancellations > 50 or (due and due[0].time <= seconds())):
+                        or r._cancellations > 50 or (due and due[0].time <= now)):
                     r.runUntilCurrent()
                     if r._newTimedCalls:
                         r._insertNewDelayedCalls()
                     due = r._pendingTimedCalls
+                    now = seconds()
                 timeout: float | None = None
                 if due:
-                    timeout = max(0, min(_LONGEST, due[0].time - seconds()))
+                    timeout = due[0].time - now
+                    if timeout > _LONGEST:
+                        timeout = _LONGEST
+                    elif timeout < 0:
+                        timeout = 0
                 r.doIteration(timeout if r.running else 0)
             except BaseException:
                 if not failed(*sys.exc_info()):
@@ -159,9 +187,11 @@ def _lean_poll(reactor: Any, hooks: Hooks) -> Callable[[float | None], None]:
         turns = hooks.turns
         if turns is not None:
             turns.n += 1
-        tick = hooks.tick
-        if tick is not None:
-            tick(perf_counter() - hooks.started)
+        ticks = hooks.ticks
+        if ticks is not None:  # TickCounts.observe, in place
+            spent = perf_counter() - hooks.started
+            ticks.counts[bisect_left(ticks.bounds, spent)] += 1
+            ticks.total += spent
         try:
             events = poller.poll(-1 if timeout is None else timeout, len(selectables))
         except OSError as err:
@@ -169,7 +199,7 @@ def _lean_poll(reactor: Any, hooks: Hooks) -> Callable[[float | None], None]:
             if err.errno == errno.EINTR:
                 return
             raise
-        if tick is not None:
+        if ticks is not None:
             hooks.started = perf_counter()
         if events:
             if not where or where[0] is not context.theContextTracker:

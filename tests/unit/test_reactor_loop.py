@@ -154,6 +154,10 @@ def test_the_turn_counter_and_the_tick_metric_are_hooks_not_wrappers(reactor: An
     assert turns.n == before + 2
     text = metrics.render().decode()
     assert "studios_gateway_reactor_ticks_total 2.0" in text
+    assert 'studios_gateway_reactor_tick_seconds_bucket{le="+Inf"} 2.0' in text
+    total = [line for line in text.splitlines()
+             if line.startswith("studios_gateway_reactor_tick_seconds_sum ")]
+    assert len(total) == 1 and 0 < float(total[0].split()[1]) < 10
     metrics.uninstrument_reactor()
     reactor.doIteration(0)
     assert turns.n == before + 3
@@ -505,3 +509,57 @@ def test_each_events_context_names_its_connection_when_frames_are_reused(
             reactor.removeReader(reader)
             a.close()
             b.close()
+
+
+def test_the_poll_counts_each_tick_in_its_bucket_as_observe_does(
+        reactor: Any, monkeypatch: Any) -> None:
+    """The tick histogram counted in place by the poll: each tick (from the end of one
+    poll to the start of the next) in the bucket TickCounts.observe (and the metric's
+    PlainHistogram) puts it in, a tick of exactly a bound in that bound's bucket."""
+    from studios_gateway.plain_metrics import PlainHistogram
+
+    bounds = (0.001, 0.01, 0.1)
+    hist = PlainHistogram("t", "t", bounds)
+    expected = reactor_loop.TickCounts(bounds, [0] * 4)
+    install(reactor)
+    hooks = reactor_loop.hooks_of(reactor)
+    assert hooks is not None
+    hooks.ticks = reactor_loop.TickCounts(bounds, [0] * 4)
+    clock: list[float] = []
+    monkeypatch.setattr(reactor_loop, "perf_counter", lambda: clock.pop(0))
+    hooks.started = 0.0
+    for spent in (0.0005, 0.001, 0.05, 0.1, 3.0):
+        clock[:] = [spent, 0.0]  # the poll starts ``spent`` after the last one ended
+        reactor.doIteration(0)
+        assert clock == []
+        expected.observe(spent)
+        hist.observe((), spent)
+    assert hooks.ticks.counts == expected.counts == hist.counts[()] == [2, 0, 2, 1]
+    assert hooks.ticks.total == pytest.approx(3.1515) == hist.sums[()]
+
+
+def test_the_polls_timeout_is_the_next_timers_time_within_epolls_range(reactor: Any) -> None:
+    """The lean loop's timeout: the earliest timed call's time from now, at most epoll's
+    longest (a far timer)."""
+    far = reactor.callLater(10**10, lambda: None)
+    timeouts: list[Any] = []
+    near: list[Any] = []
+
+    def run_iterations() -> None:
+        inner = reactor.doIteration
+
+        def spy(timeout: Any) -> None:
+            timeouts.append(timeout)
+            if len(timeouts) == 1:
+                near.append(reactor.callLater(30, lambda: None))  # for the next poll
+            elif len(timeouts) == 2:
+                reactor.stop()
+            inner(0)
+
+        reactor.doIteration = spy
+
+    reactor.callWhenRunning(run_iterations)
+    _run(reactor)
+    assert timeouts[0] == reactor_loop._LONGEST and 29 < timeouts[1] <= 30
+    far.cancel()
+    near[0].cancel()
