@@ -21,29 +21,26 @@ __all__ = ["Gate", "GateProducer"]
 class Gate:
     def __init__(self, transport: Any):
         self._transport = transport
-        self._reasons: set[str] = set()
+        #: The reasons it is paused for (read it; pause and resume change it).
+        self.held: set[str] = set()
 
     @property
     def paused(self) -> bool:
-        return bool(self._reasons)
+        return bool(self.held)
 
     def reasons(self) -> frozenset[str]:
-        return frozenset(self._reasons)
-
-    def holds(self, reason: str) -> bool:
-        """Paused (among others) for `reason`."""
-        return reason in self._reasons
+        return frozenset(self.held)
 
     def pause(self, reason: str) -> None:
-        if not self._reasons:
+        if not self.held:
             self._transport.pauseProducing()
-        self._reasons.add(reason)
+        self.held.add(reason)
 
     def resume(self, reason: str) -> None:
-        if reason not in self._reasons:
+        if reason not in self.held:
             return
-        self._reasons.discard(reason)
-        if not self._reasons:
+        self.held.discard(reason)
+        if not self.held:
             self._transport.resumeProducing()
 
 

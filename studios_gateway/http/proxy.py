@@ -647,7 +647,8 @@ class ProxyProtocol(Protocol):
             self._paired = conn.paired = None
         else:
             self._wire(conn)
-        self.gate.resume("dispatch")
+        if "dispatch" in self.gate.held:  # (paused only when the dispatch waited)
+            self.gate.resume("dispatch")
         self._request_step(ex, step)
 
     def _wire(self, conn: UpstreamConnection) -> None:
@@ -668,8 +669,8 @@ class ProxyProtocol(Protocol):
         (the client's next request most likely takes it again, see IdlePool.take's
         prefer) unless either side is held back by the other right now."""
         gate = conn.gate
-        if (self._closing or (gate is not None and gate.holds("client-full"))
-                or self.gate.holds("upstream-full")):
+        if (self._closing or (gate is not None and "client-full" in gate.held)
+                or "upstream-full" in self.gate.held):
             self._unwire(conn)
             return
         self._paired = conn
@@ -944,7 +945,7 @@ class ProxyProtocol(Protocol):
         assert self._reader is not None
         self._reader.reset(rest)
         gate = self.gate
-        if gate.paused:
+        if gate.held:
             gate.resume("pipeline")
             gate.resume("dispatch")
             gate.resume("upstream-full")
