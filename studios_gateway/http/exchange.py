@@ -25,6 +25,7 @@ from studios_gateway.auth.login import GATEWAY_COOKIES, strip_auth_cookie
 from studios_gateway.config import default_of
 from studios_gateway.http import pages
 from studios_gateway.http.h1 import (
+    FIELD_LINE,
     BodyError,
     RequestBody,
     RequestHead,
@@ -196,16 +197,20 @@ class HeadReader:
         lim = self.limits
         end = data.find(b"\r\n\r\n")
         line_end = data.find(b"\r\n")
-        if (end == -1 or end + 4 > lim.max_header_bytes or line_end > lim.max_request_line
-                or _bare_lf(data, 0, end + 4)):
+        if end == -1 or end + 4 > lim.max_header_bytes or line_end > lim.max_request_line:
+            self.feed(data)
+            return self.take()
+        # No bare-LF search here: read_head refuses a head with a bare CR or LF, and a
+        # refused head goes the general way, which says which refusal it is (take's).
+        got = (self._exchange(data, b"") if end + 4 == len(data) else
+               self._exchange(data[: end + 4], data[end + 4 :]))
+        if type(got) is HeadRefused:
             self.feed(data)
             return self.take()
         # What take's searches would have examined: the request line, the blank line and
         # the bare-LF count, each from the start.
         self.work += line_end + 2 + 2 * (end + 4)
-        if end + 4 == len(data):
-            return self._exchange(data, b"")
-        return self._exchange(data[: end + 4], data[end + 4 :])
+        return got
 
     def _exchange(self, head: bytes, rest: bytes) -> Exchange | HeadRefused:
         """The exchange of the complete request head `head`, `rest` the bytes after it."""
@@ -353,7 +358,7 @@ class Exchange:
         # by request_headers (the subject).
         codec.reader.expect(req.method)
         return b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (
-            req.method, target.encode(), b"\r\n".join([b": ".join(nv) for nv in headers]))
+            req.method, target.encode(), b"\r\n".join(map(FIELD_LINE, headers)))
 
     def pump_request(self, codec: ToolCodec) -> tuple[bytes, Step]:
         """The request body read so far, framed for the tool; COMPLETE includes its end."""

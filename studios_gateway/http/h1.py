@@ -27,8 +27,8 @@ import httptools
 
 from studios_gateway.http.headers import HeadProblem, read_head
 
-__all__ = ["BodyError", "RequestBody", "RequestHead", "ResponseFramer", "ResponseHead",
-           "ResponseReader", "parse_request_head"]
+__all__ = ["FIELD_LINE", "BodyError", "RequestBody", "RequestHead", "ResponseFramer",
+           "ResponseHead", "ResponseReader", "parse_request_head"]
 
 Headers = list[tuple[bytes, bytes]]
 _TARGET = re.compile(rb"[\x21-\x7e]+")
@@ -43,6 +43,8 @@ def _value_ok(value: bytes) -> bool:
     return not value.translate(None, _VALUE_BYTES) and (
         not value or (value[0] not in (0x20, 0x09) and value[-1] not in (0x20, 0x09)))
 _NO_BODY_STATUS = (204, 304)
+# A (name, value) pair as its field line (mapped over a header list: no Python frame).
+FIELD_LINE = b": ".join
 
 
 class BodyError(Exception):
@@ -61,6 +63,7 @@ class RequestHead:
     chunked: bool
     host: bytes = b""  # the Host header's value
     connection: frozenset[bytes] = frozenset()  # the options Connection names (lower case)
+    forwarded: bool = False  # an X-Forwarded-For header (the client's address may be in it)
 
 
 class _Validate:
@@ -96,7 +99,7 @@ def parse_request_head(head: bytes, max_request_line: int, max_header_count: int
     return RequestHead(fields.method, fields.target, version, fields.headers,
                        version == b"1.1" and b"close" not in fields.connection,
                        fields.upgrade, None if cl is None else int(cl), fields.chunked,
-                       fields.host, fields.connection)
+                       fields.host, fields.connection, fields.forwarded)
 
 
 class RequestBody:
@@ -381,4 +384,4 @@ def _head(status: int, reason: bytes, headers: Headers) -> bytes:
     if not headers:
         return b"HTTP/1.1 %d %s\r\n\r\n" % (status, reason)
     return b"HTTP/1.1 %d %s\r\n%s\r\n\r\n" % (
-        status, reason, b"\r\n".join([b": ".join(nv) for nv in headers]))
+        status, reason, b"\r\n".join(map(FIELD_LINE, headers)))

@@ -65,11 +65,12 @@ class HeadFields:
     """What :func:`read_head` found in a head it did not refuse (before llhttp's look)."""
 
     __slots__ = ("method", "target", "minor", "headers", "values_ok", "connection",
-                 "host", "content_length", "chunked", "upgrade")
+                 "host", "content_length", "chunked", "upgrade", "forwarded")
 
     def __init__(self, method: bytes, target: bytes, minor: bytes, headers: Headers,
                  values_ok: bool, connection: frozenset[bytes], host: bytes,
-                 content_length: bytes | None, chunked: bool, upgrade: bool):
+                 content_length: bytes | None, chunked: bool, upgrade: bool,
+                 forwarded: bool = False):
         self.method = method
         self.target = target
         self.minor = minor  # b"0" or b"1" (HTTP/1.x)
@@ -82,15 +83,16 @@ class HeadFields:
         self.content_length = content_length  # its digits, when there is one
         self.chunked = chunked  # a Transfer-Encoding (which can only be "chunked")
         self.upgrade = upgrade  # an Upgrade header
+        self.forwarded = forwarded  # an X-Forwarded-For header (client_address reads it)
 
 
 _NO_OPTIONS: frozenset[bytes] = frozenset()
 # Bytes a field line may hold after its name passed _TOKEN: the value's (no NUL, VT, FF;
 # the head has no bare CR or LF by then) and the CRLFs between lines.
 _FIELD_BYTES = bytes(b for b in range(256) if b not in b"\x00\x0b\x0c")
-_CL, _TE, _HOST, _CONN, _UPG, _OTHER = range(6)
+_CL, _TE, _HOST, _CONN, _UPG, _XFF, _OTHER = range(7)
 _SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"host": _HOST,
-            b"connection": _CONN, b"upgrade": _UPG}
+            b"connection": _CONN, b"upgrade": _UPG, b"x-forwarded-for": _XFF}
 # Field names seen before that are tokens, as sent, with what read_head makes of them:
 # browsers send the same few dozen names on every request, so most lines need one dict
 # look-up instead of the token regex, a lower() and a look-up. Bounded: once full, other
@@ -140,7 +142,7 @@ def read_head(head: bytes, max_request_line: int, max_header_count: int
     content_length = transfer_encoding = None
     host = b""
     connection = _NO_OPTIONS
-    upgrade = False
+    upgrade = forwarded = False
     trailing_ws = False
     seen = _SEEN_LINES.get
     for line in lines[1:]:
@@ -180,8 +182,10 @@ def read_head(head: bytes, max_request_line: int, max_header_count: int
             host = value
         elif kind == _CONN:
             connection = connection | connection_options(value)
-        else:
+        elif kind == _UPG:
             upgrade = True
+        else:
+            forwarded = True
     if n_cl > 1:
         return HeadProblem(400, "repeated Content-Length")
     if n_te > 1:
@@ -199,8 +203,8 @@ def read_head(head: bytes, max_request_line: int, max_header_count: int
     if n_host != 1:
         return HeadProblem(400, "missing or repeated Host")
     values_ok = not trailing_ws and not text[len(request_line):].translate(None, _FIELD_BYTES)
-    return HeadFields(method, target, minor, headers, values_ok,
-                      connection, host, content_length, transfer_encoding is not None, upgrade)
+    return HeadFields(method, target, minor, headers, values_ok, connection, host,
+                      content_length, transfer_encoding is not None, upgrade, forwarded)
 
 
 def field_value_ok(value: bytes) -> bool:

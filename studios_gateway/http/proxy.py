@@ -649,7 +649,10 @@ class ProxyProtocol(Protocol):
             self._wire(conn)
         if "dispatch" in self.gate.held:  # (paused only when the dispatch waited)
             self.gate.resume("dispatch")
-        self._request_step(ex, step)
+        if step is Step.COMPLETE:  # (the usual: a request without a body)
+            self._request_sent(ex)
+        else:
+            self._request_step(ex, step)
 
     def _wire(self, conn: UpstreamConnection) -> None:
         """Each side's back-pressure pauses the other: this client's gate is the tool
@@ -918,8 +921,9 @@ class ProxyProtocol(Protocol):
         return Finished(
             kind, self._started, now - self._started, ex.session_id,
             ex.tool.spec.name if ex.tool else "", ex.subject,
-            (client_address(ex.request.headers, self._peer, True) if self._trusted
-             else self._peer or ""),
+            # (a trusted proxy's X-Forwarded-For is looked for only when the head has one)
+            (client_address(ex.request.headers, self._peer, True)
+             if self._trusted and ex.request.forwarded else self._peer or ""),
             info.method if info else ex.request.method.decode("ascii", "replace"),
             path_only(info.path if info else ex.request.target.decode("latin-1")),
             ex.status, self._bytes_in - self._mark_in, self._bytes_out - self._mark_out, why)

@@ -54,6 +54,18 @@ def test_a_proxied_request_is_reported_without_query_or_headers() -> None:
     assert "s3cret" not in repr(f)
 
 
+def test_a_trusted_proxy_without_x_forwarded_for_is_the_client_itself() -> None:
+    # The head says whether it holds an X-Forwarded-For (any case); only then is it read.
+    obs = Observer()
+    h = Harness(observer=obs, trusted_proxy_cidrs=[ipaddress.ip_network("10.0.0.0/8")])
+    p, t = h.client(peer="10.0.0.2")
+    for extra in (b"", b"x-forwarded-FOR: 198.51.100.4\r\n", b""):
+        p.dataReceived(b"GET /a HTTP/1.1\r\nHost: abc.studios.test\r\n" + extra + b"\r\n")
+        up, _ = h.up()
+        up.dataReceived(OK)
+    assert [f.client for f in obs.done] == ["10.0.0.2", "198.51.100.4", "10.0.0.2"]
+
+
 def test_an_untrusted_peer_is_the_client_and_refusals_say_why() -> None:
     obs = Observer()
     h = Harness(observer=obs)
