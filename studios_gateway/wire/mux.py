@@ -87,6 +87,10 @@ DEFAULT_CLOSE_TIMEOUT = 60.0
 # Outgoing bytes a stream may have waiting in the multiplexer before its producer is
 # paused (one read from a tool socket; see docs/decisions/tunnel-scheduling.md).
 DEFAULT_STREAM_BUFFER = 256 * 1024
+#: An accepted stream's ACK waits for the tunnel's next send until the peer has sent this
+#: much on the stream (half the yamux initial window it may send before the ACK's
+#: WindowUpdate; see Multiplexer._accept).
+ACK_HOLD_LIMIT = INITIAL_WINDOW // 2
 
 
 class StreamReset(error.ConnectionLost):
@@ -274,6 +278,10 @@ class Stream:
         self._refused_data = False  # data came (or waited) after the reader went
         self._closed = False
         self._lost_reason: Failure | None = None
+        # Accepted: our ACK (with the window beyond the initial one) waits in the mux's
+        # held frames for the tunnel's next send (Multiplexer._accept); what the peer
+        # sends meanwhile may send it sooner (_data_received).
+        self._ack_held = False
 
     def __repr__(self) -> str:
         return f"<Stream {self.stream_id}{' closed' if self._closed else ''}>"
@@ -553,6 +561,8 @@ class Stream:
             raise ProtocolError(f"peer sent {n} bytes with only {window.remaining} of window "
                                 "left")
         window.remaining -= n
+        if self._ack_held:
+            self._ack_wait(window)
         if self._reader_gone:
             self._refused_data = True
             self._reset_if_refused()
@@ -577,6 +587,18 @@ class Stream:
         else:
             self._recv_buffer.append(data)
             self._recv_buffered += n
+
+    def _ack_wait(self, window: ReceiveWindow) -> None:
+        """Data came while our ACK may still be held (Multiplexer._accept)."""
+        mux = self.mux
+        if not mux._held:
+            self._ack_held = False  # it went out with a send since
+        elif window.size - window.remaining >= ACK_HOLD_LIMIT:
+            # The peer has used half of the yamux initial window it may use without our
+            # ACK's WindowUpdate: send it now (with whatever else is held), so an upload
+            # that is answered only at its end never waits for the window.
+            self._ack_held = False
+            mux._send_held()
 
     def _fin(self) -> None:
         if self._fin_received:
@@ -887,7 +909,15 @@ class Multiplexer(Protocol):
             return None
         stream = Stream(self, sid, self.window_size)
         self.streams[sid] = stream
-        self._send_control(WINDOW_UPDATE, ACK, sid, stream._recv_window.advertise())
+        # The ACK (and our window beyond the initial one) is held for the tunnel's next
+        # send, typically the stream's first answer: one send and one TLS record less
+        # per opened stream, and the request reaches its target before it. Nothing waits
+        # for an ACK (no version of either end ever did; yamux allows it on any later
+        # frame); the peer may send INITIAL_WINDOW meanwhile, and once it has sent
+        # ACK_HOLD_LIMIT of it the ACK goes at once (Stream._data_received).
+        self._held += frames.encode_header(WINDOW_UPDATE, ACK, sid,
+                                           stream._recv_window.advertise())
+        stream._ack_held = True
         try:
             protocol = self.on_stream(stream)
         except Exception:
@@ -992,6 +1022,10 @@ class Multiplexer(Protocol):
         what is held goes out in one send; the next frame is a new turn's first."""
         self._turn_call = None
         self._sent_turn = -1
+        self._send_held()
+
+    def _send_held(self) -> None:
+        """What is held goes out now, in one send."""
         if self._held and not self.closed and self.transport is not None:
             data, self._held = self._held, b""
             self.transport.write(data)

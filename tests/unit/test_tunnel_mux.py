@@ -464,9 +464,61 @@ def test_accept_answers_ack_with_window_and_delivers_early_data() -> None:
     link.move("client")
     [remote] = link.accepted["server"]
     assert link.protocols["server"][0].data == b"hello"
-    assert take(link.t["server"]) == [Frame(WINDOW_UPDATE, ACK, remote.stream_id,
-                                            6 * MiB - INITIAL_WINDOW)]
+    assert link.t["server"].value() == b""  # the ACK waits for the answer...
+    remote.write(b"answer")
+    assert take(link.t["server"]) == [  # ...and goes out in the same write, before it
+        Frame(WINDOW_UPDATE, ACK, remote.stream_id, 6 * MiB - INITIAL_WINDOW),
+        Frame(DATA, 0, remote.stream_id, 6, b"answer")]
     assert remote.getPeer().stream_id == 1 and remote.getHost().host is not None
+
+
+def test_a_held_ack_rides_with_the_first_answer_in_one_send() -> None:
+    clock, mux, transport = counted_mux(gather=True)
+    accepted: list[Stream] = []
+    mux.on_stream = lambda s: accepted.append(s) or Collector()
+    mux.dataReceived(frames.encode_header(WINDOW_UPDATE, SYN, 2, 6 * MiB - INITIAL_WINDOW)
+                     + frames.encode_header(DATA, 0, 2, 3) + b"GET")
+    assert transport.writes == 0  # no send, and no end-of-turn call for the ACK:
+    assert [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()] == []
+    [stream] = accepted
+    stream.write(b"200 OK")  # a later turn: the tool answered
+    assert transport.writes == 1
+    assert parse(transport.value()) == [Frame(WINDOW_UPDATE, ACK, 2, 6 * MiB - INITIAL_WINDOW),
+                                        Frame(DATA, 0, 2, 6, b"200 OK")]
+    assert stream.receive_window == 6 * MiB - 3
+
+
+def test_a_held_ack_goes_before_a_reset_or_a_ping() -> None:
+    for end in ("reset", "ping"):
+        clock, mux, transport = counted_mux(ping_interval=10, ping_timeout=20)
+        accepted: list[Stream] = []
+        mux.on_stream = lambda s, accepted=accepted: accepted.append(s) or Collector()
+        mux.dataReceived(frames.encode_header(WINDOW_UPDATE, SYN, 2, 0))
+        assert transport.value() == b""
+        if end == "reset":
+            accepted[0].abortConnection()
+        else:
+            clock.advance(10)
+        assert [(f.type, f.flags) for f in parse(transport.value())] == [
+            (WINDOW_UPDATE, ACK), (WINDOW_UPDATE, RST) if end == "reset" else (PING, SYN)]
+
+
+def test_an_upload_answered_at_its_end_gets_the_window_without_an_answer() -> None:
+    # The accepting side writes nothing until it has the whole body: its ACK (and window)
+    # goes out once the peer has used half of the initial window, so the body flows.
+    link = Link()
+    stream = link.client.open_stream()
+    body = os.urandom(2 * MiB)
+    stream.write(body)
+    link.pump()
+    [remote] = link.accepted["server"]
+    assert bytes(link.protocols["server"][0].data) == body
+    assert stream.send_buffered == 0
+    # Below the limit the ACK stays held (nothing sent by the accepting side).
+    link2 = Link()
+    link2.client.open_stream().write(b"x" * (INITIAL_WINDOW // 2 - 1))
+    link2.pump()
+    assert link2.t["server"].value() == b"" and link2.server._held
 
 
 def test_stream_attached_later_gets_what_waited() -> None:
