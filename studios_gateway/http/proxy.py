@@ -36,6 +36,11 @@ from studios_gateway.config import default_of
 from studios_gateway.http import pages
 from studios_gateway.http.deadline import Deadline
 from studios_gateway.http.exchange import (
+    BROKEN,
+    CLOSED,
+    COMPLETE,
+    REFUSED,
+    SWITCH,
     Exchange,
     HeadReader,
     HeadRefused,
@@ -627,8 +632,7 @@ class ProxyProtocol(Protocol):
         ex.up = conn
         conn.owner = self
         try:
-            head = ex.tool_head(conn.codec, peer=self._peer, trusted=self._trusted,
-                                scheme=f.scheme)
+            head = ex.tool_head(conn.codec, self._peer, self._trusted, f.scheme)
         except NotForwardable as e:
             self._log.info("request not forwardable: {e}", e=e)
             self._detach(conn)
@@ -639,7 +643,7 @@ class ProxyProtocol(Protocol):
             return
         # The head and what the client sent of the body so far: one write, one frame.
         if ex.client_done:  # a retry: the (empty) body was read already
-            data, step = ex.end_request(conn.codec), Step.COMPLETE
+            data, step = ex.end_request(conn.codec), COMPLETE
         else:
             data, step = ex.pump_request(conn.codec)
         conn.transport.write(head + data if data else head)
@@ -649,7 +653,7 @@ class ProxyProtocol(Protocol):
             self._wire(conn)
         if "dispatch" in self.gate.held:  # (paused only when the dispatch waited)
             self.gate.resume("dispatch")
-        if step is Step.COMPLETE:  # (the usual: a request without a body)
+        if step is COMPLETE:  # (the usual: a request without a body)
             self._request_sent(ex)
         else:
             self._request_step(ex, step)
@@ -718,12 +722,12 @@ class ProxyProtocol(Protocol):
         self._request_step(ex, step)
 
     def _request_step(self, ex: Exchange, step: Step) -> None:
-        if step is Step.COMPLETE:
+        if step is COMPLETE:
             self._request_sent(ex)
-        elif step is Step.REFUSED:
+        elif step is REFUSED:
             assert ex.problem is not None
             self._body_refused(ex, ex.problem.status, ex.problem.why)
-        elif step is Step.CLOSED:
+        elif step is CLOSED:
             self._close()
 
     def _request_sent(self, ex: Exchange) -> None:
@@ -780,11 +784,11 @@ class ProxyProtocol(Protocol):
         if data:
             self._bytes_out += len(data)
             self.transport.write(data)
-        if step is Step.COMPLETE:
+        if step is COMPLETE:
             self._response_done(ex, conn)
-        elif step is Step.SWITCH:
+        elif step is SWITCH:
             self._switch(ex, conn, event)
-        elif step is Step.BROKEN:
+        elif step is BROKEN:
             assert ex.problem is not None
             self._upstream_broken(ex, conn, ex.problem.why)
 
@@ -946,15 +950,17 @@ class ProxyProtocol(Protocol):
         if rest is None:
             self._close()
             return
-        assert self._reader is not None
-        self._reader.reset(rest)
+        reader = self._reader
+        assert reader is not None
+        if rest or reader.buf:  # (else it is as a taken head left it: nothing to forget)
+            reader.reset(rest)
         gate = self.gate
         if gate.held:
             gate.resume("pipeline")
             gate.resume("dispatch")
             gate.resume("upstream-full")
         lim = self.factory.limits
-        if self._reader.buf:
+        if reader.buf:
             self._set_timer(lim.header_timeout, self._head_timed_out)
             self._read_head()
         else:

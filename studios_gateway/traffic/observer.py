@@ -113,7 +113,7 @@ class Traffic:
         m.bytes.add(_HTTP_IN, f.bytes_in)
         m.bytes.add(_HTTP_OUT, f.bytes_out)
         if f.session_id:
-            figures = self.usage.of(f.session_id, self.clock.seconds())
+            figures = self.usage.of(f.session_id, f.started + f.duration)  # (its end: now)
             figures.requests += 1
             figures.bytes_in += f.bytes_in
             figures.bytes_out += f.bytes_out
