@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import main
+from twisted.internet.endpoints import _WrappingProtocol
 from twisted.internet.tcp import EWOULDBLOCK
 from twisted.internet.tcp import Connection as _TwistedConnection
 
@@ -78,8 +79,11 @@ def bulk_buffers(transport: Any, size: int) -> None:
     on the next process's way when both share a CPU).
     """
     tcp = _tcp_under(transport, "SEND_LIMIT")
-    if tcp is None or getattr(tcp, "_bulk_size", None) == size:
-        return  # nothing to do, or made by a fitted port with this size
+    if tcp is None:
+        return
+    _unwrap_endpoint_protocol(tcp)
+    if getattr(tcp, "_bulk_size", None) == size:
+        return  # made by a fitted port with this size
     first = min(size, SMALL_READ)
     if not isinstance(tcp, _AdaptiveReads) and _reads_like_twisted(type(tcp)):
         _fit(tcp, _AdaptiveReads, _bulk_size=size, SEND_LIMIT=size, bufferSize=first)
@@ -175,6 +179,16 @@ class _WriteThrough:
                 return
             data = data[sent:]
         super().write(data)  # type: ignore[misc]
+
+
+def _unwrap_endpoint_protocol(tcp: Any) -> None:
+    """A connection made by a Twisted client endpoint reads into the endpoint's
+    ``_WrappingProtocol``, which, once connected, only passes every call on to the protocol
+    it wraps (it directly provides the same half-close and handshake interfaces): give the
+    connection that protocol itself, one call less per read."""
+    protocol = getattr(tcp, "protocol", None)
+    if type(protocol) is _WrappingProtocol and tcp.connected:
+        tcp.protocol = protocol._wrappedProtocol
 
 
 def _reads_like_twisted(cls: type) -> bool:

@@ -263,8 +263,12 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             conn = self._tlsConnection
             ssl = conn._ssl
             result = _SSL_write(ssl, data, total)
-            if result == total:  # a small write: one record
-                self._flushSendBIO()
+            if result == total:  # a small write: one record, out in one BIO_read
+                got = _BIO_read(conn._from_ssl, _out_buf, _OUT_ROOM)
+                if got > 0:
+                    self.transport.write(_take(_out_buf, got))  # type: ignore[union-attr]
+                    if got == _OUT_ROOM:
+                        self._flushSendBIO()  # more than the buffer held (nothing does)
             elif result > 0:
                 self._write_from(conn, ssl, data, result)
             else:

@@ -151,6 +151,18 @@ def test_every_byte_arrives_in_order_however_tcp_cuts_the_records(certificate, w
         tls_lean.DELIVER
 
 
+def test_a_small_write_whose_records_overflow_the_shared_buffer_goes_out_whole(
+        certificate, monkeypatch) -> None:
+    """A one-record write is taken out of the write BIO with one read of the shared
+    buffer's size; what does not fit (nothing does at 84 KiB) follows it, in order."""
+    pair = Pair(certificate)
+    monkeypatch.setattr(tls_lean, "_OUT_ROOM", 16)
+    pair.client_app.transport.write(b"more than sixteen bytes of cleartext")
+    assert len(pair.client_wire.out) > 16
+    pair.move()
+    assert bytes(pair.server_app.received) == b"more than sixteen bytes of cleartext"
+
+
 def test_a_write_of_a_buffer_that_is_not_bytes_goes_through(certificate) -> None:
     pair = Pair(certificate)
     pair.client_app.transport.write(bytearray(b"array "))

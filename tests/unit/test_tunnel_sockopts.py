@@ -5,7 +5,7 @@ import os
 import socket
 from typing import Any
 
-from twisted.internet import main, tcp
+from twisted.internet import defer, endpoints, main, tcp
 from twisted.internet.protocol import Protocol
 
 from studios_gateway.wire.sockopts import SMALL_READ, bulk_buffers, no_delay
@@ -79,6 +79,44 @@ class TCPBuffers(tcp.Connection):
     def close(self) -> None:
         self.socket.close()
         self.peer.close()
+
+
+def test_a_connection_an_endpoint_made_reads_into_the_wrapped_protocol() -> None:
+    """Twisted's client endpoints put a _WrappingProtocol between the connection and its
+    protocol; once connected it only passes calls on, so reads skip it."""
+    tcp_ = TCPBuffers()
+    inner = Collect()
+    connected: defer.Deferred[Any] = defer.Deferred()
+    tcp_.protocol = endpoints._WrappingProtocol(connected, inner)
+    tcp_.connected = True
+    tcp_.protocol.makeConnection(tcp_)
+    assert connected.called and inner.transport is tcp_
+    bulk_buffers(tcp_, 512 * 1024)
+    assert tcp_.protocol is inner
+    tcp_.read(b"hello")
+    assert inner.delivered == [b"hello"]
+    tcp_.close()
+    not_yet = TCPBuffers()  # not connected yet: left as it is
+    not_yet.protocol = wrapping = endpoints._WrappingProtocol(defer.Deferred(), Collect())
+    bulk_buffers(not_yet, 512 * 1024)
+    assert not_yet.protocol is wrapping
+    not_yet.close()
+
+
+def test_the_twisted_endpoint_wrapper_skipped_only_passes_calls_on() -> None:
+    """If this fails, Twisted changed what its endpoints' _WrappingProtocol does once
+    connected (sockopts._unwrap_endpoint_protocol skips it for reads and the end):
+    compare, adapt, update the digests."""
+    def digest(obj: Any) -> str:
+        return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]
+
+    wrapping = endpoints._WrappingProtocol
+    assert {name: digest(getattr(wrapping, name)) for name in (
+        "__init__", "dataReceived", "connectionLost", "readConnectionLost",
+        "writeConnectionLost", "fileDescriptorReceived")} == {
+        "__init__": "01967dd52a2b33bc", "dataReceived": "3ea65a2452146f7a",
+        "connectionLost": "1a165d78105a05cf", "readConnectionLost": "5e199373d30d2204",
+        "writeConnectionLost": "fb11b3f87071dcec", "fileDescriptorReceived": "db5ecf0529fe75a1"}
 
 
 def test_bulk_buffers_sets_the_tcp_transport_not_a_wrapper() -> None:
