@@ -38,6 +38,10 @@ class ToolConnection(_AdaptiveReads, _WriteThrough, tcp.Client):  # type: ignore
     bufferSize = SMALL_READ
     SEND_LIMIT = TOOL_BUFFER
     _bulk_size = TOOL_BUFFER
+    # No shutdown(SHUT_RDWR) before close (Twisted's own comment calls it unneeded: the
+    # socket is close-on-exec, so close ends the connection the same way); after the
+    # splice's half-closes it only failed with ENOTCONN, a syscall per tool connection.
+    _shouldShutdown = False
 
     def createInternetSocket(self) -> socket.socket:
         s = super().createInternetSocket()

@@ -482,7 +482,13 @@ class Stream:
         self.disconnecting = True
         if self._fin_queued:
             if self._fin_sent and self._full_close:
-                self._start_close_timer()
+                if self._eof_delivered:
+                    # Both FINs are through (the protocol closes from its EOF, as a
+                    # splice does): over now, as _deliver_eof would end it on return,
+                    # not a close timer armed and cancelled in the same call.
+                    self._finish(Failure(error.ConnectionDone("stream closed")))
+                else:
+                    self._start_close_timer()
             return
         self._fin_queued = True
         if not self._send_buffered:

@@ -880,6 +880,48 @@ def test_rst_both_ways() -> None:
     assert producer.stopped and not link.server.streams and not link.client.streams
 
 
+@implementer(IHalfCloseableProtocol)
+class CloseOnEof(HalfCloser):
+    """Closes its stream fully once it reads EOF (as a splice end whose other side is done)."""
+
+    def readConnectionLost(self) -> None:
+        super().readConnectionLost()
+        self.transport.loseConnection()
+
+
+class CountingClock(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = 0
+
+    def callLater(self, delay: float, f: Any, *args: Any, **kw: Any) -> Any:
+        self.armed += 1
+        return super().callLater(delay, f, *args, **kw)
+
+
+def test_a_stream_closed_from_its_eof_after_our_fin_ends_at_once_without_a_timer() -> None:
+    link = Link(CountingClock(), ping_interval=0)
+    link.server.on_stream = lambda s: (link.accepted["server"].append(s), CloseOnEof())[1]
+    local = link.client.open_stream()
+    mine = HalfCloser()
+    local.attach(mine)
+    local.write(b"request")
+    link.pump()
+    [remote] = link.accepted["server"]
+    remote.write(b"answer")
+    remote.loseWriteConnection()  # the server's FIN first (a tool that closed)
+    link.pump()
+    assert mine.eof and not remote.closed
+    armed = link.clock.armed
+    local.loseWriteConnection()  # then the client's: the server's protocol closes on it
+    link.pump()
+    assert remote.closed and local.closed
+    assert remote.protocol is not None and remote.protocol.lost is not None
+    assert remote.protocol.lost.check(error.ConnectionDone)
+    assert link.clock.armed == armed  # no close timer armed (and cancelled) on the way
+    assert link.server.streams == {} and link.client.streams == {}
+
+
 def test_close_timeout_resets_a_stream_the_peer_never_finishes() -> None:
     link = Link(close_timeout=30, ping_interval=0)  # no keepalive: the link is not pumped
     local, mine, _, remote_p = open_pair(link)
