@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    LogLevel,
     LogLevelFilterPredicate,
     globalLogBeginner,
     textFileLogObserver,
@@ -57,12 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def start_logging(level: str) -> None:
+def start_logging(level: str, beginner: Any = globalLogBeginner, out: Any = None) -> None:
+    """Log to ``out`` (standard error) at ``level`` and above, through ``beginner``."""
     from studios_gateway.logs import LEVELS
+    from studios_gateway.wire import mux
 
     predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
-    observer = FilteringLogObserver(textFileLogObserver(sys.stderr), [predicate])
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    observer = FilteringLogObserver(textFileLogObserver(out or sys.stderr), [predicate])
+    beginner.beginLoggingTo([observer], redirectStandardIO=False)
+    # The one observer drops debug events below this level: the multiplexer need not make
+    # its two per-stream debug lines only for them to be dropped.
+    mux.stream_debug = LEVELS[level] == LogLevel.debug
 
 
 def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> int:

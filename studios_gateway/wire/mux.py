@@ -91,6 +91,11 @@ DEFAULT_STREAM_BUFFER = 256 * 1024
 #: much on the stream (half the yamux initial window it may send before the ACK's
 #: WindowUpdate; see Multiplexer._accept).
 ACK_HOLD_LIMIT = INITIAL_WINDOW // 2
+#: Whether the per-stream debug lines ("opened stream", "stream closed") are made at all.
+#: Each costs ~40 Python calls in Twisted's logger even when a level filter drops it; a
+#: process whose only log observer drops debug events sets this False
+#: (studios-connect's start_logging).
+stream_debug = True
 
 
 class StreamReset(error.ConnectionLost):
@@ -846,7 +851,8 @@ class Multiplexer(Protocol):
             self._hold(syn + _pack_header(0, DATA, 0, sid, len(first)) + first)
         else:
             self._write(syn)
-        self._log.debug("opened stream {sid}", sid=sid)
+        if stream_debug:
+            self._log.debug("opened stream {sid}", sid=sid)
         return stream
 
     def go_away(self, code: int = GO_AWAY_NORMAL) -> None:
@@ -1133,7 +1139,8 @@ class Multiplexer(Protocol):
     def _forget(self, stream: Stream) -> None:
         if self.streams.get(stream.stream_id) is stream:
             del self.streams[stream.stream_id]
-            self._log.debug("stream {sid} closed", sid=stream.stream_id)
+            if stream_debug:
+                self._log.debug("stream {sid} closed", sid=stream.stream_id)
             if not self.streams:
                 self._fire_idle()
 
