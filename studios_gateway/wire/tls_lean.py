@@ -161,31 +161,33 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
     if LEAN:
 
         def dataReceived(self, data: bytes) -> None:
+            """A TCP read: once the handshake is done, written into the read BIO and its
+            records decrypted and delivered in this same call. Empty (Twisted's
+            ``_flushReceiveBIO``): what the read BIO holds already."""
             # A read or write above QUIET marks the BIOs as grown; the next quiet read
             # renews them (wire/tls_memory.py).
             n = len(data)
-            if n > QUIET:
-                self._bios_grown = True
-            if self._handshakeDone:
-                if _BIO_write(self._tlsConnection._into_ssl, data, n) != n:
+            conn = self._tlsConnection
+            if n:
+                if n > QUIET:
+                    self._bios_grown = True
+                if not self._handshakeDone:
+                    super().dataReceived(data)  # the handshake: Twisted's path throughout
+                    if n <= QUIET and self._bios_grown:
+                        self.renew_bios()
+                    return
+                if _BIO_write(conn._into_ssl, data, n) != n:
                     raise MemoryError("OpenSSL could not take a TLS read into its memory BIO")
                 if self._appSendBuffer:
                     self._unbufferPendingWrites()
-                self._flushReceiveBIO()
-            else:
-                super().dataReceived(data)  # the handshake: Twisted's path throughout
-            if n <= QUIET and self._bios_grown:
-                self.renew_bios()
-
-        def _flushReceiveBIO(self) -> None:
-            conn = self._tlsConnection
+                    conn = self._tlsConnection
             if conn is None:
                 return
             ssl, into = conn._ssl, conn._into_ssl
             receiver = self._receiver or self.wrappedProtocol
             got = 0
             while not self._lostTLSConnection:
-                result = _SSL_read(ssl, _in_buf + got, DELIVER - got)
+                result = _SSL_read(ssl, _in_buf + got if got else _in_buf, DELIVER - got)
                 if result > 0:
                     got += result
                     if got < DELIVER:
@@ -223,6 +225,13 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             conn = self._tlsConnection
             if conn is not None and _pending(conn._from_ssl, _NULL):
                 self._flushSendBIO()
+            if n and n <= QUIET and self._bios_grown:
+                self.renew_bios()
+
+        def _flushReceiveBIO(self) -> None:
+            # Twisted's callers (the handshake's last read, connectionLost): the read
+            # loop of dataReceived, with nothing new to write into the BIO.
+            LeanTLSProtocol.dataReceived(self, b"")
 
         @staticmethod
         def _read_outcome(conn: Any, ssl: Any, result: int) -> Failure | object | None:
