@@ -90,7 +90,7 @@ class HeadFields:
 
 _NO_OPTIONS: frozenset[bytes] = frozenset()
 # Bytes a field line may hold after its name passed _TOKEN: the value's (no NUL, VT, FF;
-# the head has no bare CR or LF by then) and the CRLFs between lines.
+# the head has no bare CR or LF by then).
 _FIELD_BYTES = bytes(b for b in range(256) if b not in b"\x00\x0b\x0c")
 _CL, _TE, _HOST, _CONN, _UPG, _XFF, _OTHER = range(7)
 _SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"host": _HOST,
@@ -101,11 +101,12 @@ _SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"host": _HOST,
 # names are checked every time (nothing is evicted, nothing a client sends can grow it).
 _KNOWN_NAMES: dict[bytes, int] = {}
 _KNOWN_NAMES_MAX = 512
-# Field lines seen lately that passed read_head's per-line checks, with what it read of
-# them ((name, value), kind): a browser sends the same User-Agent, Accept-*, sec-ch-*
-# and Cookie lines on every request. Bounded by count and length; once full, the oldest
-# goes (a client sending new lines only makes every line a miss). The lines hold
-# cookies: secrets the process holds anyway (see auth.cookies' caches).
+# Field lines seen lately that passed read_head's per-line checks (their values' bytes
+# and ends included), with what it read of them ((name, value), kind): a browser sends
+# the same User-Agent, Accept-*, sec-ch-* and Cookie lines on every request. Bounded by
+# count and length; once full, the oldest goes (a client sending new lines only makes
+# every line a miss). The lines hold cookies: secrets the process holds anyway (see
+# auth.cookies' caches).
 _SEEN_LINES: dict[bytes, tuple[tuple[bytes, bytes], int]] = {}
 _SEEN_LINES_MAX = 1024
 _SEEN_LINES_LONGEST = 1024
@@ -159,7 +160,9 @@ def read_head_tuple(head: bytes, max_request_line: int, max_header_count: int
     host = b""
     connection = _NO_OPTIONS
     upgrade = forwarded = False
-    trailing_ws = False
+    # A value with trailing whitespace or a byte no field value has (NUL, VT, FF): the
+    # head is refused (values_ok), after read_head's other checks, as llhttp's.
+    bad_value = False
     seen = _SEEN_LINES.get
     for line in lines[1:]:
         hit = seen(line)
@@ -176,8 +179,9 @@ def read_head_tuple(head: bytes, max_request_line: int, max_header_count: int
                     _KNOWN_NAMES[name] = kind
             value = value.lstrip(b" \t")
             hit = ((name, value), kind)
-            if value[-1:] in (b" ", b"\t"):
-                trailing_ws = True  # (not remembered: its head is refused, values_ok)
+            if value[-1:] in (b" ", b"\t") or line.translate(None, _FIELD_BYTES):
+                # (not remembered: its head is refused, values_ok)
+                bad_value = True
             elif len(line) <= _SEEN_LINES_LONGEST:
                 if len(_SEEN_LINES) >= _SEEN_LINES_MAX:
                     del _SEEN_LINES[next(iter(_SEEN_LINES))]
@@ -218,7 +222,7 @@ def read_head_tuple(head: bytes, max_request_line: int, max_header_count: int
             return HeadProblem(400, "unsupported Transfer-Encoding")
     if n_host != 1:
         return HeadProblem(400, "missing or repeated Host")
-    values_ok = not trailing_ws and not text[len(request_line):].translate(None, _FIELD_BYTES)
+    values_ok = not bad_value  # (the lines remembered have neither)
     return (method, target, minor, headers, values_ok, connection, host, content_length,
             transfer_encoding is not None, upgrade, forwarded)
 
