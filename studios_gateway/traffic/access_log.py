@@ -24,7 +24,7 @@ from studios_gateway import logs
 from studios_gateway.traffic.access_file import LineBuffer, TextTarget
 from studios_gateway.traffic.facts import Finished
 
-__all__ = ["NAMESPACE", "AccessLog", "json_line", "text_line"]
+__all__ = ["NAMESPACE", "AccessLog", "json_line", "text_fields", "text_line"]
 
 NAMESPACE = "studios_gateway.access"
 _UNSAFE = re.compile(r'[\x00-\x20"\\\x7f-\U0010ffff]')
@@ -68,24 +68,33 @@ def _clf_time(started: float) -> str:
     return _last_clf[1]
 
 
-def text_line(f: Finished, node: str) -> str:
-    """A combined-log-like line: client, user, time, request, status, bytes, then
-    key=value fields."""
+def text_fields(kind: str, started: float, duration: float, session_id: str, tool: str,
+                subject: str, client: str, method: str, path: str, status: int | None,
+                bytes_in: int, bytes_out: int, reason: str, node: str) -> str:
+    """:func:`text_line` of the fields of a :class:`Finished`, given in its order (the HTTP
+    proxy's per-request path makes no Finished)."""
     # _quote's remembered answers asked directly (each is a non-empty text); _quote
     # works out the others.
     q = _QUOTED.get
     clf = _last_clf  # this second's time as is, else _clf_time's
-    when = clf[1] if clf[0] == int(f.started) else _clf_time(f.started)
-    line = (f"{q(f.client) or _quote(f.client)} - {q(f.subject) or _quote(f.subject)} "
-            f"[{when}] "
-            f"\"{q(f.method) or _quote(f.method)} {q(f.path) or _quote(f.path)}\" "
-            f"{'-' if f.status is None else f.status} {f.bytes_out} "
-            f"in={f.bytes_in} out={f.bytes_out} duration={f.duration:.3f} kind={f.kind} "
-            f"session={q(f.session_id) or _quote(f.session_id)} "
-            f"tool={q(f.tool) or _quote(f.tool)} node={q(node) or _quote(node)}")
-    if f.reason:
-        line += f' reason="{_escape(f.reason, _UNSAFE_QUOTED)}"'
+    when = clf[1] if clf[0] == int(started) else _clf_time(started)
+    line = (f"{q(client) or _quote(client)} - {q(subject) or _quote(subject)} [{when}] "
+            f"\"{q(method) or _quote(method)} {q(path) or _quote(path)}\" "
+            f"{'-' if status is None else status} {bytes_out} "
+            f"in={bytes_in} out={bytes_out} duration={duration:.3f} kind={kind} "
+            f"session={q(session_id) or _quote(session_id)} "
+            f"tool={q(tool) or _quote(tool)} node={q(node) or _quote(node)}")
+    if reason:
+        line += f' reason="{_escape(reason, _UNSAFE_QUOTED)}"'
     return line
+
+
+def text_line(f: Finished, node: str) -> str:
+    """A combined-log-like line: client, user, time, request, status, bytes, then
+    key=value fields."""
+    return text_fields(f.kind, f.started, f.duration, f.session_id, f.tool, f.subject,
+                       f.client, f.method, f.path, f.status, f.bytes_in, f.bytes_out,
+                       f.reason, node)
 
 
 def json_line(f: Finished, node: str) -> str:
@@ -132,10 +141,24 @@ class AccessLog:
             self._buffer.close()
 
     def __call__(self, f: Finished) -> None:
-        if self.mode == "off":
+        self.fields(f.kind, f.started, f.duration, f.session_id, f.tool, f.subject, f.client,
+                    f.method, f.path, f.status, f.bytes_in, f.bytes_out, f.reason)
+
+    def fields(self, kind: str, started: float, duration: float, session_id: str, tool: str,
+               subject: str, client: str, method: str, path: str, status: int | None,
+               bytes_in: int, bytes_out: int, reason: str) -> None:
+        """Like calling it with a :class:`Finished` of these fields (in its order)."""
+        mode = self.mode
+        if mode == "text":
+            line = text_fields(kind, started, duration, session_id, tool, subject, client,
+                               method, path, status, bytes_in, bytes_out, reason, self.node)
+        elif mode == "json":
+            line = json_line(Finished(kind, started, duration, session_id, tool, subject,
+                                      client, method, path, status, bytes_in, bytes_out,
+                                      reason), self.node)
+        else:
             return
-        line = json_line(f, self.node) if self.mode == "json" else text_line(f, self.node)
         if self._buffer is not None:
-            self._buffer.add(f.started + f.duration, line)
+            self._buffer.add(started + duration, line)
         else:
             self._log.info("{access_line}", access_line=line)

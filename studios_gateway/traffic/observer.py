@@ -12,6 +12,7 @@ connection (its `stop` callback, with the message the user should read).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -33,6 +34,8 @@ __all__ = ["Meter", "Traffic"]
 TICK = 1.0
 _HTTP_IN, _HTTP_OUT = (HTTP, "in"), (HTTP, "out")
 _LABELS_MAX = 4096
+#: The request counter's labels, the latency histogram's, and that histogram's bucket counts.
+_Series = tuple[tuple[str, str], tuple[str], list[int]]
 
 
 class Meter:
@@ -80,8 +83,13 @@ class Traffic:
         self.throttles = throttles
         self.usage = usage or Usage()
         self.meters: set[Meter] = set()
-        #: (status, tool) -> the labels http_done counts them under (_http_labels)
-        self._labels: dict[tuple[int | None, str], tuple[tuple[str, str], tuple[str]]] = {}
+        #: (status, tool) -> what http counts them under (_http_series)
+        self._series: dict[tuple[int | None, str], _Series] = {}
+        # The plain metrics' dicts http updates (made once with the metrics, never replaced).
+        self._requests = metrics.requests.values
+        self._bounds = metrics.latency.bounds
+        self._sums = metrics.latency.sums
+        self._transfer = metrics.bytes.values
         self._loop: LoopingCall | None = None
 
     # Lifecycle ----------------------------------------------------------------------------
@@ -104,32 +112,47 @@ class Traffic:
     # HTTP -----------------------------------------------------------------------------------
 
     def http_done(self, f: Finished) -> None:
-        m = self.metrics
-        labels = self._labels.get((f.status, f.tool))
-        if labels is None:
-            labels = self._http_labels(f.status, f.tool)
-        m.requests.add(labels[0])
-        m.latency.observe(labels[1], f.duration)
-        m.bytes.add(_HTTP_IN, f.bytes_in)
-        m.bytes.add(_HTTP_OUT, f.bytes_out)
-        if f.session_id:
-            figures = self.usage.of(f.session_id, f.started + f.duration)  # (its end: now)
-            figures.requests += 1
-            figures.bytes_in += f.bytes_in
-            figures.bytes_out += f.bytes_out
-            if self.quota is not None:
-                self.quota.add(f.session_id, f.subject, f.bytes_in + f.bytes_out)
-        self.access_log(f)
+        self.http(f.kind, f.started, f.duration, f.session_id, f.tool, f.subject, f.client,
+                  f.method, f.path, f.status, f.bytes_in, f.bytes_out, f.reason)
 
-    def _http_labels(self, status: int | None, tool: str
-                     ) -> tuple[tuple[str, str], tuple[str]]:
+    def http(self, kind: str, started: float, duration: float, session_id: str, tool: str,
+             subject: str, client: str, method: str, path: str, status: int | None,
+             bytes_in: int, bytes_out: int, reason: str) -> None:
+        """:meth:`http_done` with the fields of its :class:`Finished` given in their order
+        (the HTTP proxy's per-request path: no object made, no attribute read)."""
+        series = self._series.get((status, tool))
+        if series is None:
+            series = self._http_series(status, tool)
+        # The plain metrics' numbers updated in place (their series exist: _http_series
+        # and TrafficMetrics made them), as PlainCounter.add and PlainHistogram.observe do.
+        requests_key, latency_key, counts = series
+        self._requests[requests_key] += 1
+        counts[bisect_left(self._bounds, duration)] += 1
+        self._sums[latency_key] += duration
+        transfer = self._transfer
+        transfer[_HTTP_IN] += bytes_in
+        transfer[_HTTP_OUT] += bytes_out
+        if session_id:
+            figures = self.usage.of(session_id, started + duration)  # (its end: now)
+            figures.requests += 1
+            figures.bytes_in += bytes_in
+            figures.bytes_out += bytes_out
+            if self.quota is not None:
+                self.quota.add(session_id, subject, bytes_in + bytes_out)
+        self.access_log.fields(kind, started, duration, session_id, tool, subject, client,
+                               method, path, status, bytes_in, bytes_out, reason)
+
+    def _http_series(self, status: int | None, tool: str) -> _Series:
         """The request counter's and the latency histogram's labels for a status and a
-        tool, remembered (bounded: statuses and tools are few)."""
+        tool, and the histogram's bucket counts, made if new and remembered (bounded:
+        statuses and tools are few)."""
         label = tool_label(tool)
-        labels = ((status_class(status), label), (label,))
-        if len(self._labels) < _LABELS_MAX:
-            self._labels[(status, tool)] = labels
-        return labels
+        requests_key, latency_key = (status_class(status), label), (label,)
+        self.metrics.requests.add(requests_key, 0)
+        series = (requests_key, latency_key, self.metrics.latency.series(latency_key))
+        if len(self._series) < _LABELS_MAX:
+            self._series[(status, tool)] = series
+        return series
 
     # WebSockets and SSH sessions ------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 __all__ = ["SessionFigures", "Usage"]
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionFigures:
     requests: int = 0
     websockets: int = 0  # opened
@@ -37,14 +37,23 @@ class Usage:
     def __init__(self, limit: int = 100_000):
         self.limit = limit
         self._by_session: OrderedDict[str, SessionFigures] = OrderedDict()
+        # The session of the last `of` and its figures: already the most recent entry when
+        # the next request is the same session's (the usual keep-alive case), so neither
+        # looked up nor moved again.
+        self._last_id = ""
+        self._last: SessionFigures | None = None
 
     def of(self, session_id: str, now: float) -> SessionFigures:
-        figures = self._by_session.get(session_id)
-        if figures is None:
-            figures = self._by_session[session_id] = SessionFigures()
-            self._trim()
-        else:
-            self._by_session.move_to_end(session_id)
+        figures = self._last
+        if figures is None or session_id != self._last_id:
+            figures = self._by_session.get(session_id)
+            if figures is None:
+                figures = self._by_session[session_id] = SessionFigures()
+                self._trim()
+            else:
+                self._by_session.move_to_end(session_id)
+            if session_id in self._by_session:  # (_trim may have let it go at once)
+                self._last_id, self._last = session_id, figures
         figures.last_active = now
         return figures
 
@@ -53,6 +62,8 @@ class Usage:
 
     def forget(self, session_id: str) -> None:
         self._by_session.pop(session_id, None)
+        if session_id == self._last_id:
+            self._last = None
 
     def active_studios(self) -> int:
         return sum(1 for f in self._by_session.values() if f.open_connections)
@@ -62,6 +73,8 @@ class Usage:
             for sid, figures in self._by_session.items():
                 if not figures.open_connections:
                     del self._by_session[sid]
+                    if sid == self._last_id:
+                        self._last = None
                     break
             else:
                 return

@@ -6,8 +6,13 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+from twisted.logger import Logger
+
+from studios_gateway.traffic.access_log import AccessLog
 from studios_gateway.traffic.facts import Finished
-from studios_gateway.traffic.observer import Meter
+from studios_gateway.traffic.metrics import TrafficMetrics
+from studios_gateway.traffic.observer import Meter, Traffic
 from studios_gateway.traffic.throttle import Throttles
 from tests.unit.test_http_proxy import OK, Harness
 
@@ -21,6 +26,9 @@ class Observer:
 
     def http_done(self, f: Finished) -> None:
         self.done.append(f)
+
+    def http(self, *fields: Any) -> None:  # (Traffic.http: a Finished's fields in order)
+        self.done.append(Finished(*fields))
 
     def open(self, kind: str, session_id: str, subject: str, stop: Any) -> Meter:
         meter = Meter(kind, session_id, subject, stop)
@@ -162,3 +170,40 @@ def test_throttles_average_the_rate() -> None:
     clock.advance(1.0)
     assert th.delay("s", 0) == 0  # paid back
     assert th.delay("other", 50) == 0  # per session
+
+
+def test_the_gateway_s_observer_logs_and_counts_each_kept_alive_request() -> None:
+    # The real Traffic (text access log, metrics, per-session figures) behind the proxy:
+    # every request of a kept-alive connection is its own line and count, no secret in any.
+    events: list[dict[str, Any]] = []
+    registry = CollectorRegistry()
+    h = Harness()
+    traffic = Traffic(metrics=TrafficMetrics(registry), clock=h.clock,
+                      access_log=AccessLog("text", "gw-1", Logger(observer=events.append)))
+    h.factory.observer = traffic
+    h.clock.advance(1_796_000_000)
+    p, t = h.client()
+    sizes = []
+    for _ in range(3):
+        t.clear()
+        p.dataReceived(SECRET_GET)
+        h.clock.advance(0.002)
+        up, _ = h.up(0)
+        up.dataReceived(OK)
+        sizes.append(len(t.value()))
+    assert len(h.upstream.conns) == 1  # (one pooled tool connection: the same path each time)
+    lines = [e["access_line"] for e in events]
+    assert lines == [
+        f'192.0.2.7 - anonymous [30/Nov/2026:00:53:20 +0000] "GET /lab/tree" 200 '
+        f"{size} in={len(SECRET_GET)} out={size} duration=0.002 kind=http session=abc "
+        f"tool=jupyterlab node=gw-1" for size in sizes]
+    assert not any("s3cret" in line or "198.51.100.9" in line for line in lines)
+    assert registry.get_sample_value("studios_gateway_http_requests_total",
+                                     {"code": "2xx", "tool": "jupyterlab"}) == 3
+    assert registry.get_sample_value("studios_gateway_http_request_duration_seconds_count",
+                                     {"tool": "jupyterlab"}) == 3
+    assert registry.get_sample_value("studios_gateway_transfer_bytes_total",
+                                     {"kind": "http", "direction": "out"}) == sum(sizes)
+    figures = traffic.usage.get("abc")
+    assert figures is not None and (figures.requests, figures.bytes_in) == (
+        3, 3 * len(SECRET_GET))

@@ -5,14 +5,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
-from studios_gateway.traffic.access_log import NAMESPACE, AccessLog, json_line, text_line
+from studios_gateway.traffic.access_log import (
+    NAMESPACE,
+    AccessLog,
+    json_line,
+    text_fields,
+    text_line,
+)
 from studios_gateway.traffic.facts import HTTP, SSH, WEBSOCKET, Finished, path_only
 from studios_gateway.traffic.metrics import TrafficMetrics, status_class, tool_label
 from studios_gateway.traffic.observer import Traffic
+from studios_gateway.traffic.usage import Usage
 
 T0 = 1_796_000_000.25  # 2026-11-30T00:53:20.25Z
 
@@ -81,13 +89,13 @@ def test_labels_stay_in_small_sets() -> None:
     assert tool_label("") == "none" and tool_label("made-up-tool") == "other"
 
 
-def make_traffic() -> tuple[Traffic, CollectorRegistry, Events, Clock]:
+def make_traffic(mode: str = "json") -> tuple[Traffic, CollectorRegistry, Events, Clock]:
     registry = CollectorRegistry()
     events = Events()
     clock = Clock()
     clock.advance(T0)
     traffic = Traffic(metrics=TrafficMetrics(registry),
-                      access_log=AccessLog("json", "gw", Logger(observer=events)), clock=clock)
+                      access_log=AccessLog(mode, "gw", Logger(observer=events)), clock=clock)
     return traffic, registry, events, clock
 
 
@@ -154,3 +162,63 @@ def test_ssh_sessions_channels_and_refusals() -> None:
     assert value(registry, "studios_gateway_ssh_sessions_total", outcome="ok") == 1
     assert value(registry, "studios_gateway_ssh_sessions_total", outcome="refused") == 1
     assert json.loads(events[-1]["access_line"])["reason"] == "there is no session x"
+
+
+def test_the_positional_entry_writes_each_mode_s_line_and_counts_the_session() -> None:
+    # Traffic.http (the HTTP proxy's per-request path) takes a Finished's fields in its
+    # order; the lines are text_line's and json_line's (their fields: the tests above).
+    for f in (facts(), facts(status=None, reason='no "tunnel"', subject=""),
+              facts(status=502, tool="made-up", path="/a b", duration=7.5)):
+        fields = (f.kind, f.started, f.duration, f.session_id, f.tool, f.subject, f.client,
+                  f.method, f.path, f.status, f.bytes_in, f.bytes_out, f.reason)
+        assert text_fields(*fields, "gw") == text_line(f, "gw")
+        for mode, line in (("text", text_line), ("json", json_line)):
+            traffic, _, events, _ = make_traffic(mode)
+            traffic.http(*fields)
+            traffic.http(*fields)
+            assert [e["access_line"] for e in events] == [line(f, "gw")] * 2
+            figures = traffic.usage.get("abcd")
+            assert figures is not None and figures.as_dict() == {
+                "requests": 2, "websockets": 0, "ssh_sessions": 0, "bytes_in": 642,
+                "bytes_out": 9134, "open_websockets": 0, "open_ssh": 0,
+                "last_active": f.started + f.duration, "open_connections": 0}
+        traffic, _, events, _ = make_traffic("off")
+        traffic.http(*fields)
+        assert events == [] and traffic.usage.get("abcd") is not None
+
+
+def test_http_counts_a_new_series_from_its_first_request() -> None:
+    traffic, registry, _, _ = make_traffic()
+    for status in (200, 200, 404, None):
+        traffic.http(HTTP, T0, 0.003, "abcd", "jupyterlab", "alice", "10.1.2.3", "GET", "/",
+                     status, 1, 2, "")
+    lab = {"tool": "jupyterlab"}
+    expected = [
+        ("studios_gateway_http_requests_total", {"code": "2xx", **lab}, 2),
+        ("studios_gateway_http_requests_total", {"code": "4xx", **lab}, 1),
+        ("studios_gateway_http_requests_total", {"code": "none", **lab}, 1),
+        ("studios_gateway_http_request_duration_seconds_bucket", {"le": "0.005", **lab}, 4),
+        ("studios_gateway_http_request_duration_seconds_bucket", {"le": "0.0025", **lab}, 0),
+        ("studios_gateway_transfer_bytes_total", {"kind": "http", "direction": "in"}, 4),
+        ("studios_gateway_transfer_bytes_total", {"kind": "http", "direction": "out"}, 8)]
+    assert [value(registry, name, **labels) for name, labels, _ in expected] == [
+        n for *_, n in expected]
+    assert value(registry, "studios_gateway_http_request_duration_seconds_sum",
+                 **lab) == pytest.approx(0.012)
+
+
+def test_usage_keeps_its_order_and_forgets_with_the_last_session_remembered() -> None:
+    usage = Usage(limit=2)
+    a = usage.of("a", 1.0)
+    assert usage.of("a", 2.0) is a and a.last_active == 2.0
+    usage.of("b", 3.0)
+    assert usage.of("a", 4.0) is a  # a is the most recent again: b goes first
+    usage.of("c", 5.0)
+    assert (usage.get("a"), usage.get("b")) == (a, None)
+    usage.forget("c")
+    assert usage.get("c") is None
+    c = usage.of("c", 6.0)  # forgotten: a new entry, not the one remembered as the last
+    assert c.last_active == 6.0 and usage.get("c") is c and c.requests == 0
+    a.open_websockets = c.open_websockets = 1  # nothing idle to let go: kept beyond limit
+    d = usage.of("d", 7.0)
+    assert usage.get("d") is None and usage.of("d", 8.0) is not d
