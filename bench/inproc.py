@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.inproc
     .venv/bin/python -m bench.inproc --tree before=/tmp/before --tree after=. --runs 3
     .venv/bin/python -m bench.inproc --profile
+    .venv/bin/python -m bench.inproc --login --tree before=/tmp/before --tree after=.
 
 One ProxyProtocol (the gateway's, from the tree given) on in-memory transports: a
 keep-alive client sends a request, the pooled tool connection answers nginx's 512-byte
@@ -12,7 +13,9 @@ memory), as in the gateway; the tunnel, TLS, the reactor and the system calls ar
 here. Two requests: wrk's (Host, a login cookie, User-Agent, Accept) and a browser's
 (fourteen headers, two cookies). Each tree runs in its own process, the trees in turn
 (`--runs` rounds); per tree and request the lowest CPU time per request of 5 batches.
-``--profile`` prints cProfile's table for the first tree instead.
+``--profile`` prints cProfile's table for the first tree instead. ``--login``: the
+fast path's answer comes from the gateway's own login (``make_fast_path`` over an
+``Auth`` with a signed cookie and a remembered decision) instead of a constant.
 """
 
 from __future__ import annotations
@@ -60,7 +63,43 @@ class _Lines:
             self.lines.clear()
 
 
-def _proxy(request: bytes) -> Any:
+def _login_fast_path(request: bytes, clock: Any) -> tuple[bytes, Any]:
+    """`request` with a real studio cookie, and make_fast_path over a real Auth that
+    has decided alice may use studio abc."""
+    from studios_gateway.auth.authorizer import Authorizer
+    from studios_gateway.auth.login import Auth
+    from studios_gateway.auth.settings import AuthSettings
+    from studios_gateway.http.component import make_fast_path
+    from studios_gateway.registry.base import SessionRecord
+
+    record = SessionRecord(id="abc", workspace_id=None, tool="jupyter", owner="alice",
+                           allowed_users=(), ssh_enabled=False, token_hash="x",
+                           created_at=0.0)
+
+    class Store:
+        def get(self, session_id: str) -> Any:
+            return record if session_id == "abc" else None
+
+    clock.advance(1_700_000_000)
+    authorizer = Authorizer(Store(), clock=clock, ttl=3600,
+                            workspace_allowed=lambda workspace: True)
+    settings = AuthSettings(proxy_url="https://studios.test", studios_domain="studios.test",
+                            path_routing=False, storage_root="/nonexistent",
+                            secure_cookies=True, issuer=None)
+    auth = Auth(settings, reactor=clock, authorizer=authorizer, key=b"k" * 32)
+    value = auth._cookies.issue("alice", "abc", "login1", 3600)
+    authorizer.check("abc", "alice")
+
+    class Here:
+        def is_local(self, session_id: str) -> bool:
+            return True
+
+    fake = b"abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnop"
+    assert fake in request
+    return request.replace(fake, value.encode()), make_fast_path(auth, Here())  # type: ignore
+
+
+def _proxy(request: bytes, login: bool = False) -> Any:
     """A ProxyProtocol with one client and one pooled tool connection; returns a function
     that runs one request through both."""
     from prometheus_client import CollectorRegistry
@@ -94,9 +133,12 @@ def _proxy(request: bytes) -> Any:
     traffic = Traffic(metrics=TrafficMetrics(CollectorRegistry()), access_log=access,
                       clock=clock)
     known = (Who(), SessionInfo("abc", "jupyter", True))
+    fast: Any = lambda request, sid: known  # noqa: E731
+    if login:
+        request, fast = _login_fast_path(request, clock)
     factory = ProxyFactory(router=Router("studios.test", "studios.test"), upstream=Upstream(),
                            lookup=lambda sid: defer.succeed(known[1]), reactor=clock,
-                           fast=lambda request, sid: known, observer=traffic)
+                           fast=fast, observer=traffic)
     client = factory.buildProtocol(None)
     ct = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 5555))
     client.makeConnection(ct)
@@ -115,10 +157,10 @@ def _proxy(request: bytes) -> Any:
     return one, conns
 
 
-def _measure(n: int) -> dict[str, float]:
+def _measure(n: int, login: bool) -> dict[str, float]:
     out = {}
     for name, request in REQUESTS.items():
-        one, conns = _proxy(request)
+        one, conns = _proxy(request, login)
         for _ in range(200):
             one()
         best = float("inf")
@@ -140,12 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="rounds over the trees")
     p.add_argument("--requests", type=int, default=4000, help="requests per batch")
     p.add_argument("--profile", action="store_true", help="cProfile the first tree instead")
+    p.add_argument("--login", action="store_true",
+                   help="the fast path's answer from a real Auth (cookie and decision)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--one-tree", default=str(REPO), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         sys.path.insert(0, args.one_tree)  # before the first import of studios_gateway
-        for name, us in _measure(args.requests).items():
+        for name, us in _measure(args.requests, args.login).items():
             print(f"{name} {us:.2f}")
         return 0
     trees = [tuple(t.split("=", 1)) for t in args.tree] or [("this", str(REPO))]
@@ -153,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(Path(trees[0][1]).resolve()))
         import cProfile
         import pstats
-        one, _ = _proxy(WRK)
+        one, _ = _proxy(WRK, args.login)
         prof = cProfile.Profile()
         prof.runctx("for _ in range(5000): one()", {"one": one}, {})
         pstats.Stats(prof).sort_stats("tottime").print_stats(30)
@@ -163,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, tree in trees:
             done = subprocess.run(
                 [sys.executable, "-m", "bench.inproc", "--one", "--one-tree",
-                 str(Path(tree).resolve()), "--requests", str(args.requests)],
+                 str(Path(tree).resolve()), "--requests", str(args.requests)]
+                + (["--login"] if args.login else []),
                 cwd=REPO, env=_env(), capture_output=True, text=True, check=True)
             for line in done.stdout.split("\n"):
                 if line:

@@ -134,6 +134,10 @@ class Authorizer:
         self._cache: OrderedDict[tuple[str, str], tuple[float, float, Decision]] = OrderedDict()
         self._inflight: dict[tuple[str, str], list[Deferred[Decision]]] = {}
         self._generation = 0
+        #: Counts every change to what `cached` answers or to the logouts (a decision
+        #: remembered, forgotten or pushed out; a login ended): a memo of answers
+        #: (Auth's fast path) holds only while this has not moved.
+        self.changes = 0
         self._subscribers: list[Callable[[Revocation], Any]] = []
         self._live: dict[int, _Live] = {}
         self._next_live = 0
@@ -151,6 +155,10 @@ class Authorizer:
         self._login_ttl = login_ttl
         self._unsubscribe_store: Callable[[], None] | None = None
         self._sweeper: task.LoopingCall | None = None
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self._clock
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -225,10 +233,19 @@ class Authorizer:
             return hit[2]
         return None
 
+    def cached_until(self, session_id: str, user: str) -> tuple[float, Decision] | None:
+        """`cached`'s decision with the time it stops being given (it is given while the
+        clock reads less), unless `changes` moves first."""
+        hit = self._cache.get((session_id, user))
+        if hit is not None and hit[0] > self._clock.seconds():
+            return hit[0], hit[2]
+        return None
+
     def _remember(self, key: tuple[str, str], decision: Decision, ttl: float) -> None:
         if ttl <= 0:
             return
         now = self._clock.seconds()
+        self.changes += 1
         self._cache.pop(key, None)
         self._cache[key] = (now + ttl, now, decision)
         while len(self._cache) > self._max:
@@ -273,6 +290,7 @@ class Authorizer:
 
     def _forget(self, session_id: str | None = None, user: str | None = None) -> None:
         self._generation += 1
+        self.changes += 1
         for key in [k for k in self._cache
                     if (session_id is None or k[0] == session_id)
                     and (user is None or k[1] == user)]:
@@ -310,6 +328,7 @@ class Authorizer:
             return
         self._logged_out.spend(login_id, until)
         self._generation += 1
+        self.changes += 1
         self._notify(Revocation("login", login_id=login_id))
 
     def _logout_heard(self, login_id: str | None) -> None:

@@ -52,6 +52,7 @@ from studios_gateway.auth.authorizer import Authorizer, Decision, PlatformAccess
 from studios_gateway.auth.cookies import (
     COOKIE_NAME,
     LOGIN_SCOPE,
+    SKEW,
     CookieCodec,
     SessionCookie,
     Signer,
@@ -105,6 +106,13 @@ START_RETRY_MAX = 30.0
 REFRESH_MIN_INTERVAL = 1.0
 _LINK = "login-link/1"
 _HANDOFF = "handoff/1"
+#: How many of authorized_now's answers are remembered (one per Cookie value and studio;
+#: once full, the oldest goes).
+FAST_MEMO_MAX = 4096
+# Header names seen that are not Cookie (as sent): authorized_now's look for the Cookie
+# line is one set look-up per other line instead of a lower(). Bounded; nothing evicted.
+_NOT_COOKIE: set[bytes] = set()
+_NOT_COOKIE_MAX = 512
 
 
 # Requests and responses ------------------------------------------------------------------
@@ -201,6 +209,15 @@ class Auth:
             Path(settings.storage_root) / KEY_FILE))
         self._signer = signer
         self._cookies = CookieCodec(signer, reactor)
+        #: authorized_now's answers: (Cookie value, session id) -> (the authorizer's
+        #: `changes` then, given while the clock reads less than this, the cookie's
+        #: issued-at, identity, record). The values are cookies: secrets the process
+        #: holds anyway (as CookieCodec's cache); the look-up hashes them with Python's
+        #: per-process keyed hash, so its timing tells nothing about a cookie one lacks.
+        self._fast_memo: dict[tuple[bytes, str], tuple[int, float, float, Identity,
+                                                       SessionRecord]] = {}
+        # One clock for the cookie's and the decision's times, or no memo.
+        self._fast_memo_max = FAST_MEMO_MAX if authorizer.clock is reactor else 0
         #: Where used login links and hand-off codes are kept (the session store).
         self._once = authorizer.login_state
         self._refreshes: dict[str, Any] = {}
@@ -338,7 +355,13 @@ class Auth:
     def _studio_claims(self, request: RequestInfo, session_id: str) -> SessionCookie | None:
         """The first of the request's studio cookies that is valid for `session_id` and
         whose login has not ended."""
-        for value in cookie_values(request.headers, self.settings.studio_cookie_name):
+        return self._first_valid(
+            cookie_values(request.headers, self.settings.studio_cookie_name), session_id)
+
+    def _first_valid(self, values: list[str], session_id: str) -> SessionCookie | None:
+        """The first of `values` that is a cookie valid for `session_id` whose login has
+        not ended."""
+        for value in values:
             c = self._cookies.verify(value, session_id)
             if c is not None and not self.authorizer.is_logged_out(c.login_id):
                 return c
@@ -382,17 +405,63 @@ class Auth:
     def authorized_now(self, request: RequestInfo,
                        session_id: str) -> tuple[Identity, SessionRecord] | None:
         """What authorize_request would allow at once from what is cached (a remembered
-        cookie and decision), with the session's record; None: ask authorize_request."""
+        cookie and decision), with the session's record; None: ask authorize_request.
+
+        A browser sends the same Cookie line with each request: the answer for a line
+        and studio is remembered and given again while nothing it rests on moved (the
+        authorizer's `changes`: decisions remembered, forgotten or revoked, logins
+        ended), the cookie has not expired (nor is issued too far ahead) and the
+        decision is not due to be asked again. Requests with several Cookie lines or
+        several studio cookies go the whole way each time."""
         if request.path.startswith(PREFIX):
             return None  # one of our routes: handle() answers it
-        c = self._studio_claims(request, session_id)
+        cookie = None
+        not_cookie = _NOT_COOKIE
+        for name, value in request.headers:
+            if name in not_cookie:
+                continue
+            if name.lower() != b"cookie":
+                if len(not_cookie) < _NOT_COOKIE_MAX:
+                    not_cookie.add(name)
+                continue
+            if cookie is not None:  # several Cookie lines: not remembered
+                return self._authorized_now(request, session_id, None)
+            cookie = value
+        if cookie is None:
+            return None  # no cookie at all
+        key = (cookie, session_id)
+        hit = self._fast_memo.get(key)
+        if hit is not None and hit[0] == self.authorizer.changes:
+            now = self._reactor.seconds()
+            if now < hit[1] and not hit[2] > now + SKEW:  # (CookieCodec.verify's times)
+                return hit[3], hit[4]
+        return self._authorized_now(request, session_id, key)
+
+    def _authorized_now(self, request: RequestInfo, session_id: str,
+                        key: tuple[bytes, str] | None
+                        ) -> tuple[Identity, SessionRecord] | None:
+        """authorized_now's answer the whole way; remembered under `key` (when given)
+        if the request has one studio cookie."""
+        memo = self._fast_memo
+        if key is not None:
+            memo.pop(key, None)
+        values = cookie_values(request.headers, self.settings.studio_cookie_name)
+        c = self._first_valid(values, session_id)
         if c is None:
             return None
-        decision = self.authorizer.cached(session_id, c.subject)
-        if decision is None or not decision.allowed or decision.record is None:
+        cached = self.authorizer.cached_until(session_id, c.subject)
+        if cached is None:
             return None
-        return (Identity(c.subject, session_id, c.login_id, c.expires_at, decision.reason),
-                decision.record)
+        until, decision = cached
+        if not decision.allowed or decision.record is None:
+            return None
+        who = Identity(c.subject, session_id, c.login_id, c.expires_at, decision.reason)
+        if key is not None and len(values) == 1 and self._fast_memo_max:
+            while len(memo) >= self._fast_memo_max:
+                del memo[next(iter(memo))]  # the oldest
+            memo[key] = (self.authorizer.changes, min(until, c.expires_at), c.issued_at,
+                         who, decision.record)
+        return who, decision.record
 
     def _decided(self, request: RequestInfo, who: Identity,
                  decision: Decision) -> Identity | Response:
