@@ -74,14 +74,14 @@ class TextTarget:
             self._second, self._prefix = second, head
         return self._prefix
 
-    def write(self, lines: Sequence[tuple[float, str]]) -> None:
-        # The prefix asked once per second of the batch's lines (not once per line).
+    def write(self, runs: Sequence[tuple[float, Sequence[str]]]) -> None:
+        """Write `runs`: lines each logged in the second of its run's time."""
+        # The prefix asked once per run, and each run's lines joined by newline + prefix
+        # (not an f-string per line).
         parts: list[str] = []
-        second, head = -1, ""
-        for when, line in lines:
-            if int(when) != second:
-                second, head = int(when), self.prefix(when)
-            parts.append(f"{head}{line}\n")
+        for when, lines in runs:
+            head = self.prefix(when)
+            parts.append(head + ("\n" + head).join(lines) + "\n")
         text = "".join(parts)
         self.out.write(text.encode("utf-8") if self._bytes else text)
         self.out.flush()
@@ -96,14 +96,22 @@ class LineBuffer:
     def __init__(self, clock: Any, targets: Sequence[TextTarget]):
         self.clock = clock
         self.targets = tuple(targets)
-        self._lines: list[tuple[float, str]] = []
+        # The lines waiting, in runs of one second each: (a time in it, its lines).
+        self._runs: list[tuple[float, list[str]]] = []
+        self._run: list[str] = []  # (the last run's lines)
+        self._second = -1  # (the last run's second)
         self._size = 0
         self._call: Any = None
         self._closed = False
         self._failed = False
 
     def add(self, when: float, line: str) -> None:
-        self._lines.append((when, line))
+        second = int(when)
+        if second == self._second:
+            self._run.append(line)
+        else:
+            self._second, self._run = second, [line]
+            self._runs.append((when, self._run))
         self._size += len(line)
         if self._closed or self._size >= LIMIT:
             self.flush()
@@ -115,12 +123,12 @@ class LineBuffer:
             if self._call.active():
                 self._call.cancel()
             self._call = None
-        lines, self._lines, self._size = self._lines, [], 0
-        if not lines:
+        runs, self._runs, self._size, self._second = self._runs, [], 0, -1
+        if not runs:
             return
         for target in self.targets:
             try:
-                target.write(lines)
+                target.write(runs)
             except Exception as e:  # noqa: BLE001 - a full disk must not stop the proxy
                 if not self._failed:  # said once: every later batch would say it again
                     self._failed = True

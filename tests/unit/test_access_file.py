@@ -47,8 +47,8 @@ def test_a_target_writes_what_the_observer_would_have_written() -> None:
     textFileLogObserver(via_event)(as_event("a fourth", T0 + 3.2))
     target = TextTarget.of(textFileLogObserver(direct), NAMESPACE)
     assert target is not None  # twistd's observer still keeps its file where we look
-    target.write([(T0, "a line"), (T0 + 1.5, "another"), (T0 + 1.7, "a third"),
-                  (T0 + 3.2, "a fourth")])
+    target.write([(T0, ["a line"]), (T0 + 1.5, ["another", "a third"]),
+                  (T0 + 3.2, ["a fourth"])])
     assert direct.getvalue() == via_event.getvalue()
     assert f"[{NAMESPACE}#info] a line\n" in direct.getvalue()
 
@@ -71,6 +71,26 @@ def test_lines_wait_for_the_interval_and_go_in_one_write() -> None:
     assert [line.rsplit(" ", 1)[1] for line in out.getvalue().splitlines()] == [
         str(i) for i in range(50)]
     assert not clock.getDelayedCalls()  # nothing waits, no timer
+
+
+def test_a_batch_across_seconds_gives_each_line_its_own_second_s_prefix() -> None:
+    # The buffer keeps runs of one second; the clock may also step back between lines.
+    via_event, out, clock = io.StringIO(), CountingFile(), Clock()
+    target = TextTarget.of(textFileLogObserver(out), NAMESPACE)
+    assert target is not None
+    buffer = LineBuffer(clock, [target])
+    times = [T0, T0 + 0.1, T0 + 1.0, T0 + 1.1, T0 - 5.0, T0 + 1.2, T0 + 2.5]
+    for i, when in enumerate(times):
+        buffer.add(when, f"line {i}")
+        textFileLogObserver(via_event)(as_event(f"line {i}", when))
+    clock.advance(INTERVAL)
+    assert out.writes == 1 and out.getvalue() == via_event.getvalue()
+    buffer.add(T0 + 2.6, "after a flush")  # the same second as the last run: a new batch
+    textFileLogObserver(via_event)(as_event("after a flush", T0 + 2.6))
+    buffer.close()
+    assert out.writes == 2 and out.getvalue() == via_event.getvalue()
+    assert [line.split("+0000 [")[0][-2:] for line in out.getvalue().splitlines()] == [
+        "20", "20", "21", "21", "15", "21", "22", "22"]  # (T0 is 00:53:20.25)
 
 
 def test_a_full_buffer_and_close_write_at_once() -> None:
