@@ -25,7 +25,7 @@ from typing import Any
 import h11
 import httptools
 
-from studios_gateway.http.headers import HeadProblem, read_head_tuple
+from studios_gateway.http.headers import HeadProblem, read_head
 
 __all__ = ["FIELD_LINE", "BodyError", "RequestBody", "RequestHead", "ResponseFramer",
            "ResponseHead", "ResponseReader", "parse_request_head"]
@@ -81,7 +81,7 @@ def parse_request_head(head: bytes, max_request_line: int, max_header_count: int
     :func:`~studios_gateway.http.headers.read_head`'s checks (whose single pass over the
     lines also reads the fields), then llhttp's (in C, without a call back into Python),
     then the field checks h11 made (target characters, field values)."""
-    fields = read_head_tuple(head, max_request_line, max_header_count)  # (positional)
+    fields = read_head(head, max_request_line, max_header_count)  # (positional)
     if isinstance(fields, HeadProblem):
         return fields
     try:

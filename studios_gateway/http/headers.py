@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 __all__ = [
     "FieldsTuple",
-    "HeadFields",
     "HeadProblem",
     "Headers",
     "SUBJECT_HEADER",
@@ -34,7 +33,6 @@ __all__ = [
     "field_value_ok",
     "is_trusted",
     "read_head",
-    "read_head_tuple",
     "request_headers",
     "response_headers",
     "tool_set_cookie",
@@ -61,31 +59,6 @@ _FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xf
 class HeadProblem:
     status: int
     reason: str
-
-
-class HeadFields:
-    """What :func:`read_head` found in a head it did not refuse (before llhttp's look)."""
-
-    __slots__ = ("method", "target", "minor", "headers", "values_ok", "connection",
-                 "host", "content_length", "chunked", "upgrade", "forwarded")
-
-    def __init__(self, method: bytes, target: bytes, minor: bytes, headers: Headers,
-                 values_ok: bool, connection: frozenset[bytes], host: bytes,
-                 content_length: bytes | None, chunked: bool, upgrade: bool,
-                 forwarded: bool = False):
-        self.method = method
-        self.target = target
-        self.minor = minor  # b"0" or b"1" (HTTP/1.x)
-        #: raw names; values as llhttp gives them (leading spaces and tabs removed)
-        self.headers = headers
-        #: every value has only field-value bytes and no trailing space or tab
-        self.values_ok = values_ok
-        self.connection = connection  # connection_tokens(headers)
-        self.host = host
-        self.content_length = content_length  # its digits, when there is one
-        self.chunked = chunked  # a Transfer-Encoding (which can only be "chunked")
-        self.upgrade = upgrade  # an Upgrade header
-        self.forwarded = forwarded  # an X-Forwarded-For header (client_address reads it)
 
 
 _NO_OPTIONS: frozenset[bytes] = frozenset()
@@ -115,28 +88,29 @@ _SEEN_LINES_LONGEST = 1024
 def check_head(head: bytes, *, max_request_line: int, max_header_count: int
                ) -> HeadProblem | None:
     """Problems with a complete request head (ending in CRLF CRLF), or None."""
-    got = read_head(head, max_request_line=max_request_line, max_header_count=max_header_count)
+    got = read_head(head, max_request_line, max_header_count)
     return got if isinstance(got, HeadProblem) else None
 
 
-# What read_head_tuple reads of a head, in HeadFields' order: method, target, minor,
-# headers, values_ok, connection, host, content_length, chunked, upgrade, forwarded.
+#: What :func:`read_head` found in a head it did not refuse (before llhttp's look), as a
+#: plain tuple (the parser makes its own object of it):
+#: - method, target;
+#: - minor: b"0" or b"1" (HTTP/1.x);
+#: - headers: raw names; values as llhttp gives them (leading spaces and tabs removed);
+#: - values_ok: every value has only field-value bytes and no trailing space or tab;
+#: - connection: connection_tokens(headers); host: the Host header's value;
+#: - content_length: its digits, when there is one;
+#: - chunked: a Transfer-Encoding (which can only be "chunked");
+#: - upgrade: an Upgrade header; forwarded: an X-Forwarded-For header (client_address
+#:   reads it).
 FieldsTuple = tuple[bytes, bytes, bytes, Headers, bool, frozenset[bytes], bytes, bytes | None,
                     bool, bool, bool]
 
 
 def read_head(head: bytes, max_request_line: int, max_header_count: int
-              ) -> HeadProblem | HeadFields:
+              ) -> HeadProblem | FieldsTuple:
     """:func:`check_head`'s verdict on `head`, and when it has none, the head's request
-    line and fields read in the same single pass over its lines."""
-    got = read_head_tuple(head, max_request_line, max_header_count)
-    return got if isinstance(got, HeadProblem) else HeadFields(*got)
-
-
-def read_head_tuple(head: bytes, max_request_line: int, max_header_count: int
-                    ) -> HeadProblem | FieldsTuple:
-    """:func:`read_head` with what it read as a plain tuple (:data:`FieldsTuple`): one
-    object less per request for the parser, which makes its own of them."""
+    line and fields (:data:`FieldsTuple`) read in the same single pass over its lines."""
     if b"\r\n\r\n" != head[-4:]:
         return HeadProblem(400, "incomplete head")
     text = head[:-4]
