@@ -45,6 +45,8 @@ class Arena:
     ws: dict[str, Target]         # WebSocket echo, by path name
     notes: list[str]
     ssh_port: int | None = None
+    #: The processes of a path besides the client, in path order, by path name.
+    pids: dict[str, list[int]] = field(default_factory=dict)
 
     def ssh_reverse(self) -> Target:
         if self.ssh_port is None:
@@ -85,6 +87,8 @@ def start(run: Run) -> Arena:
     ws = {GATEWAY: Target(GATEWAY, gw.http_port, ws_studio.headers),
           DIRECT: Target(DIRECT, ws_port), NGINX: Target(NGINX, nginx_port)}
     notes = []
+    pids = {GATEWAY: [gw.pid, studio.connect.pid, tool.proc.pid], DIRECT: [tool.proc.pid],
+            NGINX: [procs.by_name["nginx-proxy"].pid, tool.proc.pid]}
     if run.profile is not None:
         notes.append("profile mode: only the gateway path is measured.")
         return Arena(procs, work, gw, tool, {GATEWAY: http[GATEWAY]}, {GATEWAY: ws[GATEWAY]},
@@ -95,4 +99,5 @@ def start(run: Run) -> Arena:
     else:
         http[CHP] = Target(CHP, chp_port)
         ws[CHP] = Target(CHP, chp_port)
-    return Arena(procs, work, gw, tool, http, ws, notes)
+        pids[CHP] = [procs.by_name["chp"].pid, tool.proc.pid]
+    return Arena(procs, work, gw, tool, http, ws, notes, pids=pids)

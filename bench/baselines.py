@@ -78,10 +78,11 @@ def start_nginx_tool(procs: Processes, work: Path, size: int,
     return NginxTool(port, d, proc)
 
 
-def start_nginx_proxy(procs: Processes, work: Path, tool_port: int, ws_port: int) -> int:
+def start_nginx_proxy(procs: Processes, work: Path, tool_port: int, ws_port: int,
+                      name: str = "nginx-proxy") -> int:
     """nginx proxy_pass in front of the tool (keep-alive upstream, no buffering) and of
     the WebSocket echo at /ws."""
-    d = work / "nginx-proxy"
+    d = work / name
     port = free_port()
     servers = (
         f"upstream tool {{ server 127.0.0.1:{tool_port}; keepalive 64; }}\n"
@@ -93,7 +94,7 @@ def start_nginx_proxy(procs: Processes, work: Path, tool_port: int, ws_port: int
         "  location / { proxy_pass http://tool; proxy_set_header Connection ''; }\n"
         "  location /ws { proxy_pass http://ws; proxy_set_header Upgrade $http_upgrade;\n"
         "    proxy_set_header Connection $connection_upgrade; proxy_read_timeout 1h; }\n}\n")
-    _start_nginx(procs, d, "nginx-proxy", servers)
+    _start_nginx(procs, d, name, servers)
     wait_until(lambda: port_open(port), "nginx (proxy)")
     return port
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import arena as arena_mod
-from bench import bulk, cluster, deploy, http, rebind, report, scale, scp
+from bench import bulk, cluster, deploy, hops, http, rebind, report, scale, scp
 from bench.baselines import chp_version
 from bench.common import Run, Section
 from bench.profile import Profiler
@@ -33,6 +33,7 @@ ARENA_SCENARIOS: dict[str, Callable[[Run, arena_mod.Arena], Section]] = {
     "http-small": http.small_responses,
     "websocket": http.websocket_echo,
     "bulk": bulk.scenario,
+    "hops": hops.scenario,
 }
 
 

@@ -73,12 +73,14 @@ class Processes:
     def __init__(self, logs: Path):
         self.logs = logs
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.by_name: dict[str, subprocess.Popen[bytes]] = {}  # the last one of each name
 
     def start(self, name: str, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - the child keeps it
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kw)  # type: ignore[call-overload]
         log.close()
         self.procs.append(proc)
+        self.by_name[name] = proc
         return proc
 
     def stop_all(self) -> None:
