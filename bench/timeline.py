@@ -1,0 +1,175 @@
+"""One small request's time at 1 connection, step by step, in the gateway and in
+studios-connect, from the kernel's syscall tracepoints.
+
+    .venv/bin/python -m bench.timeline [--tree DIR] [--seconds 1]
+
+Starts the nginx tool, a gateway and a studios-connect from ``--tree`` (default: this
+checkout), logs in, keeps wrk at 1 connection on ``GET /small``, and records each
+process's ``raw_syscalls`` enter/exit tracepoints with ``perf record`` for
+``--seconds`` (Debian's linux-perf; root, or perf_event_paranoid low enough). A
+tracepoint costs ~1 us where strace's ptrace stop costs ~50-100, so the gaps are near
+what runs untraced.
+
+For each process it prints the median of every step of the request cycle: time in a
+syscall (``in send browser``), and time in user space between two syscalls (``recv
+browser -> send tunnel``: the Python of the request's way in). A file descriptor is
+named by what it is connected to (browser, tunnel, tool). The steps between a recv and
+the next send are on the request's critical path; the ones after a send happen while
+the next process works (docs/decisions/compiled-lane.md uses them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from bench import baselines, deploy
+from bench.ab import _connect
+from bench.common import Processes, wrk
+from bench.main import work_dir
+from bench.ssh import REPO
+
+#: x86_64 numbers of the syscalls a proxy's cycle makes (others print as "NR n").
+SYSCALLS = {0: "read", 1: "write", 7: "poll", 19: "readv", 20: "writev", 44: "send",
+            45: "recv", 46: "sendmsg", 47: "recvmsg", 232: "epoll_wait", 281: "epoll_pwait",
+            233: "epoll_ctl", 228: "clock_gettime", 202: "futex"}
+_LINE = re.compile(r"^\s*\S.*?\s(\d+)\s+\[\d+\]\s+([\d.]+):\s+raw_syscalls:sys_(enter|exit): "
+                   r"NR (\d+) (?:\((\w+))?")
+_SWITCH = re.compile(r"\s([\d.]+):\s+sched:sched_switch: .*?prev_pid=(\d+) .*?prev_state=(\S+)"
+                     r" ==> next_comm=(.*?) next_pid=(\d+)")
+
+
+def fd_names(pid: int, roles: dict[int, str]) -> dict[str, str]:
+    """Hex fd (as perf prints it) -> role, for the TCP sockets of `pid` whose local or
+    remote port is in `roles`."""
+    names = {}
+    for c in psutil.Process(pid).net_connections(kind="tcp"):
+        if c.fd < 0 or not c.raddr:
+            continue
+        for port in (c.laddr.port, c.raddr.port):
+            if port in roles:
+                names[format(c.fd, "x")] = roles[port]
+    return names
+
+
+def steps(script: str, pid: int, names: dict[str, str]) -> dict[str, list[float]]:
+    """Microseconds of each step of `pid` in `perf script`'s text of raw_syscalls and
+    sched_switch events (a whole-system recording). A step's time counts only while
+    `pid` is on a CPU: a gap in user space that holds a preemption (another process
+    run on this CPU in between, often the very one just woken) is counted without it,
+    and the time off the CPU is its own step ``preempted after ...``."""
+    got: dict[str, list[float]] = collections.defaultdict(list)
+    last_exit: tuple[float, str] | None = None  # (time, "syscall fd") of the last exit
+    entered: tuple[float, int, str] | None = None
+    off = 0.0  # time off the CPU since the last exit, while runnable
+    out_at: float | None = None
+    sleeping = False
+    for line in script.splitlines():
+        sw = _SWITCH.search(line)
+        if sw is not None:
+            t = float(sw.group(1)) * 1e6
+            if int(sw.group(2)) == pid:
+                out_at, sleeping = t, sw.group(3) != "R" and not sw.group(3).startswith("R")
+            elif int(sw.group(5)) == pid and out_at is not None:
+                if not sleeping:
+                    off += t - out_at
+                out_at = None
+            continue
+        m = _LINE.search(line)
+        if m is None or int(m.group(1)) != pid:
+            continue
+        t, kind, nr = float(m.group(2)) * 1e6, m.group(3), int(m.group(4))
+        if kind == "enter":
+            what = SYSCALLS.get(nr, f"NR {nr}")
+            if "epoll" not in what and m.group(5):
+                what += " " + names.get(m.group(5), f"fd {int(m.group(5), 16)}")
+            if last_exit is not None:
+                got[f"{last_exit[1]} -> {what}"].append(t - last_exit[0] - off)
+                got[f"preempted after {last_exit[1]}"].append(off)
+            off = 0.0
+            entered = (t, nr, what)
+        elif entered is not None and entered[1] == nr:
+            label = f"in {entered[2]}"
+            if "epoll" in entered[2] and last_exit is not None:
+                label += f" (after {last_exit[1]})"
+            got[label].append(t - entered[0])
+            last_exit = (t, entered[2])
+            off = 0.0
+    return got
+
+
+def record(pids: list[int], seconds: float, out: Path) -> str:
+    """`perf script` text of every CPU's syscalls of `pids` and context switches."""
+    flt = " || ".join(f"common_pid == {p}" for p in pids)
+    rec = subprocess.Popen(["perf", "record", "-q", "-a", "-o", str(out),
+                            "-e", "raw_syscalls:sys_enter", "--filter", flt,
+                            "-e", "raw_syscalls:sys_exit", "--filter", flt,
+                            "-e", "sched:sched_switch"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(seconds)  # the recording's length, not a wait for an event
+    rec.send_signal(2)
+    _, err = rec.communicate(timeout=60)
+    if rec.returncode not in (0, -2, 130) or not out.exists():
+        raise SystemExit(f"bench: perf record failed: {err.decode(errors='replace').strip()}")
+    return subprocess.run(["perf", "script", "-i", str(out)], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tree", default=str(REPO), help="the source tree of both processes")
+    p.add_argument("--seconds", type=float, default=1.0, help="how long to record")
+    p.add_argument("--top", type=int, default=12, help="steps shown per process")
+    args = p.parse_args(argv)
+    if shutil.which("perf") is None:
+        raise SystemExit("bench: perf not found (Debian: apt-get install linux-perf)")
+    tree = str(Path(args.tree).resolve())
+    work = work_dir()
+    procs = Processes(work)
+    try:
+        tool = baselines.start_nginx_tool(procs, work, 1 << 20)
+        gw = deploy.start_gateway(procs, work, extra={"PYTHONPATH": tree})
+        created = gw.create_session()
+        client = _connect(procs, work, created["connect_string"], tool.port, "connect", tree)
+        gw.wait_connected(created["id"])
+        studio = deploy.Studio(gw, created["id"], deploy.login_cookie(gw, created["login_link"]),
+                               client)
+        load_seconds = args.seconds * 2 + 6
+        result: list[float] = []
+        load = threading.Thread(target=lambda: result.append(
+            wrk(studio.url("/small"), 1, load_seconds, studio.headers).rps))
+        load.start()
+        time.sleep(2)  # wrk connected and the pools warm before recording
+        gw_names = fd_names(gw.pid, {gw.http_port: "browser", gw.tunnel_port: "tunnel"})
+        c_names = fd_names(client.pid, {tool.port: "tool", gw.tunnel_port: "tunnel"})
+        text = record([gw.pid, client.pid], args.seconds, work / "cycle.perf")
+        load.join()
+        print(f"wrk, 1 connection: {result[0] if result else 0:,.0f} req/s "
+              f"({1e6 / result[0] if result and result[0] else 0:.0f} us per round trip)")
+        for who, pid, names in (("gateway", gw.pid, gw_names),
+                                ("studios-connect", client.pid, c_names)):
+            got = steps(text, pid, names)
+            print(f"\n{who}: us per step, median and mean (n = times seen; preemptions "
+                  "shown where they average 1 us or more)")
+            rows = [(k, v) for k, v in got.items()
+                    if not k.startswith("preempted") or statistics.mean(v) >= 1.0]
+            for label, v in sorted(rows, key=lambda kv: -len(kv[1]))[:args.top]:
+                print(f"  {label:48} {statistics.median(v):7.1f} {statistics.mean(v):7.1f}"
+                      f"  n={len(v)}")
+    finally:
+        procs.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
