@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"  errors {sum(int(x[5]) for x in runs)}", flush=True)
     finally:
         procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)  # (on /dev/shm: memory)
     return 0
 
 

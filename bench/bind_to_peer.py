@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -124,6 +125,7 @@ def measure(rounds: int) -> list[float]:
                 times.append(answered[0] - published[0])
     finally:
         procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)  # (on /dev/shm: memory)
     return times
 
 

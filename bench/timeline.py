@@ -31,13 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
-
-from bench import baselines, deploy
-from bench.ab import _connect
-from bench.common import Processes, wrk
-from bench.main import work_dir
-from bench.ssh import REPO
+REPO = Path(__file__).resolve().parent.parent
 
 #: x86_64 numbers of the syscalls a proxy's cycle makes (others print as "NR n").
 SYSCALLS = {0: "read", 1: "write", 7: "poll", 19: "readv", 20: "writev", 44: "send",
@@ -52,6 +46,8 @@ _SWITCH = re.compile(r"\s([\d.]+):\s+sched:sched_switch: .*?prev_pid=(\d+) .*?pr
 def fd_names(pid: int, roles: dict[int, str]) -> dict[str, str]:
     """Hex fd (as perf prints it) -> role, for the TCP sockets of `pid` whose local or
     remote port is in `roles`."""
+    import psutil
+
     names = {}
     for c in psutil.Process(pid).net_connections(kind="tcp"):
         if c.fd < 0 or not c.raddr:
@@ -126,6 +122,12 @@ def record(pids: list[int], seconds: float, out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # (the harness's modules here: the parsing above is tested without psutil)
+    from bench import baselines, deploy
+    from bench.ab import _connect
+    from bench.common import Processes, wrk
+    from bench.main import work_dir
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tree", default=str(REPO), help="the source tree of both processes")
     p.add_argument("--seconds", type=float, default=1.0, help="how long to record")
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"  n={len(v)}")
     finally:
         procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)  # (on /dev/shm: memory)
     return 0
 
 

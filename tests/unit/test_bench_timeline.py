@@ -1,0 +1,64 @@
+"""bench.timeline's reading of `perf script` text: steps, fd names, preemptions."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.timeline import steps
+
+PID = 4242
+
+
+def _sys(t: float, kind: str, nr: int, fd: str | None = None, pid: int = PID) -> str:
+    args = f" ({fd}, 7f00, 10000, 0, 0, 0)" if kind == "enter" and fd else (
+        " (3, 7f00, 7, 3e, 0, 0)" if kind == "enter" else " = 1")
+    space = " " if kind == "enter" else "  "
+    return (f"          twistd {pid} [000] {t:.6f}:{space}raw_syscalls:sys_{kind}: "
+            f"NR {nr}{args}")
+
+
+def _switch(t: float, prev: int, state: str, nxt: int) -> str:
+    return (f"         swapper {prev} [000] {t:.6f}: sched:sched_switch: prev_comm=x "
+            f"prev_pid={prev} prev_prio=120 prev_state={state} ==> next_comm=y "
+            f"next_pid={nxt} next_prio=120")
+
+
+def test_steps_name_fds_and_time_user_space_between_syscalls() -> None:
+    text = "\n".join([
+        _sys(1.000000, "enter", 232), _sys(1.000050, "exit", 232),   # epoll 50 us
+        _sys(1.000053, "enter", 45, "11"), _sys(1.000055, "exit", 45),  # recv browser
+        _sys(1.000081, "enter", 44, "f"), _sys(1.000097, "exit", 44),   # 26 us, send tunnel
+        _sys(1.000100, "enter", 232),
+    ])
+    got = steps(text, PID, {"11": "browser", "f": "tunnel"})
+    assert got["in recv browser"] == [pytest.approx(2.0)]
+    assert got["recv browser -> send tunnel"] == [pytest.approx(26.0)]
+    assert got["in send tunnel"] == [pytest.approx(16.0)]
+    assert got["send tunnel -> epoll_wait"] == [pytest.approx(3.0)]
+    assert got["epoll_wait -> recv browser"] == [pytest.approx(3.0)]
+
+
+def test_a_preemption_is_taken_out_of_the_user_space_step() -> None:
+    text = "\n".join([
+        _sys(1.000000, "enter", 45, "11"), _sys(1.000002, "exit", 45),
+        _switch(1.000010, PID, "R", 99),      # runnable, another process runs 20 us
+        _switch(1.000030, 99, "S", PID),
+        _sys(1.000040, "enter", 44, "f"), _sys(1.000050, "exit", 44),
+    ])
+    got = steps(text, PID, {"11": "browser", "f": "tunnel"})
+    assert got["recv browser -> send tunnel"] == [pytest.approx(18.0)]
+    assert got["preempted after recv browser"] == [pytest.approx(20.0)]
+
+
+def test_sleeping_is_not_a_preemption_and_other_pids_are_ignored() -> None:
+    text = "\n".join([
+        _sys(1.000000, "enter", 232), _switch(1.000001, PID, "S", 0),
+        _sys(1.000010, "enter", 45, "11", pid=7),  # someone else's syscall
+        _switch(1.000090, 0, "R", PID), _sys(1.000091, "exit", 232),
+        _sys(1.000094, "enter", 45, "11"),
+    ])
+    got = steps(text, PID, {"11": "browser"})
+    assert got["in epoll_wait"] == [pytest.approx(91.0)]
+    assert got["epoll_wait -> recv browser"] == [pytest.approx(3.0)]
+    assert got["preempted after epoll_wait"] == [pytest.approx(0.0)]
+    assert not [k for k in got if "fd" in k]
