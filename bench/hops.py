@@ -153,19 +153,34 @@ def _placed(run: Run, paths: dict[str, Target], pids: dict[str, list[int]]
 @contextmanager
 def _pinned(pids: list[int], cpu: int) -> Iterator[None]:
     """Every thread of these processes and their children on ``cpu`` (pid 0: this
-    process, whose children wrk inherits it), then back on every CPU."""
-    every = os.sched_getaffinity(0)
-    tids = [t.id for p in _trees(pids) for t in p.threads()]
+    process, whose children wrk inherits it); afterwards each thread back on the CPUs it
+    had, and any thread started meanwhile (it inherited ``cpu``) on every CPU."""
+    every = os.sched_getaffinity(0)  # (this process is pinned last, in _placed)
+    before: dict[int, set[int]] = {}
     try:
-        for tid in tids:
-            os.sched_setaffinity(tid, {cpu})
+        for tid in _threads(pids):
+            try:
+                before[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, {cpu})
+            except ProcessLookupError:  # the thread ended in between
+                pass
         yield
     finally:
-        for tid in tids:
+        for tid in _threads(pids):
             try:
-                os.sched_setaffinity(tid, every)
+                os.sched_setaffinity(tid, before.get(tid, every))
             except ProcessLookupError:
                 pass
+
+
+def _threads(pids: list[int]) -> list[int]:
+    tids = []
+    for p in _trees(pids):
+        try:
+            tids += [t.id for t in p.threads()]
+        except psutil.NoSuchProcess:
+            pass
+    return tids
 
 
 def _trees(pids: list[int]) -> list[psutil.Process]:

@@ -60,24 +60,26 @@ def fd_names(pid: int, roles: dict[int, str]) -> dict[str, str]:
 
 def steps(script: str, pid: int, names: dict[str, str]) -> dict[str, list[float]]:
     """Microseconds of each step of `pid` in `perf script`'s text of raw_syscalls and
-    sched_switch events (a whole-system recording). A step's time counts only while
-    `pid` is on a CPU: a gap in user space that holds a preemption (another process
-    run on this CPU in between, often the very one just woken) is counted without it,
-    and the time off the CPU is its own step ``preempted after ...``."""
+    sched_switch events (a whole-system recording). Time that `pid` spends runnable but
+    off its CPU (preempted: another process ran there, often the very one it just woke)
+    is taken out of the step it falls in and counted as its own step, ``preempted after
+    X`` (between syscalls) or ``preempted in X`` (inside one). Time asleep (switched out
+    in any state but R, as in a blocking epoll_wait) stays in its step: ``in epoll_wait``
+    is the wait."""
     got: dict[str, list[float]] = collections.defaultdict(list)
     last_exit: tuple[float, str] | None = None  # (time, "syscall fd") of the last exit
     entered: tuple[float, int, str] | None = None
-    off = 0.0  # time off the CPU since the last exit, while runnable
+    off = 0.0  # runnable time off the CPU since the last syscall enter or exit
     out_at: float | None = None
-    sleeping = False
+    preempted = False
     for line in script.splitlines():
         sw = _SWITCH.search(line)
         if sw is not None:
             t = float(sw.group(1)) * 1e6
             if int(sw.group(2)) == pid:
-                out_at, sleeping = t, sw.group(3) != "R" and not sw.group(3).startswith("R")
+                out_at, preempted = t, sw.group(3).startswith("R")
             elif int(sw.group(5)) == pid and out_at is not None:
-                if not sleeping:
+                if preempted:
                     off += t - out_at
                 out_at = None
             continue
@@ -98,7 +100,8 @@ def steps(script: str, pid: int, names: dict[str, str]) -> dict[str, list[float]
             label = f"in {entered[2]}"
             if "epoll" in entered[2] and last_exit is not None:
                 label += f" (after {last_exit[1]})"
-            got[label].append(t - entered[0])
+            got[label].append(t - entered[0] - off)
+            got[f"preempted in {entered[2]}"].append(off)
             last_exit = (t, entered[2])
             off = 0.0
     return got

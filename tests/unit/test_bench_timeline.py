@@ -50,15 +50,30 @@ def test_a_preemption_is_taken_out_of_the_user_space_step() -> None:
     assert got["preempted after recv browser"] == [pytest.approx(20.0)]
 
 
-def test_sleeping_is_not_a_preemption_and_other_pids_are_ignored() -> None:
+def test_a_preemption_inside_a_syscall_is_taken_out_of_it() -> None:
+    text = "\n".join([
+        _sys(1.000000, "enter", 44, "f"),
+        _switch(1.000004, PID, "R+", 99),     # preempted during the send (R+: still runnable)
+        _switch(1.000014, 99, "S", PID),
+        _sys(1.000020, "exit", 44),
+    ])
+    got = steps(text, PID, {"f": "tunnel"})
+    assert got["in send tunnel"] == [pytest.approx(10.0)]
+    assert got["preempted in send tunnel"] == [pytest.approx(10.0)]
+
+
+def test_sleeping_is_the_wait_not_a_preemption_and_other_pids_are_ignored() -> None:
     text = "\n".join([
         _sys(1.000000, "enter", 232), _switch(1.000001, PID, "S", 0),
         _sys(1.000010, "enter", 45, "11", pid=7),  # someone else's syscall
         _switch(1.000090, 0, "R", PID), _sys(1.000091, "exit", 232),
-        _sys(1.000094, "enter", 45, "11"),
+        # asleep between two syscalls too (a page fault's D): stays in the step
+        _switch(1.000092, PID, "D", 0), _switch(1.000096, 0, "R", PID),
+        _sys(1.000097, "enter", 45, "11"),
     ])
     got = steps(text, PID, {"11": "browser"})
     assert got["in epoll_wait"] == [pytest.approx(91.0)]
-    assert got["epoll_wait -> recv browser"] == [pytest.approx(3.0)]
+    assert got["preempted in epoll_wait"] == [pytest.approx(0.0)]
+    assert got["epoll_wait -> recv browser"] == [pytest.approx(6.0)]
     assert got["preempted after epoll_wait"] == [pytest.approx(0.0)]
     assert not [k for k in got if "fd" in k]
