@@ -34,12 +34,10 @@ stream and ``studios-connect`` connects to the tool: the stream-open path's cost
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
 
 import psutil
 
@@ -48,22 +46,12 @@ from bench.arena import Target
 from bench.common import Processes, wrk
 from bench.http import echo_run
 from bench.main import work_dir
-from bench.ssh import BIN, REPO
+from bench.ssh import REPO
 
 
 def _cpu(p: psutil.Process) -> float:
     t = p.cpu_times()
     return float(t.user + t.system)
-
-
-def _connect(procs: Processes, work: Path, connect_string: str, tool_port: int, name: str,
-             tree: str) -> Any:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
-    env.update(PYTHONPATH=tree, CONNECT_STRING=connect_string,
-               CONNECT_TOOL_PORT=str(tool_port), CONNECT_CLIENT_LOG_LEVEL="warn")
-    home = work / name
-    home.mkdir(exist_ok=True)
-    return procs.start(name, [str(BIN / "studios-connect")], env=env, cwd=home)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                                       extra={"PYTHONPATH": str(Path(tree).resolve()), **extra,
                                              **tree_env.get(name, {})})
             created = gw.create_session()
-            client = _connect(procs, work, created["connect_string"], tool_port,
-                              f"connect-{name}",
-                              str(Path(connect_trees.get(name, args.connect_tree)).resolve()))
+            client = deploy.start_connect(
+                procs, work, created["connect_string"], tool_port, name=f"connect-{name}",
+                tree=Path(connect_trees.get(name, args.connect_tree)).resolve())
             gw.wait_connected(created["id"])
             studio = deploy.Studio(gw, created["id"],
                                    deploy.login_cookie(gw, created["login_link"]), client)

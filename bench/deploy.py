@@ -112,9 +112,10 @@ def start_gateway(procs: Processes, work: Path, name: str = "gateway",
 
 
 def start_connect(procs: Processes, work: Path, connect_string: str, tool_port: int,
-                  name: str = "connect") -> Any:
+                  name: str = "connect", tree: str | Path = REPO) -> Any:
+    """A ``studios-connect`` for `tool_port`, its code taken from `tree`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
-    env.update(PYTHONPATH=str(REPO), CONNECT_STRING=connect_string,
+    env.update(PYTHONPATH=str(tree), CONNECT_STRING=connect_string,
                CONNECT_TOOL_PORT=str(tool_port), CONNECT_CLIENT_LOG_LEVEL="warn")
     home = work / name
     home.mkdir(exist_ok=True)

@@ -30,7 +30,6 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import psutil
 
@@ -83,8 +82,9 @@ def scenario(run: Run, arena: Arena) -> Section:
         "runs. Round trip = 1 / requests per second. A hop is one proxy process on the "
         "way; its cost is what it adds to the direct round trip (its work plus the wake-ups "
         "of one more process each way).", notes=list(arena.notes))
-    if len(os.sched_getaffinity(0)) >= 2:
-        first, second = sorted(os.sched_getaffinity(0))[:2]
+    cpus = sorted(os.sched_getaffinity(0))[:2]  # (pinning needs two)
+    if len(cpus) == 2:
+        first, second = cpus
         wake = {"same CPU": ping_pong((first, first)), "two CPUs": ping_pong((first, second)),
                 "scheduler's choice": ping_pong(None)}
         section.tables.append((
@@ -92,9 +92,8 @@ def scenario(run: Run, arena: Arena) -> Section:
             ["placement", "us per round trip"], [[k, f"{v:.1f}"] for k, v in wake.items()]))
     paths = dict(arena.http)
     if NGINX in paths:
-        port = baselines.start_nginx_proxy(arena.procs, _fresh(arena, "hop2"),
-                                           paths[NGINX].port, arena.ws[DIRECT].port,
-                                           name="nginx-proxy-2")
+        port = baselines.start_nginx_proxy(arena.procs, arena.work, paths[NGINX].port,
+                                           arena.ws[DIRECT].port, name="nginx-proxy-2")
         paths[NGINX2] = Target(NGINX2, port)
         arena.pids[NGINX2] = [arena.procs.by_name["nginx-proxy-2"].pid, *arena.pids[NGINX]]
     rps: dict[str, list[float]] = {}
@@ -122,15 +121,14 @@ def scenario(run: Run, arena: Arena) -> Section:
         if NGINX2 in rt:
             line += f", two nginx in a row {(rt[NGINX2] - rt[DIRECT]) / 2:.0f} us each"
         section.notes.append(line + ".")
-    if len(os.sched_getaffinity(0)) >= 2:
-        section.tables.append(_placed(run, paths, arena.pids))
+    if len(cpus) == 2:
+        section.tables.append(_placed(run, paths, arena.pids, cpus[0], cpus[1]))
     return section
 
 
-def _placed(run: Run, paths: dict[str, Target], pids: dict[str, list[int]]
-            ) -> tuple[str, list[str], list[list[str]]]:
+def _placed(run: Run, paths: dict[str, Target], pids: dict[str, list[int]], first: int,
+            second: int) -> tuple[str, list[str], list[list[str]]]:
     """req/s at 1 connection of each chain with its processes pinned by hand."""
-    first, second = sorted(os.sched_getaffinity(0))[:2]
     names = [n for n in (GATEWAY, NGINX2, CHP) if n in paths and n in pids]
     got: dict[tuple[str, str], list[float]] = {}
     for _ in range(run.runs):
@@ -190,9 +188,3 @@ def _trees(pids: list[int]) -> list[psutil.Process]:
         procs.append(p)
         procs += [] if pid == 0 else p.children(recursive=True)
     return procs
-
-
-def _fresh(arena: Arena, name: str) -> Path:
-    d = arena.work / name
-    d.mkdir(exist_ok=True)
-    return d

@@ -4,15 +4,16 @@ studios-connect, from the kernel's syscall tracepoints.
     .venv/bin/python -m bench.timeline [--tree DIR] [--seconds 1]
 
 Starts the nginx tool, a gateway and a studios-connect from ``--tree`` (default: this
-checkout), logs in, keeps wrk at 1 connection on ``GET /small``, and records each
-process's ``raw_syscalls`` enter/exit tracepoints with ``perf record`` for
-``--seconds`` (Debian's linux-perf; root, or perf_event_paranoid low enough). A
-tracepoint costs ~1 us where strace's ptrace stop costs ~50-100, so the gaps are near
-what runs untraced.
+checkout), logs in, keeps wrk at 1 connection on ``GET /small``, and records the two
+processes' ``raw_syscalls`` enter/exit tracepoints and every CPU's ``sched_switch``
+with ``perf record`` for ``--seconds`` (Debian's linux-perf; root, or
+perf_event_paranoid low enough). A tracepoint costs ~1 us where strace's ptrace stop
+costs ~50-100, so the gaps are near what runs untraced.
 
-For each process it prints the median of every step of the request cycle: time in a
-syscall (``in send browser``), and time in user space between two syscalls (``recv
-browser -> send tunnel``: the Python of the request's way in). A file descriptor is
+For each process it prints the median and mean of every step of the request cycle:
+time in a syscall (``in send browser``), and time in user space between two syscalls
+(``recv browser -> send tunnel``: the Python of the request's way in), each without
+the time the process was preempted (shown as its own step, see :func:`steps`). A file descriptor is
 named by what it is connected to (browser, tunnel, tool). The steps between a recv and
 the next send are on the request's critical path; the ones after a send happen while
 the next process works (docs/decisions/compiled-lane.md uses them).
@@ -31,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.ssh import REPO
 
 #: x86_64 numbers of the syscalls a proxy's cycle makes (others print as "NR n").
 SYSCALLS = {0: "read", 1: "write", 7: "poll", 19: "readv", 20: "writev", 44: "send",
@@ -127,7 +128,6 @@ def record(pids: list[int], seconds: float, out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     # (the harness's modules here: the parsing above is tested without psutil)
     from bench import baselines, deploy
-    from bench.ab import _connect
     from bench.common import Processes, wrk
     from bench.main import work_dir
 
@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         tool = baselines.start_nginx_tool(procs, work, 1 << 20)
         gw = deploy.start_gateway(procs, work, extra={"PYTHONPATH": tree})
         created = gw.create_session()
-        client = _connect(procs, work, created["connect_string"], tool.port, "connect", tree)
+        client = deploy.start_connect(procs, work, created["connect_string"], tool.port,
+                                      tree=tree)
         gw.wait_connected(created["id"])
         studio = deploy.Studio(gw, created["id"], deploy.login_cookie(gw, created["login_link"]),
                                client)
