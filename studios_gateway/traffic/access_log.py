@@ -22,7 +22,7 @@ from twisted.logger import Logger, LogPublisher, globalLogPublisher
 
 from studios_gateway import logs
 from studios_gateway.traffic.access_file import LineBuffer, TextTarget
-from studios_gateway.traffic.facts import Finished
+from studios_gateway.traffic.facts import Finished, field_values
 
 __all__ = ["NAMESPACE", "AccessLog", "json_line", "text_fields", "text_line"]
 
@@ -92,9 +92,7 @@ def text_fields(kind: str, started: float, duration: float, session_id: str, too
 def text_line(f: Finished, node: str) -> str:
     """A combined-log-like line: client, user, time, request, status, bytes, then
     key=value fields."""
-    return text_fields(f.kind, f.started, f.duration, f.session_id, f.tool, f.subject,
-                       f.client, f.method, f.path, f.status, f.bytes_in, f.bytes_out,
-                       f.reason, node)
+    return text_fields(*field_values(f), node)
 
 
 def json_line(f: Finished, node: str) -> str:
@@ -141,8 +139,7 @@ class AccessLog:
             self._buffer.close()
 
     def __call__(self, f: Finished) -> None:
-        self.fields(f.kind, f.started, f.duration, f.session_id, f.tool, f.subject, f.client,
-                    f.method, f.path, f.status, f.bytes_in, f.bytes_out, f.reason)
+        self.fields(*field_values(f))
 
     def fields(self, kind: str, started: float, duration: float, session_id: str, tool: str,
                subject: str, client: str, method: str, path: str, status: int | None,

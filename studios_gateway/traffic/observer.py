@@ -23,7 +23,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from studios_gateway.traffic.access_log import AccessLog
-from studios_gateway.traffic.facts import HTTP, SSH, WEBSOCKET, Finished
+from studios_gateway.traffic.facts import HTTP, SSH, WEBSOCKET, Finished, field_values
 from studios_gateway.traffic.metrics import TrafficMetrics, status_class, tool_label
 from studios_gateway.traffic.quota import Over, Quota
 from studios_gateway.traffic.throttle import Throttles
@@ -112,8 +112,7 @@ class Traffic:
     # HTTP -----------------------------------------------------------------------------------
 
     def http_done(self, f: Finished) -> None:
-        self.http(f.kind, f.started, f.duration, f.session_id, f.tool, f.subject, f.client,
-                  f.method, f.path, f.status, f.bytes_in, f.bytes_out, f.reason)
+        self.http(*field_values(f))
 
     def http(self, kind: str, started: float, duration: float, session_id: str, tool: str,
              subject: str, client: str, method: str, path: str, status: int | None,
