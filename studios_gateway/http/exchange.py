@@ -27,6 +27,7 @@ from studios_gateway.http import pages
 from studios_gateway.http.h1 import (
     FIELD_LINE,
     BodyError,
+    HeadMemo,
     RequestBody,
     RequestHead,
     ResponseFramer,
@@ -49,6 +50,9 @@ __all__ = ["Answer", "Exchange", "HeadReader", "HeadRefused", "Limits", "NotForw
            "Step", "ToolCodec", "raw_response"]
 
 _NONE: frozenset[bytes] = frozenset()
+# The longest request head a connection remembers (HeadMemo) between its requests;
+# browsers' heads are 0.5-3 KiB.
+_MEMO_LONGEST = 4096
 
 
 def _bare_lf(buf: bytes | bytearray, start: int, end: int) -> bool:
@@ -133,6 +137,7 @@ class HeadReader:
         self.buf = bytearray()
         self._scanned = 0  # bytes of buf already searched (no blank line, no bare LF there)
         self._line_end = -1  # where the request line ends, once seen
+        self._memo: HeadMemo | None = None  # the last head read whole (HeadMemo)
         #: bytes examined by the searches, all told (tests hold this linear in the input)
         self.work = 0
 
@@ -221,13 +226,22 @@ class HeadReader:
     def _exchange(self, head: bytes, rest: bytes) -> Exchange | HeadRefused:
         """The exchange of the complete request head `head`, `rest` the bytes after it."""
         lim = self.limits
-        request = parse_request_head(head, lim.max_request_line, lim.max_header_count)
-        if isinstance(request, HeadProblem):
-            return HeadRefused(request.status, request.reason)
+        memo = self._memo
+        request = memo.parse(head, lim.max_request_line) if memo is not None else None
+        if request is None:
+            got = parse_request_head(head, lim.max_request_line, lim.max_header_count)
+            if isinstance(got, HeadProblem):
+                return HeadRefused(got.status, got.reason)
+            request = got
+            # (a longer head is not kept: an idle connection holds at most ~3x this)
+            memo = HeadMemo(head, request) if len(head) <= _MEMO_LONGEST else None
+            self._memo = memo
         body = RequestBody(head, request, lim.max_header_bytes + 1024)
         if rest:
             body.feed(rest)
-        return Exchange(request, body, lim)
+        ex = Exchange(request, body, lim)
+        ex.memo = memo
+        return ex
 
 
 class ToolCodec:
@@ -284,6 +298,7 @@ class Exchange:
     pipelined = 0
     problem: HeadRefused | None = None  # why the body was refused / the tool broke
     status: int | None = None  # the status sent to the client (for the access log)
+    memo: HeadMemo | None = None  # the connection's memo of this request's head
 
     def __init__(self, request: RequestHead, body: RequestBody, limits: Limits):
         self.request = request
@@ -333,8 +348,19 @@ class Exchange:
                   scheme: str) -> bytes:
         """The request head for the tool; NotForwardable when it cannot be sent. (The
         proxy passes its arguments by position: keywords cost a quarter of a microsecond.)"""
-        assert self.route is not None
+        route = self.route
+        assert route is not None
         req = self.request
+        tool = self.tool
+        target = route.upstream_target if tool is None else tool.target(route.upstream_target)
+        # The same fields as the connection's last request, for the same studio, subject,
+        # tool route and client: the same header lines for the tool (HeadMemo).
+        memo = self.memo
+        key = (route.session_id, self.subject, tool, peer, trusted, scheme)
+        if memo is not None and memo.tool_key == key:
+            codec.reader.expect(req.method)
+            return b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (req.method, target.encode(),
+                                                       memo.tool_lines)
         raw = req.headers
         framing = None
         if req.chunked:
@@ -343,7 +369,6 @@ class Exchange:
             for k, v in raw:
                 if k.lower() == b"content-length":
                     framing = (b"Content-Length", v.strip())
-        tool = self.tool
         try:
             # Host first; what the tool route sets is dropped from the client's headers
             # and appended (its ToolRoute.request_headers, in the same pass); the login's
@@ -356,16 +381,16 @@ class Exchange:
                 strip_auth_cookie)
         except ValueError as e:
             raise NotForwardable(str(e)) from None
-        target = self.route.upstream_target
         if tool is not None:
             headers += tool.set_headers
-            target = tool.target(target)
         # Every header value came from the client's checked head, from the transport
         # (the peer's address), from the session id (the tool route's) or was checked
         # by request_headers (the subject).
+        lines = b"\r\n".join(map(FIELD_LINE, headers))
+        if memo is not None:
+            memo.tool_key, memo.tool_lines = key, lines
         codec.reader.expect(req.method)
-        return b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (
-            req.method, target.encode(), b"\r\n".join(map(FIELD_LINE, headers)))
+        return b"%s %s HTTP/1.1\r\n%s\r\n\r\n" % (req.method, target.encode(), lines)
 
     def pump_request(self, codec: ToolCodec) -> tuple[bytes, Step]:
         """The request body read so far, framed for the tool; COMPLETE includes its end."""

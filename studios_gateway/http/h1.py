@@ -27,7 +27,7 @@ import httptools
 
 from studios_gateway.http.headers import HeadProblem, read_head
 
-__all__ = ["FIELD_LINE", "BodyError", "RequestBody", "RequestHead", "ResponseFramer",
+__all__ = ["FIELD_LINE", "BodyError", "HeadMemo", "RequestBody", "RequestHead", "ResponseFramer",
            "ResponseHead", "ResponseReader", "parse_request_head"]
 
 Headers = list[tuple[bytes, bytes]]
@@ -101,6 +101,62 @@ def parse_request_head(head: bytes, max_request_line: int, max_header_count: int
                        version == b"1.1" and b"close" not in connection,
                        upgrade, None if cl is None else int(cl), chunked, host, connection,
                        forwarded)
+
+
+class HeadMemo:
+    """A client connection's last accepted request head, for a next one that repeats it.
+
+    A browser or a script on a kept-alive connection sends the same field lines again
+    and again (the same Host, Cookie, User-Agent, Accept, Referer...) with a new target.
+    When a head's field lines (everything after its request line) are byte for byte
+    those of the head remembered here, and its method and version are the same, every
+    check :func:`parse_request_head` makes of the fields has the same verdict, and what
+    it reads of them is the same: only the request line is looked at again (its length
+    and target characters, as :func:`~studios_gateway.http.headers.read_head` and
+    :func:`parse_request_head` do), and llhttp still checks the whole head. The tool's
+    head lines made from the same fields (``tool_key`` / ``tool_lines``, filled by
+    :meth:`~studios_gateway.http.exchange.Exchange.tool_head`) are kept here too.
+    """
+
+    __slots__ = ("fields", "method_sp", "tail", "request", "tool_key", "tool_lines")
+
+    def __init__(self, head: bytes, request: RequestHead):
+        line_end = head.find(b"\r\n")
+        #: the head from the CRLF that ends its request line to its end (CRLF CRLF)
+        self.fields = head[line_end:]
+        self.method_sp = request.method + b" "
+        self.tail = b" HTTP/" + request.version
+        self.request = request
+        self.tool_key: tuple[Any, ...] | None = None
+        self.tool_lines = b""
+
+    def parse(self, head: bytes, max_request_line: int) -> RequestHead | None:
+        """`head` read as :func:`parse_request_head` reads it when it repeats the
+        remembered fields, method and version; None otherwise, or when llhttp or a
+        check refuses it (the full parse then says why)."""
+        fields = self.fields
+        line_end = len(head) - len(fields)
+        if (line_end > max_request_line or not head.endswith(fields)
+                or head.find(b"\r\n") != line_end):
+            return None
+        method_sp, tail = self.method_sp, self.tail
+        if not (head.startswith(method_sp) and head.endswith(tail, 0, line_end)):
+            return None
+        target = head[len(method_sp):line_end - len(tail)]
+        # (a target of visible characters: no space, so the request line is method SP
+        # target SP version, as read_head's pattern wants)
+        if not _TARGET.fullmatch(target):
+            return None
+        try:
+            httptools.HttpRequestParser(_VALIDATE).feed_data(head)
+        except httptools.HttpParserUpgrade:
+            pass
+        except httptools.HttpParserError:
+            return None
+        r = self.request
+        return RequestHead(r.method, target, r.version, r.headers, r.keep_alive,
+                           r.upgrade_offered, r.content_length, r.chunked, r.host,
+                           r.connection, r.forwarded)
 
 
 class RequestBody:
