@@ -50,9 +50,13 @@ __all__ = ["Answer", "Exchange", "HeadReader", "HeadRefused", "Limits", "NotForw
            "Step", "ToolCodec", "raw_response"]
 
 _NONE: frozenset[bytes] = frozenset()
-# The longest request head a connection remembers (HeadMemo) between its requests;
-# browsers' heads are 0.5-3 KiB.
+# The largest request head a connection remembers (HeadMemo) between its requests, in
+# bytes and field lines: Chromium's heads into JupyterLab were 0.5-1.5 KiB with 12-20
+# lines (bench.browser_heads). An idle connection then holds at most ~16 KiB more (the
+# head's bytes, its parsed fields and the tool's lines; tracemalloc: 2.7 KiB for a
+# 667-byte browser head, 16.5 KiB for a 4 KiB one).
 _MEMO_LONGEST = 4096
+_MEMO_MOST_FIELDS = 32
 
 
 def _bare_lf(buf: bytes | bytearray, start: int, end: int) -> bool:
@@ -233,8 +237,8 @@ class HeadReader:
             if isinstance(got, HeadProblem):
                 return HeadRefused(got.status, got.reason)
             request = got
-            # (a longer head is not kept: an idle connection holds at most ~3x this)
-            memo = HeadMemo(head, request) if len(head) <= _MEMO_LONGEST else None
+            memo = (HeadMemo(head, request) if len(head) <= _MEMO_LONGEST
+                    and len(request.headers) <= _MEMO_MOST_FIELDS else None)
             self._memo = memo
         body = RequestBody(head, request, lim.max_header_bytes + 1024)
         if rest:
