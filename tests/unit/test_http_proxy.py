@@ -245,6 +245,30 @@ def test_path_mode_rewrites_location_and_cookie() -> None:
     assert headers[b"set-cookie"] == b"s=1; Path=/_studio/abc/"
 
 
+def test_one_connection_repeating_its_fields_reaches_each_studio_as_itself() -> None:
+    """Path mode, one keep-alive client, the same field lines each time (the head memo):
+    each request goes to its own studio with its own target and tool headers."""
+    h = Harness(path_routing=True)
+    h.sessions["rs"] = SessionInfo("rs", "ride", True)
+    p, t = h.client()
+    fields = b" HTTP/1.1\r\nHost: studios.test\r\nCookie: a=1\r\n\r\n"
+    seen = []
+    for path, sid in ((b"/_studio/abc/x", "abc"), (b"/_studio/rs/y", "rs"),
+                      (b"/_studio/abc/z", "abc")):
+        before = len(h.upstream.conns)
+        p.dataReceived(b"GET " + path + fields)
+        up, ut = h.up() if len(h.upstream.conns) > before else next(
+            c for c in h.upstream.conns if c[0].session_id == sid)
+        assert up.session_id == sid
+        req, _ = sent_request(ut)
+        seen.append((req.target, dict(req.headers).get(b"x-rstudio-root-path")))
+        ut.clear()
+        up.dataReceived(OK)
+    assert seen == [(b"/_studio/abc/x", None), (b"/y", b"/_studio/rs"),
+                    (b"/_studio/abc/z", None)]
+    assert [r[0] for r in parse_responses(t.value())] == [200, 200, 200]
+
+
 def test_path_mode_redirects_bare_prefix() -> None:
     h = Harness(path_routing=True)
     p, t = h.client()
