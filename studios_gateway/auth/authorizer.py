@@ -27,7 +27,7 @@ been missed, and writes a logout the store could not take again later.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -130,13 +130,18 @@ class Authorizer:
         self._workspace_allowed = workspace_allowed
         self._platform = platform
         self._max = max_entries
-        #: (session, user) -> (expires at, decided at, decision)
+        #: (session, user) -> (expires at, decided at, decision); a decision made again
+        #: is a new tuple, so a memo holding the tuple it rests on can tell, with one
+        #: look-up and an identity test, that it still stands (Auth's fast path).
         self._cache: OrderedDict[tuple[str, str], tuple[float, float, Decision]] = OrderedDict()
+        #: The same mapping, read-only for others (Auth's fast path).
+        self.decisions: Mapping[tuple[str, str], tuple[float, float, Decision]] = self._cache
         self._inflight: dict[tuple[str, str], list[Deferred[Decision]]] = {}
         self._generation = 0
-        #: Counts every change to what `cached` answers or to the logouts (a decision
-        #: remembered, forgotten or pushed out; a login ended): a memo of answers
-        #: (Auth's fast path) holds only while this has not moved.
+        #: Counts the revocations and the logouts (decisions forgotten, a login ended):
+        #: a memo of answers (Auth's fast path) holds only while this has not moved and
+        #: the decision it rests on is still the one in `decisions` (a decision made
+        #: again or pushed out does not move this: it changes one answer, not all).
         self.changes = 0
         self._subscribers: list[Callable[[Revocation], Any]] = []
         self._live: dict[int, _Live] = {}
@@ -233,19 +238,20 @@ class Authorizer:
             return hit[2]
         return None
 
-    def cached_until(self, session_id: str, user: str) -> tuple[float, Decision] | None:
-        """`cached`'s decision with the time it stops being given (it is given while the
-        clock reads less), unless `changes` moves first."""
+    def cached_entry(self, session_id: str, user: str
+                     ) -> tuple[float, float, Decision] | None:
+        """`cached`'s decision as `decisions` holds it, (expires at, decided at,
+        decision): given while the clock reads less than its first field, unless
+        `changes` moves or the entry is replaced first."""
         hit = self._cache.get((session_id, user))
         if hit is not None and hit[0] > self._clock.seconds():
-            return hit[0], hit[2]
+            return hit
         return None
 
     def _remember(self, key: tuple[str, str], decision: Decision, ttl: float) -> None:
         if ttl <= 0:
             return
         now = self._clock.seconds()
-        self.changes += 1
         self._cache.pop(key, None)
         self._cache[key] = (now + ttl, now, decision)
         while len(self._cache) > self._max:

@@ -211,11 +211,14 @@ class Auth:
         self._cookies = CookieCodec(signer, reactor)
         #: authorized_now's answers: (Cookie value, session id) -> (the authorizer's
         #: `changes` then, given while the clock reads less than this, the cookie's
-        #: issued-at, identity, record). The values are cookies: secrets the process
-        #: holds anyway (as CookieCodec's cache); the look-up hashes them with Python's
-        #: per-process keyed hash, so its timing tells nothing about a cookie one lacks.
-        self._fast_memo: dict[tuple[bytes, str], tuple[int, float, float, Identity,
-                                                       SessionRecord]] = {}
+        #: issued-at, identity, record, the decision's key and the authorizer's entry
+        #: it rests on: the answer stands while `decisions` holds that very entry).
+        #: The keys are cookies: secrets the process holds anyway (as CookieCodec's
+        #: cache); the look-up hashes them with Python's per-process keyed hash, so its
+        #: timing tells nothing about a cookie one lacks.
+        self._fast_memo: dict[tuple[bytes, str], tuple[
+            int, float, float, Identity, SessionRecord, tuple[str, str], Any]] = {}
+        self._decisions = authorizer.decisions
         # One clock for the cookie's and the decision's times, or no memo.
         self._fast_memo_max = FAST_MEMO_MAX if authorizer.clock is reactor else 0
         #: Where used login links and hand-off codes are kept (the session store).
@@ -409,9 +412,10 @@ class Auth:
 
         A browser sends the same Cookie line with each request: the answer for a line
         and studio is remembered and given again while nothing it rests on moved (the
-        authorizer's `changes`: decisions remembered, forgotten or revoked, logins
-        ended), the cookie has not expired (nor is issued too far ahead) and the
-        decision is not due to be asked again. Requests with several Cookie lines or
+        authorizer's `changes`: decisions forgotten or revoked, logins ended; and its
+        entry for this studio and user, which a decision made again replaces), the
+        cookie has not expired (nor is issued too far ahead) and the decision is not
+        due to be asked again. Requests with several Cookie lines or
         several studio cookies go the whole way each time."""
         if request.path.startswith(PREFIX):
             return None  # one of our routes: handle() answers it
@@ -431,7 +435,8 @@ class Auth:
             return None  # no cookie at all
         key = (cookie, session_id)
         hit = self._fast_memo.get(key)
-        if hit is not None and hit[0] == self.authorizer.changes:
+        if (hit is not None and hit[0] == self.authorizer.changes
+                and self._decisions.get(hit[5]) is hit[6]):  # the same decision
             now = self._reactor.seconds()
             if now < hit[1] and not hit[2] > now + SKEW:  # (CookieCodec.verify's times)
                 return hit[3], hit[4]
@@ -449,10 +454,10 @@ class Auth:
         c = self._first_valid(values, session_id)
         if c is None:
             return None
-        cached = self.authorizer.cached_until(session_id, c.subject)
-        if cached is None:
+        entry = self.authorizer.cached_entry(session_id, c.subject)
+        if entry is None:
             return None
-        until, decision = cached
+        until, _, decision = entry
         if not decision.allowed or decision.record is None:
             return None
         who = Identity(c.subject, session_id, c.login_id, c.expires_at, decision.reason)
@@ -460,7 +465,7 @@ class Auth:
             while len(memo) >= self._fast_memo_max:
                 del memo[next(iter(memo))]  # the oldest
             memo[key] = (self.authorizer.changes, min(until, c.expires_at), c.issued_at,
-                         who, decision.record)
+                         who, decision.record, (session_id, c.subject), entry)
         return who, decision.record
 
     def _decided(self, request: RequestInfo, who: Identity,

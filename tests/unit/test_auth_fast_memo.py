@@ -99,6 +99,31 @@ def test_a_changed_or_revoked_decision_counts_from_the_next_request() -> None:
     assert auth.authorized_now(request(studio("abc"), b.jar), "abc") is None
 
 
+def test_another_users_decision_leaves_the_answer_remembered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    auth, _, b = logged_in()
+    n = scans(monkeypatch)
+    first = auth.authorized_now(request(studio("abc"), b.jar), "abc")
+    assert first is not None and n == [1]
+    # Other users' decisions are made (remembered) meanwhile, allowed or not.
+    assert not run(auth.authorizer.check("abc", "mallory", max_age=0)).allowed
+    assert run(auth.authorizer.check("abc", "alice", max_age=0)).allowed  # alice's again
+    assert auth.authorized_now(request(studio("abc"), b.jar), "abc") == first
+    assert n == [2]  # alice's own decision made again: asked the whole way once
+    assert run(auth.authorizer.check("abc", "bob", max_age=0)).allowed  # bob is allowed
+    assert auth.authorized_now(request(studio("abc"), b.jar), "abc") == first
+    assert n == [2]  # bob's: the memo still holds
+
+
+def test_a_decision_pushed_out_of_the_cache_is_not_answered_from_the_memo() -> None:
+    auth, _, b = logged_in()
+    assert auth.authorized_now(request(studio("abc"), b.jar), "abc") is not None
+    auth.authorizer._max = 1  # room for one decision: the next one pushes alice's out
+    run(auth.authorizer.check("abc", "mallory", max_age=0))
+    assert auth.authorizer.cached("abc", "alice") is None
+    assert auth.authorized_now(request(studio("abc"), b.jar), "abc") is None
+
+
 def test_several_studio_cookies_are_never_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
     auth, _, b = logged_in()
     name, value = b.jar.header("abc.connect.example.test", "/lab")
