@@ -133,6 +133,24 @@ def test_several_studio_cookies_are_never_remembered(monkeypatch: pytest.MonkeyP
     assert auth.authorized_now(two, "abc") is not None and n == [2]
 
 
+def test_one_line_with_two_studio_cookies_is_never_remembered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    auth, _, b = logged_in()
+    name, value = b.jar.header("abc.connect.example.test", "/lab")
+    cookie_name = value.partition(b"=")[0]
+    one_line = request(studio("abc"), headers=((name, cookie_name + b"=x; " + value),))
+    n = scans(monkeypatch)
+    assert auth.authorized_now(one_line, "abc") is not None
+    assert auth.authorized_now(one_line, "abc") is not None and n == [2]
+
+
+def test_a_clock_stepped_back_past_the_cookies_issue_is_not_answered_from_the_memo() -> None:
+    auth, clock, b = logged_in()
+    assert auth.authorized_now(request(studio("abc"), b.jar), "abc") is not None
+    clock.rightNow -= 61  # the cookie now looks issued more than SKEW (60 s) ahead
+    assert auth.authorized_now(request(studio("abc"), b.jar), "abc") is None
+
+
 def test_one_keep_alive_connection_is_refused_mid_way_after_a_logout() -> None:
     auth, _, b = logged_in()
     h = Harness(fast=make_fast_path(auth, Here()), local_routes=auth.handle,
