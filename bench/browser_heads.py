@@ -30,6 +30,8 @@ from pathlib import Path
 
 import psutil
 
+from studios_gateway.http.exchange import Exchange, HeadReader, Limits
+
 REPO = Path(__file__).resolve().parent.parent
 _ACCEPT = re.compile(r"^\d+\s+accept4?\(\d+, \{.*\) = (\d+)$")
 _READ = re.compile(r'^\d+\s+(?:recvfrom|read)\((\d+), "((?:\\x[0-9a-f]{2})*)"')
@@ -66,9 +68,6 @@ def replay(streams: Iterable[bytes]) -> collections.Counter[tuple[str, str]]:
     """Each HTTP connection's requests through a ``HeadReader`` of this tree: counts
     by (method, "first" | "memo" | "read"), "memo" for a head read from the memo. A
     connection ends at its first upgrade (a WebSocket) or at bytes that are no head."""
-    sys.path.insert(0, str(REPO))
-    from studios_gateway.http.exchange import Exchange, HeadReader, Limits
-
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     for data in streams:
         if not data.startswith(_METHODS):
@@ -96,8 +95,7 @@ def replay(streams: Iterable[bytes]) -> collections.Counter[tuple[str, str]]:
 
 
 def _browse(link: str, seconds: float, work: Path) -> None:
-    sys.path.insert(0, str(REPO))
-    from tests.support.chromium import Chromium
+    from tests.support.chromium import Chromium  # (run from the repository's root)
 
     browser = Chromium(work)
     try:

@@ -233,10 +233,8 @@ class Authorizer:
 
     def cached(self, session_id: str, user: str) -> Decision | None:
         """The decision `check` would give at once, if it has one (no Deferred)."""
-        hit = self._cache.get((session_id, user))
-        if hit is not None and hit[0] > self._clock.seconds():
-            return hit[2]
-        return None
+        hit = self.cached_entry(session_id, user)
+        return hit[2] if hit is not None else None
 
     def cached_entry(self, session_id: str, user: str
                      ) -> tuple[float, float, Decision] | None:

@@ -75,6 +75,17 @@ class _Validate:
 _VALIDATE = _Validate()
 
 
+def _llhttp_refusal(head: bytes) -> str | None:
+    """Why llhttp refuses the complete request head `head` (its error), or None."""
+    try:
+        httptools.HttpRequestParser(_VALIDATE).feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass  # the head is complete; what follows is not parsed here
+    except httptools.HttpParserError as e:
+        return str(e)
+    return None
+
+
 def parse_request_head(head: bytes, max_request_line: int, max_header_count: int
                        ) -> RequestHead | HeadProblem:
     """The request in `head` (complete, ending in CRLF CRLF), or why it is refused: first
@@ -84,12 +95,9 @@ def parse_request_head(head: bytes, max_request_line: int, max_header_count: int
     fields = read_head(head, max_request_line, max_header_count)  # (positional)
     if isinstance(fields, HeadProblem):
         return fields
-    try:
-        httptools.HttpRequestParser(_VALIDATE).feed_data(head)
-    except httptools.HttpParserUpgrade:
-        pass  # the head is complete; what follows is not parsed here
-    except httptools.HttpParserError as e:
-        return HeadProblem(400, f"malformed request ({e})")
+    refusal = _llhttp_refusal(head)
+    if refusal is not None:
+        return HeadProblem(400, f"malformed request ({refusal})")
     (method, target, minor, headers, values_ok, connection, host, cl, chunked, upgrade,
      forwarded) = fields
     if not _TARGET.fullmatch(target):
@@ -145,13 +153,7 @@ class HeadMemo:
         target = head[len(method_sp):line_end - len(tail)]
         # (a target of visible characters: no space, so the request line is method SP
         # target SP version, as read_head's pattern wants)
-        if not _TARGET.fullmatch(target):
-            return None
-        try:
-            httptools.HttpRequestParser(_VALIDATE).feed_data(head)
-        except httptools.HttpParserUpgrade:
-            pass
-        except httptools.HttpParserError:
+        if not _TARGET.fullmatch(target) or _llhttp_refusal(head) is not None:
             return None
         r = self.request
         return RequestHead(r.method, target, r.version, r.headers, r.keep_alive,
