@@ -195,6 +195,16 @@ def start_studio(procs: Processes, work: Path, gateway: Gateway, tool_port: int,
     return studio
 
 
+def start_tree_path(procs: Processes, work: Path, tool_port: int, tree: str | Path) -> Studio:
+    """A gateway and a studios-connect, both run from the source tree `tree`, a session
+    for `tool_port` bound, and a login cookie (bench.timeline, bench.cpu_split)."""
+    gw = start_gateway(procs, work, extra={"PYTHONPATH": str(tree)})
+    created = gw.create_session()
+    client = start_connect(procs, work, created["connect_string"], tool_port, tree=tree)
+    gw.wait_connected(created["id"])
+    return Studio(gw, created["id"], login_cookie(gw, created["login_link"]), client)
+
+
 def _check_through(studio: Studio) -> None:
     deadline = time.monotonic() + 30
     while True:

@@ -143,13 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     procs = Processes(work)
     try:
         tool = baselines.start_nginx_tool(procs, work, 1 << 20)
-        gw = deploy.start_gateway(procs, work, extra={"PYTHONPATH": tree})
-        created = gw.create_session()
-        client = deploy.start_connect(procs, work, created["connect_string"], tool.port,
-                                      tree=tree)
-        gw.wait_connected(created["id"])
-        studio = deploy.Studio(gw, created["id"], deploy.login_cookie(gw, created["login_link"]),
-                               client)
+        studio = deploy.start_tree_path(procs, work, tool.port, tree)
+        gw, client = studio.gateway, studio.connect
         load_seconds = args.seconds * 2 + 6
         result: list[float] = []
         load = threading.Thread(target=lambda: result.append(
