@@ -31,6 +31,16 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "-"
 
 
+def rounds(a: list[float], b: list[float]) -> str:
+    """The ratio a / b in each round, as "median (lowest-highest)". Runs go round-robin
+    over the paths, so run i of each path ran side by side: the range shows how much of
+    a ratio is the sitting."""
+    got = [x / y for x, y in zip(a, b, strict=True) if y]
+    if not got:
+        return "-"
+    return f"{statistics.median(got):.2f} ({min(got):.2f}-{max(got):.2f})"
+
+
 def small_responses(run: Run, arena: Arena) -> Section:
     section = Section(
         "Small HTTP responses",
@@ -62,9 +72,13 @@ def small_responses(run: Run, arena: Arena) -> Section:
         if name == GATEWAY:
             continue
         ratios.append([f"gateway / {name}"] + [
-            _ratio(med[(GATEWAY, c)][0], med[(name, c)][0]) for c in (1, 32)])
-    section.tables.append(("Ratios of requests/s (above 1: the gateway is faster)",
-                           ["ratio", "1 conn", "32 conn"], ratios))
+            _ratio(med[(GATEWAY, c)][0], med[(name, c)][0]) for c in (1, 32)] + [
+            rounds([x[0] for x in results[(GATEWAY, c)]], [x[0] for x in results[(name, c)]])
+            for c in (1, 32)])
+    section.tables.append(("Ratios of requests/s (above 1: the gateway is faster; per round: "
+                           "the ratio of the runs made side by side, median and range)",
+                           ["ratio", "1 conn", "32 conn", "1 conn, per round",
+                            "32 conn, per round"], ratios))
     return section
 
 
@@ -149,10 +163,12 @@ def websocket_echo(run: Run, arena: Arena) -> Section:
            for k, v in got.items()}
     section.tables.append(("", ["path", "p50 ms", "p99 ms"],
                            [[n, f"{p50:.3f}", f"{p99:.3f}"] for n, (p50, p99) in med.items()]))
-    section.tables.append(("Ratios of round-trip time (below 1: the gateway is faster)",
-                           ["ratio", "p50", "p99"],
+    section.tables.append(("Ratios of round-trip time (below 1: the gateway is faster; per "
+                           "round: the ratio of the runs made side by side, median and range)",
+                           ["ratio", "p50", "p99", "p99, per round"],
                            [[f"gateway / {n}", _ratio(med[GATEWAY][0], med[n][0]),
-                             _ratio(med[GATEWAY][1], med[n][1])]
+                             _ratio(med[GATEWAY][1], med[n][1]),
+                             rounds([x[1] for x in got[GATEWAY]], [x[1] for x in got[n]])]
                             for n in arena.ws if n != GATEWAY]))
     return section
 
