@@ -3,15 +3,17 @@
     .venv/bin/python -m bench.cpu_split [--tree DIR] [--conns 1,32] [--seconds 5]
 
 Starts the nginx tool, a gateway and a studios-connect from ``--tree`` (default: this
-checkout), logs in, keeps wrk on ``GET /small`` at each connection count, and samples
-both processes with ``perf record -e cpu-clock`` (Debian's linux-perf) for
-``--seconds``. Each sample is put in a part by the file its code is in: the kernel,
-the Python runtime (libpython: the interpreter, objects, allocation, attribute and
-dict look-ups), compiled project code (a mypyc build of the tree, when it has one),
-OpenSSL (cryptography's wheel links it into ``_rust.abi3.so``), llhttp (httptools),
+checkout), logs in, warms the path with wrk, then samples both processes (every
+thread) with ``perf record -e cpu-clock`` (Debian's linux-perf) while wrk runs on
+``GET /small`` for ``--seconds`` at each connection count. Each sample is put in a
+part by the file its code is in: the kernel (and its modules), the Python runtime
+(libpython or a static interpreter: the interpreter loop, objects, allocation,
+attribute and dict look-ups), compiled project code (a mypyc build of the tree, when
+it has one), OpenSSL (cryptography's wheel links it, with its own Rust code, into
+``_rust.abi3.so``: the part is OpenSSL's work plus that glue), llhttp (httptools),
 libc, cffi, and the rest by name. It prints, per process, each part's share of the
-samples and its CPU per request (samples / frequency / requests in the window, the
-requests counted from wrk's rate).
+samples and its CPU per request: samples / frequency / the requests wrk made while
+recorded.
 
 Sampling costs each process some time (fewer requests per second while recording), so
 compare parts and trees within one run of this tool, not against bench.ab's figures.
@@ -23,18 +25,19 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 from bench.ssh import REPO
 
-#: `perf report --sort pid,dso -n --stdio`: share, samples, pid:comm, shared object
-_ROW = re.compile(r"^\s*([\d.]+)%\s+(\d+)\s+(\d+):(\S+)\s+(.+?)\s*$")
+#: `perf report --sort pid,dso -n --stdio -t "|"`: share | samples | tid:comm | shared
+#: object (a comm or a shared object may hold spaces, not the separator)
+_ROW = re.compile(r"^\s*([\d.]+)%\s*\|\s*(\d+)\s*\|\s*(\d+):([^|]*)\|(.+?)\s*$")
 
 #: The parts, in the order they are printed (what is not matched is shown by name).
 PARTS = ("kernel", "Python runtime", "compiled project code", "OpenSSL", "llhttp", "libc",
@@ -45,13 +48,13 @@ OWN_ROW = 0.01
 
 def part(dso: str) -> str:
     """The part a shared object's samples count for."""
-    if dso.startswith("[kernel") or dso == "[vdso]":
-        return "kernel"
-    if dso.startswith("libpython"):
+    if dso.startswith("[") and dso != "[unknown]":
+        return "kernel"  # [kernel.kallsyms], a module ([nf_conntrack]), [vdso], [vsyscall]
+    if dso.startswith(("libpython", "python3")):
         return "Python runtime"
     if "__mypyc" in dso:
         return "compiled project code"
-    if dso.startswith("_rust.abi3") or dso.startswith(("libssl", "libcrypto")):
+    if dso.startswith(("_rust.abi3", "libssl", "libcrypto", "_ssl.cpython", "_hashlib.")):
         return "OpenSSL"
     if dso.startswith(("parser.cpython", "url_parser.cpython")):
         return "llhttp"
@@ -62,14 +65,24 @@ def part(dso: str) -> str:
     return dso
 
 
-def split(report: str) -> dict[int, collections.Counter[str]]:
-    """Samples per part, per pid, from `perf report --sort pid,dso -n --stdio`."""
+def split(report: str, process_of: dict[int, int] | None = None
+          ) -> dict[int, collections.Counter[str]]:
+    """Samples per part, per process, from `perf report --sort pid,dso -n --stdio -t "|"`
+    (whose "pid" is a thread's id: `process_of` maps a thread to its process; a thread
+    not in it counts as its own)."""
+    process_of = process_of or {}
     got: dict[int, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for line in report.splitlines():
         m = _ROW.match(line)
         if m:
-            got[int(m.group(3))][part(m.group(5))] += int(m.group(2))
+            tid = int(m.group(3))
+            got[process_of.get(tid, tid)][part(m.group(5).strip())] += int(m.group(2))
     return got
+
+
+def threads(pids: list[int]) -> dict[int, int]:
+    """Thread id -> process id, for the threads `pids` have now."""
+    return {int(t): pid for pid in pids for t in os.listdir(f"/proc/{pid}/task")}
 
 
 def table(samples: collections.Counter[str], freq: int, requests: float) -> list[str]:
@@ -96,12 +109,22 @@ def _line(name: str, n: int, total: int, freq: int, requests: float) -> str:
             " us/request")
 
 
-def record(pids: list[int], seconds: float, freq: int, out: Path) -> str:
-    subprocess.run(["perf", "record", "-q", "-F", str(freq), "-e", "cpu-clock",
-                    "-p", ",".join(map(str, pids)), "-o", str(out), "--",
-                    "sleep", f"{seconds:g}"], check=True, stdout=subprocess.DEVNULL)
+def recording(pids: list[int], freq: int, out: Path) -> subprocess.Popen[bytes]:
+    """perf sampling every thread of `pids` until it is sent SIGINT."""
+    return subprocess.Popen(["perf", "record", "-q", "-F", str(freq), "-e", "cpu-clock",
+                             "-p", ",".join(map(str, pids)), "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop(rec: subprocess.Popen[bytes], out: Path) -> str:
+    """Stop `rec` and return its samples as `perf report` text."""
+    rec.send_signal(signal.SIGINT)
+    _, err = rec.communicate(timeout=60)
+    if rec.returncode not in (0, -2, 130) or not out.exists():
+        raise SystemExit(f"bench: perf record failed: {err.decode(errors='replace').strip()}")
     return subprocess.run(["perf", "report", "-i", str(out), "--sort", "pid,dso", "-n",
-                           "--stdio"], capture_output=True, text=True, check=True).stdout
+                           "--stdio", "-t", "|"], capture_output=True, text=True,
+                          check=True).stdout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,20 +147,22 @@ def main(argv: list[str] | None = None) -> int:
         tool = baselines.start_nginx_tool(procs, work, 1 << 20)
         studio = deploy.start_tree_path(procs, work, tool.port, Path(args.tree).resolve())
         gw, client = studio.gateway, studio.connect
+        pids = [gw.pid, client.pid]
         for conns in (int(c) for c in args.conns.split(",")):
-            result: list[float] = []
-            load = threading.Thread(target=lambda c=conns, into=result: into.append(
-                wrk(studio.url("/small"), c, args.seconds + 6, studio.headers).rps))
-            load.start()
-            time.sleep(2)  # wrk connected and the pools warm before recording
-            report = record([gw.pid, client.pid], args.seconds, args.freq,
-                            work / f"cpu-{conns}.perf")
-            load.join()
-            rps = result[0] if result else 0.0
-            requests = rps * args.seconds
-            print(f"\nwrk, {conns} connection(s): {rps:,.0f} req/s over the whole run "
-                  f"(recorded {args.seconds:g} s at {args.freq} samples/s)")
-            got = split(report)
+            wrk(studio.url("/small"), conns, 2, studio.headers)  # pools and caches warm
+            out = work / f"cpu-{conns}.perf"
+            rec = recording(pids, args.freq, out)
+            try:
+                r = wrk(studio.url("/small"), conns, args.seconds, studio.headers)
+            finally:
+                process_of = threads(pids)
+                report = stop(rec, out)
+            requests = r.rps * args.seconds
+            print(f"\nwrk, {conns} connection(s): {r.rps:,.0f} req/s while recorded "
+                  f"({args.seconds:g} s at {args.freq} samples/s)")
+            if r.errors:
+                print(f"  (wrk counted {r.errors} errors: the figures are not of answers alone)")
+            got = split(report, process_of)
             for who, pid in (("gateway", gw.pid), ("studios-connect", client.pid)):
                 print(f"{who}: share of its samples, CPU per request")
                 print("\n".join(table(got.get(pid, collections.Counter()), args.freq,

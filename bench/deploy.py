@@ -197,12 +197,15 @@ def start_studio(procs: Processes, work: Path, gateway: Gateway, tool_port: int,
 
 def start_tree_path(procs: Processes, work: Path, tool_port: int, tree: str | Path) -> Studio:
     """A gateway and a studios-connect, both run from the source tree `tree`, a session
-    for `tool_port` bound, and a login cookie (bench.timeline, bench.cpu_split)."""
+    for `tool_port` bound, a login cookie, and a first request answered 200
+    (bench.timeline, bench.cpu_split)."""
     gw = start_gateway(procs, work, extra={"PYTHONPATH": str(tree)})
     created = gw.create_session()
     client = start_connect(procs, work, created["connect_string"], tool_port, tree=tree)
     gw.wait_connected(created["id"])
-    return Studio(gw, created["id"], login_cookie(gw, created["login_link"]), client)
+    studio = Studio(gw, created["id"], login_cookie(gw, created["login_link"]), client)
+    _check_through(studio)
+    return studio
 
 
 def _check_through(studio: Studio) -> None:

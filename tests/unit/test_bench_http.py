@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from bench.http import rounds
 
 
 def test_rounds_pairs_runs_in_order_and_gives_median_and_range() -> None:
-    # round 1: 2.0, round 2: 1.0, round 3: 1.5 (paired by position, not sorted first)
-    assert rounds([4.0, 1.0, 3.0], [2.0, 1.0, 2.0]) == "1.50 (1.00-2.00)"
+    # rounds 2/1, 1/2, 3/1 (sorting each side first would pair 1/1, 2/1, 3/2)
+    assert rounds([2.0, 1.0, 3.0], [1.0, 2.0, 1.0]) == "2.00 (0.50-3.00)"
 
 
 def test_rounds_skips_a_zero_baseline_and_says_when_nothing_is_left() -> None:
@@ -20,3 +22,56 @@ def test_rounds_skips_a_zero_baseline_and_says_when_nothing_is_left() -> None:
 def test_rounds_refuses_unpaired_runs() -> None:
     with pytest.raises(ValueError):
         rounds([1.0, 2.0], [1.0])
+
+
+def _rows(section: object, title_start: str) -> list[list[str]]:
+    for title, _, rows in section.tables:  # type: ignore[attr-defined]
+        if title.startswith(title_start):
+            return rows
+    raise AssertionError(f"no table {title_start!r}")
+
+
+def test_small_responses_pairs_each_round_of_requests_per_second(monkeypatch) -> None:
+    import bench.http as bh
+    from bench.arena import GATEWAY, Target
+
+    # per (path, connections): one run per round, in the order the rounds are made
+    rps = {(GATEWAY, 1): [100.0, 300.0, 200.0], ("nginx", 1): [100.0, 100.0, 200.0],
+           (GATEWAY, 32): [400.0, 400.0, 400.0], ("nginx", 32): [100.0, 200.0, 400.0]}
+    calls: dict[tuple[str, int], int] = {}
+
+    def fake_wrk(url, conns, seconds, headers):
+        name = GATEWAY if ":1/" in url else "nginx"
+        i = calls.get((name, conns), 0)
+        calls[(name, conns)] = i + 1
+        # p50 and p99 differ from req/s, so reading the wrong field shows
+        return SimpleNamespace(rps=rps[(name, conns)][i], p50_ms=9.0, p99_ms=7.0, errors=0)
+
+    monkeypatch.setattr(bh, "wrk", fake_wrk)
+    arena = SimpleNamespace(http={GATEWAY: Target(GATEWAY, 1), "nginx": Target("nginx", 2)},
+                            notes=[])
+    section = bh.small_responses(SimpleNamespace(runs=3, seconds=1.0), arena)
+    [row] = _rows(section, "Ratios of requests/s")
+    # medians 200 / 100 and 400 / 200; rounds 1, 3, 1 and 4, 2, 1
+    assert row == ["gateway / nginx", "2.00", "2.00", "1.00 (1.00-3.00)", "2.00 (1.00-4.00)"]
+
+
+def test_websocket_echo_pairs_each_round_of_p99(monkeypatch) -> None:
+    import bench.http as bh
+    from bench.arena import GATEWAY, Target
+
+    p99 = {GATEWAY: [2.0, 6.0, 3.0], "nginx": [1.0, 2.0, 3.0]}
+    seen: dict[str, int] = {}
+
+    def fake_echo(target, rate, seconds):
+        i = seen.get(target.name, 0)
+        seen[target.name] = i + 1
+        return 0.5, p99[target.name][i]  # (p50, p99)
+
+    monkeypatch.setattr(bh, "echo_run", fake_echo)
+    arena = SimpleNamespace(ws={GATEWAY: Target(GATEWAY, 1), "nginx": Target("nginx", 2)},
+                            notes=[])
+    section = bh.websocket_echo(SimpleNamespace(runs=3, ws_rate=200, ws_seconds=1.0), arena)
+    [row] = _rows(section, "Ratios of round-trip time")
+    # p99 medians 3 / 2; rounds 2, 3, 1
+    assert row == ["gateway / nginx", "1.00", "1.50", "2.00 (1.00-3.00)"]
