@@ -12,6 +12,7 @@ import re
 import resource
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,13 @@ from bench.ssh import Processes, free_port, port_open, wait_until
 
 __all__ = ["Processes", "Run", "Section", "free_port", "port_open", "raise_nofile",
            "random_file", "wait_until", "wrk"]
+
+
+
+def work_dir() -> Path:
+    # tmpfs when there is one: payloads and uploads then cost no disk bandwidth.
+    base = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    return Path(tempfile.mkdtemp(prefix="bench-", dir=base))
 
 
 @dataclass

@@ -28,12 +28,12 @@ import collections
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from bench.ssh import REPO
+from bench.timeline import stop_recording
 
 #: `perf report --sort pid,dso -n --stdio -t "|"`: share | samples | tid:comm | shared
 #: object (a comm or a shared object may hold spaces, not the separator)
@@ -118,10 +118,7 @@ def recording(pids: list[int], freq: int, out: Path) -> subprocess.Popen[bytes]:
 
 def stop(rec: subprocess.Popen[bytes], out: Path) -> str:
     """Stop `rec` and return its samples as `perf report` text."""
-    rec.send_signal(signal.SIGINT)
-    _, err = rec.communicate(timeout=60)
-    if rec.returncode not in (0, -2, 130) or not out.exists():
-        raise SystemExit(f"bench: perf record failed: {err.decode(errors='replace').strip()}")
+    stop_recording(rec, out)
     return subprocess.run(["perf", "report", "-i", str(out), "--sort", "pid,dso", "-n",
                            "--stdio", "-t", "|"], capture_output=True, text=True,
                           check=True).stdout
@@ -129,9 +126,8 @@ def stop(rec: subprocess.Popen[bytes], out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     # (the harness's modules here: the parsing above is tested without psutil)
-    from bench import baselines, deploy
-    from bench.common import Processes, wrk
-    from bench.main import work_dir
+    from bench import deploy
+    from bench.common import wrk
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tree", default=str(REPO), help="the source tree of both processes")
@@ -141,11 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if shutil.which("perf") is None:
         raise SystemExit("bench: perf not found (Debian: apt-get install linux-perf)")
-    work = work_dir()
-    procs = Processes(work)
-    try:
-        tool = baselines.start_nginx_tool(procs, work, 1 << 20)
-        studio = deploy.start_tree_path(procs, work, tool.port, Path(args.tree).resolve())
+    with deploy.small_path(Path(args.tree).resolve()) as (work, _, studio):
         gw, client = studio.gateway, studio.connect
         pids = [gw.pid, client.pid]
         for conns in (int(c) for c in args.conns.split(",")):
@@ -167,9 +159,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{who}: share of its samples, CPU per request")
                 print("\n".join(table(got.get(pid, collections.Counter()), args.freq,
                                       requests)))
-    finally:
-        procs.stop_all()
-        shutil.rmtree(work, ignore_errors=True)  # (on /dev/shm: memory)
     return 0
 
 

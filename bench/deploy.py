@@ -7,14 +7,18 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.common import Processes, free_port, port_open, wait_until
+from bench.baselines import NginxTool, start_nginx_tool
+from bench.common import Processes, free_port, port_open, wait_until, work_dir
 from bench.ssh import BIN, REPO
 
 AUTH_KEY = "bench-management-key"
@@ -184,10 +188,12 @@ class Studio:
 
 
 def start_studio(procs: Processes, work: Path, gateway: Gateway, tool_port: int,
-                 name: str = "connect") -> Studio:
-    """One session for `tool_port`, its connect client bound, and a login cookie."""
+                 name: str = "connect", tree: str | Path = REPO) -> Studio:
+    """One session for `tool_port`, its connect client (run from `tree`) bound, a login
+    cookie, and a first request answered 200."""
     created = gateway.create_session()
-    client = start_connect(procs, work, created["connect_string"], tool_port, name=name)
+    client = start_connect(procs, work, created["connect_string"], tool_port, name=name,
+                           tree=tree)
     gateway.wait_connected(created["id"])
     cookie = login_cookie(gateway, created["login_link"])
     studio = Studio(gateway, created["id"], cookie, client)
@@ -195,17 +201,21 @@ def start_studio(procs: Processes, work: Path, gateway: Gateway, tool_port: int,
     return studio
 
 
-def start_tree_path(procs: Processes, work: Path, tool_port: int, tree: str | Path) -> Studio:
-    """A gateway and a studios-connect, both run from the source tree `tree`, a session
-    for `tool_port` bound, a login cookie, and a first request answered 200
-    (bench.timeline, bench.cpu_split)."""
-    gw = start_gateway(procs, work, extra={"PYTHONPATH": str(tree)})
-    created = gw.create_session()
-    client = start_connect(procs, work, created["connect_string"], tool_port, tree=tree)
-    gw.wait_connected(created["id"])
-    studio = Studio(gw, created["id"], login_cookie(gw, created["login_link"]), client)
-    _check_through(studio)
-    return studio
+@contextmanager
+def small_path(tree: str | Path) -> Iterator[tuple[Path, NginxTool, Studio]]:
+    """The nginx tool, and a gateway and a studios-connect both run from the source tree
+    `tree` with a session for the tool bound, a login cookie and a first request answered
+    200 (bench.timeline, bench.cpu_split): (work directory, tool, studio). Every process
+    is stopped and the work directory removed on the way out."""
+    work = work_dir()
+    procs = Processes(work)
+    try:
+        tool = start_nginx_tool(procs, work, 1 << 20)
+        gw = start_gateway(procs, work, extra={"PYTHONPATH": str(tree)})
+        yield work, tool, start_studio(procs, work, gw, tool.port, tree=tree)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)  # (on /dev/shm: memory)
 
 
 def _check_through(studio: Studio) -> None:

@@ -15,7 +15,6 @@ import argparse
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 from bench import arena as arena_mod
 from bench import bulk, cluster, deploy, hops, http, rebind, report, scale, scp
 from bench.baselines import chp_version
-from bench.common import Run, Section
+from bench.common import Run, Section, work_dir
 from bench.profile import Profiler
 
 HERE = Path(__file__).resolve().parent
@@ -67,12 +66,6 @@ def _counts(text: str) -> tuple[int, ...]:
     if not counts or min(counts) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: want positive numbers")
     return counts
-
-
-def work_dir() -> Path:
-    # tmpfs when there is one: payloads and uploads then cost no disk bandwidth.
-    base = "/dev/shm" if Path("/dev/shm").is_dir() else None
-    return Path(tempfile.mkdtemp(prefix="bench-", dir=base))
 
 
 def run_scenarios(run: Run, names: list[str], profiler: Profiler | None) -> list[Section]:

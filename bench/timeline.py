@@ -25,6 +25,7 @@ import argparse
 import collections
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -117,19 +118,24 @@ def record(pids: list[int], seconds: float, out: Path) -> str:
                             "-e", "sched:sched_switch"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(seconds)  # the recording's length, not a wait for an event
-    rec.send_signal(2)
-    _, err = rec.communicate(timeout=60)
-    if rec.returncode not in (0, -2, 130) or not out.exists():
-        raise SystemExit(f"bench: perf record failed: {err.decode(errors='replace').strip()}")
+    stop_recording(rec, out)
     return subprocess.run(["perf", "script", "-i", str(out)], capture_output=True,
                           text=True, check=True).stdout
 
 
+def stop_recording(rec: subprocess.Popen[bytes], out: Path) -> None:
+    """Stop a `perf record` (SIGINT: it writes its file and exits) writing to `out`;
+    SystemExit with perf's words when it failed (bench.cpu_split stops its own here)."""
+    rec.send_signal(signal.SIGINT)
+    _, err = rec.communicate(timeout=60)
+    if rec.returncode not in (0, -signal.SIGINT, 128 + signal.SIGINT) or not out.exists():
+        raise SystemExit(f"bench: perf record failed: {err.decode(errors='replace').strip()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     # (the harness's modules here: the parsing above is tested without psutil)
-    from bench import baselines, deploy
-    from bench.common import Processes, wrk
-    from bench.main import work_dir
+    from bench import deploy
+    from bench.common import wrk
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tree", default=str(REPO), help="the source tree of both processes")
@@ -138,12 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if shutil.which("perf") is None:
         raise SystemExit("bench: perf not found (Debian: apt-get install linux-perf)")
-    tree = str(Path(args.tree).resolve())
-    work = work_dir()
-    procs = Processes(work)
-    try:
-        tool = baselines.start_nginx_tool(procs, work, 1 << 20)
-        studio = deploy.start_tree_path(procs, work, tool.port, tree)
+    with deploy.small_path(Path(args.tree).resolve()) as (work, tool, studio):
         gw, client = studio.gateway, studio.connect
         load_seconds = args.seconds * 2 + 6
         result: list[float] = []
@@ -167,9 +168,6 @@ def main(argv: list[str] | None = None) -> int:
             for label, v in sorted(rows, key=lambda kv: -len(kv[1]))[:args.top]:
                 print(f"  {label:48} {statistics.median(v):7.1f} {statistics.mean(v):7.1f}"
                       f"  n={len(v)}")
-    finally:
-        procs.stop_all()
-        shutil.rmtree(work, ignore_errors=True)  # (on /dev/shm: memory)
     return 0
 
 
