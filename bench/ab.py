@@ -95,14 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             gw = deploy.start_gateway(procs, work, name=f"gateway-{name}",
                                       extra={"PYTHONPATH": str(Path(tree).resolve()), **extra,
                                              **tree_env.get(name, {})})
-            created = gw.create_session()
-            client = deploy.start_connect(
-                procs, work, created["connect_string"], tool_port, name=f"connect-{name}",
+            studio = deploy.start_studio(
+                procs, work, gw, tool_port, name=f"connect-{name}",
                 tree=Path(connect_trees.get(name, args.connect_tree)).resolve())
-            gw.wait_connected(created["id"])
-            studio = deploy.Studio(gw, created["id"],
-                                   deploy.login_cookie(gw, created["login_link"]), client)
-            paths[name] = (studio, psutil.Process(gw.pid), psutil.Process(client.pid))
+            paths[name] = (studio, psutil.Process(gw.pid), psutil.Process(studio.connect.pid))
         if args.scenario == "websocket":
             _websocket(paths, args.runs, args.seconds)
             return 0
