@@ -7,6 +7,7 @@
     .venv/bin/python -m bench.ab --tree log=. --tree nolog=. --env nolog=CONNECT_ACCESS_LOG=off
     .venv/bin/python -m bench.ab --scenario websocket --tree before=/tmp/before --tree after=. \
         --connect before=/tmp/before --runs 9
+    .venv/bin/python -m bench.ab --tree main=. --tree lane=/tmp/lane --ceiling --conns 1,32
 
 One nginx tool; per tree a gateway (`twistd -n studios-gateway` with that tree
 first on PYTHONPATH), a session, a `studios-connect` (from `--connect-tree`,
@@ -25,6 +26,10 @@ tree the medians of each run's p50/p99 and the CPU per round trip of the gateway
 and of ``studios-connect``. Latency changes usually touch both ends of the tunnel,
 so give each tree its own studios-connect with ``--connect``.
 
+``--ceiling`` adds a path named "ceiling": a gateway from the first tree that does no
+HTTP work for a request repeating its connection's last one (bench/ceiling.py), the
+most any lane can reach; each step of the lane is measured against it.
+
 ``--scenario small-close`` is ``small`` with a tool that closes its connection after
 each answer (nginx ``keepalive_requests 1``, as HTTP/1.0 tools and some development
 servers do): the gateway's pooled stream goes with it, so every request opens a tunnel
@@ -34,6 +39,7 @@ stream and ``studios-connect`` connects to the tool: the stream-open path's cost
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -68,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--conns", default="1,32", help="comma-separated wrk connection counts")
     p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--ceiling", action="store_true",
+                   help="add a path 'ceiling': the first tree with no HTTP work for a repeated "
+                   "request (bench/ceiling.py)")
     p.add_argument("--scenario", choices=("small", "small-close", "websocket"),
                    default="small", help="wrk GETs of a small response (small-close: from a "
                    "tool that closes after each answer), or the WebSocket echo")
@@ -78,6 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     extra = dict(e.split("=", 1) for e in args.gateway_env)
     connect_trees = dict(c.split("=", 1) for c in args.connect)
     tree_env: dict[str, dict[str, str]] = {}
+    if args.ceiling:
+        if any(name == "ceiling" for name, _ in trees):
+            p.error("--ceiling adds a tree named 'ceiling': name the others differently")
+        if args.scenario == "websocket":
+            p.error("--ceiling measures small requests (a WebSocket's frames take no HTTP work)")
+        first = str(Path(trees[0][1]).resolve())
+        trees.append(("ceiling", first))
+        connect_trees.setdefault("ceiling", connect_trees.get(trees[0][0], args.connect_tree))
+        # (its sitecustomize loads this repository's bench/ceiling.py by its path)
+        tree_env["ceiling"] = {"PYTHONPATH": os.pathsep.join(
+            (str(REPO / "bench" / "ceiling_site"), first))}
     for e in args.env:
         name, var, value = e.split("=", 2)
         tree_env.setdefault(name, {})[var] = value
