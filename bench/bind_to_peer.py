@@ -31,14 +31,6 @@ from bench.common import Processes, wait_until
 SECRET = "bench-peer-secret-bind"
 
 
-def _ready(gateway: deploy.Gateway) -> bool:
-    try:
-        gateway.api("/ready")
-        return True
-    except (RuntimeError, OSError):
-        return False
-
-
 def _wait_published(port: int, channel: str, sid: str, out: list[float],
                     subscribed: threading.Event) -> None:
     """Record the moment `sid` is published on `channel` (RESP, by hand: one command)."""
@@ -88,9 +80,9 @@ def measure(rounds: int) -> list[float]:
         env = {"CONNECT_REDIS_ADDRESS": redis, "CONNECT_PEER_SECRET": SECRET,
                "CONNECT_STORAGE_ROOT": str(storage)}
         a = deploy.start_gateway(procs, work, "node-a", {**env, "CONNECT_NODE_ID": "node-a"})
-        wait_until(lambda: _ready(a), "node A ready", proc=a.proc)
+        wait_until(a.ready, "node A ready", proc=a.proc)
         b = deploy.start_gateway(procs, work, "node-b", {**env, "CONNECT_NODE_ID": "node-b"})
-        wait_until(lambda: _ready(b), "node B ready", proc=b.proc)
+        wait_until(b.ready, "node B ready", proc=b.proc)
         tool_port, _ = deploy.start_demo_tool(procs)
         for i in range(rounds):
             created = a.create_session()

@@ -56,6 +56,15 @@ class Gateway:
             raise RuntimeError(f"admin API {method} {path}: {resp.status} {data[:200]!r}")
         return json.loads(data) if data else None
 
+    def ready(self) -> bool:
+        """The gateway answers /ready with 200 (its registry reachable: with Redis, once
+        connected); False while it does not, or cannot be reached yet."""
+        try:
+            self.api("/ready")
+            return True
+        except (RuntimeError, OSError, http.client.HTTPException, ValueError):
+            return False
+
     def create_session(self, conn: http.client.HTTPConnection | None = None) -> dict[str, Any]:
         return self.api("/api/sessions", "POST", {"owner": "bench"}, conn=conn)
 
