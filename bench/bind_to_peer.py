@@ -80,9 +80,7 @@ def measure(rounds: int) -> list[float]:
         env = {"CONNECT_REDIS_ADDRESS": redis, "CONNECT_PEER_SECRET": SECRET,
                "CONNECT_STORAGE_ROOT": str(storage)}
         a = deploy.start_gateway(procs, work, "node-a", {**env, "CONNECT_NODE_ID": "node-a"})
-        wait_until(a.ready, "node A ready", proc=a.proc)
         b = deploy.start_gateway(procs, work, "node-b", {**env, "CONNECT_NODE_ID": "node-b"})
-        wait_until(b.ready, "node B ready", proc=b.proc)
         tool_port, _ = deploy.start_demo_tool(procs)
         for i in range(rounds):
             created = a.create_session()

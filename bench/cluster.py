@@ -13,7 +13,7 @@ import statistics
 from concurrent.futures import ThreadPoolExecutor
 
 from bench import baselines, deploy
-from bench.common import Processes, Run, Section, wait_until, wrk
+from bench.common import Processes, Run, Section, wrk
 
 SECRET = "bench-peer-secret"
 CONNS = 16  # per wrk (per studio)
@@ -49,15 +49,11 @@ def scenario(run: Run) -> Section:
                "CONNECT_STORAGE_ROOT": str(storage)}
         tool = baselines.start_nginx_tool(procs, work, 1 << 20)
         a = deploy.start_gateway(procs, work, "node-a", {**env, "CONNECT_NODE_ID": "node-a"})
-        # (its management port answers before its Redis connection is up: a session
-        # created then is refused with 503)
-        wait_until(a.ready, "node A ready", proc=a.proc)
         one = deploy.start_studio(procs, work, a, tool.port, name="connect-1")
         two = deploy.start_studio(procs, work, a, tool.port, name="connect-2")
         single = [_both(run, [(one, a.http_port), (two, a.http_port)])
                   for _ in range(run.runs)]
         b = deploy.start_gateway(procs, work, "node-b", {**env, "CONNECT_NODE_ID": "node-b"})
-        wait_until(b.ready, "node B ready", proc=b.proc)
         three = deploy.start_studio(procs, work, b, tool.port, name="connect-3")
         double, peer = [], []
         for _ in range(run.runs):

@@ -109,13 +109,16 @@ def gateway_env(work: Path, name: str = "gateway",
 
 def launch_gateway(procs: Processes, work: Path, env: dict[str, str],
                    name: str = "gateway") -> Gateway:
-    """`twistd -n studios-gateway` with ``env`` (again, for a restart on the same ports)."""
+    """`twistd -n studios-gateway` with ``env`` (again, for a restart on the same ports),
+    once it answers /ready: its management port answers before its Redis connection is
+    up, and a session created then is refused with 503."""
     proc = procs.start(name, [str(BIN / "twistd"), "-n", "--pidfile=", *TWISTD_ARGS,
                               "studios-gateway"],
                        env=env, cwd=work)
-    mgmt = int(env["CONNECT_MANAGEMENT_PORT"])
-    wait_until(lambda: port_open(mgmt), f"{name} management port", proc=proc)
-    return Gateway(proc, int(env["CONNECT_HTTP_PORT"]), mgmt, int(env["CONNECT_TUNNEL_PORT"]))
+    gw = Gateway(proc, int(env["CONNECT_HTTP_PORT"]), int(env["CONNECT_MANAGEMENT_PORT"]),
+                 int(env["CONNECT_TUNNEL_PORT"]))
+    wait_until(gw.ready, f"{name} ready", proc=proc)
+    return gw
 
 
 def start_gateway(procs: Processes, work: Path, name: str = "gateway",

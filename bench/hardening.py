@@ -161,7 +161,6 @@ def redis_outage(args: argparse.Namespace, procs: Processes, work: Path) -> None
     gw = deploy.start_gateway(procs, work, extra={
         "PYTHONPATH": args.tree, "CONNECT_REDIS_ADDRESS": f"127.0.0.1:{port}",
         "CONNECT_LOG_LEVEL": "info"})
-    wait_until(lambda: port_open(gw.management_port), "gateway", proc=gw.proc)
     tool_port, _ = deploy.start_demo_tool(procs)
     studios = [deploy.start_studio(procs, work, gw, tool_port, name=f"connect-{i}")
                for i in range(args.studios)]

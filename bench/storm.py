@@ -244,7 +244,6 @@ def rounds(studios: int, down: float, bin_s: float, work: Path, stops: list[str]
     try:
         env = gateway_env(work, "storm", {"CONNECT_REDIS_ADDRESS": start_redis(procs, work)})
         gw = launch_gateway(procs, work, env, "storm-gateway")
-        wait_until(gw.ready, "gateway ready", proc=gw.proc)
         strings = create_sessions(gw, studios)
         gateways = ""
         if "move" in stops:  # a second node on the same registry and storage (one pin)
@@ -252,7 +251,6 @@ def rounds(studios: int, down: float, bin_s: float, work: Path, stops: list[str]
                 "CONNECT_REDIS_ADDRESS": env["CONNECT_REDIS_ADDRESS"],
                 "CONNECT_STORAGE_ROOT": env["CONNECT_STORAGE_ROOT"]})
             other = launch_gateway(procs, work, other_env, "storm-other")
-            wait_until(other.ready, "second gateway ready", proc=other.proc)
             pin = parse_qs(urlsplit(strings[0]).query)["pin"][0]
             gateways = ",".join(f"tls://127.0.0.1:{port}?pin={pin}"
                                 for port in (gw.tunnel_port, other.tunnel_port))
@@ -275,7 +273,6 @@ def rounds(studios: int, down: float, bin_s: float, work: Path, stops: list[str]
                 gw.proc.wait(timeout=60)
                 time.sleep(down)
                 gw = launch_gateway(procs, work, env, f"storm-gateway-{n + 1}")
-                wait_until(gw.ready, "gateway ready again", proc=gw.proc)
                 ready, serving = time.time(), gw
             cpu_at_ready = cpu_seconds(serving.pid)
             _waiting(lambda t=stopped: swarms.bound_since(t) >= studios,
