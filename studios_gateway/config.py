@@ -523,6 +523,11 @@ VARIABLES: tuple[Var, ...] = (
        "Access log, one line per HTTP request and per WebSocket and SSH session: off, text "
        "or json (log namespace studios_gateway.access; written whatever CONNECT_LOG_LEVEL).",
        seed=False, section="operations"),
+    _v("CONNECT_COMPILED_LANE", "compiled_lane", "on", _bool,
+       "Answer a tool's whole, plain response (Content-Length body, no cookies) in one C "
+       "call instead of the Python way; off: always the Python way. An install built "
+       "without a C compiler has only the Python way (check-config says which).",
+       seed=False, section="operations"),
     _v("CONNECT_QUOTA_WINDOW", "quota_window", "24h", _positive_duration,
        "Rolling window of the transfer quotas.", seed=False, section="operations"),
     _v("CONNECT_QUOTA_USER_BYTES", "quota_user_bytes", None, _size,
@@ -644,6 +649,7 @@ class Config:
     reuse_port: bool
     shutdown_grace: float
     access_log: str
+    compiled_lane: bool
     quota_window: float
     quota_user_bytes: int | None
     quota_session_bytes: int | None

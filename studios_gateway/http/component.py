@@ -30,11 +30,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.auth.login import Auth
 from studios_gateway.component import Component, Part, StartError, endpoint_for, serve_tls
 from studios_gateway.config import Config
+from studios_gateway.http import lane
 from studios_gateway.http.proxy import ProxyFactory
 from studios_gateway.http.routing import Router
 from studios_gateway.http.upstream import (
@@ -233,6 +235,9 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
                   auth: Auth, traffic: Traffic | None = None) -> ProxyFactory:
     """The proxy for this gateway's config, store, dialer and login."""
     tls = bool(config.tls_cert_file and config.tls_key_file)
+    if config.compiled_lane and not lane.available():
+        Logger().warn("CONNECT_COMPILED_LANE is on, but this install has no compiled lane "
+                      "(built without a C compiler): every answer takes the Python way")
     return ProxyFactory(
         router=Router(config.effective_studios_domain, config.proxy_host, config.path_routing),
         upstream=TunnelUpstream(dialer),
@@ -258,6 +263,7 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
         max_body=config.http_max_body,
         connect_timeout=config.http_connect_timeout,
         response_timeout=config.http_response_timeout,
+        compiled_lane=config.compiled_lane,
     )
 
 

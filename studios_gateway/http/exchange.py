@@ -461,6 +461,28 @@ class Exchange:
             return b"".join(out), BROKEN, None
         return b"".join(out), NEED_DATA, None
 
+    def whole_answer(self, codec: ToolCodec, data: bytes, answer: Any) -> bytes | None:
+        """The compiled lane's way back: when `data` is the tool's whole answer in the
+        strict form `answer` (studios_gateway.http.lane) takes, the client's bytes for
+        it, the exchange and `codec` left as pump_response leaves them after a complete
+        response; None (nothing changed): feed `data` to `codec` the Python way."""
+        req = self.request
+        tool = self.tool
+        if (not self.request_done or self.response_started or not req.keep_alive
+                or self.upgrade or req.method == b"HEAD"
+                or (tool is not None and tool.paths is not None)
+                or codec.events or codec.error is not None or not codec.reader.untouched()):
+            return None
+        got = answer(data)
+        if got is None:
+            return None
+        out, status = got
+        codec.reader.read_whole()
+        self.response_started = self.head_sent = True
+        self.status = status
+        self.framer.done = True
+        return out
+
     def _tool_response_headers(self, headers: list[tuple[bytes, bytes]], changed: bool
                                ) -> list[tuple[bytes, bytes]]:
         """The headers for the client: `headers` (hop-by-hop ones gone, cookies kept to the

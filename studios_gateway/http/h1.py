@@ -361,6 +361,16 @@ class ResponseReader:
     def reusable(self) -> bool:
         return self.done and self.keep_alive and not self.extra
 
+    def untouched(self) -> bool:
+        """Nothing of the expected response has been read yet."""
+        return not self._head_bytes and not self.started and not self.done \
+            and self._parser is not None
+
+    def read_whole(self) -> None:
+        """The compiled lane read the whole response (kept alive, nothing after it): as
+        if llhttp had, whose parser stays where the next response starts."""
+        self.started = self.done = self.keep_alive = True
+
     def closed(self) -> list[Any]:
         """The tool closed: a body delimited by the close ends here."""
         if self.started and not self.done and self._until_close and not any(

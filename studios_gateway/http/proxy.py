@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.config import default_of
-from studios_gateway.http import pages
+from studios_gateway.http import lane, pages
 from studios_gateway.http.deadline import Deadline
 from studios_gateway.http.exchange import (
     BROKEN,
@@ -211,7 +211,8 @@ class ProxyFactory(Factory):
                  max_connections: int = Limits.max_connections,
                  max_body: int | None = Limits.max_body,
                  connect_timeout: float = Limits.connect_timeout,
-                 response_timeout: float = Limits.response_timeout):
+                 response_timeout: float = Limits.response_timeout,
+                 compiled_lane: bool = default_of("compiled_lane")):
         self.router = router
         self.upstream = upstream
         self.lookup = lookup
@@ -234,6 +235,8 @@ class ProxyFactory(Factory):
         self.pool = IdlePool(reactor, max_idle=max_idle_per_session,
                              idle_timeout=upstream_idle_timeout)
         self.active: set[ProxyProtocol] = set()
+        #: The compiled lane's way back (studios_gateway.http.lane), None: the Python way.
+        self.answer = lane.load(compiled_lane)
 
     def buildProtocol(self, addr: Any) -> ProxyProtocol:  # type: ignore[override]
         p = ProxyProtocol()
@@ -767,9 +770,18 @@ class ProxyProtocol(Protocol):
         if ex is None or ex.up is not conn:
             conn.close()
             return
-        obs = self.factory.observer
+        f = self.factory
+        obs = f.observer
         if obs is not None and obs.throttles is not None:
-            self._pace(conn.pacer(self.factory.reactor), ex.session_id, len(data))
+            self._pace(conn.pacer(f.reactor), ex.session_id, len(data))
+        answer = f.answer
+        if answer is not None:  # the compiled lane: a whole answer in one call
+            out = ex.whole_answer(conn.codec, data, answer)
+            if out is not None:
+                self._bytes_out += len(out)
+                self.transport.write(out)
+                self._response_done(ex, conn)
+                return
         conn.codec.receive(data)
         self._pump_response(ex, conn)
 

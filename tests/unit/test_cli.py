@@ -74,3 +74,22 @@ def test_create_says_how_to_run_the_studio_for_its_tool(monkeypatch, capsys, too
     assert cli.sessions_create(args) == 0
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("run in")][0]
     assert line.endswith(hint)
+
+
+def test_check_config_says_when_the_compiled_lane_is_missing(
+        tmp_path, monkeypatch, capsys) -> None:
+    from studios_gateway.cli import main
+    from studios_gateway.http import lane
+
+    for k in [k for k in __import__("os").environ if k.startswith(("CONNECT_", "TOWER_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CONNECT_STORAGE_ROOT", str(tmp_path))
+    assert main(["check-config", "-q"]) == 0
+    assert "compiled" not in capsys.readouterr().out  # built: nothing to say
+    monkeypatch.setattr(lane, "_answer", None)  # an install built without a C compiler
+    assert main(["check-config", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "without its C extension" in out and "configuration OK" in out
+    monkeypatch.setenv("CONNECT_COMPILED_LANE", "off")  # turned off: nothing to say
+    assert main(["check-config", "-q"]) == 0
+    assert "compiled" not in capsys.readouterr().out.lower()

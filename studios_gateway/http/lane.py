@@ -1,0 +1,37 @@
+"""The compiled lane: the parts of the proxy's per-request work done in one C call.
+
+Today one part, the way back (``_answer.c``): a tool's whole answer, read in one piece
+(a status line, plain field lines, a Content-Length body all there), becomes the
+browser's bytes in one call instead of llhttp's callbacks, the header pass and the
+framer. It takes only a strict subset of responses and returns None for the rest,
+which take the Python way with every one of its verdicts; what it takes gives the
+same bytes as the Python way (tests/unit/test_answer_lane.py holds them against each
+other). docs/decisions/compiled-lane.md has the measurements.
+
+The extension is optional: an install without a C compiler has none, and
+``CONNECT_COMPILED_LANE=off`` turns it off; both take the Python way for every answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["Answer", "available", "load"]
+
+# answer(data) -> (bytes for the browser, status) | None
+Answer = Callable[[bytes], "tuple[bytes, int] | None"]
+
+try:
+    from studios_gateway.http._answer import answer as _answer
+except ImportError:  # built without a C compiler: the Python way only
+    _answer = None
+
+
+def available() -> bool:
+    """The extension was built and loads."""
+    return _answer is not None
+
+
+def load(enabled: bool) -> Answer | None:
+    """The way back in C when it is `enabled` and built; None: the Python way."""
+    return _answer if enabled else None

@@ -1,0 +1,314 @@
+"""The compiled lane's way back (studios_gateway/http/_answer.c) held against its Python
+twin, the way every other answer takes (ResponseReader's llhttp, the header pass, the
+framer): whatever the C takes gives the client the same bytes, the exchange the same
+state and the tool connection the same reuse; what it declines is left untouched for
+the Python way. Hypothesis makes the responses, well-formed and hostile.
+
+The extension must be built (scripts/setup builds it into the source tree, pip into the
+install): a missing build fails here rather than skipping, since every test of the lane
+would otherwise pass without running it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from studios_gateway.config import load_config
+from studios_gateway.http import lane
+from studios_gateway.http.exchange import Exchange, Step, ToolCodec
+from studios_gateway.http.routing import Router
+from studios_gateway.http.toolroute import tool_route
+from tests.unit.test_http_exchange import started
+from tests.unit.test_http_proxy import Harness
+
+try:
+    from studios_gateway.http._answer import answer
+except ImportError:  # pragma: no cover - a broken build
+    pytest.fail("studios_gateway.http._answer is not built: run scripts/setup "
+                "(or: python setup.py build_ext --inplace)", pytrace=False)
+
+GET = b"GET /lab HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n"
+ROUTER = Router("studios.test", "studios.test")
+PATH_ROUTER = Router("studios.test", "studios.test", True)
+
+NGINX = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 04 Dec 2026 23:00:00 GMT\r\n"
+         b"Content-Type: text/plain\r\nContent-Length: 5\r\nLast-Modified: Fri, 04 Dec 2026 "
+         b"22:00:00 GMT\r\nConnection: keep-alive\r\nETag: \"1-5\"\r\nAccept-Ranges: bytes"
+         b"\r\n\r\nhello")
+NODE = (b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+        b"Date: Fri, 04 Dec 2026 23:00:00 GMT\r\nConnection: keep-alive\r\n"
+        b"Keep-Alive: timeout=5\r\n\r\n{}")
+TORNADO = (b"HTTP/1.1 200 OK\r\nServer: TornadoServer/6.4\r\nContent-Type: text/css\r\n"
+           b"Date: Fri, 04 Dec 2026 23:00:00 GMT\r\nEtag: \"abc\"\r\nContent-Length: 7\r\n"
+           b"Cache-Control: max-age=0\r\n\r\nbody{x}")
+
+
+def exchange(request: bytes = GET, router: Router = ROUTER, tool: str | None = None
+             ) -> tuple[Exchange, ToolCodec]:
+    """An exchange whose request went to the tool whole: waiting for its answer."""
+    ex = started(request)
+    route = router.route(ex.host, ex.target)
+    assert route is not None and not isinstance(route, tuple)
+    ex.route = route  # type: ignore[assignment]
+    if tool is not None:
+        ex.tool = tool_route(route, tool)  # type: ignore[arg-type]
+    codec = ToolCodec(1 << 16)
+    ex.tool_head(codec, "192.0.2.7", False, "http")
+    body, step = ex.pump_request(codec)
+    assert (body, step) == (b"", Step.COMPLETE)
+    return ex, codec
+
+
+def state(ex: Exchange, codec: ToolCodec) -> tuple[Any, ...]:
+    return (ex.response_started, ex.head_sent, ex.status, ex.framer.done,
+            ex.framer.keep_alive, ex.reusable(codec), codec.idle(), ex.leftover(),
+            codec.events, codec.error)
+
+
+def python_way(data: bytes, request: bytes = GET) -> tuple[bytes, Step, tuple[Any, ...]]:
+    ex, codec = exchange(request)
+    codec.receive(data)
+    out, step, _ = ex.pump_response(codec)
+    return out, step, state(ex, codec)
+
+
+# -- what the C takes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("response", [NGINX, NODE, TORNADO,
+                                      b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                                      b"HTTP/1.1 599 Custom Thing\r\nContent-Length: 1\r\n\r\nx"])
+def test_plain_answers_take_the_lane_and_match_the_python_way(response: bytes) -> None:
+    got = answer(response)
+    assert got is not None, "the lane declined an answer it exists for"
+    out, step, after = python_way(response)
+    assert step is Step.COMPLETE
+    assert got == (out, int(response[9:12]))
+    ex, codec = exchange()
+    assert ex.whole_answer(codec, response, answer) == out
+    assert state(ex, codec) == after
+
+
+def test_hop_by_hop_lines_go_and_the_status_line_is_kept() -> None:
+    got = answer(NODE)
+    assert got is not None
+    assert got[0] == (b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 2\r\nDate: Fri, 04 Dec 2026 23:00:00 GMT\r\n\r\n{}")
+
+
+@pytest.mark.parametrize("response", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nSet-Cookie: _xsrf=1; Domain=studios.test\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",  # not kept alive by llhttp
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Mine\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nhi",  # the body is not all here
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\n",  # more than it
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n\r\nclose-delimited",
+    b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nX-Bad : a\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nX-Tab:\ta\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nX-Trailing: a \r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nX-Latin: caf\xe9\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\nContent-Length: 2\n\nhi",
+    b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nProxy-Authenticate: Basic\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nTrailer: X\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",  # the head goes on in the next read
+    b"",
+])
+def test_what_the_lane_declines(response: bytes) -> None:
+    assert answer(response) is None
+    ex, codec = exchange()
+    before = state(ex, codec)
+    assert ex.whole_answer(codec, response, answer) is None
+    assert state(ex, codec) == before  # untouched: the Python way reads it as always
+
+
+def test_the_exchange_decides_when_the_lane_may_answer_at_all() -> None:
+    # a HEAD (the answer has no body), a client that closes after it (Connection: close
+    # to add), an upgrade offer, path mode (its rewrites): the Python way
+    for request, router, tool in [
+        (b"HEAD /lab HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n", ROUTER, None),
+        (b"GET /lab HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: close\r\n\r\n",
+         ROUTER, None),
+        (b"GET /lab HTTP/1.0\r\nHost: abc.studios.test\r\n\r\n", ROUTER, None),
+        (b"GET /x HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade\r\n"
+         b"Upgrade: websocket\r\n\r\n", ROUTER, None),
+        (b"GET /_studio/abc/lab HTTP/1.1\r\nHost: studios.test\r\n\r\n", PATH_ROUTER,
+         "rstudio"),
+    ]:
+        ex, codec = exchange(request, router, tool)
+        assert ex.whole_answer(codec, NGINX, answer) is None, request
+    # a subdomain-mode tool route has nothing to rewrite: the lane
+    ex, codec = exchange(tool="jupyter")
+    assert ex.whole_answer(codec, NGINX, answer) is not None
+    # the answer's head already begun (a read before this one): the Python way
+    ex, codec = exchange()
+    codec.receive(NGINX[:20])
+    assert ex.whole_answer(codec, NGINX[20:], answer) is None
+
+
+def test_the_connection_reads_its_next_answer_after_the_lane() -> None:
+    # the lane leaves llhttp's parser where the next response starts: the Python way
+    # and the lane alternate on one pooled connection
+    ex, codec = exchange()
+    assert ex.whole_answer(codec, NGINX, answer) is not None
+    codec.next_cycle()
+    ex2, _ = exchange()
+    ex2.tool_head(codec, "192.0.2.7", False, "http")
+    codec.receive(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n")
+    out, step, _ = ex2.pump_response(codec)
+    assert step is Step.COMPLETE and out.endswith(b"2\r\nhi\r\n0\r\n\r\n")
+    assert codec.idle()
+
+
+def test_not_bytes_is_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        answer(bytearray(NGINX))  # type: ignore[arg-type]
+
+
+# -- the twins, by hypothesis ----------------------------------------------------------------
+
+_NAMES = st.sampled_from([
+    b"Content-Type", b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Connection",
+    b"Keep-Alive", b"Transfer-Encoding", b"Set-Cookie", b"Server", b"Date", b"ETag",
+    b"Proxy-Connection", b"Upgrade", b"TE", b"Trailer", b"Location", b"X-A", b"x_b~|!#$%&'*+.^`",
+    b"Bad Name", b"Bad\x00", b"", b"Caf\xe9", b"Content-Length ",
+]) | st.binary(min_size=0, max_size=6)
+_VALUES = st.sampled_from([
+    b"keep-alive", b"Keep-Alive", b"close", b"keep-alive, upgrade", b"timeout=5", b"chunked",
+    b"0", b"2", b"5", b"+2", b"2 ", b" 2", b"02", b"18446744073709551617", b"", b"a b",
+    b"a\tb", b"a  ", b"\"quoted\"", b"\xe9", b"a\x7fb", b"a\x00b", b"x=1; Domain=studios.test",
+]) | st.binary(min_size=0, max_size=8)
+_SEPARATORS = st.sampled_from([b": ", b":", b":  ", b" : ", b":\t", b": \t"])
+_EOLS = st.sampled_from([b"\r\n"] * 12 + [b"\n", b"\r", b"\r\r\n"])
+
+
+_CLEAN_NAMES = st.sampled_from([b"Content-Type", b"Server", b"Date", b"ETag", b"X-A",
+                                 b"Cache-Control", b"x_b~|!#$%&'*+.^`", b"Keep-Alive",
+                                 b"Connection", b"Location", b"Vary"])
+_CLEAN_VALUES = st.sampled_from([b"keep-alive", b"Keep-Alive", b"timeout=5", b"text/html",
+                                 b"a b", b"\"quoted\"", b"x:y", b"0", b"~"]) | st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7e), min_size=1, max_size=8).map(
+    lambda t: t.strip(" ").encode() or b"v")
+
+
+@st.composite
+def responses(draw: Any) -> bytes:
+    """Half well-formed answers of the shapes tools send (which the lane mostly takes),
+    half with hostile parts; either, sometimes, with one byte changed anywhere."""
+    clean = draw(st.booleans())
+    if clean:
+        version, reason, eol = b"HTTP/1.1", draw(st.sampled_from([b" OK", b" Not Found",
+                                                                   b" A-b c"])), b"\r\n"
+        fields = draw(st.lists(st.tuples(_CLEAN_NAMES, st.sampled_from([b": ", b":"]),
+                                         _CLEAN_VALUES, st.just(b"\r\n")), max_size=8))
+        end = b"\r\n"
+    else:
+        version = draw(st.sampled_from([b"HTTP/1.1"] * 8 + [b"HTTP/1.0", b"HTTP/2",
+                                                            b"http/1.1"]))
+        reason = draw(st.sampled_from([b" OK", b" Not Found", b"", b" ", b"  OK", b" OK ",
+                                       b" caf\xe9", b" a\tb"]))
+        eol = draw(_EOLS)
+        fields = draw(st.lists(st.tuples(_NAMES, _SEPARATORS, _VALUES, _EOLS), max_size=6))
+        end = draw(_EOLS)
+    status = draw(st.sampled_from([b"200", b"201", b"206", b"301", b"404", b"500", b"599"])
+                  if clean else
+                  st.sampled_from([b"200", b"204", b"304", b"404", b"100", b"101", b"199",
+                                   b"600", b"099", b"2000", b"20"]))
+    body = draw(st.binary(max_size=20))
+    length = draw(st.sampled_from(["right"] * (9 if clean else 3) + ["off", "none", "twice"]))
+    lines = [name + sep + value + e for name, sep, value, e in fields]
+    cl = b"Content-Length: %d\r\n" % (len(body) + (1 if length == "off" else 0))
+    if length in ("right", "off", "twice"):
+        lines.insert(draw(st.integers(0, len(lines))), cl)
+    if length == "twice":
+        lines.insert(draw(st.integers(0, len(lines))), cl)
+    data = version + b" " + status + reason + eol + b"".join(lines) + end + body
+    data += draw(st.sampled_from([b""] * (14 if clean else 6)
+                                 + [b"x", b"HTTP/1.1 200 OK\r\n\r\n"]))
+    if draw(st.integers(0, 3)) == 0 and data:  # one byte changed, anywhere
+        at = draw(st.integers(0, len(data) - 1))
+        data = data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1:]
+    return data
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(responses())
+@example(NGINX)
+@example(NODE)
+def test_the_lane_gives_what_the_python_way_gives(data: bytes) -> None:
+    got = answer(data)
+    if got is None:
+        ex, codec = exchange()
+        before = state(ex, codec)
+        assert ex.whole_answer(codec, data, answer) is None
+        assert state(ex, codec) == before
+        return
+    out, step, after = python_way(data)
+    assert step is Step.COMPLETE, (data, out)
+    assert got == (out, after[2])
+    assert after[5], "the lane took an answer after which the connection is not reusable"
+    ex, codec = exchange()
+    assert ex.whole_answer(codec, data, answer) == out
+    assert state(ex, codec) == after
+
+
+@settings(max_examples=300, deadline=None)
+@given(responses())
+def test_the_proxy_says_the_same_with_and_without_the_lane(data: bytes) -> None:
+    """Through the proxy protocol (fake transports): the client's bytes, the status, the
+    pooled tool connection and the next request on it, lane on and off."""
+    seen = [_through_proxy(data, compiled) for compiled in (True, False)]
+    assert seen[0] == seen[1]
+
+
+def _through_proxy(data: bytes, compiled: bool) -> tuple[Any, ...]:
+    h = Harness(compiled_lane=compiled)
+    assert (h.factory.answer is not None) == compiled
+    p, t = h.client()
+    p.dataReceived(GET)
+    up, ut = h.up()
+    first_request = ut.value()
+    up.dataReceived(data)
+    first = (t.value(), t.disconnecting, up.transport.disconnecting)
+    t.clear()
+    ut.clear()
+    p.dataReceived(GET)
+    if t.disconnecting or len(h.upstream.conns) > 1:
+        return first, first_request, len(h.upstream.conns)
+    up.dataReceived(NGINX)
+    return first, first_request, t.value(), len(h.upstream.conns)
+
+
+def test_the_switch_and_a_build_without_the_extension() -> None:
+    assert lane.available()
+    assert load_config(environ={}).compiled_lane is True
+    assert load_config(environ={"CONNECT_COMPILED_LANE": "off"}).compiled_lane is False
+    assert lane.load(True) is answer and lane.load(False) is None
+
+
+def test_a_proxy_without_the_lane_answers_the_python_way() -> None:
+    h = Harness(compiled_lane=False)
+    p, t = h.client()
+    p.dataReceived(GET)
+    up, _ = h.up()
+    up.dataReceived(NODE)
+    assert t.value() == answer(NODE)[0]  # type: ignore[index]
+    assert up.codec.idle() and h.factory.pool.count("abc") == 1
