@@ -17,6 +17,8 @@
  *     whole body is in `data` and nothing follows it;
  *   - no Transfer-Encoding, Set-Cookie, Upgrade, TE, Trailer or Proxy-* field, and a
  *     Connection field only when it says keep-alive (the tool keeps the connection);
+ *   - no Location or Refresh field (path mode rewrites them; with Set-Cookie declined
+ *     too, path mode passes every other field as it is, so the lane serves both modes);
  *   - every line ends in CRLF.
  *
  * The output is the status line rewritten as HTTP/1.1 (as the Python way writes it),
@@ -66,7 +68,9 @@ static enum field classify(const char *name, Py_ssize_t name_len, const char *va
     case 2:
         return IS("te") ? REFUSE : KEEP;
     case 7:
-        return (IS("trailer") || IS("upgrade")) ? REFUSE : KEEP;
+        return (IS("trailer") || IS("upgrade") || IS("refresh")) ? REFUSE : KEEP;
+    case 8:
+        return IS("location") ? REFUSE : KEEP;
     case 10:
         if (IS("set-cookie"))
             return REFUSE;

@@ -465,13 +465,12 @@ class Exchange:
         """The compiled lane's way back: when `data` is the tool's whole answer in the
         strict form `answer` (studios_gateway.http.lane) takes, the client's bytes for
         it, the exchange and `codec` left as pump_response leaves them after a complete
-        response; None (nothing changed): feed `data` to `codec` the Python way."""
+        response; None (nothing changed): feed `data` to `codec` the Python way. (The
+        form has none of the fields path mode rewrites: both modes take the lane.)"""
         req = self.request
-        tool = self.tool
         if (not self.request_done or self.response_started or not req.keep_alive
-                or self.upgrade or req.method == b"HEAD"
-                or (tool is not None and tool.paths is not None)
-                or codec.events or codec.error is not None or not codec.reader.untouched()):
+                or self.upgrade or req.method == b"HEAD" or codec.events
+                or codec.error is not None or not codec.reader.untouched()):
             return None
         got = answer(data)
         if got is None:

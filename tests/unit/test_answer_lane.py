@@ -69,8 +69,18 @@ def state(ex: Exchange, codec: ToolCodec) -> tuple[Any, ...]:
             codec.events, codec.error)
 
 
-def python_way(data: bytes, request: bytes = GET) -> tuple[bytes, Step, tuple[Any, ...]]:
-    ex, codec = exchange(request)
+PATH_GET = b"GET /_studio/abc/lab/tree?x=1 HTTP/1.1\r\nHost: studios.test\r\n\r\n"
+# (request, router, tool): both routing modes, with and without the prefix stripped
+MODES = {
+    "subdomain": (GET, ROUTER, None),
+    "subdomain jupyter": (GET, ROUTER, "jupyter"),
+    "path jupyter": (PATH_GET, PATH_ROUTER, "jupyter"),
+    "path rstudio": (PATH_GET, PATH_ROUTER, "rstudio"),
+}
+
+
+def python_way(data: bytes, mode: str = "subdomain") -> tuple[bytes, Step, tuple[Any, ...]]:
+    ex, codec = exchange(*MODES[mode])
     codec.receive(data)
     out, step, _ = ex.pump_response(codec)
     return out, step, state(ex, codec)
@@ -79,16 +89,18 @@ def python_way(data: bytes, request: bytes = GET) -> tuple[bytes, Step, tuple[An
 # -- what the C takes ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("response", [NGINX, NODE, TORNADO,
                                       b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
                                       b"HTTP/1.1 599 Custom Thing\r\nContent-Length: 1\r\n\r\nx"])
-def test_plain_answers_take_the_lane_and_match_the_python_way(response: bytes) -> None:
+def test_plain_answers_take_the_lane_and_match_the_python_way(response: bytes, mode: str
+                                                              ) -> None:
     got = answer(response)
     assert got is not None, "the lane declined an answer it exists for"
-    out, step, after = python_way(response)
+    out, step, after = python_way(response, mode)
     assert step is Step.COMPLETE
     assert got == (out, int(response[9:12]))
-    ex, codec = exchange()
+    ex, codec = exchange(*MODES[mode])
     assert ex.whole_answer(codec, response, answer) == out
     assert state(ex, codec) == after
 
@@ -129,6 +141,9 @@ def test_hop_by_hop_lines_go_and_the_status_line_is_kept() -> None:
     b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nhi",
     b"HTTP/1.1 200 OK\r\nProxy-Authenticate: Basic\r\nContent-Length: 2\r\n\r\nhi",
     b"HTTP/1.1 200 OK\r\nTrailer: X\r\nContent-Length: 2\r\n\r\nhi",
+    # what path mode rewrites: declined in both modes, so the lane can serve both
+    b"HTTP/1.1 302 Found\r\nLocation: /lab\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nRefresh: 0; url=/lab\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n",  # the head goes on in the next read
     b"",
 ])
@@ -142,7 +157,7 @@ def test_what_the_lane_declines(response: bytes) -> None:
 
 def test_the_exchange_decides_when_the_lane_may_answer_at_all() -> None:
     # a HEAD (the answer has no body), a client that closes after it (Connection: close
-    # to add), an upgrade offer, path mode (its rewrites): the Python way
+    # to add), an upgrade offer: the Python way
     for request, router, tool in [
         (b"HEAD /lab HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n", ROUTER, None),
         (b"GET /lab HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: close\r\n\r\n",
@@ -150,14 +165,13 @@ def test_the_exchange_decides_when_the_lane_may_answer_at_all() -> None:
         (b"GET /lab HTTP/1.0\r\nHost: abc.studios.test\r\n\r\n", ROUTER, None),
         (b"GET /x HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade\r\n"
          b"Upgrade: websocket\r\n\r\n", ROUTER, None),
-        (b"GET /_studio/abc/lab HTTP/1.1\r\nHost: studios.test\r\n\r\n", PATH_ROUTER,
-         "rstudio"),
     ]:
         ex, codec = exchange(request, router, tool)
         assert ex.whole_answer(codec, NGINX, answer) is None, request
-    # a subdomain-mode tool route has nothing to rewrite: the lane
-    ex, codec = exchange(tool="jupyter")
-    assert ex.whole_answer(codec, NGINX, answer) is not None
+    # either mode's tool routes: the lane
+    for mode in MODES.values():
+        ex, codec = exchange(*mode)
+        assert ex.whole_answer(codec, NGINX, answer) is not None
     # the answer's head already begun (a read before this one): the Python way
     ex, codec = exchange()
     codec.receive(NGINX[:20])
@@ -202,9 +216,10 @@ _EOLS = st.sampled_from([b"\r\n"] * 12 + [b"\n", b"\r", b"\r\r\n"])
 
 _CLEAN_NAMES = st.sampled_from([b"Content-Type", b"Server", b"Date", b"ETag", b"X-A",
                                  b"Cache-Control", b"x_b~|!#$%&'*+.^`", b"Keep-Alive",
-                                 b"Connection", b"Location", b"Vary"])
+                                 b"Connection", b"Vary", b"Location", b"Refresh"])
 _CLEAN_VALUES = st.sampled_from([b"keep-alive", b"Keep-Alive", b"timeout=5", b"text/html",
-                                 b"a b", b"\"quoted\"", b"x:y", b"0", b"~"]) | st.text(
+                                 b"a b", b"\"quoted\"", b"x:y", b"0", b"~", b"/lab",
+                                 b"0; url=/x"]) | st.text(
     st.characters(min_codepoint=0x20, max_codepoint=0x7e), min_size=1, max_size=8).map(
     lambda t: t.strip(" ").encode() or b"v")
 
@@ -250,47 +265,49 @@ def responses(draw: Any) -> bytes:
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(responses())
-@example(NGINX)
-@example(NODE)
-def test_the_lane_gives_what_the_python_way_gives(data: bytes) -> None:
+@given(responses(), st.sampled_from(sorted(MODES)))
+@example(NGINX, "subdomain")
+@example(NODE, "path rstudio")
+def test_the_lane_gives_what_the_python_way_gives(data: bytes, mode: str) -> None:
     got = answer(data)
     if got is None:
-        ex, codec = exchange()
+        ex, codec = exchange(*MODES[mode])
         before = state(ex, codec)
         assert ex.whole_answer(codec, data, answer) is None
         assert state(ex, codec) == before
         return
-    out, step, after = python_way(data)
+    out, step, after = python_way(data, mode)
     assert step is Step.COMPLETE, (data, out)
     assert got == (out, after[2])
     assert after[5], "the lane took an answer after which the connection is not reusable"
-    ex, codec = exchange()
+    ex, codec = exchange(*MODES[mode])
     assert ex.whole_answer(codec, data, answer) == out
     assert state(ex, codec) == after
 
 
 @settings(max_examples=300, deadline=None)
-@given(responses())
-def test_the_proxy_says_the_same_with_and_without_the_lane(data: bytes) -> None:
-    """Through the proxy protocol (fake transports): the client's bytes, the status, the
-    pooled tool connection and the next request on it, lane on and off."""
-    seen = [_through_proxy(data, compiled) for compiled in (True, False)]
+@given(responses(), st.booleans())
+def test_the_proxy_says_the_same_with_and_without_the_lane(data: bytes, path: bool) -> None:
+    """Through the proxy protocol (fake transports), in either routing mode: the client's
+    bytes, the status, the pooled tool connection and the next request on it, lane on
+    and off."""
+    seen = [_through_proxy(data, compiled, path) for compiled in (True, False)]
     assert seen[0] == seen[1]
 
 
-def _through_proxy(data: bytes, compiled: bool) -> tuple[Any, ...]:
-    h = Harness(compiled_lane=compiled)
+def _through_proxy(data: bytes, compiled: bool, path: bool) -> tuple[Any, ...]:
+    h = Harness(path_routing=path, compiled_lane=compiled)
     assert (h.factory.answer is not None) == compiled
+    request = PATH_GET if path else GET
     p, t = h.client()
-    p.dataReceived(GET)
+    p.dataReceived(request)
     up, ut = h.up()
     first_request = ut.value()
     up.dataReceived(data)
     first = (t.value(), t.disconnecting, up.transport.disconnecting)
     t.clear()
     ut.clear()
-    p.dataReceived(GET)
+    p.dataReceived(request)
     if t.disconnecting or len(h.upstream.conns) > 1:
         return first, first_request, len(h.upstream.conns)
     up.dataReceived(NGINX)
