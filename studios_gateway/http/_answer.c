@@ -228,4 +228,15 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__answer(void) { return PyModule_Create(&module); }
+#ifndef ANSWER_SOURCE
+#define ANSWER_SOURCE ""
+#endif
+
+PyMODINIT_FUNC PyInit__answer(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddStringConstant(m, "source", ANSWER_SOURCE) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -15,16 +15,32 @@ The extension is optional: an install without a C compiler has none, and
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["Answer", "available", "load"]
+__all__ = ["Answer", "available", "load", "stale"]
 
 # answer(data) -> (bytes for the browser, status) | None
 Answer = Callable[[bytes], "tuple[bytes, int] | None"]
 
+_module: Any
 try:
-    from studios_gateway.http._answer import answer as _answer
+    import studios_gateway.http._answer as _module
 except ImportError:  # built without a C compiler: the Python way only
-    _answer = None
+    _module = None
+_answer: Answer | None = _module.answer if _module is not None else None
+
+
+def stale() -> bool:
+    """The extension was built from another version of ``_answer.c`` than the one beside
+    it (in a source tree after an edit: rebuild with ``python setup.py build_ext
+    --inplace``). An install ships no source: never stale."""
+    import hashlib
+    from pathlib import Path
+
+    source = Path(__file__).with_name("_answer.c")
+    if _module is None or not source.exists():
+        return False
+    return hashlib.sha256(source.read_bytes()).hexdigest()[:16] != _module.source
 
 
 def available() -> bool:
