@@ -171,7 +171,9 @@ class RequestBody:
     def __init__(self, head_bytes: bytes, head: RequestHead, max_head: int):
         self._remaining = 0 if head.chunked else (head.content_length or 0)
         self._chunked: h11.Connection | None = None
-        self._buf = bytearray()
+        # The bytes not read yet: a read's own bytes object while it is the only one (a
+        # streamed body's usual case: passed on without a copy), else a bytearray.
+        self._buf: bytes | bytearray = b""
         self.done = not head.chunked and self._remaining == 0
         if head.chunked:
             self._chunked = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
@@ -182,7 +184,11 @@ class RequestBody:
     def feed(self, data: bytes) -> None:
         if self._chunked is not None:
             self._chunked.receive_data(data)
+        elif not self._buf and type(data) is bytes:
+            self._buf = data
         else:
+            if type(self._buf) is bytes:
+                self._buf = bytearray(self._buf)
             self._buf += data
 
     def read(self) -> bytes:
@@ -207,11 +213,11 @@ class RequestBody:
             return b""
         buf = self._buf
         if len(buf) <= n:
-            chunk = bytes(buf)
-            buf.clear()
+            chunk = buf if type(buf) is bytes else bytes(buf)
+            self._buf = b""
         else:
             chunk = bytes(buf[:n])
-            del buf[:n]
+            self._buf = buf[n:]
         self._remaining = n - len(chunk)
         self.done = self._remaining == 0
         return chunk
