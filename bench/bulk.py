@@ -10,6 +10,7 @@ import subprocess
 
 from bench.arena import GATEWAY, Arena, Target
 from bench.common import Run, Section, random_file
+from bench.http import rounds
 
 MB = 1e6
 
@@ -68,8 +69,12 @@ def scenario(run: Run, arena: Arena) -> Section:
     med = {n: (statistics.median(d), statistics.median(u)) for n, (d, u) in got.items()}
     section.tables.append(("", ["path", "download MB/s", "upload MB/s"],
                            [[n, f"{d:,.0f}", f"{u:,.0f}"] for n, (d, u) in med.items()]))
+    gw_down, gw_up = got[GATEWAY]
     section.tables.append((
-        "Ratios of throughput (above 1: the gateway is faster)", ["ratio", "download", "upload"],
-        [[f"gateway / {n}", f"{med[GATEWAY][0] / d:.2f}", f"{med[GATEWAY][1] / u:.2f}"]
+        "Ratios of throughput (above 1: the gateway is faster; per round: the ratio of the "
+        "runs made side by side, median and range)",
+        ["ratio", "download", "upload", "download, per round", "upload, per round"],
+        [[f"gateway / {n}", f"{med[GATEWAY][0] / d:.2f}", f"{med[GATEWAY][1] / u:.2f}",
+          rounds(gw_down, got[n][0]), rounds(gw_up, got[n][1])]
          for n, (d, u) in med.items() if n != GATEWAY]))
     return section

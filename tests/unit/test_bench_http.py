@@ -75,3 +75,30 @@ def test_websocket_echo_pairs_each_round_of_p99(monkeypatch) -> None:
     [row] = _rows(section, "Ratios of round-trip time")
     # p99 medians 3 / 2; rounds 2, 3, 1
     assert row == ["gateway / nginx", "1.00", "1.50", "2.00 (1.00-3.00)"]
+
+
+def test_bulk_pairs_each_round_of_download_and_upload(monkeypatch, tmp_path) -> None:
+    import bench.bulk as bb
+    from bench.arena import GATEWAY, Target
+
+    # seconds per transfer, per path, in the order the rounds make them: MB/s = size / s
+    down = {GATEWAY: [1.0, 2.0, 4.0], "nginx": [2.0, 2.0, 2.0]}
+    up = {GATEWAY: [4.0, 1.0, 2.0], "nginx": [1.0, 1.0, 4.0]}
+    made = {"down": {}, "up": {}}
+
+    def took(kind: str, table: dict, target: Target) -> float:
+        i = made[kind].get(target.name, 0)
+        made[kind][target.name] = i + 1
+        return table[target.name][i]
+
+    monkeypatch.setattr(bb, "download", lambda target: took("down", down, target))
+    monkeypatch.setattr(bb, "upload", lambda target, payload, arena: took("up", up, target))
+    monkeypatch.setattr(bb, "random_file", lambda path, mib: (path.write_bytes(b"x"), path)[1])
+    arena = SimpleNamespace(http={GATEWAY: Target(GATEWAY, 1), "nginx": Target("nginx", 2)},
+                            notes=[], work=tmp_path)
+    section = bb.scenario(SimpleNamespace(runs=3, bulk_mib=1, profile="off"), arena)
+    [row] = _rows(section, "Ratios of throughput")
+    # download: the gateway's 1, 1/2, 1/4 against nginx's 1/2 each: rounds 2, 1, 0.5,
+    # medians 1/2 and 1/2; upload: 1/4, 1, 1/2 against 1, 1, 1/4: rounds 0.25, 1, 2,
+    # medians 1/2 and 1 (sorting either side first would pair them otherwise)
+    assert row == ["gateway / nginx", "1.00", "0.50", "1.00 (0.50-2.00)", "1.00 (0.25-2.00)"]
