@@ -9,12 +9,13 @@
  * is exactly what that way turns into the same bytes (tests/unit/test_answer_lane.py
  * holds the two against each other with hypothesis):
  *
- *   - a status line "HTTP/1.1 DDD reason" with 200 <= DDD <= 599, not 204 or 304, and
- *     a reason of printable ASCII that neither starts nor ends with a space;
+ *   - a status line "HTTP/1.1 DDD reason" with 200 <= DDD <= 599 and a reason of
+ *     printable ASCII that neither starts nor ends with a space;
  *   - field lines "name: value" (any spaces after the colon), the name a token, the
  *     value printable ASCII with inner spaces, neither empty nor ending in a space;
  *   - exactly one Content-Length, of digits, equal to the bytes after the head: the
- *     whole body is in `data` and nothing follows it;
+ *     whole body is in `data` and nothing follows it; for a 204 or a 304 (no body,
+ *     whatever a Content-Length says, as llhttp reads them) nothing after the head;
  *   - no Transfer-Encoding, Set-Cookie, Upgrade, TE, Trailer or Proxy-* field, and a
  *     Connection field only when it says keep-alive (the tool keeps the connection);
  *   - no Location or Refresh field (path mode rewrites them; with Set-Cookie declined
@@ -114,8 +115,7 @@ static PyObject *answer(PyObject *self, PyObject *arg) {
         d[11] > '9' || d[12] != ' ')
         Py_RETURN_NONE;
     const int status = (d[9] - '0') * 100 + (d[10] - '0') * 10 + (d[11] - '0');
-    if (status == 204 || status == 304)
-        Py_RETURN_NONE;
+    const int no_body = status == 204 || status == 304; /* whatever Content-Length says */
     Py_ssize_t p = 13;
     const Py_ssize_t reason_start = p;
     while (p < n && is_print((unsigned char)d[p]))
@@ -183,7 +183,7 @@ static PyObject *answer(PyObject *self, PyObject *arg) {
         }
         p += 2;
     }
-    if (length < 0 || length != (long long)(n - p))
+    if (no_body ? p != n : (length < 0 || length != (long long)(n - p)))
         Py_RETURN_NONE; /* no length, or the body is not exactly the rest of the read */
     out_len += 4 + (n - p); /* the head's end, the body */
 

@@ -46,6 +46,10 @@ TORNADO = (b"HTTP/1.1 200 OK\r\nServer: TornadoServer/6.4\r\nContent-Type: text/
            b"Date: Fri, 04 Dec 2026 23:00:00 GMT\r\nEtag: \"abc\"\r\nContent-Length: 7\r\n"
            b"Cache-Control: max-age=0\r\n\r\nbody{x}")
 
+# A browser's revalidation answered: no body, whatever its Content-Length says.
+REVALIDATED = (b"HTTP/1.1 304 Not Modified\r\nServer: TornadoServer/6.4\r\n"
+               b"Etag: \"abc\"\r\nContent-Length: 7\r\n\r\n")
+
 
 def exchange(request: bytes = GET, router: Router = ROUTER, tool: str | None = None
              ) -> tuple[Exchange, ToolCodec]:
@@ -92,7 +96,8 @@ def python_way(data: bytes, mode: str = "subdomain") -> tuple[bytes, Step, tuple
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("response", [NGINX, NODE, TORNADO,
                                       b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-                                      b"HTTP/1.1 599 Custom Thing\r\nContent-Length: 1\r\n\r\nx"])
+                                      b"HTTP/1.1 599 Custom Thing\r\nContent-Length: 1\r\n\r\nx",
+                                      REVALIDATED, b"HTTP/1.1 204 No Content\r\n\r\n"])
 def test_plain_answers_take_the_lane_and_match_the_python_way(response: bytes, mode: str
                                                               ) -> None:
     got = answer(response)
@@ -115,8 +120,8 @@ def test_hop_by_hop_lines_go_and_the_status_line_is_kept() -> None:
 @pytest.mark.parametrize("response", [
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nSet-Cookie: _xsrf=1; Domain=studios.test\r\nContent-Length: 2\r\n\r\nhi",
-    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
-    b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\nbody",  # a 304 has none
+    b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n",
     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
     b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",  # not kept alive by llhttp
@@ -243,11 +248,14 @@ def responses(draw: Any) -> bytes:
         eol = draw(_EOLS)
         fields = draw(st.lists(st.tuples(_NAMES, _SEPARATORS, _VALUES, _EOLS), max_size=6))
         end = draw(_EOLS)
-    status = draw(st.sampled_from([b"200", b"201", b"206", b"301", b"404", b"500", b"599"])
+    status = draw(st.sampled_from([b"200", b"201", b"204", b"206", b"301", b"304", b"404",
+                                   b"500", b"599"])
                   if clean else
                   st.sampled_from([b"200", b"204", b"304", b"404", b"100", b"101", b"199",
                                    b"600", b"099", b"2000", b"20"]))
     body = draw(st.binary(max_size=20))
+    if status in (b"204", b"304") and draw(st.booleans()):
+        body = b""  # (their Content-Length, if any, still says the size it would have)
     length = draw(st.sampled_from(["right"] * (9 if clean else 3) + ["off", "none", "twice"]))
     lines = [name + sep + value + e for name, sep, value, e in fields]
     cl = b"Content-Length: %d\r\n" % (len(body) + (1 if length == "off" else 0))
