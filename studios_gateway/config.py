@@ -524,8 +524,9 @@ VARIABLES: tuple[Var, ...] = (
        "or json (log namespace studios_gateway.access; written whatever CONNECT_LOG_LEVEL).",
        seed=False, section="operations"),
     _v("CONNECT_COMPILED_LANE", "compiled_lane", "on", _bool,
-       "Answer a tool's whole, plain response (Content-Length body, no cookie or "
-       "redirect) in one C call instead of the Python way; off: always the Python way. An "
+       "Answer a tool's plain response (Content-Length body, no cookie or redirect) with "
+       "one C call and its body as it comes, instead of the Python way; off: always the "
+       "Python way. An "
        "install built without a C compiler has only the Python way (check-config says so).",
        seed=False, section="operations"),
     _v("CONNECT_QUOTA_WINDOW", "quota_window", "24h", _positive_duration,

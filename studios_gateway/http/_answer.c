@@ -1,7 +1,10 @@
-/* The compiled lane's way back: a tool's whole answer, read in one piece, as the
+/* The compiled lane's way back: a tool's answer, its head read in one piece, as the
  * browser's bytes, in one call.
  *
- * answer(data) -> (bytes, status) | None
+ * answer(data) -> (bytes, status, rest) | None
+ *
+ * `rest`: the body's bytes still to come after this read (0: the answer is whole);
+ * they are the browser's bytes as they are (Exchange.lane_more counts them).
  *
  * It recognises a narrow, strict subset of HTTP/1.1 responses and returns None for
  * anything outside it, which then takes the Python way (ResponseReader, llhttp,
@@ -13,8 +16,8 @@
  *     printable ASCII that neither starts nor ends with a space;
  *   - field lines "name: value" (any spaces after the colon), the name a token, the
  *     value printable ASCII with inner spaces, neither empty nor ending in a space;
- *   - exactly one Content-Length, of digits, equal to the bytes after the head: the
- *     whole body is in `data` and nothing follows it; for a 204 or a 304 (no body,
+ *   - exactly one Content-Length, of digits, at least the bytes after the head (what
+ *     the read has of the body; nothing after the body); for a 204 or a 304 (no body,
  *     whatever a Content-Length says, as llhttp reads them) nothing after the head;
  *   - no Transfer-Encoding, Set-Cookie, Upgrade, TE, Trailer or Proxy-* field, and a
  *     Connection field only when it says keep-alive (the tool keeps the connection);
@@ -183,8 +186,9 @@ static PyObject *answer(PyObject *self, PyObject *arg) {
         }
         p += 2;
     }
-    if (no_body ? p != n : (length < 0 || length != (long long)(n - p)))
-        Py_RETURN_NONE; /* no length, or the body is not exactly the rest of the read */
+    if (no_body ? p != n : (length < 0 || length < (long long)(n - p)))
+        Py_RETURN_NONE; /* no length, or more than the body in the read */
+    const long long rest = no_body ? 0 : length - (long long)(n - p);
     out_len += 4 + (n - p); /* the head's end, the body */
 
     PyObject *out = PyBytes_FromStringAndSize(NULL, out_len);
@@ -212,13 +216,13 @@ static PyObject *answer(PyObject *self, PyObject *arg) {
         PyErr_SetString(PyExc_SystemError, "answer(): length mismatch");
         return NULL;
     }
-    return Py_BuildValue("(Ni)", out, status);
+    return Py_BuildValue("(NiL)", out, status, rest);
 }
 
 static PyMethodDef methods[] = {
     {"answer", answer, METH_O,
-     "answer(data) -> (bytes for the browser, status) | None: a tool's whole answer "
-     "in one read, the strict case only."},
+     "answer(data) -> (bytes for the browser, status, body bytes still to come) | None: "
+     "a tool's answer whose head is in this read, the strict case only."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -303,6 +303,7 @@ class Exchange:
     problem: HeadRefused | None = None  # why the body was refused / the tool broke
     status: int | None = None  # the status sent to the client (for the access log)
     memo: HeadMemo | None = None  # the connection's memo of this request's head
+    lane_rest = 0  # body bytes still to come of an answer the compiled lane began
 
     def __init__(self, request: RequestHead, body: RequestBody, limits: Limits):
         self.request = request
@@ -461,11 +462,12 @@ class Exchange:
             return b"".join(out), BROKEN, None
         return b"".join(out), NEED_DATA, None
 
-    def whole_answer(self, codec: ToolCodec, data: bytes, answer: Any) -> bytes | None:
-        """The compiled lane's way back: when `data` is the tool's whole answer in the
+    def lane_answer(self, codec: ToolCodec, data: bytes, answer: Any) -> bytes | None:
+        """The compiled lane's way back: when `data` starts the tool's answer in the
         strict form `answer` (studios_gateway.http.lane) takes, the client's bytes for
-        it, the exchange and `codec` left as pump_response leaves them after a complete
-        response; None (nothing changed): feed `data` to `codec` the Python way. (The
+        it, the exchange and `codec` left as pump_response leaves them (after a
+        complete response, or one whose body goes on: `lane_rest` bytes of it, for
+        lane_more); None (nothing changed): feed `data` to `codec` the Python way. (The
         form has none of the fields path mode rewrites: both modes take the lane.)"""
         req = self.request
         if (not self.request_done or self.response_started or not req.keep_alive
@@ -475,12 +477,35 @@ class Exchange:
         got = answer(data)
         if got is None:
             return None
-        out, status = got
-        codec.reader.read_whole()
+        out, status, rest = got
         self.response_started = self.head_sent = True
         self.status = status
-        self.framer.done = True
+        if rest:
+            self.lane_rest = rest
+            codec.reader.started = True
+        else:
+            codec.reader.read_whole()
+            self.framer.done = True
         return out
+
+    def lane_more(self, codec: ToolCodec, data: bytes) -> tuple[bytes, bool]:
+        """More of a body the lane answers (`lane_rest` > 0): the client's bytes (the
+        tool's, up to the body's end) and whether the response is complete. Bytes past
+        the body are the tool saying more than its answer: dropped, and the connection
+        is not reused (as ResponseReader decides)."""
+        rest = self.lane_rest
+        n = len(data)
+        if n < rest:
+            self.lane_rest = rest - n
+            return data, False
+        self.lane_rest = 0
+        reader = codec.reader
+        reader.read_whole()
+        if n > rest:
+            reader.extra = True
+            data = data[:rest]
+        self.framer.done = True
+        return data, True
 
     def _tool_response_headers(self, headers: list[tuple[bytes, bytes]], changed: bool
                                ) -> list[tuple[bytes, bytes]]:

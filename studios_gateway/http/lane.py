@@ -1,9 +1,10 @@
 """The compiled lane: the parts of the proxy's per-request work done in one C call.
 
-Today one part, the way back (``_answer.c``): a tool's whole answer, read in one piece
-(a status line, plain field lines, a Content-Length body all there), becomes the
-browser's bytes in one call instead of llhttp's callbacks, the header pass and the
-framer. It takes only a strict subset of responses and returns None for the rest,
+Today one part, the way back (``_answer.c``): a tool's answer whose head is read in one
+piece (a status line, plain field lines, a Content-Length body, all of it or its
+start) becomes the browser's bytes in one call instead of llhttp's callbacks, the
+header pass and the framer; the rest of its body is counted and passed on as it comes
+(``Exchange.lane_more``). It takes only a strict subset of responses and returns None for the rest,
 which take the Python way with every one of its verdicts; what it takes gives the
 same bytes as the Python way (tests/unit/test_answer_lane.py holds them against each
 other). docs/decisions/compiled-lane.md has the measurements.
@@ -19,8 +20,8 @@ from typing import Any
 
 __all__ = ["Answer", "available", "load", "stale"]
 
-# answer(data) -> (bytes for the browser, status) | None
-Answer = Callable[[bytes], "tuple[bytes, int] | None"]
+# answer(data) -> (bytes for the browser, status, body bytes still to come) | None
+Answer = Callable[[bytes], "tuple[bytes, int, int] | None"]
 
 _module: Any
 try:

@@ -774,13 +774,23 @@ class ProxyProtocol(Protocol):
         obs = f.observer
         if obs is not None and obs.throttles is not None:
             self._pace(conn.pacer(f.reactor), ex.session_id, len(data))
-        answer = f.answer
-        if answer is not None:  # the compiled lane: a whole answer in one call
-            out = ex.whole_answer(conn.codec, data, answer)
-            if out is not None:
-                self._bytes_out += len(out)
-                self.transport.write(out)
+        if ex.lane_rest:  # the rest of a body the compiled lane answers: as it comes
+            out, done = ex.lane_more(conn.codec, data)
+            self._bytes_out += len(out)
+            self.transport.write(out)
+            if done:
                 self._response_done(ex, conn)
+            return
+        answer = f.answer
+        if answer is not None:  # the compiled lane: an answer's head (and body) in one call
+            began = ex.lane_answer(conn.codec, data, answer)
+            if began is not None:
+                self._bytes_out += len(began)
+                self.transport.write(began)
+                if ex.lane_rest:
+                    self._cancel_response_timer()  # (the response started)
+                else:
+                    self._response_done(ex, conn)
                 return
         conn.codec.receive(data)
         self._pump_response(ex, conn)

@@ -83,10 +83,35 @@ MODES = {
 }
 
 
-def python_way(data: bytes, mode: str = "subdomain") -> tuple[bytes, Step, tuple[Any, ...]]:
+def python_way(data: bytes | list[bytes], mode: str = "subdomain"
+               ) -> tuple[bytes, Step, tuple[Any, ...]]:
+    """The tool's reads (one, or pieces) the Python way, until the response ends."""
     ex, codec = exchange(*MODES[mode])
-    codec.receive(data)
-    out, step, _ = ex.pump_response(codec)
+    out, step = b"", Step.NEED_DATA
+    for piece in [data] if isinstance(data, bytes) else data:
+        codec.receive(piece)
+        got, step, _ = ex.pump_response(codec)
+        out += got
+        if step is not Step.NEED_DATA:
+            break
+    return out, step, state(ex, codec)
+
+
+def lane_way(pieces: list[bytes], mode: str = "subdomain"
+             ) -> tuple[bytes, Step, tuple[Any, ...]] | None:
+    """The same reads through the lane (None: it declined the first), as the proxy makes
+    them: lane_answer, then lane_more while its body goes on."""
+    ex, codec = exchange(*MODES[mode])
+    out = ex.lane_answer(codec, pieces[0], answer)
+    if out is None:
+        return None
+    step = Step.NEED_DATA if ex.lane_rest else Step.COMPLETE
+    for piece in pieces[1:]:
+        if step is Step.COMPLETE:
+            break
+        got, done = ex.lane_more(codec, piece)
+        out += got
+        step = Step.COMPLETE if done else step
     return out, step, state(ex, codec)
 
 
@@ -104,15 +129,16 @@ def test_plain_answers_take_the_lane_and_match_the_python_way(response: bytes, m
     assert got is not None, "the lane declined an answer it exists for"
     out, step, after = python_way(response, mode)
     assert step is Step.COMPLETE
-    assert got == (out, int(response[9:12]))
+    assert got == (out, int(response[9:12]), 0)
     ex, codec = exchange(*MODES[mode])
-    assert ex.whole_answer(codec, response, answer) == out
+    assert ex.lane_answer(codec, response, answer) == out
     assert state(ex, codec) == after
 
 
 def test_hop_by_hop_lines_go_and_the_status_line_is_kept() -> None:
     got = answer(NODE)
     assert got is not None
+    assert got[2] == 0
     assert got[0] == (b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n"
                       b"Content-Length: 2\r\nDate: Fri, 04 Dec 2026 23:00:00 GMT\r\n\r\n{}")
 
@@ -127,11 +153,9 @@ def test_hop_by_hop_lines_go_and_the_status_line_is_kept() -> None:
     b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi",  # not kept alive by llhttp
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Mine\r\n\r\nhi",
-    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nhi",  # the body is not all here
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 200 OK\r\n",  # more than it
     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
     b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nhi",
-    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
     b"HTTP/1.1 200 OK\r\n\r\nclose-delimited",
     b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nhi",
     b"HTTP/1.1 200 OK\r\nX-Bad : a\r\nContent-Length: 2\r\n\r\nhi",
@@ -156,7 +180,7 @@ def test_what_the_lane_declines(response: bytes) -> None:
     assert answer(response) is None
     ex, codec = exchange()
     before = state(ex, codec)
-    assert ex.whole_answer(codec, response, answer) is None
+    assert ex.lane_answer(codec, response, answer) is None
     assert state(ex, codec) == before  # untouched: the Python way reads it as always
 
 
@@ -172,22 +196,22 @@ def test_the_exchange_decides_when_the_lane_may_answer_at_all() -> None:
          b"Upgrade: websocket\r\n\r\n", ROUTER, None),
     ]:
         ex, codec = exchange(request, router, tool)
-        assert ex.whole_answer(codec, NGINX, answer) is None, request
+        assert ex.lane_answer(codec, NGINX, answer) is None, request
     # either mode's tool routes: the lane
     for mode in MODES.values():
         ex, codec = exchange(*mode)
-        assert ex.whole_answer(codec, NGINX, answer) is not None
+        assert ex.lane_answer(codec, NGINX, answer) is not None
     # the answer's head already begun (a read before this one): the Python way
     ex, codec = exchange()
     codec.receive(NGINX[:20])
-    assert ex.whole_answer(codec, NGINX[20:], answer) is None
+    assert ex.lane_answer(codec, NGINX[20:], answer) is None
 
 
 def test_the_connection_reads_its_next_answer_after_the_lane() -> None:
     # the lane leaves llhttp's parser where the next response starts: the Python way
     # and the lane alternate on one pooled connection
     ex, codec = exchange()
-    assert ex.whole_answer(codec, NGINX, answer) is not None
+    assert ex.lane_answer(codec, NGINX, answer) is not None
     codec.next_cycle()
     ex2, _ = exchange()
     ex2.tool_head(codec, "192.0.2.7", False, "http")
@@ -195,6 +219,35 @@ def test_the_connection_reads_its_next_answer_after_the_lane() -> None:
     out, step, _ = ex2.pump_response(codec)
     assert step is Step.COMPLETE and out.endswith(b"2\r\nhi\r\n0\r\n\r\n")
     assert codec.idle()
+
+
+def test_a_body_over_several_reads_is_counted_and_passed_on() -> None:
+    head_end = NGINX.index(b"\r\n\r\n") + 4
+    got = answer(NGINX[:head_end + 1])
+    assert got is not None and got[2] == 4  # "hello": 1 byte here, 4 to come
+    for pieces in ([NGINX[:head_end], NGINX[head_end:]],
+                   [NGINX[:head_end + 1], b"el", b"lo"],
+                   [NGINX[:head_end + 1], b"ello" + b"HTTP/1.1 200 OK\r\n"]):  # says more
+        lane = lane_way(pieces)
+        assert lane is not None and lane == python_way(pieces), pieces
+        assert lane[1] is Step.COMPLETE and lane[2][5] == (pieces[-1] != b"ello"
+                                                           b"HTTP/1.1 200 OK\r\n")
+    # not all of it came: both ways wait for the rest, the connection not reusable yet
+    assert lane_way([NGINX[:head_end + 2]]) == python_way([NGINX[:head_end + 2]])
+
+
+@pytest.mark.parametrize("cut", [10, 300, len(NGINX) - 1])
+def test_a_tool_that_closes_mid_answer_ends_the_client_either_way(cut: int) -> None:
+    seen = []
+    for compiled in (True, False):
+        h = Harness(compiled_lane=compiled)
+        p, t = h.client()
+        p.dataReceived(GET)
+        up, _ = h.up()
+        up.dataReceived(NGINX[:cut])
+        up.connectionLost(None)
+        seen.append((t.value(), t.disconnecting, len(h.upstream.conns)))
+    assert seen[0] == seen[1]
 
 
 def test_not_bytes_is_a_type_error() -> None:
@@ -273,37 +326,43 @@ def responses(draw: Any) -> bytes:
 
 
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(responses(), st.sampled_from(sorted(MODES)))
-@example(NGINX, "subdomain")
-@example(NODE, "path rstudio")
-def test_the_lane_gives_what_the_python_way_gives(data: bytes, mode: str) -> None:
-    got = answer(data)
+@given(responses(), st.sampled_from(sorted(MODES)), st.lists(st.integers(1, 400), max_size=3))
+@example(NGINX, "subdomain", [])
+@example(NODE, "path rstudio", [150])
+def test_the_lane_gives_what_the_python_way_gives(data: bytes, mode: str, cuts: list[int]
+                                                  ) -> None:
+    """The tool's answer in one read or cut in pieces (a body over several reads)."""
+    pieces = _pieces(data, cuts)
+    got = lane_way(pieces, mode)
     if got is None:
         ex, codec = exchange(*MODES[mode])
         before = state(ex, codec)
-        assert ex.whole_answer(codec, data, answer) is None
+        assert ex.lane_answer(codec, pieces[0], answer) is None
         assert state(ex, codec) == before
         return
-    out, step, after = python_way(data, mode)
-    assert step is Step.COMPLETE, (data, out)
-    assert got == (out, after[2])
-    assert after[5], "the lane took an answer after which the connection is not reusable"
-    ex, codec = exchange(*MODES[mode])
-    assert ex.whole_answer(codec, data, answer) == out
-    assert state(ex, codec) == after
+    assert got == python_way(pieces, mode), (pieces, got)
+    if got[1] is Step.COMPLETE and len(pieces) == 1:
+        assert got[2][5], "the lane took an answer after which the connection is not reusable"
+
+
+def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % len(data) for c in cuts if data and c % len(data)} | {len(data)})
+    return [data[a:b] for a, b in zip([0, *points], points, strict=False)] or [data]
 
 
 @settings(max_examples=300, deadline=None)
-@given(responses(), st.booleans())
-def test_the_proxy_says_the_same_with_and_without_the_lane(data: bytes, path: bool) -> None:
-    """Through the proxy protocol (fake transports), in either routing mode: the client's
-    bytes, the status, the pooled tool connection and the next request on it, lane on
-    and off."""
-    seen = [_through_proxy(data, compiled, path) for compiled in (True, False)]
+@given(responses(), st.booleans(), st.lists(st.integers(1, 400), max_size=3))
+def test_the_proxy_says_the_same_with_and_without_the_lane(data: bytes, path: bool,
+                                                           cuts: list[int]) -> None:
+    """Through the proxy protocol (fake transports), in either routing mode, the answer in
+    one read or in pieces: the client's bytes, the status, the pooled tool connection and
+    the next request on it, lane on and off."""
+    pieces = _pieces(data, cuts)
+    seen = [_through_proxy(pieces, compiled, path) for compiled in (True, False)]
     assert seen[0] == seen[1]
 
 
-def _through_proxy(data: bytes, compiled: bool, path: bool) -> tuple[Any, ...]:
+def _through_proxy(pieces: list[bytes], compiled: bool, path: bool) -> tuple[Any, ...]:
     h = Harness(path_routing=path, compiled_lane=compiled)
     assert (h.factory.answer is not None) == compiled
     request = PATH_GET if path else GET
@@ -311,7 +370,10 @@ def _through_proxy(data: bytes, compiled: bool, path: bool) -> tuple[Any, ...]:
     p.dataReceived(request)
     up, ut = h.up()
     first_request = ut.value()
-    up.dataReceived(data)
+    for piece in pieces:
+        if up.transport.disconnecting:
+            break
+        up.dataReceived(piece)
     first = (t.value(), t.disconnecting, up.transport.disconnecting)
     t.clear()
     ut.clear()
