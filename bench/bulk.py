@@ -9,8 +9,7 @@ import statistics
 import subprocess
 
 from bench.arena import GATEWAY, Arena, Target
-from bench.common import Run, Section, random_file
-from bench.http import rounds
+from bench.common import Run, Section, random_file, rounds
 
 MB = 1e6
 

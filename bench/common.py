@@ -11,6 +11,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -115,3 +116,13 @@ def wrk(url: str, connections: int, seconds: float, headers: dict[str, str] | No
                          text):
         errors += int(m.group(1) or m.group(2) or 0)
     return WrkResult(float(rps.group(1)), _ms(p50.group(1)), _ms(p99.group(1)), errors)
+
+
+def rounds(a: list[float], b: list[float]) -> str:
+    """The ratio a / b in each round, as "median (lowest-highest)". Runs go round-robin
+    over the paths, so run i of each path ran side by side: the range shows how much of
+    a ratio is the sitting."""
+    got = [x / y for x, y in zip(a, b, strict=True) if y]
+    if not got:
+        return "-"
+    return f"{statistics.median(got):.2f} ({min(got):.2f}-{max(got):.2f})"

@@ -24,21 +24,11 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Ping, RejectConnection, Request, TextMessage
 
 from bench.arena import GATEWAY, Arena, Target
-from bench.common import Run, Section, wrk
+from bench.common import Run, Section, rounds, wrk
 
 
 def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b else "-"
-
-
-def rounds(a: list[float], b: list[float]) -> str:
-    """The ratio a / b in each round, as "median (lowest-highest)". Runs go round-robin
-    over the paths, so run i of each path ran side by side: the range shows how much of
-    a ratio is the sitting."""
-    got = [x / y for x, y in zip(a, b, strict=True) if y]
-    if not got:
-        return "-"
-    return f"{statistics.median(got):.2f} ({min(got):.2f}-{max(got):.2f})"
 
 
 def small_responses(run: Run, arena: Arena) -> Section:
