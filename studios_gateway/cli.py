@@ -33,10 +33,9 @@ def check_config(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     from studios_gateway.http import lane
 
-    if config.compiled_lane and not lane.available():
-        print("warning: CONNECT_COMPILED_LANE is on, but this install was built without "
-              "its C extension (no C compiler or Python headers): every answer takes the "
-              "Python way")
+    no_lane = lane.missing(config.compiled_lane)
+    if no_lane is not None:
+        print(f"warning: {no_lane}")
     from studios_gateway.http.component import check_https_certificate
 
     problem = check_https_certificate(config)  # what the start would refuse

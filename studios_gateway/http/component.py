@@ -235,9 +235,9 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
                   auth: Auth, traffic: Traffic | None = None) -> ProxyFactory:
     """The proxy for this gateway's config, store, dialer and login."""
     tls = bool(config.tls_cert_file and config.tls_key_file)
-    if config.compiled_lane and not lane.available():
-        Logger().warn("CONNECT_COMPILED_LANE is on, but this install has no compiled lane "
-                      "(built without a C compiler): every answer takes the Python way")
+    no_lane = lane.missing(config.compiled_lane)
+    if no_lane is not None:
+        Logger().warn("{problem}", problem=no_lane)
     return ProxyFactory(
         router=Router(config.effective_studios_domain, config.proxy_host, config.path_routing),
         upstream=TunnelUpstream(dialer),

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Answer", "available", "load", "stale"]
+__all__ = ["Answer", "available", "load", "missing", "stale"]
 
 # answer(data) -> (bytes for the browser, status, body bytes still to come) | None
 Answer = Callable[[bytes], "tuple[bytes, int, int] | None"]
@@ -47,6 +47,15 @@ def stale() -> bool:
 def available() -> bool:
     """The extension was built and loads."""
     return _answer is not None
+
+
+def missing(enabled: bool) -> str | None:
+    """What to tell the operator when the lane is `enabled` but this install has none
+    (check-config prints it, the gateway logs it at start); None: nothing to say."""
+    if not enabled or available():
+        return None
+    return ("CONNECT_COMPILED_LANE is on, but this install was built without its C "
+            "extension (no C compiler or Python headers): every answer takes the Python way")
 
 
 def load(enabled: bool) -> Answer | None:
