@@ -34,6 +34,14 @@ most any lane can reach; each step of the lane is measured against it.
 each answer (nginx ``keepalive_requests 1``, as HTTP/1.0 tools and some development
 servers do): the gateway's pooled stream goes with it, so every request opens a tunnel
 stream and ``studios-connect`` connects to the tool: the stream-open path's cost.
+
+``--scenario upload`` and ``--scenario download`` are bench/run's bulk transfer (curl,
+one connection, a PUT of ``--mib`` MiB to nginx's WebDAV, or a GET of a file that size)
+through each tree's path, runs round-robin: per tree the median MB/s, the CPU seconds
+per GB of the gateway and of ``studios-connect`` (compare these first: on 2 CPUs
+shared by curl, gateway, studios-connect and nginx, MB/s follows the sum of everyone's
+CPU per byte), and each run's MB/s. Per-byte changes usually touch both ends of the
+tunnel, so give each tree its own studios-connect with ``--connect``.
 """
 
 from __future__ import annotations
@@ -49,7 +57,8 @@ import psutil
 
 from bench import baselines, deploy
 from bench.arena import Target
-from bench.common import Processes, wrk
+from bench.bulk import curl
+from bench.common import Processes, random_file, wrk
 from bench.http import echo_run
 from bench.main import work_dir
 from bench.ssh import REPO
@@ -77,9 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ceiling", action="store_true",
                    help="add a path 'ceiling': the first tree with no HTTP work for a repeated "
                    "request (bench/ceiling.py)")
-    p.add_argument("--scenario", choices=("small", "small-close", "websocket"),
+    p.add_argument("--scenario",
+                   choices=("small", "small-close", "websocket", "upload", "download"),
                    default="small", help="wrk GETs of a small response (small-close: from a "
-                   "tool that closes after each answer), or the WebSocket echo")
+                   "tool that closes after each answer), the WebSocket echo, or one bulk "
+                   "transfer with curl")
+    p.add_argument("--mib", type=int, default=512,
+                   help="the size of each bulk transfer (upload, download)")
     args = p.parse_args(argv)
     trees = [tuple(t.split("=", 1)) for t in args.tree]
     if any(len(t) != 2 or not Path(t[1]).is_dir() for t in trees):
@@ -90,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ceiling:
         if any(name == "ceiling" for name, _ in trees):
             p.error("--ceiling adds a tree named 'ceiling': name the others differently")
-        if args.scenario == "websocket":
-            p.error("--ceiling measures small requests (a WebSocket's frames take no HTTP work)")
+        if args.scenario not in ("small", "small-close"):
+            p.error("--ceiling measures small requests (the others take little HTTP work)")
         first = str(Path(trees[0][1]).resolve())
         trees.append(("ceiling", first))
         connect_trees.setdefault("ceiling", connect_trees.get(trees[0][0], args.connect_tree))
@@ -107,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.scenario == "websocket":
             tool_port = deploy.start_demo_tool(procs)[0]
         else:
-            tool_port = baselines.start_nginx_tool(
-                procs, work, 1 << 20,
-                keepalive_requests=1 if args.scenario == "small-close" else None).port
+            tool = baselines.start_nginx_tool(
+                procs, work, args.mib << 20 if args.scenario == "download" else 1 << 20,
+                keepalive_requests=1 if args.scenario == "small-close" else None)
+            tool_port = tool.port
         paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Process]] = {}
         for name, tree in trees:
             gw = deploy.start_gateway(procs, work, name=f"gateway-{name}",
@@ -121,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             paths[name] = (studio, psutil.Process(gw.pid), psutil.Process(studio.connect.pid))
         if args.scenario == "websocket":
             _websocket(paths, args.runs, args.seconds)
+            return 0
+        if args.scenario in ("upload", "download"):
+            _bulk(paths, args.scenario, args.runs, args.mib, work, tool.dir)
             return 0
         rows: dict[tuple[str, int], list[tuple[float, ...]]] = {}
         for conns in (int(c) for c in args.conns.split(",")):
@@ -161,6 +178,35 @@ def _websocket(paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Proc
         print(f"{name:10} echo  p50 {med[0]:6.3f} ms  p99 {med[1]:6.3f} ms "
               f"(runs: {' '.join(f'{x[1]:.2f}' for x in rows)})  gateway CPU {med[2]:4.0f} "
               f"us/round trip  connect CPU {med[3]:4.0f} us/round trip", flush=True)
+
+
+def _bulk(paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Process]],
+          scenario: str, runs: int, mib: int, work: Path, tool_dir: Path) -> None:
+    """bench/run's bulk transfer through each tree's path, runs round-robin."""
+    size = mib << 20
+    payload = str(random_file(work / "payload.bin", mib)) if scenario == "upload" else ""
+    put = tool_dir / "put" / "payload.bin"
+    got: dict[str, list[tuple[float, float, float]]] = {}
+    for _ in range(runs):
+        for name, (studio, gp, cp) in paths.items():
+            target = Target(name, studio.gateway.http_port, studio.headers)
+            g0, c0 = _cpu(gp), _cpu(cp)
+            if scenario == "upload":
+                took = curl(["-T", payload, target.url("/upload/payload.bin")], target)
+                if put.stat().st_size != size:
+                    raise RuntimeError(f"upload via {name}: the tool got "
+                                       f"{put.stat().st_size} bytes")
+                put.unlink()
+            else:
+                took = curl([target.url("/download")], target)
+            gb = size / 1e9
+            got.setdefault(name, []).append(
+                (size / took / 1e6, (_cpu(gp) - g0) / gb, (_cpu(cp) - c0) / gb))
+    for name, rows in got.items():
+        med = [statistics.median(x[i] for x in rows) for i in range(3)]
+        print(f"{name:10} {scenario:8} {med[0]:6,.0f} MB/s  gateway CPU {med[1]:5.2f} s/GB  "
+              f"connect CPU {med[2]:5.2f} s/GB  (runs: "
+              f"{' '.join(f'{x[0]:.0f}' for x in rows)})", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from bench.common import Run, Section, random_file, rounds
 MB = 1e6
 
 
-def _curl(argv: list[str], target: Target) -> float:
+def curl(argv: list[str], target: Target) -> float:
     """Run curl; returns its transfer time in seconds (checks the status)."""
     cmd = ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{http_code} %{time_total}",
            "--max-time", "300"]
@@ -30,12 +30,12 @@ def _curl(argv: list[str], target: Target) -> float:
 
 
 def download(target: Target) -> float:
-    return _curl([target.url("/download")], target)
+    return curl([target.url("/download")], target)
 
 
 def upload(target: Target, payload: str, arena: Arena) -> float:
     arena.tool.clear_uploads()
-    took = _curl(["-T", payload, target.url("/upload/payload.bin")], target)
+    took = curl(["-T", payload, target.url("/upload/payload.bin")], target)
     got = os.path.getsize(arena.tool.dir / "put" / "payload.bin")
     if got != os.path.getsize(payload):
         raise RuntimeError(f"upload via {target.name}: the tool got {got} bytes")
