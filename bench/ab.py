@@ -41,7 +41,11 @@ through each tree's path, runs round-robin: per tree the median MB/s, the CPU se
 per GB of the gateway and of ``studios-connect`` (compare these first: on 2 CPUs
 shared by curl, gateway, studios-connect and nginx, MB/s follows the sum of everyone's
 CPU per byte), and each run's MB/s. Per-byte changes usually touch both ends of the
-tunnel, so give each tree its own studios-connect with ``--connect``.
+tunnel, so give each tree its own studios-connect with ``--connect``. With ``--pin CPU``
+curl, the gateway, studios-connect and the nginx tool all run on that one CPU during
+each transfer: MB/s is then one CPU over everyone's CPU per byte, without the
+scheduler's placement of four busy processes on two CPUs, which moves the unpinned
+figure by +-10 % between invocations.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import os
 import shutil
 import statistics
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import psutil
@@ -59,6 +64,7 @@ from bench import baselines, deploy
 from bench.arena import Target
 from bench.bulk import curl
 from bench.common import Processes, random_file, wrk
+from bench.hops import pinned
 from bench.http import echo_run
 from bench.main import work_dir
 from bench.ssh import REPO
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                    "transfer with curl")
     p.add_argument("--mib", type=int, default=512,
                    help="the size of each bulk transfer (upload, download)")
+    p.add_argument("--pin", type=int, default=None, metavar="CPU",
+                   help="upload, download: every process of the path on this one CPU")
     args = p.parse_args(argv)
     trees = [tuple(t.split("=", 1)) for t in args.tree]
     if any(len(t) != 2 or not Path(t[1]).is_dir() for t in trees):
@@ -137,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             _websocket(paths, args.runs, args.seconds)
             return 0
         if args.scenario in ("upload", "download"):
-            _bulk(paths, args.scenario, args.runs, args.mib, work, tool.dir)
+            _bulk(paths, args.scenario, args.runs, args.mib, work, tool.dir,
+                  args.pin, tool.proc.pid)
             return 0
         rows: dict[tuple[str, int], list[tuple[float, ...]]] = {}
         for conns in (int(c) for c in args.conns.split(",")):
@@ -181,7 +190,8 @@ def _websocket(paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Proc
 
 
 def _bulk(paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Process]],
-          scenario: str, runs: int, mib: int, work: Path, tool_dir: Path) -> None:
+          scenario: str, runs: int, mib: int, work: Path, tool_dir: Path,
+          pin: int | None, tool_pid: int) -> None:
     """bench/run's bulk transfer through each tree's path, runs round-robin."""
     size = mib << 20
     payload = str(random_file(work / "payload.bin", mib)) if scenario == "upload" else ""
@@ -191,14 +201,19 @@ def _bulk(paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Process]]
         for name, (studio, gp, cp) in paths.items():
             target = Target(name, studio.gateway.http_port, studio.headers)
             g0, c0 = _cpu(gp), _cpu(cp)
+            # (pid 0: this process, whose curl inherits the CPU)
+            placed = (pinned([0, gp.pid, cp.pid, tool_pid], pin) if pin is not None
+                      else nullcontext())
+            with placed:
+                if scenario == "upload":
+                    took = curl(["-T", payload, target.url("/upload/payload.bin")], target)
+                else:
+                    took = curl([target.url("/download")], target)
             if scenario == "upload":
-                took = curl(["-T", payload, target.url("/upload/payload.bin")], target)
                 if put.stat().st_size != size:
                     raise RuntimeError(f"upload via {name}: the tool got "
                                        f"{put.stat().st_size} bytes")
                 put.unlink()
-            else:
-                took = curl([target.url("/download")], target)
             gb = size / 1e9
             got.setdefault(name, []).append(
                 (size / took / 1e6, (_cpu(gp) - g0) / gb, (_cpu(cp) - c0) / gb))

@@ -137,7 +137,7 @@ def _placed(run: Run, paths: dict[str, Target], pids: dict[str, list[int]], firs
             for placement, client, near, far in (
                     ("one CPU", first, first, first),
                     ("client + first proxy | the rest", first, first, second)):
-                with _pinned([chain[0]], near), _pinned(chain[1:], far), _pinned([0], client):
+                with pinned([chain[0]], near), pinned(chain[1:], far), pinned([0], client):
                     r = wrk(paths[name].url("/small"), 1, run.seconds, paths[name].headers)
                 got.setdefault((name, placement), []).append(r.rps)
     rows = [[n, f"{statistics.median(got[(n, 'one CPU')]):,.0f}",
@@ -149,7 +149,7 @@ def _placed(run: Run, paths: dict[str, Target], pids: dict[str, list[int]], firs
 
 
 @contextmanager
-def _pinned(pids: list[int], cpu: int) -> Iterator[None]:
+def pinned(pids: list[int], cpu: int) -> Iterator[None]:
     """Every thread of these processes and their children on ``cpu`` (pid 0: this
     process, whose children wrk inherits it); afterwards each thread back on the CPUs it
     had, and any thread started meanwhile (it inherited ``cpu``) on every CPU."""

@@ -16,7 +16,10 @@ The extension is optional: an install without a C compiler has none, and
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from studios_gateway import compiled
 
 __all__ = ["Answer", "available", "load", "missing", "stale"]
 
@@ -35,13 +38,7 @@ def stale() -> bool:
     """The extension was built from another version of ``_answer.c`` than the one beside
     it (in a source tree after an edit: rebuild with ``python setup.py build_ext
     --inplace``). An install ships no source: never stale."""
-    import hashlib
-    from pathlib import Path
-
-    source = Path(__file__).with_name("_answer.c")
-    if _module is None or not source.exists():
-        return False
-    return hashlib.sha256(source.read_bytes()).hexdigest()[:16] != _module.source
+    return compiled.stale(_module, Path(__file__).with_name("_answer.c"))
 
 
 def available() -> bool:

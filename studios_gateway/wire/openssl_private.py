@@ -14,11 +14,15 @@ See docs/decisions/tunnel-tls-path.md.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from OpenSSL import SSL
 
-__all__ = ["AVAILABLE", "CONNECTION_ATTRIBUTES", "FUNCTIONS", "ffi", "lib", "missing"]
+from studios_gateway import compiled
+
+__all__ = ["AVAILABLE", "CONNECTION_ATTRIBUTES", "FUNCTIONS", "RECORDS", "RECORD_FUNCTIONS", "ffi",
+           "lib", "missing", "records_stale"]
 
 #: The bindings' functions and constants used here and by the modules named above.
 FUNCTIONS = (
@@ -54,3 +58,41 @@ def missing() -> list[str]:
 
 #: Everything the fast paths use is there.
 AVAILABLE = not missing()
+
+
+def _load_records() -> Any:
+    """The compiled record path (wire/_records.c) given the OpenSSL functions' addresses
+    in the bindings' own library; None when it is not built (an install without a C
+    compiler) or the bindings do not let the addresses be taken."""
+    if not AVAILABLE:
+        return None
+    try:
+        from studios_gateway.wire import _records
+    except ImportError:
+        return None
+    # The bindings' functions live in cffi's Lib object; OpenSSL._util.lib is a module
+    # made from its attributes, which ffi.addressof does not take.
+    real = getattr(lib.SSL_write, "__self__", None)
+    try:
+        addresses = [int(ffi.cast("uintptr_t", ffi.addressof(real, name)))
+                     for name in RECORD_FUNCTIONS]
+    except (TypeError, AttributeError, ffi.error):
+        return None
+    write, read, pending, get_error, bio_read, mem_data = addresses
+    _records.init(write, read, pending, get_error, bio_read, mem_data,
+                  lib.SSL_ERROR_WANT_READ)
+    return _records
+
+
+#: The OpenSSL functions wire/_records.c calls, in init()'s order.
+RECORD_FUNCTIONS = ("SSL_write", "SSL_read", "SSL_pending", "SSL_get_error", "BIO_read",
+                    "BIO_get_mem_data")
+
+#: wire/_records.c, ready to use; None: the records take the Python loop.
+RECORDS: Any = _load_records()
+
+
+def records_stale() -> bool:
+    """wire/_records.c changed since its extension was built (a source tree after an
+    edit); the tests fail on it rather than test the old C."""
+    return compiled.stale(RECORDS, Path(__file__).with_name("_records.c"))

@@ -19,7 +19,11 @@ handling of Twisted's class and replaces the hot path once the handshake is done
   record per call), and what OpenSSL wrote out is taken with one ``BIO_read`` of
   exactly what the BIO holds (``BIO_get_mem_data``'s length) and handed to the
   transport at once: a small write is one record and one transport write, a large
-  one a transport write per :data:`WRITE_CHUNK` of records;
+  one a transport write per :data:`WRITE_CHUNK` of records (a short rest of at most
+  :data:`WRITE_TAIL` goes with the chunk before it);
+- bulk (a write of more than one record, a read of more than :data:`OPEN_MIN`) makes
+  the same OpenSSL calls from C when wire/_records.c is built: no Python per record,
+  and OpenSSL writes straight into the bytes handed on (one copy fewer each way);
 - any other answer from OpenSSL (close_notify, an alert, a renegotiation that
   wants a read) goes to pyOpenSSL's own error translation and then to the same
   handling as Twisted's (``_tlsShutdownFinished``, ``_bufferedWrite``...).
@@ -44,7 +48,8 @@ from twisted.python.failure import Failure
 
 from studios_gateway.wire import openssl_private as _private
 
-__all__ = ["DELIVER", "LEAN", "QUIET", "WRITE_CHUNK", "LeanTLSProtocol", "renew_bios"]
+__all__ = ["DELIVER", "LEAN", "QUIET", "WRITE_CHUNK", "WRITE_TAIL", "LeanTLSProtocol",
+           "renew_bios"]
 
 #: Whether the lean path is in use (pyOpenSSL has everything it needs).
 LEAN = _private.AVAILABLE
@@ -54,8 +59,12 @@ DELIVER = 256 * 1024
 #: The most cleartext encrypted before its records are handed to the transport
 #: (records are at most 16 KiB: four per chunk).
 WRITE_CHUNK = 64 * 1024
-#: The shared buffer for records taken out of the write BIO (WRITE_CHUNK and up to
-#: one more record); more than this at once is read into a buffer of its own.
+#: A rest of a write at most this long goes out with the chunk before it, not alone: a
+#: tunnel frame (12 bytes of header and 64 KiB of data) is one transport write, not a
+#: 64 KiB one and a second one of a 12-byte record (a send and the peer's wake-up each).
+WRITE_TAIL = 4 * 1024
+#: The shared buffer for records taken out of the write BIO (WRITE_CHUNK, a tail and up
+#: to one more record); more than this at once is read into a buffer of its own.
 _OUT_ROOM = WRITE_CHUNK + 20 * 1024
 
 if LEAN:
@@ -74,6 +83,18 @@ if LEAN:
     _in_buf = _alloc("char[]", DELIVER)
     _out_buf = _alloc("char[]", _OUT_ROOM)
     _take = _ffi.unpack  # (char buffer, n): its first n bytes, as bytes
+    _records = _private.RECORDS
+    _seal: Any = _records.seal if _records is not None else None
+    _open: Any = _records.open if _records is not None else None
+
+    def _addr(pointer: Any) -> int:
+        return int(_ffi.cast("uintptr_t", pointer))
+else:
+    _seal = _open = None  # (Twisted's class: nothing here is used)
+
+#: A TCP read longer than this has its records decrypted in C (wire/_records.c) when it
+#: is built; shorter ones (one small record, the usual request or answer) in Python.
+OPEN_MIN = 16 * 1024
 
 #: A read of at most this many bytes (TLS records included) is a quiet one; a read
 #: or write above it marks the BIOs as grown. A BIO renewed at quiet times holds
@@ -183,8 +204,38 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                     conn = self._tlsConnection
             if conn is None:
                 return
-            ssl, into = conn._ssl, conn._into_ssl
             receiver = self._receiver or self.wrappedProtocol
+            if _open is not None and n > OPEN_MIN:
+                self._open_records(conn, receiver)
+            else:
+                self._read_records(conn, receiver)
+            # What reading made OpenSSL write (close_notify's answer, a key update);
+            # nothing, almost always: asked here without a call.
+            conn = self._tlsConnection
+            if conn is not None and _pending(conn._from_ssl, _NULL):
+                self._flushSendBIO()
+            if n and n <= QUIET and self._bios_grown:
+                self.renew_bios()
+
+        def _open_records(self, conn: Any, receiver: Any) -> None:
+            """The records of a bulk read, decrypted in C (wire/_records.c): up to DELIVER
+            bytes of cleartext per call and delivery, as the Python loop does."""
+            while not self._lostTLSConnection:
+                ssl = conn._ssl
+                data, state, result = _open(_addr(ssl), _addr(conn._into_ssl), DELIVER)
+                # Asked at once, before the application runs: its writes change the answer.
+                outcome = self._read_outcome(conn, ssl, result) if state == 2 else None
+                if data is not None and not self._aborted:
+                    receiver.dataReceived(data)
+                if state == 1:  # DELIVER reached; records remain
+                    continue
+                self._act_on(outcome)
+                return
+
+        def _read_records(self, conn: Any, receiver: Any) -> None:
+            """The records the read BIO holds, decrypted and delivered record by record
+            (without the compiled path, and for small reads)."""
+            ssl, into = conn._ssl, conn._into_ssl
             got = 0
             while not self._lostTLSConnection:
                 result = _SSL_read(ssl, _in_buf + got if got else _in_buf, DELIVER - got)
@@ -212,21 +263,18 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                 outcome = self._read_outcome(conn, ssl, result)
                 if got and not self._aborted:
                     receiver.dataReceived(_take(_in_buf, got))
-                if outcome is _CLOSED:
-                    # The peer's close_notify: answer it; the application's
-                    # connectionLost gets the transport's reason.
-                    self._shutdownTLS()
-                    self._tlsShutdownFinished(None)
-                elif outcome is not None:
-                    self._tlsShutdownFinished(outcome)
+                self._act_on(outcome)
                 break
-            # What reading made OpenSSL write (close_notify's answer, a key update);
-            # nothing, almost always: asked here without a call.
-            conn = self._tlsConnection
-            if conn is not None and _pending(conn._from_ssl, _NULL):
-                self._flushSendBIO()
-            if n and n <= QUIET and self._bios_grown:
-                self.renew_bios()
+
+        def _act_on(self, outcome: Failure | object | None) -> None:
+            """A read's end (:meth:`_read_outcome`) acted on, after its cleartext."""
+            if outcome is _CLOSED:
+                # The peer's close_notify: answer it; the application's connectionLost
+                # gets the transport's reason.
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            elif outcome is not None:
+                self._tlsShutdownFinished(outcome)
 
         def _flushReceiveBIO(self) -> None:
             # Twisted's callers (the handshake's last read, connectionLost): the read
@@ -285,8 +333,19 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
 
         def _write_from(self, conn: Any, ssl: Any, data: bytes, done: int) -> None:
             # pyOpenSSL's contexts allow partial writes: SSL_write makes one record
-            # (16 KiB at most) per call. The records go out WRITE_CHUNK at a time.
-            total, sent = len(data), 0
+            # (16 KiB at most) per call. The records go out WRITE_CHUNK at a time, a
+            # last WRITE_TAIL or less with the chunk before it.
+            total = len(data)
+            if _seal is not None:  # the same calls, in C (wire/_records.c)
+                out, done, result = _seal(_addr(ssl), _addr(conn._from_ssl), data, done,
+                                          WRITE_CHUNK, WRITE_TAIL)
+                write = self.transport.write  # type: ignore[union-attr]
+                for records in out:
+                    write(records)
+                if done < total:
+                    self._write_failed(conn, ssl, result, data[done:])
+                return
+            sent = 0
             with _ffi.from_buffer(data) as view:
                 while done < total:
                     result = _SSL_write(ssl, view + done, total - done)
@@ -294,7 +353,8 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                         self._write_failed(conn, ssl, result, data[done:])
                         return
                     done += result
-                    if done - sent >= WRITE_CHUNK or done == total:
+                    if done == total or (done - sent >= WRITE_CHUNK
+                                         and total - done > WRITE_TAIL):
                         self._flushSendBIO()
                         sent = done
 

@@ -59,6 +59,7 @@ def test_control_and_contents(deb: Path, tmp_path: Path) -> None:
     assert "__pycache__" not in contents and "dropin.cache" not in contents
     # the compiled lane, built by pip against Debian's python3-dev (scripts/setup installs it)
     assert "/studios_gateway/http/_answer.cpython-" in contents
+    assert "/studios_gateway/wire/_records.cpython-" in contents  # the tunnel's bulk records
     assert "-rw------- root/root" in next(line for line in contents.splitlines()
                                           if line.endswith("etc/studios-gateway/gateway.env"))
 

@@ -22,6 +22,18 @@ def test_everything_the_fast_paths_use_is_there() -> None:
         assert name in vars(tls_lean.LeanTLSProtocol)
 
 
+def test_the_compiled_record_path_is_built_current_and_in_use() -> None:
+    """setup.py builds wire/_records.c (scripts/setup in place too); the tunnel's bulk
+    records take it."""
+    assert openssl_private.RECORDS is not None, \
+        "wire/_records.c is not built: python setup.py build_ext --inplace"
+    assert not openssl_private.records_stale(), \
+        "studios_gateway/wire/_records.c changed since it was built: " \
+        "python setup.py build_ext --inplace"
+    assert tls_lean._seal is openssl_private.RECORDS.seal
+    assert tls_lean._open is openssl_private.RECORDS.open
+
+
 def _connected_pair(tmp_path: Any) -> tuple[SSL.Connection, SSL.Connection]:
     from studios_gateway.wire import tls
 

@@ -73,6 +73,24 @@ class Wire:
     abortConnection = loseConnection
 
 
+#: The ways records are moved: in C (wire/_records.c) for bulk reads and writes as
+#: configured, in C for every read too, and the Python loop alone (no C build).
+WAYS = ("c", "c-every-read", "python")
+
+
+@pytest.fixture(params=WAYS, autouse=True)
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "python":
+        monkeypatch.setattr(tls_lean, "_seal", None)
+        monkeypatch.setattr(tls_lean, "_open", None)
+    else:
+        assert tls_lean._seal is not None and tls_lean._open is not None, \
+            "wire/_records.c is not built: python setup.py build_ext --inplace"
+        if request.param == "c-every-read":
+            monkeypatch.setattr(tls_lean, "OPEN_MIN", 0)
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     return tls.ensure_self_signed(tmp_path_factory.mktemp("tls"), ["localhost"])
@@ -128,6 +146,55 @@ def test_small_writes_are_sent_at_once_and_records_of_one_read_arrive_together(
     assert pair.client_wire.out.count(b"\x17\x03\x03") == 3  # three records, not sent later
     pair.move()
     assert pair.server_app.reads == [b"onetwothree"]  # one TCP read: one delivery
+
+
+@pytest.mark.parametrize(("size", "sends"), [
+    (12 + 64 * 1024, 1),  # a tunnel frame of 64 KiB: one send, not a second for 12 bytes
+    (64 * 1024 + tls_lean.WRITE_TAIL, 1),
+    (64 * 1024 + tls_lean.WRITE_TAIL + 1, 2),  # a longer rest: its own send
+    (3 * 64 * 1024 + 100, 3),
+])
+def test_a_large_write_goes_out_a_chunk_at_a_time_with_a_short_rest_in_the_last(
+        certificate, monkeypatch, size, sends) -> None:
+    pair = Pair(certificate)
+    writes: list[int] = []
+    real = pair.client_wire.write
+    monkeypatch.setattr(pair.client_wire, "write", lambda data: (writes.append(len(data)),
+                                                                 real(data)))
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    pair.client_app.transport.write(data)
+    assert len(writes) == sends
+    assert max(writes) <= tls_lean._OUT_ROOM  # each taken out of the shared buffer
+    pair.move()
+    assert bytes(pair.server_app.received) == data
+
+
+@pytest.mark.parametrize("way", ["c"], indirect=True)  # (it sets both ways itself)
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.integers(0, 300_000), min_size=1, max_size=6),
+       cut=st.sampled_from([0, 7, 16_389, 100_000, 600_000]))
+def test_c_and_python_cut_deliver_and_send_alike(certificate, monkeypatch, way, writes,
+                                                  cut) -> None:
+    """The same writes through a pair moving records in C and a pair using the Python
+    loop: the same transport writes (their lengths), the same deliveries."""
+    seen = []
+    for c in (True, False):
+        monkeypatch.setattr(tls_lean, "_seal", tls_lean._records.seal if c else None)
+        monkeypatch.setattr(tls_lean, "_open", tls_lean._records.open if c else None)
+        pair = Pair(certificate)
+        sends: list[int] = []
+        real = pair.client_wire.write
+        monkeypatch.setattr(pair.client_wire, "write",
+                            lambda data, real=real, sends=sends: (sends.append(len(data)),
+                                                                real(data)))
+        for n, size in enumerate(writes):
+            pair.client_app.transport.write(bytes([n % 251]) * size)
+        pair.move(cut)
+        seen.append((sends, [len(r) for r in pair.server_app.reads]))
+        assert bytes(pair.server_app.received) == b"".join(
+            bytes([n % 251]) * size for n, size in enumerate(writes))
+    assert seen[0] == seen[1]
 
 
 @settings(max_examples=40, deadline=None,
@@ -188,15 +255,16 @@ def test_an_application_that_aborts_gets_nothing_more(certificate) -> None:
     assert len(aborting.reads) == 1 and pair.server_wire.disconnecting
 
 
-def test_a_damaged_record_ends_the_connection_with_the_tls_error(certificate) -> None:
+@pytest.mark.parametrize("good", [b"good", b"good" * 30_000])
+def test_a_damaged_record_ends_the_connection_with_the_tls_error(certificate, good) -> None:
     pair = Pair(certificate)
-    pair.client_app.transport.write(b"good")
+    pair.client_app.transport.write(good)
     pair.client_app.transport.write(b"then bad")
     data = bytearray(pair.client_wire.out)
-    data[-3] ^= 0xFF  # the second record's tag no longer matches
+    data[-3] ^= 0xFF  # the last record's tag no longer matches
     pair.client_wire.out = bytearray()
     pair.server.dataReceived(bytes(data))
-    assert bytes(pair.server_app.received) == b"good"  # what came before is delivered
+    assert bytes(pair.server_app.received) == good  # what came before is delivered
     assert pair.server._lostTLSConnection and pair.server_wire.disconnecting
     pair.server.connectionLost(Failure(ConnectionDone()))
     assert pair.server_app.lost is not None and pair.server_app.lost.check(SSL.Error)
@@ -213,12 +281,13 @@ def _iosim_pair(certificate: tuple[Any, Any]) -> tuple[Clock, App, App, Any, Any
     return clock, server_app, client_app, server_proto, client_proto, pump
 
 
-def test_close_notify_comes_after_the_data_and_is_answered(certificate) -> None:
+@pytest.mark.parametrize("words", [b"last words", b"bulk " * 60_000])
+def test_close_notify_comes_after_the_data_and_is_answered(certificate, words) -> None:
     clock, server_app, client_app, server_proto, client_proto, pump = _iosim_pair(certificate)
-    client_app.transport.write(b"last words")
+    client_app.transport.write(words)
     client_app.transport.loseConnection()
     pump.flush()
-    assert bytes(server_app.received) == b"last words"
+    assert bytes(server_app.received) == words
     assert server_app.lost is not None and server_app.lost.check(ConnectionDone)
     assert client_app.lost is not None and client_app.lost.check(ConnectionDone)
     assert server_proto.getHandle() is None and client_proto.getHandle() is None
