@@ -78,6 +78,20 @@ def bulk_buffers(transport: Any, size: int) -> None:
     mmap, an mremap and an munmap (the last after the message was passed on, so
     on the next process's way when both share a CPU).
     """
+    _bulk(transport, size, size)
+
+
+def bulk_reads(transport: Any, size: int) -> None:
+    """:func:`bulk_buffers`' adaptive reads (up to ``size`` while data comes in bulk) with
+    Twisted's write buffer threshold kept: for a browser's connection, where a big upload
+    is read in fewer, larger reads (fewer trips through the proxy and the tunnel per
+    byte), while what may wait for a slow browser stays Twisted's bound."""
+    tcp = _tcp_under(transport, "SEND_LIMIT")
+    if tcp is not None:
+        _bulk(tcp, size, type(tcp).SEND_LIMIT)
+
+
+def _bulk(transport: Any, size: int, send_limit: int) -> None:
     tcp = _tcp_under(transport, "SEND_LIMIT")
     if tcp is None:
         return
@@ -86,12 +100,12 @@ def bulk_buffers(transport: Any, size: int) -> None:
         return  # made by a fitted port with this size
     first = min(size, SMALL_READ)
     if not isinstance(tcp, _AdaptiveReads) and _reads_like_twisted(type(tcp)):
-        _fit(tcp, _AdaptiveReads, _bulk_size=size, SEND_LIMIT=size, bufferSize=first)
+        _fit(tcp, _AdaptiveReads, _bulk_size=size, SEND_LIMIT=send_limit, bufferSize=first)
     if getattr(tcp, "_bulk_size", None) != size:
         # Fitted for another size (no caller does it), or a transport whose class cannot
         # be fitted (its reads stay ``size``): the sizes on this connection alone.
         tcp._bulk_size = size
-        tcp.SEND_LIMIT = size
+        tcp.SEND_LIMIT = send_limit
     tcp.bufferSize = first if isinstance(tcp, _AdaptiveReads) else size
 
 

@@ -57,8 +57,9 @@ LEAN = _private.AVAILABLE
 #: The most cleartext handed to the application in one ``dataReceived``.
 DELIVER = 256 * 1024
 #: The most cleartext encrypted before its records are handed to the transport
-#: (records are at most 16 KiB: four per chunk).
-WRITE_CHUNK = 64 * 1024
+#: (records are at most 16 KiB: sixteen per chunk): a bulk tunnel write of several
+#: 64 KiB frames (Stream.write) is one send per 256 KiB, a frame one send.
+WRITE_CHUNK = 256 * 1024
 #: A rest of a write at most this long goes out with the chunk before it, not alone: a
 #: tunnel frame (12 bytes of header and 64 KiB of data) is one transport write, not a
 #: 64 KiB one and a second one of a 12-byte record (a send and the peer's wake-up each).

@@ -148,11 +148,15 @@ def test_small_writes_are_sent_at_once_and_records_of_one_read_arrive_together(
     assert pair.server_app.reads == [b"onetwothree"]  # one TCP read: one delivery
 
 
+CHUNK = tls_lean.WRITE_CHUNK
+
+
 @pytest.mark.parametrize(("size", "sends"), [
     (12 + 64 * 1024, 1),  # a tunnel frame of 64 KiB: one send, not a second for 12 bytes
-    (64 * 1024 + tls_lean.WRITE_TAIL, 1),
-    (64 * 1024 + tls_lean.WRITE_TAIL + 1, 2),  # a longer rest: its own send
-    (3 * 64 * 1024 + 100, 3),
+    (8 * (12 + 64 * 1024), 2),  # eight frames (a 512 KiB read from a browser): two sends
+    (CHUNK + tls_lean.WRITE_TAIL, 1),
+    (CHUNK + tls_lean.WRITE_TAIL + 1, 2),  # a longer rest: its own send
+    (3 * CHUNK + 100, 3),
 ])
 def test_a_large_write_goes_out_a_chunk_at_a_time_with_a_short_rest_in_the_last(
         certificate, monkeypatch, size, sends) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import time
 from typing import Any
 
@@ -1068,17 +1069,43 @@ def test_pings_are_answered_and_a_silent_peer_is_declared_dead() -> None:
 
 
 
+def test_a_bulk_write_with_nothing_waiting_is_its_frames_in_one_tunnel_write() -> None:
+    """A browser's 512 KiB read: the frames the scheduler would send now, in one write."""
+    link = Link()
+    local, _, _, theirs = open_pair(link)
+    writes: list[bytes] = []
+    real = link.t["client"].write
+    link.t["client"].write = lambda data: (writes.append(data), real(data))  # type: ignore
+    data = bytes(range(256)) * (3 * 256 + 128)  # three and a half frames of 64 KiB
+    window = local.send_window
+    local.write(data)
+    assert len(writes) == 1 and local.send_window == window - len(data)
+    wire, at, payload = writes[0], 0, b""
+    while at < len(wire):  # each a Data frame without flags, at most one frame's data
+        version, ftype, flags, sid, length = struct.unpack(">BBHII", wire[at:at + 12])
+        assert (version, ftype, flags, sid) == (0, 0, 0, local.stream_id)
+        assert length <= link.client.max_frame_data
+        payload += wire[at + 12:at + 12 + length]
+        at += 12 + length
+    assert payload == data
+    link.pump()
+    assert theirs.data == data
+
+
 def test_an_idle_tunnel_holds_one_timer_and_gives_its_scheduler_back() -> None:
-    link = Link(ping_interval=10, ping_timeout=20)
+    link = Link(ping_interval=10, ping_timeout=20, window_size=INITIAL_WINDOW)
     assert len(link.clock.getDelayedCalls()) == 2  # one keepalive timer per side
     assert link.client.scheduler is None  # nothing sent yet: no scheduler made
     local, mine, remote, theirs = open_pair(link)
     local.write(b"request")  # one frame, nothing waiting: sent without a scheduler
     link.pump()
     assert link.client.scheduler is None and theirs.data == b"request"
-    local.write(b"x" * (200 * KiB))  # more than a frame: the scheduler takes turns
+    local.write(b"y" * (200 * KiB))  # frames the window allows, nothing waiting: the same
     link.pump()
-    assert link.client.scheduler is not None and len(theirs.data) == 7 + 200 * KiB
+    assert link.client.scheduler is None and len(theirs.data) == 7 + 200 * KiB
+    local.write(b"x" * (300 * KiB))  # more than the window: the scheduler takes turns
+    link.pump()
+    assert link.client.scheduler is not None and len(theirs.data) == 7 + 500 * KiB
     local.loseConnection()
     remote.loseConnection()
     link.pump()

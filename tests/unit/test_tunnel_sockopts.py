@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet import defer, endpoints, main, tcp
 from twisted.internet.protocol import Protocol
 
-from studios_gateway.wire.sockopts import SMALL_READ, bulk_buffers, no_delay
+from studios_gateway.wire.sockopts import SMALL_READ, bulk_buffers, bulk_reads, no_delay
 
 
 class TCPish:
@@ -152,6 +152,20 @@ def test_reads_grow_to_the_bulk_size_while_they_fill_and_shrink_after_a_small_on
     assert tcp_.doRead() is main.CONNECTION_DONE
     assert len(tcp_.delivered) == 4
     tcp_.socket.close()
+
+
+def test_bulk_reads_grow_the_reads_and_keep_twisteds_write_buffer_bound() -> None:
+    """A browser's connection: an upload read in up to 512 KiB, while what may wait for a
+    slow browser is still Twisted's bound (a download is not buffered more per client)."""
+    tcp_ = TCPBuffers()
+    twisteds = TCPBuffers.SEND_LIMIT
+    bulk_reads(Wrapper(tcp_), 512 * 1024)
+    assert (tcp_.bufferSize, tcp_.SEND_LIMIT) == (SMALL_READ, twisteds)
+    tcp_.read(b"x" * SMALL_READ)
+    assert tcp_.bufferSize == 512 * 1024
+    tcp_.read(b"x" * 10)
+    assert tcp_.bufferSize == SMALL_READ and type(tcp_).SEND_LIMIT == twisteds
+    tcp_.close()
 
 
 def test_a_failed_read_is_a_lost_connection_as_with_twisteds_read() -> None:
