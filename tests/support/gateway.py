@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support.ports import free_port, wait_for_port
+from tests.support.ports import free_ports, wait_for_port
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
@@ -29,13 +29,14 @@ def base_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
            if not k.startswith(("CONNECT_", "TOWER_", "PLATFORM_", "LOCAL_CACHE"))}
     storage = tmp_path / "storage"
     storage.mkdir(exist_ok=True)
+    http, tunnel, listener, management, ssh = free_ports(5)
     env.update({
         "CONNECT_BIND_ADDRESS": "127.0.0.1",
-        "CONNECT_HTTP_PORT": str(free_port()),
-        "CONNECT_TUNNEL_PORT": str(free_port()),
-        "CONNECT_LISTENER_PORT": str(free_port()),
-        "CONNECT_MANAGEMENT_PORT": str(free_port()),
-        "CONNECT_SSH_ADDR": f"127.0.0.1:{free_port()}",
+        "CONNECT_HTTP_PORT": str(http),
+        "CONNECT_TUNNEL_PORT": str(tunnel),
+        "CONNECT_LISTENER_PORT": str(listener),
+        "CONNECT_MANAGEMENT_PORT": str(management),
+        "CONNECT_SSH_ADDR": f"127.0.0.1:{ssh}",
         "CONNECT_STORAGE_ROOT": str(storage),
         "CONNECT_LOG_LEVEL": "debug",
         "PYTHONUNBUFFERED": "1",

@@ -13,6 +13,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` different free ports: each is held until all are chosen, so that the kernel
+    cannot hand the same port out twice (separate :func:`free_port` calls can, and a
+    gateway then refuses its settings: two listeners on one port)."""
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 20.0, proc=None) -> None:
     """Block until something accepts on host:port; fail early if `proc` exits first.
 
