@@ -8,8 +8,9 @@ import os
 import statistics
 import subprocess
 
-from bench.arena import GATEWAY, Arena, Target
+from bench.arena import GATEWAY, NGINX, Arena, Target
 from bench.common import Run, Section, random_file, rounds
+from bench.hops import pinned
 
 MB = 1e6
 
@@ -58,11 +59,15 @@ def scenario(run: Run, arena: Arena) -> Section:
         "(OpenSSH defaults) from the studio side, like the connect client's tunnel.",
         notes=list(arena.notes))
     got: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in targets}
+    cpus = sorted(os.sched_getaffinity(0))
+    placed: dict[str, list[float]] = {}
     try:
         for _ in range(run.runs):
             for name, target in targets.items():
                 got[name][0].append(size / download(target) / MB)
                 got[name][1].append(size / upload(target, payload, arena) / MB)
+        if len(cpus) == 2 and run.profile is None:
+            placed = _placed_uploads(run, arena, payload, size, cpus[0], cpus[1])
     finally:
         os.unlink(payload)
     med = {n: (statistics.median(d), statistics.median(u)) for n, (d, u) in got.items()}
@@ -76,4 +81,32 @@ def scenario(run: Run, arena: Arena) -> Section:
         [[f"gateway / {n}", f"{med[GATEWAY][0] / d:.2f}", f"{med[GATEWAY][1] / u:.2f}",
           rounds(gw_down, got[n][0]), rounds(gw_up, got[n][1])]
          for n, (d, u) in med.items() if n != GATEWAY]))
+    if placed:
+        mine = placed[GATEWAY]
+        section.tables.append((
+            "Upload placed by hand (curl and the first proxy on one CPU, the rest on the "
+            "other; the tables above are the scheduler's choice, which is made once per "
+            "invocation and moves the upload by +-10 %: docs/decisions/tunnel-tls-path.md, "
+            "\"Bulk in fewer, larger steps\")",
+            ["path", "upload MB/s", "gateway / it", "gateway / it, per round"],
+            [[n, f"{statistics.median(v):,.0f}",
+              "" if n == GATEWAY else f"{statistics.median(mine) / statistics.median(v):.2f}",
+              "" if n == GATEWAY else rounds(mine, v)] for n, v in placed.items()]))
     return section
+
+
+def _placed_uploads(run: Run, arena: Arena, payload: str, size: int, first: int,
+                    second: int) -> dict[str, list[float]]:
+    """MB/s of the gateway's and nginx proxy_pass's upload with curl and the first proxy
+    pinned to ``first`` and the rest of the path to ``second``."""
+    got: dict[str, list[float]] = {}
+    for _ in range(run.runs):
+        for name in (GATEWAY, NGINX):
+            chain = arena.pids.get(name)
+            if not chain:
+                continue
+            # (this process last: hops.pinned's rule; curl inherits its CPU)
+            with pinned(chain[1:], second), pinned([chain[0]], first), pinned([0], first):
+                took = upload(arena.http[name], payload, arena)
+            got.setdefault(name, []).append(size / took / MB)
+    return got

@@ -102,3 +102,34 @@ def test_bulk_pairs_each_round_of_download_and_upload(monkeypatch, tmp_path) -> 
     # medians 1/2 and 1/2; upload: 1/4, 1, 1/2 against 1, 1, 1/4: rounds 0.25, 1, 2,
     # medians 1/2 and 1 (sorting either side first would pair them otherwise)
     assert row == ["gateway / nginx", "1.00", "0.50", "1.00 (0.50-2.00)", "1.00 (0.25-2.00)"]
+
+
+def test_bulk_places_the_uploads_by_hand_client_and_first_proxy_on_one_cpu(monkeypatch) -> None:
+    import contextlib
+
+    import bench.bulk as bb
+    from bench.arena import GATEWAY, NGINX, Target
+
+    placed: list[tuple[tuple[int, ...], int]] = []
+    uploads: list[tuple[str, list[tuple[tuple[int, ...], int]]]] = []
+
+    @contextlib.contextmanager
+    def pinned(pids, cpu):
+        placed.append((tuple(pids), cpu))
+        yield
+        placed.pop()
+
+    def upload(target, payload, arena):
+        uploads.append((target.name, sorted(placed)))
+        return {GATEWAY: 2.0, NGINX: 1.0}[target.name]
+
+    monkeypatch.setattr(bb, "pinned", pinned)
+    monkeypatch.setattr(bb, "upload", upload)
+    arena = SimpleNamespace(http={GATEWAY: Target(GATEWAY, 1), NGINX: Target(NGINX, 2)},
+                            pids={GATEWAY: [10, 11, 12], NGINX: [20, 12]})
+    got = bb._placed_uploads(SimpleNamespace(runs=2), arena, "p", int(1e6), 0, 1)
+    assert got == {GATEWAY: [0.5, 0.5], NGINX: [1.0, 1.0]}
+    # curl (this process, 0) and the first proxy on CPU 0; the rest of the path on CPU 1
+    assert uploads[:2] == [(GATEWAY, [((0,), 0), ((10,), 0), ((11, 12), 1)]),
+                           (NGINX, [((0,), 0), ((12,), 1), ((20,), 0)])]
+    assert not placed
