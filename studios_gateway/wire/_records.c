@@ -26,6 +26,13 @@
  *     and the caller asks OpenSSL why at once (SSL_get_error reads the state that
  *     call left).
  *
+ * seal_frames(ssl, wbio, sid, data, step, chunk, tail) -> (list of bytes, done, result)
+ *     seal() of frames.data_frames(sid, data, step) (flagless yamux Data frames of
+ *     stream `sid`, one per `step` bytes of `data`) without joining them first: a
+ *     record inside one frame's payload is written from `data` itself, one that takes
+ *     in a frame's 12-byte header (one record per frame) from a 16 KiB copy. `done`
+ *     counts bytes of the frames (headers included).
+ *
  * open(ssl, rbio, limit) -> (bytes | None, state, result)
  *     SSL_read the records the read BIO holds into one bytes of at most `limit`.
  *     state 0: nothing more for now (all was read, or OpenSSL wants more input);
@@ -38,6 +45,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <limits.h>
+#include <string.h>
 
 typedef int (*ssl_write_fn)(void *, const void *, int);
 typedef int (*ssl_read_fn)(void *, void *, int);
@@ -55,6 +63,7 @@ static bio_mem_data_fn bio_mem_data;
 static int want_read = -1; /* SSL_ERROR_WANT_READ, from the bindings */
 
 #define RECORD_MAX 16384 /* the most cleartext a TLS record carries */
+#define FRAME_HEADER 12   /* a yamux frame's header (wire/frames.py) */
 
 static int ready(void) {
     if (ssl_write == NULL) {
@@ -116,6 +125,92 @@ static int take(void *wbio, PyObject *out) {
     return r;
 }
 
+/* The yamux header of a Data frame without flags (frames.HEADER_STRUCT, ">BBHII"). */
+static void frame_header(unsigned char *h, unsigned long sid, unsigned long length) {
+    h[0] = 0; /* version */
+    h[1] = 0; /* type: Data */
+    h[2] = h[3] = 0; /* flags */
+    h[4] = (unsigned char)(sid >> 24); h[5] = (unsigned char)(sid >> 16);
+    h[6] = (unsigned char)(sid >> 8); h[7] = (unsigned char)sid;
+    h[8] = (unsigned char)(length >> 24); h[9] = (unsigned char)(length >> 16);
+    h[10] = (unsigned char)(length >> 8); h[11] = (unsigned char)length;
+}
+
+/* The bytes [at, at + n) of the frames of `data` (each `step` bytes of it after its
+ * 12-byte header), copied to `out`. */
+static void frames_copy(unsigned char *out, const unsigned char *data, Py_ssize_t len,
+                        Py_ssize_t step, unsigned long sid, Py_ssize_t at, Py_ssize_t n) {
+    const Py_ssize_t whole = step + FRAME_HEADER;
+    while (n > 0) {
+        Py_ssize_t k = at / whole, off = at % whole, start = k * step;
+        Py_ssize_t payload = len - start < step ? len - start : step;
+        Py_ssize_t take;
+        if (off < FRAME_HEADER) {
+            unsigned char h[FRAME_HEADER];
+            frame_header(h, sid, (unsigned long)payload);
+            take = FRAME_HEADER - off < n ? FRAME_HEADER - off : n;
+            memcpy(out, h + off, (size_t)take);
+        } else {
+            Py_ssize_t in = off - FRAME_HEADER;
+            take = payload - in < n ? payload - in : n;
+            memcpy(out, data + start + in, (size_t)take);
+        }
+        out += take;
+        at += take;
+        n -= take;
+    }
+}
+
+/* seal() and seal_frames(): SSL_write from `done` on, record by record, of `data` as it
+ * is (step 0) or of its frames (a record inside one frame's payload is written from
+ * `data` itself, one that takes in a header from a copy of its bytes); the records
+ * taken out at `chunk` boundaries and at the end. Releases `data`. */
+static PyObject *sealed(void *ssl, void *wbio, Py_buffer *data, Py_ssize_t done,
+                        unsigned long sid, Py_ssize_t step, Py_ssize_t chunk, Py_ssize_t tail) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        goto fail;
+    const unsigned char *buf = (const unsigned char *)data->buf;
+    const Py_ssize_t len = data->len, whole = step + FRAME_HEADER;
+    const Py_ssize_t total = step ? len + (len + step - 1) / step * FRAME_HEADER : len;
+    unsigned char staged[RECORD_MAX];
+    Py_ssize_t sent = 0; /* (the first record(s) may be in the BIO: seal()'s caller) */
+    int result = 0;
+    while (done < total) {
+        Py_ssize_t n = total - done;
+        const unsigned char *from = buf + done;
+        if (step) {
+            if (n > RECORD_MAX)
+                n = RECORD_MAX;
+            Py_ssize_t k = done / whole, off = done % whole, start = k * step;
+            Py_ssize_t payload = len - start < step ? len - start : step;
+            if (off >= FRAME_HEADER && off + n <= FRAME_HEADER + payload) {
+                from = buf + start + (off - FRAME_HEADER);
+            } else {
+                frames_copy(staged, buf, len, step, sid, done, n);
+                from = staged;
+            }
+        } else if (n > INT_MAX) {
+            n = INT_MAX;
+        }
+        result = ssl_write(ssl, from, (int)n);
+        if (result <= 0)
+            break; /* the caller asks SSL_get_error now; the BIO keeps what was made */
+        done += result;
+        if (done == total || (done - sent >= chunk && total - done > tail)) {
+            if (take(wbio, out) < 0)
+                goto fail;
+            sent = done;
+        }
+    }
+    PyBuffer_Release(data);
+    return Py_BuildValue("(Nni)", out, done, done == total ? 0 : result);
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(data);
+    return NULL;
+}
+
 static PyObject *seal(PyObject *self, PyObject *args) {
     PyObject *ssl_o, *wbio_o;
     Py_buffer data;
@@ -126,38 +221,37 @@ static PyObject *seal(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOy*nnn:seal", &ssl_o, &wbio_o, &data, &done, &chunk,
                           &tail))
         return NULL;
-    PyObject *out = NULL;
     void *ssl = address(ssl_o), *wbio = ssl ? address(wbio_o) : NULL;
-    if (wbio == NULL)
-        goto fail;
-    if (done < 0 || done > data.len || chunk <= 0 || tail < 0) {
+    if (wbio != NULL && (done < 0 || done > data.len || chunk <= 0 || tail < 0))
         PyErr_SetString(PyExc_ValueError, "records.seal: done, chunk or tail out of range");
-        goto fail;
+    if (PyErr_Occurred()) {
+        PyBuffer_Release(&data);
+        return NULL;
     }
-    out = PyList_New(0);
-    if (out == NULL)
-        goto fail;
-    const char *buf = (const char *)data.buf;
-    Py_ssize_t total = data.len, sent = 0; /* the first record(s) may be in the BIO */
-    int result = 0;
-    while (done < total) {
-        Py_ssize_t n = total - done;
-        result = ssl_write(ssl, buf + done, n > INT_MAX ? INT_MAX : (int)n);
-        if (result <= 0)
-            break; /* the caller asks SSL_get_error now; the BIO keeps what was made */
-        done += result;
-        if (done == total || (done - sent >= chunk && total - done > tail)) {
-            if (take(wbio, out) < 0)
-                goto fail;
-            sent = done;
-        }
+    return sealed(ssl, wbio, &data, done, 0, 0, chunk, tail);
+}
+
+static PyObject *seal_frames(PyObject *self, PyObject *args) {
+    PyObject *ssl_o, *wbio_o;
+    Py_buffer data;
+    unsigned long sid;
+    Py_ssize_t step, chunk, tail;
+    (void)self;
+    if (!ready())
+        return NULL;
+    if (!PyArg_ParseTuple(args, "OOky*nnn:seal_frames", &ssl_o, &wbio_o, &sid, &data, &step,
+                          &chunk, &tail))
+        return NULL;
+    void *ssl = address(ssl_o), *wbio = ssl ? address(wbio_o) : NULL;
+    if (wbio != NULL && (step <= 0 || step > 0xffffffffL || sid == 0 || sid > 0xffffffffUL
+                         || chunk <= 0 || tail < 0 || data.len == 0))
+        PyErr_SetString(PyExc_ValueError,
+                        "records.seal_frames: sid, data, step, chunk or tail out of range");
+    if (PyErr_Occurred()) {
+        PyBuffer_Release(&data);
+        return NULL;
     }
-    PyBuffer_Release(&data);
-    return Py_BuildValue("(Nni)", out, done, done == total ? 0 : result);
-fail:
-    Py_XDECREF(out);
-    PyBuffer_Release(&data);
-    return NULL;
+    return sealed(ssl, wbio, &data, 0, sid, step, chunk, tail);
 }
 
 static PyObject *open_records(PyObject *self, PyObject *args) {
@@ -220,6 +314,8 @@ static PyMethodDef methods[] = {
      "BIO_read, BIO_get_mem_data, SSL_ERROR_WANT_READ): the OpenSSL functions' addresses"},
     {"seal", seal, METH_VARARGS,
      "seal(ssl, wbio, data, done, chunk, tail) -> (list of bytes, done, result)"},
+    {"seal_frames", seal_frames, METH_VARARGS,
+     "seal_frames(ssl, wbio, sid, data, step, chunk, tail) -> (list of bytes, done, result)"},
     {"open", open_records, METH_VARARGS,
      "open(ssl, rbio, limit) -> (bytes | None, state, result)"},
     {NULL, NULL, 0, NULL},

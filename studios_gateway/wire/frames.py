@@ -120,6 +120,19 @@ def encode_data(stream_id: int, data: bytes | memoryview = b"", flags: int = 0) 
     return encode_header(DATA, flags, stream_id, len(data)) + data
 
 
+def data_frames(sid: int, data: bytes, step: int) -> bytes:
+    """``data`` as flagless Data frames of stream ``sid``, one per ``step`` bytes (the last
+    shorter), joined: what a bulk write sends (mux.Stream.write; the lean TLS layer seals
+    the same bytes without the join, wire/_records.c's seal_frames)."""
+    view = memoryview(data)
+    parts: list[bytes | memoryview] = []
+    for at in range(0, len(data), step):
+        piece = view[at:at + step]
+        parts.append(HEADER_STRUCT.pack(0, DATA, 0, sid, len(piece)))
+        parts.append(piece)
+    return b"".join(parts)
+
+
 def encode_window_update(stream_id: int, delta: int, flags: int = 0) -> bytes:
     return encode_header(WINDOW_UPDATE, flags, stream_id, delta)
 

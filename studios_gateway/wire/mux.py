@@ -487,14 +487,21 @@ class Stream:
         self._update_producer()
 
     def _send_frames(self, data: bytes) -> None:
-        step, sid, n = self.mux.max_frame_data, self.stream_id, len(data)
-        view = memoryview(data)
-        parts: list[bytes | memoryview] = []
-        for at in range(0, n, step):
-            piece = view[at:at + step]
-            parts.append(_pack_header(0, DATA, 0, sid, len(piece)))
-            parts.append(piece)
-        self.mux._write(b"".join(parts))
+        mux = self.mux
+        step = mux.max_frame_data
+        seal = getattr(mux.transport, "write_frames", None)
+        size = len(data) + -(-len(data) // step) * frames.HEADER_SIZE
+        if seal is None or mux._held or size < GATHER_LIMIT or type(data) is not bytes:
+            mux._write(frames.data_frames(self.stream_id, data, step))
+            return
+        # The lean TLS layer seals the frames from ``data`` itself (no joined copy):
+        # what _write does with a write this size (at once; the turn's bookkeeping).
+        seal(self.stream_id, data, step)
+        if mux.gather:
+            turns = mux._turns
+            mux._sent_turn = turns.n if turns is not None else 0
+            if turns is None and mux._turn_call is None:
+                mux._turn_call = mux.clock.callLater(0, mux._turn_ended)
 
     def _window_update(self, delta: int) -> None:
         self._send_window.grant(delta)

@@ -47,6 +47,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from studios_gateway.wire import openssl_private as _private
+from studios_gateway.wire.frames import HEADER_SIZE, data_frames
 
 __all__ = ["DELIVER", "LEAN", "QUIET", "WRITE_CHUNK", "WRITE_TAIL", "LeanTLSProtocol",
            "renew_bios"]
@@ -86,12 +87,13 @@ if LEAN:
     _take = _ffi.unpack  # (char buffer, n): its first n bytes, as bytes
     _records = _private.RECORDS
     _seal: Any = _records.seal if _records is not None else None
+    _seal_frames: Any = _records.seal_frames if _records is not None else None
     _open: Any = _records.open if _records is not None else None
 
     def _addr(pointer: Any) -> int:
         return int(_ffi.cast("uintptr_t", pointer))
 else:
-    _seal = _open = None  # (Twisted's class: nothing here is used)
+    _seal = _seal_frames = _open = None  # (Twisted's class: nothing here is used)
 
 #: A TCP read longer than this has its records decrypted in C (wire/_records.c) when it
 #: is built; shorter ones (one small record, the usual request or answer) in Python.
@@ -358,6 +360,27 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                                          and total - done > WRITE_TAIL):
                         self._flushSendBIO()
                         sent = done
+
+        def write_frames(self, sid: int, data: bytes, step: int) -> None:
+            """``write(frames.data_frames(sid, data, step))``, the records sealed from
+            ``data`` and the frames' headers in C without joining them first (a bulk
+            tunnel write: mux.Stream._send_frames)."""
+            if self.disconnecting and self._producer is None:
+                return  # Twisted's write: nothing after loseConnection
+            if (_seal_frames is None or not self._handshakeDone or self._lostTLSConnection
+                    or type(data) is not bytes):
+                self._write(data_frames(sid, data, step))
+                return
+            self._bios_grown = True
+            conn = self._tlsConnection
+            ssl = conn._ssl
+            out, done, result = _seal_frames(_addr(ssl), _addr(conn._from_ssl), sid, data,
+                                             step, WRITE_CHUNK, WRITE_TAIL)
+            write = self.transport.write  # type: ignore[union-attr]
+            for records in out:
+                write(records)
+            if done < len(data) + -(-len(data) // step) * HEADER_SIZE:
+                self._write_failed(conn, ssl, result, data_frames(sid, data, step)[done:])
 
         def _write_failed(self, conn: Any, ssl: Any, result: int, rest: bytes) -> None:
             """What Twisted does with the exception pyOpenSSL makes of this ``SSL_write``."""

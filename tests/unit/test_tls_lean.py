@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 
-from studios_gateway.wire import openssl_private, tls, tls_lean, tls_memory
+from studios_gateway.wire import frames, openssl_private, tls, tls_lean, tls_memory
 from studios_gateway.wire.tls_guard import GuardedTLSFactory, HandshakeLimits
 
 ADDR = IPv4Address("TCP", "127.0.0.1", 40000)
@@ -199,6 +199,45 @@ def test_c_and_python_cut_deliver_and_send_alike(certificate, monkeypatch, way, 
         assert bytes(pair.server_app.received) == b"".join(
             bytes([n % 251]) * size for n, size in enumerate(writes))
     assert seen[0] == seen[1]
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(1, 600_000),
+       # 32,750: the second record ends 6 bytes into the next frame's header
+       step=st.sampled_from([1, 100, 16_372, 16_384, 32_750, 65_536]),
+       sid=st.sampled_from([1, 2, 0x01020304, 0xFFFFFFFF]),
+       cut=st.sampled_from([0, 5, 16_389, 100_000]))
+@example(size=70_000, step=32_750, sid=3, cut=0)
+def test_frames_sealed_without_a_join_are_the_joined_frames(certificate, monkeypatch, size,
+                                                            step, sid, cut) -> None:
+    """write_frames(sid, data, step) sends what write(data_frames(sid, data, step)) sends:
+    the same transport writes (their lengths) and, decrypted, the same bytes."""
+    data = bytes((i * 7 + 3) & 255 for i in range(min(size, 4096))) * (size // 4096 + 1)
+    data = data[:size]
+    seen = []
+    for framed in (True, False):
+        pair = Pair(certificate)
+        sends: list[int] = []
+        real = pair.client_wire.write
+        monkeypatch.setattr(pair.client_wire, "write",
+                            lambda d, real=real, sends=sends: (sends.append(len(d)), real(d)))
+        if framed:
+            pair.client.write_frames(sid, data, step)
+        else:
+            pair.client_app.transport.write(frames.data_frames(sid, data, step))
+        pair.move(cut)
+        seen.append(sends)
+        assert bytes(pair.server_app.received) == frames.data_frames(sid, data, step)
+    assert seen[0] == seen[1]
+
+
+def test_frames_after_lose_connection_are_dropped_as_writes_are(certificate) -> None:
+    pair = Pair(certificate)
+    pair.client.loseConnection()
+    before = len(pair.client_wire.out)
+    pair.client.write_frames(1, b"x" * 100_000, 65_536)
+    assert len(pair.client_wire.out) == before
 
 
 @settings(max_examples=40, deadline=None,

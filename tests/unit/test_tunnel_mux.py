@@ -1092,6 +1092,27 @@ def test_a_bulk_write_with_nothing_waiting_is_its_frames_in_one_tunnel_write() -
     assert theirs.data == data
 
 
+def test_a_bulk_write_goes_to_a_transport_that_seals_frames_as_its_payload() -> None:
+    """Over the lean TLS layer (write_frames) the frames are not joined first; the bytes
+    on the wire are the same."""
+    link = Link()
+    local, _, _, theirs = open_pair(link)
+    sealed: list[tuple[int, int, int]] = []
+    t = link.t["client"]
+
+    def write_frames(sid: int, data: bytes, step: int) -> None:
+        sealed.append((sid, len(data), step))
+        t.write(frames.data_frames(sid, data, step))
+
+    t.write_frames = write_frames  # type: ignore[attr-defined]
+    data = os.urandom(200 * KiB)
+    local.write(data)
+    local.write(b"x" * 100)  # one frame: the usual write
+    assert sealed == [(local.stream_id, 200 * KiB, link.client.max_frame_data)]
+    link.pump()
+    assert theirs.data == data + b"x" * 100
+
+
 def test_an_idle_tunnel_holds_one_timer_and_gives_its_scheduler_back() -> None:
     link = Link(ping_interval=10, ping_timeout=20, window_size=INITIAL_WINDOW)
     assert len(link.clock.getDelayedCalls()) == 2  # one keepalive timer per side
