@@ -133,6 +133,11 @@ def data_frames(sid: int, data: bytes, step: int) -> bytes:
     return b"".join(parts)
 
 
+def data_frames_size(n: int, step: int) -> int:
+    """How many bytes :func:`data_frames` makes of ``n`` bytes of data."""
+    return n + -(-n // step) * HEADER_SIZE
+
+
 def encode_window_update(stream_id: int, delta: int, flags: int = 0) -> bytes:
     return encode_header(WINDOW_UPDATE, flags, stream_id, delta)
 

@@ -334,7 +334,7 @@ class Stream:
             # would send one after another now, in one tunnel write (one TLS write). (A
             # pull producer is asked for more as the scheduler sends: it takes turns.)
             self._send_window.available -= n
-            self._send_frames(data)
+            mux._write_frames(self.stream_id, data)
             return
         self._send_buffer.append(data)
         self._send_buffered += len(data)
@@ -485,23 +485,6 @@ class Stream:
         elif self._fin_queued and not self._fin_sent:
             self._send_fin()
         self._update_producer()
-
-    def _send_frames(self, data: bytes) -> None:
-        mux = self.mux
-        step = mux.max_frame_data
-        seal = getattr(mux.transport, "write_frames", None)
-        size = len(data) + -(-len(data) // step) * frames.HEADER_SIZE
-        if seal is None or mux._held or size < GATHER_LIMIT or type(data) is not bytes:
-            mux._write(frames.data_frames(self.stream_id, data, step))
-            return
-        # The lean TLS layer seals the frames from ``data`` itself (no joined copy):
-        # what _write does with a write this size (at once; the turn's bookkeeping).
-        seal(self.stream_id, data, step)
-        if mux.gather:
-            turns = mux._turns
-            mux._sent_turn = turns.n if turns is not None else 0
-            if turns is None and mux._turn_call is None:
-                mux._turn_call = mux.clock.callLater(0, mux._turn_ended)
 
     def _window_update(self, delta: int) -> None:
         self._send_window.grant(delta)
@@ -1044,11 +1027,31 @@ class Multiplexer(Protocol):
                     self._turn_call = self.clock.callLater(0, self._turn_ended)
                 return
             self.transport.write(data)
-            self._sent_turn = turn
-            if turns is None and self._turn_call is None:
-                self._turn_call = self.clock.callLater(0, self._turn_ended)
+            self._went_out(turns, turn)
             return
         self.transport.write(data)
+
+    def _went_out(self, turns: Any, turn: int) -> None:
+        """With ``gather``: a write went out at once in reactor turn ``turn``."""
+        self._sent_turn = turn
+        if turns is None and self._turn_call is None:
+            self._turn_call = self.clock.callLater(0, self._turn_ended)
+
+    def _write_frames(self, sid: int, data: bytes) -> None:
+        """``data`` (more than one frame's) as stream ``sid``'s Data frames, as _write
+        sends their joined bytes: over the lean TLS layer (``write_frames``) the records
+        are sealed from ``data`` itself, with no joined copy; a write this size goes out
+        at once, so only the turn's bookkeeping is _write's."""
+        step = self.max_frame_data
+        seal = getattr(self.transport, "write_frames", None)
+        if (seal is None or self._held or type(data) is not bytes
+                or frames.data_frames_size(len(data), step) < GATHER_LIMIT):
+            self._write(frames.data_frames(sid, data, step))
+            return
+        seal(sid, data, step)
+        if self.gather:
+            turns = self._turns
+            self._went_out(turns, turns.n if turns is not None else 0)
 
     def _hold(self, data: bytes) -> None:
         """Keep ``data`` for the tunnel's next write, or the end of this reactor turn."""

@@ -86,15 +86,17 @@ def bulk_reads(transport: Any, size: int) -> None:
     Twisted's write buffer threshold kept: for a browser's connection, where a big upload
     is read in fewer, larger reads (fewer trips through the proxy and the tunnel per
     byte), while what may wait for a slow browser stays Twisted's bound."""
-    tcp = _tcp_under(transport, "SEND_LIMIT")
-    if tcp is not None:
-        _bulk(tcp, size, type(tcp).SEND_LIMIT)
+    _bulk(transport, size, None)
 
 
-def _bulk(transport: Any, size: int, send_limit: int) -> None:
+def _bulk(transport: Any, size: int, send_limit: int | None) -> None:
+    """The reads (and with ``send_limit``, else the class's, the write buffer threshold)
+    of the TCP transport under ``transport``."""
     tcp = _tcp_under(transport, "SEND_LIMIT")
     if tcp is None:
         return
+    if send_limit is None:
+        send_limit = type(tcp).SEND_LIMIT
     _unwrap_endpoint_protocol(tcp)
     if getattr(tcp, "_bulk_size", None) == size:
         return  # made by a fitted port with this size

@@ -39,6 +39,7 @@ docs/decisions/tunnel-tls-path.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
@@ -47,7 +48,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
 from studios_gateway.wire import openssl_private as _private
-from studios_gateway.wire.frames import HEADER_SIZE, data_frames
+from studios_gateway.wire.frames import data_frames, data_frames_size
 
 __all__ = ["DELIVER", "LEAN", "QUIET", "WRITE_CHUNK", "WRITE_TAIL", "LeanTLSProtocol",
            "renew_bios"]
@@ -340,13 +341,8 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             # last WRITE_TAIL or less with the chunk before it.
             total = len(data)
             if _seal is not None:  # the same calls, in C (wire/_records.c)
-                out, done, result = _seal(_addr(ssl), _addr(conn._from_ssl), data, done,
-                                          WRITE_CHUNK, WRITE_TAIL)
-                write = self.transport.write  # type: ignore[union-attr]
-                for records in out:
-                    write(records)
-                if done < total:
-                    self._write_failed(conn, ssl, result, data[done:])
+                self._hand_on(conn, ssl, _seal(_addr(ssl), _addr(conn._from_ssl), data, done,
+                                               WRITE_CHUNK, WRITE_TAIL), total, lambda: data)
                 return
             sent = 0
             with _ffi.from_buffer(data) as view:
@@ -364,7 +360,7 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
         def write_frames(self, sid: int, data: bytes, step: int) -> None:
             """``write(frames.data_frames(sid, data, step))``, the records sealed from
             ``data`` and the frames' headers in C without joining them first (a bulk
-            tunnel write: mux.Stream._send_frames)."""
+            tunnel write: mux.Multiplexer._write_frames)."""
             if self.disconnecting and self._producer is None:
                 return  # Twisted's write: nothing after loseConnection
             if (_seal_frames is None or not self._handshakeDone or self._lostTLSConnection
@@ -374,13 +370,22 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             self._bios_grown = True
             conn = self._tlsConnection
             ssl = conn._ssl
-            out, done, result = _seal_frames(_addr(ssl), _addr(conn._from_ssl), sid, data,
-                                             step, WRITE_CHUNK, WRITE_TAIL)
+            self._hand_on(conn, ssl, _seal_frames(_addr(ssl), _addr(conn._from_ssl), sid,
+                                                  data, step, WRITE_CHUNK, WRITE_TAIL),
+                          data_frames_size(len(data), step),
+                          lambda: data_frames(sid, data, step))
+
+        def _hand_on(self, conn: Any, ssl: Any, sealed: tuple[list[bytes], int, int],
+                     total: int, whole: Callable[[], bytes]) -> None:
+            """What seal() / seal_frames() made of the ``total`` bytes ``whole()`` gives,
+            to the transport; if SSL_write stopped short, what Twisted does with its
+            failure (asked at once), with the rest."""
+            out, done, result = sealed
             write = self.transport.write  # type: ignore[union-attr]
             for records in out:
                 write(records)
-            if done < len(data) + -(-len(data) // step) * HEADER_SIZE:
-                self._write_failed(conn, ssl, result, data_frames(sid, data, step)[done:])
+            if done < total:
+                self._write_failed(conn, ssl, result, whole()[done:])
 
         def _write_failed(self, conn: Any, ssl: Any, result: int, rest: bytes) -> None:
             """What Twisted does with the exception pyOpenSSL makes of this ``SSL_write``."""
