@@ -62,7 +62,7 @@ import psutil
 
 from bench import baselines, deploy
 from bench.arena import Target
-from bench.bulk import curl
+from bench.bulk import download, upload
 from bench.common import Processes, random_file, wrk
 from bench.hops import pinned
 from bench.http import echo_run
@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             _websocket(paths, args.runs, args.seconds)
             return 0
         if args.scenario in ("upload", "download"):
-            _bulk(paths, args.scenario, args.runs, args.mib, work, tool.dir,
-                  args.pin, tool.proc.pid)
+            _bulk(paths, args.scenario, args.runs, args.mib, work, tool, args.pin)
             return 0
         rows: dict[tuple[str, int], list[tuple[float, ...]]] = {}
         for conns in (int(c) for c in args.conns.split(",")):
@@ -190,30 +189,22 @@ def _websocket(paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Proc
 
 
 def _bulk(paths: dict[str, tuple[deploy.Studio, psutil.Process, psutil.Process]],
-          scenario: str, runs: int, mib: int, work: Path, tool_dir: Path,
-          pin: int | None, tool_pid: int) -> None:
+          scenario: str, runs: int, mib: int, work: Path, tool: baselines.NginxTool,
+          pin: int | None) -> None:
     """bench/run's bulk transfer through each tree's path, runs round-robin."""
     size = mib << 20
     payload = str(random_file(work / "payload.bin", mib)) if scenario == "upload" else ""
-    put = tool_dir / "put" / "payload.bin"
     got: dict[str, list[tuple[float, float, float]]] = {}
     for _ in range(runs):
         for name, (studio, gp, cp) in paths.items():
             target = Target(name, studio.gateway.http_port, studio.headers)
             g0, c0 = _cpu(gp), _cpu(cp)
             # (pid 0: this process, whose curl inherits the CPU)
-            placed = (pinned([0, gp.pid, cp.pid, tool_pid], pin) if pin is not None
+            placed = (pinned([0, gp.pid, cp.pid, tool.proc.pid], pin) if pin is not None
                       else nullcontext())
             with placed:
-                if scenario == "upload":
-                    took = curl(["-T", payload, target.url("/upload/payload.bin")], target)
-                else:
-                    took = curl([target.url("/download")], target)
-            if scenario == "upload":
-                if put.stat().st_size != size:
-                    raise RuntimeError(f"upload via {name}: the tool got "
-                                       f"{put.stat().st_size} bytes")
-                put.unlink()
+                took = (upload(target, payload, tool) if scenario == "upload"
+                        else download(target))
             gb = size / 1e9
             got.setdefault(name, []).append(
                 (size / took / 1e6, (_cpu(gp) - g0) / gb, (_cpu(cp) - c0) / gb))

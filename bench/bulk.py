@@ -9,6 +9,7 @@ import statistics
 import subprocess
 
 from bench.arena import GATEWAY, NGINX, Arena, Target
+from bench.baselines import NginxTool
 from bench.common import Run, Section, random_file, rounds
 from bench.hops import pinned
 
@@ -34,13 +35,14 @@ def download(target: Target) -> float:
     return curl([target.url("/download")], target)
 
 
-def upload(target: Target, payload: str, arena: Arena) -> float:
-    arena.tool.clear_uploads()
+def upload(target: Target, payload: str, tool: NginxTool) -> float:
+    """PUT ``payload`` to the nginx ``tool`` through ``target``; checks the tool got it all."""
+    tool.clear_uploads()
     took = curl(["-T", payload, target.url("/upload/payload.bin")], target)
-    got = os.path.getsize(arena.tool.dir / "put" / "payload.bin")
+    got = os.path.getsize(tool.dir / "put" / "payload.bin")
     if got != os.path.getsize(payload):
         raise RuntimeError(f"upload via {target.name}: the tool got {got} bytes")
-    arena.tool.clear_uploads()
+    tool.clear_uploads()
     return took
 
 
@@ -65,7 +67,7 @@ def scenario(run: Run, arena: Arena) -> Section:
         for _ in range(run.runs):
             for name, target in targets.items():
                 got[name][0].append(size / download(target) / MB)
-                got[name][1].append(size / upload(target, payload, arena) / MB)
+                got[name][1].append(size / upload(target, payload, arena.tool) / MB)
         if len(cpus) == 2 and run.profile is None:
             placed = _placed_uploads(run, arena, payload, size, cpus[0], cpus[1])
     finally:
@@ -107,6 +109,6 @@ def _placed_uploads(run: Run, arena: Arena, payload: str, size: int, first: int,
                 continue
             # (this process last: hops.pinned's rule; curl inherits its CPU)
             with pinned(chain[1:], second), pinned([chain[0]], first), pinned([0], first):
-                took = upload(arena.http[name], payload, arena)
+                took = upload(arena.http[name], payload, arena.tool)
             got.setdefault(name, []).append(size / took / MB)
     return got

@@ -92,10 +92,10 @@ def test_bulk_pairs_each_round_of_download_and_upload(monkeypatch, tmp_path) -> 
         return table[target.name][i]
 
     monkeypatch.setattr(bb, "download", lambda target: took("down", down, target))
-    monkeypatch.setattr(bb, "upload", lambda target, payload, arena: took("up", up, target))
+    monkeypatch.setattr(bb, "upload", lambda target, payload, tool: took("up", up, target))
     monkeypatch.setattr(bb, "random_file", lambda path, mib: (path.write_bytes(b"x"), path)[1])
     arena = SimpleNamespace(http={GATEWAY: Target(GATEWAY, 1), "nginx": Target("nginx", 2)},
-                            notes=[], work=tmp_path)
+                            notes=[], work=tmp_path, tool=None)
     section = bb.scenario(SimpleNamespace(runs=3, bulk_mib=1, profile="off"), arena)
     [row] = _rows(section, "Ratios of throughput")
     # download: the gateway's 1, 1/2, 1/4 against nginx's 1/2 each: rounds 2, 1, 0.5,
@@ -119,14 +119,14 @@ def test_bulk_places_the_uploads_by_hand_client_and_first_proxy_on_one_cpu(monke
         yield
         placed.pop()
 
-    def upload(target, payload, arena):
+    def upload(target, payload, tool):
         uploads.append((target.name, sorted(placed)))
         return {GATEWAY: 2.0, NGINX: 1.0}[target.name]
 
     monkeypatch.setattr(bb, "pinned", pinned)
     monkeypatch.setattr(bb, "upload", upload)
     arena = SimpleNamespace(http={GATEWAY: Target(GATEWAY, 1), NGINX: Target(NGINX, 2)},
-                            pids={GATEWAY: [10, 11, 12], NGINX: [20, 12]})
+                            pids={GATEWAY: [10, 11, 12], NGINX: [20, 12]}, tool=None)
     got = bb._placed_uploads(SimpleNamespace(runs=2), arena, "p", int(1e6), 0, 1)
     assert got == {GATEWAY: [0.5, 0.5], NGINX: [1.0, 1.0]}
     # curl (this process, 0) and the first proxy on CPU 0; the rest of the path on CPU 1
