@@ -58,6 +58,9 @@ GATEWAY = "gateway (full path)"
 DIRECT = "direct to the tool"
 NGINX = "nginx proxy_pass"
 CHP = "configurable-http-proxy"
+#: The tunnel's architecture in C and nothing else (baselines.start_stunnel): what the
+#: gateway's path could make at most with its TLS hop and its one more process each way.
+STUNNEL = "stunnel pair (TLS tunnel, C)"
 
 
 def start(run: Run) -> Arena:
@@ -72,6 +75,8 @@ def start(run: Run) -> Arena:
         ws_studio = deploy.start_studio(procs, work, gw, ws_port, name="connect-ws")
         nginx_port = baselines.start_nginx_proxy(procs, work, tool.port, ws_port)
         chp_port = baselines.start_chp(procs, tool.port, ws_port)
+        stunnel = (baselines.start_stunnel(procs, work, {"tool": tool.port, "ws": ws_port})
+                   if run.profile is None else None)
         if run.profile is not None:
             run.profile(gw.pid, "gateway", True)
             run.profile(studio.connect.pid, "studios-connect (nginx tool)", True)
@@ -100,4 +105,12 @@ def start(run: Run) -> Arena:
         http[CHP] = Target(CHP, chp_port)
         ws[CHP] = Target(CHP, chp_port)
         pids[CHP] = [procs.by_name["chp"].pid, tool.proc.pid]
+    if stunnel is None:
+        notes.append("stunnel is not installed (bench/setup installs it): the stunnel "
+                     "pair's rows are skipped.")
+    else:
+        http[STUNNEL] = Target(STUNNEL, stunnel["tool"])
+        ws[STUNNEL] = Target(STUNNEL, stunnel["ws"])
+        pids[STUNNEL] = [procs.by_name["stunnel-near"].pid, procs.by_name["stunnel-far"].pid,
+                         tool.proc.pid]
     return Arena(procs, work, gw, tool, http, ws, notes, pids=pids)

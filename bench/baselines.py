@@ -135,6 +135,60 @@ def start_chp(procs: Processes, tool_port: int, ws_port: int) -> int | None:
     return port
 
 
+STUNNEL = "stunnel4"
+
+
+def stunnel_version() -> str | None:
+    exe = shutil.which(STUNNEL)
+    if exe is None:
+        return None
+    out = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=30)
+    first = (out.stderr or out.stdout).strip().splitlines()
+    return next((line for line in first if line.startswith("stunnel ")), None)
+
+
+def start_stunnel(procs: Processes, work: Path, ports: dict[str, int]) -> dict[str, int] | None:
+    """The tunnel's architecture with nothing else in it, in C: a "near" stunnel takes
+    plain TCP and carries it over TLS to a "far" stunnel, which passes it on to the tool
+    (a TLS 1.3 hop and one more process each way beside a plain proxy's path; no HTTP,
+    no login, no multiplexing). Both pin the far side's self-signed P-256 certificate,
+    as the connect client pins the gateway's. One service per ``ports`` entry (label:
+    the port to reach); returns the near side's port per label, or None when stunnel is
+    not installed (bench/setup installs it)."""
+    exe = shutil.which(STUNNEL)
+    if exe is None:
+        return None
+    from studios_gateway.wire import tls
+
+    d = work / "stunnel"
+    d.mkdir(parents=True, exist_ok=True)
+    cert, key = d / "cert.pem", d / "key.pem"
+    cert_pem, key_pem = tls.make_self_signed(["127.0.0.1"])
+    cert.write_bytes(cert_pem)
+    with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fh:
+        fh.write(key_pem)
+    # (debug = info: each side logs the TLS version and suite it negotiated, once per
+    # connection)
+    common = ("foreground = yes\npid =\ndebug = info\nsocket = l:TCP_NODELAY=1\n"
+              "socket = r:TCP_NODELAY=1\nsslVersionMin = TLSv1.3\n")
+    near = common + f"output = {d / 'near.log'}\n"
+    far = common + f"output = {d / 'far.log'}\n"
+    fronts, backs = {}, []
+    for label, port in ports.items():
+        fronts[label], back = free_port(), free_port()
+        backs.append(back)
+        far += (f"[{label}]\naccept = 127.0.0.1:{back}\nconnect = 127.0.0.1:{port}\n"
+                f"cert = {cert}\nkey = {key}\n")
+        near += (f"[{label}]\nclient = yes\naccept = 127.0.0.1:{fronts[label]}\n"
+                 f"connect = 127.0.0.1:{back}\nCAfile = {cert}\nverifyPeer = yes\n")
+    (d / "far.conf").write_text(far)
+    (d / "near.conf").write_text(near)
+    procs.start("stunnel-far", [exe, str(d / "far.conf")])
+    procs.start("stunnel-near", [exe, str(d / "near.conf")])
+    wait_until(lambda: all(port_open(p) for p in [*fronts.values(), *backs]), "stunnel")
+    return fronts
+
+
 def start_ssh_reverse(procs: Processes, work: Path, tool_port: int) -> int:
     """sshd on a free port plus `ssh -N -R` from "inside the studio": users connect to
     the port sshd opens, the bytes travel the SSH connection to the tool. Returns it."""

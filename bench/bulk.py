@@ -8,7 +8,7 @@ import os
 import statistics
 import subprocess
 
-from bench.arena import GATEWAY, NGINX, Arena, Target
+from bench.arena import GATEWAY, NGINX, STUNNEL, Arena, Target
 from bench.baselines import NginxTool
 from bench.common import Run, Section, random_file, rounds
 from bench.hops import pinned
@@ -103,7 +103,7 @@ def _placed_uploads(run: Run, arena: Arena, payload: str, size: int, first: int,
     pinned to ``first`` and the rest of the path to ``second``."""
     got: dict[str, list[float]] = {}
     for _ in range(run.runs):
-        for name in (GATEWAY, NGINX):
+        for name in (GATEWAY, NGINX, STUNNEL):
             chain = arena.pids.get(name)
             if not chain:
                 continue

@@ -46,6 +46,7 @@ def versions(chp: str | None, profiler: str | None) -> list[list[str]]:
     from OpenSSL import SSL
 
     import twisted
+    from bench.baselines import stunnel_version
 
     commit = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     rows = [
@@ -60,6 +61,7 @@ def versions(chp: str | None, profiler: str | None) -> list[list[str]]:
         ["OpenSSH", _first_line(["ssh", "-V"]).split(",")[0]],
         ["node", _first_line(["node", "--version"])],
         ["configurable-http-proxy", chp or "not installed"],
+        ["stunnel", stunnel_version() or "not installed"],
     ]
     if profiler:
         rows.append(["profiler", profiler])

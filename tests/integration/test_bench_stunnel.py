@@ -1,0 +1,93 @@
+"""bench.baselines.start_stunnel: the stunnel pair bench/run measures the gateway against
+carries a connection's bytes both ways, intact, over TLS 1.3 with the far side pinned."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import baselines
+from bench.common import Processes
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+needs_stunnel = pytest.mark.skipif(
+    shutil.which(baselines.STUNNEL) is None and os.environ.get("CI") != "true",
+    reason="stunnel4 is not installed (scripts/setup --test installs it)")
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    (tmp_path / "logs").mkdir()
+    p = Processes(tmp_path / "logs")
+    try:
+        yield p
+    finally:
+        p.stop_all()  # by pid
+
+
+def _echo_server() -> socket.socket:
+    """An echo on 127.0.0.1, a thread per connection (start_stunnel's readiness probes
+    come through the pair as connections too)."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed by the test
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+@needs_stunnel
+def test_the_pair_carries_bytes_both_ways_intact(procs: Processes, tmp_path: Path) -> None:
+    server = _echo_server()
+    fronts = baselines.start_stunnel(procs, tmp_path, {"echo": server.getsockname()[1]})
+    assert fronts is not None and set(fronts) == {"echo"}
+    payload = os.urandom(3 << 20)
+    got = bytearray()
+    with socket.create_connection(("127.0.0.1", fronts["echo"]), timeout=30) as c:
+        writer = threading.Thread(target=lambda: (c.sendall(payload), c.shutdown(socket.SHUT_WR)))
+        writer.start()
+        while data := c.recv(65536):
+            got += data
+        writer.join()
+    server.close()
+    assert bytes(got) == payload
+    # What went between the two stunnels was TLS 1.3, the near side checking the far
+    # side's certificate against the one it was given
+    d = tmp_path / "stunnel"
+    for side in ("near", "far"):
+        wait_until(lambda side=side: "TLSv1.3 ciphersuite" in (d / f"{side}.log").read_text(),
+                   f"the {side} side's log of its TLS session")
+    assert "Certificate accepted at depth=0: CN=127.0.0.1" in (d / "near.log").read_text()
+    assert (tmp_path / "stunnel" / "key.pem").stat().st_mode & 0o077 == 0
+
+
+@needs_stunnel
+def test_the_version_row_names_stunnel() -> None:
+    version = baselines.stunnel_version()
+    assert version is not None and version.startswith("stunnel ")
+
+
+def test_without_stunnel_the_pair_is_skipped(procs: Processes, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(baselines.shutil, "which", lambda name: None)
+    assert baselines.start_stunnel(procs, tmp_path, {"tool": 1}) is None
+    assert baselines.stunnel_version() is None
