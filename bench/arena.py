@@ -58,8 +58,8 @@ GATEWAY = "gateway (full path)"
 DIRECT = "direct to the tool"
 NGINX = "nginx proxy_pass"
 CHP = "configurable-http-proxy"
-#: The tunnel's architecture in C and nothing else (baselines.start_stunnel): what the
-#: gateway's path could make at most with its TLS hop and its one more process each way.
+#: The gateway's architecture in C and nothing else (baselines.start_stunnel): a TLS hop
+#: and one more process each way, the reference for what that shape costs here.
 STUNNEL = "stunnel pair (TLS tunnel, C)"
 
 

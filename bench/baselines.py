@@ -135,11 +135,12 @@ def start_chp(procs: Processes, tool_port: int, ws_port: int) -> int | None:
     return port
 
 
-STUNNEL = "stunnel4"
+#: Debian's name for stunnel 5
+STUNNEL_EXE = "stunnel4"
 
 
 def stunnel_version() -> str | None:
-    exe = shutil.which(STUNNEL)
+    exe = shutil.which(STUNNEL_EXE)
     if exe is None:
         return None
     out = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=30)
@@ -151,11 +152,11 @@ def start_stunnel(procs: Processes, work: Path, ports: dict[str, int]) -> dict[s
     """The tunnel's architecture with nothing else in it, in C: a "near" stunnel takes
     plain TCP and carries it over TLS to a "far" stunnel, which passes it on to the tool
     (a TLS 1.3 hop and one more process each way beside a plain proxy's path; no HTTP,
-    no login, no multiplexing). Both pin the far side's self-signed P-256 certificate,
-    as the connect client pins the gateway's. One service per ``ports`` entry (label:
+    no login, no multiplexing). The near side pins the far side's self-signed P-256
+    certificate, as the connect client pins the gateway's. One service per ``ports`` entry (label:
     the port to reach); returns the near side's port per label, or None when stunnel is
     not installed (bench/setup installs it)."""
-    exe = shutil.which(STUNNEL)
+    exe = shutil.which(STUNNEL_EXE)
     if exe is None:
         return None
     from studios_gateway.wire import tls

@@ -19,7 +19,7 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.slow
 
 needs_stunnel = pytest.mark.skipif(
-    shutil.which(baselines.STUNNEL) is None and os.environ.get("CI") != "true",
+    shutil.which(baselines.STUNNEL_EXE) is None and os.environ.get("CI") != "true",
     reason="stunnel4 is not installed (scripts/setup --test installs it)")
 
 
