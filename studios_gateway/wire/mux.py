@@ -317,25 +317,24 @@ class Stream:
         n = len(data)
         scheduler = mux.scheduler
         if (not self._send_buffered and n <= self._send_window.available
-                and n <= mux.max_frame_data and not mux._pumping and not mux._transport_paused
+                and not mux._pumping and not mux._transport_paused
                 and (scheduler is None or not scheduler.queued)):
-            # Nothing waits (here, in the scheduler or for the transport) and the data is
-            # one frame the window allows: what the scheduler would send at once, sent
-            # without queueing it (a WebSocket message, a request, an answer's read).
-            self._send_window.available -= n
-            if not mux.closed:  # mux._send_data's frame, one call less per write
-                mux._write(_pack_header(0, DATA, 0, self.stream_id, n) + data)
-            return
-        if (not self._send_buffered and n <= self._send_window.available
-                and not mux._pumping and not mux._transport_paused and not mux.closed
-                and (scheduler is None or not scheduler.queued)
-                and (self._producer is None or self._producer_streaming)):
-            # A bulk read of several frames, nothing waiting: the frames the scheduler
-            # would send one after another now, in one tunnel write (one TLS write). (A
-            # pull producer is asked for more as the scheduler sends: it takes turns.)
-            self._send_window.available -= n
-            mux._write_frames(self.stream_id, data)
-            return
+            # Nothing waits (here, in the scheduler or for the transport) and the window
+            # allows the data: what the scheduler would send at once, sent without
+            # queueing it.
+            if n <= mux.max_frame_data:
+                # One frame (a WebSocket message, a request, an answer's read).
+                self._send_window.available -= n
+                if not mux.closed:  # mux._send_data's frame, one call less per write
+                    mux._write(_pack_header(0, DATA, 0, self.stream_id, n) + data)
+                return
+            if not mux.closed and (self._producer is None or self._producer_streaming):
+                # A bulk read of several frames: the frames the scheduler would send one
+                # after another, in one tunnel write (one TLS write). (A pull producer is
+                # asked for more as the scheduler sends: it takes turns.)
+                self._send_window.available -= n
+                mux._write_frames(self.stream_id, data)
+                return
         self._send_buffer.append(data)
         self._send_buffered += len(data)
         if self._send_buffered > self.mux.max_send_buffer:
