@@ -8,10 +8,10 @@ import os
 import statistics
 import subprocess
 
+from bench import hops
 from bench.arena import GATEWAY, NGINX, STUNNEL, Arena, Target
 from bench.baselines import NginxTool
 from bench.common import Run, Section, random_file, rounds
-from bench.hops import pinned
 
 MB = 1e6
 
@@ -107,8 +107,7 @@ def _placed_uploads(run: Run, arena: Arena, payload: str, size: int, first: int,
             chain = arena.pids.get(name)
             if not chain:
                 continue
-            # (this process last: hops.pinned's rule; curl inherits its CPU)
-            with pinned(chain[1:], second), pinned([chain[0]], first), pinned([0], first):
+            with hops.placed(chain, first, first, second):
                 took = upload(arena.http[name], payload, arena.tool)
             got.setdefault(name, []).append(size / took / MB)
     return got

@@ -137,7 +137,7 @@ def _placed(run: Run, paths: dict[str, Target], pids: dict[str, list[int]], firs
             for placement, client, near, far in (
                     ("one CPU", first, first, first),
                     ("client + first proxy | the rest", first, first, second)):
-                with pinned([chain[0]], near), pinned(chain[1:], far), pinned([0], client):
+                with placed(chain, client, near, far):
                     r = wrk(paths[name].url("/small"), 1, run.seconds, paths[name].headers)
                 got.setdefault((name, placement), []).append(r.rps)
     rows = [[n, f"{statistics.median(got[(n, 'one CPU')]):,.0f}",
@@ -146,6 +146,15 @@ def _placed(run: Run, paths: dict[str, Target], pids: dict[str, list[int]], firs
     return ("Placed by hand (req/s at 1 connection; `hops`' table above is the scheduler's "
             "choice)", ["path", "all on one CPU", "client + first proxy on one CPU, "
                         "the rest on the other"], rows)
+
+
+@contextmanager
+def placed(chain: list[int], client: int, near: int, far: int) -> Iterator[None]:
+    """A path placed by hand: its first proxy (``chain[0]``) on ``near``, the rest of the
+    chain on ``far``, and this process, whose client (wrk, curl) inherits it, on
+    ``client``, pinned last (see :func:`pinned`)."""
+    with pinned([chain[0]], near), pinned(chain[1:], far), pinned([0], client):
+        yield
 
 
 @contextmanager

@@ -108,6 +108,7 @@ def test_bulk_places_the_uploads_by_hand_client_and_first_proxy_on_one_cpu(monke
     import contextlib
 
     import bench.bulk as bb
+    import bench.hops
     from bench.arena import GATEWAY, NGINX, Target
 
     placed: list[tuple[tuple[int, ...], int]] = []
@@ -123,7 +124,7 @@ def test_bulk_places_the_uploads_by_hand_client_and_first_proxy_on_one_cpu(monke
         uploads.append((target.name, sorted(placed)))
         return {GATEWAY: 2.0, NGINX: 1.0}[target.name]
 
-    monkeypatch.setattr(bb, "pinned", pinned)
+    monkeypatch.setattr(bench.hops, "pinned", pinned)  # (under hops.placed)
     monkeypatch.setattr(bb, "upload", upload)
     arena = SimpleNamespace(http={GATEWAY: Target(GATEWAY, 1), NGINX: Target(NGINX, 2)},
                             pids={GATEWAY: [10, 11, 12], NGINX: [20, 12]}, tool=None)
