@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.common import Processes, free_port, port_open, wait_until
 from bench.ssh import start_sshd
+from tests.support.ports import free_ports
 
 NGINX = "/usr/sbin/nginx"
 REPO = Path(__file__).resolve().parents[1]
@@ -174,9 +175,11 @@ def start_stunnel(procs: Processes, work: Path, ports: dict[str, int]) -> dict[s
               "socket = r:TCP_NODELAY=1\nsslVersionMin = TLSv1.3\n")
     near = common + f"output = {d / 'near.log'}\n"
     far = common + f"output = {d / 'far.log'}\n"
+    # (all held until all are chosen: separate free_port() calls can give one port twice)
+    chosen = iter(free_ports(2 * len(ports)))
     fronts, backs = {}, []
     for label, port in ports.items():
-        fronts[label], back = free_port(), free_port()
+        fronts[label], back = next(chosen), next(chosen)
         backs.append(back)
         far += (f"[{label}]\naccept = 127.0.0.1:{back}\nconnect = 127.0.0.1:{port}\n"
                 f"cert = {cert}\nkey = {key}\n")
