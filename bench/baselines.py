@@ -120,7 +120,7 @@ def start_chp(procs: Processes, tool_port: int, ws_port: int) -> int | None:
     exe = chp_binary()
     if exe is None:
         return None
-    port, api = free_port(), free_port()
+    port, api = free_ports(2)
     token = "bench-chp-token"
     proc = procs.start("chp", [exe, "--ip", "127.0.0.1", "--port", str(port), "--api-ip",
                                "127.0.0.1", "--api-port", str(api), "--default-target",

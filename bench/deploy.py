@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from bench.baselines import NginxTool, start_nginx_tool
 from bench.common import Processes, free_port, port_open, wait_until, work_dir
 from bench.ssh import BIN, REPO
+from tests.support.ports import free_ports
 
 AUTH_KEY = "bench-management-key"
 #: Extra twistd options for the gateways the harness starts (the cProfile fallback).
@@ -91,7 +92,8 @@ def gateway_env(work: Path, name: str = "gateway",
     `extra` says otherwise), its storage under ``work``."""
     storage = work / f"{name}-storage"
     storage.mkdir()
-    ports = {k: free_port() for k in ("http", "tunnel", "listener", "mgmt")}
+    names = ("http", "tunnel", "listener", "mgmt")
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("CONNECT_", "TOWER_", "PLATFORM_", "LOCAL_CACHE"))}
     env.update(PYTHONPATH=str(REPO), CONNECT_BIND_ADDRESS="127.0.0.1",

@@ -34,6 +34,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.support.ports import free_ports
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SSHD = "/usr/sbin/sshd"
@@ -113,11 +115,11 @@ def start_studio(procs: Processes, work: Path, pub_key: str) -> tuple[int, str]:
     """Gateway, tool and connect client; returns (SSH port, session id)."""
     storage = work / "storage"
     storage.mkdir()
-    mgmt, ssh_port = free_port(), free_port()
+    mgmt, ssh_port, http, tunnel, listener = free_ports(5)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONNECT_", "TOWER_"))}
     env.update(PYTHONPATH=str(REPO), CONNECT_BIND_ADDRESS="127.0.0.1",
-               CONNECT_HTTP_PORT=str(free_port()), CONNECT_TUNNEL_PORT=str(free_port()),
-               CONNECT_LISTENER_PORT=str(free_port()), CONNECT_MANAGEMENT_PORT=str(mgmt),
+               CONNECT_HTTP_PORT=str(http), CONNECT_TUNNEL_PORT=str(tunnel),
+               CONNECT_LISTENER_PORT=str(listener), CONNECT_MANAGEMENT_PORT=str(mgmt),
                CONNECT_MANAGEMENT_AUTH_KEY=AUTH_KEY, CONNECT_SSH_ENABLED="true",
                CONNECT_SSH_ADDR=f"127.0.0.1:{ssh_port}", CONNECT_STORAGE_ROOT=str(storage))
     gw = procs.start("gateway", [str(BIN / "twistd"), "-n", "--pidfile=", "studios-gateway"],
