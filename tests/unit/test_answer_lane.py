@@ -22,6 +22,7 @@ from studios_gateway.http import lane
 from studios_gateway.http.exchange import Exchange, Step, ToolCodec
 from studios_gateway.http.routing import Router
 from studios_gateway.http.toolroute import tool_route
+from tests.support.examples import examples
 from tests.unit.test_http_exchange import started
 from tests.unit.test_http_proxy import Harness
 
@@ -325,7 +326,7 @@ def responses(draw: Any) -> bytes:
     return data
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(3000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(responses(), st.sampled_from(sorted(MODES)), st.lists(st.integers(1, 400), max_size=3))
 @example(NGINX, "subdomain", [])
 @example(NODE, "path rstudio", [150])
@@ -350,7 +351,7 @@ def _pieces(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *points], points, strict=False)] or [data]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(responses(), st.booleans(), st.lists(st.integers(1, 400), max_size=3))
 def test_the_proxy_says_the_same_with_and_without_the_lane(data: bytes, path: bool,
                                                            cuts: list[int]) -> None:

@@ -14,6 +14,7 @@ from studios_gateway.auth.login import strip_auth_cookie
 from studios_gateway.http import headers
 from studios_gateway.http.exchange import Exchange, HeadReader, HeadRefused, Limits
 from studios_gateway.http.routing import Router
+from tests.support.examples import examples
 
 LIMITS = Limits(max_request_line=64, max_header_bytes=256, max_header_count=6)
 
@@ -38,7 +39,7 @@ def _outcome(got: Exchange | HeadRefused | None, reader: HeadReader) -> object:
     return ("more", bytes(reader.buf))
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.lists(_PIECES, min_size=1, max_size=8), st.lists(_PIECES, max_size=3))
 def test_take_read_says_what_feed_and_take_say(first: list[bytes], second: list[bytes]
                                                ) -> None:
@@ -61,7 +62,7 @@ def test_take_read_of_a_whole_head_keeps_what_follows_for_the_body() -> None:
     assert not reader.buf
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.sampled_from(["a=1", " b=2", "__Host-connect_session=x",
                                  "connect_session=y", "CONNECT_SESSION=z", "", " ", "c",
                                  "__host-connect_login=q", "d=\"e\""]), max_size=5))
@@ -85,7 +86,7 @@ def test_the_remembered_cookie_answers_are_bounded() -> None:
     assert b"a=0; __Host-connect_session=x" not in login._STRIPPED  # the oldest went
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.sampled_from(["a=1", " connect_session=x ", "connect_session=\"y\"", "",
                                  "b", "connect_session", "=z", "connect_session=w=v"]),
                 max_size=5), st.integers(min_value=1, max_value=2))
@@ -120,7 +121,7 @@ _TARGETS = st.sampled_from(["/", "/lab?x=1", "", "*", "http://abc.studios.test/"
                             "/_studio/abc/", "/_studio/abc"])
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.tuples(_HOSTS, _TARGETS), min_size=1, max_size=6), st.booleans())
 def test_a_remembered_studio_host_routes_as_a_fresh_router_does(
         asks: list[tuple[str, str]], path_routing: bool) -> None:
@@ -130,7 +131,7 @@ def test_a_remembered_studio_host_routes_as_a_fresh_router_does(
         assert used.route(host, target) == fresh.route(host, target)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(_PIECES, min_size=1, max_size=8))
 def test_remembered_field_lines_read_as_lines_worked_out(pieces: list[bytes]) -> None:
     head = b"GET / HTTP/1.1\r\n" + b"\r\n".join(pieces) + b"\r\n\r\n"

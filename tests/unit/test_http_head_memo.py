@@ -19,6 +19,7 @@ from studios_gateway.http.exchange import (
 )
 from studios_gateway.http.routing import Mode, Route
 from studios_gateway.http.toolroute import tool_route
+from tests.support.examples import examples
 
 LIMITS = Limits(max_request_line=48, max_header_bytes=320, max_header_count=6)
 
@@ -75,7 +76,7 @@ def _outcome(got: Exchange | HeadRefused | None) -> object:
     return ("more",)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(_heads())
 def test_a_remembered_head_reads_as_a_fresh_one(heads: list[bytes]) -> None:
     remembering = HeadReader(LIMITS)
@@ -113,7 +114,7 @@ _CLIENT_LINES = st.sampled_from([
 ])
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=examples(800), deadline=None)
 @given(st.lists(_CLIENT_LINES, max_size=6, unique=True), st.lists(st.tuples(
     st.sampled_from(_ROUTES), st.sampled_from([None, "jupyter", "rstudio", "vscode"]),
     st.sampled_from(["alice", "bob", "b\r\nad"]), st.sampled_from([None, "10.0.0.9", "::1"]),

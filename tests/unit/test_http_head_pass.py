@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from studios_gateway.http.h1 import RequestHead, _value_ok, parse_request_head
 from studios_gateway.http.headers import HeadProblem, connection_tokens
+from tests.support.examples import examples
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^ ]+) HTTP/1\.([01])")
@@ -187,7 +188,7 @@ _LIMITS = st.sampled_from([dict(max_request_line=8190, max_header_count=100)] * 
                           + [dict(max_request_line=20, max_header_count=3)])
 
 
-@settings(max_examples=800)
+@settings(max_examples=examples(800))
 @given(_HEADS, _LIMITS)
 def test_one_pass_is_check_head_then_llhttp(head: bytes, limits: dict[str, int]) -> None:
     assert one_pass(head, limits) == reference(head, limits)
@@ -201,7 +202,7 @@ _pieces = st.sampled_from([
 ])
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(st.lists(_pieces, max_size=30).map(b"".join), _LIMITS)
 def test_one_pass_is_the_two_passes_for_any_bytes(raw: bytes, limits: dict[str, int]) -> None:
     head = raw + b"\r\n\r\n"

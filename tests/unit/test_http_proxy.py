@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from studios_gateway.http.proxy import ProxyFactory, ProxyProtocol, UpstreamConnection
 from studios_gateway.http.routing import Router
 from studios_gateway.http.upstream import SessionInfo, StudioNotConnected, ToolNotAnswering
+from tests.support.examples import examples
 
 DOMAIN = "studios.test"
 GET = b"GET /lab HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n"
@@ -569,7 +570,7 @@ _pieces = st.sampled_from([
 ])
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.lists(_pieces, max_size=30).map(b"".join), st.integers(1, 7))
 def test_hostile_heads_never_crash_or_reach_the_tool_unvalidated(raw: bytes,
                                                                 split: int) -> None:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from studios_gateway.http.h1 import RequestBody, RequestHead
+from tests.support.examples import examples
 
 
 def _head(length: int) -> RequestHead:
@@ -16,7 +17,7 @@ def _head(length: int) -> RequestHead:
                        True, False, length, False, b"x")
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.binary(max_size=300), st.binary(max_size=40), st.lists(st.integers(0, 400)),
        st.lists(st.booleans()))
 def test_any_cut_gives_the_body_and_leaves_the_rest(body: bytes, rest: bytes,

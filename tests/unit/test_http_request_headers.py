@@ -16,6 +16,7 @@ from studios_gateway.http.headers import (
     field_value_ok,
     request_headers,
 )
+from tests.support.examples import examples
 
 
 def reference_request_headers(headers: Sequence[tuple[bytes, bytes]], *, peer: str | None,
@@ -58,7 +59,7 @@ _VALUES = st.sampled_from([b"", b"a", b" 1.2.3.4 ", b"close", b"upgrade", b"x-cu
 _HEADERS = st.lists(st.tuples(_NAMES, _VALUES), max_size=10)
 
 
-@settings(max_examples=3000)
+@settings(max_examples=examples(3000))
 @given(_HEADERS, st.sampled_from([None, "10.0.0.9", "::1"]), st.booleans(), st.booleans(),
        st.sampled_from(["alice", "", "b\r\nad"]),
        st.sampled_from([None, (b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")]))

@@ -16,6 +16,7 @@ from studios_gateway.http.headers import (
     response_headers,
     tool_set_cookies,
 )
+from tests.support.examples import examples
 
 _NAMES = st.sampled_from([b"Content-Length", b"content-length", b"Transfer-Encoding",
                           b"Connection", b"connection", b"Keep-Alive", b"Upgrade", b"TE",
@@ -36,13 +37,13 @@ def reference(headers: Headers) -> tuple[Headers, list[bytes], bool]:
     return out, [n.lower() for n, _ in out], changed
 
 
-@settings(max_examples=1500)
+@settings(max_examples=examples(1500))
 @given(_HEADERS)
 def test_one_pass_is_the_filters(headers: Headers) -> None:
     assert client_response_headers(headers, GATEWAY_COOKIES) == reference(headers)
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(st.lists(st.sampled_from([b"keep-alive", b"Close", b" upgrade", b"X-Custom ", b"",
                                  b" ", b"\t", b"a" * 70]), max_size=4).map(b",".join))
 def test_connection_options_remembered_are_the_split(value: bytes) -> None:

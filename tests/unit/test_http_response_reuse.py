@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from studios_gateway.http.h1 import BodyError, ResponseHead, ResponseReader
+from tests.support.examples import examples
 
 MAX_HEAD = 4096
 
@@ -52,7 +53,7 @@ def _read(reader: ResponseReader, method: bytes, response: bytes, cuts: list[int
             reader.switched_rest)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.tuples(_EXCHANGES, st.lists(st.integers(0, 200), max_size=3)),
                 min_size=1, max_size=6))
 def test_a_kept_parser_reads_what_a_fresh_one_reads(

@@ -14,6 +14,7 @@ from studios_gateway.http.h1 import RequestBody, RequestHead
 from studios_gateway.http.headers import Headers, connection_tokens, request_headers
 from studios_gateway.http.routing import Mode, Route
 from studios_gateway.http.toolroute import tool_route
+from tests.support.examples import examples
 
 
 def reference_tool_head(ex: Exchange, *, peer: str | None, trusted: bool, scheme: str
@@ -85,7 +86,7 @@ class _NoBody:
     done = False
 
 
-@settings(max_examples=1500)
+@settings(max_examples=examples(1500))
 @given(_exchanges(), st.sampled_from([None, "10.0.0.9", "::1"]), st.booleans())
 def test_one_pass_is_the_three(ex: Exchange, peer: str | None, trusted: bool) -> None:
     kw = dict(peer=peer, trusted=trusted, scheme="https")
