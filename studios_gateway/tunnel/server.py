@@ -497,12 +497,16 @@ class TunnelServerProtocol(Protocol):
         self._cancel_timeout()
         if self._mux is not None:
             self._mux.connectionLost(reason)
-        if self._tunnel is not None:
-            self._log.info("session {sid}: tunnel closed", sid=self._tunnel.session_id)
+        # The tunnel keeps this protocol (Tunnel.protocol) for as long as anything
+        # holds the tunnel; this end lets go, so the two are freed by reference
+        # counting, not left as a cycle for a full collection.
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            self._log.info("session {sid}: tunnel closed", sid=tunnel.session_id)
             if self.table.metrics:
                 clean = reason is None or reason.check(ConnectionDone) is not None
                 self.table.metrics.losses.labels("closed" if clean else "lost").inc()
-            self.table.lost(self._tunnel)
+            self.table.lost(tunnel)
 
 
 class TunnelServerFactory(Factory):

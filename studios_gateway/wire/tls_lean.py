@@ -44,6 +44,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet.protocol import connectionDone
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 
@@ -145,6 +146,20 @@ def renew_bios(conn: SSL.Connection) -> bool:
 _CLOSED = object()
 
 
+def _untraced(failure: Failure) -> Failure:
+    """``failure`` with its traceback kept as text only (Failure.cleanFailure).
+
+    A Failure made in an ``except`` holds the traceback's frames, and they hold the
+    frames above them: the read loop's, whose locals hold this Failure and the TLS
+    protocol. Such a connection outlives its end until a full collection finds the
+    cycle (10,000 studios dropping at once: one pause of 300 ms, and every closed
+    connection's OpenSSL memory held until then). The error's type, message and
+    printed traceback stay.
+    """
+    failure.cleanFailure()
+    return failure
+
+
 class LeanTLSProtocol(TLSMemoryBIOProtocol):
     """``TLSMemoryBIOProtocol`` whose post-handshake reads and writes take the lean
     path (see the module), with its memory BIOs renewed once quiet (:meth:`renew_bios`).
@@ -172,6 +187,16 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
         per read. Everything else (the connection's end, the producer) still goes to the
         application."""
         self._receiver = receiver
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        try:
+            super().connectionLost(reason)
+        finally:
+            # The receiver and the producer (a multiplexer, wrapped for the producer)
+            # hold this protocol as their transport: let go of both, as Twisted's layer
+            # lets go of the application here, so a closed tunnel is freed by reference
+            # counting rather than left for a full collection.
+            self._receiver = self._producer = None
 
     def renew_bios(self) -> bool:
         """Free the BIOs' buffers now if the connection allows it (wire/tls_memory.py)."""
@@ -296,7 +321,7 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             except ZeroReturnError:
                 return _CLOSED
             except Error:
-                return Failure()
+                return _untraced(Failure())
             return None  # OpenSSL reports nothing to act on
 
         def _flushSendBIO(self) -> None:
@@ -395,4 +420,4 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                 self._flushSendBIO()  # the records made before it
                 self._bufferedWrite(rest)  # OpenSSL needs the peer first (renegotiation)
             except Error:
-                self._tlsShutdownFinished(Failure())
+                self._tlsShutdownFinished(_untraced(Failure()))

@@ -7,6 +7,7 @@ TCP reads it likes; closing and failures go through iosim, as the guard's tests 
 
 from __future__ import annotations
 
+import gc
 import importlib
 from typing import Any
 
@@ -421,3 +422,35 @@ def test_deliver_to_hands_reads_to_another_protocol_and_the_end_to_the_applicati
     client_app.transport.loseConnection()
     pump.flush()
     assert server_app.lost is not None and mux.lost is None
+
+
+def test_a_tls_errors_failure_keeps_no_frames(certificate) -> None:
+    """The error's Failure keeps its traceback as text only. With the frames, the read
+    loop's frame (which holds the Failure and the TLS protocol) made a cycle, and the
+    whole connection outlived its end until a full collection (stop 30: 10,000
+    studios dropping at once, one 300 ms pause)."""
+    pair = Pair(certificate)
+    pair.client_app.transport.write(b"then bad")
+    data = bytearray(pair.client_wire.out)
+    data[-3] ^= 0xFF
+    pair.server.dataReceived(bytes(data))
+    pair.server.connectionLost(Failure(ConnectionDone()))
+    lost = pair.server_app.lost
+    assert lost is not None and lost.check(SSL.Error)
+    assert lost.tb is None and lost.value.__traceback__ is None
+    assert not [r for r in gc.get_referents(lost.__dict__) if type(r).__name__ == "frame"]
+    assert "OpenSSL.SSL.Error" in lost.getTraceback()  # what is printed stays
+
+
+def test_the_end_lets_go_of_the_receiver_and_the_producer(certificate) -> None:
+    """A multiplexer is the TLS layer's receiver and producer and has the layer as its
+    transport; the layer lets go of it at the end, so neither waits for a full
+    collection."""
+    pair = Pair(certificate)
+    receiver = App()
+    pair.server.deliver_to(receiver)
+    pair.server.registerProducer(receiver, True)
+    assert pair.server._receiver is receiver and pair.server._producer is not None
+    pair.server.connectionLost(Failure(ConnectionDone()))
+    assert pair.server._receiver is None and pair.server._producer is None
+    assert pair.server_app.lost is not None  # the end still reached the application

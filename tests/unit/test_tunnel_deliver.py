@@ -4,14 +4,19 @@ through the bind protocol."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from studios_gateway.studio.client import Backoff, ConnectClient, TunnelClientProtocol
 from studios_gateway.studio.settings import Gateway, load_client_settings
-from studios_gateway.tunnel.server import TunnelServerFactory
+from studios_gateway.tunnel.server import TunnelServerFactory, TunnelServerProtocol
 from studios_gateway.wire import frames
 from studios_gateway.wire.bind import BindReply, BindRequest
 from tests.support.tables import TOKEN, memory_table
@@ -56,3 +61,24 @@ def test_the_connect_clients_tunnel_protocol_hands_reads_to_its_mux_once_bound()
         else:  # no deliver_to: frames still reach the mux through the protocol
             protocol.dataReceived(frames.encode_ping(7))
             assert frames.encode_ping(7, ack=True) in transport.value()
+
+
+def test_a_bound_tunnels_protocol_is_freed_without_the_cycle_collector(
+        monkeypatch: Any) -> None:
+    """The tunnel and its protocol referred to each other (Tunnel.protocol and the
+    protocol's tunnel), so every closed tunnel waited for a full collection."""
+    # (Twisted keeps log events, and so their sources, until logging has begun.)
+    monkeypatch.setattr(TunnelServerProtocol, "_log", Logger(observer=lambda event: None))
+    _, table = memory_table(Clock(), tool="vscode")
+    protocol: Any = TunnelServerFactory(table).buildProtocol(None)
+    protocol.makeConnection(Delivering())
+    protocol.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "code-server", 8080).encode())
+    assert protocol._mux is not None and table.get("s1") is not None
+    gone = weakref.ref(protocol)
+    gc.disable()
+    try:
+        protocol.connectionLost(Failure(ConnectionLost()))
+        del protocol
+        assert table.get("s1") is None and gone() is None
+    finally:
+        gc.enable()
