@@ -20,8 +20,8 @@ import json
 import math
 import re
 import secrets
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -227,10 +227,12 @@ class TunnelHolder:
         self.validate()
 
     def validate(self) -> None:
-        _check_holder(asdict(self))
+        _check_holder(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a str, int or float: no deep copy (dataclasses.asdict makes one
+        # of each value, and a holder is made or written at every bind and refresh).
+        return {name: getattr(self, name) for name in _HOLDER_FIELDS}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
@@ -247,6 +249,9 @@ class TunnelHolder:
     @classmethod
     def from_json(cls, text: str | bytes) -> TunnelHolder:
         return cls.from_dict(_load_object(text, "tunnel holder"))
+
+
+_HOLDER_FIELDS = tuple(f.name for f in fields(TunnelHolder))
 
 
 def _check_holder(data: dict[str, Any]) -> None:
@@ -399,6 +404,11 @@ class TunnelClaims(Protocol):
         claim again when no holder is stored (the claim expired, as in a store outage
         longer than its TTL) and the session exists. False only when another tunnel or
         node holds the session, or the session is gone: then this tunnel must close."""
+
+    def refresh_tunnels(self, holders: Sequence[TunnelHolder],
+                        ttl: float) -> Deferred[list[bool]]:
+        """:meth:`refresh_tunnel` for each holder, in one round trip: the answers in the
+        holders' order."""
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
         """Delete the holder if it is still ours; whether it was."""

@@ -19,7 +19,7 @@ straight to the store, so "used once" holds on every node.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -241,6 +241,10 @@ class CachingStore:
 
     def refresh_tunnel(self, holder: TunnelHolder, ttl: float) -> Deferred[bool]:
         return defer.maybeDeferred(self.inner.refresh_tunnel, holder, ttl)
+
+    def refresh_tunnels(self, holders: Sequence[TunnelHolder],
+                        ttl: float) -> Deferred[list[bool]]:
+        return defer.maybeDeferred(self.inner.refresh_tunnels, holders, ttl)
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
         return self._write(holder.session_id, self.inner.release_tunnel, holder)

@@ -12,7 +12,7 @@ is refused and undone."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,16 +194,27 @@ class MemoryStore:
             seconds = _ttl(ttl)
         except ValueError as e:
             return defer.fail(e)
+        return defer.succeed(self._refresh(holder, seconds))
+
+    def refresh_tunnels(self, holders: Sequence[TunnelHolder],
+                        ttl: float) -> Deferred[list[bool]]:
+        try:
+            seconds = _ttl(ttl)
+        except ValueError as e:
+            return defer.fail(e)
+        return defer.succeed([self._refresh(holder, seconds) for holder in holders])
+
+    def _refresh(self, holder: TunnelHolder, seconds: float) -> bool:
         current = self._current(holder.session_id)
         if current is None and holder.session_id in self._records:
             # The claim expired (this node was too busy to refresh it?): claim it again.
             self._tunnels[holder.session_id] = (holder, self._clock.seconds() + seconds)
             self._subscribers.notify(holder.session_id)
-            return defer.succeed(True)
+            return True
         if current is None or not _same(current, holder):
-            return defer.succeed(False)
+            return False
         self._tunnels[holder.session_id] = (current, self._clock.seconds() + seconds)
-        return defer.succeed(True)
+        return True
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
         current = self._current(holder.session_id)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,37 @@ end
 """ + _OURS + """
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
+"""
+
+# _REFRESH for many claims in one script (the table's refresh round): KEYS holds each
+# claim's tunnel key and session key in turn; ARGV the TTL in ms, the channel, then each
+# claim's tunnel id, node id, holder JSON and session id. One answer per claim, as
+# _REFRESH's: 0 (not ours, or the session is gone), 1 (extended), 2 (claimed again).
+_REFRESH_MANY = """
+local out = {}
+for i = 1, #KEYS / 2 do
+  local tk, sk, a = KEYS[2 * i - 1], KEYS[2 * i], 4 * i - 1
+  local cur = redis.call('GET', tk)
+  if not cur then
+    if redis.call('EXISTS', sk) == 0 then
+      out[i] = 0
+    else
+      redis.call('SET', tk, ARGV[a + 2], 'PX', ARGV[1])
+      redis.call('PUBLISH', ARGV[2], ARGV[a + 3])
+      out[i] = 2
+    end
+  else
+    local ok, h = pcall(cjson.decode, cur)
+    if not ok or type(h) ~= 'table' or h['tunnel_id'] ~= ARGV[a]
+        or h['node_id'] ~= ARGV[a + 1] then
+      out[i] = 0
+    else
+      redis.call('PEXPIRE', tk, ARGV[1])
+      out[i] = 1
+    end
+  end
+end
+return out
 """
 
 _RELEASE = _OURS + """
@@ -724,14 +755,37 @@ class RedisStore:
         sid = holder.session_id
         d = self._eval("refresh", _REFRESH, [self._tunnel_key(sid), self._key(sid)],
                        [holder.tunnel_id, holder.node_id, px, holder.to_json(), self.channel, sid])
+        return d.addCallback(lambda n: self._refreshed(sid, n))
 
-        def done(n: Any) -> bool:
-            if int(n) == 2:
-                self._log.info("the claim of session {sid}'s tunnel had expired (the store "
-                               "was away longer than its TTL?): claimed it again", sid=sid)
-            return int(n) >= 1
+    def refresh_tunnels(self, holders: Sequence[TunnelHolder],
+                        ttl: float) -> Deferred[list[bool]]:
+        if not holders:
+            return defer.succeed([])
+        try:
+            px = _ms(ttl)
+        except ValueError as e:
+            return defer.fail(e)
+        keys: list[str] = []
+        args: list[Any] = [px, self.channel]
+        for holder in holders:
+            sid = holder.session_id
+            keys += (self._tunnel_key(sid), self._key(sid))
+            args += (holder.tunnel_id, holder.node_id, holder.to_json(), sid)
 
-        return d.addCallback(done)
+        def done(answers: Any) -> list[bool]:
+            if not isinstance(answers, list) or len(answers) != len(holders):
+                raise StoreUnavailable(f"Redis at {self.address} answered a refresh of "
+                                       f"{len(holders)} claims with {answers!r:.80}")
+            return [self._refreshed(h.session_id, n)
+                    for h, n in zip(holders, answers, strict=True)]
+
+        return self._eval("refresh", _REFRESH_MANY, keys, args).addCallback(done)
+
+    def _refreshed(self, sid: str, n: Any) -> bool:
+        if int(n) == 2:
+            self._log.info("the claim of session {sid}'s tunnel had expired (the store "
+                           "was away longer than its TTL?): claimed it again", sid=sid)
+        return int(n) >= 1
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
         sid = holder.session_id

@@ -199,6 +199,36 @@ class StoreContract:
         assert (yield self.store.get_tunnel("abc123")) is None
 
     @defer.inlineCallbacks
+    def test_a_batch_refresh_answers_each_claim_as_one_refresh_would(self) -> Any:
+        """refresh_tunnels (a refresh round's command): ours extended, an expired one of
+        ours claimed again, another node's left alone, an ended session's not brought
+        back; the answers in the holders' order."""
+        for sid in ("s1", "s2", "s3", "s4"):
+            yield self.store.create(record(sid))
+        ours, expired = holder("s1", tunnel="t1"), holder("s2", tunnel="t2")
+        taken, ended = holder("s3", tunnel="t3"), holder("s4", tunnel="t4")
+        for h in (ours, expired, taken, ended):
+            yield self.store.claim_tunnel(h, 5)
+        yield self.expire(expired, 5)
+        theirs = holder("s3", node="node-b", tunnel="tb")
+        yield self.other.claim_tunnel(theirs, 5)
+        yield self.store.delete("s4")
+        answers = yield self.store.refresh_tunnels([ours, expired, taken, ended], 5)
+        assert answers == [True, True, False, False]
+        assert (yield self.other.get_tunnel("s1")) == ours
+        assert (yield self.other.get_tunnel("s2")) == expired
+        assert (yield self.other.get_tunnel("s3")) == theirs
+        assert (yield self.other.get_tunnel("s4")) is None
+        assert (yield self.store.refresh_tunnels([], 5)) == []
+        for ttl in (0, float("nan")):
+            try:
+                yield self.store.refresh_tunnels([ours], ttl)
+            except ValueError:
+                pass
+            else:
+                raise AssertionError(f"ttl {ttl} accepted")
+
+    @defer.inlineCallbacks
     def test_bad_ttl_refused(self) -> Any:
         yield self.store.create(record())
         for ttl in (0, -1, float("nan")):

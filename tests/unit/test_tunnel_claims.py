@@ -10,7 +10,12 @@ from twisted.internet.testing import StringTransport
 
 from studios_gateway.registry.base import SessionRecord, hash_token
 from studios_gateway.registry.memory import MemoryStore
-from studios_gateway.tunnel.server import TunnelServerFactory, TunnelSettings, TunnelTable
+from studios_gateway.tunnel.server import (
+    Tunnel,
+    TunnelServerFactory,
+    TunnelSettings,
+    TunnelTable,
+)
 from studios_gateway.wire.bind import BindRequest
 from tests.support.stores import FlakyStore
 
@@ -67,36 +72,54 @@ def test_a_tunnel_lost_while_its_refresh_is_out_leaves_no_claim_behind() -> None
     # The refresh is on its way (the store is slow) when the tunnel goes away.
     from twisted.internet import defer
 
-    answers: list[defer.Deferred[bool]] = []
-    real = store.inner.refresh_tunnel
-    store.inner.refresh_tunnel = lambda h, ttl: answers.append(defer.Deferred()) or answers[-1]
+    answers: list[defer.Deferred[list[bool]]] = []
+    real = store.inner.refresh_tunnels
+    store.inner.refresh_tunnels = lambda hs, ttl: answers.append(defer.Deferred()) or answers[-1]
     clock.advance(TTL / 3)
     assert len(answers) == 1
     table.lost(tunnel)
-    answers[0].callback(real(tunnel.holder, TTL).result)  # the late refresh claimed again
+    answers[0].callback(real([tunnel.holder], TTL).result)  # the late refresh claimed again
     assert store.inner.get_tunnel("s1").result is None
 
 
-def test_a_refresh_round_keeps_a_few_refreshes_in_flight_and_reaches_every_claim() -> None:
-    """Not one registry round trip after another (a round of 10,000 claims outlived the
-    claims under load), nor all at once: REFRESHES_IN_FLIGHT."""
+def test_a_refresh_round_renews_claims_in_batches_a_few_at_a_time_and_every_claim(
+        monkeypatch) -> None:
+    """Not one registry command per claim (a round of 10,000 claims on Redis cost ~1.5 s
+    of CPU on a slow machine), not one command after another, nor all at once:
+    REFRESH_BATCH claims per command, REFRESHES_IN_FLIGHT commands at once."""
     from twisted.internet import defer
 
-    from studios_gateway.tunnel.server import REFRESHES_IN_FLIGHT
+    from studios_gateway.tunnel import server
 
+    monkeypatch.setattr(server, "REFRESH_BATCH", 5)
     clock, store, table, transport, tunnel = bound()
     for n in range(40):  # 40 more tunnels held (the table's bookkeeping only)
         table._tunnels[f"x{n}"] = tunnel
-    answers: list[defer.Deferred[bool]] = []
-    store.inner.refresh_tunnel = lambda h, ttl: answers.append(defer.Deferred()) or answers[-1]
+    batches: list[tuple[list, defer.Deferred[list[bool]]]] = []
+    store.inner.refresh_tunnels = \
+        lambda hs, ttl: batches.append((list(hs), defer.Deferred())) or batches[-1][1]
     clock.advance(TTL / 3)
-    assert len(answers) == REFRESHES_IN_FLIGHT
-    while any(not d.called for d in answers):
-        next(d for d in answers if not d.called).callback(True)
-        assert sum(not d.called for d in answers) <= REFRESHES_IN_FLIGHT
-    assert len(answers) == 41 and table.get("s1") is tunnel and not transport.disconnecting
+    assert len(batches) == server.REFRESHES_IN_FLIGHT
+    while any(not d.called for _, d in batches):
+        holders, d = next((h, d) for h, d in batches if not d.called)
+        d.callback([True] * len(holders))
+        assert sum(not d.called for _, d in batches) <= server.REFRESHES_IN_FLIGHT
+    assert [len(h) for h, _ in batches] == [5] * 8 + [1]
+    assert table.get("s1") is tunnel and not transport.disconnecting
     for n in range(40):
         del table._tunnels[f"x{n}"]
+
+
+def test_a_claim_a_batch_finds_taken_closes_only_its_tunnel() -> None:
+    clock, store, table, transport, tunnel = bound()
+    other = Tunnel(tunnel.tool, replace(tunnel.holder, session_id="s2"), tunnel.mux,
+                   tunnel.protocol)  # s2: no session, no claim in the store
+    table._tunnels["s2"] = other
+    closed: list[str] = []
+    table._held_elsewhere = lambda t, why: closed.append(t.session_id)
+    clock.advance(TTL / 3)
+    assert closed == ["s2"] and not transport.disconnecting
+    del table._tunnels["s2"]
 
 
 def test_a_bound_tunnel_keeps_the_tool_not_the_sessions_record() -> None:
