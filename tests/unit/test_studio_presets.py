@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -157,11 +158,26 @@ def test_inspect_tool_reads_the_version_and_refuses_a_tool_that_prints_none() ->
     got = inspect_tool(PRESETS["vscode"], ["/usr/bin/code-server"], run)
     assert got.version == "1.100.3" and "--auth" in got.help  # VS Code's, as tags name it
     assert PRESETS["vscode"].read_version("4.0.1\n") == "4.0.1"
-    assert calls == [["/usr/bin/code-server", "--version"], ["/usr/bin/code-server", "--help"]]
+    assert sorted(calls) == [["/usr/bin/code-server", "--help"],
+                             ["/usr/bin/code-server", "--version"]]
     assert inspect_tool(PRESETS["xpra"], ["xpra", "start"],
                         lambda a: "xpra v3.1.3-r0\n").version == "3.1.3-r0"
     with pytest.raises(PresetError, match="did not print a version"):
         inspect_tool(PRESETS["ride"], ["rserver"], lambda a: "")
+
+
+def test_inspect_tool_asks_for_the_version_and_the_help_at_once() -> None:
+    """Each answer is the tool's own start-up (`jupyter lab --version`: 5.8 s on a slow
+    machine); the studio dials only after both. A runner that waits until both commands
+    are running passes only if they run at the same time."""
+    both = threading.Barrier(2, timeout=10)
+
+    def run(argv: Any) -> str:
+        both.wait()
+        return "jupyter lab 4.6.6\n" if argv[-1] == "--version" else "--ServerApp.base_url"
+
+    got = inspect_tool(PRESETS["jupyterlab"], ["jupyter", "lab"], run)
+    assert got.version == "4.6.6" and "base_url" in got.help
 
 
 def test_readiness_polls_until_an_ok_status_not_an_open_port() -> None:

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from twisted.logger import Logger
+
 from studios_gateway.studio.entrypoint import resolve_argv
 from studios_gateway.studio.presets import pick
 from studios_gateway.studio.presets.base import (
@@ -28,6 +30,8 @@ from studios_gateway.studio.presets.base import (
 )
 from studios_gateway.studio.presets.launcher import PresetLauncher
 from studios_gateway.studio.presets.xpra import free_display
+
+_log = Logger(namespace="studios_gateway.studio.presets.setup")
 
 
 def free_port() -> int:
@@ -80,6 +84,10 @@ def prepare(settings: Any, command: Sequence[str], environ: Mapping[str, str], *
     head = preset.tool_head(command, place)
     if head:
         head = [resolve_argv(head, path)[0], *head[1:]]
+        _log.info("asking {title} for its version and options (`{version}`, `{help}`); a "
+                  "tool can take seconds to answer", title=preset.title,
+                  version=" ".join(preset.version_argv(head)),
+                  help=" ".join(preset.help_argv(head)))
         installed = inspect_tool(preset, head, run)
     else:
         installed = Installed("")
