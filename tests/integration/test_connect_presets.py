@@ -47,9 +47,11 @@ esac
     done = run(tmp_path, "--tool", "vscode", path=f"{bin_dir}:/usr/bin:/bin")
     assert done.returncode == 2, done
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("studios-connect: code-server (VS Code) 1.60.2 has no "
-                               "--disable-workspace-trust option"), lines[0]
+    # One line says why (after the log line that says the tool is being asked).
+    said = [line for line in lines if line.startswith("studios-connect:")]
+    assert len(said) == 1 and said == lines[-1:], done.stderr
+    assert said[0].startswith("studios-connect: code-server (VS Code) 1.60.2 has no "
+                              "--disable-workspace-trust option"), said[0]
     assert not started.exists()  # the tool never ran
 
 
