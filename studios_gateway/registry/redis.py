@@ -122,25 +122,14 @@ if not ok or type(h) ~= 'table' or h['tunnel_id'] ~= ARGV[1] or h['node_id'] ~= 
 end
 """
 
-# Refresh: a claim that has expired (a store outage longer than its TTL) is made again,
-# so long as the session exists; a claim held by another tunnel or node is left alone.
+# Refresh, of one claim or a refresh round's many in one script: a claim that has
+# expired (a store outage longer than its TTL) is made again, so long as the session
+# exists; a claim held by another tunnel or node is left alone (_OURS's test, inline:
+# _OURS returns from the script). KEYS holds each claim's tunnel key and session key in
+# turn; ARGV the TTL in ms, the channel, then each claim's tunnel id, node id, holder
+# JSON and session id. One answer per claim: 0 (not ours, or the session is gone),
+# 1 (extended), 2 (claimed again).
 _REFRESH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
-  return 2
-end
-""" + _OURS + """
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-
-# _REFRESH for many claims in one script (the table's refresh round): KEYS holds each
-# claim's tunnel key and session key in turn; ARGV the TTL in ms, the channel, then each
-# claim's tunnel id, node id, holder JSON and session id. One answer per claim, as
-# _REFRESH's: 0 (not ours, or the session is gone), 1 (extended), 2 (claimed again).
-_REFRESH_MANY = """
 local out = {}
 for i = 1, #KEYS / 2 do
   local tk, sk, a = KEYS[2 * i - 1], KEYS[2 * i], 4 * i - 1
@@ -748,14 +737,7 @@ class RedisStore:
         return d.addCallback(done)
 
     def refresh_tunnel(self, holder: TunnelHolder, ttl: float) -> Deferred[bool]:
-        try:
-            px = _ms(ttl)
-        except ValueError as e:
-            return defer.fail(e)
-        sid = holder.session_id
-        d = self._eval("refresh", _REFRESH, [self._tunnel_key(sid), self._key(sid)],
-                       [holder.tunnel_id, holder.node_id, px, holder.to_json(), self.channel, sid])
-        return d.addCallback(lambda n: self._refreshed(sid, n))
+        return self.refresh_tunnels([holder], ttl).addCallback(lambda answers: answers[0])
 
     def refresh_tunnels(self, holders: Sequence[TunnelHolder],
                         ttl: float) -> Deferred[list[bool]]:
@@ -776,16 +758,14 @@ class RedisStore:
             if not isinstance(answers, list) or len(answers) != len(holders):
                 raise StoreUnavailable(f"Redis at {self.address} answered a refresh of "
                                        f"{len(holders)} claims with {answers!r:.80}")
-            return [self._refreshed(h.session_id, n)
-                    for h, n in zip(holders, answers, strict=True)]
+            for h, n in zip(holders, answers, strict=True):
+                if int(n) == 2:
+                    self._log.info("the claim of session {sid}'s tunnel had expired (the "
+                                   "store was away longer than its TTL?): claimed it again",
+                                   sid=h.session_id)
+            return [int(n) >= 1 for n in answers]
 
-        return self._eval("refresh", _REFRESH_MANY, keys, args).addCallback(done)
-
-    def _refreshed(self, sid: str, n: Any) -> bool:
-        if int(n) == 2:
-            self._log.info("the claim of session {sid}'s tunnel had expired (the store "
-                           "was away longer than its TTL?): claimed it again", sid=sid)
-        return int(n) >= 1
+        return self._eval("refresh", _REFRESH, keys, args).addCallback(done)
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
         sid = holder.session_id

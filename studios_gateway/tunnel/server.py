@@ -299,7 +299,7 @@ class TunnelTable:
     def _refresh_all(self) -> Deferred[Any]:
         """Refresh every claim, REFRESH_BATCH per registry command and REFRESHES_IN_FLIGHT
         commands at once. One claim per command, 16 in flight, a round of 10,000 claims
-        on Redis cost the gateway ~1.5 s of CPU on a slow machine every 10 s, and its
+        on Redis cost the gateway ~2 s of CPU on a slow machine every 10 s, and its
         commands queued ahead of the binds' in a reconnect storm."""
         tunnels = list(self._tunnels.values())
         limit = defer.DeferredSemaphore(REFRESHES_IN_FLIGHT)
