@@ -305,13 +305,26 @@ class _Factory(txredisapi.RedisFactory):
         self.link.lost(conn)
 
 
-class _Commands(txredisapi.RedisProtocol):
+class _Heard:
+    """Mixin for the connection's protocol: when Redis last sent anything (the link's
+    ``heard``, on the store's clock), which deadlines on the link ask (deadline.within)."""
+
+    factory: Any
+
+    def dataReceived(self, data: bytes, *more: Any) -> None:
+        if not more:  # (txredisapi calls itself again, with more, for what it held back)
+            link = self.factory.link
+            link.heard = link.store.clock.seconds()
+        super().dataReceived(data, *more)  # type: ignore[misc]
+
+
+class _Commands(_Heard, txredisapi.RedisProtocol):
     def connectionLost(self, why: Failure) -> None:
         self.factory.link.transport_lost(why)
         super().connectionLost(why)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _Subscriber(_Heard, txredisapi.SubscriberProtocol):
     def connectionLost(self, why: Failure) -> None:
         self.factory.link.transport_lost(why)
         super().connectionLost(why)
@@ -343,6 +356,7 @@ class _Link:
         self._failure_waiters: list[Deferred[str]] = []
         self._transport_error: str | None = None
         self._pinger: task.LoopingCall | None = None
+        self.heard = 0.0  # when Redis last sent anything on this link (the store's clock)
 
     def start(self, endpoint: IStreamClientEndpoint) -> None:
         s = self.store
@@ -433,6 +447,9 @@ class _Link:
         if self.on_message is not None:
             self.on_message(channel, message)
 
+    def _heard(self) -> float:
+        return self.heard
+
     def usable(self) -> Any:
         conn = self.conn
         if self.ready and conn is not None and conn.connected:
@@ -444,7 +461,7 @@ class _Link:
         if conn is None:
             return
         d = within(defer.maybeDeferred(conn.execute_command, "PING"), self.store.timeout,
-                   self.store.clock)
+                   self.store.clock, heard=self._heard, longest=self.store.longest_wait)
 
         def dead(f: Failure) -> None:
             if self.conn is conn:
@@ -470,6 +487,7 @@ class RedisStore:
                  tls_cert_file: str | None = None, tls_key_file: str | None = None,
                  tls_ca_file: str | None = None, clock: IReactorTime | None = None,
                  node_id: str | None = None, *, timeout: float = 2.0,
+                 longest_wait: float | None = None,
                  ping_interval: float = 5.0, connect_timeout: float = 5.0,
                  reconnect_delay: tuple[float, float] = (0.5, 5.0)):
         if clock is None:
@@ -489,7 +507,10 @@ class RedisStore:
         self.tls_ca_file = tls_ca_file
         self.clock: IReactorTime = clock
         self.node_id = node_id or default_node_id()
+        # A command fails once Redis has been silent for `timeout` while it waits, and in
+        # any case after `longest_wait` (deadline.within).
         self.timeout = timeout
+        self.longest_wait = 5 * timeout if longest_wait is None else longest_wait
         self.ping_interval = ping_interval
         self.connect_timeout = connect_timeout
         self.reconnect_delay = reconnect_delay
@@ -574,7 +595,8 @@ class RedisStore:
         return self._subscribers.add(callback)
 
     def _subscribe(self, conn: Any) -> Deferred[Any]:
-        d = within(conn.subscribe(self.channel), self.timeout, self.clock)
+        d = within(conn.subscribe(self.channel), self.timeout, self.clock,
+                   heard=self._events._heard, longest=self.longest_wait)
         # Whatever happened while we were not listening is unknown: expire caches.
         return d.addCallback(lambda _: self._events_lost())
 
@@ -606,12 +628,17 @@ class RedisStore:
         conn = self._commands.usable()
         if conn is None:
             return defer.fail(self._unavailable(what))
-        d = within(defer.maybeDeferred(command, conn), self.timeout, self.clock)
+        # While Redis is still sending (replies to earlier commands), a late answer is
+        # this process's own backlog: the deadline waits for Redis to fall silent.
+        d = within(defer.maybeDeferred(command, conn), self.timeout, self.clock,
+                   heard=self._commands._heard, longest=self.longest_wait)
 
         def translate(f: Failure) -> Failure:
             if f.check(defer.TimeoutError):
+                args = getattr(f.value, "args", ())
+                waited = args[0] if args else self.timeout
                 raise StoreUnavailable(f"Redis at {self.address} did not answer {what} "
-                                       f"within {self.timeout:g}s")
+                                       f"within {round(waited, 1):g}s")
             if f.check(txredisapi.ResponseError):
                 message = str(f.value)
                 if not message.startswith(_TRANSIENT):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -191,6 +193,47 @@ class RedisPrefixAndDbTests(RedisCase):
         yield defer.gatherResults([store.create(record(f"s{i}")) for i in range(1200)])
         assert len((yield store.list_sessions())) == 1200
         yield seen.wait_for("s1199")  # let the flood of invalidations drain before stopping
+
+
+class RedisDeadlineTests(RedisCase):
+    """A command's deadline (RedisStore.timeout) means Redis has been silent that long
+    (deadline.within's ``heard``), not that this process was slow to read its answer."""
+
+    @defer.inlineCallbacks
+    def test_an_answer_behind_a_long_pipeline_is_waited_for_while_redis_sends(self) -> Any:
+        writer = yield self.started(new_store(self.server))
+        key = f"{writer.prefix}:big"
+        yield writer.command("SET", key, "x" * (1 << 20))
+        # (longest_wait: however slow this machine reads it all, Redis is sending)
+        store = yield self.started(new_store(self.server, timeout=0.5, longest_wait=120))
+        start = time.monotonic()
+        # 700 MiB of answers in one pipeline: the last ones arrive long after 0.5 s, with
+        # Redis sending all along. Before `heard`, they failed as "did not answer".
+        sizes = yield defer.gatherResults(
+            [store.command("GET", key).addCallback(len) for _ in range(700)],
+            consumeErrors=True)
+        took = time.monotonic() - start
+        assert took > 2 * store.timeout, f"the pipeline took only {took:.2f}s: it shows nothing"
+        assert sizes == [1 << 20] * 700
+
+    @defer.inlineCallbacks
+    def test_a_silent_redis_fails_a_command_after_the_timeout(self) -> Any:
+        store = yield self.started(new_store(self.server, timeout=0.3))
+        assert self.server.proc is not None
+        yield store.ping()
+        os.kill(self.server.proc.pid, signal.SIGSTOP)  # up, connected, and answering nothing
+        try:
+            start = time.monotonic()
+            try:
+                yield store.command("GET", f"{store.prefix}:nothing")
+            except StoreUnavailable as e:
+                assert "did not answer GET within 0.3s" in str(e), str(e)
+            else:
+                raise AssertionError("a command succeeded with Redis stopped")
+            assert time.monotonic() - start < 1.0  # the timeout, not the longest wait (1.5 s)
+        finally:
+            os.kill(self.server.proc.pid, signal.SIGCONT)
+        yield store.ping()
 
 
 class RedisACLTests(RedisCase):
