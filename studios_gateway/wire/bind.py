@@ -33,7 +33,7 @@ MAX_LINE = 4096
 SSH_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 
 # Refusal codes, and whether the client should try again.
-RETRYABLE = {"store_unavailable": True, "draining": True, "internal": True,
+RETRYABLE = {"store_unavailable": True, "draining": True, "internal": True, "bind_timeout": True,
              "bad_token": False, "unknown_session": False, "incompatible_version": False,
              "malformed": False, "tool_mismatch": False}
 
