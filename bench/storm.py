@@ -12,7 +12,8 @@ fired, every bind attempt (a connection to a node made and a bind sent) and
 every successful bind. Reported: how long after the new process was ready every
 studio was bound again, bind attempts per ``--bin`` seconds from then (peak
 against mean), clients that gave up (a bind refused as final), the new
-gateway's CPU per bind from ready to the last bind (psutil, user + system), and
+gateway's CPU per bind from ready to the last bind (psutil, user + system) and the
+swarms' over the same span (the clients' side, waste included), and
 how late the swarms' timers fired (p99 and worst, from the stop on): late timers
 would bunch attempts that the clients meant to spread.
 
@@ -56,6 +57,7 @@ class Storm:
     gave_up: int
     ready_after_stop_s: float = 0.0  # from SIGTERM to the new process answering /ready
     gateway_cpu_s: float = 0.0  # the new gateway's CPU from ready to the last studio bound
+    swarms_cpu_s: float = 0.0  # the swarm processes' CPU over the same span
     timer_late_p99_ms: float = 0.0  # how late the swarms' dial timers fired, from the stop
     timer_late_max_ms: float = 0.0
     swarms: int = 1
@@ -65,6 +67,12 @@ class Storm:
     @property
     def cpu_per_bind_ms(self) -> float:
         return 1000 * self.gateway_cpu_s / self.studios
+
+    @property
+    def swarms_cpu_per_bind_ms(self) -> float:
+        """The connect clients' side of a bind, waste included (attempts closed at accept,
+        handshakes and binds refused): on two shared CPUs it competes with the gateway's."""
+        return 1000 * self.swarms_cpu_s / self.studios
 
     @property
     def peak_over_mean(self) -> float:
@@ -158,16 +166,18 @@ class Swarms:
                  gateways: str = "", start_rate: float = 200.0, name: str = "storm-swarm",
                  nice: int = 0):
         self.paths: list[Path] = []
+        self.pids: list[int] = []
         count = max(1, math.ceil(len(strings) / per_swarm))
         for w in range(count):
             part, events = work / f"{name}-{w}.strings", work / f"{name}-{w}.events"
             part.write_text("\n".join(strings[w::count]) + "\n")
             self.paths.append(events)
-            procs.start(f"{name}-{w}", ["nice", "-n", str(nice), sys.executable, "-m",
-                                        "bench.storm", "swarm", str(part), str(events),
-                                        gateways, f"{count / start_rate:g}"],
-                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
-                             **_passed_on()}, cwd=work)
+            proc = procs.start(f"{name}-{w}", ["nice", "-n", str(nice), sys.executable, "-m",
+                                               "bench.storm", "swarm", str(part), str(events),
+                                               gateways, f"{count / start_rate:g}"],
+                               env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                                    **_passed_on()}, cwd=work)
+            self.pids.append(proc.pid)  # (nice execs the python: the swarm's own pid)
 
         self._read: dict[Path, int] = {}  # how far each events file was read
         self._events: list[list[str]] = []
@@ -195,6 +205,10 @@ class Swarms:
     def events(self) -> list[list[str]]:
         self._catch_up()
         return self._events
+
+    def cpu(self) -> float:
+        """The swarm processes' CPU seconds so far (user + system)."""
+        return sum(cpu_seconds(pid) for pid in self.pids)
 
     def bound_since(self, t: float) -> int:
         self._catch_up()
@@ -274,15 +288,17 @@ def rounds(studios: int, down: float, bin_s: float, work: Path, stops: list[str]
                 time.sleep(down)
                 gw = launch_gateway(procs, work, env, f"storm-gateway-{n + 1}")
                 ready, serving = time.time(), gw
-            cpu_at_ready = cpu_seconds(serving.pid)
+            cpu_at_ready, swarms_at_ready = cpu_seconds(serving.pid), swarms.cpu()
             _waiting(lambda t=stopped: swarms.bound_since(t) >= studios,
                      "every studio bound again", timeout, serving, swarms)
             cpu = cpu_seconds(serving.pid) - cpu_at_ready
+            swarms_cpu = swarms.cpu() - swarms_at_ready
             with open(work / "times", "a") as times:
                 times.write(f"{stop} stopped {stopped:.4f} ready {ready:.4f}\n")
             storm = analyse(swarms.events(), stopped, ready, studios, bin_s,
                             window=GOAWAY_SPREAD if stop == "move" else 0.0)
             storm.gateway_cpu_s, storm.swarms = round(cpu, 3), len(swarms.paths)
+            storm.swarms_cpu_s = round(swarms_cpu, 3)
             storm.load = (load_at_stop, os.getloadavg()[0])
             storm.outcomes = outcomes(serving)
             storms.append(storm)
@@ -349,14 +365,16 @@ def main(argv: list[str] | None = None) -> int:
                     nice=a.nice)
     if a.json:
         print(json.dumps({**asdict(storm), "peak_over_mean": storm.peak_over_mean,
-                          "cpu_per_bind_ms": storm.cpu_per_bind_ms}))
+                          "cpu_per_bind_ms": storm.cpu_per_bind_ms,
+                          "swarms_cpu_per_bind_ms": storm.swarms_cpu_per_bind_ms}))
     else:
         print(f"{storm.studios} studios: all bound again {storm.back_within_s:.2f} s after the "
               f"node was ready; {storm.attempts} bind attempts from the stop, peak "
               f"{storm.peak_per_bin} per {storm.bin_s:g} s against a mean of "
               f"{storm.mean_per_bin:.2f} ({storm.peak_over_mean:.2f}x); "
               f"{storm.gave_up} gave up; ready {storm.ready_after_stop_s:.2f} s after the "
-              f"stop; gateway CPU {storm.cpu_per_bind_ms:.2f} ms per bind; swarm timers late "
+              f"stop; gateway CPU {storm.cpu_per_bind_ms:.2f} ms per bind, the swarms' "
+              f"{storm.swarms_cpu_per_bind_ms:.2f} ms; swarm timers late "
               f"p99 {storm.timer_late_p99_ms:g} ms, worst {storm.timer_late_max_ms:g} ms "
               f"({storm.swarms} swarm processes); load {storm.load[0]:.2f} -> "
               f"{storm.load[1]:.2f}\ngateway: {storm.outcomes}")
