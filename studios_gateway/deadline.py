@@ -43,7 +43,7 @@ def within(d: Deferred[T], seconds: float, clock: IReactorTime,
     ``seconds`` by default) after the call: a pipelined answer waiting behind others
     that are still coming in is late because the process is busy reading them, not
     because the source is gone. The TimeoutError carries the seconds waited."""
-    state: dict[str, Any] = {"expired": False}
+    state: dict[str, Any] = {"waited": None}  # seconds, once given up
     started = clock.seconds()
     last = started + (5 * seconds if longest is None else longest)
 
@@ -54,7 +54,7 @@ def within(d: Deferred[T], seconds: float, clock: IReactorTime,
             if quiet_at > now:
                 state["timer"] = clock.callLater(min(quiet_at, last) - now, deadline)
                 return
-        state["expired"] = now - started
+        state["waited"] = now - started
         d.cancel()
 
     def deadline() -> None:
@@ -66,9 +66,9 @@ def within(d: Deferred[T], seconds: float, clock: IReactorTime,
         timer = state["timer"]
         if timer.active():
             timer.cancel()
-        if state["expired"] is not False and isinstance(result, Failure) \
+        if state["waited"] is not None and isinstance(result, Failure) \
                 and result.check(defer.CancelledError):
-            raise defer.TimeoutError(round(state["expired"], 3), "Deferred")
+            raise defer.TimeoutError(round(state["waited"], 3), "Deferred")
         return result
 
     return d.addBoth(done)

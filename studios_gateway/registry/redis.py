@@ -508,9 +508,9 @@ class RedisStore:
         self.clock: IReactorTime = clock
         self.node_id = node_id or default_node_id()
         # A command fails once Redis has been silent for `timeout` while it waits, and in
-        # any case after `longest_wait` (deadline.within).
+        # any case after `longest_wait` (None: deadline.within's default, 5 x `timeout`).
         self.timeout = timeout
-        self.longest_wait = 5 * timeout if longest_wait is None else longest_wait
+        self.longest_wait = longest_wait
         self.ping_interval = ping_interval
         self.connect_timeout = connect_timeout
         self.reconnect_delay = reconnect_delay
