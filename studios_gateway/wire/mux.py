@@ -32,6 +32,7 @@ a reactor.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,13 +175,18 @@ class Keepalive:
     """Liveness bookkeeping: one Ping outstanding at a time; a peer silent for
     ``timeout`` (no frame of any kind, Ping answers included) is dead.
 
-    Both ends ping every ``ping_interval`` (< ``timeout``), so a live path always
-    carries something within the timeout; a path that went silent (a sleeping
-    laptop, an expired NAT entry) is declared dead at most ``timeout`` after the
-    last frame heard, whichever end notices first.
+    An end pings every ``ping_interval`` (< ``timeout``) unless the peer's own Ping
+    arrived within the last ``ping_interval`` (:meth:`should_ping`): the two ends'
+    timers run on different phases, so after a round the end whose timer comes
+    later is the one that pings and the other only answers, and an idle tunnel
+    carries one Ping and its answer per interval instead of two of each. Either way
+    a live path carries something within the timeout both ways; a path that went
+    silent (a sleeping laptop, an expired NAT entry) is declared dead at most
+    ``timeout`` after the last frame heard, whichever end notices first.
     """
 
-    __slots__ = ("timeout", "outstanding", "sent_at", "rtt", "_next", "last_heard")
+    __slots__ = ("timeout", "outstanding", "sent_at", "rtt", "_next", "last_heard",
+                 "peer_pinged")
 
     def __init__(self, timeout: float, now: float = 0.0):
         self.timeout = timeout
@@ -189,6 +195,7 @@ class Keepalive:
         self.rtt: float | None = None
         self._next = 0
         self.last_heard = now
+        self.peer_pinged = -math.inf  # when the peer's last Ping arrived
 
     def next_ping(self, now: float) -> int | None:
         """The opaque value of a Ping to send now, or None when one is still outstanding."""
@@ -197,6 +204,10 @@ class Keepalive:
         self._next = (self._next + 1) & MAX_U32
         self.outstanding, self.sent_at = self._next, now
         return self._next
+
+    def should_ping(self, now: float, interval: float) -> bool:
+        """Whether this end's Ping is wanted now: not while the peer pings us."""
+        return now - self.peer_pinged >= interval
 
     def acked(self, opaque: int, now: float) -> bool:
         if opaque != self.outstanding:
@@ -913,6 +924,7 @@ class Multiplexer(Protocol):
                 stream._fin()
         elif ftype == PING:
             if flags & SYN:
+                self.keepalive.peer_pinged = self.clock.seconds()
                 self._send_control(PING, ACK, 0, length)
             else:
                 self.keepalive.acked(length, self.clock.seconds())
@@ -1094,7 +1106,8 @@ class Multiplexer(Protocol):
             self._dead()
             return
         if now >= self._next_ping:
-            self._ping()
+            if self.keepalive.should_ping(now, self.ping_interval):
+                self._ping()
             missed = (now - self._next_ping) // self.ping_interval
             self._next_ping += (missed + 1) * self.ping_interval
         if not self.streams and self.scheduler is not None and not self._pumping:

@@ -1069,6 +1069,73 @@ def test_pings_are_answered_and_a_silent_peer_is_declared_dead() -> None:
 
 
 
+
+def pings_sent(link: Link) -> dict[str, int]:
+    """Deliver what each side wrote, counting the Pings (not their answers) in it."""
+    count = {}
+    for side in ("client", "server"):
+        raw = link.t[side].value()
+        count[side] = sum(1 for f in parse(raw) if f.type == PING and f.flags == SYN)
+        link.move(side)
+    return count
+
+
+def offset_link() -> tuple[Clock, Link]:
+    """A link whose keepalive timers run every 10 s (timeout 20 s), the server's 3 s
+    after the client's."""
+    clock = Clock()
+    link = Link(clock, ping_interval=10, ping_timeout=20)
+    clock.advance(3)
+    link.server.connectionLost(None)
+    link.mux["server"] = Multiplexer(is_client=False, clock=clock, ping_interval=10,
+                                     ping_timeout=20)
+    link.t["server"] = StringTransport()
+    link.server.makeConnection(link.t["server"])
+    return clock, link
+
+
+def idle(clock: Clock, link: Link, seconds: int) -> dict[str, int]:
+    """``seconds`` of idle link in steps of 1 s, every frame delivered: the Pings sent."""
+    total = {"client": 0, "server": 0}
+    for _ in range(seconds):
+        clock.advance(1)
+        for side, n in pings_sent(link).items():
+            total[side] += n
+        link.pump()
+    return total
+
+
+def test_an_idle_link_settles_on_one_end_pinging_and_the_other_answering() -> None:
+    """The client's Ping reaches the server before the server's timer fires, so from
+    the first round on only the client pings and the server answers; neither end is
+    declared dead however long the link stays idle."""
+    clock, link = offset_link()
+    assert idle(clock, link, 120) == {"client": 12, "server": 0}  # at 10, 20, ... 120 s
+    assert not link.client.closed and not link.server.closed
+    assert link.client.keepalive.outstanding is None and link.client.rtt is not None
+
+
+def test_the_end_that_only_answers_still_finds_a_silent_peer() -> None:
+    clock, link = offset_link()
+    idle(clock, link, 28)  # t=31: the client's last Ping came at 30
+    assert link.server.keepalive.last_heard == 30
+    link.client.connectionLost(None)  # the client falls silent (nothing sent to the server)
+    link.t["client"].clear()
+    clock.advance(18.9)
+    assert not link.server.closed  # its own timer pinged at 43, unanswered
+    clock.advance(0.1)  # 20 s after the last frame heard
+    assert link.server.closed
+    assert link.t["server"].disconnecting
+
+
+def test_when_the_pinging_end_stops_the_other_takes_over() -> None:
+    clock, link = offset_link()
+    idle(clock, link, 27)  # t=30: the client pinged at 10, 20, 30
+    link.client.ping_interval = 1000.0  # (an old client with a long interval, say)
+    link.client._next_ping = 1e9
+    assert idle(clock, link, 60)["server"] == 5  # at 43, 53, ... 83 s: 10 s after a Ping
+    assert not link.client.closed and not link.server.closed
+
 def test_a_bulk_write_with_nothing_waiting_is_its_frames_in_one_tunnel_write() -> None:
     """A browser's 512 KiB read: the frames the scheduler would send now, in one write."""
     link = Link()
