@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import txredisapi
-from twisted.internet import defer, task
+from twisted.internet import defer, task, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
@@ -305,16 +305,34 @@ class _Factory(txredisapi.RedisFactory):
         self.link.lost(conn)
 
 
+#: Bytes read from a Redis connection per readable event: Twisted's 64 KiB, grown four
+#: times over each time a read fills it, up to READ_MAX, and back to it once a read
+#: does not. A gateway rebinding thousands of studios has a thousand or more commands
+#: in flight and long reactor turns (a TLS handshake's turn is a millisecond each), so
+#: at 64 KiB a turn a burst of GET replies took many turns to read, and a PING behind
+#: them its 10 s. Not READ_MAX always: CPython allocates the whole size for every
+#: recv(), and 1 MiB costs ~10x a 64 KiB recv of a small reply.
+READ_MIN, READ_MAX = 64 << 10, 1 << 20
+
+
 class _Heard:
     """Mixin for the connection's protocol: when Redis last sent anything (the link's
-    ``heard``, on the store's clock), which deadlines on the link ask (deadline.within)."""
+    ``heard``, on the store's clock), which deadlines on the link ask (deadline.within);
+    and how much each read takes (:data:`READ_MIN`, :data:`READ_MAX`)."""
 
     factory: Any
+    transport: Any
 
     def dataReceived(self, data: bytes, *more: Any) -> None:
         if not more:  # (txredisapi calls itself again, with more, for what it held back)
             link = self.factory.link
             link.heard = link.store.clock.seconds()
+            if isinstance(self.transport, tcp.Connection):  # (under TLS: left as it is)
+                size = self.transport.bufferSize
+                if len(data) >= size:
+                    self.transport.bufferSize = min(size * 4, READ_MAX)
+                elif size > READ_MIN:
+                    self.transport.bufferSize = READ_MIN
         super().dataReceived(data, *more)  # type: ignore[misc]
 
 

@@ -16,6 +16,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from studios_gateway.registry import redis as redis_module
 from studios_gateway.registry.base import StoreUnavailable, TunnelHolder
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.redis import RedisStore
@@ -207,8 +208,10 @@ class RedisDeadlineTests(RedisCase):
         # (longest_wait: however slow this machine reads it all, Redis is sending)
         store = yield self.started(new_store(self.server, timeout=0.5, longest_wait=120))
         # A busy process: 5 ms of other work after each read of the link (a reconnect
-        # storm's handshakes), so 20 MiB of answers (320 reads or more) take over 1.6 s
-        # whatever this machine's speed, with Redis sending all along.
+        # storm's handshakes), so 20 MiB of answers (320 reads or more, each read kept
+        # at 64 KiB here) take over 1.6 s whatever this machine's speed, with Redis
+        # sending all along.
+        self.patch(redis_module, "READ_MAX", redis_module.READ_MIN)
         conn = store._commands.conn
         read = conn.dataReceived
 
@@ -224,6 +227,34 @@ class RedisDeadlineTests(RedisCase):
         took = time.monotonic() - start
         assert took > 2 * store.timeout, f"the pipeline took only {took:.2f}s: it shows nothing"
         assert sizes == [1 << 20] * 20  # before `heard`, the later ones: "did not answer"
+
+    @defer.inlineCallbacks
+    def test_a_backlog_of_answers_is_read_in_few_large_reads(self) -> Any:
+        """A busy process reads what Redis has sent in reads of up to 1 MiB, not 64 KiB:
+        in a reconnect storm each read waits a long reactor turn."""
+        writer = yield self.started(new_store(self.server))
+        key = f"{writer.prefix}:big"
+        yield writer.command("SET", key, "x" * (1 << 20))
+        store = yield self.started(new_store(self.server, longest_wait=120))
+        conn = store._commands.conn
+        read = conn.dataReceived
+        reads: list[int] = []
+
+        def busy_read(data: bytes, *more: Any) -> None:
+            if not more:
+                reads.append(len(data))
+            read(data, *more)
+            time.sleep(0.005)
+
+        conn.dataReceived = busy_read
+        sizes = yield defer.gatherResults(
+            [store.command("GET", key).addCallback(len) for _ in range(20)],
+            consumeErrors=True)
+        assert sizes == [1 << 20] * 20
+        # 20 MiB in 64 KiB reads would be 320 or more.
+        assert len(reads) < 100 and max(reads) > 512 * 1024, (len(reads), max(reads))
+        small = yield store.command("GET", f"{store.prefix}:nothing")
+        assert small is None and conn.transport.bufferSize == redis_module.READ_MIN
 
     @defer.inlineCallbacks
     def test_a_silent_redis_fails_a_command_after_the_timeout(self) -> Any:
