@@ -68,8 +68,15 @@ class TCPEndpoint:
     def listen(self, factory: Any) -> Deferred[Any]:
         iface = self.host.replace(":", r"\:")
         endpoint: IStreamServerEndpoint = serverFromString(
-            self.reactor, f"tcp:port={self.port}:interface={iface}")
+            self.reactor, f"tcp:port={self.port}:interface={iface}:backlog={LISTEN_BACKLOG}")
         return endpoint.listen(factory)
+
+
+#: The listen queue asked of the kernel for every TCP listener (Linux caps it at
+#: net.core.somaxconn, 4096 by default): a node that restarts under thousands of studios
+#: gets their connects at once, and past Twisted's default of 50 the kernel drops them
+#: (each client then waits out a SYN or SYN-ACK retry: 1 s, 3 s, 7 s...).
+LISTEN_BACKLOG = 4096
 
 
 def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
@@ -78,23 +85,31 @@ def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
 
 
 def serve_tls(config: Any, reactor: Any, metrics: Any, listener: str, options: Any,
-              factory: IProtocolFactory, write_at_once: bool = False) -> IProtocolFactory:
+              factory: IProtocolFactory, write_at_once: bool = False,
+              hold_until_setup: bool = False) -> IProtocolFactory:
     """`factory` behind server TLS whose handshakes have the configured deadline and cap
     (CONNECT_TLS_HANDSHAKE_TIMEOUT, CONNECT_TLS_MAX_HANDSHAKES), counted in `metrics`
     (the gateway's Metrics, or None) under `listener`. The one way the gateway serves
     TLS (studios_gateway.wire.tls_guard). `write_at_once`: each write is sent when it is
     made, not gathered until the end of the reactor turn (the tunnel, whose multiplexer
-    gathers its own)."""
+    gathers its own). `hold_until_setup`: a connection keeps its place under the cap after
+    its handshake until the application calls its transport's `setup_done` (the tunnel:
+    until its bind is answered)."""
     from studios_gateway.wire.tls_guard import GuardedTLSFactory, HandshakeLimits
 
     def count(outcome: str) -> None:
         if metrics is not None:
             metrics.tls_handshakes.labels(listener, outcome).inc()
 
+    def paused() -> None:
+        if metrics is not None:
+            metrics.tls_accept_pauses.labels(listener).inc()
+
     return GuardedTLSFactory(
         options, factory, clock=reactor,
         limits=HandshakeLimits(config.tls_handshake_timeout, config.tls_max_handshakes),
-        on_outcome=count, name=f"the {listener} listener", write_at_once=write_at_once)
+        on_outcome=count, on_pause=paused, name=f"the {listener} listener",
+        write_at_once=write_at_once, hold_until_setup=hold_until_setup)
 
 
 def say_to_operator(message: str) -> None:

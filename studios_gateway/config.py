@@ -409,8 +409,10 @@ VARIABLES: tuple[Var, ...] = (
        "Time from accept to a finished TLS handshake on the tunnel, HTTPS and peer ports "
        "(slower: the socket is reset).", seed=False, section="proxy"),
     _v("CONNECT_TLS_MAX_HANDSHAKES", "tls_max_handshakes", "1000", _int_range(1, 1_000_000),
-       "Connections in their TLS handshake at once, per TLS port (more are closed at accept; "
-       "established connections do not count).", seed=False, section="proxy"),
+       "Connections being set up at once, per TLS port: in their TLS handshake, and on the "
+       "tunnel port until the bind is answered. At the cap the port stops accepting until one "
+       "is done (new connections wait in the listen queue); established connections do not "
+       "count.", seed=False, section="proxy"),
     _v("CONNECT_TRUSTED_PROXY_CIDRS", "trusted_proxy_cidrs", "127.0.0.1/32", _cidrs,
        "Peers whose X-Forwarded-For is trusted (comma-separated CIDRs).", seed=False,
        section="proxy"),

@@ -76,6 +76,10 @@ class Metrics:
             "outcome: ok, timeout (reset at CONNECT_TLS_HANDSHAKE_TIMEOUT), full (closed at "
             "accept: CONNECT_TLS_MAX_HANDSHAKES in progress), failed.", ["listener", "outcome"],
             registry=self.registry)
+        self.tls_accept_pauses = Counter(
+            "studios_gateway_tls_accept_pauses", "Times a TLS port stopped accepting because "
+            "CONNECT_TLS_MAX_HANDSHAKES handshakes were in progress (new connections wait in "
+            "the listen queue meanwhile).", ["listener"], registry=self.registry)
         self._unwrap: Any = None
 
     def render(self) -> bytes:

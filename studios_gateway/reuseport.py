@@ -19,13 +19,15 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
 
+from studios_gateway.component import LISTEN_BACKLOG
+
 #: Listeners that make sense to share between the processes of one host.
 SHARED_LISTENERS = frozenset({"http", "tunnel", "ssh"})
 
 
 @implementer(IStreamServerEndpoint)
 class ReusePortEndpoint:
-    def __init__(self, reactor: Any, host: str, port: int, backlog: int = 128):
+    def __init__(self, reactor: Any, host: str, port: int, backlog: int = LISTEN_BACKLOG):
         self.reactor = reactor
         self.host = host
         self.port = port

@@ -182,6 +182,10 @@ class GatewayService(MultiService):
                 raise StartError(f"cannot listen for {listener.description} "
                                  f"({listener.variable}): {reason}")
             listener.port = result
+            # A TLS listener pauses accepting while its handshake cap is reached (tls_guard).
+            listening_on = getattr(listener.factory, "listening_on", None)
+            if listening_on is not None:
+                listening_on(result)
             self.metrics.listeners.labels(listener.name).set(1)
             addr = result.getHost()
             self._log.info("{description} listening on {host}:{port}",
@@ -444,8 +448,10 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                         routing=routing)
     part = Part()
     part.reload_hooks.append(tls_reloader(options))  # a renewed certificate on SIGHUP
+    # A studio's connection holds its place under CONNECT_TLS_MAX_HANDSHAKES until its bind
+    # is answered, so a restarted node never takes on more binds than that at once.
     factory = serve_tls(config, reactor, metrics, "tunnel", options, TunnelServerFactory(table),
-                        write_at_once=True)
+                        write_at_once=True, hold_until_setup=True)
     part.listen("tunnel", "CONNECT_TUNNEL_PORT",
                 endpoint_for(reactor, config.bind_address, config.tunnel_port),
                 factory, "the tunnel listener")

@@ -476,6 +476,7 @@ class TunnelServerProtocol(Protocol):
                                        routing=mode, public_url=url,
                                        ping_interval=s.ping_interval,
                                        ping_timeout=s.ping_timeout).encode())
+        self._setup_done()
         self._mux = tunnel.mux
         self._mux.makeConnection(self.transport)
         deliver_to = getattr(self.transport, "deliver_to", None)
@@ -499,7 +500,15 @@ class TunnelServerProtocol(Protocol):
                        peer=getattr(peer, "host", "?"), code=err.code, reason=err.reason)
         if self.transport is not None and not self._closed:
             self.transport.write(BindReply.refusal(err).encode())
+            self._setup_done()
             self.transport.loseConnection()
+
+    def _setup_done(self) -> None:
+        """The bind is answered: the connection's place under the listener's cap on
+        connections being set up is free (wire/tls_guard.py, hold_until_setup)."""
+        done = getattr(self.transport, "setup_done", None)
+        if done is not None:
+            done()
 
     def _cancel_timeout(self) -> None:
         if self._timeout is not None and self._timeout.active():

@@ -10,9 +10,13 @@ handshake it waits for the handshake, forever.
 :class:`GuardedTLSFactory` is a drop-in ``TLSMemoryBIOFactory`` for the
 gateway's listeners (tunnel, HTTPS proxy, peers) that instead:
 
-- counts the connections whose handshake has not finished; past
-  ``max_pending`` a new socket is closed at accept, before any TLS state is
-  made for it (``buildProtocol`` returns None);
+- counts the connections whose handshake has not finished; at ``max_pending``
+  it stops accepting on the ports it was told of (:meth:`GuardedTLSFactory.listening_on`)
+  until one finishes, so new connections wait in the kernel's listen queue at no
+  cost to either side (a TCP connect completes there; the client's ClientHello
+  waits in the socket); a socket accepted past the cap anyway (a port it was not
+  told of) is closed at accept, before any TLS state is made for it
+  (``buildProtocol`` returns None);
 - aborts (resets) a connection whose handshake is not done ``timeout`` seconds
   after accept;
 - builds and connects the application's protocol only once the handshake is
@@ -93,6 +97,7 @@ class _GuardedTLSProtocol(LeanTLSProtocol):
         super().__init__(factory, _AwaitingHandshake(self))
         self._addr = addr
         self._pending = True
+        self._held = False  # handshake done, place kept until setup_done (hold_until_setup)
         self._deadline: Any = None
 
     def makeConnection(self, transport: Any) -> None:
@@ -130,7 +135,16 @@ class _GuardedTLSProtocol(LeanTLSProtocol):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
-        self.factory.handshake_ended(outcome)
+        self._held = outcome == OK and self.factory.hold_until_setup
+        self.factory.handshake_ended(outcome, release=not self._held)
+
+    def setup_done(self) -> None:
+        """The application's word that this connection is set up (the tunnel: its bind is
+        answered): with ``hold_until_setup`` it kept its place under ``max_pending`` until
+        now."""
+        if self._held:
+            self._held = False
+            self.factory.release()
 
     # Closing: after our close_notify, close TCP; do not wait for the peer's. ----------
 
@@ -155,6 +169,7 @@ class _GuardedTLSProtocol(LeanTLSProtocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._pending:
             self._finish(FAILED)
+        self.setup_done()
         super().connectionLost(reason)
 
 
@@ -172,16 +187,53 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
     def __init__(self, options: Any, wrapped: IProtocolFactory, *, clock: IReactorTime,
                  limits: HandshakeLimits,
                  on_outcome: Callable[[str], object] = lambda _: None,
-                 name: str = "TLS", write_at_once: bool = False):
+                 on_pause: Callable[[], object] = lambda: None,
+                 name: str = "TLS", write_at_once: bool = False,
+                 hold_until_setup: bool = False):
         super().__init__(options, False, wrapped, clock=clock)
         self._kind = _GuardedTLSProtocol if write_at_once else _GuardedBuffered
         self.clock = clock
         self.limits = limits
         self.name = name
         self._on_outcome = on_outcome
-        #: Connections in their handshake right now.
+        self._on_pause = on_pause
+        #: A connection keeps its place under ``max_pending`` after its handshake, until
+        #: the application calls its transport's ``setup_done`` (or it closes).
+        self.hold_until_setup = hold_until_setup
+        #: Connections being set up right now: in their handshake, or done with it and
+        #: held (``hold_until_setup``).
         self.pending = 0
         self._full_logged = False
+        #: The listening ports this factory accepts on (listening_on), and whether their
+        #: accepting is paused because ``max_pending`` handshakes are in progress.
+        self._ports: list[Any] = []
+        self.paused = False
+
+    def listening_on(self, port: Any) -> None:
+        """Accept on ``port`` (a listening ``twisted.internet.tcp.Port`` serving this
+        factory) only while there is room under ``max_pending``.
+
+        Closing at accept costs a client a whole attempt: its TCP connect, its key
+        share, and then its retry's backoff (8 s for a studio). Paused, the kernel keeps
+        completing connections into the listen queue (its backlog), where each waits
+        with its ClientHello at no cost to either side until the gateway has room; the
+        handshake's deadline starts at accept. Twisted's port accepts up to
+        ``numberAccepts`` sockets per readable event whatever its factory says, so each
+        accept round is bounded to the room left."""
+        accept = getattr(port, "doRead", None)
+        if accept is None or not hasattr(port, "stopReading"):
+            return  # not a port that reads (its own accepting is not ours to pause)
+
+        def bounded() -> None:
+            room = self.limits.max_pending - self.pending
+            if room <= 0:
+                self._pause()
+                return
+            port.numberAccepts = max(1, min(port.numberAccepts, room))
+            accept()
+
+        port.doRead = bounded
+        self._ports.append(port)
 
     def buildProtocol(self, addr: Any) -> _GuardedTLSProtocol | None:  # type: ignore[override]
         # None is how a factory refuses a connection: Twisted closes the socket at accept.
@@ -194,10 +246,44 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
                                name=self.name, n=self.pending)
             return None
         self.pending += 1
+        if self.pending >= self.limits.max_pending and self._ports:
+            self._pause()
         return self._kind(self, addr)
 
-    def handshake_ended(self, outcome: str) -> None:
+    def handshake_ended(self, outcome: str, release: bool = True) -> None:
+        if release:
+            self.release()
+        self._on_outcome(outcome)
+
+    def release(self) -> None:
+        """A place under ``max_pending`` is free again."""
         self.pending -= 1
         if self.pending < self.limits.max_pending // 2:
             self._full_logged = False
-        self._on_outcome(outcome)
+        if self.paused and self.pending < self.limits.max_pending:
+            self._resume()
+
+    def _pause(self) -> None:
+        if self.paused:
+            return
+        self.paused = True
+        self._on_pause()
+        for port in self._listening():
+            port.stopReading()
+        if not self._full_logged:  # once per episode: a flood must not flood the log
+            self._full_logged = True
+            self._log.warn("{name}: {n} connections are being set up (TLS handshake{bind}); "
+                           "new ones wait in the listen queue until one is done "
+                           "(CONNECT_TLS_MAX_HANDSHAKES)", name=self.name, n=self.pending,
+                           bind=", bind" if self.hold_until_setup else "")
+
+    def _resume(self) -> None:
+        self.paused = False
+        for port in self._listening():
+            port.startReading()
+
+    def _listening(self) -> list[Any]:
+        """The ports still listening (a port stopped for good is forgotten)."""
+        self._ports = [p for p in self._ports
+                       if getattr(p, "connected", False) and not getattr(p, "disconnecting", False)]
+        return self._ports

@@ -35,9 +35,8 @@ def open_fds(pid: int) -> int:
 
 
 def silent_sockets(pid: int, port: int, n: int) -> list[socket.socket]:
-    """n sockets that never send a byte, opened in steps the listen backlog (50) takes:
-    past it the kernel completes our connect but the gateway sees the socket only when
-    a SYN-ACK retry gets through, seconds later (or never)."""
+    """n sockets that never send a byte, opened 25 at a time, each step accepted by the
+    gateway before the next is opened."""
     socks: list[socket.socket] = []
     while len(socks) < n:
         base = open_fds(pid)
@@ -156,3 +155,36 @@ def test_silent_sockets_are_closed_and_hold_nobody_up(tmp_path: Path) -> None:
         if d is not None:
             d.stop()
         redis.stop()
+
+
+def test_past_the_cap_a_connection_waits_for_room_instead_of_being_closed(tmp_path: Path
+                                                                         ) -> None:
+    """With CONNECT_TLS_MAX_HANDSHAKES silent sockets held, the next client is not closed
+    at accept: it waits in the listen queue and its handshake completes once the silent
+    ones reach their deadline."""
+    cap, deadline = 5, 3.0
+    d = Deployment(tmp_path, CONNECT_TLS_MAX_HANDSHAKES=str(cap),
+                   CONNECT_TLS_HANDSHAKE_TIMEOUT=f"{deadline:g}s")
+    socks: list[socket.socket] = []
+    try:
+        port = int(d.env["CONNECT_TUNNEL_PORT"])
+        socks = silent_sockets(d.gw.proc.pid, port, cap)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", port), timeout=deadline + 10) as raw, \
+                ctx.wrap_socket(raw) as tls:  # before: reset at accept, as the cap was full
+            assert tls.version() is not None
+        assert all(closed_by_peer(s) for s in socks)  # the deadline made the room
+        _, metrics, _ = d.gw.request("/metrics")
+        text = metrics.decode()
+        assert 'studios_gateway_tls_handshakes_total{listener="tunnel",outcome="full"}' \
+            not in text
+        assert f'studios_gateway_tls_handshakes_total{{listener="tunnel",outcome="timeout"}} ' \
+            f'{float(cap)}' in text
+        counter = 'studios_gateway_tls_accept_pauses_total{listener="tunnel"}'
+        [paused] = [line for line in text.splitlines() if line.startswith(counter)]
+        assert float(paused.split()[-1]) >= 1, paused
+    finally:
+        for s in socks:
+            s.close()
+        d.stop()

@@ -81,6 +81,67 @@ def test_past_the_cap_a_socket_is_closed_at_accept(tmp_path) -> None:
     assert factory.buildProtocol(ADDR) is not None
 
 
+class ListeningPort:
+    """What GuardedTLSFactory uses of twisted.internet.tcp.Port: a readable event accepts
+    up to ``numberAccepts`` of the sockets waiting in the listen queue and hands each to
+    the factory (closing it when the factory returns None), whatever the factory says."""
+
+    def __init__(self, factory: GuardedTLSFactory, waiting: int):
+        self.factory, self.waiting = factory, waiting
+        self.numberAccepts = 100
+        self.reading, self.connected, self.disconnecting = True, True, False
+        self.accepted: list[Protocol] = []
+        self.closed_at_accept = 0
+
+    def doRead(self) -> None:
+        for _ in range(min(self.numberAccepts, self.waiting)):
+            self.waiting -= 1
+            protocol = self.factory.buildProtocol(ADDR)
+            if protocol is None:
+                self.closed_at_accept += 1
+                continue
+            protocol.makeConnection(StringTransport())
+            self.accepted.append(protocol)
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def startReading(self) -> None:
+        self.reading = True
+
+
+def test_at_the_cap_the_port_stops_accepting_and_starts_again_when_one_finishes(tmp_path
+                                                                               ) -> None:
+    clock = Clock()
+    factory, _, outcomes = guarded(tmp_path, clock, timeout=5, max_pending=3)
+    pauses: list[None] = []
+    factory._on_pause = lambda: pauses.append(None)
+    port = ListeningPort(factory, waiting=10)
+    factory.listening_on(port)
+    port.doRead()  # ten wait; only three are accepted, the rest stay in the queue
+    assert len(port.accepted) == 3 and port.waiting == 7 and port.closed_at_accept == 0
+    assert not port.reading and factory.paused and len(pauses) == 1
+    port.doRead()  # a readable event the reactor had already collected: nothing accepted
+    assert len(port.accepted) == 3 and port.closed_at_accept == 0
+    port.accepted[0].connectionLost(None)  # one leaves: accepting again, for one
+    assert port.reading and not factory.paused
+    port.doRead()
+    assert len(port.accepted) == 4 and port.waiting == 6 and not port.reading
+    assert len(pauses) == 2 and "full" not in outcomes
+
+
+def test_a_port_that_stopped_listening_is_not_started_again(tmp_path) -> None:
+    clock = Clock()
+    factory, _, _ = guarded(tmp_path, clock, timeout=5, max_pending=1)
+    port = ListeningPort(factory, waiting=2)
+    factory.listening_on(port)
+    port.doRead()
+    assert not port.reading
+    port.connected = False  # stopListening
+    port.accepted[0].connectionLost(None)
+    assert not port.reading and not factory.paused
+
+
 def test_the_application_is_connected_after_the_handshake_and_gets_every_byte(tmp_path
                                                                              ) -> None:
     clock = Clock()
@@ -104,6 +165,36 @@ def test_the_application_is_connected_after_the_handshake_and_gets_every_byte(tm
     assert app.built[0].transport is server_proto
     clock.advance(60)  # the deadline was cancelled: nothing resets the connection
     assert not server_proto.disconnecting
+
+
+def handshake(factory: GuardedTLSFactory, clock: Clock) -> tuple[object, object]:
+    """A client's TLS handshake with ``factory``, pumped to its end: (server side, pump)."""
+    client = TLSMemoryBIOFactory(ssl.CertificateOptions(), True, Factory.forProtocol(Protocol),
+                                 clock=clock)
+    _, server_proto, pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(ADDR), lambda: client.buildProtocol(ADDR), greet=False)
+    for _ in range(5):
+        clock.advance(0)
+        pump.flush()
+    return server_proto, pump
+
+
+def test_held_until_setup_a_connection_keeps_its_place_after_the_handshake(tmp_path) -> None:
+    clock = Clock()
+    factory, app, outcomes = guarded(tmp_path, clock, timeout=5, max_pending=2)
+    factory.hold_until_setup = True
+    first, _ = handshake(factory, clock)
+    second, _ = handshake(factory, clock)
+    assert outcomes == ["ok", "ok"] and len(app.built) == 2
+    assert factory.pending == 2  # both set up by the application still: no room
+    assert factory.buildProtocol(ADDR) is None
+    app.built[0].transport.setup_done()  # the application: the first is set up
+    app.built[0].transport.setup_done()  # (said twice: frees one place once)
+    assert factory.pending == 1
+    second.connectionLost(None)  # closed before it was set up: its place is free too
+    assert factory.pending == 0
+    first.connectionLost(None)
+    assert factory.pending == 0
 
 
 def test_limits_must_be_positive() -> None:
