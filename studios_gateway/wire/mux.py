@@ -175,14 +175,17 @@ class Keepalive:
     """Liveness bookkeeping: one Ping outstanding at a time; a peer silent for
     ``timeout`` (no frame of any kind, Ping answers included) is dead.
 
-    An end pings every ``ping_interval`` (< ``timeout``) unless the peer's own Ping
-    arrived within the last ``ping_interval`` (:meth:`should_ping`): the two ends'
-    timers run on different phases, so after a round the end whose timer comes
-    later is the one that pings and the other only answers, and an idle tunnel
-    carries one Ping and its answer per interval instead of two of each. Either way
-    a live path carries something within the timeout both ways; a path that went
-    silent (a sleeping laptop, an expired NAT entry) is declared dead at most
-    ``timeout`` after the last frame heard, whichever end notices first.
+    The server end (the gateway) pings every ``ping_interval`` (< ``timeout``). The
+    client end (a studio) pings too, but only when no Ping of the server's arrived
+    within the last ``ping_interval`` (:meth:`should_ping`: an older gateway, one
+    with a longer interval, a lost Ping): so an idle tunnel carries one Ping and its
+    answer per interval instead of two of each. Only one end skips: if both did, two
+    ends whose timers fire within a one-way trip of each other would each see the
+    other's Ping and both skip every other round, leaving the path silent for two
+    intervals, as long as the default timeout. Either way a live path carries
+    something within the timeout both ways; a path that went silent (a sleeping
+    laptop, an expired NAT entry) is declared dead at most ``timeout`` after the last
+    frame heard, whichever end notices first.
     """
 
     __slots__ = ("timeout", "outstanding", "sent_at", "rtt", "_next", "last_heard",
@@ -206,7 +209,7 @@ class Keepalive:
         return self._next
 
     def should_ping(self, now: float, interval: float) -> bool:
-        """Whether this end's Ping is wanted now: not while the peer pings us."""
+        """Whether the client end's Ping is wanted now: not while the server pings."""
         return now - self.peer_pinged >= interval
 
     def acked(self, opaque: int, now: float) -> bool:
@@ -1106,7 +1109,7 @@ class Multiplexer(Protocol):
             self._dead()
             return
         if now >= self._next_ping:
-            if self.keepalive.should_ping(now, self.ping_interval):
+            if not self.is_client or self.keepalive.should_ping(now, self.ping_interval):
                 self._ping()
             missed = (now - self._next_ping) // self.ping_interval
             self._next_ping += (missed + 1) * self.ping_interval

@@ -1080,12 +1080,12 @@ def pings_sent(link: Link) -> dict[str, int]:
     return count
 
 
-def offset_link() -> tuple[Clock, Link]:
-    """A link whose keepalive timers run every 10 s (timeout 20 s), the server's 3 s
-    after the client's."""
+def offset_link(server_after: float = 3) -> tuple[Clock, Link]:
+    """A link whose keepalive timers run every 10 s (timeout 20 s), the server's
+    ``server_after`` seconds after the client's."""
     clock = Clock()
     link = Link(clock, ping_interval=10, ping_timeout=20)
-    clock.advance(3)
+    clock.advance(server_after)
     link.server.connectionLost(None)
     link.mux["server"] = Multiplexer(is_client=False, clock=clock, ping_interval=10,
                                      ping_timeout=20)
@@ -1094,47 +1094,73 @@ def offset_link() -> tuple[Clock, Link]:
     return clock, link
 
 
-def idle(clock: Clock, link: Link, seconds: int) -> dict[str, int]:
-    """``seconds`` of idle link in steps of 1 s, every frame delivered: the Pings sent."""
+def idle(clock: Clock, link: Link, seconds: float, step: float = 1) -> dict[str, int]:
+    """``seconds`` of idle link in steps of ``step``, every frame delivered at once: the
+    Pings each end sent."""
     total = {"client": 0, "server": 0}
-    for _ in range(seconds):
-        clock.advance(1)
+    for _ in range(round(seconds / step)):
+        clock.advance(step)
         for side, n in pings_sent(link).items():
             total[side] += n
         link.pump()
     return total
 
 
-def test_an_idle_link_settles_on_one_end_pinging_and_the_other_answering() -> None:
-    """The client's Ping reaches the server before the server's timer fires, so from
-    the first round on only the client pings and the server answers; neither end is
-    declared dead however long the link stays idle."""
+def test_an_idle_link_settles_on_the_server_pinging_and_the_client_answering() -> None:
+    """The client's timer fires first (its Ping then is its only one); from then on a
+    Ping of the server's has always come within the interval, so only the server pings;
+    neither end is declared dead however long the link stays idle."""
     clock, link = offset_link()
-    assert idle(clock, link, 120) == {"client": 12, "server": 0}  # at 10, 20, ... 120 s
+    assert idle(clock, link, 120) == {"client": 1, "server": 12}  # server: 13 ... 123 s
     assert not link.client.closed and not link.server.closed
-    assert link.client.keepalive.outstanding is None and link.client.rtt is not None
+    assert link.server.keepalive.outstanding is None and link.server.rtt is not None
+
+
+def test_timers_a_trip_apart_never_leave_the_path_silent() -> None:
+    """Timers 0.2 s apart on a path that takes 0.5 s each way: each end's Ping arrives
+    after the other's timer fired. Were both ends to skip while the other pings, both
+    would skip every other round and the path would be silent for two intervals, the
+    timeout; the server never skips."""
+    clock, link = offset_link(server_after=0.2)
+    in_flight: list[tuple[float, str, bytes]] = []
+    heard: dict[str, list[float]] = {"client": [], "server": []}
+    for _ in range(1200):  # 120 s in steps of 0.1 s
+        clock.advance(0.1)
+        now = clock.seconds()
+        for side in ("client", "server"):
+            if link.t[side].value():
+                in_flight.append((now + 0.5, side, link.t[side].value()))
+                link.t[side].clear()
+        for item in [i for i in in_flight if i[0] <= now + 1e-9]:
+            in_flight.remove(item)
+            receiver = "server" if item[1] == "client" else "client"
+            heard[receiver].append(now)
+            link.mux[receiver].dataReceived(item[2])
+    for side in ("client", "server"):
+        gaps = [b - a for a, b in zip(heard[side], heard[side][1:], strict=False)]
+        assert max(gaps) < 10.5, (side, gaps)
+    assert not link.client.closed and not link.server.closed
+
+
+def test_the_client_pings_when_the_servers_pings_stop_coming() -> None:
+    clock, link = offset_link()
+    idle(clock, link, 30)  # t=33: the server pinged at 13, 23, 33
+    link.server.ping_interval = 1000.0  # (an older gateway with a long interval, say)
+    link.server._next_ping = 1e9
+    assert idle(clock, link, 60)["client"] == 5  # at 50, 60, ... 90 s
+    assert not link.client.closed and not link.server.closed
 
 
 def test_the_end_that_only_answers_still_finds_a_silent_peer() -> None:
     clock, link = offset_link()
-    idle(clock, link, 28)  # t=31: the client's last Ping came at 30
-    assert link.server.keepalive.last_heard == 30
-    link.client.connectionLost(None)  # the client falls silent (nothing sent to the server)
-    link.t["client"].clear()
-    clock.advance(18.9)
-    assert not link.server.closed  # its own timer pinged at 43, unanswered
+    idle(clock, link, 30)  # t=33: the server's last Ping came at 33
+    assert link.client.keepalive.last_heard == 33
+    link.server.connectionLost(None)  # the server falls silent
+    link.t["server"].clear()
+    clock.advance(19.9)
+    assert not link.client.closed
     clock.advance(0.1)  # 20 s after the last frame heard
-    assert link.server.closed
-    assert link.t["server"].disconnecting
-
-
-def test_when_the_pinging_end_stops_the_other_takes_over() -> None:
-    clock, link = offset_link()
-    idle(clock, link, 27)  # t=30: the client pinged at 10, 20, 30
-    link.client.ping_interval = 1000.0  # (an old client with a long interval, say)
-    link.client._next_ping = 1e9
-    assert idle(clock, link, 60)["server"] == 5  # at 43, 53, ... 83 s: 10 s after a Ping
-    assert not link.client.closed and not link.server.closed
+    assert link.client.closed and link.closes["client"][0].check(error.TimeoutError)
 
 def test_a_bulk_write_with_nothing_waiting_is_its_frames_in_one_tunnel_write() -> None:
     """A browser's 512 KiB read: the frames the scheduler would send now, in one write."""
