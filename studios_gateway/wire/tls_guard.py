@@ -47,7 +47,6 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IHandshakeListener, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import (
     BufferingTLSTransport,
     TLSMemoryBIOFactory,
@@ -126,7 +125,7 @@ class _GuardedTLSProtocol(LeanTLSProtocol):
         self.wrappedProtocol = app
         # What TLSMemoryBIOProtocol does at accept when it connects the application:
         # the application's transport is this TLS layer.
-        ProtocolWrapper.makeConnection(self, self.transport)
+        self.connect_application(self.transport)
         if IHandshakeListener.providedBy(app):
             app.handshakeCompleted()
 

@@ -44,9 +44,10 @@ from typing import Any
 
 from OpenSSL import SSL
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
+from zope.interface import directlyProvides, providedBy
 
 from studios_gateway.wire import openssl_private as _private
 from studios_gateway.wire.frames import data_frames, data_frames_size
@@ -160,6 +161,14 @@ def _untraced(failure: Failure) -> Failure:
     return failure
 
 
+#: What a TLS layer declares it provides, by (its class, what its transport provides,
+#: whether the application is connected yet): zope's own cache of these declarations
+#: is weak, and Twisted makes ten of them per connection (one per interface of a TCP
+#: transport, each replacing the last, then all of them), ~50 us per connection.
+_DECLARED: dict[tuple[type, Any, bool], Any] = {}
+_DECLARED_MOST = 64  # (transports of a few kinds; anything past that is declared anew)
+
+
 class LeanTLSProtocol(TLSMemoryBIOProtocol):
     """``TLSMemoryBIOProtocol`` whose post-handshake reads and writes take the lean
     path (see the module), with its memory BIOs renewed once quiet (:meth:`renew_bios`).
@@ -179,6 +188,45 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
         self._bios_grown = True
         self._receiver = None
         self._producer = None  # Twisted's TLS layer sets it later (registerProducer): same
+
+    def makeConnection(self, transport: Any) -> None:
+        """``TLSMemoryBIOProtocol.makeConnection``, with this protocol's interfaces
+        declared from :data:`_DECLARED` (tests/unit/test_tls_lean_declared.py fails when
+        Twisted's code changes)."""
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        self._declare(transport, connected=False)
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if self._connectWrapped:
+            self.connect_application(transport)
+        self._checkHandshakeStatus()
+
+    def connect_application(self, transport: Any) -> None:
+        """``ProtocolWrapper.makeConnection``: the application's protocol is connected,
+        with this layer as its transport (declared from :data:`_DECLARED`)."""
+        self._declare(transport, connected=True)
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        self.wrappedProtocol.makeConnection(self)
+
+    def _declare(self, transport: Any, connected: bool) -> None:
+        """What Twisted declares: before the application is connected, each interface
+        of the transport in turn (so the last one stays); then all of them."""
+        spec = providedBy(transport)
+        key = (type(self), spec, connected)
+        declared = _DECLARED.get(key)
+        if declared is not None:
+            self.__provides__ = declared
+            return
+        if connected:
+            directlyProvides(self, spec)
+        else:
+            for interface in spec:
+                directlyProvides(self, interface)
+        mine = self.__dict__.get("__provides__")
+        if mine is not None and len(_DECLARED) < _DECLARED_MOST:
+            _DECLARED[key] = mine
 
     def deliver_to(self, receiver: Any) -> None:
         """Hand every later read's cleartext straight to ``receiver.dataReceived``, not to
