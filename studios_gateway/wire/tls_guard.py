@@ -238,11 +238,7 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
         # None is how a factory refuses a connection: Twisted closes the socket at accept.
         if self.pending >= self.limits.max_pending:
             self._on_outcome(FULL)
-            if not self._full_logged:  # once per episode: a flood must not flood the log
-                self._full_logged = True
-                self._log.warn("{name}: {n} connections are in their TLS handshake already; "
-                               "closing new ones at accept until some finish",
-                               name=self.name, n=self.pending)
+            self._say_full("closing new ones at accept")
             return None
         self.pending += 1
         if self.pending >= self.limits.max_pending and self._ports:
@@ -269,11 +265,15 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
         self._on_pause()
         for port in self._listening():
             port.stopReading()
-        if not self._full_logged:  # once per episode: a flood must not flood the log
+        self._say_full("new ones wait in the listen queue")
+
+    def _say_full(self, meanwhile: str) -> None:
+        """The cap is reached: one warning per episode (a flood must not flood the log)."""
+        if not self._full_logged:
             self._full_logged = True
             self._log.warn("{name}: {n} connections are being set up (TLS handshake{bind}); "
-                           "new ones wait in the listen queue until one is done "
-                           "(CONNECT_TLS_MAX_HANDSHAKES)", name=self.name, n=self.pending,
+                           "{meanwhile} until one is done (CONNECT_TLS_MAX_HANDSHAKES)",
+                           name=self.name, n=self.pending, meanwhile=meanwhile,
                            bind=", bind" if self.hold_until_setup else "")
 
     def _resume(self) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_http_process import write_pair
+from tests.integration.test_traffic_process import metrics
 from tests.integration.test_tunnel_process import Deployment, wait_connected
 from tests.support.redis_server import RedisServer, make_tls_files, redis_available
 from tests.support.waiting import wait_until
@@ -166,19 +167,14 @@ def test_past_the_cap_a_connection_waits_for_room_instead_of_being_closed(tmp_pa
     d = Deployment(tmp_path, CONNECT_TLS_MAX_HANDSHAKES=str(cap),
                    CONNECT_TLS_HANDSHAKE_TIMEOUT=f"{deadline:g}s")
     socks: list[socket.socket] = []
-
-    def pauses() -> float:
-        _, metrics, _ = d.gw.request("/metrics")
-        counter = 'studios_gateway_tls_accept_pauses_total{listener="tunnel"}'
-        found = [line for line in metrics.decode().splitlines() if line.startswith(counter)]
-        return float(found[0].split()[-1]) if found else 0.0
-
+    pauses = 'studios_gateway_tls_accept_pauses_total{listener="tunnel"}'
+    tunnel = 'studios_gateway_tls_handshakes_total{listener="tunnel",outcome="%s"}'
     try:
         port = int(d.env["CONNECT_TUNNEL_PORT"])
         socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(cap)]
         # The gateway stops accepting once it holds all of them (counting its file
         # descriptors instead would race with its other connections closing).
-        wait_until(lambda: pauses() >= 1, timeout=10,
+        wait_until(lambda: metrics(d).get(pauses, 0.0) >= 1, timeout=10,
                    what="the gateway did not take the silent sockets up to its cap")
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
@@ -186,12 +182,9 @@ def test_past_the_cap_a_connection_waits_for_room_instead_of_being_closed(tmp_pa
                 ctx.wrap_socket(raw) as tls:  # before: reset at accept, as the cap was full
             assert tls.version() is not None
         assert all(closed_by_peer(s) for s in socks)  # the deadline made the room
-        _, metrics, _ = d.gw.request("/metrics")
-        text = metrics.decode()
-        assert 'studios_gateway_tls_handshakes_total{listener="tunnel",outcome="full"}' \
-            not in text
-        assert f'studios_gateway_tls_handshakes_total{{listener="tunnel",outcome="timeout"}} ' \
-            f'{float(cap)}' in text
+        counted = metrics(d)
+        assert tunnel % "full" not in counted
+        assert counted[tunnel % "timeout"] == cap
     finally:
         for s in socks:
             s.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import ssl
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
@@ -142,6 +144,21 @@ def test_a_port_that_stopped_listening_is_not_started_again(tmp_path) -> None:
     assert not port.reading and not factory.paused
 
 
+def handshake(factory: GuardedTLSFactory, clock: Clock,
+              client: type[Protocol] = Protocol) -> tuple[Any, Any]:
+    """A client's TLS handshake with ``factory``, pumped to its end: (server side, pump).
+    TLS writes are gathered until the clock turns, then pumped across."""
+    client_tls = TLSMemoryBIOFactory(ssl.CertificateOptions(), True,
+                                     Factory.forProtocol(client), clock=clock)
+    _, server_proto, pump = connectedServerAndClient(
+        lambda: factory.buildProtocol(ADDR), lambda: client_tls.buildProtocol(ADDR),
+        greet=False)
+    for _ in range(5):
+        clock.advance(0)
+        pump.flush()
+    return server_proto, pump
+
+
 def test_the_application_is_connected_after_the_handshake_and_gets_every_byte(tmp_path
                                                                              ) -> None:
     clock = Clock()
@@ -151,32 +168,13 @@ def test_the_application_is_connected_after_the_handshake_and_gets_every_byte(tm
         def connectionMade(self) -> None:
             self.transport.write(b"bind line\n")
 
-    client = TLSMemoryBIOFactory(ssl.CertificateOptions(), True, Factory.forProtocol(Hello),
-                                 clock=clock)
-    _, server_proto, pump = connectedServerAndClient(
-        lambda: factory.buildProtocol(ADDR), lambda: client.buildProtocol(ADDR),
-        greet=False)
-    for _ in range(5):  # TLS writes are gathered until the clock turns, then pumped across
-        clock.advance(0)
-        pump.flush()
+    server_proto, _ = handshake(factory, clock, Hello)
     assert outcomes == ["ok"] and factory.pending == 0
     assert len(app.built) == 1 and app.built[0].made
     assert app.built[0].received == b"bind line\n"
     assert app.built[0].transport is server_proto
     clock.advance(60)  # the deadline was cancelled: nothing resets the connection
     assert not server_proto.disconnecting
-
-
-def handshake(factory: GuardedTLSFactory, clock: Clock) -> tuple[object, object]:
-    """A client's TLS handshake with ``factory``, pumped to its end: (server side, pump)."""
-    client = TLSMemoryBIOFactory(ssl.CertificateOptions(), True, Factory.forProtocol(Protocol),
-                                 clock=clock)
-    _, server_proto, pump = connectedServerAndClient(
-        lambda: factory.buildProtocol(ADDR), lambda: client.buildProtocol(ADDR), greet=False)
-    for _ in range(5):
-        clock.advance(0)
-        pump.flush()
-    return server_proto, pump
 
 
 def test_held_until_setup_a_connection_keeps_its_place_after_the_handshake(tmp_path) -> None:
@@ -209,14 +207,7 @@ def test_limits_must_be_positive() -> None:
 def test_a_close_does_not_wait_for_the_peers_close_notify(tmp_path) -> None:
     clock = Clock()
     factory, app, _ = guarded(tmp_path, clock, timeout=5, max_pending=10)
-    client = TLSMemoryBIOFactory(ssl.CertificateOptions(), True, Factory.forProtocol(Protocol),
-                                 clock=clock)
-    _, server_proto, pump = connectedServerAndClient(
-        lambda: factory.buildProtocol(ADDR), lambda: client.buildProtocol(ADDR),
-        greet=False)
-    for _ in range(5):
-        clock.advance(0)
-        pump.flush()
+    server_proto, _ = handshake(factory, clock)
     app.built[0].transport.write(b"refused: bye\n")
     app.built[0].transport.loseConnection()
     # The peer has not answered (nothing pumped): TCP closes anyway, after the reply.
