@@ -3,13 +3,16 @@
     python -m bench.handshake [--count 300] [--rounds 3]
 
 The gateway's tunnel certificate (a self-signed P-256 one, as the gateway makes
-it) and TLS settings (wire/tls.server_options) against the connect client's
+it) and TLS settings (wire/tls.tunnel_server_options) against the connect client's
 pinned TLS (wire/tls.PinnedClientTLS), in one process over memory BIOs: no
 sockets, no reactor, so what is measured is OpenSSL's work plus pyOpenSSL's calls
-(process CPU time around each side's do_handshake). For each group list the
+(process CPU time around each side's do_handshake, and the client's read of what
+the server sent after it: session tickets, if any). For each group list the
 groups are set on both contexts; "default" is the OpenSSL build's own list (with
-OpenSSL 3.5 and later, the hybrid X25519MLKEM768 first). Rounds alternate the
-lists so drift on a shared machine hits them all alike; the median is printed.
+OpenSSL 3.5 and later, the hybrid X25519MLKEM768 first). The last row is the
+default groups with session tickets (wire/tls.server_options, as the HTTPS
+listener). Rounds alternate the rows so drift on a shared machine hits them all
+alike; the median is printed.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from OpenSSL import SSL
 from OpenSSL._util import ffi, lib
@@ -27,6 +32,9 @@ from OpenSSL._util import ffi, lib
 from studios_gateway.wire import tls
 
 GROUPS = ["default", "X25519MLKEM768", "X25519"]
+#: (row, groups, server options): the tunnel's listener, then with session tickets.
+ROWS = [(groups, groups, tls.tunnel_server_options) for groups in GROUPS] + [
+    ("default, tickets", "default", tls.server_options)]
 
 
 def _set_groups(ctx: SSL.Context, groups: str) -> None:
@@ -34,9 +42,10 @@ def _set_groups(ctx: SSL.Context, groups: str) -> None:
         raise SystemExit(f"this OpenSSL does not know the groups {groups!r}")
 
 
-def measure(cert: Path, key: Path, groups: str, count: int) -> tuple[str, float, float]:
+def measure(cert: Path, key: Path, groups: str, count: int,
+            options: Callable[[Path, Path], Any]) -> tuple[str, float, float]:
     """(group negotiated, server CPU s, client CPU s) per handshake."""
-    server_ctx = tls.server_options(cert, key).getContext()
+    server_ctx = options(cert, key).getContext()
     client = tls.PinnedClientTLS(tls.fingerprint_pem(cert.read_bytes()))
     _set_groups(server_ctx, groups)
     _set_groups(client._ctx, groups)
@@ -65,6 +74,12 @@ def measure(cert: Path, key: Path, groups: str, count: int) -> tuple[str, float,
                     peer.bio_write(me.bio_read(1 << 16))
                 except SSL.WantReadError:
                     pass
+        t0 = time.process_time()
+        try:  # the records the server sent after its handshake (tickets), if any
+            c.recv(1)
+        except SSL.WantReadError:
+            pass
+        client_cpu += time.process_time() - t0
         name = ffi.string(lib.SSL_get0_group_name(s._ssl)).decode()
     return name, server_cpu / count, client_cpu / count
 
@@ -77,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="handshake-") as tmp:
         cert, key = tls.ensure_self_signed(Path(tmp), ["127.0.0.1"])
-        got: dict[str, list[tuple[str, float, float]]] = {g: [] for g in GROUPS}
+        got: dict[str, list[tuple[str, float, float]]] = {row[0]: [] for row in ROWS}
         for _ in range(a.rounds):
-            for groups in GROUPS:
-                got[groups].append(measure(cert, key, groups, a.count))
+            for row, groups, options in ROWS:
+                got[row].append(measure(cert, key, groups, a.count, options))
     print(f"{'groups set':<16} {'negotiated':<16} {'gateway us':>10} {'client us':>10}")
     for groups, runs in got.items():
         print(f"{groups:<16} {runs[0][0]:<16} "

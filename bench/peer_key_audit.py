@@ -20,7 +20,6 @@ import struct
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import cryptography
 from cryptography.hazmat.bindings import _rust
@@ -33,10 +32,8 @@ def main() -> int:
     lib, ffi = private.lib, private.ffi
     version = ffi.string(lib.OpenSSL_version(0)).decode()
     print(f"build: ({version!r}, {cryptography.__version__!r})")
-    symbols = peer_key.elf_functions(Path(_rust.__file__), ["SSL_ctrl", "_cffi_d_SSL_free"])
-    base = int(ffi.cast("uintptr_t", ffi.addressof(_rust._openssl.lib, "SSL_free"))) \
-        - symbols["_cffi_d_SSL_free"]
-    ctrl = ffi.cast("long (*)(SSL *, int, long, void *)", base + symbols["SSL_ctrl"])
+    ctrl = ffi.cast("long (*)(SSL *, int, long, void *)",
+                    private.module_functions(["SSL_ctrl"])["SSL_ctrl"])
     server, _client = peer_key.handshaken_pair()
     out = ffi.new("EVP_PKEY **")
     if ctrl(server._ssl, peer_key.SSL_CTRL_GET_PEER_TMP_KEY, 0, out) != 1:

@@ -434,7 +434,7 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
         cert_path, key_path = str(cert), str(key)
         pin = tls.fingerprint_pem(cert.read_bytes())
     try:
-        options = ReloadableServerTLS(cert_path, key_path, tls.server_options)
+        options = ReloadableServerTLS(cert_path, key_path, tls.tunnel_server_options)
     except Exception as e:  # a bad PEM is an operator's mistake: say so in one line
         raise StartError(f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the "
                          f"certificate and key ({e})") from None

@@ -37,8 +37,6 @@ The safety argument and the audit: docs/decisions/openssl-peer-key.md.
 from __future__ import annotations
 
 import platform
-import struct
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -64,9 +62,7 @@ AUDITED_MACHINES = ("x86_64",)
 
 SSL_CTRL_GET_PEER_TMP_KEY = 109
 TLS1_3_VERSION = 0x0304
-#: The extension module's functions whose addresses the bindings give (the symbol
-#: table must agree on every one), and the one called by address.
-_CHECKED = ("SSL_free", "SSL_new", "SSL_version", "EVP_PKEY_free", "SSL_read", "SSL_write")
+#: The function called by address (openssl_private.module_functions).
 _CTRL = "SSL_ctrl"
 
 
@@ -140,7 +136,7 @@ def _dropper() -> _Dropper | None:
         _state["tried"] = True
         try:
             _state["dropper"], _state["reason"] = _set_up(), ""
-        except _NotHere as e:
+        except _private.Unreachable as e:  # (_NotHere among them)
             _state["reason"] = str(e)
             _log.info("TLS: peer key shares are kept after the handshake: {reason}",
                       reason=str(e))
@@ -151,7 +147,7 @@ def _dropper() -> _Dropper | None:
     return dropper
 
 
-class _NotHere(Exception):
+class _NotHere(_private.Unreachable):
     """This process cannot drop key shares safely (the message says why)."""
 
 
@@ -159,7 +155,6 @@ def _set_up() -> _Dropper:
     if not _private.AVAILABLE:
         raise _NotHere("pyOpenSSL's private bindings are missing")
     import cryptography
-    from cryptography.hazmat.bindings import _rust
 
     lib, ffi = _private.lib, _private.ffi
     if platform.machine() not in AUDITED_MACHINES:
@@ -170,20 +165,8 @@ def _set_up() -> _Dropper:
     if offset is None:
         raise _NotHere(f"{version} in cryptography {cryptography.__version__} is not an "
                        "audited build")
-    cffi_lib = getattr(getattr(_rust, "_openssl", None), "lib", None)
-    if cffi_lib is None:
-        raise _NotHere("cryptography's cffi module is not where it was")
-    names = [f"_cffi_d_{name}" for name in _CHECKED] + [_CTRL]
-    symbols = elf_functions(Path(_rust.__file__), names)
-    if set(symbols) != set(names):
-        raise _NotHere(f"symbols missing from {_rust.__file__}: {set(names) - set(symbols)}")
-    # Where the module is loaded: each bound function must sit at base + its symbol.
-    bases = {int(ffi.cast("uintptr_t", ffi.addressof(cffi_lib, name)))
-             - symbols[f"_cffi_d_{name}"] for name in _CHECKED}
-    if len(bases) != 1:
-        raise _NotHere("the symbol table does not match the loaded module")
-    ctrl = ffi.cast("long (*)(SSL *, int, long, void *)", bases.pop() + symbols[_CTRL])
-    dropper = _Dropper(ctrl, offset)
+    address = _private.module_functions([_CTRL])[_CTRL]
+    dropper = _Dropper(ffi.cast("long (*)(SSL *, int, long, void *)", address), offset)
     _try_on_a_handshake(dropper)
     return dropper
 
@@ -246,30 +229,3 @@ def _move(client: SSL.Connection, server: SSL.Connection) -> None:
             other.bio_write(one.bio_read(1 << 16))
         except SSL.WantReadError:
             pass
-
-
-def elf_functions(path: Path, names: list[str]) -> dict[str, int]:
-    """The values (addresses relative to the load base) of the named function symbols in
-    a 64-bit little-endian ELF file's ``.symtab``; names not found are left out."""
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise _NotHere(f"{path} is not a 64-bit little-endian ELF file")
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
-                for i in range(shnum)]
-    wanted = {name.encode() for name in names}
-    found: dict[str, int] = {}
-    for _name, kind, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
-        if kind != 2 or entsize != 24:  # SHT_SYMTAB
-            continue
-        strings = sections[link][4]
-        for st_name, info, _other, _shndx, value, _size in struct.iter_unpack(
-                "<IBBHQQ", data[offset:offset + size]):
-            if info & 0xF != 2 or not value:  # STT_FUNC, defined
-                continue
-            start = strings + st_name
-            name = data[start:data.index(b"\0", start)]
-            if name in wanted:
-                found[name.decode()] = value
-    return found

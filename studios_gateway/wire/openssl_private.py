@@ -10,10 +10,17 @@ the BIOs; Twisted's own TLS layer) when a pyOpenSSL release no longer has what
 they use. tests/unit/test_openssl_private.py fails when that happens, so that an
 upgrade that silently drops to the slow path is noticed.
 See docs/decisions/tunnel-tls-path.md.
+
+:func:`module_functions` finds public OpenSSL functions that the bindings do not
+offer in the extension module's symbol table (wire/openssl_peer_key.py's
+``SSL_ctrl``, wire/tls.py's ``SSL_CTX_set_num_tickets``).
 """
 
 from __future__ import annotations
 
+import functools
+import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +28,9 @@ from OpenSSL import SSL
 
 from studios_gateway import compiled
 
-__all__ = ["AVAILABLE", "CONNECTION_ATTRIBUTES", "FUNCTIONS", "RECORDS", "RECORD_FUNCTIONS", "ffi",
-           "lib", "missing", "records_stale"]
+__all__ = ["AVAILABLE", "CONNECTION_ATTRIBUTES", "FUNCTIONS", "RECORDS", "RECORD_FUNCTIONS",
+           "Unreachable", "elf_functions", "ffi", "lib", "missing", "module_functions",
+           "records_stale"]
 
 #: The bindings' functions and constants used here and by the modules named above.
 FUNCTIONS = (
@@ -96,3 +104,88 @@ def records_stale() -> bool:
     """wire/_records.c changed since its extension was built (a source tree after an
     edit); the tests fail on it rather than test the old C."""
     return compiled.stale(RECORDS, Path(__file__).with_name("_records.c"))
+
+
+class Unreachable(Exception):
+    """A function of the OpenSSL in cryptography's extension module cannot be reached
+    safely here (the message says why)."""
+
+
+#: Functions the bindings give whose addresses the extension module's symbol table must
+#: agree on, every one, before any other address is taken from it.
+_CHECKED = ("SSL_free", "SSL_new", "SSL_version", "EVP_PKEY_free", "SSL_read", "SSL_write")
+
+
+#: The functions :func:`module_functions` may be asked for: the symbol table is read
+#: once, for all of them (~0.1 s of Python for a module of cryptography's size).
+MODULE_FUNCTIONS = ("SSL_ctrl", "SSL_CTX_set_num_tickets", "SSL_CTX_get_num_tickets")
+
+
+def module_functions(names: Sequence[str]) -> dict[str, int]:
+    """Where in this process the named functions are, of the OpenSSL linked into
+    cryptography's extension module: public OpenSSL functions the bindings do not offer
+    (of :data:`MODULE_FUNCTIONS`). Taken from the module's symbol table, which must first
+    place every function of :data:`_CHECKED` where the bindings have it. Raises
+    :class:`Unreachable` saying why when that cannot be done."""
+    if not set(names) <= set(MODULE_FUNCTIONS):
+        raise Unreachable(f"not looked for: {sorted(set(names) - set(MODULE_FUNCTIONS))}")
+    found = _module_functions()
+    if isinstance(found, str):
+        raise Unreachable(found)
+    if not set(names) <= set(found):
+        raise Unreachable(f"symbols missing from cryptography's extension module: "
+                          f"{sorted(set(names) - set(found))}")
+    return {name: found[name] for name in names}
+
+
+@functools.cache
+def _module_functions() -> dict[str, int] | str:
+    """:data:`MODULE_FUNCTIONS` found in this process, or why they cannot be."""
+    if not AVAILABLE:
+        return "pyOpenSSL's private bindings are missing"
+    from cryptography.hazmat.bindings import _rust
+
+    cffi_lib = getattr(getattr(_rust, "_openssl", None), "lib", None)
+    if cffi_lib is None:
+        return "cryptography's cffi module is not where it was"
+    checked = [f"_cffi_d_{name}" for name in _CHECKED]
+    try:
+        symbols = elf_functions(Path(_rust.__file__), [*checked, *MODULE_FUNCTIONS])
+    except (OSError, Unreachable) as e:
+        return str(e)
+    if not set(checked) <= set(symbols):
+        return f"{_rust.__file__} has no symbol table to check against its bindings"
+    # Where the module is loaded: each bound function must sit at base + its symbol.
+    bases = {int(ffi.cast("uintptr_t", ffi.addressof(cffi_lib, name)))
+             - symbols[f"_cffi_d_{name}"] for name in _CHECKED}
+    if len(bases) != 1:
+        return "the symbol table does not match the loaded module"
+    base = bases.pop()
+    return {name: base + symbols[name] for name in MODULE_FUNCTIONS if name in symbols}
+
+
+def elf_functions(path: Path, names: Sequence[str]) -> dict[str, int]:
+    """The values (addresses relative to the load base) of the named function symbols in
+    a 64-bit little-endian ELF file's ``.symtab``; names not found are left out."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise Unreachable(f"{path} is not a 64-bit little-endian ELF file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+                for i in range(shnum)]
+    wanted = {name.encode() for name in names}
+    found: dict[str, int] = {}
+    for _name, kind, _flags, _addr, offset, size, link, _info, _align, entsize in sections:
+        if kind != 2 or entsize != 24:  # SHT_SYMTAB
+            continue
+        strings = sections[link][4]
+        for st_name, info, _other, _shndx, value, _size in struct.iter_unpack(
+                "<IBBHQQ", data[offset:offset + size]):
+            if info & 0xF != 2 or not value:  # STT_FUNC, defined
+                continue
+            start = strings + st_name
+            name = data[start:data.index(b"\0", start)]
+            if name in wanted:
+                found[name.decode()] = value
+    return found

@@ -16,6 +16,7 @@ import hmac
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -88,6 +89,52 @@ def server_options(cert_path: str | Path, key_path: str | Path) -> ssl.Certifica
     return ssl.CertificateOptions(
         privateKey=key, certificate=leaf, extraCertChain=extra or None,
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+
+
+def tunnel_server_options(cert_path: str | Path,
+                          key_path: str | Path) -> ssl.CertificateOptions:
+    """:func:`server_options` for the tunnel's listener, which sends no session tickets.
+
+    A TLS 1.3 server sends two tickets after each handshake by default, so that the
+    client can resume the session later. A connect client never resumes (every
+    attempt is a full handshake, and a studio binds once per connection), so the
+    tickets only cost each bind: the gateway makes and seals them, and the studio reads
+    them and keeps a session it will not use. Browsers do resume, so the HTTPS
+    listener keeps them (docs/decisions/tls-handshakes.md, "Session tickets")."""
+    options = server_options(cert_path, key_path)
+    send_no_tickets(options.getContext())
+    return options
+
+
+def send_no_tickets(context: SSL.Context) -> bool:
+    """Have a server context send no TLS 1.3 session tickets; True when it will not.
+
+    pyOpenSSL does not offer ``SSL_CTX_set_num_tickets`` (OpenSSL 1.1.1 and later), so
+    it is called where the extension module's symbol table places it
+    (wire/openssl_private.py). Where that cannot be done the context is left as it is
+    (tickets sent, a bind a little dearer) and the gateway says why once."""
+    functions = _ticket_functions()
+    if functions is None:
+        return False
+    set_num, get_num = functions
+    raw = context._context  # noqa: SLF001 - the SSL_CTX the bindings take
+    return bool(set_num(raw, 0) == 1 and get_num(raw) == 0)
+
+
+@functools.cache
+def _ticket_functions() -> tuple[Any, Any] | None:
+    from studios_gateway.wire import openssl_private
+
+    names = ["SSL_CTX_set_num_tickets", "SSL_CTX_get_num_tickets"]
+    try:
+        found = openssl_private.module_functions(names)
+    except openssl_private.Unreachable as e:
+        _log.info("TLS: the tunnel's listener sends session tickets (unused): {why}",
+                  why=str(e))
+        return None
+    ffi = openssl_private.ffi
+    return (ffi.cast("int (*)(SSL_CTX *, size_t)", found[names[0]]),
+            ffi.cast("size_t (*)(SSL_CTX *)", found[names[1]]))
 
 
 class PinMismatch(SSL.Error):
