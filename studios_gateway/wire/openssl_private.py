@@ -117,7 +117,7 @@ _CHECKED = ("SSL_free", "SSL_new", "SSL_version", "EVP_PKEY_free", "SSL_read", "
 
 
 #: The functions :func:`module_functions` may be asked for: the symbol table is read
-#: once, for all of them (~0.1 s of Python for a module of cryptography's size).
+#: once, for all of them (~50 ms of Python for a module of cryptography's size).
 MODULE_FUNCTIONS = ("SSL_ctrl", "SSL_CTX_set_num_tickets", "SSL_CTX_get_num_tickets")
 
 
@@ -140,7 +140,17 @@ def module_functions(names: Sequence[str]) -> dict[str, int]:
 
 @functools.cache
 def _module_functions() -> dict[str, int] | str:
-    """:data:`MODULE_FUNCTIONS` found in this process, or why they cannot be."""
+    """:data:`MODULE_FUNCTIONS` found in this process, or why they cannot be (whatever
+    went wrong: a caller then does without, and a gateway still starts)."""
+    try:
+        return _find_module_functions()
+    except Unreachable as e:
+        return str(e)
+    except Exception as e:  # noqa: BLE001 - a truncated or odd file, a changed module
+        return f"cannot read cryptography's extension module: {e!r}"
+
+
+def _find_module_functions() -> dict[str, int] | str:
     if not AVAILABLE:
         return "pyOpenSSL's private bindings are missing"
     from cryptography.hazmat.bindings import _rust
@@ -149,10 +159,7 @@ def _module_functions() -> dict[str, int] | str:
     if cffi_lib is None:
         return "cryptography's cffi module is not where it was"
     checked = [f"_cffi_d_{name}" for name in _CHECKED]
-    try:
-        symbols = elf_functions(Path(_rust.__file__), [*checked, *MODULE_FUNCTIONS])
-    except (OSError, Unreachable) as e:
-        return str(e)
+    symbols = elf_functions(Path(_rust.__file__), [*checked, *MODULE_FUNCTIONS])
     if not set(checked) <= set(symbols):
         return f"{_rust.__file__} has no symbol table to check against its bindings"
     # Where the module is loaded: each bound function must sit at base + its symbol.

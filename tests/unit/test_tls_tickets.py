@@ -105,3 +105,26 @@ def test_a_file_that_is_not_elf_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"#!/bin/sh\n")
     with pytest.raises(openssl_private.Unreachable, match="not a 64-bit"):
         openssl_private.elf_functions(path, ["SSL_ctrl"])
+
+
+def test_an_unreadable_module_leaves_tickets_on_and_the_listener_starting(
+        pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A symbol table that cannot be read (here: a truncated file's struct.error) is a
+    reason, not an exception out of the listener's setup."""
+    import struct
+
+    def truncated(path: Path, names: Any) -> Any:
+        raise struct.error("unpack_from requires a buffer of at least 64 bytes")
+
+    monkeypatch.setattr(openssl_private, "elf_functions", truncated)
+    openssl_private._module_functions.cache_clear()
+    try:
+        with pytest.raises(openssl_private.Unreachable, match="cannot read"):
+            openssl_private.module_functions(["SSL_ctrl"])
+        cert, key = pair
+        options = tls.tunnel_server_options(cert, key)
+        after, server, client = after_handshake(options.getContext(), cert)
+        assert len(after) > 100  # tickets, as before
+        assert carries_data(server, client)
+    finally:
+        openssl_private._module_functions.cache_clear()
