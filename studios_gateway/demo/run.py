@@ -32,6 +32,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _free_ports(count: int, taken: set[int]) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 now, none of them in ``taken``. Each
+    socket stays bound until all are picked: asked one at a time, the kernel may hand
+    out the same free port twice (a demo then refused its own ports as the same one)."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            s = socket.socket()
+            held.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port not in taken and port not in ports:
+                ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
+
+
 def _wait_ready(url: str, key: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     """Poll /ready until it answers 200 (the event we need), or the gateway dies."""
     deadline = time.monotonic() + timeout
@@ -112,14 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     bindir = Path(sys.executable).parent
-    mport = args.management_port or _free_port()
-    tport = args.tunnel_port or _free_port()
+    # The ports it picks itself: distinct, and none of those given.
+    given = {args.http_port, args.management_port, args.tunnel_port} - {None, 0}
+    picked = iter(_free_ports(3, given))
+    mport = args.management_port or next(picked)
+    tport = args.tunnel_port or next(picked)
+    lport = next(picked)  # the SSH listener's
     key = secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
     env.update({
         "CONNECT_BIND_ADDRESS": "127.0.0.1", "CONNECT_HTTP_PORT": str(args.http_port),
         "CONNECT_MANAGEMENT_PORT": str(mport), "CONNECT_TUNNEL_PORT": str(tport),
-        "CONNECT_LISTENER_PORT": str(_free_port()), "CONNECT_MANAGEMENT_AUTH_KEY": key,
+        "CONNECT_LISTENER_PORT": str(lport), "CONNECT_MANAGEMENT_AUTH_KEY": key,
         "CONNECT_PROXY_URL": f"http://localhost:{args.http_port}",
         "CONNECT_STORAGE_ROOT": str(Path(args.storage_root).resolve()),
         "CONNECT_SHUTDOWN_GRACE": "5s",  # a demo: stop promptly
