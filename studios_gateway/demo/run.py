@@ -27,9 +27,7 @@ from typing import Any
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return _free_ports(1, set())[0]
 
 
 def _free_ports(count: int, taken: set[int]) -> list[int]:

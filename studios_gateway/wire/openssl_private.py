@@ -150,23 +150,23 @@ def _module_functions() -> dict[str, int] | str:
         return f"cannot read cryptography's extension module: {e!r}"
 
 
-def _find_module_functions() -> dict[str, int] | str:
+def _find_module_functions() -> dict[str, int]:
     if not AVAILABLE:
-        return "pyOpenSSL's private bindings are missing"
+        raise Unreachable("pyOpenSSL's private bindings are missing")
     from cryptography.hazmat.bindings import _rust
 
     cffi_lib = getattr(getattr(_rust, "_openssl", None), "lib", None)
     if cffi_lib is None:
-        return "cryptography's cffi module is not where it was"
+        raise Unreachable("cryptography's cffi module is not where it was")
     checked = [f"_cffi_d_{name}" for name in _CHECKED]
     symbols = elf_functions(Path(_rust.__file__), [*checked, *MODULE_FUNCTIONS])
     if not set(checked) <= set(symbols):
-        return f"{_rust.__file__} has no symbol table to check against its bindings"
+        raise Unreachable(f"{_rust.__file__} has no symbol table to check against its bindings")
     # Where the module is loaded: each bound function must sit at base + its symbol.
     bases = {int(ffi.cast("uintptr_t", ffi.addressof(cffi_lib, name)))
              - symbols[f"_cffi_d_{name}"] for name in _CHECKED}
     if len(bases) != 1:
-        return "the symbol table does not match the loaded module"
+        raise Unreachable("the symbol table does not match the loaded module")
     base = bases.pop()
     return {name: base + symbols[name] for name in MODULE_FUNCTIONS if name in symbols}
 
