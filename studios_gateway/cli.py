@@ -36,6 +36,12 @@ def check_config(args: argparse.Namespace) -> int:
     no_lane = lane.missing(config.compiled_lane)
     if no_lane is not None:
         print(f"warning: {no_lane}")
+    if config.redis_enabled:
+        from studios_gateway.registry.redis import reply_parser_missing
+
+        no_parser = reply_parser_missing()
+        if no_parser is not None:
+            print(f"warning: {no_parser}")
     from studios_gateway.http.component import check_https_certificate
 
     problem = check_https_certificate(config)  # what the start would refuse

@@ -61,8 +61,11 @@ def build_store(config: Config, clock: Any) -> CachingStore:
     from studios_gateway.registry.cache import CachingStore
 
     if config.redis_enabled:
-        from studios_gateway.registry.redis import RedisStore
+        from studios_gateway.registry.redis import RedisStore, reply_parser_missing
 
+        no_parser = reply_parser_missing()
+        if no_parser is not None:
+            Logger().warn("{problem}", problem=no_parser)
         host, port = config.redis_address
         inner: Any = RedisStore(
             address=f"{host}:{port}", user=config.redis_user, password=config.redis_password,

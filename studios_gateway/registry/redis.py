@@ -336,6 +336,21 @@ class _Heard:
         super().dataReceived(data, *more)  # type: ignore[misc]
 
 
+# txredisapi reads replies with hiredis (C) when it is installed, and it is a dependency
+# of ours: its own Python reader takes one reactor turn per bulk reply (it pauses the
+# connection and reschedules the rest of the read with callLater(0), copying what is
+# left each time), so a burst of 2,000 GET replies took ~2,000 turns, each behind every
+# TLS handshake that came in that turn; with hiredis, a read's replies are all handled
+# in it (docs/decisions/redis-store.md, "Replies read in C").
+def reply_parser_missing() -> str | None:
+    """What to tell the operator when this install reads Redis's replies in Python
+    (check-config prints it, the gateway logs it at start); None: nothing to say."""
+    if issubclass(txredisapi.RedisProtocol, txredisapi.HiredisProtocol):
+        return None
+    return ("hiredis is not installed: Redis replies are read in Python, one reactor turn "
+            "each, which slows binds after a restart (pip install hiredis)")
+
+
 class _Commands(_Heard, txredisapi.RedisProtocol):
     def connectionLost(self, why: Failure) -> None:
         self.factory.link.transport_lost(why)
@@ -659,6 +674,8 @@ class RedisStore:
                                        f"within {round(waited, 1):g}s")
             if f.check(txredisapi.ResponseError):
                 message = str(f.value)
+                if message.startswith("ERR "):  # (hiredis keeps it; txredisapi's reader not)
+                    message = message[4:]
                 if not message.startswith(_TRANSIENT):
                     self._log.error("Redis refused {what}: {message}", what=what,
                                     message=message)

@@ -93,3 +93,21 @@ def test_check_config_says_when_the_compiled_lane_is_missing(
     monkeypatch.setenv("CONNECT_COMPILED_LANE", "off")  # turned off: nothing to say
     assert main(["check-config", "-q"]) == 0
     assert "compiled" not in capsys.readouterr().out.lower()
+
+
+def test_check_config_says_when_redis_replies_would_be_read_in_python(
+        tmp_path, monkeypatch, capsys) -> None:
+    import txredisapi
+
+    from studios_gateway.cli import main
+
+    for k in [k for k in __import__("os").environ if k.startswith(("CONNECT_", "TOWER_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CONNECT_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setattr(txredisapi, "RedisProtocol", txredisapi.BaseRedisProtocol)
+    assert main(["check-config", "-q"]) == 0
+    assert "hiredis" not in capsys.readouterr().out  # no Redis: nothing to say
+    monkeypatch.setenv("CONNECT_REDIS_ADDRESS", "127.0.0.1:6379")
+    assert main(["check-config", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "hiredis is not installed" in out and "configuration OK" in out

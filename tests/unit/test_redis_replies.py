@@ -1,0 +1,87 @@
+"""Redis's replies are read with hiredis: every reply in a read is handled in that read
+(registry/redis.py, reply_parser_missing; docs/decisions/redis-store.md)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import txredisapi
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from studios_gateway.registry import redis
+
+
+def commands() -> tuple[Any, StringTransport]:
+    p = redis._Commands(charset="utf-8", convertNumbers=False)
+    p.factory = SimpleNamespace(link=SimpleNamespace(heard=0.0,
+                                                     store=SimpleNamespace(clock=Clock())))
+    t = StringTransport()
+    p.makeConnection(t)  # (BaseRedisProtocol.connectionMade would AUTH/SELECT: not here)
+    return p, t
+
+
+def results(ds: list[Deferred[Any]]) -> list[Any]:
+    out: list[Any] = []
+    for d in ds:
+        d.addBoth(out.append)
+    return out
+
+
+def test_this_install_reads_replies_in_c() -> None:
+    assert redis.reply_parser_missing() is None  # hiredis is a dependency (setup.cfg)
+    assert issubclass(redis._Commands, txredisapi.HiredisProtocol)
+    assert issubclass(redis._Subscriber, txredisapi.HiredisProtocol)
+
+
+def test_a_read_of_many_replies_answers_them_all_in_that_read() -> None:
+    p, t = commands()
+    n = 500
+    got = results([p.execute_command("GET", f"k{i}") for i in range(n)])
+    assert t.value().count(b"GET") == n
+    value = "v" * 600
+    p.dataReceived(b"".join(b"$%d\r\n%s\r\n" % (len(value) + len(str(i)), (value + str(i))
+                                                .encode()) for i in range(n)))
+    # txredisapi's own reader answered one here and the rest one reactor turn each
+    assert got == [value + str(i) for i in range(n)]
+
+
+def test_replies_split_anywhere_are_read_the_same() -> None:
+    p, _ = commands()
+    got = results([p.execute_command("GET", "a"), p.execute_command("INCR", "n"),
+                   p.execute_command("GET", "none"), p.execute_command("EVAL", "s", 0),
+                   p.execute_command("PING")])
+    wire = b"$3\r\nabc\r\n:42\r\n$-1\r\n*2\r\n$1\r\nx\r\n:7\r\n+PONG\r\n"
+    for i in range(len(wire)):
+        p.dataReceived(wire[i:i + 1])
+    assert got == ["abc", 42, None, ["x", 7], "PONG"]
+
+
+def test_an_error_reply_fails_its_command_only() -> None:
+    p, _ = commands()
+    got = results([p.execute_command("GET", "a"), p.execute_command("NOPE"),
+                   p.execute_command("GET", "b")])
+    p.dataReceived(b"$1\r\n1\r\n-ERR unknown command 'NOPE'\r\n$1\r\n2\r\n")
+    assert got[0] == "1" and got[2] == "2"
+    assert got[1].check(txredisapi.ResponseError)
+    assert "unknown command 'NOPE'" in str(got[1].value)
+
+
+def test_a_malformed_reply_is_a_protocol_error_not_a_crash() -> None:
+    p, t = commands()
+    got = results([p.execute_command("GET", "a")])
+    try:
+        p.dataReceived(b"?what\r\n")
+    except txredisapi.InvalidData:
+        pass  # (txredisapi lets it out of dataReceived: Twisted then drops the link)
+    else:
+        raise AssertionError("a reply that is not RESP was read")
+    assert got == []  # never answered with garbage; the link's loss fails it
+
+
+def test_an_install_without_hiredis_is_told(monkeypatch: Any) -> None:
+    monkeypatch.setattr(txredisapi, "RedisProtocol", txredisapi.BaseRedisProtocol)
+    problem = redis.reply_parser_missing()
+    assert problem is not None and "pip install hiredis" in problem
