@@ -21,7 +21,7 @@ import math
 import re
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -159,10 +159,15 @@ class SessionRecord:
 
     def validate(self) -> None:
         """Raise MalformedRecord naming the first bad field."""
-        _check_record(asdict(self))
+        _check_record(self._fields())
+
+    def _fields(self) -> dict[str, Any]:
+        # Every value is text, a bool, a number, None or a tuple of text: a plain dict of
+        # them, not dataclasses.asdict's deep copy (a record is read at every bind).
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = self._fields()
         data["allowed_users"] = list(self.allowed_users)
         return data
 
@@ -200,6 +205,7 @@ def _check_record(data: dict[str, Any]) -> None:
 
 #: A record's optional image fields (absent in records from older nodes).
 _IMAGE_FIELDS = ("image", "tool_version", "update_version", "connect_version")
+_RECORD_FIELDS = tuple(f.name for f in fields(SessionRecord))
 
 
 def _optional(data: dict[str, Any], key: str, kind: str, check: Callable[[Any], bool]) -> None:

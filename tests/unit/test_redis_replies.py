@@ -1,12 +1,16 @@
-"""Redis's replies are read with hiredis: every reply in a read is handled in that read
-(registry/redis.py, reply_parser_missing; docs/decisions/redis-store.md)."""
+"""Redis's replies are read with hiredis: every reply in a read is handled in that read;
+and commands are packed by it, the bytes txredisapi would write (registry/redis.py,
+reply_parser_missing and _Packs; docs/decisions/redis-store.md)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import txredisapi
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -85,3 +89,33 @@ def test_an_install_without_hiredis_is_told(monkeypatch: Any) -> None:
     monkeypatch.setattr(txredisapi, "RedisProtocol", txredisapi.BaseRedisProtocol)
     problem = redis.reply_parser_missing()
     assert problem is not None and "pip install hiredis" in problem
+
+
+_ARG = st.one_of(st.text(), st.binary(), st.integers(min_value=-(2**70), max_value=2**70),
+                 st.floats(allow_nan=False, allow_infinity=False), st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ARG, min_size=1, max_size=6))
+def test_commands_are_the_bytes_txredisapi_would_write(args: list[Any]) -> None:
+    p, _ = commands()
+    assert redis._pack is not None  # (hiredis: a dependency)
+    assert p._build_command(*args) == txredisapi.BaseRedisProtocol._build_command(p, *args)
+
+
+def test_text_that_cannot_be_encoded_is_refused_as_txredisapi_refuses_it() -> None:
+    p, t = commands()
+    with pytest.raises(txredisapi.InvalidData):
+        p.execute_command("SET", "k", "\ud800")
+    assert t.value() == b""  # nothing written
+
+
+def test_text_bytes_and_ints_are_packed_in_c(monkeypatch: Any) -> None:
+    p, _ = commands()
+
+    def python_way(*args: Any, **kwargs: Any) -> bytes:
+        raise AssertionError("txredisapi's _build_command was used")
+
+    monkeypatch.setattr(txredisapi.BaseRedisProtocol, "_build_command", python_way)
+    assert p._build_command("SET", "ключ", b"\x00v", 10) == (
+        b"*4\r\n$3\r\nSET\r\n$8\r\n" + "ключ".encode() + b"\r\n$2\r\n\x00v\r\n$2\r\n10\r\n")
