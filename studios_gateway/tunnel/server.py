@@ -188,6 +188,11 @@ class TunnelTable:
         #: heard again before the look-up coalesce), and look-ups in flight.
         self._to_check: dict[str, None] = {}
         self._checking = 0
+        #: Claims of this node's whose change event has not come yet, per session. The
+        #: registry publishes one event per claim, in the order the claims were made, so
+        #: the next event of a session after our claim is ours, or a change made before
+        #: ours (which ours overrides): no look-up for it (one registry GET per bind).
+        self._own_claims: dict[str, int] = {}
         self._pumping = False
         self._empty = EmptyWaiters()
         self._refresher = task.LoopingCall(self._refresh_all)
@@ -259,12 +264,17 @@ class TunnelTable:
             tunnel_id=secrets.token_hex(8), client_version=sys.intern(req.connect_version),
             tool_port=req.tool_port, bound_at=time.time(),
             tool_version=sys.intern(req.tool_version))  # versions: one copy for all studios
+        sid = req.session_id
+        self._own_claims[sid] = self._own_claims.get(sid, 0) + 1
         try:
             yield self.store.claim_tunnel(holder, self.settings.holder_ttl)
-        except StoreUnavailable as e:
-            raise BindError("store_unavailable", f"session store unavailable: {e}")
-        except SessionNotFound:
-            raise BindError("unknown_session", f"session {req.session_id} has ended")
+        except BaseException as e:
+            self._claim_failed(sid)
+            if isinstance(e, StoreUnavailable):
+                raise BindError("store_unavailable", f"session store unavailable: {e}")
+            if isinstance(e, SessionNotFound):
+                raise BindError("unknown_session", f"session {sid} has ended")
+            raise
         tunnel = Tunnel(sys.intern(record.tool), holder, make_mux(), protocol)
         old = self._tunnels.get(req.session_id)
         self._tunnels[req.session_id] = tunnel
@@ -327,12 +337,29 @@ class TunnelTable:
 
     # Following the registry ----------------------------------------------------
 
+    def _claim_failed(self, sid: str) -> None:
+        """A claim of ours failed: whether its event will come is unknown, so events are
+        no longer taken as ours, and a tunnel we still hold is looked up (an event
+        taken as ours meanwhile may have been another node's)."""
+        self._own_claims.pop(sid, None)
+        if sid in self._tunnels:
+            self._to_check[sid] = None
+            self._check_next()
+
     def _changed(self, session_id: str | None) -> None:
         """The registry says a session changed (None: anything may have): if another
         node claimed the tunnel of one we hold, stop routing to ours at once."""
         if session_id is None:
+            self._own_claims.clear()
             ids: list[str] = list(self._tunnels)
         else:
+            own = self._own_claims.get(session_id)
+            if own:  # our own claim's event (see _own_claims)
+                if own == 1:
+                    del self._own_claims[session_id]
+                else:
+                    self._own_claims[session_id] = own - 1
+                return
             ids = [session_id] if session_id in self._tunnels else []
         for sid in ids:
             self._to_check[sid] = None
