@@ -356,19 +356,28 @@ _pack: Callable[[tuple[Any, ...]], bytes] | None = getattr(
     getattr(txredisapi, "hiredis", None), "pack_command", None)
 
 
+#: The ints given to hiredis (the ones Redis can take at all): hiredis 3.5's packer
+#: crashes the process on an int longer than Python's int-to-text limit.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
 class _Packs:
     """Mixin for the connection's protocol: commands put into Redis's wire format by
     hiredis's ``pack_command`` (C) where txredisapi would give the same bytes: every
-    argument text (in UTF-8, the store's charset), bytes or an int. Anything else (a
-    float, which txredisapi writes in fixed point; text it cannot encode, which it
-    refuses with its own error) goes to txredisapi's ``_build_command``, which made
-    ~4 % of the gateway's CPU per bind in a rebind (py-spy)."""
+    argument text (in UTF-8, strict: the store's charset), bytes or an int of at most
+    64 bits. Anything else (a float, which txredisapi writes in fixed point; text it
+    cannot encode, which it refuses with its own error) goes to txredisapi's
+    ``_build_command``, which made ~4 % of the gateway's CPU per bind in a rebind."""
+
+    charset: str | None
+    errors: str
 
     def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
-        if _pack is not None:
+        if _pack is not None and self.charset == "utf-8" and self.errors == "strict":
             for arg in args:
                 kind = type(arg)
-                if kind is not str and kind is not bytes and kind is not int:
+                if kind is not str and kind is not bytes and (
+                        kind is not int or not _INT_MIN <= arg <= _INT_MAX):
                     break
             else:
                 try:
@@ -701,8 +710,6 @@ class RedisStore:
                                        f"within {round(waited, 1):g}s")
             if f.check(txredisapi.ResponseError):
                 message = str(f.value)
-                if message.startswith("ERR "):  # (hiredis keeps it; txredisapi's reader not)
-                    message = message[4:]
                 if not message.startswith(_TRANSIENT):
                     self._log.error("Redis refused {what}: {message}", what=what,
                                     message=message)

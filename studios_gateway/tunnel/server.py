@@ -213,6 +213,7 @@ class TunnelTable:
             self._unsubscribe()
             self._unsubscribe = None
         self._to_check.clear()
+        self._own_claims.clear()  # (events after a restart of the table: all looked up)
         for tunnel in [*self._tunnels.values(), *self._moved]:
             tunnel.close()
         return defer.succeed(None)
@@ -268,14 +269,14 @@ class TunnelTable:
         self._own_claims[sid] = self._own_claims.get(sid, 0) + 1
         try:
             yield self.store.claim_tunnel(holder, self.settings.holder_ttl)
-        except BaseException as e:
+            tunnel = Tunnel(sys.intern(record.tool), holder, make_mux(), protocol)
+        except BaseException as e:  # (the claim made or not, its tunnel not in the table)
             self._claim_failed(sid)
             if isinstance(e, StoreUnavailable):
                 raise BindError("store_unavailable", f"session store unavailable: {e}")
             if isinstance(e, SessionNotFound):
                 raise BindError("unknown_session", f"session {sid} has ended")
             raise
-        tunnel = Tunnel(sys.intern(record.tool), holder, make_mux(), protocol)
         old = self._tunnels.get(req.session_id)
         self._tunnels[req.session_id] = tunnel
         if old is not None:

@@ -119,3 +119,16 @@ def test_text_bytes_and_ints_are_packed_in_c(monkeypatch: Any) -> None:
     monkeypatch.setattr(txredisapi.BaseRedisProtocol, "_build_command", python_way)
     assert p._build_command("SET", "ключ", b"\x00v", 10) == (
         b"*4\r\n$3\r\nSET\r\n$8\r\n" + "ключ".encode() + b"\r\n$2\r\n\x00v\r\n$2\r\n10\r\n")
+
+
+def test_ints_beyond_64_bits_go_txredisapis_way(monkeypatch: Any) -> None:
+    p, _ = commands()
+    packed: list[Any] = []
+    monkeypatch.setattr(redis, "_pack", lambda args: packed.append(args) or b"")
+    assert p._build_command("SET", "k", 2**64) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20\r\n" \
+        + str(2**64).encode() + b"\r\n"
+    with pytest.raises(ValueError):  # (hiredis 3.5 crashed the process on this one)
+        p._build_command("SET", "k", 10**5000)
+    assert packed == []
+    p._build_command("SET", "k", 2**64 - 1, -(2**63))
+    assert packed == [("SET", "k", 2**64 - 1, -(2**63))]

@@ -130,3 +130,31 @@ def test_lost_events_forget_our_claims() -> None:
     claimed_elsewhere(store, ours, late)
     assert table.get("s1") is None
     table.stop()
+
+
+def test_a_bind_that_fails_after_its_claim_takes_no_event_as_ours() -> None:
+    store, table, late = setup()
+    held = bound(table)
+    late.deliver()
+
+    def broken() -> Any:
+        raise RuntimeError("no multiplexer")
+
+    failed: list[Any] = []
+    table.bind(BindRequest("s1", TOKEN, "0.12.0", "generic", 8080), broken,
+               None).addErrback(failed.append)  # type: ignore[arg-type]
+    assert failed and failed[0].check(RuntimeError)
+    # The registry names the tunnel that was never installed: the one held is looked up
+    # and let go at once, as before (not at the next refresh)
+    assert table._own_claims == {} and late.lookups == 1
+    assert table.get("s1") is None and held in table._moved
+    late.deliver()
+    table.stop()
+
+
+def test_a_stopped_table_forgets_its_pending_claims() -> None:
+    store, table, late = setup()
+    bound(table)
+    assert table._own_claims == {"s1": 1}
+    table.stop()
+    assert table._own_claims == {}
