@@ -277,10 +277,10 @@ class TunnelTable:
             if isinstance(e, SessionNotFound):
                 raise BindError("unknown_session", f"session {sid} has ended")
             raise
-        old = self._tunnels.get(req.session_id)
-        self._tunnels[req.session_id] = tunnel
+        old = self._tunnels.get(sid)
+        self._tunnels[sid] = tunnel
         if old is not None:
-            self._log.info("session {sid}: a new tunnel replaces the old one", sid=req.session_id)
+            self._log.info("session {sid}: a new tunnel replaces the old one", sid=sid)
             old.retire()
         self._update_gauge()
         return tunnel
