@@ -28,7 +28,8 @@ from OpenSSL import SSL
 
 from studios_gateway import compiled
 
-__all__ = ["AVAILABLE", "CONNECTION_ATTRIBUTES", "FUNCTIONS", "RECORDS", "RECORD_FUNCTIONS",
+__all__ = ["AVAILABLE", "CONNECTION_ATTRIBUTES", "DIRECT", "DIRECT_FUNCTIONS", "DIRECT_MISSING",
+           "FUNCTIONS", "RECORDS", "RECORD_FUNCTIONS",
            "Unreachable", "elf_functions", "ffi", "lib", "missing", "module_functions",
            "records_stale"]
 
@@ -116,9 +117,19 @@ class Unreachable(Exception):
 _CHECKED = ("SSL_free", "SSL_new", "SSL_version", "EVP_PKEY_free", "SSL_read", "SSL_write")
 
 
+#: The functions wire/_records.c's direct BIOs use, in init_direct()'s order: public
+#: OpenSSL functions the bindings do not offer (but BIO_new), all taken from the
+#: symbol table (:func:`module_functions`).
+DIRECT_FUNCTIONS = (
+    "BIO_meth_new", "BIO_get_new_index", "BIO_meth_set_write_ex", "BIO_meth_set_read_ex",
+    "BIO_meth_set_ctrl", "BIO_new", "BIO_set_init", "BIO_up_ref", "BIO_set_flags",
+    "BIO_clear_flags", "SSL_get_rbio", "SSL_get_wbio", "SSL_set0_rbio", "SSL_set0_wbio",
+)
+
 #: The functions :func:`module_functions` may be asked for: the symbol table is read
 #: once, for all of them (~50 ms of Python for a module of cryptography's size).
-MODULE_FUNCTIONS = ("SSL_ctrl", "SSL_CTX_set_num_tickets", "SSL_CTX_get_num_tickets")
+MODULE_FUNCTIONS = ("SSL_ctrl", "SSL_CTX_set_num_tickets", "SSL_CTX_get_num_tickets",
+                    *DIRECT_FUNCTIONS)
 
 
 def module_functions(names: Sequence[str]) -> dict[str, int]:
@@ -171,6 +182,20 @@ def _find_module_functions() -> dict[str, int]:
     return {name: base + symbols[name] for name in MODULE_FUNCTIONS if name in symbols}
 
 
+def _load_direct() -> str | None:
+    """Have wire/_records.c make its direct BIOs (records sealed into, and read from,
+    Python's bytes without a memory BIO between); None when it did, else why not."""
+    if RECORDS is None:
+        return "wire/_records.c is not in use"
+    try:
+        found = module_functions(DIRECT_FUNCTIONS)
+    except Unreachable as e:
+        return str(e)
+    if not RECORDS.init_direct([found[name] for name in DIRECT_FUNCTIONS]):
+        return "OpenSSL did not make the BIO method"
+    return None
+
+
 def elf_functions(path: Path, names: Sequence[str]) -> dict[str, int]:
     """The values (addresses relative to the load base) of the named function symbols in
     a 64-bit little-endian ELF file's ``.symtab``; names not found are left out."""
@@ -196,3 +221,10 @@ def elf_functions(path: Path, names: Sequence[str]) -> dict[str, int]:
             if name in wanted:
                 found[name.decode()] = value
     return found
+
+
+#: Why wire/_records.c's direct BIOs are not in use (None: they are). Without them the
+#: compiled path moves records through the memory BIOs, as before.
+DIRECT_MISSING: str | None = _load_direct()
+#: wire/_records.c's direct BIOs are ready.
+DIRECT = DIRECT_MISSING is None

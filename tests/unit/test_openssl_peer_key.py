@@ -24,6 +24,7 @@ from OpenSSL import SSL
 
 from studios_gateway.wire import openssl_peer_key, openssl_private, tls
 from studios_gateway.wire.openssl_peer_key import _move
+from tests.support.malloc import malloc_in_use
 
 lib, ffi = openssl_private.lib, openssl_private.ffi
 _BUILD = (ffi.string(lib.OpenSSL_version(0)).decode(), cryptography.__version__)
@@ -139,24 +140,12 @@ def test_a_client_connection_and_tls_1_2_are_left_alone(contexts: Any) -> None:
     assert not openssl_peer_key.drop(old)
 
 
-def _malloc_in_use() -> int:
-    class Mallinfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-            "uordblks", "fordblks", "keepcost")]
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = Mallinfo2
-    info = libc.mallinfo2()
-    return int(info.uordblks + info.hblkhd)
-
-
 @audited
 def test_dropping_gives_back_the_hybrid_key_shares_memory(contexts: Any) -> None:
     def per_connection(drop: bool, n: int = 200) -> float:
         kept = []
         gc.collect()
-        before = _malloc_in_use()
+        before = malloc_in_use()
         for _ in range(n):
             server, client = handshaken(contexts)
             if drop:
@@ -164,7 +153,7 @@ def test_dropping_gives_back_the_hybrid_key_shares_memory(contexts: Any) -> None
             del client
             kept.append(server)
         gc.collect()
-        return (_malloc_in_use() - before) / n
+        return (malloc_in_use() - before) / n
 
     per_connection(False, 20)  # warm up
     kept, dropped = per_connection(False), per_connection(True)

@@ -75,8 +75,9 @@ class Wire:
 
 
 #: The ways records are moved: in C (wire/_records.c) for bulk reads and writes as
-#: configured, in C for every read too, and the Python loop alone (no C build).
-WAYS = ("c", "c-every-read", "python")
+#: configured (through the direct BIOs), in C through the memory BIOs, in C for every
+#: read too, and the Python loop alone (no C build).
+WAYS = ("c", "c-memory-bios", "c-every-read", "python")
 
 
 @pytest.fixture(params=WAYS, autouse=True)
@@ -84,9 +85,13 @@ def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "python":
         monkeypatch.setattr(tls_lean, "_seal", None)
         monkeypatch.setattr(tls_lean, "_open", None)
+        monkeypatch.setattr(tls_lean, "_DIRECT", False)
     else:
         assert tls_lean._seal is not None and tls_lean._open is not None, \
             "wire/_records.c is not built: python setup.py build_ext --inplace"
+        assert tls_lean._DIRECT, f"no direct BIOs: {openssl_private.DIRECT_MISSING}"
+        if request.param == "c-memory-bios":
+            monkeypatch.setattr(tls_lean, "_DIRECT", False)
         if request.param == "c-every-read":
             monkeypatch.setattr(tls_lean, "OPEN_MIN", 0)
     return str(request.param)
@@ -187,6 +192,7 @@ def test_c_and_python_cut_deliver_and_send_alike(certificate, monkeypatch, way, 
     for c in (True, False):
         monkeypatch.setattr(tls_lean, "_seal", tls_lean._records.seal if c else None)
         monkeypatch.setattr(tls_lean, "_open", tls_lean._records.open if c else None)
+        monkeypatch.setattr(tls_lean, "_DIRECT", c and way != "c-memory-bios")
         pair = Pair(certificate)
         sends: list[int] = []
         real = pair.client_wire.write
