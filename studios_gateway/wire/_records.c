@@ -53,11 +53,11 @@
  *     2: SSL_read failed otherwise (close_notify, an alert, a bad record): `result`
  *     is its return value for the caller's error handling, asked at once.
  *
- * open_from(ssl, data, offset, limit) -> (bytes | None, state, result, offset)
+ * open_from(ssl, rbio, data, offset, limit) -> (bytes | None, state, result, offset)
  *     open() of the records in data[offset:] (a TCP read) without writing them into the
- *     read BIO first: OpenSSL reads them from `data` itself (direct BIOs, below).
+ *     read BIO `rbio` first: OpenSSL reads them from `data` itself (direct BIOs, below).
  *     `offset` is how far it read: short of len(data) only in state 1 (call again with
- *     it) or state 2 (the caller keeps the rest in the read BIO).
+ *     it) or state 2 (the caller keeps the rest in the read BIO). Refused while busy().
  *
  * Direct BIOs (init_direct(); seal()'s and seal_frames()'s `direct`, open_from()). A
  * memory BIO costs each record two more passes over its bytes: BIO_write appends it
@@ -68,7 +68,9 @@
  * own bytes. The memory BIO is put back before the call returns (SSL_set0_rbio /
  * SSL_set0_wbio, a reference held across the swap), so between calls, and to all of
  * pyOpenSSL and Twisted, the connection is as it was. Both BIOs are made once per
- * process; they hold no connection's state after a call.
+ * process; they hold no connection's state after a call. OpenSSL may call into Python
+ * while one is swapped in (a verify callback in a renegotiation); a call made from
+ * there goes through the memory BIOs (seal) or is refused (open_from: busy()).
  *
  * Nothing is kept between calls; the GIL is held throughout (the reactor's thread).
  */
@@ -113,6 +115,11 @@ static bio_flags_fn bio_set_flags, bio_clear_flags;
 static ssl_get_bio_fn ssl_get_rbio, ssl_get_wbio;
 static ssl_set0_bio_fn ssl_set0_rbio, ssl_set0_wbio;
 static void *direct_r, *direct_w; /* made once by init_direct(); NULL: not in use */
+/* A direct BIO is swapped in: set from swap_in() to swap_out(). OpenSSL may call into
+ * Python in between (a verify or info callback, a finalizer they run); a seal() or
+ * open_from() made from there on another connection must not take the shared source
+ * and sink: seal() then goes through its memory BIO, open_from() refuses (busy()). */
+static int busy;
 
 /* OpenSSL's stable ABI values (openssl/bio.h). */
 #define BIO_TYPE_SOURCE_SINK 0x0400
@@ -153,8 +160,10 @@ static int source_read(void *bio, char *out, size_t n, size_t *got) {
 
 static int sink_write(void *bio, const char *in, size_t n, size_t *put) {
     bio_clear_flags(bio, BIO_FLAGS_RWS | BIO_FLAGS_SHOULD_RETRY);
+    /* A failure is -1, not 0: OpenSSL 3.2-3.x took a write of 0 without a retry flag
+     * for a written record (openssl/openssl#31009), -1 is fatal in every version. */
     if (sink.bytes == NULL || n > (size_t)(PY_SSIZE_T_MAX / 2 - sink.len))
-        return 0; /* (never: a write outside seal(), or beyond any size) */
+        return -1; /* (never: a write outside seal(), or beyond any size) */
     if (sink.len + (Py_ssize_t)n > sink.cap) {
         Py_ssize_t cap = sink.cap * 2 > sink.len + (Py_ssize_t)n ? sink.cap * 2
                                                                  : sink.len + (Py_ssize_t)n;
@@ -163,7 +172,7 @@ static int sink_write(void *bio, const char *in, size_t n, size_t *put) {
              * connection ends (as a memory BIO that cannot grow ends it). */
             PyErr_Clear();
             sink.bytes = NULL;
-            return 0;
+            return -1;
         }
         sink.cap = cap;
     }
@@ -191,11 +200,15 @@ static long direct_ctrl(void *bio, int cmd, long num, void *ptr) {
 static void swap_in(void *ssl, void *mem, void *direct, ssl_set0_bio_fn set0) {
     bio_up_ref(mem);
     bio_up_ref(direct);
+    /* (its flags as the last call left them, maybe on another connection: cleared) */
+    bio_clear_flags(direct, BIO_FLAGS_RWS | BIO_FLAGS_SHOULD_RETRY);
     set0(ssl, direct);
+    busy = 1;
 }
 
 static void swap_out(void *ssl, void *mem, ssl_set0_bio_fn set0) {
     set0(ssl, mem); /* frees the direct BIO's reference, hands back ours to mem */
+    busy = 0;
 }
 
 #define RECORD_MAX 16384 /* the most cleartext a TLS record carries */
@@ -326,9 +339,10 @@ static int sink_open(void *wbio, Py_ssize_t clear) {
     long held = bio_mem_data(wbio, NULL);
     if (held < 0 || held > INT_MAX)
         held = 0;
-    /* A TLS record adds at most 5 + 1 + 16 (TLS 1.3) or 5 + 8 + 16 (TLS 1.2, AES-GCM)
-     * bytes; a key update OpenSSL adds on its own is one more short record. */
-    Py_ssize_t cap = (Py_ssize_t)held + clear + (clear / RECORD_MAX + 2) * 64 + 256;
+    /* A TLS record adds 5 + 1 + 16 bytes (TLS 1.3), 5 + 8 + 16 (TLS 1.2, AES-GCM), up to
+     * ~85 with a TLS 1.2 CBC suite; a key update OpenSSL adds on its own is one more
+     * short record. (More only costs a realloc: sink_write().) */
+    Py_ssize_t cap = (Py_ssize_t)held + clear + (clear / RECORD_MAX + 2) * 96 + 256;
     sink.bytes = PyBytes_FromStringAndSize(NULL, cap);
     if (sink.bytes == NULL)
         return 0;
@@ -415,8 +429,12 @@ static PyObject *sealed(void *ssl, void *wbio, Py_buffer *data, Py_ssize_t done,
     unsigned char staged[RECORD_MAX];
     Py_ssize_t sent = 0; /* (the first record(s) may be in the BIO: seal()'s caller) */
     int result = 0;
-    if (direct && (direct_w == NULL || ssl_get_wbio(ssl) != wbio))
-        direct = 0; /* (the caller's BIO is not the connection's: as before, through it) */
+    /* Through the memory BIO as before when: no direct BIOs, a direct BIO is in use
+     * (a call from inside another's OpenSSL call: `busy`), the caller's BIO is not the
+     * connection's, or it holds more than one BIO_read takes. */
+    if (direct && (direct_w == NULL || busy || ssl_get_wbio(ssl) != wbio
+                   || bio_mem_data(wbio, NULL) > INT_MAX))
+        direct = 0;
     while (done < total) {
         if (direct && sink.bytes == NULL) {
             /* A chunk's cleartext: up to `chunk`, then to the end of that record, or all
@@ -597,6 +615,9 @@ static PyObject *open_from(PyObject *self, PyObject *args) {
         if (direct_r == NULL)
             PyErr_SetString(PyExc_RuntimeError, "records.open_from: init_direct() did not "
                             "make the direct BIOs");
+        else if (busy)
+            PyErr_SetString(PyExc_RuntimeError, "records.open_from: a direct BIO is in use "
+                            "(a call from inside another's OpenSSL call: ask busy() first)");
         else if (offset < 0 || offset > data.len || limit <= 0 || limit > INT_MAX)
             PyErr_SetString(PyExc_ValueError, "records.open_from: offset or limit out of range");
         else if (ssl_get_rbio(ssl) != rbio)
@@ -636,6 +657,12 @@ static PyObject *open_from(PyObject *self, PyObject *args) {
     return Py_BuildValue("(Niin)", b, state, result, offset);
 }
 
+static PyObject *busy_now(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyBool_FromLong(busy);
+}
+
 static PyMethodDef methods[] = {
     {"init", init, METH_VARARGS, "init(SSL_write, SSL_read, SSL_pending, SSL_get_error, "
      "BIO_read, BIO_get_mem_data, SSL_ERROR_WANT_READ): the OpenSSL functions' addresses"},
@@ -648,6 +675,8 @@ static PyMethodDef methods[] = {
      "(list of bytes, done, result)"},
     {"open", open_records, METH_VARARGS,
      "open(ssl, rbio, limit) -> (bytes | None, state, result)"},
+    {"busy", busy_now, METH_NOARGS,
+     "busy() -> bool: a direct BIO is swapped in (open_from() would refuse)"},
     {"open_from", open_from, METH_VARARGS,
      "open_from(ssl, rbio, data, offset, limit) -> (bytes | None, state, result, offset)"},
     {NULL, NULL, 0, NULL},

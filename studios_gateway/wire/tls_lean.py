@@ -93,11 +93,12 @@ if LEAN:
     _seal_frames: Any = _records.seal_frames if _records is not None else None
     _open: Any = _records.open if _records is not None else None
     _open_from: Any = _records.open_from if _private.DIRECT else None
+    _busy: Any = _records.busy if _private.DIRECT else None
 
     def _addr(pointer: Any) -> int:
         return int(_ffi.cast("uintptr_t", pointer))
 else:
-    _seal = _seal_frames = _open = _open_from = None  # (Twisted's class: nothing here is used)
+    _seal = _seal_frames = _open = _open_from = _busy = None  # (Twisted's class: unused)
 
 #: Bulk records are sealed into, and read from, Python's bytes without the memory BIOs
 #: (wire/_records.c's direct BIOs): no zeroing and one copy fewer each way, and the
@@ -285,8 +286,8 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                         self.renew_bios()
                     return
                 into = conn._into_ssl
-                if n > OPEN_MIN and _open_from is not None and _DIRECT \
-                        and not _pending(into, _NULL):
+                if (n > OPEN_MIN and _DIRECT and _open_from is not None and type(data) is bytes
+                        and not _pending(into, _NULL) and not _busy()):
                     direct = True  # OpenSSL reads the records from `data` itself
                 else:
                     if n > QUIET:
@@ -319,7 +320,11 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             bytes of cleartext per call and delivery, as the Python loop does."""
             while not self._lostTLSConnection:
                 ssl = conn._ssl
-                data, state, result = _open(_addr(ssl), _addr(conn._into_ssl), DELIVER)
+                try:
+                    data, state, result = _open(_addr(ssl), _addr(conn._into_ssl), DELIVER)
+                except MemoryError:
+                    self._out_of_memory()
+                    return
                 # Asked at once, before the application runs: its writes change the answer.
                 outcome = self._read_outcome(conn, ssl, result) if state == 2 else None
                 if data is not None and not self._aborted:
@@ -338,8 +343,12 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             at, n = 0, len(data)
             while not self._lostTLSConnection:
                 ssl = conn._ssl
-                out, state, result, at = _open_from(_addr(ssl), _addr(conn._into_ssl),
-                                                    data, at, DELIVER)
+                try:
+                    out, state, result, at = _open_from(_addr(ssl), _addr(conn._into_ssl),
+                                                        data, at, DELIVER)
+                except MemoryError:
+                    self._out_of_memory()
+                    return
                 outcome = self._read_outcome(conn, ssl, result) if state == 2 else None
                 if state != 1 and at < n:
                     self._keep_unread(conn, data, at)
@@ -392,6 +401,11 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                     receiver.dataReceived(_take(_in_buf, got))
                 self._act_on(outcome)
                 break
+
+        def _out_of_memory(self) -> None:
+            """A compiled call could not allocate: records it decrypted or sealed may be
+            lost with it, so the connection cannot go on; it ends as on a TLS error."""
+            self._tlsShutdownFinished(_untraced(Failure()))
 
         def _act_on(self, outcome: Failure | object | None) -> None:
             """A read's end (:meth:`_read_outcome`) acted on, after its cleartext."""
@@ -447,9 +461,8 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             conn = self._tlsConnection
             ssl = conn._ssl
             if total > RECORD and _DIRECT:  # more than one record: all sealed in C
-                self._hand_on(conn, ssl, _seal(_addr(ssl), _addr(conn._from_ssl), data, 0,
-                                               WRITE_CHUNK, WRITE_TAIL, True), total,
-                              lambda: data)
+                self._hand_on(conn, ssl, total, lambda: data, _seal, _addr(ssl),
+                              _addr(conn._from_ssl), data, 0, WRITE_CHUNK, WRITE_TAIL, True)
                 return
             if total > QUIET:
                 self._bios_grown = True
@@ -471,8 +484,8 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             # last WRITE_TAIL or less with the chunk before it.
             total = len(data)
             if _seal is not None:  # the same calls, in C (wire/_records.c)
-                self._hand_on(conn, ssl, _seal(_addr(ssl), _addr(conn._from_ssl), data, done,
-                                               WRITE_CHUNK, WRITE_TAIL), total, lambda: data)
+                self._hand_on(conn, ssl, total, lambda: data, _seal, _addr(ssl),
+                              _addr(conn._from_ssl), data, done, WRITE_CHUNK, WRITE_TAIL)
                 return
             sent = 0
             with _ffi.from_buffer(data) as view:
@@ -502,17 +515,21 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                 self._bios_grown = True
             conn = self._tlsConnection
             ssl = conn._ssl
-            self._hand_on(conn, ssl, _seal_frames(_addr(ssl), _addr(conn._from_ssl), sid,
-                                                  data, step, WRITE_CHUNK, WRITE_TAIL, direct),
-                          data_frames_size(len(data), step),
-                          lambda: data_frames(sid, data, step))
+            self._hand_on(conn, ssl, data_frames_size(len(data), step),
+                          lambda: data_frames(sid, data, step), _seal_frames, _addr(ssl),
+                          _addr(conn._from_ssl), sid, data, step, WRITE_CHUNK, WRITE_TAIL,
+                          direct)
 
-        def _hand_on(self, conn: Any, ssl: Any, sealed: tuple[list[bytes], int, int],
-                     total: int, whole: Callable[[], bytes]) -> None:
-            """What seal() / seal_frames() made of the ``total`` bytes ``whole()`` gives,
-            to the transport; if SSL_write stopped short, what Twisted does with its
-            failure (asked at once), with the rest."""
-            out, done, result = sealed
+        def _hand_on(self, conn: Any, ssl: Any, total: int, whole: Callable[[], bytes],
+                     seal: Callable[..., tuple[list[bytes], int, int]], *args: Any) -> None:
+            """What ``seal(*args)`` (seal() / seal_frames()) made of the ``total`` bytes
+            ``whole()`` gives, to the transport; if SSL_write stopped short, what Twisted
+            does with its failure (asked at once), with the rest."""
+            try:
+                out, done, result = seal(*args)
+            except MemoryError:
+                self._out_of_memory()
+                return
             write = self.transport.write  # type: ignore[union-attr]
             for records in out:
                 write(records)

@@ -11,6 +11,7 @@ import gc
 from typing import Any
 
 import pytest
+from OpenSSL import SSL
 
 from studios_gateway.wire import openssl_private, tls, tls_lean
 from tests.support.malloc import malloc_in_use
@@ -121,3 +122,46 @@ def test_a_connection_that_used_the_direct_bios_frees_all_it_had(certificate,
     per_connection(False, 20)
     direct, memory = per_connection(True), per_connection(False)
     assert direct - memory < 512, (direct, memory)
+
+
+def test_a_write_from_inside_an_openssl_call_of_another_connection_takes_the_memory_bios(
+        certificate, monkeypatch) -> None:
+    """OpenSSL calls into Python while a direct BIO is swapped in (here: the info callback
+    of a TLS 1.2 renegotiation the server starts during a bulk read). A bulk write on
+    another connection from there goes through its memory BIOs, and a bulk read is not
+    offered the direct path (busy()): both connections keep every byte, in order."""
+    real = tls.server_options
+
+    def tls12(cert: Any, key: Any) -> Any:
+        options = real(cert, key)
+        options.getContext().set_max_proto_version(SSL.TLS1_2_VERSION)
+        return options
+
+    monkeypatch.setattr(tls, "server_options", tls12)
+    a = Pair(certificate)
+    monkeypatch.setattr(tls, "server_options", real)
+    b = Pair(certificate)
+    nested = b"n" * 300_000
+    seen: list[bool] = []
+
+    def info(ssl: Any, where: int, ret: int) -> None:
+        if not seen:
+            seen.append(tls_lean._busy())
+            b.client_app.transport.write(nested)  # bulk: sealed in C, from in here
+            b.move()
+
+    # (pyOpenSSL sets info callbacks on contexts only, and not once they are in use)
+    ffi, lib = openssl_private.ffi, openssl_private.lib
+    callback = ffi.callback("void (*)(const SSL *, int, int)", info)
+    lib.SSL_set_info_callback(a.client._tlsConnection._ssl, callback)
+    bulk = bytes(range(256)) * 1024
+    a.server._tlsConnection.renegotiate()
+    a.server_app.transport.write(bulk)
+    a.move()
+    assert seen == [True]  # the callback ran inside a direct read
+    assert bytes(b.server_app.received) == nested
+    a.server_app.transport.write(b"after")
+    a.client_app.transport.write(b"and back")
+    a.move()
+    assert bytes(a.client_app.received) == bulk + b"after"
+    assert bytes(a.server_app.received) == b"and back"
