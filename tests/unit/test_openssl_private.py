@@ -32,6 +32,10 @@ def test_the_compiled_record_path_is_built_current_and_in_use() -> None:
         "python setup.py build_ext --inplace"
     assert tls_lean._seal is openssl_private.RECORDS.seal
     assert tls_lean._open is openssl_private.RECORDS.open
+    # ... through the direct BIOs, whose functions come from the extension module's
+    # symbol table (docs/decisions/tunnel-tls-path.md, "Direct BIOs")
+    assert openssl_private.DIRECT, openssl_private.DIRECT_MISSING
+    assert tls_lean._DIRECT and tls_lean._open_from is openssl_private.RECORDS.open_from
 
 
 def _connected_pair(tmp_path: Any) -> tuple[SSL.Connection, SSL.Connection]:

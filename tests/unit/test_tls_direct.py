@@ -17,9 +17,6 @@ from studios_gateway.wire import openssl_private, tls, tls_lean
 from tests.support.malloc import malloc_in_use
 from tests.unit.test_tls_lean import Pair
 
-pytestmark = pytest.mark.skipif(not tls_lean._DIRECT,
-                                reason=f"no direct BIOs: {openssl_private.DIRECT_MISSING}")
-
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
