@@ -23,7 +23,9 @@ handling of Twisted's class and replaces the hot path once the handshake is done
   :data:`WRITE_TAIL` goes with the chunk before it);
 - bulk (a write of more than one record, a read of more than :data:`OPEN_MIN`) makes
   the same OpenSSL calls from C when wire/_records.c is built: no Python per record,
-  and OpenSSL writes straight into the bytes handed on (one copy fewer each way);
+  and OpenSSL writes straight into the bytes handed on (one copy fewer each way); with
+  its direct BIOs (:data:`_DIRECT`) the records also skip the memory BIOs: sealed into
+  the bytes handed to the transport, read from the TCP read's own bytes;
 - any other answer from OpenSSL (close_notify, an alert, a renegotiation that
   wants a read) goes to pyOpenSSL's own error translation and then to the same
   handling as Twisted's (``_tlsShutdownFinished``, ``_bufferedWrite``...).

@@ -5,8 +5,10 @@ OpenSSL's output through another. OpenSSL's memory BIO grows its buffer to the
 largest amount ever written into it at once (and a third more) and never shrinks
 it. So every connection keeps the room of its handshake flights (about 4.4 KiB on
 the gateway's side of a tunnel), and a tunnel that once read 512 KiB at a time
-(wire/sockopts.TUNNEL_BUFFER) keeps about 680 KiB for as long as it lives, idle
-or not; a record written out keeps about 22 KiB.
+(wire/sockopts.TUNNEL_BUFFER) through its memory BIO keeps about 680 KiB for as long
+as it lives, idle or not; a record written out keeps about 22 KiB. (Bulk reads and
+writes go around the memory BIOs when wire/_records.c's direct BIOs are in use:
+wire/tls_lean.py; reads and writes of a few KiB still go through them.)
 
 The tunnel's TLS layer (wire/tls_lean.py's ``LeanTLSProtocol``, which the classes
 here and wire/tls_guard.py's build on) notes, in its read and write paths, when a read
