@@ -288,7 +288,7 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                         self.renew_bios()
                     return
                 into = conn._into_ssl
-                if (n > OPEN_MIN and _DIRECT and _open_from is not None and type(data) is bytes
+                if (n > OPEN_MIN and _DIRECT and type(data) is bytes
                         and not _pending(into, _NULL) and not _busy()):
                     direct = True  # OpenSSL reads the records from `data` itself
                 else:
@@ -304,7 +304,7 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                 return
             receiver = self._receiver or self.wrappedProtocol
             if direct:
-                self._open_direct(conn, receiver, data)
+                self._open_records(conn, receiver, data)
             elif _open is not None and n > OPEN_MIN:
                 self._open_records(conn, receiver)
             else:
@@ -317,43 +317,29 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
             if n and n <= QUIET and self._bios_grown:
                 self.renew_bios()
 
-        def _open_records(self, conn: Any, receiver: Any) -> None:
+        def _open_records(self, conn: Any, receiver: Any, data: bytes | None = None) -> None:
             """The records of a bulk read, decrypted in C (wire/_records.c): up to DELIVER
-            bytes of cleartext per call and delivery, as the Python loop does."""
+            bytes of cleartext per call and delivery, as the Python loop does. From the read
+            BIO, or (``data``, the direct read BIO) read by OpenSSL from ``data`` itself;
+            what of ``data`` is left unread when reading stops (a failure, close_notify, the
+            connection lost) goes into the read BIO, where the other paths leave it."""
+            read = b"" if data is None else data
+            at, n = 0, len(read)
             while not self._lostTLSConnection:
                 ssl = conn._ssl
                 try:
-                    data, state, result = _open(_addr(ssl), _addr(conn._into_ssl), DELIVER)
+                    if data is None:
+                        out, state, result = _open(_addr(ssl), _addr(conn._into_ssl), DELIVER)
+                    else:
+                        out, state, result, at = _open_from(_addr(ssl), _addr(conn._into_ssl),
+                                                            data, at, DELIVER)
                 except MemoryError:
                     self._out_of_memory()
                     return
                 # Asked at once, before the application runs: its writes change the answer.
                 outcome = self._read_outcome(conn, ssl, result) if state == 2 else None
-                if data is not None and not self._aborted:
-                    receiver.dataReceived(data)
-                if state == 1:  # DELIVER reached; records remain
-                    continue
-                self._act_on(outcome)
-                return
-
-        def _open_direct(self, conn: Any, receiver: Any, data: bytes) -> None:
-            """The records of a bulk read, read by OpenSSL from ``data`` itself and
-            decrypted in C (wire/_records.c's direct read BIO), delivered as
-            :meth:`_open_records` delivers them. What is left unread when reading stops
-            (a failure, close_notify, the connection lost) goes into the read BIO, where
-            the other paths leave it."""
-            at, n = 0, len(data)
-            while not self._lostTLSConnection:
-                ssl = conn._ssl
-                try:
-                    out, state, result, at = _open_from(_addr(ssl), _addr(conn._into_ssl),
-                                                        data, at, DELIVER)
-                except MemoryError:
-                    self._out_of_memory()
-                    return
-                outcome = self._read_outcome(conn, ssl, result) if state == 2 else None
                 if state != 1 and at < n:
-                    self._keep_unread(conn, data, at)
+                    self._keep_unread(conn, read, at)
                     at = n
                 if out is not None and not self._aborted:
                     receiver.dataReceived(out)
@@ -362,7 +348,7 @@ class LeanTLSProtocol(TLSMemoryBIOProtocol):
                 self._act_on(outcome)
                 return
             if at < n:
-                self._keep_unread(conn, data, at)
+                self._keep_unread(conn, read, at)
 
         def _keep_unread(self, conn: Any, data: bytes, at: int) -> None:
             self._bios_grown = True
