@@ -8,6 +8,7 @@
     .venv/bin/python -m bench.ab --scenario websocket --tree before=/tmp/before --tree after=. \
         --connect before=/tmp/before --runs 9
     .venv/bin/python -m bench.ab --tree main=. --tree lane=/tmp/lane --ceiling --conns 1,32
+    .venv/bin/python -m bench.ab --tree pyenv=. --tree debian=. --python pyenv=/tmp/py/bin/python
 
 One nginx tool; per tree a gateway (`twistd -n studios-gateway` with that tree
 first on PYTHONPATH), a session, a `studios-connect` (from `--connect-tree`,
@@ -25,6 +26,11 @@ to the demo tool's /ws, a 32-byte message every 5 ms, each round trip timed): pe
 tree the medians of each run's p50/p99 and the CPU per round trip of the gateway
 and of ``studios-connect``. Latency changes usually touch both ends of the tunnel,
 so give each tree its own studios-connect with ``--connect``.
+
+``--python NAME=PYTHON`` runs tree NAME's gateway and studios-connect on another
+interpreter (the python of another venv with the project's packages; the tree's source
+still comes first): the same code on, say, a pyenv build against Debian's
+(docs/decisions/interpreter.md).
 
 ``--ceiling`` adds a path named "ceiling": a gateway from the first tree that does no
 HTTP work for a request repeating its connection's last one (bench/ceiling.py), the
@@ -83,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the source tree of every studios-connect")
     p.add_argument("--connect", action="append", default=[], metavar="NAME=DIR",
                    help="the studios-connect source tree for the tree NAME (repeat)")
+    p.add_argument("--python", action="append", default=[], metavar="NAME=PYTHON",
+                   help="the interpreter (of a venv with the project's packages) that runs "
+                   "the tree NAME's gateway and studios-connect; default: this venv's")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VAR=VALUE",
                    help="a gateway setting for the tree NAME only (repeat)")
     p.add_argument("--runs", type=int, default=5)
@@ -107,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--tree takes NAME=DIR with an existing directory")
     extra = dict(e.split("=", 1) for e in args.gateway_env)
     connect_trees = dict(c.split("=", 1) for c in args.connect)
+    pythons = dict(c.split("=", 1) for c in args.python)
     tree_env: dict[str, dict[str, str]] = {}
     if args.ceiling:
         if any(name == "ceiling" for name, _ in trees):
@@ -136,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, tree in trees:
             gw = deploy.start_gateway(procs, work, name=f"gateway-{name}",
                                       extra={"PYTHONPATH": str(Path(tree).resolve()), **extra,
-                                             **tree_env.get(name, {})})
+                                             **tree_env.get(name, {})},
+                                      python=pythons.get(name))
             studio = deploy.start_studio(
                 procs, work, gw, tool_port, name=f"connect-{name}",
-                tree=Path(connect_trees.get(name, args.connect_tree)).resolve())
+                tree=Path(connect_trees.get(name, args.connect_tree)).resolve(),
+                python=pythons.get(name))
             paths[name] = (studio, psutil.Process(gw.pid), psutil.Process(studio.connect.pid))
         if args.scenario == "websocket":
             _websocket(paths, args.runs, args.seconds)

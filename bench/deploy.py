@@ -109,12 +109,18 @@ def gateway_env(work: Path, name: str = "gateway",
     return env
 
 
+def _script(name: str, python: str | None) -> list[str]:
+    """The venv's console script `name`, run by `python` (another interpreter with the
+    same packages: bench.ab --python) or by its own."""
+    return [python, str(BIN / name)] if python else [str(BIN / name)]
+
+
 def launch_gateway(procs: Processes, work: Path, env: dict[str, str],
-                   name: str = "gateway") -> Gateway:
+                   name: str = "gateway", python: str | None = None) -> Gateway:
     """`twistd -n studios-gateway` with ``env`` (again, for a restart on the same ports),
     once it answers /ready: its management port answers before its Redis connection is
     up, and a session created then is refused with 503."""
-    proc = procs.start(name, [str(BIN / "twistd"), "-n", "--pidfile=", *TWISTD_ARGS,
+    proc = procs.start(name, [*_script("twistd", python), "-n", "--pidfile=", *TWISTD_ARGS,
                               "studios-gateway"],
                        env=env, cwd=work)
     gw = Gateway(proc, int(env["CONNECT_HTTP_PORT"]), int(env["CONNECT_MANAGEMENT_PORT"]),
@@ -124,20 +130,21 @@ def launch_gateway(procs: Processes, work: Path, env: dict[str, str],
 
 
 def start_gateway(procs: Processes, work: Path, name: str = "gateway",
-                  extra: dict[str, str] | None = None) -> Gateway:
+                  extra: dict[str, str] | None = None, python: str | None = None) -> Gateway:
     """`twistd -n studios-gateway` on free ports, quiet logs, memory registry."""
-    return launch_gateway(procs, work, gateway_env(work, name, extra), name)
+    return launch_gateway(procs, work, gateway_env(work, name, extra), name, python)
 
 
 def start_connect(procs: Processes, work: Path, connect_string: str, tool_port: int,
-                  name: str = "connect", tree: str | Path = REPO) -> Any:
+                  name: str = "connect", tree: str | Path = REPO,
+                  python: str | None = None) -> Any:
     """A ``studios-connect`` for `tool_port`, its code taken from `tree`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
     env.update(PYTHONPATH=str(tree), CONNECT_STRING=connect_string,
                CONNECT_TOOL_PORT=str(tool_port), CONNECT_CLIENT_LOG_LEVEL="warn")
     home = work / name
     home.mkdir(exist_ok=True)
-    return procs.start(name, [str(BIN / "studios-connect")], env=env, cwd=home)
+    return procs.start(name, _script("studios-connect", python), env=env, cwd=home)
 
 
 def start_demo_tool(procs: Processes, name: str = "demo-tool") -> tuple[int, Any]:
@@ -202,12 +209,13 @@ class Studio:
 
 
 def start_studio(procs: Processes, work: Path, gateway: Gateway, tool_port: int,
-                 name: str = "connect", tree: str | Path = REPO) -> Studio:
+                 name: str = "connect", tree: str | Path = REPO,
+                 python: str | None = None) -> Studio:
     """One session for `tool_port`, its connect client (run from `tree`) bound, a login
     cookie, and a first request answered 200."""
     created = gateway.create_session()
     client = start_connect(procs, work, created["connect_string"], tool_port, name=name,
-                           tree=tree)
+                           tree=tree, python=python)
     gateway.wait_connected(created["id"])
     cookie = login_cookie(gateway, created["login_link"])
     studio = Studio(gateway, created["id"], cookie, client)

@@ -51,7 +51,10 @@ def versions(chp: str | None, profiler: str | None) -> list[list[str]]:
     commit = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     rows = [
         ["studios-gateway", f"commit {commit}"],
-        ["Python", sys.version.split()[0]],
+        # The interpreter too: a pyenv or self-built one is not the Debian build the .deb
+        # runs on (docs/decisions/interpreter.md).
+        ["Python", f"{sys.version.split()[0]} "
+                   f"({os.path.realpath(getattr(sys, '_base_executable', sys.executable))})"],
         ["Twisted", twisted.__version__],
         ["pyOpenSSL / OpenSSL", f"{OpenSSL.__version__} / "
                                 f"{SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode()}"],
