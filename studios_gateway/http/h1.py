@@ -121,12 +121,17 @@ class HeadMemo:
     check :func:`parse_request_head` makes of the fields has the same verdict, and what
     it reads of them is the same: only the request line is looked at again (its length
     and target characters, as :func:`~studios_gateway.http.headers.read_head` and
-    :func:`parse_request_head` do), and llhttp still checks the whole head. The tool's
+    :func:`parse_request_head` do). llhttp checks the whole head again unless both the
+    remembered target and the new one are in origin form (``/`` and visible characters):
+    llhttp accepts every visible character anywhere in such a target, whatever the
+    method, version and fields (tests/unit/test_http_head_memo.py holds llhttp to it), so
+    its verdict is the remembered head's, which it accepted. The tool's
     head lines made from the same fields (``tool_key`` / ``tool_lines``, filled by
     :meth:`~studios_gateway.http.exchange.Exchange.tool_head`) are kept here too.
     """
 
-    __slots__ = ("fields", "method_sp", "tail", "request", "tool_key", "tool_lines")
+    __slots__ = ("fields", "method_sp", "tail", "request", "origin", "tool_key",
+                 "tool_lines")
 
     def __init__(self, head: bytes, request: RequestHead):
         line_end = head.find(b"\r\n")
@@ -135,6 +140,8 @@ class HeadMemo:
         self.method_sp = request.method + b" "
         self.tail = b" HTTP/" + request.version
         self.request = request
+        #: the remembered target is in origin form (llhttp's verdict then carries over)
+        self.origin = request.target[:1] == b"/"
         self.tool_key: tuple[Any, ...] | None = None
         self.tool_lines = b""
 
@@ -153,7 +160,9 @@ class HeadMemo:
         target = head[len(method_sp):line_end - len(tail)]
         # (a target of visible characters: no space, so the request line is method SP
         # target SP version, as read_head's pattern wants)
-        if not _TARGET.fullmatch(target) or _llhttp_refusal(head) is not None:
+        if not _TARGET.fullmatch(target):
+            return None
+        if not (self.origin and target[:1] == b"/") and _llhttp_refusal(head) is not None:
             return None
         r = self.request
         return RequestHead(r.method, target, r.version, r.headers, r.keep_alive,

@@ -17,6 +17,7 @@ from studios_gateway.http.exchange import (
     NotForwardable,
     ToolCodec,
 )
+from studios_gateway.http.h1 import _llhttp_refusal
 from studios_gateway.http.routing import Mode, Route
 from studios_gateway.http.toolroute import tool_route
 from tests.support.examples import examples
@@ -29,6 +30,10 @@ _TARGETS = st.sampled_from([
     b"/\xff", b"/a\r\nX: y", b"/a\n", b"", b"/" + b"x" * 60, b"/%2e%2e/", b"/a#frag",
     b"//x", b"/a HTTP/1.1\r\nHost: b", b"abc", b"?x", b"a:b",  # (the last three: llhttp refuses)
 ])
+#: origin-form targets of any visible characters (llhttp's verdict carries over for these)
+_ORIGIN = st.binary(max_size=20).map(
+    lambda b: b"/" + bytes(0x21 + c % 94 for c in b))
+_TARGETS = _TARGETS | _ORIGIN
 _MINORS = st.sampled_from([b"1", b"0", b"2", b"1 "])
 _LINES = st.sampled_from([
     b"Host: abc.studios.test", b"Host: b", b"host:abc.studios.test", b"Content-Length: 3",
@@ -85,6 +90,39 @@ def test_a_remembered_head_reads_as_a_fresh_one(heads: list[bytes]) -> None:
         assert _outcome(got) == _outcome(HeadReader(LIMITS).take_read(head))
         if not isinstance(got, Exchange):  # refused or incomplete: a new connection
             remembering = HeadReader(LIMITS)
+
+
+@settings(max_examples=examples(1500), deadline=None)
+@given(st.sampled_from([b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS",
+                        b"TRACE", b"PATCH", b"PROPFIND", b"M-SEARCH", b"PRI", b"FOO", b"G\tT"]),
+       _MINORS, st.lists(_LINES, max_size=5), _ORIGIN)
+def test_llhttp_judges_an_origin_form_target_by_its_method_version_and_fields(
+        method: bytes, minor: bytes, lines: list[bytes], target: bytes) -> None:
+    """What HeadMemo.parse relies on to skip llhttp: any origin-form target of visible
+    characters gets llhttp's verdict on ``/a`` with the same method, version and fields
+    (an httptools upgrade that changes this fails here)."""
+    fields = b"".join(b"\r\n" + line for line in lines) + b"\r\n\r\n"
+    head = b"%s %s HTTP/1.%s" % (method, target, minor) + fields
+    assert (_llhttp_refusal(head) is None) == (
+        _llhttp_refusal(b"%s /a HTTP/1.%s" % (method, minor) + fields) is None)
+
+
+def test_llhttp_still_judges_a_target_not_in_origin_form() -> None:
+    """The memo skips llhttp only from an origin-form target to another: a target llhttp
+    refuses after a remembered one, or after a remembered target it had to judge, is
+    refused as on a fresh connection."""
+    fields = b"\r\nHost: abc.studios.test\r\n\r\n"
+    for first, then in ((b"/a", b"abc"), (b"/a", b"?x"), (b"/a", b"a:b"),
+                        (b"http://abc.studios.test/", b"/b"), (b"*", b"/b")):
+        reader = HeadReader(Limits())
+        remembered = reader.take_read(b"OPTIONS " + first + b" HTTP/1.1" + fields)
+        assert isinstance(remembered, Exchange), first
+        head = b"OPTIONS " + then + b" HTTP/1.1" + fields
+        assert _outcome(reader.take_read(head)) == _outcome(HeadReader(Limits()).take_read(head))
+    reader = HeadReader(Limits())
+    assert isinstance(reader.take_read(b"GET /a HTTP/1.1" + fields), Exchange)
+    refused = reader.take_read(b"GET abc HTTP/1.1" + fields)
+    assert isinstance(refused, HeadRefused) and refused.status == 400
 
 
 def test_only_the_same_fields_method_and_version_are_taken_from_the_memo() -> None:
