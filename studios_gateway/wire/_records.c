@@ -229,6 +229,17 @@ static void *address(PyObject *o) {
     return p;
 }
 
+/* The pointers `n` Python ints give (init's and init_direct's functions); -1 on an
+   error set. */
+static int addresses(PyObject **items, int n, void **p) {
+    for (int i = 0; i < n; i++) {
+        p[i] = address(items[i]);
+        if (p[i] == NULL)
+            return -1;
+    }
+    return 0;
+}
+
 static PyObject *init(PyObject *self, PyObject *args) {
     PyObject *f[6];
     int wr;
@@ -237,11 +248,8 @@ static PyObject *init(PyObject *self, PyObject *args) {
                           &wr))
         return NULL;
     void *p[6];
-    for (int i = 0; i < 6; i++) {
-        p[i] = address(f[i]);
-        if (p[i] == NULL)
-            return NULL;
-    }
+    if (addresses(f, 6, p) < 0)
+        return NULL;
     ssl_write = (ssl_write_fn)p[0];
     ssl_read = (ssl_read_fn)p[1];
     ssl_pending = (ssl_pending_fn)p[2];
@@ -272,14 +280,10 @@ static PyObject *init_direct(PyObject *self, PyObject *args) {
         return NULL;
     }
     void *p[DIRECT_FUNCTIONS];
-    for (int i = 0; i < DIRECT_FUNCTIONS; i++) {
-        p[i] = address(PySequence_Fast_GET_ITEM(fast, i));
-        if (p[i] == NULL) {
-            Py_DECREF(fast);
-            return NULL;
-        }
-    }
+    int got = addresses(PySequence_Fast_ITEMS(fast), DIRECT_FUNCTIONS, p);
     Py_DECREF(fast);
+    if (got < 0)
+        return NULL;
     bio_meth_new_fn meth_new = (bio_meth_new_fn)p[0];
     bio_get_new_index_fn new_index = (bio_get_new_index_fn)p[1];
     bio_meth_set_write_ex_fn set_write = (bio_meth_set_write_ex_fn)p[2];
