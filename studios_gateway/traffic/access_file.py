@@ -14,11 +14,16 @@ It is used only when every observer of the process is such a file (found by
 per-event path. Lines wait at most :data:`INTERVAL` seconds (or until
 :data:`LIMIT` characters wait), so other log lines may be written between a request's
 end and its access line; each line's time is the request's end either way.
+
+A line may also be added as its fields (:meth:`LineBuffer.add_fields`), made into text
+by the buffer's ``render`` only when the batch is written: the access log's text is
+then made for a whole batch in one loop, off the request's path (at one connection at
+a time, each request's formatting ran with the caches cold from the other processes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from twisted.logger import FileLogObserver, Logger, LogLevel
@@ -28,6 +33,9 @@ __all__ = ["INTERVAL", "LIMIT", "LineBuffer", "TextTarget"]
 
 INTERVAL = 0.1
 LIMIT = 64 * 1024
+#: What a line added as fields counts towards :data:`LIMIT` before it is text (an access
+#: line is ~150-250 characters): at most LIMIT / FIELDS_SIZE such lines wait.
+FIELDS_SIZE = 128
 _MARK = "\x00access-line\x00"
 
 
@@ -93,26 +101,40 @@ class LineBuffer:
 
     _log = Logger()
 
-    def __init__(self, clock: Any, targets: Sequence[TextTarget]):
+    def __init__(self, clock: Any, targets: Sequence[TextTarget],
+                 render: Callable[[tuple[Any, ...]], str] | None = None):
         self.clock = clock
         self.targets = tuple(targets)
-        # The lines waiting, in runs of one second each: (a time in it, its lines).
-        self._runs: list[tuple[float, list[str]]] = []
-        self._run: list[str] = []  # (the last run's lines)
+        #: What makes a line of the fields given to :meth:`add_fields`.
+        self.render = render
+        # The lines waiting, in runs of one second each: (a time in it, its lines, each
+        # text or fields to render).
+        self._runs: list[tuple[float, list[Any]]] = []
+        self._run: list[Any] = []  # (the last run's lines)
         self._second = -1  # (the last run's second)
         self._size = 0
         self._call: Any = None
         self._closed = False
         self._failed = False
+        self._render_failed = False
 
     def add(self, when: float, line: str) -> None:
+        self._put(when, line, len(line))
+
+    def add_fields(self, when: float, fields: tuple[Any, ...]) -> None:
+        """:meth:`add` of ``render(fields)``, rendered when the batch is written."""
+        if self.render is None:
+            raise TypeError("this LineBuffer has no render for lines given as fields")
+        self._put(when, fields, FIELDS_SIZE)
+
+    def _put(self, when: float, line: Any, size: int) -> None:
         second = int(when)
         if second == self._second:
             self._run.append(line)
         else:
             self._second, self._run = second, [line]
             self._runs.append((when, self._run))
-        self._size += len(line)
+        self._size += size
         if self._closed or self._size >= LIMIT:
             self.flush()
         elif self._call is None:
@@ -126,6 +148,7 @@ class LineBuffer:
         runs, self._runs, self._size, self._second = self._runs, [], 0, -1
         if not runs:
             return
+        runs = [(when, self._text(lines)) for when, lines in runs]
         for target in self.targets:
             try:
                 target.write(runs)
@@ -133,6 +156,25 @@ class LineBuffer:
                 if not self._failed:  # said once: every later batch would say it again
                     self._failed = True
                     self._log.error("cannot write the access log: {e}", e=e)
+
+    def _text(self, lines: list[Any]) -> list[str]:
+        """A run's lines as text: those added as fields rendered now. One that cannot be
+        rendered is left out (said once, as a failed write is)."""
+        render = self.render
+        if render is None:
+            return lines
+        out: list[str] = []
+        for line in lines:
+            if type(line) is not str:
+                try:
+                    line = render(line)
+                except Exception as e:  # noqa: BLE001 - one bad line must not lose the batch
+                    if not self._render_failed:
+                        self._render_failed = True
+                        self._log.error("cannot write an access line: {e!r}", e=e)
+                    continue
+            out.append(line)
+        return out
 
     def close(self) -> None:
         """Write what waits; lines after this (a shutdown's last requests) go out at once."""

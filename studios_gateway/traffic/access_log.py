@@ -131,7 +131,15 @@ class AccessLog:
         found = logs.observers(publisher)
         targets = [TextTarget.of(obs, NAMESPACE) for obs in found or ()]
         if targets and all(t is not None for t in targets):
-            self._buffer = LineBuffer(clock, [t for t in targets if t is not None])
+            self._buffer = LineBuffer(clock, [t for t in targets if t is not None],
+                                      self._render)
+
+    def _render(self, fields: tuple[Any, ...]) -> str:
+        """The line of a :class:`Finished`'s fields (in its order), in this log's mode."""
+        if self.mode == "json":
+            return json_line(Finished(*fields), self.node)
+        args = (*fields, self.node)  # (text_fields takes the node last)
+        return text_fields(*args)
 
     def stop(self) -> None:
         """Write the lines that wait; later ones (a shutdown's) go out one by one."""
@@ -145,6 +153,12 @@ class AccessLog:
                subject: str, client: str, method: str, path: str, status: int | None,
                bytes_in: int, bytes_out: int, reason: str) -> None:
         """Like calling it with a :class:`Finished` of these fields (in its order)."""
+        buffer = self._buffer
+        if buffer is not None:  # the line made when its batch is written (_render)
+            buffer.add_fields(started + duration, (
+                kind, started, duration, session_id, tool, subject, client, method, path,
+                status, bytes_in, bytes_out, reason))
+            return
         mode = self.mode
         if mode == "text":
             line = text_fields(kind, started, duration, session_id, tool, subject, client,
@@ -155,7 +169,4 @@ class AccessLog:
                                       reason), self.node)
         else:
             return
-        if self._buffer is not None:
-            self._buffer.add(started + duration, line)
-        else:
-            self._log.info("{access_line}", access_line=line)
+        self._log.info("{access_line}", access_line=line)

@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.logger import (
     Logger,
@@ -18,8 +19,15 @@ from twisted.logger import (
 from twisted.python.logfile import LogFile
 
 from studios_gateway import logs
-from studios_gateway.traffic.access_file import INTERVAL, LIMIT, LineBuffer, TextTarget
-from studios_gateway.traffic.access_log import NAMESPACE, AccessLog, text_line
+from studios_gateway.traffic.access_file import (
+    FIELDS_SIZE,
+    INTERVAL,
+    LIMIT,
+    LineBuffer,
+    TextTarget,
+)
+from studios_gateway.traffic.access_log import NAMESPACE, AccessLog, json_line, text_line
+from studios_gateway.traffic.facts import field_values
 from tests.unit.test_traffic import T0, facts
 
 
@@ -166,3 +174,80 @@ def test_the_access_log_buffers_only_when_every_observer_is_a_text_file() -> Non
     per_event = AccessLog("text", "gw", logger=None)
     per_event.start(clock, publisher)
     assert not per_event.buffered
+
+
+def test_lines_given_as_fields_are_made_only_when_their_batch_is_written() -> None:
+    via_event, out, clock = io.StringIO(), CountingFile(), Clock()
+    target = TextTarget.of(textFileLogObserver(out), NAMESPACE)
+    assert target is not None
+    rendered: list[tuple[Any, ...]] = []
+
+    def render(fields: tuple[Any, ...]) -> str:
+        rendered.append(fields)
+        return "fields " + " ".join(map(str, fields))
+
+    buffer = LineBuffer(clock, [target], render)
+    times = [T0, T0 + 0.1, T0 + 1.0, T0 - 5.0, T0 + 1.2]
+    for i, when in enumerate(times):  # fields and text mixed, across seconds
+        if i % 2:
+            buffer.add(when, f"text {i}")
+            textFileLogObserver(via_event)(as_event(f"text {i}", when))
+        else:
+            buffer.add_fields(when, (i, "x"))
+            textFileLogObserver(via_event)(as_event(f"fields {i} x", when))
+    assert rendered == [] and out.getvalue() == ""
+    clock.advance(INTERVAL)
+    assert rendered == [(0, "x"), (2, "x"), (4, "x")]
+    assert out.writes == 1 and out.getvalue() == via_event.getvalue()
+    buffer.close()
+    buffer.add_fields(T0, (5, "y"))  # after close: written at once
+    assert out.getvalue().endswith("fields 5 y\n") and out.writes == 2
+
+
+def test_fields_count_towards_the_limit_and_a_bad_one_is_left_out(monkeypatch: Any) -> None:
+    out, clock = CountingFile(), Clock()
+    target = TextTarget.of(textFileLogObserver(out), NAMESPACE)
+    assert target is not None
+    said: list[dict[str, Any]] = []
+    monkeypatch.setattr(LineBuffer, "_log", Logger(observer=said.append))
+
+    def render(fields: tuple[Any, ...]) -> str:
+        if fields == ("bad",):
+            raise ValueError("not a line")
+        return f"line {fields[0]}"
+
+    buffer = LineBuffer(clock, [target], render)
+    limit = LIMIT // FIELDS_SIZE
+    for i in range(limit - 1):
+        buffer.add_fields(T0, (i,) if i not in (3, 7) else ("bad",))
+    assert out.writes == 0 and clock.getDelayedCalls()
+    buffer.add_fields(T0, (limit - 1,))  # the limit: written at once, no timer left
+    assert out.writes == 1 and not clock.getDelayedCalls()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == limit - 2 and lines[-1].endswith(f"line {limit - 1}")
+    assert len(said) == 1 and "not a line" in str(said[0]["e"])
+    buffer.add_fields(T0, ("bad",))  # said once
+    clock.advance(INTERVAL)
+    assert len(said) == 1
+    with pytest.raises(TypeError):
+        LineBuffer(clock, [target]).add_fields(T0, (1,))
+
+
+@pytest.mark.parametrize("mode", ["text", "json"])
+def test_the_buffered_access_log_writes_the_lines_of_the_per_event_path(mode: str) -> None:
+    out, clock = io.StringIO(), Clock()
+    publisher = LogPublisher(textFileLogObserver(out))
+    logs.set_level("info", publisher)
+    access = AccessLog(mode, "gw")
+    access.start(clock, publisher)
+    assert access.buffered
+    cases = [facts(), facts(status=None, reason='said "no"', path="/a b"),
+             facts(started=T0 + 1.5, kind="ssh", method="", path="")]
+    for f in cases[:2]:
+        access(f)
+    access.fields(*field_values(cases[2]))
+    assert out.getvalue() == ""
+    clock.advance(INTERVAL)
+    line = text_line if mode == "text" else json_line
+    got = [text.split(f"[{NAMESPACE}#info] ", 1)[1] for text in out.getvalue().splitlines()]
+    assert got == [line(f, "gw") for f in cases]
