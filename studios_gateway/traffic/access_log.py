@@ -153,20 +153,10 @@ class AccessLog:
                subject: str, client: str, method: str, path: str, status: int | None,
                bytes_in: int, bytes_out: int, reason: str) -> None:
         """Like calling it with a :class:`Finished` of these fields (in its order)."""
+        fields = (kind, started, duration, session_id, tool, subject, client, method, path,
+                  status, bytes_in, bytes_out, reason)
         buffer = self._buffer
         if buffer is not None:  # the line made when its batch is written (_render)
-            buffer.add_fields(started + duration, (
-                kind, started, duration, session_id, tool, subject, client, method, path,
-                status, bytes_in, bytes_out, reason))
-            return
-        mode = self.mode
-        if mode == "text":
-            line = text_fields(kind, started, duration, session_id, tool, subject, client,
-                               method, path, status, bytes_in, bytes_out, reason, self.node)
-        elif mode == "json":
-            line = json_line(Finished(kind, started, duration, session_id, tool, subject,
-                                      client, method, path, status, bytes_in, bytes_out,
-                                      reason), self.node)
-        else:
-            return
-        self._log.info("{access_line}", access_line=line)
+            buffer.add_fields(started + duration, fields)
+        elif self.mode in ("text", "json"):
+            self._log.info("{access_line}", access_line=self._render(fields))
