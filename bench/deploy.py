@@ -240,6 +240,22 @@ def small_path(tree: str | Path) -> Iterator[tuple[Path, NginxTool, Studio]]:
         shutil.rmtree(work, ignore_errors=True)  # (on /dev/shm: memory)
 
 
+@contextmanager
+def echo_path(tree: str | Path) -> Iterator[tuple[Path, int, Studio]]:
+    """The demo tool (WebSocket echo at /ws), and a gateway and a studios-connect both run
+    from `tree`, bound, logged in and answering (bench.timeline's WebSocket scenario):
+    (work directory, the tool's port, studio). Stopped and removed on the way out."""
+    work = work_dir()
+    procs = Processes(work)
+    try:
+        port, _ = start_demo_tool(procs)
+        gw = start_gateway(procs, work, extra={"PYTHONPATH": str(tree)})
+        yield work, port, start_studio(procs, work, gw, port, tree=tree)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _check_through(studio: Studio) -> None:
     deadline = time.monotonic() + 30
     while True:

@@ -17,6 +17,10 @@ the time the process was preempted (shown as its own step, see :func:`steps`). A
 named by what it is connected to (browser, tunnel, tool). The steps between a recv and
 the next send are on the request's critical path; the ones after a send happen while
 the next process works (docs/decisions/compiled-lane.md uses them).
+
+``--scenario websocket`` does the same for bench/run's WebSocket echo instead of wrk: the
+demo tool's ``/ws``, a 32-byte message every 5 ms, so every process wakes from idle for
+each message (the browser's fd is the echo client's, the tool's the demo tool's).
 """
 
 from __future__ import annotations
@@ -32,8 +36,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.ssh import REPO
+
+#: Messages per second of the WebSocket scenario (bench/run's rate: one every 5 ms).
+ECHO_RATE = 200
 
 #: x86_64 numbers of the syscalls a proxy's cycle makes (others print as "NR n").
 SYSCALLS = {0: "read", 1: "write", 7: "poll", 19: "readv", 20: "writev", 44: "send",
@@ -141,23 +149,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree", default=str(REPO), help="the source tree of both processes")
     p.add_argument("--seconds", type=float, default=1.0, help="how long to record")
     p.add_argument("--top", type=int, default=12, help="steps shown per process")
+    p.add_argument("--scenario", choices=("small", "websocket"), default="small",
+                   help="wrk's small GET at 1 connection, or the WebSocket echo")
     args = p.parse_args(argv)
     if shutil.which("perf") is None:
         raise SystemExit("bench: perf not found (Debian: apt-get install linux-perf)")
-    with deploy.small_path(Path(args.tree).resolve()) as (work, tool, studio):
+    tree = Path(args.tree).resolve()
+    path = deploy.small_path(tree) if args.scenario == "small" else deploy.echo_path(tree)
+    with path as (work, tool, studio):
         gw, client = studio.gateway, studio.connect
+        tool_port = tool if isinstance(tool, int) else tool.port
         load_seconds = args.seconds * 2 + 6
-        result: list[float] = []
-        load = threading.Thread(target=lambda: result.append(
-            wrk(studio.url("/small"), 1, load_seconds, studio.headers).rps))
+        result: list[Any] = []
+        if args.scenario == "small":
+            def load_run() -> None:
+                result.append(wrk(studio.url("/small"), 1, load_seconds, studio.headers).rps)
+        else:
+            from bench.http import Target, echo_run
+
+            def load_run() -> None:
+                target = Target("gateway", gw.http_port, studio.headers)
+                result.append(echo_run(target, ECHO_RATE, load_seconds))
+        load = threading.Thread(target=load_run)
         load.start()
-        time.sleep(2)  # wrk connected and the pools warm before recording
+        time.sleep(2)  # the load connected and the pools warm before recording
         gw_names = fd_names(gw.pid, {gw.http_port: "browser", gw.tunnel_port: "tunnel"})
-        c_names = fd_names(client.pid, {tool.port: "tool", gw.tunnel_port: "tunnel"})
+        c_names = fd_names(client.pid, {tool_port: "tool", gw.tunnel_port: "tunnel"})
         text = record([gw.pid, client.pid], args.seconds, work / "cycle.perf")
         load.join()
-        print(f"wrk, 1 connection: {result[0] if result else 0:,.0f} req/s "
-              f"({1e6 / result[0] if result and result[0] else 0:.0f} us per round trip)")
+        if args.scenario == "small":
+            rps = result[0] if result else 0
+            print(f"wrk, 1 connection: {rps:,.0f} req/s "
+                  f"({1e6 / rps if rps else 0:.0f} us per round trip)")
+        elif result:
+            p50, p99 = result[0]
+            print(f"WebSocket echo, a message every {1000 / ECHO_RATE:g} ms: p50 {p50:.3f} ms, "
+                  f"p99 {p99:.3f} ms")
         for who, pid, names in (("gateway", gw.pid, gw_names),
                                 ("studios-connect", client.pid, c_names)):
             got = steps(text, pid, names)

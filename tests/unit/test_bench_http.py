@@ -77,6 +77,30 @@ def test_websocket_echo_pairs_each_round_of_p99(monkeypatch) -> None:
     assert row == ["gateway / nginx", "1.00", "1.50", "2.00 (1.00-3.00)"]
 
 
+def test_websocket_echo_adds_the_c_tunnel_against_nginx(monkeypatch) -> None:
+    """With the stunnel pair and nginx both measured, one more row sets them side by side:
+    the same path's shape in C against one proxy, the floor the 1.5x target meets."""
+    import bench.http as bh
+    from bench.arena import GATEWAY, NGINX, STUNNEL, Target
+
+    p99 = {GATEWAY: [3.0, 3.0, 3.0], NGINX: [1.0, 2.0, 2.0], STUNNEL: [2.0, 3.0, 4.0]}
+    seen: dict[str, int] = {}
+
+    def fake_echo(target, rate, seconds):
+        i = seen.get(target.name, 0)
+        seen[target.name] = i + 1
+        return 1.0, p99[target.name][i]
+
+    monkeypatch.setattr(bh, "echo_run", fake_echo)
+    arena = SimpleNamespace(ws={n: Target(n, i) for i, n in enumerate(p99)}, notes=[])
+    section = bh.websocket_echo(SimpleNamespace(runs=3, ws_rate=200, ws_seconds=1.0), arena)
+    rows = _rows(section, "Ratios of round-trip time")
+    assert [r[0] for r in rows] == [f"gateway / {NGINX}", f"gateway / {STUNNEL}",
+                                    f"{STUNNEL} / {NGINX} (the path's shape in C)"]
+    # p99 medians 3 / 2; rounds 2, 1.5, 2
+    assert rows[2][1:] == ["1.00", "1.50", "2.00 (1.50-2.00)"]
+
+
 def test_bulk_pairs_each_round_of_download_and_upload(monkeypatch, tmp_path) -> None:
     import bench.bulk as bb
     from bench.arena import GATEWAY, Target
