@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from studios_gateway.management.endpoints import json_reply
+from studios_gateway.management.endpoints import JsonDirectory, json_reply
 from studios_gateway.management.sessions import (
     NewSession,
     RequestError,
@@ -64,6 +64,8 @@ def _read_json(request: Request) -> Any:
         return json.loads(raw)
     except ValueError:
         raise RequestError("the body is not valid JSON") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise RequestError("the body is not valid JSON: nested too deeply") from None
 
 
 class _Async(Resource):
@@ -106,7 +108,23 @@ AsyncResource = _Async
 LoginLinks = Callable[[str, str], str] | None
 
 
+def peer_of(request: Request) -> str:
+    """The address an admin API request came from, for the audit lines."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", address))
+
+
+def _shown(value: Any) -> str:
+    """A changed field's new value for the audit line (a list as ``a,b``)."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "(none)"
+    return str(value)
+
+
 class SessionsResource(_Async):
+    """/api/sessions. Every change it makes is logged (the audit trail: what, which
+    session, from which address); tokens and login links never are."""
+
     def __init__(self, sessions: Sessions, present: Callable[[NewSession], dict[str, Any]],
                  login_link: LoginLinks = None):
         super().__init__()
@@ -127,12 +145,12 @@ class SessionsResource(_Async):
             if method == b"GET":
                 return self._run(request, lambda: self._show(sid))
             if method == b"DELETE":
-                return self._run(request, lambda: self._end(sid))
+                return self._run(request, lambda: self._end(request, sid))
             if method == b"PATCH":
                 return self._run(request, lambda: self._change(request, sid))
         elif len(path) == 2 and path[1] == b"token" and method == b"POST":
             sid = path[0].decode("ascii", "replace")
-            return self._run(request, lambda: self._rotate(sid))
+            return self._run(request, lambda: self._rotate(request, sid))
         elif len(path) == 2 and path[1] == b"login-links" and method == b"POST":
             sid = path[0].decode("ascii", "replace")
             return self._run(request, lambda: self._link(request, sid))
@@ -148,6 +166,9 @@ class SessionsResource(_Async):
     def _create(self, request: Request) -> Any:
         fields = validate_create(_read_json(request))
         new = yield self._sessions.create(fields)
+        self._log.info("admin API: session {sid} created for {owner} (tool {tool}) by {peer}",
+                       sid=new.record.id, owner=new.record.owner, tool=new.record.tool,
+                       peer=peer_of(request))
         return 201, self._present(new)
 
     @defer.inlineCallbacks
@@ -159,22 +180,30 @@ class SessionsResource(_Async):
 
     @defer.inlineCallbacks
     def _change(self, request: Request, sid: str) -> Any:
-        changed = yield self._sessions.change(sid, validate_change(_read_json(request)))
+        change = validate_change(_read_json(request))
+        changed = yield self._sessions.change(sid, change)
         if changed is None:
             return 404, {"error": f"no session {sid}"}
+        self._log.info("admin API: session {sid} changed ({fields}) by {peer}", sid=sid,
+                       fields=", ".join(f"{k}={_shown(v)}" for k, v in sorted(change.items())),
+                       peer=peer_of(request))
         return 200, changed
 
     @defer.inlineCallbacks
-    def _end(self, sid: str) -> Any:
+    def _end(self, request: Request, sid: str) -> Any:
         if (yield self._sessions.end(sid)):
+            self._log.info("admin API: session {sid} ended by {peer}", sid=sid,
+                           peer=peer_of(request))
             return 200, {"id": sid, "ended": True}
         return 404, {"error": f"no session {sid}"}
 
     @defer.inlineCallbacks
-    def _rotate(self, sid: str) -> Any:
+    def _rotate(self, request: Request, sid: str) -> Any:
         new = yield self._sessions.rotate_token(sid)
         if new is None:
             return 404, {"error": f"no session {sid}"}
+        self._log.info("admin API: session {sid} given a new connect token by {peer}",
+                       sid=sid, peer=peer_of(request))
         return 200, self._present(new)
 
     @defer.inlineCallbacks
@@ -190,11 +219,14 @@ class SessionsResource(_Async):
         if not allowed:
             return 403, {"error": f"{user} is neither the owner of session {sid} nor on its "
                                   "allow-list (add them with PATCH allowed_users first)"}
-        return 201, {"id": sid, "user": user, "login_link": self._login_link(sid, user)}
+        link = self._login_link(sid, user)
+        self._log.info("admin API: a one-time login link for {user} on session {sid} "
+                       "made by {peer}", user=user, sid=sid, peer=peer_of(request))
+        return 201, {"id": sid, "user": user, "login_link": link}
 
 
 def make_api(sessions: Sessions, present: Callable[[NewSession], dict[str, Any]],
              login_link: LoginLinks = None) -> Resource:
-    api = Resource()
+    api = JsonDirectory()
     api.putChild(b"sessions", SessionsResource(sessions, present, login_link))
     return api

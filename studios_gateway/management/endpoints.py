@@ -33,8 +33,58 @@ def json_reply(request: Request, code: int, body: Any) -> bytes:
     return json.dumps(body, indent=1).encode() + b"\n"
 
 
+def _allowed(resource: Resource) -> list[str]:
+    """The methods `resource` answers (its ``render_X`` methods; HEAD where GET is)."""
+    methods = sorted(name[len("render_"):] for name in dir(resource)
+                     if name.startswith("render_") and name != "render_HEAD")
+    return methods + ["HEAD"] if "GET" in methods else methods
+
+
+def method_not_allowed(request: Request, allowed: list[str]) -> bytes:
+    """405 in the management endpoints' JSON, with the Allow header."""
+    request.setHeader(b"allow", ", ".join(allowed).encode())
+    return json_reply(request, 405, {"error": f"method {_method(request)} not allowed here; "
+                                              f"use {' or '.join(allowed) or 'nothing'}"})
+
+
+def not_found(request: Request) -> bytes:
+    """404 in the management endpoints' JSON."""
+    return json_reply(request, 404, {"error": "no such endpoint (see GET / for the list)"})
+
+
+def _method(request: Request) -> str:
+    return request.method.decode("ascii", "replace")
+
+
 class _Leaf(Resource):
+    """A management endpoint: its ``render_X`` per method, and JSON for any other method
+    (twisted.web's own answer is an HTML page, and its HEAD falls back to a
+    ``render_GET`` the endpoint may not have)."""
+
     isLeaf = True
+
+    def render(self, request: Request) -> Any:
+        name = "GET" if request.method == b"HEAD" else _method(request)
+        handler = getattr(self, "render_" + name, None) if name.isalpha() else None
+        if handler is None:
+            return method_not_allowed(request, _allowed(self))
+        return handler(request)
+
+
+class _NotFound(_Leaf):
+    def render(self, request: Request) -> bytes:
+        return not_found(request)
+
+
+class JsonDirectory(Resource):
+    """A management path segment with children (``/api``): an unknown child, or the
+    segment itself, is a JSON 404 instead of twisted.web's HTML page."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return _NotFound()
+
+    def render(self, request: Request) -> bytes:
+        return not_found(request)
 
 
 class LiveResource(_Leaf):
@@ -142,7 +192,13 @@ class ManagementRoot(Resource):
             return _Unauthorized()
         return super().getChildWithDefault(path, request)
 
-    def render_GET(self, request: Request) -> bytes:
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        # "/" itself (an empty segment) is this root; anything unknown a JSON 404.
+        return self if path == b"" else _NotFound()
+
+    def render(self, request: Request) -> Any:
+        if request.method not in (b"GET", b"HEAD"):
+            return method_not_allowed(request, ["GET", "HEAD"])
         if not self.authorized(request):
             return _Unauthorized().render(request)
         return json_reply(request, 200, {"endpoints": ["/live", "/ready", "/metrics", "/shutdown",
@@ -157,12 +213,53 @@ _REFUSAL = (b"HTTP/1.1 401 Unauthorized\r\n"
 _REFUSAL_BODY = b'{"error": "missing or wrong bearer token"}\n'
 
 
+class RefusalLog:
+    """Logs requests refused for a missing or wrong key: at most `per_window` lines each
+    `window` seconds, then one line counting the rest, so a caller trying keys cannot
+    fill the log. The key sent is never logged."""
+
+    _log = Logger()
+
+    def __init__(self, clock: Any = None, per_window: int = 10, window: float = 60.0):
+        self._clock = clock
+        self._per_window = per_window
+        self._window = window
+        self._start: float | None = None
+        self._logged = 0
+        self._quiet = 0
+
+    def refused(self, method: bytes, path: bytes, peer: str) -> None:
+        if self._clock is None:
+            from twisted.internet import reactor
+            self._clock = reactor
+        now = self._clock.seconds()
+        if self._start is None or now - self._start >= self._window:
+            if self._quiet:
+                self._log.warn("{n} more management requests refused (missing or wrong "
+                               "bearer token) in the last {window:g} s, not logged one by one",
+                               n=self._quiet, window=self._window)
+            self._start, self._logged, self._quiet = now, 0, 0
+        if self._logged >= self._per_window:
+            self._quiet += 1
+            return
+        self._logged += 1
+        self._log.warn("management request refused (missing or wrong bearer token): "
+                       "{method} {path} from {peer}",
+                       method=_printable(method[:16]), path=_printable(path[:200]), peer=peer)
+
+
+def _printable(raw: bytes) -> str:
+    """`raw` for a log line: printable ASCII as it is, any other byte as ``\\xNN``."""
+    return "".join(chr(b) if 32 <= b < 127 and b != 0x5C else f"\\x{b:02x}" for b in raw)
+
+
 class ManagementChannel(HTTPChannel):
     """Refuses a request without the key as soon as its head is complete.
 
     twisted.web reads the whole body before a resource sees the request, so a caller
     without the key could make the gateway buffer any amount; here the 401 goes out
-    when the headers end and the connection closes without reading the body.
+    when the headers end and the connection closes without reading the body. The
+    refusal is logged (:class:`RefusalLog`, the site's).
     """
 
     site: ManagementSite
@@ -181,6 +278,9 @@ class ManagementChannel(HTTPChannel):
                 and not root.key_matches(request.requestHeaders.getRawHeaders(
                     b"authorization", [None])[0])):
             self._refused = True
+            peer = transport.getPeer()
+            self.site.refusals.refused(self._command, self._path,
+                                       str(getattr(peer, "host", peer)))
             transport.write(_REFUSAL + b"Content-Length: %d\r\n\r\n" % len(_REFUSAL_BODY)
                             + _REFUSAL_BODY)
             transport.loseConnection()
@@ -200,6 +300,10 @@ class ManagementSite(Site):
     """The management site, without twisted.web's per-request access log lines."""
 
     protocol = ManagementChannel  # type: ignore[assignment]
+
+    def __init__(self, resource: Resource, refusals: RefusalLog | None = None) -> None:
+        super().__init__(resource)
+        self.refusals = refusals or RefusalLog()
 
     def log(self, request: Any) -> None:
         pass

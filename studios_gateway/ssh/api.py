@@ -57,6 +57,8 @@ def _body_lines(request: Request) -> list[str]:
             data = json.loads(text)
         except ValueError:
             raise _BadRequest("the body is not valid JSON") from None
+        except RecursionError:  # arrays or objects nested thousands deep
+            raise _BadRequest("the body is not valid JSON: nested too deeply") from None
         keys = data.get("keys") if isinstance(data, dict) else None
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise _BadRequest('expected {"keys": ["<type> <base64> [comment]", ...]}')

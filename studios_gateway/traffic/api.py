@@ -16,7 +16,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.web.server import Request
 
-from studios_gateway.management.api import AsyncResource
+from studios_gateway.management.api import AsyncResource, peer_of
 from studios_gateway.traffic.quota import Quota
 
 __all__ = ["QuotaResource"]
@@ -46,5 +46,9 @@ class QuotaResource(AsyncResource):
         if request.method == b"GET":
             return self._run(request, lambda: quota.usage(scope, name).addCallback(
                 lambda usage: (200, usage)))
-        return self._run(request, lambda: quota.reset(scope, name).addCallback(
-            lambda _: (200, {scope: name, "reset": True})))
+        def reset(_: object) -> tuple[int, dict[str, Any]]:
+            self._log.info("admin API: transfer quota counts of {scope} {name} reset by {peer}",
+                           scope=scope, name=name, peer=peer_of(request))
+            return 200, {scope: name, "reset": True}
+
+        return self._run(request, lambda: quota.reset(scope, name).addCallback(reset))

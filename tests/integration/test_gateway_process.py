@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -57,6 +60,62 @@ def test_shutdown_drains_and_exits_zero(gateway: GatewayProcess) -> None:
     assert status == 202 and b"draining" in body
     assert gateway.wait(timeout=30) == 0
     assert "drained; stopping" in gateway.output()
+
+
+def _raw(gateway: GatewayProcess, method: str, path: str, body: bytes = b"",
+         key: str | None = KEY) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.management_port, timeout=15)
+    try:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        conn.request(method, path, body=body or None, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.headers), resp.read()
+    finally:
+        conn.close()
+
+
+def _logged(gateway: GatewayProcess, text: str) -> str:
+    """The gateway's log once `text` is in it (the line is written as the event happens;
+    this waits for it, bounded)."""
+    deadline = time.monotonic() + 10
+    while text not in (out := gateway.output()):
+        assert time.monotonic() < deadline, f"never logged: {text!r}\n{out[-2000:]}"
+        time.sleep(0.05)  # polling the log file for the line, not a race fix
+    return out
+
+
+def test_wrong_methods_unknown_paths_and_bad_bodies_get_json_errors(
+        gateway: GatewayProcess) -> None:
+    """What an operator's script can get wrong is answered in JSON with a reason, never an
+    HTML page or a 500."""
+    status, headers, body = _raw(gateway, "HEAD", "/shutdown")
+    assert status == 405 and headers["Allow"] == "POST"
+    status, headers, body = _raw(gateway, "GET", "/shutdown")
+    assert status == 405 and headers["Allow"] == "POST"
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body)["error"].startswith("method GET not allowed here; use POST")
+    for path in ("/nothing", "/api", "/api/nothing", "/api/nothing/deeper"):
+        status, headers, body = _raw(gateway, "GET", path)
+        assert status == 404, path
+        assert "no such endpoint" in json.loads(body)["error"], path
+    status, _, body = _raw(gateway, "POST", "/api/sessions", b"[" * 30000 + b"]" * 30000)
+    assert status == 400
+    assert json.loads(body) == {"error": "the body is not valid JSON: nested too deeply"}
+    # the gateway goes on: a session is made, and the change is in the log (no token)
+    status, _, body = _raw(gateway, "POST", "/api/sessions", b'{"owner": "alice"}')
+    assert status == 201, body
+    made = json.loads(body)
+    out = _logged(gateway, f"admin API: session {made['id']} created for alice")
+    assert made["token"] not in out
+    assert "Traceback" not in out
+
+
+def test_refused_management_requests_are_logged_without_the_key(
+        gateway: GatewayProcess) -> None:
+    assert _raw(gateway, "GET", "/metrics", key="guess-123")[0] == 401
+    out = _logged(gateway, "management request refused (missing or wrong bearer token): "
+                           "GET /metrics from 127.0.0.1")
+    assert "guess-123" not in out and KEY not in out
 
 
 def test_invalid_value_stops_the_start(tmp_path) -> None:

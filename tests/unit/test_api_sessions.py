@@ -90,3 +90,53 @@ def test_login_links_are_refused_when_an_issuer_logs_users_in() -> None:
     api, _ = _with_links(None)
     status, body = call(api, "POST", "/api/sessions/abc/login-links", {"user": "alice"})
     assert status == 409 and "OpenID issuer" in body["error"]
+
+
+def test_every_change_is_in_the_log_and_no_token_or_link_is() -> None:
+    """The audit trail: create, change, new token, login link and end each log one line
+    naming the session; the connect token and the login link never appear."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if str(event.get("log_namespace", "")).startswith("studios_gateway.management"):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        api = make_api(Sessions(MemoryStore(Clock()), clock=Clock()),
+                       lambda new: {"id": new.record.id, "token": new.token},
+                       lambda sid, user: f"https://gw/_connect/link?token=secret-{sid}-{user}")
+        made = call(api, "POST", "/api/sessions", {"id": "abc", "owner": "alice"})[1]
+        assert call(api, "PATCH", "/api/sessions/abc",
+                    {"allowed_users": ["bob", "carol"]})[0] == 200
+        rotated = call(api, "POST", "/api/sessions/abc/token")[1]
+        assert call(api, "POST", "/api/sessions/abc/login-links", {"user": "bob"})[0] == 201
+        assert call(api, "DELETE", "/api/sessions/abc")[0] == 200
+        assert call(api, "DELETE", "/api/sessions/abc")[0] == 404  # nothing changed: no line
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert [line.split(" by ")[0] for line in lines] == [
+        "admin API: session abc created for alice (tool generic)",
+        "admin API: session abc changed (allowed_users=bob,carol)",
+        "admin API: session abc given a new connect token",
+        "admin API: a one-time login link for bob on session abc made",
+        "admin API: session abc ended",
+    ]
+    text = "\n".join(lines)
+    for secret in (made["token"], rotated["token"], "secret-abc"):
+        assert secret not in text
+
+
+def test_a_body_nested_too_deeply_is_a_bad_request() -> None:
+    api, _ = setup()
+    for body in ("[" * 30000 + "]" * 30000, '{"a":' * 10000 + "1" + "}" * 10000):
+        request = DummyRequest([])
+        request.method = b"POST"
+        request.content = BytesIO(body.encode())
+        resource = api.getChildWithDefault(b"sessions", request)
+        assert resource.render(request) == NOT_DONE_YET
+        assert request.responseCode == 400
+        assert json.loads(b"".join(request.written)) == {
+            "error": "the body is not valid JSON: nested too deeply"}

@@ -150,6 +150,9 @@ def test_api() -> None:
     assert body["deleted"] == 1
     assert _call(res, "GET", "alice/nothing")[0] == 404
     assert _call(res, "PATCH", "alice/keys")[0] == 405
+    code, body = _call(res, "PUT", "alice/keys", b'{"keys":' + b"[" * 20000 + b"]" * 20000
+                       + b"}")
+    assert (code, body) == (400, {"error": "the body is not valid JSON: nested too deeply"})
 
 
 def test_api_limits_and_an_unavailable_registry() -> None:
