@@ -95,18 +95,61 @@ def _wait_connected(base: str, key: str, sid: str, studio: subprocess.Popen[byte
     raise SystemExit(f"studios-gateway demo: the studio did not connect within {timeout:g}s")
 
 
-def tool_command(port: int, prefix: str, force_builtin: bool) -> tuple[str, list[str]]:
-    """`studios-connect` arguments: JupyterLab through its preset when installed (and not
-    refused), else the built-in demo tool as the child command."""
-    jupyter = shutil.which("jupyter", path=os.pathsep.join(
-        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    if jupyter and not force_builtin:
+#: `--tool` choices: the studio tools with a preset, the built-in page, or auto.
+TOOLS = ("auto", "jupyterlab", "vscode", "xpra", "ride", "builtin")
+#: How to get each preset's program onto this machine, for the error when it is missing.
+INSTALL_HINT = {
+    "jupyterlab": "`.venv/bin/pip install jupyterlab` (scripts/setup --test does)",
+    "vscode": "`sudo scripts/install-studio-tools code-server`",
+    "xpra": "`sudo scripts/install-studio-tools xpra`",
+    "ride": "RStudio Server from Posit (not in Debian's archive)",
+}
+
+
+def _search_path() -> str:
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def preset_command(tool: str) -> list[str]:
+    """`studios-connect` arguments for a tool with a preset, its program looked up the way
+    the preset will; SystemExit naming the program and how to install it if it is not
+    there."""
+    from studios_gateway.studio.presets import pick
+    from studios_gateway.studio.presets.base import Place
+
+    search = _search_path()
+    preset = pick(tool, [], lambda name: shutil.which(name, path=search) is not None)
+    assert preset is not None
+    program = preset.default_command(Place(0))[0]
+    if shutil.which(program, path=search) is None:
+        raise SystemExit(f"studios-gateway demo: --tool {tool} needs {program}, which is not "
+                         f"on PATH; install it with {INSTALL_HINT[tool]}")
+    return ["--tool", tool]
+
+
+def tool_command(port: int, prefix: str, force_builtin: bool,
+                 tool: str = "auto") -> tuple[str, list[str]]:
+    """`studios-connect` arguments: the tool asked for through its preset; by default
+    JupyterLab through its preset when installed (and not refused), else the built-in
+    demo tool as the child command."""
+    if force_builtin:
+        tool = "builtin"
+    if tool in ("vscode", "xpra", "ride"):
+        return tool, preset_command(tool)
+    jupyter = shutil.which("jupyter", path=_search_path())
+    if tool == "jupyterlab" and jupyter is None:
+        raise SystemExit("studios-gateway demo: --tool jupyterlab needs jupyter, which is not "
+                         f"on PATH; install it with {INSTALL_HINT['jupyterlab']}")
+    if jupyter and tool in ("auto", "jupyterlab"):
         probe = subprocess.run([jupyter, "lab", "--version"], capture_output=True, timeout=60)
         if probe.returncode == 0:
             # The preset adds the rest (loopback, port, base path from the gateway, login
             # off, ...) and says so in one line; this keeps the demo's own lines readable.
             return "jupyterlab", ["--tool", "jupyterlab", "--", jupyter, "lab",
                                   "--ServerApp.log_level=WARN"]
+        if tool == "jupyterlab":
+            raise SystemExit("studios-gateway demo: --tool jupyterlab: `jupyter lab "
+                             f"--version` failed: {probe.stderr.decode(errors='replace')[-300:]}")
     return "generic", ["--", sys.executable, "-m", "studios_gateway.demo.tool", "--port",
                        str(port), "--prefix", prefix]
 
@@ -122,8 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage-root", default="./var/demo", help="state directory")
     p.add_argument("--path-routing", action="store_true",
                    help="route by /_studio/<id>/ instead of <id>.localhost")
+    p.add_argument("--tool", choices=TOOLS, default="auto",
+                   help="the studio's tool: jupyterlab, vscode (code-server), xpra or ride "
+                        "(RStudio Server) through their presets when installed, or builtin "
+                        "(a small page with a WebSocket echo); auto (the default): JupyterLab "
+                        "if it is installed, else builtin")
     p.add_argument("--builtin-tool", action="store_true",
-                   help="use the built-in demo tool even when JupyterLab is installed")
+                   help="the same as --tool builtin")
     p.add_argument("--owner", default="demo", help="the studio's owner (default: demo)")
     p.add_argument("--start-timeout", type=float, default=180,
                    help="seconds to wait for the studio to connect (default 180)")
@@ -167,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
                 child.kill()
                 child.wait()
 
+    # The tool first: one that is not installed is said before anything starts.
+    tool_port = _free_port()
+    sid = secrets.token_hex(4)
+    prefix = f"/_studio/{sid}/" if args.path_routing else "/"
+    tool, command = tool_command(tool_port, prefix, args.builtin_tool, args.tool)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         print(f"==> starting the gateway (HTTP on 127.0.0.1:{args.http_port}, "
@@ -177,10 +230,6 @@ def main(argv: list[str] | None = None) -> int:
         children.append(gateway)
         base = f"http://127.0.0.1:{mport}"
         _wait_ready(base + "/ready", key, gateway)
-        tool_port = _free_port()
-        sid = secrets.token_hex(4)
-        prefix = f"/_studio/{sid}/" if args.path_routing else "/"
-        tool, command = tool_command(tool_port, prefix, args.builtin_tool)
         created = _api(base, key, "POST", "/api/sessions",
                        {"id": sid, "owner": args.owner, "tool": tool})
         print(f"==> session {sid} created; starting the studio ({tool})", flush=True)

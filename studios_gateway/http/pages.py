@@ -67,6 +67,8 @@ def page(status: int, title: str, message: str, *, session_id: str | None = None
     doc = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width'>"
+        # an empty icon: the browser asks no /favicon.ico (a 404 on every gateway page)
+        "<link rel=icon href='data:,'>"
         f"{meta}<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>{body_html}{more}"
         f"{studio}{retry}"
@@ -97,9 +99,12 @@ def not_found(session_id: str | None = None, message: str = "") -> Page:
 
 
 def not_connected(session_id: str) -> Page:
-    return page(502, "Studio is starting",
-                "The studio has not connected to the gateway yet. It is usually ready "
-                "within a minute of starting.", session_id=session_id, refresh=5,
+    # The gateway cannot tell a studio still starting from one that was stopped (a
+    # session outlives its container), so the page says both.
+    return page(502, "Studio not connected",
+                "The studio is not connected to the gateway right now. A studio that is "
+                "starting connects within about a minute; one that was stopped has to be "
+                "started again.", session_id=session_id, refresh=5,
                 extra=((b"Retry-After", b"5"),))
 
 

@@ -40,11 +40,16 @@ OPTION_VARS = {"connect": "CONNECT_STRING", "gateway": "CONNECT_GATEWAY_URL",
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="studios-connect",
+        usage="%(prog)s [options] [-- COMMAND ...]",
         description="Connect a studio to a studios gateway: hold a tunnel and serve the tool "
                     "through it. Options override CONNECT_* environment variables.",
         epilog="With `-- COMMAND ...`, run the tool as a child: CONNECT_TOOL_PORT and "
                "CONNECT_TOOL_PATH_PREFIX are set in its environment, SIGTERM is passed on "
-               "(SIGKILL after 30s), and the exit status is the tool's.")
+               "(SIGKILL after 30s), and the exit status is the tool's. Pass the connect "
+               "string in the environment (CONNECT_STRING) rather than with --connect, which "
+               "other users of the machine can read in the process list. docs/studios.md "
+               "lists every CONNECT_* variable (CONNECT_TOOL_WORKDIR, CONNECT_TOOL_PRESET, "
+               "...).")
     p.add_argument("--connect", metavar="STRING", help="connect string (CONNECT_STRING)")
     p.add_argument("--gateway", metavar="URL",
                    help="gateway tunnel address(es), comma-separated (CONNECT_GATEWAY_URL)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import threading
 import time
@@ -83,3 +84,31 @@ def test_demo_link_opens_the_studio_and_its_websocket(tmp_path: Path) -> None:
     said = "".join(demo.lines)
     assert "stopping" in said
     assert "cannot reach gateway" not in said and "HostnameAddress" not in said
+
+
+CODE_SERVER_PATH = os.pathsep.join([os.environ.get("PATH", ""), os.environ.get(
+    "CODE_SERVER_PREFIX", "/opt/code-server") + "/bin"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("code-server", path=CODE_SERVER_PATH) is None,
+                    reason="code-server is not installed (scripts/install-studio-tools "
+                           "code-server)")
+def test_demo_tool_vscode_in_path_mode_serves_code_server(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """`demo --tool vscode --path-routing`: code-server through its preset, its workbench
+    page under /_studio/<id>/ after the login link."""
+    monkeypatch.setenv("PATH", CODE_SERVER_PATH)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    demo = Demo(tmp_path, "--tool", "vscode", "--path-routing")
+    try:
+        link = demo.wait_for(LINK, timeout=180).group(1)
+        page = Browser().use_login_link(link)
+        assert page.status == 200, page.text[:300]
+        assert urlsplit(page.url).path.startswith("/_studio/")
+        assert "vscode-workbench" in page.text or "workbench" in page.text, page.text[:500]
+    finally:
+        assert demo.stop() == 0, "".join(demo.lines)[-3000:]
+    assert "starting the studio (vscode)" in "".join(demo.lines)

@@ -39,3 +39,25 @@ def test_a_port_the_kernel_hands_out_twice_or_a_taken_one_is_skipped(
 
     monkeypatch.setattr(run.socket, "socket", Socket)
     assert run._free_ports(3, {18080}) == [52757, 40001, 40002]
+
+
+def test_a_tool_that_is_not_installed_is_said_before_anything_starts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run.shutil, "which", lambda name, path=None: None)
+    for tool, program in (("vscode", "code-server"), ("xpra", "xpra"), ("ride", "rserver"),
+                          ("jupyterlab", "jupyter")):
+        with pytest.raises(SystemExit) as raised:
+            run.tool_command(40000, "/", False, tool)
+        said = str(raised.value)
+        assert f"--tool {tool} needs {program}, which is not on PATH" in said, said
+        assert "install" in said
+    # auto and builtin fall back to the built-in page
+    assert run.tool_command(40000, "/", False, "auto")[0] == "generic"
+    assert run.tool_command(40000, "/", True, "vscode")[0] == "generic"
+
+
+def test_an_installed_preset_tool_is_started_by_its_preset(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run.shutil, "which", lambda name, path=None: f"/usr/bin/{name}")
+    assert run.tool_command(40000, "/", False, "xpra") == ("xpra", ["--tool", "xpra"])
+    assert run.tool_command(40000, "/", False, "vscode") == ("vscode", ["--tool", "vscode"])
