@@ -241,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         client_env.update({"CONNECT_STRING": created["connect_string"],
                            "CONNECT_TOOL_PORT": str(tool_port), "CONNECT_TOOL": tool,
                            "CONNECT_TOOL_WORKDIR": str(home)})
+        # JupyterLab keeps its open tabs per user (~/.jupyter/lab/workspaces): each demo's
+        # own, so a new --storage-root does not reopen another demo's notebooks.
+        client_env.setdefault("JUPYTERLAB_WORKSPACES_DIR",
+                              str(Path(args.storage_root).resolve() / "jupyterlab-workspaces"))
         if args.path_routing and tool == "generic":  # the preset learns it from the gateway
             client_env["CONNECT_TOOL_PATH_PREFIX"] = prefix
         studio = subprocess.Popen([str(bindir / "studios-connect"), *command], env=client_env,

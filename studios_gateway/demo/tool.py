@@ -30,7 +30,8 @@ from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from zope.interface import implementer
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Demo studio</title>
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
+<title>Demo studio</title>
 <style>body{{font:16px system-ui,sans-serif;max-width:40em;margin:3em auto;color:#222}}
 code{{background:#eee;padding:.1em .3em}}#log{{white-space:pre-wrap;background:#f6f6f6;
 padding:1em;min-height:4em}}</style></head>
