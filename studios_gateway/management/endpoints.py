@@ -215,8 +215,9 @@ _REFUSAL_BODY = b'{"error": "missing or wrong bearer token"}\n'
 
 class RefusalLog:
     """Logs requests refused for a missing or wrong key: at most `per_window` lines each
-    `window` seconds, then one line counting the rest, so a caller trying keys cannot
-    fill the log. The key sent is never logged."""
+    `window` seconds; the rest are counted and the count logged in one line when the
+    window ends, so a caller trying keys cannot fill the log. The key sent is never
+    logged."""
 
     _log = Logger()
 
@@ -227,6 +228,7 @@ class RefusalLog:
         self._start: float | None = None
         self._logged = 0
         self._quiet = 0
+        self._report_call: Any = None
 
     def refused(self, method: bytes, path: bytes, peer: str) -> None:
         if self._clock is None:
@@ -234,18 +236,24 @@ class RefusalLog:
             self._clock = reactor
         now = self._clock.seconds()
         if self._start is None or now - self._start >= self._window:
-            if self._quiet:
-                self._log.warn("{n} more management requests refused (missing or wrong "
-                               "bearer token) in the last {window:g} s, not logged one by one",
-                               n=self._quiet, window=self._window)
-            self._start, self._logged, self._quiet = now, 0, 0
-        if self._logged >= self._per_window:
-            self._quiet += 1
+            self._start, self._logged = now, 0
+        if self._logged < self._per_window:
+            self._logged += 1
+            self._log.warn("management request refused (missing or wrong bearer token): "
+                           "{method} {path} from {peer}", method=_printable(method[:16]),
+                           path=_printable(path[:200]), peer=peer)
             return
-        self._logged += 1
-        self._log.warn("management request refused (missing or wrong bearer token): "
-                       "{method} {path} from {peer}",
-                       method=_printable(method[:16]), path=_printable(path[:200]), peer=peer)
+        self._quiet += 1
+        if self._report_call is None:
+            self._report_call = self._clock.callLater(self._start + self._window - now,
+                                                      self._report)
+
+    def _report(self) -> None:
+        self._report_call = None
+        quiet, self._quiet = self._quiet, 0
+        self._log.warn("{n} more management requests refused (missing or wrong bearer token) "
+                       "in the last {window:g} s, not logged one by one", n=quiet,
+                       window=self._window)
 
 
 def _printable(raw: bytes) -> str:

@@ -57,3 +57,17 @@ def test_odd_bytes_in_the_target_are_escaped_and_cut() -> None:
     [line] = _lines(lambda: log.refused(b"GET", b"/\xff\x1b[2J" + b"a" * 500, "192.0.2.7"))
     assert "\\xff" in line and "\x1b" not in line
     assert len(line) < 320
+
+
+def test_the_count_is_logged_when_the_window_ends_even_if_the_flood_stopped() -> None:
+    clock = Clock()
+    log = RefusalLog(clock, per_window=1, window=60.0)
+
+    def run() -> None:
+        for _ in range(5):
+            log.refused(b"GET", b"/ready", "192.0.2.7")
+        clock.advance(60)
+
+    lines = _lines(run)
+    assert len(lines) == 2 and lines[1].startswith("4 more management requests refused")
+    assert not clock.getDelayedCalls()
