@@ -9,13 +9,14 @@ import pytest
 from OpenSSL import SSL, crypto
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from studios_gateway import logs
 from studios_gateway.component import Component
 from studios_gateway.config import ConfigError, load_config
 from studios_gateway.metrics import Metrics
 from studios_gateway.registry.memory import MemoryStore
-from studios_gateway.reload import ReloadableServerTLS, ReloadError, run_hooks
+from studios_gateway.reload import ReloadableServerTLS, ReloadError, apply_log_level, run_hooks
 from studios_gateway.service import GatewayService, make_service
 from studios_gateway.wire.tls import fingerprint_pem, make_self_signed, server_options
 
@@ -74,6 +75,16 @@ def test_every_hook_runs_and_each_failure_is_named() -> None:
     with pytest.raises(ReloadError, match="^certificate x: unreadable$"):
         run_hooks([broken, lambda c: ran.append("level")], cfg)
     assert ran == ["broken", "level"]
+
+
+def test_the_reload_log_names_the_new_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the event's own level: Twisted sets `log_level` on every event."""
+    monkeypatch.setattr(logs, "set_level", lambda level: None)
+    with capturedLogs() as events:
+        apply_log_level(load_config(environ={"CONNECT_LOG_LEVEL": "debug"}))
+    said = [formatEvent(e) for e in events if "reload" in e.get("log_format", "")]
+    assert said == ["reload: log level debug"]
+    assert events[-1]["log_level"] == LogLevel.info
 
 
 # --- through make_service: the systemd wiring's reload and the SIGTERM drain -----------
