@@ -33,7 +33,7 @@ from studios_gateway.component import (
     say_to_operator,
     serve_tls,
 )
-from studios_gateway.config import Config
+from studios_gateway.config import Config, ConfigError
 from studios_gateway.http.component import build_http
 from studios_gateway.http.proxy import ProxyFactory
 from studios_gateway.management.endpoints import Health
@@ -43,7 +43,7 @@ from studios_gateway.peers import advertised_address, build_peers
 from studios_gateway.registry.base import SessionStore, TunnelClaims
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.memory import MemoryStore
-from studios_gateway.reload import apply_log_level, run_hooks, tls_reloader
+from studios_gateway.reload import ReloadError, apply_log_level, run_hooks, tls_reloader
 from studios_gateway.reuseport import SHARED_LISTENERS, ReusePortEndpoint
 from studios_gateway.ssh.component import SSHProxy, build_ssh, load_gateway_host_key
 from studios_gateway.ssh.keys import fingerprint
@@ -145,6 +145,14 @@ class GatewayService(MultiService):
 
     def reload(self, config: Config) -> None:
         run_hooks(self._reload_hooks, config)
+
+    def reload_from(self, reread: Callable[[], Config]) -> None:
+        """SIGHUP: re-read the settings and apply them. Invalid settings, or a part that
+        cannot take them, raise ReloadRefused (one line for the operator, no traceback)."""
+        try:
+            self.reload(reread())
+        except (ConfigError, ReloadError) as e:
+            raise systemd.ReloadRefused(str(e)) from None
 
     def add_part(self, part: Part) -> None:
         """Run what one builder made: bind its listeners with the others, start and drain
@@ -395,7 +403,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     gateway.add_reload_hook(apply_log_level)
     gateway.systemd = systemd.wire(
         gateway, gateway.environ, reactor,
-        reload=(lambda: gateway.reload(reload())) if reload else None,
+        reload=(lambda: gateway.reload_from(reload)) if reload else None,
         terminate=gateway.terminate)
     gateway.built = Built(table, pin, dialer, auth, http, ssh, api_mounts, traffic)
     return gateway

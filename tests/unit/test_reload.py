@@ -126,6 +126,39 @@ def test_an_invalid_setting_fails_the_reload_and_changes_nothing(
     assert sent[-1].startswith("STATUS=reload failed (CONNECT_LOG_LEVEL='loud': expected a level)")
 
 
+def test_a_bad_setting_on_reload_is_one_error_line_without_a_traceback(
+        gateway_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    applied: list[str] = []
+    monkeypatch.setattr(logs, "set_level", applied.append)
+    settings = dict(gateway_env)
+    gw = make_service(load_config(environ=settings), MemoryReactorClock(), environ={},
+                      reload=lambda: load_config(environ=settings))
+    settings["CONNECT_LOG_LEVEL"] = "verbose"
+    assert gw.systemd is not None
+    with capturedLogs() as events:
+        gw.systemd.on_reload()
+    failed = [e for e in events if "reload failed" in formatEvent(e)]
+    assert len(failed) == 1 and failed[0]["log_level"] == LogLevel.error
+    assert "log_failure" not in failed[0]
+    assert formatEvent(failed[0]) == (
+        "reload failed: CONNECT_LOG_LEVEL='verbose': expected one of trace, debug, info, "
+        "warn, error, fatal; running on with the old settings")
+    assert applied == []  # running on with the old settings
+
+
+def test_a_bug_on_reload_still_logs_its_traceback(gateway_env: dict[str, str]) -> None:
+    def reread() -> Any:
+        raise KeyError("a bug")
+
+    gw = make_service(load_config(environ=gateway_env), MemoryReactorClock(), environ={},
+                      reload=reread)
+    assert gw.systemd is not None
+    with capturedLogs() as events:
+        gw.systemd.on_reload()
+    failed = [e for e in events if "reload failed" in formatEvent(e)]
+    assert len(failed) == 1 and failed[0]["log_failure"].check(KeyError)
+
+
 def make(reactor: MemoryReactorClock) -> tuple[GatewayService, defer.Deferred[None]]:
     cfg = load_config(environ={"CONNECT_SHUTDOWN_GRACE": "10s"})
     gw = GatewayService(cfg, reactor, MemoryStore(reactor), Metrics())
