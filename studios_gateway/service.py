@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway import logs, reactor_loop, systemd
+from studios_gateway import logs, reactor_loop, storage_root, systemd
 from studios_gateway.auth.login import Auth
 from studios_gateway.component import (
     Component,
@@ -88,7 +88,8 @@ def build_store(config: Config, clock: Any) -> CachingStore:
         try:
             inner = MemoryStore(clock, sessions_file=sessions_path(config.storage_root))
         except StorageError as e:
-            raise StartError(f"the saved sessions cannot be loaded: {e}") from None
+            raise StartError(f"CONNECT_STORAGE_ROOT={config.storage_root!r}: the saved "
+                             f"sessions cannot be loaded: {e}") from None
     return CachingStore(inner, config.local_cache_ttl, clock)
 
 
@@ -320,16 +321,12 @@ class GatewayService(MultiService):
 
 
 def prepare_storage(root: str) -> Path:
-    path = Path(root)
+    """CONNECT_STORAGE_ROOT, created when missing; StartError (in check-config's words)
+    when it cannot be used."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise StartError(f"CONNECT_STORAGE_ROOT={root!r}: expected a writable directory "
-                         f"({e.strerror})") from None
-    return path
+        return storage_root.prepare(root)
+    except ConfigError as e:
+        raise StartError(str(e)) from None
 
 
 @dataclass
@@ -361,11 +358,12 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
 
         reactor = default_reactor
     metrics = Metrics()
+    # First: the store of a single node keeps its sessions there.
+    storage = prepare_storage(config.storage_root)
     store = build_store(config, reactor)
     # The embedded registry of a single node keeps users' keys and login state in files.
     local = store.inner if isinstance(store.inner, MemoryStore) else None
     gateway = GatewayService(config, reactor, store, metrics, environ)
-    storage = prepare_storage(config.storage_root)
     host_key = load_gateway_host_key(config) if config.ssh_enabled else None
 
     # How browsers reach a studio: shown by the admin API, told to the studio at bind.
