@@ -46,13 +46,16 @@ class ConfigError(ValueError):
 # --- value parsers: each takes the raw text and raises ValueError(expected) -----
 
 
+BOOL_EXPECTED = "true or false (also yes or no, on or off, 1 or 0)"
+
+
 def _bool(text: str) -> bool:
     s = text.strip().lower()
     if s in ("1", "true", "yes", "on"):
         return True
     if s in ("0", "false", "no", "off"):
         return False
-    raise ValueError("true or false")
+    raise ValueError(BOOL_EXPECTED)
 
 
 def _bool_empty_false(text: str) -> bool:
@@ -525,9 +528,9 @@ VARIABLES: tuple[Var, ...] = (
        "Access log, one line per HTTP request and per WebSocket and SSH session: off, text "
        "or json (log namespace studios_gateway.access; written whatever CONNECT_LOG_LEVEL).",
        seed=False, section="operations"),
-    _v("CONNECT_COMPILED_LANE", "compiled_lane", "on", _bool,
+    _v("CONNECT_COMPILED_LANE", "compiled_lane", "true", _bool,
        "Answer a tool's plain response (Content-Length body, no cookie or redirect) with "
-       "one C call and its body as it comes, instead of the Python way; off: always the "
+       "one C call and its body as it comes, instead of the Python way; false: always the "
        "Python way. An "
        "install built without a C compiler has only the Python way (check-config says so).",
        seed=False, section="operations"),

@@ -239,7 +239,8 @@ PORT_VARS = ["CONNECT_LISTENER_PORT", "CONNECT_TUNNEL_PORT", "CONNECT_MANAGEMENT
 INT_VARS = {"CONNECT_SSH_MAX_CONNECTIONS": (1, 1_000_000),
             "CONNECT_SSH_MAX_CONN_CHANNELS": (1, 10_000), "CONNECT_REDIS_DB": (0, 65535)}
 BOOL_VARS = ["CONNECT_REDIS_TLS_ENABLE", "CONNECT_REDIS_TLS_SKIP_VERIFY", "CONNECT_SSH_ENABLED",
-             "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING"]
+             "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING", "CONNECT_REUSE_PORT",
+             "CONNECT_COMPILED_LANE"]
 DURATION_VARS = ["LOCAL_CACHE_TTL", "CONNECT_SSH_HANDSHAKE_TIMEOUT", "CONNECT_SHUTDOWN_GRACE"]
 FILE_VARS = ["CONNECT_REDIS_TLS_KEY_FILE", "CONNECT_REDIS_TLS_CERT_FILE", "CONNECT_SSH_KEY_PATH",
              "CONNECT_TLS_CERT_FILE", "CONNECT_TLS_KEY_FILE", "CONNECT_REDIS_TLS_CA_FILE"]
@@ -295,6 +296,22 @@ def test_booleans_accept_common_spellings(name: str, text: str) -> None:
 def test_booleans_refuse_misspellings(name: str, text: str) -> None:
     assume(text.lower() not in ("true", "false", "yes", "no", "on", "off"))
     _expect_error(name, text)
+
+
+@pytest.mark.parametrize("name", BOOL_VARS)
+def test_booleans_say_every_spelling_they_take(name: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={name: "maybe"})
+    assert str(e.value) == (f"{name}='maybe': expected true or false (also yes or no, on or "
+                            "off, 1 or 0)")
+
+
+def test_boolean_defaults_are_written_as_check_config_shows_them() -> None:
+    """The README table and check-config agree: every switch defaults to true or false."""
+    shown = {name: value for name, value, _ in load_config(environ={}).describe()}
+    for name in BOOL_VARS:
+        assert BY_NAME[name].default in ("true", "false")
+        assert shown[name] == BY_NAME[name].default
 
 
 def test_path_routing_empty_means_false() -> None:
