@@ -20,7 +20,8 @@ def check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(env_file=args.env_file)
     except ConfigError as e:
-        print(f"studios-gateway: {e}", file=sys.stderr)
+        for error in e.errors:  # every invalid variable, one line each
+            print(f"studios-gateway: {error}", file=sys.stderr)
         return 2
     rows = config.describe()
     width = max(len(name) for name, _, _ in rows)

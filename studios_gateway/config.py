@@ -16,21 +16,21 @@ import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from studios_gateway.durations import EXPECTED as DURATION_EXPECTED
-from studios_gateway.durations import format_duration, parse_duration
+from studios_gateway.durations import format_setting, parse_duration
 from studios_gateway.ssh.policy import MaxStartups
 
 REDACTED = "<redacted>"
 
 
 class ConfigError(ValueError):
-    """One invalid setting: names the variable, the value given and what is expected."""
+    """One invalid setting: names the variable, the value as given and what is expected."""
 
     def __init__(self, name: str, value: str | None, expected: str, *, secret: bool = False):
         self.name = name
@@ -41,6 +41,33 @@ class ConfigError(ValueError):
         else:
             shown = "=" + (REDACTED if secret and value else repr(value))
         super().__init__(f"{name}{shown}: expected {expected}")
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        """Every invalid setting this error reports (here just the one)."""
+        return (self,)
+
+
+class ConfigErrors(ConfigError):
+    """Several invalid settings at once: `errors` has each; the message joins theirs with
+    '; ' (one line), and name, value and expected are the first's."""
+
+    def __init__(self, errors: Sequence[ConfigError]):
+        first = errors[0]
+        ValueError.__init__(self, "; ".join(str(e) for e in errors))
+        self.name, self.value, self.expected = first.name, first.value, first.expected
+        self._errors = tuple(errors)
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        return self._errors
+
+
+def _raise_all(errors: Sequence[ConfigError]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
 
 
 # --- value parsers: each takes the raw text and raises ValueError(expected) -----
@@ -87,6 +114,14 @@ def _size(text: str) -> int:
     mult = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1 << 20, "mib": 1 << 20,
             "g": 1 << 30, "gib": 1 << 30}[m.group(2)]
     return int(m.group(1)) * mult
+
+
+def format_size(n: int) -> str:
+    """Bytes as the settings table writes them: in GiB, MiB or KiB when exact, else bytes."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
 
 
 def _duration(text: str) -> float:
@@ -662,6 +697,9 @@ class Config:
     quota_session_bandwidth: int | None
     #: Where each variable's value came from: option, environment, env file or default.
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    #: Each variable's text as given (or its documented default; None: not set), for
+    #: messages that quote what the operator wrote.
+    raw: Mapping[str, str | None] = field(default_factory=dict, repr=False, compare=False)
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     # Derived views -----------------------------------------------------------
@@ -711,17 +749,23 @@ class Config:
             if var.name == "CONNECT_REDIS_ADDRESS" and not self.redis_enabled:
                 rows.append((var.name, "(not set: in-memory registry, single node)", source))
                 continue
+            if source == "default" and var.default is not None:
+                rows.append((var.name, var.default, source))  # as the README's table has it
+                continue
             rows.append((var.name, _show(var, value), source))
         return rows
 
 
 def _show(var: Var, value: Any) -> str:
+    """A parsed value in the table's forms: durations in one unit, sizes in KiB/MiB/GiB."""
     if value is None:
         return "(not set)"
     if var.secret:
         return REDACTED
     if var.parse in (_duration, _positive_duration):
-        return format_duration(value)
+        return format_setting(value)
+    if var.parse is _size:
+        return format_size(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, frozenset):
@@ -770,7 +814,9 @@ def load_config(
 ) -> Config:
     """Build the config. `options` maps variable names to values given on the command line.
 
-    Raises ConfigError for the first invalid or contradictory setting.
+    Raises ConfigError naming an invalid or contradictory setting; when there are several,
+    a ConfigErrors with each of them (first every value that does not parse; when all do,
+    every contradiction between them).
     """
     options = {k: v for k, v in (options or {}).items() if v is not None}
     environ = dict(os.environ if environ is None else environ)
@@ -785,6 +831,8 @@ def load_config(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    given: dict[str, str | None] = {}
+    errors: list[ConfigError] = []
     for var in VARIABLES:
         raw: str | None
         if var.name in options:
@@ -796,6 +844,7 @@ def load_config(
         else:
             raw, source = var.default, "default"
         sources[var.name] = source
+        given[var.name] = raw
         if var.name == "CONNECT_REDIS_ADDRESS":
             values["redis_enabled"] = source != "default"
             if raw is not None and raw.strip() == "":
@@ -807,9 +856,11 @@ def load_config(
         try:
             values[var.attr] = var.parse(raw)  # type: ignore[arg-type]
         except ValueError as e:
-            raise ConfigError(var.name, raw, str(e), secret=var.secret) from None
-    cfg = Config(**values, sources=sources, warnings=())
-    warnings.extend(_check_consistency(cfg))
+            errors.append(ConfigError(var.name, given[var.name], str(e), secret=var.secret))
+    _raise_all(errors)
+    cfg = Config(**values, sources=sources, raw=given, warnings=())
+    _raise_all(_contradictions(cfg))
+    warnings.extend(_doubts(cfg))
     return Config(**{f.name: getattr(cfg, f.name) for f in fields(Config)
                      if f.name != "warnings"}, warnings=tuple(warnings))
 
@@ -830,50 +881,43 @@ def _unknown_warnings(origin: str, names: Iterable[str]) -> list[str]:
     return out
 
 
-def _check_consistency(cfg: Config) -> list[str]:
-    """Raise ConfigError on contradictions; return warnings for doubtful combinations."""
-    warnings: list[str] = []
+def _contradictions(cfg: Config) -> list[ConfigError]:
+    """Every pair of settings that contradict each other; values quoted as given."""
+    errors: list[ConfigError] = []
+
+    def refuse(name: str, expected: str) -> None:
+        errors.append(ConfigError(name, cfg.raw.get(name), expected,
+                                  secret=BY_NAME[name].secret))
+
+    def missing(name: str, expected: str) -> None:
+        errors.append(ConfigError(name, None, expected))
+
     if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
-        missing = "CONNECT_TLS_KEY_FILE" if cfg.tls_cert_file else "CONNECT_TLS_CERT_FILE"
-        raise ConfigError(missing, None, "set together with its pair (certificate and key)")
+        missing("CONNECT_TLS_KEY_FILE" if cfg.tls_cert_file else "CONNECT_TLS_CERT_FILE",
+                "set together with its pair (certificate and key)")
     if bool(cfg.redis_tls_cert_file) != bool(cfg.redis_tls_key_file):
-        missing = ("CONNECT_REDIS_TLS_KEY_FILE" if cfg.redis_tls_cert_file
-                   else "CONNECT_REDIS_TLS_CERT_FILE")
-        raise ConfigError(missing, None, "set together with its pair (certificate and key)")
-    if cfg.redis_password is not None and not cfg.redis_enabled:
-        warnings.append("CONNECT_REDIS_PASSWORD is set but CONNECT_REDIS_ADDRESS is not: "
-                        "the registry is in memory and Redis is not used")
+        missing("CONNECT_REDIS_TLS_KEY_FILE" if cfg.redis_tls_cert_file
+                else "CONNECT_REDIS_TLS_CERT_FILE",
+                "set together with its pair (certificate and key)")
     if cfg.redis_user and not cfg.redis_password:
-        raise ConfigError("CONNECT_REDIS_PASSWORD", None,
-                          "a password whenever CONNECT_REDIS_USER is set")
-    if not cfg.redis_tls_enable and (cfg.redis_tls_skip_verify or cfg.redis_tls_cert_file):
-        warnings.append("CONNECT_REDIS_TLS_* options are set but CONNECT_REDIS_TLS_ENABLE "
-                        "is false: they have no effect")
+        missing("CONNECT_REDIS_PASSWORD", "a password whenever CONNECT_REDIS_USER is set")
     peer_tls = {"CONNECT_PEER_TLS_CERT_FILE": cfg.peer_tls_cert_file,
                 "CONNECT_PEER_TLS_KEY_FILE": cfg.peer_tls_key_file,
                 "CONNECT_PEER_TLS_CA_FILE": cfg.peer_tls_ca_file}
     if any(peer_tls.values()) and not all(peer_tls.values()):
-        missing = next(name for name, value in peer_tls.items() if not value)
-        raise ConfigError(missing, None, "set together with the other CONNECT_PEER_TLS_* "
-                          "files (certificate, key and CA)")
-    if cfg.redis_enabled and not (cfg.peer_secret or cfg.peer_tls_cert_file):
-        warnings.append("neither CONNECT_PEER_SECRET nor CONNECT_PEER_TLS_* is set: the peer "
-                        "listener refuses every other gateway node, so a session bound to "
-                        "another node is not reachable through this one")
+        missing(next(name for name, value in peer_tls.items() if not value),
+                "set together with the other CONNECT_PEER_TLS_* files (certificate, key "
+                "and CA)")
     if cfg.tunnel_ping_timeout <= cfg.tunnel_ping_interval:
-        raise ConfigError("CONNECT_TUNNEL_PING_TIMEOUT", format_duration(cfg.tunnel_ping_timeout),
-                          "a duration longer than CONNECT_TUNNEL_PING_INTERVAL "
-                          f"({format_duration(cfg.tunnel_ping_interval)})")
+        refuse("CONNECT_TUNNEL_PING_TIMEOUT", "a duration longer than "
+               f"CONNECT_TUNNEL_PING_INTERVAL ({cfg.raw.get('CONNECT_TUNNEL_PING_INTERVAL')})")
     if not 256 <= cfg.http_max_request_line <= cfg.http_max_header_size:
-        raise ConfigError("CONNECT_HTTP_MAX_REQUEST_LINE", str(cfg.http_max_request_line),
-                          "at least 256 bytes and at most CONNECT_HTTP_MAX_HEADER_SIZE "
-                          f"({cfg.http_max_header_size})")
+        refuse("CONNECT_HTTP_MAX_REQUEST_LINE", "at least 256 bytes and at most "
+               f"CONNECT_HTTP_MAX_HEADER_SIZE ({cfg.raw.get('CONNECT_HTTP_MAX_HEADER_SIZE')})")
     if cfg.quota_window < 12:
-        raise ConfigError("CONNECT_QUOTA_WINDOW", format_duration(cfg.quota_window),
-                          "a duration of at least 12s")
+        refuse("CONNECT_QUOTA_WINDOW", "a duration of at least 12s")
     if cfg.tunnel_window_size < 256 * 1024:
-        raise ConfigError("CONNECT_TUNNEL_WINDOW_SIZE", str(cfg.tunnel_window_size),
-                          "at least 256KiB (the yamux initial window)")
+        refuse("CONNECT_TUNNEL_WINDOW_SIZE", "at least 256KiB (the yamux initial window)")
     ports = {"CONNECT_HTTP_PORT": cfg.http_port, "CONNECT_TUNNEL_PORT": cfg.tunnel_port,
              "CONNECT_LISTENER_PORT": cfg.listener_port}
     if cfg.management_port is not None:
@@ -883,8 +927,25 @@ def _check_consistency(cfg: Config) -> list[str]:
     seen: dict[int, str] = {}
     for name, port in ports.items():
         if port in seen:
-            raise ConfigError(name, str(port), f"a port not already used by {seen[port]}")
-        seen[port] = name
+            refuse(name, f"a port not already used by {seen[port]}")
+        else:
+            seen[port] = name
+    return errors
+
+
+def _doubts(cfg: Config) -> list[str]:
+    """Warnings for combinations that work but are probably not what was meant."""
+    warnings: list[str] = []
+    if cfg.redis_password is not None and not cfg.redis_enabled:
+        warnings.append("CONNECT_REDIS_PASSWORD is set but CONNECT_REDIS_ADDRESS is not: "
+                        "the registry is in memory and Redis is not used")
+    if not cfg.redis_tls_enable and (cfg.redis_tls_skip_verify or cfg.redis_tls_cert_file):
+        warnings.append("CONNECT_REDIS_TLS_* options are set but CONNECT_REDIS_TLS_ENABLE "
+                        "is false: they have no effect")
+    if cfg.redis_enabled and not (cfg.peer_secret or cfg.peer_tls_cert_file):
+        warnings.append("neither CONNECT_PEER_SECRET nor CONNECT_PEER_TLS_* is set: the peer "
+                        "listener refuses every other gateway node, so a session bound to "
+                        "another node is not reachable through this one")
     if cfg.allowed_workspaces == frozenset():
         warnings.append("TOWER_DATA_STUDIO_ALLOWED_WORKSPACES is empty: no workspace may use "
                         "studios")
