@@ -29,6 +29,20 @@ from studios_gateway.ssh.policy import MaxStartups
 REDACTED = "<redacted>"
 
 
+def redact_password(text: str) -> str:
+    """A URL's password as REDACTED: ``redis://user:pw@r:6379`` -> ``redis://user:<redacted>@
+    r:6379``; also a bare ``user:pw@host``. Text without one is returned as it is."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return text
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user}:{REDACTED}@{host}{rest[end:]}"
+
+
 class ConfigError(ValueError):
     """One invalid setting: names the variable, the value as given and what is expected."""
 
@@ -39,7 +53,7 @@ class ConfigError(ValueError):
         if value is None:
             shown = " (not set)"
         else:
-            shown = "=" + (REDACTED if secret and value else repr(value))
+            shown = "=" + (REDACTED if secret and value else repr(redact_password(value)))
         super().__init__(f"{name}{shown}: expected {expected}")
 
     @property
@@ -147,6 +161,9 @@ def _address(text: str) -> tuple[str, int]:
 
 def _redis_address(text: str) -> tuple[str, int]:
     s = text.strip()
+    if "@" in s:
+        raise ValueError("host:port of the Redis server, such as redis:6379 (the user and "
+                         "password go in CONNECT_REDIS_USER and CONNECT_REDIS_PASSWORD)")
     m = re.fullmatch(
         r"(?:redis(s)?://)?(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-_]+))(?::([0-9]+))?", s)
     if not m:
@@ -778,7 +795,7 @@ def _show(var: Var, value: Any) -> str:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
-    return str(value)
+    return redact_password(str(value))  # a URL's password, like a secret, is never shown
 
 
 # --- loading ------------------------------------------------------------------

@@ -19,6 +19,7 @@ from studios_gateway.config import (
     ConfigErrors,
     format_size,
     load_config,
+    redact_password,
 )
 from studios_gateway.durations import format_duration, format_setting, parse_duration
 
@@ -153,6 +154,38 @@ def test_secrets_never_in_repr_describe_or_errors() -> None:
     with pytest.raises(ConfigError) as e:
         load_config(environ={"CONNECT_SSH_KEY_VALUE_BASE64": "not base64 " + secret})
     assert secret not in str(e.value)
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("redis://user:hunter2@r:6379", "redis://user:<redacted>@r:6379"),
+    ("rediss://:hunter2@r", "rediss://:<redacted>@r"),
+    ("https://u:p@ss:w@h.example/a@b?c", "https://u:<redacted>@h.example/a@b?c"),
+    ("user:hunter2@r:6379", "user:<redacted>@r:6379"),
+    ("https://user@h.example", "https://user@h.example"),
+    ("redis:6379", "redis:6379"), ("/a/b:c@d", "/a/b:c@d"),
+])
+def test_a_urls_password_is_redacted(text: str, shown: str) -> None:
+    assert redact_password(text) == shown
+
+
+URL_VALUED = ["CONNECT_REDIS_ADDRESS", "PLATFORM_URL", "CONNECT_PROXY_URL",
+              "CONNECT_OIDC_ISSUER_URL", "CONNECT_TUNNEL_URL", "CONNECT_ADVERTISE_ADDRESS"]
+
+
+@pytest.mark.parametrize("name", URL_VALUED)
+@pytest.mark.parametrize("value", ["redis://user:hunter2@r:6379", "https://u:hunter2@h.example",
+                                   "https://u:hunter2@h.example:99999", "u:hunter2@h:1"])
+def test_a_urls_password_is_never_shown(name: str, value: str) -> None:
+    """Not in an error (with the other errors of the same run), nor in check-config's list."""
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={name: value, "CONNECT_HTTP_PORT": "x"})
+    assert "hunter2" not in str(e.value)
+    try:
+        cfg = load_config(environ={name: value})
+    except ConfigError as e:
+        assert "hunter2" not in str(e)
+    else:
+        assert "hunter2" not in str(cfg.describe())
 
 
 def test_contradictions_stop_the_start(tmp_path) -> None:
