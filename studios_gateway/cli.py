@@ -20,7 +20,8 @@ def check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(env_file=args.env_file)
     except ConfigError as e:
-        print(f"studios-gateway: {e}", file=sys.stderr)
+        for error in e.errors:  # every invalid variable, one line each
+            print(f"studios-gateway: {error}", file=sys.stderr)
         return 2
     rows = config.describe()
     width = max(len(name) for name, _, _ in rows)
@@ -42,11 +43,19 @@ def check_config(args: argparse.Namespace) -> int:
         no_parser = reply_parser_missing()
         if no_parser is not None:
             print(f"warning: {no_parser}")
+    from studios_gateway import storage_root
     from studios_gateway.http.component import check_https_certificate
 
-    problem = check_https_certificate(config)  # what the start would refuse
-    if problem is not None:
+    # What the start would refuse beyond the values themselves.
+    problems = [check_https_certificate(config)]
+    try:
+        storage_root.check(config.storage_root)
+    except ConfigError as e:
+        problems.append(str(e))
+    problems = [p for p in problems if p is not None]
+    for problem in problems:
         print(f"studios-gateway: {problem}", file=sys.stderr)
+    if problems:
         return 2
     print("configuration OK")
     return 0

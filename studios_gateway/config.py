@@ -16,21 +16,35 @@ import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from studios_gateway.durations import EXPECTED as DURATION_EXPECTED
-from studios_gateway.durations import format_duration, parse_duration
+from studios_gateway.durations import format_setting, parse_duration
 from studios_gateway.ssh.policy import MaxStartups
 
 REDACTED = "<redacted>"
 
 
+def redact_password(text: str) -> str:
+    """A URL's password as REDACTED: ``redis://user:pw@r:6379`` -> ``redis://user:<redacted>@
+    r:6379``; also a bare ``user:pw@host``. Text without one is returned as it is."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at or ":" not in userinfo:
+        return text
+    user = userinfo.partition(":")[0]
+    return f"{scheme}{sep}{user}:{REDACTED}@{host}{rest[end:]}"
+
+
 class ConfigError(ValueError):
-    """One invalid setting: names the variable, the value given and what is expected."""
+    """One invalid setting: names the variable, the value as given and what is expected."""
 
     def __init__(self, name: str, value: str | None, expected: str, *, secret: bool = False):
         self.name = name
@@ -39,11 +53,41 @@ class ConfigError(ValueError):
         if value is None:
             shown = " (not set)"
         else:
-            shown = "=" + (REDACTED if secret and value else repr(value))
+            shown = "=" + (REDACTED if secret and value else repr(redact_password(value)))
         super().__init__(f"{name}{shown}: expected {expected}")
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        """Every invalid setting this error reports (here just the one)."""
+        return (self,)
+
+
+class ConfigErrors(ConfigError):
+    """Several invalid settings at once: `errors` has each; the message joins theirs with
+    '; ' (one line), and name, value and expected are the first's."""
+
+    def __init__(self, errors: Sequence[ConfigError]):
+        first = errors[0]
+        ValueError.__init__(self, "; ".join(str(e) for e in errors))
+        self.name, self.value, self.expected = first.name, first.value, first.expected
+        self._errors = tuple(errors)
+
+    @property
+    def errors(self) -> tuple[ConfigError, ...]:
+        return self._errors
+
+
+def _raise_all(errors: Sequence[ConfigError]) -> None:
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
 
 
 # --- value parsers: each takes the raw text and raises ValueError(expected) -----
+
+
+BOOL_EXPECTED = "true or false (also yes or no, on or off, 1 or 0)"
 
 
 def _bool(text: str) -> bool:
@@ -52,7 +96,7 @@ def _bool(text: str) -> bool:
         return True
     if s in ("0", "false", "no", "off"):
         return False
-    raise ValueError("true or false")
+    raise ValueError(BOOL_EXPECTED)
 
 
 def _bool_empty_false(text: str) -> bool:
@@ -86,6 +130,14 @@ def _size(text: str) -> int:
     return int(m.group(1)) * mult
 
 
+def format_size(n: int) -> str:
+    """Bytes as the settings table writes them: in GiB, MiB or KiB when exact, else bytes."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n and n % size == 0:
+            return f"{n // size}{unit}"
+    return str(n)
+
+
 def _duration(text: str) -> float:
     return parse_duration(text)
 
@@ -109,6 +161,9 @@ def _address(text: str) -> tuple[str, int]:
 
 def _redis_address(text: str) -> tuple[str, int]:
     s = text.strip()
+    if "@" in s:
+        raise ValueError("host:port of the Redis server, such as redis:6379 (the user and "
+                         "password go in CONNECT_REDIS_USER and CONNECT_REDIS_PASSWORD)")
     m = re.fullmatch(
         r"(?:redis(s)?://)?(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-_]+))(?::([0-9]+))?", s)
     if not m:
@@ -525,9 +580,9 @@ VARIABLES: tuple[Var, ...] = (
        "Access log, one line per HTTP request and per WebSocket and SSH session: off, text "
        "or json (log namespace studios_gateway.access; written whatever CONNECT_LOG_LEVEL).",
        seed=False, section="operations"),
-    _v("CONNECT_COMPILED_LANE", "compiled_lane", "on", _bool,
+    _v("CONNECT_COMPILED_LANE", "compiled_lane", "true", _bool,
        "Answer a tool's plain response (Content-Length body, no cookie or redirect) with "
-       "one C call and its body as it comes, instead of the Python way; off: always the "
+       "one C call and its body as it comes, instead of the Python way; false: always the "
        "Python way. An "
        "install built without a C compiler has only the Python way (check-config says so).",
        seed=False, section="operations"),
@@ -659,6 +714,9 @@ class Config:
     quota_session_bandwidth: int | None
     #: Where each variable's value came from: option, environment, env file or default.
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    #: Each variable's text as given (or its documented default; None: not set), for
+    #: messages that quote what the operator wrote.
+    raw: Mapping[str, str | None] = field(default_factory=dict, repr=False, compare=False)
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     # Derived views -----------------------------------------------------------
@@ -708,17 +766,23 @@ class Config:
             if var.name == "CONNECT_REDIS_ADDRESS" and not self.redis_enabled:
                 rows.append((var.name, "(not set: in-memory registry, single node)", source))
                 continue
+            if source == "default" and var.default is not None:
+                rows.append((var.name, var.default, source))  # as the README's table has it
+                continue
             rows.append((var.name, _show(var, value), source))
         return rows
 
 
 def _show(var: Var, value: Any) -> str:
+    """A parsed value in the table's forms: durations in one unit, sizes in KiB/MiB/GiB."""
     if value is None:
         return "(not set)"
     if var.secret:
         return REDACTED
     if var.parse in (_duration, _positive_duration):
-        return format_duration(value)
+        return format_setting(value)
+    if var.parse is _size:
+        return format_size(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, frozenset):
@@ -731,7 +795,7 @@ def _show(var: Var, value: Any) -> str:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
-    return str(value)
+    return redact_password(str(value))  # a URL's password, like a secret, is never shown
 
 
 # --- loading ------------------------------------------------------------------
@@ -767,7 +831,9 @@ def load_config(
 ) -> Config:
     """Build the config. `options` maps variable names to values given on the command line.
 
-    Raises ConfigError for the first invalid or contradictory setting.
+    Raises ConfigError naming an invalid or contradictory setting; when there are several,
+    a ConfigErrors with each of them (first every value that does not parse; when all do,
+    every contradiction between them).
     """
     options = {k: v for k, v in (options or {}).items() if v is not None}
     environ = dict(os.environ if environ is None else environ)
@@ -782,6 +848,8 @@ def load_config(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    given: dict[str, str | None] = {}
+    errors: list[ConfigError] = []
     for var in VARIABLES:
         raw: str | None
         if var.name in options:
@@ -793,6 +861,7 @@ def load_config(
         else:
             raw, source = var.default, "default"
         sources[var.name] = source
+        given[var.name] = raw
         if var.name == "CONNECT_REDIS_ADDRESS":
             values["redis_enabled"] = source != "default"
             if raw is not None and raw.strip() == "":
@@ -804,9 +873,11 @@ def load_config(
         try:
             values[var.attr] = var.parse(raw)  # type: ignore[arg-type]
         except ValueError as e:
-            raise ConfigError(var.name, raw, str(e), secret=var.secret) from None
-    cfg = Config(**values, sources=sources, warnings=())
-    warnings.extend(_check_consistency(cfg))
+            errors.append(ConfigError(var.name, given[var.name], str(e), secret=var.secret))
+    _raise_all(errors)
+    cfg = Config(**values, sources=sources, raw=given, warnings=())
+    _raise_all(_contradictions(cfg))
+    warnings.extend(_doubts(cfg))
     return Config(**{f.name: getattr(cfg, f.name) for f in fields(Config)
                      if f.name != "warnings"}, warnings=tuple(warnings))
 
@@ -827,50 +898,43 @@ def _unknown_warnings(origin: str, names: Iterable[str]) -> list[str]:
     return out
 
 
-def _check_consistency(cfg: Config) -> list[str]:
-    """Raise ConfigError on contradictions; return warnings for doubtful combinations."""
-    warnings: list[str] = []
+def _contradictions(cfg: Config) -> list[ConfigError]:
+    """Every pair of settings that contradict each other; values quoted as given."""
+    errors: list[ConfigError] = []
+
+    def refuse(name: str, expected: str) -> None:
+        errors.append(ConfigError(name, cfg.raw.get(name), expected,
+                                  secret=BY_NAME[name].secret))
+
+    def missing(name: str, expected: str) -> None:
+        errors.append(ConfigError(name, None, expected))
+
     if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
-        missing = "CONNECT_TLS_KEY_FILE" if cfg.tls_cert_file else "CONNECT_TLS_CERT_FILE"
-        raise ConfigError(missing, None, "set together with its pair (certificate and key)")
+        missing("CONNECT_TLS_KEY_FILE" if cfg.tls_cert_file else "CONNECT_TLS_CERT_FILE",
+                "set together with its pair (certificate and key)")
     if bool(cfg.redis_tls_cert_file) != bool(cfg.redis_tls_key_file):
-        missing = ("CONNECT_REDIS_TLS_KEY_FILE" if cfg.redis_tls_cert_file
-                   else "CONNECT_REDIS_TLS_CERT_FILE")
-        raise ConfigError(missing, None, "set together with its pair (certificate and key)")
-    if cfg.redis_password is not None and not cfg.redis_enabled:
-        warnings.append("CONNECT_REDIS_PASSWORD is set but CONNECT_REDIS_ADDRESS is not: "
-                        "the registry is in memory and Redis is not used")
+        missing("CONNECT_REDIS_TLS_KEY_FILE" if cfg.redis_tls_cert_file
+                else "CONNECT_REDIS_TLS_CERT_FILE",
+                "set together with its pair (certificate and key)")
     if cfg.redis_user and not cfg.redis_password:
-        raise ConfigError("CONNECT_REDIS_PASSWORD", None,
-                          "a password whenever CONNECT_REDIS_USER is set")
-    if not cfg.redis_tls_enable and (cfg.redis_tls_skip_verify or cfg.redis_tls_cert_file):
-        warnings.append("CONNECT_REDIS_TLS_* options are set but CONNECT_REDIS_TLS_ENABLE "
-                        "is false: they have no effect")
+        missing("CONNECT_REDIS_PASSWORD", "a password whenever CONNECT_REDIS_USER is set")
     peer_tls = {"CONNECT_PEER_TLS_CERT_FILE": cfg.peer_tls_cert_file,
                 "CONNECT_PEER_TLS_KEY_FILE": cfg.peer_tls_key_file,
                 "CONNECT_PEER_TLS_CA_FILE": cfg.peer_tls_ca_file}
     if any(peer_tls.values()) and not all(peer_tls.values()):
-        missing = next(name for name, value in peer_tls.items() if not value)
-        raise ConfigError(missing, None, "set together with the other CONNECT_PEER_TLS_* "
-                          "files (certificate, key and CA)")
-    if cfg.redis_enabled and not (cfg.peer_secret or cfg.peer_tls_cert_file):
-        warnings.append("neither CONNECT_PEER_SECRET nor CONNECT_PEER_TLS_* is set: the peer "
-                        "listener refuses every other gateway node, so a session bound to "
-                        "another node is not reachable through this one")
+        missing(next(name for name, value in peer_tls.items() if not value),
+                "set together with the other CONNECT_PEER_TLS_* files (certificate, key "
+                "and CA)")
     if cfg.tunnel_ping_timeout <= cfg.tunnel_ping_interval:
-        raise ConfigError("CONNECT_TUNNEL_PING_TIMEOUT", format_duration(cfg.tunnel_ping_timeout),
-                          "a duration longer than CONNECT_TUNNEL_PING_INTERVAL "
-                          f"({format_duration(cfg.tunnel_ping_interval)})")
+        refuse("CONNECT_TUNNEL_PING_TIMEOUT", "a duration longer than "
+               f"CONNECT_TUNNEL_PING_INTERVAL ({cfg.raw.get('CONNECT_TUNNEL_PING_INTERVAL')})")
     if not 256 <= cfg.http_max_request_line <= cfg.http_max_header_size:
-        raise ConfigError("CONNECT_HTTP_MAX_REQUEST_LINE", str(cfg.http_max_request_line),
-                          "at least 256 bytes and at most CONNECT_HTTP_MAX_HEADER_SIZE "
-                          f"({cfg.http_max_header_size})")
+        refuse("CONNECT_HTTP_MAX_REQUEST_LINE", "at least 256 bytes and at most "
+               f"CONNECT_HTTP_MAX_HEADER_SIZE ({cfg.raw.get('CONNECT_HTTP_MAX_HEADER_SIZE')})")
     if cfg.quota_window < 12:
-        raise ConfigError("CONNECT_QUOTA_WINDOW", format_duration(cfg.quota_window),
-                          "a duration of at least 12s")
+        refuse("CONNECT_QUOTA_WINDOW", "a duration of at least 12s")
     if cfg.tunnel_window_size < 256 * 1024:
-        raise ConfigError("CONNECT_TUNNEL_WINDOW_SIZE", str(cfg.tunnel_window_size),
-                          "at least 256KiB (the yamux initial window)")
+        refuse("CONNECT_TUNNEL_WINDOW_SIZE", "at least 256KiB (the yamux initial window)")
     ports = {"CONNECT_HTTP_PORT": cfg.http_port, "CONNECT_TUNNEL_PORT": cfg.tunnel_port,
              "CONNECT_LISTENER_PORT": cfg.listener_port}
     if cfg.management_port is not None:
@@ -880,8 +944,25 @@ def _check_consistency(cfg: Config) -> list[str]:
     seen: dict[int, str] = {}
     for name, port in ports.items():
         if port in seen:
-            raise ConfigError(name, str(port), f"a port not already used by {seen[port]}")
-        seen[port] = name
+            refuse(name, f"a port not already used by {seen[port]}")
+        else:
+            seen[port] = name
+    return errors
+
+
+def _doubts(cfg: Config) -> list[str]:
+    """Warnings for combinations that work but are probably not what was meant."""
+    warnings: list[str] = []
+    if cfg.redis_password is not None and not cfg.redis_enabled:
+        warnings.append("CONNECT_REDIS_PASSWORD is set but CONNECT_REDIS_ADDRESS is not: "
+                        "the registry is in memory and Redis is not used")
+    if not cfg.redis_tls_enable and (cfg.redis_tls_skip_verify or cfg.redis_tls_cert_file):
+        warnings.append("CONNECT_REDIS_TLS_* options are set but CONNECT_REDIS_TLS_ENABLE "
+                        "is false: they have no effect")
+    if cfg.redis_enabled and not (cfg.peer_secret or cfg.peer_tls_cert_file):
+        warnings.append("neither CONNECT_PEER_SECRET nor CONNECT_PEER_TLS_* is set: the peer "
+                        "listener refuses every other gateway node, so a session bound to "
+                        "another node is not reachable through this one")
     if cfg.allowed_workspaces == frozenset():
         warnings.append("TOWER_DATA_STUDIO_ALLOWED_WORKSPACES is empty: no workspace may use "
                         "studios")

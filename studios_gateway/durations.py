@@ -45,3 +45,15 @@ def format_duration(seconds: float) -> str:
         if n:
             parts.append(f"{n}{unit}")
     return "".join(parts)
+
+
+def format_setting(seconds: float) -> str:
+    """A duration as the settings table writes it: in one unit, the largest that is exact
+    (75 -> '75s', 86400 -> '24h', 5400 -> '90m', 0.25 -> '250ms')."""
+    ms = round(seconds * 1000)
+    if ms == 0:
+        return "0s"
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"

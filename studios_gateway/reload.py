@@ -60,7 +60,8 @@ class ReloadableServerTLS:
 
 def apply_log_level(config: Config) -> None:
     logs.set_level(config.log_level)
-    _log.info("reload: log level {log_level}", log_level=config.log_level)
+    # Not `log_level=`: Twisted sets that key on every event to the event's own level.
+    _log.info("reload: log level {new_level}", new_level=config.log_level)
 
 
 def tls_reloader(creator: ReloadableServerTLS) -> Callable[[Config], None]:

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway import logs, reactor_loop, systemd
+from studios_gateway import logs, reactor_loop, storage_root, systemd
 from studios_gateway.auth.login import Auth
 from studios_gateway.component import (
     Component,
@@ -33,7 +33,7 @@ from studios_gateway.component import (
     say_to_operator,
     serve_tls,
 )
-from studios_gateway.config import Config
+from studios_gateway.config import Config, ConfigError
 from studios_gateway.http.component import build_http
 from studios_gateway.http.proxy import ProxyFactory
 from studios_gateway.management.endpoints import Health
@@ -43,7 +43,7 @@ from studios_gateway.peers import advertised_address, build_peers
 from studios_gateway.registry.base import SessionStore, TunnelClaims
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.memory import MemoryStore
-from studios_gateway.reload import apply_log_level, run_hooks, tls_reloader
+from studios_gateway.reload import ReloadError, apply_log_level, run_hooks, tls_reloader
 from studios_gateway.reuseport import SHARED_LISTENERS, ReusePortEndpoint
 from studios_gateway.ssh.component import SSHProxy, build_ssh, load_gateway_host_key
 from studios_gateway.ssh.keys import fingerprint
@@ -88,7 +88,8 @@ def build_store(config: Config, clock: Any) -> CachingStore:
         try:
             inner = MemoryStore(clock, sessions_file=sessions_path(config.storage_root))
         except StorageError as e:
-            raise StartError(f"the saved sessions cannot be loaded: {e}") from None
+            raise StartError(f"CONNECT_STORAGE_ROOT={config.storage_root!r}: the saved "
+                             f"sessions cannot be loaded: {e}") from None
     return CachingStore(inner, config.local_cache_ttl, clock)
 
 
@@ -145,6 +146,14 @@ class GatewayService(MultiService):
 
     def reload(self, config: Config) -> None:
         run_hooks(self._reload_hooks, config)
+
+    def reload_from(self, reread: Callable[[], Config]) -> None:
+        """SIGHUP: re-read the settings and apply them. Invalid settings, or a part that
+        cannot take them, raise ReloadRefused (one line for the operator, no traceback)."""
+        try:
+            self.reload(reread())
+        except (ConfigError, ReloadError) as e:
+            raise systemd.ReloadRefused(str(e)) from None
 
     def add_part(self, part: Part) -> None:
         """Run what one builder made: bind its listeners with the others, start and drain
@@ -312,16 +321,12 @@ class GatewayService(MultiService):
 
 
 def prepare_storage(root: str) -> Path:
-    path = Path(root)
+    """CONNECT_STORAGE_ROOT, created when missing; StartError (in check-config's words)
+    when it cannot be used."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise StartError(f"CONNECT_STORAGE_ROOT={root!r}: expected a writable directory "
-                         f"({e.strerror})") from None
-    return path
+        return storage_root.prepare(root)
+    except ConfigError as e:
+        raise StartError(str(e)) from None
 
 
 @dataclass
@@ -353,11 +358,12 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
 
         reactor = default_reactor
     metrics = Metrics()
+    # First: the store of a single node keeps its sessions there.
+    storage = prepare_storage(config.storage_root)
     store = build_store(config, reactor)
     # The embedded registry of a single node keeps users' keys and login state in files.
     local = store.inner if isinstance(store.inner, MemoryStore) else None
     gateway = GatewayService(config, reactor, store, metrics, environ)
-    storage = prepare_storage(config.storage_root)
     host_key = load_gateway_host_key(config) if config.ssh_enabled else None
 
     # How browsers reach a studio: shown by the admin API, told to the studio at bind.
@@ -395,7 +401,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     gateway.add_reload_hook(apply_log_level)
     gateway.systemd = systemd.wire(
         gateway, gateway.environ, reactor,
-        reload=(lambda: gateway.reload(reload())) if reload else None,
+        reload=(lambda: gateway.reload_from(reload)) if reload else None,
         terminate=gateway.terminate)
     gateway.built = Built(table, pin, dialer, auth, http, ssh, api_mounts, traffic)
     return gateway

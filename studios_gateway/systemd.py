@@ -192,6 +192,11 @@ class ActivationError(Exception):
     """An inherited socket cannot be used; the message is for the operator."""
 
 
+class ReloadRefused(Exception):
+    """A reload refused by the settings themselves (an operator's error, not a bug): logged
+    as one line saying why, without a traceback."""
+
+
 @dataclass(frozen=True)
 class InheritedSockets:
     """Descriptors passed by the service manager, by FileDescriptorName=."""
@@ -392,7 +397,12 @@ class Wiring:
 
         def done(result: Any) -> None:
             self.reloading = False
-            if isinstance(result, Failure):
+            if isinstance(result, Failure) and result.check(ReloadRefused):
+                # The operator's settings: one line that says why, no traceback.
+                self._log.error("reload failed: {why}; running on with the old settings",
+                                why=result.getErrorMessage())
+                status = f"reload failed ({result.getErrorMessage()}); running: "
+            elif isinstance(result, Failure):  # a bug: keep its traceback
                 self._log.failure("reload failed; running on with the old settings", result)
                 status = f"reload failed ({result.getErrorMessage()}); running: "
             else:

@@ -28,7 +28,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    from studios_gateway.component import StartError, fail_start
+    from studios_gateway.component import StartError, fail_start, say_to_operator
     from studios_gateway.service import make_service
 
     def read_config() -> Config:
@@ -38,8 +38,11 @@ def makeService(options: Options) -> IService:
 
     try:
         config = read_config()
-    except ConfigError as e:
-        fail_start(str(e))
+    except ConfigError as e:  # every invalid variable, one line each, as check-config
+        *others, last = e.errors
+        for error in others:
+            say_to_operator(str(error))
+        fail_start(str(last))
     try:
         service: Any = make_service(config, environ=os.environ, reload=read_config)
     except StartError as e:

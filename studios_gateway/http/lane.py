@@ -10,7 +10,7 @@ same bytes as the Python way (tests/unit/test_answer_lane.py holds them against 
 other). docs/decisions/compiled-lane.md has the measurements.
 
 The extension is optional: an install without a C compiler has none, and
-``CONNECT_COMPILED_LANE=off`` turns it off; both take the Python way for every answer.
+``CONNECT_COMPILED_LANE=false`` turns it off; both take the Python way for every answer.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def missing(enabled: bool) -> str | None:
     (check-config prints it, the gateway logs it at start); None: nothing to say."""
     if not enabled or available():
         return None
-    return ("CONNECT_COMPILED_LANE is on, but this install was built without its C "
+    return ("CONNECT_COMPILED_LANE is true, but this install was built without its C "
             "extension (no C compiler or Python headers): every answer takes the Python way")
 
 

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
 import string
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from studios_gateway.config import BY_NAME, REDACTED, VARIABLES, ConfigError, load_config
-from studios_gateway.durations import format_duration, parse_duration
+from studios_gateway.config import (
+    BY_NAME,
+    REDACTED,
+    VARIABLES,
+    ConfigError,
+    ConfigErrors,
+    format_size,
+    load_config,
+    redact_password,
+)
+from studios_gateway.durations import format_duration, format_setting, parse_duration
 
 # The seed's Connect table (002), transcribed: name -> documented default (None: no default).
 SEED_TABLE = {
@@ -146,6 +156,38 @@ def test_secrets_never_in_repr_describe_or_errors() -> None:
     assert secret not in str(e.value)
 
 
+@pytest.mark.parametrize("text, shown", [
+    ("redis://user:hunter2@r:6379", "redis://user:<redacted>@r:6379"),
+    ("rediss://:hunter2@r", "rediss://:<redacted>@r"),
+    ("https://u:p@ss:w@h.example/a@b?c", "https://u:<redacted>@h.example/a@b?c"),
+    ("user:hunter2@r:6379", "user:<redacted>@r:6379"),
+    ("https://user@h.example", "https://user@h.example"),
+    ("redis:6379", "redis:6379"), ("/a/b:c@d", "/a/b:c@d"),
+])
+def test_a_urls_password_is_redacted(text: str, shown: str) -> None:
+    assert redact_password(text) == shown
+
+
+URL_VALUED = ["CONNECT_REDIS_ADDRESS", "PLATFORM_URL", "CONNECT_PROXY_URL",
+              "CONNECT_OIDC_ISSUER_URL", "CONNECT_TUNNEL_URL", "CONNECT_ADVERTISE_ADDRESS"]
+
+
+@pytest.mark.parametrize("name", URL_VALUED)
+@pytest.mark.parametrize("value", ["redis://user:hunter2@r:6379", "https://u:hunter2@h.example",
+                                   "https://u:hunter2@h.example:99999", "u:hunter2@h:1"])
+def test_a_urls_password_is_never_shown(name: str, value: str) -> None:
+    """Not in an error (with the other errors of the same run), nor in check-config's list."""
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={name: value, "CONNECT_HTTP_PORT": "x"})
+    assert "hunter2" not in str(e.value)
+    try:
+        cfg = load_config(environ={name: value})
+    except ConfigError as e:
+        assert "hunter2" not in str(e)
+    else:
+        assert "hunter2" not in str(cfg.describe())
+
+
 def test_contradictions_stop_the_start(tmp_path) -> None:
     cert = tmp_path / "c.pem"
     cert.write_text("x")
@@ -157,6 +199,94 @@ def test_contradictions_stop_the_start(tmp_path) -> None:
         load_config(environ={"CONNECT_REDIS_USER": "gw"})
     with pytest.raises(ConfigError, match="CONNECT_TUNNEL_PING_TIMEOUT"):
         load_config(environ={"CONNECT_TUNNEL_PING_TIMEOUT": "5s"})
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"CONNECT_SSH_ENABLED": "true", "CONNECT_SSH_ADDR": ":7070"},
+     "CONNECT_SSH_ADDR=':7070': expected a port not already used by CONNECT_TUNNEL_PORT"),
+    ({"CONNECT_HTTP_MAX_REQUEST_LINE": "100KiB"},
+     "CONNECT_HTTP_MAX_REQUEST_LINE='100KiB': expected at least 256 bytes and at most "
+     "CONNECT_HTTP_MAX_HEADER_SIZE (64KiB)"),
+    ({"CONNECT_TUNNEL_PING_TIMEOUT": "5s"},
+     "CONNECT_TUNNEL_PING_TIMEOUT='5s': expected a duration longer than "
+     "CONNECT_TUNNEL_PING_INTERVAL (10s)"),
+    ({"CONNECT_QUOTA_WINDOW": "10"}, "CONNECT_QUOTA_WINDOW='10': expected a duration of at "
+                                     "least 12s"),
+    ({"CONNECT_TUNNEL_WINDOW_SIZE": "100KiB"},
+     "CONNECT_TUNNEL_WINDOW_SIZE='100KiB': expected at least 256KiB (the yamux initial "
+     "window)"),
+    ({"CONNECT_SSH_MAX_CONNECTIONS": " many "}, "CONNECT_SSH_MAX_CONNECTIONS=' many ': "
+                                                "expected a whole number from 1 to 1000000"),
+])
+def test_errors_quote_the_value_as_given(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(environ=env)
+    assert str(e.value) == message
+
+
+def test_every_invalid_variable_is_reported_at_once() -> None:
+    with pytest.raises(ConfigErrors) as e:
+        load_config(environ={"CONNECT_HTTP_PORT": "abc", "CONNECT_TUNNEL_PORT": "xyz",
+                             "CONNECT_LOG_LEVEL": "verbose"})
+    assert [(x.name, x.value) for x in e.value.errors] == [
+        ("CONNECT_TUNNEL_PORT", "xyz"), ("CONNECT_HTTP_PORT", "abc"),
+        ("CONNECT_LOG_LEVEL", "verbose")]
+    assert str(e.value) == "; ".join(str(x) for x in e.value.errors)  # one line
+    with pytest.raises(ConfigErrors) as e:  # every contradiction too, once the values parse
+        load_config(environ={"CONNECT_HTTP_PORT": "7777", "CONNECT_QUOTA_WINDOW": "1s"})
+    assert [x.name for x in e.value.errors] == ["CONNECT_QUOTA_WINDOW",
+                                                "CONNECT_LISTENER_PORT"]
+    with pytest.raises(ConfigError) as one:
+        load_config(environ={"CONNECT_HTTP_PORT": "abc"})
+    assert one.value.errors == (one.value,)
+
+
+def test_check_config_lists_every_invalid_variable(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from studios_gateway.cli import main
+
+    for k in [k for k in os.environ if k.startswith(("CONNECT_", "TOWER_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CONNECT_HTTP_PORT", "abc")
+    monkeypatch.setenv("CONNECT_TUNNEL_PORT", "xyz")
+    assert main(["check-config", "-q"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "studios-gateway: CONNECT_TUNNEL_PORT='xyz': expected a whole number from 1 to 65535",
+        "studios-gateway: CONNECT_HTTP_PORT='abc': expected a whole number from 1 to 65535"]
+
+
+def test_the_start_names_every_invalid_variable(monkeypatch: pytest.MonkeyPatch,
+                                                 capfd: pytest.CaptureFixture[str]) -> None:
+    from studios_gateway.tap import Options, makeService
+
+    for k in [k for k in os.environ if k.startswith(("CONNECT_", "TOWER_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CONNECT_TUNNEL_PORT", "xyz")
+    options = Options()
+    options.parseOptions(["--http-port", "abc"])
+    with pytest.raises(SystemExit):
+        makeService(options)
+    assert capfd.readouterr().err.splitlines() == [
+        "studios-gateway: CONNECT_TUNNEL_PORT='xyz': expected a whole number from 1 to 65535",
+        "studios-gateway: CONNECT_HTTP_PORT='abc': expected a whole number from 1 to 65535"]
+
+
+def test_check_config_shows_defaults_as_the_readme_writes_them() -> None:
+    shown = {name: value for name, value, _ in load_config(environ={}).describe()}
+    for var in VARIABLES:
+        if var.default is not None and var.name != "CONNECT_REDIS_ADDRESS":
+            assert shown[var.name] == var.default
+
+
+@pytest.mark.parametrize("name, given, shown", [
+    ("CONNECT_HTTP_IDLE_TIMEOUT", "75", "75s"), ("CONNECT_QUOTA_WINDOW", "1d", "24h"),
+    ("CONNECT_LOGIN_TTL", "90m", "90m"), ("CONNECT_TUNNEL_WINDOW_SIZE", "6291456", "6MiB"),
+    ("CONNECT_HTTP_MAX_BODY", "1000", "1000"), ("CONNECT_QUOTA_USER_BYTES", "2g", "2GiB"),
+])
+def test_check_config_shows_values_in_the_tables_forms(name: str, given: str,
+                                                       shown: str) -> None:
+    rows = {n: v for n, v, _ in load_config(environ={name: given}).describe()}
+    assert rows[name] == shown
 
 
 def test_unknown_option_is_refused() -> None:
@@ -181,6 +311,20 @@ def test_duration_sums_its_parts(parts) -> None:
 def test_duration_format_round_trips(ms: int) -> None:
     seconds = ms / 1000
     assert parse_duration(format_duration(seconds)) == pytest.approx(seconds)
+
+
+@given(st.integers(0, 10**9))
+def test_duration_setting_form_round_trips(ms: int) -> None:
+    text = format_setting(ms / 1000)
+    assert parse_duration(text) == pytest.approx(ms / 1000)
+    assert sum(c.isalpha() for c in text) <= 2  # one unit
+
+
+@given(st.integers(0, 2**40))
+def test_size_form_round_trips(n: int) -> None:
+    from studios_gateway.config import _size
+
+    assert _size(format_size(n)) == n
 
 
 @pytest.mark.parametrize("text,seconds", [("90s", 90), ("2m", 120), ("1h", 3600),
@@ -239,7 +383,8 @@ PORT_VARS = ["CONNECT_LISTENER_PORT", "CONNECT_TUNNEL_PORT", "CONNECT_MANAGEMENT
 INT_VARS = {"CONNECT_SSH_MAX_CONNECTIONS": (1, 1_000_000),
             "CONNECT_SSH_MAX_CONN_CHANNELS": (1, 10_000), "CONNECT_REDIS_DB": (0, 65535)}
 BOOL_VARS = ["CONNECT_REDIS_TLS_ENABLE", "CONNECT_REDIS_TLS_SKIP_VERIFY", "CONNECT_SSH_ENABLED",
-             "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING"]
+             "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING", "CONNECT_REUSE_PORT",
+             "CONNECT_COMPILED_LANE"]
 DURATION_VARS = ["LOCAL_CACHE_TTL", "CONNECT_SSH_HANDSHAKE_TIMEOUT", "CONNECT_SHUTDOWN_GRACE"]
 FILE_VARS = ["CONNECT_REDIS_TLS_KEY_FILE", "CONNECT_REDIS_TLS_CERT_FILE", "CONNECT_SSH_KEY_PATH",
              "CONNECT_TLS_CERT_FILE", "CONNECT_TLS_KEY_FILE", "CONNECT_REDIS_TLS_CA_FILE"]
@@ -295,6 +440,22 @@ def test_booleans_accept_common_spellings(name: str, text: str) -> None:
 def test_booleans_refuse_misspellings(name: str, text: str) -> None:
     assume(text.lower() not in ("true", "false", "yes", "no", "on", "off"))
     _expect_error(name, text)
+
+
+@pytest.mark.parametrize("name", BOOL_VARS)
+def test_booleans_say_every_spelling_they_take(name: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={name: "maybe"})
+    assert str(e.value) == (f"{name}='maybe': expected true or false (also yes or no, on or "
+                            "off, 1 or 0)")
+
+
+def test_boolean_defaults_are_written_as_check_config_shows_them() -> None:
+    """The README table and check-config agree: every switch defaults to true or false."""
+    shown = {name: value for name, value, _ in load_config(environ={}).describe()}
+    for name in BOOL_VARS:
+        assert BY_NAME[name].default in ("true", "false")
+        assert shown[name] == BY_NAME[name].default
 
 
 def test_path_routing_empty_means_false() -> None:

@@ -9,13 +9,14 @@ import pytest
 from OpenSSL import SSL, crypto
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from studios_gateway import logs
 from studios_gateway.component import Component
 from studios_gateway.config import ConfigError, load_config
 from studios_gateway.metrics import Metrics
 from studios_gateway.registry.memory import MemoryStore
-from studios_gateway.reload import ReloadableServerTLS, ReloadError, run_hooks
+from studios_gateway.reload import ReloadableServerTLS, ReloadError, apply_log_level, run_hooks
 from studios_gateway.service import GatewayService, make_service
 from studios_gateway.wire.tls import fingerprint_pem, make_self_signed, server_options
 
@@ -76,6 +77,16 @@ def test_every_hook_runs_and_each_failure_is_named() -> None:
     assert ran == ["broken", "level"]
 
 
+def test_the_reload_log_names_the_new_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the event's own level: Twisted sets `log_level` on every event."""
+    monkeypatch.setattr(logs, "set_level", lambda level: None)
+    with capturedLogs() as events:
+        apply_log_level(load_config(environ={"CONNECT_LOG_LEVEL": "debug"}))
+    said = [formatEvent(e) for e in events if "reload" in e.get("log_format", "")]
+    assert said == ["reload: log level debug"]
+    assert events[-1]["log_level"] == LogLevel.info
+
+
 # --- through make_service: the systemd wiring's reload and the SIGTERM drain -----------
 
 
@@ -113,6 +124,39 @@ def test_an_invalid_setting_fails_the_reload_and_changes_nothing(
     gw.systemd.on_reload()
     assert sent[-2] == "READY=1"
     assert sent[-1].startswith("STATUS=reload failed (CONNECT_LOG_LEVEL='loud': expected a level)")
+
+
+def test_a_bad_setting_on_reload_is_one_error_line_without_a_traceback(
+        gateway_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    applied: list[str] = []
+    monkeypatch.setattr(logs, "set_level", applied.append)
+    settings = dict(gateway_env)
+    gw = make_service(load_config(environ=settings), MemoryReactorClock(), environ={},
+                      reload=lambda: load_config(environ=settings))
+    settings["CONNECT_LOG_LEVEL"] = "verbose"
+    assert gw.systemd is not None
+    with capturedLogs() as events:
+        gw.systemd.on_reload()
+    failed = [e for e in events if "reload failed" in formatEvent(e)]
+    assert len(failed) == 1 and failed[0]["log_level"] == LogLevel.error
+    assert "log_failure" not in failed[0]
+    assert formatEvent(failed[0]) == (
+        "reload failed: CONNECT_LOG_LEVEL='verbose': expected one of trace, debug, info, "
+        "warn, error, fatal; running on with the old settings")
+    assert applied == []  # running on with the old settings
+
+
+def test_a_bug_on_reload_still_logs_its_traceback(gateway_env: dict[str, str]) -> None:
+    def reread() -> Any:
+        raise KeyError("a bug")
+
+    gw = make_service(load_config(environ=gateway_env), MemoryReactorClock(), environ={},
+                      reload=reread)
+    assert gw.systemd is not None
+    with capturedLogs() as events:
+        gw.systemd.on_reload()
+    failed = [e for e in events if "reload failed" in formatEvent(e)]
+    assert len(failed) == 1 and failed[0]["log_failure"].check(KeyError)
 
 
 def make(reactor: MemoryReactorClock) -> tuple[GatewayService, defer.Deferred[None]]:
