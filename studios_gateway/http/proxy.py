@@ -380,9 +380,11 @@ class ProxyProtocol(Protocol):
         self._cancel_timer()
         self.transport.loseConnection()
 
-    def _refuse_raw(self, page: pages.Page, why: str) -> None:
+    def _refuse_raw(self, page: pages.Page, why: str, method: str = "", path: str = ""
+                    ) -> None:
         """Answer `page` and close, before a request was read whole; `why` for the access
-        log (nothing is logged without it)."""
+        log (nothing is logged without it), with the request's `method` and `path` when
+        its request line was read."""
         if self._paired is not None:
             self._unpair()
         self._closing = True
@@ -394,8 +396,8 @@ class ProxyProtocol(Protocol):
         if f.observer is not None and why:
             f.observer.http_done(Finished(
                 HTTP, started=f.reactor.seconds(), duration=0.0, client=self._peer or "",
-                status=page.status, bytes_in=self._bytes_in, bytes_out=len(data),
-                reason=why))
+                method=method, path=path, status=page.status, bytes_in=self._bytes_in,
+                bytes_out=len(data), reason=why))
 
     # Timers ---------------------------------------------------------------------------------
 
@@ -454,17 +456,19 @@ class ProxyProtocol(Protocol):
         if got is None:
             return
         if isinstance(got, HeadRefused):
-            self._refuse_head(got.status, got.why)
+            self._refuse_head(got)
             return
         timer = self._timer
         if timer is not None:  # (_cancel_timer, one call less per request)
             timer.disarm()
         self._start(got)
 
-    def _refuse_head(self, status: int, why: str) -> None:
+    def _refuse_head(self, got: HeadRefused) -> None:
+        status, why = got.status, got.why
         self._log.info("refused a request from {peer}: {status} {why}", peer=self._peer,
                        status=status, why=why)
-        self._refuse_raw(pages.status_page(status, f"The request was refused: {why}."), why)
+        self._refuse_raw(pages.status_page(status, f"The request was refused: {why}."),
+                         why, got.method, got.path)
 
     # Dispatch ---------------------------------------------------------------------------------
 
@@ -732,7 +736,7 @@ class ProxyProtocol(Protocol):
             self._request_sent(ex)
         elif step is REFUSED:
             assert ex.problem is not None
-            self._body_refused(ex, ex.problem.status, ex.problem.why)
+            self._body_refused(ex, ex.problem)
         elif step is CLOSED:
             self._close()
 
@@ -741,16 +745,22 @@ class ProxyProtocol(Protocol):
         self._response_timer.arm(self.factory.limits.response_timeout,
                                  self._response_timed_out, ex)
 
-    def _body_refused(self, ex: Exchange, status: int, why: str) -> None:
-        self._log.info("request body refused: {why}", why=why)
+    def _body_refused(self, ex: Exchange, problem: HeadRefused) -> None:
+        """The request body is malformed or too large: a page saying why (unless the
+        response began) and the connection closed; one log line naming the client."""
+        status, why = problem.status, problem.why
+        self._log.info("refused a request body from {peer}: {status} {why}",
+                       peer=self._peer, status=status, why=why)
         up, ex.up = ex.up, None
         if up is not None:
             self._detach(up)
             up.close()
         if ex.response_started:
+            self._why = why
             self._close()
         else:
-            self._respond(ex, pages.status_page(status, why), close=True)
+            self._respond(ex, pages.status_page(status, f"The request was refused: {why}."),
+                          close=True, why=why)
 
     def _response_timed_out(self, ex: Exchange) -> None:
         if ex is not self._ex or ex.response_started:
