@@ -68,7 +68,12 @@ from studios_gateway.http.upstream import (
 )
 from studios_gateway.traffic.facts import HTTP, WEBSOCKET, Finished, path_only
 from studios_gateway.waiters import EmptyWaiters
-from studios_gateway.wire.carrier import TUNNEL_PATH, WebSocketServer, accept_head
+from studios_gateway.wire.carrier import (
+    TUNNEL_PATH,
+    WebSocketServer,
+    accept_head,
+    websocket_refusal,
+)
 from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_reads, no_delay, write_through
 
 __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConnection",
@@ -301,6 +306,7 @@ class ProxyProtocol(Protocol):
         self._why = ""
         self._meter: Any = None  # an upgraded connection's byte counts
         self._carrier: WebSocketServer | None = None  # a tunnel carried in a WebSocket
+        self._carried: Finished | None = None  # ... and its facts at the upgrade
         self._upgraded: Finished | None = None  # ... and its facts so far
 
     # Connection lifecycle ------------------------------------------------------------------
@@ -350,6 +356,7 @@ class ProxyProtocol(Protocol):
         carrier, self._carrier = self._carrier, None
         if carrier is not None:
             carrier.connectionLost(reason)
+            self._carried_ended(carrier)
         meter, self._meter = self._meter, None
         if meter is not None and self._upgraded is not None:
             up = self._upgraded
@@ -424,6 +431,7 @@ class ProxyProtocol(Protocol):
         if self._closing:
             return
         if self._carrier is not None:
+            self._bytes_in += len(data)
             self._carrier.dataReceived(data)
             return
         self._bytes_in += len(data)
@@ -521,12 +529,22 @@ class ProxyProtocol(Protocol):
 
     def _carry(self, ex: Exchange) -> None:
         """A studio's tunnel in a WebSocket (HTTP-only egress): accept the upgrade and hand
-        the connection to the tunnel listener's protocol (its TLS, bind and yamux)."""
-        head = accept_head(ex.request.headers)
-        if head is None:
-            self._respond(ex, pages.bad_request("A WebSocket upgrade is expected here."),
-                          close=True, why="not a WebSocket upgrade")
+        the connection to the tunnel listener's protocol (its TLS, bind and yamux). A
+        malformed upgrade gets 400 saying why; each attempt has a log line, and an access
+        line (kind websocket) when the connection ends."""
+        why = websocket_refusal(ex.request.headers)
+        if why is not None:
+            self._log.info("refused a WebSocket tunnel from {peer}: {why}", peer=self._peer,
+                           why=why)
+            self._respond(ex, pages.bad_request(f"The WebSocket upgrade was refused: {why}."),
+                          close=True, why=f"WebSocket upgrade refused: {why}")
             return
+        head = accept_head(ex.request.headers)
+        assert head is not None
+        self._log.info("carrying a tunnel in a WebSocket from {peer}", peer=self._peer)
+        ex.status = 101
+        self._bytes_out += len(head)
+        self._carried = self._facts(ex, WEBSOCKET, "")
         self._ex = None
         self._cancel_timer()
         if self._paired is not None:  # the carried tunnel writes to this transport now
@@ -538,6 +556,18 @@ class ProxyProtocol(Protocol):
         self._carrier.makeConnection(self.transport)
         if rest:
             self._carrier.dataReceived(rest)
+
+    def _carried_ended(self, carrier: WebSocketServer) -> None:
+        """The access line of a tunnel carried in a WebSocket: from the upgrade to the
+        end, the bytes both ways, and why the gateway ended it (a malformed frame)."""
+        facts, self._carried = self._carried, None
+        observer = self.factory.observer
+        if facts is None or observer is None:
+            return
+        observer.carried(replace(
+            facts, duration=self.factory.reactor.seconds() - facts.started,
+            bytes_in=self._bytes_in - self._mark_in,
+            bytes_out=facts.bytes_out + carrier.sent, reason=carrier.ended))
 
     def _after_local(self, answer: Any, ex: Exchange) -> Any:
         if ex is not self._ex:
