@@ -1,7 +1,6 @@
 """`studios-connect`: the connect client, as a console script (with entry-point mode).
 
-    CONNECT_STRING='studios-connect://<id>:<token>@gw:7070/?pin=...' \
-        studios-connect --tool-port 8888
+    CONNECT_STRING='studios-connect://<id>:<token>@gw:7070/...' studios-connect --tool-port 8888
     studios-connect --tool-port 8888 -- jupyter lab --port 8888 --no-browser
     studios-connect --tool jupyterlab            # the preset starts JupyterLab itself
     studios-connect --tool xpra -- igv           # the preset adds what `igv` needs (in Xpra)
