@@ -249,6 +249,12 @@ class _WebSocket(Carrier):
             self.send(self.ws.send(ws.CloseConnection(code=code, reason=reason)))
         self.transport.loseConnection()
 
+    def write(self, data: bytes) -> None:
+        # After a close frame, either way, no message may follow: what the inner protocol
+        # still writes (its TLS close alert as the connection goes) is dropped.
+        if self.ws.state is ConnectionState.OPEN:
+            super().write(data)
+
     def encode(self, data: bytes) -> bytes:
         return self.ws.send(ws.BytesMessage(data=data))
 

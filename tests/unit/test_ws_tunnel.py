@@ -173,6 +173,9 @@ def test_a_malformed_frame_is_closed_with_a_close_frame_and_one_log_line(
     assert gw.t.disconnecting
     assert close_frame(gw.t.value()[head:]) == (code, why)
     gw.p.dataReceived(client_frames(ws.BytesMessage(data=b"after")))  # not read any more
+    sent = gw.t.value()
+    gw.inner[0].transport.write(b"TLS alert")  # (the inner protocol's last words: dropped)
+    assert gw.t.value() == sent
     gw.lose()
     assert gw.lines() == ["carrying a tunnel in a WebSocket from 198.51.100.3",
                           f"WebSocket tunnel from 198.51.100.3 closed with {code}: {why}"]
@@ -187,5 +190,8 @@ def test_the_peer_s_close_is_answered_with_a_close_frame(gw: Gateway) -> None:
     head = len(gw.t.value())
     gw.p.dataReceived(client_frames(ws.CloseConnection(code=1000, reason="bye")))
     assert close_frame(gw.t.value()[head:]) == (1000, "bye") and gw.t.disconnecting
+    sent = gw.t.value()
+    gw.inner[0].transport.write(b"TLS alert")
+    assert gw.t.value() == sent
     gw.lose()
     assert len(gw.lines()) == 1 and gw.obs.done[0].reason == ""
