@@ -147,11 +147,15 @@ def sessions_create(args: argparse.Namespace) -> int:
               f"{created['tool_version']}, connect {created['connect_version']})")
     print(f"connect string: {created['connect_string']}")
     tool = created.get("tool") or "generic"
+    # The connect string holds the studio's token: in the environment, not as an
+    # argument (every local user can read a process's arguments, with ps).
+    run_it = "run in the studio: CONNECT_STRING='<connect string>' studios-connect"
     if tool == "generic":  # a web app of your own, already listening on PORT
-        print("run in the studio: studios-connect --connect '<connect string>' "
-              "--tool-port PORT")
+        print(f"{run_it} --tool-port PORT")
     else:  # the preset starts the tool (docs/studios.md)
-        print(f"run in the studio: studios-connect --connect '<connect string>' --tool {tool}")
+        print(f"{run_it} --tool {tool}")
+    print("  (or CONNECT_STRING in the container's environment or an env file; not "
+          "--connect, whose value other local users can read with ps)")
     return 0
 
 

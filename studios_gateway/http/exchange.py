@@ -18,6 +18,7 @@ the I/O, the timers and the dispatch. So every framing decision can be driven an
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,8 +96,30 @@ def raw_response(page: pages.Page) -> bytes:
 
 @dataclass(frozen=True)
 class HeadRefused:
+    """Why a request (its head or its body) or a tool's response was refused (for the
+    log line, the page and the access log); `method` and `path` the request's, for the
+    access log, when its request line was read before its head was refused."""
+
     status: int
     why: str
+    method: str = ""
+    path: str = ""
+
+
+# A request line as read_head takes it (method token, a target of visible characters,
+# HTTP/1.x): what a refused head's access line names.
+_REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/1\.[01]")
+
+
+def _refused(status: int, why: str, head: bytes | bytearray, line_end: int) -> HeadRefused:
+    """A head refusal, with the method and path of its request line (the line before
+    `line_end` in `head`) when that line was whole and well formed."""
+    if line_end != -1:
+        m = _REQUEST_LINE.fullmatch(head, 0, line_end)
+        if m is not None:
+            path = m.group(2).decode("ascii").split("?", 1)[0].split("#", 1)[0]
+            return HeadRefused(status, why, m.group(1).decode("ascii"), path)
+    return HeadRefused(status, why)
 
 
 @dataclass(frozen=True)
@@ -188,12 +211,12 @@ class HeadReader:
         if line_end > lim.max_request_line or (line_end == -1 and len(buf) > lim.max_request_line):
             return HeadRefused(414, "request line too long")
         if (end + 4 if end != -1 else len(buf)) > lim.max_header_bytes:
-            return HeadRefused(431, "request head too large")
+            return _refused(431, "request head too large", buf, line_end)
         limit = end + 4 if end != -1 else len(buf)
         # A bare LF's verdict needs only the byte before it, which is already here.
         self.work += max(0, limit - self._scanned)
         if _bare_lf(buf, self._scanned, limit):
-            return HeadRefused(400, "bare LF")
+            return _refused(400, "bare LF", buf, line_end)
         self._scanned = limit
         if end == -1:
             return None
@@ -235,7 +258,7 @@ class HeadReader:
         if request is None:
             got = parse_request_head(head, lim.max_request_line, lim.max_header_count)
             if isinstance(got, HeadProblem):
-                return HeadRefused(got.status, got.reason)
+                return _refused(got.status, got.reason, head, head.find(b"\r\n"))
             request = got
             memo = (HeadMemo(head, request) if len(head) <= _MEMO_LONGEST
                     and len(request.headers) <= _MEMO_MOST_FIELDS else None)
@@ -409,7 +432,7 @@ class Exchange:
             self.body_bytes += len(data)
             max_body = self.limits.max_body
             if max_body is not None and self.body_bytes > max_body:
-                self.problem = HeadRefused(413, "The request body is too large.")
+                self.problem = HeadRefused(413, "request body too large")
                 return b"", REFUSED
             self.body_started = True
             out = b"%x\r\n%s\r\n" % (len(data), data) if self.request.chunked else data

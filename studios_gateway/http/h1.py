@@ -5,7 +5,8 @@
   has llhttp check it in C, and makes the field checks h11 made (target
   characters, field values);
 * :class:`RequestBody` reads the body that follows (none, Content-Length or
-  chunked) and keeps the bytes after it for the next request;
+  chunked: h11 decodes, llhttp checks too) and keeps the bytes after it for the
+  next request;
 * :class:`ResponseReader` reads the tool's responses (llhttp), one exchange at a time;
 * :class:`ResponseFramer` writes responses for the client: status line, headers
   and the body framing h11 would choose (Content-Length kept, chunked for a body
@@ -27,8 +28,8 @@ import httptools
 
 from studios_gateway.http.headers import HeadProblem, read_head
 
-__all__ = ["FIELD_LINE", "BodyError", "HeadMemo", "RequestBody", "RequestHead", "ResponseFramer",
-           "ResponseHead", "ResponseReader", "parse_request_head"]
+__all__ = ["FIELD_LINE", "BodyError", "ChunkCheck", "HeadMemo", "RequestBody", "RequestHead",
+           "ResponseFramer", "ResponseHead", "ResponseReader", "parse_request_head"]
 
 Headers = list[tuple[bytes, bytes]]
 _TARGET = re.compile(rb"[\x21-\x7e]+")
@@ -48,7 +49,81 @@ FIELD_LINE = b": ".join
 
 
 class BodyError(Exception):
-    """A malformed request body (a bad chunk)."""
+    """A malformed body (a bad chunk; a tool's bad response); its text says why in words."""
+
+
+# What a chunked body's refusal says: h11's and llhttp's own texts are not shown (h11's
+# hold Python reprs of the bytes, such as "illegal chunk header: bytearray(b'zz\r\n')").
+BAD_SIZE_LINE = "bad chunk size line"
+SIZE_TOO_LARGE = "chunk size too large (more than 16 hex digits)"
+NO_CRLF_AFTER_DATA = "chunk data not followed by CRLF"
+BAD_TRAILER = "bad trailer section"
+TOO_LONG = "chunk size line or trailer section too long"
+
+
+def _h11_chunk_problem(message: str) -> str:
+    """What h11's refusal of a chunked body (its `message`) says in our words."""
+    if message.startswith("illegal chunk header"):
+        return BAD_SIZE_LINE
+    if message.startswith("malformed chunk footer"):
+        return NO_CRLF_AFTER_DATA
+    if message.startswith("Receive buffer too long"):
+        return TOO_LONG
+    return BAD_TRAILER  # (the rest of h11's refusals in a body: its trailer's lines)
+
+
+def _llhttp_chunk_problem(message: str) -> str:
+    """What llhttp's refusal of a chunked body (its `message`) says in our words."""
+    if message == "Chunk size overflow":
+        return SIZE_TOO_LARGE
+    if "chunk size" in message or "chunk extension" in message:
+        return BAD_SIZE_LINE
+    if "chunk data" in message:
+        return NO_CRLF_AFTER_DATA
+    return BAD_TRAILER
+
+
+class _BodyEnd(Exception):
+    """Raised in llhttp's callback at the end of the body: it stops there."""
+
+
+class ChunkCheck:
+    """llhttp's verdict on a chunked request body, alongside h11's decoding of it.
+
+    h11 decodes chunked bodies (it says where the body ends, which llhttp cannot), but
+    takes chunk sizes of up to 20 hex digits: ``ffffffffffffffffffff`` (2^80) would make
+    the rest of the connection body. llhttp refuses a size that does not fit in 64 bits
+    (more than 16 hex digits after leading zeros; the largest is 2^64-1), and is stricter
+    than h11 elsewhere too (no spaces after a size, extensions as RFC 9112 has them). A
+    body is taken only when both accept it. ``feed`` the body's bytes before h11 reads
+    them; ``problem`` is then why llhttp refused them (our words), or None.
+    """
+
+    __slots__ = ("_parser", "done", "problem")
+    # What llhttp is told of the request: the body's grammar does not depend on the rest
+    # of the head (which llhttp checked already), and no Upgrade stops it at the head.
+    _HEAD = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    def __init__(self) -> None:
+        self.done = False  # llhttp read the whole body
+        self.problem: str | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._parser.feed_data(self._HEAD)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+        raise _BodyEnd()  # what follows is the next request's: not llhttp's to read here
+
+    def feed(self, data: bytes) -> None:
+        if self.done or self.problem is not None:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if not self.done:
+                raise
+        except httptools.HttpParserError as e:
+            self.problem = _llhttp_chunk_problem(str(e))
 
 
 @dataclass
@@ -174,12 +249,14 @@ class RequestBody:
     """The body of one request and the client's bytes after it.
 
     Content-Length bodies are counted here; chunked ones (rare from browsers) are
-    decoded by h11, exactly as before llhttp took the heads.
+    decoded by h11, as before llhttp took the heads, and checked by llhttp too
+    (:class:`ChunkCheck`: sizes of at most 16 hex digits).
     """
 
     def __init__(self, head_bytes: bytes, head: RequestHead, max_head: int):
         self._remaining = 0 if head.chunked else (head.content_length or 0)
         self._chunked: h11.Connection | None = None
+        self._check: ChunkCheck | None = None
         # The bytes not read yet: a read's own bytes object while it is the only one (a
         # streamed body's usual case: passed on without a copy), else a bytearray.
         self._buf: bytes | bytearray = b""
@@ -189,9 +266,14 @@ class RequestBody:
             self._chunked.receive_data(head_bytes)
             event = self._chunked.next_event()
             assert isinstance(event, h11.Request)
+            self._check = ChunkCheck()
 
     def feed(self, data: bytes) -> None:
         if self._chunked is not None:
+            if not data:
+                return  # (b"" would tell h11 the client closed)
+            if self._check is not None and not self.done:
+                self._check.feed(data)
             self._chunked.receive_data(data)
         elif not self._buf and type(data) is bytes:
             self._buf = data
@@ -204,12 +286,15 @@ class RequestBody:
         """The body bytes available now (BodyError for a malformed one); `done` once the
         whole body was read."""
         if self._chunked is not None:
+            check = self._check
+            if check is not None and check.problem is not None and not self.done:
+                raise BodyError(check.problem)
             out = []
             while not self.done:
                 try:
                     event = self._chunked.next_event()
                 except h11.RemoteProtocolError as e:
-                    raise BodyError(str(e)) from None
+                    raise BodyError(_h11_chunk_problem(str(e))) from None
                 if isinstance(event, h11.Data):
                     out.append(event.data)
                 elif isinstance(event, h11.EndOfMessage):

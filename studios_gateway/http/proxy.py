@@ -68,7 +68,12 @@ from studios_gateway.http.upstream import (
 )
 from studios_gateway.traffic.facts import HTTP, WEBSOCKET, Finished, path_only
 from studios_gateway.waiters import EmptyWaiters
-from studios_gateway.wire.carrier import TUNNEL_PATH, WebSocketServer, accept_head
+from studios_gateway.wire.carrier import (
+    TUNNEL_PATH,
+    WebSocketServer,
+    accept_head,
+    websocket_refusal,
+)
 from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_reads, no_delay, write_through
 
 __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConnection",
@@ -301,6 +306,7 @@ class ProxyProtocol(Protocol):
         self._why = ""
         self._meter: Any = None  # an upgraded connection's byte counts
         self._carrier: WebSocketServer | None = None  # a tunnel carried in a WebSocket
+        self._carried: Finished | None = None  # ... and its facts at the upgrade
         self._upgraded: Finished | None = None  # ... and its facts so far
 
     # Connection lifecycle ------------------------------------------------------------------
@@ -350,6 +356,7 @@ class ProxyProtocol(Protocol):
         carrier, self._carrier = self._carrier, None
         if carrier is not None:
             carrier.connectionLost(reason)
+            self._carried_ended(carrier)
         meter, self._meter = self._meter, None
         if meter is not None and self._upgraded is not None:
             up = self._upgraded
@@ -380,9 +387,11 @@ class ProxyProtocol(Protocol):
         self._cancel_timer()
         self.transport.loseConnection()
 
-    def _refuse_raw(self, page: pages.Page, why: str) -> None:
+    def _refuse_raw(self, page: pages.Page, why: str, method: str = "", path: str = ""
+                    ) -> None:
         """Answer `page` and close, before a request was read whole; `why` for the access
-        log (nothing is logged without it)."""
+        log (nothing is logged without it), with the request's `method` and `path` when
+        its request line was read."""
         if self._paired is not None:
             self._unpair()
         self._closing = True
@@ -394,8 +403,8 @@ class ProxyProtocol(Protocol):
         if f.observer is not None and why:
             f.observer.http_done(Finished(
                 HTTP, started=f.reactor.seconds(), duration=0.0, client=self._peer or "",
-                status=page.status, bytes_in=self._bytes_in, bytes_out=len(data),
-                reason=why))
+                method=method, path=path, status=page.status, bytes_in=self._bytes_in,
+                bytes_out=len(data), reason=why))
 
     # Timers ---------------------------------------------------------------------------------
 
@@ -422,6 +431,7 @@ class ProxyProtocol(Protocol):
         if self._closing:
             return
         if self._carrier is not None:
+            self._bytes_in += len(data)
             self._carrier.dataReceived(data)
             return
         self._bytes_in += len(data)
@@ -454,17 +464,19 @@ class ProxyProtocol(Protocol):
         if got is None:
             return
         if isinstance(got, HeadRefused):
-            self._refuse_head(got.status, got.why)
+            self._refuse_head(got)
             return
         timer = self._timer
         if timer is not None:  # (_cancel_timer, one call less per request)
             timer.disarm()
         self._start(got)
 
-    def _refuse_head(self, status: int, why: str) -> None:
+    def _refuse_head(self, got: HeadRefused) -> None:
+        status, why = got.status, got.why
         self._log.info("refused a request from {peer}: {status} {why}", peer=self._peer,
                        status=status, why=why)
-        self._refuse_raw(pages.status_page(status, f"The request was refused: {why}."), why)
+        self._refuse_raw(pages.status_page(status, f"The request was refused: {why}."),
+                         why, got.method, got.path)
 
     # Dispatch ---------------------------------------------------------------------------------
 
@@ -517,12 +529,22 @@ class ProxyProtocol(Protocol):
 
     def _carry(self, ex: Exchange) -> None:
         """A studio's tunnel in a WebSocket (HTTP-only egress): accept the upgrade and hand
-        the connection to the tunnel listener's protocol (its TLS, bind and yamux)."""
-        head = accept_head(ex.request.headers)
-        if head is None:
-            self._respond(ex, pages.bad_request("A WebSocket upgrade is expected here."),
-                          close=True, why="not a WebSocket upgrade")
+        the connection to the tunnel listener's protocol (its TLS, bind and yamux). A
+        malformed upgrade gets 400 saying why; each attempt has a log line, and an access
+        line (kind websocket) when the connection ends."""
+        why = websocket_refusal(ex.request.headers)
+        if why is not None:
+            self._log.info("refused a WebSocket tunnel from {peer}: {why}", peer=self._peer,
+                           why=why)
+            self._respond(ex, pages.bad_request(f"The WebSocket upgrade was refused: {why}."),
+                          close=True, why=f"WebSocket upgrade refused: {why}")
             return
+        head = accept_head(ex.request.headers)
+        assert head is not None
+        self._log.info("carrying a tunnel in a WebSocket from {peer}", peer=self._peer)
+        ex.status = 101
+        self._bytes_out += len(head)
+        self._carried = self._facts(ex, WEBSOCKET, "")
         self._ex = None
         self._cancel_timer()
         if self._paired is not None:  # the carried tunnel writes to this transport now
@@ -534,6 +556,18 @@ class ProxyProtocol(Protocol):
         self._carrier.makeConnection(self.transport)
         if rest:
             self._carrier.dataReceived(rest)
+
+    def _carried_ended(self, carrier: WebSocketServer) -> None:
+        """The access line of a tunnel carried in a WebSocket: from the upgrade to the
+        end, the bytes both ways, and why the gateway ended it (a malformed frame)."""
+        facts, self._carried = self._carried, None
+        observer = self.factory.observer
+        if facts is None or observer is None:
+            return
+        observer.carried(replace(
+            facts, duration=self.factory.reactor.seconds() - facts.started,
+            bytes_in=self._bytes_in - self._mark_in,
+            bytes_out=facts.bytes_out + carrier.sent, reason=carrier.ended))
 
     def _after_local(self, answer: Any, ex: Exchange) -> Any:
         if ex is not self._ex:
@@ -732,7 +766,7 @@ class ProxyProtocol(Protocol):
             self._request_sent(ex)
         elif step is REFUSED:
             assert ex.problem is not None
-            self._body_refused(ex, ex.problem.status, ex.problem.why)
+            self._body_refused(ex, ex.problem)
         elif step is CLOSED:
             self._close()
 
@@ -741,16 +775,22 @@ class ProxyProtocol(Protocol):
         self._response_timer.arm(self.factory.limits.response_timeout,
                                  self._response_timed_out, ex)
 
-    def _body_refused(self, ex: Exchange, status: int, why: str) -> None:
-        self._log.info("request body refused: {why}", why=why)
+    def _body_refused(self, ex: Exchange, problem: HeadRefused) -> None:
+        """The request body is malformed or too large: a page saying why (unless the
+        response began) and the connection closed; one log line naming the client."""
+        status, why = problem.status, problem.why
+        self._log.info("refused a request body from {peer}: {status} {why}",
+                       peer=self._peer, status=status, why=why)
         up, ex.up = ex.up, None
         if up is not None:
             self._detach(up)
             up.close()
         if ex.response_started:
+            self._why = why
             self._close()
         else:
-            self._respond(ex, pages.status_page(status, why), close=True)
+            self._respond(ex, pages.status_page(status, f"The request was refused: {why}."),
+                          close=True, why=why)
 
     def _response_timed_out(self, ex: Exchange) -> None:
         if ex is not self._ex or ex.response_started:

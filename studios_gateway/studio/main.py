@@ -1,11 +1,13 @@
 """`studios-connect`: the connect client, as a console script (with entry-point mode).
 
-    studios-connect --connect 'studios-connect://<id>:<token>@gw:7070/?pin=...' --tool-port 8888
+    CONNECT_STRING='studios-connect://<id>:<token>@gw:7070/...' studios-connect --tool-port 8888
     studios-connect --tool-port 8888 -- jupyter lab --port 8888 --no-browser
     studios-connect --tool jupyterlab            # the preset starts JupyterLab itself
     studios-connect --tool xpra -- igv           # the preset adds what `igv` needs (in Xpra)
 
-Everything can also come from CONNECT_* variables (see settings.py). With a
+Everything can also come from CONNECT_* variables (see settings.py); the connect
+string (it holds the studio's token) had better: other local users can read a
+process's arguments (``--connect``) with ps, not its environment. With a
 command after ``--`` the tool runs as our child and we exit with its status.
 A tool with a preset (studio/presets/) gets the flags it needs behind the
 gateway: with ``--tool X`` and no command the preset starts the tool; with a
@@ -45,12 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "through it. Options override CONNECT_* environment variables.",
         epilog="With `-- COMMAND ...`, run the tool as a child: CONNECT_TOOL_PORT and "
                "CONNECT_TOOL_PATH_PREFIX are set in its environment, SIGTERM is passed on "
-               "(SIGKILL after 30s), and the exit status is the tool's. Pass the connect "
-               "string in the environment (CONNECT_STRING) rather than with --connect, which "
-               "other users of the machine can read in the process list. docs/studios.md "
+               "(SIGKILL after 30s), and the exit status is the tool's. docs/studios.md "
                "lists every CONNECT_* variable (CONNECT_TOOL_WORKDIR, CONNECT_TOOL_PRESET, "
                "...).")
-    p.add_argument("--connect", metavar="STRING", help="connect string (CONNECT_STRING)")
+    p.add_argument("--connect", metavar="STRING",
+                   help="connect string (CONNECT_STRING; better set in the environment: "
+                        "other local users can read a command line with ps)")
     p.add_argument("--gateway", metavar="URL",
                    help="gateway tunnel address(es), comma-separated (CONNECT_GATEWAY_URL)")
     p.add_argument("--session", metavar="ID", help="session id (CONNECT_SESSION_ID)")

@@ -192,6 +192,11 @@ class Traffic:
             f = replace(f, reason=meter.stopped)
         self.access_log(replace(f, bytes_in=meter.bytes_in, bytes_out=meter.bytes_out))
 
+    def carried(self, f: Finished) -> None:
+        """A studio's tunnel carried in a WebSocket through the HTTP port ended (its bytes
+        are the tunnel's, counted by the tunnel's own metrics): its access line."""
+        self.access_log(f)
+
     def ssh_refused(self, f: Finished) -> None:
         """An SSH connection that never reached a studio (refused, or a bad key)."""
         self.metrics.ssh_sessions.labels("refused").inc()

@@ -17,6 +17,10 @@ composes: TCP (or the proxy) -> TLS for wss -> WebSocket -> the tunnel's own TLS
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,15 +28,18 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from wsproto import ConnectionType, WSConnection
 from wsproto import events as ws
-from wsproto.connection import Connection
-from wsproto.utilities import generate_accept_token
+from wsproto.connection import Connection, ConnectionState
+from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError, generate_accept_token
 from zope.interface import implementer
 
 __all__ = ["TUNNEL_PATH", "Carrier", "CarrierEndpoint", "CarrierRefused", "ProxyConnect",
-           "WebSocketClient", "WebSocketServer", "accept_head", "proxy_for"]
+           "WebSocketClient", "WebSocketServer", "accept_head", "proxy_for",
+           "websocket_refusal"]
 
 TUNNEL_PATH = "/_connect/tunnel"
 MAX_HEAD = 16 * 1024
@@ -52,6 +59,18 @@ class Carrier(Protocol):
         self.inner = inner
         self.ready: Deferred[Any] = Deferred()  # the inner protocol, once it is connected
         self.up = False
+        self.sent = 0  # bytes written to the connection (handshake, frames, all)
+        self.ended = ""  # why the carrier ended the connection itself, if it did
+
+    def send(self, data: bytes) -> None:
+        """Write `data` to the connection (counted)."""
+        self.sent += len(data)
+        self.transport.write(data)
+
+    def peer(self) -> str:
+        """The other end's address, for a log line."""
+        peer = self.transport.getPeer() if self.transport is not None else None
+        return str(getattr(peer, "host", None) or "an unknown peer")
 
     # The connection's side ------------------------------------------------------------
 
@@ -106,7 +125,7 @@ class Carrier(Protocol):
 
     def write(self, data: bytes) -> None:
         if data:
-            self.transport.write(self.encode(data))
+            self.send(self.encode(data))
 
     def writeSequence(self, data: Any) -> None:
         self.write(b"".join(data))
@@ -114,7 +133,7 @@ class Carrier(Protocol):
     def loseConnection(self) -> None:
         bye = self.goodbye()
         if bye:
-            self.transport.write(bye)
+            self.send(bye)
         self.transport.loseConnection()
 
     def abortConnection(self) -> None:
@@ -152,7 +171,7 @@ class ProxyConnect(Carrier):
 
     def handshake(self) -> None:
         t = self.target.encode("ascii")
-        self.transport.write(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (t, t))
+        self.send(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (t, t))
 
     def handshake_data(self, data: bytes) -> None:
         self._buf += data
@@ -170,23 +189,71 @@ class ProxyConnect(Carrier):
         self.started(rest)
 
 
+# wsproto's refusals name an opcode by its Python repr ("<Opcode.TEXT: 1>"): its name.
+_OPCODE_REPR = re.compile(r"<Opcode\.(\w+): \d+>")
+# The longest close reason a close frame holds (125 bytes of payload, 2 for the code).
+_CLOSE_REASON_MOST = 123
+
+
+def _frame_problem(code: int, message: str) -> str:
+    """What wsproto's refusal of a frame (its close `code` and `message`) says in words."""
+    if code == CloseReason.INVALID_FRAME_PAYLOAD_DATA:
+        return "a text message that is not UTF-8"
+    return _OPCODE_REPR.sub(lambda m: m.group(1), message)
+
+
 class _WebSocket(Carrier):
+    """A tunnel in binary WebSocket messages. A frame wsproto refuses (or a text message:
+    a tunnel is binary only) ends the connection with a close frame (1002 protocol error,
+    1003 for text, 1007 for text that is not UTF-8) and one log line naming the peer and
+    the reason; a close frame from the peer is answered with one, then the connection
+    closes. (wsproto passes a binary frame's payload on as it comes: no frame is held
+    whole, so none is too big to take.)"""
+
     ws: Any
+    _log = Logger()
 
     def decode(self, data: bytes) -> None:
+        if self.ended:
+            return  # closing: what comes after our close frame is not read
         self.ws.receive_data(data)
         for event in self.ws.events():
             if isinstance(event, ws.BytesMessage):
                 if event.data:
                     self.inner.dataReceived(bytes(event.data))
             elif isinstance(event, ws.Ping):
-                self.transport.write(self.ws.send(event.response()))
+                self.send(self.ws.send(event.response()))
             elif isinstance(event, ws.CloseConnection):
-                self.transport.loseConnection()
+                if self.ws.state is ConnectionState.REMOTE_CLOSING:  # the peer's close
+                    self.send(self.ws.send(event.response()))
+                    self.transport.loseConnection()
+                else:  # (wsproto's way of saying a frame was malformed)
+                    self.fail(event.code, "malformed WebSocket frame: "
+                              + _frame_problem(event.code, event.reason or ""))
+                return
             elif isinstance(event, ws.TextMessage):
-                self.transport.abortConnection()  # a tunnel is binary only
+                self.fail(CloseReason.UNSUPPORTED_DATA,
+                          "a text message (a tunnel is carried in binary messages only)")
+                return
             if not self.up:
                 return
+
+    def fail(self, code: int, why: str) -> None:
+        """End the connection for a protocol error: a close frame with `code` and `why`,
+        one log line, then the connection closes."""
+        self.ended = why
+        self._log.info("WebSocket tunnel from {peer} closed with {code}: {why}",
+                       peer=self.peer(), code=int(code), why=why)
+        reason = why.encode("utf-8")[:_CLOSE_REASON_MOST].decode("utf-8", "ignore")
+        with contextlib.suppress(LocalProtocolError):  # a close frame went out already
+            self.send(self.ws.send(ws.CloseConnection(code=code, reason=reason)))
+        self.transport.loseConnection()
+
+    def write(self, data: bytes) -> None:
+        # After a close frame, either way, no message may follow: what the inner protocol
+        # still writes (its TLS close alert as the connection goes) is dropped.
+        if self.ws.state is ConnectionState.OPEN:
+            super().write(data)
 
     def encode(self, data: bytes) -> bytes:
         return self.ws.send(ws.BytesMessage(data=data))
@@ -206,7 +273,7 @@ class WebSocketClient(_WebSocket):
         self.path = path
 
     def handshake(self) -> None:
-        self.transport.write(self.ws.send(ws.Request(host=self.host, target=self.path)))
+        self.send(self.ws.send(ws.Request(host=self.host, target=self.path)))
 
     def handshake_data(self, data: bytes) -> None:
         self.ws.receive_data(data)
@@ -234,14 +301,38 @@ class WebSocketServer(_WebSocket):
         self.started()
 
 
+def websocket_refusal(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """Why these request headers do not ask for a WebSocket properly (RFC 6455 4.2.1), or
+    None: ``Upgrade: websocket``, ``Sec-WebSocket-Version: 13`` and a
+    ``Sec-WebSocket-Key`` that is the base64 of 16 bytes (24 characters), each once."""
+    fields: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        fields.setdefault(name.lower(), []).append(value.strip())
+    upgrade = fields.get(b"upgrade", [])
+    if [v.lower() for v in upgrade] != [b"websocket"]:
+        return "the Upgrade header is not websocket"
+    if fields.get(b"sec-websocket-version") != [b"13"]:
+        return "the Sec-WebSocket-Version header is not 13"
+    keys = fields.get(b"sec-websocket-key", [])
+    if len(keys) != 1:
+        return ("no Sec-WebSocket-Key header" if not keys
+                else "more than one Sec-WebSocket-Key header")
+    key = keys[0]
+    try:
+        nonce = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        nonce = b""
+    if len(key) != 24 or len(nonce) != 16:
+        return "the Sec-WebSocket-Key header is not the base64 of 16 bytes"
+    return None
+
+
 def accept_head(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     """The 101 that accepts a WebSocket upgrade with these request headers, or None when
-    they do not ask for one properly."""
-    fields = {k.lower(): v for k, v in headers}
-    key = fields.get(b"sec-websocket-key")
-    if key is None or fields.get(b"upgrade", b"").lower() != b"websocket" \
-            or fields.get(b"sec-websocket-version") != b"13":
+    they do not ask for one properly (:func:`websocket_refusal` says why)."""
+    if websocket_refusal(headers) is not None:
         return None
+    key = next(v for k, v in headers if k.lower() == b"sec-websocket-key")
     accept = generate_accept_token(key.strip())
     return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")

@@ -263,7 +263,8 @@ def test_bad_chunk_sizes_abort_the_tool_side(recorded) -> None:
     head = (f"POST /chunks HTTP/1.1\r\nHost: {created['id']}.localhost:{d.http_port}\r\n"
             f"Cookie: {cookie}\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
     for body in (b"zz\r\nhello\r\n0\r\n\r\n", b"-5\r\nhello\r\n0\r\n\r\n",
-                 b"5 5\r\nhello\r\n0\r\n\r\n", b"\r\nhello\r\n0\r\n\r\n"):
+                 b"5 5\r\nhello\r\n0\r\n\r\n", b"\r\nhello\r\n0\r\n\r\n",
+                 b"ffffffffffffffffffff\r\nhello\r\n0\r\n\r\n"):
         answer = exchange(d.http_port, head + body)
         assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert not tool.seen(b"hello")

@@ -38,6 +38,9 @@ class Observer:
     def close(self, meter: Meter, f: Finished) -> None:
         self.closed.append((meter, f))
 
+    def carried(self, f: Finished) -> None:  # (a tunnel carried in a WebSocket ended)
+        self.done.append(f)
+
 
 SECRET_GET = (b"GET /lab/tree?token=s3cret-query HTTP/1.1\r\nHost: abc.studios.test\r\n"
               b"Cookie: session=s3cret-cookie\r\nAuthorization: Bearer s3cret-token\r\n"

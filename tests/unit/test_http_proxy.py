@@ -406,6 +406,10 @@ SMUGGLING = [
     b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"zz\r\nabc\r\n0\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nTransfer-Encoding: xchunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"ffffffffffffffffffff\r\nzz" + b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n" * 4,
+    b"POST / HTTP/1.1\r\nHost: abc.studios.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"10000000000000000\r\nzz\r\n0\r\n\r\n",
 ]
 
 
@@ -586,5 +590,36 @@ def test_hostile_heads_never_crash_or_reach_the_tool_unvalidated(raw: bytes,
     p2, t2 = h.client()
     p2.dataReceived(GET)
     assert h.upstream.conns, "a second connection keeps working"
+    h.up()[0].dataReceived(OK)
+    assert parse_responses(t2.value())[0][0] == 200
+
+
+_body_pieces = st.sampled_from([
+    b"0", b"3", b"a", b"F", b"ffffffffffffffffffff", b"10000000000000000", b"ffffffffffffffff",
+    b"zz", b"-", b" ", b"\t", b";", b"ext=1", b"\r\n", b"\n", b"\r", b"abc", b"X-A: 1", b":",
+    b"\x00", b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n",
+])
+
+
+@settings(max_examples=examples(300))
+@given(st.lists(_body_pieces, max_size=30).map(b"".join), st.integers(1, 7))
+def test_hostile_chunked_bodies_reach_the_tool_only_as_well_formed_chunks(
+        raw: bytes, split: int) -> None:
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(b"POST /up HTTP/1.1\r\nHost: abc.studios.test\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n")
+    step = max(1, len(raw) // split)
+    for i in range(0, len(raw), step):
+        p.dataReceived(raw[i:i + step])
+    for _, ut in h.upstream.conns:  # the tool's bytes are a request h11 reads without fault
+        s = h11.Connection(h11.SERVER)
+        s.receive_data(ut.value())
+        while (ev := s.next_event()) not in (h11.NEED_DATA, h11.PAUSED):
+            assert not isinstance(ev, h11.ConnectionClosed)
+    assert not t.value() or (status_of(t) == 400 and t.disconnecting)  # (the tool is silent)
+    h.clock.advance(1000)  # all timers fire cleanly
+    p2, t2 = h.client()
+    p2.dataReceived(GET)
     h.up()[0].dataReceived(OK)
     assert parse_responses(t2.value())[0][0] == 200
