@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from studios_gateway.config import ConfigError
@@ -115,8 +115,13 @@ def load_client_settings(environ: Mapping[str, str],
         gateways.append(gw)
     url = get("CONNECT_GATEWAY_URL")
     if url:
-        gateways = [_parse_gateway(part, "CONNECT_GATEWAY_URL")[0]
-                    for part in url.split(",") if part.strip()]
+        # An address without a pin of its own takes the connect string's: the nodes of a
+        # cluster share the tunnel certificate (docs/cluster.md), and without the pin a
+        # self-made certificate fails the chain check.
+        pinned = gateways[0].pin if gateways else None
+        gateways = [gw if gw.pin or not pinned else replace(gw, pin=pinned)
+                    for gw in (_parse_gateway(part, "CONNECT_GATEWAY_URL")[0]
+                               for part in url.split(",") if part.strip())]
     if not gateways:
         raise ConfigError("CONNECT_GATEWAY_URL", None,
                           "the gateway's tunnel address (or a CONNECT_STRING)")

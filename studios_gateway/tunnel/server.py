@@ -399,13 +399,18 @@ class TunnelTable:
     def _held_elsewhere(self, tunnel: Tunnel, why: str) -> None:
         """Take the tunnel out of the table (requests go to the new holder) and let the
         streams in flight finish (GoAway), for at most a claim-refresh period (the bound
-        the refresh loop gave before): then it is closed."""
+        the refresh loop gave before): then it is closed. While this node drains, the
+        studio moved because this node told it to (GoAway) and its old tunnel still
+        carries the streams in flight (SSH sessions, downloads; from other nodes too,
+        over the peer link): those finish within the drain's grace, as every other
+        connection's, so no refresh-period bound is set."""
         if self._tunnels.get(tunnel.session_id) is not tunnel:
             return
         self._log.info("session {sid} moved ({why}): retiring this node's tunnel",
                        sid=tunnel.session_id, why=why)
         del self._tunnels[tunnel.session_id]
-        self._moved[tunnel] = self.clock.callLater(self.settings.holder_ttl / 3, tunnel.close)
+        self._moved[tunnel] = (None if self.draining else
+                               self.clock.callLater(self.settings.holder_ttl / 3, tunnel.close))
         self._update_gauge()
         tunnel.retire()
 

@@ -30,12 +30,14 @@ from tests.support.gateway import GatewayProcess, base_env
 from tests.support.redis_server import RedisServer, redis_available
 from tests.support.studio import Connect, Tool
 from tests.support.web import Browser
+from tests.support.websocket import WebSocket
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")]
 
 KEY = "cluster-test-key"
 SECRET = "cluster-test-peer-secret"
+CLAIM_TTL = 6.0  # seconds: CONNECT_TUNNEL_CLAIM_TTL of the three-node test
 
 
 def poll_ok(browser: Browser, url: str, timeout: float) -> float:
@@ -146,7 +148,9 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
             env = base_env(tmp_path, CONNECT_REDIS_ADDRESS=redis.address,
                            CONNECT_PEER_SECRET=SECRET, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
                            CONNECT_LOG_LEVEL="info", CONNECT_NODE_ID=f"node-{name}",
-                           CONNECT_SSH_ENABLED="true")
+                           CONNECT_SSH_ENABLED="true",
+                           # claims refreshed every 2 s: a moved tunnel's bound (below)
+                           CONNECT_TUNNEL_CLAIM_TTL=f"{CLAIM_TTL:g}s")
             env["CONNECT_PROXY_URL"] = f"http://localhost:{env['CONNECT_HTTP_PORT']}"
             node = GatewayProcess(tmp_path, env, name=f"gateway-{name}")
             stoppers.append(node.stop)
@@ -215,11 +219,29 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
                 if reply.status != 200 and browser.get(url(other)).status != 200:
                     failed.append(reply.status)
 
+        # A WebSocket opened through the other node before the drain rides the draining
+        # node's tunnel (over the peer link): it must outlive the studio's move, as
+        # long as the drain's grace allows, not only a claim-refresh period.
+        port = int(other.env["CONNECT_HTTP_PORT"])
+        ws = WebSocket(port, f"{sid}.localhost:{port}", "/ws",
+                       {"Cookie": browser._cookie_header(f"{sid}.localhost", "/") or ""})
+        ws.send_text("before the drain")
+        assert ws.recv_text() == "before the drain"
         loader = threading.Thread(target=load)
         loader.start()
         try:
             status, body, _ = draining.request("/shutdown", method="POST")
             assert status == 202, body
+            deadline = time.monotonic() + 30
+            while "retiring this node's tunnel" not in draining.output():
+                assert time.monotonic() < deadline, draining.output()[-3000:]
+                time.sleep(0.1)  # polling the log for the move, not a race fix
+            # Past the bound a moved tunnel gets when its node is not draining (a third of
+            # the claim's TTL): time passing is what is tested here.
+            time.sleep(CLAIM_TTL / 3 + 1)
+            ws.send_text("after the move")
+            assert ws.recv_text() == "after the move"
+            ws.close()
             assert draining.wait(timeout=30) == 0
             moved = wait_connected(other, sid)["tunnel"]["node"]
         finally:

@@ -108,6 +108,23 @@ def test_client_settings_from_variables_and_several_gateways() -> None:
     assert s.tool == "jupyterlab" and s.tool_path_prefix == "/_studio/s1/"
 
 
+def test_a_cluster_list_takes_the_connect_strings_pin_where_it_has_none() -> None:
+    """docs/cluster.md: the nodes share the tunnel certificate, so one pin fits every node;
+    an address with its own pin keeps it, and without a pinned connect string none is
+    made up (the chain check then applies)."""
+    pin, other = "sha256:" + "ab" * 32, "sha256:" + "cd" * 32
+    conn = f"studios-connect://abc123:{'t' * 43}@gw1:7070/?pin={pin}"
+    s = load_client_settings({
+        "CONNECT_STRING": conn, "CONNECT_TOOL_PORT": "8888",
+        "CONNECT_GATEWAY_URL": f"gw1:7070,tls://gw2:7070?pin={other},"
+                               "wss://gw3/_connect/tunnel"})
+    assert [(g.host, g.pin) for g in s.gateways] == [("gw1", pin), ("gw2", other), ("gw3", pin)]
+    s = load_client_settings({"CONNECT_GATEWAY_URL": "gw1:7070,gw2:7070",
+                              "CONNECT_SESSION_ID": "s1", "CONNECT_SESSION_TOKEN": "k" * 20,
+                              "CONNECT_TOOL_PORT": "80"})
+    assert [g.pin for g in s.gateways] == [None, None]
+
+
 @pytest.mark.parametrize("env,name", [
     ({}, "CONNECT_GATEWAY_URL"),
     ({"CONNECT_GATEWAY_URL": "a:1"}, "CONNECT_SESSION_ID"),

@@ -145,3 +145,36 @@ def test_tunnels_share_one_copy_of_the_versions_their_binds_name() -> None:
     second = table.get("s2")
     assert second is not None and second.holder.client_version == "0.12.0"
     assert second.holder.client_version is first.holder.client_version
+
+
+def _moved_with_a_stream_open(drain: bool) -> tuple[Clock, StringTransport, Any]:
+    """The studio rebinds elsewhere (another node's claim) while a stream (an SSH session,
+    a download) is open on this node's tunnel; `drain`: this node is shutting down."""
+    from studios_gateway.wire.kinds import STREAM_TOOL
+
+    clock, store, table, transport, tunnel = bound()
+    stream = tunnel.open_stream(STREAM_TOOL)
+    stream.write(b"GET / HTTP/1.1\r\n\r\n")
+    if drain:
+        table.drain()
+    # (the store's change event: this node sees the other claim at once)
+    store.inner.claim_tunnel(replace(tunnel.holder, node_id="n2", tunnel_id="other"), TTL)
+    assert table.get("s1") is None and not transport.disconnecting
+    return clock, transport, stream
+
+
+def test_a_moved_tunnel_is_closed_after_a_refresh_period_even_with_a_stream_open() -> None:
+    clock, transport, _ = _moved_with_a_stream_open(drain=False)
+    clock.advance(TTL / 3)
+    assert transport.disconnecting
+
+
+def test_while_draining_a_moved_tunnel_lives_until_its_streams_end() -> None:
+    """Draining, the studio moved because this node said GoAway: its SSH sessions and
+    downloads in flight (from other nodes too, over the peer link) keep their tunnel
+    until they end, within the drain's grace, not a refresh period."""
+    clock, transport, stream = _moved_with_a_stream_open(drain=True)
+    clock.advance(TTL)
+    assert not transport.disconnecting
+    stream.abortConnection()  # the last stream ends: the tunnel closes
+    assert transport.disconnecting
