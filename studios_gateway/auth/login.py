@@ -72,6 +72,7 @@ from studios_gateway.auth.oidc import (
 )
 from studios_gateway.auth.settings import LOGIN_COOKIE, PREFIX, AuthSettings
 from studios_gateway.http import pages
+from studios_gateway.http.origin import cross_origin
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.registry.base import SessionRecord, StoreUnavailable
 from studios_gateway.registry.memory import MemoryStore
@@ -672,6 +673,17 @@ class Auth:
                            f"Log in to studio {data['sid']} as {data['sub']}.", body_html=form)
             return defer.maybeDeferred(self._once.is_spent, data["jti"]).addCallback(
                 lambda spent: invalid if spent else confirm)
+        why = cross_origin(request.header(b"origin"), request.host)
+        if why is not None:
+            # A form on another site (another studio's page, too: the same site in
+            # subdomain mode) posting a link of its own would log this browser in as
+            # someone else (login CSRF); the link stays unspent.
+            self._log.info("refused a login link's post to {session}: {why}",
+                           session=data["sid"], why=why)
+            return page(403, "Login refused",
+                        "This login link was posted from another site. Open the link "
+                        "itself in your browser to log in.")
+
         def spent(fresh: bool) -> Response:
             self.on_login("link", fresh)
             return self._link_spent(data) if fresh else page(

@@ -80,6 +80,9 @@ def page(status: int, title: str, message: str, *, session_id: str | None = None
         (b"Cache-Control", b"no-store"),
         (b"X-Content-Type-Options", b"nosniff"),
         (b"Referrer-Policy", b"no-referrer"),
+        # never framed: another site's page cannot overlay the login's "Open studio"
+        (b"Content-Security-Policy", b"frame-ancestors 'none'"),
+        (b"X-Frame-Options", b"DENY"),
         *extra,
     )
     return Page(status, headers, doc)

@@ -52,6 +52,7 @@ from studios_gateway.http.exchange import (
 )
 from studios_gateway.http.flow import Gate, GateProducer, Pacer
 from studios_gateway.http.headers import client_address, is_trusted
+from studios_gateway.http.origin import cross_origin
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.http.routing import Redirect, Refusal, Route, Router
 from studios_gateway.http.toolroute import tool_route
@@ -490,9 +491,18 @@ class ProxyProtocol(Protocol):
             self._respond(ex, refused.page, close=refused.close)
             return
         assert ex.info is not None
-        if f.carry is not None and ex.upgrade and ex.info.path == TUNNEL_PATH:
-            self._carry(ex)
-            return
+        if ex.upgrade:
+            if f.carry is not None and ex.info.path == TUNNEL_PATH:
+                self._carry(ex)
+                return
+            why = cross_origin(ex.info.header(b"origin"), ex.info.host)
+            if why is not None:  # a page of another studio (or site) as this browser's user
+                self._log.info("refused a WebSocket from {peer} to {host}: {why}",
+                               peer=self._peer, host=ex.host, why=why)
+                self._respond(ex, pages.forbidden(message=(
+                    "A WebSocket to a studio must come from that studio's own pages "
+                    f"(here: {why}).")), close=True, why=f"WebSocket refused: {why}")
+                return
         if f.fast is not None and self._fast(ex):
             return
         d: Deferred[Any] = (defer.maybeDeferred(f.local_routes, ex.info)

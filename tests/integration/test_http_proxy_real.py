@@ -164,6 +164,34 @@ class ProxyOnSockets(unittest.TestCase):
         self.assertEqual(got, ["one", "two", "x" * 100_000])
 
     @defer.inlineCallbacks
+    def test_a_websocket_from_another_studios_page_is_refused(self) -> Any:
+        """Subdomain mode: every studio is a subdomain of one site, so the login cookie
+        (SameSite=Lax) goes along with a WebSocket a page of studio B opens to studio A.
+        The handshake's Origin names B: refused, 403; A's own pages still connect."""
+        def handshake(origin: str) -> bytes:
+            sock = socket.create_connection(("127.0.0.1", self.proxy_port), timeout=30)
+            ws = WSConnection(ConnectionType.CLIENT)
+            sock.sendall(ws.send(Request(host=f"abc.{DOMAIN}:{self.proxy_port}", target="/ws",
+                                         extra_headers=[(b"origin", origin.encode())])))
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                head += data
+            sock.close()
+            return head.split(b"\r\n", 1)[0]
+
+        def run() -> tuple[bytes, bytes, bytes]:
+            return (handshake(f"http://evil.{DOMAIN}:{self.proxy_port}"),
+                    handshake("null"),
+                    handshake(f"http://abc.{DOMAIN}:{self.proxy_port}"))
+
+        evil, null, own = yield threads.deferToThread(run)
+        self.assertEqual((evil, null), (b"HTTP/1.1 403 Forbidden", b"HTTP/1.1 403 Forbidden"))
+        self.assertTrue(own.startswith(b"HTTP/1.1 101"), own)
+
+    @defer.inlineCallbacks
     def test_pages_on_real_sockets(self) -> Any:
         def run() -> list[int]:
             conn = self.connection()

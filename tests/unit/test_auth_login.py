@@ -370,6 +370,21 @@ def test_login_link_flow():
     assert run(auth.handle(request(link[:-3] + "AAA", method="POST"))).status == 400
 
 
+def test_a_login_link_posted_from_another_site_is_refused_and_stays_unspent():
+    """Login CSRF: a page of another site (or another studio, the same site in subdomain
+    mode) auto-posting a link of its own would log the visitor in as someone else."""
+    auth, _, _ = make(issuer=False)
+    link = auth.mint_login_link("abc", "mallory")
+    for origin in (b"https://evil.example", b"https://abc.connect.example.test", b"null"):
+        refused = run(auth.handle(request(link, method="POST",
+                                          headers=((b"Origin", origin),))))
+        assert refused.status == 403 and b"posted from another site" in refused.body
+        assert not any(k.lower() == b"set-cookie" for k, _ in refused.headers)
+    ok = run(auth.handle(request(link, method="POST",
+                                 headers=((b"Origin", PROXY.encode()),))))
+    assert ok.status == 302  # the same origin's form: logged in (the link was unspent)
+
+
 def test_no_issuer_no_callback():
     auth, _, _ = make(issuer=False)
     assert run(auth.handle(request(f"{PROXY}/_connect/callback?state=a&code=b"))).status == 404
