@@ -43,12 +43,17 @@ from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.registry.spent import SpentSet
 
-__all__ = ["Authorizer", "Decision", "PlatformAccess", "PlatformUnavailable", "Revocation"]
+__all__ = ["NOT_ALLOWED", "SESSION_ENDED", "Authorizer", "Decision", "PlatformAccess",
+           "PlatformUnavailable", "Revocation"]
 
 #: How long a failure (store or Platform unreachable) is remembered, at most.
 ERROR_TTL = 5.0
 #: Seconds between attempts to write or read logouts while the store is unavailable.
 LOGOUT_RETRY = 2.0
+#: The decision's reason for a user with no claim on the session.
+NOT_ALLOWED = "not allowed on this session"
+#: Why a live connection closes when its session is deleted (an SSH user reads it).
+SESSION_ENDED = "the session was ended"
 
 
 class PlatformUnavailable(Exception):
@@ -278,7 +283,7 @@ class Authorizer:
                 return Decision(False, "the Platform could not be asked", 503, record)
             if yes:
                 return Decision(True, "platform", 200, record)
-        return Decision(False, "not allowed on this session", 403, record)
+        return Decision(False, NOT_ALLOWED, 403, record)
 
     # Revocation ------------------------------------------------------------------------
 
@@ -309,7 +314,8 @@ class Authorizer:
         for handle, live in list(self._live.items()):
             if revocation.kind != "recheck" and revocation.matches(
                     live.session_id, live.user, live.login_id):
-                self._close(handle, f"access revoked ({revocation.kind})")
+                self._close(handle, SESSION_ENDED if revocation.kind == "session"
+                            else f"access revoked ({revocation.kind})")
 
     def revoke_user(self, session_id: str, user: str) -> None:
         """`user` lost access to `session_id` (e.g. taken off its allow-list)."""
@@ -446,7 +452,9 @@ class Authorizer:
 
             def decided(decision: Decision, handle: int = handle) -> None:
                 if not decision.allowed and decision.status != 503:
-                    self._close(handle, decision.reason)
+                    # 404: the session was deleted while the connection was open.
+                    self._close(handle, SESSION_ENDED if decision.status == 404
+                                else decision.reason)
 
             checks.append(self.check(live.session_id, live.user, max_age=max_age)
                           .addCallback(decided))

@@ -5,8 +5,9 @@
                                   connect_string
   GET    /api/sessions            list, with tunnel state
   GET    /api/sessions/{id}       one, with tunnel state
-  PATCH  /api/sessions/{id}       change it (JSON: allowed_users); users taken off
-                                  the list lose their open connections
+  PATCH  /api/sessions/{id}       change it (JSON: allowed_users, ssh_enabled); users
+                                  taken off the list lose their open connections, and
+                                  SSH turned off closes the session's SSH connections
   DELETE /api/sessions/{id}       end it (its tunnel is closed)
   POST   /api/sessions/{id}/token mint a new connect token (the old one stops working)
   POST   /api/sessions/{id}/login-links
@@ -118,6 +119,8 @@ def _shown(value: Any) -> str:
     """A changed field's new value for the audit line (a list as ``a,b``)."""
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value)) or "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return str(value)
 
 

@@ -142,16 +142,28 @@ def _allowed_users(users: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(users))
 
 
+#: What PATCH /api/sessions/{id} may change.
+CHANGEABLE = ("allowed_users", "ssh_enabled")
+
+
 def validate_change(body: Any) -> dict[str, Any]:
-    """Check a PATCH /api/sessions/{id} body (only allowed_users may change)."""
+    """Check a PATCH /api/sessions/{id} body: allowed_users, ssh_enabled, or both."""
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object")
-    unknown = set(body) - {"allowed_users"}
+    unknown = set(body) - set(CHANGEABLE)
     if unknown:
-        raise RequestError(f"only allowed_users can be changed, not {', '.join(sorted(unknown))}")
-    if "allowed_users" not in body:
-        raise RequestError("allowed_users is required")
-    return {"allowed_users": _allowed_users(body["allowed_users"])}
+        raise RequestError(f"only allowed_users and ssh_enabled can be changed, not "
+                           f"{', '.join(sorted(unknown))}")
+    if not body:
+        raise RequestError("nothing to change: give allowed_users, ssh_enabled or both")
+    change: dict[str, Any] = {}
+    if "allowed_users" in body:
+        change["allowed_users"] = _allowed_users(body["allowed_users"])
+    if "ssh_enabled" in body:
+        if not isinstance(body["ssh_enabled"], bool):
+            raise RequestError("ssh_enabled must be true or false")
+        change["ssh_enabled"] = body["ssh_enabled"]
+    return change
 
 
 def validate_login_link(body: Any) -> str:
@@ -230,8 +242,10 @@ class Sessions:
 
     @defer.inlineCallbacks
     def change(self, session_id: str, fields: dict[str, Any]) -> Any:
-        """Replace the session's allow-list; returns the new description or None.
-        Users taken off the list lose access at once (`on_revoke`)."""
+        """Change the session's allow-list and/or ssh_enabled; returns the new description
+        or None. Users taken off the list lose access at once (`on_revoke`); with SSH
+        turned off, the open SSH connections to the session close as the registry's change
+        is heard (the SSH proxy follows it)."""
         record = yield self._store.get(session_id)
         if record is None:
             return None

@@ -7,7 +7,9 @@
   DELETE /api/users/{user}/keys           forget all of the user's keys
   DELETE /api/users/{user}/keys/{fp}      forget one key (fp: SHA256:..., URL-encoded)
 
-Authentication is the management root's (bearer key). Keys are never logged.
+Authentication is the management root's (bearer key). Every change is logged as the
+rest of the admin API's are, ``admin API: SSH keys of alice replaced (1 key) by
+127.0.0.1``; keys are never logged (a fingerprint may be).
 The keys live in the session registry (shared by every node with the same
 Redis); when it does not answer, the call fails with 503.
 """
@@ -24,6 +26,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from studios_gateway.management.api import peer_of
 from studios_gateway.management.endpoints import json_reply
 from studios_gateway.registry.base import StoreUnavailable, UserKeyStore, key_blob
 from studios_gateway.ssh.keys import fingerprint, parse_public_keys, valid_user
@@ -32,6 +35,11 @@ __all__ = ["UserKeysResource"]
 
 MAX_BODY = 256 * 1024
 log = Logger(namespace="studios_gateway.ssh.api")
+
+
+def keys_count(n: int) -> str:
+    """``1 key``, ``2 keys``, ``0 keys``."""
+    return f"{n} key" if n == 1 else f"{n} keys"
 
 
 class _BadRequest(Exception):
@@ -122,11 +130,15 @@ class UserKeysResource(Resource):
             if method == "PUT" and fp is None:
                 lines = _body_lines(request)
                 await store.set_user_keys(user, lines)
-                log.info("SSH keys of {user} replaced ({n} keys)", user=user, n=len(lines))
+                log.info("admin API: SSH keys of {user} replaced ({keys}) by {peer}",
+                         user=user, keys=keys_count(len(lines)), peer=peer_of(request))
                 return 200, _describe(user, lines)
             if method == "POST" and fp is None:
-                merged = await store.add_user_keys(user, _body_lines(request))
-                log.info("SSH keys added for {user} (now {n})", user=user, n=len(merged))
+                lines = _body_lines(request)
+                merged = await store.add_user_keys(user, lines)
+                log.info("admin API: SSH keys added for {user} ({sent} sent, {now} now) by "
+                         "{peer}", user=user, sent=keys_count(len(lines)),
+                         now=keys_count(len(merged)), peer=peer_of(request))
                 return 200, _describe(user, merged)
             if method == "DELETE":
                 blobs = None
@@ -136,7 +148,12 @@ class UserKeysResource(Resource):
                     if not blobs:
                         return 404, {"error": f"{user} has no key {fp}"}
                 n = await store.remove_user_keys(user, blobs)
-                log.info("SSH keys of {user} deleted ({n})", user=user, n=n)
+                if fp is None:
+                    log.info("admin API: SSH keys of {user} deleted ({keys}) by {peer}",
+                             user=user, keys=keys_count(n), peer=peer_of(request))
+                else:  # a fingerprint is fine to log; the key never is
+                    log.info("admin API: SSH key {fp} of {user} deleted by {peer}", fp=fp,
+                             user=user, peer=peer_of(request))
                 return 200, {"user": user, "deleted": n}
         except (_BadRequest, ValueError) as e:
             return 400, {"error": str(e)}

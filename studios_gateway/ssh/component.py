@@ -12,7 +12,9 @@ imported once; plus the Platform's keys when PLATFORM_URL is set), and joins the
 - who may log in is ``auth.authorizer.check`` (the login rules), and
   live connections are registered with ``authorizer.track`` so revocation
   closes them; each is also tracked with the key it logged in with
-  (:mod:`studios_gateway.ssh.key_watch`), so removing that key closes it;
+  (:mod:`studios_gateway.ssh.key_watch`), so removing that key closes it; and
+  registry changes are followed, so turning a session's ``ssh_enabled`` off
+  closes its connections;
 - ``/api/users/{user}/keys`` is returned for the management API;
 - the listener on CONNECT_SSH_ADDR is bound with the others (a port in use
   fails the start); a drain waits for open connections, a stop closes them.
@@ -29,6 +31,7 @@ from twisted.internet.interfaces import IProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from studios_gateway.auth.authorizer import NOT_ALLOWED
 from studios_gateway.auth.login import Auth
 from studios_gateway.component import Component, Part, StartError, endpoint_for
 from studios_gateway.config import Config
@@ -88,7 +91,9 @@ def make_authorize(authorizer: Any) -> Any:
                         f"({decision.reason}); try again shortly")
             if decision.status == 404:
                 return f"there is no session {record.id} (check the session id)"
-            return f"{user} is not allowed on session {record.id} ({decision.reason})"
+            base = f"{user} is not allowed on session {record.id}"
+            # The login rules' plain "no" adds nothing; another reason (the workspace) does.
+            return base if decision.reason == NOT_ALLOWED else f"{base} ({decision.reason})"
 
         return authorizer.check(record.id, user).addCallback(decided)
 
@@ -154,17 +159,22 @@ def build_ssh(config: Config, reactor: Any, store: SessionStore, dialer: Dialer,
     log.info("SSH: host key {type} {fp}", type=host_key.sshType().decode(),
              fp=fingerprint(host_key))
     part = Part()
+    unsubscribe: list[Any] = []
     host, port = config.ssh_addr
     part.listen("ssh", "CONNECT_SSH_ADDR", endpoint_for(reactor, host, port), factory,
                 "the SSH proxy")
 
     def start() -> None:
         key_watch.start()
+        if not unsubscribe:  # SSH turned off for a session closes its connections
+            unsubscribe.append(store.subscribe(factory.session_changed))
         if keys_import is not None:
             keys_import.start()
 
     def stop() -> Any:
         key_watch.stop()
+        while unsubscribe:
+            unsubscribe.pop()()
         factory.disconnect_all("the gateway is shutting down")
         if keys_import is not None:
             keys_import.stop()

@@ -17,6 +17,7 @@ the key has been proven.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -58,6 +59,7 @@ from studios_gateway.ssh.policy import (
     Refused,
     StartupLimiter,
     parse_login,
+    shown_name,
 )
 from studios_gateway.traffic.facts import SSH, Finished
 from studios_gateway.waiters import EmptyWaiters
@@ -92,6 +94,13 @@ VERSION = b"SSH-2.0-studios_gateway"
 USER_BUFFER = 512 * 1024
 MSG_USERAUTH_BANNER = 53
 DISCONNECT_TOO_MANY_CONNECTIONS = 12
+#: Fingerprints of refused keys named in a connection's refusal line (then "and N more").
+SHOWN_KEYS = 5
+#: Refused global requests (-R ...) logged per connection; the rest are refused quietly.
+LOGGED_GLOBAL_REQUESTS = 5
+
+#: Global requests refused without a log line: keepalives, and a notice with no reply.
+QUIET_GLOBAL_REQUESTS = {b"keepalive@openssh.com", b"no-more-sessions@openssh.com"}
 
 #: Channel types a user may open; the studio may open only agent channels back.
 USER_CHANNELS = {b"session", b"direct-tcpip"}
@@ -110,6 +119,30 @@ WatchKeys = Callable[[str, bytes, Callable[[str], Any]], Callable[[], None]]
 
 def _supported(wanted: list[bytes], offered: list[bytes]) -> list[bytes]:
     return [w for w in wanted if w in offered]
+
+
+def describe_global_request(request_type: bytes, data: bytes) -> str:
+    """A refused global request in words: ``remote port forwarding (-R) of
+    localhost:8080``."""
+    name = shown_name(request_type)
+    try:
+        if request_type in (b"tcpip-forward", b"cancel-tcpip-forward"):
+            address, rest = common.getNS(data)
+            (port,) = struct.unpack(">L", rest[:4])
+            host = shown_name(address) if address else "*"
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            what = "remote port forwarding (-R)" if request_type == b"tcpip-forward" \
+                else "cancelling remote port forwarding"
+            return f"{what} of {where}"
+        if request_type in (b"streamlocal-forward@openssh.com",
+                            b"cancel-streamlocal-forward@openssh.com"):
+            path = shown_name(common.getNS(data)[0])
+            what = "remote socket forwarding (-R)" if not request_type.startswith(b"cancel") \
+                else "cancelling remote socket forwarding"
+            return f"{what} of {path}"
+    except (ValueError, struct.error):
+        return f"a malformed {name} request"
+    return f"the global request {name}"
 
 
 def default_authorize(user: str, record: SessionRecord) -> bool | str:
@@ -153,9 +186,12 @@ class UserKeyChecker:
 
     credentialInterfaces = (credentials.ISSHPrivateKey,)
 
-    def __init__(self, user_keys: UserKeys, notice: Callable[[str], Any] = lambda _: None):
+    def __init__(self, user_keys: UserKeys, notice: Callable[[str], Any] = lambda _: None,
+                 not_accepted: Callable[[str], Any] = lambda _: None):
         self.user_keys = user_keys
         self.notice = notice
+        #: not_accepted(fingerprint): an offered key that did not let the user in.
+        self.not_accepted = not_accepted
         self._noticed = False
 
     # Our avatar ids are Identity objects (user, session, key), not the bytes Conch's
@@ -175,12 +211,15 @@ class UserKeyChecker:
             if not self._noticed:
                 self._noticed = True
                 self.notice(str(e))
+            self.not_accepted(fingerprint(offered))
             raise UnauthorizedLogin("keys unavailable") from None
         if not known:
+            self.not_accepted(fingerprint(offered))
             raise UnauthorizedLogin("key not registered for this user")
         if creds.signature is None:
             raise conch_error.ValidPublicKey()
         if not offered.verify(creds.signature, creds.sigData):
+            self.not_accepted(fingerprint(offered))
             raise UnauthorizedLogin("bad signature")
         return Identity(login, fingerprint(offered), offered.blob())
 
@@ -249,11 +288,12 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
         self._cancelLoginTimeout = None  # type: ignore[assignment]  # Conch: None = no timer
         t = self.transport
         self.portal = Portal(SessionRealm(t.factory, t),
-                             [UserKeyChecker(t.factory.user_keys, notice=t.banner)])
+                             [UserKeyChecker(t.factory.user_keys, notice=t.keys_unavailable,
+                                             not_accepted=t.key_not_accepted)])
         self.supportedAuthentications = [b"publickey"]
 
     def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Any:
-        self.transport.tried_login = True
+        self.transport.login_attempt(common.getNS(packet)[0])
         return super().ssh_USERAUTH_REQUEST(packet)
 
     def _ebBadAuth(self, reason: Failure) -> None:
@@ -287,8 +327,14 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         self._got_bytes = False
         self._started = 0.0
         self._refusal = ""  # why this connection was refused, for the access log
+        self._ended = ""  # why the gateway ended it (the first disconnect reason it sent)
+        self.login_name: bytes | None = None  # the last login name the client gave
+        self._not_accepted: list[str] = []  # fingerprints of offered keys not accepted
+        self._more_keys = 0  # ... and how many more than SHOWN_KEYS
+        self._keys_problem = ""  # the users' keys could not be looked up: why
         self.meter: Any = None  # the traffic meter, once logged in
         self.tool = ""  # the session's tool, once its record was read
+        self.relaying = False  # logged in: the studio accepted the gateway
         self.tried_login = False
 
     def connectionMade(self) -> None:
@@ -302,6 +348,59 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         bulk_buffers(self.transport, USER_BUFFER)
         self._timer = f.clock.callLater(f.settings.handshake_timeout, self._timed_out)
         self._kex_timer = f.clock.callLater(f.settings.kex_timeout, self._kex_timed_out)
+
+    # Logging in ----------------------------------------------------------------------
+
+    def login_attempt(self, name: bytes) -> None:
+        """The client asked to log in (any method) as `name`."""
+        self.tried_login = True
+        self.login_name = name
+
+    def key_not_accepted(self, fp: str) -> None:
+        """An offered key was not accepted (not registered, or not checkable now)."""
+        if fp in self._not_accepted:
+            return
+        if len(self._not_accepted) < SHOWN_KEYS:
+            self._not_accepted.append(fp)
+        else:
+            self._more_keys += 1
+
+    def keys_unavailable(self, message: str) -> None:
+        """The user's keys cannot be looked up now: tell the user (once) and remember."""
+        self._keys_problem = message
+        self.banner(message)
+
+    def login(self) -> LoginName | None:
+        """The user and session this connection is (or tried to be) logged in as."""
+        if self.identity is not None:
+            return self.identity.login
+        if self.login_name is None:
+            return None
+        try:
+            return parse_login(self.login_name)
+        except Refused:
+            return None
+
+    def who(self) -> str:
+        """For log lines: ``user@session``, else the login name as given, else ``?``."""
+        login = self.login()
+        if login is not None:
+            return shown_name(str(login))
+        return shown_name(self.login_name) if self.login_name is not None else "?"
+
+    def _no_login(self, keys: bool) -> str:
+        """Why a connection that tried to log in never did (no refusal of ours): with
+        `keys`, the fingerprints of the keys offered."""
+        if self._keys_problem:
+            why = self._keys_problem
+        elif self._not_accepted:
+            why = "no accepted key"
+            if keys:
+                more = f" and {self._more_keys} more" if self._more_keys else ""
+                why += f" (offered {', '.join(self._not_accepted)}{more})"
+        else:
+            why = "no key offered"
+        return f"{why}; {self._ended}" if self._ended else why
 
     def logged_in(self) -> bool:
         """The user's key is accepted: from a startup slot to a connection slot (False
@@ -368,6 +467,7 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         if self.closing:
             return
         self.closing = True
+        self._ended = desc.decode("utf-8", "replace")  # for the access line
         super().sendDisconnect(reason, desc)
 
     def banner(self, text: str) -> None:
@@ -378,8 +478,7 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
 
     def refuse(self, refusal: Refused) -> None:
         """Tell the user why (banner, then disconnect reason) and hang up."""
-        who = str(self.identity.login) if self.identity else "?"
-        log.info("SSH: refused {who} from {peer}: {why}", who=who, peer=self._peer(),
+        log.info("SSH: refused {who} from {peer}: {why}", who=self.who(), peer=self._peer(),
                  why=refusal.message)
         self._refusal = self._refusal or refusal.message
         self.banner(refusal.message)
@@ -416,6 +515,7 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
 
     def authenticated(self, conn: UserConnection) -> None:
         self._cancel_timer()
+        self.relaying = True
         identity = self.identity
         assert identity is not None
         log.info("SSH: {who} logged in from {peer} (key {fp})", who=str(identity.login),
@@ -424,8 +524,9 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
             self._untrack.append(self.factory.track(identity.login.session_id,
                                                     identity.login.user, self.revoke))
         if self.factory.watch_keys is not None:
+            # KeyWatch logs its own line when it closes a connection.
             self._untrack.append(self.factory.watch_keys(identity.login.user,
-                                                         identity.key_blob, self.revoke))
+                                                         identity.key_blob, self.end_access))
         traffic = self.factory.traffic
         if traffic is not None:
             traffic.metrics.login("ssh", True)
@@ -442,9 +543,19 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         """Stop this connection's data (a transfer quota): the user reads `message`."""
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION, message.encode())
 
-    def revoke(self, reason: str) -> None:
+    def end_access(self, reason: str) -> None:
+        """Disconnect with ``access ended: <reason>`` (the caller logs why)."""
         self.sendDisconnect(transport.DISCONNECT_BY_APPLICATION,
                             f"access ended: {reason}".encode())
+
+    def revoke(self, reason: str) -> None:
+        """Access to the session ended (revoked, the session ended, SSH turned off): one
+        line in the log, then ``access ended: <reason>`` to the user."""
+        if self.closing:
+            return
+        log.info("SSH: closing the connection of {who} from {peer}: {why}", who=self.who(),
+                 peer=self._peer(), why=reason)
+        self.end_access(reason)
 
     def upstream_lost(self) -> None:
         if not self.closing and self.transport is not None:
@@ -452,14 +563,17 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
                                 b"the connection to the studio was closed")
 
     def _facts(self) -> Finished:
-        identity = self.identity
+        login = self.login()
+        if login is not None:
+            user, sid = login.user, login.session_id
+        else:
+            user, sid = (shown_name(self.login_name) if self.login_name else ""), ""
         peer = self.transport.getPeer() if self.transport is not None else None
         now = self.factory.clock.seconds()
         return Finished(SSH, started=self._started, duration=max(0.0, now - self._started),
-                        session_id=identity.login.session_id if identity else "",
-                        subject=identity.login.user if identity else "", tool=self.tool,
+                        session_id=sid, subject=user, tool=self.tool,
                         client=str(getattr(peer, "host", "")), method="SSH",
-                        reason=self._refusal)
+                        reason=self._refusal or self._ended)
 
     def _report(self) -> None:
         traffic = self.factory.traffic
@@ -471,13 +585,17 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         elif self._refusal or self.tried_login:
             traffic.metrics.login("ssh", False)
             facts = self._facts()
-            if not facts.reason:
-                facts = replace(facts, reason="no accepted key")
+            if not self._refusal:
+                facts = replace(facts, reason=self._no_login(keys=False))
             traffic.ssh_refused(facts)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._cancel_timer()
         self.factory.forget(self)
+        if self.tried_login and self.identity is None and not self._refusal:
+            # One line per connection, however many keys it offered.
+            log.info("SSH: refused {who} from {peer}: {why}", who=self.who(),
+                     peer=self._peer(), why=self._no_login(keys=True))
         self._report()
         self._end_startup()
         if self._counted:
@@ -568,6 +686,31 @@ class GatewaySSHFactory(factory.SSHFactory):
     def when_idle(self) -> Deferred[None]:
         """Fires once no user connection is open (for a graceful drain)."""
         return self._idle.wait(not self.connections)
+
+    def session_changed(self, session_id: str | None) -> Deferred[None]:
+        """The registry says a session changed (None: any may have): close the open
+        connections to a session whose SSH was turned off. A session that is gone is the
+        authorizer's (its tracked connections close with "the session was ended")."""
+        by_session: dict[str, list[GatewayTransport]] = {}
+        for conn in self.connections:
+            if conn.relaying and conn.identity is not None and not conn.closing:
+                sid = conn.identity.login.session_id
+                if session_id is None or sid == session_id:
+                    by_session.setdefault(sid, []).append(conn)
+        return defer.gatherResults(
+            [Deferred.fromCoroutine(self._recheck_ssh(sid, conns))
+             for sid, conns in sorted(by_session.items())],
+            consumeErrors=True).addCallback(lambda _: None)
+
+    async def _recheck_ssh(self, session_id: str, conns: list[GatewayTransport]) -> None:
+        try:
+            record = await defer.maybeDeferred(self.store.get, session_id)
+        except StoreUnavailable:
+            return  # kept; the next change (or a re-check) decides
+        if record is None or record.ssh_enabled:
+            return
+        for conn in conns:
+            conn.revoke(f"SSH was turned off for session {session_id}")
 
     def disconnect_all(self, reason: str) -> None:
         """Say goodbye to every user connection (the gateway is stopping)."""
@@ -742,6 +885,8 @@ class UserConnection(FlowConnection):
     # Set by Conch before the service starts: this connection's GatewayTransport.
     transport: Any
 
+    _refused_global = 0
+
     def serviceStarted(self) -> None:
         super().serviceStarted()
         t: GatewayTransport = self.transport
@@ -757,7 +902,18 @@ class UserConnection(FlowConnection):
         return self.relay.open_towards_studio(channel_type, data)
 
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> Any:
-        return 0  # keepalive@openssh.com gets its (failure) reply; -R is not offered
+        # keepalive@openssh.com gets its (failure) reply, as from OpenSSH's sshd; and
+        # no-more-sessions@openssh.com wants none. The rest is refused with one log line
+        # each (a few per connection): the failure reply carries no text, so the user
+        # reads only OpenSSH's own "remote port forwarding failed for listen port N".
+        if requestType not in QUIET_GLOBAL_REQUESTS:
+            self._refused_global += 1
+            if self._refused_global <= LOGGED_GLOBAL_REQUESTS:
+                t: GatewayTransport = self.transport
+                log.info("SSH: refused {what} for {who} from {peer}: not offered by the "
+                         "gateway", what=describe_global_request(requestType, data),
+                         who=t.who(), peer=t._peer())
+        return 0
 
     def serviceStopped(self) -> None:
         super().serviceStopped()

@@ -168,3 +168,114 @@ def test_removing_the_key_closes_the_open_connection(dep: Deployment, tmp_path: 
             proc.wait()
     # The remaining key still logs in.
     assert dep.ssh(f"alice@{dep.sid}", "echo still").stdout == "still\n"
+
+
+# What the gateway logs, with a real client ---------------------------------------------------
+
+
+def _logged(dep: Deployment, *needles: str, timeout: float = 5.0) -> str:
+    """The gateway's output once every needle is in it (access lines go out in batches)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        out = dep.gw.output()
+        if all(n in out for n in needles) or time.monotonic() > deadline:
+            return out
+        time.sleep(0.05)
+
+
+def test_a_wrong_key_is_one_refusal_line_and_an_access_line(dep: Deployment,
+                                                              tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)],
+                   check=True)
+    fp = subprocess.run(["ssh-keygen", "-lf", str(wrong.with_suffix(".pub"))],
+                        capture_output=True, text=True, check=True).stdout.split()[1]
+    opts = [*dep.ssh_opts()[:-1], str(wrong)]
+    r = subprocess.run(["ssh", *opts, "-p", str(dep.port), f"alice@{dep.sid}@127.0.0.1",
+                        "true"], capture_output=True, text=True, timeout=20,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 255 and "Permission denied (publickey)" in r.stderr, r.stderr
+    line = f"SSH: refused alice@{dep.sid} from 127.0.0.1:"
+    out = _logged(dep, f"no accepted key (offered {fp})", 'reason="no accepted key"')
+    refused = [x for x in out.splitlines() if line in x and fp in x]
+    assert len(refused) == 1, out[-3000:]
+    access = [x for x in out.splitlines() if "studios_gateway.access" in x
+              and 'reason="no accepted key"' in x]
+    assert access and " - alice [" in access[-1] and f"session={dep.sid} " in access[-1]
+
+
+def test_a_name_without_a_session_is_logged_as_given(dep: Deployment) -> None:
+    r = dep.ssh("alice", "true")
+    assert r.returncode == 255 and "log in as <user>@<session-id>" in r.stderr
+    out = _logged(dep, "SSH: refused alice from 127.0.0.1:")
+    assert "SSH: refused alice from 127.0.0.1:" in out and "SSH: refused ? " not in out
+
+
+def test_remote_forwarding_is_refused_and_logged(dep: Deployment) -> None:
+    r = subprocess.run(["ssh", *dep.ssh_opts(), "-p", str(dep.port), "-R",
+                        "40999:127.0.0.1:1", f"alice@{dep.sid}@127.0.0.1", "echo still-on"],
+                       capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and r.stdout == "still-on\n", r.stderr
+    assert "remote port forwarding failed for listen port 40999" in r.stderr
+    text = "SSH: refused remote port forwarding (-R) of localhost:40999 for alice@"
+    assert text in _logged(dep, text)
+
+
+def test_ssh_turned_off_closes_open_connections_and_on_lets_users_in(
+        dep: Deployment) -> None:
+    proc = subprocess.Popen(["ssh", *dep.ssh_opts(), "-p", str(dep.port),
+                             f"alice@{dep.sid}@127.0.0.1", "echo ready; sleep 30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        status, body, _ = dep.gw.request(f"/api/sessions/{dep.sid}", method="PATCH",
+                                         body={"ssh_enabled": False})
+        assert status == 200 and json.loads(body)["ssh_enabled"] is False, body
+        assert proc.wait(timeout=5) == 255
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        assert f"access ended: SSH was turned off for session {dep.sid}" in err, err
+        r = dep.ssh(f"alice@{dep.sid}", "true")
+        assert f"SSH is not enabled for session {dep.sid}" in r.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        status, body, _ = dep.gw.request(f"/api/sessions/{dep.sid}", method="PATCH",
+                                         body={"ssh_enabled": True})
+        assert status == 200, body
+    assert dep.ssh(f"alice@{dep.sid}", "echo back").stdout == "back\n"
+    out = _logged(dep, "SSH was turned off for session")
+    assert f"SSH: closing the connection of alice@{dep.sid} from 127.0.0.1:" in out
+    assert f"admin API: session {dep.sid} changed (ssh_enabled=false) by 127.0.0.1" in out
+    access = [x for x in out.splitlines() if "studios_gateway.access" in x
+              and "access ended: SSH was turned off" in x]
+    assert access, out[-3000:]
+
+
+def test_ending_the_session_closes_its_connections_last(dep: Deployment) -> None:
+    """Last in this module: the session is gone afterwards."""
+    proc = subprocess.Popen(["ssh", *dep.ssh_opts(), "-p", str(dep.port),
+                             f"alice@{dep.sid}@127.0.0.1", "echo ready; sleep 30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        status, body, _ = dep.gw.request(f"/api/sessions/{dep.sid}", method="DELETE")
+        assert status == 200, body
+        assert proc.wait(timeout=5) == 255
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        assert "access ended: the session was ended" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = _logged(dep, "SSH: closing the connection of alice@")
+    assert (f"SSH: closing the connection of alice@{dep.sid} from 127.0.0.1:"
+            in out), out[-3000:]
+    assert 'reason="access ended: the session was ended"' in _logged(
+        dep, 'reason="access ended: the session was ended"')

@@ -147,6 +147,7 @@ def test_access_log_and_metrics_of_http_websocket_and_ssh(tmp_path: Path) -> Non
         assert ssh_ok.startswith("127.0.0.1 - alice [") and '"SSH -" - ' in ssh_ok
         f = fields(ssh_ok)
         assert f["kind"] == "ssh" and f["session"] == sid and f["tool"] == "generic"
+        assert "reason" not in f, ssh_ok  # the user's ssh ended it, not the gateway
         assert int(f["out"]) >= 200_000
         assert ssh_refused.startswith("127.0.0.1 - alice [")
         assert fields(ssh_refused)["session"] == "nosuchsession"

@@ -1,4 +1,5 @@
-"""The admin API's PATCH /api/sessions/{id}: a new allow-list, revocation of removed users."""
+"""The admin API's PATCH /api/sessions/{id}: a new allow-list, revocation of removed users,
+SSH on and off."""
 
 from __future__ import annotations
 
@@ -47,11 +48,26 @@ def test_patch_replaces_the_allow_list_and_revokes_the_removed() -> None:
 
 def test_patch_refuses_other_fields_bad_names_and_unknown_sessions() -> None:
     api, revoked = setup()
-    assert call(api, "PATCH", "/api/sessions/abc", {"owner": "mallory"})[0] == 400
+    status, body = call(api, "PATCH", "/api/sessions/abc", {"owner": "mallory"})
+    assert status == 400
+    assert body["error"] == "only allowed_users and ssh_enabled can be changed, not owner"
     assert call(api, "PATCH", "/api/sessions/abc", {"allowed_users": ["a b"]})[0] == 400
+    assert call(api, "PATCH", "/api/sessions/abc", {"ssh_enabled": "yes"})[0] == 400
     assert call(api, "PATCH", "/api/sessions/abc", {})[0] == 400
     assert call(api, "PATCH", "/api/sessions/nope", {"allowed_users": []})[0] == 404
     assert revoked == []
+
+
+def test_patch_turns_ssh_on_and_off_and_keeps_the_allow_list() -> None:
+    api, revoked = setup()
+    assert call(api, "GET", "/api/sessions/abc")[1]["ssh_enabled"] is False
+    status, body = call(api, "PATCH", "/api/sessions/abc", {"ssh_enabled": True})
+    assert status == 200 and body["ssh_enabled"] is True
+    assert body["allowed_users"] == ["bob", "carol"] and revoked == []
+    status, body = call(api, "PATCH", "/api/sessions/abc",
+                        {"ssh_enabled": False, "allowed_users": ["bob"]})
+    assert status == 200 and body["ssh_enabled"] is False and body["allowed_users"] == ["bob"]
+    assert revoked == [("abc", "carol")]
 
 
 def _with_links(links: Any) -> tuple[Any, MemoryStore]:
@@ -111,6 +127,7 @@ def test_every_change_is_in_the_log_and_no_token_or_link_is() -> None:
         made = call(api, "POST", "/api/sessions", {"id": "abc", "owner": "alice"})[1]
         assert call(api, "PATCH", "/api/sessions/abc",
                     {"allowed_users": ["bob", "carol"]})[0] == 200
+        assert call(api, "PATCH", "/api/sessions/abc", {"ssh_enabled": True})[0] == 200
         rotated = call(api, "POST", "/api/sessions/abc/token")[1]
         assert call(api, "POST", "/api/sessions/abc/login-links", {"user": "bob"})[0] == 201
         assert call(api, "DELETE", "/api/sessions/abc")[0] == 200
@@ -120,6 +137,7 @@ def test_every_change_is_in_the_log_and_no_token_or_link_is() -> None:
     assert [line.split(" by ")[0] for line in lines] == [
         "admin API: session abc created for alice (tool generic)",
         "admin API: session abc changed (allowed_users=bob,carol)",
+        "admin API: session abc changed (ssh_enabled=true)",
         "admin API: session abc given a new connect token",
         "admin API: a one-time login link for bob on session abc made",
         "admin API: session abc ended",

@@ -116,8 +116,13 @@ class FakeAuthorizer:
 
 @pytest.mark.parametrize(("decision", "expect"), [
     (Decision(True, "owner"), True),
+    # The plain "no" says nothing the sentence does not (docs/ssh.md's wording).
     (Decision(False, "not allowed on this session", 403), "bob is not allowed on session abcd"),
-    (Decision(False, "the Platform could not be asked", 503), "try again shortly"),
+    (Decision(False, "the session's workspace may not use studios", 403),
+     "bob is not allowed on session abcd (the session's workspace may not use studios)"),
+    (Decision(False, "the Platform could not be asked", 503),
+     "cannot check access to session abcd right now (the Platform could not be asked); "
+     "try again shortly"),
 ])
 def test_authorize_words_the_decision(decision: Decision, expect: Any) -> None:
     record = SessionRecord.from_dict(dict(id="abcd", workspace_id=None, tool="generic",
@@ -125,7 +130,7 @@ def test_authorize_words_the_decision(decision: Decision, expect: Any) -> None:
                                           token_hash="x", created_at=0.0))
     got: list[Any] = []
     make_authorize(FakeAuthorizer(decision))("bob", record).addCallback(got.append)
-    assert got[0] is True if expect is True else expect in got[0]
+    assert got == [expect]
 
 
 # The bind reply ------------------------------------------------------------------------------

@@ -119,8 +119,11 @@ def test_parse_public_keys() -> None:
 
 def _call(resource: UserKeysResource, method: str, path: str,
           body: bytes = b"") -> tuple[int, dict]:
+    from twisted.internet.address import IPv4Address
+
     req = DummyRequest([p.encode() for p in path.split("/")])
     req.method = method.encode()
+    req.client = IPv4Address("TCP", "192.0.2.7", 50000)
     import io
 
     req.content = io.BytesIO(body)
@@ -153,6 +156,41 @@ def test_api() -> None:
     code, body = _call(res, "PUT", "alice/keys", b'{"keys":' + b"[" * 20000 + b"]" * 20000
                        + b"}")
     assert (code, body) == (400, {"error": "the body is not valid JSON: nested too deeply"})
+
+
+def test_api_changes_are_logged_with_the_caller_and_never_the_keys() -> None:
+    from urllib.parse import quote
+
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "studios_gateway.ssh.api":
+            lines.append(formatEvent(event))
+
+    res = UserKeysResource(MemoryStore(Clock()))
+    one, two = _pub(), _pub("ecdsa")
+    globalLogPublisher.addObserver(observe)
+    try:
+        _call(res, "PUT", "alice/keys", one.encode())
+        _call(res, "POST", "alice/keys", f"{one}\n{two}".encode())
+        fp = _call(res, "GET", "alice/keys")[1]["keys"][1]["fingerprint"]
+        _call(res, "DELETE", f"alice/keys/{quote(fp, safe='')}")
+        _call(res, "DELETE", "alice/keys")
+        _call(res, "DELETE", "alice/keys")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    peer = "192.0.2.7"
+    assert lines == [
+        f"admin API: SSH keys of alice replaced (1 key) by {peer}",
+        f"admin API: SSH keys added for alice (2 keys sent, 2 keys now) by {peer}",
+        f"admin API: SSH key {fp} of alice deleted by {peer}",
+        f"admin API: SSH keys of alice deleted (1 key) by {peer}",
+        f"admin API: SSH keys of alice deleted (0 keys) by {peer}",
+    ]
+    text = "\n".join(lines)
+    assert one.split()[1] not in text and two.split()[1] not in text
 
 
 def test_api_limits_and_an_unavailable_registry() -> None:
