@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.support.chromium import Chromium, chromium_path
 from tests.support.gateway import BIN, REPO
 from tests.support.ports import free_port
 from tests.support.studio import _stop as stop_process
@@ -112,3 +113,27 @@ def test_demo_tool_vscode_in_path_mode_serves_code_server(tmp_path: Path,
     finally:
         assert demo.stop() == 0, "".join(demo.lines)[-3000:]
     assert "starting the studio (vscode)" in "".join(demo.lines)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
+@pytest.mark.parametrize("mode", [(), ("--path-routing",)], ids=["subdomain", "path"])
+def test_the_login_link_and_the_studios_websocket_in_chromium(tmp_path: Path,
+                                                              mode: tuple[str, ...]) -> None:
+    """As a person: the link in a real browser, its "Open studio" button, the studio's
+    page and its WebSocket. A browser's own headers decide here (the form's post carries
+    Sec-Fetch-Site and, under the page's no-referrer policy, Origin: null; the
+    handshake carries the page's Origin), which the Python clients above do not send."""
+    demo = Demo(tmp_path, "--builtin-tool", *mode)
+    browser = Chromium(tmp_path)
+    try:
+        link = demo.wait_for(LINK).group(1)
+        browser.call("Page.navigate", url=link)
+        browser.wait_for("!!document.querySelector('form button')")
+        browser.evaluate("document.querySelector('form button').click()")
+        browser.wait_for("document.title == 'Demo studio'")
+        browser.wait_for("document.getElementById('state').textContent == 'connected'")
+        assert browser.evaluate("document.getElementById('who').textContent") == "demo"
+    finally:
+        browser.stop()
+        assert demo.stop() == 0, "".join(demo.lines)[-3000:]

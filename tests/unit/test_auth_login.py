@@ -380,9 +380,19 @@ def test_a_login_link_posted_from_another_site_is_refused_and_stays_unspent():
                                           headers=((b"Origin", origin),))))
         assert refused.status == 403 and b"posted from another site" in refused.body
         assert not any(k.lower() == b"set-cookie" for k, _ in refused.headers)
-    ok = run(auth.handle(request(link, method="POST",
+    for site in (b"cross-site", b"same-site"):  # what a browser says of such a post
+        refused = run(auth.handle(request(link, method="POST", headers=(
+            (b"Origin", PROXY.encode()), (b"Sec-Fetch-Site", site)))))
+        assert refused.status == 403
+    # The gateway's own form: Chromium sends Origin: null (the page's Referrer-Policy is
+    # no-referrer) and Sec-Fetch-Site: same-origin. Logged in; the link was unspent.
+    ok = run(auth.handle(request(link, method="POST", headers=(
+        (b"Origin", b"null"), (b"Sec-Fetch-Site", b"same-origin")))))
+    assert ok.status == 302
+    other = auth.mint_login_link("abc", "mallory")
+    ok = run(auth.handle(request(other, method="POST",
                                  headers=((b"Origin", PROXY.encode()),))))
-    assert ok.status == 302  # the same origin's form: logged in (the link was unspent)
+    assert ok.status == 302  # a browser without Sec-Fetch-Site: its Origin is the proxy's
 
 
 def test_no_issuer_no_callback():
