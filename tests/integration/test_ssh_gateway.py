@@ -248,7 +248,9 @@ def test_ssh_turned_off_closes_open_connections_and_on_lets_users_in(
                                          body={"ssh_enabled": True})
         assert status == 200, body
     assert dep.ssh(f"alice@{dep.sid}", "echo back").stdout == "back\n"
-    out = _logged(dep, "SSH was turned off for session")
+    # (the access line goes out with its batch: wait for it, not only the log line)
+    out = _logged(dep, f"SSH: closing the connection of alice@{dep.sid} from 127.0.0.1:",
+                  f'reason="access ended: SSH was turned off for session {dep.sid}')
     assert f"SSH: closing the connection of alice@{dep.sid} from 127.0.0.1:" in out
     assert f"admin API: session {dep.sid} changed (ssh_enabled=false) by 127.0.0.1" in out
     access = [x for x in out.splitlines() if "studios_gateway.access" in x
