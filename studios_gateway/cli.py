@@ -182,6 +182,13 @@ def sessions_users(args: argparse.Namespace) -> int:
     return 0
 
 
+def sessions_ssh(args: argparse.Namespace) -> int:
+    changed = api_call(args, "PATCH", f"/api/sessions/{args.id}",
+                       {"ssh_enabled": args.state == "on"})
+    _print_session(changed)
+    return 0
+
+
 def sessions_link(args: argparse.Namespace) -> int:
     minted = api_call(args, "POST", f"/api/sessions/{args.id}/login-links", {"user": args.user})
     print(minted["login_link"])
@@ -257,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("users", nargs="*", metavar="USER", help="the allowed users (none: only "
                                                             "the owner)")
     u.set_defaults(func=sessions_users)
+    ss = action("ssh", help="allow or refuse SSH into a session's studio (off: its open "
+                            "SSH connections are closed)")
+    ss.add_argument("id")
+    ss.add_argument("state", choices=("on", "off"))
+    ss.set_defaults(func=sessions_ssh)
     lk = action("link", help="print a one-time login link for the owner or an allowed user "
                              "(gateways without an OpenID issuer; the connect token is kept)")
     lk.add_argument("id")

@@ -328,6 +328,9 @@ def test_without_an_issuer_only_login_links_open_a_studio(tmp_path: Path) -> Non
         # The CLI changes the allow-list; alice, the owner, stays connected.
         assert "users=-" in cli(g, "users", "emb")
         assert echoes(ws)
+        # SSH on and off through the same command (the API's PATCH ssh_enabled).
+        assert "ssh=on" in cli(g, "ssh", "emb", "on")
+        assert "ssh=off" in cli(g, "ssh", "emb", "off")
         # She logs out; a restart forgets neither the logout nor the used link.
         old_login = alice.cookies["localhost"]["connect_login"][0]
         assert alice.get(g.url("emb", "/_connect/logout")).status == 200

@@ -111,3 +111,22 @@ def test_check_config_says_when_redis_replies_would_be_read_in_python(
     assert main(["check-config", "-q"]) == 0
     out = capsys.readouterr().out
     assert "hiredis is not installed" in out and "configuration OK" in out
+
+
+def test_ssh_on_and_off_patch_the_session(monkeypatch, capsys) -> None:
+    from studios_gateway import cli
+
+    sent: list[tuple[str, str, object]] = []
+
+    def api(args, method, path, body=None):
+        sent.append((method, path, body))
+        return {"id": "abc", "tool": "generic", "owner": "alice", "ssh_enabled": body and
+                body["ssh_enabled"]}
+
+    monkeypatch.setattr(cli, "api_call", api)
+    for state in ("on", "off"):
+        args = build_parser().parse_args(["sessions", "ssh", "abc", state, "--url", URL])
+        assert args.func(args) == 0
+        assert f"ssh={state}" in capsys.readouterr().out
+    assert sent == [("PATCH", "/api/sessions/abc", {"ssh_enabled": True}),
+                    ("PATCH", "/api/sessions/abc", {"ssh_enabled": False})]
