@@ -15,6 +15,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from studios_gateway.http.routing import parse_host
+from studios_gateway.shown import shown
 
 __all__ = ["cross_origin"]
 
@@ -54,10 +55,5 @@ def cross_origin(origin: bytes | None, host: str) -> str | None:
     if name.startswith("["):
         name = name[1:-1]
     if parts.hostname.rstrip(".") != name or (origin_port or default) != host_port:
-        return f"a request from another origin ({_shown(text)})"
+        return f"a request from another origin ({shown(text, 200)})"
     return None
-
-
-def _shown(text: str) -> str:
-    """The origin for a log line or a page: printable ASCII, at most 200 characters."""
-    return "".join(c if " " <= c <= "~" else "?" for c in text[:200])

@@ -18,6 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from studios_gateway.metrics import CONTENT_TYPE_LATEST, Metrics
+from studios_gateway.shown import shown
 
 
 class Health(Protocol):
@@ -240,8 +241,8 @@ class RefusalLog:
         if self._logged < self._per_window:
             self._logged += 1
             self._log.warn("management request refused (missing or wrong bearer token): "
-                           "{method} {path} from {peer}", method=_printable(method[:16]),
-                           path=_printable(path[:200]), peer=peer)
+                           "{method} {path} from {peer}", method=shown(method, 16),
+                           path=shown(path, 200), peer=peer)
             return
         self._quiet += 1
         if self._report_call is None:
@@ -254,11 +255,6 @@ class RefusalLog:
         self._log.warn("{n} more management requests refused (missing or wrong bearer token) "
                        "in the last {window:g} s, not logged one by one", n=quiet,
                        window=self._window)
-
-
-def _printable(raw: bytes) -> str:
-    """`raw` for a log line: printable ASCII as it is, any other byte as ``\\xNN``."""
-    return "".join(chr(b) if 32 <= b < 127 and b != 0x5C else f"\\x{b:02x}" for b in raw)
 
 
 class ManagementChannel(HTTPChannel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from studios_gateway.shown import shown
 from studios_gateway.wire.ids import SESSION_ID
 
 __all__ = ["LoginName", "Refused", "ConnectionLimiter", "MaxStartups", "StartupLimiter",
@@ -61,26 +62,10 @@ def parse_login(name: bytes | str) -> LoginName:
     return LoginName(user, session_id)
 
 
-def _escaped(c: str) -> str:
-    code = ord(c)
-    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte (surrogateescape)
-        return f"\\x{code - 0xDC00:02x}"
-    if c == "\\":
-        return "\\\\"
-    if c.isprintable() and not c.isspace():
-        return c
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
 def shown_name(name: bytes | str) -> str:
-    """A login name as the client gave it, safe for a log line: bytes that are not UTF-8,
-    control and space characters as ``\\xNN`` / ``\\uNNNN``, at most MAX_SHOWN
-    characters (then ``...``); ``''`` for an empty name."""
-    text = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else name
-    shown = "".join(map(_escaped, text[:MAX_SHOWN]))
-    if len(text) > MAX_SHOWN:
-        shown += "..."
-    return shown or "''"
+    """A login name as the client gave it, safe for a log line (:func:`shown`, at most
+    MAX_SHOWN characters)."""
+    return shown(name, MAX_SHOWN)
 
 
 class ConnectionLimiter:
