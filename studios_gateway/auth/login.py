@@ -72,7 +72,7 @@ from studios_gateway.auth.oidc import (
 )
 from studios_gateway.auth.settings import LOGIN_COOKIE, PREFIX, AuthSettings
 from studios_gateway.http import pages
-from studios_gateway.http.origin import cross_origin
+from studios_gateway.http.origin import posted_from_elsewhere
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.registry.base import SessionRecord, StoreUnavailable
 from studios_gateway.registry.memory import MemoryStore
@@ -117,21 +117,6 @@ _NOT_COOKIE_MAX = 512
 
 
 # Requests and responses ------------------------------------------------------------------
-
-
-def _posted_from_elsewhere(request: RequestInfo) -> str | None:
-    """Why a form post comes from a page that is not the gateway's own (login CSRF), or
-    None. A browser says where a request comes from in ``Sec-Fetch-Site`` (which no
-    page can set); only one that does not send it is judged by ``Origin``. (Not Origin
-    first: the gateway's pages say ``Referrer-Policy: no-referrer``, under which a
-    browser sends ``Origin: null`` with a form's post even to the same origin.)"""
-    site = request.header(b"sec-fetch-site")
-    if site is not None:
-        if site.strip().lower() in (b"same-origin", b"none"):
-            return None
-        return f"a post from another site (Sec-Fetch-Site: {site.decode('latin-1')[:20]})"
-    return cross_origin(request.header(b"origin"), request.host)
-
 
 # Response: what a login route answers, a page or a redirect (http/pages.py).
 Response = pages.Page
@@ -688,7 +673,8 @@ class Auth:
                            f"Log in to studio {data['sid']} as {data['sub']}.", body_html=form)
             return defer.maybeDeferred(self._once.is_spent, data["jti"]).addCallback(
                 lambda spent: invalid if spent else confirm)
-        why = _posted_from_elsewhere(request)
+        why = posted_from_elsewhere(request.header(b"sec-fetch-site"),
+                                    request.header(b"origin"), request.host)
         if why is not None:
             # A form on another site (another studio's page, too: the same site in
             # subdomain mode) posting a link of its own would log this browser in as

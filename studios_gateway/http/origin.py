@@ -4,10 +4,10 @@ A login cookie is ``SameSite=Lax``: a browser sends it with requests from any pa
 the same *site*, and in subdomain mode every studio is a subdomain of one site
 (``a.studios.example`` and ``b.studios.example``). So a page one studio serves could open
 a WebSocket to another studio as the user who visits it, or post a login link of its
-own to the gateway. Browsers always send ``Origin`` with a WebSocket handshake and
-with a cross-origin POST; the gateway refuses those whose origin is not the host they
-are sent to. A request without ``Origin`` (a command-line client, a same-origin GET) is
-not a browser's cross-origin request and passes.
+own to the gateway. Browsers always send ``Origin`` with a WebSocket handshake: the
+gateway refuses those whose origin is not the host they are sent to. A form's post is
+judged by ``Sec-Fetch-Site`` first (:func:`posted_from_elsewhere`). A request without
+either header (a command-line client) is not a browser's cross-site request and passes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from studios_gateway.http.routing import parse_host
 from studios_gateway.shown import shown
 
-__all__ = ["cross_origin"]
+__all__ = ["cross_origin", "posted_from_elsewhere"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # An Origin header longer than this is not a browser's (scheme, host and port only).
@@ -57,3 +57,18 @@ def cross_origin(origin: bytes | None, host: str) -> str | None:
     if parts.hostname.rstrip(".") != name or (origin_port or default) != host_port:
         return f"a request from another origin ({shown(text, 200)})"
     return None
+
+
+def posted_from_elsewhere(fetch_site: bytes | None, origin: bytes | None,
+                          host: str) -> str | None:
+    """Why a form's post (its ``Sec-Fetch-Site`` and ``Origin`` headers, to the Host
+    `host`) comes from a page that is not the gateway's own (login CSRF), or None. A
+    browser says where a request comes from in ``Sec-Fetch-Site``, which no page can set;
+    only one that does not send it is judged by ``Origin`` (:func:`cross_origin`). Not
+    Origin first: the gateway's pages say ``Referrer-Policy: no-referrer``, under which a
+    browser posts a form with ``Origin: null`` even to the same origin."""
+    if fetch_site is not None:
+        if fetch_site.strip().lower() in (b"same-origin", b"none"):
+            return None
+        return f"a post from another site (Sec-Fetch-Site: {shown(fetch_site, 20)})"
+    return cross_origin(origin, host)

@@ -44,3 +44,18 @@ def test_another_or_a_bad_origin_is_refused_with_a_reason(origin: bytes, host: s
 def test_the_reason_shows_the_origin_printable_and_short() -> None:
     reason = cross_origin(b"https://evil.example\x7f", "a.example")
     assert reason is not None and "\x7f" not in reason
+
+
+def test_a_post_is_judged_by_sec_fetch_site_first_then_by_origin() -> None:
+    from studios_gateway.http.origin import posted_from_elsewhere
+
+    host = "connect.example"
+    # The gateway's own form under Referrer-Policy no-referrer: Origin null, same-origin.
+    assert posted_from_elsewhere(b"same-origin", b"null", host) is None
+    assert posted_from_elsewhere(b"none", None, host) is None
+    for site in (b"same-site", b"cross-site"):
+        why = posted_from_elsewhere(site, b"https://connect.example", host)
+        assert why is not None and "another site" in why
+    # No Sec-Fetch-Site: the Origin decides.
+    assert posted_from_elsewhere(None, b"https://connect.example", host) is None
+    assert posted_from_elsewhere(None, b"null", host) is not None
