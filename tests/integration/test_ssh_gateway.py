@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +140,26 @@ def test_user_keys_api_lists_the_key(dep: Deployment) -> None:
     assert status == 401
 
 
+def _cut_off(dep: Deployment, act: Callable[[], object], opts: list[str] | None = None) -> str:
+    """Open a shell as alice (`opts`: ssh's options, default the deployment's), do `act`
+    once it is in, and return what ssh wrote to stderr after the gateway ended it (exit
+    255). The client is killed, by pid, whatever happens."""
+    proc = subprocess.Popen(["ssh", *(opts or dep.ssh_opts()), "-p", str(dep.port),
+                             f"alice@{dep.sid}@127.0.0.1", "echo ready; sleep 30"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        act()
+        assert proc.wait(timeout=5) == 255
+        assert proc.stderr is not None
+        return proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_removing_the_key_closes_the_open_connection(dep: Deployment, tmp_path: Path) -> None:
     second = tmp_path / "alice_laptop"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "laptop",
@@ -148,24 +168,14 @@ def test_removing_the_key_closes_the_open_connection(dep: Deployment, tmp_path: 
     status, body, _ = dep.gw.request("/api/users/alice/keys", method="POST",
                                      body={"keys": [second.with_suffix(".pub").read_text()]})
     assert status == 200, body
-    opts = [*dep.ssh_opts()[:-1], str(second)]
-    proc = subprocess.Popen(["ssh", *opts, "-p", str(dep.port), f"alice@{dep.sid}@127.0.0.1",
-                             "echo ready; sleep 30"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    def replace_keys() -> None:
         # Replace alice's keys with the first one only: the laptop's connection ends.
         status, body, _ = dep.gw.request("/api/users/alice/keys", method="PUT",
                                          body={"keys": [first_line]})
         assert status == 200, body
-        assert proc.wait(timeout=5) == 255
-        assert proc.stderr is not None
-        err = proc.stderr.read()
-        assert "your SSH key was removed" in err, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    err = _cut_off(dep, replace_keys, [*dep.ssh_opts()[:-1], str(second)])
+    assert "your SSH key was removed" in err, err
     # The remaining key still logs in.
     assert dep.ssh(f"alice@{dep.sid}", "echo still").stdout == "still\n"
 
@@ -225,25 +235,17 @@ def test_remote_forwarding_is_refused_and_logged(dep: Deployment) -> None:
 
 def test_ssh_turned_off_closes_open_connections_and_on_lets_users_in(
         dep: Deployment) -> None:
-    proc = subprocess.Popen(["ssh", *dep.ssh_opts(), "-p", str(dep.port),
-                             f"alice@{dep.sid}@127.0.0.1", "echo ready; sleep 30"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    def turn_off() -> None:
         status, body, _ = dep.gw.request(f"/api/sessions/{dep.sid}", method="PATCH",
                                          body={"ssh_enabled": False})
         assert status == 200 and json.loads(body)["ssh_enabled"] is False, body
-        assert proc.wait(timeout=5) == 255
-        assert proc.stderr is not None
-        err = proc.stderr.read()
+
+    try:
+        err = _cut_off(dep, turn_off)
         assert f"access ended: SSH was turned off for session {dep.sid}" in err, err
         r = dep.ssh(f"alice@{dep.sid}", "true")
         assert f"SSH is not enabled for session {dep.sid}" in r.stderr
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
         status, body, _ = dep.gw.request(f"/api/sessions/{dep.sid}", method="PATCH",
                                          body={"ssh_enabled": True})
         assert status == 200, body
@@ -260,22 +262,12 @@ def test_ssh_turned_off_closes_open_connections_and_on_lets_users_in(
 
 def test_ending_the_session_closes_its_connections_last(dep: Deployment) -> None:
     """Last in this module: the session is gone afterwards."""
-    proc = subprocess.Popen(["ssh", *dep.ssh_opts(), "-p", str(dep.port),
-                             f"alice@{dep.sid}@127.0.0.1", "echo ready; sleep 30"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    def end() -> None:
         status, body, _ = dep.gw.request(f"/api/sessions/{dep.sid}", method="DELETE")
         assert status == 200, body
-        assert proc.wait(timeout=5) == 255
-        assert proc.stderr is not None
-        err = proc.stderr.read()
-        assert "access ended: the session was ended" in err, err
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    err = _cut_off(dep, end)
+    assert "access ended: the session was ended" in err, err
     out = _logged(dep, "SSH: closing the connection of alice@")
     assert (f"SSH: closing the connection of alice@{dep.sid} from 127.0.0.1:"
             in out), out[-3000:]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger, formatEvent
 from twisted.python.failure import Failure
 from wsproto import ConnectionType
@@ -19,24 +19,11 @@ from wsproto import events as ws
 from wsproto.connection import Connection
 
 from studios_gateway.wire.carrier import WebSocketServer, websocket_refusal
+from tests.unit.test_carrier import Recorder
 from tests.unit.test_http_observer import Observer
 from tests.unit.test_http_proxy import Harness, status_of
 
 KEY = base64.b64encode(b"0123456789abcdef")  # 16 bytes: 24 characters
-
-
-class Inner(Protocol):
-    """The tunnel listener's protocol, standing in: what reached it through the WebSocket."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.lost = False
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.lost = True
 
 
 def upgrade(key: bytes = KEY) -> bytes:
@@ -68,10 +55,10 @@ class Gateway:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.obs = Observer()
         self.h = Harness(observer=self.obs)
-        self.inner: list[Inner] = []
+        self.inner: list[Recorder] = []
 
-        def build(addr: Any) -> Inner:
-            self.inner.append(Inner())
+        def build(addr: Any) -> Recorder:
+            self.inner.append(Recorder())
             return self.inner[-1]
 
         carry = Factory()
