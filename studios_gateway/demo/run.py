@@ -110,6 +110,12 @@ def _search_path() -> str:
     return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
+def _not_installed(tool: str, program: str) -> SystemExit:
+    """The demo's refusal of a `--tool` whose program is not on PATH, and how to get it."""
+    return SystemExit(f"studios-gateway demo: --tool {tool} needs {program}, which is not "
+                      f"on PATH; install it with {INSTALL_HINT[tool]}")
+
+
 def preset_command(tool: str) -> list[str]:
     """`studios-connect` arguments for a tool with a preset, its program looked up the way
     the preset will; SystemExit naming the program and how to install it if it is not
@@ -122,8 +128,7 @@ def preset_command(tool: str) -> list[str]:
     assert preset is not None
     program = preset.default_command(Place(0))[0]
     if shutil.which(program, path=search) is None:
-        raise SystemExit(f"studios-gateway demo: --tool {tool} needs {program}, which is not "
-                         f"on PATH; install it with {INSTALL_HINT[tool]}")
+        raise _not_installed(tool, program)
     return ["--tool", tool]
 
 
@@ -138,8 +143,7 @@ def tool_command(port: int, prefix: str, force_builtin: bool,
         return tool, preset_command(tool)
     jupyter = shutil.which("jupyter", path=_search_path())
     if tool == "jupyterlab" and jupyter is None:
-        raise SystemExit("studios-gateway demo: --tool jupyterlab needs jupyter, which is not "
-                         f"on PATH; install it with {INSTALL_HINT['jupyterlab']}")
+        raise _not_installed(tool, "jupyter")
     if jupyter and tool in ("auto", "jupyterlab"):
         probe = subprocess.run([jupyter, "lab", "--version"], capture_output=True, timeout=60)
         if probe.returncode == 0:
