@@ -43,7 +43,7 @@ from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.registry.spent import SpentSet
 
-__all__ = ["NOT_ALLOWED", "SESSION_ENDED", "Authorizer", "Decision", "PlatformAccess",
+__all__ = ["LOGGED_OUT", "NOT_ALLOWED", "SESSION_ENDED", "Authorizer", "Decision", "PlatformAccess",
            "PlatformUnavailable", "Revocation"]
 
 #: How long a failure (store or Platform unreachable) is remembered, at most.
@@ -54,6 +54,15 @@ LOGOUT_RETRY = 2.0
 NOT_ALLOWED = "not allowed on this session"
 #: Why a live connection closes when its session is deleted (an SSH user reads it).
 SESSION_ENDED = "the session was ended"
+#: Why a live connection closes when its login was logged out (here or on another node).
+LOGGED_OUT = "logged out"
+
+
+def no_longer_allowed(session_id: str) -> str:
+    """Why an open connection closes when its user lost access (taken off the
+    allow-list, or the Platform now says no): the same words on the node that made the
+    change and on every other one."""
+    return f"no longer allowed on session {session_id}"
 
 
 class PlatformUnavailable(Exception):
@@ -315,7 +324,8 @@ class Authorizer:
             if revocation.kind != "recheck" and revocation.matches(
                     live.session_id, live.user, live.login_id):
                 self._close(handle, SESSION_ENDED if revocation.kind == "session"
-                            else f"access revoked ({revocation.kind})")
+                            else LOGGED_OUT if revocation.kind == "login"
+                            else no_longer_allowed(live.session_id))
 
     def revoke_user(self, session_id: str, user: str) -> None:
         """`user` lost access to `session_id` (e.g. taken off its allow-list)."""
@@ -447,14 +457,16 @@ class Authorizer:
             if session_id is not None and live.session_id != session_id:
                 continue
             if live.login_id is not None and self.is_logged_out(live.login_id):
-                self._close(handle, "logged out")
+                self._close(handle, LOGGED_OUT)
                 continue
 
-            def decided(decision: Decision, handle: int = handle) -> None:
+            def decided(decision: Decision, handle: int = handle,
+                        sid: str = live.session_id) -> None:
                 if not decision.allowed and decision.status != 503:
                     # 404: the session was deleted while the connection was open.
                     self._close(handle, SESSION_ENDED if decision.status == 404
-                                else decision.reason)
+                                else no_longer_allowed(sid)
+                                if decision.reason == NOT_ALLOWED else decision.reason)
 
             checks.append(self.check(live.session_id, live.user, max_age=max_age)
                           .addCallback(decided))

@@ -140,12 +140,13 @@ def test_user_keys_api_lists_the_key(dep: Deployment) -> None:
     assert status == 401
 
 
-def _cut_off(dep: Deployment, act: Callable[[], object], opts: list[str] | None = None) -> str:
-    """Open a shell as alice (`opts`: ssh's options, default the deployment's), do `act`
+def _cut_off(dep: Deployment, act: Callable[[], object], opts: list[str] | None = None,
+             user: str = "alice") -> str:
+    """Open a shell as `user` (`opts`: ssh's options, default the deployment's), do `act`
     once it is in, and return what ssh wrote to stderr after the gateway ended it (exit
     255). The client is killed, by pid, whatever happens."""
     proc = subprocess.Popen(["ssh", *(opts or dep.ssh_opts()), "-p", str(dep.port),
-                             f"alice@{dep.sid}@127.0.0.1", "echo ready; sleep 30"],
+                             f"{user}@{dep.sid}@127.0.0.1", "echo ready; sleep 30"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True)
     try:
@@ -258,6 +259,30 @@ def test_ssh_turned_off_closes_open_connections_and_on_lets_users_in(
     access = [x for x in out.splitlines() if "studios_gateway.access" in x
               and "access ended: SSH was turned off" in x]
     assert access, out[-3000:]
+
+
+def test_taken_off_the_allow_list_closes_open_connections(dep: Deployment,
+                                                          tmp_path: Path) -> None:
+    bob = tmp_path / "bob_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(bob)],
+                   check=True)
+    status, body, _ = dep.gw.request("/api/users/bob/keys", method="PUT",
+                                     body={"keys": [bob.with_suffix(".pub").read_text()]})
+    assert status == 200, body
+
+    def allow(users: list[str]) -> None:
+        status, body, _ = dep.gw.request(f"/api/sessions/{dep.sid}", method="PATCH",
+                                         body={"allowed_users": users})
+        assert status == 200, body
+
+    allow(["bob"])
+    try:
+        err = _cut_off(dep, lambda: allow([]), [*dep.ssh_opts()[:-1], str(bob)], "bob")
+    finally:
+        allow([])
+    assert f"access ended: no longer allowed on session {dep.sid}" in err, err
+    text = f'reason="access ended: no longer allowed on session {dep.sid}'
+    assert text in _logged(dep, text)
 
 
 def test_ending_the_session_closes_its_connections_last(dep: Deployment) -> None:

@@ -200,7 +200,7 @@ class TwoNodesTests(unittest.TestCase):
         self.b.authorizer.track("abc", "alice", closed.append, login_id=who.login_id)
         self.b.authorizer.track("abc", "alice", closed.append, login_id="someone-else")
         self.a.authorizer.logout(who.login_id)
-        assert closed == ["access revoked (login)"]
+        assert closed == ["logged out"]
         assert self.b.authorizer.is_logged_out(who.login_id)
 
     def test_a_logout_the_store_missed_is_written_later(self) -> None:
