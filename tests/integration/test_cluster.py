@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -116,26 +117,47 @@ def ssh_through(node: GatewayProcess, sid: str, tmp_path: Path,
     print(f"\nssh: refused before the key was registered in {took_refused * 1000:.0f} ms; "
           f"in with the key registered on another node {(time.monotonic() - start) * 1000:.0f} "
           "ms later")
+    def cut_off(act: Callable[[], object], what: str) -> str:
+        """A shell open through `node`, ended by `act` on the registrar: ssh's stderr."""
+        proc = subprocess.Popen(["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+                                 "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+                                 "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-i",
+                                 str(key), "-p", port, f"alice@{sid}@127.0.0.1",
+                                 "echo ready; sleep 30"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+            start = time.monotonic()
+            act()
+            assert proc.wait(timeout=5) == 255
+            print(f"ssh: closed {(time.monotonic() - start) * 1000:.0f} ms after asking "
+                  f"another node to {what}")
+            assert proc.stderr is not None
+            return proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def ssh_enabled(on: bool) -> None:
+        status, body, _ = registrar.request(f"/api/sessions/{sid}", method="PATCH",
+                                            body={"ssh_enabled": on})
+        assert status == 200, body
+
+    # Turning SSH off through the other node ends the connection open here (the
+    # session's change event over Redis); turned on again, users get in again.
+    err = cut_off(lambda: ssh_enabled(False), "turn SSH off for the session")
+    assert f"access ended: SSH was turned off for session {sid}" in err, err
+    ssh_enabled(True)
+    r = ssh()
+    assert r.returncode == 0 and r.stdout == "through-a-peer\n", (r.stderr, node.output()[-2000:])
+
     # Removing the key through the other node ends the connection open with it here.
-    proc = subprocess.Popen(["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-                             "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
-                             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-i",
-                             str(key), "-p", port, f"alice@{sid}@127.0.0.1",
-                             "echo ready; sleep 30"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-        start = time.monotonic()
+    def remove_key() -> None:
         status, body, _ = registrar.request("/api/users/alice/keys", method="DELETE")
         assert status in (200, 204), body
-        assert proc.wait(timeout=5) == 255
-        assert proc.stderr is not None and "your SSH key was removed" in proc.stderr.read()
-        print(f"ssh: closed {(time.monotonic() - start) * 1000:.0f} ms after asking another "
-              "node to remove its key")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    assert "your SSH key was removed" in cut_off(remove_key, "remove its key")
 
 
 def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) -> None:
