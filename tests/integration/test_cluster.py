@@ -29,6 +29,7 @@ import pytest
 from tests.integration.test_tunnel_process import wait_connected
 from tests.support.gateway import GatewayProcess, base_env
 from tests.support.redis_server import RedisServer, redis_available
+from tests.support.ssh_client import shell_cut_off
 from tests.support.studio import Connect, Tool
 from tests.support.web import Browser
 from tests.support.websocket import WebSocket
@@ -96,13 +97,13 @@ def ssh_through(node: GatewayProcess, sid: str, tmp_path: Path,
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     port = node.env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1]
 
+    opts = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
+            f"UserKnownHostsFile={tmp_path / 'known_hosts'}", "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "-i", str(key), "-p", port, f"alice@{sid}@127.0.0.1"]
+
     def ssh() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-                               "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
-                               "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-i",
-                               str(key), "-p", port, f"alice@{sid}@127.0.0.1",
-                               "echo through-a-peer"], capture_output=True, text=True,
-                              timeout=20, stdin=subprocess.DEVNULL)
+        return subprocess.run(["ssh", *opts, "echo through-a-peer"], capture_output=True,
+                              text=True, timeout=20, stdin=subprocess.DEVNULL)
 
     start = time.monotonic()
     refused = ssh()  # `node` now caches "alice has no keys" (for LOCAL_CACHE_TTL)...
@@ -119,25 +120,11 @@ def ssh_through(node: GatewayProcess, sid: str, tmp_path: Path,
           "ms later")
     def cut_off(act: Callable[[], object], what: str) -> str:
         """A shell open through `node`, ended by `act` on the registrar: ssh's stderr."""
-        proc = subprocess.Popen(["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-                                 "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
-                                 "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-i",
-                                 str(key), "-p", port, f"alice@{sid}@127.0.0.1",
-                                 "echo ready; sleep 30"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-        try:
-            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-            start = time.monotonic()
-            act()
-            assert proc.wait(timeout=5) == 255
-            print(f"ssh: closed {(time.monotonic() - start) * 1000:.0f} ms after asking "
-                  f"another node to {what}")
-            assert proc.stderr is not None
-            return proc.stderr.read()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        start = time.monotonic()
+        err = shell_cut_off(opts, act)
+        print(f"ssh: closed {(time.monotonic() - start) * 1000:.0f} ms after asking "
+              f"another node to {what}")
+        return err
 
     def ssh_enabled(on: bool) -> None:
         status, body, _ = registrar.request(f"/api/sessions/{sid}", method="PATCH",

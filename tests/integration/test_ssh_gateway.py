@@ -20,6 +20,7 @@ import pytest
 
 from tests.integration.test_tunnel_process import wait_connected
 from tests.support.gateway import GatewayProcess, base_env
+from tests.support.ssh_client import shell_cut_off
 from tests.support.studio import Connect, Tool
 
 pytestmark = [
@@ -145,20 +146,8 @@ def _cut_off(dep: Deployment, act: Callable[[], object], opts: list[str] | None 
     """Open a shell as `user` (`opts`: ssh's options, default the deployment's), do `act`
     once it is in, and return what ssh wrote to stderr after the gateway ended it (exit
     255). The client is killed, by pid, whatever happens."""
-    proc = subprocess.Popen(["ssh", *(opts or dep.ssh_opts()), "-p", str(dep.port),
-                             f"{user}@{dep.sid}@127.0.0.1", "echo ready; sleep 30"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-        act()
-        assert proc.wait(timeout=5) == 255
-        assert proc.stderr is not None
-        return proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    return shell_cut_off([*(opts or dep.ssh_opts()), "-p", str(dep.port),
+                          f"{user}@{dep.sid}@127.0.0.1"], act)
 
 
 def test_removing_the_key_closes_the_open_connection(dep: Deployment, tmp_path: Path) -> None:
