@@ -39,7 +39,7 @@ from __future__ import annotations
 import html
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -476,16 +476,20 @@ class Auth:
                             decision.reason)
         sid = who.session_id
         if decision.status == 404:
-            return page(404, "Studio not found", f"There is no studio {sid}.")
-        if decision.status == 503:
-            return page(503, "Try again shortly",
-                        f"Access to studio {sid} cannot be checked right now.",
-                        extra_headers=[(b"Retry-After", b"5")])
-        switch = f"{self.settings.proxy_url}{PREFIX}logout?" + urlencode(
-            {"next": self.login_url(request)}, quote_via=quote)
-        return page(403, "Access denied",
-                    f"{who.subject} may not use studio {sid} ({decision.reason}).",
-                    link=(switch, "Log in as someone else"))
+            refusal = page(404, "Studio not found", f"There is no studio {sid}.")
+        elif decision.status == 503:
+            refusal = page(503, "Try again shortly",
+                           f"Access to studio {sid} cannot be checked right now.",
+                           extra_headers=[(b"Retry-After", b"5")])
+        else:
+            switch = f"{self.settings.proxy_url}{PREFIX}logout?" + urlencode(
+                {"next": self.login_url(request)}, quote_via=quote)
+            refusal = page(403, "Access denied",
+                           f"{who.subject} may not use studio {sid} ({decision.reason}).",
+                           link=(switch, "Log in as someone else"))
+        # The access line names the logged-in user and the decision's reason ("not
+        # allowed on this session"), not "-" and "forbidden".
+        return replace(refusal, user=who.subject, why=decision.reason)
 
     # The /_connect/ routes ----------------------------------------------------------------
 

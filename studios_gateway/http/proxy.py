@@ -606,7 +606,10 @@ class ProxyProtocol(Protocol):
         if ex is not self._ex:
             return None
         if not hasattr(who, "subject"):
-            self._respond(ex, who)  # the authorizer's refusal, sent as it is
+            # The authorizer's refusal, sent as it is; a logged-in user's refusal names
+            # them and the reason in the access line.
+            ex.subject = getattr(who, "user", "") or ex.subject
+            self._respond(ex, who, why=getattr(who, "why", ""))
             return None
         ex.subject = who.subject
         ex.identity = who

@@ -168,6 +168,9 @@ def test_second_user_gets_403():
     resp, _ = run(b.open(studio("abc")))
     assert isinstance(resp, Response) and resp.status == 403
     assert b"mallory" in resp.body and b"abc" in resp.body
+    # For the access line (never sent): who was refused, and the authorizer's reason.
+    assert (resp.user, resp.why) == ("mallory", "not allowed on this session")
+    assert b"not allowed on this session" in resp.body
 
 
 def test_handoff_code_is_single_use_and_bound_to_its_studio():
