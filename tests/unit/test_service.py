@@ -133,6 +133,20 @@ def test_management_auth() -> None:
     assert b"studios_gateway_reactor_tick_seconds" in b"".join(req.written)
 
 
+def test_the_ready_gauge_is_this_scrape_s_answer_without_a_call_to_ready() -> None:
+    # Prometheus scrapes /metrics, not /ready: the gauge was 0 on a ready gateway (and
+    # 1 on a draining one) until something asked /ready.
+    health = ReadyHealth(True)
+    root = ManagementRoot(auth_key=None, health=health, metrics=Metrics(),
+                          shutdown=lambda: None)
+    for ready in (True, False, True):
+        health.ready = ready
+        req = render(root, b"/metrics")
+        assert req.finished and req.responseHeaders.getRawHeaders(b"content-type")
+        line = f"studios_gateway_ready {1.0 if ready else 0.0}".encode()
+        assert line in b"".join(req.written).splitlines(), ready
+
+
 def test_ready_503_when_not_ready() -> None:
     root = ManagementRoot(auth_key=None, health=ReadyHealth(False), metrics=Metrics(),
                           shutdown=lambda: None)
