@@ -751,6 +751,39 @@ class Config:
 
         return self.node_id or f"{socket.gethostname()}-{self.tunnel_port}"
 
+    @property
+    def effective_advertise_address(self) -> str:
+        """host:port other nodes dial to reach this node's peer listener."""
+        import ipaddress
+        import socket
+
+        host, port = self.advertise_address or (None, None)
+        if host is None:
+            host = self.host_domain
+        if host is None:
+            bind = ipaddress.ip_address(self.bind_address)
+            host = socket.gethostname() if bind.is_unspecified else str(bind)
+        port = port or self.listener_port
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _derived(self, name: str) -> str | None:
+        """What an unset variable that defaults to other settings comes to here (check-config
+        prints it: an operator needs the node id and addresses actually used)."""
+        if name == "CONNECT_PROXY_URL":
+            return self.effective_proxy_url
+        if name == "CONNECT_STUDIOS_DOMAIN":
+            return self.effective_studios_domain
+        if name == "CONNECT_TUNNEL_URL":
+            host, port = self.effective_tunnel_url
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if name == "CONNECT_OIDC_ISSUER_URL":
+            return self.platform_url
+        if name == "CONNECT_NODE_ID":
+            return self.effective_node_id
+        if name == "CONNECT_ADVERTISE_ADDRESS" and self.redis_enabled:
+            return self.effective_advertise_address
+        return None
+
     def workspace_allowed(self, workspace_id: str | None) -> bool:
         """TOWER_DATA_STUDIO_ALLOWED_WORKSPACES: unset all, empty none, else listed ids."""
         if self.allowed_workspaces is None:
@@ -768,6 +801,10 @@ class Config:
                 continue
             if source == "default" and var.default is not None:
                 rows.append((var.name, var.default, source))  # as the README's table has it
+                continue
+            derived = self._derived(var.name) if value is None else None
+            if derived is not None:
+                rows.append((var.name, f"(not set: {redact_password(derived)})", source))
                 continue
             rows.append((var.name, _show(var, value), source))
         return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import socket
 import string
 
 import pytest
@@ -276,6 +277,29 @@ def test_check_config_shows_defaults_as_the_readme_writes_them() -> None:
     for var in VARIABLES:
         if var.default is not None and var.name != "CONNECT_REDIS_ADDRESS":
             assert shown[var.name] == var.default
+
+
+def test_check_config_shows_what_unset_derived_variables_come_to() -> None:
+    # cluster.md: "check-config prints every one of these values"; it printed
+    # "(not set)" for the node id and advertised address the node actually uses.
+    rows = {n: v for n, v, _ in load_config(environ={
+        "CONNECT_REDIS_ADDRESS": "127.0.0.1:6379", "CONNECT_BIND_ADDRESS": "10.0.0.5",
+        "CONNECT_HTTP_PORT": "8080", "CONNECT_TUNNEL_PORT": "7071",
+        "PLATFORM_URL": "https://platform.example"}).describe()}
+    assert rows["CONNECT_ADVERTISE_ADDRESS"] == "(not set: 10.0.0.5:7777)"
+    assert rows["CONNECT_NODE_ID"] == f"(not set: {socket.gethostname()}-7071)"
+    assert rows["CONNECT_PROXY_URL"] == "(not set: http://localhost:8080)"
+    assert rows["CONNECT_STUDIOS_DOMAIN"] == "(not set: localhost)"
+    assert rows["CONNECT_TUNNEL_URL"] == "(not set: localhost:7071)"
+    assert rows["CONNECT_OIDC_ISSUER_URL"] == "(not set: https://platform.example)"
+    single = {n: v for n, v, _ in load_config(environ={}).describe()}
+    assert single["CONNECT_ADVERTISE_ADDRESS"] == "(not set)"  # no peers without Redis
+    assert single["CONNECT_OIDC_ISSUER_URL"] == "(not set)"
+    given = {n: v for n, v, _ in load_config(environ={
+        "CONNECT_NODE_ID": "gw-1", "PLATFORM_URL": "https://u:pw@platform.example"}
+    ).describe()}
+    assert given["CONNECT_NODE_ID"] == "gw-1"
+    assert "pw" not in given["CONNECT_OIDC_ISSUER_URL"]
 
 
 @pytest.mark.parametrize("name, given, shown", [
