@@ -810,6 +810,11 @@ class Config:
         return rows
 
 
+def show_value(var: Var, value: Any) -> str:
+    """A parsed value as check-config prints it (a secret as <redacted>)."""
+    return _show(var, value)
+
+
 def _show(var: Var, value: Any) -> str:
     """A parsed value in the table's forms: durations in one unit, sizes in KiB/MiB/GiB."""
     if value is None:

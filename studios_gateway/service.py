@@ -43,7 +43,13 @@ from studios_gateway.peers import advertised_address, build_peers
 from studios_gateway.registry.base import SessionStore, TunnelClaims
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.memory import MemoryStore
-from studios_gateway.reload import ReloadError, apply_log_level, run_hooks, tls_reloader
+from studios_gateway.reload import (
+    ReloadError,
+    apply_log_level,
+    needs_restart,
+    run_hooks,
+    tls_reloader,
+)
 from studios_gateway.reuseport import SHARED_LISTENERS, ReusePortEndpoint
 from studios_gateway.ssh.component import SSHProxy, build_ssh, load_gateway_host_key
 from studios_gateway.ssh.keys import fingerprint
@@ -146,6 +152,9 @@ class GatewayService(MultiService):
 
     def reload(self, config: Config) -> None:
         run_hooks(self._reload_hooks, config)
+        for change in needs_restart(self.config, config):
+            self._log.warn("reload: {change}, which takes a restart; running on with the "
+                           "old value", change=change)
 
     def reload_from(self, reread: Callable[[], Config]) -> None:
         """SIGHUP: re-read the settings and apply them. Invalid settings, or a part that

@@ -110,6 +110,31 @@ def test_sighup_applies_the_re_read_log_level(gateway_env: dict[str, str],
     assert result == [None] and applied == ["debug"]
 
 
+def test_a_reload_names_each_changed_setting_that_takes_a_restart(
+        gateway_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # It used to say nothing: a new port or limit in the env file looked applied.
+    monkeypatch.setattr(logs, "set_level", lambda level: None)
+    settings = dict(gateway_env)
+    gw = make_service(load_config(environ=settings), MemoryReactorClock(), environ={},
+                      reload=lambda: load_config(environ=settings))
+    settings.update(CONNECT_LOG_LEVEL="debug", CONNECT_HTTP_MAX_BODY="1MiB",
+                    CONNECT_MANAGEMENT_PORT="9001",
+                    CONNECT_MANAGEMENT_AUTH_KEY="new-s3cret-key-value")
+    assert gw.systemd is not None
+    with capturedLogs() as events:
+        gw.systemd.on_reload()
+    said = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert said == [
+        "reload: CONNECT_MANAGEMENT_PORT changed from 9000 to 9001, which takes a restart; "
+        "running on with the old value",
+        "reload: CONNECT_MANAGEMENT_AUTH_KEY changed, which takes a restart; running on "
+        "with the old value",
+        "reload: CONNECT_HTTP_MAX_BODY changed from (not set) to 1MiB, which takes a "
+        "restart; running on with the old value"]
+    assert not any("new-s3cret" in formatEvent(e) for e in events)
+    assert any(formatEvent(e) == "reload: log level debug" for e in events)
+
+
 def test_an_invalid_setting_fails_the_reload_and_changes_nothing(
         gateway_env: dict[str, str]) -> None:
     reactor = MemoryReactorClock()
