@@ -265,8 +265,9 @@ def test_the_start_names_every_invalid_variable(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("CONNECT_TUNNEL_PORT", "xyz")
     options = Options()
     options.parseOptions(["--http-port", "abc"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stopped:
         makeService(options)
+    assert stopped.value.code == 78  # EX_CONFIG: the units do not restart it for this
     assert capfd.readouterr().err.splitlines() == [
         "studios-gateway: CONNECT_TUNNEL_PORT='xyz': expected a whole number from 1 to 65535",
         "studios-gateway: CONNECT_HTTP_PORT='abc': expected a whole number from 1 to 65535"]

@@ -84,6 +84,18 @@ def test_template_gives_each_instance_its_ports_and_node_id() -> None:
                             "studios-gateway-ssh.socket"]
 
 
+@pytest.mark.parametrize("name", ["studios-gateway.service", "studios-gateway@.service",
+                                  "studios-connect.service"])
+def test_invalid_settings_are_not_restarted_in_a_loop(name: str) -> None:
+    # A start refused for its settings exits EX_CONFIG; restarting cannot help, so
+    # systemd does not (it did, ten times, until the start limit).
+    from studios_gateway.component import EX_CONFIG
+
+    u = unit(name)
+    assert u["Restart"] == ["on-failure"]
+    assert u["RestartPreventExitStatus"] == [str(EX_CONFIG)]
+
+
 def all_units() -> list[Path]:
     return sorted(p for p in UNITS.iterdir() if p.suffix in (".service", ".socket"))
 
