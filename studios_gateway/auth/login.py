@@ -663,11 +663,18 @@ class Auth:
         now = self._reactor.seconds()
         invalid = page(400, "Login link not valid",
                        "This login link was used already or has expired. Ask for a new one.")
-        if data is None or not isinstance(data.get("exp"), int) or data["exp"] <= now \
+        if data is None or not isinstance(data.get("exp"), int) \
                 or not isinstance(data.get("sid"), str) or not isinstance(data.get("sub"), str) \
                 or not isinstance(data.get("jti"), str):
             self.on_login("link", False)
-            return invalid
+            return replace(invalid, why="login link not valid (not one of this gateway's, or "
+                                        "cut short)")
+        # For the access line: whose link it is and why it was refused (the link's
+        # signature is checked, so its user and session are the gateway's own words).
+        user, sid = data["sub"], data["sid"]
+        if data["exp"] <= now:
+            self.on_login("link", False)
+            return replace(invalid, user=user, why=f"login link to {sid} expired")
         if request.method != "POST":
             # Link scanners and previews only GET: spend the link on a deliberate click.
             action = html.escape(f"{PREFIX}link?" + urlencode({"token": token}))
@@ -675,8 +682,9 @@ class Auth:
                     f"Open studio {html.escape(data['sid'])}</button></form>")
             confirm = page(200, "Open studio",
                            f"Log in to studio {data['sid']} as {data['sub']}.", body_html=form)
+            used = replace(invalid, user=user, why=f"login link to {sid} used already")
             return defer.maybeDeferred(self._once.is_spent, data["jti"]).addCallback(
-                lambda spent: invalid if spent else confirm)
+                lambda spent: used if spent else confirm)
         why = posted_from_elsewhere(request.header(b"sec-fetch-site"),
                                     request.header(b"origin"), request.host)
         if why is not None:
@@ -685,14 +693,17 @@ class Auth:
             # someone else (login CSRF); the link stays unspent.
             self._log.info("refused a login link's post to {session}: {why}",
                            session=data["sid"], why=why)
-            return page(403, "Login refused",
-                        "This login link was posted from another site. Open the link "
-                        "itself in your browser to log in.")
+            return replace(page(403, "Login refused",
+                                "This login link was posted from another site. Open the link "
+                                "itself in your browser to log in."),
+                           user=user, why=f"login link to {sid} posted from elsewhere: {why}")
 
         def spent(fresh: bool) -> Response:
             self.on_login("link", fresh)
-            return self._link_spent(data) if fresh else page(
-                400, "Login link not valid", "This login link was used already.")
+            if fresh:
+                return self._link_spent(data)
+            return replace(page(400, "Login link not valid", "This login link was used already."),
+                           user=user, why=f"login link to {sid} used already")
 
         return self._spend(data).addCallback(spent)
 
@@ -702,8 +713,9 @@ class Auth:
         login_id = new_login_id()
         self._log.info("{user} logged in with a login link to {session}", user=data["sub"],
                        session=data["sid"])
-        return self._complete(data["sub"], login_id, now + s.login_ttl,
+        done = self._complete(data["sub"], login_id, now + s.login_ttl,
                               s.studio_url(data["sid"]), new_login=True)
+        return replace(done, user=data["sub"])  # the access line names who logged in
 
     def _logout(self, request: RequestInfo) -> Response:
         s = self.settings

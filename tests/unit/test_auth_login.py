@@ -361,16 +361,27 @@ def test_login_link_flow():
     assert link.startswith(f"{PROXY}/_connect/link?token=")
     shown = run(auth.handle(request(link)))
     assert shown.status == 200 and b"<form method=\"post\"" in shown.body
+    posted = run(auth.handle(request(auth.mint_login_link("abc", "alice"), method="POST")))
+    assert posted.status == 302 and posted.user == "alice"
     # GET (a link preview) did not spend it; POST does.
     who, url = run(b.open(link, method="POST"))
     assert isinstance(who, Identity) and who.subject == "alice" and url == studio("abc", "/")
+    # Each refusal says in the access line whose link it was and why (it said "- ...
+    # bad request"): "why could alice not log in?".
     again = run(auth.handle(request(link, method="POST")))
-    assert again.status == 400
-    assert run(auth.handle(request(link))).status == 400
+    assert (again.status, again.user, again.why) == (400, "alice",
+                                                     "login link to abc used already")
+    shown = run(auth.handle(request(link)))
+    assert (shown.status, shown.user, shown.why) == (400, "alice",
+                                                     "login link to abc used already")
     old = auth.mint_login_link("abc", "alice")
     clock.advance(24 * 3600)
-    assert run(auth.handle(request(old, method="POST"))).status == 400
-    assert run(auth.handle(request(link[:-3] + "AAA", method="POST"))).status == 400
+    expired = run(auth.handle(request(old, method="POST")))
+    assert (expired.status, expired.user, expired.why) == (400, "alice",
+                                                           "login link to abc expired")
+    forged = run(auth.handle(request(link[:-3] + "AAA", method="POST")))
+    assert forged.status == 400 and forged.user == ""
+    assert forged.why.startswith("login link not valid")
 
 
 def test_a_login_link_posted_from_another_site_is_refused_and_stays_unspent():
@@ -383,6 +394,8 @@ def test_a_login_link_posted_from_another_site_is_refused_and_stays_unspent():
                                           headers=((b"Origin", origin),))))
         assert refused.status == 403 and b"posted from another site" in refused.body
         assert not any(k.lower() == b"set-cookie" for k, _ in refused.headers)
+        assert refused.user == "mallory"
+        assert refused.why.startswith("login link to abc posted from elsewhere: ")
     for site in (b"cross-site", b"same-site"):  # what a browser says of such a post
         refused = run(auth.handle(request(link, method="POST", headers=(
             (b"Origin", PROXY.encode()), (b"Sec-Fetch-Site", site)))))

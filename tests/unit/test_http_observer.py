@@ -107,6 +107,19 @@ def test_a_logged_in_user_refused_by_the_authorizer_is_named_with_the_reason() -
     assert ' - bob [' in line and 'reason="not allowed on this session"' in line
 
 
+def test_a_gateway_page_naming_its_user_and_reason_is_logged_so() -> None:
+    # The login's own routes (a used login link): "- ... 400 bad request" before.
+    used = replace(pages.status_page(400, "This login link was used already."),
+                   user="alice", why="login link to abc used already")
+    obs = Observer()
+    h = Harness(observer=obs, local_routes=lambda request: defer.succeed(used))
+    p, t = h.client()
+    p.dataReceived(b"POST /_connect/link HTTP/1.1\r\nHost: studios.test\r\n"
+                   b"Content-Length: 0\r\n\r\n")
+    [f] = obs.done
+    assert (f.status, f.subject, f.reason) == (400, "alice", "login link to abc used already")
+
+
 def test_a_refused_head_is_reported() -> None:
     obs = Observer()
     h = Harness(observer=obs)
