@@ -342,6 +342,11 @@ def _advertise(text: str) -> tuple[str, int | None]:
     return (m.group(1) or m.group(2)), (_port(m.group(3)) if m.group(3) else None)
 
 
+#: Below this many characters CONNECT_MANAGEMENT_AUTH_KEY draws a warning (as short as
+#: CONNECT_PEER_SECRET may be).
+MANAGEMENT_KEY_MIN = 16
+
+
 # --- the variable table -------------------------------------------------------
 
 
@@ -1012,6 +1017,12 @@ def _doubts(cfg: Config) -> list[str]:
         warnings.append("CONNECT_MANAGEMENT_AUTH_KEY is not set: the management port (and its "
                         "admin API) is open to anyone who can reach it; bind it to a private "
                         "interface or set a key")
+    if cfg.management_auth_key and len(cfg.management_auth_key) < MANAGEMENT_KEY_MIN:
+        # (Its length only: the key itself is never shown.)
+        warnings.append(f"CONNECT_MANAGEMENT_AUTH_KEY is short ({len(cfg.management_auth_key)} "
+                        f"characters): whoever can reach the management port may guess it, "
+                        f"and with it make sessions and login links; use at least "
+                        f"{MANAGEMENT_KEY_MIN} random characters (openssl rand -hex 32)")
     if not cfg.redis_enabled:
         warnings.append("CONNECT_REDIS_ADDRESS is not set: sessions are kept by this single "
                         "node (CONNECT_STORAGE_ROOT/sessions.json; set it to share sessions "

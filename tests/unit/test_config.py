@@ -589,3 +589,16 @@ def test_every_platform_or_connect_variable_the_gateway_does_not_use_is_named() 
                           "CONNECT_NOPE"}
     assert "is ignored; the gateway reads PLATFORM_URL" in named["TOWER_SERVER_URL"]
     assert all("not a setting of the gateway and is ignored" in w for w in named.values())
+
+
+def test_a_short_management_key_is_warned_of_without_showing_it() -> None:
+    # A 1-character bearer key guarding the admin API was taken without a word.
+    warned = [w for w in load_config(environ={"CONNECT_MANAGEMENT_PORT": "9000",
+                                              "CONNECT_MANAGEMENT_AUTH_KEY": "pw1"}).warnings
+              if "CONNECT_MANAGEMENT_AUTH_KEY" in w]
+    assert warned == ["CONNECT_MANAGEMENT_AUTH_KEY is short (3 characters): whoever can reach "
+                      "the management port may guess it, and with it make sessions and login "
+                      "links; use at least 16 random characters (openssl rand -hex 32)"]
+    long_key = load_config(environ={"CONNECT_MANAGEMENT_PORT": "9000",
+                                    "CONNECT_MANAGEMENT_AUTH_KEY": "k" * 16})
+    assert not any("CONNECT_MANAGEMENT_AUTH_KEY" in w for w in long_key.warnings)
