@@ -74,11 +74,11 @@ def needs_restart(running: Config, reread: Config) -> list[str]:
         old, new = getattr(running, var.attr), getattr(reread, var.attr)
         if old == new:
             continue
-        if var.secret:
+        before, after = show_value(var, old), show_value(var, new)
+        if var.secret or before == after:  # (a URL whose password alone changed)
             lines.append(f"{var.name} changed")
         else:
-            lines.append(f"{var.name} changed from {show_value(var, old)} to "
-                         f"{show_value(var, new)}")
+            lines.append(f"{var.name} changed from {before} to {after}")
     return lines
 
 

@@ -135,6 +135,18 @@ def test_a_reload_names_each_changed_setting_that_takes_a_restart(
     assert any(formatEvent(e) == "reload: log level debug" for e in events)
 
 
+def test_a_changed_password_in_a_url_is_named_but_not_shown() -> None:
+    from studios_gateway.reload import needs_restart
+
+    before = load_config(environ={"PLATFORM_URL": "https://u:old-pw@platform.example"})
+    after = load_config(environ={"PLATFORM_URL": "https://u:new-pw@platform.example"})
+    assert needs_restart(before, after) == ["PLATFORM_URL changed"]
+    moved = load_config(environ={"PLATFORM_URL": "https://u:new-pw@other.example"})
+    assert needs_restart(before, moved) == [
+        "PLATFORM_URL changed from https://u:<redacted>@platform.example to "
+        "https://u:<redacted>@other.example"]
+
+
 def test_an_invalid_setting_fails_the_reload_and_changes_nothing(
         gateway_env: dict[str, str]) -> None:
     reactor = MemoryReactorClock()
