@@ -76,6 +76,7 @@ from studios_gateway.http.origin import posted_from_elsewhere
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.registry.base import SessionRecord, StoreUnavailable
 from studios_gateway.registry.memory import MemoryStore
+from studios_gateway.shown import shown
 
 __all__ = [
     "Auth",
@@ -625,14 +626,23 @@ class Auth:
         expired = page(400, "Login link expired",
                        "This login hand-off was used already, has expired or is for "
                        "another studio.", link=(again, "Log in again"))
-        if data is None or not isinstance(data.get("exp"), int) or data["exp"] <= now \
-                or data.get("sid") != session_id or not isinstance(data.get("jti"), str):
+        if data is None or not isinstance(data.get("exp"), int) \
+                or not isinstance(data.get("jti"), str):
             self.on_login("handoff", False)
-            return expired
+            return replace(expired, why="login hand-off not valid")
+        # For the access line: whose hand-off it was, and why it was refused.
+        user = str(data.get("sub", ""))
+        if data["exp"] <= now or data.get("sid") != session_id:
+            self.on_login("handoff", False)
+            why = ("login hand-off expired" if data["exp"] <= now else
+                   f"login hand-off for another studio ({shown(str(data.get('sid')), 64)})")
+            return replace(expired, user=user, why=why)
 
         def spent(fresh: bool) -> Response:
             self.on_login("handoff", fresh)
-            return self._handed_off(data, session_id, again) if fresh else expired
+            if fresh:
+                return replace(self._handed_off(data, session_id, again), user=user)
+            return replace(expired, user=user, why="login hand-off used already")
 
         return self._spend(data).addCallback(spent)
 
@@ -641,7 +651,8 @@ class Auth:
         now = self._reactor.seconds()
         login_id, subject = str(data["lid"]), str(data["sub"])
         if self.authorizer.is_logged_out(login_id):
-            return page(400, "Logged out", "This login has ended.", link=(again, "Log in"))
+            return replace(page(400, "Logged out", "This login has ended.",
+                                link=(again, "Log in")), why="the login has ended (logged out)")
         ttl = max(0.0, float(data.get("lexp", 0)) - now)
         next_path = str(data.get("next") or "/")
         if not next_path.startswith("/") or next_path.startswith("//"):

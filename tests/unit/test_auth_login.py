@@ -180,6 +180,8 @@ def test_handoff_code_is_single_use_and_bound_to_its_studio():
     handoff = next(v for v in b.visited if "/_connect/handoff" in v)
     resp = run(auth.handle(request(handoff)))
     assert resp.status == 400  # replayed
+    # The access line says whose and why (it said "- ... bad request").
+    assert (resp.user, resp.why) == ("alice", "login hand-off used already")
     # A fresh code for abc presented on xyz's host.
     b2 = LoginDriver(auth, external=idp_login(rp))
     b2.jar = Jar({k: v for k, v in b.jar.cookies.items() if k[0] == "connect.example.test"})
@@ -187,11 +189,14 @@ def test_handoff_code_is_single_use_and_bound_to_its_studio():
     code_url = dict(first.headers)[b"Location"].decode()
     assert "/_connect/handoff?code=" in code_url
     moved = code_url.replace("abc.connect", "xyz.connect")
-    assert run(auth.handle(request(moved))).status == 400
+    elsewhere = run(auth.handle(request(moved)))
+    assert (elsewhere.status, elsewhere.user) == (400, "alice")
+    assert elsewhere.why == "login hand-off for another studio (abc)"
     # And an unused one expires.
     first = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}", b2.jar)))
     clock.advance(61)
-    assert run(auth.handle(request(dict(first.headers)[b"Location"].decode()))).status == 400
+    late = run(auth.handle(request(dict(first.headers)[b"Location"].decode())))
+    assert (late.status, late.user, late.why) == (400, "alice", "login hand-off expired")
 
 
 def test_wrong_or_replayed_state_and_code_refused():
