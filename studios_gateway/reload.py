@@ -110,4 +110,5 @@ def run_hooks(hooks: list[Callable[[Config], Any]], config: Config) -> None:
         except Exception as e:  # one part failing must not stop the others
             errors.append(str(e) or type(e).__name__)
     if errors:
-        raise ReloadError("; ".join(errors))
+        # Once each: the HTTPS and tunnel ports load the same files and fail alike.
+        raise ReloadError("; ".join(dict.fromkeys(errors)))

@@ -75,6 +75,9 @@ def test_every_hook_runs_and_each_failure_is_named() -> None:
     with pytest.raises(ReloadError, match="^certificate x: unreadable$"):
         run_hooks([broken, lambda c: ran.append("level")], cfg)
     assert ran == ["broken", "level"]
+    # The HTTPS and the tunnel port fail alike on the same files: said once.
+    with pytest.raises(ReloadError, match="^certificate x: unreadable$"):
+        run_hooks([broken, broken], cfg)
 
 
 def test_the_reload_log_names_the_new_level(monkeypatch: pytest.MonkeyPatch) -> None:
