@@ -203,8 +203,16 @@ def sessions_show(args: argparse.Namespace) -> int:
 
 
 def sessions_users(args: argparse.Namespace) -> int:
+    add, remove = args.add or [], args.remove or []
+    if (add or remove) and args.users:
+        raise SystemExit("studios-gateway: sessions users: give the whole list, or --add and "
+                         "--remove, not both")
+    users = args.users
+    if add or remove:  # the list as it is now, changed (retyping it could drop someone)
+        current = api_call(args, "GET", f"/api/sessions/{args.id}")["allowed_users"]
+        users = [u for u in [*current, *add] if u not in remove]
     changed = api_call(args, "PATCH", f"/api/sessions/{args.id}",
-                       {"allowed_users": args.users})
+                       {"allowed_users": list(dict.fromkeys(users))})
     _print_session(changed)
     return 0
 
@@ -304,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("id")
     u.add_argument("users", nargs="*", metavar="USER", help="the allowed users (none: only "
                                                             "the owner)")
+    u.add_argument("--add", action="append", metavar="USER",
+                   help="add this user to the list as it is (repeatable)")
+    u.add_argument("--remove", action="append", metavar="USER",
+                   help="take this user off the list as it is (repeatable)")
     u.set_defaults(func=sessions_users)
     ss = action("ssh", help="allow or refuse SSH into a session's studio (off: its open "
                             "SSH connections are closed)")

@@ -210,3 +210,31 @@ def test_list_shows_only_the_versions_it_knows(monkeypatch, capsys) -> None:
     ends = [line.split("  ")[-1] for line in capsys.readouterr().out.splitlines()]
     assert ends == ["image=-", "image=- (connect 0.12.0)",
                     "image=reg/data-studio-jupyter:4.2.5-0.12.0 (tool 4.2.5, connect 0.12.0)"]
+
+
+def test_users_add_and_remove_change_the_list_as_it_is(monkeypatch, capsys) -> None:
+    # Retyping a list of 20 to add one user risked dropping (and disconnecting) another.
+    from studios_gateway import cli
+
+    sent: list[tuple[str, str, object]] = []
+
+    def api(args, method, path, body=None):
+        sent.append((method, path, body))
+        users = ["bob", "carol"] if method == "GET" else body["allowed_users"]
+        return {"id": "abc", "tool": "generic", "owner": "alice", "allowed_users": users}
+
+    monkeypatch.setattr(cli, "api_call", api)
+    args = build_parser().parse_args(["sessions", "users", "abc", "--add", "dan", "--add",
+                                      "bob", "--remove", "carol", "--url", URL])
+    assert args.func(args) == 0
+    assert sent == [("GET", "/api/sessions/abc", None),
+                    ("PATCH", "/api/sessions/abc", {"allowed_users": ["bob", "dan"]})]
+    assert "users=bob,dan" in capsys.readouterr().out
+    sent.clear()
+    args = build_parser().parse_args(["sessions", "users", "abc", "erin", "--url", URL])
+    assert args.func(args) == 0
+    assert sent == [("PATCH", "/api/sessions/abc", {"allowed_users": ["erin"]})]
+    args = build_parser().parse_args(["sessions", "users", "abc", "erin", "--add", "x",
+                                      "--url", URL])
+    with pytest.raises(SystemExit, match="not both"):
+        args.func(args)
