@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from studios_gateway import versions
-from studios_gateway.config import ConfigError, load_config
+from studios_gateway.config import ConfigError, load_config, read_env_file
 from studios_gateway.wire import tools
 
 
@@ -76,23 +76,45 @@ def image_tag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> dict[str, str]:
+    """The environment over the --env-file's lines (as for the gateway: the environment
+    wins), for the management port, key and bind address."""
+    found: dict[str, str] = {}
+    env_file = getattr(args, "env_file", None)
+    if env_file:
+        try:
+            found.update(read_env_file(env_file))
+        except ConfigError as e:
+            raise SystemExit(f"studios-gateway: {e}") from None
+    found.update(os.environ)
+    return found
+
+
 def _management_url(args: argparse.Namespace) -> str:
     if args.url:
         if not args.url.startswith(("http://", "https://")):
             raise SystemExit("studios-gateway: --url must be an http:// or https:// URL")
         return args.url.rstrip("/")
-    port = os.environ.get("CONNECT_MANAGEMENT_PORT")
+    settings = _settings(args)
+    port = settings.get("CONNECT_MANAGEMENT_PORT")
     if not port:
-        raise SystemExit("studios-gateway: give --url or set CONNECT_MANAGEMENT_PORT (the "
-                         "gateway's management port)")
-    return f"http://127.0.0.1:{port}"
+        raise SystemExit("studios-gateway: give --url, --env-file with the gateway's settings, "
+                         "or set CONNECT_MANAGEMENT_PORT (the gateway's management port)")
+    # The management port listens on CONNECT_BIND_ADDRESS: loopback when it is every
+    # interface, else that address.
+    host = settings.get("CONNECT_BIND_ADDRESS", "").strip() or "127.0.0.1"
+    if host in ("0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
     """Call the admin API; print its error and exit 1 on failure."""
     url = _management_url(args) + path
     headers = {"Accept": "application/json"}
-    key = os.environ.get("CONNECT_MANAGEMENT_AUTH_KEY")
+    key = _settings(args).get("CONNECT_MANAGEMENT_AUTH_KEY")
     if key:
         headers["Authorization"] = f"Bearer {key}"
     data = None
@@ -117,10 +139,15 @@ def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None)
 def _print_session(s: dict[str, Any]) -> None:
     state = "connected" if s.get("connected") else "not connected"
     users = ",".join(s.get("allowed_users") or []) or "-"
-    versions_ = f"tool {s.get('tool_version') or '?'}, connect {s.get('connect_version') or '?'}"
+    # What is known of the versions (the image's tag, or what the studio's client said);
+    # nothing at all for a session made without an image and not connected.
+    known = [f"{name} {s[key]}" for name, key in (("tool", "tool_version"),
+                                                  ("connect", "connect_version"))
+             if s.get(key)]
+    versions_ = f" ({', '.join(known)})" if known else ""
     print(f"{s['id']}  {s['tool']:<10}  owner={s['owner']}  users={users}  "
           f"workspace={s.get('workspace_id') or '-'}  ssh={'on' if s.get('ssh_enabled') else 'off'}"
-          f"  {state}  image={s.get('image') or '-'} ({versions_})")
+          f"  {state}  image={s.get('image') or '-'}{versions_}")
 
 
 def sessions_create(args: argparse.Namespace) -> int:
@@ -176,8 +203,16 @@ def sessions_show(args: argparse.Namespace) -> int:
 
 
 def sessions_users(args: argparse.Namespace) -> int:
+    add, remove = args.add or [], args.remove or []
+    if (add or remove) and args.users:
+        raise SystemExit("studios-gateway: sessions users: give the whole list, or --add and "
+                         "--remove, not both")
+    users = args.users
+    if add or remove:  # the list as it is now, changed (retyping it could drop someone)
+        current = api_call(args, "GET", f"/api/sessions/{args.id}")["allowed_users"]
+        users = [u for u in [*current, *add] if u not in remove]
     changed = api_call(args, "PATCH", f"/api/sessions/{args.id}",
-                       {"allowed_users": args.users})
+                       {"allowed_users": list(dict.fromkeys(users))})
     _print_session(changed)
     return 0
 
@@ -192,6 +227,14 @@ def sessions_ssh(args: argparse.Namespace) -> int:
 def sessions_link(args: argparse.Namespace) -> int:
     minted = api_call(args, "POST", f"/api/sessions/{args.id}/login-links", {"user": args.user})
     print(minted["login_link"])
+    return 0
+
+
+def sessions_token(args: argparse.Namespace) -> int:
+    rotated = api_call(args, "POST", f"/api/sessions/{args.id}/token")
+    print(f"connect string: {rotated['connect_string']}")
+    print("the old token no longer binds, and a tunnel bound with it was closed: give the "
+          "studio this connect string (CONNECT_STRING)")
     return 0
 
 
@@ -226,14 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="start a gateway and a demo studio on this machine "
                                 "(see `studios-gateway demo --help`)")
 
-    url_help = ("management URL (default http://127.0.0.1:$CONNECT_MANAGEMENT_PORT); the key "
-                "comes from CONNECT_MANAGEMENT_AUTH_KEY")
+    url_help = ("management URL (default http://127.0.0.1:$CONNECT_MANAGEMENT_PORT, or "
+                "CONNECT_BIND_ADDRESS when that is one address); the key comes from "
+                "CONNECT_MANAGEMENT_AUTH_KEY")
+    env_help = ("read CONNECT_MANAGEMENT_PORT, CONNECT_MANAGEMENT_AUTH_KEY and "
+                "CONNECT_BIND_ADDRESS from the gateway's env file too (the environment "
+                "wins), e.g. /etc/studios-gateway/gateway.env")
     sp = sub.add_parser("sessions", help="create, list, show and end sessions (admin API)")
     sp.add_argument("--url", help=url_help)
-    # --url before or after the action (`sessions list --url URL`): the action's copy
-    # sets it only when given, so `sessions --url URL list` keeps working.
+    sp.add_argument("--env-file", help=env_help)
+    # --url and --env-file before or after the action (`sessions list --url URL`): the
+    # action's copy sets it only when given, so `sessions --url URL list` keeps working.
     url_after = argparse.ArgumentParser(add_help=False)
     url_after.add_argument("--url", default=argparse.SUPPRESS, help=url_help)
+    url_after.add_argument("--env-file", default=argparse.SUPPRESS, help=env_help)
     ssub = sp.add_subparsers(dest="action", required=True)
 
     def action(name: str, **kw: Any) -> argparse.ArgumentParser:
@@ -263,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("id")
     u.add_argument("users", nargs="*", metavar="USER", help="the allowed users (none: only "
                                                             "the owner)")
+    u.add_argument("--add", action="append", metavar="USER",
+                   help="add this user to the list as it is (repeatable)")
+    u.add_argument("--remove", action="append", metavar="USER",
+                   help="take this user off the list as it is (repeatable)")
     u.set_defaults(func=sessions_users)
     ss = action("ssh", help="allow or refuse SSH into a session's studio (off: its open "
                             "SSH connections are closed)")
@@ -274,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     lk.add_argument("id")
     lk.add_argument("user", metavar="USER")
     lk.set_defaults(func=sessions_link)
+    tk = action("token", help="give a session a new connect token and print its connect "
+                              "string (the old token stops working; a tunnel bound with it "
+                              "is closed)")
+    tk.add_argument("id")
+    tk.set_defaults(func=sessions_token)
     d = action("delete", help="end a session and close its tunnel")
     d.add_argument("id")
     d.set_defaults(func=sessions_delete)

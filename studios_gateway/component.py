@@ -118,7 +118,13 @@ def say_to_operator(message: str) -> None:
     print(f"studios-gateway: {message}", file=stream, flush=True)
 
 
-def fail_start(message: str) -> None:
-    """Print the one line an operator needs, and exit non-zero."""
+#: Exit status of a start refused for its settings (sysexits.h's EX_CONFIG): the units'
+#: RestartPreventExitStatus= keep systemd from starting it again until they are fixed.
+EX_CONFIG = 78
+
+
+def fail_start(message: str, status: int = 1) -> None:
+    """Print the one line an operator needs, and exit non-zero (`status`: EX_CONFIG for
+    settings that cannot work, 1 for what may pass, such as a port in use)."""
     say_to_operator(message)
-    raise SystemExit(1)
+    raise SystemExit(status)

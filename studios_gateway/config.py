@@ -342,6 +342,11 @@ def _advertise(text: str) -> tuple[str, int | None]:
     return (m.group(1) or m.group(2)), (_port(m.group(3)) if m.group(3) else None)
 
 
+#: Below this many characters CONNECT_MANAGEMENT_AUTH_KEY draws a warning (as short as
+#: CONNECT_PEER_SECRET may be).
+MANAGEMENT_KEY_MIN = 16
+
+
 # --- the variable table -------------------------------------------------------
 
 
@@ -751,6 +756,39 @@ class Config:
 
         return self.node_id or f"{socket.gethostname()}-{self.tunnel_port}"
 
+    @property
+    def effective_advertise_address(self) -> str:
+        """host:port other nodes dial to reach this node's peer listener."""
+        import ipaddress
+        import socket
+
+        host, port = self.advertise_address or (None, None)
+        if host is None:
+            host = self.host_domain
+        if host is None:
+            bind = ipaddress.ip_address(self.bind_address)
+            host = socket.gethostname() if bind.is_unspecified else str(bind)
+        port = port or self.listener_port
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _derived(self, name: str) -> str | None:
+        """What an unset variable that defaults to other settings comes to here (check-config
+        prints it: an operator needs the node id and addresses actually used)."""
+        if name == "CONNECT_PROXY_URL":
+            return self.effective_proxy_url
+        if name == "CONNECT_STUDIOS_DOMAIN":
+            return self.effective_studios_domain
+        if name == "CONNECT_TUNNEL_URL":
+            host, port = self.effective_tunnel_url
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if name == "CONNECT_OIDC_ISSUER_URL":
+            return self.platform_url
+        if name == "CONNECT_NODE_ID":
+            return self.effective_node_id
+        if name == "CONNECT_ADVERTISE_ADDRESS" and self.redis_enabled:
+            return self.effective_advertise_address
+        return None
+
     def workspace_allowed(self, workspace_id: str | None) -> bool:
         """TOWER_DATA_STUDIO_ALLOWED_WORKSPACES: unset all, empty none, else listed ids."""
         if self.allowed_workspaces is None:
@@ -769,8 +807,17 @@ class Config:
             if source == "default" and var.default is not None:
                 rows.append((var.name, var.default, source))  # as the README's table has it
                 continue
+            derived = self._derived(var.name) if value is None else None
+            if derived is not None:
+                rows.append((var.name, f"(not set: {redact_password(derived)})", source))
+                continue
             rows.append((var.name, _show(var, value), source))
         return rows
+
+
+def show_value(var: Var, value: Any) -> str:
+    """A parsed value as check-config prints it (a secret as <redacted>)."""
+    return _show(var, value)
 
 
 def _show(var: Var, value: Any) -> str:
@@ -970,6 +1017,12 @@ def _doubts(cfg: Config) -> list[str]:
         warnings.append("CONNECT_MANAGEMENT_AUTH_KEY is not set: the management port (and its "
                         "admin API) is open to anyone who can reach it; bind it to a private "
                         "interface or set a key")
+    if cfg.management_auth_key and len(cfg.management_auth_key) < MANAGEMENT_KEY_MIN:
+        # (Its length only: the key itself is never shown.)
+        warnings.append(f"CONNECT_MANAGEMENT_AUTH_KEY is short ({len(cfg.management_auth_key)} "
+                        f"characters): whoever can reach the management port may guess it, "
+                        f"and with it make sessions and login links; use at least "
+                        f"{MANAGEMENT_KEY_MIN} random characters (openssl rand -hex 32)")
     if not cfg.redis_enabled:
         warnings.append("CONNECT_REDIS_ADDRESS is not set: sessions are kept by this single "
                         "node (CONNECT_STORAGE_ROOT/sessions.json; set it to share sessions "

@@ -68,9 +68,6 @@ class Metrics:
                            registry=self.registry)
         self.listeners = Gauge("studios_gateway_listeners", "Bound listeners.", ["listener"],
                                registry=self.registry)
-        self.background_errors = Counter(
-            "studios_gateway_background_errors", "Failures of background work.", ["task"],
-            registry=self.registry)
         self.tls_handshakes = Counter(
             "studios_gateway_tls_handshakes", "TLS handshakes on the gateway's TLS ports by "
             "outcome: ok, timeout (reset at CONNECT_TLS_HANDSHAKE_TIMEOUT), full (closed at "

@@ -2,8 +2,9 @@
 
 Only what can change without dropping a connection: the log level, and the
 TLS certificate and key (a renewed certificate is served to new connections;
-open ones keep the old). Everything else needs a restart. A reload that fails
-changes nothing that failed and says why; the gateway runs on.
+open ones keep the old). Everything else needs a restart, and a reload that finds
+such a setting changed says so (a warning naming it, old and new value). A reload
+that fails changes nothing that failed and says why; the gateway runs on.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from studios_gateway import logs
-from studios_gateway.config import Config
+from studios_gateway.config import VARIABLES, Config, show_value
 
 _log = Logger()
 
@@ -58,6 +59,29 @@ class ReloadableServerTLS:
         self.cert_path, self.key_path = cert, key
 
 
+#: What a reload applies; every other variable takes a restart.
+RELOADED = frozenset({"CONNECT_LOG_LEVEL", "CONNECT_TLS_CERT_FILE", "CONNECT_TLS_KEY_FILE"})
+
+
+def needs_restart(running: Config, reread: Config) -> list[str]:
+    """One line per variable that differs in `reread` but that a reload does not apply
+    (a port, a limit, Redis...): the running gateway keeps its value. Secrets say only
+    that they changed."""
+    lines = []
+    for var in VARIABLES:
+        if var.name in RELOADED:
+            continue
+        old, new = getattr(running, var.attr), getattr(reread, var.attr)
+        if old == new:
+            continue
+        before, after = show_value(var, old), show_value(var, new)
+        if var.secret or before == after:  # (a URL whose password alone changed)
+            lines.append(f"{var.name} changed")
+        else:
+            lines.append(f"{var.name} changed from {before} to {after}")
+    return lines
+
+
 def apply_log_level(config: Config) -> None:
     logs.set_level(config.log_level)
     # Not `log_level=`: Twisted sets that key on every event to the event's own level.
@@ -86,4 +110,5 @@ def run_hooks(hooks: list[Callable[[Config], Any]], config: Config) -> None:
         except Exception as e:  # one part failing must not stop the others
             errors.append(str(e) or type(e).__name__)
     if errors:
-        raise ReloadError("; ".join(errors))
+        # Once each: the HTTPS and tunnel ports load the same files and fail alike.
+        raise ReloadError("; ".join(dict.fromkeys(errors)))

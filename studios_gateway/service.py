@@ -16,6 +16,7 @@ from typing import Any
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,7 +44,13 @@ from studios_gateway.peers import advertised_address, build_peers
 from studios_gateway.registry.base import SessionStore, TunnelClaims
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.memory import MemoryStore
-from studios_gateway.reload import ReloadError, apply_log_level, run_hooks, tls_reloader
+from studios_gateway.reload import (
+    ReloadError,
+    apply_log_level,
+    needs_restart,
+    run_hooks,
+    tls_reloader,
+)
 from studios_gateway.reuseport import SHARED_LISTENERS, ReusePortEndpoint
 from studios_gateway.ssh.component import SSHProxy, build_ssh, load_gateway_host_key
 from studios_gateway.ssh.keys import fingerprint
@@ -91,6 +98,15 @@ def build_store(config: Config, clock: Any) -> CachingStore:
             raise StartError(f"CONNECT_STORAGE_ROOT={config.storage_root!r}: the saved "
                              f"sessions cannot be loaded: {e}") from None
     return CachingStore(inner, config.local_cache_ttl, clock)
+
+
+def _where(error: object) -> str:
+    """' on host:port' of a listen that failed, when the error says (Twisted's
+    CannotListenError does): which port another process holds."""
+    if not isinstance(error, CannotListenError):
+        return ""
+    host = error.interface or "0.0.0.0"  # (Twisted's '' is every interface)
+    return f" on [{host}]:{error.port}" if ":" in host else f" on {host}:{error.port}"
 
 
 class GatewayService(MultiService):
@@ -146,6 +162,9 @@ class GatewayService(MultiService):
 
     def reload(self, config: Config) -> None:
         run_hooks(self._reload_hooks, config)
+        for change in needs_restart(self.config, config):
+            self._log.warn("reload: {change}, which takes a restart; running on with the "
+                           "old value", change=change)
 
     def reload_from(self, reread: Callable[[], Config]) -> None:
         """SIGHUP: re-read the settings and apply them. Invalid settings, or a part that
@@ -192,7 +211,7 @@ class GatewayService(MultiService):
                 self.unbind_all()
                 reason = getattr(result.value, "socketError", None) or result.value
                 raise StartError(f"cannot listen for {listener.description} "
-                                 f"({listener.variable}): {reason}")
+                                 f"({listener.variable}){_where(result.value)}: {reason}")
             listener.port = result
             # A TLS listener pauses accepting while its handshake cap is reached (tls_guard).
             listening_on = getattr(listener.factory, "listening_on", None)

@@ -46,6 +46,9 @@ LISTEN_FDS_START = 3
 #: How long wire() waits for check_ready() before it stops trying (systemd's
 #: TimeoutStartSec= normally ends the start earlier).
 READY_TIMEOUT = 300.0
+#: Seconds a stop may take beyond CONNECT_SHUTDOWN_GRACE (closing what is left, the
+#: journal's compaction), asked of systemd with EXTEND_TIMEOUT_USEC= at STOPPING=1.
+STOP_MARGIN = 15.0
 READY_POLL_INTERVAL = 0.25
 READY_POLL_MAX_INTERVAL = 2.0
 
@@ -138,8 +141,11 @@ class Notifier:
     def ready(self, status: str | None = None) -> bool:
         return self.notify("READY=1", *self._status_lines(status))
 
-    def stopping(self, status: str | None = None) -> bool:
-        return self.notify("STOPPING=1", *self._status_lines(status))
+    def stopping(self, status: str | None = None, need: float | None = None) -> bool:
+        """STOPPING=1; with `need` (seconds the stop may take), EXTEND_TIMEOUT_USEC= so
+        that the unit's TimeoutStopSec= does not kill a drain that was given longer."""
+        extend = [f"EXTEND_TIMEOUT_USEC={int(need * 1_000_000)}"] if need else []
+        return self.notify("STOPPING=1", *extend, *self._status_lines(status))
 
     def reloading(self, status: str | None = None) -> bool:
         """RELOADING=1 with MONOTONIC_USEC= (required by Type=notify-reload, systemd >= 253)."""
@@ -384,7 +390,12 @@ class Wiring:
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         self._pending = None
-        self.notifier.stopping(status="stopping: draining connections")
+        # The drain takes up to CONNECT_SHUTDOWN_GRACE, then the close: ask systemd for that
+        # much (it only ever extends its TimeoutStopSec=, 45s in the units).
+        config = getattr(self.gateway, "config", None)
+        grace = getattr(config, "shutdown_grace", None)
+        need = grace + STOP_MARGIN if isinstance(grace, (int, float)) else None
+        self.notifier.stopping(status="stopping: draining connections", need=need)
 
     def on_reload(self) -> Deferred[None]:
         """RELOADING=1, run the reload action, then READY=1 (also when it failed)."""

@@ -28,7 +28,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    from studios_gateway.component import StartError, fail_start, say_to_operator
+    from studios_gateway.component import EX_CONFIG, StartError, fail_start, say_to_operator
     from studios_gateway.service import make_service
 
     def read_config() -> Config:
@@ -42,9 +42,9 @@ def makeService(options: Options) -> IService:
         *others, last = e.errors
         for error in others:
             say_to_operator(str(error))
-        fail_start(str(last))
+        fail_start(str(last), EX_CONFIG)
     try:
         service: Any = make_service(config, environ=os.environ, reload=read_config)
-    except StartError as e:
-        fail_start(str(e))
+    except StartError as e:  # a file or key the settings name cannot be used
+        fail_start(str(e), EX_CONFIG)
     return service

@@ -39,7 +39,7 @@ from __future__ import annotations
 import html
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -76,6 +76,7 @@ from studios_gateway.http.origin import posted_from_elsewhere
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.registry.base import SessionRecord, StoreUnavailable
 from studios_gateway.registry.memory import MemoryStore
+from studios_gateway.shown import shown
 
 __all__ = [
     "Auth",
@@ -476,16 +477,20 @@ class Auth:
                             decision.reason)
         sid = who.session_id
         if decision.status == 404:
-            return page(404, "Studio not found", f"There is no studio {sid}.")
-        if decision.status == 503:
-            return page(503, "Try again shortly",
-                        f"Access to studio {sid} cannot be checked right now.",
-                        extra_headers=[(b"Retry-After", b"5")])
-        switch = f"{self.settings.proxy_url}{PREFIX}logout?" + urlencode(
-            {"next": self.login_url(request)}, quote_via=quote)
-        return page(403, "Access denied",
-                    f"{who.subject} may not use studio {sid} ({decision.reason}).",
-                    link=(switch, "Log in as someone else"))
+            refusal = page(404, "Studio not found", f"There is no studio {sid}.")
+        elif decision.status == 503:
+            refusal = page(503, "Try again shortly",
+                           f"Access to studio {sid} cannot be checked right now.",
+                           extra_headers=[(b"Retry-After", b"5")])
+        else:
+            switch = f"{self.settings.proxy_url}{PREFIX}logout?" + urlencode(
+                {"next": self.login_url(request)}, quote_via=quote)
+            refusal = page(403, "Access denied",
+                           f"{who.subject} may not use studio {sid} ({decision.reason}).",
+                           link=(switch, "Log in as someone else"))
+        # The access line names the logged-in user and the decision's reason ("not
+        # allowed on this session"), not "-" and "forbidden".
+        return replace(refusal, user=who.subject, why=decision.reason)
 
     # The /_connect/ routes ----------------------------------------------------------------
 
@@ -621,14 +626,23 @@ class Auth:
         expired = page(400, "Login link expired",
                        "This login hand-off was used already, has expired or is for "
                        "another studio.", link=(again, "Log in again"))
-        if data is None or not isinstance(data.get("exp"), int) or data["exp"] <= now \
-                or data.get("sid") != session_id or not isinstance(data.get("jti"), str):
+        if data is None or not isinstance(data.get("exp"), int) \
+                or not isinstance(data.get("jti"), str):
             self.on_login("handoff", False)
-            return expired
+            return replace(expired, why="login hand-off not valid")
+        # For the access line: whose hand-off it was, and why it was refused.
+        user = str(data.get("sub", ""))
+        if data["exp"] <= now or data.get("sid") != session_id:
+            self.on_login("handoff", False)
+            why = ("login hand-off expired" if data["exp"] <= now else
+                   f"login hand-off for another studio ({shown(str(data.get('sid')), 64)})")
+            return replace(expired, user=user, why=why)
 
         def spent(fresh: bool) -> Response:
             self.on_login("handoff", fresh)
-            return self._handed_off(data, session_id, again) if fresh else expired
+            if fresh:
+                return replace(self._handed_off(data, session_id, again), user=user)
+            return replace(expired, user=user, why="login hand-off used already")
 
         return self._spend(data).addCallback(spent)
 
@@ -637,7 +651,8 @@ class Auth:
         now = self._reactor.seconds()
         login_id, subject = str(data["lid"]), str(data["sub"])
         if self.authorizer.is_logged_out(login_id):
-            return page(400, "Logged out", "This login has ended.", link=(again, "Log in"))
+            return replace(page(400, "Logged out", "This login has ended.",
+                                link=(again, "Log in")), why="the login has ended (logged out)")
         ttl = max(0.0, float(data.get("lexp", 0)) - now)
         next_path = str(data.get("next") or "/")
         if not next_path.startswith("/") or next_path.startswith("//"):
@@ -659,11 +674,18 @@ class Auth:
         now = self._reactor.seconds()
         invalid = page(400, "Login link not valid",
                        "This login link was used already or has expired. Ask for a new one.")
-        if data is None or not isinstance(data.get("exp"), int) or data["exp"] <= now \
+        if data is None or not isinstance(data.get("exp"), int) \
                 or not isinstance(data.get("sid"), str) or not isinstance(data.get("sub"), str) \
                 or not isinstance(data.get("jti"), str):
             self.on_login("link", False)
-            return invalid
+            return replace(invalid, why="login link not valid (not one of this gateway's, or "
+                                        "cut short)")
+        # For the access line: whose link it is and why it was refused (the link's
+        # signature is checked, so its user and session are the gateway's own words).
+        user, sid = data["sub"], data["sid"]
+        if data["exp"] <= now:
+            self.on_login("link", False)
+            return replace(invalid, user=user, why=f"login link to {sid} expired")
         if request.method != "POST":
             # Link scanners and previews only GET: spend the link on a deliberate click.
             action = html.escape(f"{PREFIX}link?" + urlencode({"token": token}))
@@ -671,8 +693,9 @@ class Auth:
                     f"Open studio {html.escape(data['sid'])}</button></form>")
             confirm = page(200, "Open studio",
                            f"Log in to studio {data['sid']} as {data['sub']}.", body_html=form)
+            used = replace(invalid, user=user, why=f"login link to {sid} used already")
             return defer.maybeDeferred(self._once.is_spent, data["jti"]).addCallback(
-                lambda spent: invalid if spent else confirm)
+                lambda spent: used if spent else confirm)
         why = posted_from_elsewhere(request.header(b"sec-fetch-site"),
                                     request.header(b"origin"), request.host)
         if why is not None:
@@ -681,14 +704,17 @@ class Auth:
             # someone else (login CSRF); the link stays unspent.
             self._log.info("refused a login link's post to {session}: {why}",
                            session=data["sid"], why=why)
-            return page(403, "Login refused",
-                        "This login link was posted from another site. Open the link "
-                        "itself in your browser to log in.")
+            return replace(page(403, "Login refused",
+                                "This login link was posted from another site. Open the link "
+                                "itself in your browser to log in."),
+                           user=user, why=f"login link to {sid} posted from elsewhere: {why}")
 
         def spent(fresh: bool) -> Response:
             self.on_login("link", fresh)
-            return self._link_spent(data) if fresh else page(
-                400, "Login link not valid", "This login link was used already.")
+            if fresh:
+                return self._link_spent(data)
+            return replace(page(400, "Login link not valid", "This login link was used already."),
+                           user=user, why=f"login link to {sid} used already")
 
         return self._spend(data).addCallback(spent)
 
@@ -698,8 +724,9 @@ class Auth:
         login_id = new_login_id()
         self._log.info("{user} logged in with a login link to {session}", user=data["sub"],
                        session=data["sid"])
-        return self._complete(data["sub"], login_id, now + s.login_ttl,
+        done = self._complete(data["sub"], login_id, now + s.login_ttl,
                               s.studio_url(data["sid"]), new_login=True)
+        return replace(done, user=data["sub"])  # the access line names who logged in
 
     def _logout(self, request: RequestInfo) -> Response:
         s = self.settings

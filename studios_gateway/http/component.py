@@ -286,7 +286,7 @@ def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer
             raise StartError(problem)
         # SIGHUP loads the files again (a renewed certificate): systemd reload
         options = ReloadableServerTLS(config.tls_cert_file, config.tls_key_file,
-                                      tls.server_options)
+                                      tls.https_server_options)
         part.reload_hooks.append(tls_reloader(options))
         served = serve_tls(config, reactor, metrics, "http", options, factory)
         description = "the HTTPS proxy"

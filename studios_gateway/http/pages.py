@@ -35,6 +35,10 @@ class Page:
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
     body: bytes
+    #: For the access log only, never sent: the logged-in user a refusal is for ("" when
+    #: none is known) and why the gateway refused (default: the status's reason phrase).
+    user: str = ""
+    why: str = ""
 
     @property
     def reason(self) -> bytes:

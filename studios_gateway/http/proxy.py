@@ -978,8 +978,14 @@ class ProxyProtocol(Protocol):
         gateway refused the request (the access log's reason; by default the status's)."""
         if ex is not self._ex or self._closing:
             return
-        self._why = why or (pages.reason_phrase(answer.status).decode().lower()
-                            if answer.status >= 400 else "")
+        # A page of the login or the authorizer may say for the access line who was
+        # refused and why (pages.Page's user and why).
+        user = getattr(answer, "user", "")
+        if user:
+            ex.subject = user
+        self._why = why or getattr(answer, "why", "") or (
+            pages.reason_phrase(answer.status).decode().lower() if answer.status >= 400
+            else "")
         data, close = ex.answer(answer, close)
         if data is None:
             self._log.warn("could not send a {status}: {e}", status=answer.status,

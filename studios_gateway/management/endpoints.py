@@ -123,13 +123,36 @@ class ReadyResource(_Leaf):
 
 
 class MetricsResource(_Leaf):
-    def __init__(self, metrics: Metrics):
+    """Prometheus text. Each scrape asks the same checks as /ready first, so
+    `studios_gateway_ready` is this moment's answer (not that of the last /ready call,
+    which nothing may have made); the store's ping is bounded as /ready's is."""
+
+    _log = Logger()
+
+    def __init__(self, metrics: Metrics, health: Health):
         super().__init__()
         self._metrics = metrics
+        self._health = health
 
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return self._metrics.render()
+    def render_GET(self, request: Request) -> int:
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def checked(result: tuple[bool, dict[str, str]]) -> None:
+            self._metrics.ready.set(1 if result[0] else 0)
+
+        def failed(f: Any) -> None:
+            self._log.failure("readiness check failed", f)
+            self._metrics.ready.set(0)
+
+        def send(_: None) -> None:
+            if not gone:
+                request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+                request.write(self._metrics.render())
+                request.finish()
+
+        self._health.check_ready().addCallbacks(checked, failed).addCallback(send)
+        return NOT_DONE_YET
 
 
 class ShutdownResource(_Leaf):
@@ -163,7 +186,7 @@ class ManagementRoot(Resource):
         self._key = auth_key.encode() if auth_key else None
         self.putChild(b"live", LiveResource())
         self.putChild(b"ready", ReadyResource(health, metrics))
-        self.putChild(b"metrics", MetricsResource(metrics))
+        self.putChild(b"metrics", MetricsResource(metrics, health))
         self.putChild(b"shutdown", ShutdownResource(shutdown))
         if api is not None:
             self.putChild(b"api", api)

@@ -6,6 +6,7 @@ resource (api.py) and the CLI stay thin.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
@@ -25,11 +26,15 @@ from studios_gateway.registry.base import (
     hash_token,
     new_token,
 )
+from studios_gateway.shown import shown
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION, ConnectVersion, VersionError
 from studios_gateway.wire import tools
 from studios_gateway.wire.ids import SESSION_ID_RULE, is_session_id
 
 USER = re.compile(r"[A-Za-z0-9._@+-]{1,128}")
+USER_RULE = "1 to 128 letters, digits and ._@+-"
+#: Most names on one session's allow-list.
+MAX_ALLOWED_USERS = 1000
 WORKSPACE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 CONNECT_SCHEME = "studios-connect"
 
@@ -87,8 +92,10 @@ def validate_create(body: Any,
     if sid is not None and not is_session_id(sid):
         raise RequestError(f"id must be {SESSION_ID_RULE}")
     owner = body.get("owner")
+    if owner is None:
+        raise RequestError(f"owner is required: {USER_RULE}")
     if not isinstance(owner, str) or not USER.fullmatch(owner):
-        raise RequestError("owner is required: a user name of letters, digits and ._@+-")
+        raise RequestError(f"owner {_given(owner)} is not a user name: {USER_RULE}")
     ws = body.get("workspace_id")
     if ws is not None:
         ws = str(ws) if isinstance(ws, int) and not isinstance(ws, bool) else ws
@@ -136,10 +143,23 @@ def image_fields(image: StudioImage | None) -> dict[str, str | None]:
 
 
 def _allowed_users(users: Any) -> tuple[str, ...]:
-    if not isinstance(users, list) or not all(isinstance(u, str) and USER.fullmatch(u)
-                                                for u in users) or len(users) > 1000:
+    if not isinstance(users, list):
         raise RequestError("allowed_users must be a list of user names")
+    if len(users) > MAX_ALLOWED_USERS:
+        raise RequestError(f"allowed_users has {len(users)} names; at most "
+                           f"{MAX_ALLOWED_USERS}")
+    for user in users:  # the first one that is not a name, named
+        if not isinstance(user, str) or not USER.fullmatch(user):
+            raise RequestError(f"allowed_users: {_given(user)} is not a user name: "
+                               f"{USER_RULE}")
     return tuple(dict.fromkeys(users))
+
+
+def _given(value: Any) -> str:
+    """A value the client sent, quoted for an error message (escaped, cut short)."""
+    if isinstance(value, str):
+        return f"'{shown(value, 64)}'" if value else "''"
+    return shown(json.dumps(value), 64)
 
 
 #: What PATCH /api/sessions/{id} may change.

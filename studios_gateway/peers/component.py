@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +22,9 @@ from studios_gateway.tunnel.server import TunnelTable
 _log = Logger(namespace="studios_gateway.peers")
 
 
-def advertised_address(config: Any) -> str:
+def advertised_address(config: Config) -> str:
     """host:port other nodes dial to reach this node's peer listener."""
-    host, port = config.advertise_address or (None, None)
-    if host is None:
-        host = config.host_domain
-    if host is None:
-        bind = ipaddress.ip_address(config.bind_address)
-        host = socket.gethostname() if bind.is_unspecified else str(bind)
-    port = port or config.listener_port
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return config.effective_advertise_address
 
 
 def peer_tls_options(config: Any) -> ssl.CertificateOptions | None:

@@ -21,7 +21,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> Any:
-    from studios_gateway.component import fail_start
+    from studios_gateway.component import EX_CONFIG, fail_start
     from studios_gateway.studio.client import ConnectClient
     from studios_gateway.studio.settings import load_client_settings
 
@@ -29,7 +29,7 @@ def makeService(options: Options) -> Any:
     try:
         settings = load_client_settings(os.environ, values)
     except ConfigError as e:
-        fail_start(str(e))
+        fail_start(str(e), EX_CONFIG)
     from twisted.internet import reactor
 
     def fatal(message: str) -> None:

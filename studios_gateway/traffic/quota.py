@@ -14,7 +14,7 @@ Redis outage must not lock every user out.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet import defer
@@ -236,9 +236,11 @@ def admitting(authorize: Callable[[Any, str], Deferred[Any]], quota: Quota,
                 if over is None:
                     return who
                 refused(over)
-                return pages.page(429, "Transfer quota reached", over.message[0].upper()
+                page = pages.page(429, "Transfer quota reached", over.message[0].upper()
                                   + over.message[1:] + ".", session_id=session_id,
                                   extra=((b"Retry-After", b"%d" % round(over.retry_after)),))
+                # The access line names the user and which quota (not "too many requests").
+                return replace(page, user=who.subject, why=over.message)
 
             return quota.check(session_id, who.subject).addCallback(decided)
 

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from studios_gateway import versions
 from studios_gateway.registry.base import (
     SessionNotFound,
+    SessionRecord,
     StoreUnavailable,
     TunnelClaims,
     TunnelHolder,
@@ -125,14 +126,17 @@ class Tunnel:
     """One live tunnel on this node."""
 
     # One per bound tunnel, for its whole life: slots, and of the session's record only
-    # the tool (a store on Redis hands each bind a record of its own, ~0.3 KiB).
-    __slots__ = ("tool", "holder", "mux", "protocol")
+    # the tool (a store on Redis hands each bind a record of its own, ~0.3 KiB) and the
+    # hash of the token it was bound with (a token replaced since closes it).
+    __slots__ = ("tool", "holder", "mux", "protocol", "token_hash")
 
-    def __init__(self, tool: str, holder: TunnelHolder, mux: Multiplexer, protocol: Protocol):
+    def __init__(self, tool: str, holder: TunnelHolder, mux: Multiplexer, protocol: Protocol,
+                 token_hash: str = ""):
         self.tool = tool
         self.holder = holder
         self.mux = mux
         self.protocol = protocol
+        self.token_hash = token_hash
 
     @property
     def session_id(self) -> str:
@@ -269,7 +273,8 @@ class TunnelTable:
         self._own_claims[sid] = self._own_claims.get(sid, 0) + 1
         try:
             yield self.store.claim_tunnel(holder, self.settings.holder_ttl)
-            tunnel = Tunnel(sys.intern(record.tool), holder, make_mux(), protocol)
+            tunnel = Tunnel(sys.intern(record.tool), holder, make_mux(), protocol,
+                            record.token_hash)
         except BaseException as e:  # (the claim made or not, its tunnel not in the table)
             self._claim_failed(sid)
             if isinstance(e, StoreUnavailable):
@@ -349,7 +354,9 @@ class TunnelTable:
 
     def _changed(self, session_id: str | None) -> None:
         """The registry says a session changed (None: anything may have): if another
-        node claimed the tunnel of one we hold, stop routing to ours at once."""
+        node claimed the tunnel of one we hold, stop routing to ours at once; if the
+        session's connect token was replaced (the admin API's POST .../token), close the
+        tunnel bound with the old one."""
         if session_id is None:
             self._own_claims.clear()
             ids: list[str] = list(self._tunnels)
@@ -379,8 +386,10 @@ class TunnelTable:
                 if tunnel is None:
                     continue
                 self._checking += 1
-                d = defer.maybeDeferred(self.store.get_tunnel, sid)
+                d: Deferred[Any] = defer.maybeDeferred(self.store.get_tunnel, sid)
                 d.addCallback(self._check_holder, tunnel)
+                d.addCallback(self._record_of, tunnel)
+                d.addCallback(self._check_token, tunnel)
                 d.addErrback(lambda f: None)  # the registry is away: the refresh loop retries
                 d.addBoth(self._checked)
         finally:
@@ -395,6 +404,20 @@ class TunnelTable:
         # tunnel proves the studio has moved.
         if holder is not None and holder.tunnel_id != tunnel.holder.tunnel_id:
             self._held_elsewhere(tunnel, f"node {holder.node_id} holds it now")
+
+    def _record_of(self, _: None, tunnel: Tunnel) -> Deferred[SessionRecord | None]:
+        return self.store.get(tunnel.session_id)
+
+    def _check_token(self, record: SessionRecord | None, tunnel: Tunnel) -> None:
+        # A tunnel bound with a token that was replaced since (a leaked one, say) must
+        # not go on serving the studio's users: closed, its streams too. The studio's
+        # client is refused with the old token from then on (bad_token).
+        if (record is not None and tunnel.token_hash
+                and record.token_hash != tunnel.token_hash
+                and self._tunnels.get(tunnel.session_id) is tunnel):
+            self._log.info("session {sid}: its connect token was replaced; closing the "
+                           "tunnel bound with the old one", sid=tunnel.session_id)
+            tunnel.close()
 
     def _held_elsewhere(self, tunnel: Tunnel, why: str) -> None:
         """Take the tunnel out of the table (requests go to the new holder) and let the

@@ -68,6 +68,8 @@ def test_control_and_contents(deb: Path, tmp_path: Path) -> None:
     assert (control / "conffiles").read_text().split() == ["/etc/studios-gateway/gateway.env"]
     postinst = (control / "postinst").read_text()
     assert "useradd --system" in postinst and "twistd --help" in postinst
+    # The gateway's user must read its settings (check-config as that user).
+    assert "chgrp studios-gateway \"$env\"" in postinst and "chmod 0640 \"$env\"" in postinst
 
     root = tmp_path / "root"
     subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
@@ -92,8 +94,13 @@ def test_install_in_ci(deb: Path) -> None:
         assert list(Path("/opt/studios-gateway").rglob("dropin.cache"))
         assert subprocess.run(["getent", "passwd", "studios-gateway"]).returncode == 0
         assert Path("/var/lib/studios-gateway").is_dir()
-        check = subprocess.run(["/opt/studios-gateway/bin/studios-gateway", "check-config",
-                                "--env-file", "/etc/studios-gateway/gateway.env"],
+        env_file = Path("/etc/studios-gateway/gateway.env")
+        assert (env_file.stat().st_mode & 0o777, env_file.group()) == (0o640, "studios-gateway")
+        # As operators.md says to: as the gateway's user (it reads the file, and its
+        # storage root is checked for that user).
+        check = subprocess.run(["runuser", "-u", "studios-gateway", "--",
+                                "/opt/studios-gateway/bin/studios-gateway", "check-config",
+                                "--env-file", str(env_file)],
                                capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
         assert check.returncode == 0, check.stdout + check.stderr
         if shutil.which("systemd-analyze"):

@@ -121,7 +121,7 @@ def test_refused_management_requests_are_logged_without_the_key(
 def test_invalid_value_stops_the_start(tmp_path) -> None:
     env = base_env(tmp_path, CONNECT_SSH_MAX_CONNECTIONS="many")
     result = run_twistd(tmp_path, env)
-    assert result.returncode != 0
+    assert result.returncode == 78  # EX_CONFIG (RestartPreventExitStatus= in the units)
     lines = [line for line in result.stderr.splitlines() if "CONNECT_SSH_MAX_CONNECTIONS" in line]
     assert lines == ["studios-gateway: CONNECT_SSH_MAX_CONNECTIONS='many': expected a whole "
                      "number from 1 to 1000000"], result.stderr

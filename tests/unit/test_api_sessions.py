@@ -158,3 +158,24 @@ def test_a_body_nested_too_deeply_is_a_bad_request() -> None:
         assert request.responseCode == 400
         assert json.loads(b"".join(request.written)) == {
             "error": "the body is not valid JSON: nested too deeply"}
+
+
+def test_a_bad_user_name_is_named_in_the_error() -> None:
+    # "allowed_users must be a list of user names" did not say which of 50 names was
+    # wrong; "owner is required" was said of an owner that was given.
+    api, revoked = setup()
+    status, body = call(api, "PATCH", "/api/sessions/abc",
+                        {"allowed_users": ["bob", "carol smith", "dan"]})
+    assert (status, body["error"]) == (400, "allowed_users: 'carol\\x20smith' is not a user "
+                                            "name: 1 to 128 letters, digits and ._@+-")
+    status, body = call(api, "PATCH", "/api/sessions/abc", {"allowed_users": ["bob", 7]})
+    assert body["error"].startswith("allowed_users: 7 is not a user name")
+    status, body = call(api, "POST", "/api/sessions", {"owner": "a\nb"})
+    assert (status, body["error"]) == (400, "owner 'a\\x0ab' is not a user name: 1 to 128 "
+                                            "letters, digits and ._@+-")
+    status, body = call(api, "POST", "/api/sessions", {"allowed_users": []})
+    assert body["error"] == "owner is required: 1 to 128 letters, digits and ._@+-"
+    status, body = call(api, "POST", "/api/sessions",
+                        {"owner": "alice", "allowed_users": ["u"] * 1001})
+    assert body["error"] == "allowed_users has 1001 names; at most 1000"
+    assert revoked == []

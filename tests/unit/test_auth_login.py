@@ -168,6 +168,9 @@ def test_second_user_gets_403():
     resp, _ = run(b.open(studio("abc")))
     assert isinstance(resp, Response) and resp.status == 403
     assert b"mallory" in resp.body and b"abc" in resp.body
+    # For the access line (never sent): who was refused, and the authorizer's reason.
+    assert (resp.user, resp.why) == ("mallory", "not allowed on this session")
+    assert b"not allowed on this session" in resp.body
 
 
 def test_handoff_code_is_single_use_and_bound_to_its_studio():
@@ -177,6 +180,8 @@ def test_handoff_code_is_single_use_and_bound_to_its_studio():
     handoff = next(v for v in b.visited if "/_connect/handoff" in v)
     resp = run(auth.handle(request(handoff)))
     assert resp.status == 400  # replayed
+    # The access line says whose and why (it said "- ... bad request").
+    assert (resp.user, resp.why) == ("alice", "login hand-off used already")
     # A fresh code for abc presented on xyz's host.
     b2 = LoginDriver(auth, external=idp_login(rp))
     b2.jar = Jar({k: v for k, v in b.jar.cookies.items() if k[0] == "connect.example.test"})
@@ -184,11 +189,14 @@ def test_handoff_code_is_single_use_and_bound_to_its_studio():
     code_url = dict(first.headers)[b"Location"].decode()
     assert "/_connect/handoff?code=" in code_url
     moved = code_url.replace("abc.connect", "xyz.connect")
-    assert run(auth.handle(request(moved))).status == 400
+    elsewhere = run(auth.handle(request(moved)))
+    assert (elsewhere.status, elsewhere.user) == (400, "alice")
+    assert elsewhere.why == "login hand-off for another studio (abc)"
     # And an unused one expires.
     first = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}", b2.jar)))
     clock.advance(61)
-    assert run(auth.handle(request(dict(first.headers)[b"Location"].decode()))).status == 400
+    late = run(auth.handle(request(dict(first.headers)[b"Location"].decode())))
+    assert (late.status, late.user, late.why) == (400, "alice", "login hand-off expired")
 
 
 def test_wrong_or_replayed_state_and_code_refused():
@@ -358,16 +366,27 @@ def test_login_link_flow():
     assert link.startswith(f"{PROXY}/_connect/link?token=")
     shown = run(auth.handle(request(link)))
     assert shown.status == 200 and b"<form method=\"post\"" in shown.body
+    posted = run(auth.handle(request(auth.mint_login_link("abc", "alice"), method="POST")))
+    assert posted.status == 302 and posted.user == "alice"
     # GET (a link preview) did not spend it; POST does.
     who, url = run(b.open(link, method="POST"))
     assert isinstance(who, Identity) and who.subject == "alice" and url == studio("abc", "/")
+    # Each refusal says in the access line whose link it was and why (it said "- ...
+    # bad request"): "why could alice not log in?".
     again = run(auth.handle(request(link, method="POST")))
-    assert again.status == 400
-    assert run(auth.handle(request(link))).status == 400
+    assert (again.status, again.user, again.why) == (400, "alice",
+                                                     "login link to abc used already")
+    shown = run(auth.handle(request(link)))
+    assert (shown.status, shown.user, shown.why) == (400, "alice",
+                                                     "login link to abc used already")
     old = auth.mint_login_link("abc", "alice")
     clock.advance(24 * 3600)
-    assert run(auth.handle(request(old, method="POST"))).status == 400
-    assert run(auth.handle(request(link[:-3] + "AAA", method="POST"))).status == 400
+    expired = run(auth.handle(request(old, method="POST")))
+    assert (expired.status, expired.user, expired.why) == (400, "alice",
+                                                           "login link to abc expired")
+    forged = run(auth.handle(request(link[:-3] + "AAA", method="POST")))
+    assert forged.status == 400 and forged.user == ""
+    assert forged.why.startswith("login link not valid")
 
 
 def test_a_login_link_posted_from_another_site_is_refused_and_stays_unspent():
@@ -380,6 +399,8 @@ def test_a_login_link_posted_from_another_site_is_refused_and_stays_unspent():
                                           headers=((b"Origin", origin),))))
         assert refused.status == 403 and b"posted from another site" in refused.body
         assert not any(k.lower() == b"set-cookie" for k, _ in refused.headers)
+        assert refused.user == "mallory"
+        assert refused.why.startswith("login link to abc posted from elsewhere: ")
     for site in (b"cross-site", b"same-site"):  # what a browser says of such a post
         refused = run(auth.handle(request(link, method="POST", headers=(
             (b"Origin", PROXY.encode()), (b"Sec-Fetch-Site", site)))))

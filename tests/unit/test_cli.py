@@ -130,3 +130,111 @@ def test_ssh_on_and_off_patch_the_session(monkeypatch, capsys) -> None:
         assert f"ssh={state}" in capsys.readouterr().out
     assert sent == [("PATCH", "/api/sessions/abc", {"ssh_enabled": True}),
                     ("PATCH", "/api/sessions/abc", {"ssh_enabled": False})]
+
+
+def test_sessions_take_the_port_key_and_address_from_the_gateway_s_env_file(
+        monkeypatch, tmp_path) -> None:
+    # On the gateway's host the port and key are in its env file, not in the shell:
+    # `sessions --env-file /etc/studios-gateway/gateway.env list` finds them.
+    import json as json_
+    import urllib.request
+
+    from studios_gateway import cli
+
+    for k in [k for k in __import__("os").environ if k.startswith("CONNECT_")]:
+        monkeypatch.delenv(k)
+    env = tmp_path / "gateway.env"
+    env.write_text("CONNECT_MANAGEMENT_PORT=9101\nCONNECT_MANAGEMENT_AUTH_KEY=s3cret-key\n"
+                   "CONNECT_BIND_ADDRESS=10.0.0.5\n")
+    sent: list[urllib.request.Request] = []
+
+    class Answer:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def read(self):
+            return json_.dumps({"sessions": []}).encode()
+
+    monkeypatch.setattr(urllib.request, "urlopen",
+                        lambda req, timeout: sent.append(req) or Answer())
+    for argv in (["sessions", "--env-file", str(env), "list"],
+                 ["sessions", "list", "--env-file", str(env)]):
+        assert cli.main(argv) == 0
+    assert [r.full_url for r in sent] == ["http://10.0.0.5:9101/api/sessions"] * 2
+    assert sent[0].get_header("Authorization") == "Bearer s3cret-key"
+    # The environment wins over the file; every interface means loopback.
+    monkeypatch.setenv("CONNECT_BIND_ADDRESS", "0.0.0.0")
+    monkeypatch.setenv("CONNECT_MANAGEMENT_PORT", "9102")
+    assert cli.main(["sessions", "--env-file", str(env), "list"]) == 0
+    assert sent[-1].full_url == "http://127.0.0.1:9102/api/sessions"
+    monkeypatch.setenv("CONNECT_BIND_ADDRESS", "fd00::5")
+    assert cli.main(["sessions", "--env-file", str(env), "list"]) == 0
+    assert sent[-1].full_url == "http://[fd00::5]:9102/api/sessions"
+    with pytest.raises(SystemExit, match="a readable env file"):
+        cli.main(["sessions", "--env-file", str(tmp_path / "missing.env"), "list"])
+
+
+def test_token_gives_a_new_connect_string(monkeypatch, capsys) -> None:
+    from studios_gateway import cli
+
+    sent: list[tuple[str, str]] = []
+
+    def api(args, method, path, body=None):
+        sent.append((method, path))
+        return {"id": "abc", "connect_string": "studios-connect://abc:new@gw:7070/"}
+
+    monkeypatch.setattr(cli, "api_call", api)
+    args = build_parser().parse_args(["sessions", "token", "abc", "--url", URL])
+    assert args.func(args) == 0
+    assert sent == [("POST", "/api/sessions/abc/token")]
+    out = capsys.readouterr().out
+    assert "connect string: studios-connect://abc:new@gw:7070/" in out
+    assert "old token no longer binds" in out
+
+
+def test_list_shows_only_the_versions_it_knows(monkeypatch, capsys) -> None:
+    from studios_gateway import cli
+
+    base = {"tool": "generic", "owner": "alice", "allowed_users": [], "connected": False}
+    found = [{**base, "id": "a1", "image": None},
+             {**base, "id": "a2", "image": None, "connected": True,
+              "connect_version": "0.12.0"},
+             {**base, "id": "a3", "image": "reg/data-studio-jupyter:4.2.5-0.12.0",
+              "tool_version": "4.2.5", "connect_version": "0.12.0"}]
+    monkeypatch.setattr(cli, "api_call", lambda *a, **k: {"sessions": found})
+    args = build_parser().parse_args(["sessions", "list", "--url", URL])
+    assert args.func(args) == 0
+    ends = [line.split("  ")[-1] for line in capsys.readouterr().out.splitlines()]
+    assert ends == ["image=-", "image=- (connect 0.12.0)",
+                    "image=reg/data-studio-jupyter:4.2.5-0.12.0 (tool 4.2.5, connect 0.12.0)"]
+
+
+def test_users_add_and_remove_change_the_list_as_it_is(monkeypatch, capsys) -> None:
+    # Retyping a list of 20 to add one user risked dropping (and disconnecting) another.
+    from studios_gateway import cli
+
+    sent: list[tuple[str, str, object]] = []
+
+    def api(args, method, path, body=None):
+        sent.append((method, path, body))
+        users = ["bob", "carol"] if method == "GET" else body["allowed_users"]
+        return {"id": "abc", "tool": "generic", "owner": "alice", "allowed_users": users}
+
+    monkeypatch.setattr(cli, "api_call", api)
+    args = build_parser().parse_args(["sessions", "users", "abc", "--add", "dan", "--add",
+                                      "bob", "--remove", "carol", "--url", URL])
+    assert args.func(args) == 0
+    assert sent == [("GET", "/api/sessions/abc", None),
+                    ("PATCH", "/api/sessions/abc", {"allowed_users": ["bob", "dan"]})]
+    assert "users=bob,dan" in capsys.readouterr().out
+    sent.clear()
+    args = build_parser().parse_args(["sessions", "users", "abc", "erin", "--url", URL])
+    assert args.func(args) == 0
+    assert sent == [("PATCH", "/api/sessions/abc", {"allowed_users": ["erin"]})]
+    args = build_parser().parse_args(["sessions", "users", "abc", "erin", "--add", "x",
+                                      "--url", URL])
+    with pytest.raises(SystemExit, match="not both"):
+        args.func(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import socket
 import string
 
 import pytest
@@ -264,8 +265,9 @@ def test_the_start_names_every_invalid_variable(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("CONNECT_TUNNEL_PORT", "xyz")
     options = Options()
     options.parseOptions(["--http-port", "abc"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stopped:
         makeService(options)
+    assert stopped.value.code == 78  # EX_CONFIG: the units do not restart it for this
     assert capfd.readouterr().err.splitlines() == [
         "studios-gateway: CONNECT_TUNNEL_PORT='xyz': expected a whole number from 1 to 65535",
         "studios-gateway: CONNECT_HTTP_PORT='abc': expected a whole number from 1 to 65535"]
@@ -276,6 +278,29 @@ def test_check_config_shows_defaults_as_the_readme_writes_them() -> None:
     for var in VARIABLES:
         if var.default is not None and var.name != "CONNECT_REDIS_ADDRESS":
             assert shown[var.name] == var.default
+
+
+def test_check_config_shows_what_unset_derived_variables_come_to() -> None:
+    # cluster.md: "check-config prints every one of these values"; it printed
+    # "(not set)" for the node id and advertised address the node actually uses.
+    rows = {n: v for n, v, _ in load_config(environ={
+        "CONNECT_REDIS_ADDRESS": "127.0.0.1:6379", "CONNECT_BIND_ADDRESS": "10.0.0.5",
+        "CONNECT_HTTP_PORT": "8080", "CONNECT_TUNNEL_PORT": "7071",
+        "PLATFORM_URL": "https://platform.example"}).describe()}
+    assert rows["CONNECT_ADVERTISE_ADDRESS"] == "(not set: 10.0.0.5:7777)"
+    assert rows["CONNECT_NODE_ID"] == f"(not set: {socket.gethostname()}-7071)"
+    assert rows["CONNECT_PROXY_URL"] == "(not set: http://localhost:8080)"
+    assert rows["CONNECT_STUDIOS_DOMAIN"] == "(not set: localhost)"
+    assert rows["CONNECT_TUNNEL_URL"] == "(not set: localhost:7071)"
+    assert rows["CONNECT_OIDC_ISSUER_URL"] == "(not set: https://platform.example)"
+    single = {n: v for n, v, _ in load_config(environ={}).describe()}
+    assert single["CONNECT_ADVERTISE_ADDRESS"] == "(not set)"  # no peers without Redis
+    assert single["CONNECT_OIDC_ISSUER_URL"] == "(not set)"
+    given = {n: v for n, v, _ in load_config(environ={
+        "CONNECT_NODE_ID": "gw-1", "PLATFORM_URL": "https://u:pw@platform.example"}
+    ).describe()}
+    assert given["CONNECT_NODE_ID"] == "gw-1"
+    assert "pw" not in given["CONNECT_OIDC_ISSUER_URL"]
 
 
 @pytest.mark.parametrize("name, given, shown", [
@@ -564,3 +589,16 @@ def test_every_platform_or_connect_variable_the_gateway_does_not_use_is_named() 
                           "CONNECT_NOPE"}
     assert "is ignored; the gateway reads PLATFORM_URL" in named["TOWER_SERVER_URL"]
     assert all("not a setting of the gateway and is ignored" in w for w in named.values())
+
+
+def test_a_short_management_key_is_warned_of_without_showing_it() -> None:
+    # A 1-character bearer key guarding the admin API was taken without a word.
+    warned = [w for w in load_config(environ={"CONNECT_MANAGEMENT_PORT": "9000",
+                                              "CONNECT_MANAGEMENT_AUTH_KEY": "pw1"}).warnings
+              if "CONNECT_MANAGEMENT_AUTH_KEY" in w]
+    assert warned == ["CONNECT_MANAGEMENT_AUTH_KEY is short (3 characters): whoever can reach "
+                      "the management port may guess it, and with it make sessions and login "
+                      "links; use at least 16 random characters (openssl rand -hex 32)"]
+    long_key = load_config(environ={"CONNECT_MANAGEMENT_PORT": "9000",
+                                    "CONNECT_MANAGEMENT_AUTH_KEY": "k" * 16})
+    assert not any("CONNECT_MANAGEMENT_AUTH_KEY" in w for w in long_key.warnings)

@@ -4,17 +4,20 @@ request, and a meter for a WebSocket (the proxy driven by hand, as in test_http_
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from twisted.internet import defer
 from twisted.logger import Logger
 
-from studios_gateway.traffic.access_log import AccessLog
+from studios_gateway.http import pages
+from studios_gateway.traffic.access_log import AccessLog, text_line
 from studios_gateway.traffic.facts import Finished
 from studios_gateway.traffic.metrics import TrafficMetrics
 from studios_gateway.traffic.observer import Meter, Traffic
 from studios_gateway.traffic.throttle import Throttles
-from tests.unit.test_http_proxy import OK, Harness
+from tests.unit.test_http_proxy import OK, Harness, status_of
 
 
 class Observer:
@@ -86,6 +89,35 @@ def test_an_untrusted_peer_is_the_client_and_refusals_say_why() -> None:
     [f] = obs.done
     assert f.client == "192.0.2.7" and f.status == 502
     assert f.reason == "studio not connected"
+
+
+def test_a_logged_in_user_refused_by_the_authorizer_is_named_with_the_reason() -> None:
+    # "Why could bob not open the studio?": the access line says who and why, not
+    # "- ... forbidden".
+    refusal = replace(pages.forbidden(message="bob may not use studio abc"), user="bob",
+                      why="not allowed on this session")
+    obs = Observer()
+    h = Harness(observer=obs, authorize=lambda request, sid: defer.succeed(refusal))
+    p, t = h.client()
+    p.dataReceived(b"GET /lab HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n")
+    [f] = obs.done
+    assert (f.status, f.subject, f.reason) == (403, "bob", "not allowed on this session")
+    assert status_of(t) == 403 and b"not allowed" not in t.value()  # the page's own words
+    line = text_line(f, "gw-1")
+    assert ' - bob [' in line and 'reason="not allowed on this session"' in line
+
+
+def test_a_gateway_page_naming_its_user_and_reason_is_logged_so() -> None:
+    # The login's own routes (a used login link): "- ... 400 bad request" before.
+    used = replace(pages.status_page(400, "This login link was used already."),
+                   user="alice", why="login link to abc used already")
+    obs = Observer()
+    h = Harness(observer=obs, local_routes=lambda request: defer.succeed(used))
+    p, t = h.client()
+    p.dataReceived(b"POST /_connect/link HTTP/1.1\r\nHost: studios.test\r\n"
+                   b"Content-Length: 0\r\n\r\n")
+    [f] = obs.done
+    assert (f.status, f.subject, f.reason) == (400, "alice", "login link to abc used already")
 
 
 def test_a_refused_head_is_reported() -> None:

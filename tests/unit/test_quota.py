@@ -82,6 +82,9 @@ def test_admitting_answers_429_with_retry_after() -> None:
     page = result(gate(None, "s1"))
     assert page.status == 429 and dict(page.headers)[b"Retry-After"] == b"120"
     assert b"Transfer quota reached" in page.body and refused[0].scope == "session"
+    # For the access line: who, and which quota (it said "- ... too many requests").
+    assert page.user == "anonymous" and page.why == refused[0].message
+    assert page.why.startswith("transfer quota reached: session s1 moved 11 B")
     # The authorizer's own refusal passes untouched.
     denied = object()
     gate = admitting(lambda request, sid: defer.succeed(denied), a, refused.append)

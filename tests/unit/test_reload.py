@@ -75,6 +75,9 @@ def test_every_hook_runs_and_each_failure_is_named() -> None:
     with pytest.raises(ReloadError, match="^certificate x: unreadable$"):
         run_hooks([broken, lambda c: ran.append("level")], cfg)
     assert ran == ["broken", "level"]
+    # The HTTPS and the tunnel port fail alike on the same files: said once.
+    with pytest.raises(ReloadError, match="^certificate x: unreadable$"):
+        run_hooks([broken, broken], cfg)
 
 
 def test_the_reload_log_names_the_new_level(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,6 +111,43 @@ def test_sighup_applies_the_re_read_log_level(gateway_env: dict[str, str],
     assert gw.systemd is not None
     gw.systemd.on_reload().addBoth(result.append)
     assert result == [None] and applied == ["debug"]
+
+
+def test_a_reload_names_each_changed_setting_that_takes_a_restart(
+        gateway_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # It used to say nothing: a new port or limit in the env file looked applied.
+    monkeypatch.setattr(logs, "set_level", lambda level: None)
+    settings = dict(gateway_env)
+    gw = make_service(load_config(environ=settings), MemoryReactorClock(), environ={},
+                      reload=lambda: load_config(environ=settings))
+    settings.update(CONNECT_LOG_LEVEL="debug", CONNECT_HTTP_MAX_BODY="1MiB",
+                    CONNECT_MANAGEMENT_PORT="9001",
+                    CONNECT_MANAGEMENT_AUTH_KEY="new-s3cret-key-value")
+    assert gw.systemd is not None
+    with capturedLogs() as events:
+        gw.systemd.on_reload()
+    said = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert said == [
+        "reload: CONNECT_MANAGEMENT_PORT changed from 9000 to 9001, which takes a restart; "
+        "running on with the old value",
+        "reload: CONNECT_MANAGEMENT_AUTH_KEY changed, which takes a restart; running on "
+        "with the old value",
+        "reload: CONNECT_HTTP_MAX_BODY changed from (not set) to 1MiB, which takes a "
+        "restart; running on with the old value"]
+    assert not any("new-s3cret" in formatEvent(e) for e in events)
+    assert any(formatEvent(e) == "reload: log level debug" for e in events)
+
+
+def test_a_changed_password_in_a_url_is_named_but_not_shown() -> None:
+    from studios_gateway.reload import needs_restart
+
+    before = load_config(environ={"PLATFORM_URL": "https://u:old-pw@platform.example"})
+    after = load_config(environ={"PLATFORM_URL": "https://u:new-pw@platform.example"})
+    assert needs_restart(before, after) == ["PLATFORM_URL changed"]
+    moved = load_config(environ={"PLATFORM_URL": "https://u:new-pw@other.example"})
+    assert needs_restart(before, moved) == [
+        "PLATFORM_URL changed from https://u:<redacted>@platform.example to "
+        "https://u:<redacted>@other.example"]
 
 
 def test_an_invalid_setting_fails_the_reload_and_changes_nothing(

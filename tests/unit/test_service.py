@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
@@ -62,6 +63,24 @@ def test_a_failing_listener_fails_the_start_and_unbinds_the_rest() -> None:
                                          r"\(CONNECT_TUNNEL_PORT\): .*Address already in use"):
         gw.bind_all()
     assert ok.port is None
+
+
+@pytest.mark.parametrize("interface, where", [
+    ("127.0.0.1", "127.0.0.1:7070"), ("", "0.0.0.0:7070"), ("::", "[::]:7070")])
+def test_a_port_in_use_is_named_with_its_address(interface: str, where: str) -> None:
+    # Which port another process holds, for `ss -ltnp`: it said only "Address already
+    # in use".
+    class Taken:
+        def listen(self, factory: Any) -> defer.Deferred[Any]:
+            return defer.fail(CannotListenError(interface, 7070,
+                                                OSError(98, "Address already in use")))
+
+    gw, _ = make(MemoryReactorClock())
+    gw.add_listener("tunnel", "CONNECT_TUNNEL_PORT", Taken(), object(), "the tunnel listener")
+    with pytest.raises(StartError) as raised:
+        gw.bind_all()
+    assert str(raised.value) == (f"cannot listen for the tunnel listener (CONNECT_TUNNEL_PORT) "
+                                 f"on {where}: [Errno 98] Address already in use")
 
 
 def test_shutdown_drains_then_stops_the_reactor() -> None:
@@ -131,6 +150,20 @@ def test_management_auth() -> None:
     assert req.responseCode == 200 and b'"ready"' in b"".join(req.written)
     req = render(root, b"/metrics", auth=b"bearer k3y")
     assert b"studios_gateway_reactor_tick_seconds" in b"".join(req.written)
+
+
+def test_the_ready_gauge_is_this_scrape_s_answer_without_a_call_to_ready() -> None:
+    # Prometheus scrapes /metrics, not /ready: the gauge was 0 on a ready gateway (and
+    # 1 on a draining one) until something asked /ready.
+    health = ReadyHealth(True)
+    root = ManagementRoot(auth_key=None, health=health, metrics=Metrics(),
+                          shutdown=lambda: None)
+    for ready in (True, False, True):
+        health.ready = ready
+        req = render(root, b"/metrics")
+        assert req.finished and req.responseHeaders.getRawHeaders(b"content-type")
+        line = f"studios_gateway_ready {1.0 if ready else 0.0}".encode()
+        assert line in b"".join(req.written).splitlines(), ready
 
 
 def test_ready_503_when_not_ready() -> None:

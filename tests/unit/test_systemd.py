@@ -386,6 +386,20 @@ def test_stopping_on_drain_and_on_reactor_shutdown_is_sent_once() -> None:
     assert n.sent.index("STOPPING=1") > n.sent.index("READY=1")
 
 
+def test_stopping_asks_systemd_for_the_grace_and_a_margin() -> None:
+    # A CONNECT_SHUTDOWN_GRACE longer than the unit's TimeoutStopSec=45s got the drain
+    # killed (SIGKILL) before it ended: STOPPING=1 now extends the stop timeout.
+    reactor = MemoryReactorClock()
+    cfg = load_config(environ={"CONNECT_MANAGEMENT_PORT": "9000",
+                               "CONNECT_SHUTDOWN_GRACE": "2m"})
+    gw = GatewayService(cfg, reactor, MemoryStore(reactor), Metrics())  # type: ignore[arg-type]
+    n = RecordingNotifier({}, reactor)
+    w = wire(gw, {}, reactor, notifier=n, handle_sighup=False)
+    w.on_stopping()
+    stop = n.sent.index("STOPPING=1")
+    assert n.sent[stop + 1] == "EXTEND_TIMEOUT_USEC=135000000"  # 120 s + 15 s
+
+
 def test_stopping_before_ready_stops_the_polling() -> None:
     reactor = MemoryReactorClock()
     gw, _ = make_gateway(reactor)

@@ -38,7 +38,7 @@ def test_env_example_is_current() -> None:
 def test_env_example_lists_every_variable_with_its_default(tmp_path: Path) -> None:
     text = EXAMPLE.read_text()
     for var in VARIABLES:
-        assert re.search(rf"(?m)^#{var.name}=", text), var.name
+        assert re.search(rf"(?m)^#?{var.name}=", text), var.name
     # Uncommented, every default is a valid setting.
     uncommented = tmp_path / "uncommented.env"
     uncommented.write_text(re.sub(r"(?m)^#([A-Z][A-Z0-9_]*=)", r"\1", text))
@@ -47,6 +47,17 @@ def test_env_example_lists_every_variable_with_its_default(tmp_path: Path) -> No
     config = load_config(environ={}, env_file=str(uncommented))
     assert config.storage_root == "/var/lib/studios-gateway"
     assert config.oidc_scopes == "openid profile email"
+
+
+def test_check_config_of_the_example_as_shipped_checks_the_unit_s_storage_root() -> None:
+    # The install steps run check-config --env-file as the service's user: with the
+    # storage root commented out it checked the built-in /data, which that user cannot
+    # create ("CONNECT_STORAGE_ROOT='/data': expected a writable directory").
+    config = load_config(environ={}, env_file=str(EXAMPLE))
+    assert config.storage_root == "/var/lib/studios-gateway"
+    assert config.sources["CONNECT_STORAGE_ROOT"] == "env file"
+    for name in ("studios-gateway.service", "studios-gateway@.service"):
+        assert "CONNECT_STORAGE_ROOT=/var/lib/studios-gateway" in unit(name)["Environment"]
 
 
 def test_gateway_unit() -> None:
@@ -82,6 +93,18 @@ def test_template_gives_each_instance_its_ports_and_node_id() -> None:
     assert "--listener-port 77%i" in exec_start
     assert u["Sockets"] == ["studios-gateway-http.socket studios-gateway-tunnel.socket "
                             "studios-gateway-ssh.socket"]
+
+
+@pytest.mark.parametrize("name", ["studios-gateway.service", "studios-gateway@.service",
+                                  "studios-connect.service"])
+def test_invalid_settings_are_not_restarted_in_a_loop(name: str) -> None:
+    # A start refused for its settings exits EX_CONFIG; restarting cannot help, so
+    # systemd does not (it did, ten times, until the start limit).
+    from studios_gateway.component import EX_CONFIG
+
+    u = unit(name)
+    assert u["Restart"] == ["on-failure"]
+    assert u["RestartPreventExitStatus"] == [str(EX_CONFIG)]
 
 
 def all_units() -> list[Path]:

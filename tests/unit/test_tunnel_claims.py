@@ -66,6 +66,23 @@ def test_a_claim_another_node_took_closes_the_tunnel() -> None:
     assert transport.disconnecting
 
 
+def test_a_replaced_connect_token_closes_the_tunnel_bound_with_the_old_one() -> None:
+    # POST /api/sessions/{id}/token after a leak: the tunnel bound with the leaked token
+    # went on serving the studio's users until it dropped by itself.
+    clock, store, table, transport, tunnel = bound()
+    record = store.inner.get("s1").result
+    store.inner.update(replace(record, allowed_users=("bob",)))  # another change: kept
+    assert table.get("s1") is tunnel and not transport.disconnecting
+    store.inner.update(replace(record, token_hash=hash_token("n" * 20)))
+    assert transport.disconnecting
+    # The old token binds no more.
+    again = TunnelServerFactory(table).buildProtocol(None)
+    t2 = StringTransport()
+    again.makeConnection(t2)
+    again.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "generic", 8080).encode())
+    assert b"bad_token" in t2.value()
+
+
 def test_a_tunnel_lost_while_its_refresh_is_out_leaves_no_claim_behind() -> None:
     clock, store, table, transport, tunnel = bound()
     outage(clock, store, TTL + 5)
