@@ -177,6 +177,10 @@ class PeerServerProtocol(_HandshakeProtocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.factory.connections.discard(self)
         super().connectionLost(reason)
+        if self.mux is not None:
+            ended = self.mux.ended_by(reason)
+            self._log.info("peer {node} disconnected ({why})", node=self.handshake.peer_node,
+                           why=ended.getErrorMessage() if ended else "closed")
 
     def line_received(self, line: bytes) -> None:
         reply = self.handshake.answer(line)
@@ -326,9 +330,10 @@ class _Link:
             return
         if protocol is self.protocol:
             self.protocol, self.mux = None, None
+            ended = protocol.mux.ended_by(reason) if protocol.mux is not None else reason
             self._log.info("peer link to {address} lost ({why}); it is dialed again when "
                            "needed", address=self.address,
-                           why=reason.getErrorMessage() if reason else "closed")
+                           why=ended.getErrorMessage() if ended else "closed")
 
     def close(self) -> Deferred[None]:
         if self.protocol is not None:

@@ -107,6 +107,11 @@ class TunnelLost(error.ConnectionLost):
     """The tunnel under the stream ended."""
 
 
+class TunnelSilent(error.TimeoutError):
+    """Nothing (data, Ping, Ping answer) came from the peer for the keepalive's timeout:
+    the path went silent, and this end closed the tunnel (``Multiplexer.close_reason``)."""
+
+
 class TunnelUnavailable(Exception):
     """No stream can be opened: the tunnel is closed or the peer is going away."""
 
@@ -1118,9 +1123,10 @@ class Multiplexer(Protocol):
         self._arm(now)
 
     def _dead(self) -> None:
-        t = self.keepalive.timeout
-        self._log.warn("nothing heard from the peer for {t:g}s: the tunnel is dead", t=t)
-        reason = Failure(error.TimeoutError(f"nothing heard from the peer for {t:g}s"))
+        # Not logged here: the tunnel's owner says which tunnel it was when its
+        # connection is gone (``ended_by``), from ``close_reason``.
+        reason = Failure(TunnelSilent(f"nothing heard from the peer for "
+                                      f"{self.keepalive.timeout:g}s"))
         transport = self.transport
         self._terminate(reason)
         if transport is not None:
@@ -1155,6 +1161,12 @@ class Multiplexer(Protocol):
             # producer waits for it before closing.
             transport.unregisterProducer()
             transport.loseConnection()
+
+    def ended_by(self, reason: Failure | None) -> Failure | None:
+        """Why the tunnel ended, for its owner's log line once the connection is gone
+        (``reason``: the connection's): the reason the mux ended it with (a silent
+        peer, a protocol error, a local close), else the connection's."""
+        return self.close_reason if self.close_reason is not None else reason
 
     def _terminate(self, reason: Failure) -> None:
         """The tunnel is over: every stream is lost, timers stop, ``on_close`` once."""
