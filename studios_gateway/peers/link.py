@@ -32,7 +32,7 @@ from studios_gateway.peers.handshake import (
 from studios_gateway.peers.streams import PeerRequest, PeerStream, open_remote
 from studios_gateway.wire.bind import BindError, LineBuffer
 from studios_gateway.wire.mux import Multiplexer, TunnelUnavailable
-from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay
+from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay, unsent_bound
 from studios_gateway.wire.tls_memory import wrap_client_tls
 
 
@@ -83,6 +83,7 @@ class _HandshakeProtocol(Protocol):
     def connectionMade(self) -> None:
         # A peer link is a tunnel between nodes: same socket treatment as the studio's.
         no_delay(self.transport)
+        unsent_bound(self.transport)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
         self._timer = self.clock.callLater(self.settings.handshake_timeout, self._timed_out)
 

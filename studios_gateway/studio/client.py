@@ -35,6 +35,7 @@ from studios_gateway.wire.sockopts import (
     TUNNEL_BUFFER,
     bulk_buffers,
     no_delay,
+    unsent_bound,
     write_through,
 )
 from studios_gateway.wire.splice import SpliceEnd, join
@@ -171,6 +172,7 @@ class TunnelClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        unsent_bound(self.transport)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
         write_through(self.transport)
         s = self.client.settings

@@ -47,7 +47,13 @@ from studios_gateway.wire.bind import (
 )
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer, TunnelSilent
-from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay, write_through
+from studios_gateway.wire.sockopts import (
+    TUNNEL_BUFFER,
+    bulk_buffers,
+    no_delay,
+    unsent_bound,
+    write_through,
+)
 
 #: Registry look-ups in flight at once for change events (the rest wait their turn): when
 #: the registry's events were lost every tunnel is looked up, and 10,000 GETs at once
@@ -434,6 +440,7 @@ class TunnelServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        unsent_bound(self.transport)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
         write_through(self.transport)
         self._timeout = self.table.clock.callLater(self.table.settings.bind_timeout,
