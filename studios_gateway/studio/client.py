@@ -59,6 +59,11 @@ STEADY_JITTER = 0.1
 # The old tunnel keeps serving meanwhile.
 GOAWAY_SPREAD = BACKOFF_MAX
 TOOL_POLL = 0.5
+# While a gateway stays unreachable, the same failure is said at info once, then again
+# at most once per REPEAT_EVERY with the count of attempts (the others at debug): an hour
+# away costs a studio's log ~60 lines, not three per attempt (~1,350).
+REPEAT_EVERY = 60.0
+CONNECT_TIMEOUT = 10  # seconds for the TCP connection to a gateway (or its HTTPS proxy)
 TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)starting
 TOOL_START_WAIT = 120.0  # how long a stream waits for a preset's tool to become ready
 
@@ -267,11 +272,19 @@ class ConnectClient(Service):
         self._bound_waiters: list[Deferred[TunnelClientProtocol]] = []
         self._tool_down_since: float | None = None  # when the tool began refusing
         self._unknown_since: float | None = None  # when unknown_session was first heard
+        # Attempts that failed to reach a gateway since the last bind, when the first of
+        # them failed, and what was last said of them at info (and when).
+        self._misses = 0
+        self._missing_since = 0.0
+        self._said: tuple[str, float] | None = None
 
     def _set_state(self, state: str, log_format: str, **kw: Any) -> None:
         if state != self.state:
             self.state = state
-            self._log.info(log_format, **kw)
+            # Dialling and waiting again while a gateway stays unreachable: at debug (the
+            # failure's own line says it, see _unreachable).
+            quiet = self._misses > 1 and state in ("connecting", "backing-off")
+            (self._log.debug if quiet else self._log.info)(log_format, **kw)
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -426,8 +439,7 @@ class ConnectClient(Service):
                     self._log.error("cannot verify gateway {gw}: {why}; trying again",
                                    gw=str(gateway), why=why)
                 else:
-                    self._log.info("cannot reach gateway {gw}: {why}", gw=str(gateway),
-                                   why=f.getErrorMessage())
+                    self._unreachable(gateway, f)
                 self._gateway_index += 1  # the next attempt tries the next gateway listed
                 self._retry()
 
@@ -439,11 +451,11 @@ class ConnectClient(Service):
         proxy = proxy_for(gateway.host, dict(self.settings.proxy_environ))
         if proxy is None:
             endpoint: Any = Unwrapped(endpoints.HostnameEndpoint(
-                self.reactor, gateway.host, gateway.port, timeout=10))
+                self.reactor, gateway.host, gateway.port, timeout=CONNECT_TIMEOUT))
         else:
             endpoint = CarrierEndpoint(
                 Unwrapped(endpoints.HostnameEndpoint(self.reactor, proxy[0], proxy[1],
-                                                     timeout=10)),
+                                                     timeout=CONNECT_TIMEOUT)),
                 lambda inner: ProxyConnect(inner, gateway.host, gateway.port), self.reactor)
         if gateway.carrier == "tls":
             return endpoint
@@ -455,8 +467,33 @@ class ConnectClient(Service):
         return CarrierEndpoint(endpoint, lambda inner: WebSocketClient(inner, host, gateway.path),
                                self.reactor)
 
+    def _unreachable(self, gateway: Gateway, f: Failure) -> None:
+        """A dial that got no connection: said at info the first time, when the gateway or
+        the reason changes, and every REPEAT_EVERY with the count; at debug otherwise."""
+        now = self.clock.seconds()
+        if f.check(error.TimeoutError):  # Twisted: "User timeout caused connection failure."
+            why = f"no answer within {CONNECT_TIMEOUT:g}s"
+        else:
+            why = f.getErrorMessage()
+        self._misses += 1
+        if self._misses == 1:
+            self._missing_since = now
+        said = self._said
+        what = f"{gateway}: {why}"
+        if said is not None and said[0] == what and now - said[1] < REPEAT_EVERY:
+            self._log.debug("cannot reach gateway {gw}: {why}", gw=str(gateway), why=why)
+            return
+        self._said = (what, now)
+        if self._misses == 1:
+            self._log.info("cannot reach gateway {gw}: {why}", gw=str(gateway), why=why)
+        else:
+            self._log.info("cannot reach gateway {gw}: {why} ({n} attempts in {since:.0f}s; "
+                           "still trying)", gw=str(gateway), why=why, n=self._misses,
+                           since=now - self._missing_since)
+
     def bound(self, protocol: TunnelClientProtocol) -> None:
         self.backoff.reset()
+        self._misses, self._said = 0, None
         self._unknown_since = None
         if self.on_bind is not None and protocol.reply is not None:
             self.on_bind(protocol.reply)
