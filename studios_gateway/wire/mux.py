@@ -107,6 +107,27 @@ class TunnelLost(error.ConnectionLost):
     """The tunnel under the stream ended."""
 
 
+def words(reason: Failure) -> str:
+    """A failure's own words: for Twisted's connection errors given a text, that text,
+    not their class's doc string around it ("Connection to the other side was lost in a
+    non-clean fashion: <text>.", "User timeout caused connection failure: <text>.")."""
+    value = reason.value
+    if isinstance(value, (error.ConnectError, error.ConnectionClosed)):
+        # ConnectError keeps its first argument as ``osError``, the second in ``args``.
+        given = [str(a) for a in (getattr(value, "osError", None), *value.args) if a]
+        if given:
+            return ": ".join(given)
+    return reason.getErrorMessage()
+
+
+def broke(reason: Failure | None) -> str:
+    """Why a stream (or a connection) ended, for a user or a log line, when it broke (its
+    tunnel lost, reset); "" when it was closed cleanly."""
+    if reason is None or reason.check(error.ConnectionDone):
+        return ""
+    return words(reason)
+
+
 class TunnelSilent(error.TimeoutError):
     """Nothing (data, Ping, Ping answer) came from the peer for the keepalive's timeout:
     the path went silent, and this end closed the tunnel (``Multiplexer.close_reason``)."""
@@ -1181,7 +1202,7 @@ class Multiplexer(Protocol):
         if self._turn_call is not None and self._turn_call.active():
             self._turn_call.cancel()
         self._turn_call = None
-        lost = Failure(TunnelLost(f"tunnel lost: {reason.getErrorMessage()}"))
+        lost = Failure(TunnelLost(f"tunnel lost: {words(reason)}"))
         for stream in list(self.streams.values()):
             stream._finish(lost)
         self.streams.clear()

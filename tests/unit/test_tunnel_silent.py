@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from twisted.internet import error
+from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -24,6 +26,7 @@ from studios_gateway.studio.client import TunnelClientProtocol
 from studios_gateway.studio.settings import Gateway
 from studios_gateway.tunnel.server import TunnelMetrics, TunnelServerFactory
 from studios_gateway.wire.bind import BindReply, BindRequest, parse_reply
+from studios_gateway.wire.mux import broke
 from tests.support.tables import TOKEN, memory_table
 from tests.unit.test_connect_liveness import make_client
 from tests.unit.test_deadline import ReactorClock
@@ -64,11 +67,22 @@ def losses(registry: CollectorRegistry, reason: str) -> float:
                                      {"reason": reason}) or 0.0
 
 
+class Ended(Protocol):
+    def connectionLost(self, reason: Failure = CONNECTION_DONE) -> None:
+        self.reason = reason
+
+
 def test_the_gateway_names_the_session_whose_path_went_silent(
         lines: list[tuple[str, str]]) -> None:
     protocol, transport, clock, registry = bound_gateway_end()
+    stream = protocol.table.open_stream("s1")  # a WebSocket's, an SSH session's
+    ended = Ended()
+    stream.attach(ended)
     del lines[:]
     clock.advance(20)  # CONNECT_TUNNEL_PING_TIMEOUT's default, nothing from the studio
+    # What the browser's access line and the ssh user read (http/proxy.py, ssh/server.py):
+    # the mux's words, without Twisted's "User timeout caused connection failure: ... ."
+    assert broke(ended.reason) == "tunnel lost: nothing heard from the peer for 20s"
     assert transport.disconnecting  # aborted: no FIN waits on a silent path
     protocol.connectionLost(BROKEN)  # what the aborted TCP connection then reports
     said = [(level, text) for level, text in lines if "nothing heard" in text
