@@ -31,7 +31,7 @@ from studios_gateway.peers.handshake import (
 )
 from studios_gateway.peers.streams import PeerRequest, PeerStream, open_remote
 from studios_gateway.wire.bind import BindError, LineBuffer
-from studios_gateway.wire.mux import Multiplexer, TunnelUnavailable
+from studios_gateway.wire.mux import Multiplexer, TunnelUnavailable, broke
 from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay, unsent_bound
 from studios_gateway.wire.tls_memory import wrap_client_tls
 
@@ -179,9 +179,8 @@ class PeerServerProtocol(_HandshakeProtocol):
         self.factory.connections.discard(self)
         super().connectionLost(reason)
         if self.mux is not None:
-            ended = self.mux.ended_by(reason)
             self._log.info("peer {node} disconnected ({why})", node=self.handshake.peer_node,
-                           why=ended.getErrorMessage() if ended else "closed")
+                           why=broke(self.mux.ended_by(reason)) or "closed")
 
     def line_received(self, line: bytes) -> None:
         reply = self.handshake.answer(line)
@@ -333,8 +332,7 @@ class _Link:
             self.protocol, self.mux = None, None
             ended = protocol.mux.ended_by(reason) if protocol.mux is not None else reason
             self._log.info("peer link to {address} lost ({why}); it is dialed again when "
-                           "needed", address=self.address,
-                           why=ended.getErrorMessage() if ended else "closed")
+                           "needed", address=self.address, why=broke(ended) or "closed")
 
     def close(self) -> Deferred[None]:
         if self.protocol is not None:

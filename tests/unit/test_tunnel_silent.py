@@ -124,3 +124,24 @@ def test_the_studio_says_which_gateway_went_silent(lines: list[tuple[str, str]])
     assert said == [("warn", "tunnel to gw.example:7070 lost: nothing heard from the "
                              "gateway for 5s")]
     assert client.state == "backing-off"
+
+
+def test_a_peer_link_that_went_silent_says_so_on_the_listening_node(
+        lines: list[tuple[str, str]]) -> None:
+    from studios_gateway.peers.handshake import ClientHandshake, PeerAuth
+    from studios_gateway.peers.link import PeerServerFactory, PeerSettings
+
+    clock = ReactorClock()
+    auth = PeerAuth(secret="s" * 24)
+    factory = PeerServerFactory(None, auth, PeerSettings(), clock)
+    protocol: Any = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    client = ClientHandshake(auth, "node-a")
+    protocol.dataReceived(client.greet(transport.value().split(b"\n")[0] + b"\n"))
+    assert protocol.mux is not None
+    del lines[:]
+    clock.advance(20)  # nothing from node-a for the peers' ping timeout
+    protocol.connectionLost(BROKEN)
+    assert [text for _, text in lines if "peer" in text] == [
+        "peer node-a disconnected (nothing heard from the peer for 20s)"]
