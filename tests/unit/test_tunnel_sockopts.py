@@ -8,7 +8,14 @@ from typing import Any
 from twisted.internet import defer, endpoints, main, tcp
 from twisted.internet.protocol import Protocol
 
-from studios_gateway.wire.sockopts import SMALL_READ, bulk_buffers, bulk_reads, no_delay
+from studios_gateway.wire.sockopts import (
+    SMALL_READ,
+    TUNNEL_UNSENT,
+    bulk_buffers,
+    bulk_reads,
+    no_delay,
+    unsent_bound,
+)
 
 
 class TCPish:
@@ -44,6 +51,23 @@ def test_transports_without_the_option_are_left_alone() -> None:
     no_delay(None)
     no_delay(object())
     no_delay(Wrapper(Refusing()))
+
+
+def test_the_unsent_bound_is_set_through_wrappers_and_skipped_where_it_cannot_be() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()) as a:
+        tcp = TCPish()
+        tcp.socket = a  # type: ignore[attr-defined]
+        unsent_bound(Wrapper(Wrapper(tcp)))
+        assert a.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == TUNNEL_UNSENT
+    unix_a, unix_b = socket.socketpair()  # not TCP: the option is refused, nothing raised
+    with unix_a, unix_b:
+        not_tcp = TCPish()
+        not_tcp.socket = unix_a  # type: ignore[attr-defined]
+        unsent_bound(not_tcp)
+    unsent_bound(None)
+    unsent_bound(object())
+    unsent_bound(TCPish())  # no socket (a test transport)
 
 
 class Collect(Protocol):
