@@ -29,11 +29,12 @@ from studios_gateway.studio.tool_link import ToolConnection, ToolEndpoint
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
 from studios_gateway.wire.carrier import CarrierEndpoint, ProxyConnect, WebSocketClient, proxy_for
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
-from studios_gateway.wire.mux import Multiplexer, TunnelSilent
+from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke
 from studios_gateway.wire.sockopts import (
     TOOL_BUFFER,
     TUNNEL_BUFFER,
     bulk_buffers,
+    host_silence_limit,
     no_delay,
     unsent_bound,
     write_through,
@@ -64,6 +65,11 @@ TOOL_POLL = 0.5
 # away costs a studio's log ~60 lines, not three per attempt (~1,350).
 REPEAT_EVERY = 60.0
 CONNECT_TIMEOUT = 10  # seconds for the TCP connection to a gateway (or its HTTPS proxy)
+# Until its bind is answered, a connection to a gateway (or its HTTPS proxy) is ended
+# once the gateway's host has answered nothing for ~35 s (wire/sockopts.py
+# host_silence_limit): keepalive probes after 20 s with nothing received, every 5 s, 3
+# of them. Once bound, the multiplexer's pings do that at the gateway's timeout.
+SILENT_HOST = (20, 5, 3)
 TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)starting
 TOOL_START_WAIT = 120.0  # how long a stream waits for a preset's tool to become ready
 
@@ -207,6 +213,9 @@ class TunnelClientProtocol(Protocol):
             self.transport.loseConnection()
             return
         self.reply = reply
+        # Bound: the multiplexer's pings find a silent gateway now, at the timeout the
+        # gateway set (which the kernel's limit must not cut short).
+        host_silence_limit(self.transport, None)
         s = dict(self.client.tunnel_settings)
         if reply.ping_interval and reply.ping_timeout:
             # The gateway's keepalive: both ends find a silent path within its timeout.
@@ -331,7 +340,9 @@ class ConnectClient(Service):
             if protocol.mux is not None:
                 protocol.mux.close()
             else:
-                protocol.transport.loseConnection()
+                # Not bound: nothing to finish; a clean TLS close would wait for a
+                # handshake that a silent gateway never completes, holding the stop.
+                protocol.transport.abortConnection()
             return protocol.closed
         return defer.succeed(None)
 
@@ -467,14 +478,15 @@ class ConnectClient(Service):
         return CarrierEndpoint(endpoint, lambda inner: WebSocketClient(inner, host, gateway.path),
                                self.reactor)
 
-    def _unreachable(self, gateway: Gateway, f: Failure) -> None:
-        """A dial that got no connection: said at info the first time, when the gateway or
+    def _unreachable(self, gateway: Gateway, f: Failure | None, why: str = "") -> None:
+        """An attempt that got no bind answered (no connection, or one that ended first;
+        ``why`` when given says it): said at info the first time, when the gateway or
         the reason changes, and every REPEAT_EVERY with the count; at debug otherwise."""
         now = self.clock.seconds()
-        if f.check(error.TimeoutError):  # Twisted: "User timeout caused connection failure."
-            why = f"no answer within {CONNECT_TIMEOUT:g}s"
-        else:
-            why = f.getErrorMessage()
+        if not why and f is not None and f.check(error.TimeoutError):
+            why = f"no answer within {CONNECT_TIMEOUT:g}s"  # Twisted: "User timeout ..."
+        elif not why:
+            why = f.getErrorMessage() if f is not None else "closed"
         self._misses += 1
         if self._misses == 1:
             self._missing_since = now
@@ -563,6 +575,9 @@ class ConnectClient(Service):
         elif refusal is not None:
             self._log.warn("the gateway refused the bind for now: {code}: {reason}",
                            code=refusal.code, reason=refusal.reason)
+        elif protocol.reply is None:  # connected, then nothing: a silent host, a reset
+            self._unreachable(protocol.gateway, reason, "the connection ended before the "
+                              f"bind was answered ({broke(reason) or 'closed'})")
         elif self.state == "bound":
             ended = protocol.mux.ended_by(reason) if protocol.mux is not None else reason
             if ended is not None and ended.check(TunnelSilent):
@@ -622,6 +637,10 @@ def _unwrap(protocol: Any) -> Any:
     wrapper = getattr(transport, "protocol", None)
     if wrapper is not protocol and getattr(wrapper, "_wrappedProtocol", None) is protocol:
         transport.protocol = protocol
+    # From the TCP connection on, before the TLS handshake: until the bind is answered
+    # there are no pings, and a gateway host that went silent after accepting left the
+    # client waiting for ever.
+    host_silence_limit(transport, SILENT_HOST)
     return protocol
 
 

@@ -83,6 +83,32 @@ def unsent_bound(transport: Any, size: int = TUNNEL_UNSENT) -> None:
         pass  # not a TCP socket, or a kernel without the option: unbounded, as before
 
 
+def host_silence_limit(transport: Any, limit: tuple[int, int, int] | None) -> None:
+    """End the TCP connection under ``transport`` once the peer's host has been silent
+    for about ``idle + interval * count`` seconds (``limit``: keepalive probes after
+    ``idle`` s with nothing received, every ``interval`` s, ``count`` of them; and the
+    same bound on data left unacknowledged, ``TCP_USER_TIMEOUT``); ``None`` turns both
+    off again (the default).
+
+    A peer whose kernel still answers (a busy process, a connection waiting in its
+    listen queue, a stopped process) is not ended: only a silent host or path is."""
+    tcp = _tcp_under(transport, "setTcpNoDelay")
+    sock = getattr(tcp, "socket", None) if tcp is not None else None
+    if sock is None:
+        return
+    idle, interval, count = limit or (0, 0, 0)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if limit else 0)
+        if limit:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                        (idle + interval * count) * 1000)
+    except OSError:
+        pass  # not a TCP socket: nothing to do
+
+
 def bulk_buffers(transport: Any, size: int) -> None:
     """Read, and buffer writes, in ``size`` chunks on the TCP transport under ``transport``.
 

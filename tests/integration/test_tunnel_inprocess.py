@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
@@ -169,6 +169,34 @@ class TunnelTests(TestCase):
             tcp = _tcp_under(end, "setTcpNoDelay")
             self.assertEqual(tcp.socket.getsockopt(socket.IPPROTO_TCP,
                                                    socket.TCP_NOTSENT_LOWAT), TUNNEL_UNSENT)
+
+    @defer.inlineCallbacks
+    def test_until_the_bind_is_answered_a_silent_gateway_host_ends_the_connection(
+            self) -> Any:
+        """A gateway that accepts and then says nothing (its host gone silent after the
+        TCP handshake; here a listener that never answers): the kernel probes it and ends
+        the connection after ~35 s of silence (without, the client waited for ever: no
+        pings before the bind). Once bound the pings take over at the gateway's timeout,
+        so the kernel's limit is off again."""
+        mute = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Protocol))
+        self.addCleanup(mute.stopListening)
+        bound_port, self.gw_port = self.gw_port, mute.getHost().port
+        c = self.client()
+        while c.protocol is None:  # connected at the TCP level; the TLS handshake waits
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        sock = _tcp_under(c.protocol.transport, "setTcpNoDelay").socket
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        self.assertEqual([sock.getsockopt(socket.IPPROTO_TCP, o) for o in (
+            socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT,
+            socket.TCP_USER_TIMEOUT)], [20, 5, 3, 35_000])
+        yield c.stopService()  # at once, though its TLS handshake never finished
+        self.gw_port = bound_port
+        protocol = yield self.client().next_bind()
+        sock = _tcp_under(protocol.transport, "setTcpNoDelay").socket
+        self.assertEqual((sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                          sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)),
+                         (0, 0))
 
     @defer.inlineCallbacks
     def test_wrong_token_is_refused_and_final(self) -> Any:

@@ -17,6 +17,7 @@ from twisted.internet import defer, error
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
 from studios_gateway.studio.client import Backoff, ConnectClient, TunnelClientProtocol
 from studios_gateway.studio.settings import Gateway, load_client_settings
@@ -102,3 +103,17 @@ def test_a_new_reason_is_said_at_once_and_a_bind_starts_over(info: list[str]) ->
     assert info[:2] == ["connecting to gateway 10.0.0.9:7070",
                         "cannot reach gateway 10.0.0.9:7070: Connection was refused by "
                         "other side."]
+
+
+def test_a_connection_that_ends_before_the_bind_is_answered_says_so(info: list[str]) -> None:
+    """Connected, then nothing: the kernel ended it (a silent gateway host) or the
+    gateway reset it. Before, the client only said 'reconnecting in 0.5s'."""
+    clock = Clock()
+    client = client_for(clock, Unreachable(clock, error.TimeoutError()))
+    protocol = TunnelClientProtocol(client, Gateway("10.0.0.9", 7070))
+    protocol.makeConnection(StringTransport())
+    client._protocol = protocol
+    client.state = "connecting"
+    protocol.connectionLost(Failure(error.ConnectionLost("Connection timed out")))
+    assert info == ["cannot reach gateway 10.0.0.9:7070: the connection ended before the "
+                    "bind was answered (Connection timed out)", "reconnecting in 0.5s"]
