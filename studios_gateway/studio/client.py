@@ -586,7 +586,7 @@ class ConnectClient(Service):
                                t=protocol.mux.keepalive.timeout if protocol.mux else 0)
             else:
                 self._log.info("tunnel to {gw} lost: {why}", gw=str(protocol.gateway),
-                               why=ended.getErrorMessage() if ended else "closed")
+                               why=broke(ended) or "closed")
         self._gateway_index += 1
         self._retry()
 

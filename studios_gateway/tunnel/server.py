@@ -46,7 +46,7 @@ from studios_gateway.wire.bind import (
     parse_request,
 )
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
-from studios_gateway.wire.mux import Multiplexer, TunnelSilent
+from studios_gateway.wire.mux import Multiplexer, TunnelSilent, words
 from studios_gateway.wire.sockopts import (
     TUNNEL_BUFFER,
     bulk_buffers,
@@ -583,7 +583,7 @@ class TunnelServerProtocol(Protocol):
         if why is None or why.check(ConnectionDone):
             self._log.info("session {sid}: tunnel closed", sid=sid)
             return "closed"
-        self._log.info("session {sid}: tunnel lost: {why}", sid=sid, why=why.getErrorMessage())
+        self._log.info("session {sid}: tunnel lost: {why}", sid=sid, why=words(why))
         return "lost"
 
 

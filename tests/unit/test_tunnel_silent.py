@@ -98,6 +98,8 @@ def test_the_gateway_names_the_session_whose_path_went_silent(
     (Failure(error.ConnectionDone()), "session s1: tunnel closed", "closed"),
     (BROKEN, "session s1: tunnel lost: Connection to the other side was lost in a "
                "non-clean fashion.", "lost"),
+    (Failure(error.ConnectionLost("Connection lost.")),  # what a reset TLS connection says
+     "session s1: tunnel lost: Connection lost.", "lost"),
 ])
 def test_a_closed_or_broken_tunnel_says_so_once(lines: list[tuple[str, str]], reason: Any,
                                                  line: str, counted: str) -> None:
