@@ -75,6 +75,7 @@ from studios_gateway.wire.carrier import (
     accept_head,
     websocket_refusal,
 )
+from studios_gateway.wire.mux import broke
 from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_reads, no_delay, write_through
 
 __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConnection",
@@ -153,6 +154,11 @@ class UpstreamConnection(Protocol):
     def close(self) -> None:
         if not self.lost and self.transport is not None:
             self.transport.loseConnection()
+
+    def broken(self) -> str:
+        """Why the connection to the tool broke (its tunnel lost, its stream reset), or ""
+        when it was closed (or is open)."""
+        return broke(self.lost_reason)
 
     def refused(self) -> bool:
         """The tool would not take this connection: the upstream ended it with
@@ -943,6 +949,10 @@ class ProxyProtocol(Protocol):
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         if self._tunnel is conn:
             self._tunnel = None
+            why = conn.broken()
+            if why and self._upgraded is not None:  # the access line says it
+                self._upgraded = replace(self._upgraded,
+                                         reason=f"the connection to the studio broke: {why}")
             self._close()
             return
         ex = self._ex

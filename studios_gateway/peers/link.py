@@ -31,8 +31,8 @@ from studios_gateway.peers.handshake import (
 )
 from studios_gateway.peers.streams import PeerRequest, PeerStream, open_remote
 from studios_gateway.wire.bind import BindError, LineBuffer
-from studios_gateway.wire.mux import Multiplexer, TunnelUnavailable
-from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay
+from studios_gateway.wire.mux import Multiplexer, TunnelUnavailable, broke
+from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay, unsent_bound
 from studios_gateway.wire.tls_memory import wrap_client_tls
 
 
@@ -83,6 +83,7 @@ class _HandshakeProtocol(Protocol):
     def connectionMade(self) -> None:
         # A peer link is a tunnel between nodes: same socket treatment as the studio's.
         no_delay(self.transport)
+        unsent_bound(self.transport)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
         self._timer = self.clock.callLater(self.settings.handshake_timeout, self._timed_out)
 
@@ -177,6 +178,9 @@ class PeerServerProtocol(_HandshakeProtocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.factory.connections.discard(self)
         super().connectionLost(reason)
+        if self.mux is not None:
+            self._log.info("peer {node} disconnected ({why})", node=self.handshake.peer_node,
+                           why=broke(self.mux.ended_by(reason)) or "closed")
 
     def line_received(self, line: bytes) -> None:
         reply = self.handshake.answer(line)
@@ -326,9 +330,9 @@ class _Link:
             return
         if protocol is self.protocol:
             self.protocol, self.mux = None, None
+            ended = protocol.mux.ended_by(reason) if protocol.mux is not None else reason
             self._log.info("peer link to {address} lost ({why}); it is dialed again when "
-                           "needed", address=self.address,
-                           why=reason.getErrorMessage() if reason else "closed")
+                           "needed", address=self.address, why=broke(ended) or "closed")
 
     def close(self) -> Deferred[None]:
         if self.protocol is not None:

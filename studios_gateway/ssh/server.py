@@ -63,6 +63,7 @@ from studios_gateway.ssh.policy import (
 )
 from studios_gateway.traffic.facts import SSH, Finished
 from studios_gateway.waiters import EmptyWaiters
+from studios_gateway.wire.mux import broke
 from studios_gateway.wire.sockopts import bulk_buffers
 
 __all__ = [
@@ -557,10 +558,13 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
                  peer=self._peer(), why=reason)
         self.end_access(reason)
 
-    def upstream_lost(self) -> None:
+    def upstream_lost(self, why: str = "") -> None:
+        """The studio's side ended: closed (its SSH server, the session), or broke
+        (``why``: its tunnel lost, say), which the user reads."""
         if not self.closing and self.transport is not None:
-            self.sendDisconnect(transport.DISCONNECT_CONNECTION_LOST,
-                                b"the connection to the studio was closed")
+            text = (f"the connection to the studio broke: {why}" if why
+                    else "the connection to the studio was closed")
+            self.sendDisconnect(transport.DISCONNECT_CONNECTION_LOST, text.encode())
 
     def _facts(self) -> Finished:
         login = self.login()
@@ -1010,8 +1014,9 @@ class UpstreamTransport(PacketFraming, transport.SSHClientTransport):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
+        why = broke(reason)
         if not self._ready.called:
-            self._ready.errback(ConnectionError("the studio closed the stream"))
+            self._ready.errback(ConnectionError(why or "the studio closed the stream"))
         user, self._user_transport = self._user_transport, None
         if user is not None:
-            user.upstream_lost()
+            user.upstream_lost(why)

@@ -29,12 +29,14 @@ from studios_gateway.studio.tool_link import ToolConnection, ToolEndpoint
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
 from studios_gateway.wire.carrier import CarrierEndpoint, ProxyConnect, WebSocketClient, proxy_for
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
-from studios_gateway.wire.mux import Multiplexer
+from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke
 from studios_gateway.wire.sockopts import (
     TOOL_BUFFER,
     TUNNEL_BUFFER,
     bulk_buffers,
+    host_silence_limit,
     no_delay,
+    unsent_bound,
     write_through,
 )
 from studios_gateway.wire.splice import SpliceEnd, join
@@ -58,6 +60,16 @@ STEADY_JITTER = 0.1
 # The old tunnel keeps serving meanwhile.
 GOAWAY_SPREAD = BACKOFF_MAX
 TOOL_POLL = 0.5
+# While a gateway stays unreachable, the same failure is said at info once, then again
+# at most once per REPEAT_EVERY with the count of attempts (the others at debug): an hour
+# away costs a studio's log ~60 lines, not three per attempt (~1,350).
+REPEAT_EVERY = 60.0
+CONNECT_TIMEOUT = 10  # seconds for the TCP connection to a gateway (or its HTTPS proxy)
+# Until its bind is answered, a connection to a gateway (or its HTTPS proxy) is ended
+# once the gateway's host has answered nothing for ~35 s (wire/sockopts.py
+# host_silence_limit): keepalive probes after 20 s with nothing received, every 5 s, 3
+# of them. Once bound, the multiplexer's pings do that at the gateway's timeout.
+SILENT_HOST = (20, 5, 3)
 TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)starting
 TOOL_START_WAIT = 120.0  # how long a stream waits for a preset's tool to become ready
 
@@ -171,6 +183,7 @@ class TunnelClientProtocol(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        unsent_bound(self.transport)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
         write_through(self.transport)
         s = self.client.settings
@@ -200,6 +213,9 @@ class TunnelClientProtocol(Protocol):
             self.transport.loseConnection()
             return
         self.reply = reply
+        # Bound: the multiplexer's pings find a silent gateway now, at the timeout the
+        # gateway set (which the kernel's limit must not cut short).
+        host_silence_limit(self.transport, None)
         s = dict(self.client.tunnel_settings)
         if reply.ping_interval and reply.ping_timeout:
             # The gateway's keepalive: both ends find a silent path within its timeout.
@@ -265,11 +281,19 @@ class ConnectClient(Service):
         self._bound_waiters: list[Deferred[TunnelClientProtocol]] = []
         self._tool_down_since: float | None = None  # when the tool began refusing
         self._unknown_since: float | None = None  # when unknown_session was first heard
+        # Attempts that failed to reach a gateway since the last bind, when the first of
+        # them failed, and what was last said of them at info (and when).
+        self._misses = 0
+        self._missing_since = 0.0
+        self._said: tuple[str, float] | None = None
 
     def _set_state(self, state: str, log_format: str, **kw: Any) -> None:
         if state != self.state:
             self.state = state
-            self._log.info(log_format, **kw)
+            # Dialling and waiting again while a gateway stays unreachable: at debug (the
+            # failure's own line says it, see _unreachable).
+            quiet = self._misses > 1 and state in ("connecting", "backing-off")
+            (self._log.debug if quiet else self._log.info)(log_format, **kw)
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -316,7 +340,9 @@ class ConnectClient(Service):
             if protocol.mux is not None:
                 protocol.mux.close()
             else:
-                protocol.transport.loseConnection()
+                # Not bound: nothing to finish; a clean TLS close would wait for a
+                # handshake that a silent gateway never completes, holding the stop.
+                protocol.transport.abortConnection()
             return protocol.closed
         return defer.succeed(None)
 
@@ -424,8 +450,7 @@ class ConnectClient(Service):
                     self._log.error("cannot verify gateway {gw}: {why}; trying again",
                                    gw=str(gateway), why=why)
                 else:
-                    self._log.info("cannot reach gateway {gw}: {why}", gw=str(gateway),
-                                   why=f.getErrorMessage())
+                    self._unreachable(gateway, f)
                 self._gateway_index += 1  # the next attempt tries the next gateway listed
                 self._retry()
 
@@ -437,11 +462,11 @@ class ConnectClient(Service):
         proxy = proxy_for(gateway.host, dict(self.settings.proxy_environ))
         if proxy is None:
             endpoint: Any = Unwrapped(endpoints.HostnameEndpoint(
-                self.reactor, gateway.host, gateway.port, timeout=10))
+                self.reactor, gateway.host, gateway.port, timeout=CONNECT_TIMEOUT))
         else:
             endpoint = CarrierEndpoint(
                 Unwrapped(endpoints.HostnameEndpoint(self.reactor, proxy[0], proxy[1],
-                                                     timeout=10)),
+                                                     timeout=CONNECT_TIMEOUT)),
                 lambda inner: ProxyConnect(inner, gateway.host, gateway.port), self.reactor)
         if gateway.carrier == "tls":
             return endpoint
@@ -453,8 +478,34 @@ class ConnectClient(Service):
         return CarrierEndpoint(endpoint, lambda inner: WebSocketClient(inner, host, gateway.path),
                                self.reactor)
 
+    def _unreachable(self, gateway: Gateway, f: Failure | None, why: str = "") -> None:
+        """An attempt that got no bind answered (no connection, or one that ended first;
+        ``why`` when given says it): said at info the first time, when the gateway or
+        the reason changes, and every REPEAT_EVERY with the count; at debug otherwise."""
+        now = self.clock.seconds()
+        if not why and f is not None and f.check(error.TimeoutError):
+            why = f"no answer within {CONNECT_TIMEOUT:g}s"  # Twisted: "User timeout ..."
+        elif not why:
+            why = f.getErrorMessage() if f is not None else "closed"
+        self._misses += 1
+        if self._misses == 1:
+            self._missing_since = now
+        said = self._said
+        what = f"{gateway}: {why}"
+        if said is not None and said[0] == what and now - said[1] < REPEAT_EVERY:
+            self._log.debug("cannot reach gateway {gw}: {why}", gw=str(gateway), why=why)
+            return
+        self._said = (what, now)
+        if self._misses == 1:
+            self._log.info("cannot reach gateway {gw}: {why}", gw=str(gateway), why=why)
+        else:
+            self._log.info("cannot reach gateway {gw}: {why} ({n} attempts in {since:.0f}s; "
+                           "still trying)", gw=str(gateway), why=why, n=self._misses,
+                           since=now - self._missing_since)
+
     def bound(self, protocol: TunnelClientProtocol) -> None:
         self.backoff.reset()
+        self._misses, self._said = 0, None
         self._unknown_since = None
         if self.on_bind is not None and protocol.reply is not None:
             self.on_bind(protocol.reply)
@@ -524,9 +575,18 @@ class ConnectClient(Service):
         elif refusal is not None:
             self._log.warn("the gateway refused the bind for now: {code}: {reason}",
                            code=refusal.code, reason=refusal.reason)
+        elif protocol.reply is None:  # connected, then nothing: a silent host, a reset
+            self._unreachable(protocol.gateway, reason, "the connection ended before the "
+                              f"bind was answered ({broke(reason) or 'closed'})")
         elif self.state == "bound":
-            self._log.info("tunnel to {gw} lost: {why}", gw=str(protocol.gateway),
-                           why=reason.getErrorMessage() if reason else "closed")
+            ended = protocol.mux.ended_by(reason) if protocol.mux is not None else reason
+            if ended is not None and ended.check(TunnelSilent):
+                self._log.warn("tunnel to {gw} lost: nothing heard from the gateway for "
+                               "{t:g}s", gw=str(protocol.gateway),
+                               t=protocol.mux.keepalive.timeout if protocol.mux else 0)
+            else:
+                self._log.info("tunnel to {gw} lost: {why}", gw=str(protocol.gateway),
+                               why=broke(ended) or "closed")
         self._gateway_index += 1
         self._retry()
 
@@ -577,6 +637,10 @@ def _unwrap(protocol: Any) -> Any:
     wrapper = getattr(transport, "protocol", None)
     if wrapper is not protocol and getattr(wrapper, "_wrappedProtocol", None) is protocol:
         transport.protocol = protocol
+    # From the TCP connection on, before the TLS handshake: until the bind is answered
+    # there are no pings, and a gateway host that went silent after accepting left the
+    # client waiting for ever.
+    host_silence_limit(transport, SILENT_HOST)
     return protocol
 
 

@@ -47,8 +47,14 @@ from studios_gateway.wire.bind import (
     parse_request,
 )
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
-from studios_gateway.wire.mux import Multiplexer
-from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay, write_through
+from studios_gateway.wire.mux import Multiplexer, TunnelSilent, words
+from studios_gateway.wire.sockopts import (
+    TUNNEL_BUFFER,
+    bulk_buffers,
+    no_delay,
+    unsent_bound,
+    write_through,
+)
 
 #: Registry look-ups in flight at once for change events (the rest wait their turn): when
 #: the registry's events were lost every tunnel is looked up, and 10,000 GETs at once
@@ -85,7 +91,8 @@ class TunnelMetrics:
                                "Streams opened to studios.", ["kind"], registry=registry)
         self.losses = Counter("studios_gateway_tunnel_losses",
                               "Bound tunnels that ended, by how: closed (cleanly), lost (the "
-                              "connection broke or stopped answering pings).", ["reason"],
+                              "connection broke), silent (nothing heard for "
+                              "CONNECT_TUNNEL_PING_TIMEOUT).", ["reason"],
                               registry=registry)
 
 
@@ -456,6 +463,7 @@ class TunnelServerProtocol(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        unsent_bound(self.transport)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
         write_through(self.transport)
         self._timeout = self.table.clock.callLater(self.table.settings.bind_timeout,
@@ -581,11 +589,25 @@ class TunnelServerProtocol(Protocol):
         # counting, not left as a cycle for a full collection.
         tunnel, self._tunnel = self._tunnel, None
         if tunnel is not None:
-            self._log.info("session {sid}: tunnel closed", sid=tunnel.session_id)
+            how = self._log_end(tunnel, tunnel.mux.ended_by(reason))
             if self.table.metrics:
-                clean = reason is None or reason.check(ConnectionDone) is not None
-                self.table.metrics.losses.labels("closed" if clean else "lost").inc()
+                self.table.metrics.losses.labels(how).inc()
             self.table.lost(tunnel)
+
+    def _log_end(self, tunnel: Tunnel, why: Failure | None) -> str:
+        """One line saying which tunnel ended and why; the losses counter's reason."""
+        sid = tunnel.session_id
+        if why is not None and why.check(TunnelSilent):
+            self._log.warn("session {sid}: tunnel lost: nothing heard from the studio for "
+                           "{t:g}s (CONNECT_TUNNEL_PING_TIMEOUT); it is routed nowhere until "
+                           "the studio binds again", sid=sid,
+                           t=tunnel.mux.keepalive.timeout)
+            return "silent"
+        if why is None or why.check(ConnectionDone):
+            self._log.info("session {sid}: tunnel closed", sid=sid)
+            return "closed"
+        self._log.info("session {sid}: tunnel lost: {why}", sid=sid, why=words(why))
+        return "lost"
 
 
 class TunnelServerFactory(Factory):

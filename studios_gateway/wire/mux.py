@@ -107,6 +107,32 @@ class TunnelLost(error.ConnectionLost):
     """The tunnel under the stream ended."""
 
 
+def words(reason: Failure) -> str:
+    """A failure's own words: for Twisted's connection errors given a text, that text,
+    not their class's doc string around it ("Connection to the other side was lost in a
+    non-clean fashion: <text>.", "User timeout caused connection failure: <text>.")."""
+    value = reason.value
+    if isinstance(value, (error.ConnectError, error.ConnectionClosed)):
+        # ConnectError keeps its first argument as ``osError``, the second in ``args``.
+        given = [str(a) for a in (getattr(value, "osError", None), *value.args) if a]
+        if given:
+            return ": ".join(given)
+    return reason.getErrorMessage()
+
+
+def broke(reason: Failure | None) -> str:
+    """Why a stream (or a connection) ended, for a user or a log line, when it broke (its
+    tunnel lost, reset); "" when it was closed cleanly."""
+    if reason is None or reason.check(error.ConnectionDone):
+        return ""
+    return words(reason)
+
+
+class TunnelSilent(error.TimeoutError):
+    """Nothing (data, Ping, Ping answer) came from the peer for the keepalive's timeout:
+    the path went silent, and this end closed the tunnel (``Multiplexer.close_reason``)."""
+
+
 class TunnelUnavailable(Exception):
     """No stream can be opened: the tunnel is closed or the peer is going away."""
 
@@ -1118,9 +1144,10 @@ class Multiplexer(Protocol):
         self._arm(now)
 
     def _dead(self) -> None:
-        t = self.keepalive.timeout
-        self._log.warn("nothing heard from the peer for {t:g}s: the tunnel is dead", t=t)
-        reason = Failure(error.TimeoutError(f"nothing heard from the peer for {t:g}s"))
+        # Not logged here: the tunnel's owner says which tunnel it was when its
+        # connection is gone (``ended_by``), from ``close_reason``.
+        reason = Failure(TunnelSilent(f"nothing heard from the peer for "
+                                      f"{self.keepalive.timeout:g}s"))
         transport = self.transport
         self._terminate(reason)
         if transport is not None:
@@ -1156,6 +1183,12 @@ class Multiplexer(Protocol):
             transport.unregisterProducer()
             transport.loseConnection()
 
+    def ended_by(self, reason: Failure | None) -> Failure | None:
+        """Why the tunnel ended, for its owner's log line once the connection is gone
+        (``reason``: the connection's): the reason the mux ended it with (a silent
+        peer, a protocol error, a local close), else the connection's."""
+        return self.close_reason if self.close_reason is not None else reason
+
     def _terminate(self, reason: Failure) -> None:
         """The tunnel is over: every stream is lost, timers stop, ``on_close`` once."""
         if self.closed:
@@ -1169,7 +1202,7 @@ class Multiplexer(Protocol):
         if self._turn_call is not None and self._turn_call.active():
             self._turn_call.cancel()
         self._turn_call = None
-        lost = Failure(TunnelLost(f"tunnel lost: {reason.getErrorMessage()}"))
+        lost = Failure(TunnelLost(f"tunnel lost: {words(reason)}"))
         for stream in list(self.streams.values()):
             stream._finish(lost)
         self.streams.clear()

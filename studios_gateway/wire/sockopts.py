@@ -13,6 +13,7 @@ protocol (:meth:`_AdaptiveReads.doRead`), a write one call to ``send``.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from twisted.internet import main
@@ -24,6 +25,8 @@ from twisted.internet.tcp import Connection as _TwistedConnection
 # connection and for the connect client's connections to the tool.
 TUNNEL_BUFFER = 512 * 1024
 TOOL_BUFFER = 256 * 1024
+# The most a tunnel's TCP socket keeps unsent in the kernel (see unsent_bound).
+TUNNEL_UNSENT = 128 * 1024
 # The read size while reads are small (see bulk_buffers): under glibc's mmap threshold
 # (128 KiB by default), so a read's buffer comes from the heap.
 SMALL_READ = 64 * 1024
@@ -56,6 +59,54 @@ def no_delay(transport: Any) -> None:
             tcp.setTcpNoDelay(True)
         except OSError:
             pass  # not a TCP socket (a test transport, a UNIX socket): nothing to do
+
+
+def unsent_bound(transport: Any, size: int = TUNNEL_UNSENT) -> None:
+    """Keep at most about ``size`` bytes not yet sent in the kernel under ``transport``
+    (``TCP_NOTSENT_LOWAT``): the socket reads as full past it, so what else is to go
+    waits in the multiplexer, where a small frame overtakes bulk ones.
+
+    Linux lets a socket's unsent data grow to its autotuned send buffer (up to
+    ``tcp_wmem``'s 4 MiB): beside a download on a 20 Mbit/s uplink a tunnel held ~0.7 MiB
+    unsent, and every WebSocket message or keystroke on it waited behind that, ~300 ms
+    (docs/decisions/tunnel-scheduling.md, "On a slow path"). The data in flight (the
+    congestion window) is not bounded by this, so throughput is not either while the
+    process refills the socket in the time ``size`` takes to go out.
+    """
+    tcp = _tcp_under(transport, "setTcpNoDelay")
+    sock = getattr(tcp, "socket", None) if tcp is not None else None
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, size)
+    except OSError:
+        pass  # not a TCP socket, or a kernel without the option: unbounded, as before
+
+
+def host_silence_limit(transport: Any, limit: tuple[int, int, int] | None) -> None:
+    """End the TCP connection under ``transport`` once the peer's host has been silent
+    for about ``idle + interval * count`` seconds (``limit``: keepalive probes after
+    ``idle`` s with nothing received, every ``interval`` s, ``count`` of them; and the
+    same bound on data left unacknowledged, ``TCP_USER_TIMEOUT``); ``None`` turns both
+    off again (the default).
+
+    A peer whose kernel still answers (a busy process, a connection waiting in its
+    listen queue, a stopped process) is not ended: only a silent host or path is."""
+    tcp = _tcp_under(transport, "setTcpNoDelay")
+    sock = getattr(tcp, "socket", None) if tcp is not None else None
+    if sock is None:
+        return
+    idle, interval, count = limit or (0, 0, 0)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if limit else 0)
+        if limit:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                        (idle + interval * count) * 1000)
+    except OSError:
+        pass  # not a TCP socket: nothing to do
 
 
 def bulk_buffers(transport: Any, size: int) -> None:

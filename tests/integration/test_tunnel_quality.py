@@ -30,7 +30,7 @@ from tests.support.web import Browser
 pytestmark = pytest.mark.slow
 
 PING_INTERVAL, PING_TIMEOUT = 1.0, 3.0
-DEAD = "nothing heard from the peer"
+DEAD = "nothing heard from the "  # the gateway: "... the studio", the client: "... the gateway"
 MiB = 1 << 20
 WINDOW = 6 * MiB  # the gateway's receive window per stream (the default)
 

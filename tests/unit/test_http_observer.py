@@ -9,7 +9,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from studios_gateway.http import pages
 from studios_gateway.traffic.access_log import AccessLog, text_line
@@ -17,6 +19,7 @@ from studios_gateway.traffic.facts import Finished
 from studios_gateway.traffic.metrics import TrafficMetrics
 from studios_gateway.traffic.observer import Meter, Traffic
 from studios_gateway.traffic.throttle import Throttles
+from studios_gateway.wire.mux import TunnelLost
 from tests.unit.test_http_proxy import OK, Harness, status_of
 
 
@@ -155,6 +158,27 @@ WS_HEAD = (b"GET /ws HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade\r
            b"Upgrade: websocket\r\nSec-WebSocket-Key: x\r\n\r\n")
 SWITCHED = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: y\r\n\r\n")
+
+
+def test_a_websocket_whose_studio_connection_broke_says_why_in_its_access_line() -> None:
+    """The studio's tunnel declared dead under an open WebSocket: the browser's connection
+    closes, and the access line says why (a tool closing it says nothing)."""
+    obs = Observer()
+    h = Harness(observer=obs)
+    for lost, reason in [
+        (Failure(TunnelLost("tunnel lost: nothing heard from the peer for 20s")),
+         "the connection to the studio broke: tunnel lost: nothing heard from the peer "
+         "for 20s"),
+        (Failure(ConnectionDone()), ""),
+    ]:
+        p, t = h.client()
+        p.dataReceived(WS_HEAD)
+        up, _ = h.up()
+        up.dataReceived(SWITCHED)
+        up.connectionLost(lost)
+        assert t.disconnecting
+        p.connectionLost(None)
+        assert obs.closed[-1][1].reason == reason
 
 
 def test_a_stopped_websocket_gets_a_close_frame_with_the_reason() -> None:

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from twisted.conch.ssh import common
 from twisted.conch.ssh.keys import Key
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
@@ -23,11 +24,13 @@ from studios_gateway.ssh.server import (
     LOGGED_GLOBAL_REQUESTS,
     GatewaySSHFactory,
     Identity,
+    UpstreamTransport,
     UserConnection,
     UserKeyChecker,
     describe_global_request,
 )
 from studios_gateway.traffic.facts import Finished
+from studios_gateway.wire.mux import TunnelLost
 
 
 class _NoKeys:
@@ -248,6 +251,23 @@ def test_the_studio_side_closing_is_the_access_lines_reason() -> None:
     proto.connectionLost(Failure(ConnectionError()))
     assert b"the connection to the studio was closed" in t.value()
     assert traffic.closed[0].reason == "the connection to the studio was closed"
+
+
+def test_a_studio_connection_that_broke_says_why() -> None:
+    """The studio's tunnel declared dead under an open SSH session: the user reads why
+    (before: 'the connection to the studio was closed', as if the studio had ended it)."""
+    f, traffic = _factory()
+    proto, t = _connect(f)
+    _logged_in(proto)
+    ready: Deferred[Any] = Deferred()
+    ready.callback(None)  # the studio's side was up (the user logged in through it)
+    upstream = UpstreamTransport("alice", proto.factory.host_key, ready, proto)
+    upstream.connectionLost(Failure(TunnelLost("tunnel lost: nothing heard from the peer "
+                                               "for 20s")))
+    proto.connectionLost(Failure(ConnectionError()))
+    said = "the connection to the studio broke: tunnel lost: nothing heard from the peer for 20s"
+    assert said.encode() in t.value()
+    assert traffic.closed[0].reason == said
 
 
 def test_a_user_who_leaves_has_no_reason() -> None:

@@ -8,7 +8,15 @@ from typing import Any
 from twisted.internet import defer, endpoints, main, tcp
 from twisted.internet.protocol import Protocol
 
-from studios_gateway.wire.sockopts import SMALL_READ, bulk_buffers, bulk_reads, no_delay
+from studios_gateway.wire.sockopts import (
+    SMALL_READ,
+    TUNNEL_UNSENT,
+    bulk_buffers,
+    bulk_reads,
+    host_silence_limit,
+    no_delay,
+    unsent_bound,
+)
 
 
 class TCPish:
@@ -44,6 +52,40 @@ def test_transports_without_the_option_are_left_alone() -> None:
     no_delay(None)
     no_delay(object())
     no_delay(Wrapper(Refusing()))
+
+
+def test_the_unsent_bound_is_set_through_wrappers_and_skipped_where_it_cannot_be() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()) as a:
+        tcp = TCPish()
+        tcp.socket = a  # type: ignore[attr-defined]
+        unsent_bound(Wrapper(Wrapper(tcp)))
+        assert a.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == TUNNEL_UNSENT
+    unix_a, unix_b = socket.socketpair()  # not TCP: the option is refused, nothing raised
+    with unix_a, unix_b:
+        not_tcp = TCPish()
+        not_tcp.socket = unix_a  # type: ignore[attr-defined]
+        unsent_bound(not_tcp)
+    unsent_bound(None)
+    unsent_bound(object())
+    unsent_bound(TCPish())  # no socket (a test transport)
+
+
+def test_a_host_silence_limit_is_set_and_taken_off_again() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()) as a:
+        tcp = TCPish()
+        tcp.socket = a  # type: ignore[attr-defined]
+        host_silence_limit(Wrapper(tcp), (20, 5, 3))
+        assert a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert [a.getsockopt(socket.IPPROTO_TCP, o) for o in (
+            socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT,
+            socket.TCP_USER_TIMEOUT)] == [20, 5, 3, 35_000]
+        host_silence_limit(Wrapper(tcp), None)
+        assert (a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                a.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)) == (0, 0)
+    host_silence_limit(None, (20, 5, 3))
+    host_silence_limit(TCPish(), None)
 
 
 class Collect(Protocol):
