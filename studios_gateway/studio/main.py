@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,10 @@ from twisted.logger import (
 from studios_gateway.config import ConfigError
 from studios_gateway.wire import tools
 
+#: The exit status for a setting that is wrong and for a gateway's final refusal of the
+#: studio (a wrong token, a deleted session, an incompatible version, a pin mismatch).
+EXIT_REFUSED = 2
+
 OPTION_VARS = {"connect": "CONNECT_STRING", "gateway": "CONNECT_GATEWAY_URL",
                "session": "CONNECT_SESSION_ID", "tool_port": "CONNECT_TOOL_PORT",
                "tool": "CONNECT_TOOL", "tool_path_prefix": "CONNECT_TOOL_PATH_PREFIX",
@@ -47,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "through it. Options override CONNECT_* environment variables.",
         epilog="With `-- COMMAND ...`, run the tool as a child: CONNECT_TOOL_PORT and "
                "CONNECT_TOOL_PATH_PREFIX are set in its environment, SIGTERM is passed on "
-               "(SIGKILL after 30s), and the exit status is the tool's. docs/studios.md "
+               "(SIGKILL after 30s), and the exit status is the tool's; 2 when the gateway "
+               "refuses the studio for good (the tool is then stopped). docs/studios.md "
                "lists every CONNECT_* variable (CONNECT_TOOL_WORKDIR, CONNECT_TOOL_PRESET, "
                "...).")
     p.add_argument("--connect", metavar="STRING",
@@ -151,10 +157,13 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     from studios_gateway.studio.ssh import StudioSSH
 
     status = {"code": 0}
+    refused: list[str] = []  # the gateway's final refusal, once there is one
     child: ToolChild | None = None
 
     def finish(code: int) -> None:
-        status["code"] = code
+        # A tool stopped because the gateway refused the studio for good exits as we
+        # made it; the container's status says why it ended.
+        status["code"] = EXIT_REFUSED if refused else code
         if client.running:
             client.stopService()
         if reactor.running:
@@ -162,8 +171,16 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
 
     def fatal(message: str) -> None:
         print(f"studios-connect: {message}", file=sys.stderr, flush=True)
+        refused.append(message)
         if child is None:
-            finish(2)
+            finish(EXIT_REFUSED)
+            return
+        # Nobody can reach the tool without the tunnel, and the client will not dial
+        # again: stop the tool as a SIGTERM would, so the container ends instead of
+        # running on unreachable.
+        print("studios-connect: stopping the tool (the studio cannot be reached without "
+              "its tunnel)", file=sys.stderr, flush=True)
+        on_signal(signal.SIGTERM)
 
     ssh = StudioSSH(reactor)  # reachable only through the tunnel, as the gateway
 
