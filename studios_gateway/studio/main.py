@@ -151,6 +151,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     from studios_gateway.studio.entrypoint import (
         ToolChild,
         child_environment,
+        install_orphan_reaping,
         install_signal_forwarding,
         resolve_argv,
     )
@@ -220,6 +221,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
 
     def startup() -> None:
         install_signal_forwarding(reactor, on_signal)
+        install_orphan_reaping(reactor)  # PID 1 of a container inherits every orphan
         if launcher is not None:
             if not launcher.bind_first:
                 launcher.start()

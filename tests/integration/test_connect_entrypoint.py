@@ -204,3 +204,55 @@ class KillAfterGrace(TestCase):
             assert pipe.readline().strip() == "ready"  # the event: SIGTERM is ignored now
         status = yield child.terminate(signal.SIGTERM)
         self.assertEqual(status, 128 + signal.SIGKILL)
+
+
+# Makes the command it runs a child subreaper (PR_SET_CHILD_SUBREAPER, kept across exec):
+# orphans of its descendants come to it, as every orphan in a container comes to PID 1.
+AS_SUBREAPER = ("import ctypes, os, sys; "
+                "assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0; "
+                "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def _children(pid: int) -> dict[int, str]:
+    """pid -> state letter of each child of `pid` ('Z': a zombie nobody reaped)."""
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            for child in f.read().split():
+                try:
+                    with open(f"/proc/{child}/stat") as stat:
+                        out[int(child)] = stat.read().rpartition(")")[2].split()[0]
+                except FileNotFoundError:
+                    pass  # reaped meanwhile
+    return out
+
+
+def test_orphans_are_reaped_and_the_tool_keeps_its_status() -> None:
+    """As PID 1, studios-connect inherits every orphan of the studio; they were never
+    reaped and stayed zombies for the studio's life."""
+    import time
+
+    tool = ("(true &); (true &); (true &); exec " + sys.executable + " -c '"
+            + stoppable_tool().replace("'", "'\"'\"'") + "'")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                "CONNECT_STRING": f"studios-connect://abcd1234:{new_token()}@127.0.0.1:"
+                                  f"{free_port()}/", "CONNECT_TOOL_PORT": str(free_port())})
+    proc = subprocess.Popen([sys.executable, "-c", AS_SUBREAPER, str(BIN / "studios-connect"),
+                             "--", "/bin/sh", "-c", tool], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"  # the orphans were made before
+        deadline = time.monotonic() + 10
+        while len(states := _children(proc.pid)) > 1:  # until the tool alone is left
+            assert time.monotonic() < deadline, f"children left (Z: a zombie): {states}"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert "tool got SIGTERM" in out
+    assert proc.returncode == 7, err
