@@ -142,6 +142,41 @@ def test_client_settings_errors_name_the_variable(env, name) -> None:
     assert e.value.name == name
 
 
+# A connect string gone wrong in the ways people paste them: cut short, without its host,
+# the id:token pair alone, a bad port or pin, junk around it.
+_BROKEN_CONNECT_STRINGS = [
+    "studios-connect://abcd1234:{t}@gw", "studios-connect://abcd1234:{t}", "abcd1234:{t}",
+    "{t}", "studios-connect://{t}@gw:x/", "studios-connect://abcd1234:{t}@gw:99999/",
+    "http://abcd1234:{t}@gw:7070/", "studios-connect://abcd1234:{t}@gw:7070/?pin=sha256:zz",
+    "studios-connect://abcd1234:{t}@:7070/", "'studios-connect://abcd1234:{t}@gw:7070/'",
+    "studios-connect://abcd1234:{t}#@gw:7070/", "studios-connect://abcd1234:{t}/@gw:7070",
+]
+
+
+@given(st.sampled_from(_BROKEN_CONNECT_STRINGS),
+       st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+               min_size=16, max_size=64),
+       st.sampled_from(["CONNECT_STRING", "CONNECT_GATEWAY_URL"]))
+def test_a_broken_connect_string_never_shows_its_token(form: str, token: str,
+                                                      name: str) -> None:
+    """'abcd1234:<token>' (no scheme, no host) was quoted whole in the error line."""
+    env = {name: form.format(t=token), "CONNECT_SESSION_ID": "abcd1234",
+           "CONNECT_SESSION_TOKEN": "k" * 20, "CONNECT_TOOL_PORT": "8888"}
+    try:
+        load_client_settings(env)
+    except ConfigError as e:
+        assert token not in str(e), str(e)
+
+
+# ("gw:x" is redacted: it cannot be told from "<id>:<token>".)
+@pytest.mark.parametrize("address", ["gw.example.com:70700", "[::1]:99999",
+                                     "ftp://gw.example.com", "gw.example.com"])
+def test_an_address_without_a_token_is_still_quoted(address: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_client_settings({"CONNECT_GATEWAY_URL": address})
+    assert repr(address) in str(e.value)
+
+
 def test_backoff_one_quick_retry_one_full_jitter_wait_then_a_steady_period() -> None:
     b = Backoff(base=0.5, cap=8, rng=lambda: 1.0)
     assert [b.next_delay() for _ in range(4)] == [0.5, 8, 7.2, 7.2]
