@@ -60,6 +60,8 @@ GOAWAY_SPREAD = BACKOFF_MAX
 TOOL_POLL = 0.5
 TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)starting
 TOOL_START_WAIT = 120.0  # how long a stream waits for a preset's tool to become ready
+#: A tool that has not opened its port for this long is said to be late, once.
+TOOL_SLOW_NOTICE = 30.0
 
 
 def quiet_factory(make: Callable[[], Protocol]) -> Factory[Protocol]:
@@ -265,6 +267,8 @@ class ConnectClient(Service):
         self._bound_waiters: list[Deferred[TunnelClientProtocol]] = []
         self._tool_down_since: float | None = None  # when the tool began refusing
         self._unknown_since: float | None = None  # when unknown_session was first heard
+        self._tool_wait_since = 0.0  # when the wait for the tool's port began
+        self._tool_wait_noticed = False  # the one "still waiting" line was written
 
     def _set_state(self, state: str, log_format: str, **kw: Any) -> None:
         if state != self.state:
@@ -374,6 +378,8 @@ class ConnectClient(Service):
     def _wait_for_tool(self) -> None:
         if not self.running:
             return
+        if self.state != "waiting-for-tool":
+            self._tool_wait_since, self._tool_wait_noticed = self.clock.seconds(), False
         self._set_state("waiting-for-tool", "waiting for the tool to accept connections on "
                         "port {port}", port=self.settings.tool_port)
 
@@ -383,7 +389,17 @@ class ConnectClient(Service):
                            port=self.settings.tool_port)
             self._connect()
 
-        def down(_: Failure) -> None:
+        def down(f: Failure) -> None:
+            waited = self.clock.seconds() - self._tool_wait_since
+            if not self._tool_wait_noticed and waited >= TOOL_SLOW_NOTICE:
+                # Once: a person reading the container's log learns it is stuck, and why
+                # it usually is (a tool on its own default port, or not started at all).
+                self._tool_wait_noticed = True
+                self._log.warn("the tool is not accepting connections on 127.0.0.1:{port} "
+                               "after {secs:.0f}s ({why}); still waiting. The tool must listen "
+                               "on CONNECT_TOOL_PORT ({port}), on 127.0.0.1 or all interfaces",
+                               port=self.settings.tool_port, secs=waited,
+                               why=f.getErrorMessage())
             if self.running:
                 self._pending = self.clock.callLater(TOOL_POLL, self._wait_for_tool)
 
