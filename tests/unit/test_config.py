@@ -640,3 +640,24 @@ def test_a_long_value_is_quoted_cut_with_its_length() -> None:
         load_config(environ={"CONNECT_HTTP_PORT": "7" * 5000})
     assert str(e.value) == ("CONNECT_HTTP_PORT=" + repr("7" * 80) + "... (5000 characters): "
                             "expected a whole number from 1 to 65535")
+
+
+def test_every_client_variable_is_known_and_documented() -> None:
+    """The connect client's variables: each one settings.py reads is known to check-config
+    (not reported as a misspelling) and has a row in docs/studios.md's table (where
+    CONNECT_UNKNOWN_SESSION_WAIT had none)."""
+    import re
+    from pathlib import Path
+
+    from studios_gateway.config import CLIENT_VARIABLES
+    from studios_gateway.studio import settings
+
+    repo = Path(__file__).resolve().parents[2]
+    read = set(re.findall(r'get\("(CONNECT_[A-Z_]+)"\)', Path(settings.__file__).read_text()))
+    assert read <= CLIENT_VARIABLES
+    docs = (repo / "docs" / "studios.md").read_text()
+    table = docs[docs.index("## The connect client's settings"):]
+    table = table[:table.index("\n## ")]
+    documented = set(re.findall(r"^\| `(CONNECT_[A-Z_]+)`", table, re.M)) | set(
+        re.findall(r"^\| `CONNECT_[A-Z_]+`, `(CONNECT_[A-Z_]+)`", table, re.M))
+    assert CLIENT_VARIABLES <= documented, sorted(CLIENT_VARIABLES - documented)
