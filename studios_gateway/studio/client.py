@@ -62,6 +62,8 @@ TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)star
 TOOL_START_WAIT = 120.0  # how long a stream waits for a preset's tool to become ready
 #: A tool that has not opened its port for this long is said to be late, once.
 TOOL_SLOW_NOTICE = 30.0
+#: A retry that fails the same way again is logged at its level at most this often.
+REPEAT_EVERY = 300.0
 
 
 def quiet_factory(make: Callable[[], Protocol]) -> Factory[Protocol]:
@@ -268,12 +270,44 @@ class ConnectClient(Service):
         self._tool_down_since: float | None = None  # when the tool began refusing
         self._unknown_since: float | None = None  # when unknown_session was first heard
         self._tool_wait_since = 0.0  # when the wait for the tool's port began
+        # Failed attempts since the last bind, and the last failure said at its level
+        # (see _say_again); _loud: the current attempt's lines are said at info.
+        self._attempts = 0
+        self._said: str | None = None
+        self._said_at = 0.0
+        self._loud = True
         self._tool_wait_noticed = False  # the one "still waiting" line was written
 
-    def _set_state(self, state: str, log_format: str, **kw: Any) -> None:
+    def _set_state(self, state: str, log_format: str, *, quiet: bool = False,
+                   **kw: Any) -> None:
+        """Enter `state`, saying so (at debug when `quiet`: a retry nobody needs to read)."""
         if state != self.state:
             self.state = state
-            self._log.info(log_format, **kw)
+            (self._log.debug if quiet else self._log.info)(log_format, **kw)
+
+    def _say_again(self, key: str) -> bool:
+        """Whether a retry's failure (named by `key`) is worth a line now: the first time,
+        when it changes, then once per REPEAT_EVERY. Otherwise it goes to debug, and so does
+        the reconnecting line after it (the connecting line is said for the first attempt
+        only): an unreachable gateway wrote three lines every few seconds, for as long as
+        it was away."""
+        self._attempts += 1
+        now = self.clock.seconds()
+        self._loud = key != self._said or now - self._said_at >= REPEAT_EVERY
+        if self._loud:
+            self._said, self._said_at = key, now
+        return self._loud
+
+    def _failure(self, level: str, key: str, log_format: str, **kw: Any) -> None:
+        """A failed attempt: said at `level` (with the attempts so far when it repeats), or
+        at debug (see _say_again)."""
+        if not self._say_again(key):
+            self._log.debug(log_format, **kw)
+            return
+        if self._attempts > 1:
+            log_format += " ({attempts} attempts so far)"
+            kw["attempts"] = self._attempts
+        getattr(self._log, level)(log_format, **kw)
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -416,7 +450,8 @@ class ConnectClient(Service):
         if not self.running:
             return
         gateway = self.settings.gateways[self._gateway_index % len(self.settings.gateways)]
-        self._set_state("connecting", "connecting to gateway {gw}", gw=str(gateway))
+        self._set_state("connecting", "connecting to gateway {gw}", gw=str(gateway),
+                        quiet=self._attempts > 0)  # said for the first attempt of a run
         self._state_gateway = gateway
         factory = ClientFactory.forProtocol(lambda: self.protocol_class(self, gateway))
         factory.noisy = False
@@ -437,11 +472,13 @@ class ConnectClient(Service):
                     self._stop_for(f"cannot verify gateway {gateway}: {why}")
                     return
                 if why is not None:
-                    self._log.error("cannot verify gateway {gw}: {why}; trying again",
-                                   gw=str(gateway), why=why)
+                    self._failure("error", f"verify {gateway} {why}",
+                                  "cannot verify gateway {gw}: {why}; trying again",
+                                  gw=str(gateway), why=why)
                 else:
-                    self._log.info("cannot reach gateway {gw}: {why}", gw=str(gateway),
-                                   why=f.getErrorMessage())
+                    self._failure("info", f"reach {gateway} {f.getErrorMessage()}",
+                                  "cannot reach gateway {gw}: {why}", gw=str(gateway),
+                                  why=f.getErrorMessage())
                 self._gateway_index += 1  # the next attempt tries the next gateway listed
                 self._retry()
 
@@ -471,6 +508,7 @@ class ConnectClient(Service):
 
     def bound(self, protocol: TunnelClientProtocol) -> None:
         self.backoff.reset()
+        self._attempts, self._said, self._loud = 0, None, True
         self._unknown_since = None
         if self.on_bind is not None and protocol.reply is not None:
             self.on_bind(protocol.reply)
@@ -535,11 +573,13 @@ class ConnectClient(Service):
             self._stop_for(f"cannot verify gateway {protocol.gateway}: {why}")
             return
         if why is not None:
-            self._log.error("cannot verify gateway {gw}: {why}; trying again",
-                           gw=str(protocol.gateway), why=why)
+            self._failure("error", f"verify {protocol.gateway} {why}",
+                          "cannot verify gateway {gw}: {why}; trying again",
+                          gw=str(protocol.gateway), why=why)
         elif refusal is not None:
-            self._log.warn("the gateway refused the bind for now: {code}: {reason}",
-                           code=refusal.code, reason=refusal.reason)
+            self._failure("warn", f"refused {refusal.code} {refusal.reason}",
+                          "the gateway refused the bind for now: {code}: {reason}",
+                          code=refusal.code, reason=refusal.reason)
         elif self.state == "bound":
             self._log.info("tunnel to {gw} lost: {why}", gw=str(protocol.gateway),
                            why=reason.getErrorMessage() if reason else "closed")
@@ -567,7 +607,8 @@ class ConnectClient(Service):
         if not self.running:
             return
         delay = self.backoff.next_delay()
-        self._set_state("backing-off", "reconnecting in {delay:.1f}s", delay=delay)
+        self._set_state("backing-off", "reconnecting in {delay:.1f}s", delay=delay,
+                        quiet=not self._loud)
         self._log.debug("next attempt in {delay:.2f}s", delay=delay)
         self._pending = self.clock.callLater(delay, self._connect)
 
