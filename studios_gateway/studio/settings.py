@@ -170,8 +170,9 @@ def load_client_settings(environ: Mapping[str, str],
     if preset_text not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
         raise ConfigError("CONNECT_TOOL_PRESET", preset_text, "on or off")
     prefix = (get("CONNECT_TOOL_PATH_PREFIX") or "").strip()
-    if prefix and not re.fullmatch(r"/[A-Za-z0-9_./-]*/", prefix):
-        raise ConfigError("CONNECT_TOOL_PATH_PREFIX", prefix, "a path such as /_studio/<id>/")
+    if prefix and not re.fullmatch(r"/|/[A-Za-z0-9_./-]*/", prefix):  # "/": served at the root
+        raise ConfigError("CONNECT_TOOL_PATH_PREFIX", prefix,
+                          "a path that starts and ends with /, such as / or /_studio/<id>/")
     level = (get("CONNECT_CLIENT_LOG_LEVEL") or "info").strip().lower()
     level = {"warning": "warn"}.get(level, level)
     if level not in CLIENT_LEVELS:

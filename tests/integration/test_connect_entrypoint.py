@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from studios_gateway.registry.base import new_token
 from studios_gateway.studio.entrypoint import ToolChild
-from tests.support.gateway import BIN, REPO, GatewayProcess, base_env
+from tests.support.gateway import BIN, REPO, GatewayProcess, base_env, routing_env
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -150,12 +150,43 @@ def test_a_wrong_token_stops_the_tool_and_exits_2(gateway: GatewayProcess) -> No
     container that never ended, serving nobody."""
     created = _session(gateway)
     bad = created["connect_string"].replace(created["token"], "x" * len(created["token"]))
-    proc = _studio(bad)
+    proc = _studio(bad, CONNECT_TOOL_PATH_PREFIX="/")  # the prefix given: the tool starts at once
     out, err = _ended(proc)
     assert "tool got SIGTERM" in out, (out, err)
     assert proc.returncode == 2, err
     assert "the gateway refused the bind: bad_token" in err
     assert "stopping the tool (the studio cannot be reached without its tunnel)" in err
+
+
+def test_without_a_prefix_a_wrong_token_exits_2_before_the_tool_starts(
+        gateway: GatewayProcess) -> None:
+    created = _session(gateway)
+    bad = created["connect_string"].replace(created["token"], "x" * len(created["token"]))
+    proc = _studio(bad)
+    out, err = _ended(proc)
+    assert "ready" not in out and proc.returncode == 2, (out, err)
+    assert "the gateway refused the bind: bad_token" in err
+
+
+def test_a_command_is_told_the_path_prefix_the_gateway_routes_it_under(tmp_path: Any) -> None:
+    """In path mode a command of its own got CONNECT_TOOL_PATH_PREFIX='' (it was started
+    before the bind said the prefix) and served at / what browsers ask under
+    /_studio/<id>/."""
+    gw = GatewayProcess(tmp_path, routing_env(tmp_path, "path"))
+    try:
+        gw.wait_healthy()
+        created = _session(gw)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+        env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                    "CONNECT_STRING": created["connect_string"],
+                    "CONNECT_TOOL_PORT": str(free_port())})
+        proc = subprocess.run([str(BIN / "studios-connect"), "--", sys.executable, "-c",
+                               "import os; print(repr(os.environ['CONNECT_TOOL_PATH_PREFIX']))"],
+                              env=env, capture_output=True, text=True, timeout=30)
+    finally:
+        gw.stop()
+    assert proc.stdout.strip() == repr(f"/_studio/{created['id']}/"), proc.stderr
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_a_deleted_session_stops_the_tool_and_exits_2(gateway: GatewayProcess) -> None:
@@ -237,7 +268,8 @@ def test_orphans_are_reaped_and_the_tool_keeps_its_status() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
     env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
                 "CONNECT_STRING": f"studios-connect://abcd1234:{new_token()}@127.0.0.1:"
-                                  f"{free_port()}/", "CONNECT_TOOL_PORT": str(free_port())})
+                                  f"{free_port()}/", "CONNECT_TOOL_PORT": str(free_port()),
+                "CONNECT_TOOL_PATH_PREFIX": "/"})  # the tool starts at once, no gateway
     proc = subprocess.Popen([sys.executable, "-c", AS_SUBREAPER, str(BIN / "studios-connect"),
                              "--", "/bin/sh", "-c", tool], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
