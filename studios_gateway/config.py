@@ -884,7 +884,13 @@ def read_env_file(path: str) -> dict[str, str]:
         key, sep, value = line.partition("=")
         key = key.strip()
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise ConfigError(f"{path}:{lineno}", raw, "a line of the form NAME=value")
+            # The name as written, not the rest: a line gone wrong can hold a secret
+            # ('CONNECT_REDIS_PASSWORD: ...').
+            name = re.split(r"[=:\s]", line, maxsplit=1)[0]
+            shown = name + (" " + REDACTED if line[len(name):].strip() else "")
+            raise ConfigError(f"{path}:{lineno}", shown,
+                              "a line of the form NAME=value (the rest of the line is not "
+                              "shown: it may hold a secret)")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]

@@ -661,3 +661,19 @@ def test_every_client_variable_is_known_and_documented() -> None:
     documented = set(re.findall(r"^\| `(CONNECT_[A-Z_]+)`", table, re.M)) | set(
         re.findall(r"^\| `CONNECT_[A-Z_]+`, `(CONNECT_[A-Z_]+)`", table, re.M))
     assert CLIENT_VARIABLES <= documented, sorted(CLIENT_VARIABLES - documented)
+
+
+@pytest.mark.parametrize("line,shown", [
+    ("CONNECT_REDIS_PASSWORD: hunter2hunter2", "'CONNECT_REDIS_PASSWORD <redacted>'"),
+    ("CONNECT-MANAGEMENT-AUTH-KEY=s3cr3tkey", "'CONNECT-MANAGEMENT-AUTH-KEY <redacted>'"),
+    ("CONNECT_PEER_SECRET hunter2hunter2hunter2", "'CONNECT_PEER_SECRET <redacted>'"),
+    ("JUSTANAME", "'JUSTANAME'"),
+])
+def test_a_malformed_env_file_line_is_named_not_quoted(tmp_path, line: str, shown: str) -> None:
+    """A line that is not NAME=value was quoted whole, with the secret on it."""
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text(f"CONNECT_HTTP_PORT=8080\n{line}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={}, env_file=str(env_file))
+    assert str(e.value) == (f"{env_file}:2={shown}: expected a line of the form NAME=value "
+                            "(the rest of the line is not shown: it may hold a secret)")
