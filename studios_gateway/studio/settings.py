@@ -166,17 +166,20 @@ def load_client_settings(environ: Mapping[str, str],
     workdir = (get("CONNECT_TOOL_WORKDIR") or "").strip()
     if workdir and not workdir.startswith("/"):
         raise ConfigError("CONNECT_TOOL_WORKDIR", workdir, "an absolute directory path")
-    preset_text = (get("CONNECT_TOOL_PRESET") or "on").strip().lower()
+    preset_given = get("CONNECT_TOOL_PRESET") or "on"
+    preset_text = preset_given.strip().lower()
     if preset_text not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
-        raise ConfigError("CONNECT_TOOL_PRESET", preset_text, "on or off")
+        raise ConfigError("CONNECT_TOOL_PRESET", preset_given, "on or off")
     prefix = (get("CONNECT_TOOL_PATH_PREFIX") or "").strip()
     if prefix and not re.fullmatch(r"/|/[A-Za-z0-9_./-]*/", prefix):  # "/": served at the root
         raise ConfigError("CONNECT_TOOL_PATH_PREFIX", prefix,
                           "a path that starts and ends with /, such as / or /_studio/<id>/")
-    level = (get("CONNECT_CLIENT_LOG_LEVEL") or "info").strip().lower()
+    level_given = get("CONNECT_CLIENT_LOG_LEVEL") or "info"
+    level = level_given.strip().lower()
     level = {"warning": "warn"}.get(level, level)
     if level not in CLIENT_LEVELS:
-        raise ConfigError("CONNECT_CLIENT_LOG_LEVEL", level, f"one of {', '.join(CLIENT_LEVELS)}")
+        raise ConfigError("CONNECT_CLIENT_LOG_LEVEL", level_given,
+                          f"one of {', '.join(CLIENT_LEVELS)}")
     version = (get("CONNECT_CLIENT_VERSION") or str(CONNECT_PROTOCOL_VERSION)).strip()
     if not re.fullmatch(r"[0-9]{1,4}\.[0-9]{1,4}(\.[0-9]{1,4})?", version):
         raise ConfigError("CONNECT_CLIENT_VERSION", version, "a version such as 0.12 or 0.12.1")

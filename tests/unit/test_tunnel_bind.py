@@ -268,3 +268,14 @@ def test_the_path_prefix_may_be_the_root(prefix: str, ok: bool) -> None:
     else:
         with pytest.raises(ConfigError, match="CONNECT_TOOL_PATH_PREFIX"):
             load_client_settings(env)
+
+
+@pytest.mark.parametrize("name,value", [("CONNECT_TOOL_PRESET", "Maybe "),
+                                        ("CONNECT_CLIENT_LOG_LEVEL", "VERBOSE")])
+def test_client_errors_quote_the_value_as_given(name: str, value: str) -> None:
+    """These two were quoted lower-cased and stripped, unlike every other setting."""
+    env = {"CONNECT_GATEWAY_URL": "gw:7070", "CONNECT_SESSION_ID": "abcd1234",
+           "CONNECT_SESSION_TOKEN": "k" * 20, "CONNECT_TOOL_PORT": "8888", name: value}
+    with pytest.raises(ConfigError) as e:
+        load_client_settings(env)
+    assert str(e.value).startswith(f"{name}={value!r}: expected ")
