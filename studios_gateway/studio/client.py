@@ -298,10 +298,13 @@ class ConnectClient(Service):
             self._said, self._said_at = key, now
         return self._loud
 
-    def _failure(self, level: str, key: str, log_format: str, **kw: Any) -> None:
+    def _failure(self, level: str, key: str, log_format: str, *, every_time: bool = False,
+                 **kw: Any) -> None:
         """A failed attempt: said at `level` (with the attempts so far when it repeats), or
-        at debug (see _say_again)."""
-        if not self._say_again(key):
+        at debug (see _say_again). `every_time`: said at every attempt all the same (a
+        certificate that names another host: a person must act, and may be reading only
+        errors)."""
+        if not self._say_again(key) and not every_time:
             self._log.debug(log_format, **kw)
             return
         if self._attempts > 1:
@@ -474,7 +477,7 @@ class ConnectClient(Service):
                 if why is not None:
                     self._failure("error", f"verify {gateway} {why}",
                                   "cannot verify gateway {gw}: {why}; trying again",
-                                  gw=str(gateway), why=why)
+                                  every_time=True, gw=str(gateway), why=why)
                 else:
                     self._failure("info", f"reach {gateway} {f.getErrorMessage()}",
                                   "cannot reach gateway {gw}: {why}", gw=str(gateway),
@@ -575,7 +578,7 @@ class ConnectClient(Service):
         if why is not None:
             self._failure("error", f"verify {protocol.gateway} {why}",
                           "cannot verify gateway {gw}: {why}; trying again",
-                          gw=str(protocol.gateway), why=why)
+                          every_time=True, gw=str(protocol.gateway), why=why)
         elif refusal is not None:
             self._failure("warn", f"refused {refusal.code} {refusal.reason}",
                           "the gateway refused the bind for now: {code}: {reason}",
