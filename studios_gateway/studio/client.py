@@ -518,9 +518,12 @@ class ConnectClient(Service):
         reply = protocol.reply
         seen = (f" (routing {reply.routing}, browsers open {reply.public_url})"
                 if reply is not None and reply.routing else "")
-        self._set_state("bound", "session {sid} bound to gateway {gw}{seen}; serving the tool "
-                        "on port {port}", sid=self.settings.session_id, gw=str(protocol.gateway),
-                        seen=seen, port=self.settings.tool_port)
+        # A tool started at the first bind is not up yet: say so, not that it is served.
+        serving = ("starting the tool, on port {port}" if self.bind_first and not self.ready.called
+                   else "serving the tool on port {port}")
+        self._set_state("bound", "session {sid} bound to gateway {gw}{seen}; " + serving,
+                        sid=self.settings.session_id, gw=str(protocol.gateway), seen=seen,
+                        port=self.settings.tool_port)
         if not self.ready.called:
             self.ready.callback(None)
         waiters, self._bound_waiters = self._bound_waiters, []

@@ -69,3 +69,23 @@ def test_a_new_failure_is_said_at_once() -> None:
         clock.advance(client._pending.getTime() - clock.seconds())
     failures = [line for line in said(events) if "cannot reach" in line]
     assert len(failures) == 2 and "refused" in failures[0] and "timed out" in failures[1]
+
+
+def test_a_tool_started_at_the_bind_is_not_said_to_be_served_yet() -> None:
+    """The bind line said 'serving the tool' while a bind-first tool had not started."""
+    from twisted.internet.testing import StringTransport
+
+    from studios_gateway.studio.client import TunnelClientProtocol
+    from studios_gateway.studio.settings import Gateway
+    from studios_gateway.wire.bind import BindReply
+
+    for bind_first, words in ((True, "starting the tool, on port 8888"),
+                              (False, "serving the tool on port 8888")):
+        client = ConnectClient(load_client_settings(ENV), Clock(), bind_first=bind_first)
+        client.running = True
+        protocol = TunnelClientProtocol(client, Gateway("127.0.0.1", 7070))
+        with capturedLogs() as events:
+            protocol.makeConnection(StringTransport())
+            protocol.dataReceived(BindReply(ok=True).encode())
+        bound = [line for line in said(events) if " bound to gateway " in line]
+        assert len(bound) == 1 and bound[0].endswith(words), bound
