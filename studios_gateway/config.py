@@ -43,6 +43,18 @@ def redact_password(text: str) -> str:
     return f"{scheme}{sep}{user}:{REDACTED}@{host}{rest[end:]}"
 
 
+#: The most of a value an error message quotes; a longer one is cut, with its length.
+QUOTED_MOST = 80
+
+
+def _quoted(value: str) -> str:
+    """A value as an error message quotes it: ``repr`` of at most QUOTED_MOST characters
+    (a 5000-digit number is not repeated in full on the operator's screen)."""
+    if len(value) <= QUOTED_MOST:
+        return repr(value)
+    return f"{value[:QUOTED_MOST]!r}... ({len(value)} characters)"
+
+
 class ConfigError(ValueError):
     """One invalid setting: names the variable, the value as given and what is expected."""
 
@@ -53,7 +65,7 @@ class ConfigError(ValueError):
         if value is None:
             shown = " (not set)"
         else:
-            shown = "=" + (REDACTED if secret and value else repr(redact_password(value)))
+            shown = "=" + (REDACTED if secret and value else _quoted(redact_password(value)))
         super().__init__(f"{name}{shown}: expected {expected}")
 
     @property
@@ -103,12 +115,20 @@ def _bool_empty_false(text: str) -> bool:
     return False if text.strip() == "" else _bool(text)
 
 
+def _whole(digits: str) -> int | None:
+    """A run of decimal digits as a number; None when it is longer than any setting could
+    use (Python refuses to convert more than 4300 digits, with a message of its own)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 30 else None
+
+
 def _int_range(lo: int, hi: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         s = text.strip()
-        if not re.fullmatch(r"[0-9]+", s) or not lo <= int(s) <= hi:
+        n = _whole(s) if re.fullmatch(r"[0-9]+", s) else None
+        if n is None or not lo <= n <= hi:
             raise ValueError(f"a whole number from {lo} to {hi}")
-        return int(s)
+        return n
 
     return parse
 
@@ -120,14 +140,47 @@ def _optional_port(text: str) -> int | None:
     return None if text.strip() == "" else _port(text)
 
 
+SIZE_EXPECTED = "a size in bytes such as 262144, 256KiB, 6MiB or 1GiB"
+#: Every parser of a size (describe() writes their values in KiB/MiB/GiB).
+_SIZE_PARSERS: list[Callable[[str], int]] = []
+
+
 def _size(text: str) -> int:
     """Bytes, with an optional binary suffix: 6MiB, 256KiB, 1GiB, 4096."""
     m = re.fullmatch(r"([0-9]+)\s*(|b|k|kib|m|mib|g|gib)", text.strip().lower())
-    if not m:
-        raise ValueError("a size in bytes such as 262144, 256KiB, 6MiB or 1GiB")
+    n = _whole(m.group(1)) if m else None
+    if m is None or n is None:
+        raise ValueError(SIZE_EXPECTED)
     mult = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1 << 20, "mib": 1 << 20,
             "g": 1 << 30, "gib": 1 << 30}[m.group(2)]
-    return int(m.group(1)) * mult
+    return n * mult
+
+
+_SIZE_PARSERS.append(_size)
+
+
+def _size_range(lo: int, hi: int | None = None, why: str = "") -> Callable[[str], int]:
+    """A size from `lo` to `hi` bytes (no upper bound when None); `why` follows the range
+    in the message."""
+    if hi is None:
+        bounds = "greater than zero" if lo == 1 else f"of at least {format_size(lo)}"
+    elif lo == 1:
+        bounds = f"at most {format_size(hi)}"
+    else:
+        bounds = f"from {format_size(lo)} to {format_size(hi)}"
+    expected = f"a size {bounds} (in bytes, or with KiB, MiB or GiB){why}"
+
+    def parse(text: str) -> int:
+        try:
+            n = _size(text)
+        except ValueError:
+            raise ValueError(expected) from None
+        if n < lo or (hi is not None and n > hi):
+            raise ValueError(expected)
+        return n
+
+    _SIZE_PARSERS.append(parse)  # shown in KiB/MiB/GiB by describe()
+    return parse
 
 
 def format_size(n: int) -> str:
@@ -152,7 +205,7 @@ def _positive_duration(text: str) -> float:
 def _address(text: str) -> tuple[str, int]:
     """``:2222``, ``0.0.0.0:2222``, ``[::1]:2222`` -> (host, port); empty host = all."""
     s = text.strip()
-    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):([0-9]+)", s)
+    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-_]*)):([0-9]+)", s)
     if not m:
         raise ValueError("an address such as :2222, 0.0.0.0:2222 or [::1]:2222")
     host = m.group(1) or m.group(2) or ""
@@ -302,7 +355,11 @@ def _bind_address(text: str) -> str:
 
 def _readable_file(text: str) -> str:
     p = Path(text.strip())
-    if not text.strip() or not p.is_file() or not os.access(p, os.R_OK):
+    try:
+        readable = bool(text.strip()) and p.is_file() and os.access(p, os.R_OK)
+    except (OSError, ValueError):  # a name too long for the system, a NUL byte
+        readable = False
+    if not readable:
         raise ValueError("the path of a readable file")
     return str(p)
 
@@ -348,6 +405,12 @@ MANAGEMENT_KEY_MIN = 16
 
 
 # --- the variable table -------------------------------------------------------
+
+#: A request line or head: held in memory per connection while it arrives, so bounded.
+_HEAD_SIZE = _size_range(1, 1 << 20)
+#: A quota or bandwidth: 0 would read as "no limit" to some and "nothing" to others, so
+#: neither; unset is no limit.
+_NO_ZERO_SIZE = _size_range(1, None, "; leave it unset for no limit")
 
 
 @dataclass(frozen=True)
@@ -483,11 +546,12 @@ VARIABLES: tuple[Var, ...] = (
        "Route by path (/_studio/<id>/) on the proxy host instead of per-studio subdomains.",
        seed=False, section="proxy"),
     # HTTP proxy limits (ours)
-    _v("CONNECT_HTTP_MAX_REQUEST_LINE", "http_max_request_line", "8KiB", _size,
-       "Longest request line the HTTP proxy accepts (longer: 414).", seed=False,
+    _v("CONNECT_HTTP_MAX_REQUEST_LINE", "http_max_request_line", "8KiB", _HEAD_SIZE,
+       "Longest request line the HTTP proxy accepts (longer: 414); at most 1MiB.", seed=False,
        section="http"),
-    _v("CONNECT_HTTP_MAX_HEADER_SIZE", "http_max_header_size", "64KiB", _size,
-       "Largest request head (request line and header fields; larger: 431).", seed=False,
+    _v("CONNECT_HTTP_MAX_HEADER_SIZE", "http_max_header_size", "64KiB", _HEAD_SIZE,
+       "Largest request head (request line and header fields; larger: 431); at most 1MiB.",
+       seed=False,
        section="http"),
     _v("CONNECT_HTTP_MAX_HEADERS", "http_max_headers", "100", _int_range(1, 10_000),
        "Most header fields in one request (more: 431).", seed=False, section="http"),
@@ -542,8 +606,10 @@ VARIABLES: tuple[Var, ...] = (
        "then); CONNECT_SSH_HANDSHAKE_TIMEOUT still bounds the whole login.", seed=False,
        section="ssh"),
     # Tunnel tuning and cluster (ours)
-    _v("CONNECT_TUNNEL_WINDOW_SIZE", "tunnel_window_size", "6MiB", _size,
-       "Per-stream flow-control window of a tunnel.", seed=False, section="tunnel"),
+    _v("CONNECT_TUNNEL_WINDOW_SIZE", "tunnel_window_size", "6MiB",
+       _size_range(256 * 1024, 1 << 30, "; 256KiB is the yamux initial window"),
+       "Per-stream flow-control window of a tunnel: 256KiB to 1GiB.", seed=False,
+       section="tunnel"),
     _v("CONNECT_TUNNEL_PING_INTERVAL", "tunnel_ping_interval", "10s", _positive_duration,
        "How often each end of a tunnel pings the other (told to the studio at bind).",
        seed=False, section="tunnel"),
@@ -593,16 +659,18 @@ VARIABLES: tuple[Var, ...] = (
        seed=False, section="operations"),
     _v("CONNECT_QUOTA_WINDOW", "quota_window", "24h", _positive_duration,
        "Rolling window of the transfer quotas.", seed=False, section="operations"),
-    _v("CONNECT_QUOTA_USER_BYTES", "quota_user_bytes", None, _size,
+    _v("CONNECT_QUOTA_USER_BYTES", "quota_user_bytes", None, _NO_ZERO_SIZE,
        "Bytes one user may move (both ways, every session, every node) per window; over it "
-       "new requests get 429 and WebSocket and SSH connections stop. Unset: no limit.",
+       "new requests get 429 and WebSocket and SSH connections stop. Unset: no limit (0 is "
+       "refused).",
        seed=False, section="operations"),
-    _v("CONNECT_QUOTA_SESSION_BYTES", "quota_session_bytes", None, _size,
+    _v("CONNECT_QUOTA_SESSION_BYTES", "quota_session_bytes", None, _NO_ZERO_SIZE,
        "Bytes one session may move (both ways, every user, every node) per window. Unset: "
-       "no limit.", seed=False, section="operations"),
-    _v("CONNECT_QUOTA_SESSION_BANDWIDTH", "quota_session_bandwidth", None, _size,
+       "no limit (0 is refused).", seed=False, section="operations"),
+    _v("CONNECT_QUOTA_SESSION_BANDWIDTH", "quota_session_bandwidth", None, _NO_ZERO_SIZE,
        "Bytes per second one session may move on one node (HTTP, WebSockets and SSH "
-       "together, each direction counted); reads are paused to keep to it. Unset: no cap.",
+       "together, each direction counted); reads are paused to keep to it. Unset: no cap (0 "
+       "is refused).",
        seed=False, section="operations"),
 )
 
@@ -828,7 +896,7 @@ def _show(var: Var, value: Any) -> str:
         return REDACTED
     if var.parse in (_duration, _positive_duration):
         return format_setting(value)
-    if var.parse is _size:
+    if var.parse in _SIZE_PARSERS:
         return format_size(value)
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -863,7 +931,13 @@ def read_env_file(path: str) -> dict[str, str]:
         key, sep, value = line.partition("=")
         key = key.strip()
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise ConfigError(f"{path}:{lineno}", raw, "a line of the form NAME=value")
+            # The name as written, not the rest: a line gone wrong can hold a secret
+            # ('CONNECT_REDIS_PASSWORD: ...').
+            name = re.split(r"[=:\s]", line, maxsplit=1)[0]
+            shown = name + (" " + REDACTED if line[len(name):].strip() else "")
+            raise ConfigError(f"{path}:{lineno}", shown,
+                              "a line of the form NAME=value (the rest of the line is not "
+                              "shown: it may hold a secret)")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
@@ -980,8 +1054,6 @@ def _contradictions(cfg: Config) -> list[ConfigError]:
                f"CONNECT_HTTP_MAX_HEADER_SIZE ({cfg.raw.get('CONNECT_HTTP_MAX_HEADER_SIZE')})")
     if cfg.quota_window < 12:
         refuse("CONNECT_QUOTA_WINDOW", "a duration of at least 12s")
-    if cfg.tunnel_window_size < 256 * 1024:
-        refuse("CONNECT_TUNNEL_WINDOW_SIZE", "at least 256KiB (the yamux initial window)")
     ports = {"CONNECT_HTTP_PORT": cfg.http_port, "CONNECT_TUNNEL_PORT": cfg.tunnel_port,
              "CONNECT_LISTENER_PORT": cfg.listener_port}
     if cfg.management_port is not None:

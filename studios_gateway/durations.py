@@ -13,24 +13,31 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _WHOLE = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h|d))+")
 
+#: The longest duration any setting takes: a year. Longer ones are typing mistakes (and
+#: far beyond what a timer, a cookie's expiry or a date can hold: 10**400 seconds is not
+#: a number at all).
+MAX_SECONDS = 365 * 86400.0
+
 #: What every error message says is expected.
-EXPECTED = "a duration such as 90s, 2m, 1h or 1h30m (units ms, s, m, h, d)"
+EXPECTED = "a duration such as 90s, 2m, 1h or 1h30m (units ms, s, m, h, d; at most 365d)"
 
 
 def parse_duration(text: str) -> float:
     """Return the duration in seconds, or raise ValueError saying what is expected."""
     s = text.strip().lower()
     if re.fullmatch(r"[0-9]+", s):
-        return float(int(s))
+        s += "s"
     if not s or not _WHOLE.fullmatch(s):
         raise ValueError(EXPECTED)
     total = 0.0
     seen: set[str] = set()
     for number, unit in _PART.findall(s):
-        if unit in seen:
+        if unit in seen or len(number) > 30:
             raise ValueError(EXPECTED)
         seen.add(unit)
         total += float(number) * _UNITS[unit]
+    if not total <= MAX_SECONDS:
+        raise ValueError(EXPECTED)
     return total
 
 

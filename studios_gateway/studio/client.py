@@ -60,9 +60,10 @@ STEADY_JITTER = 0.1
 # The old tunnel keeps serving meanwhile.
 GOAWAY_SPREAD = BACKOFF_MAX
 TOOL_POLL = 0.5
-# While a gateway stays unreachable, the same failure is said at info once, then again
-# at most once per REPEAT_EVERY with the count of attempts (the others at debug): an hour
-# away costs a studio's log ~60 lines, not three per attempt (~1,350).
+# While a gateway stays unreachable (or refuses, or fails its check), the same failure is
+# said at its level once, then again at most once per REPEAT_EVERY with the count of
+# attempts (the others at debug): an hour away costs a studio's log ~120 lines, not three
+# per attempt (~1,350).
 REPEAT_EVERY = 60.0
 CONNECT_TIMEOUT = 10  # seconds for the TCP connection to a gateway (or its HTTPS proxy)
 # Until its bind is answered, a connection to a gateway (or its HTTPS proxy) is ended
@@ -72,6 +73,8 @@ CONNECT_TIMEOUT = 10  # seconds for the TCP connection to a gateway (or its HTTP
 SILENT_HOST = (20, 5, 3)
 TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)starting
 TOOL_START_WAIT = 120.0  # how long a stream waits for a preset's tool to become ready
+#: A tool that has not opened its port for this long is said to be late, once.
+TOOL_SLOW_NOTICE = 30.0
 
 
 def quiet_factory(make: Callable[[], Protocol]) -> Factory[Protocol]:
@@ -281,19 +284,53 @@ class ConnectClient(Service):
         self._bound_waiters: list[Deferred[TunnelClientProtocol]] = []
         self._tool_down_since: float | None = None  # when the tool began refusing
         self._unknown_since: float | None = None  # when unknown_session was first heard
-        # Attempts that failed to reach a gateway since the last bind, when the first of
-        # them failed, and what was last said of them at info (and when).
-        self._misses = 0
+        self._tool_wait_since = 0.0  # when the wait for the tool's port began
+        # Failed attempts since the last bind (the first of them at _missing_since), and
+        # the last failure said at its level (see _say_again); _loud: the current
+        # attempt's lines are said at info.
+        self._attempts = 0
         self._missing_since = 0.0
-        self._said: tuple[str, float] | None = None
+        self._said: str | None = None
+        self._said_at = 0.0
+        self._loud = True
+        self._tool_wait_noticed = False  # the one "still waiting" line was written
 
-    def _set_state(self, state: str, log_format: str, **kw: Any) -> None:
+    def _set_state(self, state: str, log_format: str, *, quiet: bool = False,
+                   **kw: Any) -> None:
+        """Enter `state`, saying so (at debug when `quiet`: a retry nobody needs to read)."""
         if state != self.state:
             self.state = state
-            # Dialling and waiting again while a gateway stays unreachable: at debug (the
-            # failure's own line says it, see _unreachable).
-            quiet = self._misses > 1 and state in ("connecting", "backing-off")
             (self._log.debug if quiet else self._log.info)(log_format, **kw)
+
+    def _say_again(self, key: str) -> bool:
+        """Whether a retry's failure (named by `key`) is worth a line now: the first time,
+        when it changes, then once per REPEAT_EVERY. Otherwise it goes to debug, and so does
+        the reconnecting line after it (the connecting line is said for the first attempt
+        only): an unreachable gateway wrote three lines every few seconds, for as long as
+        it was away."""
+        self._attempts += 1
+        now = self.clock.seconds()
+        if self._attempts == 1:
+            self._missing_since = now
+        self._loud = key != self._said or now - self._said_at >= REPEAT_EVERY
+        if self._loud:
+            self._said, self._said_at = key, now
+        return self._loud
+
+    def _failure(self, level: str, key: str, log_format: str, *, every_time: bool = False,
+                 **kw: Any) -> None:
+        """A failed attempt: said at `level` (with the attempts so far when it repeats), or
+        at debug (see _say_again). `every_time`: said at every attempt all the same (a
+        certificate that names another host: a person must act, and may be reading only
+        errors)."""
+        if not self._say_again(key) and not every_time:
+            self._log.debug(log_format, **kw)
+            return
+        if self._attempts > 1:
+            log_format += " ({attempts} attempts in {since:.0f}s; still trying)"
+            kw["attempts"] = self._attempts
+            kw["since"] = self.clock.seconds() - self._missing_since
+        getattr(self._log, level)(log_format, **kw)
 
     # Lifecycle ---------------------------------------------------------------
 
@@ -400,6 +437,8 @@ class ConnectClient(Service):
     def _wait_for_tool(self) -> None:
         if not self.running:
             return
+        if self.state != "waiting-for-tool":
+            self._tool_wait_since, self._tool_wait_noticed = self.clock.seconds(), False
         self._set_state("waiting-for-tool", "waiting for the tool to accept connections on "
                         "port {port}", port=self.settings.tool_port)
 
@@ -409,7 +448,17 @@ class ConnectClient(Service):
                            port=self.settings.tool_port)
             self._connect()
 
-        def down(_: Failure) -> None:
+        def down(f: Failure) -> None:
+            waited = self.clock.seconds() - self._tool_wait_since
+            if not self._tool_wait_noticed and waited >= TOOL_SLOW_NOTICE:
+                # Once: a person reading the container's log learns it is stuck, and why
+                # it usually is (a tool on its own default port, or not started at all).
+                self._tool_wait_noticed = True
+                self._log.warn("the tool is not accepting connections on 127.0.0.1:{port} "
+                               "after {secs:.0f}s ({why}); still waiting. The tool must listen "
+                               "on CONNECT_TOOL_PORT ({port}), on 127.0.0.1 or all interfaces",
+                               port=self.settings.tool_port, secs=waited,
+                               why=f.getErrorMessage())
             if self.running:
                 self._pending = self.clock.callLater(TOOL_POLL, self._wait_for_tool)
 
@@ -426,7 +475,8 @@ class ConnectClient(Service):
         if not self.running:
             return
         gateway = self.settings.gateways[self._gateway_index % len(self.settings.gateways)]
-        self._set_state("connecting", "connecting to gateway {gw}", gw=str(gateway))
+        self._set_state("connecting", "connecting to gateway {gw}", gw=str(gateway),
+                        quiet=self._attempts > 0)  # said for the first attempt of a run
         self._state_gateway = gateway
         factory = ClientFactory.forProtocol(lambda: self.protocol_class(self, gateway))
         factory.noisy = False
@@ -447,8 +497,9 @@ class ConnectClient(Service):
                     self._stop_for(f"cannot verify gateway {gateway}: {why}")
                     return
                 if why is not None:
-                    self._log.error("cannot verify gateway {gw}: {why}; trying again",
-                                   gw=str(gateway), why=why)
+                    self._failure("error", f"verify {gateway} {why}",
+                                  "cannot verify gateway {gw}: {why}; trying again",
+                                  every_time=True, gw=str(gateway), why=why)
                 else:
                     self._unreachable(gateway, f)
                 self._gateway_index += 1  # the next attempt tries the next gateway listed
@@ -480,41 +531,29 @@ class ConnectClient(Service):
 
     def _unreachable(self, gateway: Gateway, f: Failure | None, why: str = "") -> None:
         """An attempt that got no bind answered (no connection, or one that ended first;
-        ``why`` when given says it): said at info the first time, when the gateway or
-        the reason changes, and every REPEAT_EVERY with the count; at debug otherwise."""
-        now = self.clock.seconds()
+        ``why`` when given says it), in plain words, said as :meth:`_failure` says."""
         if not why and f is not None and f.check(error.TimeoutError):
             why = f"no answer within {CONNECT_TIMEOUT:g}s"  # Twisted: "User timeout ..."
         elif not why:
             why = f.getErrorMessage() if f is not None else "closed"
-        self._misses += 1
-        if self._misses == 1:
-            self._missing_since = now
-        said = self._said
-        what = f"{gateway}: {why}"
-        if said is not None and said[0] == what and now - said[1] < REPEAT_EVERY:
-            self._log.debug("cannot reach gateway {gw}: {why}", gw=str(gateway), why=why)
-            return
-        self._said = (what, now)
-        if self._misses == 1:
-            self._log.info("cannot reach gateway {gw}: {why}", gw=str(gateway), why=why)
-        else:
-            self._log.info("cannot reach gateway {gw}: {why} ({n} attempts in {since:.0f}s; "
-                           "still trying)", gw=str(gateway), why=why, n=self._misses,
-                           since=now - self._missing_since)
+        self._failure("info", f"reach {gateway} {why}", "cannot reach gateway {gw}: {why}",
+                      gw=str(gateway), why=why)
 
     def bound(self, protocol: TunnelClientProtocol) -> None:
         self.backoff.reset()
-        self._misses, self._said = 0, None
+        self._attempts, self._said, self._loud = 0, None, True
         self._unknown_since = None
         if self.on_bind is not None and protocol.reply is not None:
             self.on_bind(protocol.reply)
         reply = protocol.reply
         seen = (f" (routing {reply.routing}, browsers open {reply.public_url})"
                 if reply is not None and reply.routing else "")
-        self._set_state("bound", "session {sid} bound to gateway {gw}{seen}; serving the tool "
-                        "on port {port}", sid=self.settings.session_id, gw=str(protocol.gateway),
-                        seen=seen, port=self.settings.tool_port)
+        # A tool started at the first bind is not up yet: say so, not that it is served.
+        serving = ("starting the tool, on port {port}" if self.bind_first and not self.ready.called
+                   else "serving the tool on port {port}")
+        self._set_state("bound", "session {sid} bound to gateway {gw}{seen}; " + serving,
+                        sid=self.settings.session_id, gw=str(protocol.gateway), seen=seen,
+                        port=self.settings.tool_port)
         if not self.ready.called:
             self.ready.callback(None)
         waiters, self._bound_waiters = self._bound_waiters, []
@@ -570,11 +609,13 @@ class ConnectClient(Service):
             self._stop_for(f"cannot verify gateway {protocol.gateway}: {why}")
             return
         if why is not None:
-            self._log.error("cannot verify gateway {gw}: {why}; trying again",
-                           gw=str(protocol.gateway), why=why)
+            self._failure("error", f"verify {protocol.gateway} {why}",
+                          "cannot verify gateway {gw}: {why}; trying again",
+                          every_time=True, gw=str(protocol.gateway), why=why)
         elif refusal is not None:
-            self._log.warn("the gateway refused the bind for now: {code}: {reason}",
-                           code=refusal.code, reason=refusal.reason)
+            self._failure("warn", f"refused {refusal.code} {refusal.reason}",
+                          "the gateway refused the bind for now: {code}: {reason}",
+                          code=refusal.code, reason=refusal.reason)
         elif protocol.reply is None:  # connected, then nothing: a silent host, a reset
             self._unreachable(protocol.gateway, reason, "the connection ended before the "
                               f"bind was answered ({broke(reason) or 'closed'})")
@@ -611,7 +652,8 @@ class ConnectClient(Service):
         if not self.running:
             return
         delay = self.backoff.next_delay()
-        self._set_state("backing-off", "reconnecting in {delay:.1f}s", delay=delay)
+        self._set_state("backing-off", "reconnecting in {delay:.1f}s", delay=delay,
+                        quiet=not self._loud)
         self._log.debug("next attempt in {delay:.2f}s", delay=delay)
         self._pending = self.clock.callLater(delay, self._connect)
 

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from twisted.internet import process
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
@@ -136,6 +137,57 @@ def child_environment(environ: Mapping[str, str], tool_port: int, prefix: str) -
     env["CONNECT_TOOL_PORT"] = str(tool_port)
     env["CONNECT_TOOL_PATH_PREFIX"] = prefix
     return env
+
+
+def reap_orphans(handlers: Mapping[int, Any] | None = None) -> int:
+    """Reap every child that has exited but is not one of Twisted's processes; returns how
+    many. A child Twisted spawned (the tool, ``xpra stop``, an SSH shell) is reaped by
+    Twisted's own handler, so its exit status still reaches its protocol.
+
+    As a container's entry point studios-connect is PID 1, which inherits every process
+    whose parent dies (a job a terminal left in the background, what a tool's worker
+    started): unreaped, each would stay a zombie for the studio's life and use up pids.
+    """
+    handlers = process.reapProcessHandlers if handlers is None else handlers
+    reaped = 0
+    handed: set[int] = set()
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return reaped
+        if info is None:
+            return reaped
+        handler = handlers.get(info.si_pid)
+        if handler is None:
+            os.waitpid(info.si_pid, os.WNOHANG)
+            reaped += 1
+        elif info.si_pid in handed:  # Twisted left it (it never does): no spinning
+            return reaped
+        else:
+            handed.add(info.si_pid)
+            handler.reapProcess()  # Twisted's: processEnded gets the status
+
+
+def install_orphan_reaping(reactor: Any) -> None:
+    """Reap orphans (see :func:`reap_orphans`) at every SIGCHLD, in the reactor thread, and
+    once now. Twisted's own SIGCHLD handling (its wake-up of the loop) is kept."""
+    previous = signal.getsignal(signal.SIGCHLD)
+
+    def handler(signum: int, frame: Any) -> None:
+        if callable(previous):
+            previous(signum, frame)
+        reactor.callFromThread(_reap_and_say)
+
+    signal.signal(signal.SIGCHLD, handler)
+    signal.siginterrupt(signal.SIGCHLD, False)
+    _reap_and_say()
+
+
+def _reap_and_say() -> None:
+    n = reap_orphans()
+    if n:
+        ToolChild._log.debug("reaped {n} orphaned process(es)", n=n)
 
 
 def install_signal_forwarding(reactor: Any, on_signal: Callable[[int], Any]) -> None:

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogBeginner,
@@ -32,6 +34,10 @@ from twisted.logger import (
 
 from studios_gateway.config import ConfigError
 from studios_gateway.wire import tools
+
+#: The exit status for a setting that is wrong and for a gateway's final refusal of the
+#: studio (a wrong token, a deleted session, an incompatible version, a pin mismatch).
+EXIT_REFUSED = 2
 
 OPTION_VARS = {"connect": "CONNECT_STRING", "gateway": "CONNECT_GATEWAY_URL",
                "session": "CONNECT_SESSION_ID", "tool_port": "CONNECT_TOOL_PORT",
@@ -46,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Connect a studio to a studios gateway: hold a tunnel and serve the tool "
                     "through it. Options override CONNECT_* environment variables.",
         epilog="With `-- COMMAND ...`, run the tool as a child: CONNECT_TOOL_PORT and "
-               "CONNECT_TOOL_PATH_PREFIX are set in its environment, SIGTERM is passed on "
-               "(SIGKILL after 30s), and the exit status is the tool's. docs/studios.md "
+               "CONNECT_TOOL_PATH_PREFIX are set in its environment (it starts at the first "
+               "bind, which says the prefix, unless CONNECT_TOOL_PATH_PREFIX is given), "
+               "SIGTERM is passed on "
+               "(SIGKILL after 30s), and the exit status is the tool's; 2 when the gateway "
+               "refuses the studio for good (the tool is then stopped). docs/studios.md "
                "lists every CONNECT_* variable (CONNECT_TOOL_WORKDIR, CONNECT_TOOL_PRESET, "
                "...).")
     p.add_argument("--connect", metavar="STRING",
@@ -145,16 +154,23 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     from studios_gateway.studio.entrypoint import (
         ToolChild,
         child_environment,
+        install_orphan_reaping,
         install_signal_forwarding,
         resolve_argv,
     )
+    from studios_gateway.studio.presets.launcher import routed_prefix
     from studios_gateway.studio.ssh import StudioSSH
 
+    log = Logger(namespace="studios_gateway.studio.main")
+
     status = {"code": 0}
+    refused: list[str] = []  # the gateway's final refusal, once there is one
     child: ToolChild | None = None
 
     def finish(code: int) -> None:
-        status["code"] = code
+        # A tool stopped because the gateway refused the studio for good exits as we
+        # made it; the container's status says why it ended.
+        status["code"] = EXIT_REFUSED if refused else code
         if client.running:
             client.stopService()
         if reactor.running:
@@ -162,20 +178,50 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
 
     def fatal(message: str) -> None:
         print(f"studios-connect: {message}", file=sys.stderr, flush=True)
+        refused.append(message)
         if child is None:
-            finish(2)
+            finish(EXIT_REFUSED)
+            return
+        # Nobody can reach the tool without the tunnel, and the client will not dial
+        # again: stop the tool as a SIGTERM would, so the container ends instead of
+        # running on unreachable.
+        print("studios-connect: stopping the tool (the studio cannot be reached without "
+              "its tunnel)", file=sys.stderr, flush=True)
+        on_signal(signal.SIGTERM)
 
     ssh = StudioSSH(reactor)  # reachable only through the tunnel, as the gateway
+    # A command of its own (no preset) is told its path prefix in CONNECT_TOOL_PATH_PREFIX.
+    # Only the bind says what it is (/_studio/<id>/ in path mode), so unless the variable
+    # is set, the tool starts at the first bind, as a preset's tool that needs it does.
+    argv: list[str] = []
+    waits_for_bind = launcher is None and bool(command) and not settings.tool_path_prefix
+    started_prefix = {"prefix": settings.tool_path_prefix}
+
+    def start_child(prefix: str) -> None:
+        nonlocal child
+        started_prefix["prefix"] = prefix
+        child = ToolChild(reactor, argv, child_environment(environ, settings.tool_port, prefix))
+        child.start()
+        child.ended.addCallback(finish)
 
     def on_bind(reply: Any) -> None:
         ssh.on_bind(reply)
         if launcher is not None:
             launcher.on_bind(reply)
+        elif waits_for_bind:
+            prefix = routed_prefix(reply) or "/"
+            if child is None:
+                start_child(prefix)
+            elif prefix != started_prefix["prefix"]:
+                log.warn("the gateway now routes this studio under {new} but the tool was "
+                         "started under {old}; restart the studio to follow", new=prefix,
+                         old=started_prefix["prefix"])
 
     client = ConnectClient(settings, reactor, on_fatal=fatal, ssh_target=ssh.ssh_target,
                            on_bind=on_bind,
                            tool_ready=launcher.ready if launcher is not None else None,
-                           bind_first=launcher is not None and launcher.bind_first)
+                           bind_first=(launcher is not None and launcher.bind_first)
+                           or waits_for_bind)
     if launcher is not None:
         def started(tool: ToolChild) -> ToolChild:
             nonlocal child
@@ -190,8 +236,6 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
         except FileNotFoundError as e:
             print(f"studios-connect: {e}", file=sys.stderr)
             return 127
-        child = ToolChild(reactor, argv, child_environment(environ, settings.tool_port,
-                                                           settings.tool_path_prefix))
 
     def on_signal(signum: int) -> None:
         if launcher is not None and child is not None:
@@ -203,12 +247,15 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
 
     def startup() -> None:
         install_signal_forwarding(reactor, on_signal)
+        install_orphan_reaping(reactor)  # PID 1 of a container inherits every orphan
         if launcher is not None:
             if not launcher.bind_first:
                 launcher.start()
-        elif child is not None:
-            child.start()
-            child.ended.addCallback(finish)
+        elif waits_for_bind:
+            log.info("the tool starts once the gateway has said the path it is served under "
+                     "(CONNECT_TOOL_PATH_PREFIX; set it to start the tool at once)")
+        elif command:
+            start_child(settings.tool_path_prefix)
         client.startService()
 
     reactor.callWhenRunning(startup)

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from studios_gateway.config import ConfigError
+from studios_gateway.config import REDACTED, ConfigError
 from studios_gateway.durations import EXPECTED, parse_duration
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
 from studios_gateway.wire import tools
@@ -67,6 +67,28 @@ class ClientSettings:
     proxy_environ: tuple[tuple[str, str], ...] = ()
 
 
+def shown_address(text: str) -> str:
+    """A gateway address or connect string as an error message may quote it: the token
+    (what follows the session id, up to the ``@``) redacted, and the whole text when it
+    has no ``@`` to tell where the token ends (``<id>:<token>`` pasted alone, a string
+    cut short)."""
+    scheme, sep, rest = text.strip().partition("://")
+    if not sep:
+        scheme, rest = "", scheme
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not at:
+        return text if _PLAIN_ADDRESS.fullmatch(rest[:end]) else REDACTED
+    session = userinfo.partition(":")[0] if ":" in userinfo else ""
+    return f"{scheme}{sep}{session + ':' if session else ''}{REDACTED}@{host}{rest[end:]}"
+
+
+#: An address with nothing secret in it: host:port, [v6]:port, or a dotted host name (a
+#: token, URL-safe base64, has no dot).
+_PLAIN_ADDRESS = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+):[0-9]{1,6}"
+                            r"|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+|\[[0-9A-Fa-f:.]+\]")
+
+
 def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | None]:
     """One gateway address; returns it and any session id/token the URL carried."""
     s = text.strip()
@@ -74,18 +96,19 @@ def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | Non
         s = "tls://" + s
     expected = ("host:port, tls://host:port, ws(s)://host[:port]/_connect/tunnel or a connect "
                 "string")
+    shown = shown_address(text)  # never the token, in any error
     try:
         parts = urlsplit(s)
         port = parts.port or {"ws": 80, "wss": 443}.get(parts.scheme)
     except ValueError:
-        raise ConfigError(name, text, expected) from None
+        raise ConfigError(name, shown, expected) from None
     if parts.scheme not in ("tls", "studios-connect", "ws", "wss") or not parts.hostname \
             or not port:
-        raise ConfigError(name, text, expected)
+        raise ConfigError(name, shown, expected)
     pins = parse_qs(parts.query).get("pin", [])
     pin = pins[0] if pins else None
     if pin is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", pin):
-        raise ConfigError(name, text, "pin=sha256:<64 lowercase hex digits>")
+        raise ConfigError(name, shown, "pin=sha256:<64 lowercase hex digits>")
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     if parts.scheme in ("ws", "wss"):
@@ -143,16 +166,20 @@ def load_client_settings(environ: Mapping[str, str],
     workdir = (get("CONNECT_TOOL_WORKDIR") or "").strip()
     if workdir and not workdir.startswith("/"):
         raise ConfigError("CONNECT_TOOL_WORKDIR", workdir, "an absolute directory path")
-    preset_text = (get("CONNECT_TOOL_PRESET") or "on").strip().lower()
+    preset_given = get("CONNECT_TOOL_PRESET") or "on"
+    preset_text = preset_given.strip().lower()
     if preset_text not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
-        raise ConfigError("CONNECT_TOOL_PRESET", preset_text, "on or off")
+        raise ConfigError("CONNECT_TOOL_PRESET", preset_given, "on or off")
     prefix = (get("CONNECT_TOOL_PATH_PREFIX") or "").strip()
-    if prefix and not re.fullmatch(r"/[A-Za-z0-9_./-]*/", prefix):
-        raise ConfigError("CONNECT_TOOL_PATH_PREFIX", prefix, "a path such as /_studio/<id>/")
-    level = (get("CONNECT_CLIENT_LOG_LEVEL") or "info").strip().lower()
+    if prefix and not re.fullmatch(r"/|/[A-Za-z0-9_./-]*/", prefix):  # "/": served at the root
+        raise ConfigError("CONNECT_TOOL_PATH_PREFIX", prefix,
+                          "a path that starts and ends with /, such as / or /_studio/<id>/")
+    level_given = get("CONNECT_CLIENT_LOG_LEVEL") or "info"
+    level = level_given.strip().lower()
     level = {"warning": "warn"}.get(level, level)
     if level not in CLIENT_LEVELS:
-        raise ConfigError("CONNECT_CLIENT_LOG_LEVEL", level, f"one of {', '.join(CLIENT_LEVELS)}")
+        raise ConfigError("CONNECT_CLIENT_LOG_LEVEL", level_given,
+                          f"one of {', '.join(CLIENT_LEVELS)}")
     version = (get("CONNECT_CLIENT_VERSION") or str(CONNECT_PROTOCOL_VERSION)).strip()
     if not re.fullmatch(r"[0-9]{1,4}\.[0-9]{1,4}(\.[0-9]{1,4})?", version):
         raise ConfigError("CONNECT_CLIENT_VERSION", version, "a version such as 0.12 or 0.12.1")

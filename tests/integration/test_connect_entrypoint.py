@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from studios_gateway.registry.base import new_token
 from studios_gateway.studio.entrypoint import ToolChild
-from tests.support.gateway import BIN, REPO
+from tests.support.gateway import BIN, REPO, GatewayProcess, base_env, routing_env
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -46,17 +46,29 @@ def test_the_tool_gets_its_port_and_prefix_and_we_exit_with_its_status() -> None
     assert out.split() == ["5555", "/_studio/abcd1234/", "False"]  # the token stays with us
 
 
-def test_sigterm_is_passed_to_the_tool() -> None:
-    proc = connect("""
-        import signal, sys
+# A tool that says "ready", reports the SIGTERM it is stopped with and exits 7 then;
+# with `listen`, it first listens on its port (the client dials the gateway once it
+# accepts).
+def stoppable_tool(listen: bool = False) -> str:
+    return textwrap.dedent(f"""
+        import os, signal, socket, sys
         def stop(signum, frame):
             print("tool got SIGTERM", flush=True)
             sys.exit(7)
         signal.signal(signal.SIGTERM, stop)
+        if {listen}:
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", int(os.environ["CONNECT_TOOL_PORT"])))
+            s.listen()
         print("ready", flush=True)
         while True:
-            signal.pause()
+            s.accept()[0].close() if {listen} else signal.pause()
     """)
+
+
+def test_sigterm_is_passed_to_the_tool() -> None:
+    proc = connect(stoppable_tool())
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"  # the event: the tool is up
@@ -68,6 +80,129 @@ def test_sigterm_is_passed_to_the_tool() -> None:
             proc.wait()
     assert "tool got SIGTERM" in out
     assert proc.returncode == 7, err
+
+
+@pytest.fixture
+def gateway(tmp_path: Any) -> Any:
+    gw = GatewayProcess(tmp_path, base_env(tmp_path))
+    try:
+        gw.wait_healthy()
+        yield gw
+    finally:
+        gw.stop()
+
+
+def _session(gw: GatewayProcess) -> dict[str, Any]:
+    import json
+
+    status, body, _ = gw.request("/api/sessions", method="POST", body={"owner": "alice"})
+    assert status == 201, body
+    return dict(json.loads(body))
+
+
+def _studio(connect_string: str, **env: str) -> subprocess.Popen[str]:
+    """studios-connect with a listening stoppable_tool as its child, for a real gateway."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    full.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                 "CONNECT_STRING": connect_string, "CONNECT_TOOL_PORT": str(free_port()),
+                 **env})
+    # A session of its own: the test can stop studios-connect and its tool together.
+    return subprocess.Popen([str(BIN / "studios-connect"), "--", sys.executable, "-c",
+                             stoppable_tool(listen=True)], env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    """studios-connect and the tool it runs (its process group, which the test made)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
+
+
+def _ended(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """What studios-connect wrote, once it has exited on its own (within 30s)."""
+    try:
+        return proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:  # it ran on with its tool: the defect
+        _kill(proc)
+        raise
+
+
+def _wait_bound(gw: GatewayProcess, sid: str) -> None:
+    """Until the admin API shows the session's tunnel (the event), for up to 30s."""
+    import json
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        status, body, _ = gw.request(f"/api/sessions/{sid}")
+        if status == 200 and json.loads(body).get("connected"):
+            return
+        assert time.monotonic() < deadline, gw.output()[-2000:]
+        time.sleep(0.1)
+
+
+def test_a_wrong_token_stops_the_tool_and_exits_2(gateway: GatewayProcess) -> None:
+    """A final refusal used to leave the tool running and studios-connect with it: a
+    container that never ended, serving nobody."""
+    created = _session(gateway)
+    bad = created["connect_string"].replace(created["token"], "x" * len(created["token"]))
+    proc = _studio(bad, CONNECT_TOOL_PATH_PREFIX="/")  # the prefix given: the tool starts at once
+    out, err = _ended(proc)
+    assert "tool got SIGTERM" in out, (out, err)
+    assert proc.returncode == 2, err
+    assert "the gateway refused the bind: bad_token" in err
+    assert "stopping the tool (the studio cannot be reached without its tunnel)" in err
+
+
+def test_without_a_prefix_a_wrong_token_exits_2_before_the_tool_starts(
+        gateway: GatewayProcess) -> None:
+    created = _session(gateway)
+    bad = created["connect_string"].replace(created["token"], "x" * len(created["token"]))
+    proc = _studio(bad)
+    out, err = _ended(proc)
+    assert "ready" not in out and proc.returncode == 2, (out, err)
+    assert "the gateway refused the bind: bad_token" in err
+
+
+def test_a_command_is_told_the_path_prefix_the_gateway_routes_it_under(tmp_path: Any) -> None:
+    """In path mode a command of its own got CONNECT_TOOL_PATH_PREFIX='' (it was started
+    before the bind said the prefix) and served at / what browsers ask under
+    /_studio/<id>/."""
+    gw = GatewayProcess(tmp_path, routing_env(tmp_path, "path"))
+    try:
+        gw.wait_healthy()
+        created = _session(gw)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+        env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                    "CONNECT_STRING": created["connect_string"],
+                    "CONNECT_TOOL_PORT": str(free_port())})
+        proc = subprocess.run([str(BIN / "studios-connect"), "--", sys.executable, "-c",
+                               "import os; print(repr(os.environ['CONNECT_TOOL_PATH_PREFIX']))"],
+                              env=env, capture_output=True, text=True, timeout=30)
+    finally:
+        gw.stop()
+    assert proc.stdout.strip() == repr(f"/_studio/{created['id']}/"), proc.stderr
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_deleted_session_stops_the_tool_and_exits_2(gateway: GatewayProcess) -> None:
+    created = _session(gateway)
+    proc = _studio(created["connect_string"], CONNECT_UNKNOWN_SESSION_WAIT="0")
+    try:
+        _wait_bound(gateway, created["id"])
+        status, body, _ = gateway.request(f"/api/sessions/{created['id']}", method="DELETE")
+        assert status in (200, 204), body
+    except BaseException:
+        _kill(proc)
+        raise
+    out, err = _ended(proc)
+    assert "tool got SIGTERM" in out, (out, err)
+    assert proc.returncode == 2, err
+    assert "unknown_session" in err
 
 
 def test_missing_command_is_a_clear_error() -> None:
@@ -100,3 +235,56 @@ class KillAfterGrace(TestCase):
             assert pipe.readline().strip() == "ready"  # the event: SIGTERM is ignored now
         status = yield child.terminate(signal.SIGTERM)
         self.assertEqual(status, 128 + signal.SIGKILL)
+
+
+# Makes the command it runs a child subreaper (PR_SET_CHILD_SUBREAPER, kept across exec):
+# orphans of its descendants come to it, as every orphan in a container comes to PID 1.
+AS_SUBREAPER = ("import ctypes, os, sys; "
+                "assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0; "
+                "os.execv(sys.argv[1], sys.argv[1:])")
+
+
+def _children(pid: int) -> dict[int, str]:
+    """pid -> state letter of each child of `pid` ('Z': a zombie nobody reaped)."""
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            for child in f.read().split():
+                try:
+                    with open(f"/proc/{child}/stat") as stat:
+                        out[int(child)] = stat.read().rpartition(")")[2].split()[0]
+                except FileNotFoundError:
+                    pass  # reaped meanwhile
+    return out
+
+
+def test_orphans_are_reaped_and_the_tool_keeps_its_status() -> None:
+    """As PID 1, studios-connect inherits every orphan of the studio; they were never
+    reaped and stayed zombies for the studio's life."""
+    import time
+
+    tool = ("(true &); (true &); (true &); exec " + sys.executable + " -c '"
+            + stoppable_tool().replace("'", "'\"'\"'") + "'")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                "CONNECT_STRING": f"studios-connect://abcd1234:{new_token()}@127.0.0.1:"
+                                  f"{free_port()}/", "CONNECT_TOOL_PORT": str(free_port()),
+                "CONNECT_TOOL_PATH_PREFIX": "/"})  # the tool starts at once, no gateway
+    proc = subprocess.Popen([sys.executable, "-c", AS_SUBREAPER, str(BIN / "studios-connect"),
+                             "--", "/bin/sh", "-c", tool], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"  # the orphans were made before
+        deadline = time.monotonic() + 10
+        while len(states := _children(proc.pid)) > 1:  # until the tool alone is left
+            assert time.monotonic() < deadline, f"children left (Z: a zombie): {states}"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert "tool got SIGTERM" in out
+    assert proc.returncode == 7, err

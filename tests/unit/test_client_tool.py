@@ -124,3 +124,23 @@ def test_a_tool_that_never_gets_ready_is_tried_after_the_start_wait() -> None:
     clock.pump([tunnel.TOOL_POLL] * int(tunnel.TOOL_CONNECT_RETRY / tunnel.TOOL_POLL + 2))
     assert len(got) == 1 and got[0].check(error.ConnectError)
     got[0].trap(error.ConnectError)
+
+
+def test_a_tool_that_never_opens_its_port_is_reported_once_with_the_port_it_must_use() -> None:
+    """The log said 'waiting for the tool to accept connections' once, then nothing, for
+    ever: a tool on its own default port looked like a slow one."""
+    from twisted.logger import LogLevel, capturedLogs, formatEvent
+
+    c, clock, endpoint = client()
+    with capturedLogs() as events:
+        c.startService()
+        clock.pump([tunnel.TOOL_POLL] * int(tunnel.TOOL_SLOW_NOTICE / tunnel.TOOL_POLL - 1))
+        assert not [e for e in events if e["log_level"] == LogLevel.warn]
+        clock.pump([tunnel.TOOL_POLL] * int(3 * tunnel.TOOL_SLOW_NOTICE / tunnel.TOOL_POLL))
+    warned = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert warned == ["the tool is not accepting connections on 127.0.0.1:9 after 30s "
+                      "(Connection was refused by other side: refused.); still waiting. "
+                      "The tool must listen on CONNECT_TOOL_PORT (9), on 127.0.0.1 or all "
+                      "interfaces"]
+    assert c.state == "waiting-for-tool"  # and still trying
+    c.stopService()

@@ -22,7 +22,12 @@ from studios_gateway.config import (
     load_config,
     redact_password,
 )
-from studios_gateway.durations import format_duration, format_setting, parse_duration
+from studios_gateway.durations import (
+    MAX_SECONDS,
+    format_duration,
+    format_setting,
+    parse_duration,
+)
 
 # The seed's Connect table (002), transcribed: name -> documented default (None: no default).
 SEED_TABLE = {
@@ -214,8 +219,8 @@ def test_contradictions_stop_the_start(tmp_path) -> None:
     ({"CONNECT_QUOTA_WINDOW": "10"}, "CONNECT_QUOTA_WINDOW='10': expected a duration of at "
                                      "least 12s"),
     ({"CONNECT_TUNNEL_WINDOW_SIZE": "100KiB"},
-     "CONNECT_TUNNEL_WINDOW_SIZE='100KiB': expected at least 256KiB (the yamux initial "
-     "window)"),
+     "CONNECT_TUNNEL_WINDOW_SIZE='100KiB': expected a size from 256KiB to 1GiB (in bytes, "
+     "or with KiB, MiB or GiB); 256KiB is the yamux initial window"),
     ({"CONNECT_SSH_MAX_CONNECTIONS": " many "}, "CONNECT_SSH_MAX_CONNECTIONS=' many ': "
                                                 "expected a whole number from 1 to 1000000"),
 ])
@@ -329,7 +334,11 @@ units = st.sampled_from([("h", 3600), ("m", 60), ("s", 1), ("ms", 0.001)])
 def test_duration_sums_its_parts(parts) -> None:
     text = "".join(f"{n}{u}" for (u, _), n in parts)
     expected = sum(n * size for (_, size), n in parts)
-    assert parse_duration(text) == pytest.approx(expected)
+    if expected > MAX_SECONDS:  # more than a year: refused, not summed
+        with pytest.raises(ValueError):
+            parse_duration(text)
+    else:
+        assert parse_duration(text) == pytest.approx(expected)
 
 
 @given(st.integers(0, 10**9))
@@ -602,3 +611,107 @@ def test_a_short_management_key_is_warned_of_without_showing_it() -> None:
     long_key = load_config(environ={"CONNECT_MANAGEMENT_PORT": "9000",
                                     "CONNECT_MANAGEMENT_AUTH_KEY": "k" * 16})
     assert not any("CONNECT_MANAGEMENT_AUTH_KEY" in w for w in long_key.warnings)
+
+
+# --- bad values of every kind, for every variable ----------------------------------
+
+_SUFFIXES = st.sampled_from(["", "s", "ms", "d", "h30m", "KiB", "GiB", "b", ":2222"])
+#: What an operator's typing, a template gone wrong or a hostile file can put in a variable.
+HOSTILE = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["", " ", "-1", "0", "-5s", "1e9", "NaN", "inf", "0x10", "１２", "8GiB",
+                     "1000GiB", "100000000d", "true\n", "redis:6379\x00"]),
+    st.builds(lambda n, tail: "9" * n + tail, st.integers(15, 6000), _SUFFIXES),
+)
+
+
+@given(st.sampled_from([v.name for v in VARIABLES]), HOSTILE)
+def test_every_variable_refuses_bad_values_in_one_clear_line(name: str, value: str) -> None:
+    """A bad value stops the start with one short line naming a variable (a traceback, a
+    5000-digit echo or Python's own words were what huge numbers gave)."""
+    try:
+        cfg = load_config(environ={name: value})
+    except ConfigError as e:
+        message = str(e)
+        assert "\n" not in message and len(message) < 400
+        assert e.name in BY_NAME and message.startswith(e.name)
+        assert "sys.set_int_max_str_digits" not in message
+        if BY_NAME[name].secret and len(value.strip()) >= 8 and e.name == name:
+            assert value.strip() not in message and REDACTED in message
+    else:
+        cfg.describe()  # check-config's table can show whatever was accepted
+
+
+@pytest.mark.parametrize("name,value", [
+    ("CONNECT_TUNNEL_WINDOW_SIZE", "8GiB"),  # was accepted; then every bind failed inside
+    ("CONNECT_TUNNEL_WINDOW_SIZE", "2GiB"),
+    ("CONNECT_TUNNEL_WINDOW_SIZE", "100KiB"),
+    ("CONNECT_HTTP_MAX_HEADER_SIZE", "1000GiB"),
+    ("CONNECT_HTTP_MAX_REQUEST_LINE", "2MiB"),
+    ("CONNECT_QUOTA_SESSION_BANDWIDTH", "0"),  # was "no cap", unlike what the table says
+    ("CONNECT_QUOTA_USER_BYTES", "0"),
+    ("CONNECT_QUOTA_SESSION_BYTES", "0KiB"),
+    ("CONNECT_SSH_ADDR", "foo bar:2222"),  # was accepted; the start failed on a DNS lookup
+    ("LOCAL_CACHE_TTL", "366d"),
+    ("CONNECT_LOGIN_TTL", "9" * 400 + "d"),  # was a traceback (OverflowError)
+    ("CONNECT_SHUTDOWN_GRACE", "9" * 400),
+])
+def test_absurd_values_are_refused(name: str, value: str) -> None:
+    _expect_error(name, value)
+
+
+@pytest.mark.parametrize("name,value,parsed", [
+    ("CONNECT_TUNNEL_WINDOW_SIZE", "1GiB", 1 << 30),
+    ("CONNECT_TUNNEL_WINDOW_SIZE", "256KiB", 256 * 1024),
+    ("CONNECT_HTTP_MAX_HEADER_SIZE", "1MiB", 1 << 20),
+    ("CONNECT_QUOTA_SESSION_BANDWIDTH", "1", 1),
+    ("CONNECT_QUOTA_USER_BYTES", "1024GiB", 1 << 40),
+    ("LOCAL_CACHE_TTL", "365d", 365 * 86400.0),
+    ("CONNECT_SSH_ADDR", "gw-1.internal:2222", ("gw-1.internal", 2222)),
+])
+def test_large_but_sane_values_are_taken(name: str, value: str, parsed: object) -> None:
+    assert getattr(load_config(environ={name: value}), BY_NAME[name].attr) == parsed
+
+
+def test_a_long_value_is_quoted_cut_with_its_length() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={"CONNECT_HTTP_PORT": "7" * 5000})
+    assert str(e.value) == ("CONNECT_HTTP_PORT=" + repr("7" * 80) + "... (5000 characters): "
+                            "expected a whole number from 1 to 65535")
+
+
+def test_every_client_variable_is_known_and_documented() -> None:
+    """The connect client's variables: each one settings.py reads is known to check-config
+    (not reported as a misspelling) and has a row in docs/studios.md's table (where
+    CONNECT_UNKNOWN_SESSION_WAIT had none)."""
+    import re
+    from pathlib import Path
+
+    from studios_gateway.config import CLIENT_VARIABLES
+    from studios_gateway.studio import settings
+
+    repo = Path(__file__).resolve().parents[2]
+    read = set(re.findall(r'get\("(CONNECT_[A-Z_]+)"\)', Path(settings.__file__).read_text()))
+    assert read <= CLIENT_VARIABLES
+    docs = (repo / "docs" / "studios.md").read_text()
+    table = docs[docs.index("## The connect client's settings"):]
+    table = table[:table.index("\n## ")]
+    documented = set(re.findall(r"^\| `(CONNECT_[A-Z_]+)`", table, re.M)) | set(
+        re.findall(r"^\| `CONNECT_[A-Z_]+`, `(CONNECT_[A-Z_]+)`", table, re.M))
+    assert CLIENT_VARIABLES <= documented, sorted(CLIENT_VARIABLES - documented)
+
+
+@pytest.mark.parametrize("line,shown", [
+    ("CONNECT_REDIS_PASSWORD: hunter2hunter2", "'CONNECT_REDIS_PASSWORD <redacted>'"),
+    ("CONNECT-MANAGEMENT-AUTH-KEY=s3cr3tkey", "'CONNECT-MANAGEMENT-AUTH-KEY <redacted>'"),
+    ("CONNECT_PEER_SECRET hunter2hunter2hunter2", "'CONNECT_PEER_SECRET <redacted>'"),
+    ("JUSTANAME", "'JUSTANAME'"),
+])
+def test_a_malformed_env_file_line_is_named_not_quoted(tmp_path, line: str, shown: str) -> None:
+    """A line that is not NAME=value was quoted whole, with the secret on it."""
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text(f"CONNECT_HTTP_PORT=8080\n{line}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={}, env_file=str(env_file))
+    assert str(e.value) == (f"{env_file}:2={shown}: expected a line of the form NAME=value "
+                            "(the rest of the line is not shown: it may hold a secret)")

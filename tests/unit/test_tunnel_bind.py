@@ -142,6 +142,41 @@ def test_client_settings_errors_name_the_variable(env, name) -> None:
     assert e.value.name == name
 
 
+# A connect string gone wrong in the ways people paste them: cut short, without its host,
+# the id:token pair alone, a bad port or pin, junk around it.
+_BROKEN_CONNECT_STRINGS = [
+    "studios-connect://abcd1234:{t}@gw", "studios-connect://abcd1234:{t}", "abcd1234:{t}",
+    "{t}", "studios-connect://{t}@gw:x/", "studios-connect://abcd1234:{t}@gw:99999/",
+    "http://abcd1234:{t}@gw:7070/", "studios-connect://abcd1234:{t}@gw:7070/?pin=sha256:zz",
+    "studios-connect://abcd1234:{t}@:7070/", "'studios-connect://abcd1234:{t}@gw:7070/'",
+    "studios-connect://abcd1234:{t}#@gw:7070/", "studios-connect://abcd1234:{t}/@gw:7070",
+]
+
+
+@given(st.sampled_from(_BROKEN_CONNECT_STRINGS),
+       st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+               min_size=13, max_size=61).map(lambda t: "tK9" + t),  # in no message by chance
+       st.sampled_from(["CONNECT_STRING", "CONNECT_GATEWAY_URL"]))
+def test_a_broken_connect_string_never_shows_its_token(form: str, token: str,
+                                                      name: str) -> None:
+    """'abcd1234:<token>' (no scheme, no host) was quoted whole in the error line."""
+    env = {name: form.format(t=token), "CONNECT_SESSION_ID": "abcd1234",
+           "CONNECT_SESSION_TOKEN": "k" * 20, "CONNECT_TOOL_PORT": "8888"}
+    try:
+        load_client_settings(env)
+    except ConfigError as e:
+        assert token not in str(e), str(e)
+
+
+# ("gw:x" is redacted: it cannot be told from "<id>:<token>".)
+@pytest.mark.parametrize("address", ["gw.example.com:70700", "[::1]:99999",
+                                     "ftp://gw.example.com", "gw.example.com"])
+def test_an_address_without_a_token_is_still_quoted(address: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_client_settings({"CONNECT_GATEWAY_URL": address})
+    assert repr(address) in str(e.value)
+
+
 def test_backoff_one_quick_retry_one_full_jitter_wait_then_a_steady_period() -> None:
     b = Backoff(base=0.5, cap=8, rng=lambda: 1.0)
     assert [b.next_delay() for _ in range(4)] == [0.5, 8, 7.2, 7.2]
@@ -219,3 +254,28 @@ def test_create_defaults() -> None:
     assert f == {"id": None, "workspace_id": "42", "tool": "generic", "owner": "alice",
                  "allowed_users": ("b",), "ssh_enabled": False, "image": None,
                  "tool_version": None, "update_version": None, "connect_version": None}
+
+
+@pytest.mark.parametrize("prefix,ok", [("/", True), ("/_studio/abcd1234/", True),
+                                       ("/lab", False), ("_studio/", False), ("/a b/", False)])
+def test_the_path_prefix_may_be_the_root(prefix: str, ok: bool) -> None:
+    """'/' (what the gateway says in subdomain mode) was refused as a prefix."""
+    env = {"CONNECT_GATEWAY_URL": "gw:7070", "CONNECT_SESSION_ID": "abcd1234",
+           "CONNECT_SESSION_TOKEN": "k" * 20, "CONNECT_TOOL_PORT": "8888",
+           "CONNECT_TOOL_PATH_PREFIX": prefix}
+    if ok:
+        assert load_client_settings(env).tool_path_prefix == prefix
+    else:
+        with pytest.raises(ConfigError, match="CONNECT_TOOL_PATH_PREFIX"):
+            load_client_settings(env)
+
+
+@pytest.mark.parametrize("name,value", [("CONNECT_TOOL_PRESET", "Maybe "),
+                                        ("CONNECT_CLIENT_LOG_LEVEL", "VERBOSE")])
+def test_client_errors_quote_the_value_as_given(name: str, value: str) -> None:
+    """These two were quoted lower-cased and stripped, unlike every other setting."""
+    env = {"CONNECT_GATEWAY_URL": "gw:7070", "CONNECT_SESSION_ID": "abcd1234",
+           "CONNECT_SESSION_TOKEN": "k" * 20, "CONNECT_TOOL_PORT": "8888", name: value}
+    with pytest.raises(ConfigError) as e:
+        load_client_settings(env)
+    assert str(e.value).startswith(f"{name}={value!r}: expected ")
