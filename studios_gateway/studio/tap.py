@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.python import usage
 
 from studios_gateway.config import ConfigError
-from studios_gateway.studio.main import OPTION_VARS
+from studios_gateway.studio.main import EXIT_REFUSED, OPTION_VARS
 
 
 class Options(usage.Options):
@@ -32,8 +33,23 @@ def makeService(options: Options) -> Any:
         fail_start(str(e), EX_CONFIG)
     from twisted.internet import reactor
 
+    refused: list[int] = []
+
     def fatal(message: str) -> None:
+        """A final refusal (a wrong token, a deleted session): stop, and exit 2 as the
+        studios-connect command does, so that a unit (`Restart=on-failure`,
+        `RestartPreventExitStatus=2`) shows it failed instead of cleanly stopped."""
+        if not refused:
+            refused.append(EXIT_REFUSED)
+            reactor.addSystemEventTrigger("after", "shutdown", exit_refused)
         if reactor.running:
             reactor.stop()
 
+    def exit_refused() -> None:
+        # twistd returns 0 whenever its reactor stops; the shutdown is done by now.
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(refused[0])
+
     return ConnectClient(settings, reactor, on_fatal=fatal)
+

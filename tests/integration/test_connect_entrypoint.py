@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -288,3 +289,21 @@ def test_orphans_are_reaped_and_the_tool_keeps_its_status() -> None:
             proc.communicate()
     assert "tool got SIGTERM" in out
     assert proc.returncode == 7, err
+
+
+def test_twistd_studios_connect_exits_2_on_a_final_refusal(gateway: GatewayProcess) -> None:
+    """The systemd unit runs `twistd studios-connect`: it exited 0 after a wrong token,
+    so the unit looked cleanly stopped."""
+    created = _session(gateway)
+    bad = created["connect_string"].replace(created["token"], "x" * len(created["token"]))
+    tool = socket.create_server(("127.0.0.1", 0))  # a tool run by others: it waits for it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "CONNECT_STRING": bad,
+                "CONNECT_TOOL_PORT": str(tool.getsockname()[1])})
+    with tool:
+        proc = subprocess.Popen([str(BIN / "twistd"), "--nodaemon", "--pidfile=",
+                                 "studios-connect"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        out, _ = _ended(proc)
+    assert proc.returncode == 2, out
+    assert "the gateway refused the bind: bad_token" in out

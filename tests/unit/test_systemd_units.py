@@ -101,10 +101,13 @@ def test_invalid_settings_are_not_restarted_in_a_loop(name: str) -> None:
     # A start refused for its settings exits EX_CONFIG; restarting cannot help, so
     # systemd does not (it did, ten times, until the start limit).
     from studios_gateway.component import EX_CONFIG
+    from studios_gateway.studio.main import EXIT_REFUSED
 
     u = unit(name)
     assert u["Restart"] == ["on-failure"]
-    assert u["RestartPreventExitStatus"] == [str(EX_CONFIG)]
+    # the connect client's final refusal (a wrong token) is not retried either
+    final = [EXIT_REFUSED, EX_CONFIG] if name == "studios-connect.service" else [EX_CONFIG]
+    assert u["RestartPreventExitStatus"] == [" ".join(map(str, final))]
 
 
 def all_units() -> list[Path]:
