@@ -221,7 +221,8 @@ class SessionsResource(_Async):
             return 404, {"error": f"no session {sid}"}
         if not allowed:
             return 403, {"error": f"{user} is neither the owner of session {sid} nor on its "
-                                  "allow-list (add them with PATCH allowed_users first)"}
+                                  "allow-list (add them first: `studios-gateway sessions users "
+                                  f"{sid} --add {user}`, or PATCH allowed_users)"}
         link = self._login_link(sid, user)
         self._log.info("admin API: a one-time login link for {user} on session {sid} "
                        "made by {peer}", user=user, sid=sid, peer=peer_of(request))

@@ -94,6 +94,7 @@ def test_login_links_for_the_owner_and_allowed_users_only() -> None:
                         "login_link": f"https://gw/_connect/link?token=abc-{user}"}
     status, body = call(api, "POST", "/api/sessions/abc/login-links", {"user": "mallory"})
     assert status == 403 and "mallory" in body["error"] and "allow-list" in body["error"]
+    assert "studios-gateway sessions users abc --add mallory" in body["error"]
     assert call(api, "POST", "/api/sessions/nope/login-links", {"user": "bob"})[0] == 404
     assert call(api, "POST", "/api/sessions/abc/login-links", {"user": "a b"})[0] == 400
     assert call(api, "POST", "/api/sessions/abc/login-links", {})[0] == 400
