@@ -98,7 +98,9 @@ def test_install_in_ci(deb: Path) -> None:
         assert (env_file.stat().st_mode & 0o777, env_file.group()) == (0o640, "studios-gateway")
         # As operators.md says to: as the gateway's user (it reads the file, and its
         # storage root is checked for that user).
-        check = subprocess.run(["runuser", "-u", "studios-gateway", "--",
+        # (runuser is in /usr/sbin: found on this PATH, not on the command's own)
+        runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+        check = subprocess.run([runuser, "-u", "studios-gateway", "--",
                                 "/opt/studios-gateway/bin/studios-gateway", "check-config",
                                 "--env-file", str(env_file)],
                                capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
