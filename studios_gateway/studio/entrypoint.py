@@ -81,7 +81,11 @@ class ToolChild:
     def _ended(self, status: Any) -> Any:
         if self._kill_call is not None and self._kill_call.active():
             self._kill_call.cancel()
-        self._log.info("the tool exited with status {status}", status=status)
+        if self._kill_call is None:  # not asked to: the container ends with it
+            self._log.warn("the tool exited by itself with status {status}; studios-connect "
+                           "ends with it", status=status)
+        else:
+            self._log.info("the tool exited with status {status}", status=status)
         if self.own_group and self._group_signal(signal.SIGTERM):
             self._log.info("stopped what the tool left running in its process group")
         return status

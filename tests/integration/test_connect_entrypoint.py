@@ -45,6 +45,9 @@ def test_the_tool_gets_its_port_and_prefix_and_we_exit_with_its_status() -> None
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err
     assert out.split() == ["5555", "/_studio/abcd1234/", "False"]  # the token stays with us
+    # a tool that ends by itself ends the container: said at warn (it was at info)
+    assert "#warn] the tool exited by itself with status 3; studios-connect ends with it" \
+        in err, err
 
 
 # A tool that says "ready", reports the SIGTERM it is stopped with and exits 7 then;
