@@ -18,7 +18,9 @@ import hashlib
 import html
 import json
 import os
+import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import endpoints
@@ -196,6 +198,19 @@ class QuietSite(Site):
         pass
 
 
+def stop_once(reactor: Any) -> Callable[[], None]:
+    """A function that stops `reactor` the first time it is called, and does nothing at
+    later calls (a signal that comes again while the reactor shuts down)."""
+    asked: list[bool] = []
+
+    def stop() -> None:
+        if not asked and reactor.running:
+            asked.append(True)
+            reactor.stop()
+
+    return stop
+
+
 def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -210,7 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     endpoint.listen(QuietSite(make_root(args.prefix or "/")))
     Logger().info("demo tool listening on {host}:{port}{prefix}", host=args.host,
                   port=args.port, prefix=args.prefix)
-    reactor.run()
+
+    loop: Any = reactor  # the real reactor: its signal handling is Twisted's, not typed
+    stop = stop_once(loop)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        loop.callFromThread(stop)
+
+    # Twisted's own handlers stop the reactor again at a second signal (GNU `timeout`
+    # signals the whole process group): a ReactorNotRunning traceback on the way out.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    loop.run(installSignalHandlers=False)
     return 0
 
 
