@@ -31,9 +31,12 @@ from studios_gateway.peers.handshake import (
 )
 from studios_gateway.peers.streams import PeerRequest, PeerStream, open_remote
 from studios_gateway.wire.bind import BindError, LineBuffer
-from studios_gateway.wire.mux import Multiplexer, TunnelUnavailable, broke
+from studios_gateway.wire.mux import Multiplexer, TunnelUnavailable, broke, facing
 from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay, unsent_bound
 from studios_gateway.wire.tls_memory import wrap_client_tls
+
+#: The multiplexer of this end: a silent path is "nothing heard from the other node".
+NODE_MUX = facing("the other node")
 
 
 class PeerUnavailable(Exception):
@@ -59,9 +62,9 @@ class PeerSettings:
 
 def _make_mux(settings: PeerSettings, clock: Any, is_client: bool,
               on_stream: Callable[[Any], Any] | None) -> Multiplexer:
-    return Multiplexer(is_client=is_client, clock=clock, window_size=settings.window_size,
-                       max_streams=settings.max_streams, ping_interval=settings.ping_interval,
-                       ping_timeout=settings.ping_timeout, on_stream=on_stream)
+    return NODE_MUX(is_client=is_client, clock=clock, window_size=settings.window_size,
+                    max_streams=settings.max_streams, ping_interval=settings.ping_interval,
+                    ping_timeout=settings.ping_timeout, on_stream=on_stream)
 
 
 class _HandshakeProtocol(Protocol):

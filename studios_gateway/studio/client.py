@@ -29,7 +29,7 @@ from studios_gateway.studio.tool_link import ToolConnection, ToolEndpoint
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
 from studios_gateway.wire.carrier import CarrierEndpoint, ProxyConnect, WebSocketClient, proxy_for
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
-from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke
+from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke, facing
 from studios_gateway.wire.sockopts import (
     TOOL_BUFFER,
     TUNNEL_BUFFER,
@@ -75,6 +75,9 @@ TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)star
 TOOL_START_WAIT = 120.0  # how long a stream waits for a preset's tool to become ready
 #: A tool that has not opened its port for this long is said to be late, once.
 TOOL_SLOW_NOTICE = 30.0
+
+#: The multiplexer of this end: a silent path is "nothing heard from the gateway".
+GATEWAY_MUX = facing("the gateway")
 
 
 def quiet_factory(make: Callable[[], Protocol]) -> Factory[Protocol]:
@@ -223,7 +226,7 @@ class TunnelClientProtocol(Protocol):
         if reply.ping_interval and reply.ping_timeout:
             # The gateway's keepalive: both ends find a silent path within its timeout.
             s.update(ping_interval=reply.ping_interval, ping_timeout=reply.ping_timeout)
-        self.mux = Multiplexer(is_client=True, clock=self.client.clock, on_stream=self._stream,
+        self.mux = GATEWAY_MUX(is_client=True, clock=self.client.clock, on_stream=self._stream,
                                on_go_away=self._go_away, gather=True, **s)
         self.mux.makeConnection(self.transport)
         deliver_to = getattr(self.transport, "deliver_to", None)

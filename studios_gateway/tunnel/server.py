@@ -47,7 +47,7 @@ from studios_gateway.wire.bind import (
     parse_request,
 )
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
-from studios_gateway.wire.mux import Multiplexer, TunnelSilent, words
+from studios_gateway.wire.mux import Multiplexer, TunnelSilent, facing, words
 from studios_gateway.wire.sockopts import (
     TUNNEL_BUFFER,
     bulk_buffers,
@@ -69,6 +69,9 @@ REFRESHES_IN_FLIGHT = 2
 # routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
 # in "/"): how the gateway serves a studio, told to it in the bind answer.
 Routing = Callable[[str], tuple[str, str]]
+
+#: The multiplexer of this end: a silent path is "nothing heard from the studio".
+STUDIO_MUX = facing("the studio")
 
 
 @dataclass(frozen=True)
@@ -511,10 +514,10 @@ class TunnelServerProtocol(Protocol):
 
     def _make_mux(self) -> Multiplexer:
         s = self.table.settings
-        return Multiplexer(is_client=False, clock=self.table.clock, window_size=s.window_size,
-                           max_streams=s.max_streams, ping_interval=s.ping_interval,
-                           ping_timeout=s.ping_timeout, on_stream=self._refuse_stream,
-                           gather=True)
+        return STUDIO_MUX(is_client=False, clock=self.table.clock, window_size=s.window_size,
+                          max_streams=s.max_streams, ping_interval=s.ping_interval,
+                          ping_timeout=s.ping_timeout, on_stream=self._refuse_stream,
+                          gather=True)
 
     @staticmethod
     def _refuse_stream(stream: Any) -> None:

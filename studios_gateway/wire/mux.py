@@ -762,6 +762,9 @@ class Multiplexer(Protocol):
     remote_go_away: int | None = None
     closed = False
     close_reason: Failure | None = None
+    #: Who is at the other end, in the words a silent path is reported with (a class
+    #: attribute, for the reason above: see facing()).
+    peer_name = "the peer"
 
     def __init__(self, *, is_client: bool, clock: IReactorTime,
                  window_size: int = DEFAULT_WINDOW, max_streams: int = 1024,
@@ -1146,7 +1149,7 @@ class Multiplexer(Protocol):
     def _dead(self) -> None:
         # Not logged here: the tunnel's owner says which tunnel it was when its
         # connection is gone (``ended_by``), from ``close_reason``.
-        reason = Failure(TunnelSilent(f"nothing heard from the peer for "
+        reason = Failure(TunnelSilent(f"nothing heard from {self.peer_name} for "
                                       f"{self.keepalive.timeout:g}s"))
         transport = self.transport
         self._terminate(reason)
@@ -1232,3 +1235,10 @@ class Multiplexer(Protocol):
                 callback()
             except Exception:
                 self._log.failure("when_idle callback")
+
+
+def facing(peer_name: str) -> type[Multiplexer]:
+    """The multiplexer for one kind of tunnel: a silent path is reported as "nothing heard
+    from <peer_name>" (the studio, the gateway, the other node)."""
+    # (named as its base, so that log lines keep their namespace)
+    return type("Multiplexer", (Multiplexer,), {"peer_name": peer_name})

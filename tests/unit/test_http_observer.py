@@ -166,8 +166,8 @@ def test_a_websocket_whose_studio_connection_broke_says_why_in_its_access_line()
     obs = Observer()
     h = Harness(observer=obs)
     for lost, reason in [
-        (Failure(TunnelLost("tunnel lost: nothing heard from the peer for 20s")),
-         "the connection to the studio broke: tunnel lost: nothing heard from the peer "
+        (Failure(TunnelLost("tunnel lost: nothing heard from the studio for 20s")),
+         "the connection to the studio broke: tunnel lost: nothing heard from the studio "
          "for 20s"),
         (Failure(ConnectionDone()), ""),
     ]:

@@ -262,10 +262,10 @@ def test_a_studio_connection_that_broke_says_why() -> None:
     ready: Deferred[Any] = Deferred()
     ready.callback(None)  # the studio's side was up (the user logged in through it)
     upstream = UpstreamTransport("alice", proto.factory.host_key, ready, proto)
-    upstream.connectionLost(Failure(TunnelLost("tunnel lost: nothing heard from the peer "
+    upstream.connectionLost(Failure(TunnelLost("tunnel lost: nothing heard from the studio "
                                                "for 20s")))
     proto.connectionLost(Failure(ConnectionError()))
-    said = "the connection to the studio broke: tunnel lost: nothing heard from the peer for 20s"
+    said = "the connection to the studio broke: tunnel lost: nothing heard from the studio for 20s"
     assert said.encode() in t.value()
     assert traffic.closed[0].reason == said
 

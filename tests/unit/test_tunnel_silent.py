@@ -82,7 +82,7 @@ def test_the_gateway_names_the_session_whose_path_went_silent(
     clock.advance(20)  # CONNECT_TUNNEL_PING_TIMEOUT's default, nothing from the studio
     # What the browser's access line and the ssh user read (http/proxy.py, ssh/server.py):
     # the mux's words, without Twisted's "User timeout caused connection failure: ... ."
-    assert broke(ended.reason) == "tunnel lost: nothing heard from the peer for 20s"
+    assert broke(ended.reason) == "tunnel lost: nothing heard from the studio for 20s"
     assert transport.disconnecting  # aborted: no FIN waits on a silent path
     protocol.connectionLost(BROKEN)  # what the aborted TCP connection then reports
     said = [(level, text) for level, text in lines if "nothing heard" in text
@@ -146,4 +146,4 @@ def test_a_peer_link_that_went_silent_says_so_on_the_listening_node(
     clock.advance(20)  # nothing from node-a for the peers' ping timeout
     protocol.connectionLost(BROKEN)
     assert [text for _, text in lines if "peer" in text] == [
-        "peer node-a disconnected (nothing heard from the peer for 20s)"]
+        "peer node-a disconnected (nothing heard from the other node for 20s)"]
