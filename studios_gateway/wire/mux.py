@@ -996,7 +996,10 @@ class Multiplexer(Protocol):
     def _go_away_received(self, code: int) -> None:
         self.remote_go_away = code
         if code == GO_AWAY_NORMAL:
-            self._log.info("peer is going away: no new streams on this tunnel")
+            # The owner that handles it says what it does (studios-connect: "gateway ... is
+            # draining; reconnecting"): then this line would only repeat it.
+            (self._log.info if self.on_go_away is None else self._log.debug)(
+                "{peer} is going away: no new streams on this tunnel", peer=self.peer_name)
         else:
             self._log.warn("peer ended the tunnel with GoAway code {code}", code=code)
         if self.on_go_away is not None:

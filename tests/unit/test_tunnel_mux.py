@@ -1032,6 +1032,23 @@ def test_go_away_drains() -> None:
     assert link.server.open_stream() is not None  # our own side may still open
 
 
+def test_a_drain_is_said_once_by_whoever_handles_it() -> None:
+    """studios-connect says "gateway ... is draining; reconnecting": the multiplexer's own
+    "going away" line before it only repeated that (at debug now, when handled)."""
+    from twisted.logger import LogLevel, capturedLogs
+
+    from studios_gateway.wire.mux import facing
+
+    for handled in (True, False):
+        mux = facing("the gateway")(is_client=True, clock=Clock(),
+                                    on_go_away=(lambda code: None) if handled else None)
+        mux.makeConnection(CountingTransport())
+        with capturedLogs() as events:
+            mux.dataReceived(frames.encode_header(GO_AWAY, 0, 0, 0))
+        said = [(e["log_level"], e["peer"]) for e in events if "going away" in e["log_format"]]
+        assert said == [(LogLevel.debug if handled else LogLevel.info, "the gateway")]
+
+
 def test_go_away_with_an_error_code_ends_the_tunnel() -> None:
     link = Link()
     link.client.dataReceived(frames.encode_go_away(frames.GO_AWAY_INTERNAL_ERROR))
