@@ -325,12 +325,28 @@ class GatewayService(MultiService):
                 listener.port.stopListening()
                 listener.port = None
                 self.metrics.listeners.labels(listener.name).set(0)
-        drains = [defer.maybeDeferred(c.drain) for c in self.components]
+        busy = [c.name for c in self.components]  # those whose drain has not finished
+
+        def drained(_: Any, name: str) -> None:
+            busy.remove(name)
+
+        drains = [defer.maybeDeferred(c.drain).addBoth(drained, c.name)
+                  for c in self.components]
         d: Deferred[Any] = defer.DeferredList(drains, consumeErrors=True)
-        d.addTimeout(grace, self.reactor)
-        d.addErrback(lambda f: self._log.warn("drain did not finish within {grace}s; stopping",
-                                              grace=grace))
-        return d
+
+        def out_of_time() -> None:
+            # (said before the cancel: cancelled drains count as finished)
+            self._log.warn("drain did not finish within {grace}s (still in use: {busy}); "
+                           "stopping", grace=grace, busy=", ".join(busy))
+            d.cancel()
+
+        timer = self.reactor.callLater(grace, out_of_time)
+
+        def finished(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
+
+        return d.addBoth(finished)
 
     def _stop_reactor(self) -> None:
         if not self._stopping_reactor:

@@ -8,6 +8,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -105,12 +106,17 @@ def test_shutdown_is_bounded_by_the_grace() -> None:
     reactor = MemoryReactorClock()
     reactor.running = True
     gw, _ = make(reactor, CONNECT_SHUTDOWN_GRACE="10s")
-    gw.add_component(Component("stuck", drain=lambda: defer.Deferred()))
+    gw.add_component(Component("SSH proxy", drain=lambda: defer.Deferred()))
+    gw.add_component(Component("tunnels", drain=lambda: None))
     gw.shutdown()
     reactor.advance(9.9)
     assert not reactor.hasStopped
-    reactor.advance(0.2)
+    with capturedLogs() as events:
+        reactor.advance(0.2)
     assert reactor.hasStopped
+    # which part still had connections when the grace ran out
+    assert [formatEvent(e) for e in events if "did not finish" in e["log_format"]] == [
+        "drain did not finish within 10.0s (still in use: SSH proxy); stopping"]
 
 
 class ReadyHealth:
