@@ -502,7 +502,7 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                         metrics=TunnelMetrics(metrics.registry), ssh_host_key=ssh_host_key,
                         routing=routing)
     part = Part()
-    part.reload_hooks.append(tls_reloader(options))  # a renewed certificate on SIGHUP
+    part.reload_hooks.append(tls_reloader(options, "the tunnel listener"))  # SIGHUP: renewed
     # A studio's connection holds its place under CONNECT_TLS_MAX_HANDSHAKES until its bind
     # is answered, so a restarted node never takes on more binds than that at once.
     factory = serve_tls(config, reactor, metrics, "tunnel", options, TunnelServerFactory(table),

@@ -290,7 +290,7 @@ def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer
         options = ReloadableServerTLS(config.tls_cert_file, config.tls_key_file,
                                       tls.https_server_options)
         part.reload_checks.append(check_https_certificate)
-        part.reload_hooks.append(tls_reloader(options))
+        part.reload_hooks.append(tls_reloader(options, "the HTTPS proxy"))
         served = serve_tls(config, reactor, metrics, "http", options, factory)
         description = "the HTTPS proxy"
     part.listen("http", "CONNECT_HTTP_PORT",

@@ -294,4 +294,8 @@ def test_a_renewed_certificate_without_the_studios_wildcard_is_refused_on_reload
     with capturedLogs() as events:
         gw.systemd.on_reload()
     assert not any("reload failed" in formatEvent(e) for e in events)
-    assert any(formatEvent(e) == "reload: log level debug" for e in events)
+    said = [formatEvent(e) for e in events if formatEvent(e).startswith("reload: ")]
+    # One line per port (the two lines were the same words).
+    assert said == [f"reload: certificate {cert} for the tunnel listener",
+                    f"reload: certificate {cert} for the HTTPS proxy",
+                    "reload: log level debug"], said
