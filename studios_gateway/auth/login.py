@@ -558,7 +558,8 @@ class Auth:
         if self.rp is None:
             return page(401, "Login required",
                         "This gateway logs people in with one-time links. Ask an "
-                        "administrator for one (studios-gateway sessions create prints it).")
+                        "administrator for one (studios-gateway sessions link <session> <user> "
+                        "prints it).")
         if self.issuer_down:
             self._retry_start_now()
             return page(503, "Login unavailable",
