@@ -45,11 +45,15 @@ class Component:
 @dataclass
 class Part:
     """What one builder made, for the service to run: its listeners, its lifecycle, its
-    readiness checks and reload hooks. Builders return one; only the service registers it."""
+    readiness checks, reload checks and reload hooks. Builders return one; only the service
+    registers it. A reload check gets the re-read settings before any part's hook runs and
+    returns why the part could not take them (one line), or None: one refusal and no
+    part changes anything."""
 
     listeners: list[Listener] = field(default_factory=list)
     components: list[Component] = field(default_factory=list)
     ready_checks: list[Callable[[], str]] = field(default_factory=list)
+    reload_checks: list[Callable[[Any], str | None]] = field(default_factory=list)
     reload_hooks: list[Callable[[Any], Any]] = field(default_factory=list)
 
     def listen(self, name: str, variable: str, endpoint: IStreamServerEndpoint,

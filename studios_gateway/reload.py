@@ -88,15 +88,16 @@ def apply_log_level(config: Config) -> None:
     _log.info("reload: log level {new_level}", new_level=config.log_level)
 
 
-def tls_reloader(creator: ReloadableServerTLS) -> Callable[[Config], None]:
-    """A reload hook: the configured certificate files (or the same files again)."""
+def tls_reloader(creator: ReloadableServerTLS, port: str) -> Callable[[Config], None]:
+    """A reload hook: the configured certificate files (or the same files again), for
+    `port` (its name in the log line, as in 'the HTTPS proxy')."""
 
     def reload(config: Config) -> None:
         if config.tls_cert_file and config.tls_key_file:
             creator.reload(config.tls_cert_file, config.tls_key_file)
         else:  # the self-signed pair kept under CONNECT_STORAGE_ROOT
             creator.reload()
-        _log.info("reload: certificate {path}", path=creator.cert_path)
+        _log.info("reload: certificate {path} for {port}", path=creator.cert_path, port=port)
 
     return reload
 

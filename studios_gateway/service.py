@@ -123,6 +123,7 @@ class GatewayService(MultiService):
         self.environ: Mapping[str, str] = environ if environ is not None else {}
         self.on_drain: list[Callable[[], Any]] = []  # called once when a drain begins
         self._reload_hooks: list[Callable[[Config], Any]] = []
+        self._reload_checks: list[Callable[[Config], str | None]] = []
         self.reactor = reactor
         self.store = store
         self.metrics = metrics or Metrics()
@@ -160,7 +161,15 @@ class GatewayService(MultiService):
         """`hook(new_config)` runs on SIGHUP; it raises to say its part failed."""
         self._reload_hooks.append(hook)
 
+    def add_reload_check(self, check: Callable[[Config], str | None]) -> None:
+        """`check(new_config)` runs on SIGHUP before any hook: why the new settings cannot
+        be taken (then no hook runs, nothing changes), or None."""
+        self._reload_checks.append(check)
+
     def reload(self, config: Config) -> None:
+        problems = [p for p in (check(config) for check in self._reload_checks) if p]
+        if problems:
+            raise ReloadError("; ".join(dict.fromkeys(problems)))
         run_hooks(self._reload_hooks, config)
         for change in needs_restart(self.config, config):
             self._log.warn("reload: {change}, which takes a restart; running on with the "
@@ -176,7 +185,7 @@ class GatewayService(MultiService):
 
     def add_part(self, part: Part) -> None:
         """Run what one builder made: bind its listeners with the others, start and drain
-        its components, ask its readiness checks, run its reload hooks."""
+        its components, ask its readiness checks, run its reload checks and hooks."""
         for spec in part.listeners:
             self.add_listener(spec.name, spec.variable, spec.endpoint, spec.factory,
                               spec.description)
@@ -184,6 +193,8 @@ class GatewayService(MultiService):
             self.add_component(component)
         for check in part.ready_checks:
             self.add_ready_check(check)
+        for refusal in part.reload_checks:
+            self.add_reload_check(refusal)
         for hook in part.reload_hooks:
             self.add_reload_hook(hook)
 
@@ -491,7 +502,7 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                         metrics=TunnelMetrics(metrics.registry), ssh_host_key=ssh_host_key,
                         routing=routing)
     part = Part()
-    part.reload_hooks.append(tls_reloader(options))  # a renewed certificate on SIGHUP
+    part.reload_hooks.append(tls_reloader(options, "the tunnel listener"))  # SIGHUP: renewed
     # A studio's connection holds its place under CONNECT_TLS_MAX_HANDSHAKES until its bind
     # is answered, so a restarted node never takes on more binds than that at once.
     factory = serve_tls(config, reactor, metrics, "tunnel", options, TunnelServerFactory(table),

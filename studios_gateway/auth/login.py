@@ -558,7 +558,8 @@ class Auth:
         if self.rp is None:
             return page(401, "Login required",
                         "This gateway logs people in with one-time links. Ask an "
-                        "administrator for one (studios-gateway sessions create prints it).")
+                        "administrator for one (studios-gateway sessions link <session> <user> "
+                        "prints it).")
         if self.issuer_down:
             self._retry_start_now()
             return page(503, "Login unavailable",
@@ -712,16 +713,26 @@ class Auth:
         def spent(fresh: bool) -> Response:
             self.on_login("link", fresh)
             if fresh:
-                return self._link_spent(data)
+                return self._link_spent(data, self._login_cookie(request))
             return replace(page(400, "Login link not valid", "This login link was used already."),
                            user=user, why=f"login link to {sid} used already")
 
         return self._spend(data).addCallback(spent)
 
-    def _link_spent(self, data: Mapping[str, Any]) -> Response:
+    def _link_spent(self, data: Mapping[str, Any], previous: SessionCookie | None) -> Response:
+        """Log the link's user in. One login per browser: a link used where that user's
+        login is on continues it (so one logout ends every studio this browser opened),
+        and a link for someone else ends the login that was on (its studios' cookies stay
+        in this browser, and its logout could no longer reach them)."""
         s = self.settings
         now = self._reactor.seconds()
         login_id = new_login_id()
+        if previous is not None and previous.subject == data["sub"]:
+            login_id = previous.login_id
+        elif previous is not None:
+            self.authorizer.logout(previous.login_id)
+            self._log.info("{user} logged out: {other} logged in with a login link in the "
+                           "same browser", user=previous.subject, other=data["sub"])
         self._log.info("{user} logged in with a login link to {session}", user=data["sub"],
                        session=data["sid"])
         done = self._complete(data["sub"], login_id, now + s.login_ttl,

@@ -284,10 +284,13 @@ def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer
         problem = check_https_certificate(config)
         if problem is not None:
             raise StartError(problem)
-        # SIGHUP loads the files again (a renewed certificate): systemd reload
+        # SIGHUP loads the files again (a renewed certificate): systemd reload. A renewal
+        # the start would refuse (one without the studios' wildcard, say) is refused before
+        # the HTTPS or tunnel port takes it: served, it would fail every browser.
         options = ReloadableServerTLS(config.tls_cert_file, config.tls_key_file,
                                       tls.https_server_options)
-        part.reload_hooks.append(tls_reloader(options))
+        part.reload_checks.append(check_https_certificate)
+        part.reload_hooks.append(tls_reloader(options, "the HTTPS proxy"))
         served = serve_tls(config, reactor, metrics, "http", options, factory)
         description = "the HTTPS proxy"
     part.listen("http", "CONNECT_HTTP_PORT",

@@ -466,8 +466,8 @@ class Exchange:
             else:
                 # The tool's cookies stay its own: no Domain, none named like the
                 # gateway's (every response passes here).
-                headers, names, changed = client_response_headers(event.headers,
-                                                                  GATEWAY_COOKIES)
+                headers, names, changed = client_response_headers(
+                    event.headers, GATEWAY_COOKIES, self._over_tls())
                 try:
                     headers = self._tool_response_headers(headers, changed)
                 except NotForwardable as e:
@@ -530,6 +530,11 @@ class Exchange:
         self.framer.done = True
         return data, True
 
+    def _over_tls(self) -> bool:
+        """The browser's connection is HTTPS (this gateway's own TLS): tool cookies get
+        ``Secure``."""
+        return self.info is not None and self.info.scheme == "https"
+
     def _tool_response_headers(self, headers: list[tuple[bytes, bytes]], changed: bool
                                ) -> list[tuple[bytes, bytes]]:
         """The headers for the client: `headers` (hop-by-hop ones gone, cookies kept to the
@@ -552,7 +557,7 @@ class Exchange:
             return None
         try:
             headers, changed = tool_set_cookies(response_headers(event.headers, upgrade=True),
-                                                GATEWAY_COOKIES)
+                                                GATEWAY_COOKIES, self._over_tls())
             headers = self._tool_response_headers(headers, changed)
         except NotForwardable as e:
             self.problem = HeadRefused(502, str(e))

@@ -397,23 +397,24 @@ def response_headers(headers: Sequence[tuple[bytes, bytes]], *, upgrade: bool) -
     return out
 
 
-def client_response_headers(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset[str]
-                            ) -> tuple[Headers, list[bytes], bool]:
+def client_response_headers(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset[str],
+                            secure: bool = False) -> tuple[Headers, list[bytes], bool]:
     """A tool's final response headers for the client in one pass: what
-    ``tool_set_cookies(response_headers(headers, upgrade=False), reserved)`` gives, the
-    lower-case names of that list (for the framing) and whether a cookie changed."""
+    ``tool_set_cookies(response_headers(headers, upgrade=False), reserved, secure)`` gives,
+    the lower-case names of that list (for the framing) and whether a cookie changed."""
     # The usual case in one pass: Connection names only hop-by-hop headers (keep-alive,
     # close), so the names dropped are the hop-by-hop set; else a second pass without
     # what Connection names too.
-    got = _response_pass(headers, reserved, _HOP_BY_HOP, True)
+    got = _response_pass(headers, reserved, _HOP_BY_HOP, True, secure)
     if got is None:
-        got = _response_pass(headers, reserved, _hop_by_hop_names(headers, False), False)
+        got = _response_pass(headers, reserved, _hop_by_hop_names(headers, False), False,
+                             secure)
         assert got is not None
     return got
 
 
 def _response_pass(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset[str],
-                   drop: AbstractSet[bytes], check_connection: bool
+                   drop: AbstractSet[bytes], check_connection: bool, secure: bool
                    ) -> tuple[Headers, list[bytes], bool] | None:
     """client_response_headers without the (lower-case) names in `drop`; None when
     `check_connection` and a Connection header names more than hop-by-hop headers."""
@@ -428,7 +429,7 @@ def _response_pass(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset[s
                 return None
             continue
         if lname == b"set-cookie":
-            new = tool_set_cookie(value, reserved)
+            new = tool_set_cookie(value, reserved, secure)
             if new != value:
                 changed = True
                 if new is None:
@@ -439,7 +440,8 @@ def _response_pass(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset[s
     return out, names, changed
 
 
-def tool_set_cookie(value: bytes, reserved: frozenset[str]) -> bytes | None:
+def tool_set_cookie(value: bytes, reserved: frozenset[str], secure: bool = False
+                    ) -> bytes | None:
     """A tool's Set-Cookie value as the browser may see it, or None to drop it.
 
     ``Domain`` attributes are removed, so the cookie is host-only: a studio's
@@ -449,6 +451,9 @@ def tool_set_cookie(value: bytes, reserved: frozenset[str]) -> bytes | None:
     dropped: a tool never plants or shadows the gateway's login. The name is
     read as browsers read it: up to the first ``=`` of the part before the
     first ``;``, trimmed; a part without ``=`` is a value with an empty name.
+    With `secure` (the browser's connection is HTTPS) a cookie without the
+    ``Secure`` attribute gets it: the tool sees plain HTTP and would not set it,
+    and a browser sends a cookie without it over plain HTTP to the same host.
     """
     parts = value.split(b";")
     name, eq, _ = parts[0].partition(b"=")
@@ -456,23 +461,28 @@ def tool_set_cookie(value: bytes, reserved: frozenset[str]) -> bytes | None:
         return None
     kept = [parts[0].strip(b" \t")]
     dropped = False
+    flagged = not secure
     for attr in parts[1:]:
-        if attr.partition(b"=")[0].strip(b" \t").lower() == b"domain":
+        attr_name = attr.partition(b"=")[0].strip(b" \t").lower()
+        if attr_name == b"domain":
             dropped = True
         else:
+            flagged = flagged or attr_name == b"secure"
             kept.append(attr.strip(b" \t"))
-    return b"; ".join(a for a in kept if a) if dropped else value
+    if not flagged:
+        kept.append(b"Secure")
+    return b"; ".join(a for a in kept if a) if dropped or not flagged else value
 
 
-def tool_set_cookies(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset[str]
-                     ) -> tuple[Headers, bool]:
+def tool_set_cookies(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset[str],
+                     secure: bool = False) -> tuple[Headers, bool]:
     """``headers`` with every Set-Cookie passed through :func:`tool_set_cookie`
-    (``reserved`` lower-cased), and whether anything changed."""
+    (``reserved`` lower-cased, `secure`), and whether anything changed."""
     out: Headers = []
     changed = False
     for name, value in headers:
         if name.lower() == b"set-cookie":
-            new = tool_set_cookie(value, reserved)
+            new = tool_set_cookie(value, reserved, secure)
             changed = changed or new != value
             if new is None:
                 continue

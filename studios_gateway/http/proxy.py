@@ -390,6 +390,11 @@ class ProxyProtocol(Protocol):
     def _close(self) -> None:
         if self._paired is not None:  # unwired before the transport closes
             self._unpair()
+        if self._tunnel is not None:
+            # An upgraded connection's wiring too: a TLS transport sends its close_notify,
+            # and closes, only once no producer is registered (over HTTPS a revoked
+            # WebSocket stayed open until the browser closed it).
+            self._unwire(self._tunnel)
         self._closing = True
         self._cancel_timer()
         self.transport.loseConnection()
@@ -948,6 +953,7 @@ class ProxyProtocol(Protocol):
 
     def upstream_lost(self, conn: UpstreamConnection) -> None:
         if self._tunnel is conn:
+            self._unwire(conn)  # before the close, which a TLS transport holds until then
             self._tunnel = None
             why = conn.broken()
             if why and self._upgraded is not None:  # the access line says it

@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.request
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,15 @@ def chromium_path() -> str | None:
 
 
 class Chromium:
-    def __init__(self, tmp_path: Path, timeout: float = 60):
+    def __init__(self, tmp_path: Path, timeout: float = 60, flags: Sequence[str] = ()):
+        """`flags`: more command-line switches (host resolver rules, a trusted key...)."""
         profile = tmp_path / "chromium-profile"
         profile.mkdir()
         self.log = open(tmp_path / "chromium.log", "wb")  # noqa: SIM115 - closed in stop()
         binary = chromium_path()
         assert binary, "chromium is not installed (scripts/setup --test)"
         self.proc = subprocess.Popen(
-            [binary, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+            [binary, *FLAGS, *flags, f"--user-data-dir={profile}", "--remote-debugging-port=0",
              "about:blank"], stdout=self.log, stderr=subprocess.STDOUT)
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + timeout

@@ -416,6 +416,44 @@ def test_a_login_link_posted_from_another_site_is_refused_and_stays_unspent():
     assert ok.status == 302  # a browser without Sec-Fetch-Site: its Origin is the proxy's
 
 
+@pytest.mark.parametrize("path_routing", [False, True], ids=["subdomain", "path"])
+def test_a_second_login_link_continues_the_browsers_login_and_one_logout_ends_both(
+        path_routing: bool) -> None:
+    """Each link made a login of its own and the proxy host's login cookie named only the
+    last: a logout (from any studio, or /_connect/logout) left the studios opened with
+    earlier links open, their WebSockets too, while the page said "You are logged out"."""
+    auth, _, _ = make(path_routing=path_routing, issuer=False)
+    b = LoginDriver(auth)
+    first, _ = run(b.open(auth.mint_login_link("abc", "alice"), method="POST"))
+    second, _ = run(b.open(auth.mint_login_link("xyz", "alice"), method="POST"))
+    assert isinstance(first, Identity) and isinstance(second, Identity)
+    assert second.login_id == first.login_id
+    closed: list[str] = []
+    auth.authorizer.track("abc", "alice", closed.append, login_id=first.login_id)
+    # Logging out from the second studio (path mode: the proxy host's logout, with it).
+    run(b.open(f"{PROXY}/_connect/logout?next=/_studio/xyz/" if path_routing
+               else studio("xyz", "/_connect/logout")))
+    assert closed, "the first studio's WebSocket stayed open"
+    for sid in ("abc", "xyz"):
+        url = f"{PROXY}/_studio/{sid}/" if path_routing else studio(sid)
+        again = run(auth.authorize_request(request(url, b.jar), sid))
+        assert isinstance(again, Response) and again.status in (302, 401), sid
+
+
+def test_a_login_link_for_someone_else_ends_the_login_that_was_on() -> None:
+    """alice's studio cookies stay in the browser after bob logs in there with his link:
+    they must stop working (bob could otherwise open alice's studio)."""
+    auth, _, _ = make(issuer=False)
+    b = LoginDriver(auth)
+    alice, _ = run(b.open(auth.mint_login_link("abc", "alice"), method="POST"))
+    bob, _ = run(b.open(auth.mint_login_link("bobs", "bob"), method="POST"))
+    assert isinstance(alice, Identity) and isinstance(bob, Identity) and bob.subject == "bob"
+    assert auth.authorizer.is_logged_out(alice.login_id)
+    assert not auth.authorizer.is_logged_out(bob.login_id)
+    again = run(auth.authorize_request(request(studio("abc"), b.jar), "abc"))
+    assert isinstance(again, Response) and again.status in (302, 401)
+
+
 def test_no_issuer_no_callback():
     auth, _, _ = make(issuer=False)
     assert run(auth.handle(request(f"{PROXY}/_connect/callback?state=a&code=b"))).status == 404

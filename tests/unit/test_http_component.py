@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -175,5 +176,24 @@ def test_upgraded_connections_are_tracked_and_closed_by_revocation() -> None:
     assert [(sid, who.subject) for sid, who, _ in tracked] == [("abc", "anonymous")]
     tracked[0][2]("logged out")
     assert t.disconnecting
+    # A TLS transport sends its close_notify, and closes, only once no producer is
+    # registered: the tool stream's stayed, and over HTTPS a logout left the browser's
+    # WebSocket open until the browser itself closed it.
+    assert t.producer is None
     p.connectionLost(Failure(ConnectionError()))
     assert released == [True]
+
+
+def test_an_upgraded_connection_the_tool_closes_unregisters_its_producer() -> None:
+    """The tool (or the studio's tunnel) ends a WebSocket: the browser's connection
+    closes, over TLS too (which waits for its producer to go first)."""
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(b"GET /ws HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade\r\n"
+                   b"Upgrade: websocket\r\n\r\n")
+    up, _ = h.up()
+    up.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                    b"Upgrade: websocket\r\n\r\n")
+    assert t.producer is not None  # the tool stream's back-pressure, while both are open
+    up.connectionLost(Failure(ConnectionDone()))
+    assert t.disconnecting and t.producer is None

@@ -623,3 +623,22 @@ def test_hostile_chunked_bodies_reach_the_tool_only_as_well_formed_chunks(
     p2.dataReceived(GET)
     h.up()[0].dataReceived(OK)
     assert parse_responses(t2.value())[0][0] == 200
+
+
+def test_over_https_the_tools_cookies_are_secure_and_over_http_unchanged() -> None:
+    """The browser's connection is HTTPS (the gateway's own TLS): a tool's Set-Cookie
+    without Secure gets it, on a plain answer and on a WebSocket's 101."""
+    for scheme, expected in (("https", b"_xsrf=t; Path=/; Secure"), ("http", b"_xsrf=t; Path=/")):
+        h = Harness(scheme=scheme)
+        p, t = h.client()
+        p.dataReceived(GET)
+        h.up()[0].dataReceived(b"HTTP/1.1 200 OK\r\nSet-Cookie: _xsrf=t; Path=/\r\n"
+                               b"Content-Length: 2\r\n\r\nok")
+        [(status, headers, _)] = parse_responses(t.value())
+        assert status == 200 and headers[b"set-cookie"] == expected, (scheme, headers)
+        p, t = h.client()
+        p.dataReceived(b"GET /ws HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade"
+                       b"\r\nUpgrade: websocket\r\n\r\n")
+        h.up()[0].dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                               b"Upgrade: websocket\r\nSet-Cookie: _xsrf=t; Path=/\r\n\r\n")
+        assert b"\r\nSet-Cookie: " + expected + b"\r\n" in t.value(), (scheme, t.value())

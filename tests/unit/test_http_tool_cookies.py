@@ -93,3 +93,19 @@ def test_the_exchange_sends_the_browser_only_the_tools_own_cookies() -> None:
     assert step is Step.COMPLETE
     cookies = [line for line in out.split(b"\r\n") if line.lower().startswith(b"set-cookie")]
     assert cookies == [b"Set-Cookie: theme=dark; Path=/"]
+
+
+@pytest.mark.parametrize("before, after", [
+    (b"_xsrf=t; Path=/", b"_xsrf=t; Path=/; Secure"),
+    (b"a=1; Domain=studios.test; HttpOnly", b"a=1; HttpOnly; Secure"),
+    (b"a=1; secure; Path=/", b"a=1; secure; Path=/"),  # has it: the same bytes
+    (b"a=1; Path=/; Secure=", b"a=1; Path=/; Secure="),  # a browser reads this as Secure
+])
+def test_over_https_a_tool_cookie_is_secure(before: bytes, after: bytes) -> None:
+    """JupyterLab sets _xsrf and its user cookie without Secure (it sees plain HTTP from
+    the proxy): over HTTPS the browser would send them over plain HTTP to the same host,
+    to any port. Over HTTPS each tool cookie is Secure; over HTTP they stay as they are."""
+    assert tool_set_cookie(before, GATEWAY_COOKIES, secure=True) == after
+    assert "secure" in browser_view(after)[1]
+    assert tool_set_cookie(before, GATEWAY_COOKIES, secure=False) == \
+        tool_set_cookie(before, GATEWAY_COOKIES)

@@ -244,3 +244,58 @@ def test_a_second_sigterm_stops_without_waiting() -> None:
     assert not reactor.hasStopped
     gw.terminate()
     assert reactor.hasStopped
+
+
+def test_a_renewed_certificate_without_the_studios_wildcard_is_refused_on_reload(
+        gateway_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start refuses a certificate that does not cover *.<studios domain>; a reload
+    took one (a renewal that lost the wildcard) and served it on the HTTPS and tunnel
+    ports, so every browser failed on every studio while the log said the reload went
+    well. It is now refused like an invalid setting: nothing changes, and the reason is
+    check-config's."""
+    wide_pem, key_pem = make_self_signed(["gw.example", "*.gw.example"])
+    cert, key = tmp_path / "fullchain.pem", tmp_path / "key.pem"
+    cert.write_bytes(wide_pem)
+    key.write_bytes(key_pem)
+    settings = dict(gateway_env, CONNECT_PROXY_URL="https://gw.example",
+                    CONNECT_TLS_CERT_FILE=str(cert), CONNECT_TLS_KEY_FILE=str(key),
+                    CONNECT_LOG_LEVEL="info")
+    creators: list[ReloadableServerTLS] = []  # the HTTPS port's and the tunnel port's
+    made = ReloadableServerTLS.__init__
+
+    def recorded(self: ReloadableServerTLS, *args: Any) -> None:
+        made(self, *args)
+        creators.append(self)
+
+    monkeypatch.setattr(ReloadableServerTLS, "__init__", recorded)
+    gw = make_service(load_config(environ=settings), MemoryReactorClock(), environ={},
+                      reload=lambda: load_config(environ=settings))
+    assert len(creators) == 2
+    pin = fingerprint_pem(wide_pem)
+    narrow_pem, narrow_key = make_self_signed(["gw.example"])
+    cert.write_bytes(narrow_pem)  # renewed in place without the wildcard
+    key.write_bytes(narrow_key)
+    settings["CONNECT_LOG_LEVEL"] = "debug"
+    sent: list[str] = []
+    assert gw.systemd is not None
+    gw.systemd.notifier.notify = lambda *a: sent.extend(a) or True  # type: ignore[method-assign]
+    with capturedLogs() as events:
+        gw.systemd.on_reload()
+    reason = (f"CONNECT_TLS_CERT_FILE={str(cert)!r} does not cover *.gw.example (studio "
+              "subdomains)")
+    assert sent[-1].startswith(f"STATUS=reload failed ({reason}"), sent[-1]
+    failed = [formatEvent(e) for e in events if "reload failed" in formatEvent(e)]
+    assert len(failed) == 1 and failed[0].startswith(f"reload failed: {reason}"), failed
+    assert [served_pin(c) for c in creators] == [pin, pin]
+    assert not any(formatEvent(e) == "reload: log level debug" for e in events)
+    # The wildcard back: the same reload goes through.
+    cert.write_bytes(wide_pem)
+    key.write_bytes(key_pem)
+    with capturedLogs() as events:
+        gw.systemd.on_reload()
+    assert not any("reload failed" in formatEvent(e) for e in events)
+    said = [formatEvent(e) for e in events if formatEvent(e).startswith("reload: ")]
+    # One line per port (the two lines were the same words).
+    assert said == [f"reload: certificate {cert} for the tunnel listener",
+                    f"reload: certificate {cert} for the HTTPS proxy",
+                    "reload: log level debug"], said
