@@ -26,6 +26,7 @@ been missed, and writes a logout the store could not take again later.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.auth.platform_http import PlatformHTTP
+from studios_gateway.auth.platform_http import PlatformCallFailed, PlatformHTTP
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.registry.spent import SpentSet
@@ -98,7 +99,8 @@ class Revocation:
 class PlatformAccess(PlatformHTTP):
     """``GET {platform}/api/studios/{id}/access?user={user}`` with the gateway's client
     credentials (HTTP Basic); the answer is JSON ``{"allowed": true|false}``. 200 with
-    allowed true means yes; 403 or 404 means no; anything else is an error."""
+    allowed true means yes; 403 or 404 means no; anything else (no whole answer within
+    the timeout, more than MAX_BODY bytes) is an error."""
 
     _log = Logger()
 
@@ -110,16 +112,24 @@ class PlatformAccess(PlatformHTTP):
         return Deferred.fromCoroutine(self._check(session_id, user))
 
     async def _check(self, session_id: str, user: str) -> bool:
+        what = f"the Platform's access call for {user} on {session_id}"
         try:
-            resp = await self._get(self.url(session_id, user))
-            body = await resp.json() if resp.code == 200 else await resp.content()
-        except Exception as e:  # noqa: BLE001
-            raise PlatformUnavailable(f"the Platform's access call failed: {type(e).__name__}")
-        if resp.code in (403, 404):
+            code, raw = await self.fetch(self.url(session_id, user), what)
+        except PlatformCallFailed as e:
+            raise PlatformUnavailable(str(e)) from None
+        if code in (403, 404):
             return False
-        if resp.code != 200 or not isinstance(body, dict) \
-                or not isinstance(body.get("allowed"), bool):
-            raise PlatformUnavailable(f"the Platform's access call answered HTTP {resp.code}")
+        if code != 200:
+            hint = (": check the gateway's OIDC client (its id and secret)"
+                    if code == 401 else "")
+            raise PlatformUnavailable(f"{what} answered HTTP {code}{hint}")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("allowed"), bool):
+            raise PlatformUnavailable(f'{what} answered HTTP 200 without {{"allowed": '
+                                      "true|false}")
         return bool(body["allowed"])
 
 

@@ -26,20 +26,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.auth.platform_http import PlatformHTTP
+from studios_gateway.auth.platform_http import MAX_BODY, PlatformCallFailed, PlatformHTTP
 from studios_gateway.registry.base import MAX_USER_KEYS, key_blob
 from studios_gateway.ssh.keys import KeysUnavailable, parse_public_keys
 
-__all__ = ["PlatformKeys"]
+__all__ = ["MAX_BODY", "PlatformKeys"]
 
 #: How long a failed call is remembered (seconds): OpenSSH offers several keys in a row.
 ERROR_TTL = 5.0
-#: Largest answer read (bytes); more is an error.
-MAX_BODY = 1024 * 1024
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class PlatformKeys(PlatformHTTP):
@@ -121,36 +115,20 @@ class PlatformKeys(PlatformHTTP):
             self._cache.popitem(last=False)
 
     async def _fetch(self, user: str) -> frozenset[bytes]:
-        from treq import collect
-
         self.calls += 1
-        chunks: list[bytes] = []
-
-        def collector(data: bytes) -> None:
-            chunks.append(data)
-            if sum(map(len, chunks)) > MAX_BODY:
-                raise _TooLarge()
-
         try:
-            resp = await self._get(self.url(user))
-            await collect(resp, collector)
-        except _TooLarge:
-            self._log.warn("the Platform's SSH key call for {user} answered more than "
-                           "{max} bytes", user=user, max=MAX_BODY)
-            raise KeysUnavailable("the Platform's SSH key answer was too large") from None
-        except Exception as e:  # noqa: BLE001
-            self._log.warn("the Platform's SSH key call for {user} failed: {error}",
-                           user=user, error=type(e).__name__)
-            raise KeysUnavailable("the Platform did not answer the SSH key call "
-                                  f"({type(e).__name__})") from None
-        if resp.code == 404:
+            code, raw = await self.fetch(self.url(user), "the Platform's SSH key call")
+        except PlatformCallFailed as e:
+            self._log.warn("{why} (for {user})", why=str(e), user=user)
+            raise KeysUnavailable(str(e)) from None
+        if code == 404:
             return frozenset()
-        keys = _keys_in(b"".join(chunks)) if resp.code == 200 else None
+        keys = _keys_in(raw) if code == 200 else None
         if keys is None:
             self._log.warn("the Platform's SSH key call for {user} answered HTTP {code}"
-                           "{what}", user=user, code=resp.code,
-                           what=" without a list of keys" if resp.code == 200 else "")
-            raise KeysUnavailable(f"the Platform's SSH key call answered HTTP {resp.code}")
+                           "{what}", user=user, code=code,
+                           what=" without a list of keys" if code == 200 else "")
+            raise KeysUnavailable(f"the Platform's SSH key call answered HTTP {code}")
         good = _usable(keys)
         if len(good) < len(keys):
             self._log.warn("the Platform lists {n} SSH keys for {user} that the gateway does "
