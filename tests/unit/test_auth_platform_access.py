@@ -93,7 +93,7 @@ class PlatformAccessTests(unittest.TestCase):
         yield port.stopListening()
         self.access = self.client()
         assert (yield self.error(200, b"")) == \
-            f"{WHAT} failed: the Platform at {self.url} cannot be reached"
+            f"{WHAT} failed: {self.url} cannot be reached"
 
     @defer.inlineCallbacks
     def test_the_authorizer_asks_again_after_a_stalled_answer(self) -> Any:

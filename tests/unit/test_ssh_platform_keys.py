@@ -123,7 +123,7 @@ class PlatformKeysTests(unittest.TestCase):
         self.url = where + "/"
         self.keys = self.client()
         assert (yield self.unavailable()) == \
-            f"the Platform's SSH key call failed: the Platform at {where} cannot be reached"
+            f"the Platform's SSH key call failed: {where} cannot be reached"
 
     @defer.inlineCallbacks
     def test_keys_the_gateway_would_refuse_are_skipped(self) -> Any:
