@@ -102,7 +102,7 @@ class PlatformAccess(PlatformHTTP):
     allowed true means yes; 403 or 404 means no; anything else (no whole answer within
     the timeout, more than MAX_BODY bytes) is an error."""
 
-    _log = Logger()
+    call_name = "the Platform's access calls"
 
     def url(self, session_id: str, user: str) -> str:
         return (f"{self._base}/api/studios/{quote(session_id, safe='')}/access?"
@@ -112,6 +112,15 @@ class PlatformAccess(PlatformHTTP):
         return Deferred.fromCoroutine(self._check(session_id, user))
 
     async def _check(self, session_id: str, user: str) -> bool:
+        try:
+            yes = await self._ask(session_id, user)
+        except PlatformUnavailable as e:
+            self.failed(str(e))
+            raise
+        self.answered()
+        return yes
+
+    async def _ask(self, session_id: str, user: str) -> bool:
         what = f"the Platform's access call for {user} on {session_id}"
         try:
             code, raw = await self.fetch(self.url(session_id, user), what)
@@ -297,8 +306,7 @@ class Authorizer:
         if self._platform is not None:
             try:
                 yes = await self._platform.check(session_id, user)
-            except PlatformUnavailable as e:
-                self._log.warn("{why}", why=str(e))
+            except PlatformUnavailable:  # logged by the Platform client, not one line each
                 return Decision(False, "the Platform could not be asked", 503, record)
             if yes:
                 return Decision(True, "platform", 200, record)

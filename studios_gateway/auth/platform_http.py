@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from studios_gateway.auth.answers import MAX_ANSWER, AnswerFailed, quiet_pool, read_answer
 
@@ -28,10 +30,26 @@ class PlatformCallFailed(Exception):
     words (never a credential), fit for the log and for the user."""
 
 
+#: After a failure is logged, further failures of the same call are counted for this
+#: long (seconds) and told in the next line, not one line each: while the Platform is
+#: down every user and every open connection's re-check would fail, each on its own.
+QUIET = 60.0
+
+
 class PlatformHTTP:
+    _log = Logger()
+    #: What the log calls these calls ("the Platform's access call").
+    call_name = "the Platform's calls"
+
     def __init__(self, platform_url: str, credentials: Callable[[], tuple[str, str] | None], *,
                  reactor: Any, http: Any = None, timeout: float = 5.0,
-                 max_body: int = MAX_BODY):
+                 max_body: int = MAX_BODY, clock: IReactorTime | None = None):
+        self._clock: IReactorTime = clock if clock is not None else reactor
+        #: The failures not logged one by one yet, and until when they are only counted.
+        self._unlogged = 0
+        self._quiet_until: float | None = None
+        self._failing_since: float | None = None
+        self._failures = 0
         self._base = platform_url.rstrip("/")
         self._credentials = credentials
         self._reactor = reactor
@@ -45,6 +63,32 @@ class PlatformHTTP:
             self._pool = quiet_pool(reactor)
             http = HTTPClient(Agent(reactor, pool=self._pool))
         self._http = http
+
+    def failed(self, why: str) -> None:
+        """Log a failed call: the first at once, then at most one line per QUIET
+        seconds, counting the others."""
+        now = self._clock.seconds()
+        self._failures += 1
+        if self._failing_since is None:
+            self._failing_since = now
+        if self._quiet_until is not None and now < self._quiet_until:
+            self._unlogged += 1
+            return
+        more = (f" (and {self._unlogged} more failures of {self.call_name} in the last "
+                f"{QUIET:g}s)" if self._unlogged else "")
+        self._log.warn("{why}{more}", why=why, more=more)
+        self._unlogged = 0
+        self._quiet_until = now + QUIET
+
+    def answered(self) -> None:
+        """A call got a usable answer: after failures, say once that it works again."""
+        if self._failing_since is None:
+            return
+        took = self._clock.seconds() - self._failing_since
+        self._log.info("{call} answer again ({n} failed in the last {took:.0f}s)",
+                       call=self.call_name, n=self._failures, took=took)
+        self._failing_since = self._quiet_until = None
+        self._failures = self._unlogged = 0
 
     def stop(self) -> Deferred[None] | None:
         """Close kept-alive connections to the Platform."""

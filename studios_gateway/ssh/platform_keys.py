@@ -40,6 +40,7 @@ class PlatformKeys(PlatformHTTP):
     """Asks the Platform for a user's SSH keys; caches the answers."""
 
     _log = Logger()
+    call_name = "the Platform's SSH key calls"
 
     def __init__(self, platform_url: str, credentials: Callable[[], tuple[str, str] | None],
                  *, reactor: Any, ttl: float, http: Any = None, timeout: float = 5.0,
@@ -117,18 +118,28 @@ class PlatformKeys(PlatformHTTP):
     async def _fetch(self, user: str) -> frozenset[bytes]:
         self.calls += 1
         try:
-            code, raw = await self.fetch(self.url(user), "the Platform's SSH key call")
+            keys = await self._ask(user)
+        except KeysUnavailable as e:
+            self.failed(f"{e} (for {user})")
+            raise
+        self.answered()
+        return self._blobs(user, keys)
+
+    async def _ask(self, user: str) -> list[str]:
+        what = "the Platform's SSH key call"
+        try:
+            code, raw = await self.fetch(self.url(user), what)
         except PlatformCallFailed as e:
-            self._log.warn("{why} (for {user})", why=str(e), user=user)
             raise KeysUnavailable(str(e)) from None
         if code == 404:
-            return frozenset()
+            return []
         keys = _keys_in(raw) if code == 200 else None
         if keys is None:
-            self._log.warn("the Platform's SSH key call for {user} answered HTTP {code}"
-                           "{what}", user=user, code=code,
-                           what=" without a list of keys" if code == 200 else "")
-            raise KeysUnavailable(f"the Platform's SSH key call answered HTTP {code}")
+            raise KeysUnavailable(f"{what} answered HTTP {code}"
+                                  + (" without a list of keys" if code == 200 else ""))
+        return keys
+
+    def _blobs(self, user: str, keys: list[str]) -> frozenset[bytes]:
         good = _usable(keys)
         if len(good) < len(keys):
             self._log.warn("the Platform lists {n} SSH keys for {user} that the gateway does "

@@ -9,6 +9,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -19,6 +20,7 @@ from studios_gateway.auth.authorizer import (
     PlatformAccess,
     PlatformUnavailable,
 )
+from studios_gateway.auth.platform_http import QUIET
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
 from tests.support.platform import FakePlatform, http_client
@@ -94,6 +96,34 @@ class PlatformAccessTests(unittest.TestCase):
         self.access = self.client()
         assert (yield self.error(200, b"")) == \
             f"{WHAT} failed: {self.url} cannot be reached"
+
+    @defer.inlineCallbacks
+    def test_an_outage_is_a_few_lines_not_one_per_call(self) -> Any:
+        # While the Platform is down, every user's request and every open connection's
+        # re-check fails; each was one warning (a flood with many users).
+        clock = Clock()
+        self.access = self.client(clock=clock)
+        events: list[dict[str, Any]] = []
+        self.access._log = Logger(namespace="platform", observer=events.append)
+        self.platform.default = (502, b"<html>bad gateway</html>")
+        for i in range(20):
+            with self.assertRaises(PlatformUnavailable):
+                yield self.access.check("abcd", f"user{i}")
+        lines = [formatEvent(e) for e in events]
+        assert lines == ["the Platform's access call for user0 on abcd answered HTTP 502"]
+        clock.advance(QUIET)
+        with self.assertRaises(PlatformUnavailable):
+            yield self.access.check("abcd", "bob")
+        assert formatEvent(events[-1]) == (
+            "the Platform's access call for bob on abcd answered HTTP 502 (and 19 more "
+            "failures of the Platform's access calls in the last 60s)")
+        clock.advance(5)
+        self.platform.default = (200, b'{"allowed": false}')
+        assert (yield self.access.check("abcd", "bob")) is False
+        assert (yield self.access.check("abcd", "carol")) is False
+        assert [formatEvent(e) for e in events[2:]] == [
+            "the Platform's access calls answer again (21 failed in the last 65s)"]
+        assert [e["log_level"].name for e in events] == ["warn", "warn", "info"]
 
     @defer.inlineCallbacks
     def test_the_authorizer_asks_again_after_a_stalled_answer(self) -> Any:
