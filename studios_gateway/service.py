@@ -416,6 +416,8 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     gateway.add_part(observing)
     auth, login = build_auth(config, reactor, store, local)
     auth.on_login = traffic.metrics.login
+    if auth.authorizer.platform is not None:
+        auth.authorizer.platform.on_call = traffic.metrics.platform_call
     gateway.add_part(login)
     http, proxy = build_http(config, reactor, store, dialer, auth, traffic, metrics,
                              carry=tunnel_factory)

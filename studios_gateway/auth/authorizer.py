@@ -103,6 +103,7 @@ class PlatformAccess(PlatformHTTP):
     the timeout, more than MAX_BODY bytes) is an error."""
 
     call_name = "the Platform's access calls"
+    metric_label = "access"
 
     def url(self, session_id: str, user: str) -> str:
         return (f"{self._base}/api/studios/{quote(session_id, safe='')}/access?"
@@ -197,6 +198,11 @@ class Authorizer:
     @property
     def clock(self) -> IReactorTime:
         return self._clock
+
+    @property
+    def platform(self) -> PlatformAccess | None:
+        """The Platform's access call, when PLATFORM_URL is set."""
+        return self._platform
 
     # Lifecycle ----------------------------------------------------------------------
 

@@ -38,8 +38,10 @@ QUIET = 60.0
 
 class PlatformHTTP:
     _log = Logger()
-    #: What the log calls these calls ("the Platform's access call").
+    #: What the log calls these calls ("the Platform's access calls").
     call_name = "the Platform's calls"
+    #: The `call` label of studios_gateway_platform_calls_total.
+    metric_label = "other"
 
     def __init__(self, platform_url: str, credentials: Callable[[], tuple[str, str] | None], *,
                  reactor: Any, http: Any = None, timeout: float = 5.0,
@@ -50,6 +52,8 @@ class PlatformHTTP:
         self._quiet_until: float | None = None
         self._failing_since: float | None = None
         self._failures = 0
+        #: on_call(call, ok): told of every call's outcome (the metrics).
+        self.on_call: Callable[[str, bool], Any] = lambda call, ok: None
         self._base = platform_url.rstrip("/")
         self._credentials = credentials
         self._reactor = reactor
@@ -67,6 +71,7 @@ class PlatformHTTP:
     def failed(self, why: str) -> None:
         """Log a failed call: the first at once, then at most one line per QUIET
         seconds, counting the others."""
+        self.on_call(self.metric_label, False)
         now = self._clock.seconds()
         self._failures += 1
         if self._failing_since is None:
@@ -82,6 +87,7 @@ class PlatformHTTP:
 
     def answered(self) -> None:
         """A call got a usable answer: after failures, say once that it works again."""
+        self.on_call(self.metric_label, True)
         if self._failing_since is None:
             return
         took = self._clock.seconds() - self._failing_since

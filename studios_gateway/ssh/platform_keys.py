@@ -41,6 +41,7 @@ class PlatformKeys(PlatformHTTP):
 
     _log = Logger()
     call_name = "the Platform's SSH key calls"
+    metric_label = "ssh_keys"
 
     def __init__(self, platform_url: str, credentials: Callable[[], tuple[str, str] | None],
                  *, reactor: Any, ttl: float, http: Any = None, timeout: float = 5.0,
