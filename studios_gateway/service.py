@@ -525,7 +525,8 @@ def build_management(config: Config, reactor: Any, store: SessionStore, table: T
         traffic.session_ended(session_id)
 
     sessions = Sessions(store, clock=reactor, on_end=on_end,
-                        on_revoke=auth.authorizer.revoke_user, usage=traffic.describe)
+                        on_revoke=auth.authorizer.revoke_user, usage=traffic.describe,
+                        workspace_allowed=config.workspace_allowed)
     tunnel_host, tunnel_port = config.effective_tunnel_url
 
     def present(new: NewSession) -> dict[str, Any]:
