@@ -459,8 +459,10 @@ def test_an_issuer_that_is_down_at_start_is_waited_for(tmp_path: Path) -> None:
         Browser().get(g.url(sid, "/"))  # a visitor: the gateway asks the issuer again now
         g.wait_ready(timeout=15)
         assert logged_in(g, sid, "alice")
-        assert "ConnectionRefusedError; new logins fail until the issuer answers" in \
-            g.gw.output()
+        issuer = f"http://127.0.0.1:{port}"
+        assert (f"OpenID discovery at {issuer}/.well-known/openid-configuration failed: "
+                f"{issuer} cannot be reached; new logins fail until the issuer answers") \
+            in g.gw.output()
     finally:
         g.stop()
         if idp is not None:
