@@ -130,8 +130,11 @@ class PlatformAccess(PlatformHTTP):
         if code in (403, 404):
             return False
         if code != 200:
-            hint = (": check the gateway's OIDC client (its id and secret)"
-                    if code == 401 else "")
+            hint = "" if code != 401 else (
+                ": check the gateway's OIDC client (its id and secret)"
+                if self._credentials() is not None else
+                ": the gateway has no OIDC client secret to send (the issuer has not "
+                "answered since the start, or the client has none)")
             raise PlatformUnavailable(f"{what} answered HTTP {code}{hint}")
         try:
             body = json.loads(raw)

@@ -33,11 +33,12 @@ class PlatformAccessTests(unittest.TestCase):
 
     def setUp(self) -> None:
         self.platform = FakePlatform(default=(200, b'{"allowed": true}'))
+        self.creds: tuple[str, str] | None = ("gw-client", "s3cret")
         self.url = self.platform.listen(self)
         self.access = self.client()
 
     def client(self, **kw: Any) -> PlatformAccess:
-        return PlatformAccess(self.url, lambda: ("gw-client", "s3cret"), reactor=reactor,
+        return PlatformAccess(self.url, lambda: self.creds, reactor=reactor,
                               http=http_client(), **kw)
 
     @defer.inlineCallbacks
@@ -65,6 +66,12 @@ class PlatformAccessTests(unittest.TestCase):
         assert (yield self.error(500, b"<html>oops</html>")) == f"{WHAT} answered HTTP 500"
         assert (yield self.error(401, b'{"error": "invalid_client"}')) == (
             f"{WHAT} answered HTTP 401: check the gateway's OIDC client (its id and secret)")
+        self.creds = None  # not registered yet (the issuer is down): nothing to send
+        assert (yield self.error(401, b'{"error": "invalid_client"}')) == (
+            f"{WHAT} answered HTTP 401: the gateway has no OIDC client secret to send (the "
+            "issuer has not answered since the start, or the client has none)")
+        assert self.platform.requests[-1][1] == ""
+        self.creds = ("gw-client", "s3cret")
         for body in (b"{not json", b"[true]", b'{"allowed": "yes"}', b""):
             assert (yield self.error(200, body)) == \
                 f'{WHAT} answered HTTP 200 without {{"allowed": true|false}}', body
