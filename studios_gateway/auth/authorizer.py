@@ -44,8 +44,8 @@ from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.registry.spent import SpentSet
 
-__all__ = ["LOGGED_OUT", "NOT_ALLOWED", "SESSION_ENDED", "Authorizer", "Decision", "PlatformAccess",
-           "PlatformUnavailable", "Revocation"]
+__all__ = ["LOGGED_OUT", "NOT_ALLOWED", "SESSION_ENDED", "WORKSPACE_REFUSED", "Authorizer",
+           "Decision", "PlatformAccess", "PlatformUnavailable", "Revocation"]
 
 #: How long a failure (store or Platform unreachable) is remembered, at most.
 ERROR_TTL = 5.0
@@ -53,6 +53,8 @@ ERROR_TTL = 5.0
 LOGOUT_RETRY = 2.0
 #: The decision's reason for a user with no claim on the session.
 NOT_ALLOWED = "not allowed on this session"
+#: The decision's reason when TOWER_DATA_STUDIO_ALLOWED_WORKSPACES leaves the session out.
+WORKSPACE_REFUSED = "the session's workspace may not use studios"
 #: Why a live connection closes when its session is deleted (an SSH user reads it).
 SESSION_ENDED = "the session was ended"
 #: Why a live connection closes when its login was logged out (here or on another node).
@@ -307,7 +309,7 @@ class Authorizer:
         if record is None:
             return Decision(False, "no such session", 404)
         if not self._workspace_allowed(record.workspace_id):
-            return Decision(False, "the session's workspace may not use studios", 403, record)
+            return Decision(False, WORKSPACE_REFUSED, 403, record)
         if user == record.owner:
             return Decision(True, "owner", 200, record)
         if user in record.allowed_users:
