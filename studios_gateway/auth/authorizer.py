@@ -118,7 +118,7 @@ class PlatformAccess(PlatformHTTP):
         try:
             yes = await self._ask(session_id, user)
         except PlatformUnavailable as e:
-            self.failed(str(e))
+            self.failed(str(e), kind=str(e).replace(f" for {user} on {session_id}", "", 1))
             raise
         self.answered()
         return yes

@@ -34,6 +34,8 @@ class PlatformCallFailed(Exception):
 #: long (seconds) and told in the next line, not one line each: while the Platform is
 #: down every user and every open connection's re-check would fail, each on its own.
 QUIET = 60.0
+#: Kinds of failure remembered for that (the oldest are forgotten beyond it).
+MAX_KINDS = 64
 
 
 class PlatformHTTP:
@@ -47,9 +49,9 @@ class PlatformHTTP:
                  reactor: Any, http: Any = None, timeout: float = 5.0,
                  max_body: int = MAX_BODY, clock: IReactorTime | None = None):
         self._clock: IReactorTime = clock if clock is not None else reactor
-        #: The failures not logged one by one yet, and until when they are only counted.
-        self._unlogged = 0
-        self._quiet_until: float | None = None
+        #: Per kind of failure ("answered HTTP 500"): until when more of it are only
+        #: counted, and how many were.
+        self._quiet: dict[str, tuple[float, int]] = {}
         self._failing_since: float | None = None
         self._failures = 0
         #: on_call(call, ok): told of every call's outcome (the metrics).
@@ -68,22 +70,26 @@ class PlatformHTTP:
             http = HTTPClient(Agent(reactor, pool=self._pool))
         self._http = http
 
-    def failed(self, why: str) -> None:
-        """Log a failed call: the first at once, then at most one line per QUIET
-        seconds, counting the others."""
+    def failed(self, why: str, kind: str | None = None) -> None:
+        """Log a failed call: the first of its `kind` (what went wrong, without whose
+        call it was; default `why`) at once, then at most one line of that kind per
+        QUIET seconds, counting the others. A new kind is logged at once."""
         self.on_call(self.metric_label, False)
         now = self._clock.seconds()
         self._failures += 1
         if self._failing_since is None:
             self._failing_since = now
-        if self._quiet_until is not None and now < self._quiet_until:
-            self._unlogged += 1
+        kind = why if kind is None else kind
+        until, unlogged = self._quiet.get(kind, (0.0, 0))
+        if now < until:
+            self._quiet[kind] = (until, unlogged + 1)
             return
-        more = (f" (and {self._unlogged} more failures of {self.call_name} in the last "
-                f"{QUIET:g}s)" if self._unlogged else "")
+        more = (f" (and {unlogged} more like it in the last {QUIET:g}s)" if unlogged else "")
         self._log.warn("{why}{more}", why=why, more=more)
-        self._unlogged = 0
-        self._quiet_until = now + QUIET
+        self._quiet.pop(kind, None)
+        self._quiet[kind] = (now + QUIET, 0)
+        while len(self._quiet) > MAX_KINDS:
+            self._quiet.pop(next(iter(self._quiet)))
 
     def answered(self) -> None:
         """A call got a usable answer: after failures, say once that it works again."""
@@ -93,8 +99,9 @@ class PlatformHTTP:
         took = self._clock.seconds() - self._failing_since
         self._log.info("{call} answer again ({n} failed in the last {took:.0f}s)",
                        call=self.call_name, n=self._failures, took=took)
-        self._failing_since = self._quiet_until = None
-        self._failures = self._unlogged = 0
+        self._failing_since = None
+        self._failures = 0
+        self._quiet.clear()
 
     def stop(self) -> Deferred[None] | None:
         """Close kept-alive connections to the Platform."""

@@ -121,7 +121,7 @@ class PlatformKeys(PlatformHTTP):
         try:
             keys = await self._ask(user)
         except KeysUnavailable as e:
-            self.failed(f"{e} (for {user})")
+            self.failed(f"{e} (for {user})", kind=str(e))
             raise
         self.answered()
         return self._blobs(user, keys)

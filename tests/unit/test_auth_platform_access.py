@@ -123,14 +123,22 @@ class PlatformAccessTests(unittest.TestCase):
             yield self.access.check("abcd", "bob")
         assert formatEvent(events[-1]) == (
             "the Platform's access call for bob on abcd answered HTTP 502 (and 19 more "
-            "failures of the Platform's access calls in the last 60s)")
+            "like it in the last 60s)")
+        # Another kind of failure is told at once (an operator learns what changed).
+        self.platform.default = (401, b'{"error": "invalid_client"}')
+        for user in ("dave", "erin"):
+            with self.assertRaises(PlatformUnavailable):
+                yield self.access.check("abcd", user)
+        assert formatEvent(events[-1]) == (
+            "the Platform's access call for dave on abcd answered HTTP 401: check the "
+            "gateway's OIDC client (its id and secret)")
         clock.advance(5)
         self.platform.default = (200, b'{"allowed": false}')
         assert (yield self.access.check("abcd", "bob")) is False
         assert (yield self.access.check("abcd", "carol")) is False
-        assert [formatEvent(e) for e in events[2:]] == [
-            "the Platform's access calls answer again (21 failed in the last 65s)"]
-        assert [e["log_level"].name for e in events] == ["warn", "warn", "info"]
+        assert [formatEvent(e) for e in events[3:]] == [
+            "the Platform's access calls answer again (23 failed in the last 65s)"]
+        assert [e["log_level"].name for e in events] == ["warn", "warn", "warn", "info"]
 
     @defer.inlineCallbacks
     def test_the_authorizer_asks_again_after_a_stalled_answer(self) -> Any:
