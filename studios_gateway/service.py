@@ -427,6 +427,8 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     gateway.add_part(observing)
     auth, login = build_auth(config, reactor, store, local)
     auth.on_login = traffic.metrics.login
+    if auth.authorizer.platform is not None:
+        auth.authorizer.platform.on_call = traffic.metrics.platform_call
     gateway.add_part(login)
     http, proxy = build_http(config, reactor, store, dialer, auth, traffic, metrics,
                              carry=tunnel_factory)
@@ -534,7 +536,8 @@ def build_management(config: Config, reactor: Any, store: SessionStore, table: T
         traffic.session_ended(session_id)
 
     sessions = Sessions(store, clock=reactor, on_end=on_end,
-                        on_revoke=auth.authorizer.revoke_user, usage=traffic.describe)
+                        on_revoke=auth.authorizer.revoke_user, usage=traffic.describe,
+                        workspace_allowed=config.workspace_allowed)
     tunnel_host, tunnel_port = config.effective_tunnel_url
 
     def present(new: NewSession) -> dict[str, Any]:

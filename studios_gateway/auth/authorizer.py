@@ -26,6 +26,7 @@ been missed, and writes a logout the store could not take again later.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,13 +39,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.auth.platform_http import PlatformHTTP
+from studios_gateway.auth.platform_http import PlatformCallFailed, PlatformHTTP
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.registry.spent import SpentSet
 
-__all__ = ["LOGGED_OUT", "NOT_ALLOWED", "SESSION_ENDED", "Authorizer", "Decision", "PlatformAccess",
-           "PlatformUnavailable", "Revocation"]
+__all__ = ["LOGGED_OUT", "NOT_ALLOWED", "SESSION_ENDED", "WORKSPACE_REFUSED", "Authorizer",
+           "Decision", "PlatformAccess", "PlatformUnavailable", "Revocation"]
 
 #: How long a failure (store or Platform unreachable) is remembered, at most.
 ERROR_TTL = 5.0
@@ -52,6 +53,8 @@ ERROR_TTL = 5.0
 LOGOUT_RETRY = 2.0
 #: The decision's reason for a user with no claim on the session.
 NOT_ALLOWED = "not allowed on this session"
+#: The decision's reason when TOWER_DATA_STUDIO_ALLOWED_WORKSPACES leaves the session out.
+WORKSPACE_REFUSED = "the session's workspace may not use studios"
 #: Why a live connection closes when its session is deleted (an SSH user reads it).
 SESSION_ENDED = "the session was ended"
 #: Why a live connection closes when its login was logged out (here or on another node).
@@ -98,9 +101,11 @@ class Revocation:
 class PlatformAccess(PlatformHTTP):
     """``GET {platform}/api/studios/{id}/access?user={user}`` with the gateway's client
     credentials (HTTP Basic); the answer is JSON ``{"allowed": true|false}``. 200 with
-    allowed true means yes; 403 or 404 means no; anything else is an error."""
+    allowed true means yes; 403 or 404 means no; anything else (no whole answer within
+    the timeout, more than MAX_BODY bytes) is an error."""
 
-    _log = Logger()
+    call_name = "the Platform's access calls"
+    metric_label = "access"
 
     def url(self, session_id: str, user: str) -> str:
         return (f"{self._base}/api/studios/{quote(session_id, safe='')}/access?"
@@ -111,15 +116,35 @@ class PlatformAccess(PlatformHTTP):
 
     async def _check(self, session_id: str, user: str) -> bool:
         try:
-            resp = await self._get(self.url(session_id, user))
-            body = await resp.json() if resp.code == 200 else await resp.content()
-        except Exception as e:  # noqa: BLE001
-            raise PlatformUnavailable(f"the Platform's access call failed: {type(e).__name__}")
-        if resp.code in (403, 404):
+            yes = await self._ask(session_id, user)
+        except PlatformUnavailable as e:
+            self.failed(str(e), kind=str(e).replace(f" for {user} on {session_id}", "", 1))
+            raise
+        self.answered()
+        return yes
+
+    async def _ask(self, session_id: str, user: str) -> bool:
+        what = f"the Platform's access call for {user} on {session_id}"
+        try:
+            code, raw = await self.fetch(self.url(session_id, user), what)
+        except PlatformCallFailed as e:
+            raise PlatformUnavailable(str(e)) from None
+        if code in (403, 404):
             return False
-        if resp.code != 200 or not isinstance(body, dict) \
-                or not isinstance(body.get("allowed"), bool):
-            raise PlatformUnavailable(f"the Platform's access call answered HTTP {resp.code}")
+        if code != 200:
+            hint = "" if code != 401 else (
+                ": check the gateway's OIDC client (its id and secret)"
+                if self._credentials() is not None else
+                ": the gateway has no OIDC client secret to send (the issuer has not "
+                "answered since the start, or the client has none)")
+            raise PlatformUnavailable(f"{what} answered HTTP {code}{hint}")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("allowed"), bool):
+            raise PlatformUnavailable(f'{what} answered HTTP 200 without {{"allowed": '
+                                      "true|false}")
         return bool(body["allowed"])
 
 
@@ -178,6 +203,11 @@ class Authorizer:
     @property
     def clock(self) -> IReactorTime:
         return self._clock
+
+    @property
+    def platform(self) -> PlatformAccess | None:
+        """The Platform's access call, when PLATFORM_URL is set."""
+        return self._platform
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -279,7 +309,7 @@ class Authorizer:
         if record is None:
             return Decision(False, "no such session", 404)
         if not self._workspace_allowed(record.workspace_id):
-            return Decision(False, "the session's workspace may not use studios", 403, record)
+            return Decision(False, WORKSPACE_REFUSED, 403, record)
         if user == record.owner:
             return Decision(True, "owner", 200, record)
         if user in record.allowed_users:
@@ -287,8 +317,7 @@ class Authorizer:
         if self._platform is not None:
             try:
                 yes = await self._platform.check(session_id, user)
-            except PlatformUnavailable as e:
-                self._log.warn("{why}", why=str(e))
+            except PlatformUnavailable:  # logged by the Platform client, not one line each
                 return Decision(False, "the Platform could not be asked", 503, record)
             if yes:
                 return Decision(True, "platform", 200, record)

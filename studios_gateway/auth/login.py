@@ -48,7 +48,12 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from studios_gateway.auth.authorizer import Authorizer, Decision, PlatformAccess
+from studios_gateway.auth.authorizer import (
+    WORKSPACE_REFUSED,
+    Authorizer,
+    Decision,
+    PlatformAccess,
+)
 from studios_gateway.auth.cookies import (
     COOKIE_NAME,
     LOGIN_SCOPE,
@@ -482,6 +487,12 @@ class Auth:
             refusal = page(503, "Try again shortly",
                            f"Access to studio {sid} cannot be checked right now.",
                            extra_headers=[(b"Retry-After", b"5")])
+        elif decision.reason == WORKSPACE_REFUSED:
+            # Nobody may open it: logging in as someone else would not help.
+            refusal = page(403, "Studio not available",
+                           f"Studio {sid} belongs to a workspace that may not use studios "
+                           "on this gateway, so nobody can open it. Ask your Platform "
+                           "administrator.")
         else:
             switch = f"{self.settings.proxy_url}{PREFIX}logout?" + urlencode(
                 {"next": self.login_url(request)}, quote_via=quote)

@@ -33,6 +33,7 @@ import jwt
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from studios_gateway.auth.answers import AnswerFailed, quiet_pool, read_answer
 from studios_gateway.auth.cookies import Clock
 from studios_gateway.auth.files import StorageError, read_json, write_private_json
 from studios_gateway.auth.onetime import OneTimeTable
@@ -264,9 +265,9 @@ class RelyingParty:
 
     def _make_client(self, reactor: Any) -> Any:
         from treq.client import HTTPClient
-        from twisted.web.client import Agent, HTTPConnectionPool
+        from twisted.web.client import Agent
 
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool = quiet_pool(reactor)
         self._pool.maxPersistentPerHost = 4
         return HTTPClient(Agent(reactor, pool=self._pool))
 
@@ -280,24 +281,24 @@ class RelyingParty:
         hdrs = {"Accept": ["application/json"]}
         for k, v in (headers or {}).items():
             hdrs[k] = [v]
-        kwargs: dict[str, Any] = {"headers": hdrs, "timeout": self.settings.timeout,
-                                  "reactor": self._reactor}
+        kwargs: dict[str, Any] = {"headers": hdrs}
         if data is not None:
             kwargs["data"] = dict(data)
         if json_body is not None:
             kwargs["json"] = json_body
         try:
-            resp = await self._http.request(method, url, **kwargs)
-            raw = await resp.content()
-        except Exception as e:  # noqa: BLE001 - any transport failure is the same to us
-            reason = "timed out" if type(e).__name__ == "CancelledError" else type(e).__name__
-            raise OIDCError(f"{what} at {url} failed: {reason}") from None
+            # The whole answer within the timeout: a stalled body (of the JWKS, which
+            # every login with a new key waits for) must not hold logins forever.
+            code, raw = await read_answer(self._http, method, url, reactor=self._reactor,
+                                          within=self.settings.timeout, **kwargs)
+        except AnswerFailed as e:
+            raise OIDCError(f"{what} at {url} {e}") from None
         text = raw.decode("utf-8", "replace")
         try:
             body = json.loads(text) if text.strip() else None
         except ValueError:
             body = None
-        return resp.code, body, text
+        return code, body, text
 
     # Start: discovery and the client --------------------------------------------
 

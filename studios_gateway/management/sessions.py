@@ -206,8 +206,11 @@ class Sessions:
                  on_end: Callable[[str], Any] = lambda s: None,
                  on_revoke: Callable[[str, str], Any] = lambda s, u: None,
                  tunnel_state: Callable[[str], Deferred[dict[str, Any] | None]] | None = None,
-                 usage: Callable[[str], Any] | None = None):
+                 usage: Callable[[str], Any] | None = None,
+                 workspace_allowed: Callable[[str | None], bool] = lambda ws: True):
         self._store = store
+        #: TOWER_DATA_STUDIO_ALLOWED_WORKSPACES: a session no one could use is refused.
+        self._workspace_allowed = workspace_allowed
         self._clock = clock
         self._on_end = on_end
         self._on_revoke = on_revoke
@@ -224,6 +227,13 @@ class Sessions:
 
     @defer.inlineCallbacks
     def create(self, fields: dict[str, Any]) -> Any:
+        ws = fields["workspace_id"]
+        if not self._workspace_allowed(ws):
+            # Every request to it would be refused (docs/login.md): say so now.
+            raise RequestError(
+                "workspace_id is required: TOWER_DATA_STUDIO_ALLOWED_WORKSPACES lets only the "
+                "workspaces it lists use studios" if ws is None else
+                f"workspace {ws} may not use studios (TOWER_DATA_STUDIO_ALLOWED_WORKSPACES)")
         token = new_token()
         sid = fields["id"]
         for _ in range(5 if sid is None else 1):

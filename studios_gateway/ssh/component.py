@@ -147,6 +147,8 @@ def build_ssh(config: Config, reactor: Any, store: SessionStore, dialer: Dialer,
     else:
         keys_import = FileImport(store, config.storage_root, reactor)
     platform = make_platform_keys(auth, reactor)
+    if platform is not None and traffic is not None:
+        platform.on_call = traffic.metrics.platform_call
     user_keys = StoreUserKeys(store, platform)
     authorizer = auth.authorizer
     key_watch = KeyWatch(store, platform, clock=reactor, ttl=config.local_cache_ttl,

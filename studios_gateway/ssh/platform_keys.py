@@ -26,26 +26,22 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.auth.platform_http import PlatformHTTP
+from studios_gateway.auth.platform_http import MAX_BODY, PlatformCallFailed, PlatformHTTP
 from studios_gateway.registry.base import MAX_USER_KEYS, key_blob
 from studios_gateway.ssh.keys import KeysUnavailable, parse_public_keys
 
-__all__ = ["PlatformKeys"]
+__all__ = ["MAX_BODY", "PlatformKeys"]
 
 #: How long a failed call is remembered (seconds): OpenSSH offers several keys in a row.
 ERROR_TTL = 5.0
-#: Largest answer read (bytes); more is an error.
-MAX_BODY = 1024 * 1024
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class PlatformKeys(PlatformHTTP):
     """Asks the Platform for a user's SSH keys; caches the answers."""
 
     _log = Logger()
+    call_name = "the Platform's SSH key calls"
+    metric_label = "ssh_keys"
 
     def __init__(self, platform_url: str, credentials: Callable[[], tuple[str, str] | None],
                  *, reactor: Any, ttl: float, http: Any = None, timeout: float = 5.0,
@@ -121,36 +117,30 @@ class PlatformKeys(PlatformHTTP):
             self._cache.popitem(last=False)
 
     async def _fetch(self, user: str) -> frozenset[bytes]:
-        from treq import collect
-
         self.calls += 1
-        chunks: list[bytes] = []
-
-        def collector(data: bytes) -> None:
-            chunks.append(data)
-            if sum(map(len, chunks)) > MAX_BODY:
-                raise _TooLarge()
-
         try:
-            resp = await self._get(self.url(user))
-            await collect(resp, collector)
-        except _TooLarge:
-            self._log.warn("the Platform's SSH key call for {user} answered more than "
-                           "{max} bytes", user=user, max=MAX_BODY)
-            raise KeysUnavailable("the Platform's SSH key answer was too large") from None
-        except Exception as e:  # noqa: BLE001
-            self._log.warn("the Platform's SSH key call for {user} failed: {error}",
-                           user=user, error=type(e).__name__)
-            raise KeysUnavailable("the Platform did not answer the SSH key call "
-                                  f"({type(e).__name__})") from None
-        if resp.code == 404:
-            return frozenset()
-        keys = _keys_in(b"".join(chunks)) if resp.code == 200 else None
+            keys = await self._ask(user)
+        except KeysUnavailable as e:
+            self.failed(f"{e} (for {user})", kind=str(e))
+            raise
+        self.answered()
+        return self._blobs(user, keys)
+
+    async def _ask(self, user: str) -> list[str]:
+        what = "the Platform's SSH key call"
+        try:
+            code, raw = await self.fetch(self.url(user), what)
+        except PlatformCallFailed as e:
+            raise KeysUnavailable(str(e)) from None
+        if code == 404:
+            return []
+        keys = _keys_in(raw) if code == 200 else None
         if keys is None:
-            self._log.warn("the Platform's SSH key call for {user} answered HTTP {code}"
-                           "{what}", user=user, code=resp.code,
-                           what=" without a list of keys" if resp.code == 200 else "")
-            raise KeysUnavailable(f"the Platform's SSH key call answered HTTP {resp.code}")
+            raise KeysUnavailable(f"{what} answered HTTP {code}"
+                                  + (" without a list of keys" if code == 200 else ""))
+        return keys
+
+    def _blobs(self, user: str, keys: list[str]) -> frozenset[bytes]:
         good = _usable(keys)
         if len(good) < len(keys):
             self._log.warn("the Platform lists {n} SSH keys for {user} that the gateway does "

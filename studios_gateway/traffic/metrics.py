@@ -67,6 +67,10 @@ class TrafficMetrics:
         self.logins = Counter(
             "studios_gateway_logins", "Logins by kind (oidc, link, handoff, ssh) and outcome "
             "(success, failure).", ["kind", "outcome"], registry=r)
+        self.platform_calls = Counter(
+            "studios_gateway_platform_calls", "Calls to the Platform by call (access, "
+            "ssh_keys) and outcome (answered; failed: an error, no answer in time, or an "
+            "answer that is not one).", ["call", "outcome"], registry=r)
         self.quota_refusals = Counter(
             "studios_gateway_quota_refusals",
             "Requests refused and connections stopped by a transfer quota, by kind and scope "
@@ -80,6 +84,12 @@ class TrafficMetrics:
                 self.bytes.add((kind, direction), 0)
         for outcome in ("ok", "refused"):
             self.ssh_sessions.labels(outcome)
+        for call in ("access", "ssh_keys"):
+            for ok in (True, False):
+                self.platform_calls.labels(call, "answered" if ok else "failed")
+
+    def platform_call(self, call: str, ok: bool) -> None:
+        self.platform_calls.labels(call, "answered" if ok else "failed").inc()
 
     def login(self, kind: str, ok: bool) -> None:
         self.logins.labels(kind, "success" if ok else "failure").inc()

@@ -282,6 +282,19 @@ def test_the_platforms_ssh_keys_let_a_user_in(subdomain: Gateway, idp: IdPProces
              ":", 1)[1], f"dave@{sid}@127.0.0.1", "echo platform-key"],
         capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
     assert done.returncode == 0 and done.stdout == "platform-key\n", done.stderr
+    # Operators see the Platform's calls in the metrics.
+    assert counter(g, 'studios_gateway_platform_calls_total{call="ssh_keys",'
+                      'outcome="answered"}') >= 1
+
+
+def counter(g: Gateway, series: str) -> float:
+    """One series' value in the gateway's /metrics."""
+    status, body, _ = g.gw.request("/metrics")
+    assert status == 200
+    for line in body.decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.rpartition(" ")[2])
+    raise AssertionError(f"no {series} in /metrics")
 
 
 # Without an issuer: one-time login links ------------------------------------------------
@@ -356,6 +369,8 @@ def test_a_platform_no_closes_the_websocket_within_the_ttl(idp: IdPProcess,
     took = ws.wait_closed(TTL + 1)  # the TTL, and a second for a busy machine
     assert carol.get(g.url(sid, "/api/info")).status == 403
     print(f"the Platform's no closed the WebSocket after {took:.3f}s")
+    assert counter(g, 'studios_gateway_platform_calls_total{call="access",'
+                      'outcome="answered"}') >= 2
 
 
 # Registration across restarts -----------------------------------------------------------
@@ -444,8 +459,10 @@ def test_an_issuer_that_is_down_at_start_is_waited_for(tmp_path: Path) -> None:
         Browser().get(g.url(sid, "/"))  # a visitor: the gateway asks the issuer again now
         g.wait_ready(timeout=15)
         assert logged_in(g, sid, "alice")
-        assert "ConnectionRefusedError; new logins fail until the issuer answers" in \
-            g.gw.output()
+        issuer = f"http://127.0.0.1:{port}"
+        assert (f"OpenID discovery at {issuer}/.well-known/openid-configuration failed: "
+                f"{issuer} cannot be reached; new logins fail until the issuer answers") \
+            in g.gw.output()
     finally:
         g.stop()
         if idp is not None:

@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
+from studios_gateway.config import load_config
 from studios_gateway.management.api import make_api
 from studios_gateway.management.sessions import Sessions
 from studios_gateway.registry.memory import MemoryStore
@@ -68,6 +69,28 @@ def test_patch_turns_ssh_on_and_off_and_keeps_the_allow_list() -> None:
                         {"ssh_enabled": False, "allowed_users": ["bob"]})
     assert status == 200 and body["ssh_enabled"] is False and body["allowed_users"] == ["bob"]
     assert revoked == [("abc", "carol")]
+
+
+def test_a_session_no_one_could_use_is_refused_at_creation() -> None:
+    # TOWER_DATA_STUDIO_ALLOWED_WORKSPACES=111,222: a session of workspace 333, or of none,
+    # was created (201, a connect string, a studio started) and then every request to it
+    # was refused with 403.
+    config = load_config(environ={"TOWER_DATA_STUDIO_ALLOWED_WORKSPACES": "111,222"})
+    store = MemoryStore(Clock())
+    api = make_api(Sessions(store, clock=Clock(), workspace_allowed=config.workspace_allowed),
+                   lambda new: {"id": new.record.id})
+    status, body = call(api, "POST", "/api/sessions",
+                        {"id": "abc", "owner": "alice", "workspace_id": "333"})
+    assert (status, body) == (400, {"error": "workspace 333 may not use studios "
+                                             "(TOWER_DATA_STUDIO_ALLOWED_WORKSPACES)"})
+    status, body = call(api, "POST", "/api/sessions", {"id": "abc", "owner": "alice"})
+    assert (status, body) == (400, {"error": "workspace_id is required: TOWER_DATA_STUDIO_"
+                                             "ALLOWED_WORKSPACES lets only the workspaces it "
+                                             "lists use studios"})
+    assert call(api, "GET", "/api/sessions/abc")[0] == 404  # nothing was kept
+    status, _ = call(api, "POST", "/api/sessions",
+                     {"id": "abc", "owner": "alice", "workspace_id": 222})
+    assert status == 201
 
 
 def _with_links(links: Any) -> tuple[Any, MemoryStore]:

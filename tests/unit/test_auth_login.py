@@ -77,12 +77,13 @@ def idp_login(rp: FakeRP) -> Any:
     return external
 
 
-def make(path_routing: bool = False, issuer: bool = True, **kw: Any) -> tuple[Auth, Clock, Any]:
+def make(path_routing: bool = False, issuer: bool = True, environ: dict[str, str] | None = None,
+         **kw: Any) -> tuple[Auth, Clock, Any]:
     clock = Clock()
     clock.advance(1_700_000_000)
     store = store_with(record("abc"), record("xyz", users=()), record("bobs", owner="bob",
                                                                       users=()))
-    config = load_config(environ={})
+    config = load_config(environ=environ or {})
     authorizer = Authorizer(store, clock=clock, ttl=120,
                             workspace_allowed=config.workspace_allowed)
     settings = AuthSettings(proxy_url=PROXY, studios_domain="connect.example.test",
@@ -171,6 +172,20 @@ def test_second_user_gets_403():
     # For the access line (never sent): who was refused, and the authorizer's reason.
     assert (resp.user, resp.why) == ("mallory", "not allowed on this session")
     assert b"not allowed on this session" in resp.body
+
+
+def test_a_workspace_refusal_offers_no_other_login():
+    # The studio's workspace is not in TOWER_DATA_STUDIO_ALLOWED_WORKSPACES: the page said
+    # "alice may not use studio abc" and offered "Log in as someone else", which no one
+    # could use to get in.
+    auth, _, rp = make(environ={"TOWER_DATA_STUDIO_ALLOWED_WORKSPACES": "777"})
+    resp, _ = run(LoginDriver(auth, external=idp_login(rp)).open(studio("abc")))
+    assert isinstance(resp, Response) and resp.status == 403
+    assert b"<title>Studio not available</title>" in resp.body
+    assert (b"Studio abc belongs to a workspace that may not use studios on this gateway, "
+            b"so nobody can open it.") in resp.body
+    assert b"logout" not in resp.body
+    assert (resp.user, resp.why) == ("alice", "the session's workspace may not use studios")
 
 
 def test_handoff_code_is_single_use_and_bound_to_its_studio():

@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
 
 from studios_gateway.auth.oidc import (
     ClientRegistration,
@@ -34,9 +36,19 @@ class FakeResponse:
     def __init__(self, code: int, body: Any):
         self.code = code
         self._raw = json.dumps(body).encode()
+        self.stall = False
+        self.aborted = False
 
-    def content(self) -> Deferred[bytes]:
-        return defer.succeed(self._raw)
+    def deliverBody(self, protocol: Any) -> None:  # noqa: N802 - IResponse's name
+        if self.stall:  # half the body, then nothing: only aborting ends it
+            protocol.makeConnection(self)
+            protocol.dataReceived(self._raw[:len(self._raw) // 2])
+            return
+        protocol.dataReceived(self._raw)
+        protocol.connectionLost(Failure(ResponseDone()))
+
+    def stopProducing(self) -> None:  # noqa: N802 - the transport's name
+        self.aborted = True
 
 
 class FakeHTTP:
@@ -46,13 +58,20 @@ class FakeHTTP:
         self.key, self.kid = key, kid
         self.claims: dict[str, Any] = {}
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
+        #: JWKS answers that stall after half their body (kept to see them aborted).
+        self.stall_jwks = False
+        self.stalled: list[FakeResponse] = []
 
     def request(self, method: str, url: str, **kw: Any) -> Deferred[FakeResponse]:
         self.requests.append((method, url, kw))
         if url.endswith("/jwks"):
             jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
             jwk["kid"] = self.kid
-            return defer.succeed(FakeResponse(200, {"keys": [jwk]}))
+            answer = FakeResponse(200, {"keys": [jwk]})
+            if self.stall_jwks:
+                answer.stall = True
+                self.stalled.append(answer)
+            return defer.succeed(answer)
         form = kw["data"]
         if form.get("code") != "the-code":
             return defer.succeed(FakeResponse(400, {"error": "invalid_grant"}))
@@ -119,7 +138,6 @@ def test_full_exchange_sends_the_verifier(key):
     assert pkce_challenge(kw["data"]["code_verifier"]) == q["code_challenge"]
     assert kw["data"]["redirect_uri"] == "https://gw/_connect/callback"
     assert kw["headers"]["Authorization"][0].startswith("Basic ")
-    assert kw["timeout"] == 10.0
 
 
 def test_state_is_single_use(key):
@@ -204,6 +222,28 @@ def test_unknown_kid_refetch_is_rate_limited(key):
     q = begin(rp, http, clock)
     assert result(rp.finish({"state": q["state"], "code": "the-code"})).subject == "alice"
     assert sum(1 for r in http.requests if r[1].endswith("/jwks")) == fetches + 1
+
+
+def test_a_stalled_jwks_fails_the_login_in_time_and_holds_no_other(key):
+    # After a key rotation every login waits for the one JWKS refetch. Its body stalled:
+    # treq's timeout covers only the headers, so that login and every later one with the
+    # new key waited until the issuer closed the connection (or forever).
+    rp, clock, http = make_rp(key, jwks_min_refresh=0)
+    q = begin(rp, http, clock)
+    result(rp.finish({"state": q["state"], "code": "the-code"}))
+    http.kid, http.stall_jwks = "k2", True
+    q = begin(rp, http, clock)
+    waiting = rp.finish({"state": q["state"], "code": "the-code"})
+    clock.advance(9.9)
+    assert not waiting.called
+    clock.advance(0.1)
+    with pytest.raises(OIDCError, match=r"^the JWKS fetch at https://idp\.example\.org/jwks "
+                                        r"got no answer within 10s$"):
+        result(waiting)
+    assert http.stalled[0].aborted  # the connection was dropped, not left open
+    http.stall_jwks = False
+    q = begin(rp, http, clock)
+    assert result(rp.finish({"state": q["state"], "code": "the-code"})).subject == "alice"
 
 
 def test_check_claims_leeway():

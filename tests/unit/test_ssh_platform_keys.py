@@ -12,10 +12,11 @@ from twisted.conch.ssh.keys import Key
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import Site
 
 from studios_gateway.ssh.keys import KeysUnavailable
 from studios_gateway.ssh.platform_keys import MAX_BODY, PlatformKeys
+from tests.support.platform import FakePlatform, http_client
 
 
 def public(private: Any) -> tuple[Key, str]:
@@ -23,48 +24,20 @@ def public(private: Any) -> tuple[Key, str]:
     return key, key.toString("OPENSSH").decode() + " alice@laptop"
 
 
-class FakePlatform(Resource):
-    """Answers GET /api/users/<user>/ssh-keys from `answers`; records the requests."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.answers: dict[str, tuple[int, bytes]] = {}
-        self.requests: list[tuple[str, str]] = []
-        self.hang = False
-
-    def render_GET(self, request: Request) -> Any:
-        path = request.uri.decode()
-        self.requests.append((path, (request.getHeader(b"authorization") or b"").decode()))
-        if self.hang:
-            return NOT_DONE_YET
-        code, body = self.answers.get(path, (404, b'{"error": "no such user"}'))
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json")
-        return body
-
-
 class PlatformKeysTests(unittest.TestCase):
     timeout = 10
 
     def setUp(self) -> None:
-        self.platform = FakePlatform()
-        port = reactor.listenTCP(0, Site(self.platform), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.url = f"http://127.0.0.1:{port.getHost().port}/"
+        self.platform = FakePlatform(default=(404, b'{"error": "no such user"}'))
+        self.url = self.platform.listen(self) + "/"
         self.creds: tuple[str, str] | None = ("gw-client", "s3cret")
         self.keys = self.client()
         self.key, self.line = public(ed25519.Ed25519PrivateKey.generate())
 
     def client(self, **kw: Any) -> PlatformKeys:
-        from treq.client import HTTPClient
-        from twisted.web.client import Agent, HTTPConnectionPool
-
         kw.setdefault("ttl", 60)
-        # No kept-alive connections: none may be left behind when a test ends.
-        http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-        return PlatformKeys(self.url, lambda: self.creds, reactor=reactor, http=http, **kw)
+        return PlatformKeys(self.url, lambda: self.creds, reactor=reactor, http=http_client(),
+                            **kw)
 
     def answer(self, user: str, code: int, body: Any) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -116,7 +89,8 @@ class PlatformKeysTests(unittest.TestCase):
             self.answer(name, 200, body)
             assert "HTTP 200" in (yield self.unavailable(name))
         self.answer("e", 200, b"[" + b" " * MAX_BODY + b"]")
-        assert "too large" in (yield self.unavailable("e"))
+        assert (yield self.unavailable("e")) == \
+            "the Platform's SSH key call answered more than 1024 KiB"
         self.flushLoggedErrors()
 
     @defer.inlineCallbacks
@@ -124,7 +98,32 @@ class PlatformKeysTests(unittest.TestCase):
         self.keys = self.client(timeout=0.3)
         self.platform.hang = True
         message = yield self.unavailable()
-        assert message.startswith("the Platform did not answer the SSH key call"), message
+        assert message == "the Platform's SSH key call got no answer within 0.3s", message
+
+    @defer.inlineCallbacks
+    def test_a_body_that_never_ends_fails_in_time(self) -> Any:
+        # The headers arrive, the body stalls: the timeout covers the whole answer (it
+        # covered only the headers, and the login waited for as long as the Platform
+        # held the connection open).
+        self.keys = self.client(timeout=0.3)
+        self.platform.stall_body = True
+        self.answer("alice", 200, {"keys": [self.line]})
+        message = yield self.unavailable()
+        assert message == "the Platform's SSH key call got no answer within 0.3s", message
+        assert len(self.platform.stalled) == 1
+        # The gateway hung up: the Platform's side of the connection is gone.
+        yield self.platform.stalled[0].notifyFinish().addErrback(lambda _: None)
+        assert self.platform.stalled[0].channel is None
+
+    @defer.inlineCallbacks
+    def test_a_platform_that_is_down(self) -> Any:
+        port = reactor.listenTCP(0, Site(Resource()), interface="127.0.0.1")
+        where = f"http://127.0.0.1:{port.getHost().port}"
+        yield port.stopListening()
+        self.url = where + "/"
+        self.keys = self.client()
+        assert (yield self.unavailable()) == \
+            f"the Platform's SSH key call failed: {where} cannot be reached"
 
     @defer.inlineCallbacks
     def test_keys_the_gateway_would_refuse_are_skipped(self) -> Any:
