@@ -81,6 +81,7 @@ from studios_gateway.http.origin import posted_from_elsewhere
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.registry.base import SessionRecord, StoreUnavailable
 from studios_gateway.registry.memory import MemoryStore
+from studios_gateway.repeats import Repeats
 from studios_gateway.shown import shown
 
 __all__ = [
@@ -236,6 +237,8 @@ class Auth:
         self._stopped = False
         #: The issuer could not be reached at start (and is being asked again).
         self.issuer_down = False
+        #: Refused logins' warnings: one per kind of failure and minute (see _callback).
+        self._refusals = Repeats(reactor)
         #: on_login(kind, ok): a login ("oidc", "link", "handoff") succeeded or failed.
         self.on_login: Callable[[str, bool], Any] = lambda kind, ok: None
 
@@ -514,7 +517,10 @@ class Auth:
     def _failed(self, failure: Any) -> Response:
         if failure.check(StoreUnavailable):
             # Whether a link or code was used cannot be known: refuse it for now.
-            self._log.warn("a login was refused for now: {why}", why=failure.value.reason)
+            unsaid = self._refusals.due("registry")
+            if unsaid is not None:
+                self._log.warn("a login was refused for now: {why}{more}",
+                               why=failure.value.reason, more=self._refusals.more(unsaid))
             return page(503, "Try again shortly",
                         "The login cannot be checked right now; try again in a moment.",
                         extra_headers=[(b"Retry-After", b"5")])
@@ -585,7 +591,12 @@ class Auth:
 
         def failed(f: Any) -> Response:
             f.trap(LoginFailed, OIDCError)
-            self._log.warn("a login was refused: {why}", why=str(f.value))
+            # Anyone can ask for /_connect/callback?state=x (each has its access line):
+            # a line per kind of failure and minute, with the count of the others.
+            unsaid = self._refusals.due(type(f.value).__name__)
+            if unsaid is not None:
+                self._log.warn("a login was refused: {why}{more}", why=shown(str(f.value), 300),
+                               more=self._refusals.more(unsaid))
             self.on_login("oidc", False)
             return page(400, "Login failed", str(f.value),
                         link=(f"{self.settings.proxy_url}{PREFIX}login", "Try again"))

@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from studios_gateway.auth.answers import MAX_ANSWER, AnswerFailed, quiet_pool, read_answer
+from studios_gateway.repeats import Repeats
 
 __all__ = ["MAX_BODY", "PlatformCallFailed", "PlatformHTTP"]
 
@@ -49,9 +50,8 @@ class PlatformHTTP:
                  reactor: Any, http: Any = None, timeout: float = 5.0,
                  max_body: int = MAX_BODY, clock: IReactorTime | None = None):
         self._clock: IReactorTime = clock if clock is not None else reactor
-        #: Per kind of failure ("answered HTTP 500"): until when more of it are only
-        #: counted, and how many were.
-        self._quiet: dict[str, tuple[float, int]] = {}
+        #: Per kind of failure ("answered HTTP 500"): said once per QUIET seconds.
+        self._repeats = Repeats(self._clock, QUIET, MAX_KINDS)
         self._failing_since: float | None = None
         self._failures = 0
         #: on_call(call, ok): told of every call's outcome (the metrics).
@@ -79,17 +79,9 @@ class PlatformHTTP:
         self._failures += 1
         if self._failing_since is None:
             self._failing_since = now
-        kind = why if kind is None else kind
-        until, unlogged = self._quiet.get(kind, (0.0, 0))
-        if now < until:
-            self._quiet[kind] = (until, unlogged + 1)
-            return
-        more = (f" (and {unlogged} more like it in the last {QUIET:g}s)" if unlogged else "")
-        self._log.warn("{why}{more}", why=why, more=more)
-        self._quiet.pop(kind, None)
-        self._quiet[kind] = (now + QUIET, 0)
-        while len(self._quiet) > MAX_KINDS:
-            self._quiet.pop(next(iter(self._quiet)))
+        unsaid = self._repeats.due(why if kind is None else kind)
+        if unsaid is not None:
+            self._log.warn("{why}{more}", why=why, more=self._repeats.more(unsaid))
 
     def answered(self) -> None:
         """A call got a usable answer: after failures, say once that it works again."""
@@ -101,7 +93,7 @@ class PlatformHTTP:
                        call=self.call_name, n=self._failures, took=took)
         self._failing_since = None
         self._failures = 0
-        self._quiet.clear()
+        self._repeats.clear()
 
     def stop(self) -> Deferred[None] | None:
         """Close kept-alive connections to the Platform."""

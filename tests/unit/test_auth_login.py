@@ -227,6 +227,24 @@ def test_wrong_or_replayed_state_and_code_refused():
     assert not any(k.lower() == b"set-cookie" for k, _ in forged.headers)
 
 
+def test_forged_callbacks_are_a_warning_a_minute_not_one_each() -> None:
+    """Anyone can ask for /_connect/callback?state=x: each was a warning of its own (the
+    access log keeps a line per request all the same)."""
+    from twisted.logger import LogLevel, capturedLogs, formatEvent
+
+    auth, clock, _ = make()
+    with capturedLogs() as events:
+        for _ in range(5):
+            forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=x&code=y")))
+            assert forged.status == 400
+        clock.advance(60)
+        run(auth.handle(request(f"{PROXY}/_connect/callback?state=x&code=y")))
+    said = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
+    assert len(said) == 2, said
+    assert said[0].startswith("a login was refused: ") and "more like it" not in said[0]
+    assert said[1].endswith(" (and 4 more like it in the last 60s)"), said[1]
+
+
 def test_non_get_and_websocket_without_cookie_get_401():
     auth, _, _ = make()
     post = run(auth.authorize_request(request(studio("abc"), method="POST"), "abc"))

@@ -1,0 +1,43 @@
+"""Saying a kind of failure the first time, then at most once per period with a count:
+for log lines that anyone (a client, an outage) can cause again and again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Repeats"]
+
+
+class Repeats:
+    """Per kind of event (a short text: "answered HTTP 500", "state is unknown"): the
+    first is due at once, then at most one each `every` seconds; the others are counted
+    and the count goes with the next line of that kind. At most `max_kinds` kinds are
+    remembered (the oldest are forgotten first), so a client inventing kinds costs a
+    bounded dictionary and, at worst, a line for each new kind."""
+
+    def __init__(self, clock: Any, every: float = 60.0, max_kinds: int = 64):
+        self._clock = clock
+        self.every = every
+        self._max = max_kinds
+        self._kinds: dict[str, tuple[float, int]] = {}  # kind -> (quiet until, unsaid)
+
+    def due(self, kind: str) -> int | None:
+        """None: only counted. Otherwise say it now, with this many like it that were
+        not said since the last line of its kind (0: none, or the first)."""
+        now = self._clock.seconds()
+        until, unsaid = self._kinds.get(kind, (0.0, 0))
+        if now < until:
+            self._kinds[kind] = (until, unsaid + 1)
+            return None
+        self._kinds.pop(kind, None)
+        self._kinds[kind] = (now + self.every, 0)
+        while len(self._kinds) > self._max:
+            self._kinds.pop(next(iter(self._kinds)))
+        return unsaid
+
+    def more(self, unsaid: int) -> str:
+        """The words that go with a line said after `unsaid` quiet ones ("" for none)."""
+        return f" (and {unsaid} more like it in the last {self.every:g}s)" if unsaid else ""
+
+    def clear(self) -> None:
+        self._kinds.clear()
