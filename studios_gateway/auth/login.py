@@ -598,8 +598,11 @@ class Auth:
                 self._log.warn("a login was refused: {why}{more}", why=shown(str(f.value), 300),
                                more=self._refusals.more(unsaid))
             self.on_login("oidc", False)
-            return page(400, "Login failed", str(f.value),
-                        link=(f"{self.settings.proxy_url}{PREFIX}login", "Try again"))
+            again = f"{self.settings.proxy_url}{PREFIX}login"
+            next_url = getattr(f.value, "next_url", None)
+            if next_url:  # back to the page the login was for, not "/"
+                again += "?" + urlencode({"next": next_url}, quote_via=quote)
+            return page(400, "Login failed", str(f.value), link=(again, "Try again"))
 
         def done(result: Any) -> Response:
             subject = result.claims.get(self.settings.user_claim)

@@ -67,7 +67,10 @@ class ConfigurationError(OIDCError):
 
 
 class LoginFailed(OIDCError):
-    """One login attempt was refused (bad or replayed state, code, token)."""
+    """One login attempt was refused (bad or replayed state, code, token). `next_url`:
+    where the refused login was to lead (known once its state was), for "Try again"."""
+
+    next_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -437,6 +440,15 @@ class RelyingParty:
         pending = self._pending.take(params.get("state", ""))
         if pending is None:
             raise LoginFailed("the login's state is unknown, used already or expired")
+        try:
+            return await self._finish_pending(params, pending)
+        except OIDCError as e:
+            if isinstance(e, LoginFailed):
+                e.next_url = pending.next_url
+            raise
+
+    async def _finish_pending(self, params: Mapping[str, str], pending: _Pending
+                              ) -> LoginResult:
         if "error" in params:
             raise LoginFailed(f"the identity provider refused the login: "
                               f"{_short(params['error'], 80)}")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import secrets
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import pytest
 from hypothesis import given
@@ -58,7 +59,9 @@ class FakeRP:
             return defer.fail(LoginFailed("the login's state is unknown, used already or "
                                           "expired"))
         if params.get("code") != "good":
-            return defer.fail(LoginFailed("the code exchange was refused"))
+            refused = LoginFailed("the code exchange was refused")
+            refused.next_url = next_url  # as RelyingParty's, once the state is known
+            return defer.fail(refused)
         self.logins += 1
         return defer.succeed(LoginResult(self.user, {"sub": self.user}, self.tokens, next_url,
                                          {}))
@@ -225,6 +228,20 @@ def test_wrong_or_replayed_state_and_code_refused():
     forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=forged&code=good")))
     assert forged.status == 400
     assert not any(k.lower() == b"set-cookie" for k, _ in forged.headers)
+
+
+def test_try_again_after_a_refused_login_leads_back_to_the_studio() -> None:
+    """The "Try again" link of a refused login dropped the page it was for: users landed
+    on "/" after logging in."""
+    auth, _, _ = make()
+    login = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}")))
+    state = dict(parse_qsl(urlsplit(dict(login.headers)[b"Location"].decode()).query))["state"]
+    refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad")))
+    assert refused.status == 400 and b"refused" in refused.body
+    again = f"{PROXY}/_connect/login?" + urlencode({"next": studio("abc")}, quote_via=quote)
+    assert html.escape(again).encode() in refused.body, refused.body
+    forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=x&code=y")))
+    assert f'href="{PROXY}/_connect/login"'.encode() in forged.body  # its page is unknown
 
 
 def test_forged_callbacks_are_a_warning_a_minute_not_one_each() -> None:

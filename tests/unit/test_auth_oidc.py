@@ -169,17 +169,20 @@ def test_pending_table_is_bounded(key):
 def test_wrong_code_refused_and_state_spent(key):
     rp, clock, http = make_rp(key)
     q = begin(rp, http, clock)
-    with pytest.raises(LoginFailed, match="invalid_grant"):
+    with pytest.raises(LoginFailed, match="invalid_grant") as refused:
         result(rp.finish({"state": q["state"], "code": "wrong"}))
-    with pytest.raises(LoginFailed, match="state"):
+    assert refused.value.next_url == "/next"  # where "Try again" leads
+    with pytest.raises(LoginFailed, match="state") as unknown:
         result(rp.finish({"state": q["state"], "code": "the-code"}))
+    assert unknown.value.next_url is None
 
 
 def test_provider_error_param(key):
     rp, clock, http = make_rp(key)
     q = begin(rp, http, clock)
-    with pytest.raises(LoginFailed, match="access_denied"):
+    with pytest.raises(LoginFailed, match="access_denied") as refused:
         result(rp.finish({"state": q["state"], "error": "access_denied"}))
+    assert refused.value.next_url == "/next"
 
 
 @pytest.mark.parametrize(("claims", "message"), [
