@@ -110,6 +110,16 @@ def dashboard() -> dict[str, Any]:
            "tick p99 {{instance}}"),
           (f"rate(process_cpu_seconds_total{{{SEL}}}[{RATE}])", "CPU {{instance}}")], "s",
          "Ticks over 100 ms mean the process is saturated.", False),
+        ("TLS handshakes",
+         [(f"sum by (listener, outcome) (increase(studios_gateway_tls_handshakes_total"
+           f"{{{SEL}}}[{RATE}]))", "{{listener}} {{outcome}}")], "none",
+         "timeout and full climbing fast: sockets that never speak TLS "
+         "(CONNECT_TLS_HANDSHAKE_TIMEOUT, CONNECT_TLS_MAX_HANDSHAKES).", False),
+        ("Platform calls",
+         [(f"sum by (call, outcome) (increase(studios_gateway_platform_calls_total"
+           f"{{{SEL}}}[{RATE}]))", "{{call}} {{outcome}}")], "none",
+         "Access and SSH-key calls to PLATFORM_URL; failed ones are denied for now (503).",
+         False),
     ]
     for i, (title, exprs, unit, description, stack) in enumerate(rows):
         panels.append(panel(title, exprs, 12 * (i % 2), y + 8 * (i // 2), unit=unit,
