@@ -18,6 +18,7 @@ from studios_gateway.peers.remote import make_remote
 from studios_gateway.registry.base import TunnelClaims
 from studios_gateway.tunnel.dialer import RemoteDial
 from studios_gateway.tunnel.server import TunnelTable
+from studios_gateway.wire.tls import answer_alpn
 
 _log = Logger(namespace="studios_gateway.peers")
 
@@ -39,9 +40,13 @@ def peer_tls_options(config: Any) -> ssl.CertificateOptions | None:
     cert = crypto.load_certificate(crypto.FILETYPE_PEM,
                                    Path(config.peer_tls_cert_file).read_bytes())
     ca = crypto.load_certificate(crypto.FILETYPE_PEM, Path(config.peer_tls_ca_file).read_bytes())
-    return ssl.CertificateOptions(privateKey=key, certificate=cert, verify=True, caCerts=[ca],
-                                  requireCertificate=True,
-                                  raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+    options = ssl.CertificateOptions(privateKey=key, certificate=cert, verify=True,
+                                     caCerts=[ca], requireCertificate=True,
+                                     raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+    # Nodes offer no ALPN; a client that does (a probe, a TLS-checking balancer) must not
+    # fail the handshake on Twisted's own ALPN callback (wire/tls.py answer_alpn).
+    answer_alpn(options.getContext(), ())
+    return options
 
 
 def settings_from(config: Any) -> PeerSettings:

@@ -25,10 +25,15 @@ class Client(Protocol):
         self.lost = reason
 
 
-def shake(server: ssl.CertificateOptions, offered: list[bytes]) -> tuple[Any, Client | None]:
-    """A Twisted TLS client offering `offered` over ALPN against `server`, pumped to the
-    end: (the client's TLS protocol, its application; None: the handshake failed)."""
-    options = ssl.CertificateOptions(acceptableProtocols=offered)  # (no verification)
+def shake(server: ssl.CertificateOptions, offered: list[bytes],
+          options: ssl.CertificateOptions | None = None) -> tuple[Any, Client | None]:
+    """A Twisted TLS client offering `offered` over ALPN against `server` (with its own
+    `options`, default none: no verification), pumped to the end: (the client's TLS
+    protocol, its application; None: the handshake failed)."""
+    if options is None:
+        options = ssl.CertificateOptions(acceptableProtocols=offered)
+    elif offered:
+        options.getContext().set_alpn_protos(offered)
     client_tls = TLSMemoryBIOFactory(options, True, Factory.forProtocol(Client))
     server_tls = TLSMemoryBIOFactory(server, False, Factory.forProtocol(Protocol))
     client, _, pump = connectedServerAndClient(
@@ -54,3 +59,15 @@ def test_a_client_offering_alpn_completes_its_handshake(tmp_path: Path, make: An
     client, app = shake(make(cert, key), offered)
     assert app is not None and app.lost is None  # connected, not ended by an alert
     assert client.negotiatedProtocol == chosen
+
+
+def test_the_peer_port_serves_a_client_that_offers_alpn(tmp_path: Path) -> None:
+    """Nodes offer none, but a probe or a TLS-checking load balancer may: the handshake
+    failed on Twisted's own ALPN callback (as on the HTTPS port before)."""
+    from studios_gateway.peers.component import peer_tls_options
+    from tests.support.peer_certs import ca_and_leaf
+
+    cfg = ca_and_leaf(tmp_path)
+    client, app = shake(peer_tls_options(cfg), [b"h2", b"http/1.1"], peer_tls_options(cfg))
+    assert app is not None and app.lost is None
+    assert client.negotiatedProtocol is None
