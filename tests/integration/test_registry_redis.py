@@ -321,6 +321,61 @@ class RedisACLTests(RedisCase):
         assert "NOAUTH" in reason or "NOPERM" in reason or "auth" in reason.lower() or reason
 
 
+def documented_acl_rules() -> str:
+    """The rights docs/cluster.md gives the gateway's ACL user (after its password)."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "cluster.md"
+    for line in doc.read_text().splitlines():
+        if line.startswith("user gateway on >PASSWORD "):
+            return line.removeprefix("user gateway on >PASSWORD ")
+    raise AssertionError("docs/cluster.md gives no ACL line for the gateway's user")
+
+
+class RedisLeastPrivilegeTests(RedisCase):
+    """Every store call works as a user with exactly the rights docs/cluster.md lists."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server_options = {"user": "gateway", "password": "least-privilege-pw",
+                              "acl_rules": documented_acl_rules()}
+        super().setUpClass()
+
+    @defer.inlineCallbacks
+    def test_every_call_with_the_documented_rights(self) -> Any:
+        a = yield self.started(new_store(self.server, prefix="connect:session", db=1,
+                                         node_id="a"))
+        b = yield self.started(new_store(self.server, prefix="connect:session", db=1,
+                                         node_id="b"))
+        seen, keys_seen = Recorder(), Recorder()
+        b.subscribe(seen)
+        b.subscribe_user_keys(keys_seen)
+        yield a.create(record())
+        yield seen.wait_for("abc123")
+        assert (yield b.get("abc123")) == record()
+        assert [r.id for r in (yield b.list_sessions())] == ["abc123"]
+        yield a.update(record())
+        h = holder()
+        assert (yield a.claim_tunnel(h, 30)) is None
+        assert (yield a.refresh_tunnel(h, 30)) is True
+        assert (yield a.refresh_tunnels([h], 30)) == [True]
+        assert (yield b.get_tunnel("abc123")) == h
+        assert (yield a.release_tunnel(h)) is True
+        yield a.set_user_keys("bob", [key_line(1)])
+        yield keys_seen.wait_for("bob")
+        assert len((yield a.add_user_keys("bob", [key_line(2)]))) == 2
+        assert (yield b.get_user_keys("bob")) != []
+        assert (yield a.remove_user_keys("bob")) == 2
+        yield a.add_transfer({"alice": 10}, 1, 60)
+        assert (yield b.get_transfer(["alice"], [1]))["alice"] == [10]
+        yield a.reset_transfer("alice", [1])
+        assert (yield a.spend_once("link-1", 60)) is True
+        assert (yield b.spend_once("link-1", 60)) is False
+        assert (yield b.is_spent("link-1")) is True
+        yield a.log_out("login-1", 60)
+        assert "login-1" in set((yield b.logged_out()))
+        assert (yield a.delete("abc123")) is True
+        yield a.ping()
+
+
 class RedisOutageTests(unittest.TestCase):
     """Kill Redis: fail fast, keep serving cached routes; restart it: recover alone."""
 

@@ -119,13 +119,16 @@ class RedisServer:
 
     def __init__(self, directory: Path, *, user: str | None = None,
                  password: str | None = None, channels: str = "&*",
-                 tls: TLSFiles | None = None, tls_auth_clients: bool = False):
+                 tls: TLSFiles | None = None, tls_auth_clients: bool = False,
+                 acl_rules: str | None = None):
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.user = user
         self.password = password
         self.channels = channels
+        #: The user's rules after its password (default: every key, channel, command).
+        self.acl_rules = acl_rules
         self.tls = tls
         self.tls_auth_clients = tls_auth_clients
         self.proc: subprocess.Popen[bytes] | None = None
@@ -150,8 +153,9 @@ class RedisServer:
         if self.user is not None:
             acl = self.directory / "users.acl"
             # The default user is switched off: only our user gets in.
+            rules = self.acl_rules or f"~* {self.channels} +@all"
             acl.write_text("user default off\n"
-                           f"user {self.user} on >{self.password} ~* {self.channels} +@all\n")
+                           f"user {self.user} on >{self.password} {rules}\n")
             cmd += ["--aclfile", str(acl)]
         return cmd
 
