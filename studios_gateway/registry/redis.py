@@ -479,6 +479,7 @@ class _Link:
             self._log.warn("Redis {name} connection set-up failed: {error}", name=self.name,
                            error=self.last_error)
             conn.transport.loseConnection()
+            self._tell_failure(self.last_error)
 
         d.addCallbacks(ready, failed)
 
@@ -495,7 +496,8 @@ class _Link:
             self.on_lost()
 
     def when_failed(self) -> Deferred[str]:
-        """Fires with the reason of the next failed connection set-up."""
+        """Fires with the reason of the next failed connection set-up (the handshake's
+        AUTH/SELECT/TLS, or what follows it: the SUBSCRIBE)."""
         d: Deferred[str] = Deferred()
         self._failure_waiters.append(d)
         return d
@@ -508,6 +510,9 @@ class _Link:
             why = f"{why} ({self._transport_error})"
         self.last_error = why
         self._log.warn("Redis {name} connection: {why}; will retry", name=self.name, why=why)
+        self._tell_failure(why)
+
+    def _tell_failure(self, why: str) -> None:
         waiters, self._failure_waiters = self._failure_waiters, []
         for w in waiters:
             w.callback(why)
@@ -653,6 +658,11 @@ class RedisStore:
         """Fires with the reason the next attempt to set up the command connection failed
         (refused AUTH, failed TLS verification, ...)."""
         return self._commands.when_failed()
+
+    def next_subscriber_failure(self) -> Deferred[str]:
+        """Fires with the reason the next attempt to set up the subscriber connection
+        failed (also a SUBSCRIBE refused for want of the channel right)."""
+        return self._events.when_failed()
 
     @property
     def connected(self) -> bool:
