@@ -503,11 +503,21 @@ class _Link:
         return d
 
     def transport_lost(self, why: Failure) -> None:
+        from service_identity import VerificationError
+
+        if why.check(VerificationError):  # signed by a trusted CA, but for another name
+            self._transport_error = (
+                f"TLS: Redis's certificate does not name {self.store.host} (the host of "
+                "CONNECT_REDIS_ADDRESS)")
+            return
         self._transport_error = why.getErrorMessage() or type(why.value).__name__
 
     def handshake_failed(self, why: str) -> None:
         if "Lost connection" in why and self._transport_error:
-            why = f"{why} ({self._transport_error})"
+            if self._transport_error.startswith("TLS: "):
+                why = self._transport_error
+            else:
+                why = f"{why} ({self._transport_error})"
         self.last_error = why
         self._log.warn("Redis {name} connection: {why}; will retry", name=self.name, why=why)
         self._tell_failure(why)

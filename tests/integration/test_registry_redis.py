@@ -502,6 +502,27 @@ class RedisTLSTests(unittest.TestCase):
             raise AssertionError("connected to a server signed by an untrusted CA")
 
 
+class RedisTLSNameTests(unittest.TestCase):
+    """A certificate signed by the trusted CA, but for another name than the address."""
+
+    timeout = TIMEOUT
+
+    @defer.inlineCallbacks
+    def test_a_certificate_for_another_name_is_refused_in_plain_words(self) -> Any:
+        base = temp_dir(self)
+        tls = make_tls_files(base / "tls", server_dns="redis.example", server_ip=None)
+        server = RedisServer(base / "redis", tls=tls)
+        server.start()
+        self.addCleanup(server.stop)
+        store = new_store(server, tls=True, tls_ca_file=str(tls.ca_cert))
+        failed = store.next_connection_failure()
+        store.start()
+        self.addCleanup(store.stop)
+        reason = yield failed
+        assert reason == ("TLS: Redis's certificate does not name 127.0.0.1 (the host of "
+                          "CONNECT_REDIS_ADDRESS)"), reason
+
+
 class RedisUserKeysTests(UserKeysContract, RedisCase):
     """Users' SSH keys: the same semantics as in memory, on two nodes sharing one Redis."""
 
