@@ -67,6 +67,7 @@ from studios_gateway.registry.base import (
     unique_keys,
 )
 from studios_gateway.registry.memory import Subscribers
+from studios_gateway.repeats import Repeats
 from studios_gateway.wire.ids import SESSION_ID
 
 # Lua scripts. KEYS are the keys touched; the channel and values come in ARGV.
@@ -425,6 +426,9 @@ class _Link:
         self._failure_waiters: list[Deferred[str]] = []
         self._transport_error: str | None = None
         self._pinger: task.LoopingCall | None = None
+        # A refused set-up (wrong password, TLS) recurs at every retry: said once, then
+        # once a minute with a count, until the link is up again.
+        self._refusals = Repeats(store.clock)
         self.heard = 0.0  # when Redis last sent anything on this link (the store's clock)
 
     def start(self, endpoint: IStreamClientEndpoint) -> None:
@@ -469,6 +473,7 @@ class _Link:
             if not self.ready:
                 self._log.info("Redis {name} connection to {address} is up", name=self.name,
                                address=self.store.address)
+            self._refusals.clear()
             self.ready = True
             waiters, self._waiters = self._waiters, []
             for w in waiters:
@@ -476,8 +481,11 @@ class _Link:
 
         def failed(f: Failure) -> None:
             self.last_error = f.getErrorMessage()
-            self._log.warn("Redis {name} connection set-up failed: {error}", name=self.name,
-                           error=self.last_error)
+            unsaid = self._refusals.due(self.last_error)
+            if unsaid is not None:
+                self._log.warn("Redis {name} connection set-up failed: {error}{more}",
+                               name=self.name, error=self.last_error,
+                               more=self._refusals.more(unsaid))
             conn.transport.loseConnection()
             self._tell_failure(self.last_error)
 
@@ -519,7 +527,10 @@ class _Link:
             else:
                 why = f"{why} ({self._transport_error})"
         self.last_error = why
-        self._log.warn("Redis {name} connection: {why}; will retry", name=self.name, why=why)
+        unsaid = self._refusals.due(why)
+        if unsaid is not None:
+            self._log.warn("Redis {name} connection: {why}; will retry{more}", name=self.name,
+                           why=why, more=self._refusals.more(unsaid))
         self._tell_failure(why)
 
     def _tell_failure(self, why: str) -> None:

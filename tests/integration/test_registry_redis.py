@@ -311,6 +311,34 @@ class RedisACLTests(RedisCase):
         assert again
 
     @defer.inlineCallbacks
+    def test_a_wrong_password_is_one_warning_not_one_per_retry(self) -> Any:
+        # Each retry (0.5 s to 5 s apart, for ever) logged the same refusal again.
+        from twisted.logger import globalLogPublisher
+
+        said: list[str] = []
+
+        def watch(event: dict) -> None:
+            if event.get("log_namespace", "").endswith("redis._Link") and \
+                    event.get("log_level") is not None and event["log_level"].name == "warn":
+                said.append(str(event.get("why") or event.get("error")))
+
+        globalLogPublisher.addObserver(watch)
+        self.addCleanup(globalLogPublisher.removeObserver, watch)
+        store = new_store(self.server, password="another-wrong-password")
+        failures = [store.next_connection_failure()]
+        subscriber = store.next_subscriber_failure()
+        store.start()
+        self.addCleanup(store.stop)
+        yield subscriber
+        for _ in range(3):
+            yield failures[-1]
+            failures.append(store.next_connection_failure())
+        yield failures[-1]
+        # Both links (commands, subscriber) said it once each, over four refusals.
+        assert len(said) == 2 and all("WRONGPASS" in w for w in said), said
+        assert not any("another-wrong-password" in w for w in said)
+
+    @defer.inlineCallbacks
     def test_no_credentials_refused(self) -> Any:
         store = RedisStore(address=self.server.address, clock=reactor,
                            reconnect_delay=(0.05, 0.3))
