@@ -53,12 +53,45 @@ def check_config(args: argparse.Namespace) -> int:
     except ConfigError as e:
         problems.append(str(e))
     problems = [p for p in problems if p is not None]
+    if getattr(args, "connect", False) and config.redis_enabled:
+        problems += _try_redis(config)
+    elif getattr(args, "connect", False):
+        print("no Redis configured (CONNECT_REDIS_ADDRESS unset): sessions kept by this node")
     for problem in problems:
         print(f"studios-gateway: {problem}", file=sys.stderr)
     if problems:
         return 2
     print("configuration OK")
     return 0
+
+
+def _try_redis(config: Any) -> list[str]:
+    """check-config --connect: connect to the configured Redis once; print what it says,
+    return the problem (empty: connected)."""
+    from twisted.internet import task
+
+    from studios_gateway.registry.redis_probe import probe_redis, store_from_config
+
+    host, port = config.redis_address
+    found: list[Any] = []
+
+    def run(clock: Any) -> Any:
+        d = probe_redis(lambda: store_from_config(config, clock, reconnect_delay=(0.5, 1.0)),
+                        f"{host}:{port}", clock)
+        return d.addBoth(found.append)
+
+    try:
+        task.react(run, [])
+    except SystemExit:  # react's way to end; the result is in `found`
+        pass
+    result = found[0]
+    if not hasattr(result, "problem"):
+        return [f"Redis at {host}:{port}: the check failed: {result}"]
+    for note in result.notes:
+        print(note)
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    return [result.problem] if result.problem is not None else []
 
 
 def image_tag(args: argparse.Namespace) -> int:
@@ -252,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="print the effective configuration and check it")
     p.add_argument("--env-file", help="also read variables from this file (NAME=value lines)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+    p.add_argument("--connect", action="store_true",
+                   help="also connect to the configured Redis as a node would (credentials, "
+                        "db, TLS, channel rights) and say whether it persists and may evict")
     p.set_defaults(func=check_config)
 
     t = sub.add_parser("image-tag", help="print the two tags a studio image is pushed with",

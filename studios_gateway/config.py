@@ -1078,6 +1078,12 @@ def _doubts(cfg: Config) -> list[str]:
     if not cfg.redis_tls_enable and (cfg.redis_tls_skip_verify or cfg.redis_tls_cert_file):
         warnings.append("CONNECT_REDIS_TLS_* options are set but CONNECT_REDIS_TLS_ENABLE "
                         "is false: they have no effect")
+    if cfg.redis_enabled and cfg.redis_tls_enable and cfg.redis_tls_skip_verify:
+        ignored = " (CONNECT_REDIS_TLS_CA_FILE is ignored)" if cfg.redis_tls_ca_file else ""
+        warnings.append("CONNECT_REDIS_TLS_SKIP_VERIFY is true: Redis's certificate is not "
+                        f"checked{ignored}, so whoever can intercept the connection gets the "
+                        "Redis password and every session's connect token; give "
+                        "CONNECT_REDIS_TLS_CA_FILE the CA that signed it instead")
     if cfg.redis_enabled and not (cfg.peer_secret or cfg.peer_tls_cert_file):
         warnings.append("neither CONNECT_PEER_SECRET nor CONNECT_PEER_TLS_* is set: the peer "
                         "listener refuses every other gateway node, so a session bound to "

@@ -68,19 +68,14 @@ def build_store(config: Config, clock: Any) -> CachingStore:
     from studios_gateway.registry.cache import CachingStore
 
     if config.redis_enabled:
-        from studios_gateway.registry.redis import RedisStore, reply_parser_missing
+        from studios_gateway.registry.redis import reply_parser_missing
+        from studios_gateway.registry.redis_probe import store_from_config
 
         no_parser = reply_parser_missing()
         if no_parser is not None:
             Logger().warn("{problem}", problem=no_parser)
         host, port = config.redis_address
-        inner: Any = RedisStore(
-            address=f"{host}:{port}", user=config.redis_user, password=config.redis_password,
-            db=config.redis_db, prefix=config.redis_prefix, tls=config.redis_tls_enable,
-            tls_skip_verify=config.redis_tls_skip_verify,
-            tls_cert_file=config.redis_tls_cert_file, tls_key_file=config.redis_tls_key_file,
-            tls_ca_file=config.redis_tls_ca_file, clock=clock,
-            node_id=config.effective_node_id)
+        inner: Any = store_from_config(config, clock)
         from studios_gateway.registry.redis_persistence import log_persistence
 
         # Once connected: warn when a Redis restart would lose every session.

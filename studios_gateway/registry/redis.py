@@ -67,6 +67,7 @@ from studios_gateway.registry.base import (
     unique_keys,
 )
 from studios_gateway.registry.memory import Subscribers
+from studios_gateway.repeats import Repeats
 from studios_gateway.wire.ids import SESSION_ID
 
 # Lua scripts. KEYS are the keys touched; the channel and values come in ARGV.
@@ -425,6 +426,9 @@ class _Link:
         self._failure_waiters: list[Deferred[str]] = []
         self._transport_error: str | None = None
         self._pinger: task.LoopingCall | None = None
+        # A refused set-up (wrong password, TLS) recurs at every retry: said once, then
+        # once a minute with a count, until the link is up again.
+        self._refusals = Repeats(store.clock)
         self.heard = 0.0  # when Redis last sent anything on this link (the store's clock)
 
     def start(self, endpoint: IStreamClientEndpoint) -> None:
@@ -469,6 +473,7 @@ class _Link:
             if not self.ready:
                 self._log.info("Redis {name} connection to {address} is up", name=self.name,
                                address=self.store.address)
+            self._refusals.clear()
             self.ready = True
             waiters, self._waiters = self._waiters, []
             for w in waiters:
@@ -476,9 +481,13 @@ class _Link:
 
         def failed(f: Failure) -> None:
             self.last_error = f.getErrorMessage()
-            self._log.warn("Redis {name} connection set-up failed: {error}", name=self.name,
-                           error=self.last_error)
+            unsaid = self._refusals.due(self.last_error)
+            if unsaid is not None:
+                self._log.warn("Redis {name} connection set-up failed: {error}{more}",
+                               name=self.name, error=self.last_error,
+                               more=self._refusals.more(unsaid))
             conn.transport.loseConnection()
+            self._tell_failure(self.last_error)
 
         d.addCallbacks(ready, failed)
 
@@ -495,19 +504,36 @@ class _Link:
             self.on_lost()
 
     def when_failed(self) -> Deferred[str]:
-        """Fires with the reason of the next failed connection set-up."""
+        """Fires with the reason of the next failed connection set-up (the handshake's
+        AUTH/SELECT/TLS, or what follows it: the SUBSCRIBE)."""
         d: Deferred[str] = Deferred()
         self._failure_waiters.append(d)
         return d
 
     def transport_lost(self, why: Failure) -> None:
+        from service_identity import VerificationError
+
+        if why.check(VerificationError):  # signed by a trusted CA, but for another name
+            self._transport_error = (
+                f"TLS: Redis's certificate does not name {self.store.host} (the host of "
+                "CONNECT_REDIS_ADDRESS)")
+            return
         self._transport_error = why.getErrorMessage() or type(why.value).__name__
 
     def handshake_failed(self, why: str) -> None:
         if "Lost connection" in why and self._transport_error:
-            why = f"{why} ({self._transport_error})"
+            if self._transport_error.startswith("TLS: "):
+                why = self._transport_error
+            else:
+                why = f"{why} ({self._transport_error})"
         self.last_error = why
-        self._log.warn("Redis {name} connection: {why}; will retry", name=self.name, why=why)
+        unsaid = self._refusals.due(why)
+        if unsaid is not None:
+            self._log.warn("Redis {name} connection: {why}; will retry{more}", name=self.name,
+                           why=why, more=self._refusals.more(unsaid))
+        self._tell_failure(why)
+
+    def _tell_failure(self, why: str) -> None:
         waiters, self._failure_waiters = self._failure_waiters, []
         for w in waiters:
             w.callback(why)
@@ -653,6 +679,11 @@ class RedisStore:
         """Fires with the reason the next attempt to set up the command connection failed
         (refused AUTH, failed TLS verification, ...)."""
         return self._commands.when_failed()
+
+    def next_subscriber_failure(self) -> Deferred[str]:
+        """Fires with the reason the next attempt to set up the subscriber connection
+        failed (also a SUBSCRIBE refused for want of the channel right)."""
+        return self._events.when_failed()
 
     @property
     def connected(self) -> bool:

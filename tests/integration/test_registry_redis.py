@@ -311,6 +311,34 @@ class RedisACLTests(RedisCase):
         assert again
 
     @defer.inlineCallbacks
+    def test_a_wrong_password_is_one_warning_not_one_per_retry(self) -> Any:
+        # Each retry (0.5 s to 5 s apart, for ever) logged the same refusal again.
+        from twisted.logger import globalLogPublisher
+
+        said: list[str] = []
+
+        def watch(event: dict) -> None:
+            if event.get("log_namespace", "").endswith("redis._Link") and \
+                    event.get("log_level") is not None and event["log_level"].name == "warn":
+                said.append(str(event.get("why") or event.get("error")))
+
+        globalLogPublisher.addObserver(watch)
+        self.addCleanup(globalLogPublisher.removeObserver, watch)
+        store = new_store(self.server, password="another-wrong-password")
+        failures = [store.next_connection_failure()]
+        subscriber = store.next_subscriber_failure()
+        store.start()
+        self.addCleanup(store.stop)
+        yield subscriber
+        for _ in range(3):
+            yield failures[-1]
+            failures.append(store.next_connection_failure())
+        yield failures[-1]
+        # Both links (commands, subscriber) said it once each, over four refusals.
+        assert len(said) == 2 and all("WRONGPASS" in w for w in said), said
+        assert not any("another-wrong-password" in w for w in said)
+
+    @defer.inlineCallbacks
     def test_no_credentials_refused(self) -> Any:
         store = RedisStore(address=self.server.address, clock=reactor,
                            reconnect_delay=(0.05, 0.3))
@@ -319,6 +347,61 @@ class RedisACLTests(RedisCase):
         self.addCleanup(store.stop)
         reason = yield failed
         assert "NOAUTH" in reason or "NOPERM" in reason or "auth" in reason.lower() or reason
+
+
+def documented_acl_rules() -> str:
+    """The rights docs/cluster.md gives the gateway's ACL user (after its password)."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "cluster.md"
+    for line in doc.read_text().splitlines():
+        if line.startswith("user gateway on >PASSWORD "):
+            return line.removeprefix("user gateway on >PASSWORD ")
+    raise AssertionError("docs/cluster.md gives no ACL line for the gateway's user")
+
+
+class RedisLeastPrivilegeTests(RedisCase):
+    """Every store call works as a user with exactly the rights docs/cluster.md lists."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.server_options = {"user": "gateway", "password": "least-privilege-pw",
+                              "acl_rules": documented_acl_rules()}
+        super().setUpClass()
+
+    @defer.inlineCallbacks
+    def test_every_call_with_the_documented_rights(self) -> Any:
+        a = yield self.started(new_store(self.server, prefix="connect:session", db=1,
+                                         node_id="a"))
+        b = yield self.started(new_store(self.server, prefix="connect:session", db=1,
+                                         node_id="b"))
+        seen, keys_seen = Recorder(), Recorder()
+        b.subscribe(seen)
+        b.subscribe_user_keys(keys_seen)
+        yield a.create(record())
+        yield seen.wait_for("abc123")
+        assert (yield b.get("abc123")) == record()
+        assert [r.id for r in (yield b.list_sessions())] == ["abc123"]
+        yield a.update(record())
+        h = holder()
+        assert (yield a.claim_tunnel(h, 30)) is None
+        assert (yield a.refresh_tunnel(h, 30)) is True
+        assert (yield a.refresh_tunnels([h], 30)) == [True]
+        assert (yield b.get_tunnel("abc123")) == h
+        assert (yield a.release_tunnel(h)) is True
+        yield a.set_user_keys("bob", [key_line(1)])
+        yield keys_seen.wait_for("bob")
+        assert len((yield a.add_user_keys("bob", [key_line(2)]))) == 2
+        assert (yield b.get_user_keys("bob")) != []
+        assert (yield a.remove_user_keys("bob")) == 2
+        yield a.add_transfer({"alice": 10}, 1, 60)
+        assert (yield b.get_transfer(["alice"], [1]))["alice"] == [10]
+        yield a.reset_transfer("alice", [1])
+        assert (yield a.spend_once("link-1", 60)) is True
+        assert (yield b.spend_once("link-1", 60)) is False
+        assert (yield b.is_spent("link-1")) is True
+        yield a.log_out("login-1", 60)
+        assert "login-1" in set((yield b.logged_out()))
+        assert (yield a.delete("abc123")) is True
+        yield a.ping()
 
 
 class RedisOutageTests(unittest.TestCase):
@@ -445,6 +528,27 @@ class RedisTLSTests(unittest.TestCase):
             pass
         else:
             raise AssertionError("connected to a server signed by an untrusted CA")
+
+
+class RedisTLSNameTests(unittest.TestCase):
+    """A certificate signed by the trusted CA, but for another name than the address."""
+
+    timeout = TIMEOUT
+
+    @defer.inlineCallbacks
+    def test_a_certificate_for_another_name_is_refused_in_plain_words(self) -> Any:
+        base = temp_dir(self)
+        tls = make_tls_files(base / "tls", server_dns="redis.example", server_ip=None)
+        server = RedisServer(base / "redis", tls=tls)
+        server.start()
+        self.addCleanup(server.stop)
+        store = new_store(server, tls=True, tls_ca_file=str(tls.ca_cert))
+        failed = store.next_connection_failure()
+        store.start()
+        self.addCleanup(store.stop)
+        reason = yield failed
+        assert reason == ("TLS: Redis's certificate does not name 127.0.0.1 (the host of "
+                          "CONNECT_REDIS_ADDRESS)"), reason
 
 
 class RedisUserKeysTests(UserKeysContract, RedisCase):

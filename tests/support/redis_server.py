@@ -52,8 +52,10 @@ class TLSFiles:
     other_ca_cert: Path  # a CA that did not sign anything here
 
 
-def make_tls_files(directory: Path) -> TLSFiles:
-    """A self-signed CA, a server certificate for 127.0.0.1/localhost and a client one."""
+def make_tls_files(directory: Path, server_dns: str = "localhost",
+                   server_ip: str | None = "127.0.0.1") -> TLSFiles:
+    """A self-signed CA, a server certificate for 127.0.0.1/localhost (or the names
+    given: `server_ip` None leaves the address out) and a client one."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -84,22 +86,25 @@ def make_tls_files(directory: Path) -> TLSFiles:
         return key, cert
 
     def leaf(cn: str, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
-             usage: x509.ObjectIdentifier) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+             usage: x509.ObjectIdentifier, dns: str = "localhost",
+             ip: str | None = "127.0.0.1") -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        names: list[x509.GeneralName] = [x509.DNSName(dns)]
+        if ip is not None:
+            names.append(x509.IPAddress(ipaddress.ip_address(ip)))
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca_cert.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(minutes=5))
                 .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                .add_extension(x509.SubjectAlternativeName(names), critical=False)
                 .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
                 .sign(ca_key, hashes.SHA256()))
         return key, cert
 
     ca_key, ca_cert = ca("studios-gateway test CA")
     _, other_cert = ca("some other CA")
-    s_key, s_cert = leaf("redis", ca_key, ca_cert, ExtendedKeyUsageOID.SERVER_AUTH)
+    s_key, s_cert = leaf("redis", ca_key, ca_cert, ExtendedKeyUsageOID.SERVER_AUTH,
+                          server_dns, server_ip)
     c_key, c_cert = leaf("gateway", ca_key, ca_cert, ExtendedKeyUsageOID.CLIENT_AUTH)
     pem = serialization.Encoding.PEM
     files = TLSFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key",
@@ -119,13 +124,16 @@ class RedisServer:
 
     def __init__(self, directory: Path, *, user: str | None = None,
                  password: str | None = None, channels: str = "&*",
-                 tls: TLSFiles | None = None, tls_auth_clients: bool = False):
+                 tls: TLSFiles | None = None, tls_auth_clients: bool = False,
+                 acl_rules: str | None = None):
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.user = user
         self.password = password
         self.channels = channels
+        #: The user's rules after its password (default: every key, channel, command).
+        self.acl_rules = acl_rules
         self.tls = tls
         self.tls_auth_clients = tls_auth_clients
         self.proc: subprocess.Popen[bytes] | None = None
@@ -150,8 +158,9 @@ class RedisServer:
         if self.user is not None:
             acl = self.directory / "users.acl"
             # The default user is switched off: only our user gets in.
+            rules = self.acl_rules or f"~* {self.channels} +@all"
             acl.write_text("user default off\n"
-                           f"user {self.user} on >{self.password} ~* {self.channels} +@all\n")
+                           f"user {self.user} on >{self.password} {rules}\n")
             cmd += ["--aclfile", str(acl)]
         return cmd
 

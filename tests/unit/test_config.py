@@ -613,6 +613,20 @@ def test_a_short_management_key_is_warned_of_without_showing_it() -> None:
     assert not any("CONNECT_MANAGEMENT_AUTH_KEY" in w for w in long_key.warnings)
 
 
+def test_redis_tls_without_verification_is_warned_of(tmp_path) -> None:
+    # CONNECT_REDIS_TLS_SKIP_VERIFY=true was taken without a word, the CA file silently unused.
+    ca = tmp_path / "redis-ca.crt"
+    ca.write_text("not read here\n")
+    base = {"CONNECT_REDIS_ADDRESS": "redis:6380", "CONNECT_REDIS_TLS_ENABLE": "true",
+            "CONNECT_PEER_SECRET": "p" * 32}
+    skip = load_config(environ={**base, "CONNECT_REDIS_TLS_SKIP_VERIFY": "true",
+                                "CONNECT_REDIS_TLS_CA_FILE": str(ca)})
+    warned = [w for w in skip.warnings if "SKIP_VERIFY" in w]
+    assert len(warned) == 1 and "CA_FILE is ignored" in warned[0]
+    assert "connect token" in warned[0]
+    assert not any("SKIP_VERIFY" in w for w in load_config(environ=base).warnings)
+
+
 # --- bad values of every kind, for every variable ----------------------------------
 
 _SUFFIXES = st.sampled_from(["", "s", "ms", "d", "h30m", "KiB", "GiB", "b", ":2222"])

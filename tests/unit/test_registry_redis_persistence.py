@@ -9,8 +9,10 @@ from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
 from studios_gateway.registry.redis_persistence import (
+    check_eviction,
     check_persistence,
     describe,
+    describe_eviction,
     log_persistence,
 )
 
@@ -33,11 +35,16 @@ def test_describe(info: str | None, save: str | None, persists: bool | None,
 
 
 class FakeRedis:
-    def __init__(self, info: Any, save: Any):
+    def __init__(self, info: Any, save: Any, maxmemory: str = "0",
+                 policy: str = "noeviction"):
         self.answers = {"INFO": info, "CONFIG": save}
+        self.settings = {"maxmemory": maxmemory, "maxmemory-policy": policy}
 
     def command(self, *args: str) -> defer.Deferred[Any]:
         answer = self.answers[args[0]]
+        if args[:2] == ("CONFIG", "GET") and args[2] in self.settings \
+                and not isinstance(answer, Exception):
+            answer = [args[2], self.settings[args[2]]]
         if isinstance(answer, Exception):
             return defer.fail(answer)
         return defer.succeed(answer)
@@ -68,3 +75,42 @@ def test_a_redis_that_persists_nothing_is_a_warning_naming_what_is_lost() -> Non
     assert [(e["address"], e["log_level"].name) for e in ours] == [
         ("redis:6379", "warn"), ("redis:6380", "info")]
     assert "loses every session" in ours[0]["log_format"]
+
+
+@pytest.mark.parametrize("maxmemory, policy, lost", [
+    ("0", "allkeys-lru", None),  # no limit: the policy never applies
+    ("104857600", "noeviction", None),
+    ("104857600", "allkeys-lru", "sessions, tunnel bindings"),
+    ("104857600", "volatile-ttl", "tunnel bindings, used login links and logouts"),
+    (None, None, None),  # CONFIG refused
+])
+def test_describe_eviction(maxmemory: str | None, policy: str | None,
+                           lost: str | None) -> None:
+    risk = describe_eviction(maxmemory, policy)
+    if lost is None:
+        assert risk is None
+    else:
+        assert risk is not None and lost in risk and "noeviction" in risk
+
+
+def test_eviction_asked_as_the_client_gives_the_replies() -> None:
+    out: list[Any] = []
+    check_eviction(FakeRedis(AOF_ON, None, "1000", "allkeys-lfu")).addBoth(out.append)
+    assert out[0] is not None and "allkeys-lfu" in out[0]
+    out.clear()
+    check_eviction(FakeRedis(AOF_ON, RuntimeError("ERR unknown command"))).addBoth(out.append)
+    assert out == [None]
+
+
+def test_a_redis_that_may_evict_is_a_warning_at_start() -> None:
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        log_persistence(FakeRedis(AOF_ON, ["save", ""], "1000", "allkeys-lru"), "redis:6381")
+        log_persistence(FakeRedis(AOF_ON, ["save", ""], "1000", "noeviction"), "redis:6382")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warned = [e["address"] for e in events
+              if e.get("log_level") is not None and e["log_level"].name == "warn"
+              and e.get("address") in ("redis:6381", "redis:6382")]
+    assert warned == ["redis:6381"]

@@ -1,0 +1,99 @@
+"""``studios-gateway check-config --connect``: try the configured Redis once, as a node would.
+
+The gateway itself never stops for Redis: a wrong password, a refused TLS
+certificate or a Redis that is down are logged and retried while it serves what it
+can. Before a start, an operator wants one answer instead: this connects with the
+node's settings (address, ACL user, password, db, TLS), waits for both of its links
+(commands, and the subscriber on ``<prefix>:events``), then asks the start-up
+questions of :mod:`.redis_persistence`. Passwords are never printed: the reasons
+are Redis's and OpenSSL's words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import connectProtocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+
+from studios_gateway.registry.redis_persistence import check_eviction, check_persistence
+
+__all__ = ["ProbeResult", "probe_redis", "store_from_config"]
+
+
+def store_from_config(config: Any, clock: IReactorTime, **options: Any) -> Any:
+    """The RedisStore a node with `config` (a Config with Redis) uses."""
+    from studios_gateway.registry.redis import RedisStore
+
+    host, port = config.redis_address
+    return RedisStore(
+        address=f"{host}:{port}", user=config.redis_user, password=config.redis_password,
+        db=config.redis_db, prefix=config.redis_prefix, tls=config.redis_tls_enable,
+        tls_skip_verify=config.redis_tls_skip_verify,
+        tls_cert_file=config.redis_tls_cert_file, tls_key_file=config.redis_tls_key_file,
+        tls_ca_file=config.redis_tls_ca_file, clock=clock,
+        node_id=config.effective_node_id, **options)
+
+
+@dataclass
+class ProbeResult:
+    """``problem``: why no node could use this Redis (None: connected); ``notes``: what
+    it said about persistence, and warnings (eviction)."""
+
+    problem: str | None = None
+    notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@defer.inlineCallbacks
+def probe_redis(make_store: Callable[[], Any], address: str, clock: IReactorTime,
+                wait: float = 10.0) -> Any:
+    """Connect a store made by `make_store` (a RedisStore), return a :class:`ProbeResult`,
+    and stop the store. `wait`: how long to wait for both links before giving up."""
+    store = make_store()
+    result = ProbeResult()
+    outcome: Deferred[str | None] = Deferred()
+
+    def settle(value: str | None) -> None:
+        if not outcome.called:
+            outcome.callback(value)
+
+    store.when_connected().addCallbacks(lambda _: settle(None), lambda f: settle(
+        f.getErrorMessage()))
+    store.next_connection_failure().addCallbacks(settle, lambda _: None)
+    store.next_subscriber_failure().addCallbacks(
+        lambda why: settle(f"{why} (on the subscriber connection, channel {store.channel})"),
+        lambda _: None)
+    timer = clock.callLater(wait, settle, f"no working connection within {wait:g}s "
+                            "(is Redis running there, and reachable from this host?)")
+    try:
+        # A refused or unroutable address is retried quietly by the links: ask once here.
+        probe = yield connectProtocol(store.endpoint(), Protocol()).addErrback(
+            lambda f: settle(f"cannot connect: {f.getErrorMessage()}"))
+        if probe is not None and probe.transport is not None:
+            probe.transport.abortConnection()
+        if not outcome.called:
+            store.start()
+        problem = yield outcome
+        if problem is not None:
+            result.problem = f"Redis at {address}: {problem}"
+            return result
+        persists, how = yield check_persistence(store)
+        if persists is False:
+            result.warnings.append(f"Redis at {address} persists nothing ({how}): a restart "
+                                   "of Redis loses every session; turn on AOF or RDB")
+        else:
+            result.notes.append(f"Redis at {address}: connected; persistence: {how}")
+        risk = yield check_eviction(store)
+        if risk is not None:
+            result.warnings.append(f"Redis at {address}: {risk}")
+        return result
+    finally:
+        if timer.active():
+            timer.cancel()
+        yield store.stop()
