@@ -63,6 +63,24 @@ from studios_gateway.tunnel.server import Routing, TunnelTable
 STORE_PING_TIMEOUT = 5.0
 
 
+def redis_gauges(inner: Any, metrics: Metrics) -> None:
+    """studios_gateway_redis_connected{link}: 1 while that connection to Redis is up (read
+    at each scrape), for a store on Redis; nothing for a single node's own store."""
+    links_up = getattr(inner, "links_up", None)
+    if links_up is None:
+        return
+    from prometheus_client import Gauge
+
+    gauge = Gauge("studios_gateway_redis_connected", "Whether this node's connection to "
+                  "Redis is up (1) or not (0), by link (command, subscriber).", ["link"],
+                  registry=metrics.registry)
+    def reader(name: str) -> Callable[[], float]:
+        return lambda: 1.0 if links_up()[name] else 0.0
+
+    for name in links_up():
+        gauge.labels(name).set_function(reader(name))
+
+
 def build_store(config: Config, clock: Any) -> CachingStore:
     """The session registry the config asks for, behind a local cache."""
     from studios_gateway.registry.cache import CachingStore
@@ -402,6 +420,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     # First: the store of a single node keeps its sessions there.
     storage = prepare_storage(config.storage_root)
     store = build_store(config, reactor)
+    redis_gauges(store.inner, metrics)
     # The embedded registry of a single node keeps users' keys and login state in files.
     local = store.inner if isinstance(store.inner, MemoryStore) else None
     gateway = GatewayService(config, reactor, store, metrics, environ)

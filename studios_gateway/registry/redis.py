@@ -689,6 +689,11 @@ class RedisStore:
     def connected(self) -> bool:
         return self._commands.ready and self._events.ready
 
+    def links_up(self) -> dict[str, bool]:
+        """Whether each of this node's two connections to Redis is up, by name."""
+        return {self._commands.name: self._commands.ready,
+                self._events.name: self._events.ready}
+
     # Invalidation -----------------------------------------------------------------
 
     def subscribe(self, callback: Invalidation) -> Callable[[], None]:

@@ -183,6 +183,9 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
         stoppers.append(client.stop)
         wait_connected(a, sid)
         assert wait_connected(b, sid)["tunnel"]["node"] == "node-a"
+        status, scraped, _ = b.request("/metrics")
+        for link in (b"command", b"subscriber"):  # both of the node's connections up
+            assert b'studios_gateway_redis_connected{link="' + link + b'"} 1.0' in scraped
         stored = json.loads(json.loads(redis.cli("GET", f"connect:session:{sid}:tunnel")))
         assert stored["node_address"] == f"127.0.0.1:{a.env['CONNECT_LISTENER_PORT']}"
 

@@ -177,3 +177,23 @@ def test_ready_503_when_not_ready() -> None:
                           shutdown=lambda: None)
     req = render(root, b"/ready")
     assert req.responseCode == 503 and b"down" in b"".join(req.written)
+
+
+def test_each_redis_connection_is_a_gauge_read_at_the_scrape(tmp_path: Any) -> None:
+    """Operators had only studios_gateway_ready to tell that Redis was away."""
+    from prometheus_client import generate_latest
+
+    from studios_gateway.service import make_service
+
+    config = load_config(environ={
+        "CONNECT_STORAGE_ROOT": str(tmp_path), "CONNECT_REDIS_ADDRESS": "127.0.0.1:1",
+        "CONNECT_PEER_SECRET": "a-long-enough-peer-secret", "CONNECT_MANAGEMENT_PORT": "9000"})
+    gateway = make_service(config, reactor=MemoryReactorClock())
+    text = generate_latest(gateway.metrics.registry).decode()
+    for link in ("command", "subscriber"):  # nothing listens there: both down
+        assert f'studios_gateway_redis_connected{{link="{link}"}} 0.0' in text, text[-2000:]
+    single = make_service(load_config(environ={"CONNECT_STORAGE_ROOT": str(tmp_path / "one"),
+                                               "CONNECT_MANAGEMENT_PORT": "9000"}),
+                          reactor=MemoryReactorClock())
+    assert "studios_gateway_redis_connected" not in generate_latest(
+        single.metrics.registry).decode()  # a single node's own store: no Redis
