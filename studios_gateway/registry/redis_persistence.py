@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 __all__ = ["describe", "describe_eviction", "check_eviction", "check_persistence",
-           "log_persistence"]
+           "log_persistence", "PERSISTS_NOTHING"]
 
 _log = Logger(namespace="studios_gateway.registry.redis")
 
@@ -108,6 +108,13 @@ def check_eviction(store: Any) -> Deferred[str | None]:
     return both.addCallback(lambda got: describe_eviction(*got))
 
 
+#: The warning for a Redis that persists nothing, at start and from check-config --connect
+#: (a log format: fields ``address`` and ``how``).
+PERSISTS_NOTHING = ("Redis at {address} persists nothing ({how}): a restart of Redis loses "
+                    "every session, used login link and logout; turn on AOF (appendonly "
+                    "yes) or RDB snapshots (save ...)")
+
+
 def log_persistence(store: Any, address: str) -> Deferred[None]:
     """Once: warn when the Redis at `address` does not persist, say how it does otherwise;
     warn when it may evict the gateway's keys."""
@@ -115,9 +122,7 @@ def log_persistence(store: Any, address: str) -> Deferred[None]:
     def report(result: tuple[bool | None, str]) -> None:
         persists, how = result
         if persists is False:
-            _log.warn("Redis at {address} persists nothing ({how}): a restart of Redis loses "
-                      "every session, used login link and logout; turn on AOF "
-                      "(appendonly yes) or RDB snapshots (save ...)", address=address, how=how)
+            _log.warn(PERSISTS_NOTHING, address=address, how=how)
         elif persists is None:
             _log.info("Redis at {address}: whether it persists sessions {how}",
                       address=address, how=how)

@@ -21,7 +21,11 @@ from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 
-from studios_gateway.registry.redis_persistence import check_eviction, check_persistence
+from studios_gateway.registry.redis_persistence import (
+    PERSISTS_NOTHING,
+    check_eviction,
+    check_persistence,
+)
 
 __all__ = ["ProbeResult", "probe_redis", "store_from_config"]
 
@@ -85,8 +89,7 @@ def probe_redis(make_store: Callable[[], Any], address: str, clock: IReactorTime
             return result
         persists, how = yield check_persistence(store)
         if persists is False:
-            result.warnings.append(f"Redis at {address} persists nothing ({how}): a restart "
-                                   "of Redis loses every session; turn on AOF or RDB")
+            result.warnings.append(PERSISTS_NOTHING.format(address=address, how=how))
         else:
             result.notes.append(f"Redis at {address}: connected; persistence: {how}")
         risk = yield check_eviction(store)
