@@ -99,8 +99,12 @@ class SSHStudio:
     def stream_closed(self) -> None:
         """The studio closes the tunnel stream that carried the (only) SSH connection."""
         [sid] = re.findall(r"studio SSH: serving stream (\d+)", self.client.output())
-        wait_until(lambda: f"stream {sid} closed" in self.client.output(),
-                   f"the studio closed SSH stream {sid}", timeout=10)
+        try:
+            wait_until(lambda: f"stream {sid} closed" in self.client.output(),
+                       f"the studio closed SSH stream {sid}", timeout=10)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- studio:\n{self.client.output()[-4000:]}"
+                                 f"\n--- gateway:\n{self.d.gw.output()[-4000:]}") from None
 
     def settle(self) -> int:
         """Bytes that went up the tunnel so far, once nothing more is on its way: a request
