@@ -29,7 +29,7 @@ from studios_gateway.studio.tool_link import ToolConnection, ToolEndpoint
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
 from studios_gateway.wire.carrier import CarrierEndpoint, ProxyConnect, WebSocketClient, proxy_for
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
-from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke, facing
+from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke, facing, words
 from studios_gateway.wire.sockopts import (
     TOOL_BUFFER,
     TUNNEL_BUFFER,
@@ -625,9 +625,9 @@ class ConnectClient(Service):
         elif self.state == "bound":
             ended = protocol.mux.ended_by(reason) if protocol.mux is not None else reason
             if ended is not None and ended.check(TunnelSilent):
-                self._log.warn("tunnel to {gw} lost: nothing heard from the gateway for "
-                               "{t:g}s", gw=str(protocol.gateway),
-                               t=protocol.mux.keepalive.timeout if protocol.mux else 0)
+                # The multiplexer's words ("nothing heard from the gateway for 5s").
+                self._log.warn("tunnel to {gw} lost: {why}", gw=str(protocol.gateway),
+                               why=words(ended))
             else:
                 self._log.info("tunnel to {gw} lost: {why}", gw=str(protocol.gateway),
                                why=broke(ended) or "closed")

@@ -601,10 +601,10 @@ class TunnelServerProtocol(Protocol):
         """One line saying which tunnel ended and why; the losses counter's reason."""
         sid = tunnel.session_id
         if why is not None and why.check(TunnelSilent):
-            self._log.warn("session {sid}: tunnel lost: nothing heard from the studio for "
-                           "{t:g}s (CONNECT_TUNNEL_PING_TIMEOUT); it is routed nowhere until "
-                           "the studio binds again", sid=sid,
-                           t=tunnel.mux.keepalive.timeout)
+            # The multiplexer's words ("nothing heard from the studio for 20s").
+            self._log.warn("session {sid}: tunnel lost: {why} (CONNECT_TUNNEL_PING_TIMEOUT); "
+                           "it is routed nowhere until the studio binds again", sid=sid,
+                           why=words(why))
             return "silent"
         if why is None or why.check(ConnectionDone):
             self._log.info("session {sid}: tunnel closed", sid=sid)
