@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_http_process import write_pair
+from tests.support.chromium import Chromium, chromium_path
 from tests.support.gateway import GatewayProcess, base_env
 from tests.support.waiting import wait_until
 
@@ -101,4 +102,33 @@ def test_plain_http_to_the_https_port_is_answered_and_https_still_works(tmp_path
         _, metrics, _ = gw.request("/metrics")
         assert b'listener="tunnel",outcome="plain_http"' not in metrics
     finally:
+        gw.stop()
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
+def test_a_browser_given_an_http_address_of_the_https_port_lands_on_https(tmp_path: Path
+                                                                          ) -> None:
+    """Chromium got no answer here and showed its own error page (it never reached https).
+    Without the redirect this test fails waiting for the https:// address."""
+    from tests.integration.test_https_chromium import spki_hash
+
+    cert, key = write_pair(tmp_path / "https", ["gw.test", "*.gw.test"])
+    env = base_env(tmp_path, CONNECT_TLS_CERT_FILE=cert, CONNECT_TLS_KEY_FILE=key)
+    port = int(env["CONNECT_HTTP_PORT"])
+    env["CONNECT_PROXY_URL"] = f"https://gw.test:{port}"
+    gw = GatewayProcess(tmp_path, env)
+    browser: Chromium | None = None
+    try:
+        gw.wait_healthy()
+        browser = Chromium(tmp_path, flags=[
+            "--host-resolver-rules=MAP *.test 127.0.0.1",
+            f"--ignore-certificate-errors-spki-list={spki_hash(Path(cert).read_bytes())}"])
+        browser.call("Page.navigate", url=f"http://gw.test:{port}/_connect/x?y=1")
+        browser.wait_for(f"location.href == 'https://gw.test:{port}/_connect/x?y=1'")
+        browser.call("Page.navigate", url=f"http://elsewhere.test:{port}/")
+        browser.wait_for("!!document.body && document.body.innerText.includes("
+                         "'Open the same address with https://')")
+    finally:
+        if browser is not None:
+            browser.stop()
         gw.stop()
