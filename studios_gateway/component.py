@@ -90,7 +90,7 @@ def endpoint_for(reactor: Any, host: str, port: int) -> IStreamServerEndpoint:
 
 def serve_tls(config: Any, reactor: Any, metrics: Any, listener: str, options: Any,
               factory: IProtocolFactory, write_at_once: bool = False,
-              hold_until_setup: bool = False) -> IProtocolFactory:
+              hold_until_setup: bool = False, plain_http: Any = None) -> IProtocolFactory:
     """`factory` behind server TLS whose handshakes have the configured deadline and cap
     (CONNECT_TLS_HANDSHAKE_TIMEOUT, CONNECT_TLS_MAX_HANDSHAKES), counted in `metrics`
     (the gateway's Metrics, or None) under `listener`. The one way the gateway serves
@@ -98,7 +98,8 @@ def serve_tls(config: Any, reactor: Any, metrics: Any, listener: str, options: A
     made, not gathered until the end of the reactor turn (the tunnel, whose multiplexer
     gathers its own). `hold_until_setup`: a connection keeps its place under the cap after
     its handshake until the application calls its transport's `setup_done` (the tunnel:
-    until its bind is answered)."""
+    until its bind is answered). `plain_http` (a wire.plain_http.PlainHTTP; the HTTPS proxy
+    only): what a plain-HTTP request sent to the port is answered with."""
     from studios_gateway.wire.tls_guard import GuardedTLSFactory, HandshakeLimits
 
     def count(outcome: str) -> None:
@@ -113,7 +114,8 @@ def serve_tls(config: Any, reactor: Any, metrics: Any, listener: str, options: A
         options, factory, clock=reactor,
         limits=HandshakeLimits(config.tls_handshake_timeout, config.tls_max_handshakes),
         on_outcome=count, on_pause=paused, name=f"the {listener} listener",
-        write_at_once=write_at_once, hold_until_setup=hold_until_setup)
+        write_at_once=write_at_once, hold_until_setup=hold_until_setup,
+        plain_http=plain_http)
 
 
 def say_to_operator(message: str) -> None:

@@ -71,8 +71,9 @@ class Metrics:
         self.tls_handshakes = Counter(
             "studios_gateway_tls_handshakes", "TLS handshakes on the gateway's TLS ports by "
             "outcome: ok, timeout (reset at CONNECT_TLS_HANDSHAKE_TIMEOUT), full (closed at "
-            "accept: CONNECT_TLS_MAX_HANDSHAKES in progress), failed.", ["listener", "outcome"],
-            registry=self.registry)
+            "accept: CONNECT_TLS_MAX_HANDSHAKES in progress), failed, plain_http (a plain-HTTP "
+            "request to the HTTPS port, answered with a redirect to https:// or 400).",
+            ["listener", "outcome"], registry=self.registry)
         self.tls_accept_pauses = Counter(
             "studios_gateway_tls_accept_pauses", "Times a TLS port stopped accepting because "
             "CONNECT_TLS_MAX_HANDSHAKES handshakes were in progress (new connections wait in "

@@ -114,7 +114,9 @@ def dashboard() -> dict[str, Any]:
          [(f"sum by (listener, outcome) (increase(studios_gateway_tls_handshakes_total"
            f"{{{SEL}}}[{RATE}]))", "{{listener}} {{outcome}}")], "none",
          "timeout and full climbing fast: sockets that never speak TLS "
-         "(CONNECT_TLS_HANDSHAKE_TIMEOUT, CONNECT_TLS_MAX_HANDSHAKES).", False),
+         "(CONNECT_TLS_HANDSHAKE_TIMEOUT, CONNECT_TLS_MAX_HANDSHAKES). http plain_http: "
+         "plain-HTTP requests sent to the HTTPS port (answered with a redirect to https:// "
+         "or 400).", False),
         ("Platform calls",
          [(f"sum by (call, outcome) (increase(studios_gateway_platform_calls_total"
            f"{{{SEL}}}[{RATE}]))", "{{call}} {{outcome}}")], "none",

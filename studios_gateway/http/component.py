@@ -24,6 +24,7 @@ import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -38,7 +39,7 @@ from studios_gateway.component import Component, Part, StartError, endpoint_for,
 from studios_gateway.config import Config
 from studios_gateway.http import lane
 from studios_gateway.http.proxy import ProxyFactory
-from studios_gateway.http.routing import Router
+from studios_gateway.http.routing import Router, parse_host
 from studios_gateway.http.upstream import (
     FastPath,
     SessionInfo,
@@ -51,8 +52,8 @@ from studios_gateway.traffic.observer import Traffic
 from studios_gateway.traffic.quota import Quota, admitting
 from studios_gateway.tunnel.dialer import Dialer
 
-__all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "make_fast_path",
-           "make_lookup"]
+__all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "https_url_for",
+           "make_fast_path", "make_lookup"]
 
 
 class _RefusalGuard(Protocol):
@@ -267,12 +268,30 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
     )
 
 
+def https_url_for(config: Config, router: Router) -> Callable[[str, str], str | None]:
+    """For a plain-HTTP request sent to the HTTPS port (wire/plain_http.py): the https://
+    URL of its Host header value and target when the router serves that host, else None.
+    The port is CONNECT_PROXY_URL's (the public HTTPS port the gateway's links name), not
+    the one in the Host header, which was the client's guess at a plain-HTTP port."""
+    port = urlsplit(config.effective_proxy_url).port
+    suffix = "" if port in (None, 443) else f":{port}"
+
+    def https_url(host_header: str, target: str) -> str | None:
+        hostname = parse_host(host_header)
+        if hostname is None or not router.serves(hostname):
+            return None
+        return f"https://{hostname}{suffix}{target}"
+
+    return https_url
+
+
 def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer,
                auth: Auth, traffic: Traffic | None = None,
                metrics: Metrics | None = None, carry: Any = None) -> tuple[ProxyFactory, Part]:
     """The HTTP(S) proxy and its Part: the listener, drain and stop, the TLS reload hook."""
     from studios_gateway.reload import ReloadableServerTLS, tls_reloader
     from studios_gateway.wire import tls
+    from studios_gateway.wire.plain_http import PlainHTTP
 
     part = Part()
     factory = build_factory(config, reactor, store, dialer, auth, traffic)
@@ -291,7 +310,11 @@ def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer
                                       tls.https_server_options)
         part.reload_checks.append(check_https_certificate)
         part.reload_hooks.append(tls_reloader(options, "the HTTPS proxy"))
-        served = serve_tls(config, reactor, metrics, "http", options, factory)
+        # A plain-HTTP request sent to this port is answered (a redirect or 400), not
+        # closed without a word.
+        plain = PlainHTTP(https_url_for(config, factory.router))
+        served = serve_tls(config, reactor, metrics, "http", options, factory,
+                           plain_http=plain)
         description = "the HTTPS proxy"
     part.listen("http", "CONNECT_HTTP_PORT",
                 endpoint_for(reactor, config.bind_address, config.http_port), served, description)

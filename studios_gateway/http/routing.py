@@ -149,6 +149,15 @@ class Router:
             self._studio_hosts[host_header] = got.session_id
         return got
 
+    def serves(self, hostname: str) -> bool:
+        """Whether requests for ``hostname`` (as :func:`parse_host` gives it) are this
+        gateway's: the proxy host, or in subdomain mode a well-formed studio host."""
+        if hostname == self.proxy_host:
+            return True
+        suffix = "." + self.studios_domain
+        return (not self.path_routing and hostname.endswith(suffix)
+                and SESSION_ID.fullmatch(hostname[: -len(suffix)]) is not None)
+
     def _route(self, host_header: str, target: str) -> Route | Redirect | Refusal:
         hostname = parse_host(host_header)
         if hostname is None:

@@ -30,7 +30,10 @@ gateway's listeners (tunnel, HTTPS proxy, peers) that instead:
   does its own gathering, see docs/decisions/tunnel-scheduling.md);
 - frees what its memory BIOs grew to (the handshake, a burst) once the
   connection is quiet (wire/tls_lean.py, wire/tls_memory.py), and the client's
-  key share OpenSSL keeps from the handshake (wire/openssl_peer_key.py).
+  key share OpenSSL keeps from the handshake (wire/openssl_peer_key.py);
+- with ``plain_http`` (the HTTPS proxy), answers a plain-HTTP request sent to the port
+  in HTTP (a redirect to https:// or 400) instead of closing without a word; the first
+  read alone is looked at (wire/plain_http.py).
 
 Until the handshake is done the TLS layer's protocol is a placeholder that
 learns of the handshake through Twisted's ``IHandshakeListener``, which the TLS
@@ -55,13 +58,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from studios_gateway.wire import openssl_peer_key
+from studios_gateway.wire.plain_http import FirstRead, PlainHTTP
 from studios_gateway.wire.tls_lean import LeanTLSProtocol
 
 __all__ = ["GuardedTLSFactory", "HandshakeLimits"]
 
 #: Outcomes reported to ``on_outcome``: handshake done, deadline passed, refused at
-#: accept because ``max_pending`` handshakes were in progress, connection ended first.
-OK, TIMEOUT, FULL, FAILED = "ok", "timeout", "full", "failed"
+#: accept because ``max_pending`` handshakes were in progress, connection ended first,
+#: a plain-HTTP request answered in HTTP (``plain_http``; counted when it closes).
+OK, TIMEOUT, FULL, FAILED, PLAIN_HTTP = "ok", "timeout", "full", "failed", "plain_http"
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class _GuardedTLSProtocol(LeanTLSProtocol):
     """The guard over Twisted's TLS layer, writing at once (see :class:`_GuardedBuffered`)."""
 
     factory: GuardedTLSFactory
+    #: A plain-HTTP request was answered (set on those connections only): the outcome.
+    _plain = False
 
     def __init__(self, factory: GuardedTLSFactory, addr: Any):
         super().__init__(factory, _AwaitingHandshake(self))
@@ -102,13 +109,26 @@ class _GuardedTLSProtocol(LeanTLSProtocol):
     def makeConnection(self, transport: Any) -> None:
         self._deadline = self.factory.clock.callLater(self.factory.limits.timeout,
                                                       self._timed_out)
+        plain = self.factory.plain_http
+        if plain is not None and getattr(transport, "protocol", None) is self:
+            # The first read goes through FirstRead, which hands TCP back to this layer.
+            transport.protocol = FirstRead(self, transport, plain)
         super().makeConnection(transport)
 
     def _timed_out(self) -> None:
         self._deadline = None
         if self._pending:
-            self._finish(TIMEOUT)
+            self._finish(PLAIN_HTTP if self._plain else TIMEOUT)
             self.abortConnection()
+
+    def plain_http_answered(self, status: str) -> None:
+        """A plain-HTTP request was answered with ``status`` (wire/plain_http.py); the
+        connection closes as soon as the client does, at the deadline at the latest."""
+        self._plain = True
+        self.factory._log.debug("{name}: a plain-HTTP request from {peer} was answered "
+                                "{status} (the port speaks HTTPS)", name=self.factory.name,
+                                peer=str(getattr(self._addr, "host", self._addr)),
+                                status=status)
 
     def handshake_done(self) -> None:
         if not self._pending:
@@ -167,7 +187,7 @@ class _GuardedTLSProtocol(LeanTLSProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._pending:
-            self._finish(FAILED)
+            self._finish(PLAIN_HTTP if self._plain else FAILED)
         self.setup_done()
         super().connectionLost(reason)
 
@@ -188,7 +208,7 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
                  on_outcome: Callable[[str], object] = lambda _: None,
                  on_pause: Callable[[], object] = lambda: None,
                  name: str = "TLS", write_at_once: bool = False,
-                 hold_until_setup: bool = False):
+                 hold_until_setup: bool = False, plain_http: PlainHTTP | None = None):
         super().__init__(options, False, wrapped, clock=clock)
         self._kind = _GuardedTLSProtocol if write_at_once else _GuardedBuffered
         self.clock = clock
@@ -199,6 +219,9 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
         #: A connection keeps its place under ``max_pending`` after its handshake, until
         #: the application calls its transport's ``setup_done`` (or it closes).
         self.hold_until_setup = hold_until_setup
+        #: What a plain-HTTP request sent to this port is answered with; None: it is
+        #: closed as any other bytes that are not TLS (the tunnel and peer ports).
+        self.plain_http = plain_http
         #: Connections being set up right now: in their handshake, or done with it and
         #: held (``hold_until_setup``).
         self.pending = 0
