@@ -62,6 +62,19 @@ def test_a_killed_studio_ends_its_websockets_with_1011_and_why(tmp_path: Path) -
         d.stop()
 
 
+def test_a_stopped_studio_ends_its_websockets_with_1001(tmp_path: Path) -> None:
+    d = Deployment(tmp_path)
+    try:
+        created, client = logged_in_studio(d)
+        ws = open_ws(d, created)
+        client.stop()  # SIGTERM: studios-connect closes its tunnel
+        assert ws.close_frame(timeout=20) == (1001, "the studio's connection is going away; "
+                                                    "reconnect")
+        ws.sock.close()
+    finally:
+        d.stop()
+
+
 def test_a_quota_stop_sends_1008_between_frames_and_never_inside_one(tmp_path: Path) -> None:
     d = Deployment(tmp_path, CONNECT_QUOTA_SESSION_BYTES="16MiB", CONNECT_QUOTA_WINDOW="1m")
     try:
