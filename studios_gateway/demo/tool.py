@@ -41,14 +41,17 @@ padding:1em;min-height:4em}}</style></head>
 <p>This page is served by the demo tool inside a studio, through the gateway's tunnel.</p>
 <p>You are <code id="who">{who}</code>.</p>
 <p><input id="msg" value="hello"> <button id="send">send over WebSocket</button>
-<span id="state">connecting…</span></p>
+<span id="state">connecting…</span> <span id="why"></span></p>
 <div id="log"></div>
 <script>
 const url = new URL("ws", location.href); url.protocol = url.protocol.replace("http", "ws");
 const ws = new WebSocket(url);
 const log = (t) => document.getElementById("log").textContent += t + "\\n";
 ws.onopen = () => document.getElementById("state").textContent = "connected";
-ws.onclose = () => document.getElementById("state").textContent = "closed";
+ws.onclose = (e) => {{
+  document.getElementById("state").textContent = "closed";
+  document.getElementById("why").textContent = e.code + (e.reason ? " " + e.reason : "");
+}};
 ws.onmessage = (e) => log("echo: " + e.data);
 document.getElementById("send").onclick = () => ws.send(document.getElementById("msg").value);
 </script></body></html>

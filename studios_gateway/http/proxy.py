@@ -21,17 +21,18 @@ Nothing is buffered beyond one read on either side.
 from __future__ import annotations
 
 import ipaddress
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from studios_gateway.auth.authorizer import SESSION_ENDED
 from studios_gateway.config import default_of
 from studios_gateway.http import lane, pages
 from studios_gateway.http.deadline import Deadline
@@ -66,6 +67,14 @@ from studios_gateway.http.upstream import (
     ToolNotAnswering,
     Track,
     Upstream,
+)
+from studios_gateway.http.wsframes import (
+    GOING_AWAY,
+    INTERNAL_ERROR,
+    POLICY_VIOLATION,
+    FrameTracker,
+    close_frame,
+    is_websocket,
 )
 from studios_gateway.traffic.facts import HTTP, WEBSOCKET, Finished, path_only
 from studios_gateway.waiters import EmptyWaiters
@@ -173,6 +182,17 @@ class UpstreamConnection(Protocol):
 
     def reusable(self) -> bool:
         return not self.lost and self.codec.idle()
+
+    def going_away(self) -> bool:
+        """The tunnel under this connection's stream is going away on purpose: a GoAway
+        either way (this node or the studio draining, the tunnel moving), or it was
+        closed cleanly (the studio stopped, closing it; this node replaced it)."""
+        mux = getattr(self.transport, "mux", None)
+        if mux is None:
+            return False
+        ended = mux.close_reason
+        return (mux.local_go_away or mux.remote_go_away is not None
+                or (ended is not None and ended.check(ConnectionDone) is not None))
 
     def fit_for_reuse(self) -> bool:
         """Kept idle in the pool: still open, and its stream's tunnel still takes new
@@ -315,6 +335,8 @@ class ProxyProtocol(Protocol):
         self._carrier: WebSocketServer | None = None  # a tunnel carried in a WebSocket
         self._carried: Finished | None = None  # ... and its facts at the upgrade
         self._upgraded: Finished | None = None  # ... and its facts so far
+        #: A WebSocket's frames from the tool (where a close frame of ours may go).
+        self._frames: FrameTracker | None = None
 
     # Connection lifecycle ------------------------------------------------------------------
 
@@ -346,7 +368,8 @@ class ProxyProtocol(Protocol):
     def drain(self) -> None:
         """The gateway is shutting down: close now unless a request is in flight."""
         if self._ex is None and not self._closing and self._carrier is None:
-            self._close()  # a carried tunnel is drained by the tunnel table (GoAway)
+            # (a carried tunnel is drained by the tunnel table: GoAway)
+            self._end_upgraded(GOING_AWAY, "this gateway node is shutting down; reconnect")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
@@ -825,6 +848,11 @@ class ProxyProtocol(Protocol):
 
     def upstream_data(self, conn: UpstreamConnection, data: bytes) -> None:
         if self._tunnel is conn:
+            if self._closing:  # (a close frame of ours may have gone out: nothing after it)
+                return
+            frames = self._frames
+            if frames is not None:
+                frames.feed(data)
             if self._meter is not None:
                 self._meter.outbound(len(data))
                 self._pace(conn.pacer(self.factory.reactor), self._meter.session_id, len(data))
@@ -910,9 +938,10 @@ class ProxyProtocol(Protocol):
         self._ex = None
         self._tunnel = conn
         f = self.factory
+        if is_websocket(event.headers):
+            self._frames = FrameTracker()
         if f.track is not None and ex.route is not None:
-            self._release = f.track(ex.route.session_id, ex.identity,
-                                    lambda reason: self._close())
+            self._release = f.track(ex.route.session_id, ex.identity, self._revoked)
         self._bytes_out += len(head)
         if f.observer is not None:
             self._upgraded = self._facts(ex, WEBSOCKET, "")
@@ -922,6 +951,8 @@ class ProxyProtocol(Protocol):
             self._meter.outbound(self._upgraded.bytes_out)
         self.transport.write(head)
         if up_rest:
+            if self._frames is not None:
+                self._frames.feed(up_rest)
             self.transport.write(up_rest)
         if client_rest:
             conn.transport.write(client_rest)
@@ -936,9 +967,33 @@ class ProxyProtocol(Protocol):
     def _stop_upgraded(self, why: str) -> None:
         """Stop an upgraded connection (a transfer quota): a WebSocket close frame (1008,
         policy violation) with `why` to the client, then the connection closes."""
-        reason = why.encode("utf-8")[:120].decode("utf-8", "ignore").encode("utf-8")
-        self.transport.write(b"\x88" + bytes([2 + len(reason)]) + struct.pack("!H", 1008)
-                             + reason)
+        self._end_upgraded(POLICY_VIOLATION, why)
+
+    def _revoked(self, why: str) -> None:
+        """The user's access to an upgraded connection's studio ended (the session ended:
+        1001; logged out, no longer allowed: 1008)."""
+        self._end_upgraded(GOING_AWAY if why == SESSION_ENDED else POLICY_VIOLATION, why)
+
+    def _end_upgraded(self, code: int, why: str, logged: bool = True) -> None:
+        """Close an upgraded connection, a WebSocket with a close frame of `code` and `why`
+        (words for the user) first when one may go now: between two whole frames of the
+        tool's, none of them its own close frame. Mid-frame (or not a WebSocket) the
+        connection just closes, as a browser reports with 1006. `logged`: `why` is the
+        access line's reason (unless it has one)."""
+        if self._closing:  # (a TLS close_notify may be under way: nothing more to write)
+            return
+        up = self._upgraded
+        if logged and up is not None and not up.reason:
+            self._upgraded = replace(up, reason=why)
+        frames = self._frames
+        if frames is not None and frames.at_boundary and not frames.closed:
+            frames.closed = True
+            data = close_frame(code, why)
+            self._bytes_out += len(data)
+            self.transport.write(data)
+        elif frames is not None and not frames.closed:
+            self._log.debug("closing a WebSocket mid-frame without a close frame: {why}",
+                            why=why)
         self._close()
 
     def _upstream_broken(self, ex: Exchange, conn: UpstreamConnection, why: str) -> None:
@@ -959,7 +1014,14 @@ class ProxyProtocol(Protocol):
             if why and self._upgraded is not None:  # the access line says it
                 self._upgraded = replace(self._upgraded,
                                          reason=f"the connection to the studio broke: {why}")
-            self._close()
+            # (the words of `why` may name addresses: the browser gets fewer)
+            if conn.going_away():
+                self._end_upgraded(GOING_AWAY, "the studio's connection is going away; "
+                                   "reconnect")
+            elif why:
+                self._end_upgraded(INTERNAL_ERROR, "the connection to the studio broke")
+            else:
+                self._end_upgraded(GOING_AWAY, "the tool closed the connection", False)
             return
         ex = self._ex
         if ex is None or ex.up is not conn:

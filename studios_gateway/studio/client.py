@@ -378,6 +378,9 @@ class ConnectClient(Service):
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             if protocol.mux is not None:
+                # GoAway first: the gateway then knows the end is on purpose (a browser's
+                # WebSockets to the tool get "going away", not "the connection broke").
+                protocol.mux.go_away()
                 protocol.mux.close()
             else:
                 # Not bound: nothing to finish; a clean TLS close would wait for a

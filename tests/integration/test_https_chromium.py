@@ -117,6 +117,8 @@ def test_https_login_studio_websocket_and_logout_in_chromium(tmp_path: Path, mod
         logout = f"{base}/_connect/logout" if path_mode else f"{second_url}_connect/logout"
         browser.call("Target.createTarget", url=logout)
         browser.wait_for("document.getElementById('state').textContent == 'closed'")
+        # The gateway's close frame came through TLS whole, before its close_notify.
+        assert browser.evaluate("document.getElementById('why').textContent") == "1008 logged out"
         browser.call("Page.reload")
         browser.wait_for("document.title == 'Login required'")
         browser.call("Page.navigate", url=first["login_link"])

@@ -22,8 +22,14 @@ class WebSocket:
     """One client connection; `recv_text` waits up to `timeout` for a whole message."""
 
     def __init__(self, port: int, host: str, path: str, headers: dict[str, str] | None = None,
-                 timeout: float = 30.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+                 timeout: float = 30.0, rcvbuf: int = 0):
+        """`rcvbuf`: a small receive buffer (set before the connect, so the window the
+        client offers stays small): a client that stops reading holds the sender back."""
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.timeout = timeout
         extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -83,6 +89,22 @@ class WebSocket:
                         return time.monotonic() - start
         except ConnectionError:
             return time.monotonic() - start
+
+    def close_frame(self, timeout: float) -> tuple[int, str] | None:
+        """The other side's close frame (its code and reason), or None when the connection
+        ended without one (what a browser reports as 1006); TimeoutError while it is
+        still open after `timeout`."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                for event in self._events(time.monotonic() + timeout):
+                    if isinstance(event, CloseConnection):
+                        return event.code, event.reason or ""
+        except ConnectionError:
+            return None
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(self.ws.send(BytesMessage(data=data)))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):

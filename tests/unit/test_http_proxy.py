@@ -642,3 +642,156 @@ def test_over_https_the_tools_cookies_are_secure_and_over_http_unchanged() -> No
         h.up()[0].dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
                                b"Upgrade: websocket\r\nSet-Cookie: _xsrf=t; Path=/\r\n\r\n")
         assert b"\r\nSet-Cookie: " + expected + b"\r\n" in t.value(), (scheme, t.value())
+
+
+# A WebSocket's end: the gateway's close frame, only between whole frames of the tool's -----
+
+_UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Key: x\r\n\r\n")
+_SWITCHED = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+             b"Connection: Upgrade\r\nSec-WebSocket-Accept: y\r\n\r\n")
+
+
+def upgraded(upgrade: bytes = b"websocket", **kw: Any
+             ) -> tuple[Harness, ProxyProtocol, StringTransport, UpstreamConnection]:
+    """A client's WebSocket spliced to the tool; the client's transport cleared."""
+    h = Harness(**kw)
+    p, t = h.client()
+    p.dataReceived(_UPGRADE.replace(b"websocket", upgrade))
+    up, _ = h.up()
+    up.dataReceived(_SWITCHED.replace(b"websocket", upgrade))
+    assert t.value().startswith(b"HTTP/1.1 101 ")
+    t.clear()
+    return h, p, t, up
+
+
+def close_of(data: bytes) -> tuple[int, str]:
+    assert data[0] == 0x88 and data[1] == len(data) - 2, data
+    return int.from_bytes(data[2:4], "big"), data[4:].decode("utf-8")
+
+
+def test_a_lost_studio_gets_the_browser_a_close_frame_between_frames() -> None:
+    h, p, t, up = upgraded()
+    up.dataReceived(b"\x81\x02hi\x81")  # a frame and a head's first byte ...
+    up.dataReceived(b"\x03abc")  # ... and the rest
+    t.clear()
+    up.connectionLost(Failure(ConnectionError("tunnel lost: 10.0.0.5 reset")))
+    assert close_of(t.value()) == (1011, "the connection to the studio broke")
+    assert t.disconnecting
+
+
+def test_a_break_mid_frame_closes_without_a_frame() -> None:
+    h, p, t, up = upgraded()
+    up.dataReceived(b"\x82\x7e\x01\x00" + b"x" * 100)  # 100 of a frame's 256 bytes
+    t.clear()
+    up.connectionLost(Failure(ConnectionError("tunnel lost")))
+    assert t.value() == b"" and t.disconnecting
+    h, p, t, up = upgraded()
+    up.dataReceived(b"\x82")  # a head cut by the read
+    t.clear()
+    up.connectionLost(Failure(ConnectionError("tunnel lost")))
+    assert t.value() == b"" and t.disconnecting
+
+
+def test_after_the_tools_own_close_frame_the_gateway_sends_none() -> None:
+    h, p, t, up = upgraded()
+    up.dataReceived(b"\x88\x02\x03\xe8")
+    t.clear()
+    up.connectionLost(Failure(ConnectionError("tunnel lost")))
+    assert t.value() == b"" and t.disconnecting
+
+
+def test_the_tool_closing_cleanly_or_the_gateway_draining_is_going_away() -> None:
+    h, p, t, up = upgraded()
+    up.connectionLost(None)
+    assert close_of(t.value()) == (1001, "the tool closed the connection")
+    h, p, t, up = upgraded()
+    h.factory.drain()
+    assert close_of(t.value())[0] == 1001 and t.disconnecting
+
+
+def test_an_upgrade_to_another_protocol_gets_no_frame() -> None:
+    h, p, t, up = upgraded(b"h2c")
+    up.connectionLost(Failure(ConnectionError("tunnel lost")))
+    assert t.value() == b"" and t.disconnecting
+
+
+class _Meter:
+    session_id = ""
+
+    def inbound(self, n: int) -> None:
+        pass
+
+    def outbound(self, n: int) -> None:
+        pass
+
+
+class _Observer:
+    """Traffic's part the proxy uses for an upgraded connection: the stop it is given."""
+
+    throttles = None
+
+    def __init__(self) -> None:
+        self.stops: list[Any] = []
+        self.closed: list[Any] = []
+
+    def open(self, kind: str, session_id: str, subject: str, stop: Any) -> _Meter:
+        self.stops.append(stop)
+        return _Meter()
+
+    def close(self, meter: Any, facts: Any) -> None:
+        self.closed.append(facts)
+
+    def http(self, *fields: Any) -> None:
+        pass
+
+
+def test_a_quota_stop_mid_frame_does_not_corrupt_the_stream() -> None:
+    obs = _Observer()
+    h, p, t, up = upgraded(observer=obs)
+    up.dataReceived(b"\x81\x05hel")  # a text frame's head and 3 of its 5 bytes
+    t.clear()
+    obs.stops[0]("transfer quota reached")
+    assert t.value() == b"" and t.disconnecting  # (was: a close frame inside the text)
+    up.dataReceived(b"lo\x81\x01!")  # what the tool still sends is not written after it
+    assert t.value() == b""
+
+
+def test_a_quota_stop_between_frames_sends_1008_once_and_nothing_after() -> None:
+    obs = _Observer()
+    h, p, t, up = upgraded(observer=obs)
+    up.dataReceived(b"\x81\x05hello")
+    t.clear()
+    obs.stops[0]("transfer quota reached: " + "x" * 200)
+    code, reason = close_of(t.value())
+    assert code == 1008 and reason.startswith("transfer quota reached") and len(reason) == 123
+    t.clear()
+    up.dataReceived(b"\x81\x01!")
+    obs.stops[0]("again")
+    up.connectionLost(Failure(ConnectionError("tunnel lost")))
+    assert t.value() == b""
+
+
+def test_a_revoked_websocket_says_why() -> None:
+    closes: list[Any] = []
+
+    def track(session_id: str, identity: Any, close: Any) -> Any:
+        closes.append(close)
+        return lambda: None
+
+    for why, code in (("the session was ended", 1001), ("logged out", 1008)):
+        h, p, t, up = upgraded(track=track)
+        closes[-1](why)
+        assert close_of(t.value()) == (code, why) and t.disconnecting
+
+
+def test_a_tunnel_going_away_on_purpose_is_going_away_not_broken() -> None:
+    class Mux:
+        local_go_away = False
+        remote_go_away: int | None = 0  # the studio's GoAway (studios-connect stopping)
+        close_reason = None
+
+    h, p, t, up = upgraded()
+    up.transport.mux = Mux()
+    up.connectionLost(Failure(ConnectionError("tunnel lost: reset")))
+    assert close_of(t.value()) == (1001, "the studio's connection is going away; reconnect")
