@@ -1011,11 +1011,13 @@ class ProxyProtocol(Protocol):
             self._unwire(conn)  # before the close, which a TLS transport holds until then
             self._tunnel = None
             why = conn.broken()
+            going = conn.going_away()  # a GoAway came first: an end on purpose
             if why and self._upgraded is not None:  # the access line says it
-                self._upgraded = replace(self._upgraded,
-                                         reason=f"the connection to the studio broke: {why}")
+                said = ("the studio's connection went away" if going
+                        else "the connection to the studio broke")
+                self._upgraded = replace(self._upgraded, reason=f"{said}: {why}")
             # (the words of `why` may name addresses: the browser gets fewer)
-            if conn.going_away():
+            if going:
                 self._end_upgraded(GOING_AWAY, "the studio's connection is going away; "
                                    "reconnect")
             elif why:

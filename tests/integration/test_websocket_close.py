@@ -71,6 +71,10 @@ def test_a_stopped_studio_ends_its_websockets_with_1001(tmp_path: Path) -> None:
         assert ws.close_frame(timeout=20) == (1001, "the studio's connection is going away; "
                                                     "reconnect")
         ws.sock.close()
+        # The access line says the same: an end on purpose, not a break.
+        wait_until(lambda: "the studio's connection went away" in d.gw.output(),
+                   "the access line saying the studio went away")
+        assert "the connection to the studio broke" not in d.gw.output()
     finally:
         d.stop()
 
