@@ -90,6 +90,7 @@ class FlowChannel(SSHChannel):
         self._blocked = False
         self._eof_queued = False
         self._close_queued = False
+        self._discarding = False  # discard_output: our peer reads no more of our data
         self.is_open = False
         self.opened: Deferred[FlowChannel] = Deferred()
         self.reply_slots: deque[list[Any]] = deque()
@@ -133,15 +134,34 @@ class FlowChannel(SSHChannel):
 
     def write(self, data: bytes) -> None:
         if data and not self._close_queued and not self._eof_queued:
+            if self._discarding:
+                self.sent(len(data))
+                return
             self._queue.append(("d", data))
             self.queued_bytes += len(data)
             self._flush()
 
     def writeExtended(self, dataType: int, data: bytes) -> None:
         if data and not self._close_queued and not self._eof_queued:
+            if self._discarding:
+                self.sent(len(data))
+                return
             self._queue.append(("x", dataType, data))
             self.queued_bytes += len(data)
             self._flush()
+
+    def discard_output(self) -> None:
+        """Our peer will read none of our data any more: drop what waits for its window,
+        and whatever is written from now on, each credited to our feeder as if it had
+        left (:meth:`sent`), so that the feeder's window stays open; requests, EOF and
+        close still go, in order, and no longer wait for a window that may never open."""
+        self._discarding = True
+        dropped = self.queued_bytes
+        if dropped:
+            self._queue = deque(i for i in self._queue if i[0] not in ("d", "x"))
+            self.queued_bytes = 0
+            self.sent(dropped)
+        self._flush()
 
     def send_request(self, request: bytes, data: bytes, want_reply: bool) -> Deferred[bool] | None:
         """Send a channel request after whatever is queued; fires True/False on reply."""

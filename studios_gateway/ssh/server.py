@@ -735,6 +735,7 @@ class RelayChannel(FlowChannel):
         self.relay = relay
         self.peer: RelayChannel | None = None
         self.counted = False  # counted as an open channel (the user's half)
+        self.sftp = False  # the user's half of a channel the user asked sftp on
 
     def dataReceived(self, data: bytes) -> None:
         self.relay.count(self, len(data))
@@ -760,9 +761,21 @@ class RelayChannel(FlowChannel):
             return False
         if request == b"auth-agent-req@openssh.com" and self.relay.user_side(self):
             self.relay.agent_requested = True
+        if (request == b"subsystem" and data == common.NS(b"sftp")
+                and self.relay.user_side(self)):
+            self.sftp = True
         return self.peer.send_request(request, data, want_reply)
 
     def eofReceived(self) -> None:
+        if self.sftp:
+            # An SFTP client's EOF ends its session: it asks nothing more, and replies
+            # still on their way are not for it (OpenSSH's sftp-server drops its unsent
+            # replies at EOF too). They are dropped here, so that the studio's exit
+            # status, EOF and close reach the client at once: an OpenSSH ssh whose scp or
+            # sftp died discards what it had buffered without re-opening its window (it
+            # tells only an OpenSSH server so, with eow@openssh.com), then waits for our
+            # close; behind those replies, it waited for ever.
+            self.discard_output()
         if self.peer is not None:
             self.peer.send_eof()
 

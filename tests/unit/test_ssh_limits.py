@@ -266,6 +266,77 @@ def test_eof_and_exit_status_wait_behind_data() -> None:
                                         connection.MSG_CHANNEL_EOF]
 
 
+class UserRelay(Relay):
+    """The fake relay, with its user on the small-window side (``b`` of _relay_pair)."""
+
+    def __init__(self, user: Any = None) -> None:
+        self.user = user
+
+    def user_side(self, channel: Any) -> bool:
+        return channel.conn is self.user
+
+
+def _user_relay_pair(user_window: int) -> tuple[RelayChannel, RelayChannel, Conn, Conn]:
+    """a: the studio's half; b: the user's half, the user's window ``user_window``."""
+    a, b, ca, cb = _relay_pair(user_window)
+    a.relay = b.relay = UserRelay(cb)  # type: ignore[assignment]
+    return a, b, ca, cb
+
+
+def test_an_sftp_clients_eof_lets_the_studios_close_past_replies_it_never_reads() -> None:
+    """The state of the flaky scp test (a dump of the gateway and the studio showed it):
+    scp's ssh wrote the sftp replies to a dead scp, dropped the ones it held without
+    re-opening its window (it says eow@openssh.com only to OpenSSH servers), sent EOF and
+    waited for the close; the studio's close waited behind replies the user's window
+    never let through, and ssh, the SSH connection and its tunnel stream lived for ever."""
+    a, b, ca, cb = _user_relay_pair(50)
+    b.handle_request(b"subsystem", common.NS(b"sftp"), True)
+    ca.ssh_CHANNEL_DATA(_data(100))  # replies: 50 go out, 50 wait for the user's window
+    assert b.queued_bytes == 50 and b.remoteWindowLeft == 0
+    assert a.localWindowLeft + a._unacked == a.localWindowSize - 50  # the studio waits
+
+    cb.ssh_CHANNEL_EOF(struct.pack(">L", 0))  # the user: no more requests, nor reads
+
+    assert b.queued_bytes == 0  # dropped, and credited to the studio
+    assert a.localWindowLeft + a._unacked == a.localWindowSize
+    assert ca.transport.kinds()[-1] == connection.MSG_CHANNEL_EOF  # passed on
+    # what the studio sends until its close is dropped as well; its exit status, EOF
+    # and close reach the user at once, with no window from the user
+    sent = len(cb.transport.packets)
+    ca.ssh_CHANNEL_DATA(_data(80))
+    a.handle_request(b"exit-status", struct.pack(">L", 0), False)
+    ca.ssh_CHANNEL_EOF(struct.pack(">L", 0))
+    ca.ssh_CHANNEL_CLOSE(struct.pack(">L", 0))
+    assert cb.transport.kinds()[sent:] == [connection.MSG_CHANNEL_REQUEST,
+                                           connection.MSG_CHANNEL_EOF,
+                                           connection.MSG_CHANNEL_CLOSE]
+    assert b.queued_bytes == 0
+
+
+def test_a_shell_users_eof_still_gets_all_the_output() -> None:
+    """``ssh host cat big </dev/null | slow``: EOF at once, then output read slowly."""
+    a, b, ca, cb = _user_relay_pair(50)
+    b.handle_request(b"exec", common.NS(b"cat big"), True)
+    ca.ssh_CHANNEL_DATA(_data(100))
+    cb.ssh_CHANNEL_EOF(struct.pack(">L", 0))
+    ca.ssh_CHANNEL_CLOSE(struct.pack(">L", 0))
+    assert b.queued_bytes == 50  # still waits for the user's window, the close behind it
+    assert cb.transport.kinds()[-1] == connection.MSG_CHANNEL_DATA
+    cb.ssh_CHANNEL_WINDOW_ADJUST(struct.pack(">2L", 0, 100))
+    assert cb.transport.kinds()[-2:] == [connection.MSG_CHANNEL_DATA,
+                                         connection.MSG_CHANNEL_CLOSE]
+
+
+def test_sftp_asked_by_the_studio_drops_nothing() -> None:
+    """Only the user's half drops what its reader no longer reads."""
+    a, b, ca, cb = _user_relay_pair(1 << 20)
+    a.remoteWindowLeft = 0  # the studio reads nothing for now
+    a.handle_request(b"subsystem", common.NS(b"sftp"), True)  # (no studio does this)
+    cb.ssh_CHANNEL_DATA(_data(100))
+    ca.ssh_CHANNEL_EOF(struct.pack(">L", 0))
+    assert a.queued_bytes == 100
+
+
 def test_window_overrun_closes_channel() -> None:
     conn = Conn()
     conn.transport = FakeTransport()
