@@ -37,6 +37,7 @@ speaks Deferreds.
 from __future__ import annotations
 
 import html
+import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -75,7 +76,7 @@ from studios_gateway.auth.oidc import (
     RelyingParty,
     TokenSet,
 )
-from studios_gateway.auth.settings import LOGIN_COOKIE, PREFIX, AuthSettings
+from studios_gateway.auth.settings import BROWSER_COOKIE, LOGIN_COOKIE, PREFIX, AuthSettings
 from studios_gateway.http import pages
 from studios_gateway.http.origin import posted_from_elsewhere
 from studios_gateway.http.request import RequestInfo
@@ -99,7 +100,7 @@ SUBJECT_HEADER = b"X-Connect-Sub"
 #: The gateway's cookie names, lower-cased, with the prefixed forms a browser treats
 #: specially: a tool's Set-Cookie with one of these names never reaches the browser.
 GATEWAY_COOKIES = frozenset(
-    f"{prefix}{name}".lower() for name in (COOKIE_NAME, LOGIN_COOKIE)
+    f"{prefix}{name}".lower() for name in (COOKIE_NAME, LOGIN_COOKIE, BROWSER_COOKIE)
     for prefix in ("", "__Host-", "__Secure-"))
 KEY_FILE = "auth-signing.key"
 #: Journals under the storage root (one node, no Redis): logins that ended, used login
@@ -112,6 +113,10 @@ START_RETRY_FIRST = 1.0
 START_RETRY_MAX = 30.0
 #: Tokens are refreshed at most this often (seconds), however short-lived.
 REFRESH_MIN_INTERVAL = 1.0
+#: How long the browser cookie of a begun OpenID login lasts (seconds; the relying
+#: party keeps a begun login 10 minutes). Each new login in the browser renews it.
+BROWSER_COOKIE_TTL = 900
+_BROWSER_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
 _LINK = "login-link/1"
 _HANDOFF = "handoff/1"
 #: How many of authorized_now's answers are remembered (one per Cookie value and studio;
@@ -582,12 +587,23 @@ class Auth:
             return page(503, "Login unavailable",
                         "The identity provider cannot be reached right now; try again "
                         "shortly.", extra_headers=[(b"Retry-After", b"5")])
-        return redirect(self.rp.begin(next_url))
+        # The callback completes this login only in this browser: its cookie (kept for
+        # the next login too, so logins begun in two tabs both work).
+        browsers = self._browsers(request)
+        browser = browsers[0] if browsers else secrets.token_urlsafe(32)
+        return redirect(self.rp.begin(next_url, browser=browser), [set_cookie_header(
+            s.browser_cookie_name, browser, path=s.login_cookie_path,
+            max_age=BROWSER_COOKIE_TTL, secure=s.secure_cookies)])
+
+    def _browsers(self, request: RequestInfo) -> list[str]:
+        """The well-formed values of the browser cookie the request brings."""
+        return [v for v in cookie_values(request.headers, self.settings.browser_cookie_name)
+                if _BROWSER_VALUE.fullmatch(v)]
 
     def _callback(self, request: RequestInfo) -> Any:
         if self.rp is None:
             return page(404, "Not found", "No such page.")
-        d = self.rp.finish(request.params())
+        d = self.rp.finish(request.params(), self._browsers(request))
 
         def failed(f: Any) -> Response:
             f.trap(LoginFailed, OIDCError)

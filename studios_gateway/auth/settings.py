@@ -14,10 +14,13 @@ from urllib.parse import urlsplit
 from studios_gateway.auth.cookies import cookie_name
 from studios_gateway.wire.ids import SESSION_ID
 
-__all__ = ["LOGIN_COOKIE", "PREFIX", "AuthSettings"]
+__all__ = ["BROWSER_COOKIE", "LOGIN_COOKIE", "PREFIX", "AuthSettings"]
 
 PREFIX = "/_connect/"
 LOGIN_COOKIE = "connect_login"
+#: Set by /_connect/login before the issuer is asked: the callback completes a login
+#: only in the browser that began it.
+BROWSER_COOKIE = "connect_browser"
 
 
 
@@ -111,6 +114,11 @@ class AuthSettings:
     @property
     def login_cookie_path(self) -> str:
         return "/" if self.secure_cookies else PREFIX
+
+    @property
+    def browser_cookie_name(self) -> str:
+        """The login's browser cookie (path and prefix as the login cookie's)."""
+        return f"__Host-{BROWSER_COOKIE}" if self.secure_cookies else BROWSER_COOKIE
 
     @cached_property  # asked on every request (the login's fast path); settings are frozen
     def studio_cookie_name(self) -> str:

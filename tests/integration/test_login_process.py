@@ -19,13 +19,13 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import pytest
 
 from studios_gateway.wire.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import BIN, base_env, run_twistd
-from tests.support.idp import DEFAULT_REGISTRATION_TOKEN
+from tests.support.idp import DEFAULT_REGISTRATION_TOKEN, _Form
 from tests.support.login import (
     Gateway,
     IdPProcess,
@@ -35,6 +35,7 @@ from tests.support.login import (
 )
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, redis_available
+from tests.support.waiting import wait_until
 from tests.support.web import Browser
 from tests.support.websocket import WebSocket
 
@@ -124,6 +125,40 @@ def test_a_stranger_gets_403(subdomain: Gateway) -> None:
     assert denied.status == 403 and "carol may not use studio" in denied.text
     with pytest.raises(AssertionError, match="refused: 403"):
         open_ws(subdomain, carol, a["id"])
+
+
+def test_a_callback_link_opened_in_another_browser_logs_nobody_in(subdomain: Gateway) -> None:
+    """Login CSRF against a real gateway and issuer: bob begins a login to his own studio,
+    logs in at the issuer and keeps the callback link (his state and code) instead of
+    following it. Opened in alice's browser it logged her in as bob (the gateway set bob's
+    login cookie there). Now the callback is refused in any browser but the one that
+    began the login, bob's code is never exchanged, and in bob's browser the same kind
+    of link still works."""
+    g = subdomain
+    bobs = g.studio(owner="bob")["id"]
+    bob = Browser()
+    begun = bob.get(f"{g.proxy}/_connect/login?next={g.url(bobs)}", follow=False)
+    assert begun.status == 302
+    assert "connect_browser" in bob.cookies["localhost"]
+    form_page = bob.get(begun.headers["Location"])
+    form = _Form()
+    form.feed(form_page.text)
+    at_idp = bob.request(urljoin(form_page.url, form.action or ""), method="POST",
+                         body=urlencode({**form.fields, "username": "bob",
+                                         "password": "bob-pw"}).encode(),
+                         headers={"Content-Type": "application/x-www-form-urlencoded"},
+                         follow=False)
+    callback = at_idp.headers["Location"]
+    assert callback.startswith(f"{g.proxy}/_connect/callback?"), callback
+    alice = Browser()
+    refused = alice.get(callback, follow=False)
+    assert refused.status == 400 and "begun in another browser" in refused.text
+    assert refused.headers.get_all("Set-Cookie") is None
+    assert alice.cookies == {}
+    wait_until(lambda: "a login was refused: this" in g.gw.output(), "the refusal logged")
+    # bob's own browser completes a login to his studio as before
+    assert login_at_idp(bob, g.url(bobs, "/api/info"), "bob").json()["headers"][
+        "x-connect-sub"] == ["bob"]
 
 
 def test_path_mode_login(idp: IdPProcess, tmp_path: Path) -> None:

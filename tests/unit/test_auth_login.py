@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import secrets
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -27,6 +28,7 @@ from studios_gateway.auth.oidc import (
     LoginResult,
     OIDCError,
     TokenSet,
+    same_browser,
 )
 from studios_gateway.auth.settings import AuthSettings
 from studios_gateway.config import load_config
@@ -42,22 +44,26 @@ class FakeRP:
 
     def __init__(self, clock: Clock):
         self.clock = clock
-        self.pending: dict[str, str] = {}
+        self.pending: dict[str, tuple[str, str | None]] = {}
         self.user = "alice"
         self.logins = 0
         self.tokens = TokenSet(None, None, None, None)
         self.refresh_result: Any = None
 
-    def begin(self, next_url: str, extra: Any = None) -> str:
+    def begin(self, next_url: str, extra: Any = None, *, browser: str | None = None) -> str:
         state = secrets.token_urlsafe(8)
-        self.pending[state] = next_url
+        self.pending[state] = (next_url, browser)
         return f"https://idp.example.org/authorize?state={state}"
 
-    def finish(self, params: dict[str, str]) -> Deferred[LoginResult]:
-        next_url = self.pending.pop(params.get("state", ""), None)
-        if next_url is None:
+    def finish(self, params: dict[str, str],
+               browsers: Sequence[str] = ()) -> Deferred[LoginResult]:
+        pending = self.pending.pop(params.get("state", ""), None)
+        if pending is None:
             return defer.fail(LoginFailed("the login's state is unknown, used already or "
                                           "expired"))
+        next_url, browser = pending
+        if browser is not None and not same_browser(browser, browsers):  # as RelyingParty
+            return defer.fail(LoginFailed("this login was begun in another browser"))
         if params.get("code") != "good":
             refused = LoginFailed("the code exchange was refused")
             refused.next_url = next_url  # as RelyingParty's, once the state is known
@@ -217,13 +223,22 @@ def test_handoff_code_is_single_use_and_bound_to_its_studio():
     assert (late.status, late.user, late.why) == (400, "alice", "login hand-off expired")
 
 
+def begin_login(auth: Auth, next_url: str, jar: Jar) -> str:
+    """/_connect/login in the browser of `jar`: the state it sends the issuer."""
+    login = run(auth.handle(request(f"{PROXY}/_connect/login?next={next_url}", jar)))
+    jar.store("connect.example.test", login)
+    return dict(parse_qsl(urlsplit(dict(login.headers)[b"Location"].decode()).query))["state"]
+
+
 def test_wrong_or_replayed_state_and_code_refused():
     auth, _, rp = make()
-    login = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}")))
-    state = dict(parse_qsl(urlsplit(dict(login.headers)[b"Location"].decode()).query))["state"]
-    bad_code = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad")))
+    jar = Jar()
+    state = begin_login(auth, studio("abc"), jar)
+    bad_code = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
+                                       jar)))
     assert bad_code.status == 400 and b"refused" in bad_code.body
-    replay = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=good")))
+    replay = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=good",
+                                     jar)))
     assert replay.status == 400 and b"state" in replay.body
     forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=forged&code=good")))
     assert forged.status == 400
@@ -234,14 +249,68 @@ def test_try_again_after_a_refused_login_leads_back_to_the_studio() -> None:
     """The "Try again" link of a refused login dropped the page it was for: users landed
     on "/" after logging in."""
     auth, _, _ = make()
-    login = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}")))
-    state = dict(parse_qsl(urlsplit(dict(login.headers)[b"Location"].decode()).query))["state"]
-    refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad")))
+    jar = Jar()
+    state = begin_login(auth, studio("abc"), jar)
+    refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
+                                      jar)))
     assert refused.status == 400 and b"refused" in refused.body
     again = f"{PROXY}/_connect/login?" + urlencode({"next": studio("abc")}, quote_via=quote)
     assert html.escape(again).encode() in refused.body, refused.body
     forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=x&code=y")))
     assert f'href="{PROXY}/_connect/login"'.encode() in forged.body  # its page is unknown
+
+
+@pytest.mark.parametrize("path_routing", [False, True])
+def test_a_callback_link_opened_in_another_browser_logs_nobody_in(path_routing: bool) -> None:
+    """Login CSRF: someone began a login in their own browser, logged in at the issuer
+    as themselves and sent the callback link (their state and code) to someone else,
+    whose browser was then logged in as them (their studio looked like the victim's,
+    what the victim typed went to it). The callback completes a login only in the
+    browser that began it (a cookie set by /_connect/login)."""
+    auth, _, rp = make(path_routing=path_routing)
+    rp.user = "bob"
+    attacker = Jar()
+    bobs = f"{PROXY}/_studio/bobs/" if path_routing else studio("bobs")
+    victim = Jar()
+    victim_started = Jar()  # a victim that began a login of its own meanwhile
+    begin_login(auth, studio("abc"), victim_started)
+    for jar in (victim, victim_started):
+        state = begin_login(auth, bobs, attacker)
+        names = {n for (_, _, n) in attacker.cookies}
+        assert names == {"__Host-connect_browser"}, names
+        callback = f"{PROXY}/_connect/callback?state={state}&code=good"
+        refused = run(auth.handle(request(callback, jar)))
+        assert refused.status == 400, refused
+        assert b"begun in another browser" in refused.body
+        assert not any(k.lower() == b"set-cookie" for k, _ in refused.headers)
+        # "Try again" does not lead to the page the other person chose
+        assert f'href="{PROXY}/_connect/login"'.encode() in refused.body
+    assert rp.logins == 0
+    # in the browser that began it the login completes (a new state: the first is spent)
+    b = LoginDriver(auth, external=idp_login(rp), jar=attacker)
+    who, _ = run(b.open(bobs))
+    assert isinstance(who, Identity) and who.subject == "bob"
+
+
+def test_logins_begun_in_two_tabs_both_complete() -> None:
+    """The browser cookie is kept for the next login: two tabs' logins are one browser's."""
+    auth, _, rp = make()
+    jar = Jar()
+    first = begin_login(auth, studio("abc"), jar)
+    cookie = dict(jar.cookies)
+    second = begin_login(auth, studio("xyz"), jar)
+    assert jar.cookies == cookie  # the same value, renewed
+    for state, sid in ((first, "abc"), (second, "xyz")):
+        done = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=good",
+                                       jar)))
+        assert done.status == 302, done
+        assert f"https://{sid}.connect.example.test/_connect/handoff?code=" in \
+            dict(done.headers)[b"Location"].decode()
+
+
+def test_the_browser_cookie_never_reaches_a_tool() -> None:
+    cookie = (b"Cookie", b"a=1; connect_browser=x; __Host-connect_browser=y")
+    assert strip_auth_cookies([cookie]) == [(b"Cookie", b"a=1")]
 
 
 def test_forged_callbacks_are_a_warning_a_minute_not_one_each() -> None:
