@@ -783,7 +783,10 @@ class Auth:
     def _logout(self, request: RequestInfo) -> Response:
         s = self.settings
         c = self._login_cookie(request)
-        if c is not None:
+        if c is not None:  # (a login that ended already is cleared without asking)
+            refused = self._logout_confirmed(request, f"{PREFIX}logout")
+            if refused is not None:
+                return refused
             self.authorizer.logout(c.login_id)
             self._log.info("{user} logged out", user=c.subject)
         clear = [clear_cookie_header(s.login_cookie_name, path=s.login_cookie_path,
@@ -800,11 +803,41 @@ class Auth:
         return page(200, "Logged out", "You are logged out of the studios gateway.",
                     extra_headers=clear)
 
+    def _logout_confirmed(self, request: RequestInfo, path: str) -> Response | None:
+        """None when `request` is a logout to carry out: a post from the gateway's own page
+        (or from no browser at all); else the page to answer: for a GET (a link, a page
+        another site opened, an image another studio's page loads) a "Log out" button
+        that posts back to the same address, for a post from another site 403. A logout
+        ends every studio of the login, and a login link works once: logged out by
+        someone else's page, a person had to ask an administrator for a new link."""
+        if request.method == "POST":
+            why = posted_from_elsewhere(request.header(b"sec-fetch-site"),
+                                        request.header(b"origin"), request.host)
+            if why is None:
+                return None
+            self._log.info("refused a logout posted from elsewhere: {why}", why=why)
+            return replace(page(403, "Logout refused",
+                                "This logout was posted from another site. Open the logout "
+                                "page itself to log out.",
+                                link=(f"{self.settings.proxy_url}{PREFIX}logout", "Log out")),
+                           why=f"logout posted from elsewhere: {why}")
+        query = f"?{request.query}" if request.query else ""
+        action = html.escape(path + query)
+        form = (f'<form method="post" action="{action}"><button type="submit">'
+                "Log out</button></form>")
+        return page(200, "Log out", "Log out of the studios gateway? Every studio opened "
+                    "with this login in this browser stops working until you log in again.",
+                    body_html=form)
+
     def _studio_logout(self, request: RequestInfo, session_id: str) -> Response:
         s = self.settings
         ident = self._studio_cookie(request, session_id)
         if ident is not None:
+            refused = self._logout_confirmed(request, f"{PREFIX}logout")
+            if refused is not None:
+                return refused
             self.authorizer.logout(ident.login_id)
+        # The login has ended: the proxy host's page clears its cookie without asking.
         return redirect(f"{s.proxy_url}{PREFIX}logout", [clear_cookie_header(
             s.studio_cookie_name, path="/", secure=s.secure_cookies)])
 

@@ -238,7 +238,17 @@ def test_logout_closes_that_logins_websocket(subdomain: Gateway) -> None:
     sid = g.studio(allowed_users=["bob"])["id"]
     alice, bob = logged_in(g, sid, "alice"), logged_in(g, sid, "bob")
     mine, his = open_ws(g, alice, sid), open_ws(g, bob, sid)
-    out = alice.get(g.url(sid, "/_connect/logout"))
+    # Another studio's page (the same site) loading her logout as an image, or another
+    # site's link to it, or a form of theirs posting to it, ends nothing (logout CSRF).
+    other = g.studio()["id"]
+    for url in (g.url(sid, "/_connect/logout"), f"{g.proxy}/_connect/logout"):
+        asked = alice.get(url, headers={"Sec-Fetch-Site": "same-site"})
+        assert asked.status == 200 and "Log out of the studios gateway?" in asked.text
+        refused = alice.request(url, method="POST", headers={
+            "Sec-Fetch-Site": "same-site", "Origin": g.url(other, "")[:-1]})
+        assert refused.status == 403 and "posted from another site" in refused.text
+    assert echoes(mine)
+    out = alice.log_out(g.url(sid, "/_connect/logout"))
     assert out.status == 200 and "Logged out" in out.text
     mine.wait_closed(TTL + 1)
     assert echoes(his)
@@ -381,7 +391,7 @@ def test_without_an_issuer_only_login_links_open_a_studio(tmp_path: Path) -> Non
         assert "ssh=off" in cli(g, "ssh", "emb", "off")
         # She logs out; a restart forgets neither the logout nor the used link.
         old_login = alice.cookies["localhost"]["connect_login"][0]
-        assert alice.get(g.url("emb", "/_connect/logout")).status == 200
+        assert alice.log_out(g.url("emb", "/_connect/logout")).status == 200
         ws.wait_closed(TTL + 1)
         g.restart()
         assert Browser().get(link).status == 400

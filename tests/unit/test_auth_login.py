@@ -348,7 +348,7 @@ def test_logout_revokes_every_cookie_of_the_login():
     who, _ = run(b.open(studio("abc")))
     closed: list[str] = []
     auth.authorizer.track("abc", "alice", closed.append, login_id=who.login_id)
-    resp, _ = run(b.open(f"{PROXY}/_connect/logout"))
+    resp, _ = run(b.open(f"{PROXY}/_connect/logout", method="POST"))
     assert resp.status == 200 and b"logged out" in resp.body
     assert closed and events[-1].kind == "login"
     # The studio cookie is still in the jar, but its login has ended.
@@ -360,8 +360,56 @@ def test_studio_logout_clears_its_cookie_and_the_login():
     auth, _, rp = make()
     b = LoginDriver(auth, external=idp_login(rp))
     who, _ = run(b.open(studio("abc")))
-    resp = run(auth.handle(request(studio("abc", "/_connect/logout"), b.jar)))
+    asked = run(auth.handle(request(studio("abc", "/_connect/logout"), b.jar)))
+    assert asked.status == 200 and b'<form method="post" action="/_connect/logout">' \
+        in asked.body
+    assert not auth.authorizer.is_logged_out(who.login_id)
+    resp = run(auth.handle(request(studio("abc", "/_connect/logout"), b.jar, "POST",
+                                   ((b"Sec-Fetch-Site", b"same-origin"),))))
     assert resp.status == 302 and auth.authorizer.is_logged_out(who.login_id)
+    # The proxy host's page then clears its cookie without asking (the login has ended).
+    done, _ = run(b.open(dict(resp.headers)[b"Location"].decode()))
+    assert done.status == 200 and b"You are logged out" in done.body
+    assert not any(n == "__Host-connect_login" for (_, _, n) in b.jar.cookies)
+
+
+@pytest.mark.parametrize("path_routing", [False, True])
+def test_a_page_elsewhere_cannot_log_anyone_out(path_routing: bool) -> None:
+    """Logout CSRF: /_connect/logout was a plain GET, so any site's link or redirect, or an
+    image on another studio's page (the same site in subdomain mode), ended the visitor's
+    login and every studio of it; with login links (one use each) they then had to ask
+    an administrator for a new one. A GET now only asks (a "Log out" button posting back),
+    a post from another site is refused, and the links people have keep working."""
+    auth, _, _ = make(path_routing=path_routing, issuer=False)
+    b = LoginDriver(auth)
+    who, _ = run(b.open(auth.mint_login_link("abc", "alice"), method="POST"))
+    assert isinstance(who, Identity)
+    here = f"{PROXY}/_studio/abc/" if path_routing else studio("abc", "/")
+    switch = f"{PROXY}/_connect/logout?" + urlencode({"next": f"{PROXY}/_connect/login"})
+    urls = [switch] + ([] if path_routing else [studio("abc", "/_connect/logout")])
+    for url in urls:
+        for site in (b"cross-site", b"same-site", None):
+            hdrs = () if site is None else ((b"Sec-Fetch-Site", site),)
+            asked = run(auth.handle(request(url, b.jar, headers=hdrs)))
+            assert asked.status == 200 and asked.headers  # the question, nothing done
+            assert not any(k.lower() == b"set-cookie" for k, _ in asked.headers)
+            assert b'<form method="post"' in asked.body
+        for hdrs in (((b"Sec-Fetch-Site", b"cross-site"),), ((b"Sec-Fetch-Site", b"same-site"),),
+                     ((b"Origin", b"https://evil.example"),)):
+            refused = run(auth.handle(request(url, b.jar, "POST", hdrs)))
+            assert refused.status == 403 and b"posted from another site" in refused.body
+            assert refused.why.startswith("logout posted from elsewhere")
+        assert not auth.authorizer.is_logged_out(who.login_id)
+        assert isinstance(run(auth.authorize_request(request(here, b.jar), "abc")), Identity)
+    # The 403 page's "Log in as someone else" (a link to the logout with a next): its
+    # button posts the same query, and the logout then leads to the login.
+    asked = run(auth.handle(request(switch, b.jar)))
+    assert html.escape(urlsplit(switch).path + "?" + urlsplit(switch).query).encode() \
+        in asked.body
+    done = run(auth.handle(request(switch, b.jar, "POST", ((b"Sec-Fetch-Site", b"same-origin"),))))
+    assert done.status == 302 and dict(done.headers)[b"Location"] == \
+        f"{PROXY}/_connect/login".encode()
+    assert auth.authorizer.is_logged_out(who.login_id)
 
 
 def test_refused_refresh_logs_out():
@@ -551,7 +599,7 @@ def test_a_second_login_link_continues_the_browsers_login_and_one_logout_ends_bo
     auth.authorizer.track("abc", "alice", closed.append, login_id=first.login_id)
     # Logging out from the second studio (path mode: the proxy host's logout, with it).
     run(b.open(f"{PROXY}/_connect/logout?next=/_studio/xyz/" if path_routing
-               else studio("xyz", "/_connect/logout")))
+               else studio("xyz", "/_connect/logout"), method="POST"))
     assert closed, "the first studio's WebSocket stayed open"
     for sid in ("abc", "xyz"):
         url = f"{PROXY}/_studio/{sid}/" if path_routing else studio(sid)
