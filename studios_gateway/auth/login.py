@@ -733,8 +733,14 @@ class Auth:
             action = html.escape(f"{PREFIX}link?" + urlencode({"token": token}))
             form = (f'<form method="post" action="{action}"><button type="submit">'
                     f"Open studio {html.escape(data['sid'])}</button></form>")
-            confirm = page(200, "Open studio",
-                           f"Log in to studio {data['sid']} as {data['sub']}.", body_html=form)
+            text = f"Log in to studio {data['sid']} as {data['sub']}."
+            previous = self._login_cookie(request)
+            if previous is not None and previous.subject != data["sub"]:
+                # Someone else's link (sent to this person, say): the click would end
+                # their own login here and make them work as that user. Say so first.
+                text += (f" You are logged in as {previous.subject} in this browser: "
+                         f"this ends that login, and the studio opens as {data['sub']}.")
+            confirm = page(200, "Open studio", text, body_html=form)
             used = replace(invalid, user=user, why=f"login link to {sid} used already")
             return defer.maybeDeferred(self._once.is_spent, data["jti"]).addCallback(
                 lambda spent: used if spent else confirm)

@@ -621,6 +621,21 @@ def test_a_login_link_for_someone_else_ends_the_login_that_was_on() -> None:
     assert isinstance(again, Response) and again.status in (302, 401)
 
 
+def test_a_link_for_someone_else_says_it_ends_the_login_before_the_click() -> None:
+    """A link for another user (mallory sends alice one of his own) ends alice's login
+    once clicked, and the studio then opens as mallory: the page said only "Log in to
+    studio bobs as mallory"."""
+    auth, _, _ = make(issuer=False)
+    b = LoginDriver(auth)
+    run(b.open(auth.mint_login_link("abc", "alice"), method="POST"))
+    foreign = run(auth.handle(request(auth.mint_login_link("bobs", "mallory"), b.jar)))
+    assert foreign.status == 200
+    assert (b"You are logged in as alice in this browser: this ends that login, and the "
+            b"studio opens as mallory.") in foreign.body
+    own = run(auth.handle(request(auth.mint_login_link("xyz", "alice"), b.jar)))
+    assert own.status == 200 and b"You are logged in" not in own.body
+
+
 def test_no_issuer_no_callback():
     auth, _, _ = make(issuer=False)
     assert run(auth.handle(request(f"{PROXY}/_connect/callback?state=a&code=b"))).status == 404
