@@ -52,7 +52,7 @@ from studios_gateway.http.exchange import (
 )
 from studios_gateway.http.flow import Gate, GateProducer, Pacer
 from studios_gateway.http.headers import client_address, is_trusted
-from studios_gateway.http.origin import cross_origin
+from studios_gateway.http.origin import cross_origin, posted_from_elsewhere
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.http.routing import Redirect, Refusal, Route, Router
 from studios_gateway.http.toolroute import tool_route
@@ -82,6 +82,10 @@ __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConn
            "allow_anonymous"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Methods a page of another origin may have a browser send to a studio with its cookie.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The gateway's own routes (each judges its posts itself: auth/login.py).
+_GATEWAY_ROUTES = "/_connect/"
 
 
 @dataclass(frozen=True)
@@ -513,6 +517,18 @@ class ProxyProtocol(Protocol):
                 self._respond(ex, pages.forbidden(message=(
                     "A WebSocket to a studio must come from that studio's own pages "
                     f"(here: {why}).")), close=True, why=f"WebSocket refused: {why}")
+                return
+        elif ex.info.method not in _SAFE_METHODS \
+                and not ex.info.path.startswith(_GATEWAY_ROUTES):
+            why = posted_from_elsewhere(ex.info.header(b"sec-fetch-site"),
+                                        ex.info.header(b"origin"), ex.info.host)
+            if why is not None:  # another studio's page (the same site) as this user
+                self._log.info("refused a {method} from {peer} to {host}: {why}",
+                               method=ex.info.method, peer=self._peer, host=ex.host, why=why)
+                self._respond(ex, pages.forbidden(message=(
+                    f"A {ex.info.method} request to a studio must come from that studio's "
+                    f"own pages (here: {why}).")), close=True,
+                    why=f"{ex.info.method} from elsewhere refused: {why}")
                 return
         if f.fast is not None and self._fast(ex):
             return

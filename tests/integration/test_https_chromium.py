@@ -26,6 +26,7 @@ from studios_gateway.wire.tls import make_self_signed
 from tests.integration.test_tunnel_process import Deployment, wait_connected
 from tests.support.chromium import Chromium, chromium_path
 from tests.support.studio import Connect, Tool
+from tests.support.waiting import wait_until
 
 HOST = "gw.test"
 #: What the browser must not report on any page of the walk.
@@ -98,6 +99,24 @@ def test_https_login_studio_websocket_and_logout_in_chromium(tmp_path: Path, mod
         assert sent == "http/1.1"  # ALPN answered (an offer used to end the handshake)
         open_link(browser, second["login_link"])  # the same browser: one login
         studio_is_connected(browser, second_url)
+
+        # The second studio's page posting to itself reaches its tool; to the first
+        # studio, in subdomain mode another origin of the same site (so the browser sends
+        # the SameSite=Lax cookie with it), it is refused: another studio's page must not
+        # act on a studio as its visitor. Path mode: one origin, nothing to tell apart.
+        own = browser.evaluate(f"fetch({second_url + 'upload'!r}, {{method: 'POST', "
+                               "body: 'mine'}).then(r => r.status)", await_promise=True)
+        assert own == 200
+        browser.evaluate(f"fetch({first_url + 'upload'!r}, {{method: 'POST', body: 'x', "
+                         "mode: 'no-cors', credentials: 'include'}).then(() => 1)",
+                         await_promise=True)
+        refused = "refused a POST from 127.0.0.1"
+        if path_mode:
+            assert refused not in d.gw.output()
+        else:
+            wait_until(lambda: refused in d.gw.output(), "the other studio's post refused")
+            line = next(x for x in d.gw.output().splitlines() if refused in x)
+            assert f"to first.{HOST}" in line and "Sec-Fetch-Site: same-site" in line, line
 
         cookies = {(c["name"], c["domain"], c["path"]): c
                    for c in browser.call("Network.getAllCookies")["cookies"]}

@@ -161,6 +161,38 @@ def test_a_callback_link_opened_in_another_browser_logs_nobody_in(subdomain: Gat
         "x-connect-sub"] == ["bob"]
 
 
+def test_a_post_from_another_studios_page_is_refused(tmp_path: Path) -> None:
+    """Subdomain mode: every studio is an origin of one site, so a browser sends the
+    SameSite=Lax studio cookie with a form or fetch post that studio A's page makes to
+    studio B; it reached B's tool as the visitor (only the tool's own CSRF check, if any,
+    stood in the way). Such a post (as Chromium sends it: Sec-Fetch-Site and Origin, or
+    Origin alone) is refused with 403; B's own pages and clients that are not browsers
+    post as before."""
+    g = Gateway(tmp_path)
+    try:
+        a, b = g.studio(), g.studio()
+        alice = Browser()
+        assert alice.use_login_link(b["login_link"]).status == 200
+        page_a = g.url(a["id"], "")[:-1]
+        for headers in ({"Sec-Fetch-Site": "same-site", "Origin": page_a}, {"Origin": page_a},
+                        {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}):
+            refused = alice.request(g.url(b["id"], "/upload"), method="POST", body=b"x",
+                                    headers=headers)
+            assert refused.status == 403 and "own pages" in refused.text, refused.text
+        for headers in ({"Sec-Fetch-Site": "same-origin", "Origin": g.url(b["id"], "")[:-1]},
+                        {}):
+            done = alice.request(g.url(b["id"], "/upload"), method="POST", body=b"x",
+                                 headers=headers)
+            assert done.status == 200 and done.json()["length"] == 1
+        # GET (a link, an image) stays a GET: the studio's own page, whoever links to it
+        assert alice.get(g.url(b["id"], "/api/info"),
+                         headers={"Sec-Fetch-Site": "same-site", "Origin": page_a}).status == 200
+        wait_until(lambda: "refused a POST from 127.0.0.1 to " in g.gw.output(),
+                   "the refusal logged")
+    finally:
+        g.stop()
+
+
 def test_path_mode_login(idp: IdPProcess, tmp_path: Path) -> None:
     g = Gateway(tmp_path, **oidc_env(idp, TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING="true"))
     try:

@@ -81,9 +81,11 @@ class Chromium:
         return str(self.call("Target.attachToTarget", targetId=target, flatten=True)[
             "sessionId"])
 
-    def evaluate(self, expression: str, session: str | None = None) -> Any:
+    def evaluate(self, expression: str, session: str | None = None,
+                 await_promise: bool = False) -> Any:
+        """The expression's value (a promise's, with `await_promise`)."""
         result = self.call("Runtime.evaluate", session, expression=expression,
-                           returnByValue=True)
+                           returnByValue=True, awaitPromise=await_promise)
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 60,
