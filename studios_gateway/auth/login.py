@@ -117,6 +117,8 @@ REFRESH_MIN_INTERVAL = 1.0
 #: party keeps a begun login 10 minutes). Each new login in the browser renews it.
 BROWSER_COOKIE_TTL = 900
 _BROWSER_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
+#: The longest user name a cookie carries (cookies.SessionCookie).
+MAX_SUBJECT = 256
 _LINK = "login-link/1"
 _HANDOFF = "handoff/1"
 #: How many of authorized_now's answers are remembered (one per Cookie value and studio;
@@ -201,6 +203,16 @@ def strip_auth_cookie(value: bytes) -> bytes | None:
             del _STRIPPED[next(iter(_STRIPPED))]
         _STRIPPED[value] = out
     return out
+
+
+def _unusable_subject(subject: str) -> str | None:
+    """Why `subject` (an issuer's user claim) cannot name a user here, or None: a cookie
+    names at most MAX_SUBJECT characters, and the tool gets it in a header."""
+    if len(subject) > MAX_SUBJECT:
+        return f"has {len(subject)} characters (at most {MAX_SUBJECT})"
+    if any(not c.isprintable() for c in subject) or subject != subject.strip():
+        return f"has control characters or surrounding spaces ({shown(subject, 64)})"
+    return None
 
 
 # The adapter ----------------------------------------------------------------------------
@@ -625,6 +637,19 @@ class Auth:
             if not isinstance(subject, str) or not subject:
                 return page(400, "Login failed",
                             f"The identity provider sent no {self.settings.user_claim} claim.")
+            unusable = _unusable_subject(subject)
+            if unusable is not None:
+                # A cookie would carry it but never open anything (longer than a cookie
+                # may name: back to the issuer, which logs the person in again, for ever)
+                # or the tool's header could not carry it.
+                self._log.warn("a login was refused: the {claim} claim {why}",
+                               claim=self.settings.user_claim, why=unusable)
+                self.on_login("oidc", False)
+                return replace(page(400, "Login failed",
+                                    f"The identity provider's {self.settings.user_claim} "
+                                    f"claim for you {unusable}, so it cannot name you on "
+                                    "this gateway. Ask your administrator."),
+                               why=f"unusable {self.settings.user_claim} claim")
             login_id = new_login_id()
             expires = self._reactor.seconds() + self.settings.login_ttl
             self._keep_fresh(login_id, result.tokens, expires)

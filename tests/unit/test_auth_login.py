@@ -313,6 +313,30 @@ def test_the_browser_cookie_never_reaches_a_tool() -> None:
     assert strip_auth_cookies([cookie]) == [(b"Cookie", b"a=1")]
 
 
+@pytest.mark.parametrize("subject, why", [
+    ("a" * 257, b"has 257 characters (at most 256)"),
+    ("alice\r\nX-Connect-Sub: root", b"has control characters"),
+    (" alice", b"surrounding spaces"),
+])
+def test_an_unusable_user_claim_is_refused_at_the_callback(subject: str, why: bytes) -> None:
+    """An issuer's user claim longer than a cookie names (256) got a login cookie that never
+    opened anything: back to the issuer, which logged the person in again, for ever (a
+    redirect loop, a code exchanged each time). One with a line break made every request
+    fail where the tool's X-Connect-Sub header is built. Both are refused at once."""
+    auth, _, rp = make()
+    rp.user = subject
+    b = LoginDriver(auth, external=idp_login(rp))
+    refused, url = run(b.open(studio("abc")))
+    assert isinstance(refused, Response) and refused.status == 400, refused
+    assert url.startswith(f"{PROXY}/_connect/callback") and why in refused.body
+    assert refused.why == "unusable sub claim"
+    assert not any(n.endswith("connect_login") for (_, _, n) in b.jar.cookies)
+    assert rp.logins == 1
+    rp.user = "a" * 256  # the longest that works: logged in (not alice's studio: 403)
+    denied, _ = run(b.open(studio("abc")))
+    assert (denied.status, denied.user) == (403, "a" * 256)
+
+
 def test_forged_callbacks_are_a_warning_a_minute_not_one_each() -> None:
     """Anyone can ask for /_connect/callback?state=x: each was a warning of its own (the
     access log keeps a line per request all the same)."""
