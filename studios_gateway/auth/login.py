@@ -75,8 +75,15 @@ from studios_gateway.auth.oidc import (
     OIDCSettings,
     RelyingParty,
     TokenSet,
+    same_browser,
 )
-from studios_gateway.auth.settings import BROWSER_COOKIE, LOGIN_COOKIE, PREFIX, AuthSettings
+from studios_gateway.auth.settings import (
+    BROWSER_COOKIE,
+    HANDOFF_COOKIE,
+    LOGIN_COOKIE,
+    PREFIX,
+    AuthSettings,
+)
 from studios_gateway.http import pages
 from studios_gateway.http.origin import posted_from_elsewhere
 from studios_gateway.http.request import RequestInfo
@@ -100,7 +107,8 @@ SUBJECT_HEADER = b"X-Connect-Sub"
 #: The gateway's cookie names, lower-cased, with the prefixed forms a browser treats
 #: specially: a tool's Set-Cookie with one of these names never reaches the browser.
 GATEWAY_COOKIES = frozenset(
-    f"{prefix}{name}".lower() for name in (COOKIE_NAME, LOGIN_COOKIE, BROWSER_COOKIE)
+    f"{prefix}{name}".lower()
+    for name in (COOKIE_NAME, LOGIN_COOKIE, BROWSER_COOKIE, HANDOFF_COOKIE)
     for prefix in ("", "__Host-", "__Secure-"))
 KEY_FILE = "auth-signing.key"
 #: Journals under the storage root (one node, no Redis): logins that ended, used login
@@ -203,6 +211,12 @@ def strip_auth_cookie(value: bytes) -> bytes | None:
             del _STRIPPED[next(iter(_STRIPPED))]
         _STRIPPED[value] = out
     return out
+
+
+def _studio_path(raw: Any) -> str:
+    """A hand-off's `next` as a path on the studio's host ("/" unless it is one)."""
+    path = str(raw or "/")
+    return "/" if not path.startswith("/") or path.startswith("//") else path
 
 
 def _unusable_subject(subject: str) -> str | None:
@@ -587,8 +601,10 @@ class Auth:
                             secure=s.secure_cookies)])
         existing = self._login_cookie(request)
         if existing is not None:
+            bind = request.params().get("bind", "")
             return self._complete(existing.subject, existing.login_id, existing.expires_at,
-                                  next_url, new_login=False)
+                                  next_url, new_login=False,
+                                  bind=bind if _BROWSER_VALUE.fullmatch(bind) else None)
         if self.rp is None:
             return page(401, "Login required",
                         "This gateway logs people in with one-time links. Ask an "
@@ -660,8 +676,9 @@ class Auth:
         return d.addCallbacks(done, failed)
 
     def _complete(self, subject: str, login_id: str, expires_at: float, next_url: str, *,
-                  new_login: bool) -> Response:
-        """Set the cookies a fresh login needs and send the browser on."""
+                  new_login: bool, bind: str | None = None) -> Response:
+        """Set the cookies a fresh login needs and send the browser on. `bind`: the studio
+        host's hand-off cookie the hand-off must meet there (see _handoff)."""
         s = self.settings
         now = self._reactor.seconds()
         ttl = max(0.0, expires_at - now)
@@ -679,9 +696,12 @@ class Auth:
                 path=s.studio_cookie_path(session_id), max_age=int(ttl),
                 secure=s.secure_cookies))
             return redirect(next_url, headers)
-        code = self._signer.sign(_HANDOFF, {
-            "sub": subject, "sid": session_id, "lid": login_id, "lexp": int(expires_at),
-            "next": path, "exp": int(now + s.handoff_ttl), "jti": secrets.token_urlsafe(12)})
+        claims = {"sub": subject, "sid": session_id, "lid": login_id, "lexp": int(expires_at),
+                  "next": path, "exp": int(now + s.handoff_ttl),
+                  "jti": secrets.token_urlsafe(12)}
+        if bind is not None:
+            claims["bind"] = bind
+        code = self._signer.sign(_HANDOFF, claims)
         return redirect(f"{s.studio_origin(session_id)}{PREFIX}handoff?code={code}", headers)
 
     def _handoff(self, request: RequestInfo, session_id: str) -> Any:
@@ -691,8 +711,8 @@ class Auth:
         again = (f"{s.proxy_url}{PREFIX}login?"
                  + urlencode({"next": s.studio_url(session_id)}, quote_via=quote))
         expired = page(400, "Login link expired",
-                       "This login hand-off was used already, has expired or is for "
-                       "another studio.", link=(again, "Log in again"))
+                       "This login hand-off was used already, has expired, or is for "
+                       "another studio or another browser.", link=(again, "Log in again"))
         if data is None or not isinstance(data.get("exp"), int) \
                 or not isinstance(data.get("jti"), str):
             self.on_login("handoff", False)
@@ -704,6 +724,21 @@ class Auth:
             why = ("login hand-off expired" if data["exp"] <= now else
                    f"login hand-off for another studio ({shown(str(data.get('sid')), 64)})")
             return replace(expired, user=user, why=why)
+        # A code is anyone's who holds it: someone could make one from their own login
+        # and have another person's browser open it (a link, a redirect), logging that
+        # browser in to the studio as them, over its own cookie. So a code completes only
+        # where this host's hand-off cookie is the one it names; an unbound code (from
+        # the login, which cannot read this host's cookies) is sent back to the proxy host
+        # once with that cookie's value, and the proxy host binds the code it makes to it
+        # for the login this browser holds there.
+        mine = [v for v in cookie_values(request.headers, s.handoff_cookie_name)
+                if _BROWSER_VALUE.fullmatch(v)]
+        bind = data.get("bind")
+        if bind is None:
+            return self._bind_handoff(session_id, data, mine)
+        if not isinstance(bind, str) or not same_browser(bind, mine):
+            self.on_login("handoff", False)
+            return replace(expired, user=user, why="login hand-off for another browser")
 
         def spent(fresh: bool) -> Response:
             self.on_login("handoff", fresh)
@@ -713,6 +748,19 @@ class Auth:
 
         return self._spend(data).addCallback(spent)
 
+    def _bind_handoff(self, session_id: str, data: Mapping[str, Any],
+                      mine: list[str]) -> Response:
+        """Send an unbound hand-off back to the proxy host's login, with this host's
+        hand-off cookie (set now if the browser has none) to bind the next code to."""
+        s = self.settings
+        value = mine[0] if mine else secrets.token_urlsafe(32)
+        back = (f"{s.proxy_url}{PREFIX}login?" + urlencode(
+            {"next": s.studio_origin(session_id) + _studio_path(data.get("next")),
+             "bind": value}, quote_via=quote))
+        return redirect(back, [set_cookie_header(
+            s.handoff_cookie_name, value, path=s.login_cookie_path,
+            max_age=int(s.login_ttl), secure=s.secure_cookies)])
+
     def _handed_off(self, data: Mapping[str, Any], session_id: str, again: str) -> Response:
         s = self.settings
         now = self._reactor.seconds()
@@ -721,10 +769,7 @@ class Auth:
             return replace(page(400, "Logged out", "This login has ended.",
                                 link=(again, "Log in")), why="the login has ended (logged out)")
         ttl = max(0.0, float(data.get("lexp", 0)) - now)
-        next_path = str(data.get("next") or "/")
-        if not next_path.startswith("/") or next_path.startswith("//"):
-            next_path = "/"
-        return redirect(next_path, [set_cookie_header(
+        return redirect(_studio_path(data.get("next")), [set_cookie_header(
             s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
             path="/", max_age=int(ttl), secure=s.secure_cookies)])
 

@@ -95,6 +95,9 @@ def test_https_login_studio_websocket_and_logout_in_chromium(tmp_path: Path, mod
         (first, first_url), (second, second_url) = studios
         open_link(browser, first["login_link"])
         studio_is_connected(browser, first_url)
+        # The link's token never reaches the tool as the page's referrer (no-referrer on
+        # the link's page and on each redirect after it).
+        assert browser.evaluate("document.referrer") == ""
         sent = browser.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol")
         assert sent == "http/1.1"  # ALPN answered (an offer used to end the handshake)
         open_link(browser, second["login_link"])  # the same browser: one login

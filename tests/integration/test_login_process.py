@@ -93,7 +93,9 @@ def test_subdomain_login_reaches_the_tool_as_the_user(subdomain: Gateway) -> Non
     assert seen["headers"]["x-connect-sub"] == ["alice"]
     assert "cookie" not in seen["headers"], "the gateway's cookies reach the tool"
     studio_cookies = browser.cookies[f"{a['id']}.localhost"]
-    assert list(studio_cookies) == ["connect_session"]
+    # the studio's login, and the hand-off cookie its hand-offs must name
+    assert sorted(studio_cookies) == ["connect_handoff", "connect_session"]
+    assert studio_cookies["connect_handoff"][1] == "/_connect/"
     # That cookie, sent to studio B, opens nothing there: back to the login.
     stolen = studio_cookies["connect_session"][0]
     thief = Browser()
@@ -189,6 +191,37 @@ def test_a_post_from_another_studios_page_is_refused(tmp_path: Path) -> None:
                          headers={"Sec-Fetch-Site": "same-site", "Origin": page_a}).status == 200
         wait_until(lambda: "refused a POST from 127.0.0.1 to " in g.gw.output(),
                    "the refusal logged")
+    finally:
+        g.stop()
+
+
+def test_a_handoff_made_from_someone_elses_login_is_not_taken(tmp_path: Path) -> None:
+    """Login CSRF through the hand-off, with a real gateway: bob (on alice's studio's
+    list) asks the proxy host for a hand-off to it with his own login and has alice's
+    browser open the URL. Her browser got the studio's cookie as bob, over her own, and
+    the tool saw bob. Now the studio's host sends an unbound code back to the proxy host,
+    where her own login makes the code; one bound to another browser is refused."""
+    g = Gateway(tmp_path)
+    try:
+        x = g.studio(owner="alice", allowed_users=["bob"])
+        status, made = g.api(f"/api/sessions/{x['id']}/login-links", "POST", {"user": "bob"})
+        assert status == 201, made
+        bob, alice = Browser(), Browser()
+        assert bob.use_login_link(made["login_link"]).status == 200
+        assert alice.use_login_link(x["login_link"]).status == 200
+        info = g.url(x["id"], "/api/info")
+        ask = f"{g.proxy}/_connect/login?next={info}"
+        for bind in ("", "&bind=" + "b" * 43):
+            handoff = bob.get(ask + bind, follow=False).headers["Location"]
+            assert "/_connect/handoff?code=" in handoff
+            opened = alice.get(handoff)
+            if bind:
+                assert opened.status == 400 and "Login link expired" in opened.text
+            else:
+                assert opened.status == 200 and opened.url == info
+            assert alice.get(info).json()["headers"]["x-connect-sub"] == ["alice"]
+        # bob's own browser still opens it as bob
+        assert bob.get(info).json()["headers"]["x-connect-sub"] == ["bob"]
     finally:
         g.stop()
 

@@ -201,8 +201,8 @@ def test_handoff_code_is_single_use_and_bound_to_its_studio():
     auth, clock, rp = make()
     b = LoginDriver(auth, external=idp_login(rp))
     run(b.open(studio("abc")))
-    handoff = next(v for v in b.visited if "/_connect/handoff" in v)
-    resp = run(auth.handle(request(handoff)))
+    handoff = [v for v in b.visited if "/_connect/handoff" in v][-1]  # the bound one
+    resp = run(auth.handle(request(handoff, b.jar)))
     assert resp.status == 400  # replayed
     # The access line says whose and why (it said "- ... bad request").
     assert (resp.user, resp.why) == ("alice", "login hand-off used already")
@@ -243,6 +243,45 @@ def test_wrong_or_replayed_state_and_code_refused():
     forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=forged&code=good")))
     assert forged.status == 400
     assert not any(k.lower() == b"set-cookie" for k, _ in forged.headers)
+
+
+def test_a_handoff_made_from_someone_elses_login_logs_nobody_in() -> None:
+    """Login CSRF through the hand-off: bob asks the proxy host for a hand-off to a studio
+    he may use (his own login cookie) and has alice's browser open it (a link, a page's
+    redirect): alice's browser got a cookie for that studio as bob, over her own. A code
+    now completes only where the studio host's hand-off cookie is the one it names; an
+    unbound code goes back to the proxy host once, which binds the next one to that
+    cookie for the login *this* browser holds there."""
+    auth, _, _ = make(issuer=False)
+    alice = LoginDriver(auth)
+    who, _ = run(alice.open(auth.mint_login_link("abc", "alice"), method="POST"))
+    assert isinstance(who, Identity) and who.subject == "alice"
+    hops = [v for v in alice.visited if "/_connect/" in v]
+    assert any("bind=" in v for v in hops), hops  # the one trip back to the proxy host
+    bob = LoginDriver(auth)
+    run(bob.open(auth.mint_login_link("abc", "bob"), method="POST"))  # (on abc's list)
+    bobs_login = {k: v for k, v in bob.jar.cookies.items() if k[0] == "connect.example.test"}
+    # bob's code, bound or not, and one bound to a value of his choosing
+    ask = f"{PROXY}/_connect/login?next={quote(studio('abc', '/lab'))}"
+    unbound = dict(run(auth.handle(request(ask, Jar(dict(bobs_login))))).headers)[b"Location"]
+    forged = "b" * 43
+    bound = dict(run(auth.handle(request(f"{ask}&bind={forged}", Jar(dict(bobs_login)))))
+                 .headers)[b"Location"]
+    # opened in alice's browser: the unbound one goes back to the proxy host, where
+    # alice's own login makes the code; the bound one is refused
+    who, _ = run(alice.open(unbound.decode()))
+    assert isinstance(who, Identity) and who.subject == "alice"
+    refused = run(auth.handle(request(bound.decode(), alice.jar)))
+    assert (refused.status, refused.user, refused.why) == (
+        400, "bob", "login hand-off for another browser")
+    assert not any(k.lower() == b"set-cookie" for k, _ in refused.headers)
+    who = run(auth.authorize_request(request(studio("abc"), alice.jar), "abc"))
+    assert isinstance(who, Identity) and who.subject == "alice"
+    # in a browser with no login on the proxy host, bob's code leads to the login
+    stranger = LoginDriver(auth)
+    page_, _ = run(stranger.open(unbound.decode()))
+    assert isinstance(page_, Response) and page_.status == 401
+    assert not any(n.endswith("connect_session") for (_, _, n) in stranger.jar.cookies)
 
 
 def test_try_again_after_a_refused_login_leads_back_to_the_studio() -> None:
