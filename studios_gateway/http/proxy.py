@@ -217,6 +217,7 @@ class ProxyFactory(Factory):
                  fast: FastPath | None = None,
                  track: Track | None = None, observer: Any = None,
                  trusted_proxy_cidrs: Sequence[Network] = (), scheme: str = "http",
+                 https_outside: bool = False,
                  max_idle_per_session: int = default_of("http_pool_size"),
                  upstream_idle_timeout: float = default_of("http_pool_idle_timeout"),
                  max_request_line: int = Limits.max_request_line,
@@ -245,6 +246,9 @@ class ProxyFactory(Factory):
         self._drained = EmptyWaiters()
         self.trusted_proxy_cidrs = tuple(trusted_proxy_cidrs)
         self.scheme = scheme
+        #: Browsers reach this listener over HTTPS though it speaks plain HTTP (a TLS
+        #: terminator before it, CONNECT_PROXY_URL on https://): tool cookies get Secure.
+        self.https_outside = https_outside
         self.limits = Limits(max_request_line, max_header_bytes, max_header_count,
                              header_timeout, idle_timeout, max_connections, max_body,
                              connect_timeout, response_timeout)
@@ -502,6 +506,8 @@ class ProxyProtocol(Protocol):
         self._started = f.reactor.seconds()
         self._why = ""
         refused = ex.begin(f.scheme, self._peer, self._peer_port)
+        if f.https_outside:
+            ex.https_outside = True
         if refused is not None:
             self._respond(ex, refused.page, close=refused.close)
             return
