@@ -666,7 +666,11 @@ class Auth:
                                     f"claim for you {unusable}, so it cannot name you on "
                                     "this gateway. Ask your administrator."),
                                why=f"unusable {self.settings.user_claim} claim")
-            login_id = new_login_id()
+            login_id = self._browser_login(self._login_cookie(request), subject,
+                                           "logged in")
+            stale = self._refreshes.pop(login_id, None)  # (a login that goes on)
+            if stale is not None and stale.active():
+                stale.cancel()
             expires = self._reactor.seconds() + self.settings.login_ttl
             self._keep_fresh(login_id, result.tokens, expires)
             self._log.info("{user} logged in", user=subject)
@@ -836,6 +840,20 @@ class Auth:
 
         return self._spend(data).addCallback(spent)
 
+    def _browser_login(self, previous: SessionCookie | None, subject: str, how: str) -> str:
+        """The login id for `subject` logging in where `previous` (the browser's login
+        cookie) is on: one login per browser. The same user's login goes on (so one
+        logout ends every studio this browser opened); another user's ends first (its
+        studios' cookies stay in this browser, and its logout could no longer reach
+        them)."""
+        if previous is not None and previous.subject == subject:
+            return str(previous.login_id)
+        if previous is not None:
+            self.authorizer.logout(previous.login_id)
+            self._log.info("{user} logged out: {other} {how} in the same browser",
+                           user=previous.subject, other=subject, how=how)
+        return new_login_id()
+
     def _link_spent(self, data: Mapping[str, Any], previous: SessionCookie | None) -> Response:
         """Log the link's user in. One login per browser: a link used where that user's
         login is on continues it (so one logout ends every studio this browser opened),
@@ -843,13 +861,7 @@ class Auth:
         in this browser, and its logout could no longer reach them)."""
         s = self.settings
         now = self._reactor.seconds()
-        login_id = new_login_id()
-        if previous is not None and previous.subject == data["sub"]:
-            login_id = previous.login_id
-        elif previous is not None:
-            self.authorizer.logout(previous.login_id)
-            self._log.info("{user} logged out: {other} logged in with a login link in the "
-                           "same browser", user=previous.subject, other=data["sub"])
+        login_id = self._browser_login(previous, data["sub"], "logged in with a login link")
         self._log.info("{user} logged in with a login link to {session}", user=data["sub"],
                        session=data["sid"])
         done = self._complete(data["sub"], login_id, now + s.login_ttl,

@@ -376,6 +376,38 @@ def test_an_unusable_user_claim_is_refused_at_the_callback(subject: str, why: by
     assert (denied.status, denied.user) == (403, "a" * 256)
 
 
+def test_two_tabs_openid_logins_are_one_login_and_one_logout_ends_both() -> None:
+    """One login per browser held for login links only: two OpenID logins begun in two
+    tabs (before either finished) made two logins, the proxy host's cookie named the
+    last, and a logout left the first tab's studio open. A callback in a browser whose
+    login is on continues it (the same user) or ends it first (another user)."""
+    auth, _, rp = make()
+    jar = Jar()
+    states = [begin_login(auth, studio(sid), jar) for sid in ("abc", "xyz")]
+    b = LoginDriver(auth, jar=jar)
+    who = []
+    for state, sid in zip(states, ("abc", "xyz"), strict=True):
+        got, _ = run(b.open(f"{PROXY}/_connect/callback?state={state}&code=good"))
+        assert isinstance(got, Identity) and got.session_id == sid
+        who.append(got)
+    assert who[0].login_id == who[1].login_id
+    run(b.open(f"{PROXY}/_connect/logout", method="POST"))
+    for sid in ("abc", "xyz"):
+        again = run(auth.authorize_request(request(studio(sid), jar), sid))
+        assert isinstance(again, Response) and again.status == 302, sid
+    # another user's callback in a browser whose login is on ends that login first
+    shared = Jar()
+    states = [begin_login(auth, studio(sid), shared) for sid in ("abc", "bobs")]
+    alice = LoginDriver(auth, jar=shared)
+    first, _ = run(alice.open(f"{PROXY}/_connect/callback?state={states[0]}&code=good"))
+    assert isinstance(first, Identity) and first.subject == "alice"
+    rp.user = "bob"
+    second, _ = run(alice.open(f"{PROXY}/_connect/callback?state={states[1]}&code=good"))
+    assert isinstance(second, Identity) and second.subject == "bob"
+    assert auth.authorizer.is_logged_out(first.login_id)
+    assert second.login_id != first.login_id
+
+
 def test_forged_callbacks_are_a_warning_a_minute_not_one_each() -> None:
     """Anyone can ask for /_connect/callback?state=x: each was a warning of its own (the
     access log keeps a line per request all the same)."""
