@@ -10,7 +10,8 @@
   proxy forwards: hop-by-hop headers out, ``X-Forwarded-*`` and
   ``X-Connect-Sub`` in.
 * :func:`tool_set_cookies` keeps a tool's ``Set-Cookie`` headers to its own
-  studio: no ``Domain`` (host-only), none named like the gateway's cookies.
+  studio: no ``Domain`` (host-only), none named like the gateway's cookies; and a
+  tool's ``Clear-Site-Data`` never reaches the browser.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "is_trusted",
     "read_head",
     "request_headers",
+    "CLEAR_SITE_DATA",
     "response_headers",
     "tool_set_cookie",
     "tool_set_cookies",
@@ -435,9 +437,17 @@ def _response_pass(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset[s
                 if new is None:
                     continue
                 value = new
+        elif lname == CLEAR_SITE_DATA:
+            continue
         out.append((name, value))
         names.append(lname)
     return out, names, changed
+
+
+#: Never passed on from a tool: its "cookies" (or "*") makes a browser delete every cookie
+#: of the site (the registrable domain): the proxy host's login and every other studio's,
+#: HttpOnly ones too; in path mode every studio's storage is the one origin's.
+CLEAR_SITE_DATA = b"clear-site-data"
 
 
 def tool_set_cookie(value: bytes, reserved: frozenset[str], secure: bool = False
@@ -481,11 +491,15 @@ def tool_set_cookies(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset
     out: Headers = []
     changed = False
     for name, value in headers:
-        if name.lower() == b"set-cookie":
+        lname = name.lower()
+        if lname == b"set-cookie":
             new = tool_set_cookie(value, reserved, secure)
             changed = changed or new != value
             if new is None:
                 continue
             value = new
+        elif lname == CLEAR_SITE_DATA:
+            changed = True
+            continue
         out.append((name, value))
     return out, changed
