@@ -918,16 +918,11 @@ class Auth:
                     body_html=form)
 
     def _studio_logout(self, request: RequestInfo, session_id: str) -> Response:
-        s = self.settings
-        ident = self._studio_cookie(request, session_id)
-        if ident is not None:
-            refused = self._logout_confirmed(request, f"{PREFIX}logout")
-            if refused is not None:
-                return refused
-            self.authorizer.logout(ident.login_id)
-        # The login has ended: the proxy host's page clears its cookie without asking.
-        return redirect(f"{s.proxy_url}{PREFIX}logout", [clear_cookie_header(
-            s.studio_cookie_name, path="/", secure=s.secure_cookies)])
+        """A studio host's logout is the proxy host's: its page and its post. On the
+        studio's own host the tool's pages are the same origin, so a post there could
+        not be told from the tool's own script, which would end its visitor's login
+        (every studio of it); the proxy host's origin belongs to the gateway alone."""
+        return replace(redirect(f"{self.settings.proxy_url}{PREFIX}logout"), status=303)
 
     # Refresh before expiry -------------------------------------------------------------
 

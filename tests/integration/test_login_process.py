@@ -309,9 +309,14 @@ def test_logout_closes_that_logins_websocket(subdomain: Gateway) -> None:
     for url in (g.url(sid, "/_connect/logout"), f"{g.proxy}/_connect/logout"):
         asked = alice.get(url, headers={"Sec-Fetch-Site": "same-site"})
         assert asked.status == 200 and "Log out of the studios gateway?" in asked.text
-        refused = alice.request(url, method="POST", headers={
-            "Sec-Fetch-Site": "same-site", "Origin": g.url(other, "")[:-1]})
-        assert refused.status == 403 and "posted from another site" in refused.text
+    logout = f"{g.proxy}/_connect/logout"
+    refused = alice.request(logout, method="POST", headers={
+        "Sec-Fetch-Site": "same-site", "Origin": g.url(other, "")[:-1]})
+    assert refused.status == 403 and "posted from another site" in refused.text
+    # The studio's own host (its tool's origin) only leads to the proxy host's page.
+    there = alice.request(g.url(sid, "/_connect/logout"), method="POST", follow=False,
+                          headers={"Sec-Fetch-Site": "same-origin"})
+    assert there.status == 303 and there.headers["Location"] == logout
     assert echoes(mine)
     out = alice.log_out(g.url(sid, "/_connect/logout"))
     assert out.status == 200 and "Logged out" in out.text

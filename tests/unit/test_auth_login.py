@@ -451,20 +451,26 @@ def test_logout_revokes_every_cookie_of_the_login():
     assert isinstance(again, Response) and again.status == 302
 
 
-def test_studio_logout_clears_its_cookie_and_the_login():
+def test_a_studio_hosts_logout_is_the_proxy_hosts() -> None:
+    """A studio host's /_connect/logout is its tool's origin: a post there from the tool's
+    own script could not be told from the logout page's, and ended the visitor's login
+    (every studio of it). It now only leads to the proxy host's logout, whose page and
+    post are the gateway's alone."""
     auth, _, rp = make()
     b = LoginDriver(auth, external=idp_login(rp))
     who, _ = run(b.open(studio("abc")))
-    asked = run(auth.handle(request(studio("abc", "/_connect/logout"), b.jar)))
+    for method in ("GET", "POST"):
+        there = run(auth.handle(request(studio("abc", "/_connect/logout"), b.jar, method,
+                                        ((b"Sec-Fetch-Site", b"same-origin"),))))
+        assert there.status == 303
+        assert dict(there.headers)[b"Location"] == f"{PROXY}/_connect/logout".encode()
+        assert not auth.authorizer.is_logged_out(who.login_id)
+    asked, _ = run(b.open(studio("abc", "/_connect/logout")))
     assert asked.status == 200 and b'<form method="post" action="/_connect/logout">' \
         in asked.body
-    assert not auth.authorizer.is_logged_out(who.login_id)
-    resp = run(auth.handle(request(studio("abc", "/_connect/logout"), b.jar, "POST",
-                                   ((b"Sec-Fetch-Site", b"same-origin"),))))
-    assert resp.status == 302 and auth.authorizer.is_logged_out(who.login_id)
-    # The proxy host's page then clears its cookie without asking (the login has ended).
-    done, _ = run(b.open(dict(resp.headers)[b"Location"].decode()))
+    done, _ = run(b.open(f"{PROXY}/_connect/logout", method="POST"))
     assert done.status == 200 and b"You are logged out" in done.body
+    assert auth.authorizer.is_logged_out(who.login_id)
     assert not any(n == "__Host-connect_login" for (_, _, n) in b.jar.cookies)
 
 
@@ -481,8 +487,7 @@ def test_a_page_elsewhere_cannot_log_anyone_out(path_routing: bool) -> None:
     assert isinstance(who, Identity)
     here = f"{PROXY}/_studio/abc/" if path_routing else studio("abc", "/")
     switch = f"{PROXY}/_connect/logout?" + urlencode({"next": f"{PROXY}/_connect/login"})
-    urls = [switch] + ([] if path_routing else [studio("abc", "/_connect/logout")])
-    for url in urls:
+    for url in (switch,):
         for site in (b"cross-site", b"same-site", None):
             hdrs = () if site is None else ((b"Sec-Fetch-Site", site),)
             asked = run(auth.handle(request(url, b.jar, headers=hdrs)))
@@ -694,7 +699,7 @@ def test_a_second_login_link_continues_the_browsers_login_and_one_logout_ends_bo
     auth.authorizer.track("abc", "alice", closed.append, login_id=first.login_id)
     # Logging out from the second studio (path mode: the proxy host's logout, with it).
     run(b.open(f"{PROXY}/_connect/logout?next=/_studio/xyz/" if path_routing
-               else studio("xyz", "/_connect/logout"), method="POST"))
+               else f"{PROXY}/_connect/logout", method="POST"))
     assert closed, "the first studio's WebSocket stayed open"
     for sid in ("abc", "xyz"):
         url = f"{PROXY}/_studio/{sid}/" if path_routing else studio(sid)
