@@ -129,8 +129,11 @@ def test_https_login_studio_websocket_and_logout_in_chromium(tmp_path: Path, mod
         expected = [("connect_session", HOST, f"/_studio/{sid}/") if path_mode
                     else ("__Host-connect_session", f"{sid}.{HOST}", "/")
                     for sid in ("first", "second")]
+        # Priority High: a browser over its cookie limit for the site evicts lower ones
+        # first (a tool's flood of its own cookies pushed the gateway's login out).
         for c in [login, *(cookies[k] for k in expected)]:
-            assert (c["secure"], c["httpOnly"], c["sameSite"]) == (True, True, "Lax"), c
+            assert (c["secure"], c["httpOnly"], c["sameSite"], c["priority"]) == (
+                True, True, "Lax", "High"), c
 
         # Back to the first studio; the logout opened in another tab (from the second
         # studio, or the proxy host in path mode) closes its WebSocket.

@@ -28,6 +28,9 @@ def browser_view(value: bytes) -> tuple[str, list[str]]:
     (b"a=1; Domain", b"a=1"),
     (b"a=1; Path=/x; Secure", b"a=1; Path=/x; Secure"),  # unchanged, same bytes
     (b"domain=1; Path=/", b"domain=1; Path=/"),  # a cookie named domain is just a cookie
+    # a tool's cookies do not outrank the gateway's (Priority=High) when a browser evicts
+    (b"a=1; Path=/; Priority=High", b"a=1; Path=/"),
+    (b"a=1; priority = high; Domain=x.test; HttpOnly", b"a=1; HttpOnly"),
 ])
 def test_domain_is_removed(before: bytes, after: bytes) -> None:
     assert tool_set_cookie(before, GATEWAY_COOKIES) == after
