@@ -222,9 +222,14 @@ def cookie_name(*, secure: bool, host_only_root: bool) -> str:
 
 def set_cookie_header(name: str, value: str, *, path: str, max_age: int,
                       secure: bool) -> tuple[bytes, bytes]:
-    """A host-only (no Domain) Set-Cookie header: HttpOnly, SameSite=Lax, Secure on TLS."""
+    """A host-only (no Domain) Set-Cookie header: HttpOnly, SameSite=Lax, Secure on TLS,
+    Priority=High. A browser keeps a bounded number of cookies per site (Chromium: 180)
+    and evicts the least recently used beyond it, lower priorities first: without it a
+    studio's tool setting a few hundred cookies of its own pushed the gateway's login
+    (the proxy host's, other studios') out of the browser (tools' Set-Cookie headers lose
+    their Priority: http/headers.py)."""
     parts = [f"{name}={value}", f"Path={path}", f"Max-Age={max(0, int(max_age))}",
-             "HttpOnly", "SameSite=Lax"]
+             "HttpOnly", "SameSite=Lax", "Priority=High"]
     if secure:
         parts.append("Secure")
     return b"Set-Cookie", "; ".join(parts).encode("ascii")

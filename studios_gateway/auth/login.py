@@ -37,6 +37,7 @@ speaks Deferreds.
 from __future__ import annotations
 
 import html
+import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -74,8 +75,15 @@ from studios_gateway.auth.oidc import (
     OIDCSettings,
     RelyingParty,
     TokenSet,
+    same_browser,
 )
-from studios_gateway.auth.settings import LOGIN_COOKIE, PREFIX, AuthSettings
+from studios_gateway.auth.settings import (
+    BROWSER_COOKIE,
+    HANDOFF_COOKIE,
+    LOGIN_COOKIE,
+    PREFIX,
+    AuthSettings,
+)
 from studios_gateway.http import pages
 from studios_gateway.http.origin import posted_from_elsewhere
 from studios_gateway.http.request import RequestInfo
@@ -99,7 +107,8 @@ SUBJECT_HEADER = b"X-Connect-Sub"
 #: The gateway's cookie names, lower-cased, with the prefixed forms a browser treats
 #: specially: a tool's Set-Cookie with one of these names never reaches the browser.
 GATEWAY_COOKIES = frozenset(
-    f"{prefix}{name}".lower() for name in (COOKIE_NAME, LOGIN_COOKIE)
+    f"{prefix}{name}".lower()
+    for name in (COOKIE_NAME, LOGIN_COOKIE, BROWSER_COOKIE, HANDOFF_COOKIE)
     for prefix in ("", "__Host-", "__Secure-"))
 KEY_FILE = "auth-signing.key"
 #: Journals under the storage root (one node, no Redis): logins that ended, used login
@@ -112,6 +121,12 @@ START_RETRY_FIRST = 1.0
 START_RETRY_MAX = 30.0
 #: Tokens are refreshed at most this often (seconds), however short-lived.
 REFRESH_MIN_INTERVAL = 1.0
+#: How long the browser cookie of a begun OpenID login lasts (seconds; the relying
+#: party keeps a begun login 10 minutes). Each new login in the browser renews it.
+BROWSER_COOKIE_TTL = 900
+_BROWSER_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
+#: The longest user name a cookie carries (cookies.SessionCookie).
+MAX_SUBJECT = 256
 _LINK = "login-link/1"
 _HANDOFF = "handoff/1"
 #: How many of authorized_now's answers are remembered (one per Cookie value and studio;
@@ -196,6 +211,22 @@ def strip_auth_cookie(value: bytes) -> bytes | None:
             del _STRIPPED[next(iter(_STRIPPED))]
         _STRIPPED[value] = out
     return out
+
+
+def _studio_path(raw: Any) -> str:
+    """A hand-off's `next` as a path on the studio's host ("/" unless it is one)."""
+    path = str(raw or "/")
+    return "/" if not path.startswith("/") or path.startswith("//") else path
+
+
+def _unusable_subject(subject: str) -> str | None:
+    """Why `subject` (an issuer's user claim) cannot name a user here, or None: a cookie
+    names at most MAX_SUBJECT characters, and the tool gets it in a header."""
+    if len(subject) > MAX_SUBJECT:
+        return f"has {len(subject)} characters (at most {MAX_SUBJECT})"
+    if any(not c.isprintable() for c in subject) or subject != subject.strip():
+        return f"has control characters or surrounding spaces ({shown(subject, 64)})"
+    return None
 
 
 # The adapter ----------------------------------------------------------------------------
@@ -570,8 +601,10 @@ class Auth:
                             secure=s.secure_cookies)])
         existing = self._login_cookie(request)
         if existing is not None:
+            bind = request.params().get("bind", "")
             return self._complete(existing.subject, existing.login_id, existing.expires_at,
-                                  next_url, new_login=False)
+                                  next_url, new_login=False,
+                                  bind=bind if _BROWSER_VALUE.fullmatch(bind) else None)
         if self.rp is None:
             return page(401, "Login required",
                         "This gateway logs people in with one-time links. Ask an "
@@ -582,12 +615,23 @@ class Auth:
             return page(503, "Login unavailable",
                         "The identity provider cannot be reached right now; try again "
                         "shortly.", extra_headers=[(b"Retry-After", b"5")])
-        return redirect(self.rp.begin(next_url))
+        # The callback completes this login only in this browser: its cookie (kept for
+        # the next login too, so logins begun in two tabs both work).
+        browsers = self._browsers(request)
+        browser = browsers[0] if browsers else secrets.token_urlsafe(32)
+        return redirect(self.rp.begin(next_url, browser=browser), [set_cookie_header(
+            s.browser_cookie_name, browser, path=s.login_cookie_path,
+            max_age=BROWSER_COOKIE_TTL, secure=s.secure_cookies)])
+
+    def _browsers(self, request: RequestInfo) -> list[str]:
+        """The well-formed values of the browser cookie the request brings."""
+        return [v for v in cookie_values(request.headers, self.settings.browser_cookie_name)
+                if _BROWSER_VALUE.fullmatch(v)]
 
     def _callback(self, request: RequestInfo) -> Any:
         if self.rp is None:
             return page(404, "Not found", "No such page.")
-        d = self.rp.finish(request.params())
+        d = self.rp.finish(request.params(), self._browsers(request))
 
         def failed(f: Any) -> Response:
             f.trap(LoginFailed, OIDCError)
@@ -609,7 +653,24 @@ class Auth:
             if not isinstance(subject, str) or not subject:
                 return page(400, "Login failed",
                             f"The identity provider sent no {self.settings.user_claim} claim.")
-            login_id = new_login_id()
+            unusable = _unusable_subject(subject)
+            if unusable is not None:
+                # A cookie would carry it but never open anything (longer than a cookie
+                # may name: back to the issuer, which logs the person in again, for ever)
+                # or the tool's header could not carry it.
+                self._log.warn("a login was refused: the {claim} claim {why}",
+                               claim=self.settings.user_claim, why=unusable)
+                self.on_login("oidc", False)
+                return replace(page(400, "Login failed",
+                                    f"The identity provider's {self.settings.user_claim} "
+                                    f"claim for you {unusable}, so it cannot name you on "
+                                    "this gateway. Ask your administrator."),
+                               why=f"unusable {self.settings.user_claim} claim")
+            login_id = self._browser_login(self._login_cookie(request), subject,
+                                           "logged in")
+            stale = self._refreshes.pop(login_id, None)  # (a login that goes on)
+            if stale is not None and stale.active():
+                stale.cancel()
             expires = self._reactor.seconds() + self.settings.login_ttl
             self._keep_fresh(login_id, result.tokens, expires)
             self._log.info("{user} logged in", user=subject)
@@ -619,8 +680,9 @@ class Auth:
         return d.addCallbacks(done, failed)
 
     def _complete(self, subject: str, login_id: str, expires_at: float, next_url: str, *,
-                  new_login: bool) -> Response:
-        """Set the cookies a fresh login needs and send the browser on."""
+                  new_login: bool, bind: str | None = None) -> Response:
+        """Set the cookies a fresh login needs and send the browser on. `bind`: the studio
+        host's hand-off cookie the hand-off must meet there (see _handoff)."""
         s = self.settings
         now = self._reactor.seconds()
         ttl = max(0.0, expires_at - now)
@@ -638,9 +700,12 @@ class Auth:
                 path=s.studio_cookie_path(session_id), max_age=int(ttl),
                 secure=s.secure_cookies))
             return redirect(next_url, headers)
-        code = self._signer.sign(_HANDOFF, {
-            "sub": subject, "sid": session_id, "lid": login_id, "lexp": int(expires_at),
-            "next": path, "exp": int(now + s.handoff_ttl), "jti": secrets.token_urlsafe(12)})
+        claims = {"sub": subject, "sid": session_id, "lid": login_id, "lexp": int(expires_at),
+                  "next": path, "exp": int(now + s.handoff_ttl),
+                  "jti": secrets.token_urlsafe(12)}
+        if bind is not None:
+            claims["bind"] = bind
+        code = self._signer.sign(_HANDOFF, claims)
         return redirect(f"{s.studio_origin(session_id)}{PREFIX}handoff?code={code}", headers)
 
     def _handoff(self, request: RequestInfo, session_id: str) -> Any:
@@ -650,8 +715,8 @@ class Auth:
         again = (f"{s.proxy_url}{PREFIX}login?"
                  + urlencode({"next": s.studio_url(session_id)}, quote_via=quote))
         expired = page(400, "Login link expired",
-                       "This login hand-off was used already, has expired or is for "
-                       "another studio.", link=(again, "Log in again"))
+                       "This login hand-off was used already, has expired, or is for "
+                       "another studio or another browser.", link=(again, "Log in again"))
         if data is None or not isinstance(data.get("exp"), int) \
                 or not isinstance(data.get("jti"), str):
             self.on_login("handoff", False)
@@ -663,6 +728,21 @@ class Auth:
             why = ("login hand-off expired" if data["exp"] <= now else
                    f"login hand-off for another studio ({shown(str(data.get('sid')), 64)})")
             return replace(expired, user=user, why=why)
+        # A code is anyone's who holds it: someone could make one from their own login
+        # and have another person's browser open it (a link, a redirect), logging that
+        # browser in to the studio as them, over its own cookie. So a code completes only
+        # where this host's hand-off cookie is the one it names; an unbound code (from
+        # the login, which cannot read this host's cookies) is sent back to the proxy host
+        # once with that cookie's value, and the proxy host binds the code it makes to it
+        # for the login this browser holds there.
+        mine = [v for v in cookie_values(request.headers, s.handoff_cookie_name)
+                if _BROWSER_VALUE.fullmatch(v)]
+        bind = data.get("bind")
+        if bind is None:
+            return self._bind_handoff(session_id, data, mine)
+        if not isinstance(bind, str) or not same_browser(bind, mine):
+            self.on_login("handoff", False)
+            return replace(expired, user=user, why="login hand-off for another browser")
 
         def spent(fresh: bool) -> Response:
             self.on_login("handoff", fresh)
@@ -672,6 +752,19 @@ class Auth:
 
         return self._spend(data).addCallback(spent)
 
+    def _bind_handoff(self, session_id: str, data: Mapping[str, Any],
+                      mine: list[str]) -> Response:
+        """Send an unbound hand-off back to the proxy host's login, with this host's
+        hand-off cookie (set now if the browser has none) to bind the next code to."""
+        s = self.settings
+        value = mine[0] if mine else secrets.token_urlsafe(32)
+        back = (f"{s.proxy_url}{PREFIX}login?" + urlencode(
+            {"next": s.studio_origin(session_id) + _studio_path(data.get("next")),
+             "bind": value}, quote_via=quote))
+        return redirect(back, [set_cookie_header(
+            s.handoff_cookie_name, value, path=s.login_cookie_path,
+            max_age=int(s.login_ttl), secure=s.secure_cookies)])
+
     def _handed_off(self, data: Mapping[str, Any], session_id: str, again: str) -> Response:
         s = self.settings
         now = self._reactor.seconds()
@@ -680,10 +773,7 @@ class Auth:
             return replace(page(400, "Logged out", "This login has ended.",
                                 link=(again, "Log in")), why="the login has ended (logged out)")
         ttl = max(0.0, float(data.get("lexp", 0)) - now)
-        next_path = str(data.get("next") or "/")
-        if not next_path.startswith("/") or next_path.startswith("//"):
-            next_path = "/"
-        return redirect(next_path, [set_cookie_header(
+        return redirect(_studio_path(data.get("next")), [set_cookie_header(
             s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
             path="/", max_age=int(ttl), secure=s.secure_cookies)])
 
@@ -717,8 +807,14 @@ class Auth:
             action = html.escape(f"{PREFIX}link?" + urlencode({"token": token}))
             form = (f'<form method="post" action="{action}"><button type="submit">'
                     f"Open studio {html.escape(data['sid'])}</button></form>")
-            confirm = page(200, "Open studio",
-                           f"Log in to studio {data['sid']} as {data['sub']}.", body_html=form)
+            text = f"Log in to studio {data['sid']} as {data['sub']}."
+            previous = self._login_cookie(request)
+            if previous is not None and previous.subject != data["sub"]:
+                # Someone else's link (sent to this person, say): the click would end
+                # their own login here and make them work as that user. Say so first.
+                text += (f" You are logged in as {previous.subject} in this browser: "
+                         f"this ends that login, and the studio opens as {data['sub']}.")
+            confirm = page(200, "Open studio", text, body_html=form)
             used = replace(invalid, user=user, why=f"login link to {sid} used already")
             return defer.maybeDeferred(self._once.is_spent, data["jti"]).addCallback(
                 lambda spent: used if spent else confirm)
@@ -744,6 +840,20 @@ class Auth:
 
         return self._spend(data).addCallback(spent)
 
+    def _browser_login(self, previous: SessionCookie | None, subject: str, how: str) -> str:
+        """The login id for `subject` logging in where `previous` (the browser's login
+        cookie) is on: one login per browser. The same user's login goes on (so one
+        logout ends every studio this browser opened); another user's ends first (its
+        studios' cookies stay in this browser, and its logout could no longer reach
+        them)."""
+        if previous is not None and previous.subject == subject:
+            return str(previous.login_id)
+        if previous is not None:
+            self.authorizer.logout(previous.login_id)
+            self._log.info("{user} logged out: {other} {how} in the same browser",
+                           user=previous.subject, other=subject, how=how)
+        return new_login_id()
+
     def _link_spent(self, data: Mapping[str, Any], previous: SessionCookie | None) -> Response:
         """Log the link's user in. One login per browser: a link used where that user's
         login is on continues it (so one logout ends every studio this browser opened),
@@ -751,13 +861,7 @@ class Auth:
         in this browser, and its logout could no longer reach them)."""
         s = self.settings
         now = self._reactor.seconds()
-        login_id = new_login_id()
-        if previous is not None and previous.subject == data["sub"]:
-            login_id = previous.login_id
-        elif previous is not None:
-            self.authorizer.logout(previous.login_id)
-            self._log.info("{user} logged out: {other} logged in with a login link in the "
-                           "same browser", user=previous.subject, other=data["sub"])
+        login_id = self._browser_login(previous, data["sub"], "logged in with a login link")
         self._log.info("{user} logged in with a login link to {session}", user=data["sub"],
                        session=data["sid"])
         done = self._complete(data["sub"], login_id, now + s.login_ttl,
@@ -767,7 +871,10 @@ class Auth:
     def _logout(self, request: RequestInfo) -> Response:
         s = self.settings
         c = self._login_cookie(request)
-        if c is not None:
+        if c is not None:  # (a login that ended already is cleared without asking)
+            refused = self._logout_confirmed(request, f"{PREFIX}logout")
+            if refused is not None:
+                return refused
             self.authorizer.logout(c.login_id)
             self._log.info("{user} logged out", user=c.subject)
         clear = [clear_cookie_header(s.login_cookie_name, path=s.login_cookie_path,
@@ -784,13 +891,38 @@ class Auth:
         return page(200, "Logged out", "You are logged out of the studios gateway.",
                     extra_headers=clear)
 
+    def _logout_confirmed(self, request: RequestInfo, path: str) -> Response | None:
+        """None when `request` is a logout to carry out: a post from the gateway's own page
+        (or from no browser at all); else the page to answer: for a GET (a link, a page
+        another site opened, an image another studio's page loads) a "Log out" button
+        that posts back to the same address, for a post from another site 403. A logout
+        ends every studio of the login, and a login link works once: logged out by
+        someone else's page, a person had to ask an administrator for a new link."""
+        if request.method == "POST":
+            why = posted_from_elsewhere(request.header(b"sec-fetch-site"),
+                                        request.header(b"origin"), request.host)
+            if why is None:
+                return None
+            self._log.info("refused a logout posted from elsewhere: {why}", why=why)
+            return replace(page(403, "Logout refused",
+                                "This logout was posted from another site. Open the logout "
+                                "page itself to log out.",
+                                link=(f"{self.settings.proxy_url}{PREFIX}logout", "Log out")),
+                           why=f"logout posted from elsewhere: {why}")
+        query = f"?{request.query}" if request.query else ""
+        action = html.escape(path + query)
+        form = (f'<form method="post" action="{action}"><button type="submit">'
+                "Log out</button></form>")
+        return page(200, "Log out", "Log out of the studios gateway? Every studio opened "
+                    "with this login in this browser stops working until you log in again.",
+                    body_html=form)
+
     def _studio_logout(self, request: RequestInfo, session_id: str) -> Response:
-        s = self.settings
-        ident = self._studio_cookie(request, session_id)
-        if ident is not None:
-            self.authorizer.logout(ident.login_id)
-        return redirect(f"{s.proxy_url}{PREFIX}logout", [clear_cookie_header(
-            s.studio_cookie_name, path="/", secure=s.secure_cookies)])
+        """A studio host's logout is the proxy host's: its page and its post. On the
+        studio's own host the tool's pages are the same origin, so a post there could
+        not be told from the tool's own script, which would end its visitor's login
+        (every studio of it); the proxy host's origin belongs to the gateway alone."""
+        return replace(redirect(f"{self.settings.proxy_url}{PREFIX}logout"), status=303)
 
     # Refresh before expiry -------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,6 +223,17 @@ class _Pending:
     verifier: str
     next_url: str
     extra: Mapping[str, Any]
+    #: The browser that began the login (a random value in its cookie); None: not bound.
+    browser: str | None = None
+
+
+def same_browser(expected: str, given: Sequence[str]) -> bool:
+    """Whether one of `given` is `expected` (each compared in constant time)."""
+    found = False
+    for value in given:
+        found |= hmac.compare_digest(value.encode("utf-8", "replace"),
+                                     expected.encode("utf-8"))
+    return found
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -417,13 +428,20 @@ class RelyingParty:
 
     # The login -----------------------------------------------------------------
 
-    def begin(self, next_url: str, extra: Mapping[str, Any] | None = None) -> str:
-        """Start a login; returns the authorization URL to redirect the browser to."""
+    def begin(self, next_url: str, extra: Mapping[str, Any] | None = None, *,
+              browser: str | None = None) -> str:
+        """Start a login; returns the authorization URL to redirect the browser to.
+
+        `browser`: a secret the beginning browser holds (in a cookie); :meth:`finish`
+        then completes the login only for a callback that brings it back. Without it,
+        anyone's callback link (a state and code of their own) opened in someone else's
+        browser would log that browser in as them (login CSRF)."""
         client = self._need_client()
         assert self.metadata is not None
         nonce = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
-        state = self._pending.put(_Pending(nonce, verifier, next_url, dict(extra or {})))
+        state = self._pending.put(_Pending(nonce, verifier, next_url, dict(extra or {}),
+                                           browser))
         params = {"response_type": "code", "client_id": client.client_id,
                   "redirect_uri": self.settings.redirect_uri,
                   "scope": " ".join(self.settings.scopes),
@@ -432,14 +450,23 @@ class RelyingParty:
         endpoint = self.metadata.authorization_endpoint
         return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params, quote_via=quote)
 
-    def finish(self, params: Mapping[str, str]) -> Deferred[LoginResult]:
-        """Complete a login from the callback's query parameters (state, code or error)."""
-        return Deferred.fromCoroutine(self._finish(params))
+    def finish(self, params: Mapping[str, str],
+               browsers: Sequence[str] = ()) -> Deferred[LoginResult]:
+        """Complete a login from the callback's query parameters (state, code or error).
+        `browsers`: the values the callback's browser holds of the cookie given to
+        :meth:`begin`; a login begun for a browser is refused (its code never exchanged)
+        unless one of them is that browser's."""
+        return Deferred.fromCoroutine(self._finish(params, browsers))
 
-    async def _finish(self, params: Mapping[str, str]) -> LoginResult:
+    async def _finish(self, params: Mapping[str, str], browsers: Sequence[str]) -> LoginResult:
         pending = self._pending.take(params.get("state", ""))
         if pending is None:
             raise LoginFailed("the login's state is unknown, used already or expired")
+        if pending.browser is not None and not same_browser(pending.browser, browsers):
+            # Not the browser that began it: someone's own callback link, sent to another
+            # person. Its next_url is theirs too: "Try again" does not follow it.
+            raise LoginFailed("this login was begun in another browser (a login's callback "
+                              "link works only in the browser that began the login)")
         try:
             return await self._finish_pending(params, pending)
         except OIDCError as e:

@@ -14,10 +14,16 @@ from urllib.parse import urlsplit
 from studios_gateway.auth.cookies import cookie_name
 from studios_gateway.wire.ids import SESSION_ID
 
-__all__ = ["LOGIN_COOKIE", "PREFIX", "AuthSettings"]
+__all__ = ["BROWSER_COOKIE", "HANDOFF_COOKIE", "LOGIN_COOKIE", "PREFIX", "AuthSettings"]
 
 PREFIX = "/_connect/"
 LOGIN_COOKIE = "connect_login"
+#: Set by /_connect/login before the issuer is asked: the callback completes a login
+#: only in the browser that began it.
+BROWSER_COOKIE = "connect_browser"
+#: Set by a studio's host (subdomain mode): a hand-off completes only in the browser
+#: whose value it names.
+HANDOFF_COOKIE = "connect_handoff"
 
 
 
@@ -111,6 +117,16 @@ class AuthSettings:
     @property
     def login_cookie_path(self) -> str:
         return "/" if self.secure_cookies else PREFIX
+
+    @property
+    def handoff_cookie_name(self) -> str:
+        """A studio host's hand-off cookie (path and prefix as the login cookie's)."""
+        return f"__Host-{HANDOFF_COOKIE}" if self.secure_cookies else HANDOFF_COOKIE
+
+    @property
+    def browser_cookie_name(self) -> str:
+        """The login's browser cookie (path and prefix as the login cookie's)."""
+        return f"__Host-{BROWSER_COOKIE}" if self.secure_cookies else BROWSER_COOKIE
 
     @cached_property  # asked on every request (the login's fast path); settings are frozen
     def studio_cookie_name(self) -> str:

@@ -19,8 +19,9 @@
  *   - exactly one Content-Length, of digits, at least the bytes after the head (what
  *     the read has of the body; nothing after the body); for a 204 or a 304 (no body,
  *     whatever a Content-Length says, as llhttp reads them) nothing after the head;
- *   - no Transfer-Encoding, Set-Cookie, Upgrade, TE, Trailer or Proxy-* field, and a
- *     Connection field only when it says keep-alive (the tool keeps the connection);
+ *   - no Transfer-Encoding, Set-Cookie, Clear-Site-Data, Upgrade, TE, Trailer or Proxy-*
+ *     field, and a Connection field only when it says keep-alive (the tool keeps the
+ *     connection);
  *   - no Location or Refresh field (path mode rewrites them; with Set-Cookie declined
  *     too, path mode passes every other field as it is, so the lane serves both modes);
  *   - every line ends in CRLF.
@@ -85,6 +86,8 @@ static enum field classify(const char *name, Py_ssize_t name_len, const char *va
         return KEEP;
     case 14:
         return IS("content-length") ? LENGTH : KEEP;
+    case 15:
+        return IS("clear-site-data") ? REFUSE : KEEP;
     case 16:
         return IS("proxy-connection") ? REFUSE : KEEP;
     case 17:

@@ -253,6 +253,7 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
         observer=traffic,
         trusted_proxy_cidrs=config.trusted_proxy_cidrs,
         scheme="https" if tls else "http",
+        https_outside=not tls and config.effective_proxy_url.startswith("https://"),
         max_idle_per_session=config.http_pool_size,
         upstream_idle_timeout=config.http_pool_idle_timeout,
         max_request_line=config.http_max_request_line,

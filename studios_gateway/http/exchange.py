@@ -327,6 +327,7 @@ class Exchange:
     status: int | None = None  # the status sent to the client (for the access log)
     memo: HeadMemo | None = None  # the connection's memo of this request's head
     lane_rest = 0  # body bytes still to come of an answer the compiled lane began
+    https_outside = False  # the browser's HTTPS ends before the gateway (ProxyFactory's)
 
     def __init__(self, request: RequestHead, body: RequestBody, limits: Limits):
         self.request = request
@@ -531,9 +532,9 @@ class Exchange:
         return data, True
 
     def _over_tls(self) -> bool:
-        """The browser's connection is HTTPS (this gateway's own TLS): tool cookies get
-        ``Secure``."""
-        return self.info is not None and self.info.scheme == "https"
+        """The browser's connection is HTTPS (this gateway's own TLS, or a TLS terminator's
+        before it): tool cookies get ``Secure``."""
+        return self.https_outside or (self.info is not None and self.info.scheme == "https")
 
     def _tool_response_headers(self, headers: list[tuple[bytes, bytes]], changed: bool
                                ) -> list[tuple[bytes, bytes]]:

@@ -10,7 +10,8 @@
   proxy forwards: hop-by-hop headers out, ``X-Forwarded-*`` and
   ``X-Connect-Sub`` in.
 * :func:`tool_set_cookies` keeps a tool's ``Set-Cookie`` headers to its own
-  studio: no ``Domain`` (host-only), none named like the gateway's cookies.
+  studio: no ``Domain`` (host-only), none named like the gateway's cookies; and a
+  tool's ``Clear-Site-Data`` never reaches the browser.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "is_trusted",
     "read_head",
     "request_headers",
+    "CLEAR_SITE_DATA",
     "response_headers",
     "tool_set_cookie",
     "tool_set_cookies",
@@ -435,9 +437,19 @@ def _response_pass(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset[s
                 if new is None:
                     continue
                 value = new
+        elif lname == CLEAR_SITE_DATA:
+            continue
         out.append((name, value))
         names.append(lname)
     return out, names, changed
+
+
+#: Never passed on from a tool: its "cookies" (or "*") makes a browser delete every cookie
+#: of the site (the registrable domain): the proxy host's login and every other studio's,
+#: HttpOnly ones too; in path mode every studio's storage is the one origin's.
+CLEAR_SITE_DATA = b"clear-site-data"
+#: Attributes a tool's Set-Cookie loses (lower case).
+_TOOL_COOKIE_DROPPED = frozenset({b"domain", b"priority"})
 
 
 def tool_set_cookie(value: bytes, reserved: frozenset[str], secure: bool = False
@@ -446,11 +458,13 @@ def tool_set_cookie(value: bytes, reserved: frozenset[str], secure: bool = False
 
     ``Domain`` attributes are removed, so the cookie is host-only: a studio's
     tool cannot set cookies for its parent domain (other studios, the proxy
-    host). A cookie whose name is one of ``reserved`` (the gateway's own,
-    compared without case, as browsers compare the ``__Host-`` prefix) is
-    dropped: a tool never plants or shadows the gateway's login. The name is
-    read as browsers read it: up to the first ``=`` of the part before the
-    first ``;``, trimmed; a part without ``=`` is a value with an empty name.
+    host); so are ``Priority`` attributes: the gateway's cookies are ``High``, and a
+    browser that holds too many cookies for the site evicts lower ones first. A
+    cookie whose name is one of ``reserved`` (the gateway's own, compared without
+    case, as browsers compare the ``__Host-`` prefix) is dropped: a tool never
+    plants or shadows the gateway's login. The name is read as browsers read it: up
+    to the first ``=`` of the part before the first ``;``, trimmed; a part without
+    ``=`` is a value with an empty name.
     With `secure` (the browser's connection is HTTPS) a cookie without the
     ``Secure`` attribute gets it: the tool sees plain HTTP and would not set it,
     and a browser sends a cookie without it over plain HTTP to the same host.
@@ -464,7 +478,7 @@ def tool_set_cookie(value: bytes, reserved: frozenset[str], secure: bool = False
     flagged = not secure
     for attr in parts[1:]:
         attr_name = attr.partition(b"=")[0].strip(b" \t").lower()
-        if attr_name == b"domain":
+        if attr_name in _TOOL_COOKIE_DROPPED:
             dropped = True
         else:
             flagged = flagged or attr_name == b"secure"
@@ -481,11 +495,15 @@ def tool_set_cookies(headers: Sequence[tuple[bytes, bytes]], reserved: frozenset
     out: Headers = []
     changed = False
     for name, value in headers:
-        if name.lower() == b"set-cookie":
+        lname = name.lower()
+        if lname == b"set-cookie":
             new = tool_set_cookie(value, reserved, secure)
             changed = changed or new != value
             if new is None:
                 continue
             value = new
+        elif lname == CLEAR_SITE_DATA:
+            changed = True
+            continue
         out.append((name, value))
     return out, changed

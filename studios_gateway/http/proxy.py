@@ -53,7 +53,7 @@ from studios_gateway.http.exchange import (
 )
 from studios_gateway.http.flow import Gate, GateProducer, Pacer
 from studios_gateway.http.headers import client_address, is_trusted
-from studios_gateway.http.origin import cross_origin
+from studios_gateway.http.origin import cross_origin, posted_from_elsewhere
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.http.routing import Redirect, Refusal, Route, Router
 from studios_gateway.http.toolroute import tool_route
@@ -91,6 +91,10 @@ __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConn
            "allow_anonymous"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Methods a page of another origin may have a browser send to a studio with its cookie.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The gateway's own routes (each judges its posts itself: auth/login.py).
+_GATEWAY_ROUTES = "/_connect/"
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,7 @@ class ProxyFactory(Factory):
                  fast: FastPath | None = None,
                  track: Track | None = None, observer: Any = None,
                  trusted_proxy_cidrs: Sequence[Network] = (), scheme: str = "http",
+                 https_outside: bool = False,
                  max_idle_per_session: int = default_of("http_pool_size"),
                  upstream_idle_timeout: float = default_of("http_pool_idle_timeout"),
                  max_request_line: int = Limits.max_request_line,
@@ -261,6 +266,9 @@ class ProxyFactory(Factory):
         self._drained = EmptyWaiters()
         self.trusted_proxy_cidrs = tuple(trusted_proxy_cidrs)
         self.scheme = scheme
+        #: Browsers reach this listener over HTTPS though it speaks plain HTTP (a TLS
+        #: terminator before it, CONNECT_PROXY_URL on https://): tool cookies get Secure.
+        self.https_outside = https_outside
         self.limits = Limits(max_request_line, max_header_bytes, max_header_count,
                              header_timeout, idle_timeout, max_connections, max_body,
                              connect_timeout, response_timeout)
@@ -521,6 +529,8 @@ class ProxyProtocol(Protocol):
         self._started = f.reactor.seconds()
         self._why = ""
         refused = ex.begin(f.scheme, self._peer, self._peer_port)
+        if f.https_outside:
+            ex.https_outside = True
         if refused is not None:
             self._respond(ex, refused.page, close=refused.close)
             return
@@ -536,6 +546,18 @@ class ProxyProtocol(Protocol):
                 self._respond(ex, pages.forbidden(message=(
                     "A WebSocket to a studio must come from that studio's own pages "
                     f"(here: {why}).")), close=True, why=f"WebSocket refused: {why}")
+                return
+        elif ex.info.method not in _SAFE_METHODS \
+                and not ex.info.path.startswith(_GATEWAY_ROUTES):
+            why = posted_from_elsewhere(ex.info.header(b"sec-fetch-site"),
+                                        ex.info.header(b"origin"), ex.info.host)
+            if why is not None:  # another studio's page (the same site) as this user
+                self._log.info("refused a {method} from {peer} to {host}: {why}",
+                               method=ex.info.method, peer=self._peer, host=ex.host, why=why)
+                self._respond(ex, pages.forbidden(message=(
+                    f"A {ex.info.method} request to a studio must come from that studio's "
+                    f"own pages (here: {why}).")), close=True,
+                    why=f"{ex.info.method} from elsewhere refused: {why}")
                 return
         if f.fast is not None and self._fast(ex):
             return

@@ -7,6 +7,7 @@ The demo tool's pages (``/``, ``/api/info``, ``/ws`` echo, ``/download?size=N``,
     GET /conn        the client port of the connection the request came on (reuse check)
     GET /redirect    302 to /elsewhere with a cookie for Path=/ and Refresh to /again (all
                      escape a path prefix)
+    GET /clear       Clear-Site-Data: "cookies", "storage" (the site's cookies, all studios')
 
     python -m tests.integration.http_tool --port N
 """
@@ -40,12 +41,23 @@ class Escape(Resource):
         return b""
 
 
+class ClearSiteData(Resource):
+    """A tool that asks the browser to delete the site's cookies and storage."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"clear-site-data", b'"cookies", "storage"')
+        return b"cleared"
+
+
 def make_tool() -> Resource:
     root = make_root("/")
     path_root = make_root("/pth/")
     for page in (root, path_root.children[b"pth"]):
         page.putChild(b"conn", Conn())
         page.putChild(b"redirect", Escape())
+        page.putChild(b"clear", ClearSiteData())
     root.putChild(b"_studio", path_root)
     return root
 

@@ -56,7 +56,7 @@ def test_a_link_used_on_one_node_and_a_logout_on_one_node_hold_on_the_other(
     ws = open_ws(b, alice, sid)
     cookie = alice.cookies[f"{sid}.localhost"]["connect_session"][0]
     start = time.monotonic()
-    out = alice.get(a.url(sid, "/_connect/logout"))
+    out = alice.log_out(a.url(sid, "/_connect/logout"))
     assert out.status == 200 and "Logged out" in out.text
     ws.wait_closed(5)
     took = time.monotonic() - start

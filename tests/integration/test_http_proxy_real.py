@@ -114,6 +114,20 @@ class ProxyOnSockets(unittest.TestCase):
         self.assertEqual(self.factory.pool.count("abc"), 1)
 
     @defer.inlineCallbacks
+    def test_a_tools_clear_site_data_is_not_passed_on(self) -> Any:
+        """It would make the browser delete every cookie of the site: the gateway's login
+        and every other studio's (a real tool process, both ways back: C lane or not)."""
+        def run() -> list[tuple[int, dict[str, str], bytes]]:
+            conn = self.connection()
+            got = [self.get(conn, "/clear"), self.get(conn, "/_studio/pth/clear")]
+            conn.close()
+            return got
+
+        for status, headers, body in (yield threads.deferToThread(run)):
+            self.assertEqual((status, body), (200, b"cleared"))
+            self.assertNotIn("clear-site-data", headers)
+
+    @defer.inlineCallbacks
     def test_path_mode_rewrites(self) -> Any:
         self.factory.router = Router(DOMAIN, DOMAIN, path_routing=True)
 

@@ -26,6 +26,7 @@ from studios_gateway.wire.tls import make_self_signed
 from tests.integration.test_tunnel_process import Deployment, wait_connected
 from tests.support.chromium import Chromium, chromium_path
 from tests.support.studio import Connect, Tool
+from tests.support.waiting import wait_until
 
 HOST = "gw.test"
 #: What the browser must not report on any page of the walk.
@@ -94,10 +95,31 @@ def test_https_login_studio_websocket_and_logout_in_chromium(tmp_path: Path, mod
         (first, first_url), (second, second_url) = studios
         open_link(browser, first["login_link"])
         studio_is_connected(browser, first_url)
+        # The link's token never reaches the tool as the page's referrer (no-referrer on
+        # the link's page and on each redirect after it).
+        assert browser.evaluate("document.referrer") == ""
         sent = browser.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol")
         assert sent == "http/1.1"  # ALPN answered (an offer used to end the handshake)
         open_link(browser, second["login_link"])  # the same browser: one login
         studio_is_connected(browser, second_url)
+
+        # The second studio's page posting to itself reaches its tool; to the first
+        # studio, in subdomain mode another origin of the same site (so the browser sends
+        # the SameSite=Lax cookie with it), it is refused: another studio's page must not
+        # act on a studio as its visitor. Path mode: one origin, nothing to tell apart.
+        own = browser.evaluate(f"fetch({second_url + 'upload'!r}, {{method: 'POST', "
+                               "body: 'mine'}).then(r => r.status)", await_promise=True)
+        assert own == 200
+        browser.evaluate(f"fetch({first_url + 'upload'!r}, {{method: 'POST', body: 'x', "
+                         "mode: 'no-cors', credentials: 'include'}).then(() => 1)",
+                         await_promise=True)
+        refused = "refused a POST from 127.0.0.1"
+        if path_mode:
+            assert refused not in d.gw.output()
+        else:
+            wait_until(lambda: refused in d.gw.output(), "the other studio's post refused")
+            line = next(x for x in d.gw.output().splitlines() if refused in x)
+            assert f"to first.{HOST}" in line and "Sec-Fetch-Site: same-site" in line, line
 
         cookies = {(c["name"], c["domain"], c["path"]): c
                    for c in browser.call("Network.getAllCookies")["cookies"]}
@@ -107,15 +129,23 @@ def test_https_login_studio_websocket_and_logout_in_chromium(tmp_path: Path, mod
         expected = [("connect_session", HOST, f"/_studio/{sid}/") if path_mode
                     else ("__Host-connect_session", f"{sid}.{HOST}", "/")
                     for sid in ("first", "second")]
+        # Priority High: a browser over its cookie limit for the site evicts lower ones
+        # first (a tool's flood of its own cookies pushed the gateway's login out).
         for c in [login, *(cookies[k] for k in expected)]:
-            assert (c["secure"], c["httpOnly"], c["sameSite"]) == (True, True, "Lax"), c
+            assert (c["secure"], c["httpOnly"], c["sameSite"], c["priority"]) == (
+                True, True, "Lax", "High"), c
 
         # Back to the first studio; the logout opened in another tab (from the second
         # studio, or the proxy host in path mode) closes its WebSocket.
         browser.call("Page.navigate", url=first_url)
         studio_is_connected(browser, first_url)
         logout = f"{base}/_connect/logout" if path_mode else f"{second_url}_connect/logout"
-        browser.call("Target.createTarget", url=logout)
+        tab = browser.open_tab(logout)
+        # The logout asks first (a plain GET from any page must not log anyone out); its
+        # button's post comes from the gateway's own page, so it is carried out.
+        browser.wait_for("document.title == 'Log out'", session=tab)
+        browser.evaluate("document.querySelector('form button').click()", session=tab)
+        browser.wait_for("document.title == 'Logged out'", session=tab)
         browser.wait_for("document.getElementById('state').textContent == 'closed'")
         # The gateway's close frame came through TLS whole, before its close_notify.
         assert browser.evaluate("document.getElementById('why').textContent") == "1008 logged out"

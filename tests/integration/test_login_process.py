@@ -19,13 +19,13 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import pytest
 
 from studios_gateway.wire.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import BIN, base_env, run_twistd
-from tests.support.idp import DEFAULT_REGISTRATION_TOKEN
+from tests.support.idp import DEFAULT_REGISTRATION_TOKEN, _Form
 from tests.support.login import (
     Gateway,
     IdPProcess,
@@ -35,6 +35,7 @@ from tests.support.login import (
 )
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, redis_available
+from tests.support.waiting import wait_until
 from tests.support.web import Browser
 from tests.support.websocket import WebSocket
 
@@ -92,7 +93,9 @@ def test_subdomain_login_reaches_the_tool_as_the_user(subdomain: Gateway) -> Non
     assert seen["headers"]["x-connect-sub"] == ["alice"]
     assert "cookie" not in seen["headers"], "the gateway's cookies reach the tool"
     studio_cookies = browser.cookies[f"{a['id']}.localhost"]
-    assert list(studio_cookies) == ["connect_session"]
+    # the studio's login, and the hand-off cookie its hand-offs must name
+    assert sorted(studio_cookies) == ["connect_handoff", "connect_session"]
+    assert studio_cookies["connect_handoff"][1] == "/_connect/"
     # That cookie, sent to studio B, opens nothing there: back to the login.
     stolen = studio_cookies["connect_session"][0]
     thief = Browser()
@@ -124,6 +127,103 @@ def test_a_stranger_gets_403(subdomain: Gateway) -> None:
     assert denied.status == 403 and "carol may not use studio" in denied.text
     with pytest.raises(AssertionError, match="refused: 403"):
         open_ws(subdomain, carol, a["id"])
+
+
+def test_a_callback_link_opened_in_another_browser_logs_nobody_in(subdomain: Gateway) -> None:
+    """Login CSRF against a real gateway and issuer: bob begins a login to his own studio,
+    logs in at the issuer and keeps the callback link (his state and code) instead of
+    following it. Opened in alice's browser it logged her in as bob (the gateway set bob's
+    login cookie there). Now the callback is refused in any browser but the one that
+    began the login, bob's code is never exchanged, and in bob's browser the same kind
+    of link still works."""
+    g = subdomain
+    bobs = g.studio(owner="bob")["id"]
+    bob = Browser()
+    begun = bob.get(f"{g.proxy}/_connect/login?next={g.url(bobs)}", follow=False)
+    assert begun.status == 302
+    assert "connect_browser" in bob.cookies["localhost"]
+    form_page = bob.get(begun.headers["Location"])
+    form = _Form()
+    form.feed(form_page.text)
+    at_idp = bob.request(urljoin(form_page.url, form.action or ""), method="POST",
+                         body=urlencode({**form.fields, "username": "bob",
+                                         "password": "bob-pw"}).encode(),
+                         headers={"Content-Type": "application/x-www-form-urlencoded"},
+                         follow=False)
+    callback = at_idp.headers["Location"]
+    assert callback.startswith(f"{g.proxy}/_connect/callback?"), callback
+    alice = Browser()
+    refused = alice.get(callback, follow=False)
+    assert refused.status == 400 and "begun in another browser" in refused.text
+    assert refused.headers.get_all("Set-Cookie") is None
+    assert alice.cookies == {}
+    wait_until(lambda: "a login was refused: this" in g.gw.output(), "the refusal logged")
+    # bob's own browser completes a login to his studio as before
+    assert login_at_idp(bob, g.url(bobs, "/api/info"), "bob").json()["headers"][
+        "x-connect-sub"] == ["bob"]
+
+
+def test_a_post_from_another_studios_page_is_refused(tmp_path: Path) -> None:
+    """Subdomain mode: every studio is an origin of one site, so a browser sends the
+    SameSite=Lax studio cookie with a form or fetch post that studio A's page makes to
+    studio B; it reached B's tool as the visitor (only the tool's own CSRF check, if any,
+    stood in the way). Such a post (as Chromium sends it: Sec-Fetch-Site and Origin, or
+    Origin alone) is refused with 403; B's own pages and clients that are not browsers
+    post as before."""
+    g = Gateway(tmp_path)
+    try:
+        a, b = g.studio(), g.studio()
+        alice = Browser()
+        assert alice.use_login_link(b["login_link"]).status == 200
+        page_a = g.url(a["id"], "")[:-1]
+        for headers in ({"Sec-Fetch-Site": "same-site", "Origin": page_a}, {"Origin": page_a},
+                        {"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}):
+            refused = alice.request(g.url(b["id"], "/upload"), method="POST", body=b"x",
+                                    headers=headers)
+            assert refused.status == 403 and "own pages" in refused.text, refused.text
+        for headers in ({"Sec-Fetch-Site": "same-origin", "Origin": g.url(b["id"], "")[:-1]},
+                        {}):
+            done = alice.request(g.url(b["id"], "/upload"), method="POST", body=b"x",
+                                 headers=headers)
+            assert done.status == 200 and done.json()["length"] == 1
+        # GET (a link, an image) stays a GET: the studio's own page, whoever links to it
+        assert alice.get(g.url(b["id"], "/api/info"),
+                         headers={"Sec-Fetch-Site": "same-site", "Origin": page_a}).status == 200
+        wait_until(lambda: "refused a POST from 127.0.0.1 to " in g.gw.output(),
+                   "the refusal logged")
+    finally:
+        g.stop()
+
+
+def test_a_handoff_made_from_someone_elses_login_is_not_taken(tmp_path: Path) -> None:
+    """Login CSRF through the hand-off, with a real gateway: bob (on alice's studio's
+    list) asks the proxy host for a hand-off to it with his own login and has alice's
+    browser open the URL. Her browser got the studio's cookie as bob, over her own, and
+    the tool saw bob. Now the studio's host sends an unbound code back to the proxy host,
+    where her own login makes the code; one bound to another browser is refused."""
+    g = Gateway(tmp_path)
+    try:
+        x = g.studio(owner="alice", allowed_users=["bob"])
+        status, made = g.api(f"/api/sessions/{x['id']}/login-links", "POST", {"user": "bob"})
+        assert status == 201, made
+        bob, alice = Browser(), Browser()
+        assert bob.use_login_link(made["login_link"]).status == 200
+        assert alice.use_login_link(x["login_link"]).status == 200
+        info = g.url(x["id"], "/api/info")
+        ask = f"{g.proxy}/_connect/login?next={info}"
+        for bind in ("", "&bind=" + "b" * 43):
+            handoff = bob.get(ask + bind, follow=False).headers["Location"]
+            assert "/_connect/handoff?code=" in handoff
+            opened = alice.get(handoff)
+            if bind:
+                assert opened.status == 400 and "Login link expired" in opened.text
+            else:
+                assert opened.status == 200 and opened.url == info
+            assert alice.get(info).json()["headers"]["x-connect-sub"] == ["alice"]
+        # bob's own browser still opens it as bob
+        assert bob.get(info).json()["headers"]["x-connect-sub"] == ["bob"]
+    finally:
+        g.stop()
 
 
 def test_path_mode_login(idp: IdPProcess, tmp_path: Path) -> None:
@@ -203,7 +303,22 @@ def test_logout_closes_that_logins_websocket(subdomain: Gateway) -> None:
     sid = g.studio(allowed_users=["bob"])["id"]
     alice, bob = logged_in(g, sid, "alice"), logged_in(g, sid, "bob")
     mine, his = open_ws(g, alice, sid), open_ws(g, bob, sid)
-    out = alice.get(g.url(sid, "/_connect/logout"))
+    # Another studio's page (the same site) loading her logout as an image, or another
+    # site's link to it, or a form of theirs posting to it, ends nothing (logout CSRF).
+    other = g.studio()["id"]
+    for url in (g.url(sid, "/_connect/logout"), f"{g.proxy}/_connect/logout"):
+        asked = alice.get(url, headers={"Sec-Fetch-Site": "same-site"})
+        assert asked.status == 200 and "Log out of the studios gateway?" in asked.text
+    logout = f"{g.proxy}/_connect/logout"
+    refused = alice.request(logout, method="POST", headers={
+        "Sec-Fetch-Site": "same-site", "Origin": g.url(other, "")[:-1]})
+    assert refused.status == 403 and "posted from another site" in refused.text
+    # The studio's own host (its tool's origin) only leads to the proxy host's page.
+    there = alice.request(g.url(sid, "/_connect/logout"), method="POST", follow=False,
+                          headers={"Sec-Fetch-Site": "same-origin"})
+    assert there.status == 303 and there.headers["Location"] == logout
+    assert echoes(mine)
+    out = alice.log_out(g.url(sid, "/_connect/logout"))
     assert out.status == 200 and "Logged out" in out.text
     mine.wait_closed(TTL + 1)
     assert echoes(his)
@@ -346,7 +461,7 @@ def test_without_an_issuer_only_login_links_open_a_studio(tmp_path: Path) -> Non
         assert "ssh=off" in cli(g, "ssh", "emb", "off")
         # She logs out; a restart forgets neither the logout nor the used link.
         old_login = alice.cookies["localhost"]["connect_login"][0]
-        assert alice.get(g.url("emb", "/_connect/logout")).status == 200
+        assert alice.log_out(g.url("emb", "/_connect/logout")).status == 200
         ws.wait_closed(TTL + 1)
         g.restart()
         assert Browser().get(link).status == 400

@@ -57,10 +57,15 @@ class Chromium:
         self.keep_events: set[str] = set()  # CDP event names to keep in `events`
         self.events: list[dict[str, Any]] = []
 
-    def call(self, method: str, **params: Any) -> dict[str, Any]:
-        """One CDP command; events that arrive meanwhile are dropped unless in keep_events."""
+    def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+        """One CDP command (to the first page, or to the target attached as `session`:
+        see :meth:`open_tab`); events that arrive meanwhile are dropped unless in
+        keep_events."""
         msg_id = next(self._ids)
-        self.ws.send_text(json.dumps({"id": msg_id, "method": method, "params": params}))
+        message: dict[str, Any] = {"id": msg_id, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        self.ws.send_text(json.dumps(message))
         while True:
             reply = json.loads(self.ws.recv_text())
             if reply.get("method") in self.keep_events:
@@ -70,15 +75,25 @@ class Chromium:
                     raise AssertionError(f"{method}: {reply['error']}")
                 return reply["result"]
 
-    def evaluate(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+    def open_tab(self, url: str) -> str:
+        """A new tab at `url`; returns the session to pass to call, evaluate, wait_for."""
+        target = self.call("Target.createTarget", url=url)["targetId"]
+        return str(self.call("Target.attachToTarget", targetId=target, flatten=True)[
+            "sessionId"])
+
+    def evaluate(self, expression: str, session: str | None = None,
+                 await_promise: bool = False) -> Any:
+        """The expression's value (a promise's, with `await_promise`)."""
+        result = self.call("Runtime.evaluate", session, expression=expression,
+                           returnByValue=True, awaitPromise=await_promise)
         return result["result"].get("value")
 
-    def wait_for(self, expression: str, timeout: float = 60) -> Any:
+    def wait_for(self, expression: str, timeout: float = 60,
+                 session: str | None = None) -> Any:
         """Poll a JavaScript expression until it is truthy (the page's own event)."""
         deadline = time.monotonic() + timeout
         while True:
-            value = self.evaluate(expression)
+            value = self.evaluate(expression, session)
             if value:
                 return value
             assert time.monotonic() < deadline, f"{expression!r} still false after {timeout}s"

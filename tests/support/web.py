@@ -123,3 +123,10 @@ class Browser:
         page = self.get(link)
         assert page.status == 200 and 'method="post"' in page.text, (page.status, page.text)
         return self.request(link, method="POST")
+
+    def log_out(self, url: str) -> Reply:
+        """Log out as a person does: the logout page (`url`), then its "Log out" button
+        (a POST to the same address), following the redirects."""
+        page = self.get(url)
+        assert page.status == 200 and 'method="post"' in page.text, (page.status, page.text)
+        return self.request(page.url, method="POST")

@@ -123,7 +123,8 @@ def test_set_cookie_attributes():
     assert name == b"Set-Cookie"
     parts = value.decode().split("; ")
     assert parts[0] == "__Host-connect_session=v"
-    assert {"Path=/", "Max-Age=60", "HttpOnly", "SameSite=Lax", "Secure"} <= set(parts)
+    assert {"Path=/", "Max-Age=60", "HttpOnly", "SameSite=Lax", "Secure",
+            "Priority=High"} <= set(parts)
     assert not any(p.lower().startswith("domain") for p in parts)  # host-only
     _, plain = set_cookie_header("connect_session", "v", path="/_studio/a/", max_age=5,
                                  secure=False)

@@ -136,9 +136,10 @@ def test_several_studio_cookies_are_never_remembered(monkeypatch: pytest.MonkeyP
 def test_one_line_with_two_studio_cookies_is_never_remembered(
         monkeypatch: pytest.MonkeyPatch) -> None:
     auth, _, b = logged_in()
-    name, value = b.jar.header("abc.connect.example.test", "/lab")
+    value = next(f"{n}={v}" for (h, _, n), v in b.jar.cookies.items()
+                 if h == "abc.connect.example.test" and n.endswith("connect_session")).encode()
     cookie_name = value.partition(b"=")[0]
-    one_line = request(studio("abc"), headers=((name, cookie_name + b"=x; " + value),))
+    one_line = request(studio("abc"), headers=((b"Cookie", cookie_name + b"=x; " + value),))
     n = scans(monkeypatch)
     assert auth.authorized_now(one_line, "abc") is not None
     assert auth.authorized_now(one_line, "abc") is not None and n == [2]

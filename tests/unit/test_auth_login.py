@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import secrets
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -27,6 +28,7 @@ from studios_gateway.auth.oidc import (
     LoginResult,
     OIDCError,
     TokenSet,
+    same_browser,
 )
 from studios_gateway.auth.settings import AuthSettings
 from studios_gateway.config import load_config
@@ -42,22 +44,26 @@ class FakeRP:
 
     def __init__(self, clock: Clock):
         self.clock = clock
-        self.pending: dict[str, str] = {}
+        self.pending: dict[str, tuple[str, str | None]] = {}
         self.user = "alice"
         self.logins = 0
         self.tokens = TokenSet(None, None, None, None)
         self.refresh_result: Any = None
 
-    def begin(self, next_url: str, extra: Any = None) -> str:
+    def begin(self, next_url: str, extra: Any = None, *, browser: str | None = None) -> str:
         state = secrets.token_urlsafe(8)
-        self.pending[state] = next_url
+        self.pending[state] = (next_url, browser)
         return f"https://idp.example.org/authorize?state={state}"
 
-    def finish(self, params: dict[str, str]) -> Deferred[LoginResult]:
-        next_url = self.pending.pop(params.get("state", ""), None)
-        if next_url is None:
+    def finish(self, params: dict[str, str],
+               browsers: Sequence[str] = ()) -> Deferred[LoginResult]:
+        pending = self.pending.pop(params.get("state", ""), None)
+        if pending is None:
             return defer.fail(LoginFailed("the login's state is unknown, used already or "
                                           "expired"))
+        next_url, browser = pending
+        if browser is not None and not same_browser(browser, browsers):  # as RelyingParty
+            return defer.fail(LoginFailed("this login was begun in another browser"))
         if params.get("code") != "good":
             refused = LoginFailed("the code exchange was refused")
             refused.next_url = next_url  # as RelyingParty's, once the state is known
@@ -195,8 +201,8 @@ def test_handoff_code_is_single_use_and_bound_to_its_studio():
     auth, clock, rp = make()
     b = LoginDriver(auth, external=idp_login(rp))
     run(b.open(studio("abc")))
-    handoff = next(v for v in b.visited if "/_connect/handoff" in v)
-    resp = run(auth.handle(request(handoff)))
+    handoff = [v for v in b.visited if "/_connect/handoff" in v][-1]  # the bound one
+    resp = run(auth.handle(request(handoff, b.jar)))
     assert resp.status == 400  # replayed
     # The access line says whose and why (it said "- ... bad request").
     assert (resp.user, resp.why) == ("alice", "login hand-off used already")
@@ -217,31 +223,189 @@ def test_handoff_code_is_single_use_and_bound_to_its_studio():
     assert (late.status, late.user, late.why) == (400, "alice", "login hand-off expired")
 
 
+def begin_login(auth: Auth, next_url: str, jar: Jar) -> str:
+    """/_connect/login in the browser of `jar`: the state it sends the issuer."""
+    login = run(auth.handle(request(f"{PROXY}/_connect/login?next={next_url}", jar)))
+    jar.store("connect.example.test", login)
+    return dict(parse_qsl(urlsplit(dict(login.headers)[b"Location"].decode()).query))["state"]
+
+
 def test_wrong_or_replayed_state_and_code_refused():
     auth, _, rp = make()
-    login = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}")))
-    state = dict(parse_qsl(urlsplit(dict(login.headers)[b"Location"].decode()).query))["state"]
-    bad_code = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad")))
+    jar = Jar()
+    state = begin_login(auth, studio("abc"), jar)
+    bad_code = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
+                                       jar)))
     assert bad_code.status == 400 and b"refused" in bad_code.body
-    replay = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=good")))
+    replay = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=good",
+                                     jar)))
     assert replay.status == 400 and b"state" in replay.body
     forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=forged&code=good")))
     assert forged.status == 400
     assert not any(k.lower() == b"set-cookie" for k, _ in forged.headers)
 
 
+def test_a_handoff_made_from_someone_elses_login_logs_nobody_in() -> None:
+    """Login CSRF through the hand-off: bob asks the proxy host for a hand-off to a studio
+    he may use (his own login cookie) and has alice's browser open it (a link, a page's
+    redirect): alice's browser got a cookie for that studio as bob, over her own. A code
+    now completes only where the studio host's hand-off cookie is the one it names; an
+    unbound code goes back to the proxy host once, which binds the next one to that
+    cookie for the login *this* browser holds there."""
+    auth, _, _ = make(issuer=False)
+    alice = LoginDriver(auth)
+    who, _ = run(alice.open(auth.mint_login_link("abc", "alice"), method="POST"))
+    assert isinstance(who, Identity) and who.subject == "alice"
+    hops = [v for v in alice.visited if "/_connect/" in v]
+    assert any("bind=" in v for v in hops), hops  # the one trip back to the proxy host
+    bob = LoginDriver(auth)
+    run(bob.open(auth.mint_login_link("abc", "bob"), method="POST"))  # (on abc's list)
+    bobs_login = {k: v for k, v in bob.jar.cookies.items() if k[0] == "connect.example.test"}
+    # bob's code, bound or not, and one bound to a value of his choosing
+    ask = f"{PROXY}/_connect/login?next={quote(studio('abc', '/lab'))}"
+    unbound = dict(run(auth.handle(request(ask, Jar(dict(bobs_login))))).headers)[b"Location"]
+    forged = "b" * 43
+    bound = dict(run(auth.handle(request(f"{ask}&bind={forged}", Jar(dict(bobs_login)))))
+                 .headers)[b"Location"]
+    # opened in alice's browser: the unbound one goes back to the proxy host, where
+    # alice's own login makes the code; the bound one is refused
+    who, _ = run(alice.open(unbound.decode()))
+    assert isinstance(who, Identity) and who.subject == "alice"
+    refused = run(auth.handle(request(bound.decode(), alice.jar)))
+    assert (refused.status, refused.user, refused.why) == (
+        400, "bob", "login hand-off for another browser")
+    assert not any(k.lower() == b"set-cookie" for k, _ in refused.headers)
+    who = run(auth.authorize_request(request(studio("abc"), alice.jar), "abc"))
+    assert isinstance(who, Identity) and who.subject == "alice"
+    # in a browser with no login on the proxy host, bob's code leads to the login
+    stranger = LoginDriver(auth)
+    page_, _ = run(stranger.open(unbound.decode()))
+    assert isinstance(page_, Response) and page_.status == 401
+    assert not any(n.endswith("connect_session") for (_, _, n) in stranger.jar.cookies)
+
+
 def test_try_again_after_a_refused_login_leads_back_to_the_studio() -> None:
     """The "Try again" link of a refused login dropped the page it was for: users landed
     on "/" after logging in."""
     auth, _, _ = make()
-    login = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}")))
-    state = dict(parse_qsl(urlsplit(dict(login.headers)[b"Location"].decode()).query))["state"]
-    refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad")))
+    jar = Jar()
+    state = begin_login(auth, studio("abc"), jar)
+    refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
+                                      jar)))
     assert refused.status == 400 and b"refused" in refused.body
     again = f"{PROXY}/_connect/login?" + urlencode({"next": studio("abc")}, quote_via=quote)
     assert html.escape(again).encode() in refused.body, refused.body
     forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=x&code=y")))
     assert f'href="{PROXY}/_connect/login"'.encode() in forged.body  # its page is unknown
+
+
+@pytest.mark.parametrize("path_routing", [False, True])
+def test_a_callback_link_opened_in_another_browser_logs_nobody_in(path_routing: bool) -> None:
+    """Login CSRF: someone began a login in their own browser, logged in at the issuer
+    as themselves and sent the callback link (their state and code) to someone else,
+    whose browser was then logged in as them (their studio looked like the victim's,
+    what the victim typed went to it). The callback completes a login only in the
+    browser that began it (a cookie set by /_connect/login)."""
+    auth, _, rp = make(path_routing=path_routing)
+    rp.user = "bob"
+    attacker = Jar()
+    bobs = f"{PROXY}/_studio/bobs/" if path_routing else studio("bobs")
+    victim = Jar()
+    victim_started = Jar()  # a victim that began a login of its own meanwhile
+    begin_login(auth, studio("abc"), victim_started)
+    for jar in (victim, victim_started):
+        state = begin_login(auth, bobs, attacker)
+        names = {n for (_, _, n) in attacker.cookies}
+        assert names == {"__Host-connect_browser"}, names
+        callback = f"{PROXY}/_connect/callback?state={state}&code=good"
+        refused = run(auth.handle(request(callback, jar)))
+        assert refused.status == 400, refused
+        assert b"begun in another browser" in refused.body
+        assert not any(k.lower() == b"set-cookie" for k, _ in refused.headers)
+        # "Try again" does not lead to the page the other person chose
+        assert f'href="{PROXY}/_connect/login"'.encode() in refused.body
+    assert rp.logins == 0
+    # in the browser that began it the login completes (a new state: the first is spent)
+    b = LoginDriver(auth, external=idp_login(rp), jar=attacker)
+    who, _ = run(b.open(bobs))
+    assert isinstance(who, Identity) and who.subject == "bob"
+
+
+def test_logins_begun_in_two_tabs_both_complete() -> None:
+    """The browser cookie is kept for the next login: two tabs' logins are one browser's."""
+    auth, _, rp = make()
+    jar = Jar()
+    first = begin_login(auth, studio("abc"), jar)
+    cookie = dict(jar.cookies)
+    second = begin_login(auth, studio("xyz"), jar)
+    assert jar.cookies == cookie  # the same value, renewed
+    for state, sid in ((first, "abc"), (second, "xyz")):
+        done = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=good",
+                                       jar)))
+        assert done.status == 302, done
+        assert f"https://{sid}.connect.example.test/_connect/handoff?code=" in \
+            dict(done.headers)[b"Location"].decode()
+
+
+def test_the_browser_cookie_never_reaches_a_tool() -> None:
+    cookie = (b"Cookie", b"a=1; connect_browser=x; __Host-connect_browser=y")
+    assert strip_auth_cookies([cookie]) == [(b"Cookie", b"a=1")]
+
+
+@pytest.mark.parametrize("subject, why", [
+    ("a" * 257, b"has 257 characters (at most 256)"),
+    ("alice\r\nX-Connect-Sub: root", b"has control characters"),
+    (" alice", b"surrounding spaces"),
+])
+def test_an_unusable_user_claim_is_refused_at_the_callback(subject: str, why: bytes) -> None:
+    """An issuer's user claim longer than a cookie names (256) got a login cookie that never
+    opened anything: back to the issuer, which logged the person in again, for ever (a
+    redirect loop, a code exchanged each time). One with a line break made every request
+    fail where the tool's X-Connect-Sub header is built. Both are refused at once."""
+    auth, _, rp = make()
+    rp.user = subject
+    b = LoginDriver(auth, external=idp_login(rp))
+    refused, url = run(b.open(studio("abc")))
+    assert isinstance(refused, Response) and refused.status == 400, refused
+    assert url.startswith(f"{PROXY}/_connect/callback") and why in refused.body
+    assert refused.why == "unusable sub claim"
+    assert not any(n.endswith("connect_login") for (_, _, n) in b.jar.cookies)
+    assert rp.logins == 1
+    rp.user = "a" * 256  # the longest that works: logged in (not alice's studio: 403)
+    denied, _ = run(b.open(studio("abc")))
+    assert (denied.status, denied.user) == (403, "a" * 256)
+
+
+def test_two_tabs_openid_logins_are_one_login_and_one_logout_ends_both() -> None:
+    """One login per browser held for login links only: two OpenID logins begun in two
+    tabs (before either finished) made two logins, the proxy host's cookie named the
+    last, and a logout left the first tab's studio open. A callback in a browser whose
+    login is on continues it (the same user) or ends it first (another user)."""
+    auth, _, rp = make()
+    jar = Jar()
+    states = [begin_login(auth, studio(sid), jar) for sid in ("abc", "xyz")]
+    b = LoginDriver(auth, jar=jar)
+    who = []
+    for state, sid in zip(states, ("abc", "xyz"), strict=True):
+        got, _ = run(b.open(f"{PROXY}/_connect/callback?state={state}&code=good"))
+        assert isinstance(got, Identity) and got.session_id == sid
+        who.append(got)
+    assert who[0].login_id == who[1].login_id
+    run(b.open(f"{PROXY}/_connect/logout", method="POST"))
+    for sid in ("abc", "xyz"):
+        again = run(auth.authorize_request(request(studio(sid), jar), sid))
+        assert isinstance(again, Response) and again.status == 302, sid
+    # another user's callback in a browser whose login is on ends that login first
+    shared = Jar()
+    states = [begin_login(auth, studio(sid), shared) for sid in ("abc", "bobs")]
+    alice = LoginDriver(auth, jar=shared)
+    first, _ = run(alice.open(f"{PROXY}/_connect/callback?state={states[0]}&code=good"))
+    assert isinstance(first, Identity) and first.subject == "alice"
+    rp.user = "bob"
+    second, _ = run(alice.open(f"{PROXY}/_connect/callback?state={states[1]}&code=good"))
+    assert isinstance(second, Identity) and second.subject == "bob"
+    assert auth.authorizer.is_logged_out(first.login_id)
+    assert second.login_id != first.login_id
 
 
 def test_forged_callbacks_are_a_warning_a_minute_not_one_each() -> None:
@@ -279,7 +443,7 @@ def test_logout_revokes_every_cookie_of_the_login():
     who, _ = run(b.open(studio("abc")))
     closed: list[str] = []
     auth.authorizer.track("abc", "alice", closed.append, login_id=who.login_id)
-    resp, _ = run(b.open(f"{PROXY}/_connect/logout"))
+    resp, _ = run(b.open(f"{PROXY}/_connect/logout", method="POST"))
     assert resp.status == 200 and b"logged out" in resp.body
     assert closed and events[-1].kind == "login"
     # The studio cookie is still in the jar, but its login has ended.
@@ -287,12 +451,65 @@ def test_logout_revokes_every_cookie_of_the_login():
     assert isinstance(again, Response) and again.status == 302
 
 
-def test_studio_logout_clears_its_cookie_and_the_login():
+def test_a_studio_hosts_logout_is_the_proxy_hosts() -> None:
+    """A studio host's /_connect/logout is its tool's origin: a post there from the tool's
+    own script could not be told from the logout page's, and ended the visitor's login
+    (every studio of it). It now only leads to the proxy host's logout, whose page and
+    post are the gateway's alone."""
     auth, _, rp = make()
     b = LoginDriver(auth, external=idp_login(rp))
     who, _ = run(b.open(studio("abc")))
-    resp = run(auth.handle(request(studio("abc", "/_connect/logout"), b.jar)))
-    assert resp.status == 302 and auth.authorizer.is_logged_out(who.login_id)
+    for method in ("GET", "POST"):
+        there = run(auth.handle(request(studio("abc", "/_connect/logout"), b.jar, method,
+                                        ((b"Sec-Fetch-Site", b"same-origin"),))))
+        assert there.status == 303
+        assert dict(there.headers)[b"Location"] == f"{PROXY}/_connect/logout".encode()
+        assert not auth.authorizer.is_logged_out(who.login_id)
+    asked, _ = run(b.open(studio("abc", "/_connect/logout")))
+    assert asked.status == 200 and b'<form method="post" action="/_connect/logout">' \
+        in asked.body
+    done, _ = run(b.open(f"{PROXY}/_connect/logout", method="POST"))
+    assert done.status == 200 and b"You are logged out" in done.body
+    assert auth.authorizer.is_logged_out(who.login_id)
+    assert not any(n == "__Host-connect_login" for (_, _, n) in b.jar.cookies)
+
+
+@pytest.mark.parametrize("path_routing", [False, True])
+def test_a_page_elsewhere_cannot_log_anyone_out(path_routing: bool) -> None:
+    """Logout CSRF: /_connect/logout was a plain GET, so any site's link or redirect, or an
+    image on another studio's page (the same site in subdomain mode), ended the visitor's
+    login and every studio of it; with login links (one use each) they then had to ask
+    an administrator for a new one. A GET now only asks (a "Log out" button posting back),
+    a post from another site is refused, and the links people have keep working."""
+    auth, _, _ = make(path_routing=path_routing, issuer=False)
+    b = LoginDriver(auth)
+    who, _ = run(b.open(auth.mint_login_link("abc", "alice"), method="POST"))
+    assert isinstance(who, Identity)
+    here = f"{PROXY}/_studio/abc/" if path_routing else studio("abc", "/")
+    switch = f"{PROXY}/_connect/logout?" + urlencode({"next": f"{PROXY}/_connect/login"})
+    for url in (switch,):
+        for site in (b"cross-site", b"same-site", None):
+            hdrs = () if site is None else ((b"Sec-Fetch-Site", site),)
+            asked = run(auth.handle(request(url, b.jar, headers=hdrs)))
+            assert asked.status == 200 and asked.headers  # the question, nothing done
+            assert not any(k.lower() == b"set-cookie" for k, _ in asked.headers)
+            assert b'<form method="post"' in asked.body
+        for hdrs in (((b"Sec-Fetch-Site", b"cross-site"),), ((b"Sec-Fetch-Site", b"same-site"),),
+                     ((b"Origin", b"https://evil.example"),)):
+            refused = run(auth.handle(request(url, b.jar, "POST", hdrs)))
+            assert refused.status == 403 and b"posted from another site" in refused.body
+            assert refused.why.startswith("logout posted from elsewhere")
+        assert not auth.authorizer.is_logged_out(who.login_id)
+        assert isinstance(run(auth.authorize_request(request(here, b.jar), "abc")), Identity)
+    # The 403 page's "Log in as someone else" (a link to the logout with a next): its
+    # button posts the same query, and the logout then leads to the login.
+    asked = run(auth.handle(request(switch, b.jar)))
+    assert html.escape(urlsplit(switch).path + "?" + urlsplit(switch).query).encode() \
+        in asked.body
+    done = run(auth.handle(request(switch, b.jar, "POST", ((b"Sec-Fetch-Site", b"same-origin"),))))
+    assert done.status == 302 and dict(done.headers)[b"Location"] == \
+        f"{PROXY}/_connect/login".encode()
+    assert auth.authorizer.is_logged_out(who.login_id)
 
 
 def test_refused_refresh_logs_out():
@@ -482,7 +699,7 @@ def test_a_second_login_link_continues_the_browsers_login_and_one_logout_ends_bo
     auth.authorizer.track("abc", "alice", closed.append, login_id=first.login_id)
     # Logging out from the second studio (path mode: the proxy host's logout, with it).
     run(b.open(f"{PROXY}/_connect/logout?next=/_studio/xyz/" if path_routing
-               else studio("xyz", "/_connect/logout")))
+               else f"{PROXY}/_connect/logout", method="POST"))
     assert closed, "the first studio's WebSocket stayed open"
     for sid in ("abc", "xyz"):
         url = f"{PROXY}/_studio/{sid}/" if path_routing else studio(sid)
@@ -502,6 +719,21 @@ def test_a_login_link_for_someone_else_ends_the_login_that_was_on() -> None:
     assert not auth.authorizer.is_logged_out(bob.login_id)
     again = run(auth.authorize_request(request(studio("abc"), b.jar), "abc"))
     assert isinstance(again, Response) and again.status in (302, 401)
+
+
+def test_a_link_for_someone_else_says_it_ends_the_login_before_the_click() -> None:
+    """A link for another user (mallory sends alice one of his own) ends alice's login
+    once clicked, and the studio then opens as mallory: the page said only "Log in to
+    studio bobs as mallory"."""
+    auth, _, _ = make(issuer=False)
+    b = LoginDriver(auth)
+    run(b.open(auth.mint_login_link("abc", "alice"), method="POST"))
+    foreign = run(auth.handle(request(auth.mint_login_link("bobs", "mallory"), b.jar)))
+    assert foreign.status == 200
+    assert (b"You are logged in as alice in this browser: this ends that login, and the "
+            b"studio opens as mallory.") in foreign.body
+    own = run(auth.handle(request(auth.mint_login_link("xyz", "alice"), b.jar)))
+    assert own.status == 200 and b"You are logged in" not in own.body
 
 
 def test_no_issuer_no_callback():

@@ -148,6 +148,27 @@ def test_state_is_single_use(key):
         result(rp.finish({"state": q["state"], "code": "the-code"}))
 
 
+def test_a_login_begun_for_a_browser_completes_only_there(key):
+    """The callback's state and code, opened in a browser other than the one that began
+    the login, are refused before the code is exchanged (login CSRF)."""
+    rp, clock, http = make_rp(key)
+    mine = "b" * 43
+    q = dict(parse_qsl(urlsplit(rp.begin("/next", browser=mine)).query))
+    http.claims = {"iss": ISSUER, "aud": "cid", "sub": "alice", "iat": int(clock.seconds()),
+                   "exp": int(clock.seconds()) + 300, "nonce": q["nonce"]}
+    for browsers in ((), ("c" * 43,)):
+        q = dict(parse_qsl(urlsplit(rp.begin("/next", browser=mine)).query))
+        http.claims["nonce"] = q["nonce"]
+        with pytest.raises(LoginFailed, match="begun in another browser") as refused:
+            result(rp.finish({"state": q["state"], "code": "the-code"}, browsers))
+        assert refused.value.next_url is None  # "Try again" does not follow theirs
+    assert not any(r[1].endswith("/token") for r in http.requests)
+    q = dict(parse_qsl(urlsplit(rp.begin("/next", browser=mine)).query))
+    http.claims["nonce"] = q["nonce"]
+    got = result(rp.finish({"state": q["state"], "code": "the-code"}, ("c" * 43, mine)))
+    assert got.subject == "alice"
+
+
 def test_state_expires(key):
     rp, clock, http = make_rp(key, login_ttl=600)
     q = begin(rp, http, clock)

@@ -197,3 +197,20 @@ def test_an_upgraded_connection_the_tool_closes_unregisters_its_producer() -> No
     assert t.producer is not None  # the tool stream's back-pressure, while both are open
     up.connectionLost(Failure(ConnectionDone()))
     assert t.disconnecting and t.producer is None
+
+
+def test_a_proxy_url_on_https_without_tls_here_makes_tool_cookies_secure() -> None:
+    """CONNECT_PROXY_URL on https:// with no CONNECT_TLS_* (a TLS terminator before the
+    gateway): the proxy is told browsers are on HTTPS (tool cookies get Secure)."""
+    from unittest import mock
+
+    from twisted.internet.task import Clock
+
+    from studios_gateway.config import load_config
+    from studios_gateway.http.component import build_factory
+
+    for url, outside in (("https://connect.example.com", True),
+                         ("http://connect.example.com", False)):
+        config = load_config(environ={"CONNECT_PROXY_URL": url})
+        factory = build_factory(config, Clock(), mock.Mock(), mock.Mock(), mock.Mock())
+        assert (factory.scheme, factory.https_outside) == ("http", outside), url

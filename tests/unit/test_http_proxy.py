@@ -625,6 +625,20 @@ def test_hostile_chunked_bodies_reach_the_tool_only_as_well_formed_chunks(
     assert parse_responses(t2.value())[0][0] == 200
 
 
+def test_behind_a_tls_terminator_the_tools_cookies_are_secure() -> None:
+    """The listener speaks plain HTTP behind a TLS terminator (CONNECT_PROXY_URL on
+    https://, no CONNECT_TLS_*): browsers are on HTTPS all the same, and the gateway's own
+    cookies were Secure, but a tool's (JupyterLab's _xsrf and user cookies) were not, so a
+    browser sent them over plain HTTP to the same host."""
+    h = Harness(scheme="http", https_outside=True)
+    p, t = h.client()
+    p.dataReceived(GET)
+    h.up()[0].dataReceived(b"HTTP/1.1 200 OK\r\nSet-Cookie: _xsrf=t; Path=/\r\n"
+                           b"Content-Length: 2\r\n\r\nok")
+    [(status, headers, _)] = parse_responses(t.value())
+    assert status == 200 and headers[b"set-cookie"] == b"_xsrf=t; Path=/; Secure", headers
+
+
 def test_over_https_the_tools_cookies_are_secure_and_over_http_unchanged() -> None:
     """The browser's connection is HTTPS (the gateway's own TLS): a tool's Set-Cookie
     without Secure gets it, on a plain answer and on a WebSocket's 101."""

@@ -28,6 +28,9 @@ def browser_view(value: bytes) -> tuple[str, list[str]]:
     (b"a=1; Domain", b"a=1"),
     (b"a=1; Path=/x; Secure", b"a=1; Path=/x; Secure"),  # unchanged, same bytes
     (b"domain=1; Path=/", b"domain=1; Path=/"),  # a cookie named domain is just a cookie
+    # a tool's cookies do not outrank the gateway's (Priority=High) when a browser evicts
+    (b"a=1; Path=/; Priority=High", b"a=1; Path=/"),
+    (b"a=1; priority = high; Domain=x.test; HttpOnly", b"a=1; HttpOnly"),
 ])
 def test_domain_is_removed(before: bytes, after: bytes) -> None:
     assert tool_set_cookie(before, GATEWAY_COOKIES) == after
@@ -109,3 +112,21 @@ def test_over_https_a_tool_cookie_is_secure(before: bytes, after: bytes) -> None
     assert "secure" in browser_view(after)[1]
     assert tool_set_cookie(before, GATEWAY_COOKIES, secure=False) == \
         tool_set_cookie(before, GATEWAY_COOKIES)
+
+
+def test_a_tools_clear_site_data_never_reaches_the_browser() -> None:
+    """A tool answering `Clear-Site-Data: "cookies"` made the browser delete every cookie of
+    the site (the registrable domain; shown in Chromium: a.gw.localhost's answer wiped
+    gw.localhost's and b.gw.localhost's, HttpOnly ones too): the proxy host's login and
+    every other studio's, so a studio could sign each visitor out of everything (with
+    one-use login links, until an administrator made new ones). The header is dropped,
+    on a plain answer and on a WebSocket's 101."""
+    from studios_gateway.http.headers import client_response_headers
+
+    headers = [(b"Content-Type", b"text/html"), (b"Clear-Site-Data", b'"cookies"'),
+               (b"clear-site-data", b'"*"'), (b"Set-Cookie", b"a=1")]
+    out, names, _ = client_response_headers(headers, GATEWAY_COOKIES)
+    assert out == [(b"Content-Type", b"text/html"), (b"Set-Cookie", b"a=1")]
+    assert b"clear-site-data" not in names
+    upgraded, changed = tool_set_cookies(headers, GATEWAY_COOKIES)
+    assert changed and upgraded == out

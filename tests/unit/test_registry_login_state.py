@@ -171,16 +171,20 @@ class TwoNodesTests(unittest.TestCase):
             assert refused.status == 400 and b"used already" in refused.body
 
     def test_a_hand_off_code_is_spent_once_across_nodes(self) -> None:
+        bind = "b" * 43  # the studio host's hand-off cookie, which the code names
         to_studio = self.a._complete("alice", "login-1", self.clock.seconds() + 3600,
-                                     "https://abc.connect.example.test/lab", new_login=False)
+                                     "https://abc.connect.example.test/lab", new_login=False,
+                                     bind=bind)
         handoff = dict(to_studio.headers)[b"Location"].decode()
         assert "/_connect/handoff?code=" in handoff
+        cookie = ((b"Cookie", f"__Host-connect_handoff={bind}".encode()),)
         self.flaky.up = False
-        assert run(self.b.handle(request(handoff))).status == 503  # not known: refused
+        # not known: refused
+        assert run(self.b.handle(request(handoff, headers=cookie))).status == 503
         self.flaky.up = True
-        landed = run(self.b.handle(request(handoff)))
+        landed = run(self.b.handle(request(handoff, headers=cookie)))
         assert landed.status == 302 and dict(landed.headers)[b"Location"] == b"/lab"
-        again = run(self.a.handle(request(handoff)))
+        again = run(self.a.handle(request(handoff, headers=cookie)))
         assert again.status == 400 and b"used already" in again.body
 
     def test_a_store_that_cannot_answer_refuses_the_link_for_now(self) -> None:
