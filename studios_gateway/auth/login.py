@@ -71,6 +71,7 @@ from studios_gateway.auth.files import load_or_create_key
 from studios_gateway.auth.oidc import (
     ConfigurationError,
     LoginFailed,
+    LoginUnavailable,
     OIDCError,
     OIDCSettings,
     RelyingParty,
@@ -168,6 +169,16 @@ def page(status: int, title: str, message: str, *, link: tuple[str, str] | None 
     answers with). `message` is text (escaped there)."""
     return pages.page(status, title, message, link=link, body_html=body_html,
                       extra=tuple(extra_headers))
+
+
+def pending_logins(store: Any, local: MemoryStore | None) -> Any:
+    """Where OpenID logins wait for their callback: the shared store (Redis, under the
+    local cache), so the callback may land on any node; None (this process's memory)
+    for one node."""
+    if local is not None:
+        return None
+    inner = getattr(store, "inner", store)
+    return inner if hasattr(inner, "take_pending_login") else None
 
 
 def redirect(location: str, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
@@ -302,7 +313,7 @@ class Auth:
                 issuer=s.issuer, redirect_uri=s.redirect_uri, storage_root=s.storage_root,
                 client_name=s.client_name, registration_token=s.registration_token,
                 client_id=s.client_id, client_secret=s.client_secret, scopes=s.scopes,
-                timeout=s.timeout), reactor=reactor)
+                timeout=s.timeout), reactor=reactor, shared=pending_logins(store, local))
         platform = None
         if s.platform_url:
             def creds() -> tuple[str, str] | None:
@@ -619,9 +630,33 @@ class Auth:
         # the next login too, so logins begun in two tabs both work).
         browsers = self._browsers(request)
         browser = browsers[0] if browsers else secrets.token_urlsafe(32)
-        return redirect(self.rp.begin(next_url, browser=browser), [set_cookie_header(
-            s.browser_cookie_name, browser, path=s.login_cookie_path,
-            max_age=BROWSER_COOKIE_TTL, secure=s.secure_cookies)])
+
+        def begun(url: str) -> Response:
+            return redirect(url, [set_cookie_header(
+                s.browser_cookie_name, browser, path=s.login_cookie_path,
+                max_age=BROWSER_COOKIE_TTL, secure=s.secure_cookies)])
+
+        def failed(f: Any) -> Response:
+            f.trap(OIDCError)
+            if f.check(LoginFailed):
+                return page(400, "Login failed", str(f.value))
+            return self._unavailable(f.value, next_url)
+
+        return self.rp.begin(next_url, browser=browser).addCallbacks(begun, failed)
+
+    def _unavailable(self, why: Any, next_url: str | None) -> Response:
+        """The "try again in a moment" page: the store that keeps logins between their
+        start and their callback (Redis) cannot be reached."""
+        unsaid = self._refusals.due("LoginUnavailable")
+        if unsaid is not None:
+            self._log.warn("a login could not go on: {why}{more}", why=str(why),
+                           more=self._refusals.more(unsaid))
+        again = f"{self.settings.proxy_url}{PREFIX}login"
+        if next_url:
+            again += "?" + urlencode({"next": next_url}, quote_via=quote)
+        return page(503, "Login unavailable",
+                    "Login is unavailable for a moment; try again shortly.",
+                    link=(again, "Try again"), extra_headers=[(b"Retry-After", b"5")])
 
     def _browsers(self, request: RequestInfo) -> list[str]:
         """The well-formed values of the browser cookie the request brings."""
@@ -635,6 +670,9 @@ class Auth:
 
         def failed(f: Any) -> Response:
             f.trap(LoginFailed, OIDCError)
+            if f.check(LoginUnavailable):
+                self.on_login("oidc", False)
+                return self._unavailable(f.value, None)
             # Anyone can ask for /_connect/callback?state=x (each has its access line):
             # a line per kind of failure and minute, with the count of the others.
             unsaid = self._refusals.due(type(f.value).__name__)

@@ -8,7 +8,8 @@ registered (RFC 7591) with the initial access token. A refused registration
 fails the start with a message that names the variable to fix.
 
 A login is :meth:`begin` (a fresh state, nonce and PKCE S256 verifier, kept
-in a bounded single-use table, and the authorization URL) and then
+in a bounded single-use table, and the authorization URL; with a shared store,
+Redis, they are kept there instead, so the callback may land on any node) and then
 :meth:`finish` with the callback's query: the state is taken once, the code
 exchanged, and the ID token's signature (the issuer's JWKS, refetched on an
 unknown key id at most every `jwks_min_refresh` seconds) and claims (iss,
@@ -23,6 +24,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +32,16 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import jwt
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from studios_gateway.auth.answers import AnswerFailed, quiet_pool, read_answer
 from studios_gateway.auth.cookies import Clock
 from studios_gateway.auth.files import StorageError, read_json, write_private_json
 from studios_gateway.auth.onetime import OneTimeTable
+from studios_gateway.registry.base import PendingLogins, StoreUnavailable
 
 __all__ = [
     "CLIENT_FILE",
@@ -44,6 +49,7 @@ __all__ = [
     "ConfigurationError",
     "LoginFailed",
     "LoginResult",
+    "LoginUnavailable",
     "OIDCError",
     "OIDCSettings",
     "ProviderMetadata",
@@ -73,6 +79,11 @@ class LoginFailed(OIDCError):
     next_url: str | None = None
 
 
+class LoginUnavailable(OIDCError):
+    """The shared store that keeps logins between their start and their callback cannot
+    be reached: the person should try again in a moment."""
+
+
 @dataclass(frozen=True)
 class OIDCSettings:
     issuer: str
@@ -85,7 +96,11 @@ class OIDCSettings:
     scopes: tuple[str, ...] = ("openid", "profile", "email")
     timeout: float = 10.0
     login_ttl: float = 600.0  # how long a started login (state, nonce, verifier) stays valid
+    #: Bounds on the logins this node began and that are not finished yet (a flood of
+    #: /_connect/login requests evicts the oldest of them): how many, and with a shared
+    #: store how many bytes (what the flood can make each node keep in Redis).
     max_pending: int = 10_000
+    max_pending_bytes: int = 16 * 1024 * 1024
     jwks_min_refresh: float = 60.0
     leeway: float = 60.0
 
@@ -226,6 +241,29 @@ class _Pending:
     #: The browser that began the login (a random value in its cookie); None: not bound.
     browser: str | None = None
 
+    def to_json(self) -> str:
+        return json.dumps({"nonce": self.nonce, "verifier": self.verifier,
+                           "next_url": self.next_url, "extra": dict(self.extra),
+                           "browser": self.browser}, ensure_ascii=False,
+                          separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> _Pending | None:
+        """None for anything but what to_json writes."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        nonce, verifier, next_url = data.get("nonce"), data.get("verifier"), data.get("next_url")
+        extra, browser = data.get("extra"), data.get("browser")
+        if not (isinstance(nonce, str) and isinstance(verifier, str)
+                and isinstance(next_url, str) and isinstance(extra, dict)
+                and (browser is None or isinstance(browser, str))):
+            return None
+        return cls(nonce, verifier, next_url, extra, browser)
+
 
 def same_browser(expected: str, given: Sequence[str]) -> bool:
     """Whether one of `given` is `expected` (each compared in constant time)."""
@@ -259,7 +297,10 @@ class RelyingParty:
 
     _log = Logger()
 
-    def __init__(self, settings: OIDCSettings, *, reactor: Any, http: Any = None):
+    def __init__(self, settings: OIDCSettings, *, reactor: Any, http: Any = None,
+                 shared: PendingLogins | None = None):
+        """`shared`: the store every node shares (Redis), which then keeps the logins
+        between their start and their callback; None (one node): this process's memory."""
         self.settings = settings
         self._reactor = reactor
         self._clock: Clock = reactor
@@ -271,6 +312,11 @@ class RelyingParty:
         self.client: ClientRegistration | None = None
         self._pending: OneTimeTable[_Pending] = OneTimeTable(
             reactor, settings.login_ttl, settings.max_pending)
+        self._shared = shared
+        #: With a shared store: the logins this node began there, oldest first, each
+        #: with its end and size, for the bounds (max_pending, max_pending_bytes).
+        self._begun: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._begun_bytes = 0
         self._keys: dict[str, jwt.PyJWK] = {}
         self._keys_fetched_at: float | None = None
         self._keys_fetching: Deferred[None] | None = None
@@ -429,26 +475,97 @@ class RelyingParty:
     # The login -----------------------------------------------------------------
 
     def begin(self, next_url: str, extra: Mapping[str, Any] | None = None, *,
-              browser: str | None = None) -> str:
-        """Start a login; returns the authorization URL to redirect the browser to.
+              browser: str | None = None) -> Deferred[str]:
+        """Start a login; gives the authorization URL to redirect the browser to.
 
         `browser`: a secret the beginning browser holds (in a cookie); :meth:`finish`
         then completes the login only for a callback that brings it back. Without it,
         anyone's callback link (a state and code of their own) opened in someone else's
-        browser would log that browser in as them (login CSRF)."""
-        client = self._need_client()
+        browser would log that browser in as them (login CSRF).
+
+        Without a shared store the answer is there at once. With one, the login is kept
+        there first: LoginUnavailable when the store cannot be reached."""
+        try:
+            client = self._need_client()
+        except OIDCError as e:
+            return defer.fail(e)
         assert self.metadata is not None
         nonce = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
-        state = self._pending.put(_Pending(nonce, verifier, next_url, dict(extra or {}),
-                                           browser))
+        pending = _Pending(nonce, verifier, next_url, dict(extra or {}), browser)
         params = {"response_type": "code", "client_id": client.client_id,
                   "redirect_uri": self.settings.redirect_uri,
                   "scope": " ".join(self.settings.scopes),
-                  "state": state, "nonce": nonce, "code_challenge": pkce_challenge(verifier),
+                  "state": "", "nonce": nonce, "code_challenge": pkce_challenge(verifier),
                   "code_challenge_method": "S256"}
         endpoint = self.metadata.authorization_endpoint
-        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params, quote_via=quote)
+
+        def url(state: str) -> str:
+            params["state"] = state
+            return endpoint + ("&" if "?" in endpoint else "?") + urlencode(
+                params, quote_via=quote)
+
+        if self._shared is None:
+            return defer.succeed(url(self._pending.put(pending)))
+        state = secrets.token_urlsafe(32)
+        value = pending.to_json()
+        d = defer.maybeDeferred(self._shared.keep_pending_login, state, value,
+                                self.settings.login_ttl)
+
+        def kept(_: None) -> str:
+            self._track(state, len(value.encode("utf-8", "replace")))
+            return url(state)
+
+        def failed(f: Failure) -> Failure:
+            if f.check(StoreUnavailable):
+                raise LoginUnavailable(f"the login cannot be kept: {f.value}")
+            if f.check(ValueError):  # too large (the next page's address)
+                raise LoginFailed(f"this login cannot be kept: {f.value}")
+            return f
+
+        return d.addCallbacks(kept, failed)
+
+    def _track(self, state: str, size: int) -> None:
+        """Count a login this node began in the shared store; past a bound, drop the
+        oldest there (as the memory table does)."""
+        now = self._clock.seconds()
+        begun = self._begun
+        begun[state] = (now + self.settings.login_ttl, size)
+        self._begun_bytes += size
+        dropped: list[str] = []
+        while begun:
+            oldest, (ends, n) = next(iter(begun.items()))
+            if ends > now and len(begun) <= self.settings.max_pending \
+                    and self._begun_bytes <= self.settings.max_pending_bytes:
+                break
+            del begun[oldest]
+            self._begun_bytes -= n
+            if ends > now:
+                dropped.append(oldest)
+        if dropped and self._shared is not None:
+            self._shared.drop_pending_logins(dropped).addErrback(
+                lambda f: self._log.debug("dropping old pending logins failed: {why}",
+                                          why=f.getErrorMessage()))
+
+    def _forget(self, state: str) -> None:
+        item = self._begun.pop(state, None)
+        if item is not None:
+            self._begun_bytes -= item[1]
+
+    async def _take(self, state: str) -> _Pending | None:
+        if self._shared is None:
+            return self._pending.take(state)
+        try:
+            raw = await self._shared.take_pending_login(state)
+        except StoreUnavailable as e:
+            raise LoginUnavailable(f"the login's state cannot be read: {e}") from None
+        self._forget(state)
+        if raw is None:
+            return None
+        pending = _Pending.from_json(raw)
+        if pending is None:
+            self._log.warn("a pending login in the shared store is malformed: refused")
+        return pending
 
     def finish(self, params: Mapping[str, str],
                browsers: Sequence[str] = ()) -> Deferred[LoginResult]:
@@ -459,7 +576,7 @@ class RelyingParty:
         return Deferred.fromCoroutine(self._finish(params, browsers))
 
     async def _finish(self, params: Mapping[str, str], browsers: Sequence[str]) -> LoginResult:
-        pending = self._pending.take(params.get("state", ""))
+        pending = await self._take(params.get("state", ""))
         if pending is None:
             raise LoginFailed("the login's state is unknown, used already or expired")
         if pending.browser is not None and not same_browser(pending.browser, browsers):

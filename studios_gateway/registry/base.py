@@ -37,11 +37,14 @@ __all__ = [
     "MalformedRecord",
     "RegistryError",
     "SessionExists",
+    "MAX_PENDING_LOGIN_BYTES",
+    "PendingLogins",
     "SessionNotFound",
     "SessionRecord",
     "SessionStore",
     "StoreUnavailable",
     "TunnelHolder",
+    "check_pending_login",
     "check_single_use_id",
     "check_user_keys",
     "hash_token",
@@ -307,6 +310,23 @@ def check_single_use_id(key: Any, ttl: Any) -> float:
     return float(ttl)
 
 
+#: The largest pending login (an OpenID login between its start and its callback: nonce,
+#: PKCE verifier, the page to return to, the browser binding) a shared store keeps.
+MAX_PENDING_LOGIN_BYTES = 24 * 1024
+
+
+def check_pending_login(state: Any, value: Any, ttl: Any) -> float:
+    """`ttl` as seconds; ValueError unless `state` is a single-use id, `value` a text of
+    at most MAX_PENDING_LOGIN_BYTES (UTF-8) and `ttl` a positive number. The message
+    never shows the value (it holds the login's secrets)."""
+    seconds = check_single_use_id(state, ttl)
+    if not isinstance(value, str):
+        raise ValueError("a pending login must be text")
+    if len(value.encode("utf-8")) > MAX_PENDING_LOGIN_BYTES:
+        raise ValueError(f"a pending login is larger than {MAX_PENDING_LOGIN_BYTES} bytes")
+    return seconds
+
+
 # Users' SSH keys ----------------------------------------------------------------------
 
 
@@ -471,6 +491,25 @@ class LoginState(Protocol):
     def subscribe_logouts(self, callback: Invalidation) -> Callable[[], None]:
         """Call `callback(login_id)` whenever any node records a logout (and
         `callback(None)` when some may have been missed: read logged_out() again)."""
+
+
+class PendingLogins(Protocol):
+    """OpenID logins between their start and their callback, shared by every node (the
+    issuer's redirect may land on any node behind the load balancer). Only a shared store
+    (Redis) has them; one node keeps them in its memory (auth/oidc.py)."""
+
+    def keep_pending_login(self, state: str, value: str, ttl: float) -> Deferred[None]:
+        """Keep `value` (at most MAX_PENDING_LOGIN_BYTES) under `state` for `ttl` seconds;
+        ValueError for a bad state, value or ttl; StoreUnavailable when it cannot be
+        kept."""
+
+    def take_pending_login(self, state: str) -> Deferred[str | None]:
+        """The value kept under `state`, in one atomic step with its removal: on every
+        node, one caller gets it and every later one None (also for an unknown, expired
+        or malformed state). StoreUnavailable when it cannot be known."""
+
+    def drop_pending_logins(self, states: Sequence[str]) -> Deferred[None]:
+        """Forget the pending logins `states` (a node's oldest, past its bound)."""
 
 
 class TransferCounts(Protocol):

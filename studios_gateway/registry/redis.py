@@ -11,6 +11,10 @@ Keys, under the configured prefix (``connect:session`` by default):
   set with NX and a PX TTL of the id's remaining lifetime: the first SET wins;
 - ``<prefix>:_logout:<login id>``: a login that ended, with a PX TTL of the
   login's lifetime;
+- ``<prefix>:_pending:<state>``: an OpenID login between its start and its callback
+  (JSON: nonce, PKCE verifier, the page to return to, the browser binding; at most
+  MAX_PENDING_LOGIN_BYTES), set with NX and a PX TTL of the login's time limit, taken
+  (GET and DEL in one script) by the callback on whichever node it lands;
 - channel ``<prefix>:events``: every change publishes the session id there (a
   change of a user's keys publishes ``keys:<user>``, a logout ``logout:<login
   id>``); all nodes drop their cached copy (or end that login) when they hear it.
@@ -52,6 +56,7 @@ from twisted.python.failure import Failure
 
 from studios_gateway.deadline import within
 from studios_gateway.registry.base import (
+    MAX_PENDING_LOGIN_BYTES,
     MAX_USER_KEYS,
     SINGLE_USE_ID,
     BadUserKeys,
@@ -62,6 +67,7 @@ from studios_gateway.registry.base import (
     SessionRecord,
     StoreUnavailable,
     TunnelHolder,
+    check_pending_login,
     check_single_use_id,
     check_user_keys,
     unique_keys,
@@ -223,6 +229,13 @@ _LOG_OUT = """
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
+"""
+
+# Take a pending login: its value, gone for every later caller.
+_TAKE = """
+local v = redis.call('GET', KEYS[1])
+if v then redis.call('DEL', KEYS[1]) end
+return v
 """
 
 _PTTLS = """
@@ -982,6 +995,43 @@ class RedisStore:
 
     def _logout_key(self, login_id: str) -> str:
         return f"{self.prefix}:_logout:{login_id}"
+
+    def _pending_key(self, state: str) -> str:
+        return f"{self.prefix}:_pending:{state}"
+
+    def keep_pending_login(self, state: str, value: str, ttl: float) -> Deferred[None]:
+        try:
+            px = _ms(check_pending_login(state, value, ttl))
+        except ValueError as e:
+            return defer.fail(e)
+
+        def kept(reply: Any) -> None:
+            if reply is None:  # (a state is 32 random bytes: never in practice)
+                raise ValueError("a pending login with this state is kept already")
+
+        return self._call("keep_pending_login", lambda conn: conn.execute_command(
+            "SET", self._pending_key(state), value, "NX", "PX", px)).addCallback(kept)
+
+    def take_pending_login(self, state: str) -> Deferred[str | None]:
+        if not isinstance(state, str) or not SINGLE_USE_ID.fullmatch(state):
+            return defer.succeed(None)
+
+        def value(reply: Any) -> str | None:
+            if reply is None:
+                return None
+            text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+            return text if len(text.encode("utf-8")) <= MAX_PENDING_LOGIN_BYTES else None
+
+        return self._eval("take_pending_login", _TAKE, [self._pending_key(state)],
+                          []).addCallback(value)
+
+    def drop_pending_logins(self, states: Sequence[str]) -> Deferred[None]:
+        names = [self._pending_key(s) for s in states
+                 if isinstance(s, str) and SINGLE_USE_ID.fullmatch(s)]
+        if not names:
+            return defer.succeed(None)
+        return self._call("drop_pending_logins", lambda conn: conn.execute_command(
+            "DEL", *names)).addCallback(lambda _: None)
 
     def _transfer_key(self, key: str, bucket: int) -> str:
         return f"{self.prefix}:_transfer:{key}:{bucket}"

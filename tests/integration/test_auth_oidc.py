@@ -55,7 +55,7 @@ class InRepoIdPTests(TestCase):
         return rp
 
     async def login(self, rp: RelyingParty, user: str = "alice", next_url: str = "/x") -> Any:
-        query = await browser_login(rp.begin(next_url), {
+        query = await browser_login(await rp.begin(next_url), {
             "username": user, "password": self.idp.users[user]})
         return await rp.finish(query), query
 
@@ -119,7 +119,7 @@ class InRepoIdPTests(TestCase):
             with self.assertRaises(LoginFailed):  # the same callback again: state is spent
                 await rp.finish(query)
             # The spent code under a fresh, valid state: the provider refuses it.
-            fresh_state = dict(parse_qsl(urlsplit(rp.begin("/")).query))["state"]
+            fresh_state = dict(parse_qsl(urlsplit(await rp.begin("/")).query))["state"]
             with self.assertRaises(LoginFailed) as e:
                 await rp.finish({"state": fresh_state, "code": query["code"]})
             self.assertIn("invalid_grant", str(e.exception))
@@ -216,7 +216,7 @@ class PyPIProviderTests(TestCase):
                                     timeout=10.0)
             rp = RelyingParty(settings, reactor=reactor, http=http_client())
             await rp.start()
-            query = await browser_login(rp.begin("/lab"), {"sub": "carol"})
+            query = await browser_login(await rp.begin("/lab"), {"sub": "carol"})
             result = await rp.finish(query)
             self.assertEqual(result.subject, "carol")
             self.assertEqual(result.next_url, "/lab")

@@ -163,6 +163,63 @@ class RedisContractTests(StoreContract, RedisCase):
         assert "gw" in repr(store)
 
 
+class RedisPendingLoginTests(RedisCase):
+    """OpenID logins between their start and their callback: kept by one node, taken
+    exactly once by whichever node gets the callback."""
+
+    def setUp(self) -> Any:
+        return self.two_nodes()
+
+    @defer.inlineCallbacks
+    def test_kept_on_one_node_taken_once_on_any(self) -> Any:
+        value = '{"nonce": "n", "next_url": "/caf\u00e9"}'
+        yield self.store.keep_pending_login("state-a", value, 600)
+        key = f"{self.store.prefix}:_pending:state-a"
+        assert 0 < int((yield self.store.command("PTTL", key))) <= 600_000
+        assert (yield self.other.take_pending_login("state-a")) == value
+        assert (yield self.store.take_pending_login("state-a")) is None
+        assert (yield self.other.take_pending_login("state-a")) is None
+        assert (yield self.store.command("EXISTS", key)) == 0
+
+    @defer.inlineCallbacks
+    def test_racing_takes_give_it_to_one(self) -> Any:
+        yield self.store.keep_pending_login("state-r", "{}", 60)
+        answers = yield defer.gatherResults(
+            [node.take_pending_login("state-r") for node in (self.store, self.other) * 5])
+        assert sorted(answers, key=lambda a: a is None) == ["{}"] + [None] * 9
+
+    @defer.inlineCallbacks
+    def test_expired_unknown_and_malformed_states_are_none(self) -> Any:
+        yield self.store.keep_pending_login("state-e", "{}", 60)
+        yield self.store.command("PEXPIREAT", f"{self.store.prefix}:_pending:state-e", 1)
+        assert (yield self.other.take_pending_login("state-e")) is None
+        assert (yield self.other.take_pending_login("never-kept")) is None
+        for bad in ("", "a:b", "x" * 129, "*", None):
+            assert (yield self.other.take_pending_login(bad)) is None  # type: ignore[arg-type]
+
+    @defer.inlineCallbacks
+    def test_bounded_values_and_bad_calls_are_refused_writing_nothing(self) -> Any:
+        from studios_gateway.registry.base import MAX_PENDING_LOGIN_BYTES
+
+        yield self.store.keep_pending_login("state-big", "x" * MAX_PENDING_LOGIN_BYTES, 60)
+        for state, value, ttl in (("state-big2", "x" * (MAX_PENDING_LOGIN_BYTES + 1), 60),
+                                  ("state-big3", "\u00e9" * (MAX_PENDING_LOGIN_BYTES // 2 + 1),
+                                   60),
+                                  ("a:b", "{}", 60), ("state-t", "{}", 0)):
+            with pytest.raises(ValueError) as refused:
+                yield self.store.keep_pending_login(state, value, ttl)
+            assert "xxxx" not in str(refused.value)  # the value is never shown
+        found = yield self.store.command("KEYS", f"{self.store.prefix}:_pending:*")
+        assert found == [f"{self.store.prefix}:_pending:state-big"]
+
+    @defer.inlineCallbacks
+    def test_a_state_kept_twice_keeps_the_first(self) -> Any:
+        yield self.store.keep_pending_login("state-d", "first", 60)
+        with pytest.raises(ValueError, match="kept already"):
+            yield self.other.keep_pending_login("state-d", "second", 60)
+        assert (yield self.other.take_pending_login("state-d")) == "first"
+
+
 class RedisPrefixAndDbTests(RedisCase):
     @defer.inlineCallbacks
     def test_db_selection(self) -> Any:
@@ -400,6 +457,12 @@ class RedisLeastPrivilegeTests(RedisCase):
         assert (yield b.is_spent("link-1")) is True
         yield a.log_out("login-1", 60)
         assert "login-1" in set((yield b.logged_out()))
+        yield a.keep_pending_login("state-1", '{"nonce": "n"}', 60)
+        yield a.keep_pending_login("state-2", '{"nonce": "n"}', 60)
+        assert (yield b.take_pending_login("state-1")) == '{"nonce": "n"}'
+        assert (yield a.take_pending_login("state-1")) is None
+        yield b.drop_pending_logins(["state-2"])
+        assert (yield a.take_pending_login("state-2")) is None
         assert (yield a.delete("abc123")) is True
         yield a.ping()
 
@@ -445,7 +508,9 @@ class RedisOutageTests(unittest.TestCase):
         yield lost
         yield fail_fast(lambda: store.ping(), lambda: cache.create(record("new1")),
                      lambda: cache.claim_tunnel(holder(tunnel="t2"), 30),
-                     lambda: cache.get("unknown"), lambda: store.list_sessions())
+                     lambda: cache.get("unknown"), lambda: store.list_sessions(),
+                     lambda: store.keep_pending_login("state-1", "{}", 60),
+                     lambda: store.take_pending_login("state-1"))
         # Cached routes keep working.
         assert (yield cache.get("abc123")) == record()
         assert (yield cache.get_tunnel("abc123")) == holder()

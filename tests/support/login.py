@@ -109,7 +109,10 @@ def login_at_idp(browser: Browser, url: str, user: str,
 class Gateway:
     """A twistd gateway on free ports with the admin API, its studios and browsers."""
 
-    def __init__(self, tmp_path: Path, ready: bool = True, **env: str):
+    def __init__(self, tmp_path: Path, ready: bool = True, public_url: str | None = None,
+                 **env: str):
+        """`public_url`: the CONNECT_PROXY_URL browsers use (nodes behind one load
+        balancer share it); by default this gateway's own HTTP port."""
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.tmp_path = tmp_path
         self.env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY, **env)
@@ -117,7 +120,7 @@ class Gateway:
         self.scheme = "https" if "CONNECT_TLS_CERT_FILE" in self.env else "http"
         self.domain = self.env.get("CONNECT_STUDIOS_DOMAIN", "localhost")
         self.proxy = f"{self.scheme}://localhost:{self.http_port}"
-        self.env["CONNECT_PROXY_URL"] = self.proxy
+        self.env["CONNECT_PROXY_URL"] = public_url or self.proxy
         self.gw = GatewayProcess(tmp_path, self.env)
         self.parts: list[Any] = [self.gw]  # each has .proc and .stop()
         self.gw.wait_ready()
@@ -188,22 +191,31 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def redis_nodes(tmp_path: Path, *names: str, **env: str) -> Iterator[list[Gateway]]:
+def redis_nodes(tmp_path: Path, *names: str, one_url: bool = False,
+                redis: RedisServer | None = None, **env: str) -> Iterator[list[Gateway]]:
     """Gateways `node-<name>` (each with its own directory) on one real redis-server,
-    sharing the storage root (so the login signing key), stopped with it at the end."""
-    redis = RedisServer(tmp_path / "redis")
-    redis.start()
+    sharing the storage root (so the login signing key), stopped with it at the end.
+    `one_url`: all take the first node's address as CONNECT_PROXY_URL, as nodes behind
+    one load balancer share one public address (and so one OpenID client). `redis`: a
+    started server to use (its caller stops it), else one of their own."""
+    own = redis is None
+    if redis is None:
+        redis = RedisServer(tmp_path / "redis")
+        redis.start()
     started: list[Gateway] = []
     try:
         for name in names:  # one after the other: the first makes the signing key
-            started.append(Gateway(tmp_path / name, CONNECT_REDIS_ADDRESS=redis.address,
+            public = started[0].proxy if one_url and started else None
+            started.append(Gateway(tmp_path / name, public_url=public,
+                                   CONNECT_REDIS_ADDRESS=redis.address,
                                    CONNECT_STORAGE_ROOT=str(tmp_path / "storage"),
                                    CONNECT_NODE_ID=f"node-{name}", **env))
         yield started
     finally:
         for node in reversed(started):
             node.stop()
-        redis.stop()
+        if own:
+            redis.stop()
 
 
 def oidc_env(idp: IdPProcess, **more: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ from studios_gateway.auth.oidc import (
     ConfigurationError,
     LoginFailed,
     LoginResult,
+    LoginUnavailable,
     OIDCError,
     TokenSet,
     same_browser,
@@ -49,14 +50,21 @@ class FakeRP:
         self.logins = 0
         self.tokens = TokenSet(None, None, None, None)
         self.refresh_result: Any = None
+        #: The shared store of pending logins cannot be reached (as RelyingParty says).
+        self.store_down = False
 
-    def begin(self, next_url: str, extra: Any = None, *, browser: str | None = None) -> str:
+    def begin(self, next_url: str, extra: Any = None, *,
+              browser: str | None = None) -> Deferred[str]:
+        if self.store_down:
+            return defer.fail(LoginUnavailable("the login cannot be kept: Redis is down"))
         state = secrets.token_urlsafe(8)
         self.pending[state] = (next_url, browser)
-        return f"https://idp.example.org/authorize?state={state}"
+        return defer.succeed(f"https://idp.example.org/authorize?state={state}")
 
     def finish(self, params: dict[str, str],
                browsers: Sequence[str] = ()) -> Deferred[LoginResult]:
+        if self.store_down:
+            return defer.fail(LoginUnavailable("the login's state cannot be read: down"))
         pending = self.pending.pop(params.get("state", ""), None)
         if pending is None:
             return defer.fail(LoginFailed("the login's state is unknown, used already or "
@@ -827,6 +835,26 @@ def test_a_login_while_the_issuer_is_down_says_so_and_asks_again_now():
     assert rp.starts == 3  # ... but somebody wants to log in: asked at once
     resp = run(auth.handle(request(f"{PROXY}/_connect/login?next=/")))
     assert resp.status == 302 and not auth.issuer_down
+
+
+def test_a_login_while_the_shared_store_is_down_says_try_again():
+    """Redis (which keeps logins between their start and their callback on a cluster)
+    cannot be reached at the start or at the callback: a clear 503 page with a way back,
+    not a traceback; once it is back, the login works."""
+    auth, _, rp = make()
+    jar = Jar()
+    state = begin_login(auth, studio("abc"), jar)
+    rp.store_down = True
+    begun = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}", jar)))
+    assert begun.status == 503 and b"unavailable for a moment" in begun.body, begun.body
+    assert (b"Retry-After", b"5") in begun.headers
+    assert b"/_connect/login?next=https%3A%2F%2Fabc." in begun.body  # "Try again"
+    back = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=good",
+                                   jar)))
+    assert back.status == 503 and b"unavailable for a moment" in back.body, back.body
+    rp.store_down = False
+    again = run(auth.handle(request(f"{PROXY}/_connect/login?next={studio('abc')}", jar)))
+    assert again.status == 302
 
 
 def test_a_login_with_two_login_cookies_is_refused():

@@ -19,6 +19,7 @@ from studios_gateway.auth.oidc import (
     ClientRegistration,
     ConfigurationError,
     LoginFailed,
+    LoginUnavailable,
     OIDCError,
     OIDCSettings,
     ProviderMetadata,
@@ -27,6 +28,7 @@ from studios_gateway.auth.oidc import (
     pkce_challenge,
 )
 from studios_gateway.auth.onetime import OneTimeTable
+from studios_gateway.registry.base import StoreUnavailable
 
 ISSUER = "https://idp.example.org"
 NOW = 1_700_000_000
@@ -85,12 +87,15 @@ def key() -> Any:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def make_rp(key: Any, **kw: Any) -> tuple[RelyingParty, Clock, FakeHTTP]:
-    clock = Clock()
-    clock.advance(NOW)
+def make_rp(key: Any, shared: Any = None, clock: Clock | None = None,
+            **kw: Any) -> tuple[RelyingParty, Clock, FakeHTTP]:
+    if clock is None:
+        clock = Clock()
+        clock.advance(NOW)
     http = FakeHTTP(key)
     rp = RelyingParty(OIDCSettings(issuer=ISSUER, redirect_uri="https://gw/_connect/callback",
-                                   storage_root="/nonexistent", **kw), reactor=clock, http=http)
+                                   storage_root="/nonexistent", **kw), reactor=clock, http=http,
+                      shared=shared)
     rp.metadata = ProviderMetadata(issuer=ISSUER, authorization_endpoint=ISSUER + "/auth",
                                    token_endpoint=ISSUER + "/token", jwks_uri=ISSUER + "/jwks")
     rp.client = ClientRegistration(issuer=ISSUER, client_name="gw", client_id="cid",
@@ -108,7 +113,7 @@ def result(d: Deferred[Any]) -> Any:
 
 
 def begin(rp: RelyingParty, http: FakeHTTP, clock: Clock, **claims: Any) -> dict[str, str]:
-    q = dict(parse_qsl(urlsplit(rp.begin("/next")).query))
+    q = dict(parse_qsl(urlsplit(result(rp.begin("/next"))).query))
     http.claims = {"iss": ISSUER, "aud": "cid", "sub": "alice", "iat": int(clock.seconds()),
                    "exp": int(clock.seconds()) + 300, "nonce": q["nonce"], **claims}
     return q
@@ -121,11 +126,11 @@ def test_pkce_rfc7636_vector():
 
 def test_authorization_url_carries_pkce_state_nonce(key):
     rp, _, _ = make_rp(key)
-    q = dict(parse_qsl(urlsplit(rp.begin("/x")).query))
+    q = dict(parse_qsl(urlsplit(result(rp.begin("/x"))).query))
     assert q["code_challenge_method"] == "S256" and q["response_type"] == "code"
     assert q["client_id"] == "cid" and q["redirect_uri"] == "https://gw/_connect/callback"
     assert len(q["state"]) >= 43 and len(q["nonce"]) >= 43 and "openid" in q["scope"].split()
-    q2 = dict(parse_qsl(urlsplit(rp.begin("/x")).query))
+    q2 = dict(parse_qsl(urlsplit(result(rp.begin("/x"))).query))
     assert q2["state"] != q["state"] and q2["nonce"] != q["nonce"]
 
 
@@ -153,17 +158,17 @@ def test_a_login_begun_for_a_browser_completes_only_there(key):
     the login, are refused before the code is exchanged (login CSRF)."""
     rp, clock, http = make_rp(key)
     mine = "b" * 43
-    q = dict(parse_qsl(urlsplit(rp.begin("/next", browser=mine)).query))
+    q = dict(parse_qsl(urlsplit(result(rp.begin("/next", browser=mine))).query))
     http.claims = {"iss": ISSUER, "aud": "cid", "sub": "alice", "iat": int(clock.seconds()),
                    "exp": int(clock.seconds()) + 300, "nonce": q["nonce"]}
     for browsers in ((), ("c" * 43,)):
-        q = dict(parse_qsl(urlsplit(rp.begin("/next", browser=mine)).query))
+        q = dict(parse_qsl(urlsplit(result(rp.begin("/next", browser=mine))).query))
         http.claims["nonce"] = q["nonce"]
         with pytest.raises(LoginFailed, match="begun in another browser") as refused:
             result(rp.finish({"state": q["state"], "code": "the-code"}, browsers))
         assert refused.value.next_url is None  # "Try again" does not follow theirs
     assert not any(r[1].endswith("/token") for r in http.requests)
-    q = dict(parse_qsl(urlsplit(rp.begin("/next", browser=mine)).query))
+    q = dict(parse_qsl(urlsplit(result(rp.begin("/next", browser=mine))).query))
     http.claims["nonce"] = q["nonce"]
     got = result(rp.finish({"state": q["state"], "code": "the-code"}, ("c" * 43, mine)))
     assert got.subject == "alice"
@@ -309,3 +314,120 @@ def test_discovery_5xx_is_transient_4xx_is_a_configuration_error(code: int, fata
     with pytest.raises(OIDCError, match=f"HTTP {code}") as e:
         result(rp.start())
     assert isinstance(e.value, ConfigurationError) is fatal
+
+
+class SharedLogins:
+    """Stands in for Redis's pending logins (registry/redis.py; tested against a real
+    redis-server in tests/integration/test_registry_redis.py), on a clock."""
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self.kept: dict[str, tuple[float, str]] = {}
+        self.down = False
+        self.dropped: list[str] = []
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("Redis at 127.0.0.1:1 is unavailable (test)")
+
+    def keep_pending_login(self, state: str, value: str, ttl: float) -> Deferred[None]:
+        self._check()
+        assert state not in self.kept
+        self.kept[state] = (self.clock.seconds() + ttl, value)
+        return defer.succeed(None)
+
+    def take_pending_login(self, state: str) -> Deferred[str | None]:
+        self._check()
+        ends, value = self.kept.pop(state, (0.0, None))  # type: ignore[arg-type]
+        return defer.succeed(value if ends > self.clock.seconds() else None)
+
+    def drop_pending_logins(self, states: list[str]) -> Deferred[None]:
+        self.dropped.extend(states)
+        for state in states:
+            self.kept.pop(state, None)
+        return defer.succeed(None)
+
+
+def nodes(key: Any, **kw: Any) -> tuple[RelyingParty, RelyingParty, Clock, SharedLogins]:
+    """Two nodes' relying parties sharing one store of pending logins (and one clock)."""
+    clock = Clock()
+    clock.advance(NOW)
+    shared = SharedLogins(clock)
+    a, _, _ = make_rp(key, shared=shared, clock=clock, **kw)
+    b, _, _ = make_rp(key, shared=shared, clock=clock, **kw)
+    return a, b, clock, shared
+
+
+def claims_for(rp: RelyingParty, q: dict[str, str], clock: Clock) -> None:
+    rp._http.claims = {"iss": ISSUER, "aud": "cid", "sub": "alice",  # type: ignore[attr-defined]
+                       "iat": int(clock.seconds()), "exp": int(clock.seconds()) + 300,
+                       "nonce": q["nonce"]}
+
+
+def test_without_a_shared_store_a_login_waits_in_this_process(key):
+    rp, clock, http = make_rp(key)
+    q = begin(rp, http, clock)
+    assert len(rp._pending) == 1  # one node: today's memory table
+    assert result(rp.finish({"state": q["state"], "code": "the-code"})).subject == "alice"
+    assert len(rp._pending) == 0
+
+
+def test_with_a_shared_store_a_login_begun_on_one_node_finishes_on_another_once(key):
+    a, b, clock, shared = nodes(key)
+    mine = "b" * 43
+    q = dict(parse_qsl(urlsplit(result(a.begin("/next", browser=mine))).query))
+    assert len(a._pending) == 0 and list(shared.kept) == [q["state"]]
+    kept = shared.kept[q["state"]][1]
+    assert q["nonce"] in kept and mine in kept and "/next" in kept
+    claims_for(b, q, clock)
+    got = result(b.finish({"state": q["state"], "code": "the-code"}, (mine,)))
+    assert got.subject == "alice" and got.next_url == "/next"
+    _, _, kw = next(r for r in b._http.requests if r[1].endswith("/token"))  # type: ignore
+    assert pkce_challenge(kw["data"]["code_verifier"]) == q["code_challenge"]
+    for node in (a, b):  # replayed on either node: refused, the code never exchanged again
+        with pytest.raises(LoginFailed, match="unknown, used already or expired"):
+            result(node.finish({"state": q["state"], "code": "the-code"}, (mine,)))
+    assert not any(r[1].endswith("/token") for r in a._http.requests)  # type: ignore
+    # Still bound to the browser that began it, whichever node finishes it.
+    q = dict(parse_qsl(urlsplit(result(a.begin("/next", browser=mine))).query))
+    with pytest.raises(LoginFailed, match="begun in another browser"):
+        result(b.finish({"state": q["state"], "code": "the-code"}, ("c" * 43,)))
+    # And it expires with the login's time limit.
+    q = dict(parse_qsl(urlsplit(result(a.begin("/next"))).query))
+    clock.advance(a.settings.login_ttl)
+    with pytest.raises(LoginFailed, match="expired"):
+        result(b.finish({"state": q["state"], "code": "the-code"}))
+
+
+def test_a_shared_store_that_is_down_makes_logins_unavailable_not_failed(key):
+    a, b, clock, shared = nodes(key)
+    q = dict(parse_qsl(urlsplit(result(a.begin("/next"))).query))
+    shared.down = True
+    with pytest.raises(LoginUnavailable):
+        result(a.begin("/next"))
+    with pytest.raises(LoginUnavailable):
+        result(b.finish({"state": q["state"], "code": "the-code"}))
+    shared.down = False
+    claims_for(b, q, clock)
+    assert result(b.finish({"state": q["state"], "code": "the-code"})).subject == "alice"
+
+
+def test_a_flood_of_logins_keeps_each_nodes_bound_in_the_shared_store(key):
+    a, b, clock, shared = nodes(key, max_pending=3, max_pending_bytes=10_000)
+    states = [dict(parse_qsl(urlsplit(result(a.begin("/x"))).query))["state"]
+              for _ in range(5)]
+    assert set(shared.kept) == set(states[2:]) and shared.dropped == states[:2]
+    other = dict(parse_qsl(urlsplit(result(b.begin("/x"))).query))["state"]
+    assert other in shared.kept  # each node's bound is its own
+    with pytest.raises(LoginFailed, match="state"):
+        result(b.finish({"state": states[0], "code": "the-code"}))
+    # Expired ones leave the bound by themselves (the store's TTL ends them there).
+    clock.advance(a.settings.login_ttl)
+    shared.dropped.clear()
+    result(a.begin("/x"))
+    assert shared.dropped == [] and len(a._begun) == 1
+    # The bytes bound: long "next" pages push the oldest out sooner.
+    long_next = "/" + "y" * 4000
+    for _ in range(4):
+        result(a.begin(long_next))
+    assert len(a._begun) == 2 and a._begun_bytes <= 10_000 and len(shared.dropped) == 3
