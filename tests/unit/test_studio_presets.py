@@ -53,7 +53,9 @@ def test_jupyterlab_with_no_command_gets_everything_it_needs_behind_the_gateway(
                 "--ServerApp.port_retries=0", "--ServerApp.base_url=/_studio/abcd1234/",
                 "--ServerApp.allow_remote_access=True", "--IdentityProvider.token=",
                 "--PasswordIdentityProvider.hashed_password=",
-                "--ServerApp.disable_check_xsrf=False", "--ServerApp.root_dir=/home/al"):
+                "--ServerApp.disable_check_xsrf=False", "--ServerApp.root_dir=/home/al",
+                "--LabApp.news_url=None",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"):
         assert arg in launch.argv
     assert "--allow-root" not in launch.argv and launch.cwd == "/home/al"
     assert PRESETS["jupyterlab"].needs_prefix  # it binds first to learn the prefix
@@ -93,6 +95,19 @@ def test_a_flag_the_installed_version_lacks_is_one_line_naming_tool_version_and_
     launch = preset.build(["code-server", "--disable-update-check"], SUB,
                           Installed("3.12.0", help_text))
     assert launch.argv.count("--disable-update-check") == 1
+
+
+def test_jupyterlab_news_and_update_check_are_off_where_the_version_has_them() -> None:
+    """A comfort flag (optional) is left out, not a reason to refuse, on a JupyterLab that
+    predates it (3.x has no news feed); a person's own value wins."""
+    preset = PRESETS["jupyterlab"]
+    old_help = "\n".join(line for line in knows_all(preset).help.splitlines()
+                         if not line.startswith("--LabApp."))
+    launch = preset.build([], PATH, Installed("3.4.8", old_help))
+    assert not any(a.startswith("--LabApp.") for a in launch.argv)
+    own = build("jupyterlab", ["jupyter", "lab", "--LabApp.news_url=https://news.example/"])
+    assert "--LabApp.news_url=https://news.example/" in own.argv
+    assert "--LabApp.news_url=None" not in own.argv
 
 
 def test_code_server_binds_loopback_with_auth_off_and_no_base_path() -> None:

@@ -34,6 +34,7 @@ class Flag:
     why: str  # what it is for, in the failure line ("... has no --x flag (needed to WHY)")
     check: str | None = ""  # text the help output must hold ("" = names[0]; None = not listed)
     port: bool = False  # its value carries the tool's port; a person's own value wins
+    optional: bool = False  # a comfort, not a need: left out when the tool does not list it
 
     def args(self) -> list[str]:
         return [self.names[0]] if self.value is None else [f"{self.names[0]}={self.value}"]
@@ -185,6 +186,8 @@ class Preset:
                 continue
             check = flag.names[0] if flag.check == "" else flag.check
             if check is not None and check not in installed.help:
+                if flag.optional:
+                    continue
                 raise PresetError(f"{self.title} {installed.version or '(version unknown)'} has "
                                   f"no {flag.names[0]} option (needed to {flag.why}); use a "
                                   f"version that has it, or give the command yourself after --")
