@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -337,7 +338,7 @@ def test_a_preset_starts_the_tool_only_when_asked_on_the_command_line_or_given_a
 
 
 def test_prepare_fails_before_anything_runs_and_binds_with_the_tools_port_and_version(
-        tmp_path: Any) -> None:
+        tmp_path: Path) -> None:
     from studios_gateway.studio.presets.setup import prepare
     from studios_gateway.studio.settings import load_client_settings
 
@@ -412,3 +413,22 @@ def test_openvscode_server_where_an_image_has_it_instead_of_code_server() -> Non
     assert launch.argv[3:] == ["--host=127.0.0.1", "--without-connection-token",
                                "--telemetry-level=off", "--default-folder=/home/al"]
     assert not chosen.needs_prefix and chosen.tool == "vscode"
+
+
+def test_xpra_leaves_out_the_systems_start_commands_unless_the_person_configured_xpra(
+        tmp_path: Path) -> None:
+    """Debian's `start = /etc/X11/Xsession true` would run next to the preset's --start:
+    an xpra.conf read last (XPRA_USER_CONF_DIRS) empties that list."""
+    xpra = PRESETS["xpra"]
+    env = xpra.environment({"HOME": str(tmp_path)})
+    conf = Path(env["XPRA_USER_CONF_DIRS"]) / "xpra.conf"
+    try:
+        lines = [x for x in conf.read_text().splitlines() if not x.startswith("#")]
+        assert lines == ["start ="]
+    finally:
+        conf.unlink()
+        conf.parent.rmdir()
+    assert xpra.environment({"HOME": str(tmp_path), "XPRA_USER_CONF_DIRS": "/mine"}) == {}
+    (tmp_path / ".xpra").mkdir()  # their own configuration, which the variable would hide
+    assert xpra.environment({"HOME": str(tmp_path)}) == {}
+    assert PRESETS["jupyterlab"].environment({"HOME": str(tmp_path)}) == {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -143,6 +143,11 @@ class Preset:
                                                                                 list[str]]:
         """Words after the head the tool needs besides flags; returns (rest, notes)."""
         return rest, []
+
+    def environment(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """Variables to add to the tool's environment when the preset starts the tool
+        (any file they name is written here). None by default."""
+        return {}
 
     def stop_argv(self, head: Sequence[str], rest: Sequence[str]) -> list[str] | None:
         return None
