@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from studios_gateway.studio.entrypoint import GROUP_LEADER
 from studios_gateway.studio.presets import PRESETS, preset_for
@@ -420,15 +421,31 @@ def test_xpra_leaves_out_the_systems_start_commands_unless_the_person_configured
     """Debian's `start = /etc/X11/Xsession true` would run next to the preset's --start:
     an xpra.conf read last (XPRA_USER_CONF_DIRS) empties that list."""
     xpra = PRESETS["xpra"]
-    env = xpra.environment({"HOME": str(tmp_path)})
-    conf = Path(env["XPRA_USER_CONF_DIRS"]) / "xpra.conf"
-    try:
-        lines = [x for x in conf.read_text().splitlines() if not x.startswith("#")]
-        assert lines == ["start ="]
-    finally:
-        conf.unlink()
-        conf.parent.rmdir()
-    assert xpra.environment({"HOME": str(tmp_path), "XPRA_USER_CONF_DIRS": "/mine"}) == {}
+    private = tmp_path / "private"
+    private.mkdir()
+    env = xpra.environment({"HOME": str(tmp_path)}, lambda: private)
+    assert env == {"XPRA_USER_CONF_DIRS": str(private)}
+    lines = [x for x in (private / "xpra.conf").read_text().splitlines()
+             if not x.startswith("#")]
+    assert lines == ["start ="]
+
+    def unused() -> Path:
+        raise AssertionError("no file is needed")
+
+    assert xpra.environment({"HOME": str(tmp_path), "XPRA_USER_CONF_DIRS": "/mine"},
+                            unused) == {}
     (tmp_path / ".xpra").mkdir()  # their own configuration, which the variable would hide
-    assert xpra.environment({"HOME": str(tmp_path)}) == {}
-    assert PRESETS["jupyterlab"].environment({"HOME": str(tmp_path)}) == {}
+    assert xpra.environment({"HOME": str(tmp_path)}, unused) == {}
+    assert PRESETS["jupyterlab"].environment({"HOME": str(tmp_path)}, unused) == {}
+
+
+def test_the_files_a_preset_gives_its_tool_are_removed_when_the_tool_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("studios_gateway.studio.presets.launcher.resolve_argv",
+                        lambda argv, path: list(argv))
+    xpra, reactor = launcher("xpra")
+    xpra.start()
+    conf = Path(reactor.spawned[0]["env"]["XPRA_USER_CONF_DIRS"])
+    assert (conf / "xpra.conf").read_text().endswith("start =\n")
+    reactor.spawned[0]["protocol"].processEnded(Failure(error.ProcessDone(0)))
+    assert not conf.exists()

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 VERSION = re.compile(r"[0-9]+(?:\.[0-9]+)+(?:[-+][A-Za-z0-9._]+)?")
 INSPECT_TIMEOUT = 120.0  # `jupyter lab --help-all` takes seconds on a busy machine
@@ -144,9 +145,11 @@ class Preset:
         """Words after the head the tool needs besides flags; returns (rest, notes)."""
         return rest, []
 
-    def environment(self, environ: Mapping[str, str]) -> dict[str, str]:
-        """Variables to add to the tool's environment when the preset starts the tool
-        (any file they name is written here). None by default."""
+    def environment(self, environ: Mapping[str, str], private: Callable[[], Path]
+                    ) -> dict[str, str]:
+        """Variables to add to the tool's environment when the preset starts the tool.
+        Files they name go in ``private()``: a directory of the launcher's own, removed
+        when the tool has ended. None by default."""
         return {}
 
     def stop_argv(self, head: Sequence[str], rest: Sequence[str]) -> list[str] | None:

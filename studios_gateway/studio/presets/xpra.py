@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -96,7 +95,8 @@ class Xpra(Preset):
             Flag(("--webcam",), "no", "not forward webcams"),
         ]
 
-    def environment(self, environ: Mapping[str, str]) -> dict[str, str]:
+    def environment(self, environ: Mapping[str, str], private: Callable[[], Path]
+                    ) -> dict[str, str]:
         """XPRA_USER_CONF_DIRS naming a directory whose xpra.conf empties `start`, unless
         the person set the variable, or has an Xpra configuration of their own in their
         home (the variable replaces those directories)."""
@@ -105,7 +105,7 @@ class Xpra(Preset):
         if "XPRA_USER_CONF_DIRS" in environ or any(
                 d.is_dir() for d in (config_home / "xpra", home / ".xpra")):
             return {}
-        conf = Path(tempfile.mkdtemp(prefix="studio-xpra-conf-"))
+        conf = private()
         (conf / "xpra.conf").write_text(NO_XSESSION)
         return {"XPRA_USER_CONF_DIRS": str(conf)}
 
