@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,13 @@ class FakeReactor(Clock):
                 pass
 
         return Transport()
+
+
+@pytest.fixture(autouse=True)
+def private_files_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launcher's private directory (made by tempfile) goes under the test's tmp_path:
+    most tests here never end the tool, which is when the launcher removes it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def launcher(tool: str, override: str = "") -> tuple[PresetLauncher, FakeReactor]:
