@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -55,6 +56,19 @@ def test_the_preset_started_jupyterlab_under_the_routed_prefix(lab: Lab) -> None
     status, body, _ = lab.gateway.request(f"/api/sessions/{sid}")
     version = json.loads(body).get("tool_version")
     assert version and version[0].isdigit(), body  # the preset found it and sent it
+
+
+def test_the_news_feed_and_the_update_check_are_off(lab: Lab) -> None:
+    """The server fetches neither PyPI nor the news feed on the page's behalf."""
+    assert "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate" in \
+        lab.client.output()
+    page = lab.browser.get(lab.url("lab")).text
+    found = re.search(r'id="jupyter-config-data"[^>]*>(.*?)</script>', page, re.S)
+    assert found, page[:500]
+    config = json.loads(found.group(1))
+    assert config["news"] == {"disabled": True}, config.get("news")
+    update = lab.browser.get(lab.url("lab/api/update"))
+    assert update.status == 200 and update.json() == {"notification": None}, update.text[:300]
 
 
 def test_rest_api_and_a_kernel_over_its_websocket(lab: Lab) -> None:

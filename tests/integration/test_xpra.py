@@ -23,6 +23,7 @@ import pytest
 
 from tests.support.chromium import Chromium, chromium_path, png_colours
 from tests.support.tool_studio import ToolStudio, tool_studio
+from tests.support.waiting import wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -84,6 +85,11 @@ def test_the_preset_started_xpra_on_its_own_display_on_loopback(xpra: ToolStudio
     assert "xpra preset: starting `xpra start :" in out, out[-3000:]
     assert "--bind-tcp=127.0.0.1:" in out and "--html=on" in out and "--start=xterm" in out
     assert "Xpra is ready" in out
+    # Only the preset's start command: not Debian's configured `/etc/X11/Xsession true`,
+    # which put an error dialog in the session and then a second terminal.
+    wait_until(lambda: "started command 'xterm'" in xpra.client.output(),
+               "Xpra saying it started the xterm")
+    assert "Xsession" not in xpra.client.output(), xpra.client.output()[-3000:]
     page = xpra.browser.get(xpra.url())
     assert page.status == 200 and "<html" in page.text.lower()
 
@@ -112,6 +118,9 @@ def test_the_html5_client_draws_the_xterm_and_typed_keys_run_a_command(xpra: Too
         type_text(browser, f"echo studio says {6 * 7}\n")
         time.sleep(1)  # let the client draw the echoed line before the screenshot
         png = xpra.screenshot(browser, "xpra")
+        # The session's windows: the xterm alone (no Xsession error dialog).
+        titles = browser.evaluate("Object.values(client.id_to_window).map(w => w.title)")
+        assert titles == ["xterm"], titles
     finally:
         browser.stop()
     assert len(png) > 10_000 and png_colours(png) > 20, (len(png), png_colours(png))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from studios_gateway.studio.entrypoint import GROUP_LEADER
 from studios_gateway.studio.presets import PRESETS, preset_for
@@ -53,7 +56,9 @@ def test_jupyterlab_with_no_command_gets_everything_it_needs_behind_the_gateway(
                 "--ServerApp.port_retries=0", "--ServerApp.base_url=/_studio/abcd1234/",
                 "--ServerApp.allow_remote_access=True", "--IdentityProvider.token=",
                 "--PasswordIdentityProvider.hashed_password=",
-                "--ServerApp.disable_check_xsrf=False", "--ServerApp.root_dir=/home/al"):
+                "--ServerApp.disable_check_xsrf=False", "--ServerApp.root_dir=/home/al",
+                "--LabApp.news_url=None",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"):
         assert arg in launch.argv
     assert "--allow-root" not in launch.argv and launch.cwd == "/home/al"
     assert PRESETS["jupyterlab"].needs_prefix  # it binds first to learn the prefix
@@ -93,6 +98,19 @@ def test_a_flag_the_installed_version_lacks_is_one_line_naming_tool_version_and_
     launch = preset.build(["code-server", "--disable-update-check"], SUB,
                           Installed("3.12.0", help_text))
     assert launch.argv.count("--disable-update-check") == 1
+
+
+def test_jupyterlab_news_and_update_check_are_off_where_the_version_has_them() -> None:
+    """A comfort flag (optional) is left out, not a reason to refuse, on a JupyterLab that
+    predates it (3.x has no news feed); a person's own value wins."""
+    preset = PRESETS["jupyterlab"]
+    old_help = "\n".join(line for line in knows_all(preset).help.splitlines()
+                         if not line.startswith("--LabApp."))
+    launch = preset.build([], PATH, Installed("3.4.8", old_help))
+    assert not any(a.startswith("--LabApp.") for a in launch.argv)
+    own = build("jupyterlab", ["jupyter", "lab", "--LabApp.news_url=https://news.example/"])
+    assert "--LabApp.news_url=https://news.example/" in own.argv
+    assert "--LabApp.news_url=None" not in own.argv
 
 
 def test_code_server_binds_loopback_with_auth_off_and_no_base_path() -> None:
@@ -222,6 +240,13 @@ class FakeReactor(Clock):
         return Transport()
 
 
+@pytest.fixture(autouse=True)
+def private_files_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A launcher's private directory (made by tempfile) goes under the test's tmp_path:
+    most tests here never end the tool, which is when the launcher removes it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
 def launcher(tool: str, override: str = "") -> tuple[PresetLauncher, FakeReactor]:
     reactor = FakeReactor()
     preset = PRESETS[tool]
@@ -322,7 +347,7 @@ def test_a_preset_starts_the_tool_only_when_asked_on_the_command_line_or_given_a
 
 
 def test_prepare_fails_before_anything_runs_and_binds_with_the_tools_port_and_version(
-        tmp_path: Any) -> None:
+        tmp_path: Path) -> None:
     from studios_gateway.studio.presets.setup import prepare
     from studios_gateway.studio.settings import load_client_settings
 
@@ -397,3 +422,38 @@ def test_openvscode_server_where_an_image_has_it_instead_of_code_server() -> Non
     assert launch.argv[3:] == ["--host=127.0.0.1", "--without-connection-token",
                                "--telemetry-level=off", "--default-folder=/home/al"]
     assert not chosen.needs_prefix and chosen.tool == "vscode"
+
+
+def test_xpra_leaves_out_the_systems_start_commands_unless_the_person_configured_xpra(
+        tmp_path: Path) -> None:
+    """Debian's `start = /etc/X11/Xsession true` would run next to the preset's --start:
+    an xpra.conf read last (XPRA_USER_CONF_DIRS) empties that list."""
+    xpra = PRESETS["xpra"]
+    private = tmp_path / "private"
+    private.mkdir()
+    env = xpra.environment({"HOME": str(tmp_path)}, lambda: private)
+    assert env == {"XPRA_USER_CONF_DIRS": str(private)}
+    lines = [x for x in (private / "xpra.conf").read_text().splitlines()
+             if not x.startswith("#")]
+    assert lines == ["start ="]
+
+    def unused() -> Path:
+        raise AssertionError("no file is needed")
+
+    assert xpra.environment({"HOME": str(tmp_path), "XPRA_USER_CONF_DIRS": "/mine"},
+                            unused) == {}
+    (tmp_path / ".xpra").mkdir()  # their own configuration, which the variable would hide
+    assert xpra.environment({"HOME": str(tmp_path)}, unused) == {}
+    assert PRESETS["jupyterlab"].environment({"HOME": str(tmp_path)}, unused) == {}
+
+
+def test_the_files_a_preset_gives_its_tool_are_removed_when_the_tool_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("studios_gateway.studio.presets.launcher.resolve_argv",
+                        lambda argv, path: list(argv))
+    xpra, reactor = launcher("xpra")
+    xpra.start()
+    conf = Path(reactor.spawned[0]["env"]["XPRA_USER_CONF_DIRS"])
+    assert (conf / "xpra.conf").read_text().endswith("start =\n")
+    reactor.spawned[0]["protocol"].processEnded(Failure(error.ProcessDone(0)))
+    assert not conf.exists()

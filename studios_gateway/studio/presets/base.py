@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 VERSION = re.compile(r"[0-9]+(?:\.[0-9]+)+(?:[-+][A-Za-z0-9._]+)?")
 INSPECT_TIMEOUT = 120.0  # `jupyter lab --help-all` takes seconds on a busy machine
@@ -34,6 +35,7 @@ class Flag:
     why: str  # what it is for, in the failure line ("... has no --x flag (needed to WHY)")
     check: str | None = ""  # text the help output must hold ("" = names[0]; None = not listed)
     port: bool = False  # its value carries the tool's port; a person's own value wins
+    optional: bool = False  # a comfort, not a need: left out when the tool does not list it
 
     def args(self) -> list[str]:
         return [self.names[0]] if self.value is None else [f"{self.names[0]}={self.value}"]
@@ -143,6 +145,13 @@ class Preset:
         """Words after the head the tool needs besides flags; returns (rest, notes)."""
         return rest, []
 
+    def environment(self, environ: Mapping[str, str], private: Callable[[], Path]
+                    ) -> dict[str, str]:
+        """Variables to add to the tool's environment when the preset starts the tool.
+        Files they name go in ``private()``: a directory of the launcher's own, removed
+        when the tool has ended. None by default."""
+        return {}
+
     def stop_argv(self, head: Sequence[str], rest: Sequence[str]) -> list[str] | None:
         return None
 
@@ -185,6 +194,8 @@ class Preset:
                 continue
             check = flag.names[0] if flag.check == "" else flag.check
             if check is not None and check not in installed.help:
+                if flag.optional:
+                    continue
                 raise PresetError(f"{self.title} {installed.version or '(version unknown)'} has "
                                   f"no {flag.names[0]} option (needed to {flag.why}); use a "
                                   f"version that has it, or give the command yourself after --")

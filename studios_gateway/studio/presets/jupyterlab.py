@@ -5,7 +5,8 @@ Adds: loopback ip and port, ``base_url`` from the routing, ``allow_remote_access
 check compares Origin with Host, which the gateway passes unchanged, so that
 one stays on), token and password off (the gateway authenticates), XSRF kept on
 (the browser's ``_xsrf`` cookie and header pass through), the studio's home as
-root_dir, no browser, and ``--allow-root`` when running as root. Readiness:
+root_dir, no browser, ``--allow-root`` when running as root, and (where the version
+has them) no news feed and no update check. Readiness:
 ``<prefix>api/status`` answers 200.
 """
 
@@ -56,6 +57,15 @@ class JupyterLab(Preset):
             Flag(("--ServerApp.disable_check_xsrf",), "False", "keep XSRF checks on"),
             Flag(("--ServerApp.root_dir", "--notebook-dir", "--ServerApp.notebook_dir"),
                  place.workdir, "open the studio's home"),
+            # Off, as code-server's update check is: the server would otherwise fetch PyPI's
+            # page for JupyterLab at each page load (once the user has answered the news
+            # question), and the news feed from GitHub for a user who said yes. A studio
+            # often has no way out, and its image is the operator's to update. Versions
+            # without the options (before 3.6) run without them.
+            Flag(("--LabApp.news_url",), "None", "not fetch Jupyter's news feed nor ask about it",
+                 optional=True),
+            Flag(("--LabApp.check_for_updates_class",), "jupyterlab.NeverCheckForUpdate",
+                 "not check PyPI for a newer JupyterLab", optional=True),
         ]
         if place.root:
             flags.append(Flag(("--allow-root",), None, "run as root (studios often do)"))

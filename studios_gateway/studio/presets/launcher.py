@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -89,6 +92,7 @@ class PresetLauncher:
         self.ready: Deferred[None] = Deferred()  # the client's streams wait for this
         self.child_started: Deferred[ToolChild] = Deferred()
         self._readiness: Readiness | None = None
+        self._private: str | None = None  # files the preset gives the tool; removed at its end
 
     @property
     def bind_first(self) -> bool:
@@ -105,6 +109,8 @@ class PresetLauncher:
                                                self.installed.version))
         argv = resolve_argv(launch.argv, self.environ.get("PATH", os.defpath))
         env = child_environment(self.environ, launch.port, prefix)
+        if not launch.foreign:
+            env.update(self.preset.environment(self.environ, self._private_dir))
         self.child = ToolChild(self.reactor, argv, env, path=launch.cwd, own_group=True)
         self.child.start()
         self._readiness = Readiness(self.reactor, launch.port, self.preset.probe_path(place),
@@ -119,9 +125,17 @@ class PresetLauncher:
         if not self.ready.called:
             self.ready.callback(None)
 
+    def _private_dir(self) -> Path:
+        if self._private is None:
+            self._private = tempfile.mkdtemp(prefix=f"studio-{self.preset.tool}-")
+        return Path(self._private)
+
     def _ended(self, status: Any) -> Any:
         if self._readiness is not None:
             self._readiness.stop()
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
+            self._private = None
         return status
 
     def on_bind(self, reply: BindReply) -> None:

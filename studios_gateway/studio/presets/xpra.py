@@ -5,7 +5,9 @@ foreground (``--daemon no``), an xterm as the default program (``--start``),
 and the desktop services a container lacks turned off (systemd, mDNS, audio,
 printing, webcam, D-Bus and the notifications that need it). A command that is
 not ``xpra`` is run inside the session (``--start-child``, and the session ends
-with it). The gateway strips the path prefix. Shutdown runs
+with it). Start commands from the system's configuration (Debian's
+``/etc/X11/Xsession true``) are left out (see ``environment``). The gateway strips the
+path prefix. Shutdown runs
 ``xpra stop :N``. Readiness: ``/`` (the HTML5 client's page) answers 200.
 """
 
@@ -13,11 +15,22 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from studios_gateway.studio.presets.base import Flag, Place, Preset
 
 DEFAULT_CHILD = "xterm"
+# Debian's /etc/xpra/conf.d/60_server.conf says `start = /etc/X11/Xsession true`, and a
+# --start of ours adds to that list instead of replacing it. In a studio that Xsession
+# finds no session ("true" is not a path to it), puts an error dialog (xmessage) in the
+# user's session and, once it is dismissed, starts a second terminal. Xpra reads the
+# directory named by XPRA_USER_CONF_DIRS last, key by key: an empty `start` there
+# leaves only the preset's own --start.
+NO_XSESSION = (
+    "# written by studios-connect's xpra preset: no start commands from the system's\n"
+    "# configuration (Debian's runs /etc/X11/Xsession); the preset gives its own\n"
+    "start =\n")
 FIRST_DISPLAY = 100
 X_SOCKETS = "/tmp/.X11-unix"  # noqa: S108 - where every X server puts its socket
 
@@ -81,6 +94,20 @@ class Xpra(Preset):
             Flag(("--printing",), "no", "not set up printing"),
             Flag(("--webcam",), "no", "not forward webcams"),
         ]
+
+    def environment(self, environ: Mapping[str, str], private: Callable[[], Path]
+                    ) -> dict[str, str]:
+        """XPRA_USER_CONF_DIRS naming a directory whose xpra.conf empties `start`, unless
+        the person set the variable, or has an Xpra configuration of their own in their
+        home (the variable replaces those directories)."""
+        home = Path(environ.get("HOME") or os.path.expanduser("~"))
+        config_home = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
+        if "XPRA_USER_CONF_DIRS" in environ or any(
+                d.is_dir() for d in (config_home / "xpra", home / ".xpra")):
+            return {}
+        conf = private()
+        (conf / "xpra.conf").write_text(NO_XSESSION)
+        return {"XPRA_USER_CONF_DIRS": str(conf)}
 
     def stop_argv(self, head: Sequence[str], rest: Sequence[str]) -> list[str] | None:
         display = next((a for a in rest if a.startswith(":")), None)
