@@ -88,6 +88,12 @@ class FrameTracker:
     def at_boundary(self) -> bool:
         return not self._skip and not self._held
 
+    @property
+    def remaining(self) -> int | None:
+        """The bytes still to come of the current frame's payload; None while a head cut
+        by a read is held (its payload's length unknown yet)."""
+        return None if self._held else self._skip
+
     def feed(self, data: bytes) -> None:
         end = len(data)
         skip = self._skip
