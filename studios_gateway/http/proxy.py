@@ -95,8 +95,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: The gateway's own routes (each judges its posts itself: auth/login.py).
 _GATEWAY_ROUTES = "/_connect/"
-#: A WebSocket stopped mid-frame (a quota, a revoked access) gets its close frame once the
-#: tool's frame ends, if at most this many of its bytes are still to come ...
+#: A WebSocket a quota stops mid-frame gets its close frame once the tool's frame ends,
+#: if at most this many of its bytes are still to come ...
 _END_WAIT_BYTES = 64 * 1024
 #: ... within this many seconds; else it closes without one, as a browser reports with 1006.
 _END_WAIT = 2.0
@@ -1006,16 +1006,15 @@ class ProxyProtocol(Protocol):
     def _revoked(self, why: str) -> None:
         """The user's access to an upgraded connection's studio ended (the session ended:
         1001; logged out, no longer allowed: 1008)."""
-        self._end_upgraded(GOING_AWAY if why == SESSION_ENDED else POLICY_VIOLATION, why,
-                           wait=True)
+        self._end_upgraded(GOING_AWAY if why == SESSION_ENDED else POLICY_VIOLATION, why)
 
     def _end_upgraded(self, code: int, why: str, logged: bool = True,
                       wait: bool = False) -> None:
         """Close an upgraded connection, a WebSocket with a close frame of `code` and `why`
         (words for the user) first when one may go now: between two whole frames of the
         tool's, none of them its own close frame. Mid-frame (or not a WebSocket) the
-        connection just closes, as a browser reports with 1006; with `wait` (the tool's
-        bytes still come) the close frame instead follows the end of the tool's frame
+        connection just closes, as a browser reports with 1006; with `wait` (a quota: the
+        tool's bytes still come) the close frame instead follows the end of the tool's frame
         when at most _END_WAIT_BYTES of it are still to come within _END_WAIT seconds
         (nothing more is read from the client meanwhile). `logged`: `why` is the access
         line's reason (unless it has one)."""

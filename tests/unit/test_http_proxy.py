@@ -853,3 +853,21 @@ def test_a_tunnel_going_away_on_purpose_is_going_away_not_broken() -> None:
     up.transport.mux = Mux()
     up.connectionLost(Failure(ConnectionError("tunnel lost: reset")))
     assert close_of(t.value()) == (1001, "the studio's connection is going away; reconnect")
+
+
+def test_a_revoked_websocket_mid_frame_closes_at_once() -> None:
+    """Only a quota waits for the tool's frame to end: a revoked access (logged out, taken
+    off the list) gets nothing more of the tool's."""
+    closes: list[Any] = []
+
+    def track(session_id: str, identity: Any, close: Any) -> Any:
+        closes.append(close)
+        return lambda: None
+
+    h, p, t, up = upgraded(track=track)
+    up.dataReceived(b"\x81\x05hel")
+    t.clear()
+    closes[-1]("logged out")
+    assert t.value() == b"" and t.disconnecting
+    up.dataReceived(b"lo")
+    assert t.value() == b""
