@@ -95,6 +95,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: The gateway's own routes (each judges its posts itself: auth/login.py).
 _GATEWAY_ROUTES = "/_connect/"
+#: A WebSocket a quota stops mid-frame gets its close frame once the tool's frame ends,
+#: if at most this many of its bytes are still to come ...
+_END_WAIT_BYTES = 64 * 1024
+#: ... within this many seconds; else it closes without one, as a browser reports with 1006.
+_END_WAIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -345,6 +350,9 @@ class ProxyProtocol(Protocol):
         self._upgraded: Finished | None = None  # ... and its facts so far
         #: A WebSocket's frames from the tool (where a close frame of ours may go).
         self._frames: FrameTracker | None = None
+        #: A close frame waiting for the end of the tool's current frame: its code, its
+        #: words and the deadline (_END_WAIT) after which the connection just closes.
+        self._ending: tuple[int, str, Any] | None = None
 
     # Connection lifecycle ------------------------------------------------------------------
 
@@ -388,6 +396,7 @@ class ProxyProtocol(Protocol):
             if timer is not None:
                 timer.stop()
         self._client_pacer.cancel()
+        self._stop_waiting()
         release, self._release = self._release, None
         if release is not None:
             release()
@@ -874,6 +883,9 @@ class ProxyProtocol(Protocol):
                 return
             frames = self._frames
             if frames is not None:
+                if self._ending is not None:
+                    self._end_of_frame(frames, data)
+                    return
                 frames.feed(data)
             if self._meter is not None:
                 self._meter.outbound(len(data))
@@ -989,21 +1001,27 @@ class ProxyProtocol(Protocol):
     def _stop_upgraded(self, why: str) -> None:
         """Stop an upgraded connection (a transfer quota): a WebSocket close frame (1008,
         policy violation) with `why` to the client, then the connection closes."""
-        self._end_upgraded(POLICY_VIOLATION, why)
+        self._end_upgraded(POLICY_VIOLATION, why, wait=True)
 
     def _revoked(self, why: str) -> None:
         """The user's access to an upgraded connection's studio ended (the session ended:
         1001; logged out, no longer allowed: 1008)."""
         self._end_upgraded(GOING_AWAY if why == SESSION_ENDED else POLICY_VIOLATION, why)
 
-    def _end_upgraded(self, code: int, why: str, logged: bool = True) -> None:
+    def _end_upgraded(self, code: int, why: str, logged: bool = True,
+                      wait: bool = False) -> None:
         """Close an upgraded connection, a WebSocket with a close frame of `code` and `why`
         (words for the user) first when one may go now: between two whole frames of the
         tool's, none of them its own close frame. Mid-frame (or not a WebSocket) the
-        connection just closes, as a browser reports with 1006. `logged`: `why` is the
-        access line's reason (unless it has one)."""
+        connection just closes, as a browser reports with 1006; with `wait` (a quota: the
+        tool's bytes still come) the close frame instead follows the end of the tool's frame
+        when at most _END_WAIT_BYTES of it are still to come within _END_WAIT seconds
+        (nothing more is read from the client meanwhile). `logged`: `why` is the access
+        line's reason (unless it has one)."""
         if self._closing:  # (a TLS close_notify may be under way: nothing more to write)
             return
+        if self._ending is not None and wait:
+            return  # (a close frame waits already for the frame's end)
         up = self._upgraded
         if logged and up is not None and not up.reason:
             self._upgraded = replace(up, reason=why)
@@ -1014,9 +1032,43 @@ class ProxyProtocol(Protocol):
             self._bytes_out += len(data)
             self.transport.write(data)
         elif frames is not None and not frames.closed:
+            rest = frames.remaining
+            if wait and self._tunnel is not None and rest is not None \
+                    and rest <= _END_WAIT_BYTES:
+                self.gate.pause("ending")
+                self._ending = (code, why, self.factory.reactor.callLater(
+                    _END_WAIT, self._end_now))
+                return
             self._log.debug("closing a WebSocket mid-frame without a close frame: {why}",
                             why=why)
+        self._stop_waiting()
         self._close()
+
+    def _end_of_frame(self, frames: FrameTracker, data: bytes) -> None:
+        """A read of the tool's while a close frame waits for the end of its frame: the
+        frame's bytes go on to the client, then the close frame; what follows is not sent."""
+        rest = frames.remaining
+        assert self._ending is not None and rest is not None  # (payload bytes only since)
+        part = data[:rest] if len(data) > rest else data
+        frames.feed(part)
+        if self._meter is not None:
+            self._meter.outbound(len(part))
+        self.transport.write(part)
+        if frames.at_boundary:
+            code, why, _ = self._ending
+            self._stop_waiting()
+            self._end_upgraded(code, why, logged=False)
+
+    def _end_now(self) -> None:
+        """The tool's frame did not end within _END_WAIT: close without a close frame."""
+        ending, self._ending = self._ending, None
+        if ending is not None:
+            self._end_upgraded(ending[0], ending[1], logged=False)
+
+    def _stop_waiting(self) -> None:
+        ending, self._ending = self._ending, None
+        if ending is not None and ending[2].active():
+            ending[2].cancel()
 
     def _upstream_broken(self, ex: Exchange, conn: UpstreamConnection, why: str) -> None:
         self._log.info("{why}", why=why)

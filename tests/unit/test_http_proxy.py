@@ -760,15 +760,59 @@ class _Observer:
         pass
 
 
-def test_a_quota_stop_mid_frame_does_not_corrupt_the_stream() -> None:
+def test_a_quota_stop_mid_frame_sends_1008_after_the_tools_frame() -> None:
+    """Mid-frame the close frame waits for the end of the tool's frame (it was a close
+    without one, 1006 in the browser, though the frame's end was a few bytes away); the
+    tool's next frame is not sent, and the client is not read meanwhile."""
     obs = _Observer()
     h, p, t, up = upgraded(observer=obs)
     up.dataReceived(b"\x81\x05hel")  # a text frame's head and 3 of its 5 bytes
     t.clear()
     obs.stops[0]("transfer quota reached")
-    assert t.value() == b"" and t.disconnecting  # (was: a close frame inside the text)
-    up.dataReceived(b"lo\x81\x01!")  # what the tool still sends is not written after it
+    assert t.value() == b"" and not t.disconnecting  # (never a close frame inside the text)
+    assert t.producerState == "paused"  # the client's bytes wait (then go nowhere)
+    up.dataReceived(b"l")
+    assert t.value() == b"l" and not t.disconnecting
+    t.clear()
+    up.dataReceived(b"o\x81\x01!")  # the frame's end, and a frame that is not sent
+    assert t.value()[:1] == b"o" and close_of(t.value()[1:]) == (1008, "transfer quota reached")
+    assert t.disconnecting
+    t.clear()
+    up.dataReceived(b"\x81\x01!")
+    h.clock.advance(60)
+    assert t.value() == b"" and p._ending is None
+
+
+def test_a_quota_stop_mid_frame_closes_without_a_frame_past_the_bounds() -> None:
+    """The frame's end too far (more than _END_WAIT_BYTES to come), unknown (a head cut
+    by a read), not come within _END_WAIT, or the tunnel lost meanwhile: the connection
+    closes without a close frame, as before."""
+    for first in (b"\x82\x7f" + (1 << 20).to_bytes(8, "big") + b"x" * 10, b"\x82"):
+        obs = _Observer()
+        h, p, t, up = upgraded(observer=obs)
+        up.dataReceived(first)
+        t.clear()
+        obs.stops[0]("transfer quota reached")
+        assert t.value() == b"" and t.disconnecting, first[:2]
+    obs = _Observer()
+    h, p, t, up = upgraded(observer=obs)
+    up.dataReceived(b"\x81\x05hel")
+    t.clear()
+    obs.stops[0]("transfer quota reached")
+    obs.stops[0]("transfer quota reached again")  # (waits once)
+    h.clock.advance(1.9)
+    assert not t.disconnecting
+    h.clock.advance(0.2)
+    assert t.value() == b"" and t.disconnecting
+    up.dataReceived(b"lo")
     assert t.value() == b""
+    obs = _Observer()
+    h, p, t, up = upgraded(observer=obs)
+    up.dataReceived(b"\x81\x05hel")
+    t.clear()
+    obs.stops[0]("transfer quota reached")
+    up.connectionLost(Failure(ConnectionError("tunnel lost")))
+    assert t.value() == b"" and t.disconnecting and p._ending is None
 
 
 def test_a_quota_stop_between_frames_sends_1008_once_and_nothing_after() -> None:
@@ -809,3 +853,21 @@ def test_a_tunnel_going_away_on_purpose_is_going_away_not_broken() -> None:
     up.transport.mux = Mux()
     up.connectionLost(Failure(ConnectionError("tunnel lost: reset")))
     assert close_of(t.value()) == (1001, "the studio's connection is going away; reconnect")
+
+
+def test_a_revoked_websocket_mid_frame_closes_at_once() -> None:
+    """Only a quota waits for the tool's frame to end: a revoked access (logged out, taken
+    off the list) gets nothing more of the tool's."""
+    closes: list[Any] = []
+
+    def track(session_id: str, identity: Any, close: Any) -> Any:
+        closes.append(close)
+        return lambda: None
+
+    h, p, t, up = upgraded(track=track)
+    up.dataReceived(b"\x81\x05hel")
+    t.clear()
+    closes[-1]("logged out")
+    assert t.value() == b"" and t.disconnecting
+    up.dataReceived(b"lo")
+    assert t.value() == b""
