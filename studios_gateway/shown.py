@@ -17,12 +17,16 @@ def _escaped(c: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def shown(value: bytes | str, most: int) -> str:
+def shown(value: bytes | str, most: int, *, words: bool = False) -> str:
     """`value` as the client gave it, safe for a log line: bytes that are not UTF-8,
     control and space characters as ``\\xNN`` / ``\\uNNNN``, at most `most` characters
-    (then ``...``); ``''`` for an empty value."""
+    (then ``...``); ``''`` for an empty value. With `words` (a sentence that may carry a
+    client's text, such as a refused login's reason) a plain space stays a space."""
     text = value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
-    out = "".join(map(_escaped, text[:most]))
+    if words:
+        out = " ".join("".join(map(_escaped, part)) for part in text[:most].split(" "))
+    else:
+        out = "".join(map(_escaped, text[:most]))
     if len(text) > most:
         out += "..."
     return out or "''"

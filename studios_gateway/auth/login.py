@@ -677,7 +677,8 @@ class Auth:
             # a line per kind of failure and minute, with the count of the others.
             unsaid = self._refusals.due(type(f.value).__name__)
             if unsaid is not None:
-                self._log.warn("a login was refused: {why}{more}", why=shown(str(f.value), 300),
+                self._log.warn("a login was refused: {why}{more}",
+                               why=shown(str(f.value), 300, words=True),
                                more=self._refusals.more(unsaid))
             self.on_login("oidc", False)
             again = f"{self.settings.proxy_url}{PREFIX}login"

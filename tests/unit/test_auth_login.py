@@ -431,6 +431,7 @@ def test_forged_callbacks_are_a_warning_a_minute_not_one_each() -> None:
     said = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
     assert len(said) == 2, said
     assert said[0].startswith("a login was refused: ") and "more like it" not in said[0]
+    assert "\\x20" not in said[0] and "state is unknown" in said[0], said[0]  # read as words
     assert said[1].endswith(" (and 4 more like it in the last 60s)"), said[1]
 
 

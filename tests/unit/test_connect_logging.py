@@ -79,3 +79,15 @@ def test_at_debug_the_stream_lines_are_made_and_shown() -> None:
               "log_namespace": "studios_gateway.wire.mux.Multiplexer",
               "log_format": "stream {sid} closed", "sid": 1, "log_time": 0})
     assert "stream 1 closed" in out.getvalue()
+
+
+def test_shown_words_keeps_spaces_and_still_escapes_the_rest() -> None:
+    """A refused login's reason is a sentence: its spaces stay spaces, while a client's
+    line break, tab or undecodable byte inside it is still shown escaped."""
+    from studios_gateway.shown import shown
+
+    assert shown("state x\r\nSet-Cookie: a\tb", 100, words=True) == (
+        "state x\\x0d\\x0aSet-Cookie: a\\x09b")
+    assert shown(b"bad \xff byte", 100, words=True) == "bad \\xff byte"
+    assert shown("a b", 100) == "a\\x20b"  # names and targets keep the stricter form
+    assert shown("one two three", 7, words=True) == "one two..."
