@@ -70,6 +70,7 @@ def _try_redis(config: Any) -> list[str]:
     return the problem (empty: connected)."""
     from twisted.internet import task
 
+    from studios_gateway.registry.node_settings import shared_settings
     from studios_gateway.registry.redis_probe import probe_redis, store_from_config
 
     host, port = config.redis_address
@@ -77,7 +78,7 @@ def _try_redis(config: Any) -> list[str]:
 
     def run(clock: Any) -> Any:
         d = probe_redis(lambda: store_from_config(config, clock, reconnect_delay=(0.5, 1.0)),
-                        f"{host}:{port}", clock)
+                        f"{host}:{port}", clock, settings=shared_settings(config))
         return d.addBoth(found.append)
 
     try:

@@ -81,6 +81,24 @@ def redis_gauges(inner: Any, metrics: Metrics) -> None:
         gauge.labels(name).set_function(reader(name))
 
 
+def watch_node_settings(gateway: GatewayService, inner: Any) -> None:
+    """With Redis: publish the settings every node must share, warn about nodes whose
+    differ, and count them in studios_gateway_cluster_settings_differ (until a drain)."""
+    if not hasattr(inner, "announce_node"):
+        return
+    from prometheus_client import Gauge
+
+    from studios_gateway.registry.node_settings import NodeSettingsWatch, shared_settings
+
+    watch = NodeSettingsWatch(inner, shared_settings(gateway.config), gateway.reactor)
+    gauge = Gauge("studios_gateway_cluster_settings_differ", "How many other nodes on this "
+                  "Redis have other cluster settings (CONNECT_PROXY_URL, routing, studios "
+                  "domain, login) than this node.", registry=gateway.metrics.registry)
+    gauge.set_function(lambda: float(watch.disagreeing))
+    watch.start()
+    gateway.on_drain.append(watch.stop)
+
+
 def build_store(config: Config, clock: Any) -> CachingStore:
     """The session registry the config asks for, behind a local cache."""
     from studios_gateway.registry.cache import CachingStore
@@ -424,6 +442,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     # The embedded registry of a single node keeps users' keys and login state in files.
     local = store.inner if isinstance(store.inner, MemoryStore) else None
     gateway = GatewayService(config, reactor, store, metrics, environ)
+    watch_node_settings(gateway, store.inner)
     host_key = load_gateway_host_key(config) if config.ssh_enabled else None
 
     # How browsers reach a studio: shown by the admin API, told to the studio at bind.

@@ -15,9 +15,12 @@ Keys, under the configured prefix (``connect:session`` by default):
   (JSON: nonce, PKCE verifier, the page to return to, the browser binding; at most
   MAX_PENDING_LOGIN_BYTES), set with NX and a PX TTL of the login's time limit, taken
   (GET and DEL in one script) by the callback on whichever node it lands;
+- ``<prefix>:_node:<node id>``: the settings a node says must agree across the cluster
+  (JSON, see :mod:`.node_settings`), with a PX TTL the node refreshes;
 - channel ``<prefix>:events``: every change publishes the session id there (a
   change of a user's keys publishes ``keys:<user>``, a logout ``logout:<login
-  id>``); all nodes drop their cached copy (or end that login) when they hear it.
+  id>``, a node that starts ``node:<node id>``); all nodes drop their cached copy
+  (or end that login, or compare settings) when they hear it.
 
 Claim, refresh, release, create, update and delete are Lua scripts, so each is
 one atomic step and a node deletes only a holder that is still its own.
@@ -248,6 +251,8 @@ return out
 KEYS_EVENT = "keys:"
 #: Prefix of the events that name a login that ended.
 LOGOUT_EVENT = "logout:"
+#: Prefix of the events that name a node that (re)announced its settings.
+NODE_EVENT = "node:"
 
 #: Redis errors that mean "not usable right now" rather than "your command is wrong".
 _TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "NOAUTH", "NOPERM", "WRONGPASS",
@@ -626,6 +631,7 @@ class RedisStore:
         self._subscribers = Subscribers()
         self._key_subscribers = Subscribers()
         self._logout_subscribers = Subscribers()
+        self._node_subscribers = Subscribers()
         self._started = False
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ValueError("a Redis TLS client certificate needs both the certificate "
@@ -722,6 +728,7 @@ class RedisStore:
         self._subscribers.notify(None)
         self._key_subscribers.notify(None)
         self._logout_subscribers.notify(None)
+        self._node_subscribers.notify(None)
 
     def _message(self, channel: str, message: str) -> None:
         if channel != self.channel:
@@ -733,6 +740,8 @@ class RedisStore:
         elif message.startswith(LOGOUT_EVENT) \
                 and SINGLE_USE_ID.fullmatch(message[len(LOGOUT_EVENT):]):
             self._logout_subscribers.notify(message[len(LOGOUT_EVENT):])
+        elif message.startswith(NODE_EVENT) and len(message) > len(NODE_EVENT):
+            self._node_subscribers.notify(message[len(NODE_EVENT):])
 
     # Commands ---------------------------------------------------------------------
 
@@ -838,24 +847,29 @@ class RedisStore:
         return keys
 
     @defer.inlineCallbacks
-    def list_sessions(self) -> Any:
-        found = yield self._scan("list", "")
-        keys = [key for key, sid in found.items() if SESSION_ID.fullmatch(sid)]
-        records: list[SessionRecord] = []
+    def _mget(self, what: str, keys: list[str]) -> Any:
+        """[(key, value)] of each of `keys` that exists, 500 keys per MGET."""
+        out: list[tuple[str, Any]] = []
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
             def mget(conn: Any, c: list[str] = chunk) -> Any:
                 return conn.execute_command("MGET", *c)
 
-            values = yield self._call("list", mget)
-            for key, value in zip(chunk, values, strict=True):
-                if value is None:
-                    continue
-                try:
-                    records.append(SessionRecord.from_json(value))
-                except MalformedRecord as e:
-                    self._log.error("skipping malformed session record {key}: {error}",
-                                    key=key, error=str(e))
+            values = yield self._call(what, mget)
+            out += [(k, v) for k, v in zip(chunk, values, strict=True) if v is not None]
+        return out
+
+    @defer.inlineCallbacks
+    def list_sessions(self) -> Any:
+        found = yield self._scan("list", "")
+        keys = [key for key, sid in found.items() if SESSION_ID.fullmatch(sid)]
+        records: list[SessionRecord] = []
+        for key, value in (yield self._mget("list", keys)):
+            try:
+                records.append(SessionRecord.from_json(value))
+            except MalformedRecord as e:
+                self._log.error("skipping malformed session record {key}: {error}",
+                                key=key, error=str(e))
         return records
 
     def claim_tunnel(self, holder: TunnelHolder, ttl: float) -> Deferred[TunnelHolder | None]:
@@ -1096,6 +1110,31 @@ class RedisStore:
                 if int(pttl) > 0 and SINGLE_USE_ID.fullmatch(found[key]):
                     out[found[key]] = int(pttl) / 1000
         return out
+
+
+    # Nodes' shared settings --------------------------------------------------------------
+
+    def subscribe_nodes(self, callback: Invalidation) -> Callable[[], None]:
+        """Call `callback(node id)` when a node announces itself (None: events were lost)."""
+        return self._node_subscribers.add(callback)
+
+    def announce_node(self, value: str, ttl: float, *, tell: bool) -> Deferred[None]:
+        """Store this node's settings record for `ttl` seconds; with `tell`, publish
+        ``node:<node id>`` so every node compares at once."""
+        key = f"{self.prefix}:_node:{self.node_id}"
+        d = self._call("announce_node", lambda conn: conn.execute_command(
+            "SET", key, value, "PX", _ms(ttl)))
+        if tell:
+            d.addCallback(lambda _: self._call("announce_node", lambda conn: conn.execute_command(
+                "PUBLISH", self.channel, NODE_EVENT + self.node_id)))
+        return d.addCallback(lambda _: None)
+
+    @defer.inlineCallbacks
+    def node_records(self) -> Any:
+        """Every live node's settings record: {node id: JSON text}."""
+        found = yield self._scan("node_records", "_node:")
+        pairs = yield self._mget("node_records", list(found))
+        return {found[key]: _text(value) for key, value in pairs}
 
 
 def _ms(ttl: float) -> int:

@@ -5,13 +5,14 @@ certificate or a Redis that is down are logged and retried while it serves what 
 can. Before a start, an operator wants one answer instead: this connects with the
 node's settings (address, ACL user, password, db, TLS), waits for both of its links
 (commands, and the subscriber on ``<prefix>:events``), then asks the start-up
-questions of :mod:`.redis_persistence`. Passwords are never printed: the reasons
-are Redis's and OpenSSL's words.
+questions of :mod:`.redis_persistence`, and compares the settings every node must share
+with those of the nodes registered there (:mod:`.node_settings`). Passwords are never
+printed: the reasons are Redis's and OpenSSL's words.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,25 @@ def store_from_config(config: Any, clock: IReactorTime, **options: Any) -> Any:
         node_id=config.effective_node_id, **options)
 
 
+def _compare_nodes(node_id: str, settings: Mapping[str, str], records: Mapping[str, str],
+                   result: ProbeResult) -> None:
+    from studios_gateway.registry.node_settings import (
+        compare_nodes,
+        disagreement,
+        parse_record,
+    )
+
+    if not records:
+        result.notes.append("cluster settings: no node is registered in Redis now")
+    here = f"{node_id} (this configuration)"
+    for other, text in sorted(records.items()):
+        diffs = compare_nodes(settings, parse_record(text) or {})
+        if diffs:
+            result.warnings.append(disagreement(here, other, diffs))
+        else:
+            result.notes.append(f"cluster settings: node {other} has the same")
+
+
 @dataclass
 class ProbeResult:
     """``problem``: why no node could use this Redis (None: connected); ``notes``: what
@@ -56,9 +76,11 @@ class ProbeResult:
 
 @defer.inlineCallbacks
 def probe_redis(make_store: Callable[[], Any], address: str, clock: IReactorTime,
-                wait: float = 10.0) -> Any:
+                wait: float = 10.0, settings: Mapping[str, str] | None = None) -> Any:
     """Connect a store made by `make_store` (a RedisStore), return a :class:`ProbeResult`,
-    and stop the store. `wait`: how long to wait for both links before giving up."""
+    and stop the store. `wait`: how long to wait for both links before giving up;
+    `settings`: this configuration's :func:`.node_settings.shared_settings`, compared
+    with every registered node's."""
     store = make_store()
     result = ProbeResult()
     outcome: Deferred[str | None] = Deferred()
@@ -95,6 +117,9 @@ def probe_redis(make_store: Callable[[], Any], address: str, clock: IReactorTime
         risk = yield check_eviction(store)
         if risk is not None:
             result.warnings.append(f"Redis at {address}: {risk}")
+        if settings is not None:
+            records = yield store.node_records()
+            _compare_nodes(store.node_id, settings, records, result)
         return result
     finally:
         if timer.active():

@@ -463,6 +463,11 @@ class RedisLeastPrivilegeTests(RedisCase):
         assert (yield a.take_pending_login("state-1")) is None
         yield b.drop_pending_logins(["state-2"])
         assert (yield a.take_pending_login("state-2")) is None
+        nodes = Recorder()
+        b.subscribe_nodes(nodes)
+        yield a.announce_node('{"CONNECT_PROXY_URL": "https://x"}', 60, tell=True)
+        yield nodes.wait_for("a")
+        assert (yield b.node_records()) == {"a": '{"CONNECT_PROXY_URL": "https://x"}'}
         assert (yield a.delete("abc123")) is True
         yield a.ping()
 

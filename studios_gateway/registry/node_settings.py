@@ -1,0 +1,146 @@
+"""Settings every node of a cluster must share, published in Redis and compared.
+
+Login links, OpenID redirect URIs (and the OpenID client registered in
+``CONNECT_STORAGE_ROOT``), hand-off redirects and the cookies' domain all come from
+each node's own configuration. A node configured differently from the others makes
+failures that depend on which node the load balancer picks. Each node keeps
+``<prefix>:_node:<node id>`` (JSON of :func:`shared_settings`, TTL NODE_TTL, refreshed)
+and publishes ``node:<node id>`` when it starts; every node compares its own settings
+with each other node's when it starts and when it hears that event, and logs one
+warning per disagreeing node (again only if that node's values change). These values
+are public addresses and modes, never secrets. ``check-config --connect`` prints the
+same comparison. Nothing refuses to serve: a rolling change passes through a mixed
+state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+__all__ = ["NODE_TTL", "NodeSettingsWatch", "compare_nodes", "disagreement",
+           "parse_record", "shared_settings"]
+
+#: How long a node's record lives without a refresh (refreshed every third of it).
+NODE_TTL = 60.0
+
+
+def shared_settings(config: Any) -> dict[str, str]:
+    """The settings that must agree on every node, as shown to an operator."""
+    issuer = getattr(config, "oidc_issuer_url", None) or config.platform_url
+    return {
+        "CONNECT_PROXY_URL": config.effective_proxy_url.rstrip("/"),
+        "routing": "path" if config.path_routing else "subdomain",
+        "CONNECT_STUDIOS_DOMAIN": config.effective_studios_domain,
+        "login": f"openid {issuer}" if issuer else "login links",
+    }
+
+
+def parse_record(text: str) -> dict[str, str] | None:
+    """A node's stored record, or None when it is not one (another version's, damaged)."""
+    try:
+        value = json.loads(text)
+        return {str(k): str(v) for k, v in value.items()}
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        return None
+
+
+def compare_nodes(ours: Mapping[str, str], theirs: Mapping[str, str]
+                  ) -> list[tuple[str, str, str]]:
+    """(setting, our value, their value) for each setting both name and differ on."""
+    return [(name, ours[name], theirs[name]) for name in ours
+            if name in theirs and ours[name] != theirs[name]]
+
+
+def disagreement(node: str, other: str, diffs: list[tuple[str, str, str]]) -> str:
+    """The one warning for a pair of nodes that disagree."""
+    what = "; ".join(f"{name} is {ours!r} here but {theirs!r} on {other}"
+                     for name, ours, theirs in diffs)
+    return (f"cluster settings differ between node {node} and node {other}: {what}. "
+            "Every node behind the load balancer must have the same values (else logins, "
+            "redirects and cookies fail depending on which node answers); expected for "
+            "a moment during a rolling change of them, not after it")
+
+
+class NodeSettingsWatch:
+    """Publish this node's shared settings in `store` (a RedisStore) and warn about nodes
+    whose settings differ."""
+
+    _log = Logger()
+
+    def __init__(self, store: Any, settings: Mapping[str, str], clock: IReactorTime,
+                 ttl: float = NODE_TTL):
+        self.store = store
+        self.node_id: str = store.node_id
+        self.settings = dict(settings)
+        self.ttl = ttl
+        self.clock = clock
+        self._record = json.dumps(self.settings, sort_keys=True)
+        self._warned: dict[str, tuple[tuple[str, str, str], ...]] = {}
+        self._refresh = task.LoopingCall(self._announce, False)
+        self._refresh.clock = clock
+        self._unsubscribe = store.subscribe_nodes(self._heard)
+        self._stopped = False
+
+    @property
+    def disagreeing(self) -> int:
+        """How many other live nodes' settings differ from this node's (as last seen)."""
+        return len(self._warned)
+
+    def start(self) -> None:
+        """Once connected: announce (telling every node), compare with every node, then
+        refresh the record every third of its TTL."""
+        def connected(_: Any) -> None:
+            if self._stopped:
+                return
+            self._announce(True)
+            if not self._refresh.running:
+                self._refresh.start(self.ttl / 3, now=False)
+
+        self.store.when_connected().addCallbacks(connected, lambda _: None)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._unsubscribe()
+        if self._refresh.running:
+            self._refresh.stop()
+
+    def _announce(self, tell: bool) -> Deferred[None]:
+        d = self.store.announce_node(self._record, self.ttl, tell=tell)
+        if tell:
+            d.addCallback(lambda _: self.compare())
+        return d.addErrback(lambda f: self._log.info(
+            "cannot publish this node's cluster settings now: {why}", why=f.getErrorMessage()))
+
+    def _heard(self, node_id: str | None) -> None:
+        if node_id == self.node_id:
+            return
+        # A new node (or lost events, None): compare again; known pairs are not repeated.
+        self.compare().addErrback(lambda f: self._log.info(
+            "cannot compare the cluster's settings now: {why}", why=f.getErrorMessage()))
+
+    def compare(self) -> Deferred[None]:
+        return self.store.node_records().addCallback(self._compare)
+
+    def _compare(self, records: Mapping[str, str]) -> None:
+        seen: dict[str, tuple[tuple[str, str, str], ...]] = {}
+        for other, text in sorted(records.items()):
+            if other == self.node_id:
+                continue
+            theirs = parse_record(text)
+            diffs = tuple(compare_nodes(self.settings, theirs or {}))
+            if not diffs:
+                continue
+            seen[other] = diffs
+            if self._warned.get(other) != diffs:
+                self._log.warn("{message}", message=disagreement(self.node_id, other,
+                                                                 list(diffs)))
+        self._warned = seen
