@@ -22,7 +22,8 @@
  *   - no Transfer-Encoding, Set-Cookie, Clear-Site-Data, Upgrade, TE, Trailer or Proxy-*
  *     field, and a Connection field only when it says keep-alive (the tool keeps the
  *     connection);
- *   - no Location or Refresh field (path mode rewrites them; with Set-Cookie declined
+ *   - no Location, Refresh or Service-Worker-Allowed field (path mode rewrites them; a
+ *     tool rarely sends the last, so both modes decline it; with Set-Cookie declined
  *     too, path mode passes every other field as it is, so the lane serves both modes);
  *   - every line ends in CRLF.
  *
@@ -96,6 +97,8 @@ static enum field classify(const char *name, Py_ssize_t name_len, const char *va
         return IS("proxy-authenticate") ? REFUSE : KEEP;
     case 19:
         return IS("proxy-authorization") ? REFUSE : KEEP;
+    case 22:
+        return IS("service-worker-allowed") ? REFUSE : KEEP;
     }
     return KEEP;
 }

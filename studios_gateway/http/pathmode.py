@@ -11,7 +11,8 @@ the two kinds "absolute" and "relative"):
 
 Either way the tool's answers are kept inside the studio: a ``Location``,
 ``Refresh`` or ``Set-Cookie`` path that points at this host outside the prefix
-is moved under it. A path that is already under the prefix is left as it is
+is moved under it (a ``Service-Worker-Allowed`` outside it becomes the prefix). A
+path that is already under the prefix is left as it is
 (a tool that knows its public prefix, such as RStudio told by
 ``X-RStudio-Root-Path``, emits public paths: the prefix is never added twice).
 
@@ -173,6 +174,24 @@ class ToolPaths:
     def set_cookie(self, value: str) -> str:
         return rewrite_set_cookie(value, self.prefix)
 
+    def service_worker_allowed(self, value: str, hostname: str, request_path: str) -> str:
+        """A ``Service-Worker-Allowed`` header (the widest scope a service worker of the
+        script answered may take: a URL the browser resolves against the script's) kept
+        inside the studio. The value is read as :meth:`location` reads a URL (a strip
+        tool's paths are its own: put under the prefix first); a path under the prefix
+        stays, anything else (``/``, another studio, the gateway's ``/_connect/``, a
+        full URL, another host) becomes the prefix: the widest scope the studio has.
+        Every studio shares the proxy host's origin in path mode, so a scope of ``/``
+        would let one tool's worker answer for the gateway's login pages and every other
+        studio."""
+        reader = self if self.strip else _AS_IS
+        url = reader.location(value, hostname, request_path)
+        if url.startswith("/") and not url.startswith("//"):
+            path = url[:_first(url, "?#")]
+            if path.startswith(self.prefix):
+                return path
+        return self.prefix
+
     def response_headers(self, headers: Sequence[tuple[bytes, bytes]], hostname: str,
                          request_path: str) -> list[tuple[bytes, bytes]]:
         out = []
@@ -186,8 +205,16 @@ class ToolPaths:
                                      request_path).encode("latin-1")
             elif lname == b"set-cookie":
                 value = self.set_cookie(value.decode("latin-1")).encode("latin-1")
+            elif lname == b"service-worker-allowed":
+                value = self.service_worker_allowed(value.decode("latin-1"), hostname,
+                                                    request_path).encode("latin-1")
             out.append((name, value))
         return out
+
+
+#: Reads a URL as the browser does (relative references resolved, dot segments gone)
+#: and moves no path.
+_AS_IS = ToolPaths("/")
 
 
 def rewrite_set_cookie(value: str, prefix: str) -> str:

@@ -9,8 +9,9 @@ session's tool (any name :mod:`~studios_gateway.wire.tools` accepts) into a
 * ``request_headers(headers)``: the headers the tool expects from its proxy
   set (RStudio's ``X-RStudio-Root-Path``), ``X-Forwarded-Prefix`` set when the
   gateway stripped a prefix, and any copy of these a client sent dropped;
-* ``response_headers(headers, host, path)``: ``Location``, ``Refresh`` and
-  ``Set-Cookie`` paths kept inside the studio (path mode only).
+* ``response_headers(headers, host, path)``: ``Location``, ``Refresh``,
+  ``Set-Cookie`` and ``Service-Worker-Allowed`` paths kept inside the studio (path
+  mode only).
 
 ``unavailable`` says why the tool cannot work in this mode (the proxy then
 answers with a page, never with the tool's 404); no tool needs it today.

@@ -81,6 +81,15 @@ def test_the_workbench_loads_talks_over_its_websocket_and_does_not_reconnect(
         if code.mode == "path":  # the browser keeps the prefix; the tool never saw it
             assert all(code.prefix in u for u in urls), urls
         assert browser.evaluate("location.href").startswith(code.base)
+        # code-server answers its own worker's script with `Service-Worker-Allowed: /` and
+        # registers it for its base: in path mode the gateway moves the header into the
+        # studio's prefix, and the worker still registers, over the studio only (its
+        # webviews register their own, under the studio too).
+        scopes = browser.wait_for(
+            "navigator.serviceWorker.getRegistrations().then(rs => rs.map(r => r.scope))"
+            f".then(s => s.includes({code.base!r}) ? s : null)", timeout=60,
+            await_promise=True)
+        assert all(s.startswith(code.base) for s in scopes), scopes
         # An observation window, not a wait for an event: a dropped socket shows its dialog
         # within a second or two, and nothing else would announce its absence.
         time.sleep(3)

@@ -89,11 +89,12 @@ class Chromium:
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 60,
-                 session: str | None = None) -> Any:
-        """Poll a JavaScript expression until it is truthy (the page's own event)."""
+                 session: str | None = None, await_promise: bool = False) -> Any:
+        """Poll a JavaScript expression until it is truthy (the page's own event); with
+        `await_promise`, until the promise's value is."""
         deadline = time.monotonic() + timeout
         while True:
-            value = self.evaluate(expression, session)
+            value = self.evaluate(expression, session, await_promise)
             if value:
                 return value
             assert time.monotonic() < deadline, f"{expression!r} still false after {timeout}s"

@@ -148,6 +148,9 @@ def test_hop_by_hop_lines_go_and_the_status_line_is_kept() -> None:
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nSet-Cookie: _xsrf=1; Domain=studios.test\r\nContent-Length: 2\r\n\r\nhi",
     b"HTTP/1.1 200 OK\r\nClear-Site-Data: \"cookies\"\r\nContent-Length: 2\r\n\r\nhi",
+    # path mode keeps a service worker's scope inside the studio: the Python way's job
+    b"HTTP/1.1 200 OK\r\nService-Worker-Allowed: /\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nSERVICE-WORKER-ALLOWED: /\r\nContent-Length: 2\r\n\r\nhi",
     b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\nbody",  # a 304 has none
     b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n",
@@ -263,7 +266,7 @@ _NAMES = st.sampled_from([
     b"Content-Type", b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Connection",
     b"Keep-Alive", b"Transfer-Encoding", b"Set-Cookie", b"Server", b"Date", b"ETag",
     b"Proxy-Connection", b"Upgrade", b"TE", b"Trailer", b"Location", b"X-A", b"x_b~|!#$%&'*+.^`",
-    b"Clear-Site-Data", b"clear-site-data",
+    b"Clear-Site-Data", b"clear-site-data", b"Service-Worker-Allowed",
     b"Bad Name", b"Bad\x00", b"", b"Caf\xe9", b"Content-Length ",
 ]) | st.binary(min_size=0, max_size=6)
 _VALUES = st.sampled_from([
@@ -278,7 +281,7 @@ _EOLS = st.sampled_from([b"\r\n"] * 12 + [b"\n", b"\r", b"\r\r\n"])
 _CLEAN_NAMES = st.sampled_from([b"Content-Type", b"Server", b"Date", b"ETag", b"X-A",
                                  b"Cache-Control", b"x_b~|!#$%&'*+.^`", b"Keep-Alive",
                                  b"Connection", b"Vary", b"Location", b"Refresh",
-                                 b"Clear-Site-Data"])
+                                 b"Clear-Site-Data", b"Service-Worker-Allowed"])
 _CLEAN_VALUES = st.sampled_from([b"keep-alive", b"Keep-Alive", b"timeout=5", b"text/html",
                                  b"a b", b"\"quoted\"", b"x:y", b"0", b"~", b"/lab",
                                  b"0; url=/x"]) | st.text(

@@ -275,3 +275,74 @@ def test_proxy_answers_with_a_page_where_a_tool_cannot_work(monkeypatch) -> None
     [(status, _, body)] = parse_responses(t.value())
     assert status == 501 and b"Xpra" in body and b"no reason at all" in body
     assert not h.upstream.conns
+
+
+# Service-Worker-Allowed: path mode keeps a worker's scope inside the studio ----------------
+
+
+def browser_max_scope(value: str, script_path: str) -> str | None:
+    """The widest scope a browser lets a worker of http://HOST<script_path> take when the
+    script comes with `Service-Worker-Allowed: value` (the Service Workers spec's Update
+    step: the value parsed against the script's URL; another origin: no scope at all)."""
+    script = f"http://{HOST}{script_path}"
+    try:
+        url = ada_url.URL(value, script)
+    except ValueError:
+        return None
+    return url.pathname if url.origin == ada_url.URL(script).origin else None
+
+
+@given(tool_urls, request_paths, st.booleans())
+def test_no_service_worker_scope_leaves_the_prefix(value, request_path, strip) -> None:
+    """A scope is a plain prefix of the path: `/_studio/abc` without its slash would let
+    the worker take `/_studio/abcd/`, so the check is against PREFIX with its slash."""
+    out = ToolPaths(PREFIX, strip=strip).service_worker_allowed(value, HOST, request_path)
+    scope = browser_max_scope(out, request_path)
+    assert scope is None or scope.startswith(PREFIX), (value, out, scope)
+
+
+@pytest.mark.parametrize("value,strip,expected", [
+    ("/", False, PREFIX),  # the whole proxy host: the gateway's login, every studio
+    ("/", True, PREFIX),  # a strip tool's root (code-server's own worker) is the studio's
+    ("/_connect/", False, PREFIX),
+    ("/_studio/", False, PREFIX),
+    ("/_studio/abc", False, PREFIX),  # no slash: a prefix of /_studio/abcd/ too
+    ("/_studio/other/", False, PREFIX),
+    ("/_studio/abc/../other/", False, PREFIX),
+    ("/_studio/abc/%2e%2e/", False, PREFIX),
+    ("..\\..\\", False, PREFIX),
+    (f"http://{HOST}/", False, PREFIX),
+    ("//evil.example/", False, PREFIX),
+    ("/_studio/abc/", False, PREFIX),  # inside: left as it is
+    ("/_studio/abc/lab/", False, "/_studio/abc/lab/"),
+    ("./", False, "/_studio/abc/static/"),
+    ("../", False, PREFIX),
+    ("/lab/", True, "/_studio/abc/lab/"),
+])
+def test_service_worker_allowed_in_path_mode(value, strip, expected) -> None:
+    got = ToolPaths(PREFIX, strip=strip).service_worker_allowed(
+        value, HOST, PREFIX + "static/sw.js")
+    assert got == expected
+
+
+@pytest.mark.parametrize("compiled_lane", [True, False])
+@pytest.mark.parametrize("tool,path_routing,expected", [
+    ("jupyter", True, b"/_studio/abc/"),
+    ("vscode", True, b"/_studio/abc/"),  # code-server sends "/" for its own worker
+    ("jupyter", False, b"/"),  # subdomain mode: the studio's own origin, left as it is
+])
+def test_proxy_keeps_a_service_workers_scope_in_the_studio(tool, path_routing, expected,
+                                                           compiled_lane) -> None:
+    """Both ways back: the compiled lane declines the header (tests/unit/test_answer_lane.py),
+    so the Python way rewrites it."""
+    h = Harness(path_routing=path_routing, compiled_lane=compiled_lane)
+    h.sessions["abc"] = SessionInfo("abc", tool, True)
+    p, t = h.client()
+    target = b"/_studio/abc/sw.js" if path_routing else b"/sw.js"
+    host = b"studios.test" if path_routing else b"abc.studios.test"
+    p.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    h.up()[0].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Type: text/javascript\r\n"
+                           b"Service-Worker-Allowed: /\r\nContent-Length: 2\r\n\r\n;;")
+    [(status, headers, body)] = parse_responses(t.value())
+    assert (status, body) == (200, b";;")
+    assert headers[b"service-worker-allowed"] == expected
