@@ -249,7 +249,9 @@ return v
 # the caller found gone (ARGV[5..] their ids): dropped from the index if still gone.
 _ANNOUNCE_NODE = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local ok, ids = pcall(cjson.decode, redis.call('GET', KEYS[2]) or '[]')
+local raw = redis.call('GET', KEYS[2]) or '[]'
+local ok, ids = false, nil
+if #raw <= tonumber(ARGV[4]) * 100 then ok, ids = pcall(cjson.decode, raw) end
 if not ok or type(ids) ~= 'table' then ids = {} end
 local gone = {}
 for i = 3, #KEYS do
@@ -1170,8 +1172,9 @@ class RedisStore:
         (one GET and one MGET, whatever the number of sessions)."""
         index = yield self._call("node_records", lambda conn: conn.execute_command(
             "GET", f"{self.prefix}:_nodes"))
-        try:
-            ids = json.loads(_text(index)) if index is not None else []
+        try:  # a damaged or hostile index: none (the next announcement rebuilds it)
+            text = _text(index) if index is not None else "[]"
+            ids = json.loads(text) if len(text) <= MAX_NODES * 100 else []
         except (ValueError, RecursionError):
             ids = []
         if not isinstance(ids, list):
