@@ -16,19 +16,31 @@ state.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet import task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-__all__ = ["NODE_TTL", "NodeSettingsWatch", "compare_nodes", "disagreement",
-           "parse_record", "shared_settings"]
+__all__ = ["MAX_RECORD_CHARS", "NODE_TTL", "NodeSettingsWatch", "compare_nodes",
+           "disagreement", "node_records", "parse_record", "shared_settings"]
 
 #: How long a node's record lives without a refresh (refreshed every third of it).
 NODE_TTL = 60.0
+
+#: A record longer than this is no node's (this version's are about 200 characters):
+#: anyone who can write the Redis must not make every node parse or log megabytes.
+MAX_RECORD_CHARS = 4096
+
+#: How much of another node's value a warning shows (repr, so escaped).
+_SHOWN_CHARS = 200
+
+#: A node id as CONNECT_NODE_ID accepts it; another name under ``_node:`` is no node's.
+_NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def shared_settings(config: Any) -> dict[str, str]:
@@ -44,11 +56,32 @@ def shared_settings(config: Any) -> dict[str, str]:
 
 def parse_record(text: str) -> dict[str, str] | None:
     """A node's stored record, or None when it is not one (another version's, damaged)."""
+    if len(text) > MAX_RECORD_CHARS:
+        return None
     try:
         value = json.loads(text)
         return {str(k): str(v) for k, v in value.items()}
-    except (ValueError, AttributeError):  # not JSON, or not an object
+    except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, too deep
         return None
+
+
+def _shown(value: str) -> str:
+    """`value` for a log line: escaped (repr) and at most _SHOWN_CHARS of it."""
+    if len(value) > _SHOWN_CHARS:
+        return repr(value[:_SHOWN_CHARS]) + "..."
+    return repr(value)
+
+
+def node_records(records: Mapping[str, str]) -> list[tuple[str, dict[str, str]]]:
+    """(node id, settings) of each record in `records` ({name: text}, as
+    RedisStore.node_records gives) that is a node's, by node id: a name that is no node
+    id (which a log line would show) or a record that is not one is left out."""
+    out = []
+    for other, text in sorted(records.items()):
+        theirs = parse_record(text) if _NODE_ID.fullmatch(other) else None
+        if theirs is not None:
+            out.append((other, theirs))
+    return out
 
 
 def compare_nodes(ours: Mapping[str, str], theirs: Mapping[str, str]
@@ -60,7 +93,7 @@ def compare_nodes(ours: Mapping[str, str], theirs: Mapping[str, str]
 
 def disagreement(node: str, other: str, diffs: list[tuple[str, str, str]]) -> str:
     """The one warning for a pair of nodes that disagree."""
-    what = "; ".join(f"{name} is {ours!r} here but {theirs!r} on {other}"
+    what = "; ".join(f"{name} is {_shown(ours)} here but {_shown(theirs)} on {other}"
                      for name, ours, theirs in diffs)
     return (f"cluster settings differ between node {node} and node {other}: {what}. "
             "Every node behind the load balancer must have the same values (else logins, "
@@ -87,6 +120,8 @@ class NodeSettingsWatch:
         self._refresh.clock = clock
         self._unsubscribe = store.subscribe_nodes(self._heard)
         self._stopped = False
+        self._failing = False  # the last announcement failed (logged once)
+        self._tell_next = False  # the next refresh publishes too (events were lost)
 
     @property
     def disagreeing(self) -> int:
@@ -114,16 +149,42 @@ class NodeSettingsWatch:
             self._refresh.stop()
 
     def _announce(self, tell: bool) -> Deferred[None]:
+        """Write the record (with `tell`: publish and compare too). A failure is logged
+        once until an announcement works again (not every refresh of every node while
+        Redis is away); the first that works after one tells every node and compares,
+        as Redis may have lost every record meanwhile (so does the first after lost
+        events)."""
+        if self._stopped:
+            return succeed(None)
+        tell = tell or self._failing or self._tell_next
+        if tell:
+            self._tell_next = False
         d = self.store.announce_node(self._record, self.ttl, tell=tell)
         if tell:
             d.addCallback(lambda _: self.compare())
-        return d.addErrback(lambda f: self._log.info(
-            "cannot publish this node's cluster settings now: {why}", why=f.getErrorMessage()))
+
+        def worked(_: Any) -> None:
+            if self._failing:
+                self._failing = False
+                self._log.info("this node's cluster settings are published again")
+
+        def failed(f: Failure) -> None:
+            if not self._failing:
+                self._failing = True
+                self._log.info("cannot publish this node's cluster settings now: {why} "
+                               "(tried again every {every:g}s; logged when it works)",
+                               why=f.getErrorMessage(), every=self.ttl / 3)
+
+        return d.addCallbacks(worked, failed)
 
     def _heard(self, node_id: str | None) -> None:
-        if node_id == self.node_id:
+        if self._stopped or node_id == self.node_id:
             return
-        # A new node (or lost events, None): compare again; known pairs are not repeated.
+        if node_id is None:
+            # Events were lost (the subscriber (re)connected): Redis may have restarted
+            # and lost every record; the next refresh writes ours and tells every node.
+            self._tell_next = True
+        # A new node (or lost events): compare again; known pairs are not repeated.
         self.compare().addErrback(lambda f: self._log.info(
             "cannot compare the cluster's settings now: {why}", why=f.getErrorMessage()))
 
@@ -132,11 +193,10 @@ class NodeSettingsWatch:
 
     def _compare(self, records: Mapping[str, str]) -> None:
         seen: dict[str, tuple[tuple[str, str, str], ...]] = {}
-        for other, text in sorted(records.items()):
+        for other, theirs in node_records(records):
             if other == self.node_id:
                 continue
-            theirs = parse_record(text)
-            diffs = tuple(compare_nodes(self.settings, theirs or {}))
+            diffs = tuple(compare_nodes(self.settings, theirs))
             if not diffs:
                 continue
             seen[other] = diffs

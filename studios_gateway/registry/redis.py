@@ -17,6 +17,9 @@ Keys, under the configured prefix (``connect:session`` by default):
   (GET and DEL in one script) by the callback on whichever node it lands;
 - ``<prefix>:_node:<node id>``: the settings a node says must agree across the cluster
   (JSON, see :mod:`.node_settings`), with a PX TTL the node refreshes;
+- ``<prefix>:_nodes``: the ids of the nodes with such a record (JSON list, at most
+  MAX_NODES; each announcement adds its own and drops those found expired), so finding
+  them never SCANs the sessions;
 - channel ``<prefix>:events``: every change publishes the session id there (a
   change of a user's keys publishes ``keys:<user>``, a logout ``logout:<login
   id>``, a node that starts ``node:<node id>``); all nodes drop their cached copy
@@ -241,6 +244,31 @@ if v then redis.call('DEL', KEYS[1]) end
 return v
 """
 
+# A node's settings record, and the index of the nodes that have one (JSON list of ids):
+# nodes are found by one GET, never by a SCAN of every session. KEYS[3..] are records
+# the caller found gone (ARGV[5..] their ids): dropped from the index if still gone.
+_ANNOUNCE_NODE = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local raw = redis.call('GET', KEYS[2]) or '[]'
+local ok, ids = false, nil
+if #raw <= tonumber(ARGV[4]) * 100 then ok, ids = pcall(cjson.decode, raw) end
+if not ok or type(ids) ~= 'table' then ids = {} end
+local gone = {}
+for i = 3, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then gone[ARGV[i + 2]] = true end
+end
+local out, seen = {ARGV[3]}, {[ARGV[3]] = true}
+for _, id in ipairs(ids) do
+  if #out >= tonumber(ARGV[4]) then break end
+  if type(id) == 'string' and not seen[id] and not gone[id] then
+    seen[id] = true
+    out[#out + 1] = id
+  end
+end
+redis.call('SET', KEYS[2], cjson.encode(out), 'PX', ARGV[2])
+return #out
+"""
+
 _PTTLS = """
 local out = {}
 for i, key in ipairs(KEYS) do out[i] = redis.call('PTTL', key) end
@@ -253,6 +281,8 @@ KEYS_EVENT = "keys:"
 LOGOUT_EVENT = "logout:"
 #: Prefix of the events that name a node that (re)announced its settings.
 NODE_EVENT = "node:"
+#: At most this many nodes in the index of nodes' settings records (``<prefix>:_nodes``).
+MAX_NODES = 1000
 
 #: Redis errors that mean "not usable right now" rather than "your command is wrong".
 _TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "NOAUTH", "NOPERM", "WRONGPASS",
@@ -632,6 +662,7 @@ class RedisStore:
         self._key_subscribers = Subscribers()
         self._logout_subscribers = Subscribers()
         self._node_subscribers = Subscribers()
+        self._nodes_gone: list[str] = []  # in the nodes' index, their records gone
         self._started = False
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ValueError("a Redis TLS client certificate needs both the certificate "
@@ -1119,22 +1150,40 @@ class RedisStore:
         return self._node_subscribers.add(callback)
 
     def announce_node(self, value: str, ttl: float, *, tell: bool) -> Deferred[None]:
-        """Store this node's settings record for `ttl` seconds; with `tell`, publish
-        ``node:<node id>`` so every node compares at once."""
-        key = f"{self.prefix}:_node:{self.node_id}"
-        d = self._call("announce_node", lambda conn: conn.execute_command(
-            "SET", key, value, "PX", _ms(ttl)))
+        """Store this node's settings record for `ttl` seconds (and its id in the index
+        ``<prefix>:_nodes``, without the nodes whose records the last node_records found
+        gone); with `tell`, publish ``node:<node id>`` so every node compares at once."""
+        gone = self._nodes_gone[:100]
+        keys = [self._node_key(self.node_id), f"{self.prefix}:_nodes"]
+        keys += [self._node_key(node) for node in gone]
+        d = self._eval("announce_node", _ANNOUNCE_NODE, keys,
+                       [value, _ms(ttl), self.node_id, MAX_NODES, *gone])
         if tell:
             d.addCallback(lambda _: self._call("announce_node", lambda conn: conn.execute_command(
                 "PUBLISH", self.channel, NODE_EVENT + self.node_id)))
         return d.addCallback(lambda _: None)
 
+    def _node_key(self, node: str) -> str:
+        return f"{self.prefix}:_node:{node}"
+
     @defer.inlineCallbacks
     def node_records(self) -> Any:
-        """Every live node's settings record: {node id: JSON text}."""
-        found = yield self._scan("node_records", "_node:")
-        pairs = yield self._mget("node_records", list(found))
-        return {found[key]: _text(value) for key, value in pairs}
+        """Every live node's settings record: {node id: JSON text}. Read from the index
+        (one GET and one MGET, whatever the number of sessions)."""
+        index = yield self._call("node_records", lambda conn: conn.execute_command(
+            "GET", f"{self.prefix}:_nodes"))
+        try:  # a damaged or hostile index: none (the next announcement rebuilds it)
+            text = _text(index) if index is not None else "[]"
+            ids = json.loads(text) if len(text) <= MAX_NODES * 100 else []
+        except (ValueError, RecursionError):
+            ids = []
+        if not isinstance(ids, list):
+            ids = []
+        nodes = list(dict.fromkeys(i for i in ids if isinstance(i, str)))[:MAX_NODES]
+        pairs = yield self._mget("node_records", [self._node_key(n) for n in nodes])
+        found = {key: value for key, value in pairs}
+        self._nodes_gone = [n for n in nodes if self._node_key(n) not in found]
+        return {n: _text(found[self._node_key(n)]) for n in nodes if self._node_key(n) in found}
 
 
 def _ms(ttl: float) -> int:

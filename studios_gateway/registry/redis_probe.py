@@ -50,14 +50,14 @@ def _compare_nodes(node_id: str, settings: Mapping[str, str], records: Mapping[s
     from studios_gateway.registry.node_settings import (
         compare_nodes,
         disagreement,
-        parse_record,
+        node_records,
     )
 
     if not records:
         result.notes.append("cluster settings: no node is registered in Redis now")
     here = f"{node_id} (this configuration)"
-    for other, text in sorted(records.items()):
-        diffs = compare_nodes(settings, parse_record(text) or {})
+    for other, theirs in node_records(records):
+        diffs = compare_nodes(settings, theirs)
         if diffs:
             result.warnings.append(disagreement(here, other, diffs))
         else:

@@ -57,6 +57,10 @@ def test_a_node_with_another_proxy_url_is_warned_about_once_on_each_side(
             x = {"CONNECT_PROXY_URL": "https://elsewhere.example", "routing": "subdomain",
                  "CONNECT_STUDIOS_DOMAIN": "localhost", "login": "login links"}
             redis.cli("SET", "connect:session:_node:node-x", json.dumps(x), "PX", "60000")
+            redis.cli("EVAL", "local ids = cjson.decode(redis.call('GET', KEYS[1])) "
+                      "ids[#ids + 1] = ARGV[1] "
+                      "redis.call('SET', KEYS[1], cjson.encode(ids), 'PX', 60000)",
+                      "1", "connect:session:_nodes", "node-x")  # in the nodes' index
             redis.cli("PUBLISH", "connect:session:events", "node:node-x")
             for node in (a, b, c):
                 wait_until(lambda n=node: any("node-x" in w for w in warnings(n)),

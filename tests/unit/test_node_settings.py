@@ -11,6 +11,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
+from studios_gateway.registry.base import StoreUnavailable
 from studios_gateway.registry.node_settings import (
     NodeSettingsWatch,
     compare_nodes,
@@ -101,9 +102,11 @@ def test_one_warning_per_disagreeing_node_and_again_only_when_its_values_change(
         assert len(warnings) == 1 and "'https://old.example.com' on node-b" in warnings[0]
         assert watch.disagreeing == 1
         store.hear("node-b")  # it announced again, same values: nothing new
-        store.hear(None)  # events were lost: compare again, nothing new
         clock.advance(20)  # the refresh writes the record again without telling
         assert len(warnings) == 1 and store.told == ["node-a"]
+        store.hear(None)  # events were lost: compare again, nothing new
+        clock.advance(20)  # (and the next refresh tells every node again)
+        assert len(warnings) == 1 and store.told == ["node-a", "node-a"]
         records["node-d"] = json.dumps({**A, "routing": "path"})
         store.hear("node-d")
         assert len(warnings) == 2 and "'subdomain' here but 'path' on node-d" in warnings[1]
@@ -114,3 +117,119 @@ def test_one_warning_per_disagreeing_node_and_again_only_when_its_values_change(
         assert store.callbacks == []
     finally:
         globalLogPublisher.removeObserver(observe)
+
+
+class Logged:
+    """The formatted log lines of one level while in a `with` block."""
+
+    def __init__(self, level: str):
+        self.level = level
+        self.lines: list[str] = []
+
+    def __call__(self, event: LogEvent) -> None:
+        if event.get("log_level") is not None and event["log_level"].name == self.level:
+            self.lines.append(formatEvent(event))
+
+    def __enter__(self) -> Logged:
+        globalLogPublisher.addObserver(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        globalLogPublisher.removeObserver(self)
+
+
+class FlakyStore(FakeStore):
+    """A FakeStore whose Redis can be away (every call fails as RedisStore's do)."""
+
+    down = False
+    writes = 0
+
+    def _away(self) -> defer.Deferred[Any] | None:
+        if self.down:
+            return defer.fail(StoreUnavailable("Redis at 127.0.0.1:1 is unavailable"))
+        return None
+
+    def announce_node(self, value: str, ttl: float, *, tell: bool) -> defer.Deferred[None]:
+        self.writes += not self.down
+        return self._away() or super().announce_node(value, ttl, tell=tell)
+
+    def node_records(self) -> defer.Deferred[dict[str, str]]:
+        return self._away() or super().node_records()
+
+
+def test_an_outage_is_logged_once_and_the_node_tells_everyone_when_redis_is_back() -> None:
+    """Every refresh (20 s) of every node failed with its own log line while Redis was
+    away; after it, nothing told the other nodes, though Redis may have lost every record."""
+    records = {"node-b": json.dumps({**A, "routing": "path"})}
+    store = FlakyStore("node-a", records)
+    clock = Clock()
+    with Logged("info") as info, Logged("warn") as warn:
+        watch = NodeSettingsWatch(store, A, clock, ttl=60)
+        watch.start()
+        assert len(warn.lines) == 1 and store.told == ["node-a"]
+        store.down = True
+        for _ in range(30):  # ten minutes away
+            clock.advance(20)
+        assert len(info.lines) == 1 and "cannot publish" in info.lines[0], info.lines
+        records.clear()  # Redis came back empty (a restart without persistence)
+        records["node-b"] = json.dumps({**A, "routing": "path"})
+        store.down = False
+        clock.advance(20)
+        assert store.told == ["node-a", "node-a"]  # told again: every node compares
+        assert len(info.lines) == 2 and "published again" in info.lines[1]
+        assert watch.disagreeing == 1
+        for _ in range(5):
+            clock.advance(20)
+        assert len(info.lines) == 2 and store.told == ["node-a", "node-a"]
+        watch.stop()
+
+
+def started(store: FakeStore) -> tuple[NodeSettingsWatch, Clock]:
+    clock = Clock()
+    watch = NodeSettingsWatch(store, A, clock, ttl=60)
+    watch.start()
+    return watch, clock
+
+
+def test_lost_events_make_the_next_refresh_tell_every_node() -> None:
+    store = FakeStore("node-a", {})
+    watch, clock = started(store)
+    clock.advance(20)
+    assert store.told == ["node-a"]
+    store.hear(None)  # the subscriber reconnected: Redis may have restarted
+    clock.advance(20)
+    assert store.told == ["node-a", "node-a"]
+    clock.advance(20)
+    assert store.told == ["node-a", "node-a"]
+    watch.stop()
+
+
+def test_nothing_is_written_after_stop() -> None:
+    store = FlakyStore("node-a", {})
+    watch, clock = started(store)
+    watch.stop()
+    writes = store.writes
+    store.hear(None)
+    clock.advance(600)
+    assert store.writes == writes and not clock.getDelayedCalls()
+
+
+def test_a_hostile_record_is_ignored_or_shown_escaped_and_bounded() -> None:
+    """Anyone who can write the Redis: a record nested too deep raised RecursionError out
+    of the comparison, a huge one was parsed and its values logged whole, and a key's name
+    (shown as the node id) could put a line break into the log."""
+    assert parse_record("[" * 100_000) is None
+    assert parse_record(json.dumps({**A, "x": "y" * 10_000})) is None
+    long = {**A, "CONNECT_PROXY_URL": "https://x\n2026 [fake] line " + "z" * 1000}
+    records = {"node-b\nfake line": json.dumps({**A, "routing": "path"}),
+               "node-c": "[" * 3000, "node-d": json.dumps(long)}
+    store = FakeStore("node-a", records)
+    with Logged("warn") as warn, Logged("info") as info:
+        watch = NodeSettingsWatch(store, A, Clock(), ttl=60)
+        watch.start()
+        watch.stop()
+    assert info.lines == []
+    assert len(warn.lines) == 1 and "node-d" in warn.lines[0]
+    assert "\n" not in warn.lines[0] and len(warn.lines[0]) < 800
+    assert "'https://x\\n2026 [fake] line zzz" in warn.lines[0]
+    assert watch.disagreeing == 1
