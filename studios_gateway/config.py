@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from studios_gateway.auth.settings import same_origin
 from studios_gateway.durations import EXPECTED as DURATION_EXPECTED
 from studios_gateway.durations import format_setting, parse_duration
 from studios_gateway.ssh.policy import MaxStartups
@@ -1105,6 +1106,12 @@ def _doubts(cfg: Config) -> list[str]:
         warnings.append("CONNECT_REDIS_ADDRESS is not set: sessions are kept by this single "
                         "node (CONNECT_STORAGE_ROOT/sessions.json; set it to share sessions "
                         "between gateways)")
+    if (cfg.platform_url and cfg.oidc_issuer_url
+            and not same_origin(cfg.oidc_issuer_url, cfg.platform_url)):
+        warnings.append("CONNECT_OIDC_ISSUER_URL is another provider than PLATFORM_URL: the "
+                        "Platform's access and SSH key calls are made without the OpenID "
+                        "client's id and secret (they belong to that provider and are not "
+                        "sent to the Platform)")
     if cfg.ssh_enabled and not (cfg.ssh_key_path or cfg.ssh_key_value):
         warnings.append("no SSH host key configured: one is generated under "
                         "CONNECT_STORAGE_ROOT and kept there")

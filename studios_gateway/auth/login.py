@@ -100,6 +100,7 @@ __all__ = [
     "Response",
     "SUBJECT_HEADER",
     "GATEWAY_COOKIES",
+    "platform_credentials",
     "strip_auth_cookie",
     "strip_auth_cookies",
 ]
@@ -243,6 +244,22 @@ def _unusable_subject(subject: str) -> str | None:
 # The adapter ----------------------------------------------------------------------------
 
 
+
+def platform_credentials(settings: AuthSettings, rp: RelyingParty | None
+                         ) -> Callable[[], tuple[str, str] | None]:
+    """What the Platform's calls (studio access, SSH keys) send as HTTP Basic: the
+    gateway's OpenID client id and secret once it has them, and only when the Platform
+    is that client's issuer (another provider's secret is never sent to the Platform:
+    ``AuthSettings.platform_gets_credentials``)."""
+    sends = settings.platform_gets_credentials
+
+    def credentials() -> tuple[str, str] | None:
+        client = rp.client if rp is not None and sends else None
+        return (client.client_id, client.client_secret) if client and client.client_secret \
+            else None
+
+    return credentials
+
 class Auth:
     """Login routes, cookies and per-request authorization for the HTTP proxy (and the
     login links that the admin API prints)."""
@@ -316,11 +333,8 @@ class Auth:
                 timeout=s.timeout), reactor=reactor, shared=pending_logins(store, local))
         platform = None
         if s.platform_url:
-            def creds() -> tuple[str, str] | None:
-                c = rp.client if rp is not None else None
-                return (c.client_id, c.client_secret) if c and c.client_secret else None
-            platform = PlatformAccess(s.platform_url, creds, reactor=reactor,
-                                      timeout=min(s.timeout, 5.0))
+            platform = PlatformAccess(s.platform_url, platform_credentials(s, rp),
+                                      reactor=reactor, timeout=min(s.timeout, 5.0))
         if local is not None:  # one node, in memory: files remember
             local.keep_login_journals(Journal(root / SPENT), Journal(root / LOGOUTS))
         authorizer = Authorizer(store, clock=reactor, ttl=s.cache_ttl,

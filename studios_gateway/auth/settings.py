@@ -27,6 +27,17 @@ HANDOFF_COOKIE = "connect_handoff"
 
 
 
+def same_origin(a: str, b: str) -> bool:
+    """Whether two http(s) URLs name the same origin (scheme, host, port)."""
+    ua, ub = urlsplit(a), urlsplit(b)
+    default = {"http": 80, "https": 443}
+    try:
+        return ((ua.scheme.lower(), ua.hostname, ua.port or default.get(ua.scheme.lower()))
+                == (ub.scheme.lower(), ub.hostname, ub.port or default.get(ub.scheme.lower())))
+    except ValueError:  # a port out of range: config refuses such URLs anyway
+        return False
+
+
 @dataclass(frozen=True)
 class AuthSettings:
     proxy_url: str  # e.g. https://connect.example.com (a port if not the default)
@@ -47,6 +58,15 @@ class AuthSettings:
     link_ttl: float = 24 * 3600.0
     handoff_ttl: float = 60.0
     timeout: float = 10.0
+
+    @property
+    def platform_gets_credentials(self) -> bool:
+        """Whether the Platform's calls may carry the OpenID client's id and secret: only
+        when the issuer that client is registered with is the Platform itself (same
+        origin). Another provider's client secret is never sent to a third party."""
+        if self.issuer is None or self.platform_url is None:
+            return False
+        return same_origin(self.issuer, self.platform_url)
 
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> AuthSettings:

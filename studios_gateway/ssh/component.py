@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.auth.authorizer import NOT_ALLOWED
-from studios_gateway.auth.login import Auth
+from studios_gateway.auth.login import Auth, platform_credentials
 from studios_gateway.component import Component, Part, StartError, endpoint_for
 from studios_gateway.config import Config
 from studios_gateway.registry.base import SessionRecord, SessionStore, UserKeyStore
@@ -106,13 +106,7 @@ def make_platform_keys(auth: Auth, reactor: Any) -> PlatformKeys | None:
     url = auth.settings.platform_url
     if not url:
         return None
-    rp = auth.rp
-
-    def credentials() -> tuple[str, str] | None:
-        client = rp.client if rp is not None else None
-        return (client.client_id, client.client_secret) if client and client.client_secret \
-            else None
-
+    credentials = platform_credentials(auth.settings, auth.rp)
     return PlatformKeys(url, credentials, reactor=reactor, ttl=auth.settings.cache_ttl,
                         timeout=min(auth.settings.timeout, 5.0))
 

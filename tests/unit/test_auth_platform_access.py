@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import pytest
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
@@ -158,3 +159,39 @@ class PlatformAccessTests(unittest.TestCase):
         assert (again.allowed, again.reason) == (True, "platform")
         self.flushLoggedErrors()
 
+
+
+@pytest.mark.parametrize(("issuer", "sent"), [
+    (None, True),  # the Platform is the issuer (PLATFORM_URL alone)
+    ("https://platform.example.test/", True),  # the same origin, said again
+    ("https://platform.example.test:443/realms/x", True),
+    ("https://idp.example.test/realms/x", False),  # another provider
+    ("http://platform.example.test/", False),  # another scheme is another origin
+])
+def test_the_platform_gets_the_client_secret_only_when_it_is_the_issuer(
+        tmp_path: Any, issuer: str | None, sent: bool) -> None:
+    """With CONNECT_OIDC_ISSUER_URL naming another provider, the Platform's calls carried
+    that provider's client id and secret (HTTP Basic) to the Platform: a secret of one
+    party sent to another. Now only the Platform's own client is sent to it."""
+    from studios_gateway.auth.login import Auth
+    from studios_gateway.auth.oidc import ClientRegistration
+    from studios_gateway.config import load_config
+    from studios_gateway.ssh.component import make_platform_keys
+
+    env = {"PLATFORM_URL": "https://platform.example.test",
+           "CONNECT_PROXY_URL": "https://connect.example.test",
+           "CONNECT_STORAGE_ROOT": str(tmp_path)}
+    if issuer is not None:
+        env["CONNECT_OIDC_ISSUER_URL"] = issuer
+    config = load_config(environ=env)
+    auth = Auth.from_config(config, MemoryStore(Clock()), reactor=reactor)
+    assert auth.rp is not None and auth.authorizer.platform is not None
+    auth.rp.client = ClientRegistration(
+        issuer=auth.rp.settings.issuer, client_name="gw", client_id="gw-client",
+        client_secret="s3cret", redirect_uris=("https://connect.example.test/cb",))
+    expected = ("gw-client", "s3cret") if sent else None
+    assert auth.authorizer.platform._credentials() == expected
+    keys = make_platform_keys(auth, reactor)  # the SSH key call: the same rule
+    assert keys is not None and keys._credentials() == expected
+    warned = [w for w in config.warnings if "CONNECT_OIDC_ISSUER_URL" in w]
+    assert len(warned) == (0 if sent else 1), config.warnings
