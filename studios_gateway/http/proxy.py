@@ -550,23 +550,17 @@ class ProxyProtocol(Protocol):
                 return
             why = cross_origin(ex.info.header(b"origin"), ex.info.host)
             if why is not None:  # a page of another studio (or site) as this browser's user
-                self._log.info("refused a WebSocket from {peer} to {host}: {why}",
-                               peer=self._peer, host=ex.host, why=why)
-                self._respond(ex, pages.forbidden(message=(
-                    "A WebSocket to a studio must come from that studio's own pages "
-                    f"(here: {why}).")), close=True, why=f"WebSocket refused: {why}")
+                self._refuse_from_elsewhere(ex, "WebSocket", "WebSocket", why,
+                                            f"WebSocket refused: {why}")
                 return
         elif ex.info.method not in _SAFE_METHODS \
                 and not ex.info.path.startswith(_GATEWAY_ROUTES):
             why = posted_from_elsewhere(ex.info.header(b"sec-fetch-site"),
                                         ex.info.header(b"origin"), ex.info.host)
             if why is not None:  # another studio's page (the same site) as this user
-                self._log.info("refused a {method} from {peer} to {host}: {why}",
-                               method=ex.info.method, peer=self._peer, host=ex.host, why=why)
-                self._respond(ex, pages.forbidden(message=(
-                    f"A {ex.info.method} request to a studio must come from that studio's "
-                    f"own pages (here: {why}).")), close=True,
-                    why=f"{ex.info.method} from elsewhere refused: {why}")
+                method = ex.info.method
+                self._refuse_from_elsewhere(ex, method, f"{method} request", why,
+                                            f"{method} from elsewhere refused: {why}")
                 return
         if f.fast is not None and self._fast(ex):
             return
@@ -991,6 +985,16 @@ class ProxyProtocol(Protocol):
         if client_rest:
             conn.transport.write(client_rest)
         self.gate.resume("pipeline")
+
+    def _refuse_from_elsewhere(self, ex: Exchange, what: str, asked: str, why: str,
+                               reason: str) -> None:
+        """403 for `what` (a WebSocket, a POST) that a page of another origin had this
+        browser send to a studio with its cookie: logged, and the page says `why`."""
+        self._log.info("refused a {what} from {peer} to {host}: {why}",
+                       what=what, peer=self._peer, host=ex.host, why=why)
+        self._respond(ex, pages.forbidden(message=(
+            f"A {asked} to a studio must come from that studio's own pages "
+            f"(here: {why}).")), close=True, why=reason)
 
     def _pace(self, pacer: Pacer, session_id: str, n: int) -> None:
         """The session's bandwidth cap: stop reading from this side for a while."""
