@@ -442,7 +442,14 @@ class Auth:
             next_url = request.target
         else:
             next_url = f"{s.scheme}://{request.hostname}{s._port_suffix}{request.target}"
-        return f"{s.proxy_url}{PREFIX}login?" + urlencode({"next": next_url}, quote_via=quote)
+        return self._login_again(next_url)
+
+    def _login_again(self, next_url: str | None) -> str:
+        """The proxy host's login, leading back to `next_url` once done (to "/" without)."""
+        again = f"{self.settings.proxy_url}{PREFIX}login"
+        if next_url:
+            again += "?" + urlencode({"next": next_url}, quote_via=quote)
+        return again
 
     def authenticate(self, request: RequestInfo,
                      session_id: str) -> Deferred[Identity | Response]:
@@ -642,7 +649,7 @@ class Auth:
                         "shortly.", extra_headers=[(b"Retry-After", b"5")])
         # The callback completes this login only in this browser: its cookie (kept for
         # the next login too, so logins begun in two tabs both work).
-        browsers = self._browsers(request)
+        browsers = self._tokens(request, s.browser_cookie_name)
         browser = browsers[0] if browsers else secrets.token_urlsafe(32)
 
         def begun(url: str) -> Response:
@@ -665,22 +672,22 @@ class Auth:
         if unsaid is not None:
             self._log.warn("a login could not go on: {why}{more}", why=str(why),
                            more=self._refusals.more(unsaid))
-        again = f"{self.settings.proxy_url}{PREFIX}login"
-        if next_url:
-            again += "?" + urlencode({"next": next_url}, quote_via=quote)
         return page(503, "Login unavailable",
                     "Login is unavailable for a moment; try again shortly.",
-                    link=(again, "Try again"), extra_headers=[(b"Retry-After", b"5")])
+                    link=(self._login_again(next_url), "Try again"),
+                    extra_headers=[(b"Retry-After", b"5")])
 
-    def _browsers(self, request: RequestInfo) -> list[str]:
-        """The well-formed values of the browser cookie the request brings."""
-        return [v for v in cookie_values(request.headers, self.settings.browser_cookie_name)
-                if _BROWSER_VALUE.fullmatch(v)]
+    @staticmethod
+    def _tokens(request: RequestInfo, name: str) -> list[str]:
+        """The well-formed values (random tokens) of the cookie `name` the request brings:
+        the browser cookie of a begun login, a studio host's hand-off cookie."""
+        return [v for v in cookie_values(request.headers, name) if _BROWSER_VALUE.fullmatch(v)]
 
     def _callback(self, request: RequestInfo) -> Any:
         if self.rp is None:
             return page(404, "Not found", "No such page.")
-        d = self.rp.finish(request.params(), self._browsers(request))
+        d = self.rp.finish(request.params(),
+                           self._tokens(request, self.settings.browser_cookie_name))
 
         def failed(f: Any) -> Response:
             f.trap(LoginFailed, OIDCError)
@@ -695,10 +702,8 @@ class Auth:
                                why=shown(str(f.value), 300, words=True),
                                more=self._refusals.more(unsaid))
             self.on_login("oidc", False)
-            again = f"{self.settings.proxy_url}{PREFIX}login"
-            next_url = getattr(f.value, "next_url", None)
-            if next_url:  # back to the page the login was for, not "/"
-                again += "?" + urlencode({"next": next_url}, quote_via=quote)
+            # "Try again" leads back to the page the login was for, not "/"
+            again = self._login_again(getattr(f.value, "next_url", None))
             return page(400, "Login failed", str(f.value), link=(again, "Try again"))
 
         def done(result: Any) -> Response:
@@ -765,8 +770,7 @@ class Auth:
         s = self.settings
         data = self._signer.verify(_HANDOFF, request.params().get("code", ""))
         now = self._reactor.seconds()
-        again = (f"{s.proxy_url}{PREFIX}login?"
-                 + urlencode({"next": s.studio_url(session_id)}, quote_via=quote))
+        again = self._login_again(s.studio_url(session_id))
         expired = page(400, "Login link expired",
                        "This login hand-off was used already, has expired, or is for "
                        "another studio or another browser.", link=(again, "Log in again"))
@@ -788,8 +792,7 @@ class Auth:
         # the login, which cannot read this host's cookies) is sent back to the proxy host
         # once with that cookie's value, and the proxy host binds the code it makes to it
         # for the login this browser holds there.
-        mine = [v for v in cookie_values(request.headers, s.handoff_cookie_name)
-                if _BROWSER_VALUE.fullmatch(v)]
+        mine = self._tokens(request, s.handoff_cookie_name)
         bind = data.get("bind")
         if bind is None:
             return self._bind_handoff(session_id, data, mine)
