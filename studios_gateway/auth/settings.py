@@ -1,7 +1,8 @@
 """Login settings and URL policy: where the login routes live, which host or path is a
 studio's, which cookie a studio's login uses, and which ``next`` URLs may be followed.
 
-Plain logic, no I/O: :mod:`studios_gateway.auth.login` asks it for every decision.
+Plain logic, no I/O: :mod:`studios_gateway.auth.login` and
+:mod:`studios_gateway.auth.routes` ask it for every decision.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from studios_gateway.auth.cookies import cookie_name
 from studios_gateway.wire.ids import SESSION_ID
@@ -190,6 +191,13 @@ class AuthSettings:
         if host != self.proxy_host and self.session_of_host(host) is None:
             return None
         return raw
+
+    def login_again(self, next_url: str | None) -> str:
+        """The proxy host's login, leading back to `next_url` once done (to "/" without)."""
+        again = f"{self.proxy_url}{PREFIX}login"
+        if next_url:
+            again += "?" + urlencode({"next": next_url}, quote_via=quote)
+        return again
 
     def studio_of_next(self, next_url: str) -> tuple[str | None, str]:
         """(session id or None, the path on that session's host) for a checked `next`."""

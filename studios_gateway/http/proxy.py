@@ -93,7 +93,7 @@ __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConn
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Methods a page of another origin may have a browser send to a studio with its cookie.
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: The gateway's own routes (each judges its posts itself: auth/login.py).
+#: The gateway's own routes (each judges its posts itself: auth/routes.py).
 _GATEWAY_ROUTES = "/_connect/"
 #: A WebSocket a quota stops mid-frame gets its close frame once the tool's frame ends,
 #: if at most this many of its bytes are still to come ...

@@ -172,9 +172,9 @@ class TwoNodesTests(unittest.TestCase):
 
     def test_a_hand_off_code_is_spent_once_across_nodes(self) -> None:
         bind = "b" * 43  # the studio host's hand-off cookie, which the code names
-        to_studio = self.a._complete("alice", "login-1", self.clock.seconds() + 3600,
-                                     "https://abc.connect.example.test/lab", new_login=False,
-                                     bind=bind)
+        to_studio = self.a.routes._complete(
+            "alice", "login-1", self.clock.seconds() + 3600,
+            "https://abc.connect.example.test/lab", new_login=False, bind=bind)
         handoff = dict(to_studio.headers)[b"Location"].decode()
         assert "/_connect/handoff?code=" in handoff
         cookie = ((b"Cookie", f"__Host-connect_handoff={bind}".encode()),)

@@ -1,0 +1,86 @@
+"""An OpenID login's tokens kept fresh while the login lasts.
+
+After a login through the issuer, the gateway refreshes the login's tokens shortly
+before they expire, for as long as the gateway's own login lasts: a refresh the
+issuer refuses (the person was logged out there, or lost their account) ends the
+login on every node; one that fails for another reason is tried again in 30 s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+
+from studios_gateway.auth.authorizer import Authorizer
+from studios_gateway.auth.oidc import LoginFailed, RelyingParty, TokenSet
+
+__all__ = ["REFRESH_MIN_INTERVAL", "LoginRefresher"]
+
+#: Refreshes of one login are at least this far apart (seconds).
+REFRESH_MIN_INTERVAL = 1.0
+#: A refresh that failed without the issuer refusing it is tried again this much later.
+_RETRY_AFTER = 30.0
+
+
+class LoginRefresher:
+    """The timers that refresh each login's tokens (one per login id)."""
+
+    _log = Logger()
+
+    def __init__(self, rp: RelyingParty | None, authorizer: Authorizer, *, reactor: Any):
+        self._rp = rp
+        self._authorizer = authorizer
+        self._reactor = reactor
+        self._calls: dict[str, Any] = {}
+
+    def begin(self, login_id: str, tokens: TokenSet, login_expires: float) -> None:
+        """A login (new, or one going on in the same browser) got `tokens`: refresh them
+        from now on in place of any earlier ones of that login."""
+        stale = self._calls.pop(login_id, None)
+        if stale is not None and stale.active():
+            stale.cancel()
+        self._keep_fresh(login_id, tokens, login_expires)
+
+    def stop(self) -> None:
+        """Cancel every pending refresh."""
+        for call in self._calls.values():
+            if call.active():
+                call.cancel()
+        self._calls.clear()
+
+    def _keep_fresh(self, login_id: str, tokens: TokenSet, login_expires: float) -> None:
+        """While the login lasts, refresh its tokens before they expire; a refused
+        refresh (the issuer ended the login) logs the user out everywhere."""
+        if self._rp is None or not tokens.refresh_token or tokens.expires_at is None:
+            return
+        now = self._reactor.seconds()
+        lifetime = max(0.0, tokens.expires_at - now)
+        # A fifth of the lifetime (at most a minute) before expiry; at most once a second.
+        at = now + max(REFRESH_MIN_INTERVAL, lifetime - min(60.0, lifetime / 5))
+        if at >= login_expires:
+            self._calls.pop(login_id, None)
+            return
+        rp = self._rp
+
+        def refresh() -> None:
+            def ok(new: TokenSet) -> None:
+                self._keep_fresh(login_id, new, login_expires)
+
+            def failed(f: Any) -> None:
+                self._calls.pop(login_id, None)
+                if f.check(LoginFailed):
+                    self._log.info("the issuer refused to refresh a login: logging it out")
+                    self._authorizer.logout(login_id)
+                else:
+                    self._log.warn("refreshing a login failed: {why}", why=str(f.value))
+                    self._keep_fresh(login_id, TokenSet(
+                        tokens.access_token, tokens.id_token, tokens.refresh_token,
+                        self._reactor.seconds() + _RETRY_AFTER), login_expires)
+
+            if self._authorizer.is_logged_out(login_id):
+                self._calls.pop(login_id, None)
+                return
+            rp.refresh(tokens).addCallbacks(ok, failed)
+
+        self._calls[login_id] = self._reactor.callLater(at - now, refresh)

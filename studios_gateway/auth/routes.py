@@ -1,0 +1,535 @@
+"""The gateway's own pages under ``/_connect/``: logging in (through the OpenID issuer or
+with a one-time link), the hand-off of a login to a studio's host, and logging out.
+
+On the proxy host: ``login`` (begins an OpenID login, or carries an existing one to a
+studio), ``callback`` (the issuer's answer), ``link`` (a one-time login link: a page
+with a button, then its post) and ``logout`` (a page with a button, then its post). On
+a studio's host (subdomain mode): ``handoff`` (sets that host's cookie from a one-time
+code) and ``logout`` (sends the browser to the proxy host's). :class:`LoginRoutes`
+answers them for :class:`studios_gateway.auth.login.Auth`, which keeps the per-request
+decisions.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from studios_gateway.auth.authorizer import Authorizer
+from studios_gateway.auth.cookies import (
+    LOGIN_SCOPE,
+    CookieCodec,
+    SessionCookie,
+    Signer,
+    clear_cookie_header,
+    cookie_values,
+    new_login_id,
+    set_cookie_header,
+)
+from studios_gateway.auth.oidc import (
+    LoginFailed,
+    LoginUnavailable,
+    OIDCError,
+    RelyingParty,
+    same_browser,
+)
+from studios_gateway.auth.refresh import LoginRefresher
+from studios_gateway.auth.settings import PREFIX, AuthSettings
+from studios_gateway.http import pages
+from studios_gateway.http.origin import posted_from_elsewhere
+from studios_gateway.http.request import RequestInfo
+from studios_gateway.registry.base import StoreUnavailable
+from studios_gateway.repeats import Repeats
+from studios_gateway.shown import shown
+
+__all__ = ["LINK", "LoginRoutes", "Response", "first_live", "page", "redirect"]
+
+#: The signed tokens' kinds: a one-time login link, a hand-off code.
+LINK = "login-link/1"
+HANDOFF = "handoff/1"
+#: How long the browser cookie of a begun OpenID login lasts (seconds; the relying
+#: party keeps a begun login 10 minutes). Each new login in the browser renews it.
+BROWSER_COOKIE_TTL = 900
+#: A random token's cookie value (a begun login's browser, a studio host's hand-off).
+_BROWSER_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
+#: The longest user name a cookie carries (cookies.SessionCookie).
+MAX_SUBJECT = 256
+
+# Response: what a login route answers, a page or a redirect (http/pages.py).
+Response = pages.Page
+
+
+def page(status: int, title: str, message: str, *, link: tuple[str, str] | None = None,
+         extra_headers: Iterable[tuple[bytes, bytes]] = (), body_html: str = "") -> Response:
+    """A small, self-contained HTML page (http/pages.py makes every page the gateway
+    answers with). `message` is text (escaped there)."""
+    return pages.page(status, title, message, link=link, body_html=body_html,
+                      extra=tuple(extra_headers))
+
+
+def redirect(location: str, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
+    return pages.redirect(location, 302, extra=tuple(extra_headers))
+
+
+def _studio_path(raw: Any) -> str:
+    """A hand-off's `next` as a path on the studio's host ("/" unless it is one)."""
+    path = str(raw or "/")
+    return "/" if not path.startswith("/") or path.startswith("//") else path
+
+
+def _unusable_subject(subject: str) -> str | None:
+    """Why `subject` (an issuer's user claim) cannot name a user here, or None: a cookie
+    names at most MAX_SUBJECT characters, and the tool gets it in a header."""
+    if len(subject) > MAX_SUBJECT:
+        return f"has {len(subject)} characters (at most {MAX_SUBJECT})"
+    if any(not c.isprintable() for c in subject) or subject != subject.strip():
+        return f"has control characters or surrounding spaces ({shown(subject, 64)})"
+    return None
+
+
+def first_live(cookies: CookieCodec, authorizer: Authorizer, values: list[str],
+               scope: str) -> SessionCookie | None:
+    """The first of `values` that is a cookie valid for `scope` (a session id, or the
+    proxy host's LOGIN_SCOPE) whose login has not ended."""
+    for value in values:
+        c = cookies.verify(value, scope)
+        if c is not None and not authorizer.is_logged_out(c.login_id):
+            return c
+    return None
+
+
+class LoginRoutes:
+    """The ``/_connect/`` routes. `issuer_unreachable()`: whether the OpenID issuer could
+    not be reached at start (asking it again soon when so)."""
+
+    _log = Logger()
+
+    def __init__(self, settings: AuthSettings, *, reactor: Any, authorizer: Authorizer,
+                 rp: RelyingParty | None, signer: Signer, cookies: CookieCodec,
+                 refresher: LoginRefresher, issuer_unreachable: Callable[[], bool]):
+        self.settings = settings
+        self._reactor = reactor
+        self.authorizer = authorizer
+        self.rp = rp
+        self._signer = signer
+        self._cookies = cookies
+        self._refresher = refresher
+        self._issuer_unreachable = issuer_unreachable
+        #: Where used login links and hand-off codes are kept (the session store).
+        self._once = authorizer.login_state
+        #: Refused logins' warnings: one per kind of failure and minute (see _callback).
+        self._refusals = Repeats(reactor)
+        #: on_login(kind, ok): a login ("oidc", "link", "handoff") succeeded or failed.
+        self.on_login: Callable[[str, bool], Any] = lambda kind, ok: None
+
+    def handle(self, request: RequestInfo) -> Deferred[Response | None]:
+        """The response for one of the gateway's own routes, or None (not ours)."""
+        if not request.path.startswith(PREFIX):
+            return defer.succeed(None)
+        return defer.maybeDeferred(self._route, request).addErrback(self._failed)
+
+    def _failed(self, failure: Any) -> Response:
+        if failure.check(StoreUnavailable):
+            # Whether a link or code was used cannot be known: refuse it for now.
+            unsaid = self._refusals.due("registry")
+            if unsaid is not None:
+                self._log.warn("a login was refused for now: {why}{more}",
+                               why=failure.value.reason, more=self._refusals.more(unsaid))
+            return page(503, "Try again shortly",
+                        "The login cannot be checked right now; try again in a moment.",
+                        extra_headers=[(b"Retry-After", b"5")])
+        self._log.failure("a login route failed", failure)
+        return page(503, "Login unavailable", "The login could not be completed; try again.")
+
+    def _route(self, request: RequestInfo) -> Any:
+        s = self.settings
+        name = request.path[len(PREFIX):]
+        host = request.hostname
+        studio = None if host == s.proxy_host else s.session_of_host(host)
+        if studio is not None:
+            if name == "handoff":
+                return self._handoff(request, studio)
+            if name == "logout":
+                return self._studio_logout(request, studio)
+            return page(404, "Not found", "No such page.")
+        if host != s.proxy_host:
+            return None  # not a host of ours: let the proxy decide
+        routes = {"login": self._login, "callback": self._callback, "link": self._link,
+                  "logout": self._logout}
+        handler = routes.get(name)
+        if handler is None:
+            return page(404, "Not found", "No such page.")
+        return handler(request)
+
+    def _login_cookie(self, request: RequestInfo) -> SessionCookie | None:
+        return first_live(self._cookies, self.authorizer,
+                          cookie_values(request.headers, self.settings.login_cookie_name),
+                          LOGIN_SCOPE)
+
+    def _login(self, request: RequestInfo) -> Any:
+        s = self.settings
+        next_url = s.safe_next(request.params().get("next")) or "/"
+        if len(cookie_values(request.headers, s.login_cookie_name)) > 1:
+            # The gateway sets one login cookie; a second one was planted (by a page on
+            # a sibling host or path), and trying each could log this browser in as
+            # whoever planted it. Clear ours and have the person clear the rest.
+            self._log.warn("a login with several login cookies was refused")
+            return page(400, "Login refused",
+                        "Your browser sent several login cookies for this gateway, which "
+                        "it never sets. Clear this site's cookies, then log in again.",
+                        extra_headers=[clear_cookie_header(
+                            s.login_cookie_name, path=s.login_cookie_path,
+                            secure=s.secure_cookies)])
+        existing = self._login_cookie(request)
+        if existing is not None:
+            bind = request.params().get("bind", "")
+            return self._complete(existing.subject, existing.login_id, existing.expires_at,
+                                  next_url, new_login=False,
+                                  bind=bind if _BROWSER_VALUE.fullmatch(bind) else None)
+        if self.rp is None:
+            return page(401, "Login required",
+                        "This gateway logs people in with one-time links. Ask an "
+                        "administrator for one (studios-gateway sessions link <session> <user> "
+                        "prints it).")
+        if self._issuer_unreachable():
+            return page(503, "Login unavailable",
+                        "The identity provider cannot be reached right now; try again "
+                        "shortly.", extra_headers=[(b"Retry-After", b"5")])
+        # The callback completes this login only in this browser: its cookie (kept for
+        # the next login too, so logins begun in two tabs both work).
+        browsers = self._tokens(request, s.browser_cookie_name)
+        browser = browsers[0] if browsers else secrets.token_urlsafe(32)
+
+        def begun(url: str) -> Response:
+            return redirect(url, [set_cookie_header(
+                s.browser_cookie_name, browser, path=s.login_cookie_path,
+                max_age=BROWSER_COOKIE_TTL, secure=s.secure_cookies)])
+
+        def failed(f: Any) -> Response:
+            f.trap(OIDCError)
+            if f.check(LoginFailed):
+                return page(400, "Login failed", str(f.value))
+            return self._unavailable(f.value, next_url)
+
+        return self.rp.begin(next_url, browser=browser).addCallbacks(begun, failed)
+
+    def _unavailable(self, why: Any, next_url: str | None) -> Response:
+        """The "try again in a moment" page: the store that keeps logins between their
+        start and their callback (Redis) cannot be reached."""
+        unsaid = self._refusals.due("LoginUnavailable")
+        if unsaid is not None:
+            self._log.warn("a login could not go on: {why}{more}", why=str(why),
+                           more=self._refusals.more(unsaid))
+        return page(503, "Login unavailable",
+                    "Login is unavailable for a moment; try again shortly.",
+                    link=(self.settings.login_again(next_url), "Try again"),
+                    extra_headers=[(b"Retry-After", b"5")])
+
+    @staticmethod
+    def _tokens(request: RequestInfo, name: str) -> list[str]:
+        """The well-formed values (random tokens) of the cookie `name` the request brings:
+        the browser cookie of a begun login, a studio host's hand-off cookie."""
+        return [v for v in cookie_values(request.headers, name) if _BROWSER_VALUE.fullmatch(v)]
+
+    def _callback(self, request: RequestInfo) -> Any:
+        if self.rp is None:
+            return page(404, "Not found", "No such page.")
+        d = self.rp.finish(request.params(),
+                           self._tokens(request, self.settings.browser_cookie_name))
+
+        def failed(f: Any) -> Response:
+            f.trap(LoginFailed, OIDCError)
+            if f.check(LoginUnavailable):
+                self.on_login("oidc", False)
+                return self._unavailable(f.value, None)
+            # Anyone can ask for /_connect/callback?state=x (each has its access line):
+            # a line per kind of failure and minute, with the count of the others.
+            unsaid = self._refusals.due(type(f.value).__name__)
+            if unsaid is not None:
+                self._log.warn("a login was refused: {why}{more}",
+                               why=shown(str(f.value), 300, words=True),
+                               more=self._refusals.more(unsaid))
+            self.on_login("oidc", False)
+            # "Try again" leads back to the page the login was for, not "/"
+            again = self.settings.login_again(getattr(f.value, "next_url", None))
+            return page(400, "Login failed", str(f.value), link=(again, "Try again"))
+
+        def done(result: Any) -> Response:
+            subject = result.claims.get(self.settings.user_claim)
+            if not isinstance(subject, str) or not subject:
+                return page(400, "Login failed",
+                            f"The identity provider sent no {self.settings.user_claim} claim.")
+            unusable = _unusable_subject(subject)
+            if unusable is not None:
+                # A cookie would carry it but never open anything (longer than a cookie
+                # may name: back to the issuer, which logs the person in again, for ever)
+                # or the tool's header could not carry it.
+                self._log.warn("a login was refused: the {claim} claim {why}",
+                               claim=self.settings.user_claim, why=unusable)
+                self.on_login("oidc", False)
+                return replace(page(400, "Login failed",
+                                    f"The identity provider's {self.settings.user_claim} "
+                                    f"claim for you {unusable}, so it cannot name you on "
+                                    "this gateway. Ask your administrator."),
+                               why=f"unusable {self.settings.user_claim} claim")
+            login_id = self._browser_login(self._login_cookie(request), subject,
+                                           "logged in")
+            expires = self._reactor.seconds() + self.settings.login_ttl
+            self._refresher.begin(login_id, result.tokens, expires)
+            self._log.info("{user} logged in", user=subject)
+            self.on_login("oidc", True)
+            return self._complete(subject, login_id, expires, result.next_url, new_login=True)
+
+        return d.addCallbacks(done, failed)
+
+    def _complete(self, subject: str, login_id: str, expires_at: float, next_url: str, *,
+                  new_login: bool, bind: str | None = None) -> Response:
+        """Set the cookies a fresh login needs and send the browser on. `bind`: the studio
+        host's hand-off cookie the hand-off must meet there (see _handoff)."""
+        s = self.settings
+        now = self._reactor.seconds()
+        ttl = max(0.0, expires_at - now)
+        headers: list[tuple[bytes, bytes]] = []
+        if new_login:
+            headers.append(set_cookie_header(
+                s.login_cookie_name, self._cookies.issue(subject, LOGIN_SCOPE, login_id, ttl),
+                path=s.login_cookie_path, max_age=int(ttl), secure=s.secure_cookies))
+        session_id, path = s.studio_of_next(next_url)
+        if session_id is None:
+            return redirect(next_url, headers)
+        if s.path_routing:
+            headers.append(set_cookie_header(
+                s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
+                path=s.studio_cookie_path(session_id), max_age=int(ttl),
+                secure=s.secure_cookies))
+            return redirect(next_url, headers)
+        claims = {"sub": subject, "sid": session_id, "lid": login_id, "lexp": int(expires_at),
+                  "next": path, "exp": int(now + s.handoff_ttl),
+                  "jti": secrets.token_urlsafe(12)}
+        if bind is not None:
+            claims["bind"] = bind
+        code = self._signer.sign(HANDOFF, claims)
+        return redirect(f"{s.studio_origin(session_id)}{PREFIX}handoff?code={code}", headers)
+
+    def _handoff(self, request: RequestInfo, session_id: str) -> Any:
+        s = self.settings
+        data = self._signer.verify(HANDOFF, request.params().get("code", ""))
+        now = self._reactor.seconds()
+        again = self.settings.login_again(s.studio_url(session_id))
+        expired = page(400, "Login link expired",
+                       "This login hand-off was used already, has expired, or is for "
+                       "another studio or another browser.", link=(again, "Log in again"))
+        if data is None or not isinstance(data.get("exp"), int) \
+                or not isinstance(data.get("jti"), str):
+            self.on_login("handoff", False)
+            return replace(expired, why="login hand-off not valid")
+        # For the access line: whose hand-off it was, and why it was refused.
+        user = str(data.get("sub", ""))
+        if data["exp"] <= now or data.get("sid") != session_id:
+            self.on_login("handoff", False)
+            why = ("login hand-off expired" if data["exp"] <= now else
+                   f"login hand-off for another studio ({shown(str(data.get('sid')), 64)})")
+            return replace(expired, user=user, why=why)
+        # A code is anyone's who holds it: someone could make one from their own login
+        # and have another person's browser open it (a link, a redirect), logging that
+        # browser in to the studio as them, over its own cookie. So a code completes only
+        # where this host's hand-off cookie is the one it names; an unbound code (from
+        # the login, which cannot read this host's cookies) is sent back to the proxy host
+        # once with that cookie's value, and the proxy host binds the code it makes to it
+        # for the login this browser holds there.
+        mine = self._tokens(request, s.handoff_cookie_name)
+        bind = data.get("bind")
+        if bind is None:
+            return self._bind_handoff(session_id, data, mine)
+        if not isinstance(bind, str) or not same_browser(bind, mine):
+            self.on_login("handoff", False)
+            return replace(expired, user=user, why="login hand-off for another browser")
+
+        def spent(fresh: bool) -> Response:
+            self.on_login("handoff", fresh)
+            if fresh:
+                return replace(self._handed_off(data, session_id, again), user=user)
+            return replace(expired, user=user, why="login hand-off used already")
+
+        return self._spend(data).addCallback(spent)
+
+    def _bind_handoff(self, session_id: str, data: Mapping[str, Any],
+                      mine: list[str]) -> Response:
+        """Send an unbound hand-off back to the proxy host's login, with this host's
+        hand-off cookie (set now if the browser has none) to bind the next code to."""
+        s = self.settings
+        value = mine[0] if mine else secrets.token_urlsafe(32)
+        back = (f"{s.proxy_url}{PREFIX}login?" + urlencode(
+            {"next": s.studio_origin(session_id) + _studio_path(data.get("next")),
+             "bind": value}, quote_via=quote))
+        return redirect(back, [set_cookie_header(
+            s.handoff_cookie_name, value, path=s.login_cookie_path,
+            max_age=int(s.login_ttl), secure=s.secure_cookies)])
+
+    def _handed_off(self, data: Mapping[str, Any], session_id: str, again: str) -> Response:
+        s = self.settings
+        now = self._reactor.seconds()
+        login_id, subject = str(data["lid"]), str(data["sub"])
+        if self.authorizer.is_logged_out(login_id):
+            return replace(page(400, "Logged out", "This login has ended.",
+                                link=(again, "Log in")), why="the login has ended (logged out)")
+        ttl = max(0.0, float(data.get("lexp", 0)) - now)
+        return redirect(_studio_path(data.get("next")), [set_cookie_header(
+            s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
+            path="/", max_age=int(ttl), secure=s.secure_cookies)])
+
+    def _spend(self, data: Mapping[str, Any]) -> Deferred[bool]:
+        """Spend a verified link's or code's id on every node: True the first time.
+        Fails with StoreUnavailable when that cannot be known (the route answers 503)."""
+        jti = data["jti"]
+        ttl = max(0.001, float(data["exp"]) - self._reactor.seconds())
+        return defer.maybeDeferred(self._once.spend_once, jti, ttl)
+
+    def _link(self, request: RequestInfo) -> Any:
+        token = request.params().get("token", "")
+        data = self._signer.verify(LINK, token)
+        now = self._reactor.seconds()
+        invalid = page(400, "Login link not valid",
+                       "This login link was used already or has expired. Ask for a new one.")
+        if data is None or not isinstance(data.get("exp"), int) \
+                or not isinstance(data.get("sid"), str) or not isinstance(data.get("sub"), str) \
+                or not isinstance(data.get("jti"), str):
+            self.on_login("link", False)
+            return replace(invalid, why="login link not valid (not one of this gateway's, or "
+                                        "cut short)")
+        # For the access line: whose link it is and why it was refused (the link's
+        # signature is checked, so its user and session are the gateway's own words).
+        user, sid = data["sub"], data["sid"]
+        if data["exp"] <= now:
+            self.on_login("link", False)
+            return replace(invalid, user=user, why=f"login link to {sid} expired")
+        if request.method != "POST":
+            # Link scanners and previews only GET: spend the link on a deliberate click.
+            action = html.escape(f"{PREFIX}link?" + urlencode({"token": token}))
+            form = (f'<form method="post" action="{action}"><button type="submit">'
+                    f"Open studio {html.escape(data['sid'])}</button></form>")
+            text = f"Log in to studio {data['sid']} as {data['sub']}."
+            previous = self._login_cookie(request)
+            if previous is not None and previous.subject != data["sub"]:
+                # Someone else's link (sent to this person, say): the click would end
+                # their own login here and make them work as that user. Say so first.
+                text += (f" You are logged in as {previous.subject} in this browser: "
+                         f"this ends that login, and the studio opens as {data['sub']}.")
+            confirm = page(200, "Open studio", text, body_html=form)
+            used = replace(invalid, user=user, why=f"login link to {sid} used already")
+            return defer.maybeDeferred(self._once.is_spent, data["jti"]).addCallback(
+                lambda spent: used if spent else confirm)
+        why = posted_from_elsewhere(request.header(b"sec-fetch-site"),
+                                    request.header(b"origin"), request.host)
+        if why is not None:
+            # A form on another site (another studio's page, too: the same site in
+            # subdomain mode) posting a link of its own would log this browser in as
+            # someone else (login CSRF); the link stays unspent.
+            self._log.info("refused a login link's post to {session}: {why}",
+                           session=data["sid"], why=why)
+            return replace(page(403, "Login refused",
+                                "This login link was posted from another site. Open the link "
+                                "itself in your browser to log in."),
+                           user=user, why=f"login link to {sid} posted from elsewhere: {why}")
+
+        def spent(fresh: bool) -> Response:
+            self.on_login("link", fresh)
+            if fresh:
+                return self._link_spent(data, self._login_cookie(request))
+            return replace(page(400, "Login link not valid", "This login link was used already."),
+                           user=user, why=f"login link to {sid} used already")
+
+        return self._spend(data).addCallback(spent)
+
+    def _browser_login(self, previous: SessionCookie | None, subject: str, how: str) -> str:
+        """The login id for `subject` logging in where `previous` (the browser's login
+        cookie) is on: one login per browser. The same user's login goes on (so one
+        logout ends every studio this browser opened); another user's ends first (its
+        studios' cookies stay in this browser, and its logout could no longer reach
+        them)."""
+        if previous is not None and previous.subject == subject:
+            return str(previous.login_id)
+        if previous is not None:
+            self.authorizer.logout(previous.login_id)
+            self._log.info("{user} logged out: {other} {how} in the same browser",
+                           user=previous.subject, other=subject, how=how)
+        return new_login_id()
+
+    def _link_spent(self, data: Mapping[str, Any], previous: SessionCookie | None) -> Response:
+        """Log the link's user in. One login per browser: a link used where that user's
+        login is on continues it (so one logout ends every studio this browser opened),
+        and a link for someone else ends the login that was on (its studios' cookies stay
+        in this browser, and its logout could no longer reach them)."""
+        s = self.settings
+        now = self._reactor.seconds()
+        login_id = self._browser_login(previous, data["sub"], "logged in with a login link")
+        self._log.info("{user} logged in with a login link to {session}", user=data["sub"],
+                       session=data["sid"])
+        done = self._complete(data["sub"], login_id, now + s.login_ttl,
+                              s.studio_url(data["sid"]), new_login=True)
+        return replace(done, user=data["sub"])  # the access line names who logged in
+
+    def _logout(self, request: RequestInfo) -> Response:
+        s = self.settings
+        c = self._login_cookie(request)
+        if c is not None:  # (a login that ended already is cleared without asking)
+            refused = self._logout_confirmed(request, f"{PREFIX}logout")
+            if refused is not None:
+                return refused
+            self.authorizer.logout(c.login_id)
+            self._log.info("{user} logged out", user=c.subject)
+        clear = [clear_cookie_header(s.login_cookie_name, path=s.login_cookie_path,
+                                     secure=s.secure_cookies)]
+        if s.path_routing:
+            sid = s.session_of_path(request.params().get("next", ""))
+            if sid is not None:
+                clear.append(clear_cookie_header(s.studio_cookie_name,
+                                                 path=s.studio_cookie_path(sid),
+                                                 secure=s.secure_cookies))
+        next_url = s.safe_next(request.params().get("next"))
+        if next_url is not None:
+            return redirect(next_url, clear)
+        return page(200, "Logged out", "You are logged out of the studios gateway.",
+                    extra_headers=clear)
+
+    def _logout_confirmed(self, request: RequestInfo, path: str) -> Response | None:
+        """None when `request` is a logout to carry out: a post from the gateway's own page
+        (or from no browser at all); else the page to answer: for a GET (a link, a page
+        another site opened, an image another studio's page loads) a "Log out" button
+        that posts back to the same address, for a post from another site 403. A logout
+        ends every studio of the login, and a login link works once: logged out by
+        someone else's page, a person had to ask an administrator for a new link."""
+        if request.method == "POST":
+            why = posted_from_elsewhere(request.header(b"sec-fetch-site"),
+                                        request.header(b"origin"), request.host)
+            if why is None:
+                return None
+            self._log.info("refused a logout posted from elsewhere: {why}", why=why)
+            return replace(page(403, "Logout refused",
+                                "This logout was posted from another site. Open the logout "
+                                "page itself to log out.",
+                                link=(f"{self.settings.proxy_url}{PREFIX}logout", "Log out")),
+                           why=f"logout posted from elsewhere: {why}")
+        query = f"?{request.query}" if request.query else ""
+        action = html.escape(path + query)
+        form = (f'<form method="post" action="{action}"><button type="submit">'
+                "Log out</button></form>")
+        return page(200, "Log out", "Log out of the studios gateway? Every studio opened "
+                    "with this login in this browser stops working until you log in again.",
+                    body_html=form)
+
+    def _studio_logout(self, request: RequestInfo, session_id: str) -> Response:
+        """A studio host's logout is the proxy host's: its page and its post. On the
+        studio's own host the tool's pages are the same origin, so a post there could
+        not be told from the tool's own script, which would end its visitor's login
+        (every studio of it); the proxy host's origin belongs to the gateway alone."""
+        return replace(redirect(f"{self.settings.proxy_url}{PREFIX}logout"), status=303)
