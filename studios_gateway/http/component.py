@@ -290,9 +290,9 @@ def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer
                auth: Auth, traffic: Traffic | None = None,
                metrics: Metrics | None = None, carry: Any = None) -> tuple[ProxyFactory, Part]:
     """The HTTP(S) proxy and its Part: the listener, drain and stop, the TLS reload hook."""
+    from studios_gateway.http.plain_answer import PlainHTTP
     from studios_gateway.reload import ReloadableServerTLS, tls_reloader
     from studios_gateway.wire import tls
-    from studios_gateway.wire.plain_http import PlainHTTP
 
     part = Part()
     factory = build_factory(config, reactor, store, dialer, auth, traffic)
@@ -313,7 +313,9 @@ def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer
         part.reload_hooks.append(tls_reloader(options, "the HTTPS proxy"))
         # A plain-HTTP request sent to this port is answered (a redirect or 400), not
         # closed without a word.
-        plain = PlainHTTP(https_url_for(config, factory.router))
+        plain = PlainHTTP(https_url_for(config, factory.router),
+                          max_request_line=config.http_max_request_line,
+                          max_header_count=config.http_max_headers)
         served = serve_tls(config, reactor, metrics, "http", options, factory,
                            plain_http=plain)
         description = "the HTTPS proxy"

@@ -7,7 +7,7 @@ without a byte, which a browser shows as "connection reset" or "empty response".
 The first byte a TLS client sends opens a handshake record (type 0x16); a plain HTTP
 request opens with the letters of its method. :class:`FirstRead` stands in for the TLS
 layer as the TCP transport's protocol until the first read (wire/tls_guard.py installs
-it on the listeners given a :class:`PlainHTTP`: the HTTPS proxy only, never the tunnel
+it on the listeners given a :class:`PlainAnswers`: the HTTPS proxy only, never the tunnel
 or the peer port). A first read that opens a handshake record is handed to the TLS
 layer, which from then on reads from TCP itself: one comparison per connection, and
 nothing at all on the TLS path after it. A first read that opens with an upper-case
@@ -20,20 +20,15 @@ bytes before the client has read the answer. OpenSSL never sees a byte of it. Th
 connection keeps its place under the handshake cap until it ends, at the handshake's
 deadline at the latest. Anything else goes to TLS as before (and fails there).
 
-The answer (:meth:`PlainHTTP.answer`) is a ``301`` to the same path over https:// when
-the request is a ``GET`` or ``HEAD`` for a host the gateway serves (what a typed or
-followed ``http://`` link sends), and ``400 Bad Request`` otherwise: a redirect names
-only hosts and paths the gateway would serve anyway, never whatever a scanner writes in
-its Host header. The request was already sent in clear, so a redirect reveals nothing
-more; the gateway's cookies are ``Secure`` and never sent with it.
+What the answer is (a redirect to https:// or a 400) is decided by the object given
+(studios_gateway/http/plain_answer.py's ``PlainHTTP``): this module only reads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["DISCARD_MOST", "HANDSHAKE", "HEAD_MOST", "FirstRead", "PlainHTTP"]
+__all__ = ["DISCARD_MOST", "HANDSHAKE", "HEAD_MOST", "FirstRead", "PlainAnswers"]
 
 #: The TLS record type that opens every TLS connection (a ClientHello's handshake record).
 HANDSHAKE = 0x16
@@ -44,71 +39,12 @@ HEAD_MOST = 8 * 1024
 #: answer before the client reads it. Past this the connection is reset.
 DISCARD_MOST = 64 * 1024
 
-_METHODS = (b"GET", b"HEAD")
-_VERSIONS = (b"HTTP/1.0", b"HTTP/1.1")
-
-_BAD_REQUEST = (b"This port speaks HTTPS only, and the request was sent in plain HTTP.\n"
-                b"Open the same address with https:// instead of http://.\n")
-
-
-def _response(status: bytes, body: bytes, head_only: bool, extra: bytes = b"") -> bytes:
-    return (b"HTTP/1.1 " + status + b"\r\n" + extra
-            + b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"X-Content-Type-Options: nosniff\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n"
-            b"Connection: close\r\n\r\n" + (b"" if head_only else body))
-
-
-def _visible(text: bytes) -> bool:
-    """Only printable ASCII without spaces (a request target, a Host value)."""
-    return bool(text) and all(0x21 <= c <= 0x7E for c in text)
-
-
-class PlainHTTP:
-    """What the HTTPS listener answers a plain-HTTP request with.
-
-    ``https_url(host_header, target)``: the https:// URL of that Host header value and
-    origin-form target when the gateway serves that host, else None (the HTTP proxy's
-    routing decides; see studios_gateway.http.component)."""
-
-    def __init__(self, https_url: Callable[[str, str], str | None]):
-        self._https_url = https_url
+class PlainAnswers(Protocol):
+    """What answers a plain request (studios_gateway.http.plain_answer.PlainHTTP)."""
 
     def answer(self, head: bytes, cut: bool = False) -> bytes | None:
-        """The response to a plain request whose first bytes are ``head``; None while
-        more is needed to decide. ``cut``: no more will be read (``head`` is all)."""
-        end = head.find(b"\n")
-        if end < 0:
-            return self.bad(False) if cut else None
-        method, _, rest = head[:end].rstrip(b"\r").partition(b" ")
-        target, _, version = rest.partition(b" ")
-        if method not in _METHODS or version not in _VERSIONS or not target.startswith(b"/") \
-                or not _visible(target):
-            return self.bad(method == b"HEAD")
-        head_only = method == b"HEAD"
-        stop = head.find(b"\n\r\n", end)
-        if stop < 0:
-            stop = head.find(b"\n\n", end)
-        if stop < 0:
-            return self.bad(head_only) if cut else None
-        hosts = []
-        for line in head[end + 1:stop + 1].split(b"\n"):
-            name, colon, value = line.partition(b":")
-            if colon and name.lower() == b"host":
-                hosts.append(value.strip(b" \t\r"))
-        if len(hosts) != 1 or not _visible(hosts[0]):
-            return self.bad(head_only)
-        url = self._https_url(hosts[0].decode("ascii"), target.decode("ascii"))
-        if url is None:
-            return self.bad(head_only)
-        location = url.encode("ascii")
-        return _response(b"301 Moved Permanently",
-                         b"This port speaks HTTPS only. The same address over HTTPS:\n"
-                         + location + b"\n", head_only, b"Location: " + location + b"\r\n")
-
-    @staticmethod
-    def bad(head_only: bool) -> bytes:
-        return _response(b"400 Bad Request", _BAD_REQUEST, head_only)
+        """The response to a request whose first bytes are ``head``; None while more is
+        needed to decide. ``cut``: no more will be read."""
 
 
 class FirstRead:
@@ -116,7 +52,7 @@ class FirstRead:
 
     __slots__ = ("_plain", "_tls", "_transport")
 
-    def __init__(self, tls: Any, transport: Any, plain: PlainHTTP):
+    def __init__(self, tls: Any, transport: Any, plain: PlainAnswers):
         self._tls, self._transport, self._plain = tls, transport, plain
 
     def dataReceived(self, data: bytes) -> None:
@@ -142,7 +78,7 @@ class _PlainRequest:
 
     __slots__ = ("_head", "_plain", "_read", "_tls", "_transport")
 
-    def __init__(self, tls: Any, transport: Any, plain: PlainHTTP):
+    def __init__(self, tls: Any, transport: Any, plain: PlainAnswers):
         self._tls, self._transport, self._plain = tls, transport, plain
         self._head: bytes | None = b""  # None once answered
         self._read = 0  # bytes read after the answer

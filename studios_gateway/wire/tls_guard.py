@@ -58,7 +58,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from studios_gateway.wire import openssl_peer_key
-from studios_gateway.wire.plain_http import FirstRead, PlainHTTP
+from studios_gateway.wire.plain_http import FirstRead, PlainAnswers
 from studios_gateway.wire.tls_lean import LeanTLSProtocol
 
 __all__ = ["GuardedTLSFactory", "HandshakeLimits"]
@@ -208,7 +208,7 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
                  on_outcome: Callable[[str], object] = lambda _: None,
                  on_pause: Callable[[], object] = lambda: None,
                  name: str = "TLS", write_at_once: bool = False,
-                 hold_until_setup: bool = False, plain_http: PlainHTTP | None = None):
+                 hold_until_setup: bool = False, plain_http: PlainAnswers | None = None):
         super().__init__(options, False, wrapped, clock=clock)
         self._kind = _GuardedTLSProtocol if write_at_once else _GuardedBuffered
         self.clock = clock

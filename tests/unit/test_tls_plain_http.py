@@ -13,8 +13,9 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from studios_gateway.http.component import https_url_for
+from studios_gateway.http.plain_answer import PlainHTTP
 from studios_gateway.http.routing import Router
-from studios_gateway.wire.plain_http import DISCARD_MOST, HEAD_MOST, FirstRead, PlainHTTP
+from studios_gateway.wire.plain_http import DISCARD_MOST, HEAD_MOST, FirstRead
 from studios_gateway.wire.tls_guard import GuardedTLSFactory, HandshakeLimits
 from tests.unit.test_tls_guard import ADDR, AppFactory, handshake, server_options
 
@@ -92,7 +93,7 @@ def test_a_get_for_a_served_host_is_redirected_to_the_same_address_over_https() 
 
 
 def test_a_head_gets_the_same_answer_without_its_body() -> None:
-    answer = PLAIN.answer(b"HEAD / HTTP/1.1\nhost: s1.studio.example.org\n\n")
+    answer = PLAIN.answer(b"HEAD / HTTP/1.1\r\nhost: s1.studio.example.org\r\n\r\n")
     assert answer is not None and answer.startswith(b"HTTP/1.1 301 ")
     assert answer.endswith(b"\r\n\r\n") and b"Content-Length: " in answer
 
@@ -106,7 +107,14 @@ def test_anything_else_is_a_400_in_plain_words() -> None:
         b"GET http://studio.example.org/ HTTP/1.1\r\nHost: studio.example.org\r\n\r\n",
         b"GET /a\x01b HTTP/1.1\r\nHost: studio.example.org\r\n\r\n",
         b"GET / HTTP/2.0\r\nHost: studio.example.org\r\n\r\n",
-        b"SSH-2.0-OpenSSH_9.6\r\n",
+        b"SSH-2.0-OpenSSH_9.6\r\n",  # answered at its first line
+        # What the HTTP port refuses too (the same parser): bare LF, a space before the
+        # colon, Content-Length and Transfer-Encoding together, a NUL in a value.
+        b"GET / HTTP/1.1\nHost: studio.example.org\n\n\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost : studio.example.org\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: studio.example.org\r\nContent-Length: 0\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: studio.example.org\r\nX: a\x00b\r\n\r\n",
     ):
         answer = PLAIN.answer(head)
         assert answer is not None, head
