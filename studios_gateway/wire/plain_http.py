@@ -39,6 +39,7 @@ HEAD_MOST = 8 * 1024
 #: answer before the client reads it. Past this the connection is reset.
 DISCARD_MOST = 64 * 1024
 
+
 class PlainAnswers(Protocol):
     """What answers a plain request (studios_gateway.http.plain_answer.PlainHTTP)."""
 
