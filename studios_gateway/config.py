@@ -2,7 +2,8 @@
 
 Sources, highest precedence first: twistd plugin options, the process
 environment, an optional env file (``--env-file``, systemd
-``EnvironmentFile=`` syntax), the documented defaults.  Variable names and
+``EnvironmentFile=`` syntax), systemd's ``$STATE_DIRECTORY`` (for
+CONNECT_STORAGE_ROOT only), the documented defaults.  Variable names and
 defaults are the seed's Connect table, exactly; variables the seed does not
 have are ours and say so in their documentation.
 
@@ -497,7 +498,9 @@ VARIABLES: tuple[Var, ...] = (
        "Base URL of Seqera Platform (the OpenID issuer). Unset: logins come from one-time "
        "links minted by the admin API.", section="proxy"),
     _v("CONNECT_STORAGE_ROOT", "storage_root", "/data", _directory,
-       "Directory for the gateway's state (keys, OIDC client registration).", section="proxy"),
+       "Directory for the gateway's state (keys, OIDC client registration). Unset under "
+       "systemd: the unit's StateDirectory= ($STATE_DIRECTORY, /var/lib/studios-gateway).",
+       section="proxy"),
     _v("CONNECT_LOG_LEVEL", "log_level", "INFO", _log_level,
        "trace, debug, info, warn, error or fatal.", section="proxy"),
     _v("CONNECT_CLIENT_NAME", "client_name", "tower-connect-proxy-client", _nonempty,
@@ -786,8 +789,13 @@ class Config:
     quota_user_bytes: int | None
     quota_session_bytes: int | None
     quota_session_bandwidth: int | None
-    #: Where each variable's value came from: option, environment, env file or default.
+    #: Where each variable's value came from: option, environment, env file, state
+    #: directory (CONNECT_STORAGE_ROOT only) or default.
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    #: The env file's own lines for the gateway's variables, used or not (an option or
+    #: the environment wins over them): a reload says when one that does not win changed.
+    env_file_values: Mapping[str, str] = field(default_factory=dict, repr=False,
+                                               compare=False)
     #: Each variable's text as given (or its documented default; None: not set), for
     #: messages that quote what the operator wrote.
     raw: Mapping[str, str | None] = field(default_factory=dict, repr=False, compare=False)
@@ -980,6 +988,10 @@ def load_config(
             raw, source = environ[var.name], "environment"
         elif var.name in file_values:
             raw, source = file_values[var.name], "env file"
+        elif var.name == "CONNECT_STORAGE_ROOT" and environ.get("STATE_DIRECTORY"):
+            # systemd's StateDirectory= (the units'): below the env file, so that a
+            # CONNECT_STORAGE_ROOT line there wins, as it did over the units' own value.
+            raw, source = environ["STATE_DIRECTORY"].split(":")[0], "state directory"
         else:
             raw, source = var.default, "default"
         sources[var.name] = source
@@ -997,7 +1009,8 @@ def load_config(
         except ValueError as e:
             errors.append(ConfigError(var.name, given[var.name], str(e), secret=var.secret))
     _raise_all(errors)
-    cfg = Config(**values, sources=sources, raw=given, warnings=())
+    cfg = Config(**values, sources=sources, raw=given, warnings=(),
+                 env_file_values={k: v for k, v in file_values.items() if k in BY_NAME})
     _raise_all(_contradictions(cfg))
     warnings.extend(_doubts(cfg))
     return Config(**{f.name: getattr(cfg, f.name) for f in fields(Config)

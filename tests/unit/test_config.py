@@ -7,6 +7,7 @@ import ipaddress
 import os
 import socket
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given
@@ -729,3 +730,24 @@ def test_a_malformed_env_file_line_is_named_not_quoted(tmp_path, line: str, show
         load_config(environ={}, env_file=str(env_file))
     assert str(e.value) == (f"{env_file}:2={shown}: expected a line of the form NAME=value "
                             "(the rest of the line is not shown: it may hold a secret)")
+
+
+def test_the_state_directory_is_the_storage_root_below_the_env_file(tmp_path: Path) -> None:
+    # The units give no CONNECT_STORAGE_ROOT of their own (it would win over gateway.env,
+    # which the gateway reads itself): systemd's $STATE_DIRECTORY stands in below the file.
+    state = {"STATE_DIRECTORY": "/var/lib/studios-gateway"}
+    config = load_config(environ=state)
+    assert (config.storage_root, config.sources["CONNECT_STORAGE_ROOT"]) == (
+        "/var/lib/studios-gateway", "state directory")
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("CONNECT_STORAGE_ROOT=/srv/studios\n")
+    config = load_config(environ=state, env_file=str(env_file))
+    assert (config.storage_root, config.sources["CONNECT_STORAGE_ROOT"]) == (
+        "/srv/studios", "env file")
+    config = load_config(environ={**state, "CONNECT_STORAGE_ROOT": "/opt/x"},
+                         env_file=str(env_file))
+    assert config.storage_root == "/opt/x"
+    assert load_config(environ={}).storage_root == "/data"
+    # several StateDirectory= entries: the first
+    assert load_config(environ={"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}).storage_root \
+        == "/var/lib/a"
