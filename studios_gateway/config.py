@@ -262,7 +262,15 @@ def _proxy_url(text: str) -> str:
     s = text.strip()
     if s and "://" not in s:
         s = "https://" + s
-    return _url(s)
+    url = _url(s)
+    parts = urlsplit(url)
+    if parts.path or parts.query or parts.fragment:
+        # Every link the gateway makes is this URL and its own paths: under a path they
+        # all went to that path, which the gateway does not serve (404).
+        raise ValueError("an http:// or https:// URL without a path, such as "
+                         "https://connect.example.com (the gateway serves from the root of "
+                         "its host)")
+    return url
 
 
 def _domain(text: str) -> str:
@@ -485,7 +493,8 @@ VARIABLES: tuple[Var, ...] = (
        "Port of the HTTP(S) proxy that browsers reach studios through.", section="listeners"),
     # Proxy
     _v("CONNECT_PROXY_URL", "proxy_url", None, _proxy_url,
-       "Base URL (or domain) of Connect, such as https://connect.example.com. "
+       "Base URL (or domain) of Connect, such as https://connect.example.com; no path "
+       "(the gateway serves from the root of its host). "
        "Unset: http://localhost (https:// with CONNECT_TLS_CERT_FILE; :CONNECT_HTTP_PORT "
        "unless it is the scheme's default), for a demo on one machine.", section="proxy"),
     _v("CONNECT_STUDIOS_DOMAIN", "studios_domain", None, _domain,

@@ -514,6 +514,19 @@ def test_urls_are_checked(name: str, value: str) -> None:
     _expect_error(name, value)
 
 
+@pytest.mark.parametrize("value", ["https://connect.example.com/sub", "connect.example.com/gw/",
+                                   "https://connect.example.com?x=1",
+                                   "https://connect.example.com#top"])
+def test_a_proxy_url_with_a_path_is_refused(value: str) -> None:
+    # It was taken, and every login link, redirect and studio URL it made (under the path)
+    # answered 404: the gateway serves from the root of its host.
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={"CONNECT_PROXY_URL": value})
+    assert "without a path" in str(e.value) and "CONNECT_PROXY_URL" in str(e.value)
+    assert load_config(environ={"CONNECT_PROXY_URL": "https://connect.example.com/"}
+                       ).effective_proxy_url == "https://connect.example.com"
+
+
 def test_proxy_url_accepts_a_bare_domain() -> None:
     cfg = load_config(environ={"CONNECT_PROXY_URL": "connect.example.com"})
     assert cfg.proxy_host == "connect.example.com"
