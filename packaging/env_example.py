@@ -4,8 +4,8 @@
     python packaging/env_example.py --check   exit 1 when it is out of date
 
 The file is installed as /etc/studios-gateway/gateway.env (the units' --env-file, which
-the gateway reads at start and again at each reload): every variable, commented out at its default, with its
-documentation, grouped as the table groups them.
+the gateway reads at start and again at each reload): every variable, commented out at
+its default, with its documentation, grouped as the table groups them.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ HEADER = """\
 # CONNECT_TLS_* files and names, in a warning, every other changed setting (those take a
 # restart). The environment wins over this file: an Environment= line in a drop-in
 # (`systemctl edit`), or in studios-gateway@NN.service's gateway@NN.env, overrides the
-# line here. Without this file the service does not start (status 78).
+# line here. A variable for the process itself (SSL_CERT_FILE, TZ...) goes in such an
+# Environment= line too: only the gateway's settings are taken from this file. Without
+# this file the service does not start (status 78).
 # Every variable is listed, commented out at its default (but CONNECT_STORAGE_ROOT, set as
 # the units' state directory is). Uncomment what you change, then, as the service's user,
 #   sudo -u studios-gateway /opt/studios-gateway/bin/studios-gateway check-config --env-file FILE

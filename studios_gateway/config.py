@@ -984,6 +984,7 @@ def load_config(
             raise ConfigError(name, options[name], "a known variable")
     for origin, names in (("environment", environ), ("env file", file_values)):
         warnings.extend(_unknown_warnings(origin, names))
+    warnings.extend(_process_variables(file_values))
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -1040,6 +1041,22 @@ def _unknown_warnings(origin: str, names: Iterable[str]) -> list[str]:
         out.append(f"{name} in the {origin} is not a setting of the gateway and is "
                    f"ignored{hint}")
     return out
+
+
+def _process_variables(names: Iterable[str]) -> list[str]:
+    """One line naming the env file's variables that are not the gateway's (HTTPS_PROXY,
+    SSL_CERT_FILE, TZ...): systemd's EnvironmentFile= put them in the process's
+    environment, but the units now give the file as --env-file, which yields settings
+    only."""
+    others = sorted(n for n in names
+                    if n not in BY_NAME and not n.startswith(("CONNECT_", "TOWER_")))
+    if not others:
+        return []
+    are = "is" if len(others) == 1 else "are"
+    return [f"{', '.join(others)} in the env file {are} not a setting of the gateway and "
+            f"{are} ignored: the gateway takes only its settings from the file, nothing for "
+            "its process's environment (for that, an Environment= line: `systemctl edit "
+            "studios-gateway`)"]
 
 
 def _contradictions(cfg: Config) -> list[ConfigError]:

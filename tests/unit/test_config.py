@@ -764,3 +764,19 @@ def test_the_state_directory_is_the_storage_root_below_the_env_file(tmp_path: Pa
     # several StateDirectory= entries: the first
     assert load_config(environ={"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}).storage_root \
         == "/var/lib/a"
+
+
+def test_the_env_file_s_other_variables_are_named_as_ignored(tmp_path: Path) -> None:
+    # Under EnvironmentFile= they reached the process's environment (SSL_CERT_FILE for
+    # OpenSSL, TZ); the units now give the file as --env-file, which yields settings only.
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("CONNECT_LOG_LEVEL=debug\nSSL_CERT_FILE=/etc/ca.pem\nTZ=UTC\n")
+    warnings = load_config(environ={}, env_file=str(env_file)).warnings
+    said = [w for w in warnings if "in the env file are not a setting" in w]
+    assert said == ["SSL_CERT_FILE, TZ in the env file are not a setting of the gateway and "
+                    "are ignored: the gateway takes only its settings from the file, nothing "
+                    "for its process's environment (for that, an Environment= line: "
+                    "`systemctl edit studios-gateway`)"]
+    example = Path(__file__).resolve().parents[2] / "systemd" / "gateway.env.example"
+    assert not any("env file" in w
+                   for w in load_config(environ={}, env_file=str(example)).warnings)
