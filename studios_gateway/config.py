@@ -2,7 +2,8 @@
 
 Sources, highest precedence first: twistd plugin options, the process
 environment, an optional env file (``--env-file``, systemd
-``EnvironmentFile=`` syntax), the documented defaults.  Variable names and
+``EnvironmentFile=`` syntax), systemd's ``$STATE_DIRECTORY`` (for
+CONNECT_STORAGE_ROOT only), the documented defaults.  Variable names and
 defaults are the seed's Connect table, exactly; variables the seed does not
 have are ours and say so in their documentation.
 
@@ -261,7 +262,15 @@ def _proxy_url(text: str) -> str:
     s = text.strip()
     if s and "://" not in s:
         s = "https://" + s
-    return _url(s)
+    url = _url(s)
+    parts = urlsplit(url)
+    if parts.path or parts.query or parts.fragment:
+        # Every link the gateway makes is this URL and its own paths: under a path they
+        # all went to that path, which the gateway does not serve (404).
+        raise ValueError("an http:// or https:// URL without a path, such as "
+                         "https://connect.example.com (the gateway serves from the root of "
+                         "its host)")
+    return url
 
 
 def _domain(text: str) -> str:
@@ -484,7 +493,8 @@ VARIABLES: tuple[Var, ...] = (
        "Port of the HTTP(S) proxy that browsers reach studios through.", section="listeners"),
     # Proxy
     _v("CONNECT_PROXY_URL", "proxy_url", None, _proxy_url,
-       "Base URL (or domain) of Connect, such as https://connect.example.com. "
+       "Base URL (or domain) of Connect, such as https://connect.example.com; no path "
+       "(the gateway serves from the root of its host). "
        "Unset: http://localhost (https:// with CONNECT_TLS_CERT_FILE; :CONNECT_HTTP_PORT "
        "unless it is the scheme's default), for a demo on one machine.", section="proxy"),
     _v("CONNECT_STUDIOS_DOMAIN", "studios_domain", None, _domain,
@@ -497,7 +507,9 @@ VARIABLES: tuple[Var, ...] = (
        "Base URL of Seqera Platform (the OpenID issuer). Unset: logins come from one-time "
        "links minted by the admin API.", section="proxy"),
     _v("CONNECT_STORAGE_ROOT", "storage_root", "/data", _directory,
-       "Directory for the gateway's state (keys, OIDC client registration).", section="proxy"),
+       "Directory for the gateway's state (keys, OIDC client registration). Unset under "
+       "systemd: the unit's StateDirectory= ($STATE_DIRECTORY, /var/lib/studios-gateway).",
+       section="proxy"),
     _v("CONNECT_LOG_LEVEL", "log_level", "INFO", _log_level,
        "trace, debug, info, warn, error or fatal.", section="proxy"),
     _v("CONNECT_CLIENT_NAME", "client_name", "tower-connect-proxy-client", _nonempty,
@@ -786,8 +798,13 @@ class Config:
     quota_user_bytes: int | None
     quota_session_bytes: int | None
     quota_session_bandwidth: int | None
-    #: Where each variable's value came from: option, environment, env file or default.
+    #: Where each variable's value came from: option, environment, env file, state
+    #: directory (CONNECT_STORAGE_ROOT only) or default.
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    #: The env file's own lines for the gateway's variables, used or not (an option or
+    #: the environment wins over them): a reload says when one that does not win changed.
+    env_file_values: Mapping[str, str] = field(default_factory=dict, repr=False,
+                                               compare=False)
     #: Each variable's text as given (or its documented default; None: not set), for
     #: messages that quote what the operator wrote.
     raw: Mapping[str, str | None] = field(default_factory=dict, repr=False, compare=False)
@@ -967,6 +984,7 @@ def load_config(
             raise ConfigError(name, options[name], "a known variable")
     for origin, names in (("environment", environ), ("env file", file_values)):
         warnings.extend(_unknown_warnings(origin, names))
+    warnings.extend(_process_variables(file_values))
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -980,6 +998,10 @@ def load_config(
             raw, source = environ[var.name], "environment"
         elif var.name in file_values:
             raw, source = file_values[var.name], "env file"
+        elif var.name == "CONNECT_STORAGE_ROOT" and environ.get("STATE_DIRECTORY"):
+            # systemd's StateDirectory= (the units'): below the env file, so that a
+            # CONNECT_STORAGE_ROOT line there wins, as it did over the units' own value.
+            raw, source = environ["STATE_DIRECTORY"].split(":")[0], "state directory"
         else:
             raw, source = var.default, "default"
         sources[var.name] = source
@@ -997,7 +1019,8 @@ def load_config(
         except ValueError as e:
             errors.append(ConfigError(var.name, given[var.name], str(e), secret=var.secret))
     _raise_all(errors)
-    cfg = Config(**values, sources=sources, raw=given, warnings=())
+    cfg = Config(**values, sources=sources, raw=given, warnings=(),
+                 env_file_values={k: v for k, v in file_values.items() if k in BY_NAME})
     _raise_all(_contradictions(cfg))
     warnings.extend(_doubts(cfg))
     return Config(**{f.name: getattr(cfg, f.name) for f in fields(Config)
@@ -1018,6 +1041,22 @@ def _unknown_warnings(origin: str, names: Iterable[str]) -> list[str]:
         out.append(f"{name} in the {origin} is not a setting of the gateway and is "
                    f"ignored{hint}")
     return out
+
+
+def _process_variables(names: Iterable[str]) -> list[str]:
+    """One line naming the env file's variables that are not the gateway's (HTTPS_PROXY,
+    SSL_CERT_FILE, TZ...): systemd's EnvironmentFile= put them in the process's
+    environment, but the units now give the file as --env-file, which yields settings
+    only."""
+    others = sorted(n for n in names
+                    if n not in BY_NAME and not n.startswith(("CONNECT_", "TOWER_")))
+    if not others:
+        return []
+    are = "is" if len(others) == 1 else "are"
+    return [f"{', '.join(others)} in the env file {are} not a setting of the gateway and "
+            f"{are} ignored: the gateway takes only its settings from the file, nothing for "
+            "its process's environment (for that, an Environment= line: `systemctl edit "
+            "studios-gateway`)"]
 
 
 def _contradictions(cfg: Config) -> list[ConfigError]:

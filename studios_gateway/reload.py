@@ -82,6 +82,24 @@ def needs_restart(running: Config, reread: Config) -> list[str]:
     return lines
 
 
+def overridden(running: Config, reread: Config) -> list[str]:
+    """One line per variable whose env-file line changed while an option or the
+    environment (a unit's Environment= or EnvironmentFile= line, a drop-in) sets it: that
+    wins over the file, so the change has no effect, at this reload or the next start."""
+    lines = []
+    for var in VARIABLES:
+        source = reread.sources.get(var.name)
+        if source not in ("option", "environment"):
+            continue
+        if running.env_file_values.get(var.name) == reread.env_file_values.get(var.name):
+            continue
+        shown = "" if var.secret else f" ({show_value(var, getattr(reread, var.attr))})"
+        where = "the command line" if source == "option" else "the environment"
+        lines.append(f"{var.name} changed in the env file, but {where} sets it{shown}, "
+                     "which wins over the file")
+    return lines
+
+
 def apply_log_level(config: Config) -> None:
     logs.set_level(config.log_level)
     # Not `log_level=`: Twisted sets that key on every event to the event's own level.

@@ -48,6 +48,7 @@ from studios_gateway.reload import (
     ReloadError,
     apply_log_level,
     needs_restart,
+    overridden,
     run_hooks,
     tls_reloader,
 )
@@ -205,6 +206,8 @@ class GatewayService(MultiService):
         for change in needs_restart(self.config, config):
             self._log.warn("reload: {change}, which takes a restart; running on with the "
                            "old value", change=change)
+        for change in overridden(self.config, config):
+            self._log.warn("reload: {change}; running on with that value", change=change)
 
     def reload_from(self, reread: Callable[[], Config]) -> None:
         """SIGHUP: re-read the settings and apply them. Invalid settings, or a part that

@@ -30,7 +30,12 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from studios_gateway.management.endpoints import JsonDirectory, json_reply
+from studios_gateway.management.endpoints import (
+    JsonDirectory,
+    json_reply,
+    method_not_allowed,
+    not_found,
+)
 from studios_gateway.management.sessions import (
     NewSession,
     RequestError,
@@ -124,6 +129,13 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+#: The methods of /api/sessions (by how many segments follow it) and of its two
+#: sub-resources (by name).
+_SESSIONS_METHODS: dict[int | bytes, list[str]] = {
+    0: ["GET", "POST"], 1: ["GET", "PATCH", "DELETE"], b"token": ["POST"],
+    b"login-links": ["POST"]}
+
+
 class SessionsResource(_Async):
     """/api/sessions. Every change it makes is logged (the audit trail: what, which
     session, from which address); tokens and login links never are."""
@@ -157,9 +169,13 @@ class SessionsResource(_Async):
         elif len(path) == 2 and path[1] == b"login-links" and method == b"POST":
             sid = path[0].decode("ascii", "replace")
             return self._run(request, lambda: self._link(request, sid))
-        request.setResponseCode(405 if len(path) <= 2 else 404)
-        request.setHeader(b"content-type", b"application/json")
-        return b'{"error": "no such endpoint or method"}\n'
+        shape = len(path) if len(path) < 2 else path[1] if len(path) == 2 else None
+        allowed = _SESSIONS_METHODS.get(shape) if shape is not None else None
+        if allowed is None:
+            return not_found(request)
+        # An endpoint that exists, another method: 405 with the methods it takes (it said
+        # "no such endpoint or method", without the Allow header admin-api.md promises).
+        return method_not_allowed(request, allowed)
 
     @defer.inlineCallbacks
     def _list(self) -> Any:

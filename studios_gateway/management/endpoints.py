@@ -225,8 +225,11 @@ class ManagementRoot(Resource):
             return method_not_allowed(request, ["GET", "HEAD"])
         if not self.authorized(request):
             return _Unauthorized().render(request)
+        # Every admin API there is (/api/quota, /api/users with SSH), not /api/sessions only.
+        api = self.children.get(b"api")
+        mounted = sorted(name.decode() for name in api.children) if api is not None else []
         return json_reply(request, 200, {"endpoints": ["/live", "/ready", "/metrics", "/shutdown",
-                                                  "/api/sessions"]})
+                                                  *(f"/api/{name}" for name in mounted)]})
 
 
 _REFUSAL = (b"HTTP/1.1 401 Unauthorized\r\n"

@@ -574,6 +574,9 @@ class _Link:
                 why = self._transport_error
             else:
                 why = f"{why} ({self._transport_error})"
+        elif "NOAUTH" in why:  # no AUTH was sent; the failing step named is SELECT's
+            why = (f"{why} (Redis asks for a password: set CONNECT_REDIS_PASSWORD, and "
+                   "CONNECT_REDIS_USER for an ACL user)")
         self.last_error = why
         unsaid = self._refusals.due(why)
         if unsaid is not None:

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.web.server import Request
 
 from studios_gateway.management.api import AsyncResource, peer_of
+from studios_gateway.management.endpoints import method_not_allowed
 from studios_gateway.traffic.quota import Quota
 
 __all__ = ["QuotaResource"]
@@ -32,10 +33,12 @@ class QuotaResource(AsyncResource):
     def render(self, request: Request) -> Any:
         path = [p for p in request.postpath or [] if p]
         scope = _SCOPES.get(path[0]) if len(path) == 2 else None
-        if scope is None or request.method not in (b"GET", b"DELETE"):
+        if scope is None:
             return self._run(request, lambda: defer.succeed(
                 (404, {"error": "no such endpoint: /api/quota/users/{user} or "
                                 "/api/quota/sessions/{id}, GET or DELETE"})))
+        if request.method not in (b"GET", b"DELETE"):
+            return method_not_allowed(request, ["GET", "DELETE"])
         name = path[1].decode("utf-8", "replace")
         quota = self._quota
         s = quota.settings if quota is not None else None

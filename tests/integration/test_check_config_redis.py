@@ -57,6 +57,12 @@ def test_the_documented_acl_user_passes_and_wrong_settings_are_one_line(
     assert prefix.returncode == 2
     assert "NOPERM" in prefix.stderr and "other:events" in prefix.stderr, prefix.stderr
 
+    # No password where Redis asks for one: said as such (it read "could not set dbid=0:
+    # NOAUTH Authentication required.", naming the SELECT that failed, not the cause).
+    none = check(tmp_path, CONNECT_REDIS_ADDRESS=acl_redis.address)
+    assert none.returncode == 2 and none.stderr.count("\n") == 1, none.stderr
+    assert "NOAUTH" in none.stderr and "set CONNECT_REDIS_PASSWORD" in none.stderr, none.stderr
+
     down = check(tmp_path, CONNECT_REDIS_ADDRESS=f"127.0.0.1:{free_port()}")
     assert down.returncode == 2 and "cannot connect" in down.stderr, down.stderr
 

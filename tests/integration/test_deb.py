@@ -70,6 +70,8 @@ def test_control_and_contents(deb: Path, tmp_path: Path) -> None:
     assert "useradd --system" in postinst and "twistd --help" in postinst
     # The gateway's user must read its settings (check-config as that user).
     assert "chgrp studios-gateway \"$env\"" in postinst and "chmod 0640 \"$env\"" in postinst
+    # ... which the service itself now reads as that user (--env-file): said when it cannot.
+    assert "runuser -u studios-gateway -- test -r \"$env\"" in postinst
 
     root = tmp_path / "root"
     subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from studios_gateway.config import read_env_file
 from studios_gateway.wire.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import GatewayProcess, base_env, twistd
 from tests.support.ports import free_port, wait_for_port
@@ -275,3 +276,88 @@ def test_under_systemd_socket_activate(tmp_path: Path, notify: NotifyListener) -
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=15)
         log.close()
+
+
+# --- the shipped unit's own command line and environment, as systemd would run them ----
+
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
+
+
+def as_systemd_runs(name: str, root: Path, extra: dict[str, str]) -> tuple[list[str], dict]:
+    """The argv and environment systemd would give the unit `name`'s ExecStart, with
+    /etc/studios-gateway, /var/lib and the venv's twistd moved under `root` / this venv.
+    EnvironmentFile= is read here, at "start", and wins over Environment= (as systemd's)."""
+    values: dict[str, list[str]] = {}
+    for line in (UNITS / name).read_text().splitlines():
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            values.setdefault(key.strip(), []).append(value.strip())
+
+    def moved(text: str) -> str:
+        return (text.replace("/opt/studios-gateway/bin/twistd", twistd())
+                .replace("/etc/studios-gateway/", f"{root}/etc/")
+                .replace("/var/lib/", f"{root}/state/"))
+
+    (exec_start,) = values["ExecStart"]
+    env = {k: v for k, v in extra.items()}
+    env.update(dict(moved(e).split("=", 1) for e in values.get("Environment", [])))
+    for path in values.get("EnvironmentFile", []):
+        optional, path = path.startswith("-"), moved(path.lstrip("-"))
+        if optional and not Path(path).exists():
+            continue
+        env.update(read_env_file(path))
+    (state,) = values["StateDirectory"]
+    env["STATE_DIRECTORY"] = str(root / "state" / state)
+    (root / "state" / state).mkdir(parents=True, exist_ok=True)
+    return moved(exec_start).split(), env
+
+
+def test_the_unit_s_reload_re_reads_gateway_env(tmp_path: Path, notify: NotifyListener) -> None:
+    """`systemctl reload` under the shipped unit: a new CONNECT_LOG_LEVEL in gateway.env
+    applies, another changed setting is named. (Under EnvironmentFile= neither: systemd
+    had read the file once, at start.)"""
+    settings = {k: v for k, v in base_env(tmp_path).items()
+                if k.startswith("CONNECT_") and k != "CONNECT_STORAGE_ROOT"}
+    settings.update(CONNECT_LOG_LEVEL="info", CONNECT_MANAGEMENT_AUTH_KEY=KEY)
+    (tmp_path / "etc").mkdir()
+    env_file = tmp_path / "etc" / "gateway.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    argv, env = as_systemd_runs("studios-gateway.service", tmp_path, {
+        "PATH": "/usr/bin:/bin", "PYTHONPATH": str(UNITS.parent),
+        "NOTIFY_SOCKET": notify.address})
+    log_path = tmp_path / "gateway.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        notify.wait_for("READY")
+        # The storage root is the unit's state directory (no file line sets it).
+        assert (tmp_path / "state" / "studios-gateway" / "tunnel").is_dir()
+        env_file.write_text(env_file.read_text().replace("CONNECT_LOG_LEVEL=info",
+                                                         "CONNECT_LOG_LEVEL=debug")
+                            + "CONNECT_HTTP_MAX_BODY=1MiB\n")
+        proc.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING", timeout=10)
+        again, _ = notify.wait_for("READY", timeout=10)
+        assert again["STATUS"].startswith("ready (reloaded): "), again
+        wait_until(lambda: "reload: log level debug" in log_path.read_text(), "the new level")
+        output = log_path.read_text()
+        assert ("reload: CONNECT_HTTP_MAX_BODY changed from (not set) to 1MiB, which takes "
+                "a restart; running on with the old value") in output
+        assert proc.poll() is None
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        log.close()
+
+
+def test_the_unit_without_its_env_file_says_so_and_is_not_restarted(tmp_path: Path) -> None:
+    argv, env = as_systemd_runs("studios-gateway.service", tmp_path, {
+        "PATH": "/usr/bin:/bin", "PYTHONPATH": str(UNITS.parent)})
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    from studios_gateway.component import EX_CONFIG
+
+    assert proc.returncode == EX_CONFIG, proc.stdout + proc.stderr  # RestartPreventExitStatus
+    assert (f"--env-file='{tmp_path}/etc/gateway.env': expected a readable env file (No such "
+            "file or directory)") in proc.stdout + proc.stderr

@@ -203,3 +203,53 @@ def test_a_bad_user_name_is_named_in_the_error() -> None:
                         {"owner": "alice", "allowed_users": ["u"] * 1001})
     assert body["error"] == "allowed_users has 1001 names; at most 1000"
     assert revoked == []
+
+
+def answer(root: Any, method: str, path: str) -> DummyRequest:
+    """`method path` through the management root as twisted.web routes it."""
+    from twisted.web.resource import getChildForRequest
+
+    request = DummyRequest(path.strip("/").encode().split(b"/") if path != "/" else [b""])
+    request.method = method.encode()
+    request.content = BytesIO(b"")
+    body = getChildForRequest(root, request).render(request)
+    if isinstance(body, bytes):
+        request.write(body)
+        request.finish()
+    return request
+
+
+def test_a_method_an_endpoint_does_not_take_is_405_with_the_methods_it_does() -> None:
+    # admin-api.md promises 405 with an Allow header; /api/sessions answered 405 without
+    # one ("no such endpoint or method"), /api/quota 404; GET / listed /api/sessions only.
+    from twisted.internet.defer import succeed
+
+    from studios_gateway.management.endpoints import ManagementRoot
+    from studios_gateway.metrics import Metrics
+    from studios_gateway.traffic.api import QuotaResource
+
+    api, _ = setup()
+    api.putChild(b"quota", QuotaResource(None))
+
+    class Health:
+        def check_ready(self) -> Any:
+            return succeed((True, {}))
+
+    root = ManagementRoot(auth_key=None, health=Health(), metrics=Metrics(),
+                          shutdown=lambda: None, api=api)
+    for method, path, allowed in [("PUT", "/api/sessions/abc", "GET, PATCH, DELETE"),
+                                  ("PATCH", "/api/sessions", "GET, POST"),
+                                  ("GET", "/api/sessions/abc/token", "POST"),
+                                  ("DELETE", "/api/sessions/abc/login-links", "POST"),
+                                  ("POST", "/api/quota/users/alice", "GET, DELETE")]:
+        request = answer(root, method, path)
+        assert request.responseCode == 405, (method, path)
+        assert request.responseHeaders.getRawHeaders(b"allow") == [allowed.encode()], path
+        error = json.loads(b"".join(request.written))["error"]
+        assert error.startswith(f"method {method} not allowed here; use "), error
+    for path in ("/api/sessions/abc/nothing", "/api/sessions/abc/token/x"):
+        request = answer(root, "GET", path)
+        assert request.responseCode == 404, path
+        assert json.loads(b"".join(request.written))["error"].startswith("no such endpoint")
+    listed = json.loads(b"".join(answer(root, "GET", "/").written))["endpoints"]
+    assert listed == ["/live", "/ready", "/metrics", "/shutdown", "/api/quota", "/api/sessions"]

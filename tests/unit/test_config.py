@@ -7,6 +7,7 @@ import ipaddress
 import os
 import socket
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given
@@ -513,6 +514,19 @@ def test_urls_are_checked(name: str, value: str) -> None:
     _expect_error(name, value)
 
 
+@pytest.mark.parametrize("value", ["https://connect.example.com/sub", "connect.example.com/gw/",
+                                   "https://connect.example.com?x=1",
+                                   "https://connect.example.com#top"])
+def test_a_proxy_url_with_a_path_is_refused(value: str) -> None:
+    # It was taken, and every login link, redirect and studio URL it made (under the path)
+    # answered 404: the gateway serves from the root of its host.
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={"CONNECT_PROXY_URL": value})
+    assert "without a path" in str(e.value) and "CONNECT_PROXY_URL" in str(e.value)
+    assert load_config(environ={"CONNECT_PROXY_URL": "https://connect.example.com/"}
+                       ).effective_proxy_url == "https://connect.example.com"
+
+
 def test_proxy_url_accepts_a_bare_domain() -> None:
     cfg = load_config(environ={"CONNECT_PROXY_URL": "connect.example.com"})
     assert cfg.proxy_host == "connect.example.com"
@@ -729,3 +743,40 @@ def test_a_malformed_env_file_line_is_named_not_quoted(tmp_path, line: str, show
         load_config(environ={}, env_file=str(env_file))
     assert str(e.value) == (f"{env_file}:2={shown}: expected a line of the form NAME=value "
                             "(the rest of the line is not shown: it may hold a secret)")
+
+
+def test_the_state_directory_is_the_storage_root_below_the_env_file(tmp_path: Path) -> None:
+    # The units give no CONNECT_STORAGE_ROOT of their own (it would win over gateway.env,
+    # which the gateway reads itself): systemd's $STATE_DIRECTORY stands in below the file.
+    state = {"STATE_DIRECTORY": "/var/lib/studios-gateway"}
+    config = load_config(environ=state)
+    assert (config.storage_root, config.sources["CONNECT_STORAGE_ROOT"]) == (
+        "/var/lib/studios-gateway", "state directory")
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("CONNECT_STORAGE_ROOT=/srv/studios\n")
+    config = load_config(environ=state, env_file=str(env_file))
+    assert (config.storage_root, config.sources["CONNECT_STORAGE_ROOT"]) == (
+        "/srv/studios", "env file")
+    config = load_config(environ={**state, "CONNECT_STORAGE_ROOT": "/opt/x"},
+                         env_file=str(env_file))
+    assert config.storage_root == "/opt/x"
+    assert load_config(environ={}).storage_root == "/data"
+    # several StateDirectory= entries: the first
+    assert load_config(environ={"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}).storage_root \
+        == "/var/lib/a"
+
+
+def test_the_env_file_s_other_variables_are_named_as_ignored(tmp_path: Path) -> None:
+    # Under EnvironmentFile= they reached the process's environment (SSL_CERT_FILE for
+    # OpenSSL, TZ); the units now give the file as --env-file, which yields settings only.
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("CONNECT_LOG_LEVEL=debug\nSSL_CERT_FILE=/etc/ca.pem\nTZ=UTC\n")
+    warnings = load_config(environ={}, env_file=str(env_file)).warnings
+    said = [w for w in warnings if "in the env file are not a setting" in w]
+    assert said == ["SSL_CERT_FILE, TZ in the env file are not a setting of the gateway and "
+                    "are ignored: the gateway takes only its settings from the file, nothing "
+                    "for its process's environment (for that, an Environment= line: "
+                    "`systemctl edit studios-gateway`)"]
+    example = Path(__file__).resolve().parents[2] / "systemd" / "gateway.env.example"
+    assert not any("env file" in w
+                   for w in load_config(environ={}, env_file=str(example)).warnings)

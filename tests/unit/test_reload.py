@@ -113,6 +113,14 @@ def test_sighup_applies_the_re_read_log_level(gateway_env: dict[str, str],
     assert result == [None] and applied == ["debug"]
 
 
+def reload_warnings(gw: GatewayService) -> tuple[list[str], list[Any]]:
+    """SIGHUP through the systemd wiring: the warnings it logged, and every event."""
+    assert gw.systemd is not None
+    with capturedLogs() as events:
+        gw.systemd.on_reload()
+    return [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn], list(events)
+
+
 def test_a_reload_names_each_changed_setting_that_takes_a_restart(
         gateway_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     # It used to say nothing: a new port or limit in the env file looked applied.
@@ -123,10 +131,7 @@ def test_a_reload_names_each_changed_setting_that_takes_a_restart(
     settings.update(CONNECT_LOG_LEVEL="debug", CONNECT_HTTP_MAX_BODY="1MiB",
                     CONNECT_MANAGEMENT_PORT="9001",
                     CONNECT_MANAGEMENT_AUTH_KEY="new-s3cret-key-value")
-    assert gw.systemd is not None
-    with capturedLogs() as events:
-        gw.systemd.on_reload()
-    said = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    said, events = reload_warnings(gw)
     assert said == [
         "reload: CONNECT_MANAGEMENT_PORT changed from 9000 to 9001, which takes a restart; "
         "running on with the old value",
@@ -299,3 +304,29 @@ def test_a_renewed_certificate_without_the_studios_wildcard_is_refused_on_reload
     assert said == [f"reload: certificate {cert} for the tunnel listener",
                     f"reload: certificate {cert} for the HTTPS proxy",
                     "reload: log level debug"], said
+
+
+def test_a_reload_says_when_the_environment_hides_a_changed_env_file_line(
+        gateway_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under the units the environment (a drop-in's Environment=, gateway@NN.env) wins over
+    # the --env-file: a line changed there would otherwise look applied.
+    applied: list[str] = []
+    monkeypatch.setattr(logs, "set_level", applied.append)
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("CONNECT_LOG_LEVEL=info\nCONNECT_MANAGEMENT_AUTH_KEY=old-key-value-1234\n")
+    environ = dict(gateway_env, CONNECT_MANAGEMENT_AUTH_KEY="from-the-unit-0123456789")
+
+    def read() -> Any:
+        return load_config(environ=environ, env_file=str(env_file))
+
+    gw = make_service(read(), MemoryReactorClock(), environ={}, reload=read)
+    env_file.write_text("CONNECT_LOG_LEVEL=debug\nCONNECT_MANAGEMENT_AUTH_KEY=new-s3cret-99\n")
+    said, events = reload_warnings(gw)
+    assert said == [
+        "reload: CONNECT_MANAGEMENT_AUTH_KEY changed in the env file, but the environment "
+        "sets it, which wins over the file; running on with that value",
+        "reload: CONNECT_LOG_LEVEL changed in the env file, but the environment sets it "
+        "(info), which wins over the file; running on with that value"]
+    assert applied == ["info"]
+    assert not any("s3cret" in formatEvent(e) or "from-the-unit" in formatEvent(e)
+                   for e in events)

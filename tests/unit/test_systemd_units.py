@@ -57,26 +57,43 @@ def test_check_config_of_the_example_as_shipped_checks_the_unit_s_storage_root()
     assert config.storage_root == "/var/lib/studios-gateway"
     assert config.sources["CONNECT_STORAGE_ROOT"] == "env file"
     for name in ("studios-gateway.service", "studios-gateway@.service"):
-        assert "CONNECT_STORAGE_ROOT=/var/lib/studios-gateway" in unit(name)["Environment"]
+        # the same directory as the units' state directory ($STATE_DIRECTORY)
+        assert unit(name)["StateDirectory"] == ["studios-gateway"]
+
+
+ENV_FILE = "/etc/studios-gateway/gateway.env"
+
+
+@pytest.mark.parametrize("name", ["studios-gateway.service", "studios-gateway@.service"])
+def test_the_gateway_reads_its_env_file_itself_so_a_reload_re_reads_it(name: str) -> None:
+    # systemd reads EnvironmentFile= only at start, and the environment wins over the
+    # --env-file: with gateway.env there, `systemctl reload` re-read nothing of it.
+    u = unit(name)
+    (exec_start,) = u["ExecStart"]
+    assert f"studios-gateway --env-file {ENV_FILE}" in exec_start
+    assert ENV_FILE not in u.get("EnvironmentFile", [])
+    # No CONNECT_* of the unit's own: it would win over gateway.env's line.
+    assert not [e for e in u.get("Environment", []) if e.startswith(("CONNECT_", "TOWER_"))]
 
 
 def test_gateway_unit() -> None:
     u = unit("studios-gateway.service")
     expected = {
         "Type": "notify", "NotifyAccess": "main", "WatchdogSec": "30s",
-        "Restart": "on-failure", "EnvironmentFile": "/etc/studios-gateway/gateway.env",
+        "Restart": "on-failure",
         "LimitNOFILE": "65536", "User": "studios-gateway", "DynamicUser": "no",
         "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
         "PrivateDevices": "yes", "NoNewPrivileges": "yes",
         "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
         "SystemCallFilter": "@system-service", "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE",
         "AmbientCapabilities": "CAP_NET_BIND_SERVICE", "StateDirectory": "studios-gateway",
-        "ExecStart": "/opt/studios-gateway/bin/twistd --nodaemon --pidfile= studios-gateway",
+        "ExecStart": "/opt/studios-gateway/bin/twistd --nodaemon --pidfile= studios-gateway "
+                     "--env-file /etc/studios-gateway/gateway.env",
         "ExecReload": "/bin/kill -HUP $MAINPID",
     }
     for key, value in expected.items():
         assert u.get(key) == [value], key
-    assert "CONNECT_STORAGE_ROOT=/var/lib/studios-gateway" in u["Environment"]
+    assert "EnvironmentFile" not in u
 
 
 @pytest.mark.parametrize("name", ["http", "tunnel", "ssh"])
