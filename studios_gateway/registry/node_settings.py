@@ -140,13 +140,23 @@ class NodeSettingsWatch:
 
         self.store.when_connected().addCallbacks(connected, lambda _: None)
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
+        """Stop refreshing and delete this node's record (a node that drains is no longer
+        one the others must agree with; they hear it and compare again at once). Without
+        Redis the record stays until its TTL runs out (said once)."""
         if self._stopped:
-            return
+            return succeed(None)
         self._stopped = True
         self._unsubscribe()
         if self._refresh.running:
             self._refresh.stop()
+
+        def failed(f: Failure) -> None:
+            self._log.info("cannot delete this node's cluster settings record now: {why} "
+                           "(it expires within {ttl:g}s)", why=f.getErrorMessage(),
+                           ttl=self.ttl)
+
+        return self.store.withdraw_node().addErrback(failed)
 
     def _announce(self, tell: bool) -> Deferred[None]:
         """Write the record (with `tell`: publish and compare too). A failure is logged
@@ -203,4 +213,7 @@ class NodeSettingsWatch:
             if self._warned.get(other) != diffs:
                 self._log.warn("{message}", message=disagreement(self.node_id, other,
                                                                  list(diffs)))
+        for other in sorted(set(self._warned) - set(seen)):
+            self._log.info("cluster settings: node {other} no longer differs (it stopped, "
+                           "now has the same values, or its record is gone)", other=other)
         self._warned = seen

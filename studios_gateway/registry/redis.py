@@ -269,6 +269,26 @@ redis.call('SET', KEYS[2], cjson.encode(out), 'PX', ARGV[2])
 return #out
 """
 
+# GETs that never send a value longer than ARGV[1] bytes: 0 in its place (false for a
+# key that does not exist). For keys anyone with write access to Redis could fill (the
+# nodes' records and their index): the node must not read, or parse, megabytes.
+_BOUNDED_GETS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v and #v > tonumber(ARGV[1]) then v = 0 end
+  out[i] = v
+end
+return out
+"""
+
+# A node that stops: its settings record goes, and every node hears it (compares again).
+_WITHDRAW_NODE = """
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"""
+
 _PTTLS = """
 local out = {}
 for i, key in ipairs(KEYS) do out[i] = redis.call('PTTL', key) end
@@ -283,6 +303,9 @@ LOGOUT_EVENT = "logout:"
 NODE_EVENT = "node:"
 #: At most this many nodes in the index of nodes' settings records (``<prefix>:_nodes``).
 MAX_NODES = 1000
+#: A node's settings record longer than this (in bytes) is no node's and is not read
+#: (this version's are about 200 bytes; node_settings.MAX_RECORD_CHARS says the same).
+MAX_RECORD_BYTES = 4096
 
 #: Redis errors that mean "not usable right now" rather than "your command is wrong".
 _TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "NOAUTH", "NOPERM", "WRONGPASS",
@@ -1166,24 +1189,44 @@ class RedisStore:
     def _node_key(self, node: str) -> str:
         return f"{self.prefix}:_node:{node}"
 
+    def withdraw_node(self) -> Deferred[None]:
+        """Delete this node's settings record (a node that stops cleanly) and publish
+        ``node:<node id>``, so every node compares again at once, without it."""
+        return self._eval("withdraw_node", _WITHDRAW_NODE, [self._node_key(self.node_id)],
+                          [self.channel, NODE_EVENT + self.node_id]).addCallback(
+            lambda _: None)
+
+    def _bounded_gets(self, what: str, keys: list[str], limit: int) -> Deferred[list[Any]]:
+        """The value of each of `keys`: None when missing, 0 when longer than `limit`
+        bytes (never sent by Redis), else the value."""
+        return self._eval(what, _BOUNDED_GETS, keys, [limit]).addCallback(
+            lambda values: [None if v is None else 0 if isinstance(v, int) else v
+                            for v in values])
+
     @defer.inlineCallbacks
     def node_records(self) -> Any:
         """Every live node's settings record: {node id: JSON text}. Read from the index
-        (one GET and one MGET, whatever the number of sessions)."""
-        index = yield self._call("node_records", lambda conn: conn.execute_command(
-            "GET", f"{self.prefix}:_nodes"))
-        try:  # a damaged or hostile index: none (the next announcement rebuilds it)
-            text = _text(index) if index is not None else "[]"
-            ids = json.loads(text) if len(text) <= MAX_NODES * 100 else []
+        (two scripts' GETs, whatever the number of sessions). The index and each record
+        are read only if they are short enough (MAX_NODES * 100 and MAX_RECORD_BYTES):
+        Redis sends no longer value, a longer record is no node's and is left out."""
+        index, = yield self._bounded_gets("node_records", [f"{self.prefix}:_nodes"],
+                                          MAX_NODES * 100)
+        try:  # a damaged, hostile or too long index: none (the next announcement rebuilds it)
+            ids = json.loads(_text(index)) if index else []
         except (ValueError, RecursionError):
             ids = []
         if not isinstance(ids, list):
             ids = []
         nodes = list(dict.fromkeys(i for i in ids if isinstance(i, str)))[:MAX_NODES]
-        pairs = yield self._mget("node_records", [self._node_key(n) for n in nodes])
-        found = {key: value for key, value in pairs}
-        self._nodes_gone = [n for n in nodes if self._node_key(n) not in found]
-        return {n: _text(found[self._node_key(n)]) for n in nodes if self._node_key(n) in found}
+        found: dict[str, Any] = {}
+        for i in range(0, len(nodes), 500):
+            chunk = nodes[i:i + 500]
+            values = yield self._bounded_gets("node_records",
+                                              [self._node_key(n) for n in chunk],
+                                              MAX_RECORD_BYTES)
+            found.update(zip(chunk, values, strict=True))
+        self._nodes_gone = [n for n in nodes if found.get(n) is None]
+        return {n: _text(v) for n, v in found.items() if v is not None and v != 0}
 
 
 def _ms(ttl: float) -> int:

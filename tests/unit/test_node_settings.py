@@ -78,6 +78,10 @@ class FakeStore:
     def node_records(self) -> defer.Deferred[dict[str, str]]:
         return defer.succeed(dict(self.records))
 
+    def withdraw_node(self) -> defer.Deferred[None]:
+        self.records.pop(self.node_id, None)
+        return defer.succeed(None)
+
     def hear(self, node_id: str | None) -> None:
         for callback in list(self.callbacks):
             callback(node_id)
@@ -156,6 +160,9 @@ class FlakyStore(FakeStore):
     def node_records(self) -> defer.Deferred[dict[str, str]]:
         return self._away() or super().node_records()
 
+    def withdraw_node(self) -> defer.Deferred[None]:
+        return self._away() or super().withdraw_node()
+
 
 def test_an_outage_is_logged_once_and_the_node_tells_everyone_when_redis_is_back() -> None:
     """Every refresh (20 s) of every node failed with its own log line while Redis was
@@ -233,3 +240,32 @@ def test_a_hostile_record_is_ignored_or_shown_escaped_and_bounded() -> None:
     assert "\n" not in warn.lines[0] and len(warn.lines[0]) < 800
     assert "'https://x\\n2026 [fake] line zzz" in warn.lines[0]
     assert watch.disagreeing == 1
+
+
+def test_a_node_that_stops_deletes_its_record_and_the_others_stop_counting_it() -> None:
+    """A stopped node's record stayed until its TTL (60 s), so every other node kept it in
+    studios_gateway_cluster_settings_differ for a minute after it drained. Now stop()
+    deletes it (the store publishes that), and a node that hears it counts it no more and
+    says so once. Without Redis the record is left to expire, said once."""
+    records = {"node-b": json.dumps({**A, "routing": "path"})}
+    store = FakeStore("node-a", records)
+    with Logged("info") as info:
+        watch, _ = started(store)
+        assert watch.disagreeing == 1 and "node-a" in records
+        records.pop("node-b")  # node-b drained: its record deleted, node:node-b published
+        store.hear("node-b")
+        assert watch.disagreeing == 0
+        assert len(info.lines) == 1 and "node node-b no longer differs" in info.lines[0]
+        store.hear("node-b")
+        assert len(info.lines) == 1
+        done: list[Any] = []
+        watch.stop().addCallback(done.append)
+        assert done == [None] and "node-a" not in records
+    flaky = FlakyStore("node-a", {})
+    with Logged("info") as info:
+        watch, _ = started(flaky)
+        flaky.down = True
+        watch.stop()
+        watch.stop()
+    assert len(info.lines) == 1 and "expires within 60s" in info.lines[0], info.lines
+    assert "node-a" in flaky.records
