@@ -208,6 +208,8 @@ class TunnelTable:
         #: ours (which ours overrides): no look-up for it (one registry GET per bind).
         self._own_claims: dict[str, int] = {}
         self._pumping = False
+        #: Tunnels held here whose claim a look-up found gone: claimed again at once.
+        self._reclaiming: dict[Tunnel, None] = {}
         self._empty = EmptyWaiters()
         self._refresher = task.LoopingCall(self._refresh_all)
         self._refresher.clock = clock
@@ -327,7 +329,9 @@ class TunnelTable:
         commands at once. One claim per command, 16 in flight, a round of 10,000 claims
         on Redis cost the gateway ~2 s of CPU on a slow machine every 10 s, and its
         commands queued ahead of the binds' in a reconnect storm."""
-        tunnels = list(self._tunnels.values())
+        return self._refresh_batched(list(self._tunnels.values()))
+
+    def _refresh_batched(self, tunnels: list[Tunnel]) -> Deferred[Any]:
         limit = defer.DeferredSemaphore(REFRESHES_IN_FLIGHT)
         return defer.DeferredList([limit.run(self._refresh, tunnels[at:at + REFRESH_BATCH])
                                    for at in range(0, len(tunnels), REFRESH_BATCH)])
@@ -410,10 +414,24 @@ class TunnelTable:
         self._check_next()
 
     def _check_holder(self, holder: TunnelHolder | None, tunnel: Tunnel) -> None:
-        # None (released, expired) is left to the refresh loop: only a claim by another
-        # tunnel proves the studio has moved.
-        if holder is not None and holder.tunnel_id != tunnel.holder.tunnel_id:
+        # Only a claim by another tunnel proves the studio has moved. None (the claim
+        # expired while Redis was away longer than its TTL, or Redis lost it): claimed
+        # again now, not at the next refresh round (up to a third of the TTL later, all
+        # that time every other node finding no holder and answering "not connected").
+        # The refresh script claims it only while the session exists and nobody else has.
+        if holder is None:
+            if not self._reclaiming:
+                self.clock.callLater(0, self._reclaim)
+            self._reclaiming[tunnel] = None
+        elif holder.tunnel_id != tunnel.holder.tunnel_id:
             self._held_elsewhere(tunnel, f"node {holder.node_id} holds it now")
+
+    def _reclaim(self) -> Deferred[Any]:
+        """Refresh (so claim again) the tunnels whose claim a look-up found gone, as the
+        refresh loop does, batched; those left the table meanwhile are skipped."""
+        tunnels = [t for t in self._reclaiming if self._tunnels.get(t.session_id) is t]
+        self._reclaiming.clear()
+        return self._refresh_batched(tunnels)
 
     def _record_of(self, _: None, tunnel: Tunnel) -> Deferred[SessionRecord | None]:
         return self.store.get(tunnel.session_id)
