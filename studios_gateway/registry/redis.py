@@ -61,6 +61,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.deadline import within
+from studios_gateway.logs import drop_lines
 from studios_gateway.registry.base import (
     MAX_PENDING_LOGIN_BYTES,
     MAX_USER_KEYS,
@@ -343,6 +344,15 @@ def _text(value: Any) -> str:
 
 
 # txredisapi wrappers -----------------------------------------------------------
+
+
+# txredisapi logs (log.msg) each failed connection set-up, and Twisted's ClientService
+# under it each retry it schedules, at every retry (0.5-5 s apart, for ever: a wrong
+# password, or a Redis down for a day, wrote ~35,000 lines a day each); _Link says the
+# reason itself, once (then once a minute with a count), and when the link is back.
+drop_lines("log_legacy", "Redis error: could not auth: ", "Redis error: could not set dbid=",
+           "Redis error: could not connect: ")
+drop_lines("twisted.application._client_service.ClientService", "Scheduling retry ")
 
 
 class _Factory(txredisapi.RedisFactory):

@@ -448,18 +448,26 @@ class RedisACLTests(RedisCase):
 
     @defer.inlineCallbacks
     def test_a_wrong_password_is_one_warning_not_one_per_retry(self) -> Any:
-        # Each retry (0.5 s to 5 s apart, for ever) logged the same refusal again.
-        from twisted.logger import globalLogPublisher
+        # Each retry (0.5 s to 5 s apart, for ever) logged the same refusal again: the
+        # gateway's own line, txredisapi's "Redis error: could not auth: ..." (a legacy
+        # log.msg) and Twisted's "Scheduling retry ..." (through the same filters as the
+        # process's log file).
+        from twisted.logger import FilteringLogObserver, formatEvent, globalLogPublisher
+
+        from studios_gateway.logs import PREDICATES
 
         said: list[str] = []
+        lines: list[str] = []
 
         def watch(event: dict) -> None:
             if event.get("log_namespace", "").endswith("redis._Link") and \
                     event.get("log_level") is not None and event["log_level"].name == "warn":
                 said.append(str(event.get("why") or event.get("error")))
+            lines.append(formatEvent(event) or "")
 
-        globalLogPublisher.addObserver(watch)
-        self.addCleanup(globalLogPublisher.removeObserver, watch)
+        observer = FilteringLogObserver(watch, PREDICATES)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         store = new_store(self.server, password="another-wrong-password")
         failures = [store.next_connection_failure()]
         subscriber = store.next_subscriber_failure()
@@ -473,6 +481,8 @@ class RedisACLTests(RedisCase):
         # Both links (commands, subscriber) said it once each, over four refusals.
         assert len(said) == 2 and all("WRONGPASS" in w for w in said), said
         assert not any("another-wrong-password" in w for w in said)
+        assert len([line for line in lines if "WRONGPASS" in line]) == 2, lines
+        assert not [line for line in lines if "Scheduling retry" in line], lines
 
     @defer.inlineCallbacks
     def test_no_credentials_refused(self) -> Any:
