@@ -80,6 +80,57 @@ def test_a_claim_found_expired_when_redis_is_back_is_claimed_again_at_once() -> 
     assert store.calls["refresh_tunnels"] == calls
 
 
+def second(table: TunnelTable, store: FlakyStore, sid: str) -> tuple[StringTransport, Any]:
+    """Another session bound on `table`, with its own connection."""
+    store.create(SessionRecord(id=sid, workspace_id=None, tool="generic", owner="alice",
+                               allowed_users=(), ssh_enabled=False,
+                               token_hash=hash_token(TOKEN), created_at=0.0))
+    protocol = TunnelServerFactory(table).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(BindRequest(sid, TOKEN, "0.12.0", "generic", 8080).encode())
+    assert table.get(sid) is not None
+    return transport, table.get(sid)
+
+
+def test_a_session_ended_through_another_node_closes_its_tunnel_at_once() -> None:
+    """Its delete (on another node) removed the claim too; the holder found none and left
+    the tunnel to the next refresh round, which logged it as "moved (its claim could not
+    be refreshed)" up to a third of the TTL later. Now it closes at once, as ended."""
+    from tests.unit.test_node_settings import Logged
+
+    clock, store, table, transport, tunnel = bound()
+    t2, _ = second(table, store, "s2")
+    with Logged("info") as info, Logged("warn") as warn:
+        store.inner.delete("s1")  # (the event every node hears)
+        clock.advance(0)
+        assert transport.disconnecting
+        assert not t2.disconnecting and table.get("s2") is not None
+        clock.advance(TTL)
+    assert any("session s1 ended" in line for line in info.lines), info.lines
+    assert not any("moved" in line for line in info.lines) and warn.lines == [], warn.lines
+
+
+def test_sessions_redis_lost_close_their_tunnels_with_one_warning() -> None:
+    """Redis back without its data: every tunnel was retired as "moved (its claim could
+    not be refreshed)", which told the operator nothing of what happened."""
+    from tests.unit.test_node_settings import Logged
+
+    clock, store, table, transport, tunnel = bound()
+    t2, _ = second(table, store, "s2")
+    with Logged("info") as info, Logged("warn") as warn:
+        store.inner._records.clear()  # (as a restart without its data, no event)
+        store.inner._tunnels.clear()
+        store.announce("subscribe", None)  # the subscriber is back: events were lost
+        clock.advance(0)
+        assert transport.disconnecting and t2.disconnecting
+        clock.advance(1)
+    assert len(warn.lines) == 1, warn.lines
+    assert "2 session(s)" in warn.lines[0] and "no longer in the registry" in warn.lines[0]
+    assert "Redis must persist" in warn.lines[0]
+    assert not any("moved" in line for line in info.lines)
+
+
 def test_a_claim_another_node_took_closes_the_tunnel() -> None:
     clock, store, table, transport, tunnel = bound()
     outage(clock, store, TTL + 5)
@@ -152,7 +203,9 @@ def test_a_refresh_round_renews_claims_in_batches_a_few_at_a_time_and_every_clai
 def test_a_claim_a_batch_finds_taken_closes_only_its_tunnel() -> None:
     clock, store, table, transport, tunnel = bound()
     other = Tunnel(tunnel.tool, replace(tunnel.holder, session_id="s2"), tunnel.mux,
-                   tunnel.protocol)  # s2: no session, no claim in the store
+                   tunnel.protocol)  # s2: its session claimed by another node
+    store.inner.create(replace(store.inner.get("s1").result, id="s2"))
+    store.inner.claim_tunnel(replace(other.holder, node_id="n2", tunnel_id="theirs"), TTL)
     table._tunnels["s2"] = other
     closed: list[str] = []
     table._held_elsewhere = lambda t, why: closed.append(t.session_id)
