@@ -245,10 +245,18 @@ if v then redis.call('DEL', KEYS[1]) end
 return v
 """
 
+#: A node's settings record longer than this (in bytes) is no node's and is not read
+#: (this version's are about 200 bytes; node_settings.MAX_RECORD_CHARS says the same).
+MAX_RECORD_BYTES = 4096
+
 # A node's settings record, and the index of the nodes that have one (JSON list of ids):
 # nodes are found by one GET, never by a SCAN of every session. KEYS[3..] are records
 # the caller found gone (ARGV[5..] their ids): dropped from the index if still gone.
+# The reply: the number of ids in the index, and the record this one replaced (false
+# when there was none, or a longer one than MAX_RECORD_BYTES).
 _ANNOUNCE_NODE = """
+local prev = redis.call('GET', KEYS[1])
+if prev and #prev > """ + str(MAX_RECORD_BYTES) + """ then prev = false end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local raw = redis.call('GET', KEYS[2]) or '[]'
 local ok, ids = false, nil
@@ -267,7 +275,7 @@ for _, id in ipairs(ids) do
   end
 end
 redis.call('SET', KEYS[2], cjson.encode(out), 'PX', ARGV[2])
-return #out
+return {#out, prev}
 """
 
 # GETs that never send a value longer than ARGV[1] bytes: 0 in its place (false for a
@@ -304,9 +312,6 @@ LOGOUT_EVENT = "logout:"
 NODE_EVENT = "node:"
 #: At most this many nodes in the index of nodes' settings records (``<prefix>:_nodes``).
 MAX_NODES = 1000
-#: A node's settings record longer than this (in bytes) is no node's and is not read
-#: (this version's are about 200 bytes; node_settings.MAX_RECORD_CHARS says the same).
-MAX_RECORD_BYTES = 4096
 
 #: Redis errors that mean "not usable right now" rather than "your command is wrong".
 _TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "NOAUTH", "NOPERM", "WRONGPASS",
@@ -1182,19 +1187,27 @@ class RedisStore:
         """Call `callback(node id)` when a node announces itself (None: events were lost)."""
         return self._node_subscribers.add(callback)
 
-    def announce_node(self, value: str, ttl: float, *, tell: bool) -> Deferred[None]:
+    def announce_node(self, value: str, ttl: float, *, tell: bool) -> Deferred[str | None]:
         """Store this node's settings record for `ttl` seconds (and its id in the index
         ``<prefix>:_nodes``, without the nodes whose records the last node_records found
-        gone); with `tell`, publish ``node:<node id>`` so every node compares at once."""
+        gone); with `tell`, publish ``node:<node id>`` so every node compares at once.
+        Fires with the record this one replaced (None: none, or a too long one)."""
         gone = self._nodes_gone[:100]
         keys = [self._node_key(self.node_id), f"{self.prefix}:_nodes"]
         keys += [self._node_key(node) for node in gone]
         d = self._eval("announce_node", _ANNOUNCE_NODE, keys,
                        [value, _ms(ttl), self.node_id, MAX_NODES, *gone])
+        replaced: list[str | None] = []
+
+        def keep(reply: Any) -> None:
+            prev = reply[1] if isinstance(reply, list) and len(reply) > 1 else None
+            replaced.append(None if prev is None else _text(prev))
+
+        d.addCallback(keep)
         if tell:
             d.addCallback(lambda _: self._call("announce_node", lambda conn: conn.execute_command(
                 "PUBLISH", self.channel, NODE_EVENT + self.node_id)))
-        return d.addCallback(lambda _: None)
+        return d.addCallback(lambda _: replaced[0])
 
     def _node_key(self, node: str) -> str:
         return f"{self.prefix}:_node:{node}"

@@ -200,8 +200,13 @@ class RedisContractTests(StoreContract, RedisCase):
         node as a live one that differs; withdraw_node deletes it and tells every node."""
         heard = Recorder()
         self.store.subscribe_nodes(heard)
-        yield self.store.announce_node('{"a": "1"}', 60, tell=False)
-        yield self.other.announce_node('{"a": "2"}', 60, tell=False)
+        # An announcement says which record it replaced (a second process with this id?).
+        assert (yield self.store.announce_node('{"a": "0"}', 60, tell=False)) is None
+        assert (yield self.store.announce_node('{"a": "1"}', 60, tell=True)) == '{"a": "0"}'
+        assert (yield self.other.announce_node('{"a": "2"}', 60, tell=False)) is None
+        p = self.store.prefix
+        yield self.other.command("SET", f"{p}:_node:node-b", "x" * 5000)  # too long: unsent
+        assert (yield self.other.announce_node('{"a": "2"}', 60, tell=False)) is None
         assert set((yield self.store.node_records())) == {"node-a", "node-b"}
         yield self.other.withdraw_node()
         yield heard.wait_for("node-b")
