@@ -37,6 +37,7 @@ from studios_gateway.registry.base import (
     TunnelHolder,
     token_matches,
 )
+from studios_gateway.repeats import Repeats
 from studios_gateway.waiters import EmptyWaiters
 from studios_gateway.wire import tools
 from studios_gateway.wire.bind import (
@@ -61,6 +62,10 @@ from studios_gateway.wire.sockopts import (
 #: queued the binds' commands and the link's PING behind them (the PING failed, the link
 #: was dropped with every command on it, and the events were lost again).
 CHECKS_IN_FLIGHT = 16
+#: Bind refusals every retrying studio gets for as long as a cause shared by all lasts
+#: (Redis away: ~N/8 lines a second for N studios without a tunnel): logged once a
+#: minute with a count (each is counted in studios_gateway_tunnel_binds_total).
+QUIET_REFUSALS = frozenset({"store_unavailable"})
 #: A refresh round (_refresh_all) renews this many claims per registry command (one Lua
 #: script on Redis), with this many commands in flight at once.
 REFRESH_BATCH = 200
@@ -209,6 +214,8 @@ class TunnelTable:
         #: ours (which ours overrides): no look-up for it (one registry GET per bind).
         self._own_claims: dict[str, int] = {}
         self._pumping = False
+        #: Refusals of the QUIET_REFUSALS codes: said once a minute, with a count.
+        self.quiet_refusals = Repeats(clock)
         #: Tunnels held here whose claim a look-up found gone: claimed again at once.
         self._reclaiming: dict[Tunnel, None] = {}
         #: Sessions found gone without an event saying so, for the next warning.
@@ -634,8 +641,13 @@ class TunnelServerProtocol(Protocol):
         if self.table.metrics:
             self.table.metrics.binds.labels(err.code).inc()
         peer = self.transport.getPeer() if self.transport else None
-        self._log.info("bind refused from {peer}: {code}: {reason}",
-                       peer=getattr(peer, "host", "?"), code=err.code, reason=err.reason)
+        unsaid: int | None = 0
+        if err.code in QUIET_REFUSALS:  # every studio that retries, for the whole outage
+            unsaid = self.table.quiet_refusals.due(err.code)
+        if unsaid is not None:
+            self._log.info("bind refused from {peer}: {code}: {reason}{more}",
+                           peer=getattr(peer, "host", "?"), code=err.code, reason=err.reason,
+                           more=self.table.quiet_refusals.more(unsaid))
         if self.transport is not None and not self._closed:
             self.transport.write(BindReply.refusal(err).encode())
             self._setup_done()

@@ -270,3 +270,36 @@ def test_while_draining_a_moved_tunnel_lives_until_its_streams_end() -> None:
     assert not transport.disconnecting
     stream.abortConnection()  # the last stream ends: the tunnel closes
     assert transport.disconnecting
+
+
+def test_binds_refused_for_want_of_redis_are_logged_once_a_minute() -> None:
+    """Every studio without a tunnel retries every ~8 s while Redis is away, and each
+    refusal was its own log line (10,000 studios: 1,250 lines a second); other refusals
+    are still one line each."""
+    from tests.unit.test_node_settings import Logged
+
+    clock, store, table, transport, tunnel = bound()
+    store.up = False
+
+    def bind(sid: str = "s1", token: str = TOKEN) -> bytes:
+        protocol = TunnelServerFactory(table).buildProtocol(None)
+        t = StringTransport()
+        protocol.makeConnection(t)
+        protocol.dataReceived(BindRequest(sid, token, "0.12.0", "generic", 8080).encode())
+        return t.value()
+
+    with Logged("info") as info:
+        for _ in range(30):
+            assert b"store_unavailable" in bind()
+            clock.advance(1)
+        clock.advance(30)
+        assert b"store_unavailable" in bind()
+    refused = [line for line in info.lines if "bind refused" in line]
+    assert len(refused) == 2, refused
+    assert "store_unavailable" in refused[0] and "more like it" not in refused[0]
+    assert "(and 29 more like it in the last 60s)" in refused[1]
+    store.up = True
+    with Logged("info") as info:
+        for _ in range(2):
+            assert b"bad_token" in bind(token="x" * 20)
+    assert len([line for line in info.lines if "bad_token" in line]) == 2
