@@ -3,10 +3,14 @@
 twistd starts logging before our service starts, and offers no public hook
 to filter it, so at start we wrap the observers already attached to the
 global publisher in a level filter. Third-party debug chatter (Conch logs one
-line per window adjust) is dropped with everything else below the level.
+line per window adjust) is dropped with everything else below the level, and so
+are a library's repeats of what the gateway says itself (:func:`drop_lines`:
+txredisapi logs every failed AUTH, and Twisted every retry to connect, for ever).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -14,6 +18,7 @@ from twisted.logger import (
     LogLevel,
     LogLevelFilterPredicate,
     LogPublisher,
+    PredicateResult,
     globalLogPublisher,
 )
 
@@ -27,6 +32,38 @@ LEVELS: dict[str, LogLevel] = {
 }
 
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+
+#: (namespace, start of the line's text) of the lines a library writes that the gateway
+#: says itself, in its own words and at its own pace: dropped (see :func:`drop_lines`).
+_dropped: tuple[tuple[str, str], ...] = ()
+
+
+def drop_lines(namespace: str, *starts: str) -> None:
+    """Drop `namespace`'s log lines whose text (a legacy ``log.msg``'s message, namespace
+    ``log_legacy``, or the format of a twisted.logger event) begins with one of `starts`:
+    for a library that logs at every retry what the gateway already says once."""
+    global _dropped
+    _dropped = tuple(dict.fromkeys(_dropped + tuple((namespace, s) for s in starts)))
+
+
+def _not_said_twice(event: dict[str, Any]) -> PredicateResult:
+    if not _dropped:
+        return PredicateResult.maybe
+    namespace = event.get("log_namespace")
+    if namespace == "log_legacy":
+        message = event.get("message")
+        text = message[0] if message else None
+    else:
+        text = event.get("log_format")
+    if isinstance(text, str):
+        for where, start in _dropped:
+            if where == namespace and text.startswith(start):
+                return PredicateResult.no
+    return PredicateResult.maybe
+
+
+#: What every observer of the process is given through (set_level puts them in front).
+PREDICATES: list[Any] = [_predicate, _not_said_twice]
 #: The level filters set_level put in front of the process's observers, by id: (the filter,
 #: the observer behind it). The filter is kept, so its id cannot be another object's.
 _installed: dict[int, tuple[ILogObserver, ILogObserver]] = {}
@@ -42,7 +79,7 @@ def set_level(level: str, publisher: LogPublisher = globalLogPublisher) -> None:
     for obs in observers:
         if id(obs) in _installed or isinstance(obs, FilteringLogObserver):
             continue
-        wrapped = FilteringLogObserver(obs, [_predicate])
+        wrapped = FilteringLogObserver(obs, PREDICATES)
         publisher.removeObserver(obs)
         publisher.addObserver(wrapped)
         _installed[id(wrapped)] = (wrapped, obs)

@@ -153,7 +153,8 @@ class GatewayService(MultiService):
         self.config = config
         # The process environment as given (NOTIFY_SOCKET, LISTEN_FDS...); never os.environ here.
         self.environ: Mapping[str, str] = environ if environ is not None else {}
-        self.on_drain: list[Callable[[], Any]] = []  # called once when a drain begins
+        # Called once when a drain begins; a Deferred one returns is waited for.
+        self.on_drain: list[Callable[[], Any]] = []
         self._reload_hooks: list[Callable[[Config], Any]] = []
         self._reload_checks: list[Callable[[Config], str | None]] = []
         self.reactor = reactor
@@ -359,8 +360,9 @@ class GatewayService(MultiService):
 
     def _drain(self) -> Deferred[None]:
         self.draining = True
-        for hook in self.on_drain:
-            hook()
+        # A hook's Deferred is waited for too (bounded by the grace, below), so what it
+        # sends (the cluster settings record's deletion) goes before the store stops.
+        hooked = [d for d in (hook() for hook in self.on_drain) if isinstance(d, Deferred)]
         grace = self.config.shutdown_grace
         self._log.info("draining: no new connections; waiting up to {grace}s for in-flight work",
                        grace=grace)
@@ -377,7 +379,7 @@ class GatewayService(MultiService):
 
         drains = [defer.maybeDeferred(c.drain).addBoth(drained, c.name)
                   for c in self.components]
-        d: Deferred[Any] = defer.DeferredList(drains, consumeErrors=True)
+        d: Deferred[Any] = defer.DeferredList(drains + hooked, consumeErrors=True)
 
         def out_of_time() -> None:
             # (said before the cancel: cancelled drains count as finished)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["MAX_RECORD_CHARS", "NODE_TTL", "NodeSettingsWatch", "compare_nodes",
+__all__ = ["INSTANCE", "MAX_RECORD_CHARS", "NODE_TTL", "NodeSettingsWatch", "compare_nodes",
            "disagreement", "node_records", "parse_record", "shared_settings"]
 
 #: How long a node's record lives without a refresh (refreshed every third of it).
@@ -35,6 +36,9 @@ NODE_TTL = 60.0
 #: A record longer than this is no node's (this version's are about 200 characters):
 #: anyone who can write the Redis must not make every node parse or log megabytes.
 MAX_RECORD_CHARS = 4096
+
+#: The record's field naming the process that wrote it (random, per start): not a setting.
+INSTANCE = "instance"
 
 #: How much of another node's value a warning shows (repr, so escaped).
 _SHOWN_CHARS = 200
@@ -114,7 +118,12 @@ class NodeSettingsWatch:
         self.settings = dict(settings)
         self.ttl = ttl
         self.clock = clock
-        self._record = json.dumps(self.settings, sort_keys=True)
+        # Which process wrote the record: a record of this node id written by another
+        # between two of ours is a second process with this node id (not compared).
+        self.instance = secrets.token_hex(8)
+        self._record = json.dumps({**self.settings, INSTANCE: self.instance}, sort_keys=True)
+        self._written = False  # a first announcement replaced whatever was there
+        self._twins: set[str] = set()  # other processes seen with this node id (warned)
         self._warned: dict[str, tuple[tuple[str, str, str], ...]] = {}
         self._refresh = task.LoopingCall(self._announce, False)
         self._refresh.clock = clock
@@ -140,13 +149,23 @@ class NodeSettingsWatch:
 
         self.store.when_connected().addCallbacks(connected, lambda _: None)
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
+        """Stop refreshing and delete this node's record (a node that drains is no longer
+        one the others must agree with; they hear it and compare again at once). Without
+        Redis the record stays until its TTL runs out (said once)."""
         if self._stopped:
-            return
+            return succeed(None)
         self._stopped = True
         self._unsubscribe()
         if self._refresh.running:
             self._refresh.stop()
+
+        def failed(f: Failure) -> None:
+            self._log.info("cannot delete this node's cluster settings record now: {why} "
+                           "(it expires within {ttl:g}s)", why=f.getErrorMessage(),
+                           ttl=self.ttl)
+
+        return self.store.withdraw_node().addErrback(failed)
 
     def _announce(self, tell: bool) -> Deferred[None]:
         """Write the record (with `tell`: publish and compare too). A failure is logged
@@ -156,10 +175,15 @@ class NodeSettingsWatch:
         events)."""
         if self._stopped:
             return succeed(None)
+        if self._failing or self._tell_next:
+            # Redis may be back from a restart, with an older record of this node id (a
+            # previous process's, from its snapshot): not taken for another live process.
+            self._written = False
         tell = tell or self._failing or self._tell_next
         if tell:
             self._tell_next = False
         d = self.store.announce_node(self._record, self.ttl, tell=tell)
+        d.addCallback(self._check_replaced)
         if tell:
             d.addCallback(lambda _: self.compare())
 
@@ -176,6 +200,25 @@ class NodeSettingsWatch:
                                why=f.getErrorMessage(), every=self.ttl / 3)
 
         return d.addCallbacks(worked, failed)
+
+    def _check_replaced(self, replaced: str | None) -> None:
+        """`replaced`: the record our announcement overwrote. After our first (which may
+        replace the record of this node's previous, dead process), one written by another
+        process means two live processes share this node id: they overwrite each other's
+        claims' routes and records, and requests through one for studios held by the
+        other fail as "not connected". Warned once per other process."""
+        first, self._written = not self._written, True
+        theirs = parse_record(replaced) if replaced is not None else None
+        other = theirs.get(INSTANCE) if theirs is not None else None
+        if first or not other or other == self.instance or other in self._twins:
+            return
+        self._twins.add(other)
+        self._log.warn("another gateway process announces itself as node {node} too: every "
+                       "node needs its own CONNECT_NODE_ID (unset, it is the host name and "
+                       "tunnel port, the same in containers that share a host name); with "
+                       "one id, requests through one process for studios bound to the other "
+                       "can fail as \"not connected\", and their cluster settings records "
+                       "overwrite each other", node=self.node_id)
 
     def _heard(self, node_id: str | None) -> None:
         if self._stopped or node_id == self.node_id:
@@ -203,4 +246,7 @@ class NodeSettingsWatch:
             if self._warned.get(other) != diffs:
                 self._log.warn("{message}", message=disagreement(self.node_id, other,
                                                                  list(diffs)))
+        for other in sorted(set(self._warned) - set(seen)):
+            self._log.info("cluster settings: node {other} no longer differs (it stopped, "
+                           "now has the same values, or its record is gone)", other=other)
         self._warned = seen

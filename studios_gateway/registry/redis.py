@@ -61,6 +61,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.deadline import within
+from studios_gateway.logs import drop_lines
 from studios_gateway.registry.base import (
     MAX_PENDING_LOGIN_BYTES,
     MAX_USER_KEYS,
@@ -244,10 +245,18 @@ if v then redis.call('DEL', KEYS[1]) end
 return v
 """
 
+#: A node's settings record longer than this (in bytes) is no node's and is not read
+#: (this version's are about 200 bytes; node_settings.MAX_RECORD_CHARS says the same).
+MAX_RECORD_BYTES = 4096
+
 # A node's settings record, and the index of the nodes that have one (JSON list of ids):
 # nodes are found by one GET, never by a SCAN of every session. KEYS[3..] are records
 # the caller found gone (ARGV[5..] their ids): dropped from the index if still gone.
+# The reply: the number of ids in the index, and the record this one replaced (false
+# when there was none, or a longer one than MAX_RECORD_BYTES).
 _ANNOUNCE_NODE = """
+local prev = redis.call('GET', KEYS[1])
+if prev and #prev > """ + str(MAX_RECORD_BYTES) + """ then prev = false end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local raw = redis.call('GET', KEYS[2]) or '[]'
 local ok, ids = false, nil
@@ -266,7 +275,27 @@ for _, id in ipairs(ids) do
   end
 end
 redis.call('SET', KEYS[2], cjson.encode(out), 'PX', ARGV[2])
-return #out
+return {#out, prev}
+"""
+
+# GETs that never send a value longer than ARGV[1] bytes: 0 in its place (false for a
+# key that does not exist). For keys anyone with write access to Redis could fill (the
+# nodes' records and their index): the node must not read, or parse, megabytes.
+_BOUNDED_GETS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if v and #v > tonumber(ARGV[1]) then v = 0 end
+  out[i] = v
+end
+return out
+"""
+
+# A node that stops: its settings record goes, and every node hears it (compares again).
+_WITHDRAW_NODE = """
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
 """
 
 _PTTLS = """
@@ -320,6 +349,15 @@ def _text(value: Any) -> str:
 
 
 # txredisapi wrappers -----------------------------------------------------------
+
+
+# txredisapi logs (log.msg) each failed connection set-up, and Twisted's ClientService
+# under it each retry it schedules, at every retry (0.5-5 s apart, for ever: a wrong
+# password, or a Redis down for a day, wrote ~35,000 lines a day each); _Link says the
+# reason itself, once (then once a minute with a count), and when the link is back.
+drop_lines("log_legacy", "Redis error: could not auth: ", "Redis error: could not set dbid=",
+           "Redis error: could not connect: ")
+drop_lines("twisted.application._client_service.ClientService", "Scheduling retry ")
 
 
 class _Factory(txredisapi.RedisFactory):
@@ -1152,41 +1190,69 @@ class RedisStore:
         """Call `callback(node id)` when a node announces itself (None: events were lost)."""
         return self._node_subscribers.add(callback)
 
-    def announce_node(self, value: str, ttl: float, *, tell: bool) -> Deferred[None]:
+    def announce_node(self, value: str, ttl: float, *, tell: bool) -> Deferred[str | None]:
         """Store this node's settings record for `ttl` seconds (and its id in the index
         ``<prefix>:_nodes``, without the nodes whose records the last node_records found
-        gone); with `tell`, publish ``node:<node id>`` so every node compares at once."""
+        gone); with `tell`, publish ``node:<node id>`` so every node compares at once.
+        Fires with the record this one replaced (None: none, or a too long one)."""
         gone = self._nodes_gone[:100]
         keys = [self._node_key(self.node_id), f"{self.prefix}:_nodes"]
         keys += [self._node_key(node) for node in gone]
         d = self._eval("announce_node", _ANNOUNCE_NODE, keys,
                        [value, _ms(ttl), self.node_id, MAX_NODES, *gone])
+        replaced: list[str | None] = []
+
+        def keep(reply: Any) -> None:
+            prev = reply[1] if isinstance(reply, list) and len(reply) > 1 else None
+            replaced.append(None if prev is None else _text(prev))
+
+        d.addCallback(keep)
         if tell:
             d.addCallback(lambda _: self._call("announce_node", lambda conn: conn.execute_command(
                 "PUBLISH", self.channel, NODE_EVENT + self.node_id)))
-        return d.addCallback(lambda _: None)
+        return d.addCallback(lambda _: replaced[0])
 
     def _node_key(self, node: str) -> str:
         return f"{self.prefix}:_node:{node}"
 
+    def withdraw_node(self) -> Deferred[None]:
+        """Delete this node's settings record (a node that stops cleanly) and publish
+        ``node:<node id>``, so every node compares again at once, without it."""
+        return self._eval("withdraw_node", _WITHDRAW_NODE, [self._node_key(self.node_id)],
+                          [self.channel, NODE_EVENT + self.node_id]).addCallback(
+            lambda _: None)
+
+    def _bounded_gets(self, what: str, keys: list[str], limit: int) -> Deferred[list[Any]]:
+        """The value of each of `keys`: None when missing, 0 when longer than `limit`
+        bytes (never sent by Redis), else the value."""
+        return self._eval(what, _BOUNDED_GETS, keys, [limit]).addCallback(
+            lambda values: [None if v is None else 0 if isinstance(v, int) else v
+                            for v in values])
+
     @defer.inlineCallbacks
     def node_records(self) -> Any:
         """Every live node's settings record: {node id: JSON text}. Read from the index
-        (one GET and one MGET, whatever the number of sessions)."""
-        index = yield self._call("node_records", lambda conn: conn.execute_command(
-            "GET", f"{self.prefix}:_nodes"))
-        try:  # a damaged or hostile index: none (the next announcement rebuilds it)
-            text = _text(index) if index is not None else "[]"
-            ids = json.loads(text) if len(text) <= MAX_NODES * 100 else []
+        (two scripts' GETs, whatever the number of sessions). The index and each record
+        are read only if they are short enough (MAX_NODES * 100 and MAX_RECORD_BYTES):
+        Redis sends no longer value, a longer record is no node's and is left out."""
+        index, = yield self._bounded_gets("node_records", [f"{self.prefix}:_nodes"],
+                                          MAX_NODES * 100)
+        try:  # a damaged, hostile or too long index: none (the next announcement rebuilds it)
+            ids = json.loads(_text(index)) if index else []
         except (ValueError, RecursionError):
             ids = []
         if not isinstance(ids, list):
             ids = []
         nodes = list(dict.fromkeys(i for i in ids if isinstance(i, str)))[:MAX_NODES]
-        pairs = yield self._mget("node_records", [self._node_key(n) for n in nodes])
-        found = {key: value for key, value in pairs}
-        self._nodes_gone = [n for n in nodes if self._node_key(n) not in found]
-        return {n: _text(found[self._node_key(n)]) for n in nodes if self._node_key(n) in found}
+        found: dict[str, Any] = {}
+        for i in range(0, len(nodes), 500):
+            chunk = nodes[i:i + 500]
+            values = yield self._bounded_gets("node_records",
+                                              [self._node_key(n) for n in chunk],
+                                              MAX_RECORD_BYTES)
+            found.update(zip(chunk, values, strict=True))
+        self._nodes_gone = [n for n in nodes if found.get(n) is None]
+        return {n: _text(v) for n, v in found.items() if v is not None and v != 0}
 
 
 def _ms(ttl: float) -> int:

@@ -37,6 +37,7 @@ from studios_gateway.registry.base import (
     TunnelHolder,
     token_matches,
 )
+from studios_gateway.repeats import Repeats
 from studios_gateway.waiters import EmptyWaiters
 from studios_gateway.wire import tools
 from studios_gateway.wire.bind import (
@@ -61,6 +62,10 @@ from studios_gateway.wire.sockopts import (
 #: queued the binds' commands and the link's PING behind them (the PING failed, the link
 #: was dropped with every command on it, and the events were lost again).
 CHECKS_IN_FLIGHT = 16
+#: Bind refusals every retrying studio gets for as long as a cause shared by all lasts
+#: (Redis away: ~N/8 lines a second for N studios without a tunnel): logged once a
+#: minute with a count (each is counted in studios_gateway_tunnel_binds_total).
+QUIET_REFUSALS = frozenset({"store_unavailable"})
 #: A refresh round (_refresh_all) renews this many claims per registry command (one Lua
 #: script on Redis), with this many commands in flight at once.
 REFRESH_BATCH = 200
@@ -199,8 +204,9 @@ class TunnelTable:
         self._moved: dict[Tunnel, Any] = {}
         self._unsubscribe: Callable[[], None] | None = None
         #: Sessions whose holder is to be looked up (a dict as an ordered set: changes
-        #: heard again before the look-up coalesce), and look-ups in flight.
-        self._to_check: dict[str, None] = {}
+        #: heard again before the look-up coalesce; True: queued because events were lost,
+        #: so a session found gone was ended unheard), and look-ups in flight.
+        self._to_check: dict[str, bool] = {}
         self._checking = 0
         #: Claims of this node's whose change event has not come yet, per session. The
         #: registry publishes one event per claim, in the order the claims were made, so
@@ -208,6 +214,12 @@ class TunnelTable:
         #: ours (which ours overrides): no look-up for it (one registry GET per bind).
         self._own_claims: dict[str, int] = {}
         self._pumping = False
+        #: Refusals of the QUIET_REFUSALS codes: said once a minute, with a count.
+        self.quiet_refusals = Repeats(clock)
+        #: Tunnels held here whose claim a look-up found gone: claimed again at once.
+        self._reclaiming: dict[Tunnel, None] = {}
+        #: Sessions found gone without an event saying so, for the next warning.
+        self._unheard: list[str] = []
         self._empty = EmptyWaiters()
         self._refresher = task.LoopingCall(self._refresh_all)
         self._refresher.clock = clock
@@ -327,7 +339,9 @@ class TunnelTable:
         commands at once. One claim per command, 16 in flight, a round of 10,000 claims
         on Redis cost the gateway ~2 s of CPU on a slow machine every 10 s, and its
         commands queued ahead of the binds' in a reconnect storm."""
-        tunnels = list(self._tunnels.values())
+        return self._refresh_batched(list(self._tunnels.values()))
+
+    def _refresh_batched(self, tunnels: list[Tunnel]) -> Deferred[Any]:
         limit = defer.DeferredSemaphore(REFRESHES_IN_FLIGHT)
         return defer.DeferredList([limit.run(self._refresh, tunnels[at:at + REFRESH_BATCH])
                                    for at in range(0, len(tunnels), REFRESH_BATCH)])
@@ -342,6 +356,7 @@ class TunnelTable:
         except Exception:
             self._log.failure("refreshing the claims of {n} sessions", n=len(tunnels))
             return
+        refused = []
         for tunnel, ours in zip(tunnels, answers, strict=True):
             if self._tunnels.get(tunnel.session_id) is not tunnel:
                 # Lost (and released) while its refresh was on the way, which may have
@@ -349,6 +364,20 @@ class TunnelTable:
                 if ours:
                     self._release(tunnel)
             elif not ours:
+                refused.append(tunnel)
+        if not refused:
+            return
+        # Not ours: another node's claim (the studio moved), or no session any more (the
+        # refresh claims only for a session that exists); which one, the log must say.
+        limit = defer.DeferredSemaphore(CHECKS_IN_FLIGHT)
+        records = yield defer.DeferredList(
+            [limit.run(self.store.get, t.session_id) for t in refused], consumeErrors=True)
+        for tunnel, (ok, record) in zip(refused, records, strict=True):
+            if self._tunnels.get(tunnel.session_id) is not tunnel:
+                continue
+            if ok and record is None:
+                self._gone(tunnel, unheard=True)
+            else:
                 self._held_elsewhere(tunnel, "its claim could not be refreshed")
 
     # Following the registry ----------------------------------------------------
@@ -359,7 +388,7 @@ class TunnelTable:
         taken as ours meanwhile may have been another node's)."""
         self._own_claims.pop(sid, None)
         if sid in self._tunnels:
-            self._to_check[sid] = None
+            self._to_check[sid] = self._to_check.get(sid, False)
             self._check_next()
 
     def _changed(self, session_id: str | None) -> None:
@@ -367,6 +396,7 @@ class TunnelTable:
         node claimed the tunnel of one we hold, stop routing to ours at once; if the
         session's connect token was replaced (the admin API's POST .../token), close the
         tunnel bound with the old one."""
+        lost = session_id is None
         if session_id is None:
             self._own_claims.clear()
             ids: list[str] = list(self._tunnels)
@@ -380,7 +410,7 @@ class TunnelTable:
                 return
             ids = [session_id] if session_id in self._tunnels else []
         for sid in ids:
-            self._to_check[sid] = None
+            self._to_check[sid] = lost or self._to_check.get(sid, False)
         self._check_next()
 
     def _check_next(self) -> None:
@@ -391,7 +421,7 @@ class TunnelTable:
         try:
             while self._to_check and self._checking < CHECKS_IN_FLIGHT:
                 sid = next(iter(self._to_check))
-                del self._to_check[sid]
+                lost = self._to_check.pop(sid)
                 tunnel = self._tunnels.get(sid)
                 if tunnel is None:
                     continue
@@ -399,7 +429,7 @@ class TunnelTable:
                 d: Deferred[Any] = defer.maybeDeferred(self.store.get_tunnel, sid)
                 d.addCallback(self._check_holder, tunnel)
                 d.addCallback(self._record_of, tunnel)
-                d.addCallback(self._check_token, tunnel)
+                d.addCallback(self._check_record, tunnel, lost)
                 d.addErrback(lambda f: None)  # the registry is away: the refresh loop retries
                 d.addBoth(self._checked)
         finally:
@@ -409,14 +439,62 @@ class TunnelTable:
         self._checking -= 1
         self._check_next()
 
-    def _check_holder(self, holder: TunnelHolder | None, tunnel: Tunnel) -> None:
-        # None (released, expired) is left to the refresh loop: only a claim by another
-        # tunnel proves the studio has moved.
+    def _check_holder(self, holder: TunnelHolder | None,
+                      tunnel: Tunnel) -> TunnelHolder | None:
+        # Only a claim by another tunnel proves the studio has moved.
         if holder is not None and holder.tunnel_id != tunnel.holder.tunnel_id:
             self._held_elsewhere(tunnel, f"node {holder.node_id} holds it now")
+        return holder
 
-    def _record_of(self, _: None, tunnel: Tunnel) -> Deferred[SessionRecord | None]:
-        return self.store.get(tunnel.session_id)
+    def _record_of(self, holder: TunnelHolder | None, tunnel: Tunnel) -> Deferred[Any]:
+        """(holder, the session's record) of `tunnel`'s session."""
+        return self.store.get(tunnel.session_id).addCallback(lambda record: (holder, record))
+
+    def _check_record(self, found: tuple[TunnelHolder | None, SessionRecord | None],
+                      tunnel: Tunnel, lost: bool) -> None:
+        holder, record = found
+        if self._tunnels.get(tunnel.session_id) is not tunnel:
+            return
+        if record is None:
+            # Ended (through another node: its delete removed the claim too), or lost
+            # by Redis: closed now, not "moved" at the next refresh round.
+            self._gone(tunnel, unheard=lost)
+            return
+        if holder is None:
+            # The claim expired while Redis was away longer than its TTL (or Redis lost
+            # it): claimed again now, not at the next refresh round (up to a third of the
+            # TTL later, all that time every other node finding no holder and answering
+            # "not connected"). The refresh script claims only while nobody else has.
+            if not self._reclaiming:
+                self.clock.callLater(0, self._reclaim)
+            self._reclaiming[tunnel] = None
+        self._check_token(record, tunnel)
+
+    def _reclaim(self) -> Deferred[Any]:
+        """Refresh (so claim again) the tunnels whose claim a look-up found gone, as the
+        refresh loop does, batched; those left the table meanwhile are skipped."""
+        tunnels = [t for t in self._reclaiming if self._tunnels.get(t.session_id) is t]
+        self._reclaiming.clear()
+        return self._refresh_batched(tunnels)
+
+    def _gone(self, tunnel: Tunnel, *, unheard: bool) -> None:
+        """`tunnel`'s session is no longer in the registry: close its tunnel. `unheard`:
+        no event said it ended (this node was not listening, or Redis lost it): the
+        operator is told, once a second at most with a count."""
+        self.end_session(tunnel.session_id)
+        if unheard:
+            if not self._unheard:
+                self.clock.callLater(1.0, self._say_unheard)
+            self._unheard.append(tunnel.session_id)
+
+    def _say_unheard(self) -> None:
+        gone, self._unheard = self._unheard, []
+        self._log.warn(
+            "{n} session(s) this node held a tunnel for are no longer in the registry, "
+            "though no event said they ended ({ids}): closed their tunnels. If nobody "
+            "ended them, Redis lost them (restarted without its data? see cluster.md, "
+            "\"Redis must persist\")",
+            n=len(gone), ids=", ".join(gone[:5]) + (", ..." if len(gone) > 5 else ""))
 
     def _check_token(self, record: SessionRecord | None, tunnel: Tunnel) -> None:
         # A tunnel bound with a token that was replaced since (a leaked one, say) must
@@ -563,8 +641,13 @@ class TunnelServerProtocol(Protocol):
         if self.table.metrics:
             self.table.metrics.binds.labels(err.code).inc()
         peer = self.transport.getPeer() if self.transport else None
-        self._log.info("bind refused from {peer}: {code}: {reason}",
-                       peer=getattr(peer, "host", "?"), code=err.code, reason=err.reason)
+        unsaid: int | None = 0
+        if err.code in QUIET_REFUSALS:  # every studio that retries, for the whole outage
+            unsaid = self.table.quiet_refusals.due(err.code)
+        if unsaid is not None:
+            self._log.info("bind refused from {peer}: {code}: {reason}{more}",
+                           peer=getattr(peer, "host", "?"), code=err.code, reason=err.reason,
+                           more=self.table.quiet_refusals.more(unsaid))
         if self.transport is not None and not self._closed:
             self.transport.write(BindReply.refusal(err).encode())
             self._setup_done()

@@ -8,6 +8,8 @@ its own (a node left over from an old rollout).
   hand) is warned about once on every node, and nobody repeats the earlier warnings.
 - The gauge counts the disagreeing nodes; /ready stays 200.
 - ``check-config --connect`` with A's settings prints the same comparison.
+- C drains: its record is deleted at once (not left for its TTL) and A and B stop
+  counting it.
 """
 
 from __future__ import annotations
@@ -99,6 +101,17 @@ def test_a_node_with_another_proxy_url_is_warned_about_once_on_each_side(
             assert any(f"node node-a (this configuration) and node node-c: CONNECT_PROXY_URL "
                        f"is '{url_a}' here but '{url_c}' on node-c" in line
                        for line in lines), out.stdout
+
+            # Node C drains (as at SIGTERM): its record goes at once, not after its 60 s
+            # TTL, and the others stop counting it (one line each says so).
+            status, body, _ = c.gw.request("/shutdown", method="POST")
+            assert status == 202, body
+            assert c.gw.wait(timeout=30) == 0
+            assert "0" in redis.cli("EXISTS", "connect:session:_node:node-c")
+            for node in (a, b):
+                wait_until(lambda n=node: b"studios_gateway_cluster_settings_differ 1.0"
+                           in n.gw.request("/metrics")[1], "the gauge without node C")
+                assert "node node-c no longer differs" in node.gw.output()
     finally:
         if c is not None:
             c.stop()

@@ -160,6 +160,59 @@ class RedisContractTests(StoreContract, RedisCase):
             assert (yield self.store.node_records()) == {"node-a": '{"a": "1"}'}
 
     @defer.inlineCallbacks
+    def test_long_node_records_and_index_are_never_sent(self) -> Any:
+        """node_records MGET every record, and GET the index, before checking their size:
+        anyone who can write the Redis made every node read (and hold) megabytes at each
+        comparison. Now Redis sends none longer than the limits (measured by its own count
+        of bytes sent); such a record is left out, the others are found."""
+        p = self.store.prefix
+        yield self.store.announce_node('{"a": "1"}', 60, tell=False)
+        yield self.other.announce_node('{"a": "2"}', 60, tell=False)
+        yield self.store.command("SET", f"{p}:_node:node-b", "x" * (4 << 20))
+
+        @defer.inlineCallbacks
+        def sent_by_redis(call: Any) -> Any:
+            before = yield self.store.command("INFO", "stats")
+            result = yield call()
+            after = yield self.store.command("INFO", "stats")
+
+            def out(info: Any) -> int:
+                line = next(x for x in redis_module._text(info).splitlines()
+                            if x.startswith("total_net_output_bytes:"))
+                return int(line.split(":")[1])
+
+            return result, out(after) - out(before)
+
+        records, sent = yield sent_by_redis(self.store.node_records)
+        assert records == {"node-a": '{"a": "1"}'}
+        assert sent < 100_000, sent  # (the INFO reply itself is counted too)
+        # Too long a record stays in the index (it exists), it is just not read.
+        assert self.store._nodes_gone == []
+        yield self.store.command("SET", f"{p}:_nodes", json.dumps(["node-a"] * 400_000))
+        records, sent = yield sent_by_redis(self.store.node_records)
+        assert records == {} and sent < 100_000, sent
+        yield self.store.announce_node('{"a": "1"}', 60, tell=False)  # rebuilds the index
+        assert (yield self.store.node_records()) == {"node-a": '{"a": "1"}'}
+
+    @defer.inlineCallbacks
+    def test_a_node_that_stops_withdraws_its_record_and_says_so(self) -> Any:
+        """A stopped node's record stayed for its whole TTL (60 s), counted by every other
+        node as a live one that differs; withdraw_node deletes it and tells every node."""
+        heard = Recorder()
+        self.store.subscribe_nodes(heard)
+        # An announcement says which record it replaced (a second process with this id?).
+        assert (yield self.store.announce_node('{"a": "0"}', 60, tell=False)) is None
+        assert (yield self.store.announce_node('{"a": "1"}', 60, tell=True)) == '{"a": "0"}'
+        assert (yield self.other.announce_node('{"a": "2"}', 60, tell=False)) is None
+        p = self.store.prefix
+        yield self.other.command("SET", f"{p}:_node:node-b", "x" * 5000)  # too long: unsent
+        assert (yield self.other.announce_node('{"a": "2"}', 60, tell=False)) is None
+        assert set((yield self.store.node_records())) == {"node-a", "node-b"}
+        yield self.other.withdraw_node()
+        yield heard.wait_for("node-b")
+        assert (yield self.store.node_records()) == {"node-a": '{"a": "1"}'}
+
+    @defer.inlineCallbacks
     def test_key_layout(self) -> Any:
         yield self.store.create(record())
         yield self.store.claim_tunnel(holder(), 30)
@@ -400,18 +453,26 @@ class RedisACLTests(RedisCase):
 
     @defer.inlineCallbacks
     def test_a_wrong_password_is_one_warning_not_one_per_retry(self) -> Any:
-        # Each retry (0.5 s to 5 s apart, for ever) logged the same refusal again.
-        from twisted.logger import globalLogPublisher
+        # Each retry (0.5 s to 5 s apart, for ever) logged the same refusal again: the
+        # gateway's own line, txredisapi's "Redis error: could not auth: ..." (a legacy
+        # log.msg) and Twisted's "Scheduling retry ..." (through the same filters as the
+        # process's log file).
+        from twisted.logger import FilteringLogObserver, formatEvent, globalLogPublisher
+
+        from studios_gateway.logs import PREDICATES
 
         said: list[str] = []
+        lines: list[str] = []
 
         def watch(event: dict) -> None:
             if event.get("log_namespace", "").endswith("redis._Link") and \
                     event.get("log_level") is not None and event["log_level"].name == "warn":
                 said.append(str(event.get("why") or event.get("error")))
+            lines.append(formatEvent(event) or "")
 
-        globalLogPublisher.addObserver(watch)
-        self.addCleanup(globalLogPublisher.removeObserver, watch)
+        observer = FilteringLogObserver(watch, PREDICATES)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         store = new_store(self.server, password="another-wrong-password")
         failures = [store.next_connection_failure()]
         subscriber = store.next_subscriber_failure()
@@ -425,6 +486,8 @@ class RedisACLTests(RedisCase):
         # Both links (commands, subscriber) said it once each, over four refusals.
         assert len(said) == 2 and all("WRONGPASS" in w for w in said), said
         assert not any("another-wrong-password" in w for w in said)
+        assert len([line for line in lines if "WRONGPASS" in line]) == 2, lines
+        assert not [line for line in lines if "Scheduling retry" in line], lines
 
     @defer.inlineCallbacks
     def test_no_credentials_refused(self) -> Any:
@@ -499,6 +562,8 @@ class RedisLeastPrivilegeTests(RedisCase):
         yield a.announce_node('{"CONNECT_PROXY_URL": "https://x"}', 60, tell=True)
         yield nodes.wait_for("a")
         assert (yield b.node_records()) == {"a": '{"CONNECT_PROXY_URL": "https://x"}'}
+        yield a.withdraw_node()
+        assert (yield b.node_records()) == {}
         assert (yield a.delete("abc123")) is True
         yield a.ping()
 

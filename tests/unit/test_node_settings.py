@@ -69,14 +69,19 @@ class FakeStore:
         self.callbacks.append(callback)
         return lambda: self.callbacks.remove(callback)
 
-    def announce_node(self, value: str, ttl: float, *, tell: bool) -> defer.Deferred[None]:
+    def announce_node(self, value: str, ttl: float, *, tell: bool) -> defer.Deferred[Any]:
+        replaced = self.records.get(self.node_id)
         self.records[self.node_id] = value
         if tell:
             self.told.append(self.node_id)
-        return defer.succeed(None)
+        return defer.succeed(replaced)
 
     def node_records(self) -> defer.Deferred[dict[str, str]]:
         return defer.succeed(dict(self.records))
+
+    def withdraw_node(self) -> defer.Deferred[None]:
+        self.records.pop(self.node_id, None)
+        return defer.succeed(None)
 
     def hear(self, node_id: str | None) -> None:
         for callback in list(self.callbacks):
@@ -149,12 +154,15 @@ class FlakyStore(FakeStore):
             return defer.fail(StoreUnavailable("Redis at 127.0.0.1:1 is unavailable"))
         return None
 
-    def announce_node(self, value: str, ttl: float, *, tell: bool) -> defer.Deferred[None]:
+    def announce_node(self, value: str, ttl: float, *, tell: bool) -> defer.Deferred[Any]:
         self.writes += not self.down
         return self._away() or super().announce_node(value, ttl, tell=tell)
 
     def node_records(self) -> defer.Deferred[dict[str, str]]:
         return self._away() or super().node_records()
+
+    def withdraw_node(self) -> defer.Deferred[None]:
+        return self._away() or super().withdraw_node()
 
 
 def test_an_outage_is_logged_once_and_the_node_tells_everyone_when_redis_is_back() -> None:
@@ -233,3 +241,62 @@ def test_a_hostile_record_is_ignored_or_shown_escaped_and_bounded() -> None:
     assert "\n" not in warn.lines[0] and len(warn.lines[0]) < 800
     assert "'https://x\\n2026 [fake] line zzz" in warn.lines[0]
     assert watch.disagreeing == 1
+
+
+def test_a_node_that_stops_deletes_its_record_and_the_others_stop_counting_it() -> None:
+    """A stopped node's record stayed until its TTL (60 s), so every other node kept it in
+    studios_gateway_cluster_settings_differ for a minute after it drained. Now stop()
+    deletes it (the store publishes that), and a node that hears it counts it no more and
+    says so once. Without Redis the record is left to expire, said once."""
+    records = {"node-b": json.dumps({**A, "routing": "path"})}
+    store = FakeStore("node-a", records)
+    with Logged("info") as info:
+        watch, _ = started(store)
+        assert watch.disagreeing == 1 and "node-a" in records
+        records.pop("node-b")  # node-b drained: its record deleted, node:node-b published
+        store.hear("node-b")
+        assert watch.disagreeing == 0
+        assert len(info.lines) == 1 and "node node-b no longer differs" in info.lines[0]
+        store.hear("node-b")
+        assert len(info.lines) == 1
+        done: list[Any] = []
+        watch.stop().addCallback(done.append)
+        assert done == [None] and "node-a" not in records
+    flaky = FlakyStore("node-a", {})
+    with Logged("info") as info:
+        watch, _ = started(flaky)
+        flaky.down = True
+        watch.stop()
+        watch.stop()
+    assert len(info.lines) == 1 and "expires within 60s" in info.lines[0], info.lines
+    assert "node-a" in flaky.records
+
+
+def test_two_live_processes_with_one_node_id_are_warned_about_a_restart_is_not() -> None:
+    """Two gateways with one CONNECT_NODE_ID (containers sharing a host name, a copied
+    gateway.env) took each other for themselves: requests through one for studios bound
+    to the other answered "Studio not connected", and nothing in either log said why."""
+    records: dict[str, str] = {}
+    clock = Clock()
+    with Logged("warn") as warn:
+        first = NodeSettingsWatch(FakeStore("node-a", records), A, clock, ttl=60)
+        first.start()
+        clock.advance(20)
+        # A restart: the dead process's record is replaced, which is no twin.
+        again = NodeSettingsWatch(FakeStore("node-a", records), A, clock, ttl=60)
+        first._refresh.stop()  # (the first process is gone: it writes nothing more)
+        again.start()
+        for _ in range(5):
+            clock.advance(20)
+        assert warn.lines == []
+        # A second live process with the same id: each sees the other's record between
+        # two of its own, and says so once.
+        twin = NodeSettingsWatch(FakeStore("node-a", records), A, clock, ttl=60)
+        twin.start()
+        for _ in range(5):
+            clock.advance(20)
+    assert len(warn.lines) == 2, warn.lines
+    assert all("another gateway process announces itself as node node-a too" in line
+               and "CONNECT_NODE_ID" in line for line in warn.lines)
+    assert json.loads(records["node-a"])["instance"] in (again.instance, twin.instance)
+    assert compare_nodes(A, json.loads(records["node-a"])) == []  # not a setting

@@ -58,6 +58,79 @@ def test_a_claim_expired_in_an_outage_is_claimed_again_and_the_tunnel_stays() ->
     assert store.inner.get_tunnel("s1").result == tunnel.holder
 
 
+def test_a_claim_found_expired_when_redis_is_back_is_claimed_again_at_once() -> None:
+    """The holder looked its tunnels up when its subscriber came back (events were lost),
+    found the expired claim gone and left it to the next refresh round, up to a third of
+    the TTL later (10 s by default): all that time the other nodes, whose caches Redis's
+    return had emptied too, found no holder and answered "not connected" (measured with
+    two twistd nodes: 502s through the other node for 0.4 s with a 9 s TTL). Now it is
+    claimed again at once, and every node hears of it."""
+    clock, store, table, transport, tunnel = bound()
+    outage(clock, store, TTL + 5)
+    assert store.inner.get_tunnel("s1").result is None
+    heard: list[str | None] = []
+    store.inner.subscribe(heard.append)
+    store.announce("subscribe", None)  # the subscriber is back: anything may have changed
+    clock.advance(0)
+    assert store.inner.get_tunnel("s1").result == tunnel.holder
+    assert heard == ["s1"] and table.get("s1") is tunnel and not transport.disconnecting
+    calls = store.calls["refresh_tunnels"]
+    store.announce("subscribe", None)  # found in place: nothing more to do
+    clock.advance(0)
+    assert store.calls["refresh_tunnels"] == calls
+
+
+def second(table: TunnelTable, store: FlakyStore, sid: str) -> tuple[StringTransport, Any]:
+    """Another session bound on `table`, with its own connection."""
+    store.create(SessionRecord(id=sid, workspace_id=None, tool="generic", owner="alice",
+                               allowed_users=(), ssh_enabled=False,
+                               token_hash=hash_token(TOKEN), created_at=0.0))
+    protocol = TunnelServerFactory(table).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(BindRequest(sid, TOKEN, "0.12.0", "generic", 8080).encode())
+    assert table.get(sid) is not None
+    return transport, table.get(sid)
+
+
+def test_a_session_ended_through_another_node_closes_its_tunnel_at_once() -> None:
+    """Its delete (on another node) removed the claim too; the holder found none and left
+    the tunnel to the next refresh round, which logged it as "moved (its claim could not
+    be refreshed)" up to a third of the TTL later. Now it closes at once, as ended."""
+    from tests.unit.test_node_settings import Logged
+
+    clock, store, table, transport, tunnel = bound()
+    t2, _ = second(table, store, "s2")
+    with Logged("info") as info, Logged("warn") as warn:
+        store.inner.delete("s1")  # (the event every node hears)
+        clock.advance(0)
+        assert transport.disconnecting
+        assert not t2.disconnecting and table.get("s2") is not None
+        clock.advance(TTL)
+    assert any("session s1 ended" in line for line in info.lines), info.lines
+    assert not any("moved" in line for line in info.lines) and warn.lines == [], warn.lines
+
+
+def test_sessions_redis_lost_close_their_tunnels_with_one_warning() -> None:
+    """Redis back without its data: every tunnel was retired as "moved (its claim could
+    not be refreshed)", which told the operator nothing of what happened."""
+    from tests.unit.test_node_settings import Logged
+
+    clock, store, table, transport, tunnel = bound()
+    t2, _ = second(table, store, "s2")
+    with Logged("info") as info, Logged("warn") as warn:
+        store.inner._records.clear()  # (as a restart without its data, no event)
+        store.inner._tunnels.clear()
+        store.announce("subscribe", None)  # the subscriber is back: events were lost
+        clock.advance(0)
+        assert transport.disconnecting and t2.disconnecting
+        clock.advance(1)
+    assert len(warn.lines) == 1, warn.lines
+    assert "2 session(s)" in warn.lines[0] and "no longer in the registry" in warn.lines[0]
+    assert "Redis must persist" in warn.lines[0]
+    assert not any("moved" in line for line in info.lines)
+
+
 def test_a_claim_another_node_took_closes_the_tunnel() -> None:
     clock, store, table, transport, tunnel = bound()
     outage(clock, store, TTL + 5)
@@ -130,7 +203,9 @@ def test_a_refresh_round_renews_claims_in_batches_a_few_at_a_time_and_every_clai
 def test_a_claim_a_batch_finds_taken_closes_only_its_tunnel() -> None:
     clock, store, table, transport, tunnel = bound()
     other = Tunnel(tunnel.tool, replace(tunnel.holder, session_id="s2"), tunnel.mux,
-                   tunnel.protocol)  # s2: no session, no claim in the store
+                   tunnel.protocol)  # s2: its session claimed by another node
+    store.inner.create(replace(store.inner.get("s1").result, id="s2"))
+    store.inner.claim_tunnel(replace(other.holder, node_id="n2", tunnel_id="theirs"), TTL)
     table._tunnels["s2"] = other
     closed: list[str] = []
     table._held_elsewhere = lambda t, why: closed.append(t.session_id)
@@ -195,3 +270,36 @@ def test_while_draining_a_moved_tunnel_lives_until_its_streams_end() -> None:
     assert not transport.disconnecting
     stream.abortConnection()  # the last stream ends: the tunnel closes
     assert transport.disconnecting
+
+
+def test_binds_refused_for_want_of_redis_are_logged_once_a_minute() -> None:
+    """Every studio without a tunnel retries every ~8 s while Redis is away, and each
+    refusal was its own log line (10,000 studios: 1,250 lines a second); other refusals
+    are still one line each."""
+    from tests.unit.test_node_settings import Logged
+
+    clock, store, table, transport, tunnel = bound()
+    store.up = False
+
+    def bind(sid: str = "s1", token: str = TOKEN) -> bytes:
+        protocol = TunnelServerFactory(table).buildProtocol(None)
+        t = StringTransport()
+        protocol.makeConnection(t)
+        protocol.dataReceived(BindRequest(sid, token, "0.12.0", "generic", 8080).encode())
+        return t.value()
+
+    with Logged("info") as info:
+        for _ in range(30):
+            assert b"store_unavailable" in bind()
+            clock.advance(1)
+        clock.advance(30)
+        assert b"store_unavailable" in bind()
+    refused = [line for line in info.lines if "bind refused" in line]
+    assert len(refused) == 2, refused
+    assert "store_unavailable" in refused[0] and "more like it" not in refused[0]
+    assert "(and 29 more like it in the last 60s)" in refused[1]
+    store.up = True
+    with Logged("info") as info:
+        for _ in range(2):
+            assert b"bad_token" in bind(token="x" * 20)
+    assert len([line for line in info.lines if "bad_token" in line]) == 2
