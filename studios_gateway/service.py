@@ -165,6 +165,9 @@ class GatewayService(MultiService):
         self.draining = False
         self.start_failed: str | None = None
         self._stopping_reactor = False
+        #: The session store has answered a readiness check since the start: from then
+        #: on an outage of it does not make this node "not ready" (see check_ready).
+        self._store_answered = False
         self._ready_checks: list[Callable[[], str]] = []
         self.systemd: systemd.Wiring | None = None  # set by make_service
         self.built: Built | None = None  # what make_service built (tests look at it)
@@ -321,6 +324,9 @@ class GatewayService(MultiService):
     # Health ------------------------------------------------------------------
 
     def check_ready(self) -> Deferred[tuple[bool, dict[str, str]]]:
+        """(ready, {check: "ok" or why not}): every listener bound, not draining, the
+        components' own checks, and the session store answering, or once answered: an
+        outage of the store later is shown but does not make the node not ready."""
         checks: dict[str, str] = {}
         for listener in self.listeners:
             checks[f"listener:{listener.name}"] = "ok" if listener.port else "not bound"
@@ -331,15 +337,27 @@ class GatewayService(MultiService):
             checks[name] = state
         d: Deferred[Any] = defer.maybeDeferred(self.store.ping)
         d.addTimeout(STORE_PING_TIMEOUT, self.reactor)
+        tolerated: set[str] = set()
 
         def store_ok(_: Any) -> None:
             checks["store"] = "ok"
+            self._store_answered = True
 
         def store_failed(f: Failure) -> None:
-            checks["store"] = f"unavailable: {f.getErrorMessage() or type(f.value).__name__}"
+            why = f"unavailable: {f.getErrorMessage() or type(f.value).__name__}"
+            if self._store_answered:
+                # The shared store (Redis) goes away for every node at once: were that
+                # "not ready", a load balancer would take the whole cluster out, while
+                # each node still serves the studios it knows from its cache and keeps
+                # every open connection. A node that has never reached it knows nothing
+                # and stays not ready.
+                tolerated.add("store")
+                why += "; still ready: serving the studios it knows meanwhile"
+            checks["store"] = why
 
         d.addCallbacks(store_ok, store_failed)
-        d.addCallback(lambda _: (all(v == "ok" for v in checks.values()), checks))
+        d.addCallback(lambda _: (all(v == "ok" for k, v in checks.items()
+                                     if k not in tolerated), checks))
         return d
 
     # Drain -------------------------------------------------------------------

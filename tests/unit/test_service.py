@@ -50,8 +50,24 @@ def test_bind_all_and_ready() -> None:
     ready, checks = result_of(gw.check_ready())
     assert ready, checks
     store.up = False
+    # The shared store goes away for every node at once: a node that has reached it
+    # stays ready (a load balancer would take the whole cluster out), and says why.
     ready, checks = result_of(gw.check_ready())
-    assert not ready and checks["store"].startswith("unavailable: connection refused")
+    assert ready and checks["store"] == ("unavailable: connection refused; still ready: "
+                                         "serving the studios it knows meanwhile")
+
+
+def test_a_node_that_never_reached_its_store_is_not_ready() -> None:
+    reactor = MemoryReactorClock()
+    gw, store = make(reactor)
+    gw.add_listener("management", "CONNECT_MANAGEMENT_PORT", endpoint_for(reactor, "127.0.0.1",
+                    9000), object(), "the management endpoints")
+    gw.bind_all()
+    store.up = False
+    ready, checks = result_of(gw.check_ready())
+    assert not ready and checks["store"] == "unavailable: connection refused"
+    store.up = True
+    assert result_of(gw.check_ready())[0]
 
 
 def test_a_failing_listener_fails_the_start_and_unbinds_the_rest() -> None:
