@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from studios_gateway.durations import format_setting
 from studios_gateway.http.flow import Gate, Pacer
 from studios_gateway.registry.base import SessionRecord, SessionRecords, StoreUnavailable
 from studios_gateway.ssh.channels import (
@@ -100,8 +101,14 @@ SHOWN_KEYS = 5
 #: Refused global requests (-R ...) logged per connection; the rest are refused quietly.
 LOGGED_GLOBAL_REQUESTS = 5
 
+#: A logged-in client silent for this long is asked for a sign of life (a keepalive
+#: request, which every SSH client answers), and again at this interval; see
+#: SSHSettings.client_timeout.
+CLIENT_PROBE_EVERY = 60.0
+KEEPALIVE = b"keepalive@openssh.com"
+
 #: Global requests refused without a log line: keepalives, and a notice with no reply.
-QUIET_GLOBAL_REQUESTS = {b"keepalive@openssh.com", b"no-more-sessions@openssh.com"}
+QUIET_GLOBAL_REQUESTS = {KEEPALIVE, b"no-more-sessions@openssh.com"}
 
 #: Channel types a user may open; the studio may open only agent channels back.
 USER_CHANNELS = {b"session", b"direct-tcpip"}
@@ -165,6 +172,10 @@ class SSHSettings:
     max_startups: MaxStartups = MaxStartups(10, 30, 100)
     #: From accept until the key exchange is done (CONNECT_SSH_KEX_TIMEOUT).
     kex_timeout: float = 10.0
+    #: A logged-in connection whose client has sent nothing for this long is closed
+    #: (CONNECT_SSH_CLIENT_TIMEOUT); 0: never. The gateway asks a silent client for a
+    #: sign of life every CLIENT_PROBE_EVERY (or a third of this, when shorter).
+    client_timeout: float = 15 * 60.0
 
 
 # Authentication -------------------------------------------------------------------------
@@ -326,6 +337,9 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         self.identity: Identity | None = None
         self.closing = False
         self._got_bytes = False
+        self._heard_at = 0.0  # when the client last sent anything
+        self._alive_timer: Any = None  # the client-silence check, once logged in
+        self._user_conn: UserConnection | None = None
         self._started = 0.0
         self._refusal = ""  # why this connection was refused, for the access log
         self._ended = ""  # why the gateway ended it (the first disconnect reason it sent)
@@ -448,7 +462,55 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
 
     def dataReceived(self, data: bytes) -> None:
         self._got_bytes = True
+        self._heard_at = self.factory.clock.seconds()
         super().dataReceived(data)
+
+    # A client gone silent --------------------------------------------------------------
+
+    def _probe_every(self) -> float:
+        return min(CLIENT_PROBE_EVERY, self.factory.settings.client_timeout / 3)
+
+    def _watch_client(self) -> None:
+        """Logged in: from now on a client silent for CONNECT_SSH_CLIENT_TIMEOUT (a laptop
+        closed, a path gone, with no FIN or RST to say so) is disconnected; until then it
+        is asked for a sign of life every so often."""
+        if self.factory.settings.client_timeout > 0:
+            self._heard_at = self.factory.clock.seconds()
+            self._alive_timer = self.factory.clock.callLater(self._probe_every(),
+                                                             self._check_client)
+
+    def _check_client(self) -> None:
+        self._alive_timer = None
+        if self.closing or self.transport is None:
+            return
+        f = self.factory
+        limit = f.settings.client_timeout
+        silent = f.clock.seconds() - self._heard_at
+        if silent >= limit:
+            self.client_silent(limit)
+            return
+        every = self._probe_every()
+        conn = self._user_conn
+        if silent >= every - 1e-6 and conn is not None and conn.transport is not None:
+            # Any packet back (the client's reply, or anything else) counts as heard.
+            d = conn.sendGlobalRequest(KEEPALIVE, b"", wantReply=1)
+            if d is not None:
+                d.addErrback(lambda _: None)  # a failure reply is a reply too
+        self._alive_timer = f.clock.callLater(min(every, max(limit - silent, 0.001)),
+                                              self._check_client)
+
+    def client_silent(self, limit: float) -> None:
+        """Nothing came from the client for `limit` seconds, though asked: it is gone.
+        Disconnect (the reason is the access line's; a gone client reads nothing) and
+        drop the socket at once: a clean close would wait behind data the client never
+        acknowledges, until the kernel gives up retransmitting it."""
+        why = (f"nothing heard from the client for {format_setting(limit)} "
+               "(CONNECT_SSH_CLIENT_TIMEOUT)")
+        log.info("SSH: closing the connection of {who} from {peer}: {why}", who=self.who(),
+                 peer=self._peer(), why=why)
+        self.sendDisconnect(transport.DISCONNECT_CONNECTION_LOST, why.encode())
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -463,6 +525,11 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
             if timer is not None and timer.active():
                 timer.cancel()
         self._timer = self._kex_timer = None
+
+    def _cancel_alive(self) -> None:
+        if self._alive_timer is not None and self._alive_timer.active():
+            self._alive_timer.cancel()
+        self._alive_timer = None
 
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         if self.closing:
@@ -517,6 +584,8 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
     def authenticated(self, conn: UserConnection) -> None:
         self._cancel_timer()
         self.relaying = True
+        self._user_conn = conn
+        self._watch_client()
         identity = self.identity
         assert identity is not None
         log.info("SSH: {who} logged in from {peer} (key {fp})", who=str(identity.login),
@@ -595,6 +664,8 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._cancel_timer()
+        self._cancel_alive()
+        self._user_conn = None
         self.factory.forget(self)
         if self.tried_login and self.identity is None and not self._refusal:
             # One line per connection, however many keys it offered.

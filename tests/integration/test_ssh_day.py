@@ -1,0 +1,90 @@
+"""A user's day with OpenSSH through a real gateway and studio: what goes wrong on the way.
+
+One twistd gateway (CONNECT_SSH_MAX_CONNECTIONS=1, so that a connection the gateway
+keeps for nothing locks the user out where a test can see it; a short
+CONNECT_SSH_CLIENT_TIMEOUT), one studio (demo tool and `studios-connect`), OpenSSH's ssh.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.ssh_deployment import Deployment, openssh_marks, ssh_deployment
+from tests.support.studio import CuttableRelay
+from tests.support.waiting import wait_until
+
+pytestmark = openssh_marks(timeout=90)
+
+CLIENT_TIMEOUT = 3.0
+
+
+@pytest.fixture(scope="module")
+def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with ssh_deployment(tmp_path_factory.mktemp("sshday"), CONNECT_SSH_MAX_CONNECTIONS="1",
+                        CONNECT_SSH_CLIENT_TIMEOUT=f"{CLIENT_TIMEOUT:g}s") as d:
+        yield d
+
+
+def _opts(dep: Deployment, port: int | None = None) -> list[str]:
+    return [*dep.ssh_opts(), "-p", str(port or dep.port), f"alice@{dep.sid}@127.0.0.1"]
+
+
+def _ssh(dep: Deployment, command: str) -> subprocess.CompletedProcess[str]:
+    return dep.ssh(f"alice@{dep.sid}", command)
+
+
+def _running(cmdline: str) -> bool:
+    """A process of this machine runs exactly `cmdline` (the studio runs here)."""
+    want = cmdline.encode().replace(b" ", b"\0") + b"\0"
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes() == want:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _access_lines(dep: Deployment, needle: str) -> list[str]:
+    return [x for x in dep.gw.output().splitlines()
+            if "studios_gateway.access" in x and needle in x]
+
+
+def test_an_idle_client_that_answers_is_kept(dep: Deployment) -> None:
+    # Twice the client timeout without a byte from the user (no ServerAliveInterval):
+    # OpenSSH answers the gateway's keepalive requests, so the connection stays.
+    r = _ssh(dep, f"sleep {2 * CLIENT_TIMEOUT:g}; echo still-here")
+    assert (r.returncode, r.stdout) == (0, "still-here\n"), (r.stderr,
+                                                             dep.gw.output()[-3000:])
+
+
+def test_a_client_gone_silent_is_closed_and_frees_its_place(dep: Deployment) -> None:
+    """A laptop shut (or a path gone) without a FIN or RST: the gateway kept the
+    connection, its slot of CONNECT_SSH_MAX_CONNECTIONS and the studio's shell, for
+    ever; with one slot the user was locked out for good."""
+    relay = CuttableRelay(dep.port)
+    proc = subprocess.Popen(["ssh", *_opts(dep, relay.port), "echo in; exec sleep 299.5"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "in\n"
+        assert _running("sleep 299.5")  # the user's command, in the studio
+        assert relay.silence() == 1  # the laptop sleeps: nothing either way, no close
+        r = _ssh(dep, "true")
+        assert "too many SSH connections" in r.stderr, r.stderr  # the one slot is held
+        reason = "nothing heard from the client for 3s (CONNECT_SSH_CLIENT_TIMEOUT)"
+        wait_until(lambda: _access_lines(dep, reason), "the silent connection closed",
+                   timeout=4 * CLIENT_TIMEOUT + 5)
+        assert f"SSH: closing the connection of alice@{dep.sid} from 127.0.0.1:" in (
+            dep.gw.output())
+        wait_until(lambda: not _running("sleep 299.5"), "the studio's command ended")
+        r = _ssh(dep, "echo again")
+        assert (r.returncode, r.stdout) == (0, "again\n"), r.stderr
+    finally:
+        proc.kill()
+        proc.wait(5)
+        relay.close()
