@@ -64,7 +64,7 @@ from studios_gateway.ssh.policy import (
 )
 from studios_gateway.traffic.facts import SSH, Finished
 from studios_gateway.waiters import EmptyWaiters
-from studios_gateway.wire.mux import broke
+from studios_gateway.wire.mux import broke, going_away
 from studios_gateway.wire.sockopts import bulk_buffers
 
 __all__ = [
@@ -627,12 +627,18 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
                  peer=self._peer(), why=reason)
         self.end_access(reason)
 
-    def upstream_lost(self, why: str = "") -> None:
-        """The studio's side ended: closed (its SSH server, the session), or broke
-        (``why``: its tunnel lost, say), which the user reads."""
+    def upstream_lost(self, why: str = "", went_away: bool = False) -> None:
+        """The studio's side ended: closed (its SSH server, the session), went away on
+        purpose (`went_away`: its connect client stopping or restarting said GoAway
+        first), or broke (``why``: its tunnel lost, say), which the user reads."""
         if not self.closing and self.transport is not None:
-            text = (f"the connection to the studio broke: {why}" if why
-                    else "the connection to the studio was closed")
+            if went_away:
+                text = ("the studio's connection went away (the studio stopped or "
+                         "restarted); ssh again to reconnect")
+            elif why:
+                text = f"the connection to the studio broke: {why}"
+            else:
+                text = "the connection to the studio was closed"
             self.sendDisconnect(transport.DISCONNECT_CONNECTION_LOST, text.encode())
 
     def _facts(self) -> Finished:
@@ -1103,4 +1109,4 @@ class UpstreamTransport(PacketFraming, transport.SSHClientTransport):
             self._ready.errback(ConnectionError(why or "the studio closed the stream"))
         user, self._user_transport = self._user_transport, None
         if user is not None:
-            user.upstream_lost(why)
+            user.upstream_lost(why, went_away=bool(why) and going_away(self.transport))

@@ -88,3 +88,29 @@ def test_a_client_gone_silent_is_closed_and_frees_its_place(dep: Deployment) -> 
         proc.kill()
         proc.wait(5)
         relay.close()
+
+
+def test_a_studio_that_stops_or_restarts_says_so(dep: Deployment) -> None:
+    """The studio's connect client stopping (a restart, the container stopped) told the
+    user "the connection to the studio broke: tunnel lost: Connection to the other side
+    was lost in a non-clean fashion.": Twisted's words, and not what happened."""
+    assert dep.client is not None
+    proc = subprocess.Popen(["ssh", *_opts(dep), "echo in; exec sleep 298.5"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "in\n"
+        dep.client.stop()  # SIGTERM: studios-connect says GoAway, then closes
+        assert proc.wait(10) == 255
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert ("the studio's connection went away (the studio stopped or restarted); "
+            "ssh again to reconnect") in err, err
+    assert "non-clean" not in err and "broke" not in err, err
+    dep.start_studio("connect-again")  # the studio is back: ssh works again
+    r = _ssh(dep, "echo back")
+    assert (r.returncode, r.stdout) == (0, "back\n"), r.stderr

@@ -270,6 +270,29 @@ def test_a_studio_connection_that_broke_says_why() -> None:
     assert traffic.closed[0].reason == said
 
 
+def test_a_studio_that_went_away_on_purpose_says_so() -> None:
+    """The studio's connect client stopping (GoAway, then its tunnel closes): not "broke:
+    ... lost in a non-clean fashion", which is neither clear nor what happened."""
+    from types import SimpleNamespace
+
+    from twisted.internet.error import ConnectionLost
+
+    f, traffic = _factory()
+    proto, t = _connect(f)
+    _logged_in(proto)
+    ready: Deferred[Any] = Deferred()
+    ready.callback(None)
+    upstream = UpstreamTransport("alice", proto.factory.host_key, ready, proto)
+    mux = SimpleNamespace(local_go_away=False, remote_go_away=0, close_reason=None)
+    upstream.transport = SimpleNamespace(mux=mux)  # the tunnel stream the SSH ran on
+    upstream.connectionLost(Failure(TunnelLost("tunnel lost: " + str(ConnectionLost()))))
+    proto.connectionLost(Failure(ConnectionError()))
+    said = ("the studio's connection went away (the studio stopped or restarted); "
+            "ssh again to reconnect")
+    assert said.encode() in t.value() and b"non-clean" not in t.value()
+    assert traffic.closed[0].reason == said
+
+
 def test_a_user_who_leaves_has_no_reason() -> None:
     f, traffic = _factory()
     proto, _ = _connect(f)
