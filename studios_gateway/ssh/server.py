@@ -984,6 +984,10 @@ class UserConnection(FlowConnection):
     def serviceStarted(self) -> None:
         super().serviceStarted()
         t: GatewayTransport = self.transport
+        # A client that advertises a large window and then does not read its socket
+        # would otherwise have the studio's output pile up in our send buffer (GiBs in
+        # seconds); held, it waits in the channels' queues, bounded by their windows.
+        t.transport.registerProducer(self, True)
         self.max_channels = t.factory.settings.max_conn_channels
         avatar = t.avatar
         assert isinstance(avatar, RelayAvatar)  # our realm makes no other kind

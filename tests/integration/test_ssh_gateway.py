@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.gateway import REPO
 from tests.support.ssh_client import shell_cut_off
 from tests.support.ssh_deployment import Deployment, ssh_deployment
 
@@ -218,6 +219,47 @@ def test_taken_off_the_allow_list_closes_open_connections(dep: Deployment,
     assert f"access ended: no longer allowed on session {dep.sid}" in err, err
     text = f'reason="access ended: no longer allowed on session {dep.sid}'
     assert text in _logged(dep, text)
+
+
+def _rss(pid: int) -> int:
+    """A process's resident memory, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_client_that_reads_nothing_does_not_fill_the_gateways_memory(
+        dep: Deployment) -> None:
+    """A client that advertises the largest window and then stops reading its socket:
+    the studio's output piled up in the gateway's send buffer, 4 channels of
+    `cat /dev/zero` took the gateway from 70 MB to 5 GB in 36 s. Now the channels wait
+    for the socket, each holding at most its window (2 MiB)."""
+    import select
+    import sys
+    import time
+
+    pid = dep.gw.proc.pid
+    before = _rss(pid)
+    hog = subprocess.Popen([sys.executable, "-m", "tests.support.ssh_hog", str(dep.port),
+                            f"alice@{dep.sid}", str(dep.key), "4"], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert hog.stdout is not None
+        ready, _, _ = select.select([hog.stdout], [], [], 20)
+        assert ready and hog.stdout.readline() == "reading stopped\n", hog.stdout.read()
+        # Four seconds of it: without the fix well over a GB by then.
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            grown = _rss(pid) - before
+            assert grown < 100 * 2**20, f"the gateway grew {grown / 2**20:.0f} MiB"
+            time.sleep(0.1)  # a sample every 100 ms, not a wait for an event
+        # Everyone else is served meanwhile.
+        r = dep.ssh(f"alice@{dep.sid}", "head -c 3000000 /dev/zero | wc -c")
+        assert (r.returncode, r.stdout.strip()) == (0, "3000000"), r.stderr
+    finally:
+        hog.kill()
+        hog.wait(5)
 
 
 def test_ending_the_session_closes_its_connections_last(dep: Deployment) -> None:

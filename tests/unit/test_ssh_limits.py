@@ -266,6 +266,24 @@ def test_eof_and_exit_status_wait_behind_data() -> None:
                                         connection.MSG_CHANNEL_EOF]
 
 
+def test_a_full_socket_holds_data_and_credit_whatever_window_the_peer_gave() -> None:
+    """A peer with a huge window that does not read its socket: data waited in the
+    socket's buffer, and the feeder was credited for it, without bound."""
+    a, b, ca, cb = _relay_pair(1 << 30)  # b's peer: the largest window it likes
+    ca.ssh_CHANNEL_DATA(_data(100))
+    assert b.queued_bytes == 0  # out at once
+    credit = _adjusts(ca)
+    cb.pauseProducing()  # cb's socket is full
+    for _ in range(10):
+        ca.ssh_CHANNEL_DATA(_data(100))
+    assert cb.transport.kinds().count(connection.MSG_CHANNEL_DATA) == 1
+    assert b.queued_bytes == 1000 and _adjusts(ca) == credit  # no credit for held data
+    cb.resumeProducing()  # drained: the queue goes, and the feeder's credit follows
+    assert b.queued_bytes == 0
+    assert cb.transport.kinds().count(connection.MSG_CHANNEL_DATA) == 11
+    assert a.localWindowLeft + a._unacked == a.localWindowSize
+
+
 class UserRelay(Relay):
     """The fake relay, with its user on the small-window side (``b`` of _relay_pair)."""
 
