@@ -25,7 +25,7 @@ from typing import Any
 from twisted.conch import avatar as conch_avatar
 from twisted.conch import error as conch_error
 from twisted.conch.interfaces import IConchUser
-from twisted.conch.ssh import common, factory, keys, transport, userauth
+from twisted.conch.ssh import common, connection, factory, keys, transport, userauth
 from twisted.cred import credentials
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
@@ -106,6 +106,12 @@ LOGGED_GLOBAL_REQUESTS = 5
 #: SSHSettings.client_timeout.
 CLIENT_PROBE_EVERY = 60.0
 KEEPALIVE = b"keepalive@openssh.com"
+
+#: Errors parsing a connection message (too short, a reply nobody asked for): the
+#: client's fault, not ours.
+MALFORMED = (struct.error, IndexError, ValueError, TypeError)
+#: ssh-connection's messages start here (RFC 4250); below are the transport's and the login's.
+FIRST_CONNECTION_MESSAGE = 80
 
 #: Global requests refused without a log line: keepalives, and a notice with no reply.
 QUIET_GLOBAL_REQUESTS = {KEEPALIVE, b"no-more-sessions@openssh.com"}
@@ -450,6 +456,27 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR,
                             b"key exchange timed out (the gateway allows %gs)"
                             % self.factory.settings.kex_timeout)
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        if self.closing:
+            return  # we have said goodbye: the rest of what the client sent is not acted on
+        try:
+            super().dispatchMessage(messageNum, payload)
+        except MALFORMED as e:
+            if messageNum < FIRST_CONNECTION_MESSAGE:
+                raise  # the transport's and the login's own messages: Conch's handling
+            self.malformed(messageNum, e)
+
+    def malformed(self, message: int, error: Exception) -> None:
+        """The client sent a connection message too short to parse, or a reply nobody
+        asked for: one line in the log, a protocol-error disconnect naming the message
+        for the client; before, a traceback in the log and a close without a word."""
+        name = connection.messages.get(message, f"message {message}")
+        log.info("SSH: {who} from {peer} sent a malformed or unexpected {name} ({why}); "
+                 "disconnecting", who=self.who(), peer=self._peer(), name=name,
+                 why=str(error) or type(error).__name__)
+        self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR,
+                            f"malformed or unexpected {name}".encode())
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         # A client saying goodbye (code 11, "disconnected by user") is not an error.

@@ -339,3 +339,32 @@ def test_the_authorizer_says_the_session_was_ended() -> None:
     authorizer.session_ended("efgh")  # the admin API's own call
     assert closed == [SESSION_ENDED, SESSION_ENDED] == ["the session was ended"] * 2
     authorizer.stop()
+
+
+@pytest.mark.parametrize(("message", "payload", "name"), [
+    (90, b"", "MSG_CHANNEL_OPEN"),  # nothing after the type
+    (80, b"", "MSG_GLOBAL_REQUEST"),
+    (93, b"\x00", "MSG_CHANNEL_WINDOW_ADJUST"),
+    (98, b"\x00\x00\x00\x00", "MSG_CHANNEL_REQUEST"),
+    (81, b"", "MSG_REQUEST_SUCCESS"),  # a reply to a request the gateway never sent
+])
+def test_a_malformed_connection_message_is_a_line_and_a_protocol_error(
+        lines: list[str], message: int, payload: bytes, name: str) -> None:
+    """Before: an "Unhandled Error" traceback in the gateway's log (struct.error,
+    IndexError) and the connection dropped without a word."""
+    from studios_gateway.ssh.server import UserConnection
+
+    f, _ = _factory()
+    proto, t = _connect(f)
+    _logged_in(proto)
+    conn = UserConnection()
+    conn.transport = proto
+    proto.service = conn
+    proto.dispatchMessage(message, payload)
+    assert f"malformed or unexpected {name}".encode() in t.value()
+    assert t.disconnecting
+    said = [x for x in lines if "sent a malformed" in x]
+    assert said == [f"SSH: alice@abcd from 192.168.1.1:54321 sent a malformed or unexpected "
+                    f"{name} ({said[0].rsplit('(', 1)[1].split(')')[0]}); disconnecting"]
+    proto.dispatchMessage(90, b"")  # after the goodbye: not acted on, not said again
+    assert len([x for x in lines if "sent a malformed" in x]) == 1
