@@ -318,6 +318,12 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
         if reason.check(Refused):
             self.transport.refuse(reason.value)
             return
+        if (self.method != b"none" and not reason.check(conch_error.IgnoreAuthentication)
+                and self.loginAttempts >= self.attemptsBeforeDisconnect):
+            # Conch would say "too many bad auths"; an agent holding many keys is the
+            # usual cause, and the cure is to name the one key.
+            self.transport.too_many_keys(self.attemptsBeforeDisconnect + 1)
+            return
         super()._ebBadAuth(reason)
 
 
@@ -570,6 +576,20 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         message = f"studios-gateway: {text}"
         self.sendPacket(MSG_USERAUTH_BANNER, common.NS(message.encode() + b"\r\n")
                         + common.NS(b""))
+
+    def too_many_keys(self, tried: int) -> None:
+        """The client offered more keys than a login may try (an agent full of keys,
+        say), none accepted: tell the user how to offer the right one, and hang up."""
+        if self._keys_problem:
+            text = self._keys_problem
+        else:
+            login = self.login()
+            whose = f"registered for {login.user}" if login is not None else "registered"
+            text = (f"{tried} keys were tried and none is {whose}; offer that one key: "
+                    "ssh -i <key file> -o IdentitiesOnly=yes ...")
+        self.banner(text)
+        self.sendDisconnect(transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+                            text.encode())
 
     def refuse(self, refusal: Refused) -> None:
         """Tell the user why (banner, then disconnect reason) and hang up."""

@@ -114,3 +114,37 @@ def test_a_studio_that_stops_or_restarts_says_so(dep: Deployment) -> None:
     dep.start_studio("connect-again")  # the studio is back: ssh works again
     r = _ssh(dep, "echo back")
     assert (r.returncode, r.stdout) == (0, "back\n"), r.stderr
+
+
+def test_an_agent_full_of_other_keys_is_told_how_to_pick_one(dep: Deployment,
+                                                             tmp_path: Path) -> None:
+    """Seven keys in the agent before the right one: ssh read only "too many bad auths"."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_until(sock.exists, "the agent's socket")
+        env = {"PATH": "/usr/bin:/bin", "SSH_AUTH_SOCK": str(sock)}
+        for i in range(7):
+            other = tmp_path / f"other{i}"
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
+                           check=True)
+            subprocess.run(["ssh-add", "-q", str(other)], env=env, check=True,
+                           capture_output=True)
+        subprocess.run(["ssh-add", "-q", str(dep.key)], env=env, check=True,
+                       capture_output=True)
+        opts = ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+                "-o", f"UserKnownHostsFile={dep.known_hosts}", "-o", "BatchMode=yes",
+                "-p", str(dep.port), f"alice@{dep.sid}@127.0.0.1"]
+        r = subprocess.run(["ssh", *opts, "echo in"], env=env, capture_output=True,
+                           text=True, timeout=20, stdin=subprocess.DEVNULL)
+        assert r.returncode == 255, r.stdout
+        assert ("7 keys were tried and none is registered for alice; offer that one key: "
+                "ssh -i <key file> -o IdentitiesOnly=yes") in r.stderr, r.stderr
+        r = subprocess.run(["ssh", "-i", str(dep.key), "-o", "IdentitiesOnly=yes", *opts,
+                            "echo in"], env=env, capture_output=True, text=True, timeout=20,
+                           stdin=subprocess.DEVNULL)
+        assert (r.returncode, r.stdout) == (0, "in\n"), r.stderr
+    finally:
+        agent.terminate()
+        agent.wait(5)

@@ -23,6 +23,7 @@ from studios_gateway.ssh.policy import LoginName, Refused, shown_name
 from studios_gateway.ssh.server import (
     LOGGED_GLOBAL_REQUESTS,
     GatewaySSHFactory,
+    GatewayUserAuth,
     Identity,
     UpstreamTransport,
     UserConnection,
@@ -368,3 +369,25 @@ def test_a_malformed_connection_message_is_a_line_and_a_protocol_error(
                     f"{name} ({said[0].rsplit('(', 1)[1].split(')')[0]}); disconnecting"]
     proto.dispatchMessage(90, b"")  # after the goodbye: not acted on, not said again
     assert len([x for x in lines if "sent a malformed" in x]) == 1
+
+
+def test_too_many_keys_tells_the_user_how_to_offer_the_right_one() -> None:
+    """An agent with many keys: after the seventh unknown one Conch said only "too many
+    bad auths"; the user now reads how to name the key."""
+    from twisted.cred.error import UnauthorizedLogin
+
+    f, _ = _factory()
+    proto, t = _connect(f)
+    auth = GatewayUserAuth()
+    auth.transport = proto
+    auth.serviceStarted()
+    auth.method, auth.user = b"publickey", b"alice@abcd"
+    proto.login_attempt(b"alice@abcd")
+    for _ in range(auth.attemptsBeforeDisconnect):
+        auth._ebBadAuth(Failure(UnauthorizedLogin("key not registered for this user")))
+    assert not t.disconnecting
+    auth._ebBadAuth(Failure(UnauthorizedLogin("key not registered for this user")))
+    said = (b"7 keys were tried and none is registered for alice; offer that one key: "
+            b"ssh -i <key file> -o IdentitiesOnly=yes ...")
+    assert t.disconnecting and said in t.value()  # (the banner waits for the key exchange)
+    assert b"too many bad auths" not in t.value()
