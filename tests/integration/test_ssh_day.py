@@ -148,3 +148,25 @@ def test_an_agent_full_of_other_keys_is_told_how_to_pick_one(dep: Deployment,
     finally:
         agent.terminate()
         agent.wait(5)
+
+
+def test_a_forwarding_to_a_port_nothing_listens_on_says_so(dep: Deployment) -> None:
+    """`ssh -L` before the server in the studio is up (or to a wrong port)."""
+    import socket
+
+    from tests.support.ports import free_port, wait_for_port
+
+    closed, local = free_port(), free_port()
+    proc = subprocess.Popen(["ssh", "-N", "-L", f"{local}:127.0.0.1:{closed}", *_opts(dep)],
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(local, proc=proc)  # its probe is refused too: the first message
+        with socket.create_connection(("127.0.0.1", local), timeout=10) as s:
+            s.settimeout(10)
+            assert s.recv(1) == b""  # ssh closes it: the studio refused the channel
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=5)
+    assert (f"open failed: connect failed: cannot connect to 127.0.0.1:{closed} in the "
+            "studio: connection refused (nothing listens there)") in err, err
+    assert "refused by other side" not in err
