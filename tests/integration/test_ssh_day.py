@@ -170,3 +170,26 @@ def test_a_forwarding_to_a_port_nothing_listens_on_says_so(dep: Deployment) -> N
     assert (f"open failed: connect failed: cannot connect to 127.0.0.1:{closed} in the "
             "studio: connection refused (nothing listens there)") in err, err
     assert "refused by other side" not in err
+
+
+def test_an_idle_forwarding_with_no_channel_open_is_kept(dep: Deployment) -> None:
+    """`ssh -N -L` left alone (no ServerAliveInterval, no channel open: nothing at all
+    from the client) for twice the client timeout still forwards."""
+    import time
+    import urllib.request
+
+    from tests.support.ports import free_port, wait_for_port
+
+    local = free_port()
+    proc = subprocess.Popen(["ssh", "-N", "-L", f"{local}:127.0.0.1:{dep.tool_port}",
+                             *_opts(dep)],
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(local, proc=proc)
+        time.sleep(2 * CLIENT_TIMEOUT)  # the span under test, not a wait for an event
+        assert proc.poll() is None
+        with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(5)
