@@ -193,3 +193,30 @@ def test_an_idle_forwarding_with_no_channel_open_is_kept(dep: Deployment) -> Non
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_a_client_that_pauses_less_than_the_timeout_carries_on(dep: Deployment) -> None:
+    """A laptop asleep for a while, as far as the gateway can tell: the ssh process
+    stopped (its kernel still takes the gateway's bytes, nothing answers), then
+    continued within the client timeout: its session goes on."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(["ssh", *_opts(dep), "cat"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def echoed(line: str) -> str:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(line)
+        proc.stdin.flush()
+        return proc.stdout.readline()
+
+    try:
+        assert echoed("before\n") == "before\n"
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(CLIENT_TIMEOUT / 2)  # the pause under test, not a wait for an event
+        proc.send_signal(signal.SIGCONT)
+        assert echoed("after\n") == "after\n"
+    finally:
+        proc.kill()
+        proc.wait(5)
