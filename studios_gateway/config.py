@@ -618,6 +618,10 @@ VARIABLES: tuple[Var, ...] = (
        "Time from accept until the SSH key exchange is done (a silent socket is closed "
        "then); CONNECT_SSH_HANDSHAKE_TIMEOUT still bounds the whole login.", seed=False,
        section="ssh"),
+    _v("CONNECT_SSH_CLIENT_TIMEOUT", "ssh_client_timeout", "15m", _duration,
+       "A logged-in SSH connection whose client has sent nothing for this long (asked for "
+       "a sign of life every minute meanwhile) is closed: a laptop closed or a path gone "
+       "without a word. 0: never.", seed=False, section="ssh"),
     # Tunnel tuning and cluster (ours)
     _v("CONNECT_TUNNEL_WINDOW_SIZE", "tunnel_window_size", "6MiB",
        _size_range(256 * 1024, 1 << 30, "; 256KiB is the yamux initial window"),
@@ -780,6 +784,7 @@ class Config:
     ssh_handshake_timeout: float
     ssh_max_startups: MaxStartups
     ssh_kex_timeout: float
+    ssh_client_timeout: float
     tunnel_window_size: int
     tunnel_ping_interval: float
     tunnel_ping_timeout: float

@@ -27,7 +27,6 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -84,7 +83,7 @@ from studios_gateway.wire.carrier import (
     accept_head,
     websocket_refusal,
 )
-from studios_gateway.wire.mux import broke
+from studios_gateway.wire.mux import broke, going_away
 from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_reads, no_delay, write_through
 
 __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConnection",
@@ -196,12 +195,7 @@ class UpstreamConnection(Protocol):
         """The tunnel under this connection's stream is going away on purpose: a GoAway
         either way (this node or the studio draining, the tunnel moving), or it was
         closed cleanly (the studio stopped, closing it; this node replaced it)."""
-        mux = getattr(self.transport, "mux", None)
-        if mux is None:
-            return False
-        ended = mux.close_reason
-        return (mux.local_go_away or mux.remote_go_away is not None
-                or (ended is not None and ended.check(ConnectionDone) is not None))
+        return going_away(self.transport)
 
     def fit_for_reuse(self) -> bool:
         """Kept idle in the pool: still open, and its stream's tunnel still takes new

@@ -31,6 +31,7 @@ from twisted.conch.ssh import common, connection
 from twisted.conch.ssh.channel import SSHChannel
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
@@ -39,6 +40,7 @@ from twisted.logger import (
     globalLogPublisher,
 )
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 __all__ = ["WINDOW", "MAX_PACKET", "FlowChannel", "FlowConnection", "conch_log"]
 
@@ -207,12 +209,14 @@ class FlowChannel(SSHChannel):
             self.queued_bytes = 0
             return
         sent = 0
-        conn = self.conn
+        conn: Any = self.conn
         queue = self._queue
         while queue:
             item = queue[0]
             kind = item[0]
             if kind in ("d", "x"):
+                if conn.writes_held:
+                    break  # the socket under the connection is full: wait for it
                 data = item[-1]
                 n = min(len(data), self.remoteWindowLeft)
                 if n <= 0:
@@ -286,6 +290,7 @@ class FlowChannel(SSHChannel):
         self.queued_bytes = 0
 
 
+@implementer(IPushProducer)
 class FlowConnection(connection.SSHConnection):
     """ssh-connection with explicit credit, deferred opens, ordered request replies."""
 
@@ -296,10 +301,32 @@ class FlowConnection(connection.SSHConnection):
     def __init__(self) -> None:
         super().__init__()
         self._opening = 0
+        #: Channel data waits in the channels' queues: the socket is full (pauseProducing).
+        self.writes_held = False
 
     @property
     def channel_count(self) -> int:
         return len(self.channels) + self._opening
+
+    # The socket's back-pressure: the connection is the streaming producer registered on
+    # the socket it writes to --------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        """The socket under this connection takes no more for now: channel data waits in
+        each channel's queue (bounded by its feeder's window, which gets no credit
+        meanwhile) instead of piling up in the socket's buffer, whatever window the
+        peer advertised. Control messages still go."""
+        self.writes_held = True
+
+    def resumeProducing(self) -> None:
+        if self.writes_held:
+            self.writes_held = False
+            for channel in list(self.channels.values()):
+                if isinstance(channel, FlowChannel):
+                    channel._flush()
+
+    def stopProducing(self) -> None:
+        self.writes_held = False  # the socket is gone; nothing more goes out anyway
 
     # Opens from the peer -----------------------------------------------------------------
 

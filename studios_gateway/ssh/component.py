@@ -56,7 +56,8 @@ def settings_from(config: Any) -> SSHSettings:
                        max_conn_channels=config.ssh_max_conn_channels,
                        handshake_timeout=config.ssh_handshake_timeout,
                        max_startups=config.ssh_max_startups,
-                       kex_timeout=config.ssh_kex_timeout)
+                       kex_timeout=config.ssh_kex_timeout,
+                       client_timeout=config.ssh_client_timeout)
 
 
 def make_dial(dialer: Any) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 from twisted.conch import avatar as conch_avatar
 from twisted.conch import error as conch_error
 from twisted.conch.interfaces import IConchUser
-from twisted.conch.ssh import common, factory, keys, transport, userauth
+from twisted.conch.ssh import common, connection, factory, keys, transport, userauth
 from twisted.cred import credentials
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from studios_gateway.durations import format_setting
 from studios_gateway.http.flow import Gate, Pacer
 from studios_gateway.registry.base import SessionRecord, SessionRecords, StoreUnavailable
 from studios_gateway.ssh.channels import (
@@ -63,7 +64,7 @@ from studios_gateway.ssh.policy import (
 )
 from studios_gateway.traffic.facts import SSH, Finished
 from studios_gateway.waiters import EmptyWaiters
-from studios_gateway.wire.mux import broke
+from studios_gateway.wire.mux import broke, going_away
 from studios_gateway.wire.sockopts import bulk_buffers
 
 __all__ = [
@@ -100,8 +101,20 @@ SHOWN_KEYS = 5
 #: Refused global requests (-R ...) logged per connection; the rest are refused quietly.
 LOGGED_GLOBAL_REQUESTS = 5
 
+#: A logged-in client silent for this long is asked for a sign of life (a keepalive
+#: request, which every SSH client answers), and again at this interval; see
+#: SSHSettings.client_timeout.
+CLIENT_PROBE_EVERY = 60.0
+KEEPALIVE = b"keepalive@openssh.com"
+
+#: Errors parsing a connection message (too short, a reply nobody asked for): the
+#: client's fault, not ours.
+MALFORMED = (struct.error, IndexError, ValueError, TypeError)
+#: ssh-connection's messages start here (RFC 4250); below are the transport's and the login's.
+FIRST_CONNECTION_MESSAGE = 80
+
 #: Global requests refused without a log line: keepalives, and a notice with no reply.
-QUIET_GLOBAL_REQUESTS = {b"keepalive@openssh.com", b"no-more-sessions@openssh.com"}
+QUIET_GLOBAL_REQUESTS = {KEEPALIVE, b"no-more-sessions@openssh.com"}
 
 #: Channel types a user may open; the studio may open only agent channels back.
 USER_CHANNELS = {b"session", b"direct-tcpip"}
@@ -165,6 +178,10 @@ class SSHSettings:
     max_startups: MaxStartups = MaxStartups(10, 30, 100)
     #: From accept until the key exchange is done (CONNECT_SSH_KEX_TIMEOUT).
     kex_timeout: float = 10.0
+    #: A logged-in connection whose client has sent nothing for this long is closed
+    #: (CONNECT_SSH_CLIENT_TIMEOUT); 0: never. The gateway asks a silent client for a
+    #: sign of life every CLIENT_PROBE_EVERY (or a third of this, when shorter).
+    client_timeout: float = 15 * 60.0
 
 
 # Authentication -------------------------------------------------------------------------
@@ -301,6 +318,12 @@ class GatewayUserAuth(userauth.SSHUserAuthServer):
         if reason.check(Refused):
             self.transport.refuse(reason.value)
             return
+        if (self.method != b"none" and not reason.check(conch_error.IgnoreAuthentication)
+                and self.loginAttempts >= self.attemptsBeforeDisconnect):
+            # Conch would say "too many bad auths"; an agent holding many keys is the
+            # usual cause, and the cure is to name the one key.
+            self.transport.too_many_keys(self.attemptsBeforeDisconnect + 1)
+            return
         super()._ebBadAuth(reason)
 
 
@@ -326,6 +349,9 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         self.identity: Identity | None = None
         self.closing = False
         self._got_bytes = False
+        self._heard_at = 0.0  # when the client last sent anything
+        self._alive_timer: Any = None  # the client-silence check, once logged in
+        self._user_conn: UserConnection | None = None
         self._started = 0.0
         self._refusal = ""  # why this connection was refused, for the access log
         self._ended = ""  # why the gateway ended it (the first disconnect reason it sent)
@@ -437,6 +463,27 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
                             b"key exchange timed out (the gateway allows %gs)"
                             % self.factory.settings.kex_timeout)
 
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        if self.closing:
+            return  # we have said goodbye: the rest of what the client sent is not acted on
+        try:
+            super().dispatchMessage(messageNum, payload)
+        except MALFORMED as e:
+            if messageNum < FIRST_CONNECTION_MESSAGE:
+                raise  # the transport's and the login's own messages: Conch's handling
+            self.malformed(messageNum, e)
+
+    def malformed(self, message: int, error: Exception) -> None:
+        """The client sent a connection message too short to parse, or a reply nobody
+        asked for: one line in the log, a protocol-error disconnect naming the message
+        for the client; before, a traceback in the log and a close without a word."""
+        name = connection.messages.get(message, f"message {message}")
+        log.info("SSH: {who} from {peer} sent a malformed or unexpected {name} ({why}); "
+                 "disconnecting", who=self.who(), peer=self._peer(), name=name,
+                 why=str(error) or type(error).__name__)
+        self.sendDisconnect(transport.DISCONNECT_PROTOCOL_ERROR,
+                            f"malformed or unexpected {name}".encode())
+
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         # A client saying goodbye (code 11, "disconnected by user") is not an error.
         log.debug("SSH: {peer} disconnected ({code}: {why})", peer=self._peer(),
@@ -448,7 +495,55 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
 
     def dataReceived(self, data: bytes) -> None:
         self._got_bytes = True
+        self._heard_at = self.factory.clock.seconds()
         super().dataReceived(data)
+
+    # A client gone silent --------------------------------------------------------------
+
+    def _probe_every(self) -> float:
+        return min(CLIENT_PROBE_EVERY, self.factory.settings.client_timeout / 3)
+
+    def _watch_client(self) -> None:
+        """Logged in: from now on a client silent for CONNECT_SSH_CLIENT_TIMEOUT (a laptop
+        closed, a path gone, with no FIN or RST to say so) is disconnected; until then it
+        is asked for a sign of life every so often."""
+        if self.factory.settings.client_timeout > 0:
+            self._heard_at = self.factory.clock.seconds()
+            self._alive_timer = self.factory.clock.callLater(self._probe_every(),
+                                                             self._check_client)
+
+    def _check_client(self) -> None:
+        self._alive_timer = None
+        if self.closing or self.transport is None:
+            return
+        f = self.factory
+        limit = f.settings.client_timeout
+        silent = f.clock.seconds() - self._heard_at
+        if silent >= limit:
+            self.client_silent(limit)
+            return
+        every = self._probe_every()
+        conn = self._user_conn
+        if silent >= every - 1e-6 and conn is not None and conn.transport is not None:
+            # Any packet back (the client's reply, or anything else) counts as heard.
+            d = conn.sendGlobalRequest(KEEPALIVE, b"", wantReply=1)
+            if d is not None:
+                d.addErrback(lambda _: None)  # a failure reply is a reply too
+        self._alive_timer = f.clock.callLater(min(every, max(limit - silent, 0.001)),
+                                              self._check_client)
+
+    def client_silent(self, limit: float) -> None:
+        """Nothing came from the client for `limit` seconds, though asked: it is gone.
+        Disconnect (the reason is the access line's; a gone client reads nothing) and
+        drop the socket at once: a clean close would wait behind data the client never
+        acknowledges, until the kernel gives up retransmitting it."""
+        why = (f"nothing heard from the client for {format_setting(limit)} "
+               "(CONNECT_SSH_CLIENT_TIMEOUT)")
+        log.info("SSH: closing the connection of {who} from {peer}: {why}", who=self.who(),
+                 peer=self._peer(), why=why)
+        self.sendDisconnect(transport.DISCONNECT_CONNECTION_LOST, why.encode())
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def _timed_out(self) -> None:
         self._timer = None
@@ -464,6 +559,11 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
                 timer.cancel()
         self._timer = self._kex_timer = None
 
+    def _cancel_alive(self) -> None:
+        if self._alive_timer is not None and self._alive_timer.active():
+            self._alive_timer.cancel()
+        self._alive_timer = None
+
     def sendDisconnect(self, reason: int, desc: bytes) -> None:
         if self.closing:
             return
@@ -476,6 +576,20 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         message = f"studios-gateway: {text}"
         self.sendPacket(MSG_USERAUTH_BANNER, common.NS(message.encode() + b"\r\n")
                         + common.NS(b""))
+
+    def too_many_keys(self, tried: int) -> None:
+        """The client offered more keys than a login may try (an agent full of keys,
+        say), none accepted: tell the user how to offer the right one, and hang up."""
+        if self._keys_problem:
+            text = self._keys_problem
+        else:
+            login = self.login()
+            whose = f"registered for {login.user}" if login is not None else "registered"
+            text = (f"{tried} keys were tried and none is {whose}; offer that one key: "
+                    "ssh -i <key file> -o IdentitiesOnly=yes ...")
+        self.banner(text)
+        self.sendDisconnect(transport.DISCONNECT_NO_MORE_AUTH_METHODS_AVAILABLE,
+                            text.encode())
 
     def refuse(self, refusal: Refused) -> None:
         """Tell the user why (banner, then disconnect reason) and hang up."""
@@ -517,6 +631,8 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
     def authenticated(self, conn: UserConnection) -> None:
         self._cancel_timer()
         self.relaying = True
+        self._user_conn = conn
+        self._watch_client()
         identity = self.identity
         assert identity is not None
         log.info("SSH: {who} logged in from {peer} (key {fp})", who=str(identity.login),
@@ -558,12 +674,18 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
                  peer=self._peer(), why=reason)
         self.end_access(reason)
 
-    def upstream_lost(self, why: str = "") -> None:
-        """The studio's side ended: closed (its SSH server, the session), or broke
-        (``why``: its tunnel lost, say), which the user reads."""
+    def upstream_lost(self, why: str = "", went_away: bool = False) -> None:
+        """The studio's side ended: closed (its SSH server, the session), went away on
+        purpose (`went_away`: its connect client stopping or restarting said GoAway
+        first), or broke (``why``: its tunnel lost, say), which the user reads."""
         if not self.closing and self.transport is not None:
-            text = (f"the connection to the studio broke: {why}" if why
-                    else "the connection to the studio was closed")
+            if went_away:
+                text = ("the studio's connection went away (the studio stopped or "
+                         "restarted); ssh again to reconnect")
+            elif why:
+                text = f"the connection to the studio broke: {why}"
+            else:
+                text = "the connection to the studio was closed"
             self.sendDisconnect(transport.DISCONNECT_CONNECTION_LOST, text.encode())
 
     def _facts(self) -> Finished:
@@ -595,6 +717,8 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._cancel_timer()
+        self._cancel_alive()
+        self._user_conn = None
         self.factory.forget(self)
         if self.tried_login and self.identity is None and not self._refusal:
             # One line per connection, however many keys it offered.
@@ -907,6 +1031,10 @@ class UserConnection(FlowConnection):
     def serviceStarted(self) -> None:
         super().serviceStarted()
         t: GatewayTransport = self.transport
+        # A client that advertises a large window and then does not read its socket
+        # would otherwise have the studio's output pile up in our send buffer (GiBs in
+        # seconds); held, it waits in the channels' queues, bounded by their windows.
+        t.transport.registerProducer(self, True)
         self.max_channels = t.factory.settings.max_conn_channels
         avatar = t.avatar
         assert isinstance(avatar, RelayAvatar)  # our realm makes no other kind
@@ -1032,4 +1160,4 @@ class UpstreamTransport(PacketFraming, transport.SSHClientTransport):
             self._ready.errback(ConnectionError(why or "the studio closed the stream"))
         user, self._user_transport = self._user_transport, None
         if user is not None:
-            user.upstream_lost(why)
+            user.upstream_lost(why, went_away=bool(why) and going_away(self.transport))

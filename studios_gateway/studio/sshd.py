@@ -42,6 +42,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, endpoints, protocol
+from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IAddress,
@@ -67,6 +68,7 @@ from studios_gateway.ssh.channels import (
 from studios_gateway.ssh.framing import PacketFraming
 from studios_gateway.ssh.keys import fingerprint
 from studios_gateway.ssh.server import HOST_KEY_ALGORITHMS, INNER_CIPHERS, KEX, MACS, _supported
+from studios_gateway.wire.mux import words
 from studios_gateway.wire.splice import SpliceEnd, join
 
 __all__ = ["StudioSSHServer"]
@@ -96,6 +98,17 @@ class _SocketTransport(Protocol):
 def _socket_transport(proto: protocol.Protocol) -> _SocketTransport | None:
     """A socket protocol's transport with the interfaces a connected one provides."""
     return cast("_SocketTransport | None", proto.transport)
+
+
+def cannot_connect(host: str, port: int, failure: Failure) -> str:
+    """What `ssh -L` (or -D) reads when the studio cannot reach host:port: ``channel 2:
+    open failed: connect failed: <this>``."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if failure.check(net_error.ConnectionRefusedError):
+        why = "connection refused (nothing listens there)"
+    else:
+        why = words(failure)
+    return f"cannot connect to {where} in the studio: {why}"
 
 
 @implementer(IPushProducer)
@@ -727,8 +740,7 @@ class StudioConnection(FlowConnection):
             return channel
 
         def failed(f: Failure) -> NoReturn:
-            raise OpenRefused(OPEN_CONNECT_FAILED,
-                              f"cannot connect to {host}:{port}: {f.getErrorMessage()}")
+            raise OpenRefused(OPEN_CONNECT_FAILED, cannot_connect(host, port, f))
 
         d = endpoint.connect(protocol.Factory.forProtocol(_SocketSide))
         return d.addCallbacks(connected, failed)

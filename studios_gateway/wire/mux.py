@@ -128,6 +128,19 @@ def broke(reason: Failure | None) -> str:
     return words(reason)
 
 
+def going_away(transport: Any) -> bool:
+    """The tunnel under a stream (`transport`) is going away on purpose: a GoAway either
+    way (this node or the studio draining, the studio stopping or moving), or it was
+    closed cleanly (the studio stopped, closing it; this node replaced it). False for
+    a transport that is no tunnel stream."""
+    mux = getattr(transport, "mux", None)
+    if mux is None:
+        return False
+    ended = mux.close_reason
+    return bool(mux.local_go_away or mux.remote_go_away is not None
+                or (ended is not None and ended.check(error.ConnectionDone) is not None))
+
+
 class TunnelSilent(error.TimeoutError):
     """Nothing (data, Ping, Ping answer) came from the peer for the keepalive's timeout:
     the path went silent, and this end closed the tunnel (``Multiplexer.close_reason``)."""

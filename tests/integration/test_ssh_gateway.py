@@ -13,15 +13,13 @@ import json
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_tunnel_process import wait_connected
-from tests.support.gateway import GatewayProcess, base_env
+from tests.support.gateway import REPO
 from tests.support.ssh_client import shell_cut_off
-from tests.support.studio import Connect, Tool
+from tests.support.ssh_deployment import Deployment, ssh_deployment
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,63 +27,12 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH client not installed"),
 ]
 
-KEY = "ssh-gateway-test-key"
-
-
-@dataclass
-class Deployment:
-    gw: GatewayProcess
-    sid: str
-    port: int
-    key: Path
-    known_hosts: Path
-    work: Path
-
-    def ssh_opts(self) -> list[str]:
-        return ["-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "IdentitiesOnly=yes",
-                "-o", "BatchMode=yes", "-i", str(self.key)]
-
-    def ssh(self, login: str, command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ssh", *self.ssh_opts(), "-p", str(self.port),
-                               f"{login}@127.0.0.1", command], capture_output=True, text=True,
-                              timeout=20, stdin=subprocess.DEVNULL)
-
 
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    tmp = tmp_path_factory.mktemp("sshgw")
-    env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY, CONNECT_SSH_ENABLED="true",
-                   CONNECT_SSH_MAX_CONNECTIONS="5", CONNECT_SSH_MAX_STARTUPS="10:30:60")
-    ssh_port = int(env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1])
-    key = tmp / "alice_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice",
-                    "-f", str(key)], check=True)
-    stoppers = []
-    gw = GatewayProcess(tmp, env)
-    stoppers.append(gw.stop)
-    try:
-        gw.wait_ready()
-        status, body, _ = gw.request("/api/sessions", method="POST",
-                                     body={"owner": "alice", "ssh_enabled": True})
-        assert status == 201, body
-        created = json.loads(body)
-        status, body, _ = gw.request("/api/users/alice/keys", method="PUT",
-                                     body={"keys": [key.with_suffix(".pub").read_text()]})
-        assert status == 200, body
-        tool = Tool(tmp)
-        stoppers.append(tool.stop)
-        work = tmp / "studio-work"
-        work.mkdir()
-        client = Connect(tmp, created["connect_string"], tool.port, cwd=work)
-        stoppers.append(client.stop)
-        wait_connected(gw, created["id"])
-        yield Deployment(gw, created["id"], ssh_port, key, tmp / "known_hosts", work)
-        out = gw.output() + client.output()
-        assert "Traceback" not in out, out[-5000:]
-    finally:
-        for stop in reversed(stoppers):
-            stop()
+    with ssh_deployment(tmp_path_factory.mktemp("sshgw"), CONNECT_SSH_MAX_CONNECTIONS="5",
+                        CONNECT_SSH_MAX_STARTUPS="10:30:60") as d:
+        yield d
 
 
 def test_exec_prints_and_exits_with_the_status(dep: Deployment) -> None:
@@ -272,6 +219,47 @@ def test_taken_off_the_allow_list_closes_open_connections(dep: Deployment,
     assert f"access ended: no longer allowed on session {dep.sid}" in err, err
     text = f'reason="access ended: no longer allowed on session {dep.sid}'
     assert text in _logged(dep, text)
+
+
+def _rss(pid: int) -> int:
+    """A process's resident memory, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_client_that_reads_nothing_does_not_fill_the_gateways_memory(
+        dep: Deployment) -> None:
+    """A client that advertises the largest window and then stops reading its socket:
+    the studio's output piled up in the gateway's send buffer, 4 channels of
+    `cat /dev/zero` took the gateway from 70 MB to 5 GB in 36 s. Now the channels wait
+    for the socket, each holding at most its window (2 MiB)."""
+    import select
+    import sys
+    import time
+
+    pid = dep.gw.proc.pid
+    before = _rss(pid)
+    hog = subprocess.Popen([sys.executable, "-m", "tests.support.ssh_hog", str(dep.port),
+                            f"alice@{dep.sid}", str(dep.key), "4"], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert hog.stdout is not None
+        ready, _, _ = select.select([hog.stdout], [], [], 20)
+        assert ready and hog.stdout.readline() == "reading stopped\n", hog.stdout.read()
+        # Four seconds of it: without the fix well over a GB by then.
+        end = time.monotonic() + 4
+        while time.monotonic() < end:
+            grown = _rss(pid) - before
+            assert grown < 100 * 2**20, f"the gateway grew {grown / 2**20:.0f} MiB"
+            time.sleep(0.1)  # a sample every 100 ms, not a wait for an event
+        # Everyone else is served meanwhile.
+        r = dep.ssh(f"alice@{dep.sid}", "head -c 3000000 /dev/zero | wc -c")
+        assert (r.returncode, r.stdout.strip()) == (0, "3000000"), r.stderr
+    finally:
+        hog.kill()
+        hog.wait(5)
 
 
 def test_ending_the_session_closes_its_connections_last(dep: Deployment) -> None:

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--handshake-timeout", type=float, default=60.0)
     p.add_argument("--max-startups", default="10:30:100")
     p.add_argument("--kex-timeout", type=float, default=10.0)
+    p.add_argument("--client-timeout", type=float, default=900.0)
     p.add_argument("--offline", action="append", default=[],
                    help="session ids whose studio is not connected")
     p.add_argument("--pin", help="fingerprint the studio trusts (default: the host key's)")
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
                                         max_conn_channels=args.max_channels,
                                         handshake_timeout=args.handshake_timeout,
                                         max_startups=MaxStartups.parse(args.max_startups),
-                                        kex_timeout=args.kex_timeout),
+                                        kex_timeout=args.kex_timeout,
+                                        client_timeout=args.client_timeout),
         clock=reactor)
     port = reactor.listenTCP(args.port, fac, interface="127.0.0.1")
     from twisted.internet import defer

@@ -266,6 +266,24 @@ def test_eof_and_exit_status_wait_behind_data() -> None:
                                         connection.MSG_CHANNEL_EOF]
 
 
+def test_a_full_socket_holds_data_and_credit_whatever_window_the_peer_gave() -> None:
+    """A peer with a huge window that does not read its socket: data waited in the
+    socket's buffer, and the feeder was credited for it, without bound."""
+    a, b, ca, cb = _relay_pair(1 << 30)  # b's peer: the largest window it likes
+    ca.ssh_CHANNEL_DATA(_data(100))
+    assert b.queued_bytes == 0  # out at once
+    credit = _adjusts(ca)
+    cb.pauseProducing()  # cb's socket is full
+    for _ in range(10):
+        ca.ssh_CHANNEL_DATA(_data(100))
+    assert cb.transport.kinds().count(connection.MSG_CHANNEL_DATA) == 1
+    assert b.queued_bytes == 1000 and _adjusts(ca) == credit  # no credit for held data
+    cb.resumeProducing()  # drained: the queue goes, and the feeder's credit follows
+    assert b.queued_bytes == 0
+    assert cb.transport.kinds().count(connection.MSG_CHANNEL_DATA) == 11
+    assert a.localWindowLeft + a._unacked == a.localWindowSize
+
+
 class UserRelay(Relay):
     """The fake relay, with its user on the small-window side (``b`` of _relay_pair)."""
 
@@ -343,3 +361,48 @@ def test_window_overrun_closes_channel() -> None:
     _open(conn, 1)
     conn.ssh_CHANNEL_DATA(_data(300))  # max packet 256
     assert conn.transport.kinds()[-1] == connection.MSG_CHANNEL_CLOSE
+
+
+class _Probed:
+    """Stands in for the user's ssh-connection: records the gateway's keepalive requests."""
+
+    def __init__(self) -> None:
+        self.transport = object()
+        self.requests: list[tuple[bytes, int]] = []
+
+    def sendGlobalRequest(self, request: bytes, data: bytes, wantReply: int = 0) -> None:  # noqa: N802
+        self.requests.append((request, wantReply))
+
+
+def test_a_silent_client_is_asked_then_closed_at_the_client_timeout() -> None:
+    clock = MemoryReactorClock()
+    f = _factory(clock, client_timeout=9.0)  # asked every 3 s (a third)
+    proto, t = _connect(f)
+    conn = _Probed()
+    proto._user_conn = conn
+    proto._cancel_timer()  # (the login's timers are not this test's)
+    proto._watch_client()  # logged in at 0
+    clock.advance(3.0)
+    assert conn.requests == [(b"keepalive@openssh.com", 1)] and not t.disconnecting
+    clock.advance(2.0)
+    proto._heard_at = clock.seconds()  # the reply (any packet) came at 5
+    clock.advance(1.0)  # 6: heard 1 s ago, nothing to ask
+    assert len(conn.requests) == 1
+    clock.pump([3.0, 3.0, 1.9])  # 13.9: silent for 8.9 s, asked at 9 and 12
+    assert len(conn.requests) == 3 and not t.disconnecting
+    clock.advance(0.2)  # 14.1: silent for 9 s
+    assert t.disconnecting
+    assert b"nothing heard from the client for 9s (CONNECT_SSH_CLIENT_TIMEOUT)" in t.value()
+    proto.connectionLost(Failure(ConnectionError()))
+    assert not [c for c in clock.getDelayedCalls() if c.active()]
+
+
+def test_client_timeout_zero_never_asks_nor_closes() -> None:
+    clock = MemoryReactorClock()
+    f = _factory(clock, client_timeout=0.0)
+    proto, t = _connect(f)
+    proto._user_conn = conn = _Probed()
+    proto._cancel_timer()  # (the login's timers are not this test's)
+    proto._watch_client()
+    clock.advance(3600.0)
+    assert conn.requests == [] and not t.disconnecting

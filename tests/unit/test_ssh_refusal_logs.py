@@ -23,6 +23,7 @@ from studios_gateway.ssh.policy import LoginName, Refused, shown_name
 from studios_gateway.ssh.server import (
     LOGGED_GLOBAL_REQUESTS,
     GatewaySSHFactory,
+    GatewayUserAuth,
     Identity,
     UpstreamTransport,
     UserConnection,
@@ -270,6 +271,29 @@ def test_a_studio_connection_that_broke_says_why() -> None:
     assert traffic.closed[0].reason == said
 
 
+def test_a_studio_that_went_away_on_purpose_says_so() -> None:
+    """The studio's connect client stopping (GoAway, then its tunnel closes): not "broke:
+    ... lost in a non-clean fashion", which is neither clear nor what happened."""
+    from types import SimpleNamespace
+
+    from twisted.internet.error import ConnectionLost
+
+    f, traffic = _factory()
+    proto, t = _connect(f)
+    _logged_in(proto)
+    ready: Deferred[Any] = Deferred()
+    ready.callback(None)
+    upstream = UpstreamTransport("alice", proto.factory.host_key, ready, proto)
+    mux = SimpleNamespace(local_go_away=False, remote_go_away=0, close_reason=None)
+    upstream.transport = SimpleNamespace(mux=mux)  # the tunnel stream the SSH ran on
+    upstream.connectionLost(Failure(TunnelLost("tunnel lost: " + str(ConnectionLost()))))
+    proto.connectionLost(Failure(ConnectionError()))
+    said = ("the studio's connection went away (the studio stopped or restarted); "
+            "ssh again to reconnect")
+    assert said.encode() in t.value() and b"non-clean" not in t.value()
+    assert traffic.closed[0].reason == said
+
+
 def test_a_user_who_leaves_has_no_reason() -> None:
     f, traffic = _factory()
     proto, _ = _connect(f)
@@ -316,3 +340,54 @@ def test_the_authorizer_says_the_session_was_ended() -> None:
     authorizer.session_ended("efgh")  # the admin API's own call
     assert closed == [SESSION_ENDED, SESSION_ENDED] == ["the session was ended"] * 2
     authorizer.stop()
+
+
+@pytest.mark.parametrize(("message", "payload", "name"), [
+    (90, b"", "MSG_CHANNEL_OPEN"),  # nothing after the type
+    (80, b"", "MSG_GLOBAL_REQUEST"),
+    (93, b"\x00", "MSG_CHANNEL_WINDOW_ADJUST"),
+    (98, b"\x00\x00\x00\x00", "MSG_CHANNEL_REQUEST"),
+    (81, b"", "MSG_REQUEST_SUCCESS"),  # a reply to a request the gateway never sent
+])
+def test_a_malformed_connection_message_is_a_line_and_a_protocol_error(
+        lines: list[str], message: int, payload: bytes, name: str) -> None:
+    """Before: an "Unhandled Error" traceback in the gateway's log (struct.error,
+    IndexError) and the connection dropped without a word."""
+    from studios_gateway.ssh.server import UserConnection
+
+    f, _ = _factory()
+    proto, t = _connect(f)
+    _logged_in(proto)
+    conn = UserConnection()
+    conn.transport = proto
+    proto.service = conn
+    proto.dispatchMessage(message, payload)
+    assert f"malformed or unexpected {name}".encode() in t.value()
+    assert t.disconnecting
+    said = [x for x in lines if "sent a malformed" in x]
+    assert said == [f"SSH: alice@abcd from 192.168.1.1:54321 sent a malformed or unexpected "
+                    f"{name} ({said[0].rsplit('(', 1)[1].split(')')[0]}); disconnecting"]
+    proto.dispatchMessage(90, b"")  # after the goodbye: not acted on, not said again
+    assert len([x for x in lines if "sent a malformed" in x]) == 1
+
+
+def test_too_many_keys_tells_the_user_how_to_offer_the_right_one() -> None:
+    """An agent with many keys: after the seventh unknown one Conch said only "too many
+    bad auths"; the user now reads how to name the key."""
+    from twisted.cred.error import UnauthorizedLogin
+
+    f, _ = _factory()
+    proto, t = _connect(f)
+    auth = GatewayUserAuth()
+    auth.transport = proto
+    auth.serviceStarted()
+    auth.method, auth.user = b"publickey", b"alice@abcd"
+    proto.login_attempt(b"alice@abcd")
+    for _ in range(auth.attemptsBeforeDisconnect):
+        auth._ebBadAuth(Failure(UnauthorizedLogin("key not registered for this user")))
+    assert not t.disconnecting
+    auth._ebBadAuth(Failure(UnauthorizedLogin("key not registered for this user")))
+    said = (b"7 keys were tried and none is registered for alice; offer that one key: "
+            b"ssh -i <key file> -o IdentitiesOnly=yes ...")
+    assert t.disconnecting and said in t.value()  # (the banner waits for the key exchange)
+    assert b"too many bad auths" not in t.value()

@@ -9,6 +9,7 @@ from pathlib import Path
 from twisted.conch.ssh import filetransfer
 from twisted.conch.ssh.common import NS, getNS
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from studios_gateway.studio.sshd import SFTP_MAX_MESSAGE, SFTP_MAX_READ, _SFTPServer
 
@@ -159,3 +160,21 @@ def test_writes_land_at_their_offsets_and_are_answered(tmp_path: Path) -> None:
     [(kind, data)] = _replies(transport.value())
     assert kind == filetransfer.FXP_STATUS
     assert struct.unpack("!2L", data[:8])[0] == 20 and data[4:8] != b"\0\0\0\0"
+
+
+def test_a_forwarding_the_studio_cannot_connect_says_where_and_why() -> None:
+    """`ssh -L` to a port nothing listens on read "... Connection was refused by other
+    side: 111: Connection refused.", Twisted's words around the errno's."""
+    from twisted.internet import error as net_error
+
+    from studios_gateway.studio.sshd import cannot_connect
+
+    refused = Failure(net_error.ConnectionRefusedError("111: Connection refused"))
+    assert cannot_connect("127.0.0.1", 8888, refused) == (
+        "cannot connect to 127.0.0.1:8888 in the studio: connection refused (nothing "
+        "listens there)")
+    assert cannot_connect("::1", 8888, refused).startswith("cannot connect to [::1]:8888 ")
+    lookup = Failure(net_error.DNSLookupError("no results for hostname lookup: db.invalid"))
+    assert cannot_connect("db.invalid", 5432, lookup) == (
+        "cannot connect to db.invalid:5432 in the studio: DNS lookup failed: no results for "
+        "hostname lookup: db.invalid.")
