@@ -483,6 +483,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     gateway.add_part(observing)
     auth, login = build_auth(config, reactor, store, local)
     auth.on_login = traffic.metrics.login
+    table.on_gone = ended_session(auth, traffic)
     if auth.authorizer.platform is not None:
         auth.authorizer.platform.on_call = traffic.metrics.platform_call
     gateway.add_part(login)
@@ -573,6 +574,16 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
     return table, pin, factory, part
 
 
+def ended_session(auth: Auth, traffic: Traffic) -> Callable[[str], None]:
+    """What a session's end means beyond its tunnel: its open connections (HTTP, SSH)
+    close saying the session was ended, its traffic figures go."""
+    def ended(session_id: str) -> None:
+        auth.authorizer.session_ended(session_id)
+        traffic.session_ended(session_id)
+
+    return ended
+
+
 def build_management(config: Config, reactor: Any, store: SessionStore, table: TunnelTable,
                      pin: str | None, auth: Auth, api_mounts: Mapping[bytes, Any], *,
                      health: Health, metrics: Metrics, shutdown: Callable[[], Any],
@@ -586,10 +597,11 @@ def build_management(config: Config, reactor: Any, store: SessionStore, table: T
         connect_string,
     )
 
+    gone = ended_session(auth, traffic)
+
     def on_end(session_id: str) -> None:
+        gone(session_id)  # its connections close as ended first, then its tunnel
         table.end_session(session_id)
-        auth.authorizer.session_ended(session_id)
-        traffic.session_ended(session_id)
 
     sessions = Sessions(store, clock=reactor, on_end=on_end,
                         on_revoke=auth.authorizer.revoke_user, usage=traffic.describe,

@@ -197,6 +197,10 @@ class TunnelTable:
         #: session id -> (routing mode, public URL), told to every studio at bind (None: not
         #: told; the studio keeps its own settings).
         self.routing = routing
+        #: on_gone(session id): a session this node holds a tunnel for is gone from the
+        #: registry (ended here or on another node, or lost): called before its tunnel
+        #: closes, so its open connections close as ended, not as broken.
+        self.on_gone: Callable[[str], Any] = lambda session_id: None
         self.draining = False
         self._tunnels: dict[str, Tunnel] = {}
         #: Tunnels whose session another node holds now: out of the table (requests go to
@@ -481,6 +485,11 @@ class TunnelTable:
         """`tunnel`'s session is no longer in the registry: close its tunnel. `unheard`:
         no event said it ended (this node was not listening, or Redis lost it): the
         operator is told, once a second at most with a count."""
+        try:
+            self.on_gone(tunnel.session_id)
+        except Exception:
+            self._log.failure("ending the connections of session {sid}",
+                              sid=tunnel.session_id)
         self.end_session(tunnel.session_id)
         if unheard:
             if not self._unheard:

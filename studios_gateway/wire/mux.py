@@ -107,6 +107,10 @@ class TunnelLost(error.ConnectionLost):
     """The tunnel under the stream ended."""
 
 
+#: A connection that ended without a clean close (reset, or its process gone), in words.
+LOST_UNCLEANLY = "the connection ended without a clean close (reset, or the other end gone)"
+
+
 def words(reason: Failure) -> str:
     """A failure's own words: for Twisted's connection errors given a text, that text,
     not their class's doc string around it ("Connection to the other side was lost in a
@@ -115,6 +119,12 @@ def words(reason: Failure) -> str:
     if isinstance(value, (error.ConnectError, error.ConnectionClosed)):
         # ConnectError keeps its first argument as ``osError``, the second in ``args``.
         given = [str(a) for a in (getattr(value, "osError", None), *value.args) if a]
+        if isinstance(value, error.ConnectionLost) and \
+                all(g.rstrip(".").lower() == "connection lost" for g in given):
+            # Without a text of its own, Twisted's doc string ("Connection to the other
+            # side was lost in a non-clean fashion."); a TLS connection's loss says
+            # "Connection lost": neither says what happened.
+            return LOST_UNCLEANLY
         if given:
             return ": ".join(given)
     return reason.getErrorMessage()

@@ -8,7 +8,7 @@ CONNECT_SSH_CLIENT_TIMEOUT), one studio (demo tool and `studios-connect`), OpenS
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -90,30 +90,54 @@ def test_a_client_gone_silent_is_closed_and_frees_its_place(dep: Deployment) -> 
         relay.close()
 
 
-def test_a_studio_that_stops_or_restarts_says_so(dep: Deployment) -> None:
-    """The studio's connect client stopping (a restart, the container stopped) told the
-    user "the connection to the studio broke: tunnel lost: Connection to the other side
-    was lost in a non-clean fashion.": Twisted's words, and not what happened."""
-    assert dep.client is not None
+def _studio_ended_under_a_shell(dep: Deployment, end: Callable[[], None], again: str) -> str:
+    """ssh's stderr when `end()` ends the studio's connect client under an open shell;
+    then the studio is started again and ssh works again."""
     proc = subprocess.Popen(["ssh", *_opts(dep), "echo in; exec sleep 298.5"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "in\n"
-        dep.client.stop()  # SIGTERM: studios-connect says GoAway, then closes
-        assert proc.wait(10) == 255
+        end()
+        assert proc.wait(30) == 255
         assert proc.stderr is not None
         err = proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+    dep.start_studio(again)  # the studio is back: ssh works again
+    r = _ssh(dep, "echo back")
+    assert (r.returncode, r.stdout) == (0, "back\n"), r.stderr
+    return err
+
+
+def test_a_studio_that_stops_or_restarts_says_so(dep: Deployment) -> None:
+    """The studio's connect client stopping (a restart, the container stopped) told the
+    user "the connection to the studio broke: tunnel lost: Connection to the other side
+    was lost in a non-clean fashion.": Twisted's words, and not what happened."""
+    assert dep.client is not None
+    # SIGTERM: studios-connect says GoAway, then closes
+    err = _studio_ended_under_a_shell(dep, dep.client.stop, "connect-again")
     assert ("the studio's connection went away (the studio stopped or restarted); "
             "ssh again to reconnect") in err, err
     assert "non-clean" not in err and "broke" not in err, err
-    dep.start_studio("connect-again")  # the studio is back: ssh works again
-    r = _ssh(dep, "echo back")
-    assert (r.returncode, r.stdout) == (0, "back\n"), r.stderr
+
+
+def test_a_studio_killed_under_a_session_says_so_in_words(dep: Deployment) -> None:
+    """studios-connect killed (no GoAway, its sockets closed by the kernel): ssh read
+    "tunnel lost: Connection lost" (or Twisted's "Connection to the other side was lost
+    in a non-clean fashion."), which says nothing of what happened."""
+    client = dep.client
+    assert client is not None
+
+    def kill() -> None:
+        client.proc.kill()  # SIGKILL: no word to the gateway
+        client.proc.wait(10)
+
+    err = _studio_ended_under_a_shell(dep, kill, "connect-after-kill")
+    assert ("the connection to the studio broke: tunnel lost: the connection ended without "
+            "a clean close (reset, or the other end gone)") in err, err
 
 
 def test_an_agent_full_of_other_keys_is_told_how_to_pick_one(dep: Deployment,

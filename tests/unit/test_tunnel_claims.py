@@ -101,10 +101,14 @@ def test_a_session_ended_through_another_node_closes_its_tunnel_at_once() -> Non
 
     clock, store, table, transport, tunnel = bound()
     t2, _ = second(table, store, "s2")
+    # Its connections are told it ended before its tunnel closes (an ssh user read "the
+    # connection to the studio broke: tunnel lost: tunnel closed locally").
+    told: list[tuple[str, bool]] = []
+    table.on_gone = lambda sid: told.append((sid, transport.disconnecting))
     with Logged("info") as info, Logged("warn") as warn:
         store.inner.delete("s1")  # (the event every node hears)
         clock.advance(0)
-        assert transport.disconnecting
+        assert transport.disconnecting and told == [("s1", False)]
         assert not t2.disconnecting and table.get("s2") is not None
         clock.advance(TTL)
     assert any("session s1 ended" in line for line in info.lines), info.lines

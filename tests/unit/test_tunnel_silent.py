@@ -96,10 +96,13 @@ def test_the_gateway_names_the_session_whose_path_went_silent(
 @pytest.mark.parametrize(("reason", "line", "counted"), [
     (None, "session s1: tunnel closed", "closed"),
     (Failure(error.ConnectionDone()), "session s1: tunnel closed", "closed"),
-    (BROKEN, "session s1: tunnel lost: Connection to the other side was lost in a "
-               "non-clean fashion.", "lost"),
+    (BROKEN, "session s1: tunnel lost: the connection ended without a clean close "
+             "(reset, or the other end gone)", "lost"),
     (Failure(error.ConnectionLost("Connection lost.")),  # what a reset TLS connection says
-     "session s1: tunnel lost: Connection lost.", "lost"),
+     "session s1: tunnel lost: the connection ended without a clean close (reset, or the "
+     "other end gone)", "lost"),
+    (Failure(error.ConnectionLost("the peer sent garbage")),  # a text of its own: kept
+     "session s1: tunnel lost: the peer sent garbage", "lost"),
 ])
 def test_a_closed_or_broken_tunnel_says_so_once(lines: list[tuple[str, str]], reason: Any,
                                                  line: str, counted: str) -> None:
