@@ -212,6 +212,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
             prefix = routed_prefix(reply) or "/"
             if child is None:
                 start_child(prefix)
+                client.watch_tool()  # nothing waited for its port before the dial
             elif prefix != started_prefix["prefix"]:
                 log.warn("the gateway now routes this studio under {new} but the tool was "
                          "started under {old}; restart the studio to follow", new=prefix,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -191,6 +192,30 @@ def test_a_command_is_told_the_path_prefix_the_gateway_routes_it_under(tmp_path:
         gw.stop()
     assert proc.stdout.strip() == repr(f"/_studio/{created['id']}/"), proc.stderr
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_command_started_at_the_bind_is_watched_until_it_accepts(
+        gateway: GatewayProcess) -> None:
+    """Nothing waited for the port of a command started at the bind: a tool on the wrong
+    port showed browsers the 504 page for ever and the log never named the port it must
+    use (tests/unit/test_client_tool.py has the 30s notice); now the log also says when the
+    tool accepts."""
+    import threading
+
+    created = _session(gateway)
+    proc = _studio(created["connect_string"])  # no prefix given: started at the bind
+    watchdog = threading.Timer(30, _kill, [proc])  # the line never came: end the wait
+    watchdog.start()
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().strip() == "ready"
+        lines = iter(proc.stderr.readline, "")
+        said = next((line for line in lines if "tool is accepting connections" in line), "")
+    finally:
+        watchdog.cancel()
+        _kill(proc)
+    assert re.search(r"tool is accepting connections on port [0-9]+ \([0-9]+s after it "
+                     r"started\)", said), said
 
 
 def test_a_deleted_session_stops_the_tool_and_exits_2(gateway: GatewayProcess) -> None:
