@@ -96,15 +96,19 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     args = build_parser().parse_args(args_list)
     environ = dict(os.environ if environ is None else environ)
 
-    from studios_gateway.studio.settings import load_client_settings
+    from studios_gateway.studio.settings import load_client_settings, unknown_variables
 
     options = {var: getattr(args, attr) for attr, var in OPTION_VARS.items()}
+    unknown = unknown_variables(environ)
     try:
         settings = load_client_settings(environ, choose_port(environ, options, command))
     except ConfigError as e:
-        print(f"studios-connect: {e}", file=sys.stderr)
+        # One line: a setting refused as missing is often one set under a misspelt name.
+        print("; ".join([f"studios-connect: {e}", *unknown]), file=sys.stderr)
         return 2
     start_logging(settings.log_level)
+    for sentence in unknown:
+        Logger(namespace="studios_gateway.studio.main").warn(sentence)
     launcher = None
     if uses_preset(settings, command, tool_on_command_line=args.tool is not None):
         from studios_gateway.studio.presets.base import PresetError

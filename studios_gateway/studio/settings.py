@@ -17,12 +17,13 @@ it gives up.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from studios_gateway.config import REDACTED, ConfigError
+from studios_gateway.config import BY_NAME, CLIENT_VARIABLES, REDACTED, ConfigError
 from studios_gateway.durations import EXPECTED, parse_duration
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
 from studios_gateway.wire import tools
@@ -115,6 +116,38 @@ def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | Non
         return Gateway(parts.hostname, port, pin, parts.scheme, parts.path or "/_connect/tunnel"
                        ), user, password
     return Gateway(parts.hostname, port, pin), user, password
+
+
+_CLIENT_NAMES = sorted(CLIENT_VARIABLES)
+#: The gateway's variables that a studio's image sets meaning the client's
+_GATEWAYS_NOT_OURS = {"CONNECT_LOG_LEVEL": "CONNECT_CLIENT_LOG_LEVEL"}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One sentence for each CONNECT_* name in `environ` (in any letter case) that neither
+    studios-connect nor the gateway reads, with the client's variable it looks like, if
+    any: a misspelt name (CONNECT_TOOL_PERSET=off) was ignored without a word, and a
+    misspelt CONNECT_STRING was refused as a missing CONNECT_GATEWAY_URL."""
+    out = []
+    for name in sorted(environ):
+        if name in _GATEWAYS_NOT_OURS:
+            out.append(f"{name} is the gateway's setting, not studios-connect's; "
+                       f"studios-connect reads {_GATEWAYS_NOT_OURS[name]}")
+            continue
+        if name in CLIENT_VARIABLES or name in BY_NAME:
+            continue
+        upper = name.upper()
+        ours = upper.startswith("CONNECT_")
+        if ours:  # the words after CONNECT_, which every candidate shares
+            close = difflib.get_close_matches(upper[8:], [v[8:] for v in _CLIENT_NAMES],
+                                              n=1, cutoff=0.75)
+            close = [f"CONNECT_{c}" for c in close]
+        else:  # any other name only when it is one slip away from ours (CONECT_STRING)
+            close = difflib.get_close_matches(upper, _CLIENT_NAMES, n=1, cutoff=0.9)
+        if ours or close:
+            hint = f"; did you mean {close[0]}?" if close else ""
+            out.append(f"{name} is not a setting of studios-connect and is ignored{hint}")
+    return out
 
 
 def load_client_settings(environ: Mapping[str, str],

@@ -24,13 +24,15 @@ from tests.support.ports import free_port
 pytestmark = pytest.mark.slow
 
 
-def connect(tool: str, **kw: Any) -> subprocess.Popen[str]:
+def connect(tool: str, more_env: dict[str, str] | None = None, **kw: Any
+            ) -> subprocess.Popen[str]:
     """studios-connect for a gateway nobody runs (it keeps retrying), with `tool` as child."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
     env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
                 "CONNECT_STRING": f"studios-connect://abcd1234:{new_token()}@127.0.0.1:"
                                   f"{free_port()}/",
-                "CONNECT_TOOL_PORT": "5555", "CONNECT_TOOL_PATH_PREFIX": "/_studio/abcd1234/"})
+                "CONNECT_TOOL_PORT": "5555", "CONNECT_TOOL_PATH_PREFIX": "/_studio/abcd1234/",
+                **(more_env or {})})
     return subprocess.Popen([str(BIN / "studios-connect"), "--", sys.executable, "-c",
                              textwrap.dedent(tool)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
@@ -49,6 +51,17 @@ def test_the_tool_gets_its_port_and_prefix_and_we_exit_with_its_status() -> None
     # a tool that ends by itself ends the container: said at warn (it was at info)
     assert "#warn] the tool exited by itself with status 3; studios-connect ends with it" \
         in err, err
+
+
+def test_a_misspelt_variable_is_one_warning_at_the_start() -> None:
+    """CONNECT_TOOL_PERSET=off was ignored without a word."""
+    proc = connect("print('ran')", {"CONNECT_TOOL_PERSET": "off"})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out.strip() == "ran", err
+    warned = [line for line in err.splitlines() if "#warn]" in line]
+    assert warned[0].endswith("#warn] CONNECT_TOOL_PERSET is not a setting of studios-connect "
+                              "and is ignored; did you mean CONNECT_TOOL_PRESET?"), err
+    assert "CONNECT_TOOL_PERSET" not in "".join(warned[1:])  # said once
 
 
 # A tool that says "ready", reports the SIGTERM it is stopped with and exits 7 then;
