@@ -4,6 +4,8 @@ was refused as a missing CONNECT_GATEWAY_URL."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from studios_gateway.studio.main import main
@@ -47,4 +49,24 @@ def test_a_setting_refused_as_missing_names_its_misspelt_name_in_the_same_line(
     assert err.startswith(f"studios-connect: {missing}: expected "), err
     assert f"; {misspelt} is not a setting of studios-connect and is ignored; did you mean " \
            f"{right}?" in err
+    assert TOKEN not in err
+
+
+def test_twistd_studios_connect_says_the_misspelt_name_on_the_refusals_line(
+        monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    from studios_gateway.component import EX_CONFIG
+    from studios_gateway.studio.tap import Options, makeService
+
+    for name in [n for n in os.environ if n.upper().startswith("CONNECT")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CONECT_STRING", f"studios-connect://abcd1234:{TOKEN}@127.0.0.1:1/")
+    monkeypatch.setenv("CONNECT_TOOL_PORT", "8888")
+    options = Options()
+    options.parseOptions([])
+    with pytest.raises(SystemExit) as e:
+        makeService(options)
+    assert e.value.code == EX_CONFIG
+    err = capfd.readouterr().err  # the real stderr: twistd sends sys.stderr to its log
+    assert "CONNECT_GATEWAY_URL (not set)" in err and "; CONECT_STRING is not a setting of " \
+        "studios-connect and is ignored; did you mean CONNECT_STRING?" in err, err
     assert TOKEN not in err
