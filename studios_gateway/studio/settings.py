@@ -150,6 +150,25 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     return out
 
 
+def _check_proxy(environ: Mapping[str, str]) -> None:
+    """HTTPS_PROXY (or https_proxy) names an HTTP proxy the tunnel can go through with
+    CONNECT. One it could not use (no host, a bad port, a SOCKS proxy) was ignored
+    without a word, and the tunnel went straight to the gateway instead."""
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        text = (environ.get(name) or "").strip()
+        if not text:
+            continue
+        parts = urlsplit(text if "://" in text else "http://" + text)
+        try:
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname) \
+                and parts.port != 0
+        except ValueError:  # a port that is not a number from 0 to 65535
+            usable = False
+        if not usable:
+            raise ConfigError(name, text, "http://host:port, an HTTP proxy that the tunnel "
+                                          "goes through with CONNECT (SOCKS is not supported)")
+
+
 def load_client_settings(environ: Mapping[str, str],
                          options: Mapping[str, str | None] | None = None) -> ClientSettings:
     """Build the settings or raise ConfigError naming the variable at fault."""
@@ -221,6 +240,7 @@ def load_client_settings(environ: Mapping[str, str],
         wait = parse_duration(wait_text) if wait_text else UNKNOWN_SESSION_WAIT
     except ValueError:
         raise ConfigError("CONNECT_UNKNOWN_SESSION_WAIT", wait_text, EXPECTED) from None
+    _check_proxy(environ)
     return ClientSettings(gateways=tuple(gateways), session_id=session_id, token=token,
                           unknown_session_wait=wait,
                           proxy_environ=tuple((k, v) for k, v in environ.items() if k in (
