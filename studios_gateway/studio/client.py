@@ -478,7 +478,7 @@ class ConnectClient(Service):
                        "CONNECT_TOOL_PORT ({port}), on 127.0.0.1 or all interfaces",
                        port=self.settings.tool_port, secs=waited, why=f.getErrorMessage())
 
-    def watch_tool(self) -> None:
+    def watch_tool(self, on_accepting: Callable[[], Any] | None = None) -> None:
         """Watch the port of a tool started after the dial (a command started at the bind,
         which nothing waits for): say when it first accepts connections, and once, after
         TOOL_SLOW_NOTICE, that it does not yet, naming the port it must use, as the wait
@@ -498,6 +498,8 @@ class ConnectClient(Service):
             self._log.info("tool is accepting connections on port {port} ({secs:.0f}s after "
                            "it started)", port=self.settings.tool_port,
                            secs=self.clock.seconds() - since)
+            if on_accepting is not None:
+                on_accepting()
 
         def down(f: Failure) -> None:
             nonlocal noticed

@@ -163,6 +163,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
         resolve_argv,
     )
     from studios_gateway.studio.presets.launcher import routed_prefix
+    from studios_gateway.studio.presets.probe import http_status
     from studios_gateway.studio.ssh import StudioSSH
 
     log = Logger(namespace="studios_gateway.studio.main")
@@ -216,7 +217,9 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
             prefix = routed_prefix(reply) or "/"
             if child is None:
                 start_child(prefix)
-                client.watch_tool()  # nothing waited for its port before the dial
+                # nothing waited for its port before the dial
+                client.watch_tool(lambda: check_prefix(http_status(reactor),
+                                                       settings.tool_port, prefix))
             elif prefix != started_prefix["prefix"]:
                 log.warn("the gateway now routes this studio under {new} but the tool was "
                          "started under {old}; restart the studio to follow", new=prefix,
@@ -269,6 +272,30 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     # its SIGTERM/SIGINT handlers with ours.
     reactor.run()
     return status["code"]
+
+
+def check_prefix(fetch: Any, port: int, prefix: str) -> Any:
+    """A command of its own told a path prefix (path mode) that answers 404 there but not
+    at ``/`` serves at the root and ignores the prefix: browsers got its 404 page and the
+    log said nothing. One warning then. `fetch` GETs a URL and fires with the status
+    (presets/probe.py's http_status); fires once it has looked."""
+    from twisted.internet import defer
+
+    if prefix == "/":
+        return defer.succeed(None)
+
+    def say(results: list[tuple[bool, Any]]) -> None:
+        (under_ok, under), (root_ok, root) = results
+        if under_ok and root_ok and under == 404 and root != 404:
+            Logger(namespace="studios_gateway.studio.main").warn(
+                "the tool answers 404 at {prefix} but {root} at /: it seems to serve at the "
+                "root and ignore its path prefix, so browsers get its 404 page. It must serve "
+                "under CONNECT_TOOL_PATH_PREFIX ({prefix}); in subdomain mode it would be "
+                "served at /", prefix=prefix, root=root)
+
+    return defer.DeferredList([fetch(f"http://127.0.0.1:{port}{prefix}"),
+                               fetch(f"http://127.0.0.1:{port}/")],
+                              consumeErrors=True).addCallback(say)
 
 
 def console() -> None:

@@ -186,6 +186,14 @@ def test_without_a_prefix_a_wrong_token_exits_2_before_the_tool_starts(
     assert "the gateway refused the bind: bad_token" in err
 
 
+def _studio_env(connect_string: str) -> dict[str, str]:
+    """studios-connect's environment for a real gateway's session, with a free tool port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                "CONNECT_STRING": connect_string, "CONNECT_TOOL_PORT": str(free_port())})
+    return env
+
+
 def test_a_command_is_told_the_path_prefix_the_gateway_routes_it_under(tmp_path: Any) -> None:
     """In path mode a command of its own got CONNECT_TOOL_PATH_PREFIX='' (it was started
     before the bind said the prefix) and served at / what browsers ask under
@@ -194,10 +202,7 @@ def test_a_command_is_told_the_path_prefix_the_gateway_routes_it_under(tmp_path:
     try:
         gw.wait_healthy()
         created = _session(gw)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
-        env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
-                    "CONNECT_STRING": created["connect_string"],
-                    "CONNECT_TOOL_PORT": str(free_port())})
+        env = _studio_env(created["connect_string"])
         proc = subprocess.run([str(BIN / "studios-connect"), "--", sys.executable, "-c",
                                "import os; print(repr(os.environ['CONNECT_TOOL_PATH_PREFIX']))"],
                               env=env, capture_output=True, text=True, timeout=30)
@@ -229,6 +234,50 @@ def test_a_command_started_at_the_bind_is_watched_until_it_accepts(
         _kill(proc)
     assert re.search(r"tool is accepting connections on port [0-9]+ \([0-9]+s after it "
                      r"started\)", said), said
+
+
+# A web app that serves at / whatever CONNECT_TOOL_PATH_PREFIX says (404 elsewhere)
+ROOT_ONLY_APP = textwrap.dedent("""
+    import os
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/" else 404)
+            self.end_headers()
+        def log_message(self, *args):
+            pass
+    HTTPServer(("127.0.0.1", int(os.environ["CONNECT_TOOL_PORT"])), Page).serve_forever()
+""")
+
+
+def test_a_command_that_ignores_its_path_prefix_is_one_warning(tmp_path: Any) -> None:
+    """Browsers got the app's own 404 page in path mode, and the log said nothing."""
+    import threading
+
+    gw = GatewayProcess(tmp_path, routing_env(tmp_path, "path"))
+    proc = None
+    try:
+        gw.wait_healthy()
+        created = _session(gw)
+        env = _studio_env(created["connect_string"])
+        proc = subprocess.Popen([str(BIN / "studios-connect"), "--", sys.executable, "-c",
+                                 ROOT_ONLY_APP], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        watchdog = threading.Timer(30, _kill, [proc])  # the line never came: end the wait
+        watchdog.start()
+        assert proc.stderr is not None
+        said = next((line for line in iter(proc.stderr.readline, "")
+                     if "#warn]" in line), "")
+        watchdog.cancel()
+    finally:
+        if proc is not None:
+            _kill(proc)
+        gw.stop()
+    prefix = f"/_studio/{created['id']}/"
+    assert said.rstrip().endswith(
+        f"the tool answers 404 at {prefix} but 200 at /: it seems to serve at the root and "
+        f"ignore its path prefix, so browsers get its 404 page. It must serve under "
+        f"CONNECT_TOOL_PATH_PREFIX ({prefix}); in subdomain mode it would be served at /"), said
 
 
 def test_a_deleted_session_stops_the_tool_and_exits_2(gateway: GatewayProcess) -> None:
