@@ -205,7 +205,10 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     def start_child(prefix: str) -> None:
         nonlocal child
         started_prefix["prefix"] = prefix
-        child = ToolChild(reactor, argv, child_environment(environ, settings.tool_port, prefix))
+        # CONNECT_TOOL_WORKDIR when given (it was ignored without a preset); else ours, the
+        # image's WORKDIR, which a command of its own may name files relative to
+        child = ToolChild(reactor, argv, child_environment(environ, settings.tool_port, prefix),
+                          path=settings.tool_workdir or None)
         child.start()
         child.ended.addCallback(finish)
 
@@ -244,6 +247,10 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
         except FileNotFoundError as e:
             print(f"studios-connect: {e}", file=sys.stderr)
             return 127
+        if settings.tool_workdir and not os.path.isdir(settings.tool_workdir):
+            print(f"studios-connect: the tool's working directory {settings.tool_workdir} "
+                  "does not exist (CONNECT_TOOL_WORKDIR)", file=sys.stderr)
+            return EXIT_REFUSED
 
     def on_signal(signum: int) -> None:
         if launcher is not None and child is not None:

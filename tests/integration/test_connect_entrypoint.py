@@ -64,6 +64,20 @@ def test_a_misspelt_variable_is_one_warning_at_the_start() -> None:
     assert "CONNECT_TOOL_PERSET" not in "".join(warned[1:])  # said once
 
 
+def test_a_command_of_its_own_runs_in_connect_tool_workdir(tmp_path: Any) -> None:
+    """CONNECT_TOOL_WORKDIR was used by the presets only: a command of its own (or any
+    command with CONNECT_TOOL_PRESET=off) ran where studios-connect was started."""
+    proc = connect("import os; print(os.getcwd())", {"CONNECT_TOOL_WORKDIR": str(tmp_path)},
+                   cwd="/")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out.strip() == str(tmp_path), err
+    proc = connect("print('ran')", {"CONNECT_TOOL_WORKDIR": str(tmp_path / "missing")})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "ran" not in out, (out, err)
+    assert err == f"studios-connect: the tool's working directory {tmp_path / 'missing'} does " \
+                  "not exist (CONNECT_TOOL_WORKDIR)\n"
+
+
 # A tool that says "ready", reports the SIGTERM it is stopped with and exits 7 then;
 # with `listen`, it first listens on its port (the client dials the gateway once it
 # accepts).
