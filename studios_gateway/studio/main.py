@@ -201,6 +201,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     argv: list[str] = []
     waits_for_bind = launcher is None and bool(command) and not settings.tool_path_prefix
     started_prefix = {"prefix": settings.tool_path_prefix}
+    said: set[str] = set()  # warnings said once per run
 
     def start_child(prefix: str) -> None:
         nonlocal child
@@ -214,6 +215,10 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
 
     def on_bind(reply: Any) -> None:
         ssh.on_bind(reply)
+        differs = given_prefix_differs(settings, reply)
+        if differs and differs not in said:
+            said.add(differs)
+            log.warn(differs)
         if launcher is not None:
             launcher.on_bind(reply)
         elif waits_for_bind:
@@ -279,6 +284,23 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     # its SIGTERM/SIGINT handlers with ours.
     reactor.run()
     return status["code"]
+
+
+def given_prefix_differs(settings: Any, reply: Any) -> str | None:
+    """The warning for a CONNECT_TOOL_PATH_PREFIX other than the one the gateway routes a
+    generic tool under (it passes that path on unchanged), or None. Set to / in path mode,
+    it started the tool at once under /, and browsers got the tool's 404 pages without a
+    word in the log."""
+    from studios_gateway.studio.presets.launcher import routed_prefix
+
+    given = settings.tool_path_prefix
+    routed = routed_prefix(reply)
+    if not given or settings.tool != "generic" or routed is None or routed == given:
+        return None
+    return (f"CONNECT_TOOL_PATH_PREFIX is {given} but the gateway routes this studio under "
+            f"{routed} ({reply.routing} mode) and passes that path on unchanged, so the tool "
+            f"gets requests under {routed}; unset CONNECT_TOOL_PATH_PREFIX to be told the "
+            f"gateway's")
 
 
 def check_prefix(fetch: Any, port: int, prefix: str) -> Any:

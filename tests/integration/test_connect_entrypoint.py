@@ -264,34 +264,47 @@ ROOT_ONLY_APP = textwrap.dedent("""
 """)
 
 
-def test_a_command_that_ignores_its_path_prefix_is_one_warning(tmp_path: Any) -> None:
-    """Browsers got the app's own 404 page in path mode, and the log said nothing."""
-    import threading
-
+def test_a_command_served_outside_its_routed_prefix_is_one_warning(tmp_path: Any) -> None:
+    """In path mode browsers got the app's own 404 pages, and the log said nothing: an app
+    that ignores CONNECT_TOOL_PATH_PREFIX, and one given CONNECT_TOOL_PATH_PREFIX=/."""
     gw = GatewayProcess(tmp_path, routing_env(tmp_path, "path"))
-    proc = None
+    said = []
     try:
         gw.wait_healthy()
-        created = _session(gw)
-        env = _studio_env(created["connect_string"])
-        proc = subprocess.Popen([str(BIN / "studios-connect"), "--", sys.executable, "-c",
-                                 ROOT_ONLY_APP], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        watchdog = threading.Timer(30, _kill, [proc])  # the line never came: end the wait
-        watchdog.start()
-        assert proc.stderr is not None
-        said = next((line for line in iter(proc.stderr.readline, "")
-                     if "#warn]" in line), "")
-        watchdog.cancel()
+        for given in ({}, {"CONNECT_TOOL_PATH_PREFIX": "/"}):
+            created = _session(gw)
+            said.append((f"/_studio/{created['id']}/",
+                         _first_warning(created["connect_string"], given)))
     finally:
-        if proc is not None:
-            _kill(proc)
         gw.stop()
-    prefix = f"/_studio/{created['id']}/"
-    assert said.rstrip().endswith(
+    (prefix, ignored), (routed, given_root) = said
+    assert ignored.rstrip().endswith(
         f"the tool answers 404 at {prefix} but 200 at /: it seems to serve at the root and "
         f"ignore its path prefix, so browsers get its 404 page. It must serve under "
-        f"CONNECT_TOOL_PATH_PREFIX ({prefix}); in subdomain mode it would be served at /"), said
+        f"CONNECT_TOOL_PATH_PREFIX ({prefix}); in subdomain mode it would be served at /"), \
+        ignored
+    assert given_root.rstrip().endswith(
+        f"CONNECT_TOOL_PATH_PREFIX is / but the gateway routes this studio under {routed} "
+        f"(path mode) and passes that path on unchanged, so the tool gets requests under "
+        f"{routed}; unset CONNECT_TOOL_PATH_PREFIX to be told the gateway's"), given_root
+
+
+def _first_warning(connect_string: str, more_env: dict[str, str]) -> str:
+    """The first warning of studios-connect running ROOT_ONLY_APP ("" if none in 30s)."""
+    import threading
+
+    env = {**_studio_env(connect_string), **more_env}
+    proc = subprocess.Popen([str(BIN / "studios-connect"), "--", sys.executable, "-c",
+                             ROOT_ONLY_APP], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    watchdog = threading.Timer(30, _kill, [proc])  # the line never came: end the wait
+    watchdog.start()
+    try:
+        assert proc.stderr is not None
+        return next((line for line in iter(proc.stderr.readline, "") if "#warn]" in line), "")
+    finally:
+        watchdog.cancel()
+        _kill(proc)
 
 
 def test_a_deleted_session_stops_the_tool_and_exits_2(gateway: GatewayProcess) -> None:
