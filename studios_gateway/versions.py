@@ -169,9 +169,10 @@ def parse_image_tag(text: str) -> ImageTag:
     if m is not None:
         update = int(m.group(1))
         rest = rest[:-1]
-    elif re.fullmatch(r"u[0-9]*", rest[-1]):
-        raise InvalidImageTag(f"{text!r}: the update version must be u<N> with N a whole "
-                              f"number from 1 without leading zeros, not {rest[-1]!r}")
+    elif re.fullmatch(r"[uU][0-9]*", rest[-1]):  # U1 became part of the tool version
+        raise InvalidImageTag(f"{text!r}: the update version must be u<N> (a lowercase u) "
+                              f"with N a whole number from 1 without leading zeros, not "
+                              f"{rest[-1]!r}")
     if not rest:
         raise InvalidImageTag(f"{text!r}: the tool version before the Connect version is "
                               "missing")
@@ -206,7 +207,7 @@ def _check_tool_version(tool: object, text: str) -> None:
             raise InvalidImageTag(
                 f"{text!r}: the tool version {tool!r} must be parts of letters, digits, '.' "
                 "and '_' joined by single '-', each part starting with a letter or digit")
-    if re.fullmatch(r"u[0-9]*", tool.split("-")[-1]):
+    if re.fullmatch(r"[uU][0-9]*", tool.split("-")[-1]):
         raise InvalidImageTag(f"{text!r}: the tool version {tool!r} ends in an update flag; "
                               "put the update in its own field")
     if not any(c.isdigit() for c in tool):

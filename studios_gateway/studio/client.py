@@ -163,8 +163,7 @@ class StreamSide(SpliceEnd):
             self.transport.abortConnection()
 
     def _target_failed(self, f: Failure) -> None:
-        self._log.warn("tool on port {port} is not answering ({why}); resetting the stream",
-                       port=self._client.settings.tool_port, why=f.getErrorMessage())
+        self._client.tool_not_answering(f.getErrorMessage())
         if self.transport is not None:
             self.transport.abortConnection()
 
@@ -297,6 +296,11 @@ class ConnectClient(Service):
         self._said_at = 0.0
         self._loud = True
         self._tool_wait_noticed = False  # the one "still waiting" line was written
+        # Streams the tool did not take since the last line that said so (see
+        # tool_not_answering), and when that line was written
+        self._unanswered = 0
+        self._unanswered_said_at: float | None = None
+        self._watching: Any = None  # watch_tool's next look at the tool's port
 
     def _set_state(self, state: str, log_format: str, *, quiet: bool = False,
                    **kw: Any) -> None:
@@ -371,8 +375,9 @@ class ConnectClient(Service):
         """Stop reconnecting and close the tunnel; fires once its connection is gone."""
         super().stopService()
         self._set_state("stopped", "stopped")
-        if self._pending is not None and self._pending.active():
-            self._pending.cancel()
+        for call in (self._pending, self._watching):
+            if call is not None and call.active():
+                call.cancel()
         if self._connecting is not None:
             self._connecting.cancel()
         protocol, self._protocol = self._protocol, None
@@ -422,6 +427,7 @@ class ConnectClient(Service):
 
             def up(protocol: Any) -> Any:
                 self._tool_down_since = None
+                self._unanswered, self._unanswered_said_at = 0, None
                 return protocol
 
             def retry(f: Failure) -> Any:
@@ -460,15 +466,69 @@ class ConnectClient(Service):
                 # Once: a person reading the container's log learns it is stuck, and why
                 # it usually is (a tool on its own default port, or not started at all).
                 self._tool_wait_noticed = True
-                self._log.warn("the tool is not accepting connections on 127.0.0.1:{port} "
-                               "after {secs:.0f}s ({why}); still waiting. The tool must listen "
-                               "on CONNECT_TOOL_PORT ({port}), on 127.0.0.1 or all interfaces",
-                               port=self.settings.tool_port, secs=waited,
-                               why=f.getErrorMessage())
+                self._say_tool_not_listening(waited, f)
             if self.running:
                 self._pending = self.clock.callLater(TOOL_POLL, self._wait_for_tool)
 
         self.tool_endpoint().connect(quiet_factory(Protocol)).addCallbacks(up, down)
+
+    def _say_tool_not_listening(self, waited: float, f: Failure) -> None:
+        self._log.warn("the tool is not accepting connections on 127.0.0.1:{port} after "
+                       "{secs:.0f}s ({why}); still waiting. The tool must listen on "
+                       "CONNECT_TOOL_PORT ({port}), on 127.0.0.1 or all interfaces",
+                       port=self.settings.tool_port, secs=waited, why=f.getErrorMessage())
+
+    def watch_tool(self, on_accepting: Callable[[], Any] | None = None) -> None:
+        """Watch the port of a tool started after the dial (a command started at the bind,
+        which nothing waits for): say when it first accepts connections, and once, after
+        TOOL_SLOW_NOTICE, that it does not yet, naming the port it must use, as the wait
+        before a dial does. Without this, a tool on its own default port showed browsers
+        the 504 page for ever while the log said only that streams were reset."""
+        since = self.clock.seconds()
+        noticed = False
+
+        def look() -> None:
+            self._watching = None
+            if self.running:
+                self.tool_endpoint().connect(quiet_factory(Protocol)).addCallbacks(up, down)
+
+        def up(p: Any) -> None:
+            if p.transport is not None:
+                p.transport.loseConnection()
+            self._log.info("tool is accepting connections on port {port} ({secs:.0f}s after "
+                           "it started)", port=self.settings.tool_port,
+                           secs=self.clock.seconds() - since)
+            if on_accepting is not None:
+                on_accepting()
+
+        def down(f: Failure) -> None:
+            nonlocal noticed
+            waited = self.clock.seconds() - since
+            if not noticed and waited >= TOOL_SLOW_NOTICE:
+                noticed = True
+                self._say_tool_not_listening(waited, f)
+            if self.running:
+                self._watching = self.clock.callLater(TOOL_POLL, look)
+
+        look()
+
+    def tool_not_answering(self, why: str) -> None:
+        """A stream the tool did not take (the browser gets the 504 page): said at once,
+        then at most once per REPEAT_EVERY with the count, at debug in between. It was a
+        warning for every stream: every request of a page, and the 504 page reloading
+        itself, for as long as the tool was away."""
+        self._unanswered += 1
+        now = self.clock.seconds()
+        said_at = self._unanswered_said_at
+        if said_at is not None and now - said_at < REPEAT_EVERY:
+            self._log.debug("tool on port {port} is not answering ({why}); resetting the "
+                            "stream", port=self.settings.tool_port, why=why)
+            return
+        more = "" if said_at is None else " ({n} streams in {secs:.0f}s)"
+        self._log.warn("tool on port {port} is not answering ({why}); resetting the stream"
+                       + more, port=self.settings.tool_port, why=why, n=self._unanswered,
+                       secs=0.0 if said_at is None else now - said_at)
+        self._unanswered, self._unanswered_said_at = 0, now
 
     # The gateway -------------------------------------------------------------
 

@@ -96,15 +96,19 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     args = build_parser().parse_args(args_list)
     environ = dict(os.environ if environ is None else environ)
 
-    from studios_gateway.studio.settings import load_client_settings
+    from studios_gateway.studio.settings import load_client_settings, unknown_variables
 
     options = {var: getattr(args, attr) for attr, var in OPTION_VARS.items()}
+    unknown = unknown_variables(environ)
     try:
         settings = load_client_settings(environ, choose_port(environ, options, command))
     except ConfigError as e:
-        print(f"studios-connect: {e}", file=sys.stderr)
+        # One line: a setting refused as missing is often one set under a misspelt name.
+        print("; ".join([f"studios-connect: {e}", *unknown]), file=sys.stderr)
         return 2
     start_logging(settings.log_level)
+    for sentence in unknown:
+        Logger(namespace="studios_gateway.studio.main").warn(sentence)
     launcher = None
     if uses_preset(settings, command, tool_on_command_line=args.tool is not None):
         from studios_gateway.studio.presets.base import PresetError
@@ -159,6 +163,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
         resolve_argv,
     )
     from studios_gateway.studio.presets.launcher import routed_prefix
+    from studios_gateway.studio.presets.probe import http_status
     from studios_gateway.studio.ssh import StudioSSH
 
     log = Logger(namespace="studios_gateway.studio.main")
@@ -196,22 +201,33 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     argv: list[str] = []
     waits_for_bind = launcher is None and bool(command) and not settings.tool_path_prefix
     started_prefix = {"prefix": settings.tool_path_prefix}
+    said: set[str] = set()  # warnings said once per run
 
     def start_child(prefix: str) -> None:
         nonlocal child
         started_prefix["prefix"] = prefix
-        child = ToolChild(reactor, argv, child_environment(environ, settings.tool_port, prefix))
+        # CONNECT_TOOL_WORKDIR when given (it was ignored without a preset); else ours, the
+        # image's WORKDIR, which a command of its own may name files relative to
+        child = ToolChild(reactor, argv, child_environment(environ, settings.tool_port, prefix),
+                          path=settings.tool_workdir or None)
         child.start()
         child.ended.addCallback(finish)
 
     def on_bind(reply: Any) -> None:
         ssh.on_bind(reply)
+        differs = given_prefix_differs(settings, reply)
+        if differs and differs not in said:
+            said.add(differs)
+            log.warn(differs)
         if launcher is not None:
             launcher.on_bind(reply)
         elif waits_for_bind:
             prefix = routed_prefix(reply) or "/"
             if child is None:
                 start_child(prefix)
+                # nothing waited for its port before the dial
+                client.watch_tool(lambda: check_prefix(http_status(reactor),
+                                                       settings.tool_port, prefix))
             elif prefix != started_prefix["prefix"]:
                 log.warn("the gateway now routes this studio under {new} but the tool was "
                          "started under {old}; restart the studio to follow", new=prefix,
@@ -236,6 +252,10 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
         except FileNotFoundError as e:
             print(f"studios-connect: {e}", file=sys.stderr)
             return 127
+        if settings.tool_workdir and not os.path.isdir(settings.tool_workdir):
+            print(f"studios-connect: the tool's working directory {settings.tool_workdir} "
+                  "does not exist (CONNECT_TOOL_WORKDIR)", file=sys.stderr)
+            return EXIT_REFUSED
 
     def on_signal(signum: int) -> None:
         if launcher is not None and child is not None:
@@ -264,6 +284,47 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     # its SIGTERM/SIGINT handlers with ours.
     reactor.run()
     return status["code"]
+
+
+def given_prefix_differs(settings: Any, reply: Any) -> str | None:
+    """The warning for a CONNECT_TOOL_PATH_PREFIX other than the one the gateway routes a
+    generic tool under (it passes that path on unchanged), or None. Set to / in path mode,
+    it started the tool at once under /, and browsers got the tool's 404 pages without a
+    word in the log."""
+    from studios_gateway.studio.presets.launcher import routed_prefix
+
+    given = settings.tool_path_prefix
+    routed = routed_prefix(reply)
+    if not given or settings.tool != "generic" or routed is None or routed == given:
+        return None
+    return (f"CONNECT_TOOL_PATH_PREFIX is {given} but the gateway routes this studio under "
+            f"{routed} ({reply.routing} mode) and passes that path on unchanged, so the tool "
+            f"gets requests under {routed}; unset CONNECT_TOOL_PATH_PREFIX to be told the "
+            f"gateway's")
+
+
+def check_prefix(fetch: Any, port: int, prefix: str) -> Any:
+    """A command of its own told a path prefix (path mode) that answers 404 there but not
+    at ``/`` serves at the root and ignores the prefix: browsers got its 404 page and the
+    log said nothing. One warning then. `fetch` GETs a URL and fires with the status
+    (presets/probe.py's http_status); fires once it has looked."""
+    from twisted.internet import defer
+
+    if prefix == "/":
+        return defer.succeed(None)
+
+    def say(results: list[tuple[bool, Any]]) -> None:
+        (under_ok, under), (root_ok, root) = results
+        if under_ok and root_ok and under == 404 and root != 404:
+            Logger(namespace="studios_gateway.studio.main").warn(
+                "the tool answers 404 at {prefix} but {root} at /: it seems to serve at the "
+                "root and ignore its path prefix, so browsers get its 404 page. It must serve "
+                "under CONNECT_TOOL_PATH_PREFIX ({prefix}); in subdomain mode it would be "
+                "served at /", prefix=prefix, root=root)
+
+    return defer.DeferredList([fetch(f"http://127.0.0.1:{port}{prefix}"),
+                               fetch(f"http://127.0.0.1:{port}/")],
+                              consumeErrors=True).addCallback(say)
 
 
 def console() -> None:

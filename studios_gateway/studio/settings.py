@@ -17,12 +17,13 @@ it gives up.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from studios_gateway.config import REDACTED, ConfigError
+from studios_gateway.config import BY_NAME, CLIENT_VARIABLES, REDACTED, ConfigError
 from studios_gateway.durations import EXPECTED, parse_duration
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
 from studios_gateway.wire import tools
@@ -117,6 +118,57 @@ def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | Non
     return Gateway(parts.hostname, port, pin), user, password
 
 
+_CLIENT_NAMES = sorted(CLIENT_VARIABLES)
+#: The gateway's variables that a studio's image sets meaning the client's
+_GATEWAYS_NOT_OURS = {"CONNECT_LOG_LEVEL": "CONNECT_CLIENT_LOG_LEVEL"}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One sentence for each CONNECT_* name in `environ` (in any letter case) that neither
+    studios-connect nor the gateway reads, with the client's variable it looks like, if
+    any: a misspelt name (CONNECT_TOOL_PERSET=off) was ignored without a word, and a
+    misspelt CONNECT_STRING was refused as a missing CONNECT_GATEWAY_URL."""
+    out = []
+    for name in sorted(environ):
+        if name in _GATEWAYS_NOT_OURS:
+            out.append(f"{name} is the gateway's setting, not studios-connect's; "
+                       f"studios-connect reads {_GATEWAYS_NOT_OURS[name]}")
+            continue
+        if name in CLIENT_VARIABLES or name in BY_NAME:
+            continue
+        upper = name.upper()
+        ours = upper.startswith("CONNECT_")
+        if ours:  # the words after CONNECT_, which every candidate shares
+            close = difflib.get_close_matches(upper[8:], [v[8:] for v in _CLIENT_NAMES],
+                                              n=1, cutoff=0.75)
+            close = [f"CONNECT_{c}" for c in close]
+        else:  # any other name only when it is one slip away from ours (CONECT_STRING)
+            close = difflib.get_close_matches(upper, _CLIENT_NAMES, n=1, cutoff=0.9)
+        if ours or close:
+            hint = f"; did you mean {close[0]}?" if close else ""
+            out.append(f"{name} is not a setting of studios-connect and is ignored{hint}")
+    return out
+
+
+def _check_proxy(environ: Mapping[str, str]) -> None:
+    """HTTPS_PROXY (or https_proxy) names an HTTP proxy the tunnel can go through with
+    CONNECT. One it could not use (no host, a bad port, a SOCKS proxy) was ignored
+    without a word, and the tunnel went straight to the gateway instead."""
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        text = (environ.get(name) or "").strip()
+        if not text:
+            continue
+        parts = urlsplit(text if "://" in text else "http://" + text)
+        try:
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname) \
+                and parts.port != 0
+        except ValueError:  # a port that is not a number from 0 to 65535
+            usable = False
+        if not usable:
+            raise ConfigError(name, text, "http://host:port, an HTTP proxy that the tunnel "
+                                          "goes through with CONNECT (SOCKS is not supported)")
+
+
 def load_client_settings(environ: Mapping[str, str],
                          options: Mapping[str, str | None] | None = None) -> ClientSettings:
     """Build the settings or raise ConfigError naming the variable at fault."""
@@ -188,6 +240,7 @@ def load_client_settings(environ: Mapping[str, str],
         wait = parse_duration(wait_text) if wait_text else UNKNOWN_SESSION_WAIT
     except ValueError:
         raise ConfigError("CONNECT_UNKNOWN_SESSION_WAIT", wait_text, EXPECTED) from None
+    _check_proxy(environ)
     return ClientSettings(gateways=tuple(gateways), session_id=session_id, token=token,
                           unknown_session_wait=wait,
                           proxy_environ=tuple((k, v) for k, v in environ.items() if k in (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,13 +24,15 @@ from tests.support.ports import free_port
 pytestmark = pytest.mark.slow
 
 
-def connect(tool: str, **kw: Any) -> subprocess.Popen[str]:
+def connect(tool: str, more_env: dict[str, str] | None = None, **kw: Any
+            ) -> subprocess.Popen[str]:
     """studios-connect for a gateway nobody runs (it keeps retrying), with `tool` as child."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
     env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
                 "CONNECT_STRING": f"studios-connect://abcd1234:{new_token()}@127.0.0.1:"
                                   f"{free_port()}/",
-                "CONNECT_TOOL_PORT": "5555", "CONNECT_TOOL_PATH_PREFIX": "/_studio/abcd1234/"})
+                "CONNECT_TOOL_PORT": "5555", "CONNECT_TOOL_PATH_PREFIX": "/_studio/abcd1234/",
+                **(more_env or {})})
     return subprocess.Popen([str(BIN / "studios-connect"), "--", sys.executable, "-c",
                              textwrap.dedent(tool)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
@@ -48,6 +51,31 @@ def test_the_tool_gets_its_port_and_prefix_and_we_exit_with_its_status() -> None
     # a tool that ends by itself ends the container: said at warn (it was at info)
     assert "#warn] the tool exited by itself with status 3; studios-connect ends with it" \
         in err, err
+
+
+def test_a_misspelt_variable_is_one_warning_at_the_start() -> None:
+    """CONNECT_TOOL_PERSET=off was ignored without a word."""
+    proc = connect("print('ran')", {"CONNECT_TOOL_PERSET": "off"})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out.strip() == "ran", err
+    warned = [line for line in err.splitlines() if "#warn]" in line]
+    assert warned[0].endswith("#warn] CONNECT_TOOL_PERSET is not a setting of studios-connect "
+                              "and is ignored; did you mean CONNECT_TOOL_PRESET?"), err
+    assert "CONNECT_TOOL_PERSET" not in "".join(warned[1:])  # said once
+
+
+def test_a_command_of_its_own_runs_in_connect_tool_workdir(tmp_path: Any) -> None:
+    """CONNECT_TOOL_WORKDIR was used by the presets only: a command of its own (or any
+    command with CONNECT_TOOL_PRESET=off) ran where studios-connect was started."""
+    proc = connect("import os; print(os.getcwd())", {"CONNECT_TOOL_WORKDIR": str(tmp_path)},
+                   cwd="/")
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out.strip() == str(tmp_path), err
+    proc = connect("print('ran')", {"CONNECT_TOOL_WORKDIR": str(tmp_path / "missing")})
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "ran" not in out, (out, err)
+    assert err == f"studios-connect: the tool's working directory {tmp_path / 'missing'} does " \
+                  "not exist (CONNECT_TOOL_WORKDIR)\n"
 
 
 # A tool that says "ready", reports the SIGTERM it is stopped with and exits 7 then;
@@ -172,6 +200,14 @@ def test_without_a_prefix_a_wrong_token_exits_2_before_the_tool_starts(
     assert "the gateway refused the bind: bad_token" in err
 
 
+def _studio_env(connect_string: str) -> dict[str, str]:
+    """studios-connect's environment for a real gateway's session, with a free tool port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                "CONNECT_STRING": connect_string, "CONNECT_TOOL_PORT": str(free_port())})
+    return env
+
+
 def test_a_command_is_told_the_path_prefix_the_gateway_routes_it_under(tmp_path: Any) -> None:
     """In path mode a command of its own got CONNECT_TOOL_PATH_PREFIX='' (it was started
     before the bind said the prefix) and served at / what browsers ask under
@@ -180,10 +216,7 @@ def test_a_command_is_told_the_path_prefix_the_gateway_routes_it_under(tmp_path:
     try:
         gw.wait_healthy()
         created = _session(gw)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
-        env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
-                    "CONNECT_STRING": created["connect_string"],
-                    "CONNECT_TOOL_PORT": str(free_port())})
+        env = _studio_env(created["connect_string"])
         proc = subprocess.run([str(BIN / "studios-connect"), "--", sys.executable, "-c",
                                "import os; print(repr(os.environ['CONNECT_TOOL_PATH_PREFIX']))"],
                               env=env, capture_output=True, text=True, timeout=30)
@@ -191,6 +224,87 @@ def test_a_command_is_told_the_path_prefix_the_gateway_routes_it_under(tmp_path:
         gw.stop()
     assert proc.stdout.strip() == repr(f"/_studio/{created['id']}/"), proc.stderr
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_command_started_at_the_bind_is_watched_until_it_accepts(
+        gateway: GatewayProcess) -> None:
+    """Nothing waited for the port of a command started at the bind: a tool on the wrong
+    port showed browsers the 504 page for ever and the log never named the port it must
+    use (tests/unit/test_client_tool.py has the 30s notice); now the log also says when the
+    tool accepts."""
+    import threading
+
+    created = _session(gateway)
+    proc = _studio(created["connect_string"])  # no prefix given: started at the bind
+    watchdog = threading.Timer(30, _kill, [proc])  # the line never came: end the wait
+    watchdog.start()
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().strip() == "ready"
+        lines = iter(proc.stderr.readline, "")
+        said = next((line for line in lines if "tool is accepting connections" in line), "")
+    finally:
+        watchdog.cancel()
+        _kill(proc)
+    assert re.search(r"tool is accepting connections on port [0-9]+ \([0-9]+s after it "
+                     r"started\)", said), said
+
+
+# A web app that serves at / whatever CONNECT_TOOL_PATH_PREFIX says (404 elsewhere)
+ROOT_ONLY_APP = textwrap.dedent("""
+    import os
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/" else 404)
+            self.end_headers()
+        def log_message(self, *args):
+            pass
+    HTTPServer(("127.0.0.1", int(os.environ["CONNECT_TOOL_PORT"])), Page).serve_forever()
+""")
+
+
+def test_a_command_served_outside_its_routed_prefix_is_one_warning(tmp_path: Any) -> None:
+    """In path mode browsers got the app's own 404 pages, and the log said nothing: an app
+    that ignores CONNECT_TOOL_PATH_PREFIX, and one given CONNECT_TOOL_PATH_PREFIX=/."""
+    gw = GatewayProcess(tmp_path, routing_env(tmp_path, "path"))
+    said = []
+    try:
+        gw.wait_healthy()
+        for given in ({}, {"CONNECT_TOOL_PATH_PREFIX": "/"}):
+            created = _session(gw)
+            said.append((f"/_studio/{created['id']}/",
+                         _first_warning(created["connect_string"], given)))
+    finally:
+        gw.stop()
+    (prefix, ignored), (routed, given_root) = said
+    assert ignored.rstrip().endswith(
+        f"the tool answers 404 at {prefix} but 200 at /: it seems to serve at the root and "
+        f"ignore its path prefix, so browsers get its 404 page. It must serve under "
+        f"CONNECT_TOOL_PATH_PREFIX ({prefix}); in subdomain mode it would be served at /"), \
+        ignored
+    assert given_root.rstrip().endswith(
+        f"CONNECT_TOOL_PATH_PREFIX is / but the gateway routes this studio under {routed} "
+        f"(path mode) and passes that path on unchanged, so the tool gets requests under "
+        f"{routed}; unset CONNECT_TOOL_PATH_PREFIX to be told the gateway's"), given_root
+
+
+def _first_warning(connect_string: str, more_env: dict[str, str]) -> str:
+    """The first warning of studios-connect running ROOT_ONLY_APP ("" if none in 30s)."""
+    import threading
+
+    env = {**_studio_env(connect_string), **more_env}
+    proc = subprocess.Popen([str(BIN / "studios-connect"), "--", sys.executable, "-c",
+                             ROOT_ONLY_APP], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    watchdog = threading.Timer(30, _kill, [proc])  # the line never came: end the wait
+    watchdog.start()
+    try:
+        assert proc.stderr is not None
+        return next((line for line in iter(proc.stderr.readline, "") if "#warn]" in line), "")
+    finally:
+        watchdog.cancel()
+        _kill(proc)
 
 
 def test_a_deleted_session_stops_the_tool_and_exits_2(gateway: GatewayProcess) -> None:

@@ -112,3 +112,20 @@ def test_gateway_urls_name_the_carrier() -> None:
     assert (ws.carrier, ws.port, ws.path, str(ws)) == ("ws", 8080, "/_connect/tunnel",
                                                        "ws://10.0.0.1:8080/_connect/tunnel")
     assert dict(s.proxy_environ) == {"HTTPS_PROXY": "http://proxy:3128"}
+
+
+@pytest.mark.parametrize("proxy", [":::", "socks5://proxy.lab:1080", "http://proxy.lab:99999",
+                                   "http://proxy.lab:port", "http://u:secret@:3128"])
+def test_a_proxy_the_tunnel_cannot_use_is_refused_not_skipped(proxy: str) -> None:
+    """The tunnel went straight to the gateway, without a word, when HTTPS_PROXY named
+    no host, a bad port or a SOCKS proxy."""
+    from studios_gateway.config import ConfigError
+
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        with pytest.raises(ConfigError) as e:
+            load_client_settings({"CONNECT_GATEWAY_URL": "gw.example:7070",
+                                  "CONNECT_SESSION_ID": "abcd1234",
+                                  "CONNECT_SESSION_TOKEN": "t" * 20,
+                                  "CONNECT_TOOL_PORT": "8888", name: proxy})
+        assert str(e.value).startswith(f"{name}=") and "http://host:port" in str(e.value)
+        assert "secret" not in str(e.value)

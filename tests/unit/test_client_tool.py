@@ -126,21 +126,74 @@ def test_a_tool_that_never_gets_ready_is_tried_after_the_start_wait() -> None:
     got[0].trap(error.ConnectError)
 
 
-def test_a_tool_that_never_opens_its_port_is_reported_once_with_the_port_it_must_use() -> None:
-    """The log said 'waiting for the tool to accept connections' once, then nothing, for
-    ever: a tool on its own default port looked like a slow one."""
-    from twisted.logger import LogLevel, capturedLogs, formatEvent
+def assert_said_once_after_the_notice(clock: Clock, events: list[Any]) -> None:
+    """Nothing warned before TOOL_SLOW_NOTICE, then one warning naming the port, however
+    long the tool stays away."""
+    from twisted.logger import LogLevel, formatEvent
 
-    c, clock, endpoint = client()
-    with capturedLogs() as events:
-        c.startService()
-        clock.pump([tunnel.TOOL_POLL] * int(tunnel.TOOL_SLOW_NOTICE / tunnel.TOOL_POLL - 1))
-        assert not [e for e in events if e["log_level"] == LogLevel.warn]
-        clock.pump([tunnel.TOOL_POLL] * int(3 * tunnel.TOOL_SLOW_NOTICE / tunnel.TOOL_POLL))
+    clock.pump([tunnel.TOOL_POLL] * int(tunnel.TOOL_SLOW_NOTICE / tunnel.TOOL_POLL - 1))
+    assert not [e for e in events if e["log_level"] == LogLevel.warn]
+    clock.pump([tunnel.TOOL_POLL] * int(3 * tunnel.TOOL_SLOW_NOTICE / tunnel.TOOL_POLL))
     warned = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
     assert warned == ["the tool is not accepting connections on 127.0.0.1:9 after 30s "
                       "(Connection was refused by other side: refused.); still waiting. "
                       "The tool must listen on CONNECT_TOOL_PORT (9), on 127.0.0.1 or all "
                       "interfaces"]
+
+
+def test_a_tool_that_never_opens_its_port_is_reported_once_with_the_port_it_must_use() -> None:
+    """The log said 'waiting for the tool to accept connections' once, then nothing, for
+    ever: a tool on its own default port looked like a slow one."""
+    from twisted.logger import capturedLogs
+
+    c, clock, endpoint = client()
+    with capturedLogs() as events:
+        c.startService()
+        assert_said_once_after_the_notice(clock, events)
     assert c.state == "waiting-for-tool"  # and still trying
     c.stopService()
+
+
+def test_a_command_started_at_the_bind_on_the_wrong_port_is_reported_once_with_its_port(
+        ) -> None:
+    """A command started at the bind (its port is not waited for before the dial) that
+    listened on its own default port: browsers got the 504 page for ever, and the log said
+    only 'tool on port N is not answering' for each of their requests."""
+    from twisted.logger import LogLevel, capturedLogs, formatEvent
+
+    c, clock, endpoint = client()
+    c._connect = lambda: None  # type: ignore[method-assign]
+    c.bind_first = True
+    with capturedLogs() as events:
+        c.startService()
+        c.watch_tool()
+        assert_said_once_after_the_notice(clock, events)
+        endpoint.up = True  # a slow tool, at last
+        clock.pump([tunnel.TOOL_POLL] * 4)
+        attempts = endpoint.attempts
+        clock.pump([tunnel.TOOL_POLL] * 4)
+    assert endpoint.attempts == attempts  # watched until it accepted, no longer
+    said = [formatEvent(e) for e in events if e["log_level"] == LogLevel.info]
+    assert "tool is accepting connections on port 9 (120s after it started)" in said, said
+    c.stopService()
+
+
+def test_streams_the_tool_does_not_take_are_said_once_a_minute_with_their_count() -> None:
+    """Every stream to a tool that was away was a warning: a page's every request, and the
+    504 page reloading itself, for as long as the tool was away."""
+    from twisted.logger import LogLevel, capturedLogs, formatEvent
+
+    c, clock, endpoint = client()
+    with capturedLogs() as events:
+        for _ in range(30):  # 30 requests in 29s
+            c.tool_not_answering("refused")
+            clock.advance(1)
+        clock.advance(tunnel.REPEAT_EVERY)
+        c.tool_not_answering("refused")
+        endpoint.up = True  # back: the next failure is news again
+        outcome(c.connect_tool(Protocol))
+        c.tool_not_answering("refused")
+    warned = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    line = "tool on port 9 is not answering (refused); resetting the stream"
+    assert warned == [line, f"{line} (30 streams in 90s)", line]
+    assert len([e for e in events if e["log_level"] == LogLevel.debug]) >= 29

@@ -47,6 +47,7 @@ def test_seed_examples(text: str, tool: str, update: int | None, connect: Connec
     ("4.2.5-0.8.4.1", "Connect version"),
     ("4.2.5-u0-0.8", "update version"),
     ("4.2.5-u-0.8", "update version"),
+    ("4.2.5-U1-0.8", "a lowercase u"),  # was read as tool version 4.2.5-U1, no update
     ("-0.8", "tool version"),
     ("u1-0.8", "tool version before the Connect version is missing"),
     ("4.2.5--0.8", "tool version"),
@@ -78,7 +79,8 @@ connect_versions = st.builds(ConnectVersion, numbers, numbers,
 tool_parts = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._]{0,8}", fullmatch=True)
 tool_versions = st.lists(tool_parts, min_size=1, max_size=4).map("-".join).filter(
     # a last part shaped like an update flag (u, u0, u12) would be read as one
-    lambda t: any(c.isdigit() for c in t) and not re.fullmatch(r"u[0-9]*", t.split("-")[-1]))
+    lambda t: any(c.isdigit() for c in t) and not re.fullmatch(r"[uU][0-9]*",
+                                                                t.split("-")[-1]))
 updates = st.none() | st.integers(min_value=1, max_value=999)
 
 
