@@ -36,6 +36,7 @@ from studios_gateway.wire.frames import (
     ProtocolError,
 )
 from studios_gateway.wire.mux import (
+    MAX_UNREAD_ANSWERS,
     Keepalive,
     Multiplexer,
     ReceiveWindow,
@@ -578,6 +579,37 @@ def test_protocol_errors_end_the_tunnel_with_go_away(raw: bytes) -> None:
     link.client.dataReceived(raw)  # what a server would have sent
     assert link.client.closed and link.t["client"].disconnecting
     assert take(link.t["client"])[-1] == Frame(GO_AWAY, 0, 0, frames.GO_AWAY_PROTOCOL_ERROR)
+
+
+@pytest.mark.parametrize("answered", ["ping", "refused stream"])
+def test_a_peer_flooding_frames_whose_answers_it_never_reads_is_cut_off(answered: str) -> None:
+    """Every Ping gets an answer, every stream the gateway refuses an RST: a studio that
+    sends them without reading made the gateway buffer the answers without bound (69 MiB
+    of Pings grew a real gateway by 85 MiB). While the transport has paused the
+    multiplexer (its buffer full), only MAX_UNREAD_ANSWERS answers are written."""
+    clock = Clock()
+    server = Multiplexer(is_client=False, clock=clock, on_stream=lambda s: s.abortConnection())
+    transport = StringTransport()
+    server.makeConnection(transport)
+
+    def one(i: int) -> bytes:
+        return (frames.encode_ping(i) if answered == "ping"
+                else frames.encode_window_update(2 * i + 1, 0, SYN))
+
+    server.dataReceived(b"".join(one(i) for i in range(10_000)))
+    assert not server.closed  # the peer reads: any number is answered
+    server.pauseProducing()  # the transport's buffer is full: the peer stopped reading
+    server.dataReceived(b"".join(one(i) for i in range(10_000, 10_000 + MAX_UNREAD_ANSWERS)))
+    server.resumeProducing()  # it read: the count starts again
+    server.pauseProducing()
+    server.dataReceived(b"".join(one(i) for i in range(20_000, 20_000 + MAX_UNREAD_ANSWERS)))
+    assert not server.closed
+    transport.clear()
+    server.dataReceived(one(30_000))
+    assert server.closed and transport.disconnecting
+    assert take(transport)[-1] == Frame(GO_AWAY, 0, 0, frames.GO_AWAY_PROTOCOL_ERROR)
+    assert server.close_reason is not None
+    assert "read nothing" in server.close_reason.getErrorMessage()
 
 
 def test_frames_for_unknown_streams_are_ignored() -> None:
