@@ -345,8 +345,9 @@ class ResponseReader:
         self._headers: Headers = []
         self._final_headers: Headers = []
         self._reason = b""
-        self._head_bytes = bytearray()  # this exchange's bytes until its final head
-        self._heads = 0
+        self._head_bytes = bytearray()  # this exchange's bytes of heads not read whole yet
+        self._heads = 0  # the heads read whole at the start of _head_bytes
+        self.informational = 0  # 1xx heads of this exchange read (and let go of)
         self._head_only = False
         self._until_close = False
         self.keep_alive = False
@@ -368,6 +369,7 @@ class ResponseReader:
         self._head_only = method == b"HEAD"
         self._head_bytes = bytearray()
         self._heads = 0
+        self.informational = 0
         self._until_close = False
         self.keep_alive = False
         self.started = self.done = self.extra = False
@@ -421,8 +423,6 @@ class ResponseReader:
             return []
         if not self.started:
             self._head_bytes += data
-            if len(self._head_bytes) > self.max_head and b"\r\n\r\n" not in self._head_bytes:
-                raise BodyError("response head too large")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -448,6 +448,15 @@ class ResponseReader:
         events, self._events = self._events, []
         if self.started:
             self._head_bytes = bytearray()
+        elif not self.done:
+            if self._heads:  # 1xx heads read whole: only the next head's bytes are kept
+                del self._head_bytes[:len(self._head_bytes) - len(self._after_heads())]
+                self.informational += self._heads
+                self._heads = 0
+            # (before, 1xx heads were kept, and a head after one was never measured: a
+            # tool's endless head grew the gateway without bound)
+            if len(self._head_bytes) > self.max_head:
+                raise BodyError("response head too large")
         return events
 
     def _after_heads(self) -> bytes:
@@ -463,8 +472,8 @@ class ResponseReader:
 
     def untouched(self) -> bool:
         """Nothing of the expected response has been read yet."""
-        return not self._head_bytes and not self.started and not self.done \
-            and self._parser is not None
+        return not self._head_bytes and not self.informational and not self.started \
+            and not self.done and self._parser is not None
 
     def read_whole(self) -> None:
         """The compiled lane read the whole response (kept alive, nothing after it): as

@@ -5,6 +5,10 @@ studio or another user's requests."""
 
 from __future__ import annotations
 
+import socket
+import time
+from collections.abc import Callable
+
 import pytest
 
 from studios_gateway.wire import frames
@@ -16,6 +20,7 @@ from tests.integration.test_tunnel_process import (
     wait_connected,
 )
 from tests.support.hostile_studio import HostileStudio
+from tests.support.studio import Connect, SocketTool
 
 pytestmark = pytest.mark.slow
 
@@ -59,3 +64,79 @@ def test_frames_whose_answers_are_never_read_do_not_fill_the_gateway(
     assert growth < 32, f"gateway grew {growth:.0f} MiB after {sent / MiB:.0f} MiB of {flood}"
     assert "read nothing of this end's writes" in d.gw.output()
     assert d.browser.get(d.url(good, "/api/info")).status == 200
+
+
+class ScriptedTool(SocketTool):
+    """A tool that answers each request for /hostile with `answer(conn)`, any other
+    (the login's landing page) with a plain 200."""
+
+    def __init__(self, answer: Callable[[socket.socket], None]):
+        self.answer = answer
+        super().__init__()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as lines:
+            request_line = lines.readline()
+            while lines.readline() not in (b"\r\n", b""):
+                pass  # the request's fields
+            if b" /hostile" not in request_line:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                             b"Connection: close\r\n\r\nok")
+                return
+            try:
+                self.answer(conn)
+            except OSError:
+                pass  # the gateway hung up: what a hostile answer gets
+
+
+def scripted(d: Deployment, answer: Callable[[socket.socket], None]) -> tuple[dict, str]:
+    """A studio (real studios-connect) whose tool answers with `answer`; the studio and
+    the login cookie for its subdomain."""
+    tool = ScriptedTool(answer)
+    d.stoppers.append(tool.close)
+    created = d.create()
+    client = Connect(d.tmp_path, created["connect_string"], tool.port,
+                     name=f"connect-{created['id']}")
+    d.stoppers.append(client.stop)
+    wait_connected(d.gw, created["id"])
+    d.login(created)
+    return created, d.browser._cookie_header(f"{created['id']}.localhost", "/")
+
+
+def ask(d: Deployment, created: dict, cookie: str, timeout: float = 30) -> bytes:
+    """One GET to the studio; what the gateway answers until it closes or goes quiet."""
+    with socket.create_connection(("127.0.0.1", d.http_port), timeout=timeout) as s:
+        s.sendall(f"GET /hostile HTTP/1.1\r\nHost: {created['id']}.localhost:{d.http_port}\r\n"
+                  f"Cookie: {cookie}\r\n\r\n".encode())
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+                if b"\r\n\r\n" in out.split(b"HTTP/1.1 100", 1)[-1] and b"502" in out:
+                    break
+        except TimeoutError:
+            pass
+        return out
+
+
+def test_an_endless_head_after_a_1xx_is_refused_with_bounded_memory(
+        deployment: Deployment) -> None:
+    """A 100 Continue, then a head that never ends: the gateway kept every byte (the 1xx
+    head's end hid the limit): 32 MiB of head grew it by 78 MiB. Now a 502 once the head
+    passes the limit."""
+    def endless(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Endless: ")
+        for _ in range(512):
+            conn.sendall(b"a" * 65536)
+
+    d = deployment
+    created, cookie = scripted(d, endless)
+    base = rss_kib(d.gw.proc.pid)
+    start = time.monotonic()
+    answer = ask(d, created, cookie)
+    took = time.monotonic() - start
+    assert b"HTTP/1.1 502 " in answer, answer[:300]
+    assert took < 10, f"the 502 took {took:.1f}s"
+    growth = (rss_kib(d.gw.proc.pid) - base) / 1024
+    assert growth < 16, f"gateway grew {growth:.0f} MiB"
+    assert "response head too large" in d.gw.output()

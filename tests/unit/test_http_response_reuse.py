@@ -80,3 +80,31 @@ def test_the_parser_is_kept_only_after_a_message_llhttp_ended() -> None:
     assert reader.reusable()
     reader.expect(b"GET")
     assert reader._parser is not first  # llhttp still expects the HEAD's body: a new one
+
+
+def test_a_head_after_1xx_heads_is_measured_and_the_1xx_heads_let_go() -> None:
+    """A tool's head after a 100 Continue was never measured (the 1xx head's end was in
+    the bytes kept): an endless head grew the gateway without bound (and 20 MB of it
+    took 17 s of llhttp's time). 1xx heads are let go once read; the head after them is
+    held to MAX_HEAD as any."""
+    reader = ResponseReader(MAX_HEAD)
+    reader.expect(b"POST")
+    got = reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Endless: ")
+    assert [e.status for e in got] == [100]
+    error = None
+    for _ in range(MAX_HEAD // 1000 + 1):
+        try:
+            reader.feed(b"a" * 1000)
+        except BodyError as e:
+            error = str(e)
+            break
+    assert error == "response head too large"
+
+    reader = ResponseReader(MAX_HEAD)
+    reader.expect(b"GET")
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    for _ in range(1000):  # endless 1xx heads: each passed on, none kept
+        assert len(reader.feed(hints * 10)) == 10
+    assert not reader.untouched()  # a 1xx was read: not the compiled lane's to answer
+    reader.feed(hints + b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nafter")
+    assert reader.switched_rest == b"after"
