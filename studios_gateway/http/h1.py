@@ -392,6 +392,10 @@ class ResponseReader:
         if self.done:
             return
         status = self._parser.get_status_code()
+        if not 100 <= status <= 599:
+            # (llhttp reads any three digits: a 0 was passed on as a 1xx head, framing
+            # fields and all, which the browser took as a final answer)
+            raise BodyError(f"status {status} is not an HTTP status (100-599)")
         self._heads += 1
         self._events.append(ResponseHead(status, self._reason, self._headers))
         if status == 101:
@@ -437,6 +441,8 @@ class ResponseReader:
                 self.extra = bool(self._after_heads())
                 self.done = True
                 self._events.append(None)
+            elif isinstance(cause, BodyError):
+                raise cause from None
             elif not self.done:
                 raise BodyError(str(e)) from None
             else:

@@ -140,3 +140,18 @@ def test_an_endless_head_after_a_1xx_is_refused_with_bounded_memory(
     growth = (rss_kib(d.gw.proc.pid) - base) / 1024
     assert growth < 16, f"gateway grew {growth:.0f} MiB"
     assert "response head too large" in d.gw.output()
+
+
+def test_a_status_that_is_no_http_status_gets_the_browser_a_502_only(
+        deployment: Deployment) -> None:
+    """'HTTP/1.1 000' with a Content-Length went to the browser as it came (taken for a
+    1xx), before anything else the tool said on that exchange."""
+    def zero(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 000 X\r\nContent-Length: 2\r\n\r\nok")
+        conn.recv(1)  # until the gateway lets go
+
+    d = deployment
+    created, cookie = scripted(d, zero)
+    answer = ask(d, created, cookie, timeout=10)
+    assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
+    assert "status 0 is not an HTTP status" in d.gw.output()

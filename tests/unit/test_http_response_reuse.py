@@ -108,3 +108,21 @@ def test_a_head_after_1xx_heads_is_measured_and_the_1xx_heads_let_go() -> None:
     assert not reader.untouched()  # a 1xx was read: not the compiled lane's to answer
     reader.feed(hints + b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nafter")
     assert reader.switched_rest == b"after"
+
+
+def test_a_status_outside_100_to_599_is_a_bad_response() -> None:
+    """llhttp reads any three digits as a status: a tool's 'HTTP/1.1 000' head (with its
+    Content-Length) went to the browser as if it were a 1xx, the exchange going on."""
+    for status in (b"000", b"099", b"600", b"999"):
+        reader = ResponseReader(MAX_HEAD)
+        reader.expect(b"GET")
+        try:
+            got = reader.feed(b"HTTP/1.1 " + status + b" X\r\nContent-Length: 2\r\n\r\nok")
+        except BodyError as e:
+            assert str(e) == f"status {int(status)} is not an HTTP status (100-599)"
+        else:
+            raise AssertionError(f"{status!r} read as {got}")
+    reader = ResponseReader(MAX_HEAD)
+    reader.expect(b"GET")
+    assert [e.status for e in reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 599 X\r\n"
+                                          b"Content-Length: 0\r\n\r\n")[:2]] == [100, 599]
