@@ -6,12 +6,16 @@ studio or another user's requests."""
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from studios_gateway.wire import frames
+from studios_gateway.wire.tls import make_self_signed
+from tests.integration.test_https_chromium import HOST, open_link, spki_hash
 from tests.integration.test_tunnel_process import (
     Deployment,
     MiB,
@@ -19,8 +23,10 @@ from tests.integration.test_tunnel_process import (
     rss_kib,
     wait_connected,
 )
+from tests.support.chromium import Chromium, chromium_path
 from tests.support.hostile_studio import HostileStudio
 from tests.support.studio import Connect, SocketTool
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +85,7 @@ class ScriptedTool(SocketTool):
             request_line = lines.readline()
             while lines.readline() not in (b"\r\n", b""):
                 pass  # the request's fields
-            if b" /hostile" not in request_line:
+            if b"/hostile" not in request_line:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
                              b"Connection: close\r\n\r\nok")
                 return
@@ -155,3 +161,81 @@ def test_a_status_that_is_no_http_status_gets_the_browser_a_502_only(
     answer = ask(d, created, cookie, timeout=10)
     assert answer.startswith(b"HTTP/1.1 502 "), answer[:200]
     assert "status 0 is not an HTTP status" in d.gw.output()
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
+@pytest.mark.parametrize("mode", ["path", "subdomain"])
+def test_a_tools_network_error_logging_stays_out_of_the_proxy_host(
+        tmp_path: Path, mode: str) -> None:
+    """A tool's NEL and Report-To make the browser keep a policy for the whole origin and
+    report later requests there to the tool's collector. In path mode that origin is the
+    proxy host: Chromium queued a report for a page of the gateway's own (its URL, its
+    status) to the tool's group. Path mode drops both fields; in subdomain mode the
+    studio's own origin keeps them (its own page is reported, as before)."""
+    cert_pem, key_pem = make_self_signed([HOST, f"*.{HOST}", "localhost"])
+    cert, key = tmp_path / "fullchain.pem", tmp_path / "key.pem"
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
+    d = Deployment(tmp_path, tls=ssl.create_default_context(cafile=cert), host=HOST,
+                   CONNECT_TLS_CERT_FILE=str(cert), CONNECT_TLS_KEY_FILE=str(key),
+                   TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING=str(mode == "path").lower())
+    collector = "https://collector.test/reports"  # never reached: the reports are read in
+    # the browser, before any upload
+
+    def answer(conn: socket.socket) -> None:
+        body = b"<title>hostile</title>"
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n"
+                     b'Report-To: {"group":"g","max_age":86400,"endpoints":[{"url":"%s"}]}\r\n'
+                     b'NEL: {"report_to":"g","max_age":86400,"success_fraction":1.0}\r\n'
+                     b"Content-Length: %d\r\n\r\n%s" % (collector.encode(), len(body), body))
+
+    tool = ScriptedTool(answer)
+    browser: Chromium | None = None
+    try:
+        d.stoppers.append(tool.close)
+        created = d.create(id="evil")
+        client = Connect(tmp_path, created["connect_string"], tool.port,
+                         extra_env={"SSL_CERT_FILE": str(cert)}, name="connect-evil")
+        d.stoppers.append(client.stop)
+        wait_connected(d.gw, "evil")
+        browser = Chromium(tmp_path, flags=[
+            f"--host-resolver-rules=MAP *.{HOST} 127.0.0.1, MAP {HOST} 127.0.0.1",
+            f"--ignore-certificate-errors-spki-list={spki_hash(cert_pem)}"])
+        browser.keep_events = {"Network.reportingApiReportAdded",
+                               "Network.reportingApiReportUpdated"}
+        browser.call("Network.enable")
+        browser.call("Network.enableReportingApi", enable=True)
+        open_link(browser, created["login_link"])
+        base = created["url"]
+        browser.wait_for(f"location.href == {base!r}")
+
+        def visit(url: str) -> None:
+            browser.call("Page.navigate", url=url)
+            browser.wait_for(f"location.href == {url!r} && document.readyState == 'complete'")
+
+        visit(base + "hostile")  # the policy, where the browser keeps it
+        visit(f"https://{HOST}:{d.http_port}/no-such-page")  # the gateway's own page
+        visit(base + "hostile?again")
+
+        def logged() -> set[str]:
+            return {url for url, kind in _reports(browser) if kind == "network-error"}
+
+        if mode == "subdomain":  # the studio's own origin: its pages go to its collector
+            wait_until(lambda: base + "hostile" in logged(), "the page's own report", 30)
+        else:  # Chromium queues a request's report when it lets go of the request, a
+            # while after the page loaded: wait as long as the other mode's ever took
+            with pytest.raises(AssertionError):
+                wait_until(lambda: logged(), "a report of the proxy host's pages", 10)
+            assert logged() == set()
+    finally:
+        if browser is not None:
+            browser.stop()
+        d.stop()
+
+
+def _reports(browser: Chromium) -> set[tuple[str, str]]:
+    """The reports Chromium queued so far, (URL, type), after a round trip that reads the
+    events waiting."""
+    browser.evaluate("1")
+    reports = (e["params"]["report"] for e in browser.events)
+    return {(r["initiatorUrl"], r["type"]) for r in reports}
