@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from tests.integration.test_tunnel_process import (
 )
 from tests.support.chromium import Chromium, chromium_path
 from tests.support.hostile_studio import HostileStudio
+from tests.support.ssh_client import registered_key
 from tests.support.studio import Connect, SocketTool
 from tests.support.waiting import wait_until
 
@@ -239,3 +242,55 @@ def _reports(browser: Chromium) -> set[tuple[str, str]]:
     browser.evaluate("1")
     reports = (e["params"]["report"] for e in browser.events)
     return {(r["initiatorUrl"], r["type"]) for r in reports}
+
+
+def ssh_disconnect(description: bytes) -> bytes:
+    """An SSH server's version line and a DISCONNECT packet (unencrypted: before any key
+    exchange) saying `description`."""
+    payload = (bytes([1]) + struct.pack(">I", 2) + struct.pack(">I", len(description))
+               + description + struct.pack(">I", 0))
+    pad = 8 - (5 + len(payload)) % 8
+    pad += 8 if pad < 4 else 0
+    return (b"SSH-2.0-hostile\r\n" + struct.pack(">IB", 1 + len(payload) + pad, pad) + payload
+            + b"\0" * pad)
+
+
+def test_a_studios_ssh_refusal_cannot_write_a_log_line_of_its_own(tmp_path: Path) -> None:
+    """The studio's SSH server refusing the gateway (a DISCONNECT) put its description in
+    the gateway's line 'SSH: refused ...' as it came, line breaks and all: the next line
+    of the log was the studio's."""
+    d = Deployment(tmp_path, CONNECT_SSH_ENABLED="true")
+    try:
+        created = d.create(ssh_enabled=True)
+        key = registered_key(d.gw, tmp_path, "alice")
+        studio = hostile(d, created)
+        forged = ("2026-01-01T00:00:00+0000 [studios_gateway.access#info] 10.0.0.1 - admin "
+                  "[01/Jan/2026:00:00:00 +0000] \"GET /forged\" 200")
+        port = d.env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1]
+        ssh = subprocess.Popen(
+            ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no", "-o",
+             f"UserKnownHostsFile={tmp_path / 'known_hosts'}", "-o", "IdentitiesOnly=yes",
+             "-o", "BatchMode=yes", "-i", str(key), "-p", port,
+             f"alice@{created['id']}@127.0.0.1", "true"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            sid = 0
+            while not sid:  # the gateway opens a stream to the studio's SSH server
+                for f in studio.frames():
+                    if f.type == frames.WINDOW_UPDATE and f.flags & frames.SYN:
+                        sid = f.stream_id
+            studio.send(frames.encode_data(sid, ssh_disconnect(b"no\n" + forged.encode()),
+                                           frames.ACK))
+            _, err = ssh.communicate(timeout=20)
+        finally:
+            if ssh.poll() is None:
+                ssh.kill()
+                ssh.wait()
+        wait_until(lambda: "SSH: refused" in d.gw.output(), "the refusal's line")
+        lines = d.gw.output().splitlines()
+        assert not any(line.lstrip().startswith(forged[:24]) for line in lines), \
+            [line for line in lines if "forged" in line]
+        assert any("the studio refused the gateway: no\\x0a" in line for line in lines), \
+            [line for line in lines if "refused" in line]
+    finally:
+        d.stop()
