@@ -294,3 +294,29 @@ def test_a_studios_ssh_refusal_cannot_write_a_log_line_of_its_own(tmp_path: Path
             [line for line in lines if "refused" in line]
     finally:
         d.stop()
+
+
+def test_an_endless_trailer_section_is_cut_with_bounded_memory(
+        deployment: Deployment) -> None:
+    """A chunked answer whose trailer section never ends: every trailer field was kept
+    (16 MiB of short ones grew the gateway by 255 MiB). Now the gateway ends the
+    browser's connection (its head went out already) once the section passes the limit."""
+    def endless(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"2\r\nhi\r\n0\r\n")
+        for _ in range(256):
+            conn.sendall(b"X-T: a\r\n" * 8192)
+
+    d = deployment
+    created, cookie = scripted(d, endless)
+    base = rss_kib(d.gw.proc.pid)
+    with socket.create_connection(("127.0.0.1", d.http_port), timeout=30) as s:
+        s.sendall(f"GET /hostile HTTP/1.1\r\nHost: {created['id']}.localhost:{d.http_port}"
+                  f"\r\nCookie: {cookie}\r\n\r\n".encode())
+        answer = b""
+        while chunk := s.recv(65536):  # until the gateway closes
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\n0\r\n\r\n" not in answer, answer
+    growth = (rss_kib(d.gw.proc.pid) - base) / 1024
+    assert growth < 32, f"gateway grew {growth:.0f} MiB"
+    assert "response chunk size line or trailer section too long" in d.gw.output()

@@ -126,3 +126,32 @@ def test_a_status_outside_100_to_599_is_a_bad_response() -> None:
     reader.expect(b"GET")
     assert [e.status for e in reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 599 X\r\n"
                                           b"Content-Length: 0\r\n\r\n")[:2]] == [100, 599]
+
+
+def test_a_response_trailer_section_is_bounded_and_not_kept() -> None:
+    """Trailer fields were appended to the head's fields for as long as the tool sent
+    them (26 MB of 'X-T: a' lines grew the process by 390 MB), an endless trailer value
+    or chunk size line was kept whole; the framer never passes trailers on. Now they are
+    not kept, and what comes between two pieces of the body is held to MAX_HEAD."""
+    for endless in (b"X-T: a\r\n" * 100, b"a" * 800):
+        reader = ResponseReader(MAX_HEAD)
+        reader.expect(b"GET")
+        head = reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"2\r\nhi\r\n0\r\nX-Trailer: ")
+        assert head[1:] == [b"hi"]
+        error = None
+        for _ in range(MAX_HEAD // len(endless) + 1):
+            try:
+                reader.feed(endless)
+            except BodyError as e:
+                error = str(e)
+                break
+        assert error == "response chunk size line or trailer section too long"
+        assert head[0].headers == [(b"Transfer-Encoding", b"chunked")]
+    reader = ResponseReader(MAX_HEAD)
+    reader.expect(b"GET")
+    got = reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(3 * MAX_HEAD // 8):  # a long answer in small chunks, a read each
+        got += reader.feed(b"2\r\nhi\r\n")
+    got += reader.feed(b"0\r\nX-T: 1\r\n\r\n")
+    assert got[-1] is None and reader.reusable()
