@@ -320,3 +320,29 @@ def test_an_endless_trailer_section_is_cut_with_bounded_memory(
     growth = (rss_kib(d.gw.proc.pid) - base) / 1024
     assert growth < 32, f"gateway grew {growth:.0f} MiB"
     assert "response chunk size line or trailer section too long" in d.gw.output()
+
+
+def test_a_head_of_a_million_fields_in_one_frame_is_refused(deployment: Deployment) -> None:
+    """A hand-made studio may send a whole answer in one Data frame of up to the window
+    (6 MiB): a head that came whole in one read was never measured, and 4 MiB of 'a:b'
+    lines made the gateway hold 840,000 fields. Now more than 1,000 fields is a bad
+    response (502)."""
+    d = deployment
+    created = d.create()
+    studio = hostile(d, created)
+
+    def answer(request: bytes) -> bytes:
+        if b"/hostile" not in request.split(b"\r\n", 1)[0]:
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        return (b"HTTP/1.1 200 OK\r\n" + b"a:b\r\n" * (4 * MiB // 5)
+                + b"Content-Length: 2\r\n\r\nok")
+
+    studio.serve(answer)
+    d.login(created)
+    cookie = d.browser._cookie_header(f"{created['id']}.localhost", "/")
+    base = rss_kib(d.gw.proc.pid)
+    got = ask(d, created, cookie)
+    assert got.startswith(b"HTTP/1.1 502 "), got[:100]
+    growth = (rss_kib(d.gw.proc.pid) - base) / 1024
+    assert growth < 40, f"gateway grew {growth:.0f} MiB"
+    assert "response head with more than 1000 fields" in d.gw.output()

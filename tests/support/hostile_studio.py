@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import threading
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
@@ -61,3 +63,30 @@ class HostileStudio:
             self.sock.close()
         except OSError:
             pass
+
+    def serve(self, answer: Callable[[bytes], bytes]) -> threading.Thread:
+        """Answer each stream the gateway opens, in a thread: once a request head is in
+        (after the stream kind, on a new stream), `answer(those bytes)` is sent back as
+        one Data frame, whatever its size (studios-connect would cut it in 64 KiB
+        frames). Pings are answered. Ends when the gateway closes the tunnel."""
+        def run() -> None:
+            streams: dict[int, bytes] = {}
+            try:
+                while got := self.frames(timeout=60):
+                    for f in got:
+                        if f.type == frames.PING and f.flags & frames.SYN:
+                            self.send(frames.encode_ping(f.length, ack=True))
+                        elif f.type == frames.DATA and f.stream_id in streams:
+                            streams[f.stream_id] += f.data
+                            if b"\r\n\r\n" in streams[f.stream_id]:  # (kept alive:
+                                # the next request on the stream is read the same way)
+                                request, streams[f.stream_id] = streams[f.stream_id], b""
+                                self.send(frames.encode_data(f.stream_id, answer(request)))
+                        if f.flags & frames.SYN:
+                            streams[f.stream_id] = f.data
+            except OSError:
+                pass
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from studios_gateway.http.h1 import BodyError, ResponseHead, ResponseReader
+from studios_gateway.http.h1 import MAX_RESPONSE_FIELDS, BodyError, ResponseHead, ResponseReader
 from tests.support.examples import examples
 
 MAX_HEAD = 4096
@@ -155,3 +155,23 @@ def test_a_response_trailer_section_is_bounded_and_not_kept() -> None:
         got += reader.feed(b"2\r\nhi\r\n")
     got += reader.feed(b"0\r\nX-T: 1\r\n\r\n")
     assert got[-1] is None and reader.reusable()
+
+
+def test_a_head_read_whole_in_one_read_has_at_most_1000_fields() -> None:
+    """A head that comes whole in one read is not held to MAX_HEAD (a tunnel's Data frame
+    may be megabytes; the compiled lane takes such heads too), so its fields are counted:
+    a million of them were a million tuples."""
+    many = b"HTTP/1.1 200 OK\r\n" + b"a:b\r\n" * 100_000 + b"Content-Length: 0\r\n\r\n"
+    reader = ResponseReader(MAX_HEAD)
+    reader.expect(b"GET")
+    try:
+        reader.feed(many)
+    except BodyError as e:
+        assert str(e) == f"response head with more than {MAX_RESPONSE_FIELDS} fields"
+    else:
+        raise AssertionError("read")
+    cookies = b"Set-Cookie: a=b\r\n" * (MAX_RESPONSE_FIELDS - 1)
+    reader = ResponseReader(len(cookies) * 2)
+    reader.expect(b"GET")
+    got = reader.feed(b"HTTP/1.1 200 OK\r\n" + cookies + b"Content-Length: 0\r\n\r\n")
+    assert len(got[0].headers) == MAX_RESPONSE_FIELDS and got[-1] is None
