@@ -98,6 +98,12 @@ ACK_HOLD_LIMIT = INITIAL_WINDOW // 2
 #: whose answers it never reads, and the tunnel ends (a protocol error) before they fill
 #: our memory. Each answer is 12-24 bytes; a working peer sends a Ping per interval.
 MAX_UNREAD_ANSWERS = 4096
+#: At most this many frames of the peer's are handled in one reactor turn: a read of small
+#: frames (a flood of Pings, of empty window updates, of one-byte Data) is handled over
+#: several turns, the tunnel's reading paused meanwhile, so one tunnel's read does not hold
+#: every other connection of the process for hundreds of milliseconds (a 512 KiB read of
+#: Pings took ~250 ms). A bulk read is a few frames.
+MAX_FRAMES_PER_TURN = 1024
 #: Whether the per-stream debug lines ("opened stream", "stream closed") are made at all.
 #: Each costs ~40 Python calls in Twisted's logger even when a level filter drops it; a
 #: process whose only log observer drops debug events sets this False
@@ -872,19 +878,49 @@ class Multiplexer(Protocol):
         if self._timer is not None:  # keepalive.heard(now), one call less per read
             self.keepalive.last_heard = self.clock.seconds()
         decoder = self._decoder
+        if decoder.rest is not None:  # earlier frames wait: these bytes go behind them
+            decoder.rest += data
+            return
         sid = decoder.lone_data(data)
-        try:
-            if sid:  # the common read: one Data frame, what _frame would do with it
-                stream = self.streams.get(sid)
-                if stream is not None:
+        if sid:  # the common read: one Data frame, what _frame would do with it
+            stream = self.streams.get(sid)
+            if stream is not None:
+                try:
                     stream._data_received(data[HEADER_SIZE:])
-                return
-            for frame in decoder.feed(data):
+                except ProtocolError as e:
+                    self._protocol_error(e.reason)
+            return
+        self._handle(data)
+        if decoder.rest is not None and not self.closed:
+            self.transport.pauseProducing()  # no more reads until the rest is handled
+            self.clock.callLater(0, self._handle_rest)
+
+    def _handle(self, data: bytes) -> None:
+        """Decode and handle up to MAX_FRAMES_PER_TURN frames of ``data``; the decoder
+        keeps the bytes after them (``rest``)."""
+        try:
+            for frame in self._decoder.feed(data, MAX_FRAMES_PER_TURN):
                 self._frame(frame)
                 if self.closed:
                     return
         except ProtocolError as e:
             self._protocol_error(e.reason)
+
+    def _handle_rest(self) -> None:
+        """The next part of a read of many frames (a turn each); once all is handled, the
+        tunnel is read again."""
+        decoder = self._decoder
+        data = decoder.rest
+        if data is None or self.closed:
+            return
+        decoder.rest = None
+        self._handle(data)
+        if self.closed:
+            return
+        if decoder.rest is not None:
+            self.clock.callLater(0, self._handle_rest)
+        else:
+            self.transport.resumeProducing()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._terminate(reason if reason is not None else Failure(error.ConnectionDone()))

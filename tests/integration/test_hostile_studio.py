@@ -9,6 +9,7 @@ import socket
 import ssl
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -346,3 +347,43 @@ def test_a_head_of_a_million_fields_in_one_frame_is_refused(deployment: Deployme
     growth = (rss_kib(d.gw.proc.pid) - base) / 1024
     assert growth < 40, f"gateway grew {growth:.0f} MiB"
     assert "response head with more than 1000 fields" in d.gw.output()
+
+
+def slow_ticks(d: Deployment, longer_than: str) -> float:
+    """How many reactor turns of the gateway took longer than `longer_than` seconds."""
+    status, body, _ = d.gw.request("/metrics")
+    assert status == 200
+    counts = {}
+    for line in body.decode().splitlines():
+        if line.startswith("studios_gateway_reactor_tick_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            counts[bound] = float(line.rsplit(" ", 1)[1])
+    return counts["+Inf"] - counts[longer_than]
+
+
+def test_a_flood_of_small_frames_does_not_hold_the_gateway(deployment: Deployment) -> None:
+    """A studio sending Pings as fast as it can (and reading the answers): each read of
+    them (up to 512 KiB, 43,690 Pings) was decoded and handled in one reactor turn, during
+    which no other connection of the gateway was served: 28 turns over 50 ms for 14 MiB,
+    and another studio's request took 580 ms at the median instead of 1. Now at most
+    MAX_FRAMES_PER_TURN frames are decoded and handled per turn."""
+    d = deployment
+    bad = hostile(d, d.create())
+    answered = [0]  # bytes of the gateway's answers read
+
+    def drain() -> None:
+        try:
+            while got := bad.sock.recv(1 << 20):
+                answered[0] += len(got)
+        except OSError:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    before = slow_ticks(d, "0.05")
+    batch = frames.encode_ping(1) * 50_000
+    for _ in range(24):  # ~14 MiB of Pings
+        bad.send(batch)
+    wait_until(lambda: answered[0] >= 24 * len(batch), "every Ping answered", 120)
+    slow = slow_ticks(d, "0.05") - before
+    assert slow <= 3, f"{slow:.0f} reactor turns took longer than 50 ms"
+    assert "Traceback" not in d.gw.output()

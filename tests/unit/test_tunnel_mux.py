@@ -36,6 +36,7 @@ from studios_gateway.wire.frames import (
     ProtocolError,
 )
 from studios_gateway.wire.mux import (
+    MAX_FRAMES_PER_TURN,
     MAX_UNREAD_ANSWERS,
     Keepalive,
     Multiplexer,
@@ -596,13 +597,18 @@ def test_a_peer_flooding_frames_whose_answers_it_never_reads_is_cut_off(answered
         return (frames.encode_ping(i) if answered == "ping"
                 else frames.encode_window_update(2 * i + 1, 0, SYN))
 
-    server.dataReceived(b"".join(one(i) for i in range(10_000)))
+    def received(data: bytes) -> None:  # and every frame of it handled (over some turns)
+        server.dataReceived(data)
+        while server._decoder.rest is not None:
+            clock.advance(0)
+
+    received(b"".join(one(i) for i in range(10_000)))
     assert not server.closed  # the peer reads: any number is answered
     server.pauseProducing()  # the transport's buffer is full: the peer stopped reading
-    server.dataReceived(b"".join(one(i) for i in range(10_000, 10_000 + MAX_UNREAD_ANSWERS)))
+    received(b"".join(one(i) for i in range(10_000, 10_000 + MAX_UNREAD_ANSWERS)))
     server.resumeProducing()  # it read: the count starts again
     server.pauseProducing()
-    server.dataReceived(b"".join(one(i) for i in range(20_000, 20_000 + MAX_UNREAD_ANSWERS)))
+    received(b"".join(one(i) for i in range(20_000, 20_000 + MAX_UNREAD_ANSWERS)))
     assert not server.closed
     transport.clear()
     server.dataReceived(one(30_000))
@@ -610,6 +616,32 @@ def test_a_peer_flooding_frames_whose_answers_it_never_reads_is_cut_off(answered
     assert take(transport)[-1] == Frame(GO_AWAY, 0, 0, frames.GO_AWAY_PROTOCOL_ERROR)
     assert server.close_reason is not None
     assert "read nothing" in server.close_reason.getErrorMessage()
+
+
+def test_a_read_of_many_small_frames_is_handled_over_several_turns_in_order() -> None:
+    """A 512 KiB read of Pings (43,690 frames) was handled in one call, holding the reactor
+    (every other connection of the gateway) for ~250 ms. At most MAX_FRAMES_PER_TURN of a
+    read's frames are handled per turn; the tunnel is not read meanwhile; what comes later
+    waits behind them."""
+    link = Link()
+    local, mine, remote, theirs = open_pair(link)
+    server, transport, clock = link.server, link.t["server"], link.clock
+    transport.clear()
+    pings = MAX_FRAMES_PER_TURN * 2 + 10
+    def answers() -> list[int]:
+        return [f.length for f in take(transport) if f.type == PING]
+
+    server.dataReceived(b"".join(frames.encode_ping(i) for i in range(pings)))
+    assert answers() == list(range(MAX_FRAMES_PER_TURN))  # this turn's Pings
+    assert transport.producerState == "paused"  # the tunnel is not read meanwhile
+    server.dataReceived(frames.encode_data(remote.stream_id, b"after the pings"))
+    assert theirs.data == b""  # waits behind them
+    later = [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]
+    assert len(later) == 1  # the next turn's part (a fake clock runs the one after too)
+    clock.advance(0)
+    assert answers() == list(range(MAX_FRAMES_PER_TURN, pings))
+    assert theirs.data == b"after the pings" and transport.producerState == "producing"
+    assert server._decoder.rest is None and not server.closed
 
 
 def test_frames_for_unknown_streams_are_ignored() -> None:
