@@ -364,7 +364,8 @@ def slow_ticks(d: Deployment, longer_than: str) -> float:
 def test_a_flood_of_small_frames_does_not_hold_the_gateway(deployment: Deployment) -> None:
     """A studio sending Pings as fast as it can (and reading the answers): each read of
     them (up to 512 KiB, 43,690 Pings) was decoded and handled in one reactor turn, during
-    which no other connection of the gateway was served: 28 turns over 50 ms for 14 MiB,
+    which no other connection of the gateway was served: 28 turns over 50 ms for 14 MiB
+    (14 for this test's 7 MiB),
     and another studio's request took 580 ms at the median instead of 1. Now at most
     MAX_FRAMES_PER_TURN frames are decoded and handled per turn."""
     d = deployment
@@ -381,9 +382,15 @@ def test_a_flood_of_small_frames_does_not_hold_the_gateway(deployment: Deploymen
     threading.Thread(target=drain, daemon=True).start()
     before = slow_ticks(d, "0.05")
     batch = frames.encode_ping(1) * 50_000
-    for _ in range(24):  # ~14 MiB of Pings
-        bad.send(batch)
-    wait_until(lambda: answered[0] >= 24 * len(batch), "every Ping answered", 120)
+    bad.sock.settimeout(120)  # (handled a part per turn, as fast as the machine goes)
+    cut = "read nothing of this end's writes"  # (if this reader falls behind on a busy
+    try:  # machine, the gateway ends the tunnel as a flood of unread answers: fine too)
+        for _ in range(12):  # ~7 MiB of Pings
+            bad.send(batch)
+    except OSError:
+        assert cut in d.gw.output()
+    wait_until(lambda: answered[0] >= 12 * len(batch) or cut in d.gw.output(),
+               "every Ping answered", 120)
     slow = slow_ticks(d, "0.05") - before
     assert slow <= 3, f"{slow:.0f} reactor turns took longer than 50 ms"
     assert "Traceback" not in d.gw.output()
