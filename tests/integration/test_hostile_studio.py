@@ -394,3 +394,21 @@ def test_a_flood_of_small_frames_does_not_hold_the_gateway(deployment: Deploymen
     slow = slow_ticks(d, "0.05") - before
     assert slow <= 3, f"{slow:.0f} reactor turns took longer than 50 ms"
     assert "Traceback" not in d.gw.output()
+
+
+def test_an_http_10_client_gets_no_1xx_head(deployment: Deployment) -> None:
+    """A tool's 100 Continue went to an HTTP/1.0 client as well, which takes the first
+    head it reads for the answer (RFC 9110 15.2)."""
+    def continued(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    d = deployment
+    created, cookie = scripted(d, continued)
+    with socket.create_connection(("127.0.0.1", d.http_port), timeout=10) as s:
+        s.sendall(f"GET /hostile HTTP/1.0\r\nHost: {created['id']}.localhost:{d.http_port}"
+                  f"\r\nCookie: {cookie}\r\n\r\n".encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"\r\n\r\nok"), answer
