@@ -23,8 +23,9 @@
  *     field, and a Connection field only when it says keep-alive (the tool keeps the
  *     connection);
  *   - no Location, Refresh or Service-Worker-Allowed field (path mode rewrites them; a
- *     tool rarely sends the last, so both modes decline it; with Set-Cookie declined
- *     too, path mode passes every other field as it is, so the lane serves both modes);
+ *     tool rarely sends the last, so both modes decline it), and no NEL or Report-To
+ *     (path mode drops them: policies for the whole origin); with Set-Cookie declined
+ *     too, path mode passes every other field as it is, so the lane serves both modes;
  *   - every line ends in CRLF.
  *
  * The output is the status line rewritten as HTTP/1.1 (as the Python way writes it),
@@ -73,10 +74,14 @@ static enum field classify(const char *name, Py_ssize_t name_len, const char *va
     switch (name_len) {
     case 2:
         return IS("te") ? REFUSE : KEEP;
+    case 3:
+        return IS("nel") ? REFUSE : KEEP;
     case 7:
         return (IS("trailer") || IS("upgrade") || IS("refresh")) ? REFUSE : KEEP;
     case 8:
         return IS("location") ? REFUSE : KEEP;
+    case 9:
+        return IS("report-to") ? REFUSE : KEEP;
     case 10:
         if (IS("set-cookie"))
             return REFUSE;

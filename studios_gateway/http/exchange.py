@@ -475,7 +475,11 @@ class Exchange:
                     self.problem = HeadRefused(502, str(e))
                     return b"".join(out), BROKEN, None
                 if event.status < 200:
-                    out.append(framer.informational(event.status, event.reason, headers))
+                    # (none to an HTTP/1.0 client, which takes the first head for the
+                    # answer: RFC 9110 15.2)
+                    if self.request.version != b"1.0":
+                        out.append(framer.informational(event.status, event.reason,
+                                                        headers))
                     continue
                 self.response_started = True
                 self.status = event.status

@@ -28,8 +28,9 @@ import httptools
 
 from studios_gateway.http.headers import HeadProblem, read_head
 
-__all__ = ["FIELD_LINE", "BodyError", "ChunkCheck", "HeadMemo", "RequestBody", "RequestHead",
-           "ResponseFramer", "ResponseHead", "ResponseReader", "parse_request_head"]
+__all__ = ["FIELD_LINE", "MAX_RESPONSE_FIELDS", "BodyError", "ChunkCheck", "HeadMemo",
+           "RequestBody", "RequestHead", "ResponseFramer", "ResponseHead", "ResponseReader",
+           "parse_request_head"]
 
 Headers = list[tuple[bytes, bytes]]
 _TARGET = re.compile(rb"[\x21-\x7e]+")
@@ -44,6 +45,8 @@ def _value_ok(value: bytes) -> bool:
     return not value.translate(None, _VALUE_BYTES) and (
         not value or (value[0] not in (0x20, 0x09) and value[-1] not in (0x20, 0x09)))
 _NO_BODY_STATUS = (204, 304)
+#: The most fields one response head may have (the compiled lane takes at most 64).
+MAX_RESPONSE_FIELDS = 1000
 # A (name, value) pair as its field line (mapped over a header list: no Python frame).
 FIELD_LINE = b": ".join
 
@@ -345,8 +348,12 @@ class ResponseReader:
         self._headers: Headers = []
         self._final_headers: Headers = []
         self._reason = b""
-        self._head_bytes = bytearray()  # this exchange's bytes until its final head
-        self._heads = 0
+        self._head_bytes = bytearray()  # this exchange's bytes of heads not read whole yet
+        self._heads = 0  # the heads read whole at the start of _head_bytes
+        self.informational = 0  # 1xx heads of this exchange read (and let go of)
+        # The bytes read since the body's last piece (a chunk's size line, the trailer
+        # section): at most max_head of them (MAX_BODY_GAP's reason); None: a piece came.
+        self._gap: int | None = 0
         self._head_only = False
         self._until_close = False
         self.keep_alive = False
@@ -368,6 +375,8 @@ class ResponseReader:
         self._head_only = method == b"HEAD"
         self._head_bytes = bytearray()
         self._heads = 0
+        self.informational = 0
+        self._gap = 0
         self._until_close = False
         self.keep_alive = False
         self.started = self.done = self.extra = False
@@ -384,12 +393,22 @@ class ResponseReader:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if not self.started:  # (after the final head: a trailer field, never passed on)
+            # A head that comes whole in one read is not measured by its bytes (a Data
+            # frame may hold megabytes, as the compiled lane takes them), but its fields
+            # are counted: 6 MiB of 'a:b' lines were 1.26 million fields, ~120 MB.
+            if len(self._headers) >= MAX_RESPONSE_FIELDS:
+                raise BodyError(f"response head with more than {MAX_RESPONSE_FIELDS} fields")
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self.done:
             return
         status = self._parser.get_status_code()
+        if not 100 <= status <= 599:
+            # (llhttp reads any three digits: a 0 was passed on as a 1xx head, framing
+            # fields and all, which the browser took as a final answer)
+            raise BodyError(f"status {status} is not an HTTP status (100-599)")
         self._heads += 1
         self._events.append(ResponseHead(status, self._reason, self._headers))
         if status == 101:
@@ -405,6 +424,7 @@ class ResponseReader:
             self._final_headers = self._headers
 
     def on_body(self, body: bytes) -> None:
+        self._gap = None
         if not self.done:
             self._events.append(body)
 
@@ -421,8 +441,6 @@ class ResponseReader:
             return []
         if not self.started:
             self._head_bytes += data
-            if len(self._head_bytes) > self.max_head and b"\r\n\r\n" not in self._head_bytes:
-                raise BodyError("response head too large")
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -437,6 +455,8 @@ class ResponseReader:
                 self.extra = bool(self._after_heads())
                 self.done = True
                 self._events.append(None)
+            elif isinstance(cause, BodyError):
+                raise cause from None
             elif not self.done:
                 raise BodyError(str(e)) from None
             else:
@@ -448,6 +468,26 @@ class ResponseReader:
         events, self._events = self._events, []
         if self.started:
             self._head_bytes = bytearray()
+            if self.done:
+                pass
+            elif self._gap is None:
+                self._gap = 0
+            else:
+                # Nothing of the body in this read: a chunk's size line or the trailer
+                # section going on (before, trailer fields were kept without bound: 26 MB
+                # of them grew the gateway by 390 MB).
+                self._gap += len(data)
+                if self._gap > self.max_head:
+                    raise BodyError("response chunk size line or trailer section too long")
+        elif not self.done:
+            if self._heads:  # 1xx heads read whole: only the next head's bytes are kept
+                del self._head_bytes[:len(self._head_bytes) - len(self._after_heads())]
+                self.informational += self._heads
+                self._heads = 0
+            # (before, 1xx heads were kept, and a head after one was never measured: a
+            # tool's endless head grew the gateway without bound)
+            if len(self._head_bytes) > self.max_head:
+                raise BodyError("response head too large")
         return events
 
     def _after_heads(self) -> bytes:
@@ -463,8 +503,8 @@ class ResponseReader:
 
     def untouched(self) -> bool:
         """Nothing of the expected response has been read yet."""
-        return not self._head_bytes and not self.started and not self.done \
-            and self._parser is not None
+        return not self._head_bytes and not self.informational and not self.started \
+            and not self.done and self._parser is not None
 
     def read_whole(self) -> None:
         """The compiled lane read the whole response (kept alive, nothing after it): as

@@ -11,7 +11,8 @@ the two kinds "absolute" and "relative"):
 
 Either way the tool's answers are kept inside the studio: a ``Location``,
 ``Refresh`` or ``Set-Cookie`` path that points at this host outside the prefix
-is moved under it (a ``Service-Worker-Allowed`` outside it becomes the prefix). A
+is moved under it (a ``Service-Worker-Allowed`` outside it becomes the prefix), and
+what sets a policy for the whole origin (``NEL``, ``Report-To``) is dropped. A
 path that is already under the prefix is left as it is
 (a tool that knows its public prefix, such as RStudio told by
 ``X-RStudio-Root-Path``, emits public paths: the prefix is never added twice).
@@ -33,7 +34,8 @@ from urllib.parse import unquote
 
 from studios_gateway.http.routing import parse_host
 
-__all__ = ["ToolPaths", "remove_dot_segments", "rewrite_set_cookie", "under_prefix"]
+__all__ = ["ORIGIN_POLICIES", "ToolPaths", "remove_dot_segments", "rewrite_set_cookie",
+           "under_prefix"]
 
 _TAB_NEWLINE = re.compile(r"[\t\r\n]")
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(.*)", re.DOTALL)
@@ -208,9 +210,20 @@ class ToolPaths:
             elif lname == b"service-worker-allowed":
                 value = self.service_worker_allowed(value.decode("latin-1"), hostname,
                                                     request_path).encode("latin-1")
+            elif lname in ORIGIN_POLICIES:
+                continue
             out.append((name, value))
         return out
 
+
+#: Response fields that set a policy for the whole origin, kept by the browser past the
+#: answer and applied to every later request to the origin: in path mode that is the
+#: proxy host (the gateway's login pages, every other studio), so they are dropped from
+#: a tool's answers there. ``NEL`` (Network Error Logging) with ``Report-To``'s endpoint
+#: groups makes the browser report the URL of each later request (``success_fraction``)
+#: or failure to the tool's collector, for as long as ``max_age`` says. (A page's own
+#: ``Reporting-Endpoints`` is the document's, and passes.)
+ORIGIN_POLICIES = frozenset({b"nel", b"report-to"})
 
 #: Reads a URL as the browser does (relative references resolved, dot segments gone)
 #: and moves no path.

@@ -40,6 +40,7 @@ from zope.interface import implementer
 from studios_gateway.durations import format_setting
 from studios_gateway.http.flow import Gate, Pacer
 from studios_gateway.registry.base import SessionRecord, SessionRecords, StoreUnavailable
+from studios_gateway.shown import shown
 from studios_gateway.ssh.channels import (
     OPEN_ADMINISTRATIVELY_PROHIBITED,
     OPEN_CONNECT_FAILED,
@@ -98,6 +99,9 @@ MSG_USERAUTH_BANNER = 53
 DISCONNECT_TOO_MANY_CONNECTIONS = 12
 #: Fingerprints of refused keys named in a connection's refusal line (then "and N more").
 SHOWN_KEYS = 5
+#: At most this many characters of a peer's own words (an SSH DISCONNECT's description)
+#: are shown in a log line.
+MAX_STUDIO_WORDS = 200
 #: Refused global requests (-R ...) logged per connection; the rest are refused quietly.
 LOGGED_GLOBAL_REQUESTS = 5
 
@@ -487,7 +491,7 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         # A client saying goodbye (code 11, "disconnected by user") is not an error.
         log.debug("SSH: {peer} disconnected ({code}: {why})", peer=self._peer(),
-                  code=reasonCode, why=description.decode("utf-8", "replace"))
+                  code=reasonCode, why=shown(description, MAX_STUDIO_WORDS, words=True))
 
     def _peer(self) -> str:
         peer = self.transport.getPeer()
@@ -1144,9 +1148,11 @@ class UpstreamTransport(PacketFraming, transport.SSHClientTransport):
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         if not self._ready.called:
+            # The studio's words, shown escaped: they reach the log line of the refusal
+            # (a line break in them began a line of the studio's making) and the user.
             self._ready.errback(Refused(
                 "the studio refused the gateway: "
-                + description.decode("utf-8", "replace"), kind="studio_failed"))
+                + shown(description, MAX_STUDIO_WORDS, words=True), kind="studio_failed"))
 
     def user_gone(self) -> None:
         self._user_transport = None

@@ -176,7 +176,7 @@ class FrameDecoder:
     of it (no copy at all when the chunk is exactly the payload).
     """
 
-    __slots__ = ("max_data", "_head", "_pending", "_pieces", "_missing", "_error")
+    __slots__ = ("max_data", "_head", "_pending", "_pieces", "_missing", "_error", "rest")
 
     def __init__(self, max_data: int):
         if not 0 <= max_data <= MAX_U32:
@@ -187,25 +187,32 @@ class FrameDecoder:
         self._pieces: list[memoryview] = []
         self._missing = 0
         self._error: str | None = None
+        #: With a ``limit``: what :meth:`feed` left undecoded, the frames after the limit's
+        #: (feed it again, with what came since after it); None when nothing is left.
+        self.rest: bytes | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes held for an incomplete frame."""
         return len(self._head) + sum(len(p) for p in self._pieces)
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """Decode what ``data`` completes. Raises ProtocolError on a malformed header."""
+    def feed(self, data: bytes, limit: int = 0) -> list[Frame]:
+        """Decode what ``data`` completes. Raises ProtocolError on a malformed header.
+
+        With ``limit``, at most that many frames: the bytes after them are left in
+        :attr:`rest`, undecoded (a flood of small frames is decoded a part at a time)."""
         if self._error is not None:
             raise ProtocolError(self._error)
         if not isinstance(data, bytes):
             data = bytes(data)
         try:
-            return self._feed(data)
+            return self._feed(data, limit)
         except ProtocolError as e:
             self._error = e.reason
             self._head.clear()
             self._pieces.clear()
             self._pending = None
+            self.rest = None
             raise
 
     def lone_data(self, data: bytes) -> int:
@@ -224,13 +231,16 @@ class FrameDecoder:
                     return sid
         return 0
 
-    def _feed(self, data: bytes) -> list[Frame]:
+    def _feed(self, data: bytes, limit: int) -> list[Frame]:
         end = len(data)
         unpack = _unpack_header
         frames: list[Frame] = []
         pos = 0
         max_data = self.max_data
         while True:
+            if limit and len(frames) >= limit and pos < end:
+                self.rest = data[pos:]  # (at a frame's start: nothing of one is held)
+                return frames
             pending = self._pending
             if pending is not None:  # the rest of a Data payload
                 missing = self._missing

@@ -92,6 +92,18 @@ DEFAULT_STREAM_BUFFER = 256 * 1024
 #: much on the stream (half the yamux initial window it may send before the ACK's
 #: WindowUpdate; see Multiplexer._accept).
 ACK_HOLD_LIMIT = INITIAL_WINDOW // 2
+#: How many answers to the peer's own frames (a Ping's answer, the RST of a stream we
+#: refuse) may be written while the tunnel's transport has paused us, its write buffer
+#: full because the peer does not read: beyond it the peer is flooding us with frames
+#: whose answers it never reads, and the tunnel ends (a protocol error) before they fill
+#: our memory. Each answer is 12-24 bytes; a working peer sends a Ping per interval.
+MAX_UNREAD_ANSWERS = 4096
+#: At most this many frames of the peer's are handled in one reactor turn: a read of small
+#: frames (a flood of Pings, of empty window updates, of one-byte Data) is handled over
+#: several turns, the tunnel's reading paused meanwhile, so one tunnel's read does not hold
+#: every other connection of the process for hundreds of milliseconds (a 512 KiB read of
+#: Pings took ~250 ms). A bulk read is a few frames.
+MAX_FRAMES_PER_TURN = 1024
 #: Whether the per-stream debug lines ("opened stream", "stream closed") are made at all.
 #: Each costs ~40 Python calls in Twisted's logger even when a level filter drops it; a
 #: process whose only log observer drops debug events sets this False
@@ -841,7 +853,10 @@ class Multiplexer(Protocol):
         # turn are held.
         self._sent_turn = -1
         self._pumping = False
-        self._transport_paused = False
+        # 0 while the transport takes our writes; once it paused us, 1 plus the answers to
+        # the peer's frames written since (an int, not a flag and a counter: this class
+        # has no room for another name, see above; MAX_UNREAD_ANSWERS).
+        self._transport_paused = 0
         self._idle_waiters: list[Callable[[], None]] | None = None
         # What makeConnection sets (Protocol's class defaults until then).
         self.transport = None
@@ -863,19 +878,49 @@ class Multiplexer(Protocol):
         if self._timer is not None:  # keepalive.heard(now), one call less per read
             self.keepalive.last_heard = self.clock.seconds()
         decoder = self._decoder
+        if decoder.rest is not None:  # earlier frames wait: these bytes go behind them
+            decoder.rest += data
+            return
         sid = decoder.lone_data(data)
-        try:
-            if sid:  # the common read: one Data frame, what _frame would do with it
-                stream = self.streams.get(sid)
-                if stream is not None:
+        if sid:  # the common read: one Data frame, what _frame would do with it
+            stream = self.streams.get(sid)
+            if stream is not None:
+                try:
                     stream._data_received(data[HEADER_SIZE:])
-                return
-            for frame in decoder.feed(data):
+                except ProtocolError as e:
+                    self._protocol_error(e.reason)
+            return
+        self._handle(data)
+        if decoder.rest is not None and not self.closed:
+            self.transport.pauseProducing()  # no more reads until the rest is handled
+            self.clock.callLater(0, self._handle_rest)
+
+    def _handle(self, data: bytes) -> None:
+        """Decode and handle up to MAX_FRAMES_PER_TURN frames of ``data``; the decoder
+        keeps the bytes after them (``rest``)."""
+        try:
+            for frame in self._decoder.feed(data, MAX_FRAMES_PER_TURN):
                 self._frame(frame)
                 if self.closed:
                     return
         except ProtocolError as e:
             self._protocol_error(e.reason)
+
+    def _handle_rest(self) -> None:
+        """The next part of a read of many frames (a turn each); once all is handled, the
+        tunnel is read again."""
+        decoder = self._decoder
+        data = decoder.rest
+        if data is None or self.closed:
+            return
+        decoder.rest = None
+        self._handle(data)
+        if self.closed:
+            return
+        if decoder.rest is not None:
+            self.clock.callLater(0, self._handle_rest)
+        else:
+            self.transport.resumeProducing()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._terminate(reason if reason is not None else Failure(error.ConnectionDone()))
@@ -887,12 +932,24 @@ class Multiplexer(Protocol):
     # transport takes more is the scheduler's choice.
 
     def pauseProducing(self) -> None:
-        self._transport_paused = True
+        if not self._transport_paused:
+            self._transport_paused = 1
 
     def resumeProducing(self) -> None:
         if self._transport_paused:
-            self._transport_paused = False
+            self._transport_paused = 0
             self._pump()
+
+    def _answered(self) -> None:
+        """An answer to one of the peer's own frames went out (a Ping's answer, the RST of
+        a refused stream): while the peer leaves our writes unread, at most
+        MAX_UNREAD_ANSWERS of them."""
+        if self._transport_paused:
+            self._transport_paused += 1
+            if self._transport_paused > MAX_UNREAD_ANSWERS + 1:  # 1: paused, no answer
+                raise ProtocolError(f"{self.peer_name} sent more than {MAX_UNREAD_ANSWERS} "
+                                    "Pings or stream openings to answer while it read "
+                                    "nothing of this end's writes")
 
     def stopProducing(self) -> None:
         pass  # the transport is closing; connectionLost follows
@@ -981,6 +1038,7 @@ class Multiplexer(Protocol):
             if flags & SYN:
                 self.keepalive.peer_pinged = self.clock.seconds()
                 self._send_control(PING, ACK, 0, length)
+                self._answered()
             else:
                 self.keepalive.acked(length, self.clock.seconds())
         else:
@@ -994,6 +1052,7 @@ class Multiplexer(Protocol):
                    "stream limit reached" if self.on_stream is not None else "not accepting")
             self._log.debug("refusing stream {sid}: {why}", sid=sid, why=why)
             self._send_control(WINDOW_UPDATE, RST, sid, 0)
+            self._answered()
             return None
         stream = Stream(self, sid, self.window_size)
         self.streams[sid] = stream
@@ -1011,10 +1070,14 @@ class Multiplexer(Protocol):
         except Exception:
             self._log.failure("on_stream for stream {sid}", sid=sid)
             stream.abortConnection()
+            self._answered()
             return None
         if protocol is not None and stream.protocol is None:
             stream.attach(protocol)
-        return None if stream._closed else stream
+        if stream._closed:  # refused by its owner (a gateway takes no studio's streams)
+            self._answered()
+            return None
+        return stream
 
     def _go_away_received(self, code: int) -> None:
         self.remote_go_away = code

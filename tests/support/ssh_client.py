@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 
 def shell_cut_off(argv: Sequence[str], act: Callable[[], object], timeout: float = 5) -> str:
@@ -22,3 +24,14 @@ def shell_cut_off(argv: Sequence[str], act: Callable[[], object], timeout: float
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def registered_key(gw: Any, directory: Path, user: str) -> Path:
+    """A new ed25519 key in `directory` (no passphrase), made `user`'s only key through the
+    gateway's admin API (`gw`: a tests.support.gateway.GatewayProcess); its private file."""
+    key = directory / f"{user}_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    status, body, _ = gw.request(f"/api/users/{user}/keys", method="PUT",
+                                 body={"keys": [key.with_suffix(".pub").read_text()]})
+    assert status == 200, body
+    return key

@@ -151,6 +151,10 @@ def test_hop_by_hop_lines_go_and_the_status_line_is_kept() -> None:
     # path mode keeps a service worker's scope inside the studio: the Python way's job
     b"HTTP/1.1 200 OK\r\nService-Worker-Allowed: /\r\nContent-Length: 2\r\n\r\nhi",
     b"HTTP/1.1 200 OK\r\nSERVICE-WORKER-ALLOWED: /\r\nContent-Length: 2\r\n\r\nhi",
+    # path mode drops what sets a policy for the whole origin: the Python way's job too
+    b"HTTP/1.1 200 OK\r\nNEL: {\"report_to\":\"g\",\"max_age\":9}\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nReport-To: {\"group\":\"g\"}\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nnel: x\r\nREPORT-TO: x\r\nContent-Length: 2\r\n\r\nhi",
     b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\nbody",  # a 304 has none
     b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n",
@@ -266,7 +270,7 @@ _NAMES = st.sampled_from([
     b"Content-Type", b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Connection",
     b"Keep-Alive", b"Transfer-Encoding", b"Set-Cookie", b"Server", b"Date", b"ETag",
     b"Proxy-Connection", b"Upgrade", b"TE", b"Trailer", b"Location", b"X-A", b"x_b~|!#$%&'*+.^`",
-    b"Clear-Site-Data", b"clear-site-data", b"Service-Worker-Allowed",
+    b"Clear-Site-Data", b"clear-site-data", b"Service-Worker-Allowed", b"NEL", b"Report-To",
     b"Bad Name", b"Bad\x00", b"", b"Caf\xe9", b"Content-Length ",
 ]) | st.binary(min_size=0, max_size=6)
 _VALUES = st.sampled_from([
@@ -281,7 +285,8 @@ _EOLS = st.sampled_from([b"\r\n"] * 12 + [b"\n", b"\r", b"\r\r\n"])
 _CLEAN_NAMES = st.sampled_from([b"Content-Type", b"Server", b"Date", b"ETag", b"X-A",
                                  b"Cache-Control", b"x_b~|!#$%&'*+.^`", b"Keep-Alive",
                                  b"Connection", b"Vary", b"Location", b"Refresh",
-                                 b"Clear-Site-Data", b"Service-Worker-Allowed"])
+                                 b"Clear-Site-Data", b"Service-Worker-Allowed", b"NEL",
+                                 b"Report-To", b"Reporting-Endpoints"])
 _CLEAN_VALUES = st.sampled_from([b"keep-alive", b"Keep-Alive", b"timeout=5", b"text/html",
                                  b"a b", b"\"quoted\"", b"x:y", b"0", b"~", b"/lab",
                                  b"0; url=/x"]) | st.text(

@@ -6,6 +6,7 @@ import ipaddress
 from typing import Any
 
 import h11
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
@@ -126,6 +127,21 @@ def test_get_is_forwarded_and_answered() -> None:
     assert (status, body) == (200, b"hi")
     assert not t.disconnecting
     assert h.factory.pool.count("abc") == 1
+
+
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+def test_1xx_heads_go_to_http_11_clients_only(version: bytes) -> None:
+    """A tool's 100 Continue or 103 went to an HTTP/1.0 client too, which reads the first
+    head as the answer (RFC 9110 15.2: a server must not send it one)."""
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(GET.replace(b"HTTP/1.1", b"HTTP/" + version))
+    up, _ = h.up()
+    up.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
+                    b"Link: </a.css>; rel=preload\r\n\r\n" + OK)
+    heads = [line for line in t.value().split(b"\r\n") if line.startswith(b"HTTP/1.1 ")]
+    assert heads == ([b"HTTP/1.1 100 Continue", b"HTTP/1.1 103 Early Hints"]
+                     if version == b"1.1" else []) + [b"HTTP/1.1 200 OK"]
 
 
 def test_keep_alive_reuses_the_upstream_connection() -> None:

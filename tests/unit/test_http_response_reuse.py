@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from studios_gateway.http.h1 import BodyError, ResponseHead, ResponseReader
+from studios_gateway.http.h1 import MAX_RESPONSE_FIELDS, BodyError, ResponseHead, ResponseReader
 from tests.support.examples import examples
 
 MAX_HEAD = 4096
@@ -80,3 +80,98 @@ def test_the_parser_is_kept_only_after_a_message_llhttp_ended() -> None:
     assert reader.reusable()
     reader.expect(b"GET")
     assert reader._parser is not first  # llhttp still expects the HEAD's body: a new one
+
+
+def test_a_head_after_1xx_heads_is_measured_and_the_1xx_heads_let_go() -> None:
+    """A tool's head after a 100 Continue was never measured (the 1xx head's end was in
+    the bytes kept): an endless head grew the gateway without bound (and 20 MB of it
+    took 17 s of llhttp's time). 1xx heads are let go once read; the head after them is
+    held to MAX_HEAD as any."""
+    reader = ResponseReader(MAX_HEAD)
+    reader.expect(b"POST")
+    got = reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Endless: ")
+    assert [e.status for e in got] == [100]
+    error = None
+    for _ in range(MAX_HEAD // 1000 + 1):
+        try:
+            reader.feed(b"a" * 1000)
+        except BodyError as e:
+            error = str(e)
+            break
+    assert error == "response head too large"
+
+    reader = ResponseReader(MAX_HEAD)
+    reader.expect(b"GET")
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    for _ in range(1000):  # endless 1xx heads: each passed on, none kept
+        assert len(reader.feed(hints * 10)) == 10
+    assert not reader.untouched()  # a 1xx was read: not the compiled lane's to answer
+    reader.feed(hints + b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nafter")
+    assert reader.switched_rest == b"after"
+
+
+def test_a_status_outside_100_to_599_is_a_bad_response() -> None:
+    """llhttp reads any three digits as a status: a tool's 'HTTP/1.1 000' head (with its
+    Content-Length) went to the browser as if it were a 1xx, the exchange going on."""
+    for status in (b"000", b"099", b"600", b"999"):
+        reader = ResponseReader(MAX_HEAD)
+        reader.expect(b"GET")
+        try:
+            got = reader.feed(b"HTTP/1.1 " + status + b" X\r\nContent-Length: 2\r\n\r\nok")
+        except BodyError as e:
+            assert str(e) == f"status {int(status)} is not an HTTP status (100-599)"
+        else:
+            raise AssertionError(f"{status!r} read as {got}")
+    reader = ResponseReader(MAX_HEAD)
+    reader.expect(b"GET")
+    assert [e.status for e in reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 599 X\r\n"
+                                          b"Content-Length: 0\r\n\r\n")[:2]] == [100, 599]
+
+
+def test_a_response_trailer_section_is_bounded_and_not_kept() -> None:
+    """Trailer fields were appended to the head's fields for as long as the tool sent
+    them (26 MB of 'X-T: a' lines grew the process by 390 MB), an endless trailer value
+    or chunk size line was kept whole; the framer never passes trailers on. Now they are
+    not kept, and what comes between two pieces of the body is held to MAX_HEAD."""
+    for endless in (b"X-T: a\r\n" * 100, b"a" * 800):
+        reader = ResponseReader(MAX_HEAD)
+        reader.expect(b"GET")
+        head = reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"2\r\nhi\r\n0\r\nX-Trailer: ")
+        assert head[1:] == [b"hi"]
+        error = None
+        for _ in range(MAX_HEAD // len(endless) + 1):
+            try:
+                reader.feed(endless)
+            except BodyError as e:
+                error = str(e)
+                break
+        assert error == "response chunk size line or trailer section too long"
+        assert head[0].headers == [(b"Transfer-Encoding", b"chunked")]
+    reader = ResponseReader(MAX_HEAD)
+    reader.expect(b"GET")
+    got = reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(3 * MAX_HEAD // 8):  # a long answer in small chunks, a read each
+        got += reader.feed(b"2\r\nhi\r\n")
+    got += reader.feed(b"0\r\nX-T: 1\r\n\r\n")
+    assert got[-1] is None and reader.reusable()
+
+
+def test_a_head_read_whole_in_one_read_has_at_most_1000_fields() -> None:
+    """A head that comes whole in one read is not held to MAX_HEAD (a tunnel's Data frame
+    may be megabytes; the compiled lane takes such heads too), so its fields are counted:
+    a million of them were a million tuples."""
+    many = b"HTTP/1.1 200 OK\r\n" + b"a:b\r\n" * 100_000 + b"Content-Length: 0\r\n\r\n"
+    reader = ResponseReader(MAX_HEAD)
+    reader.expect(b"GET")
+    try:
+        reader.feed(many)
+    except BodyError as e:
+        assert str(e) == f"response head with more than {MAX_RESPONSE_FIELDS} fields"
+    else:
+        raise AssertionError("read")
+    cookies = b"Set-Cookie: a=b\r\n" * (MAX_RESPONSE_FIELDS - 1)
+    reader = ResponseReader(len(cookies) * 2)
+    reader.expect(b"GET")
+    got = reader.feed(b"HTTP/1.1 200 OK\r\n" + cookies + b"Content-Length: 0\r\n\r\n")
+    assert len(got[0].headers) == MAX_RESPONSE_FIELDS and got[-1] is None

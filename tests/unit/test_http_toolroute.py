@@ -346,3 +346,30 @@ def test_proxy_keeps_a_service_workers_scope_in_the_studio(tool, path_routing, e
     [(status, headers, body)] = parse_responses(t.value())
     assert (status, body) == (200, b";;")
     assert headers[b"service-worker-allowed"] == expected
+
+
+@pytest.mark.parametrize("compiled_lane", [True, False])
+@pytest.mark.parametrize("path_routing", [True, False])
+def test_proxy_drops_a_tools_policies_for_the_whole_origin_in_path_mode(
+        path_routing: bool, compiled_lane: bool) -> None:
+    """A tool's NEL with its Report-To group reached the browser, which then kept the
+    policy for the whole origin: in path mode the proxy host, so it reported the URLs the
+    visitor opened afterwards there (the gateway's pages, other studios) to the tool's
+    collector (shown in Chromium, tests/integration/test_hostile_studio.py). Dropped in
+    path mode, both ways back (the compiled lane declines them); a studio's own origin in
+    subdomain mode keeps them, as a page's own Reporting-Endpoints in both."""
+    h = Harness(path_routing=path_routing, compiled_lane=compiled_lane)
+    h.sessions["abc"] = SessionInfo("abc", "jupyter", True)
+    p, t = h.client()
+    target = b"/_studio/abc/lab" if path_routing else b"/lab"
+    host = b"studios.test" if path_routing else b"abc.studios.test"
+    p.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    h.up()[0].dataReceived(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n"
+        b'NEL: {"report_to":"g","max_age":86400,"success_fraction":1.0}\r\n'
+        b'Report-To: {"group":"g","max_age":86400,"endpoints":[{"url":"https://x.test/"}]}\r\n'
+        b'Reporting-Endpoints: g="https://x.test/"\r\nContent-Length: 2\r\n\r\nhi')
+    [(status, headers, body)] = parse_responses(t.value())
+    assert (status, body) == (200, b"hi")
+    assert headers[b"reporting-endpoints"] == b'g="https://x.test/"'
+    assert (b"nel" in headers, b"report-to" in headers) == (not path_routing,) * 2

@@ -191,3 +191,17 @@ def test_lone_data_of_a_broken_decoder_is_nothing() -> None:
         decoder.feed(b"\x09" * 12)
     assert decoder.lone_data(frames.encode_data(1, b"x")) == 0
     assert decoder.lone_data(bytearray(frames.encode_data(1, b"x"))) == 0  # type: ignore[arg-type]
+
+
+def test_a_limited_feed_leaves_the_frames_after_the_limit_undecoded() -> None:
+    """feed(data, limit): at most `limit` frames; the bytes after them (a partial frame's
+    too) are left in `rest`, and feeding them again goes on where it stopped."""
+    data = b"".join([frames.encode_ping(1), frames.encode_data(3, b"abc"),
+                     frames.encode_ping(2), frames.encode_data(5, b"x" * 10)])
+    decoder = FrameDecoder(1024)
+    got = decoder.feed(data[:-4], limit=2)
+    assert [f.type for f in got] == [PING, DATA] and decoder.rest == data[27:-4]
+    rest, decoder.rest = decoder.rest, None
+    got = decoder.feed(rest, limit=2)  # a Ping, then the start of a Data frame
+    assert [f.length for f in got] == [2] and decoder.rest is None
+    assert decoder.feed(data[-4:], limit=2) == [Frame(DATA, 0, 5, 10, b"x" * 10)]

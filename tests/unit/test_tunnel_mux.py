@@ -36,6 +36,8 @@ from studios_gateway.wire.frames import (
     ProtocolError,
 )
 from studios_gateway.wire.mux import (
+    MAX_FRAMES_PER_TURN,
+    MAX_UNREAD_ANSWERS,
     Keepalive,
     Multiplexer,
     ReceiveWindow,
@@ -578,6 +580,68 @@ def test_protocol_errors_end_the_tunnel_with_go_away(raw: bytes) -> None:
     link.client.dataReceived(raw)  # what a server would have sent
     assert link.client.closed and link.t["client"].disconnecting
     assert take(link.t["client"])[-1] == Frame(GO_AWAY, 0, 0, frames.GO_AWAY_PROTOCOL_ERROR)
+
+
+@pytest.mark.parametrize("answered", ["ping", "refused stream"])
+def test_a_peer_flooding_frames_whose_answers_it_never_reads_is_cut_off(answered: str) -> None:
+    """Every Ping gets an answer, every stream the gateway refuses an RST: a studio that
+    sends them without reading made the gateway buffer the answers without bound (69 MiB
+    of Pings grew a real gateway by 85 MiB). While the transport has paused the
+    multiplexer (its buffer full), only MAX_UNREAD_ANSWERS answers are written."""
+    clock = Clock()
+    server = Multiplexer(is_client=False, clock=clock, on_stream=lambda s: s.abortConnection())
+    transport = StringTransport()
+    server.makeConnection(transport)
+
+    def one(i: int) -> bytes:
+        return (frames.encode_ping(i) if answered == "ping"
+                else frames.encode_window_update(2 * i + 1, 0, SYN))
+
+    def received(data: bytes) -> None:  # and every frame of it handled (over some turns)
+        server.dataReceived(data)
+        while server._decoder.rest is not None:
+            clock.advance(0)
+
+    received(b"".join(one(i) for i in range(10_000)))
+    assert not server.closed  # the peer reads: any number is answered
+    server.pauseProducing()  # the transport's buffer is full: the peer stopped reading
+    received(b"".join(one(i) for i in range(10_000, 10_000 + MAX_UNREAD_ANSWERS)))
+    server.resumeProducing()  # it read: the count starts again
+    server.pauseProducing()
+    received(b"".join(one(i) for i in range(20_000, 20_000 + MAX_UNREAD_ANSWERS)))
+    assert not server.closed
+    transport.clear()
+    server.dataReceived(one(30_000))
+    assert server.closed and transport.disconnecting
+    assert take(transport)[-1] == Frame(GO_AWAY, 0, 0, frames.GO_AWAY_PROTOCOL_ERROR)
+    assert server.close_reason is not None
+    assert "read nothing" in server.close_reason.getErrorMessage()
+
+
+def test_a_read_of_many_small_frames_is_handled_over_several_turns_in_order() -> None:
+    """A 512 KiB read of Pings (43,690 frames) was handled in one call, holding the reactor
+    (every other connection of the gateway) for ~250 ms. At most MAX_FRAMES_PER_TURN of a
+    read's frames are handled per turn; the tunnel is not read meanwhile; what comes later
+    waits behind them."""
+    link = Link()
+    local, mine, remote, theirs = open_pair(link)
+    server, transport, clock = link.server, link.t["server"], link.clock
+    transport.clear()
+    pings = MAX_FRAMES_PER_TURN * 2 + 10
+    def answers() -> list[int]:
+        return [f.length for f in take(transport) if f.type == PING]
+
+    server.dataReceived(b"".join(frames.encode_ping(i) for i in range(pings)))
+    assert answers() == list(range(MAX_FRAMES_PER_TURN))  # this turn's Pings
+    assert transport.producerState == "paused"  # the tunnel is not read meanwhile
+    server.dataReceived(frames.encode_data(remote.stream_id, b"after the pings"))
+    assert theirs.data == b""  # waits behind them
+    later = [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds()]
+    assert len(later) == 1  # the next turn's part (a fake clock runs the one after too)
+    clock.advance(0)
+    assert answers() == list(range(MAX_FRAMES_PER_TURN, pings))
+    assert theirs.data == b"after the pings" and transport.producerState == "producing"
+    assert server._decoder.rest is None and not server.closed
 
 
 def test_frames_for_unknown_streams_are_ignored() -> None:
