@@ -23,8 +23,9 @@
  *     field, and a Connection field only when it says keep-alive (the tool keeps the
  *     connection);
  *   - no Location, Refresh or Service-Worker-Allowed field (path mode rewrites them; a
- *     tool rarely sends the last, so both modes decline it), and no NEL or Report-To
- *     (path mode drops them: policies for the whole origin); with Set-Cookie declined
+ *     tool rarely sends the last, so both modes decline it), and no NEL, Report-To,
+ *     Strict-Transport-Security, Alt-Svc or Accept-CH (path mode drops them: policies
+ *     for the whole origin); with Set-Cookie declined
  *     too, path mode passes every other field as it is, so the lane serves both modes;
  *   - every line ends in CRLF.
  *
@@ -77,11 +78,12 @@ static enum field classify(const char *name, Py_ssize_t name_len, const char *va
     case 3:
         return IS("nel") ? REFUSE : KEEP;
     case 7:
-        return (IS("trailer") || IS("upgrade") || IS("refresh")) ? REFUSE : KEEP;
+        return (IS("trailer") || IS("upgrade") || IS("refresh") || IS("alt-svc")) ? REFUSE
+                                                                                : KEEP;
     case 8:
         return IS("location") ? REFUSE : KEEP;
     case 9:
-        return IS("report-to") ? REFUSE : KEEP;
+        return (IS("report-to") || IS("accept-ch")) ? REFUSE : KEEP;
     case 10:
         if (IS("set-cookie"))
             return REFUSE;
@@ -104,6 +106,8 @@ static enum field classify(const char *name, Py_ssize_t name_len, const char *va
         return IS("proxy-authorization") ? REFUSE : KEEP;
     case 22:
         return IS("service-worker-allowed") ? REFUSE : KEEP;
+    case 25:
+        return IS("strict-transport-security") ? REFUSE : KEEP;
     }
     return KEEP;
 }

@@ -222,8 +222,13 @@ class ToolPaths:
 #: a tool's answers there. ``NEL`` (Network Error Logging) with ``Report-To``'s endpoint
 #: groups makes the browser report the URL of each later request (``success_fraction``)
 #: or failure to the tool's collector, for as long as ``max_age`` says. (A page's own
-#: ``Reporting-Endpoints`` is the document's, and passes.)
-ORIGIN_POLICIES = frozenset({b"nel", b"report-to"})
+#: ``Reporting-Endpoints`` is the document's, and passes.) ``Strict-Transport-Security``
+#: (with ``includeSubDomains``: every host under the proxy host's name, for a year),
+#: ``Alt-Svc`` (where the browser connects for the origin) and ``Accept-CH`` (the client
+#: hints the browser sends every page of the origin) are the gateway's to decide there,
+#: not one tool's.
+ORIGIN_POLICIES = frozenset({b"nel", b"report-to", b"strict-transport-security", b"alt-svc",
+                             b"accept-ch"})
 
 #: Reads a URL as the browser does (relative references resolved, dot segments gone)
 #: and moves no path.

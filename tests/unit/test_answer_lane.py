@@ -155,6 +155,9 @@ def test_hop_by_hop_lines_go_and_the_status_line_is_kept() -> None:
     b"HTTP/1.1 200 OK\r\nNEL: {\"report_to\":\"g\",\"max_age\":9}\r\nContent-Length: 2\r\n\r\nhi",
     b"HTTP/1.1 200 OK\r\nReport-To: {\"group\":\"g\"}\r\nContent-Length: 2\r\n\r\nhi",
     b"HTTP/1.1 200 OK\r\nnel: x\r\nREPORT-TO: x\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nStrict-Transport-Security: max-age=9\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nalt-svc: clear\r\nContent-Length: 2\r\n\r\nhi",
+    b"HTTP/1.1 200 OK\r\nAccept-CH: Sec-CH-UA\r\nContent-Length: 2\r\n\r\nhi",
     b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\nbody",  # a 304 has none
     b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n",
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n",
@@ -271,7 +274,8 @@ _NAMES = st.sampled_from([
     b"Keep-Alive", b"Transfer-Encoding", b"Set-Cookie", b"Server", b"Date", b"ETag",
     b"Proxy-Connection", b"Upgrade", b"TE", b"Trailer", b"Location", b"X-A", b"x_b~|!#$%&'*+.^`",
     b"Clear-Site-Data", b"clear-site-data", b"Service-Worker-Allowed", b"NEL", b"Report-To",
-    b"Bad Name", b"Bad\x00", b"", b"Caf\xe9", b"Content-Length ",
+    b"Strict-Transport-Security", b"Alt-Svc", b"Accept-CH", b"Bad Name", b"Bad\x00", b"",
+    b"Caf\xe9", b"Content-Length ",
 ]) | st.binary(min_size=0, max_size=6)
 _VALUES = st.sampled_from([
     b"keep-alive", b"Keep-Alive", b"close", b"keep-alive, upgrade", b"timeout=5", b"chunked",
@@ -286,7 +290,8 @@ _CLEAN_NAMES = st.sampled_from([b"Content-Type", b"Server", b"Date", b"ETag", b"
                                  b"Cache-Control", b"x_b~|!#$%&'*+.^`", b"Keep-Alive",
                                  b"Connection", b"Vary", b"Location", b"Refresh",
                                  b"Clear-Site-Data", b"Service-Worker-Allowed", b"NEL",
-                                 b"Report-To", b"Reporting-Endpoints"])
+                                 b"Report-To", b"Reporting-Endpoints", b"Alt-Svc",
+                                 b"Accept-CH", b"Strict-Transport-Security"])
 _CLEAN_VALUES = st.sampled_from([b"keep-alive", b"Keep-Alive", b"timeout=5", b"text/html",
                                  b"a b", b"\"quoted\"", b"x:y", b"0", b"~", b"/lab",
                                  b"0; url=/x"]) | st.text(

@@ -368,8 +368,13 @@ def test_proxy_drops_a_tools_policies_for_the_whole_origin_in_path_mode(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n"
         b'NEL: {"report_to":"g","max_age":86400,"success_fraction":1.0}\r\n'
         b'Report-To: {"group":"g","max_age":86400,"endpoints":[{"url":"https://x.test/"}]}\r\n'
-        b'Reporting-Endpoints: g="https://x.test/"\r\nContent-Length: 2\r\n\r\nhi')
+        b'Reporting-Endpoints: g="https://x.test/"\r\n'
+        b"Strict-Transport-Security: max-age=31536000; includeSubDomains\r\n"
+        b'Alt-Svc: h2="alt.x.test:443"\r\nAccept-CH: Sec-CH-UA-Model\r\n'
+        b"Content-Length: 2\r\n\r\nhi")
     [(status, headers, body)] = parse_responses(t.value())
     assert (status, body) == (200, b"hi")
     assert headers[b"reporting-endpoints"] == b'g="https://x.test/"'
-    assert (b"nel" in headers, b"report-to" in headers) == (not path_routing,) * 2
+    origin_wide = (b"nel", b"report-to", b"strict-transport-security", b"alt-svc",
+                   b"accept-ch")
+    assert [name in headers for name in origin_wide] == [not path_routing] * 5
