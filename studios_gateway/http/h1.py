@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -38,6 +39,8 @@ _TARGET = re.compile(rb"[\x21-\x7e]+")
 # i.e. rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"; _value_ok checks it with C-level calls
 # (that regex took ~2 us for a long cookie). The bytes a value may hold:
 _VALUE_BYTES = bytes(b for b in range(256) if b not in b"\x00\n\r\x0b\x0c")
+# A reason phrase's bytes (RFC 9112: HTAB, SP, VCHAR, obs-text): no other control byte.
+_REASON_BYTES = bytes(b for b in range(256) if b in (0x09, 0x20) or 0x21 <= b != 0x7F)
 
 
 def _value_ok(value: bytes) -> bool:
@@ -45,6 +48,8 @@ def _value_ok(value: bytes) -> bool:
     return not value.translate(None, _VALUE_BYTES) and (
         not value or (value[0] not in (0x20, 0x09) and value[-1] not in (0x20, 0x09)))
 _NO_BODY_STATUS = (204, 304)
+#: What a reason phrase with a control byte in it is replaced with.
+_STANDARD_REASONS = {int(s): s.phrase.encode("ascii") for s in HTTPStatus}
 #: The most fields one response head may have (the compiled lane takes at most 64).
 MAX_RESPONSE_FIELDS = 1000
 # A (name, value) pair as its field line (mapped over a header list: no Python frame).
@@ -410,7 +415,11 @@ class ResponseReader:
             # fields and all, which the browser took as a final answer)
             raise BodyError(f"status {status} is not an HTTP status (100-599)")
         self._heads += 1
-        self._events.append(ResponseHead(status, self._reason, self._headers))
+        reason = self._reason
+        if reason.translate(None, _REASON_BYTES):
+            # (a control byte, which llhttp lets through, would go on to the browser)
+            reason = _STANDARD_REASONS.get(status, b"")
+        self._events.append(ResponseHead(status, reason, self._headers))
         if status == 101:
             raise _Switched()
         if status >= 200:

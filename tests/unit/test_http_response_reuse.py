@@ -175,3 +175,19 @@ def test_a_head_read_whole_in_one_read_has_at_most_1000_fields() -> None:
     reader.expect(b"GET")
     got = reader.feed(b"HTTP/1.1 200 OK\r\n" + cookies + b"Content-Length: 0\r\n\r\n")
     assert len(got[0].headers) == MAX_RESPONSE_FIELDS and got[-1] is None
+
+
+def test_a_reason_phrase_with_a_control_byte_becomes_the_standard_one() -> None:
+    """llhttp lets a reason phrase's control bytes (\\x01, DEL) through, and they went on
+    to the browser as the tool sent them."""
+    for reason, shown in ((b"O\x01K", b"OK"), (b"Fine\x7f", b"OK"), (b"All good\tnow", None),
+                          (b"caf\xe9", None)):
+        reader = ResponseReader(MAX_HEAD)
+        reader.expect(b"GET")
+        [head, *_] = reader.feed(b"HTTP/1.1 200 " + reason + b"\r\nContent-Length: 0\r\n\r\n")
+        assert isinstance(head, ResponseHead)
+        assert head.reason == (reason if shown is None else shown)
+    reader = ResponseReader(MAX_HEAD)
+    reader.expect(b"GET")
+    [head, *_] = reader.feed(b"HTTP/1.1 599 \x01\r\nContent-Length: 0\r\n\r\n")
+    assert head.reason == b""  # no standard phrase
