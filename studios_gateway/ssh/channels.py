@@ -319,6 +319,14 @@ class FlowConnection(connection.SSHConnection):
         self.writes_held = True
 
     def resumeProducing(self) -> None:
+        socket = getattr(self.transport, "transport", None)
+        if socket is not None and getattr(socket, "disconnecting", False):
+            # Closing (a disconnect sent or received): Twisted closes a socket whose
+            # producer was paused only once that producer is unregistered (it resumes the
+            # producer instead), so a connection with nothing more to send stayed open
+            # for ever, reading stopped. Nothing held goes after the goodbye.
+            socket.unregisterProducer()
+            return
         if self.writes_held:
             self.writes_held = False
             for channel in list(self.channels.values()):

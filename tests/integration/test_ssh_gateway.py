@@ -262,6 +262,39 @@ def test_a_client_that_reads_nothing_does_not_fill_the_gateways_memory(
         hog.wait(5)
 
 
+def test_a_client_told_goodbye_while_its_socket_was_full_gets_nothing_after_it(
+        dep: Deployment) -> None:
+    """The gateway disconnects a client that has stopped reading (here for a malformed
+    message) while channel data waits for its socket: once the client read again, the
+    held output (and more from the studio) went on after the goodbye, megabytes of it,
+    and the socket closed only if the last of it happened not to fill the socket's
+    buffer (Twisted closes a socket whose producer is paused only once it is
+    unregistered). Now nothing comes after the goodbye and the socket closes."""
+    import select
+    import signal
+    import sys
+
+    from tests.support.waiting import wait_until
+
+    hog = subprocess.Popen([sys.executable, "-m", "tests.support.ssh_hog", str(dep.port),
+                            f"alice@{dep.sid}", str(dep.key), "2", "rude"], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert hog.stdout is not None
+        ready, _, _ = select.select([hog.stdout], [], [], 20)
+        assert ready and hog.stdout.readline() == "reading stopped\n", hog.stdout.read()
+        hog.send_signal(signal.SIGUSR1)  # a malformed message: the gateway says goodbye
+        wait_until(lambda: "sent a malformed or unexpected" in dep.gw.output(),
+                   "the gateway's goodbye")
+        hog.send_signal(signal.SIGUSR2)  # the client reads again, ignoring the goodbye
+        ready, _, _ = select.select([hog.stdout], [], [], 15)
+        assert ready, "the socket stayed open"
+        assert hog.stdout.readline() == "closed 0\n"
+    finally:
+        hog.kill()
+        hog.wait(5)
+
+
 def test_ending_the_session_closes_its_connections_last(dep: Deployment) -> None:
     """Last in this module: the session is gone afterwards."""
     def end() -> None:

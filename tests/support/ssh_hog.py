@@ -2,13 +2,18 @@
 ``cat /dev/zero`` and advertise the largest window SSH allows, then stops reading its
 socket (the window stays "open" while nothing is taken).
 
-    python -m tests.support.ssh_hog PORT LOGIN KEYFILE CHANNELS
+    python -m tests.support.ssh_hog PORT LOGIN KEYFILE CHANNELS [rude]
 
 prints ``reading stopped`` once its channels are open and it has stopped reading.
+``rude``: then on SIGUSR1 it sends a message too short to parse (a global request
+without its name), for which the gateway says goodbye; on SIGUSR2 it reads again,
+ignoring the goodbye, and prints ``closed N`` when the gateway closes the socket (N:
+the channel bytes that came after the goodbye).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -20,8 +25,10 @@ HUGE_WINDOW = 2**32 - 1
 
 def main(argv: list[str]) -> None:
     port, login, keyfile, count = int(argv[0]), argv[1], argv[2], int(argv[3])
+    rude = argv[4:] == ["rude"]
     key = keys.Key.fromFile(keyfile)
     opened: list[int] = []
+    after_goodbye: list[int] = []  # [bytes] once the goodbye came
 
     class Zeros(channel.SSHChannel):
         name = b"session"
@@ -34,11 +41,17 @@ def main(argv: list[str]) -> None:
                 reactor.callLater(0.5, stop_reading, self.conn)
 
         def dataReceived(self, data: bytes) -> None:
-            pass
+            if after_goodbye:
+                after_goodbye[0] += len(data)
 
     def stop_reading(conn: Any) -> None:
         conn.transport.transport.stopReading()
         print("reading stopped", flush=True)
+        if rude:
+            signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(
+                conn.transport.sendPacket, connection.MSG_GLOBAL_REQUEST, b""))
+            signal.signal(signal.SIGUSR2, lambda *_: reactor.callFromThread(
+                conn.transport.transport.startReading))
 
     class Conn(connection.SSHConnection):
         def serviceStarted(self) -> None:
@@ -64,8 +77,15 @@ def main(argv: list[str]) -> None:
         def connectionSecure(self) -> None:
             self.requestService(Auth(login.encode(), Conn()))
 
+        def ssh_DISCONNECT(self, packet: bytes) -> None:
+            if not rude:
+                super().ssh_DISCONNECT(packet)
+            elif not after_goodbye:
+                after_goodbye.append(0)
+
         def connectionLost(self, reason: Any = None) -> None:
             super().connectionLost(reason)
+            print("closed", sum(after_goodbye), flush=True)
             if reactor.running:
                 reactor.stop()
 
