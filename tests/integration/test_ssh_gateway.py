@@ -295,6 +295,21 @@ def test_a_client_told_goodbye_while_its_socket_was_full_gets_nothing_after_it(
         hog.wait(5)
 
 
+def test_a_download_over_a_slow_link_does_not_starve_a_channel_beside_it(
+        dep: Deployment) -> None:
+    """One connection, a download to a client on a slow link (its socket full at the
+    gateway) and a second channel beside it: whenever the socket drained, the download's
+    channel was flushed first and filled it again, and the second channel's output
+    waited for as long as the download went on."""
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "tests.support.ssh_slow_reader", str(dep.port),
+                        f"alice@{dep.sid}", str(dep.key)], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.stdout.startswith("hello after "), (r.stdout, r.stderr[-2000:])
+    assert float(r.stdout.split()[-1]) < 10, r.stdout  # (1.3 s here; never, without)
+
+
 def test_ending_the_session_closes_its_connections_last(dep: Deployment) -> None:
     """Last in this module: the session is gone afterwards."""
     def end() -> None:

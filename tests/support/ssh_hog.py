@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.conch.ssh import channel, common, connection, keys, transport, userauth
@@ -58,6 +59,26 @@ def main(argv: list[str]) -> None:
             for _ in range(count):
                 self.openChannel(Zeros(localWindow=HUGE_WINDOW, localMaxPacket=32768))
 
+    class Client(key_client(login, key, Conn)):  # type: ignore[misc]
+        def ssh_DISCONNECT(self, packet: bytes) -> None:
+            if not rude:
+                super().ssh_DISCONNECT(packet)
+            elif not after_goodbye:
+                after_goodbye.append(0)
+
+        def connectionLost(self, reason: Any = None) -> None:
+            super().connectionLost(reason)
+            print("closed", sum(after_goodbye), flush=True)
+            if reactor.running:
+                reactor.stop()
+
+    run(port, Client)
+
+
+def key_client(login: str, key: Any, make_conn: Callable[[], connection.SSHConnection]
+               ) -> type[transport.SSHClientTransport]:
+    """An SSH client that takes any host key, logs in as `login` with `key` alone, then
+    runs `make_conn()` (tests/support/ssh_slow_reader.py uses it too)."""
     class Auth(userauth.SSHUserAuthClient):
         offered = False
 
@@ -75,22 +96,15 @@ def main(argv: list[str]) -> None:
             return defer.succeed(True)
 
         def connectionSecure(self) -> None:
-            self.requestService(Auth(login.encode(), Conn()))
+            self.requestService(Auth(login.encode(), make_conn()))
 
-        def ssh_DISCONNECT(self, packet: bytes) -> None:
-            if not rude:
-                super().ssh_DISCONNECT(packet)
-            elif not after_goodbye:
-                after_goodbye.append(0)
+    return Client
 
-        def connectionLost(self, reason: Any = None) -> None:
-            super().connectionLost(reason)
-            print("closed", sum(after_goodbye), flush=True)
-            if reactor.running:
-                reactor.stop()
 
+def run(port: int, client: type[transport.SSHClientTransport]) -> None:
+    """Connect `client` to 127.0.0.1:`port` and run the reactor."""
     f = protocol.ClientFactory()
-    f.protocol = Client
+    f.protocol = client
     reactor.connectTCP("127.0.0.1", port, f)
     reactor.run()
 

@@ -344,6 +344,53 @@ def test_data_held_at_a_disconnect_is_not_sent_after_it() -> None:
     assert cb.transport.kinds().count(connection.MSG_CHANNEL_DATA) == 0
 
 
+class _Wired(FakeTransport):
+    """The SSH transport, writing each packet to `socket`."""
+
+    def __init__(self, socket: _Socket) -> None:
+        super().__init__()
+        self.transport = socket
+
+    def sendPacket(self, kind: int, payload: bytes) -> None:
+        super().sendPacket(kind, payload)
+        self.transport.write(bytes(payload))
+
+
+def test_a_streaming_channel_does_not_starve_the_others_while_the_socket_is_full() -> None:
+    """Each time the socket drained, the held channels were flushed in the same order:
+    the first one, kept full by its studio (a download), refilled the socket every time,
+    and a second channel (a shell's prompt, over one ControlMaster connection or VS
+    Code's) waited as long as the first streamed."""
+    a1, b1, ca, cb = _relay_pair(1 << 30)
+    a2, b2 = RelayChannel(Relay()), RelayChannel(Relay())  # type: ignore[arg-type]
+    for conn, ch, sender in ((ca, a2, 8), (cb, b2, 10)):
+        ch.conn = conn
+        ch.id = 1
+        conn.channels[1] = ch
+        conn.channelsToRemoteChannel[ch] = sender
+        conn.localToRemoteChannel[1] = sender
+        ch.remoteWindowLeft, ch.remoteMaxPacket = 1 << 30, 100
+        ch.channelOpen(b"")
+    _pair(a2, b2)
+    socket = _Socket()
+    cb.transport = _Wired(socket)
+    socket.registerProducer(cb, True)
+
+    def stream() -> None:  # the studio sends the first channel all its window allows
+        while a1.localWindowLeft >= 100:
+            ca.ssh_CHANNEL_DATA(_data(100))
+
+    stream()
+    assert cb.writes_held and b1.queued_bytes > 0
+    ca.ssh_CHANNEL_DATA(struct.pack(">2L", 1, 7) + b"$ ready")  # the second channel's
+    assert b2.queued_bytes == 7
+    for _ in range(10):  # the client reads all the socket holds, and the studio refills
+        socket.accept = 1 << 20
+        socket.doWrite()
+        stream()
+    assert b2.queued_bytes == 0
+
+
 class UserRelay(Relay):
     """The fake relay, with its user on the small-window side (``b`` of _relay_pair)."""
 
