@@ -39,7 +39,15 @@ def redact_password(text: str) -> str:
         scheme, rest = "", text
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     userinfo, at, host = rest[:end].rpartition("@")
-    if not at or ":" not in userinfo:
+    if not at:
+        # A password holding "/", "?" or "#" (not percent-encoded, as is common) seemed
+        # to end the authority before its "@": it was shown in full. After a user and
+        # its colon, the last "@" ends it then (a path with an "@" is over-redacted).
+        colon, last = rest.find(":"), rest.rfind("@")
+        if 0 <= colon < end <= last and not any(c in rest[:colon] for c in "/?#@"):
+            return f"{scheme}{sep}{rest[:colon]}:{REDACTED}@{rest[last + 1:]}"
+        return text
+    if ":" not in userinfo:
         return text
     user = userinfo.partition(":")[0]
     return f"{scheme}{sep}{user}:{REDACTED}@{host}{rest[end:]}"

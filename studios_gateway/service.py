@@ -597,11 +597,10 @@ def build_management(config: Config, reactor: Any, store: SessionStore, table: T
         connect_string,
     )
 
-    gone = ended_session(auth, traffic)
-
     def on_end(session_id: str) -> None:
-        gone(session_id)  # its connections close as ended first, then its tunnel
-        table.end_session(session_id)
+        # Its connections close as ended first (table.on_gone: ended_session), then its
+        # tunnel; once, though the registry's event for it is looked up too.
+        table.session_ended(session_id)
 
     sessions = Sessions(store, clock=reactor, on_end=on_end,
                         on_revoke=auth.authorizer.revoke_user, usage=traffic.describe,

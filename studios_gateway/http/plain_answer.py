@@ -61,7 +61,11 @@ class PlainHTTP:
             return self.bad(head_only)  # its first line says already: no redirect
         end = head.find(b"\r\n\r\n")
         if end < 0:
-            return self.bad(head_only) if cut else None
+            if cut or b"\n\n" in head or b"\n\r\n" in head:
+                # Ended by bare line feeds, which the parser refuses: no CRLF CRLF will
+                # come, and the client waits for an answer.
+                return self.bad(head_only)
+            return None
         request = parse_request_head(head[:end + 4], self._max_request_line,
                                      self._max_header_count)
         if not isinstance(request, RequestHead):

@@ -303,6 +303,7 @@ class FlowConnection(connection.SSHConnection):
         self._opening = 0
         #: Channel data waits in the channels' queues: the socket is full (pauseProducing).
         self.writes_held = False
+        self._next_turn = 0  # the channel that writes first at the next resumeProducing
 
     @property
     def channel_count(self) -> int:
@@ -319,10 +320,28 @@ class FlowConnection(connection.SSHConnection):
         self.writes_held = True
 
     def resumeProducing(self) -> None:
+        socket = getattr(self.transport, "transport", None)
+        if socket is not None and getattr(socket, "disconnecting", False):
+            # Closing (a disconnect sent or received): Twisted closes a socket whose
+            # producer was paused only once that producer is unregistered (it resumes the
+            # producer instead), so a connection with nothing more to send stayed open
+            # for ever, reading stopped. Nothing held goes after the goodbye.
+            socket.unregisterProducer()
+            return
         if self.writes_held:
             self.writes_held = False
-            for channel in list(self.channels.values()):
-                if isinstance(channel, FlowChannel):
+            # Each drain starts at the next channel: from the same one every time, a
+            # channel whose studio keeps its queue full (a download) refilled the socket
+            # at every drain, and the others (a shell on the same connection) waited
+            # for as long as it streamed.
+            channels = [c for c in self.channels.values() if isinstance(c, FlowChannel)]
+            if channels:
+                first = self._next_turn % len(channels)
+                self._next_turn = first + 1
+                for i, channel in enumerate(channels[first:] + channels[:first]):
+                    if self.writes_held:
+                        self._next_turn = first + i  # full again: the next one goes first
+                        break
                     channel._flush()
 
     def stopProducing(self) -> None:

@@ -573,6 +573,10 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
             return
         self.closing = True
         self._ended = desc.decode("utf-8", "replace")  # for the access line
+        if self._user_conn is not None:
+            # Nothing of the channels' goes after the goodbye (a client that ignored it
+            # and read on was sent the studio's output for as long as it read).
+            self._user_conn.writes_held = True
         super().sendDisconnect(reason, desc)
 
     def banner(self, text: str) -> None:

@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
         return 2
     start_logging(settings.log_level)
     for sentence in unknown:
-        Logger(namespace="studios_gateway.studio.main").warn(sentence)
+        Logger(namespace="studios_gateway.studio.main").warn("{sentence}", sentence=sentence)
     launcher = None
     if uses_preset(settings, command, tool_on_command_line=args.tool is not None):
         from studios_gateway.studio.presets.base import PresetError
@@ -218,7 +218,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
         differs = given_prefix_differs(settings, reply)
         if differs and differs not in said:
             said.add(differs)
-            log.warn(differs)
+            log.warn("{warning}", warning=differs)  # (its prefixes may hold braces)
         if launcher is not None:
             launcher.on_bind(reply)
         elif waits_for_bind:

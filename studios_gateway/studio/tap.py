@@ -34,7 +34,7 @@ def makeService(options: Options) -> Any:
     except ConfigError as e:
         fail_start("; ".join([str(e), *unknown]), EX_CONFIG)
     for sentence in unknown:
-        Logger(namespace="studios_gateway.studio.tap").warn(sentence)
+        Logger(namespace="studios_gateway.studio.tap").warn("{sentence}", sentence=sentence)
     from twisted.internet import reactor
 
     refused: list[int] = []

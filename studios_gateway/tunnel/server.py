@@ -143,7 +143,7 @@ class Tunnel:
     # One per bound tunnel, for its whole life: slots, and of the session's record only
     # the tool (a store on Redis hands each bind a record of its own, ~0.3 KiB) and the
     # hash of the token it was bound with (a token replaced since closes it).
-    __slots__ = ("tool", "holder", "mux", "protocol", "token_hash")
+    __slots__ = ("tool", "holder", "mux", "protocol", "token_hash", "ended")
 
     def __init__(self, tool: str, holder: TunnelHolder, mux: Multiplexer, protocol: Protocol,
                  token_hash: str = ""):
@@ -152,6 +152,8 @@ class Tunnel:
         self.mux = mux
         self.protocol = protocol
         self.token_hash = token_hash
+        #: Its session ended (TunnelTable.on_gone was called for it): closing.
+        self.ended = False
 
     @property
     def session_id(self) -> str:
@@ -274,6 +276,20 @@ class TunnelTable:
         if self.metrics:
             self.metrics.streams.labels("ssh" if kind == STREAM_SSH else "tool").inc()
         return stream
+
+    def session_ended(self, session_id: str) -> None:
+        """The session was ended through this node (the admin API's delete): its
+        connections here are told (on_gone), then its tunnel, if held here, closes. Once:
+        the look-up of the registry's event (:meth:`_gone`) may have come first, or come
+        after; whichever is second does nothing."""
+        tunnel = self._tunnels.get(session_id)
+        if tunnel is not None:
+            self._gone(tunnel, unheard=False)
+            return
+        try:
+            self.on_gone(session_id)
+        except Exception:
+            self._log.failure("ending the connections of session {sid}", sid=session_id)
 
     def end_session(self, session_id: str) -> None:
         tunnel = self._tunnels.get(session_id)
@@ -485,6 +501,9 @@ class TunnelTable:
         """`tunnel`'s session is no longer in the registry: close its tunnel. `unheard`:
         no event said it ended (this node was not listening, or Redis lost it): the
         operator is told, once a second at most with a count."""
+        if tunnel.ended:
+            return  # (ended here and looked up too: told and closed once)
+        tunnel.ended = True
         try:
             self.on_gone(tunnel.session_id)
         except Exception:

@@ -262,6 +262,54 @@ def test_a_client_that_reads_nothing_does_not_fill_the_gateways_memory(
         hog.wait(5)
 
 
+def test_a_client_told_goodbye_while_its_socket_was_full_gets_nothing_after_it(
+        dep: Deployment) -> None:
+    """The gateway disconnects a client that has stopped reading (here for a malformed
+    message) while channel data waits for its socket: once the client read again, the
+    held output (and more from the studio) went on after the goodbye, megabytes of it,
+    and the socket closed only if the last of it happened not to fill the socket's
+    buffer (Twisted closes a socket whose producer is paused only once it is
+    unregistered). Now nothing comes after the goodbye and the socket closes."""
+    import select
+    import signal
+    import sys
+
+    from tests.support.waiting import wait_until
+
+    hog = subprocess.Popen([sys.executable, "-m", "tests.support.ssh_hog", str(dep.port),
+                            f"alice@{dep.sid}", str(dep.key), "2", "rude"], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert hog.stdout is not None
+        ready, _, _ = select.select([hog.stdout], [], [], 20)
+        assert ready and hog.stdout.readline() == "reading stopped\n", hog.stdout.read()
+        hog.send_signal(signal.SIGUSR1)  # a malformed message: the gateway says goodbye
+        wait_until(lambda: "sent a malformed or unexpected" in dep.gw.output(),
+                   "the gateway's goodbye")
+        hog.send_signal(signal.SIGUSR2)  # the client reads again, ignoring the goodbye
+        ready, _, _ = select.select([hog.stdout], [], [], 15)
+        assert ready, "the socket stayed open"
+        assert hog.stdout.readline() == "closed 0\n"
+    finally:
+        hog.kill()
+        hog.wait(5)
+
+
+def test_a_download_over_a_slow_link_does_not_starve_a_channel_beside_it(
+        dep: Deployment) -> None:
+    """One connection, a download to a client on a slow link (its socket full at the
+    gateway) and a second channel beside it: whenever the socket drained, the download's
+    channel was flushed first and filled it again, and the second channel's output
+    waited for as long as the download went on."""
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "tests.support.ssh_slow_reader", str(dep.port),
+                        f"alice@{dep.sid}", str(dep.key)], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.stdout.startswith("hello after "), (r.stdout, r.stderr[-2000:])
+    assert float(r.stdout.split()[-1]) < 10, r.stdout  # (1.3 s here; never, without)
+
+
 def test_ending_the_session_closes_its_connections_last(dep: Deployment) -> None:
     """Last in this module: the session is gone afterwards."""
     def end() -> None:

@@ -129,3 +129,15 @@ def test_a_proxy_the_tunnel_cannot_use_is_refused_not_skipped(proxy: str) -> Non
                                   "CONNECT_TOOL_PORT": "8888", name: proxy})
         assert str(e.value).startswith(f"{name}=") and "http://host:port" in str(e.value)
         assert "secret" not in str(e.value)
+
+
+def test_a_refused_https_proxy_never_shows_its_password() -> None:
+    # A password with a "#" (not percent-encoded) makes the URL unusable, and the refusal
+    # quoted it in full on stderr and in the log.
+    from studios_gateway.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_client_settings({"CONNECT_STRING": "studios-connect://abcd1234:" + "t" * 20
+                              + "@127.0.0.1:1/", "CONNECT_TOOL_PORT": "8888",
+                              "HTTPS_PROXY": "http://alice:hunter#2@proxy:3128"})
+    assert "HTTPS_PROXY" in str(e.value) and "hunter" not in str(e.value), str(e.value)

@@ -170,6 +170,11 @@ def test_secrets_never_in_repr_describe_or_errors() -> None:
     ("user:hunter2@r:6379", "user:<redacted>@r:6379"),
     ("https://user@h.example", "https://user@h.example"),
     ("redis:6379", "redis:6379"), ("/a/b:c@d", "/a/b:c@d"),
+    # A password holding "#", "?" or "/" (not percent-encoded) was shown in full: the
+    # authority seemed to end inside it, before any "@".
+    ("http://user:pa#ss@proxy:3128", "http://user:<redacted>@proxy:3128"),
+    ("redis://:p/ss@r:6379", "redis://:<redacted>@r:6379"),
+    ("user:p?ss@r", "user:<redacted>@r"),
 ])
 def test_a_urls_password_is_redacted(text: str, shown: str) -> None:
     assert redact_password(text) == shown

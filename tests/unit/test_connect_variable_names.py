@@ -70,3 +70,24 @@ def test_twistd_studios_connect_says_the_misspelt_name_on_the_refusals_line(
     assert "CONNECT_GATEWAY_URL (not set)" in err and "; CONECT_STRING is not a setting of " \
         "studios-connect and is ignored; did you mean CONNECT_STRING?" in err, err
     assert TOKEN not in err
+
+
+def test_a_name_with_braces_is_said_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each sentence was given to the logger as its format: a brace in a name (or in a
+    # prefix, for the prefix warning) made the line "Unable to format event ...".
+    from twisted.logger import LogLevel, capturedLogs, formatEvent
+
+    from studios_gateway.studio.tap import Options, makeService
+
+    for name in [n for n in os.environ if n.upper().startswith("CONNECT")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CONNECT_STRING", f"studios-connect://abcd1234:{TOKEN}@127.0.0.1:1/")
+    monkeypatch.setenv("CONNECT_TOOL_PORT", "8888")
+    monkeypatch.setenv("CONNECT_TOOL_{PORT}", "1")
+    options = Options()
+    options.parseOptions([])
+    with capturedLogs() as events:
+        makeService(options)
+    said = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert said == ["CONNECT_TOOL_{PORT} is not a setting of studios-connect and is ignored; "
+                    "did you mean CONNECT_TOOL_PORT?"], said

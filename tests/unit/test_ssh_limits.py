@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.conch.ssh import common, connection
 from twisted.conch.ssh.keys import Key
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
@@ -282,6 +283,112 @@ def test_a_full_socket_holds_data_and_credit_whatever_window_the_peer_gave() -> 
     assert b.queued_bytes == 0
     assert cb.transport.kinds().count(connection.MSG_CHANNEL_DATA) == 11
     assert a.localWindowLeft + a._unacked == a.localWindowSize
+
+
+class _Socket(FileDescriptor):
+    """Twisted's own socket write path (buffer, producer, loseConnection), over a
+    kernel that takes `accept` bytes at a time."""
+
+    def __init__(self) -> None:
+        super().__init__(reactor=MemoryReactorClock())
+        self.connected = 1
+        self.bufferSize = 1000
+        self.accept = 0
+        self.closed = False
+
+    def writeSomeData(self, data: Any) -> int:
+        n = min(len(data), self.accept)
+        self.accept -= n
+        return n
+
+    def _postLoseConnection(self) -> Any:
+        self.closed = True
+        return super()._postLoseConnection()
+
+    def drain(self) -> None:
+        """The peer reads everything: the reactor calls doWrite while writing is wanted."""
+        self.accept = 1 << 30
+        while self in self.reactor.getWriters() and not self.closed:
+            self.doWrite()
+
+
+def test_a_connection_closed_while_its_socket_was_full_closes_once_it_drains() -> None:
+    """Twisted closes a socket with a paused producer only once that producer is
+    unregistered: it resumes the producer instead. A disconnect sent while the user's
+    socket was full (the session ended during a download, say) left the socket open for
+    ever once drained: reading stopped, no close, the connection's slot never freed."""
+    a, b, ca, cb = _relay_pair(1 << 30)
+    socket = _Socket()
+    cb.transport.transport = socket  # type: ignore[attr-defined]
+    socket.registerProducer(cb, True)
+    socket.write(b"x" * 2000)  # more than the socket's buffer: the connection is paused
+    assert cb.writes_held
+    socket.loseConnection()  # the gateway's disconnect
+    socket.drain()
+    assert socket.closed
+    assert socket.producer is None
+
+
+def test_data_held_at_a_disconnect_is_not_sent_after_it() -> None:
+    """Once the socket is closing, what the channels held stays held (the client has
+    been told goodbye); only what the socket already buffered goes."""
+    a, b, ca, cb = _relay_pair(1 << 30)
+    socket = _Socket()
+    cb.transport.transport = socket  # type: ignore[attr-defined]
+    socket.registerProducer(cb, True)
+    socket.write(b"x" * 2000)
+    ca.ssh_CHANNEL_DATA(_data(100))  # held: the socket is full
+    socket.loseConnection()
+    socket.drain()
+    assert socket.closed
+    assert cb.transport.kinds().count(connection.MSG_CHANNEL_DATA) == 0
+
+
+class _Wired(FakeTransport):
+    """The SSH transport, writing each packet to `socket`."""
+
+    def __init__(self, socket: _Socket) -> None:
+        super().__init__()
+        self.transport = socket
+
+    def sendPacket(self, kind: int, payload: bytes) -> None:
+        super().sendPacket(kind, payload)
+        self.transport.write(bytes(payload))
+
+
+def test_a_streaming_channel_does_not_starve_the_others_while_the_socket_is_full() -> None:
+    """Each time the socket drained, the held channels were flushed in the same order:
+    the first one, kept full by its studio (a download), refilled the socket every time,
+    and a second channel (a shell's prompt, over one ControlMaster connection or VS
+    Code's) waited as long as the first streamed."""
+    a1, b1, ca, cb = _relay_pair(1 << 30)
+    a2, b2 = RelayChannel(Relay()), RelayChannel(Relay())  # type: ignore[arg-type]
+    for conn, ch, sender in ((ca, a2, 8), (cb, b2, 10)):
+        ch.conn = conn
+        ch.id = 1
+        conn.channels[1] = ch
+        conn.channelsToRemoteChannel[ch] = sender
+        conn.localToRemoteChannel[1] = sender
+        ch.remoteWindowLeft, ch.remoteMaxPacket = 1 << 30, 100
+        ch.channelOpen(b"")
+    _pair(a2, b2)
+    socket = _Socket()
+    cb.transport = _Wired(socket)
+    socket.registerProducer(cb, True)
+
+    def stream() -> None:  # the studio sends the first channel all its window allows
+        while a1.localWindowLeft >= 100:
+            ca.ssh_CHANNEL_DATA(_data(100))
+
+    stream()
+    assert cb.writes_held and b1.queued_bytes > 0
+    ca.ssh_CHANNEL_DATA(struct.pack(">2L", 1, 7) + b"$ ready")  # the second channel's
+    assert b2.queued_bytes == 7
+    for _ in range(10):  # the client reads all the socket holds, and the studio refills
+        socket.accept = 1 << 20
+        socket.doWrite()
+        stream()
+    assert b2.queued_bytes == 0
 
 
 class UserRelay(Relay):

@@ -123,6 +123,18 @@ def test_anything_else_is_a_400_in_plain_words() -> None:
         assert answer.endswith(b"Open the same address with https:// instead of http://.\n")
 
 
+def test_a_head_ended_by_bare_line_feeds_is_a_400_at_once() -> None:
+    # The parser refuses it, and no CRLF CRLF ever comes: the answer waited for one, and
+    # the client, waiting for the answer, was closed at the handshake's deadline without
+    # a word (before the parser was the proxy's, it was redirected at once).
+    for head in (b"GET / HTTP/1.1\nHost: studio.example.org\n\n",
+                 b"GET / HTTP/1.0\n\n",
+                 b"GET / HTTP/1.1\nHost: studio.example.org\n\r\n"):
+        answer = PLAIN.answer(head)
+        assert answer is not None and answer.startswith(b"HTTP/1.1 400 "), head
+    assert PLAIN.answer(b"GET / HTTP/1.1\nHost: studio.example.org\n") is None
+
+
 def test_the_answer_waits_for_the_head_and_no_longer_than_it_may() -> None:
     assert PLAIN.answer(b"G") is None
     assert PLAIN.answer(b"GET / HTTP/1.1\r\nHost: studio.example.org\r\n") is None

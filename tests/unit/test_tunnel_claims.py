@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -113,6 +114,38 @@ def test_a_session_ended_through_another_node_closes_its_tunnel_at_once() -> Non
         clock.advance(TTL)
     assert any("session s1 ended" in line for line in info.lines), info.lines
     assert not any("moved" in line for line in info.lines) and warn.lines == [], warn.lines
+
+
+@pytest.mark.parametrize("event_first", [True, False])
+def test_a_session_ended_through_this_node_is_ended_once(event_first: bool) -> None:
+    """The admin API's delete on the holder: its own end (service's on_end) and the
+    look-up of the registry's event each told the connections and closed the tunnel, so
+    every session ended on a single node logged "session ... ended: closing its tunnel"
+    twice (and its connections were told twice), whichever came first."""
+    from tests.unit.test_node_settings import Logged
+
+    clock, store, table, transport, tunnel = bound()
+    told: list[str] = []
+    table.on_gone = told.append
+    with Logged("info") as info:
+        if not event_first:
+            table.session_ended("s1")  # (the API's end, before its event is looked up)
+        store.inner.delete("s1")
+        clock.advance(0)
+        if event_first:
+            table.session_ended("s1")
+        clock.advance(TTL)
+    assert told == ["s1"] and transport.disconnecting
+    assert [line for line in info.lines if "session s1 ended" in line] == \
+        ["session s1 ended: closing its tunnel"], info.lines
+
+
+def test_a_session_ended_here_without_its_tunnel_still_tells_its_connections() -> None:
+    clock, store, table, transport, tunnel = bound()
+    told: list[str] = []
+    table.on_gone = told.append
+    table.session_ended("s9")  # held by another node, or by none
+    assert told == ["s9"] and not transport.disconnecting
 
 
 def test_sessions_redis_lost_close_their_tunnels_with_one_warning() -> None:
