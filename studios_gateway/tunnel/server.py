@@ -226,6 +226,8 @@ class TunnelTable:
         self._reclaiming: dict[Tunnel, None] = {}
         #: Sessions found gone without an event saying so, for the next warning.
         self._unheard: list[str] = []
+        #: The claims made again and that warning, due soon (cancelled by stop()).
+        self._timers: list[Any] = []
         self._empty = EmptyWaiters()
         self._refresher = task.LoopingCall(self._refresh_all)
         self._refresher.clock = clock
@@ -246,6 +248,12 @@ class TunnelTable:
             self._unsubscribe = None
         self._to_check.clear()
         self._own_claims.clear()  # (events after a restart of the table: all looked up)
+        for call in self._timers:
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+        self._reclaiming.clear()
+        self._unheard.clear()
         for tunnel in [*self._tunnels.values(), *self._moved]:
             tunnel.close()
         return defer.succeed(None)
@@ -486,13 +494,14 @@ class TunnelTable:
             # TTL later, all that time every other node finding no holder and answering
             # "not connected"). The refresh script claims only while nobody else has.
             if not self._reclaiming:
-                self.clock.callLater(0, self._reclaim)
+                self._timers.append(self.clock.callLater(0, self._reclaim))
             self._reclaiming[tunnel] = None
         self._check_token(record, tunnel)
 
     def _reclaim(self) -> Deferred[Any]:
         """Refresh (so claim again) the tunnels whose claim a look-up found gone, as the
         refresh loop does, batched; those left the table meanwhile are skipped."""
+        self._timers = [c for c in self._timers if c.active()]
         tunnels = [t for t in self._reclaiming if self._tunnels.get(t.session_id) is t]
         self._reclaiming.clear()
         return self._refresh_batched(tunnels)
@@ -512,10 +521,11 @@ class TunnelTable:
         self.end_session(tunnel.session_id)
         if unheard:
             if not self._unheard:
-                self.clock.callLater(1.0, self._say_unheard)
+                self._timers.append(self.clock.callLater(1.0, self._say_unheard))
             self._unheard.append(tunnel.session_id)
 
     def _say_unheard(self) -> None:
+        self._timers = [c for c in self._timers if c.active()]
         gone, self._unheard = self._unheard, []
         self._log.warn(
             "{n} session(s) this node held a tunnel for are no longer in the registry, "

@@ -168,6 +168,19 @@ def test_sessions_redis_lost_close_their_tunnels_with_one_warning() -> None:
     assert not any("moved" in line for line in info.lines)
 
 
+def test_stopping_the_table_cancels_its_pending_warning_and_claims() -> None:
+    """The warning about sessions gone unheard (due in 1 s) and the claims made again at
+    once were timers nobody cancelled when the table stopped."""
+    clock, store, table, transport, tunnel = bound()
+    store.inner._records.clear()
+    store.inner._tunnels.clear()
+    store.announce("subscribe", None)
+    clock.advance(0)
+    assert any(c.getTime() == clock.seconds() + 1.0 for c in clock.getDelayedCalls())
+    table.stop()
+    assert [c for c in clock.getDelayedCalls() if c.getTime() <= clock.seconds() + 1.0] == []
+
+
 def test_a_claim_another_node_took_closes_the_tunnel() -> None:
     clock, store, table, transport, tunnel = bound()
     outage(clock, store, TTL + 5)
