@@ -254,7 +254,7 @@ def test_image_tag_refuses_bad_input_in_one_line(capsys: Any, argv: list[str],
 
 tool_versions = st.from_regex(r"[0-9][A-Za-z0-9._]{0,8}(-[A-Za-z0-9][A-Za-z0-9._]{0,6}){0,2}",
                               fullmatch=True).filter(
-    lambda t: not re.fullmatch(r"u[0-9]*", t.split("-")[-1]))
+    lambda t: not re.fullmatch(r"[uU][0-9]*", t.split("-")[-1]))  # (an update flag, refused)
 
 
 @given(tool_versions, st.none() | st.integers(1, 999))
