@@ -226,8 +226,9 @@ class TunnelTable:
         self._reclaiming: dict[Tunnel, None] = {}
         #: Sessions found gone without an event saying so, for the next warning.
         self._unheard: list[str] = []
-        #: The claims made again and that warning, due soon (cancelled by stop()).
-        self._timers: list[Any] = []
+        #: The claims made again and that warning, when due (cancelled by stop()).
+        self._reclaim_call: Any = None
+        self._unheard_call: Any = None
         self._empty = EmptyWaiters()
         self._refresher = task.LoopingCall(self._refresh_all)
         self._refresher.clock = clock
@@ -248,10 +249,10 @@ class TunnelTable:
             self._unsubscribe = None
         self._to_check.clear()
         self._own_claims.clear()  # (events after a restart of the table: all looked up)
-        for call in self._timers:
-            if call.active():
+        for call in (self._reclaim_call, self._unheard_call):
+            if call is not None and call.active():
                 call.cancel()
-        self._timers.clear()
+        self._reclaim_call = self._unheard_call = None
         self._reclaiming.clear()
         self._unheard.clear()
         for tunnel in [*self._tunnels.values(), *self._moved]:
@@ -293,7 +294,10 @@ class TunnelTable:
         tunnel = self._tunnels.get(session_id)
         if tunnel is not None:
             self._gone(tunnel, unheard=False)
-            return
+        else:
+            self._tell_gone(session_id)
+
+    def _tell_gone(self, session_id: str) -> None:
         try:
             self.on_gone(session_id)
         except Exception:
@@ -493,15 +497,15 @@ class TunnelTable:
             # it): claimed again now, not at the next refresh round (up to a third of the
             # TTL later, all that time every other node finding no holder and answering
             # "not connected"). The refresh script claims only while nobody else has.
-            if not self._reclaiming:
-                self._timers.append(self.clock.callLater(0, self._reclaim))
+            if self._reclaim_call is None:
+                self._reclaim_call = self.clock.callLater(0, self._reclaim)
             self._reclaiming[tunnel] = None
         self._check_token(record, tunnel)
 
     def _reclaim(self) -> Deferred[Any]:
         """Refresh (so claim again) the tunnels whose claim a look-up found gone, as the
         refresh loop does, batched; those left the table meanwhile are skipped."""
-        self._timers = [c for c in self._timers if c.active()]
+        self._reclaim_call = None
         tunnels = [t for t in self._reclaiming if self._tunnels.get(t.session_id) is t]
         self._reclaiming.clear()
         return self._refresh_batched(tunnels)
@@ -513,19 +517,15 @@ class TunnelTable:
         if tunnel.ended:
             return  # (ended here and looked up too: told and closed once)
         tunnel.ended = True
-        try:
-            self.on_gone(tunnel.session_id)
-        except Exception:
-            self._log.failure("ending the connections of session {sid}",
-                              sid=tunnel.session_id)
+        self._tell_gone(tunnel.session_id)
         self.end_session(tunnel.session_id)
         if unheard:
-            if not self._unheard:
-                self._timers.append(self.clock.callLater(1.0, self._say_unheard))
+            if self._unheard_call is None:
+                self._unheard_call = self.clock.callLater(1.0, self._say_unheard)
             self._unheard.append(tunnel.session_id)
 
     def _say_unheard(self) -> None:
-        self._timers = [c for c in self._timers if c.active()]
+        self._unheard_call = None
         gone, self._unheard = self._unheard, []
         self._log.warn(
             "{n} session(s) this node held a tunnel for are no longer in the registry, "
