@@ -19,8 +19,6 @@ from studios_gateway.http.h1 import RequestHead, parse_request_head
 
 __all__ = ["PlainHTTP"]
 
-_METHODS = (b"GET", b"HEAD")
-
 _BAD_REQUEST = (b"This port speaks HTTPS only, and the request was sent in plain HTTP.\n"
                 b"Open the same address with https:// instead of http://.\n")
 
@@ -79,14 +77,12 @@ class PlainHTTP:
                          + location + b"\n", head_only, b"Location: " + location + b"\r\n")
 
     def _redirect(self, request: RequestHead) -> str | None:
-        """The https:// URL for a GET or HEAD in origin form with one Host the gateway
-        serves; None for anything else."""
-        if request.method not in _METHODS or not request.target.startswith(b"/"):
+        """The https:// URL for `request` (a GET or HEAD in origin form: answer() saw its
+        first line; one Host: the parser's check) when the gateway serves its Host; None
+        for anything else."""
+        if not _visible(request.host):
             return None
-        hosts = [v for k, v in request.headers if k.lower() == b"host"]
-        if len(hosts) != 1 or not _visible(hosts[0]):
-            return None
-        return self._https_url(hosts[0].decode("ascii"), request.target.decode("ascii"))
+        return self._https_url(request.host.decode("ascii"), request.target.decode("ascii"))
 
     @staticmethod
     def bad(head_only: bool) -> bytes:
