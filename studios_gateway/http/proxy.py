@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.auth.authorizer import SESSION_ENDED
+from studios_gateway.auth.settings import PREFIX
 from studios_gateway.config import default_of
 from studios_gateway.http import lane, pages
 from studios_gateway.http.deadline import Deadline
@@ -92,8 +93,6 @@ __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConn
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: Methods a page of another origin may have a browser send to a studio with its cookie.
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-#: The gateway's own routes (each judges its posts itself: auth/routes.py).
-_GATEWAY_ROUTES = "/_connect/"
 #: A WebSocket a quota stops mid-frame gets its close frame once the tool's frame ends,
 #: if at most this many of its bytes are still to come ...
 _END_WAIT_BYTES = 64 * 1024
@@ -547,8 +546,9 @@ class ProxyProtocol(Protocol):
                 self._refuse_from_elsewhere(ex, "WebSocket", "WebSocket", why,
                                             f"WebSocket refused: {why}")
                 return
+        # (the gateway's own routes under PREFIX judge their posts: auth/routes.py)
         elif ex.info.method not in _SAFE_METHODS \
-                and not ex.info.path.startswith(_GATEWAY_ROUTES):
+                and not ex.info.path.startswith(PREFIX):
             why = posted_from_elsewhere(ex.info.header(b"sec-fetch-site"),
                                         ex.info.header(b"origin"), ex.info.host)
             if why is not None:  # another studio's page (the same site) as this user
