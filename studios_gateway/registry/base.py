@@ -37,6 +37,7 @@ __all__ = [
     "MalformedRecord",
     "RegistryError",
     "SessionExists",
+    "MAX_NODE_RECORD",
     "MAX_PENDING_LOGIN_BYTES",
     "PendingLogins",
     "SessionNotFound",
@@ -308,6 +309,12 @@ def check_single_use_id(key: Any, ttl: Any) -> float:
     if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not ttl > 0:
         raise ValueError(f"a lifetime must be a positive number of seconds, not {ttl!r}")
     return float(ttl)
+
+
+#: The longest node settings record (registry/node_settings.py) a node reads: this
+#: version's are about 200 bytes; anyone who can write the Redis must not make every node
+#: fetch, parse or log megabytes.
+MAX_NODE_RECORD = 4096
 
 
 #: The largest pending login (an OpenID login between its start and its callback: nonce,

@@ -27,15 +27,16 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from studios_gateway.registry.base import MAX_NODE_RECORD
+
 __all__ = ["INSTANCE", "MAX_RECORD_CHARS", "NODE_TTL", "NodeSettingsWatch", "compare_nodes",
            "disagreement", "node_records", "parse_record", "shared_settings"]
 
 #: How long a node's record lives without a refresh (refreshed every third of it).
 NODE_TTL = 60.0
 
-#: A record longer than this is no node's (this version's are about 200 characters):
-#: anyone who can write the Redis must not make every node parse or log megabytes.
-MAX_RECORD_CHARS = 4096
+#: A record longer than this is no node's.
+MAX_RECORD_CHARS = MAX_NODE_RECORD
 
 #: The record's field naming the process that wrote it (random, per start): not a setting.
 INSTANCE = "instance"

@@ -63,6 +63,7 @@ from twisted.python.failure import Failure
 from studios_gateway.deadline import within
 from studios_gateway.logs import drop_lines
 from studios_gateway.registry.base import (
+    MAX_NODE_RECORD,
     MAX_PENDING_LOGIN_BYTES,
     MAX_USER_KEYS,
     SINGLE_USE_ID,
@@ -245,9 +246,8 @@ if v then redis.call('DEL', KEYS[1]) end
 return v
 """
 
-#: A node's settings record longer than this (in bytes) is no node's and is not read
-#: (this version's are about 200 bytes; node_settings.MAX_RECORD_CHARS says the same).
-MAX_RECORD_BYTES = 4096
+#: A node's settings record longer than this (in bytes) is no node's and is not read.
+MAX_RECORD_BYTES = MAX_NODE_RECORD
 
 # A node's settings record, and the index of the nodes that have one (JSON list of ids):
 # nodes are found by one GET, never by a SCAN of every session. KEYS[3..] are records
