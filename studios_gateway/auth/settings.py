@@ -133,7 +133,11 @@ class AuthSettings:
     def login_cookie_name(self) -> str:
         """``__Host-connect_login`` under HTTPS (Secure, Path=/, no Domain): a page on a
         studio's host cannot set or shadow it, not even from JavaScript."""
-        return f"__Host-{LOGIN_COOKIE}" if self.secure_cookies else LOGIN_COOKIE
+        return self._host_only(LOGIN_COOKIE)
+
+    def _host_only(self, name: str) -> str:
+        """`name` with the ``__Host-`` prefix under HTTPS (Secure, Path=/, no Domain)."""
+        return f"__Host-{name}" if self.secure_cookies else name
 
     @property
     def login_cookie_path(self) -> str:
@@ -142,12 +146,12 @@ class AuthSettings:
     @property
     def handoff_cookie_name(self) -> str:
         """A studio host's hand-off cookie (path and prefix as the login cookie's)."""
-        return f"__Host-{HANDOFF_COOKIE}" if self.secure_cookies else HANDOFF_COOKIE
+        return self._host_only(HANDOFF_COOKIE)
 
     @property
     def browser_cookie_name(self) -> str:
         """The login's browser cookie (path and prefix as the login cookie's)."""
-        return f"__Host-{BROWSER_COOKIE}" if self.secure_cookies else BROWSER_COOKIE
+        return self._host_only(BROWSER_COOKIE)
 
     @cached_property  # asked on every request (the login's fast path); settings are frozen
     def studio_cookie_name(self) -> str:
