@@ -188,7 +188,8 @@ def websocket_echo(run: Run, arena: Arena) -> Section:
         "WebSocket echo round trip",
         f"One connection per path to the demo tool's `/ws` echo, all open side by side; "
         f"a 32-byte text message every {1000 / run.ws_rate:g} ms, the paths taking turns "
-        f"of {TURN_SECONDS:g} s, {run.runs} round{'s' if run.runs != 1 else ''} of {run.ws_seconds:g} s per path "
+        f"of {TURN_SECONDS:g} s, {run.runs} round{'s' if run.runs != 1 else ''} of "
+        f"{run.ws_seconds:g} s per path "
         f"({per_path} round trips per path). p50 and p99 over all of a path's round trips; "
         f"per round: each round's p99.",
         notes=list(arena.notes))
