@@ -27,7 +27,13 @@ from studios_gateway import reactor_loop
 from studios_gateway.studio.settings import ClientSettings, Gateway
 from studios_gateway.studio.tool_link import ToolConnection, ToolEndpoint
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
-from studios_gateway.wire.carrier import CarrierEndpoint, ProxyConnect, WebSocketClient, proxy_for
+from studios_gateway.wire.carrier import (
+    CarrierEndpoint,
+    ProxyConnect,
+    WebSocketClient,
+    proxy_authorization,
+    proxy_for,
+)
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke, facing, words
 from studios_gateway.wire.sockopts import (
@@ -576,7 +582,8 @@ class ConnectClient(Service):
     def _carrier(self, gateway: Gateway) -> Any:
         """The endpoint under the tunnel's TLS: TCP to the gateway, through the HTTPS_PROXY
         (CONNECT) when one applies, and for ws(s):// a WebSocket (in TLS for wss)."""
-        proxy = proxy_for(gateway.host, dict(self.settings.proxy_environ))
+        environ = dict(self.settings.proxy_environ)
+        proxy = proxy_for(gateway.host, environ)
         if proxy is None:
             endpoint: Any = Unwrapped(endpoints.HostnameEndpoint(
                 self.reactor, gateway.host, gateway.port, timeout=CONNECT_TIMEOUT))
@@ -584,7 +591,8 @@ class ConnectClient(Service):
             endpoint = CarrierEndpoint(
                 Unwrapped(endpoints.HostnameEndpoint(self.reactor, proxy[0], proxy[1],
                                                      timeout=CONNECT_TIMEOUT)),
-                lambda inner: ProxyConnect(inner, gateway.host, gateway.port), self.reactor)
+                lambda inner: ProxyConnect(inner, gateway.host, gateway.port,
+                                           proxy_authorization(environ)), self.reactor)
         if gateway.carrier == "tls":
             return endpoint
         if gateway.carrier == "wss":

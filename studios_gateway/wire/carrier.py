@@ -23,7 +23,7 @@ import contextlib
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
@@ -38,7 +38,7 @@ from wsproto.utilities import LocalProtocolError, generate_accept_token
 from zope.interface import implementer
 
 __all__ = ["TUNNEL_PATH", "Carrier", "CarrierEndpoint", "CarrierRefused", "ProxyConnect",
-           "WebSocketClient", "WebSocketServer", "accept_head", "proxy_for",
+           "WebSocketClient", "WebSocketServer", "accept_head", "proxy_authorization", "proxy_for",
            "websocket_refusal"]
 
 TUNNEL_PATH = "/_connect/tunnel"
@@ -162,16 +162,22 @@ class Carrier(Protocol):
 
 
 class ProxyConnect(Carrier):
-    """Through an HTTP forward proxy: ``CONNECT host:port``, then transparent."""
+    """Through an HTTP forward proxy: ``CONNECT host:port``, then transparent. With
+    `authorization` (:func:`proxy_authorization`), the CONNECT carries it as
+    ``Proxy-Authorization``; a proxy that asks for credentials (407) is refused in
+    words that say what to put in HTTPS_PROXY."""
 
-    def __init__(self, inner: Any, host: str, port: int):
+    def __init__(self, inner: Any, host: str, port: int, authorization: bytes | None = None):
         super().__init__(inner)
         self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.authorization = authorization
         self._buf = b""
 
     def handshake(self) -> None:
         t = self.target.encode("ascii")
-        self.send(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (t, t))
+        auth = (b"Proxy-Authorization: %s\r\n" % self.authorization
+                if self.authorization else b"")
+        self.send(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (t, t, auth))
 
     def handshake_data(self, data: bytes) -> None:
         self._buf += data
@@ -180,13 +186,35 @@ class ProxyConnect(Carrier):
             if len(self._buf) > MAX_HEAD:
                 self.refuse("the proxy's answer to CONNECT is too long")
             return
-        status = self._buf.split(b"\r\n", 1)[0].decode("latin-1")
+        head = self._buf[:end].decode("latin-1").split("\r\n")
+        status = head[0]
         rest, self._buf = self._buf[end + 4:], b""
         parts = status.split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or parts[1] != "200":
-            self.refuse(f"the proxy refused CONNECT {self.target}: {status}")
+            why = f"the proxy refused CONNECT {self.target}: {_printable(status)}"
+            if parts[1:2] == ["407"]:
+                why += "; " + self._wants_credentials(head[1:])
+            self.refuse(why)
             return
         self.started(rest)
+
+    def _wants_credentials(self, fields: list[str]) -> str:
+        """What a 407 asks of the person who set HTTPS_PROXY, from its
+        ``Proxy-Authenticate`` schemes."""
+        schemes = [v.strip().split(" ", 1)[0] for n, _, v in (f.partition(":") for f in fields)
+                   if n.strip().lower() == "proxy-authenticate" and v.strip()]
+        if schemes and not any(s.lower() == "basic" for s in schemes):
+            return (f"it asks for {_printable(', '.join(schemes))} authentication; "
+                    "studios-connect sends only Basic (a user and password in HTTPS_PROXY)")
+        if self.authorization:
+            return "it did not take the user and password given in HTTPS_PROXY"
+        return ("it asks for a user and password: give them in HTTPS_PROXY as "
+                "http://USER:PASSWORD@host:port (percent-encode @ : / in them)")
+
+
+def _printable(text: str, most: int = 200) -> str:
+    """A proxy's words for a log line: control characters escaped, cut at `most`."""
+    return text[:most].encode("unicode_escape").decode("ascii")
 
 
 # wsproto's refusals name an opcode by its Python repr ("<Opcode.TEXT: 1>"): its name.
@@ -374,6 +402,19 @@ class CarrierEndpoint:
         if carrier.transport is not None:
             carrier.transport.abortConnection()
         raise CarrierRefused(f"no answer to the handshake within {self.timeout:g}s")
+
+
+def proxy_authorization(environ: Mapping[str, str]) -> bytes | None:
+    """The ``Proxy-Authorization`` value (Basic) for the user and password in
+    HTTPS_PROXY's URL (percent-encoded there, as in any URL), or None without a user."""
+    url = environ.get("HTTPS_PROXY") or environ.get("https_proxy")
+    if not url:
+        return None
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    if parts.username is None:
+        return None
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return b"Basic " + base64.b64encode(pair.encode("utf-8"))
 
 
 def proxy_for(host: str, environ: Mapping[str, str]) -> tuple[str, int] | None:

@@ -22,6 +22,7 @@ from tests.integration.test_jupyterlab import kernel_answers_42
 from tests.integration.test_tunnel_process import Deployment, wait_connected
 from tests.support.tinyproxy import Tinyproxy, tinyproxy_available
 from tests.support.tool_studio import tool_studio
+from tests.support.waiting import wait_until
 from tests.support.websocket import WebSocket
 
 pytestmark = [
@@ -70,6 +71,37 @@ def through_the_proxy(d: Deployment, tmp_path: Path) -> None:
     log = proxy.output()
     assert f"localhost:{d.env['CONNECT_TUNNEL_PORT']}" in log  # tried, and refused
     assert f"localhost:{d.http_port}" in log, log[-2000:]
+
+
+def test_a_proxy_that_wants_a_password_gets_the_one_in_https_proxy(tmp_path: Path) -> None:
+    """HTTPS_PROXY's user and password (percent-encoded in the URL: %5F is the password's
+    "_"; tinyproxy takes no other characters) go in the CONNECT as
+    Proxy-Authorization; without them, the 407 is said in words that name the fix."""
+    d = Deployment(tmp_path)
+    try:
+        tunnel = int(d.env["CONNECT_TUNNEL_PORT"])
+        proxy = Tinyproxy(tmp_path / "tinyproxy", connect_ports=[tunnel],
+                          basic_auth=("ana", "p.ss-w_rd"))
+        d.stoppers.append(proxy.stop)
+        created = d.create()
+        pin = parse_qs(urlsplit(created["connect_string"]).query)["pin"][0]
+        direct = {"CONNECT_GATEWAY_URL": f"tls://localhost:{tunnel}?pin={pin}", "NO_PROXY": ""}
+        _, client = d.studio(created, HTTPS_PROXY=f"http://ana:p.ss-w%5Frd@127.0.0.1:"
+                                                   f"{proxy.port}", **direct)
+        wait_connected(d.gw, created["id"], timeout=40)
+        d.login(created)
+        info = d.browser.get(d.url(created, "/api/info"))
+        assert info.status == 200 and info.json()["path"] == "/api/info"
+        assert "p.ss-w" not in client.output()
+
+        other = d.create()
+        _, refused = d.studio(other, HTTPS_PROXY=f"http://127.0.0.1:{proxy.port}", **direct)
+        wait_until(lambda: "asks for a user and password" in refused.output(), timeout=40,
+                   what="the 407 said in the client's log")
+        assert "407" in refused.output() and "HTTPS_PROXY as http://USER:PASSWORD@" \
+            in refused.output(), refused.output()[-2000:]
+    finally:
+        d.stop()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jupyterlab") is None

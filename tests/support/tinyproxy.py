@@ -17,13 +17,16 @@ def tinyproxy_available() -> bool:
 
 
 class Tinyproxy:
-    def __init__(self, work: Path, connect_ports: list[int]):
+    def __init__(self, work: Path, connect_ports: list[int],
+                 basic_auth: tuple[str, str] | None = None):
         work.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         conf = work / "tinyproxy.conf"
         lines = [f"Port {self.port}", "Listen 127.0.0.1", "Timeout 600",
                  "LogLevel Connect", "MaxClients 100",
                  "Allow 127.0.0.1", *[f"ConnectPort {p}" for p in connect_ports]]
+        if basic_auth is not None:  # then a CONNECT without that user and password gets 407
+            lines.append(f"BasicAuth {basic_auth[0]} {basic_auth[1]}")
         if os.geteuid() == 0:
             lines += ["User nobody", "Group nogroup"]
         conf.write_text("\n".join(lines) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from studios_gateway.wire.carrier import (
     WebSocketClient,
     WebSocketServer,
     accept_head,
+    proxy_authorization,
     proxy_for,
 )
 
@@ -141,3 +143,57 @@ def test_a_refused_https_proxy_never_shows_its_password() -> None:
                               + "@127.0.0.1:1/", "CONNECT_TOOL_PORT": "8888",
                               "HTTPS_PROXY": "http://alice:hunter#2@proxy:3128"})
     assert "HTTPS_PROXY" in str(e.value) and "hunter" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("http://proxy.lab:3128", None),
+    ("proxy.lab:3128", None),
+    ("http://ana:s3cret@proxy.lab:3128", b"Basic " + base64.b64encode(b"ana:s3cret")),
+    ("ana:s3cret@proxy.lab:3128", b"Basic " + base64.b64encode(b"ana:s3cret")),
+    # percent-encoded as in any URL: '@', ':' and '/' in a password, a user with a domain
+    ("http://LAB%5Cana:p%40ss%3Aw%2Frd@proxy.lab:3128",
+     b"Basic " + base64.b64encode(b"LAB\\ana:p@ss:w/rd")),
+    ("http://ana@proxy.lab:3128", b"Basic " + base64.b64encode(b"ana:")),
+    ("http://j%C3%BCrgen:pw@proxy.lab", b"Basic " + base64.b64encode("jürgen:pw".encode())),
+])
+def test_proxy_authorization_from_the_url(url: str, expected: bytes | None) -> None:
+    assert proxy_authorization({"HTTPS_PROXY": url}) == expected
+    assert proxy_authorization({"https_proxy": url}) == expected
+    assert proxy_authorization({}) is None
+
+
+def test_a_proxy_connect_sends_its_credentials() -> None:
+    carrier = ProxyConnect(Recorder(), "gw.example", 443, b"Basic YW5hOnMzY3JldA==")
+    t = StringTransport()
+    carrier.makeConnection(t)
+    assert t.value() == (b"CONNECT gw.example:443 HTTP/1.1\r\nHost: gw.example:443\r\n"
+                         b"Proxy-Authorization: Basic YW5hOnMzY3JldA==\r\n\r\n")
+
+
+@pytest.mark.parametrize("authorization, fields, says", [
+    (None, b"Proxy-Authenticate: Basic realm=\"lab\"\r\n",
+     "it asks for a user and password: give them in HTTPS_PROXY as "
+     "http://USER:PASSWORD@host:port"),
+    (None, b"", "it asks for a user and password"),
+    (b"Basic eDp5", b"Proxy-Authenticate: Basic realm=\"lab\"\r\n",
+     "it did not take the user and password given in HTTPS_PROXY"),
+    (None, b"Proxy-Authenticate: Negotiate\r\nProxy-Authenticate: NTLM\r\n",
+     "it asks for Negotiate, NTLM authentication; studios-connect sends only Basic"),
+])
+def test_a_proxy_that_wants_credentials_is_refused_in_words(
+        authorization: bytes | None, fields: bytes, says: str) -> None:
+    carrier = ProxyConnect(Recorder(), "gw.example", 443, authorization)
+    carrier.makeConnection(StringTransport())
+    carrier.dataReceived(b"HTTP/1.1 407 Proxy Authentication Required\r\n" + fields
+                         + b"Content-Length: 0\r\n\r\n")
+    failure = TestCase().failureResultOf(carrier.ready, CarrierRefused)
+    assert "the proxy refused CONNECT gw.example:443: HTTP/1.1 407" in str(failure.value)
+    assert says in str(failure.value)
+
+
+def test_a_proxy_status_line_is_escaped_in_the_refusal() -> None:
+    carrier = ProxyConnect(Recorder(), "gw.example", 443)
+    carrier.makeConnection(StringTransport())
+    carrier.dataReceived(b"HTTP/1.1 403 No\x1b[31m\rforged\r\n\r\n")
+    failure = TestCase().failureResultOf(carrier.ready, CarrierRefused)
+    assert "\x1b" not in str(failure.value) and "\r" not in str(failure.value)
