@@ -24,7 +24,7 @@ import time
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, Ping, RejectConnection, Request, TextMessage
 
-from bench.arena import GATEWAY, NGINX, STUNNEL, Arena, Target
+from bench.arena import CHP, DIRECT, GATEWAY, NGINX, STUNNEL, Arena, Target
 from bench.common import Run, Section, rounds, wrk
 
 
@@ -210,7 +210,30 @@ def websocket_echo(run: Run, arena: Arena) -> Section:
     section.tables.append(("Ratios of round-trip time (below 1: the gateway is faster; per "
                            "round: the ratio of the rounds' p99s, median and range)",
                            ["ratio", "p50", "p99", "p99, per round"], rows))
+    if DIRECT in med:
+        section.tables.append(_per_hop(med))
     return section
+
+
+#: Process-to-process hops a message makes beyond the direct path's two (client -> tool
+#: -> client): a proxy in between adds two, the gateway and studios-connect four.
+EXTRA_HOPS = {GATEWAY: 4, NGINX: 2, CHP: 2, STUNNEL: 4}
+
+
+def _per_hop(med: dict[str, tuple[float, float]]) -> tuple[str, list[str], list[list[str]]]:
+    """What each hop a path adds to the direct path costs, in us: at the same cost per hop
+    as nginx's, a path of four extra hops takes (direct + 4h) / (direct + 2h) of nginx's
+    time, up to 1.5x when the tool's own time is nothing."""
+    direct = med[DIRECT]
+    rows = []
+    for name, hops in EXTRA_HOPS.items():
+        if name in med:
+            rows.append([name, str(hops)] + [f"{(med[name][i] - direct[i]) * 1000 / hops:.0f}"
+                                             for i in (0, 1)])
+    return ("What each extra hop adds to the direct path (the path's time less the "
+            "direct path's, over the hops it adds; percentiles do not add, so the p99 "
+            "column is a rough guide), us", ["path", "extra hops",
+                                                          "p50 per hop", "p99 per hop"], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
