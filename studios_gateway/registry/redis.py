@@ -250,10 +250,11 @@ return v
 MAX_RECORD_BYTES = MAX_NODE_RECORD
 
 # A node's settings record, and the index of the nodes that have one (JSON list of ids):
-# nodes are found by one GET, never by a SCAN of every session. KEYS[3..] are records
-# the caller found gone (ARGV[5..] their ids): dropped from the index if still gone.
-# The reply: the number of ids in the index, and the record this one replaced (false
-# when there was none, or a longer one than MAX_RECORD_BYTES).
+# nodes are found by one GET, never by a SCAN of every session. ARGV[5] and ARGV[6]: the
+# channel and the event to publish on it once written (none when the event is '').
+# KEYS[3..] are records the caller found gone (ARGV[7..] their ids): dropped from the
+# index if still gone. The reply: the number of ids in the index, and the record this
+# one replaced (false when there was none, or a longer one than MAX_RECORD_BYTES).
 _ANNOUNCE_NODE = """
 local prev = redis.call('GET', KEYS[1])
 if prev and #prev > """ + str(MAX_RECORD_BYTES) + """ then prev = false end
@@ -264,7 +265,7 @@ if #raw <= tonumber(ARGV[4]) * 100 then ok, ids = pcall(cjson.decode, raw) end
 if not ok or type(ids) ~= 'table' then ids = {} end
 local gone = {}
 for i = 3, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 then gone[ARGV[i + 2]] = true end
+  if redis.call('EXISTS', KEYS[i]) == 0 then gone[ARGV[i + 4]] = true end
 end
 local out, seen = {ARGV[3]}, {[ARGV[3]] = true}
 for _, id in ipairs(ids) do
@@ -275,6 +276,7 @@ for _, id in ipairs(ids) do
   end
 end
 redis.call('SET', KEYS[2], cjson.encode(out), 'PX', ARGV[2])
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return {#out, prev}
 """
 
@@ -1193,24 +1195,21 @@ class RedisStore:
     def announce_node(self, value: str, ttl: float, *, tell: bool) -> Deferred[str | None]:
         """Store this node's settings record for `ttl` seconds (and its id in the index
         ``<prefix>:_nodes``, without the nodes whose records the last node_records found
-        gone); with `tell`, publish ``node:<node id>`` so every node compares at once.
+        gone); with `tell`, publish ``node:<node id>`` so every node compares at once (in
+        the same script: one round trip, and no node hears of a record not yet written).
         Fires with the record this one replaced (None: none, or a too long one)."""
         gone = self._nodes_gone[:100]
         keys = [self._node_key(self.node_id), f"{self.prefix}:_nodes"]
         keys += [self._node_key(node) for node in gone]
+        event = NODE_EVENT + self.node_id if tell else ""
         d = self._eval("announce_node", _ANNOUNCE_NODE, keys,
-                       [value, _ms(ttl), self.node_id, MAX_NODES, *gone])
-        replaced: list[str | None] = []
+                       [value, _ms(ttl), self.node_id, MAX_NODES, self.channel, event, *gone])
 
-        def keep(reply: Any) -> None:
+        def keep(reply: Any) -> str | None:
             prev = reply[1] if isinstance(reply, list) and len(reply) > 1 else None
-            replaced.append(None if prev is None else _text(prev))
+            return None if prev is None else _text(prev)
 
-        d.addCallback(keep)
-        if tell:
-            d.addCallback(lambda _: self._call("announce_node", lambda conn: conn.execute_command(
-                "PUBLISH", self.channel, NODE_EVENT + self.node_id)))
-        return d.addCallback(lambda _: replaced[0])
+        return d.addCallback(keep)
 
     def _node_key(self, node: str) -> str:
         return f"{self.prefix}:_node:{node}"

@@ -213,6 +213,31 @@ class RedisContractTests(StoreContract, RedisCase):
         assert (yield self.store.node_records()) == {"node-a": '{"a": "1"}'}
 
     @defer.inlineCallbacks
+    def test_an_announcement_publishes_in_its_own_script(self) -> Any:
+        """announce_node(tell=True) sent its PUBLISH as a second command once the script
+        had written the record (two round trips; the event lost if the link dropped
+        between them), where withdraw_node publishes inside its script. Now one command
+        each way, and the other nodes still hear ``node:<id>`` (and nothing without
+        `tell`)."""
+        heard = Recorder()
+        self.other.subscribe_nodes(heard)
+        sent: list[str] = []
+        real = self.store._call
+
+        def counted(what: str, command: Any) -> Any:
+            sent.append(what)
+            return real(what, command)
+
+        self.patch(self.store, "_call", counted)
+        yield self.store.announce_node('{"a": "0"}', 60, tell=False)
+        assert sent == ["announce_node"]
+        assert (yield self.store.announce_node('{"a": "1"}', 60, tell=True)) == '{"a": "0"}'
+        assert sent == ["announce_node"] * 2
+        yield heard.wait_for("node-a")
+        assert heard.seen == ["node-a"]  # (the channel keeps order: none came before)
+        assert (yield self.other.node_records()) == {"node-a": '{"a": "1"}'}
+
+    @defer.inlineCallbacks
     def test_key_layout(self) -> Any:
         yield self.store.create(record())
         yield self.store.claim_tunnel(holder(), 30)
