@@ -70,6 +70,7 @@ from studios_gateway.registry.base import (
     BadUserKeys,
     Invalidation,
     MalformedRecord,
+    Refresh,
     SessionExists,
     SessionNotFound,
     SessionRecord,
@@ -142,8 +143,8 @@ end
 # exists; a claim held by another tunnel or node is left alone (_OURS's test, inline:
 # _OURS returns from the script). KEYS holds each claim's tunnel key and session key in
 # turn; ARGV the TTL in ms, the channel, then each claim's tunnel id, node id, holder
-# JSON and session id. One answer per claim: 0 (not ours, or the session is gone),
-# 1 (extended), 2 (claimed again).
+# JSON and session id. One answer per claim: 0 (another tunnel or node holds it),
+# 1 (extended), 2 (claimed again), 3 (not ours, and the session is gone).
 _REFRESH = """
 local out = {}
 for i = 1, #KEYS / 2 do
@@ -151,7 +152,7 @@ for i = 1, #KEYS / 2 do
   local cur = redis.call('GET', tk)
   if not cur then
     if redis.call('EXISTS', sk) == 0 then
-      out[i] = 0
+      out[i] = 3
     else
       redis.call('SET', tk, ARGV[a + 2], 'PX', ARGV[1])
       redis.call('PUBLISH', ARGV[2], ARGV[a + 3])
@@ -161,7 +162,7 @@ for i = 1, #KEYS / 2 do
     local ok, h = pcall(cjson.decode, cur)
     if not ok or type(h) ~= 'table' or h['tunnel_id'] ~= ARGV[a]
         or h['node_id'] ~= ARGV[a + 1] then
-      out[i] = 0
+      out[i] = redis.call('EXISTS', sk) == 0 and 3 or 0
     else
       redis.call('PEXPIRE', tk, ARGV[1])
       out[i] = 1
@@ -170,6 +171,9 @@ for i = 1, #KEYS / 2 do
 end
 return out
 """
+
+#: _REFRESH's answers.
+_REFRESHED = {0: Refresh.HELD_ELSEWHERE, 1: Refresh.OURS, 2: Refresh.OURS, 3: Refresh.GONE}
 
 _RELEASE = _OURS + """
 redis.call('DEL', KEYS[1])
@@ -970,10 +974,11 @@ class RedisStore:
         return d.addCallback(done)
 
     def refresh_tunnel(self, holder: TunnelHolder, ttl: float) -> Deferred[bool]:
-        return self.refresh_tunnels([holder], ttl).addCallback(lambda answers: answers[0])
+        return self.refresh_tunnels([holder], ttl).addCallback(
+            lambda answers: answers[0] is Refresh.OURS)
 
     def refresh_tunnels(self, holders: Sequence[TunnelHolder],
-                        ttl: float) -> Deferred[list[bool]]:
+                        ttl: float) -> Deferred[list[Refresh]]:
         if not holders:
             return defer.succeed([])
         try:
@@ -987,16 +992,17 @@ class RedisStore:
             keys += (self._tunnel_key(sid), self._key(sid))
             args += (holder.tunnel_id, holder.node_id, holder.to_json(), sid)
 
-        def done(answers: Any) -> list[bool]:
-            if not isinstance(answers, list) or len(answers) != len(holders):
+        def done(answers: Any) -> list[Refresh]:
+            if (not isinstance(answers, list) or len(answers) != len(holders)
+                    or not all(isinstance(n, int) and n in _REFRESHED for n in answers)):
                 raise StoreUnavailable(f"Redis at {self.address} answered a refresh of "
                                        f"{len(holders)} claims with {answers!r:.80}")
             for h, n in zip(holders, answers, strict=True):
-                if int(n) == 2:
+                if n == 2:
                     self._log.info("the claim of session {sid}'s tunnel had expired (the "
                                    "store was away longer than its TTL?): claimed it again",
                                    sid=h.session_id)
-            return [int(n) >= 1 for n in answers]
+            return [_REFRESHED[n] for n in answers]
 
         return self._eval("refresh", _REFRESH, keys, args).addCallback(done)
 

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from studios_gateway.registry import redis as redis_module
-from studios_gateway.registry.base import StoreUnavailable, TunnelHolder
+from studios_gateway.registry.base import Refresh, StoreUnavailable, TunnelHolder
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.redis import RedisStore
 from studios_gateway.ssh.keys import key_file_path
@@ -127,6 +127,9 @@ class RedisContractTests(StoreContract, RedisCase):
     def expire(self, h: TunnelHolder, ttl: float) -> Any:
         key = f"{self.store.prefix}:{h.session_id}:tunnel"
         return self.store.command("PEXPIREAT", key, 1)  # a deadline in the past: gone now
+
+    def lose_record(self, session_id: str) -> Any:
+        return self.store.command("DEL", f"{self.store.prefix}:{session_id}")  # no event
 
     @defer.inlineCallbacks
     def test_nodes_are_found_without_walking_every_session(self) -> Any:
@@ -560,7 +563,7 @@ class RedisLeastPrivilegeTests(RedisCase):
         h = holder()
         assert (yield a.claim_tunnel(h, 30)) is None
         assert (yield a.refresh_tunnel(h, 30)) is True
-        assert (yield a.refresh_tunnels([h], 30)) == [True]
+        assert (yield a.refresh_tunnels([h], 30)) == [Refresh.OURS]
         assert (yield b.get_tunnel("abc123")) == h
         assert (yield a.release_tunnel(h)) is True
         yield a.set_user_keys("bob", [key_line(1)])
