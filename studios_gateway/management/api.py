@@ -129,13 +129,6 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-#: The methods of /api/sessions (by how many segments follow it) and of its two
-#: sub-resources (by name).
-_SESSIONS_METHODS: dict[int | bytes, list[str]] = {
-    0: ["GET", "POST"], 1: ["GET", "PATCH", "DELETE"], b"token": ["POST"],
-    b"login-links": ["POST"]}
-
-
 class SessionsResource(_Async):
     """/api/sessions. Every change it makes is logged (the audit trail: what, which
     session, from which address); tokens and login links never are."""
@@ -149,33 +142,16 @@ class SessionsResource(_Async):
 
     def render(self, request: Request) -> Any:
         path = [p for p in request.postpath or [] if p]
-        method = request.method
-        if not path:
-            if method == b"GET":
-                return self._run(request, self._list)
-            if method == b"POST":
-                return self._run(request, lambda: self._create(request))
-        elif len(path) == 1:
-            sid = path[0].decode("ascii", "replace")
-            if method == b"GET":
-                return self._run(request, lambda: self._show(sid))
-            if method == b"DELETE":
-                return self._run(request, lambda: self._end(request, sid))
-            if method == b"PATCH":
-                return self._run(request, lambda: self._change(request, sid))
-        elif len(path) == 2 and path[1] == b"token" and method == b"POST":
-            sid = path[0].decode("ascii", "replace")
-            return self._run(request, lambda: self._rotate(request, sid))
-        elif len(path) == 2 and path[1] == b"login-links" and method == b"POST":
-            sid = path[0].decode("ascii", "replace")
-            return self._run(request, lambda: self._link(request, sid))
-        shape = len(path) if len(path) < 2 else path[1] if len(path) == 2 else None
-        allowed = _SESSIONS_METHODS.get(shape) if shape is not None else None
-        if allowed is None:
+        shape = _shape(path)
+        routes = _ROUTES.get(shape) if shape is not None else None
+        if routes is None:
             return not_found(request)
-        # An endpoint that exists, another method: 405 with the methods it takes (it said
-        # "no such endpoint or method", without the Allow header admin-api.md promises).
-        return method_not_allowed(request, allowed)
+        handler = routes.get(request.method)
+        if handler is None:
+            # An endpoint that exists, another method: 405 with the methods it takes.
+            return method_not_allowed(request, [m.decode() for m in routes])
+        sid = path[0].decode("ascii", "replace") if path else ""
+        return self._run(request, lambda: handler(self, request, sid))
 
     @defer.inlineCallbacks
     def _list(self) -> Any:
@@ -243,6 +219,31 @@ class SessionsResource(_Async):
         self._log.info("admin API: a one-time login link for {user} on session {sid} "
                        "made by {peer}", user=user, sid=sid, peer=peer_of(request))
         return 201, {"id": sid, "user": user, "login_link": link}
+
+
+#: A handler of /api/sessions: (the resource, the request, the session id: "" for
+#: /api/sessions itself) -> a Deferred (status, JSON body).
+_Handler = Callable[[SessionsResource, Request, str], Any]
+
+#: The routes of /api/sessions, by path shape (:func:`_shape`): each method's handler.
+#: Both the dispatch and a 405's Allow header (the methods in this order) read it.
+_ROUTES: dict[int | bytes, dict[bytes, _Handler]] = {
+    0: {b"GET": lambda api, request, sid: api._list(),
+        b"POST": lambda api, request, sid: api._create(request)},
+    1: {b"GET": lambda api, request, sid: api._show(sid),
+        b"PATCH": lambda api, request, sid: api._change(request, sid),
+        b"DELETE": lambda api, request, sid: api._end(request, sid)},
+    b"token": {b"POST": lambda api, request, sid: api._rotate(request, sid)},
+    b"login-links": {b"POST": lambda api, request, sid: api._link(request, sid)},
+}
+
+
+def _shape(path: list[bytes]) -> int | bytes | None:
+    """A path under /api/sessions as a key of _ROUTES: how many segments (0 or 1), or a
+    session's sub-resource by name; None for deeper paths."""
+    if len(path) < 2:
+        return len(path)
+    return path[1] if len(path) == 2 else None
 
 
 def make_api(sessions: Sessions, present: Callable[[NewSession], dict[str, Any]],

@@ -14,6 +14,7 @@ fails with StoreUnavailable, quickly, and recovers by itself.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import json
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_NODE_RECORD",
     "MAX_PENDING_LOGIN_BYTES",
     "PendingLogins",
+    "Refresh",
     "SessionNotFound",
     "SessionRecord",
     "SessionStore",
@@ -421,6 +423,17 @@ class SessionRecords(Protocol):
         unsubscribe function."""
 
 
+class Refresh(enum.Enum):
+    """What a claim's refresh found (:meth:`TunnelClaims.refresh_tunnels`)."""
+
+    #: Still ours: extended, or claimed again (it had expired and nobody else claimed).
+    OURS = "ours"
+    #: Another tunnel or node holds the session: the studio moved.
+    HELD_ELSEWHERE = "held elsewhere"
+    #: The session is gone (ended unheard, or lost by the store).
+    GONE = "gone"
+
+
 class TunnelClaims(Protocol):
     """Which node holds each session's tunnel (the tunnel table, the dialer, peers)."""
 
@@ -439,9 +452,10 @@ class TunnelClaims(Protocol):
         node holds the session, or the session is gone: then this tunnel must close."""
 
     def refresh_tunnels(self, holders: Sequence[TunnelHolder],
-                        ttl: float) -> Deferred[list[bool]]:
+                        ttl: float) -> Deferred[list[Refresh]]:
         """:meth:`refresh_tunnel` for each holder, in one round trip: the answers in the
-        holders' order."""
+        holders' order, each saying which of the two a refused claim is (held
+        elsewhere, or the session gone), found in the same atomic step."""
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
         """Delete the holder if it is still ours; whether it was."""

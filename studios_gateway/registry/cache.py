@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from studios_gateway.registry.base import (
     Invalidation,
+    Refresh,
     SessionRecord,
     StoreUnavailable,
     TunnelHolder,
@@ -243,7 +244,7 @@ class CachingStore:
         return defer.maybeDeferred(self.inner.refresh_tunnel, holder, ttl)
 
     def refresh_tunnels(self, holders: Sequence[TunnelHolder],
-                        ttl: float) -> Deferred[list[bool]]:
+                        ttl: float) -> Deferred[list[Refresh]]:
         return defer.maybeDeferred(self.inner.refresh_tunnels, holders, ttl)
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:

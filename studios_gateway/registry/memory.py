@@ -26,6 +26,7 @@ from studios_gateway.registry.base import (
     MAX_USER_KEYS,
     BadUserKeys,
     Invalidation,
+    Refresh,
     SessionExists,
     SessionNotFound,
     SessionRecord,
@@ -194,27 +195,28 @@ class MemoryStore:
             seconds = _ttl(ttl)
         except ValueError as e:
             return defer.fail(e)
-        return defer.succeed(self._refresh(holder, seconds))
+        return defer.succeed(self._refresh(holder, seconds) is Refresh.OURS)
 
     def refresh_tunnels(self, holders: Sequence[TunnelHolder],
-                        ttl: float) -> Deferred[list[bool]]:
+                        ttl: float) -> Deferred[list[Refresh]]:
         try:
             seconds = _ttl(ttl)
         except ValueError as e:
             return defer.fail(e)
         return defer.succeed([self._refresh(holder, seconds) for holder in holders])
 
-    def _refresh(self, holder: TunnelHolder, seconds: float) -> bool:
+    def _refresh(self, holder: TunnelHolder, seconds: float) -> Refresh:
         current = self._current(holder.session_id)
-        if current is None and holder.session_id in self._records:
+        exists = holder.session_id in self._records
+        if current is None and exists:
             # The claim expired (this node was too busy to refresh it?): claim it again.
             self._tunnels[holder.session_id] = (holder, self._clock.seconds() + seconds)
             self._subscribers.notify(holder.session_id)
-            return True
+            return Refresh.OURS
         if current is None or not _same(current, holder):
-            return False
+            return Refresh.HELD_ELSEWHERE if exists else Refresh.GONE
         self._tunnels[holder.session_id] = (current, self._clock.seconds() + seconds)
-        return True
+        return Refresh.OURS
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
         current = self._current(holder.session_id)

@@ -70,6 +70,7 @@ from studios_gateway.registry.base import (
     BadUserKeys,
     Invalidation,
     MalformedRecord,
+    Refresh,
     SessionExists,
     SessionNotFound,
     SessionRecord,
@@ -142,8 +143,8 @@ end
 # exists; a claim held by another tunnel or node is left alone (_OURS's test, inline:
 # _OURS returns from the script). KEYS holds each claim's tunnel key and session key in
 # turn; ARGV the TTL in ms, the channel, then each claim's tunnel id, node id, holder
-# JSON and session id. One answer per claim: 0 (not ours, or the session is gone),
-# 1 (extended), 2 (claimed again).
+# JSON and session id. One answer per claim: 0 (another tunnel or node holds it),
+# 1 (extended), 2 (claimed again), 3 (not ours, and the session is gone).
 _REFRESH = """
 local out = {}
 for i = 1, #KEYS / 2 do
@@ -151,7 +152,7 @@ for i = 1, #KEYS / 2 do
   local cur = redis.call('GET', tk)
   if not cur then
     if redis.call('EXISTS', sk) == 0 then
-      out[i] = 0
+      out[i] = 3
     else
       redis.call('SET', tk, ARGV[a + 2], 'PX', ARGV[1])
       redis.call('PUBLISH', ARGV[2], ARGV[a + 3])
@@ -161,7 +162,7 @@ for i = 1, #KEYS / 2 do
     local ok, h = pcall(cjson.decode, cur)
     if not ok or type(h) ~= 'table' or h['tunnel_id'] ~= ARGV[a]
         or h['node_id'] ~= ARGV[a + 1] then
-      out[i] = 0
+      out[i] = redis.call('EXISTS', sk) == 0 and 3 or 0
     else
       redis.call('PEXPIRE', tk, ARGV[1])
       out[i] = 1
@@ -170,6 +171,9 @@ for i = 1, #KEYS / 2 do
 end
 return out
 """
+
+#: _REFRESH's answers.
+_REFRESHED = {0: Refresh.HELD_ELSEWHERE, 1: Refresh.OURS, 2: Refresh.OURS, 3: Refresh.GONE}
 
 _RELEASE = _OURS + """
 redis.call('DEL', KEYS[1])
@@ -250,10 +254,11 @@ return v
 MAX_RECORD_BYTES = MAX_NODE_RECORD
 
 # A node's settings record, and the index of the nodes that have one (JSON list of ids):
-# nodes are found by one GET, never by a SCAN of every session. KEYS[3..] are records
-# the caller found gone (ARGV[5..] their ids): dropped from the index if still gone.
-# The reply: the number of ids in the index, and the record this one replaced (false
-# when there was none, or a longer one than MAX_RECORD_BYTES).
+# nodes are found by one GET, never by a SCAN of every session. ARGV[5] and ARGV[6]: the
+# channel and the event to publish on it once written (none when the event is '').
+# KEYS[3..] are records the caller found gone (ARGV[7..] their ids): dropped from the
+# index if still gone. The reply: the number of ids in the index, and the record this
+# one replaced (false when there was none, or a longer one than MAX_RECORD_BYTES).
 _ANNOUNCE_NODE = """
 local prev = redis.call('GET', KEYS[1])
 if prev and #prev > """ + str(MAX_RECORD_BYTES) + """ then prev = false end
@@ -264,7 +269,7 @@ if #raw <= tonumber(ARGV[4]) * 100 then ok, ids = pcall(cjson.decode, raw) end
 if not ok or type(ids) ~= 'table' then ids = {} end
 local gone = {}
 for i = 3, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 then gone[ARGV[i + 2]] = true end
+  if redis.call('EXISTS', KEYS[i]) == 0 then gone[ARGV[i + 4]] = true end
 end
 local out, seen = {ARGV[3]}, {[ARGV[3]] = true}
 for _, id in ipairs(ids) do
@@ -275,6 +280,7 @@ for _, id in ipairs(ids) do
   end
 end
 redis.call('SET', KEYS[2], cjson.encode(out), 'PX', ARGV[2])
+if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return {#out, prev}
 """
 
@@ -968,10 +974,11 @@ class RedisStore:
         return d.addCallback(done)
 
     def refresh_tunnel(self, holder: TunnelHolder, ttl: float) -> Deferred[bool]:
-        return self.refresh_tunnels([holder], ttl).addCallback(lambda answers: answers[0])
+        return self.refresh_tunnels([holder], ttl).addCallback(
+            lambda answers: answers[0] is Refresh.OURS)
 
     def refresh_tunnels(self, holders: Sequence[TunnelHolder],
-                        ttl: float) -> Deferred[list[bool]]:
+                        ttl: float) -> Deferred[list[Refresh]]:
         if not holders:
             return defer.succeed([])
         try:
@@ -985,16 +992,17 @@ class RedisStore:
             keys += (self._tunnel_key(sid), self._key(sid))
             args += (holder.tunnel_id, holder.node_id, holder.to_json(), sid)
 
-        def done(answers: Any) -> list[bool]:
-            if not isinstance(answers, list) or len(answers) != len(holders):
+        def done(answers: Any) -> list[Refresh]:
+            if (not isinstance(answers, list) or len(answers) != len(holders)
+                    or not all(isinstance(n, int) and n in _REFRESHED for n in answers)):
                 raise StoreUnavailable(f"Redis at {self.address} answered a refresh of "
                                        f"{len(holders)} claims with {answers!r:.80}")
             for h, n in zip(holders, answers, strict=True):
-                if int(n) == 2:
+                if n == 2:
                     self._log.info("the claim of session {sid}'s tunnel had expired (the "
                                    "store was away longer than its TTL?): claimed it again",
                                    sid=h.session_id)
-            return [int(n) >= 1 for n in answers]
+            return [_REFRESHED[n] for n in answers]
 
         return self._eval("refresh", _REFRESH, keys, args).addCallback(done)
 
@@ -1193,24 +1201,21 @@ class RedisStore:
     def announce_node(self, value: str, ttl: float, *, tell: bool) -> Deferred[str | None]:
         """Store this node's settings record for `ttl` seconds (and its id in the index
         ``<prefix>:_nodes``, without the nodes whose records the last node_records found
-        gone); with `tell`, publish ``node:<node id>`` so every node compares at once.
+        gone); with `tell`, publish ``node:<node id>`` so every node compares at once (in
+        the same script: one round trip, and no node hears of a record not yet written).
         Fires with the record this one replaced (None: none, or a too long one)."""
         gone = self._nodes_gone[:100]
         keys = [self._node_key(self.node_id), f"{self.prefix}:_nodes"]
         keys += [self._node_key(node) for node in gone]
+        event = NODE_EVENT + self.node_id if tell else ""
         d = self._eval("announce_node", _ANNOUNCE_NODE, keys,
-                       [value, _ms(ttl), self.node_id, MAX_NODES, *gone])
-        replaced: list[str | None] = []
+                       [value, _ms(ttl), self.node_id, MAX_NODES, self.channel, event, *gone])
 
-        def keep(reply: Any) -> None:
+        def keep(reply: Any) -> str | None:
             prev = reply[1] if isinstance(reply, list) and len(reply) > 1 else None
-            replaced.append(None if prev is None else _text(prev))
+            return None if prev is None else _text(prev)
 
-        d.addCallback(keep)
-        if tell:
-            d.addCallback(lambda _: self._call("announce_node", lambda conn: conn.execute_command(
-                "PUBLISH", self.channel, NODE_EVENT + self.node_id)))
-        return d.addCallback(lambda _: replaced[0])
+        return d.addCallback(keep)
 
     def _node_key(self, node: str) -> str:
         return f"{self.prefix}:_node:{node}"

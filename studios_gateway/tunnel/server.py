@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from studios_gateway import versions
 from studios_gateway.registry.base import (
+    Refresh,
     SessionNotFound,
     SessionRecord,
     StoreUnavailable,
@@ -388,28 +389,17 @@ class TunnelTable:
         except Exception:
             self._log.failure("refreshing the claims of {n} sessions", n=len(tunnels))
             return
-        refused = []
-        for tunnel, ours in zip(tunnels, answers, strict=True):
+        for tunnel, answer in zip(tunnels, answers, strict=True):
             if self._tunnels.get(tunnel.session_id) is not tunnel:
                 # Lost (and released) while its refresh was on the way, which may have
                 # claimed it again: release that claim (only if still ours).
-                if ours:
+                if answer is Refresh.OURS:
                     self._release(tunnel)
-            elif not ours:
-                refused.append(tunnel)
-        if not refused:
-            return
-        # Not ours: another node's claim (the studio moved), or no session any more (the
-        # refresh claims only for a session that exists); which one, the log must say.
-        limit = defer.DeferredSemaphore(CHECKS_IN_FLIGHT)
-        records = yield defer.DeferredList(
-            [limit.run(self.store.get, t.session_id) for t in refused], consumeErrors=True)
-        for tunnel, (ok, record) in zip(refused, records, strict=True):
-            if self._tunnels.get(tunnel.session_id) is not tunnel:
-                continue
-            if ok and record is None:
+            elif answer is Refresh.GONE:
+                # No event said it ended (or it would have been looked up and closed):
+                # Redis lost it, or this node was not listening.
                 self._gone(tunnel, unheard=True)
-            else:
+            elif answer is Refresh.HELD_ELSEWHERE:
                 self._held_elsewhere(tunnel, "its claim could not be refreshed")
 
     # Following the registry ----------------------------------------------------

@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from studios_gateway.registry import redis as redis_module
-from studios_gateway.registry.base import StoreUnavailable, TunnelHolder
+from studios_gateway.registry.base import Refresh, StoreUnavailable, TunnelHolder
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.redis import RedisStore
 from studios_gateway.ssh.keys import key_file_path
@@ -128,6 +128,9 @@ class RedisContractTests(StoreContract, RedisCase):
         key = f"{self.store.prefix}:{h.session_id}:tunnel"
         return self.store.command("PEXPIREAT", key, 1)  # a deadline in the past: gone now
 
+    def lose_record(self, session_id: str) -> Any:
+        return self.store.command("DEL", f"{self.store.prefix}:{session_id}")  # no event
+
     @defer.inlineCallbacks
     def test_nodes_are_found_without_walking_every_session(self) -> Any:
         """node_records SCANned the whole keyspace (10,000 sessions: 11 SCANs, about 4 ms
@@ -211,6 +214,31 @@ class RedisContractTests(StoreContract, RedisCase):
         yield self.other.withdraw_node()
         yield heard.wait_for("node-b")
         assert (yield self.store.node_records()) == {"node-a": '{"a": "1"}'}
+
+    @defer.inlineCallbacks
+    def test_an_announcement_publishes_in_its_own_script(self) -> Any:
+        """announce_node(tell=True) sent its PUBLISH as a second command once the script
+        had written the record (two round trips; the event lost if the link dropped
+        between them), where withdraw_node publishes inside its script. Now one command
+        each way, and the other nodes still hear ``node:<id>`` (and nothing without
+        `tell`)."""
+        heard = Recorder()
+        self.other.subscribe_nodes(heard)
+        sent: list[str] = []
+        real = self.store._call
+
+        def counted(what: str, command: Any) -> Any:
+            sent.append(what)
+            return real(what, command)
+
+        self.patch(self.store, "_call", counted)
+        yield self.store.announce_node('{"a": "0"}', 60, tell=False)
+        assert sent == ["announce_node"]
+        assert (yield self.store.announce_node('{"a": "1"}', 60, tell=True)) == '{"a": "0"}'
+        assert sent == ["announce_node"] * 2
+        yield heard.wait_for("node-a")
+        assert heard.seen == ["node-a"]  # (the channel keeps order: none came before)
+        assert (yield self.other.node_records()) == {"node-a": '{"a": "1"}'}
 
     @defer.inlineCallbacks
     def test_key_layout(self) -> Any:
@@ -535,7 +563,7 @@ class RedisLeastPrivilegeTests(RedisCase):
         h = holder()
         assert (yield a.claim_tunnel(h, 30)) is None
         assert (yield a.refresh_tunnel(h, 30)) is True
-        assert (yield a.refresh_tunnels([h], 30)) == [True]
+        assert (yield a.refresh_tunnels([h], 30)) == [Refresh.OURS]
         assert (yield b.get_tunnel("abc123")) == h
         assert (yield a.release_tunnel(h)) is True
         yield a.set_user_keys("bob", [key_line(1)])

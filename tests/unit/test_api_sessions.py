@@ -253,3 +253,29 @@ def test_a_method_an_endpoint_does_not_take_is_405_with_the_methods_it_does() ->
         assert json.loads(b"".join(request.written))["error"].startswith("no such endpoint")
     listed = json.loads(b"".join(answer(root, "GET", "/").written))["endpoints"]
     assert listed == ["/live", "/ready", "/metrics", "/shutdown", "/api/quota", "/api/sessions"]
+
+
+def test_each_endpoints_allow_header_names_exactly_the_methods_it_answers() -> None:
+    """The 405's Allow table was a second copy of the dispatch's if/elif (a method added
+    to one and not the other would be answered but not listed, or listed and refused):
+    for each path shape of /api/sessions, every method either runs a handler or is
+    refused with 405, and the Allow header names exactly those that ran."""
+    from studios_gateway.management.api import _ROUTES
+
+    for shape in _ROUTES:
+        tail = ["abc"] * shape if isinstance(shape, int) else ["abc", shape.decode()]
+        answered: set[str] = set()
+        allowed: set[bytes] = set()
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"):
+            api, _ = setup()  # a fresh session each time (DELETE ends it)
+            request = DummyRequest([t.encode() for t in tail])
+            request.method = method.encode()
+            request.content = BytesIO(b"{}")
+            if api.getChildWithDefault(b"sessions", request).render(request) == NOT_DONE_YET:
+                answered.add(method)
+            else:
+                assert request.responseCode == 405, (method, shape)
+                allowed.update(request.responseHeaders.getRawHeaders(b"allow"))
+        assert len(allowed) == 1, (shape, allowed)  # the same header for every refusal
+        assert set(allowed.pop().decode().split(", ")) == answered, shape
+        assert answered, shape

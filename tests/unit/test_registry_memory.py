@@ -15,6 +15,7 @@ from twisted.trial import unittest
 
 from studios_gateway.registry.base import (
     MalformedRecord,
+    Refresh,
     SessionExists,
     SessionNotFound,
     SessionRecord,
@@ -80,6 +81,11 @@ class StoreContract:
         raise NotImplementedError
 
     def expire(self, h: TunnelHolder, ttl: float) -> defer.Deferred[None]:
+        raise NotImplementedError
+
+    def lose_record(self, session_id: str) -> defer.Deferred[None]:
+        """The session's record vanishes without a delete or an event, its tunnel's claim
+        left as it was (as if the store lost part of its data)."""
         raise NotImplementedError
 
     @defer.inlineCallbacks
@@ -202,23 +208,31 @@ class StoreContract:
     def test_a_batch_refresh_answers_each_claim_as_one_refresh_would(self) -> Any:
         """refresh_tunnels (a refresh round's command): ours extended, an expired one of
         ours claimed again, another node's left alone, an ended session's not brought
-        back; the answers in the holders' order."""
-        for sid in ("s1", "s2", "s3", "s4"):
+        back; the answers in the holders' order. A refused claim says which it is: held
+        elsewhere, or the session gone (the tunnel table asked the store again, one GET
+        per refused claim: N GETs after a Redis restart that lost N sessions)."""
+        for sid in ("s1", "s2", "s3", "s4", "s5"):
             yield self.store.create(record(sid))
         ours, expired = holder("s1", tunnel="t1"), holder("s2", tunnel="t2")
         taken, ended = holder("s3", tunnel="t3"), holder("s4", tunnel="t4")
-        for h in (ours, expired, taken, ended):
+        lost = holder("s5", tunnel="t5")
+        for h in (ours, expired, taken, ended, lost):
             yield self.store.claim_tunnel(h, 5)
         yield self.expire(expired, 5)
         theirs = holder("s3", node="node-b", tunnel="tb")
         yield self.other.claim_tunnel(theirs, 5)
         yield self.store.delete("s4")
-        answers = yield self.store.refresh_tunnels([ours, expired, taken, ended], 5)
-        assert answers == [True, True, False, False]
+        yield self.other.claim_tunnel(holder("s5", node="node-b", tunnel="tb"), 5)
+        yield self.lose_record("s5")  # another node's claim, and no session any more
+        answers = yield self.store.refresh_tunnels([ours, expired, taken, ended, lost], 5)
+        assert answers == [Refresh.OURS, Refresh.OURS, Refresh.HELD_ELSEWHERE, Refresh.GONE,
+                           Refresh.GONE]
         assert (yield self.other.get_tunnel("s1")) == ours
         assert (yield self.other.get_tunnel("s2")) == expired
         assert (yield self.other.get_tunnel("s3")) == theirs
         assert (yield self.other.get_tunnel("s4")) is None
+        assert (yield self.store.refresh_tunnel(taken, 5)) is False  # one claim: a bool
+        assert (yield self.store.refresh_tunnel(lost, 5)) is False
         assert (yield self.store.refresh_tunnels([], 5)) == []
         for ttl in (0, float("nan")):
             try:
@@ -271,6 +285,10 @@ class MemoryStoreTests(StoreContract, unittest.TestCase):
 
     def expire(self, h: TunnelHolder, ttl: float) -> defer.Deferred[None]:
         self.clock.advance(ttl)
+        return defer.succeed(None)
+
+    def lose_record(self, session_id: str) -> defer.Deferred[None]:
+        del self.store._records[session_id]
         return defer.succeed(None)
 
     def check_expiry(self, h: TunnelHolder, ttl: float) -> defer.Deferred[None]:

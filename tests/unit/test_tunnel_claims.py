@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from studios_gateway.registry.base import SessionRecord, hash_token
+from studios_gateway.registry.base import Refresh, SessionRecord, hash_token
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.tunnel.server import (
     Tunnel,
@@ -168,6 +168,34 @@ def test_sessions_redis_lost_close_their_tunnels_with_one_warning() -> None:
     assert not any("moved" in line for line in info.lines)
 
 
+def test_a_refresh_round_tells_a_lost_session_from_a_moved_one_without_a_lookup() -> None:
+    """A claim the refresh round could not renew was looked up again (one GET each) to
+    tell "session gone" from "held elsewhere": after a Redis restart that lost its data,
+    N GETs for N tunnels, when the refresh script had just checked that already. Now its
+    answer says which; both outcomes are as before: the lost session's tunnel closes as
+    ended (its connections told, one warning), the moved one is retired."""
+    from tests.unit.test_node_settings import Logged
+
+    clock, store, table, transport, tunnel = bound()
+    _, moved = second(table, store, "s2")
+    told: list[str] = []
+    table.on_gone = told.append
+    store.deaf = True  # no event tells the table of either change
+    del store.inner._records["s1"]  # (as a restart without its data)
+    del store.inner._tunnels["s1"]
+    store.inner.claim_tunnel(replace(moved.holder, node_id="n2", tunnel_id="theirs"), TTL)
+    gets = store.calls["get"]
+    with Logged("info") as info, Logged("warn") as warn:
+        clock.advance(TTL / 3)  # the refresh round
+        assert store.calls["get"] == gets and store.calls["get_tunnel"] == 0
+        assert transport.disconnecting and told == ["s1"]
+        assert table.get("s2") is None  # retired (no streams open: closed)
+        clock.advance(1)
+    assert "session s2 moved (its claim could not be refreshed)" in " ".join(info.lines)
+    assert len(warn.lines) == 1 and "1 session(s)" in warn.lines[0], warn.lines
+    assert "(s1)" in warn.lines[0] and "Redis must persist" in warn.lines[0]
+
+
 def test_stopping_the_table_cancels_its_pending_warning_and_claims() -> None:
     """The warning about sessions gone unheard (due in 1 s) and the claims made again at
     once were timers nobody cancelled when the table stopped."""
@@ -212,7 +240,7 @@ def test_a_tunnel_lost_while_its_refresh_is_out_leaves_no_claim_behind() -> None
     # The refresh is on its way (the store is slow) when the tunnel goes away.
     from twisted.internet import defer
 
-    answers: list[defer.Deferred[list[bool]]] = []
+    answers: list[defer.Deferred[list[Refresh]]] = []
     real = store.inner.refresh_tunnels
     store.inner.refresh_tunnels = lambda hs, ttl: answers.append(defer.Deferred()) or answers[-1]
     clock.advance(TTL / 3)
@@ -235,14 +263,14 @@ def test_a_refresh_round_renews_claims_in_batches_a_few_at_a_time_and_every_clai
     clock, store, table, transport, tunnel = bound()
     for n in range(40):  # 40 more tunnels held (the table's bookkeeping only)
         table._tunnels[f"x{n}"] = tunnel
-    batches: list[tuple[list, defer.Deferred[list[bool]]]] = []
+    batches: list[tuple[list, defer.Deferred[list[Refresh]]]] = []
     store.inner.refresh_tunnels = \
         lambda hs, ttl: batches.append((list(hs), defer.Deferred())) or batches[-1][1]
     clock.advance(TTL / 3)
     assert len(batches) == server.REFRESHES_IN_FLIGHT
     while any(not d.called for _, d in batches):
         holders, d = next((h, d) for h, d in batches if not d.called)
-        d.callback([True] * len(holders))
+        d.callback([Refresh.OURS] * len(holders))
         assert sum(not d.called for _, d in batches) <= server.REFRESHES_IN_FLIGHT
     assert [len(h) for h, _ in batches] == [5] * 8 + [1]
     assert table.get("s1") is tunnel and not transport.disconnecting
