@@ -56,25 +56,29 @@ def test_small_responses_pairs_each_round_of_requests_per_second(monkeypatch) ->
     assert row == ["gateway / nginx", "2.00", "2.00", "1.00 (1.00-3.00)", "2.00 (1.00-4.00)"]
 
 
-def test_websocket_echo_pairs_each_round_of_p99(monkeypatch) -> None:
+def _fake_rounds(monkeypatch, p99: dict[str, list[float]]) -> None:
+    """echo_rounds answering, per path, one round of 100 equal round trips per value (so
+    each round's p50 and p99 are that value)."""
+    import bench.http as bh
+
+    def fake(targets, rate, seconds, runs):
+        assert runs == 3 and set(targets) == set(p99)
+        return {name: [[v] * 100 for v in p99[name]] for name in targets}
+
+    monkeypatch.setattr(bh, "echo_rounds", fake)
+
+
+def test_websocket_echo_pools_round_trips_and_pairs_each_round_of_p99(monkeypatch) -> None:
     import bench.http as bh
     from bench.arena import GATEWAY, Target
 
-    p99 = {GATEWAY: [2.0, 6.0, 3.0], "nginx": [1.0, 2.0, 3.0]}
-    seen: dict[str, int] = {}
-
-    def fake_echo(target, rate, seconds):
-        i = seen.get(target.name, 0)
-        seen[target.name] = i + 1
-        return 0.5, p99[target.name][i]  # (p50, p99)
-
-    monkeypatch.setattr(bh, "echo_run", fake_echo)
+    _fake_rounds(monkeypatch, {GATEWAY: [2.0, 6.0, 3.0], "nginx": [1.0, 2.0, 3.0]})
     arena = SimpleNamespace(ws={GATEWAY: Target(GATEWAY, 1), "nginx": Target("nginx", 2)},
                             notes=[])
     section = bh.websocket_echo(SimpleNamespace(runs=3, ws_rate=200, ws_seconds=1.0), arena)
     [row] = _rows(section, "Ratios of round-trip time")
-    # p99 medians 3 / 2; rounds 2, 3, 1
-    assert row == ["gateway / nginx", "1.00", "1.50", "2.00 (1.00-3.00)"]
+    # over all round trips: p50 3 / 2, p99 6 / 3; per round 2, 3, 1
+    assert row == ["gateway / nginx", "1.50", "2.00", "2.00 (1.00-3.00)"]
 
 
 def test_websocket_echo_adds_the_c_tunnel_against_nginx(monkeypatch) -> None:
@@ -84,21 +88,60 @@ def test_websocket_echo_adds_the_c_tunnel_against_nginx(monkeypatch) -> None:
     from bench.arena import GATEWAY, NGINX, STUNNEL, Target
 
     p99 = {GATEWAY: [3.0, 3.0, 3.0], NGINX: [1.0, 2.0, 2.0], STUNNEL: [2.0, 3.0, 4.0]}
-    seen: dict[str, int] = {}
-
-    def fake_echo(target, rate, seconds):
-        i = seen.get(target.name, 0)
-        seen[target.name] = i + 1
-        return 1.0, p99[target.name][i]
-
-    monkeypatch.setattr(bh, "echo_run", fake_echo)
+    _fake_rounds(monkeypatch, p99)
     arena = SimpleNamespace(ws={n: Target(n, i) for i, n in enumerate(p99)}, notes=[])
     section = bh.websocket_echo(SimpleNamespace(runs=3, ws_rate=200, ws_seconds=1.0), arena)
     rows = _rows(section, "Ratios of round-trip time")
     assert [r[0] for r in rows] == [f"gateway / {NGINX}", f"gateway / {STUNNEL}",
                                     f"{STUNNEL} / {NGINX} (the path's shape in C)"]
-    # p99 medians 3 / 2; rounds 2, 1.5, 2
-    assert rows[2][1:] == ["1.00", "1.50", "2.00 (1.50-2.00)"]
+    # over all: p50 3 / 2, p99 4 / 2; per round 2, 1.5, 2
+    assert rows[2][1:] == ["1.50", "2.00", "2.00 (1.50-2.00)"]
+
+
+def test_websocket_echo_says_what_each_extra_hop_adds(monkeypatch) -> None:
+    import bench.http as bh
+    from bench.arena import DIRECT, GATEWAY, NGINX, Target
+
+    p99 = {GATEWAY: [1.0] * 3, NGINX: [0.6] * 3, DIRECT: [0.2] * 3}
+    _fake_rounds(monkeypatch, p99)
+    arena = SimpleNamespace(ws={n: Target(n, i) for i, n in enumerate(p99)}, notes=[])
+    section = bh.websocket_echo(SimpleNamespace(runs=3, ws_rate=200, ws_seconds=1.0), arena)
+    # (1.0 - 0.2) ms over four hops; (0.6 - 0.2) over two
+    assert _rows(section, "What each extra hop adds") == [
+        [GATEWAY, "4", "200", "200"], [NGINX, "2", "200", "200"]]
+
+
+def test_echo_rounds_takes_turns_within_each_round(monkeypatch) -> None:
+    """Every path's connection opens (and warms) first; then each round gives every path
+    its turns in order, so a stretch of load falls on all paths alike."""
+    import bench.http as bh
+    from bench.arena import Target
+
+    log: list[object] = []
+
+    class FakeClient:
+        def __init__(self, target: Target) -> None:
+            self.name = target.name
+            log.append(("open", self.name))
+
+        def round_trip(self, text: str) -> float:
+            return 0.0  # the warm-up's
+
+        def close(self) -> None:
+            log.append(("close", self.name))
+
+    def fake_times(client, rate, count):
+        log.append((client.name, count))
+        return [float(len(log))] * count
+
+    monkeypatch.setattr(bh, "EchoClient", FakeClient)
+    monkeypatch.setattr(bh, "echo_times", fake_times)
+    got = bh.echo_rounds({"a": Target("a", 1), "b": Target("b", 2)}, rate=200, seconds=2.0,
+                         runs=2)
+    turn = [("a", 200), ("b", 200)]
+    assert log == [("open", "a"), ("open", "b"), *turn * 4, ("close", "a"), ("close", "b")]
+    assert [len(r) for r in got["a"]] == [400, 400] and [len(r) for r in got["b"]] == [400, 400]
+    assert got["a"][0][:1] == [3.0] and got["a"][1][-1:] == [9.0]  # rounds kept apart
 
 
 def test_bulk_pairs_each_round_of_download_and_upload(monkeypatch, tmp_path) -> None:
