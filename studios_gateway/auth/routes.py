@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -368,9 +368,8 @@ class LoginRoutes:
         hand-off cookie (set now if the browser has none) to bind the next code to."""
         s = self.settings
         value = mine[0] if mine else secrets.token_urlsafe(32)
-        back = (f"{s.proxy_url}{PREFIX}login?" + urlencode(
-            {"next": s.studio_origin(session_id) + _studio_path(data.get("next")),
-             "bind": value}, quote_via=quote))
+        back = s.login_again(s.studio_origin(session_id) + _studio_path(data.get("next")),
+                             bind=value)
         return redirect(back, [set_cookie_header(
             s.handoff_cookie_name, value, path=s.login_cookie_path,
             max_age=int(s.login_ttl), secure=s.secure_cookies)])

@@ -196,11 +196,14 @@ class AuthSettings:
             return None
         return raw
 
-    def login_again(self, next_url: str | None) -> str:
-        """The proxy host's login, leading back to `next_url` once done (to "/" without)."""
+    def login_again(self, next_url: str | None, *, bind: str | None = None) -> str:
+        """The proxy host's login, leading back to `next_url` once done (to "/" without).
+        `bind`: a studio host's hand-off cookie, which the hand-off code that login makes
+        must name (routes.LoginRoutes._handoff)."""
         again = f"{self.proxy_url}{PREFIX}login"
-        if next_url:
-            again += "?" + urlencode({"next": next_url}, quote_via=quote)
+        query = {k: v for k, v in (("next", next_url), ("bind", bind)) if v}
+        if query:
+            again += "?" + urlencode(query, quote_via=quote)
         return again
 
     def studio_of_next(self, next_url: str) -> tuple[str | None, str]:

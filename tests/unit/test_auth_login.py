@@ -881,3 +881,17 @@ def test_a_login_with_two_login_cookies_is_refused():
     # One login cookie still logs in as before.
     one = (b"Cookie", f"__Host-connect_login={ours[0]}".encode())
     assert run(auth.handle(request(login, headers=(one,)))).status == 302
+
+
+def test_login_again_is_the_one_shape_of_the_proxy_hosts_login_url() -> None:
+    """The "Try again" links and a studio host's trip back to bind its hand-off
+    (routes._bind_handoff) make the proxy host's login URL in one place."""
+    s = AuthSettings(proxy_url="https://connect.example.test:8443",
+                     studios_domain="studios.example.test", path_routing=False,
+                     storage_root="/nonexistent", secure_cookies=True)
+    login = "https://connect.example.test:8443/_connect/login"
+    assert s.login_again(None) == s.login_again("") == login
+    nxt = "https://abc.studios.example.test:8443/lab?a=1&b=2"
+    assert s.login_again(nxt) == f"{login}?next={quote(nxt, safe='')}"
+    assert s.login_again(nxt, bind="v" * 43) == \
+        f"{login}?next={quote(nxt, safe='')}&bind={'v' * 43}"
