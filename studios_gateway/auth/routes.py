@@ -516,7 +516,7 @@ class LoginRoutes:
             return replace(page(403, "Logout refused",
                                 "This logout was posted from another site. Open the logout "
                                 "page itself to log out.",
-                                link=(f"{self.settings.proxy_url}{PREFIX}logout", "Log out")),
+                                link=(self.settings.proxy_page("logout"), "Log out")),
                            why=f"logout posted from elsewhere: {why}")
         query = f"?{request.query}" if request.query else ""
         action = html.escape(path + query)
@@ -531,4 +531,4 @@ class LoginRoutes:
         studio's own host the tool's pages are the same origin, so a post there could
         not be told from the tool's own script, which would end its visitor's login
         (every studio of it); the proxy host's origin belongs to the gateway alone."""
-        return replace(redirect(f"{self.settings.proxy_url}{PREFIX}logout"), status=303)
+        return replace(redirect(self.settings.proxy_page("logout")), status=303)

@@ -114,9 +114,16 @@ class AuthSettings:
     def _port_suffix(self) -> str:
         return f":{self._parts.port}" if self._parts.port else ""
 
+    def proxy_page(self, name: str, **query: str | None) -> str:
+        """The proxy host's page ``/_connect/<name>``, with those of `query` that have a
+        value (percent-encoded, in the order given)."""
+        url = f"{self.proxy_url}{PREFIX}{name}"
+        given = {k: v for k, v in query.items() if v}
+        return url + "?" + urlencode(given, quote_via=quote) if given else url
+
     @property
     def redirect_uri(self) -> str:
-        return f"{self.proxy_url}{PREFIX}callback"
+        return self.proxy_page("callback")
 
     def studio_origin(self, session_id: str) -> str:
         return f"{self.scheme}://{session_id}.{self.studios_domain}{self._port_suffix}"
@@ -200,11 +207,7 @@ class AuthSettings:
         """The proxy host's login, leading back to `next_url` once done (to "/" without).
         `bind`: a studio host's hand-off cookie, which the hand-off code that login makes
         must name (routes.LoginRoutes._handoff)."""
-        again = f"{self.proxy_url}{PREFIX}login"
-        query = {k: v for k, v in (("next", next_url), ("bind", bind)) if v}
-        if query:
-            again += "?" + urlencode(query, quote_via=quote)
-        return again
+        return self.proxy_page("login", next=next_url, bind=bind)
 
     def studio_of_next(self, next_url: str) -> tuple[str | None, str]:
         """(session id or None, the path on that session's host) for a checked `next`."""

@@ -895,3 +895,8 @@ def test_login_again_is_the_one_shape_of_the_proxy_hosts_login_url() -> None:
     assert s.login_again(nxt) == f"{login}?next={quote(nxt, safe='')}"
     assert s.login_again(nxt, bind="v" * 43) == \
         f"{login}?next={quote(nxt, safe='')}&bind={'v' * 43}"
+    # The proxy host's other pages, in the same shape.
+    assert s.redirect_uri == "https://connect.example.test:8443/_connect/callback"
+    assert s.proxy_page("logout") == "https://connect.example.test:8443/_connect/logout"
+    assert s.proxy_page("link", token="ab-_.cd", next=None) == \
+        "https://connect.example.test:8443/_connect/link?token=ab-_.cd"
