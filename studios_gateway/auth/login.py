@@ -394,7 +394,7 @@ class Auth:
         if s.path_routing:
             next_url = request.target
         else:
-            next_url = f"{s.scheme}://{request.hostname}{s._port_suffix}{request.target}"
+            next_url = s.origin(request.hostname) + request.target
         return self.settings.login_again(next_url)
 
     def authenticate(self, request: RequestInfo,

@@ -110,9 +110,10 @@ class AuthSettings:
     def proxy_host(self) -> str:
         return (self._parts.hostname or "localhost").lower()
 
-    @property
-    def _port_suffix(self) -> str:
-        return f":{self._parts.port}" if self._parts.port else ""
+    def origin(self, host: str) -> str:
+        """The origin of `host` on this gateway: its scheme and port (the proxy URL's)."""
+        port = self._parts.port
+        return f"{self.scheme}://{host}:{port}" if port else f"{self.scheme}://{host}"
 
     def proxy_page(self, name: str, **query: str | None) -> str:
         """The proxy host's page ``/_connect/<name>``, with those of `query` that have a
@@ -126,7 +127,7 @@ class AuthSettings:
         return self.proxy_page("callback")
 
     def studio_origin(self, session_id: str) -> str:
-        return f"{self.scheme}://{session_id}.{self.studios_domain}{self._port_suffix}"
+        return self.origin(f"{session_id}.{self.studios_domain}")
 
     def studio_url(self, session_id: str) -> str:
         if self.path_routing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import secrets
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -900,3 +901,8 @@ def test_login_again_is_the_one_shape_of_the_proxy_hosts_login_url() -> None:
     assert s.proxy_page("logout") == "https://connect.example.test:8443/_connect/logout"
     assert s.proxy_page("link", token="ab-_.cd", next=None) == \
         "https://connect.example.test:8443/_connect/link?token=ab-_.cd"
+    # A studio's origin (and a studio page's, in login_url) has the same scheme and port.
+    assert s.studio_origin("abc") == s.origin("abc.studios.example.test") == \
+        "https://abc.studios.example.test:8443"
+    default_port = replace(s, proxy_url="http://connect.example.test")
+    assert default_port.studio_origin("abc") == "http://abc.studios.example.test"
