@@ -119,7 +119,7 @@ class ProviderMetadata:
     end_session_endpoint: str | None = None
     code_challenge_methods: tuple[str, ...] = ()
     id_token_algs: tuple[str, ...] = ("RS256",)
-    token_auth_methods: tuple[str, ...] = ("client_secret_basic",)
+    token_auth_methods: tuple[str, ...] = (BASIC,)
 
     @classmethod
     def from_dict(cls, data: Any, expected_issuer: str) -> ProviderMetadata:
@@ -155,7 +155,7 @@ class ProviderMetadata:
             code_challenge_methods=strings("code_challenge_methods_supported", ()),
             id_token_algs=strings("id_token_signing_alg_values_supported", ("RS256",)),
             token_auth_methods=strings("token_endpoint_auth_methods_supported",
-                                       ("client_secret_basic",)),
+                                       (BASIC,)),
         )
 
 
@@ -186,7 +186,7 @@ class ClientRegistration:
                                       else str(data["client_secret"])),
                        redirect_uris=tuple(str(u) for u in data["redirect_uris"]),
                        token_endpoint_auth_method=str(
-                           data.get("token_endpoint_auth_method", "client_secret_basic")),
+                           data.get("token_endpoint_auth_method", BASIC)),
                        registered_at=float(data.get("registered_at", 0.0)))
         except (KeyError, TypeError, ValueError):
             return None
@@ -391,8 +391,8 @@ class RelyingParty:
             return ClientRegistration(
                 issuer=meta.issuer, client_name=s.client_name, client_id=s.client_id,
                 client_secret=s.client_secret, redirect_uris=(s.redirect_uri,),
-                token_endpoint_auth_method=("client_secret_basic" if s.client_secret
-                                            else "none"), static=True)
+                token_endpoint_auth_method=BASIC if s.client_secret else "none",
+                static=True)
         try:
             stored = ClientRegistration.from_dict(read_json(s.client_file) or {})
         except StorageError as e:
@@ -416,7 +416,7 @@ class RelyingParty:
         headers = {}
         if s.registration_token:
             headers["Authorization"] = f"Bearer {s.registration_token}"
-        auth_method = ("client_secret_basic" if "client_secret_basic" in meta.token_auth_methods
+        auth_method = (BASIC if BASIC in meta.token_auth_methods
                        else "client_secret_post")
         body = {"client_name": s.client_name, "redirect_uris": [s.redirect_uri],
                 "grant_types": ["authorization_code", "refresh_token"],
