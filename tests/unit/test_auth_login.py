@@ -551,6 +551,29 @@ def test_refresh_keeps_refreshing_before_expiry():
     auth.stop()
 
 
+def test_a_refresh_that_fails_otherwise_is_tried_again_in_30s_with_the_same_tokens():
+    auth, clock, rp = make()
+    given: list[tuple[float, TokenSet]] = []
+
+    def refresh(t: TokenSet) -> Deferred[TokenSet]:
+        given.append((clock.seconds(), t))
+        if len(given) == 1:
+            return defer.fail(OIDCError("the token refresh at http://idp/token timed out"))
+        return defer.succeed(TokenSet("a2", None, "r2", clock.seconds() + 300))
+
+    first = TokenSet("a", "i", "r", clock.seconds() + 300)
+    rp.tokens = first
+    rp.refresh_result = refresh
+    who, _ = run(LoginDriver(auth, external=idp_login(rp)).open(studio("abc")))
+    start = clock.seconds()
+    clock.pump([1] * 300)
+    (t1, _), (t2, tokens2) = given[:2]
+    assert (t1 - start, t2 - t1) == (240, 30)
+    assert (tokens2.access_token, tokens2.id_token, tokens2.refresh_token) == ("a", "i", "r")
+    assert not auth.authorizer.is_logged_out(who.login_id)
+    auth.stop()
+
+
 def test_short_lived_tokens_are_refreshed_before_they_expire():
     auth, clock, rp = make()
     calls: list[float] = []
