@@ -42,7 +42,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -375,7 +374,7 @@ class Auth:
         token = self._signer.sign(LINK, {"sub": user, "sid": session_id,
                                           "exp": int(now + self.settings.link_ttl),
                                           "jti": secrets.token_urlsafe(12)})
-        return f"{self.settings.proxy_url}{PREFIX}link?token={token}"
+        return self.settings.proxy_page("link", token=token)
 
     # Per request ----------------------------------------------------------------------
 
@@ -395,7 +394,7 @@ class Auth:
         if s.path_routing:
             next_url = request.target
         else:
-            next_url = f"{s.scheme}://{request.hostname}{s._port_suffix}{request.target}"
+            next_url = s.origin(request.hostname) + request.target
         return self.settings.login_again(next_url)
 
     def authenticate(self, request: RequestInfo,
@@ -507,8 +506,7 @@ class Auth:
                            "on this gateway, so nobody can open it. Ask your Platform "
                            "administrator.")
         else:
-            switch = f"{self.settings.proxy_url}{PREFIX}logout?" + urlencode(
-                {"next": self.login_url(request)}, quote_via=quote)
+            switch = self.settings.proxy_page("logout", next=self.login_url(request))
             refusal = page(403, "Access denied",
                            f"{who.subject} may not use studio {sid} ({decision.reason}).",
                            link=(switch, "Log in as someone else"))

@@ -24,7 +24,6 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +119,7 @@ class ProviderMetadata:
     end_session_endpoint: str | None = None
     code_challenge_methods: tuple[str, ...] = ()
     id_token_algs: tuple[str, ...] = ("RS256",)
-    token_auth_methods: tuple[str, ...] = ("client_secret_basic",)
+    token_auth_methods: tuple[str, ...] = (BASIC,)
 
     @classmethod
     def from_dict(cls, data: Any, expected_issuer: str) -> ProviderMetadata:
@@ -156,7 +155,7 @@ class ProviderMetadata:
             code_challenge_methods=strings("code_challenge_methods_supported", ()),
             id_token_algs=strings("id_token_signing_alg_values_supported", ("RS256",)),
             token_auth_methods=strings("token_endpoint_auth_methods_supported",
-                                       ("client_secret_basic",)),
+                                       (BASIC,)),
         )
 
 
@@ -187,7 +186,7 @@ class ClientRegistration:
                                       else str(data["client_secret"])),
                        redirect_uris=tuple(str(u) for u in data["redirect_uris"]),
                        token_endpoint_auth_method=str(
-                           data.get("token_endpoint_auth_method", "client_secret_basic")),
+                           data.get("token_endpoint_auth_method", BASIC)),
                        registered_at=float(data.get("registered_at", 0.0)))
         except (KeyError, TypeError, ValueError):
             return None
@@ -313,10 +312,11 @@ class RelyingParty:
         self._pending: OneTimeTable[_Pending] = OneTimeTable(
             reactor, settings.login_ttl, settings.max_pending)
         self._shared = shared
-        #: With a shared store: the logins this node began there, oldest first, each
-        #: with its end and size, for the bounds (max_pending, max_pending_bytes).
-        self._begun: OrderedDict[str, tuple[float, int]] = OrderedDict()
-        self._begun_bytes = 0
+        #: With a shared store: the logins this node began there (their sizes only), for
+        #: the bounds (max_pending, max_pending_bytes); those evicted are dropped there.
+        self._begun: OneTimeTable[None] = OneTimeTable(
+            reactor, settings.login_ttl, settings.max_pending, settings.max_pending_bytes,
+            on_evict=self._drop_begun)
         self._keys: dict[str, jwt.PyJWK] = {}
         self._keys_fetched_at: float | None = None
         self._keys_fetching: Deferred[None] | None = None
@@ -391,8 +391,8 @@ class RelyingParty:
             return ClientRegistration(
                 issuer=meta.issuer, client_name=s.client_name, client_id=s.client_id,
                 client_secret=s.client_secret, redirect_uris=(s.redirect_uri,),
-                token_endpoint_auth_method=("client_secret_basic" if s.client_secret
-                                            else "none"), static=True)
+                token_endpoint_auth_method=BASIC if s.client_secret else "none",
+                static=True)
         try:
             stored = ClientRegistration.from_dict(read_json(s.client_file) or {})
         except StorageError as e:
@@ -416,7 +416,7 @@ class RelyingParty:
         headers = {}
         if s.registration_token:
             headers["Authorization"] = f"Bearer {s.registration_token}"
-        auth_method = ("client_secret_basic" if "client_secret_basic" in meta.token_auth_methods
+        auth_method = (BASIC if BASIC in meta.token_auth_methods
                        else "client_secret_post")
         body = {"client_name": s.client_name, "redirect_uris": [s.redirect_uri],
                 "grant_types": ["authorization_code", "refresh_token"],
@@ -509,11 +509,16 @@ class RelyingParty:
             return defer.succeed(url(self._pending.put(pending)))
         state = secrets.token_urlsafe(32)
         value = pending.to_json()
+        size = len(value.encode("utf-8", "replace"))
+        try:
+            self._begun.check_size(size)
+        except ValueError as e:
+            return defer.fail(LoginFailed(f"this login cannot be kept: {e}"))
         d = defer.maybeDeferred(self._shared.keep_pending_login, state, value,
                                 self.settings.login_ttl)
 
         def kept(_: None) -> str:
-            self._track(state, len(value.encode("utf-8", "replace")))
+            self._begun.put(None, state, size=size)
             return url(state)
 
         def failed(f: Failure) -> Failure:
@@ -525,32 +530,12 @@ class RelyingParty:
 
         return d.addCallbacks(kept, failed)
 
-    def _track(self, state: str, size: int) -> None:
-        """Count a login this node began in the shared store; past a bound, drop the
-        oldest there (as the memory table does)."""
-        now = self._clock.seconds()
-        begun = self._begun
-        begun[state] = (now + self.settings.login_ttl, size)
-        self._begun_bytes += size
-        dropped: list[str] = []
-        while begun:
-            oldest, (ends, n) = next(iter(begun.items()))
-            if ends > now and len(begun) <= self.settings.max_pending \
-                    and self._begun_bytes <= self.settings.max_pending_bytes:
-                break
-            del begun[oldest]
-            self._begun_bytes -= n
-            if ends > now:
-                dropped.append(oldest)
-        if dropped and self._shared is not None:
-            self._shared.drop_pending_logins(dropped).addErrback(
+    def _drop_begun(self, states: list[str]) -> None:
+        """Past a bound, the oldest logins this node began leave the shared store too."""
+        if self._shared is not None:
+            self._shared.drop_pending_logins(states).addErrback(
                 lambda f: self._log.debug("dropping old pending logins failed: {why}",
                                           why=f.getErrorMessage()))
-
-    def _forget(self, state: str) -> None:
-        item = self._begun.pop(state, None)
-        if item is not None:
-            self._begun_bytes -= item[1]
 
     async def _take(self, state: str) -> _Pending | None:
         if self._shared is None:
@@ -559,7 +544,7 @@ class RelyingParty:
             raw = await self._shared.take_pending_login(state)
         except StoreUnavailable as e:
             raise LoginUnavailable(f"the login's state cannot be read: {e}") from None
-        self._forget(state)
+        self._begun.take(state)
         if raw is None:
             return None
         pending = _Pending.from_json(raw)

@@ -49,15 +49,20 @@ class LoginRefresher:
                 call.cancel()
         self._calls.clear()
 
-    def _keep_fresh(self, login_id: str, tokens: TokenSet, login_expires: float) -> None:
-        """While the login lasts, refresh its tokens before they expire; a refused
-        refresh (the issuer ended the login) logs the user out everywhere."""
+    def _keep_fresh(self, login_id: str, tokens: TokenSet, login_expires: float,
+                    after: float | None = None) -> None:
+        """While the login lasts, refresh its tokens before they expire (or `after` that
+        many seconds); a refused refresh (the issuer ended the login) logs the user out
+        everywhere."""
         if self._rp is None or not tokens.refresh_token or tokens.expires_at is None:
             return
         now = self._reactor.seconds()
-        lifetime = max(0.0, tokens.expires_at - now)
-        # A fifth of the lifetime (at most a minute) before expiry; at most once a second.
-        at = now + max(REFRESH_MIN_INTERVAL, lifetime - min(60.0, lifetime / 5))
+        if after is None:
+            lifetime = max(0.0, tokens.expires_at - now)
+            # A fifth of the lifetime (at most a minute) before expiry; at most once a
+            # second.
+            after = max(REFRESH_MIN_INTERVAL, lifetime - min(60.0, lifetime / 5))
+        at = now + after
         if at >= login_expires:
             self._calls.pop(login_id, None)
             return
@@ -74,9 +79,7 @@ class LoginRefresher:
                     self._authorizer.logout(login_id)
                 else:
                     self._log.warn("refreshing a login failed: {why}", why=str(f.value))
-                    self._keep_fresh(login_id, TokenSet(
-                        tokens.access_token, tokens.id_token, tokens.refresh_token,
-                        self._reactor.seconds() + _RETRY_AFTER), login_expires)
+                    self._keep_fresh(login_id, tokens, login_expires, after=_RETRY_AFTER)
 
             if self._authorizer.is_logged_out(login_id):
                 self._calls.pop(login_id, None)

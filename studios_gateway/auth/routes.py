@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -186,9 +186,7 @@ class LoginRoutes:
             return page(400, "Login refused",
                         "Your browser sent several login cookies for this gateway, which "
                         "it never sets. Clear this site's cookies, then log in again.",
-                        extra_headers=[clear_cookie_header(
-                            s.login_cookie_name, path=s.login_cookie_path,
-                            secure=s.secure_cookies)])
+                        extra_headers=[self._proxy_cookie(s.login_cookie_name)])
         existing = self._login_cookie(request)
         if existing is not None:
             bind = request.params().get("bind", "")
@@ -210,9 +208,8 @@ class LoginRoutes:
         browser = browsers[0] if browsers else secrets.token_urlsafe(32)
 
         def begun(url: str) -> Response:
-            return redirect(url, [set_cookie_header(
-                s.browser_cookie_name, browser, path=s.login_cookie_path,
-                max_age=BROWSER_COOKIE_TTL, secure=s.secure_cookies)])
+            return redirect(url, [self._proxy_cookie(s.browser_cookie_name, browser,
+                                                     BROWSER_COOKIE_TTL)])
 
         def failed(f: Any) -> Response:
             f.trap(OIDCError)
@@ -221,6 +218,23 @@ class LoginRoutes:
             return self._unavailable(f.value, next_url)
 
         return self.rp.begin(next_url, browser=browser).addCallbacks(begun, failed)
+
+    def _proxy_cookie(self, name: str, value: str = "", max_age: float = 0
+                      ) -> tuple[bytes, bytes]:
+        """The Set-Cookie header of one of the login pages' own cookies (login, browser,
+        hand-off): the login cookie's path (Path=/ under HTTPS, for the ``__Host-``
+        prefix their names then carry; else ``/_connect/``). Without a value: cleared."""
+        s = self.settings
+        return set_cookie_header(name, value, path=s.login_cookie_path, max_age=int(max_age),
+                                 secure=s.secure_cookies)
+
+    def _studio_cookie(self, subject: str, session_id: str, login_id: str,
+                       ttl: float) -> tuple[bytes, bytes]:
+        """The Set-Cookie header of a studio's login cookie, valid for `ttl` seconds."""
+        s = self.settings
+        return set_cookie_header(
+            s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
+            path=s.studio_cookie_path(session_id), max_age=int(ttl), secure=s.secure_cookies)
 
     def _unavailable(self, why: Any, next_url: str | None) -> Response:
         """The "try again in a moment" page: the store that keeps logins between their
@@ -300,17 +314,14 @@ class LoginRoutes:
         ttl = max(0.0, expires_at - now)
         headers: list[tuple[bytes, bytes]] = []
         if new_login:
-            headers.append(set_cookie_header(
+            headers.append(self._proxy_cookie(
                 s.login_cookie_name, self._cookies.issue(subject, LOGIN_SCOPE, login_id, ttl),
-                path=s.login_cookie_path, max_age=int(ttl), secure=s.secure_cookies))
+                ttl))
         session_id, path = s.studio_of_next(next_url)
         if session_id is None:
             return redirect(next_url, headers)
         if s.path_routing:
-            headers.append(set_cookie_header(
-                s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
-                path=s.studio_cookie_path(session_id), max_age=int(ttl),
-                secure=s.secure_cookies))
+            headers.append(self._studio_cookie(subject, session_id, login_id, ttl))
             return redirect(next_url, headers)
         claims = {"sub": subject, "sid": session_id, "lid": login_id, "lexp": int(expires_at),
                   "next": path, "exp": int(now + s.handoff_ttl),
@@ -368,24 +379,19 @@ class LoginRoutes:
         hand-off cookie (set now if the browser has none) to bind the next code to."""
         s = self.settings
         value = mine[0] if mine else secrets.token_urlsafe(32)
-        back = (f"{s.proxy_url}{PREFIX}login?" + urlencode(
-            {"next": s.studio_origin(session_id) + _studio_path(data.get("next")),
-             "bind": value}, quote_via=quote))
-        return redirect(back, [set_cookie_header(
-            s.handoff_cookie_name, value, path=s.login_cookie_path,
-            max_age=int(s.login_ttl), secure=s.secure_cookies)])
+        back = s.login_again(s.studio_origin(session_id) + _studio_path(data.get("next")),
+                             bind=value)
+        return redirect(back, [self._proxy_cookie(s.handoff_cookie_name, value, s.login_ttl)])
 
     def _handed_off(self, data: Mapping[str, Any], session_id: str, again: str) -> Response:
-        s = self.settings
         now = self._reactor.seconds()
         login_id, subject = str(data["lid"]), str(data["sub"])
         if self.authorizer.is_logged_out(login_id):
             return replace(page(400, "Logged out", "This login has ended.",
                                 link=(again, "Log in")), why="the login has ended (logged out)")
         ttl = max(0.0, float(data.get("lexp", 0)) - now)
-        return redirect(_studio_path(data.get("next")), [set_cookie_header(
-            s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
-            path="/", max_age=int(ttl), secure=s.secure_cookies)])
+        return redirect(_studio_path(data.get("next")),
+                        [self._studio_cookie(subject, session_id, login_id, ttl)])
 
     def _spend(self, data: Mapping[str, Any]) -> Deferred[bool]:
         """Spend a verified link's or code's id on every node: True the first time.
@@ -487,8 +493,7 @@ class LoginRoutes:
                 return refused
             self.authorizer.logout(c.login_id)
             self._log.info("{user} logged out", user=c.subject)
-        clear = [clear_cookie_header(s.login_cookie_name, path=s.login_cookie_path,
-                                     secure=s.secure_cookies)]
+        clear = [self._proxy_cookie(s.login_cookie_name)]
         if s.path_routing:
             sid = s.session_of_path(request.params().get("next", ""))
             if sid is not None:
@@ -517,7 +522,7 @@ class LoginRoutes:
             return replace(page(403, "Logout refused",
                                 "This logout was posted from another site. Open the logout "
                                 "page itself to log out.",
-                                link=(f"{self.settings.proxy_url}{PREFIX}logout", "Log out")),
+                                link=(self.settings.proxy_page("logout"), "Log out")),
                            why=f"logout posted from elsewhere: {why}")
         query = f"?{request.query}" if request.query else ""
         action = html.escape(path + query)
@@ -532,4 +537,4 @@ class LoginRoutes:
         studio's own host the tool's pages are the same origin, so a post there could
         not be told from the tool's own script, which would end its visitor's login
         (every studio of it); the proxy host's origin belongs to the gateway alone."""
-        return replace(redirect(f"{self.settings.proxy_url}{PREFIX}logout"), status=303)
+        return replace(redirect(self.settings.proxy_page("logout")), status=303)

@@ -110,16 +110,24 @@ class AuthSettings:
     def proxy_host(self) -> str:
         return (self._parts.hostname or "localhost").lower()
 
-    @property
-    def _port_suffix(self) -> str:
-        return f":{self._parts.port}" if self._parts.port else ""
+    def origin(self, host: str) -> str:
+        """The origin of `host` on this gateway: its scheme and port (the proxy URL's)."""
+        port = self._parts.port
+        return f"{self.scheme}://{host}:{port}" if port else f"{self.scheme}://{host}"
+
+    def proxy_page(self, name: str, **query: str | None) -> str:
+        """The proxy host's page ``/_connect/<name>``, with those of `query` that have a
+        value (percent-encoded, in the order given)."""
+        url = f"{self.proxy_url}{PREFIX}{name}"
+        given = {k: v for k, v in query.items() if v}
+        return url + "?" + urlencode(given, quote_via=quote) if given else url
 
     @property
     def redirect_uri(self) -> str:
-        return f"{self.proxy_url}{PREFIX}callback"
+        return self.proxy_page("callback")
 
     def studio_origin(self, session_id: str) -> str:
-        return f"{self.scheme}://{session_id}.{self.studios_domain}{self._port_suffix}"
+        return self.origin(f"{session_id}.{self.studios_domain}")
 
     def studio_url(self, session_id: str) -> str:
         if self.path_routing:
@@ -196,12 +204,11 @@ class AuthSettings:
             return None
         return raw
 
-    def login_again(self, next_url: str | None) -> str:
-        """The proxy host's login, leading back to `next_url` once done (to "/" without)."""
-        again = f"{self.proxy_url}{PREFIX}login"
-        if next_url:
-            again += "?" + urlencode({"next": next_url}, quote_via=quote)
-        return again
+    def login_again(self, next_url: str | None, *, bind: str | None = None) -> str:
+        """The proxy host's login, leading back to `next_url` once done (to "/" without).
+        `bind`: a studio host's hand-off cookie, which the hand-off code that login makes
+        must name (routes.LoginRoutes._handoff)."""
+        return self.proxy_page("login", next=next_url, bind=bind)
 
     def studio_of_next(self, next_url: str) -> tuple[str | None, str]:
         """(session id or None, the path on that session's host) for a checked `next`."""

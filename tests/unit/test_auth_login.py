@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import secrets
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -550,6 +551,29 @@ def test_refresh_keeps_refreshing_before_expiry():
     auth.stop()
 
 
+def test_a_refresh_that_fails_otherwise_is_tried_again_in_30s_with_the_same_tokens():
+    auth, clock, rp = make()
+    given: list[tuple[float, TokenSet]] = []
+
+    def refresh(t: TokenSet) -> Deferred[TokenSet]:
+        given.append((clock.seconds(), t))
+        if len(given) == 1:
+            return defer.fail(OIDCError("the token refresh at http://idp/token timed out"))
+        return defer.succeed(TokenSet("a2", None, "r2", clock.seconds() + 300))
+
+    first = TokenSet("a", "i", "r", clock.seconds() + 300)
+    rp.tokens = first
+    rp.refresh_result = refresh
+    who, _ = run(LoginDriver(auth, external=idp_login(rp)).open(studio("abc")))
+    start = clock.seconds()
+    clock.pump([1] * 300)
+    (t1, _), (t2, tokens2) = given[:2]
+    assert (t1 - start, t2 - t1) == (240, 30)
+    assert (tokens2.access_token, tokens2.id_token, tokens2.refresh_token) == ("a", "i", "r")
+    assert not auth.authorizer.is_logged_out(who.login_id)
+    auth.stop()
+
+
 def test_short_lived_tokens_are_refreshed_before_they_expire():
     auth, clock, rp = make()
     calls: list[float] = []
@@ -881,3 +905,27 @@ def test_a_login_with_two_login_cookies_is_refused():
     # One login cookie still logs in as before.
     one = (b"Cookie", f"__Host-connect_login={ours[0]}".encode())
     assert run(auth.handle(request(login, headers=(one,)))).status == 302
+
+
+def test_login_again_is_the_one_shape_of_the_proxy_hosts_login_url() -> None:
+    """The "Try again" links and a studio host's trip back to bind its hand-off
+    (routes._bind_handoff) make the proxy host's login URL in one place."""
+    s = AuthSettings(proxy_url="https://connect.example.test:8443",
+                     studios_domain="studios.example.test", path_routing=False,
+                     storage_root="/nonexistent", secure_cookies=True)
+    login = "https://connect.example.test:8443/_connect/login"
+    assert s.login_again(None) == s.login_again("") == login
+    nxt = "https://abc.studios.example.test:8443/lab?a=1&b=2"
+    assert s.login_again(nxt) == f"{login}?next={quote(nxt, safe='')}"
+    assert s.login_again(nxt, bind="v" * 43) == \
+        f"{login}?next={quote(nxt, safe='')}&bind={'v' * 43}"
+    # The proxy host's other pages, in the same shape.
+    assert s.redirect_uri == "https://connect.example.test:8443/_connect/callback"
+    assert s.proxy_page("logout") == "https://connect.example.test:8443/_connect/logout"
+    assert s.proxy_page("link", token="ab-_.cd", next=None) == \
+        "https://connect.example.test:8443/_connect/link?token=ab-_.cd"
+    # A studio's origin (and a studio page's, in login_url) has the same scheme and port.
+    assert s.studio_origin("abc") == s.origin("abc.studios.example.test") == \
+        "https://abc.studios.example.test:8443"
+    default_port = replace(s, proxy_url="http://connect.example.test")
+    assert default_port.studio_origin("abc") == "http://abc.studios.example.test"

@@ -27,7 +27,6 @@ from studios_gateway.auth.oidc import (
     check_claims,
     pkce_challenge,
 )
-from studios_gateway.auth.onetime import OneTimeTable
 from studios_gateway.registry.base import StoreUnavailable
 
 ISSUER = "https://idp.example.org"
@@ -284,18 +283,6 @@ def test_check_claims_leeway():
         check_claims({**base, "sub": ""}, client_id="cid", nonce="n", now=NOW, leeway=60)
 
 
-def test_one_time_table():
-    clock = Clock()
-    t: OneTimeTable[int] = OneTimeTable(clock, ttl=10, max_entries=2)
-    a = t.put(1)
-    assert t.take(a) == 1 and t.take(a) is None
-    b, c, d = t.put(2), t.put(3), t.put(4)
-    assert t.take(b) is None and len(t) == 2  # the oldest was evicted
-    clock.advance(10)
-    assert t.take(c) is None and t.take(d) is None
-    assert t.take("") is None
-
-
 class StatusHTTP:
     """Every request answers `code` (a Platform behind a proxy that is down, or a wrong URL)."""
 
@@ -430,4 +417,15 @@ def test_a_flood_of_logins_keeps_each_nodes_bound_in_the_shared_store(key):
     long_next = "/" + "y" * 4000
     for _ in range(4):
         result(a.begin(long_next))
-    assert len(a._begun) == 2 and a._begun_bytes <= 10_000 and len(shared.dropped) == 3
+    assert len(a._begun) == 2 and a._begun.kept_bytes <= 10_000 and len(shared.dropped) == 3
+
+
+def test_a_login_larger_than_the_nodes_bound_is_refused_before_it_is_kept(key):
+    # Alone over max_pending_bytes, it was kept in the store and dropped at once: the
+    # person came back from the issuer to "state unknown". Now it is refused up front.
+    a, _, _, shared = nodes(key, max_pending_bytes=2000)
+    with pytest.raises(LoginFailed, match=r"^this login cannot be kept: an entry of \d+ "
+                                          r"bytes is over the table's bound of 2000 bytes$"):
+        result(a.begin("/" + "y" * 2000))
+    assert shared.kept == {} and shared.dropped == [] and len(a._begun) == 0
+    assert result(a.begin("/x")) and len(shared.kept) == 1  # the others go on
