@@ -360,6 +360,7 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         self.closing = False
         self._got_bytes = False
         self._heard_at = 0.0  # when the client last sent anything
+        self._note_heard = False  # CONNECT_SSH_CLIENT_TIMEOUT is on: note _heard_at per read
         self._alive_timer: Any = None  # the client-silence check, once logged in
         self._user_conn: UserConnection | None = None
         self._started = 0.0
@@ -379,6 +380,7 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         f = self.factory
         f.connections.add(self)
         self._started = f.clock.seconds()
+        self._note_heard = f.settings.client_timeout > 0
         if hasattr(self.transport, "setTcpNoDelay"):  # as OpenSSH does: keystrokes go now
             self.transport.setTcpNoDelay(True)
         # Bulk reads and sends of up to USER_BUFFER: a scp moves 4x fewer syscalls.
@@ -505,7 +507,8 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
 
     def dataReceived(self, data: bytes) -> None:
         self._got_bytes = True
-        self._heard_at = self.factory.clock.seconds()
+        if self._note_heard:
+            self._heard_at = self.factory.clock.seconds()
         super().dataReceived(data)
 
     # A client gone silent --------------------------------------------------------------

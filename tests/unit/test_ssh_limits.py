@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.conch.ssh import common, connection
@@ -645,3 +646,19 @@ def test_client_timeout_zero_never_asks_nor_closes() -> None:
     proto._watch_client()
     clock.advance(3600.0)
     assert conn.requests == [] and not t.disconnecting
+
+
+@pytest.mark.parametrize(("timeout", "noted"), [(9.0, True), (0.0, False)])
+def test_reads_note_the_time_only_when_the_client_timeout_is_on(timeout: float,
+                                                                 noted: bool) -> None:
+    """With CONNECT_SSH_CLIENT_TIMEOUT=0 nothing reads _heard_at: no clock call per read."""
+    clock = MemoryReactorClock()
+    f = _factory(clock, client_timeout=timeout)
+    proto, _ = _connect(f)
+    clock.advance(1.0)
+    calls = []
+    seconds = clock.seconds
+    clock.seconds = lambda: calls.append(1) or seconds()  # type: ignore[method-assign]
+    proto.dataReceived(b"SSH-2.0-OpenSSH_9.6\r\n")
+    assert (proto._heard_at == 1.0, len(calls)) == (noted, int(noted))
+    proto.connectionLost(Failure(ConnectionError()))
