@@ -614,7 +614,8 @@ VARIABLES: tuple[Var, ...] = (
     _v("CONNECT_SSH_MAX_CONNECTIONS", "ssh_max_connections", "2000", _int_range(1, 1_000_000),
        "Concurrent SSH connections before new ones are refused.", section="ssh"),
     _v("CONNECT_SSH_MAX_CONN_CHANNELS", "ssh_max_conn_channels", "30", _int_range(1, 10_000),
-       "Concurrent channels one SSH connection may open.", section="ssh"),
+       "Channels one SSH connection may have in use; twice as many with those still "
+       "closing at the studio.", section="ssh"),
     _v("CONNECT_SSH_HANDSHAKE_TIMEOUT", "ssh_handshake_timeout", "1m", _positive_duration,
        "Time allowed for an SSH handshake and login.", section="ssh"),
     _v("CONNECT_SSH_MAX_STARTUPS", "ssh_max_startups", "10:30:100", MaxStartups.parse,

@@ -357,12 +357,19 @@ class FlowConnection(connection.SSHConnection):
     def channel_limit_message(self) -> str:
         return f"too many channels on this connection (limit {self.max_channels})"
 
+    def open_refusal(self) -> str | None:
+        """Why the peer may not open another channel now (a limit reached), or None."""
+        if self.max_channels is not None and self.channel_count >= self.max_channels:
+            return self.channel_limit_message()
+        return None
+
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
         channel_type, rest = common.getNS(packet)
         sender, window, max_packet = struct.unpack(">3L", rest[:12])
         data = rest[12:]
-        if self.max_channels is not None and self.channel_count >= self.max_channels:
-            self._open_failed(sender, OPEN_RESOURCE_SHORTAGE, self.channel_limit_message())
+        refusal = self.open_refusal()
+        if refusal is not None:
+            self._open_failed(sender, OPEN_RESOURCE_SHORTAGE, refusal)
             return
         self._opening += 1
         d = defer.maybeDeferred(self.open_channel, channel_type, window, max_packet, data)

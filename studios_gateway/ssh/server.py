@@ -104,6 +104,10 @@ SHOWN_KEYS = 5
 MAX_STUDIO_WORDS = 200
 #: Refused global requests (-R ...) logged per connection; the rest are refused quietly.
 LOGGED_GLOBAL_REQUESTS = 5
+#: A connection's channels not yet closed at both ends (those the client has finished
+#: with but the studio's side is still closing included) are at most this many times
+#: CONNECT_SSH_MAX_CONN_CHANNELS, which counts only the channels in use.
+HELD_CHANNELS_FACTOR = 2
 
 #: A logged-in client silent for this long is asked for a sign of life (a keepalive
 #: request, which every SSH client answers), and again at this interval; see
@@ -174,6 +178,8 @@ def default_authorize(user: str, record: SessionRecord) -> bool | str:
 class SSHSettings:
     #: Logged-in connections (CONNECT_SSH_MAX_CONNECTIONS).
     max_connections: int = 2000
+    #: Channels in use per connection (CONNECT_SSH_MAX_CONN_CHANNELS); with those still
+    #: closing, HELD_CHANNELS_FACTOR times as many.
     max_conn_channels: int = 30
     #: From accept until logged in (CONNECT_SSH_HANDSHAKE_TIMEOUT).
     handshake_timeout: float = 60.0
@@ -354,6 +360,7 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         self.closing = False
         self._got_bytes = False
         self._heard_at = 0.0  # when the client last sent anything
+        self._note_heard = False  # CONNECT_SSH_CLIENT_TIMEOUT is on: note _heard_at per read
         self._alive_timer: Any = None  # the client-silence check, once logged in
         self._user_conn: UserConnection | None = None
         self._started = 0.0
@@ -373,6 +380,7 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         f = self.factory
         f.connections.add(self)
         self._started = f.clock.seconds()
+        self._note_heard = f.settings.client_timeout > 0
         if hasattr(self.transport, "setTcpNoDelay"):  # as OpenSSH does: keystrokes go now
             self.transport.setTcpNoDelay(True)
         # Bulk reads and sends of up to USER_BUFFER: a scp moves 4x fewer syscalls.
@@ -499,7 +507,8 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
 
     def dataReceived(self, data: bytes) -> None:
         self._got_bytes = True
-        self._heard_at = self.factory.clock.seconds()
+        if self._note_heard:
+            self._heard_at = self.factory.clock.seconds()
         super().dataReceived(data)
 
     # A client gone silent --------------------------------------------------------------
@@ -868,6 +877,9 @@ class RelayChannel(FlowChannel):
         self.peer: RelayChannel | None = None
         self.counted = False  # counted as an open channel (the user's half)
         self.sftp = False  # the user's half of a channel the user asked sftp on
+        #: The user's half: the client has sent its EOF or CLOSE, so it sends nothing more
+        #: on this channel; until the studio's side has closed too it is "closing".
+        self.client_done = False
 
     def dataReceived(self, data: bytes) -> None:
         self.relay.count(self, len(data))
@@ -899,6 +911,8 @@ class RelayChannel(FlowChannel):
         return self.peer.send_request(request, data, want_reply)
 
     def eofReceived(self) -> None:
+        if self.relay.user_side(self):
+            self.client_done = True
         if self.sftp:
             # An SFTP client's EOF ends its session: it asks nothing more, and replies
             # still on their way are not for it (OpenSSH's sftp-server drops its unsent
@@ -912,6 +926,8 @@ class RelayChannel(FlowChannel):
             self.peer.send_eof()
 
     def closeReceived(self) -> None:
+        if self.relay.user_side(self):
+            self.client_done = True
         super().closeReceived()
         if self.peer is not None:
             self.peer.loseConnection()
@@ -921,9 +937,16 @@ class RelayChannel(FlowChannel):
         if self.counted:
             self.counted = False
             self.relay.channel_count(-1)
+        relay = self.relay
+        relay.closing_at_studio.discard(self)
         peer, self.peer = self.peer, None
         if peer is not None:
             peer.peer = None
+            if relay.user_side(self):
+                # Closed at the user's end first: the studio's half still holds a slot,
+                # as "closing", until the studio has closed it too (data queued for the
+                # studio goes first).
+                relay.closing_at_studio.add(peer)
             peer.loseConnection()
 
 
@@ -945,6 +968,8 @@ class Relay:
         self.pace: Callable[[int], float] | None = None
         self.clock: Any = None
         self._pacers: dict[bool, Pacer] = {}
+        #: The studio's halves of channels already closed at the user's end.
+        self.closing_at_studio: set[RelayChannel] = set()
 
     def count(self, channel: RelayChannel, n: int) -> None:
         meter = self.meter
@@ -998,8 +1023,9 @@ class Relay:
         user = self.user
         if user is None:
             raise OpenRefused(OPEN_CONNECT_FAILED, "no user connection")
-        if user.max_channels is not None and user.channel_count >= user.max_channels:
-            raise OpenRefused(OPEN_RESOURCE_SHORTAGE, user.channel_limit_message())
+        refusal = user.open_refusal()
+        if refusal is not None:
+            raise OpenRefused(OPEN_RESOURCE_SHORTAGE, refusal)
         return self._open(channel_type, data, user)
 
     def _open(self, channel_type: bytes, data: bytes,
@@ -1053,6 +1079,36 @@ class UserConnection(FlowConnection):
     def open_channel(self, channel_type: bytes, window: int, max_packet: int,
                      data: bytes) -> Any:
         return self.relay.open_towards_studio(channel_type, data)
+
+    def channels_held(self) -> tuple[int, int]:
+        """(in use, closing): channels the client may still send on, opens not answered
+        yet included; and channels the client has finished with (its EOF or CLOSE sent:
+        an `ssh -L` whose local connection ended) whose studio side has not closed yet."""
+        in_use, closing = self._opening, len(self.relay.closing_at_studio)
+        for channel in self.channels.values():
+            if getattr(channel, "client_done", False):
+                closing += 1
+            else:
+                in_use += 1
+        return in_use, closing
+
+    def open_refusal(self) -> str | None:
+        """CONNECT_SSH_MAX_CONN_CHANNELS counts the channels in use. A channel the client
+        has finished with no longer does (OpenSSH closes a -L channel only once the
+        studio's end has answered its EOF, a round trip through the studio after the
+        local connection ended), but it still holds a socket at the studio and
+        queued data here until both ends have closed it: all of them together are
+        bounded at HELD_CHANNELS_FACTOR times the limit."""
+        limit = self.max_channels
+        if limit is None:
+            return None
+        in_use, closing = self.channels_held()
+        if in_use >= limit:
+            return self.channel_limit_message()
+        if in_use + closing >= HELD_CHANNELS_FACTOR * limit:
+            return (f"too many channels on this connection, counting {closing} still "
+                    f"closing at the studio (limit {HELD_CHANNELS_FACTOR * limit})")
+        return None
 
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> Any:
         # keepalive@openssh.com gets its (failure) reply, as from OpenSSH's sshd; and

@@ -639,17 +639,30 @@ class SocketChannel(FlowChannel):
 class _SocketSide(protocol.Protocol):
     def __init__(self, channel: SocketChannel | None = None):
         self.channel = channel
+        self._read_done = False  # the tool's end sent its FIN
+        self._write_done = False  # ours went (the client's EOF), after what was queued
 
     def dataReceived(self, data: bytes) -> None:
         if self.channel is not None:
             self.channel.write(data)
 
     def readConnectionLost(self) -> None:
+        self._read_done = True
         if self.channel is not None:
             self.channel.send_eof()
+        self._close_when_both_done()
 
     def writeConnectionLost(self) -> None:
-        pass
+        self._write_done = True
+        self._close_when_both_done()
+
+    def _close_when_both_done(self) -> None:
+        # Twisted leaves a socket closed both ways open until its protocol closes it.
+        # Closed now, the channel's CLOSE follows its EOF (as from OpenSSH's sshd); it
+        # waited for the client's CLOSE, the socket held meanwhile, for ever with a
+        # client that sends none.
+        if self._read_done and self._write_done and self.transport is not None:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         channel, self.channel = self.channel, None

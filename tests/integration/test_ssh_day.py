@@ -244,3 +244,42 @@ def test_a_client_that_pauses_less_than_the_timeout_carries_on(dep: Deployment) 
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def test_a_browser_through_a_forwarding_gets_every_request(dep: Deployment) -> None:
+    """25 requests at a time through `ssh -L` (a browser loading a page's parts): each
+    local connection is a channel, which OpenSSH closes only once the studio's end has
+    answered its EOF, a round trip after the local connection ended; the next request's
+    channel was open by then. The slots of the default 30 (CONNECT_SSH_MAX_CONN_CHANNELS)
+    went to channels the client was done with: 20 to 60 of 300 requests were refused
+    ("open failed: resource shortage"; the browser reads a reset)."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.ports import free_port, wait_for_port
+
+    ended = len(_access_lines(dep, "kind=ssh"))
+    local = free_port()
+    proc = subprocess.Popen(["ssh", "-N", "-L", f"{local}:127.0.0.1:{dep.tool_port}",
+                             *_opts(dep)],
+                            stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def get(_: int) -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{local}/", timeout=10) as r:
+                r.read()
+                return str(r.status)
+        except OSError as e:
+            return type(e).__name__
+
+    try:
+        wait_for_port(local, proc=proc)
+        with ThreadPoolExecutor(25) as pool:
+            answers = list(pool.map(get, range(300)))
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=5)
+    # the one connection slot is free again for the next test
+    wait_until(lambda: len(_access_lines(dep, "kind=ssh")) > ended, "the forwarding ended")
+    assert answers == ["200"] * 300, ({a: answers.count(a) for a in set(answers)}, err)
+    assert "open failed" not in err, err

@@ -6,11 +6,13 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.conch.ssh import common, connection
 from twisted.conch.ssh.keys import Key
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
@@ -22,8 +24,11 @@ from studios_gateway.ssh.server import (
     GatewaySSHFactory,
     RelayChannel,
     SSHSettings,
+    UpstreamConnection,
+    UserConnection,
     _pair,
 )
+from studios_gateway.ssh.server import Relay as ServerRelay
 
 
 class _NoKeys:
@@ -195,6 +200,9 @@ def test_channel_limit() -> None:
 
 class Relay:
     window = 1024
+
+    def __init__(self) -> None:
+        self.closing_at_studio: set[RelayChannel] = set()
 
     def user_side(self, channel: Any) -> bool:
         return False
@@ -395,6 +403,7 @@ class UserRelay(Relay):
     """The fake relay, with its user on the small-window side (``b`` of _relay_pair)."""
 
     def __init__(self, user: Any = None) -> None:
+        super().__init__()
         self.user = user
 
     def user_side(self, channel: Any) -> bool:
@@ -462,6 +471,130 @@ def test_sftp_asked_by_the_studio_drops_nothing() -> None:
     assert a.queued_bytes == 100
 
 
+# The channel limit through the relay: what a client has finished with -----------------------
+
+
+class _Slots:
+    """A user connection (limit `max_channels`) relayed to a studio, both in memory; the
+    client's and the studio's messages are played by hand, ids as each side sees them."""
+
+    def __init__(self, max_channels: int):
+        self.relay = ServerRelay(window=1024)
+        self.user = UserConnection()
+        self.user.transport = FakeTransport()
+        self.user.max_channels = max_channels
+        self.user.relay = self.relay
+        self.studio = UpstreamConnection(self.relay, Deferred())
+        self.studio.transport = FakeTransport()
+        self.relay.user, self.relay.studio = self.user, self.studio
+
+    def open(self, confirm: bool = True, window: int = 10_000) -> tuple[int, int] | str:
+        """The client opens a -L channel: (its id at the gateway's user side, at the
+        studio side), or the refusal the client reads."""
+        packets = self.user.transport.packets
+        before = len(packets)
+        self.user.ssh_CHANNEL_OPEN(common.NS(b"direct-tcpip") + struct.pack(
+            ">3L", before + 100, 10_000, 100) + common.NS(b"127.0.0.1")
+            + struct.pack(">L", 80) + common.NS(b"127.0.0.1") + struct.pack(">L", 5000))
+        if len(packets) > before and packets[-1][0] == connection.MSG_CHANNEL_OPEN_FAILURE:
+            return common.getNS(packets[-1][1][8:])[0].decode()
+        studio_id = self.studio.localChannelID - 1
+        if confirm:
+            self.confirm(studio_id, window)
+        return self.user.localChannelID - 1, studio_id
+
+    def confirm(self, studio_id: int, window: int = 10_000) -> None:
+        self.studio.ssh_CHANNEL_OPEN_CONFIRMATION(struct.pack(">4L", studio_id, studio_id,
+                                                              window, 100))
+
+    def held(self) -> tuple[int, int]:
+        return self.user.channels_held()
+
+
+def test_a_channel_the_client_has_finished_with_leaves_its_slot_to_a_new_one() -> None:
+    """`ssh -L` whose local connection ended: OpenSSH sends EOF, and its CLOSE only once
+    the studio's end has answered (a round trip through the studio). A browser's next
+    request opens its channel meanwhile; it was refused at the limit."""
+    slots = _Slots(max_channels=2)
+    first = slots.open()
+    assert isinstance(first, tuple) and isinstance(slots.open(), tuple)
+    assert slots.open() == "too many channels on this connection (limit 2)"
+    slots.user.ssh_CHANNEL_EOF(struct.pack(">L", first[0]))  # the local connection ended
+    assert isinstance(slots.open(), tuple)  # the next request gets its channel
+    assert slots.held() == (2, 1)
+    assert slots.open() == "too many channels on this connection (limit 2)"
+
+
+def test_opens_not_yet_answered_by_the_studio_are_in_use() -> None:
+    slots = _Slots(max_channels=2)
+    slots.open(confirm=False)
+    slots.open(confirm=False)
+    assert slots.held() == (2, 0)
+    assert slots.open() == "too many channels on this connection (limit 2)"
+
+
+def test_channels_still_closing_at_the_studio_are_bounded_too() -> None:
+    """A client that opens channels and sends EOF at once, over and over: each holds a
+    socket in the studio until the tool closes it. All held: at most twice the limit."""
+    slots = _Slots(max_channels=2)
+    opened = []
+    for _ in range(4):
+        got = slots.open()
+        assert isinstance(got, tuple), got
+        opened.append(got)
+        slots.user.ssh_CHANNEL_EOF(struct.pack(">L", got[0]))
+    assert slots.held() == (0, 4)
+    assert slots.open() == ("too many channels on this connection, counting 4 still "
+                            "closing at the studio (limit 4)")
+    # The studio's end closes the first: the gateway closes it towards the client, and
+    # its slot is free once the client has answered that close.
+    user_id, studio_id = opened[0]
+    slots.studio.ssh_CHANNEL_EOF(struct.pack(">L", studio_id))
+    slots.studio.ssh_CHANNEL_CLOSE(struct.pack(">L", studio_id))
+    assert slots.user.transport.kinds()[-2:] == [connection.MSG_CHANNEL_EOF,
+                                                 connection.MSG_CHANNEL_CLOSE]
+    assert slots.held() == (0, 4)
+    slots.user.ssh_CHANNEL_CLOSE(struct.pack(">L", user_id))
+    assert slots.held() == (0, 3)
+    assert isinstance(slots.open(), tuple)
+
+
+def test_a_channel_the_client_closed_counts_until_the_studio_has_closed_it() -> None:
+    """The client's CLOSE frees its side at once, but the data it sent before still waits
+    here for the studio's window, and the close behind it: still held, as closing."""
+    slots = _Slots(max_channels=1)
+    got = slots.open(window=0)  # the studio's tool reads nothing for now
+    assert isinstance(got, tuple)
+    user_id, studio_id = got
+    slots.user.ssh_CHANNEL_DATA(struct.pack(">2L", user_id, 50) + b"x" * 50)
+    slots.user.ssh_CHANNEL_CLOSE(struct.pack(">L", user_id))
+    assert user_id not in slots.user.channels  # closed on the client's side
+    assert slots.held() == (0, 1)
+    second = slots.open()
+    assert isinstance(second, tuple)
+    slots.user.ssh_CHANNEL_EOF(struct.pack(">L", second[0]))
+    assert slots.open() == ("too many channels on this connection, counting 2 still "
+                            "closing at the studio (limit 2)")
+    # The tool reads: the data goes, then the close; the studio answers it.
+    slots.studio.ssh_CHANNEL_WINDOW_ADJUST(struct.pack(">2L", studio_id, 1000))
+    assert slots.studio.transport.kinds()[-2:] == [connection.MSG_CHANNEL_DATA,
+                                                   connection.MSG_CHANNEL_CLOSE]
+    slots.studio.ssh_CHANNEL_CLOSE(struct.pack(">L", studio_id))
+    assert slots.held() == (0, 1)
+    assert isinstance(slots.open(), tuple)
+
+
+def test_the_studio_closing_first_frees_the_slot_at_the_clients_close() -> None:
+    slots = _Slots(max_channels=1)
+    got = slots.open()
+    assert isinstance(got, tuple)
+    user_id, studio_id = got
+    slots.studio.ssh_CHANNEL_CLOSE(struct.pack(">L", studio_id))  # the tool went away
+    assert slots.held() == (1, 0)  # the client has not answered yet: it may still send
+    slots.user.ssh_CHANNEL_CLOSE(struct.pack(">L", user_id))
+    assert slots.held() == (0, 0) and not slots.relay.closing_at_studio
+
+
 def test_window_overrun_closes_channel() -> None:
     conn = Conn()
     conn.transport = FakeTransport()
@@ -513,3 +646,19 @@ def test_client_timeout_zero_never_asks_nor_closes() -> None:
     proto._watch_client()
     clock.advance(3600.0)
     assert conn.requests == [] and not t.disconnecting
+
+
+@pytest.mark.parametrize(("timeout", "noted"), [(9.0, True), (0.0, False)])
+def test_reads_note_the_time_only_when_the_client_timeout_is_on(timeout: float,
+                                                                 noted: bool) -> None:
+    """With CONNECT_SSH_CLIENT_TIMEOUT=0 nothing reads _heard_at: no clock call per read."""
+    clock = MemoryReactorClock()
+    f = _factory(clock, client_timeout=timeout)
+    proto, _ = _connect(f)
+    clock.advance(1.0)
+    calls = []
+    seconds = clock.seconds
+    clock.seconds = lambda: calls.append(1) or seconds()  # type: ignore[method-assign]
+    proto.dataReceived(b"SSH-2.0-OpenSSH_9.6\r\n")
+    assert (proto._heard_at == 1.0, len(calls)) == (noted, int(noted))
+    proto.connectionLost(Failure(ConnectionError()))
