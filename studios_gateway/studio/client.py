@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway import reactor_loop
+from studios_gateway.repeats import Repeats
 from studios_gateway.studio.settings import ClientSettings, Gateway
 from studios_gateway.studio.tool_link import ToolConnection, ToolEndpoint
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
@@ -300,10 +301,8 @@ class ConnectClient(Service):
         self._said: str | None = None
         self._said_at = 0.0
         self._loud = True
-        # Streams the tool did not take since the last line that said so (see
-        # tool_not_answering), and when that line was written
-        self._unanswered = 0
-        self._unanswered_said_at: float | None = None
+        # Streams the tool did not take (see tool_not_answering): said once per REPEAT_EVERY
+        self._unanswered = Repeats(self.clock, REPEAT_EVERY)
         self._watching: Any = None  # _poll_tool's next look at the tool's port
 
     def _set_state(self, state: str, log_format: str, *, quiet: bool = False,
@@ -431,7 +430,7 @@ class ConnectClient(Service):
 
             def up(protocol: Any) -> Any:
                 self._tool_down_since = None
-                self._unanswered, self._unanswered_said_at = 0, None
+                self._unanswered.clear()  # back: the next stream it does not take is news
                 return protocol
 
             def retry(f: Failure) -> Any:
@@ -520,18 +519,14 @@ class ConnectClient(Service):
         then at most once per REPEAT_EVERY with the count, at debug in between. It was a
         warning for every stream: every request of a page, and the 504 page reloading
         itself, for as long as the tool was away."""
-        self._unanswered += 1
-        now = self.clock.seconds()
-        said_at = self._unanswered_said_at
-        if said_at is not None and now - said_at < REPEAT_EVERY:
+        unsaid = self._unanswered.due("not answering")
+        if unsaid is None:
             self._log.debug("tool on port {port} is not answering ({why}); resetting the "
                             "stream", port=self.settings.tool_port, why=why)
             return
-        more = "" if said_at is None else " ({n} streams in {secs:.0f}s)"
-        self._log.warn("tool on port {port} is not answering ({why}); resetting the stream"
-                       + more, port=self.settings.tool_port, why=why, n=self._unanswered,
-                       secs=0.0 if said_at is None else now - said_at)
-        self._unanswered, self._unanswered_said_at = 0, now
+        self._log.warn("tool on port {port} is not answering ({why}); resetting the "
+                       "stream{more}", port=self.settings.tool_port, why=why,
+                       more=self._unanswered.more(unsaid))
 
     # The gateway -------------------------------------------------------------
 
