@@ -20,6 +20,7 @@ class Repeats:
         self.every = every
         self._max = max_kinds
         self._kinds: dict[str, tuple[float, int]] = {}  # kind -> (quiet until, unsaid)
+        self._span = every  # seconds since the line before the one due() last allowed
 
     def due(self, kind: str) -> int | None:
         """None: only counted. Otherwise say it now, with this many like it that were
@@ -31,13 +32,18 @@ class Repeats:
             return None
         self._kinds.pop(kind, None)
         self._kinds[kind] = (now + self.every, 0)
+        # The quiet ones came since the line before this one (`every` or more ago).
+        self._span = now - (until - self.every) if unsaid else self.every
         while len(self._kinds) > self._max:
             self._kinds.pop(next(iter(self._kinds)))
         return unsaid
 
     def more(self, unsaid: int) -> str:
-        """The words that go with a line said after `unsaid` quiet ones ("" for none)."""
-        return f" (and {unsaid} more like it in the last {self.every:g}s)" if unsaid else ""
+        """The words that go with the line `due` just allowed, said after `unsaid` quiet
+        ones ("" for none). The seconds are the time since the line before it: the quiet
+        ones came within that, which can be longer than `every` (29 events in a minute,
+        then one 30 s later: "in the last 90s", not 60)."""
+        return f" (and {unsaid} more like it in the last {self._span:.0f}s)" if unsaid else ""
 
     def clear(self) -> None:
         self._kinds.clear()

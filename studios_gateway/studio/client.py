@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway import reactor_loop
+from studios_gateway.repeats import Repeats
 from studios_gateway.studio.settings import ClientSettings, Gateway
 from studios_gateway.studio.tool_link import ToolConnection, ToolEndpoint
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
@@ -292,7 +293,6 @@ class ConnectClient(Service):
         self._bound_waiters: list[Deferred[TunnelClientProtocol]] = []
         self._tool_down_since: float | None = None  # when the tool began refusing
         self._unknown_since: float | None = None  # when unknown_session was first heard
-        self._tool_wait_since = 0.0  # when the wait for the tool's port began
         # Failed attempts since the last bind (the first of them at _missing_since), and
         # the last failure said at its level (see _say_again); _loud: the current
         # attempt's lines are said at info.
@@ -301,12 +301,9 @@ class ConnectClient(Service):
         self._said: str | None = None
         self._said_at = 0.0
         self._loud = True
-        self._tool_wait_noticed = False  # the one "still waiting" line was written
-        # Streams the tool did not take since the last line that said so (see
-        # tool_not_answering), and when that line was written
-        self._unanswered = 0
-        self._unanswered_said_at: float | None = None
-        self._watching: Any = None  # watch_tool's next look at the tool's port
+        # Streams the tool did not take (see tool_not_answering): said once per REPEAT_EVERY
+        self._unanswered = Repeats(self.clock, REPEAT_EVERY)
+        self._watching: Any = None  # _poll_tool's next look at the tool's port
 
     def _set_state(self, state: str, log_format: str, *, quiet: bool = False,
                    **kw: Any) -> None:
@@ -433,7 +430,7 @@ class ConnectClient(Service):
 
             def up(protocol: Any) -> Any:
                 self._tool_down_since = None
-                self._unanswered, self._unanswered_said_at = 0, None
+                self._unanswered.clear()  # back: the next stream it does not take is news
                 return protocol
 
             def retry(f: Failure) -> Any:
@@ -453,36 +450,18 @@ class ConnectClient(Service):
         return attempt()
 
     def _wait_for_tool(self) -> None:
+        """Before the dial: poll the tool's port, and dial once it accepts."""
         if not self.running:
             return
-        if self.state != "waiting-for-tool":
-            self._tool_wait_since, self._tool_wait_noticed = self.clock.seconds(), False
         self._set_state("waiting-for-tool", "waiting for the tool to accept connections on "
                         "port {port}", port=self.settings.tool_port)
 
-        def up(p: Any) -> None:
-            p.transport.loseConnection()
+        def accepting(_: float) -> None:
             self._log.info("tool is accepting connections on port {port}",
                            port=self.settings.tool_port)
             self._connect()
 
-        def down(f: Failure) -> None:
-            waited = self.clock.seconds() - self._tool_wait_since
-            if not self._tool_wait_noticed and waited >= TOOL_SLOW_NOTICE:
-                # Once: a person reading the container's log learns it is stuck, and why
-                # it usually is (a tool on its own default port, or not started at all).
-                self._tool_wait_noticed = True
-                self._say_tool_not_listening(waited, f)
-            if self.running:
-                self._pending = self.clock.callLater(TOOL_POLL, self._wait_for_tool)
-
-        self.tool_endpoint().connect(quiet_factory(Protocol)).addCallbacks(up, down)
-
-    def _say_tool_not_listening(self, waited: float, f: Failure) -> None:
-        self._log.warn("the tool is not accepting connections on 127.0.0.1:{port} after "
-                       "{secs:.0f}s ({why}); still waiting. The tool must listen on "
-                       "CONNECT_TOOL_PORT ({port}), on 127.0.0.1 or all interfaces",
-                       port=self.settings.tool_port, secs=waited, why=f.getErrorMessage())
+        self._poll_tool(accepting)
 
     def watch_tool(self, on_accepting: Callable[[], Any] | None = None) -> None:
         """Watch the port of a tool started after the dial (a command started at the bind,
@@ -490,6 +469,21 @@ class ConnectClient(Service):
         TOOL_SLOW_NOTICE, that it does not yet, naming the port it must use, as the wait
         before a dial does. Without this, a tool on its own default port showed browsers
         the 504 page for ever while the log said only that streams were reset."""
+
+        def accepting(waited: float) -> None:
+            self._log.info("tool is accepting connections on port {port} ({secs:.0f}s after "
+                           "it started)", port=self.settings.tool_port, secs=waited)
+            if on_accepting is not None:
+                on_accepting()
+
+        self._poll_tool(accepting)
+
+    def _poll_tool(self, on_accepting: Callable[[float], Any]) -> None:
+        """Try the tool's port now and every TOOL_POLL until it accepts, then call
+        ``on_accepting`` with the seconds since this began. Once, after TOOL_SLOW_NOTICE
+        without, say so (a person reading the container's log learns it is stuck, and why
+        it usually is: a tool on its own default port, or not started at all). The next
+        look is ``_watching``, which a stop cancels."""
         since = self.clock.seconds()
         noticed = False
 
@@ -501,11 +495,7 @@ class ConnectClient(Service):
         def up(p: Any) -> None:
             if p.transport is not None:
                 p.transport.loseConnection()
-            self._log.info("tool is accepting connections on port {port} ({secs:.0f}s after "
-                           "it started)", port=self.settings.tool_port,
-                           secs=self.clock.seconds() - since)
-            if on_accepting is not None:
-                on_accepting()
+            on_accepting(self.clock.seconds() - since)
 
         def down(f: Failure) -> None:
             nonlocal noticed
@@ -518,23 +508,25 @@ class ConnectClient(Service):
 
         look()
 
+    def _say_tool_not_listening(self, waited: float, f: Failure) -> None:
+        self._log.warn("the tool is not accepting connections on 127.0.0.1:{port} after "
+                       "{secs:.0f}s ({why}); still waiting. The tool must listen on "
+                       "CONNECT_TOOL_PORT ({port}), on 127.0.0.1 or all interfaces",
+                       port=self.settings.tool_port, secs=waited, why=f.getErrorMessage())
+
     def tool_not_answering(self, why: str) -> None:
         """A stream the tool did not take (the browser gets the 504 page): said at once,
         then at most once per REPEAT_EVERY with the count, at debug in between. It was a
         warning for every stream: every request of a page, and the 504 page reloading
         itself, for as long as the tool was away."""
-        self._unanswered += 1
-        now = self.clock.seconds()
-        said_at = self._unanswered_said_at
-        if said_at is not None and now - said_at < REPEAT_EVERY:
+        unsaid = self._unanswered.due("not answering")
+        if unsaid is None:
             self._log.debug("tool on port {port} is not answering ({why}); resetting the "
                             "stream", port=self.settings.tool_port, why=why)
             return
-        more = "" if said_at is None else " ({n} streams in {secs:.0f}s)"
-        self._log.warn("tool on port {port} is not answering ({why}); resetting the stream"
-                       + more, port=self.settings.tool_port, why=why, n=self._unanswered,
-                       secs=0.0 if said_at is None else now - said_at)
-        self._unanswered, self._unanswered_said_at = 0, now
+        self._log.warn("tool on port {port} is not answering ({why}); resetting the "
+                       "stream{more}", port=self.settings.tool_port, why=why,
+                       more=self._unanswered.more(unsaid))
 
     # The gateway -------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from studios_gateway.config import BY_NAME, CLIENT_VARIABLES, REDACTED, ConfigEr
 from studios_gateway.durations import EXPECTED, parse_duration
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
 from studios_gateway.wire import tools
+from studios_gateway.wire.carrier import PROXY_VARIABLES, proxy_setting
 from studios_gateway.wire.ids import SESSION_ID
 
 CLIENT_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
@@ -151,22 +152,14 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
 
 
 def _check_proxy(environ: Mapping[str, str]) -> None:
-    """HTTPS_PROXY (or https_proxy) names an HTTP proxy the tunnel can go through with
-    CONNECT. One it could not use (no host, a bad port, a SOCKS proxy) was ignored
-    without a word, and the tunnel went straight to the gateway instead."""
-    for name in ("HTTPS_PROXY", "https_proxy"):
-        text = (environ.get(name) or "").strip()
-        if not text:
-            continue
-        parts = urlsplit(text if "://" in text else "http://" + text)
-        try:
-            usable = parts.scheme in ("http", "https") and bool(parts.hostname) \
-                and parts.port != 0
-        except ValueError:  # a port that is not a number from 0 to 65535
-            usable = False
-        if not usable:
-            raise ConfigError(name, text, "http://host:port, an HTTP proxy that the tunnel "
-                                          "goes through with CONNECT (SOCKS is not supported)")
+    """The HTTPS_PROXY (or https_proxy) that the tunnel reads names an HTTP proxy it can
+    go through with CONNECT. One it could not use (no host, a bad port, a SOCKS proxy) was
+    ignored without a word, and the tunnel went straight to the gateway instead. The one
+    not read (https_proxy when HTTPS_PROXY is set) is not checked: it changes nothing."""
+    setting = proxy_setting(environ)
+    if setting is not None and setting.address is None:
+        raise ConfigError(setting.name, setting.text, "http://host:port, an HTTP proxy that "
+                          "the tunnel goes through with CONNECT (SOCKS is not supported)")
 
 
 def load_client_settings(environ: Mapping[str, str],
@@ -244,7 +237,7 @@ def load_client_settings(environ: Mapping[str, str],
     return ClientSettings(gateways=tuple(gateways), session_id=session_id, token=token,
                           unknown_session_wait=wait,
                           proxy_environ=tuple((k, v) for k, v in environ.items() if k in (
-                              "HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy")),
+                              *PROXY_VARIABLES, "NO_PROXY", "no_proxy")),
                           tool_port=int(port_text), tool=tool, tool_path_prefix=prefix,
                           log_level=level, connect_version=version, tool_workdir=workdir,
                           preset=preset_text in ("on", "true", "1", "yes"))

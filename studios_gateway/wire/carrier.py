@@ -22,8 +22,9 @@ import binascii
 import contextlib
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
@@ -38,8 +39,8 @@ from wsproto.utilities import LocalProtocolError, generate_accept_token
 from zope.interface import implementer
 
 __all__ = ["TUNNEL_PATH", "Carrier", "CarrierEndpoint", "CarrierRefused", "ProxyConnect",
-           "WebSocketClient", "WebSocketServer", "accept_head", "proxy_authorization", "proxy_for",
-           "websocket_refusal"]
+           "PROXY_VARIABLES", "ProxySetting", "WebSocketClient", "WebSocketServer",
+           "accept_head", "proxy_authorization", "proxy_for", "proxy_setting", "websocket_refusal"]
 
 TUNNEL_PATH = "/_connect/tunnel"
 MAX_HEAD = 16 * 1024
@@ -404,24 +405,67 @@ class CarrierEndpoint:
         raise CarrierRefused(f"no answer to the handshake within {self.timeout:g}s")
 
 
-def proxy_authorization(environ: Mapping[str, str]) -> bytes | None:
-    """The ``Proxy-Authorization`` value (Basic) for the user and password in
-    HTTPS_PROXY's URL (percent-encoded there, as in any URL), or None without a user."""
-    url = environ.get("HTTPS_PROXY") or environ.get("https_proxy")
-    if not url:
+#: The variables that may name the tunnel's HTTP proxy: the first that is not blank is
+#: the one read, the others are not looked at.
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy")
+
+
+@dataclass(frozen=True)
+class ProxySetting:
+    """The variable that names the tunnel's HTTP proxy, as :func:`proxy_for` reads it."""
+
+    name: str  # HTTPS_PROXY or https_proxy
+    text: str  # its value, without surrounding blanks
+    #: (host, port; 80 when not given), or None: not an HTTP proxy the tunnel can use
+    #: (no host, a port that is not 1 to 65535, a scheme other than http or https)
+    address: tuple[str, int] | None
+    #: the ``Proxy-Authorization`` value (Basic) for the user and password in the URL
+    #: (percent-encoded there, as in any URL), or None without a user
+    authorization: bytes | None
+
+
+def proxy_setting(environ: Mapping[str, str]) -> ProxySetting | None:
+    """The HTTP proxy that the environment names for the tunnel (None: none), parsed once
+    for the start's check (settings) and the tunnel (:func:`proxy_for`,
+    :func:`proxy_authorization`)."""
+    for name in PROXY_VARIABLES:
+        text = (environ.get(name) or "").strip()
+        if text:
+            parts = urlsplit(text if "://" in text else "http://" + text)
+            return ProxySetting(name, text, _proxy_address(parts), _basic(parts))
+    return None
+
+
+def _proxy_address(parts: SplitResult) -> tuple[str, int] | None:
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number from 0 to 65535
         return None
-    parts = urlsplit(url if "://" in url else "http://" + url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        return None
+    return parts.hostname, port or 80
+
+
+def _basic(parts: SplitResult) -> bytes | None:
     if parts.username is None:
         return None
     pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
     return b"Basic " + base64.b64encode(pair.encode("utf-8"))
 
 
+def proxy_authorization(environ: Mapping[str, str]) -> bytes | None:
+    """The ``Proxy-Authorization`` value for the proxy :func:`proxy_setting` finds (None:
+    no proxy, or no user in its URL)."""
+    setting = proxy_setting(environ)
+    return setting.authorization if setting is not None else None
+
+
 def proxy_for(host: str, environ: Mapping[str, str]) -> tuple[str, int] | None:
     """The HTTP proxy (host, port) that HTTPS_PROXY names for `host`, unless NO_PROXY
-    excludes it (a host, a domain suffix, or *)."""
-    url = environ.get("HTTPS_PROXY") or environ.get("https_proxy")
-    if not url:
+    excludes it (a host, a domain suffix, or *). A proxy the tunnel cannot use is none
+    here: the client's settings refuse it at the start (:func:`proxy_setting`)."""
+    setting = proxy_setting(environ)
+    if setting is None:
         return None
     no_proxy = environ.get("NO_PROXY") or environ.get("no_proxy") or ""
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
@@ -429,9 +473,4 @@ def proxy_for(host: str, environ: Mapping[str, str]) -> tuple[str, int] | None:
         if entry == "*" or (entry and (host.lower() == entry.lstrip(".")
                                        or host.lower().endswith("." + entry.lstrip(".")))):
             return None
-    parts = urlsplit(url if "://" in url else "http://" + url)
-    if not parts.hostname:
-        return None
-    return parts.hostname, parts.port or 80
-
-
+    return setting.address

@@ -197,3 +197,78 @@ def test_a_proxy_status_line_is_escaped_in_the_refusal() -> None:
     carrier.dataReceived(b"HTTP/1.1 403 No\x1b[31m\rforged\r\n\r\n")
     failure = TestCase().failureResultOf(carrier.ready, CarrierRefused)
     assert "\x1b" not in str(failure.value) and "\r" not in str(failure.value)
+
+
+def settings_with(**proxy: str) -> Any:
+    return load_client_settings({"CONNECT_GATEWAY_URL": "gw.example:7070",
+                                 "CONNECT_SESSION_ID": "abcd1234",
+                                 "CONNECT_SESSION_TOKEN": "t" * 20,
+                                 "CONNECT_TOOL_PORT": "8888", **proxy})
+
+
+def test_a_bad_https_proxy_that_the_tunnel_does_not_read_does_not_stop_the_start() -> None:
+    """With HTTPS_PROXY set and usable the tunnel never reads https_proxy, yet a bad
+    https_proxy (an image's leftover, a SOCKS proxy for other programs) refused the start."""
+    s = settings_with(HTTPS_PROXY="http://proxy.lab:3128", https_proxy="socks5://socks:1080")
+    assert proxy_for("gw.example", dict(s.proxy_environ)) == ("proxy.lab", 3128)
+
+
+@pytest.mark.parametrize("proxy, refused", [
+    ({"HTTPS_PROXY": "socks5://socks:1080", "https_proxy": "http://proxy.lab:3128"},
+     "HTTPS_PROXY"),  # the one the tunnel reads is bad, the other one cannot stand in
+    ({"HTTPS_PROXY": " ", "https_proxy": "socks5://socks:1080"}, "https_proxy"),
+    ({"HTTPS_PROXY": "", "https_proxy": "http://proxy.lab:port"}, "https_proxy"),
+])
+def test_the_proxy_the_tunnel_reads_is_the_one_checked(proxy: dict[str, str],
+                                                       refused: str) -> None:
+    from studios_gateway.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        settings_with(**proxy)
+    assert str(e.value).startswith(f"{refused}=") and "http://host:port" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("proxy, expected", [
+    ({"HTTPS_PROXY": "proxy.lab:3128"}, ("proxy.lab", 3128)),
+    ({"https_proxy": " http://proxy.lab "}, ("proxy.lab", 80)),
+    ({"HTTPS_PROXY": " ", "https_proxy": "http://proxy.lab:3128"}, ("proxy.lab", 3128)),
+    ({"HTTPS_PROXY": "http://u:p@proxy.lab:3128", "NO_PROXY": "other.example"},
+     ("proxy.lab", 3128)),
+    ({"HTTPS_PROXY": "http://proxy.lab:3128", "no_proxy": ".example"}, None),
+    ({"https_proxy": "http://proxy.lab:3128", "NO_PROXY": "gw.example:7070"}, None),
+    ({}, None),
+])
+def test_a_proxy_accepted_at_the_start_is_the_one_the_tunnel_uses(
+        proxy: dict[str, str], expected: Any) -> None:
+    s = settings_with(**proxy)
+    assert proxy_for("gw.example", dict(s.proxy_environ)) == expected
+
+
+def test_studios_connect_refuses_the_proxy_it_would_use_in_one_line_with_status_2(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The same refusal as before for the variable the tunnel reads (a bad https_proxy
+    beside a good HTTPS_PROXY is accepted: see above)."""
+    from studios_gateway.studio.main import main
+
+    base = {"CONNECT_STRING": "studios-connect://abcd1234:" + "t" * 20 + "@127.0.0.1:1/",
+            "CONNECT_TOOL_PORT": "8888", "PATH": "/usr/bin:/bin"}
+    for proxy in ({"HTTPS_PROXY": "socks5://u:secret@socks:1080"},
+                  {"https_proxy": "socks5://u:secret@socks:1080", "HTTPS_PROXY": " "}):
+        assert main([], {**base, **proxy}) == 2
+        err = capsys.readouterr().err
+        name = "HTTPS_PROXY" if proxy["HTTPS_PROXY"].strip() else "https_proxy"
+        assert err.count("\n") == 1 and "secret" not in err, err
+        assert err.startswith(f"studios-connect: {name}='socks5://u:") and \
+            "expected http://host:port, an HTTP proxy" in err, err
+
+
+def test_the_credentials_sent_are_those_of_the_proxy_the_tunnel_uses() -> None:
+    """The user and password come from the same variable as the proxy's address: a blank
+    HTTPS_PROXY gave no credentials while the tunnel went through https_proxy's proxy."""
+    both = {"HTTPS_PROXY": " ", "https_proxy": "http://ana:s3cret@proxy.lab:3128"}
+    assert proxy_for("gw.example", both) == ("proxy.lab", 3128)
+    assert proxy_authorization(both) == b"Basic " + base64.b64encode(b"ana:s3cret")
+    other = {"HTTPS_PROXY": "http://proxy.lab:3128", "https_proxy": "http://x:y@elsewhere"}
+    assert proxy_for("gw.example", other) == ("proxy.lab", 3128)
+    assert proxy_authorization(other) is None

@@ -195,5 +195,23 @@ def test_streams_the_tool_does_not_take_are_said_once_a_minute_with_their_count(
         c.tool_not_answering("refused")
     warned = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
     line = "tool on port 9 is not answering (refused); resetting the stream"
-    assert warned == [line, f"{line} (30 streams in 90s)", line]
+    # 29 quiet ones since the line before, 90 s ago (not "in the last 60s": they came in
+    # the first 29 s of those 90)
+    assert warned == [line, f"{line} (and 29 more like it in the last 90s)", line]
     assert len([e for e in events if e["log_level"] == LogLevel.debug]) >= 29
+
+
+def test_a_stop_ends_the_watch_on_the_tools_port_before_and_after_the_dial() -> None:
+    """The look at the tool's port, before the dial and after it, is cancelled at the stop:
+    nothing of the client is left on the clock."""
+    for after_the_dial in (False, True):
+        c, clock, endpoint = client()
+        c._connect = lambda: None  # type: ignore[method-assign]
+        c.bind_first = after_the_dial
+        c.startService()
+        if after_the_dial:
+            c.watch_tool()
+        clock.pump([tunnel.TOOL_POLL] * 3)
+        assert clock.getDelayedCalls() and endpoint.attempts == 4
+        c.stopService()
+        assert not clock.getDelayedCalls()
