@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import importlib.util
 import json
+import re
 import shutil
 import ssl
 import subprocess
@@ -606,6 +607,25 @@ def test_the_gateway_logs_in_against_oidc_provider_mock(tmp_path: Path) -> None:
         assert echo(open_ws(g, browser, sid), "interop") == "interop"
         eve = login_at_idp(Browser(), g.url(sid, "/"), "eve", {"sub": "eve"})
         assert eve.status == 403
+        # Its RP-Initiated Logout: the logged-out page's link (with the login's ID token)
+        # leads to its "End session" form. Its registration answer lists no
+        # post_logout_redirect_uris (it keeps none), so the link asks for no way back
+        # (an issuer that does check them would refuse one it does not know): the
+        # issuer's own page ends it.
+        out = browser.log_out(f"{g.proxy}/_connect/logout")
+        found = re.search(r'id=issuer-logout href="([^"]*)">Also log out of 127\.0\.0\.1:'
+                          + str(mock.port) + "<", out.text)
+        assert found is not None, out.text
+        link = html.unescape(found.group(1))
+        assert "id_token_hint=" in link and "post_logout_redirect_uri" not in link
+        confirm = browser.get(link)
+        assert confirm.status == 200 and "id_token_hint</code> not set" not in confirm.text
+        form = _Form()
+        form.feed(confirm.text[confirm.text.index('<form method="post"'):])
+        ended = browser.request(urljoin(confirm.url, form.action or ""), method="POST",
+                                body=urlencode(form.fields).encode(),
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert ended.status == 200 and "Session ended." in ended.text
     finally:
         if g is not None:
             g.stop()
@@ -657,8 +677,6 @@ def test_logging_out_of_the_issuer_too_makes_the_next_login_ask_again(tmp_path: 
     RP-Initiated Logout), which ends that login and sends the browser back; the next
     login asks for a password again. The test provider remembers signed-in browsers
     here (--sso), as real ones do."""
-    import re
-
     import jwt
 
     idp = IdPProcess(tmp_path, sso=True)
