@@ -289,6 +289,7 @@ class Auth:
         if s.issuer:
             rp = RelyingParty(OIDCSettings(
                 issuer=s.issuer, redirect_uri=s.redirect_uri, storage_root=s.storage_root,
+                post_logout_redirect_uri=s.post_logout_redirect_uri,
                 client_name=s.client_name, registration_token=s.registration_token,
                 client_id=s.client_id, client_secret=s.client_secret, scopes=s.scopes,
                 timeout=s.timeout), reactor=reactor, shared=pending_logins(store, local))

@@ -15,6 +15,11 @@ exchanged, and the ID token's signature (the issuer's JWKS, refetched on an
 unknown key id at most every `jwks_min_refresh` seconds) and claims (iss,
 aud, azp, exp, iat, nonce) checked. Every call to the issuer goes through
 treq with a timeout. Tokens, codes and secrets are never logged.
+
+:meth:`RelyingParty.logout_url` is the issuer's own logout (OpenID Connect
+RP-Initiated Logout 1.0) when its discovery document names an
+``end_session_endpoint``; a registered client asks for the gateway's
+post-logout page as a ``post_logout_redirect_uris`` entry.
 """
 
 from __future__ import annotations
@@ -88,6 +93,8 @@ class OIDCSettings:
     issuer: str
     redirect_uri: str
     storage_root: str
+    #: Where the issuer's logout sends the browser back (registered with the client).
+    post_logout_redirect_uri: str | None = None
     client_name: str = "tower-connect-proxy-client"
     registration_token: str | None = field(default=None, repr=False)
     client_id: str | None = None
@@ -169,11 +176,15 @@ class ClientRegistration:
     token_endpoint_auth_method: str = BASIC
     registered_at: float = 0.0
     static: bool = False
+    #: The pages the issuer's logout may send the browser back to (a client registered
+    #: before the gateway asked for them has none: the issuer shows its own page then).
+    post_logout_redirect_uris: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"issuer": self.issuer, "client_name": self.client_name,
                 "client_id": self.client_id, "client_secret": self.client_secret,
                 "redirect_uris": list(self.redirect_uris),
+                "post_logout_redirect_uris": list(self.post_logout_redirect_uris),
                 "token_endpoint_auth_method": self.token_endpoint_auth_method,
                 "registered_at": self.registered_at}
 
@@ -185,6 +196,8 @@ class ClientRegistration:
                        client_secret=(None if data.get("client_secret") is None
                                       else str(data["client_secret"])),
                        redirect_uris=tuple(str(u) for u in data["redirect_uris"]),
+                       post_logout_redirect_uris=tuple(
+                           str(u) for u in data.get("post_logout_redirect_uris") or ()),
                        token_endpoint_auth_method=str(
                            data.get("token_endpoint_auth_method", BASIC)),
                        registered_at=float(data.get("registered_at", 0.0)))
@@ -392,7 +405,10 @@ class RelyingParty:
                 issuer=meta.issuer, client_name=s.client_name, client_id=s.client_id,
                 client_secret=s.client_secret, redirect_uris=(s.redirect_uri,),
                 token_endpoint_auth_method=BASIC if s.client_secret else "none",
-                static=True)
+                static=True,
+                # registered by hand: the operator registers the post-logout page too
+                post_logout_redirect_uris=((s.post_logout_redirect_uri,)
+                                           if s.post_logout_redirect_uri else ()))
         try:
             stored = ClientRegistration.from_dict(read_json(s.client_file) or {})
         except StorageError as e:
@@ -422,6 +438,9 @@ class RelyingParty:
                 "grant_types": ["authorization_code", "refresh_token"],
                 "response_types": ["code"], "application_type": "web",
                 "token_endpoint_auth_method": auth_method, "scope": " ".join(s.scopes)}
+        if s.post_logout_redirect_uri:
+            # RP-Initiated Logout 1.0: the issuer's logout may send the browser back there
+            body["post_logout_redirect_uris"] = [s.post_logout_redirect_uri]
         code, answer, text = await self._call("POST", meta.registration_endpoint,
                                               "OIDC client registration", json_body=body,
                                               headers=headers)
@@ -440,13 +459,18 @@ class RelyingParty:
                 f"OIDC client registration at {meta.registration_endpoint} failed "
                 f"(HTTP {code}: {_oauth_error(answer, text)})")
         secret = answer.get("client_secret")
+        # Only what the issuer says it registered (RFC 7591 3.2.1: the answer holds every
+        # registered field): an issuer without RP-Initiated Logout drops the field.
+        back = answer.get("post_logout_redirect_uris")
         client = ClientRegistration(
             issuer=meta.issuer, client_name=s.client_name, client_id=answer["client_id"],
             client_secret=secret if isinstance(secret, str) else None,
             redirect_uris=tuple(answer.get("redirect_uris") or [s.redirect_uri]),
             token_endpoint_auth_method=str(answer.get("token_endpoint_auth_method")
                                            or auth_method),
-            registered_at=self._clock.seconds())
+            registered_at=self._clock.seconds(),
+            post_logout_redirect_uris=tuple(u for u in back if isinstance(u, str))
+            if isinstance(back, list) else ())
         try:
             write_private_json(s.client_file, client.to_dict())
         except StorageError as e:
@@ -466,6 +490,39 @@ class RelyingParty:
         if c.client_secret:
             form["client_secret"] = c.client_secret
         return {}
+
+    # Logging out of the issuer ----------------------------------------------------------
+
+    @property
+    def issuer_host(self) -> str:
+        """The issuer's host (and port, if any), as a person knows it."""
+        parts = urlsplit(self.metadata.issuer if self.metadata else self.settings.issuer)
+        return parts.netloc.rpartition("@")[2] or self.settings.issuer
+
+    def logout_url(self, *, id_token: str | None = None, state: str | None = None
+                   ) -> str | None:
+        """The address of the issuer's own logout (OpenID Connect RP-Initiated Logout
+        1.0), for the browser to open; None when the issuer offers none (no
+        ``end_session_endpoint``) or has not been reached yet.
+
+        It names this client (``client_id``) and, when given, the login's ID token
+        (``id_token_hint``, which lets the issuer end that session without asking). The
+        issuer sends the browser back to the gateway's post-logout page, with `state`,
+        only when the client has that page registered (else it shows its own page)."""
+        meta, client = self.metadata, self.client
+        if meta is None or client is None or not meta.end_session_endpoint:
+            return None
+        params = {"client_id": client.client_id}
+        if id_token:
+            params["id_token_hint"] = id_token
+        back = self.settings.post_logout_redirect_uri
+        if back and back in client.post_logout_redirect_uris:
+            params["post_logout_redirect_uri"] = back
+            if state:
+                params["state"] = state
+        endpoint = meta.end_session_endpoint
+        # the endpoint's own query (if any) is kept: RP-Initiated Logout 1.0 section 2
+        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params, quote_via=quote)
 
     def _need_client(self) -> ClientRegistration:
         if self.client is None or self.metadata is None:

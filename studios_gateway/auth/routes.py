@@ -5,7 +5,9 @@ On the proxy host: ``login`` (begins an OpenID login, or carries an existing one
 studio), ``callback`` (the issuer's answer), ``link`` (a one-time login link: a page
 with a button, then its post) and ``logout`` (a page with a button, then its post). On
 a studio's host (subdomain mode): ``handoff`` (sets that host's cookie from a one-time
-code) and ``logout`` (sends the browser to the proxy host's). :class:`LoginRoutes`
+code) and ``logout`` (sends the browser to the proxy host's). After a logout with an
+OpenID issuer that offers its own logout, the page links to it, and ``logged-out`` (on
+the proxy host) is where that logout sends the browser back. :class:`LoginRoutes`
 answers them for :class:`studios_gateway.auth.login.Auth`, which keeps the per-request
 decisions.
 """
@@ -42,6 +44,7 @@ from studios_gateway.auth.oidc import (
     RelyingParty,
     same_browser,
 )
+from studios_gateway.auth.onetime import OneTimeTable
 from studios_gateway.auth.refresh import LoginRefresher
 from studios_gateway.auth.settings import PREFIX, AuthSettings
 from studios_gateway.http import pages
@@ -56,6 +59,14 @@ __all__ = ["LINK", "LoginRoutes", "Response", "first_live", "page", "redirect"]
 #: The signed tokens' kinds: a one-time login link, a hand-off code.
 LINK = "login-link/1"
 HANDOFF = "handoff/1"
+#: The signed state the issuer's logout brings back to ``logged-out``, and how long it is
+#: good for (seconds: the person may linger on the issuer's page).
+LOGOUT_RETURN = "logout-return/1"
+LOGOUT_RETURN_TTL = 3600
+#: Bounds on the ID tokens kept (in this process only) for the issuer's logout: how many
+#: logins, and how many bytes (a token is one or two KiB).
+MAX_ID_TOKENS = 10_000
+MAX_ID_TOKEN_BYTES = 16 * 1024 * 1024
 #: How long the browser cookie of a begun OpenID login lasts (seconds; the relying
 #: party keeps a begun login 10 minutes). Each new login in the browser renews it.
 BROWSER_COOKIE_TTL = 900
@@ -128,6 +139,11 @@ class LoginRoutes:
         self._once = authorizer.login_state
         #: Refused logins' warnings: one per kind of failure and minute (see _callback).
         self._refusals = Repeats(reactor)
+        #: Each OpenID login's ID token, by login id, for the issuer's logout (its
+        #: id_token_hint): in this process's memory only, never in a cookie or a file; a
+        #: logout through another node (or after a restart) goes without it.
+        self._id_tokens: OneTimeTable[str] = OneTimeTable(
+            reactor, settings.login_ttl, MAX_ID_TOKENS, MAX_ID_TOKEN_BYTES)
         #: on_login(kind, ok): a login ("oidc", "link", "handoff") succeeded or failed.
         self.on_login: Callable[[str, bool], Any] = lambda kind, ok: None
 
@@ -164,7 +180,7 @@ class LoginRoutes:
         if host != s.proxy_host:
             return None  # not a host of ours: let the proxy decide
         routes = {"login": self._login, "callback": self._callback, "link": self._link,
-                  "logout": self._logout}
+                  "logout": self._logout, "logged-out": self._logout_returned}
         handler = routes.get(name)
         if handler is None:
             return page(404, "Not found", "No such page.")
@@ -299,6 +315,9 @@ class LoginRoutes:
                                            "logged in")
             expires = self._reactor.seconds() + self.settings.login_ttl
             self._refresher.begin(login_id, result.tokens, expires)
+            id_token = result.tokens.id_token
+            if id_token:
+                self._id_tokens.put(id_token, login_id, size=len(id_token))
             self._log.info("{user} logged in", user=subject)
             self.on_login("oidc", True)
             return self._complete(subject, login_id, expires, result.next_url, new_login=True)
@@ -466,6 +485,7 @@ class LoginRoutes:
             return str(previous.login_id)
         if previous is not None:
             self.authorizer.logout(previous.login_id)
+            self._id_tokens.take(previous.login_id)
             self._log.info("{user} logged out: {other} {how} in the same browser",
                            user=previous.subject, other=subject, how=how)
         return new_login_id()
@@ -487,11 +507,13 @@ class LoginRoutes:
     def _logout(self, request: RequestInfo) -> Response:
         s = self.settings
         c = self._login_cookie(request)
+        id_token = None
         if c is not None:  # (a login that ended already is cleared without asking)
             refused = self._logout_confirmed(request, f"{PREFIX}logout")
             if refused is not None:
                 return refused
             self.authorizer.logout(c.login_id)
+            id_token = self._id_tokens.take(c.login_id)
             self._log.info("{user} logged out", user=c.subject)
         clear = [self._proxy_cookie(s.login_cookie_name)]
         if s.path_routing:
@@ -503,8 +525,53 @@ class LoginRoutes:
         next_url = s.safe_next(request.params().get("next"))
         if next_url is not None:
             return redirect(next_url, clear)
-        return page(200, "Logged out", "You are logged out of the studios gateway.",
-                    extra_headers=clear)
+        return self._logged_out(id_token, clear)
+
+    def _logged_out(self, id_token: str | None,
+                    extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
+        """The page after a logout. The issuer's own login (its cookie in this browser)
+        outlives the gateway's: on a shared computer the next person to open a studio
+        link would be logged in as this one without a word. So the page says so, and
+        links to the issuer's logout when it has one (`id_token`: the login's ID token,
+        if this process still has it)."""
+        done = "You are logged out of the studios gateway."
+        if self.rp is None:  # login links: no identity provider to stay logged in to
+            return page(200, "Logged out", done, extra_headers=extra_headers)
+        host = self.rp.issuer_host
+        state = self._signer.sign(LOGOUT_RETURN, {
+            "exp": int(self._reactor.seconds() + LOGOUT_RETURN_TTL),
+            "jti": secrets.token_urlsafe(12)})
+        url = self.rp.logout_url(id_token=id_token, state=state)
+        if url is None:
+            return page(200, "Logged out",
+                        f"{done} Your login at {host} (the identity provider) may still be "
+                        "open, and this gateway cannot end it: on a shared computer, close "
+                        "the browser (every window of it), or the next person to open a "
+                        "studio link is logged in as you.", extra_headers=extra_headers)
+        button = (f'<p><a class=button id=issuer-logout href="{html.escape(url)}">'
+                  f"Also log out of {html.escape(host)}</a></p>")
+        return page(200, "Logged out",
+                    f"{done} Your login at {host} (the identity provider) may still be "
+                    "open: on a shared computer, log out there too, or the next person to "
+                    "open a studio link is logged in as you.", body_html=button,
+                    extra_headers=extra_headers)
+
+    def _logout_returned(self, request: RequestInfo) -> Response:
+        """Where the issuer's logout sends the browser back (its post_logout_redirect_uri):
+        a page only, it ends nothing. A state this gateway did not sign (someone's link)
+        gets the plain logged-out page, with the issuer's logout again."""
+        if self.rp is None:
+            return page(404, "Not found", "No such page.")
+        if self._login_cookie(request) is not None:
+            return page(200, "Still logged in",
+                        "You are still logged in to the studios gateway in this browser.",
+                        link=(self.settings.proxy_page("logout"), "Log out"))
+        data = self._signer.verify(LOGOUT_RETURN, request.params().get("state", ""))
+        if data is None or not isinstance(data.get("exp"), int) \
+                or data["exp"] <= self._reactor.seconds():
+            return self._logged_out(None)
+        return page(200, "Logged out", "You are logged out of the studios gateway and of "
+                    f"{self.rp.issuer_host}.")
 
     def _logout_confirmed(self, request: RequestInfo, path: str) -> Response | None:
         """None when `request` is a logout to carry out: a post from the gateway's own page

@@ -126,6 +126,11 @@ class AuthSettings:
     def redirect_uri(self) -> str:
         return self.proxy_page("callback")
 
+    @property
+    def post_logout_redirect_uri(self) -> str:
+        """The page the issuer's own logout sends the browser back to."""
+        return self.proxy_page("logged-out")
+
     def studio_origin(self, session_id: str) -> str:
         return self.origin(f"{session_id}.{self.studios_domain}")
 

@@ -27,7 +27,9 @@ __all__ = [
 _RFC9110 = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
 
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;"
-          "padding:0 1em;color:#222}code{background:#eee;padding:0 .2em}")
+          "padding:0 1em;color:#222}code{background:#eee;padding:0 .2em}"
+          "a.button{display:inline-block;padding:.4em .9em;border:1px solid #555;"
+          "border-radius:.3em;text-decoration:none;color:#222;background:#f4f4f4}")
 
 
 @dataclass(frozen=True)

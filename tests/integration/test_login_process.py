@@ -8,18 +8,21 @@ one studio's cookie opens no other, 403 for strangers), path mode, HTTPS cookie
 attributes, live revocation (allow-list change, session end, logout, the
 Platform's no within LOCAL_CACHE_TTL), login links without an issuer (once,
 also across a restart), registration kept across a restart, a wrong initial
-access token, an issuer that is down at start."""
+access token, an issuer that is down at start, the issuer's own logout from the
+logged-out page (RP-Initiated Logout) making the next login ask again."""
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import json
+import re
 import shutil
 import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urljoin, urlsplit
 
 import pytest
 
@@ -604,6 +607,25 @@ def test_the_gateway_logs_in_against_oidc_provider_mock(tmp_path: Path) -> None:
         assert echo(open_ws(g, browser, sid), "interop") == "interop"
         eve = login_at_idp(Browser(), g.url(sid, "/"), "eve", {"sub": "eve"})
         assert eve.status == 403
+        # Its RP-Initiated Logout: the logged-out page's link (with the login's ID token)
+        # leads to its "End session" form. Its registration answer lists no
+        # post_logout_redirect_uris (it keeps none), so the link asks for no way back
+        # (an issuer that does check them would refuse one it does not know): the
+        # issuer's own page ends it.
+        out = browser.log_out(f"{g.proxy}/_connect/logout")
+        found = re.search(r'id=issuer-logout href="([^"]*)">Also log out of 127\.0\.0\.1:'
+                          + str(mock.port) + "<", out.text)
+        assert found is not None, out.text
+        link = html.unescape(found.group(1))
+        assert "id_token_hint=" in link and "post_logout_redirect_uri" not in link
+        confirm = browser.get(link)
+        assert confirm.status == 200 and "id_token_hint</code> not set" not in confirm.text
+        form = _Form()
+        form.feed(confirm.text[confirm.text.index('<form method="post"'):])
+        ended = browser.request(urljoin(confirm.url, form.action or ""), method="POST",
+                                body=urlencode(form.fields).encode(),
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert ended.status == 200 and "Session ended." in ended.text
     finally:
         if g is not None:
             g.stop()
@@ -643,3 +665,62 @@ def test_a_change_on_one_node_closes_websockets_on_another(idp: IdPProcess,
         for node in reversed(nodes):
             node.stop()
         redis.stop()
+
+
+# Logging out of the issuer too -------------------------------------------------------------
+
+
+def test_logging_out_of_the_issuer_too_makes_the_next_login_ask_again(tmp_path: Path) -> None:
+    """On a shared computer the issuer's own login outlived the gateway's "Log out": the
+    next person to open a studio link was logged in as the last one without a word (shown
+    first, below). The page after the logout links to the issuer's logout (OpenID Connect
+    RP-Initiated Logout), which ends that login and sends the browser back; the next
+    login asks for a password again. The test provider remembers signed-in browsers
+    here (--sso), as real ones do."""
+    import jwt
+
+    idp = IdPProcess(tmp_path, sso=True)
+    try:
+        g = Gateway(tmp_path / "gw", **oidc_env(idp))
+        try:
+            registered = json.loads(
+                (Path(g.env["CONNECT_STORAGE_ROOT"]) / "oidc-client.json").read_text())
+            back = f"{g.proxy}/_connect/logged-out"
+            assert registered["post_logout_redirect_uris"] == [back]
+            sid = g.studio()["id"]
+            browser = Browser()
+            landed = login_at_idp(browser, g.url(sid, "/api/info"), "alice")
+            assert landed.json()["headers"]["x-connect-sub"] == ["alice"]
+            issuer_host = f"127.0.0.1:{idp.port}"
+
+            # The gateway's logout alone: the issuer still knows this browser.
+            out = browser.log_out(f"{g.proxy}/_connect/logout")
+            assert out.status == 200 and f"Also log out of {issuer_host}" in out.text
+            silently = browser.get(g.url(sid, "/api/info"))
+            assert silently.json()["headers"]["x-connect-sub"] == ["alice"]
+            assert idp.counts()["silent"] == 1
+
+            # With the page's link: the issuer's logout, and back to the gateway.
+            out = browser.log_out(f"{g.proxy}/_connect/logout")
+            found = re.search(r'id=issuer-logout href="([^"]*)">Also log out of '
+                              + re.escape(issuer_host) + "<", out.text)
+            assert found is not None, out.text
+            link = html.unescape(found.group(1))
+            assert link.startswith(f"{idp.issuer}/logout?")
+            q = dict(parse_qsl(urlsplit(link).query))
+            assert q["client_id"] == registered["client_id"]
+            assert q["post_logout_redirect_uri"] == back and q["state"]
+            hint = jwt.decode(q["id_token_hint"], options={"verify_signature": False})
+            assert (hint["sub"], hint["aud"]) == ("alice", registered["client_id"])
+            returned = browser.get(link)
+            assert returned.status == 200 and returned.url.startswith(back + "?state="), \
+                (returned.status, returned.url)
+            assert f"logged out of the studios gateway and of {issuer_host}." in returned.text
+            assert idp.counts()["end_session"] == 1
+            again = browser.get(g.url(sid, "/api/info"))
+            assert 'name="password"' in again.text  # the issuer asks who this is
+            assert idp.counts()["silent"] == 1
+        finally:
+            g.stop()
+    finally:
+        idp.stop()

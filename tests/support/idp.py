@@ -19,6 +19,13 @@ is refused with invalid_grant) and ``GET /test/counts`` answers the call counter
 (``refreshed``: refresh grants served, ``refreshed_late``: of those, how many came
 after the tokens being refreshed had expired, ``refresh_refused``).
 ``--token-ttl`` sets the lifetime of ID and access tokens (seconds).
+
+``--sso`` makes it remember a signed-in browser (a ``test_idp_sso`` cookie), as real
+providers do: the next authorize request of that browser is answered at once, without
+the form. Its logout (OpenID Connect RP-Initiated Logout 1.0, ``end_session_endpoint``
+``/logout``) ends that: it checks ``id_token_hint`` (its own signature, the client as
+audience) and ``client_id``, accepts a ``post_logout_redirect_uri`` only if the client
+registered it, and sends the browser back there with ``state``.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class _Client:
     name: str
     redirect_uris: list[str]
     auth_method: str
+    post_logout_redirect_uris: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -107,8 +115,12 @@ class TestIdP:
         self.claim_overrides: dict[str, Any] = {}
         #: Serve PUT /test/access (the standalone process, for tests in another process).
         self.control = False
+        #: Remember signed-in browsers (single sign-on): sso cookie value -> user.
+        self.sso = False
+        self.sessions: dict[str, str] = {}
         self.counts = {"registrations": 0, "jwks": 0, "token": 0, "access": 0, "authorize": 0,
-                       "refreshed": 0, "refreshed_late": 0, "refresh_refused": 0}
+                       "refreshed": 0, "refreshed_late": 0, "refresh_refused": 0,
+                       "silent": 0, "end_session": 0}
 
     # Operations for tests -------------------------------------------------------
 
@@ -179,6 +191,15 @@ def _error(request: Request, code: int, error: str, desc: str) -> bytes:
     return _json(request, code, {"error": error, "error_description": desc})
 
 
+_SSO_COOKIE = "test_idp_sso"
+
+
+def _sso_cookie(request: Request) -> str:
+    """The browser's sign-in cookie ("" when none)."""
+    value = request.getCookie(_SSO_COOKIE.encode())
+    return value.decode() if value else ""
+
+
 def _args(request: Request) -> dict[str, str]:
     out = {k.decode(): v[0].decode() for k, v in (request.args or {}).items()}
     return out
@@ -214,6 +235,8 @@ class _Root(Resource):
             return _json(request, 200, {"keys": [k.public_jwk for k in self.idp.keys]})
         if path == "/userinfo":
             return self.userinfo(request)
+        if path == "/logout":
+            return self.end_session(request)
         parts = path.strip("/").split("/")
         if len(parts) == 4 and parts[:2] == ["api", "studios"] and parts[3] == "access":
             return self.access(request, parts[2])
@@ -237,6 +260,7 @@ class _Root(Resource):
             "issuer": i, "authorization_endpoint": i + "/authorize",
             "token_endpoint": i + "/token", "jwks_uri": i + "/jwks",
             "userinfo_endpoint": i + "/userinfo", "registration_endpoint": i + "/register",
+            "end_session_endpoint": i + "/logout",
             "response_types_supported": ["code"], "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "code_challenge_methods_supported": ["S256"],
@@ -259,13 +283,18 @@ class _Root(Resource):
         if not isinstance(uris, list) or not uris or not all(isinstance(u, str) for u in uris):
             return _error(request, 400, "invalid_redirect_uri", "redirect_uris is required")
         method = body.get("token_endpoint_auth_method", "client_secret_basic")
+        back = body.get("post_logout_redirect_uris", [])
+        if not isinstance(back, list) or not all(isinstance(u, str) for u in back):
+            return _error(request, 400, "invalid_client_metadata",
+                          "post_logout_redirect_uris must be a list of URLs")
         client = _Client(secrets.token_hex(8), secrets.token_urlsafe(24),
-                         str(body.get("client_name", "")), uris, method)
+                         str(body.get("client_name", "")), uris, method, back)
         idp.clients[client.client_id] = client
         idp.counts["registrations"] += 1
         return _json(request, 201, {
             "client_id": client.client_id, "client_secret": client.secret,
             "client_name": client.name, "redirect_uris": uris,
+            **({"post_logout_redirect_uris": back} if back else {}),
             "token_endpoint_auth_method": method, "client_id_issued_at": int(idp.now()),
             "client_secret_expires_at": 0})
 
@@ -280,20 +309,19 @@ class _Root(Resource):
             return _page(request, 400, "<p>Bad request: code flow with PKCE S256 and "
                                        "scope openid are required.</p>")
         error = ""
+        signed_in = idp.sessions.get(_sso_cookie(request)) if idp.sso else None
+        if method == "GET" and signed_in is not None and signed_in in idp.users:
+            idp.counts["silent"] += 1  # this browser signed in before: no form
+            return self._code(request, client, q, signed_in)
         if method == "POST":
             user, password = q.get("username", ""), q.get("password", "")
             known = idp.users.get(user)
             if known is not None and hmac.compare_digest(known.encode(), password.encode()):
-                idp.counts["authorize"] += 1
-                code = secrets.token_urlsafe(24)
-                idp.codes[code] = _Code(client.client_id, q["redirect_uri"], user,
-                                        q.get("nonce"), q["code_challenge"], idp.now() + 60)
-                back = {"code": code, "iss": idp.issuer}
-                if "state" in q:
-                    back["state"] = q["state"]
-                sep = "&" if "?" in q["redirect_uri"] else "?"
-                request.redirect(q["redirect_uri"] + sep + urlencode(back))
-                return b""
+                if idp.sso:
+                    session = secrets.token_urlsafe(24)
+                    idp.sessions[session] = user
+                    request.addCookie(_SSO_COOKIE, session, path="/", httpOnly=True)
+                return self._code(request, client, q, user)
             error = "<p class=error>Wrong user name or password.</p>"
         hidden = "".join(
             f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
@@ -303,6 +331,51 @@ class _Root(Resource):
 <label>User name <input name="username" id="username" autocomplete="username"></label>
 <label>Password <input name="password" id="password" type="password"></label>
 <button type="submit" id="submit">Sign in</button></form>""")
+
+    def _code(self, request: Request, client: _Client, q: dict[str, str], user: str) -> bytes:
+        """Send the browser back to the client with a fresh code for `user`."""
+        idp = self.idp
+        idp.counts["authorize"] += 1
+        code = secrets.token_urlsafe(24)
+        idp.codes[code] = _Code(client.client_id, q["redirect_uri"], user,
+                                q.get("nonce"), q["code_challenge"], idp.now() + 60)
+        back = {"code": code, "iss": idp.issuer}
+        if "state" in q:
+            back["state"] = q["state"]
+        sep = "&" if "?" in q["redirect_uri"] else "?"
+        request.redirect(q["redirect_uri"] + sep + urlencode(back))
+        return b""
+
+    def end_session(self, request: Request) -> bytes:
+        """RP-Initiated Logout 1.0: end this browser's sign-in, then send it back to the
+        client's registered post-logout page (with state) or show a page."""
+        idp = self.idp
+        q = _args(request)
+        client_id = q.get("client_id")
+        hint = q.get("id_token_hint")
+        if hint:
+            try:
+                kid = jwt.get_unverified_header(hint).get("kid")
+                key = next(k for k in idp.keys if k.kid == kid)
+                claims = jwt.decode(hint, key.private.public_key(), algorithms=["RS256"],
+                                    options={"verify_exp": False, "verify_aud": False})
+            except (jwt.PyJWTError, StopIteration):
+                return _page(request, 400, "<p>The id_token_hint is not one of mine.</p>")
+            if client_id is not None and claims.get("aud") != client_id:
+                return _page(request, 400, "<p>The id_token_hint is for another client.</p>")
+            client_id = str(claims.get("aud"))
+        back = q.get("post_logout_redirect_uri")
+        client = idp.clients.get(client_id or "")
+        if back is not None and (client is None or back not in client.post_logout_redirect_uris):
+            return _page(request, 400, "<p>Unknown client or post-logout redirect URI.</p>")
+        idp.sessions.pop(_sso_cookie(request), None)
+        request.addCookie(_SSO_COOKIE, "", path="/", httpOnly=True, max_age="0")
+        idp.counts["end_session"] += 1
+        if back is None:
+            return _page(request, 200, "<p>You are signed out.</p>")
+        sep = "&" if "?" in back else "?"
+        request.redirect(back + (sep + urlencode({"state": q["state"]}) if "state" in q else ""))
+        return b""
 
     def token(self, request: Request) -> bytes:
         idp = self.idp
@@ -445,11 +518,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--registration-token", default=DEFAULT_REGISTRATION_TOKEN)
     p.add_argument("--token-ttl", type=int, default=300,
                    help="lifetime of ID and access tokens, seconds")
+    p.add_argument("--sso", action="store_true",
+                   help="remember signed-in browsers (the next login asks nothing)")
     args = p.parse_args(argv)
     users = dict(u.split(":", 1) for u in args.user) or None
     idp = TestIdP(clock=reactor, users=users, registration_token=args.registration_token or None,
                   token_ttl=args.token_ttl)
     idp.control = True
+    idp.sso = args.sso
     idp.listen(reactor, args.port, args.interface)  # type: ignore[arg-type]
     print(f"test IdP at {idp.issuer}", flush=True)
     reactor.run()  # type: ignore[attr-defined]

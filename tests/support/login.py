@@ -31,13 +31,17 @@ class IdPProcess:
     """`python -m tests.support.idp` on a free port of 127.0.0.1."""
 
     def __init__(self, tmp_path: Path, users: dict[str, str] = USERS, port: int | None = None,
-                 token_ttl: int | None = None):
+                 token_ttl: int | None = None, sso: bool = False):
+        """`sso`: the provider remembers a signed-in browser (its next login asks
+        nothing) until its logout (the end_session_endpoint)."""
         self.port = port or free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp_path / "idp.log", "wb")  # noqa: SIM115 - closed in stop()
         args = [sys.executable, "-m", "tests.support.idp", "--port", str(self.port)]
         if token_ttl is not None:
             args += ["--token-ttl", str(token_ttl)]
+        if sso:
+            args.append("--sso")
         for name, password in users.items():
             args += ["--user", f"{name}:{password}"]
         self.proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)},

@@ -81,6 +81,18 @@ class FakeRP:
         return defer.succeed(LoginResult(self.user, {"sub": self.user}, self.tokens, next_url,
                                          {}))
 
+    #: The issuer's host and its logout (None: it offers none), as RelyingParty's.
+    issuer_host = "idp.example.org"
+    end_session: str | None = "https://idp.example.org/logout"
+
+    def logout_url(self, *, id_token: str | None = None, state: str | None = None
+                   ) -> str | None:
+        if self.end_session is None:
+            return None
+        given = {"id_token_hint": id_token, "state": state}
+        return self.end_session + "?" + urlencode(
+            {"client_id": "cid", **{k: v for k, v in given.items() if v}})
+
     def refresh(self, tokens: TokenSet) -> Deferred[TokenSet]:
         return self.refresh_result(tokens)
 
@@ -929,3 +941,85 @@ def test_login_again_is_the_one_shape_of_the_proxy_hosts_login_url() -> None:
         "https://abc.studios.example.test:8443"
     default_port = replace(s, proxy_url="http://connect.example.test")
     assert default_port.studio_origin("abc") == "http://abc.studios.example.test"
+
+
+# Logging out of the issuer too ------------------------------------------------------------
+
+
+def issuer_logout_link(body: bytes) -> str | None:
+    """The href of the logged-out page's "Also log out of ..." link, or None."""
+    import re
+
+    found = re.search(rb'<a class=button id=issuer-logout href="([^"]*)">Also log out of '
+                      rb'idp\.example\.org</a>', body)
+    return html.unescape(found.group(1).decode()) if found else None
+
+
+def test_the_logout_page_offers_the_issuers_logout_with_the_logins_id_token() -> None:
+    """On a shared computer the issuer's own login outlived the gateway's logout: the next
+    person to open a studio link was logged in as the last one, silently. The page after
+    the logout now says so and links to the issuer's logout (RP-Initiated Logout), with
+    the login's ID token as its hint and a state that brings the browser back."""
+    auth, _, rp = make()
+    rp.tokens = TokenSet(None, "alices-id-token", None, None)
+    b = LoginDriver(auth, external=idp_login(rp))
+    who, _ = run(b.open(studio("abc")))
+    asked, _ = run(b.open(f"{PROXY}/_connect/logout"))  # the GET still ends nothing
+    assert asked.status == 200 and not auth.authorizer.is_logged_out(who.login_id)
+    assert issuer_logout_link(asked.body) is None
+    done, _ = run(b.open(f"{PROXY}/_connect/logout", method="POST"))
+    assert done.status == 200 and auth.authorizer.is_logged_out(who.login_id)
+    assert b"You are logged out of the studios gateway." in done.body
+    assert b"Your login at idp.example.org (the identity provider) may still be open" \
+        in done.body
+    link = issuer_logout_link(done.body)
+    assert link is not None and link.startswith("https://idp.example.org/logout?")
+    q = dict(parse_qsl(urlsplit(link).query))
+    assert q["client_id"] == "cid" and q["id_token_hint"] == "alices-id-token"
+    # Back from the issuer: the state this gateway signed says it was the issuer's logout.
+    back, _ = run(b.open(f"{PROXY}/_connect/logged-out?state={quote(q['state'])}"))
+    assert back.status == 200
+    assert b"logged out of the studios gateway and of idp.example.org" in back.body
+    # The token was for that one logout: the page again (the login has ended) has none.
+    again, _ = run(b.open(f"{PROXY}/_connect/logout"))
+    link = issuer_logout_link(again.body)
+    assert link is not None and "id_token_hint" not in link
+
+
+def test_the_logged_out_page_ends_nothing_and_a_forged_state_says_nothing() -> None:
+    auth, clock, rp = make()
+    b = LoginDriver(auth, external=idp_login(rp))
+    who, _ = run(b.open(studio("abc")))
+    still, _ = run(b.open(f"{PROXY}/_connect/logged-out?state=x"))
+    assert still.status == 200 and b"still logged in" in still.body
+    assert not auth.authorizer.is_logged_out(who.login_id)
+    done, _ = run(b.open(f"{PROXY}/_connect/logout", method="POST"))
+    state = dict(parse_qsl(urlsplit(issuer_logout_link(done.body) or "").query))["state"]
+    for forged in ("x", state[:-2] + "AA"):
+        plain, _ = run(b.open(f"{PROXY}/_connect/logged-out?state={quote(forged)}"))
+        assert plain.status == 200 and b"and of idp.example.org" not in plain.body
+        assert issuer_logout_link(plain.body) is not None
+    clock.advance(3601)  # an old state: the plain page too
+    late, _ = run(b.open(f"{PROXY}/_connect/logged-out?state={quote(state)}"))
+    assert b"and of idp.example.org" not in late.body
+    # On a studio's host there is no such page.
+    assert run(auth.handle(request(studio("abc", "/_connect/logged-out")))).status == 404
+
+
+def test_without_the_issuers_logout_the_page_says_to_close_the_browser() -> None:
+    auth, _, rp = make()
+    rp.end_session = None
+    b = LoginDriver(auth, external=idp_login(rp))
+    run(b.open(studio("abc")))
+    done, _ = run(b.open(f"{PROXY}/_connect/logout", method="POST"))
+    assert done.status == 200 and issuer_logout_link(done.body) is None
+    assert b"may still be open, and this gateway cannot end it: on a shared computer, " \
+           b"close the browser" in done.body
+
+
+def test_with_login_links_the_logout_page_names_no_identity_provider() -> None:
+    auth, _, _ = make(issuer=False)
+    done = run(auth.handle(request(f"{PROXY}/_connect/logout")))
+    assert done.status == 200 and b"You are logged out of the studios gateway.</p>" in done.body
+    assert b"identity provider" not in done.body
+    assert run(auth.handle(request(f"{PROXY}/_connect/logged-out"))).status == 404

@@ -429,3 +429,107 @@ def test_a_login_larger_than_the_nodes_bound_is_refused_before_it_is_kept(key):
         result(a.begin("/" + "y" * 2000))
     assert shared.kept == {} and shared.dropped == [] and len(a._begun) == 0
     assert result(a.begin("/x")) and len(shared.kept) == 1  # the others go on
+
+
+# Logging out of the issuer (OpenID Connect RP-Initiated Logout 1.0) ----------------------
+
+BACK = "https://gw.example.org/_connect/logged-out"
+
+
+def logout_rp(key: Any, endpoint: str | None = ISSUER + "/logout",
+              registered: tuple[str, ...] = (BACK,), **kw: Any) -> RelyingParty:
+    from dataclasses import replace
+
+    rp, _, _ = make_rp(key, post_logout_redirect_uri=BACK, **kw)
+    assert rp.metadata is not None and rp.client is not None
+    rp.metadata = replace(rp.metadata, end_session_endpoint=endpoint)
+    rp.client = replace(rp.client, post_logout_redirect_uris=registered)
+    return rp
+
+
+def test_the_issuers_logout_url_names_the_client_the_token_and_the_way_back(key):
+    rp = logout_rp(key)
+    url = rp.logout_url(id_token="eyJ.a-b_c.d", state="s t&u=v/+")
+    parts = urlsplit(url)
+    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == ISSUER + "/logout"
+    assert dict(parse_qsl(parts.query, strict_parsing=True)) == {
+        "client_id": "cid", "id_token_hint": "eyJ.a-b_c.d", "post_logout_redirect_uri": BACK,
+        "state": "s t&u=v/+"}
+    # every reserved character is percent-encoded: one value cannot become another field
+    assert "state=s%20t%26u%3Dv%2F%2B" in parts.query
+    assert "post_logout_redirect_uri=https%3A%2F%2Fgw.example.org%2F_connect%2Flogged-out" \
+        in parts.query
+    assert rp.issuer_host == "idp.example.org"
+
+
+def test_the_issuers_logout_url_keeps_the_endpoints_own_query(key):
+    rp = logout_rp(key, endpoint=ISSUER + "/oidc/logout?realm=a%20b")
+    url = rp.logout_url()
+    assert url is not None and url.startswith(ISSUER + "/oidc/logout?realm=a%20b&client_id=cid")
+    assert "id_token_hint" not in url  # none given (a logout on another node): client_id only
+
+
+def test_without_a_registered_way_back_the_issuer_shows_its_own_page(key):
+    # A client registered before the gateway asked for its post-logout page (or by hand
+    # without it): sending the page anyway would get an error page from the issuer.
+    rp = logout_rp(key, registered=())
+    q = dict(parse_qsl(urlsplit(rp.logout_url(id_token="t", state="s") or "").query))
+    assert q == {"client_id": "cid", "id_token_hint": "t"}
+
+
+def test_no_end_session_endpoint_no_logout_url(key):
+    assert logout_rp(key, endpoint=None).logout_url(id_token="t") is None
+    rp = logout_rp(key)
+    rp.metadata = None  # the issuer not reached yet
+    assert rp.logout_url() is None
+
+
+class RegistrationHTTP:
+    """Discovery (with an end_session_endpoint), registration (echoing what it kept), JWKS."""
+
+    def __init__(self, key: Any, keeps_logout_uris: bool = True):
+        self.key = key
+        self.keeps = keeps_logout_uris
+        self.registered: list[dict[str, Any]] = []
+
+    def request(self, method: str, url: str, **kw: Any) -> Deferred[FakeResponse]:
+        if url.endswith("/.well-known/openid-configuration"):
+            return defer.succeed(FakeResponse(200, {
+                "issuer": ISSUER, "authorization_endpoint": ISSUER + "/auth",
+                "token_endpoint": ISSUER + "/token", "jwks_uri": ISSUER + "/jwks",
+                "registration_endpoint": ISSUER + "/register",
+                "end_session_endpoint": ISSUER + "/logout"}))
+        if url.endswith("/register"):
+            self.registered.append(dict(kw["json"]))
+            body = dict(kw["json"])
+            if not self.keeps:
+                body.pop("post_logout_redirect_uris", None)
+            return defer.succeed(FakeResponse(201, {**body, "client_id": "new",
+                                                    "client_secret": "s"}))
+        return defer.succeed(FakeResponse(200, {"keys": []}))
+
+
+@pytest.mark.parametrize("keeps", [True, False])
+def test_a_registered_client_asks_for_the_post_logout_page(key, tmp_path, keeps: bool):
+    http = RegistrationHTTP(key, keeps_logout_uris=keeps)
+    settings = OIDCSettings(issuer=ISSUER, redirect_uri="https://gw/_connect/callback",
+                            post_logout_redirect_uri=BACK, storage_root=str(tmp_path))
+    rp = RelyingParty(settings, reactor=Clock(), http=http)
+    result(rp.start())
+    assert http.registered[0]["post_logout_redirect_uris"] == [BACK]
+    kept = (BACK,) if keeps else ()
+    assert rp.client is not None and rp.client.post_logout_redirect_uris == kept
+    # kept in oidc-client.json: a restart reads it and registers nothing
+    again = RelyingParty(settings, reactor=Clock(), http=http)
+    result(again.start())
+    assert len(http.registered) == 1
+    assert again.client is not None and again.client.post_logout_redirect_uris == kept
+    q = dict(parse_qsl(urlsplit(again.logout_url(state="s") or "").query))
+    assert ("post_logout_redirect_uri" in q) is keeps
+
+
+def test_a_client_file_from_before_has_no_post_logout_page():
+    old = {"issuer": ISSUER, "client_name": "gw", "client_id": "cid", "client_secret": None,
+           "redirect_uris": ["https://gw/_connect/callback"]}
+    stored = ClientRegistration.from_dict(old)
+    assert stored is not None and stored.post_logout_redirect_uris == ()
