@@ -405,10 +405,10 @@ class RelyingParty:
                 issuer=meta.issuer, client_name=s.client_name, client_id=s.client_id,
                 client_secret=s.client_secret, redirect_uris=(s.redirect_uri,),
                 token_endpoint_auth_method=BASIC if s.client_secret else "none",
-                static=True,
-                # registered by hand: the operator registers the post-logout page too
-                post_logout_redirect_uris=((s.post_logout_redirect_uri,)
-                                           if s.post_logout_redirect_uri else ()))
+                # Registered by hand: whether the post-logout page is among its addresses
+                # is not known here, and an issuer that does not know it shows an error in
+                # place of its logout. So the issuer's logout shows the issuer's own page.
+                static=True)
         try:
             stored = ClientRegistration.from_dict(read_json(s.client_file) or {})
         except StorageError as e:

@@ -477,6 +477,22 @@ def test_without_a_registered_way_back_the_issuer_shows_its_own_page(key):
     assert q == {"client_id": "cid", "id_token_hint": "t"}
 
 
+def test_a_client_registered_by_hand_is_not_sent_back(key):
+    # Its post-logout addresses at the issuer are not known: an unknown one would get an
+    # error page from the issuer in place of its logout, so none is asked for.
+    rp, _, _ = make_rp(key, client_id="by-hand", client_secret="s",
+                       post_logout_redirect_uri=BACK)
+    assert rp.metadata is not None
+    client = result(Deferred.fromCoroutine(rp._ensure_client(rp.metadata)))
+    assert client.static and client.post_logout_redirect_uris == ()
+    rp.client = client
+    from dataclasses import replace
+
+    rp.metadata = replace(rp.metadata, end_session_endpoint=ISSUER + "/logout")
+    q = dict(parse_qsl(urlsplit(rp.logout_url(id_token="t", state="s") or "").query))
+    assert q == {"client_id": "by-hand", "id_token_hint": "t"}
+
+
 def test_no_end_session_endpoint_no_logout_url(key):
     assert logout_rp(key, endpoint=None).logout_url(id_token="t") is None
     rp = logout_rp(key)
