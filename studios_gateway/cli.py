@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from studios_gateway import versions
-from studios_gateway.config import ConfigError, load_config, read_env_file
+from studios_gateway.config import ConfigError
+from studios_gateway.config_loading import load_config, read_env_file
 from studios_gateway.wire import tools
 
 

@@ -19,9 +19,9 @@ from studios_gateway.config import (
     VARIABLES,
     ConfigError,
     ConfigErrors,
-    load_config,
     redact_password,
 )
+from studios_gateway.config_loading import load_config
 from studios_gateway.config_values import format_size
 from studios_gateway.durations import (
     MAX_SECONDS,
