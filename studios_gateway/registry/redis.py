@@ -25,8 +25,9 @@ Keys, under the configured prefix (``connect:session`` by default):
   id>``, a node that starts ``node:<node id>``); all nodes drop their cached copy
   (or end that login, or compare settings) when they hear it.
 
-Claim, refresh, release, create, update and delete are Lua scripts, so each is
-one atomic step and a node deletes only a holder that is still its own.
+Claim, refresh, release, create, update and delete are Lua scripts (in
+:mod:`.redis_scripts`), so each is one atomic step and a node deletes only a holder
+that is still its own.
 
 Two connections: one for commands, one subscribed to the events channel. Both
 reconnect forever with backoff (also after AUTH/SELECT failures, which
@@ -63,7 +64,6 @@ from twisted.python.failure import Failure
 from studios_gateway.deadline import within
 from studios_gateway.logs import drop_lines
 from studios_gateway.registry.base import (
-    MAX_NODE_RECORD,
     MAX_PENDING_LOGIN_BYTES,
     MAX_USER_KEYS,
     SINGLE_USE_ID,
@@ -82,233 +82,28 @@ from studios_gateway.registry.base import (
     unique_keys,
 )
 from studios_gateway.registry.memory import Subscribers
+from studios_gateway.registry.redis_scripts import (
+    ADD_KEYS,
+    ADD_TRANSFER,
+    ANNOUNCE_NODE,
+    BOUNDED_GETS,
+    CLAIM,
+    CREATE,
+    DELETE,
+    LOG_OUT,
+    MAX_RECORD_BYTES,
+    PTTLS,
+    REFRESH,
+    REFRESHED,
+    RELEASE,
+    REMOVE_KEYS,
+    SET_KEYS,
+    TAKE,
+    UPDATE,
+    WITHDRAW_NODE,
+)
 from studios_gateway.repeats import Repeats
 from studios_gateway.wire.ids import SESSION_ID
-
-# Lua scripts. KEYS are the keys touched; the channel and values come in ARGV.
-
-# KEYS: one counter per scope; ARGV[1]: TTL in ms, ARGV[i + 1]: bytes for KEYS[i].
-_ADD_TRANSFER = """
-for i, key in ipairs(KEYS) do
-  redis.call('INCRBY', key, ARGV[i + 1])
-  redis.call('PEXPIRE', key, ARGV[1])
-end
-return 1
-"""
-
-_CREATE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0
-"""
-
-_UPDATE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'XX') then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0
-"""
-
-_DELETE = """
-local n = redis.call('DEL', KEYS[1])
-local t = redis.call('DEL', KEYS[2])
-if n + t > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return n
-"""
-
-_CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-local prev = redis.call('GET', KEYS[2])
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-if prev then return {1, prev} end
-return {1}
-"""
-
-# Is the stored holder ours? Same tunnel id on the same node.
-_OURS = """
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-local ok, h = pcall(cjson.decode, cur)
-if not ok or type(h) ~= 'table' or h['tunnel_id'] ~= ARGV[1] or h['node_id'] ~= ARGV[2] then
-  return 0
-end
-"""
-
-# Refresh, of one claim or a refresh round's many in one script: a claim that has
-# expired (a store outage longer than its TTL) is made again, so long as the session
-# exists; a claim held by another tunnel or node is left alone (_OURS's test, inline:
-# _OURS returns from the script). KEYS holds each claim's tunnel key and session key in
-# turn; ARGV the TTL in ms, the channel, then each claim's tunnel id, node id, holder
-# JSON and session id. One answer per claim: 0 (another tunnel or node holds it),
-# 1 (extended), 2 (claimed again), 3 (not ours, and the session is gone).
-_REFRESH = """
-local out = {}
-for i = 1, #KEYS / 2 do
-  local tk, sk, a = KEYS[2 * i - 1], KEYS[2 * i], 4 * i - 1
-  local cur = redis.call('GET', tk)
-  if not cur then
-    if redis.call('EXISTS', sk) == 0 then
-      out[i] = 3
-    else
-      redis.call('SET', tk, ARGV[a + 2], 'PX', ARGV[1])
-      redis.call('PUBLISH', ARGV[2], ARGV[a + 3])
-      out[i] = 2
-    end
-  else
-    local ok, h = pcall(cjson.decode, cur)
-    if not ok or type(h) ~= 'table' or h['tunnel_id'] ~= ARGV[a]
-        or h['node_id'] ~= ARGV[a + 1] then
-      out[i] = redis.call('EXISTS', sk) == 0 and 3 or 0
-    else
-      redis.call('PEXPIRE', tk, ARGV[1])
-      out[i] = 1
-    end
-  end
-end
-return out
-"""
-
-#: _REFRESH's answers.
-_REFRESHED = {0: Refresh.HELD_ELSEWHERE, 1: Refresh.OURS, 2: Refresh.OURS, 3: Refresh.GONE}
-
-_RELEASE = _OURS + """
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-"""
-
-# Users' SSH keys: a JSON list of "<type> <base64> [comment]" lines; a key is its base64.
-
-_SET_KEYS = """
-if ARGV[1] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[1]) end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-"""
-
-_HAVE_KEYS = """
-local have = {}
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local ok, v = pcall(cjson.decode, cur)
-  if ok and type(v) == 'table' then have = v end
-end
-local function blob(line) return string.match(line, '^%S+ (%S+)') or line end
-"""
-
-_ADD_KEYS = _HAVE_KEYS + """
-local seen, n0 = {}, #have
-for _, line in ipairs(have) do seen[blob(line)] = true end
-for _, line in ipairs(cjson.decode(ARGV[4])) do
-  if not seen[blob(line)] then
-    seen[blob(line)] = true
-    table.insert(have, line)
-  end
-end
-if #have > tonumber(ARGV[1]) then return {0, n0} end
-if #have > n0 then
-  redis.call('SET', KEYS[1], cjson.encode(have))
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-end
-if #have == 0 then return {1, '[]'} end
-return {1, cjson.encode(have)}
-"""
-
-_REMOVE_KEYS = _HAVE_KEYS + """
-if not cur then return 0 end
-local keep = {}
-if ARGV[3] ~= '' then
-  local drop = {}
-  for _, b in ipairs(cjson.decode(ARGV[3])) do drop[b] = true end
-  for _, line in ipairs(have) do
-    if not drop[blob(line)] then table.insert(keep, line) end
-  end
-end
-local gone = #have - #keep
-if #keep == 0 then redis.call('DEL', KEYS[1]) elseif gone > 0 then
-  redis.call('SET', KEYS[1], cjson.encode(keep))
-end
-if gone > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return gone
-"""
-
-# Login state: a logout is recorded and announced in one step.
-
-_LOG_OUT = """
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-"""
-
-# Take a pending login: its value, gone for every later caller.
-_TAKE = """
-local v = redis.call('GET', KEYS[1])
-if v then redis.call('DEL', KEYS[1]) end
-return v
-"""
-
-#: A node's settings record longer than this (in bytes) is no node's and is not read.
-MAX_RECORD_BYTES = MAX_NODE_RECORD
-
-# A node's settings record, and the index of the nodes that have one (JSON list of ids):
-# nodes are found by one GET, never by a SCAN of every session. ARGV[5] and ARGV[6]: the
-# channel and the event to publish on it once written (none when the event is '').
-# KEYS[3..] are records the caller found gone (ARGV[7..] their ids): dropped from the
-# index if still gone. The reply: the number of ids in the index, and the record this
-# one replaced (false when there was none, or a longer one than MAX_RECORD_BYTES).
-_ANNOUNCE_NODE = """
-local prev = redis.call('GET', KEYS[1])
-if prev and #prev > """ + str(MAX_RECORD_BYTES) + """ then prev = false end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local raw = redis.call('GET', KEYS[2]) or '[]'
-local ok, ids = false, nil
-if #raw <= tonumber(ARGV[4]) * 100 then ok, ids = pcall(cjson.decode, raw) end
-if not ok or type(ids) ~= 'table' then ids = {} end
-local gone = {}
-for i = 3, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 then gone[ARGV[i + 4]] = true end
-end
-local out, seen = {ARGV[3]}, {[ARGV[3]] = true}
-for _, id in ipairs(ids) do
-  if #out >= tonumber(ARGV[4]) then break end
-  if type(id) == 'string' and not seen[id] and not gone[id] then
-    seen[id] = true
-    out[#out + 1] = id
-  end
-end
-redis.call('SET', KEYS[2], cjson.encode(out), 'PX', ARGV[2])
-if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
-return {#out, prev}
-"""
-
-# GETs that never send a value longer than ARGV[1] bytes: 0 in its place (false for a
-# key that does not exist). For keys anyone with write access to Redis could fill (the
-# nodes' records and their index): the node must not read, or parse, megabytes.
-_BOUNDED_GETS = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  if v and #v > tonumber(ARGV[1]) then v = 0 end
-  out[i] = v
-end
-return out
-"""
-
-# A node that stops: its settings record goes, and every node hears it (compares again).
-_WITHDRAW_NODE = """
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return 1
-"""
-
-_PTTLS = """
-local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call('PTTL', key) end
-return out
-"""
 
 #: Prefix of the events that name a user whose keys changed (never a session id).
 KEYS_EVENT = "keys:"
@@ -875,7 +670,7 @@ class RedisStore:
             lambda _: None)
 
     def create(self, record: SessionRecord) -> Deferred[None]:
-        d = self._eval("create", _CREATE, [self._key(record.id)],
+        d = self._eval("create", CREATE, [self._key(record.id)],
                        [record.to_json(), self.channel, record.id])
 
         def done(created: Any) -> None:
@@ -885,7 +680,7 @@ class RedisStore:
         return d.addCallback(done)
 
     def update(self, record: SessionRecord) -> Deferred[None]:
-        d = self._eval("update", _UPDATE, [self._key(record.id)],
+        d = self._eval("update", UPDATE, [self._key(record.id)],
                        [record.to_json(), self.channel, record.id])
 
         def done(updated: Any) -> None:
@@ -895,7 +690,7 @@ class RedisStore:
         return d.addCallback(done)
 
     def delete(self, session_id: str) -> Deferred[bool]:
-        return self._eval("delete", _DELETE,
+        return self._eval("delete", DELETE,
                           [self._key(session_id), self._tunnel_key(session_id)],
                           [self.channel, session_id]).addCallback(lambda n: int(n) > 0)
 
@@ -956,7 +751,7 @@ class RedisStore:
             px = _ms(ttl)
         except ValueError as e:
             return defer.fail(e)
-        d = self._eval("claim", _CLAIM, [self._key(sid), self._tunnel_key(sid)],
+        d = self._eval("claim", CLAIM, [self._key(sid), self._tunnel_key(sid)],
                        [holder.to_json(), px, self.channel, sid])
 
         def done(reply: Any) -> TunnelHolder | None:
@@ -994,7 +789,7 @@ class RedisStore:
 
         def done(answers: Any) -> list[Refresh]:
             if (not isinstance(answers, list) or len(answers) != len(holders)
-                    or not all(isinstance(n, int) and n in _REFRESHED for n in answers)):
+                    or not all(isinstance(n, int) and n in REFRESHED for n in answers)):
                 raise StoreUnavailable(f"Redis at {self.address} answered a refresh of "
                                        f"{len(holders)} claims with {answers!r:.80}")
             for h, n in zip(holders, answers, strict=True):
@@ -1002,13 +797,13 @@ class RedisStore:
                     self._log.info("the claim of session {sid}'s tunnel had expired (the "
                                    "store was away longer than its TTL?): claimed it again",
                                    sid=h.session_id)
-            return [_REFRESHED[n] for n in answers]
+            return [REFRESHED[n] for n in answers]
 
-        return self._eval("refresh", _REFRESH, keys, args).addCallback(done)
+        return self._eval("refresh", REFRESH, keys, args).addCallback(done)
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
         sid = holder.session_id
-        return self._eval("release", _RELEASE, [self._tunnel_key(sid)],
+        return self._eval("release", RELEASE, [self._tunnel_key(sid)],
                           [holder.tunnel_id, holder.node_id, self.channel, sid]).addCallback(
             lambda n: int(n) == 1)
 
@@ -1052,7 +847,7 @@ class RedisStore:
         except BadUserKeys as e:
             return defer.fail(e)
         value = json.dumps(lines) if lines else ""
-        return self._eval("set_user_keys", _SET_KEYS, [self._keys_key(user)],
+        return self._eval("set_user_keys", SET_KEYS, [self._keys_key(user)],
                           [value, self.channel, KEYS_EVENT + user]).addCallback(lambda _: None)
 
     def add_user_keys(self, user: str, lines: list[str]) -> Deferred[list[str]]:
@@ -1063,7 +858,7 @@ class RedisStore:
                 raise BadUserKeys(f"at most {MAX_USER_KEYS} keys per user")
         except BadUserKeys as e:
             return defer.fail(e)
-        d = self._eval("add_user_keys", _ADD_KEYS, [self._keys_key(user)],
+        d = self._eval("add_user_keys", ADD_KEYS, [self._keys_key(user)],
                        [MAX_USER_KEYS, self.channel, KEYS_EVENT + user, json.dumps(new)])
 
         def done(reply: Any) -> list[str]:
@@ -1076,7 +871,7 @@ class RedisStore:
 
     def remove_user_keys(self, user: str, blobs: list[str] | None = None) -> Deferred[int]:
         which = "" if blobs is None else json.dumps(list(blobs))
-        return self._eval("remove_user_keys", _REMOVE_KEYS, [self._keys_key(user)],
+        return self._eval("remove_user_keys", REMOVE_KEYS, [self._keys_key(user)],
                           [self.channel, KEYS_EVENT + user, which]).addCallback(int)
 
     # Login state ------------------------------------------------------------------------
@@ -1116,7 +911,7 @@ class RedisStore:
             text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
             return text if len(text.encode("utf-8")) <= MAX_PENDING_LOGIN_BYTES else None
 
-        return self._eval("take_pending_login", _TAKE, [self._pending_key(state)],
+        return self._eval("take_pending_login", TAKE, [self._pending_key(state)],
                           []).addCallback(value)
 
     def drop_pending_logins(self, states: Sequence[str]) -> Deferred[None]:
@@ -1132,7 +927,7 @@ class RedisStore:
 
     def add_transfer(self, counts: dict[str, int], bucket: int, ttl: float) -> Deferred[None]:
         keys = [self._transfer_key(k, bucket) for k in counts]
-        return self._eval("add_transfer", _ADD_TRANSFER, keys,
+        return self._eval("add_transfer", ADD_TRANSFER, keys,
                           [_ms(ttl), *counts.values()]).addCallback(lambda _: None)
 
     def get_transfer(self, keys: list[str], buckets: list[int]
@@ -1174,7 +969,7 @@ class RedisStore:
             px = _ms(check_single_use_id(login_id, ttl))
         except ValueError as e:
             return defer.fail(e)
-        return self._eval("log_out", _LOG_OUT, [self._logout_key(login_id)],
+        return self._eval("log_out", LOG_OUT, [self._logout_key(login_id)],
                           [px, self.channel, LOGOUT_EVENT + login_id]).addCallback(
             lambda _: None)
 
@@ -1185,7 +980,7 @@ class RedisStore:
         out: dict[str, float] = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
-            ttls = yield self._eval("logged_out", _PTTLS, chunk, [])
+            ttls = yield self._eval("logged_out", PTTLS, chunk, [])
             for key, pttl in zip(chunk, ttls, strict=True):
                 if int(pttl) > 0 and SINGLE_USE_ID.fullmatch(found[key]):
                     out[found[key]] = int(pttl) / 1000
@@ -1208,7 +1003,7 @@ class RedisStore:
         keys = [self._node_key(self.node_id), f"{self.prefix}:_nodes"]
         keys += [self._node_key(node) for node in gone]
         event = NODE_EVENT + self.node_id if tell else ""
-        d = self._eval("announce_node", _ANNOUNCE_NODE, keys,
+        d = self._eval("announce_node", ANNOUNCE_NODE, keys,
                        [value, _ms(ttl), self.node_id, MAX_NODES, self.channel, event, *gone])
 
         def keep(reply: Any) -> str | None:
@@ -1223,14 +1018,14 @@ class RedisStore:
     def withdraw_node(self) -> Deferred[None]:
         """Delete this node's settings record (a node that stops cleanly) and publish
         ``node:<node id>``, so every node compares again at once, without it."""
-        return self._eval("withdraw_node", _WITHDRAW_NODE, [self._node_key(self.node_id)],
+        return self._eval("withdraw_node", WITHDRAW_NODE, [self._node_key(self.node_id)],
                           [self.channel, NODE_EVENT + self.node_id]).addCallback(
             lambda _: None)
 
     def _bounded_gets(self, what: str, keys: list[str], limit: int) -> Deferred[list[Any]]:
         """The value of each of `keys`: None when missing, 0 when longer than `limit`
         bytes (never sent by Redis), else the value."""
-        return self._eval(what, _BOUNDED_GETS, keys, [limit]).addCallback(
+        return self._eval(what, BOUNDED_GETS, keys, [limit]).addCallback(
             lambda values: [None if v is None else 0 if isinstance(v, int) else v
                             for v in values])
 
