@@ -29,8 +29,8 @@ Claim, refresh, release, create, update and delete are Lua scripts (in
 :mod:`.redis_scripts`), so each is one atomic step and a node deletes only a holder
 that is still its own.
 
-Two connections: one for commands, one subscribed to the events channel. Both
-reconnect forever with backoff (also after AUTH/SELECT failures, which
+Two connections (:mod:`.redis_link`): one for commands, one subscribed to the events
+channel. Both reconnect forever with backoff (also after AUTH/SELECT failures, which
 txredisapi would otherwise give up on), both are PINGed periodically and
 dropped when the PING goes unanswered. While the command connection is down
 every call fails at once with StoreUnavailable; calls on a live connection are
@@ -43,26 +43,16 @@ import json
 import os
 import socket
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import txredisapi
-from twisted.internet import defer, task, tcp
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.ssl import (
-    Certificate,
-    CertificateOptions,
-    PrivateCertificate,
-    optionsForClientTLS,
-    platformTrust,
-)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.deadline import within
-from studios_gateway.logs import drop_lines
 from studios_gateway.registry.base import (
     MAX_PENDING_LOGIN_BYTES,
     MAX_USER_KEYS,
@@ -82,6 +72,13 @@ from studios_gateway.registry.base import (
     unique_keys,
 )
 from studios_gateway.registry.memory import Subscribers
+from studios_gateway.registry.redis_link import (
+    client_endpoint,
+    command_link,
+    reply_text,
+    subscriber_link,
+    tls_options,
+)
 from studios_gateway.registry.redis_scripts import (
     ADD_KEYS,
     ADD_TRANSFER,
@@ -102,7 +99,6 @@ from studios_gateway.registry.redis_scripts import (
     UPDATE,
     WITHDRAW_NODE,
 )
-from studios_gateway.repeats import Repeats
 from studios_gateway.wire.ids import SESSION_ID
 
 #: Prefix of the events that name a user whose keys changed (never a session id).
@@ -143,319 +139,6 @@ def parse_address(address: str) -> tuple[str, int]:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-# txredisapi wrappers -----------------------------------------------------------
-
-
-# txredisapi logs (log.msg) each failed connection set-up, and Twisted's ClientService
-# under it each retry it schedules, at every retry (0.5-5 s apart, for ever: a wrong
-# password, or a Redis down for a day, wrote ~35,000 lines a day each); _Link says the
-# reason itself, once (then once a minute with a count), and when the link is back.
-drop_lines("log_legacy", "Redis error: could not auth: ", "Redis error: could not set dbid=",
-           "Redis error: could not connect: ")
-drop_lines("twisted.application._client_service.ClientService", "Scheduling retry ")
-
-
-class _Factory(txredisapi.RedisFactory):
-    """A txredisapi factory that never stops trying and tells its link about readiness.
-
-    txredisapi calls stopTrying() when AUTH or SELECT fails, which would leave the
-    gateway without Redis until restarted (a Redis restarted before its ACL file
-    is back, a password rotated in the wrong order). Here the connection is
-    dropped and retried with backoff instead.
-    """
-
-    noisy = False
-
-    def __init__(self, link: _Link, protocol: type, **kwargs: Any):
-        super().__init__(None, kwargs.pop("dbid", None), 1, isLazy=True, **kwargs)
-        self.protocol = protocol
-        self.link = link
-
-    def stopTrying(self) -> Deferred[None]:
-        return defer.succeed(None)
-
-    def connectionError(self, why: str) -> None:
-        self.link.handshake_failed(why)
-
-    def addConnection(self, conn: Any) -> None:
-        super().addConnection(conn)
-        if conn in self.pool:
-            self.link.connected(conn)
-
-    def delConnection(self, conn: Any) -> None:
-        super().delConnection(conn)
-        self.link.lost(conn)
-
-
-#: Bytes read from a Redis connection per readable event: Twisted's 64 KiB, grown four
-#: times over each time a read fills it, up to READ_MAX, and back to it once a read
-#: does not. A gateway rebinding thousands of studios has a thousand or more commands
-#: in flight and long reactor turns (a TLS handshake's turn is a millisecond each), so
-#: at 64 KiB a turn a burst of GET replies took many turns to read, and a PING behind
-#: them its 10 s. Not READ_MAX always: CPython allocates the whole size for every
-#: recv(), and 1 MiB costs ~10x a 64 KiB recv of a small reply.
-READ_MIN, READ_MAX = 64 << 10, 1 << 20
-
-
-class _Heard:
-    """Mixin for the connection's protocol: when Redis last sent anything (the link's
-    ``heard``, on the store's clock), which deadlines on the link ask (deadline.within);
-    and how much each read takes (:data:`READ_MIN`, :data:`READ_MAX`)."""
-
-    factory: Any
-    transport: Any
-
-    def dataReceived(self, data: bytes, *more: Any) -> None:
-        if not more:  # (txredisapi calls itself again, with more, for what it held back)
-            link = self.factory.link
-            link.heard = link.store.clock.seconds()
-            if isinstance(self.transport, tcp.Connection):  # (under TLS: left as it is)
-                size = self.transport.bufferSize
-                if len(data) >= size:
-                    self.transport.bufferSize = min(size * 4, READ_MAX)
-                elif size > READ_MIN:
-                    self.transport.bufferSize = READ_MIN
-        super().dataReceived(data, *more)  # type: ignore[misc]
-
-
-# txredisapi reads replies with hiredis (C) when it is installed, and it is a dependency
-# of ours: its own Python reader takes one reactor turn per bulk reply (it pauses the
-# connection and reschedules the rest of the read with callLater(0), copying what is
-# left each time), so a burst of 2,000 GET replies took ~2,000 turns, each behind every
-# TLS handshake that came in that turn; with hiredis, a read's replies are all handled
-# in it (docs/decisions/redis-store.md, "Replies read in C").
-def reply_parser_missing() -> str | None:
-    """What to tell the operator when this install reads Redis's replies in Python
-    (check-config prints it, the gateway logs it at start); None: nothing to say."""
-    if issubclass(txredisapi.RedisProtocol, txredisapi.HiredisProtocol):
-        return None
-    return ("hiredis is not installed: Redis replies are read in Python, one reactor turn "
-            "each, which slows binds after a restart (pip install hiredis)")
-
-
-#: hiredis's command packer (C), as txredisapi found hiredis; None without it.
-_pack: Callable[[tuple[Any, ...]], bytes] | None = getattr(
-    getattr(txredisapi, "hiredis", None), "pack_command", None)
-
-
-#: The ints given to hiredis (the ones Redis can take at all): hiredis 3.5's packer
-#: crashes the process on an int longer than Python's int-to-text limit.
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-
-
-class _Packs:
-    """Mixin for the connection's protocol: commands put into Redis's wire format by
-    hiredis's ``pack_command`` (C) where txredisapi would give the same bytes: every
-    argument text (in UTF-8, strict: the store's charset), bytes or an int of at most
-    64 bits. Anything else (a float, which txredisapi writes in fixed point; text it
-    cannot encode, which it refuses with its own error) goes to txredisapi's
-    ``_build_command``, which made ~4 % of the gateway's CPU per bind in a rebind."""
-
-    charset: str | None
-    errors: str
-
-    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
-        if _pack is not None and self.charset == "utf-8" and self.errors == "strict":
-            for arg in args:
-                kind = type(arg)
-                if kind is not str and kind is not bytes and (
-                        kind is not int or not _INT_MIN <= arg <= _INT_MAX):
-                    break
-            else:
-                try:
-                    return _pack(args)
-                except (UnicodeError, ValueError, TypeError):
-                    pass  # txredisapi's own error, below
-        return super()._build_command(*args, **kwargs)  # type: ignore[misc]
-
-
-class _Commands(_Packs, _Heard, txredisapi.RedisProtocol):
-    def connectionLost(self, why: Failure) -> None:
-        self.factory.link.transport_lost(why)
-        super().connectionLost(why)
-
-
-class _Subscriber(_Packs, _Heard, txredisapi.SubscriberProtocol):
-    def connectionLost(self, why: Failure) -> None:
-        self.factory.link.transport_lost(why)
-        super().connectionLost(why)
-
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        self.factory.link.message(_text(channel), _text(message))
-
-
-class _Link:
-    """One reconnecting connection to Redis, with its state and a periodic PING."""
-
-    _log = Logger()
-
-    def __init__(self, store: RedisStore, name: str, protocol: type,
-                 on_ready: Callable[[Any], Any] | None = None,
-                 on_lost: Callable[[], None] | None = None,
-                 on_message: Callable[[str, str], None] | None = None):
-        self.store = store
-        self.name = name
-        self.protocol_class = protocol
-        self.on_ready = on_ready
-        self.on_lost = on_lost
-        self.on_message = on_message
-        self.factory: _Factory | None = None
-        self.conn: Any = None
-        self.ready = False
-        self.last_error = "not connected yet"
-        self._waiters: list[Deferred[None]] = []
-        self._failure_waiters: list[Deferred[str]] = []
-        self._transport_error: str | None = None
-        self._pinger: task.LoopingCall | None = None
-        # A refused set-up (wrong password, TLS) recurs at every retry: said once, then
-        # once a minute with a count, until the link is up again.
-        self._refusals = Repeats(store.clock)
-        self.heard = 0.0  # when Redis last sent anything on this link (the store's clock)
-
-    def start(self, endpoint: IStreamClientEndpoint) -> None:
-        s = self.store
-        self.factory = _Factory(self, self.protocol_class, dbid=s.db, password=s._password,
-                                username=s.user, convertNumbers=False, charset="utf-8")
-        self.factory.initialDelay, self.factory.maxDelay = s.reconnect_delay
-        self.factory.startConnecting(endpoint)
-        self._pinger = task.LoopingCall(self._ping)
-        self._pinger.clock = s.clock
-        self._pinger.start(s.ping_interval, now=False).addErrback(
-            lambda f: self._log.failure("{name} PING loop failed", f, name=self.name))
-
-    def stop(self) -> Deferred[Any]:
-        if self._pinger is not None and self._pinger.running:
-            self._pinger.stop()
-        self.ready = False
-        if self.factory is None:
-            return defer.succeed(None)
-        factory, self.factory = self.factory, None
-        return factory.disconnect()
-
-    def when_ready(self) -> Deferred[None]:
-        if self.ready:
-            return defer.succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        return d
-
-    # Called by the factory / protocol.
-
-    def connected(self, conn: Any) -> None:
-        self.conn = conn
-        if self.on_ready is not None:
-            d = defer.maybeDeferred(self.on_ready, conn)
-        else:
-            d = defer.succeed(None)
-
-        def ready(_: Any) -> None:
-            if self.conn is not conn or not conn.connected:
-                return
-            if not self.ready:
-                self._log.info("Redis {name} connection to {address} is up", name=self.name,
-                               address=self.store.address)
-            self._refusals.clear()
-            self.ready = True
-            waiters, self._waiters = self._waiters, []
-            for w in waiters:
-                w.callback(None)
-
-        def failed(f: Failure) -> None:
-            self.last_error = f.getErrorMessage()
-            unsaid = self._refusals.due(self.last_error)
-            if unsaid is not None:
-                self._log.warn("Redis {name} connection set-up failed: {error}{more}",
-                               name=self.name, error=self.last_error,
-                               more=self._refusals.more(unsaid))
-            conn.transport.loseConnection()
-            self._tell_failure(self.last_error)
-
-        d.addCallbacks(ready, failed)
-
-    def lost(self, conn: Any) -> None:
-        if conn is not self.conn:
-            return
-        self.conn = None
-        was_ready, self.ready = self.ready, False
-        self.last_error = "connection lost"
-        if was_ready:
-            self._log.warn("Redis {name} connection to {address} lost; reconnecting",
-                           name=self.name, address=self.store.address)
-        if self.on_lost is not None:
-            self.on_lost()
-
-    def when_failed(self) -> Deferred[str]:
-        """Fires with the reason of the next failed connection set-up (the handshake's
-        AUTH/SELECT/TLS, or what follows it: the SUBSCRIBE)."""
-        d: Deferred[str] = Deferred()
-        self._failure_waiters.append(d)
-        return d
-
-    def transport_lost(self, why: Failure) -> None:
-        from service_identity import VerificationError
-
-        if why.check(VerificationError):  # signed by a trusted CA, but for another name
-            self._transport_error = (
-                f"TLS: Redis's certificate does not name {self.store.host} (the host of "
-                "CONNECT_REDIS_ADDRESS)")
-            return
-        self._transport_error = why.getErrorMessage() or type(why.value).__name__
-
-    def handshake_failed(self, why: str) -> None:
-        if "Lost connection" in why and self._transport_error:
-            if self._transport_error.startswith("TLS: "):
-                why = self._transport_error
-            else:
-                why = f"{why} ({self._transport_error})"
-        elif "NOAUTH" in why:  # no AUTH was sent; the failing step named is SELECT's
-            why = (f"{why} (Redis asks for a password: set CONNECT_REDIS_PASSWORD, and "
-                   "CONNECT_REDIS_USER for an ACL user)")
-        self.last_error = why
-        unsaid = self._refusals.due(why)
-        if unsaid is not None:
-            self._log.warn("Redis {name} connection: {why}; will retry{more}", name=self.name,
-                           why=why, more=self._refusals.more(unsaid))
-        self._tell_failure(why)
-
-    def _tell_failure(self, why: str) -> None:
-        waiters, self._failure_waiters = self._failure_waiters, []
-        for w in waiters:
-            w.callback(why)
-
-    def message(self, channel: str, message: str) -> None:
-        if self.on_message is not None:
-            self.on_message(channel, message)
-
-    def _heard(self) -> float:
-        return self.heard
-
-    def usable(self) -> Any:
-        conn = self.conn
-        if self.ready and conn is not None and conn.connected:
-            return conn
-        return None
-
-    def _ping(self) -> None:
-        conn = self.usable()
-        if conn is None:
-            return
-        d = within(defer.maybeDeferred(conn.execute_command, "PING"), self.store.timeout,
-                   self.store.clock, heard=self._heard, longest=self.store.longest_wait)
-
-        def dead(f: Failure) -> None:
-            if self.conn is conn:
-                self.last_error = f"PING failed: {f.getErrorMessage() or type(f.value).__name__}"
-                self._log.warn("Redis {name} connection: {error}; dropping it", name=self.name,
-                               error=self.last_error)
-                conn.transport.abortConnection()
-
-        d.addErrback(dead)
 
 
 # The store ----------------------------------------------------------------------
@@ -509,9 +192,9 @@ class RedisStore:
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ValueError("a Redis TLS client certificate needs both the certificate "
                              "file and the key file")
-        self._commands = _Link(self, "command", _Commands)
-        self._events = _Link(self, "subscriber", _Subscriber, on_ready=self._subscribe,
-                             on_lost=self._events_lost, on_message=self._message)
+        self._commands = command_link(self)
+        self._events = subscriber_link(self, on_ready=self._subscribe,
+                                       on_lost=self._events_lost, on_message=self._message)
 
     def __repr__(self) -> str:
         auth = f", user={self.user!r}" if self.user else ""
@@ -522,30 +205,10 @@ class RedisStore:
     # Lifecycle -------------------------------------------------------------------
 
     def endpoint(self) -> IStreamClientEndpoint:
-        from twisted.internet import reactor
-
-        ep: IStreamClientEndpoint = HostnameEndpoint(reactor, self.host, self.port,
-                                                     timeout=self.connect_timeout)
-        if self.tls:
-            ep = wrapClientTLS(self._tls_options(), ep)
-        return ep
-
-    def _tls_options(self) -> Any:
-        client: PrivateCertificate | None = None
-        if self.tls_cert_file and self.tls_key_file:
-            client = PrivateCertificate.loadPEM(
-                Path(self.tls_cert_file).read_text() + "\n" + Path(self.tls_key_file).read_text())
-        if self.tls_skip_verify:
-            # optionsForClientTLS always verifies; an old-style context factory is what
-            # TLSMemoryBIOFactory (under wrapClientTLS) accepts for "do not verify".
-            kwargs: dict[str, Any] = {"verify": False}
-            if client is not None:
-                kwargs["certificate"] = client.original
-                kwargs["privateKey"] = client.privateKey.original
-            return CertificateOptions(**kwargs)
-        trust = (Certificate.loadPEM(Path(self.tls_ca_file).read_bytes())
-                 if self.tls_ca_file else platformTrust())
-        return optionsForClientTLS(self.host, trustRoot=trust, clientCertificate=client)
+        tls = tls_options(self.host, skip_verify=self.tls_skip_verify,
+                          cert_file=self.tls_cert_file, key_file=self.tls_key_file,
+                          ca_file=self.tls_ca_file) if self.tls else None
+        return client_endpoint(self.host, self.port, self.connect_timeout, tls)
 
     def start(self) -> None:
         """Start connecting (in the background; calls fail with StoreUnavailable until
@@ -554,8 +217,8 @@ class RedisStore:
             return
         self._started = True
         endpoint = self.endpoint()
-        self._commands.start(endpoint)
-        self._events.start(endpoint)
+        self._commands.start(endpoint, self._password)
+        self._events.start(endpoint, self._password)
 
     def stop(self) -> Deferred[Any]:
         self._started = False
@@ -593,7 +256,7 @@ class RedisStore:
 
     def _subscribe(self, conn: Any) -> Deferred[Any]:
         d = within(conn.subscribe(self.channel), self.timeout, self.clock,
-                   heard=self._events._heard, longest=self.longest_wait)
+                   heard=self._events.last_heard, longest=self.longest_wait)
         # Whatever happened while we were not listening is unknown: expire caches.
         return d.addCallback(lambda _: self._events_lost())
 
@@ -631,7 +294,7 @@ class RedisStore:
         # While Redis is still sending (replies to earlier commands), a late answer is
         # this process's own backlog: the deadline waits for Redis to fall silent.
         d = within(defer.maybeDeferred(command, conn), self.timeout, self.clock,
-                   heard=self._commands._heard, longest=self.longest_wait)
+                   heard=self._commands.last_heard, longest=self.longest_wait)
 
         def translate(f: Failure) -> Failure:
             if f.check(defer.TimeoutError):
@@ -712,9 +375,9 @@ class RedisStore:
                 return conn.execute_command("SCAN", c, "MATCH", pattern, "COUNT", 1000)
 
             reply = yield self._call(what, scan)
-            cursor = _text(reply[0])
+            cursor = reply_text(reply[0])
             for key in reply[1]:
-                keys[_text(key)] = _text(key)[len(start):]
+                keys[reply_text(key)] = reply_text(key)[len(start):]
             if cursor == "0":
                 break
         return keys
@@ -829,7 +492,7 @@ class RedisStore:
 
     def _decode_keys(self, user: str, value: Any) -> list[str]:
         try:
-            lines = json.loads(_text(value))
+            lines = json.loads(reply_text(value))
             if isinstance(lines, dict) and not lines:  # how cjson writes an empty list
                 return []
             if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
@@ -1008,7 +671,7 @@ class RedisStore:
 
         def keep(reply: Any) -> str | None:
             prev = reply[1] if isinstance(reply, list) and len(reply) > 1 else None
-            return None if prev is None else _text(prev)
+            return None if prev is None else reply_text(prev)
 
         return d.addCallback(keep)
 
@@ -1038,7 +701,7 @@ class RedisStore:
         index, = yield self._bounded_gets("node_records", [f"{self.prefix}:_nodes"],
                                           MAX_NODES * 100)
         try:  # a damaged, hostile or too long index: none (the next announcement rebuilds it)
-            ids = json.loads(_text(index)) if index else []
+            ids = json.loads(reply_text(index)) if index else []
         except (ValueError, RecursionError):
             ids = []
         if not isinstance(ids, list):
@@ -1052,7 +715,7 @@ class RedisStore:
                                               MAX_RECORD_BYTES)
             found.update(zip(chunk, values, strict=True))
         self._nodes_gone = [n for n in nodes if found.get(n) is None]
-        return {n: _text(v) for n, v in found.items() if v is not None and v != 0}
+        return {n: reply_text(v) for n, v in found.items() if v is not None and v != 0}
 
 
 def _ms(ttl: float) -> int:
