@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from studios_gateway import versions
-from studios_gateway.config import ConfigError, load_config, read_env_file
+from studios_gateway.config import ConfigError
+from studios_gateway.config_loading import load_config, read_env_file
 from studios_gateway.wire import tools
 
 
@@ -38,7 +39,7 @@ def check_config(args: argparse.Namespace) -> int:
     if no_lane is not None:
         print(f"warning: {no_lane}")
     if config.redis_enabled:
-        from studios_gateway.registry.redis import reply_parser_missing
+        from studios_gateway.registry.redis_link import reply_parser_missing
 
         no_parser = reply_parser_missing()
         if no_parser is not None:

@@ -1,31 +1,21 @@
 """The gateway's configuration: one frozen object, built once at start.
 
-Sources, highest precedence first: twistd plugin options, the process
-environment, an optional env file (``--env-file``, systemd
-``EnvironmentFile=`` syntax), systemd's ``$STATE_DIRECTORY`` (for
-CONNECT_STORAGE_ROOT only), the documented defaults.  Variable names and
-defaults are the seed's Connect table, exactly; variables the seed does not
-have are ours and say so in their documentation.
-
-Nothing else in the package reads ``os.environ``.
+This module holds the variable table (`VARIABLES`: one `Var` per setting, with its
+parser from config_values) and the `Config` object it describes, with the errors that
+name a variable and the redaction of secrets. config_loading builds a Config from its
+sources. Variable names and defaults are the seed's Connect table, exactly; variables
+the seed does not have are ours and say so in their documentation.
 """
 
 from __future__ import annotations
 
-import base64
-import difflib
-import ipaddress
-import os
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from studios_gateway.auth.settings import same_origin
-from studios_gateway.durations import EXPECTED as DURATION_EXPECTED
-from studios_gateway.durations import format_setting, parse_duration
+import studios_gateway.config_values as values
+from studios_gateway.durations import format_setting
 from studios_gateway.ssh.policy import MaxStartups
 
 REDACTED = "<redacted>"
@@ -99,336 +89,21 @@ class ConfigErrors(ConfigError):
         return self._errors
 
 
-def _raise_all(errors: Sequence[ConfigError]) -> None:
+def raise_all(errors: Sequence[ConfigError]) -> None:
+    """Raise the one error, or a ConfigErrors holding them all; nothing when there are none."""
     if len(errors) == 1:
         raise errors[0]
     if errors:
         raise ConfigErrors(errors)
 
 
-# --- value parsers: each takes the raw text and raises ValueError(expected) -----
-
-
-BOOL_EXPECTED = "true or false (also yes or no, on or off, 1 or 0)"
-
-
-def _bool(text: str) -> bool:
-    s = text.strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(BOOL_EXPECTED)
-
-
-def _bool_empty_false(text: str) -> bool:
-    return False if text.strip() == "" else _bool(text)
-
-
-def _whole(digits: str) -> int | None:
-    """A run of decimal digits as a number; None when it is longer than any setting could
-    use (Python refuses to convert more than 4300 digits, with a message of its own)."""
-    digits = digits.lstrip("0") or "0"
-    return int(digits) if len(digits) <= 30 else None
-
-
-def _int_range(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        s = text.strip()
-        n = _whole(s) if re.fullmatch(r"[0-9]+", s) else None
-        if n is None or not lo <= n <= hi:
-            raise ValueError(f"a whole number from {lo} to {hi}")
-        return n
-
-    return parse
-
-
-_port = _int_range(1, 65535)
-
-
-def _optional_port(text: str) -> int | None:
-    return None if text.strip() == "" else _port(text)
-
-
-SIZE_EXPECTED = "a size in bytes such as 262144, 256KiB, 6MiB or 1GiB"
-#: Every parser of a size (describe() writes their values in KiB/MiB/GiB).
-_SIZE_PARSERS: list[Callable[[str], int]] = []
-
-
-def _size(text: str) -> int:
-    """Bytes, with an optional binary suffix: 6MiB, 256KiB, 1GiB, 4096."""
-    m = re.fullmatch(r"([0-9]+)\s*(|b|k|kib|m|mib|g|gib)", text.strip().lower())
-    n = _whole(m.group(1)) if m else None
-    if m is None or n is None:
-        raise ValueError(SIZE_EXPECTED)
-    mult = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1 << 20, "mib": 1 << 20,
-            "g": 1 << 30, "gib": 1 << 30}[m.group(2)]
-    return n * mult
-
-
-_SIZE_PARSERS.append(_size)
-
-
-def _size_range(lo: int, hi: int | None = None, why: str = "") -> Callable[[str], int]:
-    """A size from `lo` to `hi` bytes (no upper bound when None); `why` follows the range
-    in the message."""
-    if hi is None:
-        bounds = "greater than zero" if lo == 1 else f"of at least {format_size(lo)}"
-    elif lo == 1:
-        bounds = f"at most {format_size(hi)}"
-    else:
-        bounds = f"from {format_size(lo)} to {format_size(hi)}"
-    expected = f"a size {bounds} (in bytes, or with KiB, MiB or GiB){why}"
-
-    def parse(text: str) -> int:
-        try:
-            n = _size(text)
-        except ValueError:
-            raise ValueError(expected) from None
-        if n < lo or (hi is not None and n > hi):
-            raise ValueError(expected)
-        return n
-
-    _SIZE_PARSERS.append(parse)  # shown in KiB/MiB/GiB by describe()
-    return parse
-
-
-def format_size(n: int) -> str:
-    """Bytes as the settings table writes them: in GiB, MiB or KiB when exact, else bytes."""
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n and n % size == 0:
-            return f"{n // size}{unit}"
-    return str(n)
-
-
-def _duration(text: str) -> float:
-    return parse_duration(text)
-
-
-def _positive_duration(text: str) -> float:
-    d = parse_duration(text)
-    if d <= 0:
-        raise ValueError(DURATION_EXPECTED + ", greater than zero")
-    return d
-
-
-def _address(text: str) -> tuple[str, int]:
-    """``:2222``, ``0.0.0.0:2222``, ``[::1]:2222`` -> (host, port); empty host = all."""
-    s = text.strip()
-    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-_]*)):([0-9]+)", s)
-    if not m:
-        raise ValueError("an address such as :2222, 0.0.0.0:2222 or [::1]:2222")
-    host = m.group(1) or m.group(2) or ""
-    return host, _port(m.group(3))
-
-
-def _redis_address(text: str) -> tuple[str, int]:
-    s = text.strip()
-    if "@" in s:
-        raise ValueError("host:port of the Redis server, such as redis:6379 (the user and "
-                         "password go in CONNECT_REDIS_USER and CONNECT_REDIS_PASSWORD)")
-    m = re.fullmatch(
-        r"(?:redis(s)?://)?(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-_]+))(?::([0-9]+))?", s)
-    if not m:
-        raise ValueError("host:port of the Redis server, such as redis:6379")
-    host = m.group(2) or m.group(3)
-    try:
-        port = _port(m.group(4)) if m.group(4) else 6379
-    except ValueError:
-        raise ValueError("host:port of the Redis server, such as redis:6379") from None
-    return host, port
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    s = text.strip()
-    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-_]+)):([0-9]+)", s)
-    if not m:
-        raise ValueError("host:port, such as connect.example.com:7070")
-    return (m.group(1) or m.group(2)), _port(m.group(3))
-
-
-def _url(text: str) -> str:
-    s = text.strip().rstrip("/")
-    try:
-        parts = urlsplit(s)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ValueError("an http:// or https:// URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("an http:// or https:// URL")
-    host = parts.hostname
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host):
-            raise ValueError("an http:// or https:// URL with a valid host name") from None
-    return s
-
-
-def _proxy_url(text: str) -> str:
-    """The seed calls it "the base domain name": accept a bare domain or a URL."""
-    s = text.strip()
-    if s and "://" not in s:
-        s = "https://" + s
-    url = _url(s)
-    parts = urlsplit(url)
-    if parts.path or parts.query or parts.fragment:
-        # Every link the gateway makes is this URL and its own paths: under a path they
-        # all went to that path, which the gateway does not serve (404).
-        raise ValueError("an http:// or https:// URL without a path, such as "
-                         "https://connect.example.com (the gateway serves from the root of "
-                         "its host)")
-    return url
-
-
-def _domain(text: str) -> str:
-    s = text.strip().lower().rstrip(".")
-    label = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-    if not re.fullmatch(rf"{label}(?:\.{label})*", s):
-        raise ValueError("a DNS domain such as connect.example.com")
-    return s
-
-
-def _log_level(text: str) -> str:
-    s = text.strip().lower()
-    aliases = {"warning": "warn", "critical": "fatal"}
-    s = aliases.get(s, s)
-    if s not in ("trace", "debug", "info", "warn", "error", "fatal"):
-        raise ValueError("one of trace, debug, info, warn, error, fatal")
-    return s
-
-
-def _access_log(text: str) -> str:
-    s = text.strip().lower()
-    if s not in ("off", "text", "json"):
-        raise ValueError("off, text or json")
-    return s
-
-
-def _grant_type(text: str) -> str:
-    if text.strip() != "authorization_code":
-        raise ValueError("authorization_code (the only grant type the proxy implements)")
-    return "authorization_code"
-
-
-def _cidrs(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    out = []
-    for item in (p.strip() for p in text.split(",")):
-        if not item:
-            continue
-        try:
-            out.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError("comma-separated CIDRs such as 127.0.0.1/32,10.0.0.0/8") from None
-    return tuple(out)
-
-
-def _workspaces(text: str) -> frozenset[str]:
-    ids = [p.strip() for p in text.split(",")]
-    ids = [p for p in ids if p]
-    for i in ids:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", i):
-            raise ValueError("a comma-separated list of workspace ids, such as 12345,67890")
-    return frozenset(ids)
-
-
-def _node_id(text: str) -> str:
-    s = text.strip()
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", s):
-        raise ValueError("1 to 64 letters, digits, '.', '_' or '-'")
-    return s
-
-
-def _text(text: str) -> str:
-    if re.search(r"[\x00-\x1f\x7f]", text):
-        raise ValueError("printable text (no control characters)")
-    return text
-
-
-def _nonempty(text: str) -> str:
-    if not text.strip() or re.search(r"[\x00-\x1f\x7f]", text):
-        raise ValueError("a non-empty value of printable text")
-    return text.strip()
-
-
-def _key_prefix(text: str) -> str:
-    if not re.fullmatch(r"[!-~]{1,128}", text.strip()):
-        raise ValueError("1 to 128 printable characters without spaces, such as connect:session")
-    return text.strip()
-
-
-def _token_text(text: str) -> str:
-    if not re.fullmatch(r"[!-~]{1,512}", text.strip()):
-        raise ValueError("printable characters without spaces")
-    return text.strip()
-
-
-def _bind_address(text: str) -> str:
-    s = text.strip().strip("[]")
-    try:
-        return str(ipaddress.ip_address(s))
-    except ValueError:
-        raise ValueError("an IP address to bind to, such as 0.0.0.0, 127.0.0.1 or ::") from None
-
-
-def _readable_file(text: str) -> str:
-    p = Path(text.strip())
-    try:
-        readable = bool(text.strip()) and p.is_file() and os.access(p, os.R_OK)
-    except (OSError, ValueError):  # a name too long for the system, a NUL byte
-        readable = False
-    if not readable:
-        raise ValueError("the path of a readable file")
-    return str(p)
-
-
-def _directory(text: str) -> str:
-    s = text.strip()
-    if not s or "\0" in s:
-        raise ValueError("a directory path")
-    return s
-
-
-def _pem_base64(text: str) -> bytes:
-    try:
-        raw = base64.b64decode(text.strip(), validate=True)
-    except ValueError:
-        raise ValueError("base64 of a PEM private key") from None
-    if b"-----BEGIN" not in raw:
-        raise ValueError("base64 of a PEM private key")
-    return raw
-
-
-def _peer_secret(text: str) -> str:
-    s = text.strip()
-    if len(s) < 16 or re.search(r"[\x00-\x20\x7f]", s):
-        raise ValueError("at least 16 printable characters without spaces (a long random "
-                         "string, the same on every node)")
-    return s
-
-
-def _advertise(text: str) -> tuple[str, int | None]:
-    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port or None)."""
-    s = text.strip()
-    m = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9.\-_]+))(?::([0-9]+))?", s)
-    if not m:
-        raise ValueError("host or host:port that other nodes can dial, such as "
-                         "gw-1.internal:7777")
-    return (m.group(1) or m.group(2)), (_port(m.group(3)) if m.group(3) else None)
-
-
-#: Below this many characters CONNECT_MANAGEMENT_AUTH_KEY draws a warning (as short as
-#: CONNECT_PEER_SECRET may be).
-MANAGEMENT_KEY_MIN = 16
-
-
 # --- the variable table -------------------------------------------------------
 
 #: A request line or head: held in memory per connection while it arrives, so bounded.
-_HEAD_SIZE = _size_range(1, 1 << 20)
+_HEAD_SIZE = values.size_range(1, 1 << 20)
 #: A quota or bandwidth: 0 would read as "no limit" to some and "nothing" to others, so
 #: neither; unset is no limit.
-_NO_ZERO_SIZE = _size_range(1, None, "; leave it unset for no limit")
+_NO_ZERO_SIZE = values.size_range(1, None, "; leave it unset for no limit")
 
 
 @dataclass(frozen=True)
@@ -459,111 +134,112 @@ def _v(name: str, attr: str, default: str | None, parse: Callable[[str], Any], d
 
 VARIABLES: tuple[Var, ...] = (
     # Redis (the shared session store)
-    _v("CONNECT_REDIS_ADDRESS", "redis_address", "redis:6379", _redis_address,
+    _v("CONNECT_REDIS_ADDRESS", "redis_address", "redis:6379", values.redis_address,
        "Address of the Redis server. When the variable is not set at all the session "
        "registry is in memory (single node); set it (even empty, meaning redis:6379) to use Redis.",
        section="redis"),
-    _v("CONNECT_REDIS_USER", "redis_user", None, _text, "Redis ACL user name.", section="redis"),
-    _v("CONNECT_REDIS_PASSWORD", "redis_password", None, _text, "Redis password.",
-       secret=True, section="redis"),
-    _v("CONNECT_REDIS_DB", "redis_db", "0", _int_range(0, 65535), "Redis database number.",
+    _v("CONNECT_REDIS_USER", "redis_user", None, values.printable, "Redis ACL user name.",
        section="redis"),
-    _v("CONNECT_REDIS_PREFIX", "redis_prefix", "connect:session", _key_prefix,
+    _v("CONNECT_REDIS_PASSWORD", "redis_password", None, values.printable, "Redis password.",
+       secret=True, section="redis"),
+    _v("CONNECT_REDIS_DB", "redis_db", "0", values.int_range(0, 65535), "Redis database number.",
+       section="redis"),
+    _v("CONNECT_REDIS_PREFIX", "redis_prefix", "connect:session", values.key_prefix,
        "Prefix of the gateway's keys in Redis.", section="redis"),
-    _v("CONNECT_REDIS_TLS_ENABLE", "redis_tls_enable", "false", _bool,
+    _v("CONNECT_REDIS_TLS_ENABLE", "redis_tls_enable", "false", values.boolean,
        "Connect to Redis over TLS (the server certificate is verified).", section="redis"),
-    _v("CONNECT_REDIS_TLS_SKIP_VERIFY", "redis_tls_skip_verify", "false", _bool,
+    _v("CONNECT_REDIS_TLS_SKIP_VERIFY", "redis_tls_skip_verify", "false", values.boolean,
        "Do not verify Redis's TLS certificate (insecure; for testing).", section="redis"),
-    _v("CONNECT_REDIS_TLS_KEY_FILE", "redis_tls_key_file", None, _readable_file,
+    _v("CONNECT_REDIS_TLS_KEY_FILE", "redis_tls_key_file", None, values.readable_file,
        "Client private key for TLS to Redis.", section="redis"),
-    _v("CONNECT_REDIS_TLS_CERT_FILE", "redis_tls_cert_file", None, _readable_file,
+    _v("CONNECT_REDIS_TLS_CERT_FILE", "redis_tls_cert_file", None, values.readable_file,
        "Client certificate for TLS to Redis.", section="redis"),
-    _v("CONNECT_REDIS_TLS_CA_FILE", "redis_tls_ca_file", None, _readable_file,
+    _v("CONNECT_REDIS_TLS_CA_FILE", "redis_tls_ca_file", None, values.readable_file,
        "CA bundle that signs Redis's certificate (default: the system's).",
        seed=False, section="redis"),
     # Listeners
-    _v("CONNECT_BIND_ADDRESS", "bind_address", "0.0.0.0", _bind_address,
+    _v("CONNECT_BIND_ADDRESS", "bind_address", "0.0.0.0", values.bind_address,
        "Interface the listeners bind to unless their own address names one.",
        seed=False, section="listeners"),
-    _v("CONNECT_LISTENER_PORT", "listener_port", "7777", _port,
+    _v("CONNECT_LISTENER_PORT", "listener_port", "7777", values.port,
        "Port for connections from other gateway nodes.", section="listeners"),
-    _v("CONNECT_TUNNEL_PORT", "tunnel_port", "7070", _port,
+    _v("CONNECT_TUNNEL_PORT", "tunnel_port", "7070", values.port,
        "Port where studios' connect clients open their tunnels (TLS).", section="listeners"),
-    _v("CONNECT_MANAGEMENT_PORT", "management_port", None, _optional_port,
+    _v("CONNECT_MANAGEMENT_PORT", "management_port", None, values.optional_port,
        "Port for /metrics, /live, /ready, /shutdown and the admin API; off when unset.",
        section="listeners"),
-    _v("CONNECT_MANAGEMENT_AUTH_KEY", "management_auth_key", None, _text,
+    _v("CONNECT_MANAGEMENT_AUTH_KEY", "management_auth_key", None, values.printable,
        "Bearer key required on every management endpoint except /live.",
        secret=True, section="listeners"),
-    _v("CONNECT_HOST_DOMAIN", "host_domain", None, _domain,
+    _v("CONNECT_HOST_DOMAIN", "host_domain", None, values.domain,
        "Host domain of this node, advertised to other nodes.", section="listeners"),
-    _v("CONNECT_HTTP_PORT", "http_port", "80", _port,
+    _v("CONNECT_HTTP_PORT", "http_port", "80", values.port,
        "Port of the HTTP(S) proxy that browsers reach studios through.", section="listeners"),
     # Proxy
-    _v("CONNECT_PROXY_URL", "proxy_url", None, _proxy_url,
+    _v("CONNECT_PROXY_URL", "proxy_url", None, values.proxy_url,
        "Base URL (or domain) of Connect, such as https://connect.example.com; no path "
        "(the gateway serves from the root of its host). "
        "Unset: http://localhost (https:// with CONNECT_TLS_CERT_FILE; :CONNECT_HTTP_PORT "
        "unless it is the scheme's default), for a demo on one machine.", section="proxy"),
-    _v("CONNECT_STUDIOS_DOMAIN", "studios_domain", None, _domain,
+    _v("CONNECT_STUDIOS_DOMAIN", "studios_domain", None, values.domain,
        "Parent domain of the per-studio subdomains. Unset: the host of CONNECT_PROXY_URL.",
        seed=False, section="proxy"),
-    _v("CONNECT_TUNNEL_URL", "tunnel_url", None, _host_port,
+    _v("CONNECT_TUNNEL_URL", "tunnel_url", None, values.host_port,
        "host:port that connect clients dial for their tunnel. Unset: the proxy host and "
        "CONNECT_TUNNEL_PORT.", section="proxy"),
-    _v("PLATFORM_URL", "platform_url", None, _url,
+    _v("PLATFORM_URL", "platform_url", None, values.url,
        "Base URL of Seqera Platform (the OpenID issuer). Unset: logins come from one-time "
        "links minted by the admin API.", section="proxy"),
-    _v("CONNECT_STORAGE_ROOT", "storage_root", "/data", _directory,
+    _v("CONNECT_STORAGE_ROOT", "storage_root", "/data", values.directory,
        "Directory for the gateway's state (keys, OIDC client registration). Unset under "
        "systemd: the unit's StateDirectory= ($STATE_DIRECTORY, /var/lib/studios-gateway).",
        section="proxy"),
-    _v("CONNECT_LOG_LEVEL", "log_level", "INFO", _log_level,
+    _v("CONNECT_LOG_LEVEL", "log_level", "INFO", values.log_level,
        "trace, debug, info, warn, error or fatal.", section="proxy"),
-    _v("CONNECT_CLIENT_NAME", "client_name", "tower-connect-proxy-client", _nonempty,
+    _v("CONNECT_CLIENT_NAME", "client_name", "tower-connect-proxy-client", values.nonempty,
        "OIDC client name registered with the Platform.", section="proxy"),
-    _v("CONNECT_GRANT_TYPE", "grant_type", "authorization_code", _grant_type,
+    _v("CONNECT_GRANT_TYPE", "grant_type", "authorization_code", values.grant_type,
        "OAuth grant type of the login flow.", section="proxy"),
-    _v("CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN", "oidc_registration_token", None, _text,
+    _v("CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN", "oidc_registration_token", None, values.printable,
        "Initial access token for OIDC dynamic client registration.", secret=True,
        section="proxy"),
-    _v("LOCAL_CACHE_TTL", "local_cache_ttl", "2m", _duration,
+    _v("LOCAL_CACHE_TTL", "local_cache_ttl", "2m", values.duration,
        "How long a node trusts its cached copy of a session record.", section="proxy"),
-    _v("CONNECT_OIDC_ISSUER_URL", "oidc_issuer_url", None, _url,
+    _v("CONNECT_OIDC_ISSUER_URL", "oidc_issuer_url", None, values.url,
        "OpenID issuer to log in against. Unset: PLATFORM_URL.", seed=False, section="proxy"),
-    _v("CONNECT_OIDC_CLIENT_ID", "oidc_client_id", None, _token_text,
+    _v("CONNECT_OIDC_CLIENT_ID", "oidc_client_id", None, values.token_text,
        "Static OIDC client id; when set, dynamic registration is skipped.", seed=False,
        section="proxy"),
-    _v("CONNECT_OIDC_CLIENT_SECRET", "oidc_client_secret", None, _text,
+    _v("CONNECT_OIDC_CLIENT_SECRET", "oidc_client_secret", None, values.printable,
        "Secret of CONNECT_OIDC_CLIENT_ID.", secret=True, seed=False, section="proxy"),
-    _v("CONNECT_OIDC_SCOPES", "oidc_scopes", "openid profile email", _nonempty,
+    _v("CONNECT_OIDC_SCOPES", "oidc_scopes", "openid profile email", values.nonempty,
        "Scopes requested at login.", seed=False, section="proxy"),
-    _v("CONNECT_OIDC_USER_CLAIM", "oidc_user_claim", "sub", _token_text,
+    _v("CONNECT_OIDC_USER_CLAIM", "oidc_user_claim", "sub", values.token_text,
        "ID-token claim that names the user.", seed=False, section="proxy"),
-    _v("CONNECT_LOGIN_TTL", "login_ttl", "12h", _positive_duration,
+    _v("CONNECT_LOGIN_TTL", "login_ttl", "12h", values.positive_duration,
        "How long a login (and its cookies) lasts.", seed=False, section="proxy"),
-    _v("CONNECT_LOGIN_LINK_TTL", "login_link_ttl", "24h", _positive_duration,
+    _v("CONNECT_LOGIN_LINK_TTL", "login_link_ttl", "24h", values.positive_duration,
        "How long a one-time login link stays valid.", seed=False, section="proxy"),
-    _v("CONNECT_TLS_CERT_FILE", "tls_cert_file", None, _readable_file,
+    _v("CONNECT_TLS_CERT_FILE", "tls_cert_file", None, values.readable_file,
        "Certificate chain (PEM) for HTTPS on CONNECT_HTTP_PORT and for the tunnel; it must "
        "cover the proxy host and *.<studios domain>.", seed=False, section="proxy"),
-    _v("CONNECT_TLS_KEY_FILE", "tls_key_file", None, _readable_file,
+    _v("CONNECT_TLS_KEY_FILE", "tls_key_file", None, values.readable_file,
        "Private key (PEM) of CONNECT_TLS_CERT_FILE.", seed=False, section="proxy"),
-    _v("CONNECT_TLS_HANDSHAKE_TIMEOUT", "tls_handshake_timeout", "10s", _positive_duration,
+    _v("CONNECT_TLS_HANDSHAKE_TIMEOUT", "tls_handshake_timeout", "10s", values.positive_duration,
        "Time from accept to a finished TLS handshake on the tunnel, HTTPS and peer ports "
        "(slower: the socket is reset).", seed=False, section="proxy"),
-    _v("CONNECT_TLS_MAX_HANDSHAKES", "tls_max_handshakes", "1000", _int_range(1, 1_000_000),
+    _v("CONNECT_TLS_MAX_HANDSHAKES", "tls_max_handshakes", "1000", values.int_range(1, 1_000_000),
        "Connections being set up at once, per TLS port: in their TLS handshake, and on the "
        "tunnel port until the bind is answered. At the cap the port stops accepting until one "
        "is done (new connections wait in the listen queue); established connections do not "
        "count.", seed=False, section="proxy"),
-    _v("CONNECT_TRUSTED_PROXY_CIDRS", "trusted_proxy_cidrs", "127.0.0.1/32", _cidrs,
+    _v("CONNECT_TRUSTED_PROXY_CIDRS", "trusted_proxy_cidrs", "127.0.0.1/32", values.cidrs,
        "Peers whose X-Forwarded-For is trusted (comma-separated CIDRs).", seed=False,
        section="proxy"),
-    _v("TOWER_DATA_STUDIO_ALLOWED_WORKSPACES", "allowed_workspaces", None, _workspaces,
+    _v("TOWER_DATA_STUDIO_ALLOWED_WORKSPACES", "allowed_workspaces", None, values.workspaces,
        "Workspaces allowed to use studios: unset = all, empty = none, else comma-separated ids.",
        seed=False, section="proxy"),
-    _v("TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING", "path_routing", "false", _bool_empty_false,
+    _v("TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING", "path_routing", "false", values.boolean_empty_false,
        "Route by path (/_studio/<id>/) on the proxy host instead of per-studio subdomains.",
        seed=False, section="proxy"),
     # HTTP proxy limits (ours)
@@ -574,116 +250,116 @@ VARIABLES: tuple[Var, ...] = (
        "Largest request head (request line and header fields; larger: 431); at most 1MiB.",
        seed=False,
        section="http"),
-    _v("CONNECT_HTTP_MAX_HEADERS", "http_max_headers", "100", _int_range(1, 10_000),
+    _v("CONNECT_HTTP_MAX_HEADERS", "http_max_headers", "100", values.int_range(1, 10_000),
        "Most header fields in one request (more: 431).", seed=False, section="http"),
-    _v("CONNECT_HTTP_HEADER_TIMEOUT", "http_header_timeout", "30s", _positive_duration,
+    _v("CONNECT_HTTP_HEADER_TIMEOUT", "http_header_timeout", "30s", values.positive_duration,
        "Time a client has to send a full request head (slower: 408).", seed=False,
        section="http"),
-    _v("CONNECT_HTTP_IDLE_TIMEOUT", "http_idle_timeout", "75s", _positive_duration,
+    _v("CONNECT_HTTP_IDLE_TIMEOUT", "http_idle_timeout", "75s", values.positive_duration,
        "A kept-alive browser connection with no request for this long is closed.",
        seed=False, section="http"),
     _v("CONNECT_HTTP_MAX_CONNECTIONS", "http_max_connections", "10000",
-       _int_range(1, 1_000_000),
+       values.int_range(1, 1_000_000),
        "Concurrent browser connections before new ones get 503.", seed=False,
        section="http"),
-    _v("CONNECT_HTTP_MAX_BODY", "http_max_body", None, _size,
+    _v("CONNECT_HTTP_MAX_BODY", "http_max_body", None, values.size,
        "Largest request body (larger: 413). Unset: no limit (bodies are streamed, not kept).",
        seed=False, section="http"),
-    _v("CONNECT_HTTP_CONNECT_TIMEOUT", "http_connect_timeout", "30s", _positive_duration,
+    _v("CONNECT_HTTP_CONNECT_TIMEOUT", "http_connect_timeout", "30s", values.positive_duration,
        "Time to get a connection to a studio's tool (longer: 504 page).", seed=False,
        section="http"),
-    _v("CONNECT_HTTP_RESPONSE_TIMEOUT", "http_response_timeout", "5m", _positive_duration,
+    _v("CONNECT_HTTP_RESPONSE_TIMEOUT", "http_response_timeout", "5m", values.positive_duration,
        "Time from the end of a request to the tool's response head (longer: 504 page).",
        seed=False, section="http"),
-    _v("CONNECT_HTTP_POOL_SIZE", "http_pool_size", "32", _int_range(0, 1000),
+    _v("CONNECT_HTTP_POOL_SIZE", "http_pool_size", "32", values.int_range(0, 1000),
        "Idle connections to each studio's tool kept for reuse.", seed=False,
        section="http"),
-    _v("CONNECT_HTTP_POOL_IDLE_TIMEOUT", "http_pool_idle_timeout", "4s", _positive_duration,
+    _v("CONNECT_HTTP_POOL_IDLE_TIMEOUT", "http_pool_idle_timeout", "4s", values.positive_duration,
        "An idle pooled connection to a tool is closed after this long (keep it below the "
        "tools' own keep-alive, 5s for Node).", seed=False, section="http"),
     # SSH
-    _v("CONNECT_SSH_ENABLED", "ssh_enabled", "false", _bool, "Enable the SSH proxy server.",
-       section="ssh"),
-    _v("CONNECT_SSH_ADDR", "ssh_addr", ":2222", _address,
+    _v("CONNECT_SSH_ENABLED", "ssh_enabled", "false", values.boolean,
+       "Enable the SSH proxy server.", section="ssh"),
+    _v("CONNECT_SSH_ADDR", "ssh_addr", ":2222", values.address,
        "Address the SSH proxy listens on.", section="ssh"),
-    _v("CONNECT_SSH_KEY_PATH", "ssh_key_path", None, _readable_file,
+    _v("CONNECT_SSH_KEY_PATH", "ssh_key_path", None, values.readable_file,
        "SSH host key file; wins over CONNECT_SSH_KEY_VALUE_BASE64.", section="ssh"),
-    _v("CONNECT_SSH_KEY_VALUE_BASE64", "ssh_key_value", None, _pem_base64,
+    _v("CONNECT_SSH_KEY_VALUE_BASE64", "ssh_key_value", None, values.pem_base64,
        "Base64 of a PEM SSH host key; used when CONNECT_SSH_KEY_PATH is not set.",
        secret=True, section="ssh"),
-    _v("CONNECT_SSH_MAX_CONNECTIONS", "ssh_max_connections", "2000", _int_range(1, 1_000_000),
+    _v("CONNECT_SSH_MAX_CONNECTIONS", "ssh_max_connections", "2000", values.int_range(1, 1_000_000),
        "Concurrent SSH connections before new ones are refused.", section="ssh"),
-    _v("CONNECT_SSH_MAX_CONN_CHANNELS", "ssh_max_conn_channels", "30", _int_range(1, 10_000),
+    _v("CONNECT_SSH_MAX_CONN_CHANNELS", "ssh_max_conn_channels", "30", values.int_range(1, 10_000),
        "Channels one SSH connection may have in use; twice as many with those still "
        "closing at the studio.", section="ssh"),
-    _v("CONNECT_SSH_HANDSHAKE_TIMEOUT", "ssh_handshake_timeout", "1m", _positive_duration,
+    _v("CONNECT_SSH_HANDSHAKE_TIMEOUT", "ssh_handshake_timeout", "1m", values.positive_duration,
        "Time allowed for an SSH handshake and login.", section="ssh"),
     _v("CONNECT_SSH_MAX_STARTUPS", "ssh_max_startups", "10:30:100", MaxStartups.parse,
        "SSH connections not logged in yet, as OpenSSH's MaxStartups start:rate:full: from "
        "start on, new ones are closed at accept with rate% chance, rising to all at full. "
        "Only logged-in connections count toward CONNECT_SSH_MAX_CONNECTIONS.", seed=False,
        section="ssh"),
-    _v("CONNECT_SSH_KEX_TIMEOUT", "ssh_kex_timeout", "10s", _positive_duration,
+    _v("CONNECT_SSH_KEX_TIMEOUT", "ssh_kex_timeout", "10s", values.positive_duration,
        "Time from accept until the SSH key exchange is done (a silent socket is closed "
        "then); CONNECT_SSH_HANDSHAKE_TIMEOUT still bounds the whole login.", seed=False,
        section="ssh"),
-    _v("CONNECT_SSH_CLIENT_TIMEOUT", "ssh_client_timeout", "15m", _duration,
+    _v("CONNECT_SSH_CLIENT_TIMEOUT", "ssh_client_timeout", "15m", values.duration,
        "A logged-in SSH connection whose client has sent nothing for this long (asked for "
        "a sign of life every minute meanwhile) is closed: a laptop closed or a path gone "
        "without a word. 0: never.", seed=False, section="ssh"),
     # Tunnel tuning and cluster (ours)
     _v("CONNECT_TUNNEL_WINDOW_SIZE", "tunnel_window_size", "6MiB",
-       _size_range(256 * 1024, 1 << 30, "; 256KiB is the yamux initial window"),
+       values.size_range(256 * 1024, 1 << 30, "; 256KiB is the yamux initial window"),
        "Per-stream flow-control window of a tunnel: 256KiB to 1GiB.", seed=False,
        section="tunnel"),
-    _v("CONNECT_TUNNEL_PING_INTERVAL", "tunnel_ping_interval", "10s", _positive_duration,
+    _v("CONNECT_TUNNEL_PING_INTERVAL", "tunnel_ping_interval", "10s", values.positive_duration,
        "How often each end of a tunnel pings the other (told to the studio at bind).",
        seed=False, section="tunnel"),
-    _v("CONNECT_TUNNEL_PING_TIMEOUT", "tunnel_ping_timeout", "20s", _positive_duration,
+    _v("CONNECT_TUNNEL_PING_TIMEOUT", "tunnel_ping_timeout", "20s", values.positive_duration,
        "A tunnel over which nothing arrived for this long is dead, at either end.",
        seed=False, section="tunnel"),
-    _v("CONNECT_TUNNEL_CLAIM_TTL", "tunnel_claim_ttl", "30s", _positive_duration,
+    _v("CONNECT_TUNNEL_CLAIM_TTL", "tunnel_claim_ttl", "30s", values.positive_duration,
        "How long a node's claim on a tunnel lives in the registry unless refreshed (every "
        "third of it); after a node dies its studios are routed nowhere for up to this long.",
        seed=False, section="tunnel"),
-    _v("CONNECT_NODE_ID", "node_id", None, _node_id,
+    _v("CONNECT_NODE_ID", "node_id", None, values.node_id,
        "This node's name in the session registry. Unset: host name and port.", seed=False,
        section="tunnel"),
     # Peers: several nodes sharing one Redis (ours; see docs/cluster.md)
-    _v("CONNECT_PEER_SECRET", "peer_secret", None, _peer_secret,
+    _v("CONNECT_PEER_SECRET", "peer_secret", None, values.peer_secret,
        "Shared secret that gateway nodes prove to each other on CONNECT_LISTENER_PORT "
        "(the same on every node). Without it or peer TLS, every peer is refused.",
        secret=True, seed=False, section="peers"),
-    _v("CONNECT_PEER_TLS_CERT_FILE", "peer_tls_cert_file", None, _readable_file,
+    _v("CONNECT_PEER_TLS_CERT_FILE", "peer_tls_cert_file", None, values.readable_file,
        "Certificate (PEM) this node presents to its peers (mutual TLS between nodes).",
        seed=False, section="peers"),
-    _v("CONNECT_PEER_TLS_KEY_FILE", "peer_tls_key_file", None, _readable_file,
+    _v("CONNECT_PEER_TLS_KEY_FILE", "peer_tls_key_file", None, values.readable_file,
        "Private key (PEM) of CONNECT_PEER_TLS_CERT_FILE.", seed=False, section="peers"),
-    _v("CONNECT_PEER_TLS_CA_FILE", "peer_tls_ca_file", None, _readable_file,
+    _v("CONNECT_PEER_TLS_CA_FILE", "peer_tls_ca_file", None, values.readable_file,
        "CA (PEM) that must sign every peer's certificate.", seed=False, section="peers"),
-    _v("CONNECT_ADVERTISE_ADDRESS", "advertise_address", None, _advertise,
+    _v("CONNECT_ADVERTISE_ADDRESS", "advertise_address", None, values.advertise,
        "host or host:port other nodes dial to reach this node's peer listener. Unset: "
        "CONNECT_HOST_DOMAIN, else CONNECT_BIND_ADDRESS (else the host name), with "
        "CONNECT_LISTENER_PORT.", seed=False, section="peers"),
-    _v("CONNECT_REUSE_PORT", "reuse_port", "false", _bool,
+    _v("CONNECT_REUSE_PORT", "reuse_port", "false", values.boolean,
        "Share the HTTP, tunnel and SSH ports with other gateway processes on this host "
        "(SO_REUSEPORT; one process per core, with Redis and CONNECT_PEER_SECRET).",
        seed=False, section="peers"),
-    _v("CONNECT_SHUTDOWN_GRACE", "shutdown_grace", "30s", _duration,
+    _v("CONNECT_SHUTDOWN_GRACE", "shutdown_grace", "30s", values.duration,
        "How long a graceful shutdown waits for in-flight work.", seed=False,
        section="general"),
     # Operations: access log, quotas (ours; see docs/operators.md)
-    _v("CONNECT_ACCESS_LOG", "access_log", "text", _access_log,
+    _v("CONNECT_ACCESS_LOG", "access_log", "text", values.access_log,
        "Access log, one line per HTTP request and per WebSocket and SSH session: off, text "
        "or json (log namespace studios_gateway.access; written whatever CONNECT_LOG_LEVEL).",
        seed=False, section="operations"),
-    _v("CONNECT_COMPILED_LANE", "compiled_lane", "true", _bool,
+    _v("CONNECT_COMPILED_LANE", "compiled_lane", "true", values.boolean,
        "Answer a tool's plain response (Content-Length body, no cookie or redirect) with "
        "one C call and its body as it comes, instead of the Python way; false: always the "
        "Python way. An "
        "install built without a C compiler has only the Python way (check-config says so).",
        seed=False, section="operations"),
-    _v("CONNECT_QUOTA_WINDOW", "quota_window", "24h", _positive_duration,
+    _v("CONNECT_QUOTA_WINDOW", "quota_window", "24h", values.positive_duration,
        "Rolling window of the transfer quotas.", seed=False, section="operations"),
     _v("CONNECT_QUOTA_USER_BYTES", "quota_user_bytes", None, _NO_ZERO_SIZE,
        "Bytes one user may move (both ways, every session, every node) per window; over it "
@@ -719,9 +395,6 @@ CLIENT_VARIABLES = frozenset({
     "CONNECT_CLIENT_VERSION", "CONNECT_TOOL_WORKDIR", "CONNECT_TOOL_PRESET",
     "CONNECT_UNKNOWN_SESSION_WAIT",
 })
-#: Platform-side variables people set for the gateway, and what the gateway reads instead.
-PLATFORM_HINTS = {"TOWER_SERVER_URL": "PLATFORM_URL", "TOWER_API_URL": "PLATFORM_URL",
-                  "TOWER_ACCESS_TOKEN": "CONNECT_MANAGEMENT_AUTH_KEY"}
 
 
 # --- the config object --------------------------------------------------------
@@ -926,15 +599,15 @@ def _show(var: Var, value: Any) -> str:
         return "(not set)"
     if var.secret:
         return REDACTED
-    if var.parse in (_duration, _positive_duration):
+    if var.parse in (values.duration, values.positive_duration):
         return format_setting(value)
-    if var.parse in _SIZE_PARSERS:
-        return format_size(value)
+    if var.parse in values.SIZE_PARSERS:
+        return values.format_size(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, frozenset):
         return ",".join(sorted(value)) if value else '"" (none)'
-    if var.parse is _advertise:
+    if var.parse is values.advertise:
         host, port = value
         return host if port is None else f"{host}:{port}"
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):
@@ -943,229 +616,3 @@ def _show(var: Var, value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return redact_password(str(value))  # a URL's password, like a secret, is never shown
-
-
-# --- loading ------------------------------------------------------------------
-
-
-def read_env_file(path: str) -> dict[str, str]:
-    """Parse a systemd EnvironmentFile-style file: KEY=VALUE, # comments, optional quotes."""
-    out: dict[str, str] = {}
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError("--env-file", path, f"a readable env file ({e.strerror})") from None
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        line = line.removeprefix("export ").lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            # The name as written, not the rest: a line gone wrong can hold a secret
-            # ('CONNECT_REDIS_PASSWORD: ...').
-            name = re.split(r"[=:\s]", line, maxsplit=1)[0]
-            shown = name + (" " + REDACTED if line[len(name):].strip() else "")
-            raise ConfigError(f"{path}:{lineno}", shown,
-                              "a line of the form NAME=value (the rest of the line is not "
-                              "shown: it may hold a secret)")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        out[key] = value
-    return out
-
-
-def load_config(
-    options: Mapping[str, str | None] | None = None,
-    environ: Mapping[str, str] | None = None,
-    env_file: str | None = None,
-) -> Config:
-    """Build the config. `options` maps variable names to values given on the command line.
-
-    Raises ConfigError naming an invalid or contradictory setting; when there are several,
-    a ConfigErrors with each of them (first every value that does not parse; when all do,
-    every contradiction between them).
-    """
-    options = {k: v for k, v in (options or {}).items() if v is not None}
-    environ = dict(os.environ if environ is None else environ)
-    file_values = read_env_file(env_file) if env_file else {}
-    warnings: list[str] = []
-
-    for name in options:
-        if name not in BY_NAME:
-            raise ConfigError(name, options[name], "a known variable")
-    for origin, names in (("environment", environ), ("env file", file_values)):
-        warnings.extend(_unknown_warnings(origin, names))
-    warnings.extend(_process_variables(file_values))
-
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
-    given: dict[str, str | None] = {}
-    errors: list[ConfigError] = []
-    for var in VARIABLES:
-        raw: str | None
-        if var.name in options:
-            raw, source = options[var.name], "option"
-        elif var.name in environ:
-            raw, source = environ[var.name], "environment"
-        elif var.name in file_values:
-            raw, source = file_values[var.name], "env file"
-        elif var.name == "CONNECT_STORAGE_ROOT" and environ.get("STATE_DIRECTORY"):
-            # systemd's StateDirectory= (the units'): below the env file, so that a
-            # CONNECT_STORAGE_ROOT line there wins, as it did over the units' own value.
-            raw, source = environ["STATE_DIRECTORY"].split(":")[0], "state directory"
-        else:
-            raw, source = var.default, "default"
-        sources[var.name] = source
-        given[var.name] = raw
-        if var.name == "CONNECT_REDIS_ADDRESS":
-            values["redis_enabled"] = source != "default"
-            if raw is not None and raw.strip() == "":
-                raw = var.default
-        elif (raw is None or (raw.strip() == "" and var.default is None
-                              and var.name != "TOWER_DATA_STUDIO_ALLOWED_WORKSPACES")):
-            values[var.attr] = None
-            continue
-        try:
-            values[var.attr] = var.parse(raw)  # type: ignore[arg-type]
-        except ValueError as e:
-            errors.append(ConfigError(var.name, given[var.name], str(e), secret=var.secret))
-    _raise_all(errors)
-    cfg = Config(**values, sources=sources, raw=given, warnings=(),
-                 env_file_values={k: v for k, v in file_values.items() if k in BY_NAME})
-    _raise_all(_contradictions(cfg))
-    warnings.extend(_doubts(cfg))
-    return Config(**{f.name: getattr(cfg, f.name) for f in fields(Config)
-                     if f.name != "warnings"}, warnings=tuple(warnings))
-
-
-def _unknown_warnings(origin: str, names: Iterable[str]) -> list[str]:
-    out = []
-    known = set(BY_NAME) | CLIENT_VARIABLES
-    for name in sorted(names):
-        if not name.startswith(("CONNECT_", "TOWER_")) or name in known:
-            continue
-        if name in PLATFORM_HINTS:
-            hint = f"; the gateway reads {PLATFORM_HINTS[name]}"
-        else:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
-        out.append(f"{name} in the {origin} is not a setting of the gateway and is "
-                   f"ignored{hint}")
-    return out
-
-
-def _process_variables(names: Iterable[str]) -> list[str]:
-    """One line naming the env file's variables that are not the gateway's (HTTPS_PROXY,
-    SSL_CERT_FILE, TZ...): systemd's EnvironmentFile= put them in the process's
-    environment, but the units now give the file as --env-file, which yields settings
-    only."""
-    others = sorted(n for n in names
-                    if n not in BY_NAME and not n.startswith(("CONNECT_", "TOWER_")))
-    if not others:
-        return []
-    are = "is" if len(others) == 1 else "are"
-    return [f"{', '.join(others)} in the env file {are} not a setting of the gateway and "
-            f"{are} ignored: the gateway takes only its settings from the file, nothing for "
-            "its process's environment (for that, an Environment= line: `systemctl edit "
-            "studios-gateway`)"]
-
-
-def _contradictions(cfg: Config) -> list[ConfigError]:
-    """Every pair of settings that contradict each other; values quoted as given."""
-    errors: list[ConfigError] = []
-
-    def refuse(name: str, expected: str) -> None:
-        errors.append(ConfigError(name, cfg.raw.get(name), expected,
-                                  secret=BY_NAME[name].secret))
-
-    def missing(name: str, expected: str) -> None:
-        errors.append(ConfigError(name, None, expected))
-
-    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
-        missing("CONNECT_TLS_KEY_FILE" if cfg.tls_cert_file else "CONNECT_TLS_CERT_FILE",
-                "set together with its pair (certificate and key)")
-    if bool(cfg.redis_tls_cert_file) != bool(cfg.redis_tls_key_file):
-        missing("CONNECT_REDIS_TLS_KEY_FILE" if cfg.redis_tls_cert_file
-                else "CONNECT_REDIS_TLS_CERT_FILE",
-                "set together with its pair (certificate and key)")
-    if cfg.redis_user and not cfg.redis_password:
-        missing("CONNECT_REDIS_PASSWORD", "a password whenever CONNECT_REDIS_USER is set")
-    peer_tls = {"CONNECT_PEER_TLS_CERT_FILE": cfg.peer_tls_cert_file,
-                "CONNECT_PEER_TLS_KEY_FILE": cfg.peer_tls_key_file,
-                "CONNECT_PEER_TLS_CA_FILE": cfg.peer_tls_ca_file}
-    if any(peer_tls.values()) and not all(peer_tls.values()):
-        missing(next(name for name, value in peer_tls.items() if not value),
-                "set together with the other CONNECT_PEER_TLS_* files (certificate, key "
-                "and CA)")
-    if cfg.tunnel_ping_timeout <= cfg.tunnel_ping_interval:
-        refuse("CONNECT_TUNNEL_PING_TIMEOUT", "a duration longer than "
-               f"CONNECT_TUNNEL_PING_INTERVAL ({cfg.raw.get('CONNECT_TUNNEL_PING_INTERVAL')})")
-    if not 256 <= cfg.http_max_request_line <= cfg.http_max_header_size:
-        refuse("CONNECT_HTTP_MAX_REQUEST_LINE", "at least 256 bytes and at most "
-               f"CONNECT_HTTP_MAX_HEADER_SIZE ({cfg.raw.get('CONNECT_HTTP_MAX_HEADER_SIZE')})")
-    if cfg.quota_window < 12:
-        refuse("CONNECT_QUOTA_WINDOW", "a duration of at least 12s")
-    ports = {"CONNECT_HTTP_PORT": cfg.http_port, "CONNECT_TUNNEL_PORT": cfg.tunnel_port,
-             "CONNECT_LISTENER_PORT": cfg.listener_port}
-    if cfg.management_port is not None:
-        ports["CONNECT_MANAGEMENT_PORT"] = cfg.management_port
-    if cfg.ssh_enabled:
-        ports["CONNECT_SSH_ADDR"] = cfg.ssh_addr[1]
-    seen: dict[int, str] = {}
-    for name, port in ports.items():
-        if port in seen:
-            refuse(name, f"a port not already used by {seen[port]}")
-        else:
-            seen[port] = name
-    return errors
-
-
-def _doubts(cfg: Config) -> list[str]:
-    """Warnings for combinations that work but are probably not what was meant."""
-    warnings: list[str] = []
-    if cfg.redis_password is not None and not cfg.redis_enabled:
-        warnings.append("CONNECT_REDIS_PASSWORD is set but CONNECT_REDIS_ADDRESS is not: "
-                        "the registry is in memory and Redis is not used")
-    if not cfg.redis_tls_enable and (cfg.redis_tls_skip_verify or cfg.redis_tls_cert_file):
-        warnings.append("CONNECT_REDIS_TLS_* options are set but CONNECT_REDIS_TLS_ENABLE "
-                        "is false: they have no effect")
-    if cfg.redis_enabled and cfg.redis_tls_enable and cfg.redis_tls_skip_verify:
-        ignored = " (CONNECT_REDIS_TLS_CA_FILE is ignored)" if cfg.redis_tls_ca_file else ""
-        warnings.append("CONNECT_REDIS_TLS_SKIP_VERIFY is true: Redis's certificate is not "
-                        f"checked{ignored}, so whoever can intercept the connection gets the "
-                        "Redis password and every session's connect token; give "
-                        "CONNECT_REDIS_TLS_CA_FILE the CA that signed it instead")
-    if cfg.redis_enabled and not (cfg.peer_secret or cfg.peer_tls_cert_file):
-        warnings.append("neither CONNECT_PEER_SECRET nor CONNECT_PEER_TLS_* is set: the peer "
-                        "listener refuses every other gateway node, so a session bound to "
-                        "another node is not reachable through this one")
-    if cfg.allowed_workspaces == frozenset():
-        warnings.append("TOWER_DATA_STUDIO_ALLOWED_WORKSPACES is empty: no workspace may use "
-                        "studios")
-    if cfg.management_port is not None and not cfg.management_auth_key:
-        warnings.append("CONNECT_MANAGEMENT_AUTH_KEY is not set: the management port (and its "
-                        "admin API) is open to anyone who can reach it; bind it to a private "
-                        "interface or set a key")
-    if cfg.management_auth_key and len(cfg.management_auth_key) < MANAGEMENT_KEY_MIN:
-        # (Its length only: the key itself is never shown.)
-        warnings.append(f"CONNECT_MANAGEMENT_AUTH_KEY is short ({len(cfg.management_auth_key)} "
-                        f"characters): whoever can reach the management port may guess it, "
-                        f"and with it make sessions and login links; use at least "
-                        f"{MANAGEMENT_KEY_MIN} random characters (openssl rand -hex 32)")
-    if not cfg.redis_enabled:
-        warnings.append("CONNECT_REDIS_ADDRESS is not set: sessions are kept by this single "
-                        "node (CONNECT_STORAGE_ROOT/sessions.json; set it to share sessions "
-                        "between gateways)")
-    if (cfg.platform_url and cfg.oidc_issuer_url
-            and not same_origin(cfg.oidc_issuer_url, cfg.platform_url)):
-        warnings.append("CONNECT_OIDC_ISSUER_URL is another provider than PLATFORM_URL: the "
-                        "Platform's access and SSH key calls are made without the OpenID "
-                        "client's id and secret (they belong to that provider and are not "
-                        "sent to the Platform)")
-    if cfg.ssh_enabled and not (cfg.ssh_key_path or cfg.ssh_key_value):
-        warnings.append("no SSH host key configured: one is generated under "
-                        "CONNECT_STORAGE_ROOT and kept there")
-    return warnings

@@ -105,7 +105,7 @@ def build_store(config: Config, clock: Any) -> CachingStore:
     from studios_gateway.registry.cache import CachingStore
 
     if config.redis_enabled:
-        from studios_gateway.registry.redis import reply_parser_missing
+        from studios_gateway.registry.redis_link import reply_parser_missing
         from studios_gateway.registry.redis_probe import store_from_config
 
         no_parser = reply_parser_missing()

@@ -8,7 +8,8 @@ from typing import Any
 from twisted.application.service import IService
 from twisted.python import usage
 
-from studios_gateway.config import VARIABLES, Config, ConfigError, load_config
+from studios_gateway.config import VARIABLES, Config, ConfigError
+from studios_gateway.config_loading import load_config
 
 
 class Options(usage.Options):

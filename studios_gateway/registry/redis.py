@@ -25,11 +25,12 @@ Keys, under the configured prefix (``connect:session`` by default):
   id>``, a node that starts ``node:<node id>``); all nodes drop their cached copy
   (or end that login, or compare settings) when they hear it.
 
-Claim, refresh, release, create, update and delete are Lua scripts, so each is
-one atomic step and a node deletes only a holder that is still its own.
+Claim, refresh, release, create, update and delete are Lua scripts (in
+:mod:`.redis_scripts`), so each is one atomic step and a node deletes only a holder
+that is still its own.
 
-Two connections: one for commands, one subscribed to the events channel. Both
-reconnect forever with backoff (also after AUTH/SELECT failures, which
+Two connections (:mod:`.redis_link`): one for commands, one subscribed to the events
+channel. Both reconnect forever with backoff (also after AUTH/SELECT failures, which
 txredisapi would otherwise give up on), both are PINGed periodically and
 dropped when the PING goes unanswered. While the command connection is down
 every call fails at once with StoreUnavailable; calls on a live connection are
@@ -42,28 +43,17 @@ import json
 import os
 import socket
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import txredisapi
-from twisted.internet import defer, task, tcp
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.ssl import (
-    Certificate,
-    CertificateOptions,
-    PrivateCertificate,
-    optionsForClientTLS,
-    platformTrust,
-)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.deadline import within
-from studios_gateway.logs import drop_lines
 from studios_gateway.registry.base import (
-    MAX_NODE_RECORD,
     MAX_PENDING_LOGIN_BYTES,
     MAX_USER_KEYS,
     SINGLE_USE_ID,
@@ -82,233 +72,34 @@ from studios_gateway.registry.base import (
     unique_keys,
 )
 from studios_gateway.registry.memory import Subscribers
-from studios_gateway.repeats import Repeats
+from studios_gateway.registry.redis_link import (
+    client_endpoint,
+    command_link,
+    reply_text,
+    subscriber_link,
+    tls_options,
+)
+from studios_gateway.registry.redis_scripts import (
+    ADD_KEYS,
+    ADD_TRANSFER,
+    ANNOUNCE_NODE,
+    BOUNDED_GETS,
+    CLAIM,
+    CREATE,
+    DELETE,
+    LOG_OUT,
+    MAX_RECORD_BYTES,
+    PTTLS,
+    REFRESH,
+    REFRESHED,
+    RELEASE,
+    REMOVE_KEYS,
+    SET_KEYS,
+    TAKE,
+    UPDATE,
+    WITHDRAW_NODE,
+)
 from studios_gateway.wire.ids import SESSION_ID
-
-# Lua scripts. KEYS are the keys touched; the channel and values come in ARGV.
-
-# KEYS: one counter per scope; ARGV[1]: TTL in ms, ARGV[i + 1]: bytes for KEYS[i].
-_ADD_TRANSFER = """
-for i, key in ipairs(KEYS) do
-  redis.call('INCRBY', key, ARGV[i + 1])
-  redis.call('PEXPIRE', key, ARGV[1])
-end
-return 1
-"""
-
-_CREATE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0
-"""
-
-_UPDATE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'XX') then
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0
-"""
-
-_DELETE = """
-local n = redis.call('DEL', KEYS[1])
-local t = redis.call('DEL', KEYS[2])
-if n + t > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return n
-"""
-
-_CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-local prev = redis.call('GET', KEYS[2])
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-if prev then return {1, prev} end
-return {1}
-"""
-
-# Is the stored holder ours? Same tunnel id on the same node.
-_OURS = """
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-local ok, h = pcall(cjson.decode, cur)
-if not ok or type(h) ~= 'table' or h['tunnel_id'] ~= ARGV[1] or h['node_id'] ~= ARGV[2] then
-  return 0
-end
-"""
-
-# Refresh, of one claim or a refresh round's many in one script: a claim that has
-# expired (a store outage longer than its TTL) is made again, so long as the session
-# exists; a claim held by another tunnel or node is left alone (_OURS's test, inline:
-# _OURS returns from the script). KEYS holds each claim's tunnel key and session key in
-# turn; ARGV the TTL in ms, the channel, then each claim's tunnel id, node id, holder
-# JSON and session id. One answer per claim: 0 (another tunnel or node holds it),
-# 1 (extended), 2 (claimed again), 3 (not ours, and the session is gone).
-_REFRESH = """
-local out = {}
-for i = 1, #KEYS / 2 do
-  local tk, sk, a = KEYS[2 * i - 1], KEYS[2 * i], 4 * i - 1
-  local cur = redis.call('GET', tk)
-  if not cur then
-    if redis.call('EXISTS', sk) == 0 then
-      out[i] = 3
-    else
-      redis.call('SET', tk, ARGV[a + 2], 'PX', ARGV[1])
-      redis.call('PUBLISH', ARGV[2], ARGV[a + 3])
-      out[i] = 2
-    end
-  else
-    local ok, h = pcall(cjson.decode, cur)
-    if not ok or type(h) ~= 'table' or h['tunnel_id'] ~= ARGV[a]
-        or h['node_id'] ~= ARGV[a + 1] then
-      out[i] = redis.call('EXISTS', sk) == 0 and 3 or 0
-    else
-      redis.call('PEXPIRE', tk, ARGV[1])
-      out[i] = 1
-    end
-  end
-end
-return out
-"""
-
-#: _REFRESH's answers.
-_REFRESHED = {0: Refresh.HELD_ELSEWHERE, 1: Refresh.OURS, 2: Refresh.OURS, 3: Refresh.GONE}
-
-_RELEASE = _OURS + """
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-"""
-
-# Users' SSH keys: a JSON list of "<type> <base64> [comment]" lines; a key is its base64.
-
-_SET_KEYS = """
-if ARGV[1] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[1]) end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-"""
-
-_HAVE_KEYS = """
-local have = {}
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local ok, v = pcall(cjson.decode, cur)
-  if ok and type(v) == 'table' then have = v end
-end
-local function blob(line) return string.match(line, '^%S+ (%S+)') or line end
-"""
-
-_ADD_KEYS = _HAVE_KEYS + """
-local seen, n0 = {}, #have
-for _, line in ipairs(have) do seen[blob(line)] = true end
-for _, line in ipairs(cjson.decode(ARGV[4])) do
-  if not seen[blob(line)] then
-    seen[blob(line)] = true
-    table.insert(have, line)
-  end
-end
-if #have > tonumber(ARGV[1]) then return {0, n0} end
-if #have > n0 then
-  redis.call('SET', KEYS[1], cjson.encode(have))
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-end
-if #have == 0 then return {1, '[]'} end
-return {1, cjson.encode(have)}
-"""
-
-_REMOVE_KEYS = _HAVE_KEYS + """
-if not cur then return 0 end
-local keep = {}
-if ARGV[3] ~= '' then
-  local drop = {}
-  for _, b in ipairs(cjson.decode(ARGV[3])) do drop[b] = true end
-  for _, line in ipairs(have) do
-    if not drop[blob(line)] then table.insert(keep, line) end
-  end
-end
-local gone = #have - #keep
-if #keep == 0 then redis.call('DEL', KEYS[1]) elseif gone > 0 then
-  redis.call('SET', KEYS[1], cjson.encode(keep))
-end
-if gone > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
-return gone
-"""
-
-# Login state: a logout is recorded and announced in one step.
-
-_LOG_OUT = """
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
-"""
-
-# Take a pending login: its value, gone for every later caller.
-_TAKE = """
-local v = redis.call('GET', KEYS[1])
-if v then redis.call('DEL', KEYS[1]) end
-return v
-"""
-
-#: A node's settings record longer than this (in bytes) is no node's and is not read.
-MAX_RECORD_BYTES = MAX_NODE_RECORD
-
-# A node's settings record, and the index of the nodes that have one (JSON list of ids):
-# nodes are found by one GET, never by a SCAN of every session. ARGV[5] and ARGV[6]: the
-# channel and the event to publish on it once written (none when the event is '').
-# KEYS[3..] are records the caller found gone (ARGV[7..] their ids): dropped from the
-# index if still gone. The reply: the number of ids in the index, and the record this
-# one replaced (false when there was none, or a longer one than MAX_RECORD_BYTES).
-_ANNOUNCE_NODE = """
-local prev = redis.call('GET', KEYS[1])
-if prev and #prev > """ + str(MAX_RECORD_BYTES) + """ then prev = false end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local raw = redis.call('GET', KEYS[2]) or '[]'
-local ok, ids = false, nil
-if #raw <= tonumber(ARGV[4]) * 100 then ok, ids = pcall(cjson.decode, raw) end
-if not ok or type(ids) ~= 'table' then ids = {} end
-local gone = {}
-for i = 3, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 0 then gone[ARGV[i + 4]] = true end
-end
-local out, seen = {ARGV[3]}, {[ARGV[3]] = true}
-for _, id in ipairs(ids) do
-  if #out >= tonumber(ARGV[4]) then break end
-  if type(id) == 'string' and not seen[id] and not gone[id] then
-    seen[id] = true
-    out[#out + 1] = id
-  end
-end
-redis.call('SET', KEYS[2], cjson.encode(out), 'PX', ARGV[2])
-if ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
-return {#out, prev}
-"""
-
-# GETs that never send a value longer than ARGV[1] bytes: 0 in its place (false for a
-# key that does not exist). For keys anyone with write access to Redis could fill (the
-# nodes' records and their index): the node must not read, or parse, megabytes.
-_BOUNDED_GETS = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  if v and #v > tonumber(ARGV[1]) then v = 0 end
-  out[i] = v
-end
-return out
-"""
-
-# A node that stops: its settings record goes, and every node hears it (compares again).
-_WITHDRAW_NODE = """
-redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-return 1
-"""
-
-_PTTLS = """
-local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call('PTTL', key) end
-return out
-"""
 
 #: Prefix of the events that name a user whose keys changed (never a session id).
 KEYS_EVENT = "keys:"
@@ -348,319 +139,6 @@ def parse_address(address: str) -> tuple[str, int]:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-# txredisapi wrappers -----------------------------------------------------------
-
-
-# txredisapi logs (log.msg) each failed connection set-up, and Twisted's ClientService
-# under it each retry it schedules, at every retry (0.5-5 s apart, for ever: a wrong
-# password, or a Redis down for a day, wrote ~35,000 lines a day each); _Link says the
-# reason itself, once (then once a minute with a count), and when the link is back.
-drop_lines("log_legacy", "Redis error: could not auth: ", "Redis error: could not set dbid=",
-           "Redis error: could not connect: ")
-drop_lines("twisted.application._client_service.ClientService", "Scheduling retry ")
-
-
-class _Factory(txredisapi.RedisFactory):
-    """A txredisapi factory that never stops trying and tells its link about readiness.
-
-    txredisapi calls stopTrying() when AUTH or SELECT fails, which would leave the
-    gateway without Redis until restarted (a Redis restarted before its ACL file
-    is back, a password rotated in the wrong order). Here the connection is
-    dropped and retried with backoff instead.
-    """
-
-    noisy = False
-
-    def __init__(self, link: _Link, protocol: type, **kwargs: Any):
-        super().__init__(None, kwargs.pop("dbid", None), 1, isLazy=True, **kwargs)
-        self.protocol = protocol
-        self.link = link
-
-    def stopTrying(self) -> Deferred[None]:
-        return defer.succeed(None)
-
-    def connectionError(self, why: str) -> None:
-        self.link.handshake_failed(why)
-
-    def addConnection(self, conn: Any) -> None:
-        super().addConnection(conn)
-        if conn in self.pool:
-            self.link.connected(conn)
-
-    def delConnection(self, conn: Any) -> None:
-        super().delConnection(conn)
-        self.link.lost(conn)
-
-
-#: Bytes read from a Redis connection per readable event: Twisted's 64 KiB, grown four
-#: times over each time a read fills it, up to READ_MAX, and back to it once a read
-#: does not. A gateway rebinding thousands of studios has a thousand or more commands
-#: in flight and long reactor turns (a TLS handshake's turn is a millisecond each), so
-#: at 64 KiB a turn a burst of GET replies took many turns to read, and a PING behind
-#: them its 10 s. Not READ_MAX always: CPython allocates the whole size for every
-#: recv(), and 1 MiB costs ~10x a 64 KiB recv of a small reply.
-READ_MIN, READ_MAX = 64 << 10, 1 << 20
-
-
-class _Heard:
-    """Mixin for the connection's protocol: when Redis last sent anything (the link's
-    ``heard``, on the store's clock), which deadlines on the link ask (deadline.within);
-    and how much each read takes (:data:`READ_MIN`, :data:`READ_MAX`)."""
-
-    factory: Any
-    transport: Any
-
-    def dataReceived(self, data: bytes, *more: Any) -> None:
-        if not more:  # (txredisapi calls itself again, with more, for what it held back)
-            link = self.factory.link
-            link.heard = link.store.clock.seconds()
-            if isinstance(self.transport, tcp.Connection):  # (under TLS: left as it is)
-                size = self.transport.bufferSize
-                if len(data) >= size:
-                    self.transport.bufferSize = min(size * 4, READ_MAX)
-                elif size > READ_MIN:
-                    self.transport.bufferSize = READ_MIN
-        super().dataReceived(data, *more)  # type: ignore[misc]
-
-
-# txredisapi reads replies with hiredis (C) when it is installed, and it is a dependency
-# of ours: its own Python reader takes one reactor turn per bulk reply (it pauses the
-# connection and reschedules the rest of the read with callLater(0), copying what is
-# left each time), so a burst of 2,000 GET replies took ~2,000 turns, each behind every
-# TLS handshake that came in that turn; with hiredis, a read's replies are all handled
-# in it (docs/decisions/redis-store.md, "Replies read in C").
-def reply_parser_missing() -> str | None:
-    """What to tell the operator when this install reads Redis's replies in Python
-    (check-config prints it, the gateway logs it at start); None: nothing to say."""
-    if issubclass(txredisapi.RedisProtocol, txredisapi.HiredisProtocol):
-        return None
-    return ("hiredis is not installed: Redis replies are read in Python, one reactor turn "
-            "each, which slows binds after a restart (pip install hiredis)")
-
-
-#: hiredis's command packer (C), as txredisapi found hiredis; None without it.
-_pack: Callable[[tuple[Any, ...]], bytes] | None = getattr(
-    getattr(txredisapi, "hiredis", None), "pack_command", None)
-
-
-#: The ints given to hiredis (the ones Redis can take at all): hiredis 3.5's packer
-#: crashes the process on an int longer than Python's int-to-text limit.
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-
-
-class _Packs:
-    """Mixin for the connection's protocol: commands put into Redis's wire format by
-    hiredis's ``pack_command`` (C) where txredisapi would give the same bytes: every
-    argument text (in UTF-8, strict: the store's charset), bytes or an int of at most
-    64 bits. Anything else (a float, which txredisapi writes in fixed point; text it
-    cannot encode, which it refuses with its own error) goes to txredisapi's
-    ``_build_command``, which made ~4 % of the gateway's CPU per bind in a rebind."""
-
-    charset: str | None
-    errors: str
-
-    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
-        if _pack is not None and self.charset == "utf-8" and self.errors == "strict":
-            for arg in args:
-                kind = type(arg)
-                if kind is not str and kind is not bytes and (
-                        kind is not int or not _INT_MIN <= arg <= _INT_MAX):
-                    break
-            else:
-                try:
-                    return _pack(args)
-                except (UnicodeError, ValueError, TypeError):
-                    pass  # txredisapi's own error, below
-        return super()._build_command(*args, **kwargs)  # type: ignore[misc]
-
-
-class _Commands(_Packs, _Heard, txredisapi.RedisProtocol):
-    def connectionLost(self, why: Failure) -> None:
-        self.factory.link.transport_lost(why)
-        super().connectionLost(why)
-
-
-class _Subscriber(_Packs, _Heard, txredisapi.SubscriberProtocol):
-    def connectionLost(self, why: Failure) -> None:
-        self.factory.link.transport_lost(why)
-        super().connectionLost(why)
-
-    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
-        self.factory.link.message(_text(channel), _text(message))
-
-
-class _Link:
-    """One reconnecting connection to Redis, with its state and a periodic PING."""
-
-    _log = Logger()
-
-    def __init__(self, store: RedisStore, name: str, protocol: type,
-                 on_ready: Callable[[Any], Any] | None = None,
-                 on_lost: Callable[[], None] | None = None,
-                 on_message: Callable[[str, str], None] | None = None):
-        self.store = store
-        self.name = name
-        self.protocol_class = protocol
-        self.on_ready = on_ready
-        self.on_lost = on_lost
-        self.on_message = on_message
-        self.factory: _Factory | None = None
-        self.conn: Any = None
-        self.ready = False
-        self.last_error = "not connected yet"
-        self._waiters: list[Deferred[None]] = []
-        self._failure_waiters: list[Deferred[str]] = []
-        self._transport_error: str | None = None
-        self._pinger: task.LoopingCall | None = None
-        # A refused set-up (wrong password, TLS) recurs at every retry: said once, then
-        # once a minute with a count, until the link is up again.
-        self._refusals = Repeats(store.clock)
-        self.heard = 0.0  # when Redis last sent anything on this link (the store's clock)
-
-    def start(self, endpoint: IStreamClientEndpoint) -> None:
-        s = self.store
-        self.factory = _Factory(self, self.protocol_class, dbid=s.db, password=s._password,
-                                username=s.user, convertNumbers=False, charset="utf-8")
-        self.factory.initialDelay, self.factory.maxDelay = s.reconnect_delay
-        self.factory.startConnecting(endpoint)
-        self._pinger = task.LoopingCall(self._ping)
-        self._pinger.clock = s.clock
-        self._pinger.start(s.ping_interval, now=False).addErrback(
-            lambda f: self._log.failure("{name} PING loop failed", f, name=self.name))
-
-    def stop(self) -> Deferred[Any]:
-        if self._pinger is not None and self._pinger.running:
-            self._pinger.stop()
-        self.ready = False
-        if self.factory is None:
-            return defer.succeed(None)
-        factory, self.factory = self.factory, None
-        return factory.disconnect()
-
-    def when_ready(self) -> Deferred[None]:
-        if self.ready:
-            return defer.succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        return d
-
-    # Called by the factory / protocol.
-
-    def connected(self, conn: Any) -> None:
-        self.conn = conn
-        if self.on_ready is not None:
-            d = defer.maybeDeferred(self.on_ready, conn)
-        else:
-            d = defer.succeed(None)
-
-        def ready(_: Any) -> None:
-            if self.conn is not conn or not conn.connected:
-                return
-            if not self.ready:
-                self._log.info("Redis {name} connection to {address} is up", name=self.name,
-                               address=self.store.address)
-            self._refusals.clear()
-            self.ready = True
-            waiters, self._waiters = self._waiters, []
-            for w in waiters:
-                w.callback(None)
-
-        def failed(f: Failure) -> None:
-            self.last_error = f.getErrorMessage()
-            unsaid = self._refusals.due(self.last_error)
-            if unsaid is not None:
-                self._log.warn("Redis {name} connection set-up failed: {error}{more}",
-                               name=self.name, error=self.last_error,
-                               more=self._refusals.more(unsaid))
-            conn.transport.loseConnection()
-            self._tell_failure(self.last_error)
-
-        d.addCallbacks(ready, failed)
-
-    def lost(self, conn: Any) -> None:
-        if conn is not self.conn:
-            return
-        self.conn = None
-        was_ready, self.ready = self.ready, False
-        self.last_error = "connection lost"
-        if was_ready:
-            self._log.warn("Redis {name} connection to {address} lost; reconnecting",
-                           name=self.name, address=self.store.address)
-        if self.on_lost is not None:
-            self.on_lost()
-
-    def when_failed(self) -> Deferred[str]:
-        """Fires with the reason of the next failed connection set-up (the handshake's
-        AUTH/SELECT/TLS, or what follows it: the SUBSCRIBE)."""
-        d: Deferred[str] = Deferred()
-        self._failure_waiters.append(d)
-        return d
-
-    def transport_lost(self, why: Failure) -> None:
-        from service_identity import VerificationError
-
-        if why.check(VerificationError):  # signed by a trusted CA, but for another name
-            self._transport_error = (
-                f"TLS: Redis's certificate does not name {self.store.host} (the host of "
-                "CONNECT_REDIS_ADDRESS)")
-            return
-        self._transport_error = why.getErrorMessage() or type(why.value).__name__
-
-    def handshake_failed(self, why: str) -> None:
-        if "Lost connection" in why and self._transport_error:
-            if self._transport_error.startswith("TLS: "):
-                why = self._transport_error
-            else:
-                why = f"{why} ({self._transport_error})"
-        elif "NOAUTH" in why:  # no AUTH was sent; the failing step named is SELECT's
-            why = (f"{why} (Redis asks for a password: set CONNECT_REDIS_PASSWORD, and "
-                   "CONNECT_REDIS_USER for an ACL user)")
-        self.last_error = why
-        unsaid = self._refusals.due(why)
-        if unsaid is not None:
-            self._log.warn("Redis {name} connection: {why}; will retry{more}", name=self.name,
-                           why=why, more=self._refusals.more(unsaid))
-        self._tell_failure(why)
-
-    def _tell_failure(self, why: str) -> None:
-        waiters, self._failure_waiters = self._failure_waiters, []
-        for w in waiters:
-            w.callback(why)
-
-    def message(self, channel: str, message: str) -> None:
-        if self.on_message is not None:
-            self.on_message(channel, message)
-
-    def _heard(self) -> float:
-        return self.heard
-
-    def usable(self) -> Any:
-        conn = self.conn
-        if self.ready and conn is not None and conn.connected:
-            return conn
-        return None
-
-    def _ping(self) -> None:
-        conn = self.usable()
-        if conn is None:
-            return
-        d = within(defer.maybeDeferred(conn.execute_command, "PING"), self.store.timeout,
-                   self.store.clock, heard=self._heard, longest=self.store.longest_wait)
-
-        def dead(f: Failure) -> None:
-            if self.conn is conn:
-                self.last_error = f"PING failed: {f.getErrorMessage() or type(f.value).__name__}"
-                self._log.warn("Redis {name} connection: {error}; dropping it", name=self.name,
-                               error=self.last_error)
-                conn.transport.abortConnection()
-
-        d.addErrback(dead)
 
 
 # The store ----------------------------------------------------------------------
@@ -714,9 +192,9 @@ class RedisStore:
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ValueError("a Redis TLS client certificate needs both the certificate "
                              "file and the key file")
-        self._commands = _Link(self, "command", _Commands)
-        self._events = _Link(self, "subscriber", _Subscriber, on_ready=self._subscribe,
-                             on_lost=self._events_lost, on_message=self._message)
+        self._commands = command_link(self)
+        self._events = subscriber_link(self, on_ready=self._subscribe,
+                                       on_lost=self._events_lost, on_message=self._message)
 
     def __repr__(self) -> str:
         auth = f", user={self.user!r}" if self.user else ""
@@ -727,30 +205,10 @@ class RedisStore:
     # Lifecycle -------------------------------------------------------------------
 
     def endpoint(self) -> IStreamClientEndpoint:
-        from twisted.internet import reactor
-
-        ep: IStreamClientEndpoint = HostnameEndpoint(reactor, self.host, self.port,
-                                                     timeout=self.connect_timeout)
-        if self.tls:
-            ep = wrapClientTLS(self._tls_options(), ep)
-        return ep
-
-    def _tls_options(self) -> Any:
-        client: PrivateCertificate | None = None
-        if self.tls_cert_file and self.tls_key_file:
-            client = PrivateCertificate.loadPEM(
-                Path(self.tls_cert_file).read_text() + "\n" + Path(self.tls_key_file).read_text())
-        if self.tls_skip_verify:
-            # optionsForClientTLS always verifies; an old-style context factory is what
-            # TLSMemoryBIOFactory (under wrapClientTLS) accepts for "do not verify".
-            kwargs: dict[str, Any] = {"verify": False}
-            if client is not None:
-                kwargs["certificate"] = client.original
-                kwargs["privateKey"] = client.privateKey.original
-            return CertificateOptions(**kwargs)
-        trust = (Certificate.loadPEM(Path(self.tls_ca_file).read_bytes())
-                 if self.tls_ca_file else platformTrust())
-        return optionsForClientTLS(self.host, trustRoot=trust, clientCertificate=client)
+        tls = tls_options(self.host, skip_verify=self.tls_skip_verify,
+                          cert_file=self.tls_cert_file, key_file=self.tls_key_file,
+                          ca_file=self.tls_ca_file) if self.tls else None
+        return client_endpoint(self.host, self.port, self.connect_timeout, tls)
 
     def start(self) -> None:
         """Start connecting (in the background; calls fail with StoreUnavailable until
@@ -759,8 +217,8 @@ class RedisStore:
             return
         self._started = True
         endpoint = self.endpoint()
-        self._commands.start(endpoint)
-        self._events.start(endpoint)
+        self._commands.start(endpoint, self._password)
+        self._events.start(endpoint, self._password)
 
     def stop(self) -> Deferred[Any]:
         self._started = False
@@ -798,7 +256,7 @@ class RedisStore:
 
     def _subscribe(self, conn: Any) -> Deferred[Any]:
         d = within(conn.subscribe(self.channel), self.timeout, self.clock,
-                   heard=self._events._heard, longest=self.longest_wait)
+                   heard=self._events.last_heard, longest=self.longest_wait)
         # Whatever happened while we were not listening is unknown: expire caches.
         return d.addCallback(lambda _: self._events_lost())
 
@@ -836,7 +294,7 @@ class RedisStore:
         # While Redis is still sending (replies to earlier commands), a late answer is
         # this process's own backlog: the deadline waits for Redis to fall silent.
         d = within(defer.maybeDeferred(command, conn), self.timeout, self.clock,
-                   heard=self._commands._heard, longest=self.longest_wait)
+                   heard=self._commands.last_heard, longest=self.longest_wait)
 
         def translate(f: Failure) -> Failure:
             if f.check(defer.TimeoutError):
@@ -875,7 +333,7 @@ class RedisStore:
             lambda _: None)
 
     def create(self, record: SessionRecord) -> Deferred[None]:
-        d = self._eval("create", _CREATE, [self._key(record.id)],
+        d = self._eval("create", CREATE, [self._key(record.id)],
                        [record.to_json(), self.channel, record.id])
 
         def done(created: Any) -> None:
@@ -885,7 +343,7 @@ class RedisStore:
         return d.addCallback(done)
 
     def update(self, record: SessionRecord) -> Deferred[None]:
-        d = self._eval("update", _UPDATE, [self._key(record.id)],
+        d = self._eval("update", UPDATE, [self._key(record.id)],
                        [record.to_json(), self.channel, record.id])
 
         def done(updated: Any) -> None:
@@ -895,7 +353,7 @@ class RedisStore:
         return d.addCallback(done)
 
     def delete(self, session_id: str) -> Deferred[bool]:
-        return self._eval("delete", _DELETE,
+        return self._eval("delete", DELETE,
                           [self._key(session_id), self._tunnel_key(session_id)],
                           [self.channel, session_id]).addCallback(lambda n: int(n) > 0)
 
@@ -917,9 +375,9 @@ class RedisStore:
                 return conn.execute_command("SCAN", c, "MATCH", pattern, "COUNT", 1000)
 
             reply = yield self._call(what, scan)
-            cursor = _text(reply[0])
+            cursor = reply_text(reply[0])
             for key in reply[1]:
-                keys[_text(key)] = _text(key)[len(start):]
+                keys[reply_text(key)] = reply_text(key)[len(start):]
             if cursor == "0":
                 break
         return keys
@@ -956,7 +414,7 @@ class RedisStore:
             px = _ms(ttl)
         except ValueError as e:
             return defer.fail(e)
-        d = self._eval("claim", _CLAIM, [self._key(sid), self._tunnel_key(sid)],
+        d = self._eval("claim", CLAIM, [self._key(sid), self._tunnel_key(sid)],
                        [holder.to_json(), px, self.channel, sid])
 
         def done(reply: Any) -> TunnelHolder | None:
@@ -994,7 +452,7 @@ class RedisStore:
 
         def done(answers: Any) -> list[Refresh]:
             if (not isinstance(answers, list) or len(answers) != len(holders)
-                    or not all(isinstance(n, int) and n in _REFRESHED for n in answers)):
+                    or not all(isinstance(n, int) and n in REFRESHED for n in answers)):
                 raise StoreUnavailable(f"Redis at {self.address} answered a refresh of "
                                        f"{len(holders)} claims with {answers!r:.80}")
             for h, n in zip(holders, answers, strict=True):
@@ -1002,13 +460,13 @@ class RedisStore:
                     self._log.info("the claim of session {sid}'s tunnel had expired (the "
                                    "store was away longer than its TTL?): claimed it again",
                                    sid=h.session_id)
-            return [_REFRESHED[n] for n in answers]
+            return [REFRESHED[n] for n in answers]
 
-        return self._eval("refresh", _REFRESH, keys, args).addCallback(done)
+        return self._eval("refresh", REFRESH, keys, args).addCallback(done)
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
         sid = holder.session_id
-        return self._eval("release", _RELEASE, [self._tunnel_key(sid)],
+        return self._eval("release", RELEASE, [self._tunnel_key(sid)],
                           [holder.tunnel_id, holder.node_id, self.channel, sid]).addCallback(
             lambda n: int(n) == 1)
 
@@ -1034,7 +492,7 @@ class RedisStore:
 
     def _decode_keys(self, user: str, value: Any) -> list[str]:
         try:
-            lines = json.loads(_text(value))
+            lines = json.loads(reply_text(value))
             if isinstance(lines, dict) and not lines:  # how cjson writes an empty list
                 return []
             if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
@@ -1052,7 +510,7 @@ class RedisStore:
         except BadUserKeys as e:
             return defer.fail(e)
         value = json.dumps(lines) if lines else ""
-        return self._eval("set_user_keys", _SET_KEYS, [self._keys_key(user)],
+        return self._eval("set_user_keys", SET_KEYS, [self._keys_key(user)],
                           [value, self.channel, KEYS_EVENT + user]).addCallback(lambda _: None)
 
     def add_user_keys(self, user: str, lines: list[str]) -> Deferred[list[str]]:
@@ -1063,7 +521,7 @@ class RedisStore:
                 raise BadUserKeys(f"at most {MAX_USER_KEYS} keys per user")
         except BadUserKeys as e:
             return defer.fail(e)
-        d = self._eval("add_user_keys", _ADD_KEYS, [self._keys_key(user)],
+        d = self._eval("add_user_keys", ADD_KEYS, [self._keys_key(user)],
                        [MAX_USER_KEYS, self.channel, KEYS_EVENT + user, json.dumps(new)])
 
         def done(reply: Any) -> list[str]:
@@ -1076,7 +534,7 @@ class RedisStore:
 
     def remove_user_keys(self, user: str, blobs: list[str] | None = None) -> Deferred[int]:
         which = "" if blobs is None else json.dumps(list(blobs))
-        return self._eval("remove_user_keys", _REMOVE_KEYS, [self._keys_key(user)],
+        return self._eval("remove_user_keys", REMOVE_KEYS, [self._keys_key(user)],
                           [self.channel, KEYS_EVENT + user, which]).addCallback(int)
 
     # Login state ------------------------------------------------------------------------
@@ -1116,7 +574,7 @@ class RedisStore:
             text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
             return text if len(text.encode("utf-8")) <= MAX_PENDING_LOGIN_BYTES else None
 
-        return self._eval("take_pending_login", _TAKE, [self._pending_key(state)],
+        return self._eval("take_pending_login", TAKE, [self._pending_key(state)],
                           []).addCallback(value)
 
     def drop_pending_logins(self, states: Sequence[str]) -> Deferred[None]:
@@ -1132,7 +590,7 @@ class RedisStore:
 
     def add_transfer(self, counts: dict[str, int], bucket: int, ttl: float) -> Deferred[None]:
         keys = [self._transfer_key(k, bucket) for k in counts]
-        return self._eval("add_transfer", _ADD_TRANSFER, keys,
+        return self._eval("add_transfer", ADD_TRANSFER, keys,
                           [_ms(ttl), *counts.values()]).addCallback(lambda _: None)
 
     def get_transfer(self, keys: list[str], buckets: list[int]
@@ -1174,7 +632,7 @@ class RedisStore:
             px = _ms(check_single_use_id(login_id, ttl))
         except ValueError as e:
             return defer.fail(e)
-        return self._eval("log_out", _LOG_OUT, [self._logout_key(login_id)],
+        return self._eval("log_out", LOG_OUT, [self._logout_key(login_id)],
                           [px, self.channel, LOGOUT_EVENT + login_id]).addCallback(
             lambda _: None)
 
@@ -1185,7 +643,7 @@ class RedisStore:
         out: dict[str, float] = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
-            ttls = yield self._eval("logged_out", _PTTLS, chunk, [])
+            ttls = yield self._eval("logged_out", PTTLS, chunk, [])
             for key, pttl in zip(chunk, ttls, strict=True):
                 if int(pttl) > 0 and SINGLE_USE_ID.fullmatch(found[key]):
                     out[found[key]] = int(pttl) / 1000
@@ -1208,12 +666,12 @@ class RedisStore:
         keys = [self._node_key(self.node_id), f"{self.prefix}:_nodes"]
         keys += [self._node_key(node) for node in gone]
         event = NODE_EVENT + self.node_id if tell else ""
-        d = self._eval("announce_node", _ANNOUNCE_NODE, keys,
+        d = self._eval("announce_node", ANNOUNCE_NODE, keys,
                        [value, _ms(ttl), self.node_id, MAX_NODES, self.channel, event, *gone])
 
         def keep(reply: Any) -> str | None:
             prev = reply[1] if isinstance(reply, list) and len(reply) > 1 else None
-            return None if prev is None else _text(prev)
+            return None if prev is None else reply_text(prev)
 
         return d.addCallback(keep)
 
@@ -1223,14 +681,14 @@ class RedisStore:
     def withdraw_node(self) -> Deferred[None]:
         """Delete this node's settings record (a node that stops cleanly) and publish
         ``node:<node id>``, so every node compares again at once, without it."""
-        return self._eval("withdraw_node", _WITHDRAW_NODE, [self._node_key(self.node_id)],
+        return self._eval("withdraw_node", WITHDRAW_NODE, [self._node_key(self.node_id)],
                           [self.channel, NODE_EVENT + self.node_id]).addCallback(
             lambda _: None)
 
     def _bounded_gets(self, what: str, keys: list[str], limit: int) -> Deferred[list[Any]]:
         """The value of each of `keys`: None when missing, 0 when longer than `limit`
         bytes (never sent by Redis), else the value."""
-        return self._eval(what, _BOUNDED_GETS, keys, [limit]).addCallback(
+        return self._eval(what, BOUNDED_GETS, keys, [limit]).addCallback(
             lambda values: [None if v is None else 0 if isinstance(v, int) else v
                             for v in values])
 
@@ -1243,7 +701,7 @@ class RedisStore:
         index, = yield self._bounded_gets("node_records", [f"{self.prefix}:_nodes"],
                                           MAX_NODES * 100)
         try:  # a damaged, hostile or too long index: none (the next announcement rebuilds it)
-            ids = json.loads(_text(index)) if index else []
+            ids = json.loads(reply_text(index)) if index else []
         except (ValueError, RecursionError):
             ids = []
         if not isinstance(ids, list):
@@ -1257,7 +715,7 @@ class RedisStore:
                                               MAX_RECORD_BYTES)
             found.update(zip(chunk, values, strict=True))
         self._nodes_gone = [n for n in nodes if found.get(n) is None]
-        return {n: _text(v) for n, v in found.items() if v is not None and v != 0}
+        return {n: reply_text(v) for n, v in found.items() if v is not None and v != 0}
 
 
 def _ms(ttl: float) -> int:

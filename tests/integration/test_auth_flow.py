@@ -12,7 +12,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from studios_gateway.auth import Auth, ConfigurationError, Identity, Response
-from studios_gateway.config import load_config
+from studios_gateway.config_loading import load_config
 from tests.support.auth_browser import LoginDriver
 from tests.support.idp import DEFAULT_REGISTRATION_TOKEN, TestIdP, submit_login
 from tests.unit.test_auth_authorizer import record, store_with

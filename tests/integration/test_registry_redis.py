@@ -16,7 +16,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from studios_gateway.registry import redis as redis_module
+from studios_gateway.registry import redis_link
 from studios_gateway.registry.base import Refresh, StoreUnavailable, TunnelHolder
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.redis import RedisStore
@@ -148,7 +148,7 @@ class RedisContractTests(StoreContract, RedisCase):
         assert (yield self.store.node_records()) == {"node-a": '{"a": "1"}',
                                                      "node-b": '{"a": "2"}'}
         stats = yield self.store.command("INFO", "commandstats")
-        assert "cmdstat_scan:" not in redis_module._text(stats)
+        assert "cmdstat_scan:" not in redis_link.reply_text(stats)
         yield self.store.command("PEXPIREAT", f"{p}:_node:node-b", 1)  # node-b went away
         assert (yield self.store.node_records()) == {"node-a": '{"a": "1"}'}
         yield self.store.announce_node('{"a": "1"}', 60, tell=False)
@@ -180,7 +180,7 @@ class RedisContractTests(StoreContract, RedisCase):
             after = yield self.store.command("INFO", "stats")
 
             def out(info: Any) -> int:
-                line = next(x for x in redis_module._text(info).splitlines()
+                line = next(x for x in redis_link.reply_text(info).splitlines()
                             if x.startswith("total_net_output_bytes:"))
                 return int(line.split(":")[1])
 
@@ -380,7 +380,7 @@ class RedisDeadlineTests(RedisCase):
         # storm's handshakes), so 20 MiB of answers (320 reads or more, each read kept
         # at 64 KiB here) take over 1.6 s whatever this machine's speed, with Redis
         # sending all along.
-        self.patch(redis_module, "READ_MAX", redis_module.READ_MIN)
+        self.patch(redis_link, "READ_MAX", redis_link.READ_MIN)
         conn = store._commands.conn
         read = conn.dataReceived
 
@@ -423,7 +423,7 @@ class RedisDeadlineTests(RedisCase):
         # 20 MiB in 64 KiB reads would be 320 or more.
         assert len(reads) < 100 and max(reads) > 512 * 1024, (len(reads), max(reads))
         small = yield store.command("GET", f"{store.prefix}:nothing")
-        assert small is None and conn.transport.bufferSize == redis_module.READ_MIN
+        assert small is None and conn.transport.bufferSize == redis_link.READ_MIN
 
     @defer.inlineCallbacks
     def test_a_silent_redis_fails_a_command_after_the_timeout(self) -> Any:

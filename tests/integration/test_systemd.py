@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from studios_gateway.config import read_env_file
+from studios_gateway.config_loading import read_env_file
 from studios_gateway.wire.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import GatewayProcess, base_env, twistd
 from tests.support.ports import free_port, wait_for_port

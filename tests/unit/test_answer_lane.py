@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from studios_gateway.config import load_config
+from studios_gateway.config_loading import load_config
 from studios_gateway.http import lane
 from studios_gateway.http.exchange import Exchange, Step, ToolCodec
 from studios_gateway.http.routing import Router

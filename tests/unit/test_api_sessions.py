@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from studios_gateway.config import load_config
+from studios_gateway.config_loading import load_config
 from studios_gateway.management.api import make_api
 from studios_gateway.management.sessions import Sessions
 from studios_gateway.registry.memory import MemoryStore

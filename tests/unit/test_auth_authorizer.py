@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from studios_gateway.auth.authorizer import Authorizer, PlatformUnavailable, Revocation
-from studios_gateway.config import load_config
+from studios_gateway.config_loading import load_config
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
 from tests.support.stores import FlakyStore

@@ -33,7 +33,7 @@ from studios_gateway.auth.oidc import (
     same_browser,
 )
 from studios_gateway.auth.settings import AuthSettings
-from studios_gateway.config import load_config
+from studios_gateway.config_loading import load_config
 from tests.support.auth_browser import Jar, LoginDriver, request
 from tests.unit.test_auth_authorizer import record, store_with
 

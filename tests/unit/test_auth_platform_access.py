@@ -175,7 +175,7 @@ def test_the_platform_gets_the_client_secret_only_when_it_is_the_issuer(
     party sent to another. Now only the Platform's own client is sent to it."""
     from studios_gateway.auth.login import Auth
     from studios_gateway.auth.oidc import ClientRegistration
-    from studios_gateway.config import load_config
+    from studios_gateway.config_loading import load_config
     from studios_gateway.ssh.component import make_platform_keys
 
     env = {"PLATFORM_URL": "https://platform.example.test",

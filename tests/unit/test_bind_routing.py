@@ -8,7 +8,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from studios_gateway.config import load_config
+from studios_gateway.config_loading import load_config
 from studios_gateway.management.sessions import studio_routing
 from studios_gateway.service import make_service
 from studios_gateway.tunnel.server import (

@@ -19,10 +19,10 @@ from studios_gateway.config import (
     VARIABLES,
     ConfigError,
     ConfigErrors,
-    format_size,
-    load_config,
     redact_password,
 )
+from studios_gateway.config_loading import load_config
+from studios_gateway.config_values import format_size
 from studios_gateway.durations import (
     MAX_SECONDS,
     format_duration,
@@ -362,9 +362,9 @@ def test_duration_setting_form_round_trips(ms: int) -> None:
 
 @given(st.integers(0, 2**40))
 def test_size_form_round_trips(n: int) -> None:
-    from studios_gateway.config import _size
+    from studios_gateway.config_values import size
 
-    assert _size(format_size(n)) == n
+    assert size(format_size(n)) == n
 
 
 @pytest.mark.parametrize("text,seconds", [("90s", 90), ("2m", 120), ("1h", 3600),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from twisted.internet.testing import MemoryReactorClock
 
-from studios_gateway.config import load_config
+from studios_gateway.config_loading import load_config
 from studios_gateway.service import make_service
 
 REPO = Path(__file__).resolve().parents[2]

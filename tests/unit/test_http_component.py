@@ -206,7 +206,7 @@ def test_a_proxy_url_on_https_without_tls_here_makes_tool_cookies_secure() -> No
 
     from twisted.internet.task import Clock
 
-    from studios_gateway.config import load_config
+    from studios_gateway.config_loading import load_config
     from studios_gateway.http.component import build_factory
 
     for url, outside in (("https://connect.example.com", True),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from twisted.logger import FilteringLogObserver, LogLevel, formatEvent
 
-import studios_gateway.registry.redis  # noqa: F401  (registers its lines)
+import studios_gateway.registry.redis_link  # noqa: F401  (registers its lines)
 from studios_gateway.logs import PREDICATES
 
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from studios_gateway.config import ConfigError, load_config
+from studios_gateway.config import ConfigError
+from studios_gateway.config_loading import load_config
 from studios_gateway.peers import advertised_address
 from studios_gateway.peers.handshake import (
     ClientHandshake,

@@ -1,5 +1,5 @@
 """How much a Redis connection reads per readable event: 64 KiB, more while Redis has
-more waiting than a read takes (registry/redis.py, READ_MIN and READ_MAX)."""
+more waiting than a read takes (registry/redis_link.py, READ_MIN and READ_MAX)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.internet.task import Clock
 
-from studios_gateway.registry.redis import READ_MAX, READ_MIN, _Heard
+from studios_gateway.registry.redis_link import READ_MAX, READ_MIN, _Heard
 
 
 class Recorded:
@@ -28,7 +28,7 @@ def connection(transport: Any) -> tuple[Protocol, Clock]:
     clock = Clock()
     p = Protocol()
     p.factory = SimpleNamespace(link=SimpleNamespace(heard=0.0,
-                                                     store=SimpleNamespace(clock=clock)))
+                                                     owner=SimpleNamespace(clock=clock)))
     p.transport = transport
     return p, clock
 

@@ -1,5 +1,5 @@
 """Redis's replies are read with hiredis: every reply in a read is handled in that read;
-and commands are packed by it, the bytes txredisapi would write (registry/redis.py,
+and commands are packed by it, the bytes txredisapi would write (registry/redis_link.py,
 reply_parser_missing and _Packs; docs/decisions/redis-store.md)."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from studios_gateway.registry import redis
+from studios_gateway.registry import redis_link
 
 
 def commands() -> tuple[Any, StringTransport]:
-    p = redis._Commands(charset="utf-8", convertNumbers=False)
+    p = redis_link._Commands(charset="utf-8", convertNumbers=False)
     p.factory = SimpleNamespace(link=SimpleNamespace(heard=0.0,
-                                                     store=SimpleNamespace(clock=Clock())))
+                                                     owner=SimpleNamespace(clock=Clock())))
     t = StringTransport()
     p.makeConnection(t)  # (BaseRedisProtocol.connectionMade would AUTH/SELECT: not here)
     return p, t
@@ -35,9 +35,9 @@ def results(ds: list[Deferred[Any]]) -> list[Any]:
 
 
 def test_this_install_reads_replies_in_c() -> None:
-    assert redis.reply_parser_missing() is None  # hiredis is a dependency (setup.cfg)
-    assert issubclass(redis._Commands, txredisapi.HiredisProtocol)
-    assert issubclass(redis._Subscriber, txredisapi.HiredisProtocol)
+    assert redis_link.reply_parser_missing() is None  # hiredis is a dependency (setup.cfg)
+    assert issubclass(redis_link._Commands, txredisapi.HiredisProtocol)
+    assert issubclass(redis_link._Subscriber, txredisapi.HiredisProtocol)
 
 
 def test_a_read_of_many_replies_answers_them_all_in_that_read() -> None:
@@ -87,7 +87,7 @@ def test_a_malformed_reply_is_a_protocol_error_not_a_crash() -> None:
 
 def test_an_install_without_hiredis_is_told(monkeypatch: Any) -> None:
     monkeypatch.setattr(txredisapi, "RedisProtocol", txredisapi.BaseRedisProtocol)
-    problem = redis.reply_parser_missing()
+    problem = redis_link.reply_parser_missing()
     assert problem is not None and "pip install hiredis" in problem
 
 
@@ -99,7 +99,7 @@ _ARG = st.one_of(st.text(), st.binary(), st.integers(min_value=-(2**70), max_val
 @given(st.lists(_ARG, min_size=1, max_size=6))
 def test_commands_are_the_bytes_txredisapi_would_write(args: list[Any]) -> None:
     p, _ = commands()
-    assert redis._pack is not None  # (hiredis: a dependency)
+    assert redis_link._pack is not None  # (hiredis: a dependency)
     assert p._build_command(*args) == txredisapi.BaseRedisProtocol._build_command(p, *args)
 
 
@@ -124,7 +124,7 @@ def test_text_bytes_and_ints_are_packed_in_c(monkeypatch: Any) -> None:
 def test_ints_beyond_64_bits_go_txredisapis_way(monkeypatch: Any) -> None:
     p, _ = commands()
     packed: list[Any] = []
-    monkeypatch.setattr(redis, "_pack", lambda args: packed.append(args) or b"")
+    monkeypatch.setattr(redis_link, "_pack", lambda args: packed.append(args) or b"")
     assert p._build_command("SET", "k", 2**64) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$20\r\n" \
         + str(2**64).encode() + b"\r\n"
     with pytest.raises(ValueError):  # (hiredis 3.5 crashed the process on this one)

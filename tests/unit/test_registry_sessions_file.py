@@ -15,7 +15,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from studios_gateway.component import StartError
-from studios_gateway.config import load_config
+from studios_gateway.config_loading import load_config
 from studios_gateway.private_files import StorageError
 from studios_gateway.registry.base import StoreUnavailable
 from studios_gateway.registry.memory import MemoryStore

@@ -13,7 +13,8 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from studios_gateway import logs
 from studios_gateway.component import Component
-from studios_gateway.config import ConfigError, load_config
+from studios_gateway.config import ConfigError
+from studios_gateway.config_loading import load_config
 from studios_gateway.metrics import Metrics
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.reload import ReloadableServerTLS, ReloadError, apply_log_level, run_hooks

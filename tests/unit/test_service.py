@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
 from studios_gateway.component import Component, StartError, endpoint_for
-from studios_gateway.config import load_config
+from studios_gateway.config_loading import load_config
 from studios_gateway.management.endpoints import ManagementRoot
 from studios_gateway.metrics import Metrics
 from studios_gateway.registry.memory import MemoryStore

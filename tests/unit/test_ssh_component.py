@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from studios_gateway.auth import Decision
 from studios_gateway.component import StartError
-from studios_gateway.config import load_config
+from studios_gateway.config_loading import load_config
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.service import Built, GatewayService, make_service
 from studios_gateway.ssh.component import make_authorize, make_dial

@@ -10,7 +10,8 @@ from twisted.internet.testing import MemoryReactorClock
 
 from studios_gateway import storage_root
 from studios_gateway.component import StartError
-from studios_gateway.config import ConfigError, load_config
+from studios_gateway.config import ConfigError
+from studios_gateway.config_loading import load_config
 from studios_gateway.service import make_service
 
 PROC = Path("/proc/self").exists()

@@ -19,7 +19,7 @@ from twisted.trial import unittest
 
 from studios_gateway import systemd
 from studios_gateway.component import endpoint_for
-from studios_gateway.config import load_config
+from studios_gateway.config_loading import load_config
 from studios_gateway.metrics import Metrics
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.service import GatewayService

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from studios_gateway.config import VARIABLES, load_config, read_env_file
+from studios_gateway.config import VARIABLES
+from studios_gateway.config_loading import load_config, read_env_file
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"

@@ -143,7 +143,7 @@ def test_the_answer_waits_for_the_head_and_no_longer_than_it_may() -> None:
 
 
 def test_the_gateway_redirects_its_own_hosts_to_its_public_https_port() -> None:
-    from studios_gateway.config import load_config
+    from studios_gateway.config_loading import load_config
 
     config = load_config(environ={"CONNECT_PROXY_URL": "https://connect.example.com:8443"})
     url = https_url_for(config, Router("connect.example.com", "connect.example.com"))
