@@ -65,8 +65,8 @@ class ClientSettings:
     tool_version: str = ""  # found by the preset; sent in the bind
     unknown_session_wait: float = UNKNOWN_SESSION_WAIT  # CONNECT_UNKNOWN_SESSION_WAIT
     #: HTTPS_PROXY and NO_PROXY as the environment gave them (the tunnel goes through the
-    #: proxy with CONNECT)
-    proxy_environ: tuple[tuple[str, str], ...] = ()
+    #: proxy with CONNECT); out of the repr, as the token is: a proxy's password in it
+    proxy_environ: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 def shown_address(text: str) -> str:

@@ -19,6 +19,7 @@ from studios_gateway.wire.carrier import (
     accept_head,
     proxy_authorization,
     proxy_for,
+    proxy_setting,
 )
 
 
@@ -272,3 +273,14 @@ def test_the_credentials_sent_are_those_of_the_proxy_the_tunnel_uses() -> None:
     other = {"HTTPS_PROXY": "http://proxy.lab:3128", "https_proxy": "http://x:y@elsewhere"}
     assert proxy_for("gw.example", other) == ("proxy.lab", 3128)
     assert proxy_authorization(other) is None
+
+
+def test_the_client_settings_repr_never_shows_the_proxy_password() -> None:
+    """The studio's token is kept out of ClientSettings' repr; HTTPS_PROXY may now carry a
+    password too (sent as Proxy-Authorization), and its repr showed it."""
+    s = settings_with(HTTPS_PROXY="http://ana:s3cret@proxy.lab:3128")
+    assert proxy_authorization(dict(s.proxy_environ)) is not None
+    assert "s3cret" not in repr(s) and "t" * 20 not in repr(s)
+    setting = proxy_setting(dict(s.proxy_environ))
+    assert setting is not None and setting.address == ("proxy.lab", 3128)
+    assert "s3cret" not in repr(setting) and "YW5hOnMzY3JldA" not in repr(setting)
