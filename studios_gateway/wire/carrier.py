@@ -422,6 +422,9 @@ class ProxySetting:
     #: the ``Proxy-Authorization`` value (Basic) for the user and password in the URL
     #: (percent-encoded there, as in any URL), or None without a user
     authorization: bytes | None = field(repr=False)
+    #: the URL says https://: TLS to the proxy, which the tunnel does not speak (it sends
+    #: its CONNECT in plain HTTP whatever the scheme)
+    tls: bool = False
 
 
 def proxy_setting(environ: Mapping[str, str]) -> ProxySetting | None:
@@ -432,7 +435,8 @@ def proxy_setting(environ: Mapping[str, str]) -> ProxySetting | None:
         text = (environ.get(name) or "").strip()
         if text:
             parts = urlsplit(text if "://" in text else "http://" + text)
-            return ProxySetting(name, text, _proxy_address(parts), _basic(parts))
+            return ProxySetting(name, text, _proxy_address(parts), _basic(parts),
+                                tls=parts.scheme == "https")
     return None
 
 
