@@ -81,6 +81,7 @@ from studios_gateway.auth.settings import (
     BROWSER_COOKIE,
     HANDOFF_COOKIE,
     LOGIN_COOKIE,
+    LOGOUT_COOKIE,
     PREFIX,
     AuthSettings,
 )
@@ -105,7 +106,7 @@ SUBJECT_HEADER = b"X-Connect-Sub"
 #: specially: a tool's Set-Cookie with one of these names never reaches the browser.
 GATEWAY_COOKIES = frozenset(
     f"{prefix}{name}".lower()
-    for name in (COOKIE_NAME, LOGIN_COOKIE, BROWSER_COOKIE, HANDOFF_COOKIE)
+    for name in (COOKIE_NAME, LOGIN_COOKIE, BROWSER_COOKIE, HANDOFF_COOKIE, LOGOUT_COOKIE)
     for prefix in ("", "__Host-", "__Secure-"))
 KEY_FILE = "auth-signing.key"
 #: Journals under the storage root (one node, no Redis): logins that ended, used login

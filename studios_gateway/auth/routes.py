@@ -14,6 +14,8 @@ decisions.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import html
 import re
 import secrets
@@ -89,6 +91,11 @@ def page(status: int, title: str, message: str, *, link: tuple[str, str] | None 
 
 def redirect(location: str, extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
     return pages.redirect(location, 302, extra=tuple(extra_headers))
+
+
+def _digest(value: str) -> str:
+    """A cookie value's SHA-256 (hex), for a signed token that must meet that cookie."""
+    return hashlib.sha256(value.encode("ascii", "replace")).hexdigest()
 
 
 def _studio_path(raw: Any) -> str:
@@ -538,9 +545,13 @@ class LoginRoutes:
         if self.rp is None:  # login links: no identity provider to stay logged in to
             return page(200, "Logged out", done, extra_headers=extra_headers)
         host = self.rp.issuer_host
+        # The state counts only with the cookie set here (its hash in the state): anyone
+        # can have this page, and a state alone, sent to someone else, would tell them
+        # they are logged out of the issuer.
+        binding = secrets.token_urlsafe(32)
         state = self._signer.sign(LOGOUT_RETURN, {
             "exp": int(self._reactor.seconds() + LOGOUT_RETURN_TTL),
-            "jti": secrets.token_urlsafe(12)})
+            "jti": secrets.token_urlsafe(12), "b": _digest(binding)})
         url = self.rp.logout_url(id_token=id_token, state=state)
         if url is None:
             return page(200, "Logged out",
@@ -554,12 +565,14 @@ class LoginRoutes:
                     f"{done} Your login at {host} (the identity provider) may still be "
                     "open: on a shared computer, log out there too, or the next person to "
                     "open a studio link is logged in as you.", body_html=button,
-                    extra_headers=extra_headers)
+                    extra_headers=[*extra_headers, self._proxy_cookie(
+                        self.settings.logout_cookie_name, binding, LOGOUT_RETURN_TTL)])
 
     def _logout_returned(self, request: RequestInfo) -> Response:
         """Where the issuer's logout sends the browser back (its post_logout_redirect_uri):
-        a page only, it ends nothing. A state this gateway did not sign (someone's link)
-        gets the plain logged-out page, with the issuer's logout again."""
+        a page only, it ends nothing. A state this gateway did not sign, or did for
+        another browser (someone's link), or used already, gets the plain logged-out page,
+        with the issuer's logout again."""
         if self.rp is None:
             return page(404, "Not found", "No such page.")
         if self._login_cookie(request) is not None:
@@ -567,11 +580,15 @@ class LoginRoutes:
                         "You are still logged in to the studios gateway in this browser.",
                         link=(self.settings.proxy_page("logout"), "Log out"))
         data = self._signer.verify(LOGOUT_RETURN, request.params().get("state", ""))
+        bound = data.get("b") if data is not None else None
         if data is None or not isinstance(data.get("exp"), int) \
-                or data["exp"] <= self._reactor.seconds():
+                or data["exp"] <= self._reactor.seconds() or not isinstance(bound, str) \
+                or not any(hmac.compare_digest(bound, _digest(v)) for v in
+                           self._tokens(request, self.settings.logout_cookie_name)):
             return self._logged_out(None)
         return page(200, "Logged out", "You are logged out of the studios gateway and of "
-                    f"{self.rp.issuer_host}.")
+                    f"{self.rp.issuer_host}.",
+                    extra_headers=[self._proxy_cookie(self.settings.logout_cookie_name)])
 
     def _logout_confirmed(self, request: RequestInfo, path: str) -> Response | None:
         """None when `request` is a logout to carry out: a post from the gateway's own page

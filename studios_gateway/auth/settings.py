@@ -15,7 +15,8 @@ from urllib.parse import quote, urlencode, urlsplit
 from studios_gateway.auth.cookies import cookie_name
 from studios_gateway.wire.ids import SESSION_ID
 
-__all__ = ["BROWSER_COOKIE", "HANDOFF_COOKIE", "LOGIN_COOKIE", "PREFIX", "AuthSettings"]
+__all__ = ["BROWSER_COOKIE", "HANDOFF_COOKIE", "LOGIN_COOKIE", "LOGOUT_COOKIE", "PREFIX",
+           "AuthSettings"]
 
 PREFIX = "/_connect/"
 LOGIN_COOKIE = "connect_login"
@@ -25,6 +26,9 @@ BROWSER_COOKIE = "connect_browser"
 #: Set by a studio's host (subdomain mode): a hand-off completes only in the browser
 #: whose value it names.
 HANDOFF_COOKIE = "connect_handoff"
+#: Set with the page after a logout that links to the issuer's logout: the state that
+#: logout brings back to /_connect/logged-out counts only in the browser that has it.
+LOGOUT_COOKIE = "connect_logout"
 
 
 
@@ -160,6 +164,12 @@ class AuthSettings:
     def handoff_cookie_name(self) -> str:
         """A studio host's hand-off cookie (path and prefix as the login cookie's)."""
         return self._host_only(HANDOFF_COOKIE)
+
+    @property
+    def logout_cookie_name(self) -> str:
+        """The cookie that binds the issuer's logout's state to the browser (path and
+        prefix as the login cookie's)."""
+        return self._host_only(LOGOUT_COOKIE)
 
     @property
     def browser_cookie_name(self) -> str:

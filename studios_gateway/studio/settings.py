@@ -65,8 +65,8 @@ class ClientSettings:
     tool_version: str = ""  # found by the preset; sent in the bind
     unknown_session_wait: float = UNKNOWN_SESSION_WAIT  # CONNECT_UNKNOWN_SESSION_WAIT
     #: HTTPS_PROXY and NO_PROXY as the environment gave them (the tunnel goes through the
-    #: proxy with CONNECT)
-    proxy_environ: tuple[tuple[str, str], ...] = ()
+    #: proxy with CONNECT); out of the repr, as the token is: a proxy's password in it
+    proxy_environ: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 def shown_address(text: str) -> str:
@@ -155,11 +155,18 @@ def _check_proxy(environ: Mapping[str, str]) -> None:
     """The HTTPS_PROXY (or https_proxy) that the tunnel reads names an HTTP proxy it can
     go through with CONNECT. One it could not use (no host, a bad port, a SOCKS proxy) was
     ignored without a word, and the tunnel went straight to the gateway instead. The one
-    not read (https_proxy when HTTPS_PROXY is set) is not checked: it changes nothing."""
+    not read (https_proxy when HTTPS_PROXY is set) is not checked: it changes nothing. A
+    user and password in an https:// one are refused: the tunnel's CONNECT is plain HTTP."""
     setting = proxy_setting(environ)
     if setting is not None and setting.address is None:
         raise ConfigError(setting.name, setting.text, "http://host:port, an HTTP proxy that "
                           "the tunnel goes through with CONNECT (SOCKS is not supported)")
+    if setting is not None and setting.tls and setting.authorization is not None:
+        # Sent anyway, the Proxy-Authorization would cross the network in clear where the
+        # URL asks for TLS.
+        raise ConfigError(setting.name, setting.text, "http://USER:PASSWORD@host:port: the "
+                          "tunnel speaks plain HTTP to its proxy, so with https:// the user "
+                          "and password would go to it in clear")
 
 
 def load_client_settings(environ: Mapping[str, str],

@@ -22,7 +22,7 @@ import binascii
 import contextlib
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
@@ -415,13 +415,16 @@ class ProxySetting:
     """The variable that names the tunnel's HTTP proxy, as :func:`proxy_for` reads it."""
 
     name: str  # HTTPS_PROXY or https_proxy
-    text: str  # its value, without surrounding blanks
+    text: str = field(repr=False)  # its value, without surrounding blanks (a password?)
     #: (host, port; 80 when not given), or None: not an HTTP proxy the tunnel can use
     #: (no host, a port that is not 1 to 65535, a scheme other than http or https)
     address: tuple[str, int] | None
     #: the ``Proxy-Authorization`` value (Basic) for the user and password in the URL
     #: (percent-encoded there, as in any URL), or None without a user
-    authorization: bytes | None
+    authorization: bytes | None = field(repr=False)
+    #: the URL says https://: TLS to the proxy, which the tunnel does not speak (it sends
+    #: its CONNECT in plain HTTP whatever the scheme)
+    tls: bool = False
 
 
 def proxy_setting(environ: Mapping[str, str]) -> ProxySetting | None:
@@ -432,7 +435,8 @@ def proxy_setting(environ: Mapping[str, str]) -> ProxySetting | None:
         text = (environ.get(name) or "").strip()
         if text:
             parts = urlsplit(text if "://" in text else "http://" + text)
-            return ProxySetting(name, text, _proxy_address(parts), _basic(parts))
+            return ProxySetting(name, text, _proxy_address(parts), _basic(parts),
+                                tls=parts.scheme == "https")
     return None
 
 

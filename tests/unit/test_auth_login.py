@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 
 from studios_gateway.auth.authorizer import Authorizer
 from studios_gateway.auth.login import (
+    GATEWAY_COOKIES,
     Auth,
     Identity,
     Response,
@@ -1023,3 +1024,27 @@ def test_with_login_links_the_logout_page_names_no_identity_provider() -> None:
     assert done.status == 200 and b"You are logged out of the studios gateway.</p>" in done.body
     assert b"identity provider" not in done.body
     assert run(auth.handle(request(f"{PROXY}/_connect/logged-out"))).status == 404
+
+
+def test_a_logged_out_state_counts_only_in_the_browser_given_it() -> None:
+    """Anyone gets a signed state: the page after a logout (GET /_connect/logout without a
+    login shows it) links to the issuer's logout with one. That state sent to someone else
+    (/_connect/logged-out?state=...) made the gateway tell them "You are logged out of the
+    studios gateway and of <issuer>", while their login at the issuer was still open: on a
+    shared computer, the next person in as them. The state now counts only in the browser
+    that got it with its page (a cookie), and once."""
+    auth, _, rp = make()
+    mallory = LoginDriver(auth)
+    got, _ = run(mallory.open(f"{PROXY}/_connect/logout"))  # no login needed
+    state = dict(parse_qsl(urlsplit(issuer_logout_link(got.body) or "").query))["state"]
+    alice = LoginDriver(auth)
+    told, _ = run(alice.open(f"{PROXY}/_connect/logged-out?state={quote(state)}"))
+    assert told.status == 200 and b"and of idp.example.org" not in told.body
+    assert issuer_logout_link(told.body) is not None  # the plain page, with the button
+    # In the browser the state was given to (back from the issuer), it says so, once.
+    back, _ = run(mallory.open(f"{PROXY}/_connect/logged-out?state={quote(state)}"))
+    assert b"logged out of the studios gateway and of idp.example.org" in back.body
+    again, _ = run(mallory.open(f"{PROXY}/_connect/logged-out?state={quote(state)}"))
+    assert b"and of idp.example.org" not in again.body
+    # A tool cannot plant the cookie (path mode: the same origin): it is the gateway's.
+    assert auth.settings.logout_cookie_name.lower() in GATEWAY_COOKIES

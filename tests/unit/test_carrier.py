@@ -19,6 +19,7 @@ from studios_gateway.wire.carrier import (
     accept_head,
     proxy_authorization,
     proxy_for,
+    proxy_setting,
 )
 
 
@@ -272,3 +273,32 @@ def test_the_credentials_sent_are_those_of_the_proxy_the_tunnel_uses() -> None:
     other = {"HTTPS_PROXY": "http://proxy.lab:3128", "https_proxy": "http://x:y@elsewhere"}
     assert proxy_for("gw.example", other) == ("proxy.lab", 3128)
     assert proxy_authorization(other) is None
+
+
+def test_the_client_settings_repr_never_shows_the_proxy_password() -> None:
+    """The studio's token is kept out of ClientSettings' repr; HTTPS_PROXY may now carry a
+    password too (sent as Proxy-Authorization), and its repr showed it."""
+    s = settings_with(HTTPS_PROXY="http://ana:s3cret@proxy.lab:3128")
+    assert proxy_authorization(dict(s.proxy_environ)) is not None
+    assert "s3cret" not in repr(s) and "t" * 20 not in repr(s)
+    setting = proxy_setting(dict(s.proxy_environ))
+    assert setting is not None and setting.address == ("proxy.lab", 3128)
+    assert "s3cret" not in repr(setting) and "YW5hOnMzY3JldA" not in repr(setting)
+
+
+def test_a_password_for_an_https_proxy_is_refused_not_sent_in_clear() -> None:
+    """The tunnel speaks plain HTTP to the proxy (CONNECT over TCP, whatever the URL's
+    scheme). With https:// (TLS to the proxy, for curl, Go or Python) and a user and
+    password in it, these went to the proxy as Proxy-Authorization: Basic in clear over
+    the network; now the start is refused, in words that never quote the password."""
+    from studios_gateway.config import ConfigError
+
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        with pytest.raises(ConfigError) as e:
+            settings_with(**{name: "https://ana:s3cret@proxy.lab:3128"})
+        assert str(e.value).startswith(f"{name}=") and "s3cret" not in str(e.value)
+        assert "http://USER:PASSWORD@host:port" in str(e.value) and "in clear" in str(e.value)
+    # Without a password nothing secret crosses: accepted as before.
+    s = settings_with(HTTPS_PROXY="https://proxy.lab:3128")
+    assert proxy_for("gw.example", dict(s.proxy_environ)) == ("proxy.lab", 3128)
+    assert proxy_authorization(dict(s.proxy_environ)) is None
