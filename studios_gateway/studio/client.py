@@ -32,8 +32,8 @@ from studios_gateway.wire.carrier import (
     CarrierEndpoint,
     ProxyConnect,
     WebSocketClient,
-    proxy_authorization,
     proxy_for,
+    proxy_setting,
 )
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke, facing, words
@@ -576,15 +576,19 @@ class ConnectClient(Service):
         (CONNECT) when one applies, and for ws(s):// a WebSocket (in TLS for wss)."""
         environ = dict(self.settings.proxy_environ)
         proxy = proxy_for(gateway.host, environ)
-        if proxy is None:
+        setting = proxy_setting(environ)
+        if proxy is None or setting is None:
             endpoint: Any = Unwrapped(endpoints.HostnameEndpoint(
                 self.reactor, gateway.host, gateway.port, timeout=CONNECT_TIMEOUT))
         else:
+            to_proxy: Any = Unwrapped(endpoints.HostnameEndpoint(
+                self.reactor, proxy[0], proxy[1], timeout=CONNECT_TIMEOUT))
+            if setting.tls:  # an https:// proxy: TLS to it, the CONNECT inside
+                to_proxy = wrap_client_tls(client_options(proxy[0], None), to_proxy)
             endpoint = CarrierEndpoint(
-                Unwrapped(endpoints.HostnameEndpoint(self.reactor, proxy[0], proxy[1],
-                                                     timeout=CONNECT_TIMEOUT)),
-                lambda inner: ProxyConnect(inner, gateway.host, gateway.port,
-                                           proxy_authorization(environ)), self.reactor)
+                to_proxy, lambda inner: ProxyConnect(inner, gateway.host, gateway.port,
+                                                     setting.authorization,
+                                                     over_tls=setting.tls), self.reactor)
         if gateway.carrier == "tls":
             return endpoint
         if gateway.carrier == "wss":

@@ -155,18 +155,12 @@ def _check_proxy(environ: Mapping[str, str]) -> None:
     """The HTTPS_PROXY (or https_proxy) that the tunnel reads names an HTTP proxy it can
     go through with CONNECT. One it could not use (no host, a bad port, a SOCKS proxy) was
     ignored without a word, and the tunnel went straight to the gateway instead. The one
-    not read (https_proxy when HTTPS_PROXY is set) is not checked: it changes nothing. A
-    user and password in an https:// one are refused: the tunnel's CONNECT is plain HTTP."""
+    not read (https_proxy when HTTPS_PROXY is set) is not checked: it changes nothing."""
     setting = proxy_setting(environ)
     if setting is not None and setting.address is None:
         raise ConfigError(setting.name, setting.text, "http://host:port, an HTTP proxy that "
-                          "the tunnel goes through with CONNECT (SOCKS is not supported)")
-    if setting is not None and setting.tls and setting.authorization is not None:
-        # Sent anyway, the Proxy-Authorization would cross the network in clear where the
-        # URL asks for TLS.
-        raise ConfigError(setting.name, setting.text, "http://USER:PASSWORD@host:port: the "
-                          "tunnel speaks plain HTTP to its proxy, so with https:// the user "
-                          "and password would go to it in clear")
+                          "the tunnel goes through with CONNECT (https://host:port for TLS "
+                          "to the proxy; SOCKS is not supported)")
 
 
 def load_client_settings(environ: Mapping[str, str],

@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 __all__ = ["TUNNEL_PATH", "Carrier", "CarrierEndpoint", "CarrierRefused", "ProxyConnect",
            "PROXY_VARIABLES", "ProxySetting", "WebSocketClient", "WebSocketServer",
-           "accept_head", "proxy_authorization", "proxy_for", "proxy_setting", "websocket_refusal"]
+           "accept_head", "proxy_for", "proxy_setting", "websocket_refusal"]
 
 TUNNEL_PATH = "/_connect/tunnel"
 MAX_HEAD = 16 * 1024
@@ -164,15 +164,25 @@ class Carrier(Protocol):
 
 class ProxyConnect(Carrier):
     """Through an HTTP forward proxy: ``CONNECT host:port``, then transparent. With
-    `authorization` (:func:`proxy_authorization`), the CONNECT carries it as
+    `authorization` (:attr:`ProxySetting.authorization`), the CONNECT carries it as
     ``Proxy-Authorization``; a proxy that asks for credentials (407) is refused in
-    words that say what to put in HTTPS_PROXY."""
+    words that say what to put in HTTPS_PROXY. `over_tls`: it rides on TLS to the proxy
+    (an https:// proxy), whose failure is then said as the proxy's, not the gateway's."""
 
-    def __init__(self, inner: Any, host: str, port: int, authorization: bytes | None = None):
+    def __init__(self, inner: Any, host: str, port: int, authorization: bytes | None = None,
+                 over_tls: bool = False):
         super().__init__(inner)
         self.target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.authorization = authorization
+        self.over_tls = over_tls
         self._buf = b""
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.over_tls and not self.up and not self.ready.called and reason is not None:
+            why = _proxy_tls_failure(reason)
+            if why is not None:
+                reason = Failure(CarrierRefused(why))
+        super().connectionLost(reason)
 
     def handshake(self) -> None:
         t = self.target.encode("ascii")
@@ -211,6 +221,21 @@ class ProxyConnect(Carrier):
             return "it did not take the user and password given in HTTPS_PROXY"
         return ("it asks for a user and password: give them in HTTPS_PROXY as "
                 "http://USER:PASSWORD@host:port (percent-encode @ : / in them)")
+
+
+def _proxy_tls_failure(reason: Failure) -> str | None:
+    """Why the TLS connection to an https:// proxy failed, in words, when it did."""
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+
+    if reason.check(VerificationError):
+        return ("the proxy's TLS certificate is not for its host name in HTTPS_PROXY: "
+                + _printable(reason.getErrorMessage()))
+    if reason.check(SSL.Error):
+        return ("the TLS handshake with the proxy failed (an https:// proxy must answer "
+                "in TLS with a certificate this system trusts): "
+                + _printable(reason.getErrorMessage()))
+    return None
 
 
 def _printable(text: str, most: int = 200) -> str:
@@ -416,21 +441,22 @@ class ProxySetting:
 
     name: str  # HTTPS_PROXY or https_proxy
     text: str = field(repr=False)  # its value, without surrounding blanks (a password?)
-    #: (host, port; 80 when not given), or None: not an HTTP proxy the tunnel can use
+    #: (host, port; 80 when not given, 443 for https://), or None: not an HTTP proxy the
+    #: tunnel can use
     #: (no host, a port that is not 1 to 65535, a scheme other than http or https)
     address: tuple[str, int] | None
     #: the ``Proxy-Authorization`` value (Basic) for the user and password in the URL
     #: (percent-encoded there, as in any URL), or None without a user
     authorization: bytes | None = field(repr=False)
-    #: the URL says https://: TLS to the proxy, which the tunnel does not speak (it sends
-    #: its CONNECT in plain HTTP whatever the scheme)
+    #: the URL says https://: the tunnel speaks TLS to the proxy (its certificate checked
+    #: against the system's CAs for the host name), and its CONNECT goes inside
     tls: bool = False
 
 
 def proxy_setting(environ: Mapping[str, str]) -> ProxySetting | None:
     """The HTTP proxy that the environment names for the tunnel (None: none), parsed once
-    for the start's check (settings) and the tunnel (:func:`proxy_for`,
-    :func:`proxy_authorization`)."""
+    for the start's check (settings) and the tunnel (:func:`proxy_for`, and the client's
+    TLS to the proxy and credentials)."""
     for name in PROXY_VARIABLES:
         text = (environ.get(name) or "").strip()
         if text:
@@ -447,7 +473,7 @@ def _proxy_address(parts: SplitResult) -> tuple[str, int] | None:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
         return None
-    return parts.hostname, port or 80
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
 def _basic(parts: SplitResult) -> bytes | None:
@@ -455,13 +481,6 @@ def _basic(parts: SplitResult) -> bytes | None:
         return None
     pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
     return b"Basic " + base64.b64encode(pair.encode("utf-8"))
-
-
-def proxy_authorization(environ: Mapping[str, str]) -> bytes | None:
-    """The ``Proxy-Authorization`` value for the proxy :func:`proxy_setting` finds (None:
-    no proxy, or no user in its URL)."""
-    setting = proxy_setting(environ)
-    return setting.authorization if setting is not None else None
 
 
 def proxy_for(host: str, environ: Mapping[str, str]) -> tuple[str, int] | None:

@@ -20,7 +20,7 @@ import pytest
 
 from tests.integration.test_jupyterlab import kernel_answers_42
 from tests.integration.test_tunnel_process import Deployment, wait_connected
-from tests.support.tinyproxy import Tinyproxy, tinyproxy_available
+from tests.support.tinyproxy import Tinyproxy, TlsFront, stunnel_available, tinyproxy_available
 from tests.support.tool_studio import tool_studio
 from tests.support.waiting import wait_until
 from tests.support.websocket import WebSocket
@@ -73,33 +73,70 @@ def through_the_proxy(d: Deployment, tmp_path: Path) -> None:
     assert f"localhost:{d.http_port}" in log, log[-2000:]
 
 
+def _through(d: Deployment, created: dict[str, Any], https_proxy: str, **env: str) -> Any:
+    """A studio whose tunnel goes to the tunnel port through `https_proxy`."""
+    pin = parse_qs(urlsplit(created["connect_string"]).query)["pin"][0]
+    _, client = d.studio(created, HTTPS_PROXY=https_proxy, NO_PROXY="", **env,
+                         CONNECT_GATEWAY_URL=f"tls://localhost:{d.env['CONNECT_TUNNEL_PORT']}"
+                                             f"?pin={pin}")
+    return client
+
+
+def _answers(d: Deployment, created: dict[str, Any]) -> None:
+    wait_connected(d.gw, created["id"], timeout=40)
+    d.login(created)
+    info = d.browser.get(d.url(created, "/api/info"))
+    assert info.status == 200 and info.json()["path"] == "/api/info"
+
+
 def test_a_proxy_that_wants_a_password_gets_the_one_in_https_proxy(tmp_path: Path) -> None:
     """HTTPS_PROXY's user and password (percent-encoded in the URL: %5F is the password's
     "_"; tinyproxy takes no other characters) go in the CONNECT as
     Proxy-Authorization; without them, the 407 is said in words that name the fix."""
     d = Deployment(tmp_path)
     try:
-        tunnel = int(d.env["CONNECT_TUNNEL_PORT"])
-        proxy = Tinyproxy(tmp_path / "tinyproxy", connect_ports=[tunnel],
+        proxy = Tinyproxy(tmp_path / "tinyproxy", connect_ports=[int(d.env["CONNECT_TUNNEL_PORT"])],
                           basic_auth=("ana", "p.ss-w_rd"))
         d.stoppers.append(proxy.stop)
         created = d.create()
-        pin = parse_qs(urlsplit(created["connect_string"]).query)["pin"][0]
-        direct = {"CONNECT_GATEWAY_URL": f"tls://localhost:{tunnel}?pin={pin}", "NO_PROXY": ""}
-        _, client = d.studio(created, HTTPS_PROXY=f"http://ana:p.ss-w%5Frd@127.0.0.1:"
-                                                   f"{proxy.port}", **direct)
-        wait_connected(d.gw, created["id"], timeout=40)
-        d.login(created)
-        info = d.browser.get(d.url(created, "/api/info"))
-        assert info.status == 200 and info.json()["path"] == "/api/info"
+        client = _through(d, created, f"http://ana:p.ss-w%5Frd@127.0.0.1:{proxy.port}")
+        _answers(d, created)
         assert "p.ss-w" not in client.output()
 
-        other = d.create()
-        _, refused = d.studio(other, HTTPS_PROXY=f"http://127.0.0.1:{proxy.port}", **direct)
+        refused = _through(d, d.create(), f"http://127.0.0.1:{proxy.port}")
         wait_until(lambda: "asks for a user and password" in refused.output(), timeout=40,
                    what="the 407 said in the client's log")
         assert "407" in refused.output() and "HTTPS_PROXY as http://USER:PASSWORD@" \
             in refused.output(), refused.output()[-2000:]
+    finally:
+        d.stop()
+
+
+@pytest.mark.skipif(not stunnel_available(), reason="stunnel4 is not installed")
+def test_an_https_proxy_is_spoken_to_in_tls(tmp_path: Path) -> None:
+    """HTTPS_PROXY=https://...: TLS to the proxy (stunnel in front of tinyproxy here), its
+    certificate checked for the host name, the CONNECT and its credentials inside; a
+    certificate for another name is said as the proxy's."""
+    d = Deployment(tmp_path)
+    try:
+        tunnel = int(d.env["CONNECT_TUNNEL_PORT"])
+        proxy = Tinyproxy(tmp_path / "tinyproxy", connect_ports=[tunnel],
+                          basic_auth=("ana", "s3cret"))
+        d.stoppers.append(proxy.stop)
+        front = TlsFront(tmp_path / "stunnel", proxy.port, ["localhost"])
+        d.stoppers.append(front.stop)
+        trust = str(front.cert)  # (the gateway itself is pinned)
+        created = d.create()
+        client = _through(d, created, f"https://ana:s3cret@localhost:{front.port}",
+                          SSL_CERT_FILE=trust)
+        _answers(d, created)
+        assert f"localhost:{tunnel}" in proxy.output()  # through the proxy, in TLS
+
+        wrong = _through(d, d.create(), f"https://ana:s3cret@127.0.0.1:{front.port}",
+                         SSL_CERT_FILE=trust)
+        wait_until(lambda: "the proxy's TLS certificate is not for its host name"
+                   in wrong.output(), timeout=40, what="the proxy's certificate refused")
+        assert "s3cret" not in wrong.output() + client.output()
     finally:
         d.stop()
 

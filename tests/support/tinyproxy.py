@@ -45,3 +45,33 @@ class Tinyproxy:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+
+def stunnel_available() -> bool:
+    return shutil.which("stunnel4") is not None
+
+
+class TlsFront:
+    """stunnel in front of a port: TLS in (a self-signed certificate for `names`, in
+    ``cert``), plain TCP on to `port` (an https:// proxy, when `port` is tinyproxy's)."""
+
+    def __init__(self, work: Path, port: int, names: list[str]):
+        from studios_gateway.wire.tls import make_self_signed
+
+        work.mkdir(parents=True, exist_ok=True)
+        self.cert, key = work / "cert.pem", work / "key.pem"
+        cert_pem, key_pem = make_self_signed(names)
+        self.cert.write_bytes(cert_pem)
+        key.write_bytes(key_pem)
+        key.chmod(0o600)
+        self.port = free_port()
+        conf = work / "stunnel.conf"
+        conf.write_text(f"foreground = yes\npid =\noutput = {work / 'stunnel.log'}\n"
+                        f"[proxy]\naccept = 127.0.0.1:{self.port}\n"
+                        f"connect = 127.0.0.1:{port}\ncert = {self.cert}\nkey = {key}\n")
+        self.proc = subprocess.Popen(["stunnel4", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, proc=self.proc)
+
+    def stop(self) -> None:
+        _stop(self.proc)

@@ -17,7 +17,6 @@ from studios_gateway.wire.carrier import (
     WebSocketClient,
     WebSocketServer,
     accept_head,
-    proxy_authorization,
     proxy_for,
     proxy_setting,
 )
@@ -158,9 +157,10 @@ def test_a_refused_https_proxy_never_shows_its_password() -> None:
     ("http://j%C3%BCrgen:pw@proxy.lab", b"Basic " + base64.b64encode("jürgen:pw".encode())),
 ])
 def test_proxy_authorization_from_the_url(url: str, expected: bytes | None) -> None:
-    assert proxy_authorization({"HTTPS_PROXY": url}) == expected
-    assert proxy_authorization({"https_proxy": url}) == expected
-    assert proxy_authorization({}) is None
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        setting = proxy_setting({name: url})
+        assert setting is not None and setting.authorization == expected
+    assert proxy_setting({}) is None
 
 
 def test_a_proxy_connect_sends_its_credentials() -> None:
@@ -269,36 +269,58 @@ def test_the_credentials_sent_are_those_of_the_proxy_the_tunnel_uses() -> None:
     HTTPS_PROXY gave no credentials while the tunnel went through https_proxy's proxy."""
     both = {"HTTPS_PROXY": " ", "https_proxy": "http://ana:s3cret@proxy.lab:3128"}
     assert proxy_for("gw.example", both) == ("proxy.lab", 3128)
-    assert proxy_authorization(both) == b"Basic " + base64.b64encode(b"ana:s3cret")
+    setting = proxy_setting(both)
+    assert setting is not None
+    assert setting.authorization == b"Basic " + base64.b64encode(b"ana:s3cret")
     other = {"HTTPS_PROXY": "http://proxy.lab:3128", "https_proxy": "http://x:y@elsewhere"}
     assert proxy_for("gw.example", other) == ("proxy.lab", 3128)
-    assert proxy_authorization(other) is None
+    setting = proxy_setting(other)
+    assert setting is not None and setting.authorization is None
 
 
 def test_the_client_settings_repr_never_shows_the_proxy_password() -> None:
     """The studio's token is kept out of ClientSettings' repr; HTTPS_PROXY may now carry a
     password too (sent as Proxy-Authorization), and its repr showed it."""
     s = settings_with(HTTPS_PROXY="http://ana:s3cret@proxy.lab:3128")
-    assert proxy_authorization(dict(s.proxy_environ)) is not None
+    assert (proxy_setting(dict(s.proxy_environ)) or pytest.fail()).authorization is not None
     assert "s3cret" not in repr(s) and "t" * 20 not in repr(s)
     setting = proxy_setting(dict(s.proxy_environ))
     assert setting is not None and setting.address == ("proxy.lab", 3128)
     assert "s3cret" not in repr(setting) and "YW5hOnMzY3JldA" not in repr(setting)
 
 
-def test_a_password_for_an_https_proxy_is_refused_not_sent_in_clear() -> None:
-    """The tunnel speaks plain HTTP to the proxy (CONNECT over TCP, whatever the URL's
-    scheme). With https:// (TLS to the proxy, for curl, Go or Python) and a user and
-    password in it, these went to the proxy as Proxy-Authorization: Basic in clear over
-    the network; now the start is refused, in words that never quote the password."""
-    from studios_gateway.config import ConfigError
+def test_an_https_proxy_is_spoken_to_in_tls_with_its_credentials_inside() -> None:
+    """https:// names a proxy that takes TLS (curl and Go read it so): the tunnel speaks
+    TLS to it (port 443 when none is given), and the user and password go inside that
+    TLS. Before, the CONNECT went in plain HTTP, to port 80, credentials and all."""
+    s = settings_with(HTTPS_PROXY="https://ana:s3cret@proxy.lab")
+    setting = proxy_setting(dict(s.proxy_environ))
+    assert setting is not None and setting.tls
+    assert setting.address == ("proxy.lab", 443)
+    assert proxy_for("gw.example", dict(s.proxy_environ)) == ("proxy.lab", 443)
+    assert setting.authorization == b"Basic " + base64.b64encode(b"ana:s3cret")
+    plain = proxy_setting({"HTTPS_PROXY": "proxy.lab"})
+    assert plain is not None and not plain.tls and plain.address == ("proxy.lab", 80)
 
-    for name in ("HTTPS_PROXY", "https_proxy"):
-        with pytest.raises(ConfigError) as e:
-            settings_with(**{name: "https://ana:s3cret@proxy.lab:3128"})
-        assert str(e.value).startswith(f"{name}=") and "s3cret" not in str(e.value)
-        assert "http://USER:PASSWORD@host:port" in str(e.value) and "in clear" in str(e.value)
-    # Without a password nothing secret crosses: accepted as before.
-    s = settings_with(HTTPS_PROXY="https://proxy.lab:3128")
-    assert proxy_for("gw.example", dict(s.proxy_environ)) == ("proxy.lab", 3128)
-    assert proxy_authorization(dict(s.proxy_environ)) is None
+
+def test_a_failed_tls_to_the_proxy_is_said_as_the_proxys() -> None:
+    """A certificate refused on the way to an https:// proxy is the proxy's, not the
+    gateway's (whose certificate check says 'the gateway's certificate ...')."""
+    from OpenSSL import SSL
+    from service_identity import VerificationError
+    from twisted.python.failure import Failure
+
+    for error, says in ((VerificationError("no match for proxy.lab"),
+                         "the proxy's TLS certificate is not for its host name"),
+                        (SSL.Error([("SSL routines", "", "certificate verify failed")]),
+                         "the TLS handshake with the proxy failed")):
+        carrier = ProxyConnect(Recorder(), "gw.example", 443, over_tls=True)
+        carrier.makeConnection(StringTransport())
+        carrier.connectionLost(Failure(error))
+        failure = TestCase().failureResultOf(carrier.ready, CarrierRefused)
+        assert says in str(failure.value), str(failure.value)
+    # over plain TCP the failure is passed on as it is
+    carrier = ProxyConnect(Recorder(), "gw.example", 443)
+    carrier.makeConnection(StringTransport())
+    carrier.connectionLost(Failure(SSL.Error([])))
+    TestCase().failureResultOf(carrier.ready, SSL.Error)
