@@ -217,10 +217,12 @@ class LoginRoutes:
                                   next_url, new_login=False,
                                   bind=bind if _BROWSER_VALUE.fullmatch(bind) else None)
         if self.rp is None:
+            # Seen by the person (after a logout, with an old bookmark, in another
+            # browser): what to ask for, not the administrator's command.
             return page(401, "Login required",
-                        "This gateway logs people in with one-time links. Ask an "
-                        "administrator for one (studios-gateway sessions link <session> <user> "
-                        "prints it).")
+                        "This browser is not logged in, or its login has ended. This gateway "
+                        "logs people in with one-time links: ask the person who gave you the "
+                        "studio for a new login link, then open it in this browser.")
         if self._issuer_unreachable():
             return page(503, "Login unavailable",
                         "The identity provider cannot be reached right now; try again "

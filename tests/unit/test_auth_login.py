@@ -675,6 +675,9 @@ def test_login_link_flow():
     b = LoginDriver(auth)
     resp, _ = run(b.open(studio("abc")))
     assert resp.status == 401 and b"one-time links" in resp.body
+    # Said to the person (after a logout, too): what to ask for, not the admin's command.
+    assert b"ask the person who gave you the studio for a new login link" in resp.body
+    assert b"studios-gateway" not in resp.body and b"&lt;session&gt;" not in resp.body
     link = auth.mint_login_link("abc", "alice")
     assert link.startswith(f"{PROXY}/_connect/link?token=")
     shown = run(auth.handle(request(link)))
