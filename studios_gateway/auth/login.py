@@ -496,7 +496,11 @@ class Auth:
                             decision.reason)
         sid = who.session_id
         if decision.status == 404:
-            refusal = page(404, "Studio not found", f"There is no studio {sid}.")
+            # A studio ended while its page was open lands here on the next load: say so.
+            refusal = page(404, "Studio not found",
+                           f"There is no studio {sid}. It may have been ended, or the "
+                           "address may be mistyped. Ask the person who gave you the studio "
+                           "if you still need it.")
         elif decision.status == 503:
             refusal = page(503, "Try again shortly",
                            f"Access to studio {sid} cannot be checked right now.",

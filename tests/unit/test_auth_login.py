@@ -205,6 +205,17 @@ def test_second_user_gets_403():
     assert b"not allowed on this session" in resp.body
 
 
+def test_a_studio_that_is_gone_says_what_may_have_happened():
+    """A studio ended while its page was open: the next load said only "There is no
+    studio abc.", as for a mistyped address."""
+    auth, _, rp = make()
+    b = LoginDriver(auth, external=idp_login(rp))
+    resp, _ = run(b.open(studio("gone")))
+    assert isinstance(resp, Response) and resp.status == 404
+    assert b"There is no studio gone. It may have been ended, or the address may be " \
+        b"mistyped." in resp.body
+
+
 def test_a_workspace_refusal_offers_no_other_login():
     # The studio's workspace is not in TOWER_DATA_STUDIO_ALLOWED_WORKSPACES: the page said
     # "alice may not use studio abc" and offered "Log in as someone else", which no one
