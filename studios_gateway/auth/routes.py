@@ -364,9 +364,12 @@ class LoginRoutes:
         data = self._signer.verify(HANDOFF, request.params().get("code", ""))
         now = self._reactor.seconds()
         again = self.settings.login_again(s.studio_url(session_id))
+        # Seen on Back or a reload after a login, or a link opened in another browser:
+        # in the person's words ("hand-off" is the gateway's), and what to do.
         expired = page(400, "Login link expired",
-                       "This login hand-off was used already, has expired, or is for "
-                       "another studio or another browser.", link=(again, "Log in again"))
+                       "This step of the login was used already, took too long, or was "
+                       "started in another browser or for another studio. Log in again to "
+                       "open the studio.", link=(again, "Log in again"))
         if data is None or not isinstance(data.get("exp"), int) \
                 or not isinstance(data.get("jti"), str):
             self.on_login("handoff", False)
@@ -433,7 +436,8 @@ class LoginRoutes:
         data = self._signer.verify(LINK, token)
         now = self._reactor.seconds()
         invalid = page(400, "Login link not valid",
-                       "This login link was used already or has expired. Ask for a new one.")
+                       "This login link was used already, has expired, or was not copied "
+                       "whole. Ask the person who gave it to you for a new one.")
         if data is None or not isinstance(data.get("exp"), int) \
                 or not isinstance(data.get("sid"), str) or not isinstance(data.get("sub"), str) \
                 or not isinstance(data.get("jti"), str):

@@ -307,6 +307,9 @@ def test_a_handoff_made_from_someone_elses_login_logs_nobody_in() -> None:
     refused = run(auth.handle(request(bound.decode(), alice.jar)))
     assert (refused.status, refused.user, refused.why) == (
         400, "bob", "login hand-off for another browser")
+    # the page says it in a person's words (the access line keeps "hand-off")
+    assert b"hand-off" not in refused.body and b"Log in again to open the studio." in \
+        refused.body
     assert not any(k.lower() == b"set-cookie" for k, _ in refused.headers)
     who = run(auth.authorize_request(request(studio("abc"), alice.jar), "abc"))
     assert isinstance(who, Identity) and who.subject == "alice"
@@ -714,6 +717,10 @@ def test_login_link_flow():
     forged = run(auth.handle(request(link[:-3] + "AAA", method="POST")))
     assert forged.status == 400 and forged.user == ""
     assert forged.why.startswith("login link not valid")
+    # a link cut short in a mail or chat: the page names that too, and whom to ask
+    cut = run(auth.handle(request(link[:60])))
+    assert cut.status == 400 and b"not copied whole. Ask the person who gave it to you " \
+        b"for a new one." in cut.body
 
 
 def test_a_login_link_posted_from_another_site_is_refused_and_stays_unspent():
