@@ -48,6 +48,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from studios_gateway.auth.authorizer import (
+    NOT_ALLOWED,
     WORKSPACE_REFUSED,
     Authorizer,
     Decision,
@@ -513,8 +514,13 @@ class Auth:
                            "administrator.")
         else:
             switch = self.settings.proxy_page("logout", next=self.login_url(request))
-            refusal = page(403, "Access denied",
-                           f"{who.subject} may not use studio {sid} ({decision.reason}).",
+            # The authorizer's reason ("not allowed on this session") is for the access
+            # line; the person reads who they are here and what would let them in.
+            text = (f"You are logged in as {who.subject}, and studio {sid} is not shared "
+                    f"with {who.subject}. Ask its owner to share it with you, or log in as "
+                    "someone else." if decision.reason == NOT_ALLOWED else
+                    f"{who.subject} may not use studio {sid} ({decision.reason}).")
+            refusal = page(403, "Access denied", text,
                            link=(switch, "Log in as someone else"))
         # The access line names the logged-in user and the decision's reason ("not
         # allowed on this session"), not "-" and "forbidden".

@@ -202,7 +202,10 @@ def test_second_user_gets_403():
     assert b"mallory" in resp.body and b"abc" in resp.body
     # For the access line (never sent): who was refused, and the authorizer's reason.
     assert (resp.user, resp.why) == ("mallory", "not allowed on this session")
-    assert b"not allowed on this session" in resp.body
+    # The page says it in the person's words (it said "(not allowed on this session)")
+    assert b"You are logged in as mallory, and studio abc is not shared with mallory. Ask " \
+        b"its owner to share it with you, or log in as someone else." in resp.body
+    assert b"session" not in resp.body
 
 
 def test_a_studio_that_is_gone_says_what_may_have_happened():
