@@ -549,7 +549,9 @@ class LoginRoutes:
         if this process still has it)."""
         done = "You are logged out of the studios gateway."
         if self.rp is None:  # login links: no identity provider to stay logged in to
-            return page(200, "Logged out", done, extra_headers=extra_headers)
+            # What next: the link used before works once.
+            return page(200, "Logged out", f"{done} To open a studio again, ask the person "
+                        "who gave it to you for a new login link.", extra_headers=extra_headers)
         host = self.rp.issuer_host
         # The state counts only with the cookie set here (its hash in the state): anyone
         # can have this page, and a state alone, sent to someone else, would tell them

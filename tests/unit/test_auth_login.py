@@ -721,6 +721,9 @@ def test_login_link_flow():
     assert forged.status == 400 and forged.user == ""
     assert forged.why.startswith("login link not valid")
     # a link cut short in a mail or chat: the page names that too, and whom to ask
+    # logged out, a person is told the used link will not do (links work once)
+    out = run(auth.handle(request(f"{PROXY}/_connect/logout", method="POST")))
+    assert b"ask the person who gave it to you for a new login link." in out.body
     cut = run(auth.handle(request(link[:60])))
     assert cut.status == 400 and b"not copied whole. Ask the person who gave it to you " \
         b"for a new one." in cut.body
@@ -1045,7 +1048,8 @@ def test_without_the_issuers_logout_the_page_says_to_close_the_browser() -> None
 def test_with_login_links_the_logout_page_names_no_identity_provider() -> None:
     auth, _, _ = make(issuer=False)
     done = run(auth.handle(request(f"{PROXY}/_connect/logout")))
-    assert done.status == 200 and b"You are logged out of the studios gateway.</p>" in done.body
+    assert done.status == 200 and b"You are logged out of the studios gateway. To open a " \
+        b"studio again, ask the person who gave it to you for a new login link.</p>" in done.body
     assert b"identity provider" not in done.body
     assert run(auth.handle(request(f"{PROXY}/_connect/logged-out"))).status == 404
 
