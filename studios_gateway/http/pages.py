@@ -128,9 +128,12 @@ def not_connected(session_id: str) -> Page:
 
 
 def tool_not_answering(session_id: str) -> Page:
+    # Also the page for a tool that refused the connection at once (it stopped, or has
+    # not started listening): not only "in time", and what to do if it lasts.
     return page(504, "Studio is not answering",
-                "The studio is connected but its application did not answer in time. "
-                "It may still be starting, or it may be busy; try again shortly.",
+                "The studio is connected, but its application is not answering. It may "
+                "still be starting, be busy, or have stopped. If this page stays, restart "
+                "the studio.",
                 session_id=session_id, refresh=10, extra=((b"Retry-After", b"10"),))
 
 

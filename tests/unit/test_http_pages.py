@@ -32,3 +32,14 @@ def test_the_next_step_is_big_enough_to_tap_and_shows_its_focus() -> None:
     assert "min-height:44px" in rules["button"] and "font:inherit" in rules["button"]
     assert "padding" in rules["a"]
     assert "outline:3px solid" in rules["a:focus-visible,button:focus-visible"]
+
+
+def test_a_tool_that_is_down_is_not_said_to_be_slow() -> None:
+    """The 504 is also the page for a tool that refused the connection at once (it had
+    stopped): it said "did not answer in time ... try again shortly", and nothing to do
+    when waiting does not help."""
+    body = pages.tool_not_answering("abc").body
+    assert b"did not answer in time" not in body
+    assert b"It may still be starting, be busy, or have stopped. If this page stays, " \
+        b"restart the studio." in body
+    assert b"This page reloads by itself." in body
