@@ -48,6 +48,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from studios_gateway.auth.authorizer import (
+    NOT_ALLOWED,
     WORKSPACE_REFUSED,
     Authorizer,
     Decision,
@@ -496,7 +497,11 @@ class Auth:
                             decision.reason)
         sid = who.session_id
         if decision.status == 404:
-            refusal = page(404, "Studio not found", f"There is no studio {sid}.")
+            # A studio ended while its page was open lands here on the next load: say so.
+            refusal = page(404, "Studio not found",
+                           f"There is no studio {sid}. It may have been ended, or the "
+                           "address may be mistyped. Ask the person who gave you the studio "
+                           "if you still need it.")
         elif decision.status == 503:
             refusal = page(503, "Try again shortly",
                            f"Access to studio {sid} cannot be checked right now.",
@@ -509,8 +514,13 @@ class Auth:
                            "administrator.")
         else:
             switch = self.settings.proxy_page("logout", next=self.login_url(request))
-            refusal = page(403, "Access denied",
-                           f"{who.subject} may not use studio {sid} ({decision.reason}).",
+            # The authorizer's reason ("not allowed on this session") is for the access
+            # line; the person reads who they are here and what would let them in.
+            text = (f"You are logged in as {who.subject}, and studio {sid} is not shared "
+                    f"with {who.subject}. Ask its owner to share it with you, or log in as "
+                    "someone else." if decision.reason == NOT_ALLOWED else
+                    f"{who.subject} may not use studio {sid} ({decision.reason}).")
+            refusal = page(403, "Access denied", text,
                            link=(switch, "Log in as someone else"))
         # The access line names the logged-in user and the decision's reason ("not
         # allowed on this session"), not "-" and "forbidden".

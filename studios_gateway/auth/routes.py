@@ -217,10 +217,12 @@ class LoginRoutes:
                                   next_url, new_login=False,
                                   bind=bind if _BROWSER_VALUE.fullmatch(bind) else None)
         if self.rp is None:
+            # Seen by the person (after a logout, with an old bookmark, in another
+            # browser): what to ask for, not the administrator's command.
             return page(401, "Login required",
-                        "This gateway logs people in with one-time links. Ask an "
-                        "administrator for one (studios-gateway sessions link <session> <user> "
-                        "prints it).")
+                        "This browser is not logged in, or its login has ended. This gateway "
+                        "logs people in with one-time links: ask the person who gave you the "
+                        "studio for a new login link, then open it in this browser.")
         if self._issuer_unreachable():
             return page(503, "Login unavailable",
                         "The identity provider cannot be reached right now; try again "
@@ -362,9 +364,12 @@ class LoginRoutes:
         data = self._signer.verify(HANDOFF, request.params().get("code", ""))
         now = self._reactor.seconds()
         again = self.settings.login_again(s.studio_url(session_id))
+        # Seen on Back or a reload after a login, or a link opened in another browser:
+        # in the person's words ("hand-off" is the gateway's), and what to do.
         expired = page(400, "Login link expired",
-                       "This login hand-off was used already, has expired, or is for "
-                       "another studio or another browser.", link=(again, "Log in again"))
+                       "This step of the login was used already, took too long, or was "
+                       "started in another browser or for another studio. Log in again to "
+                       "open the studio.", link=(again, "Log in again"))
         if data is None or not isinstance(data.get("exp"), int) \
                 or not isinstance(data.get("jti"), str):
             self.on_login("handoff", False)
@@ -431,7 +436,8 @@ class LoginRoutes:
         data = self._signer.verify(LINK, token)
         now = self._reactor.seconds()
         invalid = page(400, "Login link not valid",
-                       "This login link was used already or has expired. Ask for a new one.")
+                       "This login link was used already, has expired, or was not copied "
+                       "whole. Ask the person who gave it to you for a new one.")
         if data is None or not isinstance(data.get("exp"), int) \
                 or not isinstance(data.get("sid"), str) or not isinstance(data.get("sub"), str) \
                 or not isinstance(data.get("jti"), str):
@@ -543,7 +549,9 @@ class LoginRoutes:
         if this process still has it)."""
         done = "You are logged out of the studios gateway."
         if self.rp is None:  # login links: no identity provider to stay logged in to
-            return page(200, "Logged out", done, extra_headers=extra_headers)
+            # What next: the link used before works once.
+            return page(200, "Logged out", f"{done} To open a studio again, ask the person "
+                        "who gave it to you for a new login link.", extra_headers=extra_headers)
         host = self.rp.issuer_host
         # The state counts only with the cookie set here (its hash in the state): anyone
         # can have this page, and a state alone, sent to someone else, would tell them

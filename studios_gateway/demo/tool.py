@@ -33,10 +33,12 @@ from zope.interface import implementer
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
+<meta name="viewport" content="width=device-width">
 <title>Demo studio</title>
-<style>body{{font:16px system-ui,sans-serif;max-width:40em;margin:3em auto;color:#222}}
-code{{background:#eee;padding:.1em .3em}}#log{{white-space:pre-wrap;background:#f6f6f6;
-padding:1em;min-height:4em}}</style></head>
+<style>body{{font:16px system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em;
+color:#222}}code{{background:#eee;padding:.1em .3em}}#log{{white-space:pre-wrap;
+background:#f6f6f6;padding:1em;min-height:4em}}input,button{{font:inherit;min-height:44px;
+max-width:100%}}</style></head>
 <body><h1>Demo studio</h1>
 <p>This page is served by the demo tool inside a studio, through the gateway's tunnel.</p>
 <p>You are <code id="who">{who}</code>.</p>

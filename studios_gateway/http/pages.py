@@ -26,10 +26,20 @@ __all__ = [
 # RFC 9110's names where Python's table still has the older ones.
 _RFC9110 = {413: "Content Too Large", 414: "URI Too Long", 422: "Unprocessable Content"}
 
+# A page's button or link is what the person does next: big enough to hit on a phone
+# (44 CSS pixels tall, in the page's own font, where the browser's default is ~20 px in
+# a smaller one), and with a focus ring that shows on any background when reached with
+# the keyboard.
 _STYLE = ("body{font-family:system-ui,sans-serif;max-width:36em;margin:4em auto;"
-          "padding:0 1em;color:#222}code{background:#eee;padding:0 .2em}"
-          "a.button{display:inline-block;padding:.4em .9em;border:1px solid #555;"
-          "border-radius:.3em;text-decoration:none;color:#222;background:#f4f4f4}")
+          "padding:0 1em;color:#222}code{background:#eee;padding:0 .2em;"
+          "overflow-wrap:anywhere}"
+          "button{font:inherit;min-height:44px;padding:.5em 1.2em;cursor:pointer}"
+          "a{color:#0b57d0;display:inline-block;padding:.5em 0}"
+          "a.button{box-sizing:border-box;min-height:44px;padding:.6em 1.2em;"
+          "border:1px solid #555;border-radius:.3em;text-decoration:none;color:#222;"
+          "background:#f4f4f4}"
+          "a:focus-visible,button:focus-visible{outline:3px solid #0b57d0;"
+          "outline-offset:2px}")
 
 
 @dataclass(frozen=True)
@@ -118,9 +128,12 @@ def not_connected(session_id: str) -> Page:
 
 
 def tool_not_answering(session_id: str) -> Page:
+    # Also the page for a tool that refused the connection at once (it stopped, or has
+    # not started listening): not only "in time", and what to do if it lasts.
     return page(504, "Studio is not answering",
-                "The studio is connected but its application did not answer in time. "
-                "It may still be starting, or it may be busy; try again shortly.",
+                "The studio is connected, but its application is not answering. It may "
+                "still be starting, be busy, or have stopped. If this page stays, restart "
+                "the studio.",
                 session_id=session_id, refresh=10, extra=((b"Retry-After", b"10"),))
 
 

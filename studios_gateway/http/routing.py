@@ -180,7 +180,11 @@ class Router:
 
     def _path_route(self, target: str) -> Route | Redirect | Refusal:
         if not self.path_routing or not target.startswith(PATH_PREFIX):
-            return Refusal(404, "not-a-studio", "There is nothing here.")
+            # The gateway's own address, typed or bookmarked: where studios are.
+            return Refusal(404, "not-a-studio",
+                           "This address is the studios gateway, which has no page of its "
+                           "own. Open your studio with the address or login link you were "
+                           "given.")
         path, qmark, query = target.partition("?")
         sid, slash, _rest = path[len(PATH_PREFIX) :].partition("/")
         if not SESSION_ID.fullmatch(sid):

@@ -63,6 +63,18 @@ class Over:
                 f"window; try again in {format_duration(max(1, round(self.retry_after)))}")
 
 
+def page_text(over: Over, window: float) -> str:
+    """What the 429 page says, to the person: whose quota (theirs or the studio's), how
+    much of how much in what time, and when the studio works again (the page reloads
+    itself then). The log, the WebSocket close and SSH keep :attr:`Over.message`."""
+    who = ("This studio has" if over.scope == "session"
+           else f"You ({over.name}) have")
+    return (f"{who} moved {format_bytes(over.used)} of the {format_bytes(over.limit)} "
+            f"allowed in {format_duration(window)}, so the gateway holds the studio until "
+            f"some of that time has passed. It works again in about "
+            f"{format_duration(max(1, round(over.retry_after)))}.")
+
+
 def format_bytes(n: int) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if n >= size:
@@ -236,9 +248,11 @@ def admitting(authorize: Callable[[Any, str], Deferred[Any]], quota: Quota,
                 if over is None:
                     return who
                 refused(over)
-                page = pages.page(429, "Transfer quota reached", over.message[0].upper()
-                                  + over.message[1:] + ".", session_id=session_id,
-                                  extra=((b"Retry-After", b"%d" % round(over.retry_after)),))
+                wait = max(1, round(over.retry_after))
+                page = pages.page(429, "Transfer quota reached",
+                                  page_text(over, quota.settings.window),
+                                  session_id=session_id, refresh=wait,
+                                  extra=((b"Retry-After", b"%d" % wait),))
                 # The access line names the user and which quota (not "too many requests").
                 return replace(page, user=who.subject, why=over.message)
 

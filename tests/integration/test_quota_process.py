@@ -72,7 +72,8 @@ def test_a_session_quota_holds_across_nodes_for_http_and_ssh(
     assert 0 < int(headers["Retry-After"]) <= 60
     assert alice.get(a.url(sid, "/api/info")).status == 429
     page = alice.get(a.url(sid, "/"))
-    assert "Transfer quota reached" in page.text and "session " + sid in page.text
+    assert "Transfer quota reached" in page.text and "This studio has moved" in page.text
+    assert sid in page.text
 
     status, usage = b.api(f"/api/quota/sessions/{sid}")
     assert status == 200 and usage["over"] and usage["used_bytes"] >= 5 * MiB

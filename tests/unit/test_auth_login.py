@@ -202,7 +202,21 @@ def test_second_user_gets_403():
     assert b"mallory" in resp.body and b"abc" in resp.body
     # For the access line (never sent): who was refused, and the authorizer's reason.
     assert (resp.user, resp.why) == ("mallory", "not allowed on this session")
-    assert b"not allowed on this session" in resp.body
+    # The page says it in the person's words (it said "(not allowed on this session)")
+    assert b"You are logged in as mallory, and studio abc is not shared with mallory. Ask " \
+        b"its owner to share it with you, or log in as someone else." in resp.body
+    assert b"session" not in resp.body
+
+
+def test_a_studio_that_is_gone_says_what_may_have_happened():
+    """A studio ended while its page was open: the next load said only "There is no
+    studio abc.", as for a mistyped address."""
+    auth, _, rp = make()
+    b = LoginDriver(auth, external=idp_login(rp))
+    resp, _ = run(b.open(studio("gone")))
+    assert isinstance(resp, Response) and resp.status == 404
+    assert b"There is no studio gone. It may have been ended, or the address may be " \
+        b"mistyped." in resp.body
 
 
 def test_a_workspace_refusal_offers_no_other_login():
@@ -296,6 +310,9 @@ def test_a_handoff_made_from_someone_elses_login_logs_nobody_in() -> None:
     refused = run(auth.handle(request(bound.decode(), alice.jar)))
     assert (refused.status, refused.user, refused.why) == (
         400, "bob", "login hand-off for another browser")
+    # the page says it in a person's words (the access line keeps "hand-off")
+    assert b"hand-off" not in refused.body and b"Log in again to open the studio." in \
+        refused.body
     assert not any(k.lower() == b"set-cookie" for k, _ in refused.headers)
     who = run(auth.authorize_request(request(studio("abc"), alice.jar), "abc"))
     assert isinstance(who, Identity) and who.subject == "alice"
@@ -675,6 +692,9 @@ def test_login_link_flow():
     b = LoginDriver(auth)
     resp, _ = run(b.open(studio("abc")))
     assert resp.status == 401 and b"one-time links" in resp.body
+    # Said to the person (after a logout, too): what to ask for, not the admin's command.
+    assert b"ask the person who gave you the studio for a new login link" in resp.body
+    assert b"studios-gateway" not in resp.body and b"&lt;session&gt;" not in resp.body
     link = auth.mint_login_link("abc", "alice")
     assert link.startswith(f"{PROXY}/_connect/link?token=")
     shown = run(auth.handle(request(link)))
@@ -700,6 +720,13 @@ def test_login_link_flow():
     forged = run(auth.handle(request(link[:-3] + "AAA", method="POST")))
     assert forged.status == 400 and forged.user == ""
     assert forged.why.startswith("login link not valid")
+    # a link cut short in a mail or chat: the page names that too, and whom to ask
+    # logged out, a person is told the used link will not do (links work once)
+    out = run(auth.handle(request(f"{PROXY}/_connect/logout", method="POST")))
+    assert b"ask the person who gave it to you for a new login link." in out.body
+    cut = run(auth.handle(request(link[:60])))
+    assert cut.status == 400 and b"not copied whole. Ask the person who gave it to you " \
+        b"for a new one." in cut.body
 
 
 def test_a_login_link_posted_from_another_site_is_refused_and_stays_unspent():
@@ -1021,7 +1048,8 @@ def test_without_the_issuers_logout_the_page_says_to_close_the_browser() -> None
 def test_with_login_links_the_logout_page_names_no_identity_provider() -> None:
     auth, _, _ = make(issuer=False)
     done = run(auth.handle(request(f"{PROXY}/_connect/logout")))
-    assert done.status == 200 and b"You are logged out of the studios gateway.</p>" in done.body
+    assert done.status == 200 and b"You are logged out of the studios gateway. To open a " \
+        b"studio again, ask the person who gave it to you for a new login link.</p>" in done.body
     assert b"identity provider" not in done.body
     assert run(auth.handle(request(f"{PROXY}/_connect/logged-out"))).status == 404
 

@@ -19,3 +19,27 @@ def test_text_is_escaped() -> None:
     page = pages.page(400, "<b>t</b>", "<script>x</script>", session_id="<i>")
     assert b"<script>" not in page.body and b"&lt;script&gt;" in page.body
     assert b"<i>" not in page.body and b"<b>t</b>" not in page.body
+
+
+def test_the_next_step_is_big_enough_to_tap_and_shows_its_focus() -> None:
+    """A page's button or link (Open studio, Log out, Log in again) was the browser's
+    default control, about 20 px tall in a small font: hard to hit on a phone, and
+    with only the browser's faint focus ring to the keyboard."""
+    page = pages.page(200, "Open studio", "Log in.", body_html="<form><button>Open</button>"
+                      "</form>", link=("/_connect/login", "Log in again"))
+    style = page.body.decode().split("<style>")[1].split("</style>")[0]
+    rules = dict(r.split("{", 1) for r in style.split("}") if r)
+    assert "min-height:44px" in rules["button"] and "font:inherit" in rules["button"]
+    assert "padding" in rules["a"]
+    assert "outline:3px solid" in rules["a:focus-visible,button:focus-visible"]
+
+
+def test_a_tool_that_is_down_is_not_said_to_be_slow() -> None:
+    """The 504 is also the page for a tool that refused the connection at once (it had
+    stopped): it said "did not answer in time ... try again shortly", and nothing to do
+    when waiting does not help."""
+    body = pages.tool_not_answering("abc").body
+    assert b"did not answer in time" not in body
+    assert b"It may still be starting, be busy, or have stopped. If this page stays, " \
+        b"restart the studio." in body
+    assert b"This page reloads by itself." in body

@@ -53,6 +53,9 @@ def test_refusals() -> None:
     assert R.route("x_y.studios.example.com", "/").status == 400  # type: ignore[union-attr]
     assert R.route("other.example.org", "/").status == 404  # type: ignore[union-attr]
     assert R.route("studios.example.com", "/").reason == "not-a-studio"  # type: ignore[union-attr]
+    # The gateway's own address says where studios are (it said "There is nothing here.").
+    assert "Open your studio with the address or login link you were given." in \
+        P.route("studios.example.com", "/").detail  # type: ignore[union-attr]
     assert P.route("studios.example.com", "/_studio/ABC/").status == 404  # type: ignore[union-attr]
     assert P.route("studios.example.com", "/_studio/abc/../x/").status == 400  # type: ignore
     assert P.route("studios.example.com", "/_studio/abc/%2E%2e/x").status == 400  # type: ignore

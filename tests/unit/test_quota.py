@@ -16,7 +16,7 @@ from studios_gateway.traffic.access_log import AccessLog
 from studios_gateway.traffic.facts import SSH, WEBSOCKET
 from studios_gateway.traffic.metrics import TrafficMetrics
 from studios_gateway.traffic.observer import Traffic
-from studios_gateway.traffic.quota import Over, Quota, QuotaSettings, admitting
+from studios_gateway.traffic.quota import Over, Quota, QuotaSettings, admitting, page_text
 
 WINDOW = 120.0  # 12 buckets of 10 s
 
@@ -64,6 +64,8 @@ def test_a_user_quota_counts_every_node_and_every_session() -> None:
     clock.advance(1)  # b's counts are a second old: check reads them again
     over = result(b.check("s9", "alice"))
     assert over is not None and over.scope == "user" and over.used == 1100
+    assert page_text(over, WINDOW).startswith(
+        "You (alice) have moved 1.1 KiB of the 1000 B allowed in 2m,")
     assert result(b.check("s9", "bob")) is None
     usage = result(b.usage("user", "alice"))
     assert (usage["used_bytes"], usage["limit_bytes"], usage["over"]) == (1100, 1000, True)
@@ -82,6 +84,13 @@ def test_admitting_answers_429_with_retry_after() -> None:
     page = result(gate(None, "s1"))
     assert page.status == 429 and dict(page.headers)[b"Retry-After"] == b"120"
     assert b"Transfer quota reached" in page.body and refused[0].scope == "session"
+    # The page says it to the person (it repeated its title, then "session s1 moved 11 B
+    # of 10 B allowed per window"), and reloads when the studio works again.
+    assert b"This studio has moved 11 B of the 10 B allowed in 2m, so the gateway holds " \
+        b"the studio until some of that time has passed. It works again in about 2m." \
+        in page.body
+    assert b"<meta http-equiv=refresh content=120>" in page.body
+    assert b"per window" not in page.body
     # For the access line: who, and which quota (it said "- ... too many requests").
     assert page.user == "anonymous" and page.why == refused[0].message
     assert page.why.startswith("transfer quota reached: session s1 moved 11 B")
