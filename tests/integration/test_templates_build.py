@@ -194,6 +194,13 @@ def test_the_image_runs_behind_a_real_gateway(image: tuple[str, str], tmp_path: 
         reply = browser.get(f"http://{created['id']}.localhost:{http_port}{path}")
         assert reply.status == 200, (reply.status, reply.text[:500])
         assert word in reply.text.lower()  # the tool's own answer, through the tunnel
+        if tool == "jupyterlab":
+            # The image answers JupyterLab's news question for every user (the install
+            # script's overrides.json): JupyterLab serves it as the setting's default.
+            news = browser.get(f"http://{created['id']}.localhost:{http_port}/lab/api/"
+                               "settings/@jupyterlab/apputils-extension:notification")
+            assert news.status == 200, (news.status, news.text[:500])
+            assert news.json()["schema"]["properties"]["fetchNews"]["default"] == "false"
     finally:
         logs = podman("logs", container, check=False)
         podman("rm", "--force", "--time", "10", container, check=False, timeout=60)
