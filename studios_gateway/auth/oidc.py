@@ -410,13 +410,26 @@ class RelyingParty:
                 # place of its logout. So the issuer's logout shows the issuer's own page.
                 static=True)
         try:
-            stored = ClientRegistration.from_dict(read_json(s.client_file) or {})
+            raw = read_json(s.client_file) or {}
         except StorageError as e:
             raise ConfigurationError(str(e)) from None
+        stored = ClientRegistration.from_dict(raw)
         if stored is not None and stored.fits(s, meta.issuer):
             self._log.info("using the OIDC client {client_id} registered with {issuer} "
                            "(from {path})", client_id=stored.client_id, issuer=meta.issuer,
                            path=str(s.client_file))
+            if (isinstance(raw, dict) and "post_logout_redirect_uris" not in raw
+                    and meta.end_session_endpoint and s.post_logout_redirect_uri):
+                # Written by a release that did not ask for the post-logout page: the
+                # issuer's logout works, but leaves people on the issuer's own page. The
+                # operator learns it here, not from a user.
+                self._log.info(
+                    "the OIDC client {client_id} was registered by an earlier release, "
+                    "without {page} as a post-logout page: after the issuer's logout people "
+                    "stay on the issuer's page. To register again with it, stop every "
+                    "gateway that uses {path}, delete that file, and start them "
+                    "(docs/operators.md, Upgrade)", client_id=stored.client_id,
+                    page=s.post_logout_redirect_uri, path=str(s.client_file))
             return stored
         if stored is not None:
             self._log.info("the stored OIDC client does not match the issuer, client name "

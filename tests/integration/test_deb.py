@@ -85,6 +85,26 @@ def test_control_and_contents(deb: Path, tmp_path: Path) -> None:
     assert "studios-gateway" in proc.stdout and "studios-connect" in proc.stdout, proc.stdout
 
 
+def test_each_commit_builds_its_own_later_version(deb: Path) -> None:
+    """An upgrade with apt replaces the installed build only if the new one's version is
+    greater: setup.cfg's version alone was the same for every build (apt kept the old
+    one, "already the newest version"). The commit's number and hash follow it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    base = next(line.split("=", 1)[1].strip() for line in
+                (REPO / "setup.cfg").read_text().splitlines() if line.startswith("version"))
+    version = dpkg_deb("-f", str(deb), "Version").strip()
+    count = int(git("rev-list", "--count", "HEAD"))
+    assert version == f"{base}+git{count}.{git('rev-parse', '--short=7', 'HEAD')}"
+    assert deb.name == f"studios-gateway_{version}_{deb.name.rsplit('_', 1)[1]}"
+    # later than a build of setup.cfg's version alone, and than the parent commit's build
+    for earlier in (base, f"{base}+git{count - 1}.fffffff"):
+        assert subprocess.run(["dpkg", "--compare-versions", version, "gt", earlier]
+                              ).returncode == 0, (version, earlier)
+
+
 @pytest.mark.skipif(os.environ.get("CI") != "true" or os.geteuid() != 0,
                     reason="installs with dpkg -i: only in CI (CI=true) as root")
 def test_install_in_ci(deb: Path) -> None:

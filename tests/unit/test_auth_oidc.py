@@ -549,3 +549,36 @@ def test_a_client_file_from_before_has_no_post_logout_page():
            "redirect_uris": ["https://gw/_connect/callback"]}
     stored = ClientRegistration.from_dict(old)
     assert stored is not None and stored.post_logout_redirect_uris == ()
+
+
+@pytest.mark.parametrize("earlier", [True, False])
+def test_a_client_file_from_an_earlier_release_is_kept_and_the_start_says_so(
+        key, tmp_path, earlier: bool):
+    """An upgrade keeps the stored client (registered without the post-logout page); the
+    start says what that means and what to do, once per start; a client this release
+    registered (even one whose issuer dropped the page) gets no such line."""
+    from twisted.logger import capturedLogs, formatEvent
+
+    entry = {"issuer": ISSUER, "client_name": "gw", "client_id": "cid",
+             "client_secret": "s", "redirect_uris": ["https://gw/_connect/callback"]}
+    if not earlier:
+        entry["post_logout_redirect_uris"] = []
+    (tmp_path / "oidc-client.json").write_text(json.dumps(entry))
+    http = RegistrationHTTP(key)
+    settings = OIDCSettings(issuer=ISSUER, redirect_uri="https://gw/_connect/callback",
+                            post_logout_redirect_uri=BACK, storage_root=str(tmp_path),
+                            client_name="gw")
+    rp = RelyingParty(settings, reactor=Clock(), http=http)
+    with capturedLogs() as events:
+        result(rp.start())
+    assert http.registered == [] and rp.client is not None and rp.client.client_id == "cid"
+    said = [formatEvent(e) for e in events if "earlier release" in formatEvent(e)]
+    if earlier:
+        assert said == [
+            f"the OIDC client cid was registered by an earlier release, without {BACK} as a "
+            "post-logout page: after the issuer's logout people stay on the issuer's page. "
+            "To register again with it, stop every gateway that uses "
+            f"{tmp_path / 'oidc-client.json'}, delete that file, and start them "
+            "(docs/operators.md, Upgrade)"]
+    else:
+        assert said == []
