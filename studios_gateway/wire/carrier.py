@@ -38,12 +38,16 @@ from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 from zope.interface import implementer
 
+from studios_gateway.shown import shown
+
 __all__ = ["TUNNEL_PATH", "Carrier", "CarrierEndpoint", "CarrierRefused", "ProxyConnect",
            "PROXY_VARIABLES", "ProxySetting", "WebSocketClient", "WebSocketServer",
            "accept_head", "proxy_for", "proxy_setting", "websocket_refusal"]
 
 TUNNEL_PATH = "/_connect/tunnel"
 MAX_HEAD = 16 * 1024
+#: The most of a proxy's own words (its status line, schemes, TLS error) a log line shows
+MOST_SHOWN = 200
 
 
 class CarrierRefused(ConnectionError):
@@ -202,7 +206,8 @@ class ProxyConnect(Carrier):
         rest, self._buf = self._buf[end + 4:], b""
         parts = status.split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or parts[1] != "200":
-            why = f"the proxy refused CONNECT {self.target}: {_printable(status)}"
+            said = shown(status, MOST_SHOWN, words=True)
+            why = f"the proxy refused CONNECT {self.target}: {said}"
             if parts[1:2] == ["407"]:
                 why += "; " + self._wants_credentials(head[1:])
             self.refuse(why)
@@ -215,8 +220,9 @@ class ProxyConnect(Carrier):
         schemes = [v.strip().split(" ", 1)[0] for n, _, v in (f.partition(":") for f in fields)
                    if n.strip().lower() == "proxy-authenticate" and v.strip()]
         if schemes and not any(s.lower() == "basic" for s in schemes):
-            return (f"it asks for {_printable(', '.join(schemes))} authentication; "
-                    "studios-connect sends only Basic (a user and password in HTTPS_PROXY)")
+            asked = shown(", ".join(schemes), MOST_SHOWN, words=True)
+            return (f"it asks for {asked} authentication; studios-connect sends only Basic "
+                    "(a user and password in HTTPS_PROXY)")
         if self.authorization:
             return "it did not take the user and password given in HTTPS_PROXY"
         return ("it asks for a user and password: give them in HTTPS_PROXY as "
@@ -230,17 +236,12 @@ def _proxy_tls_failure(reason: Failure) -> str | None:
 
     if reason.check(VerificationError):
         return ("the proxy's TLS certificate is not for its host name in HTTPS_PROXY: "
-                + _printable(reason.getErrorMessage()))
+                + shown(reason.getErrorMessage(), MOST_SHOWN, words=True))
     if reason.check(SSL.Error):
         return ("the TLS handshake with the proxy failed (an https:// proxy must answer "
                 "in TLS with a certificate this system trusts): "
-                + _printable(reason.getErrorMessage()))
+                + shown(reason.getErrorMessage(), MOST_SHOWN, words=True))
     return None
-
-
-def _printable(text: str, most: int = 200) -> str:
-    """A proxy's words for a log line: control characters escaped, cut at `most`."""
-    return text[:most].encode("unicode_escape").decode("ascii")
 
 
 # wsproto's refusals name an opcode by its Python repr ("<Opcode.TEXT: 1>"): its name.
@@ -442,8 +443,8 @@ class ProxySetting:
     name: str  # HTTPS_PROXY or https_proxy
     text: str = field(repr=False)  # its value, without surrounding blanks (a password?)
     #: (host, port; 80 when not given, 443 for https://), or None: not an HTTP proxy the
-    #: tunnel can use
-    #: (no host, a port that is not 1 to 65535, a scheme other than http or https)
+    #: tunnel can use (no host, a port that is not 1 to 65535, a scheme other than http
+    #: or https)
     address: tuple[str, int] | None
     #: the ``Proxy-Authorization`` value (Basic) for the user and password in the URL
     #: (percent-encoded there, as in any URL), or None without a user
