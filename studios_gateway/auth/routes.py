@@ -558,8 +558,7 @@ class LoginRoutes:
         # they are logged out of the issuer.
         binding = secrets.token_urlsafe(32)
         state = self._signer.sign(LOGOUT_RETURN, {
-            "exp": int(self._reactor.seconds() + LOGOUT_RETURN_TTL),
-            "jti": secrets.token_urlsafe(12), "b": _digest(binding)})
+            "exp": int(self._reactor.seconds() + LOGOUT_RETURN_TTL), "b": _digest(binding)})
         url = self.rp.logout_url(id_token=id_token, state=state)
         if url is None:
             return page(200, "Logged out",
