@@ -29,14 +29,11 @@ from twisted.python.failure import Failure
 
 from studios_gateway.registry.base import MAX_NODE_RECORD
 
-__all__ = ["INSTANCE", "MAX_RECORD_CHARS", "NODE_TTL", "NodeSettingsWatch", "compare_nodes",
+__all__ = ["INSTANCE", "NODE_TTL", "NodeSettingsWatch", "compare_nodes",
            "disagreement", "node_records", "parse_record", "shared_settings"]
 
 #: How long a node's record lives without a refresh (refreshed every third of it).
 NODE_TTL = 60.0
-
-#: A record longer than this is no node's.
-MAX_RECORD_CHARS = MAX_NODE_RECORD
 
 #: The record's field naming the process that wrote it (random, per start): not a setting.
 INSTANCE = "instance"
@@ -61,7 +58,7 @@ def shared_settings(config: Any) -> dict[str, str]:
 
 def parse_record(text: str) -> dict[str, str] | None:
     """A node's stored record, or None when it is not one (another version's, damaged)."""
-    if len(text) > MAX_RECORD_CHARS:
+    if len(text) > MAX_NODE_RECORD:
         return None
     try:
         value = json.loads(text)

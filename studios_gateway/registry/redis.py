@@ -54,6 +54,7 @@ from twisted.python.failure import Failure
 
 from studios_gateway.deadline import within
 from studios_gateway.registry.base import (
+    MAX_NODE_RECORD,
     MAX_PENDING_LOGIN_BYTES,
     MAX_USER_KEYS,
     SINGLE_USE_ID,
@@ -88,7 +89,6 @@ from studios_gateway.registry.redis_scripts import (
     CREATE,
     DELETE,
     LOG_OUT,
-    MAX_RECORD_BYTES,
     PTTLS,
     REFRESH,
     REFRESHED,
@@ -696,7 +696,7 @@ class RedisStore:
     def node_records(self) -> Any:
         """Every live node's settings record: {node id: JSON text}. Read from the index
         (two scripts' GETs, whatever the number of sessions). The index and each record
-        are read only if they are short enough (MAX_NODES * 100 and MAX_RECORD_BYTES):
+        are read only if they are short enough (MAX_NODES * 100 and MAX_NODE_RECORD):
         Redis sends no longer value, a longer record is no node's and is left out."""
         index, = yield self._bounded_gets("node_records", [f"{self.prefix}:_nodes"],
                                           MAX_NODES * 100)
@@ -712,7 +712,7 @@ class RedisStore:
             chunk = nodes[i:i + 500]
             values = yield self._bounded_gets("node_records",
                                               [self._node_key(n) for n in chunk],
-                                              MAX_RECORD_BYTES)
+                                              MAX_NODE_RECORD)
             found.update(zip(chunk, values, strict=True))
         self._nodes_gone = [n for n in nodes if found.get(n) is None]
         return {n: reply_text(v) for n, v in found.items() if v is not None and v != 0}

@@ -167,18 +167,15 @@ if v then redis.call('DEL', KEYS[1]) end
 return v
 """
 
-#: A node's settings record longer than this (in bytes) is no node's and is not read.
-MAX_RECORD_BYTES = MAX_NODE_RECORD
-
 # A node's settings record, and the index of the nodes that have one (JSON list of ids):
 # nodes are found by one GET, never by a SCAN of every session. ARGV[5] and ARGV[6]: the
 # channel and the event to publish on it once written (none when the event is '').
 # KEYS[3..] are records the caller found gone (ARGV[7..] their ids): dropped from the
 # index if still gone. The reply: the number of ids in the index, and the record this
-# one replaced (false when there was none, or a longer one than MAX_RECORD_BYTES).
+# one replaced (false when there was none, or a longer one than MAX_NODE_RECORD).
 ANNOUNCE_NODE = """
 local prev = redis.call('GET', KEYS[1])
-if prev and #prev > """ + str(MAX_RECORD_BYTES) + """ then prev = false end
+if prev and #prev > """ + str(MAX_NODE_RECORD) + """ then prev = false end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 local raw = redis.call('GET', KEYS[2]) or '[]'
 local ok, ids = false, nil
