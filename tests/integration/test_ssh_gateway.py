@@ -284,8 +284,9 @@ def test_a_client_told_goodbye_while_its_socket_was_full_gets_nothing_after_it(
         ready, _, _ = select.select([hog.stdout], [], [], 20)
         assert ready and hog.stdout.readline() == "reading stopped\n", hog.stdout.read()
         hog.send_signal(signal.SIGUSR1)  # a malformed message: the gateway says goodbye
-        wait_until(lambda: "sent a malformed or unexpected" in dep.gw.output(),
-                   "the gateway's goodbye")
+        wait_until(lambda: "sent a malformed or unexpected" in dep.gw.output()
+                   or hog.poll() is not None, "the gateway's goodbye")
+        assert hog.poll() is None, f"the client ended ({hog.returncode}): {hog.stdout.read()}"
         hog.send_signal(signal.SIGUSR2)  # the client reads again, ignoring the goodbye
         ready, _, _ = select.select([hog.stdout], [], [], 15)
         assert ready, "the socket stayed open"

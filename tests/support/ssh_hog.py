@@ -47,12 +47,14 @@ def main(argv: list[str]) -> None:
 
     def stop_reading(conn: Any) -> None:
         conn.transport.transport.stopReading()
-        print("reading stopped", flush=True)
         if rude:
+            # Before the line below: a test signals as soon as it reads it, and
+            # SIGUSR1's default action would end this process.
             signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(
                 conn.transport.sendPacket, connection.MSG_GLOBAL_REQUEST, b""))
             signal.signal(signal.SIGUSR2, lambda *_: reactor.callFromThread(
                 conn.transport.transport.startReading))
+        print("reading stopped", flush=True)
 
     class Conn(connection.SSHConnection):
         def serviceStarted(self) -> None:
