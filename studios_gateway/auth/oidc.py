@@ -37,7 +37,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 import jwt
@@ -67,6 +67,7 @@ __all__ = [
 ]
 
 CLIENT_FILE = "oidc-client.json"
+_D = TypeVar("_D")  # a default the discovery document's lists fall back to
 BASIC = "client_secret_basic"  # noqa: S105 - the name of an auth method, not a secret
 #: Signature algorithms we accept on ID tokens (asymmetric only; never "none").
 SAFE_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
@@ -162,7 +163,7 @@ class ProviderMetadata:
             raise ConfigurationError(
                 f"{where} names the issuer {issuer!r}; it must be the configured issuer")
 
-        def strings(key: str, default: Any) -> Any:
+        def strings(key: str, default: _D) -> tuple[str, ...] | _D:
             v = data.get(key)
             if isinstance(v, list) and all(isinstance(x, str) for x in v):
                 return tuple(v)
