@@ -392,13 +392,30 @@ class Auth:
         return first_live(self._cookies, self.authorizer, cookie_values(
             request.headers, self.settings.studio_cookie_name), session_id)
 
-    def login_url(self, request: RequestInfo) -> str:
+    def _here(self, request: RequestInfo) -> str:
+        """The address `request` asked for, as a login's ``next``."""
         s = self.settings
         if s.path_routing:
-            next_url = request.target
-        else:
-            next_url = s.origin(request.hostname) + request.target
-        return self.settings.login_again(next_url)
+            return request.target
+        return s.origin(request.hostname) + request.target
+
+    def login_url(self, request: RequestInfo) -> str:
+        return self.settings.login_again(self._here(request))
+
+    def switch_user_url(self, request: RequestInfo) -> str:
+        """Where "Log in as someone else" leads: the gateway's logout (its "Log out"
+        button), then back here through a login that asks the issuer to have the person
+        log in again (prompt=login): an issuer that keeps its own login (single sign-on)
+        would otherwise answer at once with the same person. An issuer whose discovery
+        document says it cannot (``prompt_values_supported`` without "login"): the logout
+        alone, whose page offers the issuer's own logout ("Also log out of <issuer>"), or
+        says to close the browser when the issuer has none. Login links: the logout, then
+        the login page (which says how to get a link)."""
+        s, rp = self.settings, self.rp
+        if rp is not None and not rp.can_ask_again:
+            return s.proxy_page("logout")
+        return s.proxy_page("logout", next=s.login_again(self._here(request),
+                                                          ask_again=rp is not None))
 
     def authenticate(self, request: RequestInfo,
                      session_id: str) -> Deferred[Identity | Response]:
@@ -513,7 +530,7 @@ class Auth:
                            "on this gateway, so nobody can open it. Ask your Platform "
                            "administrator.")
         else:
-            switch = self.settings.proxy_page("logout", next=self.login_url(request))
+            switch = self.switch_user_url(request)
             # The authorizer's reason ("not allowed on this session") is for the access
             # line; the person reads who they are here and what would let them in.
             text = (f"You are logged in as {who.subject}, and studio {sid} is not shared "

@@ -20,6 +20,11 @@ treq with a timeout. Tokens, codes and secrets are never logged.
 RP-Initiated Logout 1.0) when its discovery document names an
 ``end_session_endpoint``; a registered client asks for the gateway's
 post-logout page as a ``post_logout_redirect_uris`` entry.
+
+A login begun with ``ask_again`` (the person chose to log in as someone else) asks the
+issuer to have them log in again (``prompt=login``, OpenID Connect Core 3.1.2.1) rather
+than answer at once from the issuer's own login, unless the discovery document's
+``prompt_values_supported`` leaves "login" out (:attr:`RelyingParty.can_ask_again`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlsplit
 
 import jwt
@@ -62,6 +67,7 @@ __all__ = [
 ]
 
 CLIENT_FILE = "oidc-client.json"
+_D = TypeVar("_D")  # a default the discovery document's lists fall back to
 BASIC = "client_secret_basic"  # noqa: S105 - the name of an auth method, not a secret
 #: Signature algorithms we accept on ID tokens (asymmetric only; never "none").
 SAFE_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
@@ -127,6 +133,16 @@ class ProviderMetadata:
     code_challenge_methods: tuple[str, ...] = ()
     id_token_algs: tuple[str, ...] = ("RS256",)
     token_auth_methods: tuple[str, ...] = (BASIC,)
+    #: ``prompt_values_supported`` (Initiating User Registration via OpenID Connect 1.0);
+    #: None when the document has none (OpenID Connect Core's values then).
+    prompt_values: tuple[str, ...] | None = None
+
+    @property
+    def prompts_login(self) -> bool:
+        """Whether an authorization request may carry ``prompt=login``: the issuer lists
+        it, or lists no prompt values at all (Core defines it for every issuer; some
+        refuse a value they do not list)."""
+        return self.prompt_values is None or "login" in self.prompt_values
 
     @classmethod
     def from_dict(cls, data: Any, expected_issuer: str) -> ProviderMetadata:
@@ -147,7 +163,7 @@ class ProviderMetadata:
             raise ConfigurationError(
                 f"{where} names the issuer {issuer!r}; it must be the configured issuer")
 
-        def strings(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        def strings(key: str, default: _D) -> tuple[str, ...] | _D:
             v = data.get(key)
             if isinstance(v, list) and all(isinstance(x, str) for x in v):
                 return tuple(v)
@@ -163,6 +179,7 @@ class ProviderMetadata:
             id_token_algs=strings("id_token_signing_alg_values_supported", ("RS256",)),
             token_auth_methods=strings("token_endpoint_auth_methods_supported",
                                        (BASIC,)),
+            prompt_values=strings("prompt_values_supported", None),
         )
 
 
@@ -537,6 +554,13 @@ class RelyingParty:
         # the endpoint's own query (if any) is kept: RP-Initiated Logout 1.0 section 2
         return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params, quote_via=quote)
 
+    @property
+    def can_ask_again(self) -> bool:
+        """Whether a login may ask the issuer to have the person log in again
+        (``prompt=login``): the issuer has not said it cannot (an issuer not reached yet
+        has not said anything)."""
+        return self.metadata is None or self.metadata.prompts_login
+
     def _need_client(self) -> ClientRegistration:
         if self.client is None or self.metadata is None:
             raise OIDCError("the OpenID relying party has not started")
@@ -545,8 +569,13 @@ class RelyingParty:
     # The login -----------------------------------------------------------------
 
     def begin(self, next_url: str, extra: Mapping[str, Any] | None = None, *,
-              browser: str | None = None) -> Deferred[str]:
+              browser: str | None = None, ask_again: bool = False) -> Deferred[str]:
         """Start a login; gives the authorization URL to redirect the browser to.
+
+        `ask_again`: the issuer is to have the person log in again even where its own
+        login in this browser is still open (``prompt=login``), when it supports that
+        (:attr:`can_ask_again`); otherwise the request goes without it (an issuer that
+        lists prompt values without "login" may refuse the whole login).
 
         `browser`: a secret the beginning browser holds (in a cookie); :meth:`finish`
         then completes the login only for a callback that brings it back. Without it,
@@ -568,6 +597,8 @@ class RelyingParty:
                   "scope": " ".join(self.settings.scopes),
                   "state": "", "nonce": nonce, "code_challenge": pkce_challenge(verifier),
                   "code_challenge_method": "S256"}
+        if ask_again and self.can_ask_again:
+            params["prompt"] = "login"
         endpoint = self.metadata.authorization_endpoint
 
         def url(state: str) -> str:

@@ -48,7 +48,7 @@ from studios_gateway.auth.oidc import (
 )
 from studios_gateway.auth.onetime import OneTimeTable
 from studios_gateway.auth.refresh import LoginRefresher
-from studios_gateway.auth.settings import PREFIX, AuthSettings
+from studios_gateway.auth.settings import PREFIX, SWITCH, AuthSettings
 from studios_gateway.http import pages
 from studios_gateway.http.origin import posted_from_elsewhere
 from studios_gateway.http.request import RequestInfo
@@ -242,7 +242,13 @@ class LoginRoutes:
                 return page(400, "Login failed", str(f.value))
             return self._unavailable(f.value, next_url)
 
-        return self.rp.begin(next_url, browser=browser).addCallbacks(begun, failed)
+        # "Log in as someone else" (switch=1): the issuer asks who this is even where its
+        # own login is open. Only that fixed request: nothing of the query reaches the
+        # issuer, and the worst a link of someone else's can do is have the person type
+        # their password once (a live login here is continued above, the issuer unasked).
+        ask_again = request.params().get(SWITCH) == "1"
+        return self.rp.begin(next_url, browser=browser, ask_again=ask_again).addCallbacks(
+            begun, failed)
 
     def _proxy_cookie(self, name: str, value: str = "", max_age: float = 0
                       ) -> tuple[bytes, bytes]:

@@ -16,7 +16,7 @@ from studios_gateway.auth.cookies import cookie_name
 from studios_gateway.wire.ids import SESSION_ID
 
 __all__ = ["BROWSER_COOKIE", "HANDOFF_COOKIE", "LOGIN_COOKIE", "LOGOUT_COOKIE", "PREFIX",
-           "AuthSettings"]
+           "SWITCH", "AuthSettings"]
 
 PREFIX = "/_connect/"
 LOGIN_COOKIE = "connect_login"
@@ -29,6 +29,9 @@ HANDOFF_COOKIE = "connect_handoff"
 #: Set with the page after a logout that links to the issuer's logout: the state that
 #: logout brings back to /_connect/logged-out counts only in the browser that has it.
 LOGOUT_COOKIE = "connect_logout"
+#: The login page's parameter (``switch=1``) of a login begun from "Log in as someone
+#: else": the issuer is asked to have the person log in again (prompt=login).
+SWITCH = "switch"
 
 
 
@@ -219,11 +222,15 @@ class AuthSettings:
             return None
         return raw
 
-    def login_again(self, next_url: str | None, *, bind: str | None = None) -> str:
+    def login_again(self, next_url: str | None, *, bind: str | None = None,
+                    ask_again: bool = False) -> str:
         """The proxy host's login, leading back to `next_url` once done (to "/" without).
         `bind`: a studio host's hand-off cookie, which the hand-off code that login makes
-        must name (routes.LoginRoutes._handoff)."""
-        return self.proxy_page("login", next=next_url, bind=bind)
+        must name (routes.LoginRoutes._handoff). `ask_again`: the person chose to log in
+        as someone else, so the issuer is to ask who they are even where its own login is
+        open (``switch=1``; the request to the issuer carries ``prompt=login``)."""
+        return self.proxy_page("login", next=next_url, bind=bind,
+                               **{SWITCH: "1" if ask_again else None})
 
     def studio_of_next(self, next_url: str) -> tuple[str | None, str]:
         """(session id or None, the path on that session's host) for a checked `next`."""

@@ -9,10 +9,12 @@ attributes, live revocation (allow-list change, session end, logout, the
 Platform's no within LOCAL_CACHE_TTL), login links without an issuer (once,
 also across a restart), registration kept across a restart, a wrong initial
 access token, an issuer that is down at start, the issuer's own logout from the
-logged-out page (RP-Initiated Logout) making the next login ask again."""
+logged-out page (RP-Initiated Logout) making the next login ask again, "Log in as someone
+else" making an issuer that keeps its own login ask again (prompt=login)."""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import importlib.util
 import json
@@ -22,6 +24,7 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urljoin, urlsplit
 
 import pytest
@@ -30,6 +33,7 @@ from studios_gateway.wire.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import BIN, base_env, run_twistd
 from tests.support.idp import DEFAULT_REGISTRATION_TOKEN, _Form
 from tests.support.login import (
+    USERS,
     Gateway,
     IdPProcess,
     MockProviderProcess,
@@ -39,7 +43,7 @@ from tests.support.login import (
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, redis_available
 from tests.support.waiting import wait_until
-from tests.support.web import Browser
+from tests.support.web import Browser, Reply
 from tests.support.websocket import WebSocket
 
 pytestmark = pytest.mark.slow
@@ -724,3 +728,98 @@ def test_logging_out_of_the_issuer_too_makes_the_next_login_ask_again(tmp_path: 
             g.stop()
     finally:
         idp.stop()
+
+
+# Log in as someone else ----------------------------------------------------------------------
+
+
+def switch_link(text: str) -> str:
+    """The href of an "Access denied" page's "Log in as someone else"."""
+    found = re.search(r'<a href="([^"]*)">Log in as someone else</a>', text)
+    assert found is not None, text
+    return html.unescape(found.group(1))
+
+
+def sign_in(browser: Browser, form_page: Reply, user: str) -> Reply:
+    """Fill and send the test IdP's login form on `form_page` as `user`."""
+    form = _Form()
+    form.feed(form_page.text)
+    assert form.action is not None, (form_page.status, form_page.url, form_page.text[:300])
+    return browser.request(urljoin(form_page.url, form.action),
+                           method="POST", body=urlencode(
+                               {**form.fields, "username": user,
+                                "password": USERS[user]}).encode(),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+
+
+@contextlib.contextmanager
+def denied_on_bobs_studio(tmp_path: Path, **idp_args: Any
+                          ) -> Iterator[tuple[IdPProcess, Gateway, Browser, str, Reply]]:
+    """A test IdP keeping its own login (--sso), a gateway, bob's studio, and a browser
+    in which alice logged in (an ordinary login: no prompt) and was refused it: the
+    provider, the gateway, the browser, the studio's address and the "Access denied"."""
+    idp = IdPProcess(tmp_path, sso=True, **idp_args)
+    try:
+        g = Gateway(tmp_path / "gw", **oidc_env(idp))
+        try:
+            info = g.url(g.studio(owner="bob")["id"], "/api/info")
+            browser = Browser()
+            form_page = browser.get(info)
+            assert "prompt" not in dict(parse_qsl(urlsplit(form_page.url).query))
+            denied = sign_in(browser, form_page, "alice")
+            assert denied.status == 403 and "You are logged in as alice" in denied.text
+            yield idp, g, browser, info, denied
+        finally:
+            g.stop()
+    finally:
+        idp.stop()
+
+
+def test_log_in_as_someone_else_makes_the_issuer_ask_again(tmp_path: Path) -> None:
+    """alice, logged in at an issuer that keeps its own login (--sso), opens bob's studio:
+    "Access denied" and its "Log in as someone else". That link ended only the gateway's
+    login; the login after it went to the issuer, which answered at once with alice, and
+    she was back on "Access denied" (shown by the 'silent' count). Now that login asks the
+    issuer for prompt=login: it shows its form, bob logs in, his studio opens. Ordinary
+    logins still go through the issuer's own login without a word."""
+    with denied_on_bobs_studio(tmp_path) as (idp, g, browser, info, denied):
+        # The link: the gateway's logout (its "Log out" button), then the login.
+        asked = browser.get(switch_link(denied.text))
+        assert asked.status == 200 and 'method="post"' in asked.text, asked.text
+        at_issuer = browser.request(asked.url, method="POST")
+        assert at_issuer.url.startswith(f"{idp.issuer}/authorize?"), \
+            (at_issuer.status, at_issuer.url, at_issuer.text[:300])
+        assert dict(parse_qsl(urlsplit(at_issuer.url).query))["prompt"] == "login"
+        assert 'name="password"' in at_issuer.text  # asked, not answered at once
+        assert (idp.counts()["silent"], idp.counts()["prompted"]) == (0, 1)
+
+        landed = sign_in(browser, at_issuer, "bob")
+        assert landed.status == 200 and landed.url == info, (landed.status, landed.url)
+        assert landed.json()["headers"]["x-connect-sub"] == ["bob"]
+
+        # Only that login asked: after a plain logout the issuer's login (bob's now)
+        # logs the browser in again without a word.
+        browser.log_out(f"{g.proxy}/_connect/logout")
+        again = browser.get(info)
+        assert again.status == 200 and again.json()["headers"]["x-connect-sub"] == ["bob"]
+        assert (idp.counts()["silent"], idp.counts()["prompted"]) == (1, 1)
+
+
+def test_log_in_as_someone_else_with_an_issuer_without_prompt_login(tmp_path: Path) -> None:
+    """An issuer whose discovery document lists prompt values without "login" (and, as
+    some do, refuses a prompt value it does not list): the link does not send one (the
+    login would fail with the issuer's invalid_request); it leads to the gateway's
+    logout and the page after it, whose "Also log out of <issuer>" ends the issuer's
+    login, so the next login asks who this is."""
+    with denied_on_bobs_studio(tmp_path, prompt_values="") as (idp, g, browser, info, denied):
+        link = switch_link(denied.text)
+        assert link == f"{g.proxy}/_connect/logout", link
+        out = browser.log_out(link)
+        found = re.search(r'id=issuer-logout href="([^"]*)">Also log out of ', out.text)
+        assert out.status == 200 and found is not None, out.text
+        back = browser.get(html.unescape(found.group(1)))
+        assert back.status == 200 and "logged out of the studios gateway and of" \
+            in back.text, back.text
+        landed = sign_in(browser, browser.get(info), "bob")
+        assert landed.status == 200 and landed.json()["headers"]["x-connect-sub"] == ["bob"]
+        assert (idp.counts()["silent"], idp.counts()["prompted"]) == (0, 0)

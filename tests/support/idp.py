@@ -25,7 +25,14 @@ providers do: the next authorize request of that browser is answered at once, wi
 the form. Its logout (OpenID Connect RP-Initiated Logout 1.0, ``end_session_endpoint``
 ``/logout``) ends that: it checks ``id_token_hint`` (its own signature, the client as
 audience) and ``client_id``, accepts a ``post_logout_redirect_uri`` only if the client
-registered it, and sends the browser back there with ``state``.
+registered it, and sends the browser back there with ``state``. An authorize request
+with ``prompt=login`` (OpenID Connect Core 3.1.2.1) shows the form even then, as real
+providers do when a client asks the person to log in again.
+
+Its discovery document lists ``prompt_values_supported`` (``login`` by default;
+``--prompt-values`` changes the list, ``""`` for none), and an authorize request with a
+``prompt`` value not on that list is refused with ``error=invalid_request`` sent back to
+the client, as some providers refuse values they do not know.
 """
 
 from __future__ import annotations
@@ -94,7 +101,8 @@ class TestIdP:
 
     def __init__(self, *, clock: Any, users: dict[str, str] | None = None,
                  registration_token: str | None = DEFAULT_REGISTRATION_TOKEN,
-                 issuer: str = "http://127.0.0.1", token_ttl: int = 300):
+                 issuer: str = "http://127.0.0.1", token_ttl: int = 300,
+                 prompt_values: tuple[str, ...] = ("login",)):
         self.clock = clock
         self.users = dict(users or {"alice": "alice-password", "bob": "bob-password"})
         self.registration_token = registration_token
@@ -118,9 +126,11 @@ class TestIdP:
         #: Remember signed-in browsers (single sign-on): sso cookie value -> user.
         self.sso = False
         self.sessions: dict[str, str] = {}
+        #: The prompt values the discovery document lists (others are refused).
+        self.prompt_values = prompt_values
         self.counts = {"registrations": 0, "jwks": 0, "token": 0, "access": 0, "authorize": 0,
                        "refreshed": 0, "refreshed_late": 0, "refresh_refused": 0,
-                       "silent": 0, "end_session": 0}
+                       "silent": 0, "prompted": 0, "end_session": 0}
 
     # Operations for tests -------------------------------------------------------
 
@@ -267,7 +277,8 @@ class _Root(Resource):
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic",
                                                       "client_secret_post"],
-            "scopes_supported": ["openid", "profile", "email"]})
+            "scopes_supported": ["openid", "profile", "email"],
+            "prompt_values_supported": list(self.idp.prompt_values)})
 
     def register(self, request: Request) -> bytes:
         idp = self.idp
@@ -308,9 +319,16 @@ class _Root(Resource):
                 or not q.get("code_challenge") or "openid" not in q.get("scope", "").split():
             return _page(request, 400, "<p>Bad request: code flow with PKCE S256 and "
                                        "scope openid are required.</p>")
+        prompt = q.get("prompt", "").split()
+        unknown = [p for p in prompt if p not in idp.prompt_values]
+        if unknown:  # as providers that refuse values they do not support
+            return self._refuse(request, q, "invalid_request",
+                                f"unsupported prompt value {unknown[0]}")
         error = ""
         signed_in = idp.sessions.get(_sso_cookie(request)) if idp.sso else None
-        if method == "GET" and signed_in is not None and signed_in in idp.users:
+        if "login" in prompt and method == "GET" and signed_in is not None:
+            idp.counts["prompted"] += 1  # signed in, but the client asks to log in again
+        elif method == "GET" and signed_in is not None and signed_in in idp.users:
             idp.counts["silent"] += 1  # this browser signed in before: no form
             return self._code(request, client, q, signed_in)
         if method == "POST":
@@ -331,6 +349,15 @@ class _Root(Resource):
 <label>User name <input name="username" id="username" autocomplete="username"></label>
 <label>Password <input name="password" id="password" type="password"></label>
 <button type="submit" id="submit">Sign in</button></form>""")
+
+    def _refuse(self, request: Request, q: dict[str, str], error: str, desc: str) -> bytes:
+        """Send the browser back to the client with an OAuth error (RFC 6749 4.1.2.1)."""
+        back = {"error": error, "error_description": desc, "iss": self.idp.issuer}
+        if "state" in q:
+            back["state"] = q["state"]
+        sep = "&" if "?" in q["redirect_uri"] else "?"
+        request.redirect(q["redirect_uri"] + sep + urlencode(back))
+        return b""
 
     def _code(self, request: Request, client: _Client, q: dict[str, str], user: str) -> bytes:
         """Send the browser back to the client with a fresh code for `user`."""
@@ -519,11 +546,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token-ttl", type=int, default=300,
                    help="lifetime of ID and access tokens, seconds")
     p.add_argument("--sso", action="store_true",
-                   help="remember signed-in browsers (the next login asks nothing)")
+                   help="remember signed-in browsers (the next login asks nothing, unless "
+                        "the client sends prompt=login)")
+    p.add_argument("--prompt-values", default="login",
+                   help="the prompt values listed in discovery, comma-separated (others "
+                        "are refused); \"\" for none")
     args = p.parse_args(argv)
     users = dict(u.split(":", 1) for u in args.user) or None
     idp = TestIdP(clock=reactor, users=users, registration_token=args.registration_token or None,
-                  token_ttl=args.token_ttl)
+                  token_ttl=args.token_ttl,
+                  prompt_values=tuple(v for v in args.prompt_values.split(",") if v))
     idp.control = True
     idp.sso = args.sso
     idp.listen(reactor, args.port, args.interface)  # type: ignore[arg-type]

@@ -31,9 +31,12 @@ class IdPProcess:
     """`python -m tests.support.idp` on a free port of 127.0.0.1."""
 
     def __init__(self, tmp_path: Path, users: dict[str, str] = USERS, port: int | None = None,
-                 token_ttl: int | None = None, sso: bool = False):
+                 token_ttl: int | None = None, sso: bool = False,
+                 prompt_values: str | None = None):
         """`sso`: the provider remembers a signed-in browser (its next login asks
-        nothing) until its logout (the end_session_endpoint)."""
+        nothing, unless the client sends prompt=login) until its logout (the
+        end_session_endpoint). `prompt_values`: the prompt values its discovery document
+        lists, comma-separated (default: login)."""
         self.port = port or free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp_path / "idp.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -42,6 +45,8 @@ class IdPProcess:
             args += ["--token-ttl", str(token_ttl)]
         if sso:
             args.append("--sso")
+        if prompt_values is not None:
+            args += ["--prompt-values", prompt_values]
         for name, password in users.items():
             args += ["--user", f"{name}:{password}"]
         self.proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)},

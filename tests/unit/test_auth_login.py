@@ -54,14 +54,20 @@ class FakeRP:
         self.refresh_result: Any = None
         #: The shared store of pending logins cannot be reached (as RelyingParty says).
         self.store_down = False
+        #: Whether the issuer may be asked for prompt=login (RelyingParty.can_ask_again).
+        self.can_ask_again = True
+        #: Each begin()'s ask_again.
+        self.asked_again: list[bool] = []
 
     def begin(self, next_url: str, extra: Any = None, *,
-              browser: str | None = None) -> Deferred[str]:
+              browser: str | None = None, ask_again: bool = False) -> Deferred[str]:
         if self.store_down:
             return defer.fail(LoginUnavailable("the login cannot be kept: Redis is down"))
+        self.asked_again.append(ask_again)
         state = secrets.token_urlsafe(8)
         self.pending[state] = (next_url, browser)
-        return defer.succeed(f"https://idp.example.org/authorize?state={state}")
+        prompt = "&prompt=login" if ask_again and self.can_ask_again else ""
+        return defer.succeed(f"https://idp.example.org/authorize?state={state}{prompt}")
 
     def finish(self, params: dict[str, str],
                browsers: Sequence[str] = ()) -> Deferred[LoginResult]:
@@ -206,6 +212,83 @@ def test_second_user_gets_403():
     assert b"You are logged in as mallory, and studio abc is not shared with mallory. Ask " \
         b"its owner to share it with you, or log in as someone else." in resp.body
     assert b"session" not in resp.body
+
+
+def switch_link(resp: Response) -> str:
+    """The href of an "Access denied" page's "Log in as someone else"."""
+    body = resp.body.decode()
+    end = body.index('">Log in as someone else</a>')
+    return html.unescape(body[body.rindex('<a href="', 0, end) + 9:end])
+
+
+@pytest.mark.parametrize("path_routing", [False, True])
+def test_log_in_as_someone_else_asks_the_issuer_again(path_routing: bool):
+    """The 403's "Log in as someone else" ended the gateway's login only: the login after
+    it went to the issuer, which (keeping its own login) answered at once with the same
+    person. That login now asks for prompt=login; ordinary logins do not."""
+    auth, _, rp = make(path_routing=path_routing)
+    b = LoginDriver(auth, external=idp_login(rp))
+    here = f"{PROXY}/_studio/bobs/lab" if path_routing else studio("bobs", "/lab")
+    denied, _ = run(b.open(here))
+    assert isinstance(denied, Response) and denied.status == 403
+    assert rp.asked_again == [False]
+    link = switch_link(denied)
+    back = "/_studio/bobs/lab" if path_routing else here
+    login = f"{PROXY}/_connect/login?" + urlencode({"next": back, "switch": "1"}, quote_via=quote)
+    assert link == f"{PROXY}/_connect/logout?" + urlencode({"next": login}, quote_via=quote)
+    # its "Log out" button, then the login, which asks the issuer again
+    asked = run(auth.handle(request(link, b.jar)))
+    assert asked.status == 200 and b'<form method="post"' in asked.body
+    out = run(auth.handle(request(link, b.jar, "POST")))
+    assert out.status == 302 and dict(out.headers)[b"Location"] == login.encode()
+    b.jar.store("connect.example.test", out)
+    rp.user = "bob"
+    who, url = run(b.open(login))
+    assert rp.asked_again == [False, True]
+    assert any(v.endswith("&prompt=login") for v in b.visited)
+    assert isinstance(who, Identity) and (who.subject, who.session_id) == ("bob", "bobs")
+    assert url == here
+
+
+def test_the_switch_marker_asks_nothing_more_of_a_live_login_or_a_fixed_value():
+    """Anyone can link to the login with switch=1: where a login is on it goes on (the
+    issuer is not asked), and only switch=1 asks; nothing of the query reaches the issuer."""
+    auth, _, rp = make()
+    b = LoginDriver(auth, external=idp_login(rp))
+    run(b.open(studio("abc")))
+    login = f"{PROXY}/_connect/login?" + urlencode({"next": studio("xyz"), "switch": "1"})
+    who, _ = run(b.open(login))
+    assert isinstance(who, Identity) and rp.asked_again == [False]
+    for value in ("0", "true", "1 ", "login", "none"):
+        fresh = LoginDriver(auth)
+        resp, _ = run(fresh.open(f"{PROXY}/_connect/login?next=%2F&switch={quote(value)}"))
+        assert resp is None and "prompt" not in fresh.visited[-1]
+    assert rp.asked_again == [False] * 6
+
+
+def test_log_in_as_someone_else_with_an_issuer_that_cannot_ask_again():
+    """An issuer whose discovery document lists prompt values without "login" (some
+    refuse a value they do not list): the link is the plain logout, whose page offers
+    the issuer's own logout; the login is never sent prompt=login."""
+    auth, _, rp = make()
+    rp.can_ask_again = False
+    b = LoginDriver(auth, external=idp_login(rp))
+    denied, _ = run(b.open(studio("bobs")))
+    assert isinstance(denied, Response) and denied.status == 403
+    link = switch_link(denied)
+    assert link == f"{PROXY}/_connect/logout"
+    out = run(auth.handle(request(link, b.jar, "POST")))
+    assert out.status == 200 and b"Also log out of idp.example.org" in out.body
+
+
+def test_log_in_as_someone_else_with_login_links_leads_to_the_login_page():
+    auth, _, _ = make(issuer=False)
+    b = LoginDriver(auth)
+    denied, _ = run(b.open(auth.mint_login_link("bobs", "alice"), method="POST"))
+    assert isinstance(denied, Response) and denied.status == 403
+    assert switch_link(denied) == f"{PROXY}/_connect/logout?" + urlencode(
+        {"next": f"{PROXY}/_connect/login?next=" + quote(studio("bobs", "/"), safe="")},
+        quote_via=quote)
 
 
 def test_a_studio_that_is_gone_says_what_may_have_happened():

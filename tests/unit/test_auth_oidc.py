@@ -433,6 +433,40 @@ def test_a_login_larger_than_the_nodes_bound_is_refused_before_it_is_kept(key):
 
 # Logging out of the issuer (OpenID Connect RP-Initiated Logout 1.0) ----------------------
 
+def test_a_login_that_asks_again_sends_prompt_login_and_no_other_does(key):
+    rp, _, _ = make_rp(key)
+    assert rp.can_ask_again
+    q = dict(parse_qsl(urlsplit(result(rp.begin("/x", ask_again=True))).query))
+    assert q["prompt"] == "login"
+    assert "prompt" not in dict(parse_qsl(urlsplit(result(rp.begin("/x"))).query))
+
+
+@pytest.mark.parametrize("listed, asks", [
+    (None, True),  # no prompt_values_supported: Core's values
+    (("login",), True), (("none", "login", "consent", "create"), True),
+    ((), False), (("none", "consent", "select_account"), False)])
+def test_prompt_login_only_where_the_issuer_does_not_leave_it_out(key, listed, asks):
+    from dataclasses import replace
+
+    rp, _, _ = make_rp(key)
+    assert rp.metadata is not None
+    rp.metadata = replace(rp.metadata, prompt_values=listed)
+    assert rp.can_ask_again is asks
+    q = dict(parse_qsl(urlsplit(result(rp.begin("/x", ask_again=True))).query))
+    assert q.get("prompt") == ("login" if asks else None)
+
+
+def test_the_discovery_documents_prompt_values():
+    doc = {"issuer": ISSUER, "authorization_endpoint": ISSUER + "/auth",
+           "token_endpoint": ISSUER + "/token", "jwks_uri": ISSUER + "/jwks"}
+    assert ProviderMetadata.from_dict(doc, ISSUER).prompt_values is None
+    for given, parsed in ((["none", "login"], ("none", "login")), ([], ()),
+                          ("login", None), ([1], None)):
+        meta = ProviderMetadata.from_dict({**doc, "prompt_values_supported": given}, ISSUER)
+        assert meta.prompt_values == parsed
+        assert meta.prompts_login is (parsed is None or "login" in parsed)
+
+
 BACK = "https://gw.example.org/_connect/logged-out"
 
 
