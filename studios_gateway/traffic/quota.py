@@ -57,10 +57,15 @@ class Over:
     retry_after: float  # seconds until enough of the window has passed
 
     @property
+    def wait(self) -> int:
+        """`retry_after` in whole seconds, at least 1: what people and Retry-After see."""
+        return max(1, round(self.retry_after))
+
+    @property
     def message(self) -> str:
         return (f"transfer quota reached: {self.scope} {self.name} moved "
                 f"{format_bytes(self.used)} of {format_bytes(self.limit)} allowed per "
-                f"window; try again in {format_duration(max(1, round(self.retry_after)))}")
+                f"window; try again in {format_duration(self.wait)}")
 
 
 def page_text(over: Over, window: float) -> str:
@@ -72,7 +77,7 @@ def page_text(over: Over, window: float) -> str:
     return (f"{who} moved {format_bytes(over.used)} of the {format_bytes(over.limit)} "
             f"allowed in {format_duration(window)}, so the gateway holds the studio until "
             f"some of that time has passed. It works again in about "
-            f"{format_duration(max(1, round(over.retry_after)))}.")
+            f"{format_duration(over.wait)}.")
 
 
 def format_bytes(n: int) -> str:
@@ -248,7 +253,7 @@ def admitting(authorize: Callable[[Any, str], Deferred[Any]], quota: Quota,
                 if over is None:
                     return who
                 refused(over)
-                wait = max(1, round(over.retry_after))
+                wait = over.wait
                 page = pages.page(429, "Transfer quota reached",
                                   page_text(over, quota.settings.window),
                                   session_id=session_id, refresh=wait,
