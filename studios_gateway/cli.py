@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -172,7 +173,9 @@ def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None)
 
 
 def _print_session(s: dict[str, Any]) -> None:
-    state = "connected" if s.get("connected") else "not connected"
+    from studios_gateway.away import state_words
+
+    state = "connected" if s.get("connected") else state_words(s.get("away"), time.time())
     users = ",".join(s.get("allowed_users") or []) or "-"
     # What is known of the versions (the image's tag, or what the studio's client said);
     # nothing at all for a session made without an image and not connected.

@@ -35,6 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.auth.login import Auth
+from studios_gateway.away import Away, fetch_away, restart_where
 from studios_gateway.component import Component, Part, StartError, endpoint_for, serve_tls
 from studios_gateway.config import Config
 from studios_gateway.http import lane
@@ -53,7 +54,7 @@ from studios_gateway.traffic.quota import Quota, admitting
 from studios_gateway.tunnel.dialer import Dialer
 
 __all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "https_url_for",
-           "make_fast_path", "make_lookup"]
+           "make_away", "make_fast_path", "make_lookup"]
 
 
 class _RefusalGuard(Protocol):
@@ -133,6 +134,18 @@ def make_lookup(store: TunnelClaims, dialer: Dialer) -> Any:
         return defer.maybeDeferred(store.get, session_id).addCallback(found)
 
     return lookup
+
+
+def make_away(store: TunnelClaims, clock: Any,
+              platform_url: str | None) -> Callable[[str], Deferred[Away | None]]:
+    """away(session_id): which not-connected case it is (studios_gateway.away), from the
+    registry, for the not-connected page only."""
+    where = restart_where(platform_url)
+
+    def away(session_id: str) -> Deferred[Away | None]:
+        return fetch_away(store, session_id, clock, where)
+
+    return away
 
 
 def make_fast_path(auth: Auth, dialer: Dialer, quota: Quota | None = None) -> FastPath:
@@ -249,6 +262,7 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
                    else auth.authorize_request),
         local_routes=auth.handle,
         fast=make_fast_path(auth, dialer, traffic.quota if traffic is not None else None),
+        away=make_away(store, reactor, config.platform_url),
         track=_track(auth),
         observer=traffic,
         trusted_proxy_cidrs=config.trusted_proxy_cidrs,

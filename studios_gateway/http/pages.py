@@ -11,6 +11,8 @@ import html
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from studios_gateway.away import Away
+
 __all__ = [
     "Page",
     "bad_request",
@@ -117,14 +119,20 @@ def not_found(session_id: str | None = None, message: str = "") -> Page:
     return page(404, "Studio not found", text, session_id=session_id)
 
 
-def not_connected(session_id: str) -> Page:
-    # The gateway cannot tell a studio still starting from one that was stopped (a
-    # session outlives its container), so the page says both.
-    return page(502, "Studio not connected",
-                "The studio is not connected to the gateway right now. A studio that is "
+def not_connected(session_id: str, away: Away | None = None) -> Page:
+    """`away`: which case it is (studios_gateway.away), when the registry could tell.
+    Without it the gateway cannot tell a studio still starting from one that was stopped
+    (a session outlives its container), so the page says both. It reloads by itself in
+    every case: a studio started again shows up on its own."""
+    if away is None:
+        text = ("The studio is not connected to the gateway right now. A studio that is "
                 "starting connects within about a minute; one that was stopped has to be "
-                "started again.", session_id=session_id, refresh=5,
-                extra=((b"Retry-After", b"5"),))
+                "started again.")
+    else:
+        text = away.text
+    wait = 5 if away is None or away.starting else 15
+    return page(502, "Studio not connected", text, session_id=session_id, refresh=wait,
+                extra=((b"Retry-After", str(wait).encode()),))
 
 
 def tool_not_answering(session_id: str) -> Page:

@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 
 from studios_gateway.auth.authorizer import SESSION_ENDED
 from studios_gateway.auth.settings import PREFIX
+from studios_gateway.away import Away
 from studios_gateway.config import default_of
 from studios_gateway.http import lane, pages
 from studios_gateway.http.deadline import Deadline
@@ -233,6 +234,7 @@ class ProxyFactory(Factory):
                  authorize: Authorize | None = None,
                  local_routes: Callable[[RequestInfo], Deferred[Any]] | None = None,
                  fast: FastPath | None = None,
+                 away: Callable[[str], Deferred[Away | None]] | None = None,
                  track: Track | None = None, observer: Any = None,
                  trusted_proxy_cidrs: Sequence[Network] = (), scheme: str = "http",
                  https_outside: bool = False,
@@ -255,6 +257,9 @@ class ProxyFactory(Factory):
         self.authorize: Authorize = authorize or allow_anonymous
         self.local_routes = local_routes
         self.fast = fast
+        #: away(session_id): which not-connected case it is (studios_gateway.away), asked
+        #: only when the not-connected page is about to be sent; never fails, bounded.
+        self.away = away
         self.track = track
         #: Told of every finished exchange (studios_gateway.traffic.observer.Traffic).
         self.observer = observer
@@ -681,7 +686,7 @@ class ProxyProtocol(Protocol):
                                                      route.mode.value, ex.tool.unavailable),
                           why="tool unavailable in this routing mode")
         elif not info.connected:
-            self._respond(ex, pages.not_connected(route.session_id), why="studio not connected")
+            self._not_connected(ex)
         else:
             self._connect(ex)
 
@@ -722,13 +727,34 @@ class ProxyProtocol(Protocol):
         ex.pending = None
         sid = ex.session_id
         if failure.check(StudioNotConnected):
-            page, why = pages.not_connected(sid), "studio not connected"
-        elif failure.check(ToolNotAnswering, defer.TimeoutError, defer.CancelledError):
+            self._not_connected(ex)
+            return
+        if failure.check(ToolNotAnswering, defer.TimeoutError, defer.CancelledError):
             page, why = pages.tool_not_answering(sid), "tool not answering"
         else:
             self._log.failure("connecting to studio {sid} failed", failure, sid=sid)
             page, why = pages.bad_gateway(sid), "cannot reach the studio"
         self._respond(ex, page, why=why)
+
+    def _not_connected(self, ex: Exchange) -> None:
+        """Answer the not-connected page, saying which case it is when the registry can
+        tell (factory.away, asked now and only now); its words for "cannot tell" when it
+        cannot, or not in time."""
+        away = self.factory.away
+        if away is None:
+            self._told_away(None, ex)
+            return
+        d = defer.maybeDeferred(away, ex.session_id)
+        ex.pending = d
+        d.addErrback(lambda _: None)  # (its words for "cannot tell")
+        d.addCallback(self._told_away, ex)
+
+    def _told_away(self, away: Away | None, ex: Exchange) -> None:
+        if ex is not self._ex:
+            return
+        ex.pending = None
+        self._respond(ex, pages.not_connected(ex.session_id, away),
+                      why="studio not connected")
 
     def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
         f = self.factory

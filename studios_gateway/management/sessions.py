@@ -18,8 +18,10 @@ from urllib.parse import quote, urlsplit
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from studios_gateway.away import describe, restart_where
 from studios_gateway.images import StudioImage, studio_image
 from studios_gateway.registry.base import (
+    RegistryError,
     SessionExists,
     SessionRecord,
     SessionStore,
@@ -298,8 +300,31 @@ class Sessions:
                "update_version": record.update_version,
                "connect_version": live.get("connect_version") or record.connect_version,
                "connected": tunnel is not None, "tunnel": tunnel}
+        out.update((yield self._last_connected(record, tunnel is not None)))
         if self._usage is not None:
             out["usage"] = yield defer.maybeDeferred(self._usage, record.id)
+        return out
+
+    @defer.inlineCallbacks
+    def _last_connected(self, record: SessionRecord, connected: bool) -> Any:
+        """"last_connected": what the registry recorded (bound_at, unbound_at; null when
+        nothing: a session made before it was recorded, or the store cannot say now), and
+        for a studio not connected "away": which case it is and the words a person gets
+        (null when it cannot tell)."""
+        seen = None
+        reader = getattr(self._store, "last_connected", None)
+        if reader is not None:
+            try:
+                seen = yield defer.maybeDeferred(reader, record.id)
+            except RegistryError:
+                seen = None
+        out: dict[str, Any] = {"last_connected": None if seen is None else {
+            "bound_at": seen.bound_at, "unbound_at": seen.unbound_at}}
+        if not connected:
+            away = describe(seen, record.created_at, self._clock.seconds(),
+                            restart_where(None))
+            out["away"] = None if away is None else {
+                "case": away.case.value, "since": away.since, "text": away.text}
         return out
 
     @defer.inlineCallbacks

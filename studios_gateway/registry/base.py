@@ -44,6 +44,10 @@ __all__ = [
     "Refresh",
     "SessionNotFound",
     "SessionRecord",
+    "ConnectionHistory",
+    "MAX_SEEN_BYTES",
+    "SEEN_TTL",
+    "Seen",
     "SessionStore",
     "StoreUnavailable",
     "TunnelHolder",
@@ -279,6 +283,45 @@ def _check_holder(data: dict[str, Any]) -> None:
               lambda v: isinstance(v, str) and len(v) <= 64)
 
 
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """When a session's studio was last connected, as the registry recorded it: written
+    when a tunnel is claimed (a bind) and released (an unbind), never per request.
+
+    ``bound_at``: the last bind (None: no bind since the session was made);
+    ``unbound_at``: that tunnel's unbind (None: still bound, or its node ended without
+    releasing it: the claim expired). Seconds since the epoch, the writing node's clock."""
+
+    bound_at: float | None = None
+    unbound_at: float | None = None
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in (("b", self.bound_at), ("u", self.unbound_at))
+                if v is not None}
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Seen:
+        """MalformedRecord unless a JSON object of at most MAX_SEEN_BYTES whose "b" and
+        "u" are absent or finite numbers (other keys are ignored: newer nodes may add)."""
+        if len(text) > MAX_SEEN_BYTES:
+            raise MalformedRecord(f"a last-connected record is longer than "
+                                  f"{MAX_SEEN_BYTES} bytes")
+        data = _load_object(text, "last-connected record")
+        for key in ("b", "u"):
+            _optional(data, key, "a finite number", _is_number)
+        b, u = data.get("b"), data.get("u")
+        return cls(None if b is None else float(b), None if u is None else float(u))
+
+
+#: The longest last-connected record a node reads (this version's are about 40 bytes).
+MAX_SEEN_BYTES = 256
+#: How long a shared store keeps a last-connected record after its last write; each bind
+#: and unbind starts it again, the session's deletion removes it. A record left behind
+#: by a node of an older version (whose deletion does not know the key) goes by itself.
+SEEN_TTL = 90 * 24 * 3600.0
+
+
 # Tokens -----------------------------------------------------------------------------
 
 
@@ -467,6 +510,17 @@ class TunnelClaims(Protocol):
         """As SessionRecords.subscribe: a claim changing is a session change."""
 
 
+class ConnectionHistory(Protocol):
+    """When each session's studio was last connected (:class:`Seen`): written by
+    claim_tunnel and release_tunnel, dropped with the session. Only the not-connected
+    answers read it (the HTTP page, the SSH refusal, the admin API), never a request."""
+
+    def last_connected(self, session_id: str) -> Deferred[Seen | None]:
+        """What the registry recorded; None when it recorded nothing (no such session, or
+        one made before this was recorded, e.g. by an older node, or loaded from the
+        sessions file after a restart)."""
+
+
 class UserKeyStore(Protocol):
     """Users' SSH public keys (authorized_keys-style lines, checked by check_user_keys)."""
 
@@ -548,6 +602,6 @@ class TransferCounts(Protocol):
         """Forget `key`'s counts in `buckets`."""
 
 
-class SessionStore(StoreLifecycle, SessionRecords, TunnelClaims, UserKeyStore, LoginState,
-                   TransferCounts, Protocol):
+class SessionStore(StoreLifecycle, SessionRecords, TunnelClaims, ConnectionHistory,
+                   UserKeyStore, LoginState, TransferCounts, Protocol):
     """All of it: what service.build_store makes and GatewayService starts and stops."""

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from studios_gateway.registry.base import (
     Invalidation,
     Refresh,
+    Seen,
     SessionRecord,
     StoreUnavailable,
     TunnelHolder,
@@ -252,6 +253,11 @@ class CachingStore:
 
     def list_sessions(self) -> Deferred[list[SessionRecord]]:
         return defer.maybeDeferred(self.inner.list_sessions)
+
+    def last_connected(self, session_id: str) -> Deferred[Seen | None]:
+        # Not cached: read only when a studio is not connected, and a bind or unbind on
+        # another node changes it.
+        return defer.maybeDeferred(self.inner.last_connected, session_id)
 
     def spend_once(self, key: str, ttl: float) -> Deferred[bool]:
         return defer.maybeDeferred(self.inner.spend_once, key, ttl)

@@ -27,6 +27,7 @@ from studios_gateway.registry.base import (
     BadUserKeys,
     Invalidation,
     Refresh,
+    Seen,
     SessionExists,
     SessionNotFound,
     SessionRecord,
@@ -78,6 +79,9 @@ class MemoryStore:
         self._records: dict[str, SessionRecord] = (
             self.journal.open() if self.journal is not None else {})
         self._tunnels: dict[str, tuple[TunnelHolder, float]] = {}
+        # When each session's studio was last connected: only sessions made since this
+        # store was (a loaded session has none: unknown), dropped with the session.
+        self._seen: dict[str, Seen] = {}
         self._user_keys: dict[str, list[str]] = {}
         self._subscribers = Subscribers()
         self._key_subscribers = Subscribers()
@@ -114,6 +118,7 @@ class MemoryStore:
         failed = self._saved(record, None)
         if failed is not None:
             return failed
+        self._seen[record.id] = Seen()
         self._subscribers.notify(record.id)
         return defer.succeed(None)
 
@@ -141,6 +146,7 @@ class MemoryStore:
             if failed is not None:
                 return failed
         had_tunnel = self._tunnels.pop(session_id, None) is not None
+        self._seen.pop(session_id, None)
         if existed or had_tunnel:
             self._subscribers.notify(session_id)
         return defer.succeed(existed)
@@ -187,6 +193,7 @@ class MemoryStore:
             return defer.fail(SessionNotFound(f"no session {holder.session_id}"))
         previous = self._current(holder.session_id)
         self._tunnels[holder.session_id] = (holder, self._clock.seconds() + seconds)
+        self._seen[holder.session_id] = Seen(holder.bound_at, None)
         self._subscribers.notify(holder.session_id)
         return defer.succeed(previous)
 
@@ -223,8 +230,13 @@ class MemoryStore:
         if current is None or not _same(current, holder):
             return defer.succeed(False)
         del self._tunnels[holder.session_id]
+        if holder.session_id in self._records:
+            self._seen[holder.session_id] = Seen(current.bound_at, self._clock.seconds())
         self._subscribers.notify(holder.session_id)
         return defer.succeed(True)
+
+    def last_connected(self, session_id: str) -> Deferred[Seen | None]:
+        return defer.succeed(self._seen.get(session_id))
 
     def get_tunnel(self, session_id: str) -> Deferred[TunnelHolder | None]:
         return defer.succeed(self._current(session_id))

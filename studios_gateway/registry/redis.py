@@ -5,6 +5,10 @@ Keys, under the configured prefix (``connect:session`` by default):
 - ``<prefix>:<id>``: the session record (JSON);
 - ``<prefix>:<id>:tunnel``: the tunnel holder (JSON) with a PX TTL the holding
   node refreshes;
+- ``<prefix>:<id>:seen``: when the studio was last connected (:class:`~.base.Seen`,
+  JSON ``{"b": bind time, "u": unbind time}``, each absent until known), written by
+  create (``{}``), claim and release, deleted with the session, with a PX TTL of
+  SEEN_TTL renewed at each write; read only when a studio is not connected;
 - ``<prefix>:_keys:<user>``: a user's SSH public keys (JSON list of key lines);
   ``_`` never starts a session id, so these never collide with sessions;
 - ``<prefix>:_once:<id>``: a spent single-use id (login link, hand-off code),
@@ -56,12 +60,15 @@ from studios_gateway.deadline import within
 from studios_gateway.registry.base import (
     MAX_NODE_RECORD,
     MAX_PENDING_LOGIN_BYTES,
+    MAX_SEEN_BYTES,
     MAX_USER_KEYS,
+    SEEN_TTL,
     SINGLE_USE_ID,
     BadUserKeys,
     Invalidation,
     MalformedRecord,
     Refresh,
+    Seen,
     SessionExists,
     SessionNotFound,
     SessionRecord,
@@ -332,9 +339,13 @@ class RedisStore:
         return self._call("PING", lambda conn: conn.execute_command("PING")).addCallback(
             lambda _: None)
 
+    def _seen_key(self, session_id: str) -> str:
+        return f"{self.prefix}:{session_id}:seen"
+
     def create(self, record: SessionRecord) -> Deferred[None]:
-        d = self._eval("create", CREATE, [self._key(record.id)],
-                       [record.to_json(), self.channel, record.id])
+        d = self._eval("create", CREATE, [self._key(record.id), self._seen_key(record.id)],
+                       [record.to_json(), self.channel, record.id, Seen().to_json(),
+                        _ms(SEEN_TTL)])
 
         def done(created: Any) -> None:
             if int(created) != 1:
@@ -354,7 +365,8 @@ class RedisStore:
 
     def delete(self, session_id: str) -> Deferred[bool]:
         return self._eval("delete", DELETE,
-                          [self._key(session_id), self._tunnel_key(session_id)],
+                          [self._key(session_id), self._tunnel_key(session_id),
+                           self._seen_key(session_id)],
                           [self.channel, session_id]).addCallback(lambda n: int(n) > 0)
 
     def get(self, session_id: str) -> Deferred[SessionRecord | None]:
@@ -414,8 +426,10 @@ class RedisStore:
             px = _ms(ttl)
         except ValueError as e:
             return defer.fail(e)
-        d = self._eval("claim", CLAIM, [self._key(sid), self._tunnel_key(sid)],
-                       [holder.to_json(), px, self.channel, sid])
+        d = self._eval("claim", CLAIM,
+                       [self._key(sid), self._tunnel_key(sid), self._seen_key(sid)],
+                       [holder.to_json(), px, self.channel, sid,
+                        Seen(holder.bound_at).to_json(), _ms(SEEN_TTL)])
 
         def done(reply: Any) -> TunnelHolder | None:
             if int(reply[0]) != 1:
@@ -466,9 +480,30 @@ class RedisStore:
 
     def release_tunnel(self, holder: TunnelHolder) -> Deferred[bool]:
         sid = holder.session_id
-        return self._eval("release", RELEASE, [self._tunnel_key(sid)],
-                          [holder.tunnel_id, holder.node_id, self.channel, sid]).addCallback(
+        seen = Seen(holder.bound_at, self.clock.seconds())
+        return self._eval("release", RELEASE,
+                          [self._tunnel_key(sid), self._key(sid), self._seen_key(sid)],
+                          [holder.tunnel_id, holder.node_id, self.channel, sid,
+                           seen.to_json(), _ms(SEEN_TTL)]).addCallback(
             lambda n: int(n) == 1)
+
+    def last_connected(self, session_id: str) -> Deferred[Seen | None]:
+        if not SESSION_ID.fullmatch(session_id):
+            return defer.succeed(None)
+
+        def read(values: list[Any]) -> Seen | None:
+            value = values[0]
+            if value is None:
+                return None
+            try:  # 0: longer than any node writes (Redis did not send it)
+                return Seen.from_json(reply_text(value)) if value != 0 else None
+            except MalformedRecord as e:
+                self._log.warn("ignoring the malformed last-connected record of "
+                               "{sid}: {error}", sid=session_id, error=str(e))
+                return None
+
+        return self._bounded_gets("last_connected", [self._seen_key(session_id)],
+                                  MAX_SEEN_BYTES).addCallback(read)
 
     def get_tunnel(self, session_id: str) -> Deferred[TunnelHolder | None]:
         if not SESSION_ID.fullmatch(session_id):

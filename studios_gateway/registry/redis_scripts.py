@@ -26,20 +26,35 @@ if redis.call('SET', KEYS[1], ARGV[1], '{}') then
 end
 return 0
 """
-CREATE = _WRITE_RECORD.format("NX")
 UPDATE = _WRITE_RECORD.format("XX")
 
+# A new session, and its last-connected record saying "not connected since it was made"
+# (KEYS[2], ARGV[4] for ARGV[5] ms): 1 when made, 0 when the id is taken.
+CREATE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS: the record, the tunnel holder, the last-connected record.
 DELETE = """
 local n = redis.call('DEL', KEYS[1])
 local t = redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[3])
 if n + t > 0 then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return n
 """
 
+# KEYS: the record, the tunnel holder, the last-connected record (ARGV[5], connected
+# now, kept ARGV[6] ms).
 CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local prev = redis.call('GET', KEYS[2])
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 if prev then return {1, prev} end
 return {1}
@@ -92,8 +107,13 @@ return out
 #: REFRESH's answers.
 REFRESHED = {0: Refresh.HELD_ELSEWHERE, 1: Refresh.OURS, 2: Refresh.OURS, 3: Refresh.GONE}
 
+# KEYS: the tunnel holder, the record, the last-connected record (ARGV[5]: connected
+# until now, kept ARGV[6] ms; written only while the session exists).
 RELEASE = _OURS + """
 redis.call('DEL', KEYS[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[3], ARGV[5], 'PX', ARGV[6])
+end
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """

@@ -57,7 +57,8 @@ def settings_from(config: Any) -> SSHSettings:
                        handshake_timeout=config.ssh_handshake_timeout,
                        max_startups=config.ssh_max_startups,
                        kex_timeout=config.ssh_kex_timeout,
-                       client_timeout=config.ssh_client_timeout)
+                       client_timeout=config.ssh_client_timeout,
+                       platform_url=getattr(config, "platform_url", None))
 
 
 def make_dial(dialer: Any) -> Any:

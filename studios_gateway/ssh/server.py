@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from studios_gateway.away import fetch_away, restart_where
 from studios_gateway.durations import format_setting
 from studios_gateway.http.flow import Gate, Pacer
 from studios_gateway.registry.base import SessionRecord, SessionRecords, StoreUnavailable
@@ -192,6 +193,9 @@ class SSHSettings:
     #: (CONNECT_SSH_CLIENT_TIMEOUT); 0: never. The gateway asks a silent client for a
     #: sign of life every CLIENT_PROBE_EVERY (or a third of this, when shorter).
     client_timeout: float = 15 * 60.0
+    #: Where a user starts a studio again (PLATFORM_URL; None: named, not linked), in the
+    #: refusal for a studio not connected.
+    platform_url: str | None = None
 
 
 # Authentication -------------------------------------------------------------------------
@@ -635,8 +639,7 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
             ok = False
         if not ok:
             self.upstream = None
-            raise Refused(f"the studio of session {sid} is not connected (is it running?)",
-                          kind="not_connected")
+            raise Refused(await self._not_connected(sid), kind="not_connected")
         try:
             return await ready
         except Refused:
@@ -644,6 +647,16 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         except Exception as e:
             raise Refused(f"the studio of session {sid} did not accept the SSH connection "
                           f"({e})", kind="studio_failed") from None
+
+    async def _not_connected(self, sid: str) -> str:
+        """The one line for a studio not connected: which case it is when the registry
+        can tell (bounded: studios_gateway.away), else "is it running?"."""
+        f = self.factory
+        away = await fetch_away(f.store, sid, f.clock, restart_where(f.settings.platform_url),
+                                studio=f"the studio of session {sid}")
+        if away is None:
+            return f"the studio of session {sid} is not connected (is it running?)"
+        return away.text
 
     def authenticated(self, conn: UserConnection) -> None:
         self._cancel_timer()

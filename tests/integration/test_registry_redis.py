@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from studios_gateway.registry import redis_link
-from studios_gateway.registry.base import Refresh, StoreUnavailable, TunnelHolder
+from studios_gateway.registry.base import SEEN_TTL, Refresh, StoreUnavailable, TunnelHolder
 from studios_gateway.registry.cache import CachingStore
 from studios_gateway.registry.redis import RedisStore
 from studios_gateway.ssh.keys import key_file_path
@@ -130,6 +130,27 @@ class RedisContractTests(StoreContract, RedisCase):
 
     def lose_record(self, session_id: str) -> Any:
         return self.store.command("DEL", f"{self.store.prefix}:{session_id}")  # no event
+
+    @defer.inlineCallbacks
+    def test_last_connected_is_kept_bounded_and_read_with_care(self) -> Any:
+        key = f"{self.store.prefix}:abc123:seen"
+        yield self.store.create(record())
+        for write in (lambda: None, lambda: self.store.claim_tunnel(holder(), 30),
+                      lambda: self.store.release_tunnel(holder())):
+            yield write()
+            pttl = int((yield self.store.command("PTTL", key)))
+            assert 0 < pttl <= SEEN_TTL * 1000  # renewed at each write, never forever
+        assert len((yield self.store.command("GET", key))) < 64
+        # Damaged, hostile or longer than any node writes: unknown (the caller falls back).
+        for bad in ("not json", '{"b": "noon"}', "[1]", '{"b": 1, "x": "%s"}' % ("y" * 300)):
+            yield self.store.command("SET", key, bad)
+            assert (yield self.other.last_connected("abc123")) is None
+        # A session an older node made (no last-connected record): unknown, not "never".
+        yield self.store.command("SET", f"{self.store.prefix}:old1", record("old1").to_json())
+        assert (yield self.other.get("old1")) == record("old1")
+        assert (yield self.other.last_connected("old1")) is None
+        # Not a session id: no read at all.
+        assert (yield self.store.last_connected("x:y*")) is None
 
     @defer.inlineCallbacks
     def test_nodes_are_found_without_walking_every_session(self) -> Any:
@@ -340,7 +361,7 @@ class RedisPrefixAndDbTests(RedisCase):
         yield db3.create(record())
         assert (yield db0.get("abc123")) is None
         assert (yield db3.get("abc123")) == record()
-        assert (yield db3.command("DBSIZE")) == 1
+        assert (yield db3.command("DBSIZE")) == 2  # the record and its last-connected
         assert (yield db0.command("DBSIZE")) == 0
         yield db3.delete("abc123")
 
@@ -566,6 +587,7 @@ class RedisLeastPrivilegeTests(RedisCase):
         assert (yield a.refresh_tunnels([h], 30)) == [Refresh.OURS]
         assert (yield b.get_tunnel("abc123")) == h
         assert (yield a.release_tunnel(h)) is True
+        assert (yield b.last_connected("abc123")).bound_at == h.bound_at
         yield a.set_user_keys("bob", [key_line(1)])
         yield keys_seen.wait_for("bob")
         assert len((yield a.add_user_keys("bob", [key_line(2)]))) == 2

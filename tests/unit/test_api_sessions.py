@@ -279,3 +279,33 @@ def test_each_endpoints_allow_header_names_exactly_the_methods_it_answers() -> N
         assert len(allowed) == 1, (shape, allowed)  # the same header for every refusal
         assert set(allowed.pop().decode().split(", ")) == answered, shape
         assert answered, shape
+
+
+def test_the_session_view_says_when_the_studio_was_last_connected() -> None:
+    import time
+
+    from tests.unit.test_registry_memory import holder
+
+    clock = Clock()
+    clock.advance(time.time())
+    store = MemoryStore(clock)
+    api = make_api(Sessions(store, clock=clock), lambda new: {"id": new.record.id})
+    assert call(api, "POST", "/api/sessions", {"id": "abc", "owner": "alice"})[0] == 201
+    body = call(api, "GET", "/api/sessions/abc")[1]
+    assert body["connected"] is False
+    assert body["last_connected"] == {"bound_at": None, "unbound_at": None}
+    assert body["away"]["case"] == "starting" and body["away"]["since"] is None
+    assert "has not connected yet" in body["away"]["text"]
+    bound = holder("abc", bound_at=clock.seconds())
+    store.claim_tunnel(bound, 30)
+    body = call(api, "GET", "/api/sessions/abc")[1]
+    assert body["connected"] is True and "away" not in body
+    assert body["last_connected"] == {"bound_at": bound.bound_at, "unbound_at": None}
+    clock.advance(20)
+    store.release_tunnel(bound)
+    clock.advance(600)
+    [listed] = call(api, "GET", "/api/sessions")[1]["sessions"]
+    assert listed["last_connected"]["unbound_at"] == bound.bound_at + 20
+    assert listed["away"]["case"] == "stopped"
+    assert listed["away"]["since"] == bound.bound_at + 20
+    assert "(10 minutes ago)" in listed["away"]["text"]

@@ -212,6 +212,29 @@ def test_list_shows_only_the_versions_it_knows(monkeypatch, capsys) -> None:
                     "image=reg/data-studio-jupyter:4.2.5-0.12.0 (tool 4.2.5, connect 0.12.0)"]
 
 
+def test_list_says_which_not_connected_case_it_is(monkeypatch, capsys) -> None:
+    import time
+
+    from studios_gateway import cli
+
+    base = {"tool": "generic", "owner": "alice", "allowed_users": [], "connected": False}
+    since = time.time() - 600
+    hm = time.strftime("%H:%M UTC", time.gmtime(since))
+    found = [{**base, "id": "a1", "away": {"case": "starting", "since": None}},
+             {**base, "id": "a2", "away": {"case": "stopped", "since": since}},
+             {**base, "id": "a3", "away": None},  # an older gateway, or cannot tell
+             {**base, "id": "a4"}]
+    monkeypatch.setattr(cli, "api_call", lambda *a, **k: {"sessions": found})
+    args = build_parser().parse_args(["sessions", "list", "--url", URL])
+    assert args.func(args) == 0
+    states = [line.split("  ")[-2] for line in capsys.readouterr().out.splitlines()]
+    assert states[0] == "not connected (not yet: starting)"
+    assert states[1] in (f"not connected (was connected until {hm})",  # (around midnight:
+                         f"not connected (was connected until "    # the date as well)
+                         f"{time.strftime('%Y-%m-%d', time.gmtime(since))} {hm})")
+    assert states[2:] == ["not connected", "not connected"]
+
+
 def test_users_add_and_remove_change_the_list_as_it_is(monkeypatch, capsys) -> None:
     # Retyping a list of 20 to add one user risked dropping (and disconnecting) another.
     from studios_gateway import cli

@@ -16,6 +16,7 @@ from twisted.trial import unittest
 from studios_gateway.registry.base import (
     MalformedRecord,
     Refresh,
+    Seen,
     SessionExists,
     SessionNotFound,
     SessionRecord,
@@ -276,6 +277,45 @@ class StoreContract:
     @defer.inlineCallbacks
     def test_ping(self) -> Any:
         assert (yield self.store.ping()) is None
+
+    @defer.inlineCallbacks
+    def test_last_connected_is_written_at_bind_and_unbind_on_any_node(self) -> Any:
+        # "Never connected" from the session's creation; the bind's time once bound; the
+        # unbind's as well once released; read on the other node whichever node held it.
+        assert (yield self.store.last_connected("abc123")) is None
+        yield self.store.create(record())
+        assert (yield self.other.last_connected("abc123")) == Seen(None, None)
+        h = holder(node="node-b", bound_at=1500.0)
+        yield self.other.claim_tunnel(h, 30)
+        assert (yield self.store.last_connected("abc123")) == Seen(1500.0, None)
+        # Released by a tunnel that no longer holds the session: nothing changes.
+        assert (yield self.other.release_tunnel(holder(node="node-b", tunnel="t0"))) is False
+        assert (yield self.store.last_connected("abc123")) == Seen(1500.0, None)
+        assert (yield self.other.release_tunnel(h)) is True
+        seen = yield self.store.last_connected("abc123")
+        assert seen.bound_at == 1500.0 and seen.unbound_at is not None
+        # Taken over (a reconnect on another node), the old tunnel's release is not ours:
+        # the studio is connected, and says so.
+        h2 = holder(node="node-a", tunnel="t2", bound_at=2000.0)
+        yield self.store.claim_tunnel(h2, 30)
+        h3 = holder(node="node-b", tunnel="t3", bound_at=2100.0)
+        yield self.other.claim_tunnel(h3, 30)
+        assert (yield self.store.release_tunnel(h2)) is False
+        assert (yield self.store.last_connected("abc123")) == Seen(2100.0, None)
+        # Gone with the session.
+        assert (yield self.store.delete("abc123")) is True
+        assert (yield self.other.last_connected("abc123")) is None
+        assert (yield self.store.last_connected("not-a-session!")) is None
+
+    @defer.inlineCallbacks
+    def test_last_connected_of_a_claim_that_expired_keeps_the_bind(self) -> Any:
+        # A node that ended without releasing: its claim runs out, the bind is known.
+        yield self.store.create(record())
+        h = holder(bound_at=1500.0)
+        yield self.store.claim_tunnel(h, 1)
+        yield self.expire(h, 1)
+        assert (yield self.other.get_tunnel("abc123")) is None
+        assert (yield self.other.last_connected("abc123")) == Seen(1500.0, None)
 
 
 class MemoryStoreTests(StoreContract, unittest.TestCase):

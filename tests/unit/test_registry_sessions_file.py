@@ -258,3 +258,14 @@ def test_the_registry_imports_on_its_own() -> None:
     done = subprocess.run([sys.executable, "-c", "import studios_gateway.registry.memory"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-1000:]
+
+
+def test_a_session_loaded_from_the_file_has_no_last_connected(tmp_path: Path) -> None:
+    # What happened before the restart is unknown: None (the page's "cannot tell"), not
+    # "never connected" (which would say a long-running studio failed to start).
+    path = tmp_path / "root" / "sessions.json"
+    first = MemoryStore(Clock(), sessions_file=path)
+    assert result(first.create(record("a1"))) is None
+    assert result(first.last_connected("a1")) is not None
+    result(first.stop())
+    assert result(MemoryStore(Clock(), sessions_file=path).last_connected("a1")) is None

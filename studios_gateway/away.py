@@ -1,0 +1,165 @@
+"""What a person is told when their studio is not connected: still starting, failed to
+start, or stopped (or lost) after it was connected, and what to do next.
+
+The facts come from the registry (:class:`~studios_gateway.registry.base.Seen`, written
+at bind and unbind, and the session's creation time), fetched only when such an answer
+is about to be given (the HTTP page, the SSH refusal, the admin API), never per request;
+:func:`fetch_away` bounds the wait and gives None when the facts are unknown or late,
+and the caller then says what it said before (starting or stopped, it cannot tell).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from studios_gateway.registry.base import Seen
+
+__all__ = ["STARTING_FOR", "Away", "Case", "clock_time", "describe", "fetch_away", "restart_where",
+           "state_words"]
+
+_log = Logger()
+
+#: A studio that has not connected this long after its session was made is said to
+#: have perhaps failed to start (one that starts connects within about a minute).
+STARTING_FOR = 5 * 60.0
+#: How long the not-connected answer waits for the registry's facts before it says
+#: what it says without them.
+FETCH_TIMEOUT = 1.0
+
+
+class Case(enum.Enum):
+    """Which of the not-connected cases it is (the admin API shows the value)."""
+
+    STARTING = "starting"  # never connected, session made recently
+    NEVER_CONNECTED = "never connected"  # never connected, for longer than STARTING_FOR
+    STOPPED = "stopped"  # its tunnel was released (the studio ended or was stopped)
+    LOST = "lost"  # it connected, and the claim expired with no unbind (its node ended)
+
+
+@dataclass(frozen=True)
+class Away:
+    """A not-connected studio's case and the sentence for a person; `since` is when it
+    was last connected (the unbind; for LOST the bind; None when it never was)."""
+
+    case: Case
+    text: str
+    since: float | None
+
+    @property
+    def starting(self) -> bool:
+        return self.case is Case.STARTING
+
+
+def state_words(away: dict[str, Any] | None, now: float) -> str:
+    """A session's state in a few words, from the admin API's "away" (a dict, None when
+    the gateway cannot tell): for `studios-gateway sessions`."""
+    if not isinstance(away, dict):
+        return "not connected"
+    case, since = away.get("case"), away.get("since")
+    when = clock_time(since, now) if isinstance(since, int | float) else ""
+    if case == Case.STOPPED.value and when:
+        return f"not connected (was connected until {when})"
+    if case == Case.LOST.value and when:
+        return f"not connected (connection lost, connected at {when})"
+    if case == Case.STARTING.value:
+        return "not connected (not yet: starting)"
+    if case == Case.NEVER_CONNECTED.value:
+        return "not connected (never connected: failed to start?)"
+    return "not connected"
+
+
+def restart_where(platform_url: str | None) -> str:
+    """Where a person starts a studio again: the Platform, by its address when known."""
+    where = "the Studios tab of its workspace in Seqera Platform"
+    return f"{where} ({platform_url})" if platform_url else where
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    minutes = int(seconds // 60)
+    if minutes < 1:
+        return "less than a minute"
+    if minutes < 120:
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    hours = minutes // 60
+    if hours < 48:
+        return f"{hours} hours"
+    return f"{hours // 24} days"
+
+
+def clock_time(when: float, now: float) -> str:
+    """HH:MM UTC, with the date when it is not today's (UTC)."""
+    t, today = time.gmtime(when), time.gmtime(now)
+    if t[:3] == today[:3]:
+        return time.strftime("%H:%M UTC", t)
+    return time.strftime("%Y-%m-%d %H:%M UTC", t)
+
+
+def describe(seen: Seen | None, created_at: float | None, now: float,
+             where: str, studio: str = "The studio") -> Away | None:
+    """The case and its words (one line: fits an SSH refusal), the subject `studio`;
+    None when the registry recorded nothing (`seen` None), so the caller keeps its words
+    for "cannot tell"."""
+    if seen is None:
+        return None
+    if seen.bound_at is None:
+        if created_at is None:
+            return None
+        age = now - created_at
+        if age <= STARTING_FOR:
+            return Away(Case.STARTING,
+                        f"{studio} has not connected yet (its session was made "
+                        f"{_ago(age)} ago): it is probably still starting.", None)
+        return Away(Case.NEVER_CONNECTED,
+                    f"{studio} has not connected in the {_ago(age)} since its session "
+                    f"was made: it may have failed to start. Restart it from {where}.", None)
+    if seen.unbound_at is not None and seen.unbound_at >= seen.bound_at:
+        until = seen.unbound_at
+        return Away(Case.STOPPED,
+                    f"{studio} was connected until {clock_time(until, now)} "
+                    f"({_ago(now - until)} ago) and has not come back: if you did not stop "
+                    f"it, restart it from {where}.", until)
+    bound = seen.bound_at
+    return Away(Case.LOST,
+                f"{studio} connected at {clock_time(bound, now)} ({_ago(now - bound)} "
+                f"ago), then its connection was lost and it has not come back: if you did "
+                f"not stop it, restart it from {where}.", bound)
+
+
+def fetch_away(store: Any, session_id: str, clock: IReactorTime, where: str,
+               timeout: float = FETCH_TIMEOUT, studio: str = "The studio"
+               ) -> Deferred[Away | None]:
+    """The session's :class:`Away` from `store` (its ``get`` and ``last_connected``),
+    within `timeout` seconds; None, never a failure, when the store has no such method
+    (an older one), does not answer in time, fails, or recorded nothing."""
+    last_connected: Callable[[str], Deferred[Seen | None]] | None = getattr(
+        store, "last_connected", None)
+    if last_connected is None:
+        return defer.succeed(None)
+    both = defer.gatherResults([defer.maybeDeferred(store.get, session_id),
+                                defer.maybeDeferred(last_connected, session_id)],
+                               consumeErrors=True)
+    both.addTimeout(timeout, clock)
+
+    def worded(found: list[Any]) -> Away | None:
+        record, seen = found
+        if record is None:
+            return None
+        return describe(seen, record.created_at, clock.seconds(), where, studio)
+
+    def unknown(f: Failure) -> None:
+        _log.debug("not saying why studio {sid} is not connected: {why}", sid=session_id,
+                   why=f.getErrorMessage())
+        return None
+
+    return both.addCallback(worded).addErrback(unknown)

@@ -1,0 +1,255 @@
+"""The not-connected answer says which case it is: still starting, failed to start, or
+stopped (or lost) after it was connected, with the next step; and it falls back to
+"cannot tell" when the registry recorded nothing, fails, or is slow."""
+
+from __future__ import annotations
+
+import calendar
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from studios_gateway.away import (
+    FETCH_TIMEOUT,
+    Case,
+    describe,
+    fetch_away,
+    restart_where,
+    state_words,
+)
+from studios_gateway.http import pages
+from studios_gateway.http.proxy import ProxyFactory
+from studios_gateway.http.routing import Router
+from studios_gateway.http.upstream import SessionInfo, StudioNotConnected
+from studios_gateway.registry.base import Seen, StoreUnavailable
+from studios_gateway.registry.memory import MemoryStore
+from tests.unit.test_http_proxy import FakeUpstream, parse_responses
+from tests.unit.test_registry_memory import holder, record
+
+NOW = calendar.timegm((2026, 12, 6, 12, 40, 0))
+WHERE = restart_where("https://platform.example")
+OLD_TEXT = b"A studio that is starting connects within about a minute"
+
+
+def text(seen: Seen | None, made_ago: float = 120.0) -> str:
+    away = describe(seen, NOW - made_ago, NOW, WHERE)
+    assert away is not None
+    return away.text
+
+
+def test_never_connected_and_made_recently_is_still_starting() -> None:
+    away = describe(Seen(), NOW - 150, NOW, WHERE)
+    assert away is not None and away.case is Case.STARTING and away.starting
+    assert away.text == ("The studio has not connected yet (its session was made 2 minutes "
+                         "ago): it is probably still starting.")
+    assert "less than a minute ago" in text(Seen(), made_ago=20)
+
+
+def test_never_connected_for_long_may_have_failed_to_start() -> None:
+    away = describe(Seen(), NOW - 12 * 60, NOW, WHERE)
+    assert away is not None and away.case is Case.NEVER_CONNECTED
+    assert away.text == (
+        "The studio has not connected in the 12 minutes since its session was made: it "
+        "may have failed to start. Restart it from the Studios tab of its workspace in "
+        "Seqera Platform (https://platform.example).")
+
+
+def test_connected_then_stopped_says_until_when_and_what_to_do() -> None:
+    until = NOW - 37 * 60
+    away = describe(Seen(NOW - 3600 * 5, until), NOW - 86400, NOW, WHERE)
+    assert away is not None and away.case is Case.STOPPED and away.since == until
+    assert away.text == (
+        "The studio was connected until 12:03 UTC (37 minutes ago) and has not come back: "
+        "if you did not stop it, restart it from the Studios tab of its workspace in "
+        "Seqera Platform (https://platform.example).")
+    # Another day: the date too; long ago: hours, days.
+    assert "until 2026-12-04 09:00 UTC (2 days ago)" in text(
+        Seen(NOW - 86400 * 3, calendar.timegm((2026, 12, 4, 9, 0, 0))))
+    assert "(3 hours ago)" in text(Seen(NOW - 86400, NOW - 3 * 3600))
+
+
+def test_connected_and_lost_without_an_unbind() -> None:
+    # Its node ended without releasing the claim: when it connected is all that is known.
+    away = describe(Seen(NOW - 600, None), NOW - 3600, NOW, WHERE)
+    assert away is not None and away.case is Case.LOST
+    assert away.text.startswith("The studio connected at 12:30 UTC (10 minutes ago), then "
+                                "its connection was lost and it has not come back")
+    # An unbind older than the last bind is an earlier tunnel's: lost as well.
+    again = describe(Seen(NOW - 600, NOW - 900), NOW - 3600, NOW, WHERE)
+    assert again is not None and again.case is Case.LOST
+
+
+def test_nothing_recorded_is_cannot_tell() -> None:
+    assert describe(None, NOW - 60, NOW, WHERE) is None
+
+
+def test_without_a_platform_address_the_place_is_named() -> None:
+    assert restart_where(None) == "the Studios tab of its workspace in Seqera Platform"
+
+
+def test_clock_skew_is_not_negative_minutes() -> None:
+    assert "less than a minute ago" in text(Seen(NOW + 30, NOW + 20))
+
+
+# The page ----------------------------------------------------------------------------
+
+
+def test_the_page_says_the_case_and_reloads() -> None:
+    starting = describe(Seen(), NOW - 60, NOW, WHERE)
+    page = pages.not_connected("abc", starting)
+    assert page.status == 502
+    assert b"has not connected yet" in page.body and OLD_TEXT not in page.body
+    assert b"This page reloads by itself." in page.body
+    assert dict(page.headers)[b"Retry-After"] == b"5"
+    stopped = describe(Seen(NOW - 900, NOW - 600), NOW - 3600, NOW, WHERE)
+    page = pages.not_connected("abc", stopped)
+    assert b"was connected until 12:30 UTC (10 minutes ago)" in page.body
+    assert b"https://platform.example" in page.body
+    # still reloads (a studio started again shows up), less often
+    assert dict(page.headers)[b"Retry-After"] == b"15"
+    assert b"This page reloads by itself." in page.body
+
+
+def test_the_page_without_the_case_keeps_its_words() -> None:
+    page = pages.not_connected("abc")
+    assert OLD_TEXT in page.body and dict(page.headers)[b"Retry-After"] == b"5"
+
+
+# Fetching the facts -------------------------------------------------------------------
+
+
+def test_fetch_from_a_store_that_recorded_the_unbind() -> None:
+    clock = Clock()
+    clock.advance(NOW)
+    store = MemoryStore(clock)
+    store.create(record(created_at=NOW - 3600))
+    store.claim_tunnel(holder(bound_at=NOW - 1200), 30)
+    store.release_tunnel(holder())
+    clock.advance(600)
+    away: Any = []
+    fetch_away(store, "abc123", clock, WHERE).addCallback(away.append)
+    assert away[0].case is Case.STOPPED
+    assert "was connected until 12:40 UTC (10 minutes ago)" in away[0].text
+
+
+class _Store:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    def get(self, sid: str) -> defer.Deferred[Any]:
+        return defer.succeed(record(sid, created_at=NOW - 60))
+
+    def last_connected(self, sid: str) -> Any:
+        return self.answer
+
+
+def test_fetch_falls_back_when_the_store_fails_is_slow_or_is_older() -> None:
+    clock = Clock()
+    clock.advance(NOW)
+    got: list[Any] = []
+    fetch_away(_Store(defer.fail(StoreUnavailable("down"))), "abc123", clock,
+               WHERE).addCallback(got.append)
+    assert got == [None]
+    slow = _Store(defer.Deferred())
+    d = fetch_away(slow, "abc123", clock, WHERE)
+    d.addCallback(got.append)
+    assert got == [None]  # not yet
+    clock.advance(FETCH_TIMEOUT)
+    assert got == [None, None]
+    fetch_away(object(), "abc123", clock, WHERE).addCallback(got.append)  # no such method
+    assert got == [None] * 3
+    fetch_away(_Store(defer.succeed(Seen())), "abc123", clock, WHERE).addCallback(got.append)
+    assert got[-1].case is Case.STARTING
+
+
+# The proxy ----------------------------------------------------------------------------
+
+
+def _one_page(away: Any, upstream_fails: bool = False) -> bytes:
+    clock = MemoryReactorClock()
+    up = FakeUpstream()
+    connected = upstream_fails  # a lookup that says connected, a dial that finds none
+    if upstream_fails:
+        up.fail = StudioNotConnected("abc")
+    factory = ProxyFactory(
+        router=Router("studios.test", "studios.test", False), upstream=up,
+        lookup=lambda sid: defer.succeed(SessionInfo(sid, "jupyter", connected)),
+        reactor=clock, away=away)
+    p = factory.buildProtocol(None)
+    t = StringTransport()
+    p.makeConnection(t)
+    p.dataReceived(b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n")
+    [(status, _, body)] = parse_responses(t.value())
+    assert status == 502
+    return body
+
+
+def test_the_proxy_asks_only_when_the_page_is_due_and_says_the_case() -> None:
+    asked: list[str] = []
+    starting = describe(Seen(), NOW - 60, NOW, WHERE)
+
+    def away(sid: str) -> defer.Deferred[Any]:
+        asked.append(sid)
+        return defer.succeed(starting)
+
+    assert b"has not connected yet" in _one_page(away)
+    assert b"has not connected yet" in _one_page(away, upstream_fails=True)
+    assert asked == ["abc", "abc"]
+
+
+def test_the_proxy_keeps_its_words_when_the_case_is_unknown_or_the_hook_breaks() -> None:
+    assert OLD_TEXT in _one_page(lambda sid: defer.succeed(None))
+    assert OLD_TEXT in _one_page(lambda sid: defer.fail(RuntimeError("broken")))
+    assert OLD_TEXT in _one_page(None)
+
+
+def test_the_admin_view_words() -> None:
+    assert state_words(None, NOW) == "not connected"
+    assert state_words({"case": "stopped", "since": NOW - 600}, NOW) == \
+        "not connected (was connected until 12:30 UTC)"
+    assert state_words({"case": "starting", "since": None}, NOW) == \
+        "not connected (not yet: starting)"
+    assert state_words({"case": "never connected"}, NOW).startswith("not connected (never")
+    assert state_words({"case": "lost", "since": NOW - 600}, NOW) == \
+        "not connected (connection lost, connected at 12:30 UTC)"
+
+
+# SSH ----------------------------------------------------------------------------------
+
+
+def test_the_ssh_refusal_says_the_same_in_one_line() -> None:
+    from types import SimpleNamespace
+
+    from studios_gateway.ssh.server import GatewayTransport, SSHSettings
+
+    clock = Clock()
+    clock.advance(NOW - 3600)
+    store = MemoryStore(clock)
+    store.create(record("abcd", created_at=clock.seconds()))
+    settings = SSHSettings(platform_url="https://platform.example")
+    me = SimpleNamespace(factory=SimpleNamespace(store=store, clock=clock, settings=settings))
+
+    def refusal() -> str:
+        got: list[str] = []
+        defer.Deferred.fromCoroutine(
+            GatewayTransport._not_connected(me, "abcd")).addCallback(got.append)  # type: ignore[arg-type]
+        [line] = got
+        assert "\n" not in line
+        return line
+
+    clock.advance(60)
+    assert refusal().startswith("the studio of session abcd has not connected yet (its "
+                                "session was made 1 minute ago): it is probably still starting")
+    store.claim_tunnel(holder("abcd", bound_at=clock.seconds()), 30)
+    clock.advance(10)
+    store.release_tunnel(holder("abcd"))
+    clock.advance(3600 - 70)
+    assert refusal() == (
+        "the studio of session abcd was connected until 11:41 UTC (58 minutes ago) and has "
+        "not come back: if you did not stop it, restart it from the Studios tab of its "
+        "workspace in Seqera Platform (https://platform.example).")
+    # A store that cannot tell: the words it had.
+    me.factory.store = object()
+    assert refusal() == "the studio of session abcd is not connected (is it running?)"
