@@ -599,8 +599,11 @@ class LoginRoutes:
                 or not any(hmac.compare_digest(bound, _digest(v)) for v in
                            self._tokens(request, self.settings.logout_cookie_name)):
             return self._logged_out(None)
+        # The issuer's logout address (with the ID token it was given) stays in this
+        # browser's history: say so to whoever shares the computer.
         return page(200, "Logged out", "You are logged out of the studios gateway and of "
-                    f"{self.rp.issuer_host}.",
+                    f"{self.rp.issuer_host}. On a shared computer, also close the browser "
+                    "(every window): it keeps the addresses you opened.",
                     extra_headers=[self._proxy_cookie(self.settings.logout_cookie_name)])
 
     def _logout_confirmed(self, request: RequestInfo, path: str) -> Response | None:

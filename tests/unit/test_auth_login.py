@@ -1091,6 +1091,7 @@ def test_the_logout_page_offers_the_issuers_logout_with_the_logins_id_token() ->
     back, _ = run(b.open(f"{PROXY}/_connect/logged-out?state={quote(q['state'])}"))
     assert back.status == 200
     assert b"logged out of the studios gateway and of idp.example.org" in back.body
+    assert b"On a shared computer, also close the browser" in back.body
     # The token was for that one logout: the page again (the login has ended) has none.
     again, _ = run(b.open(f"{PROXY}/_connect/logout"))
     link = issuer_logout_link(again.body)
@@ -1155,6 +1156,7 @@ def test_a_logged_out_state_counts_only_in_the_browser_given_it() -> None:
     # In the browser the state was given to (back from the issuer), it says so, once.
     back, _ = run(mallory.open(f"{PROXY}/_connect/logged-out?state={quote(state)}"))
     assert b"logged out of the studios gateway and of idp.example.org" in back.body
+    assert b"On a shared computer, also close the browser" in back.body
     again, _ = run(mallory.open(f"{PROXY}/_connect/logged-out?state={quote(state)}"))
     assert b"and of idp.example.org" not in again.body
     # A tool cannot plant the cookie (path mode: the same origin): it is the gateway's.
