@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ssh_client import ssh_agent
 from tests.support.ssh_deployment import Deployment, openssh_marks, ssh_deployment
 from tests.support.studio import CuttableRelay
 from tests.support.waiting import wait_until
@@ -144,10 +145,8 @@ def test_an_agent_full_of_other_keys_is_told_how_to_pick_one(dep: Deployment,
                                                              tmp_path: Path) -> None:
     """Seven keys in the agent before the right one: ssh read only "too many bad auths"."""
     sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    agent = ssh_agent(sock)
     try:
-        wait_until(sock.exists, "the agent's socket")
         env = {"PATH": "/usr/bin:/bin", "SSH_AUTH_SOCK": str(sock)}
         for i in range(7):
             other = tmp_path / f"other{i}"

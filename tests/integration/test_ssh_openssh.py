@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.ports import free_port, wait_for_port
+from tests.support.ssh_client import ssh_agent
 
 pytestmark = [
     pytest.mark.slow,
@@ -217,13 +218,8 @@ def test_pty_and_window_size(gw: Gateway) -> None:
 
 def test_agent_forwarding(gw: Gateway, tmp_path: Path) -> None:
     sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    agent = ssh_agent(sock)
     try:
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            assert time.monotonic() < deadline and agent.poll() is None
-            time.sleep(0.05)
         env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
         subprocess.run(["ssh-add", "-q", str(gw.dir / "alice_key")], env=env, check=True,
                        capture_output=True)
