@@ -73,7 +73,8 @@ def test_a_client_gone_silent_is_closed_and_frees_its_place(dep: Deployment) -> 
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "in\n"
-        assert _running("sleep 299.5")  # the user's command, in the studio
+        # the user's command, in the studio ("in" comes before the exec: wait for it)
+        wait_until(lambda: _running("sleep 299.5"), "the user's command running")
         assert relay.silence() == 1  # the laptop sleeps: nothing either way, no close
         r = _ssh(dep, "true")
         assert "too many SSH connections" in r.stderr, r.stderr  # the one slot is held
