@@ -178,9 +178,9 @@ def test_a_forwarding_to_a_port_nothing_listens_on_says_so(dep: Deployment) -> N
     """`ssh -L` before the server in the studio is up (or to a wrong port)."""
     import socket
 
-    from tests.support.ports import free_port, wait_for_port
+    from tests.support.ports import free_ports, wait_for_port
 
-    closed, local = free_port(), free_port()
+    closed, local = free_ports(2)  # (two free_port calls may give one port twice)
     proc = subprocess.Popen(["ssh", "-N", "-L", f"{local}:127.0.0.1:{closed}", *_opts(dep)],
                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
