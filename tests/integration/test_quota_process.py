@@ -19,6 +19,7 @@ import pytest
 
 from tests.support.login import Gateway, redis_nodes
 from tests.support.redis_server import redis_available
+from tests.support.waiting import wait_until
 from tests.support.web import Browser
 
 pytestmark = [
@@ -64,7 +65,9 @@ def test_a_session_quota_holds_across_nodes_for_http_and_ssh(
 
     got = alice.get(b.url(sid, f"/download?size={3 * MiB}"))
     assert got.status == 200 and len(got.body) == 3 * MiB
-    time.sleep(1.5)  # node B's count reaches Redis
+    # node B's count reaches Redis (node A's usage reads it there; A counted nothing yet)
+    wait_until(lambda: a.api(f"/api/quota/sessions/{sid}")[1]["used_bytes"] >= 3 * MiB,
+               "node B's count in Redis")
     got = alice.get(a.url(sid, f"/download?size={2 * MiB}"))
     assert got.status == 200, got.status
     status, headers = until_429(alice, b.url(sid, "/api/info"))

@@ -16,6 +16,7 @@ import pytest
 
 from tests.integration.test_tunnel_process import Deployment, wait_connected
 from tests.support.gateway import GatewayProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +79,7 @@ def test_a_restarted_gateway_keeps_its_studios(tmp_path) -> None:
         assert d.browser.get(d.url(created, "/api/info")).status == 200
         load = Load(d, created)
         load.start()
-        time.sleep(0.5)
+        wait_until(lambda: load.results, "a request answered before the restart")
         down = time.monotonic()
         restart(d)
         up = time.monotonic()  # the new process is ready (the old one served while draining)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.test_tunnel_process import wait_connected
 from tests.support.gateway import GatewayProcess, base_env
-from tests.support.ports import free_port
+from tests.support.ports import free_ports
 from tests.support.redis_server import RedisServer, redis_available
 from tests.support.studio import Connect, Tool
 from tests.support.web import Browser
@@ -35,7 +35,8 @@ def test_two_processes_share_the_public_ports(tmp_path) -> None:
     redis.start()
     stoppers = [redis.stop]
     try:
-        shared = {"CONNECT_HTTP_PORT": str(free_port()), "CONNECT_TUNNEL_PORT": str(free_port()),
+        http, tunnel = free_ports(2)  # (two free_port calls may give one port twice)
+        shared = {"CONNECT_HTTP_PORT": str(http), "CONNECT_TUNNEL_PORT": str(tunnel),
                   "CONNECT_REUSE_PORT": "true", "CONNECT_REDIS_ADDRESS": redis.address,
                   "CONNECT_PEER_SECRET": "reuse-port-secret",
                   "CONNECT_MANAGEMENT_AUTH_KEY": KEY, "CONNECT_LOG_LEVEL": "info"}

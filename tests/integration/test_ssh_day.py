@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ssh_client import ssh_agent
 from tests.support.ssh_deployment import Deployment, openssh_marks, ssh_deployment
 from tests.support.studio import CuttableRelay
 from tests.support.waiting import wait_until
@@ -72,7 +73,8 @@ def test_a_client_gone_silent_is_closed_and_frees_its_place(dep: Deployment) -> 
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "in\n"
-        assert _running("sleep 299.5")  # the user's command, in the studio
+        # the user's command, in the studio ("in" comes before the exec: wait for it)
+        wait_until(lambda: _running("sleep 299.5"), "the user's command running")
         assert relay.silence() == 1  # the laptop sleeps: nothing either way, no close
         r = _ssh(dep, "true")
         assert "too many SSH connections" in r.stderr, r.stderr  # the one slot is held
@@ -144,10 +146,8 @@ def test_an_agent_full_of_other_keys_is_told_how_to_pick_one(dep: Deployment,
                                                              tmp_path: Path) -> None:
     """Seven keys in the agent before the right one: ssh read only "too many bad auths"."""
     sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    agent = ssh_agent(sock)
     try:
-        wait_until(sock.exists, "the agent's socket")
         env = {"PATH": "/usr/bin:/bin", "SSH_AUTH_SOCK": str(sock)}
         for i in range(7):
             other = tmp_path / f"other{i}"
@@ -178,9 +178,9 @@ def test_a_forwarding_to_a_port_nothing_listens_on_says_so(dep: Deployment) -> N
     """`ssh -L` before the server in the studio is up (or to a wrong port)."""
     import socket
 
-    from tests.support.ports import free_port, wait_for_port
+    from tests.support.ports import free_ports, wait_for_port
 
-    closed, local = free_port(), free_port()
+    closed, local = free_ports(2)  # (two free_port calls may give one port twice)
     proc = subprocess.Popen(["ssh", "-N", "-L", f"{local}:127.0.0.1:{closed}", *_opts(dep)],
                             stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

@@ -120,13 +120,15 @@ def test_removing_the_key_closes_the_open_connection(dep: Deployment, tmp_path: 
 # What the gateway logs, with a real client ---------------------------------------------------
 
 
-def _logged(dep: Deployment, *needles: str, timeout: float = 5.0) -> str:
-    """The gateway's output once every needle is in it (access lines go out in batches)."""
+def _logged(dep: Deployment, *needles: str, timeout: float = 5.0, since: int = 0) -> str:
+    """The gateway's output once every needle is in it (access lines go out in batches);
+    `since`: only what came after that much of it (the module's earlier tests wrote the
+    rest, some of it the same lines)."""
     import time
 
     deadline = time.monotonic() + timeout
     while True:
-        out = dep.gw.output()
+        out = dep.gw.output()[since:]
         if all(n in out for n in needles) or time.monotonic() > deadline:
             return out
         time.sleep(0.05)
@@ -177,6 +179,7 @@ def test_ssh_turned_off_closes_open_connections_and_on_lets_users_in(
                                          body={"ssh_enabled": False})
         assert status == 200 and json.loads(body)["ssh_enabled"] is False, body
 
+    logged = len(dep.gw.output())  # earlier tests closed connections of alice@<sid> too
     try:
         err = _cut_off(dep, turn_off)
         assert f"access ended: SSH was turned off for session {dep.sid}" in err, err
@@ -189,7 +192,8 @@ def test_ssh_turned_off_closes_open_connections_and_on_lets_users_in(
     assert dep.ssh(f"alice@{dep.sid}", "echo back").stdout == "back\n"
     # (the access line goes out with its batch: wait for it, not only the log line)
     out = _logged(dep, f"SSH: closing the connection of alice@{dep.sid} from 127.0.0.1:",
-                  f'reason="access ended: SSH was turned off for session {dep.sid}')
+                  f'reason="access ended: SSH was turned off for session {dep.sid}',
+                  since=logged)
     assert f"SSH: closing the connection of alice@{dep.sid} from 127.0.0.1:" in out
     assert f"admin API: session {dep.sid} changed (ssh_enabled=false) by 127.0.0.1" in out
     access = [x for x in out.splitlines() if "studios_gateway.access" in x
@@ -317,10 +321,10 @@ def test_ending_the_session_closes_its_connections_last(dep: Deployment) -> None
         status, body, _ = dep.gw.request(f"/api/sessions/{dep.sid}", method="DELETE")
         assert status == 200, body
 
+    logged = len(dep.gw.output())  # earlier tests closed connections of alice@<sid> too
     err = _cut_off(dep, end)
     assert "access ended: the session was ended" in err, err
-    out = _logged(dep, "SSH: closing the connection of alice@")
-    assert (f"SSH: closing the connection of alice@{dep.sid} from 127.0.0.1:"
-            in out), out[-3000:]
-    assert 'reason="access ended: the session was ended"' in _logged(
-        dep, 'reason="access ended: the session was ended"')
+    closing = f"SSH: closing the connection of alice@{dep.sid} from 127.0.0.1:"
+    reason = 'reason="access ended: the session was ended"'
+    out = _logged(dep, closing, reason, since=logged)
+    assert closing in out and reason in out, out[-3000:]

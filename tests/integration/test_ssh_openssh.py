@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.ports import free_port, wait_for_port
+from tests.support.ssh_client import ssh_agent
 
 pytestmark = [
     pytest.mark.slow,
@@ -195,7 +196,9 @@ def test_pty_and_window_size(gw: Gateway) -> None:
 
     fcntl.ioctl(slave, termios.TIOCSWINSZ, termios_size)
     proc = subprocess.Popen(
-        [*gw.ssh("alice@abcd", "-tt"), "tty; stty size; echo $TERM; read x; stty size; exit 4"],
+        # The trap before the first line: the test resizes once it has read them.
+        [*gw.ssh("alice@abcd", "-tt"), "trap 'stty size; exit 4' WINCH; tty; stty size; "
+         "echo $TERM; while :; do sleep 0.1; done"],
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
         env={**os.environ, "TERM": "xterm-256color"})
     os.close(slave)
@@ -205,8 +208,8 @@ def test_pty_and_window_size(gw: Gateway) -> None:
         assert b"/dev/pts/" in out and b"40 100" in out, out
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("4H", 50, 132, 0, 0))
         proc.send_signal(signal.SIGWINCH)
-        time.sleep(0.3)  # ssh sends window-change from its loop; then the line
-        os.write(master, b"go\r")
+        # ssh sends window-change; the studio's pty takes the size, and its SIGWINCH
+        # has the shell print it (the event, whenever ssh gets to it)
         out = _read_until(master, b"50 132", deadline)
         assert proc.wait(10) == 4
     finally:
@@ -217,13 +220,8 @@ def test_pty_and_window_size(gw: Gateway) -> None:
 
 def test_agent_forwarding(gw: Gateway, tmp_path: Path) -> None:
     sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    agent = ssh_agent(sock)
     try:
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            assert time.monotonic() < deadline and agent.poll() is None
-            time.sleep(0.05)
         env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
         subprocess.run(["ssh-add", "-q", str(gw.dir / "alice_key")], env=env, check=True,
                        capture_output=True)

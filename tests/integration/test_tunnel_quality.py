@@ -247,6 +247,8 @@ s = socket.create_connection(("127.0.0.1", int(port)))
 s.sendall(f"GET /download?size={1 << 40} HTTP/1.1\\r\\nHost: {host}\\r\\n"
           f"Cookie: {cookie}\\r\\n\\r\\n"
           .encode())
+print("connected", flush=True)
+sys.stdin.readline()  # every reader starts its clock at once: their rates are compared
 start = time.monotonic()
 while time.monotonic() < start + float(warm):
     s.recv(1 << 20)
@@ -291,9 +293,17 @@ def bulk_and_echo(d: Deployment, created: dict, downloads: int = 3, seconds: flo
     quiet = echo_rtts(ws, 2.0)
     warm = 1.0
     readers = [subprocess.Popen([sys.executable, "-c", DOWNLOADER, str(d.http_port), host,
-                                 cookie, str(warm), str(seconds)], stdout=subprocess.PIPE,
-                                text=True) for _ in range(downloads)]
+                                 cookie, str(warm), str(seconds)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True) for _ in range(downloads)]
     try:
+        # Each reader has asked (the event), then all go at once: one started late
+        # (a loaded machine) would have the link to itself once the others are done.
+        for r in readers:
+            assert r.stdout is not None and r.stdout.readline() == "connected\n"
+        for r in readers:
+            assert r.stdin is not None
+            r.stdin.write("go\n")
+            r.stdin.flush()
         time.sleep(warm + 0.2)  # the downloads reach their pace
         busy = echo_rtts(ws, seconds - 0.4)
         rates = [float(r.communicate(timeout=30)[0]) for r in readers]

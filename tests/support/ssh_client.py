@@ -26,6 +26,22 @@ def shell_cut_off(argv: Sequence[str], act: Callable[[], object], timeout: float
             proc.wait()
 
 
+def ssh_agent(socket_path: Path) -> subprocess.Popen[str]:
+    """`ssh-agent -D -a socket_path`, returned once it accepts connections: it prints its
+    SSH_AUTH_SOCK line after listen(). Its socket file is there from bind(), a moment
+    before, and an ssh-add let in by the file alone can find nobody listening. The
+    caller stops it by pid."""
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert agent.stdout is not None
+    line = agent.stdout.readline()
+    if not line.startswith("SSH_AUTH_SOCK="):
+        agent.kill()
+        agent.wait()
+        raise AssertionError(f"ssh-agent did not start: {line!r}")
+    return agent
+
+
 def registered_key(gw: Any, directory: Path, user: str) -> Path:
     """A new ed25519 key in `directory` (no passphrase), made `user`'s only key through the
     gateway's admin API (`gw`: a tests.support.gateway.GatewayProcess); its private file."""
