@@ -24,14 +24,19 @@ from twisted.python.failure import Failure
 
 from studios_gateway.registry.base import Seen
 
-__all__ = ["STARTING_FOR", "Away", "Case", "clock_time", "describe", "fetch_away", "restart_where",
-           "state_words"]
+__all__ = ["BACK_WITHIN", "STARTING_FOR", "Away", "Case", "clock_time", "describe", "fetch_away",
+           "restart_where", "state_words"]
 
 _log = Logger()
 
 #: A studio that has not connected this long after its session was made is said to
 #: have perhaps failed to start (one that starts connects within about a minute).
 STARTING_FOR = 5 * 60.0
+#: An unbind this recent may be a tunnel that broke (a network cut, a ping timeout, its
+#: gateway node stopped), not a studio that was stopped: studios-connect binds again by
+#: itself, within seconds (docs/operators.md, "Reconnects are spread out"). The page then
+#: says both and reloads as often as for a studio starting.
+BACK_WITHIN = 60.0
 #: How long the not-connected answer waits for the registry's facts before it says
 #: what it says without them.
 FETCH_TIMEOUT = 1.0
@@ -54,6 +59,9 @@ class Away:
     case: Case
     text: str
     since: float | None
+    #: The studio may well connect within seconds (starting, or its tunnel just broke):
+    #: the page reloads often.
+    soon: bool = False
 
     @property
     def starting(self) -> bool:
@@ -119,12 +127,18 @@ def describe(seen: Seen | None, created_at: float | None, now: float,
         if age <= STARTING_FOR:
             return Away(Case.STARTING,
                         f"{studio} has not connected yet (its session was made "
-                        f"{_ago(age)} ago): it is probably still starting.", None)
+                        f"{_ago(age)} ago): it is probably still starting.", None, soon=True)
         return Away(Case.NEVER_CONNECTED,
                     f"{studio} has not connected in the {_ago(age)} since its session "
                     f"was made: it may have failed to start. Restart it from {where}.", None)
     if seen.unbound_at is not None and seen.unbound_at >= seen.bound_at:
         until = seen.unbound_at
+        if now - until < BACK_WITHIN:
+            return Away(Case.STOPPED,
+                        f"{studio} was connected until {clock_time(until, now)} "
+                        f"({_ago(now - until)} ago): if only its connection broke, it comes "
+                        f"back by itself within seconds; if it was stopped, restart it from "
+                        f"{where}.", until, soon=True)
         return Away(Case.STOPPED,
                     f"{studio} was connected until {clock_time(until, now)} "
                     f"({_ago(now - until)} ago) and has not come back: if you did not stop "

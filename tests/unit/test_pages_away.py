@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from studios_gateway.away import (
+    BACK_WITHIN,
     FETCH_TIMEOUT,
     Case,
     describe,
@@ -68,6 +69,27 @@ def test_connected_then_stopped_says_until_when_and_what_to_do() -> None:
     assert "until 2026-12-04 09:00 UTC (2 days ago)" in text(
         Seen(NOW - 86400 * 3, calendar.timegm((2026, 12, 4, 9, 0, 0))))
     assert "(3 hours ago)" in text(Seen(NOW - 86400, NOW - 3 * 3600))
+
+
+def test_an_unbind_just_now_may_be_a_broken_tunnel_coming_back() -> None:
+    # A tunnel that broke (a network cut, a ping timeout, its node stopped) is unbound
+    # like a studio that was stopped, and studios-connect binds again within seconds: the
+    # page said "has not come back: restart it" and reloaded only every 15 s, so a studio
+    # back after 1 s stayed hidden for up to 15 s and people restarted running studios.
+    away = describe(Seen(NOW - 3600, NOW - 20), NOW - 86400, NOW, WHERE)
+    assert away is not None and away.case is Case.STOPPED and away.since == NOW - 20
+    page = pages.not_connected("abc", away)
+    assert dict(page.headers)[b"Retry-After"] == b"5"
+    assert away.text == (
+        "The studio was connected until 12:39 UTC (less than a minute ago): if only its "
+        "connection broke, it comes back by itself within seconds; if it was stopped, "
+        "restart it from the Studios tab of its workspace in Seqera Platform "
+        "(https://platform.example).")
+    assert away.soon and not away.starting
+    # A minute on it has not come back: what it says of a stopped studio, less often.
+    later = describe(Seen(NOW - 3600, NOW - BACK_WITHIN), NOW - 86400, NOW, WHERE)
+    assert later is not None and not later.soon and "has not come back" in later.text
+    assert dict(pages.not_connected("abc", later).headers)[b"Retry-After"] == b"15"
 
 
 def test_connected_and_lost_without_an_unbind() -> None:
