@@ -114,12 +114,21 @@ def clock_time(when: float, now: float) -> str:
 
 
 def describe(seen: Seen | None, created_at: float | None, now: float,
-             where: str, studio: str = "The studio") -> Away | None:
+             where: str, studio: str = "The studio", claimed: bool = False) -> Away | None:
     """The case and its words (one line: fits an SSH refusal), the subject `studio`;
     None when the registry recorded nothing (`seen` None), so the caller keeps its words
-    for "cannot tell"."""
+    for "cannot tell". `claimed`: the registry still has the studio's claim, refreshed
+    within its TTL, though the studio could not be reached (its tunnel just broke, or its
+    node stopped): lost moments ago, whenever it connected."""
     if seen is None:
         return None
+    if claimed:
+        when = "" if seen.bound_at is None else \
+            f" (connected at {clock_time(seen.bound_at, now)})"
+        return Away(Case.LOST,
+                    f"{studio} lost its connection to the gateway moments ago{when}: it comes "
+                    f"back by itself within seconds; if it does not, restart it from "
+                    f"{where}.", seen.bound_at, soon=True)
     if seen.bound_at is None:
         if created_at is None:
             return None
@@ -153,23 +162,29 @@ def describe(seen: Seen | None, created_at: float | None, now: float,
 def fetch_away(store: Any, session_id: str, clock: IReactorTime, where: str,
                timeout: float = FETCH_TIMEOUT, studio: str = "The studio"
                ) -> Deferred[Away | None]:
-    """The session's :class:`Away` from `store` (its ``get`` and ``last_connected``),
-    within `timeout` seconds; None, never a failure, when the store has no such method
-    (an older one), does not answer in time, fails, or recorded nothing."""
+    """The session's :class:`Away` from `store` (its ``get``, ``last_connected`` and, when
+    it has one, ``get_tunnel``: a claim still there is a studio lost moments ago), within
+    `timeout` seconds; None, never a failure, when the store has no such method (an older
+    one), does not answer in time, fails, or recorded nothing."""
     last_connected: Callable[[str], Deferred[Seen | None]] | None = getattr(
         store, "last_connected", None)
     if last_connected is None:
         return defer.succeed(None)
+    get_tunnel = getattr(store, "get_tunnel", None)
+    claim: Deferred[Any] = (defer.succeed(None) if get_tunnel is None else
+                            defer.maybeDeferred(get_tunnel, session_id))
+    claim.addErrback(lambda _: None)  # (not known to be claimed: what the record says)
     both = defer.gatherResults([defer.maybeDeferred(store.get, session_id),
-                                defer.maybeDeferred(last_connected, session_id)],
+                                defer.maybeDeferred(last_connected, session_id), claim],
                                consumeErrors=True)
     both.addTimeout(timeout, clock)
 
     def worded(found: list[Any]) -> Away | None:
-        record, seen = found
+        record, seen, holder = found
         if record is None:
             return None
-        return describe(seen, record.created_at, clock.seconds(), where, studio)
+        return describe(seen, record.created_at, clock.seconds(), where, studio,
+                        claimed=holder is not None)
 
     def unknown(f: Failure) -> None:
         _log.debug("not saying why studio {sid} is not connected: {why}", sid=session_id,
