@@ -24,14 +24,19 @@ from twisted.python.failure import Failure
 
 from studios_gateway.registry.base import Seen
 
-__all__ = ["STARTING_FOR", "Away", "Case", "clock_time", "describe", "fetch_away", "restart_where",
-           "state_words"]
+__all__ = ["BACK_WITHIN", "STARTING_FOR", "Away", "Case", "clock_time", "describe", "fetch_away",
+           "restart_where", "state_words"]
 
 _log = Logger()
 
 #: A studio that has not connected this long after its session was made is said to
 #: have perhaps failed to start (one that starts connects within about a minute).
 STARTING_FOR = 5 * 60.0
+#: An unbind this recent may be a tunnel that broke (a network cut, a ping timeout, its
+#: gateway node stopped), not a studio that was stopped: studios-connect binds again by
+#: itself, within seconds (docs/operators.md, "Reconnects are spread out"). The page then
+#: says both and reloads as often as for a studio starting.
+BACK_WITHIN = 60.0
 #: How long the not-connected answer waits for the registry's facts before it says
 #: what it says without them.
 FETCH_TIMEOUT = 1.0
@@ -54,6 +59,9 @@ class Away:
     case: Case
     text: str
     since: float | None
+    #: The studio may well connect within seconds (starting, or its tunnel just broke):
+    #: the page reloads often.
+    soon: bool = False
 
     @property
     def starting(self) -> bool:
@@ -106,12 +114,21 @@ def clock_time(when: float, now: float) -> str:
 
 
 def describe(seen: Seen | None, created_at: float | None, now: float,
-             where: str, studio: str = "The studio") -> Away | None:
+             where: str, studio: str = "The studio", claimed: bool = False) -> Away | None:
     """The case and its words (one line: fits an SSH refusal), the subject `studio`;
     None when the registry recorded nothing (`seen` None), so the caller keeps its words
-    for "cannot tell"."""
+    for "cannot tell". `claimed`: the registry still has the studio's claim, refreshed
+    within its TTL, though the studio could not be reached (its tunnel just broke, or its
+    node stopped): lost moments ago, whenever it connected."""
     if seen is None:
         return None
+    if claimed:
+        when = "" if seen.bound_at is None else \
+            f" (connected at {clock_time(seen.bound_at, now)})"
+        return Away(Case.LOST,
+                    f"{studio} lost its connection to the gateway moments ago{when}: it comes "
+                    f"back by itself within seconds; if it does not, restart it from "
+                    f"{where}.", seen.bound_at, soon=True)
     if seen.bound_at is None:
         if created_at is None:
             return None
@@ -119,12 +136,18 @@ def describe(seen: Seen | None, created_at: float | None, now: float,
         if age <= STARTING_FOR:
             return Away(Case.STARTING,
                         f"{studio} has not connected yet (its session was made "
-                        f"{_ago(age)} ago): it is probably still starting.", None)
+                        f"{_ago(age)} ago): it is probably still starting.", None, soon=True)
         return Away(Case.NEVER_CONNECTED,
                     f"{studio} has not connected in the {_ago(age)} since its session "
                     f"was made: it may have failed to start. Restart it from {where}.", None)
     if seen.unbound_at is not None and seen.unbound_at >= seen.bound_at:
         until = seen.unbound_at
+        if now - until < BACK_WITHIN:
+            return Away(Case.STOPPED,
+                        f"{studio} was connected until {clock_time(until, now)} "
+                        f"({_ago(now - until)} ago): if only its connection broke, it comes "
+                        f"back by itself within seconds; if it was stopped, restart it from "
+                        f"{where}.", until, soon=True)
         return Away(Case.STOPPED,
                     f"{studio} was connected until {clock_time(until, now)} "
                     f"({_ago(now - until)} ago) and has not come back: if you did not stop "
@@ -139,23 +162,29 @@ def describe(seen: Seen | None, created_at: float | None, now: float,
 def fetch_away(store: Any, session_id: str, clock: IReactorTime, where: str,
                timeout: float = FETCH_TIMEOUT, studio: str = "The studio"
                ) -> Deferred[Away | None]:
-    """The session's :class:`Away` from `store` (its ``get`` and ``last_connected``),
-    within `timeout` seconds; None, never a failure, when the store has no such method
-    (an older one), does not answer in time, fails, or recorded nothing."""
+    """The session's :class:`Away` from `store` (its ``get``, ``last_connected`` and, when
+    it has one, ``get_tunnel``: a claim still there is a studio lost moments ago), within
+    `timeout` seconds; None, never a failure, when the store has no such method (an older
+    one), does not answer in time, fails, or recorded nothing."""
     last_connected: Callable[[str], Deferred[Seen | None]] | None = getattr(
         store, "last_connected", None)
     if last_connected is None:
         return defer.succeed(None)
+    get_tunnel = getattr(store, "get_tunnel", None)
+    claim: Deferred[Any] = (defer.succeed(None) if get_tunnel is None else
+                            defer.maybeDeferred(get_tunnel, session_id))
+    claim.addErrback(lambda _: None)  # (not known to be claimed: what the record says)
     both = defer.gatherResults([defer.maybeDeferred(store.get, session_id),
-                                defer.maybeDeferred(last_connected, session_id)],
+                                defer.maybeDeferred(last_connected, session_id), claim],
                                consumeErrors=True)
     both.addTimeout(timeout, clock)
 
     def worded(found: list[Any]) -> Away | None:
-        record, seen = found
+        record, seen, holder = found
         if record is None:
             return None
-        return describe(seen, record.created_at, clock.seconds(), where, studio)
+        return describe(seen, record.created_at, clock.seconds(), where, studio,
+                        claimed=holder is not None)
 
     def unknown(f: Failure) -> None:
         _log.debug("not saying why studio {sid} is not connected: {why}", sid=session_id,

@@ -130,7 +130,7 @@ def not_connected(session_id: str, away: Away | None = None) -> Page:
                 "started again.")
     else:
         text = away.text
-    wait = 5 if away is None or away.starting else 15
+    wait = 5 if away is None or away.soon else 15
     return page(502, "Studio not connected", text, session_id=session_id, refresh=wait,
                 extra=((b"Retry-After", str(wait).encode()),))
 

@@ -113,6 +113,7 @@ class CachingStore:
         self._records: _Table[SessionRecord | None] = _Table(max_entries)
         self._tunnels: _Table[TunnelHolder | None] = _Table(max_entries)
         self._user_keys: _Table[list[str]] = _Table(max_entries)
+        self._seen: _Table[Seen | None] = _Table(max_entries)
         self._subscribers = Subscribers()
         self._key_subscribers = Subscribers()
         self.stale_served = 0
@@ -129,9 +130,11 @@ class CachingStore:
         if session_id is None:
             self._records.expire_all()
             self._tunnels.expire_all()
+            self._seen.expire_all()
         else:
             self._records.drop(session_id)
             self._tunnels.drop(session_id)
+            self._seen.drop(session_id)
         self._subscribers.notify(session_id)
 
     def invalidate(self, session_id: str | None = None) -> None:
@@ -214,7 +217,8 @@ class CachingStore:
 
     def _write(self, session_id: str, call: Callable[..., Deferred[Any]],
                *args: Any) -> Deferred[Any]:
-        return self._through((self._records, self._tunnels), session_id, call, *args)
+        return self._through((self._records, self._tunnels, self._seen), session_id, call,
+                             *args)
 
     def _write_keys(self, user: str, call: Callable[..., Deferred[Any]],
                     *args: Any) -> Deferred[Any]:
@@ -255,9 +259,11 @@ class CachingStore:
         return defer.maybeDeferred(self.inner.list_sessions)
 
     def last_connected(self, session_id: str) -> Deferred[Seen | None]:
-        # Not cached: read only when a studio is not connected, and a bind or unbind on
-        # another node changes it.
-        return defer.maybeDeferred(self.inner.last_connected, session_id)
+        # Cached as the claims are: every request to a studio that is not connected (an
+        # open tab's polling, its reloads) reads it, and the bind or unbind that changes
+        # it is a session change every node hears (or this node's own write).
+        return self._cached(self._seen, session_id, self.inner.last_connected,
+                            "last connected")
 
     def spend_once(self, key: str, ttl: float) -> Deferred[bool]:
         return defer.maybeDeferred(self.inner.spend_once, key, ttl)

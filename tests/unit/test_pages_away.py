@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from studios_gateway.away import (
+    BACK_WITHIN,
     FETCH_TIMEOUT,
     Case,
     describe,
@@ -70,6 +71,27 @@ def test_connected_then_stopped_says_until_when_and_what_to_do() -> None:
     assert "(3 hours ago)" in text(Seen(NOW - 86400, NOW - 3 * 3600))
 
 
+def test_an_unbind_just_now_may_be_a_broken_tunnel_coming_back() -> None:
+    # A tunnel that broke (a network cut, a ping timeout, its node stopped) is unbound
+    # like a studio that was stopped, and studios-connect binds again within seconds: the
+    # page said "has not come back: restart it" and reloaded only every 15 s, so a studio
+    # back after 1 s stayed hidden for up to 15 s and people restarted running studios.
+    away = describe(Seen(NOW - 3600, NOW - 20), NOW - 86400, NOW, WHERE)
+    assert away is not None and away.case is Case.STOPPED and away.since == NOW - 20
+    page = pages.not_connected("abc", away)
+    assert dict(page.headers)[b"Retry-After"] == b"5"
+    assert away.text == (
+        "The studio was connected until 12:39 UTC (less than a minute ago): if only its "
+        "connection broke, it comes back by itself within seconds; if it was stopped, "
+        "restart it from the Studios tab of its workspace in Seqera Platform "
+        "(https://platform.example).")
+    assert away.soon and not away.starting
+    # A minute on it has not come back: what it says of a stopped studio, less often.
+    later = describe(Seen(NOW - 3600, NOW - BACK_WITHIN), NOW - 86400, NOW, WHERE)
+    assert later is not None and not later.soon and "has not come back" in later.text
+    assert dict(pages.not_connected("abc", later).headers)[b"Retry-After"] == b"15"
+
+
 def test_connected_and_lost_without_an_unbind() -> None:
     # Its node ended without releasing the claim: when it connected is all that is known.
     away = describe(Seen(NOW - 600, None), NOW - 3600, NOW, WHERE)
@@ -79,6 +101,33 @@ def test_connected_and_lost_without_an_unbind() -> None:
     # An unbind older than the last bind is an earlier tunnel's: lost as well.
     again = describe(Seen(NOW - 600, NOW - 900), NOW - 3600, NOW, WHERE)
     assert again is not None and again.case is Case.LOST
+
+
+def test_a_claim_still_there_is_a_studio_lost_moments_ago() -> None:
+    # The dial failed (the tunnel just broke, its node stopped) while the registry still
+    # has the claim (refreshed within its TTL): the page said "connected at 09:40 (3
+    # hours ago), then its connection was lost and it has not come back: restart it",
+    # reloading every 15 s, of a studio that rebinds within seconds.
+    clock = Clock()
+    clock.advance(NOW)
+    store = MemoryStore(clock)
+    store.create(record(created_at=NOW - 86400))
+    store.claim_tunnel(holder(bound_at=NOW - 3 * 3600), 30)
+    got: list[Any] = []
+    fetch_away(store, "abc123", clock, WHERE).addCallback(got.append)
+    [away] = got
+    assert "has not come back" not in away.text
+    assert dict(pages.not_connected("abc123", away).headers)[b"Retry-After"] == b"5"
+    assert away.case is Case.LOST and away.soon and away.since == NOW - 3 * 3600
+    assert away.text == (
+        "The studio lost its connection to the gateway moments ago (connected at 09:40 "
+        "UTC): it comes back by itself within seconds; if it does not, restart it from "
+        "the Studios tab of its workspace in Seqera Platform (https://platform.example).")
+    # The claim ran out with no unbind (its node ended): lost, and not back.
+    clock.advance(31)
+    fetch_away(store, "abc123", clock, WHERE).addCallback(got.append)
+    assert got[-1].case is Case.LOST and not got[-1].soon
+    assert "has not come back" in got[-1].text
 
 
 def test_nothing_recorded_is_cannot_tell() -> None:
@@ -197,6 +246,19 @@ def test_the_proxy_asks_only_when_the_page_is_due_and_says_the_case() -> None:
     assert b"has not connected yet" in _one_page(away)
     assert b"has not connected yet" in _one_page(away, upstream_fails=True)
     assert asked == ["abc", "abc"]
+
+
+def test_the_proxy_says_lost_moments_ago_when_the_dial_fails_under_a_claim() -> None:
+    from studios_gateway.http.component import make_away
+
+    clock = Clock()
+    clock.advance(NOW)
+    store = MemoryStore(clock)
+    store.create(record("abc", created_at=NOW - 86400))
+    store.claim_tunnel(holder("abc", bound_at=NOW - 3600), 30)
+    body = _one_page(make_away(store, clock, "https://platform.example"),
+                     upstream_fails=True)
+    assert b"lost its connection to the gateway moments ago" in body
 
 
 def test_the_proxy_keeps_its_words_when_the_case_is_unknown_or_the_hook_breaks() -> None:

@@ -375,6 +375,24 @@ class CachingStoreTests(unittest.TestCase):
         assert self.successResultOf(self.cache.get("abc123")).owner == "bob"
         assert self.successResultOf(self.cache.get_tunnel("abc123")) == holder()
 
+    def test_last_connected_is_cached_and_follows_binds_and_unbinds(self) -> None:
+        # Read for every request to a studio not connected (a stale tab's polling): it
+        # cost one registry command each, where the claim's look-up is cached.
+        self.successResultOf(self.backend.create(record()))
+        assert self.successResultOf(self.cache.last_connected("abc123")) == Seen()
+        calls = self.flaky.total_calls
+        for _ in range(3):
+            assert self.successResultOf(self.cache.last_connected("abc123")) == Seen()
+        assert self.flaky.total_calls == calls
+        # Another node's bind is heard; this node's own unbind is seen at once.
+        self.successResultOf(self.backend.claim_tunnel(holder(bound_at=1500.0), 30))
+        assert self.successResultOf(self.cache.last_connected("abc123")) == Seen(1500.0)
+        self.clock.advance(5)
+        self.successResultOf(self.cache.release_tunnel(holder()))
+        assert self.successResultOf(self.cache.last_connected("abc123")) == Seen(1500.0, 5.0)
+        self.successResultOf(self.backend.delete("abc123"))
+        assert self.successResultOf(self.cache.last_connected("abc123")) is None
+
     def test_negative_answers_are_cached_until_invalidated(self) -> None:
         assert self.successResultOf(self.cache.get("abc123")) is None
         self.successResultOf(self.backend.create(record()))
