@@ -648,9 +648,23 @@ class LoginRoutes:
         action = html.escape(path + query)
         form = (f'<form method="post" action="{action}"><button type="submit">'
                 "Log out</button></form>")
-        return page(200, "Log out", "Log out of the studios gateway? Every studio opened "
-                    "with this login in this browser stops working until you log in again.",
+        ends = ("every studio opened with this login in this browser stops working until "
+                "you log in again.")
+        if self._switching(request):
+            return page(200, "Log out", f"To log in as someone else, first log out of the "
+                        f"studios gateway: {ends}", body_html=form)
+        return page(200, "Log out", f"Log out of the studios gateway? E{ends[1:]}",
                     body_html=form)
+
+    def _switching(self, request: RequestInfo) -> bool:
+        """Whether this logout is the first step of "Log in as someone else"
+        (Auth.switch_user_url): its ``back``, or a ``next`` that is the login."""
+        params = request.params()
+        if params.get("back"):
+            return True
+        login = self.settings.proxy_page("login")
+        following = params.get("next") or ""
+        return following == login or following.startswith(login + "?")
 
     def _studio_logout(self, request: RequestInfo, session_id: str) -> Response:
         """A studio host's logout is the proxy host's: its page and its post. On the

@@ -239,6 +239,11 @@ def test_log_in_as_someone_else_asks_the_issuer_again(path_routing: bool):
     # its "Log out" button, then the login, which asks the issuer again
     asked = run(auth.handle(request(link, b.jar)))
     assert asked.status == 200 and b'<form method="post"' in asked.body
+    # It said only "Log out of the studios gateway?" to someone who asked to log in as
+    # someone else: now it says why this logout comes first.
+    assert b"To log in as someone else, first log out of the studios gateway: every " \
+        b"studio opened with this login in this browser stops working until you log in " \
+        b"again." in asked.body, asked.body
     out = run(auth.handle(request(link, b.jar, "POST")))
     assert out.status == 302 and dict(out.headers)[b"Location"] == login.encode()
     b.jar.store("connect.example.test", out)
@@ -284,6 +289,8 @@ def test_log_in_as_someone_else_with_an_issuer_that_cannot_ask_again(path_routin
     link = switch_link(denied)
     back = "/_studio/bobs/lab" if path_routing else here
     assert link == f"{PROXY}/_connect/logout?" + urlencode({"back": back}, quote_via=quote)
+    asked, _ = run(b.open(link))
+    assert b"To log in as someone else, first log out of the studios gateway" in asked.body
     out, _ = run(b.open(link, method="POST"))
     assert out.status == 200 and b"Also log out of idp.example.org" in out.body
     assert b"To log in as someone else, also log out of idp.example.org (the identity " \
@@ -325,6 +332,14 @@ def test_log_in_as_someone_else_with_login_links_leads_to_the_login_page():
     assert switch_link(denied) == f"{PROXY}/_connect/logout?" + urlencode(
         {"next": f"{PROXY}/_connect/login?next=" + quote(studio("bobs", "/"), safe="")},
         quote_via=quote)
+    asked, _ = run(b.open(switch_link(denied)))
+    assert b"To log in as someone else, first log out" in asked.body
+    # A plain logout, or one going on to another page, asks as before.
+    for plain in (f"{PROXY}/_connect/logout", f"{PROXY}/_connect/logout?next=%2F",
+                  f"{PROXY}/_connect/logout?next=" + quote(f"{PROXY}/_connect/loginx")):
+        asked, _ = run(b.open(plain))
+        assert b"Log out of the studios gateway? Every studio opened with this login in " \
+            b"this browser stops working until you log in again." in asked.body, asked.body
 
 
 def test_a_studio_that_is_gone_says_what_may_have_happened():
