@@ -408,12 +408,13 @@ class Auth:
         log in again (prompt=login): an issuer that keeps its own login (single sign-on)
         would otherwise answer at once with the same person. An issuer whose discovery
         document says it cannot (``prompt_values_supported`` without "login"): the logout
-        alone, whose page offers the issuer's own logout ("Also log out of <issuer>"), or
-        says to close the browser when the issuer has none. Login links: the logout, then
-        the login page (which says how to get a link)."""
+        alone, whose page says that logging in as someone else takes the issuer's own
+        logout ("Also log out of <issuer>", after which a "Log in as someone else" leads
+        back here: ``back``), or closing the browser when the issuer has none. Login
+        links: the logout, then the login page (which says how to get a link)."""
         s, rp = self.settings, self.rp
         if rp is not None and not rp.can_ask_again:
-            return s.proxy_page("logout")
+            return s.proxy_page("logout", back=self._here(request))
         return s.proxy_page("logout", next=s.login_again(self._here(request),
                                                           ask_again=rp is not None))
 

@@ -536,7 +536,8 @@ class LoginRoutes:
             self._log.info("{user} logged out", user=c.subject)
         clear = [self._proxy_cookie(s.login_cookie_name)]
         if s.path_routing:
-            sid = s.session_of_path(request.params().get("next", ""))
+            params = request.params()
+            sid = s.session_of_path(params.get("next") or params.get("back", ""))
             if sid is not None:
                 clear.append(clear_cookie_header(s.studio_cookie_name,
                                                  path=s.studio_cookie_path(sid),
@@ -544,15 +545,19 @@ class LoginRoutes:
         next_url = s.safe_next(request.params().get("next"))
         if next_url is not None:
             return redirect(next_url, clear)
-        return self._logged_out(id_token, clear)
+        return self._logged_out(id_token, clear, back=s.safe_next(request.params().get("back")))
 
     def _logged_out(self, id_token: str | None,
-                    extra_headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
+                    extra_headers: Iterable[tuple[bytes, bytes]] = (), *,
+                    back: str | None = None) -> Response:
         """The page after a logout. The issuer's own login (its cookie in this browser)
         outlives the gateway's: on a shared computer the next person to open a studio
         link would be logged in as this one without a word. So the page says so, and
         links to the issuer's logout when it has one (`id_token`: the login's ID token,
-        if this process still has it)."""
+        if this process still has it). `back`: the studio page of a "Log in as someone
+        else" with an issuer that cannot be asked for prompt=login: logging in as someone
+        else then takes the issuer's logout, which the page says; the page the issuer
+        sends the browser back to links to the login for `back` (in the signed state)."""
         done = "You are logged out of the studios gateway."
         if self.rp is None:  # login links: no identity provider to stay logged in to
             # What next: the link used before works once.
@@ -563,9 +568,18 @@ class LoginRoutes:
         # can have this page, and a state alone, sent to someone else, would tell them
         # they are logged out of the issuer.
         binding = secrets.token_urlsafe(32)
-        state = self._signer.sign(LOGOUT_RETURN, {
-            "exp": int(self._reactor.seconds() + LOGOUT_RETURN_TTL), "b": _digest(binding)})
+        signed: dict[str, Any] = {
+            "exp": int(self._reactor.seconds() + LOGOUT_RETURN_TTL), "b": _digest(binding)}
+        if back is not None:
+            signed["n"] = back
+        state = self._signer.sign(LOGOUT_RETURN, signed)
         url = self.rp.logout_url(id_token=id_token, state=state)
+        if url is None and back is not None:
+            return page(200, "Logged out",
+                        f"{done} To log in as someone else, close the browser (every window "
+                        f"of it) and open the studio link again: your login at {host} (the "
+                        "identity provider) is still open in this browser, and this gateway "
+                        "cannot end it.", extra_headers=extra_headers)
         if url is None:
             return page(200, "Logged out",
                         f"{done} Your login at {host} (the identity provider) may still be "
@@ -574,10 +588,13 @@ class LoginRoutes:
                         "studio link is logged in as you.", extra_headers=extra_headers)
         button = (f'<p><a class=button id=issuer-logout href="{html.escape(url)}">'
                   f"Also log out of {html.escape(host)}</a></p>")
-        return page(200, "Logged out",
-                    f"{done} Your login at {host} (the identity provider) may still be "
-                    "open: on a shared computer, log out there too, or the next person to "
-                    "open a studio link is logged in as you.", body_html=button,
+        why = (f"To log in as someone else, also log out of {host} (the identity provider): "
+               "its login is still open in this browser and would log you in as before."
+               if back is not None else
+               f"Your login at {host} (the identity provider) may still be open: on a "
+               "shared computer, log out there too, or the next person to open a studio "
+               "link is logged in as you.")
+        return page(200, "Logged out", f"{done} {why}", body_html=button,
                     extra_headers=[*extra_headers, self._proxy_cookie(
                         self.settings.logout_cookie_name, binding, LOGOUT_RETURN_TTL)])
 
@@ -601,9 +618,12 @@ class LoginRoutes:
             return self._logged_out(None)
         # The issuer's logout address (with the ID token it was given) stays in this
         # browser's history: say so to whoever shares the computer.
+        back = self.settings.safe_next(data["n"]) if isinstance(data.get("n"), str) else None
         return page(200, "Logged out", "You are logged out of the studios gateway and of "
                     f"{self.rp.issuer_host}. On a shared computer, also close the browser "
                     "(every window): it keeps the addresses you opened.",
+                    link=None if back is None else (
+                        self.settings.login_again(back), "Log in as someone else"),
                     extra_headers=[self._proxy_cookie(self.settings.logout_cookie_name)])
 
     def _logout_confirmed(self, request: RequestInfo, path: str) -> Response | None:
@@ -628,9 +648,23 @@ class LoginRoutes:
         action = html.escape(path + query)
         form = (f'<form method="post" action="{action}"><button type="submit">'
                 "Log out</button></form>")
-        return page(200, "Log out", "Log out of the studios gateway? Every studio opened "
-                    "with this login in this browser stops working until you log in again.",
+        ends = ("every studio opened with this login in this browser stops working until "
+                "you log in again.")
+        if self._switching(request):
+            return page(200, "Log out", f"To log in as someone else, first log out of the "
+                        f"studios gateway: {ends}", body_html=form)
+        return page(200, "Log out", f"Log out of the studios gateway? E{ends[1:]}",
                     body_html=form)
+
+    def _switching(self, request: RequestInfo) -> bool:
+        """Whether this logout is the first step of "Log in as someone else"
+        (Auth.switch_user_url): its ``back``, or a ``next`` that is the login."""
+        params = request.params()
+        if params.get("back"):
+            return True
+        login = self.settings.proxy_page("login")
+        following = params.get("next") or ""
+        return following == login or following.startswith(login + "?")
 
     def _studio_logout(self, request: RequestInfo, session_id: str) -> Response:
         """A studio host's logout is the proxy host's: its page and its post. On the

@@ -97,6 +97,9 @@ VERSION = b"SSH-2.0-studios_gateway"
 #: Read size and send size (Twisted's: 64 KiB and 128 KiB) on a user's connection.
 USER_BUFFER = 512 * 1024
 MSG_USERAUTH_BANNER = 53
+#: The next step of a refusal for a studio that may connect within seconds (starting, or
+#: its tunnel just broke): the browser's page reloads by itself, ssh does not.
+SSH_AGAIN = "Try ssh again in a minute."
 DISCONNECT_TOO_MANY_CONNECTIONS = 12
 #: Fingerprints of refused keys named in a connection's refusal line (then "and N more").
 SHOWN_KEYS = 5
@@ -650,13 +653,15 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
 
     async def _not_connected(self, sid: str) -> str:
         """The one line for a studio not connected: which case it is when the registry
-        can tell (bounded: studios_gateway.away), else "is it running?"."""
+        can tell (bounded: studios_gateway.away), else "is it running?". The browser's
+        page reloads by itself while the studio may connect within seconds (`soon`);
+        ssh does not, so those words end with what to do meanwhile."""
         f = self.factory
         away = await fetch_away(f.store, sid, f.clock, restart_where(f.settings.platform_url),
                                 studio=f"the studio of session {sid}")
         if away is None:
             return f"the studio of session {sid} is not connected (is it running?)"
-        return away.text
+        return f"{away.text} {SSH_AGAIN}" if away.soon else away.text
 
     def authenticated(self, conn: UserConnection) -> None:
         self._cancel_timer()

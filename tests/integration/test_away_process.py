@@ -1,12 +1,19 @@
 """A real gateway and a real studios-connect: the not-connected page says "not connected
 yet" before the studio's first connect, and "was connected until" once it connected and
-was stopped (the unbind, recorded by the registry; just after it, that it may come back)."""
+was stopped (the unbind, recorded by the registry; just after it, that it may come back),
+and in a browser the page turns into the studio by itself once the studio connects."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from tests.integration.test_tunnel_process import Deployment, deployment, wait_connected
+from tests.support.chromium import Chromium, chromium_path
+from tests.support.login import Gateway
+from tests.support.studio import Connect
 
 __all__ = ["deployment"]  # the fixture, re-used
 
@@ -45,3 +52,47 @@ def test_the_page_says_not_yet_then_until_when(deployment: Deployment) -> None:
     assert status == 200
     [listed] = [s for s in json.loads(body)["sessions"] if s["id"] == sid]
     assert listed["away"]["case"] == "stopped"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
+@pytest.mark.parametrize("mode", ["subdomain", "path"])
+def test_the_page_turns_into_the_studio_by_itself_in_a_browser(tmp_path: Path,
+                                                               mode: str) -> None:
+    """A person opens a studio that has not connected yet, on a phone-sized screen, and
+    does nothing: the page fits the screen, and once studios-connect dials in, the page's
+    own reload (its meta refresh, every 5 s while starting) shows the studio."""
+    path_mode = mode == "path"
+    g = Gateway(tmp_path / "gw", TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING=str(path_mode).lower())
+    browser: Chromium | None = None
+    try:
+        status, created = g.api("/api/sessions", "POST", {"owner": "alice"})
+        assert status == 201, created
+        sid = created["id"]
+        browser = Chromium(tmp_path)
+        browser.call("Emulation.setDeviceMetricsOverride", width=390, height=844,
+                     deviceScaleFactor=1, mobile=True)
+        browser.call("Page.navigate", url=created["login_link"])
+        browser.wait_for("document.title == 'Open studio' && "
+                         "!!document.querySelector('form button')", timeout=30)
+        browser.evaluate("document.querySelector('form button').click()")
+        browser.wait_for("document.title == 'Studio not connected'", timeout=30)
+        assert browser.evaluate("location.href") == g.url(sid, "/")
+        assert "has not connected yet" in browser.evaluate("document.body.innerText")
+        assert browser.evaluate(
+            "document.querySelector('meta[http-equiv=refresh]').content") == "5"
+        assert browser.evaluate(
+            "document.documentElement.scrollWidth <= window.innerWidth") is True
+        loaded = browser.evaluate("performance.timeOrigin")
+
+        tool = g.tool(f"/_studio/{sid}/" if path_mode else "/")
+        g.parts.append(Connect(g.tmp_path, created["connect_string"], tool.port,
+                               name=f"connect-{sid}"))
+        browser.wait_for("document.title == 'Demo studio'", timeout=30)
+        assert browser.evaluate("performance.timeOrigin") > loaded  # reloaded by itself
+        assert browser.evaluate("location.href") == g.url(sid, "/")
+        browser.wait_for("document.getElementById('state').textContent == 'connected'")
+    finally:
+        if browser is not None:
+            browser.stop()
+        g.stop()

@@ -810,16 +810,19 @@ def test_log_in_as_someone_else_with_an_issuer_without_prompt_login(tmp_path: Pa
     some do, refuses a prompt value it does not list): the link does not send one (the
     login would fail with the issuer's invalid_request); it leads to the gateway's
     logout and the page after it, whose "Also log out of <issuer>" ends the issuer's
-    login, so the next login asks who this is."""
+    login, so the next login asks who this is: the page back from the issuer links to it
+    (that page had no way on: the person had to find the studio's link again)."""
     with denied_on_bobs_studio(tmp_path, prompt_values="") as (idp, g, browser, info, denied):
         link = switch_link(denied.text)
-        assert link == f"{g.proxy}/_connect/logout", link
+        assert link.startswith(f"{g.proxy}/_connect/logout?back="), link
         out = browser.log_out(link)
         found = re.search(r'id=issuer-logout href="([^"]*)">Also log out of ', out.text)
         assert out.status == 200 and found is not None, out.text
+        assert "To log in as someone else, also log out of " in out.text
         back = browser.get(html.unescape(found.group(1)))
         assert back.status == 200 and "logged out of the studios gateway and of" \
             in back.text, back.text
-        landed = sign_in(browser, browser.get(info), "bob")
+        landed = sign_in(browser, browser.get(switch_link(back.text)), "bob")
+        assert landed.url == info, landed.url
         assert landed.status == 200 and landed.json()["headers"]["x-connect-sub"] == ["bob"]
         assert (idp.counts()["silent"], idp.counts()["prompted"]) == (0, 0)

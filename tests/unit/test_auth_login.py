@@ -239,6 +239,11 @@ def test_log_in_as_someone_else_asks_the_issuer_again(path_routing: bool):
     # its "Log out" button, then the login, which asks the issuer again
     asked = run(auth.handle(request(link, b.jar)))
     assert asked.status == 200 and b'<form method="post"' in asked.body
+    # It said only "Log out of the studios gateway?" to someone who asked to log in as
+    # someone else: now it says why this logout comes first.
+    assert b"To log in as someone else, first log out of the studios gateway: every " \
+        b"studio opened with this login in this browser stops working until you log in " \
+        b"again." in asked.body, asked.body
     out = run(auth.handle(request(link, b.jar, "POST")))
     assert out.status == 302 and dict(out.headers)[b"Location"] == login.encode()
     b.jar.store("connect.example.test", out)
@@ -266,19 +271,57 @@ def test_the_switch_marker_asks_nothing_more_of_a_live_login_or_a_fixed_value():
     assert rp.asked_again == [False] * 6
 
 
-def test_log_in_as_someone_else_with_an_issuer_that_cannot_ask_again():
+@pytest.mark.parametrize("path_routing", [False, True])
+def test_log_in_as_someone_else_with_an_issuer_that_cannot_ask_again(path_routing: bool):
     """An issuer whose discovery document lists prompt values without "login" (some
-    refuse a value they do not list): the link is the plain logout, whose page offers
-    the issuer's own logout; the login is never sent prompt=login."""
-    auth, _, rp = make()
+    refuse a value they do not list): the link leads to the logout, whose page offers
+    the issuer's own logout; the login is never sent prompt=login. That page said only
+    "on a shared computer, log out there too" (nothing of logging in as someone else),
+    and the page back from the issuer had no way on: the person had to find the studio's
+    link again. Now the first page says the issuer's logout is the way to log in as
+    someone else, and the page back from it links to the login for the studio."""
+    auth, _, rp = make(path_routing=path_routing)
     rp.can_ask_again = False
     b = LoginDriver(auth, external=idp_login(rp))
-    denied, _ = run(b.open(studio("bobs")))
+    here = f"{PROXY}/_studio/bobs/lab" if path_routing else studio("bobs", "/lab")
+    denied, _ = run(b.open(here))
     assert isinstance(denied, Response) and denied.status == 403
     link = switch_link(denied)
-    assert link == f"{PROXY}/_connect/logout"
-    out = run(auth.handle(request(link, b.jar, "POST")))
+    back = "/_studio/bobs/lab" if path_routing else here
+    assert link == f"{PROXY}/_connect/logout?" + urlencode({"back": back}, quote_via=quote)
+    asked, _ = run(b.open(link))
+    assert b"To log in as someone else, first log out of the studios gateway" in asked.body
+    out, _ = run(b.open(link, method="POST"))
     assert out.status == 200 and b"Also log out of idp.example.org" in out.body
+    assert b"To log in as someone else, also log out of idp.example.org (the identity " \
+        b"provider)" in out.body
+    # The issuer's logout sends the browser back with the state.
+    state = dict(parse_qsl(urlsplit(issuer_logout_link(out.body) or "").query))["state"]
+    returned, _ = run(b.open(f"{PROXY}/_connect/logged-out?state={quote(state)}"))
+    assert b"logged out of the studios gateway and of idp.example.org" in returned.body
+    login = f"{PROXY}/_connect/login?" + urlencode({"next": back}, quote_via=quote)
+    assert f'<a href="{html.escape(login)}">Log in as someone else</a>'.encode() \
+        in returned.body, returned.body
+    rp.user = "bob"
+    who, url = run(b.open(login))
+    assert isinstance(who, Identity) and (who.subject, who.session_id) == ("bob", "bobs")
+    assert url == here and rp.asked_again == [False, False]
+
+
+def test_a_logout_with_an_issuer_without_an_end_session_says_to_close_the_browser():
+    """The same issuer without a logout of its own: the page says how to log in as
+    someone else (close the browser, then the studio link again)."""
+    auth, _, rp = make()
+    rp.can_ask_again = False
+    rp.end_session = None
+    b = LoginDriver(auth, external=idp_login(rp))
+    denied, _ = run(b.open(studio("bobs")))
+    out, _ = run(b.open(switch_link(denied), method="POST"))
+    assert out.status == 200 and b"To log in as someone else, close the browser (every " \
+        b"window of it) and open the studio link again" in out.body, out.body
+    # A plain logout says what it said.
+    plain = run(auth.handle(request(f"{PROXY}/_connect/logout")))
+    assert b"may still be open, and this gateway cannot end it" in plain.body
 
 
 def test_log_in_as_someone_else_with_login_links_leads_to_the_login_page():
@@ -289,6 +332,14 @@ def test_log_in_as_someone_else_with_login_links_leads_to_the_login_page():
     assert switch_link(denied) == f"{PROXY}/_connect/logout?" + urlencode(
         {"next": f"{PROXY}/_connect/login?next=" + quote(studio("bobs", "/"), safe="")},
         quote_via=quote)
+    asked, _ = run(b.open(switch_link(denied)))
+    assert b"To log in as someone else, first log out" in asked.body
+    # A plain logout, or one going on to another page, asks as before.
+    for plain in (f"{PROXY}/_connect/logout", f"{PROXY}/_connect/logout?next=%2F",
+                  f"{PROXY}/_connect/logout?next=" + quote(f"{PROXY}/_connect/loginx")):
+        asked, _ = run(b.open(plain))
+        assert b"Log out of the studios gateway? Every studio opened with this login in " \
+            b"this browser stops working until you log in again." in asked.body, asked.body
 
 
 def test_a_studio_that_is_gone_says_what_may_have_happened():

@@ -302,12 +302,21 @@ def test_the_ssh_refusal_says_the_same_in_one_line() -> None:
         return line
 
     clock.advance(60)
-    assert refusal().startswith("the studio of session abcd has not connected yet (its "
-                                "session was made 1 minute ago): it is probably still starting")
+    # The page reloads by itself while the studio may come within seconds; ssh does not,
+    # and the refusal ended there ("it is probably still starting."), leaving the person
+    # at a terminal with nothing to do: it says to try again.
+    assert refusal() == ("the studio of session abcd has not connected yet (its session "
+                         "was made 1 minute ago): it is probably still starting. Try ssh "
+                         "again in a minute.")
     store.claim_tunnel(holder("abcd", bound_at=clock.seconds()), 30)
     clock.advance(10)
     store.release_tunnel(holder("abcd"))
-    clock.advance(3600 - 70)
+    clock.advance(5)
+    assert refusal().endswith("if only its connection broke, it comes back by itself "
+                              "within seconds; if it was stopped, restart it from the Studios "
+                              "tab of its workspace in Seqera Platform (https://platform."
+                              "example). Try ssh again in a minute.")
+    clock.advance(3600 - 75)
     assert refusal() == (
         "the studio of session abcd was connected until 11:41 UTC (58 minutes ago) and has "
         "not come back: if you did not stop it, restart it from the Studios tab of its "
