@@ -648,12 +648,12 @@ class LoginRoutes:
         action = html.escape(path + query)
         form = (f'<form method="post" action="{action}"><button type="submit">'
                 "Log out</button></form>")
-        ends = ("every studio opened with this login in this browser stops working until "
-                "you log in again.")
+        ends = ("studio opened with this login in this browser stops working until you log "
+                "in again.")
         if self._switching(request):
             return page(200, "Log out", f"To log in as someone else, first log out of the "
-                        f"studios gateway: {ends}", body_html=form)
-        return page(200, "Log out", f"Log out of the studios gateway? E{ends[1:]}",
+                        f"studios gateway: every {ends}", body_html=form)
+        return page(200, "Log out", f"Log out of the studios gateway? Every {ends}",
                     body_html=form)
 
     def _switching(self, request: RequestInfo) -> bool:
