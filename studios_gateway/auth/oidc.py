@@ -722,21 +722,6 @@ class RelyingParty:
                 raise LoginFailed("the refreshed ID token names another subject")
         return new
 
-    def userinfo(self, tokens: TokenSet) -> Deferred[dict[str, Any]]:
-        return Deferred.fromCoroutine(self._userinfo(tokens))
-
-    async def _userinfo(self, tokens: TokenSet) -> dict[str, Any]:
-        assert self.metadata is not None
-        if not self.metadata.userinfo_endpoint or not tokens.access_token:
-            raise OIDCError("no userinfo endpoint or no access token")
-        code, body, text = await self._call(
-            "GET", self.metadata.userinfo_endpoint, "the userinfo request",
-            headers={"Authorization": f"Bearer {tokens.access_token}"})
-        if code != 200 or not isinstance(body, dict):
-            raise OIDCError(f"the userinfo request failed (HTTP {code}: "
-                            f"{_oauth_error(body, text)})")
-        return body
-
     # ID tokens -------------------------------------------------------------------
 
     async def _fetch_keys(self) -> None:
