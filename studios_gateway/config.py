@@ -9,7 +9,8 @@ the seed does not have are ours and say so in their documentation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import difflib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -395,6 +396,17 @@ CLIENT_VARIABLES = frozenset({
     "CONNECT_CLIENT_VERSION", "CONNECT_TOOL_WORKDIR", "CONNECT_TOOL_PRESET",
     "CONNECT_UNKNOWN_SESSION_WAIT",
 })
+
+
+def did_you_mean(name: str, candidates: Iterable[str], cutoff: float = 0.6,
+                 prefix: str = "") -> str:
+    """``"; did you mean X?"``, X the candidate closest to a misspelt variable `name`, or
+    "" when none is within `cutoff` (difflib's ratio). With `prefix` (which `name` and
+    every candidate start with) only what follows it is compared."""
+    n = len(prefix)
+    close = difflib.get_close_matches(name[n:], [c[n:] for c in candidates], n=1,
+                                      cutoff=cutoff)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
 
 
 # --- the config object --------------------------------------------------------

@@ -11,7 +11,6 @@ Nothing else in the package reads ``os.environ``.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -27,6 +26,7 @@ from studios_gateway.config import (
     VARIABLES,
     Config,
     ConfigError,
+    did_you_mean,
     raise_all,
 )
 
@@ -141,8 +141,7 @@ def _unknown_warnings(origin: str, names: Iterable[str]) -> list[str]:
         if name in PLATFORM_HINTS:
             hint = f"; the gateway reads {PLATFORM_HINTS[name]}"
         else:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
+            hint = did_you_mean(name, known)
         out.append(f"{name} in the {origin} is not a setting of the gateway and is "
                    f"ignored{hint}")
     return out

@@ -50,6 +50,7 @@ from studios_gateway.auth.answers import AnswerFailed, quiet_pool, read_answer
 from studios_gateway.auth.cookies import Clock
 from studios_gateway.auth.files import StorageError, read_json, write_private_json
 from studios_gateway.auth.onetime import OneTimeTable
+from studios_gateway.config import default_of
 from studios_gateway.registry.base import PendingLogins, StoreUnavailable
 
 __all__ = [
@@ -101,11 +102,11 @@ class OIDCSettings:
     storage_root: str
     #: Where the issuer's logout sends the browser back (registered with the client).
     post_logout_redirect_uri: str | None = None
-    client_name: str = "tower-connect-proxy-client"
+    client_name: str = default_of("client_name")
     registration_token: str | None = field(default=None, repr=False)
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
-    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    scopes: tuple[str, ...] = tuple(default_of("oidc_scopes").split())
     timeout: float = 10.0
     login_ttl: float = 600.0  # how long a started login (state, nonce, verifier) stays valid
     #: Bounds on the logins this node began and that are not finished yet (a flood of
@@ -720,21 +721,6 @@ class RelyingParty:
             if claims["sub"] != old.get("sub"):
                 raise LoginFailed("the refreshed ID token names another subject")
         return new
-
-    def userinfo(self, tokens: TokenSet) -> Deferred[dict[str, Any]]:
-        return Deferred.fromCoroutine(self._userinfo(tokens))
-
-    async def _userinfo(self, tokens: TokenSet) -> dict[str, Any]:
-        assert self.metadata is not None
-        if not self.metadata.userinfo_endpoint or not tokens.access_token:
-            raise OIDCError("no userinfo endpoint or no access token")
-        code, body, text = await self._call(
-            "GET", self.metadata.userinfo_endpoint, "the userinfo request",
-            headers={"Authorization": f"Bearer {tokens.access_token}"})
-        if code != 200 or not isinstance(body, dict):
-            raise OIDCError(f"the userinfo request failed (HTTP {code}: "
-                            f"{_oauth_error(body, text)})")
-        return body
 
     # ID tokens -------------------------------------------------------------------
 

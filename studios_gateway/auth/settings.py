@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from studios_gateway.auth.cookies import cookie_name
+from studios_gateway.config import default_of
 from studios_gateway.wire.ids import SESSION_ID
 
 __all__ = ["BROWSER_COOKIE", "HANDOFF_COOKIE", "LOGIN_COOKIE", "LOGOUT_COOKIE", "PREFIX",
@@ -55,11 +56,11 @@ class AuthSettings:
     secure_cookies: bool
     issuer: str | None = None  # None: login links only
     platform_url: str | None = None  # the access call; None: owner and allow-list only
-    client_name: str = "tower-connect-proxy-client"
+    client_name: str = default_of("client_name")
     registration_token: str | None = field(default=None, repr=False)
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
-    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    scopes: tuple[str, ...] = tuple(default_of("oidc_scopes").split())
     user_claim: str = "sub"
     cache_ttl: float = 120.0
     login_ttl: float = 12 * 3600.0

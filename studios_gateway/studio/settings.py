@@ -17,13 +17,12 @@ it gives up.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from studios_gateway.config import BY_NAME, CLIENT_VARIABLES, REDACTED, ConfigError
+from studios_gateway.config import BY_NAME, CLIENT_VARIABLES, REDACTED, ConfigError, did_you_mean
 from studios_gateway.durations import EXPECTED, parse_duration
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
 from studios_gateway.wire import tools
@@ -138,16 +137,13 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         if name in CLIENT_VARIABLES or name in BY_NAME:
             continue
         upper = name.upper()
-        ours = upper.startswith("CONNECT_")
-        if ours:  # the words after CONNECT_, which every candidate shares
-            close = difflib.get_close_matches(upper[8:], [v[8:] for v in _CLIENT_NAMES],
-                                              n=1, cutoff=0.75)
-            close = [f"CONNECT_{c}" for c in close]
+        if upper.startswith("CONNECT_"):  # the words after CONNECT_, which all ours share
+            hint = did_you_mean(upper, _CLIENT_NAMES, cutoff=0.75, prefix="CONNECT_")
         else:  # any other name only when it is one slip away from ours (CONECT_STRING)
-            close = difflib.get_close_matches(upper, _CLIENT_NAMES, n=1, cutoff=0.9)
-        if ours or close:
-            hint = f"; did you mean {close[0]}?" if close else ""
-            out.append(f"{name} is not a setting of studios-connect and is ignored{hint}")
+            hint = did_you_mean(upper, _CLIENT_NAMES, cutoff=0.9)
+            if not hint:
+                continue
+        out.append(f"{name} is not a setting of studios-connect and is ignored{hint}")
     return out
 
 

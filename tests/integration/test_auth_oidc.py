@@ -165,13 +165,11 @@ class InRepoIdPTests(TestCase):
             self.assertEqual(self.idp.counts["jwks"], fetched)
         return ensureDeferred(go())
 
-    def test_refresh_and_userinfo(self) -> Any:
+    def test_refresh(self) -> Any:
         async def go() -> None:
             rp = self.rp()
             await rp.start()
             result, _ = await self.login(rp)
-            info = await rp.userinfo(result.tokens)
-            self.assertEqual(info["sub"], "alice")
             new = await rp.refresh(result.tokens)
             self.assertNotEqual(new.refresh_token, result.tokens.refresh_token)
             with self.assertRaises(LoginFailed):  # the old refresh token was rotated away
@@ -220,8 +218,6 @@ class PyPIProviderTests(TestCase):
             result = await rp.finish(query)
             self.assertEqual(result.subject, "carol")
             self.assertEqual(result.next_url, "/lab")
-            info = await rp.userinfo(result.tokens)
-            self.assertEqual(info["sub"], "carol")
             again = RelyingParty(settings, reactor=reactor, http=http_client())
             await again.start()
             self.assertEqual(again.client.client_id, rp.client.client_id)

@@ -8,7 +8,7 @@ access token, an authorize endpoint with a real HTML login form (user name
 and password), PKCE S256 (required), single-use codes bound to client,
 redirect URI and verifier, the token endpoint (authorization_code and
 refresh_token grants, client_secret_basic or client_secret_post), RS256 ID
-tokens with a key id, a JWKS with key rotation, userinfo, and the Platform's
+tokens with a key id, a JWKS with key rotation, and the Platform's
 studio access call ``GET /api/studios/<id>/access?user=<name>`` (client
 credentials by HTTP Basic; answers ``{"allowed": true|false}``) and the SSH key
 call ``GET /api/users/<name>/ssh-keys``. Run as its own process,
@@ -114,7 +114,6 @@ class TestIdP:
         self.refresh_tokens: dict[str, tuple[str, str]] = {}
         #: refresh token -> when the tokens issued with it expire.
         self.refresh_expiry: dict[str, float] = {}
-        self.access_tokens: dict[str, str] = {}
         #: (session id, user) -> the Platform's answer to the access call.
         self.access: dict[tuple[str, str], bool] = {}
         #: user -> the keys the Platform's SSH key call lists (absent: 404).
@@ -183,7 +182,6 @@ class TestIdP:
     def _tokens(self, client_id: str, user: str, nonce: str | None) -> dict[str, Any]:
         access = secrets.token_urlsafe(24)
         refresh = secrets.token_urlsafe(24)
-        self.access_tokens[access] = user
         self.refresh_tokens[refresh] = (client_id, user)
         self.refresh_expiry[refresh] = self.now() + self.token_ttl
         return {"access_token": access, "token_type": "Bearer", "expires_in": self.token_ttl,
@@ -243,8 +241,6 @@ class _Root(Resource):
         if path == "/jwks":
             self.idp.counts["jwks"] += 1
             return _json(request, 200, {"keys": [k.public_jwk for k in self.idp.keys]})
-        if path == "/userinfo":
-            return self.userinfo(request)
         if path == "/logout":
             return self.end_session(request)
         parts = path.strip("/").split("/")
@@ -269,6 +265,7 @@ class _Root(Resource):
         return _json(request, 200, {
             "issuer": i, "authorization_endpoint": i + "/authorize",
             "token_endpoint": i + "/token", "jwks_uri": i + "/jwks",
+            # Listed as issuers list it: the gateway checks it is a URL but never calls it.
             "userinfo_endpoint": i + "/userinfo", "registration_endpoint": i + "/register",
             "end_session_endpoint": i + "/logout",
             "response_types_supported": ["code"], "subject_types_supported": ["public"],
@@ -435,15 +432,6 @@ class _Root(Resource):
                 idp.counts["refreshed_late"] += 1
             return _json(request, 200, idp._tokens(client.client_id, held[1], None))
         return _error(request, 400, "unsupported_grant_type", str(grant))
-
-    def userinfo(self, request: Request) -> bytes:
-        header = request.getHeader("authorization") or ""
-        user = (self.idp.access_tokens.get(header[7:]) if header.startswith("Bearer ")
-                else None)
-        if user is None:
-            return _error(request, 401, "invalid_token", "unknown access token")
-        return _json(request, 200, {"sub": user, "preferred_username": user,
-                                    "email": f"{user}@example.com"})
 
     def set_access(self, request: Request) -> bytes:
         """A test changes the Platform's answer: PUT /test/access?session=&user=&allowed="""
