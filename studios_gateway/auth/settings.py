@@ -61,10 +61,10 @@ class AuthSettings:
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
     scopes: tuple[str, ...] = tuple(default_of("oidc_scopes").split())
-    user_claim: str = "sub"
-    cache_ttl: float = 120.0
-    login_ttl: float = 12 * 3600.0
-    link_ttl: float = 24 * 3600.0
+    user_claim: str = default_of("oidc_user_claim")
+    cache_ttl: float = default_of("local_cache_ttl")
+    login_ttl: float = default_of("login_ttl")
+    link_ttl: float = default_of("login_link_ttl")
     handoff_ttl: float = 60.0
     timeout: float = 10.0
 
