@@ -535,17 +535,17 @@ class LoginRoutes:
             id_token = self._id_tokens.take(c.login_id)
             self._log.info("{user} logged out", user=c.subject)
         clear = [self._proxy_cookie(s.login_cookie_name)]
+        params = request.params()
         if s.path_routing:
-            params = request.params()
             sid = s.session_of_path(params.get("next") or params.get("back", ""))
             if sid is not None:
                 clear.append(clear_cookie_header(s.studio_cookie_name,
                                                  path=s.studio_cookie_path(sid),
                                                  secure=s.secure_cookies))
-        next_url = s.safe_next(request.params().get("next"))
+        next_url = s.safe_next(params.get("next"))
         if next_url is not None:
             return redirect(next_url, clear)
-        return self._logged_out(id_token, clear, back=s.safe_next(request.params().get("back")))
+        return self._logged_out(id_token, clear, back=s.safe_next(params.get("back")))
 
     def _logged_out(self, id_token: str | None,
                     extra_headers: Iterable[tuple[bytes, bytes]] = (), *,
