@@ -63,10 +63,6 @@ class Away:
     #: the page reloads often.
     soon: bool = False
 
-    @property
-    def starting(self) -> bool:
-        return self.case is Case.STARTING
-
 
 def state_words(away: dict[str, Any] | None, now: float) -> str:
     """A session's state in a few words, from the admin API's "away" (a dict, None when

@@ -42,7 +42,7 @@ def text(seen: Seen | None, made_ago: float = 120.0) -> str:
 
 def test_never_connected_and_made_recently_is_still_starting() -> None:
     away = describe(Seen(), NOW - 150, NOW, WHERE)
-    assert away is not None and away.case is Case.STARTING and away.starting
+    assert away is not None and away.case is Case.STARTING
     assert away.text == ("The studio has not connected yet (its session was made 2 minutes "
                          "ago): it is probably still starting.")
     assert "less than a minute ago" in text(Seen(), made_ago=20)
@@ -85,7 +85,7 @@ def test_an_unbind_just_now_may_be_a_broken_tunnel_coming_back() -> None:
         "connection broke, it comes back by itself within seconds; if it was stopped, "
         "restart it from the Studios tab of its workspace in Seqera Platform "
         "(https://platform.example).")
-    assert away.soon and not away.starting
+    assert away.soon and away.case is not Case.STARTING
     # A minute on it has not come back: what it says of a stopped studio, less often.
     later = describe(Seen(NOW - 3600, NOW - BACK_WITHIN), NOW - 86400, NOW, WHERE)
     assert later is not None and not later.soon and "has not come back" in later.text
