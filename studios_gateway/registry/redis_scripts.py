@@ -17,16 +17,14 @@ end
 return 1
 """
 
-# A session record written, and announced, if it is new (NX: create) or if it exists
-# (XX: update); 1 when written, else 0.
-_WRITE_RECORD = """
-if redis.call('SET', KEYS[1], ARGV[1], '{}') then
+# A session record written, and announced, if it exists; 1 when written, else 0.
+UPDATE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'XX') then
   redis.call('PUBLISH', ARGV[2], ARGV[3])
   return 1
 end
 return 0
 """
-UPDATE = _WRITE_RECORD.format("XX")
 
 # A new session, and its last-connected record saying "not connected since it was made"
 # (KEYS[2], ARGV[4] for ARGV[5] ms): 1 when made, 0 when the id is taken.
