@@ -14,6 +14,7 @@ import pytest
 
 from bench import baselines
 from bench.common import Processes
+from tests.support.echo import bench_processes, echo_server
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -25,39 +26,13 @@ needs_stunnel = pytest.mark.skipif(
 
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Processes]:
-    (tmp_path / "logs").mkdir()
-    p = Processes(tmp_path / "logs")
-    try:
+    with bench_processes(tmp_path) as p:
         yield p
-    finally:
-        p.stop_all()  # by pid
-
-
-def _echo_server() -> socket.socket:
-    """An echo on 127.0.0.1, a thread per connection (start_stunnel's readiness probes
-    come through the pair as connections too)."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def echo(conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return  # closed by the test
-            threading.Thread(target=echo, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return server
 
 
 @needs_stunnel
 def test_the_pair_carries_bytes_both_ways_intact(procs: Processes, tmp_path: Path) -> None:
-    server = _echo_server()
+    server = echo_server()
     fronts = baselines.start_stunnel(procs, tmp_path, {"echo": server.getsockname()[1]})
     assert fronts is not None and set(fronts) == {"echo"}
     payload = os.urandom(3 << 20)
