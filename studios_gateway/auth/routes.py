@@ -656,15 +656,12 @@ class LoginRoutes:
         return page(200, "Log out", f"Log out of the studios gateway? Every {ends}",
                     body_html=form)
 
-    def _switching(self, request: RequestInfo) -> bool:
-        """Whether this logout is the first step of "Log in as someone else"
-        (Auth.switch_user_url): its ``back``, or a ``next`` that is the login."""
-        params = request.params()
-        if params.get("back"):
-            return True
-        login = self.settings.proxy_page("login")
-        following = params.get("next") or ""
-        return following == login or following.startswith(login + "?")
+    @staticmethod
+    def _switching(request: RequestInfo) -> bool:
+        """Whether this logout is the first step of "Log in as someone else": the link
+        Auth.switch_user_url makes carries ``switch=1`` (a logout merely followed by the
+        login, a script's say, is a plain logout)."""
+        return request.params().get(SWITCH) == "1"
 
     def _studio_logout(self, request: RequestInfo, session_id: str) -> Response:
         """A studio host's logout is the proxy host's: its page and its post. On the

@@ -235,7 +235,8 @@ def test_log_in_as_someone_else_asks_the_issuer_again(path_routing: bool):
     link = switch_link(denied)
     back = "/_studio/bobs/lab" if path_routing else here
     login = f"{PROXY}/_connect/login?" + urlencode({"next": back, "switch": "1"}, quote_via=quote)
-    assert link == f"{PROXY}/_connect/logout?" + urlencode({"next": login}, quote_via=quote)
+    assert link == f"{PROXY}/_connect/logout?" + urlencode({"next": login, "switch": "1"},
+                                                           quote_via=quote)
     # its "Log out" button, then the login, which asks the issuer again
     asked = run(auth.handle(request(link, b.jar)))
     assert asked.status == 200 and b'<form method="post"' in asked.body
@@ -288,7 +289,8 @@ def test_log_in_as_someone_else_with_an_issuer_that_cannot_ask_again(path_routin
     assert isinstance(denied, Response) and denied.status == 403
     link = switch_link(denied)
     back = "/_studio/bobs/lab" if path_routing else here
-    assert link == f"{PROXY}/_connect/logout?" + urlencode({"back": back}, quote_via=quote)
+    assert link == f"{PROXY}/_connect/logout?" + urlencode({"back": back, "switch": "1"},
+                                                           quote_via=quote)
     asked, _ = run(b.open(link))
     assert b"To log in as someone else, first log out of the studios gateway" in asked.body
     out, _ = run(b.open(link, method="POST"))
@@ -330,13 +332,23 @@ def test_log_in_as_someone_else_with_login_links_leads_to_the_login_page():
     denied, _ = run(b.open(auth.mint_login_link("bobs", "alice"), method="POST"))
     assert isinstance(denied, Response) and denied.status == 403
     assert switch_link(denied) == f"{PROXY}/_connect/logout?" + urlencode(
-        {"next": f"{PROXY}/_connect/login?next=" + quote(studio("bobs", "/"), safe="")},
-        quote_via=quote)
+        {"next": f"{PROXY}/_connect/login?next=" + quote(studio("bobs", "/"), safe=""),
+         "switch": "1"}, quote_via=quote)
     asked, _ = run(b.open(switch_link(denied)))
     assert b"To log in as someone else, first log out" in asked.body
-    # A plain logout, or one going on to another page, asks as before.
+    # A plain logout, or one going on to another page, asks as before. So does one going
+    # on to the login (a script's, a tool's link) or back to a page (both, without the
+    # link's own switch=1, said "To log in as someone else" too), and links made before
+    # the marker, which still log out and go on as they did.
+    login = f"{PROXY}/_connect/login"
     for plain in (f"{PROXY}/_connect/logout", f"{PROXY}/_connect/logout?next=%2F",
-                  f"{PROXY}/_connect/logout?next=" + quote(f"{PROXY}/_connect/loginx")):
+                  f"{PROXY}/_connect/logout?next=" + quote(f"{PROXY}/_connect/loginx"),
+                  f"{PROXY}/_connect/logout?next=" + quote(login, safe=""),
+                  f"{PROXY}/_connect/logout?next=" + quote(f"{login}?next=%2F", safe=""),
+                  f"{PROXY}/_connect/logout?" + urlencode(
+                      {"next": f"{login}?next=%2F&switch=1"}),
+                  f"{PROXY}/_connect/logout?" + urlencode({"back": studio("bobs", "/")}),
+                  f"{PROXY}/_connect/logout?switch=yes"):
         asked, _ = run(b.open(plain))
         assert b"Log out of the studios gateway? Every studio opened with this login in " \
             b"this browser stops working until you log in again." in asked.body, asked.body
