@@ -114,6 +114,13 @@ def _unusable_subject(subject: str) -> str | None:
     return None
 
 
+def _switch_of(extra: Any) -> Mapping[str, Any] | None:
+    """What a pending login's `extra` keeps of a "Log in as someone else" (its SWITCH
+    entry: when it was asked for), or None: an ordinary login."""
+    kept = extra.get(SWITCH) if isinstance(extra, Mapping) else None
+    return kept if isinstance(kept, Mapping) else None
+
+
 def first_live(cookies: CookieCodec, authorizer: Authorizer, values: list[str],
                scope: str) -> SessionCookie | None:
     """The first of `values` that is a cookie valid for `scope` (a session id, or the
@@ -236,19 +243,22 @@ class LoginRoutes:
             return redirect(url, [self._proxy_cookie(s.browser_cookie_name, browser,
                                                      BROWSER_COOKIE_TTL)])
 
-        def failed(f: Any) -> Response:
-            f.trap(OIDCError)
-            if f.check(LoginFailed):
-                return page(400, "Login failed", str(f.value))
-            return self._unavailable(f.value, next_url)
-
         # "Log in as someone else" (switch=1): the issuer asks who this is even where its
         # own login is open. Only that fixed request: nothing of the query reaches the
         # issuer, and the worst a link of someone else's can do is have the person type
         # their password once (a live login here is continued above, the issuer unasked).
         ask_again = request.params().get(SWITCH) == "1"
-        return self.rp.begin(next_url, browser=browser, ask_again=ask_again).addCallbacks(
-            begun, failed)
+
+        def failed(f: Any) -> Response:
+            f.trap(OIDCError)
+            if f.check(LoginFailed):
+                return page(400, "Login failed", str(f.value))
+            return self._unavailable(f.value, next_url, ask_again=ask_again)
+
+        # The pending login keeps that it is a switch, for its callback (its "Try again").
+        extra = {SWITCH: {"at": self._reactor.seconds()}} if ask_again else None
+        return self.rp.begin(next_url, extra, browser=browser,
+                             ask_again=ask_again).addCallbacks(begun, failed)
 
     def _proxy_cookie(self, name: str, value: str = "", max_age: float = 0
                       ) -> tuple[bytes, bytes]:
@@ -267,16 +277,19 @@ class LoginRoutes:
             s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
             path=s.studio_cookie_path(session_id), max_age=int(ttl), secure=s.secure_cookies)
 
-    def _unavailable(self, why: Any, next_url: str | None) -> Response:
+    def _unavailable(self, why: Any, next_url: str | None, *, ask_again: bool = False
+                     ) -> Response:
         """The "try again in a moment" page: the store that keeps logins between their
-        start and their callback (Redis) cannot be reached."""
+        start and their callback (Redis) cannot be reached. `ask_again`: the login was
+        a "Log in as someone else" (its "Try again" is one too)."""
         unsaid = self._refusals.due("LoginUnavailable")
         if unsaid is not None:
             self._log.warn("a login could not go on: {why}{more}", why=str(why),
                            more=self._refusals.more(unsaid))
         return page(503, "Login unavailable",
                     "Login is unavailable for a moment; try again shortly.",
-                    link=(self.settings.login_again(next_url), "Try again"),
+                    link=(self.settings.login_again(next_url, ask_again=ask_again),
+                          "Try again"),
                     extra_headers=[(b"Retry-After", b"5")])
 
     @staticmethod
@@ -304,8 +317,11 @@ class LoginRoutes:
                                why=shown(str(f.value), 300, words=True),
                                more=self._refusals.more(unsaid))
             self.on_login("oidc", False)
-            # "Try again" leads back to the page the login was for, not "/"
-            again = self.settings.login_again(getattr(f.value, "next_url", None))
+            # "Try again" leads back to the page the login was for, not "/", and asks
+            # the issuer again when that login did ("Log in as someone else")
+            again = self.settings.login_again(
+                getattr(f.value, "next_url", None),
+                ask_again=_switch_of(getattr(f.value, "extra", None)) is not None)
             return page(400, "Login failed", str(f.value), link=(again, "Try again"))
 
         def done(result: Any) -> Response:

@@ -47,7 +47,7 @@ class FakeRP:
 
     def __init__(self, clock: Clock):
         self.clock = clock
-        self.pending: dict[str, tuple[str, str | None]] = {}
+        self.pending: dict[str, tuple[str, str | None, Any]] = {}
         self.user = "alice"
         self.logins = 0
         self.tokens = TokenSet(None, None, None, None)
@@ -65,7 +65,7 @@ class FakeRP:
             return defer.fail(LoginUnavailable("the login cannot be kept: Redis is down"))
         self.asked_again.append(ask_again)
         state = secrets.token_urlsafe(8)
-        self.pending[state] = (next_url, browser)
+        self.pending[state] = (next_url, browser, dict(extra or {}))
         prompt = "&prompt=login" if ask_again and self.can_ask_again else ""
         return defer.succeed(f"https://idp.example.org/authorize?state={state}{prompt}")
 
@@ -77,16 +77,16 @@ class FakeRP:
         if pending is None:
             return defer.fail(LoginFailed("the login's state is unknown, used already or "
                                           "expired"))
-        next_url, browser = pending
+        next_url, browser, kept = pending
         if browser is not None and not same_browser(browser, browsers):  # as RelyingParty
             return defer.fail(LoginFailed("this login was begun in another browser"))
         if params.get("code") != "good":
             refused = LoginFailed("the code exchange was refused")
-            refused.next_url = next_url  # as RelyingParty's, once the state is known
+            refused.next_url, refused.extra = next_url, kept  # as RelyingParty's
             return defer.fail(refused)
         self.logins += 1
         return defer.succeed(LoginResult(self.user, {"sub": self.user}, self.tokens, next_url,
-                                         {}))
+                                         kept))
 
     #: The issuer's host and its logout (None: it offers none), as RelyingParty's.
     issuer_host = "idp.example.org"
@@ -482,6 +482,30 @@ def test_try_again_after_a_refused_login_leads_back_to_the_studio() -> None:
     assert html.escape(again).encode() in refused.body, refused.body
     forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=x&code=y")))
     assert f'href="{PROXY}/_connect/login"'.encode() in forged.body  # its page is unknown
+
+
+def test_try_again_after_a_refused_switch_login_asks_the_issuer_again() -> None:
+    """A "Log in as someone else" login refused at its callback (the issuer's error, a
+    code refused) or unable to begin (the shared store down): its "Try again" dropped
+    switch=1, so the next try went through the issuer's own login without asking and
+    back to "Access denied". It keeps it now, for such a login only (above: an ordinary
+    login's "Try again" has none)."""
+    auth, _, rp = make()
+    jar = Jar()
+    login = f"{PROXY}/_connect/login?" + urlencode({"next": studio("bobs"), "switch": "1"},
+                                                   quote_via=quote)
+    begun = run(auth.handle(request(login, jar)))
+    jar.store("connect.example.test", begun)
+    state = dict(parse_qsl(urlsplit(dict(begun.headers)[b"Location"].decode()).query))["state"]
+    refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
+                                      jar)))
+    assert refused.status == 400 and rp.asked_again == [True]
+    assert f'<a href="{html.escape(login)}">Try again</a>'.encode() in refused.body, \
+        refused.body
+    rp.store_down = True
+    down = run(auth.handle(request(login, jar)))
+    assert down.status == 503
+    assert f'<a href="{html.escape(login)}">Try again</a>'.encode() in down.body, down.body
 
 
 @pytest.mark.parametrize("path_routing", [False, True])
