@@ -28,7 +28,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from studios_gateway.auth.authorizer import Authorizer
+from studios_gateway.auth.authorizer import WORKSPACE_REFUSED, Authorizer, Decision
 from studios_gateway.auth.cookies import (
     LOGIN_SCOPE,
     CookieCodec,
@@ -76,6 +76,15 @@ BROWSER_COOKIE_TTL = 900
 _BROWSER_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
 #: The longest user name a cookie carries (cookies.SessionCookie).
 MAX_SUBJECT = 256
+#: "Log in as someone else": the login after its logout names who was logged out (the
+#: signed digest of that user, in the login address's WAS parameter, good for
+#: SWITCH_FROM_TTL seconds), and the ID token's auth_time counts as from before the
+#: switch when it is more than SWITCH_SKEW seconds before it (the issuer's clock may be
+#: a little behind ours; a fresh login also takes the time to type a password).
+SWITCH_FROM = "switch-from/1"
+SWITCH_FROM_TTL = 600
+WAS = "was"
+SWITCH_SKEW = 30.0
 
 # Response: what a login route answers, a page or a redirect (http/pages.py).
 Response = pages.Page
@@ -119,6 +128,33 @@ def _switch_of(extra: Any) -> Mapping[str, Any] | None:
     entry: when it was asked for), or None: an ordinary login."""
     kept = extra.get(SWITCH) if isinstance(extra, Mapping) else None
     return kept if isinstance(kept, Mapping) else None
+
+
+def _issuer_kept_login(switch: Mapping[str, Any], subject: str,
+                       claims: Mapping[str, Any]) -> bool:
+    """Whether the issuer answered a "Log in as someone else" login (`switch`: what it
+    kept, _switch_from) from its own earlier login rather than asking: the ID token's
+    auth_time is from before the switch (by more than SWITCH_SKEW), or it names the very
+    user who was logged out for it."""
+    at, auth_time = switch.get("at"), claims.get("auth_time")
+    if isinstance(at, int | float) and isinstance(auth_time, int | float) \
+            and not isinstance(auth_time, bool) and auth_time < at - SWITCH_SKEW:
+        return True
+    was = switch.get("was")
+    return isinstance(was, str) and hmac.compare_digest(was, _digest(subject))
+
+
+def _refused_person(decision: Decision) -> bool:
+    """Whether `decision` refuses the person (the "Access denied" that offers "Log in as
+    someone else"), not the studio (gone, its workspace refused) nor for now (503)."""
+    return not decision.allowed and decision.status == 403 \
+        and decision.reason != WORKSPACE_REFUSED
+
+
+def _issuer_logout_button(url: str, host: str) -> str:
+    """The "Also log out of <issuer host>" button, leading to the issuer's logout."""
+    return (f'<p><a class=button id=issuer-logout href="{html.escape(url)}">'
+            f"Also log out of {html.escape(host)}</a></p>")
 
 
 def first_live(cookies: CookieCodec, authorizer: Authorizer, values: list[str],
@@ -255,10 +291,23 @@ class LoginRoutes:
                 return page(400, "Login failed", str(f.value))
             return self._unavailable(f.value, next_url, ask_again=ask_again)
 
-        # The pending login keeps that it is a switch, for its callback (its "Try again").
-        extra = {SWITCH: {"at": self._reactor.seconds()}} if ask_again else None
+        # The pending login keeps that it is a switch, when, and who was logged out for
+        # it, for its callback (_issuer_kept_login; its "Try again").
+        extra = {SWITCH: self._switch_from(request)} if ask_again else None
         return self.rp.begin(next_url, extra, browser=browser,
                              ask_again=ask_again).addCallbacks(begun, failed)
+
+    def _switch_from(self, request: RequestInfo) -> dict[str, Any]:
+        """What a "Log in as someone else" login keeps until its callback: when it began
+        and, when its address names them (WAS, from the logout before it), the digest of
+        the user just logged out."""
+        now = self._reactor.seconds()
+        kept: dict[str, Any] = {"at": now}
+        was = self._signer.verify(SWITCH_FROM, request.params().get(WAS, ""))
+        if was is not None and isinstance(was.get("d"), str) \
+                and isinstance(was.get("exp"), int) and was["exp"] > now:
+            kept["was"] = was["d"]
+        return kept
 
     def _proxy_cookie(self, name: str, value: str = "", max_age: float = 0
                       ) -> tuple[bytes, bytes]:
@@ -324,7 +373,7 @@ class LoginRoutes:
                 ask_again=_switch_of(getattr(f.value, "extra", None)) is not None)
             return page(400, "Login failed", str(f.value), link=(again, "Try again"))
 
-        def done(result: Any) -> Response:
+        def done(result: Any) -> Response | Deferred[Response]:
             subject = result.claims.get(self.settings.user_claim)
             if not isinstance(subject, str) or not subject:
                 return page(400, "Login failed",
@@ -342,6 +391,19 @@ class LoginRoutes:
                                     f"claim for you {unusable}, so it cannot name you on "
                                     "this gateway. Ask your administrator."),
                                why=f"unusable {self.settings.user_claim} claim")
+            switch = _switch_of(result.extra)
+            sid, _ = self.settings.studio_of_next(result.next_url)
+            if switch is None or sid is None \
+                    or not _issuer_kept_login(switch, subject, result.claims):
+                return log_in(result, subject)
+            # "Log in as someone else", answered from the issuer's earlier login: one who
+            # may open the studio goes in; one who may not learns why, instead of the
+            # bare "Access denied" again.
+            return self.authorizer.check(sid, subject).addCallback(
+                lambda decision: log_in(result, subject) if not _refused_person(decision)
+                else self._kept_login(subject, sid, result))
+
+        def log_in(result: Any, subject: str) -> Response:
             login_id = self._browser_login(self._login_cookie(request), subject,
                                            "logged in")
             expires = self._reactor.seconds() + self.settings.login_ttl
@@ -354,6 +416,38 @@ class LoginRoutes:
             return self._complete(subject, login_id, expires, result.next_url, new_login=True)
 
         return d.addCallbacks(done, failed)
+
+    def _kept_login(self, subject: str, session_id: str, result: Any) -> Response:
+        """The page for a "Log in as someone else" that the issuer answered from its own
+        earlier login (it ignored prompt=login), as `subject`, who may not open the
+        studio: nobody is logged in here (the gateway's login of this browser stays
+        ended); the page says why, and offers the issuer's logout (with this login's ID
+        token), whose page back leads to the studio's login, or a private window."""
+        assert self.rp is not None
+        host = self.rp.issuer_host
+        self._log.info("{user} was not logged in: the issuer answered a login as someone "
+                       "else from its earlier login", user=subject)
+        self.on_login("oidc", False)
+        said = (f"{host} (the identity provider) did not ask who you are: it kept its "
+                f"earlier login in this browser and logged you in as {subject} again, and "
+                f"{subject} may not open studio {session_id}. You are not logged in to the "
+                "studios gateway.")
+        link = self._issuer_logout(result.tokens.id_token, back=result.next_url)
+        if link is None:
+            refusal = page(403, "Access denied",
+                           f"{said} To log in as someone else, open the studio link in a "
+                           "private window, or close the browser (every window of it) and "
+                           "open the studio link again.")
+        else:
+            url, cookie = link
+            refusal = page(403, "Access denied",
+                           f"{said} To log in as someone else, also log out of {host}, "
+                           "then open the studio link again, or open it in a private "
+                           "window.",
+                           body_html=_issuer_logout_button(url, host),
+                           extra_headers=[cookie])
+        return replace(refusal, user=subject,
+                       why="login as someone else answered from the issuer's earlier login")
 
     def _complete(self, subject: str, login_id: str, expires_at: float, next_url: str, *,
                   new_login: bool, bind: str | None = None) -> Response:
@@ -560,8 +654,20 @@ class LoginRoutes:
                                                  secure=s.secure_cookies))
         next_url = s.safe_next(params.get("next"))
         if next_url is not None:
+            if c is not None and self._switching(request):
+                next_url = self._naming_who_was(next_url, c.subject)
             return redirect(next_url, clear)
         return self._logged_out(id_token, clear, back=s.safe_next(params.get("back")))
+
+    def _naming_who_was(self, next_url: str, subject: str) -> str:
+        """The login a "Log in as someone else" logout leads to (`next_url`, when it is
+        the login), naming who was just logged out (WAS: a signed digest of `subject`):
+        an issuer that answers it with that same person kept its own login."""
+        if not next_url.startswith(self.settings.proxy_page("login") + "?"):
+            return next_url
+        was = self._signer.sign(SWITCH_FROM, {
+            "d": _digest(subject), "exp": int(self._reactor.seconds() + SWITCH_FROM_TTL)})
+        return next_url + "&" + urlencode({WAS: was})
 
     def _logged_out(self, id_token: str | None,
                     extra_headers: Iterable[tuple[bytes, bytes]] = (), *,
@@ -580,6 +686,37 @@ class LoginRoutes:
             return page(200, "Logged out", f"{done} To open a studio again, ask the person "
                         "who gave it to you for a new login link.", extra_headers=extra_headers)
         host = self.rp.issuer_host
+        link = self._issuer_logout(id_token, back=back)
+        if link is None and back is not None:
+            return page(200, "Logged out",
+                        f"{done} To log in as someone else, close the browser (every window "
+                        f"of it) and open the studio link again: your login at {host} (the "
+                        "identity provider) is still open in this browser, and this gateway "
+                        "cannot end it.", extra_headers=extra_headers)
+        if link is None:
+            return page(200, "Logged out",
+                        f"{done} Your login at {host} (the identity provider) may still be "
+                        "open, and this gateway cannot end it: on a shared computer, close "
+                        "the browser (every window of it), or the next person to open a "
+                        "studio link is logged in as you.", extra_headers=extra_headers)
+        url, cookie = link
+        why = (f"To log in as someone else, also log out of {host} (the identity provider): "
+               "its login is still open in this browser and would log you in as before."
+               if back is not None else
+               f"Your login at {host} (the identity provider) may still be open: on a "
+               "shared computer, log out there too, or the next person to open a studio "
+               "link is logged in as you.")
+        return page(200, "Logged out", f"{done} {why}",
+                    body_html=_issuer_logout_button(url, host),
+                    extra_headers=[*extra_headers, cookie])
+
+    def _issuer_logout(self, id_token: str | None, *, back: str | None
+                       ) -> tuple[str, tuple[bytes, bytes]] | None:
+        """The issuer's logout address (with `id_token` as its hint, when known) and the
+        Set-Cookie header its state is bound to; None when the issuer has no logout. The
+        state brings the browser back to ``logged-out``, whose page links to the login
+        for `back` (a studio page) when given."""
+        assert self.rp is not None
         # The state counts only with the cookie set here (its hash in the state): anyone
         # can have this page, and a state alone, sent to someone else, would tell them
         # they are logged out of the issuer.
@@ -588,31 +725,12 @@ class LoginRoutes:
             "exp": int(self._reactor.seconds() + LOGOUT_RETURN_TTL), "b": _digest(binding)}
         if back is not None:
             signed["n"] = back
-        state = self._signer.sign(LOGOUT_RETURN, signed)
-        url = self.rp.logout_url(id_token=id_token, state=state)
-        if url is None and back is not None:
-            return page(200, "Logged out",
-                        f"{done} To log in as someone else, close the browser (every window "
-                        f"of it) and open the studio link again: your login at {host} (the "
-                        "identity provider) is still open in this browser, and this gateway "
-                        "cannot end it.", extra_headers=extra_headers)
+        url = self.rp.logout_url(id_token=id_token,
+                                 state=self._signer.sign(LOGOUT_RETURN, signed))
         if url is None:
-            return page(200, "Logged out",
-                        f"{done} Your login at {host} (the identity provider) may still be "
-                        "open, and this gateway cannot end it: on a shared computer, close "
-                        "the browser (every window of it), or the next person to open a "
-                        "studio link is logged in as you.", extra_headers=extra_headers)
-        button = (f'<p><a class=button id=issuer-logout href="{html.escape(url)}">'
-                  f"Also log out of {html.escape(host)}</a></p>")
-        why = (f"To log in as someone else, also log out of {host} (the identity provider): "
-               "its login is still open in this browser and would log you in as before."
-               if back is not None else
-               f"Your login at {host} (the identity provider) may still be open: on a "
-               "shared computer, log out there too, or the next person to open a studio "
-               "link is logged in as you.")
-        return page(200, "Logged out", f"{done} {why}", body_html=button,
-                    extra_headers=[*extra_headers, self._proxy_cookie(
-                        self.settings.logout_cookie_name, binding, LOGOUT_RETURN_TTL)])
+            return None
+        return url, self._proxy_cookie(self.settings.logout_cookie_name, binding,
+                                       LOGOUT_RETURN_TTL)
 
     def _logout_returned(self, request: RequestInfo) -> Response:
         """Where the issuer's logout sends the browser back (its post_logout_redirect_uri):
