@@ -368,9 +368,11 @@ class LoginRoutes:
             self.on_login("oidc", False)
             # "Try again" leads back to the page the login was for, not "/", and asks
             # the issuer again when that login did ("Log in as someone else")
-            again = self.settings.login_again(
-                getattr(f.value, "next_url", None),
-                ask_again=_switch_of(getattr(f.value, "extra", None)) is not None)
+            switch = _switch_of(getattr(f.value, "extra", None))
+            again = self.settings.login_again(getattr(f.value, "next_url", None),
+                                              ask_again=switch is not None)
+            if switch is not None and isinstance(switch.get("was"), str):
+                again = self._naming_who_was(again, switch["was"])  # (still who it was)
             return page(400, "Login failed", str(f.value), link=(again, "Try again"))
 
         def done(result: Any) -> Response | Deferred[Response]:
@@ -655,18 +657,18 @@ class LoginRoutes:
         next_url = s.safe_next(params.get("next"))
         if next_url is not None:
             if c is not None and self._switching(request):
-                next_url = self._naming_who_was(next_url, c.subject)
+                next_url = self._naming_who_was(next_url, _digest(c.subject))
             return redirect(next_url, clear)
         return self._logged_out(id_token, clear, back=s.safe_next(params.get("back")))
 
-    def _naming_who_was(self, next_url: str, subject: str) -> str:
+    def _naming_who_was(self, next_url: str, digest: str) -> str:
         """The login a "Log in as someone else" logout leads to (`next_url`, when it is
-        the login), naming who was just logged out (WAS: a signed digest of `subject`):
-        an issuer that answers it with that same person kept its own login."""
+        the login), naming who was just logged out (WAS: signed, `digest`, the SHA-256 of
+        that user): an issuer that answers it with that same person kept its own login."""
         if not next_url.startswith(self.settings.proxy_page("login") + "?"):
             return next_url
         was = self._signer.sign(SWITCH_FROM, {
-            "d": _digest(subject), "exp": int(self._reactor.seconds() + SWITCH_FROM_TTL)})
+            "d": digest, "exp": int(self._reactor.seconds() + SWITCH_FROM_TTL)})
         return next_url + "&" + urlencode({WAS: was})
 
     def _logged_out(self, id_token: str | None,

@@ -298,6 +298,25 @@ def test_a_switch_the_issuer_answers_from_its_own_login_says_so(path_routing: bo
     bob_logs_in_after_the_issuers_logout(b, rp, kept.body, here, path_routing)
 
 
+def test_a_failed_switch_logins_try_again_still_knows_who_was_logged_out() -> None:
+    """The "Try again" of a failed "Log in as someone else" login kept switch=1 but not
+    the logout's word of who it logged out: an issuer that then answered from its own
+    login with that person gave the bare "Access denied" again."""
+    auth, _, rp, b, _, link = denied_then_switched()
+    out = run(auth.handle(request(link, b.jar, "POST")))
+    b.jar.store("connect.example.test", out)
+    begun = run(auth.handle(request(dict(out.headers)[b"Location"].decode(), b.jar)))
+    b.jar.store("connect.example.test", begun)
+    state = dict(parse_qsl(urlsplit(dict(begun.headers)[b"Location"].decode()).query))["state"]
+    refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
+                                      b.jar)))
+    body = refused.body.decode()
+    again = html.unescape(body[body.rindex('<a href="') + 9:body.index('">Try again</a>')])
+    assert "switch=1&was=" in again, again
+    kept, _ = run(b.open(again))  # the issuer answers as alice again
+    assert kept.status == 403 and b"did not ask who you are" in kept.body, kept.body
+
+
 def test_a_switch_answered_from_the_issuers_own_login_without_its_logout() -> None:
     """The same, with an issuer that has no logout of its own: a private window, or
     closing the browser."""
