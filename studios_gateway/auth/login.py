@@ -84,6 +84,7 @@ from studios_gateway.auth.settings import (
     LOGIN_COOKIE,
     LOGOUT_COOKIE,
     PREFIX,
+    SWITCH,
     AuthSettings,
 )
 from studios_gateway.http.request import RequestInfo
@@ -411,12 +412,15 @@ class Auth:
         alone, whose page says that logging in as someone else takes the issuer's own
         logout ("Also log out of <issuer>", after which a "Log in as someone else" leads
         back here: ``back``), or closing the browser when the issuer has none. Login
-        links: the logout, then the login page (which says how to get a link)."""
+        links: the logout, then the login page (which says how to get a link). The
+        logout's own ``switch=1`` marks it as that first step: its page says why it comes
+        first, and the login after it learns who was refused."""
         s, rp = self.settings, self.rp
         if rp is not None and not rp.can_ask_again:
-            return s.proxy_page("logout", back=self._here(request))
+            return s.proxy_page("logout", back=self._here(request), **{SWITCH: "1"})
         return s.proxy_page("logout", next=s.login_again(self._here(request),
-                                                          ask_again=rp is not None))
+                                                          ask_again=rp is not None),
+                            **{SWITCH: "1"})
 
     def authenticate(self, request: RequestInfo,
                      session_id: str) -> Deferred[Identity | Response]:

@@ -84,10 +84,12 @@ class ConfigurationError(OIDCError):
 
 
 class LoginFailed(OIDCError):
-    """One login attempt was refused (bad or replayed state, code, token). `next_url`:
-    where the refused login was to lead (known once its state was), for "Try again"."""
+    """One login attempt was refused (bad or replayed state, code, token). `next_url` and
+    `extra`: where the refused login was to lead and what its beginning kept with it
+    (known once its state was), for "Try again"."""
 
     next_url: str | None = None
+    extra: Mapping[str, Any] | None = None
 
 
 class LoginUnavailable(OIDCError):
@@ -675,7 +677,7 @@ class RelyingParty:
             return await self._finish_pending(params, pending)
         except OIDCError as e:
             if isinstance(e, LoginFailed):
-                e.next_url = pending.next_url
+                e.next_url, e.extra = pending.next_url, pending.extra
             raise
 
     async def _finish_pending(self, params: Mapping[str, str], pending: _Pending

@@ -28,7 +28,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from studios_gateway.auth.authorizer import Authorizer
+from studios_gateway.auth.authorizer import WORKSPACE_REFUSED, Authorizer, Decision
 from studios_gateway.auth.cookies import (
     LOGIN_SCOPE,
     CookieCodec,
@@ -76,6 +76,15 @@ BROWSER_COOKIE_TTL = 900
 _BROWSER_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
 #: The longest user name a cookie carries (cookies.SessionCookie).
 MAX_SUBJECT = 256
+#: "Log in as someone else": the login after its logout names who was logged out (the
+#: signed digest of that user, in the login address's WAS parameter, good for
+#: SWITCH_FROM_TTL seconds), and the ID token's auth_time counts as from before the
+#: switch when it is more than SWITCH_SKEW seconds before it (the issuer's clock may be
+#: a little behind ours; a fresh login also takes the time to type a password).
+SWITCH_FROM = "switch-from/1"
+SWITCH_FROM_TTL = 600
+WAS = "was"
+SWITCH_SKEW = 30.0
 
 # Response: what a login route answers, a page or a redirect (http/pages.py).
 Response = pages.Page
@@ -112,6 +121,40 @@ def _unusable_subject(subject: str) -> str | None:
     if any(not c.isprintable() for c in subject) or subject != subject.strip():
         return f"has control characters or surrounding spaces ({shown(subject, 64)})"
     return None
+
+
+def _switch_of(extra: Any) -> Mapping[str, Any] | None:
+    """What a pending login's `extra` keeps of a "Log in as someone else" (its SWITCH
+    entry: when it was asked for), or None: an ordinary login."""
+    kept = extra.get(SWITCH) if isinstance(extra, Mapping) else None
+    return kept if isinstance(kept, Mapping) else None
+
+
+def _issuer_kept_login(switch: Mapping[str, Any], subject: str,
+                       claims: Mapping[str, Any]) -> bool:
+    """Whether the issuer answered a "Log in as someone else" login (`switch`: what it
+    kept, _switch_from) from its own earlier login rather than asking: the ID token's
+    auth_time is from before the switch (by more than SWITCH_SKEW), or it names the very
+    user who was logged out for it."""
+    at, auth_time = switch.get("at"), claims.get("auth_time")
+    if isinstance(at, int | float) and isinstance(auth_time, int | float) \
+            and not isinstance(auth_time, bool) and auth_time < at - SWITCH_SKEW:
+        return True
+    was = switch.get("was")
+    return isinstance(was, str) and hmac.compare_digest(was, _digest(subject))
+
+
+def _refused_person(decision: Decision) -> bool:
+    """Whether `decision` refuses the person (the "Access denied" that offers "Log in as
+    someone else"), not the studio (gone, its workspace refused) nor for now (503)."""
+    return not decision.allowed and decision.status == 403 \
+        and decision.reason != WORKSPACE_REFUSED
+
+
+def _issuer_logout_button(url: str, host: str) -> str:
+    """The "Also log out of <issuer host>" button, leading to the issuer's logout."""
+    return (f'<p><a class=button id=issuer-logout href="{html.escape(url)}">'
+            f"Also log out of {html.escape(host)}</a></p>")
 
 
 def first_live(cookies: CookieCodec, authorizer: Authorizer, values: list[str],
@@ -236,19 +279,35 @@ class LoginRoutes:
             return redirect(url, [self._proxy_cookie(s.browser_cookie_name, browser,
                                                      BROWSER_COOKIE_TTL)])
 
-        def failed(f: Any) -> Response:
-            f.trap(OIDCError)
-            if f.check(LoginFailed):
-                return page(400, "Login failed", str(f.value))
-            return self._unavailable(f.value, next_url)
-
         # "Log in as someone else" (switch=1): the issuer asks who this is even where its
         # own login is open. Only that fixed request: nothing of the query reaches the
         # issuer, and the worst a link of someone else's can do is have the person type
         # their password once (a live login here is continued above, the issuer unasked).
         ask_again = request.params().get(SWITCH) == "1"
-        return self.rp.begin(next_url, browser=browser, ask_again=ask_again).addCallbacks(
-            begun, failed)
+
+        def failed(f: Any) -> Response:
+            f.trap(OIDCError)
+            if f.check(LoginFailed):
+                return page(400, "Login failed", str(f.value))
+            return self._unavailable(f.value, next_url, ask_again=ask_again)
+
+        # The pending login keeps that it is a switch, when, and who was logged out for
+        # it, for its callback (_issuer_kept_login; its "Try again").
+        extra = {SWITCH: self._switch_from(request)} if ask_again else None
+        return self.rp.begin(next_url, extra, browser=browser,
+                             ask_again=ask_again).addCallbacks(begun, failed)
+
+    def _switch_from(self, request: RequestInfo) -> dict[str, Any]:
+        """What a "Log in as someone else" login keeps until its callback: when it began
+        and, when its address names them (WAS, from the logout before it), the digest of
+        the user just logged out."""
+        now = self._reactor.seconds()
+        kept: dict[str, Any] = {"at": now}
+        was = self._signer.verify(SWITCH_FROM, request.params().get(WAS, ""))
+        if was is not None and isinstance(was.get("d"), str) \
+                and isinstance(was.get("exp"), int) and was["exp"] > now:
+            kept["was"] = was["d"]
+        return kept
 
     def _proxy_cookie(self, name: str, value: str = "", max_age: float = 0
                       ) -> tuple[bytes, bytes]:
@@ -267,16 +326,19 @@ class LoginRoutes:
             s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
             path=s.studio_cookie_path(session_id), max_age=int(ttl), secure=s.secure_cookies)
 
-    def _unavailable(self, why: Any, next_url: str | None) -> Response:
+    def _unavailable(self, why: Any, next_url: str | None, *, ask_again: bool = False
+                     ) -> Response:
         """The "try again in a moment" page: the store that keeps logins between their
-        start and their callback (Redis) cannot be reached."""
+        start and their callback (Redis) cannot be reached. `ask_again`: the login was
+        a "Log in as someone else" (its "Try again" is one too)."""
         unsaid = self._refusals.due("LoginUnavailable")
         if unsaid is not None:
             self._log.warn("a login could not go on: {why}{more}", why=str(why),
                            more=self._refusals.more(unsaid))
         return page(503, "Login unavailable",
                     "Login is unavailable for a moment; try again shortly.",
-                    link=(self.settings.login_again(next_url), "Try again"),
+                    link=(self.settings.login_again(next_url, ask_again=ask_again),
+                          "Try again"),
                     extra_headers=[(b"Retry-After", b"5")])
 
     @staticmethod
@@ -304,11 +366,16 @@ class LoginRoutes:
                                why=shown(str(f.value), 300, words=True),
                                more=self._refusals.more(unsaid))
             self.on_login("oidc", False)
-            # "Try again" leads back to the page the login was for, not "/"
-            again = self.settings.login_again(getattr(f.value, "next_url", None))
+            # "Try again" leads back to the page the login was for, not "/", and asks
+            # the issuer again when that login did ("Log in as someone else")
+            switch = _switch_of(getattr(f.value, "extra", None))
+            again = self.settings.login_again(getattr(f.value, "next_url", None),
+                                              ask_again=switch is not None)
+            if switch is not None and isinstance(switch.get("was"), str):
+                again = self._naming_who_was(again, switch["was"])  # (still who it was)
             return page(400, "Login failed", str(f.value), link=(again, "Try again"))
 
-        def done(result: Any) -> Response:
+        def done(result: Any) -> Response | Deferred[Response]:
             subject = result.claims.get(self.settings.user_claim)
             if not isinstance(subject, str) or not subject:
                 return page(400, "Login failed",
@@ -326,6 +393,19 @@ class LoginRoutes:
                                     f"claim for you {unusable}, so it cannot name you on "
                                     "this gateway. Ask your administrator."),
                                why=f"unusable {self.settings.user_claim} claim")
+            switch = _switch_of(result.extra)
+            sid, _ = self.settings.studio_of_next(result.next_url)
+            if switch is None or sid is None \
+                    or not _issuer_kept_login(switch, subject, result.claims):
+                return log_in(result, subject)
+            # "Log in as someone else", answered from the issuer's earlier login: one who
+            # may open the studio goes in; one who may not learns why, instead of the
+            # bare "Access denied" again.
+            return self.authorizer.check(sid, subject).addCallback(
+                lambda decision: log_in(result, subject) if not _refused_person(decision)
+                else self._kept_login(subject, sid, result))
+
+        def log_in(result: Any, subject: str) -> Response:
             login_id = self._browser_login(self._login_cookie(request), subject,
                                            "logged in")
             expires = self._reactor.seconds() + self.settings.login_ttl
@@ -338,6 +418,38 @@ class LoginRoutes:
             return self._complete(subject, login_id, expires, result.next_url, new_login=True)
 
         return d.addCallbacks(done, failed)
+
+    def _kept_login(self, subject: str, session_id: str, result: Any) -> Response:
+        """The page for a "Log in as someone else" that the issuer answered from its own
+        earlier login (it ignored prompt=login), as `subject`, who may not open the
+        studio: nobody is logged in here (the gateway's login of this browser stays
+        ended); the page says why, and offers the issuer's logout (with this login's ID
+        token), whose page back leads to the studio's login, or a private window."""
+        assert self.rp is not None
+        host = self.rp.issuer_host
+        self._log.info("{user} was not logged in: the issuer answered a login as someone "
+                       "else from its earlier login", user=subject)
+        self.on_login("oidc", False)
+        said = (f"{host} (the identity provider) did not ask who you are: it kept its "
+                f"earlier login in this browser and logged you in as {subject} again, and "
+                f"{subject} may not open studio {session_id}. You are not logged in to the "
+                "studios gateway.")
+        link = self._issuer_logout(result.tokens.id_token, back=result.next_url)
+        if link is None:
+            refusal = page(403, "Access denied",
+                           f"{said} To log in as someone else, open the studio link in a "
+                           "private window, or close the browser (every window of it) and "
+                           "open the studio link again.")
+        else:
+            url, cookie = link
+            refusal = page(403, "Access denied",
+                           f"{said} To log in as someone else, also log out of {host}, "
+                           "then open the studio link again, or open it in a private "
+                           "window.",
+                           body_html=_issuer_logout_button(url, host),
+                           extra_headers=[cookie])
+        return replace(refusal, user=subject,
+                       why="login as someone else answered from the issuer's earlier login")
 
     def _complete(self, subject: str, login_id: str, expires_at: float, next_url: str, *,
                   new_login: bool, bind: str | None = None) -> Response:
@@ -544,8 +656,20 @@ class LoginRoutes:
                                                  secure=s.secure_cookies))
         next_url = s.safe_next(params.get("next"))
         if next_url is not None:
+            if c is not None and self._switching(request):
+                next_url = self._naming_who_was(next_url, _digest(c.subject))
             return redirect(next_url, clear)
         return self._logged_out(id_token, clear, back=s.safe_next(params.get("back")))
+
+    def _naming_who_was(self, next_url: str, digest: str) -> str:
+        """The login a "Log in as someone else" logout leads to (`next_url`, when it is
+        the login), naming who was just logged out (WAS: signed, `digest`, the SHA-256 of
+        that user): an issuer that answers it with that same person kept its own login."""
+        if not next_url.startswith(self.settings.proxy_page("login") + "?"):
+            return next_url
+        was = self._signer.sign(SWITCH_FROM, {
+            "d": digest, "exp": int(self._reactor.seconds() + SWITCH_FROM_TTL)})
+        return next_url + "&" + urlencode({WAS: was})
 
     def _logged_out(self, id_token: str | None,
                     extra_headers: Iterable[tuple[bytes, bytes]] = (), *,
@@ -564,6 +688,37 @@ class LoginRoutes:
             return page(200, "Logged out", f"{done} To open a studio again, ask the person "
                         "who gave it to you for a new login link.", extra_headers=extra_headers)
         host = self.rp.issuer_host
+        link = self._issuer_logout(id_token, back=back)
+        if link is None and back is not None:
+            return page(200, "Logged out",
+                        f"{done} To log in as someone else, close the browser (every window "
+                        f"of it) and open the studio link again: your login at {host} (the "
+                        "identity provider) is still open in this browser, and this gateway "
+                        "cannot end it.", extra_headers=extra_headers)
+        if link is None:
+            return page(200, "Logged out",
+                        f"{done} Your login at {host} (the identity provider) may still be "
+                        "open, and this gateway cannot end it: on a shared computer, close "
+                        "the browser (every window of it), or the next person to open a "
+                        "studio link is logged in as you.", extra_headers=extra_headers)
+        url, cookie = link
+        why = (f"To log in as someone else, also log out of {host} (the identity provider): "
+               "its login is still open in this browser and would log you in as before."
+               if back is not None else
+               f"Your login at {host} (the identity provider) may still be open: on a "
+               "shared computer, log out there too, or the next person to open a studio "
+               "link is logged in as you.")
+        return page(200, "Logged out", f"{done} {why}",
+                    body_html=_issuer_logout_button(url, host),
+                    extra_headers=[*extra_headers, cookie])
+
+    def _issuer_logout(self, id_token: str | None, *, back: str | None
+                       ) -> tuple[str, tuple[bytes, bytes]] | None:
+        """The issuer's logout address (with `id_token` as its hint, when known) and the
+        Set-Cookie header its state is bound to; None when the issuer has no logout. The
+        state brings the browser back to ``logged-out``, whose page links to the login
+        for `back` (a studio page) when given."""
+        assert self.rp is not None
         # The state counts only with the cookie set here (its hash in the state): anyone
         # can have this page, and a state alone, sent to someone else, would tell them
         # they are logged out of the issuer.
@@ -572,31 +727,12 @@ class LoginRoutes:
             "exp": int(self._reactor.seconds() + LOGOUT_RETURN_TTL), "b": _digest(binding)}
         if back is not None:
             signed["n"] = back
-        state = self._signer.sign(LOGOUT_RETURN, signed)
-        url = self.rp.logout_url(id_token=id_token, state=state)
-        if url is None and back is not None:
-            return page(200, "Logged out",
-                        f"{done} To log in as someone else, close the browser (every window "
-                        f"of it) and open the studio link again: your login at {host} (the "
-                        "identity provider) is still open in this browser, and this gateway "
-                        "cannot end it.", extra_headers=extra_headers)
+        url = self.rp.logout_url(id_token=id_token,
+                                 state=self._signer.sign(LOGOUT_RETURN, signed))
         if url is None:
-            return page(200, "Logged out",
-                        f"{done} Your login at {host} (the identity provider) may still be "
-                        "open, and this gateway cannot end it: on a shared computer, close "
-                        "the browser (every window of it), or the next person to open a "
-                        "studio link is logged in as you.", extra_headers=extra_headers)
-        button = (f'<p><a class=button id=issuer-logout href="{html.escape(url)}">'
-                  f"Also log out of {html.escape(host)}</a></p>")
-        why = (f"To log in as someone else, also log out of {host} (the identity provider): "
-               "its login is still open in this browser and would log you in as before."
-               if back is not None else
-               f"Your login at {host} (the identity provider) may still be open: on a "
-               "shared computer, log out there too, or the next person to open a studio "
-               "link is logged in as you.")
-        return page(200, "Logged out", f"{done} {why}", body_html=button,
-                    extra_headers=[*extra_headers, self._proxy_cookie(
-                        self.settings.logout_cookie_name, binding, LOGOUT_RETURN_TTL)])
+            return None
+        return url, self._proxy_cookie(self.settings.logout_cookie_name, binding,
+                                       LOGOUT_RETURN_TTL)
 
     def _logout_returned(self, request: RequestInfo) -> Response:
         """Where the issuer's logout sends the browser back (its post_logout_redirect_uri):
@@ -656,15 +792,12 @@ class LoginRoutes:
         return page(200, "Log out", f"Log out of the studios gateway? Every {ends}",
                     body_html=form)
 
-    def _switching(self, request: RequestInfo) -> bool:
-        """Whether this logout is the first step of "Log in as someone else"
-        (Auth.switch_user_url): its ``back``, or a ``next`` that is the login."""
-        params = request.params()
-        if params.get("back"):
-            return True
-        login = self.settings.proxy_page("login")
-        following = params.get("next") or ""
-        return following == login or following.startswith(login + "?")
+    @staticmethod
+    def _switching(request: RequestInfo) -> bool:
+        """Whether this logout is the first step of "Log in as someone else": the link
+        Auth.switch_user_url makes carries ``switch=1`` (a logout merely followed by the
+        login, a script's say, is a plain logout)."""
+        return request.params().get(SWITCH) == "1"
 
     def _studio_logout(self, request: RequestInfo, session_id: str) -> Response:
         """A studio host's logout is the proxy host's: its page and its post. On the

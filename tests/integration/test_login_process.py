@@ -10,7 +10,8 @@ Platform's no within LOCAL_CACHE_TTL), login links without an issuer (once,
 also across a restart), registration kept across a restart, a wrong initial
 access token, an issuer that is down at start, the issuer's own logout from the
 logged-out page (RP-Initiated Logout) making the next login ask again, "Log in as someone
-else" making an issuer that keeps its own login ask again (prompt=login)."""
+else" making an issuer that keeps its own login ask again (prompt=login), and saying so
+when the issuer ignores that."""
 
 from __future__ import annotations
 
@@ -803,6 +804,35 @@ def test_log_in_as_someone_else_makes_the_issuer_ask_again(tmp_path: Path) -> No
         again = browser.get(info)
         assert again.status == 200 and again.json()["headers"]["x-connect-sub"] == ["bob"]
         assert (idp.counts()["silent"], idp.counts()["prompted"]) == (1, 1)
+
+
+def test_log_in_as_someone_else_with_an_issuer_that_ignores_prompt_login(tmp_path: Path
+                                                                         ) -> None:
+    """An issuer that ignores prompt=login while its own login is open (--keep-login): the
+    login after the link came straight back as alice, who landed on the bare "Access
+    denied" again, with no word of why. The gateway now sees the person it just logged
+    out for it (and an auth_time from before) and says the issuer kept its login: alice
+    is not logged in, and the page's "Also log out of <issuer>" ends the issuer's login;
+    the page back from it leads to the studio's login, where bob logs in."""
+    with denied_on_bobs_studio(tmp_path, keep_login=True) as (idp, g, browser, info, denied):
+        asked = browser.get(switch_link(denied.text))
+        kept = browser.request(asked.url, method="POST")
+        issuer_host = f"127.0.0.1:{idp.port}"
+        assert kept.status == 403 and f"{issuer_host} (the identity provider) did not ask " \
+            "who you are: it kept its earlier login in this browser and logged you in as " \
+            "alice again" in html.unescape(kept.text), (kept.status, kept.url, kept.text)
+        assert (idp.counts()["silent"], idp.counts()["prompted"]) == (1, 0)
+        assert not any("connect_login" in name for jar in browser.cookies.values()
+                       for name in jar), browser.cookies  # nobody logged in
+        found = re.search(r'id=issuer-logout href="([^"]*)">Also log out of '
+                          + re.escape(issuer_host) + "<", kept.text)
+        assert found is not None, kept.text
+        back = browser.get(html.unescape(found.group(1)))
+        assert back.status == 200 and "logged out of the studios gateway and of" \
+            in back.text, back.text
+        landed = sign_in(browser, browser.get(switch_link(back.text)), "bob")
+        assert landed.status == 200 and landed.url == info, (landed.status, landed.url)
+        assert landed.json()["headers"]["x-connect-sub"] == ["bob"]
 
 
 def test_log_in_as_someone_else_with_an_issuer_without_prompt_login(tmp_path: Path) -> None:

@@ -27,7 +27,10 @@ the form. Its logout (OpenID Connect RP-Initiated Logout 1.0, ``end_session_endp
 audience) and ``client_id``, accepts a ``post_logout_redirect_uri`` only if the client
 registered it, and sends the browser back there with ``state``. An authorize request
 with ``prompt=login`` (OpenID Connect Core 3.1.2.1) shows the form even then, as real
-providers do when a client asks the person to log in again.
+providers do when a client asks the person to log in again; with ``--keep-login`` too it
+does not (it answers at once from the browser's sign-in, as some providers do). ID tokens
+carry ``auth_time``: when the person typed their password (for a browser remembered, its
+sign-in's time).
 
 Its discovery document lists ``prompt_values_supported`` (``login`` by default;
 ``--prompt-values`` changes the list, ``""`` for none), and an authorize request with a
@@ -77,6 +80,8 @@ class _Code:
     nonce: str | None
     challenge: str
     expires: float
+    #: When the person typed their password (OpenID Connect Core's auth_time).
+    auth_time: float | None = None
 
 
 @dataclass
@@ -125,6 +130,10 @@ class TestIdP:
         #: Remember signed-in browsers (single sign-on): sso cookie value -> user.
         self.sso = False
         self.sessions: dict[str, str] = {}
+        #: When each remembered browser signed in (its ID tokens' auth_time).
+        self.signed_in_at: dict[str, float] = {}
+        #: Ignore prompt=login where a browser is signed in (as some providers do).
+        self.keep_login = False
         #: The prompt values the discovery document lists (others are refused).
         self.prompt_values = prompt_values
         self.counts = {"registrations": 0, "jwks": 0, "token": 0, "access": 0, "authorize": 0,
@@ -168,10 +177,12 @@ class TestIdP:
             return None
         return client
 
-    def id_token(self, client_id: str, user: str, nonce: str | None) -> str:
+    def id_token(self, client_id: str, user: str, nonce: str | None,
+                 auth_time: float | None = None) -> str:
         now = int(self.now())
         claims: dict[str, Any] = {"iss": self.issuer, "sub": user, "aud": client_id,
-                                  "iat": now, "exp": now + self.token_ttl, "auth_time": now,
+                                  "iat": now, "exp": now + self.token_ttl,
+                                  "auth_time": now if auth_time is None else int(auth_time),
                                   "preferred_username": user, "email": f"{user}@example.com"}
         if nonce is not None:
             claims["nonce"] = nonce
@@ -179,13 +190,15 @@ class TestIdP:
         key = self.keys[0]
         return jwt.encode(claims, key.private, algorithm="RS256", headers={"kid": key.kid})
 
-    def _tokens(self, client_id: str, user: str, nonce: str | None) -> dict[str, Any]:
+    def _tokens(self, client_id: str, user: str, nonce: str | None,
+                auth_time: float | None = None) -> dict[str, Any]:
         access = secrets.token_urlsafe(24)
         refresh = secrets.token_urlsafe(24)
         self.refresh_tokens[refresh] = (client_id, user)
         self.refresh_expiry[refresh] = self.now() + self.token_ttl
         return {"access_token": access, "token_type": "Bearer", "expires_in": self.token_ttl,
-                "refresh_token": refresh, "id_token": self.id_token(client_id, user, nonce)}
+                "refresh_token": refresh,
+                "id_token": self.id_token(client_id, user, nonce, auth_time)}
 
 
 def _json(request: Request, code: int, body: Any) -> bytes:
@@ -322,12 +335,14 @@ class _Root(Resource):
             return self._refuse(request, q, "invalid_request",
                                 f"unsupported prompt value {unknown[0]}")
         error = ""
-        signed_in = idp.sessions.get(_sso_cookie(request)) if idp.sso else None
-        if "login" in prompt and method == "GET" and signed_in is not None:
+        sso = _sso_cookie(request)
+        signed_in = idp.sessions.get(sso) if idp.sso else None
+        if "login" in prompt and method == "GET" and signed_in is not None \
+                and not idp.keep_login:
             idp.counts["prompted"] += 1  # signed in, but the client asks to log in again
         elif method == "GET" and signed_in is not None and signed_in in idp.users:
             idp.counts["silent"] += 1  # this browser signed in before: no form
-            return self._code(request, client, q, signed_in)
+            return self._code(request, client, q, signed_in, idp.signed_in_at.get(sso))
         if method == "POST":
             user, password = q.get("username", ""), q.get("password", "")
             known = idp.users.get(user)
@@ -335,8 +350,9 @@ class _Root(Resource):
                 if idp.sso:
                     session = secrets.token_urlsafe(24)
                     idp.sessions[session] = user
+                    idp.signed_in_at[session] = idp.now()
                     request.addCookie(_SSO_COOKIE, session, path="/", httpOnly=True)
-                return self._code(request, client, q, user)
+                return self._code(request, client, q, user, idp.now())
             error = "<p class=error>Wrong user name or password.</p>"
         hidden = "".join(
             f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
@@ -356,13 +372,16 @@ class _Root(Resource):
         request.redirect(q["redirect_uri"] + sep + urlencode(back))
         return b""
 
-    def _code(self, request: Request, client: _Client, q: dict[str, str], user: str) -> bytes:
-        """Send the browser back to the client with a fresh code for `user`."""
+    def _code(self, request: Request, client: _Client, q: dict[str, str], user: str,
+              auth_time: float | None) -> bytes:
+        """Send the browser back to the client with a fresh code for `user`, who typed
+        their password at `auth_time`."""
         idp = self.idp
         idp.counts["authorize"] += 1
         code = secrets.token_urlsafe(24)
         idp.codes[code] = _Code(client.client_id, q["redirect_uri"], user,
-                                q.get("nonce"), q["code_challenge"], idp.now() + 60)
+                                q.get("nonce"), q["code_challenge"], idp.now() + 60,
+                                auth_time)
         back = {"code": code, "iss": idp.issuer}
         if "state" in q:
             back["state"] = q["state"]
@@ -393,6 +412,7 @@ class _Root(Resource):
         if back is not None and (client is None or back not in client.post_logout_redirect_uris):
             return _page(request, 400, "<p>Unknown client or post-logout redirect URI.</p>")
         idp.sessions.pop(_sso_cookie(request), None)
+        idp.signed_in_at.pop(_sso_cookie(request), None)
         request.addCookie(_SSO_COOKIE, "", path="/", httpOnly=True, max_age="0")
         idp.counts["end_session"] += 1
         if back is None:
@@ -420,7 +440,8 @@ class _Root(Resource):
             digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
             if not hmac.compare_digest(digest.rstrip(b"=").decode(), code.challenge):
                 return _error(request, 400, "invalid_grant", "PKCE verification failed")
-            return _json(request, 200, idp._tokens(client.client_id, code.user, code.nonce))
+            return _json(request, 200, idp._tokens(client.client_id, code.user, code.nonce,
+                                                   code.auth_time))
         if grant == "refresh_token":
             given = form.get("refresh_token", "")
             held = idp.refresh_tokens.pop(given, None)
@@ -536,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sso", action="store_true",
                    help="remember signed-in browsers (the next login asks nothing, unless "
                         "the client sends prompt=login)")
+    p.add_argument("--keep-login", action="store_true",
+                   help="with --sso: ignore prompt=login where a browser is signed in (the "
+                        "next login asks nothing even then, as some providers do)")
     p.add_argument("--prompt-values", default="login",
                    help="the prompt values listed in discovery, comma-separated (others "
                         "are refused); \"\" for none")
@@ -546,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
                   prompt_values=tuple(v for v in args.prompt_values.split(",") if v))
     idp.control = True
     idp.sso = args.sso
+    idp.keep_login = args.keep_login
     idp.listen(reactor, args.port, args.interface)  # type: ignore[arg-type]
     print(f"test IdP at {idp.issuer}", flush=True)
     reactor.run()  # type: ignore[attr-defined]

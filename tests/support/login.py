@@ -32,11 +32,12 @@ class IdPProcess:
 
     def __init__(self, tmp_path: Path, users: dict[str, str] = USERS, port: int | None = None,
                  token_ttl: int | None = None, sso: bool = False,
-                 prompt_values: str | None = None):
+                 prompt_values: str | None = None, keep_login: bool = False):
         """`sso`: the provider remembers a signed-in browser (its next login asks
         nothing, unless the client sends prompt=login) until its logout (the
         end_session_endpoint). `prompt_values`: the prompt values its discovery document
-        lists, comma-separated (default: login)."""
+        lists, comma-separated (default: login). `keep_login` (with `sso`): it ignores
+        prompt=login where a browser is signed in, as some providers do."""
         self.port = port or free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp_path / "idp.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -45,6 +46,8 @@ class IdPProcess:
             args += ["--token-ttl", str(token_ttl)]
         if sso:
             args.append("--sso")
+        if keep_login:
+            args.append("--keep-login")
         if prompt_values is not None:
             args += ["--prompt-values", prompt_values]
         for name, password in users.items():

@@ -47,7 +47,7 @@ class FakeRP:
 
     def __init__(self, clock: Clock):
         self.clock = clock
-        self.pending: dict[str, tuple[str, str | None]] = {}
+        self.pending: dict[str, tuple[str, str | None, Any]] = {}
         self.user = "alice"
         self.logins = 0
         self.tokens = TokenSet(None, None, None, None)
@@ -58,6 +58,8 @@ class FakeRP:
         self.can_ask_again = True
         #: Each begin()'s ask_again.
         self.asked_again: list[bool] = []
+        #: More claims of the ID tokens (auth_time, say).
+        self.claims: dict[str, Any] = {}
 
     def begin(self, next_url: str, extra: Any = None, *,
               browser: str | None = None, ask_again: bool = False) -> Deferred[str]:
@@ -65,7 +67,7 @@ class FakeRP:
             return defer.fail(LoginUnavailable("the login cannot be kept: Redis is down"))
         self.asked_again.append(ask_again)
         state = secrets.token_urlsafe(8)
-        self.pending[state] = (next_url, browser)
+        self.pending[state] = (next_url, browser, dict(extra or {}))
         prompt = "&prompt=login" if ask_again and self.can_ask_again else ""
         return defer.succeed(f"https://idp.example.org/authorize?state={state}{prompt}")
 
@@ -77,16 +79,16 @@ class FakeRP:
         if pending is None:
             return defer.fail(LoginFailed("the login's state is unknown, used already or "
                                           "expired"))
-        next_url, browser = pending
+        next_url, browser, kept = pending
         if browser is not None and not same_browser(browser, browsers):  # as RelyingParty
             return defer.fail(LoginFailed("this login was begun in another browser"))
         if params.get("code") != "good":
             refused = LoginFailed("the code exchange was refused")
-            refused.next_url = next_url  # as RelyingParty's, once the state is known
+            refused.next_url, refused.extra = next_url, kept  # as RelyingParty's
             return defer.fail(refused)
         self.logins += 1
-        return defer.succeed(LoginResult(self.user, {"sub": self.user}, self.tokens, next_url,
-                                         {}))
+        return defer.succeed(LoginResult(self.user, {"sub": self.user, **self.claims},
+                                         self.tokens, next_url, kept))
 
     #: The issuer's host and its logout (None: it offers none), as RelyingParty's.
     issuer_host = "idp.example.org"
@@ -235,7 +237,8 @@ def test_log_in_as_someone_else_asks_the_issuer_again(path_routing: bool):
     link = switch_link(denied)
     back = "/_studio/bobs/lab" if path_routing else here
     login = f"{PROXY}/_connect/login?" + urlencode({"next": back, "switch": "1"}, quote_via=quote)
-    assert link == f"{PROXY}/_connect/logout?" + urlencode({"next": login}, quote_via=quote)
+    assert link == f"{PROXY}/_connect/logout?" + urlencode({"next": login, "switch": "1"},
+                                                           quote_via=quote)
     # its "Log out" button, then the login, which asks the issuer again
     asked = run(auth.handle(request(link, b.jar)))
     assert asked.status == 200 and b'<form method="post"' in asked.body
@@ -245,14 +248,134 @@ def test_log_in_as_someone_else_asks_the_issuer_again(path_routing: bool):
         b"studio opened with this login in this browser stops working until you log in " \
         b"again." in asked.body, asked.body
     out = run(auth.handle(request(link, b.jar, "POST")))
-    assert out.status == 302 and dict(out.headers)[b"Location"] == login.encode()
+    # the login, naming (signed) who was just logged out
+    after = dict(out.headers)[b"Location"].decode()
+    assert out.status == 302 and after.startswith(login + "&was="), after
     b.jar.store("connect.example.test", out)
     rp.user = "bob"
-    who, url = run(b.open(login))
+    who, url = run(b.open(after))
     assert rp.asked_again == [False, True]
     assert any(v.endswith("&prompt=login") for v in b.visited)
     assert isinstance(who, Identity) and (who.subject, who.session_id) == ("bob", "bobs")
     assert url == here
+
+
+def denied_then_switched(path_routing: bool = False) -> tuple[Auth, Clock, FakeRP, LoginDriver,
+                                                              str, Any]:
+    """alice logged in and refused bob's studio, then its "Log in as someone else" (the
+    logout's button) up to the issuer, which answers as rp.user (set it first): the
+    gateway, its clock, the issuer, the browser, the studio page, and the answer."""
+    auth, clock, rp = make(path_routing=path_routing)
+    rp.tokens = TokenSet("access", "alices-id-token", None, None)
+    b = LoginDriver(auth, external=idp_login(rp))
+    here = f"{PROXY}/_studio/bobs/lab" if path_routing else studio("bobs", "/lab")
+    denied, _ = run(b.open(here))
+    assert isinstance(denied, Response) and denied.status == 403
+    return auth, clock, rp, b, here, switch_link(denied)
+
+
+@pytest.mark.parametrize("path_routing", [False, True])
+def test_a_switch_the_issuer_answers_from_its_own_login_says_so(path_routing: bool) -> None:
+    """An issuer that ignores prompt=login while its own login is open answered "Log in as
+    someone else" at once with the same person, who landed on the bare "Access denied"
+    again with no word of why. The gateway now sees the person it just logged out for
+    the switch and says the issuer kept its login: nobody is logged in, and the page
+    offers the issuer's logout (with that login's ID token), whose page back leads to
+    the studio's login, where bob logs in."""
+    auth, _, rp, b, here, link = denied_then_switched(path_routing)
+    kept, _ = run(b.open(link, method="POST"))  # the issuer answers as alice again
+    assert isinstance(kept, Response) and kept.status == 403, kept
+    assert rp.asked_again == [False, True]
+    assert b"idp.example.org (the identity provider) did not ask who you are: it kept its " \
+        b"earlier login in this browser and logged you in as alice again, and alice may " \
+        b"not open studio bobs. You are not logged in to the studios gateway. To log in " \
+        b"as someone else, also log out of idp.example.org" in kept.body, kept.body
+    assert (kept.user, kept.why) == (
+        "alice", "login as someone else answered from the issuer's earlier login")
+    assert not any(n.endswith("connect_login") for (_, _, n) in b.jar.cookies)
+    logout = dict(parse_qsl(urlsplit(issuer_logout_link(kept.body) or "").query))
+    assert logout["id_token_hint"] == "alices-id-token"
+    bob_logs_in_after_the_issuers_logout(b, rp, kept.body, here, path_routing)
+
+
+def test_a_failed_switch_logins_try_again_still_knows_who_was_logged_out() -> None:
+    """The "Try again" of a failed "Log in as someone else" login kept switch=1 but not
+    the logout's word of who it logged out: an issuer that then answered from its own
+    login with that person gave the bare "Access denied" again."""
+    auth, _, rp, b, _, link = denied_then_switched()
+    out = run(auth.handle(request(link, b.jar, "POST")))
+    b.jar.store("connect.example.test", out)
+    begun = run(auth.handle(request(dict(out.headers)[b"Location"].decode(), b.jar)))
+    b.jar.store("connect.example.test", begun)
+    state = dict(parse_qsl(urlsplit(dict(begun.headers)[b"Location"].decode()).query))["state"]
+    refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
+                                      b.jar)))
+    body = refused.body.decode()
+    again = html.unescape(body[body.rindex('<a href="') + 9:body.index('">Try again</a>')])
+    assert "switch=1&was=" in again, again
+    kept, _ = run(b.open(again))  # the issuer answers as alice again
+    assert kept.status == 403 and b"did not ask who you are" in kept.body, kept.body
+
+
+def test_a_switch_answered_from_the_issuers_own_login_without_its_logout() -> None:
+    """The same, with an issuer that has no logout of its own: a private window, or
+    closing the browser."""
+    auth, _, rp, b, _, link = denied_then_switched()
+    rp.end_session = None
+    kept, _ = run(b.open(link, method="POST"))
+    assert kept.status == 403 and b"To log in as someone else, open the studio link in a " \
+        b"private window, or close the browser (every window of it)" in kept.body
+    assert issuer_logout_link(kept.body) is None
+
+
+def test_a_switch_answered_with_a_login_from_before_it_says_so() -> None:
+    """Without the logout's word for who it was (a login address opened by hand, a name
+    the issuer spells anew), an ID token whose auth_time is from before the switch
+    (beyond a small skew) shows that the issuer did not ask either; a fresh one, or an
+    ordinary login, is the plain "Access denied" of whoever logged in."""
+    auth, clock, rp = make()
+    rp.user = "carol"
+    now = clock.seconds()
+    login = f"{PROXY}/_connect/login?" + urlencode(
+        {"next": studio("bobs"), "switch": "1", "was": "forged.value"})
+    for auth_time, kept in ((now - 3600, True), (now - 31, True), (now - 29, False),
+                            (now + 5, False), (None, False), ("old", False)):
+        rp.claims = {} if auth_time is None else {"auth_time": auth_time}
+        resp, _ = run(LoginDriver(auth, external=idp_login(rp)).open(login))
+        assert isinstance(resp, Response) and resp.status == 403
+        assert (b"did not ask who you are" in resp.body) is kept, (auth_time, resp.body)
+        assert (b"Log in as someone else</a>" in resp.body) is not kept
+    rp.claims = {"auth_time": now - 3600}
+    plain, _ = run(LoginDriver(auth, external=idp_login(rp)).open(studio("bobs")))
+    assert plain.status == 403 and b"did not ask who you are" not in plain.body
+
+
+def test_a_switch_answered_from_the_issuers_own_login_locks_nobody_out() -> None:
+    """The issuer's earlier login is no reason to refuse a person who may open the
+    studio: alice's "Log in as someone else" on a studio of hers, answered as alice from
+    the issuer's login, opens it as before. An expired word of who was logged out counts
+    for nothing."""
+    auth, clock, rp = make()
+    b = LoginDriver(auth, external=idp_login(rp))
+    who, _ = run(b.open(studio("abc")))
+    assert isinstance(who, Identity) and who.subject == "alice"
+    login = f"{PROXY}/_connect/login?" + urlencode({"next": studio("abc"), "switch": "1"})
+    link = f"{PROXY}/_connect/logout?" + urlencode({"next": login, "switch": "1"})
+    out = run(auth.handle(request(link, b.jar, "POST")))
+    after = dict(out.headers)[b"Location"].decode()
+    assert after.startswith(login + "&was=")
+    b.jar.store("connect.example.test", out)
+    rp.claims = {"auth_time": clock.seconds() - 3600}
+    who, _ = run(b.open(after))
+    assert isinstance(who, Identity) and (who.subject, who.session_id) == ("alice", "abc")
+    # on bob's studio, that word of who it was (no auth_time) says it, for 10 minutes
+    rp.claims = {}
+    bobs = after.replace(quote(studio("abc"), safe=""), quote(studio("bobs"), safe=""))
+    resp, _ = run(LoginDriver(auth, external=idp_login(rp)).open(bobs))
+    assert b"did not ask who you are" in resp.body
+    clock.advance(601)
+    resp, _ = run(LoginDriver(auth, external=idp_login(rp)).open(bobs))
+    assert resp.status == 403 and b"did not ask who you are" not in resp.body
 
 
 def test_the_switch_marker_asks_nothing_more_of_a_live_login_or_a_fixed_value():
@@ -288,24 +411,33 @@ def test_log_in_as_someone_else_with_an_issuer_that_cannot_ask_again(path_routin
     assert isinstance(denied, Response) and denied.status == 403
     link = switch_link(denied)
     back = "/_studio/bobs/lab" if path_routing else here
-    assert link == f"{PROXY}/_connect/logout?" + urlencode({"back": back}, quote_via=quote)
+    assert link == f"{PROXY}/_connect/logout?" + urlencode({"back": back, "switch": "1"},
+                                                           quote_via=quote)
     asked, _ = run(b.open(link))
     assert b"To log in as someone else, first log out of the studios gateway" in asked.body
     out, _ = run(b.open(link, method="POST"))
     assert out.status == 200 and b"Also log out of idp.example.org" in out.body
     assert b"To log in as someone else, also log out of idp.example.org (the identity " \
         b"provider)" in out.body
-    # The issuer's logout sends the browser back with the state.
-    state = dict(parse_qsl(urlsplit(issuer_logout_link(out.body) or "").query))["state"]
+    bob_logs_in_after_the_issuers_logout(b, rp, out.body, here, path_routing)
+    assert rp.asked_again == [False, False]
+
+
+def bob_logs_in_after_the_issuers_logout(b: LoginDriver, rp: FakeRP, body: bytes, here: str,
+                                         path_routing: bool) -> None:
+    """The issuer's logout (the link on the page `body`) sends the browser back with the
+    state; that page links to the login for the studio page `here`, where bob logs in."""
+    state = dict(parse_qsl(urlsplit(issuer_logout_link(body) or "").query))["state"]
     returned, _ = run(b.open(f"{PROXY}/_connect/logged-out?state={quote(state)}"))
     assert b"logged out of the studios gateway and of idp.example.org" in returned.body
+    back = "/_studio/bobs/lab" if path_routing else here
     login = f"{PROXY}/_connect/login?" + urlencode({"next": back}, quote_via=quote)
     assert f'<a href="{html.escape(login)}">Log in as someone else</a>'.encode() \
         in returned.body, returned.body
     rp.user = "bob"
     who, url = run(b.open(login))
     assert isinstance(who, Identity) and (who.subject, who.session_id) == ("bob", "bobs")
-    assert url == here and rp.asked_again == [False, False]
+    assert url == here
 
 
 def test_a_logout_with_an_issuer_without_an_end_session_says_to_close_the_browser():
@@ -330,13 +462,23 @@ def test_log_in_as_someone_else_with_login_links_leads_to_the_login_page():
     denied, _ = run(b.open(auth.mint_login_link("bobs", "alice"), method="POST"))
     assert isinstance(denied, Response) and denied.status == 403
     assert switch_link(denied) == f"{PROXY}/_connect/logout?" + urlencode(
-        {"next": f"{PROXY}/_connect/login?next=" + quote(studio("bobs", "/"), safe="")},
-        quote_via=quote)
+        {"next": f"{PROXY}/_connect/login?next=" + quote(studio("bobs", "/"), safe=""),
+         "switch": "1"}, quote_via=quote)
     asked, _ = run(b.open(switch_link(denied)))
     assert b"To log in as someone else, first log out" in asked.body
-    # A plain logout, or one going on to another page, asks as before.
+    # A plain logout, or one going on to another page, asks as before. So does one going
+    # on to the login (a script's, a tool's link) or back to a page (both, without the
+    # link's own switch=1, said "To log in as someone else" too), and links made before
+    # the marker, which still log out and go on as they did.
+    login = f"{PROXY}/_connect/login"
     for plain in (f"{PROXY}/_connect/logout", f"{PROXY}/_connect/logout?next=%2F",
-                  f"{PROXY}/_connect/logout?next=" + quote(f"{PROXY}/_connect/loginx")):
+                  f"{PROXY}/_connect/logout?next=" + quote(f"{PROXY}/_connect/loginx"),
+                  f"{PROXY}/_connect/logout?next=" + quote(login, safe=""),
+                  f"{PROXY}/_connect/logout?next=" + quote(f"{login}?next=%2F", safe=""),
+                  f"{PROXY}/_connect/logout?" + urlencode(
+                      {"next": f"{login}?next=%2F&switch=1"}),
+                  f"{PROXY}/_connect/logout?" + urlencode({"back": studio("bobs", "/")}),
+                  f"{PROXY}/_connect/logout?switch=yes"):
         asked, _ = run(b.open(plain))
         assert b"Log out of the studios gateway? Every studio opened with this login in " \
             b"this browser stops working until you log in again." in asked.body, asked.body
@@ -470,6 +612,30 @@ def test_try_again_after_a_refused_login_leads_back_to_the_studio() -> None:
     assert html.escape(again).encode() in refused.body, refused.body
     forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=x&code=y")))
     assert f'href="{PROXY}/_connect/login"'.encode() in forged.body  # its page is unknown
+
+
+def test_try_again_after_a_refused_switch_login_asks_the_issuer_again() -> None:
+    """A "Log in as someone else" login refused at its callback (the issuer's error, a
+    code refused) or unable to begin (the shared store down): its "Try again" dropped
+    switch=1, so the next try went through the issuer's own login without asking and
+    back to "Access denied". It keeps it now, for such a login only (above: an ordinary
+    login's "Try again" has none)."""
+    auth, _, rp = make()
+    jar = Jar()
+    login = f"{PROXY}/_connect/login?" + urlencode({"next": studio("bobs"), "switch": "1"},
+                                                   quote_via=quote)
+    begun = run(auth.handle(request(login, jar)))
+    jar.store("connect.example.test", begun)
+    state = dict(parse_qsl(urlsplit(dict(begun.headers)[b"Location"].decode()).query))["state"]
+    refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
+                                      jar)))
+    assert refused.status == 400 and rp.asked_again == [True]
+    assert f'<a href="{html.escape(login)}">Try again</a>'.encode() in refused.body, \
+        refused.body
+    rp.store_down = True
+    down = run(auth.handle(request(login, jar)))
+    assert down.status == 503
+    assert f'<a href="{html.escape(login)}">Try again</a>'.encode() in down.body, down.body
 
 
 @pytest.mark.parametrize("path_routing", [False, True])

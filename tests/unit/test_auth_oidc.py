@@ -197,9 +197,16 @@ def test_wrong_code_refused_and_state_spent(key):
     with pytest.raises(LoginFailed, match="invalid_grant") as refused:
         result(rp.finish({"state": q["state"], "code": "wrong"}))
     assert refused.value.next_url == "/next"  # where "Try again" leads
+    assert refused.value.extra == {}
     with pytest.raises(LoginFailed, match="state") as unknown:
         result(rp.finish({"state": q["state"], "code": "the-code"}))
-    assert unknown.value.next_url is None
+    assert unknown.value.next_url is None and unknown.value.extra is None
+    # what the login's beginning kept with it ("Log in as someone else": its "Try again"
+    # is one too)
+    q = dict(parse_qsl(urlsplit(result(rp.begin("/next", {"switch": {"at": 1.0}}))).query))
+    with pytest.raises(LoginFailed, match="invalid_grant") as refused:
+        result(rp.finish({"state": q["state"], "code": "wrong"}))
+    assert refused.value.extra == {"switch": {"at": 1.0}}
 
 
 def test_provider_error_param(key):
