@@ -37,7 +37,7 @@ from studios_gateway.registry.base import (
     StoreUnavailable,
     TunnelHolder,
 )
-from studios_gateway.registry.memory import Subscribers
+from studios_gateway.registry.subscribers import Subscribers
 
 T = TypeVar("T")
 

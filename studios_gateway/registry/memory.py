@@ -19,7 +19,6 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from studios_gateway.private_files import StorageError
 from studios_gateway.registry.base import (
@@ -40,31 +39,7 @@ from studios_gateway.registry.base import (
 )
 from studios_gateway.registry.sessions_journal import COMPACT_AFTER, SessionsJournal
 from studios_gateway.registry.spent import SpentSet
-
-
-class Subscribers:
-    """Invalidation callbacks; one failing callback does not stop the others."""
-
-    _log = Logger()
-
-    def __init__(self) -> None:
-        self._callbacks: list[Invalidation] = []
-
-    def add(self, callback: Invalidation) -> Callable[[], None]:
-        self._callbacks.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in self._callbacks:
-                self._callbacks.remove(callback)
-
-        return unsubscribe
-
-    def notify(self, session_id: str | None) -> None:
-        for callback in list(self._callbacks):
-            try:
-                callback(session_id)
-            except Exception:
-                self._log.failure("session registry invalidation callback failed")
+from studios_gateway.registry.subscribers import Subscribers
 
 
 class MemoryStore:

@@ -79,7 +79,6 @@ from studios_gateway.registry.base import (
     check_user_keys,
     unique_keys,
 )
-from studios_gateway.registry.memory import Subscribers
 from studios_gateway.registry.redis_link import (
     client_endpoint,
     command_link,
@@ -106,6 +105,7 @@ from studios_gateway.registry.redis_scripts import (
     UPDATE,
     WITHDRAW_NODE,
 )
+from studios_gateway.registry.subscribers import Subscribers
 from studios_gateway.wire.ids import SESSION_ID
 
 #: Prefix of the events that name a user whose keys changed (never a session id).

@@ -32,8 +32,7 @@ from studios_gateway.wire.carrier import (
     CarrierEndpoint,
     ProxyConnect,
     WebSocketClient,
-    proxy_for,
-    proxy_setting,
+    proxy_setting_for,
 )
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke, facing, words
@@ -574,9 +573,8 @@ class ConnectClient(Service):
     def _carrier(self, gateway: Gateway) -> Any:
         """The endpoint under the tunnel's TLS: TCP to the gateway, through the HTTPS_PROXY
         (CONNECT) when one applies, and for ws(s):// a WebSocket (in TLS for wss)."""
-        environ = dict(self.settings.proxy_environ)
-        proxy = proxy_for(gateway.host, environ)
-        setting = proxy_setting(environ)
+        setting = proxy_setting_for(gateway.host, dict(self.settings.proxy_environ))
+        proxy = setting.address if setting is not None else None
         if proxy is None or setting is None:
             endpoint: Any = Unwrapped(endpoints.HostnameEndpoint(
                 self.reactor, gateway.host, gateway.port, timeout=CONNECT_TIMEOUT))

@@ -32,7 +32,6 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
-from studios_gateway.config import ConfigError
 from studios_gateway.wire import tools
 
 #: The exit status for a setting that is wrong and for a gateway's final refusal of the
@@ -96,19 +95,16 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     args = build_parser().parse_args(args_list)
     environ = dict(os.environ if environ is None else environ)
 
-    from studios_gateway.studio.settings import load_client_settings, unknown_variables
+    from studios_gateway.studio.settings import SettingsRefused, load_at_start, warn_unknown
 
     options = {var: getattr(args, attr) for attr, var in OPTION_VARS.items()}
-    unknown = unknown_variables(environ)
     try:
-        settings = load_client_settings(environ, choose_port(environ, options, command))
-    except ConfigError as e:
-        # One line: a setting refused as missing is often one set under a misspelt name.
-        print("; ".join([f"studios-connect: {e}", *unknown]), file=sys.stderr)
+        settings, unknown = load_at_start(environ, choose_port(environ, options, command))
+    except SettingsRefused as e:
+        print(f"studios-connect: {e}", file=sys.stderr)
         return 2
     start_logging(settings.log_level)
-    for sentence in unknown:
-        Logger(namespace="studios_gateway.studio.main").warn("{sentence}", sentence=sentence)
+    warn_unknown(unknown, Logger(namespace="studios_gateway.studio.main"))
     launcher = None
     if uses_preset(settings, command, tool_on_command_line=args.tool is not None):
         from studios_gateway.studio.presets.base import PresetError

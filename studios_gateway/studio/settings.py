@@ -18,9 +18,11 @@ it gives up.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from twisted.logger import Logger
 
 from studios_gateway.config import BY_NAME, CLIENT_VARIABLES, REDACTED, ConfigError, did_you_mean
 from studios_gateway.durations import EXPECTED, parse_duration
@@ -145,6 +147,31 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
                 continue
         out.append(f"{name} is not a setting of studios-connect and is ignored{hint}")
     return out
+
+
+class SettingsRefused(Exception):
+    """The connect client cannot start with its settings: the one line to print."""
+
+
+def load_at_start(environ: Mapping[str, str], options: Mapping[str, str | None] | None = None
+                  ) -> tuple[ClientSettings, list[str]]:
+    """The settings, as both entry points (studios-connect, twistd studios-connect) start
+    with them, and :func:`unknown_variables`' sentences, which each warns with
+    :func:`warn_unknown` once its logging is up. Refused settings raise SettingsRefused:
+    the ConfigError's line and those sentences after it, in one line (a setting refused
+    as missing is often one set under a misspelt name)."""
+    unknown = unknown_variables(environ)
+    try:
+        return load_client_settings(environ, options), unknown
+    except ConfigError as e:
+        raise SettingsRefused("; ".join([str(e), *unknown])) from e
+
+
+def warn_unknown(sentences: Iterable[str], log: Logger) -> None:
+    """Each of :func:`load_at_start`'s sentences, one warning each (given as a field, not
+    as the format: a name may hold braces)."""
+    for sentence in sentences:
+        log.warn("{sentence}", sentence=sentence)
 
 
 def _check_proxy(environ: Mapping[str, str]) -> None:

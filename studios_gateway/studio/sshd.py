@@ -7,11 +7,12 @@ fingerprint(s) of the gateway's host key (:meth:`StudioSSHServer.pin`).
 
 Offered, as the connect client's OS user, in the tool's working directory:
 shell and exec with or without a pty (env, window-change, signals, exit status
-and signals), the ``sftp`` subsystem (so OpenSSH's scp and sftp work), agent
-forwarding (a private UNIX socket named by ``SSH_AUTH_SOCK``) and direct-tcpip
-(``ssh -L``). Every byte path is flow-controlled: process output pauses when the
-channel's window is shut, and the gateway's window re-opens only once the
-process, the socket or the sftp server has taken the data.
+and signals), the ``sftp`` subsystem (so OpenSSH's scp and sftp work; served by
+:mod:`~studios_gateway.studio.sftp`), agent forwarding (a private UNIX socket named
+by ``SSH_AUTH_SOCK``) and direct-tcpip (``ssh -L``). Every byte path is
+flow-controlled: process output pauses when the channel's window is shut, and the
+gateway's window re-opens only once the process, the socket or the sftp server has
+taken the data.
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ from twisted.conch import avatar as conch_avatar
 from twisted.conch import error as conch_error
 from twisted.conch import ttymodes
 from twisted.conch.interfaces import IConchUser
-from twisted.conch.ssh import common, factory, filetransfer, keys, session, transport, userauth
-from twisted.conch.unix import SFTPServerForUnixConchUser, UnixSFTPFile
+from twisted.conch.ssh import common, factory, keys, session, transport, userauth
 from twisted.cred import credentials
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
@@ -53,7 +53,6 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.filepath import FilePath
 from zope.interface import Interface, implementer
 
 from studios_gateway.ssh.channels import (
@@ -68,6 +67,7 @@ from studios_gateway.ssh.channels import (
 from studios_gateway.ssh.framing import PacketFraming
 from studios_gateway.ssh.keys import fingerprint
 from studios_gateway.ssh.server import HOST_KEY_ALGORITHMS, INNER_CIPHERS, KEX, MACS, _supported
+from studios_gateway.studio.sftp import SFTPServer
 from studios_gateway.wire.mux import words
 from studios_gateway.wire.splice import SpliceEnd, join
 
@@ -150,199 +150,6 @@ class _ProcessSide(protocol.ProcessProtocol):
         self.channel.process_ended(reason)
 
 
-class _SFTPAvatar:
-    """What Conch's Unix SFTP server needs from an avatar: we already are the user."""
-
-    def __init__(self, home: str):
-        self._home = FilePath(home)
-
-    def getHomeDir(self) -> FilePath[str]:
-        return self._home
-
-    def getUserGroupId(self) -> tuple[int, int]:
-        return os.getuid(), os.getgid()
-
-    # Conch's contract: `f` is a callable, or a list of (callable, args, kwargs) tuples.
-    def _runAsUser(self, f: Any, *args: Any, **kw: Any) -> Any:
-        if callable(f):
-            return f(*args, **kw)
-        result = None
-        for item in f:
-            func = item[0]
-            result = func(*(item[1] if len(item) > 1 else ()),
-                          **(item[2] if len(item) > 2 else {}))
-        return result
-
-
-#: Largest SFTP message we take, and the largest read and write we serve in one request:
-#: OpenSSH's own limits, told to clients by the ``limits@openssh.com`` extension. Its
-#: scp and sftp then move 255 KiB per request instead of the 32 KiB they assume of a
-#: server that says nothing: an eighth of the requests, replies and SSH packets.
-SFTP_MAX_MESSAGE = 256 * 1024
-SFTP_MAX_READ = SFTP_MAX_MESSAGE - 1024
-LIMITS_EXTENSION = b"limits@openssh.com"
-#: An FXP_DATA reply's head: message length, type, request id, data length.
-_DATA_REPLY = struct.Struct(">LB4sL")
-
-
-class _SFTPFile(UnixSFTPFile):
-    """Conch's Unix file, with fsetstat (scp sets modes and times) and positional I/O."""
-
-    def readChunk(self, offset: int, length: int) -> bytes:
-        # A short read is allowed; a client asking for more than it was told gets less.
-        return os.pread(self.fd, min(length, SFTP_MAX_READ), offset)
-
-    def read_reply(self, request_id: bytes, offset: int, length: int) -> bytearray | None:
-        """The whole FXP_DATA reply to a read, the file's bytes read into it in place
-        (no copy of them here); None at the end of the file."""
-        length = min(length, SFTP_MAX_READ)
-        reply = bytearray(_DATA_REPLY.size + length)
-        with memoryview(reply) as view:
-            n = os.preadv(self.fd, [view[_DATA_REPLY.size:]], offset)
-        if n == 0:
-            return None
-        if n < length:
-            del reply[_DATA_REPLY.size + n:]
-        _DATA_REPLY.pack_into(reply, 0, n + 9, filetransfer.FXP_DATA, request_id, n)
-        return reply
-
-    def writeChunk(self, offset: int, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, offset)
-            view, offset = view[n:], offset + n
-
-    def setAttrs(self, attrs: dict[str, Any]) -> None:  # Any: ints, bytes for extensions
-        if "size" in attrs:
-            os.ftruncate(self.fd, attrs["size"])
-        if "uid" in attrs and "gid" in attrs:
-            os.fchown(self.fd, attrs["uid"], attrs["gid"])
-        if "permissions" in attrs:
-            os.fchmod(self.fd, attrs["permissions"] & 0o7777)
-        if "atime" in attrs and "mtime" in attrs:
-            os.utime(self.fd, (attrs["atime"], attrs["mtime"]))
-
-
-class _SFTPFiles(SFTPServerForUnixConchUser):
-    def gotVersion(self, otherVersion: int, extData: dict[bytes, bytes]) -> dict[bytes, bytes]:
-        return {LIMITS_EXTENSION: b"1"}
-
-    def extendedRequest(self, extName: bytes, extData: bytes) -> bytes:
-        if extName != LIMITS_EXTENSION:
-            raise NotImplementedError(f"no extension {extName.decode('latin-1')}")
-        # Message, read and write lengths; 0 open handles: no limit of our own.
-        return struct.pack(">4Q", SFTP_MAX_MESSAGE, SFTP_MAX_READ, SFTP_MAX_READ, 0)
-
-    def openFile(self, filename: bytes, flags: int,
-                 attrs: dict[str, Any]) -> _SFTPFile:  # Any: as setAttrs
-        return _SFTPFile(self, self._absPath(filename), flags, attrs)
-
-
-class _SFTPServer(filetransfer.FileTransferServer):
-    """Conch's SFTP server, handed one request at a time so that it can be paused.
-
-    While paused (its channel's window is shut and a reply waits) requests stay here
-    unanswered, so what waits to be sent is at most one reply: a client with many
-    255 KiB reads outstanding, or one that stopped reading, does not make the studio
-    queue them all (and an abandoned download ends with little still to send).
-    """
-
-    _log = conch_log
-
-    def __init__(self, home: str):
-        filetransfer.FileTransferBase.__init__(self)
-        self.client = _SFTPFiles(_SFTPAvatar(home))
-        self.openFiles: dict[bytes, object] = {}  # handle -> open file
-        self.openDirs: dict[bytes, object] = {}  # handle -> directory listing
-        self._requests = bytearray()
-        self._paused = False
-        self._handling = False
-
-    def dataReceived(self, data: bytes) -> None:
-        self._requests += data
-        self._handle()
-
-    def pause(self) -> None:
-        self._paused = True
-
-    def resume(self) -> None:
-        self._paused = False
-        self._handle()
-
-    def _handle(self) -> None:
-        if self._handling:
-            return
-        self._handling = True
-        try:
-            buf, pos = self._requests, 0
-            while not self._paused and len(buf) - pos >= 9:
-                length = int.from_bytes(buf[pos:pos + 4], "big")
-                if length > SFTP_MAX_MESSAGE:
-                    log.warn("studio SFTP: a request of {n} bytes (the limit is {limit}); "
-                             "closing the session", n=length, limit=SFTP_MAX_MESSAGE)
-                    self._paused = True
-                    pos = len(buf)
-                    if self.transport is not None:
-                        self.transport.loseConnection()
-                    break
-                end = pos + 4 + length
-                if len(buf) < end:
-                    break
-                start, pos = pos, end
-                if buf[start + 4] == filetransfer.FXP_WRITE and self._write(
-                        memoryview(buf)[start + 4:end]):
-                    continue
-                super().dataReceived(bytes(buf[start:end]))  # Conch's dispatch, one request
-            if pos:
-                # A fresh buffer for the rest (views of the old one may still be about).
-                self._requests = buf[pos:]
-        finally:
-            self._handling = False
-
-    def packet_READ(self, data: bytes) -> None:
-        # Conch's path copies the data three times (and once more per channel packet).
-        request_id = data[:4]
-        handle, rest = common.getNS(data[4:])
-        f = self.openFiles.get(handle)
-        if not isinstance(f, _SFTPFile) or len(rest) != 12:
-            super().packet_READ(data)  # it answers an unknown handle or a bad request
-            return
-        offset, length = struct.unpack(">QL", rest)
-        try:
-            reply = f.read_reply(request_id, offset, length)
-        except OSError:
-            self._ebStatus(Failure(), request_id, b"read failed")
-            return
-        if reply is None:
-            self._sendStatus(request_id, filetransfer.FX_EOF, b"end of file")
-        else:  # the channel takes a bytearray as it is (a Twisted transport wants bytes)
-            cast(_ChannelTransport, self.transport).write(reply)
-
-    def _write(self, message: memoryview) -> bool:
-        """FXP_WRITE from the receive buffer as it lies (Conch's copies the data four
-        times); False leaves the request to Conch's path (which answers a bad one)."""
-        n = int.from_bytes(message[5:9], "big")
-        at = 9 + n
-        if len(message) < at + 12:
-            return False
-        handle = bytes(message[9:at])
-        size = int.from_bytes(message[at + 8:at + 12], "big")
-        if at + 12 + size != len(message):
-            return False
-        request_id = bytes(message[1:5])
-        f = self.openFiles.get(handle)
-        if not isinstance(f, _SFTPFile):  # (Conch's path fails on an unknown handle)
-            self._sendStatus(request_id, filetransfer.FX_FAILURE, b"no such open file")
-            return True
-        try:
-            f.writeChunk(int.from_bytes(message[at:at + 8], "big"), message[at + 12:])
-        except OSError:
-            self._ebStatus(Failure(), request_id, b"write failed")
-        else:
-            self._cbStatus(None, request_id, b"write succeeded")
-        return True
-
-
 class _ChannelTransport:
     """Lets a Protocol (the sftp server) write to a channel."""
 
@@ -375,7 +182,7 @@ class SessionChannel(FlowChannel):
         self.pty: tuple[int, int, str] | None = None  # master fd, slave fd, tty name
         self.term = "xterm"
         self.process: IProcessTransport | None = None
-        self.sftp: _SFTPServer | None = None
+        self.sftp: SFTPServer | None = None
         self.agent: _AgentListener | None = None
         self._ended = False
 
@@ -432,7 +239,7 @@ class SessionChannel(FlowChannel):
         name = common.getNS(data)[0]
         if name != b"sftp" or self._started():
             return False
-        self.sftp = _SFTPServer(self.server.cwd)
+        self.sftp = SFTPServer(self.server.cwd)
         self.sftp.makeConnection(_ChannelTransport(self))
         return True
 

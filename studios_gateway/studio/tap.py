@@ -9,7 +9,6 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python import usage
 
-from studios_gateway.config import ConfigError
 from studios_gateway.studio.main import EXIT_REFUSED, OPTION_VARS
 
 
@@ -25,16 +24,14 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from studios_gateway.component import EX_CONFIG, fail_start
     from studios_gateway.studio.client import ConnectClient
-    from studios_gateway.studio.settings import load_client_settings, unknown_variables
+    from studios_gateway.studio.settings import SettingsRefused, load_at_start, warn_unknown
 
     values = {var: options[attr.replace("_", "-")] for attr, var in OPTION_VARS.items()}
-    unknown = unknown_variables(os.environ)  # as the studios-connect command says them
     try:
-        settings = load_client_settings(os.environ, values)
-    except ConfigError as e:
-        fail_start("; ".join([str(e), *unknown]), EX_CONFIG)
-    for sentence in unknown:
-        Logger(namespace="studios_gateway.studio.tap").warn("{sentence}", sentence=sentence)
+        settings, unknown = load_at_start(os.environ, values)
+    except SettingsRefused as e:
+        fail_start(str(e), EX_CONFIG)
+    warn_unknown(unknown, Logger(namespace="studios_gateway.studio.tap"))
     from twisted.internet import reactor
 
     refused: list[int] = []

@@ -42,7 +42,8 @@ from studios_gateway.shown import shown
 
 __all__ = ["TUNNEL_PATH", "Carrier", "CarrierEndpoint", "CarrierRefused", "ProxyConnect",
            "PROXY_VARIABLES", "ProxySetting", "WebSocketClient", "WebSocketServer",
-           "accept_head", "proxy_for", "proxy_setting", "websocket_refusal"]
+           "accept_head", "proxy_for", "proxy_setting", "proxy_setting_for",
+           "websocket_refusal"]
 
 TUNNEL_PATH = "/_connect/tunnel"
 MAX_HEAD = 16 * 1024
@@ -456,8 +457,8 @@ class ProxySetting:
 
 def proxy_setting(environ: Mapping[str, str]) -> ProxySetting | None:
     """The HTTP proxy that the environment names for the tunnel (None: none), parsed once
-    for the start's check (settings) and the tunnel (:func:`proxy_for`, and the client's
-    TLS to the proxy and credentials)."""
+    for the start's check (settings) and once for each dial of the tunnel
+    (:func:`proxy_setting_for`: the proxy's address, TLS to it and credentials)."""
     for name in PROXY_VARIABLES:
         text = (environ.get(name) or "").strip()
         if text:
@@ -484,10 +485,11 @@ def _basic(parts: SplitResult) -> bytes | None:
     return b"Basic " + base64.b64encode(pair.encode("utf-8"))
 
 
-def proxy_for(host: str, environ: Mapping[str, str]) -> tuple[str, int] | None:
-    """The HTTP proxy (host, port) that HTTPS_PROXY names for `host`, unless NO_PROXY
-    excludes it (a host, a domain suffix, or *). A proxy the tunnel cannot use is none
-    here: the client's settings refuse it at the start (:func:`proxy_setting`)."""
+def proxy_setting_for(host: str, environ: Mapping[str, str]) -> ProxySetting | None:
+    """The proxy setting (:func:`proxy_setting`) that the tunnel to `host` goes through,
+    None when there is none or NO_PROXY excludes `host` (a host, a domain suffix, or *).
+    Its address is None for a proxy the tunnel cannot use: the client's settings refuse
+    that at the start."""
     setting = proxy_setting(environ)
     if setting is None:
         return None
@@ -497,4 +499,12 @@ def proxy_for(host: str, environ: Mapping[str, str]) -> tuple[str, int] | None:
         if entry == "*" or (entry and (host.lower() == entry.lstrip(".")
                                        or host.lower().endswith("." + entry.lstrip(".")))):
             return None
-    return setting.address
+    return setting
+
+
+def proxy_for(host: str, environ: Mapping[str, str]) -> tuple[str, int] | None:
+    """The HTTP proxy (host, port) that HTTPS_PROXY names for `host` (the address of
+    :func:`proxy_setting_for`'s setting): None without one, or for one the tunnel cannot
+    use."""
+    setting = proxy_setting_for(host, environ)
+    return setting.address if setting is not None else None

@@ -11,7 +11,7 @@ from twisted.conch.ssh.common import NS, getNS
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from studios_gateway.studio.sshd import SFTP_MAX_MESSAGE, SFTP_MAX_READ, _SFTPServer
+from studios_gateway.studio.sftp import SFTP_MAX_MESSAGE, SFTP_MAX_READ, SFTPServer
 
 
 def _packet(kind: int, data: bytes) -> bytes:
@@ -34,8 +34,8 @@ class _Channel(StringTransport):
         super().write(bytes(data))
 
 
-def _server(tmp_path: Path) -> tuple[_SFTPServer, StringTransport]:
-    server = _SFTPServer(str(tmp_path))
+def _server(tmp_path: Path) -> tuple[SFTPServer, StringTransport]:
+    server = SFTPServer(str(tmp_path))
     transport = _Channel()
     server.makeConnection(transport)
     server.dataReceived(_packet(filetransfer.FXP_INIT, struct.pack("!L", 3)))
@@ -127,7 +127,7 @@ def test_a_request_over_the_limit_closes_the_session(tmp_path: Path) -> None:
     assert transport.value() == b""
 
 
-def _open(server: _SFTPServer, transport: StringTransport, name: bytes, flags: int) -> bytes:
+def _open(server: SFTPServer, transport: StringTransport, name: bytes, flags: int) -> bytes:
     transport.clear()
     server.dataReceived(_packet(filetransfer.FXP_OPEN, struct.pack("!L", 1) + NS(name)
                                 + struct.pack("!2L", flags, 0)))
