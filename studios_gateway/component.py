@@ -118,10 +118,11 @@ def serve_tls(config: Any, reactor: Any, metrics: Any, listener: str, options: A
         plain_http=plain_http)
 
 
-def say_to_operator(message: str) -> None:
-    """One line on the real stderr (twistd sends sys.stderr into the log)."""
+def say_to_operator(message: str, program: str = "studios-gateway") -> None:
+    """One line on the real stderr (twistd sends sys.stderr into the log), named by the
+    `program` that says it."""
     stream = sys.__stderr__ or sys.stderr
-    print(f"studios-gateway: {message}", file=stream, flush=True)
+    print(f"{program}: {message}", file=stream, flush=True)
 
 
 #: Exit status of a start refused for its settings (sysexits.h's EX_CONFIG): the units'
@@ -129,8 +130,8 @@ def say_to_operator(message: str) -> None:
 EX_CONFIG = 78
 
 
-def fail_start(message: str, status: int = 1) -> None:
+def fail_start(message: str, status: int = 1, program: str = "studios-gateway") -> None:
     """Print the one line an operator needs, and exit non-zero (`status`: EX_CONFIG for
     settings that cannot work, 1 for what may pass, such as a port in use)."""
-    say_to_operator(message)
+    say_to_operator(message, program)
     raise SystemExit(status)

@@ -30,7 +30,7 @@ def makeService(options: Options) -> Any:
     try:
         settings, unknown = load_at_start(os.environ, values)
     except SettingsRefused as e:
-        fail_start(str(e), EX_CONFIG)
+        fail_start(str(e), EX_CONFIG, program="studios-connect")
     warn_unknown(unknown, Logger(namespace="studios_gateway.studio.tap"))
     from twisted.internet import reactor
 

@@ -67,6 +67,9 @@ def test_twistd_studios_connect_says_the_misspelt_name_on_the_refusals_line(
         makeService(options)
     assert e.value.code == EX_CONFIG
     err = capfd.readouterr().err  # the real stderr: twistd sends sys.stderr to its log
+    # named by the program refusing, as the studios-connect command's refusal is (the
+    # line said "studios-gateway:" here, the gateway's start refusal being reused)
+    assert err.startswith("studios-connect: "), err
     assert "CONNECT_GATEWAY_URL (not set)" in err and "; CONECT_STRING is not a setting of " \
         "studios-connect and is ignored; did you mean CONNECT_STRING?" in err, err
     assert TOKEN not in err
