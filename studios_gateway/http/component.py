@@ -83,11 +83,9 @@ class _RefusalGuard(Protocol):
         self.inner.dataReceived(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        from studios_gateway.wire.mux import StreamReset, TunnelLost
+        from studios_gateway.wire.mux import StreamReset, tunnel_lost
 
-        if not self.answered and reason is not None and (
-                reason.check(TunnelLost) or reason.check(StreamReset)
-                and getattr(self.transport, "RESET_IS_LOST", False)):
+        if not self.answered and tunnel_lost(reason, self.transport):
             reason = Failure(StudioNotConnected(f"the tunnel of studio {self.session_id} "
                                                 "was lost"))
         elif not self.answered and reason is not None and reason.check(StreamReset):

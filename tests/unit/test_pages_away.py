@@ -391,3 +391,32 @@ def test_the_ssh_refusal_says_the_same_in_one_line() -> None:
     # A store that cannot tell: the words it had.
     me.factory.store = object()
     assert refusal() == "the studio of session abcd is not connected (is it running?)"
+
+
+def test_a_tunnel_lost_under_the_studio_ssh_login_says_the_case_too() -> None:
+    # The stream to the studio's SSH server opened, then its tunnel was lost before that
+    # server let the gateway in: the refusal said "did not accept the SSH connection
+    # (tunnel lost: ...)", as of a studio whose SSH server refused, not that it comes back.
+    from twisted.python.failure import Failure
+
+    from studios_gateway.ssh.policy import Refused
+    from studios_gateway.ssh.server import Identity, LoginName
+    from studios_gateway.wire.mux import TunnelLost
+    from tests.unit.test_ssh_refusal_logs import _connect, _factory
+
+    _, store = _still_claimed()
+    f, _ = _factory(store)
+    dialed: list[Any] = []
+    f.dial = lambda sid, up: dialed.append(up) or True
+    proto, _ = _connect(f)
+    refused: list[Any] = []
+    defer.Deferred.fromCoroutine(proto.connect_studio(
+        Identity(LoginName("alice", "abc"), "SHA256:k"))).addErrback(refused.append)
+    [upstream] = dialed
+    upstream.connectionLost(Failure(TunnelLost("tunnel lost: nothing heard for 20s")))
+    [failure] = refused
+    assert failure.check(Refused) and failure.value.kind == "not_connected"
+    said = failure.value.message
+    assert said.startswith("the studio of session abc lost its connection to the gateway "
+                           "moments ago"), said
+    assert said.endswith("Try ssh again in a minute.")
