@@ -22,10 +22,10 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.registry.base import Seen
+from studios_gateway.registry.base import RegistryError, Seen
 
 __all__ = ["BACK_WITHIN", "STARTING_FOR", "Away", "Case", "clock_time", "describe", "fetch_away",
-           "restart_where", "state_words"]
+           "last_seen", "restart_where", "state_words"]
 
 _log = Logger()
 
@@ -155,6 +155,22 @@ def describe(seen: Seen | None, created_at: float | None, now: float,
                 f"not stop it, restart it from {where}.", bound)
 
 
+def last_seen(store: Any, session_id: str) -> Deferred[Seen | None]:
+    """What `store` recorded of when the session's studio was last connected (its
+    ``last_connected``); None when it recorded nothing, has no such method (an older
+    store) or cannot say now (a RegistryError)."""
+    reader: Callable[[str], Deferred[Seen | None]] | None = getattr(
+        store, "last_connected", None)
+    if reader is None:
+        return defer.succeed(None)
+
+    def cannot_say(f: Failure) -> None:
+        f.trap(RegistryError)
+        return None
+
+    return defer.maybeDeferred(reader, session_id).addErrback(cannot_say)
+
+
 def fetch_away(store: Any, session_id: str, clock: IReactorTime, where: str,
                timeout: float = FETCH_TIMEOUT, studio: str = "The studio"
                ) -> Deferred[Away | None]:
@@ -162,16 +178,14 @@ def fetch_away(store: Any, session_id: str, clock: IReactorTime, where: str,
     it has one, ``get_tunnel``: a claim still there is a studio lost moments ago), within
     `timeout` seconds; None, never a failure, when the store has no such method (an older
     one), does not answer in time, fails, or recorded nothing."""
-    last_connected: Callable[[str], Deferred[Seen | None]] | None = getattr(
-        store, "last_connected", None)
-    if last_connected is None:
+    if getattr(store, "last_connected", None) is None:
         return defer.succeed(None)
     get_tunnel = getattr(store, "get_tunnel", None)
     claim: Deferred[Any] = (defer.succeed(None) if get_tunnel is None else
                             defer.maybeDeferred(get_tunnel, session_id))
     claim.addErrback(lambda _: None)  # (not known to be claimed: what the record says)
     both = defer.gatherResults([defer.maybeDeferred(store.get, session_id),
-                                defer.maybeDeferred(last_connected, session_id), claim],
+                                last_seen(store, session_id), claim],
                                consumeErrors=True)
     both.addTimeout(timeout, clock)
 

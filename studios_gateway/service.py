@@ -604,7 +604,8 @@ def build_management(config: Config, reactor: Any, store: SessionStore, table: T
 
     sessions = Sessions(store, clock=reactor, on_end=on_end,
                         on_revoke=auth.authorizer.revoke_user, usage=traffic.describe,
-                        workspace_allowed=config.workspace_allowed)
+                        workspace_allowed=config.workspace_allowed,
+                        platform_url=config.platform_url)
     tunnel_host, tunnel_port = config.effective_tunnel_url
 
     def present(new: NewSession) -> dict[str, Any]:

@@ -60,7 +60,9 @@ __all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "https_url
 class _RefusalGuard(Protocol):
     """Sits between a stream and the proxy's protocol: a stream reset before the tool
     sent a byte means the connect client could not reach the tool; the tunnel lost
-    (declared dead, say) before then means the studio is not connected."""
+    (declared dead, say) before then means the studio is not connected, and so does a
+    reset of a stream through another node (that node's word that the tunnel was lost
+    there)."""
 
     def __init__(self, inner: IProtocol, session_id: str):
         self.inner = inner
@@ -81,9 +83,9 @@ class _RefusalGuard(Protocol):
         self.inner.dataReceived(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        from studios_gateway.wire.mux import StreamReset, TunnelLost
+        from studios_gateway.wire.mux import StreamReset, tunnel_lost
 
-        if not self.answered and reason is not None and reason.check(TunnelLost):
+        if not self.answered and tunnel_lost(reason, self.transport):
             reason = Failure(StudioNotConnected(f"the tunnel of studio {self.session_id} "
                                                 "was lost"))
         elif not self.answered and reason is not None and reason.check(StreamReset):

@@ -736,24 +736,25 @@ class ProxyProtocol(Protocol):
             page, why = pages.bad_gateway(sid), "cannot reach the studio"
         self._respond(ex, page, why=why)
 
-    def _not_connected(self, ex: Exchange) -> None:
+    def _not_connected(self, ex: Exchange, close: bool = False) -> None:
         """Answer the not-connected page, saying which case it is when the registry can
         tell (factory.away, asked now and only now); its words for "cannot tell" when it
-        cannot, or not in time."""
+        cannot, or not in time. `close`: the client's connection ends after it (the
+        request was cut short under way)."""
         away = self.factory.away
         if away is None:
-            self._told_away(None, ex)
+            self._told_away(None, ex, close)
             return
         d = defer.maybeDeferred(away, ex.session_id)
         ex.pending = d
         d.addErrback(lambda _: None)  # (its words for "cannot tell")
-        d.addCallback(self._told_away, ex)
+        d.addCallback(self._told_away, ex, close)
 
-    def _told_away(self, away: Away | None, ex: Exchange) -> None:
+    def _told_away(self, away: Away | None, ex: Exchange, close: bool = False) -> None:
         if ex is not self._ex:
             return
         ex.pending = None
-        self._respond(ex, pages.not_connected(ex.session_id, away),
+        self._respond(ex, pages.not_connected(ex.session_id, away), close=close,
                       why="studio not connected")
 
     def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
@@ -1143,10 +1144,14 @@ class ProxyProtocol(Protocol):
             self._log.debug("retrying on a fresh connection to {sid}", sid=ex.session_id)
             self.gate.pause("dispatch")
             self._connect(ex)
+        elif conn.tunnel_lost():
+            # The tunnel ended under the request, before the tool said anything: which
+            # case it is, as for a dial that finds no tunnel (asked now and only now).
+            self.gate.pause("dispatch")  # (nothing more of the body while it is asked)
+            self._not_connected(ex, close=True)
         else:
             sid = ex.session_id
-            page = (pages.tool_not_answering(sid) if conn.refused() else
-                    pages.not_connected(sid) if conn.tunnel_lost() else pages.bad_gateway(sid))
+            page = pages.tool_not_answering(sid) if conn.refused() else pages.bad_gateway(sid)
             self._respond(ex, page, close=True)
 
     # Answering and finishing ------------------------------------------------------------------

@@ -18,10 +18,9 @@ from urllib.parse import quote, urlsplit
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from studios_gateway.away import describe, restart_where
+from studios_gateway.away import describe, last_seen, restart_where
 from studios_gateway.images import StudioImage, studio_image
 from studios_gateway.registry.base import (
-    RegistryError,
     SessionExists,
     SessionRecord,
     SessionStore,
@@ -209,8 +208,11 @@ class Sessions:
                  on_revoke: Callable[[str, str], Any] = lambda s, u: None,
                  tunnel_state: Callable[[str], Deferred[dict[str, Any] | None]] | None = None,
                  usage: Callable[[str], Any] | None = None,
-                 workspace_allowed: Callable[[str | None], bool] = lambda ws: True):
+                 workspace_allowed: Callable[[str | None], bool] = lambda ws: True,
+                 platform_url: str | None = None):
         self._store = store
+        #: Where a studio not connected is restarted (PLATFORM_URL): the page's words.
+        self._where = restart_where(platform_url)
         #: TOWER_DATA_STUDIO_ALLOWED_WORKSPACES: a session no one could use is refused.
         self._workspace_allowed = workspace_allowed
         self._clock = clock
@@ -311,18 +313,11 @@ class Sessions:
         nothing: a session made before it was recorded, or the store cannot say now), and
         for a studio not connected "away": which case it is and the words a person gets
         (null when it cannot tell)."""
-        seen = None
-        reader = getattr(self._store, "last_connected", None)
-        if reader is not None:
-            try:
-                seen = yield defer.maybeDeferred(reader, record.id)
-            except RegistryError:
-                seen = None
+        seen = yield last_seen(self._store, record.id)
         out: dict[str, Any] = {"last_connected": None if seen is None else {
             "bound_at": seen.bound_at, "unbound_at": seen.unbound_at}}
         if not connected:
-            away = describe(seen, record.created_at, self._clock.seconds(),
-                            restart_where(None))
+            away = describe(seen, record.created_at, self._clock.seconds(), self._where)
             out["away"] = None if away is None else {
                 "case": away.case.value, "since": away.since, "text": away.text}
         return out

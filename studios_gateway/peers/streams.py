@@ -6,7 +6,9 @@ stream onto a stream of the session's tunnel, or answers ``no <reason>`` and
 closes it. Only then does the dialing node hand the stream to its caller (the
 HTTP or SSH proxy), so "not here any more" is an error the caller can show, not
 a connection that dies silently. Bytes that follow ``ok`` in the same read are
-kept and delivered first.
+kept and delivered first. When the session's tunnel is lost under a spliced stream,
+the holding node resets the stream rather than closing it, so that the dialing node
+can tell a lost studio from a tool that closed its connection.
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class PeerRequest(SpliceEnd):
         tunnel_end = SpliceEnd()
         local.attach(tunnel_end)
         join(self, tunnel_end)
+        local.unregisterProducer()  # (join's: this stream, which _ResetWhenLost wraps)
+        local.registerProducer(_ResetWhenLost(self.transport, local), True)
         if rest:
             super().dataReceived(rest)
 
@@ -116,6 +120,27 @@ class PeerRequest(SpliceEnd):
         self.on_outcome("refused")
         self.transport.write(b"no " + reason.encode("utf-8", "replace")[:MAX_LINE - 8] + b"\n")
         self.transport.loseConnection()
+
+
+class _ResetWhenLost:
+    """The producer of the studio's tunnel stream on the holding node: the other node's
+    stream, paused and resumed as it is. Stopped because the tunnel ended (its
+    multiplexer closed: the tunnel was lost or closed), that stream is reset rather
+    than closed, so the dialing node tells a lost studio from a tool that closed its
+    connection (PeerStream.RESET_IS_LOST). Of the tool's bytes, those not yet sent there
+    are dropped: the loss cut them short anyway."""
+
+    def __init__(self, peer: Any, tunnel: Any):
+        self.peer = peer
+        self.tunnel = tunnel
+        self.pauseProducing = peer.pauseProducing
+        self.resumeProducing = peer.resumeProducing
+
+    def stopProducing(self) -> None:
+        if self.tunnel.mux.closed:
+            self.peer.abortConnection()
+        else:
+            self.peer.stopProducing()
 
 
 # The dialing node ------------------------------------------------------------------
@@ -183,6 +208,10 @@ class PeerStream:
     holding node, past its ``ok``. It is the transport of the protocol attached to it;
     every method is the stream's, except that pausing is tracked so that the hand-over
     from the opening never resumes a stream its new protocol wants paused."""
+
+    #: A reset of this stream is the holding node's word that the session's tunnel was
+    #: lost there (_ResetWhenLost); a tool that refuses or closes reaches here as a close.
+    RESET_IS_LOST = True
 
     def __init__(self, stream: Any, opening: _Opening):
         self._stream = stream

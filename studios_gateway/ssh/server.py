@@ -66,7 +66,7 @@ from studios_gateway.ssh.policy import (
 )
 from studios_gateway.traffic.facts import SSH, Finished
 from studios_gateway.waiters import EmptyWaiters
-from studios_gateway.wire.mux import broke, going_away
+from studios_gateway.wire.mux import broke, going_away, tunnel_lost
 from studios_gateway.wire.sockopts import bulk_buffers
 
 __all__ = [
@@ -647,6 +647,8 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
             return await ready
         except Refused:
             raise
+        except _TunnelLostFirst:  # (under the studio's SSH answer: not connected now)
+            raise Refused(await self._not_connected(sid), kind="not_connected") from None
         except Exception as e:
             raise Refused(f"the studio of session {sid} did not accept the SSH connection "
                           f"({e})", kind="studio_failed") from None
@@ -1194,6 +1196,10 @@ class UpstreamAuth(userauth.SSHUserAuthClient):
         return None
 
 
+class _TunnelLostFirst(ConnectionError):
+    """The studio's tunnel was lost before its SSH server let the gateway in."""
+
+
 class UpstreamTransport(PacketFraming, transport.SSHClientTransport):
     """The gateway's SSH client, over a tunnel stream, towards the studio."""
 
@@ -1241,7 +1247,8 @@ class UpstreamTransport(PacketFraming, transport.SSHClientTransport):
         super().connectionLost(reason)
         why = broke(reason)
         if not self._ready.called:
-            self._ready.errback(ConnectionError(why or "the studio closed the stream"))
+            self._ready.errback(_TunnelLostFirst(why) if tunnel_lost(reason, self.transport)
+                                else ConnectionError(why or "the studio closed the stream"))
         user, self._user_transport = self._user_transport, None
         if user is not None:
             user.upstream_lost(why, went_away=bool(why) and going_away(self.transport))

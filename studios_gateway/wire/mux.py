@@ -150,6 +150,16 @@ def broke(reason: Failure | None) -> str:
     return words(reason)
 
 
+def tunnel_lost(reason: Failure | None, transport: Any) -> bool:
+    """A stream (on `transport`) ended because its studio's tunnel was lost: TunnelLost,
+    or a reset of a stream through another node, whose holder resets it when the tunnel
+    is lost there (the transport's RESET_IS_LOST: peers.streams.PeerStream)."""
+    if reason is None:
+        return False
+    return bool(reason.check(TunnelLost) or reason.check(StreamReset)
+                and getattr(transport, "RESET_IS_LOST", False))
+
+
 def going_away(transport: Any) -> bool:
     """The tunnel under a stream (`transport`) is going away on purpose: a GoAway either
     way (this node or the studio draining, the studio stopping or moving), or it was

@@ -1,19 +1,27 @@
 """A real gateway and a real studios-connect: the not-connected page says "not connected
 yet" before the studio's first connect, and "was connected until" once it connected and
 was stopped (the unbind, recorded by the registry; just after it, that it may come back),
-and in a browser the page turns into the studio by itself once the studio connects."""
+a request whose tunnel is cut under it says the studio comes back by itself (also through
+another node of a cluster), and in a browser the page turns into the studio by itself
+once the studio connects."""
 
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from tests.integration.test_tunnel_process import Deployment, deployment, wait_connected
 from tests.support.chromium import Chromium, chromium_path
-from tests.support.login import Gateway
-from tests.support.studio import Connect
+from tests.support.login import Gateway, redis_nodes
+from tests.support.redis_server import redis_available
+from tests.support.studio import Connect, CuttableRelay, SocketTool
+from tests.support.web import Browser, Reply
 
 __all__ = ["deployment"]  # the fixture, re-used
 
@@ -52,6 +60,87 @@ def test_the_page_says_not_yet_then_until_when(deployment: Deployment) -> None:
     assert status == 200
     [listed] = [s for s in json.loads(body)["sessions"] if s["id"] == sid]
     assert listed["away"]["case"] == "stopped"
+
+
+class HoldingTool(SocketTool):
+    """A tool that reads a request and does not answer (busy); `got` is set once it has
+    one."""
+
+    def __init__(self) -> None:
+        self.got = threading.Event()
+        super().__init__()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as reader:
+            if reader.readline():  # a request line
+                self.got.set()
+                reader.read()  # until the stream to it ends
+
+
+def test_a_tunnel_cut_under_a_request_says_it_comes_back(deployment: Deployment) -> None:
+    # The studio's tunnel breaks (a network cut) while its tool works on a request: the
+    # answer said the general words ("... one that was stopped has to be started
+    # again"), though the studio comes back by itself.
+    created = deployment.create()
+    sid = created["id"]
+    deployment.browser.use_login_link(created["login_link"])
+    tool = HoldingTool()
+    deployment.stoppers.append(tool.close)
+    relay, via_relay = deployment.relay(created)
+    client = Connect(deployment.tmp_path, via_relay, tool.port, name=f"connect-{sid}")
+    deployment.stoppers.append(client.stop)
+    wait_connected(deployment.gw, sid)
+
+    assert_comes_back(cut_under_a_request(deployment.browser, deployment.url(created, "/busy"),
+                                          tool, relay))
+
+
+def cut_under_a_request(browser: Browser, url: str, tool: HoldingTool,
+                        relay: CuttableRelay) -> Reply:
+    """GET `url` (to `tool`); once the tool has the request, cut the studio's tunnel."""
+    answers: list[Any] = []
+    asking = threading.Thread(target=lambda: answers.append(browser.get(url)))
+    asking.start()
+    try:
+        assert tool.got.wait(20)
+        assert relay.cut() == 1
+    finally:
+        asking.join(30)
+    [answer] = answers
+    return answer
+
+
+def assert_comes_back(answer: Reply) -> None:
+    assert answer.status == 502, answer.text[:300]
+    assert "comes back by itself within seconds" in answer.text, answer.text
+    assert "one that was stopped has to be started again" not in answer.text
+    assert answer.headers["Retry-After"] == "5"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
+def test_a_tunnel_cut_under_a_request_through_another_node(tmp_path: Path) -> None:
+    # Two nodes; the studio's tunnel is held by A, the request goes through B (the peer
+    # link). A closed B's stream when the tunnel was lost there, as a tool closing its
+    # connection does, and B said "Studio connection failed: the connection to the
+    # studio's application failed."
+    with redis_nodes(tmp_path, "a", "b", CONNECT_PEER_SECRET="away-test-peer-secret") as (a, b):
+        status, created = b.api("/api/sessions", "POST", {"owner": "alice"})
+        assert status == 201, created
+        sid = created["id"]
+        browser = Browser(timeout=20)
+        browser.use_login_link(created["login_link"])  # (lands on "not connected yet")
+        pin = parse_qs(urlsplit(created["connect_string"]).query)["pin"][0]
+        relay = CuttableRelay(int(a.env["CONNECT_TUNNEL_PORT"]))  # to node A only
+        tool = HoldingTool()
+        try:
+            b.parts.append(Connect(b.tmp_path, created["connect_string"], tool.port, extra_env={
+                "CONNECT_GATEWAY_URL": f"tls://127.0.0.1:{relay.port}?pin={pin}"}))
+            assert wait_connected(b.gw, sid)["tunnel"]["node"] == "node-a"
+            assert_comes_back(cut_under_a_request(browser, b.url(sid, "/busy"), tool, relay))
+        finally:
+            relay.close()
+            tool.close()
 
 
 @pytest.mark.slow

@@ -7,13 +7,16 @@ import json
 from io import BytesIO
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
+from studios_gateway.away import fetch_away, restart_where
 from studios_gateway.config_loading import load_config
 from studios_gateway.management.api import make_api
 from studios_gateway.management.sessions import Sessions
+from studios_gateway.registry.base import StoreUnavailable
 from studios_gateway.registry.memory import MemoryStore
 
 
@@ -289,7 +292,8 @@ def test_the_session_view_says_when_the_studio_was_last_connected() -> None:
     clock = Clock()
     clock.advance(time.time())
     store = MemoryStore(clock)
-    api = make_api(Sessions(store, clock=clock), lambda new: {"id": new.record.id})
+    api = make_api(Sessions(store, clock=clock, platform_url="https://platform.example"),
+                   lambda new: {"id": new.record.id})
     assert call(api, "POST", "/api/sessions", {"id": "abc", "owner": "alice"})[0] == 201
     body = call(api, "GET", "/api/sessions/abc")[1]
     assert body["connected"] is False
@@ -309,3 +313,14 @@ def test_the_session_view_says_when_the_studio_was_last_connected() -> None:
     assert listed["away"]["case"] == "stopped"
     assert listed["away"]["since"] == bound.bound_at + 20
     assert "(10 minutes ago)" in listed["away"]["text"]
+    # The page's words, to the letter: the Platform named by its address (PLATFORM_URL),
+    # where the admin view said only "the Studios tab of its workspace in Seqera Platform".
+    page: list[Any] = []
+    fetch_away(store, "abc", clock, restart_where("https://platform.example")).addCallback(
+        page.append)
+    assert listed["away"]["text"] == page[0].text
+    assert listed["away"]["text"].endswith("Seqera Platform (https://platform.example).")
+    # A registry that cannot say now: no record, no case; the view itself still answers.
+    store.last_connected = lambda sid: defer.fail(StoreUnavailable("down"))  # type: ignore[method-assign]
+    [listed] = call(api, "GET", "/api/sessions")[1]["sessions"]
+    assert listed["last_connected"] is None and listed["away"] is None

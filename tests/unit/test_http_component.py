@@ -110,6 +110,18 @@ def test_tunnel_upstream_forwards_and_maps_failures() -> None:
     assert failures and failures[0].check(StudioNotConnected)
 
 
+def test_a_reset_through_another_node_is_a_tunnel_lost_there() -> None:
+    # The holding node resets the stream when the studio's tunnel is lost there (a
+    # refusal of the tool's reaches the dialing node as a close): not connected, not 504.
+    h, dialer = tunnel_harness()
+    p, t = h.client()
+    p.dataReceived(GET)
+    stream = dialer.streams[0]
+    stream.RESET_IS_LOST = True  # type: ignore[attr-defined]  # (a PeerStream's)
+    stream.protocol.connectionLost(Failure(StreamReset("reset")))
+    assert status_of(t) == 502 and b"Studio not connected" in t.value()
+
+
 def test_reset_after_the_response_started_is_not_a_refusal() -> None:
     h, dialer = tunnel_harness()
     p, t = h.client()

@@ -248,17 +248,84 @@ def test_the_proxy_asks_only_when_the_page_is_due_and_says_the_case() -> None:
     assert asked == ["abc", "abc"]
 
 
-def test_the_proxy_says_lost_moments_ago_when_the_dial_fails_under_a_claim() -> None:
-    from studios_gateway.http.component import make_away
-
+def _still_claimed() -> tuple[Clock, MemoryStore]:
+    """Studio abc (its session a day old) bound an hour ago, its claim still there."""
     clock = Clock()
     clock.advance(NOW)
     store = MemoryStore(clock)
     store.create(record("abc", created_at=NOW - 86400))
     store.claim_tunnel(holder("abc", bound_at=NOW - 3600), 30)
+    return clock, store
+
+
+def test_the_proxy_says_lost_moments_ago_when_the_dial_fails_under_a_claim() -> None:
+    from studios_gateway.http.component import make_away
+
+    clock, store = _still_claimed()
     body = _one_page(make_away(store, clock, "https://platform.example"),
                      upstream_fails=True)
     assert b"lost its connection to the gateway moments ago" in body
+
+
+def test_a_tunnel_lost_under_a_request_says_the_case_too() -> None:
+    # The request went to the tool; the studio's tunnel dropped (a network cut, a ping
+    # timeout) before the tool answered. The page said the general words ("... one that
+    # was stopped has to be started again") though the registry could tell: asked then,
+    # and only then, it says lost moments ago, coming back by itself, reload in 5 s.
+    from twisted.python.failure import Failure
+
+    from studios_gateway.http.component import TunnelUpstream, make_away
+    from studios_gateway.wire.mux import TunnelLost
+    from tests.unit.test_http_component import FakeDialer
+
+    clock, store = _still_claimed()
+    asked: list[str] = []
+    told = make_away(store, clock, "https://platform.example")
+
+    def away(sid: str) -> defer.Deferred[Any]:
+        asked.append(sid)
+        return told(sid)
+
+    dialer = FakeDialer()
+    dialer.local.add("abc")
+    factory = ProxyFactory(
+        router=Router("studios.test", "studios.test", False), upstream=TunnelUpstream(dialer),
+        lookup=lambda sid: defer.succeed(SessionInfo(sid, "jupyter", True)),
+        reactor=MemoryReactorClock(), away=away)
+
+    def lost_under(request: bytes) -> StringTransport:
+        """`request` sent; its tunnel lost before the tool answered."""
+        p = factory.buildProtocol(None)
+        t = StringTransport()
+        p.makeConnection(t)
+        p.dataReceived(request)
+        dialer.streams[-1].protocol.connectionLost(Failure(TunnelLost("tunnel lost")))
+        return t
+
+    got = b"GET /lab HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n"
+    assert asked == []  # (a request that reaches its tool: nothing asked)
+    t = lost_under(got)
+    [(status, headers, body)] = parse_responses(t.value())
+    assert status == 502 and OLD_TEXT not in body, body
+    assert b"lost its connection to the gateway moments ago" in body
+    assert b"comes back by itself within seconds" in body
+    assert headers[b"retry-after"] == b"5" and t.disconnecting
+    assert asked == ["abc"]
+    # Its unbind written already: connected until just now, may come back (5 s).
+    store.release_tunnel(holder("abc"))
+    clock.advance(3)
+    t = lost_under(b"POST /lab HTTP/1.1\r\nHost: abc.studios.test\r\nContent-Length: 10"
+                   b"\r\n\r\nhalf")  # the body cut short as well
+    [(status, headers, body)] = parse_responses(t.value())
+    assert status == 502 and b"if only its connection broke, it comes back" in body
+    assert headers[b"retry-after"] == b"5" and t.disconnecting
+    # The registry slow: its words for "cannot tell" after FETCH_TIMEOUT, not before.
+    factory.away = lambda sid: defer.Deferred().addTimeout(FETCH_TIMEOUT, clock)
+    t = lost_under(got)
+    assert t.value() == b""
+    clock.advance(FETCH_TIMEOUT)
+    [(status, _, body)] = parse_responses(t.value())
+    assert status == 502 and OLD_TEXT in body and t.disconnecting
 
 
 def test_the_proxy_keeps_its_words_when_the_case_is_unknown_or_the_hook_breaks() -> None:
@@ -324,3 +391,32 @@ def test_the_ssh_refusal_says_the_same_in_one_line() -> None:
     # A store that cannot tell: the words it had.
     me.factory.store = object()
     assert refusal() == "the studio of session abcd is not connected (is it running?)"
+
+
+def test_a_tunnel_lost_under_the_studio_ssh_login_says_the_case_too() -> None:
+    # The stream to the studio's SSH server opened, then its tunnel was lost before that
+    # server let the gateway in: the refusal said "did not accept the SSH connection
+    # (tunnel lost: ...)", as of a studio whose SSH server refused, not that it comes back.
+    from twisted.python.failure import Failure
+
+    from studios_gateway.ssh.policy import Refused
+    from studios_gateway.ssh.server import Identity, LoginName
+    from studios_gateway.wire.mux import TunnelLost
+    from tests.unit.test_ssh_refusal_logs import _connect, _factory
+
+    _, store = _still_claimed()
+    f, _ = _factory(store)
+    dialed: list[Any] = []
+    f.dial = lambda sid, up: dialed.append(up) or True
+    proto, _ = _connect(f)
+    refused: list[Any] = []
+    defer.Deferred.fromCoroutine(proto.connect_studio(
+        Identity(LoginName("alice", "abc"), "SHA256:k"))).addErrback(refused.append)
+    [upstream] = dialed
+    upstream.connectionLost(Failure(TunnelLost("tunnel lost: nothing heard for 20s")))
+    [failure] = refused
+    assert failure.check(Refused) and failure.value.kind == "not_connected"
+    said = failure.value.message
+    assert said.startswith("the studio of session abc lost its connection to the gateway "
+                           "moments ago"), said
+    assert said.endswith("Try ssh again in a minute.")
