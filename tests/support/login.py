@@ -128,14 +128,16 @@ class Gateway:
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.tmp_path = tmp_path
         self.env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY, **env)
-        self.http_port = int(self.env["CONNECT_HTTP_PORT"])
         self.scheme = "https" if "CONNECT_TLS_CERT_FILE" in self.env else "http"
         self.domain = self.env.get("CONNECT_STUDIOS_DOMAIN", "localhost")
-        self.proxy = f"{self.scheme}://localhost:{self.http_port}"
-        self.env["CONNECT_PROXY_URL"] = public_url or self.proxy
+        self.env["CONNECT_PROXY_URL"] = (
+            public_url or f"{self.scheme}://localhost:{self.env['CONNECT_HTTP_PORT']}")
         self.gw = GatewayProcess(tmp_path, self.env)
         self.parts: list[Any] = [self.gw]  # each has .proc and .stop()
         self.gw.wait_ready()
+        # Once up (a start may have picked the port again):
+        self.http_port = int(self.env["CONNECT_HTTP_PORT"])
+        self.proxy = f"{self.scheme}://localhost:{self.http_port}"
         if ready:
             self.wait_ready()
         self.path_mode = self.env.get("TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING") == "true"

@@ -1,4 +1,5 @@
-"""The test support's port picking (tests/support/ports.py): no processes, real sockets."""
+"""The test support's port picking (tests/support/ports.py) and how a gateway's environment
+moves to a port picked again (tests/support/gateway.py): no processes, real sockets."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.gateway import PORT_VARIABLES, base_env, move_port
 from tests.support.ports import (
     HIGHEST,
     LOWEST,
@@ -74,3 +76,25 @@ def test_the_kernel_picks_when_every_candidate_is_taken(taken: int) -> None:
     (port,) = free_ports(1, ranges=[range(taken, taken + 1)], rng=random.Random(0))
     assert port != taken
     assert len(set(free_ports(3, ranges=[]))) == 3
+
+
+def test_base_env_says_which_ports_it_picked(tmp_path: Path) -> None:
+    env = base_env(tmp_path)
+    assert set(env.picked) == set(PORT_VARIABLES)
+    assert env["CONNECT_SSH_ADDR"] == f"127.0.0.1:{env.picked['CONNECT_SSH_ADDR']}"
+    assert env["CONNECT_HTTP_PORT"] == str(env.picked["CONNECT_HTTP_PORT"])
+    # A port the test gives is its own: never picked again.
+    mine = base_env(tmp_path, CONNECT_HTTP_PORT="12345", CONNECT_SSH_ADDR="127.0.0.1:2222")
+    assert set(mine.picked) == set(PORT_VARIABLES) - {"CONNECT_HTTP_PORT", "CONNECT_SSH_ADDR"}
+
+
+def test_a_port_picked_again_is_moved_wherever_the_environment_names_it() -> None:
+    env = {"CONNECT_HTTP_PORT": "23456", "CONNECT_PROXY_URL": "http://localhost:23456",
+           "CONNECT_TUNNEL_URL": "127.0.0.1:23456/x", "CONNECT_SSH_ADDR": "127.0.0.1:23456",
+           "LONGER": "localhost:234567", "SHORTER": "localhost:3456", "PATH": "/tmp/23456:/bin",
+           "NUMBER": "123456"}
+    move_port(env, 23456, 34567)
+    assert env == {"CONNECT_HTTP_PORT": "34567", "CONNECT_PROXY_URL": "http://localhost:34567",
+                   "CONNECT_TUNNEL_URL": "127.0.0.1:34567/x",
+                   "CONNECT_SSH_ADDR": "127.0.0.1:34567", "LONGER": "localhost:234567",
+                   "SHORTER": "localhost:3456", "PATH": "/tmp/23456:/bin", "NUMBER": "123456"}
