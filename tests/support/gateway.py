@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support.ports import free_ports
+from tests.support.ports import IN_USE, START_ATTEMPTS, free_ports
 from tests.support.waiting import wait_until
 
 BIN = Path(sys.executable).parent
@@ -30,8 +30,6 @@ def twistd() -> str:
 PORT_VARIABLES = {"CONNECT_HTTP_PORT": "{}", "CONNECT_TUNNEL_PORT": "{}",
                   "CONNECT_LISTENER_PORT": "{}", "CONNECT_MANAGEMENT_PORT": "{}",
                   "CONNECT_SSH_ADDR": "127.0.0.1:{}"}
-#: How many times GatewayProcess starts a gateway whose picked port was taken.
-START_ATTEMPTS = 3
 
 
 class GatewayEnv(dict[str, str]):
@@ -79,10 +77,8 @@ def routing_env(tmp_path: Path, mode: str, **overrides: str) -> GatewayEnv:
     return env
 
 
-#: What a gateway says when a listener could not bind: the product's line ("cannot listen
-#: for ... : [Errno 98] Address already in use"), or Twisted's or the OS's words for it.
-BIND_FAILED = re.compile(r"Address already in use|EADDRINUSE|CannotListenError")
-#: The variable that line names: "cannot listen for the HTTP proxy (CONNECT_HTTP_PORT) on ...".
+#: The variable the gateway names when its port is in use: "cannot listen for the HTTP
+#: proxy (CONNECT_HTTP_PORT) on 127.0.0.1:<port>: [Errno 98] Address already in use".
 FAILED_VARIABLE = re.compile(r"cannot listen for [^\n(]*\((\w+)\)")
 
 
@@ -159,7 +155,7 @@ class GatewayProcess:
         attempt = len(self.retries) + 1
         exited = (f"the gateway exited with {self.proc.returncode} before it answered on "
                   f"127.0.0.1:{self.management_port} (start {attempt} of {self.attempts})")
-        said = next((line for line in out.splitlines() if BIND_FAILED.search(line)), None)
+        said = next((line for line in out.splitlines() if IN_USE.search(line)), None)
         if said is None:
             raise RuntimeError(f"{exited}:\n{out[-2000:]}")
         picked = self.env.picked if isinstance(self.env, GatewayEnv) else {}

@@ -12,6 +12,7 @@ nothing outside it. What is still taken in between is the starters' to retry
 from __future__ import annotations
 
 import random
+import re
 import socket
 import time
 from pathlib import Path
@@ -25,6 +26,13 @@ HIGHEST = 65535
 TRIES = 200
 
 _random = random.SystemRandom()
+
+#: How many times a starter (GatewayProcess, Tool, RedisServer) starts a server whose
+#: picked port was taken before it bound it, each time on a newly picked port.
+START_ATTEMPTS = 3
+#: What a server says when its port is taken: the OS's words (redis-server, the gateway's
+#: own line, the demo tool's) or Twisted's.
+IN_USE = re.compile(r"Address already in use|EADDRINUSE|CannotListenError")
 
 
 def ephemeral_range(path: Path = EPHEMERAL_RANGE) -> tuple[int, int] | None:

@@ -1,17 +1,24 @@
-"""GatewayProcess when a port base_env picked is taken before the gateway binds it (by a
-parallel test's server, say): the start is retried on a new port, a bounded number of
-times, and a port the test chose itself is never picked again."""
+"""The starters when a port they picked is taken before their server binds it (by a
+parallel test's server, say): GatewayProcess and Tool start again on a new
+port, a bounded number of times; a port the test chose itself is never picked again."""
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Iterator
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import tests.support.gateway as gateway_support
-from tests.support.gateway import GatewayProcess, base_env, routing_env
+import tests.support.studio as studio_support
+from tests.support.gateway import REPO, GatewayProcess, base_env, routing_env
+from tests.support.ports import free_port
+from tests.support.studio import Tool
 
 pytestmark = pytest.mark.slow
 
@@ -110,3 +117,34 @@ def test_a_port_the_test_chose_is_not_picked_again(tmp_path: Path,
     finally:
         gw.stop()
     assert gw.retries == [] and env["CONNECT_HTTP_PORT"] == str(port)
+
+
+def taken_once(taken: int) -> Callable[[], int]:
+    """A free_port that hands out `taken` first, then free ports."""
+    ports = iter([taken])
+    return lambda: next(ports, None) or free_port()
+
+
+def test_the_demo_tool_exits_1_when_its_port_is_taken(other_server: socket.socket) -> None:
+    taken = occupy(other_server, free_port())
+    run = subprocess.run([sys.executable, "-m", "studios_gateway.demo.tool", "--port",
+                          str(taken)], env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=15)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr == (f"demo tool: cannot listen on 127.0.0.1:{taken}: "
+                          "[Errno 98] Address already in use\n")
+
+
+def test_a_tool_whose_port_was_taken_starts_on_another(tmp_path: Path,
+                                                       other_server: socket.socket,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = occupy(other_server, free_port())
+    monkeypatch.setattr(studio_support, "free_port", taken_once(taken))
+    tool = Tool(tmp_path)
+    try:
+        assert tool.port != taken
+        assert len(tool.retries) == 1 and "Address already in use" in tool.retries[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{tool.port}/", timeout=10) as page:
+            assert page.status == 200
+    finally:
+        tool.stop()
