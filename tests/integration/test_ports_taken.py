@@ -1,5 +1,5 @@
 """The starters when a port they picked is taken before their server binds it (by a
-parallel test's server, say): GatewayProcess and Tool start again on a new
+parallel test's server, say): GatewayProcess, Tool and RedisServer start again on a new
 port, a bounded number of times; a port the test chose itself is never picked again."""
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 import tests.support.gateway as gateway_support
+import tests.support.redis_server as redis_support
 import tests.support.studio as studio_support
 from tests.support.gateway import REPO, GatewayProcess, base_env, routing_env
 from tests.support.ports import free_port
+from tests.support.redis_server import RedisServer, redis_available
 from tests.support.studio import Tool
 
 pytestmark = pytest.mark.slow
@@ -148,3 +150,22 @@ def test_a_tool_whose_port_was_taken_starts_on_another(tmp_path: Path,
             assert page.status == 200
     finally:
         tool.stop()
+
+
+@pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
+def test_redis_whose_port_was_taken_starts_on_another_and_keeps_it(
+        tmp_path: Path, other_server: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = occupy(other_server, free_port())
+    monkeypatch.setattr(redis_support, "free_port", taken_once(taken))
+    redis = RedisServer(tmp_path / "redis")
+    try:
+        redis.start()
+        assert redis.port != taken and redis.address == f"127.0.0.1:{redis.port}"
+        assert redis.retries == [f"start 1 on port {taken}: the port was in use"]
+        assert redis.cli("PING") == "PONG"
+        port = redis.port
+        redis.kill()
+        redis.start()  # a restart is on the same port
+        assert redis.port == port and redis.cli("PING") == "PONG"
+    finally:
+        redis.stop()
