@@ -1,6 +1,7 @@
 """The starters when a port they picked is taken before their server binds it (by a
-parallel test's server, say): GatewayProcess, Tool and RedisServer start again on a new
-port, a bounded number of times; a port the test chose itself is never picked again."""
+parallel test's server, say): GatewayProcess, Tool, RedisServer and IdPProcess start
+again on a new port, a bounded number of times; a port the test chose itself is never
+picked again."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from pathlib import Path
 import pytest
 
 import tests.support.gateway as gateway_support
+import tests.support.login as login_support
 import tests.support.redis_server as redis_support
 import tests.support.studio as studio_support
 from tests.support.gateway import REPO, GatewayProcess, base_env, routing_env
+from tests.support.login import IdPProcess
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer, redis_available
 from tests.support.studio import Tool
@@ -137,19 +140,22 @@ def test_the_demo_tool_exits_1_when_its_port_is_taken(other_server: socket.socke
                           "[Errno 98] Address already in use\n")
 
 
-def test_a_tool_whose_port_was_taken_starts_on_another(tmp_path: Path,
-                                                       other_server: socket.socket,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("module", "start", "path"), [
+    (studio_support, Tool, "/"),
+    (login_support, IdPProcess, "/.well-known/openid-configuration")], ids=["tool", "idp"])
+def test_a_server_whose_port_was_taken_starts_on_another(
+        tmp_path: Path, other_server: socket.socket, monkeypatch: pytest.MonkeyPatch,
+        module: object, start: Callable[[Path], Tool | IdPProcess], path: str) -> None:
     taken = occupy(other_server, free_port())
-    monkeypatch.setattr(studio_support, "free_port", taken_once(taken))
-    tool = Tool(tmp_path)
+    monkeypatch.setattr(module, "free_port", taken_once(taken))
+    server = start(tmp_path)
     try:
-        assert tool.port != taken
-        assert len(tool.retries) == 1 and "Address already in use" in tool.retries[0]
-        with urllib.request.urlopen(f"http://127.0.0.1:{tool.port}/", timeout=10) as page:
+        assert server.port != taken
+        assert server.retries == [f"start 1 on port {taken}: the port was in use"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=10) as page:
             assert page.status == 200
     finally:
-        tool.stop()
+        server.stop()
 
 
 @pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")
@@ -169,3 +175,10 @@ def test_redis_whose_port_was_taken_starts_on_another_and_keeps_it(
         assert redis.port == port and redis.cli("PING") == "PONG"
     finally:
         redis.stop()
+
+
+def test_an_idp_port_the_test_gives_is_not_picked_again(tmp_path: Path,
+                                                       other_server: socket.socket) -> None:
+    taken = occupy(other_server, free_port())
+    with pytest.raises(RuntimeError, match=r"(?s)\(start 1 of 3\):\n.*Address already in use"):
+        IdPProcess(tmp_path, port=taken)

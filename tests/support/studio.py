@@ -54,7 +54,7 @@ class Tool:
                 earlier = "".join(f"\n  {line}" for line in self.retries)
                 raise RuntimeError(f"the demo tool exited with {self.proc.returncode} (start "
                                    f"{start} of {START_ATTEMPTS}): {said[-2000:]}{earlier}")
-            self.retries.append(f"start {start}: {said[-300:]}")
+            self.retries.append(f"start {start} on port {self.port}: the port was in use")
 
     def _listening(self) -> bool:
         self.log.flush()
