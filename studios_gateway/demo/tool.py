@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import endpoints
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -226,12 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", default="/")
     args = p.parse_args(argv)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    endpoint = endpoints.TCP4ServerEndpoint(reactor, args.port, interface=args.host)
-    endpoint.listen(QuietSite(make_root(args.prefix or "/")))
+    loop: Any = reactor  # the real reactor: its signal handling is Twisted's, not typed
+    try:
+        loop.listenTCP(args.port, QuietSite(make_root(args.prefix or "/")), interface=args.host)
+    except CannotListenError as e:
+        # (It went on running, listening nowhere, and said it listened.)
+        print(f"demo tool: cannot listen on {args.host}:{args.port}: {e.socketError}",
+              file=sys.stderr)
+        return 1
     Logger().info("demo tool listening on {host}:{port}{prefix}", host=args.host,
                   port=args.port, prefix=args.prefix)
 
-    loop: Any = reactor  # the real reactor: its signal handling is Twisted's, not typed
     stop = stop_once(loop)
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -46,11 +46,11 @@ def test_plain_http_to_the_https_port_is_answered_and_https_still_works(tmp_path
                                                                         ) -> None:
     cert, key = write_pair(tmp_path / "https", ["gw.localhost", "*.gw.localhost"])
     env = base_env(tmp_path, CONNECT_TLS_CERT_FILE=cert, CONNECT_TLS_KEY_FILE=key)
-    port = int(env["CONNECT_HTTP_PORT"])
-    env["CONNECT_PROXY_URL"] = f"https://gw.localhost:{port}"
+    env["CONNECT_PROXY_URL"] = f"https://gw.localhost:{env['CONNECT_HTTP_PORT']}"
     gw = GatewayProcess(tmp_path, env)
     try:
         gw.wait_healthy()
+        port = int(env["CONNECT_HTTP_PORT"])  # (once up: a start may have picked it again)
         # What a browser sends for http://gw.localhost:PORT/...: a redirect to https://.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(f"GET /some/page?x=1 HTTP/1.1\r\nHost: gw.localhost:{port}\r\n"
@@ -114,12 +114,12 @@ def test_a_browser_given_an_http_address_of_the_https_port_lands_on_https(tmp_pa
 
     cert, key = write_pair(tmp_path / "https", ["gw.test", "*.gw.test"])
     env = base_env(tmp_path, CONNECT_TLS_CERT_FILE=cert, CONNECT_TLS_KEY_FILE=key)
-    port = int(env["CONNECT_HTTP_PORT"])
-    env["CONNECT_PROXY_URL"] = f"https://gw.test:{port}"
+    env["CONNECT_PROXY_URL"] = f"https://gw.test:{env['CONNECT_HTTP_PORT']}"
     gw = GatewayProcess(tmp_path, env)
     browser: Chromium | None = None
     try:
         gw.wait_healthy()
+        port = int(env["CONNECT_HTTP_PORT"])  # (once up: a start may have picked it again)
         browser = Chromium(tmp_path, flags=[
             "--host-resolver-rules=MAP *.test 127.0.0.1",
             f"--ignore-certificate-errors-spki-list={spki_hash(Path(cert).read_bytes())}"])

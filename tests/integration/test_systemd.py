@@ -109,9 +109,10 @@ def test_ready_watchdog_reload_and_stopping(tmp_path: Path, notify: NotifyListen
     env = base_env(tmp_path, NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="2000000",
                    CONNECT_TLS_CERT_FILE=str(cert), CONNECT_TLS_KEY_FILE=str(key),
                    CONNECT_PROXY_URL="https://gw.test")
-    tunnel_port, https_port = int(env["CONNECT_TUNNEL_PORT"]), int(env["CONNECT_HTTP_PORT"])
     gw = GatewayProcess(tmp_path, env)
     try:
+        gw.wait_ready()  # (it picks a port again if one was taken: read them after this)
+        tunnel_port, https_port = int(env["CONNECT_TUNNEL_PORT"]), int(env["CONNECT_HTTP_PORT"])
         ready, before = notify.wait_for("READY")
         # At READY=1 the management port already accepts connections.
         socket.create_connection(("127.0.0.1", gw.management_port), timeout=2).close()
@@ -152,6 +153,7 @@ def test_watchdog_meant_for_another_process_is_not_served(tmp_path: Path,
                    WATCHDOG_PID="1")
     gw = GatewayProcess(tmp_path, env)
     try:
+        gw.wait_ready()
         notify.wait_for("READY")
         assert gw.request("/shutdown", method="POST")[0] == 202
         notify.wait_for("STOPPING", timeout=10)
@@ -169,6 +171,7 @@ def test_sigterm_drains_like_shutdown_and_exits_zero(tmp_path: Path,
     gw = GatewayProcess(tmp_path, env)
     tool = client = None
     try:
+        gw.wait_ready()
         notify.wait_for("READY")
         status, body, _ = gw.request("/api/sessions", method="POST", body={"owner": "alice"})
         assert status == 201, body

@@ -166,12 +166,12 @@ def test_the_image_runs_behind_a_real_gateway(image: tuple[str, str], tmp_path: 
     tool, ref = image
     version, _, _, path, word = TEMPLATES[tool]
     env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY)
-    http_port = env["CONNECT_HTTP_PORT"]
-    env["CONNECT_PROXY_URL"] = f"http://localhost:{http_port}"
+    env["CONNECT_PROXY_URL"] = f"http://localhost:{env['CONNECT_HTTP_PORT']}"
     gw = GatewayProcess(tmp_path, env)
     container = f"studios-test-{uuid.uuid4().hex[:8]}"
     try:
         gw.wait_healthy()
+        http_port = env["CONNECT_HTTP_PORT"]  # (once up: a start may have picked it again)
         status, body, _ = gw.request("/api/sessions", method="POST",
                                      body={"owner": "alice", "image": ref})
         assert status == 201, body

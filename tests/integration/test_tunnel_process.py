@@ -62,13 +62,14 @@ class Deployment:
         self.host = host
         self.env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
                             CONNECT_PROXY_URL="http://localhost", **env)
-        self.http_port = int(self.env["CONNECT_HTTP_PORT"])
-        self.env["CONNECT_PROXY_URL"] = f"{self.scheme}://{host}:{self.http_port}"
+        self.env["CONNECT_PROXY_URL"] = f"{self.scheme}://{host}:{self.env['CONNECT_HTTP_PORT']}"
         if tls is not None:
             tunnel_port = self.env["CONNECT_TUNNEL_PORT"]
             self.env.setdefault("CONNECT_TUNNEL_URL", f"localhost:{tunnel_port}")
         self.gw = GatewayProcess(tmp_path, self.env)
         self.gw.wait_healthy()
+        # Once up (a start may have picked the port again):
+        self.http_port = int(self.env["CONNECT_HTTP_PORT"])
         self.stoppers = [self.gw.stop]
         self.browser = Browser(tls=tls)
 

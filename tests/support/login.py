@@ -18,9 +18,10 @@ from urllib.parse import urlencode, urljoin
 
 from tests.support.gateway import REPO, GatewayProcess, base_env
 from tests.support.idp import DEFAULT_REGISTRATION_TOKEN, _Form
-from tests.support.ports import free_port, wait_for_port
+from tests.support.ports import IN_USE, START_ATTEMPTS, free_port, wait_for_port
 from tests.support.redis_server import RedisServer
 from tests.support.studio import Connect, Tool, _stop
+from tests.support.waiting import wait_until
 from tests.support.web import Browser, Reply
 
 KEY = "login-test-key"
@@ -38,10 +39,7 @@ class IdPProcess:
         end_session_endpoint). `prompt_values`: the prompt values its discovery document
         lists, comma-separated (default: login). `keep_login` (with `sso`): it ignores
         prompt=login where a browser is signed in, as some providers do."""
-        self.port = port or free_port()
-        self.issuer = f"http://127.0.0.1:{self.port}"
-        self.log = open(tmp_path / "idp.log", "wb")  # noqa: SIM115 - closed in stop()
-        args = [sys.executable, "-m", "tests.support.idp", "--port", str(self.port)]
+        args = []
         if token_ttl is not None:
             args += ["--token-ttl", str(token_ttl)]
         if sso:
@@ -52,9 +50,37 @@ class IdPProcess:
             args += ["--prompt-values", prompt_values]
         for name, password in users.items():
             args += ["--user", f"{name}:{password}"]
-        self.proc = subprocess.Popen(args, env={**os.environ, "PYTHONPATH": str(REPO)},
-                                     cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, proc=self.proc)
+        #: One line for each start whose picked port was taken (a `port` given is kept).
+        self.retries: list[str] = []
+        self.port = port or free_port()
+        while True:
+            self.issuer = f"http://127.0.0.1:{self.port}"
+            start = len(self.retries) + 1
+            self.log_path = tmp_path / ("idp.log" if start == 1 else f"idp-attempt{start}.log")
+            self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.support.idp", "--port", str(self.port), *args],
+                env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, stdout=self.log,
+                stderr=subprocess.STDOUT)
+            # Its line, not a connect: another process's listener on the port accepts too.
+            wait_until(lambda: self.proc.poll() is not None
+                       or f"test IdP at {self.issuer}" in self._output(),
+                       f"the test IdP at {self.issuer} ({self.log_path})", timeout=20)
+            if self.proc.poll() is None:
+                return
+            self.log.close()
+            said = self._output()
+            if port is not None or not IN_USE.search(said) or start >= START_ATTEMPTS:
+                earlier = "".join(f"\n  {line}" for line in self.retries)
+                raise RuntimeError(f"the test IdP exited with {self.proc.returncode} (start "
+                                   f"{start} of {START_ATTEMPTS}):\n{said[-2000:]}{earlier}")
+            self.retries.append(f"start {start} on port {self.port}: the port was in use")
+            self.port = free_port()
+
+    def _output(self) -> str:
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")
 
     def set_access(self, session_id: str, user: str, allowed: bool) -> None:
         """What the Platform's access call answers from now on for (session, user)."""
@@ -128,14 +154,16 @@ class Gateway:
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.tmp_path = tmp_path
         self.env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY, **env)
-        self.http_port = int(self.env["CONNECT_HTTP_PORT"])
         self.scheme = "https" if "CONNECT_TLS_CERT_FILE" in self.env else "http"
         self.domain = self.env.get("CONNECT_STUDIOS_DOMAIN", "localhost")
-        self.proxy = f"{self.scheme}://localhost:{self.http_port}"
-        self.env["CONNECT_PROXY_URL"] = public_url or self.proxy
+        self.env["CONNECT_PROXY_URL"] = (
+            public_url or f"{self.scheme}://localhost:{self.env['CONNECT_HTTP_PORT']}")
         self.gw = GatewayProcess(tmp_path, self.env)
         self.parts: list[Any] = [self.gw]  # each has .proc and .stop()
         self.gw.wait_ready()
+        # Once up (a start may have picked the port again):
+        self.http_port = int(self.env["CONNECT_HTTP_PORT"])
+        self.proxy = f"{self.scheme}://localhost:{self.http_port}"
         if ready:
             self.wait_ready()
         self.path_mode = self.env.get("TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING") == "true"

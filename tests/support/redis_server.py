@@ -1,7 +1,7 @@
 """A real redis-server for integration tests: free port, temp dir, optional ACL user and TLS.
 
     server = RedisServer(tmp_path, user="gw", password="s3cret")
-    server.start()
+    server.start()     # (on a new port if the one picked was taken meanwhile)
     ...
     server.kill()      # SIGKILL, like a crash
     server.start()     # again, on the same port
@@ -21,7 +21,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.ports import free_port, wait_for_port
+from tests.support.ports import IN_USE, START_ATTEMPTS, free_port
+from tests.support.waiting import wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -138,6 +139,9 @@ class RedisServer:
         self.tls_auth_clients = tls_auth_clients
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.directory / f"redis-{self.port}.log"
+        #: One line for each first start that found its port taken.
+        self.retries: list[str] = []
+        self._started = False  # from the first start that came up on, the port is kept
 
     @property
     def address(self) -> str:
@@ -165,16 +169,45 @@ class RedisServer:
         return cmd
 
     def start(self) -> None:
+        """Start redis-server and wait until it says it is ready. At the first start a
+        port taken in the meantime is picked again (`retries` says so); a start after
+        that keeps the port."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("redis-server is running already")
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT, cwd=self.directory)
+        while True:
+            since = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self.proc = proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.STDOUT, cwd=self.directory)
+            try:
+                # Its line, not a connect: another process's listener on the port accepts too.
+                wait_until(lambda proc=proc, since=since: proc.poll() is not None
+                           or "Ready to accept connections" in self._log(since),
+                           f"redis-server ready on {self.address} ({self.log_path})", timeout=10)
+            except AssertionError as e:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start: {e}\n"
+                                   f"{self._log(since)[-2000:]}") from e
+            if proc.poll() is None:
+                self._started = True
+                return
+            said, start = self._log(since), len(self.retries) + 1
+            self.proc = None
+            if self._started or not IN_USE.search(said) or start >= START_ATTEMPTS:
+                earlier = "".join(f"\n  {line}" for line in self.retries)
+                raise RuntimeError(f"redis-server exited with {proc.returncode} (start {start} "
+                                   f"of {START_ATTEMPTS}):\n{said[-2000:]}{earlier}")
+            self.retries.append(f"start {start} on port {self.port}: the port was in use")
+            self.port = free_port()
+            self.log_path = self.directory / f"redis-{self.port}.log"
+
+    def _log(self, since: int = 0) -> str:
+        """What redis-server wrote to its log file from offset `since` on."""
         try:
-            wait_for_port(self.port, proc=self.proc, timeout=10)
-        except Exception as e:
-            log = self.log_path.read_text() if self.log_path.exists() else ""
-            self.stop()
-            raise RuntimeError(f"redis-server did not start: {e}\n{log[-2000:]}") from e
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def kill(self) -> None:
         """SIGKILL, as in a crash; waits until the process is gone."""

@@ -75,7 +75,6 @@ def ssh_deployment(tmp: Path, **env: str) -> Iterator[Deployment]:
     """The deployment (`env`: the gateway's extra variables); every process it started is
     stopped by its pid at the end, and neither log may hold a traceback."""
     env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY, CONNECT_SSH_ENABLED="true", **env)
-    ssh_port = int(env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1])
     key = tmp / "alice_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice",
                     "-f", str(key)], check=True)
@@ -84,6 +83,7 @@ def ssh_deployment(tmp: Path, **env: str) -> Iterator[Deployment]:
     stoppers.append(gw.stop)
     try:
         gw.wait_ready()
+        ssh_port = int(env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1])  # (once up: see base_env)
         created = _admin(gw, "/api/sessions", "POST", {"owner": "alice", "ssh_enabled": True},
                          201)
         _admin(gw, "/api/users/alice/keys", "PUT",

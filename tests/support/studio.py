@@ -12,7 +12,8 @@ import threading
 from pathlib import Path
 
 from tests.support.gateway import BIN, REPO
-from tests.support.ports import free_port, wait_for_port
+from tests.support.ports import IN_USE, START_ATTEMPTS, free_port
+from tests.support.waiting import wait_until
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
@@ -26,16 +27,39 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
 
 
 class Tool:
-    """The demo tool (HTTP + WebSocket) on a free port."""
+    """The demo tool (HTTP + WebSocket) on a free port: started again on a new one if
+    another process took the port before the tool bound it (`retries` says so)."""
 
     def __init__(self, tmp_path: Path, prefix: str = "/"):
-        self.port = free_port()
-        self.log = open(tmp_path / f"tool-{self.port}.log", "wb")  # noqa: SIM115
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "studios_gateway.demo.tool", "--port", str(self.port),
-             "--prefix", prefix], env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for_port(self.port, proc=self.proc)
+        #: One line for each start that found its port taken.
+        self.retries: list[str] = []
+        while True:
+            self.port = free_port()
+            self.log_path = tmp_path / f"tool-{self.port}.log"
+            self.log = open(self.log_path, "wb")  # noqa: SIM115
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "studios_gateway.demo.tool", "--port", str(self.port),
+                 "--prefix", prefix], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            # Its line, not a connect: another process's listener on the port accepts too.
+            wait_until(lambda: self.proc.poll() is not None or self._listening(),
+                       f"the demo tool listening on 127.0.0.1:{self.port} ({self.log_path})",
+                       timeout=20)
+            if self.proc.poll() is None:
+                return
+            self.log.close()
+            said = self.log_path.read_text(errors="replace").strip()
+            start = len(self.retries) + 1
+            if not IN_USE.search(said) or start >= START_ATTEMPTS:
+                earlier = "".join(f"\n  {line}" for line in self.retries)
+                raise RuntimeError(f"the demo tool exited with {self.proc.returncode} (start "
+                                   f"{start} of {START_ATTEMPTS}): {said[-2000:]}{earlier}")
+            self.retries.append(f"start {start} on port {self.port}: the port was in use")
+
+    def _listening(self) -> bool:
+        self.log.flush()
+        return (f"demo tool listening on 127.0.0.1:{self.port}/"
+                in self.log_path.read_text(errors="replace"))
 
     def stop(self) -> None:
         _stop(self.proc)

@@ -87,13 +87,13 @@ def tool_studio(tmp: Path, tool: str, mode: str, ready_path: str, *,
     (the gateway's environment, the created session) adds to the client's environment."""
     env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
                    TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING=str(mode == "path").lower())
-    http_port = int(env["CONNECT_HTTP_PORT"])
-    env["CONNECT_PROXY_URL"] = f"http://localhost:{http_port}"
+    env["CONNECT_PROXY_URL"] = f"http://localhost:{env['CONNECT_HTTP_PORT']}"
     stoppers = []
     try:
         gw = GatewayProcess(tmp, env)
         stoppers.append(gw.stop)
         gw.wait_ready()
+        http_port = int(env["CONNECT_HTTP_PORT"])  # (once up: a start may have picked it again)
         status, body, _ = gw.request("/api/sessions", method="POST",
                                      body={"owner": "alice", "tool": tool})
         assert status == 201, body
