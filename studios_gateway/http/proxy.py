@@ -678,7 +678,8 @@ class ProxyProtocol(Protocol):
         route = ex.route
         assert route is not None
         if info is None:
-            self._respond(ex, pages.not_found(route.session_id), why="no such session")
+            # Allowed a moment ago (a cached decision), so most likely ended meanwhile.
+            self._respond(ex, pages.session_gone(route.session_id), why="no such session")
             return
         ex.tool = tool_route(route, info.tool)
         if ex.tool.unavailable is not None:

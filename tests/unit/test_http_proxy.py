@@ -321,10 +321,25 @@ def one_status(h: Harness, request: bytes) -> tuple[int, bytes]:
     return status, body
 
 
+def test_an_ended_studio_answers_410_to_its_pages_requests() -> None:
+    """A studio whose session ended under an open page: the login's answer is still
+    cached, the session is gone. Its page's requests got 404, and JupyterLab's file browser
+    asked for its listing again at once on each (hundreds a second per open tab); 410
+    keeps it to its polling interval. The page still says what may have happened."""
+    h = Harness()
+    p, _ = h.client()
+    p.dataReceived(GET)
+    assert h.upstream.asked == ["abc"]  # forwarded while the session exists
+    del h.sessions["abc"]
+    status, body = one_status(h, GET)
+    assert status == 410
+    assert b"There is no studio abc. It may have been ended" in body
+
+
 def test_pages() -> None:
     h = Harness()
     st_, body = one_status(h, b"GET / HTTP/1.1\r\nHost: nope.studios.test\r\n\r\n")
-    assert st_ == 404 and b"nope" in body
+    assert st_ == 410 and b"nope" in body  # past the login: gone (test_an_ended_studio...)
     st_, body = one_status(h, b"GET / HTTP/1.1\r\nHost: off.studios.test\r\n\r\n")
     assert st_ == 502 and b"http-equiv=refresh" in body and b"off" in body
     st_, _ = one_status(h, b"GET / HTTP/1.1\r\nHost: studios.test\r\n\r\n")
