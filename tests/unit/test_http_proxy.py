@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -872,6 +873,33 @@ def test_a_revoked_websocket_says_why() -> None:
         h, p, t, up = upgraded(track=track)
         closes[-1](why)
         assert close_of(t.value()) == (code, why) and t.disconnecting
+
+
+def test_the_access_line_of_a_websocket_whose_session_ended_says_so() -> None:
+    """Deleting a session closes its WebSockets ("the session was ended", 1001), then its
+    tunnel: the tunnel's loss, heard before the browser's connection was gone, replaced
+    the access line's reason with `the studio's connection went away: tunnel lost: tunnel
+    closed locally`, while the browser had been told the session was ended."""
+    closes: list[Any] = []
+
+    def track(session_id: str, identity: Any, close: Any) -> Any:
+        closes.append(close)
+        return lambda: None
+
+    obs = _Observer()
+    h, p, t, up = upgraded(track=track, observer=obs)
+    closes[-1]("the session was ended")
+    up.connectionLost(Failure(ConnectionError("tunnel lost: tunnel closed locally")))
+    p.connectionLost(Failure(ConnectionDone()))
+    assert close_of(t.value()) == (1001, "the session was ended")
+    assert [f.reason for f in obs.closed] == ["the session was ended"]
+    # A tunnel that breaks on its own still says so.
+    obs = _Observer()
+    h, p, t, up = upgraded(observer=obs)
+    up.connectionLost(Failure(ConnectionError("tunnel lost: reset")))
+    p.connectionLost(Failure(ConnectionDone()))
+    assert [f.reason for f in obs.closed] == ["the connection to the studio broke: tunnel "
+                                              "lost: reset"]
 
 
 def test_a_tunnel_going_away_on_purpose_is_going_away_not_broken() -> None:
