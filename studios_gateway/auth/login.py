@@ -87,6 +87,7 @@ from studios_gateway.auth.settings import (
     SWITCH,
     AuthSettings,
 )
+from studios_gateway.http import pages
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
@@ -519,11 +520,9 @@ class Auth:
                             decision.reason)
         sid = who.session_id
         if decision.status == 404:
-            # A studio ended while its page was open lands here on the next load: say so.
-            refusal = page(404, "Studio not found",
-                           f"There is no studio {sid}. It may have been ended, or the "
-                           "address may be mistyped. Ask the person who gave you the studio "
-                           "if you still need it.")
+            # A studio ended while its page was open lands here on the next load (and
+            # with the page's own requests): say so, as 410 (pages.session_gone).
+            refusal = pages.session_gone(sid)
         elif decision.status == 503:
             refusal = page(503, "Try again shortly",
                            f"Access to studio {sid} cannot be checked right now.",

@@ -11,6 +11,7 @@ Ctrl-C stops everything.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import secrets
@@ -48,6 +49,40 @@ def _free_ports(count: int, taken: set[int]) -> list[int]:
         for s in held:
             s.close()
     return ports
+
+
+def _check_ports_free(given: dict[str, int]) -> None:
+    """Stop before anything starts when a port given (or the default 8080) cannot be had
+    on 127.0.0.1, naming the option that chooses another and one that is free. Before,
+    the gateway said `cannot listen for the HTTP proxy (CONNECT_HTTP_PORT) ...: Address
+    already in use` among its start-up lines, a variable the demo sets itself."""
+    for option, port in given.items():
+        if not port:
+            continue
+        try:
+            with socket.socket() as s:
+                # as Twisted listens: a port left in TIME_WAIT by an earlier run is usable
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", port))
+        except OSError as e:
+            why = ("is in use by another program" if e.errno == errno.EADDRINUSE
+                   else f"cannot be used ({e.strerror})")
+            others = set(given.values())
+            free = next((p for p in range(port + 1, min(port + 100, 65536))
+                         if p not in others and _bindable(p)), None)
+            hint = f", for example {option} {free}" if free is not None else ""
+            raise SystemExit(f"studios-gateway demo: port {port} ({option}) {why} on "
+                             f"127.0.0.1; choose another with {option}{hint}") from None
+
+
+def _bindable(port: int) -> bool:
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
 
 
 def _wait_ready(url: str, key: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -181,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds to wait for the studio to connect (default 180)")
     args = p.parse_args(argv)
 
+    _check_ports_free({"--http-port": args.http_port,
+                       "--management-port": args.management_port,
+                       "--tunnel-port": args.tunnel_port})
     bindir = Path(sys.executable).parent
     # The ports it picks itself: distinct, and none of those given.
     given = {args.http_port, args.management_port, args.tunnel_port} - {None, 0}

@@ -119,6 +119,20 @@ def not_found(session_id: str | None = None, message: str = "") -> Page:
     return page(404, "Studio not found", text, session_id=session_id)
 
 
+def session_gone(session_id: str) -> Page:
+    """A logged-in person's studio that has no session (any more): 410, not 404.
+
+    The login was for this one studio, so this is mostly a studio ended under an open
+    page. The page's scripts keep asking meanwhile, and a 404 on its file listing sent
+    JupyterLab's file browser (4.x) to its root again and again, as fast as the answers
+    came (hundreds of requests a second per open tab, each with a "Directory not found"
+    dialog); on other errors it keeps to its polling interval."""
+    return page(410, "Studio not found",
+                f"There is no studio {session_id}. It may have been ended, or the address "
+                "may be mistyped. Ask the person who gave you the studio if you still need "
+                "it.")
+
+
 def not_connected(session_id: str, away: Away | None = None) -> Page:
     """`away`: which case it is (studios_gateway.away), when the registry could tell.
     Without it the gateway cannot tell a studio still starting from one that was stopped

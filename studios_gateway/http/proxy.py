@@ -678,7 +678,8 @@ class ProxyProtocol(Protocol):
         route = ex.route
         assert route is not None
         if info is None:
-            self._respond(ex, pages.not_found(route.session_id), why="no such session")
+            # Allowed a moment ago (a cached decision), so most likely ended meanwhile.
+            self._respond(ex, pages.session_gone(route.session_id), why="no such session")
             return
         ex.tool = tool_route(route, info.tool)
         if ex.tool.unavailable is not None:
@@ -1111,7 +1112,9 @@ class ProxyProtocol(Protocol):
             self._tunnel = None
             why = conn.broken()
             going = conn.going_away()  # a GoAway came first: an end on purpose
-            if why and self._upgraded is not None:  # the access line says it
+            # The access line says it, unless it has its reason already: a session ended
+            # closes the WebSocket ("the session was ended"), then its tunnel.
+            if why and self._upgraded is not None and not self._upgraded.reason:
                 said = ("the studio's connection went away" if going
                         else "the connection to the studio broke")
                 self._upgraded = replace(self._upgraded, reason=f"{said}: {why}")

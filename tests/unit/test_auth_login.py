@@ -486,11 +486,14 @@ def test_log_in_as_someone_else_with_login_links_leads_to_the_login_page():
 
 def test_a_studio_that_is_gone_says_what_may_have_happened():
     """A studio ended while its page was open: the next load said only "There is no
-    studio abc.", as for a mistyped address."""
+    studio abc.", as for a mistyped address. It is 410, not 404: the page's own
+    requests get it too, and JupyterLab's file browser answered a 404 on its listing by
+    asking again at once, hundreds of times a second (tests/integration/
+    test_jupyterlab_ended.py)."""
     auth, _, rp = make()
     b = LoginDriver(auth, external=idp_login(rp))
     resp, _ = run(b.open(studio("gone")))
-    assert isinstance(resp, Response) and resp.status == 404
+    assert isinstance(resp, Response) and resp.status == 410
     assert b"There is no studio gone. It may have been ended, or the address may be " \
         b"mistyped." in resp.body
 

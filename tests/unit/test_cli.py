@@ -261,3 +261,13 @@ def test_users_add_and_remove_change_the_list_as_it_is(monkeypatch, capsys) -> N
                                       "--url", URL])
     with pytest.raises(SystemExit, match="not both"):
         args.func(args)
+
+
+def test_check_config_help_says_what_it_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """`studios-gateway check-config --help` listed its three options and nothing of what
+    it prints, what its exit status means or as whom to run it."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["check-config", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "where it came from" in out and "Exits 2 on the errors the gateway would stop " \
+        "on" in out and "Run it as the gateway's user" in out, out

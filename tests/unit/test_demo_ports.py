@@ -61,3 +61,24 @@ def test_an_installed_preset_tool_is_started_by_its_preset(
     monkeypatch.setattr(run.shutil, "which", lambda name, path=None: f"/usr/bin/{name}")
     assert run.tool_command(40000, "/", False, "xpra") == ("xpra", ["--tool", "xpra"])
     assert run.tool_command(40000, "/", False, "vscode") == ("vscode", ["--tool", "vscode"])
+
+
+def test_a_port_in_use_is_said_with_the_option_that_changes_it() -> None:
+    """8080 taken by another program: the gateway's start-up log said `cannot listen for
+    the HTTP proxy (CONNECT_HTTP_PORT) on 127.0.0.1:8080: Address already in use`, a
+    variable the demo sets itself, and the demo only `the gateway exited (1)`."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as raised:
+            run.main(["--http-port", str(port), "--storage-root", "/nonexistent/never-made"])
+        said = str(raised.value)
+        assert said.startswith(f"studios-gateway demo: port {port} (--http-port) is in use "
+                               "by another program on 127.0.0.1; choose another with "
+                               "--http-port, for example --http-port "), said
+        suggested = int(said.rsplit(" ", 1)[1])
+        assert suggested > port and run._bindable(suggested)
+        with pytest.raises(SystemExit) as raised:
+            run.main(["--tunnel-port", str(port), "--http-port", "0"])
+        assert f"port {port} (--tunnel-port) is in use" in str(raised.value)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
@@ -321,10 +322,25 @@ def one_status(h: Harness, request: bytes) -> tuple[int, bytes]:
     return status, body
 
 
+def test_an_ended_studio_answers_410_to_its_pages_requests() -> None:
+    """A studio whose session ended under an open page: the login's answer is still
+    cached, the session is gone. Its page's requests got 404, and JupyterLab's file browser
+    asked for its listing again at once on each (hundreds a second per open tab); 410
+    keeps it to its polling interval. The page still says what may have happened."""
+    h = Harness()
+    p, _ = h.client()
+    p.dataReceived(GET)
+    assert h.upstream.asked == ["abc"]  # forwarded while the session exists
+    del h.sessions["abc"]
+    status, body = one_status(h, GET)
+    assert status == 410
+    assert b"There is no studio abc. It may have been ended" in body
+
+
 def test_pages() -> None:
     h = Harness()
     st_, body = one_status(h, b"GET / HTTP/1.1\r\nHost: nope.studios.test\r\n\r\n")
-    assert st_ == 404 and b"nope" in body
+    assert st_ == 410 and b"nope" in body  # past the login: gone (test_an_ended_studio...)
     st_, body = one_status(h, b"GET / HTTP/1.1\r\nHost: off.studios.test\r\n\r\n")
     assert st_ == 502 and b"http-equiv=refresh" in body and b"off" in body
     st_, _ = one_status(h, b"GET / HTTP/1.1\r\nHost: studios.test\r\n\r\n")
@@ -857,6 +873,33 @@ def test_a_revoked_websocket_says_why() -> None:
         h, p, t, up = upgraded(track=track)
         closes[-1](why)
         assert close_of(t.value()) == (code, why) and t.disconnecting
+
+
+def test_the_access_line_of_a_websocket_whose_session_ended_says_so() -> None:
+    """Deleting a session closes its WebSockets ("the session was ended", 1001), then its
+    tunnel: the tunnel's loss, heard before the browser's connection was gone, replaced
+    the access line's reason with `the studio's connection went away: tunnel lost: tunnel
+    closed locally`, while the browser had been told the session was ended."""
+    closes: list[Any] = []
+
+    def track(session_id: str, identity: Any, close: Any) -> Any:
+        closes.append(close)
+        return lambda: None
+
+    obs = _Observer()
+    h, p, t, up = upgraded(track=track, observer=obs)
+    closes[-1]("the session was ended")
+    up.connectionLost(Failure(ConnectionError("tunnel lost: tunnel closed locally")))
+    p.connectionLost(Failure(ConnectionDone()))
+    assert close_of(t.value()) == (1001, "the session was ended")
+    assert [f.reason for f in obs.closed] == ["the session was ended"]
+    # A tunnel that breaks on its own still says so.
+    obs = _Observer()
+    h, p, t, up = upgraded(observer=obs)
+    up.connectionLost(Failure(ConnectionError("tunnel lost: reset")))
+    p.connectionLost(Failure(ConnectionDone()))
+    assert [f.reason for f in obs.closed] == ["the connection to the studio broke: tunnel "
+                                              "lost: reset"]
 
 
 def test_a_tunnel_going_away_on_purpose_is_going_away_not_broken() -> None:
