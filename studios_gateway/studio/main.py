@@ -190,7 +190,10 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
               "its tunnel)", file=sys.stderr, flush=True)
         on_signal(signal.SIGTERM)
 
-    ssh = StudioSSH(reactor)  # reachable only through the tunnel, as the gateway
+    # Reachable only through the tunnel, as the gateway; ssh and sftp start where the tool
+    # works (docs/ssh.md): the preset's directory, else CONNECT_TOOL_WORKDIR, else ours.
+    ssh = StudioSSH(reactor, cwd=launcher.launch.cwd if launcher is not None
+                    else settings.tool_workdir or None)
     # A command of its own (no preset) is told its path prefix in CONNECT_TOOL_PATH_PREFIX.
     # Only the bind says what it is (/_studio/<id>/ in path mode), so unless the variable
     # is set, the tool starts at the first bind, as a preset's tool that needs it does.

@@ -41,6 +41,23 @@ def test_exec_prints_and_exits_with_the_status(dep: Deployment) -> None:
     assert r.stdout == f"hello\n{dep.work}\n"
 
 
+def test_ssh_starts_in_the_tools_working_directory(dep: Deployment, tmp_path: Path) -> None:
+    # CONNECT_TOOL_WORKDIR names where the tool works: ssh and sftp start there too, not
+    # in the directory studios-connect was started in (the image's WORKDIR: often /)
+    home = tmp_path / "studio-home"
+    home.mkdir()
+    assert dep.client is not None
+    dep.client.stop()
+    dep.start_studio("connect-workdir", {"CONNECT_TOOL_WORKDIR": str(home)})
+    try:
+        r = dep.ssh(f"alice@{dep.sid}", "pwd")
+        assert (r.returncode, r.stdout) == (0, f"{home}\n"), r.stderr
+    finally:
+        assert dep.client is not None
+        dep.client.stop()
+        dep.start_studio("connect-again")
+
+
 def test_scp_a_small_file_up_and_down(dep: Deployment, tmp_path: Path) -> None:
     src = tmp_path / "notes.txt"
     src.write_bytes(b"studio notes\n" * 1000)

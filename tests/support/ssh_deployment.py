@@ -54,10 +54,12 @@ class Deployment:
                                f"{login}@127.0.0.1", command], capture_output=True, text=True,
                               timeout=20, stdin=subprocess.DEVNULL)
 
-    def start_studio(self, name: str = "connect") -> Connect:
-        """Start the session's connect client (again) and wait until it is bound."""
+    def start_studio(self, name: str = "connect",
+                     extra_env: dict[str, str] | None = None) -> Connect:
+        """Start the session's connect client (again; `extra_env`: its own variables) and
+        wait until it is bound."""
         client = Connect(self.tmp, self.connect_string, self.tool_port, cwd=self.work,
-                         name=name)
+                         name=name, extra_env=extra_env)
         self.stoppers.append(client.stop)
         self.client = client
         wait_connected(self.gw, self.sid)
