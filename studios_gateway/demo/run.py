@@ -5,6 +5,8 @@ memory, no Platform), creates a session through the admin API, starts a studio
 through `studios-connect` in entry-point mode (JupyterLab through its preset
 when it is installed, otherwise the built-in demo tool), and prints the URL to
 open.
+With --ssh it also runs the gateway's SSH proxy on 127.0.0.1, registers your public key
+for the studio's owner and prints the `ssh` command that opens a shell in the studio.
 Ctrl-C stops everything.
 """
 
@@ -15,6 +17,7 @@ import errno
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -130,6 +133,95 @@ def _wait_connected(base: str, key: str, sid: str, studio: subprocess.Popen[byte
     raise SystemExit(f"studios-gateway demo: the studio did not connect within {timeout:g}s")
 
 
+#: The public keys `--ssh` looks for when no --ssh-key is given, in this order.
+DEFAULT_SSH_KEYS = ("~/.ssh/id_ed25519.pub", "~/.ssh/id_ecdsa.pub", "~/.ssh/id_rsa.pub")
+#: The private keys OpenSSH offers by itself (no -i needed in the printed command).
+SSH_DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
+
+
+def ssh_public_key(given: str | None) -> tuple[Path, str]:
+    """The person's public key for `--ssh`: the file given, else the first of
+    DEFAULT_SSH_KEYS there is; its path and text. SystemExit before anything starts when
+    there is none, it cannot be read or it is not a public key the gateway accepts, saying
+    how to make one."""
+    from studios_gateway.ssh.keys import parse_public_keys
+
+    make = ("make one with `ssh-keygen -t ed25519` (press Enter at each question), or give "
+            "one with --ssh-key FILE.pub")
+    if given is None:
+        found = [Path(p).expanduser() for p in DEFAULT_SSH_KEYS]
+        path = next((p for p in found if p.is_file()), None)
+        if path is None:
+            raise SystemExit("studios-gateway demo: --ssh needs your public SSH key and there "
+                             f"is none at {' or '.join(DEFAULT_SSH_KEYS)}; {make}")
+    else:
+        path = Path(given).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise SystemExit(f"studios-gateway demo: --ssh-key {path}: cannot read it "
+                         f"({e.strerror}); {make}") from None
+    if "PRIVATE KEY" in text:
+        raise SystemExit(f"studios-gateway demo: --ssh-key {path} is a private key; give its "
+                         f"public half ({path}.pub, or `ssh-keygen -y -f {path}` prints it)")
+    try:
+        keys = parse_public_keys(text)
+    except ValueError as e:
+        raise SystemExit(f"studios-gateway demo: --ssh-key {path}: not a public key the "
+                         f"gateway accepts ({e}); {make}") from None
+    if not keys:
+        raise SystemExit(f"studios-gateway demo: --ssh-key {path} holds no key; {make}")
+    return path, "\n".join(keys) + "\n"
+
+
+def demo_host_key(directory: Path) -> tuple[Path, str]:
+    """The demo gateway's SSH host key, made once under ``directory`` (mode 0600) and kept
+    across runs with the same --storage-root; its path and its public line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / "demo_host_ed25519_key"
+    if not path.exists():
+        pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption())
+        tmp = directory / f".{path.name}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, pem)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    private = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH)
+    return path, public.decode("ascii")
+
+
+def ssh_fingerprint(public_line: str) -> str:
+    """OpenSSH's ``SHA256:...`` fingerprint of a public key line."""
+    import base64
+    import hashlib
+
+    blob = base64.b64decode(public_line.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def ssh_command(user: str, sid: str, port: int, known_hosts: Path, public_key: Path) -> str:
+    """The `ssh` command line that opens a shell in the studio: its host key is checked
+    against the demo's own known_hosts file (the person's is left alone, and a demo with
+    another --storage-root on the same port raises no "host key changed" alarm); `-i` when
+    the key is not one ssh offers by itself."""
+    words = ["ssh", "-p", str(port), "-o", f"UserKnownHostsFile={known_hosts}"]
+    private = public_key.with_suffix("") if public_key.suffix == ".pub" else None
+    defaults = {Path(p).expanduser() for p in SSH_DEFAULT_IDENTITIES}
+    if private is not None and private.is_file() and private not in defaults:
+        words += ["-i", str(private)]
+    words.append(f"{user}@{sid}@127.0.0.1")
+    return shlex.join(words)
+
+
 #: `--tool` choices: the studio tools with a preset, the built-in page, or auto.
 TOOLS = ("auto", "jupyterlab", "vscode", "xpra", "ride", "builtin")
 #: How to get each preset's program onto this machine, for the error when it is missing.
@@ -193,6 +285,17 @@ def tool_command(port: int, prefix: str, force_builtin: bool,
                        str(port), "--prefix", prefix]
 
 
+def _register_key(base: str, key: str, user: str, keys: str) -> None:
+    """Make ``keys`` the user's registered SSH keys (the admin API's PUT); SystemExit with
+    the gateway's words when it refuses them."""
+    try:
+        _api(base, key, "PUT", f"/api/users/{user}/keys", {"keys": keys.splitlines()})
+    except urllib.error.HTTPError as e:
+        said = e.read().decode(errors="replace")[:300]
+        raise SystemExit(f"studios-gateway demo: the gateway refused the SSH key "
+                         f"(HTTP {e.code}): {said}") from None
+
+
 STOP_WAIT = 15.0  # seconds for the gateway and the studio to stop before we kill them
 
 
@@ -212,20 +315,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--builtin-tool", action="store_true",
                    help="the same as --tool builtin")
     p.add_argument("--owner", default="demo", help="the studio's owner (default: demo)")
+    p.add_argument("--ssh", action="store_true",
+                   help="also run the gateway's SSH proxy on 127.0.0.1 (--ssh-port), register "
+                        "your public key (--ssh-key) for the studio's owner and print the "
+                        "ssh command that opens a shell in the studio (see docs/ssh.md)")
+    p.add_argument("--ssh-port", type=int,
+                   help="with --ssh: the SSH port on 127.0.0.1 (default 2222; 0: a free one)")
+    p.add_argument("--ssh-key", metavar="FILE",
+                   help="with --ssh: your public key file (default: ~/.ssh/id_ed25519.pub, "
+                        "else id_ecdsa.pub, else id_rsa.pub)")
     p.add_argument("--start-timeout", type=float, default=180,
                    help="seconds to wait for the studio to connect (default 180)")
     args = p.parse_args(argv)
 
-    _check_ports_free({"--http-port": args.http_port,
-                       "--management-port": args.management_port,
-                       "--tunnel-port": args.tunnel_port})
+    if not args.ssh and (args.ssh_key is not None or args.ssh_port is not None):
+        p.error("--ssh-key and --ssh-port go with --ssh")
+    ssh_port = 2222 if args.ssh_port is None else args.ssh_port
+    user_key = ssh_public_key(args.ssh_key) if args.ssh else None
+    ports = {"--http-port": args.http_port, "--management-port": args.management_port,
+             "--tunnel-port": args.tunnel_port}
+    if args.ssh:
+        ports["--ssh-port"] = ssh_port
+    _check_ports_free(ports)
     bindir = Path(sys.executable).parent
     # The ports it picks itself: distinct, and none of those given.
-    given = {args.http_port, args.management_port, args.tunnel_port} - {None, 0}
-    picked = iter(_free_ports(3, given))
+    given = set(ports.values()) - {0}
+    picked = iter(_free_ports(4, given))
     mport = args.management_port or next(picked)
     tport = args.tunnel_port or next(picked)
-    lport = next(picked)  # the SSH listener's
+    ssh_port = ssh_port or next(picked)
+    lport = next(picked)  # the peer listener's (one node: nobody dials it)
     key = secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
     env.update({
@@ -237,6 +356,14 @@ def main(argv: list[str] | None = None) -> int:
         "CONNECT_SHUTDOWN_GRACE": "5s",  # a demo: stop promptly
         "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING": "true" if args.path_routing else "false",
     })
+    ssh_dir = Path(args.storage_root).resolve() / "ssh"
+    known_hosts, host_public = ssh_dir / "known_hosts", ""
+    if args.ssh:
+        host_key, host_public = demo_host_key(ssh_dir)
+        known_hosts.write_text(f"[127.0.0.1]:{ssh_port} {host_public}\n")
+        env.update({"CONNECT_SSH_ENABLED": "true",
+                    "CONNECT_SSH_ADDR": f"127.0.0.1:{ssh_port}",
+                    "CONNECT_SSH_KEY_PATH": str(host_key)})
     children: list[subprocess.Popen[bytes]] = []
 
     def stop_all(*_: Any) -> None:
@@ -273,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
         base = f"http://127.0.0.1:{mport}"
         _wait_ready(base + "/ready", key, gateway)
         created = _api(base, key, "POST", "/api/sessions",
-                       {"id": sid, "owner": args.owner, "tool": tool})
+                       {"id": sid, "owner": args.owner, "tool": tool, "ssh_enabled": args.ssh})
+        if user_key is not None:
+            _register_key(base, key, args.owner, user_key[1])
         print(f"==> session {sid} created; starting the studio ({tool})", flush=True)
         # The studio's own directory (JupyterLab's notebooks land there), not the
         # directory the demo was started from.
@@ -298,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         print(f"  The studio's address (after logging in): {created['url']}")
         print(f"  Admin API: {base}/api/sessions  (Authorization: Bearer {key})")
+        if user_key is not None:
+            print(f"\n==> SSH: your key {user_key[0]} is registered for {args.owner}. A shell "
+                  f"in the studio (add a command at the end to run just that):\n\n  "
+                  f"{ssh_command(args.owner, sid, ssh_port, known_hosts, user_key[0])}\n")
+            print(f"  The gateway's host key ({ssh_fingerprint(host_public)}) is in "
+                  f"{known_hosts}; scp, sftp and -L as in docs/ssh.md.")
         print("  Stop with Ctrl-C.\n", flush=True)
         pid, _ = os.wait()  # until any of our processes ends
         name = "the gateway" if pid == gateway.pid else "the studio"

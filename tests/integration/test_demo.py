@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import threading
@@ -85,6 +86,37 @@ def test_demo_link_opens_the_studio_and_its_websocket(tmp_path: Path) -> None:
     said = "".join(demo.lines)
     assert "stopping" in said
     assert "cannot reach gateway" not in said and "HostnameAddress" not in said
+
+
+SSH_LINE = re.compile(r"^  (ssh -p \d+ .+)$")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH's client is not installed")
+def test_demo_ssh_prints_the_command_that_runs_in_the_studio(tmp_path: Path) -> None:
+    """`demo --ssh --ssh-key K.pub`: the command it prints, run by the real OpenSSH client
+    with that key and nothing else (no agent, no config, BatchMode: an unknown host key
+    fails rather than asks), runs in the studio's directory and returns its output."""
+    key = tmp_path / "throwaway"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                   check=True)
+    demo = Demo(tmp_path, "--builtin-tool", "--ssh", "--ssh-port", str(free_port()),
+                "--ssh-key", f"{key}.pub")
+    try:
+        ssh, *args = shlex.split(demo.wait_for(SSH_LINE).group(1))
+        assert ["-i", str(key)] == args[args.index("-i"):args.index("-i") + 2]
+        env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+        env["HOME"] = str(tmp_path)  # not the person's ~/.ssh
+        ran = subprocess.run([ssh, "-F", "/dev/null", "-o", "BatchMode=yes", *args,
+                              "pwd; echo $((6 * 7))"], env=env, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout.splitlines() == [str(tmp_path / "demo" / "studio"), "42"]
+        assert not (tmp_path / ".ssh" / "known_hosts").exists()  # the demo's file did
+    finally:
+        assert demo.stop() == 0, "".join(demo.lines)[-3000:]
+    said = "".join(demo.lines)
+    assert "registered for demo" in said and "SSH: demo@" in said
 
 
 CODE_SERVER_PATH = os.pathsep.join([os.environ.get("PATH", ""), os.environ.get(
