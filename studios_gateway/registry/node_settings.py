@@ -225,6 +225,11 @@ class NodeSettingsWatch:
             # Events were lost (the subscriber (re)connected): Redis may have restarted
             # and lost every record; the next refresh writes ours and tells every node.
             self._tell_next = True
+            if not getattr(self.store, "connected", True):
+                # The subscriber came up before the command connection (at every start,
+                # often): a comparison now only fails ("cannot compare ... not connected
+                # yet"); the first announcement (start) or that refresh compares.
+                return
         # A new node (or lost events): compare again; known pairs are not repeated.
         self.compare().addErrback(lambda f: self._log.info(
             "cannot compare the cluster's settings now: {why}", why=f.getErrorMessage()))

@@ -212,6 +212,33 @@ def test_lost_events_make_the_next_refresh_tell_every_node() -> None:
     watch.stop()
 
 
+def test_the_subscriber_up_before_the_command_link_is_no_failure_to_log() -> None:
+    """At a node's start the subscriber connection often comes up first; it reports lost
+    events, and the comparison it started failed at once: every such start logged
+    "cannot compare the cluster's settings now: Redis at ... is unavailable (not connected
+    yet)", though Redis was there. The comparison waits for both connections now."""
+    class Starting(FlakyStore):
+        connected = False
+        ready: defer.Deferred[None] = defer.Deferred()
+
+        def when_connected(self) -> defer.Deferred[None]:
+            return self.ready
+
+    records = {"node-b": json.dumps({**A, "routing": "path"})}
+    store = Starting("node-a", records)
+    store.down = True  # the command connection is not up yet
+    with Logged("info") as info, Logged("warn") as warn:
+        watch = NodeSettingsWatch(store, A, Clock(), ttl=60)
+        watch.start()
+        store.hear(None)  # the subscriber is up: its events so far were lost
+        assert info.lines == [] and warn.lines == []
+        store.down, store.connected = False, True
+        store.ready.callback(None)  # both connections up
+        assert len(warn.lines) == 1 and "'path' on node-b" in warn.lines[0]
+        assert info.lines == [] and store.told == ["node-a"]
+        watch.stop()
+
+
 def test_nothing_is_written_after_stop() -> None:
     store = FlakyStore("node-a", {})
     watch, clock = started(store)
