@@ -22,6 +22,8 @@ def check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(env_file=args.env_file)
     except ConfigError as e:
+        for warning in e.warnings:  # a misspelt name, often the errors' cause
+            print(f"warning: {warning}", file=sys.stderr)
         for error in e.errors:  # every invalid variable, one line each
             print(f"studios-gateway: {error}", file=sys.stderr)
         return 2

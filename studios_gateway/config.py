@@ -59,6 +59,10 @@ def _quoted(value: str) -> str:
 class ConfigError(ValueError):
     """One invalid setting: names the variable, the value as given and what is expected."""
 
+    #: The warnings about variables that are no setting (a misspelt name, "did you mean
+    #: ...?"), said with the errors: such a name is often why a setting is missing.
+    warnings: tuple[str, ...] = ()
+
     def __init__(self, name: str, value: str | None, expected: str, *, secret: bool = False):
         self.name = name
         self.value = value

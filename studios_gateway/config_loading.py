@@ -123,10 +123,16 @@ def load_config(
             values[var.attr] = var.parse(raw)  # type: ignore[arg-type]
         except ValueError as e:
             errors.append(ConfigError(var.name, given[var.name], str(e), secret=var.secret))
-    raise_all(errors)
-    cfg = Config(**values, sources=sources, raw=given, warnings=(),
-                 env_file_values={k: v for k, v in file_values.items() if k in BY_NAME})
-    raise_all(_contradictions(cfg))
+    try:
+        raise_all(errors)
+        cfg = Config(**values, sources=sources, raw=given, warnings=(),
+                     env_file_values={k: v for k, v in file_values.items() if k in BY_NAME})
+        raise_all(_contradictions(cfg))
+    except ConfigError as e:
+        # A misspelt name (CONNECT_TLS_KEYFILE) is often why a setting is missing or
+        # contradicts another: its warning goes with the errors, not only with a start.
+        e.warnings = tuple(warnings)
+        raise
     warnings.extend(_doubts(cfg))
     return Config(**{f.name: getattr(cfg, f.name) for f in fields(Config)
                      if f.name != "warnings"}, warnings=tuple(warnings))

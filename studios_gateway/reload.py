@@ -101,8 +101,13 @@ def overridden(running: Config, reread: Config) -> list[str]:
 
 
 def apply_log_level(config: Config) -> None:
-    logs.set_level(config.log_level)
     # Not `log_level=`: Twisted sets that key on every event to the event's own level.
+    if config.log_level in ("warn", "error", "fatal"):
+        # Said before the new level hides it: a reload to `warn` was not confirmed at all.
+        _log.info("reload: log level {new_level}", new_level=config.log_level)
+        logs.set_level(config.log_level)
+        return
+    logs.set_level(config.log_level)
     _log.info("reload: log level {new_level}", new_level=config.log_level)
 
 

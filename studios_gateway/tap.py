@@ -41,6 +41,8 @@ def makeService(options: Options) -> IService:
         config = read_config()
     except ConfigError as e:  # every invalid variable, one line each, as check-config
         *others, last = e.errors
+        for warning in e.warnings:  # a misspelt name, often the errors' cause
+            say_to_operator(f"warning: {warning}")
         for error in others:
             say_to_operator(str(error))
         fail_start(str(last), EX_CONFIG)

@@ -467,8 +467,10 @@ class ProxyProtocol(Protocol):
             self._timer.disarm()
 
     def _head_timed_out(self) -> None:
-        self._log.info("request head timeout from {peer}", peer=self._peer)
-        # A connection that never sent a byte (a browser's preconnect) is not logged.
+        # A connection that never sent a byte (a browser's preconnect) is not logged: a
+        # line each would be one per page load per person.
+        if self._bytes_in:
+            self._log.info("request head timeout from {peer}", peer=self._peer)
         self._refuse_raw(pages.status_page(408, "The request took too long to arrive."),
                          "request head timeout" if self._bytes_in else "")
 

@@ -302,6 +302,7 @@ class _Link:
             # renewed once quiet (wire/tls_memory.py); writes still gathered per turn.
             endpoint = wrap_client_tls(pool.tls, endpoint)
         factory = Factory.forProtocol(lambda: PeerClientProtocol(self))
+        factory.noisy = False  # no "Starting factory <...Factory object at 0x...>" per dial
         endpoint.connect(factory).addErrback(
             lambda f: self.failed(f.getErrorMessage() or f.type.__name__))
 

@@ -91,7 +91,14 @@ def make_remote(store: TunnelClaims, pool: PeerPool, node_id: str, node_address:
             if holder is None:
                 break
             if holder.node_id == node_id and holder.node_address == node_address():
-                why = "not connected"  # the registry still names us: stale, or closing
+                # The registry names us: the studio may have rebound to this very node
+                # while this request dialled its old holder (whose claim's change is then
+                # heard already, not waited for); else stale, or closing.
+                stream = try_local(session_id, kind)
+                if stream is not None:
+                    outcome("ok")
+                    return stream
+                why = "not connected"
             else:
                 try:
                     stream = yield pool.open(holder.node_address, session_id, kind)

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.registry.base import MAX_NODE_RECORD
+from studios_gateway.registry.base import MAX_NODE_RECORD, StoreUnavailable
 
 __all__ = ["INSTANCE", "NODE_TTL", "NodeSettingsWatch", "compare_nodes",
            "disagreement", "node_records", "parse_record", "shared_settings"]
@@ -226,8 +226,18 @@ class NodeSettingsWatch:
             # and lost every record; the next refresh writes ours and tells every node.
             self._tell_next = True
         # A new node (or lost events): compare again; known pairs are not repeated.
-        self.compare().addErrback(lambda f: self._log.info(
-            "cannot compare the cluster's settings now: {why}", why=f.getErrorMessage()))
+        self.compare().addErrback(self._not_compared, node_id)
+
+    def _not_compared(self, f: Failure, node_id: str | None) -> None:
+        if node_id is None and f.check(StoreUnavailable):
+            # Lost events are said when the subscriber connection goes, and when it is
+            # back, often before the command connection (at every start): Redis's own
+            # lines say it is away; the store tells again once commands work, and the
+            # next refresh compares too. ("cannot compare ... not connected yet" at
+            # starts with Redis there.)
+            return
+        self._log.info("cannot compare the cluster's settings now: {why}",
+                       why=f.getErrorMessage())
 
     def compare(self) -> Deferred[None]:
         return self.store.node_records().addCallback(self._compare)

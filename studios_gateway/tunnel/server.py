@@ -48,8 +48,9 @@ from studios_gateway.wire.bind import (
     LineBuffer,
     parse_request,
 )
+from studios_gateway.wire.frames import GO_AWAY_NORMAL
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
-from studios_gateway.wire.mux import Multiplexer, TunnelSilent, facing, words
+from studios_gateway.wire.mux import LOST_UNCLEANLY, Multiplexer, TunnelSilent, facing, words
 from studios_gateway.wire.sockopts import (
     TUNNEL_BUFFER,
     bulk_buffers,
@@ -719,6 +720,13 @@ class TunnelServerProtocol(Protocol):
             return "silent"
         if why is None or why.check(ConnectionDone):
             self._log.info("session {sid}: tunnel closed", sid=sid)
+            return "closed"
+        if tunnel.mux.remote_go_away == GO_AWAY_NORMAL and words(why) == LOST_UNCLEANLY:
+            # The studio said GoAway (studios-connect stopping: SIGTERM, its tool exited),
+            # then closed; its TLS end is often not clean (the process exits before the
+            # close_notify exchange ends). A stop on purpose, not a broken connection.
+            self._log.info("session {sid}: tunnel closed (the studio stopped: it said it "
+                           "was going away, then its connection ended)", sid=sid)
             return "closed"
         self._log.info("session {sid}: tunnel lost: {why}", sid=sid, why=words(why))
         return "lost"

@@ -128,6 +128,19 @@ class PeerLinkTests(TestCase):
 
     @defer.inlineCallbacks
     def test_lost_link_is_dialed_again(self) -> Any:
+        """Dialled again, and quietly: each dial logged Twisted's "Starting factory
+        <twisted.internet.protocol.Factory object at 0x7f9d45c97250>" and "Stopping factory
+        <...>" (in an operator's log at every node restart or kill) beside the link's own
+        lines."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        said: list[str] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            said.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
         address = self.listen(PeerAuth(SECRET))
         pool = self.pool(PeerAuth(SECRET))
         yield self.roundtrip(pool, address)
@@ -138,6 +151,8 @@ class PeerLinkTests(TestCase):
         yield closed
         self.assertEqual((yield self.roundtrip(pool, address)), b"HELLO PEER")
         self.assertIsNot(pool.links[address].mux, mux)
+        self.assertTrue(any("peer link to" in line for line in said), said)
+        self.assertEqual([line for line in said if "protocol.Factory object" in line], [])
 
     @defer.inlineCallbacks
     def test_session_not_held_there_is_refused_with_a_reason(self) -> Any:

@@ -284,6 +284,41 @@ def test_the_start_names_every_invalid_variable(monkeypatch: pytest.MonkeyPatch,
         "studios-gateway: CONNECT_HTTP_PORT='abc': expected a whole number from 1 to 65535"]
 
 
+def test_a_misspelt_name_is_said_with_the_errors_it_causes(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """CONNECT_TLS_KEYFILE=... in the env file: check-config and the start said only
+    "CONNECT_TLS_KEY_FILE (not set): expected set together with its pair"; the warning
+    that names the misspelt line (and the right name) was printed only when the
+    configuration was valid, so never when it was the cause."""
+    from studios_gateway.cli import main
+    from studios_gateway.tap import Options, makeService
+
+    for k in [k for k in os.environ if k.startswith(("CONNECT_", "TOWER_"))]:
+        monkeypatch.delenv(k)
+    env = tmp_path / "gateway.env"
+    for name in ("gw.pem", "gw.key"):
+        (tmp_path / name).write_text("-")
+    env.write_text(f"CONNECT_TLS_CERT_FILE={tmp_path}/gw.pem\n"
+                   f"CONNECT_TLS_KEYFILE={tmp_path}/gw.key\n")
+    hint = ("warning: CONNECT_TLS_KEYFILE in the env file is not a setting of the gateway and "
+            "is ignored; did you mean CONNECT_TLS_KEY_FILE?")
+    error = ("CONNECT_TLS_KEY_FILE (not set): expected set together with its pair "
+             "(certificate and key)")
+    assert main(["check-config", "-q", "--env-file", str(env)]) == 2
+    assert capfd.readouterr().err.splitlines() == [hint, f"studios-gateway: {error}"]
+    options = Options()
+    options.parseOptions(["--env-file", str(env)])
+    with pytest.raises(SystemExit) as stopped:
+        makeService(options)
+    assert stopped.value.code == 78
+    assert capfd.readouterr().err.splitlines() == [f"studios-gateway: {hint}",
+                                                   f"studios-gateway: {error}"]
+    with pytest.raises(ConfigError) as bad:  # a value that does not parse: the same
+        load_config(environ={"CONNECT_HTTP_PORT": "x", "CONNECT_HTP_PORT": "8080"})
+    assert [w for w in bad.value.warnings if "did you mean CONNECT_HTTP_PORT" in w]
+
+
 def test_check_config_shows_defaults_as_the_readme_writes_them() -> None:
     shown = {name: value for name, value, _ in load_config(environ={}).describe()}
     for var in VARIABLES:

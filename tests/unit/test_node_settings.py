@@ -212,6 +212,39 @@ def test_lost_events_make_the_next_refresh_tell_every_node() -> None:
     watch.stop()
 
 
+def test_lost_events_while_redis_cannot_be_asked_are_no_failure_to_log() -> None:
+    """Lost events are said when the subscriber connection goes, and when it is back,
+    often before the command connection (at a node's start): the comparison each started
+    failed at once, and every such start logged "cannot compare the cluster's settings
+    now: Redis at ... is unavailable (not connected yet)", though Redis was there (and
+    every outage added one more to Redis's own lines). The store tells again once its
+    commands work; a node's own event that cannot be compared is still said."""
+    class Starting(FlakyStore):
+        ready: defer.Deferred[None] = defer.Deferred()
+
+        def when_connected(self) -> defer.Deferred[None]:
+            return self.ready
+
+    records = {"node-b": json.dumps({**A, "routing": "path"})}
+    store = Starting("node-a", records)
+    store.down = True  # the command connection is not up yet
+    with Logged("info") as info, Logged("warn") as warn:
+        watch = NodeSettingsWatch(store, A, Clock(), ttl=60)
+        watch.start()
+        store.hear(None)  # the subscriber is up: its events so far were lost
+        assert info.lines == [] and warn.lines == []
+        store.down = False
+        store.ready.callback(None)  # both connections up
+        assert len(warn.lines) == 1 and "'path' on node-b" in warn.lines[0]
+        assert info.lines == [] and store.told == ["node-a"]
+        store.down = True
+        store.hear(None)  # the subscriber lost: Redis went away
+        assert info.lines == []
+        store.hear("node-c")  # (a node's own event while the commands fail)
+        assert len(info.lines) == 1 and "cannot compare" in info.lines[0]
+        watch.stop()
+
+
 def test_nothing_is_written_after_stop() -> None:
     store = FlakyStore("node-a", {})
     watch, clock = started(store)

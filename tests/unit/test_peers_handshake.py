@@ -231,3 +231,43 @@ def test_remote_waits_for_the_rebind_when_the_holder_cannot_serve() -> None:
     d2.addErrback(failures.append)
     assert failures[0].check(StudioUnreachable)
     assert "node-a unreachable (connection refused)" in failures[0].value.why
+
+
+def test_remote_takes_the_rebind_to_this_node_that_came_while_it_dialed_the_dead_holder(
+        ) -> None:
+    """kill -9 of the holder, one request through the other node: the studio rebound to
+    that very node (0.4 s) while the request was dialling the dead one; the registry then
+    named this node, the request waited 5 s for a change that had already come, and
+    answered 502 "studio not connected" (measured on two nodes; the studio was bound
+    here all along)."""
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from studios_gateway.peers.link import PeerUnavailable
+    from studios_gateway.peers.remote import make_remote
+    from studios_gateway.registry.base import TunnelHolder
+    from studios_gateway.registry.memory import MemoryStore
+    from tests.support.stores import FlakyStore
+    from tests.unit.test_auth_authorizer import record
+
+    clock = Clock()
+    store = FlakyStore(MemoryStore(clock))
+    store.inner.create(record("s1"))
+    store.inner.claim_tunnel(TunnelHolder("s1", "node-a", "10.0.0.1:7777", "t1", "0.12",
+                                          8888, 0.0), 60)
+    dialing: defer.Deferred = defer.Deferred()
+
+    class Pool:
+        def open(self, address, sid, kind):
+            return dialing
+
+    here: dict[str, str] = {}
+    remote = make_remote(store, Pool(), "node-b", lambda: "10.0.0.2:7777",
+                         local=lambda sid, kind: here.get(sid), clock=clock, rebind_wait=5)
+    d = remote("s1", b"T")
+    here["s1"] = "local stream"  # the studio rebinds here, its claim published...
+    store.inner.claim_tunnel(TunnelHolder("s1", "node-b", "10.0.0.2:7777", "t2", "0.12",
+                                          8888, 1.0), 60)
+    dialing.errback(PeerUnavailable("10.0.0.1:7777", "connection refused"))  # ...then this
+    assert d.called and d.result == "local stream"
+    assert not clock.getDelayedCalls()

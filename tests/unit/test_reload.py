@@ -9,7 +9,7 @@ import pytest
 from OpenSSL import SSL, crypto
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent, globalLogPublisher
 
 from studios_gateway import logs
 from studios_gateway.component import Component
@@ -89,6 +89,28 @@ def test_the_reload_log_names_the_new_level(monkeypatch: pytest.MonkeyPatch) -> 
     said = [formatEvent(e) for e in events if "reload" in e.get("log_format", "")]
     assert said == ["reload: log level debug"]
     assert events[-1]["log_level"] == LogLevel.info
+
+
+@pytest.mark.parametrize(("level", "order"), [
+    ("warn", ["said", "set"]), ("error", ["said", "set"]), ("fatal", ["said", "set"]),
+    ("info", ["set", "said"]), ("debug", ["set", "said"])])
+def test_a_reload_to_a_quieter_level_is_said_before_it_hides_the_line(
+        monkeypatch: pytest.MonkeyPatch, level: str, order: list[str]) -> None:
+    """CONNECT_LOG_LEVEL=warn in the env file, then a reload: the log had no word of it
+    (the "reload: log level warn" line is info, written after warn applied); to debug
+    the line comes after, so that a lower level is said at its own."""
+    steps: list[str] = []
+    monkeypatch.setattr(logs, "set_level", lambda level: steps.append("set"))
+    def observe(event: dict[str, Any]) -> None:
+        if "reload: log level" in event.get("log_format", ""):
+            steps.append("said")
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        apply_log_level(load_config(environ={"CONNECT_LOG_LEVEL": level}))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert steps == order
 
 
 # --- through make_service: the systemd wiring's reload and the SIGTERM drain -----------

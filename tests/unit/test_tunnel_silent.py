@@ -26,6 +26,7 @@ from studios_gateway.studio.client import TunnelClientProtocol
 from studios_gateway.studio.settings import Gateway
 from studios_gateway.tunnel.server import TunnelMetrics, TunnelServerFactory
 from studios_gateway.wire.bind import BindReply, BindRequest, parse_reply
+from studios_gateway.wire.frames import encode_go_away
 from studios_gateway.wire.mux import broke
 from tests.support.tables import TOKEN, memory_table
 from tests.unit.test_connect_liveness import make_client
@@ -111,6 +112,31 @@ def test_a_closed_or_broken_tunnel_says_so_once(lines: list[tuple[str, str]], re
     protocol.connectionLost(reason)
     assert [text for _, text in lines if "tunnel" in text] == [line]
     assert losses(registry, counted) == 1 and losses(registry, "silent") == 0
+
+
+@pytest.mark.parametrize(("reason", "line", "counted"), [
+    (BROKEN, "session s1: tunnel closed (the studio stopped: it said it was going away, "
+             "then its connection ended)", "closed"),
+    (Failure(error.ConnectionLost("Connection lost.")),
+     "session s1: tunnel closed (the studio stopped: it said it was going away, then its "
+     "connection ended)", "closed"),
+    (Failure(error.ConnectionDone()), "session s1: tunnel closed", "closed"),
+    (Failure(error.ConnectionLost("the peer sent garbage")),  # a break of its own words
+     "session s1: tunnel lost: the peer sent garbage", "lost"),
+])
+def test_a_studio_that_said_goaway_then_went_is_closed_not_lost(
+        lines: list[tuple[str, str]], reason: Any, line: str, counted: str) -> None:
+    """studios-connect stopping (SIGTERM, its tool exited) says GoAway, then closes; its TLS
+    end often arrives as a ConnectionLost (measured: every SIGTERM of a studio on a two-node
+    cluster). That was logged "tunnel lost: the connection ended without a clean close" and
+    counted under reason="lost", the series an operator alerts on for broken paths."""
+    protocol, _, _, registry = bound_gateway_end()
+    protocol.dataReceived(encode_go_away())
+    del lines[:]
+    protocol.connectionLost(reason)
+    assert [text for _, text in lines if "tunnel" in text] == [line]
+    assert losses(registry, counted) == 1
+    assert losses(registry, "lost" if counted == "closed" else "closed") == 0
 
 
 def test_the_studio_says_which_gateway_went_silent(lines: list[tuple[str, str]]) -> None:
