@@ -1304,7 +1304,11 @@ class Multiplexer(Protocol):
         if self._turn_call is not None and self._turn_call.active():
             self._turn_call.cancel()
         self._turn_call = None
-        lost = Failure(TunnelLost(f"tunnel lost: {words(reason)}"))
+        # A clean end of the tunnel's connection (the studio, or the node holding it,
+        # closed it) is not "lost": its streams say it was closed.
+        lost = Failure(TunnelLost("tunnel closed: its connection ended cleanly"
+                                  if reason.check(error.ConnectionDone) else
+                                  f"tunnel lost: {words(reason)}"))
         for stream in list(self.streams.values()):
             stream._finish(lost)
         self.streams.clear()

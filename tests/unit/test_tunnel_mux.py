@@ -46,6 +46,7 @@ from studios_gateway.wire.mux import (
     StreamReset,
     TunnelLost,
     TunnelUnavailable,
+    broke,
 )
 
 KiB = 1024
@@ -1012,6 +1013,21 @@ def test_a_failing_stream_protocol_resets_only_its_stream() -> None:
     other.write(b"y")
     link.pump()
     assert remote.closed and not link.server.closed and other_p.data == b"y"
+
+
+def test_a_clean_end_of_the_tunnel_says_closed_not_lost() -> None:
+    # Its streams end as TunnelLost all the same (the proxy's pages and SSH's words
+    # depend on it), but the text the access line shows was "tunnel lost: Connection
+    # was closed cleanly." (seen on a WebSocket through another node after a drain)
+    link = Link()
+    _, mine, _, _ = open_pair(link)
+    link.client.connectionLost(Failure(error.ConnectionDone()))
+    assert mine.lost is not None and mine.lost.check(TunnelLost)
+    assert broke(mine.lost) == "tunnel closed: its connection ended cleanly"
+    other = Link()
+    _, cut, _, _ = open_pair(other)
+    other.client.connectionLost(Failure(error.ConnectionLost("cable cut")))
+    assert cut.lost is not None and broke(cut.lost) == "tunnel lost: cable cut"
 
 
 def test_tunnel_loss_reaches_every_stream() -> None:
