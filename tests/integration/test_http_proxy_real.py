@@ -222,7 +222,7 @@ class ProxyOnSockets(unittest.TestCase):
             return out
 
         statuses = yield threads.deferToThread(run)
-        self.assertEqual(statuses, [404, 400])
+        self.assertEqual(statuses, [410, 400])  # (410: no such studio, logged in)
 
     @pytest.mark.slow
     @defer.inlineCallbacks
