@@ -8,6 +8,7 @@ status, headers and body the proxy sends as they are.
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -17,6 +18,7 @@ __all__ = [
     "Page",
     "bad_request",
     "forbidden",
+    "login_required_for_script",
     "not_connected",
     "not_found",
     "page",
@@ -111,6 +113,22 @@ def redirect(location: str, status: int = 308,
     return Page(status, ((b"Location", location.encode("utf-8")), (b"Content-Length", b"0"),
                          (b"Cache-Control", b"no-store"), (b"Referrer-Policy", b"no-referrer"),
                          (b"X-Content-Type-Options", b"nosniff"), *extra), b"")
+
+
+def login_required_for_script(session_id: str, login_url: str) -> Page:
+    """401 for a page's script (its fetch) whose browser has no valid login for the
+    studio: JSON whose ``message`` says what to do (JupyterLab shows a refused request's
+    ``message`` in its dialogs) and ``login``, where to log in."""
+    doc = json.dumps({
+        "message": f"Your login to studio {session_id} has ended (it expired, or you "
+                   "logged out). Reload the page to log in again.",
+        "login": login_url}).encode()
+    return Page(401, ((b"Content-Type", b"application/json"),
+                      (b"Content-Length", str(len(doc)).encode()),
+                      (b"Cache-Control", b"no-store"),
+                      (b"X-Content-Type-Options", b"nosniff"),
+                      (b"Referrer-Policy", b"no-referrer")), doc,
+                why="login required (a script's request)")
 
 
 def not_found(session_id: str | None = None, message: str = "") -> Page:
