@@ -155,7 +155,13 @@ def not_connected(session_id: str, away: Away | None = None) -> Page:
     """`away`: which case it is (studios_gateway.away), when the registry could tell.
     Without it the gateway cannot tell a studio still starting from one that was stopped
     (a session outlives its container), so the page says both. It reloads by itself in
-    every case: a studio started again shows up on its own."""
+    every case: a studio started again shows up on its own.
+
+    503 with Retry-After (the studio is away for now), not 502: JupyterLab (4.x), whose
+    kernel WebSocket closed with the tunnel, asks for the kernel's model and takes any
+    other refusal than 503 or 424 (JupyterHub's "server not running") as the kernel's
+    death: a tunnel away for 20 s left the notebook "Kernel died unexpectedly" for good,
+    the kernel alive. On 503 it asks again 10-30 s later and reconnects."""
     if away is None:
         text = ("The studio is not connected to the gateway right now. A studio that is "
                 "starting connects within about a minute; one that was stopped has to be "
@@ -163,7 +169,7 @@ def not_connected(session_id: str, away: Away | None = None) -> Page:
     else:
         text = away.text
     wait = 5 if away is None or away.soon else 15
-    return page(502, "Studio not connected", text, session_id=session_id, refresh=wait,
+    return page(503, "Studio not connected", text, session_id=session_id, refresh=wait,
                 extra=((b"Retry-After", str(wait).encode()),))
 
 
