@@ -426,13 +426,28 @@ class Auth:
     def authenticate(self, request: RequestInfo,
                      session_id: str) -> Deferred[Identity | Response]:
         """Who is this (a valid cookie for this very session), or the response to send:
-        a redirect to the login for a page load, 401 for anything else."""
+        a redirect to the login for a page load, 401 for anything else.
+
+        A page load is a GET or HEAD that is not a WebSocket's and that the browser does
+        not mark as a script's (``Sec-Fetch-Mode`` other than ``navigate``). A script's
+        request (an open page whose login has ended or was logged out in another tab)
+        followed the redirect: to the proxy host's login in subdomain mode, which no
+        script may read, so JupyterLab said "Server Connection Error ... Check your
+        network connection"; in path mode to a 401 page, which JupyterLab said nothing
+        of until a save failed with "Invalid response: 401 Unauthorized". It gets 401
+        itself now, in JSON for a script's fetch (``Sec-Fetch-Dest: empty``), whose
+        ``message`` JupyterLab shows in its dialogs."""
         ident = self._studio_cookie(request, session_id)
         if ident is not None:
             return defer.succeed(ident)
         upgrade = request.header(b"upgrade") is not None
-        if request.method in ("GET", "HEAD") and not upgrade:
+        mode = request.header(b"sec-fetch-mode")
+        scripted = mode is not None and mode != b"navigate"
+        if request.method in ("GET", "HEAD") and not upgrade and not scripted:
             return defer.succeed(redirect(self.login_url(request)))
+        if scripted and request.header(b"sec-fetch-dest") == b"empty":
+            return defer.succeed(pages.login_required_for_script(session_id,
+                                                                   self.login_url(request)))
         return defer.succeed(page(401, "Login required",
                                   f"Log in to studio {session_id} first.",
                                   link=(self.login_url(request), "Log in")))

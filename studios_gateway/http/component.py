@@ -5,7 +5,7 @@
 from the config and the gateway's parts:
 
 * upstream: a yamux stream from the ``dialer`` (``STREAM_TOOL``) with the
-  proxy's protocol attached; no tunnel -> "studio not connected" (502), the
+  proxy's protocol attached; no tunnel -> "studio not connected" (503), the
   connect client resetting the stream before the tool said anything -> "tool
   not answering" (504);
 * lookup: the session record from the ``store`` plus whether a tunnel is

@@ -8,6 +8,7 @@ status, headers and body the proxy sends as they are.
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -17,6 +18,7 @@ __all__ = [
     "Page",
     "bad_request",
     "forbidden",
+    "login_required_for_script",
     "not_connected",
     "not_found",
     "page",
@@ -113,6 +115,22 @@ def redirect(location: str, status: int = 308,
                          (b"X-Content-Type-Options", b"nosniff"), *extra), b"")
 
 
+def login_required_for_script(session_id: str, login_url: str) -> Page:
+    """401 for a page's script (its fetch) whose browser has no valid login for the
+    studio: JSON whose ``message`` says what to do (JupyterLab shows a refused request's
+    ``message`` in its dialogs) and ``login``, where to log in."""
+    doc = json.dumps({
+        "message": f"Your login to studio {session_id} has ended (it expired, or you "
+                   "logged out). Reload the page to log in again.",
+        "login": login_url}).encode()
+    return Page(401, ((b"Content-Type", b"application/json"),
+                      (b"Content-Length", str(len(doc)).encode()),
+                      (b"Cache-Control", b"no-store"),
+                      (b"X-Content-Type-Options", b"nosniff"),
+                      (b"Referrer-Policy", b"no-referrer")), doc,
+                why="login required (a script's request)")
+
+
 def not_found(session_id: str | None = None, message: str = "") -> Page:
     text = message or ("There is no studio with this name. It may have been stopped "
                        "or the address may be mistyped.")
@@ -137,7 +155,13 @@ def not_connected(session_id: str, away: Away | None = None) -> Page:
     """`away`: which case it is (studios_gateway.away), when the registry could tell.
     Without it the gateway cannot tell a studio still starting from one that was stopped
     (a session outlives its container), so the page says both. It reloads by itself in
-    every case: a studio started again shows up on its own."""
+    every case: a studio started again shows up on its own.
+
+    503 with Retry-After (the studio is away for now), not 502: JupyterLab (4.x), whose
+    kernel WebSocket closed with the tunnel, asks for the kernel's model and takes any
+    other refusal than 503 or 424 (JupyterHub's "server not running") as the kernel's
+    death: a tunnel away for 20 s left the notebook "Kernel died unexpectedly" for good,
+    the kernel alive. On 503 it asks again 10-30 s later and reconnects."""
     if away is None:
         text = ("The studio is not connected to the gateway right now. A studio that is "
                 "starting connects within about a minute; one that was stopped has to be "
@@ -145,7 +169,7 @@ def not_connected(session_id: str, away: Away | None = None) -> Page:
     else:
         text = away.text
     wait = 5 if away is None or away.soon else 15
-    return page(502, "Studio not connected", text, session_id=session_id, refresh=wait,
+    return page(503, "Studio not connected", text, session_id=session_id, refresh=wait,
                 extra=((b"Retry-After", str(wait).encode()),))
 
 

@@ -31,9 +31,9 @@ def test_the_page_says_not_yet_then_until_when(deployment: Deployment) -> None:
     sid = created["id"]
     # The login lands on the studio: not connected yet.
     landed = deployment.browser.use_login_link(created["login_link"])
-    assert landed.status == 502, landed.text[:300]
+    assert landed.status == 503, landed.text[:300]
     before = deployment.browser.get(deployment.url(created, "/lab"))
-    assert before.status == 502, before.text[:300]
+    assert before.status == 503, before.text[:300]
     assert "has not connected yet (its session was made less than a minute ago)" \
         in before.text
     assert before.headers["Retry-After"] == "5"
@@ -47,7 +47,7 @@ def test_the_page_says_not_yet_then_until_when(deployment: Deployment) -> None:
     assert state["last_connected"]["unbound_at"] >= state["last_connected"]["bound_at"]
 
     after = deployment.browser.get(deployment.url(created, "/lab"))
-    assert after.status == 502
+    assert after.status == 503
     assert "was connected until " in after.text
     # Just unbound: perhaps a tunnel that broke and comes back by itself, so the page
     # says both and reloads as often as while starting.
@@ -111,7 +111,7 @@ def cut_under_a_request(browser: Browser, url: str, tool: HoldingTool,
 
 
 def assert_comes_back(answer: Reply) -> None:
-    assert answer.status == 502, answer.text[:300]
+    assert answer.status == 503, answer.text[:300]
     assert "comes back by itself within seconds" in answer.text, answer.text
     assert "one that was stopped has to be started again" not in answer.text
     assert answer.headers["Retry-After"] == "5"

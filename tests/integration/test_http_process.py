@@ -327,7 +327,7 @@ def test_pages_when_the_studio_is_away_or_its_tool_is_down(deployment: Deploymen
     created = deployment.create()
     # The login works before the studio connects; the studio then says so, and retries.
     away = deployment.browser.use_login_link(created["login_link"])
-    assert away.status == 502 and created["id"] in away.text
+    assert away.status == 503 and created["id"] in away.text
     assert "refresh" in away.text  # the page retries by itself
     tool, _ = deployment.studio(created)
     wait_connected(deployment.gw, created["id"])

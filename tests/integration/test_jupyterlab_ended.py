@@ -11,34 +11,22 @@ been ended.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.support.chromium import chromium_path
+from tests.support.jupyter import MARKS, jupyter_env
 from tests.support.tool_studio import tool_studio
 from tests.support.waiting import wait_until
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(importlib.util.find_spec("jupyterlab") is None
-                       or importlib.util.find_spec("ipykernel") is None,
-                       reason="jupyterlab and ipykernel are not installed (the test extra)"),
-    pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed"),
-]
+pytestmark = MARKS
 
 REFUSED_LISTING = re.compile(r'"GET \S*/api/contents\S*" (404|410) ')
 
 
 def test_an_open_page_of_an_ended_studio_does_not_flood_the_gateway(tmp_path: Path) -> None:
-    jupyter_env = {"JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
-                   "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
-                   "IPYTHONDIR": str(tmp_path / "ipython")}
     with tool_studio(tmp_path, "jupyterlab", "subdomain", "api/status",
-                     extra_env=jupyter_env) as lab:
+                     extra_env=jupyter_env(tmp_path)) as lab:
         browser = lab.chromium()
         try:
             browser.call("Page.navigate", url=lab.url("lab"))

@@ -518,7 +518,7 @@ def test_registration_is_kept_across_a_restart_and_a_wrong_token_stops_the_start
                              .headers["Location"], follow=False)
         assert f"client_id={registered['client_id']}" in to_idp.headers["Location"]
         landed = login_at_idp(browser, g.url(created["id"]), "alice")
-        assert landed.url == g.url(created["id"]) and landed.status == 502, landed.text
+        assert landed.url == g.url(created["id"]) and landed.status == 503, landed.text
     finally:
         g.stop()
     (tmp_path / "b").mkdir()

@@ -81,12 +81,15 @@ def tool_studio(tmp: Path, tool: str, mode: str, ready_path: str, *,
                 extra_env: dict[str, str] | None = None,
                 client_env: Callable[[dict[str, str], dict[str, Any]], dict[str, str]]
                 | None = None, command: list[str] | None = None,
+                gateway_env: dict[str, str] | None = None,
                 timeout: float = 180) -> Iterator[ToolStudio]:
     """Gateway + `studios-connect --tool <tool> [-- command]`; yields once `ready_path` answers 200
     through the gateway (the tool is really serving, not just connected). `client_env`
-    (the gateway's environment, the created session) adds to the client's environment."""
+    (the gateway's environment, the created session) adds to the client's environment;
+    `gateway_env` to the gateway's (CONNECT_LOGIN_TTL=30s...)."""
     env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
-                   TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING=str(mode == "path").lower())
+                   TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING=str(mode == "path").lower(),
+                   **(gateway_env or {}))
     env["CONNECT_PROXY_URL"] = f"http://localhost:{env['CONNECT_HTTP_PORT']}"
     stoppers = []
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import replace
@@ -776,6 +777,35 @@ def test_non_get_and_websocket_without_cookie_get_401():
     ws = run(auth.authorize_request(request(studio("abc"), headers=(
         (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"))), "abc"))
     assert ws.status == 401
+
+
+def test_a_scripts_request_without_a_login_gets_401_not_the_login_redirect():
+    """An open page whose login ended (expired, or logged out in another tab): its
+    scripts' GETs were sent to the login, which a script cannot follow to any use
+    (cross-origin in subdomain mode: JupyterLab said "Server Connection Error ... Check
+    your network connection"). They get 401 now; a fetch's says what to do in JSON."""
+    auth, _, rp = make()
+    b = LoginDriver(auth, external=idp_login(rp))
+    run(b.open(studio("abc")))
+    run(b.open(f"{PROXY}/_connect/logout", method="POST"))
+
+    def ask(*headers: tuple[bytes, bytes]) -> Any:
+        return run(auth.authorize_request(request(studio("abc", "/api/contents"), b.jar,
+                                                  headers=headers), "abc"))
+
+    fetched = ask((b"Sec-Fetch-Mode", b"cors"), (b"Sec-Fetch-Dest", b"empty"))
+    assert fetched.status == 401
+    assert dict(fetched.headers)[b"Content-Type"] == b"application/json"
+    said = json.loads(fetched.body)
+    assert said["message"].startswith("Your login to studio abc has ended"), said
+    assert "Reload the page to log in again" in said["message"]
+    assert said["login"].startswith(f"{PROXY}/_connect/login?"), said
+    image = ask((b"Sec-Fetch-Mode", b"no-cors"), (b"Sec-Fetch-Dest", b"image"))
+    assert image.status == 401 and b"Login required" in image.body
+    # A page load still goes to the login, with or without the browser's marks.
+    assert ask((b"Sec-Fetch-Mode", b"navigate"), (b"Sec-Fetch-Dest", b"document")).status \
+        == 302
+    assert ask().status == 302
 
 
 def test_logout_revokes_every_cookie_of_the_login():

@@ -102,7 +102,7 @@ def test_tunnel_upstream_forwards_and_maps_failures() -> None:
     assert stream.value().startswith(b"GET /lab HTTP/1.1")
     stream.protocol.dataReceived(OK)
     assert [r[0] for r in parse_responses(t2.value())] == [200]
-    # No tunnel: the dialer's StudioUnreachable is "not connected" (502 page).
+    # No tunnel: the dialer's StudioUnreachable is "not connected" (503 page).
     dialer.local.clear()
     d = TunnelUpstream(dialer).connect("abc", h.factory.upstream_factory("abc"))
     failures: list[Failure] = []
@@ -119,7 +119,7 @@ def test_a_reset_through_another_node_is_a_tunnel_lost_there() -> None:
     stream = dialer.streams[0]
     stream.RESET_IS_LOST = True  # type: ignore[attr-defined]  # (a PeerStream's)
     stream.protocol.connectionLost(Failure(StreamReset("reset")))
-    assert status_of(t) == 502 and b"Studio not connected" in t.value()
+    assert status_of(t) == 503 and b"Studio not connected" in t.value()
 
 
 def test_reset_after_the_response_started_is_not_a_refusal() -> None:

@@ -90,7 +90,7 @@ def test_an_untrusted_peer_is_the_client_and_refusals_say_why() -> None:
     p.dataReceived(b"GET / HTTP/1.1\r\nHost: off.studios.test\r\n"
                    b"X-Forwarded-For: 1.2.3.4\r\n\r\n")
     [f] = obs.done
-    assert f.client == "192.0.2.7" and f.status == 502
+    assert f.client == "192.0.2.7" and f.status == 503
     assert f.reason == "studio not connected"
 
 

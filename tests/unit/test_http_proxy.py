@@ -342,11 +342,11 @@ def test_pages() -> None:
     st_, body = one_status(h, b"GET / HTTP/1.1\r\nHost: nope.studios.test\r\n\r\n")
     assert st_ == 410 and b"nope" in body  # past the login: gone (test_an_ended_studio...)
     st_, body = one_status(h, b"GET / HTTP/1.1\r\nHost: off.studios.test\r\n\r\n")
-    assert st_ == 502 and b"http-equiv=refresh" in body and b"off" in body
+    assert st_ == 503 and b"http-equiv=refresh" in body and b"off" in body
     st_, _ = one_status(h, b"GET / HTTP/1.1\r\nHost: studios.test\r\n\r\n")
     assert st_ == 404
     h.upstream.fail = StudioNotConnected("abc")
-    assert one_status(h, GET)[0] == 502
+    assert one_status(h, GET)[0] == 503
     h.upstream.fail = ToolNotAnswering("abc")
     assert one_status(h, GET)[0] == 504
     h.upstream.fail = RuntimeError("boom")

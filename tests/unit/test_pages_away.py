@@ -148,7 +148,7 @@ def test_clock_skew_is_not_negative_minutes() -> None:
 def test_the_page_says_the_case_and_reloads() -> None:
     starting = describe(Seen(), NOW - 60, NOW, WHERE)
     page = pages.not_connected("abc", starting)
-    assert page.status == 502
+    assert page.status == 503
     assert b"has not connected yet" in page.body and OLD_TEXT not in page.body
     assert b"This page reloads by itself." in page.body
     assert dict(page.headers)[b"Retry-After"] == b"5"
@@ -231,7 +231,7 @@ def _one_page(away: Any, upstream_fails: bool = False) -> bytes:
     p.makeConnection(t)
     p.dataReceived(b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n")
     [(status, _, body)] = parse_responses(t.value())
-    assert status == 502
+    assert status == 503
     return body
 
 
@@ -306,7 +306,7 @@ def test_a_tunnel_lost_under_a_request_says_the_case_too() -> None:
     assert asked == []  # (a request that reaches its tool: nothing asked)
     t = lost_under(got)
     [(status, headers, body)] = parse_responses(t.value())
-    assert status == 502 and OLD_TEXT not in body, body
+    assert status == 503 and OLD_TEXT not in body, body
     assert b"lost its connection to the gateway moments ago" in body
     assert b"comes back by itself within seconds" in body
     assert headers[b"retry-after"] == b"5" and t.disconnecting
@@ -317,7 +317,7 @@ def test_a_tunnel_lost_under_a_request_says_the_case_too() -> None:
     t = lost_under(b"POST /lab HTTP/1.1\r\nHost: abc.studios.test\r\nContent-Length: 10"
                    b"\r\n\r\nhalf")  # the body cut short as well
     [(status, headers, body)] = parse_responses(t.value())
-    assert status == 502 and b"if only its connection broke, it comes back" in body
+    assert status == 503 and b"if only its connection broke, it comes back" in body
     assert headers[b"retry-after"] == b"5" and t.disconnecting
     # The registry slow: its words for "cannot tell" after FETCH_TIMEOUT, not before.
     factory.away = lambda sid: defer.Deferred().addTimeout(FETCH_TIMEOUT, clock)
@@ -325,7 +325,7 @@ def test_a_tunnel_lost_under_a_request_says_the_case_too() -> None:
     assert t.value() == b""
     clock.advance(FETCH_TIMEOUT)
     [(status, _, body)] = parse_responses(t.value())
-    assert status == 502 and OLD_TEXT in body and t.disconnecting
+    assert status == 503 and OLD_TEXT in body and t.disconnecting
 
 
 def test_the_proxy_keeps_its_words_when_the_case_is_unknown_or_the_hook_breaks() -> None:
