@@ -62,12 +62,8 @@ def _check_ports_free(given: dict[str, int]) -> None:
     for option, port in given.items():
         if not port:
             continue
-        try:
-            with socket.socket() as s:
-                # as Twisted listens: a port left in TIME_WAIT by an earlier run is usable
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind(("127.0.0.1", port))
-        except OSError as e:
+        e = _bind_error(port)
+        if e is not None:
             why = ("is in use by another program" if e.errno == errno.EADDRINUSE
                    else f"cannot be used ({e.strerror})")
             others = set(given.values())
@@ -75,17 +71,23 @@ def _check_ports_free(given: dict[str, int]) -> None:
                          if p not in others and _bindable(p)), None)
             hint = f", for example {option} {free}" if free is not None else ""
             raise SystemExit(f"studios-gateway demo: port {port} ({option}) {why} on "
-                             f"127.0.0.1; choose another with {option}{hint}") from None
+                             f"127.0.0.1; choose another with {option}{hint}")
+
+
+def _bind_error(port: int) -> OSError | None:
+    """Why `port` on 127.0.0.1 cannot be listened on, or None when it can."""
+    try:
+        with socket.socket() as s:
+            # as Twisted listens: a port left in TIME_WAIT by an earlier run is usable
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+    except OSError as e:
+        return e
+    return None
 
 
 def _bindable(port: int) -> bool:
-    try:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
-    except OSError:
-        return False
-    return True
+    return _bind_error(port) is None
 
 
 def _wait_ready(url: str, key: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -175,37 +177,22 @@ def ssh_public_key(given: str | None) -> tuple[Path, str]:
 
 
 def demo_host_key(directory: Path) -> tuple[Path, str]:
-    """The demo gateway's SSH host key, made once under ``directory`` (mode 0600) and kept
-    across runs with the same --storage-root; its path and its public line."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
+    """The demo gateway's SSH host key, made once under ``directory`` (mode 0600, as the
+    gateway makes one when none is configured) and kept across runs with the same
+    --storage-root; its path and its public line."""
+    from studios_gateway.ssh.keys import GENERATED_NAME, generated_host_key
 
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / "demo_host_ed25519_key"
-    if not path.exists():
-        pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption())
-        tmp = directory / f".{path.name}.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, pem)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    private = serialization.load_ssh_private_key(path.read_bytes(), password=None)
-    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                               serialization.PublicFormat.OpenSSH)
-    return path, public.decode("ascii")
+    key = generated_host_key(directory)
+    return directory / GENERATED_NAME, key.public().toString("OPENSSH").decode("ascii")
 
 
 def ssh_fingerprint(public_line: str) -> str:
     """OpenSSH's ``SHA256:...`` fingerprint of a public key line."""
-    import base64
-    import hashlib
+    from twisted.conch.ssh.keys import Key
 
-    blob = base64.b64decode(public_line.split()[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    from studios_gateway.ssh.keys import fingerprint
+
+    return fingerprint(Key.fromString(public_line.encode("ascii")))
 
 
 def ssh_command(user: str, sid: str, port: int, known_hosts: Path, public_key: Path) -> str:

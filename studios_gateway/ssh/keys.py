@@ -111,10 +111,12 @@ def load_host_key(path: str | None, value: bytes | None, storage_root: str) -> K
         return _parse(data, f"CONNECT_SSH_KEY_PATH={path!r}")
     if value:
         return _parse(value, "CONNECT_SSH_KEY_VALUE_BASE64")
-    return _generated_key(Path(storage_root) / "ssh")
+    return generated_host_key(Path(storage_root) / "ssh")
 
 
-def _generated_key(directory: Path) -> Key:
+def generated_host_key(directory: Path) -> Key:
+    """The ed25519 host key kept in `directory` (GENERATED_NAME, mode 0600), made there
+    first when there is none."""
     target = directory / GENERATED_NAME
     if target.exists():
         key = _parse(target.read_bytes(), str(target))
