@@ -111,8 +111,21 @@ MAX_FRAMES_PER_TURN = 1024
 stream_debug = True
 
 
+#: The window delta of an RST frame, which yamux leaves 0, says on the peer link why the
+#: holding node reset a stream it had spliced onto a studio's tunnel (peers.streams): 0,
+#: the session's tunnel was lost there; RESET_RELAYED, the studio reset its end (its tool
+#: refused the connection, before sending a byte), passed on as it came. A tunnel stream's
+#: RST from studios-connect carries 0.
+RESET_RELAYED = 1
+
+
 class StreamReset(error.ConnectionLost):
-    """The peer reset the stream (RST), or refused to open it."""
+    """The peer reset the stream (RST), or refused to open it. ``code``: the RST's window
+    delta (0, or RESET_RELAYED from a holding node on the peer link)."""
+
+    def __init__(self, *args: Any, code: int = 0):
+        super().__init__(*args)
+        self.code = code
 
 
 class TunnelLost(error.ConnectionLost):
@@ -157,7 +170,8 @@ def tunnel_lost(reason: Failure | None, transport: Any) -> bool:
     if reason is None:
         return False
     return bool(reason.check(TunnelLost) or reason.check(StreamReset)
-                and getattr(transport, "RESET_IS_LOST", False))
+                and getattr(transport, "RESET_IS_LOST", False)
+                and getattr(reason.value, "code", 0) != RESET_RELAYED)
 
 
 def going_away(transport: Any) -> bool:
@@ -467,11 +481,12 @@ class Stream:
         """Half-close: FIN after the buffered data; reading goes on."""
         self._lose_write()
 
-    def abortConnection(self) -> None:
-        """RST now, dropping buffered data both ways."""
+    def abortConnection(self, code: int = 0) -> None:
+        """RST now, dropping buffered data both ways; `code` goes as the RST's window
+        delta (RESET_RELAYED; 0 for a plain reset)."""
         if self._closed:
             return
-        self.mux._send_control(WINDOW_UPDATE, RST, self.stream_id, 0)
+        self.mux._send_control(WINDOW_UPDATE, RST, self.stream_id, code)
         self._finish(Failure(error.ConnectionAborted()))
 
     def getPeer(self) -> StreamAddress:
@@ -756,8 +771,8 @@ class Stream:
 
     # Closing --------------------------------------------------------------------------
 
-    def _reset(self) -> None:
-        self._finish(Failure(StreamReset("stream reset by the peer")))
+    def _reset(self, code: int = 0) -> None:
+        self._finish(Failure(StreamReset("stream reset by the peer", code=code)))
 
     def _finish(self, reason: Failure) -> None:
         """The stream is over: forget it, stop its producer, tell the protocol."""
@@ -1035,7 +1050,7 @@ class Multiplexer(Protocol):
             if stream is None:
                 return  # a stream we reset or refused: late frames are expected
             if flags & RST:
-                stream._reset()
+                stream._reset(length if ftype == WINDOW_UPDATE else 0)
                 return
             if ftype == DATA:
                 if length:
