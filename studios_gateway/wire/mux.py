@@ -136,20 +136,27 @@ class TunnelLost(error.ConnectionLost):
 LOST_UNCLEANLY = "the connection ended without a clean close (reset, or the other end gone)"
 
 
+def lost_uncleanly(reason: Failure) -> bool:
+    """The connection ended without a clean close and said nothing of why: a
+    ConnectionLost without a text of its own (Twisted's doc string, "Connection to the
+    other side was lost in a non-clean fashion.", stands in), or with only "Connection
+    lost" (a TLS connection's loss); :data:`LOST_UNCLEANLY` in :func:`words`."""
+    value = reason.value
+    if not isinstance(value, error.ConnectionLost):
+        return False
+    return all(str(a).rstrip(".").lower() == "connection lost" for a in value.args if a)
+
+
 def words(reason: Failure) -> str:
     """A failure's own words: for Twisted's connection errors given a text, that text,
     not their class's doc string around it ("Connection to the other side was lost in a
     non-clean fashion: <text>.", "User timeout caused connection failure: <text>.")."""
+    if lost_uncleanly(reason):
+        return LOST_UNCLEANLY
     value = reason.value
     if isinstance(value, (error.ConnectError, error.ConnectionClosed)):
         # ConnectError keeps its first argument as ``osError``, the second in ``args``.
         given = [str(a) for a in (getattr(value, "osError", None), *value.args) if a]
-        if isinstance(value, error.ConnectionLost) and \
-                all(g.rstrip(".").lower() == "connection lost" for g in given):
-            # Without a text of its own, Twisted's doc string ("Connection to the other
-            # side was lost in a non-clean fashion."); a TLS connection's loss says
-            # "Connection lost": neither says what happened.
-            return LOST_UNCLEANLY
         if given:
             return ": ".join(given)
     return reason.getErrorMessage()
