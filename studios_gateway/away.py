@@ -159,11 +159,17 @@ def last_seen(store: Any, session_id: str) -> Deferred[Seen | None]:
     """What `store` recorded of when the session's studio was last connected (its
     ``last_connected``); None when it recorded nothing, has no such method (an older
     store) or cannot say now (a RegistryError)."""
-    reader: Callable[[str], Deferred[Seen | None]] | None = getattr(
-        store, "last_connected", None)
-    if reader is None:
-        return defer.succeed(None)
+    reader = _seen_reader(store)
+    return defer.succeed(None) if reader is None else _read_seen(reader, session_id)
 
+
+def _seen_reader(store: Any) -> Callable[[str], Deferred[Seen | None]] | None:
+    """The store's ``last_connected``; None for an older store without it."""
+    return getattr(store, "last_connected", None)
+
+
+def _read_seen(reader: Callable[[str], Deferred[Seen | None]],
+               session_id: str) -> Deferred[Seen | None]:
     def cannot_say(f: Failure) -> None:
         f.trap(RegistryError)
         return None
@@ -178,14 +184,15 @@ def fetch_away(store: Any, session_id: str, clock: IReactorTime, where: str,
     it has one, ``get_tunnel``: a claim still there is a studio lost moments ago), within
     `timeout` seconds; None, never a failure, when the store has no such method (an older
     one), does not answer in time, fails, or recorded nothing."""
-    if getattr(store, "last_connected", None) is None:
+    reader = _seen_reader(store)
+    if reader is None:
         return defer.succeed(None)
     get_tunnel = getattr(store, "get_tunnel", None)
     claim: Deferred[Any] = (defer.succeed(None) if get_tunnel is None else
                             defer.maybeDeferred(get_tunnel, session_id))
     claim.addErrback(lambda _: None)  # (not known to be claimed: what the record says)
     both = defer.gatherResults([defer.maybeDeferred(store.get, session_id),
-                                last_seen(store, session_id), claim],
+                                _read_seen(reader, session_id), claim],
                                consumeErrors=True)
     both.addTimeout(timeout, clock)
 

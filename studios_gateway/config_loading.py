@@ -40,8 +40,19 @@ MANAGEMENT_KEY_MIN = 16
 
 
 def read_env_file(path: str) -> dict[str, str]:
-    """Parse a systemd EnvironmentFile-style file: KEY=VALUE, # comments, optional quotes."""
+    """Parse a systemd EnvironmentFile-style file: KEY=VALUE, # comments, optional quotes.
+    A malformed line raises ConfigError; several, a ConfigErrors naming each of them."""
+    values, malformed = read_env_file_lines(path)
+    raise_all(malformed)
+    return values
+
+
+def read_env_file_lines(path: str) -> tuple[dict[str, str], list[ConfigError]]:
+    """The env file's values from its good lines, and an error for each malformed line
+    (its line number, its name as written; all of them, not only the first). An
+    unreadable file raises ConfigError."""
     out: dict[str, str] = {}
+    malformed: list[ConfigError] = []
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
@@ -58,14 +69,15 @@ def read_env_file(path: str) -> dict[str, str]:
             # ('CONNECT_REDIS_PASSWORD: ...').
             name = re.split(r"[=:\s]", line, maxsplit=1)[0]
             shown = name + (" " + REDACTED if line[len(name):].strip() else "")
-            raise ConfigError(f"{path}:{lineno}", shown,
-                              "a line of the form NAME=value (the rest of the line is not "
-                              "shown: it may hold a secret)")
+            malformed.append(ConfigError(
+                f"{path}:{lineno}", shown, "a line of the form NAME=value (the rest of the "
+                "line is not shown: it may hold a secret)"))
+            continue
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
             value = value[1:-1]
         out[key] = value
-    return out
+    return out, malformed
 
 
 def load_config(
@@ -76,12 +88,13 @@ def load_config(
     """Build the config. `options` maps variable names to values given on the command line.
 
     Raises ConfigError naming an invalid or contradictory setting; when there are several,
-    a ConfigErrors with each of them (first every value that does not parse; when all do,
-    every contradiction between them).
+    a ConfigErrors with each of them (first every malformed line of the env file, then
+    every value that does not parse; when all do, every contradiction between them: the
+    env file's good lines are checked as if the malformed ones were not there).
     """
     options = {k: v for k, v in (options or {}).items() if v is not None}
     environ = dict(os.environ if environ is None else environ)
-    file_values = read_env_file(env_file) if env_file else {}
+    file_values, malformed = read_env_file_lines(env_file) if env_file else ({}, [])
     warnings: list[str] = []
 
     for name in options:
@@ -94,7 +107,7 @@ def load_config(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     given: dict[str, str | None] = {}
-    errors: list[ConfigError] = []
+    errors: list[ConfigError] = list(malformed)
     for var in VARIABLES:
         raw: str | None
         if var.name in options:
@@ -124,10 +137,11 @@ def load_config(
         except ValueError as e:
             errors.append(ConfigError(var.name, given[var.name], str(e), secret=var.secret))
     try:
-        raise_all(errors)
+        if len(errors) > len(malformed):
+            raise_all(errors)
         cfg = Config(**values, sources=sources, raw=given, warnings=(),
                      env_file_values={k: v for k, v in file_values.items() if k in BY_NAME})
-        raise_all(_contradictions(cfg))
+        raise_all([*malformed, *_contradictions(cfg)])
     except ConfigError as e:
         # A misspelt name (CONNECT_TLS_KEYFILE) is often why a setting is missing or
         # contradicts another: its warning goes with the errors, not only with a start.

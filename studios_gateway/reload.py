@@ -15,7 +15,7 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from studios_gateway import logs
@@ -101,14 +101,16 @@ def overridden(running: Config, reread: Config) -> list[str]:
 
 
 def apply_log_level(config: Config) -> None:
-    # Not `log_level=`: Twisted sets that key on every event to the event's own level.
-    if config.log_level in ("warn", "error", "fatal"):
-        # Said before the new level hides it: a reload to `warn` was not confirmed at all.
-        _log.info("reload: log level {new_level}", new_level=config.log_level)
+    # The line (info) is said while a level that shows it is in effect: before a level
+    # that hides it (said after, a reload to `warn` was not confirmed at all), after
+    # info or debug (a lower level is said at its own).
+    hides_the_line = logs.LEVELS[config.log_level] > LogLevel.info
+    if not hides_the_line:
         logs.set_level(config.log_level)
-        return
-    logs.set_level(config.log_level)
+    # Not `log_level=`: Twisted sets that key on every event to the event's own level.
     _log.info("reload: log level {new_level}", new_level=config.log_level)
+    if hides_the_line:
+        logs.set_level(config.log_level)
 
 
 def tls_reloader(creator: ReloadableServerTLS, port: str) -> Callable[[Config], None]:

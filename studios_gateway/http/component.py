@@ -7,7 +7,7 @@ from the config and the gateway's parts:
 * upstream: a yamux stream from the ``dialer`` (``STREAM_TOOL``) with the
   proxy's protocol attached; no tunnel -> "studio not connected" (503), the
   connect client resetting the stream before the tool said anything -> "tool
-  not answering" (504);
+  not answering" (504), whichever node holds the tunnel;
 * lookup: the session record from the ``store`` plus whether a tunnel is
   bound (here, or on any node);
 * login: ``auth.handle`` for ``/_connect/*``, ``authorize_request`` per
@@ -59,10 +59,11 @@ __all__ = ["TunnelUpstream", "build_http", "check_certificate_names", "https_url
 
 class _RefusalGuard(Protocol):
     """Sits between a stream and the proxy's protocol: a stream reset before the tool
-    sent a byte means the connect client could not reach the tool; the tunnel lost
-    (declared dead, say) before then means the studio is not connected, and so does a
-    reset of a stream through another node (that node's word that the tunnel was lost
-    there)."""
+    sent a byte means the connect client could not reach the tool (through another node
+    as well: that node relays the studio's reset, RESET_RELAYED); the tunnel lost
+    (declared dead, say) before then means the studio is not connected, and so does any
+    other reset of a stream through another node (that node's word that the tunnel was
+    lost there)."""
 
     def __init__(self, inner: IProtocol, session_id: str):
         self.inner = inner

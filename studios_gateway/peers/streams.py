@@ -8,7 +8,10 @@ HTTP or SSH proxy), so "not here any more" is an error the caller can show, not
 a connection that dies silently. Bytes that follow ``ok`` in the same read are
 kept and delivered first. When the session's tunnel is lost under a spliced stream,
 the holding node resets the stream rather than closing it, so that the dialing node
-can tell a lost studio from a tool that closed its connection.
+can tell a lost studio from a tool that closed its connection; when the studio resets
+its end before the tool sent a byte (the tool refused the connection), the holding node
+resets the stream with RESET_RELAYED, and the dialing node sees the reset a tunnel
+stream of its own would give it (the "not answering" page, as on one node).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from zope.interface import implementer
 from studios_gateway.wire.bind import BindError, LineBuffer
 from studios_gateway.wire.ids import SESSION_ID
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
-from studios_gateway.wire.mux import TunnelUnavailable
+from studios_gateway.wire.mux import RESET_RELAYED, StreamReset, TunnelUnavailable
 from studios_gateway.wire.splice import SpliceEnd, join
 
 MAX_LINE = 256
@@ -100,7 +103,7 @@ class PeerRequest(SpliceEnd):
             return
         self.on_outcome("ok")
         self.transport.write(b"ok\n")
-        tunnel_end = SpliceEnd()
+        tunnel_end = _ToolEnd()
         local.attach(tunnel_end)
         join(self, tunnel_end)
         local.unregisterProducer()  # (join's: this stream, which _ResetWhenLost wraps)
@@ -128,7 +131,8 @@ class _ResetWhenLost:
     multiplexer closed: the tunnel was lost or closed), that stream is reset rather
     than closed, so the dialing node tells a lost studio from a tool that closed its
     connection (PeerStream.RESET_IS_LOST). Of the tool's bytes, those not yet sent there
-    are dropped: the loss cut them short anyway."""
+    are dropped: the loss cut them short anyway. Stopped otherwise, it leaves the other
+    node's stream to the tunnel stream's protocol (_ToolEnd), which hears why next."""
 
     def __init__(self, peer: Any, tunnel: Any):
         self.peer = peer
@@ -139,8 +143,31 @@ class _ResetWhenLost:
     def stopProducing(self) -> None:
         if self.tunnel.mux.closed:
             self.peer.abortConnection()
-        else:
-            self.peer.stopProducing()
+
+
+class _ToolEnd(SpliceEnd):
+    """The tunnel stream's end of the splice on the holding node. Reset by the studio
+    before the tool sent a byte (studios-connect's word that the tool refused the
+    connection), it resets the other node's stream with RESET_RELAYED, so that node
+    answers as for a reset of its own tunnel's stream; otherwise a splice end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answered = False
+        # Only the first read is looked at: then the splice's own (no cost per read).
+        self.dataReceived = self._first_read  # type: ignore[method-assign]
+
+    def _first_read(self, data: bytes) -> None:
+        self.answered = True
+        del self.dataReceived
+        self.dataReceived(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        peer = self.peer
+        if (not self.answered and peer is not None and not peer._lost and reason is not None
+                and reason.check(StreamReset) and not self.transport.mux.closed):
+            peer.transport.abortConnection(RESET_RELAYED)
+        super().connectionLost(reason)
 
 
 # The dialing node ------------------------------------------------------------------
@@ -210,7 +237,9 @@ class PeerStream:
     from the opening never resumes a stream its new protocol wants paused."""
 
     #: A reset of this stream is the holding node's word that the session's tunnel was
-    #: lost there (_ResetWhenLost); a tool that refuses or closes reaches here as a close.
+    #: lost there (_ResetWhenLost), unless it carries RESET_RELAYED: the studio reset its
+    #: stream there (_ToolEnd: its tool refused), as a tunnel stream here would be reset
+    #: (wire.mux.tunnel_lost). A tool that closes its connection reaches here as a close.
     RESET_IS_LOST = True
 
     def __init__(self, stream: Any, opening: _Opening):

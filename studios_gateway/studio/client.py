@@ -574,15 +574,15 @@ class ConnectClient(Service):
         """The endpoint under the tunnel's TLS: TCP to the gateway, through the HTTPS_PROXY
         (CONNECT) when one applies, and for ws(s):// a WebSocket (in TLS for wss)."""
         setting = proxy_setting_for(gateway.host, dict(self.settings.proxy_environ))
-        proxy = setting.address if setting is not None else None
-        if proxy is None or setting is None:
+        if setting is None or setting.address is None:
             endpoint: Any = Unwrapped(endpoints.HostnameEndpoint(
                 self.reactor, gateway.host, gateway.port, timeout=CONNECT_TIMEOUT))
         else:
+            proxy_host, proxy_port = setting.address
             to_proxy: Any = Unwrapped(endpoints.HostnameEndpoint(
-                self.reactor, proxy[0], proxy[1], timeout=CONNECT_TIMEOUT))
+                self.reactor, proxy_host, proxy_port, timeout=CONNECT_TIMEOUT))
             if setting.tls:  # an https:// proxy: TLS to it, the CONNECT inside
-                to_proxy = wrap_client_tls(client_options(proxy[0], None), to_proxy)
+                to_proxy = wrap_client_tls(client_options(proxy_host, None), to_proxy)
             endpoint = CarrierEndpoint(
                 to_proxy, lambda inner: ProxyConnect(inner, gateway.host, gateway.port,
                                                      setting.authorization,

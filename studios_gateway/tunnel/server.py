@@ -50,7 +50,7 @@ from studios_gateway.wire.bind import (
 )
 from studios_gateway.wire.frames import GO_AWAY_NORMAL
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
-from studios_gateway.wire.mux import LOST_UNCLEANLY, Multiplexer, TunnelSilent, facing, words
+from studios_gateway.wire.mux import Multiplexer, TunnelSilent, facing, lost_uncleanly, words
 from studios_gateway.wire.sockopts import (
     TUNNEL_BUFFER,
     bulk_buffers,
@@ -721,7 +721,7 @@ class TunnelServerProtocol(Protocol):
         if why is None or why.check(ConnectionDone):
             self._log.info("session {sid}: tunnel closed", sid=sid)
             return "closed"
-        if tunnel.mux.remote_go_away == GO_AWAY_NORMAL and words(why) == LOST_UNCLEANLY:
+        if tunnel.mux.remote_go_away == GO_AWAY_NORMAL and lost_uncleanly(why):
             # The studio said GoAway (studios-connect stopping: SIGTERM, its tool exited),
             # then closed; its TLS end is often not clean (the process exits before the
             # close_notify exchange ends). A stop on purpose, not a broken connection.

@@ -42,7 +42,7 @@ from studios_gateway.shown import shown
 
 __all__ = ["TUNNEL_PATH", "Carrier", "CarrierEndpoint", "CarrierRefused", "ProxyConnect",
            "PROXY_VARIABLES", "ProxySetting", "WebSocketClient", "WebSocketServer",
-           "accept_head", "proxy_for", "proxy_setting", "proxy_setting_for",
+           "accept_head", "proxy_setting", "proxy_setting_for",
            "websocket_refusal"]
 
 TUNNEL_PATH = "/_connect/tunnel"
@@ -439,7 +439,7 @@ PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy")
 
 @dataclass(frozen=True)
 class ProxySetting:
-    """The variable that names the tunnel's HTTP proxy, as :func:`proxy_for` reads it."""
+    """The variable that names the tunnel's HTTP proxy, as :func:`proxy_setting_for` reads it."""
 
     name: str  # HTTPS_PROXY or https_proxy
     text: str = field(repr=False)  # its value, without surrounding blanks (a password?)
@@ -500,11 +500,3 @@ def proxy_setting_for(host: str, environ: Mapping[str, str]) -> ProxySetting | N
                                        or host.lower().endswith("." + entry.lstrip(".")))):
             return None
     return setting
-
-
-def proxy_for(host: str, environ: Mapping[str, str]) -> tuple[str, int] | None:
-    """The HTTP proxy (host, port) that HTTPS_PROXY names for `host` (the address of
-    :func:`proxy_setting_for`'s setting): None without one, or for one the tunnel cannot
-    use."""
-    setting = proxy_setting_for(host, environ)
-    return setting.address if setting is not None else None

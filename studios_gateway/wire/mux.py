@@ -111,8 +111,21 @@ MAX_FRAMES_PER_TURN = 1024
 stream_debug = True
 
 
+#: The window delta of an RST frame, which yamux leaves 0, says on the peer link why the
+#: holding node reset a stream it had spliced onto a studio's tunnel (peers.streams): 0,
+#: the session's tunnel was lost there; RESET_RELAYED, the studio reset its end (its tool
+#: refused the connection, before sending a byte), passed on as it came. A tunnel stream's
+#: RST from studios-connect carries 0.
+RESET_RELAYED = 1
+
+
 class StreamReset(error.ConnectionLost):
-    """The peer reset the stream (RST), or refused to open it."""
+    """The peer reset the stream (RST), or refused to open it. ``code``: the RST's window
+    delta (0, or RESET_RELAYED from a holding node on the peer link)."""
+
+    def __init__(self, *args: Any, code: int = 0):
+        super().__init__(*args)
+        self.code = code
 
 
 class TunnelLost(error.ConnectionLost):
@@ -123,20 +136,27 @@ class TunnelLost(error.ConnectionLost):
 LOST_UNCLEANLY = "the connection ended without a clean close (reset, or the other end gone)"
 
 
+def lost_uncleanly(reason: Failure) -> bool:
+    """The connection ended without a clean close and said nothing of why: a
+    ConnectionLost without a text of its own (Twisted's doc string, "Connection to the
+    other side was lost in a non-clean fashion.", stands in), or with only "Connection
+    lost" (a TLS connection's loss); :data:`LOST_UNCLEANLY` in :func:`words`."""
+    value = reason.value
+    if not isinstance(value, error.ConnectionLost):
+        return False
+    return all(str(a).rstrip(".").lower() == "connection lost" for a in value.args if a)
+
+
 def words(reason: Failure) -> str:
     """A failure's own words: for Twisted's connection errors given a text, that text,
     not their class's doc string around it ("Connection to the other side was lost in a
     non-clean fashion: <text>.", "User timeout caused connection failure: <text>.")."""
+    if lost_uncleanly(reason):
+        return LOST_UNCLEANLY
     value = reason.value
     if isinstance(value, (error.ConnectError, error.ConnectionClosed)):
         # ConnectError keeps its first argument as ``osError``, the second in ``args``.
         given = [str(a) for a in (getattr(value, "osError", None), *value.args) if a]
-        if isinstance(value, error.ConnectionLost) and \
-                all(g.rstrip(".").lower() == "connection lost" for g in given):
-            # Without a text of its own, Twisted's doc string ("Connection to the other
-            # side was lost in a non-clean fashion."); a TLS connection's loss says
-            # "Connection lost": neither says what happened.
-            return LOST_UNCLEANLY
         if given:
             return ": ".join(given)
     return reason.getErrorMessage()
@@ -157,7 +177,8 @@ def tunnel_lost(reason: Failure | None, transport: Any) -> bool:
     if reason is None:
         return False
     return bool(reason.check(TunnelLost) or reason.check(StreamReset)
-                and getattr(transport, "RESET_IS_LOST", False))
+                and getattr(transport, "RESET_IS_LOST", False)
+                and getattr(reason.value, "code", 0) != RESET_RELAYED)
 
 
 def going_away(transport: Any) -> bool:
@@ -467,11 +488,12 @@ class Stream:
         """Half-close: FIN after the buffered data; reading goes on."""
         self._lose_write()
 
-    def abortConnection(self) -> None:
-        """RST now, dropping buffered data both ways."""
+    def abortConnection(self, code: int = 0) -> None:
+        """RST now, dropping buffered data both ways; `code` goes as the RST's window
+        delta (RESET_RELAYED; 0 for a plain reset)."""
         if self._closed:
             return
-        self.mux._send_control(WINDOW_UPDATE, RST, self.stream_id, 0)
+        self.mux._send_control(WINDOW_UPDATE, RST, self.stream_id, code)
         self._finish(Failure(error.ConnectionAborted()))
 
     def getPeer(self) -> StreamAddress:
@@ -756,8 +778,8 @@ class Stream:
 
     # Closing --------------------------------------------------------------------------
 
-    def _reset(self) -> None:
-        self._finish(Failure(StreamReset("stream reset by the peer")))
+    def _reset(self, code: int = 0) -> None:
+        self._finish(Failure(StreamReset("stream reset by the peer", code=code)))
 
     def _finish(self, reason: Failure) -> None:
         """The stream is over: forget it, stop its producer, tell the protocol."""
@@ -1035,7 +1057,7 @@ class Multiplexer(Protocol):
             if stream is None:
                 return  # a stream we reset or refused: late frames are expected
             if flags & RST:
-                stream._reset()
+                stream._reset(length if ftype == WINDOW_UPDATE else 0)
                 return
             if ftype == DATA:
                 if length:

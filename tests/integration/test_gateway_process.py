@@ -157,6 +157,22 @@ def test_check_config_command(tmp_path) -> None:
     assert bad.returncode == 2 and "CONNECT_LOG_LEVEL='chatty'" in bad.stderr
 
 
+def test_check_config_says_every_malformed_env_file_line(tmp_path) -> None:
+    env = base_env(tmp_path)
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("CONNECT_REDIS_PASSWORD: hunter2-secret\nCONNECT_HTTP_PORT=8080\n"
+                        "JUSTANAME\nCONNECT_SSH_MAX_CONNECTIONS=many\n")
+    env.pop("CONNECT_SSH_MAX_CONNECTIONS", None)
+    bad = subprocess.run([str(BIN / "studios-gateway"), "check-config", "--env-file",
+                          str(env_file)], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2, (bad.stdout, bad.stderr)
+    said = [line for line in bad.stderr.splitlines() if line.startswith("studios-gateway: ")]
+    assert [line.split("=", 1)[0] for line in said] == [
+        f"studios-gateway: {env_file}:1", f"studios-gateway: {env_file}:3",
+        "studios-gateway: CONNECT_SSH_MAX_CONNECTIONS"], bad.stderr
+    assert "hunter2-secret" not in bad.stdout + bad.stderr
+
+
 def test_installed_wheel_registers_the_plugin(tmp_path) -> None:
     """Build a wheel, install it (not editable) on its own, and ask twistd --help."""
     repo = Path(__file__).resolve().parents[2]

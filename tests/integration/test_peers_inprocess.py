@@ -28,7 +28,7 @@ from studios_gateway.peers.streams import PeerRefused
 from studios_gateway.registry.base import TunnelHolder
 from studios_gateway.tunnel.dialer import StudioUnreachable
 from studios_gateway.wire.kinds import STREAM_TOOL
-from studios_gateway.wire.mux import Multiplexer
+from studios_gateway.wire.mux import RESET_RELAYED, Multiplexer, StreamReset, tunnel_lost
 from tests.integration.test_tunnel_inprocess import Collect
 from tests.support.peer_certs import ca_and_leaf
 
@@ -51,6 +51,23 @@ class Upper(Protocol):
             self.kind, data = data[:1], data[1:]
         if data:
             self.transport.write(data.upper())
+
+
+class Refuser(Protocol):
+    """The studio's side of a stream whose tool refused the connection: reset at once."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.abortConnection()
+
+
+class Ended(Protocol):
+    """Fires `done` with why the stream ended (in a list: a Failure would errback)."""
+
+    def __init__(self) -> None:
+        self.done: defer.Deferred[list[Any]] = defer.Deferred()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback([reason])
 
 
 class FakeTable:
@@ -78,18 +95,24 @@ class PeerLinkTests(TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        # A "tunnel" from node B to a studio: two multiplexers over loopback TCP.
         self.table = FakeTable()
+        yield self.studio("s1", Upper)
+        self.settings = PeerSettings(ping_interval=5, ping_timeout=10, handshake_timeout=1,
+                                     answer_timeout=5)
+
+    @defer.inlineCallbacks
+    def studio(self, session_id: str, tool: Any) -> Any:
+        """A "tunnel" from node B to a studio whose streams `tool()` serves: two
+        multiplexers over loopback TCP."""
         studio_factory = Factory.forProtocol(
-            lambda: make_mux(True, on_stream=lambda stream: Upper()))
+            lambda: make_mux(True, on_stream=lambda stream: tool()))
         port = reactor.listenTCP(0, studio_factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         gateway_side = yield TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port).connect(
             Factory.forProtocol(lambda: make_mux(False)))
         self.addCleanup(gateway_side.close)
-        self.table.tunnels["s1"] = gateway_side
-        self.settings = PeerSettings(ping_interval=5, ping_timeout=10, handshake_timeout=1,
-                                     answer_timeout=5)
+        self.table.tunnels[session_id] = gateway_side
+        return gateway_side
 
     def listen(self, auth: PeerAuth, tls: Any = None) -> str:
         server = PeerServerFactory(self.table, auth, self.settings, reactor)
@@ -153,6 +176,33 @@ class PeerLinkTests(TestCase):
         self.assertIsNot(pool.links[address].mux, mux)
         self.assertTrue(any("peer link to" in line for line in said), said)
         self.assertEqual([line for line in said if "protocol.Factory object" in line], [])
+
+    @defer.inlineCallbacks
+    def test_a_studio_reset_is_relayed_and_a_lost_tunnel_is_a_plain_reset(self) -> Any:
+        """The studio resets a stream before its tool's first byte (studios-connect, when
+        the tool refused the connection): node A's stream is reset with RESET_RELAYED,
+        not taken for a lost tunnel (the proxy then answers "not answering", as for a
+        stream of its own tunnel). The tunnel lost under a stream: a plain reset."""
+        yield self.studio("s2", Refuser)
+        address = self.listen(PeerAuth(SECRET))
+        pool = self.pool(PeerAuth(SECRET))
+        refused = yield pool.open(address, "s2", STREAM_TOOL)
+        got = Ended()
+        refused.attach(got)
+        [reason] = yield got.done
+        self.assertIsNotNone(reason.check(StreamReset))
+        self.assertEqual(reason.value.code, RESET_RELAYED)
+        self.assertFalse(tunnel_lost(reason, refused))
+
+        held = yield pool.open(address, "s1", STREAM_TOOL)
+        got = Ended()
+        held.attach(got)
+        held.write(b"x")
+        self.table.tunnels["s1"].transport.abortConnection()  # the tunnel lost on node B
+        [reason] = yield got.done
+        self.assertIsNotNone(reason.check(StreamReset))
+        self.assertEqual(reason.value.code, 0)
+        self.assertTrue(tunnel_lost(reason, held))
 
     @defer.inlineCallbacks
     def test_session_not_held_there_is_refused_with_a_reason(self) -> Any:

@@ -17,8 +17,8 @@ from studios_gateway.wire.carrier import (
     WebSocketClient,
     WebSocketServer,
     accept_head,
-    proxy_for,
     proxy_setting,
+    proxy_setting_for,
 )
 
 
@@ -97,8 +97,9 @@ def test_a_proxy_connect_and_its_refusal() -> None:
 ])
 def test_proxy_for(no_proxy: str, host: str, expected: Any) -> None:
     env = {"HTTPS_PROXY": "http://proxy.lab:3128", "NO_PROXY": no_proxy}
-    assert proxy_for(host, env) == expected
-    assert proxy_for(host, {}) is None
+    setting = proxy_setting_for(host, env)
+    assert (setting and setting.address) == expected
+    assert proxy_setting_for(host, {}) is None
 
 
 def test_gateway_urls_name_the_carrier() -> None:
@@ -211,7 +212,7 @@ def test_a_bad_https_proxy_that_the_tunnel_does_not_read_does_not_stop_the_start
     """With HTTPS_PROXY set and usable the tunnel never reads https_proxy, yet a bad
     https_proxy (an image's leftover, a SOCKS proxy for other programs) refused the start."""
     s = settings_with(HTTPS_PROXY="http://proxy.lab:3128", https_proxy="socks5://socks:1080")
-    assert proxy_for("gw.example", dict(s.proxy_environ)) == ("proxy.lab", 3128)
+    assert proxy_setting_for("gw.example", dict(s.proxy_environ)).address == ("proxy.lab", 3128)
 
 
 @pytest.mark.parametrize("proxy, refused", [
@@ -243,7 +244,8 @@ def test_the_proxy_the_tunnel_reads_is_the_one_checked(proxy: dict[str, str],
 def test_a_proxy_accepted_at_the_start_is_the_one_the_tunnel_uses(
         proxy: dict[str, str], expected: Any) -> None:
     s = settings_with(**proxy)
-    assert proxy_for("gw.example", dict(s.proxy_environ)) == expected
+    setting = proxy_setting_for("gw.example", dict(s.proxy_environ))
+    assert (setting and setting.address) == expected
 
 
 def test_studios_connect_refuses_the_proxy_it_would_use_in_one_line_with_status_2(
@@ -268,12 +270,12 @@ def test_the_credentials_sent_are_those_of_the_proxy_the_tunnel_uses() -> None:
     """The user and password come from the same variable as the proxy's address: a blank
     HTTPS_PROXY gave no credentials while the tunnel went through https_proxy's proxy."""
     both = {"HTTPS_PROXY": " ", "https_proxy": "http://ana:s3cret@proxy.lab:3128"}
-    assert proxy_for("gw.example", both) == ("proxy.lab", 3128)
+    assert proxy_setting_for("gw.example", both).address == ("proxy.lab", 3128)
     setting = proxy_setting(both)
     assert setting is not None
     assert setting.authorization == b"Basic " + base64.b64encode(b"ana:s3cret")
     other = {"HTTPS_PROXY": "http://proxy.lab:3128", "https_proxy": "http://x:y@elsewhere"}
-    assert proxy_for("gw.example", other) == ("proxy.lab", 3128)
+    assert proxy_setting_for("gw.example", other).address == ("proxy.lab", 3128)
     setting = proxy_setting(other)
     assert setting is not None and setting.authorization is None
 
@@ -297,7 +299,7 @@ def test_an_https_proxy_is_spoken_to_in_tls_with_its_credentials_inside() -> Non
     setting = proxy_setting(dict(s.proxy_environ))
     assert setting is not None and setting.tls
     assert setting.address == ("proxy.lab", 443)
-    assert proxy_for("gw.example", dict(s.proxy_environ)) == ("proxy.lab", 443)
+    assert proxy_setting_for("gw.example", dict(s.proxy_environ)).address == ("proxy.lab", 443)
     assert setting.authorization == b"Basic " + base64.b64encode(b"ana:s3cret")
     plain = proxy_setting({"HTTPS_PROXY": "proxy.lab"})
     assert plain is not None and not plain.tls and plain.address == ("proxy.lab", 80)

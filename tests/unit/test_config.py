@@ -21,7 +21,7 @@ from studios_gateway.config import (
     ConfigErrors,
     redact_password,
 )
-from studios_gateway.config_loading import load_config
+from studios_gateway.config_loading import load_config, read_env_file
 from studios_gateway.config_values import format_size
 from studios_gateway.durations import (
     MAX_SECONDS,
@@ -783,6 +783,33 @@ def test_a_malformed_env_file_line_is_named_not_quoted(tmp_path, line: str, show
         load_config(environ={}, env_file=str(env_file))
     assert str(e.value) == (f"{env_file}:2={shown}: expected a line of the form NAME=value "
                             "(the rest of the line is not shown: it may hold a secret)")
+
+
+def test_every_malformed_env_file_line_is_said_and_the_rest_still_checked(
+        tmp_path: Path) -> None:
+    """check-config and the start stopped at the first malformed line: a file with three
+    took three runs to mend, and the values of the good lines went unchecked meanwhile."""
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("CONNECT_HTTP_PORT=8080\n"
+                        "CONNECT_REDIS_PASSWORD: hunter2hunter2\n"
+                        "# a comment\n"
+                        "JUSTANAME\n"
+                        "CONNECT_LOG_LEVEL=chatty\n"
+                        "CONNECT-PEER-SECRET=s3cr3tkey\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={}, env_file=str(env_file))
+    assert [err.name for err in e.value.errors] == [
+        f"{env_file}:2", f"{env_file}:4", f"{env_file}:6", "CONNECT_LOG_LEVEL"]
+    assert "hunter2" not in str(e.value) and "s3cr3t" not in str(e.value)
+    # Only malformed lines: the good lines' values are used, and their contradictions said.
+    env_file.write_text("CONNECT_TLS_CERT_FILE=/x.pem\nJUSTANAME\nALSO ONE\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={}, env_file=str(env_file))
+    assert [err.name for err in e.value.errors] == [
+        f"{env_file}:2", f"{env_file}:3", "CONNECT_TLS_CERT_FILE"]
+    with pytest.raises(ConfigError) as e:  # (for the CLI's other commands: each line too)
+        read_env_file(str(env_file))
+    assert [err.name for err in e.value.errors] == [f"{env_file}:2", f"{env_file}:3"]
 
 
 def test_the_state_directory_is_the_storage_root_below_the_env_file(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -16,7 +17,7 @@ from studios_gateway.http.component import TunnelUpstream, check_certificate_nam
 from studios_gateway.http.upstream import SessionInfo, StudioNotConnected
 from studios_gateway.registry.base import TunnelHolder
 from studios_gateway.tunnel.dialer import StudioUnreachable
-from studios_gateway.wire.mux import StreamReset
+from studios_gateway.wire.mux import RESET_RELAYED, StreamReset
 from studios_gateway.wire.tls import make_self_signed
 from tests.unit.test_auth_authorizer import record, store_with
 from tests.unit.test_http_proxy import GET, OK, Harness, parse_responses, status_of
@@ -110,16 +111,22 @@ def test_tunnel_upstream_forwards_and_maps_failures() -> None:
     assert failures and failures[0].check(StudioNotConnected)
 
 
-def test_a_reset_through_another_node_is_a_tunnel_lost_there() -> None:
-    # The holding node resets the stream when the studio's tunnel is lost there (a
-    # refusal of the tool's reaches the dialing node as a close): not connected, not 504.
+@pytest.mark.parametrize(("code", "status", "words"), [
+    # The holding node resets the stream when the studio's tunnel is lost there: not
+    # connected, not 504 (a tool that closes reaches the dialing node as a close)...
+    (0, 503, b"Studio not connected"),
+    # ...and relays the studio's reset of a stream whose tool refused the connection
+    # (RESET_RELAYED): the same 504 page as for a stream of our own tunnel.
+    (RESET_RELAYED, 504, b"Studio is not answering"),
+])
+def test_a_reset_through_another_node(code: int, status: int, words: bytes) -> None:
     h, dialer = tunnel_harness()
     p, t = h.client()
     p.dataReceived(GET)
     stream = dialer.streams[0]
     stream.RESET_IS_LOST = True  # type: ignore[attr-defined]  # (a PeerStream's)
-    stream.protocol.connectionLost(Failure(StreamReset("reset")))
-    assert status_of(t) == 503 and b"Studio not connected" in t.value()
+    stream.protocol.connectionLost(Failure(StreamReset("reset", code=code)))
+    assert status_of(t) == status and words in t.value()
 
 
 def test_reset_after_the_response_started_is_not_a_refusal() -> None:

@@ -38,6 +38,7 @@ from studios_gateway.wire.frames import (
 from studios_gateway.wire.mux import (
     MAX_FRAMES_PER_TURN,
     MAX_UNREAD_ANSWERS,
+    RESET_RELAYED,
     Keepalive,
     Multiplexer,
     ReceiveWindow,
@@ -809,6 +810,19 @@ def test_bulk_streams_take_turns_frame_by_frame_and_small_writes_go_first() -> N
     ids = [sid for sid, _ in frames_out[1:]]
     assert ids == [a.stream_id, b.stream_id, c.stream_id] * 4  # round-robin, 64 KiB each
     assert all(n == 64 * KiB for _, n in frames_out[1:])
+
+
+def test_a_reset_carries_its_code_in_the_window_delta() -> None:
+    link = Link()
+    local, mine, remote, remote_p = open_pair(link)
+    local.abortConnection(RESET_RELAYED)
+    link.pump()
+    assert remote_p.lost is not None and remote_p.lost.check(StreamReset)
+    assert remote_p.lost.value.code == RESET_RELAYED
+    local, mine, remote, remote_p = open_pair(link)
+    local.abortConnection()  # a plain reset, as yamux sends it: 0
+    link.pump()
+    assert remote_p.lost is not None and remote_p.lost.value.code == 0
 
 
 def test_writer_that_ignores_backpressure_is_reset() -> None:

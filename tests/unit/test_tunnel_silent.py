@@ -27,7 +27,7 @@ from studios_gateway.studio.settings import Gateway
 from studios_gateway.tunnel.server import TunnelMetrics, TunnelServerFactory
 from studios_gateway.wire.bind import BindReply, BindRequest, parse_reply
 from studios_gateway.wire.frames import encode_go_away
-from studios_gateway.wire.mux import broke
+from studios_gateway.wire.mux import LOST_UNCLEANLY, broke
 from tests.support.tables import TOKEN, memory_table
 from tests.unit.test_connect_liveness import make_client
 from tests.unit.test_deadline import ReactorClock
@@ -123,6 +123,9 @@ def test_a_closed_or_broken_tunnel_says_so_once(lines: list[tuple[str, str]], re
     (Failure(error.ConnectionDone()), "session s1: tunnel closed", "closed"),
     (Failure(error.ConnectionLost("the peer sent garbage")),  # a break of its own words
      "session s1: tunnel lost: the peer sent garbage", "lost"),
+    # Another failure whose words read the same: decided by the failure's kind (it was
+    # by its rendered words, LOST_UNCLEANLY, and so taken for a stop).
+    (Failure(OSError(LOST_UNCLEANLY)), f"session s1: tunnel lost: {LOST_UNCLEANLY}", "lost"),
 ])
 def test_a_studio_that_said_goaway_then_went_is_closed_not_lost(
         lines: list[tuple[str, str]], reason: Any, line: str, counted: str) -> None:
