@@ -50,3 +50,10 @@ def test_the_ssh_relay_keeps_the_names_it_had_in_ssh_server(cls: type, conch: bo
     assert log.namespace == f"studios_gateway.ssh.server.{cls.__name__}"
     # Conch's own lines still go through conch_log's filter (warnings and worse).
     assert (log.observer is conch_log.observer) is conch
+
+
+def test_a_stream_keeps_the_name_it_had_in_wire_mux() -> None:
+    from studios_gateway.wire.stream import Stream
+
+    assert Stream._log.namespace == "studios_gateway.wire.mux.Stream"
+    assert Stream._log.observer is Logger().observer
