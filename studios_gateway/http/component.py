@@ -84,7 +84,8 @@ class _RefusalGuard(Protocol):
         self.inner.dataReceived(data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        from studios_gateway.wire.mux import StreamReset, tunnel_lost
+        from studios_gateway.wire.mux import tunnel_lost
+        from studios_gateway.wire.stream import StreamReset
 
         if not self.answered and tunnel_lost(reason, self.transport):
             reason = Failure(StudioNotConnected(f"the tunnel of studio {self.session_id} "

@@ -28,8 +28,9 @@ from zope.interface import implementer
 from studios_gateway.wire.bind import BindError, LineBuffer
 from studios_gateway.wire.ids import SESSION_ID
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
-from studios_gateway.wire.mux import RESET_RELAYED, StreamReset, TunnelUnavailable
+from studios_gateway.wire.mux import RESET_RELAYED, TunnelUnavailable
 from studios_gateway.wire.splice import SpliceEnd, join
+from studios_gateway.wire.stream import StreamReset
 
 MAX_LINE = 256
 KINDS = (STREAM_TOOL, STREAM_SSH)

@@ -1,4 +1,5 @@
-"""Plain decisions of the SSH proxy: login names, connection counting, refusals.
+"""Plain decisions of the SSH proxy: login names (and who logged in), connection
+counting, refusals, how much of a peer's words is shown.
 
 No reactor, no transport: each piece is tested on its own.
 """
@@ -11,13 +12,16 @@ from dataclasses import dataclass
 from studios_gateway.shown import shown
 from studios_gateway.wire.ids import SESSION_ID
 
-__all__ = ["LoginName", "Refused", "ConnectionLimiter", "MaxStartups", "StartupLimiter",
-           "parse_login", "shown_name", "USAGE"]
+__all__ = ["Identity", "LoginName", "Refused", "ConnectionLimiter", "MaxStartups",
+           "StartupLimiter", "parse_login", "shown_name", "MAX_STUDIO_WORDS", "USAGE"]
 
 USAGE = "log in as <user>@<session-id>, for example: ssh alice@abcd1234@gateway -p 2222"
 MAX_LOGIN = 512
 #: A login name as given is shown (logged) with at most this many characters.
 MAX_SHOWN = 80
+#: At most this many characters of a peer's own words (an SSH DISCONNECT's description)
+#: are shown in a log line.
+MAX_STUDIO_WORDS = 200
 
 
 class Refused(Exception):
@@ -36,6 +40,15 @@ class LoginName:
 
     def __str__(self) -> str:
         return f"{self.user}@{self.session_id}"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who logged in: the login name and the key that was accepted."""
+
+    login: LoginName
+    key_fingerprint: str
+    key_blob: bytes = b""
 
 
 def parse_login(name: bytes | str) -> LoginName:

@@ -55,6 +55,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from studios_gateway.ssh.algorithms import HOST_KEY_ALGORITHMS, INNER_CIPHERS, KEX, MACS, _supported
 from studios_gateway.ssh.channels import (
     OPEN_CONNECT_FAILED,
     OPEN_UNKNOWN_CHANNEL_TYPE,
@@ -66,7 +67,6 @@ from studios_gateway.ssh.channels import (
 )
 from studios_gateway.ssh.framing import PacketFraming
 from studios_gateway.ssh.keys import fingerprint
-from studios_gateway.ssh.server import HOST_KEY_ALGORITHMS, INNER_CIPHERS, KEX, MACS, _supported
 from studios_gateway.studio.sftp import SFTPServer
 from studios_gateway.wire.mux import words
 from studios_gateway.wire.splice import SpliceEnd, join

@@ -122,7 +122,7 @@ def encode_data(stream_id: int, data: bytes | memoryview = b"", flags: int = 0) 
 
 def data_frames(sid: int, data: bytes, step: int) -> bytes:
     """``data`` as flagless Data frames of stream ``sid``, one per ``step`` bytes (the last
-    shorter), joined: what a bulk write sends (mux.Stream.write; the lean TLS layer seals
+    shorter), joined: what a bulk write sends (stream.Stream.write; the lean TLS layer seals
     the same bytes without the join, wire/_records.c's seal_frames)."""
     view = memoryview(data)
     parts: list[bytes | memoryview] = []

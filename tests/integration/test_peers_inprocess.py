@@ -28,7 +28,8 @@ from studios_gateway.peers.streams import PeerRefused
 from studios_gateway.registry.base import TunnelHolder
 from studios_gateway.tunnel.dialer import StudioUnreachable
 from studios_gateway.wire.kinds import STREAM_TOOL
-from studios_gateway.wire.mux import RESET_RELAYED, Multiplexer, StreamReset, tunnel_lost
+from studios_gateway.wire.mux import RESET_RELAYED, Multiplexer, tunnel_lost
+from studios_gateway.wire.stream import StreamReset
 from tests.integration.test_tunnel_inprocess import Collect
 from tests.support.peer_certs import ca_and_leaf
 

@@ -17,7 +17,8 @@ from studios_gateway.http.component import TunnelUpstream, check_certificate_nam
 from studios_gateway.http.upstream import SessionInfo, StudioNotConnected
 from studios_gateway.registry.base import TunnelHolder
 from studios_gateway.tunnel.dialer import StudioUnreachable
-from studios_gateway.wire.mux import RESET_RELAYED, StreamReset
+from studios_gateway.wire.mux import RESET_RELAYED
+from studios_gateway.wire.stream import StreamReset
 from studios_gateway.wire.tls import make_self_signed
 from tests.unit.test_auth_authorizer import record, store_with
 from tests.unit.test_http_proxy import GET, OK, Harness, parse_responses, status_of

@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from studios_gateway.wire.mux import StreamReset
+from studios_gateway.wire.stream import StreamReset
 from tests.unit.test_http_proxy import GET, OK, Harness, parse_responses
 
 

@@ -399,8 +399,7 @@ def test_a_tunnel_lost_under_the_studio_ssh_login_says_the_case_too() -> None:
     # (tunnel lost: ...)", as of a studio whose SSH server refused, not that it comes back.
     from twisted.python.failure import Failure
 
-    from studios_gateway.ssh.policy import Refused
-    from studios_gateway.ssh.server import Identity, LoginName
+    from studios_gateway.ssh.policy import Identity, LoginName, Refused
     from studios_gateway.wire.mux import TunnelLost
     from tests.unit.test_ssh_refusal_logs import _connect, _factory
 

@@ -20,15 +20,14 @@ from twisted.python.failure import Failure
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.ssh.channels import FlowChannel, FlowConnection
 from studios_gateway.ssh.policy import MaxStartups, StartupLimiter
-from studios_gateway.ssh.server import (
-    GatewaySSHFactory,
+from studios_gateway.ssh.relay import Relay as ServerRelay
+from studios_gateway.ssh.relay import (
     RelayChannel,
-    SSHSettings,
     UpstreamConnection,
     UserConnection,
     _pair,
 )
-from studios_gateway.ssh.server import Relay as ServerRelay
+from studios_gateway.ssh.server import GatewaySSHFactory, SSHSettings
 
 
 class _NoKeys:

@@ -19,17 +19,14 @@ from twisted.python.failure import Failure
 
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
-from studios_gateway.ssh.policy import LoginName, Refused, shown_name
-from studios_gateway.ssh.server import (
+from studios_gateway.ssh.policy import Identity, LoginName, Refused, shown_name
+from studios_gateway.ssh.relay import (
     LOGGED_GLOBAL_REQUESTS,
-    GatewaySSHFactory,
-    GatewayUserAuth,
-    Identity,
     UpstreamTransport,
     UserConnection,
-    UserKeyChecker,
     describe_global_request,
 )
+from studios_gateway.ssh.server import GatewaySSHFactory, GatewayUserAuth, UserKeyChecker
 from studios_gateway.traffic.facts import Finished
 from studios_gateway.wire.mux import TunnelLost
 
@@ -353,7 +350,7 @@ def test_a_malformed_connection_message_is_a_line_and_a_protocol_error(
         lines: list[str], message: int, payload: bytes, name: str) -> None:
     """Before: an "Unhandled Error" traceback in the gateway's log (struct.error,
     IndexError) and the connection dropped without a word."""
-    from studios_gateway.ssh.server import UserConnection
+    from studios_gateway.ssh.relay import UserConnection
 
     f, _ = _factory()
     proto, t = _connect(f)

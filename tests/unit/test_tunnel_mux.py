@@ -41,14 +41,11 @@ from studios_gateway.wire.mux import (
     RESET_RELAYED,
     Keepalive,
     Multiplexer,
-    ReceiveWindow,
-    SendWindow,
-    Stream,
-    StreamReset,
     TunnelLost,
     TunnelUnavailable,
     broke,
 )
+from studios_gateway.wire.stream import ReceiveWindow, SendWindow, Stream, StreamReset
 
 KiB = 1024
 MiB = 1024 * 1024
