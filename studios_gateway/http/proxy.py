@@ -73,6 +73,7 @@ from studios_gateway.http.wsframes import (
     GOING_AWAY,
     INTERNAL_ERROR,
     POLICY_VIOLATION,
+    SERVICE_RESTART,
     FrameTracker,
     close_frame,
     is_websocket,
@@ -383,7 +384,7 @@ class ProxyProtocol(Protocol):
         """The gateway is shutting down: close now unless a request is in flight."""
         if self._ex is None and not self._closing and self._carrier is None:
             # (a carried tunnel is drained by the tunnel table: GoAway)
-            self._end_upgraded(GOING_AWAY, "this gateway node is shutting down; reconnect")
+            self._end_upgraded(SERVICE_RESTART, "this gateway node is shutting down; reconnect")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
@@ -1122,7 +1123,7 @@ class ProxyProtocol(Protocol):
                 self._upgraded = replace(self._upgraded, reason=f"{said}: {why}")
             # (the words of `why` may name addresses: the browser gets fewer)
             if going:
-                self._end_upgraded(GOING_AWAY, "the studio's connection is going away; "
+                self._end_upgraded(SERVICE_RESTART, "the studio's connection is going away; "
                                    "reconnect")
             elif why:
                 self._end_upgraded(INTERNAL_ERROR, "the connection to the studio broke")

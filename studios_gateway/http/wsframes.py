@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["GOING_AWAY", "INTERNAL_ERROR", "MAX_REASON", "POLICY_VIOLATION", "FrameTracker",
-           "close_frame", "is_websocket"]
+__all__ = ["GOING_AWAY", "INTERNAL_ERROR", "MAX_REASON", "POLICY_VIOLATION", "SERVICE_RESTART",
+           "FrameTracker", "close_frame", "is_websocket"]
 
-#: Close codes the gateway sends (RFC 6455 section 7.4.1).
+#: Close codes the gateway sends (RFC 6455 section 7.4.1; 1012 from IANA's registry).
+#: 1001 is for an end the page should take as final (its session was ended): JupyterLab
+#: (4.x) does not reconnect a kernel or terminal closed with 1000 or 1001. An end the
+#: page should come back from (this node draining, the studio's tunnel moving) is 1012,
+#: which it treats like a broken connection: it reconnects.
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
+SERVICE_RESTART = 1012
 #: A close frame's payload is at most 125 bytes: 2 for the code, the rest the reason.
 MAX_REASON = 123
 

@@ -17,29 +17,13 @@ import re
 import signal
 from pathlib import Path
 
-from tests.support.chromium import Chromium
-from tests.support.jupyter import DIALOGS, MARKS, jupyter_env, press, write_notebook
-from tests.support.tool_studio import ToolStudio, tool_studio
+from tests.support.jupyter import DIALOGS, MARKS, jupyter_env, run_again, run_cell, write_notebook
+from tests.support.tool_studio import tool_studio
 from tests.support.waiting import wait_until
 
 pytestmark = MARKS
 
-OUTPUT = ("Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
-          ".map(e => e.innerText).join('|')")
 AWAY = re.compile(r'"GET \S*/api/kernels/[0-9a-f-]+" 50\d ')
-
-
-def run_cell(browser: Chromium, lab: ToolStudio) -> str:
-    """Its output once the kernel answers (a page just loaded may take the first key
-    before its kernel is connected: pressed again until it answers)."""
-    for _ in range(6):
-        press(browser, "Enter", "Enter", 13, modifiers=8)  # Shift+Enter: run
-        try:
-            return str(browser.wait_for(OUTPUT, timeout=20))
-        except AssertionError:
-            continue
-    lab.screenshot(browser, "no-output")
-    raise AssertionError("the cell never ran")
 
 
 def test_a_notebook_gets_its_kernel_back_after_the_tunnel_was_away(tmp_path: Path) -> None:
@@ -69,14 +53,7 @@ def test_a_notebook_gets_its_kernel_back_after_the_tunnel_was_away(tmp_path: Pat
             wait_until(lambda: back.search(lab.gateway.output()) is not None,
                        "the kernel's model asked for again", timeout=60)
             assert "Kernel died" not in browser.evaluate(DIALOGS)
-            browser.evaluate("document.querySelectorAll('.jp-Dialog .jp-mod-reject, "
-                             ".jp-Dialog .jp-mod-accept').forEach(b => b.click())")
-            browser.wait_for(f"!({DIALOGS})", timeout=10)
-            press(browser, "Enter", "Enter", 13, modifiers=8)  # Shift+Enter: run
-            said = browser.wait_for(f"({OUTPUT}) && ({OUTPUT}) !== '{before}' ? ({OUTPUT}) "
-                                    f": ({DIALOGS})", timeout=60)
-            lab.screenshot(browser, "kernel-back")
-            assert said == str(int(before) + 42), (before, said)
+            run_again(browser, lab, before, timeout=60)
         finally:
             os.kill(pid, signal.SIGCONT)
             browser.stop()

@@ -63,13 +63,13 @@ def test_a_killed_studio_ends_its_websockets_with_1011_and_why(tmp_path: Path) -
         d.stop()
 
 
-def test_a_stopped_studio_ends_its_websockets_with_1001(tmp_path: Path) -> None:
+def test_a_stopped_studio_ends_its_websockets_with_1012(tmp_path: Path) -> None:
     d = Deployment(tmp_path)
     try:
         created, client = logged_in_studio(d)
         ws = open_ws(d, created)
         client.stop()  # SIGTERM: studios-connect closes its tunnel
-        assert ws.close_frame(timeout=20) == (1001, "the studio's connection is going away; "
+        assert ws.close_frame(timeout=20) == (1012, "the studio's connection is going away; "
                                                     "reconnect")
         ws.sock.close()
         # The access line says the same: an end on purpose, not a break.

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.chromium import Chromium, chromium_path
+from tests.support.tool_studio import ToolStudio
 
 #: Slow; skipped without JupyterLab and ipykernel (the test extra) or Chromium.
 MARKS = [
@@ -23,6 +24,9 @@ MARKS = [
 #: The text of the page's open dialogs, one after the other ("" when none is open).
 DIALOGS = ("Array.from(document.querySelectorAll('.jp-Dialog'))"
            ".map(d => d.innerText).join('\\n---\\n')")
+#: The text of the notebook's outputs, one after the other.
+OUTPUT = ("Array.from(document.querySelectorAll('.jp-OutputArea-output'))"
+          ".map(e => e.innerText).join('|')")
 
 
 def jupyter_env(tmp: Path) -> dict[str, str]:
@@ -48,3 +52,29 @@ def press(browser: Chromium, key: str, code: str, key_code: int, modifiers: int)
     for kind in ("rawKeyDown", "keyUp"):
         browser.call("Input.dispatchKeyEvent", type=kind, key=key, code=code,
                      windowsVirtualKeyCode=key_code, modifiers=modifiers)
+
+
+def run_cell(browser: Chromium, lab: ToolStudio) -> str:
+    """Its output once the kernel answers (a page just loaded may take the first key
+    before its kernel is connected: pressed again until it answers)."""
+    for _ in range(6):
+        press(browser, "Enter", "Enter", 13, modifiers=8)  # Shift+Enter: run
+        try:
+            return str(browser.wait_for(OUTPUT, timeout=20))
+        except AssertionError:
+            continue
+    lab.screenshot(browser, "no-output")
+    raise AssertionError("the cell never ran")
+
+
+def run_again(browser: Chromium, lab: ToolStudio, before: str, timeout: float) -> None:
+    """The page's dialogs closed, the notebook's cell (n = n + 1; n * 42) run once more: it
+    must show 42 more than `before`, n kept (the same kernel). Screenshot: kernel-back."""
+    browser.evaluate("document.querySelectorAll('.jp-Dialog .jp-mod-reject, "
+                     ".jp-Dialog .jp-mod-accept').forEach(b => b.click())")
+    browser.wait_for(f"!({DIALOGS})", timeout=10)
+    press(browser, "Enter", "Enter", 13, modifiers=8)  # Shift+Enter: run
+    said = browser.wait_for(f"({OUTPUT}) && ({OUTPUT}) !== '{before}' ? ({OUTPUT}) "
+                            f": ({DIALOGS})", timeout=timeout)
+    lab.screenshot(browser, "kernel-back")
+    assert said == str(int(before) + 42), (before, said)
