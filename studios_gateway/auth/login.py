@@ -112,6 +112,8 @@ GATEWAY_COOKIES = frozenset(
     for name in (COOKIE_NAME, LOGIN_COOKIE, BROWSER_COOKIE, HANDOFF_COOKIE, LOGOUT_COOKIE)
     for prefix in ("", "__Host-", "__Secure-"))
 KEY_FILE = "auth-signing.key"
+#: The browser's ``Sec-Fetch-Dest`` of a page load into a frame of another page.
+FRAMES = frozenset((b"iframe", b"frame", b"fencedframe", b"embed", b"object"))
 #: Journals under the storage root (one node, no Redis): logins that ended, used login
 #: links and hand-off codes.
 LOGOUTS = "auth-logouts.log"
@@ -436,7 +438,9 @@ class Auth:
         network connection"; in path mode to a 401 page, which JupyterLab said nothing
         of until a save failed with "Invalid response: 401 Unauthorized". It gets 401
         itself now, in JSON for a script's fetch (``Sec-Fetch-Dest: empty``), whose
-        ``message`` JupyterLab shows in its dialogs."""
+        ``message`` JupyterLab shows in its dialogs. A frame's page load (``Sec-Fetch-Dest``
+        iframe...: a webview of VS Code's) gets 401 with the words to show in the frame:
+        the login's pages refuse frames, so the redirect left it blank."""
         ident = self._studio_cookie(request, session_id)
         if ident is not None:
             return defer.succeed(ident)
@@ -444,6 +448,8 @@ class Auth:
         mode = request.header(b"sec-fetch-mode")
         scripted = mode is not None and mode != b"navigate"
         if request.method in ("GET", "HEAD") and not upgrade and not scripted:
+            if request.header(b"sec-fetch-dest") in FRAMES:
+                return defer.succeed(pages.login_ended_in_frame(session_id))
             return defer.succeed(redirect(self.login_url(request)))
         if scripted and request.header(b"sec-fetch-dest") == b"empty":
             return defer.succeed(pages.login_required_for_script(session_id,

@@ -18,6 +18,7 @@ __all__ = [
     "Page",
     "bad_request",
     "forbidden",
+    "login_ended_in_frame",
     "login_required_for_script",
     "not_connected",
     "not_found",
@@ -75,9 +76,13 @@ def reason_phrase(status: int) -> bytes:
 
 def page(status: int, title: str, message: str, *, session_id: str | None = None,
          refresh: int | None = None, extra: tuple[tuple[bytes, bytes], ...] = (),
-         link: tuple[str, str] | None = None, body_html: str = "") -> Page:
+         link: tuple[str, str] | None = None, body_html: str = "",
+         framed_by_self: bool = False) -> Page:
     """A page; `title`, `message` and the link's (href, text) are text (escaped here);
-    `body_html` is markup the gateway made itself (a form), placed after the message."""
+    `body_html` is markup the gateway made itself (a form), placed after the message.
+    Never shown in a frame, unless `framed_by_self`: then in frames of pages of its own
+    origin only (a page of words alone, no form and no link)."""
+    assert not (framed_by_self and (link or body_html)), "a framed page has words only"
     meta = f"<meta http-equiv=refresh content={int(refresh)}>" if refresh else ""
     studio = (f"<p>Studio: <code>{html.escape(session_id)}</code></p>"
               if session_id else "")
@@ -101,8 +106,10 @@ def page(status: int, title: str, message: str, *, session_id: str | None = None
         (b"X-Content-Type-Options", b"nosniff"),
         (b"Referrer-Policy", b"no-referrer"),
         # never framed: another site's page cannot overlay the login's "Open studio"
-        (b"Content-Security-Policy", b"frame-ancestors 'none'"),
-        (b"X-Frame-Options", b"DENY"),
+        *(((b"Content-Security-Policy", b"frame-ancestors 'self'"),
+           (b"X-Frame-Options", b"SAMEORIGIN")) if framed_by_self else
+          ((b"Content-Security-Policy", b"frame-ancestors 'none'"),
+           (b"X-Frame-Options", b"DENY"))),
         *extra,
     )
     return Page(status, headers, doc)
@@ -115,20 +122,34 @@ def redirect(location: str, status: int = 308,
                          (b"X-Content-Type-Options", b"nosniff"), *extra), b"")
 
 
+def _login_ended(session_id: str) -> str:
+    return (f"Your login to studio {session_id} has ended (it expired, or you logged "
+            "out). Reload the page to log in again.")
+
+
 def login_required_for_script(session_id: str, login_url: str) -> Page:
     """401 for a page's script (its fetch) whose browser has no valid login for the
     studio: JSON whose ``message`` says what to do (JupyterLab shows a refused request's
     ``message`` in its dialogs) and ``login``, where to log in."""
-    doc = json.dumps({
-        "message": f"Your login to studio {session_id} has ended (it expired, or you "
-                   "logged out). Reload the page to log in again.",
-        "login": login_url}).encode()
+    doc = json.dumps({"message": _login_ended(session_id), "login": login_url}).encode()
     return Page(401, ((b"Content-Type", b"application/json"),
                       (b"Content-Length", str(len(doc)).encode()),
                       (b"Cache-Control", b"no-store"),
                       (b"X-Content-Type-Options", b"nosniff"),
                       (b"Referrer-Policy", b"no-referrer")), doc,
                 why="login required (a script's request)")
+
+
+def login_ended_in_frame(session_id: str) -> Page:
+    """401 for a frame's page load (an iframe of the studio's own page) whose browser
+    has no valid login for the studio: the words, shown in the frame. The login's
+    pages refuse every frame, so a redirect to them left the frame blank with the
+    browser's "refused to connect" (VS Code's Markdown preview, or any webview, opened
+    after the login expired: its iframe is a page load of the studio's). Framed only by
+    pages of the studio's own origin; no link (a frame cannot take the person to the
+    login: the page around it has to be reloaded)."""
+    ended = page(401, "Login ended", _login_ended(session_id), framed_by_self=True)
+    return Page(ended.status, ended.headers, ended.body, why="login required (a frame)")
 
 
 def not_found(session_id: str | None = None, message: str = "") -> Page:

@@ -808,6 +808,36 @@ def test_a_scripts_request_without_a_login_gets_401_not_the_login_redirect():
     assert ask().status == 302
 
 
+def test_a_frames_page_load_without_a_login_gets_words_it_can_show() -> None:
+    """A page open whose login ended loads an iframe of the studio (VS Code's Markdown
+    preview, any of its webviews): the redirect to the login, whose pages refuse every
+    frame, left the frame blank with Chromium's "refused to connect". The frame gets 401
+    with the words, which the studio's own pages (only they) may frame."""
+    auth, _, rp = make()
+    b = LoginDriver(auth, external=idp_login(rp))
+    run(b.open(studio("abc")))
+    run(b.open(f"{PROXY}/_connect/logout", method="POST"))
+
+    def ask(dest: bytes) -> Any:
+        return run(auth.authorize_request(request(
+            studio("abc", "/static/webview/index.html"), b.jar,
+            headers=((b"Sec-Fetch-Mode", b"navigate"), (b"Sec-Fetch-Dest", dest))), "abc"))
+
+    for dest in (b"iframe", b"frame", b"embed", b"object"):
+        framed = ask(dest)
+        assert framed.status == 401, (dest, framed.status)
+        headers = dict(framed.headers)
+        assert headers[b"Content-Type"].startswith(b"text/html")
+        assert headers[b"Content-Security-Policy"] == b"frame-ancestors 'self'"
+        assert headers[b"X-Frame-Options"] == b"SAMEORIGIN"
+        assert b"Your login to studio abc has ended" in framed.body, framed.body
+        assert b"Reload the page to log in again" in framed.body
+        assert b"<a " not in framed.body and b"<form" not in framed.body
+        assert framed.why == "login required (a frame)"
+    # The page itself still goes to the login.
+    assert ask(b"document").status == 302
+
+
 def test_logout_revokes_every_cookie_of_the_login():
     auth, _, rp = make()
     events: list[Any] = []
