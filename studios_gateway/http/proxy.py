@@ -1128,7 +1128,14 @@ class ProxyProtocol(Protocol):
             elif why:
                 self._end_upgraded(INTERNAL_ERROR, "the connection to the studio broke")
             else:
-                self._end_upgraded(GOING_AWAY, "the tool closed the connection", False)
+                # The tool closed its end without a close frame of its own (or after it):
+                # its end goes on as it came, with no close frame of the gateway's, which
+                # the browser reports as 1006, as connected directly. A frame of ours
+                # would make it final for a page (JupyterLab takes 1001 so: its kernel,
+                # gone with a stopped jupyter-server, was never asked for again).
+                self._stop_waiting()
+                if not self._closing:
+                    self._close()
             return
         ex = self._ex
         if ex is None or ex.up is not conn:

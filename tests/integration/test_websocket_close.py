@@ -7,11 +7,14 @@ close frame (1011 and why) first. A transfer quota's close frame (1008) went out
 whenever the quota's tick came, also in the middle of one of the tool's frames, where
 the browser takes it for payload: now it goes only between frames, and mid-frame the
 connection closes without one (unless the frame ends within 64 KiB and 2 seconds: then
-the close frame follows it; unit tests in test_http_proxy.py).
+the close frame follows it; unit tests in test_http_proxy.py). A tool that ends its
+WebSocket without a close frame had the gateway's 1001 added, which JupyterLab takes as
+final: that end now goes on as it came.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import pytest
 
 from tests.integration.test_traffic_process import metrics
 from tests.integration.test_tunnel_process import Deployment, wait_connected
-from tests.support.studio import Connect
+from tests.support.studio import Connect, Tool
 from tests.support.waiting import wait_until
 from tests.support.websocket import WebSocket
 
@@ -28,13 +31,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 MiB = 1 << 20
 
 
-def logged_in_studio(d: Deployment) -> tuple[dict, Connect]:
+def logged_in_studio(d: Deployment) -> tuple[dict, Connect, Tool]:
     """A session, its studio connected (the demo tool), alice logged in to it."""
     created = d.create()
-    _, client = d.studio(created)
+    tool, client = d.studio(created)
     wait_connected(d.gw, created["id"])
     d.login(created)
-    return created, client
+    return created, client, tool
 
 
 def open_ws(d: Deployment, created: dict, rcvbuf: int = 0) -> WebSocket:
@@ -51,7 +54,7 @@ def open_ws(d: Deployment, created: dict, rcvbuf: int = 0) -> WebSocket:
 def test_a_killed_studio_ends_its_websockets_with_1011_and_why(tmp_path: Path) -> None:
     d = Deployment(tmp_path)
     try:
-        created, client = logged_in_studio(d)
+        created, client, _ = logged_in_studio(d)
         ws = open_ws(d, created)  # and idle
         client.proc.send_signal(signal.SIGKILL)
         client.proc.wait()
@@ -66,7 +69,7 @@ def test_a_killed_studio_ends_its_websockets_with_1011_and_why(tmp_path: Path) -
 def test_a_stopped_studio_ends_its_websockets_with_1012(tmp_path: Path) -> None:
     d = Deployment(tmp_path)
     try:
-        created, client = logged_in_studio(d)
+        created, client, _ = logged_in_studio(d)
         ws = open_ws(d, created)
         client.stop()  # SIGTERM: studios-connect closes its tunnel
         assert ws.close_frame(timeout=20) == (1012, "the studio's connection is going away; "
@@ -80,10 +83,32 @@ def test_a_stopped_studio_ends_its_websockets_with_1012(tmp_path: Path) -> None:
         d.stop()
 
 
+def test_a_tool_ending_its_websocket_is_passed_on_without_a_frame_of_the_gateways(
+        tmp_path: Path) -> None:
+    """The demo tool stopped (SIGTERM), the studio still connected: its WebSocket ends
+    without a close frame, as a stopped jupyter-server's do. The browser gets that end as
+    it came (no close frame: 1006 there, as connected directly), not the gateway's 1001
+    "the tool closed the connection", which JupyterLab took as final for its kernel."""
+    d = Deployment(tmp_path)
+    try:
+        created, _, tool = logged_in_studio(d)
+        ws = open_ws(d, created)
+        tool.stop()
+        assert ws.close_frame(timeout=20) is None
+        ws.sock.close()
+        wait_until(lambda: '"GET /ws" 101' in d.gw.output(), "the WebSocket's access line")
+        line = next(x for x in d.gw.output().splitlines() if '"GET /ws" 101' in x)
+        assert "reason=" not in line, line  # (an end of the tool's: no reason)
+        status, body, _ = d.gw.request(f"/api/sessions/{created['id']}")
+        assert status == 200 and json.loads(body)["connected"], body  # (the tunnel stays)
+    finally:
+        d.stop()
+
+
 def test_a_quota_stop_sends_1008_between_frames_and_never_inside_one(tmp_path: Path) -> None:
     d = Deployment(tmp_path, CONNECT_QUOTA_SESSION_BYTES="16MiB", CONNECT_QUOTA_WINDOW="1m")
     try:
-        created, _ = logged_in_studio(d)
+        created, _, _ = logged_in_studio(d)
         idle = open_ws(d, created)
         # A 15 MiB message comes back as one frame to a client that reads none of it: the
         # quota is used up 1 MiB into the echo, and the frame is stuck in the middle

@@ -767,12 +767,25 @@ def test_after_the_tools_own_close_frame_the_gateway_sends_none() -> None:
     assert t.value() == b"" and t.disconnecting
 
 
-def test_the_tool_closing_cleanly_is_going_away_and_the_gateway_draining_a_restart() -> None:
-    """1012 for the drain: JupyterLab takes 1001 on its kernel's WebSocket as final and
-    never reconnects (the notebook stayed "Disconnected" after a gateway restart)."""
-    h, p, t, up = upgraded()
+def test_the_tool_closing_is_passed_on_as_it_came_and_the_gateway_draining_a_restart() -> None:
+    """The tool's end goes on as it came: closed without a close frame of its own, the
+    browser's connection just closes (1006 there, as connected directly; it was the
+    gateway's 1001, which JupyterLab takes as final: a notebook whose jupyter-server
+    stopped never asked for its kernel again); its own close frame goes on alone. The
+    access line has no reason for it. 1012 for the drain: JupyterLab takes 1001 on its
+    kernel's WebSocket as final and never reconnects (the notebook stayed "Disconnected"
+    after a gateway restart)."""
+    obs = _Observer()
+    h, p, t, up = upgraded(observer=obs)
+    up.dataReceived(b"\x81\x02hi")
     up.connectionLost(None)
-    assert close_of(t.value()) == (1001, "the tool closed the connection")
+    assert t.value() == b"\x81\x02hi" and t.disconnecting
+    p.connectionLost(Failure(ConnectionDone()))
+    assert [f.reason for f in obs.closed] == [""]
+    h, p, t, up = upgraded()
+    up.dataReceived(b"\x88\x02\x03\xe8")  # the tool's own close frame (1000)
+    up.connectionLost(None)
+    assert t.value() == b"\x88\x02\x03\xe8" and t.disconnecting
     h, p, t, up = upgraded()
     h.factory.drain()
     assert close_of(t.value()) == (1012, "this gateway node is shutting down; reconnect")
