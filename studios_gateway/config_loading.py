@@ -66,9 +66,14 @@ def read_env_file_lines(path: str) -> tuple[dict[str, str], list[ConfigError]]:
         key = key.strip()
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             # The name as written, not the rest: a line gone wrong can hold a secret
-            # ('CONNECT_REDIS_PASSWORD: ...').
+            # ('CONNECT_REDIS_PASSWORD: ...'). Not even that when it does not read as a
+            # name: a line of a secret's own (a backslash-continued value, a pasted PEM
+            # key) has no '=' either, and every malformed line is said.
             name = re.split(r"[=:\s]", line, maxsplit=1)[0]
-            shown = name + (" " + REDACTED if line[len(name):].strip() else "")
+            if _reads_as_a_name(name):
+                shown = name + (" " + REDACTED if line[len(name):].strip() else "")
+            else:
+                shown = REDACTED
             malformed.append(ConfigError(
                 f"{path}:{lineno}", shown, "a line of the form NAME=value (the rest of the "
                 "line is not shown: it may hold a secret)"))
@@ -78,6 +83,18 @@ def read_env_file_lines(path: str) -> tuple[dict[str, str], list[ConfigError]]:
             value = value[1:-1]
         out[key] = value
     return out, malformed
+
+
+#: What a malformed line's first word must look like to be shown: a name in capitals
+#: (``-`` for ``_`` too), as the gateway's settings are written. Mixed case or anything
+#: else may be a secret's text (base64, a password) and is not shown.
+_SHOWN_NAME = re.compile(r"[A-Z_][A-Z0-9_]*(?:-[A-Z0-9_]+)*")
+
+
+def _reads_as_a_name(word: str) -> bool:
+    """`word` (a malformed line's first) is a setting's name, or written as one."""
+    return bool(_SHOWN_NAME.fullmatch(word)) or word.upper().replace("-", "_") in (
+        set(BY_NAME) | CLIENT_VARIABLES)
 
 
 def load_config(

@@ -812,6 +812,28 @@ def test_every_malformed_env_file_line_is_said_and_the_rest_still_checked(
     assert [err.name for err in e.value.errors] == [f"{env_file}:2", f"{env_file}:3"]
 
 
+def test_a_malformed_line_that_is_a_secret_of_its_own_is_not_shown(tmp_path: Path) -> None:
+    """Every malformed line is said, and a line's first word was shown whole: the second
+    line of a backslash-continued secret, or each line of a key pasted in, was printed
+    (check-config's output, the start's journal). Only a word written as a name is."""
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("\n".join((
+        "CONNECT_PEER_SECRET=first-half-\\", "SECONDhalfOfTheSecret123",
+        "CONNECT_TLS_KEY=\"-----BEGIN PRIVATE KEY-----",
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7",
+        "q8ZzTlyP0aB9fXcVdE3kLmNoPqRsTuVwXyZ01234567890abcde", "hunter2hunter2",
+        "-----END PRIVATE KEY-----\"", "connect_http_port 8080")))
+    e = pytest.raises(ConfigError, load_config, environ={}, env_file=str(env_file))
+    said = str(e.value)
+    for secret in ("SECONDhalf", "MIIEvQ", "q8ZzTly", "hunter2"):
+        assert secret not in said, said
+    malformed = [err for err in e.value.errors if err.name.startswith(str(env_file))]
+    assert [(err.name, err.value) for err in malformed] == [
+        (f"{env_file}:2", "<redacted>"), (f"{env_file}:4", "<redacted>"),
+        (f"{env_file}:5", "<redacted>"), (f"{env_file}:6", "<redacted>"),
+        (f"{env_file}:7", "<redacted>"), (f"{env_file}:8", "connect_http_port <redacted>")]
+
+
 def test_the_state_directory_is_the_storage_root_below_the_env_file(tmp_path: Path) -> None:
     # The units give no CONNECT_STORAGE_ROOT of their own (it would win over gateway.env,
     # which the gateway reads itself): systemd's $STATE_DIRECTORY stands in below the file.
