@@ -55,13 +55,18 @@ def test_a_page_whose_login_expired_says_so(tmp_path: Path, mode: str) -> None:
             def refused() -> int:
                 return len(REFUSED.findall(lab.gateway.output()))
 
-            # The login ends; the page's polls are refused from then on.
-            wait_until(lambda: refused() >= 1, "a request of the page refused", timeout=90)
+            # The login ends (seen here with the same cookies, on a path the page does not
+            # poll: no waiting for its next poll, up to 10 s); the page's requests are
+            # refused from then on.
+            static = lab.url("static/favicons/favicon.ico")
+            wait_until(lambda: lab.browser.get(static, follow=False).status == 302,
+                       "the login's end", timeout=TTL + 30)
             first, start = refused(), time.monotonic()
             # A save (Ctrl+S) says why it failed, in the gateway's words.
             press(browser, "s", "KeyS", 83, modifiers=2)
             said = browser.wait_for(f"({DIALOGS}).includes('has ended') && ({DIALOGS})",
                                     timeout=30)
+            assert refused() > first, "the page's save was not refused"
             assert f"Your login to studio {sid} has ended" in said, said
             assert "Reload the page to log in again" in said, said
             assert "Server Connection Error" not in said, said
