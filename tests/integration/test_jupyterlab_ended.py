@@ -35,12 +35,18 @@ def test_an_open_page_of_an_ended_studio_does_not_flood_the_gateway(tmp_path: Pa
             sid = lab.host.split(".")[0]
             status, body, _ = lab.gateway.request(f"/api/sessions/{sid}", method="DELETE")
             assert status == 200, body
+            # Its refresh button, to have the listing now rather than at its next poll (up
+            # to 10 s away): a refresh runs the poll's own step and schedules the next.
+            assert browser.evaluate(
+                "(() => { const b = document.querySelector("
+                "'.jp-FileBrowser [data-command=\"filebrowser:refresh\"]');"
+                " b?.click(); return !!b; })()")
 
             def refused() -> int:
                 return len(REFUSED_LISTING.findall(lab.gateway.output()))
 
-            # The file browser's next listing is refused (it polls every 10 s), then its
-            # next one: at once with 404, a polling interval later with 410.
+            # The file browser's listing is refused, then its next one: at once with 404,
+            # a polling interval (10 s) later with 410.
             wait_until(lambda: refused() >= 1, "the page's listing refused", timeout=60)
             first = time.monotonic()
             wait_until(lambda: refused() >= 2, "a second listing", timeout=60)

@@ -11,6 +11,7 @@ a JSON message JupyterLab shows: the login has ended, reload the page to log in 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -26,30 +27,46 @@ pytestmark = MARKS
 REFUSED = re.compile(r'"(GET|PUT) \S*/api/\S*" (302|401) ')
 
 
+#: The logins' lifetime: long enough for the page to load (~5 s; LOAD at most) on a login
+#: made just before, short enough not to keep the test waiting for its end.
+TTL, LOAD = 20, 15
+
+
 @pytest.mark.parametrize("mode", ["subdomain", "path"])
 def test_a_page_whose_login_expired_says_so(tmp_path: Path, mode: str) -> None:
     with tool_studio(tmp_path, "jupyterlab", mode, "api/status",
                      extra_env=jupyter_env(tmp_path),
-                     gateway_env={"CONNECT_LOGIN_TTL": "45s"}) as lab:
+                     gateway_env={"CONNECT_LOGIN_TTL": f"{TTL}s"}) as lab:
         write_notebook(lab.home / "n.ipynb", "6*7")
         sid = lab.prefix.strip("/").split("/")[-1] if mode == "path" \
             else lab.host.split(".")[0]
+        # A new login for the page (the studio's start took some of the first one's TTL).
+        status, body, _ = lab.gateway.request(f"/api/sessions/{sid}/login-links",
+                                              method="POST", body={"user": "alice"})
+        assert status in (200, 201), body
+        page = lab.browser.use_login_link(json.loads(body)["login_link"])
+        assert page.status in (200, 302), (page.status, page.text[:300])
         browser = lab.chromium()
         try:
             browser.call("Page.navigate", url=lab.url("lab/tree/n.ipynb"))
             browser.wait_for("!!document.querySelector('.jp-Notebook .cm-content')",
-                             timeout=40)
+                             timeout=LOAD)
 
             def refused() -> int:
                 return len(REFUSED.findall(lab.gateway.output()))
 
-            # The login ends; the page's polls are refused from then on.
-            wait_until(lambda: refused() >= 1, "a request of the page refused", timeout=90)
+            # The login ends (seen here with the same cookies, on a path the page does not
+            # poll: no waiting for its next poll, up to 10 s); the page's requests are
+            # refused from then on.
+            static = lab.url("static/favicons/favicon.ico")
+            wait_until(lambda: lab.browser.get(static, follow=False).status == 302,
+                       "the login's end", timeout=TTL + 30)
             first, start = refused(), time.monotonic()
             # A save (Ctrl+S) says why it failed, in the gateway's words.
             press(browser, "s", "KeyS", 83, modifiers=2)
             said = browser.wait_for(f"({DIALOGS}).includes('has ended') && ({DIALOGS})",
                                     timeout=30)
+            assert refused() > first, "the page's save was not refused"
             assert f"Your login to studio {sid} has ended" in said, said
             assert "Reload the page to log in again" in said, said
             assert "Server Connection Error" not in said, said

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")]
 
 SILENT = 200
-DEADLINE = 15.0  # long enough for a studio to start while they are held
+DEADLINE = 8.0  # long enough for a studio to start while they are held (~2.5 s: 3x that)
 
 
 def open_fds(pid: int) -> int:

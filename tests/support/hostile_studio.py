@@ -47,6 +47,25 @@ class HostileStudio:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def send_unless(self, data: bytes, stop: Callable[[], bool], timeout: float = 10.0,
+                    poll: float = 0.5) -> bool:
+        """Send `data`, unless the gateway stops taking it and `stop()` holds (checked
+        each `poll` seconds it takes nothing): False then, True once all is sent.
+        TimeoutError when it takes nothing for `timeout` seconds and `stop()` never held.
+        (A write that timed out is retried with the same bytes, as TLS requires.)"""
+        self.sock.settimeout(poll)
+        view, sent, blocked = memoryview(data), 0, 0.0
+        while sent < len(view):
+            try:
+                sent += self.sock.send(view[sent:])
+            except TimeoutError:
+                if stop():
+                    return False
+                blocked += poll
+                if blocked >= timeout:
+                    raise
+        return True
+
     def frames(self, timeout: float = 10.0) -> list[Frame]:
         """The frames the next read completes ([] once the gateway closed)."""
         self.sock.settimeout(timeout)

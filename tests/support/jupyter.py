@@ -54,15 +54,23 @@ def press(browser: Chromium, key: str, code: str, key_code: int, modifiers: int)
                      windowsVirtualKeyCode=key_code, modifiers=modifiers)
 
 
+#: The first cell's prompt: "[ ]:" before it runs, "[*]:" once queued or running.
+PROMPT = "(document.querySelector('.jp-Notebook .jp-InputPrompt')?.innerText ?? '')"
+
+
 def run_cell(browser: Chromium, lab: ToolStudio) -> str:
-    """Its output once the kernel answers (a page just loaded may take the first key
-    before its kernel is connected: pressed again until it answers)."""
-    for _ in range(6):
+    """Its output once the kernel answers. A page just loaded may take the first keys
+    for something else (before its kernel is connected, its kernel dialog's button
+    focused): pressed again until the cell is queued, never once it is (a second run
+    would change n), then its output awaited. (Each press that went elsewhere waited
+    out 20 s for an output before: 20-40 s per test.)"""
+    for _ in range(30):
         press(browser, "Enter", "Enter", 13, modifiers=8)  # Shift+Enter: run
         try:
-            return str(browser.wait_for(OUTPUT, timeout=20))
+            browser.wait_for(f"({OUTPUT}) || {PROMPT}.includes('*')", timeout=3)
         except AssertionError:
             continue
+        return str(browser.wait_for(OUTPUT, timeout=60))
     lab.screenshot(browser, "no-output")
     raise AssertionError("the cell never ran")
 
