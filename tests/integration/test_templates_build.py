@@ -216,6 +216,11 @@ def test_the_image_runs_behind_a_real_gateway(image: tuple[str, str], tmp_path: 
         reply = browser.get(f"http://{created['id']}.localhost:{http_port}{path}")
         assert reply.status == 200, (reply.status, reply.text[:500])
         assert word in reply.text.lower()  # the tool's own answer, through the tunnel
+        if tool == "xpra":
+            # The image's HTML5 client is Debian's as templates/xpra/fix-html5-client changed
+            # it: a page that comes back by itself after its connection ends.
+            assert "studio-reconnect: added by the studio image" in reply.text
+            assert 'getboolparam("reconnect", false)' in reply.text
         if tool == "jupyterlab":
             # The image answers JupyterLab's news question for every user (the install
             # script's overrides.json): JupyterLab serves it as the setting's default.

@@ -7,6 +7,9 @@ login off. In path mode the gateway strips ``/_studio/<id>`` (Xpra serves at
 window over its WebSocket; keys typed in the browser run a command in the
 xterm (it creates a file in the studio's home and prints a line, seen in the
 screenshot). Stopping the studio runs `xpra stop :N`: no Xvfb is left behind.
+The Xpra template's change to the HTML5 client (templates/xpra/fix-html5-client) is
+applied to a copy of Debian's client here, as the image build applies it, and the page
+is shown to come back by itself after a gateway restart.
 CI installs Xpra with scripts/install-studio-tools.
 """
 
@@ -15,6 +18,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.chromium import Chromium, chromium_path, png_colours
+from tests.support.gateway import REPO, GatewayProcess
 from tests.support.tool_studio import ToolStudio, tool_studio
 from tests.support.waiting import wait_until
 
@@ -51,6 +57,27 @@ def xpra(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         assert f"stopping Xpra: xpra stop {display.group(1)}" in out, out[-3000:]
         assert not Path(f"/tmp/.X11-unix/X{display.group(1)[1:]}").exists(), \
             "the X server outlived the studio"
+
+
+DEBIAN_CLIENT = Path("/usr/share/xpra/www")  # Debian's HTML5 client, which the template ships
+FIX_CLIENT = REPO / "templates" / "xpra" / "fix-html5-client"
+#: The session is on the page: the xterm's window drawn, the client connected.
+SHOWN = ("typeof client !== 'undefined' && client.connected && "
+         "!!document.querySelector('div.window canvas') && "
+         "document.querySelector('div.window canvas').width > 100")
+
+
+def template_client(tmp: Path) -> Path:
+    """A copy of Debian's HTML5 client (its links to jQuery resolved) changed by the Xpra
+    template's fix-html5-client, as the image build changes it; with Xpra's headers next
+    to it (it reads <www>/../http-headers). Served by `xpra start --html=<dir>`."""
+    root = tmp / "xpra-client"
+    shutil.copytree(DEBIAN_CLIENT, root / "www")
+    shutil.copytree(DEBIAN_CLIENT.parent / "http-headers", root / "http-headers")
+    done = subprocess.run([sys.executable, str(FIX_CLIENT), str(root / "www")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return root / "www"
 
 
 def type_text(browser: Chromium, text: str) -> None:
@@ -150,3 +177,43 @@ def test_a_command_of_ones_own_runs_inside_xpra_and_ends_the_studio_with_it(
         (home / "stop").touch()  # the program ends: the session and the studio end
         studio.client.proc.wait(timeout=60)
         assert studio.client.proc.returncode == 0, studio.client.output()[-3000:]
+
+
+@pytest.mark.skipif(not (DEBIAN_CLIENT / "index.html").exists(),
+                    reason="Debian's Xpra HTML5 client is not in /usr/share/xpra/www")
+def test_the_templates_client_comes_back_by_itself_after_a_gateway_restart(
+        tmp_path: Path) -> None:
+    """The gateway restarts under an open Xpra page (subdomain mode). With Debian's client
+    as it is, the page froze for good (its reconnect fails: `win is not defined`). With the
+    template's change it says that the gateway cannot be reached, tries again, reloads once
+    the gateway answers (its "Studio not connected" page until the studio has bound again)
+    and shows the same session: the xterm where it was."""
+    www = template_client(tmp_path)
+    (tmp_path / "runtime").mkdir(mode=0o700)
+    env = {"XDG_RUNTIME_DIR": str(tmp_path / "runtime")}
+    with tool_studio(tmp_path, "xpra", "subdomain", "", extra_env=env,
+                     command=["xpra", "start", f"--html={www}", "--start=xterm"]) as studio:
+        browser = studio.chromium()
+        restarted: GatewayProcess | None = None
+        try:
+            browser.call("Page.navigate", url=studio.url())
+            browser.wait_for(SHOWN, timeout=90)
+            studio.gateway.stop()  # SIGTERM: the drain closes the WebSocket (1012)
+            line = browser.wait_for("(document.getElementById('studio-reconnect') || {})"
+                                    ".textContent", timeout=20)
+            assert "the gateway cannot be reached" in line, line
+            studio.screenshot(browser, "xpra-gateway-away")
+            restarted = GatewayProcess(tmp_path, studio.gateway.env, name="gateway2")
+            restarted.wait_ready()
+            browser.wait_for(SHOWN, timeout=60)  # reloaded, the studio bound again
+            assert browser.evaluate("location.href") == studio.url()
+            titles = browser.evaluate("Object.values(client.id_to_window).map(w => w.title)")
+            assert titles == ["xterm"], titles
+            time.sleep(1)  # let the client draw the window before the screenshot
+            png = studio.screenshot(browser, "xpra-back")
+            assert studio.client.proc.poll() is None  # the same studio and Xpra session
+        finally:
+            browser.stop()
+            if restarted is not None:
+                restarted.stop()
+        assert png_colours(png) > 20

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +161,44 @@ def test_the_readme_covers_each_template(tool: str) -> None:
     readme = (TEMPLATES / "README.md").read_text()
     assert f"templates/{tool}/Containerfile" in readme
     assert f"--tool {tool}" in readme or f'"--tool", "{tool}"' in readme
+
+
+XPRA_CLIENT = Path("/usr/share/xpra/www/index.html")  # Debian's Xpra 3.1.3 HTML5 client
+
+
+def fix_html5_client(www: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(TEMPLATES / "xpra" / "fix-html5-client"),
+                           str(www)], capture_output=True, text=True, timeout=30)
+
+
+def test_the_xpra_image_changes_its_html5_client_at_build() -> None:
+    steps = template("xpra").steps
+    assert ("COPY", "xpra/fix-html5-client /opt/studio/xpra/fix-html5-client") in steps
+    assert ("RUN", "python3 /opt/studio/xpra/fix-html5-client /usr/share/xpra/www") in steps
+
+
+@pytest.mark.skipif(not XPRA_CLIENT.exists(), reason="Debian's Xpra HTML5 client is not here")
+def test_fix_html5_client_turns_xpras_reconnect_off_and_reloads_once(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text(XPRA_CLIENT.read_text())
+    done = fix_html5_client(tmp_path)
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "index.html").read_text()
+    assert 'getboolparam("reconnect", false)' in page
+    assert 'getboolparam("reconnect", true)' not in page
+    assert page.count("studio-reconnect: added by the studio image") == 1
+    # The waiting and reloading come before the client's first script (a script that
+    # fails to load reloads the page too); the end of the connection leads to them.
+    assert page.index("var studio_reconnect = ") < page.index('src="js/lib/es6-shim.js"')
+    assert page.index("if (!studio_reconnect(") < page.index("client.init(ignore_audio_")
+    again = fix_html5_client(tmp_path)  # a second run leaves it alone
+    assert again.returncode == 0 and "already changed" in again.stdout
+    assert (tmp_path / "index.html").read_text() == page
+
+
+def test_fix_html5_client_refuses_a_client_it_does_not_know(tmp_path: Path) -> None:
+    other = "<html><script>var reconnect = true;</script></html>\n"
+    (tmp_path / "index.html").write_text(other)
+    done = fix_html5_client(tmp_path)
+    assert done.returncode == 1
+    assert "not Xpra 3.1's HTML5 client" in done.stderr
+    assert (tmp_path / "index.html").read_text() == other  # unchanged
