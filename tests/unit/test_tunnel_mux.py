@@ -15,12 +15,13 @@ from twisted.internet import defer, error, reactor
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from studios_gateway.wire import frames
+from studios_gateway.wire.closing import CLOSE_GRACE
 from studios_gateway.wire.frames import (
     ACK,
     DATA,
@@ -46,6 +47,7 @@ from studios_gateway.wire.mux import (
     broke,
 )
 from studios_gateway.wire.stream import ReceiveWindow, SendWindow, Stream, StreamReset
+from tests.support.stuck_socket import StuckSocket
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -615,6 +617,23 @@ def test_a_peer_flooding_frames_whose_answers_it_never_reads_is_cut_off(answered
     assert take(transport)[-1] == Frame(GO_AWAY, 0, 0, frames.GO_AWAY_PROTOCOL_ERROR)
     assert server.close_reason is not None
     assert "read nothing" in server.close_reason.getErrorMessage()
+
+
+def test_a_tunnel_ended_on_a_peer_that_reads_nothing_is_reset_after_the_grace() -> None:
+    """After a protocol error the tunnel's close waited behind what was buffered for the
+    peer (its GoAway, the answers before it): a peer that reads nothing held the socket
+    for good. It is reset CLOSE_GRACE after the close (a real gateway:
+    test_hostile_studio.py)."""
+    clock = MemoryReactorClock()
+    sock = StuckSocket(clock)
+    server = sock.connect(Multiplexer(is_client=False, clock=clock))
+    server.dataReceived(frames.encode_ping(1) + b"\x01" + b"\x00" * 11)  # a bad version
+    assert server.closed and sock.disconnecting and sock.unsent()
+    clock.advance(CLOSE_GRACE - 0.1)
+    assert not sock.disconnected
+    clock.advance(0.1)
+    assert sock.aborted and sock.disconnected
+    assert not [c for c in clock.getDelayedCalls() if c.active()]
 
 
 def test_a_read_of_many_small_frames_is_handled_over_several_turns_in_order() -> None:
