@@ -9,12 +9,14 @@ from typing import Any
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionAborted
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 
 class StuckSocket(FileDescriptor):
-    def __init__(self, reactor: Any, peer: str = "192.0.2.9"):
-        super().__init__(reactor)
+    def __init__(self, reactor: Any = None, peer: str = "192.0.2.9"):
+        # (its reactor only watches it: any timers are the test's clock's)
+        super().__init__(reactor if reactor is not None else MemoryReactorClock())
         self.connected = 1
         self.protocol: Any = None
         self.aborted = False
