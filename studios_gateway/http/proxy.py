@@ -627,6 +627,7 @@ class ProxyProtocol(Protocol):
         self.transport.write(head)
         inner = self.factory.carry.buildProtocol(self.transport.getPeer())
         self._carrier = WebSocketServer(inner)
+        self._carrier.clock = self.factory.reactor
         self._carrier.makeConnection(self.transport)
         if rest:
             self._carrier.dataReceived(rest)
