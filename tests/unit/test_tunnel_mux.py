@@ -1030,6 +1030,42 @@ def test_close_timeout_resets_a_stream_the_peer_never_finishes() -> None:
     assert remote_p.lost is not None and remote_p.lost.check(StreamReset)
 
 
+def test_a_stream_whose_fin_waits_for_a_window_the_peer_never_opens_is_reset() -> None:
+    """A stream closed while its last bytes waited for the peer's window: the FIN waits
+    behind them, and the close timer began only once the FIN was out, so a peer that
+    never opens the window (a studio that reads nothing of the stream) kept the stream and
+    its buffer as long as the tunnel. Now the timer begins at the close; a peer that takes
+    some of the bytes in each close_timeout is given another."""
+    link = Link(close_timeout=30, ping_interval=0, window_size=INITIAL_WINDOW)
+    local, mine, remote, remote_p = open_pair(link)
+    remote.pauseProducing()  # its reader holds what comes: no window updates
+    local.write(b"x" * (INITIAL_WINDOW + 10_000))
+    link.pump()
+    local.loseConnection()
+    link.pump()
+    assert local._send_buffered == 10_000 and not local._fin_sent
+    link.clock.advance(30)
+    assert mine.lost is not None and local.stream_id not in link.client.streams
+    link.pump()
+    assert remote_p.lost is not None and remote_p.lost.check(StreamReset)
+
+    local, mine, remote, remote_p = open_pair(link)  # a slow reader: a window at a time
+    remote.pauseProducing()
+    local.write(b"x" * (3 * INITIAL_WINDOW))
+    link.pump()
+    local.loseConnection()
+    for _ in range(2):
+        link.clock.advance(29)
+        remote.resumeProducing()  # it takes what it holds (a window update goes)...
+        remote.pauseProducing()  # ... and holds what comes next
+        link.pump()
+        link.clock.advance(1)
+        assert mine.lost is None
+    remote.resumeProducing()
+    link.pump()
+    assert remote_p.eof and len(remote_p.data) == 3 * INITIAL_WINDOW
+
+
 def test_a_failing_stream_protocol_resets_only_its_stream() -> None:
     link = Link()
     local, _, remote, remote_p = open_pair(link)
