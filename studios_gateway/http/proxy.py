@@ -86,6 +86,7 @@ from studios_gateway.wire.carrier import (
     accept_head,
     websocket_refusal,
 )
+from studios_gateway.wire.closing import close_within
 from studios_gateway.wire.mux import broke, going_away
 from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_reads, no_delay, write_through
 
@@ -436,7 +437,9 @@ class ProxyProtocol(Protocol):
             self._unwire(self._tunnel)
         self._closing = True
         self._cancel_timer()
-        self.transport.loseConnection()
+        # A browser that reads nothing would keep the connection for good (the close
+        # waits behind what is buffered for it): reset after a grace.
+        close_within(self.transport, self.factory.reactor, "HTTP connection")
 
     def _refuse_raw(self, page: pages.Page, why: str, method: str = "", path: str = ""
                     ) -> None:
@@ -448,9 +451,9 @@ class ProxyProtocol(Protocol):
         self._closing = True
         self._cancel_timer()
         data = raw_response(page)
-        self.transport.write(data)
-        self.transport.loseConnection()
         f = self.factory
+        self.transport.write(data)
+        close_within(self.transport, f.reactor, "HTTP connection")
         if f.observer is not None and why:
             f.observer.http_done(Finished(
                 HTTP, started=f.reactor.seconds(), duration=0.0, client=self._peer or "",
@@ -624,6 +627,7 @@ class ProxyProtocol(Protocol):
         self.transport.write(head)
         inner = self.factory.carry.buildProtocol(self.transport.getPeer())
         self._carrier = WebSocketServer(inner)
+        self._carrier.clock = self.factory.reactor
         self._carrier.makeConnection(self.transport)
         if rest:
             self._carrier.dataReceived(rest)

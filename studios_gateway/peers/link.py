@@ -31,6 +31,7 @@ from studios_gateway.peers.handshake import (
 )
 from studios_gateway.peers.streams import PeerRequest, PeerStream, open_remote
 from studios_gateway.wire.bind import BindError, LineBuffer
+from studios_gateway.wire.closing import close_within
 from studios_gateway.wire.mux import Multiplexer, TunnelUnavailable, broke, facing
 from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_buffers, no_delay, unsent_bound
 from studios_gateway.wire.tls_memory import wrap_client_tls
@@ -140,7 +141,7 @@ class _HandshakeProtocol(Protocol):
         self._cancel_timer()
         self._lines = None
         if self.transport is not None:
-            self.transport.loseConnection()
+            close_within(self.transport, self.clock, "peer link (its handshake failed)")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._cancel_timer()
@@ -158,9 +159,9 @@ class _HandshakeProtocol(Protocol):
         d: Deferred[None] = Deferred()
         self.closed_waiters.append(d)
         if self.mux is not None and not self.mux.closed:
-            self.mux.close()
+            self.mux.close()  # (within wire.closing's grace, as here)
         else:
-            self.transport.loseConnection()
+            close_within(self.transport, self.clock, "peer link")
         return d
 
 

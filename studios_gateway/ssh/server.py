@@ -72,6 +72,7 @@ from studios_gateway.ssh.relay import (
 )
 from studios_gateway.traffic.facts import SSH, Finished
 from studios_gateway.waiters import EmptyWaiters
+from studios_gateway.wire.closing import abort_unless_gone
 from studios_gateway.wire.sockopts import bulk_buffers
 
 __all__ = [
@@ -522,7 +523,11 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
             # Nothing of the channels' goes after the goodbye (a client that ignored it
             # and read on was sent the studio's output for as long as it read).
             self._user_conn.writes_held = True
-        super().sendDisconnect(reason, desc)
+        super().sendDisconnect(reason, desc)  # (and loseConnection)
+        if self.transport is not None:
+            # A client that reads nothing would keep the connection for good: the close
+            # waits behind what is buffered for it (wire/closing.py).
+            abort_unless_gone(self.transport, self.factory.clock, "SSH connection")
 
     def banner(self, text: str) -> None:
         """Show `text` to the user now (OpenSSH prints userauth banners)."""

@@ -34,6 +34,7 @@ from studios_gateway.wire.carrier import (
     WebSocketClient,
     proxy_setting_for,
 )
+from studios_gateway.wire.closing import close_within
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke, facing, words
 from studios_gateway.wire.sockopts import (
@@ -221,7 +222,8 @@ class TunnelClientProtocol(Protocol):
             return
         if not reply.ok:
             self.refusal = reply
-            self.transport.loseConnection()
+            # (a gateway that reads nothing would hold it, and the retry, for good)
+            close_within(self.transport, self.client.clock, "tunnel connection (bind refused)")
             return
         self.reply = reply
         # Bound: the multiplexer's pings find a silent gateway now, at the timeout the

@@ -48,6 +48,7 @@ from studios_gateway.wire.bind import (
     LineBuffer,
     parse_request,
 )
+from studios_gateway.wire.closing import close_within
 from studios_gateway.wire.frames import GO_AWAY_NORMAL
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer, TunnelSilent, facing, lost_uncleanly, words
@@ -177,7 +178,7 @@ class Tunnel:
             return
         transport = self.protocol.transport
         if transport is not None:
-            transport.loseConnection()
+            close_within(transport, self.mux.clock, "tunnel connection (its bind unanswered)")
 
 
 class TunnelTable:
@@ -680,7 +681,7 @@ class TunnelServerProtocol(Protocol):
         if self.transport is not None and not self._closed:
             self.transport.write(BindReply.refusal(err).encode())
             self._setup_done()
-            self.transport.loseConnection()
+            close_within(self.transport, self.table.clock, "tunnel connection (bind refused)")
 
     def _setup_done(self) -> None:
         """The bind is answered: the connection's place under the listener's cap on

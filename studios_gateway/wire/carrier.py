@@ -39,6 +39,7 @@ from wsproto.utilities import LocalProtocolError, generate_accept_token
 from zope.interface import implementer
 
 from studios_gateway.shown import shown
+from studios_gateway.wire.closing import close_within
 
 __all__ = ["TUNNEL_PATH", "Carrier", "CarrierEndpoint", "CarrierRefused", "ProxyConnect",
            "PROXY_VARIABLES", "ProxySetting", "WebSocketClient", "WebSocketServer",
@@ -60,6 +61,9 @@ class Carrier(Protocol):
     """The inner protocol's transport once the handshake is done."""
 
     transport: Any  # the connection it rides on (TCP, TLS, or another carrier)
+    #: The reactor's clock, when its maker gave it one: then a close it makes is reset
+    #: if the peer has not taken the last bytes within wire.closing's grace.
+    clock: Any = None
 
     def __init__(self, inner: Any):
         self.inner = inner
@@ -140,7 +144,14 @@ class Carrier(Protocol):
         bye = self.goodbye()
         if bye:
             self.send(bye)
-        self.transport.loseConnection()
+        self._close()
+
+    def _close(self) -> None:
+        """Close the connection under: within wire.closing's grace, given a clock."""
+        if self.clock is not None:
+            close_within(self.transport, self.clock, "WebSocket tunnel")
+        else:
+            self.transport.loseConnection()
 
     def abortConnection(self) -> None:
         self.transport.abortConnection()
@@ -282,7 +293,7 @@ class _WebSocket(Carrier):
             elif isinstance(event, ws.CloseConnection):
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:  # the peer's close
                     self.send(self.ws.send(event.response()))
-                    self.transport.loseConnection()
+                    self._close()
                 else:  # (wsproto's way of saying a frame was malformed)
                     self.fail(event.code, "malformed WebSocket frame: "
                               + _frame_problem(event.code, event.reason or ""))
@@ -303,7 +314,7 @@ class _WebSocket(Carrier):
         reason = why.encode("utf-8")[:_CLOSE_REASON_MOST].decode("utf-8", "ignore")
         with contextlib.suppress(LocalProtocolError):  # a close frame went out already
             self.send(self.ws.send(ws.CloseConnection(code=code, reason=reason)))
-        self.transport.loseConnection()
+        self._close()
 
     def write(self, data: bytes) -> None:
         # After a close frame, either way, no message may follow: what the inner protocol
@@ -410,6 +421,7 @@ class CarrierEndpoint:
 
         def build(addr: Any) -> Carrier:
             carrier = self.make_carrier(factory.buildProtocol(addr))
+            carrier.clock = self.clock
             carriers.append(carrier)
             return carrier
 

@@ -50,6 +50,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from studios_gateway.wire import frames
+from studios_gateway.wire.closing import close_within
 from studios_gateway.wire.frames import (
     ACK,
     DATA,
@@ -750,9 +751,10 @@ class Multiplexer(Protocol):
         self._terminate(reason)
         if transport is not None:
             # We registered as the transport's producer; a transport with a
-            # producer waits for it before closing.
+            # producer waits for it before closing. A peer that reads nothing would keep
+            # the connection for good: it is reset after a grace (wire/closing.py).
             transport.unregisterProducer()
-            transport.loseConnection()
+            close_within(transport, self.clock, f"tunnel to {self.peer_name}")
 
     def ended_by(self, reason: Failure | None) -> Failure | None:
         """Why the tunnel ended, for its owner's log line once the connection is gone

@@ -437,13 +437,22 @@ class Stream:
                     self._finish(Failure(error.ConnectionDone("stream closed")))
                 else:
                     self._start_close_timer()
+            elif self._full_close:  # (a half-close's FIN still waits: see below)
+                self._start_close_timer()
             return
         self._fin_queued = True
         if not self._send_buffered:
             self._send_fin()
+        elif self._full_close:
+            # The FIN waits behind data the peer's window does not take yet: a peer that
+            # never opens it would keep the stream (and its buffer) as long as the tunnel.
+            self._start_close_timer()
 
     def _send_fin(self) -> None:
         self._fin_sent = True
+        if self._close_call is not None and self._close_call.active():
+            self._close_call.cancel()  # (the wait for the window): the peer's FIN's starts
+        self._close_call = None
         self.mux._send_control(WINDOW_UPDATE, FIN, self.stream_id, 0)
         if self._eof_delivered:
             self._finish(Failure(error.ConnectionDone("stream closed")))
@@ -455,15 +464,22 @@ class Stream:
 
     def _start_close_timer(self) -> None:
         if self._close_call is None and not self._closed:
+            # (what was still to send: before the FIN, a peer that takes some of it in each
+            # close_timeout is given another)
             self._close_call = self.mux.clock.callLater(self.mux.close_timeout,
-                                                        self._close_timed_out)
+                                                        self._close_timed_out,
+                                                        self._send_buffered)
 
-    def _close_timed_out(self) -> None:
+    def _close_timed_out(self, unsent: int = 0) -> None:
         self._close_call = None
         if self._closed:
             return
-        self._log.info("stream {sid}: the peer did not close it within {t:g}s; resetting",
-                       sid=self.stream_id, t=self.mux.close_timeout)
+        if not self._fin_sent and self._send_buffered < unsent:
+            self._start_close_timer()
+            return
+        self._log.info("stream {sid}: the peer did not {what} within {t:g}s; resetting",
+                       sid=self.stream_id, t=self.mux.close_timeout,
+                       what="close it" if self._fin_sent else "take its last bytes")
         self.mux._send_control(WINDOW_UPDATE, RST, self.stream_id, 0)
         self._finish(Failure(error.ConnectionLost("the peer did not finish the stream")))
 

@@ -17,9 +17,11 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psutil
 import pytest
 
 from studios_gateway.wire import frames
+from studios_gateway.wire.closing import CLOSE_GRACE
 from studios_gateway.wire.tls import make_self_signed
 from tests.integration.test_https_chromium import HOST, open_link, spki_hash
 from tests.integration.test_tunnel_process import (
@@ -47,6 +49,13 @@ def hostile(d: Deployment, created: dict, **kw: int) -> HostileStudio:
     return studio
 
 
+def gateway_sockets_to(d: Deployment, studio: HostileStudio) -> list[object]:
+    """The gateway process's sockets connected to `studio`'s end of its tunnel."""
+    port = studio.sock.getsockname()[1]
+    return [c for c in psutil.Process(d.gw.proc.pid).net_connections("tcp")
+            if c.raddr and c.raddr.port == port]
+
+
 @pytest.mark.parametrize("flood", ["ping", "syn"])
 def test_frames_whose_answers_are_never_read_do_not_fill_the_gateway(
         deployment: Deployment, flood: str) -> None:
@@ -59,7 +68,9 @@ def test_frames_whose_answers_are_never_read_do_not_fill_the_gateway(
     d.studio(good)
     wait_connected(d.gw, good["id"])
     d.login(good)
-    bad = hostile(d, d.create(), rcvbuf=4096)
+    bad_created = d.create()
+    bad = hostile(d, bad_created, rcvbuf=4096)
+    assert gateway_sockets_to(d, bad)
     base = rss_kib(d.gw.proc.pid)
     sent = 0
     cut = "read nothing of this end's writes"
@@ -70,7 +81,7 @@ def test_frames_whose_answers_are_never_read_do_not_fill_the_gateway(
                              frames.encode_window_update(2 * (base_id + i) + 1, 0, frames.SYN)
                              for i in range(100_000))
             # Until the gateway ends the tunnel, or stops reading it and has said why
-            # (the tunnel's end waits for the answers it can never write).
+            # (its close waits for the answers it can never write, CLOSE_GRACE at most).
             if not bad.send_unless(batch, lambda: cut in d.gw.output(), timeout=10):
                 break
             sent += len(batch)
@@ -80,6 +91,13 @@ def test_frames_whose_answers_are_never_read_do_not_fill_the_gateway(
     assert growth < 32, f"gateway grew {growth:.0f} MiB after {sent / MiB:.0f} MiB of {flood}"
     assert cut in d.gw.output()
     assert d.browser.get(d.url(good, "/api/info")).status == 200
+    # The gateway ended that tunnel, but its close waited behind answers the studio never
+    # reads: the socket stayed open for good (minutes later, still there). Now it is reset
+    # once CLOSE_GRACE has passed, and the tunnel is out of the table.
+    wait_until(lambda: not gateway_sockets_to(d, bad), "the gateway's socket to the studio "
+               "closed", CLOSE_GRACE + 10)
+    assert "did not take the last" in d.gw.output()
+    wait_connected(d.gw, bad_created["id"], connected=False, timeout=5)
 
 
 class ScriptedTool(SocketTool):

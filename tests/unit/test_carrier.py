@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import TestCase
 
 from studios_gateway.studio.settings import load_client_settings
@@ -20,6 +20,8 @@ from studios_gateway.wire.carrier import (
     proxy_setting,
     proxy_setting_for,
 )
+from studios_gateway.wire.closing import CLOSE_GRACE
+from tests.support.stuck_socket import StuckSocket
 
 
 class Recorder(Protocol):
@@ -65,6 +67,26 @@ def test_a_tunnel_through_a_websocket_both_ways() -> None:
     ct.clear()
     inner_c.transport.loseConnection()  # a close frame, then the connection closes
     assert ct.value()[:1] == b"\x88" and ct.disconnecting
+
+
+def test_a_websocket_tunnel_ended_on_a_peer_that_reads_nothing_is_reset_after_the_grace(
+        ) -> None:
+    """A malformed frame (here a text message) ends the carried tunnel with a close
+    frame; the close waited for the peer to take it, so one that reads nothing held the
+    connection for good. It is reset CLOSE_GRACE after the close."""
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import TextMessage
+
+    clock = MemoryReactorClock()
+    inner = Recorder()
+    server = WebSocketServer(inner)
+    server.clock = clock
+    sock = StuckSocket()
+    sock.connect(server)
+    server.dataReceived(Connection(ConnectionType.CLIENT).send(TextMessage("hi")))
+    assert server.ended and sock.disconnecting and sock.unsent() and not sock.disconnected
+    clock.advance(CLOSE_GRACE)
+    assert sock.aborted and inner.lost
 
 
 def test_accept_head_wants_a_proper_upgrade() -> None:

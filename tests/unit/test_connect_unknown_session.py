@@ -14,6 +14,8 @@ from studios_gateway.studio.settings import (
     load_client_settings,
 )
 from studios_gateway.wire.bind import BindReply
+from studios_gateway.wire.closing import CLOSE_GRACE
+from tests.support.stuck_socket import StuckSocket
 
 ENV = {"CONNECT_STRING": "studios-connect://s1:" + "t" * 32 + "@127.0.0.1:7070/",
        "CONNECT_TOOL_PORT": "8888"}
@@ -126,3 +128,18 @@ def test_stopping_while_dialling_says_nothing_and_dials_no_more() -> None:
         globalLogPublisher.removeObserver(observe)
     assert not [line for line in said if "cannot reach" in line]
     assert client.state == "stopped" and not clock.getDelayedCalls()
+
+
+def test_a_refusal_from_a_gateway_that_reads_nothing_ends_within_the_grace() -> None:
+    """The connection a refusal ended closed once the gateway took what was buffered for
+    it: a gateway that reads nothing held it, and the next attempt, for good. It is reset
+    CLOSE_GRACE after the refusal, and the client tries again."""
+    run = Run("60s")
+    sock = StuckSocket()
+    sock.write(b"x" * 1000)  # (the bind, still unread)
+    sock.connect(TunnelClientProtocol(run.client, Gateway("127.0.0.1", 7070)))
+    sock.protocol.dataReceived(BindReply(ok=False, code="unknown_session",
+                                         reason="no session s1").encode())
+    assert sock.disconnecting and not sock.disconnected
+    run.clock.advance(CLOSE_GRACE)
+    assert sock.aborted and run.client.state == "backing-off"

@@ -18,7 +18,9 @@ from twisted.python.failure import Failure
 from studios_gateway.http.proxy import ProxyFactory, ProxyProtocol, UpstreamConnection
 from studios_gateway.http.routing import Router
 from studios_gateway.http.upstream import SessionInfo, StudioNotConnected, ToolNotAnswering
+from studios_gateway.wire.closing import CLOSE_GRACE
 from tests.support.examples import examples
+from tests.support.stuck_socket import StuckSocket
 
 DOMAIN = "studios.test"
 GET = b"GET /lab HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n"
@@ -504,6 +506,29 @@ def test_header_timeout_is_408_and_idle_timeout_closes() -> None:
     assert not t.disconnecting
     h.clock.advance(2)
     assert t.disconnecting and t.value().count(b"HTTP/1.1") == 1
+
+
+def test_a_browser_that_reads_nothing_is_reset_once_the_proxy_closes() -> None:
+    """The proxy's close (after a refusal, or at the idle timeout) waited for the browser
+    to take what was buffered for it: a browser that never reads held the connection for
+    good. Now it is reset CLOSE_GRACE after the close."""
+    h = Harness(header_timeout=10, idle_timeout=30)
+    refused = StuckSocket(h.clock)
+    p = refused.connect(h.factory.buildProtocol(None))
+    p.dataReceived(b"GET / HTTP/1.1\r\n")
+    h.clock.advance(10.1)  # the head's timeout: 408, and the close
+    idle = StuckSocket(h.clock)
+    p = idle.connect(h.factory.buildProtocol(None))
+    p.dataReceived(GET)
+    h.up()[0].dataReceived(OK)
+    assert refused.unsent() and refused.disconnecting and not refused.disconnected
+    h.clock.advance(CLOSE_GRACE)
+    assert refused.aborted
+    h.clock.advance(30)  # the idle timeout: the close
+    assert idle.unsent() and idle.disconnecting and not idle.disconnected
+    h.clock.advance(CLOSE_GRACE)
+    assert idle.aborted
+    assert not [c for c in h.clock.getDelayedCalls() if c.active()]
 
 
 def test_a_preconnect_that_times_out_is_not_logged() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock
 
 from studios_gateway.config import ConfigError
 from studios_gateway.config_loading import load_config
@@ -15,7 +16,10 @@ from studios_gateway.peers.handshake import (
     PeerAuth,
     ServerHandshake,
 )
+from studios_gateway.peers.link import PeerServerFactory, PeerSettings
 from studios_gateway.peers.streams import open_line, parse_open
+from studios_gateway.wire.closing import CLOSE_GRACE
+from tests.support.stuck_socket import StuckSocket
 
 SECRET = "s" * 24
 
@@ -271,3 +275,17 @@ def test_remote_takes_the_rebind_to_this_node_that_came_while_it_dialed_the_dead
     dialing.errback(PeerUnavailable("10.0.0.1:7777", "connection refused"))  # ...then this
     assert d.called and d.result == "local stream"
     assert not clock.getDelayedCalls()
+
+
+def test_a_refused_peer_that_reads_nothing_is_reset_after_the_grace() -> None:
+    """A refused peer connection closed once the other end took the refusal: one that
+    reads nothing held the socket for good. It is reset CLOSE_GRACE after the refusal."""
+    clock = MemoryReactorClock()
+    factory = PeerServerFactory(None, PeerAuth(SECRET), PeerSettings(), clock)
+    sock = StuckSocket()
+    sock.connect(factory.buildProtocol(None))
+    sock.protocol.dataReceived(b"not a peer\n")
+    assert sock.disconnecting and sock.unsent() and not sock.disconnected
+    clock.advance(CLOSE_GRACE)
+    assert sock.aborted and not factory.connections
+    assert not [c for c in clock.getDelayedCalls() if c.active()]

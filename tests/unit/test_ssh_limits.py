@@ -28,6 +28,8 @@ from studios_gateway.ssh.relay import (
     _pair,
 )
 from studios_gateway.ssh.server import GatewaySSHFactory, SSHSettings
+from studios_gateway.wire.closing import CLOSE_GRACE
+from tests.support.stuck_socket import StuckSocket
 
 
 class _NoKeys:
@@ -66,6 +68,21 @@ def test_handshake_timeout() -> None:
     assert b"login timed out (the gateway allows 5s)" in t.value()
     proto.connectionLost(Failure(ConnectionError()))
     assert f.live_connections == 0
+
+
+def test_a_client_that_reads_nothing_is_reset_after_the_disconnect() -> None:
+    """A disconnect (here at the login timeout) closed the connection once the client took
+    what was buffered for it: a client that never reads held the socket for good. It is
+    reset CLOSE_GRACE after the disconnect."""
+    clock = MemoryReactorClock()
+    f = _factory(clock, handshake_timeout=5.0)
+    sock = StuckSocket(clock)
+    proto = sock.connect(f.buildProtocol(None))
+    clock.advance(5.1)
+    assert sock.disconnecting and sock.unsent() and not sock.disconnected
+    clock.advance(CLOSE_GRACE)
+    assert sock.aborted
+    assert f.live_connections == 0 and proto.transport is not None
 
 
 def test_only_logged_in_connections_count_toward_max_connections() -> None:

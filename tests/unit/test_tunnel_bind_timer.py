@@ -11,6 +11,8 @@ from twisted.internet.testing import StringTransport
 
 from studios_gateway.tunnel.server import TunnelServerFactory
 from studios_gateway.wire.bind import BindRequest, parse_reply
+from studios_gateway.wire.closing import CLOSE_GRACE
+from tests.support.stuck_socket import StuckSocket
 from tests.support.tables import TOKEN, memory_table
 from tests.unit.test_deadline import ReactorClock
 
@@ -37,6 +39,20 @@ def test_no_bind_message_is_refused_after_the_poll_after_the_timeout_and_may_be_
     assert "no bind message within 10s" in reply.reason
     assert json.loads(transport.value())["retry"] is True  # what an older client reads
     assert transport.disconnecting
+
+
+def test_a_refused_studio_that_reads_nothing_is_reset_after_the_grace() -> None:
+    """The refusal's close waited for the studio to take it: one that reads nothing kept
+    the connection for good. It is reset CLOSE_GRACE after the refusal."""
+    clock = ReactorClock()
+    _, table = memory_table(clock)
+    sock = StuckSocket()
+    sock.connect(TunnelServerFactory(table).buildProtocol(None))
+    clock.advance(10)
+    clock.advance(0)  # refused: bind_timeout
+    assert sock.disconnecting and sock.unsent() and not sock.disconnected
+    clock.advance(CLOSE_GRACE)
+    assert sock.aborted and not clock.getDelayedCalls()
 
 
 def test_a_message_read_in_the_poll_after_the_timeout_is_bound() -> None:

@@ -15,12 +15,13 @@ from twisted.internet import defer, error, reactor
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from studios_gateway.wire import frames
+from studios_gateway.wire.closing import CLOSE_GRACE
 from studios_gateway.wire.frames import (
     ACK,
     DATA,
@@ -46,6 +47,7 @@ from studios_gateway.wire.mux import (
     broke,
 )
 from studios_gateway.wire.stream import ReceiveWindow, SendWindow, Stream, StreamReset
+from tests.support.stuck_socket import StuckSocket
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -617,6 +619,23 @@ def test_a_peer_flooding_frames_whose_answers_it_never_reads_is_cut_off(answered
     assert "read nothing" in server.close_reason.getErrorMessage()
 
 
+def test_a_tunnel_ended_on_a_peer_that_reads_nothing_is_reset_after_the_grace() -> None:
+    """After a protocol error the tunnel's close waited behind what was buffered for the
+    peer (its GoAway, the answers before it): a peer that reads nothing held the socket
+    for good. It is reset CLOSE_GRACE after the close (a real gateway:
+    test_hostile_studio.py)."""
+    clock = MemoryReactorClock()
+    sock = StuckSocket(clock)
+    server = sock.connect(Multiplexer(is_client=False, clock=clock))
+    server.dataReceived(frames.encode_ping(1) + b"\x01" + b"\x00" * 11)  # a bad version
+    assert server.closed and sock.disconnecting and sock.unsent()
+    clock.advance(CLOSE_GRACE - 0.1)
+    assert not sock.disconnected
+    clock.advance(0.1)
+    assert sock.aborted and sock.disconnected
+    assert not [c for c in clock.getDelayedCalls() if c.active()]
+
+
 def test_a_read_of_many_small_frames_is_handled_over_several_turns_in_order() -> None:
     """A 512 KiB read of Pings (43,690 frames) was handled in one call, holding the reactor
     (every other connection of the gateway) for ~250 ms. At most MAX_FRAMES_PER_TURN of a
@@ -1009,6 +1028,42 @@ def test_close_timeout_resets_a_stream_the_peer_never_finishes() -> None:
     assert mine.lost is not None and local.stream_id not in link.client.streams
     link.pump()
     assert remote_p.lost is not None and remote_p.lost.check(StreamReset)
+
+
+def test_a_stream_whose_fin_waits_for_a_window_the_peer_never_opens_is_reset() -> None:
+    """A stream closed while its last bytes waited for the peer's window: the FIN waits
+    behind them, and the close timer began only once the FIN was out, so a peer that
+    never opens the window (a studio that reads nothing of the stream) kept the stream and
+    its buffer as long as the tunnel. Now the timer begins at the close; a peer that takes
+    some of the bytes in each close_timeout is given another."""
+    link = Link(close_timeout=30, ping_interval=0, window_size=INITIAL_WINDOW)
+    local, mine, remote, remote_p = open_pair(link)
+    remote.pauseProducing()  # its reader holds what comes: no window updates
+    local.write(b"x" * (INITIAL_WINDOW + 10_000))
+    link.pump()
+    local.loseConnection()
+    link.pump()
+    assert local._send_buffered == 10_000 and not local._fin_sent
+    link.clock.advance(30)
+    assert mine.lost is not None and local.stream_id not in link.client.streams
+    link.pump()
+    assert remote_p.lost is not None and remote_p.lost.check(StreamReset)
+
+    local, mine, remote, remote_p = open_pair(link)  # a slow reader: a window at a time
+    remote.pauseProducing()
+    local.write(b"x" * (3 * INITIAL_WINDOW))
+    link.pump()
+    local.loseConnection()
+    for _ in range(2):
+        link.clock.advance(29)
+        remote.resumeProducing()  # it takes what it holds (a window update goes)...
+        remote.pauseProducing()  # ... and holds what comes next
+        link.pump()
+        link.clock.advance(1)
+        assert mine.lost is None
+    remote.resumeProducing()
+    link.pump()
+    assert remote_p.eof and len(remote_p.data) == 3 * INITIAL_WINDOW
 
 
 def test_a_failing_stream_protocol_resets_only_its_stream() -> None:

@@ -1,0 +1,93 @@
+"""Ending a connection within a bounded time, whatever its peer does.
+
+Twisted's ``loseConnection`` closes a TCP socket only once every byte buffered for it is
+written (and a TLS layer first sends its close_notify behind them): a peer that reads
+nothing, hostile or wedged, never takes them, and the socket (a descriptor, its buffers)
+stays open for as long as that peer's kernel keeps answering, that is for good.
+
+:func:`close_within` is ``loseConnection`` with a deadline: if the socket under the
+transport is not closed :data:`CLOSE_GRACE` seconds later, it is aborted (reset), and one
+line says so. :func:`abort_unless_gone` arms the same deadline after a close someone else
+started (Conch's ``sendDisconnect``). Nothing is done per write: the timer is made only
+when a close starts, once per socket, and cancelled when the socket closes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+__all__ = ["CLOSE_GRACE", "abort_unless_gone", "close_within"]
+
+#: Seconds a connection this end closes is given to take what was still buffered for it
+#: (and to end cleanly) before it is reset.
+CLOSE_GRACE = 5.0
+
+_log = Logger()
+
+
+def close_within(transport: Any, clock: IReactorTime, what: str,
+                 grace: float = CLOSE_GRACE) -> None:
+    """``transport.loseConnection()``, and reset the socket under it if it is still open
+    ``grace`` seconds later (``what``: the connection, in the words of the log line, with
+    no secret in them)."""
+    transport.loseConnection()
+    abort_unless_gone(transport, clock, what, grace)
+
+
+def abort_unless_gone(transport: Any, clock: IReactorTime, what: str,
+                      grace: float = CLOSE_GRACE) -> None:
+    """A close of ``transport`` was started: reset the socket under it if it is still
+    open ``grace`` seconds from now. Once per socket (a later call keeps the first
+    deadline); nothing for a transport with no socket under it (a tunnel's stream has
+    a close timer of its own)."""
+    fd: Any = descriptor_under(transport)  # (its connectionLost is replaced below)
+    if fd is None or fd.disconnected or "connectionLost" in vars(fd):
+        return
+    call = clock.callLater(grace, _overdue, fd, grace, what)
+    lost = fd.connectionLost
+
+    def connection_lost(reason: Any) -> None:
+        del fd.connectionLost  # (the class's again; no cycle through this closure)
+        if call.active():
+            call.cancel()
+        lost(reason)
+
+    # The reactor ends a socket through its connectionLost: the deadline goes with it.
+    fd.connectionLost = connection_lost
+
+
+def descriptor_under(transport: Any) -> FileDescriptor | None:
+    """The socket's transport under ``transport`` (through TLS and WebSocket layers)."""
+    for _ in range(5):
+        if transport is None or isinstance(transport, FileDescriptor):
+            return transport
+        # (vars: a TLS layer forwards unknown attributes to its transport)
+        transport = vars(transport).get("transport") if hasattr(transport, "__dict__") \
+            else None
+    return None
+
+
+def unsent(fd: FileDescriptor) -> int:
+    """Bytes still buffered in this process for ``fd`` (0 if it cannot tell)."""
+    try:
+        return (len(fd.dataBuffer) - fd.offset) + int(getattr(fd, "_tempDataLen", 0))
+    except (AttributeError, TypeError):
+        return 0
+
+
+def _overdue(fd: Any, grace: float, what: str) -> None:
+    if fd.disconnected:
+        return
+    try:
+        peer = fd.getPeer()
+        at = f"{peer.host}:{peer.port}"
+    except Exception:
+        at = "?"
+    _log.info("{what} ({peer}): the peer did not take the last {n} bytes and end the "
+              "connection within {grace:g}s of its close; resetting it", what=what, peer=at,
+              n=unsent(fd), grace=grace)
+    fd.abortConnection()
