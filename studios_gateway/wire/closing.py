@@ -7,9 +7,12 @@ stays open for as long as that peer's kernel keeps answering, that is for good.
 
 :func:`close_within` is ``loseConnection`` with a deadline: if the socket under the
 transport is not closed :data:`CLOSE_GRACE` seconds later, it is aborted (reset), and one
-line says so. :func:`abort_unless_gone` arms the same deadline after a close someone else
-started (Conch's ``sendDisconnect``). Nothing is done per write: the timer is made only
-when a close starts, once per socket, and cancelled when the socket closes.
+line says so. A peer that is still taking the bytes (fewer are buffered than at the last
+look) gets another :data:`CLOSE_GRACE`: a slow reader gets the end of its answer, a peer
+that takes nothing is reset. :func:`abort_unless_gone` arms the same deadline after a
+close someone else started (Conch's ``sendDisconnect``). Nothing is done per write: the
+timer is made only when a close starts, once per socket, and cancelled when the socket
+closes.
 """
 
 from __future__ import annotations
@@ -47,13 +50,12 @@ def abort_unless_gone(transport: Any, clock: IReactorTime, what: str,
     fd: Any = descriptor_under(transport)  # (its connectionLost is replaced below)
     if fd is None or fd.disconnected or "connectionLost" in vars(fd):
         return
-    call = clock.callLater(grace, _overdue, fd, grace, what)
+    deadline = _Deadline(fd, clock, grace, what)
     lost = fd.connectionLost
 
     def connection_lost(reason: Any) -> None:
         del fd.connectionLost  # (the class's again; no cycle through this closure)
-        if call.active():
-            call.cancel()
+        deadline.cancel()
         lost(reason)
 
     # The reactor ends a socket through its connectionLost: the deadline goes with it.
@@ -79,15 +81,34 @@ def unsent(fd: FileDescriptor) -> int:
         return 0
 
 
-def _overdue(fd: Any, grace: float, what: str) -> None:
-    if fd.disconnected:
-        return
-    try:
-        peer = fd.getPeer()
-        at = f"{peer.host}:{peer.port}"
-    except Exception:
-        at = "?"
-    _log.info("{what} ({peer}): the peer did not take the last {n} bytes and end the "
-              "connection within {grace:g}s of its close; resetting it", what=what, peer=at,
-              n=unsent(fd), grace=grace)
-    fd.abortConnection()
+class _Deadline:
+    """Resets ``fd`` once a look ``grace`` seconds after the last finds no fewer bytes
+    buffered for it: a peer still taking them is given another ``grace``."""
+
+    def __init__(self, fd: Any, clock: IReactorTime, grace: float, what: str):
+        self.fd, self.clock, self.grace, self.what = fd, clock, grace, what
+        self.left = unsent(fd)
+        self.call = clock.callLater(grace, self._look)
+
+    def cancel(self) -> None:
+        if self.call.active():
+            self.call.cancel()
+
+    def _look(self) -> None:
+        fd = self.fd
+        if fd.disconnected:
+            return
+        left = unsent(fd)
+        if 0 < left < self.left:  # (still taking them: another grace)
+            self.left = left
+            self.call = self.clock.callLater(self.grace, self._look)
+            return
+        try:
+            peer = fd.getPeer()
+            at = f"{peer.host}:{peer.port}"
+        except Exception:
+            at = "?"
+        _log.info("{what} ({peer}): the peer took none of the last {n} bytes in {grace:g}s "
+                  "after the connection's close; resetting it",
+                  what=self.what, peer=at, n=left, grace=self.grace)
+        fd.abortConnection()

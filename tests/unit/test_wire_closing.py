@@ -52,8 +52,8 @@ def test_a_peer_that_reads_nothing_is_reset_after_the_grace() -> None:
     assert sock.aborted and sock.disconnected and len(proto.reasons) == 1
     assert not clock.getDelayedCalls()
     [line] = [t for t in logged(events) if "resetting" in t]
-    assert line.startswith("tunnel to the studio (192.0.2.9:4321): the peer did not take "
-                           "the last 100000 bytes")
+    assert line.startswith("tunnel to the studio (192.0.2.9:4321): the peer took none of "
+                           "the last 100000 bytes in 5s")
 
 
 def test_a_connection_that_closes_in_time_leaves_no_timer() -> None:
@@ -74,3 +74,31 @@ def test_nothing_is_armed_without_a_socket_under_the_transport() -> None:
     t = StringTransport()
     close_within(t, clock, "stream")
     assert t.disconnecting and not clock.getDelayedCalls()
+
+
+class SlowSocket(StuckSocket):
+    """A peer that takes `rate` bytes each time the socket may write (a slow reader)."""
+
+    rate = 0
+
+    def writeSomeData(self, data: bytes) -> int:
+        return min(len(data), self.rate)
+
+
+def test_a_peer_still_taking_the_bytes_gets_more_time_and_one_that_stops_is_reset() -> None:
+    """A slow reader (a browser on a poor link) is not cut off at the end of its answer:
+    each grace in which it took some of the bytes buys another; once it takes none in
+    one, it is reset."""
+    clock = MemoryReactorClock()
+    sock = SlowSocket(clock)
+    sock.connect(Lost())
+    sock.write(b"x" * 100_000)
+    close_within(sock, clock, "HTTP connection")
+    for _ in range(5):  # 1,000 bytes a grace: far slower than the grace would allow
+        sock.rate = 1_000
+        sock.doWrite()
+        clock.advance(CLOSE_GRACE)
+        assert not sock.aborted, "a peer still reading was reset"
+    sock.rate = 0  # it stops reading
+    clock.advance(CLOSE_GRACE)
+    assert sock.aborted and not clock.getDelayedCalls()
