@@ -1,0 +1,226 @@
+"""A rolling restart of two real gateway nodes behind a real nginx (docs/cluster.md,
+"A rolling restart behind a load balancer"), done as the recipe says.
+
+Two twistd nodes share one redis-server; nginx (its own config and pid file, free
+ports on 127.0.0.1) spreads requests over their HTTP ports with the recipe's
+`fail_timeout=2s` and passes WebSocket upgrades. A studio (demo tool, path mode) lists
+both tunnel ports. While a thread sends requests through nginx and a WebSocket echo
+through nginx is opened again whenever it closes, node A is restarted (SIGTERM, wait
+for its exit, start, `/ready`, the recipe's wait), then node B. No request may be
+answered with a 5xx; the WebSocket is closed with 1012 and opened again; the studio
+moves to the node that stays and back, and both nodes' admin API say so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from tests.integration.test_tunnel_process import KEY
+from tests.support.gateway import GatewayProcess, base_env
+from tests.support.ports import free_port, wait_for_port
+from tests.support.redis_server import RedisServer, redis_available
+from tests.support.studio import Connect, Tool
+from tests.support.waiting import wait_until
+from tests.support.web import Browser
+from tests.support.websocket import WebSocket
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not redis_available(), reason="redis-server is not installed"),
+              pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx is not installed")]
+
+SECRET = "rolling-restart-peer-secret"
+#: The recipe's nginx `fail_timeout`.
+FAIL_TIMEOUT = 2.0
+
+
+def nginx_conf(tmp: Path, port: int, upstreams: list[str]) -> Path:
+    servers = "".join(f"    server 127.0.0.1:{p} fail_timeout={FAIL_TIMEOUT:g}s;\n"
+                      for p in upstreams)
+    temp = " ".join(f"{k}_temp_path {tmp}/nx-{k};"
+                    for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/nginx-error.log info;
+events {{ worker_connections 256; }}
+http {{
+  access_log {tmp}/nginx-access.log;
+  {temp}
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  upstream studios_gateway {{
+{servers}  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://studios_gateway;
+      proxy_http_version 1.1;
+      proxy_set_header Host $http_host;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 1h;
+    }}
+  }}
+}}
+""")
+    return conf
+
+
+def holder(node: GatewayProcess, sid: str) -> str | None:
+    status, body, _ = node.request(f"/api/sessions/{sid}")
+    assert status == 200, body
+    return (json.loads(body).get("tunnel") or {}).get("node")
+
+
+def test_a_rolling_restart_behind_nginx_answers_no_5xx(tmp_path: Path) -> None:
+    stoppers: list = []
+    stop = threading.Event()
+    try:
+        redis = RedisServer(tmp_path / "redis")
+        redis.start()
+        stoppers.append(redis.stop)
+        lb_port = free_port()
+        envs = {}
+        nodes: dict[str, GatewayProcess] = {}
+        for name in ("a", "b"):  # one after the other: the first makes the signing key
+            (tmp_path / name).mkdir()
+            env = base_env(tmp_path / name, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
+                           CONNECT_REDIS_ADDRESS=redis.address,
+                           CONNECT_STORAGE_ROOT=str(tmp_path / "storage"),
+                           CONNECT_NODE_ID=f"node-{name}", CONNECT_PEER_SECRET=SECRET,
+                           TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING="true",
+                           CONNECT_SHUTDOWN_GRACE="9s")  # > a rebind's 0-8 s
+            env["CONNECT_PROXY_URL"] = f"http://localhost:{lb_port}"
+            node = GatewayProcess(tmp_path / name, env, name=f"gateway-{name}")
+            stoppers.append(lambda n=name: nodes[n].stop())
+            node.wait_ready()
+            nodes[name] = node
+            envs[name] = env
+        for node in nodes.values():
+            wait_until(lambda n=node: n.request("/ready")[0] == 200, "/ready")
+
+        conf = nginx_conf(tmp_path, lb_port,
+                          [envs[n]["CONNECT_HTTP_PORT"] for n in ("a", "b")])
+        nginx_log = open(tmp_path / "nginx.out", "wb")  # noqa: SIM115 - closed below
+        nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(tmp_path)],
+                                 stdout=nginx_log, stderr=subprocess.STDOUT)
+
+        def stop_nginx() -> None:
+            if nginx.poll() is None:
+                nginx.send_signal(signal.SIGTERM)  # (its master stops its worker)
+                nginx.wait(timeout=15)
+            nginx_log.close()
+        stoppers.append(stop_nginx)
+        wait_for_port(lb_port, proc=nginx)
+
+        status, body, _ = nodes["a"].request("/api/sessions", method="POST",
+                                             body={"owner": "alice"})
+        assert status == 201, body
+        created = json.loads(body)
+        sid = created["id"]
+        pin = parse_qs(urlsplit(created["connect_string"]).query)["pin"][0]
+        gateways = ",".join(f"tls://127.0.0.1:{envs[n]['CONNECT_TUNNEL_PORT']}?pin={pin}"
+                            for n in ("a", "b"))
+        tool = Tool(tmp_path, f"/_studio/{sid}/")
+        stoppers.append(tool.stop)
+        client = Connect(tmp_path, created["connect_string"], tool.port,
+                         extra_env={"CONNECT_GATEWAY_URL": gateways})
+        stoppers.append(client.stop)
+        wait_until(lambda: holder(nodes["a"], sid) == "node-a", "the studio bound to A")
+
+        browser = Browser(timeout=10)
+        assert browser.use_login_link(created["login_link"]).status == 200
+        base = f"http://localhost:{lb_port}/_studio/{sid}/"
+        cookie = browser._cookie_header("localhost", f"/_studio/{sid}/")
+
+        answers: list[tuple[float, int | str]] = []
+
+        def requests() -> None:
+            while not stop.is_set():
+                request = urllib.request.Request(base + "api/info", headers={"Cookie": cookie})
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as reply:
+                        answers.append((time.monotonic(), reply.status))
+                except urllib.error.HTTPError as e:
+                    answers.append((time.monotonic(), e.code))
+                except OSError as e:
+                    answers.append((time.monotonic(), repr(e)))
+                stop.wait(0.02)
+
+        closes: list[tuple[int, str] | None] = []
+        opened: list[float] = []
+
+        def websockets() -> None:
+            while not stop.is_set():
+                try:
+                    ws = WebSocket(lb_port, f"localhost:{lb_port}", f"/_studio/{sid}/ws",
+                                   headers={"Cookie": cookie}, timeout=10)
+                except (OSError, AssertionError) as e:
+                    closes.append((0, f"not opened: {e!r}"))
+                    stop.wait(0.5)
+                    continue
+                opened.append(time.monotonic())
+                try:
+                    while not stop.is_set():
+                        ws.send_text("ping")
+                        assert ws.recv_text() == "ping"
+                        stop.wait(0.1)
+                except ConnectionError as e:  # "WebSocket closed: <code> <reason>"
+                    said = str(e).removeprefix("WebSocket closed: ")
+                    code, _, reason = said.partition(" ")
+                    closes.append((int(code) if code.isdigit() else -1, reason or said))
+                except OSError as e:
+                    closes.append((-1, repr(e)))
+                ws.close()
+
+        threads = [threading.Thread(target=f, daemon=True) for f in (requests, websockets)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(answers) > 10 and opened, "requests and a WebSocket through nginx")
+
+        for name, other in (("a", "b"), ("b", "a")):
+            # `systemctl restart`: SIGTERM, the old process exits, a new one starts
+            nodes[name].proc.send_signal(signal.SIGTERM)
+            wait_until(lambda n=name: nodes[n].request("/ready")[0] == 503,
+                       f"{name}'s /ready draining", timeout=5)
+            wait_until(lambda o=other: holder(nodes[o], sid) == f"node-{o}",
+                       f"the studio bound to {other}", timeout=15)
+            assert nodes[name].proc.wait(timeout=15) == 0
+            nodes[name].stop()
+            nodes[name] = GatewayProcess(tmp_path / name, envs[name], name=f"gateway-{name}-2")
+            nodes[name].wait_ready()
+            wait_until(lambda n=name: nodes[n].request("/ready")[0] == 200,
+                       f"{name}'s /ready again")
+            # The recipe's step 3: nginx sends to the node again (after its fail_timeout)
+            wait_until(lambda n=name: '/api/info" 200' in nodes[n].output(),
+                       f"nginx sending requests to {name} again", timeout=FAIL_TIMEOUT + 5)
+            assert holder(nodes[name], sid) == f"node-{other}"  # both nodes say the truth
+        # The studio came back to A when B restarted; the last WebSocket is open there.
+        wait_until(lambda: len(opened) >= 3, "the WebSocket opened again", timeout=15)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=15)
+
+        failed = [(round(t - answers[0][0], 2), s) for t, s in answers
+                  if s != 200]
+        assert not failed, (failed[:20], (tmp_path / "nginx-error.log").read_text()[-3000:])
+        assert len(answers) > 100
+        restarts = [c for c in closes if c and c[0] == 1012]
+        assert len(restarts) >= 2, closes  # one at each node's SIGTERM, at least
+        assert all(c and c[0] == 1012 for c in closes), closes
+        assert holder(nodes["a"], sid) == holder(nodes["b"], sid) == "node-a"
+    finally:
+        stop.set()
+        for stopper in reversed(stoppers):
+            stopper()
