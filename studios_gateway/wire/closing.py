@@ -7,16 +7,19 @@ stays open for as long as that peer's kernel keeps answering, that is for good.
 
 :func:`close_within` is ``loseConnection`` with a deadline: if the socket under the
 transport is not closed :data:`CLOSE_GRACE` seconds later, it is aborted (reset), and one
-line says so. A peer that is still taking the bytes (fewer are buffered than at the last
-look) gets another :data:`CLOSE_GRACE`: a slow reader gets the end of its answer, a peer
-that takes nothing is reset. :func:`abort_unless_gone` arms the same deadline after a
-close someone else started (Conch's ``sendDisconnect``). Nothing is done per write: the
-timer is made only when a close starts, once per socket, and cancelled when the socket
-closes.
+line says so. A peer that is still taking the bytes (fewer are left than at the last
+look, counting the kernel's send queue: :func:`unsent`) gets another :data:`CLOSE_GRACE`:
+a slow reader gets the end of its answer, a peer that takes nothing is reset.
+:func:`abort_unless_gone` arms the same deadline after a close someone else started
+(Conch's ``sendDisconnect``). Nothing is done per write: the timer is made only when a
+close starts, once per socket, and cancelled when the socket closes.
 """
 
 from __future__ import annotations
 
+import fcntl
+import struct
+import termios
 from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
@@ -74,11 +77,34 @@ def descriptor_under(transport: Any) -> FileDescriptor | None:
 
 
 def unsent(fd: FileDescriptor) -> int:
-    """Bytes still buffered in this process for ``fd`` (0 if it cannot tell)."""
+    """Bytes written to ``fd`` that its peer has not taken yet: those still buffered in
+    this process and those in the kernel's send queue not yet acknowledged (0 for either
+    part it cannot tell).
+
+    The kernel's part counts: what this process buffers moves into the kernel only when
+    the socket turns writable (a third of its send buffer free, megabytes on a fast link),
+    so a slow reader can take bytes for longer than a grace with none leaving this
+    process; and under a client's TLS layer (a peer link, studios-connect) the socket
+    stays open once this process's part is all in the kernel (the close waits for the
+    peer's close_notify; the gateway's listeners close after their own, tls_guard). A
+    reset drops the kernel's queue: a peer still taking it must not be reset."""
     try:
-        return (len(fd.dataBuffer) - fd.offset) + int(getattr(fd, "_tempDataLen", 0))
+        here = (len(fd.dataBuffer) - fd.offset) + int(getattr(fd, "_tempDataLen", 0))
     except (AttributeError, TypeError):
+        here = 0
+    return here + _kernel_unsent(getattr(fd, "socket", None))
+
+
+def _kernel_unsent(sock: Any) -> int:
+    """Bytes in ``sock``'s kernel send queue its peer has not acknowledged (Linux's
+    SIOCOUTQ), 0 if it cannot tell."""
+    if sock is None:
         return 0
+    try:
+        got = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0  # (closed, not a socket, not Linux)
+    return max(0, int(struct.unpack("i", got)[0]))
 
 
 class _Deadline:
@@ -108,7 +134,12 @@ class _Deadline:
             at = f"{peer.host}:{peer.port}"
         except Exception:
             at = "?"
-        _log.info("{what} ({peer}): the peer took none of the last {n} bytes in {grace:g}s "
-                  "after the connection's close; resetting it",
-                  what=self.what, peer=at, n=left, grace=self.grace)
+        if left:
+            _log.info("{what} ({peer}): the peer took none of the last {n} bytes in "
+                      "{grace:g}s after the connection's close; resetting it",
+                      what=self.what, peer=at, n=left, grace=self.grace)
+        else:  # (a client's TLS: it has them all, and has not answered the close_notify)
+            _log.info("{what} ({peer}): the peer took every byte but did not end the "
+                      "connection in {grace:g}s after its close; resetting it",
+                      what=self.what, peer=at, grace=self.grace)
         fd.abortConnection()

@@ -3,14 +3,21 @@ its peer does; nothing is armed before a close, nor left armed after it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import socket
+import struct
+import termios
 from typing import Any
 
+import pytest
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from studios_gateway.wire.closing import CLOSE_GRACE, abort_unless_gone, close_within
 from tests.support.stuck_socket import StuckSocket
+from tests.support.waiting import wait_until
 
 
 class Lost(Protocol):
@@ -102,3 +109,86 @@ def test_a_peer_still_taking_the_bytes_gets_more_time_and_one_that_stops_is_rese
     sock.rate = 0  # it stops reading
     clock.advance(CLOSE_GRACE)
     assert sock.aborted and not clock.getDelayedCalls()
+
+
+class KernelQueued(StuckSocket):
+    """A transport over a real loopback socket whose peer's reading is the test's. What it
+    buffers stays in this process until the test says the socket is writable (no reactor
+    polls it), as with Linux, which says so only once a third of the send buffer is free:
+    at a slow reader's pace, longer than a grace."""
+
+    def __init__(self, clock: Any, sock: socket.socket):
+        super().__init__(clock)
+        self.socket = sock
+
+
+class WaitsForCloseNotify(Layer):
+    def loseConnection(self) -> None:
+        pass  # (a client TLS layer: its close_notify went out; TCP waits for the peer's)
+
+
+def outq(sock: socket.socket) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+@pytest.mark.parametrize("case", ["tcp", "tls"])
+def test_a_peer_still_taking_what_the_kernel_holds_is_not_reset(case: str) -> None:
+    """A reset drops the kernel's send queue too (megabytes): a peer still taking from it
+    gets another grace, as one taking this process's buffer does; one that stops is reset.
+    Before, only this process's buffer was looked at: over TCP it shrinks only when the
+    socket turns writable (after more than a grace at a slow reader's pace), and under a
+    client TLS layer (peer links, studios-connect) it is empty, the socket open for the
+    peer's close_notify: 'none of the last 0 bytes', reset at 5 s."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    sender = socket.create_connection(listener.getsockname())
+    peer, _ = listener.accept()
+    listener.close()
+    try:
+        sender.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # the peer reads nothing yet: fill its buffer and the kernel's queue
+                sender.send(b"x" * 65536)
+        clock = MemoryReactorClock()
+        sock = KernelQueued(clock, sender)
+        sock.connect(Lost())
+        here = 100_000 if case == "tcp" else 0
+        sock.write(b"y" * here)  # (tcp: the rest, waiting in this process)
+        assert outq(sender) > 0 and sock.unsent() == here
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        try:
+            close_within(sock if case == "tcp" else WaitsForCloseNotify(sock), clock,
+                         "HTTP connection")
+            for _ in range(3):  # the peer takes some in each grace
+                left = outq(sender)
+                peer.recv(65536)
+                wait_until(lambda: outq(sender) < left, "the kernel's queue shrinks")  # noqa: B023
+                clock.advance(CLOSE_GRACE)
+                assert not sock.aborted, "a peer still taking the kernel's queue was reset"
+            clock.advance(CLOSE_GRACE)  # it stops reading
+        finally:
+            globalLogPublisher.removeObserver(events.append)
+        assert sock.aborted and not clock.getDelayedCalls()
+        [line] = [t for t in logged(events) if "resetting" in t]
+        assert f"the peer took none of the last {outq(sender) + here} bytes" in line
+    finally:
+        sender.close()
+        peer.close()
+
+
+def test_a_peer_that_took_everything_but_never_closes_is_reset_and_the_line_says_so() -> None:
+    clock = MemoryReactorClock()
+    sock = StuckSocket(clock)
+    sock.connect(Lost())
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        close_within(WaitsForCloseNotify(sock), clock, "HTTP connection")
+        clock.advance(CLOSE_GRACE)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert sock.aborted
+    [line] = [t for t in logged(events) if "resetting" in t]
+    assert "the peer took every byte but did not end the connection in 5s" in line
