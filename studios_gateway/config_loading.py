@@ -178,7 +178,13 @@ def _unknown_warnings(origin: str, names: Iterable[str]) -> list[str]:
         if name in PLATFORM_HINTS:
             hint = f"; the gateway reads {PLATFORM_HINTS[name]}"
         else:
-            hint = did_you_mean(name, known)
+            # Only the gateway's own settings, and only what follows the shared prefix:
+            # a studios-connect variable (CONNECT_TOOL for CONNECT_IDLE) or a name
+            # alike only in its CONNECT_ (CONNECT_REDIS_DB for CONNECT_STRINGS) was
+            # offered before, neither of them what the gateway could use.
+            prefix = "CONNECT_" if name.startswith("CONNECT_") else "TOWER_"
+            hint = did_you_mean(name, [s for s in BY_NAME if s.startswith(prefix)],
+                                prefix=prefix)
         out.append(f"{name} in the {origin} is not a setting of the gateway and is "
                    f"ignored{hint}")
     return out

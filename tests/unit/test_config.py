@@ -869,3 +869,18 @@ def test_the_env_file_s_other_variables_are_named_as_ignored(tmp_path: Path) -> 
     example = Path(__file__).resolve().parents[2] / "systemd" / "gateway.env.example"
     assert not any("env file" in w
                    for w in load_config(environ={}, env_file=str(example)).warnings)
+
+
+def test_a_misspelt_name_is_offered_only_a_setting_of_the_gateway() -> None:
+    """The hint names a gateway setting like the name after its CONNECT_, or none: not
+    studios-connect's CONNECT_TOOL for CONNECT_IDLE (which the gateway would ignore too),
+    nor CONNECT_REDIS_DB for CONNECT_STRINGS (alike only in the prefix)."""
+    cfg = load_config(environ={"CONNECT_IDLE": "5", "CONNECT_STRINGS": "x",
+                               "CONNECT_IDLE_TIMEOUT": "5s", "CONNECT_HTP_PORT": "81"})
+    assert sorted(w for w in cfg.warnings if " is not a setting " in w) == [
+        "CONNECT_HTP_PORT in the environment is not a setting of the gateway and is ignored; "
+        "did you mean CONNECT_HTTP_PORT?",
+        "CONNECT_IDLE in the environment is not a setting of the gateway and is ignored",
+        "CONNECT_IDLE_TIMEOUT in the environment is not a setting of the gateway and is "
+        "ignored; did you mean CONNECT_HTTP_IDLE_TIMEOUT?",
+        "CONNECT_STRINGS in the environment is not a setting of the gateway and is ignored"]
