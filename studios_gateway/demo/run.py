@@ -332,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--http-port", type=int, default=8080, help="browser port (default 8080)")
     p.add_argument("--management-port", type=int, default=0, help="default: a free port")
     p.add_argument("--tunnel-port", type=int, default=0, help="default: a free port")
-    p.add_argument("--storage-root", default="./var/demo", help="state directory")
+    p.add_argument("--storage-root", default="./var/demo",
+                   help="state directory (default ./var/demo); a demo run again with the same "
+                        "one, owner and tool keeps the last run's session and its address")
     p.add_argument("--path-routing", action="store_true",
                    help="route by /_studio/<id>/ instead of <id>.localhost")
     p.add_argument("--tool", choices=TOOLS, default="auto",
