@@ -57,8 +57,10 @@ def read_env_file_lines(path: str) -> tuple[dict[str, str], list[ConfigError]]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError("--env-file", path, f"a readable env file ({e.strerror})") from None
+    continued = 0  # the number of the line before, when it ends with a backslash
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
+        after, continued = continued, lineno if line.endswith("\\") else 0
         if not line or line.startswith(("#", ";")):
             continue
         line = line.removeprefix("export ").lstrip()
@@ -74,9 +76,13 @@ def read_env_file_lines(path: str) -> tuple[dict[str, str], list[ConfigError]]:
                 shown = name + (" " + REDACTED if line[len(name):].strip() else "")
             else:
                 shown = REDACTED
+            # The line before ends with a backslash: the value was meant to go on here.
+            # Without the word why, the value cut there (taken as it is) went unexplained.
+            joined = (f"; line {after} ends with a backslash, but lines are not joined: "
+                      "write that value on one line") if after == lineno - 1 else ""
             malformed.append(ConfigError(
                 f"{path}:{lineno}", shown, "a line of the form NAME=value (the rest of the "
-                "line is not shown: it may hold a secret)"))
+                f"line is not shown: it may hold a secret{joined})"))
             continue
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
