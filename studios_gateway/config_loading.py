@@ -57,8 +57,10 @@ def read_env_file_lines(path: str) -> tuple[dict[str, str], list[ConfigError]]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError("--env-file", path, f"a readable env file ({e.strerror})") from None
+    continued = 0  # the number of the line before, when it ends with a backslash
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
+        after, continued = continued, lineno if line.endswith("\\") else 0
         if not line or line.startswith(("#", ";")):
             continue
         line = line.removeprefix("export ").lstrip()
@@ -74,9 +76,13 @@ def read_env_file_lines(path: str) -> tuple[dict[str, str], list[ConfigError]]:
                 shown = name + (" " + REDACTED if line[len(name):].strip() else "")
             else:
                 shown = REDACTED
+            # The line before ends with a backslash: the value was meant to go on here.
+            # Without the word why, the value cut there (taken as it is) went unexplained.
+            joined = (f"; line {after} ends with a backslash, but lines are not joined: "
+                      "write that value on one line") if after == lineno - 1 else ""
             malformed.append(ConfigError(
                 f"{path}:{lineno}", shown, "a line of the form NAME=value (the rest of the "
-                "line is not shown: it may hold a secret)"))
+                f"line is not shown: it may hold a secret{joined})"))
             continue
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
@@ -178,7 +184,13 @@ def _unknown_warnings(origin: str, names: Iterable[str]) -> list[str]:
         if name in PLATFORM_HINTS:
             hint = f"; the gateway reads {PLATFORM_HINTS[name]}"
         else:
-            hint = did_you_mean(name, known)
+            # Only the gateway's own settings, and only what follows the shared prefix:
+            # a studios-connect variable (CONNECT_TOOL for CONNECT_IDLE) or a name
+            # alike only in its CONNECT_ (CONNECT_REDIS_DB for CONNECT_STRINGS) was
+            # offered before, neither of them what the gateway could use.
+            prefix = "CONNECT_" if name.startswith("CONNECT_") else "TOWER_"
+            hint = did_you_mean(name, [s for s in BY_NAME if s.startswith(prefix)],
+                                prefix=prefix)
         out.append(f"{name} in the {origin} is not a setting of the gateway and is "
                    f"ignored{hint}")
     return out

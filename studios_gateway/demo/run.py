@@ -16,6 +16,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -285,13 +286,55 @@ def _register_key(base: str, key: str, user: str, keys: str) -> None:
 
 STOP_WAIT = 15.0  # seconds for the gateway and the studio to stop before we kill them
 
+#: Under --storage-root: the id of the session the last demo run made there.
+SESSION_FILE = "demo-session"
+
+
+def previous_session(storage_root: Path) -> str | None:
+    """The session id the last demo run with this storage root made (the gateway keeps
+    its sessions there), or None when there was none or the file is not one of ours."""
+    try:
+        text = (storage_root / SESSION_FILE).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if re.fullmatch(r"[0-9a-f]{8}", text) else None
+
+
+def open_session(base: str, key: str, sid: str, owner: str, tool: str,
+                 ssh: bool) -> tuple[dict[str, Any], bool]:
+    """The session `sid` for this run and whether it is the last run's: kept when the
+    gateway still has it for the same owner and tool (a page left open on it then comes
+    back by itself once the studio is up), with a new connect token and login link; made
+    afresh otherwise (one for another owner or tool is deleted first). Before, every run
+    made a new session: a page left open on the last one stayed on "Server Connection
+    Error" for good, and each run left one more unreachable session in sessions.json."""
+    try:
+        old = _api(base, key, "GET", f"/api/sessions/{sid}")
+    except urllib.error.HTTPError as e:
+        if e.code != 404:
+            raise
+        old = None
+    if old is not None and old.get("owner") == owner and old.get("tool") == tool:
+        if bool(old.get("ssh_enabled")) != ssh:
+            _api(base, key, "PATCH", f"/api/sessions/{sid}", {"ssh_enabled": ssh})
+        token = _api(base, key, "POST", f"/api/sessions/{sid}/token", {})
+        link = _api(base, key, "POST", f"/api/sessions/{sid}/login-links", {"user": owner})
+        return {"connect_string": token["connect_string"],
+                "login_link": link["login_link"]}, True
+    if old is not None:
+        _api(base, key, "DELETE", f"/api/sessions/{sid}")
+    return _api(base, key, "POST", "/api/sessions",
+                {"id": sid, "owner": owner, "tool": tool, "ssh_enabled": ssh}), False
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="studios-gateway demo", description=__doc__)
     p.add_argument("--http-port", type=int, default=8080, help="browser port (default 8080)")
     p.add_argument("--management-port", type=int, default=0, help="default: a free port")
     p.add_argument("--tunnel-port", type=int, default=0, help="default: a free port")
-    p.add_argument("--storage-root", default="./var/demo", help="state directory")
+    p.add_argument("--storage-root", default="./var/demo",
+                   help="state directory (default ./var/demo); a demo run again with the same "
+                        "one, owner and tool keeps the last run's session and its address")
     p.add_argument("--path-routing", action="store_true",
                    help="route by /_studio/<id>/ instead of <id>.localhost")
     p.add_argument("--tool", choices=TOOLS, default="auto",
@@ -373,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # The tool first: one that is not installed is said before anything starts.
     tool_port = _free_port()
-    sid = secrets.token_hex(4)
+    storage_root = Path(args.storage_root).resolve()
+    sid = previous_session(storage_root) or secrets.token_hex(4)
     prefix = f"/_studio/{sid}/" if args.path_routing else "/"
     tool, command = tool_command(tool_port, prefix, args.builtin_tool, args.tool)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -386,11 +430,14 @@ def main(argv: list[str] | None = None) -> int:
         children.append(gateway)
         base = f"http://127.0.0.1:{mport}"
         _wait_ready(base + "/ready", key, gateway)
-        created = _api(base, key, "POST", "/api/sessions",
-                       {"id": sid, "owner": args.owner, "tool": tool, "ssh_enabled": args.ssh})
+        created, kept = open_session(base, key, sid, args.owner, tool, args.ssh)
+        (storage_root / SESSION_FILE).write_text(sid + "\n", encoding="ascii")
         if user_key is not None:
             _register_key(base, key, args.owner, user_key[1])
-        print(f"==> session {sid} created; starting the studio ({tool})", flush=True)
+        print(f"==> session {sid} "
+              + ("kept from the last run (a page still open on it comes back by itself)"
+                 if kept else "created")
+              + f"; starting the studio ({tool})", flush=True)
         # The studio's own directory (JupyterLab's notebooks land there), not the
         # directory the demo was started from.
         home = Path(args.storage_root).resolve() / "studio"
@@ -412,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n==> studio {sid} is up. Open this one-time link in your browser; it logs "
               f"you in as {args.owner} and opens the studio:\n\n  {created['login_link']}\n",
               flush=True)
-        print(f"  The studio's address (after logging in): {created['url']}")
+        url = (f"http://localhost:{args.http_port}/_studio/{sid}/" if args.path_routing
+               else f"http://{sid}.localhost:{args.http_port}/")
+        print(f"  The studio's address (after logging in): {url}")
         print(f"  Admin API: {base}/api/sessions  (Authorization: Bearer {key})")
         if user_key is not None:
             print(f"\n==> SSH: your key {user_key[0]} is registered for {args.owner}. A shell "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,8 +27,8 @@ LINK = re.compile(r"(http://localhost:\d+/_connect/link\?token=\S+)")
 
 
 class Demo:
-    def __init__(self, tmp_path: Path, *args: str):
-        self.http_port = free_port()
+    def __init__(self, tmp_path: Path, *args: str, http_port: int = 0):
+        self.http_port = http_port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
         env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
         self.proc = subprocess.Popen(
@@ -86,6 +88,43 @@ def test_demo_link_opens_the_studio_and_its_websocket(tmp_path: Path) -> None:
     said = "".join(demo.lines)
     assert "stopping" in said
     assert "cannot reach gateway" not in said and "HostnameAddress" not in said
+
+
+SESSION_LINE = re.compile(r"^==> session ([0-9a-f]{8}) (created|kept from the last run)")
+ADMIN_LINE = re.compile(r"Admin API: (\S+)  \(Authorization: Bearer (\S+)\)")
+
+
+@pytest.mark.slow
+def test_the_demo_run_again_keeps_its_session_and_a_page_left_open_comes_back(
+        tmp_path: Path) -> None:
+    """Stopped and run again with the same storage root, the demo keeps the last run's
+    session: the login of a page left open on it works again once the studio is back (a
+    new link too), and no unreachable session is left behind. Before, each run made a new
+    session: the page left open got 503 "studio not connected" for good."""
+    first = Demo(tmp_path, "--builtin-tool")
+    try:
+        browser = Browser()
+        page = browser.use_login_link(first.wait_for(LINK).group(1))
+        assert page.status == 200 and "Demo studio" in page.text, page.text[:300]
+        sid, how = first.wait_for(SESSION_LINE).groups()
+        assert how == "created"
+    finally:
+        assert first.stop() == 0, "".join(first.lines)[-3000:]
+    again = Demo(tmp_path, "--builtin-tool", http_port=first.http_port)
+    try:
+        link = again.wait_for(LINK).group(1)
+        assert again.wait_for(SESSION_LINE).groups() == (sid, "kept from the last run")
+        left_open = browser.get(page.url)  # the first run's login, as the open page has it
+        assert left_open.status == 200 and "Demo studio" in left_open.text, left_open.text[:300]
+        fresh = Browser().use_login_link(link)
+        assert fresh.status == 200 and "Demo studio" in fresh.text, fresh.text[:300]
+        assert fresh.url == page.url
+        api, key = again.wait_for(ADMIN_LINE).groups()
+        listing = urllib.request.Request(api, headers={"Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(listing, timeout=10) as resp:
+            assert [s["id"] for s in json.loads(resp.read())["sessions"]] == [sid]
+    finally:
+        assert again.stop() == 0, "".join(again.lines)[-3000:]
 
 
 SSH_LINE = re.compile(r"^  (ssh -p \d+ .+)$")

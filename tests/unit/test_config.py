@@ -869,3 +869,36 @@ def test_the_env_file_s_other_variables_are_named_as_ignored(tmp_path: Path) -> 
     example = Path(__file__).resolve().parents[2] / "systemd" / "gateway.env.example"
     assert not any("env file" in w
                    for w in load_config(environ={}, env_file=str(example)).warnings)
+
+
+def test_a_misspelt_name_is_offered_only_a_setting_of_the_gateway() -> None:
+    """The hint names a gateway setting like the name after its CONNECT_, or none: not
+    studios-connect's CONNECT_TOOL for CONNECT_IDLE (which the gateway would ignore too),
+    nor CONNECT_REDIS_DB for CONNECT_STRINGS (alike only in the prefix)."""
+    cfg = load_config(environ={"CONNECT_IDLE": "5", "CONNECT_STRINGS": "x",
+                               "CONNECT_IDLE_TIMEOUT": "5s", "CONNECT_HTP_PORT": "81"})
+    assert sorted(w for w in cfg.warnings if " is not a setting " in w) == [
+        "CONNECT_HTP_PORT in the environment is not a setting of the gateway and is ignored; "
+        "did you mean CONNECT_HTTP_PORT?",
+        "CONNECT_IDLE in the environment is not a setting of the gateway and is ignored",
+        "CONNECT_IDLE_TIMEOUT in the environment is not a setting of the gateway and is "
+        "ignored; did you mean CONNECT_HTTP_IDLE_TIMEOUT?",
+        "CONNECT_STRINGS in the environment is not a setting of the gateway and is ignored"]
+
+
+def test_a_line_after_one_ending_with_a_backslash_says_that_lines_are_not_joined(
+        tmp_path: Path) -> None:
+    """The second half of a backslash-continued value was refused as any malformed line,
+    with no word of the line before, whose value was taken cut (with its backslash)."""
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("CONNECT_PEER_SECRET=first-half-\\\nSECONDhalfOfTheSecret123\n"
+                        "-----BEGIN PRIVATE KEY-----\n")
+    e = pytest.raises(ConfigError, load_config, environ={}, env_file=str(env_file))
+    malformed = [str(err) for err in e.value.errors if err.name.startswith(str(env_file))]
+    assert malformed == [
+        f"{env_file}:2='<redacted>': expected a line of the form NAME=value (the rest of the "
+        "line is not shown: it may hold a secret; line 1 ends with a backslash, but lines "
+        "are not joined: write that value on one line)",
+        f"{env_file}:3='<redacted>': expected a line of the form NAME=value (the rest of the "
+        "line is not shown: it may hold a secret)"]
+    assert "SECONDhalf" not in str(e.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,3 +83,14 @@ def test_a_port_in_use_is_said_with_the_option_that_changes_it() -> None:
         with pytest.raises(SystemExit) as raised:
             run.main(["--tunnel-port", str(port), "--http-port", "0"])
         assert f"port {port} (--tunnel-port) is in use" in str(raised.value)
+
+
+def test_the_last_runs_session_is_read_only_when_it_is_one_of_ours(tmp_path: Path) -> None:
+    from studios_gateway.demo.run import SESSION_FILE, previous_session
+
+    assert previous_session(tmp_path) is None  # no file: the first run
+    (tmp_path / SESSION_FILE).write_text("b8c36660\n")
+    assert previous_session(tmp_path) == "b8c36660"
+    for other in ("../../etc", "B8C36660", "b8c3666", "", "\xff"):
+        (tmp_path / SESSION_FILE).write_text(other, encoding="latin-1")
+        assert previous_session(tmp_path) is None, other
