@@ -40,6 +40,9 @@ class Component:
     drain: Callable[[], Deferred[None] | None] = lambda: None
     stop: Callable[[], Deferred[None] | None] = lambda: None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: What still holds its drain, in a few words for the line said when the grace runs
+    #: out ("" when it cannot say).
+    in_use: Callable[[], str] = lambda: ""
 
 
 @dataclass

@@ -401,8 +401,11 @@ class GatewayService(MultiService):
 
         def out_of_time() -> None:
             # (said before the cancel: cancelled drains count as finished)
+            said = {c.name: c.in_use() for c in self.components}
             self._log.warn("drain did not finish within {grace}s (still in use: {busy}); "
-                           "stopping", grace=grace, busy=", ".join(busy))
+                           "stopping", grace=grace,
+                           busy="; ".join(f"{name}: {said[name]}" if said.get(name) else name
+                                          for name in busy))
             d.cancel()
 
         timer = self.reactor.callLater(grace, out_of_time)
@@ -570,7 +573,7 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                 endpoint_for(reactor, config.bind_address, config.tunnel_port),
                 factory, "the tunnel listener")
     part.components.append(Component("tunnels", start=table.start, drain=table.drain,
-                                     stop=table.stop))
+                                     stop=table.stop, in_use=table.in_use))
     return table, pin, factory, part
 
 

@@ -269,6 +269,22 @@ class TunnelTable:
             tunnel.retire()
         return self.wait_empty()
 
+    def in_use(self) -> str:
+        """What holds the drain: the tunnels still open and their streams (a tunnel told
+        GoAway closes once its streams end; what is left at the grace's end is mostly
+        WebSockets, some relayed by other nodes, whose pages reconnect when it closes)."""
+        tunnels = [*self._tunnels.values(), *self._moved]
+        if not tunnels:
+            return ""
+        streams = sum(len(t.mux.streams) for t in tunnels)
+        sessions = sorted({t.session_id for t in tunnels})
+        shown = ", ".join(sessions[:5]) + (f" and {len(sessions) - 5} more"
+                                            if len(sessions) > 5 else "")
+        return (f"{len(tunnels)} tunnel{'s' * (len(tunnels) != 1)} with {streams} open "
+                f"stream{'s' * (streams != 1)} (long-lived connections such as WebSockets "
+                f"or downloads: they close now, and pages reconnect their WebSockets) of "
+                f"session{'s' * (len(sessions) != 1)} {shown}")
+
     def wait_empty(self) -> Deferred[None]:
         return self._empty.wait(not self._tunnels and not self._moved)
 

@@ -123,7 +123,9 @@ def test_shutdown_is_bounded_by_the_grace() -> None:
     reactor.running = True
     gw, _ = make(reactor, CONNECT_SHUTDOWN_GRACE="10s")
     gw.add_component(Component("SSH proxy", drain=lambda: defer.Deferred()))
-    gw.add_component(Component("tunnels", drain=lambda: None))
+    gw.add_component(Component("tunnels", drain=lambda: defer.Deferred(),
+                               in_use=lambda: "1 tunnel with 2 open streams"))
+    gw.add_component(Component("HTTP proxy", drain=lambda: None))
     gw.shutdown()
     reactor.advance(9.9)
     assert not reactor.hasStopped
@@ -132,7 +134,8 @@ def test_shutdown_is_bounded_by_the_grace() -> None:
     assert reactor.hasStopped
     # which part still had connections when the grace ran out
     assert [formatEvent(e) for e in events if "did not finish" in e["log_format"]] == [
-        "drain did not finish within 10.0s (still in use: SSH proxy); stopping"]
+        "drain did not finish within 10.0s (still in use: SSH proxy; tunnels: 1 tunnel "
+        "with 2 open streams); stopping"]
 
 
 class ReadyHealth:

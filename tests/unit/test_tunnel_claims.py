@@ -381,3 +381,18 @@ def test_binds_refused_for_want_of_redis_are_logged_once_a_minute() -> None:
         for _ in range(2):
             assert b"bad_token" in bind(token="x" * 20)
     assert len([line for line in info.lines if "bad_token" in line]) == 2
+
+
+def test_what_holds_a_drain_is_said_with_its_tunnels_streams_and_sessions() -> None:
+    """The drain's warning when the grace runs out names what kept it (an operator saw
+    only "still in use: tunnels" at every node of a rolling restart)."""
+    clock, store, table, transport, tunnel = bound()
+    assert table.in_use() == "1 tunnel with 0 open streams (long-lived connections such " \
+        "as WebSockets or downloads: they close now, and pages reconnect their " \
+        "WebSockets) of session s1"
+    tunnel.open_stream(b"t")
+    table.drain()  # GoAway: the tunnel stays while its stream is open
+    assert table.in_use().startswith("1 tunnel with 1 open stream (")
+    empty = TunnelTable(store, node_id="n2", node_address="b:1", clock=clock,
+                        settings=TunnelSettings())
+    assert empty.in_use() == ""  # (nothing to say: the drain names the part alone)
