@@ -317,10 +317,9 @@ def open_session(base: str, key: str, sid: str, owner: str, tool: str,
     if old is not None and old.get("owner") == owner and old.get("tool") == tool:
         if bool(old.get("ssh_enabled")) != ssh:
             _api(base, key, "PATCH", f"/api/sessions/{sid}", {"ssh_enabled": ssh})
-        token = _api(base, key, "POST", f"/api/sessions/{sid}/token", {})
-        link = _api(base, key, "POST", f"/api/sessions/{sid}/login-links", {"user": owner})
-        return {"connect_string": token["connect_string"],
-                "login_link": link["login_link"]}, True
+        # (the new token's answer is a creation's: its address, connect string and a
+        # login link for its owner)
+        return _api(base, key, "POST", f"/api/sessions/{sid}/token", {}), True
     if old is not None:
         _api(base, key, "DELETE", f"/api/sessions/{sid}")
     return _api(base, key, "POST", "/api/sessions",
@@ -376,17 +375,18 @@ def main(argv: list[str] | None = None) -> int:
     ssh_port = ssh_port or next(picked)
     lport = next(picked)  # the peer listener's (one node: nobody dials it)
     key = secrets.token_urlsafe(24)
+    storage_root = Path(args.storage_root).resolve()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
     env.update({
         "CONNECT_BIND_ADDRESS": "127.0.0.1", "CONNECT_HTTP_PORT": str(args.http_port),
         "CONNECT_MANAGEMENT_PORT": str(mport), "CONNECT_TUNNEL_PORT": str(tport),
         "CONNECT_LISTENER_PORT": str(lport), "CONNECT_MANAGEMENT_AUTH_KEY": key,
         "CONNECT_PROXY_URL": f"http://localhost:{args.http_port}",
-        "CONNECT_STORAGE_ROOT": str(Path(args.storage_root).resolve()),
+        "CONNECT_STORAGE_ROOT": str(storage_root),
         "CONNECT_SHUTDOWN_GRACE": "5s",  # a demo: stop promptly
         "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING": "true" if args.path_routing else "false",
     })
-    ssh_dir = Path(args.storage_root).resolve() / "ssh"
+    ssh_dir = storage_root / "ssh"
     known_hosts, host_public = ssh_dir / "known_hosts", ""
     if args.ssh:
         host_key, host_public = demo_host_key(ssh_dir)
@@ -416,7 +416,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # The tool first: one that is not installed is said before anything starts.
     tool_port = _free_port()
-    storage_root = Path(args.storage_root).resolve()
     sid = previous_session(storage_root) or secrets.token_hex(4)
     prefix = f"/_studio/{sid}/" if args.path_routing else "/"
     tool, command = tool_command(tool_port, prefix, args.builtin_tool, args.tool)
@@ -440,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
               + f"; starting the studio ({tool})", flush=True)
         # The studio's own directory (JupyterLab's notebooks land there), not the
         # directory the demo was started from.
-        home = Path(args.storage_root).resolve() / "studio"
+        home = storage_root / "studio"
         home.mkdir(parents=True, exist_ok=True)
         client_env = {k: v for k, v in env.items() if not k.startswith("CONNECT_")}
         client_env.update({"CONNECT_STRING": created["connect_string"],
@@ -449,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         # JupyterLab keeps its open tabs per user (~/.jupyter/lab/workspaces): each demo's
         # own, so a new --storage-root does not reopen another demo's notebooks.
         client_env.setdefault("JUPYTERLAB_WORKSPACES_DIR",
-                              str(Path(args.storage_root).resolve() / "jupyterlab-workspaces"))
+                              str(storage_root / "jupyterlab-workspaces"))
         if args.path_routing and tool == "generic":  # the preset learns it from the gateway
             client_env["CONNECT_TOOL_PATH_PREFIX"] = prefix
         studio = subprocess.Popen([str(bindir / "studios-connect"), *command], env=client_env,
@@ -459,9 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n==> studio {sid} is up. Open this one-time link in your browser; it logs "
               f"you in as {args.owner} and opens the studio:\n\n  {created['login_link']}\n",
               flush=True)
-        url = (f"http://localhost:{args.http_port}/_studio/{sid}/" if args.path_routing
-               else f"http://{sid}.localhost:{args.http_port}/")
-        print(f"  The studio's address (after logging in): {url}")
+        print(f"  The studio's address (after logging in): {created['url']}")
         print(f"  Admin API: {base}/api/sessions  (Authorization: Bearer {key})")
         if user_key is not None:
             print(f"\n==> SSH: your key {user_key[0]} is registered for {args.owner}. A shell "
