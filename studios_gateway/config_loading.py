@@ -91,6 +91,9 @@ def read_env_file_lines(path: str) -> tuple[dict[str, str], list[ConfigError]]:
     return out, malformed
 
 
+#: Names no warning calls unknown: the gateway's settings and studios-connect's (an env
+#: file or environment may be shared by both).
+_KNOWN = frozenset(BY_NAME) | CLIENT_VARIABLES
 #: What a malformed line's first word must look like to be shown: a name in capitals
 #: (``-`` for ``_`` too), as the gateway's settings are written. Mixed case or anything
 #: else may be a secret's text (base64, a password) and is not shown.
@@ -99,8 +102,7 @@ _SHOWN_NAME = re.compile(r"[A-Z_][A-Z0-9_]*(?:-[A-Z0-9_]+)*")
 
 def _reads_as_a_name(word: str) -> bool:
     """`word` (a malformed line's first) is a setting's name, or written as one."""
-    return bool(_SHOWN_NAME.fullmatch(word)) or word.upper().replace("-", "_") in (
-        set(BY_NAME) | CLIENT_VARIABLES)
+    return bool(_SHOWN_NAME.fullmatch(word)) or word.upper().replace("-", "_") in _KNOWN
 
 
 def load_config(
@@ -177,9 +179,8 @@ def load_config(
 
 def _unknown_warnings(origin: str, names: Iterable[str]) -> list[str]:
     out = []
-    known = set(BY_NAME) | CLIENT_VARIABLES
     for name in sorted(names):
-        if not name.startswith(("CONNECT_", "TOWER_")) or name in known:
+        if not name.startswith(("CONNECT_", "TOWER_")) or name in _KNOWN:
             continue
         if name in PLATFORM_HINTS:
             hint = f"; the gateway reads {PLATFORM_HINTS[name]}"
