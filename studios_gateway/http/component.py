@@ -40,6 +40,7 @@ from studios_gateway.component import Component, Part, StartError, endpoint_for,
 from studios_gateway.config import Config
 from studios_gateway.http import lane
 from studios_gateway.http.proxy import ProxyFactory
+from studios_gateway.http.relayed import Relayed
 from studios_gateway.http.routing import Router, parse_host
 from studios_gateway.http.upstream import (
     FastPath,
@@ -269,6 +270,7 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
         away=make_away(store, reactor, config.platform_url),
         track=_track(auth),
         observer=traffic,
+        relayed=Relayed(store.get_tunnel),
         trusted_proxy_cidrs=config.trusted_proxy_cidrs,
         scheme="https" if tls else "http",
         https_outside=not tls and config.effective_proxy_url.startswith("https://"),
@@ -340,11 +342,14 @@ def build_http(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer
     part.listen("http", "CONNECT_HTTP_PORT",
                 endpoint_for(reactor, config.bind_address, config.http_port), served, description)
     # A session whose tunnel changed (moved to another node, say): its idle upstream
-    # connections may lead to the old holder, so they are let go.
+    # connections may lead to the old holder, so they are let go, and the upgraded ones
+    # relayed to that holder are ended (the pages reconnect to the new one).
     unsubscribe: list[Any] = []
 
     def start() -> None:
         unsubscribe.append(store.subscribe(factory.pool.drop))
+        if factory.relayed is not None:
+            unsubscribe.append(store.subscribe(factory.relayed.changed))
 
     def stop() -> Any:
         while unsubscribe:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http import HTTPStatus
 
 from studios_gateway.away import Away
@@ -148,8 +148,8 @@ def login_ended_in_frame(session_id: str) -> Page:
     after the login expired: its iframe is a page load of the studio's). Framed only by
     pages of the studio's own origin; no link (a frame cannot take the person to the
     login: the page around it has to be reloaded)."""
-    ended = page(401, "Login ended", _login_ended(session_id), framed_by_self=True)
-    return Page(ended.status, ended.headers, ended.body, why="login required (a frame)")
+    return replace(page(401, "Login ended", _login_ended(session_id), framed_by_self=True),
+                   why="login required (a frame)")
 
 
 def not_found(session_id: str | None = None, message: str = "") -> Page:

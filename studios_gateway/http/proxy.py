@@ -55,6 +55,7 @@ from studios_gateway.http.exchange import (
 from studios_gateway.http.flow import Gate, GateProducer, Pacer
 from studios_gateway.http.headers import client_address, is_trusted
 from studios_gateway.http.origin import cross_origin, posted_from_elsewhere
+from studios_gateway.http.relayed import Relayed
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.http.routing import Redirect, Refusal, Route, Router
 from studios_gateway.http.toolroute import tool_route
@@ -238,6 +239,7 @@ class ProxyFactory(Factory):
                  fast: FastPath | None = None,
                  away: Callable[[str], Deferred[Away | None]] | None = None,
                  track: Track | None = None, observer: Any = None,
+                 relayed: Relayed | None = None,
                  trusted_proxy_cidrs: Sequence[Network] = (), scheme: str = "http",
                  https_outside: bool = False,
                  max_idle_per_session: int = default_of("http_pool_size"),
@@ -263,6 +265,9 @@ class ProxyFactory(Factory):
         #: only when the not-connected page is about to be sent; never fails, bounded.
         self.away = away
         self.track = track
+        #: Upgraded connections relayed to another node's tunnel, ended when their studio
+        #: moves (None: not kept, as without peers).
+        self.relayed = relayed
         #: Told of every finished exchange (studios_gateway.traffic.observer.Traffic).
         self.observer = observer
         #: The tunnel listener's factory: a WebSocket to /_connect/tunnel carries a tunnel.
@@ -339,6 +344,7 @@ class ProxyProtocol(Protocol):
         self._paired: UpstreamConnection | None = None
         self._idle = False  # waiting for the next request on a kept-alive connection
         self._release: Callable[[], Any] | None = None  # untrack an upgraded connection
+        self._unrelay: Callable[[], None] | None = None  # forget a relayed one (Relayed)
         # For the access log and metrics: bytes each way on this connection, and at the
         # start of the current exchange; when it started; why the gateway refused it.
         self._bytes_in = self._bytes_out = self._mark_in = self._mark_out = 0
@@ -400,6 +406,9 @@ class ProxyProtocol(Protocol):
         release, self._release = self._release, None
         if release is not None:
             release()
+        unrelay, self._unrelay = self._unrelay, None
+        if unrelay is not None:
+            unrelay()
         carrier, self._carrier = self._carrier, None
         if carrier is not None:
             carrier.connectionLost(reason)
@@ -1014,6 +1023,9 @@ class ProxyProtocol(Protocol):
         if client_rest:
             conn.transport.write(client_rest)
         self.gate.resume("pipeline")
+        holder = getattr(conn.transport, "holder", None)  # a stream to another node's tunnel
+        if holder is not None and f.relayed is not None:  # (last: add may end it at once)
+            self._unrelay = f.relayed.add(ex.session_id, holder, self._studio_moved)
 
     def _refuse_from_elsewhere(self, ex: Exchange, what: str, asked: str, why: str,
                                reason: str) -> None:
@@ -1035,6 +1047,13 @@ class ProxyProtocol(Protocol):
         """Stop an upgraded connection (a transfer quota): a WebSocket close frame (1008,
         policy violation) with `why` to the client, then the connection closes."""
         self._end_upgraded(POLICY_VIOLATION, why, wait=True)
+
+    def _studio_moved(self) -> None:
+        """The studio of an upgraded connection relayed to another node's tunnel is bound
+        elsewhere now (Relayed): end it as its tunnel going away would, so that the page
+        reconnects to the new holder instead of staying on the old tunnel."""
+        self._unrelay = None
+        self._end_upgraded(SERVICE_RESTART, "the studio's connection is going away; reconnect")
 
     def _revoked(self, why: str) -> None:
         """The user's access to an upgraded connection's studio ended (the session ended:

@@ -107,6 +107,7 @@ def make_remote(store: TunnelClaims, pool: PeerPool, node_id: str, node_address:
                 except PeerUnavailable as e:
                     why = f"node {holder.node_id} unreachable ({e.reason})"
                 else:
+                    stream.holder = holder
                     outcome("ok")
                     return stream
             if attempt == 1:

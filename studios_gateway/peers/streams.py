@@ -246,6 +246,10 @@ class PeerStream:
     def __init__(self, stream: Any, opening: _Opening):
         self._stream = stream
         self._opening = opening
+        #: The registry's TunnelHolder this stream was opened to (set by the dialer's
+        #: remote): the HTTP proxy ends an upgraded connection on it once the studio
+        #: moved (studios_gateway.http.relayed).
+        self.holder: Any = None
         self._attached = False
         self._paused_by_protocol = False
 

@@ -11,6 +11,7 @@ action.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -231,14 +232,23 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
                 if reply.status != 200 and browser.get(url(other)).status != 200:
                     failed.append(reply.status)
 
-        # A WebSocket opened through the other node before the drain rides the draining
-        # node's tunnel (over the peer link): it must outlive the studio's move, as
-        # long as the drain's grace allows, not only a claim-refresh period.
+        # A download through the other node before the drain rides the draining node's
+        # tunnel (over the peer link): it must outlive the studio's move, as long as the
+        # drain's grace allows, not only a claim-refresh period. A WebSocket opened the
+        # same way is closed with 1012 once the studio moved (http/relayed.py), as the
+        # draining node closes its own: the page opens it again, to the new holder.
         port = int(other.env["CONNECT_HTTP_PORT"])
-        ws = WebSocket(port, f"{sid}.localhost:{port}", "/ws",
-                       {"Cookie": browser._cookie_header(f"{sid}.localhost", "/") or ""})
+        cookie = browser._cookie_header(f"{sid}.localhost", "/") or ""
+        ws = WebSocket(port, f"{sid}.localhost:{port}", "/ws", {"Cookie": cookie})
         ws.send_text("before the drain")
         assert ws.recv_text() == "before the drain"
+        size = 32 << 20  # more than the path between tool and reader holds: it waits
+        download = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        download.request("GET", f"/download?size={size}",
+                         headers={"Host": f"{sid}.localhost:{port}", "Cookie": cookie})
+        reply = download.getresponse()
+        assert reply.status == 200
+        got = len(reply.read(1 << 16))
         loader = threading.Thread(target=load)
         loader.start()
         try:
@@ -248,12 +258,23 @@ def test_three_nodes_share_sessions_and_survive_a_killed_node(tmp_path: Path) ->
             while "retiring this node's tunnel" not in draining.output():
                 assert time.monotonic() < deadline, draining.output()[-3000:]
                 time.sleep(0.1)  # polling the log for the move, not a race fix
+            with pytest.raises(ConnectionError) as closed:
+                while True:  # until the other node hears the move
+                    ws.send_text("after the move")
+                    assert ws.recv_text() == "after the move"
+            assert str(closed.value) == ("WebSocket closed: 1012 the studio's connection "
+                                         "is going away; reconnect"), other.output()[-3000:]
+            ws.close()
+            ws = WebSocket(port, f"{sid}.localhost:{port}", "/ws", {"Cookie": cookie})
+            ws.send_text("to the new holder")
+            assert ws.recv_text() == "to the new holder"
+            ws.close()
             # Past the bound a moved tunnel gets when its node is not draining (a third of
             # the claim's TTL): time passing is what is tested here.
             time.sleep(CLAIM_TTL / 3 + 1)
-            ws.send_text("after the move")
-            assert ws.recv_text() == "after the move"
-            ws.close()
+            got += len(reply.read())
+            assert got == size
+            download.close()
             assert draining.wait(timeout=30) == 0
             moved = wait_connected(other, sid)["tunnel"]["node"]
         finally:

@@ -197,6 +197,9 @@ def test_a_rolling_restart_behind_nginx_answers_no_5xx(tmp_path: Path) -> None:
             wait_until(lambda o=other: holder(nodes[o], sid) == f"node-{o}",
                        f"the studio bound to {other}", timeout=15)
             assert nodes[name].proc.wait(timeout=15) == 0
+            # Its drain ended with its work: a WebSocket relayed into its old tunnel through
+            # the other node was closed there once the studio moved, not at the grace's end.
+            assert "drain did not finish" not in nodes[name].output(), nodes[name].output()[-3000:]
             nodes[name].stop()
             nodes[name] = GatewayProcess(tmp_path / name, envs[name], name=f"gateway-{name}-2")
             nodes[name].wait_ready()

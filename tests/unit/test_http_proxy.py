@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from types import SimpleNamespace
 from typing import Any
 
 import h11
@@ -16,6 +17,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from studios_gateway.http.proxy import ProxyFactory, ProxyProtocol, UpstreamConnection
+from studios_gateway.http.relayed import Relayed
 from studios_gateway.http.routing import Router
 from studios_gateway.http.upstream import SessionInfo, StudioNotConnected, ToolNotAnswering
 from studios_gateway.wire.closing import CLOSE_GRACE
@@ -35,6 +37,8 @@ class FakeUpstream:
         self.fail: Exception | None = None
         self.hang = False
         self.asked: list[str] = []
+        #: The registry's holder a stream to another node was opened to (PeerStream's).
+        self.holder: Any = None
 
     def connect(self, session_id: str, factory: Any) -> defer.Deferred[Any]:
         self.asked.append(session_id)
@@ -44,6 +48,8 @@ class FakeUpstream:
             return defer.Deferred()
         p = factory.buildProtocol(None)
         t = StringTransport()
+        if self.holder is not None:
+            t.holder = self.holder  # type: ignore[attr-defined]
         p.makeConnection(t)
         self.conns.append((p, t))
         return defer.succeed(p)
@@ -961,6 +967,43 @@ def test_the_access_line_of_a_websocket_whose_session_ended_says_so() -> None:
     p.connectionLost(Failure(ConnectionDone()))
     assert [f.reason for f in obs.closed] == ["the connection to the studio broke: tunnel "
                                               "lost: reset"]
+
+
+def test_a_websocket_relayed_to_another_node_closes_once_its_studio_moved() -> None:
+    """Relayed into another node's tunnel, a WebSocket is closed with 1012 when the
+    registry names another holder (the page reconnects to it), and forgotten when it
+    ends; one through this node's own tunnel is not kept at all."""
+    node_a = SimpleNamespace(node_id="node-a", node_address="10.0.0.5:7071", tunnel_id="t1")
+    holders = {"abc": node_a}
+    relayed = Relayed(lambda sid: defer.succeed(holders.get(sid)))
+    obs = _Observer()
+    h = Harness(relayed=relayed, observer=obs)
+    h.upstream.holder = node_a
+    p, t = h.client()
+    p.dataReceived(_UPGRADE)
+    up, _ = h.up()
+    up.dataReceived(_SWITCHED + b"\x81\x02hi")
+    assert len(relayed) == 1
+    t.clear()
+    holders["abc"] = replace_holder = SimpleNamespace(
+        node_id="node-b", node_address="10.0.0.6:7071", tunnel_id="t2")
+    relayed.changed("abc")
+    assert close_of(t.value()) == (1012, "the studio's connection is going away; reconnect")
+    assert t.disconnecting and len(relayed) == 0
+    p.connectionLost(Failure(ConnectionDone()))
+    assert [f.reason for f in obs.closed] == [
+        "the studio's connection is going away; reconnect"]
+    # Opened again, to the new holder: kept until it ends.
+    h.upstream.holder = replace_holder
+    p, t = h.client()
+    p.dataReceived(_UPGRADE)
+    h.up()[0].dataReceived(_SWITCHED)
+    assert len(relayed) == 1
+    p.connectionLost(Failure(ConnectionDone()))
+    assert len(relayed) == 0
+    h.upstream.holder = None  # this node's own tunnel: its loss ends it, not the registry
+    upgraded_here = upgraded(relayed=relayed)
+    assert len(relayed) == 0 and upgraded_here[2].value() == b""
 
 
 def test_a_tunnel_going_away_on_purpose_is_going_away_not_broken() -> None:
