@@ -100,8 +100,8 @@ class Relayed:
             conns.pop(token, None)
         if not conns:
             del self._by_session[session_id]
-        self._log.info("studio {sid} moved to node {node}: closing {n} connection(s) "
-                       "relayed to its old tunnel, so that they reconnect to it there",
+        self._log.info("studio {sid} moved to node {node}: closing {n} WebSocket(s) "
+                       "relayed to its old tunnel (pages reconnect to the new one)",
                        sid=session_id, node=holder.node_id, n=len(moved))
         for _, _, end in moved:
             end()

@@ -73,7 +73,7 @@ def test_a_relayed_websocket_reconnects_to_the_new_holder_when_its_studio_moves(
                                      "going away; reconnect"), b.gw.output()[-3000:]
         ws.close()
         assert holder() == "node-b"
-        assert "closing 1 connection(s) relayed to its old tunnel" in b.gw.output()
+        assert "closing 1 WebSocket(s) relayed to its old tunnel" in b.gw.output()
 
         again = websocket()  # the page's reconnect: B's own tunnel now
         # A's drain ends with its last stream, not at its grace's end.
