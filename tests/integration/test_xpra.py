@@ -8,8 +8,9 @@ window over its WebSocket; keys typed in the browser run a command in the
 xterm (it creates a file in the studio's home and prints a line, seen in the
 screenshot). Stopping the studio runs `xpra stop :N`: no Xvfb is left behind.
 The Xpra template's change to the HTML5 client (templates/xpra/fix-html5-client) is
-applied to a copy of Debian's client here, as the image build applies it, and the page
-is shown to come back by itself after a gateway restart.
+applied to a copy of Debian's client here, as the image build applies it: the page is
+shown to come back by itself after a gateway restart (both modes), and to stay
+disconnected after Xpra's own Disconnect until the person connects again.
 CI installs Xpra with scripts/install-studio-tools.
 """
 
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,27 @@ def template_client(tmp: Path) -> Path:
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     return root / "www"
+
+
+#: Run by Chromium in every document the tab loads: counts the page's loads (in the tab's
+#: session storage, which a reload keeps).
+COUNT_LOADS = ("sessionStorage.setItem('test-page-loads', "
+               "String(Number(sessionStorage.getItem('test-page-loads') || 0) + 1))")
+#: The line the template's change shows over the page.
+LINE = "(document.getElementById('studio-reconnect') || {}).textContent"
+
+
+def page_loads(browser: Chromium) -> int:
+    return int(browser.evaluate("sessionStorage.getItem('test-page-loads')") or 0)
+
+
+def template_client_studio(tmp: Path, mode: str) -> AbstractContextManager[ToolStudio]:
+    """An Xpra studio (an xterm) whose HTML5 client is the template's (template_client)."""
+    www = template_client(tmp)
+    (tmp / "runtime").mkdir(mode=0o700)
+    env = {"XDG_RUNTIME_DIR": str(tmp / "runtime")}
+    return tool_studio(tmp, "xpra", mode, "", extra_env=env,
+                       command=["xpra", "start", f"--html={www}", "--start=xterm"])
 
 
 def type_text(browser: Chromium, text: str) -> None:
@@ -188,11 +211,7 @@ def test_the_templates_client_comes_back_by_itself_after_a_gateway_restart(
     template's change it says that the gateway cannot be reached, tries again, reloads once
     the gateway answers (its "Studio not connected" page until the studio has bound again)
     and shows the same session: the xterm where it was."""
-    www = template_client(tmp_path)
-    (tmp_path / "runtime").mkdir(mode=0o700)
-    env = {"XDG_RUNTIME_DIR": str(tmp_path / "runtime")}
-    with tool_studio(tmp_path, "xpra", "subdomain", "", extra_env=env,
-                     command=["xpra", "start", f"--html={www}", "--start=xterm"]) as studio:
+    with template_client_studio(tmp_path, "subdomain") as studio:
         browser = studio.chromium()
         restarted: GatewayProcess | None = None
         try:
@@ -217,3 +236,91 @@ def test_the_templates_client_comes_back_by_itself_after_a_gateway_restart(
             if restarted is not None:
                 restarted.stop()
         assert png_colours(png) > 20
+
+
+@pytest.mark.skipif(not (DEBIAN_CLIENT / "index.html").exists(),
+                    reason="Debian's Xpra HTML5 client is not in /usr/share/xpra/www")
+def test_the_templates_client_stays_disconnected_after_xpras_own_disconnect(
+        tmp_path: Path) -> None:
+    """Path mode, where every studio shares the gateway's origin. The person chooses
+    Disconnect in the Xpra page's menu: the page says so, with a "Connect again" button,
+    and neither asks for its address nor loads itself again for 3 of its 2 s check periods
+    while the gateway answers (before, the template's change took it for a broken
+    connection and reloaded at once, connected again). The button brings the session back.
+    The page's count of reloads is its own (named after /_studio/<id>/): another studio's
+    count in the same tab, used up, stays as it was, and the page still comes back by
+    itself after a gateway restart, also from an address with the '#' Xpra's menu adds."""
+    with template_client_studio(tmp_path, "path") as studio:
+        own = f"studio-reconnect-reloads:{studio.prefix}"
+        other = "studio-reconnect-reloads:/_studio/other/"  # another studio's, same origin
+        count = f"sessionStorage.getItem({own!r})"
+        # The page's address in the access log, asked for by a reload or the page's check
+        # (not the WebSocket's line, status 101, written when it closes).
+        asked = re.compile(rf'"GET {re.escape(studio.prefix)}" (?!101 )')
+        browser = studio.chromium()
+        restarted: GatewayProcess | None = None
+        try:
+            browser.call("Page.enable")  # (the script is not run without it)
+            browser.call("Page.addScriptToEvaluateOnNewDocument", source=COUNT_LOADS)
+            browser.call("Page.navigate", url=studio.url())
+            browser.wait_for(SHOWN, timeout=90)
+            browser.evaluate(f"sessionStorage.setItem({other!r}, '5')")  # used up
+            browser.wait_for(f"{count} === '0'", timeout=10)  # set once Xpra's startup is done
+            assert page_loads(browser) == 1
+
+            # Xpra's menu (its top-left button), then Disconnect, clicked as a person does.
+            box = "(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, " \
+                  "r.height]; })"
+            menu = browser.evaluate(f"{box}(document.querySelector('a[title=Xpra]'))")
+            click(browser, menu[0] + menu[2] / 2, menu[1] + menu[3] / 2)
+            item = "Array.from(document.querySelectorAll('#menu_list > li > a'))" \
+                   ".find(a => a.textContent.trim() === 'Disconnect')"
+            browser.wait_for(f"{item}.getBoundingClientRect().width > 0", timeout=10)
+            item_box = browser.evaluate(f"{box}({item})")
+            before = len(asked.findall(studio.gateway.output()))
+            click(browser, item_box[0] + item_box[2] / 2, item_box[1] + item_box[3] / 2)
+            line = browser.wait_for(LINE, timeout=20)
+            assert "You disconnected from this session" in line, line
+            assert browser.evaluate("client.connected") is False
+
+            # While the gateway answers, 3 check periods pass with no request for the page and
+            # no reload: the first check of a broken connection comes at once.
+            start = time.monotonic()
+            while time.monotonic() - start < 6:
+                assert page_loads(browser) == 1
+                assert len(asked.findall(studio.gateway.output())) == before
+                time.sleep(0.25)
+            assert studio.browser.get(studio.url("js/Client.js")).status == 200
+            assert browser.evaluate(count) == "0"
+            png = studio.screenshot(browser, "xpra-disconnected")
+            assert png_colours(png) > 5
+
+            again = browser.evaluate(f"{box}(document.getElementById("
+                                     "'studio-reconnect-again'))")
+            click(browser, again[0] + again[2] / 2, again[1] + again[3] / 2)
+            browser.wait_for(SHOWN, timeout=60)
+            assert page_loads(browser) == 2
+            assert browser.evaluate("location.href") == studio.url()  # without the menu's '#'
+
+            # A broken connection still reloads, counted under this studio's key only; from
+            # an address with the '#' the menu adds, which the gateway's "Studio not
+            # connected" page (a meta refresh) did not reload in Chromium.
+            click(browser, menu[0] + menu[2] / 2, menu[1] + menu[3] / 2)
+            assert browser.evaluate("location.href") == studio.url() + "#"
+            studio.gateway.stop()  # SIGTERM: the drain closes the WebSocket (1012)
+            line = browser.wait_for(LINE, timeout=20)
+            assert "the gateway cannot be reached" in line, line
+            assert browser.evaluate(count) == "1"
+            restarted = GatewayProcess(tmp_path, studio.gateway.env, name="gateway2")
+            restarted.wait_ready()
+            browser.wait_for(SHOWN, timeout=60)  # reloaded, the studio bound again
+            browser.wait_for(f"{count} === '0'", timeout=10)
+            assert browser.evaluate(f"sessionStorage.getItem({other!r})") == "5"
+            assert browser.evaluate("location.href") == studio.url()
+            assert studio.client.proc.poll() is None  # the same studio and Xpra session
+            time.sleep(1)  # let the client draw the window before the screenshot
+            assert png_colours(studio.screenshot(browser, "xpra-back")) > 20
+        finally:
+            browser.stop()
+            if restarted is not None:
+                restarted.stop()

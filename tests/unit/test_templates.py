@@ -190,9 +190,32 @@ def test_fix_html5_client_turns_xpras_reconnect_off_and_reloads_once(tmp_path: P
     # fails to load reloads the page too); the end of the connection leads to them.
     assert page.index("var studio_reconnect = ") < page.index('src="js/lib/es6-shim.js"')
     assert page.index("if (!studio_reconnect(") < page.index("client.init(ignore_audio_")
+    # Xpra's own Disconnect (its menu marks it "User request") stays disconnected.
+    assert page.index('client.disconnect_reason === "User request"') < \
+        page.index("if (!studio_reconnect(")
+    # One reload count per studio: its key names the path the page is served under.
+    assert '"studio-reconnect-reloads:" +\n\t\t\t\t\twindow.location.pathname' in page
+    # Reloads go to the address without its fragment (a meta refresh ignores such a page).
+    assert 'window.location.replace(window.location.href.split("#")[0])' in page
+    helper = page[page.index("var studio_reconnect = "):page.index('src="js/lib/es6-shim.js"')]
+    assert "location.reload()" not in helper
     again = fix_html5_client(tmp_path)  # a second run leaves it alone
     assert again.returncode == 0 and "already changed" in again.stdout
     assert (tmp_path / "index.html").read_text() == page
+
+
+@pytest.mark.skipif(not XPRA_CLIENT.exists(), reason="Debian's Xpra HTML5 client is not here")
+def test_fix_html5_client_refuses_a_client_whose_disconnect_it_does_not_know(tmp_path: Path
+                                                                            ) -> None:
+    """The change tells Xpra's own Disconnect by the reason its menu item sets: a client
+    that marks it otherwise stops the build (its Disconnect would reconnect)."""
+    other = XPRA_CLIENT.read_text().replace("client.disconnect_reason='User request'; ",
+                                            "client.disconnect_reason='Disconnected'; ")
+    (tmp_path / "index.html").write_text(other)
+    done = fix_html5_client(tmp_path)
+    assert done.returncode == 1
+    assert "User request" in done.stderr and "not Xpra 3.1's HTML5 client" in done.stderr
+    assert (tmp_path / "index.html").read_text() == other  # unchanged
 
 
 def test_fix_html5_client_refuses_a_client_it_does_not_know(tmp_path: Path) -> None:
