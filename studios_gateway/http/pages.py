@@ -83,7 +83,12 @@ def page(status: int, title: str, message: str, *, session_id: str | None = None
     Never shown in a frame, unless `framed_by_self`: then in frames of pages of its own
     origin only (a page of words alone, no form and no link)."""
     assert not (framed_by_self and (link or body_html)), "a framed page has words only"
-    meta = f"<meta http-equiv=refresh content={int(refresh)}>" if refresh else ""
+    # A refresh without a URL only scrolls when the address has a fragment (it is then a
+    # fragment navigation): a tool's page link (Xpra's menu, a single-page app's routes)
+    # left the page for good. The script reloads such an address, fragment kept.
+    meta = (f"<meta http-equiv=refresh content={int(refresh)}>"
+            f"<script>if(location.hash)setTimeout(function(){{location.reload()}},"
+            f"{int(refresh) * 1000})</script>" if refresh else "")
     studio = (f"<p>Studio: <code>{html.escape(session_id)}</code></p>"
               if session_id else "")
     retry = "<p>This page reloads by itself.</p>" if refresh else ""

@@ -43,3 +43,14 @@ def test_a_tool_that_is_down_is_not_said_to_be_slow() -> None:
     assert b"It may still be starting, be busy, or have stopped. If this page stays, " \
         b"restart the studio." in body
     assert b"This page reloads by itself." in body
+
+
+def test_a_page_that_reloads_itself_also_reloads_an_address_with_a_fragment() -> None:
+    """A meta refresh without a URL is a fragment navigation at an address with a
+    fragment (it only scrolls): a script reloads such an address, only there, at the
+    same time; a page that does not reload has no script."""
+    body = pages.tool_not_answering("abc").body
+    assert b"<meta http-equiv=refresh content=10>" in body
+    assert (b"<script>if(location.hash)setTimeout(function(){location.reload()},10000)"
+            b"</script>") in body
+    assert b"<script" not in pages.not_found("abc").body
