@@ -104,6 +104,8 @@ defaults
     timeout tunnel 1h
     retries 3
     option redispatch
+    retry-on conn-failure empty-response
+    option http-buffer-request
 frontend public
     bind 127.0.0.1:{port}
     default_backend studios_gateway
