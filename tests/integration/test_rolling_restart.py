@@ -78,6 +78,7 @@ http {{
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection $connection_upgrade;
       proxy_read_timeout 1h;
+      proxy_next_upstream error timeout non_idempotent;
     }}
   }}
 }}
