@@ -86,9 +86,10 @@ http {{
     return conf
 
 
-def haproxy_conf(tmp: Path, port: int, nodes: list[tuple[str, str]]) -> Path:
-    """The recipe's HAProxy for the nodes' (HTTP port, management port); its log (each
-    request, and each node marked up or down) on its standard output."""
+def haproxy_conf(tmp: Path, port: int, nodes: list[tuple[str, str]], key: str = KEY) -> Path:
+    """The recipe's HAProxy for the nodes' (HTTP port, management port), its check with
+    the bearer `key`; its log (each request, and each node marked up or down) on its
+    standard output."""
     servers = "".join(f"    server {chr(ord('a') + i)} 127.0.0.1:{http} check port {management}\n"
                       for i, (http, management) in enumerate(nodes))
     conf = tmp / "haproxy.cfg"
@@ -112,7 +113,7 @@ frontend public
     default_backend studios_gateway
 backend studios_gateway
     option httpchk
-    http-check send meth GET uri /ready hdr Authorization "Bearer {KEY}"
+    http-check send meth GET uri /ready hdr Authorization "Bearer {key}"
     http-check expect status 200
     default-server inter {INTER:g}s fall {FALL} rise {RISE}
 {servers}""")
