@@ -123,9 +123,10 @@ class UpstreamConnection(Protocol):
     transport: Any
     _log = Logger()
 
-    def __init__(self, session_id: str, pool: IdlePool, max_head: int):
+    def __init__(self, session_id: str, pool: IdlePool, max_head: int, epoch: int):
         self.session_id = session_id
         self.pool = pool
+        self.pool_epoch = epoch
         self.codec = ToolCodec(max_head)
         self.owner: ProxyProtocol | None = None
         #: The client whose producers stay wired to this connection while it is idle in
@@ -211,9 +212,11 @@ class _UpstreamFactory(Factory):
         self.session_id = session_id
         self.pool = pool
         self.max_head = max_head
+        # (now, before the holder is looked up: a drop from here on may concern it)
+        self.epoch = pool.epoch
 
     def buildProtocol(self, addr: Any) -> UpstreamConnection:
-        return UpstreamConnection(self.session_id, self.pool, self.max_head)
+        return UpstreamConnection(self.session_id, self.pool, self.max_head, self.epoch)
 
 
 class ProxyFactory(Factory):

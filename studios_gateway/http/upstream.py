@@ -100,6 +100,8 @@ class EndpointUpstream:
 class Poolable(Protocol):
     #: The pool's entry while idle in it (set by IdlePool.put; take(prefer=) looks it up).
     pool_entry: Any
+    #: IdlePool.epoch when the connection was asked for (before the holder was looked up).
+    pool_epoch: int
 
     def close(self) -> None: ...
 
@@ -124,6 +126,9 @@ class IdlePool:
     _log = Logger()
     #: At most this many sweeps per idle_timeout (each looks at every session's oldest).
     SWEEPS = 8
+    #: Seconds a session's drop is remembered, for its connections that were busy then
+    #: and come back later (one busy for longer is kept as before).
+    REMEMBER_DROPS = 600.0
 
     def __init__(self, clock: Any, *, max_idle: int, idle_timeout: float):
         self._clock = clock
@@ -131,6 +136,12 @@ class IdlePool:
         self.idle_timeout = idle_timeout
         self._idle: dict[str, deque[tuple[Poolable, float]]] = {}
         self._sweep_call: IDelayedCall | None = None
+        #: Counts drops; a connection carries the count of when it was asked for.
+        self.epoch = 0
+        #: Each session's last drop: (epoch, when); and the last drop of every session.
+        self._dropped: dict[str, tuple[int, float]] = {}
+        self._dropped_all = 0
+        self._pruned_at = clock.seconds()
 
     def take(self, session_id: str, prefer: Poolable | None = None) -> Poolable | None:
         """The most recently used idle connection still fit for reuse (those that no
@@ -168,7 +179,13 @@ class IdlePool:
         return found
 
     def put(self, session_id: str, conn: Poolable) -> bool:
-        """Keep `conn` idle; False (and nothing kept) when the session's pool is full."""
+        """Keep `conn` idle; False (and nothing kept) when the session's pool is full, or
+        when its connections were let go (drop) since `conn` was asked for: busy then, it
+        may lead to the old holder (a peer stream into a tunnel retired since, which would
+        serve every request to the end of that node's drain)."""
+        dropped = self._dropped.get(session_id)
+        if conn.pool_epoch < self._dropped_all or (dropped and conn.pool_epoch < dropped[0]):
+            return False
         conns = self._idle.get(session_id)
         if conns is None:
             if self.max_idle <= 0:
@@ -221,10 +238,20 @@ class IdlePool:
 
     def drop(self, session_id: str | None) -> None:
         """Close the idle connections of one session (None: of every session), e.g. when
-        the registry says its tunnel moved: they may lead to the old holder."""
+        the registry says its tunnel moved: they may lead to the old holder. Those busy
+        now are not kept when they come back (put)."""
+        self.epoch += 1
         if session_id is None:
+            self._dropped_all = self.epoch
+            self._dropped.clear()
             self.close_all()
             return
+        now = self._clock.seconds()
+        self._dropped[session_id] = (self.epoch, now)
+        if now - self._pruned_at >= self.REMEMBER_DROPS / 10:
+            self._pruned_at = now
+            self._dropped = {sid: d for sid, d in self._dropped.items()
+                             if d[1] > now - self.REMEMBER_DROPS}
         for conn, _ in self._idle.pop(session_id, ()):
             conn.close()
 

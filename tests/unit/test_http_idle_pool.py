@@ -8,9 +8,10 @@ from studios_gateway.http.upstream import IdlePool
 
 
 class Conn:
-    def __init__(self) -> None:
+    def __init__(self, epoch: int = 0) -> None:
         self.closed = False
         self.pool_entry: object = None
+        self.pool_epoch = epoch
 
     def fit_for_reuse(self) -> bool:
         return not self.closed
@@ -115,3 +116,30 @@ def test_pool_take_prefers_the_given_connection_within_its_deadline() -> None:
     pool.put("s", e := Conn())
     clock.advance(1.0)  # d past its deadline, e not
     assert pool.take("s", prefer=d) is e and d.closed
+
+
+def test_a_connection_busy_when_its_session_moved_is_not_kept_when_it_comes_back() -> None:
+    # A rolling restart: a request runs on a connection into the old holder's tunnel
+    # when the registry says the studio moved; kept afterwards, it would carry every
+    # request into that retired tunnel until the old node's drain ends (then one fails).
+    clock = Clock()
+    pool = IdlePool(clock, max_idle=4, idle_timeout=4.0)
+    busy, other = Conn(pool.epoch), Conn(pool.epoch)
+    pool.drop("s")  # busy is out (serving a request): nothing idle to close
+    assert not pool.put("s", busy)  # back from its request: not kept (the caller closes)
+    assert pool.put("t", other)  # another session's connection is not concerned
+    fresh = Conn(pool.epoch)  # asked for after the move
+    assert pool.put("s", fresh) and pool.take("s") is fresh
+    pool.drop(None)  # changes may have been missed: none from before is kept
+    assert other.closed and not pool.put("t", Conn(0)) and pool.put("t", Conn(pool.epoch))
+
+
+def test_drops_are_remembered_for_a_while_only() -> None:
+    clock = Clock()
+    pool = IdlePool(clock, max_idle=4, idle_timeout=4.0)
+    for i in range(100):
+        pool.drop(f"s{i}")
+    clock.advance(IdlePool.REMEMBER_DROPS + 1)
+    pool.drop("last")  # (prunes what is older than REMEMBER_DROPS)
+    assert list(pool._dropped) == ["last"]
+    assert pool.put("s1", Conn(0))  # busy for longer than that: kept as before

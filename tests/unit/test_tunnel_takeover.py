@@ -100,6 +100,7 @@ def test_the_proxy_pool_lets_go_of_idle_connections_on_a_retired_tunnel() -> Non
     class Conn:
         def __init__(self, fit: bool) -> None:
             self.fit, self.closed = fit, False
+            self.pool_epoch = 0
 
         def fit_for_reuse(self) -> bool:
             return self.fit
