@@ -16,6 +16,7 @@ from studios_gateway.peers.handshake import PeerAuth
 from studios_gateway.peers.link import PeerPool, PeerServerFactory, PeerSettings
 from studios_gateway.peers.remote import make_remote
 from studios_gateway.registry.base import TunnelClaims
+from studios_gateway.registry.node_settings import node_records
 from studios_gateway.tunnel.dialer import RemoteDial
 from studios_gateway.tunnel.server import TunnelTable
 from studios_gateway.wire.tls import answer_alpn
@@ -81,6 +82,11 @@ def build_peers(config: Config, reactor: Any, store: TunnelClaims, table: Tunnel
                 endpoint_for(reactor, config.bind_address, config.listener_port),
                 factory, "the peer listener")
     pool = PeerPool(reactor, auth, table.node_id, settings, tls=tls)
+    inner = getattr(store, "inner", store)  # (the node records are not cached)
+    if auth.enabled and hasattr(inner, "node_records"):
+        # A drain keeps each tunnel until its studio has moved while another node lives.
+        table.other_nodes = lambda: inner.node_records().addCallback(
+            lambda records: sum(1 for node, _ in node_records(records) if node != table.node_id))
     remote = make_remote(store, pool, table.node_id, lambda: table.node_address,
                          on_outcome=lambda o: streams.labels("out", o).inc(),
                          local=table.open_stream, clock=reactor)

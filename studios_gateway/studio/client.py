@@ -292,6 +292,10 @@ class ConnectClient(Service):
         self._protocol: TunnelClientProtocol | None = None
         self._connecting: Deferred[Any] | None = None
         self._bound_waiters: list[Deferred[TunnelClientProtocol]] = []
+        #: Tunnels the gateway told to go away (GoAway) while they were this client's: kept
+        #: open until the next bind, so the old node still serves the studio meanwhile
+        #: (make before break), then closed once their streams have finished.
+        self._retired: list[TunnelClientProtocol] = []
         self._tool_down_since: float | None = None  # when the tool began refusing
         self._unknown_since: float | None = None  # when unknown_session was first heard
         # Failed attempts since the last bind (the first of them at _missing_since), and
@@ -384,6 +388,10 @@ class ConnectClient(Service):
                 call.cancel()
         if self._connecting is not None:
             self._connecting.cancel()
+        retired, self._retired = self._retired, []
+        for old in retired:  # (told to go away: GoAway was the gateway's already)
+            if old.mux is not None:
+                old.mux.close()
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             if protocol.mux is not None:
@@ -626,6 +634,7 @@ class ConnectClient(Service):
                         port=self.settings.tool_port)
         if not self.ready.called:
             self.ready.callback(None)
+        self._close_retired()
         waiters, self._bound_waiters = self._bound_waiters, []
         for d in waiters:
             d.callback(protocol)
@@ -642,16 +651,29 @@ class ConnectClient(Service):
 
     def going_away(self, protocol: TunnelClientProtocol) -> None:
         # Rebind (elsewhere if we know other gateways) after a random part of
-        # GOAWAY_SPREAD so a draining node's studios do not all dial at once; the
-        # old tunnel's streams finish on their own connection.
+        # GOAWAY_SPREAD so a draining node's studios do not all dial at once. The old
+        # tunnel stays open until that bind (a draining node in a cluster keeps serving
+        # the studio through it, for other nodes too, until it has moved; a node on its
+        # own closes it at once), then closes once its streams have finished. A tunnel
+        # that was not this client's current one closes so now.
         self._gateway_index += 1
         if protocol.mux is not None:
-            protocol.mux.when_idle(protocol.mux.close)
+            if protocol is self._protocol and self.running:
+                self._retired.append(protocol)
+            else:
+                protocol.mux.when_idle(protocol.mux.close)
         if protocol is self._protocol and self.running:
             self._protocol = None
             delay = self.backoff.spread(GOAWAY_SPREAD)
             self._set_state("backing-off", "rebinding in {delay:.1f}s", delay=delay)
             self._pending = self.clock.callLater(delay, self._connect)
+
+    def _close_retired(self) -> None:
+        """Close each tunnel told to go away once its streams have finished."""
+        retired, self._retired = self._retired, []
+        for old in retired:
+            if old.mux is not None:
+                old.mux.when_idle(old.mux.close)
 
     def lost(self, protocol: TunnelClientProtocol, reason: Failure | None) -> None:
         if protocol is not self._protocol and protocol.refusal is None:

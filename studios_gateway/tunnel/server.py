@@ -73,6 +73,9 @@ QUIET_REFUSALS = frozenset({"store_unavailable"})
 #: script on Redis), with this many commands in flight at once.
 REFRESH_BATCH = 200
 REFRESHES_IN_FLIGHT = 2
+#: How long a drain waits for the registry to say whether other nodes are live (then it
+#: takes it there are none: idle tunnels close, as on a node of its own).
+OTHER_NODES_WAIT = 2.0
 
 # routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
 # in "/"): how the gateway serves a studio, told to it in the bind answer.
@@ -167,10 +170,13 @@ class Tunnel:
         # as one TLS record.
         return self.mux.open_stream(kind)
 
-    def retire(self) -> None:
-        """No new streams here; close once the streams in flight have finished."""
+    def retire(self, close_when_idle: bool = True) -> None:
+        """No new streams from the studio (GoAway); close once the streams in flight have
+        finished, or, without `close_when_idle`, keep serving until told (the node drains
+        in a cluster: the studio is served here until it has bound elsewhere)."""
         self.mux.go_away(0)
-        self.mux.when_idle(self.close)
+        if close_when_idle:
+            self.mux.when_idle(self.close)
 
     def close(self) -> None:
         if self.mux.transport is not None:
@@ -206,6 +212,11 @@ class TunnelTable:
         #: registry (ended here or on another node, or lost): called before its tunnel
         #: closes, so its open connections close as ended, not as broken.
         self.on_gone: Callable[[str], Any] = lambda session_id: None
+        #: other_nodes() -> Deferred[int]: how many other live nodes could take this
+        #: node's studios (set with peers; None: none can). While there are some, a drain
+        #: keeps each retired tunnel open until its studio has bound elsewhere (or the
+        #: studio closes it, or the grace ends), so that the studio is served meanwhile.
+        self.other_nodes: Callable[[], Deferred[int]] | None = None
         self.draining = False
         self._tunnels: dict[str, Tunnel] = {}
         #: Tunnels whose session another node holds now: out of the table (requests go to
@@ -263,11 +274,37 @@ class TunnelTable:
         return defer.succeed(None)
 
     def drain(self) -> Deferred[None]:
-        """GoAway to every tunnel: clients rebind elsewhere; resolves when all are gone."""
+        """GoAway to every tunnel: clients rebind elsewhere; resolves when all are gone.
+
+        A tunnel's streams finish on it. An idle tunnel closes at once, unless other
+        nodes are live (:attr:`other_nodes`): then it stays until its studio has bound
+        elsewhere (this node hears the registry's change: :meth:`_held_elsewhere`) or the
+        studio closes it, and requests through other nodes reach the studio through it
+        meanwhile, instead of "not connected" for the 0-8 s the studio takes to rebind."""
         self.draining = True
-        for tunnel in list(self._tunnels.values()):
-            tunnel.retire()
+        tunnels = list(self._tunnels.values())
+        for tunnel in tunnels:
+            tunnel.retire(close_when_idle=self.other_nodes is None)
+        if self.other_nodes is not None:
+            d = defer.maybeDeferred(self.other_nodes)
+            d.addTimeout(OTHER_NODES_WAIT, self.clock)
+            d.addCallbacks(lambda n: self._drain_alone(n, tunnels),
+                           lambda f: self._drain_alone(0, tunnels, f))
         return self.wait_empty()
+
+    def _drain_alone(self, others: int, tunnels: list[Tunnel],
+                     failure: Failure | None = None) -> None:
+        """With no other live node (or none known: the registry did not say in time) the
+        retired tunnels close once idle, as on a node of its own: no studio can move."""
+        if others > 0:
+            self._log.info("draining: {n} tunnel(s) kept until their studios have bound to "
+                           "one of {others} other node(s)", n=len(self._tunnels), others=others)
+            return
+        if failure is not None:
+            self._log.info("draining: other nodes not known ({why}); tunnels close once idle",
+                           why=failure.getErrorMessage())
+        for tunnel in tunnels:
+            tunnel.mux.when_idle(tunnel.close)
 
     def in_use(self) -> str:
         """What holds the drain: the tunnels still open and their streams (a tunnel told

@@ -65,3 +65,31 @@ def test_go_away_rebinds_after_a_jittered_delay() -> None:
     assert dialled == [] and client.state == "backing-off"
     clock.advance(GOAWAY_SPREAD * 0.25)
     assert dialled == [GOAWAY_SPREAD * 0.25]
+
+
+def test_the_tunnel_told_to_go_away_stays_open_until_the_next_bind() -> None:
+    """Make before break: a draining node in a cluster keeps serving the studio through
+    its old tunnel (requests relayed by other nodes) until the studio has bound
+    elsewhere; the client closed it at once when idle, and the studio was "not
+    connected" for the 0-8 s until its next bind. It now closes it after that bind (once
+    its streams end), and when the client stops."""
+    clock = Clock()
+    client = make_client(clock)
+    old = bound_protocol(client, BindReply(ok=True, tunnel_id="t"))
+    client._protocol = old
+    client._connect = lambda: None  # type: ignore[method-assign]
+    client.going_away(old)
+    clock.advance(GOAWAY_SPREAD)
+    old_mux: Any = old.mux
+    assert not old_mux.closed and not old.transport.disconnecting
+    new = bound_protocol(client, BindReply(ok=True, tunnel_id="t2"))  # the next bind
+    client._protocol = new
+    assert old_mux.closed and old.transport.disconnecting
+    # A tunnel that is no longer the client's current one closes once idle, at once.
+    client.going_away(old := bound_protocol(client, BindReply(ok=True, tunnel_id="t3")))
+    assert old.mux is not None and old.mux.closed
+    # Stopping closes a tunnel still kept.
+    client.going_away(new)
+    assert new.mux is not None and not new.mux.closed
+    client.stopService()
+    assert new.mux.closed

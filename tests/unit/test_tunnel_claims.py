@@ -396,3 +396,43 @@ def test_what_holds_a_drain_is_said_with_its_tunnels_streams_and_sessions() -> N
     empty = TunnelTable(store, node_id="n2", node_address="b:1", clock=clock,
                         settings=TunnelSettings())
     assert empty.in_use() == ""  # (nothing to say: the drain names the part alone)
+
+
+def test_a_drain_with_other_nodes_keeps_an_idle_tunnel_until_its_studio_moved() -> None:
+    """An idle tunnel closed at once at a drain, and requests through other nodes were
+    answered "not connected" for the 0-8 s its studio took to bind elsewhere. With other
+    live nodes it is told to go away and kept, serving, until the studio has moved."""
+    from twisted.internet import defer
+
+    clock, store, table, transport, tunnel = bound()
+    table.other_nodes = lambda: defer.succeed(1)
+    table.drain()
+    assert tunnel.mux.local_go_away and not transport.disconnecting
+    assert table.get("s1") is tunnel  # still the holder: other nodes relay to it
+    table.open_stream("s1").abortConnection()  # it takes streams still
+    clock.advance(TTL)
+    assert not transport.disconnecting
+    store.inner.claim_tunnel(replace(tunnel.holder, node_id="n2", tunnel_id="other"), TTL)
+    assert table.get("s1") is None and transport.disconnecting  # moved, and idle: closed
+
+
+@pytest.mark.parametrize("others", ["none", "failed", "no answer"])
+def test_a_drain_with_no_other_node_known_closes_idle_tunnels(others: str) -> None:
+    """A node on its own (or whose registry does not say within OTHER_NODES_WAIT) closes
+    an idle tunnel as before: no studio can move, and a restart must not wait its grace."""
+    from twisted.internet import defer
+
+    from studios_gateway.tunnel.server import OTHER_NODES_WAIT
+
+    clock, store, table, transport, tunnel = bound()
+    answer: defer.Deferred[int] = defer.Deferred()
+    table.other_nodes = lambda: answer
+    table.drain()
+    assert tunnel.mux.local_go_away and not transport.disconnecting
+    if others == "none":
+        answer.callback(0)
+    elif others == "failed":
+        answer.errback(RuntimeError("redis away"))
+    else:
+        clock.advance(OTHER_NODES_WAIT)
+    assert transport.disconnecting
