@@ -120,3 +120,20 @@ def test_an_idle_studio_is_served_through_another_node_while_it_moves(
         out = a.gw.output()
         assert "drain did not finish" not in out
         assert "tunnel(s) kept until their studios have bound to one of 1 other node" in out
+
+
+def test_a_cluster_stopped_node_after_node_does_not_wait_out_its_grace(
+        tmp_path: Path) -> None:
+    # A's drain sees B live and keeps the studio's idle tunnel for it to move; B stops
+    # right after, so the studio cannot bind anywhere. A kept the tunnel until its grace
+    # ended (120 s here, with 0 streams open); now MOVE_WAIT (20 s) at most.
+    with studio_on_a(tmp_path, CONNECT_HTTP_POOL_SIZE="0") as (a, b, sid, browser):
+        a.gw.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "tunnel(s) kept until their studios have bound" in a.gw.output(),
+                   "A's drain keeping the studio's tunnel")
+        b.gw.proc.send_signal(signal.SIGTERM)
+        assert b.gw.proc.wait(timeout=60) == 0, b.gw.output()[-3000:]
+        assert a.gw.proc.wait(timeout=60) == 0, a.gw.output()[-3000:]
+        out = a.gw.output()
+        assert "drain did not finish" not in out
+        assert "1 studio(s) not bound to another node within 20s" in out
