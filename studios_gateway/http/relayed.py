@@ -104,4 +104,8 @@ class Relayed:
                        "relayed to its old tunnel (pages reconnect to the new one)",
                        sid=session_id, node=holder.node_id, n=len(moved))
         for _, _, end in moved:
-            end()
+            try:
+                end()
+            except Exception:  # (the others are ended still; they are forgotten already)
+                self._log.failure("closing a WebSocket of studio {sid} relayed to its old "
+                                  "tunnel", sid=session_id)

@@ -76,6 +76,12 @@ REFRESHES_IN_FLIGHT = 2
 #: How long a drain waits for the registry to say whether other nodes are live (then it
 #: takes it there are none: idle tunnels close, as on a node of its own).
 OTHER_NODES_WAIT = 2.0
+#: How long a drain with other live nodes keeps an idle tunnel for its studio to bind
+#: elsewhere (studios-connect rebinds after a random 0-8 s, and when that dial fails tries
+#: again within 0.5 s, then 0-8 s later). Then it closes once idle, as on a node alone: a
+#: studio not bound elsewhere by then likely cannot be (every node stops, another node's
+#: record outlived its process), and the drain must not wait out its grace for it.
+MOVE_WAIT = 20.0
 
 # routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
 # in "/"): how the gateway serves a studio, told to it in the bind answer.
@@ -215,9 +221,10 @@ class TunnelTable:
         #: other_nodes() -> Deferred[int]: how many other live nodes could take this
         #: node's studios (set with peers; None: none can). While there are some, a drain
         #: keeps each retired tunnel open until its studio has bound elsewhere (or the
-        #: studio closes it, or the grace ends), so that the studio is served meanwhile.
+        #: studio closes it, or MOVE_WAIT passes), so that the studio is served meanwhile.
         self.other_nodes: Callable[[], Deferred[int]] | None = None
         self.draining = False
+        self._keep_call: Any = None  # the end of a drain's MOVE_WAIT (cancelled by stop())
         self._tunnels: dict[str, Tunnel] = {}
         #: Tunnels whose session another node holds now: out of the table (requests go to
         #: the new holder), finishing their streams in flight until closed at the timer.
@@ -263,10 +270,10 @@ class TunnelTable:
             self._unsubscribe = None
         self._to_check.clear()
         self._own_claims.clear()  # (events after a restart of the table: all looked up)
-        for call in (self._reclaim_call, self._unheard_call):
+        for call in (self._reclaim_call, self._unheard_call, self._keep_call):
             if call is not None and call.active():
                 call.cancel()
-        self._reclaim_call = self._unheard_call = None
+        self._reclaim_call = self._unheard_call = self._keep_call = None
         self._reclaiming.clear()
         self._unheard.clear()
         for tunnel in [*self._tunnels.values(), *self._moved]:
@@ -278,14 +285,15 @@ class TunnelTable:
 
         A tunnel's streams finish on it. An idle tunnel closes at once, unless other
         nodes are live (:attr:`other_nodes`): then it stays until its studio has bound
-        elsewhere (this node hears the registry's change: :meth:`_held_elsewhere`) or the
-        studio closes it, and requests through other nodes reach the studio through it
-        meanwhile, instead of "not connected" for the 0-8 s the studio takes to rebind."""
+        elsewhere (this node hears the registry's change: :meth:`_held_elsewhere`), the
+        studio closes it or MOVE_WAIT passes, and requests through other nodes reach the
+        studio through it meanwhile, instead of "not connected" for the 0-8 s the studio
+        takes to rebind."""
         self.draining = True
         tunnels = list(self._tunnels.values())
         for tunnel in tunnels:
             tunnel.retire(close_when_idle=self.other_nodes is None)
-        if self.other_nodes is not None:
+        if self.other_nodes is not None and tunnels:
             d = defer.maybeDeferred(self.other_nodes)
             d.addTimeout(OTHER_NODES_WAIT, self.clock)
             d.addCallbacks(lambda n: self._drain_alone(n, tunnels),
@@ -298,12 +306,26 @@ class TunnelTable:
         retired tunnels close once idle, as on a node of its own: no studio can move."""
         if others > 0:
             self._log.info("draining: {n} tunnel(s) kept until their studios have bound to "
-                           "one of {others} other node(s)", n=len(self._tunnels), others=others)
+                           "one of {others} other node(s), {wait:g}s at most",
+                           n=len(self._tunnels), others=others, wait=MOVE_WAIT)
+            self._keep_call = self.clock.callLater(MOVE_WAIT, self._stop_keeping, tunnels)
             return
         if failure is not None:
             self._log.info("draining: other nodes not known ({why}); tunnels close once idle",
                            why=failure.getErrorMessage())
         for tunnel in tunnels:
+            tunnel.mux.when_idle(tunnel.close)
+
+    def _stop_keeping(self, tunnels: list[Tunnel]) -> None:
+        """MOVE_WAIT after a drain began: the tunnels whose studio has not bound elsewhere
+        close once idle, as on a node alone."""
+        self._keep_call = None
+        left = [t for t in tunnels if self._tunnels.get(t.session_id) is t]
+        if left:
+            self._log.info("draining: {n} studio(s) not bound to another node within "
+                           "{wait:g}s; their tunnels close once idle", n=len(left),
+                           wait=MOVE_WAIT)
+        for tunnel in left:
             tunnel.mux.when_idle(tunnel.close)
 
     def in_use(self) -> str:

@@ -40,10 +40,10 @@ pytestmark = [pytest.mark.slow,
 
 
 @contextlib.contextmanager
-def studio_on_a(tmp_path: Path, **env: str
+def studio_on_a(tmp_path: Path, lists_b: bool = True, **env: str
                 ) -> Iterator[tuple[Gateway, Gateway, str, Browser]]:
-    """Nodes A and B, and a studio bound to A that lists both: (a, b, session id, a
-    browser logged in to it)."""
+    """Nodes A and B, and a studio bound to A that lists both (A alone without
+    `lists_b`): (a, b, session id, a browser logged in to it)."""
     with redis_nodes(tmp_path, "a", "b", CONNECT_PEER_SECRET="moved-studio-peer-secret",
                      TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING="true",
                      CONNECT_SHUTDOWN_GRACE="120s", **env) as (a, b):
@@ -53,7 +53,7 @@ def studio_on_a(tmp_path: Path, **env: str
         pin = parse_qs(urlsplit(created["connect_string"]).query)["pin"][0]
         tool = a.tool(f"/_studio/{sid}/")
         gateways = ",".join(f"tls://127.0.0.1:{n.env['CONNECT_TUNNEL_PORT']}?pin={pin}"
-                            for n in (a, b))
+                            for n in ((a, b) if lists_b else (a,)))
         client = Connect(tmp_path, created["connect_string"], tool.port,
                          extra_env={"CONNECT_GATEWAY_URL": gateways})
         a.parts.append(client)
@@ -120,3 +120,17 @@ def test_an_idle_studio_is_served_through_another_node_while_it_moves(
         out = a.gw.output()
         assert "drain did not finish" not in out
         assert "tunnel(s) kept until their studios have bound to one of 1 other node" in out
+
+
+def test_a_drain_keeps_a_studio_that_cannot_move_for_a_while_only(tmp_path: Path) -> None:
+    # A's drain sees B live and keeps the studio's idle tunnel for it to move; the studio
+    # lists A alone, so it cannot (as when every node of a cluster is stopped, one after
+    # the other, or the other node was killed and its record is still there). A kept the
+    # tunnel until its grace ended (120 s here, with no stream open); now 20 s at most.
+    with studio_on_a(tmp_path, lists_b=False, CONNECT_HTTP_POOL_SIZE="0") as (a, b, sid, _):
+        a.gw.proc.send_signal(signal.SIGTERM)
+        assert a.gw.proc.wait(timeout=60) == 0, a.gw.output()[-3000:]
+        out = a.gw.output()
+        assert "drain did not finish" not in out
+        assert "tunnel(s) kept until their studios have bound to one of 1 other node" in out
+        assert "1 studio(s) not bound to another node within 20s" in out

@@ -88,3 +88,30 @@ def test_a_released_connection_is_not_ended_and_unknown_sessions_are_not_asked()
     relayed.changed("other")
     relayed.changed(None)
     assert ended == [] and reg.asked == [] and len(relayed) == 0
+
+
+def test_a_connection_whose_end_fails_does_not_keep_the_others_open() -> None:
+    """Each connection is forgotten before it is ended: one whose end raised left the
+    others after it forgotten but open (on the old tunnel, holding its node's drain),
+    and the error unhandled in the look-up's Deferred."""
+    from twisted.logger import globalLogPublisher
+
+    reg = Registry()
+    reg.holders = {"s1": holder("node-a")}
+    relayed = Relayed(reg.get_tunnel)
+    ended: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("transport gone")
+
+    relayed.add("s1", holder("node-a"), broken)
+    relayed.add("s1", holder("node-a"), lambda: ended.append("second"))
+    reg.holders["s1"] = holder("node-b")
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        relayed.changed("s1")
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert ended == ["second"] and len(relayed) == 0
+    assert any(e.get("log_failure") is not None for e in logged)

@@ -6,6 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
@@ -404,13 +405,15 @@ def test_a_drain_with_other_nodes_keeps_an_idle_tunnel_until_its_studio_moved() 
     live nodes it is told to go away and kept, serving, until the studio has moved."""
     from twisted.internet import defer
 
+    from studios_gateway.tunnel.server import MOVE_WAIT
+
     clock, store, table, transport, tunnel = bound()
     table.other_nodes = lambda: defer.succeed(1)
     table.drain()
     assert tunnel.mux.local_go_away and not transport.disconnecting
     assert table.get("s1") is tunnel  # still the holder: other nodes relay to it
     table.open_stream("s1").abortConnection()  # it takes streams still
-    clock.advance(TTL)
+    clock.advance(MOVE_WAIT - 1)
     assert not transport.disconnecting
     store.inner.claim_tunnel(replace(tunnel.holder, node_id="n2", tunnel_id="other"), TTL)
     assert table.get("s1") is None and transport.disconnecting  # moved, and idle: closed
@@ -436,3 +439,41 @@ def test_a_drain_with_no_other_node_known_closes_idle_tunnels(others: str) -> No
     else:
         clock.advance(OTHER_NODES_WAIT)
     assert transport.disconnecting
+
+
+def test_a_drain_keeps_an_idle_tunnel_for_its_studio_to_move_for_a_while_only() -> None:
+    """A studio not bound elsewhere within MOVE_WAIT cannot move (every node of the
+    cluster stops, the other node's record outlived its killed process): its idle tunnel
+    closes then, as on a node alone. It kept the drain for the whole grace, and a
+    cluster stopped node after node took CONNECT_SHUTDOWN_GRACE to stop."""
+    from twisted.internet import defer
+
+    from studios_gateway.tunnel.server import MOVE_WAIT
+
+    clock, store, table, transport, tunnel = bound()
+    table.other_nodes = lambda: defer.succeed(1)
+    drained = table.drain()
+    busy = table.open_stream("s1")  # a download, say: it finishes first
+    clock.advance(MOVE_WAIT)
+    assert not transport.disconnecting and not drained.called
+    busy.abortConnection()
+    assert transport.disconnecting
+    table.lost(tunnel)
+    assert drained.called
+    assert table._keep_call is None
+
+
+def test_a_drain_with_no_tunnel_does_not_ask_for_other_nodes() -> None:
+    """Nothing to keep: the registry is not asked (its answer, or its failure when Redis
+    went first at a stop, came after "drained; stopping" in the log)."""
+    clock = Clock()
+    table = TunnelTable(FlakyStore(MemoryStore(clock)), node_id="n1", node_address="a:1",
+                        clock=clock, settings=TunnelSettings())
+    asked: list[int] = []
+
+    def other_nodes() -> Any:
+        asked.append(1)
+        return Deferred()
+
+    table.other_nodes = other_nodes
+    assert table.drain().called and asked == []
