@@ -384,7 +384,10 @@ class GatewayService(MultiService):
         grace = self.config.shutdown_grace
         self._log.info("draining: no new connections; waiting up to {grace}s for in-flight work",
                        grace=grace)
-        keep = {"management"}  # keep answering /ready (503) and /metrics while draining
+        # Keep answering /ready (503) and /metrics while draining, and other nodes' peer
+        # links: they relay into the tunnels this node still serves while its studios
+        # move (TunnelTable.drain), and a node that had no link to this one yet needs one.
+        keep = {"management", "peer"}
         for listener in self.listeners:
             if listener.port is not None and listener.name not in keep:
                 listener.port.stopListening()

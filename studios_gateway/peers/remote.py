@@ -23,11 +23,16 @@ from studios_gateway.peers.link import PeerPool, PeerUnavailable
 from studios_gateway.peers.streams import PeerRefused
 from studios_gateway.registry.base import StoreUnavailable, TunnelClaims
 from studios_gateway.tunnel.dialer import StudioUnreachable
+from studios_gateway.wire.kinds import STREAM_SSH
 from studios_gateway.wire.mux import TunnelUnavailable
 
 _log = Logger(namespace="studios_gateway.peers")
 
 REBIND_WAIT = 5.0
+#: The same for a new ssh session: a draining node refuses those into the tunnel it keeps
+#: while its studio moves (peers.streams), and a studio rebinds 0-8 s after its GoAway
+#: (studio.client.GOAWAY_SPREAD), so an ssh session waits that long and a bind more.
+SSH_REBIND_WAIT = 10.0
 
 
 def wait_for_change(store: TunnelClaims, clock: Any, session_id: str,
@@ -114,7 +119,8 @@ def make_remote(store: TunnelClaims, pool: PeerPool, node_id: str, node_address:
                 if clock is None or waited:
                     break
                 waited = True
-                changed = yield wait_for_change(store, clock, session_id, rebind_wait)
+                wait = max(rebind_wait, SSH_REBIND_WAIT) if kind == STREAM_SSH else rebind_wait
+                changed = yield wait_for_change(store, clock, session_id, wait)
                 if not changed:
                     break
                 stream = try_local(session_id, kind)

@@ -94,6 +94,12 @@ class PeerRequest(SpliceEnd):
         except ValueError as e:
             self._refuse(str(e))
             return
+        if kind == STREAM_SSH and self.table.draining and self.table.get(session_id) is not None:
+            # A tunnel this node keeps while its studio moves (TunnelTable.drain) would
+            # carry a new ssh session until the grace ends and then cut it: the other node
+            # waits for the studio's new holder instead (peers.remote.SSH_REBIND_WAIT).
+            self._refuse("tunnel closing here (its studio is moving to another node)")
+            return
         try:
             local = self.table.open_stream(session_id, kind)
         except TunnelUnavailable as e:

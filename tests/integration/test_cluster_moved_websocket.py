@@ -21,7 +21,9 @@ the studio binds to B, the other gateway it lists, after a random 0-8 s.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -47,7 +49,9 @@ def studio_on_a(tmp_path: Path, lists_b: bool = True, **env: str
     with redis_nodes(tmp_path, "a", "b", CONNECT_PEER_SECRET="moved-studio-peer-secret",
                      TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING="true",
                      CONNECT_SHUTDOWN_GRACE="120s", **env) as (a, b):
-        status, created = a.api("/api/sessions", "POST", {"owner": "alice"})
+        ssh = env.get("CONNECT_SSH_ENABLED") == "true"
+        status, created = a.api("/api/sessions", "POST", {"owner": "alice",
+                                                          **({"ssh_enabled": True} if ssh else {})})
         assert status == 201, created
         sid = created["id"]
         pin = parse_qs(urlsplit(created["connect_string"]).query)["pin"][0]
@@ -110,12 +114,13 @@ def test_an_idle_studio_is_served_through_another_node_while_it_moves(
         url = b.url(sid, "/api/info")
         assert browser.get(url).status == 200  # through A's tunnel
         a.gw.proc.send_signal(signal.SIGTERM)
-        answers: list[int] = []
-        while holder(b, sid) != "node-b":  # until the studio has moved (0-8 s)
-            answers.append(browser.get(url).status)
-        for _ in range(20):  # and then on B's own tunnel
-            answers.append(browser.get(url).status)
-        assert answers and set(answers) == {200}, (answers, b.gw.output()[-3000:])
+        moving: list[int] = []  # while the studio moves (0-8 s): through A's old tunnel
+        while True:  # (asked first: the studio takes less than a request here rarely)
+            moving.append(browser.get(url).status)
+            if holder(b, sid) == "node-b":
+                break
+        moved = [browser.get(url).status for _ in range(20)]  # then on B's own tunnel
+        assert set(moving) == set(moved) == {200}, (moving, moved, b.gw.output()[-3000:])
         assert a.gw.proc.wait(timeout=60) == 0, a.gw.output()[-3000:]
         out = a.gw.output()
         assert "drain did not finish" not in out
@@ -134,3 +139,42 @@ def test_a_drain_keeps_a_studio_that_cannot_move_for_a_while_only(tmp_path: Path
         assert "drain did not finish" not in out
         assert "tunnel(s) kept until their studios have bound to one of 1 other node" in out
         assert "1 studio(s) not bound to another node within 20s" in out
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH's client is not installed")
+def test_an_ssh_session_opened_while_its_studio_moves_waits_for_the_new_holder(
+        tmp_path: Path) -> None:
+    """A new `ssh` through B in the seconds after A's SIGTERM went into the tunnel A keeps
+    while the studio moves, and was cut when A's grace ended (A's drain waiting for it
+    all that time). A refuses such a session now, and B waits for the studio's new holder
+    (up to 10 s): the session runs on B's own tunnel, and outlives A. (B has no peer link
+    to A before the SIGTERM: A's peer listener stays open while it drains.)"""
+    with studio_on_a(tmp_path, CONNECT_HTTP_POOL_SIZE="0",
+                     CONNECT_SSH_ENABLED="true") as (a, b, sid, _):
+        key = tmp_path / "alice_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True)
+        status, _ = a.api("/api/users/alice/keys", "PUT",
+                          {"keys": [key.with_suffix(".pub").read_text()]})
+        assert status == 200
+        port = b.env["CONNECT_SSH_ADDR"].rsplit(":", 1)[1]
+        a.gw.proc.send_signal(signal.SIGTERM)
+        shell = subprocess.Popen(
+            ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+             "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}", "-o", "IdentitiesOnly=yes",
+             "-o", "BatchMode=yes", "-i", str(key), "-p", port, f"alice@{sid}@127.0.0.1",
+             "echo in; cat"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert shell.stdout is not None and shell.stdin is not None
+            assert shell.stdout.readline() == "in\n", b.gw.output()[-3000:]
+            assert holder(b, sid) == "node-b"  # it waited for the move
+            # A's drain ends with its HTTP and the studio's move, not at its grace's end.
+            assert a.gw.proc.wait(timeout=60) == 0, a.gw.output()[-3000:]
+            assert "drain did not finish" not in a.gw.output()
+            shell.stdin.write("after A stopped\n")
+            shell.stdin.flush()
+            assert shell.stdout.readline() == "after A stopped\n"
+        finally:
+            shell.kill()
+            shell.wait(timeout=10)
