@@ -25,6 +25,8 @@ from twisted.python.failure import Failure
 
 __all__ = ["Relayed"]
 
+#: Registry look-ups in flight at once (as the tunnel table's CHECKS_IN_FLIGHT).
+LOOKUPS_IN_FLIGHT = 16
 #: (the holder's node address, its tunnel id): one tunnel of one node.
 _Key = tuple[str, str]
 
@@ -44,6 +46,9 @@ class Relayed:
 
     def __init__(self, holder_of: Callable[[str], Deferred[Any]]):
         self._holder_of = holder_of
+        # At most this many look-ups at once: "anything may have changed" (the registry's
+        # events lost) asks for every session kept, which may be thousands.
+        self._in_flight = defer.DeferredSemaphore(LOOKUPS_IN_FLIGHT)
         self._by_session: dict[str, dict[object, tuple[_Key, Callable[[], None]]]] = {}
 
     def __len__(self) -> int:
@@ -78,7 +83,7 @@ class Relayed:
             self._check(session_id)
 
     def _check(self, session_id: str) -> None:
-        d = defer.maybeDeferred(self._holder_of, session_id)
+        d = self._in_flight.run(self._holder_of, session_id)
         d.addCallbacks(self._heard, self._unknown, callbackArgs=(session_id,),
                        errbackArgs=(session_id,))
 

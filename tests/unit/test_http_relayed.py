@@ -115,3 +115,17 @@ def test_a_connection_whose_end_fails_does_not_keep_the_others_open() -> None:
         globalLogPublisher.removeObserver(logged.append)
     assert ended == ["second"] and len(relayed) == 0
     assert any(e.get("log_failure") is not None for e in logged)
+
+
+def test_at_most_so_many_look_ups_at_once() -> None:
+    """"Anything may have changed" asks for every kept session, a few at a time."""
+    from studios_gateway.http.relayed import LOOKUPS_IN_FLIGHT
+
+    pending: list[defer.Deferred[Any]] = []
+    relayed = Relayed(lambda sid: pending.append(d := defer.Deferred()) or d)
+    for i in range(LOOKUPS_IN_FLIGHT * 2):
+        relayed.add(f"s{i}", holder("node-a"), lambda: None)
+    assert len(pending) == LOOKUPS_IN_FLIGHT  # the adds' own checks, the rest waiting
+    for d in list(pending):
+        d.callback(holder("node-a"))
+    assert len(pending) == LOOKUPS_IN_FLIGHT * 2
