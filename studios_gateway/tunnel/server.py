@@ -339,6 +339,10 @@ class TunnelTable:
         sessions = sorted({t.session_id for t in tunnels})
         shown = ", ".join(sessions[:5]) + (f" and {len(sessions) - 5} more"
                                             if len(sessions) > 5 else "")
+        if not streams:  # kept for their studios to move (drain), which have not yet
+            return (f"{len(tunnels)} tunnel{'s' * (len(tunnels) != 1)} with no open stream, "
+                    f"kept for {'their studios' if len(tunnels) != 1 else 'its studio'} to "
+                    f"bind to another node, of session{'s' * (len(sessions) != 1)} {shown}")
         return (f"{len(tunnels)} tunnel{'s' * (len(tunnels) != 1)} with {streams} open "
                 f"stream{'s' * (streams != 1)} (long-lived connections such as WebSockets "
                 f"or downloads: they close now, and pages reconnect their WebSockets) of "
