@@ -22,6 +22,7 @@ import pytest
 
 from studios_gateway.wire import frames
 from studios_gateway.wire.closing import CLOSE_GRACE
+from studios_gateway.wire.mux import MAX_FRAMES_PER_TURN
 from studios_gateway.wire.tls import make_self_signed
 from tests.integration.test_https_chromium import HOST, open_link, spki_hash
 from tests.integration.test_tunnel_process import (
@@ -425,8 +426,9 @@ def test_a_head_of_a_million_fields_in_one_frame_is_refused(deployment: Deployme
     assert "response head with more than 1000 fields" in d.gw.output()
 
 
-def slow_ticks(d: Deployment, longer_than: str) -> float:
-    """How many reactor turns of the gateway took longer than `longer_than` seconds."""
+def reactor_turns(d: Deployment, longer_than: str) -> tuple[float, float]:
+    """The gateway's reactor turns so far: how many, and how many of them took longer
+    than `longer_than` seconds."""
     status, body, _ = d.gw.request("/metrics")
     assert status == 200
     counts = {}
@@ -434,7 +436,7 @@ def slow_ticks(d: Deployment, longer_than: str) -> float:
         if line.startswith("studios_gateway_reactor_tick_seconds_bucket{"):
             bound = line.split('le="', 1)[1].split('"', 1)[0]
             counts[bound] = float(line.rsplit(" ", 1)[1])
-    return counts["+Inf"] - counts[longer_than]
+    return counts["+Inf"], counts["+Inf"] - counts[longer_than]
 
 
 def test_a_flood_of_small_frames_does_not_hold_the_gateway(deployment: Deployment) -> None:
@@ -443,7 +445,14 @@ def test_a_flood_of_small_frames_does_not_hold_the_gateway(deployment: Deploymen
     which no other connection of the gateway was served: 28 turns over 50 ms for 14 MiB
     (14 for this test's 7 MiB),
     and another studio's request took 580 ms at the median instead of 1. Now at most
-    MAX_FRAMES_PER_TURN frames are decoded and handled per turn."""
+    MAX_FRAMES_PER_TURN frames are decoded and handled per turn.
+
+    A turn's time is wall-clock time, and on a loaded machine the gateway is descheduled
+    in the middle of short turns too: "at most 3 turns over 50 ms" failed 7 runs of 17
+    beside two busy processes and the fast suite (4 to 9 turns of ~580). So the parts are
+    counted (~583 turns for 600,000 Pings; ~19 without them, whatever the load), and of
+    the turns' times only that most were short (without the parts, 14 of 19 over 100 ms;
+    with them, 0 to 4 of ~580 at a load of 6, 39 of 533 at a load of 12)."""
     d = deployment
     bad = hostile(d, d.create())
     answered = [0]  # bytes of the gateway's answers read
@@ -456,7 +465,7 @@ def test_a_flood_of_small_frames_does_not_hold_the_gateway(deployment: Deploymen
             pass
 
     threading.Thread(target=drain, daemon=True).start()
-    before = slow_ticks(d, "0.05")
+    turns_before, slow_before = reactor_turns(d, "0.1")
     batch = frames.encode_ping(1) * 50_000
     bad.sock.settimeout(120)  # (handled a part per turn, as fast as the machine goes)
     cut = "read nothing of this end's writes"  # (if this reader falls behind on a busy
@@ -467,8 +476,14 @@ def test_a_flood_of_small_frames_does_not_hold_the_gateway(deployment: Deploymen
         assert cut in d.gw.output()
     wait_until(lambda: answered[0] >= 12 * len(batch) or cut in d.gw.output(),
                "every Ping answered", 120)
-    slow = slow_ticks(d, "0.05") - before
-    assert slow <= 3, f"{slow:.0f} reactor turns took longer than 50 ms"
+    turns_after, slow_after = reactor_turns(d, "0.1")
+    turns, slow = turns_after - turns_before, slow_after - slow_before
+    pings = answered[0] // frames.HEADER_SIZE  # (an answer is a header alone)
+    # (A turn may end one read's handling and begin the next one's: two parts at most.)
+    assert turns >= pings / (2 * MAX_FRAMES_PER_TURN), \
+        f"{pings} Pings answered in {turns:.0f} reactor turns"
+    assert slow <= max(3, turns / 4), \
+        f"{slow:.0f} of {turns:.0f} reactor turns took longer than 100 ms"
     assert "Traceback" not in d.gw.output()
 
 

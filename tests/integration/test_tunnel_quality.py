@@ -334,7 +334,9 @@ def test_interactive_traffic_goes_ahead_of_bulk_and_downloads_share_fairly(
         # has p99 ~10 ms and, beside three downloads, 40-120 ms (the queue left is in the
         # kernel's socket buffers between client and gateway, and CPU contention; see
         # docs/decisions/tunnel-scheduling.md). This bound catches the old behaviour
-        # (the issue measured 1.9 s) without failing on the neighbours' load.
-        assert p99(busy) < 250
+        # (the issue measured 1.9 s) without failing on the neighbours' load: the test's
+        # own seven processes keep both cores busy, and beside other engineers' suites
+        # (load 9-12) p99 was 400-750 ms, where 250 ms failed 3 runs of 5.
+        assert p99(busy) < 1000
     finally:
         d.stop()
