@@ -80,8 +80,9 @@ OTHER_NODES_WAIT = 2.0
 #: elsewhere (studios-connect rebinds after a random 0-8 s, and when that dial fails tries
 #: again within 0.5 s, then 0-8 s later). Then it closes once idle, as on a node alone: a
 #: studio not bound elsewhere by then likely cannot be (every node stops, another node's
-#: record outlived its process), and the drain must not wait out its grace for it.
-MOVE_WAIT = 20.0
+#: record outlived its process), and the drain must not wait out its grace for it, nor
+#: make a restart much slower (systemd's and the tests' stop wait 15 s before a kill).
+MOVE_WAIT = 10.0
 
 # routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
 # in "/"): how the gateway serves a studio, told to it in the bind answer.

@@ -131,14 +131,14 @@ def test_a_drain_keeps_a_studio_that_cannot_move_for_a_while_only(tmp_path: Path
     # A's drain sees B live and keeps the studio's idle tunnel for it to move; the studio
     # lists A alone, so it cannot (as when every node of a cluster is stopped, one after
     # the other, or the other node was killed and its record is still there). A kept the
-    # tunnel until its grace ended (120 s here, with no stream open); now 20 s at most.
+    # tunnel until its grace ended (120 s here, with no stream open); now 10 s at most.
     with studio_on_a(tmp_path, lists_b=False, CONNECT_HTTP_POOL_SIZE="0") as (a, b, sid, _):
         a.gw.proc.send_signal(signal.SIGTERM)
         assert a.gw.proc.wait(timeout=60) == 0, a.gw.output()[-3000:]
         out = a.gw.output()
         assert "drain did not finish" not in out
         assert "tunnel(s) kept until their studios have bound to one of 1 other node" in out
-        assert "1 studio(s) not bound to another node within 20s" in out
+        assert "1 studio(s) not bound to another node within 10s" in out
 
 
 @pytest.mark.skipif(shutil.which("ssh") is None, reason="OpenSSH's client is not installed")
