@@ -81,7 +81,7 @@ OTHER_NODES_WAIT = 2.0
 #: again within 0.5 s, then 0-8 s later). Then it closes once idle, as on a node alone: a
 #: studio not bound elsewhere by then likely cannot be (every node stops, another node's
 #: record outlived its process), and the drain must not wait out its grace for it, nor
-#: make a restart much slower (systemd's and the tests' stop wait 15 s before a kill).
+#: make a restart much slower (at 20 s, a test that waits 15 s for a stop killed it).
 MOVE_WAIT = 10.0
 
 # routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
