@@ -66,6 +66,9 @@ STEADY_JITTER = 0.1
 # studios neither dial at the same instant nor crowd a node that restarts quickly.
 # The old tunnel keeps serving meanwhile.
 GOAWAY_SPREAD = BACKOFF_MAX
+# After the next bind, a tunnel told to go away is closed (once idle) this much later: its
+# node hears of the move first and stops sending new streams into it.
+RETIRED_LINGER = 2.0
 TOOL_POLL = 0.5
 # While a gateway stays unreachable (or refuses, or fails its check), the same failure is
 # said at its level once, then again at most once per REPEAT_EVERY with the count of
@@ -669,11 +672,18 @@ class ConnectClient(Service):
             self._pending = self.clock.callLater(delay, self._connect)
 
     def _close_retired(self) -> None:
-        """Close each tunnel told to go away once its streams have finished."""
+        """Close each tunnel told to go away once its streams have finished, RETIRED_LINGER
+        after the new bind: the old node goes on opening streams on it until it hears of
+        the move (the registry's event, moments later; then it closes it itself), and a
+        stream it opened as this end closed it would fail as "not connected"."""
         retired, self._retired = self._retired, []
-        for old in retired:
+
+        def close(old: TunnelClientProtocol) -> None:
             if old.mux is not None:
                 old.mux.when_idle(old.mux.close)
+
+        for old in retired:
+            self.clock.callLater(RETIRED_LINGER, close, old)
 
     def lost(self, protocol: TunnelClientProtocol, reason: Failure | None) -> None:
         if protocol is not self._protocol and protocol.refusal is None:

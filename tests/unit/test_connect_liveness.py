@@ -9,6 +9,7 @@ from twisted.internet.testing import StringTransport
 
 from studios_gateway.studio.client import (
     GOAWAY_SPREAD,
+    RETIRED_LINGER,
     Backoff,
     ConnectClient,
     TunnelClientProtocol,
@@ -84,6 +85,9 @@ def test_the_tunnel_told_to_go_away_stays_open_until_the_next_bind() -> None:
     assert not old_mux.closed and not old.transport.disconnecting
     new = bound_protocol(client, BindReply(ok=True, tunnel_id="t2"))  # the next bind
     client._protocol = new
+    clock.advance(RETIRED_LINGER - 0.1)  # its node has not heard of the move yet, maybe
+    assert not old_mux.closed
+    clock.advance(0.1)
     assert old_mux.closed and old.transport.disconnecting
     # A tunnel that is no longer the client's current one closes once idle, at once.
     client.going_away(old := bound_protocol(client, BindReply(ok=True, tunnel_id="t3")))
