@@ -177,13 +177,17 @@ class Tunnel:
         # as one TLS record.
         return self.mux.open_stream(kind)
 
-    def retire(self, close_when_idle: bool = True) -> None:
+    def retire(self, keep: bool = False) -> None:
         """No new streams from the studio (GoAway); close once the streams in flight have
-        finished, or, without `close_when_idle`, keep serving until told (the node drains
+        finished, or, with `keep`, keep serving until told (the node drains
         in a cluster: the studio is served here until it has bound elsewhere)."""
         self.mux.go_away(0)
-        if close_when_idle:
-            self.mux.when_idle(self.close)
+        if not keep:
+            self.close_when_idle()
+
+    def close_when_idle(self) -> None:
+        """Close once no stream is open (now, if none is)."""
+        self.mux.when_idle(self.close)
 
     def close(self) -> None:
         if self.mux.transport is not None:
@@ -293,7 +297,7 @@ class TunnelTable:
         self.draining = True
         tunnels = list(self._tunnels.values())
         for tunnel in tunnels:
-            tunnel.retire(close_when_idle=self.other_nodes is None)
+            tunnel.retire(keep=self.other_nodes is not None)
         if self.other_nodes is not None and tunnels:
             d = defer.maybeDeferred(self.other_nodes)
             d.addTimeout(OTHER_NODES_WAIT, self.clock)
@@ -315,7 +319,7 @@ class TunnelTable:
             self._log.info("draining: other nodes not known ({why}); tunnels close once idle",
                            why=failure.getErrorMessage())
         for tunnel in tunnels:
-            tunnel.mux.when_idle(tunnel.close)
+            tunnel.close_when_idle()
 
     def _stop_keeping(self, tunnels: list[Tunnel]) -> None:
         """MOVE_WAIT after a drain began: the tunnels whose studio has not bound elsewhere
@@ -327,7 +331,7 @@ class TunnelTable:
                            "{wait:g}s; their tunnels close once idle", n=len(left),
                            wait=MOVE_WAIT)
         for tunnel in left:
-            tunnel.mux.when_idle(tunnel.close)
+            tunnel.close_when_idle()
 
     def in_use(self) -> str:
         """What holds the drain: the tunnels still open and their streams (a tunnel told
