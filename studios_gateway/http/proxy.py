@@ -114,6 +114,11 @@ def allow_anonymous(request: RequestInfo, session_id: str) -> Deferred[Anonymous
     return defer.succeed(Anonymous())
 
 
+#: The close reason of a WebSocket whose studio's tunnel goes away on purpose (its node or
+#: the studio draining, the studio moved to another node): the page reconnects (1012).
+_TUNNEL_GOING = "the studio's connection is going away; reconnect"
+
+
 class UpstreamConnection(Protocol):
     """One connection to a tool. Belongs to a client connection while an exchange
     runs, to the pool while idle."""
@@ -1056,7 +1061,7 @@ class ProxyProtocol(Protocol):
         elsewhere now (Relayed): end it as its tunnel going away would, so that the page
         reconnects to the new holder instead of staying on the old tunnel."""
         self._unrelay = None
-        self._end_upgraded(SERVICE_RESTART, "the studio's connection is going away; reconnect")
+        self._end_upgraded(SERVICE_RESTART, _TUNNEL_GOING)
 
     def _revoked(self, why: str) -> None:
         """The user's access to an upgraded connection's studio ended (the session ended:
@@ -1149,8 +1154,7 @@ class ProxyProtocol(Protocol):
                 self._upgraded = replace(self._upgraded, reason=f"{said}: {why}")
             # (the words of `why` may name addresses: the browser gets fewer)
             if going:
-                self._end_upgraded(SERVICE_RESTART, "the studio's connection is going away; "
-                                   "reconnect")
+                self._end_upgraded(SERVICE_RESTART, _TUNNEL_GOING)
             elif why:
                 self._end_upgraded(INTERNAL_ERROR, "the connection to the studio broke")
             else:
