@@ -19,6 +19,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer, endpoints, error
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -299,6 +300,8 @@ class ConnectClient(Service):
         #: open until the next bind, so the old node still serves the studio meanwhile
         #: (make before break), then closed once their streams have finished.
         self._retired: list[TunnelClientProtocol] = []
+        #: Retired tunnels whose close waits RETIRED_LINGER after a bind, with that call.
+        self._lingering: dict[TunnelClientProtocol, IDelayedCall] = {}
         self._tool_down_since: float | None = None  # when the tool began refusing
         self._unknown_since: float | None = None  # when unknown_session was first heard
         # Failed attempts since the last bind (the first of them at _missing_since), and
@@ -392,7 +395,11 @@ class ConnectClient(Service):
         if self._connecting is not None:
             self._connecting.cancel()
         retired, self._retired = self._retired, []
-        for old in retired:  # (told to go away: GoAway was the gateway's already)
+        lingering, self._lingering = self._lingering, {}
+        for call in lingering.values():
+            if call.active():
+                call.cancel()
+        for old in [*retired, *lingering]:  # (told to go away: GoAway was the gateway's)
             if old.mux is not None:
                 old.mux.close()
         protocol, self._protocol = self._protocol, None
@@ -679,11 +686,12 @@ class ConnectClient(Service):
         retired, self._retired = self._retired, []
 
         def close(old: TunnelClientProtocol) -> None:
+            del self._lingering[old]
             if old.mux is not None:
                 old.mux.when_idle(old.mux.close)
 
         for old in retired:
-            self.clock.callLater(RETIRED_LINGER, close, old)
+            self._lingering[old] = self.clock.callLater(RETIRED_LINGER, close, old)
 
     def lost(self, protocol: TunnelClientProtocol, reason: Failure | None) -> None:
         if protocol is not self._protocol and protocol.refusal is None:

@@ -68,6 +68,21 @@ def test_go_away_rebinds_after_a_jittered_delay() -> None:
     assert dialled == [GOAWAY_SPREAD * 0.25]
 
 
+def told_to_go_away_then_bound(client: ConnectClient, clock: Clock
+                               ) -> tuple[TunnelClientProtocol, TunnelClientProtocol]:
+    """The client's tunnel told to go away, then its next bind: (old, new); the old one
+    still open."""
+    old = bound_protocol(client, BindReply(ok=True, tunnel_id="t"))
+    client._protocol = old
+    client._connect = lambda: None  # type: ignore[method-assign]
+    client.going_away(old)
+    clock.advance(GOAWAY_SPREAD)
+    assert old.mux is not None and not old.mux.closed and not old.transport.disconnecting
+    new = bound_protocol(client, BindReply(ok=True, tunnel_id="t2"))  # the next bind
+    client._protocol = new
+    return old, new
+
+
 def test_the_tunnel_told_to_go_away_stays_open_until_the_next_bind() -> None:
     """Make before break: a draining node in a cluster keeps serving the studio through
     its old tunnel (requests relayed by other nodes) until the studio has bound
@@ -76,15 +91,8 @@ def test_the_tunnel_told_to_go_away_stays_open_until_the_next_bind() -> None:
     its streams end), and when the client stops."""
     clock = Clock()
     client = make_client(clock)
-    old = bound_protocol(client, BindReply(ok=True, tunnel_id="t"))
-    client._protocol = old
-    client._connect = lambda: None  # type: ignore[method-assign]
-    client.going_away(old)
-    clock.advance(GOAWAY_SPREAD)
+    old, new = told_to_go_away_then_bound(client, clock)
     old_mux: Any = old.mux
-    assert not old_mux.closed and not old.transport.disconnecting
-    new = bound_protocol(client, BindReply(ok=True, tunnel_id="t2"))  # the next bind
-    client._protocol = new
     clock.advance(RETIRED_LINGER - 0.1)  # its node has not heard of the move yet, maybe
     assert not old_mux.closed
     clock.advance(0.1)
@@ -97,3 +105,14 @@ def test_the_tunnel_told_to_go_away_stays_open_until_the_next_bind() -> None:
     assert new.mux is not None and not new.mux.closed
     client.stopService()
     assert new.mux.closed
+
+
+def test_stopping_closes_a_tunnel_whose_close_lingers_and_leaves_no_timer() -> None:
+    """A tunnel told to go away waits RETIRED_LINGER after the next bind; a stop in that
+    time closes it at once and cancels the wait (it was left to fire after the stop)."""
+    clock = Clock()
+    client = make_client(clock)
+    old, _ = told_to_go_away_then_bound(client, clock)
+    client.stopService()
+    assert old.mux is not None and old.mux.closed
+    assert [c for c in clock.getDelayedCalls() if c.func.__name__ == "close"] == []
