@@ -388,7 +388,7 @@ class Multiplexer(Protocol):
 
     def _handle_rest(self) -> None:
         """The next part of a read of many frames (a turn each); once all is handled, the
-        tunnel is read again."""
+        tunnel is read again from the next turn."""
         decoder = self._decoder
         data = decoder.rest
         if data is None or self.closed:
@@ -400,6 +400,12 @@ class Multiplexer(Protocol):
         if decoder.rest is not None:
             self.clock.callLater(0, self._handle_rest)
         else:
+            # Read again from the next turn on: this one's poll comes after this part, and
+            # a read in it would handle a second part in the same turn.
+            self.clock.callLater(0, self._read_again)
+
+    def _read_again(self) -> None:
+        if not self.closed and self._decoder.rest is None:
             self.transport.resumeProducing()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
