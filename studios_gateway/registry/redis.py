@@ -312,9 +312,17 @@ class RedisStore:
         return StoreUnavailable(f"Redis at {self.address} is unavailable "
                                 f"({self._commands.last_error}); {what} failed")
 
-    def _call(self, what: str, command: Callable[[Any], Deferred[Any]]) -> Deferred[Any]:
+    def _call(self, what: str, command: Callable[[Any], Deferred[Any]],
+              first: bool = True) -> Deferred[Any]:
+        """`command` on the command connection, within the deadline. With `first`, a
+        command made while the store's first connection since its start is still being
+        made waits for it (as long as a command may take), instead of failing at once: a
+        request that reached a node as it started was answered 503 "not connected yet"
+        (a restart quicker than a load balancer's checks sent it there)."""
         conn = self._commands.usable()
         if conn is None:
+            if first and self._started and not self._commands.was_ready:
+                return self._when_first_connected(what, command)
             return defer.fail(self._unavailable(what))
         # While Redis is still sending (replies to earlier commands), a late answer is
         # this process's own backlog: the deadline waits for Redis to fall silent.
@@ -340,6 +348,17 @@ class RedisStore:
 
         return d.addErrback(translate)
 
+    def _when_first_connected(self, what: str, command: Callable[[Any], Deferred[Any]]
+                              ) -> Deferred[Any]:
+        d = self._commands.when_ready()
+        d.addTimeout(self.timeout, self.clock)
+
+        def late(f: Failure) -> Failure:
+            f.trap(defer.TimeoutError, defer.CancelledError)
+            raise self._unavailable(what)
+
+        return d.addCallbacks(lambda _: self._call(what, command, first=False), late)
+
     def _eval(self, what: str, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
         return self._call(what, lambda conn: conn.eval(script, keys, args))
 
@@ -354,8 +373,9 @@ class RedisStore:
         return self._call(str(args[0]), lambda conn: conn.execute_command(*args))
 
     def ping(self) -> Deferred[None]:
-        return self._call("PING", lambda conn: conn.execute_command("PING")).addCallback(
-            lambda _: None)
+        """Whether Redis answers now (never waits for a first connection: /ready's probe)."""
+        return self._call("PING", lambda conn: conn.execute_command("PING"),
+                          first=False).addCallback(lambda _: None)
 
     def _seen_key(self, session_id: str) -> str:
         return f"{self.prefix}:{session_id}:seen"

@@ -212,6 +212,8 @@ class Link:
         self.factory: _Factory | None = None
         self.conn: Any = None
         self.ready = False
+        #: Whether it has been ready once since it was made (a first connection is made).
+        self.was_ready = False
         self.last_error = "not connected yet"
         self._waiters: list[Deferred[None]] = []
         self._failure_waiters: list[Deferred[str]] = []
@@ -265,7 +267,7 @@ class Link:
                 self._log.info("Redis {name} connection to {address} is up", name=self.name,
                                address=self.owner.address)
             self._refusals.clear()
-            self.ready = True
+            self.ready = self.was_ready = True
             waiters, self._waiters = self._waiters, []
             for w in waiters:
                 w.callback(None)

@@ -694,6 +694,39 @@ class RedisOutageTests(unittest.TestCase):
         assert (yield store.get("abc123")) == record()
 
 
+    @defer.inlineCallbacks
+    def test_a_command_made_as_the_store_starts_waits_for_its_first_connection(self) -> Any:
+        """A request that reached a node as it started (a restart quicker than a load
+        balancer's checks) was answered 503 "Redis ... unavailable (not connected yet)":
+        a command made before the store's first connection waits for it, as long as a
+        command may take; later outages still fail at once (test_outage_and_recovery)."""
+        self.server.kill()
+        store = new_store(self.server, timeout=5.0)
+        store.start()
+        self.addCleanup(store.stop)
+        asked = store.get("abc123")
+        assert not asked.called  # (it failed at once)
+        self.server.start()
+        assert (yield asked) is None  # answered once connected: no such session
+        self.server.kill()
+        yield fail_fast(lambda: store.get("abc123"))
+
+    @defer.inlineCallbacks
+    def test_a_command_made_as_the_store_starts_fails_when_redis_stays_away(self) -> Any:
+        self.server.kill()
+        store = new_store(self.server, timeout=0.5)
+        store.start()
+        self.addCleanup(store.stop)
+        start = time.monotonic()
+        try:
+            yield store.get("abc123")
+        except StoreUnavailable as e:
+            assert "not connected yet" in str(e) or "refused" in str(e), e
+        else:
+            raise AssertionError("a get succeeded without Redis")
+        assert 0.4 < time.monotonic() - start < 2
+
+
 _TLS_SKIP = redis_tls_support()
 if _TLS_SKIP:
     print(f"skipping Redis TLS tests: {_TLS_SKIP}")
