@@ -65,7 +65,9 @@ STEADY_JITTER = 0.1
 # After a GoAway (the gateway drains) the client rebinds after a delay drawn
 # uniformly from 0..GOAWAY_SPREAD, then as above on that phase: a draining node's
 # studios neither dial at the same instant nor crowd a node that restarts quickly.
-# The old tunnel keeps serving meanwhile.
+# The old tunnel keeps serving meanwhile. A gateway that spaces out its drain's GoAways
+# itself says so at the bind (rebind_within): the client then rebinds within that, and
+# should the attempt fail, goes on as after a lost tunnel's first retry.
 GOAWAY_SPREAD = BACKOFF_MAX
 # After the next bind, a tunnel told to go away is closed (once idle) this much later: its
 # node hears of the move first and stops sending new streams into it.
@@ -118,6 +120,12 @@ class Backoff:
     def spread(self, width: float) -> float:
         """A delay uniform in 0..width (after a GoAway); attempts after it keep its phase."""
         self.attempt = 2
+        return width * self._rng()
+
+    def soon(self, width: float) -> float:
+        """A delay uniform in 0..width (after a paced GoAway: the gateway spread them);
+        should that attempt fail, the next draws a phase of its own (full jitter)."""
+        self.attempt = 1
         return width * self._rng()
 
     def reset(self) -> None:
@@ -204,7 +212,8 @@ class TunnelClientProtocol(Protocol):
         write_through(self.transport)
         s = self.client.settings
         self.transport.write(BindRequest(s.session_id, s.token, s.connect_version, s.tool,
-                                         s.tool_port, s.tool_version).encode())
+                                         s.tool_port, s.tool_version,
+                                         paced_go_away=True).encode())
 
     def dataReceived(self, data: bytes) -> None:
         if self.mux is not None:
@@ -674,7 +683,9 @@ class ConnectClient(Service):
                 protocol.mux.when_idle(protocol.mux.close)
         if protocol is self._protocol and self.running:
             self._protocol = None
-            delay = self.backoff.spread(GOAWAY_SPREAD)
+            within = protocol.reply.rebind_within if protocol.reply is not None else 0.0
+            delay = (self.backoff.soon(within) if within
+                     else self.backoff.spread(GOAWAY_SPREAD))
             self._set_state("backing-off", "rebinding in {delay:.1f}s", delay=delay)
             self._pending = self.clock.callLater(delay, self._connect)
 

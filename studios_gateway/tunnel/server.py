@@ -77,12 +77,23 @@ REFRESHES_IN_FLIGHT = 2
 #: takes it there are none: idle tunnels close, as on a node of its own).
 OTHER_NODES_WAIT = 2.0
 #: How long a drain with other live nodes keeps an idle tunnel for its studio to bind
-#: elsewhere (studios-connect rebinds after a random 0-8 s, and when that dial fails tries
+#: elsewhere, from its last GoAway (studios-connect rebinds within REBIND_WITHIN of its
+#: GoAway, or, older than stop 47, after a random 0-8 s; when that dial fails it tries
 #: again within 0.5 s, then 0-8 s later). Then it closes once idle, as on a node alone: a
 #: studio not bound elsewhere by then likely cannot be (every node stops, another node's
 #: record outlived its process), and the drain must not wait out its grace for it, nor
 #: make a restart much slower (at 20 s, a test that waits 15 s for a stop killed it).
 MOVE_WAIT = 10.0
+#: A drain with other live nodes sends the GoAways of the tunnels whose clients said they
+#: rebind soon after one (``paced_go_away`` at the bind) at this rate, GOAWAY_TICK apart
+#: (the first batch at once), and tells those clients at bind to rebind within
+#: REBIND_WITHIN seconds of theirs. 10,000 tunnels take 8 s, the rate at which the
+#: clients' own 0-8 s spread (studio.client.GOAWAY_SPREAD) brought them to the other
+#: nodes; a node of 100 studios is left in one batch instead of up to 8 s. Older clients'
+#: GoAways go at once, and they spread their rebind themselves.
+GOAWAY_RATE = 1250.0
+GOAWAY_TICK = 0.1
+REBIND_WITHIN = 0.25
 
 # routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
 # in "/"): how the gateway serves a studio, told to it in the bind answer.
@@ -156,15 +167,17 @@ class Tunnel:
     # One per bound tunnel, for its whole life: slots, and of the session's record only
     # the tool (a store on Redis hands each bind a record of its own, ~0.3 KiB) and the
     # hash of the token it was bound with (a token replaced since closes it).
-    __slots__ = ("tool", "holder", "mux", "protocol", "token_hash", "ended")
+    __slots__ = ("tool", "holder", "mux", "protocol", "token_hash", "ended", "paced")
 
     def __init__(self, tool: str, holder: TunnelHolder, mux: Multiplexer, protocol: Protocol,
-                 token_hash: str = ""):
+                 token_hash: str = "", paced: bool = False):
         self.tool = tool
         self.holder = holder
         self.mux = mux
         self.protocol = protocol
         self.token_hash = token_hash
+        #: Its client rebinds within REBIND_WITHIN of a GoAway: a drain paces its GoAway.
+        self.paced = paced
         #: Its session ended (TunnelTable.on_gone was called for it): closing.
         self.ended = False
 
@@ -229,7 +242,9 @@ class TunnelTable:
         #: studio closes it, or MOVE_WAIT passes), so that the studio is served meanwhile.
         self.other_nodes: Callable[[], Deferred[int]] | None = None
         self.draining = False
-        self._keep_call: Any = None  # the end of a drain's MOVE_WAIT (cancelled by stop())
+        #: A drain's next timed step: its next batch of GoAways, or the end of its
+        #: MOVE_WAIT (cancelled by stop()).
+        self._keep_call: Any = None
         self._tunnels: dict[str, Tunnel] = {}
         #: Tunnels whose session another node holds now: out of the table (requests go to
         #: the new holder), finishing their streams in flight until closed at the timer.
@@ -293,12 +308,20 @@ class TunnelTable:
         elsewhere (this node hears the registry's change: :meth:`_held_elsewhere`), the
         studio closes it or MOVE_WAIT passes, and requests through other nodes reach the
         studio through it meanwhile, instead of "not connected" for the 0-8 s the studio
-        takes to rebind."""
+        takes to rebind.
+
+        Tunnels whose clients rebind soon after a GoAway (:attr:`Tunnel.paced`) get theirs
+        at GOAWAY_RATE once other live nodes are known (the registry's answer), so that
+        the studios of a large node do not all bind to the others at once (each such
+        client rebinds within REBIND_WITHIN of its GoAway); with none, at once."""
         self.draining = True
         tunnels = list(self._tunnels.values())
+        cluster = self.other_nodes is not None
         for tunnel in tunnels:
-            tunnel.retire(keep=self.other_nodes is not None)
-        if self.other_nodes is not None and tunnels:
+            if not (cluster and tunnel.paced):
+                tunnel.retire(keep=cluster)
+        if cluster and tunnels:
+            assert self.other_nodes is not None
             d = defer.maybeDeferred(self.other_nodes)
             d.addTimeout(OTHER_NODES_WAIT, self.clock)
             d.addCallbacks(lambda n: self._drain_alone(n, tunnels),
@@ -309,17 +332,43 @@ class TunnelTable:
                      failure: Failure | None = None) -> None:
         """With no other live node (or none known: the registry did not say in time) the
         retired tunnels close once idle, as on a node of its own: no studio can move."""
+        paced = [t for t in tunnels if t.paced]
         if others > 0:
             self._log.info("draining: {n} tunnel(s) kept until their studios have bound to "
-                           "one of {others} other node(s), {wait:g}s at most",
-                           n=len(self._tunnels), others=others, wait=MOVE_WAIT)
-            self._keep_call = self.clock.callLater(MOVE_WAIT, self._stop_keeping, tunnels)
+                           "one of {others} other node(s), {wait:g}s at most{paced}",
+                           n=len(self._tunnels), others=others, wait=MOVE_WAIT,
+                           paced=f" after {len(paced)} GoAways paced over "
+                                 f"{len(paced) // self._goaway_batch() * GOAWAY_TICK:g}s"
+                           if len(paced) > self._goaway_batch() else "")
+            self._go_away_paced(paced, 0, tunnels)
             return
         if failure is not None:
             self._log.info("draining: other nodes not known ({why}); tunnels close once idle",
                            why=failure.getErrorMessage())
+        for tunnel in paced:
+            if self._tunnels.get(tunnel.session_id) is tunnel:
+                tunnel.retire(keep=True)
         for tunnel in tunnels:
             tunnel.close_when_idle()
+
+    @staticmethod
+    def _goaway_batch() -> int:
+        return max(1, int(GOAWAY_RATE * GOAWAY_TICK))
+
+    def _go_away_paced(self, paced: list[Tunnel], start: int, tunnels: list[Tunnel]) -> None:
+        """GoAway to the next batch of `paced` tunnels still held here (one that moved or
+        closed meanwhile needs none), the next batch GOAWAY_TICK later; after the last,
+        MOVE_WAIT for the studios to bind elsewhere."""
+        self._keep_call = None
+        end = start + self._goaway_batch()
+        for tunnel in paced[start:end]:
+            if self._tunnels.get(tunnel.session_id) is tunnel:
+                tunnel.retire(keep=True)
+        if end < len(paced):
+            self._keep_call = self.clock.callLater(GOAWAY_TICK, self._go_away_paced, paced,
+                                                   end, tunnels)
+        else:
+            self._keep_call = self.clock.callLater(MOVE_WAIT, self._stop_keeping, tunnels)
 
     def _stop_keeping(self, tunnels: list[Tunnel]) -> None:
         """MOVE_WAIT after a drain began: the tunnels whose studio has not bound elsewhere
@@ -415,7 +464,7 @@ class TunnelTable:
         try:
             yield self.store.claim_tunnel(holder, self.settings.holder_ttl)
             tunnel = Tunnel(sys.intern(record.tool), holder, make_mux(), protocol,
-                            record.token_hash)
+                            record.token_hash, paced=req.paced_go_away)
         except BaseException as e:  # (the claim made or not, its tunnel not in the table)
             self._claim_failed(sid)
             if isinstance(e, StoreUnavailable):
@@ -734,7 +783,9 @@ class TunnelServerProtocol(Protocol):
                                        ssh_host_key=self.table.ssh_host_key or "",
                                        routing=mode, public_url=url,
                                        ping_interval=s.ping_interval,
-                                       ping_timeout=s.ping_timeout).encode())
+                                       ping_timeout=s.ping_timeout,
+                                       rebind_within=REBIND_WITHIN if tunnel.paced
+                                       else 0.0).encode())
         self._setup_done()
         self._mux = tunnel.mux
         self._mux.makeConnection(self.transport)

@@ -17,6 +17,12 @@ keepalive settings, ``"ping_interval"`` and ``"ping_timeout"`` (seconds), so
 both ends declare a silent path dead within the same timeout. Either side
 ignores fields it does not know, so older clients and gateways keep working
 (without SSH; with the client's own keepalive defaults).
+
+A client that rebinds soon after a GoAway when its gateway spaces out the GoAways of a
+drain itself says ``"paced_go_away": true``; a gateway that does so for it answers
+``"rebind_within": s`` (seconds: the client rebinds after a random part of them,
+instead of its own GOAWAY_SPREAD of 0-8 s). Without both the client spreads its rebind
+as before (docs/decisions/reconnect-backoff.md, "Paced GoAways").
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ class BindRequest:
     tool: str
     tool_port: int
     tool_version: str = ""  # the tool's own version as the studio found it; "" = unknown
+    #: The client rebinds within the gateway's ``rebind_within`` after a GoAway (the
+    #: gateway paces a drain's GoAways for it), when the gateway says one.
+    paced_go_away: bool = False
 
     def __repr__(self) -> str:  # never show the token
         return (f"BindRequest(session_id={self.session_id!r}, connect_version="
@@ -70,6 +79,8 @@ class BindRequest:
                                 "tool_port": self.tool_port}
         if self.tool_version:
             body["tool_version"] = self.tool_version
+        if self.paced_go_away:
+            body["paced_go_away"] = True
         return json.dumps(body).encode() + b"\n"
 
 
@@ -91,6 +102,9 @@ class BindReply:
     # keeps its own defaults.
     ping_interval: float = 0.0
     ping_timeout: float = 0.0
+    # Seconds within which the client rebinds after this gateway's GoAway (the gateway
+    # paces its drain's GoAways); 0 = not said: the client spreads its rebind itself.
+    rebind_within: float = 0.0
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"ok": self.ok}
@@ -104,6 +118,8 @@ class BindReply:
             if self.ping_interval and self.ping_timeout:
                 body["ping_interval"] = self.ping_interval
                 body["ping_timeout"] = self.ping_timeout
+            if self.rebind_within:
+                body["rebind_within"] = self.rebind_within
         else:
             body.update(code=self.code, reason=self.reason, retry=self.retry)
         return json.dumps(body).encode() + b"\n"
@@ -144,7 +160,8 @@ def parse_request(line: bytes) -> BindRequest:
     if not isinstance(tool_version, str) or not TOOL_VERSION.fullmatch(tool_version):
         raise BindError("malformed", "tool_version must be up to 64 letters, digits, '.', '-', "
                                      "'+' or '_'")
-    return BindRequest(sid, token, version, canonical_tool, port, tool_version)
+    return BindRequest(sid, token, version, canonical_tool, port, tool_version,
+                       paced_go_away=data.get("paced_go_away") is True)
 
 
 ROUTINGS = ("subdomain", "path")
@@ -170,6 +187,15 @@ def _keepalive(interval: Any, timeout: Any) -> tuple[float, float]:
     return (i, t) if i and t and i < t else (0.0, 0.0)
 
 
+#: The longest ``rebind_within`` a client takes (a larger or unreadable one: not said).
+MAX_REBIND_WITHIN = 60.0
+
+
+def _rebind_within(v: Any) -> float:
+    ok = isinstance(v, int | float) and not isinstance(v, bool)
+    return float(v) if ok and 0 < v <= MAX_REBIND_WITHIN else 0.0
+
+
 def parse_reply(line: bytes) -> BindReply:
     data = _load(line)
     if data.get("ok") is True:
@@ -182,7 +208,8 @@ def parse_reply(line: bytes) -> BindReply:
         interval, timeout = _keepalive(data.get("ping_interval"), data.get("ping_timeout"))
         return BindReply(ok=True, tunnel_id=str(data.get("tunnel_id", "")), ssh_host_key=ssh,
                          routing=routing, public_url=url, ping_interval=interval,
-                         ping_timeout=timeout)
+                         ping_timeout=timeout, rebind_within=_rebind_within(
+                             data.get("rebind_within")))
     code = str(data.get("code", "internal"))
     return BindReply(ok=False, code=code, reason=str(data.get("reason", ""))[:500],
                      retry=bool(data.get("retry", RETRYABLE.get(code, False))))

@@ -298,6 +298,9 @@ def test_a_rolling_restart_behind_a_load_balancer_answers_no_5xx(
             assert holder(nodes[name], sid) == f"node-{other}"  # both nodes say the truth
         # The studio came back to A when B restarted; the last WebSocket is open there.
         wait_until(lambda: len(opened) >= 3, "the WebSocket opened again", timeout=15)
+        # (a restart takes moments now: go on until both kinds were sent often enough)
+        wait_until(lambda: min(sum(m == k for _, m, _ in list(answers))
+                               for k in ("GET", "POST")) > 50, "50 GETs and 50 POSTs")
         stop.set()
         for thread in threads:
             thread.join(timeout=15)

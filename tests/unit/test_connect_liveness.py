@@ -8,6 +8,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from studios_gateway.studio.client import (
+    BACKOFF_MAX,
     GOAWAY_SPREAD,
     RETIRED_LINGER,
     Backoff,
@@ -15,7 +16,7 @@ from studios_gateway.studio.client import (
     TunnelClientProtocol,
 )
 from studios_gateway.studio.settings import Gateway, load_client_settings
-from studios_gateway.wire.bind import BindReply
+from studios_gateway.wire.bind import BindReply, parse_request
 
 CONNECT = "studios-connect://s1:" + "t" * 32 + "@127.0.0.1:7070/"
 
@@ -116,3 +117,25 @@ def test_stopping_closes_a_tunnel_whose_close_lingers_and_leaves_no_timer() -> N
     client.stopService()
     assert old.mux is not None and old.mux.closed
     assert [c for c in clock.getDelayedCalls() if c.func.__name__ == "close"] == []
+
+
+def test_a_paced_goaway_rebinds_within_the_gateways_bound_then_as_after_a_lost_tunnel(
+        ) -> None:
+    """A gateway that paces its drain's GoAways says so at the bind (rebind_within): the
+    client rebinds after a random part of that, not of its own 0-8 s spread; should that
+    attempt fail (the node was alone and is down), the next one draws a phase of its own
+    over BACKOFF_MAX (full jitter), as the second retry after a lost tunnel does, so a
+    restarted node's studios do not all come back at the same moment."""
+    clock = Clock()
+    client = make_client(clock, draw=0.5)
+    protocol = bound_protocol(client, BindReply(ok=True, tunnel_id="t", rebind_within=0.25))
+    client._protocol = protocol
+    dialled: list[float] = []
+    client._connect = lambda: dialled.append(clock.seconds())  # type: ignore[method-assign]
+    client.going_away(protocol)
+    clock.advance(0.125)
+    assert dialled == [0.125]
+    assert client.backoff.next_delay() == BACKOFF_MAX * 0.5  # full jitter next
+    # The client says at every bind that it rebinds so.
+    sent = protocol.transport.value().split(b"\n", 1)[0]
+    assert parse_request(sent).paced_go_away

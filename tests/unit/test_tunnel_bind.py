@@ -18,6 +18,7 @@ from studios_gateway.management.sessions import (
 )
 from studios_gateway.studio.client import BACKOFF_MAX, GOAWAY_SPREAD, Backoff
 from studios_gateway.studio.settings import load_client_settings
+from studios_gateway.tunnel.server import REBIND_WITHIN
 from studios_gateway.wire.bind import (
     MAX_LINE,
     BindError,
@@ -196,16 +197,19 @@ def test_after_a_goaway_spread_the_attempts_keep_its_phase() -> None:
     assert b.next_delay() == 8 * (1 - 0.1 * 0.5)  # no quick retry: the period
 
 
-def test_a_restarted_nodes_studios_come_back_evenly_whenever_it_is_ready() -> None:
+@pytest.mark.parametrize("paced", [False, True])
+def test_a_restarted_nodes_studios_come_back_evenly_whenever_it_is_ready(paced: bool) -> None:
     """1,000 studios lose their node at 0 (GoAway); it is ready again at R: their first
     attempts from R on fall evenly over the period, at any R (the doubling ceiling put
-    most into the first seconds: 5x the mean per 100 ms when R was 2-5 s)."""
+    most into the first seconds: 5x the mean per 100 ms when R was 2-5 s). The same when
+    the node said at bind that it paces its GoAways (the studios first try within
+    REBIND_WITHIN, all refused by the node that is down)."""
     rng = random.Random(7)
     for ready in (0.5, 1.0, 2.0, 3.0, 5.0, 9.0, 20.0):
         firsts = []
         for _ in range(1000):
             b = Backoff(rng=rng.random)
-            t = b.spread(GOAWAY_SPREAD)
+            t = b.soon(REBIND_WITHIN) if paced else b.spread(GOAWAY_SPREAD)
             while t < ready:
                 t += b.next_delay()
             firsts.append(t - ready)
@@ -214,6 +218,25 @@ def test_a_restarted_nodes_studios_come_back_evenly_whenever_it_is_ready() -> No
         for t in firsts:
             seconds[min(7, int(t))] += 1
         assert max(seconds) <= 1.6 * 1000 / 8, (ready, seconds)
+
+
+def test_the_bind_says_paced_goaways_both_ways_and_ignores_nonsense() -> None:
+    """A client says it rebinds soon after a paced GoAway; a gateway that paces says within
+    how long. Either message without it (older ends) means the clients' own spread."""
+    req = BindRequest("s1", "t" * 20, "0.12.0", "generic", 8080, paced_go_away=True)
+    assert parse_request(req.encode().strip()).paced_go_away
+    older = BindRequest("s1", "t" * 20, "0.12.0", "generic", 8080)
+    assert "paced_go_away" not in json.loads(older.encode())
+    assert not parse_request(older.encode().strip()).paced_go_away
+    assert not parse_request(older.encode().strip()[:-1] + b', "paced_go_away": 1}'
+                             ).paced_go_away  # true only
+    line = BindReply(ok=True, tunnel_id="t", rebind_within=0.25).encode()
+    assert parse_reply(line.strip()).rebind_within == 0.25
+    assert "rebind_within" not in json.loads(BindReply(ok=True, tunnel_id="t").encode())
+    for bad in ("0", "-1", '"0.25"', "true", "1e9", "null"):
+        reply = parse_reply(b'{"ok": true, "tunnel_id": "t", "rebind_within": '
+                            + bad.encode() + b"}")
+        assert reply.ok and reply.rebind_within == 0.0, bad
 
 
 def test_bind_reply_carries_the_gateways_keepalive_and_ignores_nonsense() -> None:

@@ -82,15 +82,18 @@ def test_a_claim_found_expired_when_redis_is_back_is_claimed_again_at_once() -> 
     assert store.calls["refresh_tunnels"] == calls
 
 
-def second(table: TunnelTable, store: FlakyStore, sid: str) -> tuple[StringTransport, Any]:
-    """Another session bound on `table`, with its own connection."""
+def second(table: TunnelTable, store: FlakyStore, sid: str, paced: bool = False
+           ) -> tuple[StringTransport, Any]:
+    """Another session bound on `table`, with its own connection (`paced`: by a client
+    that rebinds soon after a GoAway)."""
     store.create(SessionRecord(id=sid, workspace_id=None, tool="generic", owner="alice",
                                allowed_users=(), ssh_enabled=False,
                                token_hash=hash_token(TOKEN), created_at=0.0))
     protocol = TunnelServerFactory(table).buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
-    protocol.dataReceived(BindRequest(sid, TOKEN, "0.12.0", "generic", 8080).encode())
+    protocol.dataReceived(BindRequest(sid, TOKEN, "0.12.0", "generic", 8080,
+                                      paced_go_away=paced).encode())
     assert table.get(sid) is not None
     return transport, table.get(sid)
 
@@ -477,3 +480,58 @@ def test_a_drain_with_no_tunnel_does_not_ask_for_other_nodes() -> None:
 
     table.other_nodes = other_nodes
     assert table.drain().called and asked == []
+
+
+def test_a_drain_paces_the_goaways_of_clients_that_rebind_soon() -> None:
+    """A client that says it rebinds soon after a GoAway is told at bind to do so within
+    REBIND_WITHIN, and a drain with other live nodes sends those GoAways GOAWAY_RATE a
+    second: a large node's studios do not all bind to the others at once, and a small
+    node's move in one batch (the clients' own 0-8 s spread kept every drain up to 8 s).
+    An older client's GoAway goes at once (it spreads its rebind itself). MOVE_WAIT
+    counts from the last batch."""
+    from twisted.internet import defer
+
+    from studios_gateway.tunnel.server import GOAWAY_RATE, GOAWAY_TICK, MOVE_WAIT, REBIND_WITHIN
+    from studios_gateway.wire.bind import parse_reply
+
+    clock, store, table, transport, old = bound()  # an older client
+    batch = int(GOAWAY_RATE * GOAWAY_TICK)
+    paced = [second(table, store, f"p{i}", paced=True) for i in range(2 * batch + 5)]
+    reply = parse_reply(paced[0][0].value().split(b"\n", 1)[0])
+    assert reply.ok and reply.rebind_within == REBIND_WITHIN
+    assert parse_reply(transport.value().split(b"\n", 1)[0]).rebind_within == 0  # older
+    table.other_nodes = lambda: defer.succeed(1)
+    table.drain()
+
+    def told() -> int:
+        return sum(bool(t.mux.local_go_away) for _, t in paced)
+
+    assert old.mux.local_go_away
+    assert told() == batch
+    clock.advance(GOAWAY_TICK)
+    assert told() == 2 * batch
+    table.lost(paced[-1][1])  # a studio gone meanwhile needs none
+    clock.advance(GOAWAY_TICK)
+    assert told() == len(paced) - 1
+    assert not any(t.disconnecting for t, _ in paced[:-1])
+    clock.advance(MOVE_WAIT - 0.01)  # from the last batch
+    assert not any(t.disconnecting for t, _ in paced[:-1])
+    clock.advance(0.01)
+    assert all(t.disconnecting for t, _ in paced[:-1]) and transport.disconnecting
+    assert table._keep_call is None
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_a_drain_with_no_other_node_tells_every_client_at_once(cluster: bool) -> None:
+    """On a node alone (no registry cluster, or no other node live) no studio can move
+    now: every GoAway goes at once (paced clients then try within REBIND_WITHIN, are
+    refused while the node is down, and go on as after a lost tunnel)."""
+    from twisted.internet import defer
+
+    clock, store, table, transport, old = bound()
+    paced = [second(table, store, f"p{i}", paced=True) for i in range(200)]
+    if cluster:
+        table.other_nodes = lambda: defer.succeed(0)
+    table.drain()
+    assert all(t.mux.local_go_away for _, t in paced)
+    assert all(t.disconnecting for t, _ in paced)  # idle: closed
