@@ -8,6 +8,9 @@ takes any refusal there but 503 and 424 (JupyterHub's "server not running") as t
 kernel's death: "Error Starting Kernel: Kernel died unexpectedly", and the notebook
 stayed without its kernel, which was alive all along. The page is a 503 now: JupyterLab
 asks again 10-30 s later and reconnects to the same kernel, its variables kept.
+
+That 10-30 s is at random: the page's Math.random is pinned to 0 once the notebook is
+up (as in test_jupyterlab_gateway_restart), so the wait is 10 s.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def test_a_notebook_gets_its_kernel_back_after_the_tunnel_was_away(tmp_path: Pat
                              "?.dataset.status === 'idle'", timeout=90)
             before = run_cell(browser, lab)
 
+            browser.evaluate("Math.random = () => 0")  # JupyterLab's waits: their shortest
             os.kill(pid, signal.SIGSTOP)
             # The tunnel is declared dead; the page asks for its kernel and is refused.
             wait_until(lambda: AWAY.search(lab.gateway.output()) is not None,
