@@ -24,6 +24,10 @@ pytestmark = code_server_marks
 WEBVIEW = "document.querySelector('iframe[src*=\"/webview/browser/pre/index.html\"]')"
 REFUSED_FRAME = re.compile(r'"GET \S*/webview/browser/pre/index.html" 401 .*'
                            r'reason="login required \(a frame\)"')
+#: The logins' lifetime: long enough for the window to load (~4 s; LOAD at most) on a login
+#: made just before (with Chromium already up), short enough not to keep the test waiting
+#: for its end.
+TTL, LOAD = 12, 10
 
 
 def key(browser: Chromium, name: str, code: str, key_code: int, modifiers: int = 0) -> None:
@@ -47,16 +51,17 @@ def test_a_webview_opened_after_the_login_expired_says_so(tmp_path: Path) -> Non
     env = {"PATH": code_server_path(), "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
            "XDG_CONFIG_HOME": str(tmp_path / "xdg-config")}
     with tool_studio(tmp_path, "vscode", "subdomain", "healthz", extra_env=env,
-                     gateway_env={"CONNECT_LOGIN_TTL": "20s"}) as code:
+                     gateway_env={"CONNECT_LOGIN_TTL": f"{TTL}s"}) as code:
         (code.home / "README.md").write_text("# Results\n\nThe run went well.\n")
-        sid = code.host.split(".")[0]
+        sid = code.session_id
         browser = code.chromium()
         try:
+            code.log_in_again(browser)  # (the studio's start took some of the first one's TTL)
             browser.call("Page.navigate", url=code.url())
-            browser.wait_for("document.body.innerText.includes('README.md')", timeout=60)
+            browser.wait_for("document.body.innerText.includes('README.md')", timeout=LOAD)
             # The login expires under the open window (a page load would now go to it).
             wait_until(lambda: code.browser.get(code.url("healthz"), follow=False).status
-                       == 302, "the login expired", timeout=40)
+                       == 302, "the login expired", timeout=TTL + 30)
             # README.md clicked in the explorer, then Ctrl+Shift+V: its preview, a webview.
             click(browser, "Array.from(document.querySelectorAll('.explorer-folders-view "
                            ".monaco-list-row')).find(r => r.innerText.trim() === 'README.md')")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,11 @@ from tests.support.gateway import GatewayProcess, base_env
 from tests.support.ports import free_port
 from tests.support.studio import Connect
 from tests.support.web import Browser
+
+#: The connect client's line once the tool answers: its preset's readiness probe passed,
+#: or (a command of one's own, tool "generic") its port accepts connections.
+TOOL_READY = re.compile(r"presets\.probe\.Readiness#info\] .+ is ready \("
+                        r"|\] tool is accepting connections on port ")
 
 
 @dataclass
@@ -48,6 +54,13 @@ class ToolStudio:
     def prefix(self) -> str:
         return urlsplit(self.base).path
 
+    @property
+    def session_id(self) -> str:
+        """The studio's session id: the last part of its prefix (path mode) or the first
+        of its host name (subdomain mode)."""
+        return self.prefix.strip("/").split("/")[-1] if self.mode == "path" \
+            else self.host.split(".")[0]
+
     def url(self, path: str = "") -> str:
         return self.base + path
 
@@ -59,10 +72,24 @@ class ToolStudio:
     def chromium(self) -> Chromium:
         """Headless Chromium holding this studio's login cookies."""
         browser = Chromium(self.tmp)
+        self._give_cookies(browser)
+        return browser
+
+    def log_in_again(self, browser: Chromium) -> None:
+        """A new login (a new login link used), its cookies given to `browser` too: with a
+        short CONNECT_LOGIN_TTL, the login a page opens on then starts with the page, not
+        with the studio's start and Chromium's."""
+        status, body, _ = self.gateway.request(f"/api/sessions/{self.session_id}/login-links",
+                                               method="POST", body={"user": "alice"})
+        assert status in (200, 201), body
+        page = self.browser.use_login_link(json.loads(body)["login_link"])
+        assert page.status in (200, 302), (page.status, page.text[:300])
+        self._give_cookies(browser)
+
+    def _give_cookies(self, browser: Chromium) -> None:
         host = urlsplit(self.base).hostname
         for name, (value, path) in self.browser.cookies[host].items():
             browser.call("Network.setCookie", name=name, value=value, domain=host, path=path)
-        return browser
 
     def screenshot(self, browser: Chromium, name: str) -> bytes:
         """The page as PNG, saved as <tmp>/<name>-<mode>.png (and copied to
@@ -111,12 +138,16 @@ def tool_studio(tmp: Path, tool: str, mode: str, ready_path: str, *,
         stoppers.append(client.stop)
         browser = Browser()
         deadline = time.monotonic() + timeout
+        # Bound, and the tool answers (the client says so): the login below comes after the
+        # tool's start, so that a short CONNECT_LOGIN_TTL is not spent on it (a request made
+        # earlier is held until then: 3 s for JupyterLab, 12 s on a busy machine).
         while True:
             assert client.proc.poll() is None, f"studios-connect exited:\n{client.output()[-4000:]}"
             assert time.monotonic() < deadline, \
                 f"{tool} did not connect:\n{client.output()[-4000:]}"
             status, body, _ = gw.request(f"/api/sessions/{created['id']}")
-            if status == 200 and json.loads(body).get("connected"):
+            if status == 200 and json.loads(body).get("connected") \
+                    and TOOL_READY.search(client.output()):
                 break
             time.sleep(0.2)
         page = browser.use_login_link(created["login_link"])
