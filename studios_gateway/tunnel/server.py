@@ -245,6 +245,9 @@ class TunnelTable:
         #: A drain's next timed step: its next batch of GoAways, or the end of its
         #: MOVE_WAIT (cancelled by stop()).
         self._keep_call: Any = None
+        #: A drain's question to the registry (other_nodes), until answered; stop()
+        #: cancels it, and an answer after the stop does nothing.
+        self._others_asked: Deferred[int] | None = None
         self._tunnels: dict[str, Tunnel] = {}
         #: Tunnels whose session another node holds now: out of the table (requests go to
         #: the new holder), finishing their streams in flight until closed at the timer.
@@ -294,6 +297,9 @@ class TunnelTable:
             if call is not None and call.active():
                 call.cancel()
         self._reclaim_call = self._unheard_call = self._keep_call = None
+        asked, self._others_asked = self._others_asked, None
+        if asked is not None:
+            asked.cancel()
         self._reclaiming.clear()
         self._unheard.clear()
         for tunnel in [*self._tunnels.values(), *self._moved]:
@@ -322,10 +328,15 @@ class TunnelTable:
                 tunnel.retire(keep=cluster)
         if cluster and tunnels:
             assert self.other_nodes is not None
-            d = defer.maybeDeferred(self.other_nodes)
+            d = self._others_asked = defer.maybeDeferred(self.other_nodes)
             d.addTimeout(OTHER_NODES_WAIT, self.clock)
-            d.addCallbacks(lambda n: self._drain_alone(n, tunnels),
-                           lambda f: self._drain_alone(0, tunnels, f))
+
+            def answered(others: int, failure: Failure | None = None) -> None:
+                if self._others_asked is d:  # (not stopped meanwhile)
+                    self._others_asked = None
+                    self._drain_alone(others, tunnels, failure)
+
+            d.addCallbacks(answered, lambda f: answered(0, f))
         return self.wait_empty()
 
     def _drain_alone(self, others: int, tunnels: list[Tunnel],
@@ -792,6 +803,10 @@ class TunnelServerProtocol(Protocol):
         deliver_to = getattr(self.transport, "deliver_to", None)
         if deliver_to is not None:
             deliver_to(self._mux)  # the tunnel's TLS reads go to the mux without this hop
+        if self.table.draining:
+            # A drain that began during this bind's check and claim did not tell this
+            # tunnel: told now (else the drain would wait out its grace for it).
+            tunnel.retire()
 
     def _bind_failed(self, f: Failure, req: BindRequest) -> None:
         if f.check(BindError):

@@ -535,3 +535,47 @@ def test_a_drain_with_no_other_node_tells_every_client_at_once(cluster: bool) ->
     table.drain()
     assert all(t.mux.local_go_away for _, t in paced)
     assert all(t.disconnecting for t, _ in paced)  # idle: closed
+
+
+def test_a_stop_while_the_drain_asks_for_other_nodes_leaves_no_paced_goaways() -> None:
+    """A stop (a second SIGTERM) before the registry said whether other nodes are live:
+    its answer after the stop started the paced GoAways and MOVE_WAIT on the closed
+    tunnels, timers left running after the stop."""
+    from twisted.internet import defer
+
+    clock, store, table, transport, old = bound()
+    paced = [second(table, store, f"p{i}", paced=True) for i in range(300)]
+    asked: defer.Deferred[int] = defer.Deferred()
+    table.other_nodes = lambda: asked
+    table.drain()
+    table.stop()
+    assert asked.called  # cancelled
+    assert clock.getDelayedCalls() == [] and table._keep_call is None
+    assert all(t.disconnecting for t, _ in paced)
+
+
+def test_a_tunnel_bound_as_the_drain_began_is_told_to_go_away() -> None:
+    """A bind verified and claimed while the drain began is not among the tunnels the
+    drain told: it was never told GoAway, and the drain waited out its grace for it."""
+    from twisted.internet import defer
+
+    clock, store, table, transport, old = bound()
+    held: defer.Deferred[None] = defer.Deferred()
+    claim = store.claim_tunnel
+    store.claim_tunnel = lambda *a: held.addCallback(lambda _: claim(*a))  # type: ignore
+    store.create(SessionRecord(id="s2", workspace_id=None, tool="generic", owner="alice",
+                               allowed_users=(), ssh_enabled=False,
+                               token_hash=hash_token(TOKEN), created_at=0.0))
+    protocol = TunnelServerFactory(table).buildProtocol(None)
+    late = StringTransport()
+    protocol.makeConnection(late)
+    protocol.dataReceived(BindRequest("s2", TOKEN, "0.12.0", "generic", 8080,
+                                      paced_go_away=True).encode())
+    drained = table.drain()
+    held.callback(None)  # the claim made after the drain began
+    tunnel = table.get("s2")
+    assert tunnel is not None and tunnel.mux.local_go_away
+    assert late.disconnecting  # idle: closed, as the others on a node alone
+    table.lost(tunnel)
+    table.lost(old)
+    assert drained.called
