@@ -93,6 +93,11 @@ MOVE_WAIT = 10.0
 #: GoAways go at once, and they spread their rebind themselves.
 GOAWAY_RATE = 1250.0
 GOAWAY_TICK = 0.1
+#: A larger node's batches are larger, so that its last GoAway goes within this, as the
+#: clients' own spread did: at GOAWAY_RATE alone 40,000 studios took 32 s, past the
+#: drain's grace (CONNECT_SHUTDOWN_GRACE, 30 s), and those not told by then lost their
+#: tunnel at its end and all retried within 0.5 s.
+GOAWAY_LONGEST = 8.0
 REBIND_WITHIN = 0.25
 
 # routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
@@ -345,13 +350,15 @@ class TunnelTable:
         retired tunnels close once idle, as on a node of its own: no studio can move."""
         paced = [t for t in tunnels if t.paced]
         if others > 0:
+            batch = self._goaway_batch(len(paced))
+            ticks = -(-len(paced) // batch)  # (the first batch at once)
             self._log.info("draining: {n} tunnel(s) kept until their studios have bound to "
                            "one of {others} other node(s), {wait:g}s at most{paced}",
                            n=len(self._tunnels), others=others, wait=MOVE_WAIT,
                            paced=f" after {len(paced)} GoAways paced over "
-                                 f"{len(paced) // self._goaway_batch() * GOAWAY_TICK:g}s"
-                           if len(paced) > self._goaway_batch() else "")
-            self._go_away_paced(paced, 0, tunnels)
+                                 f"{round((ticks - 1) * GOAWAY_TICK, 1):g}s"
+                           if ticks > 1 else "")
+            self._go_away_paced(paced, 0, tunnels, batch)
             return
         if failure is not None:
             self._log.info("draining: other nodes not known ({why}); tunnels close once idle",
@@ -363,21 +370,25 @@ class TunnelTable:
             tunnel.close_when_idle()
 
     @staticmethod
-    def _goaway_batch() -> int:
-        return max(1, int(GOAWAY_RATE * GOAWAY_TICK))
+    def _goaway_batch(paced: int) -> int:
+        """How many of `paced` GoAways go in a batch: GOAWAY_RATE's share of a tick, more
+        if the last would go later than GOAWAY_LONGEST."""
+        ticks = max(1, int(GOAWAY_LONGEST / GOAWAY_TICK))
+        return max(1, int(GOAWAY_RATE * GOAWAY_TICK), -(-paced // ticks))
 
-    def _go_away_paced(self, paced: list[Tunnel], start: int, tunnels: list[Tunnel]) -> None:
-        """GoAway to the next batch of `paced` tunnels still held here (one that moved or
+    def _go_away_paced(self, paced: list[Tunnel], start: int, tunnels: list[Tunnel],
+                       batch: int) -> None:
+        """GoAway to the next `batch` of `paced` tunnels still held here (one that moved or
         closed meanwhile needs none), the next batch GOAWAY_TICK later; after the last,
         MOVE_WAIT for the studios to bind elsewhere."""
         self._keep_call = None
-        end = start + self._goaway_batch()
+        end = start + batch
         for tunnel in paced[start:end]:
             if self._tunnels.get(tunnel.session_id) is tunnel:
                 tunnel.retire(keep=True)
         if end < len(paced):
             self._keep_call = self.clock.callLater(GOAWAY_TICK, self._go_away_paced, paced,
-                                                   end, tunnels)
+                                                   end, tunnels, batch)
         else:
             self._keep_call = self.clock.callLater(MOVE_WAIT, self._stop_keeping, tunnels)
 
