@@ -253,6 +253,7 @@ class TunnelTable:
         #: A drain's question to the registry (other_nodes), until answered; stop()
         #: cancels it, and an answer after the stop does nothing.
         self._others_asked: Deferred[int] | None = None
+        self._drain_began = 0.0
         self._tunnels: dict[str, Tunnel] = {}
         #: Tunnels whose session another node holds now: out of the table (requests go to
         #: the new holder), finishing their streams in flight until closed at the timer.
@@ -326,6 +327,7 @@ class TunnelTable:
         the studios of a large node do not all bind to the others at once (each such
         client rebinds within REBIND_WITHIN of its GoAway); with none, at once."""
         self.draining = True
+        self._drain_began = self.clock.seconds()
         tunnels = list(self._tunnels.values())
         cluster = self.other_nodes is not None
         for tunnel in tunnels:
@@ -350,7 +352,7 @@ class TunnelTable:
         retired tunnels close once idle, as on a node of its own: no studio can move."""
         paced = [t for t in tunnels if t.paced]
         if others > 0:
-            batch = self._goaway_batch(len(paced))
+            batch = self._goaway_batch(len(paced), self.clock.seconds() - self._drain_began)
             ticks = -(-len(paced) // batch)  # (the first batch at once)
             self._log.info("draining: {n} tunnel(s) kept until their studios have bound to "
                            "one of {others} other node(s), {wait:g}s at most{paced}",
@@ -370,10 +372,12 @@ class TunnelTable:
             tunnel.close_when_idle()
 
     @staticmethod
-    def _goaway_batch(paced: int) -> int:
+    def _goaway_batch(paced: int, waited: float = 0.0) -> int:
         """How many of `paced` GoAways go in a batch: GOAWAY_RATE's share of a tick, more
-        if the last would go later than GOAWAY_LONGEST."""
-        ticks = max(1, int(GOAWAY_LONGEST / GOAWAY_TICK))
+        if the last would go later than GOAWAY_LONGEST after the drain began (`waited`
+        of it gone, asking the registry for other nodes: up to OTHER_NODES_WAIT), so
+        that a studio has bound elsewhere within peers.remote.SSH_REBIND_WAIT."""
+        ticks = max(1, int((GOAWAY_LONGEST - waited) / GOAWAY_TICK))
         return max(1, int(GOAWAY_RATE * GOAWAY_TICK), -(-paced // ticks))
 
     def _go_away_paced(self, paced: list[Tunnel], start: int, tunnels: list[Tunnel],
