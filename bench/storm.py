@@ -271,7 +271,7 @@ def rounds(studios: int, down: float, bin_s: float, work: Path, stops: list[str]
         swarms = Swarms(procs, work, strings, per_swarm, gateways, start_rate, nice=nice)
         _waiting(lambda: swarms.bound_since(0) >= studios, f"{studios} studios bound",
                  max(600, 3 * studios / start_rate), gw, swarms)
-        from studios_gateway.tunnel.server import GOAWAY_RATE, REBIND_WITHIN
+        from studios_gateway.tunnel.server import GOAWAY_LONGEST, GOAWAY_RATE, REBIND_WITHIN
 
         storms = []
         for n, stop in enumerate(stops):
@@ -296,7 +296,8 @@ def rounds(studios: int, down: float, bin_s: float, work: Path, stops: list[str]
             with open(work / "times", "a") as times:
                 times.write(f"{stop} stopped {stopped:.4f} ready {ready:.4f}\n")
             storm = analyse(swarms.events(), stopped, ready, studios, bin_s,
-                            window=studios / GOAWAY_RATE + REBIND_WITHIN if stop == "move"
+                            window=min(studios / GOAWAY_RATE, GOAWAY_LONGEST) + REBIND_WITHIN
+                            if stop == "move"
                             else 0.0)
             storm.gateway_cpu_s, storm.swarms = round(cpu, 3), len(swarms.paths)
             storm.swarms_cpu_s = round(swarms_cpu, 3)

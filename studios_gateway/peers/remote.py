@@ -31,7 +31,7 @@ _log = Logger(namespace="studios_gateway.peers")
 REBIND_WAIT = 5.0
 #: The same for a new ssh session: a draining node refuses those into the tunnel it keeps
 #: while its studio moves (peers.streams), and a studio rebinds up to 8 s after the drain
-#: began (the node's paced GoAways, tunnel.server.GOAWAY_RATE; an older studios-connect's
+#: began (the node's paced GoAways, tunnel.server.GOAWAY_LONGEST; an older studios-connect's
 #: own spread, studio.client.GOAWAY_SPREAD), so an ssh session waits that long and a bind
 #: more.
 SSH_REBIND_WAIT = 10.0

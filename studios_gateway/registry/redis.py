@@ -196,6 +196,8 @@ class RedisStore:
         self._node_subscribers = Subscribers()
         self._nodes_gone: list[str] = []  # in the nodes' index, their records gone
         self._started = False
+        #: Commands' waits for the first connection (_when_first_connected): a stop ends them.
+        self._first_waits: dict[Deferred[None], None] = {}
         self._lost_again = False  # told again once commands work (_subscribed)
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ValueError("a Redis TLS client certificate needs both the certificate "
@@ -230,6 +232,9 @@ class RedisStore:
 
     def stop(self) -> Deferred[Any]:
         self._started = False
+        waits, self._first_waits = self._first_waits, {}
+        for d in waits:  # (their commands fail now: "Redis store not started")
+            d.cancel()
         return defer.gatherResults([self._commands.stop(), self._events.stop()],
                                    consumeErrors=True).addCallback(lambda _: None)
 
@@ -351,13 +356,18 @@ class RedisStore:
     def _when_first_connected(self, what: str, command: Callable[[Any], Deferred[Any]]
                               ) -> Deferred[Any]:
         d = self._commands.when_ready()
+        self._first_waits[d] = None
         d.addTimeout(self.timeout, self.clock)
+
+        def over(result: Any) -> Any:
+            self._first_waits.pop(d, None)
+            return result
 
         def late(f: Failure) -> Failure:
             f.trap(defer.TimeoutError, defer.CancelledError)
             raise self._unavailable(what)
 
-        return d.addCallbacks(lambda _: self._call(what, command, first=False), late)
+        return d.addBoth(over).addCallbacks(lambda _: self._call(what, command, first=False), late)
 
     def _eval(self, what: str, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
         return self._call(what, lambda conn: conn.eval(script, keys, args))

@@ -215,7 +215,8 @@ class Link:
         #: Whether it has been ready once since it was made (a first connection is made).
         self.was_ready = False
         self.last_error = "not connected yet"
-        self._waiters: list[Deferred[None]] = []
+        #: when_ready's Deferreds (a dict as an ordered set: a cancelled one leaves it).
+        self._waiters: dict[Deferred[None], None] = {}
         self._failure_waiters: list[Deferred[str]] = []
         self._transport_error: str | None = None
         self._pinger: task.LoopingCall | None = None
@@ -245,11 +246,17 @@ class Link:
         return factory.disconnect()
 
     def when_ready(self) -> Deferred[None]:
+        """Fires when the link is (next) up. Cancelled (a command's wait for the first
+        connection timed out), it is forgotten: waits that timed out while Redis stayed
+        away were kept until it came, one per command made meanwhile."""
         if self.ready:
             return defer.succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
+        d: Deferred[None] = Deferred(self._forget)
+        self._waiters[d] = None
         return d
+
+    def _forget(self, d: Deferred[None]) -> None:
+        self._waiters.pop(d, None)
 
     # Called by the factory / protocol.
 
@@ -268,7 +275,7 @@ class Link:
                                address=self.owner.address)
             self._refusals.clear()
             self.ready = self.was_ready = True
-            waiters, self._waiters = self._waiters, []
+            waiters, self._waiters = self._waiters, {}
             for w in waiters:
                 w.callback(None)
 

@@ -93,6 +93,11 @@ MOVE_WAIT = 10.0
 #: GoAways go at once, and they spread their rebind themselves.
 GOAWAY_RATE = 1250.0
 GOAWAY_TICK = 0.1
+#: A larger node's batches are larger, so that its last GoAway goes within this, as the
+#: clients' own spread did: at GOAWAY_RATE alone 40,000 studios took 32 s, past the
+#: drain's grace (CONNECT_SHUTDOWN_GRACE, 30 s), and those not told by then lost their
+#: tunnel at its end and all retried within 0.5 s.
+GOAWAY_LONGEST = 8.0
 REBIND_WITHIN = 0.25
 
 # routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
@@ -245,6 +250,10 @@ class TunnelTable:
         #: A drain's next timed step: its next batch of GoAways, or the end of its
         #: MOVE_WAIT (cancelled by stop()).
         self._keep_call: Any = None
+        #: A drain's question to the registry (other_nodes), until answered; stop()
+        #: cancels it, and an answer after the stop does nothing.
+        self._others_asked: Deferred[int] | None = None
+        self._drain_began = 0.0
         self._tunnels: dict[str, Tunnel] = {}
         #: Tunnels whose session another node holds now: out of the table (requests go to
         #: the new holder), finishing their streams in flight until closed at the timer.
@@ -294,6 +303,9 @@ class TunnelTable:
             if call is not None and call.active():
                 call.cancel()
         self._reclaim_call = self._unheard_call = self._keep_call = None
+        asked, self._others_asked = self._others_asked, None
+        if asked is not None:
+            asked.cancel()
         self._reclaiming.clear()
         self._unheard.clear()
         for tunnel in [*self._tunnels.values(), *self._moved]:
@@ -315,6 +327,7 @@ class TunnelTable:
         the studios of a large node do not all bind to the others at once (each such
         client rebinds within REBIND_WITHIN of its GoAway); with none, at once."""
         self.draining = True
+        self._drain_began = self.clock.seconds()
         tunnels = list(self._tunnels.values())
         cluster = self.other_nodes is not None
         for tunnel in tunnels:
@@ -322,10 +335,15 @@ class TunnelTable:
                 tunnel.retire(keep=cluster)
         if cluster and tunnels:
             assert self.other_nodes is not None
-            d = defer.maybeDeferred(self.other_nodes)
+            d = self._others_asked = defer.maybeDeferred(self.other_nodes)
             d.addTimeout(OTHER_NODES_WAIT, self.clock)
-            d.addCallbacks(lambda n: self._drain_alone(n, tunnels),
-                           lambda f: self._drain_alone(0, tunnels, f))
+
+            def answered(others: int, failure: Failure | None = None) -> None:
+                if self._others_asked is d:  # (not stopped meanwhile)
+                    self._others_asked = None
+                    self._drain_alone(others, tunnels, failure)
+
+            d.addCallbacks(answered, lambda f: answered(0, f))
         return self.wait_empty()
 
     def _drain_alone(self, others: int, tunnels: list[Tunnel],
@@ -334,13 +352,15 @@ class TunnelTable:
         retired tunnels close once idle, as on a node of its own: no studio can move."""
         paced = [t for t in tunnels if t.paced]
         if others > 0:
+            batch = self._goaway_batch(len(paced), self.clock.seconds() - self._drain_began)
+            ticks = -(-len(paced) // batch)  # (the first batch at once)
             self._log.info("draining: {n} tunnel(s) kept until their studios have bound to "
                            "one of {others} other node(s), {wait:g}s at most{paced}",
                            n=len(self._tunnels), others=others, wait=MOVE_WAIT,
                            paced=f" after {len(paced)} GoAways paced over "
-                                 f"{len(paced) // self._goaway_batch() * GOAWAY_TICK:g}s"
-                           if len(paced) > self._goaway_batch() else "")
-            self._go_away_paced(paced, 0, tunnels)
+                                 f"{round((ticks - 1) * GOAWAY_TICK, 1):g}s"
+                           if ticks > 1 else "")
+            self._go_away_paced(paced, 0, tunnels, batch)
             return
         if failure is not None:
             self._log.info("draining: other nodes not known ({why}); tunnels close once idle",
@@ -352,21 +372,27 @@ class TunnelTable:
             tunnel.close_when_idle()
 
     @staticmethod
-    def _goaway_batch() -> int:
-        return max(1, int(GOAWAY_RATE * GOAWAY_TICK))
+    def _goaway_batch(paced: int, waited: float = 0.0) -> int:
+        """How many of `paced` GoAways go in a batch: GOAWAY_RATE's share of a tick, more
+        if the last would go later than GOAWAY_LONGEST after the drain began (`waited`
+        of it gone, asking the registry for other nodes: up to OTHER_NODES_WAIT), so
+        that a studio has bound elsewhere within peers.remote.SSH_REBIND_WAIT."""
+        ticks = max(1, int((GOAWAY_LONGEST - waited) / GOAWAY_TICK))
+        return max(1, int(GOAWAY_RATE * GOAWAY_TICK), -(-paced // ticks))
 
-    def _go_away_paced(self, paced: list[Tunnel], start: int, tunnels: list[Tunnel]) -> None:
-        """GoAway to the next batch of `paced` tunnels still held here (one that moved or
+    def _go_away_paced(self, paced: list[Tunnel], start: int, tunnels: list[Tunnel],
+                       batch: int) -> None:
+        """GoAway to the next `batch` of `paced` tunnels still held here (one that moved or
         closed meanwhile needs none), the next batch GOAWAY_TICK later; after the last,
         MOVE_WAIT for the studios to bind elsewhere."""
         self._keep_call = None
-        end = start + self._goaway_batch()
+        end = start + batch
         for tunnel in paced[start:end]:
             if self._tunnels.get(tunnel.session_id) is tunnel:
                 tunnel.retire(keep=True)
         if end < len(paced):
             self._keep_call = self.clock.callLater(GOAWAY_TICK, self._go_away_paced, paced,
-                                                   end, tunnels)
+                                                   end, tunnels, batch)
         else:
             self._keep_call = self.clock.callLater(MOVE_WAIT, self._stop_keeping, tunnels)
 
@@ -792,6 +818,10 @@ class TunnelServerProtocol(Protocol):
         deliver_to = getattr(self.transport, "deliver_to", None)
         if deliver_to is not None:
             deliver_to(self._mux)  # the tunnel's TLS reads go to the mux without this hop
+        if self.table.draining:
+            # A drain that began during this bind's check and claim did not tell this
+            # tunnel: told now (else the drain would wait out its grace for it).
+            tunnel.retire()
 
     def _bind_failed(self, f: Failure, req: BindRequest) -> None:
         if f.check(BindError):

@@ -535,3 +535,92 @@ def test_a_drain_with_no_other_node_tells_every_client_at_once(cluster: bool) ->
     table.drain()
     assert all(t.mux.local_go_away for _, t in paced)
     assert all(t.disconnecting for t, _ in paced)  # idle: closed
+
+
+def test_a_stop_while_the_drain_asks_for_other_nodes_leaves_no_paced_goaways() -> None:
+    """A stop (a second SIGTERM) before the registry said whether other nodes are live:
+    its answer after the stop started the paced GoAways and MOVE_WAIT on the closed
+    tunnels, timers left running after the stop."""
+    from twisted.internet import defer
+
+    clock, store, table, transport, old = bound()
+    paced = [second(table, store, f"p{i}", paced=True) for i in range(300)]
+    asked: defer.Deferred[int] = defer.Deferred()
+    table.other_nodes = lambda: asked
+    table.drain()
+    table.stop()
+    assert asked.called  # cancelled
+    assert clock.getDelayedCalls() == [] and table._keep_call is None
+    assert all(t.disconnecting for t, _ in paced)
+
+
+def test_a_tunnel_bound_as_the_drain_began_is_told_to_go_away() -> None:
+    """A bind verified and claimed while the drain began is not among the tunnels the
+    drain told: it was never told GoAway, and the drain waited out its grace for it."""
+    from twisted.internet import defer
+
+    clock, store, table, transport, old = bound()
+    held: defer.Deferred[None] = defer.Deferred()
+    claim = store.claim_tunnel
+    store.claim_tunnel = lambda *a: held.addCallback(lambda _: claim(*a))  # type: ignore
+    store.create(SessionRecord(id="s2", workspace_id=None, tool="generic", owner="alice",
+                               allowed_users=(), ssh_enabled=False,
+                               token_hash=hash_token(TOKEN), created_at=0.0))
+    protocol = TunnelServerFactory(table).buildProtocol(None)
+    late = StringTransport()
+    protocol.makeConnection(late)
+    protocol.dataReceived(BindRequest("s2", TOKEN, "0.12.0", "generic", 8080,
+                                      paced_go_away=True).encode())
+    drained = table.drain()
+    held.callback(None)  # the claim made after the drain began
+    tunnel = table.get("s2")
+    assert tunnel is not None and tunnel.mux.local_go_away
+    assert late.disconnecting  # idle: closed, as the others on a node alone
+    table.lost(tunnel)
+    table.lost(old)
+    assert drained.called
+
+
+def test_a_large_nodes_paced_goaways_all_go_within_goaway_longest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """At GOAWAY_RATE alone the GoAways of a node of 40,000 studios took 32 s, past the
+    drain's grace (30 s): its batches grow so that the last goes within GOAWAY_LONGEST,
+    as the clients' own spread did (here at 10 a second, 200 studios: 20 s before)."""
+    from twisted.internet import defer
+
+    from studios_gateway.tunnel import server
+
+    monkeypatch.setattr(server, "GOAWAY_RATE", 10.0)
+    clock, store, table, transport, old = bound()
+    paced = [second(table, store, f"p{i}", paced=True) for i in range(200)]
+    table.other_nodes = lambda: defer.succeed(1)
+    table.drain()
+    told = [sum(bool(t.mux.local_go_away) for _, t in paced)]
+    while told[-1] < len(paced) and clock.seconds() < 30:
+        clock.advance(server.GOAWAY_TICK)
+        told.append(sum(bool(t.mux.local_go_away) for _, t in paced))
+    assert told[-1] == len(paced) and clock.seconds() <= server.GOAWAY_LONGEST
+    assert told[0] == 3 and told[1] == 6  # evenly: ceil(200 / 80) a tick
+
+
+def test_the_paced_goaways_go_within_goaway_longest_of_the_drains_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry's answer (whether other nodes are live) may take up to 2 s: the pace
+    counts from the drain's start, so that the last studio has bound elsewhere within the
+    10 s a new ssh session waits for it (peers.remote.SSH_REBIND_WAIT); from the answer,
+    the last GoAway went 9.9 s after the SIGTERM."""
+    from twisted.internet import defer
+
+    from studios_gateway.tunnel import server
+
+    monkeypatch.setattr(server, "GOAWAY_RATE", 10.0)
+    clock, store, table, transport, old = bound()
+    paced = [second(table, store, f"p{i}", paced=True) for i in range(200)]
+    answer: defer.Deferred[int] = defer.Deferred()
+    table.other_nodes = lambda: answer
+    table.drain()
+    clock.advance(1.9)
+    answer.callback(1)
+    while not all(t.mux.local_go_away for _, t in paced) and clock.seconds() < 30:
+        clock.advance(server.GOAWAY_TICK)
+    assert clock.seconds() <= server.GOAWAY_LONGEST
