@@ -256,14 +256,20 @@ def rounds(studios: int, down: float, bin_s: float, work: Path, stops: list[str]
     raise_nofile(studios * 4 + 1024)
     procs = Processes(work)
     try:
-        env = gateway_env(work, "storm", {"CONNECT_REDIS_ADDRESS": start_redis(procs, work)})
+        # A move is within a cluster: the nodes know of each other (peer links), so the
+        # draining one paces its GoAways (tunnel.server.GOAWAY_RATE); alone it would tell
+        # its studios to spread their rebinds themselves over 0-8 s.
+        cluster = {"CONNECT_PEER_SECRET": "storm-peer-secret-0123456789"} if "move" in stops \
+            else {}
+        env = gateway_env(work, "storm", {"CONNECT_REDIS_ADDRESS": start_redis(procs, work),
+                                          **cluster})
         gw = launch_gateway(procs, work, env, "storm-gateway")
         strings = create_sessions(gw, studios)
         gateways = ""
         if "move" in stops:  # a second node on the same registry and storage (one pin)
             other_env = gateway_env(work, "storm-other", {
                 "CONNECT_REDIS_ADDRESS": env["CONNECT_REDIS_ADDRESS"],
-                "CONNECT_STORAGE_ROOT": env["CONNECT_STORAGE_ROOT"]})
+                "CONNECT_STORAGE_ROOT": env["CONNECT_STORAGE_ROOT"], **cluster})
             other = launch_gateway(procs, work, other_env, "storm-other")
             pin = parse_qs(urlsplit(strings[0]).query)["pin"][0]
             gateways = ",".join(f"tls://127.0.0.1:{port}?pin={pin}"

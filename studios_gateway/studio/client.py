@@ -36,6 +36,7 @@ from studios_gateway.wire.carrier import (
     proxy_setting_for,
 )
 from studios_gateway.wire.closing import close_within
+from studios_gateway.wire.frames import GO_AWAY_NORMAL
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke, facing, words
 from studios_gateway.wire.sockopts import (
@@ -262,7 +263,7 @@ class TunnelClientProtocol(Protocol):
     def _go_away(self, code: int) -> None:
         self._log.info("gateway {gw} is draining (GoAway {code}); reconnecting",
                        gw=str(self.gateway), code=code)
-        self.client.going_away(self)
+        self.client.going_away(self, code)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self.mux is not None:
@@ -668,7 +669,7 @@ class ConnectClient(Service):
     def protocol(self) -> TunnelClientProtocol | None:
         return self._protocol
 
-    def going_away(self, protocol: TunnelClientProtocol) -> None:
+    def going_away(self, protocol: TunnelClientProtocol, code: int = GO_AWAY_NORMAL) -> None:
         # Rebind (elsewhere if we know other gateways) after a random part of
         # GOAWAY_SPREAD so a draining node's studios do not all dial at once. The old
         # tunnel stays open until that bind (a draining node in a cluster keeps serving
@@ -683,7 +684,9 @@ class ConnectClient(Service):
                 protocol.mux.when_idle(protocol.mux.close)
         if protocol is self._protocol and self.running:
             self._protocol = None
-            within = protocol.reply.rebind_within if protocol.reply is not None else 0.0
+            # (GO_AWAY_ALONE: the gateway stops with no node to take the studio over)
+            within = (protocol.reply.rebind_within if protocol.reply is not None
+                      and code == GO_AWAY_NORMAL else 0.0)
             delay = (self.backoff.soon(within) if within
                      else self.backoff.spread(GOAWAY_SPREAD))
             self._set_state("backing-off", "rebinding in {delay:.1f}s", delay=delay)

@@ -49,7 +49,7 @@ from studios_gateway.wire.bind import (
     parse_request,
 )
 from studios_gateway.wire.closing import close_within
-from studios_gateway.wire.frames import GO_AWAY_NORMAL
+from studios_gateway.wire.frames import GO_AWAY_ALONE, GO_AWAY_NORMAL
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer, TunnelSilent, facing, lost_uncleanly, words
 from studios_gateway.wire.sockopts import (
@@ -195,11 +195,13 @@ class Tunnel:
         # as one TLS record.
         return self.mux.open_stream(kind)
 
-    def retire(self, keep: bool = False) -> None:
+    def retire(self, keep: bool = False, alone: bool = False) -> None:
         """No new streams from the studio (GoAway); close once the streams in flight have
         finished, or, with `keep`, keep serving until told (the node drains
-        in a cluster: the studio is served here until it has bound elsewhere)."""
-        self.mux.go_away(0)
+        in a cluster: the studio is served here until it has bound elsewhere). `alone`:
+        the node stops with no other to take the studio: a paced client is told to spread
+        its rebind itself (GO_AWAY_ALONE), as the others do anyway."""
+        self.mux.go_away(GO_AWAY_ALONE if alone and self.paced else GO_AWAY_NORMAL)
         if not keep:
             self.close_when_idle()
 
@@ -325,14 +327,17 @@ class TunnelTable:
         Tunnels whose clients rebind soon after a GoAway (:attr:`Tunnel.paced`) get theirs
         at GOAWAY_RATE once other live nodes are known (the registry's answer), so that
         the studios of a large node do not all bind to the others at once (each such
-        client rebinds within REBIND_WITHIN of its GoAway); with none, at once."""
+        client rebinds within REBIND_WITHIN of its GoAway); with none, at once, saying
+        GO_AWAY_ALONE: those clients spread their rebind themselves, as older ones do (a
+        restarted node's studios then come back evenly, not all within moments into its
+        listen queue)."""
         self.draining = True
         self._drain_began = self.clock.seconds()
         tunnels = list(self._tunnels.values())
         cluster = self.other_nodes is not None
         for tunnel in tunnels:
             if not (cluster and tunnel.paced):
-                tunnel.retire(keep=cluster)
+                tunnel.retire(keep=cluster, alone=not cluster)
         if cluster and tunnels:
             assert self.other_nodes is not None
             d = self._others_asked = defer.maybeDeferred(self.other_nodes)
@@ -367,7 +372,7 @@ class TunnelTable:
                            why=failure.getErrorMessage())
         for tunnel in paced:
             if self._tunnels.get(tunnel.session_id) is tunnel:
-                tunnel.retire(keep=True)
+                tunnel.retire(keep=True, alone=True)
         for tunnel in tunnels:
             tunnel.close_when_idle()
 

@@ -36,11 +36,19 @@ FIN = 0x4
 RST = 0x8
 ALL_FLAGS = SYN | ACK | FIN | RST
 
-# GoAway codes.
+# GoAway codes (yamux's three, and one of ours).
 GO_AWAY_NORMAL = 0
 GO_AWAY_PROTOCOL_ERROR = 1
 GO_AWAY_INTERNAL_ERROR = 2
-GO_AWAY_CODES = frozenset({GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, GO_AWAY_INTERNAL_ERROR})
+#: A normal GoAway from a gateway that stops with no other node to take its studios:
+#: rebind over your own spread (studio.client.GOAWAY_SPREAD), not at once. Sent only to a
+#: studios-connect that said at its bind that it rebinds soon after a GoAway
+#: (wire/bind.py, ``paced_go_away``), which knows this code.
+GO_AWAY_ALONE = 3
+GO_AWAY_CODES = frozenset({GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, GO_AWAY_INTERNAL_ERROR,
+                           GO_AWAY_ALONE})
+#: The codes that end the tunnel as it is (the others: no new streams, the rest finish).
+GO_AWAY_ERRORS = frozenset({GO_AWAY_PROTOCOL_ERROR, GO_AWAY_INTERNAL_ERROR})
 
 INITIAL_WINDOW = 256 * 1024  # every yamux stream starts with this receive window
 MAX_U32 = 0xFFFF_FFFF

@@ -56,6 +56,7 @@ from studios_gateway.wire.frames import (
     DATA,
     FIN,
     GO_AWAY,
+    GO_AWAY_ERRORS,
     GO_AWAY_INTERNAL_ERROR,
     GO_AWAY_NORMAL,
     GO_AWAY_PROTOCOL_ERROR,
@@ -567,7 +568,7 @@ class Multiplexer(Protocol):
 
     def _go_away_received(self, code: int) -> None:
         self.remote_go_away = code
-        if code == GO_AWAY_NORMAL:
+        if code not in GO_AWAY_ERRORS:
             # The owner that handles it says what it does (studios-connect: "gateway ... is
             # draining; reconnecting"): then this line would only repeat it.
             (self._log.info if self.on_go_away is None else self._log.debug)(
@@ -579,7 +580,7 @@ class Multiplexer(Protocol):
                 self.on_go_away(code)
             except Exception:
                 self._log.failure("on_go_away")
-        if code != GO_AWAY_NORMAL and not self.closed:
+        if code in GO_AWAY_ERRORS and not self.closed:
             what = "protocol error" if code == GO_AWAY_PROTOCOL_ERROR else "internal error"
             self._close_transport(Failure(error.ConnectionLost(f"peer reported a {what}")))
 

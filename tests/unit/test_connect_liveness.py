@@ -119,19 +119,26 @@ def test_stopping_closes_a_tunnel_whose_close_lingers_and_leaves_no_timer() -> N
     assert [c for c in clock.getDelayedCalls() if c.func.__name__ == "close"] == []
 
 
-def test_a_paced_goaway_rebinds_within_the_gateways_bound_then_as_after_a_lost_tunnel(
-        ) -> None:
-    """A gateway that paces its drain's GoAways says so at the bind (rebind_within): the
-    client rebinds after a random part of that, not of its own 0-8 s spread; should that
-    attempt fail (the node was alone and is down), the next one draws a phase of its own
-    over BACKOFF_MAX (full jitter), as the second retry after a lost tunnel does, so a
-    restarted node's studios do not all come back at the same moment."""
-    clock = Clock()
+def paced(clock: Clock) -> tuple[ConnectClient, TunnelClientProtocol, list[float]]:
+    """A client bound to a gateway that paces its GoAways (rebind_within 0.25 s), its
+    random draws 0.5, and the times it dials (nothing dialled for real)."""
     client = make_client(clock, draw=0.5)
     protocol = bound_protocol(client, BindReply(ok=True, tunnel_id="t", rebind_within=0.25))
     client._protocol = protocol
     dialled: list[float] = []
     client._connect = lambda: dialled.append(clock.seconds())  # type: ignore[method-assign]
+    return client, protocol, dialled
+
+
+def test_a_paced_goaway_rebinds_within_the_gateways_bound_then_as_after_a_lost_tunnel(
+        ) -> None:
+    """A gateway that paces its drain's GoAways says so at the bind (rebind_within): the
+    client rebinds after a random part of that, not of its own 0-8 s spread; should that
+    attempt fail (the node it dials cannot be reached), the next one draws a phase of its own
+    over BACKOFF_MAX (full jitter), as the second retry after a lost tunnel does, so a
+    restarted node's studios do not all come back at the same moment."""
+    clock = Clock()
+    client, protocol, dialled = paced(clock)
     client.going_away(protocol)
     clock.advance(0.125)
     assert dialled == [0.125]
@@ -139,3 +146,20 @@ def test_a_paced_goaway_rebinds_within_the_gateways_bound_then_as_after_a_lost_t
     # The client says at every bind that it rebinds so.
     sent = protocol.transport.value().split(b"\n", 1)[0]
     assert parse_request(sent).paced_go_away
+
+
+def test_a_goaway_from_a_node_alone_is_spread_by_the_client_itself() -> None:
+    """A gateway that stops with no other node to take its studios says so in its GoAway
+    (GO_AWAY_ALONE): the client spreads its rebind over GOAWAY_SPREAD, whatever
+    rebind_within its bind said, so a restarted node's studios come back evenly."""
+    from studios_gateway.wire.frames import GO_AWAY_ALONE, encode_go_away
+
+    clock = Clock()
+    client, protocol, dialled = paced(clock)
+    assert protocol.mux is not None
+    protocol.mux.dataReceived(encode_go_away(GO_AWAY_ALONE))  # through the multiplexer
+    assert not protocol.mux.closed  # a normal GoAway: its streams may finish
+    clock.advance(GOAWAY_SPREAD * 0.5 - 0.01)
+    assert dialled == []
+    clock.advance(0.01)
+    assert dialled == [GOAWAY_SPREAD * 0.5]

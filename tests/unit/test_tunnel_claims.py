@@ -524,9 +524,13 @@ def test_a_drain_paces_the_goaways_of_clients_that_rebind_soon() -> None:
 @pytest.mark.parametrize("cluster", [False, True])
 def test_a_drain_with_no_other_node_tells_every_client_at_once(cluster: bool) -> None:
     """On a node alone (no registry cluster, or no other node live) no studio can move
-    now: every GoAway goes at once (paced clients then try within REBIND_WITHIN, are
-    refused while the node is down, and go on as after a lost tunnel)."""
+    now: every GoAway goes at once, and a paced client's says GO_AWAY_ALONE, so that it
+    spreads its rebind itself as an older client does (with "rebind within 0.25 s" a
+    restarted node's 10,000 studios all dialled within moments, into the listen queue of
+    a socket-activated port); an older client's is the normal code, which it knows."""
     from twisted.internet import defer
+
+    from studios_gateway.wire.frames import GO_AWAY_ALONE, GO_AWAY_NORMAL, encode_go_away
 
     clock, store, table, transport, old = bound()
     paced = [second(table, store, f"p{i}", paced=True) for i in range(200)]
@@ -535,6 +539,22 @@ def test_a_drain_with_no_other_node_tells_every_client_at_once(cluster: bool) ->
     table.drain()
     assert all(t.mux.local_go_away for _, t in paced)
     assert all(t.disconnecting for t, _ in paced)  # idle: closed
+    assert all(encode_go_away(GO_AWAY_ALONE) in t.value() for t, _ in paced)
+    assert encode_go_away(GO_AWAY_NORMAL) in transport.value()
+    assert encode_go_away(GO_AWAY_ALONE) not in transport.value()
+
+
+def test_paced_goaways_in_a_cluster_say_the_normal_code() -> None:
+    from twisted.internet import defer
+
+    from studios_gateway.wire.frames import GO_AWAY_ALONE, GO_AWAY_NORMAL, encode_go_away
+
+    clock, store, table, transport, old = bound()
+    t, _ = second(table, store, "p1", paced=True)
+    table.other_nodes = lambda: defer.succeed(1)
+    table.drain()
+    assert encode_go_away(GO_AWAY_NORMAL) in t.value()
+    assert encode_go_away(GO_AWAY_ALONE) not in t.value()
 
 
 def test_a_stop_while_the_drain_asks_for_other_nodes_leaves_no_paced_goaways() -> None:

@@ -39,7 +39,7 @@ def valid_frames(draw: st.DrawFn) -> Frame:
                      draw(u32))
     if kind == PING:
         return Frame(PING, draw(st.sampled_from([SYN, ACK])), 0, draw(u32))
-    return Frame(GO_AWAY, 0, 0, draw(st.sampled_from([0, 1, 2])))
+    return Frame(GO_AWAY, 0, 0, draw(st.sampled_from(sorted(frames.GO_AWAY_CODES))))
 
 
 def split(blob: bytes, cuts: list[int]) -> list[bytes]:
