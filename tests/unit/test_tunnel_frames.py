@@ -78,7 +78,7 @@ def header_is_valid(version: int, ftype: int, flags: int, sid: int, length: int)
         return sid != 0 and flags & 3 != 3 and (ftype == 1 or length <= MAX_DATA)
     if ftype == 2:
         return sid == 0 and flags in (1, 2)
-    return sid == 0 and flags == 0 and length in (0, 1, 2)
+    return sid == 0 and flags == 0 and length in (0, 1, 2, 3)  # 3: ours (a node alone)
 
 
 headers = st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 0xFFFF), u32, u32)
