@@ -176,24 +176,21 @@ def _public_url_ok(url: str) -> bool:
 MAX_PING_SECONDS = 3600.0
 
 
+def _seconds(v: Any, longest: float) -> float:
+    """`v` if it is a number of seconds above 0 and at most `longest`, else 0 (not said)."""
+    ok = isinstance(v, int | float) and not isinstance(v, bool)
+    return float(v) if ok and 0 < v <= longest else 0.0
+
+
 def _keepalive(interval: Any, timeout: Any) -> tuple[float, float]:
     """The gateway's ping settings if both are sane numbers (0 < interval < timeout <=
     an hour), else (0, 0): the client keeps its own."""
-    def seconds(v: Any) -> float:
-        ok = isinstance(v, int | float) and not isinstance(v, bool)
-        return float(v) if ok and 0 < v <= MAX_PING_SECONDS else 0.0
-
-    i, t = seconds(interval), seconds(timeout)
+    i, t = _seconds(interval, MAX_PING_SECONDS), _seconds(timeout, MAX_PING_SECONDS)
     return (i, t) if i and t and i < t else (0.0, 0.0)
 
 
 #: The longest ``rebind_within`` a client takes (a larger or unreadable one: not said).
 MAX_REBIND_WITHIN = 60.0
-
-
-def _rebind_within(v: Any) -> float:
-    ok = isinstance(v, int | float) and not isinstance(v, bool)
-    return float(v) if ok and 0 < v <= MAX_REBIND_WITHIN else 0.0
 
 
 def parse_reply(line: bytes) -> BindReply:
@@ -208,8 +205,8 @@ def parse_reply(line: bytes) -> BindReply:
         interval, timeout = _keepalive(data.get("ping_interval"), data.get("ping_timeout"))
         return BindReply(ok=True, tunnel_id=str(data.get("tunnel_id", "")), ssh_host_key=ssh,
                          routing=routing, public_url=url, ping_interval=interval,
-                         ping_timeout=timeout, rebind_within=_rebind_within(
-                             data.get("rebind_within")))
+                         ping_timeout=timeout, rebind_within=_seconds(
+                             data.get("rebind_within"), MAX_REBIND_WITHIN))
     code = str(data.get("code", "internal"))
     return BindReply(ok=False, code=code, reason=str(data.get("reason", ""))[:500],
                      retry=bool(data.get("retry", RETRYABLE.get(code, False))))
