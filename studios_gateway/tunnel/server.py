@@ -334,27 +334,29 @@ class TunnelTable:
         self.draining = True
         self._drain_began = self.clock.seconds()
         tunnels = list(self._tunnels.values())
-        cluster = self.other_nodes is not None
+        other_nodes = self.other_nodes
+        cluster = other_nodes is not None
         for tunnel in tunnels:
             if not (cluster and tunnel.paced):
                 tunnel.retire(keep=cluster, alone=not cluster)
-        if cluster and tunnels:
-            assert self.other_nodes is not None
-            d = self._others_asked = defer.maybeDeferred(self.other_nodes)
+        if other_nodes is not None and tunnels:
+            d = self._others_asked = defer.maybeDeferred(other_nodes)
             d.addTimeout(OTHER_NODES_WAIT, self.clock)
 
             def answered(others: int, failure: Failure | None = None) -> None:
                 if self._others_asked is d:  # (not stopped meanwhile)
                     self._others_asked = None
-                    self._drain_alone(others, tunnels, failure)
+                    self._others_known(others, tunnels, failure)
 
             d.addCallbacks(answered, lambda f: answered(0, f))
         return self.wait_empty()
 
-    def _drain_alone(self, others: int, tunnels: list[Tunnel],
-                     failure: Failure | None = None) -> None:
-        """With no other live node (or none known: the registry did not say in time) the
-        retired tunnels close once idle, as on a node of its own: no studio can move."""
+    def _others_known(self, others: int, tunnels: list[Tunnel],
+                      failure: Failure | None = None) -> None:
+        """The registry said how many other nodes are live. With some, the paced tunnels'
+        GoAways go out in batches, then MOVE_WAIT. With none (or none known: the registry
+        did not say in time) the paced tunnels are told GO_AWAY_ALONE and every tunnel
+        closes once idle, as on a node of its own: no studio can move."""
         paced = [t for t in tunnels if t.paced]
         if others > 0:
             batch = self._goaway_batch(len(paced), self.clock.seconds() - self._drain_began)
@@ -371,7 +373,7 @@ class TunnelTable:
             self._log.info("draining: other nodes not known ({why}); tunnels close once idle",
                            why=failure.getErrorMessage())
         for tunnel in paced:
-            if self._tunnels.get(tunnel.session_id) is tunnel:
+            if self._holds(tunnel):
                 tunnel.retire(keep=True, alone=True)
         for tunnel in tunnels:
             tunnel.close_when_idle()
@@ -393,7 +395,7 @@ class TunnelTable:
         self._keep_call = None
         end = start + batch
         for tunnel in paced[start:end]:
-            if self._tunnels.get(tunnel.session_id) is tunnel:
+            if self._holds(tunnel):
                 tunnel.retire(keep=True)
         if end < len(paced):
             self._keep_call = self.clock.callLater(GOAWAY_TICK, self._go_away_paced, paced,
@@ -405,7 +407,7 @@ class TunnelTable:
         """MOVE_WAIT after a drain began: the tunnels whose studio has not bound elsewhere
         close once idle, as on a node alone."""
         self._keep_call = None
-        left = [t for t in tunnels if self._tunnels.get(t.session_id) is t]
+        left = [t for t in tunnels if self._holds(t)]
         if left:
             self._log.info("draining: {n} studio(s) not bound to another node within "
                            "{wait:g}s; their tunnels close once idle", n=len(left),
@@ -440,6 +442,11 @@ class TunnelTable:
 
     def get(self, session_id: str) -> Tunnel | None:
         return self._tunnels.get(session_id)
+
+    def _holds(self, tunnel: Tunnel) -> bool:
+        """Whether `tunnel` is still its session's tunnel here (not lost, moved or
+        replaced since)."""
+        return self._tunnels.get(tunnel.session_id) is tunnel
 
     def __len__(self) -> int:
         return len(self._tunnels)
@@ -516,7 +523,7 @@ class TunnelTable:
         timer = self._moved.pop(tunnel, None)
         if timer is not None and timer.active():
             timer.cancel()
-        if self._tunnels.get(tunnel.session_id) is tunnel:
+        if self._holds(tunnel):
             del self._tunnels[tunnel.session_id]
             self._release(tunnel)
         self._update_gauge()
@@ -556,7 +563,7 @@ class TunnelTable:
             self._log.failure("refreshing the claims of {n} sessions", n=len(tunnels))
             return
         for tunnel, answer in zip(tunnels, answers, strict=True):
-            if self._tunnels.get(tunnel.session_id) is not tunnel:
+            if not self._holds(tunnel):
                 # Lost (and released) while its refresh was on the way, which may have
                 # claimed it again: release that claim (only if still ours).
                 if answer is Refresh.OURS:
@@ -641,7 +648,7 @@ class TunnelTable:
     def _check_record(self, found: tuple[TunnelHolder | None, SessionRecord | None],
                       tunnel: Tunnel, lost: bool) -> None:
         holder, record = found
-        if self._tunnels.get(tunnel.session_id) is not tunnel:
+        if not self._holds(tunnel):
             return
         if record is None:
             # Ended (through another node: its delete removed the claim too), or lost
@@ -662,7 +669,7 @@ class TunnelTable:
         """Refresh (so claim again) the tunnels whose claim a look-up found gone, as the
         refresh loop does, batched; those left the table meanwhile are skipped."""
         self._reclaim_call = None
-        tunnels = [t for t in self._reclaiming if self._tunnels.get(t.session_id) is t]
+        tunnels = [t for t in self._reclaiming if self._holds(t)]
         self._reclaiming.clear()
         return self._refresh_batched(tunnels)
 
@@ -696,7 +703,7 @@ class TunnelTable:
         # client is refused with the old token from then on (bad_token).
         if (record is not None and tunnel.token_hash
                 and record.token_hash != tunnel.token_hash
-                and self._tunnels.get(tunnel.session_id) is tunnel):
+                and self._holds(tunnel)):
             self._log.info("session {sid}: its connect token was replaced; closing the "
                            "tunnel bound with the old one", sid=tunnel.session_id)
             tunnel.close()
@@ -709,7 +716,7 @@ class TunnelTable:
         carries the streams in flight (SSH sessions, downloads; from other nodes too,
         over the peer link): those finish within the drain's grace, as every other
         connection's, so no refresh-period bound is set."""
-        if self._tunnels.get(tunnel.session_id) is not tunnel:
+        if not self._holds(tunnel):
             return
         self._log.info("session {sid} moved ({why}): retiring this node's tunnel",
                        sid=tunnel.session_id, why=why)
