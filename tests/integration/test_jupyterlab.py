@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from studios_gateway.studio.presets.jupyterlab import ANNOUNCEMENTS
 from tests.support.chromium import chromium_path, png_colours
 from tests.support.tool_studio import ToolStudio, tool_studio
 from tests.support.websocket import WebSocket
@@ -67,6 +68,9 @@ def test_the_news_feed_and_the_update_check_are_off(lab: Lab) -> None:
     assert found, page[:500]
     config = json.loads(found.group(1))
     assert config["news"] == {"disabled": True}, config.get("news")
+    # ...and the page does not ask "Would you like to get notified about official Jupyter
+    # news?" (the plugin that asks is disabled by the preset's page_config.json)
+    assert ANNOUNCEMENTS in config["disabledExtensions"], config["disabledExtensions"]
     update = lab.browser.get(lab.url("lab/api/update"))
     assert update.status == 200 and update.json() == {"notification": None}, update.text[:300]
 

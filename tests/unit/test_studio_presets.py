@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import threading
@@ -24,6 +25,7 @@ from studios_gateway.studio.presets.base import (
     inspect_tool,
     port_in,
 )
+from studios_gateway.studio.presets.jupyterlab import ANNOUNCEMENTS
 from studios_gateway.studio.presets.launcher import PresetLauncher, describe, routed_prefix
 from studios_gateway.studio.presets.probe import PROBE_INTERVAL, Readiness
 from studios_gateway.studio.presets.xpra import free_display
@@ -445,6 +447,29 @@ def test_xpra_leaves_out_the_systems_start_commands_unless_the_person_configured
     (tmp_path / ".xpra").mkdir()  # their own configuration, which the variable would hide
     assert xpra.environment({"HOME": str(tmp_path)}, unused) == {}
     assert PRESETS["jupyterlab"].environment({"HOME": str(tmp_path)}, unused) == {}
+
+
+def test_jupyterlab_with_its_news_feed_off_does_not_ask_about_news(tmp_path: Path) -> None:
+    """With --LabApp.news_url=None a Yes to "Would you like to get notified about official
+    Jupyter news?" brings nothing: a page_config.json first on JUPYTER_CONFIG_PATH disables
+    the plugin that asks; a JUPYTER_CONFIG_PATH of the person's own follows it."""
+    lab = PRESETS["jupyterlab"]
+    private = tmp_path / "private"
+    private.mkdir()
+    argv = ["jupyter", "lab", "--LabApp.news_url=None"]
+    env = lab.environment({"JUPYTER_CONFIG_PATH": "/theirs"}, lambda: private, argv)
+    assert env == {"JUPYTER_CONFIG_PATH": f"{private}:/theirs"}
+    config = json.loads((private / "labconfig" / "page_config.json").read_text())
+    assert config == {"disabledExtensions": {ANNOUNCEMENTS: True}}
+    assert lab.environment({}, lambda: private, argv) == {"JUPYTER_CONFIG_PATH": str(private)}
+
+    def unused() -> Path:
+        raise AssertionError("no file is needed")
+
+    # the person's own news feed: their page asks, as JupyterLab does
+    assert lab.environment({}, unused, ["jupyter", "lab", "--LabApp.news_url=https://x/"]) == {}
+    built = lab.build([], Place(8888, "/"), knows_all(lab)).argv
+    assert "--LabApp.news_url=None" in built  # the preset's own flag is what the check sees
 
 
 def test_the_files_a_preset_gives_its_tool_are_removed_when_the_tool_ends(

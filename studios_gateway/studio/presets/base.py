@@ -145,11 +145,12 @@ class Preset:
         """Words after the head the tool needs besides flags; returns (rest, notes)."""
         return rest, []
 
-    def environment(self, environ: Mapping[str, str], private: Callable[[], Path]
-                    ) -> dict[str, str]:
-        """Variables to add to the tool's environment when the preset starts the tool.
-        Files they name go in ``private()``: a directory of the launcher's own, removed
-        when the tool has ended. None by default."""
+    def environment(self, environ: Mapping[str, str], private: Callable[[], Path],
+                    argv: Sequence[str] = ()) -> dict[str, str]:
+        """Variables to add to the tool's environment when the preset starts the tool
+        (``argv``: its command line as built). Files they name go in ``private()``: a
+        directory of the launcher's own, removed when the tool has ended. None by
+        default."""
         return {}
 
     def stop_argv(self, head: Sequence[str], rest: Sequence[str]) -> list[str] | None:

@@ -6,16 +6,25 @@ check compares Origin with Host, which the gateway passes unchanged, so that
 one stays on), token and password off (the gateway authenticates), XSRF kept on
 (the browser's ``_xsrf`` cookie and header pass through), the studio's home as
 root_dir, no browser, ``--allow-root`` when running as root, and (where the version
-has them) no news feed and no update check. Readiness:
+has them) no news feed and no update check; and, with the news feed off, no question
+about it in the page (its announcements plugin disabled through a page_config.json of
+the launcher's own on ``JUPYTER_CONFIG_PATH``). Readiness:
 ``<prefix>api/status`` answers 200.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from studios_gateway.studio.presets.base import Flag, Place, Preset
+
+#: JupyterLab's front-end part that asks each new user "Would you like to get notified
+#: about official Jupyter news?" and shows the news and update notifications. With
+#: ``--LabApp.news_url=None`` a Yes brings nothing, so the question goes too.
+ANNOUNCEMENTS = "@jupyterlab/apputils-extension:announcements"
 
 
 class JupyterLab(Preset):
@@ -73,3 +82,21 @@ class JupyterLab(Preset):
 
     def probe_path(self, place: Place) -> str:
         return place.prefix + "api/status"
+
+    def environment(self, environ: Mapping[str, str], private: Callable[[], Path],
+                    argv: Sequence[str] = ()) -> dict[str, str]:
+        """JUPYTER_CONFIG_PATH led by a directory whose labconfig/page_config.json disables
+        the announcements plugin, when the news feed is off (``--LabApp.news_url=None``
+        in the command: the preset's flag, or the person's own). The page config merges
+        every directory on Jupyter's config path, and the person's own
+        (``JUPYTER_CONFIG_DIR``) still comes first, so an explicit ``false`` there wins."""
+        if "--LabApp.news_url=None" not in argv:
+            return {}
+        labconfig = private() / "labconfig"
+        labconfig.mkdir(exist_ok=True)
+        (labconfig / "page_config.json").write_text(
+            json.dumps({"disabledExtensions": {ANNOUNCEMENTS: True}}))
+        path = [str(labconfig.parent)]
+        if environ.get("JUPYTER_CONFIG_PATH"):
+            path.append(environ["JUPYTER_CONFIG_PATH"])
+        return {"JUPYTER_CONFIG_PATH": os.pathsep.join(path)}

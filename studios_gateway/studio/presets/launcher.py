@@ -110,7 +110,7 @@ class PresetLauncher:
         argv = resolve_argv(launch.argv, self.environ.get("PATH", os.defpath))
         env = child_environment(self.environ, launch.port, prefix)
         if not launch.foreign:
-            env.update(self.preset.environment(self.environ, self._private_dir))
+            env.update(self.preset.environment(self.environ, self._private_dir, launch.argv))
         self.child = ToolChild(self.reactor, argv, env, path=launch.cwd, own_group=True)
         self.child.start()
         self._readiness = Readiness(self.reactor, launch.port, self.preset.probe_path(place),

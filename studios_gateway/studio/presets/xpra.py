@@ -95,8 +95,8 @@ class Xpra(Preset):
             Flag(("--webcam",), "no", "not forward webcams"),
         ]
 
-    def environment(self, environ: Mapping[str, str], private: Callable[[], Path]
-                    ) -> dict[str, str]:
+    def environment(self, environ: Mapping[str, str], private: Callable[[], Path],
+                    argv: Sequence[str] = ()) -> dict[str, str]:
         """XPRA_USER_CONF_DIRS naming a directory whose xpra.conf empties `start`, unless
         the person set the variable, or has an Xpra configuration of their own in their
         home (the variable replaces those directories)."""
