@@ -10,7 +10,7 @@ with ``perf record`` for ``--seconds`` (Debian's linux-perf; root, or
 perf_event_paranoid low enough). A tracepoint costs ~1 us where strace's ptrace stop
 costs ~50-100, so the gaps are near what runs untraced.
 
-For each process it prints the median and mean of every step of the request cycle:
+For each process it prints the median, mean and p99 of every step of the request cycle:
 time in a syscall (``in send browser``), and time in user space between two syscalls
 (``recv browser -> send tunnel``: the Python of the request's way in), each without
 the time the process was preempted (shown as its own step, see :func:`steps`). A file descriptor is
@@ -117,6 +117,12 @@ def steps(script: str, pid: int, names: dict[str, str]) -> dict[str, list[float]
     return got
 
 
+def tail99(values: list[float]) -> float:
+    """The 99th percentile (nearest rank): a step's tail, beside its median."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, -(-99 * len(ordered) // 100) - 1))]
+
+
 def record(pids: list[int], seconds: float, out: Path) -> str:
     """`perf script` text of every CPU's syscalls of `pids` and context switches."""
     flt = " || ".join(f"common_pid == {p}" for p in pids)
@@ -188,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         for who, pid, names in (("gateway", gw.pid, gw_names),
                                 ("studios-connect", client.pid, c_names)):
             got = steps(text, pid, names)
-            print(f"\n{who}: us per step, median and mean (n = times seen; preemptions "
-                  "shown where they average 1 us or more)")
+            print(f"\n{who}: us per step, median, mean and p99 (n = times seen; "
+                  "preemptions shown where they average 1 us or more)")
             rows = [(k, v) for k, v in got.items()
                     if not k.startswith("preempted") or statistics.mean(v) >= 1.0]
             for label, v in sorted(rows, key=lambda kv: -len(kv[1]))[:args.top]:
                 print(f"  {label:48} {statistics.median(v):7.1f} {statistics.mean(v):7.1f}"
-                      f"  n={len(v)}")
+                      f" {tail99(v):7.1f}  n={len(v)}")
     return 0
 
 

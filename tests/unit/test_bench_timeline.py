@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.timeline import steps
+from bench.timeline import steps, tail99
 
 PID = 4242
 
@@ -77,3 +77,10 @@ def test_sleeping_is_the_wait_not_a_preemption_and_other_pids_are_ignored() -> N
     assert got["epoll_wait -> recv browser"] == [pytest.approx(6.0)]
     assert got["preempted after epoll_wait"] == [pytest.approx(0.0)]
     assert not [k for k in got if "fd" in k]
+
+
+def test_the_tail_is_the_99th_percentile_by_nearest_rank() -> None:
+    assert tail99([5.0]) == 5.0
+    assert tail99([float(x) for x in range(1, 101)]) == 99.0  # 1..100: the 99th value
+    assert tail99([float(x) for x in range(200, 0, -1)]) == 198.0  # unsorted input
+    assert tail99([1.0, 2.0, 3.0]) == 3.0
