@@ -17,6 +17,8 @@ the time the process was preempted (shown as its own step, see :func:`steps`). A
 named by what it is connected to (browser, tunnel, tool). The steps between a recv and
 the next send are on the request's critical path; the ones after a send happen while
 the next process works (docs/decisions/compiled-lane.md uses them).
+In the WebSocket scenario it also follows each message through both processes
+(:func:`journeys`) and shows where the slowest 1 % of them lost their time.
 
 ``--scenario websocket`` does the same for bench/run's WebSocket echo instead of wrk: the
 demo tool's ``/ws``, a 32-byte message every 5 ms, so every process wakes from idle for
@@ -117,6 +119,81 @@ def steps(script: str, pid: int, names: dict[str, str]) -> dict[str, list[float]
     return got
 
 
+#: One echo message's way, in the order it happens: (process, what) marks whose times
+#: `journeys` finds, and the segments between them that `tail_table` prints.
+MARKS = (("gateway", "wake browser"), ("gateway", "send tunnel"),
+         ("studios-connect", "wake tunnel"), ("studios-connect", "send tool"),
+         ("studios-connect", "wake tool"), ("studios-connect", "send tunnel"),
+         ("gateway", "wake tunnel"), ("gateway", "send browser"))
+SEGMENTS = ("gateway: the message's Python in", "tunnel: gateway's send -> connect awake",
+            "studios-connect: its Python in", "tool: send -> echo back -> connect awake",
+            "studios-connect: its Python out", "tunnel: connect's send -> gateway awake",
+            "gateway: its Python out")
+
+
+def marks(script: str, pid: int, names: dict[str, str]) -> list[tuple[str, float]]:
+    """`pid`'s marks in time order: ``wake X`` (the epoll_wait exit before a recv on X)
+    and ``send X`` (a send's enter), in us."""
+    got: list[tuple[str, float]] = []
+    woke: float | None = None
+    for line in script.splitlines():
+        m = _LINE.search(line)
+        if m is None or int(m.group(1)) != pid:
+            continue
+        t, kind, what = float(m.group(2)) * 1e6, m.group(3), SYSCALLS.get(int(m.group(4)), "")
+        if kind == "exit" and "epoll" in what:
+            woke = t
+        elif kind == "enter" and m.group(5) and what in ("recv", "recvfrom", "read"):
+            if woke is not None:
+                got.append((f"wake {names.get(m.group(5), '?')}", woke))
+            woke = None
+        elif kind == "enter" and m.group(5) and what in ("send", "sendto", "write", "sendmsg"):
+            got.append((f"send {names.get(m.group(5), '?')}", t))
+    return got
+
+
+def journeys(by_process: dict[str, list[tuple[str, float]]]) -> list[list[float]]:
+    """Each echo message's times at MARKS: the next mark of MARKS' order, in its process,
+    after the last; a message missing one is left out."""
+    found: list[list[float]] = []
+    at = {who: 0 for who in by_process}
+    starts = [t for what, t in by_process["gateway"] if what == "wake browser"]
+    for start in starts:
+        times: list[float] = []
+        last = start - 1e-3
+        for who, what in MARKS:
+            seq = by_process[who]
+            i = at[who]
+            while i < len(seq) and (seq[i][1] < last or seq[i][0] != what):
+                i += 1
+            if i == len(seq):
+                return found
+            at[who] = i + 1
+            times.append(seq[i][1])
+            last = seq[i][1]
+        if times[0] == start:
+            found.append(times)
+    return found
+
+
+def tail_table(found: list[list[float]]) -> list[str]:
+    """Rows: each segment's median over all messages and its mean over the slowest 1 %
+    (by the gateway's recv of the message to its send of the echo), and the share of
+    those messages' excess over the median message that the segment holds."""
+    spans = [[b - a for a, b in zip(t, t[1:], strict=False)] for t in found]
+    totals = [t[-1] - t[0] for t in found]
+    order = sorted(range(len(found)), key=totals.__getitem__)
+    slow = order[-max(1, len(found) // 100):]
+    med = [statistics.median(s[k] for s in spans) for k in range(len(SEGMENTS))]
+    slow_mean = [statistics.mean(spans[i][k] for i in slow) for k in range(len(SEGMENTS))]
+    excess = sum(slow_mean) - sum(med)
+    rows = [f"  {name:44} {m:8.1f} {s:8.1f} {100 * (s - m) / excess if excess else 0:6.0f} %"
+            for name, m, s in zip(SEGMENTS, med, slow_mean, strict=True)]
+    rows.append(f"  {'the whole way (gateway in to gateway out)':44} "
+                f"{statistics.median(totals):8.1f} {statistics.mean(totals[i] for i in slow):8.1f}")
+    return rows
+
+
 def tail99(values: list[float]) -> float:
     """The 99th percentile (nearest rank): a step's tail, beside its median."""
     ordered = sorted(values)
@@ -191,6 +268,13 @@ def main(argv: list[str] | None = None) -> int:
             p50, p99 = result[0]
             print(f"WebSocket echo, a message every {1000 / ECHO_RATE:g} ms: p50 {p50:.3f} ms, "
                   f"p99 {p99:.3f} ms")
+        if args.scenario == "websocket":
+            found = journeys({"gateway": marks(text, gw.pid, gw_names),
+                              "studios-connect": marks(text, client.pid, c_names)})
+            print(f"\nwhere the slowest 1 % of {len(found)} messages spent their time: us, "
+                  "median over all, mean over the slowest, share of their excess")
+            for row in tail_table(found) if found else ["  (no whole message recorded)"]:
+                print(row)
         for who, pid, names in (("gateway", gw.pid, gw_names),
                                 ("studios-connect", client.pid, c_names)):
             got = steps(text, pid, names)

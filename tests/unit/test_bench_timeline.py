@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.timeline import steps, tail99
+from bench.timeline import journeys, marks, steps, tail99, tail_table
 
 PID = 4242
 
@@ -84,3 +84,35 @@ def test_the_tail_is_the_99th_percentile_by_nearest_rank() -> None:
     assert tail99([float(x) for x in range(1, 101)]) == 99.0  # 1..100: the 99th value
     assert tail99([float(x) for x in range(200, 0, -1)]) == 198.0  # unsorted input
     assert tail99([1.0, 2.0, 3.0]) == 3.0
+
+
+def test_a_message_is_followed_through_both_processes_and_its_tail_placed() -> None:
+    """Gateway (PID) and studios-connect (pid 7): wake on the browser, send to the tunnel,
+    the connect wakes on it and sends to the tool, wakes on the tool's echo and sends it
+    back, the gateway wakes on the tunnel and answers the browser."""
+    gw, conn = {"b": "browser", "t": "tunnel"}, {"u": "tunnel", "o": "tool"}
+
+    def message(t0: float, tool_us: float) -> list[str]:
+        t = t0
+        lines = [_sys(t, "exit", 232), _sys(t + 2e-6, "enter", 45, "b"),
+                 _sys(t + 30e-6, "enter", 44, "t")]                       # gateway in: 30
+        t += 50e-6
+        lines += [_sys(t, "exit", 232, pid=7), _sys(t + 1e-6, "enter", 45, "u", pid=7),
+                  _sys(t + 20e-6, "enter", 44, "o", pid=7)]               # connect in: 20
+        t += 20e-6 + tool_us * 1e-6
+        lines += [_sys(t, "exit", 232, pid=7), _sys(t + 1e-6, "enter", 45, "o", pid=7),
+                  _sys(t + 15e-6, "enter", 44, "u", pid=7)]               # connect out: 15
+        t += 15e-6 + 25e-6
+        lines += [_sys(t, "exit", 232), _sys(t + 1e-6, "enter", 45, "t"),
+                  _sys(t + 10e-6, "enter", 44, "b")]                      # gateway out: 10
+        return lines
+
+    text = "\n".join([line for k in range(100) for line in
+                      message(1.0 + k * 0.005, 5000.0 if k == 42 else 100.0)])
+    found = journeys({"gateway": marks(text, PID, gw), "studios-connect": marks(text, 7, conn)})
+    assert len(found) == 100
+    spans = [round(b - a) for a, b in zip(found[0], found[0][1:], strict=False)]
+    assert spans == [30, 20, 20, 100, 15, 25, 10]
+    rows = tail_table(found)
+    tool = next(r for r in rows if r.strip().startswith("tool:"))
+    assert tool.split()[-4:] == ["100.0", "5000.0", "100", "%"]  # the slow one's tool
