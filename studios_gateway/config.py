@@ -351,7 +351,9 @@ VARIABLES: tuple[Var, ...] = (
        "(SO_REUSEPORT; one process per core, with Redis and CONNECT_PEER_SECRET).",
        seed=False, section="peers"),
     _v("CONNECT_SHUTDOWN_GRACE", "shutdown_grace", "30s", values.duration,
-       "How long a graceful shutdown waits for in-flight work.", seed=False,
+       "How long a graceful shutdown waits for in-flight work. In a cluster the drain "
+       "keeps the tunnel of a studio that has not moved to another node for a third of "
+       "it, 10 s at most.", seed=False,
        section="general"),
     # Operations: access log, quotas (ours; see docs/operators.md)
     _v("CONNECT_ACCESS_LOG", "access_log", "text", values.access_log,
@@ -398,7 +400,7 @@ CLIENT_VARIABLES = frozenset({
     "CONNECT_GATEWAY_URL", "CONNECT_SESSION_ID", "CONNECT_SESSION_TOKEN", "CONNECT_TOOL_PORT",
     "CONNECT_TOOL_PATH_PREFIX", "CONNECT_CLIENT_LOG_LEVEL", "CONNECT_STRING", "CONNECT_TOOL",
     "CONNECT_CLIENT_VERSION", "CONNECT_TOOL_WORKDIR", "CONNECT_TOOL_PRESET",
-    "CONNECT_UNKNOWN_SESSION_WAIT",
+    "CONNECT_UNKNOWN_SESSION_WAIT", "CONNECT_TOOL_RESTART_WAIT",
 })
 
 

@@ -541,7 +541,12 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
     """The tunnel listener and table; the pin of a self-made certificate (None with the
     operator's certificate), and the Part (listener, lifecycle, certificate reload)."""
     from studios_gateway.reload import ReloadableServerTLS
-    from studios_gateway.tunnel.server import TunnelMetrics, TunnelServerFactory, TunnelSettings
+    from studios_gateway.tunnel.server import (
+        TunnelMetrics,
+        TunnelServerFactory,
+        TunnelSettings,
+        move_wait_within,
+    )
     from studios_gateway.wire import tls
 
     pin: str | None = None
@@ -561,7 +566,8 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
     settings = TunnelSettings(window_size=config.tunnel_window_size,
                               ping_interval=config.tunnel_ping_interval,
                               ping_timeout=config.tunnel_ping_timeout,
-                              holder_ttl=config.tunnel_claim_ttl)
+                              holder_ttl=config.tunnel_claim_ttl,
+                              move_wait=move_wait_within(config.shutdown_grace))
     table = TunnelTable(store, node_id=config.effective_node_id, node_address=node_address,
                         clock=reactor, settings=settings,
                         metrics=TunnelMetrics(metrics.registry), ssh_host_key=ssh_host_key,

@@ -85,7 +85,6 @@ CONNECT_TIMEOUT = 10  # seconds for the TCP connection to a gateway (or its HTTP
 # host_silence_limit): keepalive probes after 20 s with nothing received, every 5 s, 3
 # of them. Once bound, the multiplexer's pings do that at the gateway's timeout.
 SILENT_HOST = (20, 5, 3)
-TOOL_CONNECT_RETRY = 10.0  # how long a stream waits for a tool that is (re)starting
 TOOL_START_WAIT = 120.0  # how long a stream waits for a preset's tool to become ready
 #: A tool that has not opened its port for this long is said to be late, once.
 TOOL_SLOW_NOTICE = 30.0
@@ -449,10 +448,11 @@ class ConnectClient(Service):
     def _connect_tool(self, make: Callable[[], Protocol]) -> Deferred[Any]:
         now = self.clock.seconds()
         down_since = self._tool_down_since
-        if down_since is not None and now - down_since >= TOOL_CONNECT_RETRY:
+        window = self.settings.tool_restart_wait  # CONNECT_TOOL_RESTART_WAIT
+        if down_since is not None and now - down_since >= window:
             deadline = now
         else:
-            deadline = now + TOOL_CONNECT_RETRY
+            deadline = now + window
 
         def attempt() -> Deferred[Any]:
             d = self.tool_endpoint().connect(quiet_factory(make))

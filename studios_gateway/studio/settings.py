@@ -12,13 +12,15 @@ $HOME) and CONNECT_TOOL_PRESET=off runs a command exactly as given.
 CONNECT_UNKNOWN_SESSION_WAIT (a duration, default 5m; 0 = give up at once) is how
 long the client keeps trying while the gateway says it does not know the session
 (a gateway restarting from its saved sessions, a registry being restored) before
-it gives up.
+it gives up. CONNECT_TOOL_RESTART_WAIT (a duration, default 10s; 0 = not at all) is
+how long a request waits for a tool that refuses connections (restarting) before
+the browser gets the "not answering" page.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -34,6 +36,9 @@ from studios_gateway.wire.ids import SESSION_ID
 CLIENT_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
 #: How long a client keeps trying while the gateway answers unknown_session (seconds).
 UNKNOWN_SESSION_WAIT = 300.0
+#: How long a stream waits for a tool that refuses connections, as one that restarts does
+#: for a moment (seconds). A tool refusing for longer than this is down: then one attempt.
+TOOL_RESTART_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class ClientSettings:
     preset: bool = True  # a tool's preset may add to a command (CONNECT_TOOL_PRESET)
     tool_version: str = ""  # found by the preset; sent in the bind
     unknown_session_wait: float = UNKNOWN_SESSION_WAIT  # CONNECT_UNKNOWN_SESSION_WAIT
+    tool_restart_wait: float = TOOL_RESTART_WAIT  # CONNECT_TOOL_RESTART_WAIT
     #: HTTPS_PROXY and NO_PROXY as the environment gave them (the tunnel goes through the
     #: proxy with CONNECT); out of the repr, as the token is: a proxy's password in it
     proxy_environ: tuple[tuple[str, str], ...] = field(default=(), repr=False)
@@ -186,6 +192,15 @@ def _check_proxy(environ: Mapping[str, str]) -> None:
                           "to the proxy; SOCKS is not supported)")
 
 
+def _duration(get: Callable[[str], str | None], name: str, default: float) -> float:
+    """The duration variable `name` in seconds (`default` when unset), or ConfigError."""
+    text = (get(name) or "").strip()
+    try:
+        return parse_duration(text) if text else default
+    except ValueError:
+        raise ConfigError(name, text, EXPECTED) from None
+
+
 def load_client_settings(environ: Mapping[str, str],
                          options: Mapping[str, str | None] | None = None) -> ClientSettings:
     """Build the settings or raise ConfigError naming the variable at fault."""
@@ -252,14 +267,11 @@ def load_client_settings(environ: Mapping[str, str],
     version = (get("CONNECT_CLIENT_VERSION") or str(CONNECT_PROTOCOL_VERSION)).strip()
     if not re.fullmatch(r"[0-9]{1,4}\.[0-9]{1,4}(\.[0-9]{1,4})?", version):
         raise ConfigError("CONNECT_CLIENT_VERSION", version, "a version such as 0.12 or 0.12.1")
-    wait_text = (get("CONNECT_UNKNOWN_SESSION_WAIT") or "").strip()
-    try:
-        wait = parse_duration(wait_text) if wait_text else UNKNOWN_SESSION_WAIT
-    except ValueError:
-        raise ConfigError("CONNECT_UNKNOWN_SESSION_WAIT", wait_text, EXPECTED) from None
+    wait = _duration(get, "CONNECT_UNKNOWN_SESSION_WAIT", UNKNOWN_SESSION_WAIT)
+    restart_wait = _duration(get, "CONNECT_TOOL_RESTART_WAIT", TOOL_RESTART_WAIT)
     _check_proxy(environ)
     return ClientSettings(gateways=tuple(gateways), session_id=session_id, token=token,
-                          unknown_session_wait=wait,
+                          unknown_session_wait=wait, tool_restart_wait=restart_wait,
                           proxy_environ=tuple((k, v) for k, v in environ.items() if k in (
                               *PROXY_VARIABLES, "NO_PROXY", "no_proxy")),
                           tool_port=int(port_text), tool=tool, tool_path_prefix=prefix,

@@ -83,6 +83,7 @@ OTHER_NODES_WAIT = 2.0
 #: studio not bound elsewhere by then likely cannot be (every node stops, another node's
 #: record outlived its process), and the drain must not wait out its grace for it, nor
 #: make a restart much slower (at 20 s, a test that waits 15 s for a stop killed it).
+#: A shorter shutdown grace shortens it (move_wait_within).
 MOVE_WAIT = 10.0
 #: A drain with other live nodes sends the GoAways of the tunnels whose clients said they
 #: rebind soon after one (``paced_go_away`` at the bind) at this rate, GOAWAY_TICK apart
@@ -108,6 +109,15 @@ Routing = Callable[[str], tuple[str, str]]
 STUDIO_MUX = facing("the studio")
 
 
+def move_wait_within(grace: float) -> float:
+    """How long a drain keeps the tunnel of a studio that has not moved, under a shutdown
+    grace (CONNECT_SHUTDOWN_GRACE) of `grace` seconds: MOVE_WAIT (the default 30 s
+    grace's third), or a third of a shorter grace. A keep as long as the grace (10 s)
+    ended with it: the drain cut ("drain did not finish"), no time left after the keep
+    for the streams still in flight."""
+    return min(MOVE_WAIT, grace / 3)
+
+
 @dataclass(frozen=True)
 class TunnelSettings:
     window_size: int = 6 * 1024 * 1024
@@ -116,6 +126,7 @@ class TunnelSettings:
     holder_ttl: float = 30.0
     bind_timeout: float = 10.0
     max_streams: int = 1024
+    move_wait: float = MOVE_WAIT  # move_wait_within(the shutdown grace)
 
 
 class TunnelMetrics:
@@ -246,11 +257,12 @@ class TunnelTable:
         #: other_nodes() -> Deferred[int]: how many other live nodes could take this
         #: node's studios (set with peers; None: none can). While there are some, a drain
         #: keeps each retired tunnel open until its studio has bound elsewhere (or the
-        #: studio closes it, or MOVE_WAIT passes), so that the studio is served meanwhile.
+        #: studio closes it, or settings.move_wait passes), so that the studio is served
+        #: meanwhile.
         self.other_nodes: Callable[[], Deferred[int]] | None = None
         self.draining = False
         #: A drain's next timed step: its next batch of GoAways, or the end of its
-        #: MOVE_WAIT (cancelled by stop()).
+        #: move wait (cancelled by stop()).
         self._keep_call: Any = None
         #: A drain's question to the registry (other_nodes), until answered; stop()
         #: cancels it, and an answer after the stop does nothing.
@@ -320,9 +332,9 @@ class TunnelTable:
         A tunnel's streams finish on it. An idle tunnel closes at once, unless other
         nodes are live (:attr:`other_nodes`): then it stays until its studio has bound
         elsewhere (this node hears the registry's change: :meth:`_held_elsewhere`), the
-        studio closes it or MOVE_WAIT passes, and requests through other nodes reach the
-        studio through it meanwhile, instead of "not connected" for the 0-8 s the studio
-        takes to rebind.
+        studio closes it or the move wait (``settings.move_wait``, MOVE_WAIT by default)
+        passes, and requests through other nodes reach the studio through it meanwhile,
+        instead of "not connected" for the 0-8 s the studio takes to rebind.
 
         Tunnels whose clients rebind soon after a GoAway (:attr:`Tunnel.paced`) get theirs
         at GOAWAY_RATE once other live nodes are known (the registry's answer), so that
@@ -354,16 +366,16 @@ class TunnelTable:
     def _others_known(self, others: int, tunnels: list[Tunnel],
                       failure: Failure | None = None) -> None:
         """The registry said how many other nodes are live. With some, the paced tunnels'
-        GoAways go out in batches, then MOVE_WAIT. With none (or none known: the registry
-        did not say in time) the paced tunnels are told GO_AWAY_ALONE and every tunnel
-        closes once idle, as on a node of its own: no studio can move."""
+        GoAways go out in batches, then the move wait. With none (or none known: the
+        registry did not say in time) the paced tunnels are told GO_AWAY_ALONE and every
+        tunnel closes once idle, as on a node of its own: no studio can move."""
         paced = [t for t in tunnels if t.paced]
         if others > 0:
             batch = self._goaway_batch(len(paced), self.clock.seconds() - self._drain_began)
             ticks = -(-len(paced) // batch)  # (the first batch at once)
             self._log.info("draining: {n} tunnel(s) kept until their studios have bound to "
                            "one of {others} other node(s), {wait:g}s at most{paced}",
-                           n=len(self._tunnels), others=others, wait=MOVE_WAIT,
+                           n=len(self._tunnels), others=others, wait=self.settings.move_wait,
                            paced=f" after {len(paced)} GoAways paced over "
                                  f"{round((ticks - 1) * GOAWAY_TICK, 1):g}s"
                            if ticks > 1 else "")
@@ -391,7 +403,7 @@ class TunnelTable:
                        batch: int) -> None:
         """GoAway to the next `batch` of `paced` tunnels still held here (one that moved or
         closed meanwhile needs none), the next batch GOAWAY_TICK later; after the last,
-        MOVE_WAIT for the studios to bind elsewhere."""
+        the move wait for the studios to bind elsewhere."""
         self._keep_call = None
         end = start + batch
         for tunnel in paced[start:end]:
@@ -401,17 +413,18 @@ class TunnelTable:
             self._keep_call = self.clock.callLater(GOAWAY_TICK, self._go_away_paced, paced,
                                                    end, tunnels, batch)
         else:
-            self._keep_call = self.clock.callLater(MOVE_WAIT, self._stop_keeping, tunnels)
+            self._keep_call = self.clock.callLater(self.settings.move_wait, self._stop_keeping,
+                                                   tunnels)
 
     def _stop_keeping(self, tunnels: list[Tunnel]) -> None:
-        """MOVE_WAIT after a drain began: the tunnels whose studio has not bound elsewhere
-        close once idle, as on a node alone."""
+        """The move wait after the last GoAway: the tunnels whose studio has not bound
+        elsewhere close once idle, as on a node alone."""
         self._keep_call = None
         left = [t for t in tunnels if self._holds(t)]
         if left:
             self._log.info("draining: {n} studio(s) not bound to another node within "
                            "{wait:g}s; their tunnels close once idle", n=len(left),
-                           wait=MOVE_WAIT)
+                           wait=self.settings.move_wait)
         for tunnel in left:
             tunnel.close_when_idle()
 

@@ -31,7 +31,8 @@ def _title(text: str) -> str:
 def test_a_refusing_tool_gets_the_same_answer_through_either_node(tmp_path: Path) -> None:
     with redis_nodes(tmp_path, "a", "b",
                      CONNECT_PEER_SECRET="cluster-refused-test-peer-secret") as (a, b):
-        created = a.studio()  # its tunnel is held by node A
+        # its tunnel is held by node A; its tool's restart window is 3 s (default 10 s)
+        created = a.studio(client_env={"CONNECT_TOOL_RESTART_WAIT": "3s"})
         sid = created["id"]
         browser = Browser(timeout=30)
         login = browser.use_login_link(created["login_link"])

@@ -105,12 +105,36 @@ class Chromium:
         path.write_bytes(png)
         return png
 
+    def quit(self, timeout: float = 30) -> None:
+        """Browser.close: Chromium shuts down as when a person quits it, writing what it
+        writes then (a net log's state, `net_log_state`), where SIGTERM ends it at once.
+        Stopped by pid if it has not exited within `timeout`."""
+        try:  # no answer awaited: the DevTools socket goes with the browser
+            self.ws.send_text(json.dumps({"id": next(self._ids), "method": "Browser.close",
+                                          "params": {}}))
+            self.proc.wait(timeout)
+        finally:
+            self.stop()
+
     def stop(self) -> None:
         try:
             self.ws.close()
         finally:
             stop_process(self.proc)
             self.log.close()
+
+
+def net_log_state(path: Path) -> dict[str, Any]:
+    """The network stack's state a net log (``--log-net-log=path``) ends with when Chromium
+    quits (:meth:`Chromium.quit`): "reportingInfo" (NEL policies, queued reports), the
+    socket pools, the host cache... AssertionError when the log has no such end."""
+    try:
+        polled = json.loads(path.read_bytes())["polledData"]
+    except (ValueError, KeyError):
+        raise AssertionError(f"{path} has no state at its end: Chromium did not quit "
+                             "cleanly") from None
+    # (Chromium 156 writes a list of one object)
+    return dict(polled[0] if isinstance(polled, list) else polled)
 
 
 def png_colours(png: bytes, sample: int = 200_000) -> int:

@@ -199,17 +199,21 @@ class Gateway:
         status, raw, _ = self.gw.request(path, method=method, body=body)
         return status, json.loads(raw)
 
-    def studio(self, **fields: Any) -> dict[str, Any]:
-        """Create a session (owner alice unless told) and connect a studio to it."""
+    def studio(self, client_env: dict[str, str] | None = None, **fields: Any
+               ) -> dict[str, Any]:
+        """Create a session (owner alice unless told) and connect a studio to it
+        (studios-connect with `client_env` in its environment too)."""
         status, created = self.api("/api/sessions", "POST", {"owner": "alice", **fields})
         assert status == 201, created
-        self.connect(created["id"], created["connect_string"])
+        self.connect(created["id"], created["connect_string"], client_env)
         return created
 
-    def connect(self, sid: str, connect_string: str) -> None:
+    def connect(self, sid: str, connect_string: str,
+                client_env: dict[str, str] | None = None) -> None:
         """Start studios-connect (and the demo tool) for a session; wait for its tunnel."""
         tool = self.tool(f"/_studio/{sid}/" if self.path_mode else "/")
-        client = Connect(self.tmp_path, connect_string, tool.port, name=f"connect-{sid}")
+        client = Connect(self.tmp_path, connect_string, tool.port, name=f"connect-{sid}",
+                         extra_env=client_env)
         self.parts.append(client)
         deadline = time.monotonic() + 20
         while not self.api(f"/api/sessions/{sid}")[1].get("connected"):

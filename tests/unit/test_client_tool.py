@@ -2,13 +2,20 @@
 
 from typing import Any
 
+import pytest
 from twisted.internet import defer, error
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 
+from studios_gateway.config import ConfigError
 from studios_gateway.studio import client as tunnel
 from studios_gateway.studio.client import ConnectClient
-from studios_gateway.studio.settings import ClientSettings, Gateway
+from studios_gateway.studio.settings import (
+    TOOL_RESTART_WAIT,
+    ClientSettings,
+    Gateway,
+    load_client_settings,
+)
 
 
 class Endpoint:
@@ -25,10 +32,11 @@ class Endpoint:
         return defer.fail(error.ConnectionRefusedError("refused"))
 
 
-def client() -> tuple[ConnectClient, Clock, Endpoint]:
+def client(**changes: Any) -> tuple[ConnectClient, Clock, Endpoint]:
+    """A client whose tool is an Endpoint; `changes` to its ClientSettings."""
     clock = Clock()
     settings = ClientSettings(gateways=(Gateway("127.0.0.1", 1, None),), session_id="abcd1234",
-                              token="t" * 43, tool_port=9)
+                              token="t" * 43, tool_port=9, **changes)
     c = ConnectClient(settings, clock)
     endpoint = Endpoint()
     c.tool_endpoint = lambda: endpoint  # type: ignore[method-assign]
@@ -55,7 +63,7 @@ def test_a_restarting_tool_is_waited_for() -> None:
 def test_a_tool_down_longer_than_the_window_fails_at_once_until_it_is_back() -> None:
     c, clock, endpoint = client()
     first = outcome(c.connect_tool(Protocol))
-    clock.pump([tunnel.TOOL_POLL] * int(tunnel.TOOL_CONNECT_RETRY / tunnel.TOOL_POLL + 2))
+    clock.pump([tunnel.TOOL_POLL] * int(TOOL_RESTART_WAIT / tunnel.TOOL_POLL + 2))
     assert len(first) == 1 and first[0].check(error.ConnectError)  # waited the window
     attempts = endpoint.attempts
     second = outcome(c.connect_tool(Protocol))
@@ -67,10 +75,43 @@ def test_a_tool_down_longer_than_the_window_fails_at_once_until_it_is_back() -> 
     endpoint.up = False  # down again: patient again, as for a restart
     fourth = outcome(c.connect_tool(Protocol))
     assert fourth == []
-    clock.pump([tunnel.TOOL_POLL] * int(tunnel.TOOL_CONNECT_RETRY / tunnel.TOOL_POLL + 2))
+    clock.pump([tunnel.TOOL_POLL] * int(TOOL_RESTART_WAIT / tunnel.TOOL_POLL + 2))
     assert len(fourth) == 1 and fourth[0].check(error.ConnectError)
     for f in (first, second, fourth):
         f[0].trap(error.ConnectError)
+
+
+def test_the_restart_window_is_the_studios_to_set() -> None:
+    """CONNECT_TOOL_RESTART_WAIT: a tool that takes longer to restart than 10 s (or one
+    nothing restarts, whose visitors should not wait at all) had every request wait 10 s
+    before its 504 page. Here 2 s: the 504 then, and a tool still down answered at once;
+    0: at once from the first request."""
+    c, clock, endpoint = client(tool_restart_wait=2.0)
+    first = outcome(c.connect_tool(Protocol))
+    clock.pump([tunnel.TOOL_POLL] * 3)
+    assert first == []  # 1.5 s: still waiting
+    clock.advance(tunnel.TOOL_POLL)
+    assert len(first) == 1 and first[0].check(error.ConnectError)  # 2 s
+    second = outcome(c.connect_tool(Protocol))
+    assert len(second) == 1 and second[0].check(error.ConnectError)
+    c, clock, endpoint = client(tool_restart_wait=0.0)
+    at_once = outcome(c.connect_tool(Protocol))
+    assert len(at_once) == 1 and at_once[0].check(error.ConnectError)
+    assert endpoint.attempts == 1
+    for f in (first, second, at_once):
+        f[0].trap(error.ConnectError)
+
+
+def test_the_restart_window_is_a_duration() -> None:
+    env = {"CONNECT_GATEWAY_URL": "127.0.0.1:7070", "CONNECT_SESSION_ID": "abcd1234",
+           "CONNECT_SESSION_TOKEN": "t" * 43, "CONNECT_TOOL_PORT": "9"}
+    assert load_client_settings(env).tool_restart_wait == TOOL_RESTART_WAIT == 10
+    assert load_client_settings({**env, "CONNECT_TOOL_RESTART_WAIT": "1m"}
+                                ).tool_restart_wait == 60
+    assert load_client_settings({**env, "CONNECT_TOOL_RESTART_WAIT": "0"}
+                                ).tool_restart_wait == 0
+    with pytest.raises(ConfigError, match="CONNECT_TOOL_RESTART_WAIT='soon'"):
+        load_client_settings({**env, "CONNECT_TOOL_RESTART_WAIT": "soon"})
 
 
 def gated(bind_first: bool) -> tuple[ConnectClient, Clock, Endpoint, defer.Deferred[None],
@@ -108,7 +149,7 @@ def test_streams_wait_for_the_tools_readiness_then_connect() -> None:
     c, clock, endpoint, gate, _ = gated(bind_first=True)
     endpoint.up = True
     got = outcome(c.connect_tool(Protocol))
-    clock.advance(tunnel.TOOL_CONNECT_RETRY * 3)
+    clock.advance(TOOL_RESTART_WAIT * 3)
     assert got == [] and endpoint.attempts == 0
     gate.callback(None)
     assert len(got) == 1 and isinstance(got[0], Protocol)
@@ -121,7 +162,7 @@ def test_a_tool_that_never_gets_ready_is_tried_after_the_start_wait() -> None:
     got = outcome(c.connect_tool(Protocol))
     clock.advance(tunnel.TOOL_START_WAIT)
     assert endpoint.attempts == 1 and got == []  # now patient as for a restart
-    clock.pump([tunnel.TOOL_POLL] * int(tunnel.TOOL_CONNECT_RETRY / tunnel.TOOL_POLL + 2))
+    clock.pump([tunnel.TOOL_POLL] * int(TOOL_RESTART_WAIT / tunnel.TOOL_POLL + 2))
     assert len(got) == 1 and got[0].check(error.ConnectError)
     got[0].trap(error.ConnectError)
 

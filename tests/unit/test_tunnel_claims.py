@@ -25,15 +25,17 @@ TOKEN = "t" * 20
 TTL = 30.0
 
 
-def bound() -> tuple[Clock, FlakyStore, TunnelTable, StringTransport, Any]:
+def bound(**settings: float) -> tuple[Clock, FlakyStore, TunnelTable, StringTransport, Any]:
+    """A table with session s1's tunnel bound; `settings` change its TunnelSettings."""
     clock = Clock()
     store = FlakyStore(MemoryStore(clock))
     store.create(SessionRecord(id="s1", workspace_id=None, tool="generic", owner="alice",
                                allowed_users=(), ssh_enabled=False,
                                token_hash=hash_token(TOKEN), created_at=0.0))
     table = TunnelTable(store, node_id="n1", node_address="a:1", clock=clock,
-                        settings=TunnelSettings(holder_ttl=TTL, ping_interval=1000,
-                                                ping_timeout=2000))  # no pongs here
+                        settings=TunnelSettings(**{"holder_ttl": TTL, "ping_interval": 1000,
+                                                   "ping_timeout": 2000,  # no pongs here
+                                                   **settings}))
     table.start()
     protocol = TunnelServerFactory(table).buildProtocol(None)
     transport = StringTransport()
@@ -464,6 +466,26 @@ def test_a_drain_keeps_an_idle_tunnel_for_its_studio_to_move_for_a_while_only() 
     table.lost(tunnel)
     assert drained.called
     assert table._keep_call is None
+
+
+def test_a_short_shutdown_grace_keeps_a_studio_that_cannot_move_for_a_third_of_it() -> None:
+    """The keep was MOVE_WAIT (10 s) whatever the grace: under a grace of 10 s or less it
+    lasted as long as the grace or longer, so the drain was cut at the grace's end. It is
+    a third of a grace shorter than 30 s (the default's third: MOVE_WAIT)."""
+    from twisted.internet import defer
+
+    from studios_gateway.tunnel.server import MOVE_WAIT, move_wait_within
+
+    assert move_wait_within(30) == move_wait_within(120) == MOVE_WAIT
+    clock, store, table, transport, tunnel = bound(move_wait=move_wait_within(6))
+    table.other_nodes = lambda: defer.succeed(1)
+    drained = table.drain()
+    clock.advance(1.9)
+    assert not transport.disconnecting  # kept for the studio to move
+    clock.advance(0.1)  # 2 s: a third of the grace
+    assert transport.disconnecting
+    table.lost(tunnel)
+    assert drained.called
 
 
 def test_a_drain_with_no_tunnel_does_not_ask_for_other_nodes() -> None:
