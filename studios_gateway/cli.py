@@ -49,9 +49,13 @@ def check_config(args: argparse.Namespace) -> int:
             print(f"warning: {no_parser}")
     from studios_gateway import storage_root
     from studios_gateway.http.component import check_https_certificate
+    from studios_gateway.peers.component import check_peer_tls
 
     # What the start would refuse beyond the values themselves.
-    problems = [check_https_certificate(config)]
+    from studios_gateway.registry.redis_link import check_tls_files
+
+    problems = [check_https_certificate(config), check_peer_tls(config),
+                check_tls_files(config)]
     try:
         storage_root.check(config.storage_root)
     except ConfigError as e:

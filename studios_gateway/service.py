@@ -105,9 +105,12 @@ def build_store(config: Config, clock: Any) -> CachingStore:
     from studios_gateway.registry.cache import CachingStore
 
     if config.redis_enabled:
-        from studios_gateway.registry.redis_link import reply_parser_missing
+        from studios_gateway.registry.redis_link import check_tls_files, reply_parser_missing
         from studios_gateway.registry.redis_probe import store_from_config
 
+        problem = check_tls_files(config)
+        if problem is not None:
+            raise StartError(problem)
         no_parser = reply_parser_missing()
         if no_parser is not None:
             Logger().warn("{problem}", problem=no_parser)
@@ -540,6 +543,8 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                   ) -> tuple[TunnelTable, str | None, IProtocolFactory, Part]:
     """The tunnel listener and table; the pin of a self-made certificate (None with the
     operator's certificate), and the Part (listener, lifecycle, certificate reload)."""
+    from studios_gateway.pem_files import PemError
+    from studios_gateway.pem_files import problem as pem_problem
     from studios_gateway.reload import ReloadableServerTLS
     from studios_gateway.tunnel.server import (
         TunnelMetrics,
@@ -560,7 +565,9 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
         pin = tls.fingerprint_pem(cert.read_bytes())
     try:
         options = ReloadableServerTLS(cert_path, key_path, tls.tunnel_server_options)
-    except Exception as e:  # a bad PEM is an operator's mistake: say so in one line
+    except PemError as e:  # an operator's mistake: the file to fix and why, in one line
+        raise StartError(pem_problem(e, "CONNECT_TLS")) from None
+    except Exception as e:  # what OpenSSL alone refuses: one line still
         raise StartError(f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the "
                          f"certificate and key ({e})") from None
     settings = TunnelSettings(window_size=config.tunnel_window_size,

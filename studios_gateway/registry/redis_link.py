@@ -13,7 +13,6 @@ See docs/decisions/redis-store.md.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 import txredisapi
@@ -399,15 +398,37 @@ def client_endpoint(host: str, port: int, connect_timeout: float,
     return ep
 
 
+def check_tls_files(config: Any) -> str | None:
+    """Why the Redis store would not start with CONNECT_REDIS_TLS_CERT_FILE/KEY_FILE/CA_FILE
+    (one line naming the file to fix), or None. The start and ``studios-gateway
+    check-config`` both ask this: a key that was not the certificate's ended the start in
+    a traceback, after the listeners were bound."""
+    from studios_gateway.pem_files import refusal
+
+    if not (config.redis_enabled and config.redis_tls_enable):
+        return None
+    host, _ = config.redis_address
+    return refusal(lambda: tls_options(
+        host, skip_verify=config.redis_tls_skip_verify, cert_file=config.redis_tls_cert_file,
+        key_file=config.redis_tls_key_file, ca_file=config.redis_tls_ca_file),
+        "CONNECT_REDIS_TLS")
+
+
 def tls_options(host: str, *, skip_verify: bool, cert_file: str | None,
                 key_file: str | None, ca_file: str | None) -> Any:
     """The client TLS options for Redis at `host`: its certificate verified against
     `ca_file` (else the system's CAs) unless `skip_verify`; a client certificate when
     `cert_file` and `key_file` are given."""
+    from OpenSSL import crypto
+    from twisted.internet.ssl import KeyPair
+
+    from studios_gateway.pem_files import load_ca, load_pair
+
     client: PrivateCertificate | None = None
-    if cert_file and key_file:
-        client = PrivateCertificate.loadPEM(
-            Path(cert_file).read_text() + "\n" + Path(key_file).read_text())
+    if cert_file and key_file:  # (read without a prompt for a passphrase)
+        chain, key = load_pair(cert_file, key_file)
+        client = PrivateCertificate.fromCertificateAndKeyPair(
+            Certificate(crypto.X509.from_cryptography(chain[0])), KeyPair(key))
     if skip_verify:
         # optionsForClientTLS always verifies; an old-style context factory is what
         # TLSMemoryBIOFactory (under wrapClientTLS) accepts for "do not verify".
@@ -416,6 +437,6 @@ def tls_options(host: str, *, skip_verify: bool, cert_file: str | None,
             kwargs["certificate"] = client.original
             kwargs["privateKey"] = client.privateKey.original
         return CertificateOptions(**kwargs)
-    trust = (Certificate.loadPEM(Path(ca_file).read_bytes())
+    trust = (Certificate(crypto.X509.from_cryptography(load_ca(ca_file)))
              if ca_file else platformTrust())
     return optionsForClientTLS(host, trustRoot=trust, clientCertificate=client)

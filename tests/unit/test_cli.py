@@ -55,7 +55,8 @@ def test_check_config_fails_on_a_certificate_the_start_refuses(
     other_key = make_self_signed(["x.test"])[1]
     (tmp_path / "key.pem").write_bytes(other_key)  # a key that is not the certificate's
     assert main(["check-config", "-q"]) == 2
-    assert "cannot load the certificate and key" in capsys.readouterr().err
+    assert (f"CONNECT_TLS_KEY_FILE='{tmp_path / 'key.pem'}' is not the key of the "
+            "certificate" in capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("tool, hint", [
