@@ -183,7 +183,7 @@ VARIABLES: tuple[Var, ...] = (
     # Proxy
     _v("CONNECT_PROXY_URL", "proxy_url", None, values.proxy_url,
        "Base URL (or domain) of Connect, such as https://connect.example.com; no path "
-       "(the gateway serves from the root of its host). "
+       "(the gateway serves from the root of its host), no user or password. "
        "Unset: http://localhost (https:// with CONNECT_TLS_CERT_FILE; :CONNECT_HTTP_PORT "
        "unless it is the scheme's default), for a demo on one machine.", section="proxy"),
     _v("CONNECT_STUDIOS_DOMAIN", "studios_domain", None, values.domain,

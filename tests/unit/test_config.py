@@ -567,6 +567,20 @@ def test_a_proxy_url_with_a_path_is_refused(value: str) -> None:
                        ).effective_proxy_url == "https://connect.example.com"
 
 
+@pytest.mark.parametrize("value", ["https://user:hunter2@connect.example.com",
+                                   "https://user@connect.example.com",
+                                   "ops:hunter2@connect.example.com:8443"])
+def test_a_proxy_url_with_a_user_or_password_is_refused(value: str) -> None:
+    # It was taken, and every redirect to the login and every login link began with it:
+    # the password went to any browser that asked for a studio.
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={"CONNECT_PROXY_URL": value})
+    assert len(e.value.errors) == 1
+    line = str(e.value.errors[0])
+    assert line.startswith("CONNECT_PROXY_URL=") and "without a user or password" in line
+    assert "hunter2" not in line
+
+
 def test_proxy_url_accepts_a_bare_domain() -> None:
     cfg = load_config(environ={"CONNECT_PROXY_URL": "connect.example.com"})
     assert cfg.proxy_host == "connect.example.com"
