@@ -404,7 +404,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`sessions list | head -1`): what is left of the output
+        # has nobody to read it. Python printed a traceback, and another at exit when it
+        # flushed stdout again; the shell's pipeline says 141 for a command killed so.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + 13  # SIGPIPE's
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -272,3 +272,24 @@ def test_check_config_help_says_what_it_does(capsys: pytest.CaptureFixture[str])
     out = " ".join(capsys.readouterr().out.split())
     assert "where it came from" in out and "Exits 2 on the errors the gateway would stop " \
         "on" in out and "Run it as the gateway's user" in out, out
+
+
+def test_output_cut_short_by_its_reader_is_no_traceback(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # `studios-gateway sessions list | head -1`: the reader is gone before the rest is
+    # written (here before the first line: its end of the pipe is closed at once).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+           "CONNECT_STORAGE_ROOT": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", "from studios_gateway.cli import console; "
+                           "console()", "check-config"],
+                          stdout=write_end, stderr=subprocess.PIPE, env=env, timeout=60)
+    os.close(write_end)
+    err = proc.stderr.decode()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert proc.returncode == 141
