@@ -39,6 +39,7 @@ from studios_gateway.registry.base import (
     token_matches,
 )
 from studios_gateway.repeats import Repeats
+from studios_gateway.tunnel.twins import Twins, peer_host
 from studios_gateway.waiters import EmptyWaiters
 from studios_gateway.wire import tools
 from studios_gateway.wire.bind import (
@@ -269,6 +270,8 @@ class TunnelTable:
         self._others_asked: Deferred[int] | None = None
         self._drain_began = 0.0
         self._tunnels: dict[str, Tunnel] = {}
+        #: Sessions whose tunnel is replaced again and again: two studios on one session.
+        self._twins = Twins(clock)
         #: Tunnels whose session another node holds now: out of the table (requests go to
         #: the new holder), finishing their streams in flight until closed at the timer.
         self._moved: dict[Tunnel, Any] = {}
@@ -527,6 +530,9 @@ class TunnelTable:
         self._tunnels[sid] = tunnel
         if old is not None:
             self._log.info("session {sid}: a new tunnel replaces the old one", sid=sid)
+            twins = self._twins.replaced(sid, peer_host(old.protocol), peer_host(protocol))
+            if twins is not None:
+                self._log.warn("{twins}", twins=twins)
             old.retire()
         self._update_gauge()
         return tunnel
