@@ -29,6 +29,7 @@ from twisted.internet.ssl import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from studios_gateway.deadline import within
 from studios_gateway.logs import drop_lines
@@ -61,6 +62,23 @@ def reply_text(value: Any) -> str:
 drop_lines("log_legacy", "Redis error: could not auth: ", "Redis error: could not set dbid=",
            "Redis error: could not connect: ")
 drop_lines("twisted.application._client_service.ClientService", "Scheduling retry ")
+
+
+@implementer(IStreamClientEndpoint)
+class _Watched:
+    """Redis's endpoint, telling its link of each attempt to connect that failed."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, link: Link) -> None:
+        self._endpoint = endpoint
+        self._link = link
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        def failed(f: Failure) -> Failure:
+            if not f.check(defer.CancelledError):  # (a stop, not a failure)
+                self._link.connect_failed(f)
+            return f
+
+        return self._endpoint.connect(factory).addErrback(failed)
 
 
 class _Factory(txredisapi.RedisFactory):
@@ -229,7 +247,7 @@ class Link:
         self.factory = _Factory(self, self.protocol_class, dbid=s.db, password=password,
                                 username=s.user, convertNumbers=False, charset="utf-8")
         self.factory.initialDelay, self.factory.maxDelay = s.reconnect_delay
-        self.factory.startConnecting(endpoint)
+        self.factory.startConnecting(_Watched(endpoint, self))
         self._pinger = task.LoopingCall(self._ping)
         self._pinger.clock = s.clock
         self._pinger.start(s.ping_interval, now=False).addErrback(
@@ -308,6 +326,20 @@ class Link:
         d: Deferred[str] = Deferred()
         self._failure_waiters.append(d)
         return d
+
+    def connect_failed(self, why: Failure) -> None:
+        """An attempt to connect failed (nothing listens there, no route, a name that does
+        not resolve): said as a refused set-up is, once, then once a minute with a count.
+        Before, the gateway retried in silence (the library's and Twisted's own lines for
+        each attempt are dropped from the log), and a node started with Redis away, or at
+        a wrong CONNECT_REDIS_ADDRESS, logged nothing of it."""
+        self.last_error = ("cannot connect: "
+                           f"{(why.getErrorMessage() or type(why.value).__name__).rstrip('.')}")
+        unsaid = self._refusals.due(self.last_error)
+        if unsaid is not None:
+            self._log.warn("Redis {name} connection to {address}: {why}; will retry{more}",
+                           name=self.name, address=self.owner.address, why=self.last_error,
+                           more=self._refusals.more(unsaid))
 
     def transport_lost(self, why: Failure) -> None:
         from service_identity import VerificationError
