@@ -53,9 +53,10 @@ def check_config(args: argparse.Namespace) -> int:
 
     # What the start would refuse beyond the values themselves.
     from studios_gateway.registry.redis_link import check_tls_files
+    from studios_gateway.ssh.component import check_host_key
 
     problems = [check_https_certificate(config), check_peer_tls(config),
-                check_tls_files(config)]
+                check_tls_files(config), check_host_key(config)]
     try:
         storage_root.check(config.storage_root)
     except ConfigError as e:

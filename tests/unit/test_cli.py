@@ -293,3 +293,39 @@ def test_output_cut_short_by_its_reader_is_no_traceback(tmp_path) -> None:
     err = proc.stderr.decode()
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert proc.returncode == 141
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("public", "expected an ed25519, RSA or ECDSA private key, not a public key"),
+    ("certificate", "not a usable private key"),
+    ("passphrase", "host keys must not have a passphrase"),
+])
+def test_check_config_refuses_the_ssh_host_keys_the_start_refuses(
+        tmp_path, monkeypatch, capsys, kind: str, expected: str) -> None:
+    """It said 'configuration OK', then the start exited 78 with these very lines."""
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from studios_gateway.cli import main
+    from studios_gateway.wire.tls import make_self_signed
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    data = {
+        "public": key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                serialization.PublicFormat.OpenSSH),
+        "certificate": make_self_signed(["x.test"])[0],
+        "passphrase": key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.BestAvailableEncryption(b"pw")),
+    }[kind]
+    (tmp_path / "host_key").write_bytes(data)
+    for k in [k for k in os.environ if k.startswith(("CONNECT_", "TOWER_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CONNECT_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("CONNECT_SSH_ENABLED", "true")
+    monkeypatch.setenv("CONNECT_SSH_KEY_PATH", str(tmp_path / "host_key"))
+    assert main(["check-config", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"CONNECT_SSH_KEY_PATH='{tmp_path / 'host_key'}'" in err and expected in err, err
