@@ -168,6 +168,7 @@ class GatewayService(MultiService):
         self.draining = False
         self.start_failed: str | None = None
         self._stopping_reactor = False
+        self._drained = True  # False once the drain ran out of CONNECT_SHUTDOWN_GRACE
         #: The session store has answered a readiness check since the start: from then
         #: on an outage of it does not make this node "not ready" (see check_ready).
         self._store_answered = False
@@ -369,13 +370,13 @@ class GatewayService(MultiService):
         """Graceful: stop accepting, drain components (bounded), then stop the reactor."""
         if self.draining:
             return defer.succeed(None)
-        return self._drain().addCallback(lambda _: self._stop_reactor())
+        return self._drain().addCallback(lambda _: self._stop_reactor(self._drained))
 
     def terminate(self) -> None:
         """SIGTERM: drain like shutdown(); a second SIGTERM stops without waiting."""
         if self.draining:
             self._log.info("second SIGTERM: stopping without waiting for the drain")
-            self._stop_reactor()
+            self._stop_reactor(drained=False)
         else:
             self.shutdown()
 
@@ -412,6 +413,7 @@ class GatewayService(MultiService):
                            "stopping", grace=grace,
                            busy="; ".join(f"{name}: {said[name]}" if said.get(name) else name
                                           for name in busy))
+            self._drained = False
             d.cancel()
 
         timer = self.reactor.callLater(grace, out_of_time)
@@ -422,10 +424,12 @@ class GatewayService(MultiService):
 
         return d.addBoth(finished)
 
-    def _stop_reactor(self) -> None:
+    def _stop_reactor(self, drained: bool) -> None:
+        """`drained`: every part finished its drain (else the warning or the second SIGTERM
+        said why not, and 'drained' after it read as a contradiction)."""
         if not self._stopping_reactor:
             self._stopping_reactor = True
-            self._log.info("drained; stopping")
+            self._log.info("drained; stopping" if drained else "stopping")
             self.reactor.stop()
 
 

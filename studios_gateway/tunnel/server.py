@@ -447,8 +447,9 @@ class TunnelTable:
                     f"kept for {'their studios' if len(tunnels) != 1 else 'its studio'} to "
                     f"bind to another node, of session{'s' * (len(sessions) != 1)} {shown}")
         return (f"{len(tunnels)} tunnel{'s' * (len(tunnels) != 1)} with {streams} open "
-                f"stream{'s' * (streams != 1)} (long-lived connections such as WebSockets "
-                f"or downloads: they close now, and pages reconnect their WebSockets) of "
+                f"stream{'s' * (streams != 1)} (long-lived connections such as WebSockets, "
+                f"ssh sessions or downloads: they close now, and pages reconnect their "
+                f"WebSockets) of "
                 f"session{'s' * (len(sessions) != 1)} {shown}")
 
     def wait_empty(self) -> Deferred[None]:
