@@ -305,6 +305,13 @@ def _doubts(cfg: Config) -> list[str]:
                         "Platform's access and SSH key calls are made without the OpenID "
                         "client's id and secret (they belong to that provider and are not "
                         "sent to the Platform)")
+    if cfg.tls_cert_file and (cfg.proxy_url or "").startswith("http://"):
+        warnings.append("CONNECT_PROXY_URL is http:// but CONNECT_TLS_CERT_FILE is set, so "
+                        "the HTTP port speaks HTTPS: every link the gateway hands out (login "
+                        "links, studio addresses, its redirects, with their one-time codes) "
+                        "goes out in clear first and reaches it only through its redirect to "
+                        "https://, and a login link's form sent there is refused (400). Write "
+                        "CONNECT_PROXY_URL with https://")
     if cfg.ssh_enabled and not (cfg.ssh_key_path or cfg.ssh_key_value):
         warnings.append("no SSH host key configured: one is generated under "
                         "CONNECT_STORAGE_ROOT and kept there")

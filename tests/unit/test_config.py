@@ -681,6 +681,29 @@ def test_a_short_management_key_is_warned_of_without_showing_it() -> None:
     assert not any("CONNECT_MANAGEMENT_AUTH_KEY" in w for w in long_key.warnings)
 
 
+def test_an_http_proxy_url_with_a_certificate_is_warned_of(tmp_path) -> None:
+    # Taken without a word: every login link, studio address and handoff code the gateway
+    # handed out went out in plain HTTP first, to a port that speaks HTTPS, and a login
+    # link's form posted there got 400.
+    files = {"CONNECT_TLS_CERT_FILE": tmp_path / "cert.pem",
+             "CONNECT_TLS_KEY_FILE": tmp_path / "key.pem"}
+    for path in files.values():
+        path.write_text("not read here\n")
+    tls = {name: str(path) for name, path in files.items()}
+
+    def warned(proxy_url: str | None, **more: str) -> list[str]:
+        env = {**more, **({"CONNECT_PROXY_URL": proxy_url} if proxy_url else {})}
+        return [w for w in load_config(environ=env).warnings if w.startswith(
+            "CONNECT_PROXY_URL is http://")]
+
+    assert len(warned("http://connect.example.com:8443", **tls)) == 1
+    assert "Write CONNECT_PROXY_URL with https://" in warned("http://connect.example.com",
+                                                              **tls)[0]
+    assert warned("https://connect.example.com", **tls) == []
+    assert warned(None, **tls) == []  # (unset, it is https:// with the certificate)
+    assert warned("http://connect.example.com") == []  # no certificate: plain HTTP
+
+
 def test_redis_tls_without_verification_is_warned_of(tmp_path) -> None:
     # CONNECT_REDIS_TLS_SKIP_VERIFY=true was taken without a word, the CA file silently unused.
     ca = tmp_path / "redis-ca.crt"
