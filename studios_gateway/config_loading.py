@@ -160,7 +160,11 @@ def load_config(
         try:
             values[var.attr] = var.parse(raw)  # type: ignore[arg-type]
         except ValueError as e:
-            errors.append(ConfigError(var.name, given[var.name], str(e), secret=var.secret))
+            # A value typed as an option is named as typed (it said CONNECT_HTTP_PORT for
+            # `twistd studios-gateway --http-port abc`), with its variable.
+            given_as = f"--{var.option} ({var.name})" if source == "option" else None
+            errors.append(ConfigError(var.name, given[var.name], str(e), secret=var.secret,
+                                      given_as=given_as))
     try:
         if len(errors) > len(malformed):
             raise_all(errors)

@@ -281,7 +281,8 @@ def test_the_start_names_every_invalid_variable(monkeypatch: pytest.MonkeyPatch,
     assert stopped.value.code == 78  # EX_CONFIG: the units do not restart it for this
     assert capfd.readouterr().err.splitlines() == [
         "studios-gateway: CONNECT_TUNNEL_PORT='xyz': expected a whole number from 1 to 65535",
-        "studios-gateway: CONNECT_HTTP_PORT='abc': expected a whole number from 1 to 65535"]
+        "studios-gateway: --http-port (CONNECT_HTTP_PORT)='abc': expected a whole number "
+        "from 1 to 65535"]
 
 
 def test_a_misspelt_name_is_said_with_the_errors_it_causes(
@@ -358,6 +359,19 @@ def test_check_config_shows_values_in_the_tables_forms(name: str, given: str,
                                                        shown: str) -> None:
     rows = {n: v for n, v, _ in load_config(environ={name: given}).describe()}
     assert rows[name] == shown
+
+
+def test_a_bad_option_is_named_as_typed() -> None:
+    # `twistd studios-gateway --http-port abc` said "CONNECT_HTTP_PORT='abc': ...", a name
+    # not on the command line; a bad value from the environment keeps its variable's name.
+    with pytest.raises(ConfigError) as e:
+        load_config(options={"CONNECT_HTTP_PORT": "abc"}, environ={})
+    assert str(e.value) == ("--http-port (CONNECT_HTTP_PORT)='abc': expected a whole number "
+                            "from 1 to 65535")
+    assert e.value.name == "CONNECT_HTTP_PORT"
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={"CONNECT_HTTP_PORT": "abc"})
+    assert str(e.value).startswith("CONNECT_HTTP_PORT='abc'")
 
 
 def test_unknown_option_is_refused() -> None:
