@@ -20,8 +20,9 @@ from studios_gateway.repeats import Repeats
 __all__ = ["TIMES", "WINDOW", "Twins", "peer_host"]
 
 #: Replacements of one session's tunnel within WINDOW seconds that mean two studios
-#: (one reconnect replaces once; two clients, several times a second).
-TIMES = 5
+#: (one reconnect replaces once, and a studio on a bad path cannot find its tunnel dead
+#: and bind again ten times a minute; two clients took turns eight times a second).
+TIMES = 10
 WINDOW = 60.0
 #: Sessions whose recent replacements are remembered (the oldest are forgotten first).
 MAX_SESSIONS = 1024

@@ -51,7 +51,7 @@ def test_two_studios_taking_turns_are_named_once_a_minute() -> None:
             clock.advance(0.2)
     assert len(warn.lines) == 1, warn.lines
     assert warn.lines[0].startswith(f"session s1: its tunnel was replaced {TIMES} times in ")
-    assert "(from 10.0.0.7 and 10.0.0.8)" in warn.lines[0]
+    assert re.search(r"\(from 10\.0\.0\.[78] and 10\.0\.0\.[78]\)", warn.lines[0])
     assert "two studios-connect run with this session's connect string" in warn.lines[0]
     with Logged("warn") as warn:  # still at it a minute on: one more line, with a count
         for turn in range(int(WINDOW / 0.2)):
@@ -66,5 +66,5 @@ def test_a_studio_that_reconnects_now_and_then_is_not_two() -> None:
     with Logged("warn") as warn:
         for _ in range(3 * TIMES):  # its old connection not yet found dead each time
             bind_from(t, "10.0.0.7")
-            clock.advance(WINDOW / (TIMES - 1))
+            clock.advance(10)  # as often as a studio finds its tunnel dead and binds again
     assert warn.lines == []
