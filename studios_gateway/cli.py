@@ -53,10 +53,11 @@ def check_config(args: argparse.Namespace) -> int:
 
     # What the start would refuse beyond the values themselves.
     from studios_gateway.registry.redis_link import check_tls_files
+    from studios_gateway.service import check_self_signed
     from studios_gateway.ssh.component import check_host_key
 
     problems = [check_https_certificate(config), check_peer_tls(config),
-                check_tls_files(config), check_host_key(config)]
+                check_tls_files(config), check_host_key(config), check_self_signed(config)]
     try:
         storage_root.check(config.storage_root)
     except ConfigError as e:

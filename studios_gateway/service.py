@@ -433,6 +433,32 @@ class GatewayService(MultiService):
             self.reactor.stop()
 
 
+def _self_signed_damaged(config: Config, error: Any) -> str:
+    """The self-made tunnel pair under the storage root, damaged (a restore cut short, a
+    full disk when it was written): it ended the start in a traceback."""
+    directory = Path(config.storage_root) / "tunnel"
+    return (f"CONNECT_STORAGE_ROOT={config.storage_root!r}: the self-signed tunnel "
+            f"certificate's file {error.path} {error}: restore {directory} from a backup, or "
+            "remove it to have a new certificate made (every connect string's pin changes "
+            "then: studios-gateway sessions token ID for each session)")
+
+
+def check_self_signed(config: Config) -> str | None:
+    """For check-config: why the start would refuse the self-signed tunnel pair kept under
+    the storage root (none kept yet, or CONNECT_TLS_* given: None)."""
+    from studios_gateway.pem_files import PemError, load_pair
+
+    directory = Path(config.storage_root) / "tunnel"
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    if config.tls_cert_file or not (cert.exists() and key.exists()):
+        return None
+    try:
+        load_pair(cert, key)
+    except PemError as e:
+        return _self_signed_damaged(config, e)
+    return None
+
+
 def prepare_storage(root: str) -> Path:
     """CONNECT_STORAGE_ROOT, created when missing; StartError (in check-config's words)
     when it cannot be used."""
@@ -566,14 +592,17 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
         names = [host, config.proxy_host, "localhost", "127.0.0.1"]
         cert, key = tls.ensure_self_signed(storage / "tunnel", names)
         cert_path, key_path = str(cert), str(key)
-        pin = tls.fingerprint_pem(cert.read_bytes())
     try:
         options = ReloadableServerTLS(cert_path, key_path, tls.tunnel_server_options)
     except PemError as e:  # an operator's mistake: the file to fix and why, in one line
-        raise StartError(pem_problem(e, "CONNECT_TLS")) from None
+        if config.tls_cert_file:
+            raise StartError(pem_problem(e, "CONNECT_TLS")) from None
+        raise StartError(_self_signed_damaged(config, e)) from None
     except Exception as e:  # what OpenSSL alone refuses: one line still
         raise StartError(f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the "
                          f"certificate and key ({e})") from None
+    if not config.tls_cert_file:
+        pin = tls.fingerprint_pem(Path(cert_path).read_bytes())
     settings = TunnelSettings(window_size=config.tunnel_window_size,
                               ping_interval=config.tunnel_ping_interval,
                               ping_timeout=config.tunnel_ping_timeout,

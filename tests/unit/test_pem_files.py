@@ -133,3 +133,25 @@ def test_a_redis_client_key_that_will_not_do_stops_the_start_before_listening(
     # It was a traceback from the store's start, after the listeners were bound.
     with pytest.raises(StartError, match="^" + expected):
         build_store(load_config(environ=os.environ), clock=None)
+
+
+def test_a_damaged_self_signed_tunnel_certificate_is_one_line(settings, capsys) -> None:
+    """A restore cut short, a disk full when it was written: the start ended in a
+    traceback from the pin's computation, and check-config said 'configuration OK'."""
+    from studios_gateway.component import StartError
+    from studios_gateway.config_loading import load_config
+    from studios_gateway.service import make_service
+
+    setenv, files = settings
+    root = Path(files["cert"]).parent
+    (root / "tunnel").mkdir()
+    (root / "tunnel" / "cert.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\ncut")
+    (root / "tunnel" / "key.pem").write_bytes(Path(files["key"]).read_bytes())
+    expected = (f"CONNECT_STORAGE_ROOT='{root}': the self-signed tunnel certificate's file "
+                f"{root / 'tunnel' / 'cert.pem'} holds no PEM certificate")
+    code, err = _check(capsys)
+    assert code == 2 and expected in err, err
+    with pytest.raises(StartError) as refused:
+        make_service(load_config(environ=os.environ), environ=os.environ)
+    assert str(refused.value).startswith(expected)
+    assert f"restore {root / 'tunnel'} from a backup, or remove it" in str(refused.value)
