@@ -49,9 +49,15 @@ def check_config(args: argparse.Namespace) -> int:
             print(f"warning: {no_parser}")
     from studios_gateway import storage_root
     from studios_gateway.http.component import check_https_certificate
+    from studios_gateway.peers.component import check_peer_tls
 
     # What the start would refuse beyond the values themselves.
-    problems = [check_https_certificate(config)]
+    from studios_gateway.registry.redis_link import check_tls_files
+    from studios_gateway.service import check_self_signed
+    from studios_gateway.ssh.component import check_host_key
+
+    problems = [check_https_certificate(config), check_peer_tls(config),
+                check_tls_files(config), check_host_key(config), check_self_signed(config)]
     try:
         storage_root.check(config.storage_root)
     except ConfigError as e:
@@ -400,7 +406,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def console() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`sessions list | head -1`): what is left of the output
+        # has nobody to read it. Python printed a traceback, and another at exit when it
+        # flushed stdout again; the shell's pipeline says 141 for a command killed so.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 128 + 13  # SIGPIPE's
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ none of them imports the service that wires them together.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,8 +135,42 @@ def say_to_operator(message: str, program: str = "studios-gateway") -> None:
 EX_CONFIG = 78
 
 
+#: twistd's own options (its ServerOptions, the plugin options' parent), once makeService
+#: has them: without -n they hold the pipe its first process waits on for the start's
+#: outcome ("statusPipe", from the fork on) and the pid file.
+_twistd_options: Any = None
+
+
+def remember_twistd(options: Any) -> None:
+    """Keep twistd's options (the parent of the plugin's `options`) for fail_start."""
+    global _twistd_options
+    _twistd_options = getattr(options, "parent", None)
+
+
 def fail_start(message: str, status: int = 1, program: str = "studios-gateway") -> None:
     """Print the one line an operator needs, and exit non-zero (`status`: EX_CONFIG for
     settings that cannot work, 1 for what may pass, such as a port in use)."""
     say_to_operator(message, program)
+    _tell_twistd_parent(f"{program}: {message}")
     raise SystemExit(status)
+
+
+def _tell_twistd_parent(line: str) -> None:
+    """Under twistd without -n, after its fork: the line in the log (the daemon's stderr
+    is /dev/null), the start's failure told to the first process, which waits on a pipe
+    for it, and the pid file removed. Twisted does so for an exception, not for an exit:
+    the first process waited for ever, and the pid file stayed, the reason nowhere."""
+    options = _twistd_options
+    pipe = options.get("statusPipe") if options is not None else None
+    if pipe is None:
+        return
+    from twisted.logger import Logger
+
+    Logger(namespace="studios_gateway").error("{line}", line=line)
+    pidfile = options.get("pidfile")
+    if pidfile:  # (before the first process is told: it exits then)
+        with contextlib.suppress(OSError):
+            os.unlink(pidfile)
+    os.write(pipe, b"1 " + line.encode("ascii", "backslashreplace")[:98])  # (it reads 100)
+    os.close(pipe)
+    options["statusPipe"] = None

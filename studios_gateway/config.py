@@ -63,7 +63,10 @@ class ConfigError(ValueError):
     #: ...?"), said with the errors: such a name is often why a setting is missing.
     warnings: tuple[str, ...] = ()
 
-    def __init__(self, name: str, value: str | None, expected: str, *, secret: bool = False):
+    def __init__(self, name: str, value: str | None, expected: str, *, secret: bool = False,
+                 given_as: str | None = None):
+        """`given_as`: how the message names it when not by `name` (a command-line
+        option: ``--http-port (CONNECT_HTTP_PORT)``)."""
         self.name = name
         self.value = value
         self.expected = expected
@@ -71,7 +74,7 @@ class ConfigError(ValueError):
             shown = " (not set)"
         else:
             shown = "=" + (REDACTED if secret and value else _quoted(redact_password(value)))
-        super().__init__(f"{name}{shown}: expected {expected}")
+        super().__init__(f"{given_as or name}{shown}: expected {expected}")
 
     @property
     def errors(self) -> tuple[ConfigError, ...]:
@@ -183,7 +186,7 @@ VARIABLES: tuple[Var, ...] = (
     # Proxy
     _v("CONNECT_PROXY_URL", "proxy_url", None, values.proxy_url,
        "Base URL (or domain) of Connect, such as https://connect.example.com; no path "
-       "(the gateway serves from the root of its host). "
+       "(the gateway serves from the root of its host), no user or password. "
        "Unset: http://localhost (https:// with CONNECT_TLS_CERT_FILE; :CONNECT_HTTP_PORT "
        "unless it is the scheme's default), for a demo on one machine.", section="proxy"),
     _v("CONNECT_STUDIOS_DOMAIN", "studios_domain", None, values.domain,

@@ -160,7 +160,11 @@ def load_config(
         try:
             values[var.attr] = var.parse(raw)  # type: ignore[arg-type]
         except ValueError as e:
-            errors.append(ConfigError(var.name, given[var.name], str(e), secret=var.secret))
+            # A value typed as an option is named as typed (it said CONNECT_HTTP_PORT for
+            # `twistd studios-gateway --http-port abc`), with its variable.
+            given_as = f"--{var.option} ({var.name})" if source == "option" else None
+            errors.append(ConfigError(var.name, given[var.name], str(e), secret=var.secret,
+                                      given_as=given_as))
     try:
         if len(errors) > len(malformed):
             raise_all(errors)
@@ -305,6 +309,13 @@ def _doubts(cfg: Config) -> list[str]:
                         "Platform's access and SSH key calls are made without the OpenID "
                         "client's id and secret (they belong to that provider and are not "
                         "sent to the Platform)")
+    if cfg.tls_cert_file and (cfg.proxy_url or "").startswith("http://"):
+        warnings.append("CONNECT_PROXY_URL is http:// but CONNECT_TLS_CERT_FILE is set, so "
+                        "the HTTP port speaks HTTPS: every link the gateway hands out (login "
+                        "links, studio addresses, its redirects, with their one-time codes) "
+                        "goes out in clear first and reaches it only through its redirect to "
+                        "https://, and a login link's form sent there is refused (400). Write "
+                        "CONNECT_PROXY_URL with https://")
     if cfg.ssh_enabled and not (cfg.ssh_key_path or cfg.ssh_key_value):
         warnings.append("no SSH host key configured: one is generated under "
                         "CONNECT_STORAGE_ROOT and kept there")

@@ -186,6 +186,12 @@ def proxy_url(text: str) -> str:
         raise ValueError("an http:// or https:// URL without a path, such as "
                          "https://connect.example.com (the gateway serves from the root of "
                          "its host)")
+    if parts.username is not None or parts.password is not None:
+        # Every link and redirect the gateway makes starts with this URL: a password in it
+        # went to every browser that asked, in Location headers and login links.
+        raise ValueError("an http:// or https:// URL without a user or password, such as "
+                         "https://connect.example.com (it starts every link the gateway "
+                         "hands out)")
     return checked
 
 

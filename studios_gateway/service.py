@@ -105,9 +105,12 @@ def build_store(config: Config, clock: Any) -> CachingStore:
     from studios_gateway.registry.cache import CachingStore
 
     if config.redis_enabled:
-        from studios_gateway.registry.redis_link import reply_parser_missing
+        from studios_gateway.registry.redis_link import check_tls_files, reply_parser_missing
         from studios_gateway.registry.redis_probe import store_from_config
 
+        problem = check_tls_files(config)
+        if problem is not None:
+            raise StartError(problem)
         no_parser = reply_parser_missing()
         if no_parser is not None:
             Logger().warn("{problem}", problem=no_parser)
@@ -165,6 +168,7 @@ class GatewayService(MultiService):
         self.draining = False
         self.start_failed: str | None = None
         self._stopping_reactor = False
+        self._drained = True  # False once the drain ran out of CONNECT_SHUTDOWN_GRACE
         #: The session store has answered a readiness check since the start: from then
         #: on an outage of it does not make this node "not ready" (see check_ready).
         self._store_answered = False
@@ -366,13 +370,13 @@ class GatewayService(MultiService):
         """Graceful: stop accepting, drain components (bounded), then stop the reactor."""
         if self.draining:
             return defer.succeed(None)
-        return self._drain().addCallback(lambda _: self._stop_reactor())
+        return self._drain().addCallback(lambda _: self._stop_reactor(self._drained))
 
     def terminate(self) -> None:
         """SIGTERM: drain like shutdown(); a second SIGTERM stops without waiting."""
         if self.draining:
             self._log.info("second SIGTERM: stopping without waiting for the drain")
-            self._stop_reactor()
+            self._stop_reactor(drained=False)
         else:
             self.shutdown()
 
@@ -409,6 +413,7 @@ class GatewayService(MultiService):
                            "stopping", grace=grace,
                            busy="; ".join(f"{name}: {said[name]}" if said.get(name) else name
                                           for name in busy))
+            self._drained = False
             d.cancel()
 
         timer = self.reactor.callLater(grace, out_of_time)
@@ -419,11 +424,39 @@ class GatewayService(MultiService):
 
         return d.addBoth(finished)
 
-    def _stop_reactor(self) -> None:
+    def _stop_reactor(self, drained: bool) -> None:
+        """`drained`: every part finished its drain (else the warning or the second SIGTERM
+        said why not, and 'drained' after it read as a contradiction)."""
         if not self._stopping_reactor:
             self._stopping_reactor = True
-            self._log.info("drained; stopping")
+            self._log.info("drained; stopping" if drained else "stopping")
             self.reactor.stop()
+
+
+def _self_signed_damaged(config: Config, error: Any) -> str:
+    """The self-made tunnel pair under the storage root, damaged (a restore cut short, a
+    full disk when it was written): it ended the start in a traceback."""
+    directory = Path(config.storage_root) / "tunnel"
+    return (f"CONNECT_STORAGE_ROOT={config.storage_root!r}: the self-signed tunnel "
+            f"certificate's file {error.path} {error}: restore {directory} from a backup, or "
+            "remove it to have a new certificate made (every connect string's pin changes "
+            "then: studios-gateway sessions token ID for each session)")
+
+
+def check_self_signed(config: Config) -> str | None:
+    """For check-config: why the start would refuse the self-signed tunnel pair kept under
+    the storage root (none kept yet, or CONNECT_TLS_* given: None)."""
+    from studios_gateway.pem_files import PemError, load_pair
+
+    directory = Path(config.storage_root) / "tunnel"
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    if config.tls_cert_file or not (cert.exists() and key.exists()):
+        return None
+    try:
+        load_pair(cert, key)
+    except PemError as e:
+        return _self_signed_damaged(config, e)
+    return None
 
 
 def prepare_storage(root: str) -> Path:
@@ -540,6 +573,8 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                   ) -> tuple[TunnelTable, str | None, IProtocolFactory, Part]:
     """The tunnel listener and table; the pin of a self-made certificate (None with the
     operator's certificate), and the Part (listener, lifecycle, certificate reload)."""
+    from studios_gateway.pem_files import PemError
+    from studios_gateway.pem_files import problem as pem_problem
     from studios_gateway.reload import ReloadableServerTLS
     from studios_gateway.tunnel.server import (
         TunnelMetrics,
@@ -557,12 +592,17 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
         names = [host, config.proxy_host, "localhost", "127.0.0.1"]
         cert, key = tls.ensure_self_signed(storage / "tunnel", names)
         cert_path, key_path = str(cert), str(key)
-        pin = tls.fingerprint_pem(cert.read_bytes())
     try:
         options = ReloadableServerTLS(cert_path, key_path, tls.tunnel_server_options)
-    except Exception as e:  # a bad PEM is an operator's mistake: say so in one line
+    except PemError as e:  # an operator's mistake: the file to fix and why, in one line
+        if config.tls_cert_file:
+            raise StartError(pem_problem(e, "CONNECT_TLS")) from None
+        raise StartError(_self_signed_damaged(config, e)) from None
+    except Exception as e:  # what OpenSSL alone refuses: one line still
         raise StartError(f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the "
                          f"certificate and key ({e})") from None
+    if not config.tls_cert_file:
+        pin = tls.fingerprint_pem(Path(cert_path).read_bytes())
     settings = TunnelSettings(window_size=config.tunnel_window_size,
                               ping_interval=config.tunnel_ping_interval,
                               ping_timeout=config.tunnel_ping_timeout,

@@ -29,8 +29,16 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> IService:
-    from studios_gateway.component import EX_CONFIG, StartError, fail_start, say_to_operator
+    from studios_gateway.component import (
+        EX_CONFIG,
+        StartError,
+        fail_start,
+        remember_twistd,
+        say_to_operator,
+    )
     from studios_gateway.service import make_service
+
+    remember_twistd(options)  # (without -n, a start that fails after the fork says so)
 
     def read_config() -> Config:
         """The settings as at start: options, environment, env file (SIGHUP re-reads them)."""

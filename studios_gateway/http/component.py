@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -171,9 +170,9 @@ def make_fast_path(auth: Auth, dialer: Dialer, quota: Quota | None = None) -> Fa
 
 
 def _load_leaf(cert_file: str) -> Any:
-    from cryptography import x509
+    from studios_gateway.pem_files import load_chain
 
-    return x509.load_pem_x509_certificates(Path(cert_file).read_bytes())[0]
+    return load_chain(cert_file)[0]
 
 
 def check_certificate_names(cert_file: str, proxy_host: str, studios_domain: str,
@@ -185,10 +184,12 @@ def check_certificate_names(cert_file: str, proxy_host: str, studios_domain: str
         verify_certificate_ip_address,
     )
 
+    from studios_gateway.pem_files import PemError, problem
+
     try:
         cert = _load_leaf(cert_file)
-    except (OSError, ValueError) as e:
-        return f"CONNECT_TLS_CERT_FILE={cert_file!r}: cannot read a PEM certificate ({e})"
+    except PemError as e:
+        return problem(e, "CONNECT_TLS")
 
     def covers(name: str) -> bool:
         check: Callable[[Any, str], None]
@@ -242,12 +243,10 @@ def check_https_certificate(config: Config) -> str | None:
                                       config.effective_studios_domain, config.path_routing)
     if problem is not None:
         return problem
-    try:
-        tls.server_options(config.tls_cert_file, config.tls_key_file).getContext()
-    except Exception as e:  # a bad PEM or a key that does not match: one line
-        return (f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the certificate "
-                f"and key ({e})")
-    return None
+    from studios_gateway.pem_files import refusal
+
+    cert_file, key_file = config.tls_cert_file, config.tls_key_file
+    return refusal(lambda: tls.server_options(cert_file, key_file).getContext(), "CONNECT_TLS")
 
 
 def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dialer,

@@ -69,7 +69,8 @@ class Redirect:
 @dataclass(frozen=True)
 class Refusal:
     status: int
-    # machine-readable: bad-host, bad-target, not-a-studio, unknown-host, path-mode-host
+    # machine-readable: bad-host, bad-target, not-a-studio, unknown-host, path-mode-host,
+    # subdomain-mode-path
     reason: str
     detail: str = ""  # for the page (plain text)
     session_id: str | None = None
@@ -179,6 +180,14 @@ class Router:
         return Refusal(404, "unknown-host", "There is no studio at this address.")
 
     def _path_route(self, target: str) -> Route | Redirect | Refusal:
+        if not self.path_routing and target.startswith(PATH_PREFIX):
+            # A path-mode address in subdomain mode (a link from a path-mode setup, the
+            # operator's routing not the one they meant): it said "no page of its own".
+            sid = target[len(PATH_PREFIX):].partition("/")[0].partition("?")[0]
+            if SESSION_ID.fullmatch(sid):
+                return Refusal(404, "subdomain-mode-path",
+                               f"This gateway serves studios by host name, not by path: "
+                               f"open {sid}.{self.studios_domain}/ instead.", sid)
         if not self.path_routing or not target.startswith(PATH_PREFIX):
             # The gateway's own address, typed or bookmarked: where studios are.
             return Refusal(404, "not-a-studio",

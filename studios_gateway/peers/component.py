@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter
@@ -36,18 +35,29 @@ def peer_tls_options(config: Any) -> ssl.CertificateOptions | None:
         return None
     from OpenSSL import crypto
 
-    key = crypto.load_privatekey(crypto.FILETYPE_PEM,
-                                 Path(config.peer_tls_key_file).read_bytes())
-    cert = crypto.load_certificate(crypto.FILETYPE_PEM,
-                                   Path(config.peer_tls_cert_file).read_bytes())
-    ca = crypto.load_certificate(crypto.FILETYPE_PEM, Path(config.peer_tls_ca_file).read_bytes())
-    options = ssl.CertificateOptions(privateKey=key, certificate=cert, verify=True,
-                                     caCerts=[ca], requireCertificate=True,
+    from studios_gateway.pem_files import load_ca, load_pair
+
+    chain, key = load_pair(config.peer_tls_cert_file, config.peer_tls_key_file)
+    ca = load_ca(config.peer_tls_ca_file)
+    options = ssl.CertificateOptions(privateKey=key,
+                                     certificate=crypto.X509.from_cryptography(chain[0]),
+                                     verify=True, caCerts=[crypto.X509.from_cryptography(ca)],
+                                     requireCertificate=True,
                                      raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
     # Nodes offer no ALPN; a client that does (a probe, a TLS-checking balancer) must not
     # fail the handshake on Twisted's own ALPN callback (wire/tls.py answer_alpn).
     answer_alpn(options.getContext(), ())
     return options
+
+
+def check_peer_tls(config: Any) -> str | None:
+    """Why the peer listener would not start with CONNECT_PEER_TLS_* (one line naming the
+    file to fix), or None. The start and ``studios-gateway check-config`` both ask this."""
+    from studios_gateway.pem_files import refusal
+
+    if not (config.redis_enabled and config.peer_tls_cert_file):
+        return None
+    return refusal(lambda: peer_tls_options(config), "CONNECT_PEER_TLS")
 
 
 def settings_from(config: Any) -> PeerSettings:
@@ -63,11 +73,10 @@ def build_peers(config: Config, reactor: Any, store: TunnelClaims, table: Tunnel
     part = Part()
     if not config.redis_enabled:
         return None, part
-    try:
-        tls = peer_tls_options(config)
-    except Exception as e:  # a bad PEM is an operator's mistake: one line
-        raise StartError(f"CONNECT_PEER_TLS_*: cannot load the certificate, key or CA "
-                         f"({e})") from None
+    problem = check_peer_tls(config)
+    if problem is not None:
+        raise StartError(problem)
+    tls = peer_tls_options(config)
     auth = PeerAuth(config.peer_secret, mutual_tls=tls is not None)
     streams = Counter("studios_gateway_peer_streams", "Streams carried between gateway nodes, "
                       "by direction and outcome.", ["direction", "outcome"],

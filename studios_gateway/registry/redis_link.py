@@ -13,7 +13,6 @@ See docs/decisions/redis-store.md.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 import txredisapi
@@ -30,6 +29,7 @@ from twisted.internet.ssl import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from studios_gateway.deadline import within
 from studios_gateway.logs import drop_lines
@@ -62,6 +62,23 @@ def reply_text(value: Any) -> str:
 drop_lines("log_legacy", "Redis error: could not auth: ", "Redis error: could not set dbid=",
            "Redis error: could not connect: ")
 drop_lines("twisted.application._client_service.ClientService", "Scheduling retry ")
+
+
+@implementer(IStreamClientEndpoint)
+class _Watched:
+    """Redis's endpoint, telling its link of each attempt to connect that failed."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, link: Link) -> None:
+        self._endpoint = endpoint
+        self._link = link
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        def failed(f: Failure) -> Failure:
+            if not f.check(defer.CancelledError):  # (a stop, not a failure)
+                self._link.connect_failed(f)
+            return f
+
+        return self._endpoint.connect(factory).addErrback(failed)
 
 
 class _Factory(txredisapi.RedisFactory):
@@ -230,7 +247,7 @@ class Link:
         self.factory = _Factory(self, self.protocol_class, dbid=s.db, password=password,
                                 username=s.user, convertNumbers=False, charset="utf-8")
         self.factory.initialDelay, self.factory.maxDelay = s.reconnect_delay
-        self.factory.startConnecting(endpoint)
+        self.factory.startConnecting(_Watched(endpoint, self))
         self._pinger = task.LoopingCall(self._ping)
         self._pinger.clock = s.clock
         self._pinger.start(s.ping_interval, now=False).addErrback(
@@ -309,6 +326,20 @@ class Link:
         d: Deferred[str] = Deferred()
         self._failure_waiters.append(d)
         return d
+
+    def connect_failed(self, why: Failure) -> None:
+        """An attempt to connect failed (nothing listens there, no route, a name that does
+        not resolve): said as a refused set-up is, once, then once a minute with a count.
+        Before, the gateway retried in silence (the library's and Twisted's own lines for
+        each attempt are dropped from the log), and a node started with Redis away, or at
+        a wrong CONNECT_REDIS_ADDRESS, logged nothing of it."""
+        self.last_error = ("cannot connect: "
+                           f"{(why.getErrorMessage() or type(why.value).__name__).rstrip('.')}")
+        unsaid = self._refusals.due(self.last_error)
+        if unsaid is not None:
+            self._log.warn("Redis {name} connection to {address}: {why}; will retry{more}",
+                           name=self.name, address=self.owner.address, why=self.last_error,
+                           more=self._refusals.more(unsaid))
 
     def transport_lost(self, why: Failure) -> None:
         from service_identity import VerificationError
@@ -399,15 +430,37 @@ def client_endpoint(host: str, port: int, connect_timeout: float,
     return ep
 
 
+def check_tls_files(config: Any) -> str | None:
+    """Why the Redis store would not start with CONNECT_REDIS_TLS_CERT_FILE/KEY_FILE/CA_FILE
+    (one line naming the file to fix), or None. The start and ``studios-gateway
+    check-config`` both ask this: a key that was not the certificate's ended the start in
+    a traceback, after the listeners were bound."""
+    from studios_gateway.pem_files import refusal
+
+    if not (config.redis_enabled and config.redis_tls_enable):
+        return None
+    host, _ = config.redis_address
+    return refusal(lambda: tls_options(
+        host, skip_verify=config.redis_tls_skip_verify, cert_file=config.redis_tls_cert_file,
+        key_file=config.redis_tls_key_file, ca_file=config.redis_tls_ca_file),
+        "CONNECT_REDIS_TLS")
+
+
 def tls_options(host: str, *, skip_verify: bool, cert_file: str | None,
                 key_file: str | None, ca_file: str | None) -> Any:
     """The client TLS options for Redis at `host`: its certificate verified against
     `ca_file` (else the system's CAs) unless `skip_verify`; a client certificate when
     `cert_file` and `key_file` are given."""
+    from OpenSSL import crypto
+    from twisted.internet.ssl import KeyPair
+
+    from studios_gateway.pem_files import load_ca, load_pair
+
     client: PrivateCertificate | None = None
-    if cert_file and key_file:
-        client = PrivateCertificate.loadPEM(
-            Path(cert_file).read_text() + "\n" + Path(key_file).read_text())
+    if cert_file and key_file:  # (read without a prompt for a passphrase)
+        chain, key = load_pair(cert_file, key_file)
+        client = PrivateCertificate.fromCertificateAndKeyPair(
+            Certificate(crypto.X509.from_cryptography(chain[0])), KeyPair(key))
     if skip_verify:
         # optionsForClientTLS always verifies; an old-style context factory is what
         # TLSMemoryBIOFactory (under wrapClientTLS) accepts for "do not verify".
@@ -416,6 +469,6 @@ def tls_options(host: str, *, skip_verify: bool, cert_file: str | None,
             kwargs["certificate"] = client.original
             kwargs["privateKey"] = client.privateKey.original
         return CertificateOptions(**kwargs)
-    trust = (Certificate.loadPEM(Path(ca_file).read_bytes())
+    trust = (Certificate(crypto.X509.from_cryptography(load_ca(ca_file)))
              if ca_file else platformTrust())
     return optionsForClientTLS(host, trustRoot=trust, clientCertificate=client)

@@ -46,7 +46,7 @@ from studios_gateway.ssh.user_keys import FileImport, StoreUserKeys, keep_in_fil
 from studios_gateway.traffic.observer import Traffic
 from studios_gateway.tunnel.dialer import Dialer
 
-__all__ = ["SSHProxy", "build_ssh", "load_gateway_host_key"]
+__all__ = ["SSHProxy", "build_ssh", "check_host_key", "load_gateway_host_key"]
 
 log = Logger(namespace="studios_gateway.ssh")
 
@@ -120,6 +120,21 @@ def load_gateway_host_key(config: Config) -> Key:
         return load_host_key(config.ssh_key_path, config.ssh_key_value, config.storage_root)
     except HostKeyError as e:
         raise StartError(str(e)) from None
+
+
+def check_host_key(config: Config) -> str | None:
+    """Why the start would refuse the SSH host key CONNECT_SSH_KEY_PATH or
+    _VALUE_BASE64 names (one line, in the start's words), or None. For ``studios-gateway
+    check-config``, which said 'configuration OK' for a certificate, a public key or a key
+    with a passphrase there; a key to be generated is not made here (it leaves nothing
+    behind)."""
+    if not config.ssh_enabled or not (config.ssh_key_path or config.ssh_key_value):
+        return None
+    try:
+        load_host_key(config.ssh_key_path, config.ssh_key_value, config.storage_root)
+    except HostKeyError as e:
+        return str(e)
+    return None
 
 
 @dataclass

@@ -81,6 +81,9 @@ def _parse(data: bytes, source: str) -> Key:
         key = Key.fromString(data)
     except (BadKeyError, ValueError, TypeError) as e:
         key = _from_pkcs8(data)  # Conch reads OpenSSH and traditional PEM, not PKCS#8
+        if key is None and b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data:
+            raise HostKeyError(f"{source}: cannot read the key (it is encrypted: host keys "
+                               "must not have a passphrase)") from None
         if key is None:
             raise HostKeyError(f"{source}: not a usable private key ({e.__class__.__name__}; "
                                "an unencrypted OpenSSH or PEM key is expected)") from None

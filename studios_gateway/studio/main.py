@@ -201,6 +201,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     waits_for_bind = launcher is None and bool(command) and not settings.tool_path_prefix
     started_prefix = {"prefix": settings.tool_path_prefix}
     said: set[str] = set()  # warnings said once per run
+    checked: set[str] = set()  # prefixes a tool started elsewhere was checked under
 
     def start_child(prefix: str) -> None:
         nonlocal child
@@ -231,6 +232,13 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
                 log.warn("the gateway now routes this studio under {new} but the tool was "
                          "started under {old}; restart the studio to follow", new=prefix,
                          old=started_prefix["prefix"])
+        elif not command and settings.tool == "generic":
+            # A tool started elsewhere (only its port given) is told no prefix: in path
+            # mode one that serves at the root gave browsers its 404 pages without a word.
+            prefix = routed_prefix(reply) or "/"
+            if prefix not in checked:
+                checked.add(prefix)
+                check_prefix(http_status(reactor), settings.tool_port, prefix, told=False)
 
     client = ConnectClient(settings, reactor, on_fatal=fatal, ssh_target=ssh.ssh_target,
                            on_bind=on_bind,
@@ -302,15 +310,19 @@ def given_prefix_differs(settings: Any, reply: Any) -> str | None:
             f"gateway's")
 
 
-def check_prefix(fetch: Any, port: int, prefix: str) -> Any:
+def check_prefix(fetch: Any, port: int, prefix: str, told: bool = True) -> Any:
     """A command of its own told a path prefix (path mode) that answers 404 there but not
     at ``/`` serves at the root and ignores the prefix: browsers got its 404 page and the
     log said nothing. One warning then. `fetch` GETs a URL and fires with the status
-    (presets/probe.py's http_status); fires once it has looked."""
+    (presets/probe.py's http_status); fires once it has looked. `told`: False for a tool
+    started elsewhere, which studios-connect did not tell its prefix."""
     from twisted.internet import defer
 
     if prefix == "/":
         return defer.succeed(None)
+    where = ("CONNECT_TOOL_PATH_PREFIX ({prefix})" if told else
+             "{prefix}, the path the gateway passes on in path mode (the tool was started "
+             "elsewhere, so studios-connect could not tell it)")
 
     def say(results: list[tuple[bool, Any]]) -> None:
         (under_ok, under), (root_ok, root) = results
@@ -318,8 +330,8 @@ def check_prefix(fetch: Any, port: int, prefix: str) -> Any:
             Logger(namespace="studios_gateway.studio.main").warn(
                 "the tool answers 404 at {prefix} but {root} at /: it seems to serve at the "
                 "root and ignore its path prefix, so browsers get its 404 page. It must serve "
-                "under CONNECT_TOOL_PATH_PREFIX ({prefix}); in subdomain mode it would be "
-                "served at /", prefix=prefix, root=root)
+                "under " + where + "; in subdomain mode it would be served at /",
+                prefix=prefix, root=root)
 
     return defer.DeferredList([fetch(f"http://127.0.0.1:{port}{prefix}"),
                                fetch(f"http://127.0.0.1:{port}/")],

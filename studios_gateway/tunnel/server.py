@@ -39,6 +39,7 @@ from studios_gateway.registry.base import (
     token_matches,
 )
 from studios_gateway.repeats import Repeats
+from studios_gateway.tunnel.twins import Twins, peer_host
 from studios_gateway.waiters import EmptyWaiters
 from studios_gateway.wire import tools
 from studios_gateway.wire.bind import (
@@ -269,6 +270,8 @@ class TunnelTable:
         self._others_asked: Deferred[int] | None = None
         self._drain_began = 0.0
         self._tunnels: dict[str, Tunnel] = {}
+        #: Sessions whose tunnel is replaced again and again: two studios on one session.
+        self._twins = Twins(clock)
         #: Tunnels whose session another node holds now: out of the table (requests go to
         #: the new holder), finishing their streams in flight until closed at the timer.
         self._moved: dict[Tunnel, Any] = {}
@@ -444,8 +447,9 @@ class TunnelTable:
                     f"kept for {'their studios' if len(tunnels) != 1 else 'its studio'} to "
                     f"bind to another node, of session{'s' * (len(sessions) != 1)} {shown}")
         return (f"{len(tunnels)} tunnel{'s' * (len(tunnels) != 1)} with {streams} open "
-                f"stream{'s' * (streams != 1)} (long-lived connections such as WebSockets "
-                f"or downloads: they close now, and pages reconnect their WebSockets) of "
+                f"stream{'s' * (streams != 1)} (long-lived connections such as WebSockets, "
+                f"ssh sessions or downloads: they close now, and pages reconnect their "
+                f"WebSockets) of "
                 f"session{'s' * (len(sessions) != 1)} {shown}")
 
     def wait_empty(self) -> Deferred[None]:
@@ -527,6 +531,9 @@ class TunnelTable:
         self._tunnels[sid] = tunnel
         if old is not None:
             self._log.info("session {sid}: a new tunnel replaces the old one", sid=sid)
+            twins = self._twins.replaced(sid, peer_host(old.protocol), peer_host(protocol))
+            if twins is not None:
+                self._log.warn("{twins}", twins=twins)
             old.retire()
         self._update_gauge()
         return tunnel

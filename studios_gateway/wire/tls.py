@@ -87,10 +87,12 @@ HTTP_ALPN = (b"http/1.1",)
 def server_options(cert_path: str | Path, key_path: str | Path,
                    alpn: tuple[bytes, ...] = ()) -> ssl.CertificateOptions:
     """Server TLS options serving the chain in `cert_path` (leaf first) with its key;
-    a client's ALPN offer is answered with the first of `alpn` it names, or not at all."""
-    chain_pem = Path(cert_path).read_bytes()
-    key = crypto.load_privatekey(crypto.FILETYPE_PEM, Path(key_path).read_bytes())
-    certs = x509.load_pem_x509_certificates(chain_pem)
+    a client's ALPN offer is answered with the first of `alpn` it names, or not at all.
+    A file that will not do raises pem_files.PemError saying why (never a prompt for a
+    key's passphrase)."""
+    from studios_gateway.pem_files import load_pair
+
+    certs, key = load_pair(cert_path, key_path)
     leaf, *extra = [crypto.X509.from_cryptography(c) for c in certs]
     options = ssl.CertificateOptions(
         privateKey=key, certificate=leaf, extraCertChain=extra or None,

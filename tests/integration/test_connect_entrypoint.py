@@ -289,13 +289,43 @@ def test_a_command_served_outside_its_routed_prefix_is_one_warning(tmp_path: Any
         f"{routed}; unset CONNECT_TOOL_PATH_PREFIX to be told the gateway's"), given_root
 
 
-def _first_warning(connect_string: str, more_env: dict[str, str]) -> str:
-    """The first warning of studios-connect running ROOT_ONLY_APP ("" if none in 30s)."""
+def test_a_tool_started_elsewhere_served_outside_its_prefix_is_one_warning(
+        tmp_path: Any) -> None:
+    """studios-connect given only the port of a tool already running (python3 -m
+    http.server, say) in path mode: browsers got the tool's 404 pages under
+    /_studio/<id>/ and the log said nothing, as for a command of its own before."""
+    gw = GatewayProcess(tmp_path, routing_env(tmp_path, "path"))
+    port = str(free_port())
+    app = subprocess.Popen([sys.executable, "-c", ROOT_ONLY_APP],
+                           env={**os.environ, "CONNECT_TOOL_PORT": port})
+    try:
+        gw.wait_healthy()
+        created = _session(gw)
+        said = _first_warning(created["connect_string"], {"CONNECT_TOOL_PORT": port},
+                              command=[])
+    finally:
+        app.kill()
+        app.wait()
+        gw.stop()
+    prefix = f"/_studio/{created['id']}/"
+    assert said.rstrip().endswith(
+        f"the tool answers 404 at {prefix} but 200 at /: it seems to serve at the root and "
+        f"ignore its path prefix, so browsers get its 404 page. It must serve under "
+        f"{prefix}, the path the gateway passes on in path mode (the tool was started "
+        "elsewhere, so studios-connect could not tell it); in subdomain mode it would be "
+        "served at /"), said
+
+
+def _first_warning(connect_string: str, more_env: dict[str, str],
+                   command: list[str] | None = None) -> str:
+    """The first warning of studios-connect running ROOT_ONLY_APP, or `command` ([]: none,
+    the tool is started elsewhere) ("" if none in 30s)."""
     import threading
 
     env = {**_studio_env(connect_string), **more_env}
-    proc = subprocess.Popen([str(BIN / "studios-connect"), "--", sys.executable, "-c",
-                             ROOT_ONLY_APP], env=env, stdout=subprocess.DEVNULL,
+    command = ["--", sys.executable, "-c", ROOT_ONLY_APP] if command is None else command
+    proc = subprocess.Popen([str(BIN / "studios-connect"), *command], env=env,
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     watchdog = threading.Timer(30, _kill, [proc])  # the line never came: end the wait
     watchdog.start()

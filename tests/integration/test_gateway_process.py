@@ -131,7 +131,7 @@ def test_option_overrides_environment(tmp_path) -> None:
     env = base_env(tmp_path)
     result = run_twistd(tmp_path, env, ["--ssh-max-connections", "zero"])
     assert result.returncode != 0
-    assert "CONNECT_SSH_MAX_CONNECTIONS='zero'" in result.stderr
+    assert "--ssh-max-connections (CONNECT_SSH_MAX_CONNECTIONS)='zero'" in result.stderr
 
 
 def test_a_port_in_use_fails_the_start(tmp_path) -> None:

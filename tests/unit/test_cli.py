@@ -55,7 +55,8 @@ def test_check_config_fails_on_a_certificate_the_start_refuses(
     other_key = make_self_signed(["x.test"])[1]
     (tmp_path / "key.pem").write_bytes(other_key)  # a key that is not the certificate's
     assert main(["check-config", "-q"]) == 2
-    assert "cannot load the certificate and key" in capsys.readouterr().err
+    assert (f"CONNECT_TLS_KEY_FILE='{tmp_path / 'key.pem'}' is not the key of the "
+            "certificate" in capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("tool, hint", [
@@ -271,3 +272,60 @@ def test_check_config_help_says_what_it_does(capsys: pytest.CaptureFixture[str])
     out = " ".join(capsys.readouterr().out.split())
     assert "where it came from" in out and "Exits 2 on the errors the gateway would stop " \
         "on" in out and "Run it as the gateway's user" in out, out
+
+
+def test_output_cut_short_by_its_reader_is_no_traceback(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    # `studios-gateway sessions list | head -1`: the reader is gone before the rest is
+    # written (here before the first line: its end of the pipe is closed at once).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+           "CONNECT_STORAGE_ROOT": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", "from studios_gateway.cli import console; "
+                           "console()", "check-config"],
+                          stdout=write_end, stderr=subprocess.PIPE, env=env, timeout=60)
+    os.close(write_end)
+    err = proc.stderr.decode()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert proc.returncode == 141
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("public", "expected an ed25519, RSA or ECDSA private key, not a public key"),
+    ("certificate", "not a usable private key"),
+    ("passphrase", "host keys must not have a passphrase"),
+])
+def test_check_config_refuses_the_ssh_host_keys_the_start_refuses(
+        tmp_path, monkeypatch, capsys, kind: str, expected: str) -> None:
+    """It said 'configuration OK', then the start exited 78 with these very lines."""
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from studios_gateway.cli import main
+    from studios_gateway.wire.tls import make_self_signed
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    data = {
+        "public": key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                serialization.PublicFormat.OpenSSH),
+        "certificate": make_self_signed(["x.test"])[0],
+        "passphrase": key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.BestAvailableEncryption(b"pw")),
+    }[kind]
+    (tmp_path / "host_key").write_bytes(data)
+    for k in [k for k in os.environ if k.startswith(("CONNECT_", "TOWER_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CONNECT_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("CONNECT_SSH_ENABLED", "true")
+    monkeypatch.setenv("CONNECT_SSH_KEY_PATH", str(tmp_path / "host_key"))
+    assert main(["check-config", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"CONNECT_SSH_KEY_PATH='{tmp_path / 'host_key'}'" in err and expected in err, err

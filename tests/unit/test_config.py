@@ -281,7 +281,8 @@ def test_the_start_names_every_invalid_variable(monkeypatch: pytest.MonkeyPatch,
     assert stopped.value.code == 78  # EX_CONFIG: the units do not restart it for this
     assert capfd.readouterr().err.splitlines() == [
         "studios-gateway: CONNECT_TUNNEL_PORT='xyz': expected a whole number from 1 to 65535",
-        "studios-gateway: CONNECT_HTTP_PORT='abc': expected a whole number from 1 to 65535"]
+        "studios-gateway: --http-port (CONNECT_HTTP_PORT)='abc': expected a whole number "
+        "from 1 to 65535"]
 
 
 def test_a_misspelt_name_is_said_with_the_errors_it_causes(
@@ -358,6 +359,19 @@ def test_check_config_shows_values_in_the_tables_forms(name: str, given: str,
                                                        shown: str) -> None:
     rows = {n: v for n, v, _ in load_config(environ={name: given}).describe()}
     assert rows[name] == shown
+
+
+def test_a_bad_option_is_named_as_typed() -> None:
+    # `twistd studios-gateway --http-port abc` said "CONNECT_HTTP_PORT='abc': ...", a name
+    # not on the command line; a bad value from the environment keeps its variable's name.
+    with pytest.raises(ConfigError) as e:
+        load_config(options={"CONNECT_HTTP_PORT": "abc"}, environ={})
+    assert str(e.value) == ("--http-port (CONNECT_HTTP_PORT)='abc': expected a whole number "
+                            "from 1 to 65535")
+    assert e.value.name == "CONNECT_HTTP_PORT"
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={"CONNECT_HTTP_PORT": "abc"})
+    assert str(e.value).startswith("CONNECT_HTTP_PORT='abc'")
 
 
 def test_unknown_option_is_refused() -> None:
@@ -567,6 +581,20 @@ def test_a_proxy_url_with_a_path_is_refused(value: str) -> None:
                        ).effective_proxy_url == "https://connect.example.com"
 
 
+@pytest.mark.parametrize("value", ["https://user:hunter2@connect.example.com",
+                                   "https://user@connect.example.com",
+                                   "ops:hunter2@connect.example.com:8443"])
+def test_a_proxy_url_with_a_user_or_password_is_refused(value: str) -> None:
+    # It was taken, and every redirect to the login and every login link began with it:
+    # the password went to any browser that asked for a studio.
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={"CONNECT_PROXY_URL": value})
+    assert len(e.value.errors) == 1
+    line = str(e.value.errors[0])
+    assert line.startswith("CONNECT_PROXY_URL=") and "without a user or password" in line
+    assert "hunter2" not in line
+
+
 def test_proxy_url_accepts_a_bare_domain() -> None:
     cfg = load_config(environ={"CONNECT_PROXY_URL": "connect.example.com"})
     assert cfg.proxy_host == "connect.example.com"
@@ -665,6 +693,29 @@ def test_a_short_management_key_is_warned_of_without_showing_it() -> None:
     long_key = load_config(environ={"CONNECT_MANAGEMENT_PORT": "9000",
                                     "CONNECT_MANAGEMENT_AUTH_KEY": "k" * 16})
     assert not any("CONNECT_MANAGEMENT_AUTH_KEY" in w for w in long_key.warnings)
+
+
+def test_an_http_proxy_url_with_a_certificate_is_warned_of(tmp_path) -> None:
+    # Taken without a word: every login link, studio address and handoff code the gateway
+    # handed out went out in plain HTTP first, to a port that speaks HTTPS, and a login
+    # link's form posted there got 400.
+    files = {"CONNECT_TLS_CERT_FILE": tmp_path / "cert.pem",
+             "CONNECT_TLS_KEY_FILE": tmp_path / "key.pem"}
+    for path in files.values():
+        path.write_text("not read here\n")
+    tls = {name: str(path) for name, path in files.items()}
+
+    def warned(proxy_url: str | None, **more: str) -> list[str]:
+        env = {**more, **({"CONNECT_PROXY_URL": proxy_url} if proxy_url else {})}
+        return [w for w in load_config(environ=env).warnings if w.startswith(
+            "CONNECT_PROXY_URL is http://")]
+
+    assert len(warned("http://connect.example.com:8443", **tls)) == 1
+    assert "Write CONNECT_PROXY_URL with https://" in warned("http://connect.example.com",
+                                                              **tls)[0]
+    assert warned("https://connect.example.com", **tls) == []
+    assert warned(None, **tls) == []  # (unset, it is https:// with the certificate)
+    assert warned("http://connect.example.com") == []  # no certificate: plain HTTP
 
 
 def test_redis_tls_without_verification_is_warned_of(tmp_path) -> None:

@@ -53,7 +53,7 @@ def test_certificate_must_cover_proxy_host_and_wildcard(tmp_path: Path) -> None:
     assert problem is not None and "too few host components" in problem
     (tmp_path / "junk.pem").write_text("not a certificate")
     problem = check_certificate_names(str(tmp_path / "junk.pem"), "a.test", "a.test", True)
-    assert problem is not None and "cannot read" in problem
+    assert problem is not None and "holds no PEM certificate" in problem
 
 
 class FakeStream(StringTransport):

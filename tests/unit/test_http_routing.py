@@ -42,8 +42,14 @@ def test_path_mode_refuses_per_studio_host_names() -> None:
     r = P.route("abc.studios.example.com", "/lab")
     assert isinstance(r, Refusal) and (r.status, r.reason) == (404, "path-mode-host")
     assert "studios.example.com/_studio/abc/" in r.detail
-    # and subdomain mode does not serve paths on the proxy host
-    assert isinstance(R.route("studios.example.com", "/_studio/abc/"), Refusal)
+    # and subdomain mode does not serve paths on the proxy host, but says where the
+    # studio is (it said "This address is the studios gateway, which has no page")
+    r = R.route("studios.example.com", "/_studio/abc/lab?x=1")
+    assert isinstance(r, Refusal) and (r.status, r.reason) == (404, "subdomain-mode-path")
+    assert r.detail == ("This gateway serves studios by host name, not by path: open "
+                        "abc.studios.example.com/ instead.") and r.session_id == "abc"
+    assert R.route("studios.example.com", "/_studio/abc").reason == "subdomain-mode-path"  # type: ignore[union-attr]
+    assert R.route("studios.example.com", "/_studio/-x/").reason == "not-a-studio"  # type: ignore[union-attr]
 
 
 def test_refusals() -> None:

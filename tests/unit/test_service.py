@@ -136,6 +136,21 @@ def test_shutdown_is_bounded_by_the_grace() -> None:
     assert [formatEvent(e) for e in events if "did not finish" in e["log_format"]] == [
         "drain did not finish within 10.0s (still in use: SSH proxy; tunnels: 1 tunnel "
         "with 2 open streams); stopping"]
+    # and not 'drained; stopping' right after it, which read as the opposite
+    assert [formatEvent(e) for e in events if "stopping" in e["log_format"]][-1] == "stopping"
+
+
+def test_a_second_sigterm_is_not_called_drained() -> None:
+    reactor = MemoryReactorClock()
+    reactor.running = True
+    gw, _ = make(reactor, CONNECT_SHUTDOWN_GRACE="10s")
+    gw.add_component(Component("SSH proxy", drain=lambda: defer.Deferred()))
+    gw.terminate()
+    with capturedLogs() as events:
+        gw.terminate()
+    assert reactor.hasStopped
+    assert [formatEvent(e) for e in events] == [
+        "second SIGTERM: stopping without waiting for the drain", "stopping"]
 
 
 class ReadyHealth:

@@ -1,0 +1,52 @@
+"""A Redis that refuses connections (down, or a wrong CONNECT_REDIS_ADDRESS) is said in
+the log, once, then once a minute with a count: the gateway retried in silence (the
+library's and Twisted's own lines for each attempt are dropped), and a node started with
+Redis away said nothing of it. /ready's store check says the same reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.task import Clock
+
+from studios_gateway.registry.redis import RedisStore
+from studios_gateway.registry.redis_link import _Watched
+from tests.unit.test_node_settings import Logged
+
+SAID = "cannot connect: Connection was refused by other side: 111: Connection refused"
+
+
+class Refusing:
+    """An endpoint where nothing listens."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        self.attempts += 1
+        return defer.fail(error.ConnectionRefusedError("111: Connection refused."))
+
+
+def test_a_refused_connection_is_said_once_then_once_a_minute() -> None:
+    clock = Clock()
+    store = RedisStore("redis.internal:6379", clock=clock, timeout=2.0)
+    link, endpoint = store._commands, Refusing()
+    with Logged("warn") as warn:
+        link.start(endpoint, None)  # type: ignore[arg-type]
+        try:
+            # The library's retries, a few seconds apart, through the endpoint it was given
+            watched = _Watched(endpoint, link)
+            for _ in range(5):
+                clock.advance(5)
+                watched.connect(None).addErrback(lambda f: None)
+            clock.advance(61 - 25)
+            watched.connect(None).addErrback(lambda f: None)
+        finally:
+            link.stop()
+    assert endpoint.attempts == 7
+    assert warn.lines == [
+        f"Redis command connection to redis.internal:6379: {SAID}; will retry",
+        f"Redis command connection to redis.internal:6379: {SAID}; will retry (and 5 more "
+        "like it in the last 61s)"], warn.lines
+    assert link.last_error == SAID  # what /ready's store check says, in its parentheses

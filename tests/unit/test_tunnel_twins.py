@@ -1,0 +1,70 @@
+"""Two studios-connect on one session (the same connect string twice): each bind ends the
+other's tunnel, and they take turns for as long as both run. The gateway says so, once a
+minute, with both addresses; a studio that reconnects now and then is no such case."""
+
+from __future__ import annotations
+
+import re
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from studios_gateway.registry.base import SessionRecord, hash_token
+from studios_gateway.registry.memory import MemoryStore
+from studios_gateway.tunnel.server import TunnelServerFactory, TunnelSettings, TunnelTable
+from studios_gateway.tunnel.twins import TIMES, WINDOW
+from studios_gateway.wire.bind import BindRequest
+from tests.unit.test_node_settings import Logged
+
+TOKEN = "t" * 20
+
+
+def table() -> tuple[Clock, TunnelTable]:
+    clock = Clock()
+    store = MemoryStore(clock)
+    store.create(SessionRecord(id="s1", workspace_id=None, tool="generic", owner="alice",
+                               allowed_users=(), ssh_enabled=False,
+                               token_hash=hash_token(TOKEN), created_at=0.0))
+    t = TunnelTable(store, node_id="n1", node_address="a:1", clock=clock,
+                    settings=TunnelSettings(holder_ttl=30, ping_interval=1000,
+                                            ping_timeout=2000))
+    t.start()
+    return clock, t
+
+
+def bind_from(t: TunnelTable, host: str) -> StringTransport:
+    protocol = TunnelServerFactory(t).buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+    protocol.makeConnection(transport)
+    protocol.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "generic", 8080).encode())
+    assert t.get("s1") is not None and t.get("s1").protocol is protocol
+    return transport
+
+
+def test_two_studios_taking_turns_are_named_once_a_minute() -> None:
+    clock, t = table()
+    with Logged("warn") as warn:
+        bind_from(t, "10.0.0.7")
+        for turn in range(4 * TIMES):  # each told GoAway binds again within moments
+            bind_from(t, "10.0.0.8" if turn % 2 == 0 else "10.0.0.7")
+            clock.advance(0.2)
+    assert len(warn.lines) == 1, warn.lines
+    assert warn.lines[0].startswith(f"session s1: its tunnel was replaced {TIMES} times in ")
+    assert re.search(r"\(from 10\.0\.0\.[78] and 10\.0\.0\.[78]\)", warn.lines[0])
+    assert "two studios-connect run with this session's connect string" in warn.lines[0]
+    with Logged("warn") as warn:  # still at it a minute on: one more line, with a count
+        for turn in range(int(WINDOW / 0.2)):
+            bind_from(t, "10.0.0.8" if turn % 2 == 0 else "10.0.0.7")
+            clock.advance(0.2)
+    assert len(warn.lines) == 1, warn.lines
+    assert re.search(r"\(and \d+ more like it in the last 60s\)$", warn.lines[0]), warn.lines
+
+
+def test_a_studio_that_reconnects_now_and_then_is_not_two() -> None:
+    clock, t = table()
+    with Logged("warn") as warn:
+        for _ in range(3 * TIMES):  # its old connection not yet found dead each time
+            bind_from(t, "10.0.0.7")
+            clock.advance(10)  # as often as a studio finds its tunnel dead and binds again
+    assert warn.lines == []
