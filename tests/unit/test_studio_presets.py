@@ -117,11 +117,22 @@ def test_code_server_binds_loopback_with_auth_off_and_no_base_path() -> None:
     launch = build("vscode", place=PATH)
     assert launch.argv == ["code-server", "/home/al", "--bind-addr=127.0.0.1:8888",
                            "--auth=none", "--disable-telemetry", "--disable-update-check",
-                           "--disable-workspace-trust"]
+                           "--disable-workspace-trust", "--ignore-last-opened"]
     assert not PRESETS["vscode"].needs_prefix  # the gateway strips the prefix
     assert PRESETS["vscode"].probe_path(PATH) == "/healthz"
     theirs = build("vscode", ["code-server", "--bind-addr", "127.0.0.1:7000", "/src"])
-    assert theirs.port == 7000 and theirs.argv[-1] == "--disable-workspace-trust"
+    assert theirs.port == 7000 and theirs.argv[-1] == "--ignore-last-opened"
+
+
+def test_code_server_opens_the_studios_folder_not_the_one_it_last_opened() -> None:
+    """Its data directory remembers a folder (another studio's, on the same home), which it
+    would open instead of the one on its command line; a code-server that predates the
+    option runs without it, and one given as -e is not added twice."""
+    preset = PRESETS["vscode"]
+    old_help = knows_all(preset).help.replace("--ignore-last-opened", "")
+    assert "--ignore-last-opened" not in preset.build([], PATH, Installed("1.60.1", old_help)).argv
+    own = build("vscode", ["code-server", "-e", "/src"])
+    assert "--ignore-last-opened" not in own.argv and own.argv.count("-e") == 1
 
 
 def test_rstudio_gets_its_documented_flags_and_the_root_path_from_the_routing() -> None:
