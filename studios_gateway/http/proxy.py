@@ -610,7 +610,8 @@ class ProxyProtocol(Protocol):
             return False
         who, info = known
         tool = tool_route(route, info.tool)
-        if tool.unavailable is not None or not info.connected:
+        if tool.unavailable is not None or not info.connected \
+                or tool.is_logout(ex.info.method, ex.info.path):
             return False
         ex.route, ex.tool, ex.subject, ex.identity = route, tool, who.subject, who
         self._connect(ex)
@@ -710,6 +711,11 @@ class ProxyProtocol(Protocol):
             self._respond(ex, pages.tool_unavailable(route.session_id, ex.tool.spec.title,
                                                      route.mode.value, ex.tool.unavailable),
                           why="tool unavailable in this routing mode")
+        elif ex.info is not None and ex.tool.is_logout(ex.info.method, ex.info.path):
+            # The tool's login is off behind the gateway ("Cannot log out. Jupyter Server
+            # authentication is disabled."): its Log Out is meant for the gateway's.
+            self._respond(ex, pages.redirect(f"{PREFIX}logout", 303),
+                          why="the tool's logout is the gateway's")
         elif not info.connected:
             self._not_connected(ex)
         else:

@@ -15,6 +15,8 @@ session's tool (any name :mod:`~studios_gateway.wire.tools` accepts) into a
 
 ``unavailable`` says why the tool cannot work in this mode (the proxy then
 answers with a page, never with the tool's 404); no tool needs it today.
+``is_logout(method, path)`` says whether a request is a page load of the tool's own
+logout (JupyterLab's ``<prefix>logout``), which the proxy sends to the gateway's.
 
 ``X-Forwarded-Prefix`` is sent only when the gateway removed the prefix: that is
 what the header means to the frameworks that read it (Spring, ASP.NET, Traefik's
@@ -46,6 +48,11 @@ class ToolRoute:
     paths: ToolPaths | None  # None in subdomain mode: nothing to strip or rewrite
     set_headers: tuple[tuple[bytes, bytes], ...] = ()
     unavailable: str | None = None
+    logout: str | None = None  # the path of the tool's own logout page on this route
+
+    def is_logout(self, method: str, path: str) -> bool:
+        """A GET (or HEAD) of the tool's own logout page."""
+        return path == self.logout and method in ("GET", "HEAD")
 
     def target(self, upstream_target: str) -> str:
         return self.paths.to_tool(upstream_target) if self.paths else upstream_target
@@ -91,4 +98,6 @@ def _tool_route(mode_value: str, prefix: str, tool: str) -> ToolRoute:
         paths = ToolPaths(prefix, strip=spec.strip_prefix)
         if spec.strip_prefix:
             headers.append((FORWARDED_PREFIX, prefix.rstrip("/").encode()))
-    return ToolRoute(spec, mode, paths, tuple(headers), spec.unavailable_in(mode.value))
+    logout = prefix + spec.logout_path if spec.logout_path else None
+    return ToolRoute(spec, mode, paths, tuple(headers), spec.unavailable_in(mode.value),
+                     logout)

@@ -17,7 +17,10 @@ prefix (``/_studio/<id>/``; ``/`` in subdomain mode), ``{prefix_no_slash}`` the
 same without its trailing slash (``/_studio/<id>``; still ``/`` in subdomain
 mode). ``unavailable`` lists the routing modes (``subdomain``, ``path``) a tool
 cannot work in, with the reason the gateway's page gives instead of the tool's
-answer; today every tool works in both.
+answer; today every tool works in both. ``logout_path`` is the tool's own logout
+page under its prefix (JupyterLab's File > Log Out opens ``<prefix>logout``): its
+login is off behind the gateway, so the gateway sends a page load of it to its own
+logout page, whose button ends the login the person meant to end.
 
 RStudio Server serves at ``/`` whatever its ``www-root-path``: that setting and
 the ``X-RStudio-Root-Path`` header only tell it which prefix its proxy removed
@@ -38,6 +41,7 @@ class ToolSpec:
     strip_prefix: bool = False
     proxy_headers: tuple[tuple[str, str], ...] = field(default=())
     unavailable: tuple[tuple[str, str], ...] = field(default=())  # (mode, why)
+    logout_path: str = ""  # the tool's logout page, relative to its prefix ("" = none)
 
     def unavailable_in(self, mode: str) -> str | None:
         """Why this tool cannot work in routing mode ``mode``; None when it can."""
@@ -45,7 +49,7 @@ class ToolSpec:
 
 
 TOOL_SPECS: tuple[ToolSpec, ...] = (
-    ToolSpec("jupyterlab", "JupyterLab", aliases=("jupyter",)),
+    ToolSpec("jupyterlab", "JupyterLab", aliases=("jupyter",), logout_path="logout"),
     ToolSpec("ride", "R-IDE (RStudio Server)", aliases=("rstudio",), strip_prefix=True,
              proxy_headers=(("X-RStudio-Root-Path", "{prefix_no_slash}"),)),
     ToolSpec("vscode", "VS Code (code-server)", aliases=("code-server",), strip_prefix=True),

@@ -10,6 +10,7 @@ reconnect dialog appears. CI installs code-server with scripts/install-studio-to
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -46,6 +47,13 @@ def code(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     tmp = tmp_path_factory.mktemp(f"code-{mode}")
     env = {"PATH": code_server_path(), "XDG_DATA_HOME": str(tmp / "xdg-data"),
            "XDG_CONFIG_HOME": str(tmp / "xdg-config")}
+    # code-server's data directory remembers a folder that is not this studio's (another
+    # studio's on the same home): the studio must open its own all the same.
+    (tmp / "elsewhere").mkdir()
+    remembered = tmp / "xdg-data" / "code-server"
+    remembered.mkdir(parents=True)
+    (remembered / "coder.json").write_text(
+        json.dumps({"query": {"folder": str(tmp / "elsewhere")}}))
     with tool_studio(tmp, "vscode", mode, "healthz", extra_env=env) as studio:
         yield studio
 
@@ -58,6 +66,13 @@ def test_the_preset_started_code_server_on_loopback_with_its_login_off(code: Too
     assert "code-server (VS Code) is ready" in out
     health = code.browser.get(code.url("healthz"))
     assert health.status == 200 and "status" in health.json()
+
+
+def test_the_studio_opens_its_home_not_the_folder_code_server_last_opened(
+        code: ToolStudio) -> None:
+    first = code.browser.get(code.url(), follow=False)
+    assert first.status == 302, (first.status, first.text[:300])
+    assert first.headers["location"].endswith(f"?folder={code.home}"), first.headers
 
 
 def test_the_workbench_loads_talks_over_its_websocket_and_does_not_reconnect(

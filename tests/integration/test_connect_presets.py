@@ -7,6 +7,7 @@ version and the option; a tool that is not installed is exit status 127.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from studios_gateway.registry.base import new_token
+from studios_gateway.studio.presets import PRESETS
+from studios_gateway.studio.presets.base import hidden_modules, run_for_text
 from tests.support.gateway import BIN, REPO
 from tests.support.ports import free_port
 
@@ -59,3 +62,18 @@ def test_a_tool_that_is_not_installed_is_status_127(tmp_path: Path) -> None:
     done = run(tmp_path, "--tool", "ride", path=str(tmp_path / "nothing-here"))
     assert done.returncode == 127, done
     assert "rserver" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jupyterlab") is None,
+                    reason="jupyterlab is not installed (the test extra)")
+def test_jupyterlab_answers_the_same_with_its_slow_import_hidden() -> None:
+    """The preset asks JupyterLab for its version and --help-all with rfc3987-syntax hidden
+    (it compiles grammars at import, 1.5 s of each answer): the answers are the same."""
+    preset = PRESETS["jupyterlab"]
+    head = [str(BIN / "jupyter"), "lab"]
+    with hidden_modules(preset.inspect_without) as more_env:
+        quick = [run_for_text(preset.version_argv(head), more_env),
+                 run_for_text(preset.help_argv(head), more_env)]
+    full = [run_for_text(preset.version_argv(head)), run_for_text(preset.help_argv(head))]
+    assert quick == full
+    assert preset.read_version(full[0]) and "--ServerApp.port_retries" in full[1]

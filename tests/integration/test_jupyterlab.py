@@ -75,6 +75,16 @@ def test_the_news_feed_and_the_update_check_are_off(lab: Lab) -> None:
     assert update.status == 200 and update.json() == {"notification": None}, update.text[:300]
 
 
+def test_jupyterlabs_log_out_leads_to_the_gateways_logout_page(lab: Lab) -> None:
+    """File > Log Out opens <prefix>logout; JupyterLab, its login off, would answer "Cannot
+    log out. Jupyter Server authentication is disabled." and the gateway's login go on."""
+    sent = lab.browser.get(lab.url("logout"), follow=False)
+    assert (sent.status, sent.headers["Location"]) == (303, "/_connect/logout"), sent.text[:300]
+    page = lab.browser.get(lab.url("logout"))
+    assert page.status == 200 and "Log out of the studios gateway?" in page.text, page.text[:500]
+    assert lab.browser.get(lab.url("api/status")).status == 200  # only the page's button ends it
+
+
 def test_rest_api_and_a_kernel_over_its_websocket(lab: Lab) -> None:
     kernel_answers_42(lab)
 

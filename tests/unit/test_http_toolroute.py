@@ -378,3 +378,43 @@ def test_proxy_drops_a_tools_policies_for_the_whole_origin_in_path_mode(
     origin_wide = (b"nel", b"report-to", b"strict-transport-security", b"alt-svc",
                    b"accept-ch")
     assert [name in headers for name in origin_wide] == [not path_routing] * 5
+
+
+# The tool's own logout -----------------------------------------------------------------------
+
+
+class _Who:
+    subject = "alice"
+
+
+@pytest.mark.parametrize("fast", [False, True])  # the login and session known already, or not
+@pytest.mark.parametrize("head", [
+    b"GET /_studio/abc/logout HTTP/1.1\r\nHost: studios.test\r\n\r\n",
+    b"GET /_studio/abc/logout?next=/lab HTTP/1.1\r\nHost: studios.test\r\n\r\n",
+    b"HEAD /logout HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n",
+])
+def test_jupyterlabs_log_out_leads_to_the_gateways_logout(head, fast) -> None:
+    """JupyterLab's File > Log Out opens <prefix>logout, where a JupyterLab whose login is
+    off answers "Cannot log out. Jupyter Server authentication is disabled." and the
+    gateway's login goes on: the gateway sends the browser to its own logout page."""
+    h = harness("jupyter", path_routing=b" /_studio/" in head)
+    if fast:
+        h.factory.fast = lambda request, sid: (_Who(), h.sessions[sid])
+    p, t = h.client()
+    p.dataReceived(head)
+    [(status, headers, _)] = parse_responses(t.value(), head.split(b" ", 1)[0])
+    assert (status, headers[b"location"]) == (303, b"/_connect/logout")
+    assert not h.upstream.conns
+
+
+@pytest.mark.parametrize("tool,head", [
+    ("jupyter", b"POST /_studio/abc/logout HTTP/1.1\r\nHost: studios.test\r\n"
+                b"Content-Length: 0\r\n\r\n"),
+    ("jupyter", b"GET /_studio/abc/lab/logout HTTP/1.1\r\nHost: studios.test\r\n\r\n"),
+    ("jupyter", b"GET /_studio/abc/logout/ HTTP/1.1\r\nHost: studios.test\r\n\r\n"),
+    ("vscode", b"GET /_studio/abc/logout HTTP/1.1\r\nHost: studios.test\r\n\r\n"),
+    ("generic", b"GET /logout HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n"),
+])
+def test_other_logout_paths_and_tools_reach_the_tool(tool, head) -> None:
+    _, _, req = forwarded(tool, head)
+    assert req.target.rstrip(b"/").endswith(b"logout")

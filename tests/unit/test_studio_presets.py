@@ -119,11 +119,22 @@ def test_code_server_binds_loopback_with_auth_off_and_no_base_path() -> None:
     launch = build("vscode", place=PATH)
     assert launch.argv == ["code-server", "/home/al", "--bind-addr=127.0.0.1:8888",
                            "--auth=none", "--disable-telemetry", "--disable-update-check",
-                           "--disable-workspace-trust"]
+                           "--disable-workspace-trust", "--ignore-last-opened"]
     assert not PRESETS["vscode"].needs_prefix  # the gateway strips the prefix
     assert PRESETS["vscode"].probe_path(PATH) == "/healthz"
     theirs = build("vscode", ["code-server", "--bind-addr", "127.0.0.1:7000", "/src"])
-    assert theirs.port == 7000 and theirs.argv[-1] == "--disable-workspace-trust"
+    assert theirs.port == 7000 and theirs.argv[-1] == "--ignore-last-opened"
+
+
+def test_code_server_opens_the_studios_folder_not_the_one_it_last_opened() -> None:
+    """Its data directory remembers a folder (another studio's, on the same home), which it
+    would open instead of the one on its command line; a code-server that predates the
+    option runs without it, and one given as -e is not added twice."""
+    preset = PRESETS["vscode"]
+    old_help = knows_all(preset).help.replace("--ignore-last-opened", "")
+    assert "--ignore-last-opened" not in preset.build([], PATH, Installed("1.60.1", old_help)).argv
+    own = build("vscode", ["code-server", "-e", "/src"])
+    assert "--ignore-last-opened" not in own.argv and own.argv.count("-e") == 1
 
 
 def test_rstudio_gets_its_documented_flags_and_the_root_path_from_the_routing() -> None:
@@ -170,7 +181,7 @@ def test_given_and_port_in() -> None:
 def test_inspect_tool_reads_the_version_and_refuses_a_tool_that_prints_none() -> None:
     calls: list[list[str]] = []
 
-    def run(argv: Any) -> str:
+    def run(argv: Any, more_env: Any = None) -> str:
         calls.append(list(argv))
         return "4.100.3 3c0b449c6e6e37b44a8a7938c0d8a3049926a64c with Code 1.100.3\n" \
             if argv[-1] == "--version" else "--bind-addr --auth"
@@ -181,9 +192,9 @@ def test_inspect_tool_reads_the_version_and_refuses_a_tool_that_prints_none() ->
     assert sorted(calls) == [["/usr/bin/code-server", "--help"],
                              ["/usr/bin/code-server", "--version"]]
     assert inspect_tool(PRESETS["xpra"], ["xpra", "start"],
-                        lambda a: "xpra v3.1.3-r0\n").version == "3.1.3-r0"
+                        lambda a, e: "xpra v3.1.3-r0\n").version == "3.1.3-r0"
     with pytest.raises(PresetError, match="did not print a version"):
-        inspect_tool(PRESETS["ride"], ["rserver"], lambda a: "")
+        inspect_tool(PRESETS["ride"], ["rserver"], lambda a, e: "")
 
 
 def test_inspect_tool_asks_for_the_version_and_the_help_at_once() -> None:
@@ -192,12 +203,53 @@ def test_inspect_tool_asks_for_the_version_and_the_help_at_once() -> None:
     are running passes only if they run at the same time."""
     both = threading.Barrier(2, timeout=10)
 
-    def run(argv: Any) -> str:
+    def run(argv: Any, more_env: Any = None) -> str:
         both.wait()
         return "jupyter lab 4.6.6\n" if argv[-1] == "--version" else "--ServerApp.base_url"
 
     got = inspect_tool(PRESETS["jupyterlab"], ["jupyter", "lab"], run)
     assert got.version == "4.6.6" and "base_url" in got.help
+
+
+def test_jupyterlab_is_asked_without_its_slowest_import_then_as_it_is_if_that_falls_short(
+        ) -> None:
+    """rfc3987-syntax compiles grammars at import (1.5 s of each answer) and changes
+    neither: it is hidden from both questions. Hiding can only take options out of the
+    help, so an answer that lacks one the preset adds (or has no version) is asked again
+    with nothing hidden, and that answer decides."""
+    preset = PRESETS["jupyterlab"]
+    full = knows_all(preset, "4.6.6").help
+    asked: list[str | None] = []
+
+    def run(argv: Any, more_env: Any = None) -> str:
+        hidden = (more_env or {}).get("PYTHONPATH")
+        asked.append(hidden)
+        if argv[-1] == "--version":
+            return "4.6.6\n"
+        return full if hidden is None else short
+
+    def enough(installed: Installed) -> bool:
+        return not preset.lacks([], PATH, installed)
+
+    short = full  # everything listed with the module hidden: one round, hidden
+    got = inspect_tool(preset, ["jupyter", "lab"], run, enough)
+    assert got.help == full and len(asked) == 2 and all(asked)
+    stand_in = Path(asked[0].split(":")[0], "rfc3987_syntax.py")  # type: ignore[union-attr]
+    assert not stand_in.exists()  # removed once asked
+    asked.clear()
+    short = full.replace("--ServerApp.port_retries", "")  # a plugin failed without it, say
+    got = inspect_tool(preset, ["jupyter", "lab"], run, enough)
+    assert got.help == full and asked.count(None) == 2 and len(asked) == 4
+    assert preset.lacks(["jupyter", "lab", "--ServerApp.port_retries=3"], PATH,
+                        Installed("4.6.6", short)) == []  # the person's own value is enough
+
+
+def test_hidden_modules_cannot_be_imported_by_the_tools_python(tmp_path: Path) -> None:
+    from studios_gateway.studio.presets.base import hidden_modules, run_for_text
+    with hidden_modules(["json"]) as more_env:
+        out = run_for_text([sys.executable, "-c", "import json"], more_env)
+    assert "ImportError: json is left out while studios-connect asks the tool" in out
+    assert run_for_text([sys.executable, "-c", "import json; print('ok')"]) == "ok\n"
 
 
 def test_readiness_polls_until_an_ok_status_not_an_open_port() -> None:
@@ -360,14 +412,14 @@ def test_prepare_fails_before_anything_runs_and_binds_with_the_tools_port_and_ve
     s = load_client_settings({**BASE_ENV, "CONNECT_TOOL_PORT": "80", "CONNECT_TOOL": "vscode"})
     help_text = ("--bind-addr --auth --disable-telemetry --disable-update-check "
                  "--disable-workspace-trust")
-    run = lambda argv: "4.100.3 abc with Code 1.100.3" if argv[-1] == "--version" \
-        else help_text  # noqa: E731
+    run = lambda argv, more_env=None: "4.100.3 abc with Code 1.100.3" \
+        if argv[-1] == "--version" else help_text  # noqa: E731
     settings, lab = prepare(s, ["code-server", "--bind-addr=127.0.0.1:9000"], env, run=run,
                             reactor=FakeReactor())
     assert (settings.tool_port, settings.tool_version) == (9000, "1.100.3")
     assert lab.launch.cwd == str(tmp_path) and not lab.bind_first
     with pytest.raises(PresetError, match=r"code-server \(VS Code\) 1.100.3 has no --auth option"):
-        prepare(s, [], env, run=lambda argv: run(argv).replace("--auth", ""),
+        prepare(s, [], env, run=lambda argv, e: run(argv).replace("--auth", ""),
                 reactor=FakeReactor())
     with pytest.raises(FileNotFoundError):
         prepare(s, [], {"PATH": str(tmp_path / "none"), "HOME": str(tmp_path)}, run=run,

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +108,10 @@ class Preset:
     executables: tuple[str, ...] = ()
     needs_prefix = False  # the tool must know the public prefix when it starts: bind first
     probe_ok: tuple[int, ...] = (200,)
+    #: Python modules hidden from the tool while it is asked for its version and help
+    #: (never when it runs): ones that take seconds to import and change neither answer.
+    #: An answer without them that lacks an option the preset adds is asked again with them.
+    inspect_without: tuple[str, ...] = ()
 
     # -- what subclasses describe --------------------------------------------------
 
@@ -155,6 +161,18 @@ class Preset:
 
     def stop_argv(self, head: Sequence[str], rest: Sequence[str]) -> list[str] | None:
         return None
+
+    def lacks(self, command: Sequence[str], place: Place, installed: Installed) -> list[str]:
+        """The options (needed or optional) the preset would add to ``command`` that
+        ``installed``'s help does not list."""
+        argv = list(command) or self.default_command(place)
+        missing = []
+        for flag in self.flags(place):
+            check = flag.names[0] if flag.check == "" else flag.check
+            if check is not None and given(argv, flag.names) is None \
+                    and check not in installed.help:
+                missing.append(flag.names[0])
+        return missing
 
     # -- building -----------------------------------------------------------------
 
@@ -206,30 +224,66 @@ class Preset:
                       stop_argv=self.stop_argv(head, rest), wrapped=wrapped is not None)
 
 
-Runner = Callable[[Sequence[str]], str]
+#: Runs a command (with these variables added to the environment, when given) and
+#: returns what it printed.
+Runner = Callable[[Sequence[str], Mapping[str, str] | None], str]
 
 
-def run_for_text(argv: Sequence[str]) -> str:
+def run_for_text(argv: Sequence[str], more_env: Mapping[str, str] | None = None) -> str:
     """A command's stdout and stderr together ("" if it cannot run)."""
+    env = {**os.environ, **more_env} if more_env else None
     try:
-        done = subprocess.run(list(argv), capture_output=True, text=True,
+        done = subprocess.run(list(argv), capture_output=True, text=True, env=env,
                               timeout=INSPECT_TIMEOUT, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return ""
     return (done.stdout or "") + (done.stderr or "")
 
 
-def inspect_tool(preset: Preset, head: Sequence[str], run: Runner = run_for_text) -> Installed:
-    """Ask the installed tool for its version and help text (before anything starts)."""
-    if not head:
-        return Installed("")
+@contextmanager
+def hidden_modules(names: Sequence[str]) -> Iterator[dict[str, str]]:
+    """Variables under which a Python program cannot import ``names`` (each one's import
+    raises ImportError, as if it were not installed): a directory of stand-ins put first
+    on PYTHONPATH, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="studios-connect-inspect-") as d:
+        for name in names:
+            Path(d, f"{name}.py").write_text(
+                f"raise ImportError('{name} is left out while studios-connect asks the tool "
+                f"for its version and options')\n")
+        yield {"PYTHONPATH": os.pathsep.join(
+            p for p in (d, os.environ.get("PYTHONPATH", "")) if p)}
+
+
+def _ask(preset: Preset, head: Sequence[str], run: Runner,
+         more_env: Mapping[str, str] | None) -> tuple[str | None, str]:
     # Both at once: each is the tool's own start-up (`jupyter lab --version` took 5.8 s
     # on a slow 2-core machine), and a studio waits for them before it dials.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        asked = pool.submit(run, preset.version_argv(head))
-        helped = pool.submit(run, preset.help_argv(head))
+        asked = pool.submit(run, preset.version_argv(head), more_env)
+        helped = pool.submit(run, preset.help_argv(head), more_env)
         out, help_text = asked.result(), helped.result()
-    version = preset.read_version(out)
+    return preset.read_version(out), help_text
+
+
+def inspect_tool(preset: Preset, head: Sequence[str], run: Runner = run_for_text,
+                 enough: Callable[[Installed], bool] = lambda installed: True) -> Installed:
+    """Ask the installed tool for its version and help text (before anything starts).
+
+    A preset's ``inspect_without`` modules are hidden the first time; that answer is
+    taken when it has a version and is ``enough`` (lists every option the preset adds).
+    Hiding a module can only take options out of the help, never put one in, so such
+    an answer is the tool's own; any other is asked again with nothing hidden."""
+    if not head:
+        return Installed("")
+    if preset.inspect_without:
+        try:
+            with hidden_modules(preset.inspect_without) as more_env:
+                version, help_text = _ask(preset, head, run, more_env)
+        except OSError:  # no temporary directory to be had: ask as it is
+            version = None
+        if version is not None and enough(Installed(version[:64], help_text)):
+            return Installed(version[:64], help_text)
+    version, help_text = _ask(preset, head, run, None)
     if version is None:
         raise PresetError(f"{preset.title}: `{' '.join(preset.version_argv(head))}` did not "
                           f"print a version; is {head[0]} installed and on PATH?")

@@ -32,6 +32,11 @@ class JupyterLab(Preset):
     title = "JupyterLab"
     executables = ("jupyter", "jupyter-lab")
     needs_prefix = True
+    # jsonschema's IRI format check (rfc3987-syntax, which jupyter_events imports through
+    # jsonschema[format-nongpl]) compiles its grammars at import: 1.5 s of each of the
+    # two answers here (2.5-3 s each with it, 1.0-1.3 s without), and of JupyterLab's own
+    # start, which keeps it. Neither the version nor --help-all depends on it.
+    inspect_without = ("rfc3987_syntax",)
 
     def default_command(self, place: Place) -> list[str]:
         return ["jupyter", "lab"]

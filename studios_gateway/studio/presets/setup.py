@@ -88,7 +88,8 @@ def prepare(settings: Any, command: Sequence[str], environ: Mapping[str, str], *
                   "tool can take seconds to answer", title=preset.title,
                   version=" ".join(preset.version_argv(head)),
                   help=" ".join(preset.help_argv(head)))
-        installed = inspect_tool(preset, head, run)
+        installed = inspect_tool(preset, head, run,
+                                 lambda answer: not preset.lacks(command, place, answer))
     else:
         installed = Installed("")
     if reactor is None:

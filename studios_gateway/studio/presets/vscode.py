@@ -3,9 +3,12 @@
 Adds: ``--bind-addr 127.0.0.1:PORT``, ``--auth none`` (the gateway
 authenticates), telemetry and update checks off, workspace trust off (the
 studio's files are its owner's; Restricted Mode would turn extensions such as
-Nextflow's off), and (with no command) the
-studio's home as the folder to open. Its Origin check compares Origin with
-Host, which the gateway passes unchanged, so no trusted origins are added.
+Nextflow's off), (with no command) the studio's home as the folder to open, and
+``--ignore-last-opened``, so that the folder on its command line wins over the one
+it last opened (otherwise a folder remembered in its data directory, such as another
+studio's on the same home, is opened instead). Its
+Origin check compares Origin with Host, which the gateway passes unchanged, so no
+trusted origins are added.
 Readiness: ``/healthz`` answers 200. The version it announces is VS Code's (the
 one the image templates' tags carry), not code-server's.
 """
@@ -48,6 +51,10 @@ class VSCode(Preset):
             Flag(("--disable-update-check",), None, "not check for updates"),
             Flag(("--disable-workspace-trust",), None,
                  "trust the studio's own files, so extensions stay on"),
+            # code-server opens the folder it last opened (kept in its data directory,
+            # under the studio's home) in place of the one on its command line, unless told.
+            Flag(("--ignore-last-opened", "-e"), None,
+                 "open the studio's folder rather than the one it last opened", optional=True),
         ]
 
     def probe_path(self, place: Place) -> str:
