@@ -120,7 +120,8 @@ def steps(script: str, pid: int, names: dict[str, str]) -> dict[str, list[float]
 
 
 #: One echo message's way, in the order it happens: (process, what) marks whose times
-#: `journeys` finds, and the segments between them that `tail_table` prints.
+#: `journeys` finds, and the segments between them that `tail_table` prints. With the
+#: tool traced too, its segment is split in three (TOOL_MARKS, TOOL_SEGMENTS).
 MARKS = (("gateway", "wake browser"), ("gateway", "send tunnel"),
          ("studios-connect", "wake tunnel"), ("studios-connect", "send tool"),
          ("studios-connect", "wake tool"), ("studios-connect", "send tunnel"),
@@ -129,6 +130,10 @@ SEGMENTS = ("gateway: the message's Python in", "tunnel: gateway's send -> conne
             "studios-connect: its Python in", "tool: send -> echo back -> connect awake",
             "studios-connect: its Python out", "tunnel: connect's send -> gateway awake",
             "gateway: its Python out")
+TOOL_MARKS = MARKS[:4] + (("tool", "wake studio"), ("tool", "send studio")) + MARKS[4:]
+TOOL_SEGMENTS = SEGMENTS[:3] + ("tool: connect's send -> tool awake",
+                                "tool: its own work (the echo)",
+                                "tool: its send -> connect awake") + SEGMENTS[4:]
 
 
 def marks(script: str, pid: int, names: dict[str, str]) -> list[tuple[str, float]]:
@@ -152,16 +157,17 @@ def marks(script: str, pid: int, names: dict[str, str]) -> list[tuple[str, float
     return got
 
 
-def journeys(by_process: dict[str, list[tuple[str, float]]]) -> list[list[float]]:
-    """Each echo message's times at MARKS: the next mark of MARKS' order, in its process,
-    after the last; a message missing one is left out."""
+def journeys(by_process: dict[str, list[tuple[str, float]]],
+             order: tuple[tuple[str, str], ...] = MARKS) -> list[list[float]]:
+    """Each echo message's times at `order`'s marks: the next mark of the order, in its
+    process, after the last; a message missing one is left out."""
     found: list[list[float]] = []
     at = {who: 0 for who in by_process}
     starts = [t for what, t in by_process["gateway"] if what == "wake browser"]
     for start in starts:
         times: list[float] = []
         last = start - 1e-3
-        for who, what in MARKS:
+        for who, what in order:
             seq = by_process[who]
             i = at[who]
             while i < len(seq) and (seq[i][1] < last or seq[i][0] != what):
@@ -176,7 +182,7 @@ def journeys(by_process: dict[str, list[tuple[str, float]]]) -> list[list[float]
     return found
 
 
-def tail_table(found: list[list[float]]) -> list[str]:
+def tail_table(found: list[list[float]], segments: tuple[str, ...] = SEGMENTS) -> list[str]:
     """Rows: each segment's median over all messages and its mean over the slowest 1 %
     (by the gateway's recv of the message to its send of the echo), and the share of
     those messages' excess over the median message that the segment holds."""
@@ -184,11 +190,11 @@ def tail_table(found: list[list[float]]) -> list[str]:
     totals = [t[-1] - t[0] for t in found]
     order = sorted(range(len(found)), key=totals.__getitem__)
     slow = order[-max(1, len(found) // 100):]
-    med = [statistics.median(s[k] for s in spans) for k in range(len(SEGMENTS))]
-    slow_mean = [statistics.mean(spans[i][k] for i in slow) for k in range(len(SEGMENTS))]
+    med = [statistics.median(s[k] for s in spans) for k in range(len(segments))]
+    slow_mean = [statistics.mean(spans[i][k] for i in slow) for k in range(len(segments))]
     excess = sum(slow_mean) - sum(med)
     rows = [f"  {name:44} {m:8.1f} {s:8.1f} {100 * (s - m) / excess if excess else 0:6.0f} %"
-            for name, m, s in zip(SEGMENTS, med, slow_mean, strict=True)]
+            for name, m, s in zip(segments, med, slow_mean, strict=True)]
     rows.append(f"  {'the whole way (gateway in to gateway out)':44} "
                 f"{statistics.median(totals):8.1f} {statistics.mean(totals[i] for i in slow):8.1f}")
     return rows
@@ -198,6 +204,16 @@ def tail99(values: list[float]) -> float:
     """The 99th percentile (nearest rank): a step's tail, beside its median."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, -(-99 * len(ordered) // 100) - 1))]
+
+
+def listener_pid(port: int) -> int | None:
+    """The pid of the process listening on 127.0.0.1:`port` (the tool), if one is seen."""
+    import psutil
+
+    for c in psutil.net_connections(kind="tcp"):
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid:
+            return int(c.pid)
+    return None
 
 
 def record(pids: list[int], seconds: float, out: Path) -> str:
@@ -258,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(2)  # the load connected and the pools warm before recording
         gw_names = fd_names(gw.pid, {gw.http_port: "browser", gw.tunnel_port: "tunnel"})
         c_names = fd_names(client.pid, {tool_port: "tool", gw.tunnel_port: "tunnel"})
-        text = record([gw.pid, client.pid], args.seconds, work / "cycle.perf")
+        tool_pid = listener_pid(tool_port) if args.scenario == "websocket" else None
+        traced = [gw.pid, client.pid] + ([tool_pid] if tool_pid is not None else [])
+        t_names = fd_names(tool_pid, {tool_port: "studio"}) if tool_pid is not None else {}
+        text = record(traced, args.seconds, work / "cycle.perf")
         load.join()
         if args.scenario == "small":
             rps = result[0] if result else 0
@@ -269,11 +288,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"WebSocket echo, a message every {1000 / ECHO_RATE:g} ms: p50 {p50:.3f} ms, "
                   f"p99 {p99:.3f} ms")
         if args.scenario == "websocket":
-            found = journeys({"gateway": marks(text, gw.pid, gw_names),
-                              "studios-connect": marks(text, client.pid, c_names)})
+            by_process = {"gateway": marks(text, gw.pid, gw_names),
+                          "studios-connect": marks(text, client.pid, c_names)}
+            order, segments = MARKS, SEGMENTS
+            if tool_pid is not None:
+                by_process["tool"] = marks(text, tool_pid, t_names)
+                order, segments = TOOL_MARKS, TOOL_SEGMENTS
+            found = journeys(by_process, order)
             print(f"\nwhere the slowest 1 % of {len(found)} messages spent their time: us, "
                   "median over all, mean over the slowest, share of their excess")
-            for row in tail_table(found) if found else ["  (no whole message recorded)"]:
+            for row in (tail_table(found, segments) if found
+                        else ["  (no whole message recorded)"]):
                 print(row)
         for who, pid, names in (("gateway", gw.pid, gw_names),
                                 ("studios-connect", client.pid, c_names)):
