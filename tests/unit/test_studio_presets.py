@@ -524,6 +524,37 @@ def test_jupyterlab_with_its_news_feed_off_does_not_ask_about_news(tmp_path: Pat
     assert "--LabApp.news_url=None" in built  # the preset's own flag is what the check sees
 
 
+@pytest.mark.parametrize("where", ["JUPYTER_CONFIG_DIR", "JUPYTER_CONFIG_PATH"])
+def test_a_persons_own_choice_of_the_announcements_plugin_is_left_to_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """`jupyter labextension enable --level=user` of the plugin writes `false` for it in
+    ~/.jupyter's page config. JUPYTER_CONFIG_PATH's directories come first on Jupyter's
+    config path, so the preset's `true` there overrode it (docs/studios.md said it won):
+    with a page config of theirs naming the plugin the preset adds none."""
+    lab = PRESETS["jupyterlab"]
+    theirs = tmp_path / "theirs"
+    (theirs / "labconfig").mkdir(parents=True)
+    (theirs / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {ANNOUNCEMENTS: False}}))
+    environ = {"HOME": str(tmp_path), where: str(theirs)}
+    private = tmp_path / "private"
+    private.mkdir()
+    added = lab.environment(environ, lambda: private, ["jupyter", "lab",
+                                                       "--LabApp.news_url=None"])
+    assert added == {}
+    # What JupyterLab makes of it: the person's `false` is the page's.
+    jupyterlab_server = pytest.importorskip("jupyterlab_server.config")
+    for name, value in {**environ, **added}.items():
+        monkeypatch.setenv(name, value)
+    page = jupyterlab_server.get_static_page_config()
+    assert page["disabledExtensions"][ANNOUNCEMENTS] is False
+    # Their page config about other plugins only: the preset's is still added.
+    (theirs / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/x-extension:y": True}}))
+    assert "JUPYTER_CONFIG_PATH" in lab.environment(
+        environ, lambda: private, ["jupyter", "lab", "--LabApp.news_url=None"])
+
+
 def test_the_files_a_preset_gives_its_tool_are_removed_when_the_tool_ends(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("studios_gateway.studio.presets.launcher.resolve_argv",
