@@ -137,6 +137,23 @@ def test_code_server_opens_the_studios_folder_not_the_one_it_last_opened() -> No
     assert "--ignore-last-opened" not in own.argv and own.argv.count("-e") == 1
 
 
+@pytest.mark.parametrize("command, added", [
+    (["code-server"], False),
+    (["code-server", "--extensions-dir", "/opt/ext"], False),  # an option's value
+    (["code-server", "--disable-telemetry", "/src"], False),  # (in doubt: code-server's rule)
+    (["code-server", "/src"], True),
+    (["code-server", "--auth", "none", "/src"], True),
+    (["code-server", "--user-data-dir=/d", "/src"], True),
+])
+def test_a_command_of_ones_own_without_a_folder_keeps_the_last_opened_one(
+        command: list[str], added: bool) -> None:
+    """Told --ignore-last-opened with no folder on its command line, code-server opens an
+    empty window (GET / answered 200, where it redirected to ?folder=<the last one>): a
+    command of the person's own that names no folder had its last folder reopened before
+    the preset added the option, and an empty window after."""
+    assert ("--ignore-last-opened" in build("vscode", command).argv) is added
+
+
 def test_rstudio_gets_its_documented_flags_and_the_root_path_from_the_routing() -> None:
     launch = build("ride", place=PATH)
     assert launch.argv == ["rserver", "--server-daemonize=0", "--www-address=127.0.0.1",
