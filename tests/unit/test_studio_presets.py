@@ -526,11 +526,12 @@ def test_jupyterlab_with_its_news_feed_off_does_not_ask_about_news(tmp_path: Pat
     private = tmp_path / "private"
     private.mkdir()
     argv = ["jupyter", "lab", "--LabApp.news_url=None"]
-    env = lab.environment({"JUPYTER_CONFIG_PATH": "/theirs"}, lambda: private, argv)
+    home = {"HOME": str(tmp_path)}  # (no page config of the person's: not the runner's)
+    env = lab.environment({**home, "JUPYTER_CONFIG_PATH": "/theirs"}, lambda: private, argv)
     assert env == {"JUPYTER_CONFIG_PATH": f"{private}:/theirs"}
     config = json.loads((private / "labconfig" / "page_config.json").read_text())
     assert config == {"disabledExtensions": {ANNOUNCEMENTS: True}}
-    assert lab.environment({}, lambda: private, argv) == {"JUPYTER_CONFIG_PATH": str(private)}
+    assert lab.environment(home, lambda: private, argv) == {"JUPYTER_CONFIG_PATH": str(private)}
 
     def unused() -> Path:
         raise AssertionError("no file is needed")
