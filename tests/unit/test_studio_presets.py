@@ -375,6 +375,7 @@ def test_xpra_stop_runs_before_the_tool_is_signalled(monkeypatch: pytest.MonkeyP
     child.terminate = lambda sig=15: signalled.append(sig)  # type: ignore[method-assign]
     xpra.terminate(15)
     assert reactor.spawned[-1]["args"] == ["xpra", "stop", ":100"] and not signalled
+    assert "CONNECT_SESSION_TOKEN" not in reactor.spawned[-1]["env"]  # (as the tool's)
     reactor.spawned[-1]["protocol"].processEnded(None)
     assert signalled == [15]
 
@@ -583,3 +584,19 @@ def test_the_files_a_preset_gives_its_tool_are_removed_when_the_tool_ends(
     assert (conf / "xpra.conf").read_text().endswith("start =\n")
     reactor.spawned[0]["protocol"].processEnded(Failure(error.ProcessDone(0)))
     assert not conf.exists()
+
+
+def test_the_tool_is_asked_for_its_version_without_the_sessions_token(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tool runs without CONNECT_SESSION_TOKEN and CONNECT_STRING (child_environment);
+    its --version and --help runs had both, and what a tool imports to answer them (a
+    person's packages, a JupyterLab server extension) ran with the session's token."""
+    from studios_gateway.studio.presets.base import hidden_modules, run_for_text
+
+    monkeypatch.setenv("CONNECT_SESSION_TOKEN", "t0ken")
+    monkeypatch.setenv("CONNECT_STRING", "connect://s1:t0ken@gw.test")
+    show = [sys.executable, "-c", "import os; print(sorted(k for k in os.environ "
+            "if k in ('CONNECT_SESSION_TOKEN', 'CONNECT_STRING')))"]
+    assert run_for_text(show) == "[]\n"
+    with hidden_modules(["json"]) as more_env:
+        assert run_for_text(show, more_env) == "[]\n"

@@ -236,8 +236,12 @@ Runner = Callable[[Sequence[str], Mapping[str, str] | None], str]
 
 
 def run_for_text(argv: Sequence[str], more_env: Mapping[str, str] | None = None) -> str:
-    """A command's stdout and stderr together ("" if it cannot run)."""
-    env = {**os.environ, **more_env} if more_env else None
+    """A command's stdout and stderr together ("" if it cannot run). It runs without the
+    session's token, as the tool does (it had it: a person's packages the tool imports to
+    answer ran with it)."""
+    from studios_gateway.studio.entrypoint import without_secrets
+
+    env = {**without_secrets(os.environ), **(more_env or {})}
     try:
         done = subprocess.run(list(argv), capture_output=True, text=True, env=env,
                               timeout=INSPECT_TIMEOUT, stdin=subprocess.DEVNULL)
