@@ -57,11 +57,13 @@ def check_config(args: argparse.Namespace) -> int:
     from studios_gateway.ssh.component import check_host_key
 
     problems = [check_https_certificate(config), check_peer_tls(config),
-                check_tls_files(config), check_host_key(config), check_self_signed(config)]
+                check_tls_files(config), check_host_key(config)]
     try:
         storage_root.check(config.storage_root)
     except ConfigError as e:
         problems.append(str(e))
+    else:  # (what is kept there, once it is known usable)
+        problems.append(check_self_signed(config))
     problems = [p for p in problems if p is not None]
     if getattr(args, "connect", False) and config.redis_enabled:
         problems += _try_redis(config)

@@ -27,13 +27,16 @@ class Repeats:
         not said since the last line of its kind (0: none, or the first)."""
         now = self._clock.seconds()
         until, unsaid = self._kinds.get(kind, (0.0, 0))
-        if now < until:
+        said_at = until - self.every
+        # (A clock set back past the last line, which the reactor's wall clock can be,
+        # ends the quiet: it kept the kind quiet for as long as the step was.)
+        if said_at <= now < until:
             self._kinds[kind] = (until, unsaid + 1)
             return None
         self._kinds.pop(kind, None)
         self._kinds[kind] = (now + self.every, 0)
         # The quiet ones came since the line before this one (`every` or more ago).
-        self._span = now - (until - self.every) if unsaid else self.every
+        self._span = now - said_at if unsaid and now >= said_at else self.every
         while len(self._kinds) > self._max:
             self._kinds.pop(next(iter(self._kinds)))
         return unsaid

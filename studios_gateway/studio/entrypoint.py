@@ -134,10 +134,18 @@ class ToolChild:
             pass
 
 
+#: Ours, not the tool's: the session's token (alone, or in its connect string).
+NOT_FOR_THE_TOOL = frozenset({"CONNECT_SESSION_TOKEN", "CONNECT_STRING"})
+
+
+def without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` without what is ours alone (NOT_FOR_THE_TOOL), for what the tool runs."""
+    return {k: v for k, v in environ.items() if k not in NOT_FOR_THE_TOOL}
+
+
 def child_environment(environ: Mapping[str, str], tool_port: int, prefix: str) -> dict[str, str]:
     """The tool's environment: ours, minus the session token, plus its port and prefix."""
-    env = {k: v for k, v in environ.items()
-           if k not in ("CONNECT_SESSION_TOKEN", "CONNECT_STRING")}
+    env = without_secrets(environ)
     env["CONNECT_TOOL_PORT"] = str(tool_port)
     env["CONNECT_TOOL_PATH_PREFIX"] = prefix
     return env

@@ -49,7 +49,9 @@ class Twins:
         """The warning to log now that this session's tunnel (from `old_from`) was
         replaced by one from `new_from`, or None."""
         now = self._clock.seconds()
-        times = [t for t in self._times.pop(session_id, ()) if now - t < WINDOW]
+        # (0 <=: a wall clock set back would keep the times before the step, 'within'
+        # the window for as long as the step, and count a studio's rare rebinds as two)
+        times = [t for t in self._times.pop(session_id, ()) if 0 <= now - t < WINDOW]
         times = [*times, now][-TIMES:]
         self._times[session_id] = times
         while len(self._times) > MAX_SESSIONS:

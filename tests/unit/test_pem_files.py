@@ -155,3 +155,27 @@ def test_a_damaged_self_signed_tunnel_certificate_is_one_line(settings, capsys) 
         make_service(load_config(environ=os.environ), environ=os.environ)
     assert str(refused.value).startswith(expected)
     assert f"restore {root / 'tunnel'} from a backup, or remove it" in str(refused.value)
+
+
+def test_check_config_by_a_user_who_may_not_look_under_the_storage_root(
+        settings, capsys, monkeypatch) -> None:
+    """check-config run as an operator's own user, the storage root the gateway's (mode
+    0700): looking for the self-signed tunnel pair there ended it in a PermissionError
+    traceback. (The storage root's own check says when it cannot be used.)"""
+    import pathlib
+
+    setenv, files = settings
+    tunnel = Path(files["cert"]).parent / "tunnel"
+    tunnel.mkdir()
+    (tunnel / "cert.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\ncut")
+    (tunnel / "key.pem").write_bytes(Path(files["key"]).read_bytes())
+    stat = pathlib.Path.stat
+
+    def no_entry(self: Path, **kwargs: object) -> os.stat_result:
+        if self.parent == tunnel:  # (as for a user without the right to search the root)
+            raise PermissionError(13, "Permission denied", str(self))
+        return stat(self, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pathlib.Path, "stat", no_entry)
+    code, err = _check(capsys)
+    assert (code, err) == (0, "")

@@ -40,3 +40,19 @@ def test_kinds_are_counted_apart_and_cleared() -> None:
     assert said(repeats, "a") is None
     repeats.clear()
     assert said(repeats, "a") == "line"
+
+
+def test_a_clock_set_back_does_not_keep_a_kind_quiet_for_as_long() -> None:
+    """The reactor's clock is the wall clock: set back an hour (NTP's step, an operator's
+    date) after a line, the kind stayed quiet for that hour and a minute."""
+    clock = Clock()
+    clock.advance(10_000)
+    repeats = Repeats(clock, every=60)
+    assert said(repeats, "k") == "line"
+    clock.advance(5)
+    assert said(repeats, "k") is None
+    clock.rightNow -= 3600
+    assert said(repeats, "k") == "line (and 1 more like it in the last 60s)"
+    assert said(repeats, "k") is None  # quiet again, from the clock as it is now
+    clock.advance(60)
+    assert said(repeats, "k") == "line (and 1 more like it in the last 60s)"

@@ -137,6 +137,23 @@ def test_code_server_opens_the_studios_folder_not_the_one_it_last_opened() -> No
     assert "--ignore-last-opened" not in own.argv and own.argv.count("-e") == 1
 
 
+@pytest.mark.parametrize("command, added", [
+    (["code-server"], False),
+    (["code-server", "--extensions-dir", "/opt/ext"], False),  # an option's value
+    (["code-server", "--disable-telemetry", "/src"], False),  # (in doubt: code-server's rule)
+    (["code-server", "/src"], True),
+    (["code-server", "--auth", "none", "/src"], True),
+    (["code-server", "--user-data-dir=/d", "/src"], True),
+])
+def test_a_command_of_ones_own_without_a_folder_keeps_the_last_opened_one(
+        command: list[str], added: bool) -> None:
+    """Told --ignore-last-opened with no folder on its command line, code-server opens an
+    empty window (GET / answered 200, where it redirected to ?folder=<the last one>): a
+    command of the person's own that names no folder had its last folder reopened before
+    the preset added the option, and an empty window after."""
+    assert ("--ignore-last-opened" in build("vscode", command).argv) is added
+
+
 def test_rstudio_gets_its_documented_flags_and_the_root_path_from_the_routing() -> None:
     launch = build("ride", place=PATH)
     assert launch.argv == ["rserver", "--server-daemonize=0", "--www-address=127.0.0.1",
@@ -358,6 +375,7 @@ def test_xpra_stop_runs_before_the_tool_is_signalled(monkeypatch: pytest.MonkeyP
     child.terminate = lambda sig=15: signalled.append(sig)  # type: ignore[method-assign]
     xpra.terminate(15)
     assert reactor.spawned[-1]["args"] == ["xpra", "stop", ":100"] and not signalled
+    assert "CONNECT_SESSION_TOKEN" not in reactor.spawned[-1]["env"]  # (as the tool's)
     reactor.spawned[-1]["protocol"].processEnded(None)
     assert signalled == [15]
 
@@ -509,11 +527,12 @@ def test_jupyterlab_with_its_news_feed_off_does_not_ask_about_news(tmp_path: Pat
     private = tmp_path / "private"
     private.mkdir()
     argv = ["jupyter", "lab", "--LabApp.news_url=None"]
-    env = lab.environment({"JUPYTER_CONFIG_PATH": "/theirs"}, lambda: private, argv)
+    home = {"HOME": str(tmp_path)}  # (no page config of the person's: not the runner's)
+    env = lab.environment({**home, "JUPYTER_CONFIG_PATH": "/theirs"}, lambda: private, argv)
     assert env == {"JUPYTER_CONFIG_PATH": f"{private}:/theirs"}
     config = json.loads((private / "labconfig" / "page_config.json").read_text())
     assert config == {"disabledExtensions": {ANNOUNCEMENTS: True}}
-    assert lab.environment({}, lambda: private, argv) == {"JUPYTER_CONFIG_PATH": str(private)}
+    assert lab.environment(home, lambda: private, argv) == {"JUPYTER_CONFIG_PATH": str(private)}
 
     def unused() -> Path:
         raise AssertionError("no file is needed")
@@ -522,6 +541,37 @@ def test_jupyterlab_with_its_news_feed_off_does_not_ask_about_news(tmp_path: Pat
     assert lab.environment({}, unused, ["jupyter", "lab", "--LabApp.news_url=https://x/"]) == {}
     built = lab.build([], Place(8888, "/"), knows_all(lab)).argv
     assert "--LabApp.news_url=None" in built  # the preset's own flag is what the check sees
+
+
+@pytest.mark.parametrize("where", ["JUPYTER_CONFIG_DIR", "JUPYTER_CONFIG_PATH"])
+def test_a_persons_own_choice_of_the_announcements_plugin_is_left_to_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """`jupyter labextension enable --level=user` of the plugin writes `false` for it in
+    ~/.jupyter's page config. JUPYTER_CONFIG_PATH's directories come first on Jupyter's
+    config path, so the preset's `true` there overrode it (docs/studios.md said it won):
+    with a page config of theirs naming the plugin the preset adds none."""
+    lab = PRESETS["jupyterlab"]
+    theirs = tmp_path / "theirs"
+    (theirs / "labconfig").mkdir(parents=True)
+    (theirs / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {ANNOUNCEMENTS: False}}))
+    environ = {"HOME": str(tmp_path), where: str(theirs)}
+    private = tmp_path / "private"
+    private.mkdir()
+    added = lab.environment(environ, lambda: private, ["jupyter", "lab",
+                                                       "--LabApp.news_url=None"])
+    assert added == {}
+    # What JupyterLab makes of it: the person's `false` is the page's.
+    jupyterlab_server = pytest.importorskip("jupyterlab_server.config")
+    for name, value in {**environ, **added}.items():
+        monkeypatch.setenv(name, value)
+    page = jupyterlab_server.get_static_page_config()
+    assert page["disabledExtensions"][ANNOUNCEMENTS] is False
+    # Their page config about other plugins only: the preset's is still added.
+    (theirs / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/x-extension:y": True}}))
+    assert "JUPYTER_CONFIG_PATH" in lab.environment(
+        environ, lambda: private, ["jupyter", "lab", "--LabApp.news_url=None"])
 
 
 def test_the_files_a_preset_gives_its_tool_are_removed_when_the_tool_ends(
@@ -534,3 +584,19 @@ def test_the_files_a_preset_gives_its_tool_are_removed_when_the_tool_ends(
     assert (conf / "xpra.conf").read_text().endswith("start =\n")
     reactor.spawned[0]["protocol"].processEnded(Failure(error.ProcessDone(0)))
     assert not conf.exists()
+
+
+def test_the_tool_is_asked_for_its_version_without_the_sessions_token(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tool runs without CONNECT_SESSION_TOKEN and CONNECT_STRING (child_environment);
+    its --version and --help runs had both, and what a tool imports to answer them (a
+    person's packages, a JupyterLab server extension) ran with the session's token."""
+    from studios_gateway.studio.presets.base import hidden_modules, run_for_text
+
+    monkeypatch.setenv("CONNECT_SESSION_TOKEN", "t0ken")
+    monkeypatch.setenv("CONNECT_STRING", "connect://s1:t0ken@gw.test")
+    show = [sys.executable, "-c", "import os; print(sorted(k for k in os.environ "
+            "if k in ('CONNECT_SESSION_TOKEN', 'CONNECT_STRING')))"]
+    assert run_for_text(show) == "[]\n"
+    with hidden_modules(["json"]) as more_env:
+        assert run_for_text(show, more_env) == "[]\n"

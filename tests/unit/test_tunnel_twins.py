@@ -68,3 +68,20 @@ def test_a_studio_that_reconnects_now_and_then_is_not_two() -> None:
             bind_from(t, "10.0.0.7")
             clock.advance(10)  # as often as a studio finds its tunnel dead and binds again
     assert warn.lines == []
+
+
+def test_a_clock_set_back_does_not_make_rare_rebinds_two_studios() -> None:
+    """The reactor's clock is the wall clock: set back an hour, the rebinds before the
+    step stayed 'within the last minute' for that hour, and a studio rebinding every few
+    minutes was called two, 'replaced 10 times in -3500s'."""
+    clock, t = table()
+    clock.advance(10_000)
+    with Logged("warn") as warn:
+        for _ in range(TIMES):  # a first bind, then rebinds a second apart
+            bind_from(t, "10.0.0.7")
+            clock.advance(1)
+        clock.rightNow -= 3600
+        for _ in range(TIMES):
+            bind_from(t, "10.0.0.7")
+            clock.advance(300)  # a rebind every five minutes: one studio
+    assert warn.lines == [], warn.lines

@@ -38,6 +38,9 @@ class Flag:
     check: str | None = ""  # text the help output must hold ("" = names[0]; None = not listed)
     port: bool = False  # its value carries the tool's port; a person's own value wins
     optional: bool = False  # a comfort, not a need: left out when the tool does not list it
+    #: Added only when this holds of the words after the tool's head, as given (with the
+    #: preset's own positional words) and before the preset's flags; None: always.
+    only_if: Callable[[Sequence[str]], bool] | None = None
 
     def args(self) -> list[str]:
         return [self.names[0]] if self.value is None else [f"{self.names[0]}={self.value}"]
@@ -205,11 +208,14 @@ class Preset:
         rest, more = self.positional(rest, place, default)
         notes += more
         port = place.port
+        words = tuple(rest)  # (what only_if is asked of)
         for flag in self.flags(place):
             value = given(rest, flag.names)
             if value is not None:
                 if flag.port:
                     port = port_in(value) or port
+                continue
+            if flag.only_if is not None and not flag.only_if(words):
                 continue
             check = flag.names[0] if flag.check == "" else flag.check
             if check is not None and check not in installed.help:
@@ -230,8 +236,12 @@ Runner = Callable[[Sequence[str], Mapping[str, str] | None], str]
 
 
 def run_for_text(argv: Sequence[str], more_env: Mapping[str, str] | None = None) -> str:
-    """A command's stdout and stderr together ("" if it cannot run)."""
-    env = {**os.environ, **more_env} if more_env else None
+    """A command's stdout and stderr together ("" if it cannot run). It runs without the
+    session's token, as the tool does (it had it: a person's packages the tool imports to
+    answer ran with it)."""
+    from studios_gateway.studio.entrypoint import without_secrets
+
+    env = {**without_secrets(os.environ), **(more_env or {})}
     try:
         done = subprocess.run(list(argv), capture_output=True, text=True, env=env,
                               timeout=INSPECT_TIMEOUT, stdin=subprocess.DEVNULL)

@@ -92,10 +92,11 @@ class JupyterLab(Preset):
                     argv: Sequence[str] = ()) -> dict[str, str]:
         """JUPYTER_CONFIG_PATH led by a directory whose labconfig/page_config.json disables
         the announcements plugin, when the news feed is off (``--LabApp.news_url=None``
-        in the command: the preset's flag, or the person's own). The page config merges
-        every directory on Jupyter's config path, and the person's own
-        (``JUPYTER_CONFIG_DIR``) still comes first, so an explicit ``false`` there wins."""
-        if "--LabApp.news_url=None" not in argv:
+        in the command: the preset's flag, or the person's own), and no page config of
+        theirs names that plugin. JUPYTER_CONFIG_PATH's directories come before every
+        other on Jupyter's config path, so ours would override their own choice (``jupyter
+        labextension enable --level=user`` of it, in ~/.jupyter)."""
+        if "--LabApp.news_url=None" not in argv or _page_config_names(environ, ANNOUNCEMENTS):
             return {}
         labconfig = private() / "labconfig"
         labconfig.mkdir(exist_ok=True)
@@ -105,3 +106,21 @@ class JupyterLab(Preset):
         if environ.get("JUPYTER_CONFIG_PATH"):
             path.append(environ["JUPYTER_CONFIG_PATH"])
         return {"JUPYTER_CONFIG_PATH": os.pathsep.join(path)}
+
+
+def _page_config_names(environ: Mapping[str, str], plugin: str) -> bool:
+    """Whether a labconfig/page_config.json of the person's (in their Jupyter config
+    directory, JUPYTER_CONFIG_DIR or ~/.jupyter, or on a JUPYTER_CONFIG_PATH of theirs)
+    says whether `plugin` is disabled, either way."""
+    home = environ.get("HOME") or os.path.expanduser("~")
+    theirs = [environ.get("JUPYTER_CONFIG_DIR") or os.path.join(home, ".jupyter"),
+              *(environ.get("JUPYTER_CONFIG_PATH") or "").split(os.pathsep)]
+    for directory in filter(None, theirs):
+        try:
+            data = json.loads((Path(directory) / "labconfig" / "page_config.json").read_text())
+        except (OSError, ValueError):  # none there (or not JSON: Jupyter's to say so)
+            continue
+        disabled = data.get("disabledExtensions") if isinstance(data, dict) else None
+        if isinstance(disabled, dict | list) and plugin in disabled:
+            return True
+    return False

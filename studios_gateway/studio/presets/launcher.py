@@ -26,7 +26,12 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from studios_gateway.studio.entrypoint import ToolChild, child_environment, resolve_argv
+from studios_gateway.studio.entrypoint import (
+    ToolChild,
+    child_environment,
+    resolve_argv,
+    without_secrets,
+)
 from studios_gateway.studio.presets.base import Installed, Launch, Place, Preset
 from studios_gateway.studio.presets.probe import Fetch, Readiness, http_status
 from studios_gateway.wire.bind import BindReply
@@ -163,7 +168,8 @@ class PresetLauncher:
         done: Deferred[None] = Deferred()
         try:
             argv = resolve_argv(stop, self.environ.get("PATH", os.defpath))
-            self.reactor.spawnProcess(_Quiet(done), argv[0], argv, env=self.environ,
+            self.reactor.spawnProcess(_Quiet(done), argv[0], argv,
+                                      env=without_secrets(self.environ),
                                       childFDs={0: "w", 1: 2, 2: 2})
         except (OSError, FileNotFoundError) as e:
             self._log.warn("cannot run {argv}: {why}", argv=shlex.join(stop), why=str(e))

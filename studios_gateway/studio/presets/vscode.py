@@ -6,7 +6,8 @@ studio's files are its owner's; Restricted Mode would turn extensions such as
 Nextflow's off), (with no command) the studio's home as the folder to open, and
 ``--ignore-last-opened``, so that the folder on its command line wins over the one
 it last opened (otherwise a folder remembered in its data directory, such as another
-studio's on the same home, is opened instead). Its
+studio's on the same home, is opened instead); not to a command of the person's own
+that names no folder last, which it would give an empty window. Its
 Origin check compares Origin with Host, which the gateway passes unchanged, so no
 trusted origins are added.
 Readiness: ``/healthz`` answers 200. The version it announces is VS Code's (the
@@ -16,10 +17,21 @@ one the image templates' tags carry), not code-server's.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from studios_gateway.studio.presets.base import Flag, Place, Preset
 
 WITH_CODE = re.compile(r"with Code ([0-9]+(?:\.[0-9]+)+)")
+
+
+def names_a_folder(rest: Sequence[str]) -> bool:
+    """Whether code-server's words end with a folder (or workspace) to open: a last word
+    that is neither an option nor, as far as can be told without its option table, an
+    option's value (``--extensions-dir /x``). In doubt, no."""
+    if not rest or rest[-1].startswith("-"):
+        return False
+    before = rest[-2] if len(rest) > 1 else ""
+    return not before.startswith("-") or "=" in before
 
 
 class VSCode(Preset):
@@ -52,9 +64,11 @@ class VSCode(Preset):
             Flag(("--disable-workspace-trust",), None,
                  "trust the studio's own files, so extensions stay on"),
             # code-server opens the folder it last opened (kept in its data directory,
-            # under the studio's home) in place of the one on its command line, unless told.
+            # under the studio's home) in place of the one on its command line, unless told;
+            # told so with none there, it opens an empty window.
             Flag(("--ignore-last-opened", "-e"), None,
-                 "open the studio's folder rather than the one it last opened", optional=True),
+                 "open the studio's folder rather than the one it last opened", optional=True,
+                 only_if=names_a_folder),
         ]
 
     def probe_path(self, place: Place) -> str:
