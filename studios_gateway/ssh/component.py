@@ -23,6 +23,7 @@ imported once; plus the Platform's keys when PLATFORM_URL is set), and joins the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from twisted.conch.ssh.keys import Key
@@ -39,7 +40,13 @@ from studios_gateway.registry.base import SessionRecord, SessionStore, UserKeySt
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.ssh.api import UserKeysResource
 from studios_gateway.ssh.key_watch import KeyWatch
-from studios_gateway.ssh.keys import HostKeyError, fingerprint, load_host_key
+from studios_gateway.ssh.keys import (
+    GENERATED_NAME,
+    HostKeyError,
+    fingerprint,
+    kept_host_key,
+    load_host_key,
+)
 from studios_gateway.ssh.platform_keys import PlatformKeys
 from studios_gateway.ssh.server import GatewaySSHFactory, SSHSettings
 from studios_gateway.ssh.user_keys import FileImport, StoreUserKeys, keep_in_file
@@ -127,8 +134,20 @@ def check_host_key(config: Config) -> str | None:
     _VALUE_BASE64 names (one line, in the start's words), or None. For ``studios-gateway
     check-config``, which said 'configuration OK' for a certificate, a public key or a key
     with a passphrase there; a key to be generated is not made here (it leaves nothing
-    behind)."""
-    if not config.ssh_enabled or not (config.ssh_key_path or config.ssh_key_value):
+    behind); one generated before, kept under the storage root, is read when this user
+    may (a damaged one ended the start)."""
+    if not config.ssh_enabled:
+        return None
+    if not (config.ssh_key_path or config.ssh_key_value):
+        target = Path(config.storage_root) / "ssh" / GENERATED_NAME
+        try:
+            data = target.read_bytes()
+        except OSError:  # none yet, or under a storage root this user may not look into
+            return None
+        try:
+            kept_host_key(target, data)
+        except HostKeyError as e:
+            return str(e)
         return None
     try:
         load_host_key(config.ssh_key_path, config.ssh_key_value, config.storage_root)

@@ -117,12 +117,24 @@ def load_host_key(path: str | None, value: bytes | None, storage_root: str) -> K
     return generated_host_key(Path(storage_root) / "ssh")
 
 
+def kept_host_key(target: Path, data: bytes) -> Key:
+    """The generated host key kept in `target` (its bytes `data`); HostKeyError saying what
+    to do when it is damaged (a restore cut short, a full disk when it was written)."""
+    try:
+        return _parse(data, str(target))
+    except HostKeyError as e:
+        raise HostKeyError(f"{e} (the host key the gateway generated, as no "
+                           "CONNECT_SSH_KEY_PATH is set): restore it from a backup, or remove "
+                           "it to have a new one made (ssh clients then warn that the host "
+                           "key changed)") from None
+
+
 def generated_host_key(directory: Path) -> Key:
     """The ed25519 host key kept in `directory` (GENERATED_NAME, mode 0600), made there
     first when there is none."""
     target = directory / GENERATED_NAME
     if target.exists():
-        key = _parse(target.read_bytes(), str(target))
+        key = kept_host_key(target, target.read_bytes())
         _log.warn("SSH: no host key configured; using the generated key {path} ({fp}). Set "
                   "CONNECT_SSH_KEY_PATH or CONNECT_SSH_KEY_VALUE_BASE64 so that every node "
                   "presents the same key", path=str(target), fp=fingerprint(key))
@@ -140,7 +152,7 @@ def generated_host_key(directory: Path) -> Key:
         os.link(tmp, target)  # first writer wins when several processes start at once
     except FileExistsError:
         os.unlink(tmp)
-        return _parse(target.read_bytes(), str(target))
+        return kept_host_key(target, target.read_bytes())
     os.unlink(tmp)
     _log.warn("SSH: no host key configured; generated {path} ({fp}). Set CONNECT_SSH_KEY_PATH "
               "or CONNECT_SSH_KEY_VALUE_BASE64 so that every node presents the same key",

@@ -329,3 +329,31 @@ def test_check_config_refuses_the_ssh_host_keys_the_start_refuses(
     assert main(["check-config", "-q"]) == 2
     err = capsys.readouterr().err
     assert f"CONNECT_SSH_KEY_PATH='{tmp_path / 'host_key'}'" in err and expected in err, err
+
+
+def test_check_config_reads_the_host_key_the_gateway_generated_as_the_start_does(
+        tmp_path, monkeypatch, capsys) -> None:
+    """No CONNECT_SSH_KEY_PATH: the key generated at an earlier start, kept under the
+    storage root, damaged (a restore cut short) ended the start, and check-config said OK.
+    Both now say which file, and what to do."""
+    import os
+
+    from studios_gateway.cli import main
+    from studios_gateway.ssh.keys import GENERATED_NAME, HostKeyError, generated_host_key
+
+    for k in [k for k in os.environ if k.startswith(("CONNECT_", "TOWER_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CONNECT_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("CONNECT_SSH_ENABLED", "true")
+    assert main(["check-config", "-q"]) == 0  # none kept yet: the start makes one
+    kept = tmp_path / "ssh" / GENERATED_NAME
+    assert not kept.exists()  # (check-config leaves nothing behind)
+    generated_host_key(kept.parent)
+    assert main(["check-config", "-q"]) == 0
+    kept.write_bytes(kept.read_bytes()[:60])  # cut short
+    capsys.readouterr()
+    assert main(["check-config", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert str(kept) in err and "restore it from a backup, or remove it" in err, err
+    with pytest.raises(HostKeyError, match="restore it from a backup"):
+        generated_host_key(kept.parent)
