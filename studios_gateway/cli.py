@@ -71,6 +71,12 @@ def check_config(args: argparse.Namespace) -> int:
         print("no Redis configured (CONNECT_REDIS_ADDRESS unset): sessions kept by this node")
     for problem in problems:
         print(f"studios-gateway: {problem}", file=sys.stderr)
+    if any("Permission denied" in (p or "") for p in problems):
+        from studios_gateway.config_values import user_name
+
+        print(f"studios-gateway: (check-config ran as {user_name()}: a file the "
+              "gateway's own user may read is checked as that user, e.g. sudo -u "
+              "studios-gateway studios-gateway check-config)", file=sys.stderr)
     if problems:
         return 2
     print("configuration OK")

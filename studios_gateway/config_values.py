@@ -292,8 +292,25 @@ def readable_file(text: str) -> str:
     except (OSError, ValueError):  # a name too long for the system, a NUL byte
         readable = False
     if not readable:
+        try:
+            exists = bool(text.strip()) and p.is_file()
+        except (OSError, ValueError):
+            exists = False
+        if exists:  # (check-config run by another user than the gateway's, most often)
+            raise ValueError(f"the path of a file this user ({user_name()}) may read: it is "
+                             "there, but not readable by this user")
         raise ValueError("the path of a readable file")
     return str(p)
+
+
+def user_name() -> str:
+    """The name of the user this process runs as (its uid's, not $USER's)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
 
 
 def directory(text: str) -> str:

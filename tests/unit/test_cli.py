@@ -357,3 +357,29 @@ def test_check_config_reads_the_host_key_the_gateway_generated_as_the_start_does
     assert str(kept) in err and "restore it from a backup, or remove it" in err, err
     with pytest.raises(HostKeyError, match="restore it from a backup"):
         generated_host_key(kept.parent)
+
+
+def test_check_config_says_as_whom_it_ran_when_a_file_was_not_its_to_read(
+        tmp_path, monkeypatch, capsys) -> None:
+    """A key file the gateway's user may read and the operator's may not: 'Permission
+    denied' alone read as a broken file."""
+    import os
+
+    from studios_gateway.cli import main
+    from studios_gateway.config_values import user_name
+
+    for k in [k for k in os.environ if k.startswith(("CONNECT_", "TOWER_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CONNECT_STORAGE_ROOT", str(tmp_path))
+    monkeypatch.setenv("CONNECT_SSH_ENABLED", "true")
+    (tmp_path / "host_key").write_bytes(b"")
+    monkeypatch.setenv("CONNECT_SSH_KEY_PATH", str(tmp_path / "host_key"))
+
+    def refused(self: object) -> bytes:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("pathlib.Path.read_bytes", refused)
+    assert main(["check-config", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read (Permission denied)" in err, err
+    assert f"check-config ran as {user_name()}" in err and "sudo -u studios-gateway" in err

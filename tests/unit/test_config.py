@@ -953,3 +953,18 @@ def test_a_line_after_one_ending_with_a_backslash_says_that_lines_are_not_joined
         f"{env_file}:3='<redacted>': expected a line of the form NAME=value (the rest of the "
         "line is not shown: it may hold a secret)"]
     assert "SECONDhalf" not in str(e.value)
+
+
+def test_a_file_there_but_not_readable_by_this_user_is_said_so(tmp_path, monkeypatch) -> None:
+    """check-config run by an operator on a key only the gateway's user may read said
+    'expected the path of a readable file', as for a missing one."""
+    from studios_gateway import config_values
+
+    there = tmp_path / "key.pem"
+    there.write_text("x")
+    assert config_values.readable_file(str(there)) == str(there)
+    with pytest.raises(ValueError, match=r"^the path of a readable file$"):
+        config_values.readable_file(str(tmp_path / "missing.pem"))
+    monkeypatch.setattr(config_values.os, "access", lambda path, mode: False)
+    with pytest.raises(ValueError, match=rf"this user \({config_values.user_name()}\) may read"):
+        config_values.readable_file(str(there))
