@@ -10,6 +10,7 @@ txredisapi logs every failed AUTH, and Twisted every retry to connect, for ever)
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.logger import (
@@ -46,8 +47,21 @@ def drop_lines(namespace: str, *starts: str) -> None:
     _dropped = tuple(dict.fromkeys(_dropped + tuple((namespace, s) for s in starts)))
 
 
+#: (namespace, pattern) of lines dropped whole (see :func:`drop_matching`).
+_dropped_patterns: tuple[tuple[str, re.Pattern[str]], ...] = ()
+
+
+def drop_matching(namespace: str, pattern: str) -> None:
+    """Drop `namespace`'s log lines whose whole text matches `pattern`: for a library's
+    line that names what varies first (Twisted's "ProxyFactory starting on 8080")."""
+    global _dropped_patterns
+    compiled = re.compile(pattern)
+    if (namespace, compiled) not in _dropped_patterns:
+        _dropped_patterns = (*_dropped_patterns, (namespace, compiled))
+
+
 def _not_said_twice(event: dict[str, Any]) -> PredicateResult:
-    if not _dropped:
+    if not _dropped and not _dropped_patterns:
         return PredicateResult.maybe
     namespace = event.get("log_namespace")
     if namespace == "log_legacy":
@@ -58,6 +72,9 @@ def _not_said_twice(event: dict[str, Any]) -> PredicateResult:
     if isinstance(text, str):
         for where, start in _dropped:
             if where == namespace and text.startswith(start):
+                return PredicateResult.no
+        for where, pattern in _dropped_patterns:
+            if where == namespace and pattern.fullmatch(text):
                 return PredicateResult.no
     return PredicateResult.maybe
 

@@ -63,6 +63,10 @@ from studios_gateway.tunnel.server import Routing, TunnelTable
 
 STORE_PING_TIMEOUT = 5.0
 
+# Twisted's own line as a port starts listening ("ProxyFactory starting on 8080"): the
+# service's "the HTTP proxy listening on 0.0.0.0:8080" says it, with the address.
+logs.drop_matching("log_legacy", r"\S.* starting on \S+")
+
 
 def redis_gauges(inner: Any, metrics: Metrics) -> None:
     """studios_gateway_redis_connected{link}: 1 while that connection to Redis is up (read
@@ -243,6 +247,7 @@ class GatewayService(MultiService):
     # Lifecycle ---------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
+        logs.set_level(self.config.log_level)  # (before the listeners: their lines too)
         super().privilegedStartService()
         try:
             self.bind_all()
@@ -255,6 +260,12 @@ class GatewayService(MultiService):
             if listener.port is not None:
                 continue
             outcome: list[Any] = []
+            # (the line below says it: not Twisted's "Starting factory <... at 0x...>",
+            # of the factory nor of the one a TLS factory wraps)
+            factory: Any = listener.factory
+            while factory is not None and hasattr(factory, "noisy"):
+                factory.noisy = False
+                factory = getattr(factory, "wrappedFactory", None)
             listener.endpoint.listen(listener.factory).addBoth(outcome.append)
             if not outcome:
                 raise StartError(f"{listener.description} ({listener.variable}): the listener "

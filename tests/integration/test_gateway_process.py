@@ -51,7 +51,12 @@ def test_live_ready_metrics_and_auth(gateway: GatewayProcess) -> None:
     assert "studios_gateway_reactor_tick_seconds_bucket" in text
     assert "process_resident_memory_bytes" in text
     assert 'studios_gateway_listeners{listener="management"} 1.0' in text
-    assert KEY not in gateway.output()
+    out = gateway.output()
+    assert KEY not in out
+    # each listener said once, in the gateway's words (not also Twisted's "ProxyFactory
+    # starting on 8080" and "Starting factory <...ProxyFactory object at 0x...>")
+    assert "the HTTP proxy listening on 127.0.0.1:" in out, out[-3000:]
+    assert " starting on " not in out and "Starting factory" not in out, out[-3000:]
 
 
 def test_shutdown_drains_and_exits_zero(gateway: GatewayProcess) -> None:

@@ -1,30 +1,33 @@
-"""The lines a library repeats at every retry, which the gateway says itself: dropped;
-everything else (other legacy lines, other namespaces) kept."""
+"""logs: a library's lines that repeat what the gateway says itself are dropped, by the
+start of their text (drop_lines) or by a pattern of the whole text (drop_matching)."""
 
 from __future__ import annotations
 
-from twisted.logger import FilteringLogObserver, LogLevel, formatEvent
+from typing import Any
 
-import studios_gateway.registry.redis_link  # noqa: F401  (registers its lines)
-from studios_gateway.logs import PREDICATES
+from twisted.logger import PredicateResult
 
-
-def kept(event: dict) -> list[str]:
-    seen: list[str] = []
-    FilteringLogObserver(lambda e: seen.append(formatEvent(e) or ""), PREDICATES)(
-        {"log_level": LogLevel.info, "log_time": 0.0, **event})
-    return seen
+from studios_gateway import (
+    logs,
+    service,  # noqa: F401 - registers the listener line's pattern
+)
 
 
-def test_the_redis_client_retry_lines_are_dropped_and_nothing_else() -> None:
-    legacy = {"log_namespace": "log_legacy", "log_format": "{log_text}"}
-    for text in ("Redis error: could not auth: WRONGPASS invalid username-password pair",
-                 "Redis error: could not connect: Connection refused"):
-        assert kept({**legacy, "message": (text,), "log_text": text}) == []
-    other = "Redis error: something else entirely"
-    assert kept({**legacy, "message": (other,), "log_text": other}) == [other]
-    retry = {"log_format": "Scheduling retry {attempt} to connect", "attempt": 3}
-    assert kept({**retry,
-                 "log_namespace": "twisted.application._client_service.ClientService"}) == []
-    assert kept({**retry, "log_namespace": "studios_gateway.elsewhere"}) == [
-        "Scheduling retry 3 to connect"]
+def _legacy(text: str) -> dict[str, Any]:
+    return {"log_namespace": "log_legacy", "message": (text,)}
+
+
+def test_twisteds_line_as_a_port_starts_listening_is_dropped_and_others_kept() -> None:
+    said = logs._not_said_twice
+    assert said(_legacy("ProxyFactory starting on 8080")) is PredicateResult.no
+    assert said(_legacy("TunnelServerFactory (TLS) starting on 24671")) is PredicateResult.no
+    assert said(_legacy("(TCP Port 8080 Closed)")) is PredicateResult.maybe
+    assert said(_legacy("the studio is starting on its own")) is PredicateResult.maybe
+    same_words = {"log_namespace": "studios_gateway.x", "log_format": "A starting on 1"}
+    assert said(same_words) is PredicateResult.maybe  # another namespace: kept
+
+
+def test_a_pattern_registered_twice_is_kept_once() -> None:
+    before = len(logs._dropped_patterns)
+    logs.drop_matching("log_legacy", r"\S.* starting on \S+")
+    assert len(logs._dropped_patterns) == before
