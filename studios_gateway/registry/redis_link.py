@@ -73,6 +73,8 @@ class _Watched:
         self._link = link
 
     def connect(self, factory: Any) -> Deferred[Any]:
+        self._link.backing_off = False
+
         def failed(f: Failure) -> Failure:
             if not f.check(defer.CancelledError):  # (a stop, not a failure)
                 self._link.connect_failed(f)
@@ -105,7 +107,7 @@ class _Factory(txredisapi.RedisFactory):
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
-        if conn in self.pool:
+        if conn in self.pool and self.link.factory is self:  # (not one given up: try_now)
             self.link.connected(conn)
 
     def delConnection(self, conn: Any) -> None:
@@ -241,17 +243,42 @@ class Link:
         # once a minute with a count, until the link is up again.
         self._refusals = Repeats(owner.clock)
         self.heard = 0.0  # when Redis last sent anything on this link (the store's clock)
+        #: The store's other link: once this one is up, it tries at once (try_now).
+        self.sibling: Link | None = None
+        #: An attempt to connect failed, and the next waits for its backoff.
+        self.backing_off = False
+        self._endpoint: IStreamClientEndpoint | None = None
+        self._password: str | None = None
 
     def start(self, endpoint: IStreamClientEndpoint, password: str | None) -> None:
         s = self.owner
-        self.factory = _Factory(self, self.protocol_class, dbid=s.db, password=password,
-                                username=s.user, convertNumbers=False, charset="utf-8")
-        self.factory.initialDelay, self.factory.maxDelay = s.reconnect_delay
-        self.factory.startConnecting(_Watched(endpoint, self))
+        self._endpoint, self._password = endpoint, password
+        self._connect()
         self._pinger = task.LoopingCall(self._ping)
         self._pinger.clock = s.clock
         self._pinger.start(s.ping_interval, now=False).addErrback(
             lambda f: self._log.failure("{name} PING loop failed", f, name=self.name))
+
+    def _connect(self) -> None:
+        s = self.owner
+        self.factory = _Factory(self, self.protocol_class, dbid=s.db, password=self._password,
+                                username=s.user, convertNumbers=False, charset="utf-8")
+        self.factory.initialDelay, self.factory.maxDelay = s.reconnect_delay
+        assert self._endpoint is not None
+        self.factory.startConnecting(_Watched(self._endpoint, self))
+
+    def try_now(self) -> None:
+        """Redis answered on the store's other link: connect this one now, not at the end
+        of its backoff. The two links back off apart (each with its own jitter), and after
+        an outage of 20 s one came back up to 5 s after the other: a node whose subscriber
+        was back heard a studio's new claim, forgot its route, and answered requests for
+        it 503 (`session registry unavailable`) until its command connection was back."""
+        if self.factory is None or self.conn is not None or not self.backing_off:
+            return
+        self.backing_off = False
+        old, self.factory = self.factory, None
+        old.disconnect()  # (ends the wait for its next attempt)
+        self._connect()
 
     def stop(self) -> Deferred[Any]:
         if self._pinger is not None and self._pinger.running:
@@ -295,6 +322,8 @@ class Link:
             waiters, self._waiters = self._waiters, {}
             for w in waiters:
                 w.callback(None)
+            if self.sibling is not None:
+                self.sibling.try_now()
 
         def failed(f: Failure) -> None:
             self.last_error = f.getErrorMessage()
@@ -333,6 +362,7 @@ class Link:
         Before, the gateway retried in silence (the library's and Twisted's own lines for
         each attempt are dropped from the log), and a node started with Redis away, or at
         a wrong CONNECT_REDIS_ADDRESS, logged nothing of it."""
+        self.backing_off = True
         self.last_error = ("cannot connect: "
                            f"{(why.getErrorMessage() or type(why.value).__name__).rstrip('.')}")
         unsaid = self._refusals.due(self.last_error)
@@ -361,6 +391,7 @@ class Link:
             why = (f"{why} (Redis asks for a password: set CONNECT_REDIS_PASSWORD, and "
                    "CONNECT_REDIS_USER for an ACL user)")
         self.last_error = why
+        self.backing_off = True
         unsaid = self._refusals.due(why)
         if unsaid is not None:
             self._log.warn("Redis {name} connection: {why}; will retry{more}", name=self.name,

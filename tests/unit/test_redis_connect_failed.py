@@ -50,3 +50,41 @@ def test_a_refused_connection_is_said_once_then_once_a_minute() -> None:
         f"Redis command connection to redis.internal:6379: {SAID}; will retry (and 5 more "
         "like it in the last 61s)"], warn.lines
     assert link.last_error == SAID  # what /ready's store check says, in its parentheses
+
+
+class Waiting:
+    """An endpoint whose attempt has not ended yet (Redis slow to accept)."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        self.attempts += 1
+        return defer.Deferred()
+
+
+def test_once_one_link_is_back_the_other_tries_at_once() -> None:
+    """Redis back after an outage: the command connection is up, and the subscriber,
+    waiting out its backoff (up to 5 s), tries again now. Before, the two came back
+    seconds apart, and a node that heard a studio's new claim on one while the other was
+    still down answered requests for it 503 (`session registry unavailable`)."""
+    store = RedisStore("redis.internal:6379", clock=Clock(), timeout=2.0)
+    commands, events = store._commands, store._events
+    endpoint = Refusing()
+    events.start(endpoint, None)  # type: ignore[arg-type]
+    try:
+        assert endpoint.attempts == 1 and events.backing_off
+        commands.connected(type("Conn", (), {"connected": True})())
+        assert commands.ready
+        assert endpoint.attempts == 2  # at once, not at the end of its backoff
+        # An attempt under way is left to finish.
+        waiting = Waiting()
+        events._endpoint = waiting  # type: ignore[assignment]
+        events.try_now()
+        assert waiting.attempts == 1
+        events.try_now()
+        commands.connected(type("Conn", (), {"connected": True})())
+        assert waiting.attempts == 1
+    finally:
+        events.stop()
+        commands.stop()
