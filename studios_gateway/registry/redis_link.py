@@ -115,6 +115,10 @@ class _Factory(txredisapi.RedisFactory):
         self.link.lost(conn)
 
 
+#: How a set-up that failed because the other end spoke no Redis begins.
+NOT_REDIS = "not Redis"
+
+
 #: Bytes read from a Redis connection per readable event: Twisted's 64 KiB, grown four
 #: times over each time a read fills it, up to READ_MAX, and back to it once a read
 #: does not. A gateway rebinding thousands of studios has a thousand or more commands
@@ -143,7 +147,14 @@ class _Heard:
                     self.transport.bufferSize = min(size * 4, READ_MAX)
                 elif size > READ_MIN:
                     self.transport.bufferSize = READ_MIN
-        super().dataReceived(data, *more)  # type: ignore[misc]
+        try:
+            super().dataReceived(data, *more)  # type: ignore[misc]
+        except txredisapi.InvalidData as e:
+            # Not Redis's protocol (an HTTP server or another service at the address, a
+            # TLS port spoken to in plain text): said by the link, the connection dropped.
+            # Let out, it was an "Unhandled Error" traceback in the log at every retry.
+            self.factory.link.not_redis(str(e))
+            self.transport.abortConnection()
 
 
 # txredisapi reads replies with hiredis (C) when it is installed, and it is a dependency
@@ -249,6 +260,7 @@ class Link:
         self.backing_off = False
         self._endpoint: IStreamClientEndpoint | None = None
         self._password: str | None = None
+        self._not_redis = False  # not_redis said why the connection is dropped
 
     def start(self, endpoint: IStreamClientEndpoint, password: str | None) -> None:
         s = self.owner
@@ -371,7 +383,19 @@ class Link:
                            name=self.name, address=self.owner.address, why=self.last_error,
                            more=self._refusals.more(unsaid))
 
+    def not_redis(self, why: str) -> None:
+        """What answered on this connection does not speak Redis's protocol (`why`, the
+        reply parser's words): the reason its set-up failed, or it was lost."""
+        self._transport_error = (
+            f"{NOT_REDIS}: what answers at {self.owner.address} sent no Redis reply ({why}); "
+            "check that CONNECT_REDIS_ADDRESS is a Redis server's, with "
+            "CONNECT_REDIS_TLS_ENABLE as that port expects")
+        self._not_redis = True
+
     def transport_lost(self, why: Failure) -> None:
+        if self._not_redis:  # (the abort that followed: the reason is said already)
+            self._not_redis = False
+            return
         from service_identity import VerificationError
 
         if why.check(VerificationError):  # signed by a trusted CA, but for another name
@@ -383,7 +407,7 @@ class Link:
 
     def handshake_failed(self, why: str) -> None:
         if "Lost connection" in why and self._transport_error:
-            if self._transport_error.startswith("TLS: "):
+            if self._transport_error.startswith(("TLS: ", NOT_REDIS)):
                 why = self._transport_error
             else:
                 why = f"{why} ({self._transport_error})"
