@@ -48,6 +48,7 @@ class LinkOwner(Protocol):
     longest_wait: float | None  # ... and in any case after this long
     ping_interval: float
     reconnect_delay: tuple[float, float]
+    connect_timeout: float  # to connect, and then for Redis to answer the set-up
 
 
 def reply_text(value: Any) -> str:
@@ -117,6 +118,8 @@ class _Factory(txredisapi.RedisFactory):
 
 #: How a set-up that failed because the other end spoke no Redis begins.
 NOT_REDIS = "not Redis"
+#: How a set-up that Redis (or what accepted the connection) left unanswered begins.
+NO_ANSWER = "no answer"
 
 
 #: Bytes read from a Redis connection per readable event: Twisted's 64 KiB, grown four
@@ -136,6 +139,10 @@ class _Heard:
 
     factory: Any
     transport: Any
+
+    def connectionMade(self) -> Any:
+        self.factory.link.transport_made(self)
+        return super().connectionMade()  # type: ignore[misc]
 
     def dataReceived(self, data: bytes, *more: Any) -> None:
         if not more:  # (txredisapi calls itself again, with more, for what it held back)
@@ -260,7 +267,9 @@ class Link:
         self.backing_off = False
         self._endpoint: IStreamClientEndpoint | None = None
         self._password: str | None = None
-        self._not_redis = False  # not_redis said why the connection is dropped
+        #: The reason of the connection's end is said already (not_redis, _set_up_late).
+        self._reason_said = False
+        self._set_up_timer: Any = None
 
     def start(self, endpoint: IStreamClientEndpoint, password: str | None) -> None:
         s = self.owner
@@ -329,6 +338,7 @@ class Link:
             if not self.ready:
                 self._log.info("Redis {name} connection to {address} is up", name=self.name,
                                address=self.owner.address)
+            self._cancel_set_up_timer()
             self._refusals.clear()
             self.ready = self.was_ready = True
             waiters, self._waiters = self._waiters, {}
@@ -390,11 +400,41 @@ class Link:
             f"{NOT_REDIS}: what answers at {self.owner.address} sent no Redis reply ({why}); "
             "check that CONNECT_REDIS_ADDRESS is a Redis server's, with "
             "CONNECT_REDIS_TLS_ENABLE as that port expects")
-        self._not_redis = True
+        self._reason_said = True
+
+    def transport_made(self, protocol: Any) -> None:
+        """A connection is made: Redis has connect_timeout to answer its set-up (AUTH,
+        SELECT, the SUBSCRIBE), or the connection is dropped and made again. A Redis that
+        accepted connections and answered nothing (stopped with SIGSTOP, out of memory
+        for its client buffers, a proxy in front of it with no Redis behind) kept the link
+        waiting for ever: no line in the log, /ready saying `not connected yet`."""
+        self._cancel_set_up_timer()
+        clock = self.owner.clock
+
+        def deadline() -> None:  # (an answer read in the next poll still counts: within)
+            self._set_up_timer = clock.callLater(0, self._set_up_late, protocol)
+
+        self._set_up_timer = clock.callLater(self.owner.connect_timeout, deadline)
+
+    def _cancel_set_up_timer(self) -> None:
+        timer, self._set_up_timer = self._set_up_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _set_up_late(self, protocol: Any) -> None:
+        self._set_up_timer = None
+        if protocol.transport is None or self.ready:
+            return
+        self._transport_error = (
+            f"{NO_ANSWER}: Redis at {self.owner.address} accepted the connection but "
+            f"answered nothing of its set-up within {self.owner.connect_timeout:g}s")
+        self._reason_said = True
+        protocol.transport.abortConnection()
 
     def transport_lost(self, why: Failure) -> None:
-        if self._not_redis:  # (the abort that followed: the reason is said already)
-            self._not_redis = False
+        self._cancel_set_up_timer()
+        if self._reason_said:  # (the abort that followed: the reason is said already)
+            self._reason_said = False
             return
         from service_identity import VerificationError
 
@@ -407,7 +447,7 @@ class Link:
 
     def handshake_failed(self, why: str) -> None:
         if "Lost connection" in why and self._transport_error:
-            if self._transport_error.startswith(("TLS: ", NOT_REDIS)):
+            if self._transport_error.startswith(("TLS: ", NOT_REDIS, NO_ANSWER)):
                 why = self._transport_error
             else:
                 why = f"{why} ({self._transport_error})"
@@ -450,7 +490,13 @@ class Link:
 
         def dead(f: Failure) -> None:
             if self.conn is conn:
-                self.last_error = f"PING failed: {f.getErrorMessage() or type(f.value).__name__}"
+                if f.check(defer.TimeoutError):  # (its words were "(2.004, 'Deferred')")
+                    args = getattr(f.value, "args", ())
+                    waited = args[0] if args else self.owner.timeout
+                    why = f"no answer within {round(waited, 1):g}s"
+                else:
+                    why = f.getErrorMessage() or type(f.value).__name__
+                self.last_error = f"PING failed: {why}"
                 self._log.warn("Redis {name} connection: {error}; dropping it", name=self.name,
                                error=self.last_error)
                 conn.transport.abortConnection()

@@ -23,7 +23,7 @@ from studios_gateway.registry.redis import RedisStore
 
 def commands() -> tuple[Any, StringTransport]:
     p = redis_link._Commands(charset="utf-8", convertNumbers=False)
-    p.factory = SimpleNamespace(link=SimpleNamespace(heard=0.0,
+    p.factory = SimpleNamespace(link=SimpleNamespace(heard=0.0, transport_made=lambda p: None,
                                                      owner=SimpleNamespace(clock=Clock())))
     t = StringTransport()
     p.makeConnection(t)  # (BaseRedisProtocol.connectionMade would AUTH/SELECT: not here)
