@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from errno import EADDRINUSE
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,23 @@ def _where(error: object) -> str:
     return f" on [{host}]:{error.port}" if ":" in host else f" on {host}:{error.port}"
 
 
+#: Listeners a draining process keeps open until it exits: the peer port (other nodes
+#: reach its studios through it until they have moved) and the management port.
+_KEPT_WHILE_DRAINING = ("peer", "management")
+
+
+def _draining_hint(name: str, error: object) -> str:
+    """For a port in use that a draining process of this node keeps: what to do. A node
+    started again while its previous process drained (up to CONNECT_SHUTDOWN_GRACE, kept
+    by an ssh session or a download) failed with `Address already in use` alone."""
+    errno = getattr(getattr(error, "socketError", None), "errno", None)
+    if name not in _KEPT_WHILE_DRAINING or errno != EADDRINUSE:
+        return ""
+    return ("; a previous process of this node that is still draining keeps this port "
+            "until it exits (at most CONNECT_SHUTDOWN_GRACE): wait for it to exit, as "
+            "systemctl restart does, then start again")
+
+
 class GatewayService(MultiService):
     """The whole gateway: store, listeners, components, readiness and drain."""
 
@@ -275,7 +293,8 @@ class GatewayService(MultiService):
                 self.unbind_all()
                 reason = getattr(result.value, "socketError", None) or result.value
                 raise StartError(f"cannot listen for {listener.description} "
-                                 f"({listener.variable}){_where(result.value)}: {reason}")
+                                 f"({listener.variable}){_where(result.value)}: {reason}"
+                                 f"{_draining_hint(listener.name, result.value)}")
             listener.port = result
             # A TLS listener pauses accepting while its handshake cap is reached (tls_guard).
             listening_on = getattr(listener.factory, "listening_on", None)

@@ -115,7 +115,10 @@ class TunnelUpstream:
         def unreachable(f: Failure) -> IProtocol:
             f.trap(StudioUnreachable)
             err: Any = f.value
-            raise StudioNotConnected(err.why)
+            # Another node's words (unreachable, refused, the registry away) go to the
+            # access line; the plain case is the line's "studio not connected" alone.
+            raise StudioNotConnected(err.why, detail="" if err.why == "not connected"
+                                     else err.why)
 
         d: Deferred[Any] = defer.maybeDeferred(self.dialer.dial, session_id, STREAM_TOOL)
         return d.addCallbacks(attach, unreachable)

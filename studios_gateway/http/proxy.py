@@ -758,7 +758,7 @@ class ProxyProtocol(Protocol):
         ex.pending = None
         sid = ex.session_id
         if failure.check(StudioNotConnected):
-            self._not_connected(ex)
+            self._not_connected(ex, detail=getattr(failure.value, "detail", ""))
             return
         if failure.check(ToolNotAnswering, defer.TimeoutError, defer.CancelledError):
             page, why = pages.tool_not_answering(sid), "tool not answering"
@@ -767,26 +767,28 @@ class ProxyProtocol(Protocol):
             page, why = pages.bad_gateway(sid), "cannot reach the studio"
         self._respond(ex, page, why=why)
 
-    def _not_connected(self, ex: Exchange, close: bool = False) -> None:
+    def _not_connected(self, ex: Exchange, close: bool = False, detail: str = "") -> None:
         """Answer the not-connected page, saying which case it is when the registry can
         tell (factory.away, asked now and only now); its words for "cannot tell" when it
         cannot, or not in time. `close`: the client's connection ends after it (the
-        request was cut short under way)."""
+        request was cut short under way). `detail`: why, for the access line only (it
+        may name nodes and addresses)."""
         away = self.factory.away
         if away is None:
-            self._told_away(None, ex, close)
+            self._told_away(None, ex, close, detail)
             return
         d = defer.maybeDeferred(away, ex.session_id)
         ex.pending = d
         d.addErrback(lambda _: None)  # (its words for "cannot tell")
-        d.addCallback(self._told_away, ex, close)
+        d.addCallback(self._told_away, ex, close, detail)
 
-    def _told_away(self, away: Away | None, ex: Exchange, close: bool = False) -> None:
+    def _told_away(self, away: Away | None, ex: Exchange, close: bool = False,
+                   detail: str = "") -> None:
         if ex is not self._ex:
             return
         ex.pending = None
-        self._respond(ex, pages.not_connected(ex.session_id, away), close=close,
-                      why="studio not connected")
+        why = f"studio not connected ({detail})" if detail else "studio not connected"
+        self._respond(ex, pages.not_connected(ex.session_id, away), close=close, why=why)
 
     def _attach(self, ex: Exchange, conn: UpstreamConnection) -> None:
         f = self.factory

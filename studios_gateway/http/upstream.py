@@ -37,7 +37,14 @@ __all__ = [
 
 
 class StudioNotConnected(Exception):
-    """No tunnel is bound for the session (the studio is starting or stopped)."""
+    """No tunnel is bound for the session (the studio is starting or stopped), or none
+    that this node can reach: `detail` says so for the access line ("node gw-3
+    unreachable (...)": the studio may well be connected, to a node this one cannot
+    reach)."""
+
+    def __init__(self, *args: object, detail: str = ""):
+        super().__init__(*args)
+        self.detail = detail
 
 
 class ToolNotAnswering(Exception):

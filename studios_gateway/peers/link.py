@@ -273,6 +273,8 @@ class _Link:
         self.connecting = False
         self.failed_at: float | None = None
         self.last_error = ""
+        #: The node the registry last named at this address (for the log), if told.
+        self.node_id = ""
 
     def get(self) -> Deferred[Multiplexer]:
         mux = self.mux
@@ -305,7 +307,7 @@ class _Link:
         factory = Factory.forProtocol(lambda: PeerClientProtocol(self))
         factory.noisy = False  # no "Starting factory <...Factory object at 0x...>" per dial
         endpoint.connect(factory).addErrback(
-            lambda f: self.failed(f.getErrorMessage() or f.type.__name__))
+            lambda f: self.failed(f.getErrorMessage() or f.type.__name__, connecting=True))
 
     def up(self, protocol: PeerClientProtocol, mux: Multiplexer) -> None:
         self.connecting = False
@@ -316,14 +318,22 @@ class _Link:
         for d in waiters:
             d.callback(mux)
 
-    def failed(self, reason: str) -> None:
+    def failed(self, reason: str, connecting: bool = False) -> None:
+        """The link could not be made: `connecting`, no connection at all (refused, no
+        route, timed out), else the handshake failed (and `reason` says why)."""
         if not self.connecting:
             return
         self.connecting = False
         self.failed_at = self.pool.clock.seconds()
         self.last_error = reason
-        self._log.warn("cannot reach peer {address}: {reason}", address=self.address,
-                       reason=reason)
+        who = f"node {self.node_id} at {self.address}" if self.node_id else self.address
+        # Its address is the node's own word (CONNECT_ADVERTISE_ADDRESS, or what it comes
+        # from): the line named only the address, and no setting, for a node that runs.
+        hint = (" (the address it advertises: if that node is running, check its "
+                "CONNECT_ADVERTISE_ADDRESS and CONNECT_LISTENER_PORT, and that the nodes "
+                "may connect to each other there)") if connecting else ""
+        self._log.warn("cannot reach peer {who}: {reason}{hint}", who=who, reason=reason,
+                       hint=hint)
         waiters, self.waiters = self.waiters, []
         for d in waiters:
             d.errback(PeerUnavailable(self.address, reason))
@@ -358,12 +368,16 @@ class PeerPool:
         self.tls = tls
         self.links: dict[str, _Link] = {}
 
-    def open(self, address: str, session_id: str, kind: bytes) -> Deferred[PeerStream]:
-        """A stream to `session_id` through the node at `address`; fails with
-        PeerUnavailable (no link) or PeerRefused (the node does not hold it)."""
+    def open(self, address: str, session_id: str, kind: bytes,
+             node_id: str = "") -> Deferred[PeerStream]:
+        """A stream to `session_id` through the node at `address` (`node_id`, as the
+        registry names it, for the log); fails with PeerUnavailable (no link) or
+        PeerRefused (the node does not hold it)."""
         link = self.links.get(address)
         if link is None:
             link = self.links[address] = _Link(self, address)
+        if node_id:
+            link.node_id = node_id
 
         def opened(mux: Multiplexer) -> Deferred[PeerStream]:
             try:

@@ -108,7 +108,8 @@ def make_remote(store: TunnelClaims, pool: PeerPool, node_id: str, node_address:
                 why = "not connected"
             else:
                 try:
-                    stream = yield pool.open(holder.node_address, session_id, kind)
+                    stream = yield pool.open(holder.node_address, session_id, kind,
+                                             node_id=holder.node_id)
                 except PeerRefused as e:
                     why = f"node {holder.node_id}: {e.reason}"
                 except PeerUnavailable as e:

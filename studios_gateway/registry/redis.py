@@ -205,6 +205,7 @@ class RedisStore:
         self._commands = command_link(self)
         self._events = subscriber_link(self, on_ready=self._subscribe,
                                        on_lost=self._events_lost, on_message=self._message)
+        self._commands.sibling, self._events.sibling = self._events, self._commands
 
     def __repr__(self) -> str:
         auth = f", user={self.user!r}" if self.user else ""

@@ -48,6 +48,7 @@ class LinkOwner(Protocol):
     longest_wait: float | None  # ... and in any case after this long
     ping_interval: float
     reconnect_delay: tuple[float, float]
+    connect_timeout: float  # to connect, and then for Redis to answer the set-up
 
 
 def reply_text(value: Any) -> str:
@@ -73,6 +74,8 @@ class _Watched:
         self._link = link
 
     def connect(self, factory: Any) -> Deferred[Any]:
+        self._link.backing_off = False
+
         def failed(f: Failure) -> Failure:
             if not f.check(defer.CancelledError):  # (a stop, not a failure)
                 self._link.connect_failed(f)
@@ -105,12 +108,18 @@ class _Factory(txredisapi.RedisFactory):
 
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
-        if conn in self.pool:
+        if conn in self.pool and self.link.factory is self:  # (not one given up: try_now)
             self.link.connected(conn)
 
     def delConnection(self, conn: Any) -> None:
         super().delConnection(conn)
         self.link.lost(conn)
+
+
+#: How a set-up that failed because the other end spoke no Redis begins.
+NOT_REDIS = "not Redis"
+#: How a set-up that Redis (or what accepted the connection) left unanswered begins.
+NO_ANSWER = "no answer"
 
 
 #: Bytes read from a Redis connection per readable event: Twisted's 64 KiB, grown four
@@ -131,6 +140,10 @@ class _Heard:
     factory: Any
     transport: Any
 
+    def connectionMade(self) -> Any:
+        self.factory.link.transport_made(self)
+        return super().connectionMade()  # type: ignore[misc]
+
     def dataReceived(self, data: bytes, *more: Any) -> None:
         if not more:  # (txredisapi calls itself again, with more, for what it held back)
             link = self.factory.link
@@ -141,7 +154,14 @@ class _Heard:
                     self.transport.bufferSize = min(size * 4, READ_MAX)
                 elif size > READ_MIN:
                     self.transport.bufferSize = READ_MIN
-        super().dataReceived(data, *more)  # type: ignore[misc]
+        try:
+            super().dataReceived(data, *more)  # type: ignore[misc]
+        except txredisapi.InvalidData as e:
+            # Not Redis's protocol (an HTTP server or another service at the address, a
+            # TLS port spoken to in plain text): said by the link, the connection dropped.
+            # Let out, it was an "Unhandled Error" traceback in the log at every retry.
+            self.factory.link.not_redis(str(e))
+            self.transport.abortConnection()
 
 
 # txredisapi reads replies with hiredis (C) when it is installed, and it is a dependency
@@ -241,17 +261,45 @@ class Link:
         # once a minute with a count, until the link is up again.
         self._refusals = Repeats(owner.clock)
         self.heard = 0.0  # when Redis last sent anything on this link (the store's clock)
+        #: The store's other link: once this one is up, it tries at once (try_now).
+        self.sibling: Link | None = None
+        #: An attempt to connect failed, and the next waits for its backoff.
+        self.backing_off = False
+        self._endpoint: IStreamClientEndpoint | None = None
+        self._password: str | None = None
+        #: The reason of the connection's end is said already (not_redis, _set_up_late).
+        self._reason_said = False
+        self._set_up_timer: Any = None
 
     def start(self, endpoint: IStreamClientEndpoint, password: str | None) -> None:
         s = self.owner
-        self.factory = _Factory(self, self.protocol_class, dbid=s.db, password=password,
-                                username=s.user, convertNumbers=False, charset="utf-8")
-        self.factory.initialDelay, self.factory.maxDelay = s.reconnect_delay
-        self.factory.startConnecting(_Watched(endpoint, self))
+        self._endpoint, self._password = endpoint, password
+        self._connect()
         self._pinger = task.LoopingCall(self._ping)
         self._pinger.clock = s.clock
         self._pinger.start(s.ping_interval, now=False).addErrback(
             lambda f: self._log.failure("{name} PING loop failed", f, name=self.name))
+
+    def _connect(self) -> None:
+        s = self.owner
+        self.factory = _Factory(self, self.protocol_class, dbid=s.db, password=self._password,
+                                username=s.user, convertNumbers=False, charset="utf-8")
+        self.factory.initialDelay, self.factory.maxDelay = s.reconnect_delay
+        assert self._endpoint is not None
+        self.factory.startConnecting(_Watched(self._endpoint, self))
+
+    def try_now(self) -> None:
+        """Redis answered on the store's other link: connect this one now, not at the end
+        of its backoff. The two links back off apart (each with its own jitter), and after
+        an outage of 20 s one came back up to 5 s after the other: a node whose subscriber
+        was back heard a studio's new claim, forgot its route, and answered requests for
+        it 503 (`session registry unavailable`) until its command connection was back."""
+        if self.factory is None or self.conn is not None or not self.backing_off:
+            return
+        self.backing_off = False
+        old, self.factory = self.factory, None
+        old.disconnect()  # (ends the wait for its next attempt)
+        self._connect()
 
     def stop(self) -> Deferred[Any]:
         if self._pinger is not None and self._pinger.running:
@@ -290,11 +338,14 @@ class Link:
             if not self.ready:
                 self._log.info("Redis {name} connection to {address} is up", name=self.name,
                                address=self.owner.address)
+            self._cancel_set_up_timer()
             self._refusals.clear()
             self.ready = self.was_ready = True
             waiters, self._waiters = self._waiters, {}
             for w in waiters:
                 w.callback(None)
+            if self.sibling is not None:
+                self.sibling.try_now()
 
         def failed(f: Failure) -> None:
             self.last_error = f.getErrorMessage()
@@ -333,6 +384,7 @@ class Link:
         Before, the gateway retried in silence (the library's and Twisted's own lines for
         each attempt are dropped from the log), and a node started with Redis away, or at
         a wrong CONNECT_REDIS_ADDRESS, logged nothing of it."""
+        self.backing_off = True
         self.last_error = ("cannot connect: "
                            f"{(why.getErrorMessage() or type(why.value).__name__).rstrip('.')}")
         unsaid = self._refusals.due(self.last_error)
@@ -341,7 +393,49 @@ class Link:
                            name=self.name, address=self.owner.address, why=self.last_error,
                            more=self._refusals.more(unsaid))
 
+    def not_redis(self, why: str) -> None:
+        """What answered on this connection does not speak Redis's protocol (`why`, the
+        reply parser's words): the reason its set-up failed, or it was lost."""
+        self._transport_error = (
+            f"{NOT_REDIS}: what answers at {self.owner.address} sent no Redis reply ({why}); "
+            "check that CONNECT_REDIS_ADDRESS is a Redis server's, with "
+            "CONNECT_REDIS_TLS_ENABLE as that port expects")
+        self._reason_said = True
+
+    def transport_made(self, protocol: Any) -> None:
+        """A connection is made: Redis has connect_timeout to answer its set-up (AUTH,
+        SELECT, the SUBSCRIBE), or the connection is dropped and made again. A Redis that
+        accepted connections and answered nothing (stopped with SIGSTOP, out of memory
+        for its client buffers, a proxy in front of it with no Redis behind) kept the link
+        waiting for ever: no line in the log, /ready saying `not connected yet`."""
+        self._cancel_set_up_timer()
+        clock = self.owner.clock
+
+        def deadline() -> None:  # (an answer read in the next poll still counts: within)
+            self._set_up_timer = clock.callLater(0, self._set_up_late, protocol)
+
+        self._set_up_timer = clock.callLater(self.owner.connect_timeout, deadline)
+
+    def _cancel_set_up_timer(self) -> None:
+        timer, self._set_up_timer = self._set_up_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _set_up_late(self, protocol: Any) -> None:
+        self._set_up_timer = None
+        if protocol.transport is None or self.ready:
+            return
+        self._transport_error = (
+            f"{NO_ANSWER}: Redis at {self.owner.address} accepted the connection but "
+            f"answered nothing of its set-up within {self.owner.connect_timeout:g}s")
+        self._reason_said = True
+        protocol.transport.abortConnection()
+
     def transport_lost(self, why: Failure) -> None:
+        self._cancel_set_up_timer()
+        if self._reason_said:  # (the abort that followed: the reason is said already)
+            self._reason_said = False
+            return
         from service_identity import VerificationError
 
         if why.check(VerificationError):  # signed by a trusted CA, but for another name
@@ -353,7 +447,7 @@ class Link:
 
     def handshake_failed(self, why: str) -> None:
         if "Lost connection" in why and self._transport_error:
-            if self._transport_error.startswith("TLS: "):
+            if self._transport_error.startswith(("TLS: ", NOT_REDIS, NO_ANSWER)):
                 why = self._transport_error
             else:
                 why = f"{why} ({self._transport_error})"
@@ -361,6 +455,7 @@ class Link:
             why = (f"{why} (Redis asks for a password: set CONNECT_REDIS_PASSWORD, and "
                    "CONNECT_REDIS_USER for an ACL user)")
         self.last_error = why
+        self.backing_off = True
         unsaid = self._refusals.due(why)
         if unsaid is not None:
             self._log.warn("Redis {name} connection: {why}; will retry{more}", name=self.name,
@@ -395,7 +490,13 @@ class Link:
 
         def dead(f: Failure) -> None:
             if self.conn is conn:
-                self.last_error = f"PING failed: {f.getErrorMessage() or type(f.value).__name__}"
+                if f.check(defer.TimeoutError):  # (its words were "(2.004, 'Deferred')")
+                    args = getattr(f.value, "args", ())
+                    waited = args[0] if args else self.owner.timeout
+                    why = f"no answer within {round(waited, 1):g}s"
+                else:
+                    why = f.getErrorMessage() or type(f.value).__name__
+                self.last_error = f"PING failed: {why}"
                 self._log.warn("Redis {name} connection: {error}; dropping it", name=self.name,
                                error=self.last_error)
                 conn.transport.abortConnection()

@@ -114,7 +114,8 @@ class UserTransport(Protocol):
 
     def _peer(self) -> str: ...
 
-    def upstream_lost(self, why: str = "", went_away: bool = False) -> None: ...
+    def upstream_lost(self, why: str = "", went_away: bool = False,
+                      holder_went: bool = False) -> None: ...
 
 
 class RelayAvatar(conch_avatar.ConchUser):
@@ -498,4 +499,9 @@ class UpstreamTransport(PacketFraming, transport.SSHClientTransport):
                                 else ConnectionError(why or "the studio closed the stream"))
         user, self._user_transport = self._user_transport, None
         if user is not None:
-            user.upstream_lost(why, went_away=bool(why) and going_away(self.transport))
+            went = bool(why) and going_away(self.transport)
+            # Through another node (a peer stream, whose reset means a lost tunnel), the
+            # link going away is that node's: it stopped (drained, killed), not the studio.
+            user.upstream_lost(why, went_away=went,
+                               holder_went=went and bool(getattr(self.transport,
+                                                                 "RESET_IS_LOST", False)))

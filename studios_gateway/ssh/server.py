@@ -645,12 +645,18 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
                  peer=self._peer(), why=reason)
         self.end_access(reason)
 
-    def upstream_lost(self, why: str = "", went_away: bool = False) -> None:
+    def upstream_lost(self, why: str = "", went_away: bool = False,
+                      holder_went: bool = False) -> None:
         """The studio's side ended: closed (its SSH server, the session), went away on
         purpose (`went_away`: its connect client stopping or restarting said GoAway
-        first), or broke (``why``: its tunnel lost, say), which the user reads."""
+        first; `holder_went`: the other gateway node it was reached through stopped,
+        drained or killed, while the studio goes on), or broke (``why``: its tunnel
+        lost, say), which the user reads."""
         if not self.closing and self.transport is not None:
-            if went_away:
+            if holder_went:
+                text = ("the gateway node that held the studio's connection stopped or "
+                        "restarted; ssh again to reconnect")
+            elif went_away:
                 text = ("the studio's connection went away (the studio stopped or "
                          "restarted); ssh again to reconnect")
             elif why:

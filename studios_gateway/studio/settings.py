@@ -106,6 +106,11 @@ def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | Non
     expected = ("host:port, tls://host:port, ws(s)://host[:port]/_connect/tunnel or a connect "
                 "string")
     shown = shown_address(text)  # never the token, in any error
+    if any(c.isspace() for c in s):
+        # (a connect string copied with the line after it: the error quoted its first 80
+        # characters and asked for a pin, which looked right)
+        raise ConfigError(name, shown, f"{expected}, on one line with no spaces (this one "
+                                       "holds a line break or a space: was more copied?)")
     try:
         parts = urlsplit(s)
         port = parts.port or {"ws": 80, "wss": 443}.get(parts.scheme)

@@ -17,6 +17,7 @@ import pytest
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
@@ -236,10 +237,17 @@ class PeerLinkTests(TestCase):
 
         pool = self.pool(PeerAuth(SECRET))
         address = f"127.0.0.1:{free_port()}"
-        with self.assertRaises(PeerUnavailable):
-            yield pool.open(address, "s1", STREAM_TOOL)
+        with capturedLogs() as events, self.assertRaises(PeerUnavailable):
+            yield pool.open(address, "s1", STREAM_TOOL, node_id="node-c")
         with self.assertRaises(PeerUnavailable):  # within retry_after: no new connect
             yield pool.open(address, "s1", STREAM_TOOL)
+        # The line names the node and the settings that make its address (it named only
+        # the address): a node that runs but advertises one the others cannot reach.
+        said = [formatEvent(e) for e in events if "cannot reach" in formatEvent(e)]
+        self.assertEqual(len(said), 1, said)
+        self.assertTrue(said[0].startswith(f"cannot reach peer node node-c at {address}: "),
+                        said)
+        self.assertIn("check its CONNECT_ADVERTISE_ADDRESS and CONNECT_LISTENER_PORT", said[0])
 
     @defer.inlineCallbacks
     def test_mutual_tls_without_a_secret(self) -> Any:

@@ -71,6 +71,25 @@ def test_a_proxied_request_is_reported_without_query_or_headers() -> None:
     assert "s3cret" not in repr(f)
 
 
+def test_a_studio_whose_node_cannot_be_reached_says_so_in_the_access_line() -> None:
+    """The registry names another node as the studio's holder and this node cannot reach
+    it (a wrong CONNECT_ADVERTISE_ADDRESS, a firewall): the page is the not-connected one,
+    and the access line says why. It said "studio not connected" alone, of a studio that
+    was connected."""
+    from studios_gateway.http.upstream import StudioNotConnected
+
+    obs = Observer()
+    h = Harness(observer=obs)
+    p, _ = h.client()
+    why = "node gw-3 unreachable (Connection was refused by other side)"
+    h.upstream.fail = StudioNotConnected(why, detail=why)
+    p.dataReceived(b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n")
+    h.upstream.fail = StudioNotConnected("abc")
+    p.dataReceived(b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n")
+    assert [(f.status, f.reason) for f in obs.done] == [
+        (503, f"studio not connected ({why})"), (503, "studio not connected")]
+
+
 def test_a_trusted_proxy_without_x_forwarded_for_is_the_client_itself() -> None:
     # The head says whether it holds an X-Forwarded-For (any case); only then is it read.
     obs = Observer()

@@ -215,7 +215,7 @@ def test_remote_waits_for_the_rebind_when_the_holder_cannot_serve() -> None:
     store.inner.claim_tunnel(dead, 60)
 
     class Pool:
-        def open(self, address, sid, kind):
+        def open(self, address, sid, kind, node_id=""):
             return defer.fail(PeerUnavailable(address, "connection refused"))
 
     here: dict[str, str] = {}
@@ -262,7 +262,7 @@ def test_remote_takes_the_rebind_to_this_node_that_came_while_it_dialed_the_dead
     dialing: defer.Deferred = defer.Deferred()
 
     class Pool:
-        def open(self, address, sid, kind):
+        def open(self, address, sid, kind, node_id=""):
             return dialing
 
     here: dict[str, str] = {}

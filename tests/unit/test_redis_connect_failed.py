@@ -5,10 +5,13 @@ Redis away said nothing of it. /ready's store check says the same reason."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from studios_gateway.registry.redis import RedisStore
 from studios_gateway.registry.redis_link import _Watched
@@ -50,3 +53,90 @@ def test_a_refused_connection_is_said_once_then_once_a_minute() -> None:
         f"Redis command connection to redis.internal:6379: {SAID}; will retry (and 5 more "
         "like it in the last 61s)"], warn.lines
     assert link.last_error == SAID  # what /ready's store check says, in its parentheses
+
+
+class Waiting:
+    """An endpoint whose attempt has not ended yet (Redis slow to accept)."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        self.attempts += 1
+        return defer.Deferred()
+
+
+def test_once_one_link_is_back_the_other_tries_at_once() -> None:
+    """Redis back after an outage: the command connection is up, and the subscriber,
+    waiting out its backoff (up to 5 s), tries again now. Before, the two came back
+    seconds apart, and a node that heard a studio's new claim on one while the other was
+    still down answered requests for it 503 (`session registry unavailable`)."""
+    store = RedisStore("redis.internal:6379", clock=Clock(), timeout=2.0)
+    commands, events = store._commands, store._events
+    endpoint = Refusing()
+    events.start(endpoint, None)  # type: ignore[arg-type]
+    try:
+        assert endpoint.attempts == 1 and events.backing_off
+        commands.connected(type("Conn", (), {"connected": True})())
+        assert commands.ready
+        assert endpoint.attempts == 2  # at once, not at the end of its backoff
+        # An attempt under way is left to finish.
+        waiting = Waiting()
+        events._endpoint = waiting  # type: ignore[assignment]
+        events.try_now()
+        assert waiting.attempts == 1
+        events.try_now()
+        commands.connected(type("Conn", (), {"connected": True})())
+        assert waiting.attempts == 1
+    finally:
+        events.stop()
+        commands.stop()
+
+
+def test_a_set_up_that_redis_leaves_unanswered_is_dropped_and_said() -> None:
+    """Redis accepts the connection and answers nothing (stopped with SIGSTOP, a proxy
+    in front of it with no Redis behind): after connect_timeout the connection is dropped
+    (and made again), and the log says why. Before, the link waited for ever with no line
+    in the log, and /ready said `not connected yet`."""
+    clock = Clock()
+    store = RedisStore("10.0.0.9:6379", clock=clock, timeout=2.0, connect_timeout=5.0)
+    link = store._commands
+    link.start(Waiting(), None)  # type: ignore[arg-type]
+    try:
+        assert link.factory is not None
+        conn = link.factory.buildProtocol(None)
+        t = StringTransport()
+        with Logged("warn") as warn:
+            conn.makeConnection(t)  # it sends SELECT 0, which nothing answers
+            clock.advance(4.9)
+            assert not t.disconnecting and warn.lines == []
+            clock.advance(0.1)
+            clock.advance(0)  # (after the reactor's next poll)
+            assert t.disconnecting
+            conn.connectionLost(Failure(error.ConnectionAborted()))
+        said = ("no answer: Redis at 10.0.0.9:6379 accepted the connection but answered "
+                "nothing of its set-up within 5s")
+        assert warn.lines == [f"Redis command connection: {said}; will retry"], warn.lines
+        assert link.last_error == said  # what /ready's store check says
+    finally:
+        link.stop()
+
+
+def test_a_ping_left_unanswered_is_said_in_words() -> None:
+    """Redis stopped answering a connection that was up (SIGSTOP): the PING's timeout is
+    said as such; it read `PING failed: (2.004, 'Deferred')`."""
+    clock = Clock()
+    store = RedisStore("10.0.0.9:6379", clock=clock, timeout=2.0)
+    link = store._commands
+    aborted: list[bool] = []
+    conn = SimpleNamespace(connected=True, execute_command=lambda *a: defer.Deferred(),
+                           transport=SimpleNamespace(abortConnection=lambda: aborted.append(True)))
+    link.connected(conn)
+    assert link.ready
+    with Logged("warn") as warn:
+        link._ping()
+        clock.advance(2)
+        clock.advance(0)
+    assert aborted == [True]
+    assert warn.lines == ["Redis command connection: PING failed: no answer within 2s; "
+                          "dropping it"], warn.lines

@@ -11,16 +11,19 @@ import pytest
 import txredisapi
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet import error
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from studios_gateway.registry import redis_link
+from studios_gateway.registry.redis import RedisStore
 
 
 def commands() -> tuple[Any, StringTransport]:
     p = redis_link._Commands(charset="utf-8", convertNumbers=False)
-    p.factory = SimpleNamespace(link=SimpleNamespace(heard=0.0,
+    p.factory = SimpleNamespace(link=SimpleNamespace(heard=0.0, transport_made=lambda p: None,
                                                      owner=SimpleNamespace(clock=Clock())))
     t = StringTransport()
     p.makeConnection(t)  # (BaseRedisProtocol.connectionMade would AUTH/SELECT: not here)
@@ -74,15 +77,30 @@ def test_an_error_reply_fails_its_command_only() -> None:
 
 
 def test_a_malformed_reply_is_a_protocol_error_not_a_crash() -> None:
+    """Something that is not Redis answers (an HTTP server at CONNECT_REDIS_ADDRESS): the
+    link is told why and the connection dropped. txredisapi let the parser's error out of
+    dataReceived, and Twisted logged it as an "Unhandled Error" traceback, at each retry
+    (two a few seconds apart, for as long as the address was wrong)."""
     p, t = commands()
+    said: list[str] = []
+    p.factory.link.not_redis = said.append
     got = results([p.execute_command("GET", "a")])
-    try:
-        p.dataReceived(b"?what\r\n")
-    except txredisapi.InvalidData:
-        pass  # (txredisapi lets it out of dataReceived: Twisted then drops the link)
-    else:
-        raise AssertionError("a reply that is not RESP was read")
+    p.dataReceived(b"HTTP/1.0 400 Bad request\r\n")
+    assert said == ['Protocol error, got "H" as reply type byte']
+    assert t.disconnecting or getattr(t, "disconnected", False)
     assert got == []  # never answered with garbage; the link's loss fails it
+
+
+def test_a_set_up_that_met_no_redis_says_so_in_one_line() -> None:
+    store = RedisStore("10.0.0.9:6379", clock=Clock(), timeout=2.0)
+    link = store._commands
+    link.not_redis('Protocol error, got "H" as reply type byte')
+    link.transport_lost(Failure(error.ConnectionAborted()))  # (the abort that followed)
+    link.handshake_failed("Redis error: could not set dbid=0: Lost connection")
+    assert link.last_error == (
+        'not Redis: what answers at 10.0.0.9:6379 sent no Redis reply (Protocol error, got '
+        '"H" as reply type byte); check that CONNECT_REDIS_ADDRESS is a Redis server\'s, '
+        "with CONNECT_REDIS_TLS_ENABLE as that port expects")
 
 
 def test_an_install_without_hiredis_is_told(monkeypatch: Any) -> None:

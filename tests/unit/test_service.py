@@ -231,3 +231,27 @@ def test_each_redis_connection_is_a_gauge_read_at_the_scrape(tmp_path: Any) -> N
                           reactor=MemoryReactorClock())
     assert "studios_gateway_redis_connected" not in generate_latest(
         single.metrics.registry).decode()  # a single node's own store: no Redis
+
+
+@pytest.mark.parametrize("name, variable, description", [
+    ("peer", "CONNECT_LISTENER_PORT", "the peer listener"),
+    ("management", "CONNECT_MANAGEMENT_PORT", "the management endpoints")])
+def test_a_port_a_draining_process_keeps_says_so(name: str, variable: str,
+                                                 description: str) -> None:
+    """A node started again while its previous process drains (an ssh session holds it
+    up to CONNECT_SHUTDOWN_GRACE): that process keeps the peer and management ports until
+    it exits, and the start said only `Address already in use`."""
+    class Taken:
+        def listen(self, factory: Any) -> defer.Deferred[Any]:
+            return defer.fail(CannotListenError("127.0.0.1", 7777,
+                                                OSError(98, "Address already in use")))
+
+    gw, _ = make(MemoryReactorClock())
+    gw.add_listener(name, variable, Taken(), object(), description)
+    with pytest.raises(StartError) as raised:
+        gw.bind_all()
+    assert str(raised.value) == (
+        f"cannot listen for {description} ({variable}) on 127.0.0.1:7777: [Errno 98] Address "
+        "already in use; a previous process of this node that is still draining keeps this "
+        "port until it exits (at most CONNECT_SHUTDOWN_GRACE): wait for it to exit, as "
+        "systemctl restart does, then start again")

@@ -268,6 +268,16 @@ def test_a_studio_connection_that_broke_says_why() -> None:
     assert traffic.closed[0].reason == said
 
 
+def _relaying() -> tuple[Any, Any, StringTransport, UpstreamTransport]:
+    """A logged-in user's connection and its studio side, relaying."""
+    f, traffic = _factory()
+    proto, t = _connect(f)
+    _logged_in(proto)
+    ready: Deferred[Any] = Deferred()
+    ready.callback(None)
+    return traffic, proto, t, UpstreamTransport("alice", proto.factory.host_key, ready, proto)
+
+
 def test_a_studio_that_went_away_on_purpose_says_so() -> None:
     """The studio's connect client stopping (GoAway, then its tunnel closes): not "broke:
     ... lost in a non-clean fashion", which is neither clear nor what happened."""
@@ -275,12 +285,7 @@ def test_a_studio_that_went_away_on_purpose_says_so() -> None:
 
     from twisted.internet.error import ConnectionLost
 
-    f, traffic = _factory()
-    proto, t = _connect(f)
-    _logged_in(proto)
-    ready: Deferred[Any] = Deferred()
-    ready.callback(None)
-    upstream = UpstreamTransport("alice", proto.factory.host_key, ready, proto)
+    traffic, proto, t, upstream = _relaying()
     mux = SimpleNamespace(local_go_away=False, remote_go_away=0, close_reason=None)
     upstream.transport = SimpleNamespace(mux=mux)  # the tunnel stream the SSH ran on
     upstream.connectionLost(Failure(TunnelLost("tunnel lost: " + str(ConnectionLost()))))
@@ -288,6 +293,28 @@ def test_a_studio_that_went_away_on_purpose_says_so() -> None:
     said = ("the studio's connection went away (the studio stopped or restarted); "
             "ssh again to reconnect")
     assert said.encode() in t.value() and b"non-clean" not in t.value()
+    assert traffic.closed[0].reason == said
+
+
+def test_a_holding_node_that_went_away_is_not_called_the_studio() -> None:
+    """An SSH session through this node to a studio whose tunnel another node held: that
+    node drained (its grace ended) or was killed, closing the peer link cleanly. The
+    studio did not stop (it has bound elsewhere), so the user does not read that it did
+    (they did before: "the studio stopped or restarted")."""
+    from types import SimpleNamespace
+
+    from twisted.internet.error import ConnectionDone
+
+    traffic, proto, t, upstream = _relaying()
+    link = SimpleNamespace(local_go_away=False, remote_go_away=None,
+                           close_reason=Failure(ConnectionDone()))
+    # A peer stream: the holder's reset of it means the tunnel was lost there.
+    upstream.transport = SimpleNamespace(mux=link, RESET_IS_LOST=True)
+    upstream.connectionLost(Failure(TunnelLost("tunnel lost: the peer link closed")))
+    proto.connectionLost(Failure(ConnectionError()))
+    said = ("the gateway node that held the studio's connection stopped or restarted; "
+            "ssh again to reconnect")
+    assert said.encode() in t.value() and b"studio stopped" not in t.value()
     assert traffic.closed[0].reason == said
 
 
