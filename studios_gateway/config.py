@@ -144,7 +144,8 @@ VARIABLES: tuple[Var, ...] = (
     # Redis (the shared session store)
     _v("CONNECT_REDIS_ADDRESS", "redis_address", "redis:6379", values.redis_address,
        "Address of the Redis server. When the variable is not set at all the session "
-       "registry is in memory (single node); set it (even empty, meaning redis:6379) to use Redis.",
+       "registry is this node's alone (single node), kept in CONNECT_STORAGE_ROOT/sessions.json "
+       "across restarts; set it (even empty, meaning redis:6379) to use Redis.",
        section="redis"),
     _v("CONNECT_REDIS_USER", "redis_user", None, values.printable, "Redis ACL user name.",
        section="redis"),
@@ -199,8 +200,9 @@ VARIABLES: tuple[Var, ...] = (
        "Base URL of Seqera Platform (the OpenID issuer). Unset: logins come from one-time "
        "links minted by the admin API.", section="proxy"),
     _v("CONNECT_STORAGE_ROOT", "storage_root", "/data", values.directory,
-       "Directory for the gateway's state (keys, OIDC client registration). Unset under "
-       "systemd: the unit's StateDirectory= ($STATE_DIRECTORY, /var/lib/studios-gateway).",
+       "Directory for the gateway's state (keys, OIDC client registration; without Redis, "
+       "the sessions). Unset under systemd: the unit's StateDirectory= ($STATE_DIRECTORY, "
+       "/var/lib/studios-gateway).",
        section="proxy"),
     _v("CONNECT_LOG_LEVEL", "log_level", "INFO", values.log_level,
        "trace, debug, info, warn, error or fatal.", section="proxy"),
@@ -596,7 +598,8 @@ class Config:
             value = getattr(self, var.attr)
             source = self.sources.get(var.name, "default")
             if var.name == "CONNECT_REDIS_ADDRESS" and not self.redis_enabled:
-                rows.append((var.name, "(not set: in-memory registry, single node)", source))
+                rows.append((var.name, "(not set: single node, sessions in CONNECT_STORAGE_ROOT)",
+                             source))
                 continue
             if source == "default" and var.default is not None:
                 rows.append((var.name, var.default, source))  # as the README's table has it

@@ -1,10 +1,10 @@
 """`studios-gateway demo`: a gateway and one demo studio on this machine, in one command.
 
-It starts `twistd -n studios-gateway` on the embedded default (sessions in
-memory, no Platform), creates a session through the admin API, starts a studio
-through `studios-connect` in entry-point mode (JupyterLab through its preset
-when it is installed, otherwise the built-in demo tool), and prints the URL to
-open.
+It starts `twistd -n studios-gateway` on the embedded default (one node, no
+Redis: sessions in --storage-root; no Platform), creates a session through the
+admin API, starts a studio through `studios-connect` in entry-point mode
+(JupyterLab through its preset when it is installed, otherwise the built-in demo
+tool), and prints the URL to open.
 With --ssh it also runs the gateway's SSH proxy on 127.0.0.1, registers your public key
 for the studio's owner and prints the `ssh` command that opens a shell in the studio.
 Ctrl-C stops everything.
