@@ -61,6 +61,8 @@ def test_control_and_contents(deb: Path, tmp_path: Path) -> None:
                  "/twisted/plugins/studios_gateway_plugin.py"):
         assert path in contents, path
     assert "__pycache__" not in contents and "dropin.cache" not in contents
+    # the operator's command on PATH, as the documents write it
+    assert "./usr/bin/studios-gateway -> /opt/studios-gateway/bin/studios-gateway" in contents
     # the compiled lane, built by pip against Debian's python3-dev (scripts/setup installs it)
     assert "/studios_gateway/http/_answer.cpython-" in contents
     assert "/studios_gateway/wire/_records.cpython-" in contents  # the tunnel's bulk records
@@ -127,7 +129,7 @@ def test_install_in_ci(deb: Path) -> None:
         # (runuser is in /usr/sbin: found on this PATH, not on the command's own)
         runuser = shutil.which("runuser") or "/usr/sbin/runuser"
         check = subprocess.run([runuser, "-u", "studios-gateway", "--",
-                                "/opt/studios-gateway/bin/studios-gateway", "check-config",
+                                "studios-gateway", "check-config",  # /usr/bin's link
                                 "--env-file", str(env_file)],
                                capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
         assert check.returncode == 0, check.stdout + check.stderr
@@ -140,3 +142,4 @@ def test_install_in_ci(deb: Path) -> None:
     finally:
         subprocess.run(["dpkg", "--purge", "studios-gateway"], check=True, timeout=120)
     assert not Path("/opt/studios-gateway/bin").exists()
+    assert not os.path.lexists("/usr/bin/studios-gateway")
