@@ -1202,8 +1202,13 @@ class ProxyProtocol(Protocol):
             self._not_connected(ex, close=True)
         else:
             sid = ex.session_id
-            page = pages.tool_not_answering(sid) if conn.refused() else pages.bad_gateway(sid)
-            self._respond(ex, page, close=True)
+            if conn.refused():
+                self._respond(ex, pages.tool_not_answering(sid), close=True,
+                              why="the tool refused the connection (nothing listening on its "
+                                  "port)")
+            else:
+                self._respond(ex, pages.bad_gateway(sid), close=True,
+                              why="the tool's connection ended before its answer")
 
     # Answering and finishing ------------------------------------------------------------------
 

@@ -90,6 +90,25 @@ def test_a_studio_whose_node_cannot_be_reached_says_so_in_the_access_line() -> N
         (503, f"studio not connected ({why})"), (503, "studio not connected")]
 
 
+def test_a_tool_that_refused_or_ended_the_connection_says_so_in_the_access_line() -> None:
+    """studios-connect ended the stream as the tool refused it (after
+    CONNECT_TOOL_RESTART_WAIT), or the tool closed it before answering: the access line
+    said only "Gateway Timeout" / "Bad Gateway"."""
+    from studios_gateway.http.upstream import ToolNotAnswering
+
+    obs = Observer()
+    h = Harness(observer=obs)
+    p, _ = h.client()
+    p.dataReceived(b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n")
+    h.up()[0].connectionLost(Failure(ToolNotAnswering("abc")))
+    p, _ = h.client()
+    p.dataReceived(b"GET / HTTP/1.1\r\nHost: abc.studios.test\r\n\r\n")
+    h.up()[0].connectionLost(Failure(ConnectionDone()))
+    assert [(f.status, f.reason) for f in obs.done] == [
+        (504, "the tool refused the connection (nothing listening on its port)"),
+        (502, "the tool's connection ended before its answer")]
+
+
 def test_a_trusted_proxy_without_x_forwarded_for_is_the_client_itself() -> None:
     # The head says whether it holds an X-Forwarded-For (any case); only then is it read.
     obs = Observer()
