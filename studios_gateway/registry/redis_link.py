@@ -120,6 +120,8 @@ class _Factory(txredisapi.RedisFactory):
 NOT_REDIS = "not Redis"
 #: How a set-up that Redis (or what accepted the connection) left unanswered begins.
 NO_ANSWER = "no answer"
+#: A set-up that Redis answers step by step may take this many times connect_timeout.
+SET_UP_LONGEST = 3
 
 
 #: Bytes read from a Redis connection per readable event: Twisted's 64 KiB, grown four
@@ -409,25 +411,43 @@ class Link:
         for its client buffers, a proxy in front of it with no Redis behind) kept the link
         waiting for ever: no line in the log, /ready saying `not connected yet`."""
         self._cancel_set_up_timer()
+        self._set_up_deadline(protocol, self.owner.clock.seconds(),
+                              self.owner.connect_timeout)
+
+    def _set_up_deadline(self, protocol: Any, started: float, after: float) -> None:
         clock = self.owner.clock
 
         def deadline() -> None:  # (an answer read in the next poll still counts: within)
-            self._set_up_timer = clock.callLater(0, self._set_up_late, protocol)
+            self._set_up_timer = clock.callLater(0, self._set_up_late, protocol, started)
 
-        self._set_up_timer = clock.callLater(self.owner.connect_timeout, deadline)
+        self._set_up_timer = clock.callLater(after, deadline)
 
     def _cancel_set_up_timer(self) -> None:
         timer, self._set_up_timer = self._set_up_timer, None
         if timer is not None and timer.active():
             timer.cancel()
 
-    def _set_up_late(self, protocol: Any) -> None:
+    def _set_up_late(self, protocol: Any, started: float) -> None:
+        """connect_timeout after the connection was made, or after Redis last answered on
+        it: a set-up Redis answers step by step (AUTH, SELECT, SUBSCRIBE) goes on while
+        it is heard from, up to SET_UP_LONGEST times connect_timeout in all. A gateway
+        busy with a storm of TLS handshakes reads each answer a turn of a second or two
+        late (deadline.within), and its healthy Redis's set-up was dropped at 5 s."""
         self._set_up_timer = None
         if protocol.transport is None or self.ready:
             return
+        timeout, now = self.owner.connect_timeout, self.owner.clock.seconds()
+        answered = self.heard > started
+        quiet_at = self.heard + timeout
+        if answered and quiet_at > now and now < started + SET_UP_LONGEST * timeout:
+            self._set_up_deadline(protocol, started,
+                                  min(quiet_at, started + SET_UP_LONGEST * timeout) - now)
+            return
+        what = ("answered part of its set-up, then nothing for" if answered
+                else "answered nothing of its set-up within")
         self._transport_error = (
             f"{NO_ANSWER}: Redis at {self.owner.address} accepted the connection but "
-            f"answered nothing of its set-up within {self.owner.connect_timeout:g}s")
+            f"{what} {timeout:g}s")
         self._reason_said = True
         protocol.transport.abortConnection()
 
