@@ -106,6 +106,12 @@ class _Factory(txredisapi.RedisFactory):
     def connectionError(self, why: str) -> None:
         self.link.handshake_failed(why)
 
+    def retryDelay(self, attempt: int) -> float:
+        # The link's count of attempts failed in a row, when greater: it goes on across
+        # the factories try_now makes, and counts a set-up refused after txredisapi found
+        # the connection usable (a SUBSCRIBE refused), which txredisapi's does not.
+        return float(super().retryDelay(max(attempt, self.link.failures)))
+
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
         if conn in self.pool and self.link.factory is self:  # (not one given up: try_now)
@@ -272,6 +278,9 @@ class Link:
         #: The reason of the connection's end is said already (not_redis, _set_up_late).
         self._reason_said = False
         self._set_up_timer: Any = None
+        #: Attempts that failed in a row (to connect, the handshake, the set-up after it):
+        #: the backoff's count (_Factory.retryDelay).
+        self.failures = 0
 
     def start(self, endpoint: IStreamClientEndpoint, password: str | None) -> None:
         s = self.owner
@@ -342,6 +351,7 @@ class Link:
                                address=self.owner.address)
             self._cancel_set_up_timer()
             self._refusals.clear()
+            self.failures = 0
             self.ready = self.was_ready = True
             waiters, self._waiters = self._waiters, {}
             for w in waiters:
@@ -350,6 +360,7 @@ class Link:
                 self.sibling.try_now()
 
         def failed(f: Failure) -> None:
+            self.failures += 1
             self.last_error = f.getErrorMessage()
             unsaid = self._refusals.due(self.last_error)
             if unsaid is not None:
@@ -387,6 +398,7 @@ class Link:
         each attempt are dropped from the log), and a node started with Redis away, or at
         a wrong CONNECT_REDIS_ADDRESS, logged nothing of it."""
         self.backing_off = True
+        self.failures += 1
         self.last_error = ("cannot connect: "
                            f"{(why.getErrorMessage() or type(why.value).__name__).rstrip('.')}")
         unsaid = self._refusals.due(self.last_error)
@@ -476,6 +488,7 @@ class Link:
                    "CONNECT_REDIS_USER for an ACL user)")
         self.last_error = why
         self.backing_off = True
+        self.failures += 1
         unsaid = self._refusals.due(why)
         if unsaid is not None:
             self._log.warn("Redis {name} connection: {why}; will retry{more}", name=self.name,
