@@ -316,6 +316,7 @@ class Link:
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
         self.ready = False
+        self._cancel_set_up_timer()  # (a connection whose close is still under way)
         if self.factory is None:
             return defer.succeed(None)
         factory, self.factory = self.factory, None

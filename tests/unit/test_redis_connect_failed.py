@@ -231,3 +231,13 @@ def test_a_set_up_refused_on_a_usable_connection_backs_off() -> None:
         assert link.ready and link.factory.retryDelay(1) == first
     finally:
         link.stop()
+
+
+def test_a_stop_during_the_set_up_leaves_no_timer() -> None:
+    """The store stopped while a connection's set-up is under way: the set-up deadline
+    goes with it (it ran 5 s later, on a link stopped, and said `no answer`)."""
+    clock, link, conn, t = made()
+    conn.makeConnection(t)
+    assert clock.getDelayedCalls()
+    link.stop()
+    assert [c for c in clock.getDelayedCalls() if c.active()] == []
