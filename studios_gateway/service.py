@@ -161,9 +161,12 @@ def _draining_hint(name: str, error: object) -> str:
     errno = getattr(getattr(error, "socketError", None), "errno", None)
     if name not in _KEPT_WHILE_DRAINING or errno != EADDRINUSE:
         return ""
-    return ("; a previous process of this node that is still draining keeps this port "
+    # (said as the likely case, not as the fact: any other process may hold the port)
+    port = getattr(error, "port", "PORT")
+    return ("; if a previous process of this node is still draining, it keeps this port "
             "until it exits (at most CONNECT_SHUTDOWN_GRACE): wait for it to exit, as "
-            "systemctl restart does, then start again")
+            "systemctl restart does, then start again; else another process holds it "
+            f"(ss -ltnp 'sport = :{port}')")
 
 
 class GatewayService(MultiService):

@@ -106,6 +106,12 @@ class _Factory(txredisapi.RedisFactory):
     def connectionError(self, why: str) -> None:
         self.link.handshake_failed(why)
 
+    def retryDelay(self, attempt: int) -> float:
+        # The link's count of attempts failed in a row, when greater: it goes on across
+        # the factories try_now makes, and counts a set-up refused after txredisapi found
+        # the connection usable (a SUBSCRIBE refused), which txredisapi's does not.
+        return float(super().retryDelay(max(attempt, self.link.failures)))
+
     def addConnection(self, conn: Any) -> None:
         super().addConnection(conn)
         if conn in self.pool and self.link.factory is self:  # (not one given up: try_now)
@@ -120,6 +126,8 @@ class _Factory(txredisapi.RedisFactory):
 NOT_REDIS = "not Redis"
 #: How a set-up that Redis (or what accepted the connection) left unanswered begins.
 NO_ANSWER = "no answer"
+#: A set-up that Redis answers step by step may take this many times connect_timeout.
+SET_UP_LONGEST = 3
 
 
 #: Bytes read from a Redis connection per readable event: Twisted's 64 KiB, grown four
@@ -270,6 +278,9 @@ class Link:
         #: The reason of the connection's end is said already (not_redis, _set_up_late).
         self._reason_said = False
         self._set_up_timer: Any = None
+        #: Attempts that failed in a row (to connect, the handshake, the set-up after it):
+        #: the backoff's count (_Factory.retryDelay).
+        self.failures = 0
 
     def start(self, endpoint: IStreamClientEndpoint, password: str | None) -> None:
         s = self.owner
@@ -305,6 +316,7 @@ class Link:
         if self._pinger is not None and self._pinger.running:
             self._pinger.stop()
         self.ready = False
+        self._cancel_set_up_timer()  # (a connection whose close is still under way)
         if self.factory is None:
             return defer.succeed(None)
         factory, self.factory = self.factory, None
@@ -340,6 +352,7 @@ class Link:
                                address=self.owner.address)
             self._cancel_set_up_timer()
             self._refusals.clear()
+            self.failures = 0
             self.ready = self.was_ready = True
             waiters, self._waiters = self._waiters, {}
             for w in waiters:
@@ -348,6 +361,7 @@ class Link:
                 self.sibling.try_now()
 
         def failed(f: Failure) -> None:
+            self.failures += 1
             self.last_error = f.getErrorMessage()
             unsaid = self._refusals.due(self.last_error)
             if unsaid is not None:
@@ -385,6 +399,7 @@ class Link:
         each attempt are dropped from the log), and a node started with Redis away, or at
         a wrong CONNECT_REDIS_ADDRESS, logged nothing of it."""
         self.backing_off = True
+        self.failures += 1
         self.last_error = ("cannot connect: "
                            f"{(why.getErrorMessage() or type(why.value).__name__).rstrip('.')}")
         unsaid = self._refusals.due(self.last_error)
@@ -409,25 +424,43 @@ class Link:
         for its client buffers, a proxy in front of it with no Redis behind) kept the link
         waiting for ever: no line in the log, /ready saying `not connected yet`."""
         self._cancel_set_up_timer()
+        self._set_up_deadline(protocol, self.owner.clock.seconds(),
+                              self.owner.connect_timeout)
+
+    def _set_up_deadline(self, protocol: Any, started: float, after: float) -> None:
         clock = self.owner.clock
 
         def deadline() -> None:  # (an answer read in the next poll still counts: within)
-            self._set_up_timer = clock.callLater(0, self._set_up_late, protocol)
+            self._set_up_timer = clock.callLater(0, self._set_up_late, protocol, started)
 
-        self._set_up_timer = clock.callLater(self.owner.connect_timeout, deadline)
+        self._set_up_timer = clock.callLater(after, deadline)
 
     def _cancel_set_up_timer(self) -> None:
         timer, self._set_up_timer = self._set_up_timer, None
         if timer is not None and timer.active():
             timer.cancel()
 
-    def _set_up_late(self, protocol: Any) -> None:
+    def _set_up_late(self, protocol: Any, started: float) -> None:
+        """connect_timeout after the connection was made, or after Redis last answered on
+        it: a set-up Redis answers step by step (AUTH, SELECT, SUBSCRIBE) goes on while
+        it is heard from, up to SET_UP_LONGEST times connect_timeout in all. A gateway
+        busy with a storm of TLS handshakes reads each answer a turn of a second or two
+        late (deadline.within), and its healthy Redis's set-up was dropped at 5 s."""
         self._set_up_timer = None
         if protocol.transport is None or self.ready:
             return
+        timeout, now = self.owner.connect_timeout, self.owner.clock.seconds()
+        answered = self.heard > started
+        quiet_at = self.heard + timeout
+        if answered and quiet_at > now and now < started + SET_UP_LONGEST * timeout:
+            self._set_up_deadline(protocol, started,
+                                  min(quiet_at, started + SET_UP_LONGEST * timeout) - now)
+            return
+        what = ("answered part of its set-up, then nothing for" if answered
+                else "answered nothing of its set-up within")
         self._transport_error = (
             f"{NO_ANSWER}: Redis at {self.owner.address} accepted the connection but "
-            f"answered nothing of its set-up within {self.owner.connect_timeout:g}s")
+            f"{what} {timeout:g}s")
         self._reason_said = True
         protocol.transport.abortConnection()
 
@@ -456,6 +489,7 @@ class Link:
                    "CONNECT_REDIS_USER for an ACL user)")
         self.last_error = why
         self.backing_off = True
+        self.failures += 1
         unsaid = self._refusals.due(why)
         if unsaid is not None:
             self._log.warn("Redis {name} connection: {why}; will retry{more}", name=self.name,

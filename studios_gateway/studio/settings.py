@@ -108,9 +108,14 @@ def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | Non
     shown = shown_address(text)  # never the token, in any error
     if any(c.isspace() for c in s):
         # (a connect string copied with the line after it: the error quoted its first 80
-        # characters and asked for a pin, which looked right)
-        raise ConfigError(name, shown, f"{expected}, on one line with no spaces (this one "
-                                       "holds a line break or a space: was more copied?)")
+        # characters and asked for a pin, which looked right). Only what comes before the
+        # break is quoted: what was copied after it may be another studio's connect
+        # string, or another secret, which shown_address does not know to redact.
+        first = text.split()[0]
+        raise ConfigError(name, shown_address(first),
+                          f"{expected}, on one line with no spaces (this one holds a line "
+                          f"break or a space, then {len(text.strip()) - len(first)} more "
+                          "characters, not quoted: was more copied?)")
     try:
         parts = urlsplit(s)
         port = parts.port or {"ws": 80, "wss": 443}.get(parts.scheme)

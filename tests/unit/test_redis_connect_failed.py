@@ -140,3 +140,104 @@ def test_a_ping_left_unanswered_is_said_in_words() -> None:
     assert aborted == [True]
     assert warn.lines == ["Redis command connection: PING failed: no answer within 2s; "
                           "dropping it"], warn.lines
+
+
+def made(password: str | None = None) -> tuple[Clock, Any, Any, StringTransport]:
+    """A command link started (connect_timeout 5 s), and its connection to Redis made
+    (not yet: makeConnection sends the set-up): clock, link, protocol, transport."""
+    clock = Clock()
+    store = RedisStore("10.0.0.9:6379", password=password, clock=clock, timeout=2.0,
+                       connect_timeout=5.0)
+    link = store._commands
+    link.start(Waiting(), password)  # type: ignore[arg-type]
+    assert link.factory is not None
+    return clock, link, link.factory.buildProtocol(None), StringTransport()
+
+
+def test_a_set_up_that_redis_answers_step_by_step_is_not_dropped() -> None:
+    """A healthy Redis answers AUTH, and its SELECT's answer is still on the way when the
+    connect timeout is reached (a gateway busy with a storm of TLS handshakes reads a
+    reply a turn of a second or two late; deadline.within's `heard` is for that): the
+    set-up goes on while Redis has been heard from within connect_timeout. It was dropped
+    5 s after the connection was made, answers or not, and made again, in the storm."""
+    clock, link, conn, t = made(password="pw")
+    try:
+        conn.makeConnection(t)  # AUTH
+        assert b"AUTH" in t.value()
+        clock.advance(4.0)
+        t.clear()
+        conn.dataReceived(b"+OK\r\n")  # AUTH answered at 4 s; SELECT sent
+        assert b"SELECT" in t.value()
+        clock.advance(1.0)
+        clock.advance(0)
+        assert not t.disconnecting  # Redis answered 1 s ago
+        with Logged("warn") as warn:
+            clock.advance(4.0)
+            clock.advance(0)
+            assert t.disconnecting  # silent for 5 s since its last answer
+            conn.connectionLost(Failure(error.ConnectionAborted()))
+        assert warn.lines == [
+            "Redis command connection: no answer: Redis at 10.0.0.9:6379 accepted the "
+            "connection but answered part of its set-up, then nothing for 5s; will retry"],\
+            warn.lines
+    finally:
+        link.stop()
+
+
+def test_a_set_up_answered_ever_so_slowly_is_dropped_all_the_same() -> None:
+    """Answers that keep coming, each 4 s after the last, put the drop off only up to
+    SET_UP_LONGEST times connect_timeout (15 s) after the connection was made."""
+    clock, link, conn, t = made()
+    try:
+        conn.makeConnection(t)  # SELECT 0, whose answer never comes; other bytes do
+        for _ in range(3):
+            clock.advance(4.0)
+            link.heard = clock.seconds()  # (what _Heard does for any bytes read)
+            clock.advance(0)
+            assert not t.disconnecting
+        clock.advance(3.0)
+        clock.advance(0)
+        assert t.disconnecting  # at 15 s
+    finally:
+        link.stop()
+
+
+def test_a_set_up_refused_on_a_usable_connection_backs_off() -> None:
+    """The subscriber's SUBSCRIBE refused (an ACL user without the events channel, as
+    Redis 7 makes new users: `NOPERM`): txredisapi found the connection usable (AUTH and
+    SELECT answered) and reset its backoff, so the link made a connection every 0.5 s
+    for as long as the ACL stayed (measured 21 connections in 10 s against a real
+    Redis 7; 5 now). The link's count of failures in a row sets the backoff, also
+    across the new factory try_now makes."""
+    store = RedisStore("10.0.0.9:6379", clock=Clock(), timeout=2.0)
+    link = store._events
+    link.on_ready = lambda conn: defer.fail(Exception("NOPERM this user has no "
+                                                      "permissions to access one of "
+                                                      "the channels"))
+    link.start(Waiting(), None)  # type: ignore[arg-type]
+    try:
+        assert link.factory is not None
+        link.factory.jitter = 0
+        first = link.factory.retryDelay(1)
+        for _ in range(3):
+            link.connected(SimpleNamespace(connected=True, transport=StringTransport()))
+        assert link.factory.retryDelay(1) == link.factory.retryDelay(3) > first
+        link.backing_off = True
+        link.try_now()  # (the command link came up)
+        link.factory.jitter = 0
+        assert link.factory.retryDelay(1) == link.factory.retryDelay(3) > first
+        link.on_ready = None
+        link.connected(SimpleNamespace(connected=True, transport=StringTransport()))
+        assert link.ready and link.factory.retryDelay(1) == first
+    finally:
+        link.stop()
+
+
+def test_a_stop_during_the_set_up_leaves_no_timer() -> None:
+    """The store stopped while a connection's set-up is under way: the set-up deadline
+    goes with it (it ran 5 s later, on a link stopped, and said `no answer`)."""
+    clock, link, conn, t = made()
+    conn.makeConnection(t)
+    assert clock.getDelayedCalls()
+    link.stop()
+    assert [c for c in clock.getDelayedCalls() if c.active()] == []

@@ -252,6 +252,7 @@ def test_a_port_a_draining_process_keeps_says_so(name: str, variable: str,
         gw.bind_all()
     assert str(raised.value) == (
         f"cannot listen for {description} ({variable}) on 127.0.0.1:7777: [Errno 98] Address "
-        "already in use; a previous process of this node that is still draining keeps this "
-        "port until it exits (at most CONNECT_SHUTDOWN_GRACE): wait for it to exit, as "
-        "systemctl restart does, then start again")
+        "already in use; if a previous process of this node is still draining, it keeps "
+        "this port until it exits (at most CONNECT_SHUTDOWN_GRACE): wait for it to exit, as "
+        "systemctl restart does, then start again; else another process holds it "
+        "(ss -ltnp 'sport = :7777')")
