@@ -149,8 +149,14 @@ class _Heard:
     transport: Any
 
     def connectionMade(self) -> Any:
-        self.factory.link.transport_made(self)
+        if self._the_links():  # (not one try_now left behind)
+            self.factory.link.transport_made(self)
         return super().connectionMade()  # type: ignore[misc]
+
+    def _the_links(self) -> bool:
+        """Whether this connection is its link's current one's (made by the link's factory
+        now, not by one try_now replaced)."""
+        return getattr(self.factory.link, "factory", self.factory) is self.factory
 
     def dataReceived(self, data: bytes, *more: Any) -> None:
         if not more:  # (txredisapi calls itself again, with more, for what it held back)
@@ -225,13 +231,19 @@ class _Packs:
 
 class _Commands(_Packs, _Heard, txredisapi.RedisProtocol):
     def connectionLost(self, why: Failure) -> None:
-        self.factory.link.transport_lost(why)
+        # (a connection of a factory try_now replaced, closing a turn later, is not the
+        # link's: its end must not cancel the new connection's set-up nor name its error)
+        if self._the_links():
+            self.factory.link.transport_lost(why)
         super().connectionLost(why)
 
 
 class _Subscriber(_Packs, _Heard, txredisapi.SubscriberProtocol):
     def connectionLost(self, why: Failure) -> None:
-        self.factory.link.transport_lost(why)
+        # (a connection of a factory try_now replaced, closing a turn later, is not the
+        # link's: its end must not cancel the new connection's set-up nor name its error)
+        if self._the_links():
+            self.factory.link.transport_lost(why)
         super().connectionLost(why)
 
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:

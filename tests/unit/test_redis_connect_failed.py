@@ -241,3 +241,29 @@ def test_a_stop_during_the_set_up_leaves_no_timer() -> None:
     assert clock.getDelayedCalls()
     link.stop()
     assert [c for c in clock.getDelayedCalls() if c.active()] == []
+
+
+def test_the_end_of_a_connection_try_now_left_behind_is_not_the_links() -> None:
+    """try_now replaces the link's factory; a connection of the old one that closes a turn
+    later must not cancel the new connection's set-up deadline nor name its error."""
+    clock = Clock()
+    store = RedisStore("10.0.0.9:6379", clock=clock, timeout=2.0, connect_timeout=5.0)
+    link = store._commands
+    link.start(Waiting(), None)  # type: ignore[arg-type]
+    try:
+        assert link.factory is not None
+        old = link.factory.buildProtocol(None)
+        old.makeConnection(StringTransport())
+        link.backing_off = True
+        link.try_now()
+        assert link.factory is not None and link.factory is not old.factory
+        new = link.factory.buildProtocol(None)
+        t = StringTransport()
+        new.makeConnection(t)
+        timer = link._set_up_timer
+        assert timer is not None and timer.active()
+        old.connectionLost(Failure(error.ConnectionLost("the old attempt's close")))
+        assert link._set_up_timer is timer and timer.active()
+        assert "old attempt" not in (link._transport_error or "")
+    finally:
+        link.stop()
