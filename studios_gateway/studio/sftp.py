@@ -5,15 +5,24 @@ the connect client's OS user, relative paths under that server's working directo
 Conch's Unix SFTP server, handed one request at a time so that its channel's window
 can pause it, told OpenSSH's limits (``limits@openssh.com``: 255 KiB per read and write
 instead of the 32 KiB a client assumes of a server that says nothing), with reads and
-writes served from and into the channel's buffers without Conch's copies.
+writes served from and into the channel's buffers without Conch's copies. Paths stay
+bytes from the wire to the file system, as OpenSSH's sftp-server keeps them (Conch's
+took them as ASCII, and a name such as ``résumé.txt`` failed); mkdir and symlink do what
+OpenSSH's do (the mode under the umask; the target first, kept as given); a failure the
+file system reports is a status for the client, not a traceback in the studio's log.
 """
 
 from __future__ import annotations
 
+import errno
+import grp
 import os
+import pwd
 import struct
+from collections.abc import Iterator
 from typing import Any, Protocol, cast
 
+from twisted.conch.ls import lsLine
 from twisted.conch.ssh import common, filetransfer
 from twisted.conch.unix import SFTPServerForUnixConchUser, UnixSFTPFile
 from twisted.logger import Logger
@@ -107,7 +116,69 @@ class _SFTPFile(UnixSFTPFile):
             os.utime(self.fd, (attrs["atime"], attrs["mtime"]))
 
 
+def _owner_names(line: str, uid: int, gid: int) -> str:
+    """An `ls -l` line of Conch's with the owner's and group's names for their numbers,
+    as OpenSSH's sftp-server writes it (its `sftp ls -l` shows them)."""
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    head, numbers, rest = line[:16], line[16:34], line[34:]
+    if numbers != f"{uid:<9}{gid:<9}":  # (not the layout this was written for)
+        return line
+    return f"{head}{user:<8} {group:<8} {rest}"
+
+
+class _SFTPDirectory:
+    """A directory's entries, as (name, `ls -l` line, attributes), the names as bytes."""
+
+    def __init__(self, server: _SFTPFiles, path: bytes):
+        self.server = server
+        self.path = path
+        self.names = sorted(os.listdir(path))
+
+    def __iter__(self) -> Iterator[tuple[bytes, str, dict[str, Any]]]:
+        return self
+
+    def __next__(self) -> tuple[bytes, str, dict[str, Any]]:
+        while self.names:
+            name = self.names.pop(0)
+            try:
+                s = os.lstat(os.path.join(self.path, name))
+            except FileNotFoundError:  # gone since the listing
+                continue
+            line = lsLine(name.decode("utf-8", "replace"), s)
+            return name, _owner_names(line, s.st_uid, s.st_gid), self.server._getAttrs(s)
+        raise StopIteration
+
+    def close(self) -> None:
+        self.names = []
+
+
 class _SFTPFiles(SFTPServerForUnixConchUser):
+    def _absPath(self, path: bytes) -> bytes:
+        # Bytes as the client sent them (Conch's decoded them as ASCII).
+        return os.path.join(os.fsencode(self.avatar.getHomeDir().path), path)
+
+    def makeDirectory(self, path: bytes, attrs: dict[str, Any]) -> None:
+        # The client's mode under the umask, as OpenSSH's sftp-server (and mkdir -m);
+        # Conch's set it afterwards, past the umask: sftp's `mkdir` made rwxrwxrwx.
+        os.mkdir(self._absPath(path), attrs.get("permissions", 0o777) & 0o7777)
+
+    def makeLink(self, linkPath: bytes, targetPath: bytes) -> None:
+        # OpenSSH's sftp (and its server) sends the target first and the link second,
+        # the other way round from the draft; every common client does as OpenSSH. The
+        # target is stored as given: a relative link stays relative.
+        target, link = linkPath, targetPath
+        os.symlink(target, self._absPath(link))
+
+    def openDirectory(self, path: bytes) -> _SFTPDirectory:
+        return _SFTPDirectory(self, self._absPath(path))
+
     def gotVersion(self, otherVersion: int, extData: dict[bytes, bytes]) -> dict[bytes, bytes]:
         return {LIMITS_EXTENSION: b"1"}
 
@@ -120,6 +191,15 @@ class _SFTPFiles(SFTPServerForUnixConchUser):
     def openFile(self, filename: bytes, flags: int,
                  attrs: dict[str, Any]) -> _SFTPFile:  # Any: as setAttrs
         return _SFTPFile(self, self._absPath(filename), flags, attrs)
+
+
+#: SFTP version 3 status codes for file system errors, as OpenSSH's sftp-server maps them
+#: (Conch sent version 6's FILE_ALREADY_EXISTS, which OpenSSH reads as "Unknown status").
+_STATUS_OF_ERRNO = {errno.ENOENT: filetransfer.FX_NO_SUCH_FILE,
+                    errno.EACCES: filetransfer.FX_PERMISSION_DENIED,
+                    errno.EPERM: filetransfer.FX_PERMISSION_DENIED,
+                    errno.EINVAL: filetransfer.FX_BAD_MESSAGE,
+                    errno.ENOSYS: filetransfer.FX_OP_UNSUPPORTED}
 
 
 class SFTPServer(filetransfer.FileTransferServer):
@@ -182,6 +262,20 @@ class SFTPServer(filetransfer.FileTransferServer):
                 self._requests = buf[pos:]
         finally:
             self._handling = False
+
+    def _ebStatus(self, reason: Failure, requestId: bytes,
+                  msg: bytes = b"request failed") -> None:
+        """A request the file system refused: the status OpenSSH's sftp-server would
+        send, with the system's words, and no traceback (Conch logs one for anything
+        but a missing file or a denied one: a full disk, a directory not empty)."""
+        error = reason.value
+        if not isinstance(error, OSError) or error.errno is None:
+            super()._ebStatus(reason, requestId, msg)
+            return
+        code = _STATUS_OF_ERRNO.get(error.errno, filetransfer.FX_FAILURE)
+        log.debug("studio SFTP: {what}: {why}", what=msg.decode("latin-1"),
+                  why=error.strerror)
+        self._sendStatus(requestId, code, (error.strerror or msg.decode()).encode())
 
     def packet_READ(self, data: bytes) -> None:
         # Conch's path copies the data three times (and once more per channel packet).
