@@ -10,6 +10,8 @@ bytes from the wire to the file system, as OpenSSH's sftp-server keeps them (Con
 took them as ASCII, and a name such as ``résumé.txt`` failed); mkdir and symlink do what
 OpenSSH's do (the mode under the umask; the target first, kept as given); a failure the
 file system reports is a status for the client, not a traceback in the studio's log.
+OpenSSH's ``statvfs`` (sftp's ``df``), ``posix-rename`` and ``hardlink`` extensions are
+offered too.
 """
 
 from __future__ import annotations
@@ -74,6 +76,13 @@ class _SFTPAvatar:
 SFTP_MAX_MESSAGE = 256 * 1024
 SFTP_MAX_READ = SFTP_MAX_MESSAGE - 1024
 LIMITS_EXTENSION = b"limits@openssh.com"
+STATVFS_EXTENSION = b"statvfs@openssh.com"
+#: Extensions answered with a status, not a reply of their own.
+STATUS_EXTENSIONS = (b"posix-rename@openssh.com", b"hardlink@openssh.com")
+#: What the version reply offers, with the versions OpenSSH's sftp looks for.
+EXTENSIONS = {LIMITS_EXTENSION: b"1", STATVFS_EXTENSION: b"2",
+              **dict.fromkeys(STATUS_EXTENSIONS, b"1")}
+_STATVFS_RDONLY, _STATVFS_NOSUID = 1, 2
 #: An FXP_DATA reply's head: message length, type, request id, data length.
 _DATA_REPLY = struct.Struct(">LB4sL")
 
@@ -180,13 +189,28 @@ class _SFTPFiles(SFTPServerForUnixConchUser):
         return _SFTPDirectory(self, self._absPath(path))
 
     def gotVersion(self, otherVersion: int, extData: dict[bytes, bytes]) -> dict[bytes, bytes]:
-        return {LIMITS_EXTENSION: b"1"}
+        return dict(EXTENSIONS)
 
     def extendedRequest(self, extName: bytes, extData: bytes) -> bytes:
-        if extName != LIMITS_EXTENSION:
-            raise NotImplementedError(f"no extension {extName.decode('latin-1')}")
-        # Message, read and write lengths; 0 open handles: no limit of our own.
-        return struct.pack(">4Q", SFTP_MAX_MESSAGE, SFTP_MAX_READ, SFTP_MAX_READ, 0)
+        if extName == LIMITS_EXTENSION:
+            # Message, read and write lengths; 0 open handles: no limit of our own.
+            return struct.pack(">4Q", SFTP_MAX_MESSAGE, SFTP_MAX_READ, SFTP_MAX_READ, 0)
+        if extName == STATVFS_EXTENSION:  # sftp's `df`
+            st = os.statvfs(self._absPath(common.getNS(extData)[0]))
+            flags = ((st.f_flag & os.ST_RDONLY and _STATVFS_RDONLY)
+                     | (st.f_flag & os.ST_NOSUID and _STATVFS_NOSUID))
+            return struct.pack(">11Q", st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree,
+                               st.f_bavail, st.f_files, st.f_ffree, st.f_favail,
+                               st.f_fsid & 0xFFFFFFFFFFFFFFFF, flags, st.f_namemax)
+        raise NotImplementedError(f"no extension {extName.decode('latin-1')}")
+
+    def status_extension(self, name: bytes, data: bytes) -> None:
+        """One of the extensions answered with a status (:data:`STATUS_EXTENSIONS`)."""
+        first, rest = common.getNS(data)
+        if name == b"posix-rename@openssh.com":  # sftp's `rename` onto a file that is there
+            os.rename(self._absPath(first), self._absPath(common.getNS(rest)[0]))
+        elif name == b"hardlink@openssh.com":  # sftp's `ln` (without -s)
+            os.link(self._absPath(first), self._absPath(common.getNS(rest)[0]))
 
     def openFile(self, filename: bytes, flags: int,
                  attrs: dict[str, Any]) -> _SFTPFile:  # Any: as setAttrs
@@ -276,6 +300,21 @@ class SFTPServer(filetransfer.FileTransferServer):
         log.debug("studio SFTP: {what}: {why}", what=msg.decode("latin-1"),
                   why=error.strerror)
         self._sendStatus(requestId, code, (error.strerror or msg.decode()).encode())
+
+    def packet_EXTENDED(self, data: bytes) -> None:
+        request_id = data[:4]
+        name, rest = common.getNS(data[4:])
+        if name not in STATUS_EXTENSIONS:
+            super().packet_EXTENDED(data)  # (Conch answers with an extended reply)
+            return
+        try:
+            cast(_SFTPFiles, self.client).status_extension(name, rest)
+        except (struct.error, IndexError):  # (getNS of a request cut short)
+            self._sendStatus(request_id, filetransfer.FX_BAD_MESSAGE, b"bad request")
+        except OSError:
+            self._ebStatus(Failure(), request_id, name.split(b"@")[0] + b" failed")
+        else:
+            self._cbStatus(None, request_id, name.split(b"@")[0] + b" succeeded")
 
     def packet_READ(self, data: bytes) -> None:
         # Conch's path copies the data three times (and once more per channel packet).

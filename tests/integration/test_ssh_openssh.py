@@ -344,6 +344,20 @@ def test_scp_and_sftp_with_names_beyond_ascii(gw: Gateway, tmp_path: Path) -> No
     assert f" {user} " in r.stdout and "données" in r.stdout, r.stdout
 
 
+def test_sftp_df_hard_link_and_rename_onto_a_file(gw: Gateway, tmp_path: Path) -> None:
+    """`df` and `ln` said "Server does not support ... extension"."""
+    (gw.work / "draft.txt").write_text("draft\n")
+    (gw.work / "final.txt").write_text("final\n")
+    batch = tmp_path / "batch"
+    batch.write_text("df -h\nln final.txt kept.txt\nrename draft.txt final.txt\n")
+    r = subprocess.run(["sftp", *gw.ssh_base(), "-P", str(gw.port), "-b", str(batch),
+                        "alice@abcd@127.0.0.1"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert "Avail" in r.stdout and "does not support" not in r.stderr, r.stdout
+    assert (gw.work / "kept.txt").read_text() == "final\n"
+    assert (gw.work / "final.txt").read_text() == "draft\n"
+
+
 # Refusals ------------------------------------------------------------------------------------
 
 

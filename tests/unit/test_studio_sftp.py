@@ -46,14 +46,17 @@ def _server(tmp_path: Path) -> tuple[SFTPServer, StringTransport]:
     return server, transport
 
 
-def test_the_version_reply_offers_limits(tmp_path: Path) -> None:
+def test_the_version_reply_offers_limits_and_openssh_extensions(tmp_path: Path) -> None:
     _, transport = _server(tmp_path)
     [(kind, data)] = _replies(transport.value())
     assert kind == filetransfer.FXP_VERSION
     assert struct.unpack("!L", data[:4]) == (3,)
-    name, rest = getNS(data[4:])
-    value, rest = getNS(rest)
-    assert (name, value, rest) == (b"limits@openssh.com", b"1", b"")
+    offered, rest = {}, data[4:]
+    while rest:
+        name, rest = getNS(rest)
+        offered[name], rest = getNS(rest)
+    assert offered == {b"limits@openssh.com": b"1", b"statvfs@openssh.com": b"2",
+                       b"posix-rename@openssh.com": b"1", b"hardlink@openssh.com": b"1"}
 
 
 def test_limits_reply_and_unknown_extensions(tmp_path: Path) -> None:
@@ -278,6 +281,34 @@ def test_file_system_refusals_are_statuses_without_tracebacks(
     assert _status(_request(server, transport, filetransfer.FXP_RMDIR, NS(b"none")))[0] == (
         filetransfer.FX_NO_SUCH_FILE)
     assert failures == []
+
+
+def test_df_rename_onto_a_file_and_hard_links(tmp_path: Path) -> None:
+    """sftp's `df` said "Server does not support statvfs@openssh.com extension", and `ln`
+    (a hard link) likewise."""
+    (tmp_path / "old.csv").write_text("old")
+    (tmp_path / "new.csv").write_text("new")
+    server, transport = _server(tmp_path)
+    kind, data = _request(server, transport, filetransfer.FXP_EXTENDED,
+                          NS(b"statvfs@openssh.com"), NS(b"."))
+    assert kind == filetransfer.FXP_EXTENDED_REPLY
+    fields = struct.unpack("!11Q", data)
+    st = os.statvfs(tmp_path)
+    assert (fields[0], fields[2], fields[10]) == (st.f_bsize, st.f_blocks, st.f_namemax)
+    assert _status(_request(server, transport, filetransfer.FXP_EXTENDED,
+                            NS(b"posix-rename@openssh.com"), NS(b"new.csv"),
+                            NS(b"old.csv")))[0] == filetransfer.FX_OK
+    assert (tmp_path / "old.csv").read_text() == "new" and not (tmp_path / "new.csv").exists()
+    assert _status(_request(server, transport, filetransfer.FXP_EXTENDED,
+                            NS(b"hardlink@openssh.com"), NS(b"old.csv"),
+                            NS(b"same.csv")))[0] == filetransfer.FX_OK
+    assert (tmp_path / "same.csv").stat().st_ino == (tmp_path / "old.csv").stat().st_ino
+    assert _status(_request(server, transport, filetransfer.FXP_EXTENDED,
+                            NS(b"hardlink@openssh.com"), NS(b"none.csv"),
+                            NS(b"x.csv")))[0] == filetransfer.FX_NO_SUCH_FILE
+    assert _status(_request(server, transport, filetransfer.FXP_EXTENDED,
+                            NS(b"hardlink@openssh.com"), b"\0\0"))[0] == (
+        filetransfer.FX_BAD_MESSAGE)
 
 
 def test_a_forwarding_the_studio_cannot_connect_says_where_and_why() -> None:
