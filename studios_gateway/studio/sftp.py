@@ -10,8 +10,8 @@ bytes from the wire to the file system, as OpenSSH's sftp-server keeps them (Con
 took them as ASCII, and a name such as ``résumé.txt`` failed); mkdir and symlink do what
 OpenSSH's do (the mode under the umask; the target first, kept as given); a failure the
 file system reports is a status for the client, not a traceback in the studio's log.
-OpenSSH's ``statvfs`` (sftp's ``df``), ``posix-rename`` and ``hardlink`` extensions are
-offered too.
+OpenSSH's ``statvfs`` (sftp's ``df``), ``posix-rename``, ``hardlink`` and ``expand-path``
+(``~`` in scp's and sftp's paths) extensions are offered too.
 """
 
 from __future__ import annotations
@@ -77,10 +77,12 @@ SFTP_MAX_MESSAGE = 256 * 1024
 SFTP_MAX_READ = SFTP_MAX_MESSAGE - 1024
 LIMITS_EXTENSION = b"limits@openssh.com"
 STATVFS_EXTENSION = b"statvfs@openssh.com"
+#: `~` and `~user` in a path, expanded by the server (see SFTPServer.expand_path).
+EXPAND_PATH_EXTENSION = b"expand-path@openssh.com"
 #: Extensions answered with a status, not a reply of their own.
 STATUS_EXTENSIONS = (b"posix-rename@openssh.com", b"hardlink@openssh.com")
 #: What the version reply offers, with the versions OpenSSH's sftp looks for.
-EXTENSIONS = {LIMITS_EXTENSION: b"1", STATVFS_EXTENSION: b"2",
+EXTENSIONS = {LIMITS_EXTENSION: b"1", STATVFS_EXTENSION: b"2", EXPAND_PATH_EXTENSION: b"1",
               **dict.fromkeys(STATUS_EXTENSIONS, b"1")}
 _STATVFS_RDONLY, _STATVFS_NOSUID = 1, 2
 #: An FXP_DATA reply's head: message length, type, request id, data length.
@@ -287,6 +289,26 @@ class SFTPServer(filetransfer.FileTransferServer):
         finally:
             self._handling = False
 
+    def expand_path(self, request_id: bytes, data: bytes) -> None:
+        """`~/results` to the user's home directory's results, absolute, as a NAME reply.
+
+        OpenSSH's scp and sftp ask for it for a path that starts with `~`; from a server
+        without it they take `~/` for the directory the session starts in, which is the
+        tool's working directory here, not the home directory: `scp studio:~/x .` found
+        no file, and an upload to `~/x` landed beside the tool's files."""
+        try:
+            path = common.getNS(data)[0]
+        except (struct.error, IndexError):
+            self._sendStatus(request_id, filetransfer.FX_BAD_MESSAGE, b"bad request")
+            return
+        expanded = os.path.expanduser(path)
+        if expanded.startswith(b"~"):  # ~nobody-known
+            self._sendStatus(request_id, filetransfer.FX_NO_SUCH_FILE,
+                             b"no such user: " + expanded.split(b"/")[0][1:])
+            return
+        resolved = os.path.realpath(cast(_SFTPFiles, self.client)._absPath(expanded))
+        self._cbReadLink(resolved, request_id)
+
     def _ebStatus(self, reason: Failure, requestId: bytes,
                   msg: bytes = b"request failed") -> None:
         """A request the file system refused: the status OpenSSH's sftp-server would
@@ -304,6 +326,9 @@ class SFTPServer(filetransfer.FileTransferServer):
     def packet_EXTENDED(self, data: bytes) -> None:
         request_id = data[:4]
         name, rest = common.getNS(data[4:])
+        if name == EXPAND_PATH_EXTENSION:
+            self.expand_path(request_id, rest)
+            return
         if name not in STATUS_EXTENSIONS:
             super().packet_EXTENDED(data)  # (Conch answers with an extended reply)
             return

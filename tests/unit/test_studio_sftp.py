@@ -56,7 +56,8 @@ def test_the_version_reply_offers_limits_and_openssh_extensions(tmp_path: Path) 
         name, rest = getNS(rest)
         offered[name], rest = getNS(rest)
     assert offered == {b"limits@openssh.com": b"1", b"statvfs@openssh.com": b"2",
-                       b"posix-rename@openssh.com": b"1", b"hardlink@openssh.com": b"1"}
+                       b"expand-path@openssh.com": b"1", b"posix-rename@openssh.com": b"1",
+                       b"hardlink@openssh.com": b"1"}
 
 
 def test_limits_reply_and_unknown_extensions(tmp_path: Path) -> None:
@@ -309,6 +310,27 @@ def test_df_rename_onto_a_file_and_hard_links(tmp_path: Path) -> None:
     assert _status(_request(server, transport, filetransfer.FXP_EXTENDED,
                             NS(b"hardlink@openssh.com"), b"\0\0"))[0] == (
         filetransfer.FX_BAD_MESSAGE)
+
+
+def test_a_tilde_is_the_home_directory_not_the_working_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`scp studio:~/x .` found no x (OpenSSH's scp took `~/` for the directory sftp
+    starts in, the tool's working directory, from a server without expand-path)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    (home / "data").mkdir(parents=True)
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    server, transport = _server(work)
+    for asked, meant in ((b"~", home), (b"~/data", home / "data"), (b"~/new.csv",
+                                                                     home / "new.csv"),
+                         (b"sub/../x", work / "x")):
+        kind, data = _request(server, transport, filetransfer.FXP_EXTENDED,
+                              NS(b"expand-path@openssh.com"), NS(asked))
+        assert kind == filetransfer.FXP_NAME, (asked, data)
+        assert getNS(data[4:])[0] == os.fsencode(meant), asked
+    assert _status(_request(server, transport, filetransfer.FXP_EXTENDED,
+                            NS(b"expand-path@openssh.com"),
+                            NS(b"~no-such-user-here/x")))[0] == filetransfer.FX_NO_SUCH_FILE
 
 
 def test_a_forwarding_the_studio_cannot_connect_says_where_and_why() -> None:
