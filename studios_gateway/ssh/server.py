@@ -73,7 +73,7 @@ from studios_gateway.ssh.relay import (
 from studios_gateway.traffic.facts import SSH, Finished
 from studios_gateway.waiters import EmptyWaiters
 from studios_gateway.wire.closing import abort_unless_gone
-from studios_gateway.wire.sockopts import bulk_buffers
+from studios_gateway.wire.sockopts import ack_now, bulk_buffers
 
 __all__ = [
     "GatewaySSHFactory",
@@ -446,6 +446,8 @@ class GatewayTransport(PacketFraming, transport.SSHServerTransport):
         self._got_bytes = True
         if self._note_heard:
             self._heard_at = self.factory.clock.seconds()
+        if self._kex_timer is not None:  # the first key exchange: see ack_now
+            ack_now(self.transport)
         super().dataReceived(data)
 
     # A client gone silent --------------------------------------------------------------

@@ -5,15 +5,26 @@ the connect client's OS user, relative paths under that server's working directo
 Conch's Unix SFTP server, handed one request at a time so that its channel's window
 can pause it, told OpenSSH's limits (``limits@openssh.com``: 255 KiB per read and write
 instead of the 32 KiB a client assumes of a server that says nothing), with reads and
-writes served from and into the channel's buffers without Conch's copies.
+writes served from and into the channel's buffers without Conch's copies. Paths stay
+bytes from the wire to the file system, as OpenSSH's sftp-server keeps them (Conch's
+took them as ASCII, and a name such as ``résumé.txt`` failed); mkdir and symlink do what
+OpenSSH's do (the mode under the umask; the target first, kept as given); a failure the
+file system reports is a status for the client, not a traceback in the studio's log.
+OpenSSH's ``statvfs`` (sftp's ``df``), ``posix-rename``, ``hardlink`` and ``expand-path``
+(``~`` in scp's and sftp's paths) extensions are offered too.
 """
 
 from __future__ import annotations
 
+import errno
+import grp
 import os
+import pwd
 import struct
+from collections.abc import Iterator
 from typing import Any, Protocol, cast
 
+from twisted.conch.ls import lsLine
 from twisted.conch.ssh import common, filetransfer
 from twisted.conch.unix import SFTPServerForUnixConchUser, UnixSFTPFile
 from twisted.logger import Logger
@@ -65,6 +76,15 @@ class _SFTPAvatar:
 SFTP_MAX_MESSAGE = 256 * 1024
 SFTP_MAX_READ = SFTP_MAX_MESSAGE - 1024
 LIMITS_EXTENSION = b"limits@openssh.com"
+STATVFS_EXTENSION = b"statvfs@openssh.com"
+#: `~` and `~user` in a path, expanded by the server (see SFTPServer.expand_path).
+EXPAND_PATH_EXTENSION = b"expand-path@openssh.com"
+#: Extensions answered with a status, not a reply of their own.
+STATUS_EXTENSIONS = (b"posix-rename@openssh.com", b"hardlink@openssh.com")
+#: What the version reply offers, with the versions OpenSSH's sftp looks for.
+EXTENSIONS = {LIMITS_EXTENSION: b"1", STATVFS_EXTENSION: b"2", EXPAND_PATH_EXTENSION: b"1",
+              **dict.fromkeys(STATUS_EXTENSIONS, b"1")}
+_STATVFS_RDONLY, _STATVFS_NOSUID = 1, 2
 #: An FXP_DATA reply's head: message length, type, request id, data length.
 _DATA_REPLY = struct.Struct(">LB4sL")
 
@@ -107,19 +127,105 @@ class _SFTPFile(UnixSFTPFile):
             os.utime(self.fd, (attrs["atime"], attrs["mtime"]))
 
 
+def _owner_names(line: str, uid: int, gid: int) -> str:
+    """An `ls -l` line of Conch's with the owner's and group's names for their numbers,
+    as OpenSSH's sftp-server writes it (its `sftp ls -l` shows them)."""
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    head, numbers, rest = line[:16], line[16:34], line[34:]
+    if numbers != f"{uid:<9}{gid:<9}":  # (not the layout this was written for)
+        return line
+    return f"{head}{user:<8} {group:<8} {rest}"
+
+
+class _SFTPDirectory:
+    """A directory's entries, as (name, `ls -l` line, attributes), the names as bytes."""
+
+    def __init__(self, server: _SFTPFiles, path: bytes):
+        self.server = server
+        self.path = path
+        self.names = sorted(os.listdir(path))
+
+    def __iter__(self) -> Iterator[tuple[bytes, str, dict[str, Any]]]:
+        return self
+
+    def __next__(self) -> tuple[bytes, str, dict[str, Any]]:
+        while self.names:
+            name = self.names.pop(0)
+            try:
+                s = os.lstat(os.path.join(self.path, name))
+            except FileNotFoundError:  # gone since the listing
+                continue
+            line = lsLine(name.decode("utf-8", "replace"), s)
+            return name, _owner_names(line, s.st_uid, s.st_gid), self.server._getAttrs(s)
+        raise StopIteration
+
+    def close(self) -> None:
+        self.names = []
+
+
 class _SFTPFiles(SFTPServerForUnixConchUser):
+    def _absPath(self, path: bytes) -> bytes:
+        # Bytes as the client sent them (Conch's decoded them as ASCII).
+        return os.path.join(os.fsencode(self.avatar.getHomeDir().path), path)
+
+    def makeDirectory(self, path: bytes, attrs: dict[str, Any]) -> None:
+        # The client's mode under the umask, as OpenSSH's sftp-server (and mkdir -m);
+        # Conch's set it afterwards, past the umask: sftp's `mkdir` made rwxrwxrwx.
+        os.mkdir(self._absPath(path), attrs.get("permissions", 0o777) & 0o7777)
+
+    def makeLink(self, linkPath: bytes, targetPath: bytes) -> None:
+        # OpenSSH's sftp (and its server) sends the target first and the link second,
+        # the other way round from the draft; every common client does as OpenSSH. The
+        # target is stored as given: a relative link stays relative.
+        target, link = linkPath, targetPath
+        os.symlink(target, self._absPath(link))
+
+    def openDirectory(self, path: bytes) -> _SFTPDirectory:
+        return _SFTPDirectory(self, self._absPath(path))
+
     def gotVersion(self, otherVersion: int, extData: dict[bytes, bytes]) -> dict[bytes, bytes]:
-        return {LIMITS_EXTENSION: b"1"}
+        return dict(EXTENSIONS)
 
     def extendedRequest(self, extName: bytes, extData: bytes) -> bytes:
-        if extName != LIMITS_EXTENSION:
-            raise NotImplementedError(f"no extension {extName.decode('latin-1')}")
-        # Message, read and write lengths; 0 open handles: no limit of our own.
-        return struct.pack(">4Q", SFTP_MAX_MESSAGE, SFTP_MAX_READ, SFTP_MAX_READ, 0)
+        if extName == LIMITS_EXTENSION:
+            # Message, read and write lengths; 0 open handles: no limit of our own.
+            return struct.pack(">4Q", SFTP_MAX_MESSAGE, SFTP_MAX_READ, SFTP_MAX_READ, 0)
+        if extName == STATVFS_EXTENSION:  # sftp's `df`
+            st = os.statvfs(self._absPath(common.getNS(extData)[0]))
+            flags = ((st.f_flag & os.ST_RDONLY and _STATVFS_RDONLY)
+                     | (st.f_flag & os.ST_NOSUID and _STATVFS_NOSUID))
+            return struct.pack(">11Q", st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree,
+                               st.f_bavail, st.f_files, st.f_ffree, st.f_favail,
+                               st.f_fsid & 0xFFFFFFFFFFFFFFFF, flags, st.f_namemax)
+        raise NotImplementedError(f"no extension {extName.decode('latin-1')}")
+
+    def status_extension(self, name: bytes, data: bytes) -> None:
+        """One of the extensions answered with a status (:data:`STATUS_EXTENSIONS`)."""
+        first, rest = common.getNS(data)
+        if name == b"posix-rename@openssh.com":  # sftp's `rename` onto a file that is there
+            os.rename(self._absPath(first), self._absPath(common.getNS(rest)[0]))
+        elif name == b"hardlink@openssh.com":  # sftp's `ln` (without -s)
+            os.link(self._absPath(first), self._absPath(common.getNS(rest)[0]))
 
     def openFile(self, filename: bytes, flags: int,
                  attrs: dict[str, Any]) -> _SFTPFile:  # Any: as setAttrs
         return _SFTPFile(self, self._absPath(filename), flags, attrs)
+
+
+#: SFTP version 3 status codes for file system errors, as OpenSSH's sftp-server maps them
+#: (Conch sent version 6's FILE_ALREADY_EXISTS, which OpenSSH reads as "Unknown status").
+_STATUS_OF_ERRNO = {errno.ENOENT: filetransfer.FX_NO_SUCH_FILE,
+                    errno.EACCES: filetransfer.FX_PERMISSION_DENIED,
+                    errno.EPERM: filetransfer.FX_PERMISSION_DENIED,
+                    errno.EINVAL: filetransfer.FX_BAD_MESSAGE,
+                    errno.ENOSYS: filetransfer.FX_OP_UNSUPPORTED}
 
 
 class SFTPServer(filetransfer.FileTransferServer):
@@ -182,6 +288,58 @@ class SFTPServer(filetransfer.FileTransferServer):
                 self._requests = buf[pos:]
         finally:
             self._handling = False
+
+    def expand_path(self, request_id: bytes, data: bytes) -> None:
+        """`~/results` to the user's home directory's results, absolute, as a NAME reply.
+
+        OpenSSH's scp and sftp ask for it for a path that starts with `~`; from a server
+        without it they take `~/` for the directory the session starts in, which is the
+        tool's working directory here, not the home directory: `scp studio:~/x .` found
+        no file, and an upload to `~/x` landed beside the tool's files."""
+        try:
+            path = common.getNS(data)[0]
+        except (struct.error, IndexError):
+            self._sendStatus(request_id, filetransfer.FX_BAD_MESSAGE, b"bad request")
+            return
+        expanded = os.path.expanduser(path)
+        if expanded.startswith(b"~"):  # ~nobody-known
+            self._sendStatus(request_id, filetransfer.FX_NO_SUCH_FILE,
+                             b"no such user: " + expanded.split(b"/")[0][1:])
+            return
+        resolved = os.path.realpath(cast(_SFTPFiles, self.client)._absPath(expanded))
+        self._cbReadLink(resolved, request_id)
+
+    def _ebStatus(self, reason: Failure, requestId: bytes,
+                  msg: bytes = b"request failed") -> None:
+        """A request the file system refused: the status OpenSSH's sftp-server would
+        send, with the system's words, and no traceback (Conch logs one for anything
+        but a missing file or a denied one: a full disk, a directory not empty)."""
+        error = reason.value
+        if not isinstance(error, OSError) or error.errno is None:
+            super()._ebStatus(reason, requestId, msg)
+            return
+        code = _STATUS_OF_ERRNO.get(error.errno, filetransfer.FX_FAILURE)
+        log.debug("studio SFTP: {what}: {why}", what=msg.decode("latin-1"),
+                  why=error.strerror)
+        self._sendStatus(requestId, code, (error.strerror or msg.decode()).encode())
+
+    def packet_EXTENDED(self, data: bytes) -> None:
+        request_id = data[:4]
+        name, rest = common.getNS(data[4:])
+        if name == EXPAND_PATH_EXTENSION:
+            self.expand_path(request_id, rest)
+            return
+        if name not in STATUS_EXTENSIONS:
+            super().packet_EXTENDED(data)  # (Conch answers with an extended reply)
+            return
+        try:
+            cast(_SFTPFiles, self.client).status_extension(name, rest)
+        except (struct.error, IndexError):  # (getNS of a request cut short)
+            self._sendStatus(request_id, filetransfer.FX_BAD_MESSAGE, b"bad request")
+        except OSError:
+            self._ebStatus(Failure(), request_id, name.split(b"@")[0] + b" failed")
+        else:
+            self._cbStatus(None, request_id, name.split(b"@")[0] + b" succeeded")
 
     def packet_READ(self, data: bytes) -> None:
         # Conch's path copies the data three times (and once more per channel packet).

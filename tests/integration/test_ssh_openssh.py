@@ -317,6 +317,47 @@ def test_sftp_batch(gw: Gateway, tmp_path: Path) -> None:
     assert (gw.work / "sub").is_dir()
 
 
+def test_scp_and_sftp_with_names_beyond_ascii(gw: Gateway, tmp_path: Path) -> None:
+    """A scientist's tree (spaces, accents) up and back with scp -r, then sftp's mkdir,
+    ln -s and ls -l: scp said "stat remote: Failure" and sftp "Unknown status"."""
+    tree = tmp_path / "run 7"
+    (tree / "ünï çødé").mkdir(parents=True)
+    (tree / "a file.txt").write_text("a\n")
+    (tree / "ünï çødé" / "naïve résumé.txt").write_text("b\n")
+    scp = ["scp", *gw.ssh_base(), "-P", str(gw.port)]
+    r = subprocess.run([*scp, "-r", str(tree), "alice@abcd@127.0.0.1:"], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert (gw.work / "run 7" / "ünï çødé" / "naïve résumé.txt").read_text() == "b\n"
+    r = subprocess.run([*scp, "-r", "alice@abcd@127.0.0.1:run 7", str(tmp_path / "back")],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "back" / "ünï çødé" / "naïve résumé.txt").read_text() == "b\n"
+    batch = tmp_path / "batch"
+    batch.write_text('mkdir "données"\nln -s "run 7/a file.txt" latest\nls -l\n', "utf-8")
+    r = subprocess.run(["sftp", *gw.ssh_base(), "-P", str(gw.port), "-b", str(batch),
+                        "alice@abcd@127.0.0.1"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert os.readlink(gw.work / "latest") == "run 7/a file.txt"
+    assert not (gw.work / "données").stat().st_mode & 0o002  # not world-writable
+    user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
+    assert f" {user} " in r.stdout and "données" in r.stdout, r.stdout
+
+
+def test_sftp_df_hard_link_and_rename_onto_a_file(gw: Gateway, tmp_path: Path) -> None:
+    """`df` and `ln` said "Server does not support ... extension"."""
+    (gw.work / "draft.txt").write_text("draft\n")
+    (gw.work / "final.txt").write_text("final\n")
+    batch = tmp_path / "batch"
+    batch.write_text("df -h\nln final.txt kept.txt\nrename draft.txt final.txt\n")
+    r = subprocess.run(["sftp", *gw.ssh_base(), "-P", str(gw.port), "-b", str(batch),
+                        "alice@abcd@127.0.0.1"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert "Avail" in r.stdout and "does not support" not in r.stderr, r.stdout
+    assert (gw.work / "kept.txt").read_text() == "final\n"
+    assert (gw.work / "final.txt").read_text() == "draft\n"
+
+
 # Refusals ------------------------------------------------------------------------------------
 
 

@@ -3,9 +3,13 @@ most that much per read."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import stat
 import struct
 from pathlib import Path
 
+import pytest
 from twisted.conch.ssh import filetransfer
 from twisted.conch.ssh.common import NS, getNS
 from twisted.internet.testing import StringTransport
@@ -42,14 +46,18 @@ def _server(tmp_path: Path) -> tuple[SFTPServer, StringTransport]:
     return server, transport
 
 
-def test_the_version_reply_offers_limits(tmp_path: Path) -> None:
+def test_the_version_reply_offers_limits_and_openssh_extensions(tmp_path: Path) -> None:
     _, transport = _server(tmp_path)
     [(kind, data)] = _replies(transport.value())
     assert kind == filetransfer.FXP_VERSION
     assert struct.unpack("!L", data[:4]) == (3,)
-    name, rest = getNS(data[4:])
-    value, rest = getNS(rest)
-    assert (name, value, rest) == (b"limits@openssh.com", b"1", b"")
+    offered, rest = {}, data[4:]
+    while rest:
+        name, rest = getNS(rest)
+        offered[name], rest = getNS(rest)
+    assert offered == {b"limits@openssh.com": b"1", b"statvfs@openssh.com": b"2",
+                       b"expand-path@openssh.com": b"1", b"posix-rename@openssh.com": b"1",
+                       b"hardlink@openssh.com": b"1"}
 
 
 def test_limits_reply_and_unknown_extensions(tmp_path: Path) -> None:
@@ -160,6 +168,169 @@ def test_writes_land_at_their_offsets_and_are_answered(tmp_path: Path) -> None:
     [(kind, data)] = _replies(transport.value())
     assert kind == filetransfer.FXP_STATUS
     assert struct.unpack("!2L", data[:8])[0] == 20 and data[4:8] != b"\0\0\0\0"
+
+
+def _request(server: SFTPServer, transport: StringTransport, kind: int,
+             *fields: bytes) -> tuple[int, bytes]:
+    """One request (id 1, its strings in order), and its one reply without the id."""
+    transport.clear()
+    server.dataReceived(_packet(kind, struct.pack("!L", 1) + b"".join(fields)))
+    [(reply, data)] = _replies(transport.value())
+    assert data[:4] == struct.pack("!L", 1)
+    return reply, data[4:]
+
+
+def _status(reply: tuple[int, bytes]) -> tuple[int, bytes]:
+    kind, data = reply
+    assert kind == filetransfer.FXP_STATUS
+    return struct.unpack("!L", data[:4])[0], getNS(data[4:])[0]
+
+
+_NO_ATTRS = struct.pack("!L", 0)
+_MODE_0777 = struct.pack("!2L", filetransfer.FILEXFER_ATTR_PERMISSIONS, 0o777)
+
+
+def test_names_beyond_ascii_are_bytes_end_to_end(tmp_path: Path) -> None:
+    """scp -r and sftp of a file named "naïve résumé.txt" failed ("stat remote:
+    Failure"): Conch decoded every path as ASCII, and logged a traceback."""
+    server, transport = _server(tmp_path)
+    folder, name = "ünï çødé".encode(), "naïve résumé.txt".encode()
+    assert _status(_request(server, transport, filetransfer.FXP_MKDIR, NS(folder),
+                            _NO_ATTRS))[0] == filetransfer.FX_OK
+    path = folder + b"/" + name
+    handle = _open(server, transport, path, filetransfer.FXF_WRITE | filetransfer.FXF_CREAT)
+    assert _status(_request(server, transport, filetransfer.FXP_CLOSE,
+                            NS(handle)))[0] == filetransfer.FX_OK
+    assert (tmp_path / "ünï çødé" / "naïve résumé.txt").is_file()
+    kind, _ = _request(server, transport, filetransfer.FXP_STAT, NS(path))
+    assert kind == filetransfer.FXP_ATTRS
+    (tmp_path / "ünï çødé").joinpath(os.fsdecode(b"raw-\xff")).write_text("")
+    kind, data = _request(server, transport, filetransfer.FXP_OPENDIR, NS(folder))
+    assert kind == filetransfer.FXP_HANDLE
+    kind, data = _request(server, transport, filetransfer.FXP_READDIR, NS(getNS(data)[0]))
+    assert kind == filetransfer.FXP_NAME
+    count, rest = struct.unpack("!L", data[:4])[0], data[4:]
+    names, lines = [], []
+    for _ in range(count):
+        entry, rest = getNS(rest)
+        line, rest = getNS(rest)
+        _, rest = server._parseAttributes(rest)
+        names.append(entry)
+        lines.append(line.decode())
+    assert names == [name, b"raw-\xff"]  # (a name that is no UTF-8 keeps its bytes)
+    assert lines[0].endswith(" naïve résumé.txt") and lines[1].endswith(" raw-\ufffd")
+    kind, data = _request(server, transport, filetransfer.FXP_REALPATH, NS(folder))
+    assert kind == filetransfer.FXP_NAME
+    assert getNS(data[4:])[0] == os.fsencode(tmp_path) + b"/" + folder
+    assert _status(_request(server, transport, filetransfer.FXP_RENAME, NS(path),
+                            NS(name))) == (filetransfer.FX_OK, b"rename succeeded")
+    assert (tmp_path / "naïve résumé.txt").is_file()
+
+
+def test_the_owner_in_a_listing_is_named(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    server, transport = _server(tmp_path)
+    _, data = _request(server, transport, filetransfer.FXP_OPENDIR, NS(b"."))
+    _, data = _request(server, transport, filetransfer.FXP_READDIR, NS(getNS(data)[0]))
+    line = getNS(getNS(data[4:])[1])[0].decode()
+    user = pwd.getpwuid(os.getuid()).pw_name
+    assert line.split()[2] == user, line
+
+
+def test_mkdir_keeps_the_umask(tmp_path: Path) -> None:
+    """sftp's `mkdir` asks for mode 0777: the directory was made world-writable (Conch
+    set the mode after mkdir, past the umask); OpenSSH's server leaves it to the umask."""
+    server, transport = _server(tmp_path)
+    old = os.umask(0o022)
+    try:
+        assert _status(_request(server, transport, filetransfer.FXP_MKDIR, NS(b"made"),
+                                _MODE_0777))[0] == filetransfer.FX_OK
+        assert _status(_request(server, transport, filetransfer.FXP_MKDIR, NS(b"private"),
+                                struct.pack("!2L", filetransfer.FILEXFER_ATTR_PERMISSIONS,
+                                            0o700)))[0] == filetransfer.FX_OK
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "made").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o700
+
+
+def test_symlink_in_openssh_order_keeps_the_target_as_given(tmp_path: Path) -> None:
+    """`sftp> ln -s data/x.csv latest` failed ("Unknown status"): OpenSSH sends the target
+    first, Conch took it for the link (and made the target absolute)."""
+    (tmp_path / "data").mkdir()
+    server, transport = _server(tmp_path)
+    assert _status(_request(server, transport, filetransfer.FXP_SYMLINK, NS(b"data/x.csv"),
+                            NS(b"latest"))) == (filetransfer.FX_OK, b"symlink succeeded")
+    assert os.readlink(tmp_path / "latest") == "data/x.csv"
+    kind, data = _request(server, transport, filetransfer.FXP_READLINK, NS(b"latest"))
+    assert kind == filetransfer.FXP_NAME and getNS(data[4:])[0] == b"data/x.csv"
+
+
+def test_file_system_refusals_are_statuses_without_tracebacks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    server, transport = _server(tmp_path)
+    failures: list[object] = []
+    monkeypatch.setattr(server._log, "failure", lambda *a, **kw: failures.append(a))
+    # An existing directory: version 3 has no "already exists" (OpenSSH read Conch's
+    # version-6 code as "Unknown status"); a directory not empty; a missing one.
+    assert _status(_request(server, transport, filetransfer.FXP_MKDIR, NS(b"full"),
+                            _NO_ATTRS)) == (filetransfer.FX_FAILURE, b"File exists")
+    assert _status(_request(server, transport, filetransfer.FXP_RMDIR, NS(b"full"))) == (
+        filetransfer.FX_FAILURE, b"Directory not empty")
+    assert _status(_request(server, transport, filetransfer.FXP_RMDIR, NS(b"none")))[0] == (
+        filetransfer.FX_NO_SUCH_FILE)
+    assert failures == []
+
+
+def test_df_rename_onto_a_file_and_hard_links(tmp_path: Path) -> None:
+    """sftp's `df` said "Server does not support statvfs@openssh.com extension", and `ln`
+    (a hard link) likewise."""
+    (tmp_path / "old.csv").write_text("old")
+    (tmp_path / "new.csv").write_text("new")
+    server, transport = _server(tmp_path)
+    kind, data = _request(server, transport, filetransfer.FXP_EXTENDED,
+                          NS(b"statvfs@openssh.com"), NS(b"."))
+    assert kind == filetransfer.FXP_EXTENDED_REPLY
+    fields = struct.unpack("!11Q", data)
+    st = os.statvfs(tmp_path)
+    assert (fields[0], fields[2], fields[10]) == (st.f_bsize, st.f_blocks, st.f_namemax)
+    assert _status(_request(server, transport, filetransfer.FXP_EXTENDED,
+                            NS(b"posix-rename@openssh.com"), NS(b"new.csv"),
+                            NS(b"old.csv")))[0] == filetransfer.FX_OK
+    assert (tmp_path / "old.csv").read_text() == "new" and not (tmp_path / "new.csv").exists()
+    assert _status(_request(server, transport, filetransfer.FXP_EXTENDED,
+                            NS(b"hardlink@openssh.com"), NS(b"old.csv"),
+                            NS(b"same.csv")))[0] == filetransfer.FX_OK
+    assert (tmp_path / "same.csv").stat().st_ino == (tmp_path / "old.csv").stat().st_ino
+    assert _status(_request(server, transport, filetransfer.FXP_EXTENDED,
+                            NS(b"hardlink@openssh.com"), NS(b"none.csv"),
+                            NS(b"x.csv")))[0] == filetransfer.FX_NO_SUCH_FILE
+    assert _status(_request(server, transport, filetransfer.FXP_EXTENDED,
+                            NS(b"hardlink@openssh.com"), b"\0\0"))[0] == (
+        filetransfer.FX_BAD_MESSAGE)
+
+
+def test_a_tilde_is_the_home_directory_not_the_working_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`scp studio:~/x .` found no x (OpenSSH's scp took `~/` for the directory sftp
+    starts in, the tool's working directory, from a server without expand-path)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    (home / "data").mkdir(parents=True)
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    server, transport = _server(work)
+    for asked, meant in ((b"~", home), (b"~/data", home / "data"), (b"~/new.csv",
+                                                                     home / "new.csv"),
+                         (b"sub/../x", work / "x")):
+        kind, data = _request(server, transport, filetransfer.FXP_EXTENDED,
+                              NS(b"expand-path@openssh.com"), NS(asked))
+        assert kind == filetransfer.FXP_NAME, (asked, data)
+        assert getNS(data[4:])[0] == os.fsencode(meant), asked
+    assert _status(_request(server, transport, filetransfer.FXP_EXTENDED,
+                            NS(b"expand-path@openssh.com"),
+                            NS(b"~no-such-user-here/x")))[0] == filetransfer.FX_NO_SUCH_FILE
 
 
 def test_a_forwarding_the_studio_cannot_connect_says_where_and_why() -> None:
