@@ -268,7 +268,11 @@ class GatewayService(MultiService):
     # Lifecycle ---------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
-        logs.set_level(self.config.log_level)  # (before the listeners: their lines too)
+        # The filters before the listeners bind (Twisted's "... starting on 8080" is
+        # dropped), at the most permissive level until startService sets the configured
+        # one: the start's lines up to then are written whatever CONNECT_LOG_LEVEL says,
+        # as before (the listeners' "listening on" lines, which tests and people look for).
+        logs.set_level("debug")
         super().privilegedStartService()
         try:
             self.bind_all()
