@@ -138,9 +138,13 @@ class GatewayProcess:
         A start that fails because a port base_env picked is taken is retried on a new
         one; from here on the ports are the test's (a restart with this env keeps them)."""
         while True:
-            wait_until(lambda: self.proc.poll() is not None or self._answering(),
-                       f"the gateway answering on 127.0.0.1:{self.management_port} "
-                       f"(log: {self.log_path})", timeout)
+            try:
+                wait_until(lambda: self.proc.poll() is not None or self._answering(),
+                           f"the gateway answering on 127.0.0.1:{self.management_port} "
+                           f"(log: {self.log_path})", timeout)
+            except AssertionError:  # (a caller whose set-up fails here never stops it)
+                self.stop()
+                raise
             if self.proc.poll() is None:
                 if isinstance(self.env, GatewayEnv):
                     self.env.picked = {}
