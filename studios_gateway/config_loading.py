@@ -318,5 +318,7 @@ def _doubts(cfg: Config) -> list[str]:
                         "CONNECT_PROXY_URL with https://")
     if cfg.ssh_enabled and not (cfg.ssh_key_path or cfg.ssh_key_value):
         warnings.append("no SSH host key configured: one is generated under "
-                        "CONNECT_STORAGE_ROOT and kept there")
+                        "CONNECT_STORAGE_ROOT and kept there; set CONNECT_SSH_KEY_PATH or "
+                        "CONNECT_SSH_KEY_VALUE_BASE64 so that every node presents the same "
+                        "key")
     return warnings

@@ -135,9 +135,9 @@ def generated_host_key(directory: Path) -> Key:
     target = directory / GENERATED_NAME
     if target.exists():
         key = kept_host_key(target, target.read_bytes())
-        _log.warn("SSH: no host key configured; using the generated key {path} ({fp}). Set "
-                  "CONNECT_SSH_KEY_PATH or CONNECT_SSH_KEY_VALUE_BASE64 so that every node "
-                  "presents the same key", path=str(target), fp=fingerprint(key))
+        # (the start's config warning says what to set: one line of each, not two warnings)
+        _log.info("SSH: using the host key generated at an earlier start, {path} ({fp})",
+                  path=str(target), fp=fingerprint(key))
         return key
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = Key(ed25519.Ed25519PrivateKey.generate())
@@ -154,9 +154,8 @@ def generated_host_key(directory: Path) -> Key:
         os.unlink(tmp)
         return kept_host_key(target, target.read_bytes())
     os.unlink(tmp)
-    _log.warn("SSH: no host key configured; generated {path} ({fp}). Set CONNECT_SSH_KEY_PATH "
-              "or CONNECT_SSH_KEY_VALUE_BASE64 so that every node presents the same key",
-              path=str(target), fp=fingerprint(key))
+    _log.info("SSH: generated a host key, {path} ({fp})", path=str(target),
+              fp=fingerprint(key))
     return key
 
 

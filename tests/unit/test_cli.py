@@ -383,3 +383,22 @@ def test_check_config_says_as_whom_it_ran_when_a_file_was_not_its_to_read(
     err = capsys.readouterr().err
     assert "cannot read (Permission denied)" in err, err
     assert f"check-config ran as {user_name()}" in err and "sudo -u studios-gateway" in err
+
+
+def test_a_generated_host_key_is_one_warning_with_what_to_set(tmp_path, monkeypatch) -> None:
+    """The start said it twice (the config's warning, then the key's own with the same
+    advice); now the config's warning says what to set and the key's line is its facts."""
+    from studios_gateway.config_loading import load_config
+    from studios_gateway.ssh.keys import generated_host_key
+    from tests.unit.test_node_settings import Logged
+
+    config = load_config({}, environ={"CONNECT_STORAGE_ROOT": str(tmp_path),
+                                      "CONNECT_SSH_ENABLED": "true"})
+    [said] = [w for w in config.warnings if "SSH host key" in w]
+    assert "set CONNECT_SSH_KEY_PATH or CONNECT_SSH_KEY_VALUE_BASE64" in said
+    with Logged("warn") as warn, Logged("info") as info:
+        generated_host_key(tmp_path / "ssh")
+        generated_host_key(tmp_path / "ssh")
+    assert warn.lines == []
+    assert [line.split(",")[0] for line in info.lines] == [
+        "SSH: generated a host key", "SSH: using the host key generated at an earlier start"]
