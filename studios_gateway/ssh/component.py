@@ -138,19 +138,16 @@ def check_host_key(config: Config) -> str | None:
     may (a damaged one ended the start)."""
     if not config.ssh_enabled:
         return None
-    if not (config.ssh_key_path or config.ssh_key_value):
+    try:
+        if config.ssh_key_path or config.ssh_key_value:
+            load_host_key(config.ssh_key_path, config.ssh_key_value, config.storage_root)
+            return None
         target = Path(config.storage_root) / "ssh" / GENERATED_NAME
         try:
             data = target.read_bytes()
         except OSError:  # none yet, or under a storage root this user may not look into
             return None
-        try:
-            kept_host_key(target, data)
-        except HostKeyError as e:
-            return str(e)
-        return None
-    try:
-        load_host_key(config.ssh_key_path, config.ssh_key_value, config.storage_root)
+        kept_host_key(target, data)
     except HostKeyError as e:
         return str(e)
     return None

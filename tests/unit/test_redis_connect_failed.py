@@ -98,14 +98,8 @@ def test_a_set_up_that_redis_leaves_unanswered_is_dropped_and_said() -> None:
     in front of it with no Redis behind): after connect_timeout the connection is dropped
     (and made again), and the log says why. Before, the link waited for ever with no line
     in the log, and /ready said `not connected yet`."""
-    clock = Clock()
-    store = RedisStore("10.0.0.9:6379", clock=clock, timeout=2.0, connect_timeout=5.0)
-    link = store._commands
-    link.start(Waiting(), None)  # type: ignore[arg-type]
+    clock, link, conn, t = made()
     try:
-        assert link.factory is not None
-        conn = link.factory.buildProtocol(None)
-        t = StringTransport()
         with Logged("warn") as warn:
             conn.makeConnection(t)  # it sends SELECT 0, which nothing answers
             clock.advance(4.9)
@@ -246,20 +240,14 @@ def test_a_stop_during_the_set_up_leaves_no_timer() -> None:
 def test_the_end_of_a_connection_try_now_left_behind_is_not_the_links() -> None:
     """try_now replaces the link's factory; a connection of the old one that closes a turn
     later must not cancel the new connection's set-up deadline nor name its error."""
-    clock = Clock()
-    store = RedisStore("10.0.0.9:6379", clock=clock, timeout=2.0, connect_timeout=5.0)
-    link = store._commands
-    link.start(Waiting(), None)  # type: ignore[arg-type]
+    _, link, old, t = made()
     try:
-        assert link.factory is not None
-        old = link.factory.buildProtocol(None)
-        old.makeConnection(StringTransport())
+        old.makeConnection(t)
         link.backing_off = True
         link.try_now()
         assert link.factory is not None and link.factory is not old.factory
         new = link.factory.buildProtocol(None)
-        t = StringTransport()
-        new.makeConnection(t)
+        new.makeConnection(StringTransport())
         timer = link._set_up_timer
         assert timer is not None and timer.active()
         old.connectionLost(Failure(error.ConnectionLost("the old attempt's close")))

@@ -45,6 +45,11 @@ class Flag:
     def args(self) -> list[str]:
         return [self.names[0]] if self.value is None else [f"{self.names[0]}={self.value}"]
 
+    @property
+    def listed_as(self) -> str | None:
+        """The text the tool's help must hold for it (None: not looked for)."""
+        return self.names[0] if self.check == "" else self.check
+
 
 @dataclass(frozen=True)
 class Place:
@@ -171,7 +176,7 @@ class Preset:
         argv = list(command) or self.default_command(place)
         missing = []
         for flag in self.flags(place):
-            check = flag.names[0] if flag.check == "" else flag.check
+            check = flag.listed_as
             if check is not None and given(argv, flag.names) is None \
                     and check not in installed.help:
                 missing.append(flag.names[0])
@@ -217,7 +222,7 @@ class Preset:
                 continue
             if flag.only_if is not None and not flag.only_if(words):
                 continue
-            check = flag.names[0] if flag.check == "" else flag.check
+            check = flag.listed_as
             if check is not None and check not in installed.help:
                 if flag.optional:
                     continue
