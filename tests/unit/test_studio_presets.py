@@ -600,3 +600,20 @@ def test_the_tool_is_asked_for_its_version_without_the_sessions_token(
     assert run_for_text(show) == "[]\n"
     with hidden_modules(["json"]) as more_env:
         assert run_for_text(show, more_env) == "[]\n"
+
+
+def test_lacks_leaves_out_a_flag_whose_only_if_does_not_hold() -> None:
+    """A flag added only to some commands (code-server's --ignore-last-opened, only with a
+    folder to open) is not lacking from the help of a tool whose command the preset
+    would not add it to: build left it out, lacks counted it (and an answer asked with
+    modules hidden would have been asked again for it)."""
+    preset = PRESETS["vscode"]
+    old = Installed("1.80.0", knows_all(preset).help.replace("--ignore-last-opened", ""))
+    assert preset.lacks([], SUB, old) == ["--ignore-last-opened"]  # its folder: added
+    assert preset.lacks(["code-server", "/home/al/project"], SUB, old) == [
+        "--ignore-last-opened"]
+    no_folder = ["code-server", "--auth", "none"]
+    assert preset.lacks(no_folder, SUB, old) == []
+    assert "--ignore-last-opened" not in preset.build(no_folder, SUB, knows_all(preset)).argv
+    assert preset.lacks(["sh", "-c", "true"], SUB, old) == []  # not the tool: adds nothing
+
