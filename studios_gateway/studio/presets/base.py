@@ -41,6 +41,9 @@ class Flag:
     #: Added only when this holds of the words after the tool's head, as given (with the
     #: preset's own positional words) and before the preset's flags; None: always.
     only_if: Callable[[Sequence[str]], bool] | None = None
+    #: The tool's first version that has it (None: not said): an older version's help
+    #: cannot list it, so its absence there says nothing about what was asked.
+    since: str | None = None
 
     def args(self) -> list[str]:
         return [self.names[0]] if self.value is None else [f"{self.names[0]}={self.value}"]
@@ -49,6 +52,18 @@ class Flag:
     def listed_as(self) -> str | None:
         """The text the tool's help must hold for it (None: not looked for)."""
         return self.names[0] if self.check == "" else self.check
+
+    def newer_than(self, version: str) -> bool:
+        """Whether the tool's ``version`` predates this flag (:attr:`since`); False when
+        either does not begin with numbers (``4.0.0-rc.1``: 4.0.0, so not older than 4.0)."""
+        theirs, first = _numbers(version), _numbers(self.since or "")
+        return theirs is not None and first is not None and theirs < first
+
+
+def _numbers(version: str) -> tuple[int, ...] | None:
+    """The leading dotted numbers of a version (``3.5.3`` -> (3, 5, 3)), or None."""
+    m = re.match(r"[0-9]+(?:\.[0-9]+)*", version)
+    return tuple(int(n) for n in m.group(0).split(".")) if m else None
 
 
 @dataclass(frozen=True)
@@ -172,12 +187,15 @@ class Preset:
 
     def lacks(self, command: Sequence[str], place: Place, installed: Installed) -> list[str]:
         """The options (needed or optional) the preset would add to ``command`` that
-        ``installed``'s help does not list."""
+        ``installed``'s help does not list though its version may have them: an option
+        newer than the version (:attr:`Flag.since`) is not looked for, no answer of that
+        version lists it."""
         split = self._split(command, place)
         if split is None:
             return []
         return [flag.names[0] for flag in self._added(split.rest, place)
-                if flag.listed_as is not None and flag.listed_as not in installed.help]
+                if flag.listed_as is not None and flag.listed_as not in installed.help
+                and not flag.newer_than(installed.version)]
 
     # -- building -----------------------------------------------------------------
 
