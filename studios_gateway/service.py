@@ -110,17 +110,17 @@ def build_store(config: Config, clock: Any) -> CachingStore:
     from studios_gateway.registry.cache import CachingStore
 
     if config.redis_enabled:
-        from studios_gateway.registry.redis_link import check_tls_files, reply_parser_missing
+        from studios_gateway.registry.redis_link import checked_tls_files, reply_parser_missing
         from studios_gateway.registry.redis_probe import store_from_config
 
-        problem = check_tls_files(config)
+        tls, problem = checked_tls_files(config)
         if problem is not None:
             raise StartError(problem)
         no_parser = reply_parser_missing()
         if no_parser is not None:
             Logger().warn("{problem}", problem=no_parser)
         host, port = config.redis_address
-        inner: Any = store_from_config(config, clock)
+        inner: Any = store_from_config(config, clock, tls_options=tls)
         from studios_gateway.registry.redis_persistence import log_persistence
 
         # Once connected: warn when a Redis restart would lose every session.

@@ -572,15 +572,22 @@ def client_endpoint(host: str, port: int, connect_timeout: float,
 
 def check_tls_files(config: Any) -> str | None:
     """Why the Redis store would not start with CONNECT_REDIS_TLS_CERT_FILE/KEY_FILE/CA_FILE
-    (one line naming the file to fix), or None. The start and ``studios-gateway
-    check-config`` both ask this: a key that was not the certificate's ended the start in
-    a traceback, after the listeners were bound."""
-    from studios_gateway.pem_files import refusal
+    (one line naming the file to fix), or None. ``studios-gateway check-config`` asks
+    this; the start, :func:`checked_tls_files`. A key that was not the certificate's ended
+    the start in a traceback, after the listeners were bound."""
+    return checked_tls_files(config)[1]
+
+
+def checked_tls_files(config: Any) -> tuple[Any | None, str | None]:
+    """The client TLS options for Redis (None without CONNECT_REDIS_TLS_ENABLE, or with
+    Redis off) and why the files were refused (one line naming the file to fix), or
+    None: each file read once."""
+    from studios_gateway.pem_files import loaded
 
     if not (config.redis_enabled and config.redis_tls_enable):
-        return None
+        return None, None
     host, _ = config.redis_address
-    return refusal(lambda: tls_options(
+    return loaded(lambda: tls_options(
         host, skip_verify=config.redis_tls_skip_verify, cert_file=config.redis_tls_cert_file,
         key_file=config.redis_tls_key_file, ca_file=config.redis_tls_ca_file),
         "CONNECT_REDIS_TLS")
