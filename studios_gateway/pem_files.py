@@ -13,13 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import crypto
 
-__all__ = ["PemError", "load_ca", "load_chain", "load_key", "load_pair", "problem", "refusal"]
+__all__ = ["PemError", "load_ca", "load_chain", "load_key", "load_pair", "loaded", "problem",
+           "refused", "refusal"]
+
+T = TypeVar("T")
 
 
 class PemError(ValueError):
@@ -100,13 +104,26 @@ def problem(error: PemError, prefix: str) -> str:
     return f"{prefix}_{error.which.upper()}_FILE={error.path!r} {error}"
 
 
+def refused(error: Exception, prefix: str) -> str:
+    """Why the files PREFIX_CERT_FILE, _KEY_FILE and _CA_FILE name were refused, in one
+    line: `error` is what making TLS options of them raised."""
+    if isinstance(error, PemError):  # no PEM of that kind, an encrypted key, not the pair
+        return problem(error, prefix)
+    # what OpenSSL alone refuses: one line still
+    return f"{prefix}_*_FILE: cannot load the certificate and key ({error})"
+
+
+def loaded(load: Callable[[], T], prefix: str) -> tuple[T | None, str | None]:
+    """What `load` makes of the files PREFIX_CERT_FILE, _KEY_FILE and _CA_FILE name (TLS
+    options) and None; or None and why it refuses them, in one line. The start takes
+    the options it checked (the files read once)."""
+    try:
+        return load(), None
+    except Exception as e:
+        return None, refused(e, prefix)
+
+
 def refusal(load: Callable[[], object], prefix: str) -> str | None:
     """Why `load` (TLS options made from the files PREFIX_CERT_FILE, _KEY_FILE and
     _CA_FILE name) refuses them, in one line; None when it takes them."""
-    try:
-        load()
-    except PemError as e:  # no PEM of that kind, an encrypted key, not the pair
-        return problem(e, prefix)
-    except Exception as e:  # what OpenSSL alone refuses: one line still
-        return f"{prefix}_*_FILE: cannot load the certificate and key ({e})"
-    return None
+    return loaded(load, prefix)[1]

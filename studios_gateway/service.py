@@ -110,17 +110,17 @@ def build_store(config: Config, clock: Any) -> CachingStore:
     from studios_gateway.registry.cache import CachingStore
 
     if config.redis_enabled:
-        from studios_gateway.registry.redis_link import check_tls_files, reply_parser_missing
+        from studios_gateway.registry.redis_link import checked_tls_files, reply_parser_missing
         from studios_gateway.registry.redis_probe import store_from_config
 
-        problem = check_tls_files(config)
+        tls, problem = checked_tls_files(config)
         if problem is not None:
             raise StartError(problem)
         no_parser = reply_parser_missing()
         if no_parser is not None:
             Logger().warn("{problem}", problem=no_parser)
         host, port = config.redis_address
-        inner: Any = store_from_config(config, clock)
+        inner: Any = store_from_config(config, clock, tls_options=tls)
         from studios_gateway.registry.redis_persistence import log_persistence
 
         # Once connected: warn when a Redis restart would lose every session.
@@ -470,14 +470,20 @@ class GatewayService(MultiService):
             self.reactor.stop()
 
 
-def _self_signed_damaged(config: Config, error: Any) -> str:
+def _self_signed_damaged(config: Config, error: Exception) -> str:
     """The self-made tunnel pair under the storage root, damaged (a restore cut short, a
-    full disk when it was written): it ended the start in a traceback."""
+    full disk when it was written): it ended the start in a traceback. `error` is what
+    loading it raised: a PemError names the file; anything else (what OpenSSL alone
+    refuses) the pair, not CONNECT_TLS_*, which the operator did not set."""
+    from studios_gateway.pem_files import PemError
+
     directory = Path(config.storage_root) / "tunnel"
-    return (f"CONNECT_STORAGE_ROOT={config.storage_root!r}: the self-signed tunnel "
-            f"certificate's file {error.path} {error}: restore {directory} from a backup, or "
-            "remove it to have a new certificate made (every connect string's pin changes "
-            "then: studios-gateway sessions token ID for each session)")
+    what = (f"tunnel certificate's file {error.path} {error}" if isinstance(error, PemError)
+            else f"tunnel certificate and key in {directory} cannot be loaded ({error})")
+    return (f"CONNECT_STORAGE_ROOT={config.storage_root!r}: the self-signed {what}: restore "
+            f"{directory} from a backup, or remove it to have a new certificate made (every "
+            "connect string's pin changes then: studios-gateway sessions token ID for each "
+            "session)")
 
 
 def check_self_signed(config: Config) -> str | None:
@@ -613,8 +619,7 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
                   ) -> tuple[TunnelTable, str | None, IProtocolFactory, Part]:
     """The tunnel listener and table; the pin of a self-made certificate (None with the
     operator's certificate), and the Part (listener, lifecycle, certificate reload)."""
-    from studios_gateway.pem_files import PemError
-    from studios_gateway.pem_files import problem as pem_problem
+    from studios_gateway.pem_files import refused
     from studios_gateway.reload import ReloadableServerTLS
     from studios_gateway.tunnel.server import (
         TunnelMetrics,
@@ -634,13 +639,9 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
         cert_path, key_path = str(cert), str(key)
     try:
         options = ReloadableServerTLS(cert_path, key_path, tls.tunnel_server_options)
-    except PemError as e:  # an operator's mistake: the file to fix and why, in one line
-        if config.tls_cert_file:
-            raise StartError(pem_problem(e, "CONNECT_TLS")) from None
-        raise StartError(_self_signed_damaged(config, e)) from None
-    except Exception as e:  # what OpenSSL alone refuses: one line still
-        raise StartError(f"CONNECT_TLS_CERT_FILE/CONNECT_TLS_KEY_FILE: cannot load the "
-                         f"certificate and key ({e})") from None
+    except Exception as e:  # the file to fix and why, in one line
+        raise StartError(refused(e, "CONNECT_TLS") if config.tls_cert_file
+                         else _self_signed_damaged(config, e)) from None
     if not config.tls_cert_file:
         pin = tls.fingerprint_pem(Path(cert_path).read_bytes())
     settings = TunnelSettings(window_size=config.tunnel_window_size,

@@ -43,6 +43,7 @@ from studios_gateway.auth.platform_http import PlatformCallFailed, PlatformHTTP
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.registry.spent import SpentSet
+from studios_gateway.tracked import Tracked
 
 __all__ = ["LOGGED_OUT", "NOT_ALLOWED", "SESSION_ENDED", "WORKSPACE_REFUSED", "Authorizer",
            "Decision", "PlatformAccess", "PlatformUnavailable", "Revocation"]
@@ -183,8 +184,7 @@ class Authorizer:
         #: again or pushed out does not move this: it changes one answer, not all).
         self.changes = 0
         self._subscribers: list[Callable[[Revocation], Any]] = []
-        self._live: dict[int, _Live] = {}
-        self._next_live = 0
+        self._live: Tracked[_Live] = Tracked()
         #: Where logouts and spent single-use ids are kept for every node: the store
         #: (or, for a store without them, this node's memory).
         self.login_state = login_state if login_state is not None else (
@@ -454,13 +454,7 @@ class Authorizer:
               login_id: str | None = None) -> Callable[[], None]:
         """Register a live WebSocket or SSH channel; `close(reason)` is called when access
         ends. Returns the function to call when the connection closes by itself."""
-        self._next_live += 1
-        handle = self._next_live
-        self._live[handle] = _Live(session_id, user, login_id, close)
-        def forget() -> None:
-            self._live.pop(handle, None)
-
-        return forget
+        return self._live.add(_Live(session_id, user, login_id, close))
 
     @property
     def live_count(self) -> int:

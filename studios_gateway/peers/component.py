@@ -52,12 +52,20 @@ def peer_tls_options(config: Any) -> ssl.CertificateOptions | None:
 
 def check_peer_tls(config: Any) -> str | None:
     """Why the peer listener would not start with CONNECT_PEER_TLS_* (one line naming the
-    file to fix), or None. The start and ``studios-gateway check-config`` both ask this."""
-    from studios_gateway.pem_files import refusal
+    file to fix), or None. ``studios-gateway check-config`` asks this; the start,
+    :func:`checked_peer_tls`."""
+    return checked_peer_tls(config)[1]
+
+
+def checked_peer_tls(config: Any) -> tuple[ssl.CertificateOptions | None, str | None]:
+    """The peer TLS options (None without CONNECT_PEER_TLS_*, or with Redis off) and why
+    the files were refused (one line naming the file to fix), or None: each file read
+    once."""
+    from studios_gateway.pem_files import loaded
 
     if not (config.redis_enabled and config.peer_tls_cert_file):
-        return None
-    return refusal(lambda: peer_tls_options(config), "CONNECT_PEER_TLS")
+        return None, None
+    return loaded(lambda: peer_tls_options(config), "CONNECT_PEER_TLS")
 
 
 def settings_from(config: Any) -> PeerSettings:
@@ -73,10 +81,9 @@ def build_peers(config: Config, reactor: Any, store: TunnelClaims, table: Tunnel
     part = Part()
     if not config.redis_enabled:
         return None, part
-    problem = check_peer_tls(config)
+    tls, problem = checked_peer_tls(config)
     if problem is not None:
         raise StartError(problem)
-    tls = peer_tls_options(config)
     auth = PeerAuth(config.peer_secret, mutual_tls=tls is not None)
     streams = Counter("studios_gateway_peer_streams", "Streams carried between gateway nodes, "
                       "by direction and outcome.", ["direction", "outcome"],

@@ -164,7 +164,8 @@ class RedisStore:
                  node_id: str | None = None, *, timeout: float = 2.0,
                  longest_wait: float | None = None,
                  ping_interval: float = 5.0, connect_timeout: float = 5.0,
-                 reconnect_delay: tuple[float, float] = (0.5, 5.0)):
+                 reconnect_delay: tuple[float, float] = (0.5, 5.0),
+                 tls_options: Any = None):
         if clock is None:
             from twisted.internet import reactor
 
@@ -180,6 +181,9 @@ class RedisStore:
         self.tls_cert_file = tls_cert_file
         self.tls_key_file = tls_key_file
         self.tls_ca_file = tls_ca_file
+        #: The client TLS options made of those files already (the start's check made
+        #: them: the files are read once); None: made by endpoint().
+        self._tls_options = tls_options
         self.clock: IReactorTime = clock
         self.node_id = node_id or default_node_id()
         # A command fails once Redis has been silent for `timeout` while it waits, and in
@@ -216,9 +220,11 @@ class RedisStore:
     # Lifecycle -------------------------------------------------------------------
 
     def endpoint(self) -> IStreamClientEndpoint:
-        tls = tls_options(self.host, skip_verify=self.tls_skip_verify,
-                          cert_file=self.tls_cert_file, key_file=self.tls_key_file,
-                          ca_file=self.tls_ca_file) if self.tls else None
+        tls = None
+        if self.tls:
+            tls = self._tls_options or tls_options(
+                self.host, skip_verify=self.tls_skip_verify, cert_file=self.tls_cert_file,
+                key_file=self.tls_key_file, ca_file=self.tls_ca_file)
         return client_endpoint(self.host, self.port, self.connect_timeout, tls)
 
     def start(self) -> None:

@@ -143,7 +143,8 @@ READ_MIN, READ_MAX = 64 << 10, 1 << 20
 class _Heard:
     """Mixin for the connection's protocol: when Redis last sent anything (the link's
     ``heard``, on the store's clock), which deadlines on the link ask (deadline.within);
-    and how much each read takes (:data:`READ_MIN`, :data:`READ_MAX`)."""
+    how much each read takes (:data:`READ_MIN`, :data:`READ_MAX`); and the connection's
+    end, told to its link."""
 
     factory: Any
     transport: Any
@@ -152,6 +153,13 @@ class _Heard:
         if self._the_links():  # (not one try_now left behind)
             self.factory.link.transport_made(self)
         return super().connectionMade()  # type: ignore[misc]
+
+    def connectionLost(self, why: Failure) -> None:
+        # (a connection of a factory try_now replaced, closing a turn later, is not the
+        # link's: its end must not cancel the new connection's set-up nor name its error)
+        if self._the_links():
+            self.factory.link.transport_lost(why)
+        super().connectionLost(why)  # type: ignore[misc]
 
     def _the_links(self) -> bool:
         """Whether this connection is its link's current one's (made by the link's factory
@@ -230,22 +238,10 @@ class _Packs:
 
 
 class _Commands(_Packs, _Heard, txredisapi.RedisProtocol):
-    def connectionLost(self, why: Failure) -> None:
-        # (a connection of a factory try_now replaced, closing a turn later, is not the
-        # link's: its end must not cancel the new connection's set-up nor name its error)
-        if self._the_links():
-            self.factory.link.transport_lost(why)
-        super().connectionLost(why)
+    pass
 
 
 class _Subscriber(_Packs, _Heard, txredisapi.SubscriberProtocol):
-    def connectionLost(self, why: Failure) -> None:
-        # (a connection of a factory try_now replaced, closing a turn later, is not the
-        # link's: its end must not cancel the new connection's set-up nor name its error)
-        if self._the_links():
-            self.factory.link.transport_lost(why)
-        super().connectionLost(why)
-
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
         self.factory.link.message(reply_text(channel), reply_text(message))
 
@@ -373,13 +369,8 @@ class Link:
                 self.sibling.try_now()
 
         def failed(f: Failure) -> None:
-            self.failures += 1
-            self.last_error = f.getErrorMessage()
-            unsaid = self._refusals.due(self.last_error)
-            if unsaid is not None:
-                self._log.warn("Redis {name} connection set-up failed: {error}{more}",
-                               name=self.name, error=self.last_error,
-                               more=self._refusals.more(unsaid))
+            self._failed(f.getErrorMessage(),
+                         "Redis {name} connection set-up failed: {why}{more}")
             conn.transport.loseConnection()
             self._tell_failure(self.last_error)
 
@@ -411,14 +402,9 @@ class Link:
         each attempt are dropped from the log), and a node started with Redis away, or at
         a wrong CONNECT_REDIS_ADDRESS, logged nothing of it."""
         self.backing_off = True
-        self.failures += 1
-        self.last_error = ("cannot connect: "
-                           f"{(why.getErrorMessage() or type(why.value).__name__).rstrip('.')}")
-        unsaid = self._refusals.due(self.last_error)
-        if unsaid is not None:
-            self._log.warn("Redis {name} connection to {address}: {why}; will retry{more}",
-                           name=self.name, address=self.owner.address, why=self.last_error,
-                           more=self._refusals.more(unsaid))
+        reason = (why.getErrorMessage() or type(why.value).__name__).rstrip(".")
+        self._failed(f"cannot connect: {reason}",
+                     "Redis {name} connection to {address}: {why}; will retry{more}")
 
     def not_redis(self, why: str) -> None:
         """What answered on this connection does not speak Redis's protocol (`why`, the
@@ -499,14 +485,21 @@ class Link:
         elif "NOAUTH" in why:  # no AUTH was sent; the failing step named is SELECT's
             why = (f"{why} (Redis asks for a password: set CONNECT_REDIS_PASSWORD, and "
                    "CONNECT_REDIS_USER for an ACL user)")
-        self.last_error = why
         self.backing_off = True
+        self._failed(why, "Redis {name} connection: {why}; will retry{more}")
+        self._tell_failure(why)
+
+    def _failed(self, why: str, line: str) -> None:
+        """An attempt failed (to connect, its handshake, or the set-up after it), for
+        `why`: counted for the backoff, kept as last_error (what /ready says), and said in
+        `line` (a log format of {name}, {address}, {why} and {more}) once, then once a
+        minute with a count, until the link is up again."""
         self.failures += 1
+        self.last_error = why
         unsaid = self._refusals.due(why)
         if unsaid is not None:
-            self._log.warn("Redis {name} connection: {why}; will retry{more}", name=self.name,
-                           why=why, more=self._refusals.more(unsaid))
-        self._tell_failure(why)
+            self._log.warn(line, name=self.name, address=self.owner.address, why=why,
+                           more=self._refusals.more(unsaid))
 
     def _tell_failure(self, why: str) -> None:
         waiters, self._failure_waiters = self._failure_waiters, []
@@ -579,15 +572,22 @@ def client_endpoint(host: str, port: int, connect_timeout: float,
 
 def check_tls_files(config: Any) -> str | None:
     """Why the Redis store would not start with CONNECT_REDIS_TLS_CERT_FILE/KEY_FILE/CA_FILE
-    (one line naming the file to fix), or None. The start and ``studios-gateway
-    check-config`` both ask this: a key that was not the certificate's ended the start in
-    a traceback, after the listeners were bound."""
-    from studios_gateway.pem_files import refusal
+    (one line naming the file to fix), or None. ``studios-gateway check-config`` asks
+    this; the start, :func:`checked_tls_files`. A key that was not the certificate's ended
+    the start in a traceback, after the listeners were bound."""
+    return checked_tls_files(config)[1]
+
+
+def checked_tls_files(config: Any) -> tuple[Any | None, str | None]:
+    """The client TLS options for Redis (None without CONNECT_REDIS_TLS_ENABLE, or with
+    Redis off) and why the files were refused (one line naming the file to fix), or
+    None: each file read once."""
+    from studios_gateway.pem_files import loaded
 
     if not (config.redis_enabled and config.redis_tls_enable):
-        return None
+        return None, None
     host, _ = config.redis_address
-    return refusal(lambda: tls_options(
+    return loaded(lambda: tls_options(
         host, skip_verify=config.redis_tls_skip_verify, cert_file=config.redis_tls_cert_file,
         key_file=config.redis_tls_key_file, ca_file=config.redis_tls_ca_file),
         "CONNECT_REDIS_TLS")

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 
 from studios_gateway.registry.base import StoreUnavailable, UserKeyStore
 from studios_gateway.ssh.keys import KeysUnavailable, key_blobs
+from studios_gateway.tracked import Tracked
 
 __all__ = ["KeyWatch"]
 
@@ -54,8 +55,7 @@ class KeyWatch:
         self.platform = platform
         self.clock = clock
         self.ttl = ttl
-        self._live: dict[int, _Conn] = {}
-        self._next = 0
+        self._live: Tracked[_Conn] = Tracked()
         self._unsubscribe: Callable[[], None] | None = None
         self._sweeper: task.LoopingCall | None = None
 
@@ -83,13 +83,7 @@ class KeyWatch:
 
     def track(self, user: str, blob: bytes, close: Callable[[str], Any]) -> Callable[[], None]:
         """Register a logged-in connection; returns the function to call when it ends."""
-        self._next += 1
-        handle = self._next
-        self._live[handle] = _Conn(user, blob, close)
-        def forget() -> None:
-            self._live.pop(handle, None)
-
-        return forget
+        return self._live.add(_Conn(user, blob, close))
 
     @property
     def live_count(self) -> int:

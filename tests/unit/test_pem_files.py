@@ -179,3 +179,90 @@ def test_check_config_by_a_user_who_may_not_look_under_the_storage_root(
     monkeypatch.setattr(pathlib.Path, "stat", no_entry)
     code, err = _check(capsys)
     assert (code, err) == (0, "")
+
+
+def pairs_read(monkeypatch) -> list[str]:
+    """The certificate files pem_files.load_pair reads from now on, in order."""
+    from studios_gateway import pem_files
+
+    read: list[str] = []
+    load_pair = pem_files.load_pair
+
+    def counted(cert: str | Path, key: str | Path) -> object:
+        read.append(str(cert))
+        return load_pair(cert, key)
+
+    monkeypatch.setattr(pem_files, "load_pair", counted)
+    return read
+
+
+def test_the_start_reads_the_peer_files_once(settings, monkeypatch) -> None:
+    """The peer listener's start checked CONNECT_PEER_TLS_* (to refuse in one line) and
+    then read the same files again to make its TLS options: it takes the checked ones."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from studios_gateway.config_loading import load_config
+    from studios_gateway.service import make_service
+    from tests.support.peer_certs import ca_and_leaf
+
+    setenv, files = settings
+    peer = ca_and_leaf(Path(files["cert"]).parent)
+    setenv("CONNECT_REDIS_ADDRESS", "127.0.0.1:6379")
+    setenv("CONNECT_PEER_TLS_CERT_FILE", peer.peer_tls_cert_file)
+    setenv("CONNECT_PEER_TLS_KEY_FILE", peer.peer_tls_key_file)
+    setenv("CONNECT_PEER_TLS_CA_FILE", peer.peer_tls_ca_file)
+    read = pairs_read(monkeypatch)
+    make_service(load_config(environ=os.environ), MemoryReactorClock(), environ=os.environ)
+    assert read.count(peer.peer_tls_cert_file) == 1, read
+
+
+def test_what_openssl_alone_refuses_names_the_files_the_operator_can_fix(
+        settings, monkeypatch) -> None:
+    """The tunnel listener's pair refused past the PEM checks (OpenSSL's own words): the
+    operator's files are named as check-config names them, and the self-made pair by
+    its place under the storage root. The latter named CONNECT_TLS_CERT_FILE and
+    CONNECT_TLS_KEY_FILE, which were not set."""
+    from OpenSSL import SSL
+
+    from studios_gateway.component import StartError
+    from studios_gateway.config_loading import load_config
+    from studios_gateway.service import make_service
+    from studios_gateway.wire import tls
+
+    def refusing(cert: object, key: object) -> object:
+        raise SSL.Error([("SSL routines", "", "ee key too small")])
+
+    monkeypatch.setattr(tls, "tunnel_server_options", refusing)
+    setenv, files = settings
+    root = Path(files["cert"]).parent
+    with pytest.raises(StartError) as refused:
+        make_service(load_config(environ=os.environ), environ=os.environ)
+    said = str(refused.value)
+    assert said.startswith(f"CONNECT_STORAGE_ROOT='{root}': the self-signed tunnel "
+                           f"certificate and key in {root / 'tunnel'} cannot be loaded ("), said
+    assert "ee key too small" in said and "CONNECT_TLS_" not in said
+    setenv("CONNECT_TLS_CERT_FILE", files["cert"])
+    setenv("CONNECT_TLS_KEY_FILE", files["key"])
+    with pytest.raises(StartError) as refused:
+        make_service(load_config(environ=os.environ), environ=os.environ)
+    assert str(refused.value).startswith("CONNECT_TLS_*_FILE: cannot load the certificate "
+                                         "and key ("), str(refused.value)
+
+
+def test_the_start_reads_the_redis_client_files_once(settings, monkeypatch) -> None:
+    """The store's start checked CONNECT_REDIS_TLS_* and the store read them again when
+    it made its endpoint: it takes the checked options."""
+    from twisted.internet.task import Clock
+
+    from studios_gateway.config_loading import load_config
+    from studios_gateway.service import build_store
+
+    setenv, files = settings
+    setenv("CONNECT_REDIS_ADDRESS", "127.0.0.1:6379")
+    setenv("CONNECT_REDIS_TLS_ENABLE", "true")
+    setenv("CONNECT_REDIS_TLS_CERT_FILE", files["cert"])
+    setenv("CONNECT_REDIS_TLS_KEY_FILE", files["key"])
+    read = pairs_read(monkeypatch)
+    store = build_store(load_config(environ=os.environ), clock=Clock())
+    store.inner.endpoint()  # (what its start dials)
+    assert read == [files["cert"]], read

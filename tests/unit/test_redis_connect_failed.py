@@ -213,9 +213,15 @@ def test_a_set_up_refused_on_a_usable_connection_backs_off() -> None:
         assert link.factory is not None
         link.factory.jitter = 0
         first = link.factory.retryDelay(1)
-        for _ in range(3):
-            link.connected(SimpleNamespace(connected=True, transport=StringTransport()))
+        with Logged("warn") as warn:
+            for _ in range(3):
+                link.connected(SimpleNamespace(connected=True, transport=StringTransport()))
         assert link.factory.retryDelay(1) == link.factory.retryDelay(3) > first
+        # Said once (then once a minute with a count), and kept for /ready, as the
+        # failures to connect and the refused handshakes are.
+        assert warn.lines == ["Redis subscriber connection set-up failed: NOPERM this user "
+                              "has no permissions to access one of the channels"], warn.lines
+        assert link.last_error.startswith("NOPERM")
         link.backing_off = True
         link.try_now()  # (the command link came up)
         link.factory.jitter = 0

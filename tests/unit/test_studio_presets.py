@@ -600,3 +600,87 @@ def test_the_tool_is_asked_for_its_version_without_the_sessions_token(
     assert run_for_text(show) == "[]\n"
     with hidden_modules(["json"]) as more_env:
         assert run_for_text(show, more_env) == "[]\n"
+
+
+def test_lacks_leaves_out_a_flag_whose_only_if_does_not_hold() -> None:
+    """A flag added only to some commands (code-server's --ignore-last-opened, only with a
+    folder to open) is not lacking from the help of a tool whose command the preset
+    would not add it to: build left it out, lacks counted it (and an answer asked with
+    modules hidden would have been asked again for it)."""
+    preset = PRESETS["vscode"]
+    old = Installed("1.80.0", knows_all(preset).help.replace("--ignore-last-opened", ""))
+    assert preset.lacks([], SUB, old) == ["--ignore-last-opened"]  # its folder: added
+    assert preset.lacks(["code-server", "/home/al/project"], SUB, old) == [
+        "--ignore-last-opened"]
+    no_folder = ["code-server", "--auth", "none"]
+    assert preset.lacks(no_folder, SUB, old) == []
+    assert "--ignore-last-opened" not in preset.build(no_folder, SUB, knows_all(preset)).argv
+    assert preset.lacks(["sh", "-c", "true"], SUB, old) == []  # not the tool: adds nothing
+
+
+FAKE_JUPYTER = """#!{python}
+import os, sys
+hidden = os.path.exists(os.path.join(
+    (os.environ.get("PYTHONPATH") or "").split(os.pathsep)[0], "rfc3987_syntax.py"))
+with open({log!r}, "a") as log:
+    log.write(("hidden " if hidden else "whole ") + sys.argv[-1] + "\\n")
+if sys.argv[-1] == "--version":
+    print({version!r})
+else:
+    print({help!r})
+"""
+
+
+def fake_jupyter(tmp_path: Path, version: str, help_text: str) -> tuple[Path, Path]:
+    """A `jupyter` that prints `version` and `help_text` and notes each question (with its
+    modules hidden or whole) in a log: its path and the log's."""
+    script, log = tmp_path / "jupyter", tmp_path / "asked.log"
+    script.write_text(FAKE_JUPYTER.format(python=sys.executable, log=str(log),
+                                          version=version, help=help_text))
+    script.chmod(0o755)
+    log.write_text("")
+    return script, log
+
+
+@pytest.mark.parametrize("version, asked_whole", [
+    ("3.5.3", False),  # before the news feed: the version alone says why they are missing
+    ("3.6.0", True),  # has them: missing from the answer, asked again with nothing hidden
+    ("4.0.0-rc.1", True),
+])
+def test_a_jupyterlab_older_than_its_optional_flags_is_asked_once(
+        tmp_path: Path, version: str, asked_whole: bool) -> None:
+    """JupyterLab before 3.6 has no --LabApp.news_url nor check_for_updates_class. Its
+    answer with rfc3987_syntax hidden lacked them, and it was asked again with nothing
+    hidden (both its seconds-long start-ups once more) for an answer that could not list
+    them either: a flag's `since` tells an answer short by hiding from one short by age."""
+    from studios_gateway.studio.presets.base import run_for_text
+
+    preset = PRESETS["jupyterlab"]
+    old_help = "\n".join(line for line in knows_all(preset).help.splitlines()
+                         if not line.startswith("--LabApp."))
+    script, log = fake_jupyter(tmp_path, version, old_help)
+    got = inspect_tool(preset, [str(script), "lab"], run_for_text,
+                       lambda answer: not preset.lacks([], PATH, answer))
+    asked = sorted(log.read_text().split("\n")[:-1])
+    once = ["hidden --help-all", "hidden --version"]
+    assert asked == (sorted(once + ["whole --help-all", "whole --version"]) if asked_whole
+                     else once), asked
+    launch = preset.build([], PATH, got)  # and the optional flags are left out as before
+    assert not any(a.startswith("--LabApp.") for a in launch.argv)
+
+
+def test_a_needed_flag_missing_from_an_old_versions_answer_is_still_asked_again(
+        tmp_path: Path) -> None:
+    """`since` speaks only for the flags that have it: an answer (with modules hidden)
+    that lacks a needed option is asked again whatever the version."""
+    from studios_gateway.studio.presets.base import run_for_text
+
+    preset = PRESETS["jupyterlab"]
+    short = "\n".join(line for line in knows_all(preset).help.splitlines()
+                      if not line.startswith(("--LabApp.", "--ServerApp.port_retries")))
+    script, log = fake_jupyter(tmp_path, "3.5.3", short)
+    inspect_tool(preset, [str(script), "lab"], run_for_text,
+                 lambda answer: not preset.lacks([], PATH, answer))
+    assert sorted(log.read_text().split()) == sorted(
+        ["hidden", "--help-all", "hidden", "--version", "whole", "--help-all", "whole",
+         "--version"])

@@ -41,6 +41,9 @@ class Flag:
     #: Added only when this holds of the words after the tool's head, as given (with the
     #: preset's own positional words) and before the preset's flags; None: always.
     only_if: Callable[[Sequence[str]], bool] | None = None
+    #: The tool's first version that has it (None: not said): an older version's help
+    #: cannot list it, so its absence there says nothing about what was asked.
+    since: str | None = None
 
     def args(self) -> list[str]:
         return [self.names[0]] if self.value is None else [f"{self.names[0]}={self.value}"]
@@ -49,6 +52,18 @@ class Flag:
     def listed_as(self) -> str | None:
         """The text the tool's help must hold for it (None: not looked for)."""
         return self.names[0] if self.check == "" else self.check
+
+    def newer_than(self, version: str) -> bool:
+        """Whether the tool's ``version`` predates this flag (:attr:`since`); False when
+        either does not begin with numbers (``4.0.0-rc.1``: 4.0.0, so not older than 4.0)."""
+        theirs, first = _numbers(version), _numbers(self.since or "")
+        return theirs is not None and first is not None and theirs < first
+
+
+def _numbers(version: str) -> tuple[int, ...] | None:
+    """The leading dotted numbers of a version (``3.5.3`` -> (3, 5, 3)), or None."""
+    m = re.match(r"[0-9]+(?:\.[0-9]+)*", version)
+    return tuple(int(n) for n in m.group(0).split(".")) if m else None
 
 
 @dataclass(frozen=True)
@@ -172,56 +187,62 @@ class Preset:
 
     def lacks(self, command: Sequence[str], place: Place, installed: Installed) -> list[str]:
         """The options (needed or optional) the preset would add to ``command`` that
-        ``installed``'s help does not list."""
-        argv = list(command) or self.default_command(place)
-        missing = []
-        for flag in self.flags(place):
-            check = flag.listed_as
-            if check is not None and given(argv, flag.names) is None \
-                    and check not in installed.help:
-                missing.append(flag.names[0])
-        return missing
+        ``installed``'s help does not list though its version may have them: an option
+        newer than the version (:attr:`Flag.since`) is not looked for, no answer of that
+        version lists it."""
+        split = self._split(command, place)
+        if split is None:
+            return []
+        return [flag.names[0] for flag in self._added(split.rest, place)
+                if flag.listed_as is not None and flag.listed_as not in installed.help
+                and not flag.newer_than(installed.version)]
 
     # -- building -----------------------------------------------------------------
 
+    def _split(self, command: Sequence[str], place: Place) -> _Split | None:
+        """``command`` (the default one if empty) as the words that run the tool and the
+        rest, with the preset's own positional words; None: it is not the tool, and the
+        preset wraps it in none."""
+        default = not command
+        argv = self.default_command(place) if default else list(command)
+        n = self.head(argv)
+        wrapped = False
+        if n is None:
+            inner = self.wrap(argv, place)
+            if inner is None:
+                return None
+            argv, n, wrapped = inner, self.head(inner), True
+            assert n is not None
+        rest, notes = self.positional(argv[n:], place, default)
+        return _Split(argv[:n], rest, notes, wrapped)
+
+    def _added(self, rest: Sequence[str], place: Place) -> Iterator[Flag]:
+        """The flags the preset would add after the head's ``rest`` (checked against the
+        help or not): those the person did not give whose :attr:`Flag.only_if` holds."""
+        words = tuple(rest)  # (what only_if is asked of)
+        for flag in self.flags(place):
+            if given(rest, flag.names) is None and (flag.only_if is None
+                                                    or flag.only_if(words)):
+                yield flag
+
     def tool_head(self, command: Sequence[str], place: Place) -> list[str]:
         """The words that run the tool, for --version and --help (the default's if no command)."""
-        argv = list(command) or self.default_command(place)
-        n = self.head(argv)
-        if n is None:
-            wrapped = self.wrap(argv, place)
-            if wrapped is None:
-                return []
-            argv, n = wrapped, self.head(wrapped)
-            assert n is not None
-        return argv[:n]
+        split = self._split(command, place)
+        return [] if split is None else split.head
 
     def build(self, command: Sequence[str], place: Place, installed: Installed) -> Launch:
         """The command to run; raises PresetError if the installed tool lacks a needed flag."""
-        default = not command
-        argv = self.default_command(place) if default else list(command)
-        notes: list[str] = []
-        n = self.head(argv)
-        wrapped = None
-        if n is None:
-            wrapped = self.wrap(argv, place)
-            if wrapped is None:
-                return Launch(argv, place.port, place.workdir, foreign=True)
-            argv, n = wrapped, self.head(wrapped)
-            assert n is not None
-        head, rest = argv[:n], argv[n:]
-        rest, more = self.positional(rest, place, default)
-        notes += more
+        split = self._split(command, place)
+        if split is None:
+            return Launch(list(command) or self.default_command(place), place.port,
+                          place.workdir, foreign=True)
+        head, rest, notes = split.head, list(split.rest), list(split.notes)
         port = place.port
-        words = tuple(rest)  # (what only_if is asked of)
         for flag in self.flags(place):
             value = given(rest, flag.names)
-            if value is not None:
-                if flag.port:
-                    port = port_in(value) or port
-                continue
-            if flag.only_if is not None and not flag.only_if(words):
-                continue
+            if flag.port and value is not None:
+                port = port_in(value) or port
+        for flag in list(self._added(rest, place)):
             check = flag.listed_as
             if check is not None and check not in installed.help:
                 if flag.optional:
@@ -232,7 +253,17 @@ class Preset:
             rest += flag.args()
             notes.append(" ".join(flag.args()))
         return Launch([*head, *rest], port, place.workdir, notes,
-                      stop_argv=self.stop_argv(head, rest), wrapped=wrapped is not None)
+                      stop_argv=self.stop_argv(head, rest), wrapped=split.wrapped)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A command as a preset reads it (:meth:`Preset._split`)."""
+
+    head: list[str]  # the words that run the tool
+    rest: list[str]  # the words after them, with the preset's own positional words
+    notes: list[str]  # those positional words, for the line that says what was added
+    wrapped: bool  # the command was not the tool: it runs inside it (Xpra)
 
 
 #: Runs a command (with these variables added to the environment, when given) and

@@ -75,11 +75,12 @@ class JupyterLab(Preset):
             # page for JupyterLab at each page load (once the user has answered the news
             # question), and the news feed from GitHub for a user who said yes. A studio
             # often has no way out, and its image is the operator's to update. Versions
-            # without the options (before 3.6) run without them.
+            # without the options (before 3.6, which brought the news feed) run without
+            # them, and are not asked again for them with nothing hidden (since).
             Flag(("--LabApp.news_url",), "None", "not fetch Jupyter's news feed nor ask about it",
-                 optional=True),
+                 optional=True, since="3.6"),
             Flag(("--LabApp.check_for_updates_class",), "jupyterlab.NeverCheckForUpdate",
-                 "not check PyPI for a newer JupyterLab", optional=True),
+                 "not check PyPI for a newer JupyterLab", optional=True, since="3.6"),
         ]
         if place.root:
             flags.append(Flag(("--allow-root",), None, "run as root (studios often do)"))
