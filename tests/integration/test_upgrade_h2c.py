@@ -5,8 +5,8 @@ h2c handler) would read whatever the browser's connection sends after it as requ
 its own, past the gateway: an ``X-Connect-Sub`` of the sender's choosing (another user,
 the studio's owner), requests after the login ended. The gateway passes on the WebSocket
 upgrade alone; any other is dropped as a hop-by-hop field is, and the tool answers the
-request as it came (h2c is optional for a server: RFC 9113 section 3.1 keeps the
-upgrade's answer to the client, and a client goes on with HTTP/1.1 without one).
+request as it came (a server may ignore an Upgrade, RFC 9110 section 7.8; RFC 9113
+deprecates h2c's, and a client that offered it goes on with HTTP/1.1 without a 101).
 """
 
 from __future__ import annotations
