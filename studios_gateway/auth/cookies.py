@@ -192,6 +192,15 @@ class CookieCodec:
             self._remember(key, cookie, now)
         return cookie
 
+    def ended(self, value: str, scope: str) -> SessionCookie | None:
+        """The claims of a cookie of ours for `scope` whose time is over (None for one
+        still valid, or not ours). Such a cookie opens nothing; it only names its login,
+        so that a logout can still end that login's open connections."""
+        cookie = self._check(value, scope)
+        if cookie is None or self._clock.seconds() < cookie.expires_at:
+            return None
+        return cookie
+
     def _check(self, value: str, scope: str) -> SessionCookie | None:
         """Signature, claims and scope (not the time) of `value`."""
         data = self._signer.verify(self.PURPOSE, value)

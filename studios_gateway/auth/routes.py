@@ -241,6 +241,21 @@ class LoginRoutes:
                           cookie_values(request.headers, self.settings.login_cookie_name),
                           LOGIN_SCOPE)
 
+    def _browser_login_cookie(self, request: RequestInfo) -> SessionCookie | None:
+        """The browser's login cookie, of a login that is on or one that expired without
+        a logout: WebSockets opened before the expiry are still open (expiry does not cut
+        them), so a logout, or the next login in this browser, is to end that login too.
+        The browser keeps the cookie one CONNECT_LOGIN_TTL past the login's end for this
+        alone (_complete); it opens nothing."""
+        live = self._login_cookie(request)
+        if live is not None:
+            return live
+        for value in cookie_values(request.headers, self.settings.login_cookie_name):
+            c = self._cookies.ended(value, LOGIN_SCOPE)
+            if c is not None and not self.authorizer.is_logged_out(c.login_id):
+                return c
+        return None
+
     def _login(self, request: RequestInfo) -> Any:
         s = self.settings
         next_url = s.safe_next(request.params().get("next")) or "/"
@@ -406,7 +421,7 @@ class LoginRoutes:
                 else self._kept_login(subject, sid, result))
 
         def log_in(result: Any, subject: str) -> Response:
-            login_id = self._browser_login(self._login_cookie(request), subject,
+            login_id = self._browser_login(self._browser_login_cookie(request), subject,
                                            "logged in")
             expires = self._reactor.seconds() + self.settings.login_ttl
             self._refresher.begin(login_id, result.tokens, expires)
@@ -459,10 +474,10 @@ class LoginRoutes:
         now = self._reactor.seconds()
         ttl = max(0.0, expires_at - now)
         headers: list[tuple[bytes, bytes]] = []
-        if new_login:
+        if new_login:  # (kept by the browser past its end: _browser_login_cookie)
             headers.append(self._proxy_cookie(
                 s.login_cookie_name, self._cookies.issue(subject, LOGIN_SCOPE, login_id, ttl),
-                ttl))
+                ttl + s.login_ttl))
         session_id, path = s.studio_of_next(next_url)
         if session_id is None:
             return redirect(next_url, headers)
@@ -600,7 +615,7 @@ class LoginRoutes:
         def spent(fresh: bool) -> Response:
             self.on_login("link", fresh)
             if fresh:
-                return self._link_spent(data, self._login_cookie(request))
+                return self._link_spent(data, self._browser_login_cookie(request))
             return replace(page(400, "Login link not valid", "This login link was used already."),
                            user=user, why=f"login link to {sid} used already")
 
@@ -608,10 +623,10 @@ class LoginRoutes:
 
     def _browser_login(self, previous: SessionCookie | None, subject: str, how: str) -> str:
         """The login id for `subject` logging in where `previous` (the browser's login
-        cookie) is on: one login per browser. The same user's login goes on (so one
-        logout ends every studio this browser opened); another user's ends first (its
-        studios' cookies stay in this browser, and its logout could no longer reach
-        them)."""
+        cookie, of a login on or expired) was: one login per browser. The same user's
+        login goes on (so one logout ends every studio this browser opened, and the
+        WebSockets an expired login left open); another user's ends first (its studios'
+        cookies stay in this browser, and its logout could no longer reach them)."""
         if previous is not None and previous.subject == subject:
             return str(previous.login_id)
         if previous is not None:
@@ -637,9 +652,9 @@ class LoginRoutes:
 
     def _logout(self, request: RequestInfo) -> Response:
         s = self.settings
-        c = self._login_cookie(request)
+        c = self._browser_login_cookie(request)  # (expired too: its WebSockets are open)
         id_token = None
-        if c is not None:  # (a login that ended already is cleared without asking)
+        if c is not None:  # (a login logged out already is cleared without asking)
             refused = self._logout_confirmed(request, f"{PREFIX}logout")
             if refused is not None:
                 return refused

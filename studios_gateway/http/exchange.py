@@ -46,6 +46,7 @@ from studios_gateway.http.headers import (
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.http.routing import Route, absolute_to_origin
 from studios_gateway.http.toolroute import ToolRoute
+from studios_gateway.http.wsframes import offers_websocket_only
 
 __all__ = ["Answer", "Exchange", "HeadReader", "HeadRefused", "Limits", "NotForwardable",
            "Step", "ToolCodec", "raw_response"]
@@ -311,7 +312,8 @@ class Exchange:
     info: RequestInfo | None = None
     subject = ""
     identity: Any = None  # what authorize returned (for tracking upgraded connections)
-    upgrade = False
+    upgrade = False  # a WebSocket upgrade (offers_websocket_only): the one kind passed on
+    upgrade_asked = False  # an upgrade of any kind asked for (Upgrade, Connection: upgrade)
     up: Any = None  # the tool connection while attached (its .codec is a ToolCodec)
     pending: Any = None  # the Deferred being waited for, if any
     reused = False
@@ -357,7 +359,11 @@ class Exchange:
         path, _, query = target.partition("?")
         self.info = RequestInfo(req.method.decode("ascii"), host, path, query, raw, scheme,
                                 (peer, peer_port) if peer else None)
-        self.upgrade = b"upgrade" in req.connection and req.upgrade_offered
+        if req.upgrade_offered and b"upgrade" in req.connection:
+            # Any other protocol's Upgrade goes as a hop-by-hop field does: the tool
+            # answers the plain request.
+            self.upgrade_asked = True
+            self.upgrade = offers_websocket_only(raw)
         max_body = self.limits.max_body
         if max_body is not None and req.content_length is not None \
                 and req.content_length > max_body:
@@ -557,7 +563,7 @@ class Exchange:
     def switch(self, codec: ToolCodec, event: Any) -> tuple[bytes, bytes, bytes] | None:
         """After the tool's 101: the head for the client, the tool's bytes after it, the
         client's bytes after its request; None when the client never asked to switch."""
-        if not (self.request.upgrade_offered and self.client_done) or self.head_sent:
+        if not (self.upgrade and self.client_done) or self.head_sent:
             self.problem = HeadRefused(502, "the tool switched protocols unasked")
             return None
         try:

@@ -462,16 +462,21 @@ def tool_set_cookie(value: bytes, reserved: frozenset[str], secure: bool = False
     browser that holds too many cookies for the site evicts lower ones first. A
     cookie whose name is one of ``reserved`` (the gateway's own, compared without
     case, as browsers compare the ``__Host-`` prefix) is dropped: a tool never
-    plants or shadows the gateway's login. The name is read as browsers read it: up
-    to the first ``=`` of the part before the first ``;``, trimmed; a part without
-    ``=`` is a value with an empty name.
+    plants or shadows the gateway's login. The name is the one a browser sends back
+    in its Cookie header: up to the first ``=`` of the part before the first ``;``,
+    trimmed; a cookie with an empty name (``=connect_session=x``, or a part without
+    ``=``) is sent back as its value alone (RFC 6265bis 5.7.3), so its value's own
+    name counts.
     With `secure` (the browser's connection is HTTPS) a cookie without the
     ``Secure`` attribute gets it: the tool sees plain HTTP and would not set it,
     and a browser sends a cookie without it over plain HTTP to the same host.
     """
     parts = value.split(b";")
-    name, eq, _ = parts[0].partition(b"=")
-    if eq and name.strip(b" \t").decode("latin-1").lower() in reserved:
+    name, eq, rest = parts[0].partition(b"=")
+    name = name.strip(b" \t")
+    if not name:  # a nameless cookie: the browser sends "rest" (or the part) alone
+        name = (rest if eq else parts[0]).partition(b"=")[0].strip(b" \t")
+    if name.decode("latin-1").lower() in reserved:
         return None
     kept = [parts[0].strip(b" \t")]
     dropped = False

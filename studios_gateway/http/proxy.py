@@ -565,10 +565,10 @@ class ProxyProtocol(Protocol):
             self._respond(ex, refused.page, close=refused.close)
             return
         assert ex.info is not None
+        if ex.upgrade_asked and f.carry is not None and ex.info.path == TUNNEL_PATH:
+            self._carry(ex)  # (says why an upgrade that is not a WebSocket's is refused)
+            return
         if ex.upgrade:
-            if f.carry is not None and ex.info.path == TUNNEL_PATH:
-                self._carry(ex)
-                return
             why = cross_origin(ex.info.header(b"origin"), ex.info.host)
             if why is not None:  # a page of another studio (or site) as this browser's user
                 self._refuse_from_elsewhere(ex, "WebSocket", "WebSocket", why,

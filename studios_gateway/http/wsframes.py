@@ -19,7 +19,7 @@ from __future__ import annotations
 import struct
 
 __all__ = ["GOING_AWAY", "INTERNAL_ERROR", "MAX_REASON", "POLICY_VIOLATION", "SERVICE_RESTART",
-           "FrameTracker", "close_frame", "is_websocket"]
+           "FrameTracker", "close_frame", "is_websocket", "offers_websocket_only"]
 
 #: Close codes the gateway sends (RFC 6455 section 7.4.1; 1012 from IANA's registry).
 #: 1001 is for an end the page should take as final (its session was ended): JupyterLab
@@ -35,6 +35,17 @@ MAX_REASON = 123
 
 _CLOSE = 0x8
 _LONGEST_HEAD = 14  # 2 + 8 (64-bit length) + 4 (a masking key)
+
+
+def offers_websocket_only(headers: list[tuple[bytes, bytes]]) -> bool:
+    """A request's Upgrade headers, all lines together, name one protocol, WebSocket
+    (``Upgrade: websocket``, as browsers send it). Only such an upgrade reaches a tool:
+    after any other (``h2c``) the tool would read the client's next requests on the
+    spliced connection as they come, ``X-Connect-Sub`` included, past every check of
+    the gateway's."""
+    tokens = [token.strip().lower() for name, value in headers if name.lower() == b"upgrade"
+              for token in value.split(b",")]
+    return tokens == [b"websocket"]
 
 
 def is_websocket(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -854,6 +854,64 @@ def test_logout_revokes_every_cookie_of_the_login():
     assert isinstance(again, Response) and again.status == 302
 
 
+class SeenJar(Jar):
+    """A jar that keeps every Set-Cookie it was given (their attributes too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bytes] = []
+
+    def store(self, host: str, response: Response) -> None:
+        self.seen += [v for k, v in response.headers if k.lower() == b"set-cookie"]
+        super().store(host, response)
+
+
+def test_a_logout_after_the_login_expired_still_closes_its_connections() -> None:
+    """Expiry does not cut a WebSocket opened before it; a logout does, also once the
+    login has expired: the browser keeps the login cookie a login TTL past the login's
+    end (Max-Age), and the logout's post ends the login it names. That cookie opens
+    nothing."""
+    auth, clock, rp = make()
+    jar = SeenJar()
+    b = LoginDriver(auth, external=idp_login(rp), jar=jar)
+    who, _ = run(b.open(studio("abc")))
+    ttl = auth.settings.login_ttl
+    [set_login] = [v for v in jar.seen if v.startswith(b"__Host-connect_login=")]
+    assert f"; Max-Age={int(ttl) * 2};".encode() in set_login
+    closed: list[str] = []
+    auth.authorizer.track("abc", "alice", closed.append, login_id=who.login_id)
+    clock.advance(ttl + 60)
+    again = run(auth.authorize_request(request(studio("abc"), b.jar), "abc"))
+    assert isinstance(again, Response) and again.status == 302  # expired: to the login
+    assert not closed  # (expiry does not cut it)
+    page, _ = run(b.open(f"{PROXY}/_connect/logout"))
+    assert page.status == 200 and b'method="post"' in page.body and not closed
+    done, _ = run(b.open(f"{PROXY}/_connect/logout", method="POST"))
+    assert done.status == 200 and b"logged out" in done.body
+    assert closed == ["logged out"] and auth.authorizer.is_logged_out(who.login_id)
+    # A second logout finds nothing more to end: the page at once.
+    out, _ = run(b.open(f"{PROXY}/_connect/logout"))
+    assert out.status == 200 and b'method="post"' not in out.body
+
+
+def test_the_next_login_in_the_browser_after_an_expiry_goes_on_with_it_or_ends_it() -> None:
+    """One login per browser, an expired one too: the same user's next login continues
+    it (its WebSockets still open end with that login's logout); someone else's ends it
+    first, closing them (on a shared computer, the previous person's terminal)."""
+    auth, clock, _ = make(issuer=False)
+    b = LoginDriver(auth)
+    who, _ = run(b.open(auth.mint_login_link("abc", "alice"), method="POST"))
+    closed: list[str] = []
+    auth.authorizer.track("abc", "alice", closed.append, login_id=who.login_id)
+    clock.advance(auth.settings.login_ttl + 60)
+    again, _ = run(b.open(auth.mint_login_link("abc", "alice"), method="POST"))
+    assert again.login_id == who.login_id and not closed
+    clock.advance(auth.settings.login_ttl + 60)
+    bob, _ = run(b.open(auth.mint_login_link("bobs", "bob"), method="POST"))
+    assert bob.subject == "bob" and bob.login_id != who.login_id
+    assert closed == ["logged out"]
+
+
 def test_a_studio_hosts_logout_is_the_proxy_hosts() -> None:
     """A studio host's /_connect/logout is its tool's origin: a post there from the tool's
     own script could not be told from the logout page's, and ended the visitor's login

@@ -823,10 +823,42 @@ def test_the_tool_closing_is_passed_on_as_it_came_and_the_gateway_draining_a_res
     assert t.disconnecting
 
 
-def test_an_upgrade_to_another_protocol_gets_no_frame() -> None:
-    h, p, t, up = upgraded(b"h2c")
-    up.connectionLost(Failure(ConnectionError("tunnel lost")))
-    assert t.value() == b"" and t.disconnecting
+_H2C = (b"GET /ws HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+
+
+@pytest.mark.parametrize("upgrade", [b"h2c", b"websocket, h2c", b"h2c, websocket", b"TLS/1.2",
+                                     b"websocket\r\nUpgrade: h2c", b"websocket,"])
+def test_an_upgrade_to_another_protocol_reaches_the_tool_as_a_plain_request(
+        upgrade: bytes) -> None:
+    """A tool that switches to h2c (hypercorn, Go's h2c handler) would read what the client
+    sends next on the spliced connection as requests of their own, X-Connect-Sub
+    included: only a WebSocket upgrade is passed on; any other is dropped, as a hop-by-hop
+    field is, and the tool answers the request as it is."""
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(_H2C.replace(b"h2c", upgrade, 1))
+    up, ut = h.up()
+    req, _ = sent_request(ut)
+    names = {k for k, _ in req.headers}
+    assert b"upgrade" not in names and b"http2-settings" not in names, req.headers
+    assert dict(req.headers).get(b"connection", b"").lower() != b"upgrade"
+    up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    [(status, _, body)] = parse_responses(t.value())
+    assert (status, body) == (200, b"ok")
+
+
+def test_a_tool_that_switches_protocols_unasked_gets_the_browser_a_502() -> None:
+    """A 101 to a request that offered no WebSocket (here h2c, which the tool never saw) is
+    not spliced: the browser gets 502 and the tool's connection is closed."""
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(_H2C)
+    up, ut = h.up()
+    up.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n"
+                    b"Connection: Upgrade\r\n\r\nSMUGGLED")
+    assert status_of(t) == 502 and b"SMUGGLED" not in t.value()
+    assert ut.disconnecting
 
 
 class _Meter:

@@ -13,12 +13,17 @@ from studios_gateway.http.routing import Router
 
 
 def browser_view(value: bytes) -> tuple[str, list[str]]:
-    """How a browser reads a Set-Cookie (RFC 6265 5.2): the cookie's name and its
-    attribute names, lower-cased."""
+    """How a browser reads a Set-Cookie (RFC 6265 5.2): the name it sends the cookie back
+    under and its attribute names, lower-cased. A cookie with an empty name goes back as
+    its value alone (RFC 6265bis 5.7.3: ``=connect_session=x`` is sent as
+    ``connect_session=x``), which the gateway's Cookie parser reads as that name."""
     parts = value.decode("latin-1").split(";")
-    name, eq, _ = parts[0].partition("=")
+    name, eq, rest = parts[0].partition("=")
     attrs = [a.partition("=")[0].strip(" \t").lower() for a in parts[1:]]
-    return (name.strip(" \t") if eq else ""), attrs
+    name = name.strip(" \t") if eq else ""
+    if not name:
+        name = (rest if eq else parts[0]).partition("=")[0].strip(" \t")
+    return name, attrs
 
 
 @pytest.mark.parametrize("before, after", [
@@ -39,6 +44,9 @@ def test_domain_is_removed(before: bytes, after: bytes) -> None:
 @pytest.mark.parametrize("value", [
     b"connect_login=x; Path=/_connect/", b"connect_session=x", b"__Host-connect_session=x",
     b"__host-CONNECT_SESSION=x; Path=/", b" connect_login =x", b"__Secure-connect_login=x",
+    # nameless: a browser sends the value alone, "connect_session=x", back
+    b"=connect_session=x; Path=/lab", b" = connect_login=x", b"=__Host-connect_session=x",
+    b"connect_handoff", b"=connect_handoff; Path=/_connect/",
 ])
 def test_the_gateways_names_are_dropped(value: bytes) -> None:
     assert tool_set_cookie(value, GATEWAY_COOKIES) is None
@@ -67,8 +75,14 @@ _ATTRS = st.lists(st.tuples(_ATTR_NAMES, st.sampled_from(["", "=", "=studios.tes
                             ).map("".join), max_size=5)
 
 
-@given(name=_NAMES, eq=st.sampled_from(["=", ""]), value=st.from_regex(r"[ -:<-~]{0,10}",
-       fullmatch=True), attrs=_ATTRS)
+_VALUES = st.one_of(
+    st.from_regex(r"[ -:<-~]{0,10}", fullmatch=True),
+    # what a nameless cookie is sent back as: a value that starts with a gateway name
+    st.tuples(_NAMES, st.sampled_from(["=", " =", ""]),
+              st.from_regex(r"[ -:<-~]{0,10}", fullmatch=True)).map("".join))
+
+
+@given(name=_NAMES, eq=st.sampled_from(["=", ""]), value=_VALUES, attrs=_ATTRS)
 def test_no_cookie_a_browser_keeps_has_a_domain_or_a_gateway_name(
         name: str, eq: str, value: str, attrs: list[str]) -> None:
     raw = ";".join([f"{name}{eq}{value}", *attrs]).encode("latin-1")
