@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet import task
@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 
 from studios_gateway.registry.base import MAX_NODE_RECORD, StoreUnavailable
 
-__all__ = ["INSTANCE", "NODE_TTL", "NodeSettingsWatch", "compare_nodes",
+__all__ = ["INSTANCE", "NODE_TTL", "PEER_ADDRESS", "NodeSettingsWatch", "compare_nodes",
            "disagreement", "node_records", "parse_record", "shared_settings"]
 
 #: How long a node's record lives without a refresh (refreshed every third of it).
@@ -37,6 +37,11 @@ NODE_TTL = 60.0
 
 #: The record's field naming the process that wrote it (random, per start): not a setting.
 INSTANCE = "instance"
+
+#: The record's field with the address other nodes dial to reach this node's peer
+#: listener (CONNECT_ADVERTISE_ADDRESS, or what it comes from): one node's own, not
+#: compared; the other nodes try a peer link there when they first see the node.
+PEER_ADDRESS = "peer"
 
 #: How much of another node's value a warning shows (repr, so escaped).
 _SHOWN_CHARS = 200
@@ -110,7 +115,7 @@ class NodeSettingsWatch:
     _log = Logger()
 
     def __init__(self, store: Any, settings: Mapping[str, str], clock: IReactorTime,
-                 ttl: float = NODE_TTL):
+                 ttl: float = NODE_TTL, peer_address: str = ""):
         self.store = store
         self.node_id: str = store.node_id
         self.settings = dict(settings)
@@ -119,7 +124,10 @@ class NodeSettingsWatch:
         # Which process wrote the record: a record of this node id written by another
         # between two of ours is a second process with this node id (not compared).
         self.instance = secrets.token_hex(8)
-        self._record = json.dumps({**self.settings, INSTANCE: self.instance}, sort_keys=True)
+        own = {INSTANCE: self.instance, **({PEER_ADDRESS: peer_address} if peer_address else {})}
+        self._record = json.dumps({**self.settings, **own}, sort_keys=True)
+        #: Called with every other node's (node id, record) at each comparison.
+        self.on_records: list[Callable[[list[tuple[str, dict[str, str]]]], None]] = []
         self._written = False  # a first announcement replaced whatever was there
         self._twins: set[str] = set()  # other processes seen with this node id (warned)
         self._warned: dict[str, tuple[tuple[str, str, str], ...]] = {}
@@ -244,9 +252,11 @@ class NodeSettingsWatch:
 
     def _compare(self, records: Mapping[str, str]) -> None:
         seen: dict[str, tuple[tuple[str, str, str], ...]] = {}
-        for other, theirs in node_records(records):
-            if other == self.node_id:
-                continue
+        others = [(node, theirs) for node, theirs in node_records(records)
+                  if node != self.node_id]
+        for hook in self.on_records:
+            hook(others)
+        for other, theirs in others:
             diffs = tuple(compare_nodes(self.settings, theirs))
             if not diffs:
                 continue

@@ -1,0 +1,74 @@
+"""A cluster operator's mistakes, said when the nodes first meet: real `twistd` gateways on
+one real redis-server (docs/cluster.md).
+
+- Node B has another CONNECT_PEER_SECRET than node A: before any request, each node tries
+  a peer link to the other as soon as it sees the other's record in Redis, logs the
+  refusal once naming the other node and the setting, and says it in /ready (still 200).
+  Node C, with A's secret, has its link to A and says only B.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support.login import Gateway, redis_nodes
+from tests.support.redis_server import RedisServer, redis_available
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")]
+
+SECRET = "cluster-mistakes-peer-secret-0123456789"
+
+
+def lines(node: Gateway, text: str) -> list[str]:
+    return [line for line in node.gw.output().splitlines() if text in line]
+
+
+def ready(node: Gateway) -> tuple[int, dict[str, str]]:
+    status, body, _ = node.gw.request("/ready")
+    return status, json.loads(body)["checks"]
+
+
+def test_a_peer_secret_that_differs_is_said_when_the_nodes_meet(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    c: Gateway | None = None
+    try:
+        with redis_nodes(tmp_path, "a", redis=redis, CONNECT_PEER_SECRET=SECRET) as (a,), \
+                redis_nodes(tmp_path, "b", redis=redis,
+                            CONNECT_PEER_SECRET="another-secret-typed-by-hand") as (b,):
+            refused_b = "cannot reach peer node node-b at "
+            wait_until(lambda: lines(a, refused_b), "node A's line about node B")
+            wait_until(lambda: lines(b, "cannot reach peer node node-a at "),
+                       "node B's line about node A")
+            said = lines(a, refused_b)[0]
+            assert "CONNECT_PEER_SECRET" in said and "on this node (node-a)" in said, said
+            # The accepting side names the node that tried, not only its address.
+            wait_until(lambda: lines(b, "peer connection from node node-a at 127.0.0.1 "
+                                        "refused: peer authentication failed"),
+                       "node B's refusal naming node A")
+            for node, other in ((a, "node-b"), (b, "node-a")):
+                status, checks = ready(node)
+                assert status == 200, checks
+                assert checks["peers"].startswith(f"no link to 1 other node(s): node {other}"), \
+                    checks
+                assert "CONNECT_PEER_SECRET" in checks["peers"]
+            assert not lines(a, "GET /"), "no request was needed to find it"
+
+            c = Gateway(tmp_path / "c", CONNECT_REDIS_ADDRESS=redis.address,
+                        CONNECT_STORAGE_ROOT=str(tmp_path / "storage"),
+                        CONNECT_NODE_ID="node-c", CONNECT_PEER_SECRET=SECRET)
+            wait_until(lambda: lines(c, "peer link to 127.0.0.1:"), "node C's link to A")
+            wait_until(lambda: lines(c, "cannot reach peer node node-b"), "C's line about B")
+            status, checks = ready(c)
+            assert status == 200 and "node node-b" in checks["peers"], checks
+            assert "node-a" not in checks["peers"], checks
+            assert len(lines(a, refused_b)) == 1, "said once, not again for node C's start"
+    finally:
+        if c is not None:
+            c.stop()
+        redis.stop()
