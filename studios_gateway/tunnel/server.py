@@ -658,6 +658,15 @@ class TunnelTable:
                       tunnel: Tunnel) -> TunnelHolder | None:
         # Only a claim by another tunnel proves the studio has moved.
         if holder is not None and holder.tunnel_id != tunnel.holder.tunnel_id:
+            if self._holds(tunnel) and (holder.node_id, holder.node_address) != (
+                    self.node_id, self.node_address):
+                # Two studios on one session through two nodes take turns as on one node
+                # (each claim retires the other node's tunnel, whose studio binds again
+                # at once): counted as a replacement here, and said the same way.
+                twins = self._twins.replaced(tunnel.session_id, peer_host(tunnel.protocol),
+                                             f"a studio bound through node {holder.node_id}")
+                if twins is not None:
+                    self._log.warn("{twins}", twins=twins)
             self._held_elsewhere(tunnel, f"node {holder.node_id} holds it now")
         return holder
 

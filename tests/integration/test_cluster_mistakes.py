@@ -5,17 +5,21 @@ one real redis-server (docs/cluster.md).
   a peer link to the other as soon as it sees the other's record in Redis, logs the
   refusal once naming the other node and the setting, and says it in /ready (still 200).
   Node C, with A's secret, has its link to A and says only B.
+- Two studios on one session, one through node A and one through node B, are said as on
+  one node.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from tests.support.login import Gateway, redis_nodes
 from tests.support.redis_server import RedisServer, redis_available
+from tests.support.studio import Connect
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow,
@@ -72,3 +76,24 @@ def test_a_peer_secret_that_differs_is_said_when_the_nodes_meet(tmp_path: Path) 
         if c is not None:
             c.stop()
         redis.stop()
+
+
+def test_two_studios_on_one_session_through_two_nodes_are_said(tmp_path: Path) -> None:
+    """Two studios-connect with one connect string, one through node A and one through
+    node B: each claim retires the other node's tunnel, and they take turns; each node
+    warns as it does when both bind through it (tunnel/twins.py)."""
+    with redis_nodes(tmp_path, "a", "b", CONNECT_PEER_SECRET=SECRET) as (a, b):
+        status, created = a.api("/api/sessions", "POST", {"owner": "alice"})
+        assert status == 201, created
+        sid = created["id"]
+        pin = parse_qs(urlsplit(created["connect_string"]).query)["pin"][0]
+        tool = a.tool()
+        for node in (a, b):
+            via = {"CONNECT_GATEWAY_URL":
+                   f"tls://127.0.0.1:{node.env['CONNECT_TUNNEL_PORT']}?pin={pin}"}
+            a.parts.append(Connect(tmp_path, created["connect_string"], tool.port,
+                                   extra_env=via, name=f"connect-{node.env['CONNECT_NODE_ID']}"))
+        said = f"session {sid}: its tunnel was replaced 10 times in"
+        wait_until(lambda: lines(a, said) or lines(b, said), "a node's warning", timeout=60)
+        line = (lines(a, said) or lines(b, said))[0]
+        assert "a studio bound through node node-" in line and "two studios-connect" in line
