@@ -124,6 +124,7 @@ class NodeSettingsWatch:
         # Which process wrote the record: a record of this node id written by another
         # between two of ours is a second process with this node id (not compared).
         self.instance = secrets.token_hex(8)
+        self.peer_address = peer_address
         own = {INSTANCE: self.instance, **({PEER_ADDRESS: peer_address} if peer_address else {})}
         self._record = json.dumps({**self.settings, **own}, sort_keys=True)
         #: Called with every other node's (node id, record) at each comparison.
@@ -219,12 +220,18 @@ class NodeSettingsWatch:
         if first or not other or other == self.instance or other in self._twins:
             return
         self._twins.add(other)
-        self._log.warn("another gateway process announces itself as node {node} too: every "
-                       "node needs its own CONNECT_NODE_ID (unset, it is the host name and "
-                       "tunnel port, the same in containers that share a host name); with "
-                       "one id, requests through one process for studios bound to the other "
-                       "can fail as \"not connected\", and their cluster settings records "
-                       "overwrite each other", node=self.node_id)
+        where = theirs.get(PEER_ADDRESS) if theirs is not None else None
+        self._log.warn("another gateway process announces itself as node {node} too{where}: "
+                       "every node needs its own CONNECT_NODE_ID (unset, it is the host name "
+                       "and tunnel port, the same in containers that share a host name). "
+                       "With one id, requests through one process for studios bound to the "
+                       "other fail as \"Studio not connected\" when both also advertise the "
+                       "same peer address (CONNECT_ADVERTISE_ADDRESS; unset, the host name), "
+                       "a drain of one does not count the other as a node its studios can "
+                       "move to, and their cluster settings records overwrite each other",
+                       node=self.node_id,
+                       where=f" (its peer address {where}, this one's {self.peer_address})"
+                       if where and self.peer_address else "")
 
     def _heard(self, node_id: str | None) -> None:
         if self._stopped or node_id == self.node_id:

@@ -7,6 +7,10 @@ one real redis-server (docs/cluster.md).
   Node C, with A's secret, has its link to A and says only B.
 - Two studios on one session, one through node A and one through node B, are said as on
   one node.
+- Two processes started with one CONNECT_NODE_ID: through each, the other's studios are
+  served as long as they advertise different peer addresses; a third that advertises the
+  first's address too (containers that share a host name, unset id and address) answers
+  "Studio not connected" for them. Each logs that another process has its id.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from tests.support.login import Gateway, redis_nodes
 from tests.support.redis_server import RedisServer, redis_available
 from tests.support.studio import Connect
 from tests.support.waiting import wait_until
+from tests.support.web import Browser
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not redis_available(), reason="redis-server is not installed")]
@@ -97,3 +102,41 @@ def test_two_studios_on_one_session_through_two_nodes_are_said(tmp_path: Path) -
         wait_until(lambda: lines(a, said) or lines(b, said), "a node's warning", timeout=60)
         line = (lines(a, said) or lines(b, said))[0]
         assert "a studio bound through node node-" in line and "two studios-connect" in line
+
+
+def test_two_processes_with_one_node_id(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    nodes: list[Gateway] = []
+    try:
+        def start(name: str, **env: str) -> Gateway:
+            nodes.append(Gateway(tmp_path / name, CONNECT_REDIS_ADDRESS=redis.address,
+                                 CONNECT_STORAGE_ROOT=str(tmp_path / "storage"),
+                                 CONNECT_NODE_ID="gw", CONNECT_PEER_SECRET=SECRET,
+                                 CONNECT_LOG_LEVEL="info", **env))
+            return nodes[-1]
+
+        a, b = start("a"), start("b")
+        # c: A's peer address as its own, as two containers that share a host name say
+        # (the default id and address are both the host name's)
+        c = start("c", CONNECT_ADVERTISE_ADDRESS=f"127.0.0.1:{a.env['CONNECT_LISTENER_PORT']}")
+        created = a.studio()
+        sid = created["id"]
+        browser = Browser(timeout=30)
+        assert browser.use_login_link(created["login_link"]).status == 200
+        through_b = browser.get(b.url(sid, "/api/info"))
+        assert through_b.status == 200, (through_b.status, through_b.text[:300])
+        through_c = browser.get(c.url(sid, "/api/info"))
+        assert through_c.status == 503 and "Studio not connected" in through_c.text, \
+            (through_c.status, through_c.text[:300])
+
+        said = "another gateway process announces itself as node gw too"
+        for node in (a, b):  # at its record's next refresh (every 20 s)
+            wait_until(lambda n=node: lines(n, said), "the line", timeout=45)
+        line = lines(a, said)[0]
+        assert "every node needs its own CONNECT_NODE_ID" in line
+        assert "advertise the same peer address" in line, line
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+        redis.stop()
