@@ -128,10 +128,14 @@ def build_store(config: Config, clock: Any) -> CachingStore:
         host, port = config.redis_address
         inner: Any = store_from_config(config, clock, tls_options=tls)
         from studios_gateway.registry.redis_persistence import log_persistence
+        from studios_gateway.registry.redis_prefixes import log_other_clusters
 
-        # Once connected: warn when a Redis restart would lose every session.
+        # Once connected: warn when a Redis restart would lose every session, and when
+        # nodes under a prefix like this one's (a typo of it?) share the Redis.
         inner.when_connected().addCallbacks(
             lambda _: log_persistence(inner, f"{host}:{port}"), lambda _: None)
+        inner.when_connected().addCallbacks(lambda _: log_other_clusters(inner),
+                                            lambda _: None)
     else:
         from studios_gateway.private_files import StorageError
         from studios_gateway.registry.memory import MemoryStore

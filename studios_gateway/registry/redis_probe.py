@@ -120,6 +120,11 @@ def probe_redis(make_store: Callable[[], Any], address: str, clock: IReactorTime
         if settings is not None:
             records = yield store.node_records()
             _compare_nodes(store.node_id, settings, records, result)
+            from studios_gateway.registry.redis_prefixes import other_clusters_lines
+
+            prefixes = yield store.cluster_prefixes()
+            for level, line in other_clusters_lines(store.prefix, prefixes):
+                (result.warnings if level == "warn" else result.notes).append(line)
         return result
     finally:
         if timer.active():

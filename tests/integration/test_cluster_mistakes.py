@@ -11,16 +11,22 @@ one real redis-server (docs/cluster.md).
   served as long as they advertise different peer addresses; a third that advertises the
   first's address too (containers that share a host name, unset id and address) answers
   "Studio not connected" for them. Each logs that another process has its id.
+- A node whose CONNECT_REDIS_PREFIX is 'studios:' where the others' is 'studios' warns
+  at its start naming both; one under 'staging' (another cluster on purpose) only says it
+  at info; check-config --connect says the same.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.support.gateway import REPO
 from tests.support.login import Gateway, redis_nodes
 from tests.support.redis_server import RedisServer, redis_available
 from tests.support.studio import Connect
@@ -139,4 +145,35 @@ def test_two_processes_with_one_node_id(tmp_path: Path) -> None:
     finally:
         for node in reversed(nodes):
             node.stop()
+        redis.stop()
+
+
+def test_a_prefix_like_the_others_is_said_and_another_cluster_is_not_warned(
+        tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        with redis_nodes(tmp_path, "a", redis=redis, CONNECT_PEER_SECRET=SECRET,
+                         CONNECT_REDIS_PREFIX="studios") as (a,):
+            wait_until(lambda: "1" in redis.cli("EXISTS", "studios:_nodes"), "A's index")
+            with redis_nodes(tmp_path, "b", redis=redis, CONNECT_PEER_SECRET=SECRET,
+                             CONNECT_REDIS_PREFIX="studios:") as (b,), \
+                    redis_nodes(tmp_path, "c", redis=redis, CONNECT_PEER_SECRET=SECRET,
+                                CONNECT_REDIS_PREFIX="staging") as (c,):
+                said = "gateway nodes with CONNECT_REDIS_PREFIX 'studios' share this Redis"
+                wait_until(lambda: lines(b, said), "node B's warning")
+                assert "this node's is 'studios:'" in lines(b, said)[0]
+                assert len(lines(b, "CONNECT_REDIS_PREFIX")) == 1, "one line"
+                wait_until(lambda: lines(c, "this Redis also holds the nodes of other gateway "
+                                            "clusters (CONNECT_REDIS_PREFIX 'studios'"),
+                           "node C's info line")
+                assert not lines(c, "share this Redis"), "staging is not a typo of studios"
+                assert not lines(a, "share this Redis"), "A started first: it saw no other"
+
+                out = subprocess.run([sys.executable, "-m", "studios_gateway.cli",
+                                      "check-config", "--connect"], env=b.env, cwd=REPO,
+                                     capture_output=True, text=True, timeout=60)
+                assert said in out.stdout + out.stderr, (out.stdout, out.stderr)
+                assert "studios: (keys studios::<session id>)" in out.stdout, out.stdout
+    finally:
         redis.stop()
