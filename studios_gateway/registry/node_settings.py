@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.registry.base import MAX_NODE_RECORD, StoreUnavailable
+from studios_gateway.registry.node_clocks import APART, CLOCK, apart, clocks_apart_line
 
 __all__ = ["INSTANCE", "NODE_TTL", "PEER_ADDRESS", "NodeSettingsWatch", "compare_nodes",
            "disagreement", "node_records", "parse_record", "shared_settings"]
@@ -125,8 +126,9 @@ class NodeSettingsWatch:
         # between two of ours is a second process with this node id (not compared).
         self.instance = secrets.token_hex(8)
         self.peer_address = peer_address
-        own = {INSTANCE: self.instance, **({PEER_ADDRESS: peer_address} if peer_address else {})}
-        self._record = json.dumps({**self.settings, **own}, sort_keys=True)
+        self._own = {**self.settings, INSTANCE: self.instance,
+                     **({PEER_ADDRESS: peer_address} if peer_address else {})}
+        self._clocks_said: set[tuple[str, str]] = set()  # (node, instance) said apart
         #: Called with every other node's (node id, record) at each comparison.
         self.on_records: list[Callable[[list[tuple[str, dict[str, str]]]], None]] = []
         self._written = False  # a first announcement replaced whatever was there
@@ -189,7 +191,10 @@ class NodeSettingsWatch:
         tell = tell or self._failing or self._tell_next
         if tell:
             self._tell_next = False
-        d = self.store.announce_node(self._record, self.ttl, tell=tell)
+        # With the time (node_clocks): a node that hears `tell` compares its clock.
+        record = json.dumps({**self._own, CLOCK: f"{self.clock.seconds():.3f}"},
+                            sort_keys=True)
+        d = self.store.announce_node(record, self.ttl, tell=tell)
         d.addCallback(self._check_replaced)
         if tell:
             d.addCallback(lambda _: self.compare())
@@ -241,7 +246,7 @@ class NodeSettingsWatch:
             # and lost every record; the next refresh writes ours and tells every node.
             self._tell_next = True
         # A new node (or lost events): compare again; known pairs are not repeated.
-        self.compare().addErrback(self._not_compared, node_id)
+        self.compare(fresh=node_id).addErrback(self._not_compared, node_id)
 
     def _not_compared(self, f: Failure, node_id: str | None) -> None:
         if node_id is None and f.check(StoreUnavailable):
@@ -254,13 +259,26 @@ class NodeSettingsWatch:
         self._log.info("cannot compare the cluster's settings now: {why}",
                        why=f.getErrorMessage())
 
-    def compare(self) -> Deferred[None]:
-        return self.store.node_records().addCallback(self._compare)
+    def compare(self, fresh: str | None = None) -> Deferred[None]:
+        """Compare with every node's record; `fresh`: the node whose announcement was just
+        heard (its record written moments ago: its clock is compared too)."""
+        return self.store.node_records().addCallback(self._compare, fresh)
 
-    def _compare(self, records: Mapping[str, str]) -> None:
+    def _compare_clock(self, node: str, record: dict[str, str]) -> None:
+        behind = apart(self.clock.seconds(), record)
+        said = (node, record.get(INSTANCE, ""))
+        if behind is None or abs(behind) < APART or said in self._clocks_said:
+            return
+        self._clocks_said.add(said)
+        self._log.warn("{line}", line=clocks_apart_line(self.node_id, node, behind))
+
+    def _compare(self, records: Mapping[str, str], fresh: str | None = None) -> None:
         seen: dict[str, tuple[tuple[str, str, str], ...]] = {}
         others = [(node, theirs) for node, theirs in node_records(records)
                   if node != self.node_id]
+        for node, theirs in others:
+            if node == fresh:
+                self._compare_clock(node, theirs)
         for hook in self.on_records:
             hook(others)
         for other, theirs in others:

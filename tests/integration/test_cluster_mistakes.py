@@ -14,6 +14,8 @@ one real redis-server (docs/cluster.md).
 - A node whose CONNECT_REDIS_PREFIX is 'studios:' where the others' is 'studios' warns
   at its start naming both; one under 'staging' (another cluster on purpose) only says it
   at info; check-config --connect says the same.
+- A node whose clock is 2 minutes ahead (its record and announcement written by hand, as
+  such a node writes them) is said by the running node as it hears it start.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -175,5 +178,28 @@ def test_a_prefix_like_the_others_is_said_and_another_cluster_is_not_warned(
                                      capture_output=True, text=True, timeout=60)
                 assert said in out.stdout + out.stderr, (out.stdout, out.stderr)
                 assert "studios: (keys studios::<session id>)" in out.stdout, out.stdout
+    finally:
+        redis.stop()
+
+
+def test_a_node_whose_clock_is_ahead_is_said(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        with redis_nodes(tmp_path, "a", redis=redis, CONNECT_PEER_SECRET=SECRET) as (a,):
+            wait_until(lambda: "1" in redis.cli("EXISTS", "connect:session:_node:node-a"),
+                       "A's record")
+            record = json.loads(json.loads(redis.cli("GET", "connect:session:_node:node-a")))
+            # node-z starts, its clock 2 minutes ahead: its record, its id in the index
+            # and its event, as it writes them
+            z = {**record, "instance": "z1", "time": f"{time.time() + 120.4:.3f}"}
+            redis.cli("SET", "connect:session:_node:node-z", json.dumps(z), "PX", "60000")
+            redis.cli("EVAL", "local ids = cjson.decode(redis.call('GET', KEYS[1])) "
+                      "ids[#ids + 1] = ARGV[1] "
+                      "redis.call('SET', KEYS[1], cjson.encode(ids), 'PX', 60000)",
+                      "1", "connect:session:_nodes", "node-z")
+            redis.cli("PUBLISH", "connect:session:events", "node:node-z")
+            said = "the clock of node node-z is 120s ahead of this node's (node-a)"
+            wait_until(lambda: lines(a, said), "node A's line")
     finally:
         redis.stop()
