@@ -722,8 +722,9 @@ class TunnelTable:
         self._log.warn(
             "{n} session(s) this node held a tunnel for are no longer in the registry, "
             "though no event said they ended ({ids}): closed their tunnels. If nobody "
-            "ended them, Redis lost them (restarted without its data? see cluster.md, "
-            "\"Redis must persist\")",
+            "ended them, Redis lost them (restarted without its data, or emptied by "
+            "FLUSHALL, FLUSHDB or a DEL of the prefix's keys? see cluster.md, \"Redis must "
+            "persist\")",
             n=len(gone), ids=", ".join(gone[:5]) + (", ..." if len(gone) > 5 else ""))
 
     def _check_token(self, record: SessionRecord | None, tunnel: Tunnel) -> None:
