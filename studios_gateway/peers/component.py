@@ -109,7 +109,7 @@ def build_peers(config: Config, reactor: Any, store: TunnelClaims, table: Tunnel
         table.other_nodes = lambda: inner.node_records().addCallback(
             lambda records: sum(1 for node, _ in node_records(records) if node != table.node_id))
     if auth.enabled and nodes_seen is not None:
-        probe = PeerProbe(pool.connect)
+        probe = PeerProbe(pool.connect, pool.is_up)
         nodes_seen.append(probe.seen)
         part.ready_notes.append(lambda: "peers=" + probe.state())
     remote = make_remote(store, pool, table.node_id, lambda: table.node_address,

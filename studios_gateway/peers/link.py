@@ -386,6 +386,11 @@ class PeerPool:
         is up, fails with PeerUnavailable (logged, with `node_id` and what to check)."""
         return self._link(address, node_id).get()
 
+    def is_up(self, address: str) -> bool:
+        """Whether the link to `address` is up now."""
+        link = self.links.get(address)
+        return link is not None and link.mux is not None and not link.mux.closed
+
     def open(self, address: str, session_id: str, kind: bytes,
              node_id: str = "") -> Deferred[PeerStream]:
         """A stream to `session_id` through the node at `address` (`node_id`, as the

@@ -33,10 +33,12 @@ class PeerProbe:
 
     _log = Logger()
 
-    def __init__(self, link: Callable[[str, str], Any]):
+    def __init__(self, link: Callable[[str, str], Any],
+                 up: Callable[[str], bool] = lambda address: False):
         self._link = link
+        self._up = up  # whether the link to an address is up now (a request made it)
         self._tried: dict[str, tuple[str, str]] = {}  # node -> (instance, address)
-        self._failing: dict[str, str] = {}  # node -> why its link could not be made
+        self._failing: dict[str, tuple[str, str]] = {}  # node -> (address, why not)
 
     def seen(self, nodes: list[tuple[str, dict[str, str]]]) -> None:
         """Every other live node's record, as the settings comparison read them."""
@@ -64,15 +66,20 @@ class PeerProbe:
 
     def _failed(self, f: Failure, node: str, address: str) -> None:
         # peers.link has logged why, with the node and its address.
-        self._failing[node] = getattr(f.value, "reason", None) or f.getErrorMessage()
+        self._failing[node] = (address,
+                               getattr(f.value, "reason", None) or f.getErrorMessage())
 
     def state(self) -> str:
-        """For /ready: 'ok', or which nodes this node cannot make a link to, and why."""
+        """For /ready: 'ok', or which nodes this node cannot make a link to, and why. A
+        node whose link a request has made since (the failure was a moment's) is ok."""
+        for node, (address, _) in list(self._failing.items()):
+            if self._up(address):
+                self._worked(None, node, address)
         if not self._failing:
             return "ok"
         named = sorted(self._failing)[:_NAMED]
         more = len(self._failing) - len(named)
-        what = "; ".join(f"node {node}: {self._failing[node]}" for node in named)
+        what = "; ".join(f"node {node}: {self._failing[node][1]}" for node in named)
         return (f"no link to {len(self._failing)} other node(s): {what}"
                 + (f"; and {more} more (see the log)" if more else "")
                 + "; still ready: requests for studios on those nodes fail")

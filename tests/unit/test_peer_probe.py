@@ -74,3 +74,14 @@ def test_the_record_names_the_peer_address_and_the_others_are_handed_on() -> Non
     assert json.loads(records["node-a"])[PEER_ADDRESS] == "10.0.0.5:7777"
     assert heard == [[("node-b", node("x"))]]  # itself left out
     assert watch.disagreeing == 0  # the address is one node's own: not compared
+
+
+def test_a_link_a_request_made_since_clears_a_failure_of_a_moment() -> None:
+    links = Links()
+    up: set[str] = set()
+    probe = PeerProbe(links, up.__contains__)
+    probe.seen([("node-b", node("1"))])
+    links.calls[0][2].errback(PeerUnavailable("10.0.0.6:7777", "Connection refused"))
+    assert "node node-b" in probe.state()
+    up.add("10.0.0.6:7777")  # a request through this node made the link since
+    assert probe.state() == "ok"
