@@ -583,7 +583,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
         ssh_host_key=fingerprint(host_key) if host_key is not None else None, routing=routing)
     gateway.add_part(tunnels)
     remote, peers = build_peers(config, reactor, store, table, metrics,
-                                nodes_seen=watch.on_records if watch is not None else None)
+                                nodes=watch)
     gateway.add_part(peers)
     # Every way into a studio (HTTP, SSH, peers) gets its streams from here.
     dialer = Dialer(table, remote)

@@ -59,6 +59,12 @@ class PeerProbe:
                                                    callbackArgs=(node, address),
                                                    errbackArgs=(node, address))
 
+    @property
+    def failing(self) -> bool:
+        """Whether a node is shown as failing (then every refresh compares, so that a
+        killed node's is dropped once its record expires, within a minute)."""
+        return bool(self._failing)
+
     def _worked(self, _: Any, node: str, address: str) -> None:
         if self._failing.pop(node, None) is not None:
             self._log.info("peer link to node {node} at {address} works now",

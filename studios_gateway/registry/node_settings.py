@@ -131,6 +131,9 @@ class NodeSettingsWatch:
         self._clocks_said: set[tuple[str, str]] = set()  # (node, instance) said apart
         #: Called with every other node's (node id, record) at each comparison.
         self.on_records: list[Callable[[list[tuple[str, dict[str, str]]]], None]] = []
+        #: Whether a refresh compares too (else only a start, another node's start or
+        #: lost events do): for a hook that must see a node's record go (it expired).
+        self.compare_at_refresh: list[Callable[[], bool]] = []
         self._written = False  # a first announcement replaced whatever was there
         self._twins: set[str] = set()  # other processes seen with this node id (warned)
         self._warned: dict[str, tuple[tuple[str, str, str], ...]] = {}
@@ -196,7 +199,7 @@ class NodeSettingsWatch:
                             sort_keys=True)
         d = self.store.announce_node(record, self.ttl, tell=tell)
         d.addCallback(self._check_replaced)
-        if tell:
+        if tell or any(wants() for wants in self.compare_at_refresh):
             d.addCallback(lambda _: self.compare())
 
         def worked(_: Any) -> None:

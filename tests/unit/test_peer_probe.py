@@ -85,3 +85,23 @@ def test_a_link_a_request_made_since_clears_a_failure_of_a_moment() -> None:
     assert "node node-b" in probe.state()
     up.add("10.0.0.6:7777")  # a request through this node made the link since
     assert probe.state() == "ok"
+
+
+def test_a_killed_node_leaves_ready_once_its_record_expires() -> None:
+    """A node killed (no drain, no event): its record expires within a minute, and the
+    refresh after that compares while the probe shows a node failing, so the node is
+    no longer named."""
+    records = {"node-b": json.dumps(node("x"))}
+    store = FakeStore("node-a", records)
+    clock = Clock()
+    watch = NodeSettingsWatch(store, A, clock, ttl=60, peer_address="10.0.0.5:7777")
+    links = Links()
+    probe = PeerProbe(links)
+    watch.on_records.append(probe.seen)
+    watch.compare_at_refresh.append(lambda: probe.failing)
+    watch.start()
+    links.calls[0][2].errback(PeerUnavailable("10.0.0.6:7777", "Connection refused"))
+    assert "node node-b" in probe.state()
+    del records["node-b"]  # its TTL ran out
+    clock.advance(20)  # the next refresh
+    assert probe.state() == "ok"
