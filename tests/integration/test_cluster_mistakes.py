@@ -4,7 +4,8 @@ one real redis-server (docs/cluster.md).
 - Node B has another CONNECT_PEER_SECRET than node A: before any request, each node tries
   a peer link to the other as soon as it sees the other's record in Redis, logs the
   refusal once naming the other node and the setting, and says it in /ready (still 200).
-  Node C, with A's secret, has its link to A and says only B.
+  Node C, with A's secret, has its link to A and says only B. check-config --connect
+  with B's settings says both others refuse it.
 - Two studios on one session, one through node A and one through node B, are said as on
   one node.
 - Two processes started with one CONNECT_NODE_ID: through each, the other's studios are
@@ -86,6 +87,15 @@ def test_a_peer_secret_that_differs_is_said_when_the_nodes_meet(tmp_path: Path) 
             assert status == 200 and "node node-b" in checks["peers"], checks
             assert "node-a" not in checks["peers"], checks
             assert len(lines(a, refused_b)) == 1, "said once, not again for node C's start"
+
+            # check-config --connect with node B's settings says it before a start.
+            out = subprocess.run([sys.executable, "-m", "studios_gateway.cli",
+                                  "check-config", "-q", "--connect"], env=b.env, cwd=REPO,
+                                 capture_output=True, text=True, timeout=60)
+            for other in ("node-a", "node-c"):
+                assert f"warning: peer link to node {other} at 127.0.0.1:" in out.stdout, \
+                    (out.stdout, out.stderr)
+            assert "peer authentication failed" in out.stdout
     finally:
         if c is not None:
             c.stop()
