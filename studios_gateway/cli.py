@@ -87,13 +87,13 @@ def _peer_pool(config: Any, reactor: Any) -> Any:
     """The peer links a node of this configuration would make (None: it accepts and makes
     none, said elsewhere), for check-config --connect to try one to every registered node
     (a CONNECT_PEER_SECRET that differs is said before the start)."""
-    from studios_gateway.peers.component import check_peer_tls, peer_tls_options, settings_from
+    from studios_gateway.peers.component import checked_peer_tls, settings_from
     from studios_gateway.peers.handshake import PeerAuth
     from studios_gateway.peers.link import PeerPool
 
-    if check_peer_tls(config) is not None:  # (said by the file checks)
+    tls, problem = checked_peer_tls(config)
+    if problem is not None:  # (said by the file checks)
         return None
-    tls = peer_tls_options(config)
     auth = PeerAuth(config.peer_secret, mutual_tls=tls is not None)
     if not auth.enabled:
         return None
