@@ -83,6 +83,23 @@ def check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peer_pool(config: Any, reactor: Any) -> Any:
+    """The peer links a node of this configuration would make (None: it accepts and makes
+    none, said elsewhere), for check-config --connect to try one to every registered node
+    (a CONNECT_PEER_SECRET that differs is said before the start)."""
+    from studios_gateway.peers.component import checked_peer_tls, settings_from
+    from studios_gateway.peers.handshake import PeerAuth
+    from studios_gateway.peers.link import PeerPool
+
+    tls, problem = checked_peer_tls(config)
+    if problem is not None:  # (said by the file checks)
+        return None
+    auth = PeerAuth(config.peer_secret, mutual_tls=tls is not None)
+    if not auth.enabled:
+        return None
+    return PeerPool(reactor, auth, config.effective_node_id, settings_from(config), tls=tls)
+
+
 def _try_redis(config: Any) -> list[str]:
     """check-config --connect: connect to the configured Redis once; print what it says,
     return the problem (empty: connected)."""
@@ -95,9 +112,14 @@ def _try_redis(config: Any) -> list[str]:
     found: list[Any] = []
 
     def run(clock: Any) -> Any:
+        pool = _peer_pool(config, clock)
         d = probe_redis(lambda: store_from_config(config, clock, reconnect_delay=(0.5, 1.0)),
-                        f"{host}:{port}", clock, settings=shared_settings(config))
-        return d.addBoth(found.append)
+                        f"{host}:{port}", clock, settings=shared_settings(config),
+                        link=pool.connect if pool is not None else None)
+        d.addBoth(found.append)
+        if pool is not None:
+            d.addCallback(lambda _: pool.close())
+        return d
 
     try:
         task.react(run, [])

@@ -58,6 +58,8 @@ class Part:
     listeners: list[Listener] = field(default_factory=list)
     components: list[Component] = field(default_factory=list)
     ready_checks: list[Callable[[], str]] = field(default_factory=list)
+    #: Like ready_checks, but shown in /ready only: never what makes the node not ready.
+    ready_notes: list[Callable[[], str]] = field(default_factory=list)
     reload_checks: list[Callable[[Any], str | None]] = field(default_factory=list)
     reload_hooks: list[Callable[[Any], Any]] = field(default_factory=list)
 

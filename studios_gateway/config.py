@@ -608,7 +608,12 @@ class Config:
             if derived is not None:
                 rows.append((var.name, f"(not set: {redact_password(derived)})", source))
                 continue
-            rows.append((var.name, _show(var, value), source))
+            shown = _show(var, value)
+            if var.name == "CONNECT_REDIS_PREFIX":
+                # As the keys have it: 'studios:' makes 'studios::<id>', not the keys of
+                # nodes whose prefix is 'studios' (another cluster; cluster.md).
+                shown += f" (keys {value}:<session id>)"
+            rows.append((var.name, shown, source))
         return rows
 
 

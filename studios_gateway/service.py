@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from errno import EADDRINUSE
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -62,6 +62,9 @@ from studios_gateway.traffic.observer import Traffic
 from studios_gateway.tunnel.dialer import Dialer
 from studios_gateway.tunnel.server import Routing, TunnelTable
 
+if TYPE_CHECKING:
+    from studios_gateway.registry.node_settings import NodeSettingsWatch
+
 STORE_PING_TIMEOUT = 5.0
 
 # Twisted's own line as a port starts listening ("ProxyFactory starting on 8080"): the
@@ -87,22 +90,25 @@ def redis_gauges(inner: Any, metrics: Metrics) -> None:
         gauge.labels(name).set_function(reader(name))
 
 
-def watch_node_settings(gateway: GatewayService, inner: Any) -> None:
-    """With Redis: publish the settings every node must share, warn about nodes whose
-    differ, and count them in studios_gateway_cluster_settings_differ (until a drain)."""
+def watch_node_settings(gateway: GatewayService, inner: Any) -> NodeSettingsWatch | None:
+    """With Redis: publish the settings every node must share (and this node's peer
+    address), warn about nodes whose differ, and count them in
+    studios_gateway_cluster_settings_differ (until a drain)."""
     if not hasattr(inner, "announce_node"):
-        return
+        return None
     from prometheus_client import Gauge
 
     from studios_gateway.registry.node_settings import NodeSettingsWatch, shared_settings
 
-    watch = NodeSettingsWatch(inner, shared_settings(gateway.config), gateway.reactor)
+    watch = NodeSettingsWatch(inner, shared_settings(gateway.config), gateway.reactor,
+                              peer_address=advertised_address(gateway.config))
     gauge = Gauge("studios_gateway_cluster_settings_differ", "How many other nodes on this "
                   "Redis have other cluster settings (CONNECT_PROXY_URL, routing, studios "
                   "domain, login) than this node.", registry=gateway.metrics.registry)
     gauge.set_function(lambda: float(watch.disagreeing))
     watch.start()
     gateway.on_drain.append(watch.stop)
+    return watch
 
 
 def build_store(config: Config, clock: Any) -> CachingStore:
@@ -122,10 +128,14 @@ def build_store(config: Config, clock: Any) -> CachingStore:
         host, port = config.redis_address
         inner: Any = store_from_config(config, clock, tls_options=tls)
         from studios_gateway.registry.redis_persistence import log_persistence
+        from studios_gateway.registry.redis_prefixes import log_other_clusters
 
-        # Once connected: warn when a Redis restart would lose every session.
+        # Once connected: warn when a Redis restart would lose every session, and when
+        # nodes under a prefix like this one's (a typo of it?) share the Redis.
         inner.when_connected().addCallbacks(
             lambda _: log_persistence(inner, f"{host}:{port}"), lambda _: None)
+        inner.when_connected().addCallbacks(lambda _: log_other_clusters(inner),
+                                            lambda _: None)
     else:
         from studios_gateway.private_files import StorageError
         from studios_gateway.registry.memory import MemoryStore
@@ -198,6 +208,7 @@ class GatewayService(MultiService):
         #: on an outage of it does not make this node "not ready" (see check_ready).
         self._store_answered = False
         self._ready_checks: list[Callable[[], str]] = []
+        self._ready_notes: list[Callable[[], str]] = []
         self.systemd: systemd.Wiring | None = None  # set by make_service
         self.built: Built | None = None  # what make_service built (tests look at it)
 
@@ -217,6 +228,11 @@ class GatewayService(MultiService):
     def add_ready_check(self, check: Callable[[], str]) -> None:
         """A check that returns 'name=ok' or 'name=<why not>' for /ready."""
         self._ready_checks.append(check)
+
+    def add_ready_note(self, note: Callable[[], str]) -> None:
+        """Like a ready check ('name=ok' or 'name=<what is wrong>'), shown in /ready, but
+        never what makes the node not ready."""
+        self._ready_notes.append(note)
 
     def add_component(self, component: Component) -> Component:
         self.components.append(component)
@@ -260,6 +276,8 @@ class GatewayService(MultiService):
             self.add_component(component)
         for check in part.ready_checks:
             self.add_ready_check(check)
+        for note in part.ready_notes:
+            self.add_ready_note(note)
         for refusal in part.reload_checks:
             self.add_reload_check(refusal)
         for hook in part.reload_hooks:
@@ -376,9 +394,13 @@ class GatewayService(MultiService):
         for check in self._ready_checks:
             name, _, state = check().partition("=")
             checks[name] = state
+        tolerated: set[str] = set()
+        for note in self._ready_notes:
+            name, _, state = note().partition("=")
+            checks[name] = state
+            tolerated.add(name)
         d: Deferred[Any] = defer.maybeDeferred(self.store.ping)
         d.addTimeout(STORE_PING_TIMEOUT, self.reactor)
-        tolerated: set[str] = set()
 
         def store_ok(_: Any) -> None:
             checks["store"] = "ok"
@@ -550,7 +572,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     # The embedded registry of a single node keeps users' keys and login state in files.
     local = store.inner if isinstance(store.inner, MemoryStore) else None
     gateway = GatewayService(config, reactor, store, metrics, environ)
-    watch_node_settings(gateway, store.inner)
+    watch = watch_node_settings(gateway, store.inner)
     host_key = load_gateway_host_key(config) if config.ssh_enabled else None
 
     # How browsers reach a studio: shown by the admin API, told to the studio at bind.
@@ -560,7 +582,8 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
         config, reactor, store, metrics, storage, node_address=advertised_address(config),
         ssh_host_key=fingerprint(host_key) if host_key is not None else None, routing=routing)
     gateway.add_part(tunnels)
-    remote, peers = build_peers(config, reactor, store, table, metrics)
+    remote, peers = build_peers(config, reactor, store, table, metrics,
+                                nodes=watch)
     gateway.add_part(peers)
     # Every way into a studio (HTTP, SSH, peers) gets its streams from here.
     dialer = Dialer(table, remote)

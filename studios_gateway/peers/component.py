@@ -13,9 +13,10 @@ from studios_gateway.config import Config
 from studios_gateway.metrics import Metrics
 from studios_gateway.peers.handshake import PeerAuth
 from studios_gateway.peers.link import PeerPool, PeerServerFactory, PeerSettings
+from studios_gateway.peers.probe import PeerProbe
 from studios_gateway.peers.remote import make_remote
 from studios_gateway.registry.base import TunnelClaims
-from studios_gateway.registry.node_settings import node_records
+from studios_gateway.registry.node_settings import NodeSettingsWatch, node_records
 from studios_gateway.tunnel.dialer import RemoteDial
 from studios_gateway.tunnel.server import TunnelTable
 from studios_gateway.wire.tls import answer_alpn
@@ -75,9 +76,12 @@ def settings_from(config: Any) -> PeerSettings:
 
 
 def build_peers(config: Config, reactor: Any, store: TunnelClaims, table: TunnelTable,
-                metrics: Metrics) -> tuple[RemoteDial | None, Part]:
+                metrics: Metrics, nodes: NodeSettingsWatch | None = None
+                ) -> tuple[RemoteDial | None, Part]:
     """The peer listener and the dialing pool to other nodes, as a Part, and the dial
-    for sessions held elsewhere (None for one node: an in-memory registry has no peers)."""
+    for sessions held elsewhere (None for one node: an in-memory registry has no peers).
+    `nodes`: the comparison of the nodes' settings records, whose every reading of them
+    tries a link to each node as soon as it is seen (peers.probe)."""
     part = Part()
     if not config.redis_enabled:
         return None, part
@@ -103,6 +107,11 @@ def build_peers(config: Config, reactor: Any, store: TunnelClaims, table: Tunnel
         # A drain keeps each tunnel until its studio has moved while another node lives.
         table.other_nodes = lambda: inner.node_records().addCallback(
             lambda records: sum(1 for node, _ in node_records(records) if node != table.node_id))
+    if auth.enabled and nodes is not None:
+        probe = PeerProbe(pool.connect, pool.is_up)
+        nodes.on_records.append(probe.seen)
+        nodes.compare_at_refresh.append(lambda: probe.failing)
+        part.ready_notes.append(lambda: "peers=" + probe.state())
     remote = make_remote(store, pool, table.node_id, lambda: table.node_address,
                          on_outcome=lambda o: streams.labels("out", o).inc(),
                          local=table.open_stream, clock=reactor)

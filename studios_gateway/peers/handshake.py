@@ -77,6 +77,8 @@ class ServerHandshake:
         self.auth = auth
         self.nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
         self.peer_node: str | None = None
+        #: The node id the client's line named, proven or not (for the log of a refusal).
+        self.claimed_node: str | None = None
 
     def hello(self) -> bytes:
         return VERSION + b" " + self.nonce.hex().encode() + b"\n"
@@ -87,6 +89,7 @@ class ServerHandshake:
         if len(parts) != 3 or not _NODE_ID.fullmatch(parts[0]):
             raise HandshakeError("malformed peer greeting")
         node, client_nonce, proof = parts[0], _nonce(parts[1]), parts[2]
+        self.claimed_node = node.decode()
         if not self.auth.enabled:
             raise HandshakeError("this node accepts no peers: neither CONNECT_PEER_SECRET nor "
                                  "CONNECT_PEER_TLS_* is configured on it")

@@ -197,8 +197,10 @@ class PeerServerProtocol(_HandshakeProtocol):
 
     def handshake_failed(self, err: HandshakeError) -> None:
         peer = self.transport.getPeer() if self.transport else None
-        self._log.warn("peer connection from {addr} refused: {reason}",
-                       addr=getattr(peer, "host", "?"), reason=err.reason)
+        addr = getattr(peer, "host", "?")
+        claimed = self.handshake.claimed_node
+        self._log.warn("peer connection from {who} refused: {reason}",
+                       who=f"node {claimed} at {addr}" if claimed else addr, reason=err.reason)
         if self.transport is not None:
             self.transport.write(ServerHandshake.refusal(err))
         super().handshake_failed(err)
@@ -332,6 +334,9 @@ class _Link:
         hint = (" (the address it advertises: if that node is running, check its "
                 "CONNECT_ADVERTISE_ADDRESS and CONNECT_LISTENER_PORT, and that the nodes "
                 "may connect to each other there)") if connecting else ""
+        if "CONNECT_PEER_SECRET" in reason:
+            hint = (f" (compare CONNECT_PEER_SECRET on this node ({self.pool.node_id}) and "
+                    f"on {who}: every node needs the same one)")
         self._log.warn("cannot reach peer {who}: {reason}{hint}", who=who, reason=reason,
                        hint=hint)
         waiters, self.waiters = self.waiters, []
@@ -368,16 +373,30 @@ class PeerPool:
         self.tls = tls
         self.links: dict[str, _Link] = {}
 
-    def open(self, address: str, session_id: str, kind: bytes,
-             node_id: str = "") -> Deferred[PeerStream]:
-        """A stream to `session_id` through the node at `address` (`node_id`, as the
-        registry names it, for the log); fails with PeerUnavailable (no link) or
-        PeerRefused (the node does not hold it)."""
+    def _link(self, address: str, node_id: str) -> _Link:
         link = self.links.get(address)
         if link is None:
             link = self.links[address] = _Link(self, address)
         if node_id:
             link.node_id = node_id
+        return link
+
+    def connect(self, address: str, node_id: str) -> Deferred[Multiplexer]:
+        """The link to the node at `address` (made now if there is none): fires once it
+        is up, fails with PeerUnavailable (logged, with `node_id` and what to check)."""
+        return self._link(address, node_id).get()
+
+    def is_up(self, address: str) -> bool:
+        """Whether the link to `address` is up now."""
+        link = self.links.get(address)
+        return link is not None and link.mux is not None and not link.mux.closed
+
+    def open(self, address: str, session_id: str, kind: bytes,
+             node_id: str = "") -> Deferred[PeerStream]:
+        """A stream to `session_id` through the node at `address` (`node_id`, as the
+        registry names it, for the log); fails with PeerUnavailable (no link) or
+        PeerRefused (the node does not hold it)."""
+        link = self._link(address, node_id)
 
         def opened(mux: Multiplexer) -> Deferred[PeerStream]:
             try:

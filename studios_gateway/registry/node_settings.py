@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet import task
@@ -28,8 +28,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from studios_gateway.registry.base import MAX_NODE_RECORD, StoreUnavailable
+from studios_gateway.registry.node_clocks import APART, CLOCK, apart, clocks_apart_line
 
-__all__ = ["INSTANCE", "NODE_TTL", "NodeSettingsWatch", "compare_nodes",
+__all__ = ["INSTANCE", "NODE_TTL", "PEER_ADDRESS", "NodeSettingsWatch", "compare_nodes",
            "disagreement", "node_records", "parse_record", "shared_settings"]
 
 #: How long a node's record lives without a refresh (refreshed every third of it).
@@ -37,6 +38,11 @@ NODE_TTL = 60.0
 
 #: The record's field naming the process that wrote it (random, per start): not a setting.
 INSTANCE = "instance"
+
+#: The record's field with the address other nodes dial to reach this node's peer
+#: listener (CONNECT_ADVERTISE_ADDRESS, or what it comes from): one node's own, not
+#: compared; the other nodes try a peer link there when they first see the node.
+PEER_ADDRESS = "peer"
 
 #: How much of another node's value a warning shows (repr, so escaped).
 _SHOWN_CHARS = 200
@@ -110,7 +116,7 @@ class NodeSettingsWatch:
     _log = Logger()
 
     def __init__(self, store: Any, settings: Mapping[str, str], clock: IReactorTime,
-                 ttl: float = NODE_TTL):
+                 ttl: float = NODE_TTL, peer_address: str = ""):
         self.store = store
         self.node_id: str = store.node_id
         self.settings = dict(settings)
@@ -119,7 +125,15 @@ class NodeSettingsWatch:
         # Which process wrote the record: a record of this node id written by another
         # between two of ours is a second process with this node id (not compared).
         self.instance = secrets.token_hex(8)
-        self._record = json.dumps({**self.settings, INSTANCE: self.instance}, sort_keys=True)
+        self.peer_address = peer_address
+        self._own = {**self.settings, INSTANCE: self.instance,
+                     **({PEER_ADDRESS: peer_address} if peer_address else {})}
+        self._clocks_said: set[tuple[str, str]] = set()  # (node, instance) said apart
+        #: Called with every other node's (node id, record) at each comparison.
+        self.on_records: list[Callable[[list[tuple[str, dict[str, str]]]], None]] = []
+        #: Whether a refresh compares too (else only a start, another node's start or
+        #: lost events do): for a hook that must see a node's record go (it expired).
+        self.compare_at_refresh: list[Callable[[], bool]] = []
         self._written = False  # a first announcement replaced whatever was there
         self._twins: set[str] = set()  # other processes seen with this node id (warned)
         self._warned: dict[str, tuple[tuple[str, str, str], ...]] = {}
@@ -180,9 +194,12 @@ class NodeSettingsWatch:
         tell = tell or self._failing or self._tell_next
         if tell:
             self._tell_next = False
-        d = self.store.announce_node(self._record, self.ttl, tell=tell)
+        # With the time (node_clocks): a node that hears `tell` compares its clock.
+        record = json.dumps({**self._own, CLOCK: f"{self.clock.seconds():.3f}"},
+                            sort_keys=True)
+        d = self.store.announce_node(record, self.ttl, tell=tell)
         d.addCallback(self._check_replaced)
-        if tell:
+        if tell or any(wants() for wants in self.compare_at_refresh):
             d.addCallback(lambda _: self.compare())
 
         def worked(_: Any) -> None:
@@ -211,12 +228,18 @@ class NodeSettingsWatch:
         if first or not other or other == self.instance or other in self._twins:
             return
         self._twins.add(other)
-        self._log.warn("another gateway process announces itself as node {node} too: every "
-                       "node needs its own CONNECT_NODE_ID (unset, it is the host name and "
-                       "tunnel port, the same in containers that share a host name); with "
-                       "one id, requests through one process for studios bound to the other "
-                       "can fail as \"not connected\", and their cluster settings records "
-                       "overwrite each other", node=self.node_id)
+        where = theirs.get(PEER_ADDRESS) if theirs is not None else None
+        self._log.warn("another gateway process announces itself as node {node} too{where}: "
+                       "every node needs its own CONNECT_NODE_ID (unset, it is the host name "
+                       "and tunnel port, the same in containers that share a host name). "
+                       "With one id, requests through one process for studios bound to the "
+                       "other fail as \"Studio not connected\" when both also advertise the "
+                       "same peer address (CONNECT_ADVERTISE_ADDRESS; unset, the host name), "
+                       "a drain of one does not count the other as a node its studios can "
+                       "move to, and their cluster settings records overwrite each other",
+                       node=self.node_id,
+                       where=f" (its peer address {where}, this one's {self.peer_address})"
+                       if where and self.peer_address else "")
 
     def _heard(self, node_id: str | None) -> None:
         if self._stopped or node_id == self.node_id:
@@ -226,7 +249,7 @@ class NodeSettingsWatch:
             # and lost every record; the next refresh writes ours and tells every node.
             self._tell_next = True
         # A new node (or lost events): compare again; known pairs are not repeated.
-        self.compare().addErrback(self._not_compared, node_id)
+        self.compare(fresh=node_id).addErrback(self._not_compared, node_id)
 
     def _not_compared(self, f: Failure, node_id: str | None) -> None:
         if node_id is None and f.check(StoreUnavailable):
@@ -239,14 +262,29 @@ class NodeSettingsWatch:
         self._log.info("cannot compare the cluster's settings now: {why}",
                        why=f.getErrorMessage())
 
-    def compare(self) -> Deferred[None]:
-        return self.store.node_records().addCallback(self._compare)
+    def compare(self, fresh: str | None = None) -> Deferred[None]:
+        """Compare with every node's record; `fresh`: the node whose announcement was just
+        heard (its record written moments ago: its clock is compared too)."""
+        return self.store.node_records().addCallback(self._compare, fresh)
 
-    def _compare(self, records: Mapping[str, str]) -> None:
+    def _compare_clock(self, node: str, record: dict[str, str]) -> None:
+        behind = apart(self.clock.seconds(), record)
+        said = (node, record.get(INSTANCE, ""))
+        if behind is None or abs(behind) < APART or said in self._clocks_said:
+            return
+        self._clocks_said.add(said)
+        self._log.warn("{line}", line=clocks_apart_line(self.node_id, node, behind))
+
+    def _compare(self, records: Mapping[str, str], fresh: str | None = None) -> None:
         seen: dict[str, tuple[tuple[str, str, str], ...]] = {}
-        for other, theirs in node_records(records):
-            if other == self.node_id:
-                continue
+        others = [(node, theirs) for node, theirs in node_records(records)
+                  if node != self.node_id]
+        for node, theirs in others:
+            if node == fresh:
+                self._compare_clock(node, theirs)
+        for hook in self.on_records:
+            hook(others)
+        for other, theirs in others:
             diffs = tuple(compare_nodes(self.settings, theirs))
             if not diffs:
                 continue

@@ -114,6 +114,8 @@ KEYS_EVENT = "keys:"
 LOGOUT_EVENT = "logout:"
 #: Prefix of the events that name a node that (re)announced its settings.
 NODE_EVENT = "node:"
+#: The key, under the prefix, of the index of the nodes' settings records.
+NODES_INDEX = "_nodes"
 #: At most this many nodes in the index of nodes' settings records (``<prefix>:_nodes``).
 MAX_NODES = 1000
 
@@ -430,12 +432,16 @@ class RedisStore:
         d = self._call("get", lambda conn: conn.execute_command("GET", self._key(session_id)))
         return d.addCallback(lambda v: None if v is None else SessionRecord.from_json(v))
 
-    @defer.inlineCallbacks
-    def _scan(self, what: str, under: str) -> Any:
+    def _scan(self, what: str, under: str) -> Deferred[dict[str, str]]:
         """Every key ``<prefix>:<under><name>``: {key: name}."""
         start = f"{self.prefix}:{under}"
-        pattern = _glob_escape(start) + "*"
-        keys: dict[str, str] = {}
+        return self._scan_matching(what, _glob_escape(start) + "*").addCallback(
+            lambda keys: {key: key[len(start):] for key in keys})
+
+    @defer.inlineCallbacks
+    def _scan_matching(self, what: str, pattern: str) -> Any:
+        """Every key that matches the glob `pattern`, in the order SCAN gives them."""
+        keys: list[str] = []
         cursor = "0"
         while True:
             def scan(conn: Any, c: str = cursor) -> Any:
@@ -443,11 +449,18 @@ class RedisStore:
 
             reply = yield self._call(what, scan)
             cursor = reply_text(reply[0])
-            for key in reply[1]:
-                keys[reply_text(key)] = reply_text(key)[len(start):]
+            keys += [reply_text(key) for key in reply[1]]
             if cursor == "0":
                 break
         return keys
+
+    def cluster_prefixes(self) -> Deferred[list[str]]:
+        """The CONNECT_REDIS_PREFIX of every cluster with a live node on this Redis (its
+        nodes' index ``<prefix>:_nodes``), this one's too once announced: one SCAN of the
+        whole keyspace (at 1000 keys a call), for registry.redis_prefixes."""
+        end = ":" + NODES_INDEX
+        return self._scan_matching("cluster_prefixes", "*" + end).addCallback(
+            lambda keys: sorted({key[:-len(end)] for key in keys if key.endswith(end)}))
 
     @defer.inlineCallbacks
     def _mget(self, what: str, keys: list[str]) -> Any:
@@ -753,7 +766,7 @@ class RedisStore:
         the same script: one round trip, and no node hears of a record not yet written).
         Fires with the record this one replaced (None: none, or a too long one)."""
         gone = self._nodes_gone[:100]
-        keys = [self._node_key(self.node_id), f"{self.prefix}:_nodes"]
+        keys = [self._node_key(self.node_id), f"{self.prefix}:{NODES_INDEX}"]
         keys += [self._node_key(node) for node in gone]
         event = NODE_EVENT + self.node_id if tell else ""
         d = self._eval("announce_node", ANNOUNCE_NODE, keys,
@@ -788,7 +801,7 @@ class RedisStore:
         (two scripts' GETs, whatever the number of sessions). The index and each record
         are read only if they are short enough (MAX_NODES * 100 and MAX_NODE_RECORD):
         Redis sends no longer value, a longer record is no node's and is left out."""
-        index, = yield self._bounded_gets("node_records", [f"{self.prefix}:_nodes"],
+        index, = yield self._bounded_gets("node_records", [f"{self.prefix}:{NODES_INDEX}"],
                                           MAX_NODES * 100)
         try:  # a damaged, hostile or too long index: none (the next announcement rebuilds it)
             ids = json.loads(reply_text(index)) if index else []

@@ -75,12 +75,34 @@ class ProbeResult:
 
 
 @defer.inlineCallbacks
+def _try_links(node_id: str, records: Mapping[str, str],
+               link: Callable[[str, str], Deferred[Any]], result: ProbeResult) -> Any:
+    """A peer link to each registered node that names its peer address, as a node of
+    this configuration would make it (its secret or certificate), one after the other."""
+    from studios_gateway.registry.node_settings import PEER_ADDRESS, node_records
+
+    for other, theirs in node_records(records):
+        address = theirs.get(PEER_ADDRESS)
+        if other == node_id or not address:
+            continue
+        try:
+            yield link(address, other)
+        except Exception as e:  # PeerUnavailable, with the reason
+            why = getattr(e, "reason", None) or str(e)
+            result.warnings.append(f"peer link to node {other} at {address}: {why}")
+        else:
+            result.notes.append(f"peer link to node {other} at {address}: accepted")
+
+
+@defer.inlineCallbacks
 def probe_redis(make_store: Callable[[], Any], address: str, clock: IReactorTime,
-                wait: float = 10.0, settings: Mapping[str, str] | None = None) -> Any:
+                wait: float = 10.0, settings: Mapping[str, str] | None = None,
+                link: Callable[[str, str], Deferred[Any]] | None = None) -> Any:
     """Connect a store made by `make_store` (a RedisStore), return a :class:`ProbeResult`,
     and stop the store. `wait`: how long to wait for both links before giving up;
     `settings`: this configuration's :func:`.node_settings.shared_settings`, compared
-    with every registered node's."""
+    with every registered node's; `link(address, node id)`: a peer link made as this
+    configuration would (peers.link.PeerPool.connect), tried to every registered node."""
     store = make_store()
     result = ProbeResult()
     outcome: Deferred[str | None] = Deferred()
@@ -120,6 +142,13 @@ def probe_redis(make_store: Callable[[], Any], address: str, clock: IReactorTime
         if settings is not None:
             records = yield store.node_records()
             _compare_nodes(store.node_id, settings, records, result)
+            if link is not None:
+                yield _try_links(store.node_id, records, link, result)
+            from studios_gateway.registry.redis_prefixes import other_clusters_lines
+
+            prefixes = yield store.cluster_prefixes()
+            for level, line in other_clusters_lines(store.prefix, prefixes):
+                (result.warnings if level == "warn" else result.notes).append(line)
         return result
     finally:
         if timer.active():

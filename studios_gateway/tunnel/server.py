@@ -658,6 +658,15 @@ class TunnelTable:
                       tunnel: Tunnel) -> TunnelHolder | None:
         # Only a claim by another tunnel proves the studio has moved.
         if holder is not None and holder.tunnel_id != tunnel.holder.tunnel_id:
+            if self._holds(tunnel) and (holder.node_id, holder.node_address) != (
+                    self.node_id, self.node_address):
+                # Two studios on one session through two nodes take turns as on one node
+                # (each claim retires the other node's tunnel, whose studio binds again
+                # at once): counted as a replacement here, and said the same way.
+                twins = self._twins.replaced(tunnel.session_id, peer_host(tunnel.protocol),
+                                             f"a studio bound through node {holder.node_id}")
+                if twins is not None:
+                    self._log.warn("{twins}", twins=twins)
             self._held_elsewhere(tunnel, f"node {holder.node_id} holds it now")
         return holder
 
@@ -713,8 +722,9 @@ class TunnelTable:
         self._log.warn(
             "{n} session(s) this node held a tunnel for are no longer in the registry, "
             "though no event said they ended ({ids}): closed their tunnels. If nobody "
-            "ended them, Redis lost them (restarted without its data? see cluster.md, "
-            "\"Redis must persist\")",
+            "ended them, Redis lost them (restarted without its data, or emptied by "
+            "FLUSHALL, FLUSHDB or a DEL of the prefix's keys? see cluster.md, \"Redis must "
+            "persist\")",
             n=len(gone), ids=", ".join(gone[:5]) + (", ..." if len(gone) > 5 else ""))
 
     def _check_token(self, record: SessionRecord | None, tunnel: Tunnel) -> None:

@@ -70,6 +70,22 @@ def test_a_node_that_never_reached_its_store_is_not_ready() -> None:
     assert result_of(gw.check_ready())[0]
 
 
+def test_a_ready_note_is_shown_but_never_makes_the_node_not_ready() -> None:
+    """A part's note (the peer links a node cannot make) is in /ready's body; a check
+    that is not ok still makes it 503."""
+    from studios_gateway.component import Part
+
+    reactor = MemoryReactorClock()
+    gw, _ = make(reactor)
+    part = Part()
+    part.ready_notes.append(lambda: "peers=no link to 1 other node(s): node gw-2: refused")
+    gw.add_part(part)
+    ready, checks = result_of(gw.check_ready())
+    assert ready and checks["peers"] == "no link to 1 other node(s): node gw-2: refused"
+    gw.add_ready_check(lambda: "login=starting")
+    assert not result_of(gw.check_ready())[0]
+
+
 def test_a_failing_listener_fails_the_start_and_unbinds_the_rest() -> None:
     reactor = MemoryReactorClock()
     gw, _ = make(reactor)

@@ -171,6 +171,7 @@ def test_sessions_redis_lost_close_their_tunnels_with_one_warning() -> None:
     assert len(warn.lines) == 1, warn.lines
     assert "2 session(s)" in warn.lines[0] and "no longer in the registry" in warn.lines[0]
     assert "Redis must persist" in warn.lines[0]
+    assert "FLUSHALL" in warn.lines[0]  # emptied while connected: the same line
     assert not any("moved" in line for line in info.lines)
 
 

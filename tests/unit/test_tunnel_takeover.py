@@ -122,3 +122,37 @@ def test_the_proxy_pool_lets_go_of_idle_connections_on_a_retired_tunnel() -> Non
     assert kept.closed and pool.take("s1") is None and pool.count("s2") == 1
     pool.drop(None)
     assert other.closed and pool.take("s2") is None
+
+
+def test_a_studio_and_its_twin_through_another_node_taking_turns_are_said() -> None:
+    """Two studios on s1, one here and one through node n2: each of n2's claims retires
+    ours, and ours binds again; the tenth turn within a minute is said (tunnel/twins.py)."""
+    from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+    from studios_gateway.tunnel.twins import TIMES
+
+    said: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        if "replaced" in (event.get("log_format") or "") or "twins" in event:
+            said.append(formatEvent(event))
+
+    clock, store, table, transport, protocol = setup()
+    globalLogPublisher.addObserver(observe)
+    try:
+        for turn in range(TIMES):
+            ours = table.get("s1")
+            assert ours is not None
+            twin = replace(ours.holder, node_id="n2", node_address="b:1", tunnel_id=f"t{turn}")
+            store.claim_tunnel(twin, 30)  # n2's bind: ours is retired
+            assert table.get("s1") is None
+            clock.advance(1)
+            again = TunnelServerFactory(table).buildProtocol(None)  # ours binds again
+            again.makeConnection(StringTransport())
+            again.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "generic", 8080).encode())
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert len(said) == 1, said
+    assert f"replaced {TIMES} times" in said[0]
+    assert "a studio bound through node n2" in said[0] and "two studios-connect" in said[0]
+    table.stop()
