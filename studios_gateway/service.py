@@ -70,6 +70,9 @@ STORE_PING_TIMEOUT = 5.0
 # Twisted's own line as a port starts listening ("ProxyFactory starting on 8080"): the
 # service's "the HTTP proxy listening on 0.0.0.0:8080" says it, with the address.
 logs.drop_matching("log_legacy", r"\S.* starting on \S+")
+# And its line as the port closes ("(TCP Port 8080 Closed)"): the service's "the HTTP
+# proxy stopped listening on 0.0.0.0:8080" says it.
+logs.drop_matching("log_legacy", r"\((TCP|UNIX|UDP) Port \S+ Closed\)")
 
 
 def redis_gauges(inner: Any, metrics: Metrics) -> None:
@@ -332,13 +335,22 @@ class GatewayService(MultiService):
                            port=getattr(addr, "port", "?"))
 
     def unbind_all(self) -> Deferred[Any]:
-        ds = []
-        for listener in self.listeners:
-            if listener.port is not None:
-                ds.append(defer.maybeDeferred(listener.port.stopListening))
-                listener.port = None
-                self.metrics.listeners.labels(listener.name).set(0)
+        ds = [self._unbind(listener) for listener in self.listeners
+              if listener.port is not None]
         return defer.DeferredList(ds, consumeErrors=True)
+
+    def _unbind(self, listener: Listener) -> Deferred[Any]:
+        """Stop `listener` accepting, and say so (in place of Twisted's "(TCP Port 8080
+        Closed)", written a turn later: after the drain's lines it reads as out of order).
+        A port stops accepting as stopListening is called; the socket closes a turn later."""
+        port, listener.port = listener.port, None
+        assert port is not None
+        self.metrics.listeners.labels(listener.name).set(0)
+        addr = port.getHost()
+        self._log.info("{description} stopped listening on {host}:{port}",
+                       description=listener.description, host=getattr(addr, "host", "?"),
+                       port=getattr(addr, "port", "?"))
+        return defer.maybeDeferred(port.stopListening)
 
     def startService(self) -> None:
         logs.set_level(self.config.log_level)
@@ -453,9 +465,7 @@ class GatewayService(MultiService):
         keep = {"management", "peer"}
         for listener in self.listeners:
             if listener.port is not None and listener.name not in keep:
-                listener.port.stopListening()
-                listener.port = None
-                self.metrics.listeners.labels(listener.name).set(0)
+                self._unbind(listener)
         busy = [c.name for c in self.components]  # those whose drain has not finished
 
         def drained(_: Any, name: str) -> None:

@@ -64,7 +64,13 @@ def test_shutdown_drains_and_exits_zero(gateway: GatewayProcess) -> None:
     status, body, _ = gateway.request("/shutdown", method="POST")
     assert status == 202 and b"draining" in body
     assert gateway.wait(timeout=30) == 0
-    assert "drained; stopping" in gateway.output()
+    out = gateway.output()
+    assert "drained; stopping" in out
+    # each listener's stop said once, in the gateway's words (not also Twisted's "(TCP
+    # Port 8080 Closed)")
+    for description in ("the HTTP proxy", "the tunnel listener", "the management endpoints"):
+        assert out.count(f"{description} stopped listening on 127.0.0.1:") == 1, out[-3000:]
+    assert "Port" not in out.partition("draining:")[2], out[-3000:]
 
 
 def _raw(gateway: GatewayProcess, method: str, path: str, body: bytes = b"",
