@@ -53,7 +53,7 @@ def check_config(args: argparse.Namespace) -> int:
 
     # What the start would refuse beyond the values themselves.
     from studios_gateway.registry.redis_link import check_tls_files
-    from studios_gateway.service import check_self_signed
+    from studios_gateway.service import check_saved_sessions, check_self_signed
     from studios_gateway.ssh.component import check_host_key
 
     problems = [check_https_certificate(config), check_peer_tls(config),
@@ -63,7 +63,10 @@ def check_config(args: argparse.Namespace) -> int:
     except ConfigError as e:
         problems.append(str(e))
     else:  # (what is kept there, once it is known usable)
-        problems.append(check_self_signed(config))
+        from studios_gateway.auth.login import check_signing_key
+
+        problems += [check_self_signed(config), check_saved_sessions(config),
+                     check_signing_key(config)]
     problems = [p for p in problems if p is not None]
     if getattr(args, "connect", False) and config.redis_enabled:
         problems += _try_redis(config)

@@ -148,9 +148,30 @@ def build_store(config: Config, clock: Any) -> CachingStore:
         try:
             inner = MemoryStore(clock, sessions_file=sessions_path(config.storage_root))
         except StorageError as e:
-            raise StartError(f"CONNECT_STORAGE_ROOT={config.storage_root!r}: the saved "
-                             f"sessions cannot be loaded: {e}") from None
+            raise StartError(_sessions_unloadable(config, e)) from None
     return CachingStore(inner, config.local_cache_ttl, clock)
+
+
+def _sessions_unloadable(config: Config, error: Exception) -> str:
+    return (f"CONNECT_STORAGE_ROOT={config.storage_root!r}: the saved sessions cannot be "
+            f"loaded: {error}")
+
+
+def check_saved_sessions(config: Config) -> str | None:
+    """For check-config: why the start would not load the sessions a single node keeps
+    (sessions.json and its journal), in the start's words; None with Redis, or when they
+    load (none kept yet too). Writes nothing."""
+    if config.redis_enabled:
+        return None
+    from studios_gateway.private_files import StorageError
+    from studios_gateway.registry.sessions_file import sessions_path
+    from studios_gateway.registry.sessions_journal import SessionsJournal
+
+    try:
+        SessionsJournal(sessions_path(config.storage_root)).read()
+    except StorageError as e:
+        return _sessions_unloadable(config, e)
+    return None
 
 
 def _where(error: object) -> str:

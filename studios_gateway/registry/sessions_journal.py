@@ -95,6 +95,13 @@ class SessionsJournal:
         self.entries = held
         return records
 
+    def read(self) -> dict[str, SessionRecord]:
+        """What :meth:`open` would load, writing nothing (check-config); StorageError, in
+        open's words, when it would fail."""
+        records = load_sessions(self.snapshot)
+        self._replay(records)
+        return records
+
     def close(self, records: Collection[SessionRecord]) -> None:
         """Fold the journal into the snapshot (a clean stop), then close it."""
         if self._closed:

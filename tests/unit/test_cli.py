@@ -402,3 +402,72 @@ def test_a_generated_host_key_is_one_warning_with_what_to_set(tmp_path, monkeypa
     assert warn.lines == []
     assert [line.split(",")[0] for line in info.lines] == [
         "SSH: generated a host key", "SSH: using the host key generated at an earlier start"]
+
+
+@pytest.mark.parametrize("damage", ["sessions", "journal", "key", "unreadable key"])
+def test_check_config_reads_the_kept_sessions_and_signing_key_as_the_start_does(
+        tmp_path, monkeypatch, capsys, damage: str) -> None:
+    """A single node's sessions.json (or its journal) or the login signing key, damaged or
+    unreadable, ended the start while check-config said 'configuration OK'. It now says
+    the start's line, what to do, and quotes neither the key nor a token's hash."""
+    import os
+
+    from twisted.internet.task import Clock
+
+    from studios_gateway.auth.files import StorageError, load_or_create_key
+    from studios_gateway.auth.login import KEY_FILE
+    from studios_gateway.cli import main
+    from studios_gateway.component import StartError
+    from studios_gateway.config_loading import load_config
+    from studios_gateway.registry.sessions_journal import JOURNAL_NAME
+    from studios_gateway.service import build_store
+
+    for k in [k for k in os.environ if k.startswith(("CONNECT_", "TOWER_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CONNECT_STORAGE_ROOT", str(tmp_path))
+    assert main(["check-config", "-q"]) == 0  # nothing kept yet: the start makes them
+    assert list(tmp_path.iterdir()) == []  # (and check-config left nothing behind)
+    config = load_config(environ={"CONNECT_STORAGE_ROOT": str(tmp_path)})
+    key = tmp_path / KEY_FILE
+    secret_hash = "b" * 40
+    (tmp_path / "sessions.json").write_text(
+        '{"version": 1, "sessions": [{"id": "a1", "workspace_id": null, "tool": "generic", '
+        '"owner": "alice", "allowed_users": [], "ssh_enabled": false, '
+        f'"token_hash": "{secret_hash}", "created_at": 1}}]}}')
+    key.write_bytes(b"k" * 32)
+    assert main(["check-config", "-q"]) == 0
+    capsys.readouterr()
+    if damage == "sessions":
+        (tmp_path / "sessions.json").write_text('{"version": 1, "sessions": [{"id": "a1"')
+        expected = "sessions.json is not JSON"
+        what_to_do = "restore it from a backup, or move it aside"
+    elif damage == "journal":
+        (tmp_path / JOURNAL_NAME).write_text('{"put": 3}\n{"delete": "a1"}\n')
+        expected = "sessions.journal: line 1 is malformed"
+        what_to_do = "move the file aside"
+    elif damage == "key":
+        key.write_bytes(b"k" * 20)
+        expected = f"the key file {key} is shorter than 32 bytes"
+        what_to_do = "remove it to make a new one"
+    else:
+        key.unlink()
+        key.mkdir()  # (unreadable whoever runs it, root too)
+        expected = f"cannot read the key file {key}: Is a directory"
+        what_to_do = "or absent to have a new one made"
+    before = sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir())
+    assert main(["check-config", "-q"]) == 2
+    out = capsys.readouterr()
+    [said] = out.err.splitlines()
+    assert expected in said and what_to_do in said, said
+    assert "configuration OK" not in out.out
+    assert "kkkk" not in said and secret_hash not in said
+    assert sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir()) == before
+    # The start says the very same line.
+    if damage in ("sessions", "journal"):
+        with pytest.raises(StartError) as start:
+            build_store(config, Clock())
+        assert str(start.value) == said.removeprefix("studios-gateway: ")
+    else:
+        with pytest.raises(StorageError) as start:  # (Auth.from_config: a StartError)
+            load_or_create_key(key)
+        assert str(start.value) == said.removeprefix("studios-gateway: ")
