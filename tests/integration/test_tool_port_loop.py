@@ -1,0 +1,69 @@
+"""A studio whose tool port is the gateway's own HTTP port (studios-connect --tool-port
+8080 beside a gateway on 8080), with real processes: the browser went round the login
+for ever; now it gets a page that says what to change, and the log names the studio."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_tunnel_process import Deployment, wait_connected
+from tests.support.studio import Connect
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["subdomain", "path"])
+def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    d = Deployment(tmp_path, TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING=str(
+        request.param == "path").lower())
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_a_tool_port_that_is_the_gateways_own_is_a_page_not_a_login_loop(
+        deployment: Deployment, tmp_path: Path) -> None:
+    looped = deployment.create()
+    client = Connect(tmp_path, looped["connect_string"], deployment.http_port,
+                     name="connect-looped")
+    deployment.stoppers.append(client.stop)
+    wait_connected(deployment.gw, looped["id"])
+    # The login ends at the studio: it went round the login (more than 10 redirects).
+    reply = deployment.browser.use_login_link(looped["login_link"])
+    for _ in range(3):  # (a page load asks many times)
+        assert reply.status == 508, (reply.status, reply.text[:300])
+        assert "own port" in reply.text and "--tool-port" in reply.text
+        assert looped["id"] in reply.text
+        reply = deployment.browser.get(looped["url"])
+    said = (f"session {looped['id']}: a request to its tool came back to this gateway's "
+            f"HTTP port {deployment.http_port} through the studio's tunnel")
+    wait_until(lambda: said in deployment.gw.output(), "the loop's log line")
+    out = deployment.gw.output()
+    assert out.count(said) == 1, out[-3000:]  # once a minute per studio, not per request
+    assert "give studios-connect the port the tool listens on" in out
+
+
+def test_the_tool_is_told_its_session_and_a_clients_copy_goes(tmp_path: Path) -> None:
+    """The mark a looped request is known by reaches a tool as the session it serves; a
+    client's own X-Connect-Session never does (nor does it make a loop page elsewhere)."""
+    deployment = Deployment(tmp_path)
+    try:
+        _told_its_session(deployment)
+    finally:
+        deployment.stop()
+
+
+def _told_its_session(deployment: Deployment) -> None:
+    created, other = deployment.create(), deployment.create()
+    deployment.studio(created)
+    wait_connected(deployment.gw, created["id"])
+    deployment.login(created)
+    for sent in ({}, {"X-Connect-Session": other["id"]}):
+        reply = deployment.browser.get(created["url"] + "api/info", headers=sent)
+        assert reply.status == 200, (reply.status, reply.text[:300])
+        assert reply.json()["headers"]["x-connect-session"] == [created["id"]]
