@@ -276,6 +276,11 @@ class GatewayService(MultiService):
         if problems:
             raise ReloadError("; ".join(dict.fromkeys(problems)))
         run_hooks(self._reload_hooks, config)
+        # What the re-read settings draw that the start's did not (a misspelt name added
+        # to the env file, a weak key): said at the start only, a reload said nothing.
+        for warning in config.warnings:
+            if warning not in self.config.warnings:
+                self._log.warn("reload: config: {warning}", warning=warning)
         for change in needs_restart(self.config, config):
             self._log.warn("reload: {change}, which takes a restart; running on with the "
                            "old value", change=change)
