@@ -471,3 +471,50 @@ def test_check_config_reads_the_kept_sessions_and_signing_key_as_the_start_does(
         with pytest.raises(StorageError) as start:  # (Auth.from_config: a StartError)
             load_or_create_key(key)
         assert str(start.value) == said.removeprefix("studios-gateway: ")
+
+
+def test_status_says_whether_the_gateway_is_ready_each_check_and_its_sessions(
+        capsys) -> None:
+    """`studios-gateway status` (the first thing an operator types) was no command: the
+    readiness took a curl with the bearer key. /ready's 503 is an answer, not a failure."""
+    import http.server
+    import json as json_
+    import threading
+
+    from studios_gateway import cli
+
+    answers = {"/ready": (503, {"status": "not ready", "checks": {
+        "listener:http": "ok", "store": "unavailable: Connection refused"}}),
+        "/api/sessions": (200, {"sessions": [{"id": "a1", "connected": True},
+                                             {"id": "b2", "connected": False}]})}
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answers[self.path]
+            data = json_.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert cli.main(["status", "--url", url]) == 1
+        out = capsys.readouterr().out.splitlines()
+        assert out == [f"not ready ({url})", "  listener:http  ok",
+                       "  store          unavailable: Connection refused",
+                       "sessions: 2 (1 connected)"], out
+        answers["/ready"] = (200, {"status": "ready", "checks": {"store": "ok"}})
+        assert cli.main(["status", "--url", url, "--json"]) == 0
+        assert json_.loads(capsys.readouterr().out) == {
+            "status": "ready", "checks": {"store": "ok"}, "sessions": 2, "connected": 1}
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(SystemExit, match="cannot reach the gateway at"):
+        cli.main(["status", "--url", url])
