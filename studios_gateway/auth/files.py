@@ -101,10 +101,28 @@ class Journal:
         return live
 
     def append(self, key: str, until: float) -> None:
+        """Add one line; StorageError when it cannot be written (a full disk)."""
         if self._file is None or not key or any(c.isspace() for c in key):
             return
-        self._file.write(f"{key} {until:.0f}\n")
-        self._file.flush()
+        try:
+            self._file.write(f"{key} {until:.0f}\n")
+            self._file.flush()
+        except OSError as e:
+            # What the buffer held is dropped with the file (a torn line at most, which
+            # load skips); the next append opens it again.
+            self._reopen()
+            raise StorageError(f"cannot write {self.path}: {e.strerror}") from None
+
+    def _reopen(self) -> None:
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError:
+            pass
+        try:
+            self._file = open(self.path, "a", encoding="ascii")  # noqa: SIM115 - kept open
+        except OSError:
+            pass  # (appends are dropped until a restart opens it again)
 
     def close(self) -> None:
         if self._file is not None:

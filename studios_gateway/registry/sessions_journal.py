@@ -134,7 +134,9 @@ class SessionsJournal:
         try:
             written = os.write(self._fd, line)
             if written != len(line):
-                raise OSError(28, f"short write ({written} of {len(line)} bytes)")
+                # (a regular file takes fewer bytes than given when its disk is full)
+                raise OSError(28, f"short write ({written} of {len(line)} bytes): the disk "
+                                  "or the gateway user's quota is full")
             os.fsync(self._fd)
         except OSError as e:
             self._cut_back()
