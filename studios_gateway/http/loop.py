@@ -12,7 +12,9 @@ that arrives with it for the very studio it routes to, or for no studio at all (
 path mode a tool that is sent its paths without the prefix asks the gateway's own
 ``/``), came back: the gateway answers :func:`page` instead of the login's redirect
 or its own page, and says :func:`log_line`'s words. The header reaches the tool too:
-the session it serves, for a tool that wants to know.
+the session it serves, for a tool that wants to know. studios-connect asks its tool's
+port the same at the bind, and stops when the gateway answers
+(:mod:`studios_gateway.studio.points_back`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,6 @@ def page(session_id: str) -> pages.Page:
 def log_line(session_id: str, port: int | str) -> str:
     """For the gateway's log (a warning): which studio, what is wrong, what to change."""
     return (f"session {session_id}: a request to its tool came back to this gateway's "
-            f"HTTP port {port} through the studio's tunnel: the studio's tool port is this "
-            "gateway's own port (studios-connect --tool-port or CONNECT_TOOL_PORT); answered "
+            f"HTTP port {port}: the studio's tool port is this gateway's own port "
+            "(studios-connect --tool-port or CONNECT_TOOL_PORT); answered "
             f"{LOOP_STATUS}. In the studio, give studios-connect the port the tool listens on")

@@ -28,9 +28,11 @@ def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deplo
 
 def test_a_tool_port_that_is_the_gateways_own_is_a_page_not_a_login_loop(
         deployment: Deployment, tmp_path: Path) -> None:
+    """With a command of its own (not asked at the bind, as a tool started elsewhere is:
+    below), or a studios-connect of an earlier release."""
     looped = deployment.create()
     client = Connect(tmp_path, looped["connect_string"], deployment.http_port,
-                     name="connect-looped")
+                     name="connect-looped", args=["--", "sleep", "600"])
     deployment.stoppers.append(client.stop)
     wait_connected(deployment.gw, looped["id"])
     # The login ends at the studio: it went round the login (more than 10 redirects).
@@ -41,11 +43,34 @@ def test_a_tool_port_that_is_the_gateways_own_is_a_page_not_a_login_loop(
         assert looped["id"] in reply.text
         reply = deployment.browser.get(looped["url"])
     said = (f"session {looped['id']}: a request to its tool came back to this gateway's "
-            f"HTTP port {deployment.http_port} through the studio's tunnel")
+            f"HTTP port {deployment.http_port}: the studio's tool port is this gateway's own")
     wait_until(lambda: said in deployment.gw.output(), "the loop's log line")
     out = deployment.gw.output()
     assert out.count(said) == 1, out[-3000:]  # once a minute per studio, not per request
     assert "give studios-connect the port the tool listens on" in out
+
+
+def test_studios_connect_stops_at_the_bind_when_its_tool_port_is_the_gateways(
+        deployment: Deployment, tmp_path: Path) -> None:
+    """A tool started elsewhere (only --tool-port given): studios-connect asks the port
+    at the bind as the gateway would, gets the gateway's 508, and stops (exit 2) saying
+    what to change; a tool of its own on another port is not taken for it."""
+    looped = deployment.create()
+    client = Connect(tmp_path, looped["connect_string"], deployment.http_port,
+                     name="connect-looped")
+    deployment.stoppers.append(client.stop)
+    assert client.proc.wait(timeout=30) == 2, client.output()[-2000:]
+    out = client.output()
+    assert (f"studios-connect: the tool's port {deployment.http_port} is the gateway's own "
+            "HTTP port" in out), out[-2000:]
+    assert "give --tool-port (CONNECT_TOOL_PORT) the port the tool listens on" in out
+    fine = deployment.create()
+    _, other = deployment.studio(fine)
+    wait_connected(deployment.gw, fine["id"])
+    # (the demo tool serves at / only: in path mode its answer is its 404)
+    landed = deployment.browser.use_login_link(fine["login_link"])
+    assert landed.status in (200, 404), (landed.status, landed.text[:300])
+    assert other.proc.poll() is None and "gateway's own" not in other.output()
 
 
 def test_the_tool_is_told_its_session_and_a_clients_copy_goes(tmp_path: Path) -> None:
