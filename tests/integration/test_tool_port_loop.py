@@ -92,3 +92,28 @@ def _told_its_session(deployment: Deployment) -> None:
         reply = deployment.browser.get(created["url"] + "api/info", headers=sent)
         assert reply.status == 200, (reply.status, reply.text[:300])
         assert reply.json()["headers"]["x-connect-session"] == [created["id"]]
+
+
+def test_twistd_studios_connect_stops_too(tmp_path: Path) -> None:
+    """`twistd studios-connect` (studios-connect.service on a VM, whose tool always runs
+    elsewhere) asks the same at the bind and exits 2, which the unit does not restart."""
+    import os
+    import subprocess
+
+    from tests.support.gateway import BIN, REPO
+
+    deployment = Deployment(tmp_path)
+    try:
+        looped = deployment.create()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+        env.update(PYTHONPATH=str(REPO), CONNECT_STRING=looped["connect_string"],
+                   CONNECT_TOOL_PORT=str(deployment.http_port))
+        done = subprocess.run([str(BIN / "twistd"), "-n", "--pidfile=", "studios-connect"],
+                              env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)
+        out = done.stdout + done.stderr
+        assert done.returncode == 2, out[-2000:]
+        assert (f"the tool's port {deployment.http_port} is the gateway's own HTTP port"
+                in out), out[-2000:]
+    finally:
+        deployment.stop()
