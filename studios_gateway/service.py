@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
 from studios_gateway import logs, reactor_loop, storage_root, systemd
@@ -235,6 +235,16 @@ class GatewayService(MultiService):
         self._ready_notes: list[Callable[[], str]] = []
         self.systemd: systemd.Wiring | None = None  # set by make_service
         self.built: Built | None = None  # what make_service built (tests look at it)
+        #: What twistd logs to instead of its own choice (see setServiceParent).
+        self.log_observer: ILogObserver | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        """twistd's application: when `log_observer` is set (under systemd: tap.py), it is
+        the application's log observer, which twistd starts logging to (twistd's
+        "customizing logging" component), the lines of the settings' checks too."""
+        super().setServiceParent(parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
 
     # Assembly ----------------------------------------------------------------
 
