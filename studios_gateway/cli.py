@@ -53,7 +53,7 @@ def check_config(args: argparse.Namespace) -> int:
 
     # What the start would refuse beyond the values themselves.
     from studios_gateway.registry.redis_link import check_tls_files
-    from studios_gateway.service import check_self_signed
+    from studios_gateway.service import check_saved_sessions, check_self_signed
     from studios_gateway.ssh.component import check_host_key
 
     problems = [check_https_certificate(config), check_peer_tls(config),
@@ -63,7 +63,10 @@ def check_config(args: argparse.Namespace) -> int:
     except ConfigError as e:
         problems.append(str(e))
     else:  # (what is kept there, once it is known usable)
-        problems.append(check_self_signed(config))
+        from studios_gateway.auth.login import check_signing_key
+
+        problems += [check_self_signed(config), check_saved_sessions(config),
+                     check_signing_key(config)]
     problems = [p for p in problems if p is not None]
     if getattr(args, "connect", False) and config.redis_enabled:
         problems += _try_redis(config)
@@ -184,8 +187,10 @@ def _management_url(args: argparse.Namespace) -> str:
     return f"http://{host}:{port}"
 
 
-def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    """Call the admin API; print its error and exit 1 on failure."""
+def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None,
+             answers: tuple[int, ...] = ()) -> Any:
+    """Call the admin API; print its error and exit 1 on failure (an HTTP status in
+    `answers` is no failure: its JSON is returned, as /ready's 503)."""
     url = _management_url(args) + path
     headers = {"Accept": "application/json"}
     key = _settings(args).get("CONNECT_MANAGEMENT_AUTH_KEY")
@@ -200,6 +205,8 @@ def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None)
         with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - operator's URL
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as e:
+        if e.code in answers:
+            return json.loads(e.read() or b"null")
         try:
             message = json.loads(e.read()).get("error", e.reason)
         except ValueError:
@@ -320,6 +327,24 @@ def sessions_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def status(args: argparse.Namespace) -> int:
+    """Whether the running gateway is ready (/ready), each check on a line, and how many
+    sessions it knows (/api/sessions): exit 0 when ready, 1 when not or not reachable."""
+    ready = api_call(args, "GET", "/ready", answers=(503,))
+    found = api_call(args, "GET", "/api/sessions")["sessions"]
+    connected = sum(1 for s in found if s.get("connected"))
+    if args.json:
+        print(json.dumps({**ready, "sessions": len(found), "connected": connected}, indent=1))
+    else:
+        print(f"{ready['status']} ({_management_url(args)})")
+        checks = ready.get("checks", {})
+        width = max((len(name) for name in checks), default=0)
+        for name, state in checks.items():
+            print(f"  {name:<{width}}  {state}")
+        print(f"sessions: {len(found)} ({connected} connected)")
+    return 0 if ready.get("status") == "ready" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="studios-gateway",
@@ -361,6 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
     env_help = ("read CONNECT_MANAGEMENT_PORT, CONNECT_MANAGEMENT_AUTH_KEY and "
                 "CONNECT_BIND_ADDRESS from the gateway's env file too (the environment "
                 "wins), e.g. /etc/studios-gateway/gateway.env")
+    st = sub.add_parser(
+        "status", help="whether the running gateway is ready, and its sessions",
+        description="Ask the running gateway's management port whether it is ready (as a "
+                    "load balancer's /ready does), print each check on a line and how many "
+                    "sessions it knows and how many are connected. Exits 0 when ready, 1 "
+                    "when not ready or not reachable. The process itself: systemctl status "
+                    "studios-gateway.")
+    st.add_argument("--url", help=url_help)
+    st.add_argument("--env-file", help=env_help)
+    st.add_argument("--json", action="store_true", help="print /ready's JSON answer with the "
+                                                        "session counts")
+    st.set_defaults(func=status)
+
     sp = sub.add_parser("sessions", help="create, list, show and end sessions (admin API)")
     sp.add_argument("--url", help=url_help)
     sp.add_argument("--env-file", help=env_help)
@@ -388,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the API's JSON answer")
     c.set_defaults(func=sessions_create)
     ls = action("list", help="list sessions")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print the API's JSON answer")
     ls.set_defaults(func=sessions_list)
     sh = action("show", help="one session, with its tunnel")
     sh.add_argument("id")

@@ -188,6 +188,8 @@ def _unknown_warnings(origin: str, names: Iterable[str]) -> list[str]:
             continue
         if name in PLATFORM_HINTS:
             hint = f"; the gateway reads {PLATFORM_HINTS[name]}"
+        elif name.removeprefix("CONNECT_") in BY_NAME:  # (the seed's two without it)
+            hint = f"; the gateway reads {name.removeprefix('CONNECT_')}, without CONNECT_"
         else:
             # Only the gateway's own settings, and only what follows the shared prefix:
             # a studios-connect variable (CONNECT_TOOL for CONNECT_IDLE) or a name

@@ -11,15 +11,17 @@ txredisapi logs every failed AUTH, and Twisted every retry to connect, for ever)
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import IO, Any
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     LogPublisher,
     PredicateResult,
+    formatEventAsClassicLogText,
     globalLogPublisher,
 )
 
@@ -114,6 +116,30 @@ def observers(publisher: LogPublisher = globalLogPublisher) -> list[ILogObserver
             return None
         behind.append(pair[1])
     return behind or None
+
+
+#: sd-daemon(3)'s priority prefixes, which journald reads off each line of a service's
+#: standard output (SyslogLevelPrefix=, on by default) and takes away.
+JOURNAL_PRIORITY = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4,
+                    LogLevel.error: 3, LogLevel.critical: 2}
+
+
+def journal_text(event: dict[str, Any]) -> str | None:
+    """twistd's line for `event` as the journal takes it: each line (a traceback's too)
+    with the event's priority prefix, and no time (the journal stamps every line)."""
+    text = formatEventAsClassicLogText(event, formatTime=lambda _: "-")
+    if text is None:
+        return None
+    priority = JOURNAL_PRIORITY.get(event.get("log_level"), 6)
+    # (a traceback's text ends in a line of a tab alone: a blank entry in the journal)
+    return "".join(f"<{priority}>{line}\n" for line in text[2:].splitlines()
+                   if line.strip())
+
+
+def journal_observer(stream: IO[Any]) -> ILogObserver:
+    """An observer writing :func:`journal_text`'s lines to `stream` (standard output,
+    which systemd connects to the journal)."""
+    return FileLogObserver(stream, journal_text)
 
 
 def always(namespace: str, level: LogLevel = LogLevel.info) -> None:

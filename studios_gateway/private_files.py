@@ -14,11 +14,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StorageError", "read_json", "write_private_json", "write_temp"]
+__all__ = ["DamagedFile", "StorageError", "read_json", "write_private_json", "write_temp"]
 
 
 class StorageError(Exception):
     """A file under the storage root cannot be read or written; the message says which."""
+
+
+class DamagedFile(StorageError):
+    """A file was read, but what it holds is not what was written (a restore cut short, a
+    full disk when it was written, an edit by hand)."""
 
 
 def write_temp(directory: Path, data: bytes) -> str:
@@ -64,5 +69,7 @@ def read_json(path: str | Path) -> Any | None:
         return json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
-        raise StorageError(f"cannot read {p}: {e}") from None
+    except OSError as e:
+        raise StorageError(f"cannot read {p}: {e.strerror}") from None
+    except ValueError as e:  # (UnicodeDecodeError too)
+        raise DamagedFile(f"{p} is not JSON ({e})") from None

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python.failure import Failure
 
 from studios_gateway import logs, reactor_loop, storage_root, systemd
@@ -70,6 +70,9 @@ STORE_PING_TIMEOUT = 5.0
 # Twisted's own line as a port starts listening ("ProxyFactory starting on 8080"): the
 # service's "the HTTP proxy listening on 0.0.0.0:8080" says it, with the address.
 logs.drop_matching("log_legacy", r"\S.* starting on \S+")
+# And its line as the port closes ("(TCP Port 8080 Closed)"): the service's "the HTTP
+# proxy stopped listening on 0.0.0.0:8080" says it.
+logs.drop_matching("log_legacy", r"\((TCP|UNIX|UDP) Port \S+ Closed\)")
 
 
 def redis_gauges(inner: Any, metrics: Metrics) -> None:
@@ -145,9 +148,30 @@ def build_store(config: Config, clock: Any) -> CachingStore:
         try:
             inner = MemoryStore(clock, sessions_file=sessions_path(config.storage_root))
         except StorageError as e:
-            raise StartError(f"CONNECT_STORAGE_ROOT={config.storage_root!r}: the saved "
-                             f"sessions cannot be loaded: {e}") from None
+            raise StartError(_sessions_unloadable(config, e)) from None
     return CachingStore(inner, config.local_cache_ttl, clock)
+
+
+def _sessions_unloadable(config: Config, error: Exception) -> str:
+    return (f"CONNECT_STORAGE_ROOT={config.storage_root!r}: the saved sessions cannot be "
+            f"loaded: {error}")
+
+
+def check_saved_sessions(config: Config) -> str | None:
+    """For check-config: why the start would not load the sessions a single node keeps
+    (sessions.json and its journal), in the start's words; None with Redis, or when they
+    load (none kept yet too). Writes nothing."""
+    if config.redis_enabled:
+        return None
+    from studios_gateway.private_files import StorageError
+    from studios_gateway.registry.sessions_file import sessions_path
+    from studios_gateway.registry.sessions_journal import SessionsJournal
+
+    try:
+        SessionsJournal(sessions_path(config.storage_root)).read()
+    except StorageError as e:
+        return _sessions_unloadable(config, e)
+    return None
 
 
 def _where(error: object) -> str:
@@ -211,6 +235,16 @@ class GatewayService(MultiService):
         self._ready_notes: list[Callable[[], str]] = []
         self.systemd: systemd.Wiring | None = None  # set by make_service
         self.built: Built | None = None  # what make_service built (tests look at it)
+        #: What twistd logs to instead of its own choice (see setServiceParent).
+        self.log_observer: ILogObserver | None = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        """twistd's application: when `log_observer` is set (under systemd: tap.py), it is
+        the application's log observer, which twistd starts logging to (twistd's
+        "customizing logging" component), the lines of the settings' checks too."""
+        super().setServiceParent(parent)
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
 
     # Assembly ----------------------------------------------------------------
 
@@ -252,6 +286,11 @@ class GatewayService(MultiService):
         if problems:
             raise ReloadError("; ".join(dict.fromkeys(problems)))
         run_hooks(self._reload_hooks, config)
+        # What the re-read settings draw that the start's did not (a misspelt name added
+        # to the env file, a weak key): said at the start only, a reload said nothing.
+        for warning in config.warnings:
+            if warning not in self.config.warnings:
+                self._log.warn("reload: config: {warning}", warning=warning)
         for change in needs_restart(self.config, config):
             self._log.warn("reload: {change}, which takes a restart; running on with the "
                            "old value", change=change)
@@ -332,13 +371,22 @@ class GatewayService(MultiService):
                            port=getattr(addr, "port", "?"))
 
     def unbind_all(self) -> Deferred[Any]:
-        ds = []
-        for listener in self.listeners:
-            if listener.port is not None:
-                ds.append(defer.maybeDeferred(listener.port.stopListening))
-                listener.port = None
-                self.metrics.listeners.labels(listener.name).set(0)
+        ds = [self._unbind(listener) for listener in self.listeners
+              if listener.port is not None]
         return defer.DeferredList(ds, consumeErrors=True)
+
+    def _unbind(self, listener: Listener) -> Deferred[Any]:
+        """Stop `listener` accepting, and say so (in place of Twisted's "(TCP Port 8080
+        Closed)", written a turn later: after the drain's lines it reads as out of order).
+        A port stops accepting as stopListening is called; the socket closes a turn later."""
+        port, listener.port = listener.port, None
+        assert port is not None
+        self.metrics.listeners.labels(listener.name).set(0)
+        addr = port.getHost()
+        self._log.info("{description} stopped listening on {host}:{port}",
+                       description=listener.description, host=getattr(addr, "host", "?"),
+                       port=getattr(addr, "port", "?"))
+        return defer.maybeDeferred(port.stopListening)
 
     def startService(self) -> None:
         logs.set_level(self.config.log_level)
@@ -453,9 +501,7 @@ class GatewayService(MultiService):
         keep = {"management", "peer"}
         for listener in self.listeners:
             if listener.port is not None and listener.name not in keep:
-                listener.port.stopListening()
-                listener.port = None
-                self.metrics.listeners.labels(listener.name).set(0)
+                self._unbind(listener)
         busy = [c.name for c in self.components]  # those whose drain has not finished
 
         def drained(_: Any, name: str) -> None:

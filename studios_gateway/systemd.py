@@ -55,6 +55,20 @@ READY_POLL_MAX_INTERVAL = 2.0
 _log = Logger(namespace="studios_gateway.systemd")
 
 
+def writes_to_journal(environ: Mapping[str, str], fd: int) -> bool:
+    """Whether `fd` (standard output) is the journal's stream that systemd gave this
+    service: JOURNAL_STREAM names its device and inode (systemd.exec(5))."""
+    value = environ.get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(device), int(inode))
+
+
 def monotonic_usec() -> int:
     """CLOCK_MONOTONIC in microseconds, the clock systemd's MONOTONIC_USEC= means."""
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000

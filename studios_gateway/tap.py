@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -58,4 +59,24 @@ def makeService(options: Options) -> IService:
         service: Any = make_service(config, environ=os.environ, reload=read_config)
     except StartError as e:  # a file or key the settings name cannot be used
         fail_start(str(e), EX_CONFIG)
+    if writes_to_journal(options):
+        # Under systemd: each line with its priority (journalctl -p warning), and no time
+        # stamp of its own beside the journal's.
+        from studios_gateway import logs
+
+        service.log_observer = logs.journal_observer(sys.stdout)
     return service
+
+
+def writes_to_journal(options: Options) -> bool:
+    """Standard output is the journal's stream systemd gave (JOURNAL_STREAM) and twistd
+    was not told where else to log (--logfile, --syslog, --logger)."""
+    from studios_gateway import systemd
+
+    twistd = getattr(options, "parent", None) or {}
+    if any(twistd.get(name) for name in ("logfile", "syslog", "logger")):
+        return False
+    try:
+        return systemd.writes_to_journal(os.environ, sys.stdout.fileno())
+    except (OSError, ValueError):  # (a standard output without a descriptor)
+        return False

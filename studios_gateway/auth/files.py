@@ -15,7 +15,7 @@ from typing import Any
 from studios_gateway.private_files import StorageError, read_json, write_private_json, write_temp
 
 __all__ = ["KEY_BYTES", "Journal", "StorageError", "load_or_create_key", "read_json",
-           "write_private_json"]
+           "read_key", "write_private_json"]
 
 KEY_BYTES = 32
 
@@ -37,9 +37,27 @@ def load_or_create_key(path: str | Path, size: int = KEY_BYTES) -> bytes:
                 pass
             finally:
                 os.unlink(tmp)
-        key = p.read_bytes()
     except OSError as e:
-        raise StorageError(f"cannot read or create the key file {p}: {e.strerror}") from None
+        raise StorageError(f"cannot create the key file {p}: {e.strerror}") from None
+    key = read_key(p, size)
+    if key is None:  # (removed in the meantime)
+        raise StorageError(f"the key file {p} was removed as it was made; start again")
+    return key
+
+
+def read_key(path: str | Path, size: int = KEY_BYTES) -> bytes | None:
+    """The secret key at `path`, None when there is none yet (the start makes one);
+    StorageError saying what to do when it cannot be read or is damaged. Writes nothing:
+    check-config asks it what the start would find."""
+    p = Path(path)
+    try:
+        key = p.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StorageError(f"cannot read the key file {p}: {e.strerror}; it must be a file "
+                           "the gateway's user may read (mode 0600), or absent to have a new "
+                           "one made (every login is then signed out)") from None
     if len(key) < size:
         raise StorageError(f"the key file {p} is shorter than {size} bytes; remove it to make "
                            "a new one (every login is then signed out)")
@@ -83,10 +101,28 @@ class Journal:
         return live
 
     def append(self, key: str, until: float) -> None:
+        """Add one line; StorageError when it cannot be written (a full disk)."""
         if self._file is None or not key or any(c.isspace() for c in key):
             return
-        self._file.write(f"{key} {until:.0f}\n")
-        self._file.flush()
+        try:
+            self._file.write(f"{key} {until:.0f}\n")
+            self._file.flush()
+        except OSError as e:
+            # What the buffer held is dropped with the file (a torn line at most, which
+            # load skips); the next append opens it again.
+            self._reopen()
+            raise StorageError(f"cannot write {self.path}: {e.strerror}") from None
+
+    def _reopen(self) -> None:
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError:
+            pass
+        try:
+            self._file = open(self.path, "a", encoding="ascii")  # noqa: SIM115 - kept open
+        except OSError:
+            pass  # (appends are dropped until a restart opens it again)
 
     def close(self) -> None:
         if self._file is not None:

@@ -99,6 +99,7 @@ __all__ = [
     "Response",
     "SUBJECT_HEADER",
     "GATEWAY_COOKIES",
+    "check_signing_key",
     "platform_credentials",
     "strip_auth_cookie",
     "strip_auth_cookies",
@@ -218,6 +219,18 @@ def platform_credentials(settings: AuthSettings, rp: RelyingParty | None
             else None
 
     return credentials
+
+def check_signing_key(config: Any) -> str | None:
+    """For check-config: why the start would refuse the login signing key kept under
+    CONNECT_STORAGE_ROOT, in the start's words (none there yet, or usable: None)."""
+    from studios_gateway.auth.files import StorageError, read_key
+
+    try:
+        read_key(Path(config.storage_root) / KEY_FILE)
+    except StorageError as e:
+        return str(e)
+    return None
+
 
 class Auth:
     """Per-request authorization for the HTTP proxy, the login routes it mounts

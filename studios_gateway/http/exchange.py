@@ -36,6 +36,7 @@ from studios_gateway.http.h1 import (
     parse_request_head,
 )
 from studios_gateway.http.headers import (
+    SESSION_HEADER,
     HeadProblem,
     client_response_headers,
     field_value_ok,
@@ -418,8 +419,10 @@ class Exchange:
             raise NotForwardable(str(e)) from None
         if tool is not None:
             headers += tool.set_headers
+        # (the mark a request that comes back to the gateway is known by: http.loop)
+        headers.append((SESSION_HEADER, route.session_id.encode()))
         # Every header value came from the client's checked head, from the transport
-        # (the peer's address), from the session id (the tool route's) or was checked
+        # (the peer's address), from the session id (the tool route's, ours) or was checked
         # by request_headers (the subject).
         lines = b"\r\n".join(map(FIELD_LINE, headers))
         if memo is not None:

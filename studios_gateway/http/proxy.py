@@ -35,7 +35,7 @@ from studios_gateway.auth.authorizer import SESSION_ENDED
 from studios_gateway.auth.settings import PREFIX
 from studios_gateway.away import Away
 from studios_gateway.config import default_of
-from studios_gateway.http import lane, pages
+from studios_gateway.http import lane, loop, pages
 from studios_gateway.http.deadline import Deadline
 from studios_gateway.http.exchange import (
     BROKEN,
@@ -79,6 +79,7 @@ from studios_gateway.http.wsframes import (
     close_frame,
     is_websocket,
 )
+from studios_gateway.repeats import Repeats
 from studios_gateway.traffic.facts import HTTP, WEBSOCKET, Finished, path_only
 from studios_gateway.waiters import EmptyWaiters
 from studios_gateway.wire.carrier import (
@@ -293,6 +294,8 @@ class ProxyFactory(Factory):
         self.pool = IdlePool(reactor, max_idle=max_idle_per_session,
                              idle_timeout=upstream_idle_timeout)
         self.active: set[ProxyProtocol] = set()
+        #: Log lines anyone can cause again and again, at most one a minute of each kind.
+        self.repeats = Repeats(reactor)
         #: The compiled lane's way back (studios_gateway.http.lane), None: the Python way.
         self.answer = lane.load(compiled_lane)
 
@@ -1217,6 +1220,11 @@ class ProxyProtocol(Protocol):
         gateway refused the request (the access log's reason; by default the status's)."""
         if ex is not self._ex or self._closing:
             return
+        looped = loop.came_back(ex.request.headers,
+                                ex.route.session_id if ex.route is not None else None)
+        if looped is not None:  # (not the login's redirect, again and again)
+            answer, why, close = self._came_back(looped), "the studio's tool port is the " \
+                "gateway's own", False
         # A page of the login or the authorizer may say for the access line who was
         # refused and why (pages.Page's user and why).
         user = getattr(answer, "user", "")
@@ -1234,6 +1242,14 @@ class ProxyProtocol(Protocol):
         self._bytes_out += len(data)
         self.transport.write(data)
         self._finish(ex, close=close)
+
+    def _came_back(self, session_id: str) -> pages.Page:
+        """A request of the gateway's to `session_id`'s tool came back (http.loop): the
+        page, and the log's line (once a minute per studio: each page load sends many)."""
+        if self.factory.repeats.due(f"loop {session_id}") is not None:
+            port = getattr(self.transport.getHost(), "port", "?")
+            self._log.warn("{line}", line=loop.log_line(session_id, port))
+        return loop.page(session_id)
 
     def _facts(self, ex: Exchange, kind: str, why: str, to: Callable[..., Any] = Finished
                ) -> Any:

@@ -21,6 +21,7 @@ Authentication is the management root's (bearer key).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ from studios_gateway.management.sessions import (
     validate_login_link,
 )
 from studios_gateway.registry.base import SessionExists, StoreUnavailable
+from studios_gateway.repeats import Repeats
 
 MAX_BODY = 64 * 1024
 
@@ -74,11 +76,21 @@ def _read_json(request: Request) -> Any:
         raise RequestError("the body is not valid JSON: nested too deeply") from None
 
 
+class _WallClock:
+    """The time for Repeats, in the admin API (no reactor is given to its resources)."""
+
+    @staticmethod
+    def seconds() -> float:
+        return time.time()
+
+
 class _Async(Resource):
     """A leaf whose handlers return Deferreds; errors become JSON with a status."""
 
     isLeaf = True
     _log = Logger()
+    #: The session store's refusals, in the log once a minute each (a caller may retry).
+    _repeats = Repeats(_WallClock())
 
     def _run(self, request: Request, handler: Callable[[], Any]) -> int:
         gone: list[bool] = []
@@ -96,6 +108,14 @@ class _Async(Resource):
             elif f.check(SessionExists):
                 _reply(request, 409, {"error": "a session with that id exists"})
             elif f.check(StoreUnavailable):
+                # Said in the log too (the changes it makes are): a full disk under the
+                # storage root, or Redis away, was seen only by the API's caller.
+                if self._repeats.due("store unavailable") is not None:
+                    self._log.warn("admin API: {method} {path} not done: session store "
+                                   "unavailable: {error}",
+                                   method=request.method.decode("ascii", "replace"),
+                                   path=request.path.decode("ascii", "replace"),
+                                   error=str(f.value))
                 _reply(request, 503, {"error": f"session store unavailable: {f.value}"})
             else:
                 self._log.failure("admin API request failed", f)

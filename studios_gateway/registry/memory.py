@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from studios_gateway.private_files import StorageError
 from studios_gateway.registry.base import (
@@ -40,6 +41,8 @@ from studios_gateway.registry.base import (
 from studios_gateway.registry.sessions_journal import COMPACT_AFTER, SessionsJournal
 from studios_gateway.registry.spent import SpentSet
 from studios_gateway.registry.subscribers import Subscribers
+
+_log = Logger()
 
 
 class MemoryStore:
@@ -300,7 +303,11 @@ class MemoryStore:
             seconds = check_single_use_id(key, ttl)
         except ValueError as e:
             return defer.fail(e)
-        return defer.succeed(self._spent.spend(key, self._clock.seconds() + seconds))
+        try:
+            return defer.succeed(self._spent.spend(key, self._clock.seconds() + seconds))
+        except StorageError as e:
+            # (not spent: whether it was used would not outlast a restart)
+            return defer.fail(StoreUnavailable(f"a used link or code cannot be recorded: {e}"))
 
     def is_spent(self, key: str) -> Deferred[bool]:
         return defer.succeed(key in self._spent)
@@ -310,7 +317,15 @@ class MemoryStore:
             seconds = check_single_use_id(login_id, ttl)
         except ValueError as e:
             return defer.fail(e)
-        if self._logouts.spend(login_id, self._clock.seconds() + seconds):
+        until = self._clock.seconds() + seconds
+        try:
+            ended = self._logouts.spend(login_id, until)
+        except StorageError as e:
+            # A logout holds all the same, in this process: a restart forgets it.
+            _log.warn("a logout could not be saved ({error}): it holds until the gateway "
+                      "stops", error=str(e))
+            ended = self._logouts.spend(login_id, until, saved=False)
+        if ended:
             self._logout_subscribers.notify(login_id)
         return defer.succeed(None)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from studios_gateway.private_files import StorageError, read_json, write_private_json
+from studios_gateway.private_files import DamagedFile, StorageError, read_json, write_private_json
 from studios_gateway.registry.base import MalformedRecord, SessionRecord
 
 __all__ = ["FILE_NAME", "VERSION", "load_sessions", "save_sessions", "sessions_path"]
@@ -34,7 +34,11 @@ def sessions_path(storage_root: str) -> Path:
 def load_sessions(path: Path) -> dict[str, SessionRecord]:
     """The records saved at `path` (none when there is no file yet); StorageError when
     the document or one of its records is malformed."""
-    data: Any = read_json(path)
+    try:
+        data: Any = read_json(path)
+    except DamagedFile as e:
+        raise StorageError(f"{e}; restore it from a backup, or move it aside to start "
+                           "without its sessions") from None
     if data is None:
         return {}
     if not isinstance(data, dict) or data.get("version") != VERSION \

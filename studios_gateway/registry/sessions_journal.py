@@ -95,6 +95,13 @@ class SessionsJournal:
         self.entries = held
         return records
 
+    def read(self) -> dict[str, SessionRecord]:
+        """What :meth:`open` would load, writing nothing (check-config); StorageError, in
+        open's words, when it would fail."""
+        records = load_sessions(self.snapshot)
+        self._replay(records)
+        return records
+
     def close(self, records: Collection[SessionRecord]) -> None:
         """Fold the journal into the snapshot (a clean stop), then close it."""
         if self._closed:
@@ -127,7 +134,9 @@ class SessionsJournal:
         try:
             written = os.write(self._fd, line)
             if written != len(line):
-                raise OSError(28, f"short write ({written} of {len(line)} bytes)")
+                # (a regular file takes fewer bytes than given when its disk is full)
+                raise OSError(28, f"short write ({written} of {len(line)} bytes): the disk "
+                                  "or the gateway user's quota is full")
             os.fsync(self._fd)
         except OSError as e:
             self._cut_back()

@@ -30,8 +30,11 @@ class SpentSet:
                                      key=lambda kv: kv[1]):
                 self._items[key] = until
 
-    def spend(self, key: str, until: float) -> bool:
-        """Mark `key` spent until `until`; False if it was spent already."""
+    def spend(self, key: str, until: float, saved: bool = True) -> bool:
+        """Mark `key` spent until `until`; False if it was spent already. When its journal
+        cannot take it, nothing is marked and the journal's error is raised (StorageError);
+        with `saved` False the journal is not asked (it failed: kept until the process
+        stops)."""
         now = self._clock.seconds()
         while self._items:  # oldest first; entries of one kind share a lifetime
             k, t = next(iter(self._items.items()))
@@ -43,8 +46,12 @@ class SpentSet:
         self._items[key] = until
         while len(self._items) > self._max:
             self._items.popitem(last=False)
-        if self._journal is not None:
-            self._journal.append(key, until)
+        if self._journal is not None and saved:
+            try:
+                self._journal.append(key, until)
+            except Exception:
+                self._items.pop(key, None)
+                raise
         return True
 
     def live(self) -> dict[str, float]:

@@ -150,6 +150,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     from twisted.internet import reactor
 
     from studios_gateway import reactor_loop
+    from studios_gateway.studio import points_back
     from studios_gateway.studio.client import ConnectClient
     from studios_gateway.studio.entrypoint import (
         ToolChild,
@@ -202,6 +203,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     started_prefix = {"prefix": settings.tool_path_prefix}
     said: set[str] = set()  # warnings said once per run
     checked: set[str] = set()  # prefixes a tool started elsewhere was checked under
+    port_asked: list[bool] = []  # whether its port was asked if it is the gateway's
 
     def start_child(prefix: str) -> None:
         nonlocal child
@@ -215,6 +217,13 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
 
     def on_bind(reply: Any) -> None:
         ssh.on_bind(reply)
+        if launcher is None and not command and not port_asked:
+            # A tool started elsewhere, only its port given: the gateway's own, by mistake?
+            port_asked.append(True)
+            points_back.check(lambda host, headers: http_status(reactor, host, headers),
+                              settings.tool_port, settings.session_id,
+                              reply.public_url).addCallback(
+                lambda problem: fatal(problem) if problem else None)
         differs = given_prefix_differs(settings, reply)
         if differs and differs not in said:
             said.add(differs)

@@ -52,5 +52,26 @@ def makeService(options: Options) -> Any:
             stream.flush()
         os._exit(refused[0])
 
-    return ConnectClient(settings, reactor, on_fatal=fatal)
+    asked: list[bool] = []
+
+    def on_bind(reply: Any) -> None:
+        """The tool runs elsewhere here: is its port the gateway's own, by mistake?"""
+        from studios_gateway.studio import points_back
+        from studios_gateway.studio.presets.probe import http_status
+
+        if asked:
+            return
+        asked.append(True)
+
+        def judged(problem: str | None) -> None:
+            if problem is not None:
+                Logger(namespace="studios_gateway.studio.tap").error("{problem}",
+                                                                     problem=problem)
+                fatal(problem)
+
+        points_back.check(lambda host, headers: http_status(reactor, host, headers),
+                          settings.tool_port, settings.session_id,
+                          reply.public_url).addCallback(judged)
+
+    return ConnectClient(settings, reactor, on_fatal=fatal, on_bind=on_bind)
 

@@ -856,6 +856,12 @@ class TunnelServerProtocol(Protocol):
                                        else 0.0).encode())
         self._setup_done()
         self._mux = tunnel.mux
+        # Said with the session here (the multiplexer's own line named only "the studio";
+        # the class's logger: the tunnel's multiplexer keeps no reference to this protocol,
+        # nor to its tunnel: no cycle for the collector)
+        log, sid = type(self)._log, tunnel.session_id
+        self._mux.on_go_away = lambda code: log.info(
+            "session {sid}: the studio is going away: no new streams on its tunnel", sid=sid)
         self._mux.makeConnection(self.transport)
         deliver_to = getattr(self.transport, "deliver_to", None)
         if deliver_to is not None:

@@ -64,7 +64,13 @@ def test_shutdown_drains_and_exits_zero(gateway: GatewayProcess) -> None:
     status, body, _ = gateway.request("/shutdown", method="POST")
     assert status == 202 and b"draining" in body
     assert gateway.wait(timeout=30) == 0
-    assert "drained; stopping" in gateway.output()
+    out = gateway.output()
+    assert "drained; stopping" in out
+    # each listener's stop said once, in the gateway's words (not also Twisted's "(TCP
+    # Port 8080 Closed)")
+    for description in ("the HTTP proxy", "the tunnel listener", "the management endpoints"):
+        assert out.count(f"{description} stopped listening on 127.0.0.1:") == 1, out[-3000:]
+    assert "Port" not in out.partition("draining:")[2], out[-3000:]
 
 
 def _raw(gateway: GatewayProcess, method: str, path: str, body: bytes = b"",
@@ -235,3 +241,31 @@ def test_a_body_without_the_key_is_refused_before_it_is_read(gateway: GatewayPro
     assert _rss_kib(gateway.proc.pid) - before < 16 * 1024
     assert gateway.request("/ready", auth=False)[0] == 401
     assert gateway.request("/live", method="POST", auth=False)[0] in (200, 405)
+
+
+def test_under_systemd_each_line_has_its_priority_and_no_time_of_its_own(
+        tmp_path: Path) -> None:
+    """JOURNAL_STREAM names standard output (journald's stream, here the log file: the same
+    device and inode): each line begins with its priority (<4> for a warning), which
+    journald takes off and files the line under (`journalctl -p warning`), and carries no
+    time stamp beside the journal's own. systemd-run --user cannot run here (no systemd
+    as PID 1): the stream is what the gateway sees of journald."""
+    log = tmp_path / "gateway.log"
+    log.write_bytes(b"")
+    st = log.stat()  # GatewayProcess opens this very file ("wb": the same inode)
+    env = base_env(tmp_path, CONNECT_MANAGEMENT_AUTH_KEY=KEY,
+                   JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+    gw = GatewayProcess(tmp_path, env, attempts=1)
+    try:
+        gw.wait_ready()
+        assert gw.request("/ready", auth=False)[0] == 401  # a warning
+    finally:
+        gw.stop()
+    assert gw.log_path == log
+    lines = gw.output().splitlines()
+    ours = [line for line in lines if "studios_gateway." in line]
+    assert ours and all(line.startswith(("<6>[", "<4>[", "<7>[")) for line in ours), ours
+    assert any(line.startswith("<4>[studios_gateway.management.endpoints.RefusalLog#warn] "
+                               "management request refused") for line in ours), ours
+    assert "<6>[studios_gateway.service.GatewayService#info] the HTTP proxy listening on " \
+        "127.0.0.1:" in "\n".join(ours)

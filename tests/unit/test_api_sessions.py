@@ -24,6 +24,7 @@ def call(api: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     parts = [p.encode() for p in path.strip("/").split("/")]
     request = DummyRequest(parts[2:])
     request.method = method.encode()
+    request.path = path.encode()  # type: ignore[attr-defined]  # (a Request's, not Dummy's)
     request.content = BytesIO(b"" if body is None else json.dumps(body).encode())
     resource = api.getChildWithDefault(parts[1], request)
     assert resource.render(request) == NOT_DONE_YET
@@ -324,3 +325,39 @@ def test_the_session_view_says_when_the_studio_was_last_connected() -> None:
     store.last_connected = lambda sid: defer.fail(StoreUnavailable("down"))  # type: ignore[method-assign]
     [listed] = call(api, "GET", "/api/sessions")[1]["sessions"]
     assert listed["last_connected"] is None and listed["away"] is None
+
+
+def test_a_change_the_store_cannot_save_is_said_in_the_log_once_a_minute(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    """A full disk under CONNECT_STORAGE_ROOT: the API's caller got 503 'short write (236
+    of 317 bytes)', and the gateway's log said nothing at all."""
+    import os
+
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    from studios_gateway.registry.sessions_file import sessions_path
+
+    said: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") == LogLevel.warn and str(
+                event.get("log_namespace", "")).startswith("studios_gateway.management"):
+            said.append(formatEvent(event))
+
+    api = make_api(Sessions(MemoryStore(Clock(), sessions_file=sessions_path(str(tmp_path))),
+                            clock=Clock()), lambda new: {"id": new.record.id})
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:20]))  # disk full
+    globalLogPublisher.addObserver(observe)
+    try:
+        for sid in ("abc", "abd"):
+            status, body = call(api, "POST", "/api/sessions", {"id": sid, "owner": "alice"})
+            assert status == 503, body
+            assert "the disk or the gateway user's quota is full" in body["error"], body
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    [line] = said  # (the second within the minute: counted, not said)
+    assert line.startswith(
+        "admin API: POST /api/sessions not done: session store unavailable: the session "
+        f"could not be saved: cannot write {tmp_path}/sessions.journal: short write (20 of "
+    ) and line.endswith("bytes): the disk or the gateway user's quota is full"), line

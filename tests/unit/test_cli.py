@@ -402,3 +402,119 @@ def test_a_generated_host_key_is_one_warning_with_what_to_set(tmp_path, monkeypa
     assert warn.lines == []
     assert [line.split(",")[0] for line in info.lines] == [
         "SSH: generated a host key", "SSH: using the host key generated at an earlier start"]
+
+
+@pytest.mark.parametrize("damage", ["sessions", "journal", "key", "unreadable key"])
+def test_check_config_reads_the_kept_sessions_and_signing_key_as_the_start_does(
+        tmp_path, monkeypatch, capsys, damage: str) -> None:
+    """A single node's sessions.json (or its journal) or the login signing key, damaged or
+    unreadable, ended the start while check-config said 'configuration OK'. It now says
+    the start's line, what to do, and quotes neither the key nor a token's hash."""
+    import os
+
+    from twisted.internet.task import Clock
+
+    from studios_gateway.auth.files import StorageError, load_or_create_key
+    from studios_gateway.auth.login import KEY_FILE
+    from studios_gateway.cli import main
+    from studios_gateway.component import StartError
+    from studios_gateway.config_loading import load_config
+    from studios_gateway.registry.sessions_journal import JOURNAL_NAME
+    from studios_gateway.service import build_store
+
+    for k in [k for k in os.environ if k.startswith(("CONNECT_", "TOWER_"))]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("CONNECT_STORAGE_ROOT", str(tmp_path))
+    assert main(["check-config", "-q"]) == 0  # nothing kept yet: the start makes them
+    assert list(tmp_path.iterdir()) == []  # (and check-config left nothing behind)
+    config = load_config(environ={"CONNECT_STORAGE_ROOT": str(tmp_path)})
+    key = tmp_path / KEY_FILE
+    secret_hash = "b" * 40
+    (tmp_path / "sessions.json").write_text(
+        '{"version": 1, "sessions": [{"id": "a1", "workspace_id": null, "tool": "generic", '
+        '"owner": "alice", "allowed_users": [], "ssh_enabled": false, '
+        f'"token_hash": "{secret_hash}", "created_at": 1}}]}}')
+    key.write_bytes(b"k" * 32)
+    assert main(["check-config", "-q"]) == 0
+    capsys.readouterr()
+    if damage == "sessions":
+        (tmp_path / "sessions.json").write_text('{"version": 1, "sessions": [{"id": "a1"')
+        expected = "sessions.json is not JSON"
+        what_to_do = "restore it from a backup, or move it aside"
+    elif damage == "journal":
+        (tmp_path / JOURNAL_NAME).write_text('{"put": 3}\n{"delete": "a1"}\n')
+        expected = "sessions.journal: line 1 is malformed"
+        what_to_do = "move the file aside"
+    elif damage == "key":
+        key.write_bytes(b"k" * 20)
+        expected = f"the key file {key} is shorter than 32 bytes"
+        what_to_do = "remove it to make a new one"
+    else:
+        key.unlink()
+        key.mkdir()  # (unreadable whoever runs it, root too)
+        expected = f"cannot read the key file {key}: Is a directory"
+        what_to_do = "or absent to have a new one made"
+    before = sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir())
+    assert main(["check-config", "-q"]) == 2
+    out = capsys.readouterr()
+    [said] = out.err.splitlines()
+    assert expected in said and what_to_do in said, said
+    assert "configuration OK" not in out.out
+    assert "kkkk" not in said and secret_hash not in said
+    assert sorted((p.name, p.stat().st_size) for p in tmp_path.iterdir()) == before
+    # The start says the very same line.
+    if damage in ("sessions", "journal"):
+        with pytest.raises(StartError) as start:
+            build_store(config, Clock())
+        assert str(start.value) == said.removeprefix("studios-gateway: ")
+    else:
+        with pytest.raises(StorageError) as start:  # (Auth.from_config: a StartError)
+            load_or_create_key(key)
+        assert str(start.value) == said.removeprefix("studios-gateway: ")
+
+
+def test_status_says_whether_the_gateway_is_ready_each_check_and_its_sessions(
+        capsys) -> None:
+    """`studios-gateway status` (the first thing an operator types) was no command: the
+    readiness took a curl with the bearer key. /ready's 503 is an answer, not a failure."""
+    import http.server
+    import json as json_
+    import threading
+
+    from studios_gateway import cli
+
+    answers = {"/ready": (503, {"status": "not ready", "checks": {
+        "listener:http": "ok", "store": "unavailable: Connection refused"}}),
+        "/api/sessions": (200, {"sessions": [{"id": "a1", "connected": True},
+                                             {"id": "b2", "connected": False}]})}
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answers[self.path]
+            data = json_.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert cli.main(["status", "--url", url]) == 1
+        out = capsys.readouterr().out.splitlines()
+        assert out == [f"not ready ({url})", "  listener:http  ok",
+                       "  store          unavailable: Connection refused",
+                       "sessions: 2 (1 connected)"], out
+        answers["/ready"] = (200, {"status": "ready", "checks": {"store": "ok"}})
+        assert cli.main(["status", "--url", url, "--json"]) == 0
+        assert json_.loads(capsys.readouterr().out) == {
+            "status": "ready", "checks": {"store": "ok"}, "sessions": 2, "connected": 1}
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(SystemExit, match="cannot reach the gateway at"):
+        cli.main(["status", "--url", url])

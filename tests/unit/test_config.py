@@ -937,6 +937,18 @@ def test_a_misspelt_name_is_offered_only_a_setting_of_the_gateway() -> None:
         "CONNECT_STRINGS in the environment is not a setting of the gateway and is ignored"]
 
 
+def test_the_two_settings_without_connect_are_named_when_given_with_it() -> None:
+    """LOCAL_CACHE_TTL and PLATFORM_URL are the seed's names; with CONNECT_ before them (as
+    every other setting has) they were ignored with no hint."""
+    cfg = load_config(environ={"CONNECT_LOCAL_CACHE_TTL": "5s",
+                               "CONNECT_PLATFORM_URL": "https://platform.example"})
+    assert sorted(w for w in cfg.warnings if " is not a setting " in w) == [
+        "CONNECT_LOCAL_CACHE_TTL in the environment is not a setting of the gateway and is "
+        "ignored; the gateway reads LOCAL_CACHE_TTL, without CONNECT_",
+        "CONNECT_PLATFORM_URL in the environment is not a setting of the gateway and is "
+        "ignored; the gateway reads PLATFORM_URL, without CONNECT_"]
+
+
 def test_a_line_after_one_ending_with_a_backslash_says_that_lines_are_not_joined(
         tmp_path: Path) -> None:
     """The second half of a backslash-continued value was refused as any malformed line,

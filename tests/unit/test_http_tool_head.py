@@ -11,7 +11,12 @@ from hypothesis import strategies as st
 from studios_gateway.auth.login import strip_auth_cookies
 from studios_gateway.http.exchange import Exchange, Limits, NotForwardable, ToolCodec
 from studios_gateway.http.h1 import RequestBody, RequestHead
-from studios_gateway.http.headers import Headers, connection_tokens, request_headers
+from studios_gateway.http.headers import (
+    SESSION_HEADER,
+    Headers,
+    connection_tokens,
+    request_headers,
+)
 from studios_gateway.http.routing import Mode, Route
 from studios_gateway.http.toolroute import tool_route
 from tests.support.examples import examples
@@ -38,6 +43,7 @@ def reference_tool_head(ex: Exchange, *, peer: str | None, trusted: bool, scheme
     target = ex.route.upstream_target
     if ex.tool is not None:
         headers, target = ex.tool.request_headers(headers), ex.tool.target(target)
+    headers.append((SESSION_HEADER, ex.route.session_id.encode()))  # (since http.loop)
     lines = [b"%s %s HTTP/1.1\r\n" % (req.method, target.encode())]
     rest: list[bytes] = []
     for nv in headers:
@@ -51,8 +57,8 @@ _NAMES = st.sampled_from([b"Connection", b"Upgrade", b"Keep-Alive", b"Content-Le
                           b"X-Forwarded-For", b"x-forwarded-for", b"X-Forwarded-Proto",
                           b"X-Forwarded-Host", b"X-Forwarded-Prefix", b"x-forwarded-prefix",
                           b"X-RStudio-Root-Path", b"x-rstudio-root-path", b"X-Real-IP",
-                          b"Forwarded", b"X-Connect-Sub", b"Cookie", b"cookie", b"Accept",
-                          b"TE", b"X-Custom", b"Proxy-Connection"])
+                          b"Forwarded", b"X-Connect-Sub", b"X-Connect-Session", b"Cookie",
+                          b"cookie", b"Accept", b"TE", b"X-Custom", b"Proxy-Connection"])
 _VALUES = st.sampled_from([b"", b"a", b"1.2.3.4", b"close", b"upgrade", b"x-custom",
                            b"keep-alive, X-Forwarded-For", b"accept, cookie", b"host",
                            b"x-forwarded-prefix", b"https", b"h.example", b"5",

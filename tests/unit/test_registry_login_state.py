@@ -136,6 +136,38 @@ class JournalTests(unittest.TestCase):
         assert (root / "spent.log").stat().st_mode & 0o777 == 0o600
 
 
+    def test_a_full_disk_refuses_a_link_for_now_and_a_logout_holds_all_the_same(self) -> None:
+        """A journal that cannot be written (a full disk: /dev/full) ended the login link's
+        POST in a traceback ('a login route failed', critical), with the id left spent in
+        memory: the link was then 'used already'. Now the id is not spent, the login is
+        refused for now (StoreUnavailable: 503 'Try again shortly', one warning), and a
+        logout holds in this process."""
+        from studios_gateway.registry.base import StoreUnavailable
+
+        root = Path(tempfile.mkdtemp(prefix="login-state-"))
+        self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+        clock = Clock()
+        clock.advance(1_700_000_000)
+        store = MemoryStore(clock)
+        spent, logouts = Journal(root / "spent.log"), Journal(root / "logouts.log")
+        store.keep_login_journals(spent, logouts)
+        self.addCleanup(store.stop)
+        for journal in (spent, logouts):
+            journal._file.close()
+            journal._file = open("/dev/full", "a", encoding="ascii")  # noqa: SIM115
+        failure = self.failureResultOf(store.spend_once("jti-1", 100), StoreUnavailable)
+        assert failure.value.reason == ("a used link or code cannot be recorded: cannot "
+                                        "write " + str(root / "spent.log") +
+                                        ": No space left on device"), failure.value.reason
+        assert self.successResultOf(store.is_spent("jti-1")) is False
+        self.successResultOf(store.log_out("login-1", 50))
+        assert self.successResultOf(store.logged_out()) == {"login-1": 50.0}
+        # Space again (the journal was opened again after the failure): spent once.
+        assert self.successResultOf(store.spend_once("jti-1", 100)) is True
+        assert self.successResultOf(store.spend_once("jti-1", 100)) is False
+        assert "jti-1" in (root / "spent.log").read_text()
+
+
 # How auth/ uses it --------------------------------------------------------------------------
 
 

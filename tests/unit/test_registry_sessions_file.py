@@ -224,7 +224,7 @@ def test_a_journal_line_that_does_not_read_stops_the_start(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("text, why", [
-    ("{not json", "cannot read"),
+    ("{not json", "is not JSON .*; restore it from a backup, or move it aside"),
     ('{"version": 9, "sessions": []}', "not a sessions document"),
     ('{"version": 1, "sessions": [{"id": "a1"}]}', "session 1 is malformed"),
     ('{"version": 1, "sessions": [7]}', "session 1 is malformed"),

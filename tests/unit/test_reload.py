@@ -353,3 +353,24 @@ def test_a_reload_says_when_the_environment_hides_a_changed_env_file_line(
     assert applied == ["info"]
     assert not any("s3cret" in formatEvent(e) or "from-the-unit" in formatEvent(e)
                    for e in events)
+
+
+def test_a_reload_says_the_warnings_the_re_read_settings_draw(
+        gateway_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misspelt name added to the env file was said at the next start only: the reload
+    that read it said nothing, and the setting looked applied. The start's own warnings
+    are not said again."""
+    monkeypatch.setattr(logs, "set_level", lambda level: None)
+    env_file = tmp_path / "gateway.env"
+    env_file.write_text("CONNECT_LOG_LEVEL=info\n")
+
+    def read() -> Any:
+        return load_config(environ=gateway_env, env_file=str(env_file))
+
+    gw = make_service(read(), MemoryReactorClock(), environ={}, reload=read)
+    assert reload_warnings(gw)[0] == []
+    env_file.write_text("CONNECT_LOG_LEVEL=info\nCONNECT_LOCAL_CACHE_TTL=5s\n")
+    said, _ = reload_warnings(gw)
+    assert said == ["reload: config: CONNECT_LOCAL_CACHE_TTL in the env file is not a "
+                    "setting of the gateway and is ignored; the gateway reads "
+                    "LOCAL_CACHE_TTL, without CONNECT_"], said

@@ -142,6 +142,18 @@ def test_a_studio_that_said_goaway_then_went_is_closed_not_lost(
     assert losses(registry, "lost" if counted == "closed" else "closed") == 0
 
 
+def test_a_studio_going_away_is_said_once_with_its_session(
+        lines: list[tuple[str, str]]) -> None:
+    """The multiplexer said 'the studio is going away: no new streams on this tunnel',
+    naming no session, beside the tunnel's own lines that name it."""
+    protocol, _, _, _ = bound_gateway_end()
+    del lines[:]
+    protocol.dataReceived(encode_go_away())
+    assert [(level, text) for level, text in lines
+            if "going away" in text and level != "debug"] == [
+        ("info", "session s1: the studio is going away: no new streams on its tunnel")]
+
+
 def test_the_studio_says_which_gateway_went_silent(lines: list[tuple[str, str]]) -> None:
     clock = ReactorClock()
     client = make_client(clock)  # type: ignore[arg-type]

@@ -54,13 +54,16 @@ class _StatusLine(Protocol):
             self._done.errback(reason)
 
 
-def http_status(reactor: Any) -> Fetch:
-    """GET a loopback URL over HTTP/1.0 and fire with the status (quietly: no factory logs)."""
+def http_status(reactor: Any, host: str | None = None,
+                headers: tuple[tuple[str, str], ...] = ()) -> Fetch:
+    """GET a loopback URL over HTTP/1.0 and fire with the status (quietly: no factory logs).
+    `host`: the Host header to send (default: the URL's); `headers`: more lines to send."""
 
     def fetch(url: str) -> Deferred[int]:
         parts = urlsplit(url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        request = (f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\n"
+        more = "".join(f"{name}: {value}\r\n" for name, value in headers)
+        request = (f"GET {path} HTTP/1.0\r\nHost: {host or parts.netloc}\r\n{more}"
                    f"User-Agent: studios-connect-probe\r\n\r\n").encode()
         done: Deferred[int] = Deferred()
         endpoint = TCP4ClientEndpoint(reactor, parts.hostname or "127.0.0.1",

@@ -1,0 +1,44 @@
+"""At the bind: is the tool's port the gateway's own HTTP port?
+
+``studios-connect --tool-port 8080`` beside a gateway that listens on 8080 sends
+the gateway's requests back to the gateway (docs/http-proxy.md). The gateway marks
+every request it sends a tool with ``X-Connect-Session`` and answers one that comes
+back with it, for that very studio, with 508 (:mod:`studios_gateway.http.loop`).
+So studios-connect asks its tool's port what the gateway would ask it, for the
+studio's address as the bind says it, marked the same way: only the gateway answers
+508 to that, and studios-connect then stops, saying what to change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+__all__ = ["LOOP_STATUS", "check"]
+
+#: What the gateway answers a request of its own that came back (http.loop's).
+LOOP_STATUS = 508
+
+
+def check(fetch_for: Any, port: int, session_id: str, public_url: str) -> Deferred[str | None]:
+    """Fires with the message for the operator when the tool's `port` is the gateway's
+    own, else None (a tool's answer, or none). `fetch_for(host, headers)` makes the
+    fetch (presets/probe.py's http_status)."""
+    parts = urlsplit(public_url)
+    if not parts.netloc:  # (a gateway that does not say the studio's address)
+        return defer.succeed(None)
+    fetch = fetch_for(parts.netloc, (("X-Connect-Session", session_id),))
+
+    def judged(status: int) -> str | None:
+        if status != LOOP_STATUS:
+            return None
+        return (f"the tool's port {port} is the gateway's own HTTP port (it answered for "
+                f"this studio as the gateway does for a request that came back to it), so "
+                f"the gateway's requests to the tool would come back to the gateway; give "
+                f"--tool-port (CONNECT_TOOL_PORT) the port the tool listens on")
+
+    d: Deferred[int] = fetch(f"http://127.0.0.1:{port}{parts.path or '/'}")
+    return d.addCallbacks(judged, lambda _: None)
