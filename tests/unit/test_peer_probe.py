@@ -126,3 +126,23 @@ def test_check_config_tries_every_nodes_link_at_once_and_says_them_in_order() ->
     assert result.warnings == [f"peer link to node gw-2 at 10.0.0.2:7777: {SECRET_DIFFERS}",
                                "peer link to node gw-3 at 10.0.0.3:7777: timed out"]
     assert result.notes == ["peer link to node gw-4 at 10.0.0.4:7777: accepted"]
+
+
+def test_a_failure_at_a_nodes_old_address_is_not_shown_once_its_new_one_worked() -> None:
+    # node-b killed and started again elsewhere (a new pod, a new address) while the
+    # link to its old address, still in its record, waited for its connect timeout
+    links = Links()
+    probe = PeerProbe(links)
+    probe.seen([("node-b", node("1", "10.0.0.6:7777"))])
+    probe.seen([("node-b", node("2", "10.0.0.7:7777"))])
+    links.calls[1][2].callback(object())
+    links.calls[0][2].errback(PeerUnavailable("10.0.0.6:7777", "User timeout caused "
+                                              "connection failure."))
+    assert probe.state() == "ok"
+    assert not probe.failing  # (nor does every refresh read the records for it)
+    # and the other way round: the old address's late success hides no new failure
+    probe.seen([("node-b", node("3", "10.0.0.8:7777"))])
+    probe.seen([("node-b", node("4", "10.0.0.9:7777"))])
+    links.calls[3][2].errback(PeerUnavailable("10.0.0.9:7777", SECRET_DIFFERS))
+    links.calls[2][2].callback(object())
+    assert "node node-b: the peer refused us" in probe.state()
