@@ -246,13 +246,17 @@ class LoginRoutes:
         a logout: WebSockets opened before the expiry are still open (expiry does not cut
         them), so a logout, or the next login in this browser, is to end that login too.
         The browser keeps the cookie one CONNECT_LOGIN_TTL past the login's end for this
-        alone (_complete); it opens nothing."""
+        alone (_complete), and it counts no longer here either: a copy kept past that
+        (a browser profile's backup, a HAR file sent with a bug report) would end the
+        login it names, which the same user's next logins continue, at any later time."""
         live = self._login_cookie(request)
         if live is not None:
             return live
+        kept_until = self._reactor.seconds() - self.settings.login_ttl
         for value in cookie_values(request.headers, self.settings.login_cookie_name):
             c = self._cookies.ended(value, LOGIN_SCOPE)
-            if c is not None and not self.authorizer.is_logged_out(c.login_id):
+            if c is not None and c.expires_at > kept_until \
+                    and not self.authorizer.is_logged_out(c.login_id):
                 return c
         return None
 

@@ -55,15 +55,27 @@ class PeerProbe:
             if self._tried.get(node) == key:
                 continue
             self._tried[node] = key
-            self._link(address, node).addCallbacks(self._worked, self._failed,
-                                                   callbackArgs=(node, address),
-                                                   errbackArgs=(node, address))
+            self._link(address, node).addCallbacks(self._answered, self._answered,
+                                                   callbackArgs=(node, key),
+                                                   errbackArgs=(node, key))
 
     @property
     def failing(self) -> bool:
         """Whether a node is shown as failing (then every refresh compares, so that a
         killed node's is dropped once its record expires, within a minute)."""
         return bool(self._failing)
+
+    def _answered(self, outcome: Any, node: str, key: tuple[str, str]) -> None:
+        """The link tried for `node`'s process and address `key` was made or refused:
+        kept unless the node has been seen since with another (a new process at a new
+        address, whose link was made while the old address's timed out: that failure
+        stayed in /ready for as long as the new process ran)."""
+        if self._tried.get(node) != key:
+            return
+        if isinstance(outcome, Failure):
+            self._failed(outcome, node, key[1])
+        else:
+            self._worked(outcome, node, key[1])
 
     def _worked(self, _: Any, node: str, address: str) -> None:
         if self._failing.pop(node, None) is not None:

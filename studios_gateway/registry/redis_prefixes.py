@@ -34,11 +34,12 @@ def _fold(prefix: str) -> str:
 
 def _one_typo(a: str, b: str) -> bool:
     """Whether `b` is `a` with one character dropped, added, or two neighbours swapped (a
-    changed character is not counted: cluster-a and cluster-b are two clusters)."""
+    changed character is not counted: cluster-a and cluster-b are two clusters; nor is a
+    digit dropped or added: studios and studios2, tenant1 and tenant10 are numbered)."""
     if len(a) > len(b):
         a, b = b, a
     if len(b) - len(a) == 1:
-        return any(b[:i] + b[i + 1:] == a for i in range(len(b)))
+        return any(b[:i] + b[i + 1:] == a and not b[i].isdigit() for i in range(len(b)))
     if len(a) == len(b):
         diff = [i for i in range(len(a)) if a[i] != b[i]]
         return (len(diff) == 2 and diff[1] == diff[0] + 1
@@ -48,8 +49,8 @@ def _one_typo(a: str, b: str) -> bool:
 
 def near(ours: str, theirs: str) -> bool:
     """Whether `theirs` is likely `ours` mistyped: the same but for case and separators
-    (``:._-/``, space), or, both at least 5 characters so, one character dropped, added or
-    swapped with its neighbour."""
+    (``:._-/``, space), or, both at least 5 characters so, one character (not a digit)
+    dropped or added, or two swapped."""
     if ours == theirs:
         return False
     a, b = _fold(ours), _fold(theirs)

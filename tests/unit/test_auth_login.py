@@ -894,6 +894,22 @@ def test_a_logout_after_the_login_expired_still_closes_its_connections() -> None
     assert out.status == 200 and b'method="post"' not in out.body
 
 
+def test_a_login_cookie_kept_past_its_max_age_ends_nothing() -> None:
+    """The browser keeps an expired login's cookie one login TTL (its Max-Age), for the
+    logout; a copy of it sent later (this jar keeps cookies past their Max-Age, as a
+    saved profile or a HAR file does) is no one's login: the logout ends nothing. It
+    ended the login it named, which that user's next logins in the browser continue."""
+    auth, clock, rp = make()
+    b = LoginDriver(auth, external=idp_login(rp))
+    who, _ = run(b.open(studio("abc")))
+    closed: list[str] = []
+    auth.authorizer.track("abc", "alice", closed.append, login_id=who.login_id)
+    clock.advance(2 * auth.settings.login_ttl + 60)
+    out, _ = run(b.open(f"{PROXY}/_connect/logout", method="POST"))
+    assert out.status == 200 and b'method="post"' not in out.body
+    assert not closed and not auth.authorizer.is_logged_out(who.login_id)
+
+
 def test_the_next_login_in_the_browser_after_an_expiry_goes_on_with_it_or_ends_it() -> None:
     """One login per browser, an expired one too: the same user's next login continues
     it (its WebSockets still open end with that login's logout); someone else's ends it

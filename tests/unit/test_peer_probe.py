@@ -105,3 +105,44 @@ def test_a_killed_node_leaves_ready_once_its_record_expires() -> None:
     del records["node-b"]  # its TTL ran out
     clock.advance(20)  # the next refresh
     assert probe.state() == "ok"
+
+
+def test_check_config_tries_every_nodes_link_at_once_and_says_them_in_order() -> None:
+    # check-config --connect from a host the peer ports are closed to: one node after
+    # the other, each unreachable node took its whole connect timeout before the next.
+    from studios_gateway.registry.redis_probe import ProbeResult, _try_links
+
+    links = Links()
+    records = {name: json.dumps(node("1", f"10.0.0.{i}:7777"))
+               for i, name in enumerate(["gw-1", "gw-2", "gw-3", "gw-4"], start=1)}
+    result = ProbeResult()
+    done = _try_links("gw-1", records, links, result)
+    assert [n for _, n, _ in links.calls] == ["gw-2", "gw-3", "gw-4"]  # all asked at once
+    links.calls[2][2].callback(object())
+    links.calls[0][2].errback(PeerUnavailable("10.0.0.2:7777", SECRET_DIFFERS))
+    assert not done.called
+    links.calls[1][2].errback(PeerUnavailable("10.0.0.3:7777", "timed out"))
+    assert done.called
+    assert result.warnings == [f"peer link to node gw-2 at 10.0.0.2:7777: {SECRET_DIFFERS}",
+                               "peer link to node gw-3 at 10.0.0.3:7777: timed out"]
+    assert result.notes == ["peer link to node gw-4 at 10.0.0.4:7777: accepted"]
+
+
+def test_a_failure_at_a_nodes_old_address_is_not_shown_once_its_new_one_worked() -> None:
+    # node-b killed and started again elsewhere (a new pod, a new address) while the
+    # link to its old address, still in its record, waited for its connect timeout
+    links = Links()
+    probe = PeerProbe(links)
+    probe.seen([("node-b", node("1", "10.0.0.6:7777"))])
+    probe.seen([("node-b", node("2", "10.0.0.7:7777"))])
+    links.calls[1][2].callback(object())
+    links.calls[0][2].errback(PeerUnavailable("10.0.0.6:7777", "User timeout caused "
+                                              "connection failure."))
+    assert probe.state() == "ok"
+    assert not probe.failing  # (nor does every refresh read the records for it)
+    # and the other way round: the old address's late success hides no new failure
+    probe.seen([("node-b", node("3", "10.0.0.8:7777"))])
+    probe.seen([("node-b", node("4", "10.0.0.9:7777"))])
+    links.calls[3][2].errback(PeerUnavailable("10.0.0.9:7777", SECRET_DIFFERS))
+    links.calls[2][2].callback(object())
+    assert "node node-b: the peer refused us" in probe.state()

@@ -14,6 +14,9 @@ def test_a_typo_of_the_prefix_is_near_and_another_name_is_not() -> None:
     for ours, theirs in [("studios", "studios"), ("staging", "production"),
                          ("cluster-a", "cluster-b"),  # a changed character: on purpose
                          ("gw1", "gw12"), ("gw1", "gw2"),  # short names
+                         # numbered clusters: a second one named with a digit added
+                         ("studios", "studios2"), ("tenant1", "tenant10"),
+                         ("gw-prod", "gw-prod2"),
                          ("connect:session", "connect:staging")]:
         assert not near(ours, theirs), (ours, theirs)
 
