@@ -118,6 +118,9 @@ NODE_EVENT = "node:"
 NODES_INDEX = "_nodes"
 #: At most this many nodes in the index of nodes' settings records (``<prefix>:_nodes``).
 MAX_NODES = 1000
+#: SCAN calls (1000 keys each) a look for other clusters' prefixes makes at most: ~0.1 s
+#: of Redis time; a Redis with more keys is looked at in part (and the node says so).
+PREFIX_SCAN_CALLS = 100
 
 #: Redis errors that mean "not usable right now" rather than "your command is wrong".
 _TRANSIENT = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "NOAUTH", "NOPERM", "WRONGPASS",
@@ -438,29 +441,40 @@ class RedisStore:
         return self._scan_matching(what, _glob_escape(start) + "*").addCallback(
             lambda keys: {key: key[len(start):] for key in keys})
 
-    @defer.inlineCallbacks
     def _scan_matching(self, what: str, pattern: str) -> Any:
         """Every key that matches the glob `pattern`, in the order SCAN gives them."""
+        return self._scan_calls(what, pattern, None).addCallback(lambda found: found[0])
+
+    @defer.inlineCallbacks
+    def _scan_calls(self, what: str, pattern: str, calls: int | None) -> Any:
+        """(keys matching `pattern`, whether the whole keyspace was seen): SCAN at 1000
+        keys a call, at most `calls` calls (None: until the end)."""
         keys: list[str] = []
         cursor = "0"
+        made = 0
         while True:
             def scan(conn: Any, c: str = cursor) -> Any:
                 return conn.execute_command("SCAN", c, "MATCH", pattern, "COUNT", 1000)
 
             reply = yield self._call(what, scan)
+            made += 1
             cursor = reply_text(reply[0])
             keys += [reply_text(key) for key in reply[1]]
             if cursor == "0":
-                break
-        return keys
+                return keys, True
+            if calls is not None and made >= calls:
+                return keys, False
 
-    def cluster_prefixes(self) -> Deferred[list[str]]:
+    def cluster_prefixes(self) -> Deferred[tuple[list[str], bool]]:
         """The CONNECT_REDIS_PREFIX of every cluster with a live node on this Redis (its
-        nodes' index ``<prefix>:_nodes``), this one's too once announced: one SCAN of the
-        whole keyspace (at 1000 keys a call), for registry.redis_prefixes."""
+        nodes' index ``<prefix>:_nodes``), this one's too once announced, for
+        registry.redis_prefixes; and whether the whole keyspace was looked at. One SCAN,
+        cut after :data:`PREFIX_SCAN_CALLS` calls: on a Redis shared with millions of
+        other keys the whole of it cost seconds of Redis time at every start."""
         end = ":" + NODES_INDEX
-        return self._scan_matching("cluster_prefixes", "*" + end).addCallback(
-            lambda keys: sorted({key[:-len(end)] for key in keys if key.endswith(end)}))
+        return self._scan_calls("cluster_prefixes", "*" + end, PREFIX_SCAN_CALLS).addCallback(
+            lambda found: (sorted({key[:-len(end)] for key in found[0] if key.endswith(end)}),
+                           found[1]))
 
     @defer.inlineCallbacks
     def _mget(self, what: str, keys: list[str]) -> Any:

@@ -6,8 +6,9 @@ mistake (``studios`` on some nodes, ``studios:`` or ``studois`` on another). By 
 each half serves its own studios and answers "Studio not connected" for the other's,
 depending on the node the load balancer picks, and nothing said why. Every live
 cluster keeps its nodes' index ``<prefix>:_nodes`` (a minute's TTL, registry.redis), so
-once connected the node looks for those indexes (one SCAN of the keyspace, at start)
-and warns when another prefix is :func:`near` its own; others are said at info.
+once connected the node looks for those indexes (one SCAN of the keyspace at start, cut
+after ~100,000 keys) and warns when another prefix is :func:`near` its own; others are
+said at info.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["near", "log_other_clusters", "other_clusters_lines"]
+__all__ = ["PART_LOOKED_AT", "near", "log_other_clusters", "other_clusters_lines"]
 
 _log = Logger(namespace="studios_gateway.registry.redis")
+
+#: Said when the look for other clusters stopped before the end of the keyspace.
+PART_LOOKED_AT = ("looked for other gateway clusters' prefixes among part of this Redis's "
+                  "keys only (it holds more than a start should scan); a CONNECT_REDIS_PREFIX "
+                  "typo on another node may go unsaid")
 
 #: Characters an operator may add, drop or change without meaning another cluster.
 _SEPARATORS = str.maketrans("", "", ":._-/ ")
@@ -77,9 +83,12 @@ def other_clusters_lines(ours: str, prefixes: list[str]) -> list[tuple[str, str]
 
 def log_other_clusters(store: Any) -> Deferred[None]:
     """Once connected: look for other clusters' node indexes and say them (see above)."""
-    def said(prefixes: list[str]) -> None:
+    def said(found: tuple[list[str], bool]) -> None:
+        prefixes, whole = found
         for level, line in other_clusters_lines(store.prefix, prefixes):
             getattr(_log, level)("{line}", line=line)
+        if not whole:
+            _log.info("{line}", line=PART_LOOKED_AT)
 
     def failed(f: Failure) -> None:
         _log.info("cannot look for other gateway clusters on this Redis: {why}",

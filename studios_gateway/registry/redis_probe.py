@@ -149,11 +149,13 @@ def probe_redis(make_store: Callable[[], Any], address: str, clock: IReactorTime
             _compare_nodes(store.node_id, settings, records, result)
             if link is not None:
                 yield _try_links(store.node_id, records, link, result)
-            from studios_gateway.registry.redis_prefixes import other_clusters_lines
+            from studios_gateway.registry.redis_prefixes import PART_LOOKED_AT, other_clusters_lines
 
-            prefixes = yield store.cluster_prefixes()
+            prefixes, whole = yield store.cluster_prefixes()
             for level, line in other_clusters_lines(store.prefix, prefixes):
                 (result.warnings if level == "warn" else result.notes).append(line)
+            if not whole:
+                result.notes.append(PART_LOOKED_AT)
         return result
     finally:
         if timer.active():

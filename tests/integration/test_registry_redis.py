@@ -366,6 +366,24 @@ class RedisPrefixAndDbTests(RedisCase):
         yield db3.delete("abc123")
 
     @defer.inlineCallbacks
+    def test_the_look_for_other_clusters_is_cut_on_a_big_keyspace(self) -> Any:
+        """A start looks at a bounded part of a Redis shared with many other keys (the
+        whole keyspace cost seconds of Redis time at 2 million keys), and says so."""
+        from studios_gateway.registry import redis
+
+        store = yield self.started(new_store(self.server, prefix="mine", db=6))
+        self.addCleanup(store.command, "FLUSHDB")
+        yield store.command("SET", "studois:_nodes", "x")
+        for start in range(0, 3000, 500):
+            yield store.command("MSET", *[part for i in range(start, start + 500)
+                                          for part in (f"other:{i}", "v")])
+        assert (yield store.cluster_prefixes()) == (["studois"], True)
+        self.patch(redis, "PREFIX_SCAN_CALLS", 1)
+        prefixes, whole = yield store.cluster_prefixes()
+        assert whole is False
+        assert prefixes in ([], ["studois"])
+
+    @defer.inlineCallbacks
     def test_prefixes_are_separate(self) -> Any:
         a = yield self.started(new_store(self.server, prefix="team[a]*:sessions"))
         b = yield self.started(new_store(self.server, prefix="team[a]x:sessions"))
