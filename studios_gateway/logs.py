@@ -62,6 +62,13 @@ def drop_matching(namespace: str, pattern: str) -> None:
         _dropped_patterns = (*_dropped_patterns, (namespace, compiled))
 
 
+def drop_port_lines() -> None:
+    """Drop Twisted's lines as a port starts listening ("ProxyFactory starting on 8080")
+    and as it closes ("(TCP Port 8080 Closed)"), for a process that says both itself."""
+    drop_matching("log_legacy", r"\S.* starting on \S+")
+    drop_matching("log_legacy", r"\((TCP|UNIX|UDP) Port \S+ Closed\)")
+
+
 def _not_said_twice(event: dict[str, Any]) -> PredicateResult:
     if not _dropped and not _dropped_patterns:
         return PredicateResult.maybe

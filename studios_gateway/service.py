@@ -67,12 +67,9 @@ if TYPE_CHECKING:
 
 STORE_PING_TIMEOUT = 5.0
 
-# Twisted's own line as a port starts listening ("ProxyFactory starting on 8080"): the
-# service's "the HTTP proxy listening on 0.0.0.0:8080" says it, with the address.
-logs.drop_matching("log_legacy", r"\S.* starting on \S+")
-# And its line as the port closes ("(TCP Port 8080 Closed)"): the service's "the HTTP
-# proxy stopped listening on 0.0.0.0:8080" says it.
-logs.drop_matching("log_legacy", r"\((TCP|UNIX|UDP) Port \S+ Closed\)")
+# The service says "the HTTP proxy listening on 0.0.0.0:8080" and "... stopped listening
+# on ...", with the address, in place of Twisted's own lines.
+logs.drop_port_lines()
 
 
 def redis_gauges(inner: Any, metrics: Metrics) -> None:

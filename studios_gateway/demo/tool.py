@@ -199,6 +199,10 @@ def make_root(prefix: str = "/") -> Resource:
 
 
 class QuietSite(Site):
+    """No access line per request, and no "Starting factory" line of Twisted's."""
+
+    noisy = False
+
     def log(self, request: Any) -> None:
         pass
 
@@ -218,14 +222,21 @@ def stop_once(reactor: Any) -> Callable[[], None]:
 
 def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import FilteringLogObserver, globalLogBeginner, textFileLogObserver
+
+    from studios_gateway import logs
 
     p = argparse.ArgumentParser(description="studios-gateway demo tool")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--prefix", default="/")
     args = p.parse_args(argv)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    # Its own "listening on" line, not Twisted's "QuietSite starting on N" beside it (nor
+    # "(TCP Port N Closed)" at the end), as the gateway's log does.
+    logs.drop_port_lines()
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), logs.PREDICATES)],
+        redirectStandardIO=False)
     loop: Any = reactor  # the real reactor: its signal handling is Twisted's, not typed
     try:
         loop.listenTCP(args.port, QuietSite(make_root(args.prefix or "/")), interface=args.host)
