@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from studios_gateway import logs
 from studios_gateway.management.endpoints import (
     JsonDirectory,
     json_reply,
@@ -151,7 +152,8 @@ def _shown(value: Any) -> str:
 
 class SessionsResource(_Async):
     """/api/sessions. Every change it makes is logged (the audit trail: what, which
-    session, from which address); tokens and login links never are."""
+    session, from which address), whatever CONNECT_LOG_LEVEL says (:data:`AUDIT`);
+    tokens and login links never are."""
 
     def __init__(self, sessions: Sessions, present: Callable[[NewSession], dict[str, Any]],
                  login_link: LoginLinks = None):
@@ -266,8 +268,15 @@ def _shape(path: list[bytes]) -> int | bytes | None:
     return path[1] if len(path) == 2 else None
 
 
+#: The namespace of the admin API's lines (its audit trail): written at info and above
+#: whatever CONNECT_LOG_LEVEL says, as the access log is (an operator who asks for
+#: warnings only still sees who created, changed or ended a session).
+AUDIT = f"{__name__}.{SessionsResource.__name__}"
+
+
 def make_api(sessions: Sessions, present: Callable[[NewSession], dict[str, Any]],
              login_link: LoginLinks = None) -> Resource:
+    logs.always(AUDIT)
     api = JsonDirectory()
     api.putChild(b"sessions", SessionsResource(sessions, present, login_link))
     return api
