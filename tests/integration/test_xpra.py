@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -153,7 +154,8 @@ def test_the_preset_started_xpra_on_its_own_display_on_loopback(xpra: ToolStudio
     assert "Xpra is ready" in out
     # Only the preset's start command: not Debian's configured `/etc/X11/Xsession true`,
     # which put an error dialog in the session and then a second terminal.
-    wait_until(lambda: "started command 'xterm'" in xpra.client.output(),
+    wait_until(lambda: "started command 'xterm -xrm XTerm*selectToClipboard:true'"
+               in xpra.client.output(),
                "Xpra saying it started the xterm")
     assert "Xsession" not in xpra.client.output(), xpra.client.output()[-3000:]
     page = xpra.browser.get(xpra.url())
@@ -191,6 +193,67 @@ def test_the_html5_client_draws_the_xterm_and_typed_keys_run_a_command(xpra: Too
         browser.stop()
     assert len(png) > 10_000 and png_colours(png) > 20, (len(png), png_colours(png))
     assert os.path.getsize(marker) == 0
+
+
+def test_text_copied_in_the_browser_pastes_into_the_xterm_and_back(xpra: ToolStudio,
+                                                                    tmp_path: Path) -> None:
+    """Copy and paste between the person's browser and the studio's terminal. Xpra's HTML5
+    client shares the browser's clipboard with the session's CLIPBOARD selection only, the
+    one the preset's xterm selects into and pastes from: text copied in the browser is
+    pasted by Shift+Insert (it names a file the typed command makes), and a word
+    double-clicked in the xterm is then the browser's clipboard. Before, the xterm used
+    PRIMARY: Shift+Insert pasted nothing (`echo` of it printed an empty line)."""
+    pasted = f"pasted-from-the-browser-{xpra.mode}"
+    browser = xpra.chromium(tmp_path)
+    try:
+        origin = f"{urlsplit(xpra.base).scheme}://{xpra.host}"
+        browser.call("Browser.grantPermissions", origin=origin,
+                     permissions=["clipboardReadWrite", "clipboardSanitizedWrite"])
+        # The clipboard is the focused page's only; a headless window may have no focus.
+        browser.call("Emulation.setFocusEmulationEnabled", enabled=True)
+        browser.call("Page.navigate", url=xpra.url())
+        browser.wait_for(SHOWN, timeout=90)
+        written = browser.evaluate(f"navigator.clipboard.writeText({pasted!r})"
+                                   ".then(() => true, e => String(e))", await_promise=True)
+        assert written is True, written
+        box = browser.evaluate("(() => { const r = document.querySelector('div.window canvas')"
+                               ".getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; "
+                               "})()")
+        # A click: the client reads the browser's clipboard and hands it to the session (over
+        # its WebSocket, ahead of the keys that follow).
+        click(browser, box[0] + box[2] / 2, box[1] + box[3] / 2)
+        browser.wait_for("!!document.querySelector('div.windowinfocus')", timeout=30)
+        browser.wait_for(f"client.clipboard_buffer === {pasted!r}", timeout=30)
+        # The paste is a round trip (the xterm asks the session's CLIPBOARD, which asks the
+        # page): Enter goes once the page has sent what it holds, ahead of the key.
+        browser.evaluate("client.send_clipboard_string = (send => function(...a) { "
+                         "window.test_sent = a[2]; return send.apply(this, a); })"
+                         "(client.send_clipboard_string)")
+        type_text(browser, "cd\ntouch ")
+        shift_insert = {"key": "Insert", "code": "Insert", "windowsVirtualKeyCode": 45,
+                        "modifiers": 8}
+        browser.call("Input.dispatchKeyEvent", type="keyDown", **shift_insert)
+        browser.call("Input.dispatchKeyEvent", type="keyUp", **shift_insert)
+        browser.wait_for(f"window.test_sent === {pasted!r}", timeout=30)
+        type_text(browser, "\n")
+        wait_until((xpra.home / pasted).exists, f"the xterm making {pasted} from the paste")
+
+        type_text(browser, "clear\necho xtermword\n")
+        # xterm's default font is 13 px high: the word is the second line's first. Clicked
+        # again until the browser's clipboard holds it (the line is drawn a moment later).
+        word = {"x": box[0] + 25, "y": box[1] + 2 + 13 * 1.5, "button": "left"}
+
+        def double_clicked() -> bool:
+            for count in (1, 2):
+                for kind in ("mousePressed", "mouseReleased"):
+                    browser.call("Input.dispatchMouseEvent", type=kind, clickCount=count, **word)
+            return bool(browser.evaluate("navigator.clipboard.readText().then(t => t)",
+                                         await_promise=True) == "xtermword")
+
+        wait_until(double_clicked, "the word selected in the xterm as the browser's clipboard",
+                   timeout=30)
+    finally:
+        browser.stop()
 
 
 def test_a_command_of_ones_own_runs_inside_xpra_and_ends_the_studio_with_it(
