@@ -10,7 +10,8 @@ screenshot). Stopping the studio runs `xpra stop :N`: no Xvfb is left behind.
 The Xpra template's change to the HTML5 client (templates/xpra/fix-html5-client) is
 applied to a copy of Debian's client here, as the image build applies it: the page is
 shown to come back by itself after a gateway restart (both modes), and to stay
-disconnected after Xpra's own Disconnect until the person connects again.
+disconnected after Xpra's own Disconnect, or when a second tab took the session, until
+the person connects again.
 CI installs Xpra with scripts/install-studio-tools.
 """
 
@@ -22,9 +23,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -88,10 +90,25 @@ COUNT_LOADS = ("sessionStorage.setItem('test-page-loads', "
                "String(Number(sessionStorage.getItem('test-page-loads') || 0) + 1))")
 #: The line the template's change shows over the page.
 LINE = "(document.getElementById('studio-reconnect') || {}).textContent"
+#: What it says when another tab or browser took the session.
+ELSEWHERE = "This session was opened in another tab or browser"
 
 
-def page_loads(browser: Chromium) -> int:
-    return int(browser.evaluate("sessionStorage.getItem('test-page-loads')") or 0)
+def page_loads(browser: Chromium, session: str | None = None) -> int:
+    return int(browser.evaluate("sessionStorage.getItem('test-page-loads')", session) or 0)
+
+
+def stays_disconnected_saying(browser: Chromium, words: str, still: Callable[[], None]
+                              ) -> None:
+    """The template's line over the page says `words`, the client is not connected, and
+    `still` holds (its asserts pass) for 6 s, 3 of the page's 2 s check periods."""
+    line = browser.wait_for(LINE, timeout=20)
+    assert words in line, line
+    assert browser.evaluate("client.connected") is False
+    start = time.monotonic()
+    while time.monotonic() - start < 6:
+        still()
+        time.sleep(0.25)
 
 
 def template_client_studio(tmp: Path, mode: str) -> AbstractContextManager[ToolStudio]:
@@ -137,7 +154,8 @@ def test_the_preset_started_xpra_on_its_own_display_on_loopback(xpra: ToolStudio
     assert "Xpra is ready" in out
     # Only the preset's start command: not Debian's configured `/etc/X11/Xsession true`,
     # which put an error dialog in the session and then a second terminal.
-    wait_until(lambda: "started command 'xterm'" in xpra.client.output(),
+    wait_until(lambda: "started command 'xterm -xrm XTerm*selectToClipboard:true'"
+               in xpra.client.output(),
                "Xpra saying it started the xterm")
     assert "Xsession" not in xpra.client.output(), xpra.client.output()[-3000:]
     page = xpra.browser.get(xpra.url())
@@ -175,6 +193,67 @@ def test_the_html5_client_draws_the_xterm_and_typed_keys_run_a_command(xpra: Too
         browser.stop()
     assert len(png) > 10_000 and png_colours(png) > 20, (len(png), png_colours(png))
     assert os.path.getsize(marker) == 0
+
+
+def test_text_copied_in_the_browser_pastes_into_the_xterm_and_back(xpra: ToolStudio,
+                                                                    tmp_path: Path) -> None:
+    """Copy and paste between the person's browser and the studio's terminal. Xpra's HTML5
+    client shares the browser's clipboard with the session's CLIPBOARD selection only, the
+    one the preset's xterm selects into and pastes from: text copied in the browser is
+    pasted by Shift+Insert (it names a file the typed command makes), and a word
+    double-clicked in the xterm is then the browser's clipboard. Before, the xterm used
+    PRIMARY: Shift+Insert pasted nothing (`echo` of it printed an empty line)."""
+    pasted = f"pasted-from-the-browser-{xpra.mode}"
+    browser = xpra.chromium(tmp_path)
+    try:
+        origin = f"{urlsplit(xpra.base).scheme}://{xpra.host}"
+        browser.call("Browser.grantPermissions", origin=origin,
+                     permissions=["clipboardReadWrite", "clipboardSanitizedWrite"])
+        # The clipboard is the focused page's only; a headless window may have no focus.
+        browser.call("Emulation.setFocusEmulationEnabled", enabled=True)
+        browser.call("Page.navigate", url=xpra.url())
+        browser.wait_for(SHOWN, timeout=90)
+        written = browser.evaluate(f"navigator.clipboard.writeText({pasted!r})"
+                                   ".then(() => true, e => String(e))", await_promise=True)
+        assert written is True, written
+        box = browser.evaluate("(() => { const r = document.querySelector('div.window canvas')"
+                               ".getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; "
+                               "})()")
+        # A click: the client reads the browser's clipboard and hands it to the session (over
+        # its WebSocket, ahead of the keys that follow).
+        click(browser, box[0] + box[2] / 2, box[1] + box[3] / 2)
+        browser.wait_for("!!document.querySelector('div.windowinfocus')", timeout=30)
+        browser.wait_for(f"client.clipboard_buffer === {pasted!r}", timeout=30)
+        # The paste is a round trip (the xterm asks the session's CLIPBOARD, which asks the
+        # page): Enter goes once the page has sent what it holds, ahead of the key.
+        browser.evaluate("client.send_clipboard_string = (send => function(...a) { "
+                         "window.test_sent = a[2]; return send.apply(this, a); })"
+                         "(client.send_clipboard_string)")
+        type_text(browser, "cd\ntouch ")
+        shift_insert = {"key": "Insert", "code": "Insert", "windowsVirtualKeyCode": 45,
+                        "modifiers": 8}
+        browser.call("Input.dispatchKeyEvent", type="keyDown", **shift_insert)
+        browser.call("Input.dispatchKeyEvent", type="keyUp", **shift_insert)
+        browser.wait_for(f"window.test_sent === {pasted!r}", timeout=30)
+        type_text(browser, "\n")
+        wait_until((xpra.home / pasted).exists, f"the xterm making {pasted} from the paste")
+
+        type_text(browser, "clear\necho xtermword\n")
+        # xterm's default font is 13 px high: the word is the second line's first. Clicked
+        # again until the browser's clipboard holds it (the line is drawn a moment later).
+        word = {"x": box[0] + 25, "y": box[1] + 2 + 13 * 1.5, "button": "left"}
+
+        def double_clicked() -> bool:
+            for count in (1, 2):
+                for kind in ("mousePressed", "mouseReleased"):
+                    browser.call("Input.dispatchMouseEvent", type=kind, clickCount=count, **word)
+            return bool(browser.evaluate("navigator.clipboard.readText().then(t => t)",
+                                         await_promise=True) == "xtermword")
+
+        wait_until(double_clicked, "the word selected in the xterm as the browser's clipboard",
+                   timeout=30)
+    finally:
+        browser.stop()
 
 
 def test_a_command_of_ones_own_runs_inside_xpra_and_ends_the_studio_with_it(
@@ -279,17 +358,14 @@ def test_the_templates_client_stays_disconnected_after_xpras_own_disconnect(
             item_box = browser.evaluate(f"{box}({item})")
             before = len(asked.findall(studio.gateway.output()))
             click(browser, item_box[0] + item_box[2] / 2, item_box[1] + item_box[3] / 2)
-            line = browser.wait_for(LINE, timeout=20)
-            assert "You disconnected from this session" in line, line
-            assert browser.evaluate("client.connected") is False
 
             # While the gateway answers, 3 check periods pass with no request for the page and
             # no reload: the first check of a broken connection comes at once.
-            start = time.monotonic()
-            while time.monotonic() - start < 6:
+            def still() -> None:
                 assert page_loads(browser) == 1
                 assert len(asked.findall(studio.gateway.output())) == before
-                time.sleep(0.25)
+
+            stays_disconnected_saying(browser, "You disconnected from this session", still)
             assert studio.browser.get(studio.url("js/Client.js")).status == 200
             assert browser.evaluate(count) == "0"
             png = studio.screenshot(browser, "xpra-disconnected")
@@ -324,3 +400,51 @@ def test_the_templates_client_stays_disconnected_after_xpras_own_disconnect(
             browser.stop()
             if restarted is not None:
                 restarted.stop()
+
+
+@pytest.mark.skipif(not (DEBIAN_CLIENT / "index.html").exists(),
+                    reason="Debian's Xpra HTML5 client is not in /usr/share/xpra/www")
+def test_the_templates_client_leaves_the_session_to_a_second_tab(tmp_path: Path) -> None:
+    """The person opens the studio in a second tab (subdomain mode). Xpra shows a session in
+    one place at a time: it gives the session to the new tab and ends the first tab's
+    connection ("new client"). The first page says so, with a "Connect again" button, and
+    neither tab reloads while the other holds the session. Before, the first page took that
+    end for a broken connection and reloaded, took the session back, the second did the
+    same, and the two took turns for ever (each reloading every 3 s: 9 loads in 27 s, the
+    count of 5 reloads starting again each time the session was shown). Connect again
+    takes the session back; the second tab then says the same."""
+    with template_client_studio(tmp_path, "subdomain") as studio:
+        browser = studio.chromium()
+        try:
+            browser.call("Page.enable")  # (the script is not run without it)
+            browser.call("Page.addScriptToEvaluateOnNewDocument", source=COUNT_LOADS)
+            browser.call("Page.navigate", url=studio.url())
+            browser.wait_for(SHOWN, timeout=90)
+            second = browser.open_tab("about:blank")
+            browser.call("Page.enable", second)
+            browser.call("Page.addScriptToEvaluateOnNewDocument", second, source=COUNT_LOADS)
+            browser.call("Page.navigate", second, url=studio.url())
+            browser.wait_for(SHOWN, timeout=60, session=second)
+
+            # Longer than a turn took (3 s): nobody reloads, the second tab keeps the session.
+            def still() -> None:
+                assert page_loads(browser) == 1 and page_loads(browser, second) == 1
+                assert browser.evaluate(SHOWN, second) is True
+
+            stays_disconnected_saying(browser, ELSEWHERE, still)
+
+            browser.call("Page.bringToFront")
+            png = studio.screenshot(browser, "xpra-opened-elsewhere")
+            box = browser.evaluate("(e => { const r = e.getBoundingClientRect(); return "
+                                   "[r.x, r.y, r.width, r.height]; })(document."
+                                   "getElementById('studio-reconnect-again'))")
+            click(browser, box[0] + box[2] / 2, box[1] + box[3] / 2)
+            browser.wait_for(SHOWN, timeout=60)
+            assert page_loads(browser) == 2
+            line = browser.wait_for(LINE, timeout=20, session=second)
+            assert ELSEWHERE in line, line
+            assert page_loads(browser, second) == 1
+            assert studio.client.proc.poll() is None  # the same studio and Xpra session
+        finally:
+            browser.stop()
+        assert png_colours(png) > 5

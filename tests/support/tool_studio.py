@@ -69,9 +69,11 @@ class ToolStudio:
         assert value
         return value
 
-    def chromium(self) -> Chromium:
-        """Headless Chromium holding this studio's login cookies."""
-        browser = Chromium(self.tmp)
+    def chromium(self, where: Path | None = None) -> Chromium:
+        """Headless Chromium holding this studio's login cookies; its profile and log in
+        `where` (default: the studio's tmp dir, which holds one), for a studio that
+        several tests share."""
+        browser = Chromium(where or self.tmp)
         self._give_cookies(browser)
         return browser
 

@@ -165,7 +165,8 @@ def test_rstudio_gets_its_documented_flags_and_the_root_path_from_the_routing() 
 
 def test_xpra_has_its_own_display_an_xterm_and_stops_with_xpra_stop() -> None:
     launch = build("xpra", place=SUB)
-    assert launch.argv[:4] == ["xpra", "start", ":100", "--start=xterm"]
+    assert launch.argv[:4] == ["xpra", "start", ":100",
+                               "--start=xterm -xrm XTerm*selectToClipboard:true"]
     for arg in ("--bind-tcp=127.0.0.1:8888", "--html=on", "--daemon=no", "--tcp-auth=none"):
         assert arg in launch.argv
     assert launch.stop_argv == ["xpra", "stop", ":100"]

@@ -193,6 +193,8 @@ def test_fix_html5_client_turns_xpras_reconnect_off_and_reloads_once(tmp_path: P
     # Xpra's own Disconnect (its menu marks it "User request") stays disconnected.
     assert page.index('client.disconnect_reason === "User request"') < \
         page.index("if (!studio_reconnect(")
+    # A session another tab or browser took (Xpra's reason "new client") is left there.
+    assert page.index('split("\\n")[0] === "new client"') < page.index("if (!studio_reconnect(")
     # One reload count per studio: its key names the path the page is served under.
     assert '"studio-reconnect-reloads:" +\n\t\t\t\t\twindow.location.pathname' in page
     # Reloads go to the address without its fragment (a meta refresh ignores such a page).

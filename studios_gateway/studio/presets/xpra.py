@@ -1,7 +1,8 @@
 """Xpra: an X session on a display of its own, shown in the browser by its HTML5 client.
 
 ``xpra start :N`` with ``--bind-tcp 127.0.0.1:PORT --html on`` in the
-foreground (``--daemon no``), an xterm as the default program (``--start``),
+foreground (``--daemon no``), an xterm as the default program (``--start``; its
+selection in the CLIPBOARD, which the HTML5 client shares with the browser),
 and the desktop services a container lacks turned off (systemd, mDNS, audio,
 printing, webcam, D-Bus and the notifications that need it). A command that is
 not ``xpra`` is run inside the session (``--start-child``, and the session ends
@@ -20,7 +21,10 @@ from pathlib import Path
 
 from studios_gateway.studio.presets.base import Flag, Place, Preset
 
-DEFAULT_CHILD = "xterm"
+# The xterm's selection and paste use the CLIPBOARD, the one selection Xpra's HTML5 client
+# (3.1.3) exchanges with the browser's clipboard: by default xterm selects into PRIMARY and
+# pastes from it, so text went neither way between the browser and the terminal.
+DEFAULT_CHILD = "xterm -xrm XTerm*selectToClipboard:true"
 # Debian's /etc/xpra/conf.d/60_server.conf says `start = /etc/X11/Xsession true`, and a
 # --start of ours adds to that list instead of replacing it. In a studio that Xsession
 # finds no session ("true" is not a path to it), puts an error dialog (xmessage) in the
