@@ -70,6 +70,10 @@ CHECKS_IN_FLIGHT = 16
 #: (Redis away: ~N/8 lines a second for N studios without a tunnel): logged once a
 #: minute with a count (each is counted in studios_gateway_tunnel_binds_total).
 QUIET_REFUSALS = frozenset({"store_unavailable"})
+#: Bind refusals that only a studio holding its session's token gets, for a mistake in
+#: how it was started (its tool is not the session's): warnings, since that studio will
+#: not start until someone changes it (the others, a stranger's guesses among them, info).
+WARNED_REFUSALS = frozenset({"tool_mismatch"})
 #: A refresh round (_refresh_all) renews this many claims per registry command (one Lua
 #: script on Redis), with this many commands in flight at once.
 REFRESH_BATCH = 200
@@ -888,9 +892,10 @@ class TunnelServerProtocol(Protocol):
         if err.code in QUIET_REFUSALS:  # every studio that retries, for the whole outage
             unsaid = self.table.quiet_refusals.due(err.code)
         if unsaid is not None:
-            self._log.info("bind refused from {peer}: {code}: {reason}{more}",
-                           peer=getattr(peer, "host", "?"), code=err.code, reason=err.reason,
-                           more=self.table.quiet_refusals.more(unsaid))
+            say = self._log.warn if err.code in WARNED_REFUSALS else self._log.info
+            say("bind refused from {peer}: {code}: {reason}{more}",
+                peer=getattr(peer, "host", "?"), code=err.code, reason=err.reason,
+                more=self.table.quiet_refusals.more(unsaid))
         if self.transport is not None and not self._closed:
             self.transport.write(BindReply.refusal(err).encode())
             self._setup_done()

@@ -667,3 +667,26 @@ def test_the_paced_goaways_go_within_goaway_longest_of_the_drains_start(
     while not all(t.mux.local_go_away for _, t in paced) and clock.seconds() < 30:
         clock.advance(server.GOAWAY_TICK)
     assert clock.seconds() <= server.GOAWAY_LONGEST
+
+
+def test_a_studio_started_as_another_tool_is_refused_with_a_warning() -> None:
+    """A studio holding its session's token but started as another tool will not start
+    until someone changes it: a warning (it was an info line among the strangers')."""
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    clock, store, table, transport, tunnel = bound()
+    store.inner.create(SessionRecord(id="s2", workspace_id=None, tool="jupyterlab",
+                                     owner="alice", allowed_users=(), ssh_enabled=False,
+                                     token_hash=hash_token(TOKEN), created_at=0.0))
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        for sid, tool, token in (("s2", "vscode", TOKEN), ("s2", "jupyterlab", "x" * 20)):
+            protocol = TunnelServerFactory(table).buildProtocol(None)
+            protocol.makeConnection(StringTransport())
+            protocol.dataReceived(BindRequest(sid, token, "0.12.0", tool, 8080).encode())
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    refusals = [(e["log_level"], e["code"]) for e in seen
+                if e.get("log_format", "").startswith("bind refused")]
+    assert refusals == [(LogLevel.warn, "tool_mismatch"), (LogLevel.info, "bad_token")]
