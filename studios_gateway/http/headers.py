@@ -52,8 +52,14 @@ _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
     b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade",
 })
+#: What a proxy in front sets for the server behind it; from a peer not trusted as one,
+#: dropped (the three the gateway sets itself are replaced). Tools read them to build
+#: their own links (X-Forwarded-Port, X-Scheme: tornado's xheaders) or, some frameworks,
+#: to choose the path they serve (X-Original-URL, X-Rewrite-URL).
 _FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
-                         b"x-real-ip", b"forwarded"})
+                         b"x-real-ip", b"forwarded", b"x-forwarded-port",
+                         b"x-forwarded-server", b"x-forwarded-scheme", b"x-forwarded-ssl",
+                         b"x-scheme", b"x-original-url", b"x-rewrite-url"})
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^ ]+) HTTP/1\.([01])")
 _DIGITS = re.compile(rb"[0-9]{1,18}")

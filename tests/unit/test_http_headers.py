@@ -91,6 +91,7 @@ CLIENT = [(b"Host", b"abc.example.com"), (b"Connection", b"keep-alive, X-Secret"
           (b"X-Connect-Sub", b"admin"), (b"x-connect-sub", b"root"),
           (b"X-Forwarded-For", b"1.2.3.4"), (b"X-Forwarded-Proto", b"https"),
           (b"X-Forwarded-Host", b"evil"), (b"X-Real-IP", b"1.2.3.4"),
+          (b"X-Forwarded-Port", b"1"), (b"X-Scheme", b"https"), (b"X-Original-URL", b"/admin"),
           (b"Content-Length", b"3"), (b"Accept", b"*/*")]
 
 
@@ -98,7 +99,8 @@ def test_request_headers_untrusted_peer() -> None:
     out = request_headers(CLIENT, peer="192.0.2.1", trusted=False, scheme="http",
                           subject="alice", upgrade=False, framing=(b"Content-Length", b"3"))
     for gone in (b"connection", b"keep-alive", b"x-secret", b"proxy-authorization", b"te",
-                 b"trailer", b"upgrade", b"x-real-ip"):
+                 b"trailer", b"upgrade", b"x-real-ip", b"x-forwarded-port", b"x-scheme",
+                 b"x-original-url"):
         assert gone not in names(out)
     assert get(out, b"x-connect-sub") == [b"alice"]
     assert get(out, b"x-forwarded-for") == [b"192.0.2.1"]

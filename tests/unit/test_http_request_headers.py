@@ -52,6 +52,7 @@ _NAMES = st.sampled_from([b"Host", b"host", b"Connection", b"Upgrade", b"Keep-Al
                           b"Content-Length", b"X-Forwarded-For", b"x-forwarded-for",
                           b"X-Forwarded-Proto", b"X-Forwarded-Host", b"X-Real-IP",
                           b"Forwarded", b"X-Connect-Sub", b"Cookie", b"Accept", b"TE",
+                          b"X-Forwarded-Port", b"x-original-url", b"X-Scheme",
                           b"X-Custom", b"Proxy-Connection"])
 _VALUES = st.sampled_from([b"", b"a", b" 1.2.3.4 ", b"close", b"upgrade", b"x-custom",
                            b"keep-alive, X-Forwarded-For", b"accept, cookie", b"host",
