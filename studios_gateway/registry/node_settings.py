@@ -223,12 +223,17 @@ class NodeSettingsWatch:
         claims' routes and records, and requests through one for studios held by the
         other fail as "not connected". Warned once per other process."""
         first, self._written = not self._written, True
-        theirs = parse_record(replaced) if replaced is not None else None
+        if not first:
+            self._twin(parse_record(replaced) if replaced is not None else None)
+
+    def _twin(self, theirs: dict[str, str] | None) -> bool:
+        """Warn when `theirs` (a record of this node id) is another process's, once per
+        process; whether it was newly seen."""
         other = theirs.get(INSTANCE) if theirs is not None else None
-        if first or not other or other == self.instance or other in self._twins:
-            return
+        if theirs is None or not other or other == self.instance or other in self._twins:
+            return False
         self._twins.add(other)
-        where = theirs.get(PEER_ADDRESS) if theirs is not None else None
+        where = theirs.get(PEER_ADDRESS)
         self._log.warn("another gateway process announces itself as node {node} too{where}: "
                        "every node needs its own CONNECT_NODE_ID (unset, it is the host name "
                        "and tunnel port, the same in containers that share a host name). "
@@ -240,9 +245,16 @@ class NodeSettingsWatch:
                        node=self.node_id,
                        where=f" (its peer address {where}, this one's {self.peer_address})"
                        if where and self.peer_address else "")
+        return True
 
     def _heard(self, node_id: str | None) -> None:
-        if self._stopped or node_id == self.node_id:
+        if self._stopped:
+            return
+        if node_id == self.node_id:
+            # Our own announcement or withdrawal, or another process's start with this
+            # node id: read the record, so that a second process is said now rather than
+            # at the next refresh (up to a third of the TTL later).
+            self.store.node_records().addCallbacks(self._own_record, lambda _: None)
             return
         if node_id is None:
             # Events were lost (the subscriber (re)connected): Redis may have restarted
@@ -250,6 +262,16 @@ class NodeSettingsWatch:
             self._tell_next = True
         # A new node (or lost events): compare again; known pairs are not repeated.
         self.compare(fresh=node_id).addErrback(self._not_compared, node_id)
+
+    def _own_record(self, records: Mapping[str, str]) -> None:
+        """After hearing this node id announced: another process's record under it is a
+        twin; said, and announced over with a tell, so that the other process reads ours
+        and says it too (each process does so once per other process)."""
+        text = records.get(self.node_id)
+        if self._stopped or not self._written or text is None:
+            return
+        if self._twin(parse_record(text)):
+            self._announce(True)
 
     def _not_compared(self, f: Failure, node_id: str | None) -> None:
         if node_id is None and f.check(StoreUnavailable):

@@ -150,8 +150,8 @@ def test_two_processes_with_one_node_id(tmp_path: Path) -> None:
             (through_c.status, through_c.text[:300])
 
         said = "another gateway process announces itself as node gw too"
-        for node in (a, b):  # at its record's next refresh (every 20 s)
-            wait_until(lambda n=node: lines(n, said), "the line", timeout=45)
+        for node in (a, b):  # as the later one starts (before: at a refresh, up to 20 s)
+            wait_until(lambda n=node: lines(n, said), "the line", timeout=15)
         line = lines(a, said)[0]
         assert "every node needs its own CONNECT_NODE_ID" in line
         assert "advertise the same peer address" in line, line
