@@ -51,7 +51,7 @@ def makeService(options: Options) -> IService:
     except ConfigError as e:  # every invalid variable, one line each, as check-config
         *others, last = e.errors
         for warning in e.warnings:  # a misspelt name, often the errors' cause
-            say_to_operator(f"warning: {warning}")
+            say_to_operator(f"warning: {warning}", priority=4)
         for error in others:
             say_to_operator(str(error))
         fail_start(str(last), EX_CONFIG)
