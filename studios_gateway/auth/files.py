@@ -77,6 +77,9 @@ class Journal:
         #: The bytes the file holds when every line was whole (what a failed append's
         #: part is cut back to); None: unknown, the next line starts on a line of its own.
         self._whole: int | None = 0
+        #: The file could not be opened again after a failed append (None below is not
+        #: "no journal"): each append tries again, and fails while it cannot.
+        self._lost = False
 
     def load(self, now: float) -> dict[str, float]:
         live: dict[str, float] = {}
@@ -106,8 +109,14 @@ class Journal:
 
     def append(self, key: str, until: float) -> None:
         """Add one line; StorageError when it cannot be written (a full disk)."""
-        if self._file is None or not key or any(c.isspace() for c in key):
+        if not key or any(c.isspace() for c in key):
             return
+        if self._file is None:
+            if not self._lost:
+                return  # (not loaded: in memory only)
+            self._open_again()
+            if self._file is None:
+                raise StorageError(f"cannot open {self.path} again after a failed write")
         line = f"{key} {until:.0f}\n"
         if self._whole is None:  # (after a part of a line that could not be cut back)
             line = "\n" + line
@@ -135,10 +144,15 @@ class Journal:
             os.truncate(self.path, self._whole)
         except OSError:
             self._whole = None
+        self._lost = True
+        self._open_again()
+
+    def _open_again(self) -> None:
         try:
             self._file = open(self.path, "a", encoding="ascii")  # noqa: SIM115 - kept open
         except OSError:
-            pass  # (appends are dropped until a restart opens it again)
+            return  # (the next append tries again, and fails while it cannot)
+        self._lost = False
 
     def close(self) -> None:
         if self._file is not None:

@@ -90,3 +90,36 @@ def test_a_line_cut_by_a_full_disk_costs_no_later_line(tmp_path: Path) -> None:
     assert "link-1" in again and "link-3" in again, path.read_text()
     assert "link-2" not in again
     again.close()
+
+
+def test_a_journal_that_cannot_be_opened_again_refuses_until_it_can(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """After a failed append the file is opened again; when that failed too (no file
+    descriptor left, the directory gone), every later id was spent in memory alone and
+    said nothing: used again after a restart. Now each append tries to open it, and
+    fails (the link refused for now) while it cannot."""
+    import errno
+
+    import pytest
+
+    from studios_gateway.auth import files
+    from studios_gateway.private_files import StorageError
+
+    path = tmp_path / "spent.log"
+    spent = SpentSet(Clock(), journal=Journal(path))
+    journal = spent._journal
+    journal._file = _RoomFor(journal._file, room=0)
+
+    def no_file(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(files, "open", no_file, raising=False)
+    with pytest.raises(StorageError):
+        spent.spend("link-1", until=100)
+    with pytest.raises(StorageError, match="cannot open .* again"):
+        spent.spend("link-2", until=100)
+    assert "link-2" not in spent
+    monkeypatch.undo()
+    assert spent.spend("link-2", until=100)
+    spent.close()
+    assert "link-2" in SpentSet(Clock(), journal=Journal(path))
