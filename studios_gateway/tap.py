@@ -69,11 +69,15 @@ def makeService(options: Options) -> IService:
 
 
 def writes_to_journal(options: Options) -> bool:
-    """Standard output is the journal's stream systemd gave (JOURNAL_STREAM) and twistd
-    was not told where else to log (--logfile, --syslog, --logger)."""
+    """Standard output is the journal's stream systemd gave (JOURNAL_STREAM), twistd
+    runs in the foreground (-n: a daemon's standard output is /dev/null from its fork
+    on, where the whole log went) and was not told where else to log (--logfile,
+    --syslog, --logger)."""
     from studios_gateway import systemd
 
     twistd = getattr(options, "parent", None) or {}
+    if not twistd.get("nodaemon"):
+        return False
     if any(twistd.get(name) for name in ("logfile", "syslog", "logger")):
         return False
     try:

@@ -49,9 +49,13 @@ def test_twistd_logs_there_unless_told_where_else(tmp_path: Path, monkeypatch) -
         monkeypatch.setattr("sys.stdout", out)
         monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
         options = tap.Options()
-        options.parent = {"logfile": None, "syslog": False, "logger": None}
+        options.parent = {"nodaemon": True, "logfile": None, "syslog": False, "logger": None}
         assert tap.writes_to_journal(options)
-        options.parent = {"logfile": "/var/log/gw.log"}
+        options.parent = {"nodaemon": True, "logfile": "/var/log/gw.log"}
+        assert not tap.writes_to_journal(options)
+        # A daemon (no -n: a Type=forking unit of one's own) has /dev/null for standard
+        # output from its fork on: all its log went there, and no twistd.log was written.
+        options.parent = {"nodaemon": False, "logfile": None}
         assert not tap.writes_to_journal(options)
         monkeypatch.delenv("JOURNAL_STREAM")
         options.parent = {}
