@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -187,6 +188,10 @@ def _management_url(args: argparse.Namespace) -> str:
     return f"http://{host}:{port}"
 
 
+#: Seconds an admin API call may take (a gateway whose reactor is stuck never answers).
+API_TIMEOUT = 30.0
+
+
 def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None,
              answers: tuple[int, ...] = ()) -> Any:
     """Call the admin API; print its error and exit 1 on failure (an HTTP status in
@@ -202,7 +207,7 @@ def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None,
         headers["Content-Type"] = "application/json"
     req = urllib.request.Request(url, data=data, method=method, headers=headers)  # noqa: S310
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - operator's URL
+        with urllib.request.urlopen(req, timeout=API_TIMEOUT) as resp:  # noqa: S310
             return json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as e:
         if e.code in answers:
@@ -215,6 +220,12 @@ def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None,
     except urllib.error.URLError as e:
         raise SystemExit(f"studios-gateway: cannot reach the gateway at {url}: {e.reason}") \
             from None
+    except (OSError, http.client.HTTPException) as e:
+        # Connected, then no answer in time (TimeoutError) or the connection ended
+        # (a gateway stopping): urllib passes these on as they are (a traceback).
+        why = "no answer in time" if isinstance(e, TimeoutError) else (str(e) or repr(e))
+        raise SystemExit(f"studios-gateway: {method} {path}: the gateway at {url} did not "
+                         f"answer: {why}") from None
 
 
 def _print_session(s: dict[str, Any]) -> None:
@@ -331,17 +342,27 @@ def status(args: argparse.Namespace) -> int:
     """Whether the running gateway is ready (/ready), each check on a line, and how many
     sessions it knows (/api/sessions): exit 0 when ready, 1 when not or not reachable."""
     ready = api_call(args, "GET", "/ready", answers=(503,))
-    found = api_call(args, "GET", "/api/sessions")["sessions"]
-    connected = sum(1 for s in found if s.get("connected"))
+    # A session store that is away is why a gateway is not ready: the sessions' 503 is
+    # said on their line, after the checks that say it too.
+    listed = api_call(args, "GET", "/api/sessions", answers=(503,))
+    found = listed.get("sessions") if isinstance(listed, dict) else None
+    if found is None:
+        error = listed.get("error") if isinstance(listed, dict) else None
+        counts: dict[str, Any] = {"sessions": None, "sessions_error": error or "no answer"}
+        said = f"sessions: unknown ({counts['sessions_error']})"
+    else:
+        connected = sum(1 for s in found if s.get("connected"))
+        counts = {"sessions": len(found), "connected": connected}
+        said = f"sessions: {len(found)} ({connected} connected)"
     if args.json:
-        print(json.dumps({**ready, "sessions": len(found), "connected": connected}, indent=1))
+        print(json.dumps({**ready, **counts}, indent=1))
     else:
         print(f"{ready['status']} ({_management_url(args)})")
         checks = ready.get("checks", {})
         width = max((len(name) for name in checks), default=0)
         for name, state in checks.items():
             print(f"  {name:<{width}}  {state}")
-        print(f"sessions: {len(found)} ({connected} connected)")
+        print(said)
     return 0 if ready.get("status") == "ready" else 1
 
 

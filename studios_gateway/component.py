@@ -125,11 +125,22 @@ def serve_tls(config: Any, reactor: Any, metrics: Any, listener: str, options: A
         plain_http=plain_http)
 
 
-def say_to_operator(message: str, program: str = "studios-gateway") -> None:
+def say_to_operator(message: str, program: str = "studios-gateway",
+                    priority: int = 3) -> None:
     """One line on the real stderr (twistd sends sys.stderr into the log), named by the
-    `program` that says it."""
+    `program` that says it. Under systemd (stderr the journal's stream) with `priority`
+    as sd-daemon's prefix (3: an error, 4: a warning), as the log's lines: journald
+    filed a start's refusal at info, out of `journalctl -p warning`."""
+    from studios_gateway import systemd
+
     stream = sys.__stderr__ or sys.stderr
-    print(f"{program}: {message}", file=stream, flush=True)
+    line = f"{program}: {message}"
+    try:
+        if systemd.writes_to_journal(os.environ, stream.fileno()):
+            line = f"<{priority}>{line}"
+    except (OSError, ValueError, AttributeError):  # (a stream without a descriptor)
+        pass
+    print(line, file=stream, flush=True)
 
 
 #: Exit status of a start refused for its settings (sysexits.h's EX_CONFIG): the units'

@@ -51,7 +51,7 @@ def makeService(options: Options) -> IService:
     except ConfigError as e:  # every invalid variable, one line each, as check-config
         *others, last = e.errors
         for warning in e.warnings:  # a misspelt name, often the errors' cause
-            say_to_operator(f"warning: {warning}")
+            say_to_operator(f"warning: {warning}", priority=4)
         for error in others:
             say_to_operator(str(error))
         fail_start(str(last), EX_CONFIG)
@@ -69,11 +69,15 @@ def makeService(options: Options) -> IService:
 
 
 def writes_to_journal(options: Options) -> bool:
-    """Standard output is the journal's stream systemd gave (JOURNAL_STREAM) and twistd
-    was not told where else to log (--logfile, --syslog, --logger)."""
+    """Standard output is the journal's stream systemd gave (JOURNAL_STREAM), twistd
+    runs in the foreground (-n: a daemon's standard output is /dev/null from its fork
+    on, where the whole log went) and was not told where else to log (--logfile,
+    --syslog, --logger)."""
     from studios_gateway import systemd
 
     twistd = getattr(options, "parent", None) or {}
+    if not twistd.get("nodaemon"):
+        return False
     if any(twistd.get(name) for name in ("logfile", "syslog", "logger")):
         return False
     try:

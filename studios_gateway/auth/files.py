@@ -74,6 +74,12 @@ class Journal:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._file: Any = None
+        #: The bytes the file holds when every line was whole (what a failed append's
+        #: part is cut back to); None: unknown, the next line starts on a line of its own.
+        self._whole: int | None = 0
+        #: The file could not be opened again after a failed append (None below is not
+        #: "no journal"): each append tries again, and fails while it cannot.
+        self._lost = False
 
     def load(self, now: float) -> dict[str, float]:
         live: dict[str, float] = {}
@@ -98,20 +104,33 @@ class Journal:
             self._file = open(self.path, "a", encoding="ascii")  # noqa: SIM115 - kept open
         except OSError as e:
             raise StorageError(f"cannot write {self.path}: {e.strerror}") from None
+        self._whole = len(data)
         return live
 
     def append(self, key: str, until: float) -> None:
         """Add one line; StorageError when it cannot be written (a full disk)."""
-        if self._file is None or not key or any(c.isspace() for c in key):
+        if not key or any(c.isspace() for c in key):
             return
+        if self._file is None:
+            if not self._lost:
+                return  # (not loaded: in memory only)
+            self._open_again()
+            if self._file is None:
+                raise StorageError(f"cannot open {self.path} again after a failed write")
+        line = f"{key} {until:.0f}\n"
+        if self._whole is None:  # (after a part of a line that could not be cut back)
+            line = "\n" + line
         try:
-            self._file.write(f"{key} {until:.0f}\n")
+            self._file.write(line)
             self._file.flush()
         except OSError as e:
-            # What the buffer held is dropped with the file (a torn line at most, which
-            # load skips); the next append opens it again.
+            # A full disk takes part of a line (what fits in the file's last block): it
+            # is cut back, or the next line would be written on after it, and read back
+            # as one bogus line. The next append opens the file again.
             self._reopen()
             raise StorageError(f"cannot write {self.path}: {e.strerror}") from None
+        if self._whole is not None:  # (else it stays unknown: blank lines, which load skips)
+            self._whole += len(line)
 
     def _reopen(self) -> None:
         file, self._file = self._file, None
@@ -120,9 +139,20 @@ class Journal:
         except OSError:
             pass
         try:
+            if self._whole is None:
+                raise OSError("the file's whole length is unknown")
+            os.truncate(self.path, self._whole)
+        except OSError:
+            self._whole = None
+        self._lost = True
+        self._open_again()
+
+    def _open_again(self) -> None:
+        try:
             self._file = open(self.path, "a", encoding="ascii")  # noqa: SIM115 - kept open
         except OSError:
-            pass  # (appends are dropped until a restart opens it again)
+            return  # (the next append tries again, and fails while it cannot)
+        self._lost = False
 
     def close(self) -> None:
         if self._file is not None:

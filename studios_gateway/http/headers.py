@@ -367,8 +367,10 @@ def request_headers(headers: Sequence[tuple[bytes, bytes]], peer: str | None,
                 if kept is None:
                     continue
                 v = kept
-        elif name in ours:
-            if trusted:
+        elif name in ours or (b"_" in name and name.replace(b"_", b"-") in ours):
+            # (X_Connect_Sub too: a WSGI or CGI tool reads it as HTTP_X_CONNECT_SUB, the
+            # same as ours, often the client's first; a trusted proxy's as its own: gone)
+            if trusted and b"_" not in name:
                 if name == b"x-forwarded-for":
                     prior_for.append(v.strip())
                 elif name == b"x-forwarded-proto" and kept_proto is None:

@@ -1220,11 +1220,11 @@ class ProxyProtocol(Protocol):
         gateway refused the request (the access log's reason; by default the status's)."""
         if ex is not self._ex or self._closing:
             return
-        looped = loop.came_back(ex.request.headers,
-                                ex.route.session_id if ex.route is not None else None)
+        routed_to = ex.route.session_id if ex.route is not None else None
+        looped = loop.came_back(ex.request.headers, routed_to)
         if looped is not None:  # (not the login's redirect, again and again)
-            answer, why, close = self._came_back(looped), "the studio's tool port is the " \
-                "gateway's own", False
+            answer, why, close = self._came_back(looped, routed_to is not None), \
+                "the studio's tool port is the gateway's own", False
         # A page of the login or the authorizer may say for the access line who was
         # refused and why (pages.Page's user and why).
         user = getattr(answer, "user", "")
@@ -1243,10 +1243,14 @@ class ProxyProtocol(Protocol):
         self.transport.write(data)
         self._finish(ex, close=close)
 
-    def _came_back(self, session_id: str) -> pages.Page:
+    def _came_back(self, session_id: str, routed: bool) -> pages.Page:
         """A request of the gateway's to `session_id`'s tool came back (http.loop): the
-        page, and the log's line (once a minute per studio: each page load sends many)."""
-        if self.factory.repeats.due(f"loop {session_id}") is not None:
+        page, and the log's line (once a minute per studio: each page load sends many).
+        One for none of the studios (`routed` False) names a session only its header
+        names, which any client may send with an id of its choosing: those share one
+        line a minute, or a client inventing ids drew a line for each."""
+        if self.factory.repeats.due(f"loop {session_id}" if routed
+                                    else "loop (no studio)") is not None:
             port = getattr(self.transport.getHost(), "port", "?")
             self._log.warn("{line}", line=loop.log_line(session_id, port))
         return loop.page(session_id)

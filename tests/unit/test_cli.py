@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from studios_gateway.cli import build_parser
@@ -473,20 +475,12 @@ def test_check_config_reads_the_kept_sessions_and_signing_key_as_the_start_does(
         assert str(start.value) == said.removeprefix("studios-gateway: ")
 
 
-def test_status_says_whether_the_gateway_is_ready_each_check_and_its_sessions(
-        capsys) -> None:
-    """`studios-gateway status` (the first thing an operator types) was no command: the
-    readiness took a curl with the bearer key. /ready's 503 is an answer, not a failure."""
+def management_answering(answers: dict[str, tuple[int, object]]) -> Any:
+    """A management port on loopback answering each path with its (status, JSON), in a
+    thread (shutdown() and server_close() it)."""
     import http.server
     import json as json_
     import threading
-
-    from studios_gateway import cli
-
-    answers = {"/ready": (503, {"status": "not ready", "checks": {
-        "listener:http": "ok", "store": "unavailable: Connection refused"}}),
-        "/api/sessions": (200, {"sessions": [{"id": "a1", "connected": True},
-                                             {"id": "b2", "connected": False}]})}
 
     class Gateway(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -502,6 +496,23 @@ def test_status_says_whether_the_gateway_is_ready_each_check_and_its_sessions(
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_status_says_whether_the_gateway_is_ready_each_check_and_its_sessions(
+        capsys) -> None:
+    """`studios-gateway status` (the first thing an operator types) was no command: the
+    readiness took a curl with the bearer key. /ready's 503 is an answer, not a failure."""
+    import json as json_
+
+    from studios_gateway import cli
+
+    answers = {"/ready": (503, {"status": "not ready", "checks": {
+        "listener:http": "ok", "store": "unavailable: Connection refused"}}),
+        "/api/sessions": (200, {"sessions": [{"id": "a1", "connected": True},
+                                             {"id": "b2", "connected": False}]})}
+
+    server = management_answering(answers)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         assert cli.main(["status", "--url", url]) == 1
@@ -518,3 +529,41 @@ def test_status_says_whether_the_gateway_is_ready_each_check_and_its_sessions(
         server.server_close()
     with pytest.raises(SystemExit, match="cannot reach the gateway at"):
         cli.main(["status", "--url", url])
+
+
+def test_status_says_the_checks_when_the_session_store_is_away(capsys, monkeypatch) -> None:
+    """With the session store away (Redis down: /ready's 503 says so), /api/sessions
+    answers 503 too: status said only 'GET /api/sessions: 503 ...', none of the checks
+    that say why. A gateway that takes the connection and never answers (its reactor
+    stuck) or drops it ended in a traceback."""
+    import json as json_
+    import socket
+
+    from studios_gateway import cli
+
+    answers = {"/ready": (503, {"status": "not ready", "checks": {
+        "store": "unavailable: Connection refused"}}),
+        "/api/sessions": (503, {"error": "session store unavailable: Connection refused"})}
+
+    server = management_answering(answers)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert cli.main(["status", "--url", url]) == 1
+        out = capsys.readouterr().out.splitlines()
+        assert out == [f"not ready ({url})", "  store  unavailable: Connection refused",
+                       "sessions: unknown (session store unavailable: Connection refused)"
+                       ], out
+        assert cli.main(["status", "--url", url, "--json"]) == 1
+        assert json_.loads(capsys.readouterr().out)["sessions"] is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(1)  # (taken by the kernel, never answered)
+    monkeypatch.setattr(cli, "API_TIMEOUT", 0.3)
+    try:
+        with pytest.raises(SystemExit, match="did not answer: no answer in time"):
+            cli.main(["status", "--url", f"http://127.0.0.1:{stuck.getsockname()[1]}"])
+    finally:
+        stuck.close()

@@ -176,3 +176,23 @@ def test_a_subject_that_is_no_header_value_is_refused() -> None:
     with pytest.raises(ValueError):
         request_headers(CLIENT, peer="192.0.2.1", trusted=False, scheme="http",
                         subject="alice\r\nX-Connect-Sub: root", upgrade=False, framing=None)
+
+
+def test_our_headers_spelt_with_underscores_go_too() -> None:
+    """X_Connect_Sub is X-Connect-Sub to a WSGI or CGI tool (both are HTTP_X_CONNECT_SUB,
+    the client's first: Python's wsgiref joins them as 'admin,alice'); the client's copies of
+    our headers and the forwarding ones went only in their spelling with '-'."""
+    sent = [(b"Host", b"abc.example.com"), (b"X_Connect_Sub", b"admin"),
+            (b"x_connect_session", b"other"), (b"X_Forwarded_For", b"1.2.3.4"),
+            (b"X_Real_IP", b"1.2.3.4"), (b"X_Custom", b"kept")]
+    for trusted in (False, True):
+        out = request_headers(sent, peer="192.0.2.1", trusted=trusted, scheme="http",
+                              subject="alice", upgrade=False, framing=None)
+        environ = [k.decode().upper().replace("-", "_") for k, _ in out]
+        for ours in ("X_CONNECT_SUB", "X_FORWARDED_FOR"):
+            assert environ.count(ours) == 1, (trusted, out)
+        assert get(out, b"x-connect-sub") == [b"alice"]
+        assert get(out, b"x-forwarded-for") == [b"192.0.2.1"]
+        assert "X_CONNECT_SESSION" not in environ
+        assert ("X_REAL_IP" in environ) is trusted  # (a trusted proxy's goes on, as X-Real-IP)
+        assert get(out, b"x_custom") == [b"kept"]

@@ -49,9 +49,13 @@ def test_twistd_logs_there_unless_told_where_else(tmp_path: Path, monkeypatch) -
         monkeypatch.setattr("sys.stdout", out)
         monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
         options = tap.Options()
-        options.parent = {"logfile": None, "syslog": False, "logger": None}
+        options.parent = {"nodaemon": True, "logfile": None, "syslog": False, "logger": None}
         assert tap.writes_to_journal(options)
-        options.parent = {"logfile": "/var/log/gw.log"}
+        options.parent = {"nodaemon": True, "logfile": "/var/log/gw.log"}
+        assert not tap.writes_to_journal(options)
+        # A daemon (no -n: a Type=forking unit of one's own) has /dev/null for standard
+        # output from its fork on: all its log went there, and no twistd.log was written.
+        options.parent = {"nodaemon": False, "logfile": None}
         assert not tap.writes_to_journal(options)
         monkeypatch.delenv("JOURNAL_STREAM")
         options.parent = {}
@@ -77,3 +81,25 @@ def test_the_journal_is_known_by_the_device_and_inode_systemd_gives(tmp_path: Pa
         assert not systemd.writes_to_journal({}, fd)
     finally:
         os.close(fd)
+
+
+def test_a_start_refused_is_an_error_in_the_journal_too(tmp_path: Path, monkeypatch) -> None:
+    """The lines a start refused for its settings prints on stderr before any log (status
+    78's reason) carry their priority under systemd too: journald filed them at info, so
+    `journalctl -p warning` showed nothing of why the gateway did not start. Elsewhere
+    (a terminal, check-config's caller) they are as before."""
+    from studios_gateway.component import say_to_operator
+
+    stream = tmp_path / "stderr"
+    with open(stream, "w") as err:
+        st = os.fstat(err.fileno())
+        monkeypatch.setattr("sys.__stderr__", err)
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        say_to_operator("CONNECT_HTTP_PORT='x': expected a port")
+        say_to_operator("warning: CONNECT_HTTP_PROT is not a setting", priority=4)
+        monkeypatch.delenv("JOURNAL_STREAM")
+        say_to_operator("as before")
+    assert stream.read_text().splitlines() == [
+        "<3>studios-gateway: CONNECT_HTTP_PORT='x': expected a port",
+        "<4>studios-gateway: warning: CONNECT_HTTP_PROT is not a setting",
+        "studios-gateway: as before"]
