@@ -222,7 +222,7 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
             port_asked.append(True)
             points_back.check(lambda host, headers: http_status(reactor, host, headers),
                               settings.tool_port, settings.session_id,
-                              reply.public_url).addCallback(
+                              reply.public_url, reactor).addCallback(
                 lambda problem: fatal(problem) if problem else None)
         differs = given_prefix_differs(settings, reply)
         if differs and differs not in said:

@@ -17,16 +17,20 @@ from urllib.parse import urlsplit
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from studios_gateway.studio.presets.probe import PROBE_TIMEOUT
+
 __all__ = ["LOOP_STATUS", "check"]
 
 #: What the gateway answers a request of its own that came back (http.loop's).
 LOOP_STATUS = 508
 
 
-def check(fetch_for: Any, port: int, session_id: str, public_url: str) -> Deferred[str | None]:
+def check(fetch_for: Any, port: int, session_id: str, public_url: str,
+          clock: Any = None) -> Deferred[str | None]:
     """Fires with the message for the operator when the tool's `port` is the gateway's
-    own, else None (a tool's answer, or none). `fetch_for(host, headers)` makes the
-    fetch (presets/probe.py's http_status)."""
+    own, else None (a tool's answer, or none; a tool that does not answer within
+    PROBE_TIMEOUT: the fetch is cancelled, with `clock`). `fetch_for(host, headers)` makes
+    the fetch (presets/probe.py's http_status)."""
     parts = urlsplit(public_url)
     if not parts.netloc:  # (a gateway that does not say the studio's address)
         return defer.succeed(None)
@@ -41,4 +45,13 @@ def check(fetch_for: Any, port: int, session_id: str, public_url: str) -> Deferr
                 f"--tool-port (CONNECT_TOOL_PORT) the port the tool listens on")
 
     d: Deferred[int] = fetch(f"http://127.0.0.1:{port}{parts.path or '/'}")
+    if clock is not None:
+        timeout = clock.callLater(PROBE_TIMEOUT, d.cancel)
+
+        def answered(result: Any) -> Any:
+            if timeout.active():
+                timeout.cancel()
+            return result
+
+        d.addBoth(answered)
     return d.addCallbacks(judged, lambda _: None)

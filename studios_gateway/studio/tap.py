@@ -71,7 +71,7 @@ def makeService(options: Options) -> Any:
 
         points_back.check(lambda host, headers: http_status(reactor, host, headers),
                           settings.tool_port, settings.session_id,
-                          reply.public_url).addCallback(judged)
+                          reply.public_url, reactor).addCallback(judged)
 
     return ConnectClient(settings, reactor, on_fatal=fatal, on_bind=on_bind)
 

@@ -32,6 +32,7 @@ class _StatusLine(Protocol):
 
     def __init__(self, request: bytes, done: Deferred[int]):
         self._request, self._done, self._buf = request, done, b""
+        self.transport = None
 
     def connectionMade(self) -> None:
         self.transport.write(self._request)
@@ -65,16 +66,35 @@ def http_status(reactor: Any, host: str | None = None,
         more = "".join(f"{name}: {value}\r\n" for name, value in headers)
         request = (f"GET {path} HTTP/1.0\r\nHost: {host or parts.netloc}\r\n{more}"
                    f"User-Agent: studios-connect-probe\r\n\r\n").encode()
-        done: Deferred[int] = Deferred()
+        made: list[_StatusLine] = []
+        connecting: list[Deferred[Any]] = []
+
+        def cancelled(_: Deferred[int]) -> None:
+            # A caller that gave up (a tool that accepts and never answers): the
+            # connection goes too, rather than stay open until the tool closes it.
+            for attempt in connecting:
+                attempt.cancel()
+            for protocol in made:
+                if protocol.transport is not None:
+                    protocol.transport.abortConnection()
+
+        done: Deferred[int] = Deferred(cancelled)
+
+        def build() -> _StatusLine:
+            made.append(_StatusLine(request, done))
+            return made[-1]
+
         endpoint = TCP4ClientEndpoint(reactor, parts.hostname or "127.0.0.1",
                                       parts.port or 80, timeout=PROBE_TIMEOUT)
-        factory = Factory.forProtocol(lambda: _StatusLine(request, done))
+        factory = Factory.forProtocol(build)
         factory.noisy = False
         def refused(f: Failure) -> None:
             if not done.called:
                 done.errback(f)
 
-        endpoint.connect(factory).addErrback(refused)
+        attempt = endpoint.connect(factory)
+        connecting.append(attempt)
+        attempt.addCallback(lambda p: connecting.clear()).addErrback(refused)
         return done
 
     return fetch
