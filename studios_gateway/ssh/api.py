@@ -9,7 +9,8 @@
 
 Authentication is the management root's (bearer key). Every change is logged as the
 rest of the admin API's are, ``admin API: SSH keys of alice replaced (1 key) by
-127.0.0.1``; keys are never logged (a fingerprint may be).
+127.0.0.1``, whatever CONNECT_LOG_LEVEL says (the audit trail); keys are never logged (a
+fingerprint may be).
 The keys live in the session registry (shared by every node with the same
 Redis); when it does not answer, the call fails with 503.
 """
@@ -26,6 +27,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from studios_gateway import logs
 from studios_gateway.management.api import peer_of
 from studios_gateway.management.endpoints import json_reply
 from studios_gateway.registry.base import StoreUnavailable, UserKeyStore, key_blob
@@ -92,6 +94,7 @@ class UserKeysResource(Resource):
     def __init__(self, store: UserKeyStore):
         super().__init__()
         self.store = store
+        logs.always(log.namespace)
 
     def _target(self, request: Request) -> tuple[str, str | None]:
         parts = [unquote(p.decode("utf-8", "replace")) for p in request.postpath or []]

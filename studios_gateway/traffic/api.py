@@ -6,7 +6,8 @@
   DELETE /api/quota/sessions/{id}          its whole quota again; on every node)
 
 The counts are every node's (the shared store). Without the quota of that scope
-configured, the endpoints answer 404.
+configured, the endpoints answer 404. A reset is logged whatever CONNECT_LOG_LEVEL says,
+as the rest of the admin API's changes are (the audit trail).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.web.server import Request
 
+from studios_gateway import logs
 from studios_gateway.management.api import AsyncResource, peer_of
 from studios_gateway.management.endpoints import method_not_allowed
 from studios_gateway.traffic.quota import Quota
@@ -29,6 +31,7 @@ class QuotaResource(AsyncResource):
     def __init__(self, quota: Quota | None):
         super().__init__()
         self._quota = quota
+        logs.always(self._log.namespace)
 
     def render(self, request: Request) -> Any:
         path = [p for p in request.postpath or [] if p]

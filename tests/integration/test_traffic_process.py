@@ -5,7 +5,8 @@ A proxied request carrying a token in its query string, a cookie and an Authoriz
 header; a WebSocket; an SSH session: each leaves one access-log line with its fields
 (and none of the secrets), /metrics counters move with the traffic, and the admin API
 shows the session's figures. The gateway runs at CONNECT_LOG_LEVEL=warn: the access
-log and the admin API's audit lines are written whatever the level.
+log and the admin API's audit lines (sessions, users' SSH keys) are written whatever the
+level.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def test_access_log_and_metrics_of_http_websocket_and_ssh(tmp_path: Path) -> Non
         assert len(lines) == 4, lines
         # The admin API's audit line, at info, is written at warn too (as the access log).
         assert f"admin API: session {sid} created for alice" in d.gw.output()
+        assert "admin API: SSH keys of alice replaced (1 key) by" in d.gw.output()
 
         def line(kind: str, session: str) -> str:
             [found] = [x for x in lines
