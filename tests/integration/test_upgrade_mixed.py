@@ -36,7 +36,7 @@ from tests.support.waiting import wait_until
 from tests.support.web import Browser
 
 #: The previous release: main at the start of the session that made this one.
-OLD_RELEASE = "17ebd73"
+OLD_RELEASE = "bda594d"
 
 
 def _has_old_release() -> bool:
@@ -258,11 +258,13 @@ def test_a_single_node_upgraded_in_place_keeps_its_studios_and_logins(tmp_path: 
         assert [line for line in again.splitlines() if "#warn]" in line
                 and "is short" not in line and "CONNECT_REDIS_ADDRESS is not set" not in line
                 ] == [], again[-4000:]
-        # The stored OpenID client is kept (no new registration); the start says that it
-        # has no post-logout page, and the issuer's logout link asks for no way back.
-        assert "using the OIDC client" in again and "registered by an earlier release" in again
+        # The stored OpenID client is kept (no new registration), with its post-logout
+        # page: the issuer's logout link asks for the way back. (A client stored by a
+        # release before that page, 17ebd73 and older: test_auth_oidc.)
+        assert "using the OIDC client" in again
+        assert "registered by an earlier release" not in again
         out = alice.log_out(f"{g.proxy}/_connect/logout")
-        assert "Also log out of" in out.text and "post_logout_redirect_uri" not in out.text
+        assert "Also log out of" in out.text and "post_logout_redirect_uri" in out.text
         # nothing renamed or left behind (sessions.json is written at the old one's stop)
         after = sorted(p.name for p in (tmp_path / "node" / "storage").iterdir())
         assert set(after) - set(stored) <= {"sessions.json"}, (stored, after)
