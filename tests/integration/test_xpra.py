@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,6 +32,7 @@ import pytest
 
 from tests.support.chromium import Chromium, chromium_path, png_colours
 from tests.support.gateway import REPO, GatewayProcess
+from tests.support.side_by_side import studio_per_mode
 from tests.support.tool_studio import ToolStudio, tool_studio
 from tests.support.waiting import wait_until
 
@@ -45,11 +46,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module", params=["subdomain", "path"])
-def xpra(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[ToolStudio]:
-    mode = request.param
-    tmp = tmp_path_factory.mktemp(f"xpra-{mode}")
+@contextmanager
+def xpra_studio(tmp: Path, mode: str) -> Iterator[ToolStudio]:
+    """The preset's Xpra studio; stopping it runs `xpra stop :N`, and no X server is left."""
     env = {"XDG_RUNTIME_DIR": str(tmp / "runtime")}
     (tmp / "runtime").mkdir(mode=0o700)
     with tool_studio(tmp, "xpra", mode, "", extra_env=env) as studio:
@@ -61,6 +60,9 @@ def xpra(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         assert f"stopping Xpra: xpra stop {display.group(1)}" in out, out[-3000:]
         assert not Path(f"/tmp/.X11-unix/X{display.group(1)[1:]}").exists(), \
             "the X server outlived the studio"
+
+
+xpras, xpra = studio_per_mode("xpra", xpra_studio)
 
 
 DEBIAN_CLIENT = Path("/usr/share/xpra/www")  # Debian's HTML5 client, which the template ships
