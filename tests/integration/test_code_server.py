@@ -14,11 +14,13 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
 
 import pytest
 
 from tests.support.chromium import chromium_path, png_colours
+from tests.support.side_by_side import studio_per_mode
 from tests.support.tool_studio import ToolStudio, tool_studio
 
 CODE_SERVER_HOME = os.environ.get("CODE_SERVER_PREFIX", "/opt/code-server") + "/bin"
@@ -40,11 +42,7 @@ WS_EVENTS = {"Network.webSocketCreated", "Network.webSocketFrameReceived",
              "Network.webSocketClosed"}
 
 
-@pytest.fixture(scope="module", params=["subdomain", "path"])
-def code(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[ToolStudio]:
-    mode = request.param
-    tmp = tmp_path_factory.mktemp(f"code-{mode}")
+def code_studio(tmp: Path, mode: str) -> AbstractContextManager[ToolStudio]:
     env = {"PATH": code_server_path(), "XDG_DATA_HOME": str(tmp / "xdg-data"),
            "XDG_CONFIG_HOME": str(tmp / "xdg-config")}
     # code-server's data directory remembers a folder that is not this studio's (another
@@ -54,8 +52,10 @@ def code(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     remembered.mkdir(parents=True)
     (remembered / "coder.json").write_text(
         json.dumps({"query": {"folder": str(tmp / "elsewhere")}}))
-    with tool_studio(tmp, "vscode", mode, "healthz", extra_env=env) as studio:
-        yield studio
+    return tool_studio(tmp, "vscode", mode, "healthz", extra_env=env)
+
+
+codes, code = studio_per_mode("code", code_studio)
 
 
 def test_the_preset_started_code_server_on_loopback_with_its_login_off(code: ToolStudio

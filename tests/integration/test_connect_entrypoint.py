@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from studios_gateway.registry.base import new_token
 from studios_gateway.studio.entrypoint import ToolChild
-from tests.support.gateway import BIN, REPO, GatewayProcess, base_env, routing_env
+from tests.support.gateway import BIN, REPO, GatewayEnv, GatewayProcess, base_env, routing_env
 from tests.support.ports import free_port
 
 pytestmark = pytest.mark.slow
@@ -114,14 +116,27 @@ def test_sigterm_is_passed_to_the_tool() -> None:
     assert proc.returncode == 7, err
 
 
-@pytest.fixture
-def gateway(tmp_path: Any) -> Any:
-    gw = GatewayProcess(tmp_path, base_env(tmp_path))
+def _gateway(tmp: Path, env: GatewayEnv) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(tmp, env)
     try:
         gw.wait_healthy()
         yield gw
     finally:
         gw.stop()
+
+
+# One gateway per routing mode for the module: each test makes a session of its own and
+# reads only what its studios-connect says, never the gateway's log or state.
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("gateway")
+    yield from _gateway(tmp, base_env(tmp))
+
+
+@pytest.fixture(scope="module")
+def path_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    tmp = tmp_path_factory.mktemp("path-gateway")
+    yield from _gateway(tmp, routing_env(tmp, "path"))
 
 
 def _session(gw: GatewayProcess) -> dict[str, Any]:
@@ -208,20 +223,16 @@ def _studio_env(connect_string: str) -> dict[str, str]:
     return env
 
 
-def test_a_command_is_told_the_path_prefix_the_gateway_routes_it_under(tmp_path: Any) -> None:
+def test_a_command_is_told_the_path_prefix_the_gateway_routes_it_under(
+        path_gateway: GatewayProcess) -> None:
     """In path mode a command of its own got CONNECT_TOOL_PATH_PREFIX='' (it was started
     before the bind said the prefix) and served at / what browsers ask under
     /_studio/<id>/."""
-    gw = GatewayProcess(tmp_path, routing_env(tmp_path, "path"))
-    try:
-        gw.wait_healthy()
-        created = _session(gw)
-        env = _studio_env(created["connect_string"])
-        proc = subprocess.run([str(BIN / "studios-connect"), "--", sys.executable, "-c",
-                               "import os; print(repr(os.environ['CONNECT_TOOL_PATH_PREFIX']))"],
-                              env=env, capture_output=True, text=True, timeout=30)
-    finally:
-        gw.stop()
+    created = _session(path_gateway)
+    env = _studio_env(created["connect_string"])
+    proc = subprocess.run([str(BIN / "studios-connect"), "--", sys.executable, "-c",
+                           "import os; print(repr(os.environ['CONNECT_TOOL_PATH_PREFIX']))"],
+                          env=env, capture_output=True, text=True, timeout=30)
     assert proc.stdout.strip() == repr(f"/_studio/{created['id']}/"), proc.stderr
     assert proc.returncode == 0, proc.stderr
 
@@ -264,19 +275,15 @@ ROOT_ONLY_APP = textwrap.dedent("""
 """)
 
 
-def test_a_command_served_outside_its_routed_prefix_is_one_warning(tmp_path: Any) -> None:
+def test_a_command_served_outside_its_routed_prefix_is_one_warning(
+        path_gateway: GatewayProcess) -> None:
     """In path mode browsers got the app's own 404 pages, and the log said nothing: an app
     that ignores CONNECT_TOOL_PATH_PREFIX, and one given CONNECT_TOOL_PATH_PREFIX=/."""
-    gw = GatewayProcess(tmp_path, routing_env(tmp_path, "path"))
     said = []
-    try:
-        gw.wait_healthy()
-        for given in ({}, {"CONNECT_TOOL_PATH_PREFIX": "/"}):
-            created = _session(gw)
-            said.append((f"/_studio/{created['id']}/",
-                         _first_warning(created["connect_string"], given)))
-    finally:
-        gw.stop()
+    for given in ({}, {"CONNECT_TOOL_PATH_PREFIX": "/"}):
+        created = _session(path_gateway)
+        said.append((f"/_studio/{created['id']}/",
+                     _first_warning(created["connect_string"], given)))
     (prefix, ignored), (routed, given_root) = said
     assert ignored.rstrip().endswith(
         f"the tool answers 404 at {prefix} but 200 at /: it seems to serve at the root and "
@@ -290,23 +297,20 @@ def test_a_command_served_outside_its_routed_prefix_is_one_warning(tmp_path: Any
 
 
 def test_a_tool_started_elsewhere_served_outside_its_prefix_is_one_warning(
-        tmp_path: Any) -> None:
+        path_gateway: GatewayProcess) -> None:
     """studios-connect given only the port of a tool already running (python3 -m
     http.server, say) in path mode: browsers got the tool's 404 pages under
     /_studio/<id>/ and the log said nothing, as for a command of its own before."""
-    gw = GatewayProcess(tmp_path, routing_env(tmp_path, "path"))
     port = str(free_port())
     app = subprocess.Popen([sys.executable, "-c", ROOT_ONLY_APP],
                            env={**os.environ, "CONNECT_TOOL_PORT": port})
     try:
-        gw.wait_healthy()
-        created = _session(gw)
+        created = _session(path_gateway)
         said = _first_warning(created["connect_string"], {"CONNECT_TOOL_PORT": port},
                               command=[])
     finally:
         app.kill()
         app.wait()
-        gw.stop()
     prefix = f"/_studio/{created['id']}/"
     assert said.rstrip().endswith(
         f"the tool answers 404 at {prefix} but 200 at /: it seems to serve at the root and "

@@ -14,12 +14,14 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
 
 import pytest
 
 from studios_gateway.studio.presets.jupyterlab import ANNOUNCEMENTS
 from tests.support.chromium import chromium_path, png_colours
+from tests.support.side_by_side import studio_per_mode
 from tests.support.tool_studio import ToolStudio, tool_studio
 from tests.support.websocket import WebSocket
 
@@ -33,17 +35,16 @@ pytestmark = [
 Lab = ToolStudio
 
 
-@pytest.fixture(scope="module", params=["subdomain", "path"])
-def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-        ) -> Iterator[Lab]:
-    mode = request.param
-    tmp = tmp_path_factory.mktemp(f"lab-{mode}")
+def lab_studio(tmp: Path, mode: str) -> AbstractContextManager[Lab]:
     jupyter_env = {"JUPYTER_CONFIG_DIR": str(tmp / "jupyter-config"),
                    "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime"),
                    "IPYTHONDIR": str(tmp / "ipython")}
-    # JupyterLab takes ~10 s to start on 2 cores
-    with tool_studio(tmp, "jupyterlab", mode, "api/status", extra_env=jupyter_env) as lab:
-        yield lab
+    # JupyterLab takes ~10 s to start on 2 cores, most of it waiting on its own processes:
+    # the two modes' studios start side by side.
+    return tool_studio(tmp, "jupyterlab", mode, "api/status", extra_env=jupyter_env)
+
+
+labs, lab = studio_per_mode("lab", lab_studio)
 
 
 def test_the_preset_started_jupyterlab_under_the_routed_prefix(lab: Lab) -> None:

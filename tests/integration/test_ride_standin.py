@@ -15,11 +15,13 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.side_by_side import studio_per_mode
 from tests.support.tool_studio import ToolStudio, tool_studio
 
 pytestmark = pytest.mark.slow
@@ -35,16 +37,16 @@ def standin_bin(tmp: Path) -> Path:
     return bin_dir
 
 
-@pytest.fixture(scope="module", params=["subdomain", "path"])
-def ride(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[tuple[ToolStudio, Path]]:
-    mode = request.param
-    tmp = tmp_path_factory.mktemp(f"ride-{mode}")
+@contextmanager
+def ride_studio(tmp: Path, mode: str) -> Iterator[tuple[ToolStudio, Path]]:
     log = tmp / "rserver-standin.jsonl"
     env = {"PATH": f"{standin_bin(tmp)}{os.pathsep}{os.environ.get('PATH', '')}",
            "RSTUDIO_STANDIN_LOG": str(log)}
     with tool_studio(tmp, "rstudio", mode, "", extra_env=env) as studio:
         yield studio, log
+
+
+rides, ride = studio_per_mode("ride", ride_studio)
 
 
 def records(log: Path) -> list[dict[str, Any]]:

@@ -14,7 +14,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -22,6 +24,7 @@ import pytest
 from tests.integration.test_tunnel_process import KEY, wait_connected
 from tests.support.gateway import REPO, GatewayProcess, routing_env
 from tests.support.ports import free_port, wait_for_port
+from tests.support.side_by_side import studio_per_mode
 from tests.support.studio import Connect, _stop
 from tests.support.web import Browser
 from tests.support.websocket import WebSocket
@@ -50,11 +53,8 @@ class Setup:
     studios: dict[str, Studio]
 
 
-@pytest.fixture(scope="module", params=["path", "subdomain"])
-def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[Setup]:
-    mode = request.param
-    tmp = tmp_path_factory.mktemp(f"routing-{mode}")
+@contextmanager
+def routing_setup(tmp: Path, mode: str) -> Iterator[Setup]:
     env = routing_env(tmp, mode, CONNECT_MANAGEMENT_AUTH_KEY=KEY)
     gw = GatewayProcess(tmp, env)
     stoppers = [gw.stop]
@@ -84,6 +84,10 @@ def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     finally:
         for stop in reversed(stoppers):
             stop()
+
+
+# (each mode's gateway, tools and clients made side by side)
+setups, setup = studio_per_mode("setup", routing_setup)
 
 
 @pytest.mark.parametrize("tool", TOOLS)

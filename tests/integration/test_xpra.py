@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,6 +32,7 @@ import pytest
 
 from tests.support.chromium import Chromium, chromium_path, png_colours
 from tests.support.gateway import REPO, GatewayProcess
+from tests.support.side_by_side import MODES, side_by_side, studio_per_mode
 from tests.support.tool_studio import ToolStudio, tool_studio
 from tests.support.waiting import wait_until
 
@@ -45,11 +46,9 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module", params=["subdomain", "path"])
-def xpra(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[ToolStudio]:
-    mode = request.param
-    tmp = tmp_path_factory.mktemp(f"xpra-{mode}")
+@contextmanager
+def xpra_studio(tmp: Path, mode: str) -> Iterator[ToolStudio]:
+    """The preset's Xpra studio; stopping it runs `xpra stop :N`, and no X server is left."""
     env = {"XDG_RUNTIME_DIR": str(tmp / "runtime")}
     (tmp / "runtime").mkdir(mode=0o700)
     with tool_studio(tmp, "xpra", mode, "", extra_env=env) as studio:
@@ -61,6 +60,9 @@ def xpra(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         assert f"stopping Xpra: xpra stop {display.group(1)}" in out, out[-3000:]
         assert not Path(f"/tmp/.X11-unix/X{display.group(1)[1:]}").exists(), \
             "the X server outlived the studio"
+
+
+xpras, xpra = studio_per_mode("xpra", xpra_studio)
 
 
 DEBIAN_CLIENT = Path("/usr/share/xpra/www")  # Debian's HTML5 client, which the template ships
@@ -118,6 +120,17 @@ def template_client_studio(tmp: Path, mode: str) -> AbstractContextManager[ToolS
     env = {"XDG_RUNTIME_DIR": str(tmp / "runtime")}
     return tool_studio(tmp, "xpra", mode, "", extra_env=env,
                        command=["xpra", "start", f"--html={www}", "--start=xterm"])
+
+
+@pytest.fixture(scope="module")
+def template_studios(tmp_path_factory: pytest.TempPathFactory
+                     ) -> Iterator[dict[str, ToolStudio]]:
+    """A studio with the template's client for each mode, started side by side (the
+    restart test's in subdomain mode, the Disconnect test's in path mode)."""
+    with side_by_side({mode: lambda mode=mode: template_client_studio(
+            tmp_path_factory.mktemp(f"xpra-template-{mode}"), mode) for mode in MODES}
+                      ) as studios:
+        yield studios
 
 
 def type_text(browser: Chromium, text: str) -> None:
@@ -284,43 +297,43 @@ def test_a_command_of_ones_own_runs_inside_xpra_and_ends_the_studio_with_it(
 @pytest.mark.skipif(not (DEBIAN_CLIENT / "index.html").exists(),
                     reason="Debian's Xpra HTML5 client is not in /usr/share/xpra/www")
 def test_the_templates_client_comes_back_by_itself_after_a_gateway_restart(
-        tmp_path: Path) -> None:
+        template_studios: dict[str, ToolStudio], tmp_path: Path) -> None:
     """The gateway restarts under an open Xpra page (subdomain mode). With Debian's client
     as it is, the page froze for good (its reconnect fails: `win is not defined`). With the
     template's change it says that the gateway cannot be reached, tries again, reloads once
     the gateway answers (its "Studio not connected" page until the studio has bound again)
     and shows the same session: the xterm where it was."""
-    with template_client_studio(tmp_path, "subdomain") as studio:
-        browser = studio.chromium()
-        restarted: GatewayProcess | None = None
-        try:
-            browser.call("Page.navigate", url=studio.url())
-            browser.wait_for(SHOWN, timeout=90)
-            studio.gateway.stop()  # SIGTERM: the drain closes the WebSocket (1012)
-            line = browser.wait_for("(document.getElementById('studio-reconnect') || {})"
-                                    ".textContent", timeout=20)
-            assert "the gateway cannot be reached" in line, line
-            studio.screenshot(browser, "xpra-gateway-away")
-            restarted = GatewayProcess(tmp_path, studio.gateway.env, name="gateway2")
-            restarted.wait_ready()
-            browser.wait_for(SHOWN, timeout=60)  # reloaded, the studio bound again
-            assert browser.evaluate("location.href") == studio.url()
-            titles = browser.evaluate("Object.values(client.id_to_window).map(w => w.title)")
-            assert titles == ["xterm"], titles
-            time.sleep(1)  # let the client draw the window before the screenshot
-            png = studio.screenshot(browser, "xpra-back")
-            assert studio.client.proc.poll() is None  # the same studio and Xpra session
-        finally:
-            browser.stop()
-            if restarted is not None:
-                restarted.stop()
-        assert png_colours(png) > 20
+    studio = template_studios["subdomain"]
+    browser = studio.chromium()
+    restarted: GatewayProcess | None = None
+    try:
+        browser.call("Page.navigate", url=studio.url())
+        browser.wait_for(SHOWN, timeout=90)
+        studio.gateway.stop()  # SIGTERM: the drain closes the WebSocket (1012)
+        line = browser.wait_for("(document.getElementById('studio-reconnect') || {})"
+                                ".textContent", timeout=20)
+        assert "the gateway cannot be reached" in line, line
+        studio.screenshot(browser, "xpra-gateway-away")
+        restarted = GatewayProcess(tmp_path, studio.gateway.env, name="gateway2")
+        restarted.wait_ready()
+        browser.wait_for(SHOWN, timeout=60)  # reloaded, the studio bound again
+        assert browser.evaluate("location.href") == studio.url()
+        titles = browser.evaluate("Object.values(client.id_to_window).map(w => w.title)")
+        assert titles == ["xterm"], titles
+        time.sleep(1)  # let the client draw the window before the screenshot
+        png = studio.screenshot(browser, "xpra-back")
+        assert studio.client.proc.poll() is None  # the same studio and Xpra session
+    finally:
+        browser.stop()
+        if restarted is not None:
+            restarted.stop()
+    assert png_colours(png) > 20
 
 
 @pytest.mark.skipif(not (DEBIAN_CLIENT / "index.html").exists(),
                     reason="Debian's Xpra HTML5 client is not in /usr/share/xpra/www")
 def test_the_templates_client_stays_disconnected_after_xpras_own_disconnect(
-        tmp_path: Path) -> None:
+        template_studios: dict[str, ToolStudio], tmp_path: Path) -> None:
     """Path mode, where every studio shares the gateway's origin. The person chooses
     Disconnect in the Xpra page's menu: the page says so, with a "Connect again" button,
     and neither asks for its address nor loads itself again for 3 of its 2 s check periods
@@ -329,77 +342,77 @@ def test_the_templates_client_stays_disconnected_after_xpras_own_disconnect(
     The page's count of reloads is its own (named after /_studio/<id>/): another studio's
     count in the same tab, used up, stays as it was, and the page still comes back by
     itself after a gateway restart, also from an address with the '#' Xpra's menu adds."""
-    with template_client_studio(tmp_path, "path") as studio:
-        own = f"studio-reconnect-reloads:{studio.prefix}"
-        other = "studio-reconnect-reloads:/_studio/other/"  # another studio's, same origin
-        count = f"sessionStorage.getItem({own!r})"
-        # The page's address in the access log, asked for by a reload or the page's check
-        # (not the WebSocket's line, status 101, written when it closes).
-        asked = re.compile(rf'"GET {re.escape(studio.prefix)}" (?!101 )')
-        browser = studio.chromium()
-        restarted: GatewayProcess | None = None
-        try:
-            browser.call("Page.enable")  # (the script is not run without it)
-            browser.call("Page.addScriptToEvaluateOnNewDocument", source=COUNT_LOADS)
-            browser.call("Page.navigate", url=studio.url())
-            browser.wait_for(SHOWN, timeout=90)
-            browser.evaluate(f"sessionStorage.setItem({other!r}, '5')")  # used up
-            browser.wait_for(f"{count} === '0'", timeout=10)  # set once Xpra's startup is done
+    studio = template_studios["path"]
+    own = f"studio-reconnect-reloads:{studio.prefix}"
+    other = "studio-reconnect-reloads:/_studio/other/"  # another studio's, same origin
+    count = f"sessionStorage.getItem({own!r})"
+    # The page's address in the access log, asked for by a reload or the page's check
+    # (not the WebSocket's line, status 101, written when it closes).
+    asked = re.compile(rf'"GET {re.escape(studio.prefix)}" (?!101 )')
+    browser = studio.chromium()
+    restarted: GatewayProcess | None = None
+    try:
+        browser.call("Page.enable")  # (the script is not run without it)
+        browser.call("Page.addScriptToEvaluateOnNewDocument", source=COUNT_LOADS)
+        browser.call("Page.navigate", url=studio.url())
+        browser.wait_for(SHOWN, timeout=90)
+        browser.evaluate(f"sessionStorage.setItem({other!r}, '5')")  # used up
+        browser.wait_for(f"{count} === '0'", timeout=10)  # set once Xpra's startup is done
+        assert page_loads(browser) == 1
+
+        # Xpra's menu (its top-left button), then Disconnect, clicked as a person does.
+        box = "(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, " \
+              "r.height]; })"
+        menu = browser.evaluate(f"{box}(document.querySelector('a[title=Xpra]'))")
+        click(browser, menu[0] + menu[2] / 2, menu[1] + menu[3] / 2)
+        item = "Array.from(document.querySelectorAll('#menu_list > li > a'))" \
+               ".find(a => a.textContent.trim() === 'Disconnect')"
+        browser.wait_for(f"{item}.getBoundingClientRect().width > 0", timeout=10)
+        item_box = browser.evaluate(f"{box}({item})")
+        before = len(asked.findall(studio.gateway.output()))
+        click(browser, item_box[0] + item_box[2] / 2, item_box[1] + item_box[3] / 2)
+
+        # While the gateway answers, 3 check periods pass with no request for the page and
+        # no reload: the first check of a broken connection comes at once.
+        def still() -> None:
             assert page_loads(browser) == 1
+            assert len(asked.findall(studio.gateway.output())) == before
 
-            # Xpra's menu (its top-left button), then Disconnect, clicked as a person does.
-            box = "(e => { const r = e.getBoundingClientRect(); return [r.x, r.y, r.width, " \
-                  "r.height]; })"
-            menu = browser.evaluate(f"{box}(document.querySelector('a[title=Xpra]'))")
-            click(browser, menu[0] + menu[2] / 2, menu[1] + menu[3] / 2)
-            item = "Array.from(document.querySelectorAll('#menu_list > li > a'))" \
-                   ".find(a => a.textContent.trim() === 'Disconnect')"
-            browser.wait_for(f"{item}.getBoundingClientRect().width > 0", timeout=10)
-            item_box = browser.evaluate(f"{box}({item})")
-            before = len(asked.findall(studio.gateway.output()))
-            click(browser, item_box[0] + item_box[2] / 2, item_box[1] + item_box[3] / 2)
+        stays_disconnected_saying(browser, "You disconnected from this session", still)
+        assert studio.browser.get(studio.url("js/Client.js")).status == 200
+        assert browser.evaluate(count) == "0"
+        png = studio.screenshot(browser, "xpra-disconnected")
+        assert png_colours(png) > 5
 
-            # While the gateway answers, 3 check periods pass with no request for the page and
-            # no reload: the first check of a broken connection comes at once.
-            def still() -> None:
-                assert page_loads(browser) == 1
-                assert len(asked.findall(studio.gateway.output())) == before
+        again = browser.evaluate(f"{box}(document.getElementById("
+                                 "'studio-reconnect-again'))")
+        click(browser, again[0] + again[2] / 2, again[1] + again[3] / 2)
+        browser.wait_for(SHOWN, timeout=60)
+        assert page_loads(browser) == 2
+        assert browser.evaluate("location.href") == studio.url()  # without the menu's '#'
 
-            stays_disconnected_saying(browser, "You disconnected from this session", still)
-            assert studio.browser.get(studio.url("js/Client.js")).status == 200
-            assert browser.evaluate(count) == "0"
-            png = studio.screenshot(browser, "xpra-disconnected")
-            assert png_colours(png) > 5
-
-            again = browser.evaluate(f"{box}(document.getElementById("
-                                     "'studio-reconnect-again'))")
-            click(browser, again[0] + again[2] / 2, again[1] + again[3] / 2)
-            browser.wait_for(SHOWN, timeout=60)
-            assert page_loads(browser) == 2
-            assert browser.evaluate("location.href") == studio.url()  # without the menu's '#'
-
-            # A broken connection still reloads, counted under this studio's key only; from
-            # an address with the '#' the menu adds, which the gateway's "Studio not
-            # connected" page (a meta refresh) did not reload in Chromium.
-            click(browser, menu[0] + menu[2] / 2, menu[1] + menu[3] / 2)
-            assert browser.evaluate("location.href") == studio.url() + "#"
-            studio.gateway.stop()  # SIGTERM: the drain closes the WebSocket (1012)
-            line = browser.wait_for(LINE, timeout=20)
-            assert "the gateway cannot be reached" in line, line
-            assert browser.evaluate(count) == "1"
-            restarted = GatewayProcess(tmp_path, studio.gateway.env, name="gateway2")
-            restarted.wait_ready()
-            browser.wait_for(SHOWN, timeout=60)  # reloaded, the studio bound again
-            browser.wait_for(f"{count} === '0'", timeout=10)
-            assert browser.evaluate(f"sessionStorage.getItem({other!r})") == "5"
-            assert browser.evaluate("location.href") == studio.url()
-            assert studio.client.proc.poll() is None  # the same studio and Xpra session
-            time.sleep(1)  # let the client draw the window before the screenshot
-            assert png_colours(studio.screenshot(browser, "xpra-back")) > 20
-        finally:
-            browser.stop()
-            if restarted is not None:
-                restarted.stop()
+        # A broken connection still reloads, counted under this studio's key only; from
+        # an address with the '#' the menu adds, which the gateway's "Studio not
+        # connected" page (a meta refresh) did not reload in Chromium.
+        click(browser, menu[0] + menu[2] / 2, menu[1] + menu[3] / 2)
+        assert browser.evaluate("location.href") == studio.url() + "#"
+        studio.gateway.stop()  # SIGTERM: the drain closes the WebSocket (1012)
+        line = browser.wait_for(LINE, timeout=20)
+        assert "the gateway cannot be reached" in line, line
+        assert browser.evaluate(count) == "1"
+        restarted = GatewayProcess(tmp_path, studio.gateway.env, name="gateway2")
+        restarted.wait_ready()
+        browser.wait_for(SHOWN, timeout=60)  # reloaded, the studio bound again
+        browser.wait_for(f"{count} === '0'", timeout=10)
+        assert browser.evaluate(f"sessionStorage.getItem({other!r})") == "5"
+        assert browser.evaluate("location.href") == studio.url()
+        assert studio.client.proc.poll() is None  # the same studio and Xpra session
+        time.sleep(1)  # let the client draw the window before the screenshot
+        assert png_colours(studio.screenshot(browser, "xpra-back")) > 20
+    finally:
+        browser.stop()
+        if restarted is not None:
+            restarted.stop()
 
 
 @pytest.mark.skipif(not (DEBIAN_CLIENT / "index.html").exists(),
