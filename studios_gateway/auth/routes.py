@@ -153,7 +153,7 @@ def _refused_person(decision: Decision) -> bool:
 
 def _issuer_logout_button(url: str, host: str) -> str:
     """The "Also log out of <issuer host>" button, leading to the issuer's logout."""
-    return (f'<p><a class=button id=issuer-logout href="{html.escape(url)}">'
+    return (f'<p><a autofocus class=button id=issuer-logout href="{html.escape(url)}">'
             f"Also log out of {html.escape(host)}</a></p>")
 
 
@@ -590,7 +590,7 @@ class LoginRoutes:
         if request.method != "POST":
             # Link scanners and previews only GET: spend the link on a deliberate click.
             action = html.escape(f"{PREFIX}link?" + urlencode({"token": token}))
-            form = (f'<form method="post" action="{action}"><button type="submit">'
+            form = (f'<form method="post" action="{action}"><button type="submit" autofocus>'
                     f"Open studio {html.escape(data['sid'])}</button></form>")
             text = f"Log in to studio {data['sid']} as {data['sub']}."
             previous = self._login_cookie(request)
@@ -801,7 +801,7 @@ class LoginRoutes:
                            why=f"logout posted from elsewhere: {why}")
         query = f"?{request.query}" if request.query else ""
         action = html.escape(path + query)
-        form = (f'<form method="post" action="{action}"><button type="submit">'
+        form = (f'<form method="post" action="{action}"><button type="submit" autofocus>'
                 "Log out</button></form>")
         ends = ("studio opened with this login in this browser stops working until you log "
                 "in again.")

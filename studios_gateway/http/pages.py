@@ -92,7 +92,9 @@ def page(status: int, title: str, message: str, *, session_id: str | None = None
     studio = (f"<p>Studio: <code>{html.escape(session_id)}</code></p>"
               if session_id else "")
     retry = "<p>This page reloads by itself.</p>" if refresh else ""
-    more = (f'<p><a href="{html.escape(link[0])}">{html.escape(link[1])}</a></p>'
+    # The link is what the person does next: focused (autofocus), as a form's button is,
+    # so Enter or Space takes it without a pointer.
+    more = (f'<p><a autofocus href="{html.escape(link[0])}">{html.escape(link[1])}</a></p>'
             if link is not None else "")
     doc = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"

@@ -221,7 +221,7 @@ def switch_link(resp: Response) -> str:
     """The href of an "Access denied" page's "Log in as someone else"."""
     body = resp.body.decode()
     end = body.index('">Log in as someone else</a>')
-    return html.unescape(body[body.rindex('<a href="', 0, end) + 9:end])
+    return html.unescape(body[body.rindex('<a autofocus href="', 0, end) + 19:end])
 
 
 @pytest.mark.parametrize("path_routing", [False, True])
@@ -312,7 +312,8 @@ def test_a_failed_switch_logins_try_again_still_knows_who_was_logged_out() -> No
     refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
                                       b.jar)))
     body = refused.body.decode()
-    again = html.unescape(body[body.rindex('<a href="') + 9:body.index('">Try again</a>')])
+    start = body.rindex('<a autofocus href="') + 19
+    again = html.unescape(body[start:body.index('">Try again</a>')])
     assert "switch=1&was=" in again, again
     kept, _ = run(b.open(again))  # the issuer answers as alice again
     assert kept.status == 403 and b"did not ask who you are" in kept.body, kept.body
@@ -433,7 +434,7 @@ def bob_logs_in_after_the_issuers_logout(b: LoginDriver, rp: FakeRP, body: bytes
     assert b"logged out of the studios gateway and of idp.example.org" in returned.body
     back = "/_studio/bobs/lab" if path_routing else here
     login = f"{PROXY}/_connect/login?" + urlencode({"next": back}, quote_via=quote)
-    assert f'<a href="{html.escape(login)}">Log in as someone else</a>'.encode() \
+    assert f'<a autofocus href="{html.escape(login)}">Log in as someone else</a>'.encode() \
         in returned.body, returned.body
     rp.user = "bob"
     who, url = run(b.open(login))
@@ -634,12 +635,13 @@ def test_try_again_after_a_refused_switch_login_asks_the_issuer_again() -> None:
     refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
                                       jar)))
     assert refused.status == 400 and rp.asked_again == [True]
-    assert f'<a href="{html.escape(login)}">Try again</a>'.encode() in refused.body, \
+    assert f'<a autofocus href="{html.escape(login)}">Try again</a>'.encode() in refused.body, \
         refused.body
     rp.store_down = True
     down = run(auth.handle(request(login, jar)))
     assert down.status == 503
-    assert f'<a href="{html.escape(login)}">Try again</a>'.encode() in down.body, down.body
+    assert f'<a autofocus href="{html.escape(login)}">Try again</a>'.encode() in down.body, \
+        down.body
 
 
 @pytest.mark.parametrize("path_routing", [False, True])
@@ -1136,11 +1138,16 @@ def test_login_link_flow():
     assert link.startswith(f"{PROXY}/_connect/link?token=")
     shown = run(auth.handle(request(link)))
     assert shown.status == 200 and b"<form method=\"post\"" in shown.body
+    # Its button has the focus: Enter opens the studio (it was the page's body's, so a
+    # person on the keyboard tabbed to it first). The logout's button too (below).
+    assert b'<button type="submit" autofocus>Open studio abc</button>' in shown.body
     posted = run(auth.handle(request(auth.mint_login_link("abc", "alice"), method="POST")))
     assert posted.status == 302 and posted.user == "alice"
     # GET (a link preview) did not spend it; POST does.
     who, url = run(b.open(link, method="POST"))
     assert isinstance(who, Identity) and who.subject == "alice" and url == studio("abc", "/")
+    asked = run(auth.handle(request(f"{PROXY}/_connect/logout", b.jar)))
+    assert b'<button type="submit" autofocus>Log out</button>' in asked.body
     # Each refusal says in the access line whose link it was and why (it said "- ...
     # bad request"): "why could alice not log in?".
     again = run(auth.handle(request(link, method="POST")))
@@ -1415,7 +1422,7 @@ def issuer_logout_link(body: bytes) -> str | None:
     """The href of the logged-out page's "Also log out of ..." link, or None."""
     import re
 
-    found = re.search(rb'<a class=button id=issuer-logout href="([^"]*)">Also log out of '
+    found = re.search(rb'<a autofocus class=button id=issuer-logout href="([^"]*)">Also log out of '
                       rb'idp\.example\.org</a>', body)
     return html.unescape(found.group(1).decode()) if found else None
 

@@ -54,3 +54,14 @@ def test_a_page_that_reloads_itself_also_reloads_an_address_with_a_fragment() ->
     assert (b"<script>if(location.hash)setTimeout(function(){location.reload()},10000)"
             b"</script>") in body
     assert b"<script" not in pages.not_found("abc").body
+
+
+def test_the_next_step_has_the_keyboard_focus() -> None:
+    """A page's one action (Log in, Try again, Log in as someone else) was not focused:
+    a person on the keyboard tabbed to it first (measured in Chromium: the focus was on
+    the page's body). Its link is now autofocused, once."""
+    page = pages.page(401, "Login required", "Log in first.",
+                      link=("/_connect/login?next=%2F", "Log in"))
+    assert b'<a autofocus href="/_connect/login?next=%2F">Log in</a>' in page.body
+    assert page.body.count(b"autofocus") == 1
+    assert b"autofocus" not in pages.not_connected("abc").body  # no action: nothing focused
