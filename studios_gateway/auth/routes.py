@@ -600,7 +600,7 @@ class LoginRoutes:
                 text += (f" You are logged in as {previous.subject} in this browser: "
                          f"this ends that login, and the studio opens as {data['sub']}.")
             confirm = page(200, "Open studio", text, body_html=form)
-            used = replace(invalid, user=user, why=f"login link to {sid} used already")
+            used = self._used_link(data, previous, invalid)
             return defer.maybeDeferred(self._once.is_spent, data["jti"]).addCallback(
                 lambda spent: used if spent else confirm)
         why = posted_from_elsewhere(request.header(b"sec-fetch-site"),
@@ -620,10 +620,27 @@ class LoginRoutes:
             self.on_login("link", fresh)
             if fresh:
                 return self._link_spent(data, self._browser_login_cookie(request))
-            return replace(page(400, "Login link not valid", "This login link was used already."),
-                           user=user, why=f"login link to {sid} used already")
+            return self._used_link(data, self._login_cookie(request), page(
+                400, "Login link not valid", "This login link was used already."))
 
         return self._spend(data).addCallback(spent)
+
+    def _used_link(self, data: Mapping[str, Any], previous: SessionCookie | None,
+                   invalid: Response) -> Response:
+        """The answer to a link used already: `invalid`, unless this browser is logged in
+        as the link's user (`previous`, a login that is on), most often because it used
+        the link itself: the Back button from the studio, a reload of the link's page, a
+        second click. Those said "ask the person who gave it to you for a new one" to
+        someone who needed none; they get the studio's address instead."""
+        user, sid = data["sub"], data["sid"]
+        why = f"login link to {sid} used already"
+        if previous is None or previous.subject != user:
+            return replace(invalid, user=user, why=why)
+        return replace(page(200, "Open studio",
+                            f"This login link was used already. This browser is still "
+                            f"logged in as {user}: studio {sid} opens without it.",
+                            link=(self.settings.studio_url(sid), f"Open studio {sid}")),
+                       user=user, why=f"{why} (still logged in)")
 
     def _browser_login(self, previous: SessionCookie | None, subject: str, how: str) -> str:
         """The login id for `subject` logging in where `previous` (the browser's login

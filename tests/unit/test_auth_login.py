@@ -1173,6 +1173,31 @@ def test_login_link_flow():
         b"for a new one." in cut.body
 
 
+def test_a_used_link_opened_again_where_it_logged_in_leads_to_the_studio():
+    """The Back button from the studio (the link's page is no-store: asked again), a
+    reload or a second click of the link said "Login link not valid ... Ask the person
+    who gave it to you for a new one" to someone logged in with it (measured in
+    Chromium). Where this browser's login is the link's user's, the page leads to the
+    studio; elsewhere (no login, or someone else's) it is refused as before."""
+    auth, _, _ = make(issuer=False)
+    b = LoginDriver(auth)
+    link = auth.mint_login_link("abc", "alice")
+    who, _ = run(b.open(link, method="POST"))
+    assert isinstance(who, Identity)
+    for method in ("GET", "POST"):
+        again = run(auth.handle(request(link, b.jar, method)))
+        assert (again.status, again.user) == (200, "alice"), again.body
+        assert b"still logged in as alice" in again.body
+        assert f'<a autofocus href="{studio("abc", "/")}">Open studio abc</a>'.encode() \
+            in again.body
+        assert again.why == "login link to abc used already (still logged in)"
+    assert run(auth.handle(request(link))).status == 400  # another browser
+    other = LoginDriver(auth)
+    run(other.open(auth.mint_login_link("abc", "bob"), method="POST"))
+    refused = run(auth.handle(request(link, other.jar)))
+    assert refused.status == 400 and b"Ask the person who gave it to you" in refused.body
+
+
 def test_a_login_link_posted_from_another_site_is_refused_and_stays_unspent():
     """Login CSRF: a page of another site (or another studio, the same site in subdomain
     mode) auto-posting a link of its own would log the visitor in as someone else."""
