@@ -41,6 +41,7 @@ from studios_gateway.auth.cookies import (
 )
 from studios_gateway.auth.oidc import (
     LoginFailed,
+    LoginStateUnknown,
     LoginUnavailable,
     OIDCError,
     RelyingParty,
@@ -155,6 +156,19 @@ def _issuer_logout_button(url: str, host: str) -> str:
     """The "Also log out of <issuer host>" button, leading to the issuer's logout."""
     return (f'<p><a autofocus class=button id=issuer-logout href="{html.escape(url)}">'
             f"Also log out of {html.escape(host)}</a></p>")
+
+
+def _failed_words(failure: LoginFailed) -> str:
+    """A failed login's page, for the person: what happened and what to do. The reason
+    (as the log says it) was the page's only words, from a lower-case letter and in the
+    protocol's terms ("the login's state is unknown, used already or expired"); it is
+    kept for whoever they ask, but for the most common case, which says nothing to them
+    and which trying again mends."""
+    if isinstance(failure, LoginStateUnknown):
+        return ("This login was finished already (the Back button or a reload brought you "
+                "here again), or it waited too long. Try again.")
+    return (f"The login could not be completed: {failure}. Try again; if it fails again, "
+            "tell your administrator what this page says.")
 
 
 def first_live(cookies: CookieCodec, authorizer: Authorizer, values: list[str],
@@ -392,7 +406,7 @@ class LoginRoutes:
                                               ask_again=switch is not None)
             if switch is not None and isinstance(switch.get("was"), str):
                 again = self._naming_who_was(again, switch["was"])  # (still who it was)
-            return page(400, "Login failed", str(f.value), link=(again, "Try again"))
+            return page(400, "Login failed", _failed_words(f.value), link=(again, "Try again"))
 
         def done(result: Any) -> Response | Deferred[Response]:
             subject = result.claims.get(self.settings.user_claim)

@@ -29,6 +29,7 @@ from studios_gateway.auth.oidc import (
     ConfigurationError,
     LoginFailed,
     LoginResult,
+    LoginStateUnknown,
     LoginUnavailable,
     OIDCError,
     TokenSet,
@@ -78,8 +79,8 @@ class FakeRP:
             return defer.fail(LoginUnavailable("the login's state cannot be read: down"))
         pending = self.pending.pop(params.get("state", ""), None)
         if pending is None:
-            return defer.fail(LoginFailed("the login's state is unknown, used already or "
-                                          "expired"))
+            return defer.fail(LoginStateUnknown("the login's state is unknown, used "
+                                                "already or expired"))
         next_url, browser, kept = pending
         if browser is not None and not same_browser(browser, browsers):  # as RelyingParty
             return defer.fail(LoginFailed("this login was begun in another browser"))
@@ -556,7 +557,7 @@ def test_wrong_or_replayed_state_and_code_refused():
     assert bad_code.status == 400 and b"refused" in bad_code.body
     replay = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=good",
                                      jar)))
-    assert replay.status == 400 and b"state" in replay.body
+    assert replay.status == 400 and b"finished already" in replay.body
     forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=forged&code=good")))
     assert forged.status == 400
     assert not any(k.lower() == b"set-cookie" for k, _ in forged.headers)
@@ -642,6 +643,25 @@ def test_try_again_after_a_refused_switch_login_asks_the_issuer_again() -> None:
     assert down.status == 503
     assert f'<a autofocus href="{html.escape(login)}">Try again</a>'.encode() in down.body, \
         down.body
+
+
+def test_a_failed_login_says_what_happened_and_what_to_do() -> None:
+    """The "Login failed" page said only the reason, as the log does, from a lower-case
+    letter: "the login's state is unknown, used already or expired" (measured in
+    Chromium after Back into the callback). The common case is said in plain words; any
+    other keeps its reason, for whoever the person asks."""
+    auth, _, _ = make()
+    jar = Jar()
+    again = run(auth.handle(request(f"{PROXY}/_connect/callback?state=old&code=good", jar)))
+    assert again.status == 400
+    assert b"This login was finished already (the Back button or a reload brought you " \
+        b"here again), or it waited too long. Try again." in again.body
+    assert b"state is unknown" not in again.body and b">Try again</a>" in again.body
+    state = begin_login(auth, studio("abc"), jar)
+    refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
+                                      jar)))
+    assert b"The login could not be completed: the code exchange was refused. Try again; " \
+        b"if it fails again, tell your administrator what this page says." in refused.body
 
 
 @pytest.mark.parametrize("path_routing", [False, True])
