@@ -399,6 +399,16 @@ class LoginRoutes:
                                why=shown(str(f.value), 300, words=True),
                                more=self._refusals.more(unsaid))
             self.on_login("oidc", False)
+            on = self._login_cookie(request)
+            if f.check(LoginStateUnknown) and on is not None:
+                # Logged in, and the login is not known (the issuer's page again, from
+                # the Back button, and the issuer sent the browser back here): "Try
+                # again" led to the login without a page to go on to, the proxy host's
+                # "/" ("Studio not found").
+                return replace(page(200, "Logged in",
+                                    f"This login was finished already: this browser is "
+                                    f"logged in as {on.subject}. Open your studio's address "
+                                    "again."), user=on.subject)
             # "Try again" leads back to the page the login was for, not "/", and asks
             # the issuer again when that login did ("Log in as someone else")
             switch = _switch_of(getattr(f.value, "extra", None))

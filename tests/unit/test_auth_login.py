@@ -650,7 +650,7 @@ def test_a_failed_login_says_what_happened_and_what_to_do() -> None:
     letter: "the login's state is unknown, used already or expired" (measured in
     Chromium after Back into the callback). The common case is said in plain words; any
     other keeps its reason, for whoever the person asks."""
-    auth, _, _ = make()
+    auth, _, rp = make()
     jar = Jar()
     again = run(auth.handle(request(f"{PROXY}/_connect/callback?state=old&code=good", jar)))
     assert again.status == 400
@@ -662,6 +662,14 @@ def test_a_failed_login_says_what_happened_and_what_to_do() -> None:
                                       jar)))
     assert b"The login could not be completed: the code exchange was refused. Try again; " \
         b"if it fails again, tell your administrator what this page says." in refused.body
+    # Back from the studio to the issuer's page, which sends a logged-in browser back
+    # with the used state: its "Try again" led to the proxy host's "/" (Studio not found).
+    b = LoginDriver(auth, external=idp_login(rp))
+    who, _ = run(b.open(studio("abc")))
+    assert isinstance(who, Identity)
+    back = run(auth.handle(request(f"{PROXY}/_connect/callback?state=used&code=good", b.jar)))
+    assert back.status == 200 and b"this browser is logged in as alice. Open your studio&#x27;s " \
+        b"address again." in back.body
 
 
 @pytest.mark.parametrize("path_routing", [False, True])
