@@ -212,8 +212,11 @@ def tool_not_answering(session_id: str) -> Page:
 
 
 def bad_gateway(session_id: str) -> Page:
+    # The tool closed the connection before its answer (it crashed or restarted under
+    # the request): what to do if it lasts, as the 504 says, and not only what failed.
     return page(502, "Studio connection failed",
-                "The connection to the studio's application failed.",
+                "The studio's application ended the connection before it answered: it "
+                "may have stopped or be restarting. If this page stays, restart the studio.",
                 session_id=session_id, refresh=10)
 
 

@@ -45,6 +45,15 @@ def test_a_tool_that_is_down_is_not_said_to_be_slow() -> None:
     assert b"This page reloads by itself." in body
 
 
+def test_a_tool_that_hung_up_says_what_to_do() -> None:
+    """The 502 (the tool closed the connection before its answer) said only "The
+    connection to the studio's application failed." (measured in Chromium)."""
+    body = pages.bad_gateway("abc").body
+    assert b"ended the connection before it answered: it may have stopped or be " \
+        b"restarting. If this page stays, restart the studio." in body
+    assert b"This page reloads by itself." in body and b"<code>abc</code>" in body
+
+
 def test_a_page_that_reloads_itself_also_reloads_an_address_with_a_fragment() -> None:
     """A meta refresh without a URL is a fragment navigation at an address with a
     fragment (it only scrolls): a script reloads such an address, only there, at the
