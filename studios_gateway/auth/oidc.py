@@ -92,6 +92,12 @@ class LoginFailed(OIDCError):
     extra: Mapping[str, Any] | None = None
 
 
+class LoginStateUnknown(LoginFailed):
+    """A callback whose state this gateway does not hold: the login was finished already
+    (the Back button or a reload of its callback), waited too long, or was never begun
+    here."""
+
+
 class LoginUnavailable(OIDCError):
     """The shared store that keeps logins between their start and their callback cannot
     be reached: the person should try again in a moment."""
@@ -667,7 +673,7 @@ class RelyingParty:
     async def _finish(self, params: Mapping[str, str], browsers: Sequence[str]) -> LoginResult:
         pending = await self._take(params.get("state", ""))
         if pending is None:
-            raise LoginFailed("the login's state is unknown, used already or expired")
+            raise LoginStateUnknown("the login's state is unknown, used already or expired")
         if pending.browser is not None and not same_browser(pending.browser, browsers):
             # Not the browser that began it: someone's own callback link, sent to another
             # person. Its next_url is theirs too: "Try again" does not follow it.

@@ -41,6 +41,7 @@ from studios_gateway.auth.cookies import (
 )
 from studios_gateway.auth.oidc import (
     LoginFailed,
+    LoginStateUnknown,
     LoginUnavailable,
     OIDCError,
     RelyingParty,
@@ -153,8 +154,21 @@ def _refused_person(decision: Decision) -> bool:
 
 def _issuer_logout_button(url: str, host: str) -> str:
     """The "Also log out of <issuer host>" button, leading to the issuer's logout."""
-    return (f'<p><a class=button id=issuer-logout href="{html.escape(url)}">'
+    return (f'<p><a autofocus class=button id=issuer-logout href="{html.escape(url)}">'
             f"Also log out of {html.escape(host)}</a></p>")
+
+
+def _failed_words(failure: LoginFailed) -> str:
+    """A failed login's page, for the person: what happened and what to do. The reason
+    (as the log says it) was the page's only words, from a lower-case letter and in the
+    protocol's terms ("the login's state is unknown, used already or expired"); it is
+    kept for whoever they ask, but for the most common case, which says nothing to them
+    and which trying again mends."""
+    if isinstance(failure, LoginStateUnknown):
+        return ("This login was finished already (the Back button or a reload brought you "
+                "here again), or it waited too long. Try again.")
+    return (f"The login could not be completed: {failure}. Try again; if it fails again, "
+            "tell your administrator what this page says.")
 
 
 def first_live(cookies: CookieCodec, authorizer: Authorizer, values: list[str],
@@ -385,6 +399,16 @@ class LoginRoutes:
                                why=shown(str(f.value), 300, words=True),
                                more=self._refusals.more(unsaid))
             self.on_login("oidc", False)
+            on = self._login_cookie(request)
+            if f.check(LoginStateUnknown) and on is not None:
+                # Logged in, and the login is not known (the issuer's page again, from
+                # the Back button, and the issuer sent the browser back here): "Try
+                # again" led to the login without a page to go on to, the proxy host's
+                # "/" ("Studio not found").
+                return replace(page(200, "Logged in",
+                                    f"This login was finished already: this browser is "
+                                    f"logged in as {on.subject}. Open your studio's address "
+                                    "again."), user=on.subject)
             # "Try again" leads back to the page the login was for, not "/", and asks
             # the issuer again when that login did ("Log in as someone else")
             switch = _switch_of(getattr(f.value, "extra", None))
@@ -392,7 +416,7 @@ class LoginRoutes:
                                               ask_again=switch is not None)
             if switch is not None and isinstance(switch.get("was"), str):
                 again = self._naming_who_was(again, switch["was"])  # (still who it was)
-            return page(400, "Login failed", str(f.value), link=(again, "Try again"))
+            return page(400, "Login failed", _failed_words(f.value), link=(again, "Try again"))
 
         def done(result: Any) -> Response | Deferred[Response]:
             subject = result.claims.get(self.settings.user_claim)
@@ -590,7 +614,7 @@ class LoginRoutes:
         if request.method != "POST":
             # Link scanners and previews only GET: spend the link on a deliberate click.
             action = html.escape(f"{PREFIX}link?" + urlencode({"token": token}))
-            form = (f'<form method="post" action="{action}"><button type="submit">'
+            form = (f'<form method="post" action="{action}"><button type="submit" autofocus>'
                     f"Open studio {html.escape(data['sid'])}</button></form>")
             text = f"Log in to studio {data['sid']} as {data['sub']}."
             previous = self._login_cookie(request)
@@ -600,7 +624,7 @@ class LoginRoutes:
                 text += (f" You are logged in as {previous.subject} in this browser: "
                          f"this ends that login, and the studio opens as {data['sub']}.")
             confirm = page(200, "Open studio", text, body_html=form)
-            used = replace(invalid, user=user, why=f"login link to {sid} used already")
+            used = self._used_link(data, previous, invalid)
             return defer.maybeDeferred(self._once.is_spent, data["jti"]).addCallback(
                 lambda spent: used if spent else confirm)
         why = posted_from_elsewhere(request.header(b"sec-fetch-site"),
@@ -620,10 +644,27 @@ class LoginRoutes:
             self.on_login("link", fresh)
             if fresh:
                 return self._link_spent(data, self._browser_login_cookie(request))
-            return replace(page(400, "Login link not valid", "This login link was used already."),
-                           user=user, why=f"login link to {sid} used already")
+            return self._used_link(data, self._login_cookie(request), page(
+                400, "Login link not valid", "This login link was used already."))
 
         return self._spend(data).addCallback(spent)
+
+    def _used_link(self, data: Mapping[str, Any], previous: SessionCookie | None,
+                   invalid: Response) -> Response:
+        """The answer to a link used already: `invalid`, unless this browser is logged in
+        as the link's user (`previous`, a login that is on), most often because it used
+        the link itself: the Back button from the studio, a reload of the link's page, a
+        second click. Those said "ask the person who gave it to you for a new one" to
+        someone who needed none; they get the studio's address instead."""
+        user, sid = data["sub"], data["sid"]
+        why = f"login link to {sid} used already"
+        if previous is None or previous.subject != user:
+            return replace(invalid, user=user, why=why)
+        return replace(page(200, "Open studio",
+                            f"This login link was used already. This browser is still "
+                            f"logged in as {user}: studio {sid} opens without it.",
+                            link=(self.settings.studio_url(sid), f"Open studio {sid}")),
+                       user=user, why=f"{why} (still logged in)")
 
     def _browser_login(self, previous: SessionCookie | None, subject: str, how: str) -> str:
         """The login id for `subject` logging in where `previous` (the browser's login
@@ -801,7 +842,7 @@ class LoginRoutes:
                            why=f"logout posted from elsewhere: {why}")
         query = f"?{request.query}" if request.query else ""
         action = html.escape(path + query)
-        form = (f'<form method="post" action="{action}"><button type="submit">'
+        form = (f'<form method="post" action="{action}"><button type="submit" autofocus>'
                 "Log out</button></form>")
         ends = ("studio opened with this login in this browser stops working until you log "
                 "in again.")

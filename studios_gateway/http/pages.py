@@ -92,7 +92,9 @@ def page(status: int, title: str, message: str, *, session_id: str | None = None
     studio = (f"<p>Studio: <code>{html.escape(session_id)}</code></p>"
               if session_id else "")
     retry = "<p>This page reloads by itself.</p>" if refresh else ""
-    more = (f'<p><a href="{html.escape(link[0])}">{html.escape(link[1])}</a></p>'
+    # The link is what the person does next: focused (autofocus), as a form's button is,
+    # so Enter or Space takes it without a pointer.
+    more = (f'<p><a autofocus href="{html.escape(link[0])}">{html.escape(link[1])}</a></p>'
             if link is not None else "")
     doc = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -210,8 +212,11 @@ def tool_not_answering(session_id: str) -> Page:
 
 
 def bad_gateway(session_id: str) -> Page:
+    # The tool closed the connection before its answer (it crashed or restarted under
+    # the request): what to do if it lasts, as the 504 says, and not only what failed.
     return page(502, "Studio connection failed",
-                "The connection to the studio's application failed.",
+                "The studio's application ended the connection before it answered: it "
+                "may have stopped or be restarting. If this page stays, restart the studio.",
                 session_id=session_id, refresh=10)
 
 

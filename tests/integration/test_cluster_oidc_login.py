@@ -84,11 +84,16 @@ def test_a_login_begun_on_one_node_finishes_on_another_and_only_once(
     assert "/somewhere" in finished.headers["Location"], finished.headers["Location"]
     assert LOGIN_COOKIE in alice.cookies["localhost"], alice.cookies
 
-    # The same callback again, now on node A (where the login began): refused.
-    replay = Browser(cookies={"localhost": dict(alice.cookies["localhost"])}).get(
-        on_node(callback, a), follow=False)
+    # The same callback again, now on node A (where the login began): refused; in the
+    # browser that is logged in, with words that say so (no cookie set).
+    replay = Browser().get(on_node(callback, a), follow=False)
     assert replay.status == 400, (replay.status, replay.text[:300])
-    assert "unknown, used already or expired" in replay.text, replay.text[:500]
+    assert "This login was finished already" in replay.text, replay.text[:500]
+    again = Browser(cookies={"localhost": dict(alice.cookies["localhost"])}).get(
+        on_node(callback, a), follow=False)
+    assert again.status == 200, (again.status, again.text[:300])
+    assert "this browser is logged in as alice" in again.text, again.text[:500]
+    assert not any(k.lower() == "set-cookie" for k in again.headers), again.headers
 
 
 def test_while_redis_is_down_a_login_says_try_again_and_works_once_it_is_back(

@@ -736,7 +736,7 @@ def test_logging_out_of_the_issuer_too_makes_the_next_login_ask_again(tmp_path: 
 
 def switch_link(text: str) -> str:
     """The href of an "Access denied" page's "Log in as someone else"."""
-    found = re.search(r'<a href="([^"]*)">Log in as someone else</a>', text)
+    found = re.search(r'<a autofocus href="([^"]*)">Log in as someone else</a>', text)
     assert found is not None, text
     return html.unescape(found.group(1))
 

@@ -29,6 +29,7 @@ from studios_gateway.auth.oidc import (
     ConfigurationError,
     LoginFailed,
     LoginResult,
+    LoginStateUnknown,
     LoginUnavailable,
     OIDCError,
     TokenSet,
@@ -78,8 +79,8 @@ class FakeRP:
             return defer.fail(LoginUnavailable("the login's state cannot be read: down"))
         pending = self.pending.pop(params.get("state", ""), None)
         if pending is None:
-            return defer.fail(LoginFailed("the login's state is unknown, used already or "
-                                          "expired"))
+            return defer.fail(LoginStateUnknown("the login's state is unknown, used "
+                                                "already or expired"))
         next_url, browser, kept = pending
         if browser is not None and not same_browser(browser, browsers):  # as RelyingParty
             return defer.fail(LoginFailed("this login was begun in another browser"))
@@ -221,7 +222,7 @@ def switch_link(resp: Response) -> str:
     """The href of an "Access denied" page's "Log in as someone else"."""
     body = resp.body.decode()
     end = body.index('">Log in as someone else</a>')
-    return html.unescape(body[body.rindex('<a href="', 0, end) + 9:end])
+    return html.unescape(body[body.rindex('<a autofocus href="', 0, end) + 19:end])
 
 
 @pytest.mark.parametrize("path_routing", [False, True])
@@ -312,7 +313,8 @@ def test_a_failed_switch_logins_try_again_still_knows_who_was_logged_out() -> No
     refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
                                       b.jar)))
     body = refused.body.decode()
-    again = html.unescape(body[body.rindex('<a href="') + 9:body.index('">Try again</a>')])
+    start = body.rindex('<a autofocus href="') + 19
+    again = html.unescape(body[start:body.index('">Try again</a>')])
     assert "switch=1&was=" in again, again
     kept, _ = run(b.open(again))  # the issuer answers as alice again
     assert kept.status == 403 and b"did not ask who you are" in kept.body, kept.body
@@ -433,7 +435,7 @@ def bob_logs_in_after_the_issuers_logout(b: LoginDriver, rp: FakeRP, body: bytes
     assert b"logged out of the studios gateway and of idp.example.org" in returned.body
     back = "/_studio/bobs/lab" if path_routing else here
     login = f"{PROXY}/_connect/login?" + urlencode({"next": back}, quote_via=quote)
-    assert f'<a href="{html.escape(login)}">Log in as someone else</a>'.encode() \
+    assert f'<a autofocus href="{html.escape(login)}">Log in as someone else</a>'.encode() \
         in returned.body, returned.body
     rp.user = "bob"
     who, url = run(b.open(login))
@@ -555,7 +557,7 @@ def test_wrong_or_replayed_state_and_code_refused():
     assert bad_code.status == 400 and b"refused" in bad_code.body
     replay = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=good",
                                      jar)))
-    assert replay.status == 400 and b"state" in replay.body
+    assert replay.status == 400 and b"finished already" in replay.body
     forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=forged&code=good")))
     assert forged.status == 400
     assert not any(k.lower() == b"set-cookie" for k, _ in forged.headers)
@@ -634,12 +636,40 @@ def test_try_again_after_a_refused_switch_login_asks_the_issuer_again() -> None:
     refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
                                       jar)))
     assert refused.status == 400 and rp.asked_again == [True]
-    assert f'<a href="{html.escape(login)}">Try again</a>'.encode() in refused.body, \
+    assert f'<a autofocus href="{html.escape(login)}">Try again</a>'.encode() in refused.body, \
         refused.body
     rp.store_down = True
     down = run(auth.handle(request(login, jar)))
     assert down.status == 503
-    assert f'<a href="{html.escape(login)}">Try again</a>'.encode() in down.body, down.body
+    assert f'<a autofocus href="{html.escape(login)}">Try again</a>'.encode() in down.body, \
+        down.body
+
+
+def test_a_failed_login_says_what_happened_and_what_to_do() -> None:
+    """The "Login failed" page said only the reason, as the log does, from a lower-case
+    letter: "the login's state is unknown, used already or expired" (measured in
+    Chromium after Back into the callback). The common case is said in plain words; any
+    other keeps its reason, for whoever the person asks."""
+    auth, _, rp = make()
+    jar = Jar()
+    again = run(auth.handle(request(f"{PROXY}/_connect/callback?state=old&code=good", jar)))
+    assert again.status == 400
+    assert b"This login was finished already (the Back button or a reload brought you " \
+        b"here again), or it waited too long. Try again." in again.body
+    assert b"state is unknown" not in again.body and b">Try again</a>" in again.body
+    state = begin_login(auth, studio("abc"), jar)
+    refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
+                                      jar)))
+    assert b"The login could not be completed: the code exchange was refused. Try again; " \
+        b"if it fails again, tell your administrator what this page says." in refused.body
+    # Back from the studio to the issuer's page, which sends a logged-in browser back
+    # with the used state: its "Try again" led to the proxy host's "/" (Studio not found).
+    b = LoginDriver(auth, external=idp_login(rp))
+    who, _ = run(b.open(studio("abc")))
+    assert isinstance(who, Identity)
+    back = run(auth.handle(request(f"{PROXY}/_connect/callback?state=used&code=good", b.jar)))
+    assert back.status == 200 and b"this browser is logged in as alice. Open your studio&#x27;s " \
+        b"address again." in back.body
 
 
 @pytest.mark.parametrize("path_routing", [False, True])
@@ -1136,11 +1166,16 @@ def test_login_link_flow():
     assert link.startswith(f"{PROXY}/_connect/link?token=")
     shown = run(auth.handle(request(link)))
     assert shown.status == 200 and b"<form method=\"post\"" in shown.body
+    # Its button has the focus: Enter opens the studio (it was the page's body's, so a
+    # person on the keyboard tabbed to it first). The logout's button too (below).
+    assert b'<button type="submit" autofocus>Open studio abc</button>' in shown.body
     posted = run(auth.handle(request(auth.mint_login_link("abc", "alice"), method="POST")))
     assert posted.status == 302 and posted.user == "alice"
     # GET (a link preview) did not spend it; POST does.
     who, url = run(b.open(link, method="POST"))
     assert isinstance(who, Identity) and who.subject == "alice" and url == studio("abc", "/")
+    asked = run(auth.handle(request(f"{PROXY}/_connect/logout", b.jar)))
+    assert b'<button type="submit" autofocus>Log out</button>' in asked.body
     # Each refusal says in the access line whose link it was and why (it said "- ...
     # bad request"): "why could alice not log in?".
     again = run(auth.handle(request(link, method="POST")))
@@ -1164,6 +1199,31 @@ def test_login_link_flow():
     cut = run(auth.handle(request(link[:60])))
     assert cut.status == 400 and b"not copied whole. Ask the person who gave it to you " \
         b"for a new one." in cut.body
+
+
+def test_a_used_link_opened_again_where_it_logged_in_leads_to_the_studio():
+    """The Back button from the studio (the link's page is no-store: asked again), a
+    reload or a second click of the link said "Login link not valid ... Ask the person
+    who gave it to you for a new one" to someone logged in with it (measured in
+    Chromium). Where this browser's login is the link's user's, the page leads to the
+    studio; elsewhere (no login, or someone else's) it is refused as before."""
+    auth, _, _ = make(issuer=False)
+    b = LoginDriver(auth)
+    link = auth.mint_login_link("abc", "alice")
+    who, _ = run(b.open(link, method="POST"))
+    assert isinstance(who, Identity)
+    for method in ("GET", "POST"):
+        again = run(auth.handle(request(link, b.jar, method)))
+        assert (again.status, again.user) == (200, "alice"), again.body
+        assert b"still logged in as alice" in again.body
+        assert f'<a autofocus href="{studio("abc", "/")}">Open studio abc</a>'.encode() \
+            in again.body
+        assert again.why == "login link to abc used already (still logged in)"
+    assert run(auth.handle(request(link))).status == 400  # another browser
+    other = LoginDriver(auth)
+    run(other.open(auth.mint_login_link("abc", "bob"), method="POST"))
+    refused = run(auth.handle(request(link, other.jar)))
+    assert refused.status == 400 and b"Ask the person who gave it to you" in refused.body
 
 
 def test_a_login_link_posted_from_another_site_is_refused_and_stays_unspent():
@@ -1415,7 +1475,7 @@ def issuer_logout_link(body: bytes) -> str | None:
     """The href of the logged-out page's "Also log out of ..." link, or None."""
     import re
 
-    found = re.search(rb'<a class=button id=issuer-logout href="([^"]*)">Also log out of '
+    found = re.search(rb'<a autofocus class=button id=issuer-logout href="([^"]*)">Also log out of '
                       rb'idp\.example\.org</a>', body)
     return html.unescape(found.group(1).decode()) if found else None
 

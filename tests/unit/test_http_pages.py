@@ -45,6 +45,15 @@ def test_a_tool_that_is_down_is_not_said_to_be_slow() -> None:
     assert b"This page reloads by itself." in body
 
 
+def test_a_tool_that_hung_up_says_what_to_do() -> None:
+    """The 502 (the tool closed the connection before its answer) said only "The
+    connection to the studio's application failed." (measured in Chromium)."""
+    body = pages.bad_gateway("abc").body
+    assert b"ended the connection before it answered: it may have stopped or be " \
+        b"restarting. If this page stays, restart the studio." in body
+    assert b"This page reloads by itself." in body and b"<code>abc</code>" in body
+
+
 def test_a_page_that_reloads_itself_also_reloads_an_address_with_a_fragment() -> None:
     """A meta refresh without a URL is a fragment navigation at an address with a
     fragment (it only scrolls): a script reloads such an address, only there, at the
@@ -54,3 +63,14 @@ def test_a_page_that_reloads_itself_also_reloads_an_address_with_a_fragment() ->
     assert (b"<script>if(location.hash)setTimeout(function(){location.reload()},10000)"
             b"</script>") in body
     assert b"<script" not in pages.not_found("abc").body
+
+
+def test_the_next_step_has_the_keyboard_focus() -> None:
+    """A page's one action (Log in, Try again, Log in as someone else) was not focused:
+    a person on the keyboard tabbed to it first (measured in Chromium: the focus was on
+    the page's body). Its link is now autofocused, once."""
+    page = pages.page(401, "Login required", "Log in first.",
+                      link=("/_connect/login?next=%2F", "Log in"))
+    assert b'<a autofocus href="/_connect/login?next=%2F">Log in</a>' in page.body
+    assert page.body.count(b"autofocus") == 1
+    assert b"autofocus" not in pages.not_connected("abc").body  # no action: nothing focused
