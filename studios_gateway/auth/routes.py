@@ -40,6 +40,7 @@ from studios_gateway.auth.cookies import (
     set_cookie_header,
 )
 from studios_gateway.auth.oidc import (
+    ClientRefused,
     LoginFailed,
     LoginUnavailable,
     OIDCError,
@@ -369,7 +370,8 @@ class LoginRoutes:
     def _callback(self, request: RequestInfo) -> Any:
         if self.rp is None:
             return page(404, "Not found", "No such page.")
-        d = self.rp.finish(request.params(),
+        rp = self.rp
+        d = rp.finish(request.params(),
                            self._tokens(request, self.settings.browser_cookie_name))
 
         def failed(f: Any) -> Response:
@@ -379,12 +381,21 @@ class LoginRoutes:
                 return self._unavailable(f.value, None)
             # Anyone can ask for /_connect/callback?state=x (each has its access line):
             # a line per kind of failure and minute, with the count of the others.
+            client = f.check(ClientRefused) is not None
             unsaid = self._refusals.due(type(f.value).__name__)
             if unsaid is not None:
-                self._log.warn("a login was refused: {why}{more}",
-                               why=shown(str(f.value), 300, words=True),
-                               more=self._refusals.more(unsaid))
+                # The issuer refusing the gateway's own client is the operator's to fix
+                # (every login fails): an error, apart from people's refused logins.
+                (self._log.error if client else self._log.warn)(
+                    "a login was refused: {why}{more}",
+                    why=shown(str(f.value), 600 if client else 300, words=True),
+                    more=self._refusals.more(unsaid))
             self.on_login("oidc", False)
+            if client:
+                return page(502, "Login unavailable",
+                            f"{rp.issuer_host} (the identity provider) does not accept "
+                            "this gateway's configuration, so nobody can log in here at the "
+                            "moment. Your account is not the cause: tell your administrator.")
             # "Try again" leads back to the page the login was for, not "/", and asks
             # the issuer again when that login did ("Log in as someone else")
             switch = _switch_of(getattr(f.value, "extra", None))

@@ -1,0 +1,96 @@
+"""An operator's OpenID mistakes, with real processes (`twistd studios-gateway`, the test
+IdP as its own process, `studios-gateway check-config --connect`): an issuer address that
+answers nothing, and a client the issuer no longer accepts (its secret changed there, or
+the issuer forgot it). check-config says each in one line before the start; a login then
+gets a page that tells the person it is not their doing, and the log an error that says
+what to fix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway import REPO
+from tests.support.login import Gateway, IdPProcess, idp_and_gateway, login_at_idp
+from tests.support.ports import free_port
+from tests.support.web import Browser
+
+pytestmark = pytest.mark.slow
+
+WRONG = "not-the-client-secret-4711"
+
+
+def check_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "studios_gateway.cli", "check-config", "-q",
+                           "--connect"], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[tuple[IdPProcess, Gateway]]:
+    with idp_and_gateway(tmp_path) as both:
+        yield both
+
+
+def test_an_issuer_that_answers_nothing_is_said_by_check_config(
+        gateway: tuple[IdPProcess, Gateway]) -> None:
+    idp, g = gateway
+    ok = check_config(g.env)
+    assert ok.returncode == 0, ok.stderr
+    assert f"OpenID issuer {idp.issuer}: discovery answered" in ok.stdout
+    assert "its JWKS has 1 signing key(s)" in ok.stdout
+    assert "is accepted (a made-up code was refused" in ok.stdout, ok.stdout
+    # A port nothing listens on (a typo): before, "configuration OK".
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    down = check_config({**g.env, "PLATFORM_URL": nowhere})
+    assert down.returncode == 2
+    assert down.stderr.startswith(
+        f"studios-gateway: OpenID discovery at {nowhere}/.well-known/openid-configuration "
+        f"failed: {nowhere} cannot be reached: the gateway would start, and every login fail "
+        "until the issuer answers"), down.stderr
+    # A path that is not the issuer's: the start's own refusal, in its words.
+    wrong_path = check_config({**g.env, "PLATFORM_URL": idp.issuer + "/api"})
+    assert wrong_path.returncode == 2
+    assert "openid-configuration answered HTTP 404" in wrong_path.stderr
+
+
+def test_a_client_the_issuer_refuses_is_the_operators_error_not_the_users(
+        gateway: tuple[IdPProcess, Gateway]) -> None:
+    idp, g = gateway
+    sid = g.studio()["id"]
+    client_file = g.tmp_path / "storage" / "oidc-client.json"
+    kept = json.loads(client_file.read_text())
+    # The issuer changed the client's secret (or forgot the client): the file is stale.
+    client_file.write_text(json.dumps({**kept, "client_secret": WRONG}))
+    g.restart()
+
+    said = check_config(g.env)
+    assert said.returncode == 2
+    assert (f"HTTP 401: invalid_client (client authentication failed)): the issuer does not "
+            f"accept the client {kept['client_id']} registered in {client_file}") in said.stderr
+    assert "delete it, and start them to register again" in said.stderr
+    assert WRONG not in said.stdout + said.stderr
+
+    browser = Browser()
+    landed = login_at_idp(browser, g.url(sid, "/api/info"), "alice")
+    # Before: 400 "Login failed: the code exchange was refused (HTTP 401: invalid_client
+    # ...)" with "Try again", which failed the same way, and one warning a minute shared
+    # with everybody's refused logins.
+    assert landed.status == 502, (landed.status, landed.text[:500])
+    assert "Login unavailable" in landed.text and "tell your administrator" in landed.text
+    assert "Try again" not in landed.text
+    log = g.gw.output()
+    line = next(ln for ln in log.splitlines() if "a login was refused: the code exchange" in ln)
+    assert "#error] a login was refused" in line, line
+    assert f"registered in {client_file}" in line and "register again" in line, line
+    assert WRONG not in log
+
+    # Put right (here: the issuer's secret back in the file), check-config says so.
+    client_file.write_text(json.dumps(kept))
+    ok = check_config(g.env)
+    assert ok.returncode == 0 and f"the client {kept['client_id']} is accepted" in ok.stdout
