@@ -84,6 +84,7 @@ from studios_gateway.auth.settings import (
     LOGIN_COOKIE,
     LOGOUT_COOKIE,
     PREFIX,
+    RETURN_COOKIE,
     SWITCH,
     AuthSettings,
 )
@@ -110,7 +111,8 @@ SUBJECT_HEADER = b"X-Connect-Sub"
 #: specially: a tool's Set-Cookie with one of these names never reaches the browser.
 GATEWAY_COOKIES = frozenset(
     f"{prefix}{name}".lower()
-    for name in (COOKIE_NAME, LOGIN_COOKIE, BROWSER_COOKIE, HANDOFF_COOKIE, LOGOUT_COOKIE)
+    for name in (COOKIE_NAME, LOGIN_COOKIE, BROWSER_COOKIE, HANDOFF_COOKIE, LOGOUT_COOKIE,
+                 RETURN_COOKIE)
     for prefix in ("", "__Host-", "__Secure-"))
 KEY_FILE = "auth-signing.key"
 #: The browser's ``Sec-Fetch-Dest`` of a page load into a frame of another page.

@@ -65,6 +65,7 @@ __all__ = [
     "OIDCSettings",
     "ProviderMetadata",
     "RelyingParty",
+    "StateUnknown",
     "TokenSet",
 ]
 
@@ -91,6 +92,12 @@ class LoginFailed(OIDCError):
 
     next_url: str | None = None
     extra: Mapping[str, Any] | None = None
+
+
+class StateUnknown(LoginFailed):
+    """The callback's state names no login waiting: finished already (the browser's Back
+    button went back to the issuer, which answered again), over its time at the issuer,
+    begun before a restart, or made up."""
 
 
 class ClientRefused(LoginFailed):
@@ -692,7 +699,7 @@ class RelyingParty:
     async def _finish(self, params: Mapping[str, str], browsers: Sequence[str]) -> LoginResult:
         pending = await self._take(params.get("state", ""))
         if pending is None:
-            raise LoginFailed("the login's state is unknown, used already or expired")
+            raise StateUnknown("the login's state is unknown, used already or expired")
         if pending.browser is not None and not same_browser(pending.browser, browsers):
             # Not the browser that began it: someone's own callback link, sent to another
             # person. Its next_url is theirs too: "Try again" does not follow it.

@@ -45,6 +45,7 @@ from studios_gateway.auth.oidc import (
     LoginUnavailable,
     OIDCError,
     RelyingParty,
+    StateUnknown,
     same_browser,
 )
 from studios_gateway.auth.onetime import OneTimeTable
@@ -83,6 +84,10 @@ MAX_SUBJECT = 256
 #: switch when it is more than SWITCH_SKEW seconds before it (the issuer's clock may be
 #: a little behind ours; a fresh login also takes the time to type a password).
 SWITCH_FROM = "switch-from/1"
+#: The purpose of the return cookie's signature (RETURN_COOKIE: where a login leads).
+RETURN_TO = "login-return/1"
+#: A longer `next` is not kept in the return cookie (a browser keeps ~4 KiB per cookie).
+RETURN_LONGEST = 3000
 SWITCH_FROM_TTL = 600
 WAS = "was"
 SWITCH_SKEW = 30.0
@@ -296,8 +301,11 @@ class LoginRoutes:
         browser = browsers[0] if browsers else secrets.token_urlsafe(32)
 
         def begun(url: str) -> Response:
-            return redirect(url, [self._proxy_cookie(s.browser_cookie_name, browser,
-                                                     BROWSER_COOKIE_TTL)])
+            cookies = [self._proxy_cookie(s.browser_cookie_name, browser, BROWSER_COOKIE_TTL)]
+            back = self._signer.sign(RETURN_TO, {"n": next_url})
+            if len(back) <= RETURN_LONGEST:
+                cookies.append(self._proxy_cookie(s.return_cookie_name, back, s.login_ttl))
+            return redirect(url, cookies)
 
         # "Log in as someone else" (switch=1): the issuer asks who this is even where its
         # own login is open. Only that fixed request: nothing of the query reaches the
@@ -316,6 +324,35 @@ class LoginRoutes:
         extra = {SWITCH: self._switch_from(request)} if ask_again else None
         return self.rp.begin(next_url, extra, browser=browser,
                              ask_again=ask_again).addCallbacks(begun, failed)
+
+    def _login_over(self, request: RequestInfo) -> Response | None:
+        """A callback whose login is over, in a browser that began one here: back to the
+        page its last login was for (the return cookie), not a "Login failed" whose "Try
+        again" ended at the proxy host's "/" (404). Logged in (the Back button after the
+        login went back to the issuer, which answered at once): on to that page, the
+        issuer unasked. Not: the login took longer than its time at the issuer; one
+        click logs in again. None: no such cookie (a made-up or someone's callback)."""
+        s = self.settings
+        next_url = None
+        for value in cookie_values(request.headers, s.return_cookie_name):
+            kept = self._signer.verify(RETURN_TO, value)
+            if kept is not None and isinstance(kept.get("n"), str):
+                next_url = s.safe_next(kept["n"])
+        if next_url is None:
+            return None
+        if self._login_cookie(request) is not None:
+            self._log.info("a login's callback came again (the Back button to the identity "
+                           "provider): sent on, logged in")
+            return redirect(s.login_again(next_url))
+        self.on_login("oidc", False)
+        minutes = (self.rp.settings.login_ttl if self.rp is not None else 600) / 60
+        self._log.info("a login's callback came after its {minutes:.0f} minutes, or again: "
+                       "asked to log in again", minutes=minutes)
+        return page(400, "Login took too long",
+                    "This login was not finished in time at the identity provider (it "
+                    f"waits {minutes:.0f} minutes at most), or was finished already. Log in "
+                    "again to go on where you were.",
+                    link=(s.login_again(next_url), "Log in again"))
 
     def _switch_from(self, request: RequestInfo) -> dict[str, Any]:
         """What a "Log in as someone else" login keeps until its callback: when it began
@@ -379,6 +416,10 @@ class LoginRoutes:
             if f.check(LoginUnavailable):
                 self.on_login("oidc", False)
                 return self._unavailable(f.value, None)
+            if f.check(StateUnknown):
+                over = self._login_over(request)
+                if over is not None:
+                    return over
             # Anyone can ask for /_connect/callback?state=x (each has its access line):
             # a line per kind of failure and minute, with the count of the others.
             client = f.check(ClientRefused) is not None

@@ -84,11 +84,23 @@ def test_a_login_begun_on_one_node_finishes_on_another_and_only_once(
     assert "/somewhere" in finished.headers["Location"], finished.headers["Location"]
     assert LOGIN_COOKIE in alice.cookies["localhost"], alice.cookies
 
-    # The same callback again, now on node A (where the login began): refused.
-    replay = Browser(cookies={"localhost": dict(alice.cookies["localhost"])}).get(
-        on_node(callback, a), follow=False)
+    # The same callback again, now on node A (where the login began): refused, its code
+    # never exchanged again. In a browser that began no login there (without the page a
+    # login of its leads to), "Login failed".
+    exchanged = idp.counts()["token"]
+    began_none = {k: v for k, v in alice.cookies["localhost"].items()
+                  if not k.endswith("connect_return")}
+    replay = Browser(cookies={"localhost": began_none}).get(on_node(callback, a), follow=False)
     assert replay.status == 400, (replay.status, replay.text[:300])
     assert "unknown, used already or expired" in replay.text, replay.text[:500]
+    # In alice's own browser (the Back button to the issuer): on to the page her login
+    # was for, through the login she has (no issuer, no new login).
+    back = Browser(cookies={"localhost": dict(alice.cookies["localhost"])}).get(
+        on_node(callback, a), follow=False)
+    assert back.status == 302, (back.status, back.text[:300])
+    assert urlsplit(back.headers["Location"]).path == "/_connect/login"
+    assert dict(parse_qsl(urlsplit(back.headers["Location"]).query))["next"] == "/somewhere"
+    assert idp.counts()["token"] == exchanged
 
 
 def test_while_redis_is_down_a_login_says_try_again_and_works_once_it_is_back(
