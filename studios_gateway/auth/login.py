@@ -64,6 +64,7 @@ from studios_gateway.auth.cookies import (
 )
 from studios_gateway.auth.files import load_or_create_key
 from studios_gateway.auth.oidc import (
+    ClientRefused,
     ConfigurationError,
     OIDCError,
     OIDCSettings,
@@ -349,6 +350,17 @@ class Auth:
         def ok(_: Any) -> None:
             self.issuer_down = False
             started.callback(None)
+            # Whether the issuer accepts the client (a secret changed there, a client it
+            # forgot): said now, not by the first person's failed login. Not a reason to
+            # stop: the client may be put right at the issuer.
+            rp.try_client().addErrback(client_refused)
+
+        def client_refused(f: Any) -> None:
+            if f.check(ClientRefused):
+                self._log.error("{why}; every login fails until then", why=str(f.value))
+            else:
+                self._log.debug("trying the OIDC client at start: {why}",
+                                why=f.getErrorMessage())
 
         def failed(f: Any) -> None:
             if f.check(ConfigurationError) or not f.check(OIDCError):
