@@ -97,10 +97,22 @@ async def _ask(rp: RelyingParty, issuer: str) -> IssuerCheck:
                 "checked then)")
         return found
     try:
+        status, text = await rp.try_authorize()
+    except OIDCError as e:
+        found.notes.append(f"warning: {e}")
+    else:
+        if status >= 400:
+            # Heuristic: a warning, not a refusal (an issuer may refuse for other reasons).
+            found.notes.append(
+                f"warning: the issuer's authorization endpoint answered HTTP {status} to a "
+                f"login for the client {rp.client.client_id} with the redirect URI "
+                f"{rp.settings.redirect_uri}: is that address (CONNECT_PROXY_URL + "
+                f"/_connect/callback) registered with the client at the issuer? ({text})")
+    try:
         answer = await rp.try_client()
     except OIDCError as e:  # ClientRefused among them
         found.problems.append(str(e))
     else:
         found.notes.append(f"OpenID issuer {meta.issuer}: the client {rp.client.client_id} "
-                           f"is accepted (a made-up code was refused: {answer})")
+                           f"is accepted ({answer})")
     return found

@@ -627,11 +627,7 @@ class RelyingParty:
         nonce = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
         pending = _Pending(nonce, verifier, next_url, dict(extra or {}), browser)
-        params = {"response_type": "code", "client_id": client.client_id,
-                  "redirect_uri": self.settings.redirect_uri,
-                  "scope": " ".join(self.settings.scopes),
-                  "state": "", "nonce": nonce, "code_challenge": pkce_challenge(verifier),
-                  "code_challenge_method": "S256"}
+        params = self._authorization_params(client, nonce, verifier)
         if ask_again and self.can_ask_again:
             params["prompt"] = "login"
         endpoint = self.metadata.authorization_endpoint
@@ -665,6 +661,14 @@ class RelyingParty:
             return f
 
         return d.addCallbacks(kept, failed)
+
+    def _authorization_params(self, client: ClientRegistration, nonce: str,
+                              verifier: str) -> dict[str, str]:
+        """An authorization request's query (its state left empty, set by the caller)."""
+        return {"response_type": "code", "client_id": client.client_id,
+                "redirect_uri": self.settings.redirect_uri,
+                "scope": " ".join(self.settings.scopes), "state": "", "nonce": nonce,
+                "code_challenge": pkce_challenge(verifier), "code_challenge_method": "S256"}
 
     def _drop_begun(self, states: list[str]) -> None:
         """Past a bound, the oldest logins this node began leave the shared store too."""
@@ -772,6 +776,29 @@ class RelyingParty:
             except LoginFailed as e:
                 return str(e)
             return "the token endpoint exchanged a made-up code"
+        return Deferred.fromCoroutine(ask())
+
+    def try_authorize(self) -> Deferred[tuple[int, str]]:
+        """For check-config --connect: ask the authorization endpoint for a login as
+        :meth:`begin` would (a made-up state, nothing kept), without following its
+        redirect. An issuer answers the login form or a redirect to it; most answer 400
+        to a redirect URI not registered for the client. Fires with (status, the start
+        of the answer's text)."""
+        async def ask() -> tuple[int, str]:
+            client = self._need_client()
+            assert self.metadata is not None
+            params = self._authorization_params(
+                client, secrets.token_urlsafe(16), secrets.token_urlsafe(48))
+            params["state"] = secrets.token_urlsafe(16)
+            endpoint = self.metadata.authorization_endpoint
+            url = endpoint + ("&" if "?" in endpoint else "?") + urlencode(params, quote_via=quote)
+            try:
+                code, raw = await read_answer(self._http, "GET", url, reactor=self._reactor,
+                                              within=self.settings.timeout,
+                                              allow_redirects=False)
+            except AnswerFailed as e:
+                raise OIDCError(f"the authorization endpoint {endpoint} {e}") from None
+            return code, _short(raw.decode("utf-8", "replace"), 160)
         return Deferred.fromCoroutine(ask())
 
     def stored_client(self) -> ClientRegistration | None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.gateway import REPO
+from tests.support.idp import DEFAULT_REGISTRATION_TOKEN
 from tests.support.login import Gateway, IdPProcess, idp_and_gateway, login_at_idp
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
@@ -45,7 +47,8 @@ def test_an_issuer_that_answers_nothing_is_said_by_check_config(
     assert ok.returncode == 0, ok.stderr
     assert f"OpenID issuer {idp.issuer}: discovery answered" in ok.stdout
     assert "its JWKS has 1 signing key(s)" in ok.stdout
-    assert "is accepted (a made-up code was refused" in ok.stdout, ok.stdout
+    assert "is accepted (a made-up code exchange was refused (HTTP 400: invalid_grant" \
+        in ok.stdout, ok.stdout
     # A port nothing listens on (a typo): before, "configuration OK".
     nowhere = f"http://127.0.0.1:{free_port()}"
     down = check_config({**g.env, "PLATFORM_URL": nowhere})
@@ -100,3 +103,39 @@ def test_a_client_the_issuer_refuses_is_the_operators_error_not_the_users(
     client_file.write_text(json.dumps(kept))
     ok = check_config(g.env)
     assert ok.returncode == 0 and f"the client {kept['client_id']} is accepted" in ok.stdout
+
+
+def test_a_client_set_by_hand_is_tried_with_its_secret_and_its_redirect_uri(
+        gateway: tuple[IdPProcess, Gateway]) -> None:
+    idp, g = gateway
+    callback = g.env["CONNECT_PROXY_URL"] + "/_connect/callback"
+    asked = urllib.request.Request(
+        f"{idp.issuer}/register", method="POST",
+        data=json.dumps({"client_name": "by hand", "redirect_uris": [callback],
+                         "token_endpoint_auth_method": "client_secret_basic"}).encode(),
+        headers={"Authorization": f"Bearer {DEFAULT_REGISTRATION_TOKEN}",
+                 "Content-Type": "application/json"})
+    with urllib.request.urlopen(asked, timeout=10) as answer:
+        client = json.loads(answer.read())
+    by_hand = {**g.env, "CONNECT_OIDC_CLIENT_ID": client["client_id"],
+               "CONNECT_OIDC_CLIENT_SECRET": client["client_secret"]}
+    ok = check_config(by_hand)
+    assert ok.returncode == 0 and "authorization endpoint" not in ok.stdout, ok.stdout
+    assert f"the client {client['client_id']} is accepted" in ok.stdout
+
+    wrong = check_config({**by_hand, "CONNECT_OIDC_CLIENT_SECRET": WRONG})
+    assert wrong.returncode == 2
+    assert wrong.stderr.strip().endswith(
+        f"the issuer does not accept the client {client['client_id']}: check "
+        "CONNECT_OIDC_CLIENT_ID and CONNECT_OIDC_CLIENT_SECRET"), wrong.stderr
+    assert WRONG not in wrong.stdout + wrong.stderr
+
+    # Another public address than the one registered: the issuer would refuse every
+    # login on its own page, which the gateway never sees. A warning (the issuer's answer
+    # to a login request is all there is to go by).
+    elsewhere = f"http://localhost:{free_port()}"
+    moved = check_config({**by_hand, "CONNECT_PROXY_URL": elsewhere})
+    assert moved.returncode == 0
+    assert (f"warning: the issuer's authorization endpoint answered HTTP 400 to a login for "
+            f"the client {client['client_id']} with the redirect URI {elsewhere}"
+            "/_connect/callback: is that address") in moved.stdout, moved.stdout
