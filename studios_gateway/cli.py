@@ -69,10 +69,11 @@ def check_config(args: argparse.Namespace) -> int:
         problems += [check_self_signed(config), check_saved_sessions(config),
                      check_signing_key(config)]
     problems = [p for p in problems if p is not None]
-    if getattr(args, "connect", False) and config.redis_enabled:
-        problems += _try_redis(config)
-    elif getattr(args, "connect", False):
-        print("no Redis configured (CONNECT_REDIS_ADDRESS unset): sessions kept by this node")
+    if getattr(args, "connect", False):
+        if not config.redis_enabled:
+            print("no Redis configured (CONNECT_REDIS_ADDRESS unset): sessions kept by this "
+                  "node")
+        problems += _try_links(config)
     for problem in problems:
         print(f"studios-gateway: {problem}", file=sys.stderr)
     if any("Permission denied" in (p or "") for p in problems):
@@ -104,32 +105,55 @@ def _peer_pool(config: Any, reactor: Any) -> Any:
     return PeerPool(reactor, auth, config.effective_node_id, settings_from(config), tls=tls)
 
 
-def _try_redis(config: Any) -> list[str]:
-    """check-config --connect: connect to the configured Redis once; print what it says,
-    return the problem (empty: connected)."""
-    from twisted.internet import task
+def _try_links(config: Any) -> list[str]:
+    """check-config --connect: connect to the configured Redis once and ask the OpenID
+    issuer what a start would (one reactor run for both); print what they say, return the
+    problems (empty: both answered as a node needs)."""
+    from twisted.internet import defer, task
 
+    from studios_gateway.auth.issuer_check import check_issuer
     from studios_gateway.registry.node_settings import shared_settings
     from studios_gateway.registry.redis_probe import probe_redis, store_from_config
 
-    host, port = config.redis_address
-    found: list[Any] = []
+    found: dict[str, Any] = {}
 
     def run(clock: Any) -> Any:
-        pool = _peer_pool(config, clock)
-        d = probe_redis(lambda: store_from_config(config, clock, reconnect_delay=(0.5, 1.0)),
-                        f"{host}:{port}", clock, settings=shared_settings(config),
-                        link=pool.connect if pool is not None else None)
-        d.addBoth(found.append)
-        if pool is not None:
-            d.addCallback(lambda _: pool.close())
-        return d
+        calls = []
+        if config.redis_enabled:
+            host, port = config.redis_address
+            pool = _peer_pool(config, clock)
+            d = probe_redis(lambda: store_from_config(config, clock, reconnect_delay=(0.5, 1.0)),
+                            f"{host}:{port}", clock, settings=shared_settings(config),
+                            link=pool.connect if pool is not None else None)
+            d.addBoth(lambda r: found.__setitem__("redis", r))
+            if pool is not None:
+                d.addCallback(lambda _: pool.close())
+            calls.append(d)
+        issuer = check_issuer(config, clock)
+        if issuer is not None:
+            calls.append(issuer.addBoth(lambda r: found.__setitem__("issuer", r)))
+        return defer.gatherResults(calls)
 
     try:
         task.react(run, [])
-    except SystemExit:  # react's way to end; the result is in `found`
+    except SystemExit:  # react's way to end; the results are in `found`
         pass
-    result = found[0]
+    problems: list[str] = []
+    if "redis" in found:
+        problems += _said_redis(config, found["redis"])
+    if "issuer" in found:
+        result = found["issuer"]
+        if not hasattr(result, "problems"):
+            return problems + [f"the OpenID issuer: the check failed: {result}"]
+        for note in result.notes:
+            print(note)
+        problems += result.problems
+    return problems
+
+
+def _said_redis(config: Any, result: Any) -> list[str]:
+    """Print what the Redis probe found; its problem, if any."""
+    host, port = config.redis_address
     if not hasattr(result, "problem"):
         return [f"Redis at {host}:{port}: the check failed: {result}"]
     for note in result.notes:
@@ -383,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
     p.add_argument("--connect", action="store_true",
                    help="also connect to the configured Redis as a node would (credentials, "
-                        "db, TLS, channel rights) and say whether it persists and may evict")
+                        "db, TLS, channel rights) and say whether it persists and may evict, "
+                        "and ask the OpenID issuer what a start would (discovery, keys, "
+                        "whether it accepts the client id and secret)")
     p.set_defaults(func=check_config)
 
     t = sub.add_parser("image-tag", help="print the two tags a studio image is pushed with",

@@ -64,6 +64,7 @@ from studios_gateway.auth.cookies import (
 )
 from studios_gateway.auth.files import load_or_create_key
 from studios_gateway.auth.oidc import (
+    ClientRefused,
     ConfigurationError,
     OIDCError,
     OIDCSettings,
@@ -84,6 +85,7 @@ from studios_gateway.auth.settings import (
     LOGIN_COOKIE,
     LOGOUT_COOKIE,
     PREFIX,
+    RETURN_COOKIE,
     SWITCH,
     AuthSettings,
 )
@@ -110,7 +112,8 @@ SUBJECT_HEADER = b"X-Connect-Sub"
 #: specially: a tool's Set-Cookie with one of these names never reaches the browser.
 GATEWAY_COOKIES = frozenset(
     f"{prefix}{name}".lower()
-    for name in (COOKIE_NAME, LOGIN_COOKIE, BROWSER_COOKIE, HANDOFF_COOKIE, LOGOUT_COOKIE)
+    for name in (COOKIE_NAME, LOGIN_COOKIE, BROWSER_COOKIE, HANDOFF_COOKIE, LOGOUT_COOKIE,
+                 RETURN_COOKIE)
     for prefix in ("", "__Host-", "__Secure-"))
 KEY_FILE = "auth-signing.key"
 #: The browser's ``Sec-Fetch-Dest`` of a page load into a frame of another page.
@@ -347,6 +350,17 @@ class Auth:
         def ok(_: Any) -> None:
             self.issuer_down = False
             started.callback(None)
+            # Whether the issuer accepts the client (a secret changed there, a client it
+            # forgot): said now, not by the first person's failed login. Not a reason to
+            # stop: the client may be put right at the issuer.
+            rp.try_client().addErrback(client_refused)
+
+        def client_refused(f: Any) -> None:
+            if f.check(ClientRefused):
+                self._log.error("{why}; every login fails until then", why=str(f.value))
+            else:
+                self._log.debug("trying the OIDC client at start: {why}",
+                                why=f.getErrorMessage())
 
         def failed(f: Any) -> None:
             if f.check(ConfigurationError) or not f.check(OIDCError):

@@ -55,6 +55,7 @@ from studios_gateway.registry.base import PendingLogins, StoreUnavailable
 
 __all__ = [
     "CLIENT_FILE",
+    "ClientRefused",
     "ClientRegistration",
     "ConfigurationError",
     "LoginFailed",
@@ -64,6 +65,7 @@ __all__ = [
     "OIDCSettings",
     "ProviderMetadata",
     "RelyingParty",
+    "StateUnknown",
     "TokenSet",
 ]
 
@@ -92,10 +94,16 @@ class LoginFailed(OIDCError):
     extra: Mapping[str, Any] | None = None
 
 
-class LoginStateUnknown(LoginFailed):
-    """A callback whose state this gateway does not hold: the login was finished already
-    (the Back button or a reload of its callback), waited too long, or was never begun
-    here."""
+class StateUnknown(LoginFailed):
+    """The callback's state names no login waiting: finished already (the browser's Back
+    button went back to the issuer, which answered again), over its time at the issuer,
+    begun before a restart, or made up."""
+
+
+class ClientRefused(LoginFailed):
+    """The issuer does not accept the gateway's own client (its id or secret: HTTP 401,
+    invalid_client): every login fails until the operator fixes the configuration, and
+    it says nothing about the person logging in or their login."""
 
 
 class LoginUnavailable(OIDCError):
@@ -411,6 +419,19 @@ class RelyingParty:
         self.client = await self._ensure_client(self.metadata)
         await self._fetch_keys()
 
+    def discover(self) -> Deferred[ProviderMetadata]:
+        """The issuer's discovery document, checked as a start checks it (not kept)."""
+        return Deferred.fromCoroutine(self._discover())
+
+    def fetch_keys(self) -> Deferred[None]:
+        """Read the issuer's JWKS now (after :meth:`discover`'s metadata is set)."""
+        return Deferred.fromCoroutine(self._fetch_keys())
+
+    @property
+    def key_count(self) -> int:
+        """How many signing keys the last JWKS read gave."""
+        return len(self._keys)
+
     async def _discover(self) -> ProviderMetadata:
         issuer = self.settings.issuer.rstrip("/")
         url = issuer + "/.well-known/openid-configuration"
@@ -427,14 +448,7 @@ class RelyingParty:
     async def _ensure_client(self, meta: ProviderMetadata) -> ClientRegistration:
         s = self.settings
         if s.client_id:
-            return ClientRegistration(
-                issuer=meta.issuer, client_name=s.client_name, client_id=s.client_id,
-                client_secret=s.client_secret, redirect_uris=(s.redirect_uri,),
-                token_endpoint_auth_method=BASIC if s.client_secret else "none",
-                # Registered by hand: whether the post-logout page is among its addresses
-                # is not known here, and an issuer that does not know it shows an error in
-                # place of its logout. So the issuer's logout shows the issuer's own page.
-                static=True)
+            return self._static_client(meta.issuer)
         try:
             raw = read_json(s.client_file) or {}
         except StorageError as e:
@@ -461,6 +475,18 @@ class RelyingParty:
             self._log.info("the stored OIDC client does not match the issuer, client name "
                            "or redirect URI {uri}: registering a new one", uri=s.redirect_uri)
         return await self._register(meta)
+
+    def _static_client(self, issuer: str) -> ClientRegistration:
+        s = self.settings
+        assert s.client_id is not None
+        return ClientRegistration(
+            issuer=issuer, client_name=s.client_name, client_id=s.client_id,
+            client_secret=s.client_secret, redirect_uris=(s.redirect_uri,),
+            token_endpoint_auth_method=BASIC if s.client_secret else "none",
+            # Registered by hand: whether the post-logout page is among its addresses
+            # is not known here, and an issuer that does not know it shows an error in
+            # place of its logout. So the issuer's logout shows the issuer's own page.
+            static=True)
 
     async def _register(self, meta: ProviderMetadata) -> ClientRegistration:
         s = self.settings
@@ -601,11 +627,7 @@ class RelyingParty:
         nonce = secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(64)
         pending = _Pending(nonce, verifier, next_url, dict(extra or {}), browser)
-        params = {"response_type": "code", "client_id": client.client_id,
-                  "redirect_uri": self.settings.redirect_uri,
-                  "scope": " ".join(self.settings.scopes),
-                  "state": "", "nonce": nonce, "code_challenge": pkce_challenge(verifier),
-                  "code_challenge_method": "S256"}
+        params = self._authorization_params(client, nonce, verifier)
         if ask_again and self.can_ask_again:
             params["prompt"] = "login"
         endpoint = self.metadata.authorization_endpoint
@@ -640,6 +662,14 @@ class RelyingParty:
 
         return d.addCallbacks(kept, failed)
 
+    def _authorization_params(self, client: ClientRegistration, nonce: str,
+                              verifier: str) -> dict[str, str]:
+        """An authorization request's query (its state left empty, set by the caller)."""
+        return {"response_type": "code", "client_id": client.client_id,
+                "redirect_uri": self.settings.redirect_uri,
+                "scope": " ".join(self.settings.scopes), "state": "", "nonce": nonce,
+                "code_challenge": pkce_challenge(verifier), "code_challenge_method": "S256"}
+
     def _drop_begun(self, states: list[str]) -> None:
         """Past a bound, the oldest logins this node began leave the shared store too."""
         if self._shared is not None:
@@ -673,7 +703,7 @@ class RelyingParty:
     async def _finish(self, params: Mapping[str, str], browsers: Sequence[str]) -> LoginResult:
         pending = await self._take(params.get("state", ""))
         if pending is None:
-            raise LoginStateUnknown("the login's state is unknown, used already or expired")
+            raise StateUnknown("the login's state is unknown, used already or expired")
         if pending.browser is not None and not same_browser(pending.browser, browsers):
             # Not the browser that began it: someone's own callback link, sent to another
             # person. Its next_url is theirs too: "Try again" does not follow it.
@@ -710,8 +740,79 @@ class RelyingParty:
         code, body, text = await self._call("POST", self.metadata.token_endpoint, what,
                                             data=form, headers=headers)
         if code != 200 or not isinstance(body, dict):
-            raise LoginFailed(f"{what} was refused (HTTP {code}: {_oauth_error(body, text)})")
+            why = f"{what} was refused (HTTP {code}: {_oauth_error(body, text)})"
+            error = body.get("error") if isinstance(body, dict) else None
+            if code == 401 or error in ("invalid_client", "unauthorized_client"):
+                raise ClientRefused(f"{why}: {self.client_hint()}")
+            raise LoginFailed(why)
         return TokenSet.from_response(body, self._clock.seconds(), previous)
+
+    def client_hint(self) -> str:
+        """What to check when the issuer refuses the gateway's client, by where the client
+        came from (the operator's settings, or the registration kept in the client file)."""
+        c = self._need_client()
+        if c.static:
+            return (f"the issuer does not accept the client {c.client_id}: check "
+                    "CONNECT_OIDC_CLIENT_ID and CONNECT_OIDC_CLIENT_SECRET")
+        return (f"the issuer does not accept the client {c.client_id} registered in "
+                f"{self.settings.client_file} (it was deleted or its secret changed at the "
+                "issuer): stop every gateway that uses that file, delete it, and start them "
+                "to register again")
+
+    def try_client(self) -> Deferred[str]:
+        """For check-config --connect: ask the token endpoint to exchange a made-up code
+        with the client's credentials. An issuer that knows the client refuses the code
+        (invalid_grant); one that does not refuses the client (ClientRefused). Fires with
+        what the issuer answered; nothing is registered or kept."""
+        async def ask() -> str:
+            form = {"grant_type": "authorization_code",
+                    "code": "check-config-" + secrets.token_urlsafe(16),
+                    "redirect_uri": self.settings.redirect_uri,
+                    "code_verifier": secrets.token_urlsafe(48)}
+            try:
+                await self._token_request(form, "a made-up code exchange")
+            except ClientRefused:
+                raise
+            except LoginFailed as e:
+                return str(e)
+            return "the token endpoint exchanged a made-up code"
+        return Deferred.fromCoroutine(ask())
+
+    def try_authorize(self) -> Deferred[tuple[int, str]]:
+        """For check-config --connect: ask the authorization endpoint for a login as
+        :meth:`begin` would (a made-up state, nothing kept), without following its
+        redirect. An issuer answers the login form or a redirect to it; most answer 400
+        to a redirect URI not registered for the client. Fires with (status, the start
+        of the answer's text)."""
+        async def ask() -> tuple[int, str]:
+            client = self._need_client()
+            assert self.metadata is not None
+            params = self._authorization_params(
+                client, secrets.token_urlsafe(16), secrets.token_urlsafe(48))
+            params["state"] = secrets.token_urlsafe(16)
+            endpoint = self.metadata.authorization_endpoint
+            url = endpoint + ("&" if "?" in endpoint else "?") + urlencode(params, quote_via=quote)
+            try:
+                code, raw = await read_answer(self._http, "GET", url, reactor=self._reactor,
+                                              within=self.settings.timeout,
+                                              allow_redirects=False)
+            except AnswerFailed as e:
+                raise OIDCError(f"the authorization endpoint {endpoint} {e}") from None
+            return code, _short(raw.decode("utf-8", "replace"), 160)
+        return Deferred.fromCoroutine(ask())
+
+    def stored_client(self) -> ClientRegistration | None:
+        """The client a start would use without registering (the operator's, or the one
+        kept in the client file that fits these settings); None: the start registers."""
+        assert self.metadata is not None
+        s = self.settings
+        if s.client_id:
+            return self._static_client(self.metadata.issuer)
+        try:
+            stored = ClientRegistration.from_dict(read_json(s.client_file) or {})
+        except StorageError as e:
+            raise ConfigurationError(str(e)) from None
+        return stored if stored is not None and stored.fits(s, self.metadata.issuer) else None
 
     def refresh(self, tokens: TokenSet) -> Deferred[TokenSet]:
         """New tokens from the refresh token; LoginFailed when the issuer says no."""
@@ -807,12 +908,25 @@ def check_claims(claims: Mapping[str, Any], *, client_id: str, nonce: str | None
     exp, iat, sub = claims.get("exp"), claims.get("iat"), claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise LoginFailed("the ID token has no subject")
-    if not isinstance(exp, int | float) or now >= exp + leeway:
-        raise LoginFailed("the ID token has expired")
-    if not isinstance(iat, int | float) or iat > now + leeway:
-        raise LoginFailed("the ID token was issued in the future")
+    if not isinstance(exp, int | float) or not isinstance(iat, int | float):
+        raise LoginFailed("the ID token has no expiry or issue time")
+    # A token refused for its times just after the issuer made it: most often the clock
+    # of this host or of the issuer is wrong, which the operator must hear as such.
+    if now >= exp + leeway:
+        raise LoginFailed(f"the ID token has expired: it expired {now - exp:.0f}s ago by "
+                          f"this host's clock{_skew(iat, now, leeway)}")
+    if iat > now + leeway:
+        raise LoginFailed(f"the ID token was issued in the future: {iat - now:.0f}s ahead of "
+                          f"this host's clock{_skew(iat, now, leeway)}")
+    nbf = claims.get("nbf")
+    if nbf is not None and not isinstance(nbf, int | float):
+        raise LoginFailed("the ID token's nbf is not a time")
+    if nbf is not None and nbf > now + leeway:
+        raise LoginFailed(f"the ID token is not valid yet (nbf): {nbf - now:.0f}s ahead of "
+                          f"this host's clock{_skew(nbf, now, leeway)}")
     if check_iat and iat < now - max_age - leeway:
-        raise LoginFailed("the ID token was issued too long ago")
+        raise LoginFailed(f"the ID token was issued too long ago ({now - iat:.0f}s by this "
+                          f"host's clock){_skew(iat, now, leeway)}")
     aud = claims.get("aud")
     if isinstance(aud, list) and len(aud) > 1 and claims.get("azp") != client_id:
         raise LoginFailed("the ID token is meant for several parties and not authorized to us")
@@ -822,6 +936,16 @@ def check_claims(claims: Mapping[str, Any], *, client_id: str, nonce: str | None
         got = claims.get("nonce")
         if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
             raise LoginFailed("the ID token's nonce does not match this login")
+
+
+def _skew(issued: float, now: float, leeway: float) -> str:
+    """The hint that the clocks differ, when the issuer's time for a token it has just
+    made is further from ours than the allowance (every such login fails alike)."""
+    if abs(issued - now) <= leeway:
+        return ""
+    return (f" (the issuer's clock and this host's differ by about {abs(issued - now):.0f}s, "
+            f"more than the {leeway:.0f}s allowed: check that both keep time, e.g. with "
+            "NTP)")
 
 
 def basic_auth(user: str, password: str) -> str:

@@ -3,7 +3,9 @@
 After a login through the issuer, the gateway refreshes the login's tokens shortly
 before they expire, for as long as the gateway's own login lasts: a refresh the
 issuer refuses (the person was logged out there, or lost their account) ends the
-login on every node; one that fails for another reason is tried again in 30 s.
+login on every node; one that fails for another reason (the issuer cannot be reached,
+or refuses the gateway's own client: the operator's to fix, and no sign of the person's
+login) is tried again in 30 s.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from studios_gateway.auth.authorizer import Authorizer
-from studios_gateway.auth.oidc import LoginFailed, RelyingParty, TokenSet
+from studios_gateway.auth.oidc import ClientRefused, LoginFailed, RelyingParty, TokenSet
 
 __all__ = ["REFRESH_MIN_INTERVAL", "LoginRefresher"]
 
@@ -74,7 +76,7 @@ class LoginRefresher:
 
             def failed(f: Any) -> None:
                 self._calls.pop(login_id, None)
-                if f.check(LoginFailed):
+                if f.check(LoginFailed) and not f.check(ClientRefused):
                     self._log.info("the issuer refused to refresh a login: logging it out")
                     self._authorizer.logout(login_id)
                 else:

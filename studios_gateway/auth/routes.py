@@ -40,11 +40,12 @@ from studios_gateway.auth.cookies import (
     set_cookie_header,
 )
 from studios_gateway.auth.oidc import (
+    ClientRefused,
     LoginFailed,
-    LoginStateUnknown,
     LoginUnavailable,
     OIDCError,
     RelyingParty,
+    StateUnknown,
     same_browser,
 )
 from studios_gateway.auth.onetime import OneTimeTable
@@ -83,6 +84,10 @@ MAX_SUBJECT = 256
 #: switch when it is more than SWITCH_SKEW seconds before it (the issuer's clock may be
 #: a little behind ours; a fresh login also takes the time to type a password).
 SWITCH_FROM = "switch-from/1"
+#: The purpose of the return cookie's signature (RETURN_COOKIE: where a login leads).
+RETURN_TO = "login-return/1"
+#: A longer `next` is not kept in the return cookie (a browser keeps ~4 KiB per cookie).
+RETURN_LONGEST = 3000
 SWITCH_FROM_TTL = 600
 WAS = "was"
 SWITCH_SKEW = 30.0
@@ -164,7 +169,7 @@ def _failed_words(failure: LoginFailed) -> str:
     protocol's terms ("the login's state is unknown, used already or expired"); it is
     kept for whoever they ask, but for the most common case, which says nothing to them
     and which trying again mends."""
-    if isinstance(failure, LoginStateUnknown):
+    if isinstance(failure, StateUnknown):
         return ("This login was finished already (the Back button or a reload brought you "
                 "here again), or it waited too long. Try again.")
     return (f"The login could not be completed: {failure}. Try again; if it fails again, "
@@ -309,8 +314,11 @@ class LoginRoutes:
         browser = browsers[0] if browsers else secrets.token_urlsafe(32)
 
         def begun(url: str) -> Response:
-            return redirect(url, [self._proxy_cookie(s.browser_cookie_name, browser,
-                                                     BROWSER_COOKIE_TTL)])
+            cookies = [self._proxy_cookie(s.browser_cookie_name, browser, BROWSER_COOKIE_TTL)]
+            back = self._signer.sign(RETURN_TO, {"n": next_url})
+            if len(back) <= RETURN_LONGEST:
+                cookies.append(self._proxy_cookie(s.return_cookie_name, back, s.login_ttl))
+            return redirect(url, cookies)
 
         # "Log in as someone else" (switch=1): the issuer asks who this is even where its
         # own login is open. Only that fixed request: nothing of the query reaches the
@@ -329,6 +337,35 @@ class LoginRoutes:
         extra = {SWITCH: self._switch_from(request)} if ask_again else None
         return self.rp.begin(next_url, extra, browser=browser,
                              ask_again=ask_again).addCallbacks(begun, failed)
+
+    def _login_over(self, request: RequestInfo) -> Response | None:
+        """A callback whose login is over, in a browser that began one here: back to the
+        page its last login was for (the return cookie), not a "Login failed" whose "Try
+        again" ended at the proxy host's "/" (404). Logged in (the Back button after the
+        login went back to the issuer, which answered at once): on to that page, the
+        issuer unasked. Not: the login took longer than its time at the issuer; one
+        click logs in again. None: no such cookie (a made-up or someone's callback)."""
+        s = self.settings
+        next_url = None
+        for value in cookie_values(request.headers, s.return_cookie_name):
+            kept = self._signer.verify(RETURN_TO, value)
+            if kept is not None and isinstance(kept.get("n"), str):
+                next_url = s.safe_next(kept["n"])
+        if next_url is None:
+            return None
+        if self._login_cookie(request) is not None:
+            self._log.info("a login's callback came again (the Back button to the identity "
+                           "provider): sent on, logged in")
+            return redirect(s.login_again(next_url))
+        self.on_login("oidc", False)
+        minutes = (self.rp.settings.login_ttl if self.rp is not None else 600) / 60
+        self._log.info("a login's callback came after its {minutes:.0f} minutes, or again: "
+                       "asked to log in again", minutes=minutes)
+        return page(400, "Login took too long",
+                    "This login was not finished in time at the identity provider (it "
+                    f"waits {minutes:.0f} minutes at most), or was finished already. Log in "
+                    "again to go on where you were.",
+                    link=(s.login_again(next_url), "Log in again"))
 
     def _switch_from(self, request: RequestInfo) -> dict[str, Any]:
         """What a "Log in as someone else" login keeps until its callback: when it began
@@ -383,7 +420,8 @@ class LoginRoutes:
     def _callback(self, request: RequestInfo) -> Any:
         if self.rp is None:
             return page(404, "Not found", "No such page.")
-        d = self.rp.finish(request.params(),
+        rp = self.rp
+        d = rp.finish(request.params(),
                            self._tokens(request, self.settings.browser_cookie_name))
 
         def failed(f: Any) -> Response:
@@ -391,24 +429,36 @@ class LoginRoutes:
             if f.check(LoginUnavailable):
                 self.on_login("oidc", False)
                 return self._unavailable(f.value, None)
+            if f.check(StateUnknown):
+                over = self._login_over(request)
+                if over is not None:
+                    return over
+                on = self._login_cookie(request)
+                if on is not None:
+                    # Logged in, no page of a login of this browser's to go on to (begun
+                    # before connect_return was set): "Try again" led to the login without
+                    # a page, the proxy host's "/" ("Studio not found").
+                    return replace(page(200, "Logged in",
+                                        f"This login was finished already: this browser is "
+                                        f"logged in as {on.subject}. Open your studio's "
+                                        "address again."), user=on.subject)
             # Anyone can ask for /_connect/callback?state=x (each has its access line):
             # a line per kind of failure and minute, with the count of the others.
+            client = f.check(ClientRefused) is not None
             unsaid = self._refusals.due(type(f.value).__name__)
             if unsaid is not None:
-                self._log.warn("a login was refused: {why}{more}",
-                               why=shown(str(f.value), 300, words=True),
-                               more=self._refusals.more(unsaid))
+                # The issuer refusing the gateway's own client is the operator's to fix
+                # (every login fails): an error, apart from people's refused logins.
+                (self._log.error if client else self._log.warn)(
+                    "a login was refused: {why}{more}",
+                    why=shown(str(f.value), 600 if client else 300, words=True),
+                    more=self._refusals.more(unsaid))
             self.on_login("oidc", False)
-            on = self._login_cookie(request)
-            if f.check(LoginStateUnknown) and on is not None:
-                # Logged in, and the login is not known (the issuer's page again, from
-                # the Back button, and the issuer sent the browser back here): "Try
-                # again" led to the login without a page to go on to, the proxy host's
-                # "/" ("Studio not found").
-                return replace(page(200, "Logged in",
-                                    f"This login was finished already: this browser is "
-                                    f"logged in as {on.subject}. Open your studio's address "
-                                    "again."), user=on.subject)
+            if client:
+                return page(502, "Login unavailable",
+                            f"{rp.issuer_host} (the identity provider) does not accept "
+                            "this gateway's configuration, so nobody can log in here at the "
+                            "moment. Your account is not the cause: tell your administrator.")
             # "Try again" leads back to the page the login was for, not "/", and asks
             # the issuer again when that login did ("Log in as someone else")
             switch = _switch_of(getattr(f.value, "extra", None))

@@ -17,7 +17,7 @@ from studios_gateway.config import default_of
 from studios_gateway.wire.ids import SESSION_ID
 
 __all__ = ["BROWSER_COOKIE", "HANDOFF_COOKIE", "LOGIN_COOKIE", "LOGOUT_COOKIE", "PREFIX",
-           "SWITCH", "AuthSettings"]
+           "RETURN_COOKIE", "SWITCH", "AuthSettings"]
 
 PREFIX = "/_connect/"
 LOGIN_COOKIE = "connect_login"
@@ -30,6 +30,10 @@ HANDOFF_COOKIE = "connect_handoff"
 #: Set with the page after a logout that links to the issuer's logout: the state that
 #: logout brings back to /_connect/logged-out counts only in the browser that has it.
 LOGOUT_COOKIE = "connect_logout"
+#: Set with each OpenID login's start on the proxy host: the page that login leads to
+#: (signed), for a callback whose login is over (the Back button, a login left open at
+#: the issuer past its time) to lead there rather than nowhere.
+RETURN_COOKIE = "connect_return"
 #: The login page's parameter (``switch=1``) of a login begun from "Log in as someone
 #: else": the issuer is asked to have the person log in again (prompt=login).
 SWITCH = "switch"
@@ -174,6 +178,12 @@ class AuthSettings:
         """The cookie that binds the issuer's logout's state to the browser (path and
         prefix as the login cookie's)."""
         return self._host_only(LOGOUT_COOKIE)
+
+    @property
+    def return_cookie_name(self) -> str:
+        """The page the browser's last login was for (path and prefix as the login
+        cookie's)."""
+        return self._host_only(RETURN_COOKIE)
 
     @property
     def browser_cookie_name(self) -> str:

@@ -84,16 +84,29 @@ def test_a_login_begun_on_one_node_finishes_on_another_and_only_once(
     assert "/somewhere" in finished.headers["Location"], finished.headers["Location"]
     assert LOGIN_COOKIE in alice.cookies["localhost"], alice.cookies
 
-    # The same callback again, now on node A (where the login began): refused; in the
-    # browser that is logged in, with words that say so (no cookie set).
+    # The same callback again, now on node A (where the login began): refused, its code
+    # never exchanged again. In a browser that is not logged in and began no login there,
+    # "Login failed", in plain words.
+    exchanged = idp.counts()["token"]
     replay = Browser().get(on_node(callback, a), follow=False)
     assert replay.status == 400, (replay.status, replay.text[:300])
     assert "This login was finished already" in replay.text, replay.text[:500]
-    again = Browser(cookies={"localhost": dict(alice.cookies["localhost"])}).get(
+    # In alice's own browser (the Back button to the issuer): on to the page her login
+    # was for, through the login she has (no issuer, no new login).
+    back = Browser(cookies={"localhost": dict(alice.cookies["localhost"])}).get(
         on_node(callback, a), follow=False)
+    assert back.status == 302, (back.status, back.text[:300])
+    assert urlsplit(back.headers["Location"]).path == "/_connect/login"
+    assert dict(parse_qsl(urlsplit(back.headers["Location"]).query))["next"] == "/somewhere"
+    # Logged in, but without the page of a login begun in this browser (one begun before
+    # that cookie was set): "Logged in", naming the user, no cookie set.
+    began_none = {k: v for k, v in alice.cookies["localhost"].items()
+                  if not k.endswith("connect_return")}
+    again = Browser(cookies={"localhost": began_none}).get(on_node(callback, a), follow=False)
     assert again.status == 200, (again.status, again.text[:300])
     assert "this browser is logged in as alice" in again.text, again.text[:500]
     assert not any(k.lower() == "set-cookie" for k in again.headers), again.headers
+    assert idp.counts()["token"] == exchanged
 
 
 def test_while_redis_is_down_a_login_says_try_again_and_works_once_it_is_back(

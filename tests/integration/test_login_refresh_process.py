@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_login_process import echoes, logged_in, open_ws
-from tests.support.login import Gateway, IdPProcess, oidc_env
+from tests.support.login import Gateway, IdPProcess, idp_and_gateway
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -24,15 +24,8 @@ TOKEN_TTL = 3  # seconds: the gateway refreshes 2.4 s after each token set is is
 
 @pytest.fixture
 def short_tokens(tmp_path: Path) -> Iterator[tuple[IdPProcess, Gateway]]:
-    idp = IdPProcess(tmp_path, token_ttl=TOKEN_TTL)
-    g = None
-    try:
-        g = Gateway(tmp_path / "gateway", **oidc_env(idp))
-        yield idp, g
-    finally:
-        if g is not None:
-            g.stop()
-        idp.stop()
+    with idp_and_gateway(tmp_path, token_ttl=TOKEN_TTL) as both:
+        yield both
 
 
 def test_refresh_keeps_the_login_until_the_idp_refuses(

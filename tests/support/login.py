@@ -265,3 +265,18 @@ def redis_nodes(tmp_path: Path, *names: str, one_url: bool = False,
 def oidc_env(idp: IdPProcess, **more: str) -> dict[str, str]:
     return {"PLATFORM_URL": idp.issuer,
             "CONNECT_OIDC_CLIENT_REGISTRATION_TOKEN": DEFAULT_REGISTRATION_TOKEN, **more}
+
+
+@contextlib.contextmanager
+def idp_and_gateway(tmp_path: Path, **idp_args: Any) -> Iterator[tuple[IdPProcess, Gateway]]:
+    """The test IdP as its own process (`idp_args` as IdPProcess takes them) and a gateway
+    (in tmp_path/gateway) that logs in against it; both stopped at the end."""
+    idp = IdPProcess(tmp_path, **idp_args)
+    g = None
+    try:
+        g = Gateway(tmp_path / "gateway", **oidc_env(idp))
+        yield idp, g
+    finally:
+        if g is not None:
+            g.stop()
+        idp.stop()

@@ -7,6 +7,7 @@ import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -29,9 +30,9 @@ from studios_gateway.auth.oidc import (
     ConfigurationError,
     LoginFailed,
     LoginResult,
-    LoginStateUnknown,
     LoginUnavailable,
     OIDCError,
+    StateUnknown,
     TokenSet,
     same_browser,
 )
@@ -58,6 +59,8 @@ class FakeRP:
         self.store_down = False
         #: Whether the issuer may be asked for prompt=login (RelyingParty.can_ask_again).
         self.can_ask_again = True
+        #: As RelyingParty's: how long a begun login waits at the issuer.
+        self.settings = SimpleNamespace(login_ttl=600.0)
         #: Each begin()'s ask_again.
         self.asked_again: list[bool] = []
         #: More claims of the ID tokens (auth_time, say).
@@ -79,7 +82,7 @@ class FakeRP:
             return defer.fail(LoginUnavailable("the login's state cannot be read: down"))
         pending = self.pending.pop(params.get("state", ""), None)
         if pending is None:
-            return defer.fail(LoginStateUnknown("the login's state is unknown, used "
+            return defer.fail(StateUnknown("the login's state is unknown, used "
                                                 "already or expired"))
         next_url, browser, kept = pending
         if browser is not None and not same_browser(browser, browsers):  # as RelyingParty
@@ -667,6 +670,10 @@ def test_a_failed_login_says_what_happened_and_what_to_do() -> None:
     b = LoginDriver(auth, external=idp_login(rp))
     who, _ = run(b.open(studio("abc")))
     assert isinstance(who, Identity)
+    # (with the page its login was for, the browser is sent on there: test_login_callback_again;
+    # here a login begun before that page was kept in a cookie)
+    for key in [k for k in b.jar.cookies if k[2].endswith("connect_return")]:
+        del b.jar.cookies[key]
     back = run(auth.handle(request(f"{PROXY}/_connect/callback?state=used&code=good", b.jar)))
     assert back.status == 200 and b"this browser is logged in as alice. Open your studio&#x27;s " \
         b"address again." in back.body
@@ -689,7 +696,8 @@ def test_a_callback_link_opened_in_another_browser_logs_nobody_in(path_routing: 
     for jar in (victim, victim_started):
         state = begin_login(auth, bobs, attacker)
         names = {n for (_, _, n) in attacker.cookies}
-        assert names == {"__Host-connect_browser"}, names
+        # (and the page that login leads to, for a callback that comes after it is over)
+        assert names == {"__Host-connect_browser", "__Host-connect_return"}, names
         callback = f"{PROXY}/_connect/callback?state={state}&code=good"
         refused = run(auth.handle(request(callback, jar)))
         assert refused.status == 400, refused
@@ -708,10 +716,13 @@ def test_logins_begun_in_two_tabs_both_complete() -> None:
     """The browser cookie is kept for the next login: two tabs' logins are one browser's."""
     auth, _, rp = make()
     jar = Jar()
+    def browser_cookie() -> dict[Any, str]:
+        return {k: v for k, v in jar.cookies.items() if k[2].endswith("connect_browser")}
+
     first = begin_login(auth, studio("abc"), jar)
-    cookie = dict(jar.cookies)
+    cookie = browser_cookie()
     second = begin_login(auth, studio("xyz"), jar)
-    assert jar.cookies == cookie  # the same value, renewed
+    assert browser_cookie() == cookie and cookie  # the same value, renewed
     for state, sid in ((first, "abc"), (second, "xyz")):
         done = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=good",
                                        jar)))
@@ -721,7 +732,8 @@ def test_logins_begun_in_two_tabs_both_complete() -> None:
 
 
 def test_the_browser_cookie_never_reaches_a_tool() -> None:
-    cookie = (b"Cookie", b"a=1; connect_browser=x; __Host-connect_browser=y")
+    cookie = (b"Cookie", b"a=1; connect_browser=x; __Host-connect_browser=y; "
+                         b"__Host-connect_return=z")
     assert strip_auth_cookies([cookie]) == [(b"Cookie", b"a=1")]
 
 

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
 from studios_gateway.auth.oidc import (
+    ClientRefused,
     ClientRegistration,
     ConfigurationError,
     LoginFailed,
@@ -225,6 +226,8 @@ def test_provider_error_param(key):
     ({"iat": NOW + 3600, "exp": NOW + 7200}, "future"),
     ({"aud": ["cid", "other"]}, "several parties"),
     ({"azp": "other"}, "authorized party"),
+    ({"nbf": NOW + 3600}, "not valid yet"),
+    ({"nbf": "soon"}, "nbf is not a time"),
 ])
 def test_bad_id_tokens_refused(key, claims, message):
     rp, clock, http = make_rp(key)
@@ -288,6 +291,58 @@ def test_check_claims_leeway():
         check_claims(base, client_id="cid", nonce="n", now=NOW + 70, leeway=60)
     with pytest.raises(LoginFailed):
         check_claims({**base, "sub": ""}, client_id="cid", nonce="n", now=NOW, leeway=60)
+
+
+@pytest.mark.parametrize(("offset", "said"), [
+    # This host's clock 5 minutes behind the issuer's: its fresh token is "from the future".
+    (-300, r"issued in the future: 300s ahead of this host's clock \(the issuer's clock and "
+           r"this host's differ by about 300s, more than the 60s allowed: check that both "
+           r"keep time"),
+    # 10 minutes ahead: the issuer's 5-minute token "expired" as it was made.
+    (600, r"has expired: it expired 300s ago by this host's clock \(the issuer's clock and "
+          r"this host's differ by about 600s"),
+])
+def test_a_token_refused_for_a_clock_that_is_off_says_so(key, offset: int, said: str):
+    """A gateway whose clock is off refuses every fresh ID token alike: the line says the
+    clocks differ and by how much (it said only "expired" or "issued in the future")."""
+    rp, clock, http = make_rp(key)
+    issuer_now = NOW - offset  # the issuer's clock, where this host's reads NOW
+    q = begin(rp, http, clock, iat=issuer_now, exp=issuer_now + 300)
+    with pytest.raises(LoginFailed, match=said):
+        result(rp.finish({"state": q["state"], "code": "the-code"}))
+
+
+class RefusingHTTP(FakeHTTP):
+    """A token endpoint that does not know the gateway's client (HTTP 401 invalid_client)."""
+
+    def request(self, method: str, url: str, **kw: Any) -> Deferred[FakeResponse]:
+        if url.endswith("/token"):
+            self.requests.append((method, url, kw))
+            return defer.succeed(FakeResponse(401, {"error": "invalid_client"}))
+        return super().request(method, url, **kw)
+
+
+@pytest.mark.parametrize(("static", "said"), [
+    (True, "check CONNECT_OIDC_CLIENT_ID and CONNECT_OIDC_CLIENT_SECRET"),
+    (False, r"registered in /nonexistent/oidc-client\.json \(it was deleted or its secret "
+            r"changed at the issuer\): stop every gateway that uses that file, delete it"),
+])
+def test_a_refused_client_is_the_operators_to_fix_and_says_what(key, static: bool, said: str):
+    """invalid_client at the code exchange, or at a refresh, is ClientRefused (not a login
+    the person got wrong), naming what to check by where the client came from."""
+    rp, clock, _ = make_rp(key)
+    rp._http = http = RefusingHTTP(key)
+    rp.client = ClientRegistration(issuer=ISSUER, client_name="gw", client_id="cid",
+                                   client_secret="secret", redirect_uris=("https://gw/",),
+                                   static=static)
+    q = begin(rp, http, clock)
+    with pytest.raises(ClientRefused, match=r"HTTP 401: invalid_client\): .*" + said):
+        result(rp.finish({"state": q["state"], "code": "the-code"}))
+    with pytest.raises(ClientRefused):
+        result(rp.try_client())
+    # A client the issuer knows: the made-up code is refused, and that is the answer.
+    rp._http = FakeHTTP(key)
+    assert "invalid_grant" in result(rp.try_client())
 
 
 class StatusHTTP:
