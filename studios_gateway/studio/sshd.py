@@ -7,7 +7,9 @@ fingerprint(s) of the gateway's host key (:meth:`StudioSSHServer.pin`).
 
 Offered, as the connect client's OS user, in the tool's working directory:
 shell and exec with or without a pty (env, window-change, signals, exit status
-and signals), the ``sftp`` subsystem (so OpenSSH's scp and sftp work; served by
+and signals; ``SSH_CONNECTION`` and ``SSH_CLIENT`` with the user's address as the
+gateway tells it, :mod:`~studios_gateway.ssh.client_address`), the ``sftp``
+subsystem (so OpenSSH's scp and sftp work; served by
 :mod:`~studios_gateway.studio.sftp`), agent forwarding (a private UNIX socket named
 by ``SSH_AUTH_SOCK``) and direct-tcpip (``ssh -L``). Every byte path is
 flow-controlled: process output pauses when the channel's window is shut, and the
@@ -65,6 +67,8 @@ from studios_gateway.ssh.channels import (
     OpenRefused,
     conch_log,
 )
+from studios_gateway.ssh.client_address import REQUEST as CLIENT_ADDRESS
+from studios_gateway.ssh.client_address import UNKNOWN, ClientAddress
 from studios_gateway.ssh.framing import PacketFraming
 from studios_gateway.ssh.keys import fingerprint
 from studios_gateway.studio.sftp import SFTPServer
@@ -272,6 +276,8 @@ class SessionChannel(FlowChannel):
             return False
         env = self.server.base_env()
         env.update(self.env)
+        assert isinstance(self.conn, StudioConnection)
+        env.update(self.conn.client.environment())
         if self.agent is not None:
             env["SSH_AUTH_SOCK"] = self.agent.path
         proto = _ProcessSide(self)
@@ -530,11 +536,25 @@ class _AgentClient(_SocketSide):
 
 class StudioConnection(FlowConnection):
     server: StudioSSHServer
+    #: Where this connection's user came from, as the gateway says (one per connection:
+    #: never another user's); UNKNOWN from a gateway that does not say.
+    client: ClientAddress = UNKNOWN
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
         assert self.transport is not None and isinstance(self.transport.factory, _StudioFactory)
         self.server = self.transport.factory.server
+
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> Any:
+        if requestType == CLIENT_ADDRESS:
+            client = ClientAddress.decode(data)
+            if client is None:
+                log.warn("studio SSH: the gateway's {name} could not be read",
+                         name=CLIENT_ADDRESS.decode())
+                return 0
+            self.client = client
+            return 1
+        return super().gotGlobalRequest(requestType, data)
 
     def open_channel(self, channel_type: bytes, window: int, max_packet: int,
                      data: bytes) -> FlowChannel | Deferred[FlowChannel]:

@@ -40,6 +40,7 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
+ADMINS_SSH = "198.51.100.9 40000 198.51.100.10 22"
 
 
 def _record(sid: str, **kw: object) -> dict[str, object]:
@@ -94,7 +95,10 @@ def _start(base: Path, name: str, *extra: str) -> Gateway:
         [sys.executable, "-m", "tests.support.ssh_loopback", "--storage-root",
          str(d / "store"), "--sessions", str(d / "sessions.json"), "--cwd", str(work),
          "--offline", "gone", *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+        # As if the connect client had been started from an administrator's ssh: that
+        # connection is none of the users' (test_ssh_connection_is_the_users).
+        env={**os.environ, "SSH_CONNECTION": ADMINS_SSH, "SSH_CLIENT": "198.51.100.9 4 22"})
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 30)
     if not ready:
@@ -165,6 +169,23 @@ def test_rekeying_mid_stream(gw: Gateway, cipher: str) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1500000", "2000000"]
     assert r.stderr.count("SSH2_MSG_NEWKEYS received") > 3  # the first and re-keys
+
+
+def test_ssh_connection_is_the_users(gw: Gateway) -> None:
+    # As sshd sets them: the user's address and port, the address and port they
+    # connected to (the gateway's); SSH_TTY only with a pty. They were not set at all.
+    r = gw.run("alice@abcd", 'echo "$SSH_CONNECTION|$SSH_CLIENT|${SSH_TTY-none}"')
+    assert r.returncode == 0, r.stderr
+    connection, client, tty = r.stdout.strip().split("|")
+    host, port, server, server_port = connection.split()
+    assert (host, server, server_port) == ("127.0.0.1", "127.0.0.1", str(gw.port)), r.stdout
+    assert client == f"127.0.0.1 {port} {gw.port}" and tty == "none", r.stdout
+    assert ADMINS_SSH not in r.stdout
+    r = gw.run("alice@abcd", 'echo "$SSH_TTY $(tty) ${SSH_CONNECTION##* }"', "-tt")
+    assert r.returncode == 0, r.stderr
+    ssh_tty, real_tty, server_port = r.stdout.split()
+    assert ssh_tty == real_tty and real_tty.startswith("/dev/pts/"), r.stdout
+    assert server_port == str(gw.port), r.stdout
 
 
 def test_allow_listed_user(gw: Gateway) -> None:
