@@ -71,6 +71,7 @@ from studios_gateway.ssh.client_address import REQUEST as CLIENT_ADDRESS
 from studios_gateway.ssh.client_address import UNKNOWN, ClientAddress
 from studios_gateway.ssh.framing import PacketFraming
 from studios_gateway.ssh.keys import fingerprint
+from studios_gateway.studio.processes import spawn
 from studios_gateway.studio.sftp import SFTPServer
 from studios_gateway.wire.mux import words
 from studios_gateway.wire.splice import SpliceEnd, join
@@ -285,10 +286,7 @@ class SessionChannel(FlowChannel):
         if self.pty is not None:
             env["TERM"] = self.term
             env["SSH_TTY"] = self.pty[2]
-            self.process = reactor.spawnProcess(proto, executable, argv, env, self.server.cwd,
-                                                usePTY=self.pty)
-        else:
-            self.process = reactor.spawnProcess(proto, executable, argv, env, self.server.cwd)
+        self.process = spawn(reactor, proto, executable, argv, env, self.server.cwd, self.pty)
         log.info("studio SSH: started {what} (pid {pid})",
                  what="a login shell" if argv[0].startswith("-") else "a command",
                  pid=getattr(self.process, "pid", "?"))

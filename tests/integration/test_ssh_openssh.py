@@ -188,6 +188,45 @@ def test_ssh_connection_is_the_users(gw: Gateway) -> None:
     assert server_port == str(gw.port), r.stdout
 
 
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _read_bytes(fd: int, n: int, deadline: float) -> None:
+    while n > 0:
+        assert select.select([fd], [], [], deadline - time.monotonic())[0], "no output"
+        chunk = os.read(fd, min(n, 1 << 20))
+        assert chunk, "the output ended"
+        n -= len(chunk)
+
+
+def test_output_nobody_reads_waits_in_the_command_not_in_the_studio(gw: Gateway) -> None:
+    """The studio reads a command's output in pieces of up to 256 KiB (it read 8 KiB,
+    each an SSH packet); a reader that stops still stops the command, and what waits
+    meanwhile is bounded by the channels' windows, not by how much it writes."""
+    r, w = os.pipe()
+    proc = subprocess.Popen([*gw.ssh("alice@abcd"), "cat /dev/zero"], stdout=w,
+                            stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        deadline = time.monotonic() + 20
+        _read_bytes(r, 8 << 20, deadline)  # it flows; from now on nobody reads
+        before = _rss(gw.proc.pid)
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            grown = _rss(gw.proc.pid) - before
+            assert grown < 32 << 20, f"gateway and studio grew {grown / 2**20:.0f} MiB"
+            time.sleep(0.1)  # a sample every 100 ms, not a wait for an event
+        _read_bytes(r, 64 << 20, time.monotonic() + 20)  # and it goes on when read
+    finally:
+        proc.kill()
+        proc.wait(5)
+        os.close(r)
+
+
 def test_allow_listed_user(gw: Gateway) -> None:
     r = gw.run("carol@abcd", "echo $USER-ok", key="carol_key")
     assert r.returncode == 0 and r.stdout.strip().endswith("-ok"), r.stderr
