@@ -244,7 +244,7 @@ class SessionChannel(FlowChannel):
         name = common.getNS(data)[0]
         if name != b"sftp" or self._started():
             return False
-        self.sftp = SFTPServer(self.server.cwd)
+        self.sftp = SFTPServer(self.server.cwd, self.server.reactor)
         self.sftp.makeConnection(_ChannelTransport(self))
         return True
 

@@ -418,6 +418,23 @@ def test_sftp_df_hard_link_and_rename_onto_a_file(gw: Gateway, tmp_path: Path) -
     assert (gw.work / "final.txt").read_text() == "draft\n"
 
 
+def test_sftp_cp_copies_in_the_studio(gw: Gateway, tmp_path: Path) -> None:
+    """sftp's `cp` (copy-data): it said "Server does not support copy-data extension".
+    A new file gets the source's mode; 24 MiB is several of the studio's steps."""
+    src = gw.work / "results.bin"
+    src.write_bytes(os.urandom(24 << 20) + b"end")
+    src.chmod(0o640)
+    (gw.work / "old.txt").write_bytes(b"x" * (30 << 20))
+    batch = tmp_path / "batch"
+    batch.write_text("cp results.bin copy.bin\ncp results.bin old.txt\n")
+    r = subprocess.run(["sftp", *gw.ssh_base(), "-P", str(gw.port), "-b", str(batch),
+                        "alice@abcd@127.0.0.1"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "does not support" not in r.stderr, r.stderr
+    for name in ("copy.bin", "old.txt"):  # a new file, and one that was there (longer)
+        assert _sha(gw.work / name) == _sha(src), name
+    assert (gw.work / "copy.bin").stat().st_mode & 0o777 == 0o640
+
+
 # Refusals ------------------------------------------------------------------------------------
 
 
