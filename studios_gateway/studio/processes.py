@@ -1,4 +1,5 @@
-"""The processes of the studio's SSH sessions, whose output is read in large pieces.
+"""The processes of the studio's SSH sessions: their own sessions, their output read in
+large pieces.
 
 Twisted reads a child's output 8 KiB at a time, one read per wake-up of the reactor,
 and each piece left the studio as an SSH packet of its own: ``ssh studio 'cat big'``
@@ -11,6 +12,9 @@ packets of the size its peer takes.
 Backpressure is as before: a channel whose window is shut pauses the process, which
 stops reading its pipes; what waits in the channel beyond its window is at most one
 read per pipe, and the writer blocks on the full pipe.
+
+A command without a pty runs in a session of its own, as sshd starts it (a pty's
+has one already); it ran in the connect client's process group.
 """
 
 from __future__ import annotations
@@ -69,7 +73,18 @@ class _Reader(process.ProcessReader):
 
 
 class _Process(process.Process):
+    """A command or shell without a pty, in a session and process group of its own, as
+    sshd starts one (its setsid): a `kill 0` in it, or a signal to its group, reaches
+    the user's processes, not the connect client and the tool beside it."""
+
     processReaderFactory = _Reader
+
+    def _trySpawnInsteadOfFork(self, *args: Any) -> bool:
+        return False  # (posix_spawn as Twisted calls it has no setsid: fork, then exec)
+
+    def _execChild(self, *args: Any) -> None:
+        os.setsid()
+        super()._execChild(*args)
 
 
 class _PTYProcess(process.PTYProcess):

@@ -171,6 +171,19 @@ def test_rekeying_mid_stream(gw: Gateway, cipher: str) -> None:
     assert r.stderr.count("SSH2_MSG_NEWKEYS received") > 3  # the first and re-keys
 
 
+def test_a_command_leads_a_session_of_its_own(gw: Gateway) -> None:
+    """As sshd starts it (setsid): a command without a pty ran in the connect client's
+    process group, so its `kill 0` stopped the connect client and the tool."""
+    r = gw.run("alice@abcd", "echo $$; ps -o sid= -o pgid= -p $$; :")
+    assert r.returncode == 0, r.stderr
+    pid, sid, pgid = r.stdout.split()
+    assert sid == pgid == pid, r.stdout
+    # (Only once that holds: before, this stopped the test's own process group.)
+    r = gw.run("alice@abcd", "kill 0")  # the shell itself ends, by SIGTERM
+    assert r.returncode == 255 and "disconnect" not in r.stderr, r.stderr
+    assert gw.run("alice@abcd", "exit 3").returncode == 3
+
+
 def test_ssh_connection_is_the_users(gw: Gateway) -> None:
     # As sshd sets them: the user's address and port, the address and port they
     # connected to (the gateway's); SSH_TTY only with a pty. They were not set at all.
