@@ -22,15 +22,19 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
+import struct
 from collections.abc import Callable
 from typing import Any
 
+from twisted.conch.ssh import common
 from twisted.internet import process
 from twisted.internet.interfaces import IProcessProtocol, IProcessTransport
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.posixbase import PosixReactorBase
+from twisted.python.failure import Failure
 
-__all__ = ["PIPE_SIZE", "READ_SIZE", "spawn"]
+__all__ = ["PIPE_SIZE", "READ_SIZE", "exit_request", "spawn"]
 
 #: Largest piece of output read at once.
 READ_SIZE = 256 * 1024
@@ -108,3 +112,26 @@ def spawn(reactor: Any, proto: IProcessProtocol, executable: str, argv: list[str
     if pty is not None:
         return _PTYProcess(reactor, executable, argv, env, path, proto, None, None, pty)
     return _Process(reactor, executable, argv, env, path, proto, None, None, None)
+
+
+#: The signal names RFC 4254 gives (and OpenSSH's sshd sends); any other signal is
+#: "SIG@openssh.com", as from sshd.
+SIGNALS = ("ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV", "TERM",
+           "USR1", "USR2")
+_SIGNAL_NAMES = {int(getattr(signal, "SIG" + name)): name for name in SIGNALS}
+OTHER_SIGNAL = "SIG@openssh.com"
+
+
+def exit_request(reason: Failure) -> tuple[bytes, bytes]:
+    """How a session's process ended, as the channel request that says so: ``exit-status``
+    and its code, or ``exit-signal`` with the signal's name and whether it dumped core
+    (a signal outside RFC 4254's list was called KILL)."""
+    value = reason.value
+    sig = getattr(value, "signal", None)
+    if sig is None:
+        return b"exit-status", struct.pack(">L", getattr(value, "exitCode", None) or 0)
+    status = getattr(value, "status", None)
+    core = isinstance(status, int) and os.WIFSIGNALED(status) and os.WCOREDUMP(status)
+    name = _SIGNAL_NAMES.get(int(sig), OTHER_SIGNAL)
+    return b"exit-signal", (common.NS(name.encode()) + (b"\1" if core else b"\0")
+                            + common.NS(b"") + common.NS(b""))

@@ -71,7 +71,7 @@ from studios_gateway.ssh.client_address import REQUEST as CLIENT_ADDRESS
 from studios_gateway.ssh.client_address import UNKNOWN, ClientAddress
 from studios_gateway.ssh.framing import PacketFraming
 from studios_gateway.ssh.keys import fingerprint
-from studios_gateway.studio.processes import spawn
+from studios_gateway.studio.processes import SIGNALS, exit_request, spawn
 from studios_gateway.studio.sftp import SFTPServer
 from studios_gateway.wire.mux import words
 from studios_gateway.wire.splice import SpliceEnd, join
@@ -85,8 +85,6 @@ ACCEPT_ENV = re.compile(r"(LANG|LANGUAGE|LC_[A-Z_]+|TZ|TERM|COLORTERM|EDITOR|VIS
                         r"GIT_[A-Z_]+|STUDIO_[A-Z0-9_]+)")
 #: The connect client's own settings (its token!) never reach a user's shell.
 HIDDEN_ENV = re.compile(r"CONNECT_.*|SSH_AUTH_SOCK|SSH_CONNECTION|SSH_CLIENT|SSH_TTY")
-SIGNALS = {"ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV",
-           "TERM", "USR1", "USR2"}
 
 
 class _SocketTransport(Protocol):
@@ -333,16 +331,7 @@ class SessionChannel(FlowChannel):
         if self._ended:
             return
         self._ended = True
-        value = reason.value
-        sig = getattr(value, "signal", None)
-        code = getattr(value, "exitCode", None)
-        if sig is not None:
-            names = {getattr(signal, "SIG" + n): n for n in SIGNALS}
-            self.send_request(b"exit-signal",
-                              common.NS(names.get(sig, "KILL").encode()) + b"\0"
-                              + common.NS(b"") + common.NS(b""), False)
-        else:
-            self.send_request(b"exit-status", struct.pack(">L", code or 0), False)
+        self.send_request(*exit_request(reason), False)
         self.send_eof()
         self.loseConnection()
 

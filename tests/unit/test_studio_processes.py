@@ -1,17 +1,22 @@
-"""A session's output read in large pieces (studios_gateway.studio.processes), with the
-same backpressure: paused, the reader reads nothing, and one read is one piece."""
+"""A session's process (studios_gateway.studio.processes): its output read in large
+pieces, with the same backpressure (paused, the reader reads nothing, and one read is one
+piece); how it ended, as sshd says it."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
+from twisted.conch.ssh.common import NS, getNS
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
 
-from studios_gateway.studio.processes import PIPE_SIZE, READ_SIZE, _Reader
+from studios_gateway.studio.processes import PIPE_SIZE, READ_SIZE, _Reader, exit_request
 
 
 class _Proc:
@@ -62,3 +67,20 @@ def test_a_read_takes_what_the_pipe_holds_up_to_the_piece(pipe: tuple[int, int])
     assert sum(proc.pieces) == written
     os.close(w)
     assert reader.doRead() is CONNECTION_DONE
+
+
+def test_how_a_command_ended_as_sshd_says_it() -> None:
+    """A signal outside RFC 4254's list (SIGBUS, a CPU limit's SIGXCPU) was called KILL;
+    sshd calls it SIG@openssh.com. A core dump is said too."""
+    assert exit_request(Failure(ProcessDone(0))) == (b"exit-status", b"\0\0\0\0")
+    assert exit_request(Failure(ProcessTerminated(exitCode=3))) == (b"exit-status",
+                                                                    b"\0\0\0\3")
+    for sig, core, name in ((signal.SIGTERM, False, b"TERM"), (signal.SIGBUS, False,
+                                                               b"SIG@openssh.com"),
+                            (signal.SIGSEGV, True, b"SEGV"), (signal.SIGXCPU, False,
+                                                              b"SIG@openssh.com")):
+        status = int(sig) | (0x80 if core else 0)
+        kind, data = exit_request(Failure(ProcessTerminated(signal=sig, status=status)))
+        assert kind == b"exit-signal"
+        got, rest = getNS(data)
+        assert (got, rest[:1], rest[1:]) == (name, b"\1" if core else b"\0", NS(b"") * 2)
