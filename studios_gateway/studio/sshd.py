@@ -83,8 +83,11 @@ log = Logger(namespace="studios_gateway.studio.sshd")
 #: Environment names a user may set with SendEnv / SetEnv.
 ACCEPT_ENV = re.compile(r"(LANG|LANGUAGE|LC_[A-Z_]+|TZ|TERM|COLORTERM|EDITOR|VISUAL|"
                         r"GIT_[A-Z_]+|STUDIO_[A-Z0-9_]+)")
-#: The connect client's own settings (its token!) never reach a user's shell.
-HIDDEN_ENV = re.compile(r"CONNECT_.*|SSH_AUTH_SOCK|SSH_CONNECTION|SSH_CLIENT|SSH_TTY")
+#: The connect client's own settings (its token!) never reach a user's shell, nor the
+#: state of the shell that started it: an SHLVL of 1 made a session's bash a nested
+#: one (2), which then skipped ~/.bashrc for `ssh studio cmd` where sshd's reads it.
+HIDDEN_ENV = re.compile(r"CONNECT_.*|SSH_AUTH_SOCK|SSH_CONNECTION|SSH_CLIENT|SSH_TTY|"
+                        r"SHLVL|PWD|OLDPWD|_")
 
 
 class _SocketTransport(Protocol):

@@ -98,7 +98,9 @@ def _start(base: Path, name: str, *extra: str) -> Gateway:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
         # As if the connect client had been started from an administrator's ssh: that
         # connection is none of the users' (test_ssh_connection_is_the_users).
-        env={**os.environ, "SSH_CONNECTION": ADMINS_SSH, "SSH_CLIENT": "198.51.100.9 4 22"})
+        # Likewise the state of the shell that started it (test_no_shell_state_...).
+        env={**os.environ, "SSH_CONNECTION": ADMINS_SSH, "SSH_CLIENT": "198.51.100.9 4 22",
+             "SHLVL": "1", "OLDPWD": "/nowhere"})
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 30)
     if not ready:
@@ -182,6 +184,14 @@ def test_a_command_leads_a_session_of_its_own(gw: Gateway) -> None:
     r = gw.run("alice@abcd", "kill 0")  # the shell itself ends, by SIGTERM
     assert r.returncode == 255 and "disconnect" not in r.stderr, r.stderr
     assert gw.run("alice@abcd", "exit 3").returncode == 3
+
+
+def test_no_shell_state_of_the_connect_clients_reaches_a_session(gw: Gateway) -> None:
+    """A session's bash is a first one, as under sshd: with the SHLVL of the shell that
+    started studios-connect (1) it was a nested one, and then Debian's bash, which reads
+    ~/.bashrc for a command run by ssh (SSH_CLIENT set), did not."""
+    r = gw.run("alice@abcd", 'echo "$SHLVL ${OLDPWD-unset} $PWD"')
+    assert r.stdout.split() == ["1", "unset", str(gw.work)], r.stdout
 
 
 def test_ssh_connection_is_the_users(gw: Gateway) -> None:
