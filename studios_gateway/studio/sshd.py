@@ -345,6 +345,9 @@ class SessionChannel(FlowChannel):
                 self.process.signalProcess("HUP")
             except Exception:  # noqa: S110 - the process is already gone
                 pass
+            # And, as sshd, its pipes (its pty) close with the channel: a pipeline the
+            # shell leaves behind, blocked on output nobody reads, ends writing to them.
+            self.process.loseConnection()
         if self.sftp is not None:
             self.sftp.connectionLost(Failure(ConnectionError("channel closed")))
             self.sftp = None

@@ -186,6 +186,40 @@ def test_a_command_leads_a_session_of_its_own(gw: Gateway) -> None:
     assert gw.run("alice@abcd", "exit 3").returncode == 3
 
 
+def _in_session(sid: int) -> list[str]:
+    """The processes of a session (of a command's setsid), but zombies."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(stat.parent.name)
+    return found
+
+
+def test_a_pipeline_ends_with_its_channel(gw: Gateway) -> None:
+    """ssh killed (Ctrl-C) during `cat /dev/zero | tr ...`: the channel's close hung up
+    the shell only, and the pipeline, blocked on the output nobody read any more, stayed
+    in the studio for good, with its pipes in the connect client. As with sshd, the
+    pipes now close with the channel: what writes to them ends."""
+    proc = subprocess.Popen([*gw.ssh("alice@abcd"), "echo $$; cat /dev/zero | tr '\\0' y"],
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    sid = int(proc.stdout.readline())
+    proc.stdout.read(1 << 20)
+    assert len(_in_session(sid)) >= 2  # the shell, cat and tr: under way
+    proc.kill()
+    proc.wait(5)
+    proc.stdout.close()
+    deadline = time.monotonic() + 10
+    while _in_session(sid):
+        assert time.monotonic() < deadline, f"still running: {_in_session(sid)}"
+        time.sleep(0.05)  # polling for the processes' end
+
+
 def test_no_shell_state_of_the_connect_clients_reaches_a_session(gw: Gateway) -> None:
     """A session's bash is a first one, as under sshd: with the SHLVL of the shell that
     started studios-connect (1) it was a nested one, and then Debian's bash, which reads
