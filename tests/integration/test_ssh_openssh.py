@@ -91,6 +91,8 @@ def _start(base: Path, name: str, *extra: str) -> Gateway:
                 _record("bobs", owner="bob", allowed_users=[]), _record("gone")]
     (d / "sessions.json").write_text(json.dumps(sessions))
     log = d / "gateway.log"
+    home = d / "home"
+    home.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.ssh_loopback", "--storage-root",
          str(d / "store"), "--sessions", str(d / "sessions.json"), "--cwd", str(work),
@@ -100,7 +102,10 @@ def _start(base: Path, name: str, *extra: str) -> Gateway:
         # connection is none of the users' (test_ssh_connection_is_the_users).
         # Likewise the state of the shell that started it (test_no_shell_state_...).
         env={**os.environ, "SSH_CONNECTION": ADMINS_SSH, "SSH_CLIENT": "198.51.100.9 4 22",
-             "SHLVL": "1", "OLDPWD": "/nowhere"})
+             "SHLVL": "1", "OLDPWD": "/nowhere",
+             # A home of the studio's own: a command's bash reads ~/.bashrc (as under sshd),
+             # and the runner's (pyenv init, ...) is none of these tests' business.
+             "HOME": str(home)})
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 30)
     if not ready:
