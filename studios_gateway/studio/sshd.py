@@ -322,6 +322,11 @@ class SessionChannel(FlowChannel):
 
     def eofReceived(self) -> None:
         if self.process is not None and self.pty is None:
+            # Our credit gate is the stdin pipe's producer; while registered, Twisted
+            # resumes it when the pipe has drained instead of closing the pipe, so a
+            # command that began reading after more than a pipe's worth had come
+            # (`sleep 1; wc -c` < 100 KB) never saw the end of its input.
+            cast(IConsumer, self.process).unregisterProducer()
             self.process.closeStdin()
         elif self.sftp is not None:
             self.sftp.connectionLost(Failure(ConnectionError("eof")))

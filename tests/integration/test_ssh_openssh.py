@@ -289,6 +289,15 @@ def test_output_nobody_reads_waits_in_the_command_not_in_the_studio(gw: Gateway)
         os.close(r)
 
 
+def test_input_read_late_still_ends(gw: Gateway) -> None:
+    """A command that reads its input only after more than a pipe's worth has come (the
+    sleep stands for a slow start: conda, a module load) got all of it but never its
+    end: `wc -c` waited for ever."""
+    r = subprocess.run([*gw.ssh("alice@abcd"), "sleep 0.5; wc -c"], input=b"z" * 300_000,
+                       capture_output=True, timeout=20)
+    assert (r.returncode, r.stdout.strip()) == (0, b"300000"), r.stderr
+
+
 def test_allow_listed_user(gw: Gateway) -> None:
     r = gw.run("carol@abcd", "echo $USER-ok", key="carol_key")
     assert r.returncode == 0 and r.stdout.strip().endswith("-ok"), r.stderr
