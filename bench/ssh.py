@@ -1,6 +1,6 @@
 """scp throughput through the SSH proxy vs straight to a local OpenSSH sshd, in one run.
 
-    .venv/bin/python -m bench.ssh [--size-mib 256] [--repeat 1] [--keep]
+    .venv/bin/python -m bench.ssh [--size-mib 256] [--repeat 1] [--keep] [--cat]
 
 Starts, all on free 127.0.0.1 ports and under one temporary directory:
 a real gateway (``twistd -n studios-gateway`` with CONNECT_SSH_ENABLED=true),
@@ -13,7 +13,10 @@ with the algorithms the proxy negotiates, once with OpenSSH's defaults),
 checks every copy's SHA-256, and prints MB/s (10^6 bytes per second) and the
 ratio proxy / direct, and the CPU the gateway and the connect client spent per GB
 through the proxy (user + system seconds, from /proc: unlike MB/s it barely moves
-when other work shares the machine). Every process it starts is stopped by its pid.
+when other work shares the machine). With ``--cat`` it also reads the same file as a
+command's output, ``ssh studio 'cat payload.bin' >/dev/null``, against scp's download
+through the proxy and against the same command straight to sshd. Every process it
+starts is stopped by its pid.
 """
 
 from __future__ import annotations
@@ -183,6 +186,24 @@ def scp(opts: list[str], port: int, src: str, dst: str) -> float:
     return took
 
 
+def cat_down(opts: list[str], port: int, login: str, remote: str, size: int,
+             cpu: Callable[[], list[float]] = list,
+             used: list[list[float]] | None = None) -> float:
+    """MB/s of ``ssh ... 'cat remote' >/dev/null`` (cat's exit status is checked)."""
+    before = cpu()
+    start = time.monotonic()
+    r = subprocess.run(["ssh", *opts, "-p", str(port), f"{login}@127.0.0.1",
+                        f"cat {remote}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       stdin=subprocess.DEVNULL, timeout=600)
+    took = time.monotonic() - start
+    if r.returncode != 0:
+        raise SystemExit(f"bench: ssh cat {remote}: exit {r.returncode}: "
+                         f"{r.stderr.decode(errors='replace').strip()}")
+    if used is not None:
+        used.append([b - a for a, b in zip(before, cpu(), strict=True)])
+    return size / took / 1e6
+
+
 def measure(label: str, opts: list[str], port: int, login: str, remote: str, src: Path,
             back: Path, repeat: int, cpu: Callable[[], list[float]] = list,
             used: list[list[float]] | None = None) -> tuple[float, float]:
@@ -215,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size-mib", type=int, default=256)
     p.add_argument("--repeat", type=int, default=1, help="runs per direction; best is kept")
     p.add_argument("--keep", action="store_true", help="keep the work directory and logs")
+    p.add_argument("--cat", action="store_true",
+                   help="also ssh 'cat' the file (proxy and direct) beside scp's download")
     args = p.parse_args(argv)
     for tool in ("ssh", "scp", "ssh-keygen"):
         if shutil.which(tool) is None:
@@ -264,6 +287,24 @@ def main(argv: list[str] | None = None) -> int:
         gw_cpu, connect_cpu = (sum(u[i] for u in used) / gb for i in (0, 1))
         print(f"CPU per GB through the proxy: gateway {gw_cpu:.2f} s, "
               f"connect client {connect_cpu:.2f} s")
+        if args.cat:
+            size = src.stat().st_size
+            remote_direct = str(direct_dir / "a.bin")
+            cat_used: list[list[float]] = []
+            proxy_cat, direct_cat = [], []
+            for _ in range(args.repeat):  # alternating, so drift hits both alike
+                proxy_cat.append(cat_down(base, ssh_port, f"bench@{sid}", "payload.bin",
+                                          size, lambda: [cpu_seconds(p) for p in watched],
+                                          cat_used))
+                direct_cat.append(cat_down(base + PROXY_ALGORITHMS, sshd_port, me,
+                                           remote_direct, size))
+            print(f"ssh 'cat' of {args.size_mib} MiB >/dev/null, best of {args.repeat}: "
+                  f"proxy {max(proxy_cat):.1f} MB/s ({max(proxy_cat) / pd:.2f} of its scp "
+                  f"down), direct sshd {max(direct_cat):.1f} MB/s")
+            cat_gb = size * len(cat_used) / 1e9
+            print("CPU per GB of ssh 'cat' through the proxy: gateway "
+                  f"{sum(u[0] for u in cat_used) / cat_gb:.2f} s, connect client "
+                  f"{sum(u[1] for u in cat_used) / cat_gb:.2f} s")
         return 0
     finally:
         procs.stop_all()

@@ -42,6 +42,8 @@ from studios_gateway.ssh.channels import (
     OpenRefused,
     conch_log,
 )
+from studios_gateway.ssh.client_address import REQUEST as CLIENT_ADDRESS
+from studios_gateway.ssh.client_address import ClientAddress
 from studios_gateway.ssh.framing import PacketFraming
 from studios_gateway.ssh.policy import MAX_STUDIO_WORDS, Identity, Refused, shown_name
 from studios_gateway.wire.mux import broke, going_away, tunnel_lost
@@ -408,6 +410,11 @@ class UpstreamConnection(FlowConnection):
     def serviceStarted(self) -> None:
         super().serviceStarted()
         self.relay.studio = self
+        # Before any of the user's channels: where the user came from, for the
+        # studio's SSH_CONNECTION and SSH_CLIENT (studios_gateway.ssh.client_address).
+        client = getattr(self.transport, "client", None)
+        if client is not None:
+            self.sendGlobalRequest(CLIENT_ADDRESS, client.encode())
         if not self._ready.called:
             self._ready.callback(self)
 
@@ -468,6 +475,9 @@ class UpstreamTransport(PacketFraming, transport.SSHClientTransport):
         self._key = key
         self._ready = ready
         self._user_transport: UserTransport | None = user_transport
+        tcp = user_transport.transport
+        #: The user's address and the gateway's they connected to, told to the studio.
+        self.client = ClientAddress.of(tcp.getPeer(), tcp.getHost()) if tcp else None
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Deferred[bool]:
         # The studio is reached through its authenticated tunnel; its SSH host key is

@@ -11,7 +11,8 @@ took them as ASCII, and a name such as ``résumé.txt`` failed); mkdir and symli
 OpenSSH's do (the mode under the umask; the target first, kept as given); a failure the
 file system reports is a status for the client, not a traceback in the studio's log.
 OpenSSH's ``statvfs`` (sftp's ``df``), ``posix-rename``, ``hardlink`` and ``expand-path``
-(``~`` in scp's and sftp's paths) extensions are offered too.
+(``~`` in scp's and sftp's paths) extensions are offered too, and ``copy-data`` (sftp's
+``cp``, copied in the studio: :mod:`~studios_gateway.studio.sftp_copy`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from typing import Any, Protocol, cast
 from twisted.conch.ls import lsLine
 from twisted.conch.ssh import common, filetransfer
 from twisted.conch.unix import SFTPServerForUnixConchUser, UnixSFTPFile
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 
 from studios_gateway.ssh.channels import conch_log
+from studios_gateway.studio.sftp_copy import FileCopy, same_file
 
 __all__ = ["SFTP_MAX_MESSAGE", "SFTP_MAX_READ", "SFTPServer"]
 
@@ -81,9 +84,11 @@ STATVFS_EXTENSION = b"statvfs@openssh.com"
 EXPAND_PATH_EXTENSION = b"expand-path@openssh.com"
 #: Extensions answered with a status, not a reply of their own.
 STATUS_EXTENSIONS = (b"posix-rename@openssh.com", b"hardlink@openssh.com")
+#: sftp's `cp`: from one open file to another, in the studio (SFTPServer.copy_data).
+COPY_DATA_EXTENSION = b"copy-data"
 #: What the version reply offers, with the versions OpenSSH's sftp looks for.
 EXTENSIONS = {LIMITS_EXTENSION: b"1", STATVFS_EXTENSION: b"2", EXPAND_PATH_EXTENSION: b"1",
-              **dict.fromkeys(STATUS_EXTENSIONS, b"1")}
+              COPY_DATA_EXTENSION: b"1", **dict.fromkeys(STATUS_EXTENSIONS, b"1")}
 _STATVFS_RDONLY, _STATVFS_NOSUID = 1, 2
 #: An FXP_DATA reply's head: message length, type, request id, data length.
 _DATA_REPLY = struct.Struct(">LB4sL")
@@ -239,8 +244,14 @@ class SFTPServer(filetransfer.FileTransferServer):
 
     _log = conch_log
 
-    def __init__(self, home: str):
+    def __init__(self, home: str, clock: IReactorTime | None = None):
         filetransfer.FileTransferBase.__init__(self)
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
+        self.clock: IReactorTime = clock
+        self.copies: dict[bytes, FileCopy] = {}  # request id -> a copy-data under way
         self.client = _SFTPFiles(_SFTPAvatar(home))
         self.openFiles: dict[bytes, object] = {}  # handle -> open file
         self.openDirs: dict[bytes, object] = {}  # handle -> directory listing
@@ -323,11 +334,66 @@ class SFTPServer(filetransfer.FileTransferServer):
                   why=error.strerror)
         self._sendStatus(requestId, code, (error.strerror or msg.decode()).encode())
 
+    def copy_data(self, request_id: bytes, data: bytes) -> None:
+        """sftp's `cp`: the client has opened the source and the target, and asks for
+        bytes of one to be copied into the other; the status answers when done."""
+        try:
+            source_handle, rest = common.getNS(data)
+            source_at, length = struct.unpack(">2Q", rest[:16])
+            target_handle, rest = common.getNS(rest[16:])
+            (target_at,) = struct.unpack(">Q", rest)
+        except (struct.error, IndexError):
+            self._sendStatus(request_id, filetransfer.FX_BAD_MESSAGE, b"bad request")
+            return
+        source, target = (self.openFiles.get(h) for h in (source_handle, target_handle))
+        if not isinstance(source, _SFTPFile) or not isinstance(target, _SFTPFile):
+            self._sendStatus(request_id, filetransfer.FX_FAILURE, b"no such open file")
+            return
+        if same_file(source.fd, target.fd):
+            self._sendStatus(request_id, filetransfer.FX_FAILURE,
+                             b"the source and the target are the same file")
+            return
+        copy = FileCopy(self.clock, source.fd, source_at, length, target.fd, target_at)
+        self.copies[request_id] = copy
+        d = copy.start()
+
+        def answered(_: object) -> None:
+            self.copies.pop(request_id, None)
+
+        d.addCallback(lambda whole: self._sendStatus(
+            request_id, filetransfer.FX_OK if whole else filetransfer.FX_EOF,
+            b"copied" if whole else b"the source ended first"))
+        d.addErrback(self._ebStatus, request_id, b"copy failed")
+        d.addBoth(answered)
+
+    def packet_CLOSE(self, data: bytes) -> None:
+        # A file closed while a copy uses it (no OpenSSH sftp does: it waits for the
+        # copy's status): the copy stops there and says so.
+        handle = common.getNS(data[4:])[0] if len(data) > 8 else b""
+        f = self.openFiles.get(handle)
+        if isinstance(f, _SFTPFile):
+            for request_id, copy in list(self.copies.items()):
+                if f.fd in (copy.source, copy.target):
+                    copy.stop()
+                    del self.copies[request_id]
+                    self._sendStatus(request_id, filetransfer.FX_FAILURE,
+                                     b"a file of the copy was closed")
+        super().packet_CLOSE(data)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        for copy in self.copies.values():
+            copy.stop()
+        self.copies.clear()
+        super().connectionLost(reason)
+
     def packet_EXTENDED(self, data: bytes) -> None:
         request_id = data[:4]
         name, rest = common.getNS(data[4:])
         if name == EXPAND_PATH_EXTENSION:
             self.expand_path(request_id, rest)
+            return
+        if name == COPY_DATA_EXTENSION:
+            self.copy_data(request_id, rest)
             return
         if name not in STATUS_EXTENSIONS:
             super().packet_EXTENDED(data)  # (Conch answers with an extended reply)

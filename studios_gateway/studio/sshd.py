@@ -7,7 +7,9 @@ fingerprint(s) of the gateway's host key (:meth:`StudioSSHServer.pin`).
 
 Offered, as the connect client's OS user, in the tool's working directory:
 shell and exec with or without a pty (env, window-change, signals, exit status
-and signals), the ``sftp`` subsystem (so OpenSSH's scp and sftp work; served by
+and signals; ``SSH_CONNECTION`` and ``SSH_CLIENT`` with the user's address as the
+gateway tells it, :mod:`~studios_gateway.ssh.client_address`), the ``sftp``
+subsystem (so OpenSSH's scp and sftp work; served by
 :mod:`~studios_gateway.studio.sftp`), agent forwarding (a private UNIX socket named
 by ``SSH_AUTH_SOCK``) and direct-tcpip (``ssh -L``). Every byte path is
 flow-controlled: process output pauses when the channel's window is shut, and the
@@ -65,8 +67,11 @@ from studios_gateway.ssh.channels import (
     OpenRefused,
     conch_log,
 )
+from studios_gateway.ssh.client_address import REQUEST as CLIENT_ADDRESS
+from studios_gateway.ssh.client_address import UNKNOWN, ClientAddress
 from studios_gateway.ssh.framing import PacketFraming
 from studios_gateway.ssh.keys import fingerprint
+from studios_gateway.studio.processes import SIGNALS, exit_request, spawn
 from studios_gateway.studio.sftp import SFTPServer
 from studios_gateway.wire.mux import words
 from studios_gateway.wire.splice import SpliceEnd, join
@@ -78,10 +83,11 @@ log = Logger(namespace="studios_gateway.studio.sshd")
 #: Environment names a user may set with SendEnv / SetEnv.
 ACCEPT_ENV = re.compile(r"(LANG|LANGUAGE|LC_[A-Z_]+|TZ|TERM|COLORTERM|EDITOR|VISUAL|"
                         r"GIT_[A-Z_]+|STUDIO_[A-Z0-9_]+)")
-#: The connect client's own settings (its token!) never reach a user's shell.
-HIDDEN_ENV = re.compile(r"CONNECT_.*|SSH_AUTH_SOCK|SSH_CONNECTION|SSH_CLIENT|SSH_TTY")
-SIGNALS = {"ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV",
-           "TERM", "USR1", "USR2"}
+#: The connect client's own settings (its token!) never reach a user's shell, nor the
+#: state of the shell that started it: an SHLVL of 1 made a session's bash a nested
+#: one (2), which then skipped ~/.bashrc for `ssh studio cmd` where sshd's reads it.
+HIDDEN_ENV = re.compile(r"CONNECT_.*|SSH_AUTH_SOCK|SSH_CONNECTION|SSH_CLIENT|SSH_TTY|"
+                        r"SHLVL|PWD|OLDPWD|_")
 
 
 class _SocketTransport(Protocol):
@@ -239,7 +245,7 @@ class SessionChannel(FlowChannel):
         name = common.getNS(data)[0]
         if name != b"sftp" or self._started():
             return False
-        self.sftp = SFTPServer(self.server.cwd)
+        self.sftp = SFTPServer(self.server.cwd, self.server.reactor)
         self.sftp.makeConnection(_ChannelTransport(self))
         return True
 
@@ -272,6 +278,8 @@ class SessionChannel(FlowChannel):
             return False
         env = self.server.base_env()
         env.update(self.env)
+        assert isinstance(self.conn, StudioConnection)
+        env.update(self.conn.client.environment())
         if self.agent is not None:
             env["SSH_AUTH_SOCK"] = self.agent.path
         proto = _ProcessSide(self)
@@ -279,10 +287,7 @@ class SessionChannel(FlowChannel):
         if self.pty is not None:
             env["TERM"] = self.term
             env["SSH_TTY"] = self.pty[2]
-            self.process = reactor.spawnProcess(proto, executable, argv, env, self.server.cwd,
-                                                usePTY=self.pty)
-        else:
-            self.process = reactor.spawnProcess(proto, executable, argv, env, self.server.cwd)
+        self.process = spawn(reactor, proto, executable, argv, env, self.server.cwd, self.pty)
         log.info("studio SSH: started {what} (pid {pid})",
                  what="a login shell" if argv[0].startswith("-") else "a command",
                  pid=getattr(self.process, "pid", "?"))
@@ -317,6 +322,11 @@ class SessionChannel(FlowChannel):
 
     def eofReceived(self) -> None:
         if self.process is not None and self.pty is None:
+            # Our credit gate is the stdin pipe's producer; while registered, Twisted
+            # resumes it when the pipe has drained instead of closing the pipe, so a
+            # command that began reading after more than a pipe's worth had come
+            # (`sleep 1; wc -c` < 100 KB) never saw the end of its input.
+            cast(IConsumer, self.process).unregisterProducer()
             self.process.closeStdin()
         elif self.sftp is not None:
             self.sftp.connectionLost(Failure(ConnectionError("eof")))
@@ -329,16 +339,7 @@ class SessionChannel(FlowChannel):
         if self._ended:
             return
         self._ended = True
-        value = reason.value
-        sig = getattr(value, "signal", None)
-        code = getattr(value, "exitCode", None)
-        if sig is not None:
-            names = {getattr(signal, "SIG" + n): n for n in SIGNALS}
-            self.send_request(b"exit-signal",
-                              common.NS(names.get(sig, "KILL").encode()) + b"\0"
-                              + common.NS(b"") + common.NS(b""), False)
-        else:
-            self.send_request(b"exit-status", struct.pack(">L", code or 0), False)
+        self.send_request(*exit_request(reason), False)
         self.send_eof()
         self.loseConnection()
 
@@ -349,6 +350,9 @@ class SessionChannel(FlowChannel):
                 self.process.signalProcess("HUP")
             except Exception:  # noqa: S110 - the process is already gone
                 pass
+            # And, as sshd, its pipes (its pty) close with the channel: a pipeline the
+            # shell leaves behind, blocked on output nobody reads, ends writing to them.
+            self.process.loseConnection()
         if self.sftp is not None:
             self.sftp.connectionLost(Failure(ConnectionError("channel closed")))
             self.sftp = None
@@ -530,11 +534,25 @@ class _AgentClient(_SocketSide):
 
 class StudioConnection(FlowConnection):
     server: StudioSSHServer
+    #: Where this connection's user came from, as the gateway says (one per connection:
+    #: never another user's); UNKNOWN from a gateway that does not say.
+    client: ClientAddress = UNKNOWN
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
         assert self.transport is not None and isinstance(self.transport.factory, _StudioFactory)
         self.server = self.transport.factory.server
+
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> Any:
+        if requestType == CLIENT_ADDRESS:
+            client = ClientAddress.decode(data)
+            if client is None:
+                log.warn("studio SSH: the gateway's {name} could not be read",
+                         name=CLIENT_ADDRESS.decode())
+                return 0
+            self.client = client
+            return 1
+        return super().gotGlobalRequest(requestType, data)
 
     def open_channel(self, channel_type: bytes, window: int, max_packet: int,
                      data: bytes) -> FlowChannel | Deferred[FlowChannel]:

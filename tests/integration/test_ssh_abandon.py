@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from tests.integration.test_tunnel_process import Deployment, wait_connected
+from tests.support.ssh_deployment import studio_home
 from tests.support.studio import Connect, Tool
 from tests.support.waiting import wait_until
 
@@ -79,7 +80,8 @@ class SSHStudio:
         d.stoppers.append(tool.stop)
         self.work = tmp_path / "studio-work"
         self.work.mkdir()
-        self.client = Connect(tmp_path, via_relay, tool.port, cwd=self.work)
+        self.client = Connect(tmp_path, via_relay, tool.port, cwd=self.work,
+                              extra_env=studio_home(tmp_path))
         d.stoppers.append(self.client.stop)
         wait_connected(d.gw, self.created["id"])
         d.login(self.created)

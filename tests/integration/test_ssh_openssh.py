@@ -40,6 +40,7 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
+ADMINS_SSH = "198.51.100.9 40000 198.51.100.10 22"
 
 
 def _record(sid: str, **kw: object) -> dict[str, object]:
@@ -90,11 +91,21 @@ def _start(base: Path, name: str, *extra: str) -> Gateway:
                 _record("bobs", owner="bob", allowed_users=[]), _record("gone")]
     (d / "sessions.json").write_text(json.dumps(sessions))
     log = d / "gateway.log"
+    home = d / "home"
+    home.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.ssh_loopback", "--storage-root",
          str(d / "store"), "--sessions", str(d / "sessions.json"), "--cwd", str(work),
          "--offline", "gone", *extra],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+        # As if the connect client had been started from an administrator's ssh: that
+        # connection is none of the users' (test_ssh_connection_is_the_users).
+        # Likewise the state of the shell that started it (test_no_shell_state_...).
+        env={**os.environ, "SSH_CONNECTION": ADMINS_SSH, "SSH_CLIENT": "198.51.100.9 4 22",
+             "SHLVL": "1", "OLDPWD": "/nowhere",
+             # A home of the studio's own: a command's bash reads ~/.bashrc (as under sshd),
+             # and the runner's (pyenv init, ...) is none of these tests' business.
+             "HOME": str(home)})
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 30)
     if not ready:
@@ -165,6 +176,126 @@ def test_rekeying_mid_stream(gw: Gateway, cipher: str) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["1500000", "2000000"]
     assert r.stderr.count("SSH2_MSG_NEWKEYS received") > 3  # the first and re-keys
+
+
+def test_a_command_leads_a_session_of_its_own(gw: Gateway) -> None:
+    """As sshd starts it (setsid): a command without a pty ran in the connect client's
+    process group, so its `kill 0` stopped the connect client and the tool."""
+    r = gw.run("alice@abcd", "echo $$; ps -o sid= -o pgid= -p $$; :")
+    assert r.returncode == 0, r.stderr
+    pid, sid, pgid = r.stdout.split()
+    assert sid == pgid == pid, r.stdout
+    # (Only once that holds: before, this stopped the test's own process group.)
+    r = gw.run("alice@abcd", "kill 0")  # the shell itself ends, by SIGTERM
+    assert r.returncode == 255 and "disconnect" not in r.stderr, r.stderr
+    assert gw.run("alice@abcd", "exit 3").returncode == 3
+
+
+def _in_session(sid: int) -> list[str]:
+    """The processes of a session (of a command's setsid), but zombies."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(stat.parent.name)
+    return found
+
+
+def test_a_pipeline_ends_with_its_channel(gw: Gateway) -> None:
+    """ssh killed (Ctrl-C) during `cat /dev/zero | tr ...`: the channel's close hung up
+    the shell only, and the pipeline, blocked on the output nobody read any more, stayed
+    in the studio for good, with its pipes in the connect client. As with sshd, the
+    pipes now close with the channel: what writes to them ends."""
+    proc = subprocess.Popen([*gw.ssh("alice@abcd"), "echo $$; cat /dev/zero | tr '\\0' y"],
+                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    sid = int(proc.stdout.readline())
+    proc.stdout.read(1 << 20)
+    assert len(_in_session(sid)) >= 2  # the shell, cat and tr: under way
+    proc.kill()
+    proc.wait(5)
+    proc.stdout.close()
+    deadline = time.monotonic() + 10
+    while _in_session(sid):
+        assert time.monotonic() < deadline, f"still running: {_in_session(sid)}"
+        time.sleep(0.05)  # polling for the processes' end
+
+
+def test_no_shell_state_of_the_connect_clients_reaches_a_session(gw: Gateway) -> None:
+    """A session's bash is a first one, as under sshd: with the SHLVL of the shell that
+    started studios-connect (1) it was a nested one, and then Debian's bash, which reads
+    ~/.bashrc for a command run by ssh (SSH_CLIENT set), did not."""
+    r = gw.run("alice@abcd", 'echo "$SHLVL ${OLDPWD-unset} $PWD"')
+    assert r.stdout.split() == ["1", "unset", str(gw.work)], r.stdout
+
+
+def test_ssh_connection_is_the_users(gw: Gateway) -> None:
+    # As sshd sets them: the user's address and port, the address and port they
+    # connected to (the gateway's); SSH_TTY only with a pty. They were not set at all.
+    r = gw.run("alice@abcd", 'echo "$SSH_CONNECTION|$SSH_CLIENT|${SSH_TTY-none}"')
+    assert r.returncode == 0, r.stderr
+    connection, client, tty = r.stdout.strip().split("|")
+    host, port, server, server_port = connection.split()
+    assert (host, server, server_port) == ("127.0.0.1", "127.0.0.1", str(gw.port)), r.stdout
+    assert client == f"127.0.0.1 {port} {gw.port}" and tty == "none", r.stdout
+    assert ADMINS_SSH not in r.stdout
+    r = gw.run("alice@abcd", 'echo "$SSH_TTY $(tty) ${SSH_CONNECTION##* }"', "-tt")
+    assert r.returncode == 0, r.stderr
+    ssh_tty, real_tty, server_port = r.stdout.split()
+    assert ssh_tty == real_tty and real_tty.startswith("/dev/pts/"), r.stdout
+    assert server_port == str(gw.port), r.stdout
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _read_bytes(fd: int, n: int, deadline: float) -> None:
+    while n > 0:
+        assert select.select([fd], [], [], deadline - time.monotonic())[0], "no output"
+        chunk = os.read(fd, min(n, 1 << 20))
+        assert chunk, "the output ended"
+        n -= len(chunk)
+
+
+def test_output_nobody_reads_waits_in_the_command_not_in_the_studio(gw: Gateway) -> None:
+    """The studio reads a command's output in pieces of up to 256 KiB (it read 8 KiB,
+    each an SSH packet); a reader that stops still stops the command, and what waits
+    meanwhile is bounded by the channels' windows, not by how much it writes."""
+    r, w = os.pipe()
+    proc = subprocess.Popen([*gw.ssh("alice@abcd"), "cat /dev/zero"], stdout=w,
+                            stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        deadline = time.monotonic() + 20
+        _read_bytes(r, 8 << 20, deadline)  # it flows; from now on nobody reads
+        before = _rss(gw.proc.pid)
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            grown = _rss(gw.proc.pid) - before
+            assert grown < 32 << 20, f"gateway and studio grew {grown / 2**20:.0f} MiB"
+            time.sleep(0.1)  # a sample every 100 ms, not a wait for an event
+        _read_bytes(r, 64 << 20, time.monotonic() + 20)  # and it goes on when read
+    finally:
+        proc.kill()
+        proc.wait(5)
+        os.close(r)
+
+
+def test_input_read_late_still_ends(gw: Gateway) -> None:
+    """A command that reads its input only after more than a pipe's worth has come (the
+    sleep stands for a slow start: conda, a module load) got all of it but never its
+    end: `wc -c` waited for ever."""
+    r = subprocess.run([*gw.ssh("alice@abcd"), "sleep 0.5; wc -c"], input=b"z" * 300_000,
+                       capture_output=True, timeout=20)
+    assert (r.returncode, r.stdout.strip()) == (0, b"300000"), r.stderr
 
 
 def test_allow_listed_user(gw: Gateway) -> None:
@@ -356,6 +487,23 @@ def test_sftp_df_hard_link_and_rename_onto_a_file(gw: Gateway, tmp_path: Path) -
     assert "Avail" in r.stdout and "does not support" not in r.stderr, r.stdout
     assert (gw.work / "kept.txt").read_text() == "final\n"
     assert (gw.work / "final.txt").read_text() == "draft\n"
+
+
+def test_sftp_cp_copies_in_the_studio(gw: Gateway, tmp_path: Path) -> None:
+    """sftp's `cp` (copy-data): it said "Server does not support copy-data extension".
+    A new file gets the source's mode; 24 MiB is several of the studio's steps."""
+    src = gw.work / "results.bin"
+    src.write_bytes(os.urandom(24 << 20) + b"end")
+    src.chmod(0o640)
+    (gw.work / "old.txt").write_bytes(b"x" * (30 << 20))
+    batch = tmp_path / "batch"
+    batch.write_text("cp results.bin copy.bin\ncp results.bin old.txt\n")
+    r = subprocess.run(["sftp", *gw.ssh_base(), "-P", str(gw.port), "-b", str(batch),
+                        "alice@abcd@127.0.0.1"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "does not support" not in r.stderr, r.stderr
+    for name in ("copy.bin", "old.txt"):  # a new file, and one that was there (longer)
+        assert _sha(gw.work / name) == _sha(src), name
+    assert (gw.work / "copy.bin").stat().st_mode & 0o777 == 0o640
 
 
 # Refusals ------------------------------------------------------------------------------------

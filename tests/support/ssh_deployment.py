@@ -57,13 +57,22 @@ class Deployment:
     def start_studio(self, name: str = "connect",
                      extra_env: dict[str, str] | None = None) -> Connect:
         """Start the session's connect client (again; `extra_env`: its own variables) and
-        wait until it is bound."""
+        wait until it is bound. Its HOME is the studio's own (studio_home)."""
         client = Connect(self.tmp, self.connect_string, self.tool_port, cwd=self.work,
-                         name=name, extra_env=extra_env)
+                         name=name, extra_env={**studio_home(self.tmp), **(extra_env or {})})
         self.stoppers.append(client.stop)
         self.client = client
         wait_connected(self.gw, self.sid)
         return client
+
+
+def studio_home(tmp: Path) -> dict[str, str]:
+    """HOME for a studio's connect client: a directory of its own. A command's bash reads
+    ~/.bashrc (as under sshd), and the test runner's (a pyenv init, ...) slowed and
+    changed what the tests' commands ran."""
+    home = tmp / "studio-user-home"
+    home.mkdir(exist_ok=True)
+    return {"HOME": str(home)}
 
 
 def _admin(gw: GatewayProcess, path: str, method: str, body: object, expect: int) -> Any:

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from twisted.conch.ssh import filetransfer
 from twisted.conch.ssh.common import NS, getNS
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from studios_gateway.studio import sftp_copy
 from studios_gateway.studio.sftp import SFTP_MAX_MESSAGE, SFTP_MAX_READ, SFTPServer
 
 
@@ -57,7 +59,7 @@ def test_the_version_reply_offers_limits_and_openssh_extensions(tmp_path: Path) 
         offered[name], rest = getNS(rest)
     assert offered == {b"limits@openssh.com": b"1", b"statvfs@openssh.com": b"2",
                        b"expand-path@openssh.com": b"1", b"posix-rename@openssh.com": b"1",
-                       b"hardlink@openssh.com": b"1"}
+                       b"hardlink@openssh.com": b"1", b"copy-data": b"1"}
 
 
 def test_limits_reply_and_unknown_extensions(tmp_path: Path) -> None:
@@ -349,3 +351,88 @@ def test_a_forwarding_the_studio_cannot_connect_says_where_and_why() -> None:
     assert cannot_connect("db.invalid", 5432, lookup) == (
         "cannot connect to db.invalid:5432 in the studio: DNS lookup failed: no results for "
         "hostname lookup: db.invalid.")
+
+
+def _copy_data(source: bytes, source_at: int, length: int, target: bytes,
+               target_at: int, cut: int = 0) -> bytes:
+    body = (struct.pack("!L", 9) + NS(b"copy-data") + NS(source)
+            + struct.pack("!2Q", source_at, length) + NS(target) + struct.pack("!Q", target_at))
+    return _packet(filetransfer.FXP_EXTENDED, body[:len(body) - cut])
+
+
+def _copy_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                 ) -> tuple[SFTPServer, StringTransport, Clock]:
+    monkeypatch.setattr(sftp_copy, "COPY_STEP", 64 * 1024)
+    clock = Clock()
+    server = SFTPServer(str(tmp_path), clock)
+    transport = _Channel()
+    server.makeConnection(transport)
+    server.dataReceived(_packet(filetransfer.FXP_INIT, struct.pack("!L", 3)))
+    return server, transport, clock
+
+
+_READ = filetransfer.FXF_READ
+_NEW = filetransfer.FXF_WRITE | filetransfer.FXF_CREAT | filetransfer.FXF_TRUNC
+
+
+def test_cp_copies_in_the_studio_a_step_per_turn(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """sftp's `cp` said "Server does not support copy-data extension". The copy goes in
+    steps, one per turn of the reactor: the connect client's one thread also serves the
+    tool and the other sessions."""
+    payload = os.urandom(3 * 64 * 1024 + 5)
+    (tmp_path / "results.bin").write_bytes(payload)
+    server, transport, clock = _copy_server(tmp_path, monkeypatch)
+    source = _open(server, transport, b"results.bin", _READ)
+    target = _open(server, transport, b"copy.bin", _NEW)
+    transport.clear()
+    server.dataReceived(_copy_data(source, 0, 0, target, 0))  # 0: up to the end
+    # One step, then the reactor's turn: the rest waits for the next.
+    assert transport.value() == b"" and clock.getDelayedCalls()
+    assert (tmp_path / "copy.bin").stat().st_size == 64 * 1024
+    clock.advance(0)  # (runs the steps due now, each scheduling the next, to the end)
+    [(_, status)] = _replies(transport.value())
+    assert struct.unpack("!2L", status[:8]) == (9, filetransfer.FX_OK)
+    assert (tmp_path / "copy.bin").read_bytes() == payload
+    # A part, at offsets; a length past the end is FX_EOF, as from OpenSSH's server.
+    transport.clear()
+    server.dataReceived(_copy_data(source, 10, 20, target, 100))
+    server.dataReceived(_copy_data(source, len(payload) - 4, 100, target, 0))
+    (_, first), (_, second) = _replies(transport.value())
+    assert struct.unpack("!2L", first[:8]) == (9, filetransfer.FX_OK)
+    assert struct.unpack("!2L", second[:8]) == (9, filetransfer.FX_EOF)
+    copied = (tmp_path / "copy.bin").read_bytes()
+    assert copied[100:120] == payload[10:30] and copied[:4] == payload[-4:]
+
+
+def test_cp_refusals_and_a_file_closed_during_the_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.bin").write_bytes(b"a" * (5 * 64 * 1024))
+    (tmp_path / "log.txt").write_bytes(b"head\n")
+    server, transport, clock = _copy_server(tmp_path, monkeypatch)
+    source = _open(server, transport, b"a.bin", _READ)
+    again = _open(server, transport, b"a.bin", filetransfer.FXF_WRITE)
+    transport.clear()
+    server.dataReceived(_copy_data(source, 0, 0, again, 64))  # onto itself
+    server.dataReceived(_copy_data(source, 0, 0, b"nope", 0))
+    server.dataReceived(_copy_data(source, 0, 0, b"", 0, cut=3))  # cut short
+    codes = [struct.unpack("!2L", data[:8])[1] for _, data in _replies(transport.value())]
+    assert codes == [filetransfer.FX_FAILURE, filetransfer.FX_FAILURE,
+                     filetransfer.FX_BAD_MESSAGE]
+    # Onto a file opened for appending: at its end, whatever the offset.
+    log = _open(server, transport, b"log.txt", filetransfer.FXF_WRITE | filetransfer.FXF_APPEND)
+    transport.clear()
+    server.dataReceived(_copy_data(source, 0, 3, log, 0))
+    assert struct.unpack("!2L", _replies(transport.value())[0][1][:8])[1] == filetransfer.FX_OK
+    assert (tmp_path / "log.txt").read_bytes() == b"head\naaa"
+    # The source closed after the first step: the copy stops and says so.
+    target = _open(server, transport, b"b.bin", _NEW)
+    transport.clear()
+    server.dataReceived(_copy_data(source, 0, 0, target, 0))
+    assert transport.value() == b"" and clock.getDelayedCalls()
+    server.dataReceived(_packet(filetransfer.FXP_CLOSE, struct.pack("!L", 10) + NS(source)))
+    (_, stopped), (_, closed) = _replies(transport.value())
+    assert struct.unpack("!2L", stopped[:8]) == (9, filetransfer.FX_FAILURE)
+    assert struct.unpack("!2L", closed[:8]) == (10, filetransfer.FX_OK)
+    assert not clock.getDelayedCalls()
+    assert (tmp_path / "b.bin").stat().st_size == 64 * 1024

@@ -1,0 +1,86 @@
+"""A session's process (studios_gateway.studio.processes): its output read in large
+pieces, with the same backpressure (paused, the reader reads nothing, and one read is one
+piece); how it ended, as sshd says it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+from twisted.conch.ssh.common import NS, getNS
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.testing import MemoryReactor
+from twisted.python.failure import Failure
+
+from studios_gateway.studio.processes import PIPE_SIZE, READ_SIZE, _Reader, exit_request
+
+
+class _Proc:
+    """What a reader tells its process: each piece of output."""
+
+    def __init__(self) -> None:
+        self.pieces: list[int] = []
+
+    def childDataReceived(self, name: int, data: bytes) -> None:  # noqa: N802
+        self.pieces.append(len(data))
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    r, w = os.pipe()
+    yield r, w
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def test_a_read_takes_what_the_pipe_holds_up_to_the_piece(pipe: tuple[int, int]) -> None:
+    """Twisted read 8 KiB per wake-up: each piece one SSH packet of the studio's, and
+    `ssh studio 'cat big'` at half the speed of scp's download."""
+    r, w = pipe
+    reactor, proc = MemoryReactor(), _Proc()
+    reader = _Reader(reactor, proc, 1, r)  # type: ignore[arg-type]
+    assert fcntl.fcntl(r, getattr(fcntl, "F_GETPIPE_SZ", 1032)) in (PIPE_SIZE, 65536)
+    os.set_blocking(w, False)
+    written = 0
+    try:
+        while written < 2 * READ_SIZE:
+            written += os.write(w, b"x" * 65536)
+    except BlockingIOError:  # a pipe that could not be made larger: 64 KiB
+        pass
+    assert reader.doRead() is None
+    assert proc.pieces == [min(written, READ_SIZE)]
+    assert proc.pieces[0] > 8192
+    # Paused (the channel's window is shut), it leaves the rest in the pipe: the
+    # writer blocks, nothing piles up in the studio.
+    reader.pauseProducing()
+    assert reader not in reactor.getReaders()
+    reader.resumeProducing()
+    while reader.doRead() is None and sum(proc.pieces) < written:
+        pass
+    assert sum(proc.pieces) == written
+    os.close(w)
+    assert reader.doRead() is CONNECTION_DONE
+
+
+def test_how_a_command_ended_as_sshd_says_it() -> None:
+    """A signal outside RFC 4254's list (SIGBUS, a CPU limit's SIGXCPU) was called KILL;
+    sshd calls it SIG@openssh.com. A core dump is said too."""
+    assert exit_request(Failure(ProcessDone(0))) == (b"exit-status", b"\0\0\0\0")
+    assert exit_request(Failure(ProcessTerminated(exitCode=3))) == (b"exit-status",
+                                                                    b"\0\0\0\3")
+    for sig, core, name in ((signal.SIGTERM, False, b"TERM"), (signal.SIGBUS, False,
+                                                               b"SIG@openssh.com"),
+                            (signal.SIGSEGV, True, b"SEGV"), (signal.SIGXCPU, False,
+                                                              b"SIG@openssh.com")):
+        status = int(sig) | (0x80 if core else 0)
+        kind, data = exit_request(Failure(ProcessTerminated(signal=sig, status=status)))
+        assert kind == b"exit-signal"
+        got, rest = getNS(data)
+        assert (got, rest[:1], rest[1:]) == (name, b"\1" if core else b"\0", NS(b"") * 2)
