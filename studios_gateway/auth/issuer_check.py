@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from studios_gateway.auth.oidc import (
+    ClientUnconfirmed,
     ConfigurationError,
     OIDCError,
     OIDCSettings,
@@ -110,6 +111,9 @@ async def _ask(rp: RelyingParty, issuer: str) -> IssuerCheck:
                 f"/_connect/callback) registered with the client at the issuer? ({text})")
     try:
         answer = await rp.try_client()
+    except ClientUnconfirmed as e:
+        found.notes.append(f"warning: {e}")
+        return found
     except OIDCError as e:  # ClientRefused among them
         found.problems.append(str(e))
     else:

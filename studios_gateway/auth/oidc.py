@@ -57,6 +57,7 @@ __all__ = [
     "CLIENT_FILE",
     "ClientRefused",
     "ClientRegistration",
+    "ClientUnconfirmed",
     "ConfigurationError",
     "LoginFailed",
     "LoginResult",
@@ -92,6 +93,8 @@ class LoginFailed(OIDCError):
 
     next_url: str | None = None
     extra: Mapping[str, Any] | None = None
+    #: The issuer's OAuth error code (``invalid_grant``...) when its answer had one.
+    error: str | None = None
 
 
 class StateUnknown(LoginFailed):
@@ -104,6 +107,13 @@ class ClientRefused(LoginFailed):
     """The issuer does not accept the gateway's own client (its id or secret: HTTP 401,
     invalid_client): every login fails until the operator fixes the configuration, and
     it says nothing about the person logging in or their login."""
+
+
+class ClientUnconfirmed(OIDCError):
+    """check-config's made-up code exchange was answered with neither ``invalid_grant``
+    (the code refused: the client accepted) nor a refusal of the client (the token
+    endpoint down or not found, or an issuer's own words, such as Gitea's
+    ``unauthorized_client`` for a wrong secret and an unknown code alike)."""
 
 
 class LoginUnavailable(OIDCError):
@@ -742,9 +752,14 @@ class RelyingParty:
         if code != 200 or not isinstance(body, dict):
             why = f"{what} was refused (HTTP {code}: {_oauth_error(body, text)})"
             error = body.get("error") if isinstance(body, dict) else None
-            if code == 401 or error in ("invalid_client", "unauthorized_client"):
+            # Not unauthorized_client: issuers answer it for a code or a refresh token
+            # they refuse (Gitea: one it does not know, or that was used), which is the
+            # person's login, to end at a refresh, not the gateway's client.
+            if error == "invalid_client" or (code == 401 and error != "invalid_grant"):
                 raise ClientRefused(f"{why}: {self.client_hint()}")
-            raise LoginFailed(why)
+            refused = LoginFailed(why)
+            refused.error = error if isinstance(error, str) else None
+            raise refused
         return TokenSet.from_response(body, self._clock.seconds(), previous)
 
     def client_hint(self) -> str:
@@ -762,8 +777,9 @@ class RelyingParty:
     def try_client(self) -> Deferred[str]:
         """For check-config --connect: ask the token endpoint to exchange a made-up code
         with the client's credentials. An issuer that knows the client refuses the code
-        (invalid_grant); one that does not refuses the client (ClientRefused). Fires with
-        what the issuer answered; nothing is registered or kept."""
+        (invalid_grant); one that does not refuses the client (ClientRefused); any other
+        answer says neither (ClientUnconfirmed). Fires with what the issuer answered;
+        nothing is registered or kept."""
         async def ask() -> str:
             form = {"grant_type": "authorization_code",
                     "code": "check-config-" + secrets.token_urlsafe(16),
@@ -774,7 +790,12 @@ class RelyingParty:
             except ClientRefused:
                 raise
             except LoginFailed as e:
-                return str(e)
+                if e.error == "invalid_grant":
+                    return str(e)
+                raise ClientUnconfirmed(
+                    f"{e}: not invalid_grant, the answer of an issuer that knows the client "
+                    f"and not the code, so whether the issuer accepts the client "
+                    f"{self._need_client().client_id} is not known") from None
             return "the token endpoint exchanged a made-up code"
         return Deferred.fromCoroutine(ask())
 

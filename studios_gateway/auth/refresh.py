@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from studios_gateway.auth.authorizer import Authorizer
 from studios_gateway.auth.oidc import ClientRefused, LoginFailed, RelyingParty, TokenSet
+from studios_gateway.repeats import Repeats
 
 __all__ = ["REFRESH_MIN_INTERVAL", "LoginRefresher"]
 
@@ -35,6 +36,9 @@ class LoginRefresher:
         self._authorizer = authorizer
         self._reactor = reactor
         self._calls: dict[str, Any] = {}
+        # Failed refreshes are said once a minute per kind, with a count: a refused client
+        # or an issuer away fails every login's refresh, every 30 s, until it is put right.
+        self._failures = Repeats(reactor)
 
     def begin(self, login_id: str, tokens: TokenSet, login_expires: float) -> None:
         """A login (new, or one going on in the same browser) got `tokens`: refresh them
@@ -80,7 +84,10 @@ class LoginRefresher:
                     self._log.info("the issuer refused to refresh a login: logging it out")
                     self._authorizer.logout(login_id)
                 else:
-                    self._log.warn("refreshing a login failed: {why}", why=str(f.value))
+                    unsaid = self._failures.due(type(f.value).__name__)
+                    if unsaid is not None:
+                        self._log.warn("refreshing a login failed: {why}{more}",
+                                       why=str(f.value), more=self._failures.more(unsaid))
                     self._keep_fresh(login_id, tokens, login_expires, after=_RETRY_AFTER)
 
             if self._authorizer.is_logged_out(login_id):

@@ -353,14 +353,22 @@ class LoginRoutes:
                 next_url = s.safe_next(kept["n"])
         if next_url is None:
             return None
+        # (A line a minute with a count, as refused callbacks: the return cookie is
+        # anyone's for a GET of the login page, and the state may be made up.)
         if self._login_cookie(request) is not None:
-            self._log.info("a login's callback came again (the Back button to the identity "
-                           "provider): sent on, logged in")
+            unsaid = self._refusals.due("callback again, logged in")
+            if unsaid is not None:
+                self._log.info("a login's callback came again (the Back button to the "
+                               "identity provider): sent on, logged in{more}",
+                               more=self._refusals.more(unsaid))
             return redirect(s.login_again(next_url))
         self.on_login("oidc", False)
         minutes = (self.rp.settings.login_ttl if self.rp is not None else 600) / 60
-        self._log.info("a login's callback came after its {minutes:.0f} minutes, or again: "
-                       "asked to log in again", minutes=minutes)
+        unsaid = self._refusals.due("callback late")
+        if unsaid is not None:
+            self._log.info("a login's callback came after its {minutes:.0f} minutes, or "
+                           "again: asked to log in again{more}", minutes=minutes,
+                           more=self._refusals.more(unsaid))
         return page(400, "Login took too long",
                     "This login was not finished in time at the identity provider (it "
                     f"waits {minutes:.0f} minutes at most), or was finished already. Log in "

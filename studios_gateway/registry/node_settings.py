@@ -264,11 +264,17 @@ class NodeSettingsWatch:
         self.compare(fresh=node_id).addErrback(self._not_compared, node_id)
 
     def _own_record(self, records: Mapping[str, str]) -> None:
-        """After hearing this node id announced: another process's record under it is a
-        twin; said, and announced over with a tell, so that the other process reads ours
-        and says it too (each process does so once per other process)."""
+        """After hearing this node id announced or withdrawn: another process's record
+        under it is a twin; said, and announced over with a tell, so that the other
+        process reads ours and says it too (each process does so once per other
+        process). No record: another process of this id that drained (an earlier one,
+        a twin) deleted ours; written again now, not at the next refresh (the others
+        heard the deletion: no tell)."""
         text = records.get(self.node_id)
-        if self._stopped or not self._written or text is None:
+        if self._stopped or not self._written:
+            return
+        if text is None:
+            self._announce(False)
             return
         if self._twin(parse_record(text)):
             self._announce(True)

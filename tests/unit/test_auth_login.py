@@ -812,6 +812,28 @@ def test_forged_callbacks_are_a_warning_a_minute_not_one_each() -> None:
     assert said[1].endswith(" (and 4 more like it in the last 60s)"), said[1]
 
 
+def test_forged_callbacks_with_a_return_cookie_are_a_line_a_minute_too() -> None:
+    """The return cookie (connect_return) is anyone's for a GET of /_connect/login, and
+    with it a callback of a made-up state is "Login took too long": each such callback
+    wrote an info line, past the line a minute the forged callbacks above are held to."""
+    from twisted.logger import LogLevel, capturedLogs, formatEvent
+
+    auth, clock, _ = make()
+    jar = Jar()
+    begin_login(auth, studio("abc"), jar)
+    with capturedLogs() as events:
+        for _ in range(5):
+            forged = run(auth.handle(request(f"{PROXY}/_connect/callback?state=x&code=y",
+                                             jar)))
+            assert forged.status == 400 and b"Login took too long" in forged.body
+        clock.advance(60)
+        run(auth.handle(request(f"{PROXY}/_connect/callback?state=x&code=y", jar)))
+    said = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.info
+            and "callback came" in formatEvent(e)]
+    assert len(said) == 2, said
+    assert said[1].endswith(" (and 4 more like it in the last 60s)"), said[1]
+
+
 def test_non_get_and_websocket_without_cookie_get_401():
     auth, _, _ = make()
     post = run(auth.authorize_request(request(studio("abc"), method="POST"), "abc"))

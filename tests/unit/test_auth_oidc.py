@@ -18,6 +18,7 @@ from twisted.web.client import ResponseDone
 from studios_gateway.auth.oidc import (
     ClientRefused,
     ClientRegistration,
+    ClientUnconfirmed,
     ConfigurationError,
     LoginFailed,
     LoginUnavailable,
@@ -25,6 +26,7 @@ from studios_gateway.auth.oidc import (
     OIDCSettings,
     ProviderMetadata,
     RelyingParty,
+    TokenSet,
     check_claims,
     pkce_challenge,
 )
@@ -342,6 +344,70 @@ def test_a_refused_client_is_the_operators_to_fix_and_says_what(key, static: boo
         result(rp.try_client())
     # A client the issuer knows: the made-up code is refused, and that is the answer.
     rp._http = FakeHTTP(key)
+    assert "invalid_grant" in result(rp.try_client())
+
+
+class AnsweringHTTP(FakeHTTP):
+    """A token endpoint that answers every request (`code`, `body`)."""
+
+    def __init__(self, key: Any, code: int, body: Any):
+        super().__init__(key)
+        self.answer = code, body
+
+    def request(self, method: str, url: str, **kw: Any) -> Deferred[FakeResponse]:
+        if url.endswith("/token"):
+            self.requests.append((method, url, kw))
+            return defer.succeed(FakeResponse(*self.answer))
+        return super().request(method, url, **kw)
+
+
+#: Gitea's and Forgejo's token endpoint (400 unauthorized_client) for a code it does not
+#: know, a PKCE verifier that does not match, and a refresh token used twice: the
+#: person's code or login, not the gateway's client.
+GITEA_UNKNOWN_CODE = {"error": "unauthorized_client",
+                      "error_description": "client is not authorized"}
+GITEA_REUSED_REFRESH = {"error": "unauthorized_client",
+                        "error_description": "token was already used"}
+
+
+def test_unauthorized_client_for_a_code_or_a_refresh_token_is_the_persons_login(key):
+    """unauthorized_client is not taken for a refused client: issuers answer it for a
+    code they do not know (Gitea), so a person's refused code said "nobody can log in"
+    (502) and an error, and a refresh token the issuer refused (used twice) kept the
+    login on, retried every 30 s, where it was to end it."""
+    rp, clock, _ = make_rp(key)
+    q = begin(rp, FakeHTTP(key), clock)
+    rp._http = AnsweringHTTP(key, 400, GITEA_UNKNOWN_CODE)
+    with pytest.raises(LoginFailed) as refused:
+        result(rp.finish({"state": q["state"], "code": "the-code"}))
+    assert not isinstance(refused.value, ClientRefused)
+    rp._http = AnsweringHTTP(key, 400, GITEA_REUSED_REFRESH)
+    with pytest.raises(LoginFailed) as refused:
+        result(rp.refresh(TokenSet("a", None, "r", NOW + 60)))
+    assert not isinstance(refused.value, ClientRefused)
+    # invalid_client, at 400 too (RFC 6749 5.2), is the client's.
+    rp._http = AnsweringHTTP(key, 400, {"error": "invalid_client"})
+    with pytest.raises(ClientRefused):
+        result(rp.try_client())
+
+
+@pytest.mark.parametrize(("code", "body"), [
+    (400, GITEA_UNKNOWN_CODE),  # (Gitea says it for a made-up code and a wrong secret alike)
+    (503, {"message": "upstream down"}),
+    (404, "<html>Not Found</html>"),
+    (429, {"error": "slow_down"}),
+])
+def test_a_made_up_code_exchange_that_says_nothing_of_the_client_is_not_accepted(
+        key, code: int, body: Any):
+    """Only invalid_grant (the code refused, so the client was not) says the issuer
+    accepts the client: a token endpoint down, not found, or answering in other words
+    was said to accept it ("the client cid is accepted (... HTTP 503 ...)")."""
+    rp, _, _ = make_rp(key)
+    rp._http = AnsweringHTTP(key, code, body)
+    with pytest.raises(ClientUnconfirmed, match=rf"HTTP {code}.*whether the issuer accepts "
+                                                r"the client cid is not known"):
+        result(rp.try_client())
+    rp._http = AnsweringHTTP(key, 403, {"error": "invalid_grant"})  # (Auth0's status)
     assert "invalid_grant" in result(rp.try_client())
 
 

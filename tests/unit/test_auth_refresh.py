@@ -54,3 +54,25 @@ def test_only_the_issuers_refusal_of_the_login_ends_it(error: Exception, ends: b
     clock.advance(30)
     assert issuer.asked == (1 if ends else 2)  # kept: tried again 30 s later
     refresher.stop()
+
+
+def test_refreshes_that_keep_failing_are_a_line_a_minute_not_one_per_login() -> None:
+    """A refused client lasts until the operator puts it right: each login's refresh
+    was a warning of its own every 30 s (200 logins: ~7 lines a second, for hours)."""
+    from twisted.logger import LogLevel, capturedLogs, formatEvent
+
+    clock = Clock()
+    issuer = Issuer(ClientRefused("the token refresh was refused (HTTP 401: invalid_client)"))
+    refresher = LoginRefresher(issuer, Logins(), reactor=clock)  # type: ignore[arg-type]
+    tokens = TokenSet(access_token="a", id_token=None, refresh_token="r", expires_at=300.0)
+    with capturedLogs() as events:
+        for n in range(200):
+            refresher.begin(f"login-{n}", tokens, login_expires=3600.0)
+        clock.advance(240)
+        for _ in range(4):
+            clock.advance(30)
+    said = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
+    assert issuer.asked == 1000  # (each login is still tried every 30 s)
+    assert 2 <= len(said) <= 3, said
+    assert "invalid_client" in said[0] and said[-1].endswith("more like it in the last 60s)")
+    refresher.stop()

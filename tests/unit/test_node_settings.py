@@ -305,6 +305,24 @@ def test_a_node_that_stops_deletes_its_record_and_the_others_stop_counting_it() 
     assert "node-a" in flaky.records
 
 
+def test_a_record_deleted_by_another_process_of_this_node_is_written_again_at_once() -> None:
+    """A process of this node id that drains (an earlier one still draining, a twin)
+    deletes the record under the id, this live process's: the others compared without
+    it, and lacked its peer address, until this one's next refresh (up to 20 s). It hears
+    the deletion (node:<its id>) and writes its record again at once, without telling."""
+    records: dict[str, str] = {}
+    store = FakeStore("node-a", records)
+    watch, _ = started(store)
+    told = list(store.told)
+    records.pop("node-a")  # (the other process's withdraw_node)
+    store.hear("node-a")
+    assert json.loads(records["node-a"])["instance"] == watch.instance
+    assert store.told == told  # (no tell: the others heard the deletion already)
+    watch.stop()
+    store.hear("node-a")  # its own withdrawal, heard: nothing written after stop
+    assert "node-a" not in records
+
+
 def test_two_live_processes_with_one_node_id_are_warned_about_a_restart_is_not() -> None:
     """Two gateways with one CONNECT_NODE_ID (containers sharing a host name, a copied
     gateway.env) took each other for themselves: requests through one for studios bound
