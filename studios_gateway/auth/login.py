@@ -64,7 +64,6 @@ from studios_gateway.auth.cookies import (
 )
 from studios_gateway.auth.files import load_or_create_key
 from studios_gateway.auth.oidc import (
-    ClientRefused,
     ConfigurationError,
     OIDCError,
     OIDCSettings,
@@ -350,17 +349,11 @@ class Auth:
         def ok(_: Any) -> None:
             self.issuer_down = False
             started.callback(None)
-            # Whether the issuer accepts the client (a secret changed there, a client it
-            # forgot): said now, not by the first person's failed login. Not a reason to
-            # stop: the client may be put right at the issuer.
-            rp.try_client().addErrback(client_refused)
-
-        def client_refused(f: Any) -> None:
-            if f.check(ClientRefused):
-                self._log.error("{why}; every login fails until then", why=str(f.value))
-            else:
-                self._log.debug("trying the OIDC client at start: {why}",
-                                why=f.getErrorMessage())
+            # (Whether the issuer accepts the client is asked by check-config --connect,
+            # not at every start: a made-up code exchange is a failed token request in
+            # the issuer's own log, Keycloak's CODE_TO_TOKEN_ERROR event, Auth0's "Failed
+            # Exchange", once per node and restart. A refused client is said at the first
+            # login it fails, as an error.)
 
         def failed(f: Any) -> None:
             if f.check(ConfigurationError) or not f.check(OIDCError):
