@@ -20,7 +20,6 @@ from tests.support.gateway import REPO
 from tests.support.idp import DEFAULT_REGISTRATION_TOKEN
 from tests.support.login import Gateway, IdPProcess, idp_and_gateway, login_at_idp
 from tests.support.ports import free_port
-from tests.support.waiting import wait_until
 from tests.support.web import Browser
 
 pytestmark = pytest.mark.slow
