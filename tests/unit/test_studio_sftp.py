@@ -436,3 +436,44 @@ def test_cp_refusals_and_a_file_closed_during_the_copy(
     assert struct.unpack("!2L", closed[:8]) == (10, filetransfer.FX_OK)
     assert not clock.getDelayedCalls()
     assert (tmp_path / "b.bin").stat().st_size == 64 * 1024
+
+
+def test_cp_one_at_a_time_and_no_copy_outlives_its_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second copy under the same request id was kept under that id in place of the
+    first, which then ran on out of reach of a close and of the session's end: once the
+    session's files were closed and their descriptors taken by files opened later, it
+    wrote into those. One copy at a time (OpenSSH's sftp waits for each); an offset no
+    file has is refused (it was an OverflowError: no status, and sftp waited for ever)."""
+    (tmp_path / "a.bin").write_bytes(b"A" * (20 * 64 * 1024))
+    (tmp_path / "notes.txt").write_bytes(b"mine\n")
+    server, transport, clock = _copy_server(tmp_path, monkeypatch)
+    source = _open(server, transport, b"a.bin", _READ)
+    first = _open(server, transport, b"b1.bin", _NEW)
+    second = _open(server, transport, b"b2.bin", _NEW)
+    server.dataReceived(_copy_data(source, 0, 0, first, 0))
+    server.dataReceived(_copy_data(source, 0, 0, second, 0))  # the same request id, 9
+    [(_, refused)] = _replies(transport.value())
+    assert struct.unpack("!2L", refused[:8]) == (9, filetransfer.FX_FAILURE)
+    assert (tmp_path / "b2.bin").stat().st_size == 0
+    server.connectionLost(Failure(ConnectionError("gone")))
+    assert not clock.getDelayedCalls()
+    # The descriptors the session had, taken again by what opens next in the studio.
+    reopened = [os.open(tmp_path / "a.bin", os.O_RDONLY) for _ in range(2)]
+    reopened.append(os.open(tmp_path / "notes.txt", os.O_RDWR))
+    try:
+        clock.advance(0)
+        assert (tmp_path / "notes.txt").read_bytes() == b"mine\n"
+    finally:
+        for fd in reopened:
+            os.close(fd)
+
+    server, transport, clock = _copy_server(tmp_path, monkeypatch)
+    source = _open(server, transport, b"a.bin", _READ)
+    target = _open(server, transport, b"c.bin", _NEW)
+    for at in ((2**63, 0, 0), (0, 2**64 - 1, 0), (0, 0, 2**63)):
+        transport.clear()
+        server.dataReceived(_copy_data(source, at[0], at[1], target, at[2]))
+        [(_, status)] = _replies(transport.value())
+        assert struct.unpack("!2L", status[:8]) == (9, filetransfer.FX_FAILURE)
+    assert not server.copies and not clock.getDelayedCalls()
