@@ -18,6 +18,8 @@ from twisted.python.failure import Failure
 
 from studios_gateway.studio.processes import PIPE_SIZE, READ_SIZE, _Reader, exit_request
 
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
 
 class _Proc:
     """What a reader tells its process: each piece of output."""
@@ -84,3 +86,20 @@ def test_how_a_command_ended_as_sshd_says_it() -> None:
         assert kind == b"exit-signal"
         got, rest = getNS(data)
         assert (got, rest[:1], rest[1:]) == (name, b"\1" if core else b"\0", NS(b"") * 2)
+
+
+def test_only_stdouts_pipe_is_made_larger() -> None:
+    """Pipes count against their user's pipe-user-pages-soft on the whole host: past it,
+    every new pipe of the studio's user holds 8 KiB. A larger stderr cost as much as
+    stdout's, for nothing."""
+    pipes = [os.pipe(), os.pipe()]
+    try:
+        default = fcntl.fcntl(pipes[1][0], _F_GETPIPE_SZ)
+        reactor, proc = MemoryReactor(), _Proc()
+        _Reader(reactor, proc, 1, pipes[0][0])  # type: ignore[arg-type]
+        _Reader(reactor, proc, 2, pipes[1][0])  # type: ignore[arg-type]
+        assert fcntl.fcntl(pipes[0][0], _F_GETPIPE_SZ) in (PIPE_SIZE, default)
+        assert fcntl.fcntl(pipes[1][0], _F_GETPIPE_SZ) == default
+    finally:
+        for fd in (*pipes[0], *pipes[1]):
+            os.close(fd)
