@@ -88,11 +88,18 @@ class FileCopy:
     def _copy_some(self, budget: int) -> int:
         if self.in_kernel:
             try:
-                return os.copy_file_range(self.source, self.target, budget,
-                                          self.source_at, self.target_at)
+                n = os.copy_file_range(self.source, self.target, budget,
+                                       self.source_at, self.target_at)
             except OSError as e:
                 if e.errno not in _NOT_IN_KERNEL:
                     raise
+                self.in_kernel = False
+            else:
+                if n:
+                    return n
+                # The source's end, or a file the kernel will not copy and says 0 for
+                # (/proc and /sys on Linux 5.3 to 5.18, whose files show a size of 0:
+                # an empty copy and FX_OK): a read tells which, and goes on from there.
                 self.in_kernel = False
         data = os.pread(self.source, min(budget, _BUFFER), self.source_at)
         view = memoryview(data)

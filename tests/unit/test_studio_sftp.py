@@ -477,3 +477,19 @@ def test_cp_one_at_a_time_and_no_copy_outlives_its_session(
         [(_, status)] = _replies(transport.value())
         assert struct.unpack("!2L", status[:8]) == (9, filetransfer.FX_FAILURE)
     assert not server.copies and not clock.getDelayedCalls()
+
+
+def test_cp_of_a_file_the_kernel_copies_as_empty(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """copy_file_range says 0, not an error, for /proc and /sys files on Linux 5.3 to
+    5.18 (their size reads 0): `cp /proc/cpuinfo x` made an empty x and said it was
+    done. A 0 is checked with a read, which copies what is there."""
+    (tmp_path / "status").write_bytes(b"State: R (running)\n")
+    monkeypatch.setattr(os, "copy_file_range", lambda *args: 0)
+    server, transport, _ = _copy_server(tmp_path, monkeypatch)
+    source = _open(server, transport, b"status", _READ)
+    target = _open(server, transport, b"copy", _NEW)
+    server.dataReceived(_copy_data(source, 0, 0, target, 0))
+    [(_, status)] = _replies(transport.value())
+    assert struct.unpack("!2L", status[:8]) == (9, filetransfer.FX_OK)
+    assert (tmp_path / "copy").read_bytes() == b"State: R (running)\n"
