@@ -537,6 +537,9 @@ class StudioConnection(FlowConnection):
     #: Where this connection's user came from, as the gateway says (one per connection:
     #: never another user's); UNKNOWN from a gateway that does not say.
     client: ClientAddress = UNKNOWN
+    #: Told once, before any channel (the gateway sends it so): what a session was
+    #: started with stays its connection's address.
+    _client_settled = False
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
@@ -545,17 +548,18 @@ class StudioConnection(FlowConnection):
 
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> Any:
         if requestType == CLIENT_ADDRESS:
-            client = ClientAddress.decode(data)
+            client = None if self._client_settled else ClientAddress.decode(data)
             if client is None:
-                log.warn("studio SSH: the gateway's {name} could not be read",
-                         name=CLIENT_ADDRESS.decode())
+                log.warn("studio SSH: the gateway's {name} could not be read, or came "
+                         "again or after a channel", name=CLIENT_ADDRESS.decode())
                 return 0
-            self.client = client
+            self.client, self._client_settled = client, True
             return 1
         return super().gotGlobalRequest(requestType, data)
 
     def open_channel(self, channel_type: bytes, window: int, max_packet: int,
                      data: bytes) -> FlowChannel | Deferred[FlowChannel]:
+        self._client_settled = True
         if channel_type == b"session":
             return SessionChannel(self.server)
         if channel_type == b"direct-tcpip":
