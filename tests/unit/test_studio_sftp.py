@@ -493,3 +493,37 @@ def test_cp_of_a_file_the_kernel_copies_as_empty(tmp_path: Path,
     [(_, status)] = _replies(transport.value())
     assert struct.unpack("!2L", status[:8]) == (9, filetransfer.FX_OK)
     assert (tmp_path / "copy").read_bytes() == b"State: R (running)\n"
+
+
+class _Turns(Clock):
+    """A clock whose calls for now wait for the next turn (Clock.advance(0) runs those
+    they schedule too, to the end)."""
+
+    def turn(self) -> None:
+        due, self.calls = self.calls, []
+        for call in due:
+            call.func(*call.args, **call.kw)
+
+
+def test_copies_under_way_share_a_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One copy per session, but a connection has up to 30 sessions, and a studio many
+    connections: each copy took a whole step per turn, so a turn of the connect client's
+    one thread was as many steps long as there were copies. They now share one step."""
+    monkeypatch.setattr(sftp_copy, "MIN_SHARE", 4096)
+    (tmp_path / "a.bin").write_bytes(b"a" * (40 * 64 * 1024))
+    clock = _Turns()
+    servers = []
+    for i in range(4):
+        server, transport, _ = _copy_server(tmp_path, monkeypatch)
+        server.clock = clock
+        source = _open(server, transport, b"a.bin", _READ)
+        target = _open(server, transport, f"copy{i}.bin".encode(), _NEW)
+        server.dataReceived(_copy_data(source, 0, 0, target, 0))
+        servers.append(server)
+    sizes = [(tmp_path / f"copy{i}.bin").stat().st_size for i in range(4)]
+    clock.turn()  # every copy's next step
+    moved = sum((tmp_path / f"copy{i}.bin").stat().st_size for i in range(4)) - sum(sizes)
+    assert moved == 64 * 1024
+    for server in servers:
+        server.connectionLost(Failure(ConnectionError("gone")))
+    assert not [c for c in clock.calls if c.active()]
