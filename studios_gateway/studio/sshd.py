@@ -191,6 +191,7 @@ class SessionChannel(FlowChannel):
         self.sftp: SFTPServer | None = None
         self.agent: _AgentListener | None = None
         self._ended = False
+        self._stdin_closed = False  # the client's EOF closed the command's stdin
 
     # Requests ---------------------------------------------------------------------------
 
@@ -297,7 +298,11 @@ class SessionChannel(FlowChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self.process is not None:
-            self.process.write(data)
+            # After the client's EOF (no client should send more) it is dropped, as sshd
+            # drops it: the stdin pipe has no credit gate any more, and it was held for
+            # the command without bound, its credit given back at once.
+            if not self._stdin_closed:
+                self.process.write(data)
             self.consumed(len(data))
         elif self.sftp is not None:
             self.sftp.dataReceived(data)
@@ -328,6 +333,7 @@ class SessionChannel(FlowChannel):
             # (`sleep 1; wc -c` < 100 KB) never saw the end of its input.
             cast(IConsumer, self.process).unregisterProducer()
             self.process.closeStdin()
+            self._stdin_closed = True
         elif self.sftp is not None:
             self.sftp.connectionLost(Failure(ConnectionError("eof")))
             self.sftp = None
