@@ -66,10 +66,16 @@ def _grow_pipe(fd: int) -> None:
 
 
 class _Reader(process.ProcessReader):
-    """A child's stdout or stderr, read in pieces of up to READ_SIZE."""
+    """A child's stdout or stderr, read in pieces of up to READ_SIZE; only stdout's pipe
+    is made larger. The kernel counts a user's pipes' capacity together, across the
+    whole host (every studio under the same uid): past pipe-user-pages-soft (64 MiB)
+    each new pipe of that user holds 8 KiB, its shells' `a | b` as the tool's, and no
+    pipe grows. A stderr of 1 MiB brought that after 32 commands, not 64, for nothing
+    (bulk output is stdout's)."""
 
     def __init__(self, reactor: Any, proc: process.Process, name: int, fileno: int):
-        _grow_pipe(fileno)
+        if name == 1:
+            _grow_pipe(fileno)
         super().__init__(reactor, proc, name, fileno)
 
     def doRead(self) -> object:

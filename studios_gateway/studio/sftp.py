@@ -86,6 +86,12 @@ EXPAND_PATH_EXTENSION = b"expand-path@openssh.com"
 STATUS_EXTENSIONS = (b"posix-rename@openssh.com", b"hardlink@openssh.com")
 #: sftp's `cp`: from one open file to another, in the studio (SFTPServer.copy_data).
 COPY_DATA_EXTENSION = b"copy-data"
+#: Copies under way at once in one SFTP session. OpenSSH's sftp waits for each copy's
+#: status before it asks for the next; more at once only multiplied the work of each
+#: turn of the connect client's one thread.
+COPIES_AT_ONCE = 1
+#: Offsets and lengths beyond this are no file's (the kernel's off_t).
+_OFF_MAX = 2**63 - 1
 #: What the version reply offers, with the versions OpenSSH's sftp looks for.
 EXTENSIONS = {LIMITS_EXTENSION: b"1", STATVFS_EXTENSION: b"2", EXPAND_PATH_EXTENSION: b"1",
               COPY_DATA_EXTENSION: b"1", **dict.fromkeys(STATUS_EXTENSIONS, b"1")}
@@ -344,6 +350,16 @@ class SFTPServer(filetransfer.FileTransferServer):
             (target_at,) = struct.unpack(">Q", rest)
         except (struct.error, IndexError):
             self._sendStatus(request_id, filetransfer.FX_BAD_MESSAGE, b"bad request")
+            return
+        if max(source_at, length, target_at) > _OFF_MAX:
+            self._sendStatus(request_id, filetransfer.FX_FAILURE,
+                             b"an offset or length beyond any file")
+            return
+        if len(self.copies) >= COPIES_AT_ONCE:
+            # (A copy is known by its request id: a second under the same id was out of
+            # reach of a close and of the session's end, and ran on into reused fds.)
+            self._sendStatus(request_id, filetransfer.FX_FAILURE,
+                             b"another copy is under way in this session")
             return
         source, target = (self.openFiles.get(h) for h in (source_handle, target_handle))
         if not isinstance(source, _SFTPFile) or not isinstance(target, _SFTPFile):

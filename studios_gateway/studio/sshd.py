@@ -191,6 +191,7 @@ class SessionChannel(FlowChannel):
         self.sftp: SFTPServer | None = None
         self.agent: _AgentListener | None = None
         self._ended = False
+        self._stdin_closed = False  # the client's EOF closed the command's stdin
 
     # Requests ---------------------------------------------------------------------------
 
@@ -297,7 +298,11 @@ class SessionChannel(FlowChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self.process is not None:
-            self.process.write(data)
+            # After the client's EOF (no client should send more) it is dropped, as sshd
+            # drops it: the stdin pipe has no credit gate any more, and it was held for
+            # the command without bound, its credit given back at once.
+            if not self._stdin_closed:
+                self.process.write(data)
             self.consumed(len(data))
         elif self.sftp is not None:
             self.sftp.dataReceived(data)
@@ -328,6 +333,7 @@ class SessionChannel(FlowChannel):
             # (`sleep 1; wc -c` < 100 KB) never saw the end of its input.
             cast(IConsumer, self.process).unregisterProducer()
             self.process.closeStdin()
+            self._stdin_closed = True
         elif self.sftp is not None:
             self.sftp.connectionLost(Failure(ConnectionError("eof")))
             self.sftp = None
@@ -537,6 +543,9 @@ class StudioConnection(FlowConnection):
     #: Where this connection's user came from, as the gateway says (one per connection:
     #: never another user's); UNKNOWN from a gateway that does not say.
     client: ClientAddress = UNKNOWN
+    #: Told once, before any channel (the gateway sends it so): what a session was
+    #: started with stays its connection's address.
+    _client_settled = False
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
@@ -545,17 +554,18 @@ class StudioConnection(FlowConnection):
 
     def gotGlobalRequest(self, requestType: bytes, data: bytes) -> Any:
         if requestType == CLIENT_ADDRESS:
-            client = ClientAddress.decode(data)
+            client = None if self._client_settled else ClientAddress.decode(data)
             if client is None:
-                log.warn("studio SSH: the gateway's {name} could not be read",
-                         name=CLIENT_ADDRESS.decode())
+                log.warn("studio SSH: the gateway's {name} could not be read, or came "
+                         "again or after a channel", name=CLIENT_ADDRESS.decode())
                 return 0
-            self.client = client
+            self.client, self._client_settled = client, True
             return 1
         return super().gotGlobalRequest(requestType, data)
 
     def open_channel(self, channel_type: bytes, window: int, max_packet: int,
                      data: bytes) -> FlowChannel | Deferred[FlowChannel]:
+        self._client_settled = True
         if channel_type == b"session":
             return SessionChannel(self.server)
         if channel_type == b"direct-tcpip":

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
+from studios_gateway.ssh.channels import OpenRefused
 from studios_gateway.ssh.client_address import REQUEST, UNKNOWN, ClientAddress
 from studios_gateway.studio.sshd import StudioConnection
 
@@ -66,3 +68,19 @@ def test_a_studio_connection_keeps_its_own_address() -> None:
     assert untold.client.environment()["SSH_CONNECTION"] == "UNKNOWN 65535 UNKNOWN 65535"
     assert untold.gotGlobalRequest(REQUEST, b"junk") == 0
     assert untold.client == UNKNOWN
+
+
+def test_told_once_and_before_any_channel() -> None:
+    """The gateway tells it once, before the user's channels; a second telling, or one
+    after a channel opened, would give the connection's later sessions another address
+    than its first (or another's): refused, the first kept."""
+    told, late = StudioConnection(), StudioConnection()
+    alice = ClientAddress("203.0.113.5", 51234, "192.0.2.7", 2222)
+    carol = ClientAddress("198.51.100.8", 40001, "192.0.2.7", 2222)
+    assert told.gotGlobalRequest(REQUEST, alice.encode()) == 1
+    assert told.gotGlobalRequest(REQUEST, carol.encode()) == 0
+    assert told.client == alice
+    with pytest.raises(OpenRefused):
+        late.open_channel(b"x11", 0, 0, b"")
+    assert late.gotGlobalRequest(REQUEST, carol.encode()) == 0
+    assert late.client == UNKNOWN

@@ -8,6 +8,7 @@ import fcntl
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from twisted.conch.ssh.common import NS, getNS
@@ -17,6 +18,9 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 
 from studios_gateway.studio.processes import PIPE_SIZE, READ_SIZE, _Reader, exit_request
+from studios_gateway.studio.sshd import SessionChannel, StudioConnection, StudioSSHServer
+
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
 class _Proc:
@@ -84,3 +88,57 @@ def test_how_a_command_ended_as_sshd_says_it() -> None:
         assert kind == b"exit-signal"
         got, rest = getNS(data)
         assert (got, rest[:1], rest[1:]) == (name, b"\1" if core else b"\0", NS(b"") * 2)
+
+
+def test_only_stdouts_pipe_is_made_larger() -> None:
+    """Pipes count against their user's pipe-user-pages-soft on the whole host: past it,
+    every new pipe of the studio's user holds 8 KiB. A larger stderr cost as much as
+    stdout's, for nothing."""
+    pipes = [os.pipe(), os.pipe()]
+    try:
+        default = fcntl.fcntl(pipes[1][0], _F_GETPIPE_SZ)
+        reactor, proc = MemoryReactor(), _Proc()
+        _Reader(reactor, proc, 1, pipes[0][0])  # type: ignore[arg-type]
+        _Reader(reactor, proc, 2, pipes[1][0])  # type: ignore[arg-type]
+        assert fcntl.fcntl(pipes[0][0], _F_GETPIPE_SZ) in (PIPE_SIZE, default)
+        assert fcntl.fcntl(pipes[1][0], _F_GETPIPE_SZ) == default
+    finally:
+        for fd in (*pipes[0], *pipes[1]):
+            os.close(fd)
+
+
+class _Stdin:
+    """A command's process as its session channel feeds it: what reached its stdin."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        pass
+
+    def closeStdin(self) -> None:  # noqa: N802
+        self.closed = True
+
+
+def test_data_after_the_clients_eof_is_dropped(tmp_path: Path) -> None:
+    """At the client's EOF the stdin pipe loses its credit gate (so that a late reader
+    gets the end of its input); what a client sent after it was then held for the
+    command without bound (64 MiB after EOF to a `sleep`: 63 MiB held in the connect
+    client, all its credit given back). As sshd, it is dropped."""
+    conn = StudioConnection()
+    granted: list[int] = []
+    conn.adjustWindow = lambda channel, n: granted.append(n)  # type: ignore[method-assign]
+    channel = SessionChannel(StudioSSHServer(reactor=MemoryReactor(), cwd=str(tmp_path)))
+    channel.conn = conn
+    stdin = _Stdin()
+    channel.process = stdin  # type: ignore[assignment]
+    channel.dataReceived(b"x" * 1000)
+    channel.eofReceived()
+    assert (stdin.written, stdin.closed) == (1000, True)
+    for _ in range(64):
+        channel.dataReceived(b"z" * (1 << 20))
+    assert stdin.written == 1000

@@ -436,3 +436,94 @@ def test_cp_refusals_and_a_file_closed_during_the_copy(
     assert struct.unpack("!2L", closed[:8]) == (10, filetransfer.FX_OK)
     assert not clock.getDelayedCalls()
     assert (tmp_path / "b.bin").stat().st_size == 64 * 1024
+
+
+def test_cp_one_at_a_time_and_no_copy_outlives_its_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second copy under the same request id was kept under that id in place of the
+    first, which then ran on out of reach of a close and of the session's end: once the
+    session's files were closed and their descriptors taken by files opened later, it
+    wrote into those. One copy at a time (OpenSSH's sftp waits for each); an offset no
+    file has is refused (it was an OverflowError: no status, and sftp waited for ever)."""
+    (tmp_path / "a.bin").write_bytes(b"A" * (20 * 64 * 1024))
+    (tmp_path / "notes.txt").write_bytes(b"mine\n")
+    server, transport, clock = _copy_server(tmp_path, monkeypatch)
+    source = _open(server, transport, b"a.bin", _READ)
+    first = _open(server, transport, b"b1.bin", _NEW)
+    second = _open(server, transport, b"b2.bin", _NEW)
+    server.dataReceived(_copy_data(source, 0, 0, first, 0))
+    server.dataReceived(_copy_data(source, 0, 0, second, 0))  # the same request id, 9
+    [(_, refused)] = _replies(transport.value())
+    assert struct.unpack("!2L", refused[:8]) == (9, filetransfer.FX_FAILURE)
+    assert (tmp_path / "b2.bin").stat().st_size == 0
+    server.connectionLost(Failure(ConnectionError("gone")))
+    assert not clock.getDelayedCalls()
+    # The descriptors the session had, taken again by what opens next in the studio.
+    reopened = [os.open(tmp_path / "a.bin", os.O_RDONLY) for _ in range(2)]
+    reopened.append(os.open(tmp_path / "notes.txt", os.O_RDWR))
+    try:
+        clock.advance(0)
+        assert (tmp_path / "notes.txt").read_bytes() == b"mine\n"
+    finally:
+        for fd in reopened:
+            os.close(fd)
+
+    server, transport, clock = _copy_server(tmp_path, monkeypatch)
+    source = _open(server, transport, b"a.bin", _READ)
+    target = _open(server, transport, b"c.bin", _NEW)
+    for at in ((2**63, 0, 0), (0, 2**64 - 1, 0), (0, 0, 2**63)):
+        transport.clear()
+        server.dataReceived(_copy_data(source, at[0], at[1], target, at[2]))
+        [(_, status)] = _replies(transport.value())
+        assert struct.unpack("!2L", status[:8]) == (9, filetransfer.FX_FAILURE)
+    assert not server.copies and not clock.getDelayedCalls()
+
+
+def test_cp_of_a_file_the_kernel_copies_as_empty(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """copy_file_range says 0, not an error, for /proc and /sys files on Linux 5.3 to
+    5.18 (their size reads 0): `cp /proc/cpuinfo x` made an empty x and said it was
+    done. A 0 is checked with a read, which copies what is there."""
+    (tmp_path / "status").write_bytes(b"State: R (running)\n")
+    monkeypatch.setattr(os, "copy_file_range", lambda *args: 0)
+    server, transport, _ = _copy_server(tmp_path, monkeypatch)
+    source = _open(server, transport, b"status", _READ)
+    target = _open(server, transport, b"copy", _NEW)
+    server.dataReceived(_copy_data(source, 0, 0, target, 0))
+    [(_, status)] = _replies(transport.value())
+    assert struct.unpack("!2L", status[:8]) == (9, filetransfer.FX_OK)
+    assert (tmp_path / "copy").read_bytes() == b"State: R (running)\n"
+
+
+class _Turns(Clock):
+    """A clock whose calls for now wait for the next turn (Clock.advance(0) runs those
+    they schedule too, to the end)."""
+
+    def turn(self) -> None:
+        due, self.calls = self.calls, []
+        for call in due:
+            call.func(*call.args, **call.kw)
+
+
+def test_copies_under_way_share_a_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One copy per session, but a connection has up to 30 sessions, and a studio many
+    connections: each copy took a whole step per turn, so a turn of the connect client's
+    one thread was as many steps long as there were copies. They now share one step."""
+    monkeypatch.setattr(sftp_copy, "MIN_SHARE", 4096)
+    (tmp_path / "a.bin").write_bytes(b"a" * (40 * 64 * 1024))
+    clock = _Turns()
+    servers = []
+    for i in range(4):
+        server, transport, _ = _copy_server(tmp_path, monkeypatch)
+        server.clock = clock
+        source = _open(server, transport, b"a.bin", _READ)
+        target = _open(server, transport, f"copy{i}.bin".encode(), _NEW)
+        server.dataReceived(_copy_data(source, 0, 0, target, 0))
+        servers.append(server)
+    sizes = [(tmp_path / f"copy{i}.bin").stat().st_size for i in range(4)]
+    clock.turn()  # every copy's next step
+    moved = sum((tmp_path / f"copy{i}.bin").stat().st_size for i in range(4)) - sum(sizes)
+    assert moved == 64 * 1024
+    for server in servers:
+        server.connectionLost(Failure(ConnectionError("gone")))
+    assert not [c for c in clock.calls if c.active()]
