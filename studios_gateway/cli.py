@@ -240,6 +240,10 @@ def api_call(args: argparse.Namespace, method: str, path: str, body: Any = None,
             message = json.loads(e.read()).get("error", e.reason)
         except ValueError:
             message = e.reason
+        if e.code == 401:  # which key, and where it comes from
+            message += ("; the key is the gateway's CONNECT_MANAGEMENT_AUTH_KEY, "
+                        + ("and the one given is not it" if key else
+                           "and none was given: set it, or give --env-file with it"))
         raise SystemExit(f"studios-gateway: {method} {path}: {e.code} {message}") from None
     except urllib.error.URLError as e:
         raise SystemExit(f"studios-gateway: cannot reach the gateway at {url}: {e.reason}") \

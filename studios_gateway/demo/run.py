@@ -288,6 +288,23 @@ STOP_WAIT = 15.0  # seconds for the gateway and the studio to stop before we kil
 
 #: Under --storage-root: the id of the session the last demo run made there.
 SESSION_FILE = "demo-session"
+#: Under --storage-root: this run's management port and key, for `studios-gateway sessions`
+#: and `status` (--env-file); the port is a new free one at each run.
+ENV_FILE = "demo.env"
+
+
+def write_env_file(storage_root: Path, port: int, key: str) -> Path:
+    """The env file that `studios-gateway sessions` and `status` read this run's management
+    endpoint from, readable by its owner alone (it holds the bearer key). Before, a
+    newcomer had to make up --url and CONNECT_MANAGEMENT_AUTH_KEY from the printed admin
+    URL, and again at each run."""
+    path = storage_root / ENV_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file's mode, too
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write("CONNECT_BIND_ADDRESS=127.0.0.1\n"
+                f"CONNECT_MANAGEMENT_PORT={port}\nCONNECT_MANAGEMENT_AUTH_KEY={key}\n")
+    return path
 
 
 def previous_session(storage_root: Path) -> str | None:
@@ -356,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--start-timeout", type=float, default=180,
                    help="seconds to wait for the studio to connect (default 180)")
     args = p.parse_args(argv)
+    # Ctrl-C stops the demo even when it was started where SIGINT is ignored (after `&`
+    # in a script, or under nohup): Python then leaves it ignored and Ctrl-C did nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     if not args.ssh and (args.ssh_key is not None or args.ssh_port is not None):
         p.error("--ssh-key and --ssh-port go with --ssh")
@@ -460,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         print(f"  The studio's address (after logging in): {created['url']}")
         print(f"  Admin API: {base}/api/sessions  (Authorization: Bearer {key})")
+        env_file = shlex.quote(str(write_env_file(storage_root, mport, key)))
+        tool_bin = shlex.quote(str(bindir / "studios-gateway"))
+        print(f"  Its sessions: {tool_bin} sessions --env-file {env_file} list\n"
+              f"  Its status:   {tool_bin} status --env-file {env_file}")
         if user_key is not None:
             print(f"\n==> SSH: your key {user_key[0]} is registered for {args.owner}. A shell "
                   f"in the studio (add a command at the end to run just that):\n\n  "

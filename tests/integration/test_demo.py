@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -27,14 +28,18 @@ LINK = re.compile(r"(http://localhost:\d+/_connect/link\?token=\S+)")
 
 
 class Demo:
-    def __init__(self, tmp_path: Path, *args: str, http_port: int = 0):
+    def __init__(self, tmp_path: Path, *args: str, http_port: int = 0,
+                 sigint_ignored: bool = False):
+        """`sigint_ignored`: started as after `&` in a script (SIGINT ignored)."""
         self.http_port = http_port or free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
         env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
         self.proc = subprocess.Popen(
             [str(BIN / "studios-gateway"), "demo", "--http-port", str(self.http_port),
              "--storage-root", str(tmp_path / "demo"), *args],
-            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+            if sigint_ignored else None)
         self.lines: list[str] = []
         self._seen = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -55,7 +60,8 @@ class Demo:
                         return m
                 left = deadline - time.monotonic()
                 if left <= 0 or self.proc.poll() is not None:
-                    raise AssertionError("the demo printed no login link:\n" + "".join(self.lines))
+                    raise AssertionError(f"the demo printed no {pattern.pattern!r}:\n"
+                                         + "".join(self.lines))
                 self._seen.wait(min(left, 1.0))
 
     def stop(self) -> int:
@@ -125,6 +131,39 @@ def test_the_demo_run_again_keeps_its_session_and_a_page_left_open_comes_back(
             assert [s["id"] for s in json.loads(resp.read())["sessions"]] == [sid]
     finally:
         assert again.stop() == 0, "".join(again.lines)[-3000:]
+
+
+SESSIONS_LINE = re.compile(r"^  Its sessions: (.+)$")
+STATUS_LINE = re.compile(r"^  Its status: +(.+)$")
+
+
+@pytest.mark.slow
+def test_the_printed_sessions_and_status_commands_work_and_ctrl_c_stops_it(
+        tmp_path: Path) -> None:
+    """The demo prints `studios-gateway sessions`/`status` commands for its own management
+    port and key (an env file in the storage root, its owner's alone); they list its
+    session and say it is ready. Started where SIGINT is ignored (a script's `&`), Ctrl-C
+    still stops it. Before, a newcomer had to make up --url and the key from the admin
+    URL, and SIGINT did nothing."""
+    demo = Demo(tmp_path, "--builtin-tool", sigint_ignored=True)
+    try:
+        demo.wait_for(LINK)
+        sid = demo.wait_for(SESSION_LINE).group(1)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+        env["PYTHONPATH"] = str(REPO)
+        listed = subprocess.run(shlex.split(demo.wait_for(SESSIONS_LINE).group(1)), env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.startswith(sid) and "connected" in listed.stdout, listed.stdout
+        status = subprocess.run(shlex.split(demo.wait_for(STATUS_LINE).group(1)), env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and status.stdout.startswith("ready"), status.stdout
+        assert (tmp_path / "demo" / "demo.env").stat().st_mode & 0o777 == 0o600
+        demo.proc.send_signal(signal.SIGINT)
+        assert demo.proc.wait(timeout=60) == 0
+    finally:
+        assert demo.stop() == 0, "".join(demo.lines)[-3000:]
+    assert "stopping" in "".join(demo.lines)
 
 
 SSH_LINE = re.compile(r"^  (ssh -p \d+ .+)$")

@@ -531,6 +531,31 @@ def test_status_says_whether_the_gateway_is_ready_each_check_and_its_sessions(
         cli.main(["status", "--url", url])
 
 
+def test_a_refused_key_says_which_setting_gives_it(monkeypatch) -> None:
+    """A 401 from the management port said only 'missing or wrong bearer token': a
+    newcomer did not know the key is CONNECT_MANAGEMENT_AUTH_KEY nor that --env-file
+    brings it."""
+    from studios_gateway import cli
+
+    monkeypatch.delenv("CONNECT_MANAGEMENT_AUTH_KEY", raising=False)
+    server = management_answering(
+        {"/api/sessions": (401, {"error": "missing or wrong bearer token"})})
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(SystemExit) as none_given:
+            cli.main(["sessions", "--url", url, "list"])
+        assert str(none_given.value) == (
+            "studios-gateway: GET /api/sessions: 401 missing or wrong bearer token; the key "
+            "is the gateway's CONNECT_MANAGEMENT_AUTH_KEY, and none was given: set it, or "
+            "give --env-file with it")
+        monkeypatch.setenv("CONNECT_MANAGEMENT_AUTH_KEY", "not-it")
+        with pytest.raises(SystemExit, match="and the one given is not it$"):
+            cli.main(["sessions", "--url", url, "list"])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_status_says_the_checks_when_the_session_store_is_away(capsys, monkeypatch) -> None:
     """With the session store away (Redis down: /ready's 503 says so), /api/sessions
     answers 503 too: status said only 'GET /api/sessions: 503 ...', none of the checks
