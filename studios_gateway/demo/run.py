@@ -442,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         print(f"==> starting the gateway (HTTP on 127.0.0.1:{args.http_port}, "
-              f"management on 127.0.0.1:{mport})", flush=True)
+              f"management on 127.0.0.1:{mport}); its warnings about a self-signed "
+              "tunnel certificate and CONNECT_REDIS_ADDRESS are expected in a demo "
+              "(docs/operators.md says when to set each)", flush=True)
         gateway = subprocess.Popen([str(bindir / "twistd"), "-n", "--pidfile=",
                                     "studios-gateway"], env=env,
                                    process_group=0)

@@ -94,6 +94,10 @@ def test_demo_link_opens_the_studio_and_its_websocket(tmp_path: Path) -> None:
     said = "".join(demo.lines)
     assert "stopping" in said
     assert "cannot reach gateway" not in said and "HostnameAddress" not in said
+    # The gateway's two warnings a demo always gets are said to be expected, first.
+    warned = [line for line in demo.lines if "#warn]" in line]
+    assert len(warned) == 2 and "self-signed" in warned[0] + warned[1], warned
+    assert said.index("are expected in a demo") < said.index("#warn]")
 
 
 SESSION_LINE = re.compile(r"^==> session ([0-9a-f]{8}) (created|kept from the last run)")
