@@ -118,7 +118,10 @@ class ClientUnconfirmed(OIDCError):
 
 class LoginUnavailable(OIDCError):
     """The shared store that keeps logins between their start and their callback cannot
-    be reached: the person should try again in a moment."""
+    be reached, or the issuer could not be at the callback: the person should try again
+    in a moment. `next_url`: where the login was to lead, once its state was known."""
+
+    next_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -724,6 +727,12 @@ class RelyingParty:
         except OIDCError as e:
             if isinstance(e, LoginFailed):
                 e.next_url, e.extra = pending.next_url, pending.extra
+            elif type(e) is OIDCError:
+                # The issuer did not answer (down, a timeout, its TLS): not the person's
+                # login, which a moment later goes through ("Login failed" said it was).
+                away = LoginUnavailable(f"the identity provider could not be reached: {e}")
+                away.next_url = pending.next_url
+                raise away from None
             raise
 
     async def _finish_pending(self, params: Mapping[str, str], pending: _Pending

@@ -407,8 +407,9 @@ class LoginRoutes:
     def _unavailable(self, why: Any, next_url: str | None, *, ask_again: bool = False
                      ) -> Response:
         """The "try again in a moment" page: the store that keeps logins between their
-        start and their callback (Redis) cannot be reached. `ask_again`: the login was
-        a "Log in as someone else" (its "Try again" is one too)."""
+        start and their callback (Redis) cannot be reached, or the issuer could not be at
+        the callback. `ask_again`: the login was a "Log in as someone else" (its "Try
+        again" is one too)."""
         unsaid = self._refusals.due("LoginUnavailable")
         if unsaid is not None:
             self._log.warn("a login could not go on: {why}{more}", why=str(why),
@@ -436,7 +437,7 @@ class LoginRoutes:
             f.trap(LoginFailed, OIDCError)
             if f.check(LoginUnavailable):
                 self.on_login("oidc", False)
-                return self._unavailable(f.value, None)
+                return self._unavailable(f.value, getattr(f.value, "next_url", None))
             if f.check(StateUnknown):
                 over = self._login_over(request)
                 if over is not None:

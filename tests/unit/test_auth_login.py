@@ -1453,6 +1453,21 @@ def test_a_login_while_the_shared_store_is_down_says_try_again():
     assert again.status == 302
 
 
+def test_an_issuer_away_at_the_callback_says_try_again_to_the_same_page():
+    """The issuer did not answer the code exchange (RelyingParty's LoginUnavailable with
+    the login's page): 503 whose "Try again" leads back to that page, not to "/"."""
+    auth, _, rp = make()
+    jar = Jar()
+    state = begin_login(auth, studio("abc"), jar)
+    away = LoginUnavailable("the identity provider could not be reached: refused")
+    away.next_url = studio("abc")
+    rp.finish = lambda params, browsers=(): defer.fail(away)  # type: ignore[method-assign]
+    back = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=good",
+                                   jar)))
+    assert back.status == 503 and b"unavailable for a moment" in back.body, back.body
+    assert b"/_connect/login?next=https%3A%2F%2Fabc." in back.body  # "Try again"
+
+
 def test_a_login_with_two_login_cookies_is_refused():
     # Mallory's valid login cookie planted next to Alice's must not mint Mallory's studio
     # cookie for Alice's browser (nor Alice's for Mallory): the login is refused.

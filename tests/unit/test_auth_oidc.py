@@ -277,7 +277,9 @@ def test_a_stalled_jwks_fails_the_login_in_time_and_holds_no_other(key):
     clock.advance(9.9)
     assert not waiting.called
     clock.advance(0.1)
-    with pytest.raises(OIDCError, match=r"^the JWKS fetch at https://idp\.example\.org/jwks "
+    # (a login the issuer did not answer for: "try again shortly", LoginUnavailable)
+    with pytest.raises(OIDCError, match=r"^the identity provider could not be reached: the "
+                                        r"JWKS fetch at https://idp\.example\.org/jwks "
                                         r"got no answer within 10s$"):
         result(waiting)
     assert http.stalled[0].aborted  # the connection was dropped, not left open
@@ -744,3 +746,25 @@ def test_a_client_file_from_an_earlier_release_is_kept_and_the_start_says_so(
             "(docs/operators.md, Upgrade)"]
     else:
         assert said == []
+
+
+def test_an_issuer_that_does_not_answer_the_code_exchange_is_try_again_shortly(key):
+    """The issuer down at the callback: "Login unavailable ... try again shortly" (503),
+    whose "Try again" leads to the page the login was for; it was "Login failed"."""
+    from twisted.internet.error import ConnectionRefusedError
+
+    from studios_gateway.auth.oidc import LoginUnavailable
+
+    rp, clock, http = make_rp(key)
+    q = begin(rp, http, clock)
+    answer = http.request
+
+    def down(method: str, url: str, **kw: Any) -> Deferred[FakeResponse]:
+        if url.endswith("/token"):
+            return defer.fail(ConnectionRefusedError("127.0.0.1:1"))
+        return answer(method, url, **kw)
+
+    http.request = down  # type: ignore[method-assign]
+    with pytest.raises(LoginUnavailable, match="could not be reached") as away:
+        result(rp.finish({"state": q["state"], "code": "the-code"}))
+    assert away.value.next_url == "/next"
