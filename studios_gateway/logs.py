@@ -88,6 +88,9 @@ def _not_said_twice(event: dict[str, Any]) -> PredicateResult:
     return PredicateResult.maybe
 
 
+#: Namespaces let through at a level whatever CONNECT_LOG_LEVEL (see :func:`always`).
+_always: dict[str, LogLevel] = {}
+
 #: What every observer of the process is given through (set_level puts them in front).
 PREDICATES: list[Any] = [_predicate, _not_said_twice]
 #: The level filters set_level put in front of the process's observers, by id: (the filter,
@@ -101,6 +104,8 @@ def set_level(level: str, publisher: LogPublisher = globalLogPublisher) -> None:
     Safe to call again (a reload changes the level in place).
     """
     _predicate.setLogLevelForNamespace("", LEVELS[level])
+    for namespace, at_least in _always.items():  # (debug lines there too, at debug)
+        _predicate.setLogLevelForNamespace(namespace, min(at_least, LEVELS[level]))
     observers: list[ILogObserver] = list(getattr(publisher, "_observers", []))
     for obs in observers:
         if id(obs) in _installed or isinstance(obs, FilteringLogObserver):
@@ -151,5 +156,8 @@ def journal_observer(stream: IO[Any]) -> ILogObserver:
 
 def always(namespace: str, level: LogLevel = LogLevel.info) -> None:
     """Let `namespace`'s events at `level` and above through whatever CONNECT_LOG_LEVEL
-    says (the access log is asked for by its own setting)."""
-    _predicate.setLogLevelForNamespace(namespace, level)
+    says (the access log is asked for by its own setting); a level below `level` lets
+    that namespace's lower events through as everyone else's."""
+    _always[namespace] = level
+    below = _predicate.logLevelForNamespace("")
+    _predicate.setLogLevelForNamespace(namespace, min(level, below))

@@ -59,3 +59,23 @@ def test_ssh_key_changes_and_quota_resets_are_written_at_warn(
     assert ("admin API: transfer quota counts of user alice reset by 192.0.2.7"
             in written_at_warn), written_at_warn
     assert "an info line of another part" not in written_at_warn  # warn holds elsewhere
+
+
+def test_a_namespace_written_whatever_the_level_has_its_debug_lines_at_debug() -> None:
+    """always() let a namespace's info through at warn, and also kept its debug lines
+    out at debug."""
+    lines: list[str] = []
+    observer = FilteringLogObserver(lambda e: lines.append(formatEvent(e)), logs.PREDICATES)
+    logs.always("studios_gateway.test_always")
+    log = Logger(namespace="studios_gateway.test_always")
+    globalLogPublisher.addObserver(observer)
+    try:
+        logs.set_level("debug", LogPublisher())
+        log.debug("a debug line")
+        logs.set_level("warn", LogPublisher())
+        log.debug("not this one")
+        log.info("an info line")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        logs.set_level("info", LogPublisher())
+    assert lines == ["a debug line", "an info line"], lines
