@@ -235,6 +235,8 @@ def test_image_tag_prints_the_two_published_tags(capsys: Any) -> None:
                                                       [])
     assert run(capsys, "2025.04.1", "--connect", "0.11") == \
         (0, ["2025.04.1-0.11", "2025.04.1-0.11.0"], [])
+    # Seed 000's own example: Connect 0.8.4 is pushed as 4.2.3-0.8 and 4.2.3-0.8.4.
+    assert run(capsys, "4.2.3", "--connect", "0.8.4") == (0, ["4.2.3-0.8", "4.2.3-0.8.4"], [])
 
 
 @pytest.mark.parametrize("argv,why", [

@@ -163,6 +163,39 @@ def test_the_readme_covers_each_template(tool: str) -> None:
     assert f"--tool {tool}" in readme or f'"--tool", "{tool}"' in readme
 
 
+def test_the_pip_a_notebook_runs_is_the_kernels() -> None:
+    """Seed 000: ``!pip install <packagename>`` in a notebook adds a package. The shell a
+    notebook's ``!`` runs finds /opt/tool's pip first, the environment the kernel runs in."""
+    env = [rest for word, rest in template("jupyterlab").steps if word == "ENV"]
+    path = [e.partition("=")[2] for e in env if e.startswith("PATH=")]
+    assert path and path[-1].split(":")[0] == "/opt/tool/bin"
+    assert "pip=24.2" in SEED_JUPYTER_PACKAGES  # in the conda environment; a venv has its own
+    assert "python3 -m venv /opt/tool" in (TEMPLATES / "jupyterlab" / "install").read_text()
+
+
+def test_r_ide_can_build_packages_from_source() -> None:
+    """Seed 000: ``install.packages("<packagename>")``; CRAN's Linux packages are sources."""
+    assert '"r-base-dev=$deb_version"' in (TEMPLATES / "ride" / "install").read_text()
+
+
+@pytest.mark.parametrize("tool", sorted(SEED_VERSIONS))
+def test_the_guide_says_apt_needs_its_lists_fetched_first(tool: str) -> None:
+    """Seed 000: system packages with ``apt install <packagename>`` in a terminal. The
+    images drop Debian's package lists, so the guide must say to fetch them first."""
+    runs = " ".join(rest for word, rest in template(tool).steps if word == "RUN")
+    assert "rm -rf /var/lib/apt/lists/*" in runs
+    readme = (TEMPLATES / "README.md").read_text()
+    section = readme[readme.index("## Adding packages in a running studio"):
+                     readme.index("## A custom image")]
+    assert "apt-get update && apt install <package>" in section
+    assert "Unable to locate package" in section
+    title = {"jupyterlab": "JupyterLab", "ride": "R-IDE", "vscode": "VS Code",
+             "xpra": "Xpra"}[tool]
+    assert f"| {title} |" in section
+    for how in ("!pip install <package>", 'install.packages("<package>")', "**Extensions**"):
+        assert how in section
+
+
 XPRA_CLIENT = Path("/usr/share/xpra/www/index.html")  # Debian's Xpra 3.1.3 HTML5 client
 
 
