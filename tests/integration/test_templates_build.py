@@ -184,6 +184,11 @@ def test_the_built_image_carries_its_versions(image: tuple[str, str]) -> None:
             labels["studios-gateway.connect-version"]) == (tool, version, "0.12.0")
     assert config["Entrypoint"] == ["studios-connect", "--tool", tool]
     assert config.get("User", "") in ("", "root")
+    # A terminal's `apt` is the image's own, which fetches the package lists it leaves
+    # out before an install (templates/common/apt).
+    found = podman("run", "--rm", "--entrypoint", "sh", ref, "-c",
+                   "command -v apt && readlink /usr/local/bin/apt").stdout.split()
+    assert found == ["/usr/local/bin/apt", "/opt/studio/common/apt"], found
 
 
 def test_the_image_runs_behind_a_real_gateway(image: tuple[str, str], tmp_path: Path) -> None:

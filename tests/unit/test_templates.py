@@ -10,6 +10,7 @@ extension; Xpra has no version there (the template takes Debian 12's).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -181,13 +182,15 @@ def test_r_ide_can_build_packages_from_source() -> None:
 @pytest.mark.parametrize("tool", sorted(SEED_VERSIONS))
 def test_the_guide_says_apt_needs_its_lists_fetched_first(tool: str) -> None:
     """Seed 000: system packages with ``apt install <packagename>`` in a terminal. The
-    images drop Debian's package lists, so the guide must say to fetch them first."""
+    images drop Debian's package lists; their apt fetches them first (below), and the
+    guide says so."""
     runs = " ".join(rest for word, rest in template(tool).steps if word == "RUN")
     assert "rm -rf /var/lib/apt/lists/*" in runs
+    assert "install-studios-connect" in runs  # (which links templates/common/apt)
     readme = (TEMPLATES / "README.md").read_text()
     section = readme[readme.index("## Adding packages in a running studio"):
                      readme.index("## A custom image")]
-    assert "apt-get update && apt install <package>" in section
+    assert "apt install <package>" in section and "/usr/local/bin/apt" in section
     assert "Unable to locate package" in section
     title = {"jupyterlab": "JupyterLab", "ride": "R-IDE", "vscode": "VS Code",
              "xpra": "Xpra"}[tool]
@@ -260,3 +263,38 @@ def test_fix_html5_client_refuses_a_client_it_does_not_know(tmp_path: Path) -> N
     assert done.returncode == 1
     assert "not Xpra 3.1's HTML5 client" in done.stderr
     assert (tmp_path / "index.html").read_text() == other  # unchanged
+
+
+def run_apt(tmp_path: Path, *args: str, lists: list[str]) -> tuple[int, list[str]]:
+    """templates/common/apt with stand-ins for Debian's apt and apt-get that log their
+    calls; `lists`: the files in the package lists' directory."""
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    listdir = tmp_path / "lists"
+    listdir.mkdir(exist_ok=True)
+    for name in lists:
+        (listdir / name).write_text("")
+    for name in ("apt", "apt-get"):
+        stand_in = tmp_path / name
+        stand_in.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n')
+        stand_in.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "APT_LISTS": str(listdir), "REAL_APT": str(tmp_path / "apt"),
+           "APT_GET": str(tmp_path / "apt-get")}
+    done = subprocess.run([str(TEMPLATES / "common" / "apt"), *args], env=env,
+                          capture_output=True, text=True, timeout=10)
+    return done.returncode, calls.read_text().splitlines()
+
+
+def test_the_images_apt_fetches_the_package_lists_first_when_they_are_not_there(
+        tmp_path: Path) -> None:
+    """Seed 000's ``apt install <packagename>`` said "Unable to locate package" in these
+    images: their apt fetches Debian's lists first when they are not there."""
+    assert os.access(TEMPLATES / "common" / "apt", os.X_OK)
+    assert "ln -sf /opt/studio/common/apt /usr/local/bin/apt" in (
+        TEMPLATES / "common" / "install-studios-connect").read_text()
+    assert run_apt(tmp_path, "install", "-y", "jq", lists=["lock"]) == (
+        0, ["apt-get update", "apt install -y jq"])
+    assert run_apt(tmp_path, "install", "jq",
+                   lists=["deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"]
+                   ) == (0, ["apt install jq"])  # lists there: Debian's apt alone
+    assert run_apt(tmp_path, "--version", lists=[]) == (0, ["apt --version"])
