@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                "bind, which says the prefix, unless CONNECT_TOOL_PATH_PREFIX is given), "
                "SIGTERM is passed on "
                "(SIGKILL after 30s), and the exit status is the tool's; 2 when the gateway "
-               "refuses the studio for good (the tool is then stopped). docs/studios.md "
+               "refuses the studio for good (the tool is then stopped), or when a setting is "
+               "wrong (one line names it, before anything starts); 127 when the command is "
+               "not installed. docs/studios.md "
                "lists every CONNECT_* variable (CONNECT_TOOL_WORKDIR, CONNECT_TOOL_PRESET, "
                "...).")
     p.add_argument("--connect", metavar="STRING",

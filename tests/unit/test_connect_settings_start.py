@@ -56,3 +56,14 @@ def test_no_port_is_chosen_for_a_tool_whose_preset_is_off() -> None:
     with pytest.raises(SettingsRefused) as e:
         load_at_start(env, choose_port(env, options, []))
     assert str(e.value).startswith("CONNECT_TOOL_PORT (not set): expected the port")
+
+
+def test_the_help_gives_every_exit_status_the_docs_give() -> None:
+    """--help said 2 only for the gateway's refusal: a wrong setting (2) and a command that
+    is not installed (127), in docs/studios.md's table, were not in it."""
+    from studios_gateway.studio.main import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "2 when the gateway refuses the studio for good" in text
+    assert "or when a setting is wrong (one line names it, before anything starts)" in text
+    assert "127 when the command is not installed" in text
