@@ -32,7 +32,7 @@ from studios_gateway.durations import EXPECTED, parse_duration
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
 from studios_gateway.wire import tools
 from studios_gateway.wire.carrier import PROXY_VARIABLES, proxy_setting
-from studios_gateway.wire.ids import SESSION_ID
+from studios_gateway.wire.ids import SESSION_ID, SESSION_ID_RULE
 
 CLIENT_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
 #: The spellings of CONNECT_TOOL_PRESET=off
@@ -262,11 +262,12 @@ def load_client_settings(environ: Mapping[str, str],
                           "session's), or CONNECT_SESSION_TOKEN set too")
     session_id = given_id or session_id
     if not session_id or not SESSION_ID.fullmatch(session_id):
-        raise ConfigError("CONNECT_SESSION_ID", session_id, "the session id the gateway gave")
+        raise ConfigError("CONNECT_SESSION_ID", session_id,
+                          f"the session id the gateway gave ({SESSION_ID_RULE})")
     token = get("CONNECT_SESSION_TOKEN") or token
     if not token or not 16 <= len(token) <= 512:
         raise ConfigError("CONNECT_SESSION_TOKEN", token and "<redacted>",
-                          "the session's connect token", secret=True)
+                          "the session's connect token (16 to 512 characters)", secret=True)
     port_text = get("CONNECT_TOOL_PORT")
     if port_text is None or not re.fullmatch(r"[0-9]{1,5}", port_text.strip()) \
             or not 1 <= int(port_text) <= 65535:

@@ -67,3 +67,17 @@ def test_the_help_gives_every_exit_status_the_docs_give() -> None:
     assert "2 when the gateway refuses the studio for good" in text
     assert "or when a setting is wrong (one line names it, before anything starts)" in text
     assert "127 when the command is not installed" in text
+
+
+def test_a_bad_session_id_or_token_is_refused_saying_what_one_looks_like() -> None:
+    """'expected the session id the gateway gave' did not say why BAD_ID was not one (a
+    pasted id in capitals, say), nor the token's refusal why a cut-short one was wrong."""
+    with pytest.raises(ConfigError) as e:
+        load_client_settings({**ENV, "CONNECT_SESSION_ID": "BAD_ID"})
+    assert str(e.value) == ("CONNECT_SESSION_ID='BAD_ID': expected the session id the gateway "
+                            "gave (1-63 lowercase letters, digits or '-', not starting with "
+                            "'-')")
+    with pytest.raises(ConfigError) as e:
+        load_client_settings({**ENV, "CONNECT_SESSION_TOKEN": "short-secret"})
+    assert "short-secret" not in str(e.value)
+    assert str(e.value).endswith("expected the session's connect token (16 to 512 characters)")
