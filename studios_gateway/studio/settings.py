@@ -141,7 +141,10 @@ def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | Non
 
 _CLIENT_NAMES = sorted(CLIENT_VARIABLES)
 #: The gateway's variables that a studio's image sets meaning the client's
-_GATEWAYS_NOT_OURS = {"CONNECT_LOG_LEVEL": "CONNECT_CLIENT_LOG_LEVEL"}
+#: (CONNECT_TUNNEL_URL, "the address of the connect server" in the operators' table, is
+#: the proxy's; set in a studio for the client it was ignored without a word)
+_GATEWAYS_NOT_OURS = {"CONNECT_LOG_LEVEL": "CONNECT_CLIENT_LOG_LEVEL",
+                      "CONNECT_TUNNEL_URL": "CONNECT_GATEWAY_URL (or CONNECT_STRING)"}
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -81,3 +81,16 @@ def test_a_bad_session_id_or_token_is_refused_saying_what_one_looks_like() -> No
         load_client_settings({**ENV, "CONNECT_SESSION_TOKEN": "short-secret"})
     assert "short-secret" not in str(e.value)
     assert str(e.value).endswith("expected the session's connect token (16 to 512 characters)")
+
+
+def test_the_gateways_tunnel_url_set_in_a_studio_names_the_clients_variable() -> None:
+    """CONNECT_TUNNEL_URL (the operators' table: the address of the connect server) is the
+    gateway's; set in a studio for the client it was ignored without a word, and the
+    refusal of the missing CONNECT_GATEWAY_URL did not say why."""
+    env = {k: v for k, v in ENV.items() if k != "CONNECT_GATEWAY_URL"}
+    with pytest.raises(SettingsRefused) as e:
+        load_at_start({**env, "CONNECT_TUNNEL_URL": "gw:7070"})
+    assert str(e.value) == ("CONNECT_GATEWAY_URL (not set): expected the gateway's tunnel "
+                            "address (or a CONNECT_STRING); CONNECT_TUNNEL_URL is the "
+                            "gateway's setting, not studios-connect's; studios-connect reads "
+                            "CONNECT_GATEWAY_URL (or CONNECT_STRING)")
