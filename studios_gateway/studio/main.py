@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                "bind, which says the prefix, unless CONNECT_TOOL_PATH_PREFIX is given), "
                "SIGTERM is passed on "
                "(SIGKILL after 30s), and the exit status is the tool's; 2 when the gateway "
-               "refuses the studio for good (the tool is then stopped). docs/studios.md "
+               "refuses the studio for good (the tool is then stopped), or when a setting is "
+               "wrong (one line names it, before anything starts); 127 when the command is "
+               "not installed. docs/studios.md "
                "lists every CONNECT_* variable (CONNECT_TOOL_WORKDIR, CONNECT_TOOL_PRESET, "
                "...).")
     p.add_argument("--connect", metavar="STRING",
@@ -132,11 +134,17 @@ def uses_preset(settings: Any, command: list[str], tool_on_command_line: bool) -
 
 def choose_port(environ: dict[str, str], options: dict[str, str | None],
                 command: list[str]) -> dict[str, str | None]:
-    """With --tool naming a preset's tool and no port given, a free loopback port."""
+    """With --tool naming a preset's tool and no port given, a free loopback port. Not with
+    CONNECT_TOOL_PRESET=off: no preset starts a tool on it, so nothing ever listened there
+    and the client waited for it without end; the missing port is refused instead."""
     from studios_gateway.studio.presets import preset_for
 
     tool = tools.canonical(options.get("CONNECT_TOOL") or environ.get("CONNECT_TOOL") or "")
     if tool is None or preset_for(tool) is None:
+        return options
+    from studios_gateway.studio.settings import PRESET_OFF
+
+    if (environ.get("CONNECT_TOOL_PRESET") or "").strip().lower() in PRESET_OFF:
         return options
     if options.get("CONNECT_TOOL_PORT") or (environ.get("CONNECT_TOOL_PORT") or "").strip():
         return options
@@ -268,10 +276,6 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
         except FileNotFoundError as e:
             print(f"studios-connect: {e}", file=sys.stderr)
             return 127
-        if settings.tool_workdir and not os.path.isdir(settings.tool_workdir):
-            print(f"studios-connect: the tool's working directory {settings.tool_workdir} "
-                  "does not exist (CONNECT_TOOL_WORKDIR)", file=sys.stderr)
-            return EXIT_REFUSED
 
     def on_signal(signum: int) -> None:
         if launcher is not None and child is not None:

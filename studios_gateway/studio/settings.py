@@ -19,6 +19,7 @@ the browser gets the "not answering" page.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -31,9 +32,11 @@ from studios_gateway.durations import EXPECTED, parse_duration
 from studios_gateway.versions import CONNECT_PROTOCOL_VERSION
 from studios_gateway.wire import tools
 from studios_gateway.wire.carrier import PROXY_VARIABLES, proxy_setting
-from studios_gateway.wire.ids import SESSION_ID
+from studios_gateway.wire.ids import SESSION_ID, SESSION_ID_RULE
 
 CLIENT_LEVELS = ("trace", "debug", "info", "warn", "error", "fatal")
+#: The spellings of CONNECT_TOOL_PRESET=off
+PRESET_OFF = ("off", "false", "0", "no")
 #: How long a client keeps trying while the gateway answers unknown_session (seconds).
 UNKNOWN_SESSION_WAIT = 300.0
 #: How long a stream waits for a tool that refuses connections, as one that restarts does
@@ -138,7 +141,10 @@ def _parse_gateway(text: str, name: str) -> tuple[Gateway, str | None, str | Non
 
 _CLIENT_NAMES = sorted(CLIENT_VARIABLES)
 #: The gateway's variables that a studio's image sets meaning the client's
-_GATEWAYS_NOT_OURS = {"CONNECT_LOG_LEVEL": "CONNECT_CLIENT_LOG_LEVEL"}
+#: (CONNECT_TUNNEL_URL, "the address of the connect server" in the operators' table, is
+#: the proxy's; set in a studio for the client it was ignored without a word)
+_GATEWAYS_NOT_OURS = {"CONNECT_LOG_LEVEL": "CONNECT_CLIENT_LOG_LEVEL",
+                      "CONNECT_TUNNEL_URL": "CONNECT_GATEWAY_URL (or CONNECT_STRING)"}
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
@@ -178,9 +184,16 @@ def load_at_start(environ: Mapping[str, str], options: Mapping[str, str | None] 
     as missing is often one set under a misspelt name)."""
     unknown = unknown_variables(environ)
     try:
-        return load_client_settings(environ, options), unknown
+        settings = load_client_settings(environ, options)
     except ConfigError as e:
         raise SettingsRefused("; ".join([str(e), *unknown])) from e
+    # (checked here, not by the parser: it reads the file system). Only a command of its
+    # own was refused one; a tool started elsewhere, and twistd studios-connect, started
+    # with ssh and sftp to begin in a directory that is not there.
+    if settings.tool_workdir and not os.path.isdir(settings.tool_workdir):
+        raise SettingsRefused(f"the tool's working directory {settings.tool_workdir} does "
+                              "not exist (CONNECT_TOOL_WORKDIR)")
+    return settings, unknown
 
 
 def warn_unknown(sentences: Iterable[str], log: Logger) -> None:
@@ -242,13 +255,22 @@ def load_client_settings(environ: Mapping[str, str],
     if not gateways:
         raise ConfigError("CONNECT_GATEWAY_URL", None,
                           "the gateway's tunnel address (or a CONNECT_STRING)")
-    session_id = get("CONNECT_SESSION_ID") or session_id
+    given_id = get("CONNECT_SESSION_ID")
+    if given_id and session_id and given_id.strip() != session_id \
+            and not get("CONNECT_SESSION_TOKEN"):
+        # The connect string's token is its own session's: the gateway refused the bind
+        # as a wrong token, after the dial, with no word of the other id.
+        raise ConfigError("CONNECT_SESSION_ID", given_id,
+                          f"the connect string's session {session_id} (its token is that "
+                          "session's), or CONNECT_SESSION_TOKEN set too")
+    session_id = given_id or session_id
     if not session_id or not SESSION_ID.fullmatch(session_id):
-        raise ConfigError("CONNECT_SESSION_ID", session_id, "the session id the gateway gave")
+        raise ConfigError("CONNECT_SESSION_ID", session_id,
+                          f"the session id the gateway gave ({SESSION_ID_RULE})")
     token = get("CONNECT_SESSION_TOKEN") or token
     if not token or not 16 <= len(token) <= 512:
         raise ConfigError("CONNECT_SESSION_TOKEN", token and "<redacted>",
-                          "the session's connect token", secret=True)
+                          "the session's connect token (16 to 512 characters)", secret=True)
     port_text = get("CONNECT_TOOL_PORT")
     if port_text is None or not re.fullmatch(r"[0-9]{1,5}", port_text.strip()) \
             or not 1 <= int(port_text) <= 65535:
@@ -262,7 +284,7 @@ def load_client_settings(environ: Mapping[str, str],
         raise ConfigError("CONNECT_TOOL_WORKDIR", workdir, "an absolute directory path")
     preset_given = get("CONNECT_TOOL_PRESET") or "on"
     preset_text = preset_given.strip().lower()
-    if preset_text not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
+    if preset_text not in ("on", "true", "1", "yes", *PRESET_OFF):
         raise ConfigError("CONNECT_TOOL_PRESET", preset_given, "on or off")
     prefix = (get("CONNECT_TOOL_PATH_PREFIX") or "").strip()
     if prefix and not re.fullmatch(r"/|/[A-Za-z0-9_./-]*/", prefix):  # "/": served at the root
@@ -286,4 +308,4 @@ def load_client_settings(environ: Mapping[str, str],
                               *PROXY_VARIABLES, "NO_PROXY", "no_proxy")),
                           tool_port=int(port_text), tool=tool, tool_path_prefix=prefix,
                           log_level=level, connect_version=version, tool_workdir=workdir,
-                          preset=preset_text in ("on", "true", "1", "yes"))
+                          preset=preset_text not in PRESET_OFF)

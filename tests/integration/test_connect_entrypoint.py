@@ -80,6 +80,24 @@ def test_a_command_of_its_own_runs_in_connect_tool_workdir(tmp_path: Any) -> Non
                   "not exist (CONNECT_TOOL_WORKDIR)\n"
 
 
+def test_a_tool_started_elsewhere_with_a_missing_workdir_exits_2_at_once(tmp_path: Any) -> None:
+    """Only a command of its own was refused a CONNECT_TOOL_WORKDIR that is not there: with
+    only a port given the client dialled, and ssh and sftp were to start in it; twistd
+    studios-connect too (78 there, a setting that cannot work)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env.update({"PYTHONPATH": str(REPO), "CONNECT_TOOL_PORT": "5555",
+                "CONNECT_STRING": f"studios-connect://abcd1234:{new_token()}@127.0.0.1:"
+                                  f"{free_port()}/",
+                "CONNECT_TOOL_WORKDIR": str(tmp_path / "missing")})
+    line = (f"studios-connect: the tool's working directory {tmp_path / 'missing'} does not "
+            "exist (CONNECT_TOOL_WORKDIR)\n")
+    for argv, status in (([str(BIN / "studios-connect")], 2),
+                         ([str(BIN / "twistd"), "-n", "studios-connect"], 78)):
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30,
+                              cwd=tmp_path)
+        assert (done.returncode, done.stderr) == (status, line), (argv, done.stderr)
+
+
 # A tool that says "ready", reports the SIGTERM it is stopped with and exits 7 then;
 # with `listen`, it first listens on its port (the client dials the gateway once it
 # accepts).
