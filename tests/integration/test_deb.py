@@ -111,6 +111,41 @@ def test_each_commit_builds_its_own_later_version(deb: Path) -> None:
                               ).returncode == 0, (version, earlier)
 
 
+def test_purge_removes_the_units_enablement_and_an_upgrade_restarts_the_connect_client(
+        deb: Path, tmp_path: Path) -> None:
+    """`systemctl enable`'s links in /etc/systemd/system outlived a purge, pointing at unit
+    files no longer there; a drop-in directory, the administrator's, stays. The connect
+    client runs from the same /opt venv: an upgrade restarts it as it does the gateway."""
+    control = tmp_path / "control"
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(control)], check=True)
+    assert "studios-connect.service >/dev/null" in (control / "postinst").read_text()
+
+    etc = tmp_path / "etc-systemd-system"
+    (etc / "multi-user.target.wants").mkdir(parents=True)
+    (etc / "sockets.target.wants").mkdir()
+    (etc / "studios-gateway.service.d").mkdir()
+    (etc / "studios-gateway.service.d" / "override.conf").write_text("[Service]\n")
+    links = [etc / "multi-user.target.wants" / "studios-gateway.service",
+             etc / "multi-user.target.wants" / "studios-gateway@01.service",
+             etc / "multi-user.target.wants" / "studios-connect.service",
+             etc / "sockets.target.wants" / "studios-gateway-http.socket",
+             etc / "studios-gateway-ssh.socket"]  # masked: a link to /dev/null
+    for link in links:
+        link.symlink_to("/lib/systemd/system/" + link.name)
+    other = etc / "multi-user.target.wants" / "ssh.service"
+    other.symlink_to("/lib/systemd/system/ssh.service")
+    # The script as shipped, but for the directory it cleans (and /etc/studios-gateway).
+    postrm = (control / "postrm").read_text()
+    assert "find /etc/systemd/system -type l" in postrm
+    script = tmp_path / "postrm"
+    script.write_text(postrm.replace("/etc/systemd/system", str(etc))
+                      .replace("/etc/studios-gateway", str(tmp_path / "none")))
+    subprocess.run(["sh", str(script), "purge"], check=True, env={"PATH": "/usr/bin:/bin"})
+    assert [link for link in links if os.path.lexists(link)] == []
+    assert os.path.lexists(other)
+    assert (etc / "studios-gateway.service.d" / "override.conf").exists()
+
+
 @pytest.mark.skipif(os.environ.get("CI") != "true" or os.geteuid() != 0,
                     reason="installs with dpkg -i: only in CI (CI=true) as root")
 def test_install_in_ci(deb: Path) -> None:
