@@ -298,3 +298,20 @@ def test_the_images_apt_fetches_the_package_lists_first_when_they_are_not_there(
                    lists=["deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"]
                    ) == (0, ["apt install jq"])  # lists there: Debian's apt alone
     assert run_apt(tmp_path, "--version", lists=[]) == (0, ["apt --version"])
+
+
+def test_the_images_apt_finds_its_command_after_options(tmp_path: Path) -> None:
+    """``apt -y install jq`` (options first, as scripts write it) said "Unable to locate
+    package": only the first word was looked at. ``apt list --installed`` needs no lists
+    (dpkg's own record): it waited for Debian's archive, and without a way out for its
+    time-outs."""
+    assert run_apt(tmp_path, "-y", "install", "jq", lists=[]) == (
+        0, ["apt-get update", "apt -y install jq"])
+    assert run_apt(tmp_path, "-o", "Debug::X=1", "-q", "install", "jq", lists=[]) == (
+        0, ["apt-get update", "apt -o Debug::X=1 -q install jq"])
+    assert run_apt(tmp_path, "-o", "install", "update", lists=[]) == (
+        0, ["apt -o install update"])  # (-o's value is no command)
+    assert run_apt(tmp_path, "list", "--installed", lists=[]) == (
+        0, ["apt list --installed"])
+    assert run_apt(tmp_path, "list", "jq", lists=[]) == (
+        0, ["apt-get update", "apt list jq"])
