@@ -192,6 +192,10 @@ def test_the_guide_says_apt_needs_its_lists_fetched_first(tool: str) -> None:
                      readme.index("## A custom image")]
     assert "apt install <package>" in section and "/usr/local/bin/apt" in section
     assert "Unable to locate package" in section
+    # (docs/studios.md's pointer to it said `apt-get update` first, from before that apt)
+    studios = (TEMPLATES.parent / "docs" / "studios.md").read_text()
+    pointer = studios[studios.index('Its "Adding packages in a running studio"'):]
+    assert "their `apt` fetches them first" in pointer[:400], pointer[:400]
     title = {"jupyterlab": "JupyterLab", "ride": "R-IDE", "vscode": "VS Code",
              "xpra": "Xpra"}[tool]
     assert f"| {title} |" in section
