@@ -119,9 +119,11 @@ class ClientUnconfirmed(OIDCError):
 class LoginUnavailable(OIDCError):
     """The shared store that keeps logins between their start and their callback cannot
     be reached, or the issuer could not be at the callback: the person should try again
-    in a moment. `next_url`: where the login was to lead, once its state was known."""
+    in a moment. `next_url` and `extra`: where the login was to lead and what its beginning
+    kept with it, once its state was known (as LoginFailed's)."""
 
     next_url: str | None = None
+    extra: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -731,7 +733,7 @@ class RelyingParty:
                 # The issuer did not answer (down, a timeout, its TLS): not the person's
                 # login, which a moment later goes through ("Login failed" said it was).
                 away = LoginUnavailable(f"the identity provider could not be reached: {e}")
-                away.next_url = pending.next_url
+                away.next_url, away.extra = pending.next_url, pending.extra
                 raise away from None
             raise
 

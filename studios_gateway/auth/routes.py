@@ -404,21 +404,32 @@ class LoginRoutes:
             s.studio_cookie_name, self._cookies.issue(subject, session_id, login_id, ttl),
             path=s.studio_cookie_path(session_id), max_age=int(ttl), secure=s.secure_cookies)
 
-    def _unavailable(self, why: Any, next_url: str | None, *, ask_again: bool = False
-                     ) -> Response:
+    def _unavailable(self, why: Any, next_url: str | None, *, ask_again: bool = False,
+                     again: str | None = None) -> Response:
         """The "try again in a moment" page: the store that keeps logins between their
         start and their callback (Redis) cannot be reached, or the issuer could not be at
         the callback. `ask_again`: the login was a "Log in as someone else" (its "Try
-        again" is one too)."""
+        again" is one too). `again`: that link, made already (see :meth:`_try_again`)."""
         unsaid = self._refusals.due("LoginUnavailable")
         if unsaid is not None:
             self._log.warn("a login could not go on: {why}{more}", why=str(why),
                            more=self._refusals.more(unsaid))
         return page(503, "Login unavailable",
                     "Login is unavailable for a moment; try again shortly.",
-                    link=(self.settings.login_again(next_url, ask_again=ask_again),
+                    link=(again or self.settings.login_again(next_url, ask_again=ask_again),
                           "Try again"),
                     extra_headers=[(b"Retry-After", b"5")])
+
+    def _try_again(self, refused: Any) -> str:
+        """The "Try again" of a login refused or unavailable at its callback: back to the
+        page the login was for, not "/", asking the issuer again when that login did ("Log
+        in as someone else"; else the issuer's own login answered as the same person)."""
+        switch = _switch_of(getattr(refused, "extra", None))
+        again = self.settings.login_again(getattr(refused, "next_url", None),
+                                          ask_again=switch is not None)
+        if switch is not None and isinstance(switch.get("was"), str):
+            again = self._naming_who_was(again, switch["was"])  # (still who it was)
+        return again
 
     @staticmethod
     def _tokens(request: RequestInfo, name: str) -> list[str]:
@@ -437,7 +448,7 @@ class LoginRoutes:
             f.trap(LoginFailed, OIDCError)
             if f.check(LoginUnavailable):
                 self.on_login("oidc", False)
-                return self._unavailable(f.value, getattr(f.value, "next_url", None))
+                return self._unavailable(f.value, None, again=self._try_again(f.value))
             if f.check(StateUnknown):
                 over = self._login_over(request)
                 if over is not None:
@@ -468,14 +479,8 @@ class LoginRoutes:
                             f"{rp.issuer_host} (the identity provider) does not accept "
                             "this gateway's configuration, so nobody can log in here at the "
                             "moment. Your account is not the cause: tell your administrator.")
-            # "Try again" leads back to the page the login was for, not "/", and asks
-            # the issuer again when that login did ("Log in as someone else")
-            switch = _switch_of(getattr(f.value, "extra", None))
-            again = self.settings.login_again(getattr(f.value, "next_url", None),
-                                              ask_again=switch is not None)
-            if switch is not None and isinstance(switch.get("was"), str):
-                again = self._naming_who_was(again, switch["was"])  # (still who it was)
-            return page(400, "Login failed", _failed_words(f.value), link=(again, "Try again"))
+            return page(400, "Login failed", _failed_words(f.value),
+                        link=(self._try_again(f.value), "Try again"))
 
         def done(result: Any) -> Response | Deferred[Response]:
             subject = result.claims.get(self.settings.user_claim)

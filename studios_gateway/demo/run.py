@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -297,13 +298,19 @@ def write_env_file(storage_root: Path, port: int, key: str) -> Path:
     """The env file that `studios-gateway sessions` and `status` read this run's management
     endpoint from, readable by its owner alone (it holds the bearer key). Before, a
     newcomer had to make up --url and CONNECT_MANAGEMENT_AUTH_KEY from the printed admin
-    URL, and again at each run."""
+    URL, and again at each run. A new file (0600 from its start) put in the old one's
+    place: whatever was at that path (a symlink, another's file) is replaced, not written
+    through, and a reader never sees half of it."""
     path = storage_root / ENV_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an older file's mode, too
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write("CONNECT_BIND_ADDRESS=127.0.0.1\n"
-                f"CONNECT_MANAGEMENT_PORT={port}\nCONNECT_MANAGEMENT_AUTH_KEY={key}\n")
+    fd, written = tempfile.mkstemp(prefix=f".{ENV_FILE}.", dir=storage_root)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write("CONNECT_BIND_ADDRESS=127.0.0.1\n"
+                    f"CONNECT_MANAGEMENT_PORT={port}\nCONNECT_MANAGEMENT_AUTH_KEY={key}\n")
+        os.replace(written, path)
+    except BaseException:
+        Path(written).unlink(missing_ok=True)
+        raise
     return path
 
 

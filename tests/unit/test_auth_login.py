@@ -87,6 +87,10 @@ class FakeRP:
         next_url, browser, kept = pending
         if browser is not None and not same_browser(browser, browsers):  # as RelyingParty
             return defer.fail(LoginFailed("this login was begun in another browser"))
+        if params.get("code") == "away":  # the issuer did not answer the code exchange
+            away = LoginUnavailable("the identity provider could not be reached: refused")
+            away.next_url, away.extra = next_url, kept  # as RelyingParty's
+            return defer.fail(away)
         if params.get("code") != "good":
             refused = LoginFailed("the code exchange was refused")
             refused.next_url, refused.extra = next_url, kept  # as RelyingParty's
@@ -303,21 +307,42 @@ def test_a_switch_the_issuer_answers_from_its_own_login_says_so(path_routing: bo
     bob_logs_in_after_the_issuers_logout(b, rp, kept.body, here, path_routing)
 
 
-def test_a_failed_switch_logins_try_again_still_knows_who_was_logged_out() -> None:
-    """The "Try again" of a failed "Log in as someone else" login kept switch=1 but not
-    the logout's word of who it logged out: an issuer that then answered from its own
-    login with that person gave the bare "Access denied" again."""
-    auth, _, rp, b, _, link = denied_then_switched()
+def switch_login_called_back(code: str) -> tuple[Any, Any, str]:
+    """A "Log in as someone else" from an "Access denied" page whose callback brings
+    `code` (the fake issuer's "bad": refused, "away": not answered): the browser, the
+    callback's answer, and its "Try again"."""
+    auth, _, _, b, _, link = denied_then_switched()
     out = run(auth.handle(request(link, b.jar, "POST")))
     b.jar.store("connect.example.test", out)
     begun = run(auth.handle(request(dict(out.headers)[b"Location"].decode(), b.jar)))
     b.jar.store("connect.example.test", begun)
     state = dict(parse_qsl(urlsplit(dict(begun.headers)[b"Location"].decode()).query))["state"]
-    refused = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code=bad",
-                                      b.jar)))
-    body = refused.body.decode()
+    answer = run(auth.handle(request(f"{PROXY}/_connect/callback?state={state}&code={code}",
+                                     b.jar)))
+    body = answer.body.decode()
     start = body.rindex('<a autofocus href="') + 19
-    again = html.unescape(body[start:body.index('">Try again</a>')])
+    return b, answer, html.unescape(body[start:body.index('">Try again</a>')])
+
+
+def test_a_failed_switch_logins_try_again_still_knows_who_was_logged_out() -> None:
+    """The "Try again" of a failed "Log in as someone else" login kept switch=1 but not
+    the logout's word of who it logged out: an issuer that then answered from its own
+    login with that person gave the bare "Access denied" again."""
+    b, refused, again = switch_login_called_back("bad")
+    assert refused.status == 400, refused.body
+    assert "switch=1&was=" in again, again
+    kept, _ = run(b.open(again))  # the issuer answers as alice again
+    assert kept.status == 403 and b"did not ask who you are" in kept.body, kept.body
+
+
+def test_a_switch_login_with_the_issuer_away_at_its_callback_tries_again_as_a_switch(
+        ) -> None:
+    """The issuer away at the callback of a "Log in as someone else": its "Try again" was
+    an ordinary login, which the issuer answered from its own login with the person just
+    logged out (the bare "Access denied" again); it asks the issuer again, as a failed
+    one's does."""
+    b, away, again = switch_login_called_back("away")
+    assert away.status == 503 and b"unavailable for a moment" in away.body, away.body
     assert "switch=1&was=" in again, again
     kept, _ = run(b.open(again))  # the issuer answers as alice again
     assert kept.status == 403 and b"did not ask who you are" in kept.body, kept.body

@@ -767,4 +767,4 @@ def test_an_issuer_that_does_not_answer_the_code_exchange_is_try_again_shortly(k
     http.request = down  # type: ignore[method-assign]
     with pytest.raises(LoginUnavailable, match="could not be reached") as away:
         result(rp.finish({"state": q["state"], "code": "the-code"}))
-    assert away.value.next_url == "/next"
+    assert away.value.next_url == "/next" and away.value.extra == {}

@@ -94,3 +94,22 @@ def test_the_last_runs_session_is_read_only_when_it_is_one_of_ours(tmp_path: Pat
     for other in ("../../etc", "B8C36660", "b8c3666", "", "\xff"):
         (tmp_path / SESSION_FILE).write_text(other, encoding="latin-1")
         assert previous_session(tmp_path) is None, other
+
+
+def test_the_env_file_replaces_what_is_at_its_path_and_writes_through_nothing(
+        tmp_path: Path) -> None:
+    """demo.env (the management key) was opened at its path, following a symlink planted
+    there: the key went into the file it named, and that file was made 0600."""
+    from studios_gateway.demo.run import ENV_FILE, write_env_file
+
+    other = tmp_path / "other"
+    other.write_text("someone's\n")
+    other.chmod(0o644)
+    (tmp_path / ENV_FILE).symlink_to(other)
+    path = write_env_file(tmp_path, 8081, "k" * 32)
+    assert other.read_text() == "someone's\n" and other.stat().st_mode & 0o777 == 0o644
+    assert not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text() == ("CONNECT_BIND_ADDRESS=127.0.0.1\nCONNECT_MANAGEMENT_PORT=8081\n"
+                                f"CONNECT_MANAGEMENT_AUTH_KEY={'k' * 32}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ENV_FILE, "other"]
+

@@ -192,6 +192,10 @@ def test_the_guide_says_apt_needs_its_lists_fetched_first(tool: str) -> None:
                      readme.index("## A custom image")]
     assert "apt install <package>" in section and "/usr/local/bin/apt" in section
     assert "Unable to locate package" in section
+    # (docs/studios.md's pointer to it said `apt-get update` first, from before that apt)
+    studios = (TEMPLATES.parent / "docs" / "studios.md").read_text()
+    pointer = studios[studios.index('Its "Adding packages in a running studio"'):]
+    assert "their `apt` fetches them first" in pointer[:400], pointer[:400]
     title = {"jupyterlab": "JupyterLab", "ride": "R-IDE", "vscode": "VS Code",
              "xpra": "Xpra"}[tool]
     assert f"| {title} |" in section
@@ -298,3 +302,20 @@ def test_the_images_apt_fetches_the_package_lists_first_when_they_are_not_there(
                    lists=["deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"]
                    ) == (0, ["apt install jq"])  # lists there: Debian's apt alone
     assert run_apt(tmp_path, "--version", lists=[]) == (0, ["apt --version"])
+
+
+def test_the_images_apt_finds_its_command_after_options(tmp_path: Path) -> None:
+    """``apt -y install jq`` (options first, as scripts write it) said "Unable to locate
+    package": only the first word was looked at. ``apt list --installed`` needs no lists
+    (dpkg's own record): it waited for Debian's archive, and without a way out for its
+    time-outs."""
+    assert run_apt(tmp_path, "-y", "install", "jq", lists=[]) == (
+        0, ["apt-get update", "apt -y install jq"])
+    assert run_apt(tmp_path, "-o", "Debug::X=1", "-q", "install", "jq", lists=[]) == (
+        0, ["apt-get update", "apt -o Debug::X=1 -q install jq"])
+    assert run_apt(tmp_path, "-o", "install", "update", lists=[]) == (
+        0, ["apt -o install update"])  # (-o's value is no command)
+    assert run_apt(tmp_path, "list", "--installed", lists=[]) == (
+        0, ["apt list --installed"])
+    assert run_apt(tmp_path, "list", "jq", lists=[]) == (
+        0, ["apt-get update", "apt list jq"])
