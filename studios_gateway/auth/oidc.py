@@ -116,6 +116,11 @@ class ClientUnconfirmed(OIDCError):
     ``unauthorized_client`` for a wrong secret and an unknown code alike)."""
 
 
+class IssuerUnreachable(OIDCError):
+    """The issuer gave no usable answer (down, a timeout, its TLS, a server error): a
+    moment later it may; not a refusal of anything."""
+
+
 class LoginUnavailable(OIDCError):
     """The shared store that keeps logins between their start and their callback cannot
     be reached, or the issuer could not be at the callback: the person should try again
@@ -414,7 +419,7 @@ class RelyingParty:
             code, raw = await read_answer(self._http, method, url, reactor=self._reactor,
                                           within=self.settings.timeout, **kwargs)
         except AnswerFailed as e:
-            raise OIDCError(f"{what} at {url} {e}") from None
+            raise IssuerUnreachable(f"{what} at {url} {e}") from None
         text = raw.decode("utf-8", "replace")
         try:
             body = json.loads(text) if text.strip() else None
@@ -729,9 +734,10 @@ class RelyingParty:
         except OIDCError as e:
             if isinstance(e, LoginFailed):
                 e.next_url, e.extra = pending.next_url, pending.extra
-            elif type(e) is OIDCError:
-                # The issuer did not answer (down, a timeout, its TLS): not the person's
-                # login, which a moment later goes through ("Login failed" said it was).
+            elif isinstance(e, IssuerUnreachable):
+                # The issuer did not answer (down, a timeout, its TLS, a 5xx): not the
+                # person's login, which a moment later goes through ("Login failed" said
+                # it was). An answer it did give (a 404 for its keys) stays a failure.
                 away = LoginUnavailable(f"the identity provider could not be reached: {e}")
                 away.next_url, away.extra = pending.next_url, pending.extra
                 raise away from None
@@ -875,7 +881,8 @@ class RelyingParty:
         try:
             code, body, text = await self._call("GET", self.metadata.jwks_uri, "the JWKS fetch")
             if code != 200 or not isinstance(body, dict) or not isinstance(body.get("keys"), list):
-                raise OIDCError(f"the JWKS at {self.metadata.jwks_uri} answered HTTP {code}")
+                kind = IssuerUnreachable if code >= 500 else OIDCError
+                raise kind(f"the JWKS at {self.metadata.jwks_uri} answered HTTP {code}")
             keys: dict[str, jwt.PyJWK] = {}
             for i, raw in enumerate(body["keys"]):
                 if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":

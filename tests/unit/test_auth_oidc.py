@@ -768,3 +768,25 @@ def test_an_issuer_that_does_not_answer_the_code_exchange_is_try_again_shortly(k
     with pytest.raises(LoginUnavailable, match="could not be reached") as away:
         result(rp.finish({"state": q["state"], "code": "the-code"}))
     assert away.value.next_url == "/next" and away.value.extra == {}
+
+
+@pytest.mark.parametrize(("code", "away"), [(503, True), (404, False)])
+def test_a_key_fetch_the_issuer_answers_with_an_error_is_away_only_for_a_server_error(
+        key, code: int, away: bool):
+    """The issuer's keys answered 503: away for a moment ("try again shortly"); answered
+    404 (a wrong address, a lasting fault): not shown as a moment's absence."""
+    from studios_gateway.auth.oidc import LoginUnavailable
+
+    rp, clock, http = make_rp(key)
+    q = begin(rp, http, clock)
+    answer = http.request
+
+    def keys(method: str, url: str, **kw: Any) -> Deferred[FakeResponse]:
+        if url.endswith("/jwks"):
+            return defer.succeed(FakeResponse(code, {"error": "x"}))
+        return answer(method, url, **kw)
+
+    http.request = keys  # type: ignore[method-assign]
+    with pytest.raises(OIDCError, match=f"answered HTTP {code}") as failed:
+        result(rp.finish({"state": q["state"], "code": "the-code"}))
+    assert isinstance(failed.value, LoginUnavailable) is away
