@@ -469,11 +469,7 @@ class RelyingParty:
         s = self.settings
         if s.client_id:
             return self._static_client(meta.issuer)
-        try:
-            raw = read_json(s.client_file) or {}
-        except StorageError as e:
-            raise ConfigurationError(str(e)) from None
-        stored = ClientRegistration.from_dict(raw)
+        raw, stored = self._kept_client()
         if stored is not None and stored.fits(s, meta.issuer):
             self._log.info("using the OIDC client {client_id} registered with {issuer} "
                            "(from {path})", client_id=stored.client_id, issuer=meta.issuer,
@@ -495,6 +491,15 @@ class RelyingParty:
             self._log.info("the stored OIDC client does not match the issuer, client name "
                            "or redirect URI {uri}: registering a new one", uri=s.redirect_uri)
         return await self._register(meta)
+
+    def _kept_client(self) -> tuple[Any, ClientRegistration | None]:
+        """The client file's JSON as read (``{}``: none yet) and the registration it holds
+        (None: none usable); a file that cannot be read stops the start."""
+        try:
+            raw = read_json(self.settings.client_file) or {}
+        except StorageError as e:
+            raise ConfigurationError(str(e)) from None
+        return raw, ClientRegistration.from_dict(raw)
 
     def _static_client(self, issuer: str) -> ClientRegistration:
         s = self.settings
@@ -846,10 +851,7 @@ class RelyingParty:
         s = self.settings
         if s.client_id:
             return self._static_client(self.metadata.issuer)
-        try:
-            stored = ClientRegistration.from_dict(read_json(s.client_file) or {})
-        except StorageError as e:
-            raise ConfigurationError(str(e)) from None
+        _, stored = self._kept_client()
         return stored if stored is not None and stored.fits(s, self.metadata.issuer) else None
 
     def refresh(self, tokens: TokenSet) -> Deferred[TokenSet]:
