@@ -211,7 +211,9 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
     started_prefix = {"prefix": settings.tool_path_prefix}
     said: set[str] = set()  # warnings said once per run
     checked: set[str] = set()  # prefixes a tool started elsewhere was checked under
-    port_asked: list[bool] = []  # whether its port was asked if it is the gateway's
+    # A tool started elsewhere, only its port given: the gateway's own, by mistake?
+    ask_port = (points_back.at_first_bind(reactor, settings, fatal)
+                if launcher is None and not command else None)
 
     def start_child(prefix: str) -> None:
         nonlocal child
@@ -225,13 +227,8 @@ def run(settings: Any, command: list[str], environ: dict[str, str],
 
     def on_bind(reply: Any) -> None:
         ssh.on_bind(reply)
-        if launcher is None and not command and not port_asked:
-            # A tool started elsewhere, only its port given: the gateway's own, by mistake?
-            port_asked.append(True)
-            points_back.check(lambda host, headers: http_status(reactor, host, headers),
-                              settings.tool_port, settings.session_id,
-                              reply.public_url, reactor).addCallback(
-                lambda problem: fatal(problem) if problem else None)
+        if ask_port is not None:
+            ask_port(reply)
         differs = given_prefix_differs(settings, reply)
         if differs and differs not in said:
             said.add(differs)

@@ -11,6 +11,7 @@ studio's address as the bind says it, marked the same way: only the gateway answ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,7 +20,7 @@ from twisted.internet.defer import Deferred
 
 from studios_gateway.studio.presets.probe import PROBE_TIMEOUT
 
-__all__ = ["LOOP_STATUS", "check"]
+__all__ = ["LOOP_STATUS", "at_first_bind", "check"]
 
 #: What the gateway answers a request of its own that came back (http.loop's).
 LOOP_STATUS = 508
@@ -55,3 +56,23 @@ def check(fetch_for: Any, port: int, session_id: str, public_url: str,
 
         d.addBoth(answered)
     return d.addCallbacks(judged, lambda _: None)
+
+
+def at_first_bind(reactor: Any, settings: Any, found: Callable[[str], object]
+                  ) -> Callable[[Any], None]:
+    """The on-bind hook of a studio whose tool runs elsewhere: at the first bind, ask the
+    tool's port (:func:`check`) and call `found` with the message when it is the
+    gateway's own. Both ways of running studios-connect (its command, twistd) use it."""
+    from studios_gateway.studio.presets.probe import http_status
+
+    asked: list[bool] = []
+
+    def on_bind(reply: Any) -> None:
+        if asked:
+            return
+        asked.append(True)
+        check(lambda host, headers: http_status(reactor, host, headers),
+              settings.tool_port, settings.session_id, reply.public_url,
+              reactor).addCallback(lambda problem: found(problem) if problem else None)
+
+    return on_bind

@@ -52,26 +52,13 @@ def makeService(options: Options) -> Any:
             stream.flush()
         os._exit(refused[0])
 
-    asked: list[bool] = []
+    from studios_gateway.studio import points_back
 
-    def on_bind(reply: Any) -> None:
-        """The tool runs elsewhere here: is its port the gateway's own, by mistake?"""
-        from studios_gateway.studio import points_back
-        from studios_gateway.studio.presets.probe import http_status
+    def points_back_here(problem: str) -> None:
+        Logger(namespace="studios_gateway.studio.tap").error("{problem}", problem=problem)
+        fatal(problem)
 
-        if asked:
-            return
-        asked.append(True)
-
-        def judged(problem: str | None) -> None:
-            if problem is not None:
-                Logger(namespace="studios_gateway.studio.tap").error("{problem}",
-                                                                     problem=problem)
-                fatal(problem)
-
-        points_back.check(lambda host, headers: http_status(reactor, host, headers),
-                          settings.tool_port, settings.session_id,
-                          reply.public_url, reactor).addCallback(judged)
-
+    # The tool runs elsewhere here: is its port the gateway's own, by mistake?
+    on_bind = points_back.at_first_bind(reactor, settings, points_back_here)
     return ConnectClient(settings, reactor, on_fatal=fatal, on_bind=on_bind)
 
