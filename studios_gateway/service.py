@@ -641,6 +641,7 @@ def make_service(config: Config, reactor: Any = None, environ: Mapping[str, str]
     http, proxy = build_http(config, reactor, store, dialer, auth, traffic, metrics,
                              carry=tunnel_factory)
     gateway.add_part(proxy)
+    table.loop_mark = http.marks.of  # (told to each studio at its bind)
     ssh: SSHProxy | None = None
     api_mounts: dict[bytes, Any] = {}
     if host_key is not None:

@@ -246,9 +246,13 @@ class Auth:
         self._reactor = reactor
         self.authorizer = authorizer
         self.rp = rp
-        signer = Signer(key if key is not None else load_or_create_key(
-            Path(settings.storage_root) / KEY_FILE))
+        key = key if key is not None else load_or_create_key(
+            Path(settings.storage_root) / KEY_FILE)
+        signer = Signer(key)
         self._signer = signer
+        #: The login's signing key, which the HTTP proxy's marks derive a key of their
+        #: own from (http.loop.Marks): every process and node of a deployment shares it.
+        self.signing_key = key
         self._cookies = CookieCodec(signer, reactor)
         #: authorized_now's answers: (Cookie value, session id) -> (the authorizer's
         #: `changes` then, given while the clock reads less than this, the cookie's

@@ -37,7 +37,7 @@ from studios_gateway.auth.login import Auth
 from studios_gateway.away import Away, fetch_away, restart_where
 from studios_gateway.component import Component, Part, StartError, endpoint_for, serve_tls
 from studios_gateway.config import Config
-from studios_gateway.http import lane
+from studios_gateway.http import lane, loop
 from studios_gateway.http.proxy import ProxyFactory
 from studios_gateway.http.relayed import Relayed
 from studios_gateway.http.routing import Router, parse_host
@@ -288,6 +288,7 @@ def build_factory(config: Config, reactor: Any, store: TunnelClaims, dialer: Dia
         connect_timeout=config.http_connect_timeout,
         response_timeout=config.http_response_timeout,
         compiled_lane=config.compiled_lane,
+        marks=loop.Marks(auth.signing_key),
     )
 
 

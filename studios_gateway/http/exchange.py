@@ -36,6 +36,7 @@ from studios_gateway.http.h1 import (
     parse_request_head,
 )
 from studios_gateway.http.headers import (
+    MARK_HEADER,
     SESSION_HEADER,
     HeadProblem,
     client_response_headers,
@@ -44,6 +45,7 @@ from studios_gateway.http.headers import (
     response_headers,
     tool_set_cookies,
 )
+from studios_gateway.http.loop import Marks
 from studios_gateway.http.request import RequestInfo
 from studios_gateway.http.routing import Route, absolute_to_origin
 from studios_gateway.http.toolroute import ToolRoute
@@ -381,9 +383,11 @@ class Exchange:
         return False
 
     def tool_head(self, codec: ToolCodec, peer: str | None, trusted: bool,
-                  scheme: str) -> bytes:
-        """The request head for the tool; NotForwardable when it cannot be sent. (The
-        proxy passes its arguments by position: keywords cost a quarter of a microsecond.)"""
+                  scheme: str, marks: Marks | None = None) -> bytes:
+        """The request head for the tool; NotForwardable when it cannot be sent. `marks`:
+        the proxy's (http.loop), None: no mark (a request that comes back is then no loop).
+        (The proxy passes its arguments by position: keywords cost a quarter of a
+        microsecond.)"""
         route = self.route
         assert route is not None
         req = self.request
@@ -421,6 +425,8 @@ class Exchange:
             headers += tool.set_headers
         # (the mark a request that comes back to the gateway is known by: http.loop)
         headers.append((SESSION_HEADER, route.session_id.encode()))
+        if marks is not None:
+            headers.append((MARK_HEADER, marks.of(route.session_id)))
         # Every header value came from the client's checked head, from the transport
         # (the peer's address), from the session id (the tool route's, ours) or was checked
         # by request_headers (the subject).

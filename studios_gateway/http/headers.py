@@ -26,6 +26,7 @@ __all__ = [
     "FieldsTuple",
     "HeadProblem",
     "Headers",
+    "MARK_HEADER",
     "SESSION_HEADER",
     "SUBJECT_HEADER",
     "check_head",
@@ -45,8 +46,10 @@ __all__ = [
 Headers = list[tuple[bytes, bytes]]
 SUBJECT_HEADER = b"X-Connect-Sub"
 #: The session a request was sent to the tool for (added by Exchange.tool_head; a request
-#: that comes back with it looped: studios_gateway.http.loop).
+#: that comes back with it, and its mark, looped: studios_gateway.http.loop).
 SESSION_HEADER = b"X-Connect-Session"
+#: The session's mark (http.loop.Marks), which only the gateway can make.
+MARK_HEADER = b"X-Connect-Mark"
 
 _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
@@ -247,12 +250,13 @@ def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
 
 
 # What request_headers drops besides hop-by-hop headers: the length (the framing is
-# re-added), the subject and session headers and the forwarding headers (a trusted proxy's
-# X-Forwarded-For/-Proto/-Host are read first).
+# re-added), the subject, session and mark headers and the forwarding headers (a trusted
+# proxy's X-Forwarded-For/-Proto/-Host are read first).
 _OURS_TRUSTED = frozenset({b"content-length", SUBJECT_HEADER.lower(), SESSION_HEADER.lower(),
+                           MARK_HEADER.lower(),
                            b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
 _OURS_UNTRUSTED = frozenset({b"content-length", SUBJECT_HEADER.lower(),
-                             SESSION_HEADER.lower()}) | _FORWARDING
+                             SESSION_HEADER.lower(), MARK_HEADER.lower()}) | _FORWARDING
 # What _without_hop_by_hop drops when Connection names nothing else (keep-alive, close,
 # upgrade: nearly every message), by keep_upgrade.
 _USUAL_DROP = {False: _HOP_BY_HOP, True: _HOP_BY_HOP - {b"upgrade"}}

@@ -262,7 +262,8 @@ class ProxyFactory(Factory):
                  max_body: int | None = Limits.max_body,
                  connect_timeout: float = Limits.connect_timeout,
                  response_timeout: float = Limits.response_timeout,
-                 compiled_lane: bool = default_of("compiled_lane")):
+                 compiled_lane: bool = default_of("compiled_lane"),
+                 marks: loop.Marks | None = None):
         self.router = router
         self.upstream = upstream
         self.lookup = lookup
@@ -298,6 +299,9 @@ class ProxyFactory(Factory):
         self.repeats = Repeats(reactor)
         #: The compiled lane's way back (studios_gateway.http.lane), None: the Python way.
         self.answer = lane.load(compiled_lane)
+        #: What marks the requests sent to tools (http.loop); by default a key of this
+        #: process alone.
+        self.marks = marks if marks is not None else loop.Marks()
 
     def buildProtocol(self, addr: Any) -> ProxyProtocol:  # type: ignore[override]
         p = ProxyProtocol()
@@ -798,7 +802,7 @@ class ProxyProtocol(Protocol):
         ex.up = conn
         conn.owner = self
         try:
-            head = ex.tool_head(conn.codec, self._peer, self._trusted, f.scheme)
+            head = ex.tool_head(conn.codec, self._peer, self._trusted, f.scheme, f.marks)
         except NotForwardable as e:
             self._log.info("request not forwardable: {e}", e=e)
             self._detach(conn)
@@ -1221,7 +1225,7 @@ class ProxyProtocol(Protocol):
         if ex is not self._ex or self._closing:
             return
         routed_to = ex.route.session_id if ex.route is not None else None
-        looped = loop.came_back(ex.request.headers, routed_to)
+        looped = loop.came_back(ex.request.headers, routed_to, self.factory.marks)
         if looped is not None:  # (not the login's redirect, again and again)
             answer, why, close = self._came_back(looped, routed_to is not None), \
                 "the studio's tool port is the gateway's own", False
@@ -1246,9 +1250,9 @@ class ProxyProtocol(Protocol):
     def _came_back(self, session_id: str, routed: bool) -> pages.Page:
         """A request of the gateway's to `session_id`'s tool came back (http.loop): the
         page, and the log's line (once a minute per studio: each page load sends many).
-        One for none of the studios (`routed` False) names a session only its header
-        names, which any client may send with an id of its choosing: those share one
-        line a minute, or a client inventing ids drew a line for each."""
+        One for none of the studios (`routed` False) names a session only its headers
+        name (a tool knows its own session's mark, and may send it with no studio's
+        address): those share one line a minute."""
         if self.factory.repeats.due(f"loop {session_id}" if routed
                                     else "loop (no studio)") is not None:
             port = getattr(self.transport.getHost(), "port", "?")

@@ -2,11 +2,12 @@
 
 ``studios-connect --tool-port 8080`` beside a gateway that listens on 8080 sends
 the gateway's requests back to the gateway (docs/http-proxy.md). The gateway marks
-every request it sends a tool with ``X-Connect-Session`` and answers one that comes
-back with it, for that very studio, with 508 (:mod:`studios_gateway.http.loop`).
-So studios-connect asks its tool's port what the gateway would ask it, for the
-studio's address as the bind says it, marked the same way: only the gateway answers
-508 to that, and studios-connect then stops, saying what to change.
+every request it sends a tool with ``X-Connect-Session`` and the session's
+``X-Connect-Mark`` and answers one that comes back with them, for that very studio,
+with 508 (:mod:`studios_gateway.http.loop`). So studios-connect asks its tool's port
+what the gateway would ask it, for the studio's address as the bind says it, marked the
+same way (the bind's reply gives the mark): only the gateway answers 508 to that, and
+studios-connect then stops, saying what to change.
 """
 
 from __future__ import annotations
@@ -27,15 +28,19 @@ LOOP_STATUS = 508
 
 
 def check(fetch_for: Any, port: int, session_id: str, public_url: str,
-          clock: Any = None) -> Deferred[str | None]:
+          clock: Any = None, mark: str = "") -> Deferred[str | None]:
     """Fires with the message for the operator when the tool's `port` is the gateway's
     own, else None (a tool's answer, or none; a tool that does not answer within
     PROBE_TIMEOUT: the fetch is cancelled, with `clock`). `fetch_for(host, headers)` makes
-    the fetch (presets/probe.py's http_status)."""
+    the fetch (presets/probe.py's http_status). `mark`: the session's, as the bind's reply
+    gave it (without it this gateway takes the question for no loop of its own, and an
+    earlier one did without it)."""
     parts = urlsplit(public_url)
     if not parts.netloc:  # (a gateway that does not say the studio's address)
         return defer.succeed(None)
-    fetch = fetch_for(parts.netloc, (("X-Connect-Session", session_id),))
+    headers = (("X-Connect-Session", session_id),) + ((("X-Connect-Mark", mark),) if mark
+                                                      else ())
+    fetch = fetch_for(parts.netloc, headers)
 
     def judged(status: int) -> str | None:
         if status != LOOP_STATUS:
@@ -73,6 +78,7 @@ def at_first_bind(reactor: Any, settings: Any, found: Callable[[str], object]
         asked.append(True)
         check(lambda host, headers: http_status(reactor, host, headers),
               settings.tool_port, settings.session_id, reply.public_url,
-              reactor).addCallback(lambda problem: found(problem) if problem else None)
+              reactor, reply.loop_mark).addCallback(
+                  lambda problem: found(problem) if problem else None)
 
     return on_bind

@@ -255,6 +255,9 @@ class TunnelTable:
         #: session id -> (routing mode, public URL), told to every studio at bind (None: not
         #: told; the studio keeps its own settings).
         self.routing = routing
+        #: session id -> its mark (http.loop.Marks.of), told to every studio at bind, which
+        #: asks its tool's port with it (studio.points_back); None: not told.
+        self.loop_mark: Callable[[str], bytes] | None = None
         #: on_gone(session id): a session this node holds a tunnel for is gone from the
         #: registry (ended here or on another node, or lost): called before its tunnel
         #: closes, so its open connections close as ended, not as broken.
@@ -857,7 +860,9 @@ class TunnelServerProtocol(Protocol):
                                        ping_interval=s.ping_interval,
                                        ping_timeout=s.ping_timeout,
                                        rebind_within=REBIND_WITHIN if tunnel.paced
-                                       else 0.0).encode())
+                                       else 0.0,
+                                       loop_mark=self.table.loop_mark(tunnel.session_id).decode()
+                                       if self.table.loop_mark else "").encode())
         self._setup_done()
         self._mux = tunnel.mux
         # Said with the session here (the multiplexer's own line named only "the studio";

@@ -105,6 +105,9 @@ class BindReply:
     # Seconds within which the client rebinds after this gateway's GoAway (the gateway
     # paces its drain's GoAways); 0 = not said: the client spreads its rebind itself.
     rebind_within: float = 0.0
+    # The session's mark (http.loop), which the client's question to its tool's port at
+    # the bind carries (studio.points_back); "" = not said (an older gateway).
+    loop_mark: str = ""
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"ok": self.ok}
@@ -120,6 +123,8 @@ class BindReply:
                 body["ping_timeout"] = self.ping_timeout
             if self.rebind_within:
                 body["rebind_within"] = self.rebind_within
+            if self.loop_mark:
+                body["loop_mark"] = self.loop_mark
         else:
             body.update(code=self.code, reason=self.reason, retry=self.retry)
         return json.dumps(body).encode() + b"\n"
@@ -193,6 +198,14 @@ def _keepalive(interval: Any, timeout: Any) -> tuple[float, float]:
 MAX_REBIND_WITHIN = 60.0
 
 
+LOOP_MARK = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _mark(v: Any) -> str:
+    """A loop mark as sent (base64url), else "" (not said)."""
+    return v if isinstance(v, str) and LOOP_MARK.fullmatch(v) else ""
+
+
 def parse_reply(line: bytes) -> BindReply:
     data = _load(line)
     if data.get("ok") is True:
@@ -206,7 +219,8 @@ def parse_reply(line: bytes) -> BindReply:
         return BindReply(ok=True, tunnel_id=str(data.get("tunnel_id", "")), ssh_host_key=ssh,
                          routing=routing, public_url=url, ping_interval=interval,
                          ping_timeout=timeout, rebind_within=_seconds(
-                             data.get("rebind_within"), MAX_REBIND_WITHIN))
+                             data.get("rebind_within"), MAX_REBIND_WITHIN),
+                         loop_mark=_mark(data.get("loop_mark")))
     code = str(data.get("code", "internal"))
     return BindReply(ok=False, code=code, reason=str(data.get("reason", ""))[:500],
                      retry=bool(data.get("retry", RETRYABLE.get(code, False))))

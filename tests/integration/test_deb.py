@@ -3,6 +3,9 @@ twistd lists both plugins. Installed with dpkg only in CI (CI=true)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -144,6 +147,30 @@ def test_purge_removes_the_units_enablement_and_an_upgrade_restarts_the_connect_
     assert [link for link in links if os.path.lexists(link)] == []
     assert os.path.lexists(other)
     assert (etc / "studios-gateway.service.d" / "override.conf").exists()
+
+
+def test_the_shipped_scripts_match_their_lines_in_pips_records(
+        deb: Path, tmp_path: Path) -> None:
+    """build-deb rewrites the staging path in the console scripts' shebangs; their lines in
+    pip's *.dist-info/RECORD kept the old sha256 and size (18 of them: twistd, trial, pip,
+    studios-gateway, ...). Read here as the standard library reads a RECORD
+    (importlib.metadata), every hashed file matches."""
+    root = tmp_path / "root"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    (site,) = root.glob("opt/studios-gateway/lib/python3.*/site-packages")
+    checked, wrong = [], []
+    for dist in importlib.metadata.distributions(path=[str(site)]):
+        for file in dist.files or []:
+            if file.hash is None:
+                continue
+            data = (site / file).read_bytes()
+            raw = hashlib.new(file.hash.mode, data).digest()
+            value = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+            checked.append(str(file))
+            if (value, len(data)) != (file.hash.value, file.size):
+                wrong.append(f"{dist.metadata['Name']}: {file}")
+    assert len(checked) > 1000 and "../../../bin/twistd" in checked
+    assert wrong == []
 
 
 @pytest.mark.skipif(os.environ.get("CI") != "true" or os.geteuid() != 0,

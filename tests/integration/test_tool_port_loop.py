@@ -12,6 +12,7 @@ import pytest
 from tests.integration.test_tunnel_process import Deployment, wait_connected
 from tests.support.studio import Connect
 from tests.support.waiting import wait_until
+from tests.support.web import Browser
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +93,20 @@ def _told_its_session(deployment: Deployment) -> None:
         reply = deployment.browser.get(created["url"] + "api/info", headers=sent)
         assert reply.status == 200, (reply.status, reply.text[:300])
         assert reply.json()["headers"]["x-connect-session"] == [created["id"]]
+        assert len(reply.json()["headers"]["x-connect-mark"][0]) == 22  # ours, not a copy
+    # The studio's own id, and its mark as the tool sees it, from a browser not logged
+    # in: the login's redirect, as for any request. A forged id (ids are short and seen
+    # in addresses) made a 508 and a warning that the studio's tool port was the
+    # gateway's own; a mark proves only the session of the tool that saw it.
+    stranger = Browser(tls=deployment.browser.tls)
+    for forged in ({"X-Connect-Session": created["id"]},
+                   {"X-Connect-Session": created["id"], "X-Connect-Mark": "A" * 22},
+                   {"X-Connect-Session": other["id"],
+                    "X-Connect-Mark": reply.json()["headers"]["x-connect-mark"][0]}):
+        for url in (created["url"], other["url"]):
+            answered = stranger.get(url, headers=forged, follow=False)
+            assert answered.status in (302, 303), (answered.status, answered.text[:300])
+    assert "came back" not in deployment.gw.output()
 
 
 def test_twistd_studios_connect_stops_too(tmp_path: Path) -> None:

@@ -65,3 +65,32 @@ def test_the_gateway_wires_its_routing_into_the_tunnel_table(tmp_path: Path,
     assert table.routing("s1") == studio_routing("https://gw.example.com", "s.example.com",
                                                  path_routing)("s1")
     assert table.routing("s1")[0] == ("path" if path_routing else "subdomain")
+
+
+def test_the_bind_answer_gives_the_studio_its_loop_mark(tmp_path: Path) -> None:
+    """studios-connect asks its tool's port at the bind with X-Connect-Session and the
+    session's mark (studio.points_back): the gateway takes a request for a loop only with
+    a mark it made, so the studio is told its own; a gateway that does not say it, or a
+    mark that is not base64url, is no mark."""
+    from studios_gateway.http.loop import Marks
+
+    _, table = memory_table(Clock(), tool="vscode", routing=None)
+    marks = Marks(b"k" * 32)
+    table.loop_mark = marks.of
+    protocol = TunnelServerFactory(table).buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "code-server", 8080).encode())
+    reply = parse_reply(transport.value().split(b"\n", 1)[0])
+    protocol.connectionLost(None)
+    assert reply.ok and reply.loop_mark == marks.of("s1").decode()
+    assert bind_answer(None).loop_mark == ""
+    for sent in ('"a b"', "7", '"' + "x" * 65 + '"'):
+        assert parse_reply(b'{"ok": true, "loop_mark": %s}' % sent.encode()).loop_mark == ""
+    # the gateway's own marks are the proxy's, derived from the login's signing key
+    config = load_config(environ={"CONNECT_STORAGE_ROOT": str(tmp_path),
+                                  "CONNECT_MANAGEMENT_PORT": "9000"})
+    built = make_service(config, MemoryReactorClock()).built
+    assert built.tunnel_table.loop_mark is not None
+    assert built.tunnel_table.loop_mark("s1") == built.http.marks.of("s1") \
+        == Marks(built.auth.signing_key).of("s1")

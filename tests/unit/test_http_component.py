@@ -232,5 +232,6 @@ def test_a_proxy_url_on_https_without_tls_here_makes_tool_cookies_secure() -> No
     for url, outside in (("https://connect.example.com", True),
                          ("http://connect.example.com", False)):
         config = load_config(environ={"CONNECT_PROXY_URL": url})
-        factory = build_factory(config, Clock(), mock.Mock(), mock.Mock(), mock.Mock())
+        factory = build_factory(config, Clock(), mock.Mock(), mock.Mock(),
+                                mock.Mock(signing_key=b"k" * 32))
         assert (factory.scheme, factory.https_outside) == ("http", outside), url

@@ -16,6 +16,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from studios_gateway.http.loop import Marks
 from studios_gateway.http.proxy import ProxyFactory, ProxyProtocol, UpstreamConnection
 from studios_gateway.http.relayed import Relayed
 from studios_gateway.http.routing import Router
@@ -62,6 +63,7 @@ class Harness:
         self.sessions = {"abc": SessionInfo("abc", "jupyter", True),
                          "off": SessionInfo("off", "jupyter", False),
                          "xp": SessionInfo("xp", "xpra", True)}
+        kw.setdefault("marks", Marks(b"harness" * 4))  # (the same heads from every harness)
         self.factory = ProxyFactory(
             router=Router(DOMAIN, DOMAIN, path_routing), upstream=self.upstream,
             lookup=lambda sid: defer.succeed(self.sessions.get(sid)), reactor=self.clock, **kw)

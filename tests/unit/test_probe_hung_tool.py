@@ -59,3 +59,26 @@ def test_the_bind_time_question_gives_up_on_a_tool_that_does_not_answer() -> Non
     clock.advance(0.1)
     assert given_up == [True] and said == [None]  # not the gateway's port: goes on
     assert not clock.getDelayedCalls()
+
+
+def test_the_bind_time_question_carries_the_mark_the_bind_gave() -> None:
+    """The gateway takes only a marked request for one of its own that came back
+    (http.loop): the question carries the mark of the bind's reply, and none from a
+    gateway that gave none (which, an earlier one, asks for no mark)."""
+    from twisted.internet import defer
+
+    asked: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+
+    def fetch_for(host: str, headers: tuple[tuple[str, str], ...]) -> object:
+        asked.append((host, headers))
+        return lambda url: defer.succeed(508)
+
+    said: list[str | None] = []
+    points_back.check(fetch_for, 8080, "abc123", "http://abc123.localhost:8080/",
+                      mark="m4rk").addCallback(said.append)
+    points_back.check(fetch_for, 8080, "abc123", "http://abc123.localhost:8080/"
+                      ).addCallback(said.append)
+    assert asked == [("abc123.localhost:8080", (("X-Connect-Session", "abc123"),
+                                                ("X-Connect-Mark", "m4rk"))),
+                     ("abc123.localhost:8080", (("X-Connect-Session", "abc123"),))]
+    assert all(s and "gateway's own HTTP port" in s for s in said)

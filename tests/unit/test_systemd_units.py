@@ -104,6 +104,24 @@ def test_socket_units_name_their_descriptor(name: str) -> None:
     assert u["Service"] == ["studios-gateway.service"]
 
 
+@pytest.mark.parametrize("name", ["http", "tunnel", "ssh"])
+def test_socket_units_stay_open_across_a_restart_of_the_service(name: str) -> None:
+    # PartOf= passed `systemctl restart studios-gateway` on to the sockets, which closed
+    # their ports for the moment (connections refused, queued ones reset);
+    # StopPropagatedFrom= does the same from systemd 253 on (the restart stops them and
+    # leaves them stopped). Nothing but Service= ties a socket to the gateway.
+    u = unit(f"studios-gateway-{name}.socket")
+    for key in ("PartOf", "BindsTo", "Requires", "StopPropagatedFrom", "Conflicts"):
+        assert key not in u, key
+    for service in ("studios-gateway.service", "studios-gateway@.service"):
+        s = unit(service)
+        for key in ("PropagatesStopTo", "Upholds", "ConsistsOf"):
+            assert key not in s, (service, key)
+    # the unit tells whoever reads it how to stop listening
+    assert ("systemctl stop studios-gateway.service studios-gateway-{http,tunnel,ssh}.socket"
+            in (UNITS / f"studios-gateway-{name}.socket").read_text())
+
+
 def test_template_gives_each_instance_its_ports_and_node_id() -> None:
     u = unit("studios-gateway@.service")
     (exec_start,) = u["ExecStart"]

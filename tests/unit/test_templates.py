@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -269,23 +270,45 @@ def test_fix_html5_client_refuses_a_client_it_does_not_know(tmp_path: Path) -> N
     assert (tmp_path / "index.html").read_text() == other  # unchanged
 
 
-def run_apt(tmp_path: Path, *args: str, lists: list[str]) -> tuple[int, list[str]]:
+MIRROR_URIS = (  # what Debian's apt-get update --print-uris prints (its first lines)
+    "'http://deb.debian.org/debian/dists/bookworm/InRelease' "
+    "deb.debian.org_debian_dists_bookworm_InRelease 0 \n"
+    "'http://deb.debian.org/debian-security/dists/bookworm-security/InRelease' "
+    "deb.debian.org_debian-security_dists_bookworm-security_InRelease 0 \n"
+    "'http://deb.debian.org/debian/dists/bookworm/main/binary-amd64/Packages.xz' "
+    "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages 0 \n")
+
+
+def run_apt(tmp_path: Path, *args: str, lists: list[str], reachable: bool = True,
+            stderr: list[str] | None = None) -> tuple[int, list[str]]:
     """templates/common/apt with stand-ins for Debian's apt and apt-get that log their
-    calls; `lists`: the files in the package lists' directory."""
+    calls; `lists`: the files in the package lists' directory. The stand-in apt-get update
+    fetches a list when a mirror is `reachable`; when none is, it warns and exits 0, as
+    Debian's does. The script's stderr is added to `stderr` when given."""
     calls = tmp_path / "calls"
     calls.write_text("")
     listdir = tmp_path / "lists"
-    listdir.mkdir(exist_ok=True)
+    shutil.rmtree(listdir, ignore_errors=True)  # (a fetch of an earlier call's left)
+    listdir.mkdir()
     for name in lists:
         (listdir / name).write_text("")
+    (tmp_path / "uris").write_text(MIRROR_URIS)
+    fetch = (f"touch {listdir}/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"
+             if reachable else "echo 'W: Some index files failed to download.' >&2")
     for name in ("apt", "apt-get"):
         stand_in = tmp_path / name
-        stand_in.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n')
+        body = f'echo "{name} $*" >> {calls}\n'
+        if name == "apt-get":
+            body = (f'if [ "$*" = "update --print-uris" ]; then cat {tmp_path}/uris; exit 0; fi\n'
+                    f'{body}[ "$1" = update ] && {fetch}\nexit 0\n')
+        stand_in.write_text(f"#!/bin/sh\n{body}")
         stand_in.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin", "APT_LISTS": str(listdir), "REAL_APT": str(tmp_path / "apt"),
            "APT_GET": str(tmp_path / "apt-get")}
     done = subprocess.run([str(TEMPLATES / "common" / "apt"), *args], env=env,
                           capture_output=True, text=True, timeout=10)
+    if stderr is not None:
+        stderr.append(done.stderr)
     return done.returncode, calls.read_text().splitlines()
 
 
@@ -302,6 +325,23 @@ def test_the_images_apt_fetches_the_package_lists_first_when_they_are_not_there(
                    lists=["deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"]
                    ) == (0, ["apt install jq"])  # lists there: Debian's apt alone
     assert run_apt(tmp_path, "--version", lists=[]) == (0, ["apt --version"])
+
+
+def test_the_images_apt_says_plainly_when_no_mirror_gave_it_the_lists(tmp_path: Path) -> None:
+    """Without network Debian's apt-get update warns and exits 0, and apt then said
+    "Unable to locate package" of a package that exists. The images' apt says the lists
+    could not be fetched, names the mirrors it tried, runs nothing more and exits 100."""
+    stderr: list[str] = []
+    assert run_apt(tmp_path, "install", "jq", lists=[], reachable=False, stderr=stderr) == (
+        100, ["apt-get update"])
+    (said,) = stderr
+    assert "package lists could not be fetched: no network, or no mirror reachable" in said
+    assert "(tried http://deb.debian.org/debian http://deb.debian.org/debian-security)" in said
+    # lists there: no fetch, whatever the network; a fetch that worked: apt runs
+    assert run_apt(tmp_path, "install", "jq", lists=["x_Packages"], reachable=False) == (
+        0, ["apt install jq"])
+    assert run_apt(tmp_path, "install", "jq", lists=[]) == (
+        0, ["apt-get update", "apt install jq"])
 
 
 def test_the_images_apt_finds_its_command_after_options(tmp_path: Path) -> None:
