@@ -319,3 +319,34 @@ def test_the_images_apt_finds_its_command_after_options(tmp_path: Path) -> None:
         0, ["apt list --installed"])
     assert run_apt(tmp_path, "list", "jq", lists=[]) == (
         0, ["apt-get update", "apt list jq"])
+
+
+def test_the_guide_says_what_a_builders_mistakes_look_like(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A custom image built as the guide says, with a builder's usual mistakes (an
+    ENTRYPOINT of its own, no install-studios-connect step, a CMD without '--', no connect
+    string, a working directory not in the image, a tool on ::1, a name without the tool):
+    the guide said none of what each looks like (builder50). Its table quotes what
+    studios-connect prints, checked here against what it does print."""
+    from studios_gateway.studio.main import main
+
+    readme = (TEMPLATES / "README.md").read_text()
+    section = " ".join(readme[readme.index("### When a custom image's studio"):].split())
+    assert main([], {}) == 2  # run without its connect string
+    said = capsys.readouterr().err.strip().removeprefix("studios-connect: ")
+    assert f"exit 2: `{said}`" in section
+    with pytest.raises(SystemExit):  # CMD ["jupyter", "lab"]: no "--"
+        main(["--tool", "jupyterlab", "jupyter", "lab"], {})
+    said = capsys.readouterr().err
+    assert "unrecognized arguments: jupyter lab; a command goes after '--'" in said
+    assert "exit 2: `unrecognized arguments: jupyter lab ...; a command goes after '--'`" \
+        in section
+    assert "exit 2: `the tool's working directory /data does not exist (CONNECT_TOOL_WORKDIR)`" \
+        in section
+    assert "`RUN mkdir -p /data`" in readme[readme.index("## A custom image"):]
+    for words in ('`"studios-connect": executable file not found in $PATH` (exit 127)',
+                  "`install-studios-connect` step", "an `ENTRYPOINT` of the image's own",
+                  "`[studios-connect --tool <tool>]`",
+                  "`, but [::1]:PORT accepts them: the tool listens on IPv6's loopback only`",
+                  "`note: the image's repository name names no tool`"):
+        assert words in section, words
