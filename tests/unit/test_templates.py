@@ -373,3 +373,15 @@ def test_the_guide_says_what_a_builders_mistakes_look_like(
                   "`, but [::1]:PORT accepts them: the tool listens on IPv6's loopback only`",
                   "`note: the image's repository name names no tool`"):
         assert words in section, words
+
+
+@pytest.mark.parametrize("tool", sorted(SEED_VERSIONS))
+def test_each_containerfiles_header_makes_the_wheels_as_the_build_needs(tool: str) -> None:
+    """Each Containerfile's header said `python3 -m pip wheel --wheel-dir templates/wheels .`,
+    which makes no wheels/SHA256SUMS: a build that followed it stopped at `COPY
+    wheels/SHA256SUMS` (no such file or directory) (builder50)."""
+    text = (TEMPLATES / tool / "Containerfile").read_text()
+    header = text[:text.index("ARG ")]
+    assert "pip wheel" not in header
+    assert "#   templates/make-wheels" in header
+    assert ("COPY", "wheels/SHA256SUMS /opt/studio/wheels.sha256") in template(tool).steps
