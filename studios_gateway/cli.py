@@ -296,6 +296,12 @@ def sessions_create(args: argparse.Namespace) -> int:
               f"{created['tool_version']}, connect {created['connect_version']})")
     print(f"connect string: {created['connect_string']}")
     tool = created.get("tool") or "generic"
+    if created.get("image") and not args.tool and tool == "generic":
+        # The image's name named no tool: a studio that runs one would be served as a web
+        # application of its own, Xpra, VS Code and R-IDE broken in path mode.
+        print("note:           the image's repository name names no tool, so this is a "
+              "generic studio; for a JupyterLab, R-IDE, VS Code or Xpra image, delete it and "
+              "create it with --tool")
     # The connect string holds the studio's token: in the environment, not as an
     # argument (every local user can read a process's arguments, with ps).
     run_it = "run in the studio: CONNECT_STRING='<connect string>' studios-connect"

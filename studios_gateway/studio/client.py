@@ -431,6 +431,11 @@ class ConnectClient(Service):
         return ToolEndpoint(self.reactor, self.settings.tool_host, self.settings.tool_port,
                             timeout=5)
 
+    def tool_endpoint_on_ipv6_loopback(self) -> Any:
+        """The tool's port on ::1: asked only to say why a tool is not reached."""
+        return endpoints.TCP6ClientEndpoint(self.reactor, "::1", self.settings.tool_port,
+                                            timeout=5)
+
     def connect_tool(self, make: Callable[[], Protocol]) -> Deferred[Any]:
         """Connect to the tool, retrying for a while if it is (re)starting.
 
@@ -538,10 +543,35 @@ class ConnectClient(Service):
         look()
 
     def _say_tool_not_listening(self, waited: float, f: Failure) -> None:
-        self._log.warn("the tool is not accepting connections on 127.0.0.1:{port} after "
-                       "{secs:.0f}s ({why}); still waiting. The tool must listen on "
-                       "CONNECT_TOOL_PORT ({port}), on 127.0.0.1 or all interfaces",
-                       port=self.settings.tool_port, secs=waited, why=f.getErrorMessage())
+        """The warning; it says so when the port is open on ::1 alone (a tool told to listen
+        on "localhost" that took IPv6's loopback, or one given --bind ::1), which the
+        warning's advice (127.0.0.1 or all interfaces) did not tell from a tool on another
+        port."""
+        said = dict(port=self.settings.tool_port, secs=waited, why=f.getErrorMessage())
+
+        def on_ipv6_alone(p: Any) -> None:
+            if p.transport is not None:
+                p.transport.loseConnection()
+            self._log.warn("the tool is not accepting connections on 127.0.0.1:{port} after "
+                           "{secs:.0f}s ({why}), but [::1]:{port} accepts them: the tool "
+                           "listens on IPv6's loopback only; still waiting. Make it listen "
+                           "on 127.0.0.1 or all interfaces (0.0.0.0)", **said)
+
+        def not_there(_: Failure) -> None:
+            self._log.warn("the tool is not accepting connections on 127.0.0.1:{port} after "
+                           "{secs:.0f}s ({why}); still waiting. The tool must listen on "
+                           "CONNECT_TOOL_PORT ({port}), on 127.0.0.1 or all interfaces",
+                           **said)
+
+        if self.settings.tool_host != "127.0.0.1":
+            not_there(f)
+            return
+        try:
+            asked = self.tool_endpoint_on_ipv6_loopback().connect(quiet_factory(Protocol))
+        except Exception:  # (no IPv6 here: the usual words)
+            not_there(f)
+            return
+        asked.addCallbacks(on_ipv6_alone, not_there)
 
     def tool_not_answering(self, why: str) -> None:
         """A stream the tool did not take (the browser gets the 504 page): said at once,

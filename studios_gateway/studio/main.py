@@ -75,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_options(args_list: list[str]) -> argparse.Namespace:
+    """The options before ``--``. A command given without ``--`` (an image's
+    ``CMD ["jupyter", "lab"]`` after the entry point's ``studios-connect --tool ...``) is
+    refused saying where it goes; argparse said only ``unrecognized arguments``."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(args_list)
+    if rest:
+        if not rest[0].startswith("-"):
+            words = " ".join(rest)
+            as_json = ", ".join(f'"{word}"' for word in ["--", *rest])
+            parser.error(f"unrecognized arguments: {words}; a command goes after '--': "
+                         f"studios-connect [options] -- {words} (in a Containerfile: "
+                         f"CMD [{as_json}])")
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def start_logging(level: str, beginner: Any = globalLogBeginner, out: Any = None) -> None:
     """Log to ``out`` (standard error) at ``level`` and above, through ``beginner``."""
     from studios_gateway.logs import LEVELS
@@ -94,7 +111,7 @@ def main(argv: Sequence[str] | None = None, environ: dict[str, str] | None = Non
     if "--" in args_list:
         i = args_list.index("--")
         args_list, command = args_list[:i], args_list[i + 1:]
-    args = build_parser().parse_args(args_list)
+    args = parse_options(args_list)
     environ = dict(os.environ if environ is None else environ)
 
     from studios_gateway.studio.settings import SettingsRefused, load_at_start, warn_unknown

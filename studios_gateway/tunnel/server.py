@@ -501,6 +501,20 @@ class TunnelTable:
         except Exception:
             self._log.failure("ending the connections of session {sid}", sid=session_id)
 
+    def _say_generic_session_runs(self, sid: str, tool: str) -> None:
+        """A generic session (made without a tool, from an image whose name names none)
+        whose studio runs a tool's preset is served as a generic web application: for
+        R-IDE, VS Code and Xpra in path mode that is their prefix passed where they need it
+        stripped, a page that never loads. It bound without a word (builder50)."""
+        spec = tools.spec_for(tool)
+        how = (f"; in path mode {spec.title} gets its prefix passed, not stripped as it "
+               "needs" if spec.strip_prefix else "")
+        self._log.warn("session {sid} is a generic studio but its studio runs {title} "
+                       "(studios-connect --tool {tool}): it is served as a generic web "
+                       "application{how}. Create its sessions with tool {tool} (--tool), or "
+                       "from an image whose repository name names the tool", sid=sid,
+                       title=spec.title, tool=tool, how=how)
+
     def end_session(self, session_id: str) -> None:
         tunnel = self._tunnels.get(session_id)
         if tunnel is not None:
@@ -516,6 +530,8 @@ class TunnelTable:
         if self.draining:
             raise BindError("draining", "this gateway is shutting down; try another")
         record = yield self.verifier.verify(req)
+        if tools.canonical(record.tool) == "generic" and req.tool != "generic":
+            self._say_generic_session_runs(req.session_id, req.tool)
         holder = TunnelHolder(
             session_id=req.session_id, node_id=self.node_id, node_address=self.node_address,
             tunnel_id=secrets.token_hex(8), client_version=sys.intern(req.connect_version),

@@ -228,6 +228,11 @@ def test_the_image_runs_behind_a_real_gateway(image: tuple[str, str], tmp_path: 
             # it: a page that comes back by itself after its connection ends.
             assert "studio-reconnect: added by the studio image" in reply.text
             assert 'getboolparam("reconnect", false)' in reply.text
+            # Every script the page loads is there (jquery.js is a link into libjs-jquery,
+            # which the xpra package does not depend on: without it the page stayed dark).
+            for script in sorted(set(re.findall(r'<script[^>]+src="([^"?]+)', reply.text))):
+                got = browser.get(f"http://{created['id']}.localhost:{http_port}/{script}")
+                assert got.status == 200, (script, got.status)
         if tool == "jupyterlab":
             # The image answers JupyterLab's news question for every user (the install
             # script's overrides.json): JupyterLab serves it as the setting's default.

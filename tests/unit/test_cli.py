@@ -79,6 +79,28 @@ def test_create_says_how_to_run_the_studio_for_its_tool(monkeypatch, capsys, too
     assert line.endswith(hint)
 
 
+def test_create_from_an_image_whose_name_names_no_tool_says_so(monkeypatch, capsys) -> None:
+    """sessions create --image .../genomics:4.2.5-0.12.0 made a generic session with nothing
+    said but 'tool generic' in the image's line; its JupyterLab (or Xpra) studio bound
+    into it and was served as a web application of its own (builder50)."""
+    from studios_gateway import cli
+
+    created = {"id": "abc", "url": "http://abc.localhost/", "tool": "generic",
+               "image": "r.example/genomics:4.2.5-0.12.0", "tool_version": "4.2.5",
+               "connect_version": "0.12.0",
+               "connect_string": "studios-connect://abc:t@localhost:7070/"}
+    monkeypatch.setattr(cli, "api_call", lambda *a, **k: created)
+    create = ["sessions", "create", "--owner", "alice", "--url", URL, "--image",
+              created["image"]]
+    assert cli.sessions_create(build_parser().parse_args(create)) == 0
+    notes = [x for x in capsys.readouterr().out.splitlines() if x.startswith("note:")]
+    assert [" ".join(x.split()) for x in notes] == [
+        "note: the image's repository name names no tool, so this is a generic studio; for a "
+        "JupyterLab, R-IDE, VS Code or Xpra image, delete it and create it with --tool"]
+    assert cli.sessions_create(build_parser().parse_args([*create, "--tool", "generic"])) == 0
+    assert "note:" not in capsys.readouterr().out  # chosen, not fallen back to
+
+
 def test_check_config_says_when_the_compiled_lane_is_missing(
         tmp_path, monkeypatch, capsys) -> None:
     from studios_gateway.cli import main

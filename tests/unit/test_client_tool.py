@@ -195,6 +195,28 @@ def test_a_tool_that_never_opens_its_port_is_reported_once_with_the_port_it_must
     c.stopService()
 
 
+def test_a_tool_listening_on_ipv6_loopback_only_is_reported_as_such() -> None:
+    """A tool given --bind ::1 (or "localhost" taken as IPv6's) was reported as one not
+    listening at all, with advice (127.0.0.1 or all interfaces) that did not say the port
+    was open on ::1 (builder50)."""
+    from twisted.logger import LogLevel, capturedLogs, formatEvent
+
+    c, clock, endpoint = client()
+    on_ipv6 = Endpoint()
+    on_ipv6.up = True
+    c.tool_endpoint_on_ipv6_loopback = lambda: on_ipv6  # type: ignore[method-assign]
+    with capturedLogs() as events:
+        c.startService()
+        clock.pump([tunnel.TOOL_POLL] * int(3 * tunnel.TOOL_SLOW_NOTICE / tunnel.TOOL_POLL))
+    warned = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+    assert warned == ["the tool is not accepting connections on 127.0.0.1:9 after 30s "
+                      "(Connection was refused by other side: refused.), but [::1]:9 accepts "
+                      "them: the tool listens on IPv6's loopback only; still waiting. Make it "
+                      "listen on 127.0.0.1 or all interfaces (0.0.0.0)"]
+    assert on_ipv6.attempts == 1 and c.state == "waiting-for-tool"
+    c.stopService()
+
+
 def test_a_command_started_at_the_bind_on_the_wrong_port_is_reported_once_with_its_port(
         ) -> None:
     """A command started at the bind (its port is not waited for before the dial) that

@@ -94,3 +94,25 @@ def test_the_gateways_tunnel_url_set_in_a_studio_names_the_clients_variable() ->
                             "address (or a CONNECT_STRING); CONNECT_TUNNEL_URL is the "
                             "gateway's setting, not studios-connect's; studios-connect reads "
                             "CONNECT_GATEWAY_URL (or CONNECT_STRING)")
+
+
+def test_a_command_without_the_double_dash_says_where_it_goes(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An image's CMD ["jupyter", "lab"] (no "--") after the entry point's studios-connect
+    --tool jupyterlab exited 2 with only argparse's 'unrecognized arguments' (builder50)."""
+    from studios_gateway.studio.main import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--tool", "jupyterlab", "jupyter", "lab", "--ServerApp.terminals_enabled=False"],
+             {})
+    assert e.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("unrecognized arguments: jupyter lab --ServerApp.terminals_enabled=False; a command "
+            "goes after '--': studios-connect [options] -- jupyter lab "
+            "--ServerApp.terminals_enabled=False (in a Containerfile: CMD [\"--\", \"jupyter\", "
+            "\"lab\", \"--ServerApp.terminals_enabled=False\"])") in err
+    with pytest.raises(SystemExit) as e:  # an option it does not know stays argparse's word
+        main(["--tool", "jupyterlab", "--no-such-option"], {})
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "error: unrecognized arguments: --no-such-option")

@@ -219,6 +219,29 @@ def test_the_xpra_image_changes_its_html5_client_at_build() -> None:
 
 
 @pytest.mark.skipif(not XPRA_CLIENT.exists(), reason="Debian's Xpra HTML5 client is not here")
+def test_the_xpra_image_has_every_file_its_html5_client_links_to(tmp_path: Path) -> None:
+    """Debian 12's xpra package links the client's js/lib/jquery.js into libjs-jquery, which
+    it does not depend on: the template's image answered 404 for it and its page stayed
+    dark, in either routing mode (builder50, in Chromium). The package is installed, and
+    the build stops on a link in the client that points at nothing (the check is run here
+    on a stand-in directory)."""
+    step = next(rest for word, rest in template("xpra").steps
+                if word == "RUN" and "apt-get install" in rest)
+    assert re.search(r"apt-get install [^&]*\blibjs-jquery\b", step), step
+    check = step[step.index("if [ -n"):step.index("fi", step.index("exit 1")) + 2]
+    www = tmp_path / "www"
+    (www / "js" / "lib").mkdir(parents=True)
+    (tmp_path / "jquery.js").write_text("")
+    (www / "js" / "lib" / "jquery.js").symlink_to(tmp_path / "jquery.js")
+    script = check.replace("/usr/share/xpra/www", str(www))
+    assert subprocess.run(["sh", "-c", script], capture_output=True).returncode == 0
+    (tmp_path / "jquery.js").unlink()
+    failed = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert failed.stderr.strip() == ("xpra's HTML5 client links to files no package "
+                                     f"installed: {www}/js/lib/jquery.js")
+
+
 def test_fix_html5_client_turns_xpras_reconnect_off_and_reloads_once(tmp_path: Path) -> None:
     (tmp_path / "index.html").write_text(XPRA_CLIENT.read_text())
     done = fix_html5_client(tmp_path)
@@ -359,3 +382,46 @@ def test_the_images_apt_finds_its_command_after_options(tmp_path: Path) -> None:
         0, ["apt list --installed"])
     assert run_apt(tmp_path, "list", "jq", lists=[]) == (
         0, ["apt-get update", "apt list jq"])
+
+
+def test_the_guide_says_what_a_builders_mistakes_look_like(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A custom image built as the guide says, with a builder's usual mistakes (an
+    ENTRYPOINT of its own, no install-studios-connect step, a CMD without '--', no connect
+    string, a working directory not in the image, a tool on ::1, a name without the tool):
+    the guide said none of what each looks like (builder50). Its table quotes what
+    studios-connect prints, checked here against what it does print."""
+    from studios_gateway.studio.main import main
+
+    readme = (TEMPLATES / "README.md").read_text()
+    section = " ".join(readme[readme.index("### When a custom image's studio"):].split())
+    assert main([], {}) == 2  # run without its connect string
+    said = capsys.readouterr().err.strip().removeprefix("studios-connect: ")
+    assert f"exit 2: `{said}`" in section
+    with pytest.raises(SystemExit):  # CMD ["jupyter", "lab"]: no "--"
+        main(["--tool", "jupyterlab", "jupyter", "lab"], {})
+    said = capsys.readouterr().err
+    assert "unrecognized arguments: jupyter lab; a command goes after '--'" in said
+    assert "exit 2: `unrecognized arguments: jupyter lab ...; a command goes after '--'`" \
+        in section
+    assert "exit 2: `the tool's working directory /data does not exist (CONNECT_TOOL_WORKDIR)`" \
+        in section
+    assert "`RUN mkdir -p /data`" in readme[readme.index("## A custom image"):]
+    for words in ('`"studios-connect": executable file not found in $PATH` (exit 127)',
+                  "`install-studios-connect` step", "an `ENTRYPOINT` of the image's own",
+                  "`[studios-connect --tool <tool>]`",
+                  "`, but [::1]:PORT accepts them: the tool listens on IPv6's loopback only`",
+                  "`note: the image's repository name names no tool`"):
+        assert words in section, words
+
+
+@pytest.mark.parametrize("tool", sorted(SEED_VERSIONS))
+def test_each_containerfiles_header_makes_the_wheels_as_the_build_needs(tool: str) -> None:
+    """Each Containerfile's header said `python3 -m pip wheel --wheel-dir templates/wheels .`,
+    which makes no wheels/SHA256SUMS: a build that followed it stopped at `COPY
+    wheels/SHA256SUMS` (no such file or directory) (builder50)."""
+    text = (TEMPLATES / tool / "Containerfile").read_text()
+    header = text[:text.index("ARG ")]
+    assert "pip wheel" not in header
+    assert "#   templates/make-wheels" in header
+    assert ("COPY", "wheels/SHA256SUMS /opt/studio/wheels.sha256") in template(tool).steps

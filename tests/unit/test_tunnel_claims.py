@@ -690,3 +690,32 @@ def test_a_studio_started_as_another_tool_is_refused_with_a_warning() -> None:
     refusals = [(e["log_level"], e["code"]) for e in seen
                 if e.get("log_format", "").startswith("bind refused")]
     assert refusals == [(LogLevel.warn, "tool_mismatch"), (LogLevel.info, "bad_token")]
+
+
+def test_a_generic_session_whose_studio_runs_a_tool_is_bound_with_a_warning() -> None:
+    """A session made from an image whose name names no tool (my-studio:3.1.3-0.12.0) is
+    generic; its Xpra studio bound without a word, and was served as a generic web
+    application (in path mode: its prefix passed, Xpra's page broken) (builder50)."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    clock, store, table, transport, tunnel = bound()
+    for sid in ("g1", "g2"):
+        store.inner.create(SessionRecord(id=sid, workspace_id=None, tool="generic",
+                                         owner="alice", allowed_users=(), ssh_enabled=False,
+                                         token_hash=hash_token(TOKEN), created_at=0.0))
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        for sid, tool in (("g1", "xpra"), ("g2", "generic")):
+            protocol = TunnelServerFactory(table).buildProtocol(None)
+            protocol.makeConnection(StringTransport())
+            protocol.dataReceived(BindRequest(sid, TOKEN, "0.12.0", tool, 8080).encode())
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert table.get("g1") is not None and table.get("g2") is not None  # both bound
+    warned = [formatEvent(e) for e in seen if e["log_level"] == LogLevel.warn]
+    assert warned == ["session g1 is a generic studio but its studio runs Xpra "
+                      "(studios-connect --tool xpra): it is served as a generic web "
+                      "application; in path mode Xpra gets its prefix passed, not stripped as "
+                      "it needs. Create its sessions with tool xpra (--tool), or from an image "
+                      "whose repository name names the tool"]
