@@ -770,7 +770,11 @@ class LoginRoutes:
             self.authorizer.logout(c.login_id)
             id_token = self._id_tokens.take(c.login_id)
             self._log.info("{user} logged out", user=c.subject)
-        clear = [self._proxy_cookie(s.login_cookie_name)]
+        # The return cookie names the page this login was for: kept, the next person's
+        # late or repeated callback in this browser led there ("Login took too long ...
+        # Log in again", then on to it after their own login).
+        clear = [self._proxy_cookie(s.login_cookie_name), self._proxy_cookie(
+            s.return_cookie_name)]
         params = request.params()
         if s.path_routing:
             sid = s.session_of_path(params.get("next") or params.get("back", ""))

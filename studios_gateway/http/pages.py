@@ -2,7 +2,9 @@
 
 Every page names the studio (escaped) when there is one, says what happened and
 what to do, and carries no external resources. A page is a :class:`Page`: the
-status, headers and body the proxy sends as they are.
+status, headers and body the proxy sends as they are. A client that is not showing a
+page (a script, a tool's own fetch, ``curl``) gets the same answer with its words in
+JSON instead (:func:`for_script`; who is which: studios_gateway.http.audience).
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import html
 import json
 from dataclasses import dataclass, replace
 from http import HTTPStatus
+from typing import Any
 
 from studios_gateway.away import Away
 
 __all__ = [
     "Page",
     "bad_request",
+    "for_script",
     "forbidden",
     "login_ended_in_frame",
     "login_required_for_script",
@@ -56,6 +60,13 @@ class Page:
     #: none is known) and why the gateway refused (default: the status's reason phrase).
     user: str = ""
     why: str = ""
+    #: What the page says, as text, for :func:`for_script`: its title, its message, the
+    #: studio it names ("" for none) and its link's (address, text). No words (a
+    #: redirect): nothing to say in JSON.
+    title: str = ""
+    message: str = ""
+    session_id: str = ""
+    link: tuple[str, str] | None = None
 
     @property
     def reason(self) -> bytes:
@@ -119,7 +130,44 @@ def page(status: int, title: str, message: str, *, session_id: str | None = None
            (b"X-Frame-Options", b"DENY"))),
         *extra,
     )
-    return Page(status, headers, doc)
+    return Page(status, headers, doc, title=title, message=message,
+                session_id=session_id or "", link=link)
+
+
+#: A page's headers that are about its HTML: for_script's JSON has its own type and length,
+#: and nothing to frame.
+_HTML_ONLY = frozenset((b"content-type", b"content-length", b"content-security-policy",
+                        b"x-frame-options"))
+
+
+def for_script(answer: Page) -> Page:
+    """`answer` for a client that does not show it as a page (a script's ``fetch``, a
+    tool's own requests, ``curl``): the same status and headers (``Retry-After``,
+    ``Cache-Control: no-store``), and the page's words as JSON in place of its HTML:
+    ``status``, ``error`` (its title), ``message`` (what happened and what to do),
+    ``studio`` when it names one, ``retry_after`` (seconds) with a ``Retry-After``, and its
+    link as ``link`` (``url``, ``text``; a 401's also as ``login``). JupyterLab shows a
+    refused request's ``message`` in its dialogs; an HTML body it reported as "Invalid
+    response: 503 Service Unavailable". A page without words (a redirect) is returned as
+    it is. Nothing in it but what the page says."""
+    if not answer.message:
+        return answer
+    doc: dict[str, Any] = {"status": answer.status, "error": answer.title,
+                           "message": answer.message}
+    if answer.session_id:
+        doc["studio"] = answer.session_id
+    kept = tuple((k, v) for k, v in answer.headers if k.lower() not in _HTML_ONLY)
+    for name, value in kept:
+        if name.lower() == b"retry-after" and value.isdigit():
+            doc["retry_after"] = int(value)
+    if answer.link is not None:
+        doc["link"] = {"url": answer.link[0], "text": answer.link[1]}
+        if answer.status == 401:
+            doc["login"] = answer.link[0]
+    body = json.dumps(doc).encode()
+    return replace(answer, body=body, headers=(
+        (b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode()),
+        *kept))
 
 
 def redirect(location: str, status: int = 308,
@@ -136,15 +184,11 @@ def _login_ended(session_id: str) -> str:
 
 def login_required_for_script(session_id: str, login_url: str) -> Page:
     """401 for a page's script (its fetch) whose browser has no valid login for the
-    studio: JSON whose ``message`` says what to do (JupyterLab shows a refused request's
-    ``message`` in its dialogs) and ``login``, where to log in."""
-    doc = json.dumps({"message": _login_ended(session_id), "login": login_url}).encode()
-    return Page(401, ((b"Content-Type", b"application/json"),
-                      (b"Content-Length", str(len(doc)).encode()),
-                      (b"Cache-Control", b"no-store"),
-                      (b"X-Content-Type-Options", b"nosniff"),
-                      (b"Referrer-Policy", b"no-referrer")), doc,
-                why="login required (a script's request)")
+    studio: JSON (:func:`for_script`) whose ``message`` says what to do (JupyterLab shows
+    a refused request's ``message`` in its dialogs) and ``login``, where to log in."""
+    return replace(for_script(page(401, "Login ended", _login_ended(session_id),
+                                   session_id=session_id, link=(login_url, "Log in"))),
+                   why="login required (a script's request)")
 
 
 def login_ended_in_frame(session_id: str) -> Page:

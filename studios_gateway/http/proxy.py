@@ -36,6 +36,7 @@ from studios_gateway.auth.settings import PREFIX
 from studios_gateway.away import Away
 from studios_gateway.config import default_of
 from studios_gateway.http import lane, loop, pages
+from studios_gateway.http.audience import shows_page
 from studios_gateway.http.deadline import Deadline
 from studios_gateway.http.exchange import (
     BROKEN,
@@ -1229,6 +1230,9 @@ class ProxyProtocol(Protocol):
         if looped is not None:  # (not the login's redirect, again and again)
             answer, why, close = self._came_back(looped, routed_to is not None), \
                 "the studio's tool port is the gateway's own", False
+        if answer.status >= 400 and getattr(answer, "message", "") \
+                and not shows_page(ex.request.headers):
+            answer = pages.for_script(answer)  # its words in JSON, for a program
         # A page of the login or the authorizer may say for the access line who was
         # refused and why (pages.Page's user and why).
         user = getattr(answer, "user", "")

@@ -43,15 +43,25 @@ class _HTTPSTo127(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self._hostname)
 
 
+#: The Accept of a browser's page load (Chromium's): the gateway answers it with its HTML
+#: pages, and a client that accepts no HTML (``curl``'s ``*/*``, a script's) with their
+#: words in JSON (studios_gateway.http.audience).
+PAGE_LOAD_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,"
+                    "image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7")
+
+
 @dataclass
 class Browser:
     """Cookie jar keyed by (host, path prefix); good enough for host-only cookies.
-    `tls`: the context for https:// URLs; `set_cookies` keeps every (host, Set-Cookie)."""
+    `tls`: the context for https:// URLs; `set_cookies` keeps every (host, Set-Cookie).
+    Each request is sent as a page load's (`accept`: a browser's); a request's own
+    ``Accept`` in its `headers` replaces it (``*/*``: as ``curl`` asks)."""
 
     cookies: dict[str, dict[str, tuple[str, str]]] = field(default_factory=dict)
     timeout: float = 30.0
     tls: ssl.SSLContext | None = None
     set_cookies: list[tuple[str, str]] = field(default_factory=list)
+    accept: str = PAGE_LOAD_ACCEPT
 
     def _cookie_header(self, host: str, path: str) -> str | None:
         jar = self.cookies.get(host, {})
@@ -93,7 +103,7 @@ class Browser:
                                    self.timeout)
             else:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout)
-            hdrs = {"Host": parts.netloc}
+            hdrs = {"Host": parts.netloc, "Accept": self.accept}
             cookie = self._cookie_header(host, path)
             if cookie:
                 hdrs["Cookie"] = cookie

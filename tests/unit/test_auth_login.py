@@ -705,6 +705,31 @@ def test_a_failed_login_says_what_happened_and_what_to_do() -> None:
 
 
 @pytest.mark.parametrize("path_routing", [False, True])
+def test_a_logout_forgets_the_page_the_login_was_for(path_routing: bool) -> None:
+    """connect_return (the page the browser's last login was for) outlived the logout, for
+    CONNECT_LOGIN_TTL: the next person at that browser whose callback came again or late
+    (the Back button to the issuer, a login left open at its form) got "Login took too
+    long" with a "Log in again" to the previous person's page (the studio and the notebook
+    named in its address), and after their own login was sent there. The logout clears
+    it: such a callback then gets the plain "Login failed", as in a browser that never
+    began a login here."""
+    auth, _, rp = make(path_routing=path_routing)
+    page_ = (f"{PROXY}/_studio/abc/lab/tree/pay-rises.ipynb" if path_routing
+             else studio("abc", "/lab/tree/pay-rises.ipynb"))
+    b = LoginDriver(auth, external=idp_login(rp))
+    who, _ = run(b.open(page_))
+    assert isinstance(who, Identity) and who.subject == "alice"
+    assert [k for k in b.jar.cookies if k[2].endswith("connect_return")]
+    late = run(auth.handle(request(f"{PROXY}/_connect/callback?state=old&code=good", b.jar)))
+    assert late.status == 302  # logged in: on to that page (test_login_callback_again)
+    run(b.open(f"{PROXY}/_connect/logout", method="POST"))
+    assert not [k for k in b.jar.cookies if k[2].endswith("connect_return")]
+    late = run(auth.handle(request(f"{PROXY}/_connect/callback?state=old&code=good", b.jar)))
+    assert late.status == 400 and b"Login failed" in late.body, late.body
+    assert b"pay-rises" not in late.body and b"abc" not in late.body
+
+
+@pytest.mark.parametrize("path_routing", [False, True])
 def test_a_callback_link_opened_in_another_browser_logs_nobody_in(path_routing: bool) -> None:
     """Login CSRF: someone began a login in their own browser, logged in at the issuer
     as themselves and sent the callback link (their state and code) to someone else,

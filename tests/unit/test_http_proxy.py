@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +17,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from studios_gateway.http import pages
 from studios_gateway.http.loop import Marks
 from studios_gateway.http.proxy import ProxyFactory, ProxyProtocol, UpstreamConnection
 from studios_gateway.http.relayed import Relayed
@@ -351,7 +353,8 @@ def test_pages() -> None:
     h = Harness()
     st_, body = one_status(h, b"GET / HTTP/1.1\r\nHost: nope.studios.test\r\n\r\n")
     assert st_ == 410 and b"nope" in body  # past the login: gone (test_an_ended_studio...)
-    st_, body = one_status(h, b"GET / HTTP/1.1\r\nHost: off.studios.test\r\n\r\n")
+    st_, body = one_status(h, b"GET / HTTP/1.1\r\nHost: off.studios.test\r\n"
+                              b"Accept: text/html\r\n\r\n")
     assert st_ == 503 and b"http-equiv=refresh" in body and b"off" in body
     st_, _ = one_status(h, b"GET / HTTP/1.1\r\nHost: studios.test\r\n\r\n")
     assert st_ == 404
@@ -364,9 +367,39 @@ def test_pages() -> None:
     assert not h.upstream.conns
 
 
-def test_session_id_in_page_is_escaped() -> None:
-    from studios_gateway.http import pages
+def test_a_program_gets_the_page_s_words_in_json_and_a_page_load_the_page() -> None:
+    """The gateway's own answers to a request that is not a browser's page load (a
+    script's fetch, curl) are the same status and headers with the page's words in JSON;
+    a page load gets the page exactly as before. Before, every client got the HTML page,
+    which JupyterLab reported as "Invalid response: 503 Service Unavailable"."""
+    off = b"GET /lab HTTP/1.1\r\nHost: off.studios.test\r\n"
+    expected = pages.not_connected("off")
+    for head, loads_page in ((b"Accept: */*\r\n", False),
+                             (b"Sec-Fetch-Mode: cors\r\nSec-Fetch-Dest: empty\r\n", False),
+                             (b"Accept: text/html\r\n", True),
+                             (b"Sec-Fetch-Mode: navigate\r\nAccept: text/html\r\n", True)):
+        p, t = Harness().client()
+        p.dataReceived(off + head + b"\r\n")
+        [(status, headers, body)] = parse_responses(t.value())
+        assert status == 503 and headers[b"retry-after"] == b"5"
+        assert headers[b"cache-control"] == b"no-store"
+        if loads_page:
+            assert body == expected.body
+            assert headers[b"content-type"] == b"text/html; charset=utf-8"
+        else:
+            assert headers[b"content-type"] == b"application/json"
+            assert json.loads(body) == json.loads(pages.for_script(expected).body)
+    # The tool's own error answer to a program passes as the tool made it.
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(b"GET /lab HTTP/1.1\r\nHost: abc.studios.test\r\nAccept: */*\r\n\r\n")
+    h.up()[0].dataReceived(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/html\r\n"
+                           b"Content-Length: 8\r\n\r\n<p>x</p>")
+    [(status, headers, body)] = parse_responses(t.value())
+    assert (status, headers[b"content-type"], body) == (503, b"text/html", b"<p>x</p>")
 
+
+def test_session_id_in_page_is_escaped() -> None:
     assert b"<script>" not in pages.not_found("<script>").body
 
 
