@@ -91,7 +91,13 @@ from studios_gateway.wire.carrier import (
 )
 from studios_gateway.wire.closing import close_within
 from studios_gateway.wire.mux import broke, going_away
-from studios_gateway.wire.sockopts import TUNNEL_BUFFER, bulk_reads, no_delay, write_through
+from studios_gateway.wire.sockopts import (
+    TUNNEL_BUFFER,
+    bulk_reads,
+    bytes_waiting,
+    no_delay,
+    write_through,
+)
 
 __all__ = ["Anonymous", "Limits", "ProxyFactory", "ProxyProtocol", "UpstreamConnection",
            "allow_anonymous"]
@@ -104,6 +110,10 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _END_WAIT_BYTES = 64 * 1024
 #: ... within this many seconds; else it closes without one, as a browser reports with 1006.
 _END_WAIT = 2.0
+#: A drain leaves a connection whose request is on its way (just accepted, a head partly
+#: read, bytes in its socket) this long at most (or the head timeout, if shorter) for its
+#: head to come; that request is answered, then the connection closes.
+_DRAIN_HEAD_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -404,10 +414,21 @@ class ProxyProtocol(Protocol):
         self._set_timer(f.limits.header_timeout, self._head_timed_out)
 
     def drain(self) -> None:
-        """The gateway is shutting down: close now unless a request is in flight."""
-        if self._ex is None and not self._closing and self._carrier is None:
-            # (a carried tunnel is drained by the tunnel table: GoAway)
-            self._end_upgraded(SERVICE_RESTART, "this gateway node is shutting down; reconnect")
+        """The gateway is shutting down: close now unless a request is in flight or on
+        its way. On its way: a connection accepted but with no request read yet (a client
+        connects to send one: closed now, it got a reset or an empty answer, at every
+        restart), a head partly read, or a kept-alive connection with bytes in its socket
+        that this process has not read yet. That request is answered and the connection
+        then closes (the factory is draining); if no head comes within
+        _DRAIN_HEAD_GRACE, it closes (with a 408 once a byte of a head came)."""
+        if self._ex is not None or self._closing or self._carrier is not None:
+            return  # (a carried tunnel is drained by the tunnel table: GoAway)
+        if self._tunnel is None and (not self._idle or bytes_waiting(self.transport)):
+            self._idle = False
+            grace = min(self.factory.limits.header_timeout, _DRAIN_HEAD_GRACE)
+            self._set_timer(grace, self._head_timed_out)
+            return
+        self._end_upgraded(SERVICE_RESTART, "this gateway node is shutting down; reconnect")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True

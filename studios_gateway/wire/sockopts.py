@@ -13,7 +13,10 @@ protocol (:meth:`_AdaptiveReads.doRead`), a write one call to ``send``.
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import sys
+import termios
 from typing import Any
 
 from twisted.internet import main
@@ -59,6 +62,20 @@ def no_delay(transport: Any) -> None:
             tcp.setTcpNoDelay(True)
         except OSError:
             pass  # not a TCP socket (a test transport, a UNIX socket): nothing to do
+
+
+def bytes_waiting(transport: Any) -> bool:
+    """Whether the TCP socket under ``transport`` (through TLS wrappers) holds bytes the
+    process has not read yet (``FIONREAD``): a request on its way to a connection about to
+    be closed. False when that cannot be told (not a TCP socket, already closed)."""
+    tcp = _tcp_under(transport, "setTcpNoDelay")
+    if tcp is None:
+        return False
+    try:
+        got = fcntl.ioctl(tcp.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return int.from_bytes(got, sys.byteorder) > 0
 
 
 def ack_now(transport: Any) -> None:

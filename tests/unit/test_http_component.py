@@ -165,6 +165,8 @@ def test_lookup_uses_record_and_tunnel_state() -> None:
 def test_drain_closes_idle_and_waits_for_in_flight() -> None:
     h = Harness()
     idle, idle_t = h.client()
+    idle.dataReceived(GET)  # kept alive after its answer: idle at the drain
+    h.up()[0].dataReceived(OK)
     busy, busy_t = h.client()
     busy.dataReceived(GET)
     done: list[Any] = []
@@ -176,6 +178,35 @@ def test_drain_closes_idle_and_waits_for_in_flight() -> None:
     assert [r[0] for r in parse_responses(busy_t.value())] == [200]
     assert busy_t.disconnecting
     busy.connectionLost(Failure(ConnectionError()))
+    assert done == [None]
+
+
+def test_drain_answers_the_request_of_a_connection_just_accepted() -> None:
+    """A connection accepted as the drain began has not sent its request yet (a client
+    connects to send one): closing it at once gave that client a reset or an empty answer
+    at every restart. Its request is answered, then it closes; one whose head never
+    comes closes after the drain's grace, and a kept-alive one whose next request is
+    still in its socket waits for it too (test_sockopts: bytes_waiting)."""
+    h = Harness()
+    fresh, fresh_t = h.client()
+    partial, partial_t = h.client()
+    partial.dataReceived(GET[:10])
+    silent, silent_t = h.client()
+    done: list[Any] = []
+    h.factory.drain().addCallback(done.append)
+    assert not (fresh_t.disconnecting or partial_t.disconnecting or silent_t.disconnecting)
+    fresh.dataReceived(GET)
+    partial.dataReceived(GET[10:])
+    for up, _ in h.upstream.conns:
+        up.dataReceived(OK)
+    for p, t in ((fresh, fresh_t), (partial, partial_t)):
+        assert [r[0] for r in parse_responses(t.value())] == [200]
+        assert t.disconnecting
+        p.connectionLost(Failure(ConnectionDone()))
+    assert not done and not silent_t.disconnecting
+    h.clock.advance(1.0)  # the drain's grace for a head
+    assert silent_t.disconnecting
+    silent.connectionLost(Failure(ConnectionDone()))
     assert done == [None]
 
 

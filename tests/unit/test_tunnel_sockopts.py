@@ -13,6 +13,7 @@ from studios_gateway.wire.sockopts import (
     TUNNEL_UNSENT,
     bulk_buffers,
     bulk_reads,
+    bytes_waiting,
     host_silence_limit,
     no_delay,
     unsent_bound,
@@ -328,3 +329,33 @@ def test_the_twisted_read_stood_in_for_is_unchanged() -> None:
     assert {"doRead": digest(tcp.Connection.doRead),
             "_dataReceived": digest(tcp.Connection._dataReceived)} == {
         "doRead": "20ac74ffecd6b7f2", "_dataReceived": "7ed147aeca0c7f8a"}
+
+
+class SocketTCPish(TCPish):
+    """A TCP transport's shape over a real socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def test_bytes_waiting_tells_unread_bytes_in_the_socket_through_tls_wrappers() -> None:
+    """A drain keeps a kept-alive connection whose next request is in its socket and not
+    read yet (ProxyProtocol.drain): told by FIONREAD on the TCP socket under TLS."""
+    a, b = socket.socketpair()
+    try:
+        transport = Wrapper(SocketTCPish(b))
+        assert not bytes_waiting(transport)
+        a.sendall(b"GET / HTTP/1.1\r\n")
+        assert bytes_waiting(transport)
+        b.recv(100)
+        assert not bytes_waiting(transport)
+        b.close()
+        assert not bytes_waiting(transport)  # (closed: cannot be told)
+        assert not bytes_waiting(object())  # (not a TCP transport)
+    finally:
+        a.close()
+        b.close()
