@@ -46,6 +46,7 @@ from studios_gateway.wire.sockopts import (
     bulk_buffers,
     host_silence_limit,
     no_delay,
+    retransmit_cap,
     unsent_bound,
     write_through,
 )
@@ -209,6 +210,7 @@ class TunnelClientProtocol(Protocol):
     def connectionMade(self) -> None:
         no_delay(self.transport)
         unsent_bound(self.transport)
+        retransmit_cap(self.transport)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
         write_through(self.transport)
         s = self.client.settings
