@@ -13,6 +13,12 @@ ended before its bind was answered, the next attempt uses the other size, small
 segments (:data:`SMALL_MSS`, announced in the SYN, so both ends send them) or the
 path's own. A path that is not a black hole binds either way; small segments cost
 a few percent of a bulk transfer's throughput until the next such stall.
+
+The same sockets wait at most 2 s between two SYNs (wire/sockopts.py
+``cap_retransmissions``, set before the connect): an attempt under way when a silent
+path comes back connects within 2 s, where TCP's doubling waits (1, 2, 4 s) held it
+until its 10 s timeout and the back-off after it (the studio served again 9.4 s after
+a 60 s cut).
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import socket
 from typing import Any
 
 from twisted.internet import tcp
-from twisted.internet.interfaces import IReactorFDSet
+from twisted.internet.posixbase import PosixReactorBase
 from zope.interface import directlyProvides, providedBy
+
+from studios_gateway.wire.sockopts import cap_retransmissions
 
 __all__ = ["SMALL_MSS", "ClampedTCP", "SegmentSize"]
 
@@ -57,24 +65,27 @@ class SegmentSize:
 
 
 class _Client(tcp.Client):
-    """Twisted's TCP client connection whose socket announces and sends at most ``mss``
-    bytes per segment (set before the connect: the SYN carries it)."""
+    """Twisted's TCP client connection whose socket waits at most 2 s between SYNs and,
+    with ``mss``, announces and sends at most that many bytes per segment (set before
+    the connect: the SYN carries it)."""
 
-    def __init__(self, *args: Any, mss: int) -> None:
+    def __init__(self, *args: Any, mss: int | None) -> None:
         self.mss = mss
         super().__init__(*args)
 
     def createInternetSocket(self) -> socket.socket:  # noqa: N802 - Twisted's name
         sock: socket.socket = super().createInternetSocket()
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, self.mss)
-        except OSError:
-            pass  # not a kernel that takes it: the path's own size, as before
+        cap_retransmissions(sock)
+        if self.mss is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, self.mss)
+            except OSError:
+                pass  # not a kernel that takes it: the path's own size, as before
         return sock
 
 
 class _Connector(tcp.Connector):
-    def __init__(self, *args: Any, mss: int) -> None:
+    def __init__(self, *args: Any, mss: int | None) -> None:
         self.mss = mss
         super().__init__(*args)
 
@@ -85,8 +96,9 @@ class _Connector(tcp.Connector):
 
 class ClampedTCP:
     """``reactor`` for a client endpoint, its TCP connections made with the segment size
-    ``sizes`` says at each connect; everything else is the reactor's own (and so are the
-    connections of a reactor that has no sockets: a test's memory reactor)."""
+    ``sizes`` says at each connect and their SYNs' waits capped; everything else is the
+    reactor's own (and so are the connections of a reactor that has no sockets: a
+    test's memory reactor)."""
 
     def __init__(self, reactor: Any, sizes: SegmentSize):
         self._reactor = reactor
@@ -98,10 +110,9 @@ class ClampedTCP:
 
     def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30,  # noqa: N802
                    bindAddress: Any = None) -> Any:  # noqa: N803 - Twisted's names
-        mss = self._sizes.mss
-        if mss is None or not IReactorFDSet.providedBy(self._reactor):
+        if not isinstance(self._reactor, PosixReactorBase):
             return self._reactor.connectTCP(host, port, factory, timeout, bindAddress)
         connector = _Connector(host, port, factory, timeout, bindAddress, self._reactor,
-                               mss=mss)
+                               mss=self._sizes.mss)
         connector.connect()
         return connector

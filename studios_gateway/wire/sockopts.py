@@ -120,8 +120,13 @@ def retransmit_cap(transport: Any, ms: int = TUNNEL_RTO_MAX_MS) -> None:
     """
     tcp = _tcp_under(transport, "setTcpNoDelay")
     sock = getattr(tcp, "socket", None) if tcp is not None else None
-    if sock is None:
-        return
+    if sock is not None:
+        cap_retransmissions(sock, ms)
+
+
+def cap_retransmissions(sock: socket.socket, ms: int = TUNNEL_RTO_MAX_MS) -> None:
+    """:func:`retransmit_cap` on a socket; set before its connect, it caps the waits
+    between the SYNs too."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS, ms)
     except OSError:

@@ -10,6 +10,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
 from studios_gateway.studio.segments import SMALL_MSS, ClampedTCP, SegmentSize
+from studios_gateway.wire.sockopts import TCP_RTO_MAX_MS, TUNNEL_RTO_MAX_MS
 
 
 def test_a_stalled_attempt_makes_the_next_one_use_the_other_size() -> None:
@@ -35,7 +36,8 @@ def test_a_bind_with_the_paths_own_size_is_nothing_to_say() -> None:
 
 
 def test_a_connection_made_in_small_mode_announces_small_segments() -> None:
-    """The SYN carries the size: the gateway's end of the connection sends no more."""
+    """The SYN carries the size: the gateway's end of the connection sends no more.
+    Every connection's SYNs are at most 2 s apart."""
     sizes = SegmentSize()
     tcp = ClampedTCP(reactor, sizes)
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -49,6 +51,10 @@ def test_a_connection_made_in_small_mode_announces_small_segments() -> None:
                                                      socket.TCP_MAXSEG) == SMALL_MSS
             assert full.transport.socket.getsockopt(socket.IPPROTO_TCP,
                                                     socket.TCP_MAXSEG) != SMALL_MSS
+            # Either way its SYNs are at most 2 s apart (the kernel's: 1, 2, 4 ... s).
+            for connector in (full, small):
+                assert connector.transport.socket.getsockopt(
+                    socket.IPPROTO_TCP, TCP_RTO_MAX_MS) == TUNNEL_RTO_MAX_MS
             # Connected (the kernel does it; no reactor turn needed for a blocking peer):
             small.transport.socket.setblocking(True)
             small.transport.socket.connect(("127.0.0.1", port))
