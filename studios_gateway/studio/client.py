@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from studios_gateway import reactor_loop
 from studios_gateway.repeats import Repeats
+from studios_gateway.studio.segments import ClampedTCP, SegmentSize
 from studios_gateway.studio.settings import ClientSettings, Gateway
 from studios_gateway.studio.tool_link import ToolConnection, ToolEndpoint
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
@@ -45,6 +46,7 @@ from studios_gateway.wire.sockopts import (
     bulk_buffers,
     host_silence_limit,
     no_delay,
+    retransmit_cap,
     unsent_bound,
     write_through,
 )
@@ -208,6 +210,7 @@ class TunnelClientProtocol(Protocol):
     def connectionMade(self) -> None:
         no_delay(self.transport)
         unsent_bound(self.transport)
+        retransmit_cap(self.transport)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
         write_through(self.transport)
         s = self.client.settings
@@ -293,6 +296,9 @@ class ConnectClient(Service):
         self.ssh_target = ssh_target
         self.on_bind = on_bind  # sees each ok (the gateway's SSH key fingerprint)
         self.backoff = backoff or Backoff()
+        # Small TCP segments after an attempt that stalled before its bind (segments.py).
+        self.segments = SegmentSize()
+        self._tcp = ClampedTCP(reactor, self.segments)
         # A preset's readiness probe: the first bind waits for it (or, with bind_first,
         # the bind comes first so the tool can learn its prefix) and streams wait for it.
         # None: the tool is ready when its port accepts.
@@ -636,11 +642,11 @@ class ConnectClient(Service):
         setting = proxy_setting_for(gateway.host, dict(self.settings.proxy_environ))
         if setting is None or setting.address is None:
             endpoint: Any = Unwrapped(endpoints.HostnameEndpoint(
-                self.reactor, gateway.host, gateway.port, timeout=CONNECT_TIMEOUT))
+                self._tcp, gateway.host, gateway.port, timeout=CONNECT_TIMEOUT))
         else:
             proxy_host, proxy_port = setting.address
             to_proxy: Any = Unwrapped(endpoints.HostnameEndpoint(
-                self.reactor, proxy_host, proxy_port, timeout=CONNECT_TIMEOUT))
+                self._tcp, proxy_host, proxy_port, timeout=CONNECT_TIMEOUT))
             if setting.tls:  # an https:// proxy: TLS to it, the CONNECT inside
                 to_proxy = wrap_client_tls(client_options(proxy_host, None), to_proxy)
             endpoint = CarrierEndpoint(
@@ -669,6 +675,12 @@ class ConnectClient(Service):
 
     def bound(self, protocol: TunnelClientProtocol) -> None:
         self.backoff.reset()
+        if self.segments.bound():
+            self._log.warn("bound to gateway {gw} with {mss}-byte TCP segments after an "
+                           "attempt with full-size ones got no answer: the path to it may "
+                           "drop large packets without a word (an MTU black hole: ICMP "
+                           "'fragmentation needed' filtered); the tunnel keeps small "
+                           "segments", gw=str(protocol.gateway), mss=self.segments.mss)
         self._attempts, self._said, self._loud = 0, None, True
         self._unknown_since = None
         if self.on_bind is not None and protocol.reply is not None:
@@ -771,6 +783,7 @@ class ConnectClient(Service):
                           "the gateway refused the bind for now: {code}: {reason}",
                           code=refusal.code, reason=refusal.reason)
         elif protocol.reply is None:  # connected, then nothing: a silent host, a reset
+            self.segments.stalled()  # or a path that drops big packets: the other size next
             self._unreachable(protocol.gateway, reason, "the connection ended before the "
                               f"bind was answered ({broke(reason) or 'closed'})")
         elif self.state == "bound":

@@ -57,6 +57,7 @@ from studios_gateway.wire.sockopts import (
     TUNNEL_BUFFER,
     bulk_buffers,
     no_delay,
+    retransmit_cap,
     unsent_bound,
     write_through,
 )
@@ -799,6 +800,7 @@ class TunnelServerProtocol(Protocol):
     def connectionMade(self) -> None:
         no_delay(self.transport)
         unsent_bound(self.transport)
+        retransmit_cap(self.transport)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
         write_through(self.transport)
         self._timeout = self.table.clock.callLater(self.table.settings.bind_timeout,

@@ -15,6 +15,7 @@ from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
@@ -24,10 +25,16 @@ from studios_gateway.demo.tool import make_root
 from studios_gateway.registry.base import SessionRecord, hash_token, new_token
 from studios_gateway.registry.memory import MemoryStore
 from studios_gateway.studio.client import ConnectClient
+from studios_gateway.studio.segments import SMALL_MSS
 from studios_gateway.studio.settings import ClientSettings, Gateway
 from studios_gateway.tunnel.server import TunnelServerFactory, TunnelSettings, TunnelTable
 from studios_gateway.wire import tls
-from studios_gateway.wire.sockopts import TUNNEL_UNSENT, _tcp_under
+from studios_gateway.wire.sockopts import (
+    TCP_RTO_MAX_MS,
+    TUNNEL_RTO_MAX_MS,
+    TUNNEL_UNSENT,
+    _tcp_under,
+)
 
 # Real sockets on 127.0.0.1 in this process: the integration layer, not the fast one.
 pytestmark = pytest.mark.slow
@@ -96,13 +103,17 @@ class TunnelTests(TestCase):
         self.tool_port = tool.getHost().port
 
     def client(self, token: str | None = None, version: str | None = None,
-               fatal: defer.Deferred[str] | None = None) -> ConnectClient:
+               fatal: defer.Deferred[str] | None = None,
+               stalled_before: bool = False) -> ConnectClient:
+        """`stalled_before`: as after an attempt that ended before its bind was answered."""
         extra = {"connect_version": version} if version else {}
         settings = ClientSettings(
             gateways=(Gateway("127.0.0.1", self.gw_port, self.pin),), session_id="s1",
             token=token or self.token, tool_port=self.tool_port, **extra)
         c = ConnectClient(settings, reactor, on_fatal=(fatal.callback if fatal is not None
                                                        else None))
+        if stalled_before:
+            c.segments.stalled()
         c.startService()
         self.addCleanup(self.table.wait_empty)  # runs after the client has closed its side
         self.addCleanup(lambda: c.stopService() if c.running else None)
@@ -157,18 +168,46 @@ class TunnelTests(TestCase):
                                   "sha256": hashlib.sha256(upload).hexdigest()})
 
     @defer.inlineCallbacks
+    def bound_sockets(self, **client: Any) -> Any:
+        """A client bound (`client`: self.client's arguments); the TCP sockets of its
+        tunnel, the client's end and the gateway's."""
+        protocol = yield self.client(**client).next_bind()
+        tunnel = self.table.get("s1")
+        assert tunnel is not None
+        return [_tcp_under(end, "setTcpNoDelay").socket
+                for end in (protocol.transport, tunnel.protocol.transport)]
+
+    @defer.inlineCallbacks
     def test_both_ends_keep_little_unsent_in_the_kernel(self) -> Any:
         """TCP_NOTSENT_LOWAT on the tunnel's socket at both ends: what waits to go out
         waits in the multiplexer, where a small frame overtakes a download's (on a
         20 Mbit/s uplink the kernel's queue was ~0.7 MiB, ~300 ms before each message)."""
-        c = self.client()
-        protocol = yield c.next_bind()
-        tunnel = self.table.get("s1")
-        assert tunnel is not None
-        for end in (protocol.transport, tunnel.protocol.transport):
-            tcp = _tcp_under(end, "setTcpNoDelay")
-            self.assertEqual(tcp.socket.getsockopt(socket.IPPROTO_TCP,
-                                                   socket.TCP_NOTSENT_LOWAT), TUNNEL_UNSENT)
+        for sock in (yield self.bound_sockets()):
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT),
+                             TUNNEL_UNSENT)
+
+    @defer.inlineCallbacks
+    def test_both_ends_retransmit_at_least_every_two_seconds(self) -> Any:
+        """TCP_RTO_MAX_MS on the tunnel's socket at both ends: once a silent path is back,
+        the data waiting goes within 2 s (after a 10 s cut TCP's doubled wait held it
+        ~9 s more)."""
+        for sock in (yield self.bound_sockets()):
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS),
+                             TUNNEL_RTO_MAX_MS)
+
+    @defer.inlineCallbacks
+    def test_after_a_stalled_attempt_the_tunnel_binds_with_small_segments(self) -> Any:
+        """An attempt that ended before its bind was answered (as behind an MTU black
+        hole) makes the next connection announce 1200-byte segments: both ends of the
+        bound tunnel send no bigger ones, and the bind says so once."""
+        with capturedLogs() as events:
+            socks = yield self.bound_sockets(stalled_before=True)
+        for sock in socks:
+            self.assertLessEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG),
+                                 SMALL_MSS)
+        said = [formatEvent(e) for e in events if "TCP segments" in formatEvent(e)]
+        self.assertEqual(len(said), 1, said)
+        self.assertIn("MTU black hole", said[0])
 
     @defer.inlineCallbacks
     def test_until_the_bind_is_answered_a_silent_gateway_host_ends_the_connection(

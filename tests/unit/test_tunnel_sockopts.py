@@ -10,12 +10,15 @@ from twisted.internet.protocol import Protocol
 
 from studios_gateway.wire.sockopts import (
     SMALL_READ,
+    TCP_RTO_MAX_MS,
+    TUNNEL_RTO_MAX_MS,
     TUNNEL_UNSENT,
     bulk_buffers,
     bulk_reads,
     bytes_waiting,
     host_silence_limit,
     no_delay,
+    retransmit_cap,
     unsent_bound,
 )
 
@@ -87,6 +90,20 @@ def test_a_host_silence_limit_is_set_and_taken_off_again() -> None:
                 a.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)) == (0, 0)
     host_silence_limit(None, (20, 5, 3))
     host_silence_limit(TCPish(), None)
+
+
+def test_retransmissions_are_capped_at_two_seconds_through_wrappers() -> None:
+    """After a short outage the next retransmission is at most 2 s away, not TCP's
+    doubled wait (~9 s after a 10 s cut): Linux 6.15's TCP_RTO_MAX_MS, this machine's."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            socket.create_connection(listener.getsockname()) as a:
+        assert a.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS) == 120_000  # the kernel's
+        tcp = TCPish()
+        tcp.socket = a  # type: ignore[attr-defined]
+        retransmit_cap(Wrapper(tcp))
+        assert a.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS) == TUNNEL_RTO_MAX_MS == 2000
+    retransmit_cap(None)
+    retransmit_cap(TCPish())
 
 
 class Collect(Protocol):

@@ -1,0 +1,118 @@
+"""The size of the tunnel's TCP segments: the path's own, or small after an attempt stalled.
+
+A path that drops packets larger than its MTU without a word (ICMP "fragmentation
+needed" filtered somewhere: an MTU black hole) lets a TCP connection open, since its
+SYNs are small, and then stalls the first full-size packet: the gateway's certificate
+in the TLS handshake. Every attempt then ended before its bind was answered, for as
+long as the path stayed so (measured: a 1280-byte path MTU with ICMP dropped, the
+studio never bound). Linux's own probing for this (``tcp_mtu_probing``) is off by
+default and is a host setting a studio cannot change.
+
+The client answers it as a person would: after an attempt that connected and then
+ended before its bind was answered, the next attempt uses the other size, small
+segments (:data:`SMALL_MSS`, announced in the SYN, so both ends send them) or the
+path's own. A path that is not a black hole binds either way; small segments cost
+a few percent of a bulk transfer's throughput until the next such stall.
+
+The same sockets wait at most 2 s between two SYNs (wire/sockopts.py
+``cap_retransmissions``, set before the connect): an attempt under way when a silent
+path comes back connects within 2 s, where TCP's doubling waits (1, 2, 4 s) held it
+until its 10 s timeout and the back-off after it (the studio served again 9.4 s after
+a 60 s cut).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.posixbase import PosixReactorBase
+from zope.interface import directlyProvides, providedBy
+
+from studios_gateway.wire.sockopts import cap_retransmissions
+
+__all__ = ["SMALL_MSS", "ClampedTCP", "SegmentSize"]
+
+#: Bytes of payload per TCP segment in small mode: a 1280-byte packet (the least MTU
+#: IPv6 allows a link) holds it with IPv6's 40-byte header, TCP's 20 and timestamps' 12.
+SMALL_MSS = 1200
+
+
+class SegmentSize:
+    """Which segment size the next attempt uses, from how the attempts before it ended."""
+
+    def __init__(self) -> None:
+        #: The segment size the next connection announces (None: the path's own).
+        self.mss: int | None = None
+        self._after_stall = False
+        self._said = False
+
+    def stalled(self) -> None:
+        """An attempt connected and ended before its bind was answered: the next one
+        uses the other size."""
+        self.mss = None if self.mss else SMALL_MSS
+        self._after_stall = True
+
+    def bound(self) -> bool:
+        """A bind was answered. True once per process: the first bind with small
+        segments right after an attempt with the path's own size stalled (the owner
+        says so: the path may be an MTU black hole)."""
+        first = self.mss is not None and self._after_stall and not self._said
+        self._after_stall = False
+        self._said = self._said or first
+        return first
+
+
+class _Client(tcp.Client):
+    """Twisted's TCP client connection whose socket waits at most 2 s between SYNs and,
+    with ``mss``, announces and sends at most that many bytes per segment (set before
+    the connect: the SYN carries it)."""
+
+    def __init__(self, *args: Any, mss: int | None) -> None:
+        self.mss = mss
+        super().__init__(*args)
+
+    def createInternetSocket(self) -> socket.socket:  # noqa: N802 - Twisted's name
+        sock: socket.socket = super().createInternetSocket()
+        cap_retransmissions(sock)
+        if self.mss is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, self.mss)
+            except OSError:
+                pass  # not a kernel that takes it: the path's own size, as before
+        return sock
+
+
+class _Connector(tcp.Connector):
+    def __init__(self, *args: Any, mss: int | None) -> None:
+        self.mss = mss
+        super().__init__(*args)
+
+    def _makeTransport(self) -> tcp.Client:  # noqa: N802 - Twisted's name
+        return _Client(self.host, self.port, self.bindAddress, self, self.reactor,
+                       mss=self.mss)
+
+
+class ClampedTCP:
+    """``reactor`` for a client endpoint, its TCP connections made with the segment size
+    ``sizes`` says at each connect and their SYNs' waits capped; everything else is the
+    reactor's own (and so are the connections of a reactor that has no sockets: a
+    test's memory reactor)."""
+
+    def __init__(self, reactor: Any, sizes: SegmentSize):
+        self._reactor = reactor
+        self._sizes = sizes
+        directlyProvides(self, providedBy(reactor))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def connectTCP(self, host: str, port: int, factory: Any, timeout: float = 30,  # noqa: N802
+                   bindAddress: Any = None) -> Any:  # noqa: N803 - Twisted's names
+        if not isinstance(self._reactor, PosixReactorBase):
+            return self._reactor.connectTCP(host, port, factory, timeout, bindAddress)
+        connector = _Connector(host, port, factory, timeout, bindAddress, self._reactor,
+                               mss=self._sizes.mss)
+        connector.connect()
+        return connector

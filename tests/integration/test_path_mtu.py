@@ -1,0 +1,63 @@
+"""A studio behind an MTU black hole (a path that drops packets over 1280 bytes without
+an ICMP answer), on an emulated path between two network namespaces (bench.netpath;
+needs root, as the namespaces do).
+
+The TCP connection opens and the TLS handshake stalls at the gateway's certificate:
+before, every attempt ended before its bind was answered and the studio never bound.
+Now the attempt after such a one announces 1200-byte segments and binds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.netpath import remove
+from tests.support.gateway import REPO
+
+pytestmark = pytest.mark.slow
+
+#: The gateway resets a stalled handshake after 2 s (CONNECT_TLS_HANDSHAKE_TIMEOUT); the
+#: client's next attempt follows within its first back-off (0-0.5 s).
+BIND_WITHIN = 12.0
+
+
+def test_a_studio_behind_an_mtu_black_hole_binds_with_small_segments(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("this test makes two network namespaces: run it as root "
+                    "(sudo, or a container with CAP_NET_ADMIN)")
+    prefix = f"sgmtu{os.getpid()}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    path = subprocess.Popen([sys.executable, "-m", "bench.netpath", "run", "--prefix", prefix,
+                             "--delay-ms", "5", "--mtu", "1280"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert path.stdout is not None
+        said = path.stdout.readline().decode()  # its first line: the path is up
+        assert "<->" in said, said + path.stdout.read().decode()
+        scenario = subprocess.run(
+            ["ip", "netns", "exec", f"{prefix}-gw", sys.executable, "-m",
+             "tests.support.black_hole_studio", prefix, str(tmp_path), str(BIND_WITHIN)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert scenario.returncode == 0, scenario.stdout + scenario.stderr
+        result = json.loads(scenario.stdout.splitlines()[-1])
+        log = result["client_log"]
+        assert result["bound"] is not None, log
+        assert "the connection ended before the bind was answered" in log, log
+        assert log.count("1200-byte TCP segments") == 1, log
+        assert "MTU black hole" in log
+    finally:
+        path.terminate()
+        try:
+            path.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            path.kill()
+            path.wait()
+        remove(prefix)
+    assert not [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                            text=True).stdout.split() if ns.startswith(prefix)]

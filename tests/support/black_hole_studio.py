@@ -1,0 +1,60 @@
+"""Run inside the gateway's namespace of bench.netpath (``ip netns exec <prefix>-gw``): a
+gateway there, a studio (the demo tool and studios-connect) in ``<prefix>-st``, and how
+long the studio took to bind. Prints one JSON line: ``bound`` (seconds, or null) and the
+client's log. tests/integration/test_path_mtu.py runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support.gateway import BIN, REPO, GatewayProcess, base_env
+
+KEY = "black-hole-test-key"
+TOOL_PORT = 8888
+
+
+def main(prefix: str, tmp: Path, within: float) -> int:
+    env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY, CONNECT_BIND_ADDRESS="0.0.0.0",
+                   CONNECT_TLS_HANDSHAKE_TIMEOUT="2s", CONNECT_LOG_LEVEL="info")
+    env["CONNECT_TUNNEL_URL"] = f"10.77.0.1:{env['CONNECT_TUNNEL_PORT']}"
+    gw = GatewayProcess(tmp, env)
+    studio: list[subprocess.Popen[bytes]] = []
+    log = tmp / "connect.log"
+    try:
+        gw.wait_healthy()
+        status, body, _ = gw.request("/api/sessions", method="POST", body={"owner": "alice"})
+        created = json.loads(body)
+        in_studio = ["ip", "netns", "exec", f"{prefix}-st"]
+        plain = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+        plain.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+        with open(tmp / "tool.log", "wb") as tool_log, open(log, "wb") as client_log:
+            studio.append(subprocess.Popen(
+                [*in_studio, sys.executable, "-m", "studios_gateway.demo.tool", "--port",
+                 str(TOOL_PORT)], env=plain, stdout=tool_log, stderr=subprocess.STDOUT))
+            studio.append(subprocess.Popen(
+                [*in_studio, str(BIN / "studios-connect")],
+                env={**plain, "CONNECT_STRING": created["connect_string"],
+                     "CONNECT_TOOL_PORT": str(TOOL_PORT), "CONNECT_CLIENT_LOG_LEVEL": "info"},
+                stdout=client_log, stderr=subprocess.STDOUT))
+        start, bound = time.monotonic(), None
+        while bound is None and time.monotonic() - start < within:
+            state = json.loads(gw.request(f"/api/sessions/{created['id']}")[1])
+            if state.get("connected"):
+                bound = time.monotonic() - start
+            time.sleep(0.1)
+    finally:
+        for proc in reversed(studio):
+            proc.terminate()
+            proc.wait(timeout=15)
+        gw.stop()
+    print(json.dumps({"bound": bound, "client_log": log.read_text(errors="replace")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])))
