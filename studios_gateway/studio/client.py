@@ -37,7 +37,7 @@ from studios_gateway.wire.carrier import (
     proxy_setting_for,
 )
 from studios_gateway.wire.closing import close_within
-from studios_gateway.wire.frames import GO_AWAY_NORMAL
+from studios_gateway.wire.frames import GO_AWAY_NORMAL, GO_AWAY_REPLACED
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke, facing, words
 from studios_gateway.wire.sockopts import (
@@ -75,6 +75,16 @@ GOAWAY_SPREAD = BACKOFF_MAX
 # After the next bind, a tunnel told to go away is closed (once idle) this much later: its
 # node hears of the move first and stops sending new streams into it.
 RETIRED_LINGER = 2.0
+# After a GoAway saying that a newer bind of the session took the tunnel over
+# (GO_AWAY_REPLACED: another studios-connect with this connect string, say a second
+# container of the studio, or the studio's own restart), the client rebinds after about
+# REPLACED_WAIT, or REPLACED_WAIT_AGAIN when it was replaced within REPLACED_MEMORY
+# before: the newer process keeps the studio (a container being replaced has usually
+# gone by then), and should it have gone itself the studio is back within a minute. (It
+# rebound at once: two processes took the tunnel from each other several times a second.)
+REPLACED_WAIT = 30.0
+REPLACED_WAIT_AGAIN = 60.0
+REPLACED_MEMORY = 600.0
 TOOL_POLL = 0.5
 # While a gateway stays unreachable (or refuses, or fails its check), the same failure is
 # said at its level once, then again at most once per REPEAT_EVERY with the count of
@@ -215,8 +225,9 @@ class TunnelClientProtocol(Protocol):
         write_through(self.transport)
         s = self.client.settings
         self.transport.write(BindRequest(s.session_id, s.token, s.connect_version, s.tool,
-                                         s.tool_port, s.tool_version,
-                                         paced_go_away=True).encode())
+                                         s.tool_port, s.tool_version, paced_go_away=True,
+                                         replaced_go_away=True,
+                                         replaced=self.client.replaced_lately()).encode())
 
     def dataReceived(self, data: bytes) -> None:
         if self.mux is not None:
@@ -263,8 +274,9 @@ class TunnelClientProtocol(Protocol):
         stream.attach(StreamSide(self.client))
 
     def _go_away(self, code: int) -> None:
-        self._log.info("gateway {gw} is draining (GoAway {code}); reconnecting",
-                       gw=str(self.gateway), code=code)
+        if code != GO_AWAY_REPLACED:  # (said by going_away, with what to do)
+            self._log.info("gateway {gw} is draining (GoAway {code}); reconnecting",
+                           gw=str(self.gateway), code=code)
         self.client.going_away(self, code)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -315,6 +327,9 @@ class ConnectClient(Service):
         #: open until the next bind, so the old node still serves the studio meanwhile
         #: (make before break), then closed once their streams have finished.
         self._retired: list[TunnelClientProtocol] = []
+        #: When a newer bind of the session took the tunnel over (GO_AWAY_REPLACED), within
+        #: REPLACED_MEMORY.
+        self._replaced_at: list[float] = []
         #: Retired tunnels whose close waits RETIRED_LINGER after a bind, with that call.
         self._lingering: dict[TunnelClientProtocol, IDelayedCall] = {}
         self._tool_down_since: float | None = None  # when the tool began refusing
@@ -718,6 +733,9 @@ class ConnectClient(Service):
         # the studio through it, for other nodes too, until it has moved; a node on its
         # own closes it at once), then closes once its streams have finished. A tunnel
         # that was not this client's current one closes so now.
+        if code == GO_AWAY_REPLACED:
+            self._replaced(protocol)
+            return
         self._gateway_index += 1
         if protocol.mux is not None:
             if protocol is self._protocol and self.running:
@@ -733,6 +751,39 @@ class ConnectClient(Service):
                      else self.backoff.spread(GOAWAY_SPREAD))
             self._set_state("backing-off", "rebinding in {delay:.1f}s", delay=delay)
             self._pending = self.clock.callLater(delay, self._connect)
+
+    def _replaced(self, protocol: TunnelClientProtocol) -> None:
+        """A newer bind of this session took the tunnel over at `protocol`'s gateway: close
+        it once its streams have finished, and rebind to the same gateway after
+        REPLACED_WAIT (REPLACED_WAIT_AGAIN if this happened within REPLACED_MEMORY)."""
+        if protocol.mux is not None:
+            protocol.mux.when_idle(protocol.mux.close)
+        if protocol is not self._protocol or not self.running:
+            return  # (an older connection of this client's own: nothing to say)
+        self._protocol = None
+        again = self.replaced_lately() > 0
+        self._replaced_at.append(self.clock.seconds())
+        wait = REPLACED_WAIT_AGAIN if again else REPLACED_WAIT
+        # (a draw in 0..1; should that rebind fail, the next attempts go on as after a GoAway)
+        delay = wait * (1 - STEADY_JITTER * self.backoff.spread(1.0))
+        self._log.warn(
+            "gateway {gw}: another connection of session {sid} took this studio's tunnel "
+            "over{again} (another studios-connect with the same connect string, such as a "
+            "second container of this studio still running, or this studio started again); "
+            "browsers and ssh reach that one now; binding again in {delay:.0f}s",
+            gw=str(protocol.gateway), sid=self.settings.session_id,
+            again=" again" if again else "", delay=delay)
+        self._set_state("backing-off", "replaced; binding again in {delay:.0f}s", quiet=True,
+                        delay=delay)
+        self._pending = self.clock.callLater(delay, self._connect)
+
+    def replaced_lately(self) -> int:
+        """How many times a newer bind took the tunnel over within REPLACED_MEMORY (the
+        bind says it: the gateway names two studios on one session)."""
+        now = self.clock.seconds()
+        # (0 <=: a wall clock set back forgets, as tunnel.twins does)
+        self._replaced_at = [t for t in self._replaced_at if 0 <= now - t < REPLACED_MEMORY]
+        return len(self._replaced_at)
 
     def _close_retired(self) -> None:
         """Close each tunnel told to go away once its streams have finished, RETIRED_LINGER

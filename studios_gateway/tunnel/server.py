@@ -50,7 +50,7 @@ from studios_gateway.wire.bind import (
     parse_request,
 )
 from studios_gateway.wire.closing import close_within
-from studios_gateway.wire.frames import GO_AWAY_ALONE, GO_AWAY_NORMAL
+from studios_gateway.wire.frames import GO_AWAY_ALONE, GO_AWAY_NORMAL, GO_AWAY_REPLACED
 from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer, TunnelSilent, facing, lost_uncleanly, words
 from studios_gateway.wire.sockopts import (
@@ -189,10 +189,11 @@ class Tunnel:
     # One per bound tunnel, for its whole life: slots, and of the session's record only
     # the tool (a store on Redis hands each bind a record of its own, ~0.3 KiB) and the
     # hash of the token it was bound with (a token replaced since closes it).
-    __slots__ = ("tool", "holder", "mux", "protocol", "token_hash", "ended", "paced")
+    __slots__ = ("tool", "holder", "mux", "protocol", "token_hash", "ended", "paced",
+                 "knows_replaced")
 
     def __init__(self, tool: str, holder: TunnelHolder, mux: Multiplexer, protocol: Protocol,
-                 token_hash: str = "", paced: bool = False):
+                 token_hash: str = "", paced: bool = False, knows_replaced: bool = False):
         self.tool = tool
         self.holder = holder
         self.mux = mux
@@ -200,6 +201,8 @@ class Tunnel:
         self.token_hash = token_hash
         #: Its client rebinds within REBIND_WITHIN of a GoAway: a drain paces its GoAway.
         self.paced = paced
+        #: Its client knows GO_AWAY_REPLACED (a newer bind took its session's tunnel).
+        self.knows_replaced = knows_replaced
         #: Its session ended (TunnelTable.on_gone was called for it): closing.
         self.ended = False
 
@@ -212,13 +215,19 @@ class Tunnel:
         # as one TLS record.
         return self.mux.open_stream(kind)
 
-    def retire(self, keep: bool = False, alone: bool = False) -> None:
+    def retire(self, keep: bool = False, alone: bool = False, replaced: bool = False) -> None:
         """No new streams from the studio (GoAway); close once the streams in flight have
         finished, or, with `keep`, keep serving until told (the node drains
         in a cluster: the studio is served here until it has bound elsewhere). `alone`:
         the node stops with no other to take the studio: a paced client is told to spread
-        its rebind itself (GO_AWAY_ALONE), as the others do anyway."""
-        self.mux.go_away(GO_AWAY_ALONE if alone and self.paced else GO_AWAY_NORMAL)
+        its rebind itself (GO_AWAY_ALONE), as the others do anyway. `replaced`: a newer
+        bind of the session took its place here; a client that knows it is told so
+        (GO_AWAY_REPLACED), and rebinds later rather than at once."""
+        if replaced and self.knows_replaced:
+            code = GO_AWAY_REPLACED
+        else:
+            code = GO_AWAY_ALONE if alone and self.paced else GO_AWAY_NORMAL
+        self.mux.go_away(code)
         if not keep:
             self.close_when_idle()
 
@@ -543,7 +552,8 @@ class TunnelTable:
         try:
             yield self.store.claim_tunnel(holder, self.settings.holder_ttl)
             tunnel = Tunnel(sys.intern(record.tool), holder, make_mux(), protocol,
-                            record.token_hash, paced=req.paced_go_away)
+                            record.token_hash, paced=req.paced_go_away,
+                            knows_replaced=req.replaced_go_away)
         except BaseException as e:  # (the claim made or not, its tunnel not in the table)
             self._claim_failed(sid)
             if isinstance(e, StoreUnavailable):
@@ -555,10 +565,11 @@ class TunnelTable:
         self._tunnels[sid] = tunnel
         if old is not None:
             self._log.info("session {sid}: a new tunnel replaces the old one", sid=sid)
-            twins = self._twins.replaced(sid, peer_host(old.protocol), peer_host(protocol))
+            twins = self._twins.replaced(sid, peer_host(old.protocol), peer_host(protocol),
+                                         told=req.replaced)
             if twins is not None:
                 self._log.warn("{twins}", twins=twins)
-            old.retire()
+            old.retire(replaced=True)
         self._update_gauge()
         return tunnel
 

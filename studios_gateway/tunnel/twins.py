@@ -45,9 +45,13 @@ class Twins:
         self._times: dict[str, list[float]] = {}
         self._said = Repeats(clock, every=WINDOW, max_kinds=MAX_SESSIONS)
 
-    def replaced(self, session_id: str, old_from: str, new_from: str) -> str | None:
+    def replaced(self, session_id: str, old_from: str, new_from: str, told: int = 0
+                 ) -> str | None:
         """The warning to log now that this session's tunnel (from `old_from`) was
-        replaced by one from `new_from`, or None."""
+        replaced by one from `new_from`, or None. `told`: how many times the binding
+        client itself was told lately that a newer bind took its tunnel (GO_AWAY_REPLACED;
+        a client that knows it waits 30-60 s before it binds again, too seldom for TIMES
+        within WINDOW): one is two studios."""
         now = self._clock.seconds()
         # (0 <=: a wall clock set back would keep the times before the step, 'within'
         # the window for as long as the step, and count a studio's rare rebinds as two)
@@ -56,15 +60,18 @@ class Twins:
         self._times[session_id] = times
         while len(self._times) > MAX_SESSIONS:
             self._times.pop(next(iter(self._times)))
-        if len(times) < TIMES:
+        if len(times) < TIMES and told < 1:
             return None
         unsaid = self._said.due(session_id)
         if unsaid is None:
             return None
         places = old_from if old_from == new_from else f"{old_from} and {new_from}"
-        return (f"session {session_id}: its tunnel was replaced {len(times)} times in "
-                f"{now - times[0]:.0f}s, each bind ending the other's (from {places}): two "
-                "studios-connect run with this session's connect string (a copied "
-                "container, or an old one still running), and requests go to either. Stop "
-                "one, or give it a session of its own (studios-gateway sessions create)"
-                + self._said.more(unsaid))
+        turns = (f"was replaced {len(times)} times in {now - times[0]:.0f}s"
+                 if len(times) >= TIMES else
+                 f"was taken back by a studios-connect whose tunnel another bind had taken "
+                 f"{told} time{'s' if told > 1 else ''} lately")
+        return (f"session {session_id}: its tunnel {turns}, each bind ending the other's "
+                f"(from {places}): two studios-connect run with this session's connect "
+                "string (a copied container, or an old one still running), and requests go "
+                "to either. Stop one, or give it a session of its own (studios-gateway "
+                "sessions create)" + self._said.more(unsaid))

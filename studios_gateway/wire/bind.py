@@ -23,6 +23,11 @@ drain itself says ``"paced_go_away": true``; a gateway that does so for it answe
 ``"rebind_within": s`` (seconds: the client rebinds after a random part of them,
 instead of its own GOAWAY_SPREAD of 0-8 s). Without both the client spreads its rebind
 as before (docs/decisions/reconnect-backoff.md, "Paced GoAways").
+
+A client that knows the GoAway of a tunnel taken over by a newer bind of its session
+(wire/frames.py ``GO_AWAY_REPLACED``) says ``"replaced_go_away": true``; others get a
+normal GoAway there, as before. Binding again after such GoAways, it says how many it got
+lately (``"replaced": n``): two studios-connect on one session, which the gateway names.
 """
 
 from __future__ import annotations
@@ -68,6 +73,10 @@ class BindRequest:
     #: The client rebinds within the gateway's ``rebind_within`` after a GoAway (the
     #: gateway paces a drain's GoAways for it), when the gateway says one.
     paced_go_away: bool = False
+    #: The client knows GO_AWAY_REPLACED (a newer bind of its session took its tunnel).
+    replaced_go_away: bool = False
+    #: How many GO_AWAY_REPLACED the client got lately (studio.client.REPLACED_MEMORY).
+    replaced: int = 0
 
     def __repr__(self) -> str:  # never show the token
         return (f"BindRequest(session_id={self.session_id!r}, connect_version="
@@ -81,6 +90,10 @@ class BindRequest:
             body["tool_version"] = self.tool_version
         if self.paced_go_away:
             body["paced_go_away"] = True
+        if self.replaced_go_away:
+            body["replaced_go_away"] = True
+        if self.replaced:
+            body["replaced"] = self.replaced
         return json.dumps(body).encode() + b"\n"
 
 
@@ -166,7 +179,16 @@ def parse_request(line: bytes) -> BindRequest:
         raise BindError("malformed", "tool_version must be up to 64 letters, digits, '.', '-', "
                                      "'+' or '_'")
     return BindRequest(sid, token, version, canonical_tool, port, tool_version,
-                       paced_go_away=data.get("paced_go_away") is True)
+                       paced_go_away=data.get("paced_go_away") is True,
+                       replaced_go_away=data.get("replaced_go_away") is True,
+                       replaced=_count(data.get("replaced")))
+
+
+def _count(value: Any) -> int:
+    """A small count a client says of itself; anything else is 0 (a hint, not refused)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10_000:
+        return value
+    return 0
 
 
 ROUTINGS = ("subdomain", "path")

@@ -45,8 +45,15 @@ GO_AWAY_INTERNAL_ERROR = 2
 #: studios-connect that said at its bind that it rebinds soon after a GoAway
 #: (wire/bind.py, ``paced_go_away``), which knows this code.
 GO_AWAY_ALONE = 3
+#: A normal GoAway to a tunnel a newer bind of the same session took over on this node:
+#: another studios-connect with the same connect string (a second container of the
+#: studio), or a newer connection of this one. Rebind later, not at once (two processes
+#: on one session took the tunnel from each other several times a second, each saying
+#: "gateway is draining"). Sent only to a studios-connect that said at its bind that it
+#: knows this code (wire/bind.py, ``replaced_go_away``).
+GO_AWAY_REPLACED = 4
 GO_AWAY_CODES = frozenset({GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, GO_AWAY_INTERNAL_ERROR,
-                           GO_AWAY_ALONE})
+                           GO_AWAY_ALONE, GO_AWAY_REPLACED})
 #: The codes that end the tunnel as it is (the others: no new streams, the rest finish).
 GO_AWAY_ERRORS = frozenset({GO_AWAY_PROTOCOL_ERROR, GO_AWAY_INTERNAL_ERROR})
 

@@ -163,3 +163,58 @@ def test_a_goaway_from_a_node_alone_is_spread_by_the_client_itself() -> None:
     assert dialled == []
     clock.advance(0.01)
     assert dialled == [GOAWAY_SPREAD * 0.5]
+
+
+def test_a_tunnel_another_bind_took_over_binds_again_later_and_says_so() -> None:
+    """Two studios-connect on one session (a second container of the studio still
+    running): each bind's GoAway made the other bind again at once, several times a
+    second, each saying "gateway is draining". Told GO_AWAY_REPLACED, the client says
+    what happened and binds again after REPLACED_WAIT (REPLACED_WAIT_AGAIN the next time
+    within REPLACED_MEMORY), saying at that bind how often it was replaced lately."""
+    from studios_gateway.studio.client import (
+        REPLACED_MEMORY,
+        REPLACED_WAIT,
+        REPLACED_WAIT_AGAIN,
+        STEADY_JITTER,
+    )
+    from studios_gateway.wire.frames import GO_AWAY_REPLACED, encode_go_away
+    from tests.unit.test_node_settings import Logged
+
+    clock = Clock()
+    client = make_client(clock, draw=0.5)
+    dialled: list[float] = []
+    client._connect = lambda: dialled.append(clock.seconds())  # type: ignore[method-assign]
+    first = bound_protocol(client, BindReply(ok=True, tunnel_id="t"))
+    sent = first.transport.value().split(b"\n", 1)[0]
+    assert parse_request(sent).replaced_go_away and parse_request(sent).replaced == 0
+    client._protocol = first
+    with Logged("warn") as warn, Logged("info") as info:
+        assert first.mux is not None
+        first.mux.dataReceived(encode_go_away(GO_AWAY_REPLACED))
+    assert len(warn.lines) == 1 and "took this studio's tunnel over (another" in warn.lines[0]
+    assert warn.lines[0].endswith("binding again in 28s")  # 30 s, less 5 %: 28.5
+    assert not any("draining" in line for line in info.lines)
+    wait = REPLACED_WAIT * (1 - STEADY_JITTER * 0.5)
+    clock.advance(wait - 0.01)
+    assert dialled == []
+    clock.advance(0.01)
+    assert dialled == [wait]
+    second = bound_protocol(client, BindReply(ok=True, tunnel_id="t2"))
+    assert parse_request(second.transport.value().split(b"\n", 1)[0]).replaced == 1
+    client._protocol = second
+    with Logged("warn") as warn:
+        client.going_away(second, GO_AWAY_REPLACED)
+    assert "over again (another" in warn.lines[0]
+    clock.advance(REPLACED_WAIT_AGAIN * (1 - STEADY_JITTER * 0.5))
+    assert len(dialled) == 2
+    # An older connection of its own told so (the client bound anew before the gateway
+    # had found the old one dead): closed, nothing said, nothing dialled.
+    current = bound_protocol(client, BindReply(ok=True, tunnel_id="t3"))
+    client._protocol = current
+    old = bound_protocol(client, BindReply(ok=True, tunnel_id="t0"))
+    with Logged("warn") as warn:
+        client.going_away(old, GO_AWAY_REPLACED)
+    assert warn.lines == [] and old.mux is not None and old.mux.closed
+    assert client._protocol is current and len(dialled) == 2
+    clock.advance(REPLACED_MEMORY)
+    assert client.replaced_lately() == 0  # forgotten after REPLACED_MEMORY

@@ -239,6 +239,18 @@ def test_the_bind_says_paced_goaways_both_ways_and_ignores_nonsense() -> None:
         assert reply.ok and reply.rebind_within == 0.0, bad
 
 
+def test_the_bind_says_it_knows_replaced_goaways_and_how_often_and_ignores_nonsense() -> None:
+    req = BindRequest("s1", "t" * 20, "0.12.0", "generic", 8080, replaced_go_away=True,
+                      replaced=2)
+    got = parse_request(req.encode().strip())
+    assert got.replaced_go_away and got.replaced == 2
+    older = BindRequest("s1", "t" * 20, "0.12.0", "generic", 8080)
+    assert not {"replaced_go_away", "replaced"} & set(json.loads(older.encode()))
+    for bad in ("-1", '"2"', "true", "1e9", "null", "2.5", "100000"):
+        line = older.encode().strip()[:-1] + b', "replaced": ' + bad.encode() + b"}"
+        assert parse_request(line).replaced == 0, bad  # a hint: never refused for it
+
+
 def test_bind_reply_carries_the_gateways_keepalive_and_ignores_nonsense() -> None:
     line = BindReply(ok=True, tunnel_id="t", ping_interval=2, ping_timeout=5).encode()
     assert json.loads(line)["ping_timeout"] == 5

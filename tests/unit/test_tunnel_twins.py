@@ -85,3 +85,46 @@ def test_a_clock_set_back_does_not_make_rare_rebinds_two_studios() -> None:
             bind_from(t, "10.0.0.7")
             clock.advance(300)  # a rebind every five minutes: one studio
     assert warn.lines == [], warn.lines
+
+
+def go_away_codes(transport: StringTransport) -> list[int]:
+    """The GoAway codes written on a tunnel's connection (after the bind's reply line)."""
+    from studios_gateway.wire.frames import GO_AWAY, FrameDecoder
+
+    frames = FrameDecoder(1 << 20).feed(transport.value().split(b"\n", 1)[1])
+    return [f.length for f in frames if f.type == GO_AWAY]
+
+
+def bind_knowing(t: TunnelTable, host: str, replaced: int = 0) -> StringTransport:
+    protocol = TunnelServerFactory(t).buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+    protocol.makeConnection(transport)
+    protocol.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "generic", 8080,
+                                      replaced_go_away=True, replaced=replaced).encode())
+    return transport
+
+
+def test_a_client_that_knows_is_told_its_tunnel_was_taken_over_and_twins_are_said_at_once(
+        ) -> None:
+    """A newer bind's GoAway to a client that said it knows GO_AWAY_REPLACED carries that
+    code (it binds again 30-60 s later, not at once: too seldom for TIMES in WINDOW), and
+    such a client binding again says how often it was replaced lately: the gateway names
+    two studios at that bind. An older client still gets the normal code."""
+    from studios_gateway.wire.frames import GO_AWAY_NORMAL, GO_AWAY_REPLACED
+
+    clock, t = table()
+    with Logged("warn") as warn:
+        first = bind_knowing(t, "10.0.0.7")
+        bind_knowing(t, "10.0.0.8")  # a second container of the studio
+        assert go_away_codes(first) == [GO_AWAY_REPLACED]
+        assert warn.lines == []  # (one replacement: a studio that reconnected, maybe)
+        clock.advance(30)
+        bind_knowing(t, "10.0.0.7", replaced=1)  # the first, back after its wait
+    assert len(warn.lines) == 1, warn.lines
+    assert warn.lines[0].startswith(
+        "session s1: its tunnel was taken back by a studios-connect whose tunnel another "
+        "bind had taken 1 time lately, each bind ending the other's (from 10.0.0.8 and "
+        "10.0.0.7): two studios-connect run"), warn.lines[0]
+    older = bind_from(t, "10.0.0.9")  # an older studios-connect: says nothing of it
+    bind_knowing(t, "10.0.0.7")
+    assert go_away_codes(older) == [GO_AWAY_NORMAL]
