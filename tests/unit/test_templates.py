@@ -388,6 +388,21 @@ def test_the_images_apt_installs_a_package_file_without_network(tmp_path: Path) 
         in readme
 
 
+def test_the_images_apt_answers_a_question_from_the_installed_packages_without_network(
+        tmp_path: Path) -> None:
+    """``apt show bash``, ``apt policy bash``, ``apt list bash``, ``apt search bash``:
+    Debian's apt answers them without lists from dpkg's record of the installed packages,
+    and did after the failed fetch; the images' apt said "nothing was done" and exited 100
+    (measured in the bookworm base image, --network none). It says why the lists are
+    missing, then lets apt answer."""
+    for question in ("show", "policy", "list", "search"):
+        stderr: list[str] = []
+        assert run_apt(tmp_path, question, "bash", lists=[], reachable=False,
+                       stderr=stderr) == (0, ["apt-get update", f"apt {question} bash"])
+        assert "could not be fetched" in stderr[0]
+        assert "answering from the installed packages only" in stderr[0]
+
+
 def test_the_images_apt_finds_its_command_after_options(tmp_path: Path) -> None:
     """``apt -y install jq`` (options first, as scripts write it) said "Unable to locate
     package": only the first word was looked at. ``apt list --installed`` needs no lists
