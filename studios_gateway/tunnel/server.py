@@ -106,6 +106,8 @@ GOAWAY_TICK = 0.1
 #: tunnel at its end and all retried within 0.5 s.
 GOAWAY_LONGEST = 8.0
 REBIND_WITHIN = 0.25
+#: Seconds between two warnings about one generic session whose studio runs a tool.
+GENERIC_SAID_EVERY = 3600.0
 
 # routing(session_id) -> ("subdomain" | "path", the studio's URL as browsers see it, ending
 # in "/"): how the gateway serves a studio, told to it in the bind answer.
@@ -306,6 +308,9 @@ class TunnelTable:
         self._pumping = False
         #: Refusals of the QUIET_REFUSALS codes: said once a minute, with a count.
         self.quiet_refusals = Repeats(clock)
+        #: Generic sessions whose studio runs a tool: said once an hour per session, with
+        #: the count of its binds between (each GoAway, reconnect or twin's turn binds).
+        self._generic_said = Repeats(clock, every=GENERIC_SAID_EVERY, max_kinds=1024)
         #: Tunnels held here whose claim a look-up found gone: claimed again at once.
         self._reclaiming: dict[Tunnel, None] = {}
         #: Sessions found gone without an event saying so, for the next warning.
@@ -515,15 +520,21 @@ class TunnelTable:
         """A generic session (made without a tool, from an image whose name names none)
         whose studio runs a tool's preset is served as a generic web application: for
         R-IDE, VS Code and Xpra in path mode that is their prefix passed where they need it
-        stripped, a page that never loads. It bound without a word (builder50)."""
+        stripped, a page that never loads. It bound without a word (builder50). Once an
+        hour per session: a studio binds again at each GoAway and reconnect, and two
+        studios on one session (tunnel.twins) several times a second."""
+        unsaid = self._generic_said.due(sid)
+        if unsaid is None:
+            return
         spec = tools.spec_for(tool)
         how = (f"; in path mode {spec.title} gets its prefix passed, not stripped as it "
                "needs" if spec.strip_prefix else "")
         self._log.warn("session {sid} is a generic studio but its studio runs {title} "
                        "(studios-connect --tool {tool}): it is served as a generic web "
                        "application{how}. Create its sessions with tool {tool} (--tool), or "
-                       "from an image whose repository name names the tool", sid=sid,
-                       title=spec.title, tool=tool, how=how)
+                       "from an image whose repository name names the tool{more}", sid=sid,
+                       title=spec.title, tool=tool, how=how,
+                       more=self._generic_said.more(unsaid))
 
     def end_session(self, session_id: str) -> None:
         tunnel = self._tunnels.get(session_id)

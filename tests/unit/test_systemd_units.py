@@ -122,6 +122,23 @@ def test_socket_units_stay_open_across_a_restart_of_the_service(name: str) -> No
             in (UNITS / f"studios-gateway-{name}.socket").read_text())
 
 
+@pytest.mark.parametrize("name", ["http", "tunnel", "ssh"])
+def test_a_sockets_changed_port_is_applied_by_restarting_the_socket_too(name: str) -> None:
+    # Without PartOf= a restart of the service no longer restarts the socket, and a
+    # listening socket keeps its port until it is restarted itself: the port an operator
+    # changed with `systemctl edit` (and `enable --now`, a no-op on an active socket)
+    # stayed the old one through every gateway restart. The unit and operators.md say
+    # how to apply it.
+    apply = f"systemctl restart studios-gateway-{name}.socket studios-gateway.service"
+    comments = " ".join(line.lstrip("# ").strip() for line in
+                        (UNITS / f"studios-gateway-{name}.socket").read_text().splitlines()
+                        if line.startswith("#"))
+    assert apply in comments
+    operators = (REPO / "docs" / "operators.md").read_text()
+    assert ("sudo systemctl restart studios-gateway-http.socket studios-gateway.service"
+            in operators)
+
+
 def test_template_gives_each_instance_its_ports_and_node_id() -> None:
     u = unit("studios-gateway@.service")
     (exec_start,) = u["ExecStart"]

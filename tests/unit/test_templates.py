@@ -367,6 +367,42 @@ def test_the_images_apt_says_plainly_when_no_mirror_gave_it_the_lists(tmp_path: 
         0, ["apt-get update", "apt install jq"])
 
 
+def test_the_images_apt_installs_a_package_file_without_network(tmp_path: Path) -> None:
+    """``apt install ./quarto.deb`` in a studio without network (the file uploaded through
+    the tool): Debian's apt installs a package file without lists when what it depends on
+    is installed, and did after the failed fetch; the images' apt stopped with status 100
+    and "nothing was done" (measured in the bookworm base image, --network none: refused,
+    then installed with this change). A package file that is not there stops as before."""
+    deb = tmp_path / "quarto-linux-amd64.deb"
+    deb.write_bytes(b"!<arch>\n")
+    stderr: list[str] = []
+    assert run_apt(tmp_path, "install", "-y", str(deb), lists=[], reachable=False,
+                   stderr=stderr) == (0, ["apt-get update", f"apt install -y {deb}"])
+    assert "could not be fetched" in stderr[0] and "installing the package file" in stderr[0]
+    assert run_apt(tmp_path, "install", str(tmp_path / "gone.deb"), lists=[],
+                   reachable=False) == (100, ["apt-get update"])
+    assert run_apt(tmp_path, "install", "quarto.deb", lists=[], reachable=False) == (
+        100, ["apt-get update"])  # (a name, which apt looks up in its lists)
+    readme = " ".join((TEMPLATES / "README.md").read_text().split())
+    assert "(`apt install ./quarto-linux-amd64.deb`, uploaded through the tool) is installed" \
+        in readme
+
+
+def test_the_images_apt_answers_a_question_from_the_installed_packages_without_network(
+        tmp_path: Path) -> None:
+    """``apt show bash``, ``apt policy bash``, ``apt list bash``, ``apt search bash``:
+    Debian's apt answers them without lists from dpkg's record of the installed packages,
+    and did after the failed fetch; the images' apt said "nothing was done" and exited 100
+    (measured in the bookworm base image, --network none). It says why the lists are
+    missing, then lets apt answer."""
+    for question in ("show", "policy", "list", "search"):
+        stderr: list[str] = []
+        assert run_apt(tmp_path, question, "bash", lists=[], reachable=False,
+                       stderr=stderr) == (0, ["apt-get update", f"apt {question} bash"])
+        assert "could not be fetched" in stderr[0]
+        assert "answering from the installed packages only" in stderr[0]
+
+
 def test_the_images_apt_finds_its_command_after_options(tmp_path: Path) -> None:
     """``apt -y install jq`` (options first, as scripts write it) said "Unable to locate
     package": only the first word was looked at. ``apt list --installed`` needs no lists

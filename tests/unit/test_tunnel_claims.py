@@ -719,3 +719,38 @@ def test_a_generic_session_whose_studio_runs_a_tool_is_bound_with_a_warning() ->
                       "application; in path mode Xpra gets its prefix passed, not stripped as "
                       "it needs. Create its sessions with tool xpra (--tool), or from an image "
                       "whose repository name names the tool"]
+
+
+def test_the_generic_session_warning_is_said_once_an_hour_not_at_every_bind() -> None:
+    """Said at each bind, it was one line per GoAway's rebind, per reconnect, and for two
+    studios on the session (tunnel.twins) one line each time they took turns: several a
+    second, the flood tunnel.twins was made to stop. Once an hour per session, with the
+    count of the binds in between."""
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    clock, store, table, transport, tunnel = bound()
+    store.inner.create(SessionRecord(id="g1", workspace_id=None, tool="generic",
+                                     owner="alice", allowed_users=(), ssh_enabled=False,
+                                     token_hash=hash_token(TOKEN), created_at=0.0))
+    seen: list[dict[str, Any]] = []
+
+    def binds(times: int) -> list[str]:
+        seen.clear()
+        globalLogPublisher.addObserver(seen.append)
+        try:
+            for _ in range(times):
+                protocol = TunnelServerFactory(table).buildProtocol(None)
+                protocol.makeConnection(StringTransport())
+                protocol.dataReceived(BindRequest("g1", TOKEN, "0.12.0", "xpra", 8080).encode())
+                clock.advance(0.1)
+        finally:
+            globalLogPublisher.removeObserver(seen.append)
+        assert table.get("g1") is not None
+        return [formatEvent(e) for e in seen
+                if e["log_level"] == LogLevel.warn and "is a generic studio" in formatEvent(e)]
+
+    said = binds(20)
+    assert len(said) == 1 and "more like it" not in said[0]
+    clock.advance(3600)
+    said = binds(1)
+    assert len(said) == 1 and said[0].endswith("(and 19 more like it in the last 3602s)")
