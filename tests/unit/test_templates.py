@@ -218,7 +218,6 @@ def test_the_xpra_image_changes_its_html5_client_at_build() -> None:
     assert ("RUN", "python3 /opt/studio/xpra/fix-html5-client /usr/share/xpra/www") in steps
 
 
-@pytest.mark.skipif(not XPRA_CLIENT.exists(), reason="Debian's Xpra HTML5 client is not here")
 def test_the_xpra_image_has_every_file_its_html5_client_links_to(tmp_path: Path) -> None:
     """Debian 12's xpra package links the client's js/lib/jquery.js into libjs-jquery, which
     it does not depend on: the template's image answered 404 for it and its page stayed
