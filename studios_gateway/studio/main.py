@@ -83,13 +83,30 @@ def parse_options(args_list: list[str]) -> argparse.Namespace:
     args, rest = parser.parse_known_args(args_list)
     if rest:
         if not rest[0].startswith("-"):
-            words = " ".join(rest)
-            as_json = ", ".join(f'"{word}"' for word in ["--", *rest])
+            command = _command_words(parser, args_list)
+            words = " ".join(command)
+            as_json = ", ".join(f'"{word}"' for word in ["--", *command])
             parser.error(f"unrecognized arguments: {words}; a command goes after '--': "
                          f"studios-connect [options] -- {words} (in a Containerfile: "
                          f"CMD [{as_json}])")
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args
+
+
+def _command_words(parser: argparse.ArgumentParser, args_list: list[str]) -> list[str]:
+    """The command given without ``--``: everything from the first word that is neither
+    one of our options nor its value (argparse also took that command's own options that
+    share a name with ours, ``--log-level=DEBUG`` say, and left them out of what it did
+    not know)."""
+    actions = parser._option_string_actions
+    i = 0
+    while i < len(args_list):
+        name, has_value, _ = args_list[i].partition("=")
+        action = actions.get(name)
+        if action is None:
+            break
+        i += 1 if has_value or action.nargs == 0 else 2
+    return args_list[i:]
 
 
 def start_logging(level: str, beginner: Any = globalLogBeginner, out: Any = None) -> None:

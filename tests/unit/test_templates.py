@@ -439,6 +439,10 @@ def test_the_guide_says_what_a_builders_mistakes_look_like(
     assert "unrecognized arguments: jupyter lab; a command goes after '--'" in said
     assert "exit 2: `unrecognized arguments: jupyter lab ...; a command goes after '--'`" \
         in section
+    with pytest.raises(SystemExit):  # the command's own option named as one of ours
+        main(["--tool", "jupyterlab", "jupyter", "lab", "--log-level=DEBUG"], {})
+    said = capsys.readouterr().err  # (review50a: it was left out of the CMD shown)
+    assert 'CMD ["--", "jupyter", "lab", "--log-level=DEBUG"]' in said, said
     assert "exit 2: `the tool's working directory /data does not exist (CONNECT_TOOL_WORKDIR)`" \
         in section
     assert "`RUN mkdir -p /data`" in readme[readme.index("## A custom image"):]
