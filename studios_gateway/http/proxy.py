@@ -129,6 +129,8 @@ def allow_anonymous(request: RequestInfo, session_id: str) -> Deferred[Anonymous
 #: The close reason of a WebSocket whose studio's tunnel goes away on purpose (its node or
 #: the studio draining, the studio moved to another node): the page reconnects (1012).
 _TUNNEL_GOING = "the studio's connection is going away; reconnect"
+#: ... and of one open when this node drains, or upgraded while it drains.
+_SHUTTING_DOWN = "this gateway node is shutting down; reconnect"
 
 
 class UpstreamConnection(Protocol):
@@ -428,7 +430,7 @@ class ProxyProtocol(Protocol):
             grace = min(self.factory.limits.header_timeout, _DRAIN_HEAD_GRACE)
             self._set_timer(grace, self._head_timed_out)
             return
-        self._end_upgraded(SERVICE_RESTART, "this gateway node is shutting down; reconnect")
+        self._end_upgraded(SERVICE_RESTART, _SHUTTING_DOWN)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
@@ -1071,6 +1073,10 @@ class ProxyProtocol(Protocol):
         holder = getattr(conn.transport, "holder", None)  # a stream to another node's tunnel
         if holder is not None and f.relayed is not None:  # (last: add may end it at once)
             self._unrelay = f.relayed.add(ex.session_id, holder, self._studio_moved)
+        if f.draining:
+            # Asked for as the drain began (in flight, or on its way: drain): it is closed
+            # as the drain closes those open before, or it held the drain to its grace.
+            self._end_upgraded(SERVICE_RESTART, _SHUTTING_DOWN)
 
     def _refuse_from_elsewhere(self, ex: Exchange, what: str, asked: str, why: str,
                                reason: str) -> None:
