@@ -420,10 +420,14 @@ class ProxyProtocol(Protocol):
         its way. On its way: a connection accepted but with no request read yet (a client
         connects to send one: closed now, it got a reset or an empty answer, at every
         restart), a head partly read, or a kept-alive connection with bytes in its socket
-        that this process has not read yet. That request is answered and the connection
-        then closes (the factory is draining); if no head comes within
-        _DRAIN_HEAD_GRACE, it closes (with a 408 once a byte of a head came)."""
-        if self._ex is not None or self._closing or self._carrier is not None:
+        that this process has not read yet. That request is answered (its head says
+        Connection: close, as does the answer of one in flight) and the connection then
+        closes (the factory is draining); if no head comes within _DRAIN_HEAD_GRACE, it
+        closes with a 408 (logged once a byte of a head came)."""
+        if self._ex is not None:
+            self._ex.framer.keep_alive = False  # its answer says Connection: close
+            return
+        if self._closing or self._carrier is not None:
             return  # (a carried tunnel is drained by the tunnel table: GoAway)
         if self._tunnel is None and (not self._idle or bytes_waiting(self.transport)):
             self._idle = False
@@ -589,6 +593,8 @@ class ProxyProtocol(Protocol):
         f = self.factory
         self._started = f.reactor.seconds()
         self._why = ""
+        if f.draining:  # (answered, then closed: the client is told so in its head)
+            ex.framer.keep_alive = False
         refused = ex.begin(f.scheme, self._peer, self._peer_port)
         if f.https_outside:
             ex.https_outside = True

@@ -217,6 +217,28 @@ def test_drain_answers_the_request_of_a_connection_just_accepted() -> None:
     assert done == [None]
 
 
+@pytest.mark.parametrize("compiled_lane", [True, False])
+def test_answers_during_the_drain_say_the_connection_closes(compiled_lane: bool) -> None:
+    """Each answer the drain lets through (a tool's, in flight as it began or asked for
+    after it; a page of the gateway's own) is followed by the close, and says so in its
+    head (Connection: close): without it a client took the connection as kept alive and
+    could send its next request into the close, the reset the drain's grace avoids."""
+    h = Harness(compiled_lane=compiled_lane)
+    busy, busy_t = h.client()
+    busy.dataReceived(GET)
+    fresh, fresh_t = h.client()
+    own, own_t = h.client()
+    h.factory.drain()
+    fresh.dataReceived(GET)
+    own.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: studios.test\r\n\r\n")
+    for up, _ in h.upstream.conns:
+        up.dataReceived(OK)
+    for t, status in ((busy_t, 200), (fresh_t, 200), (own_t, 404)):
+        [(got, headers, _)] = parse_responses(t.value())
+        assert (got, headers.get(b"connection")) == (status, b"close"), t.value()
+        assert t.disconnecting
+
+
 _UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade\r\n"
             b"Upgrade: websocket\r\n\r\n")
 _SWITCHED = (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
