@@ -52,14 +52,24 @@ def _ip(*args: str) -> None:
 
 
 def make(prefix: str) -> tuple[str, str]:
-    """The two namespaces, each with its TUN device up and addressed."""
+    """The two namespaces, each with its TUN device up and addressed. When a step fails
+    (no /dev/net/tun, a SIGTERM meanwhile) the namespaces made so far are deleted: they
+    were left behind; one of the same name that was there already (another run's) is
+    not touched."""
     names = (f"{prefix}-gw", f"{prefix}-st")
-    for ns, (me, peer) in zip(names, (ADDRESSES, ADDRESSES[::-1]), strict=True):
-        _ip("netns", "add", ns)
-        _ip("-n", ns, "tuntap", "add", "dev", DEVICE, "mode", "tun")
-        _ip("-n", ns, "addr", "add", me, "peer", peer, "dev", DEVICE)
-        _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("-n", ns, "link", "set", DEVICE, "up")
+    made: list[str] = []
+    try:
+        for ns, (me, peer) in zip(names, (ADDRESSES, ADDRESSES[::-1]), strict=True):
+            _ip("netns", "add", ns)
+            made.append(ns)
+            _ip("-n", ns, "tuntap", "add", "dev", DEVICE, "mode", "tun")
+            _ip("-n", ns, "addr", "add", me, "peer", peer, "dev", DEVICE)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "link", "set", DEVICE, "up")
+    except BaseException:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL, check=False)
+        raise
     return names[0], names[1]
 
 
@@ -118,6 +128,8 @@ class Carrier:
 
 
 def run(prefix: str, conditions: dict[str, Any]) -> None:
+    # (before anything is made: a SIGTERM from here on removes what was made)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     gw, st = make(prefix)
     try:
         control_file(prefix).write_text(json.dumps(conditions))
@@ -129,7 +141,6 @@ def run(prefix: str, conditions: dict[str, Any]) -> None:
             print(time.strftime("%H:%M:%S"), "path:", conditions, path.counts, flush=True)
 
         signal.signal(signal.SIGUSR1, reload)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         (Path(f"/run/{prefix}.pid")).write_text(str(os.getpid()))
         print(f"{gw} ({ADDRESSES[0]}) <-> {st} ({ADDRESSES[1]}):", conditions, flush=True)
         wait: float | None = None

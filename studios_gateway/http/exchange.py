@@ -513,7 +513,7 @@ class Exchange:
         lane_more); None (nothing changed): feed `data` to `codec` the Python way. (The
         form has none of the fields path mode rewrites: both modes take the lane.)"""
         req = self.request
-        if (not self.request_done or self.response_started or not req.keep_alive
+        if (not self.request_done or self.response_started or not self.framer.keep_alive
                 or self.upgrade or req.method == b"HEAD" or codec.events
                 or codec.error is not None or not codec.reader.untouched()):
             return None

@@ -129,6 +129,8 @@ def allow_anonymous(request: RequestInfo, session_id: str) -> Deferred[Anonymous
 #: The close reason of a WebSocket whose studio's tunnel goes away on purpose (its node or
 #: the studio draining, the studio moved to another node): the page reconnects (1012).
 _TUNNEL_GOING = "the studio's connection is going away; reconnect"
+#: ... and of one open when this node drains, or upgraded while it drains.
+_SHUTTING_DOWN = "this gateway node is shutting down; reconnect"
 
 
 class UpstreamConnection(Protocol):
@@ -418,17 +420,21 @@ class ProxyProtocol(Protocol):
         its way. On its way: a connection accepted but with no request read yet (a client
         connects to send one: closed now, it got a reset or an empty answer, at every
         restart), a head partly read, or a kept-alive connection with bytes in its socket
-        that this process has not read yet. That request is answered and the connection
-        then closes (the factory is draining); if no head comes within
-        _DRAIN_HEAD_GRACE, it closes (with a 408 once a byte of a head came)."""
-        if self._ex is not None or self._closing or self._carrier is not None:
+        that this process has not read yet. That request is answered (its head says
+        Connection: close, as does the answer of one in flight) and the connection then
+        closes (the factory is draining); if no head comes within _DRAIN_HEAD_GRACE, it
+        closes with a 408 (logged once a byte of a head came)."""
+        if self._ex is not None:
+            self._ex.framer.keep_alive = False  # its answer says Connection: close
+            return
+        if self._closing or self._carrier is not None:
             return  # (a carried tunnel is drained by the tunnel table: GoAway)
         if self._tunnel is None and (not self._idle or bytes_waiting(self.transport)):
             self._idle = False
             grace = min(self.factory.limits.header_timeout, _DRAIN_HEAD_GRACE)
             self._set_timer(grace, self._head_timed_out)
             return
-        self._end_upgraded(SERVICE_RESTART, "this gateway node is shutting down; reconnect")
+        self._end_upgraded(SERVICE_RESTART, _SHUTTING_DOWN)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
@@ -587,6 +593,8 @@ class ProxyProtocol(Protocol):
         f = self.factory
         self._started = f.reactor.seconds()
         self._why = ""
+        if f.draining:  # (answered, then closed: the client is told so in its head)
+            ex.framer.keep_alive = False
         refused = ex.begin(f.scheme, self._peer, self._peer_port)
         if f.https_outside:
             ex.https_outside = True
@@ -1071,6 +1079,10 @@ class ProxyProtocol(Protocol):
         holder = getattr(conn.transport, "holder", None)  # a stream to another node's tunnel
         if holder is not None and f.relayed is not None:  # (last: add may end it at once)
             self._unrelay = f.relayed.add(ex.session_id, holder, self._studio_moved)
+        if f.draining:
+            # Asked for as the drain began (in flight, or on its way: drain): it is closed
+            # as the drain closes those open before, or it held the drain to its grace.
+            self._end_upgraded(SERVICE_RESTART, _SHUTTING_DOWN)
 
     def _refuse_from_elsewhere(self, ex: Exchange, what: str, asked: str, why: str,
                                reason: str) -> None:

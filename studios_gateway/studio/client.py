@@ -43,10 +43,12 @@ from studios_gateway.wire.mux import Multiplexer, TunnelSilent, broke, facing, w
 from studios_gateway.wire.sockopts import (
     TOOL_BUFFER,
     TUNNEL_BUFFER,
+    TUNNEL_UNACKED_MARGIN,
     bulk_buffers,
     host_silence_limit,
     no_delay,
     retransmit_cap,
+    unacked_limit,
     unsent_bound,
     write_through,
 )
@@ -260,6 +262,8 @@ class TunnelClientProtocol(Protocol):
         if reply.ping_interval and reply.ping_timeout:
             # The gateway's keepalive: both ends find a silent path within its timeout.
             s.update(ping_interval=reply.ping_interval, ping_timeout=reply.ping_timeout)
+        if s.get("ping_timeout"):  # (not cut short under the retransmission cap either)
+            unacked_limit(self.transport, s["ping_timeout"] + TUNNEL_UNACKED_MARGIN)
         self.mux = GATEWAY_MUX(is_client=True, clock=self.client.clock, on_stream=self._stream,
                                on_go_away=self._go_away, gather=True, **s)
         self.mux.makeConnection(self.transport)

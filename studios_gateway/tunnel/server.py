@@ -55,9 +55,11 @@ from studios_gateway.wire.kinds import STREAM_SSH, STREAM_TOOL
 from studios_gateway.wire.mux import Multiplexer, TunnelSilent, facing, lost_uncleanly, words
 from studios_gateway.wire.sockopts import (
     TUNNEL_BUFFER,
+    TUNNEL_UNACKED_MARGIN,
     bulk_buffers,
     no_delay,
     retransmit_cap,
+    unacked_limit,
     unsent_bound,
     write_through,
 )
@@ -823,6 +825,8 @@ class TunnelServerProtocol(Protocol):
         no_delay(self.transport)
         unsent_bound(self.transport)
         retransmit_cap(self.transport)
+        # (the kernel would end it ~27 s into a silence under the cap: before the pings)
+        unacked_limit(self.transport, self.table.settings.ping_timeout + TUNNEL_UNACKED_MARGIN)
         bulk_buffers(self.transport, TUNNEL_BUFFER)
         write_through(self.transport)
         self._timeout = self.table.clock.callLater(self.table.settings.bind_timeout,

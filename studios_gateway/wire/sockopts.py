@@ -35,6 +35,9 @@ TUNNEL_UNSENT = 128 * 1024
 TUNNEL_RTO_MAX_MS = 2000
 # Linux's option (6.15 and later); Python 3.11's socket module does not name it.
 TCP_RTO_MAX_MS = getattr(socket, "TCP_RTO_MAX_MS", 44)
+# How much longer than its ping timeout a tunnel's data may go unacknowledged before its
+# kernel ends the connection (see unacked_limit): the pings say it first.
+TUNNEL_UNACKED_MARGIN = 5.0
 # The read size while reads are small (see bulk_buffers): under glibc's mmap threshold
 # (128 KiB by default), so a read's buffer comes from the heap.
 SMALL_READ = 64 * 1024
@@ -148,6 +151,26 @@ def cap_retransmissions(sock: socket.socket, ms: int = TUNNEL_RTO_MAX_MS) -> Non
         sock.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS, ms)
     except OSError:
         pass  # not a TCP socket, or a kernel without the option: its own cap, as before
+
+
+def unacked_limit(transport: Any, seconds: float) -> None:
+    """End the TCP connection under ``transport`` once data it sent has gone
+    unacknowledged for ``seconds`` (``TCP_USER_TIMEOUT``), and not before.
+
+    Without it the kernel ends one after ``tcp_retries2`` (15) retransmissions, which it
+    reckons with the socket's longest wait between two: ~15 min with the kernel's 120 s,
+    but ~27 s under :func:`retransmit_cap`'s 2 s (measured: a connection sending a byte a
+    second across a silent path ended with ETIMEDOUT after 28 s; without the cap it was
+    open at 60 s). A tunnel's pings are such data, so a tunnel whose ping timeout is
+    longer was ended by the kernel first, within a cut its settings say it outlasts."""
+    tcp = _tcp_under(transport, "setTcpNoDelay")
+    sock = getattr(tcp, "socket", None) if tcp is not None else None
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+    except OSError:
+        pass  # not a TCP socket: nothing to do
 
 
 def host_silence_limit(transport: Any, limit: tuple[int, int, int] | None) -> None:

@@ -73,6 +73,8 @@ def test_connections_accepted_as_the_drain_begins_get_their_answers(tmp_path: Pa
         for s in (fresh, partial):
             answer = _read_to_end(s)  # (the connection closes after its answer)
             assert answer.startswith(b"HTTP/1.1 "), (answer, gw.output()[-2000:])
+            head = answer.partition(b"\r\n\r\n")[0].lower()
+            assert b"\r\nconnection: close" in head, answer  # (the close follows)
         assert gw.wait(timeout=15) == 0
     finally:
         for s in sockets:

@@ -32,6 +32,7 @@ from studios_gateway.wire import tls
 from studios_gateway.wire.sockopts import (
     TCP_RTO_MAX_MS,
     TUNNEL_RTO_MAX_MS,
+    TUNNEL_UNACKED_MARGIN,
     TUNNEL_UNSENT,
     _tcp_under,
 )
@@ -196,6 +197,18 @@ class TunnelTests(TestCase):
                              TUNNEL_RTO_MAX_MS)
 
     @defer.inlineCallbacks
+    def test_both_ends_keep_a_silent_tunnel_until_its_pings_give_up(self) -> Any:
+        """Under the 2 s cap the kernel's own limit (15 retransmissions) ends a connection
+        ~27 s into a silence (measured across two network namespaces: 28 s, ETIMEDOUT),
+        so a tunnel with a longer ping timeout was ended by the kernel within a cut its
+        settings say it outlasts. Both ends let its data go unacknowledged for the ping
+        timeout (the gateway's, 20 s here) and a margin: the pings decide."""
+        limit = int((TunnelSettings().ping_timeout + TUNNEL_UNACKED_MARGIN) * 1000)
+        for sock in (yield self.bound_sockets()):
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                             limit)
+
+    @defer.inlineCallbacks
     def test_after_a_stalled_attempt_the_tunnel_binds_with_small_segments(self) -> Any:
         """An attempt that ended before its bind was answered (as behind an MTU black
         hole) makes the next connection announce 1200-byte segments: both ends of the
@@ -216,7 +229,7 @@ class TunnelTests(TestCase):
         TCP handshake; here a listener that never answers): the kernel probes it and ends
         the connection after ~35 s of silence (without, the client waited for ever: no
         pings before the bind). Once bound the pings take over at the gateway's timeout,
-        so the kernel's limit is off again."""
+        so the kernel's keepalive is off again and its limit follows the pings'."""
         mute = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             Factory.forProtocol(Protocol))
         self.addCleanup(mute.stopListening)
@@ -235,7 +248,8 @@ class TunnelTests(TestCase):
         sock = _tcp_under(protocol.transport, "setTcpNoDelay").socket
         self.assertEqual((sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
                           sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)),
-                         (0, 0))
+                         (0, int((TunnelSettings().ping_timeout + TUNNEL_UNACKED_MARGIN)
+                                 * 1000)))  # (the pings' timeout, not the kernel's)
 
     @defer.inlineCallbacks
     def test_wrong_token_is_refused_and_final(self) -> Any:

@@ -21,7 +21,14 @@ from studios_gateway.wire.mux import RESET_RELAYED
 from studios_gateway.wire.stream import StreamReset
 from studios_gateway.wire.tls import make_self_signed
 from tests.unit.test_auth_authorizer import record, store_with
-from tests.unit.test_http_proxy import GET, OK, Harness, parse_responses, status_of
+from tests.unit.test_http_proxy import (
+    GET,
+    OK,
+    Harness,
+    close_of,
+    parse_responses,
+    status_of,
+)
 
 
 def cert(tmp_path: Path, *names: str) -> str:
@@ -207,6 +214,57 @@ def test_drain_answers_the_request_of_a_connection_just_accepted() -> None:
     h.clock.advance(1.0)  # the drain's grace for a head
     assert silent_t.disconnecting
     silent.connectionLost(Failure(ConnectionDone()))
+    assert done == [None]
+
+
+@pytest.mark.parametrize("compiled_lane", [True, False])
+def test_answers_during_the_drain_say_the_connection_closes(compiled_lane: bool) -> None:
+    """Each answer the drain lets through (a tool's, in flight as it began or asked for
+    after it; a page of the gateway's own) is followed by the close, and says so in its
+    head (Connection: close): without it a client took the connection as kept alive and
+    could send its next request into the close, the reset the drain's grace avoids."""
+    h = Harness(compiled_lane=compiled_lane)
+    busy, busy_t = h.client()
+    busy.dataReceived(GET)
+    fresh, fresh_t = h.client()
+    own, own_t = h.client()
+    h.factory.drain()
+    fresh.dataReceived(GET)
+    own.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: studios.test\r\n\r\n")
+    for up, _ in h.upstream.conns:
+        up.dataReceived(OK)
+    for t, status in ((busy_t, 200), (fresh_t, 200), (own_t, 404)):
+        [(got, headers, _)] = parse_responses(t.value())
+        assert (got, headers.get(b"connection")) == (status, b"close"), t.value()
+        assert t.disconnecting
+
+
+_UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: abc.studios.test\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\n")
+_SWITCHED = (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+             b"Upgrade: websocket\r\n\r\n")
+
+
+def test_a_websocket_upgraded_during_the_drain_is_closed_as_the_drain_closes_them() -> None:
+    """A WebSocket whose upgrade was in flight as the drain began, or on its way (a
+    connection the drain lets send its request), gets its 101 and then 1012 at once, as
+    the WebSockets open before the drain: it stayed open and held the drain until
+    CONNECT_SHUTDOWN_GRACE ran out, then ended without a close frame (1006)."""
+    h = Harness()
+    asked, asked_t = h.client()
+    asked.dataReceived(_UPGRADE)
+    fresh, fresh_t = h.client()
+    done: list[Any] = []
+    h.factory.drain().addCallback(done.append)
+    fresh.dataReceived(_UPGRADE)
+    for up, _ in h.upstream.conns:
+        up.dataReceived(_SWITCHED)
+    for p, t in ((asked, asked_t), (fresh, fresh_t)):
+        head, _, frames = t.value().partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        assert close_of(frames) == (1012, "this gateway node is shutting down; reconnect")
+        assert t.disconnecting
+        p.connectionLost(Failure(ConnectionDone()))
     assert done == [None]
 
 
