@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,10 @@ def test_a_studio_behind_an_mtu_black_hole_binds_with_small_segments(tmp_path: P
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         assert path.stdout is not None
-        said = path.stdout.readline().decode()  # its first line: the path is up
+        # its first line: the path is up (bounded: a set-up that hangs must not hold CI)
+        up, _, _ = select.select([path.stdout], [], [], 30)
+        assert up, "bench.netpath said nothing within 30 s"
+        said = path.stdout.readline().decode()
         assert "<->" in said, said + path.stdout.read().decode()
         scenario = subprocess.run(
             ["ip", "netns", "exec", f"{prefix}-gw", sys.executable, "-m",
