@@ -23,6 +23,10 @@ drain itself says ``"paced_go_away": true``; a gateway that does so for it answe
 ``"rebind_within": s`` (seconds: the client rebinds after a random part of them,
 instead of its own GOAWAY_SPREAD of 0-8 s). Without both the client spreads its rebind
 as before (docs/decisions/reconnect-backoff.md, "Paced GoAways").
+
+An ``ok`` also says ``"retry_period": s``, the gateway's CONNECT_TUNNEL_RETRY_PERIOD: the
+period of the client's retries while it cannot reach the gateway (and the spread of its
+rebind after a GoAway that no other node takes over), instead of its own 8 s.
 """
 
 from __future__ import annotations
@@ -105,6 +109,9 @@ class BindReply:
     # Seconds within which the client rebinds after this gateway's GoAway (the gateway
     # paces its drain's GoAways); 0 = not said: the client spreads its rebind itself.
     rebind_within: float = 0.0
+    # The period of the client's retries while it cannot reach this gateway (seconds);
+    # 0 = not said (an older gateway): the client keeps its own (BACKOFF_MAX).
+    retry_period: float = 0.0
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"ok": self.ok}
@@ -120,6 +127,8 @@ class BindReply:
                 body["ping_timeout"] = self.ping_timeout
             if self.rebind_within:
                 body["rebind_within"] = self.rebind_within
+            if self.retry_period:
+                body["retry_period"] = self.retry_period
         else:
             body.update(code=self.code, reason=self.reason, retry=self.retry)
         return json.dumps(body).encode() + b"\n"
@@ -191,6 +200,16 @@ def _keepalive(interval: Any, timeout: Any) -> tuple[float, float]:
 
 #: The longest ``rebind_within`` a client takes (a larger or unreadable one: not said).
 MAX_REBIND_WITHIN = 60.0
+#: The range of ``retry_period`` a client takes (CONNECT_TUNNEL_RETRY_PERIOD's; another or
+#: an unreadable one: not said).
+RETRY_PERIOD_RANGE = (1.0, 60.0)
+
+
+def _retry_period(v: Any) -> float:
+    """`v` if it is a number of seconds in RETRY_PERIOD_RANGE, else 0 (not said)."""
+    lo, hi = RETRY_PERIOD_RANGE
+    seconds = _seconds(v, hi)
+    return seconds if seconds >= lo else 0.0
 
 
 def parse_reply(line: bytes) -> BindReply:
@@ -206,7 +225,8 @@ def parse_reply(line: bytes) -> BindReply:
         return BindReply(ok=True, tunnel_id=str(data.get("tunnel_id", "")), ssh_host_key=ssh,
                          routing=routing, public_url=url, ping_interval=interval,
                          ping_timeout=timeout, rebind_within=_seconds(
-                             data.get("rebind_within"), MAX_REBIND_WITHIN))
+                             data.get("rebind_within"), MAX_REBIND_WITHIN),
+                         retry_period=_retry_period(data.get("retry_period")))
     code = str(data.get("code", "internal"))
     return BindReply(ok=False, code=code, reason=str(data.get("reason", ""))[:500],
                      retry=bool(data.get("retry", RETRYABLE.get(code, False))))
