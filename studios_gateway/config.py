@@ -328,6 +328,12 @@ VARIABLES: tuple[Var, ...] = (
     _v("CONNECT_TUNNEL_PING_TIMEOUT", "tunnel_ping_timeout", "20s", values.positive_duration,
        "A tunnel over which nothing arrived for this long is dead, at either end.",
        seed=False, section="tunnel"),
+    _v("CONNECT_TUNNEL_RETRY_PERIOD", "tunnel_retry_period", "8s", values.duration_range(1, 60),
+       "How often a studio tries this node again while it cannot reach it (told to the "
+       "studio at bind): each keeps a random phase in this period, so a restarted node's "
+       "N studios come back within it, N / period a second. Shorter for a small install "
+       "(50 studios: 2s); keep N / period within the binds a second the node can take.",
+       seed=False, section="tunnel"),
     _v("CONNECT_TUNNEL_CLAIM_TTL", "tunnel_claim_ttl", "30s", values.positive_duration,
        "How long a node's claim on a tunnel lives in the registry unless refreshed (every "
        "third of it); after a node dies its studios are routed nowhere for up to this long.",
@@ -493,6 +499,7 @@ class Config:
     tunnel_window_size: int
     tunnel_ping_interval: float
     tunnel_ping_timeout: float
+    tunnel_retry_period: float
     tunnel_claim_ttl: float
     node_id: str | None
     peer_secret: str | None = field(repr=False)

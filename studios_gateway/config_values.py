@@ -120,6 +120,17 @@ def positive_duration(text: str) -> float:
     return d
 
 
+def duration_range(lo: float, hi: float) -> Callable[[str], float]:
+    """A duration from `lo` to `hi` seconds (both included)."""
+    def parse(text: str) -> float:
+        d = parse_duration(text)
+        if not lo <= d <= hi:
+            raise ValueError(f"{DURATION_EXPECTED}, from {lo:g}s to {hi:g}s")
+        return d
+
+    return parse
+
+
 def address(text: str) -> tuple[str, int]:
     """``:2222``, ``0.0.0.0:2222``, ``[::1]:2222`` -> (host, port); empty host = all."""
     s = text.strip()

@@ -714,6 +714,7 @@ def build_tunnels(config: Config, reactor: Any, store: TunnelClaims, metrics: Me
     settings = TunnelSettings(window_size=config.tunnel_window_size,
                               ping_interval=config.tunnel_ping_interval,
                               ping_timeout=config.tunnel_ping_timeout,
+                              retry_period=config.tunnel_retry_period,
                               holder_ttl=config.tunnel_claim_ttl,
                               move_wait=move_wait_within(config.shutdown_grace))
     table = TunnelTable(store, node_id=config.effective_node_id, node_address=node_address,

@@ -72,7 +72,9 @@ STEADY_JITTER = 0.1
 # studios neither dial at the same instant nor crowd a node that restarts quickly.
 # The old tunnel keeps serving meanwhile. A gateway that spaces out its drain's GoAways
 # itself says so at the bind (rebind_within): the client then rebinds within that, and
-# should the attempt fail, goes on as after a lost tunnel's first retry.
+# should the attempt fail, goes on as after a lost tunnel's first retry. A gateway that
+# says a retry period at the bind (CONNECT_TUNNEL_RETRY_PERIOD, for a small install) has
+# it take BACKOFF_MAX's place, and GOAWAY_SPREAD's.
 GOAWAY_SPREAD = BACKOFF_MAX
 # After the next bind, a tunnel told to go away is closed (once idle) this much later: its
 # node hears of the move first and stops sending new streams into it.
@@ -116,12 +118,19 @@ def quiet_factory(make: Callable[[], Protocol]) -> Factory[Protocol]:
 
 class Backoff:
     """When to try again: 0..base, then 0..cap (full jitter), then every cap (less up to
-    ``steady`` of it) on the phase that draw gave; reset after a successful bind."""
+    ``steady`` of it) on the phase that draw gave; reset after a successful bind. The
+    gateway may say another period at the bind (its CONNECT_TUNNEL_RETRY_PERIOD):
+    :meth:`use_period`."""
 
     def __init__(self, base: float = BACKOFF_BASE, cap: float = BACKOFF_MAX,
                  rng: Callable[[], float] = random.random, steady: float = STEADY_JITTER):
         self.base, self.cap, self.steady, self._rng = base, cap, steady, rng
+        self._own_cap = cap
         self.attempt = 0
+
+    def use_period(self, seconds: float) -> None:
+        """The period the gateway said at the bind (0: none said, this client's own)."""
+        self.cap = seconds or self._own_cap
 
     def next_delay(self) -> float:
         self.attempt += 1
@@ -700,6 +709,8 @@ class ConnectClient(Service):
                            "drop large packets without a word (an MTU black hole: ICMP "
                            "'fragmentation needed' filtered); the tunnel keeps small "
                            "segments", gw=str(protocol.gateway), mss=self.segments.mss)
+        if protocol.reply is not None:
+            self.backoff.use_period(protocol.reply.retry_period)
         self._attempts, self._said, self._loud = 0, None, True
         self._unknown_since = None
         if self.on_bind is not None and protocol.reply is not None:
@@ -751,8 +762,8 @@ class ConnectClient(Service):
             # (GO_AWAY_ALONE: the gateway stops with no node to take the studio over)
             within = (protocol.reply.rebind_within if protocol.reply is not None
                       and code == GO_AWAY_NORMAL else 0.0)
-            delay = (self.backoff.soon(within) if within
-                     else self.backoff.spread(GOAWAY_SPREAD))
+            delay = (self.backoff.soon(within) if within  # (cap: GOAWAY_SPREAD unless
+                     else self.backoff.spread(self.backoff.cap))  # the gateway said another)
             self._set_state("backing-off", "rebinding in {delay:.1f}s", delay=delay)
             self._pending = self.clock.callLater(delay, self._connect)
 

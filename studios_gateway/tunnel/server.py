@@ -133,6 +133,7 @@ class TunnelSettings:
     window_size: int = 6 * 1024 * 1024
     ping_interval: float = 10.0
     ping_timeout: float = 20.0
+    retry_period: float = 8.0  # CONNECT_TUNNEL_RETRY_PERIOD, told to the studio at bind
     holder_ttl: float = 30.0
     bind_timeout: float = 10.0
     max_streams: int = 1024
@@ -903,6 +904,7 @@ class TunnelServerProtocol(Protocol):
                                        routing=mode, public_url=url,
                                        ping_interval=s.ping_interval,
                                        ping_timeout=s.ping_timeout,
+                                       retry_period=s.retry_period,
                                        rebind_within=REBIND_WITHIN if tunnel.paced
                                        else 0.0,
                                        loop_mark=self.table.loop_mark(tunnel.session_id).decode()

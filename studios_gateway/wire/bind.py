@@ -28,6 +28,10 @@ A client that knows the GoAway of a tunnel taken over by a newer bind of its ses
 (wire/frames.py ``GO_AWAY_REPLACED``) says ``"replaced_go_away": true``; others get a
 normal GoAway there, as before. Binding again after such GoAways, it says how many it got
 lately (``"replaced": n``): two studios-connect on one session, which the gateway names.
+
+An ``ok`` also says ``"retry_period": s``, the gateway's CONNECT_TUNNEL_RETRY_PERIOD: the
+period of the client's retries while it cannot reach the gateway (and the spread of its
+rebind after a GoAway that no other node takes over), instead of its own 8 s.
 """
 
 from __future__ import annotations
@@ -121,6 +125,9 @@ class BindReply:
     # The session's mark (http.loop), which the client's question to its tool's port at
     # the bind carries (studio.points_back); "" = not said (an older gateway).
     loop_mark: str = ""
+    # The period of the client's retries while it cannot reach this gateway (seconds);
+    # 0 = not said (an older gateway): the client keeps its own (BACKOFF_MAX).
+    retry_period: float = 0.0
 
     def encode(self) -> bytes:
         body: dict[str, Any] = {"ok": self.ok}
@@ -138,6 +145,8 @@ class BindReply:
                 body["rebind_within"] = self.rebind_within
             if self.loop_mark:
                 body["loop_mark"] = self.loop_mark
+            if self.retry_period:
+                body["retry_period"] = self.retry_period
         else:
             body.update(code=self.code, reason=self.reason, retry=self.retry)
         return json.dumps(body).encode() + b"\n"
@@ -218,6 +227,16 @@ def _keepalive(interval: Any, timeout: Any) -> tuple[float, float]:
 
 #: The longest ``rebind_within`` a client takes (a larger or unreadable one: not said).
 MAX_REBIND_WITHIN = 60.0
+#: The range of ``retry_period`` a client takes (CONNECT_TUNNEL_RETRY_PERIOD's; another or
+#: an unreadable one: not said).
+RETRY_PERIOD_RANGE = (1.0, 60.0)
+
+
+def _retry_period(v: Any) -> float:
+    """`v` if it is a number of seconds in RETRY_PERIOD_RANGE, else 0 (not said)."""
+    lo, hi = RETRY_PERIOD_RANGE
+    seconds = _seconds(v, hi)
+    return seconds if seconds >= lo else 0.0
 
 
 LOOP_MARK = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -242,7 +261,8 @@ def parse_reply(line: bytes) -> BindReply:
                          routing=routing, public_url=url, ping_interval=interval,
                          ping_timeout=timeout, rebind_within=_seconds(
                              data.get("rebind_within"), MAX_REBIND_WITHIN),
-                         loop_mark=_mark(data.get("loop_mark")))
+                         loop_mark=_mark(data.get("loop_mark")),
+                         retry_period=_retry_period(data.get("retry_period")))
     code = str(data.get("code", "internal"))
     return BindReply(ok=False, code=code, reason=str(data.get("reason", ""))[:500],
                      retry=bool(data.get("retry", RETRYABLE.get(code, False))))

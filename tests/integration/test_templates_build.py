@@ -9,10 +9,14 @@ where templates/make-wheels put them; Xpra comes from Debian's archive. Each con
 in a network namespace of its own (slirp4netns) with only CONNECT_STRING set; its entry
 point (`studios-connect --tool <tool>`) starts the tool through the preset and binds.
 Skipped where podman cannot run containers. The images are built side by side; the base
-image, and the layer of each template's Debian packages (its `RUN apt-get` step, tagged
-localhost/studios-templates-cache:<tool>), are kept for later runs, which take that layer
-from podman's build cache as long as the steps up to it are the same (Xpra's packages were
-downloaded and installed again by every run: about a minute); the built images are removed.
+image, and each template's last layer before studios-connect's (its Debian packages and
+its tool: the layer below `COPY wheels/SHA256SUMS`, tagged
+localhost/studios-templates-cache:<tool>), are kept for later runs, which take those layers
+from podman's build cache as long as the steps up to them are the same (Xpra's packages were
+downloaded and installed again by every run: about a minute; JupyterLab's ~100 wheels were
+installed again for each commit, its own wheel being new, until its tool came before
+studios-connect: 30-40 s); the built images are removed. Every step from studios-connect's
+on is built by every run, from this commit's wheel.
 """
 
 from __future__ import annotations
@@ -148,29 +152,33 @@ def builds(context: Path) -> Iterator[dict[str, Build]]:
 
 @pytest.fixture(scope="module", params=sorted(TEMPLATES, key=lambda tool: tool != "xpra"))
 def image(request: pytest.FixtureRequest, builds: dict[str, Build]) -> tuple[str, str]:
-    """(tool, the built image's reference with its full tag). Xpra's first: its build
-    (~25 s, its packages' layer cached) ends well before JupyterLab's (~50 s), and its
-    tests run while JupyterLab's build goes on."""
+    """(tool, the built image's reference with its full tag). Xpra's first: its tests run
+    while JupyterLab's build goes on (~50 s when its tool's layer is not in the cache; with
+    it both builds install only studios-connect, ~25-30 s side by side)."""
     tool = request.param
     ref = builds[tool].wait()
-    keep_packages_layer(tool, ref)
+    keep_tool_layer(tool, ref)
     return tool, ref
 
 
-def keep_packages_layer(tool: str, ref: str) -> None:
-    """Tag the layer the template's Debian packages were installed in, so that it outlives
-    the built image (removed after the tests) and the next run's build uses it from the
-    cache; the layer it replaces, if another, is removed (when nothing else uses it)."""
+def keep_tool_layer(tool: str, ref: str) -> None:
+    """Tag the last layer before studios-connect's (the template's Debian packages and its
+    tool), so that it outlives the built image (removed after the tests) and the next run's
+    build takes it from the cache; the layer it replaces, if another, is removed (when
+    nothing else uses it)."""
     history = podman("history", "--no-trunc", "--format", "{{.ID}}\t{{.CreatedBy}}",
-                     ref).stdout
-    layers = [line.split("\t", 1)[0] for line in history.splitlines()
-              if "apt-get install" in line]
-    if not layers or not re.fullmatch(r"[0-9a-f]{64}", layers[-1]):
-        return  # (no such step, or podman does not show its layer: nothing to keep)
+                     ref).stdout.splitlines()  # (the newest first)
+    at = next((i for i, line in enumerate(history)
+               if line.rstrip().endswith(" /opt/studio/wheels.sha256")), None)
+    if at is None or at + 1 >= len(history):
+        return  # (no such step: nothing to keep)
+    layer = history[at + 1].split("\t", 1)[0]
+    if not re.fullmatch(r"[0-9a-f]{64}", layer):
+        return  # (podman does not show its layer: nothing to keep)
     tag = f"localhost/studios-templates-cache:{tool}"
     old = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False).stdout.strip()
-    podman("tag", layers[-1], tag)
-    if old and old != layers[-1]:
+    podman("tag", layer, tag)
+    if old and old != layer:
         podman("rmi", old, check=False)
 
 

@@ -58,6 +58,10 @@ def base_env(tmp_path: Path, **overrides: str) -> GatewayEnv:
         "CONNECT_BIND_ADDRESS": "127.0.0.1",
         "CONNECT_STORAGE_ROOT": str(storage),
         "CONNECT_LOG_LEVEL": "debug",
+        # A small install's retry period (docs/operators.md): a restarted gateway's studios
+        # are back within ~1 s, not 8. The default's is test_reconnect_storm's (bench.storm
+        # sets none) and the unit tests'.
+        "CONNECT_TUNNEL_RETRY_PERIOD": "1s",
         "PYTHONUNBUFFERED": "1",
         # Run the source tree under test, whatever copy is installed in the venv.
         "PYTHONPATH": str(REPO),

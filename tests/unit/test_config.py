@@ -980,3 +980,13 @@ def test_a_file_there_but_not_readable_by_this_user_is_said_so(tmp_path, monkeyp
     monkeypatch.setattr(config_values.os, "access", lambda path, mode: False)
     with pytest.raises(ValueError, match=rf"this user \({config_values.user_name()}\) may read"):
         config_values.readable_file(str(there))
+
+
+def test_the_tunnel_retry_period_is_from_1_to_60_seconds() -> None:
+    """CONNECT_TUNNEL_RETRY_PERIOD (told to studios at bind): 8s unless set, a small
+    install's shorter one taken, and none outside 1-60 s (a studio would not take it)."""
+    assert load_config(environ={}).tunnel_retry_period == 8.0
+    assert load_config(environ={"CONNECT_TUNNEL_RETRY_PERIOD": "2s"}).tunnel_retry_period == 2
+    for bad in ("0", "500ms", "61s", "2 fortnights"):
+        with pytest.raises(ConfigError, match="CONNECT_TUNNEL_RETRY_PERIOD"):
+            load_config(environ={"CONNECT_TUNNEL_RETRY_PERIOD": bad})

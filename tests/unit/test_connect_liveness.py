@@ -218,3 +218,27 @@ def test_a_tunnel_another_bind_took_over_binds_again_later_and_says_so() -> None
     assert client._protocol is current and len(dialled) == 2
     clock.advance(REPLACED_MEMORY)
     assert client.replaced_lately() == 0  # forgotten after REPLACED_MEMORY
+
+
+def test_the_gateways_retry_period_replaces_the_clients_own() -> None:
+    """A gateway's CONNECT_TUNNEL_RETRY_PERIOD, said at the bind (retry_period), is the
+    period of the client's retries and the spread of its rebind after a GoAway that no
+    node takes over: a small install's studios come back within it. A gateway that says
+    none (an older one) leaves the client's own GOAWAY_SPREAD and BACKOFF_MAX."""
+    from studios_gateway.wire.frames import GO_AWAY_ALONE, encode_go_away
+
+    clock = Clock()
+    client = make_client(clock, draw=0.5)
+    protocol = bound_protocol(client, BindReply(ok=True, tunnel_id="t", rebind_within=0.25,
+                                                retry_period=2))
+    client._protocol = protocol
+    dialled: list[float] = []
+    client._connect = lambda: dialled.append(clock.seconds())  # type: ignore[method-assign]
+    assert protocol.mux is not None
+    protocol.mux.dataReceived(encode_go_away(GO_AWAY_ALONE))
+    clock.advance(1.0)
+    assert dialled == [1.0]  # half of 2 s, not of GOAWAY_SPREAD
+    assert client.backoff.next_delay() == 2 * (1 - 0.1 * 0.5)  # then on that period
+    # An older gateway's bind leaves the client's own period.
+    bound_protocol(client, BindReply(ok=True, tunnel_id="t2"))
+    assert client.backoff.cap == GOAWAY_SPREAD == BACKOFF_MAX

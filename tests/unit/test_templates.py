@@ -137,6 +137,36 @@ def test_root_user_and_studios_connect_from_the_wheels(tool: str) -> None:
     assert "wheels/SHA256SUMS /opt/studio/wheels.sha256" in copies
 
 
+@pytest.mark.parametrize("tool", sorted(SEED_VERSIONS))
+def test_studios_connect_comes_after_the_tool(tool: str) -> None:
+    """A new studios-connect (each release of the gateway, a new wheel in wheels/) rebuilds
+    only the layers from its step on: the copy of SHA256SUMS, which that wheel changes, and
+    the install of studios-connect come after every other RUN (the tool's, its checks)."""
+    steps = template(tool).steps
+    at = steps.index(("COPY", "wheels/SHA256SUMS /opt/studio/wheels.sha256"))
+    before = [rest for word, rest in steps[:at] if word == "RUN"]
+    after = [rest for word, rest in steps[at:] if word == "RUN"]
+    assert len(after) == 1 and "install-studios-connect" in after[0], after
+    assert any(f"/opt/studio/{tool}/" in r or "check-version" in r for r in before), before
+    if any("source=wheels" in r for r in before):
+        # (a tool installed from wheels/ too: keyed on every wheel's checksum but ours)
+        assert ("COPY", "wheels/SHA256SUMS.deps /opt/studio/wheels-deps.sha256") in steps[:at]
+
+
+def test_make_wheels_keys_the_tools_layer_on_every_wheel_but_ours(tmp_path: Path) -> None:
+    """make-wheels' SHA256SUMS.deps is its SHA256SUMS without this project's wheel."""
+    script = (TEMPLATES / "make-wheels").read_text()
+    line = next(x for x in script.splitlines() if "SHA256SUMS.deps" in x and "grep" in x)
+    (tmp_path / "SHA256SUMS").write_text("a  studios_gateway-0.1.0-cp311-cp311-linux_x86_64.whl\n"
+                                         "b  twisted-26.10.0-py3-none-any.whl\n")
+    done = subprocess.run(["sh", "-c", f'set -e; dir="{tmp_path}"; {line}'], check=False)
+    assert done.returncode == 0
+    assert (tmp_path / "SHA256SUMS.deps").read_text() == "b  twisted-26.10.0-py3-none-any.whl\n"
+    (tmp_path / "SHA256SUMS").write_text("a  studios_gateway-0.1.0-py3-none-any.whl\n")
+    done = subprocess.run(["sh", "-c", f'set -e; dir="{tmp_path}"; {line}'], check=False)
+    assert done.returncode == 0 and (tmp_path / "SHA256SUMS.deps").read_text() == ""
+
+
 def test_jupyterlab_packages_are_the_documented_ones() -> None:
     env = (TEMPLATES / "jupyterlab" / "environment.yml").read_text()
     assert re.search(r"channels:\n  - conda-forge\n", env)

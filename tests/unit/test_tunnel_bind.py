@@ -314,3 +314,15 @@ def test_client_errors_quote_the_value_as_given(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_client_settings(env)
     assert str(e.value).startswith(f"{name}={value!r}: expected ")
+
+
+def test_bind_reply_carries_the_gateways_retry_period_within_its_range() -> None:
+    """retry_period (CONNECT_TUNNEL_RETRY_PERIOD) is taken from 1 to 60 s; anything else,
+    or none (an older gateway), is not said: the client keeps its own."""
+    line = BindReply(ok=True, tunnel_id="t", retry_period=2).encode()
+    assert parse_reply(line.strip()).retry_period == 2.0
+    assert "retry_period" not in json.loads(BindReply(ok=True, tunnel_id="t").encode())
+    for bad in ("0", "0.5", "-1", '"2"', "true", "61", "null"):
+        reply = parse_reply(b'{"ok": true, "tunnel_id": "t", "retry_period": '
+                            + bad.encode() + b"}")
+        assert reply.ok and reply.retry_period == 0.0, bad

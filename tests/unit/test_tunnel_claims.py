@@ -522,6 +522,7 @@ def test_a_drain_paces_the_goaways_of_clients_that_rebind_soon() -> None:
     paced = [second(table, store, f"p{i}", paced=True) for i in range(2 * batch + 5)]
     reply = parse_reply(paced[0][0].value().split(b"\n", 1)[0])
     assert reply.ok and reply.rebind_within == REBIND_WITHIN
+    assert reply.retry_period == 8.0  # CONNECT_TUNNEL_RETRY_PERIOD's default, told
     assert parse_reply(transport.value().split(b"\n", 1)[0]).rebind_within == 0  # older
     table.other_nodes = lambda: defer.succeed(1)
     table.drain()
