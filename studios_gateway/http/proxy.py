@@ -91,6 +91,7 @@ from studios_gateway.wire.carrier import (
 )
 from studios_gateway.wire.closing import close_within
 from studios_gateway.wire.mux import broke, going_away
+from studios_gateway.wire.mux import tunnel_lost as stream_tunnel_lost
 from studios_gateway.wire.sockopts import (
     TUNNEL_BUFFER,
     bulk_reads,
@@ -206,10 +207,13 @@ class UpstreamConnection(Protocol):
         return self.lost_reason is not None and self.lost_reason.check(ToolNotAnswering) is not None
 
     def tunnel_lost(self) -> bool:
-        """The studio's tunnel ended before the tool said anything (TunnelUpstream's guard
-        reports it as StudioNotConnected)."""
-        return (self.lost_reason is not None
-                and self.lost_reason.check(StudioNotConnected) is not None)
+        """The studio's tunnel ended under this connection before the tool answered its
+        request: on a new connection TunnelUpstream's guard reports it as
+        StudioNotConnected; on a pooled one (whose guard stepped aside at its first
+        answer) the stream's own end says it."""
+        reason = self.lost_reason
+        return reason is not None and (reason.check(StudioNotConnected) is not None
+                                       or stream_tunnel_lost(reason, self.transport))
 
     def reusable(self) -> bool:
         return not self.lost and self.codec.idle()
@@ -1229,6 +1233,13 @@ class ProxyProtocol(Protocol):
         self._detach(conn)
         if ex.response_started:
             self._close()
+        elif conn.tunnel_lost():
+            # The tunnel ended under the request, before the tool said anything: which
+            # case it is, as for a dial that finds no tunnel (asked now and only now).
+            # Never tried again, pooled connection or not: the request may have reached
+            # the tool before the tunnel went (a studio back at once got it twice).
+            self.gate.pause("dispatch")  # (nothing more of the body while it is asked)
+            self._not_connected(ex, close=True)
         elif ex.reused and not ex.body_started and not ex.retried:
             # An idle connection the tool closed as we took it: one fresh try.
             ex.retried = True
@@ -1236,11 +1247,6 @@ class ProxyProtocol(Protocol):
             self._log.debug("retrying on a fresh connection to {sid}", sid=ex.session_id)
             self.gate.pause("dispatch")
             self._connect(ex)
-        elif conn.tunnel_lost():
-            # The tunnel ended under the request, before the tool said anything: which
-            # case it is, as for a dial that finds no tunnel (asked now and only now).
-            self.gate.pause("dispatch")  # (nothing more of the body while it is asked)
-            self._not_connected(ex, close=True)
         else:
             sid = ex.session_id
             if conn.refused():

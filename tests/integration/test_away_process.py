@@ -124,11 +124,11 @@ def test_a_tunnel_cut_under_a_request_through_another_node(tmp_path: Path) -> No
     # link). A closed B's stream when the tunnel was lost there, as a tool closing its
     # connection does, and B said "Studio connection failed: the connection to the
     # studio's application failed."
-    # The default retry period (tests/support/gateway.py sets 1s): node B tries the
-    # request once more when its stream ends (as for an idle connection the tool closed),
-    # and a studio back by then (1 s: 3 runs of 7 beside other tests) got it again, and its
-    # tool held it: no answer at all. (B cannot tell that the tool had it: a race of its
-    # own, not this test's subject.)
+    # The default retry period (tests/support/gateway.py sets 1s): a studio back within
+    # 1 s of the cut can be connected again when B asks where it is, and the page is then
+    # another one than this test's subject. (B also tried the request once more, as for
+    # an idle connection the tool closed, and the studio back got it twice: no longer,
+    # test_http_proxy's test_a_pooled_connection_whose_tunnel_ended_...)
     with redis_nodes(tmp_path, "a", "b", CONNECT_PEER_SECRET="away-test-peer-secret",
                      CONNECT_TUNNEL_RETRY_PERIOD="8s") as (a, b):
         status, created = b.api("/api/sessions", "POST", {"owner": "alice"})

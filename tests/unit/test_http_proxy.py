@@ -24,6 +24,7 @@ from studios_gateway.http.relayed import Relayed
 from studios_gateway.http.routing import Router
 from studios_gateway.http.upstream import SessionInfo, StudioNotConnected, ToolNotAnswering
 from studios_gateway.wire.closing import CLOSE_GRACE
+from studios_gateway.wire.mux import TunnelLost
 from tests.support.examples import examples
 from tests.support.stuck_socket import StuckSocket
 
@@ -450,6 +451,27 @@ def test_stale_pooled_connection_is_retried_once() -> None:
     sent_request(h.up(1)[1])
     h.up(1)[0].dataReceived(OK)
     assert [r[0] for r in parse_responses(t.value())] == [200, 200]
+
+
+def test_a_pooled_connection_whose_tunnel_ended_under_the_request_is_not_tried_again(
+        ) -> None:
+    """The tunnel went while a request on a pooled connection waited for its answer: the
+    request may have reached the tool. It was tried again as if the tool had closed an
+    idle connection, and a studio back at once (a node's retry period of 1 s) got it
+    twice (suitetime50, test_away_process). It is answered as a tunnel away is."""
+    h = Harness()
+    p, t = h.client()
+    p.dataReceived(GET)
+    h.up()[0].dataReceived(OK)
+    p.dataReceived(b"POST /api/kernels HTTP/1.1\r\nHost: abc.studios.test\r\n"
+                   b"Content-Length: 0\r\n\r\n")
+    sent_request(h.up(0)[1])  # it went out on the pooled connection
+    # (a pooled connection's guard stepped aside at its first answer: the stream's own
+    # end, TunnelLost, says the tunnel went)
+    h.up(0)[0].connectionLost(Failure(TunnelLost("the tunnel was declared dead")))
+    assert len(h.upstream.conns) == 1  # not sent again
+    statuses = [r[0] for r in parse_responses(t.value())]
+    assert statuses == [200, 503] and t.disconnecting
 
 
 def test_close_delimited_response() -> None:
