@@ -144,9 +144,8 @@ def main(argv: list[str] | None = None) -> int:
              str(args.size_mib), *args.modes],
             cwd=ssh.REPO, env={**os.environ, "PYTHONPATH": str(ssh.REPO)}).returncode
     finally:
-        path.terminate()  # netpath removes its namespaces as it ends
+        path.terminate()  # bench.netpath removes its namespaces as it ends
         path.wait(timeout=15)
-        netpath.remove(args.prefix)
 
 
 if __name__ == "__main__":
