@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -85,7 +86,7 @@ def _sshd(procs: ssh.Processes, work: Path, prefix: str, pub: str) -> None:
         capture_output=True, text=True).stdout.strip() != "", "sshd", proc=proc)
 
 
-def measure(prefix: str, size_mib: int, modes: list[str]) -> None:
+def measure(prefix: str, size_mib: int, modes: list[str], keep: bool = False) -> None:
     """In the gw namespace: start everything, copy up and down in each mode, print."""
     work = Path(tempfile.mkdtemp(prefix="bench-scp-path-"))
     procs = ssh.Processes(work)
@@ -119,6 +120,10 @@ def measure(prefix: str, size_mib: int, modes: list[str]) -> None:
                   flush=True)
     finally:
         procs.stop_all()
+        if keep:
+            print(f"work directory and logs kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", default="sg-scp")
     p.add_argument("--delay-ms", type=float, default=40.0, help="one way")
     p.add_argument("--size-mib", type=int, default=96)
+    p.add_argument("--keep", action="store_true", help="keep the work directory and logs")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.inside:
-        measure(args.prefix, args.size_mib, args.modes)
+        measure(args.prefix, args.size_mib, args.modes, args.keep)
         return 0
     if os.getuid() != 0:
         raise SystemExit("bench.scp_path: needs root (network namespaces)")
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run(
             ["ip", "netns", "exec", f"{args.prefix}-gw", sys.executable, "-m",
              "bench.scp_path", "--inside", "--prefix", args.prefix, "--size-mib",
-             str(args.size_mib), *args.modes],
+             str(args.size_mib), *(["--keep"] if args.keep else []), *args.modes],
             cwd=ssh.REPO, env={**os.environ, "PYTHONPATH": str(ssh.REPO)}).returncode
     finally:
         path.terminate()  # bench.netpath removes its namespaces as it ends
