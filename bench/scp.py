@@ -7,7 +7,6 @@ import os
 import pwd
 import shutil
 import statistics
-import subprocess
 
 from bench import ssh
 from bench.common import Run, Section, random_file
@@ -29,10 +28,7 @@ def scenario(run: Run) -> Section:
     work.mkdir()
     procs = ssh.Processes(work)
     try:
-        key = work / "user_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-                       check=True)
-        pub = key.with_suffix(".pub").read_text().strip()
+        key, pub = ssh.user_key(work)
         src = random_file(work / "payload.bin", run.ssh_mib)
         ssh_port, sid = ssh.start_studio(procs, work, pub)
         if run.profile is not None:  # bench.ssh starts the gateway, tool, connect client

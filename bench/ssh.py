@@ -114,6 +114,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def user_key(work: Path) -> tuple[Path, str]:
+    """A new ed25519 key for the bench's user, without a passphrase: (its path, the
+    public half's line)."""
+    key = work / "user_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                   check=True)
+    return key, key.with_suffix(".pub").read_text().strip()
+
+
 def start_studio(procs: Processes, work: Path, pub_key: str) -> tuple[int, str]:
     """Gateway, tool and connect client; returns (SSH port, session id)."""
     storage = work / "storage"
@@ -206,7 +215,8 @@ def cat_down(opts: list[str], port: int, login: str, remote: str, size: int,
 
 def measure(label: str, opts: list[str], port: int, login: str, remote: str, src: Path,
             back: Path, repeat: int, cpu: Callable[[], list[float]] = list,
-            used: list[list[float]] | None = None) -> tuple[float, float]:
+            used: list[list[float]] | None = None,
+            host: str = "127.0.0.1") -> tuple[float, float]:
     """Best MB/s up and down over `repeat` runs; every copy's hash is checked.
 
     `cpu` reads the CPU seconds of the processes watched; what each copy cost them is
@@ -223,8 +233,8 @@ def measure(label: str, opts: list[str], port: int, login: str, remote: str, src
         return size / took / 1e6
 
     for _ in range(repeat):
-        ups.append(timed(str(src), f"{login}@127.0.0.1:{remote}"))
-        downs.append(timed(f"{login}@127.0.0.1:{remote}", str(back)))
+        ups.append(timed(str(src), f"{login}@{host}:{remote}"))
+        downs.append(timed(f"{login}@{host}:{remote}", str(back)))
         if sha256(back) != want:
             raise SystemExit(f"bench: {label}: the copy differs from the original")
         back.unlink()
@@ -245,10 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-ssh-"))
     procs = Processes(work)
     try:
-        key = work / "user_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-                       check=True)
-        pub = key.with_suffix(".pub").read_text().strip()
+        key, pub = user_key(work)
         src = work / "payload.bin"
         with open(src, "wb") as fh:
             for _ in range(args.size_mib):

@@ -5,7 +5,7 @@ without bound when the peer's window is shut. Here:
 
 * :class:`FlowConnection` never adjusts a window by itself: a channel calls
   :meth:`FlowChannel.consumed` when whoever it hands data to has taken it, and
-  the window is re-opened in half-window steps.
+  the window is re-opened in steps of an eighth of it (:data:`ADJUST_SHARE`).
 * :class:`FlowChannel` keeps an ordered outgoing queue (data, extended data,
   requests, EOF, close). Data leaves only while the peer's window allows; what
   waits is bounded by the window of whoever feeds the channel, because that
@@ -48,6 +48,13 @@ __all__ = ["WINDOW", "MAX_PACKET", "FlowChannel", "FlowConnection", "conch_log"]
 WINDOW = 2 * 1024 * 1024
 #: Largest data packet we accept (OpenSSH sends at most this much per packet).
 MAX_PACKET = 32 * 1024
+#: Consumed bytes are re-granted once they reach this share of the window (an eighth:
+#: 256 KiB of the 2 MiB). At half, a path longer than the window's round trip locked
+#: into a lock-step: the sender's burst was the last grant (half a window), and the
+#: receiver held the other half as credit not yet due, so only half the window was
+#: ever in flight (scp at ~10 MB/s on an 80 ms path, docs/ssh.md). What may wait
+#: unread is still the window: only the credit comes back in smaller steps.
+ADJUST_SHARE = 8
 
 #: Conch's chatter (info/debug per channel and per window adjust) is dropped.
 conch_log = Logger(observer=FilteringLogObserver(
@@ -117,7 +124,8 @@ class FlowChannel(SSHChannel):
             self._held += n
             return
         self._unacked += n
-        if self._unacked >= self.localWindowSize // 2 or self.localWindowLeft < self.localMaxPacket:
+        if (self._unacked >= self.localWindowSize // ADJUST_SHARE
+                or self.localWindowLeft < self.localMaxPacket):
             grant, self._unacked = self._unacked, 0
             if self.conn is not None and not self.localClosed:
                 self.conn.adjustWindow(self, grant)
