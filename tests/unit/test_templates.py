@@ -473,6 +473,10 @@ def test_the_guide_says_what_a_builders_mistakes_look_like(
         main(["--tool", "jupyterlab", "jupyter", "lab", "--log-level=DEBUG"], {})
     said = capsys.readouterr().err  # (review50a: it was left out of the CMD shown)
     assert 'CMD ["--", "jupyter", "lab", "--log-level=DEBUG"]' in said, said
+    with pytest.raises(SystemExit):  # our option shortened, as argparse takes it
+        main(["--log", "debug", "--tool", "jupyterlab", "jupyter", "lab"], {})
+    said = capsys.readouterr().err  # (review50c: it was put in the CMD shown)
+    assert 'CMD ["--", "jupyter", "lab"]' in said, said
     assert "exit 2: `the tool's working directory /data does not exist (CONNECT_TOOL_WORKDIR)`" \
         in section
     assert "`RUN mkdir -p /data`" in readme[readme.index("## A custom image"):]
