@@ -125,7 +125,8 @@ def duration_range(lo: float, hi: float) -> Callable[[str], float]:
     def parse(text: str) -> float:
         d = parse_duration(text)
         if not lo <= d <= hi:
-            raise ValueError(f"{DURATION_EXPECTED}, from {lo:g}s to {hi:g}s")
+            # (not DURATION_EXPECTED's examples: "such as 90s" of a range that ends at 60s)
+            raise ValueError(f"a duration from {lo:g}s to {hi:g}s (units ms, s, m, h)")
         return d
 
     return parse

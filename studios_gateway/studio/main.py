@@ -97,12 +97,16 @@ def _command_words(parser: argparse.ArgumentParser, args_list: list[str]) -> lis
     """The command given without ``--``: everything from the first word that is neither
     one of our options nor its value (argparse also took that command's own options that
     share a name with ours, ``--log-level=DEBUG`` say, and left them out of what it did
-    not know)."""
+    not know). An option of ours is known by a prefix too, as argparse knows it
+    (``--log debug``)."""
     actions = parser._option_string_actions
     i = 0
     while i < len(args_list):
         name, has_value, _ = args_list[i].partition("=")
         action = actions.get(name)
+        if action is None and name.startswith("--") and parser.allow_abbrev:
+            named = {a for option, a in actions.items() if option.startswith(name)}
+            action = named.pop() if len(named) == 1 else None
         if action is None:
             break
         i += 1 if has_value or action.nargs == 0 else 2

@@ -990,3 +990,7 @@ def test_the_tunnel_retry_period_is_from_1_to_60_seconds() -> None:
     for bad in ("0", "500ms", "61s", "2 fortnights"):
         with pytest.raises(ConfigError, match="CONNECT_TUNNEL_RETRY_PERIOD"):
             load_config(environ={"CONNECT_TUNNEL_RETRY_PERIOD": bad})
+    with pytest.raises(ConfigError) as e:  # (its words gave 90s as an example: review50c)
+        load_config(environ={"CONNECT_TUNNEL_RETRY_PERIOD": "90s"})
+    assert str(e.value) == ("CONNECT_TUNNEL_RETRY_PERIOD='90s': expected a duration from 1s "
+                            "to 60s (units ms, s, m, h)"), str(e.value)

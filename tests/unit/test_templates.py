@@ -153,6 +153,20 @@ def test_studios_connect_comes_after_the_tool(tool: str) -> None:
         assert ("COPY", "wheels/SHA256SUMS.deps /opt/studio/wheels-deps.sha256") in steps[:at]
 
 
+@pytest.mark.parametrize("tool", sorted(SEED_VERSIONS))
+def test_the_tools_layer_is_not_keyed_on_the_rest_of_common(tool: str) -> None:
+    """Of common/, the steps before studios-connect's copy check-version alone (the tool's
+    install runs it): a release that changes the images' apt or install-studios-connect
+    rebuilt the tool's layer too, common/ being copied whole before it (review50c)."""
+    steps = template(tool).steps
+    at = steps.index(("COPY", "wheels/SHA256SUMS /opt/studio/wheels.sha256"))
+    tool_run = max(i for i, (word, rest) in enumerate(steps[:at])
+                   if word == "RUN" and ("check-version" in rest or f"/{tool}/" in rest))
+    copies = [rest.split()[0] for word, rest in steps[:tool_run] if word == "COPY"]
+    assert [c for c in copies if c.startswith("common")] == ["common/check-version"], copies
+    assert ("COPY", "common/ /opt/studio/common/") in steps[tool_run:at]
+
+
 def test_make_wheels_keys_the_tools_layer_on_every_wheel_but_ours(tmp_path: Path) -> None:
     """make-wheels' SHA256SUMS.deps is its SHA256SUMS without this project's wheel."""
     script = (TEMPLATES / "make-wheels").read_text()
@@ -473,6 +487,10 @@ def test_the_guide_says_what_a_builders_mistakes_look_like(
         main(["--tool", "jupyterlab", "jupyter", "lab", "--log-level=DEBUG"], {})
     said = capsys.readouterr().err  # (review50a: it was left out of the CMD shown)
     assert 'CMD ["--", "jupyter", "lab", "--log-level=DEBUG"]' in said, said
+    with pytest.raises(SystemExit):  # our option shortened, as argparse takes it
+        main(["--log", "debug", "--tool", "jupyterlab", "jupyter", "lab"], {})
+    said = capsys.readouterr().err  # (review50c: it was put in the CMD shown)
+    assert 'CMD ["--", "jupyter", "lab"]' in said, said
     assert "exit 2: `the tool's working directory /data does not exist (CONNECT_TOOL_WORKDIR)`" \
         in section
     assert "`RUN mkdir -p /data`" in readme[readme.index("## A custom image"):]
