@@ -81,13 +81,12 @@ GOAWAY_SPREAD = BACKOFF_MAX
 RETIRED_LINGER = 2.0
 # After a GoAway saying that a newer bind of the session took the tunnel over
 # (GO_AWAY_REPLACED: another studios-connect with this connect string, say a second
-# container of the studio, or the studio's own restart), the client rebinds after about
-# REPLACED_WAIT, or REPLACED_WAIT_AGAIN when it was replaced within REPLACED_MEMORY
-# before: the newer process keeps the studio (a container being replaced has usually
-# gone by then), and should it have gone itself the studio is back within a minute. (It
-# rebound at once: two processes took the tunnel from each other several times a second.)
-REPLACED_WAIT = 30.0
-REPLACED_WAIT_AGAIN = 60.0
+# container of the studio, or the studio's own restart), the client asks to bind only
+# while the session is free (if_free; a gateway that knows it refuses "held" while the
+# newer one holds it), on its usual retry period: the newer process keeps the studio, and
+# this one takes it once that one has stopped. (It bound again at once, taking the
+# session back: two processes took the tunnel from each other several times a second.)
+# The times it was taken over within REPLACED_MEMORY are said at its binds.
 REPLACED_MEMORY = 600.0
 TOOL_POLL = 0.5
 # While a gateway stays unreachable (or refuses, or fails its check), the same failure is
@@ -238,7 +237,8 @@ class TunnelClientProtocol(Protocol):
         self.transport.write(BindRequest(s.session_id, s.token, s.connect_version, s.tool,
                                          s.tool_port, s.tool_version, paced_go_away=True,
                                          replaced_go_away=True,
-                                         replaced=self.client.replaced_lately()).encode())
+                                         replaced=self.client.replaced_lately(),
+                                         if_free=self.client.waiting_for_free).encode())
 
     def dataReceived(self, data: bytes) -> None:
         if self.mux is not None:
@@ -343,6 +343,9 @@ class ConnectClient(Service):
         #: When a newer bind of the session took the tunnel over (GO_AWAY_REPLACED), within
         #: REPLACED_MEMORY.
         self._replaced_at: list[float] = []
+        #: Taken over and not bound since: binds ask to bind only while the session is
+        #: free (if_free), so this one does not take it back from the newer studio.
+        self.waiting_for_free = False
         #: Retired tunnels whose close waits RETIRED_LINGER after a bind, with that call.
         self._lingering: dict[TunnelClientProtocol, IDelayedCall] = {}
         self._tool_down_since: float | None = None  # when the tool began refusing
@@ -703,6 +706,7 @@ class ConnectClient(Service):
 
     def bound(self, protocol: TunnelClientProtocol) -> None:
         self.backoff.reset()
+        self.waiting_for_free = False
         if self.segments.bound():
             self._log.warn("bound to gateway {gw} with {mss}-byte TCP segments after an "
                            "attempt with full-size ones got no answer: the path to it may "
@@ -769,8 +773,8 @@ class ConnectClient(Service):
 
     def _replaced(self, protocol: TunnelClientProtocol) -> None:
         """A newer bind of this session took the tunnel over at `protocol`'s gateway: close
-        it once its streams have finished, and rebind to the same gateway after
-        REPLACED_WAIT (REPLACED_WAIT_AGAIN if this happened within REPLACED_MEMORY)."""
+        it once its streams have finished, and from now on bind only while the session is
+        free (if_free), tried over the retry period (held: again, as after a failure)."""
         if protocol.mux is not None:
             protocol.mux.when_idle(protocol.mux.close)
         if protocol is not self._protocol or not self.running:
@@ -778,17 +782,17 @@ class ConnectClient(Service):
         self._protocol = None
         again = self.replaced_lately() > 0
         self._replaced_at.append(self.clock.seconds())
-        wait = REPLACED_WAIT_AGAIN if again else REPLACED_WAIT
-        # (a draw in 0..1; should that rebind fail, the next attempts go on as after a GoAway)
-        delay = wait * (1 - STEADY_JITTER * self.backoff.spread(1.0))
+        self.waiting_for_free = True
+        delay = self.backoff.spread(self.backoff.cap)
         self._log.warn(
             "gateway {gw}: another connection of session {sid} took this studio's tunnel "
             "over{again} (another studios-connect with the same connect string, such as a "
             "second container of this studio still running, or this studio started again); "
-            "browsers and ssh reach that one now; binding again in {delay:.0f}s",
+            "browsers and ssh reach that one now; this one binds again once that one has "
+            "stopped (asking every ~{period:.0f}s)",
             gw=str(protocol.gateway), sid=self.settings.session_id,
-            again=" again" if again else "", delay=delay)
-        self._set_state("backing-off", "replaced; binding again in {delay:.0f}s", quiet=True,
+            again=" again" if again else "", period=self.backoff.cap)
+        self._set_state("backing-off", "replaced; asking again in {delay:.1f}s", quiet=True,
                         delay=delay)
         self._pending = self.clock.callLater(delay, self._connect)
 
@@ -845,7 +849,9 @@ class ConnectClient(Service):
                           "cannot verify gateway {gw}: {why}; trying again",
                           every_time=True, gw=str(protocol.gateway), why=why)
         elif refusal is not None:
-            self._failure("warn", f"refused {refusal.code} {refusal.reason}",
+            # (held: taken over, waiting for the newer studio to stop: expected, not a fault)
+            self._failure("info" if refusal.code == "held" else "warn",
+                          f"refused {refusal.code} {refusal.reason}",
                           "the gateway refused the bind for now: {code}: {reason}",
                           code=refusal.code, reason=refusal.reason)
         elif protocol.reply is None:  # connected, then nothing: a silent host, a reset

@@ -562,6 +562,8 @@ class TunnelTable:
             tool_port=req.tool_port, bound_at=time.time(),
             tool_version=sys.intern(req.tool_version))  # versions: one copy for all studios
         sid = req.session_id
+        if req.if_free:
+            yield self._refuse_if_held(req, protocol)
         self._own_claims[sid] = self._own_claims.get(sid, 0) + 1
         try:
             yield self.store.claim_tunnel(holder, self.settings.holder_ttl)
@@ -586,6 +588,31 @@ class TunnelTable:
             old.retire(replaced=True)
         self._update_gauge()
         return tunnel
+
+    @defer.inlineCallbacks
+    def _refuse_if_held(self, req: BindRequest, protocol: Protocol) -> Any:
+        """A studio whose tunnel a newer bind took over asks to bind only while no other
+        tunnel holds the session (``if_free``): refused ``held`` while one is held here or
+        claimed by another node, so it does not take the session back from the newer one
+        (they took turns); it binds once that one has stopped (its claim released, or
+        expired after its tunnel was found dead)."""
+        sid = req.session_id
+        here = self._tunnels.get(sid)
+        if here is not None:
+            holder_from = peer_host(here.protocol)
+        else:
+            try:
+                holder = yield self.store.get_tunnel(sid)
+            except StoreUnavailable as e:
+                raise BindError("store_unavailable", f"session store unavailable: {e}")
+            if holder is None:
+                return
+            holder_from = f"a studio bound through node {holder.node_id}"
+        said = self._twins.waiting(sid, holder_from, peer_host(protocol))
+        if said is not None:
+            self._log.warn("{twins}", twins=said)
+        raise BindError("held", f"session {sid} is served by another studios-connect "
+                                f"({holder_from}); this one binds once that one has stopped")
 
     def lost(self, tunnel: Tunnel) -> None:
         """A tunnel's connection ended: forget it and release its claim if still ours."""

@@ -28,6 +28,10 @@ A client that knows the GoAway of a tunnel taken over by a newer bind of its ses
 (wire/frames.py ``GO_AWAY_REPLACED``) says ``"replaced_go_away": true``; others get a
 normal GoAway there, as before. Binding again after such GoAways, it says how many it got
 lately (``"replaced": n``): two studios-connect on one session, which the gateway names.
+Until it is bound again it asks to bind only while no other tunnel holds the session
+(``"if_free": true``); a gateway that knows it refuses such a bind with ``held`` (try
+again later) while one does, so the newer studio keeps the session and this one takes it
+only once that one has stopped.
 
 An ``ok`` also says ``"retry_period": s``, the gateway's CONNECT_TUNNEL_RETRY_PERIOD: the
 period of the client's retries while it cannot reach the gateway (and the spread of its
@@ -49,6 +53,7 @@ SSH_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 
 # Refusal codes, and whether the client should try again.
 RETRYABLE = {"store_unavailable": True, "draining": True, "internal": True, "bind_timeout": True,
+             "held": True,
              "bad_token": False, "unknown_session": False, "incompatible_version": False,
              "malformed": False, "tool_mismatch": False}
 
@@ -81,6 +86,8 @@ class BindRequest:
     replaced_go_away: bool = False
     #: How many GO_AWAY_REPLACED the client got lately (studio.client.REPLACED_MEMORY).
     replaced: int = 0
+    #: Bind only while no other tunnel holds the session (refused ``held`` otherwise).
+    if_free: bool = False
 
     def __repr__(self) -> str:  # never show the token
         return (f"BindRequest(session_id={self.session_id!r}, connect_version="
@@ -98,6 +105,8 @@ class BindRequest:
             body["replaced_go_away"] = True
         if self.replaced:
             body["replaced"] = self.replaced
+        if self.if_free:
+            body["if_free"] = True
         return json.dumps(body).encode() + b"\n"
 
 
@@ -190,7 +199,8 @@ def parse_request(line: bytes) -> BindRequest:
     return BindRequest(sid, token, version, canonical_tool, port, tool_version,
                        paced_go_away=data.get("paced_go_away") is True,
                        replaced_go_away=data.get("replaced_go_away") is True,
-                       replaced=_count(data.get("replaced")))
+                       replaced=_count(data.get("replaced")),
+                       if_free=data.get("if_free") is True)
 
 
 def _count(value: Any) -> int:

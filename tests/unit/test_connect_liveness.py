@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from studios_gateway.studio.client import (
     BACKOFF_MAX,
@@ -165,18 +167,14 @@ def test_a_goaway_from_a_node_alone_is_spread_by_the_client_itself() -> None:
     assert dialled == [GOAWAY_SPREAD * 0.5]
 
 
-def test_a_tunnel_another_bind_took_over_binds_again_later_and_says_so() -> None:
+def test_a_tunnel_another_bind_took_over_binds_again_only_once_the_session_is_free() -> None:
     """Two studios-connect on one session (a second container of the studio still
     running): each bind's GoAway made the other bind again at once, several times a
     second, each saying "gateway is draining". Told GO_AWAY_REPLACED, the client says
-    what happened and binds again after REPLACED_WAIT (REPLACED_WAIT_AGAIN the next time
-    within REPLACED_MEMORY), saying at that bind how often it was replaced lately."""
-    from studios_gateway.studio.client import (
-        REPLACED_MEMORY,
-        REPLACED_WAIT,
-        REPLACED_WAIT_AGAIN,
-        STEADY_JITTER,
-    )
+    what happened and from then on asks to bind only while the session is free (if_free,
+    refused "held" meanwhile: said at info, not as a fault), over its retry period; the
+    binds say how often it was taken over lately. A bind ends the waiting."""
+    from studios_gateway.studio.client import REPLACED_MEMORY
     from studios_gateway.wire.frames import GO_AWAY_REPLACED, encode_go_away
     from tests.unit.test_node_settings import Logged
 
@@ -185,37 +183,47 @@ def test_a_tunnel_another_bind_took_over_binds_again_later_and_says_so() -> None
     dialled: list[float] = []
     client._connect = lambda: dialled.append(clock.seconds())  # type: ignore[method-assign]
     first = bound_protocol(client, BindReply(ok=True, tunnel_id="t"))
-    sent = first.transport.value().split(b"\n", 1)[0]
-    assert parse_request(sent).replaced_go_away and parse_request(sent).replaced == 0
+    sent = parse_request(first.transport.value().split(b"\n", 1)[0])
+    assert sent.replaced_go_away and sent.replaced == 0 and not sent.if_free
     client._protocol = first
     with Logged("warn") as warn, Logged("info") as info:
         assert first.mux is not None
         first.mux.dataReceived(encode_go_away(GO_AWAY_REPLACED))
     assert len(warn.lines) == 1 and "took this studio's tunnel over (another" in warn.lines[0]
-    assert warn.lines[0].endswith("binding again in 28s")  # 30 s, less 5 %: 28.5
+    assert warn.lines[0].endswith("binds again once that one has stopped (asking every ~8s)")
     assert not any("draining" in line for line in info.lines)
-    wait = REPLACED_WAIT * (1 - STEADY_JITTER * 0.5)
-    clock.advance(wait - 0.01)
+    clock.advance(BACKOFF_MAX * 0.5 - 0.01)  # a draw over the retry period
     assert dialled == []
     clock.advance(0.01)
-    assert dialled == [wait]
+    assert dialled == [BACKOFF_MAX * 0.5]
+    # The next attempt asks only for a free session, and is refused while it is held.
+    asking = TunnelClientProtocol(client, Gateway("127.0.0.1", 7070))
+    client._protocol = asking
+    asking.makeConnection(StringTransport())
+    sent = parse_request(asking.transport.value().split(b"\n", 1)[0])
+    assert sent.if_free and sent.replaced == 1
+    with Logged("warn") as warn, Logged("info") as info:
+        asking.dataReceived(BindReply(ok=False, code="held", reason="session s1 is served "
+                                      "by another studios-connect (10.0.0.8)",
+                                      retry=True).encode())
+        asking.connectionLost(Failure(ConnectionDone()))
+    assert warn.lines == [] and any("held" in line for line in info.lines), info.lines
+    assert client.state == "backing-off" and len(dialled) == 1
+    clock.advance(BACKOFF_MAX)
+    assert len(dialled) == 2  # asked again
+    # It binds once the other has stopped: the waiting ends.
     second = bound_protocol(client, BindReply(ok=True, tunnel_id="t2"))
-    assert parse_request(second.transport.value().split(b"\n", 1)[0]).replaced == 1
+    assert parse_request(second.transport.value().split(b"\n", 1)[0]).if_free
     client._protocol = second
-    with Logged("warn") as warn:
-        client.going_away(second, GO_AWAY_REPLACED)
-    assert "over again (another" in warn.lines[0]
-    clock.advance(REPLACED_WAIT_AGAIN * (1 - STEADY_JITTER * 0.5))
-    assert len(dialled) == 2
+    client.bound(second)
+    assert not client.waiting_for_free
     # An older connection of its own told so (the client bound anew before the gateway
     # had found the old one dead): closed, nothing said, nothing dialled.
-    current = bound_protocol(client, BindReply(ok=True, tunnel_id="t3"))
-    client._protocol = current
     old = bound_protocol(client, BindReply(ok=True, tunnel_id="t0"))
     with Logged("warn") as warn:
         client.going_away(old, GO_AWAY_REPLACED)
     assert warn.lines == [] and old.mux is not None and old.mux.closed
-    assert client._protocol is current and len(dialled) == 2
+    assert client._protocol is second and len(dialled) == 2 and not client.waiting_for_free
     clock.advance(REPLACED_MEMORY)
     assert client.replaced_lately() == 0  # forgotten after REPLACED_MEMORY
 

@@ -243,9 +243,12 @@ def test_the_bind_says_it_knows_replaced_goaways_and_how_often_and_ignores_nonse
     req = BindRequest("s1", "t" * 20, "0.12.0", "generic", 8080, replaced_go_away=True,
                       replaced=2)
     got = parse_request(req.encode().strip())
-    assert got.replaced_go_away and got.replaced == 2
+    assert got.replaced_go_away and got.replaced == 2 and not got.if_free
+    waiting = BindRequest("s1", "t" * 20, "0.12.0", "generic", 8080, if_free=True)
+    assert parse_request(waiting.encode().strip()).if_free
     older = BindRequest("s1", "t" * 20, "0.12.0", "generic", 8080)
-    assert not {"replaced_go_away", "replaced"} & set(json.loads(older.encode()))
+    assert not {"replaced_go_away", "replaced", "if_free"} & set(json.loads(older.encode()))
+    assert not parse_request(older.encode().strip()[:-1] + b', "if_free": 1}').if_free
     for bad in ("-1", '"2"', "true", "1e9", "null", "2.5", "100000"):
         line = older.encode().strip()[:-1] + b', "replaced": ' + bad.encode() + b"}"
         assert parse_request(line).replaced == 0, bad  # a hint: never refused for it

@@ -128,3 +128,43 @@ def test_a_client_that_knows_is_told_its_tunnel_was_taken_over_and_twins_are_sai
     older = bind_from(t, "10.0.0.9")  # an older studios-connect: says nothing of it
     bind_knowing(t, "10.0.0.7")
     assert go_away_codes(older) == [GO_AWAY_NORMAL]
+
+
+def test_a_studio_taken_over_binds_only_once_the_session_is_free() -> None:
+    """A studios-connect taken over asks to bind only while the session is free
+    (if_free): refused "held" while the newer one holds it here or through another node
+    (the registry's claim), the two named once; the newer one keeps its tunnel. Once
+    that one has stopped, the bind goes through."""
+    from studios_gateway.registry.base import TunnelHolder
+
+    clock, t = table()
+    newer = bind_knowing(t, "10.0.0.8")
+    held = t.get("s1")
+    with Logged("warn") as warn:
+        for _ in range(3):
+            refused = bind_if_free(t, "10.0.0.7")
+            assert b'"code": "held"' in refused.value().split(b"\n", 1)[0], refused.value()
+    assert t.get("s1") is held and go_away_codes(newer) == []
+    assert len(warn.lines) == 1 and warn.lines[0].startswith(
+        "session s1: a studios-connect from 10.0.0.7 waits for the one bound from 10.0.0.8 "
+        "to stop"), warn.lines
+    held.protocol.connectionLost(None)  # the newer one stops
+    assert t.get("s1") is None
+    bind_if_free(t, "10.0.0.7")
+    assert t.get("s1") is not None and t.get("s1").holder.session_id == "s1"
+    # Claimed through another node: refused as well.
+    t.get("s1").protocol.connectionLost(None)
+    other = TunnelHolder("s1", "node-b", "10.0.0.2:7777", "t9", "0.12.0", 8080, 1.0)
+    t.store.claim_tunnel(other, 30)
+    refused = bind_if_free(t, "10.0.0.7")
+    assert b"a studio bound through node node-b" in refused.value()
+
+
+def bind_if_free(t: TunnelTable, host: str) -> StringTransport:
+    protocol = TunnelServerFactory(t).buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+    protocol.makeConnection(transport)
+    protocol.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "generic", 8080,
+                                      replaced_go_away=True, replaced=1,
+                                      if_free=True).encode())
+    return transport
