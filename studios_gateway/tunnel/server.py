@@ -599,7 +599,7 @@ class TunnelTable:
         sid = req.session_id
         here = self._tunnels.get(sid)
         if here is not None:
-            holder_from = peer_host(here.protocol)
+            where = f"from {peer_host(here.protocol)}"
         else:
             try:
                 holder = yield self.store.get_tunnel(sid)
@@ -607,12 +607,12 @@ class TunnelTable:
                 raise BindError("store_unavailable", f"session store unavailable: {e}")
             if holder is None:
                 return
-            holder_from = f"a studio bound through node {holder.node_id}"
-        said = self._twins.waiting(sid, holder_from, peer_host(protocol))
+            where = f"through node {holder.node_id}"
+        said = self._twins.waiting(sid, where, peer_host(protocol))
         if said is not None:
             self._log.warn("{twins}", twins=said)
-        raise BindError("held", f"session {sid} is served by another studios-connect "
-                                f"({holder_from}); this one binds once that one has stopped")
+        raise BindError("held", f"session {sid} is served by another studios-connect (bound "
+                                f"{where}); this one binds once that one has stopped")
 
     def lost(self, tunnel: Tunnel) -> None:
         """A tunnel's connection ended: forget it and release its claim if still ours."""
@@ -743,7 +743,9 @@ class TunnelTable:
                                              f"a studio bound through node {holder.node_id}")
                 if twins is not None:
                     self._log.warn("{twins}", twins=twins)
-            self._held_elsewhere(tunnel, f"node {holder.node_id} holds it now")
+            # (a studio that moved on its own is told too: its client has left this tunnel
+            # and only closes it; a second studio is told to wait for the session, if_free)
+            self._held_elsewhere(tunnel, f"node {holder.node_id} holds it now", replaced=True)
         return holder
 
     def _record_of(self, holder: TunnelHolder | None, tunnel: Tunnel) -> Deferred[Any]:
@@ -814,7 +816,7 @@ class TunnelTable:
                            "tunnel bound with the old one", sid=tunnel.session_id)
             tunnel.close()
 
-    def _held_elsewhere(self, tunnel: Tunnel, why: str) -> None:
+    def _held_elsewhere(self, tunnel: Tunnel, why: str, replaced: bool = False) -> None:
         """Take the tunnel out of the table (requests go to the new holder) and let the
         streams in flight finish (GoAway), for at most a claim-refresh period (the bound
         the refresh loop gave before): then it is closed. While this node drains, the
@@ -830,7 +832,7 @@ class TunnelTable:
         self._moved[tunnel] = (None if self.draining else
                                self.clock.callLater(self.settings.holder_ttl / 3, tunnel.close))
         self._update_gauge()
-        tunnel.retire()
+        tunnel.retire(replaced=replaced)
 
 
 class TunnelServerProtocol(Protocol):

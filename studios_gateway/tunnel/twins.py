@@ -45,15 +45,15 @@ class Twins:
         self._times: dict[str, list[float]] = {}
         self._said = Repeats(clock, every=WINDOW, max_kinds=MAX_SESSIONS)
 
-    def waiting(self, session_id: str, holder_from: str, waiter_from: str) -> str | None:
+    def waiting(self, session_id: str, where: str, waiter_from: str) -> str | None:
         """The warning to log now that a studios-connect (from `waiter_from`) whose tunnel
-        a newer bind took over waits for the one bound (from `holder_from`) to stop, or
-        None (said at most once a WINDOW per session, as `replaced` is)."""
+        a newer bind took over waits for the one bound `where` ("from 10.0.0.8", "through
+        node gw-2") to stop, or None (at most once a WINDOW per session, as `replaced`)."""
         unsaid = self._said.due(session_id)
         if unsaid is None:
             return None
         return (f"session {session_id}: a studios-connect from {waiter_from} waits for the "
-                f"one bound from {holder_from} to stop (a newer bind took its tunnel over): "
+                f"one bound {where} to stop (a newer bind took its tunnel over): "
                 "two studios-connect run with this session's connect string (a copied "
                 "container, or an old one still running; during an image update, until the "
                 "old one has stopped). Stop one, or give it a session of its own "

@@ -104,8 +104,9 @@ def test_a_peer_secret_that_differs_is_said_when_the_nodes_meet(tmp_path: Path) 
 
 def test_two_studios_on_one_session_through_two_nodes_are_said(tmp_path: Path) -> None:
     """Two studios-connect with one connect string, one through node A and one through
-    node B: each claim retires the other node's tunnel, and they take turns; each node
-    warns as it does when both bind through it (tunnel/twins.py)."""
+    node B: each claim retired the other node's tunnel, and they took turns. The one
+    taken over is told so and waits for the session (if_free, refused "held"); the node
+    it asks names the two (tunnel/twins.py)."""
     with redis_nodes(tmp_path, "a", "b", CONNECT_PEER_SECRET=SECRET) as (a, b):
         status, created = a.api("/api/sessions", "POST", {"owner": "alice"})
         assert status == 201, created
@@ -117,10 +118,11 @@ def test_two_studios_on_one_session_through_two_nodes_are_said(tmp_path: Path) -
                    f"tls://127.0.0.1:{node.env['CONNECT_TUNNEL_PORT']}?pin={pin}"}
             a.parts.append(Connect(tmp_path, created["connect_string"], tool.port,
                                    extra_env=via, name=f"connect-{node.env['CONNECT_NODE_ID']}"))
-        said = f"session {sid}: its tunnel was replaced 10 times in"
+        said = (f"session {sid}: a studios-connect from 127.0.0.1 waits for the one bound "
+                "through node node-")
         wait_until(lambda: lines(a, said) or lines(b, said), "a node's warning", timeout=60)
         line = (lines(a, said) or lines(b, said))[0]
-        assert "a studio bound through node node-" in line and "two studios-connect" in line
+        assert "two studios-connect run with this session's connect string" in line
 
 
 def test_two_processes_with_one_node_id(tmp_path: Path) -> None:
