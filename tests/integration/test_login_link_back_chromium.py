@@ -1,5 +1,6 @@
 """A person in Chromium, on the keyboard: the login link's "Open studio" has the focus
-(Enter opens the studio), and the Back button from the studio, to the link's page,
+(Enter opens the studio; the focus comes with autofocus, a moment after the page has
+loaded: waited for), and the Back button from the studio, to the link's page,
 leads to the studio again where it said "Login link not valid ... ask for a new one"
 (the page is no-store: Back asks for it again, and the link was used)."""
 
@@ -28,8 +29,10 @@ def test_back_from_the_studio_to_its_used_link_leads_to_the_studio(tmp_path: Pat
         sid = created["id"]
         browser = Chromium(tmp_path)
         browser.call("Page.navigate", url=created["login_link"])
+        # (autofocus moves the focus after the page has loaded, a moment later: its event)
         browser.wait_for("document.title == 'Open studio' && "
-                         "!!document.querySelector('form button')", timeout=30)
+                         f"document.activeElement.textContent == 'Open studio {sid}'",
+                         timeout=30)
         assert browser.evaluate("document.activeElement.textContent") == f"Open studio {sid}"
         browser.call("Input.dispatchKeyEvent", type="keyDown", key="Enter", code="Enter",
                      windowsVirtualKeyCode=13, text="\r")
@@ -46,7 +49,8 @@ def test_back_from_the_studio_to_its_used_link_leads_to_the_studio(tmp_path: Pat
                          "document.readyState == 'complete'", timeout=30)
         text = browser.evaluate("document.body.innerText")
         assert "still logged in as alice" in text and "new one" not in text, text
-        assert browser.evaluate("document.activeElement.textContent") == f"Open studio {sid}"
+        browser.wait_for(f"document.activeElement.textContent == 'Open studio {sid}'",
+                         timeout=30)  # (its link, focused by autofocus a moment later)
         browser.evaluate("document.activeElement.click()")
         browser.wait_for("document.title == 'Studio not connected'", timeout=30)
         assert browser.evaluate("location.href") == g.url(sid, "/")
