@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from studios_gateway.config import _quoted
 from studios_gateway.config_loading import read_env_file
 from studios_gateway.wire.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import GatewayProcess, base_env, twistd
@@ -362,5 +363,7 @@ def test_the_unit_without_its_env_file_says_so_and_is_not_restarted(tmp_path: Pa
     from studios_gateway.component import EX_CONFIG
 
     assert proc.returncode == EX_CONFIG, proc.stdout + proc.stderr  # RestartPreventExitStatus
-    assert (f"--env-file='{tmp_path}/etc/gateway.env': expected a readable env file (No such "
+    # (quoted as the product quotes a value: cut at 80 characters, as a long tmp path is)
+    shown = _quoted(f"{tmp_path}/etc/gateway.env")
+    assert (f"--env-file={shown}: expected a readable env file (No such "
             "file or directory)") in proc.stdout + proc.stderr

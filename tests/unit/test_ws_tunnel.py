@@ -151,7 +151,9 @@ def test_binary_messages_reach_the_tunnel_and_the_end_has_an_access_line(gw: Gat
      "a text message (a tunnel is carried in binary messages only)"),
     (masked(0x02, b"x") + masked(0x81, b"y"), 1002,
      "malformed WebSocket frame: expected CONTINUATION, got TEXT"),
-])
+], ids=["garbage", "reserved-bit", "unmasked", "opcode-3", "text", "continuation"])
+# (named: a client's frame carries a random mask, and the runners of `-n 2` must collect
+# the same names)
 def test_a_malformed_frame_is_closed_with_a_close_frame_and_one_log_line(
         gw: Gateway, frames: bytes, code: int, why: str) -> None:
     gw.p.dataReceived(upgrade())
