@@ -51,6 +51,15 @@ _pack_header = frames.HEADER_STRUCT.pack
 #: WindowUpdate; see Multiplexer._accept).
 ACK_HOLD_LIMIT = INITIAL_WINDOW // 2
 
+#: A WindowUpdate is due once the reader has consumed this share of the window (768 KiB of
+#: the default 6 MiB). At half (yamux's own choice), a path whose round trip takes longer
+#: than the window at the link's rate locked into steps: the writer's burst was the last
+#: update (half the window) and the reader held up to the other half as room not yet
+#: advertised, so on a modelled path 0.61 of a window crossed per round trip
+#: (tests/unit/test_tunnel_window_steps.py; as the SSH proxy's channels did, stop 50).
+#: What may wait unread is still the window: only the updates come in smaller steps.
+UPDATE_SHARE = 8
+
 
 class StreamReset(error.ConnectionLost):
     """The peer reset the stream (RST), or refused to open it. ``code``: the RST's window
@@ -90,7 +99,8 @@ class ReceiveWindow:
 
     Invariant: ``remaining + owed + unconsumed == size``, where ``unconsumed``
     is what arrived but the reader has not taken yet. A WindowUpdate is due
-    once ``owed`` (consumed, not yet advertised) reaches half the window.
+    once ``owed`` (consumed, not yet advertised) reaches an :data:`UPDATE_SHARE`
+    of the window.
     """
 
     __slots__ = ("size", "remaining", "owed")
@@ -110,7 +120,7 @@ class ReceiveWindow:
     def consumed(self, n: int) -> int:
         """The reader took ``n`` bytes; returns the WindowUpdate delta to send now, or 0."""
         self.owed += n
-        if self.owed * 2 >= self.size:
+        if self.owed * UPDATE_SHARE >= self.size:
             return self.advertise()
         return 0
 
@@ -549,7 +559,7 @@ class Stream:
             if not self._closed and not self._fin_received:
                 # _consumed(n) without its two calls while no WindowUpdate is due
                 window.owed += n
-                if window.owed * 2 >= window.size:
+                if window.owed * UPDATE_SHARE >= window.size:
                     self.mux._send_control(WINDOW_UPDATE, 0, self.stream_id,
                                            window.advertise())
             if not self._reading_paused and self._recv_buffer:

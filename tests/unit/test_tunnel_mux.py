@@ -358,13 +358,13 @@ def test_send_window_takes_what_is_there_and_refuses_overflow() -> None:
         w.grant(2**32)
 
 
-def test_receive_window_advertises_at_half_and_refuses_excess() -> None:
+def test_receive_window_advertises_each_eighth_and_refuses_excess() -> None:
     w = ReceiveWindow(1 * MiB)
     assert w.advertise() == 1 * MiB - INITIAL_WINDOW and w.remaining == 1 * MiB
     w.received(600 * KiB)
-    assert w.consumed(400 * KiB) == 0  # under half: nothing to say yet
-    assert w.consumed(112 * KiB) == 512 * KiB  # half consumed: tell the peer
-    assert w.remaining == 1 * MiB - 600 * KiB + 512 * KiB
+    assert w.consumed(100 * KiB) == 0  # under an eighth: nothing to say yet
+    assert w.consumed(28 * KiB) == 128 * KiB  # an eighth consumed: tell the peer
+    assert w.remaining == 1 * MiB - 600 * KiB + 128 * KiB
     with pytest.raises(ProtocolError, match="window"):
         w.received(w.remaining + 1)
     with pytest.raises(ValueError):
