@@ -13,6 +13,7 @@ its sessions again, and its studios must still be there when it does.
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -238,7 +239,8 @@ class TunnelClientProtocol(Protocol):
                                          s.tool_port, s.tool_version, paced_go_away=True,
                                          replaced_go_away=True,
                                          replaced=self.client.replaced_lately(),
-                                         if_free=self.client.waiting_for_free).encode())
+                                         if_free=self.client.waiting_for_free,
+                                         instance=self.client.instance).encode())
 
     def dataReceived(self, data: bytes) -> None:
         if self.mux is not None:
@@ -346,6 +348,9 @@ class ConnectClient(Service):
         #: Taken over and not bound since: binds ask to bind only while the session is
         #: free (if_free), so this one does not take it back from the newer studio.
         self.waiting_for_free = False
+        #: This process's name at its binds (wire.bind, "instance"): the gateway tells this
+        #: studio reconnecting from a second studio on its session.
+        self.instance = secrets.token_hex(8)
         #: Retired tunnels whose close waits RETIRED_LINGER after a bind, with that call.
         self._lingering: dict[TunnelClientProtocol, IDelayedCall] = {}
         self._tool_down_since: float | None = None  # when the tool began refusing

@@ -188,6 +188,12 @@ class BindVerifier:
         return record
 
 
+def same_process(tunnel: Tunnel, req: BindRequest) -> bool:
+    """`req` comes from the studios-connect process that bound `tunnel` (both said their
+    instance: wire.bind)."""
+    return bool(req.instance) and tunnel.instance == req.instance
+
+
 class Tunnel:
     """One live tunnel on this node."""
 
@@ -195,10 +201,11 @@ class Tunnel:
     # the tool (a store on Redis hands each bind a record of its own, ~0.3 KiB) and the
     # hash of the token it was bound with (a token replaced since closes it).
     __slots__ = ("tool", "holder", "mux", "protocol", "token_hash", "ended", "paced",
-                 "knows_replaced")
+                 "knows_replaced", "instance")
 
     def __init__(self, tool: str, holder: TunnelHolder, mux: Multiplexer, protocol: Protocol,
-                 token_hash: str = "", paced: bool = False, knows_replaced: bool = False):
+                 token_hash: str = "", paced: bool = False, knows_replaced: bool = False,
+                 instance: str = ""):
         self.tool = tool
         self.holder = holder
         self.mux = mux
@@ -208,6 +215,9 @@ class Tunnel:
         self.paced = paced
         #: Its client knows GO_AWAY_REPLACED (a newer bind took its session's tunnel).
         self.knows_replaced = knows_replaced
+        #: Its client process's name ("" = not said): a new tunnel of the same one is that
+        #: studio reconnecting, not another studio.
+        self.instance = instance
         #: Its session ended (TunnelTable.on_gone was called for it): closing.
         self.ended = False
 
@@ -569,7 +579,7 @@ class TunnelTable:
             yield self.store.claim_tunnel(holder, self.settings.holder_ttl)
             tunnel = Tunnel(sys.intern(record.tool), holder, make_mux(), protocol,
                             record.token_hash, paced=req.paced_go_away,
-                            knows_replaced=req.replaced_go_away)
+                            knows_replaced=req.replaced_go_away, instance=req.instance)
         except BaseException as e:  # (the claim made or not, its tunnel not in the table)
             self._claim_failed(sid)
             if isinstance(e, StoreUnavailable):
@@ -579,7 +589,12 @@ class TunnelTable:
             raise
         old = self._tunnels.get(sid)
         self._tunnels[sid] = tunnel
-        if old is not None:
+        if old is not None and same_process(old, req):
+            # The studio back before its old connection was found dead: not two studios.
+            self._log.info("session {sid}: its studio bound again before its old tunnel "
+                           "was found dead; the new tunnel replaces it", sid=sid)
+            old.retire()
+        elif old is not None:
             self._log.info("session {sid}: a new tunnel replaces the old one", sid=sid)
             twins = self._twins.replaced(sid, peer_host(old.protocol), peer_host(protocol),
                                          told=req.replaced)
@@ -598,6 +613,8 @@ class TunnelTable:
         expired after its tunnel was found dead)."""
         sid = req.session_id
         here = self._tunnels.get(sid)
+        if here is not None and same_process(here, req):
+            return  # (its own old tunnel, not yet found dead: not another studio's)
         if here is not None:
             where = f"from {peer_host(here.protocol)}"
         else:

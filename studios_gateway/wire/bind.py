@@ -33,6 +33,12 @@ Until it is bound again it asks to bind only while no other tunnel holds the ses
 again later) while one does, so the newer studio keeps the session and this one takes it
 only once that one has stopped.
 
+A client also names its process (``"instance"``: random, drawn once at its start): a new
+tunnel of the same instance replacing one still held is that studio reconnecting before
+its old connection was found dead (a network blip, a NAT that dropped it), not a second
+studio on the session; the gateway neither names it as two studios nor tells its old
+tunnel that another took it over. (A hint: one the gateway cannot read is not said.)
+
 An ``ok`` also says ``"retry_period": s``, the gateway's CONNECT_TUNNEL_RETRY_PERIOD: the
 period of the client's retries while it cannot reach the gateway (and the spread of its
 rebind after a GoAway that no other node takes over), instead of its own 8 s.
@@ -88,6 +94,9 @@ class BindRequest:
     replaced: int = 0
     #: Bind only while no other tunnel holds the session (refused ``held`` otherwise).
     if_free: bool = False
+    #: The client process's name, drawn at its start ("" = not said): see the module's
+    #: docstring.
+    instance: str = ""
 
     def __repr__(self) -> str:  # never show the token
         return (f"BindRequest(session_id={self.session_id!r}, connect_version="
@@ -107,6 +116,8 @@ class BindRequest:
             body["replaced"] = self.replaced
         if self.if_free:
             body["if_free"] = True
+        if self.instance:
+            body["instance"] = self.instance
         return json.dumps(body).encode() + b"\n"
 
 
@@ -200,7 +211,8 @@ def parse_request(line: bytes) -> BindRequest:
                        paced_go_away=data.get("paced_go_away") is True,
                        replaced_go_away=data.get("replaced_go_away") is True,
                        replaced=_count(data.get("replaced")),
-                       if_free=data.get("if_free") is True)
+                       if_free=data.get("if_free") is True,
+                       instance=_instance(data.get("instance")))
 
 
 def _count(value: Any) -> int:
@@ -208,6 +220,14 @@ def _count(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10_000:
         return value
     return 0
+
+
+INSTANCE = re.compile(r"[A-Za-z0-9_-]{8,64}")
+
+
+def _instance(value: Any) -> str:
+    """A client's instance name as sent, else "" (a hint, not refused: not said)."""
+    return value if isinstance(value, str) and INSTANCE.fullmatch(value) else ""
 
 
 ROUTINGS = ("subdomain", "path")

@@ -329,3 +329,15 @@ def test_bind_reply_carries_the_gateways_retry_period_within_its_range() -> None
         reply = parse_reply(b'{"ok": true, "tunnel_id": "t", "retry_period": '
                             + bad.encode() + b"}")
         assert reply.ok and reply.retry_period == 0.0, bad
+
+
+def test_the_instance_is_a_hint_kept_when_readable() -> None:
+    """A client's instance name round-trips; one the gateway cannot read is not said (a
+    hint, as "replaced" is), never a refusal."""
+    from studios_gateway.wire.bind import BindRequest, parse_request
+
+    req = BindRequest("s1", "t" * 20, "0.12.0", "generic", 8080, instance="0123abcd4567ef89")
+    assert parse_request(req.encode()).instance == "0123abcd4567ef89"
+    for bad in ("short", "x" * 65, "has space!", 12345678, None, ["a" * 16]):
+        line = req.encode().replace(b'"0123abcd4567ef89"', json.dumps(bad).encode())
+        assert parse_request(line).instance == ""

@@ -168,3 +168,40 @@ def bind_if_free(t: TunnelTable, host: str) -> StringTransport:
                                       replaced_go_away=True, replaced=1,
                                       if_free=True).encode())
     return transport
+
+
+def bind_as(t: TunnelTable, host: str, instance: str, replaced: int = 0,
+            if_free: bool = False) -> StringTransport:
+    """A bind from a studios-connect that names its process (wire.bind, instance)."""
+    protocol = TunnelServerFactory(t).buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+    protocol.makeConnection(transport)
+    protocol.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "generic", 8080,
+                                      replaced_go_away=True, replaced=replaced,
+                                      if_free=if_free, instance=instance).encode())
+    return transport
+
+
+def test_a_studio_back_before_its_old_tunnel_was_found_dead_is_not_two() -> None:
+    """The same studios-connect process binding again while its old tunnel is still held
+    (a blip its old connection has not been found dead from) replaces it without a word of
+    twins, however often and whatever it was told before, and its old tunnel gets the
+    normal GoAway (not 'taken over'); a waiting one's own old tunnel does not hold it. Two
+    processes still are two."""
+    from studios_gateway.wire.frames import GO_AWAY_NORMAL, GO_AWAY_REPLACED
+
+    clock, t = table()
+    with Logged("warn") as warn:
+        olds = [bind_as(t, "10.0.0.7", "a" * 16, replaced=1)]
+        for _ in range(TIMES + 2):  # (more than twins' TIMES within WINDOW)
+            clock.advance(1)
+            olds.append(bind_as(t, "10.0.0.7", "a" * 16, replaced=1))
+        assert warn.lines == []
+        assert all(go_away_codes(old) == [GO_AWAY_NORMAL] for old in olds[:-1])
+        again = bind_as(t, "10.0.0.7", "a" * 16, replaced=1, if_free=True)
+        assert t.get("s1").protocol.transport is again  # (not refused "held")
+        other = bind_as(t, "10.0.0.8", "b" * 16)
+        assert go_away_codes(again) == [GO_AWAY_REPLACED]
+        bind_as(t, "10.0.0.7", "a" * 16, replaced=1)  # the first, back: two studios
+    assert len(warn.lines) == 1 and "two studios-connect run" in warn.lines[0], warn.lines
+    assert go_away_codes(other) == [GO_AWAY_REPLACED]
