@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.gateway import BIN, REPO, GatewayProcess, base_env
+from tests.support.sources import copy_sources
 from tests.support.web import Browser
 
 pytestmark = pytest.mark.slow
@@ -93,8 +94,11 @@ def context(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ensure_base(tmp)
     context = tmp / "context"
     shutil.copytree(REPO / "templates", context, ignore=shutil.ignore_patterns("wheels"))
+    # (make-wheels builds the project where it finds itself: in a copy of the sources, not
+    # in the one the other runner may be building at the same time)
+    sources = copy_sources(tmp / "src")
     wheels = subprocess.run(
-        [str(REPO / "templates" / "make-wheels"), str(context / "wheels"),
+        [str(sources / "templates" / "make-wheels"), str(context / "wheels"),
          "-r", str(context / "jupyterlab" / "requirements-core.txt")],
         env={"PATH": f"{BIN}:/usr/bin:/bin", "PYTHON": str(BIN / "python")},
         capture_output=True, text=True, timeout=600)

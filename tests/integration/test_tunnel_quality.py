@@ -84,11 +84,17 @@ def test_a_silent_path_is_found_by_both_ends_within_the_ping_timeout(tmp_path: P
         request.join(timeout=30)
         print(f"gateway found it after {gateway_found}s, client after {client_found}s, "
               f"served again after {served}s; request in flight: {answers}")
-        assert gateway_found is not None and gateway_found <= PING_TIMEOUT + 0.3
-        assert client_found is not None and client_found <= PING_TIMEOUT + 0.3
+        # Both ends find it at the ping timeout (3.0 s here, measured), before a ping
+        # interval more (a watchdog started only at the next ping would take 4 s; it took
+        # 25-30 s before). The slack is for a loaded machine, the other runner's image
+        # builds beside this test: the ends' timers, and this loop's reads of their logs,
+        # come late there (3.00-3.03 s measured under two runs' load; the bound was 3.3 s).
+        late = 0.75 * PING_INTERVAL
+        assert gateway_found is not None and gateway_found <= PING_TIMEOUT + late
+        assert client_found is not None and client_found <= PING_TIMEOUT + late
         assert served is not None and served <= PING_TIMEOUT + 2
         [(status, text, took)] = answers
-        assert took <= PING_TIMEOUT + 0.5
+        assert took <= PING_TIMEOUT + late
         assert status == 200 or (status == 503 and "Studio not connected" in text), (status, text)
     finally:
         d.stop()

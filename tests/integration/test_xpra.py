@@ -54,12 +54,34 @@ def xpra_studio(tmp: Path, mode: str) -> Iterator[ToolStudio]:
     with tool_studio(tmp, "xpra", mode, "", extra_env=env) as studio:
         yield studio
         display = re.search(r"xpra start (:[0-9]+)", studio.client.output())
-        studio.client.stop()  # SIGTERM: the preset runs `xpra stop :N` first
         assert display, studio.client.output()[-3000:]
+        server = x_server(display.group(1))
+        studio.client.stop()  # SIGTERM: the preset runs `xpra stop :N` first
         out = studio.client.log_path.read_text(errors="replace")
         assert f"stopping Xpra: xpra stop {display.group(1)}" in out, out[-3000:]
-        assert not Path(f"/tmp/.X11-unix/X{display.group(1)[1:]}").exists(), \
-            "the X server outlived the studio"
+        assert not running(server), "the X server outlived the studio"
+        assert x_server(display.group(1), missing_ok=True) != server, \
+            "the X server left its lock file behind"
+
+
+def x_server(display: str, missing_ok: bool = False) -> int | None:
+    """The pid of the X server on `display` (":N"), from its lock file. (By its pid, not
+    by the display's socket: once the studio's server is gone, another test run's may take
+    the same number at once.)"""
+    lock = Path(f"/tmp/.X{display[1:]}-lock")
+    try:
+        return int(lock.read_text().split()[0])
+    except FileNotFoundError:
+        assert missing_ok, f"no X server on {display} ({lock} is missing)"
+        return None
+
+
+def running(pid: int | None) -> bool:
+    """The process lives (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 xpras, xpra = studio_per_mode("xpra", xpra_studio)

@@ -7,14 +7,21 @@ range cannot be taken by them, only by another picker. So ports are picked at ra
 outside it, and from the kernel (port 0) only where the range cannot be read or leaves
 nothing outside it. What is still taken in between is the starters' to retry
 (tests.support.gateway.GatewayProcess picks new ports when its bind fails).
+
+Test runners side by side (pytest-xdist) each pick from a share of their own (every
+second port for two runners), so that one runner's picks never meet the other's: a port
+picked by both in the same second was taken by whichever bound it first, and a starter
+that does not retry (a tool's port given to studios-connect) failed.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -45,13 +52,30 @@ def ephemeral_range(path: Path = EPHEMERAL_RANGE) -> tuple[int, int] | None:
     return (first, last) if 0 < first <= last <= HIGHEST else None
 
 
-def candidates(ephemeral: tuple[int, int] | None) -> list[range]:
+def runner_share(environ: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
+    """(this runner's index, how many runners) under pytest-xdist (PYTEST_XDIST_WORKER
+    ``gwN``, PYTEST_XDIST_WORKER_COUNT), or None: one runner, all ports are its own."""
+    worker = re.fullmatch(r"gw(\d+)", environ.get("PYTEST_XDIST_WORKER", ""))
+    count = environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker is None or not count.isdigit() or int(count) < 2:
+        return None
+    index = int(worker.group(1))
+    return (index, int(count)) if index < int(count) else None
+
+
+def candidates(ephemeral: tuple[int, int] | None,
+               share: tuple[int, int] | None = None) -> list[range]:
     """The ranges ports are picked from: LOWEST..HIGHEST without the ephemeral ports
-    (none where the range is unknown or covers all of it)."""
+    (none where the range is unknown or covers all of it); with a runner's `share`
+    (index, runners), only the ports whose remainder by `runners` is `index`."""
     if ephemeral is None:
         return []
     first, last = ephemeral
     below, above = range(LOWEST, max(LOWEST, first)), range(max(LOWEST, last + 1), HIGHEST + 1)
+    if share is not None:
+        index, runners = share
+        below, above = (range(r.start + (index - r.start) % runners, r.stop, runners)
+                        for r in (below, above))
     return [r for r in (below, above) if len(r)]
 
 
@@ -88,10 +112,11 @@ def free_ports(n: int, *, ranges: list[range] | None = None,
     kernel's ephemeral range where it is known. Each is held until all are chosen, so
     none is handed out twice.
 
-    `ranges`: where to pick (by default :func:`candidates` of the range in /proc; an
-    empty list takes every port from the kernel, as where that range is unknown)."""
+    `ranges`: where to pick (by default :func:`candidates` of the range in /proc, in this
+    runner's share; an empty list takes every port from the kernel, as where that range is
+    unknown)."""
     if ranges is None:
-        ranges = candidates(ephemeral_range())
+        ranges = candidates(ephemeral_range(), runner_share())
     held: list[socket.socket] = []
     try:
         for _ in range(n):

@@ -18,6 +18,7 @@ from tests.support.ports import (
     ephemeral_range,
     free_port,
     free_ports,
+    runner_share,
 )
 
 
@@ -49,6 +50,29 @@ def test_ports_are_picked_below_and_above_the_ephemeral_range() -> None:
     # Nothing outside it, or the range unknown: the kernel picks (as before).
     assert candidates((1024, HIGHEST)) == []
     assert candidates(None) == []
+
+
+def test_two_runners_pick_from_shares_of_their_own() -> None:
+    ranges = {index: candidates((32768, 60999), (index, 2)) for index in (0, 1)}
+    ports = {index: {p for r in ranges[index] for p in r} for index in (0, 1)}
+    assert not ports[0] & ports[1]
+    assert ports[0] | ports[1] == {p for r in candidates((32768, 60999)) for p in r}
+    assert all(p % 2 == 0 for p in ports[0]) and all(p % 2 == 1 for p in ports[1])
+    picked = free_ports(10, ranges=ranges[1], rng=random.Random(3))
+    assert all(p % 2 == 1 for p in picked)
+
+
+@pytest.mark.parametrize(("environ", "share"), [
+    ({"PYTEST_XDIST_WORKER": "gw1", "PYTEST_XDIST_WORKER_COUNT": "2"}, (1, 2)),
+    ({"PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "2"}, (0, 2)),
+    ({"PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": "1"}, None),
+    ({"PYTEST_XDIST_WORKER": "gw2", "PYTEST_XDIST_WORKER_COUNT": "2"}, None),
+    ({"PYTEST_XDIST_WORKER": "master", "PYTEST_XDIST_WORKER_COUNT": "2"}, None),
+    ({}, None),
+])
+def test_a_runners_share_is_read_from_xdists_variables(
+        environ: dict[str, str], share: tuple[int, int] | None) -> None:
+    assert runner_share(environ) == share
 
 
 def test_free_ports_are_outside_the_kernels_range_different_and_bindable() -> None:
