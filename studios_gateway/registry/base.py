@@ -237,6 +237,10 @@ class TunnelHolder:
     tool_port: int
     bound_at: float
     tool_version: str = ""  # as the studio announced it at bind; "" = it did not say
+    #: The studios-connect process that bound it (wire.bind "instance"; "" = not said): a
+    #: node whose tunnel another node's claim took tells the same studio moving from a
+    #: second one. Older nodes ignore it.
+    instance: str = ""
 
 
     def __post_init__(self) -> None:
@@ -260,7 +264,8 @@ class TunnelHolder:
                    node_address=data["node_address"], tunnel_id=data["tunnel_id"],
                    client_version=data["client_version"], tool_port=data["tool_port"],
                    bound_at=float(data["bound_at"]),
-                   tool_version=data.get("tool_version") or "")
+                   tool_version=data.get("tool_version") or "",
+                   instance=data.get("instance") or "")
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TunnelHolder:
@@ -280,6 +285,8 @@ def _check_holder(data: dict[str, Any]) -> None:
           lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535)
     _need(data, "bound_at", "a finite number", _is_number)
     _optional(data, "tool_version", "text of at most 64 characters",
+              lambda v: isinstance(v, str) and len(v) <= 64)
+    _optional(data, "instance", "text of at most 64 characters",
               lambda v: isinstance(v, str) and len(v) <= 64)
 
 

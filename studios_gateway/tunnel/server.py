@@ -570,7 +570,8 @@ class TunnelTable:
             session_id=req.session_id, node_id=self.node_id, node_address=self.node_address,
             tunnel_id=secrets.token_hex(8), client_version=sys.intern(req.connect_version),
             tool_port=req.tool_port, bound_at=time.time(),
-            tool_version=sys.intern(req.tool_version))  # versions: one copy for all studios
+            tool_version=sys.intern(req.tool_version),  # versions: one copy for all studios
+            instance=req.instance)
         sid = req.session_id
         if req.if_free:
             yield self._refuse_if_held(req, protocol)
@@ -622,8 +623,8 @@ class TunnelTable:
                 holder = yield self.store.get_tunnel(sid)
             except StoreUnavailable as e:
                 raise BindError("store_unavailable", f"session store unavailable: {e}")
-            if holder is None:
-                return
+            if holder is None or (req.instance and holder.instance == req.instance):
+                return  # (free, or held by its own old tunnel through another node)
             where = f"through node {holder.node_id}"
         said = self._twins.waiting(sid, where, peer_host(protocol))
         if said is not None:
@@ -751,6 +752,12 @@ class TunnelTable:
                       tunnel: Tunnel) -> TunnelHolder | None:
         # Only a claim by another tunnel proves the studio has moved.
         if holder is not None and holder.tunnel_id != tunnel.holder.tunnel_id:
+            moved = bool(tunnel.instance) and holder.instance == tunnel.instance
+            if moved:
+                # (the same studios-connect bound through another node before this tunnel
+                # was found dead: it moved, it is not a second studio)
+                self._held_elsewhere(tunnel, f"node {holder.node_id} holds it now")
+                return holder
             if self._holds(tunnel) and (holder.node_id, holder.node_address) != (
                     self.node_id, self.node_address):
                 # Two studios on one session through two nodes take turns as on one node

@@ -156,3 +156,53 @@ def test_a_studio_and_its_twin_through_another_node_taking_turns_are_said() -> N
     assert f"replaced {TIMES} times" in said[0]
     assert "a studio bound through node n2" in said[0] and "two studios-connect" in said[0]
     table.stop()
+
+
+def test_a_studio_moving_between_nodes_before_its_old_tunnel_was_found_dead_is_not_two(
+        ) -> None:
+    """The same studios-connect process (its instance in both claims) bound through n2 while
+    its tunnel here was still held, again and again: it moved; no twins are said and its
+    old tunnel here gets the normal GoAway. A waiting (if_free) bind of that process is not
+    held by its own claim through n2."""
+    from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+    from studios_gateway.tunnel.twins import TIMES
+    from studios_gateway.wire.frames import GO_AWAY_NORMAL
+
+    me = "0123456789abcdef"
+    said: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        if "replaced" in (event.get("log_format") or "") or "twins" in event:
+            said.append(formatEvent(event))
+
+    clock = Clock()
+    store, table = memory_table(clock)
+    table.start()
+    globalLogPublisher.addObserver(observe)
+    try:
+        for turn in range(TIMES + 1):
+            here = StringTransport()
+            proto = TunnelServerFactory(table).buildProtocol(None)
+            proto.makeConnection(here)
+            proto.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "generic", 8080,
+                                           replaced_go_away=True, instance=me).encode())
+            ours = table.get("s1")
+            assert ours is not None and ours.holder.instance == me
+            there = replace(ours.holder, node_id="n2", node_address="b:1", tunnel_id=f"t{turn}")
+            store.claim_tunnel(there, 30)  # the same process, bound through n2
+            assert table.get("s1") is None
+            assert [f.length for f in frames_after_bind(here) if f.type == GO_AWAY] == \
+                [GO_AWAY_NORMAL]
+            clock.advance(1)
+        waiting = StringTransport()
+        proto = TunnelServerFactory(table).buildProtocol(None)
+        proto.makeConnection(waiting)
+        proto.dataReceived(BindRequest("s1", TOKEN, "0.12.0", "generic", 8080,
+                                       replaced_go_away=True, replaced=1, if_free=True,
+                                       instance=me).encode())
+        assert b'"ok": true' in waiting.value().split(b"\n", 1)[0], waiting.value()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert said == [], said
+    table.stop()
