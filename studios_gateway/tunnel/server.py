@@ -188,10 +188,9 @@ class BindVerifier:
         return record
 
 
-def same_process(tunnel: Tunnel, req: BindRequest) -> bool:
-    """`req` comes from the studios-connect process that bound `tunnel` (both said their
-    instance: wire.bind)."""
-    return bool(req.instance) and tunnel.instance == req.instance
+def same_process(ours: str, theirs: str) -> bool:
+    """Two binds' instances (wire.bind) name one studios-connect process (both said one)."""
+    return bool(ours) and ours == theirs
 
 
 class Tunnel:
@@ -201,11 +200,10 @@ class Tunnel:
     # the tool (a store on Redis hands each bind a record of its own, ~0.3 KiB) and the
     # hash of the token it was bound with (a token replaced since closes it).
     __slots__ = ("tool", "holder", "mux", "protocol", "token_hash", "ended", "paced",
-                 "knows_replaced", "instance")
+                 "knows_replaced")
 
     def __init__(self, tool: str, holder: TunnelHolder, mux: Multiplexer, protocol: Protocol,
-                 token_hash: str = "", paced: bool = False, knows_replaced: bool = False,
-                 instance: str = ""):
+                 token_hash: str = "", paced: bool = False, knows_replaced: bool = False):
         self.tool = tool
         self.holder = holder
         self.mux = mux
@@ -215,9 +213,6 @@ class Tunnel:
         self.paced = paced
         #: Its client knows GO_AWAY_REPLACED (a newer bind took its session's tunnel).
         self.knows_replaced = knows_replaced
-        #: Its client process's name ("" = not said): a new tunnel of the same one is that
-        #: studio reconnecting, not another studio.
-        self.instance = instance
         #: Its session ended (TunnelTable.on_gone was called for it): closing.
         self.ended = False
 
@@ -580,7 +575,7 @@ class TunnelTable:
             yield self.store.claim_tunnel(holder, self.settings.holder_ttl)
             tunnel = Tunnel(sys.intern(record.tool), holder, make_mux(), protocol,
                             record.token_hash, paced=req.paced_go_away,
-                            knows_replaced=req.replaced_go_away, instance=req.instance)
+                            knows_replaced=req.replaced_go_away)
         except BaseException as e:  # (the claim made or not, its tunnel not in the table)
             self._claim_failed(sid)
             if isinstance(e, StoreUnavailable):
@@ -590,7 +585,7 @@ class TunnelTable:
             raise
         old = self._tunnels.get(sid)
         self._tunnels[sid] = tunnel
-        if old is not None and same_process(old, req):
+        if old is not None and same_process(old.holder.instance, req.instance):
             # The studio back before its old connection was found dead: not two studios.
             self._log.info("session {sid}: its studio bound again before its old tunnel "
                            "was found dead; the new tunnel replaces it", sid=sid)
@@ -614,7 +609,7 @@ class TunnelTable:
         expired after its tunnel was found dead)."""
         sid = req.session_id
         here = self._tunnels.get(sid)
-        if here is not None and same_process(here, req):
+        if here is not None and same_process(here.holder.instance, req.instance):
             return  # (its own old tunnel, not yet found dead: not another studio's)
         if here is not None:
             where = f"from {peer_host(here.protocol)}"
@@ -623,7 +618,7 @@ class TunnelTable:
                 holder = yield self.store.get_tunnel(sid)
             except StoreUnavailable as e:
                 raise BindError("store_unavailable", f"session store unavailable: {e}")
-            if holder is None or (req.instance and holder.instance == req.instance):
+            if holder is None or same_process(holder.instance, req.instance):
                 return  # (free, or held by its own old tunnel through another node)
             where = f"through node {holder.node_id}"
         said = self._twins.waiting(sid, where, peer_host(protocol))
@@ -752,8 +747,7 @@ class TunnelTable:
                       tunnel: Tunnel) -> TunnelHolder | None:
         # Only a claim by another tunnel proves the studio has moved.
         if holder is not None and holder.tunnel_id != tunnel.holder.tunnel_id:
-            moved = bool(tunnel.instance) and holder.instance == tunnel.instance
-            if moved:
+            if same_process(tunnel.holder.instance, holder.instance):
                 # (the same studios-connect bound through another node before this tunnel
                 # was found dead: it moved, it is not a second studio)
                 self._held_elsewhere(tunnel, f"node {holder.node_id} holds it now")
