@@ -208,6 +208,8 @@ class RedisStore:
         #: Commands' waits for the first connection (_when_first_connected): a stop ends them.
         self._first_waits: dict[Deferred[None], None] = {}
         self._lost_again = False  # told again once commands work (_subscribed)
+        #: when_connected's waits for that second telling (see when_connected).
+        self._told_again: list[Deferred[None]] = []
         if (tls_cert_file is None) != (tls_key_file is None):
             raise ValueError("a Redis TLS client certificate needs both the certificate "
                              "file and the key file")
@@ -251,9 +253,20 @@ class RedisStore:
                                    consumeErrors=True).addCallback(lambda _: None)
 
     def when_connected(self) -> Deferred[None]:
-        """Fires when both connections are up (the event subscription included)."""
+        """Fires when both connections are up (the event subscription included), and
+        after the "events lost" notice a subscriber that came up first gives again once
+        the command connection is up (_subscribed): a subscriber added once this has
+        fired hears no notice from before it (it came after, in the same turn, when the
+        wait for this began before the subscriber came up: ci51f)."""
         return defer.gatherResults([self._commands.when_ready(), self._events.when_ready()],
-                                   consumeErrors=True).addCallback(lambda _: None)
+                                   consumeErrors=True).addCallback(self._after_told_again)
+
+    def _after_told_again(self, _: Any) -> Deferred[None] | None:
+        if not self._lost_again:
+            return None
+        told: Deferred[None] = Deferred()
+        self._told_again.append(told)
+        return told
 
     def next_connection_failure(self) -> Deferred[str]:
         """Fires with the reason the next attempt to set up the command connection failed
@@ -299,6 +312,9 @@ class RedisStore:
             def again(_: Any) -> None:
                 self._lost_again = False
                 self._events_lost()
+                waits, self._told_again = self._told_again, []
+                for told in waits:
+                    told.callback(None)
 
             self._commands.when_ready().addCallback(again)
 

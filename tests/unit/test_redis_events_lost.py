@@ -46,3 +46,38 @@ def test_lost_events_are_told_again_once_the_command_connection_is_up() -> None:
     store._commands.lost(store._commands.conn)
     store._commands.connected(Conn())
     assert heard == [None, None]
+
+
+def test_when_connected_fires_after_the_second_telling() -> None:
+    """A wait for both connections begun before the subscriber came up fired before the
+    store told its subscribers again (the command connection's waiters ran in the order
+    they came): a subscriber added then heard an "events lost" from before it (ci51f)."""
+    store = RedisStore("127.0.0.1:6379", clock=Clock(), node_id="gw-1")
+    heard: list[str | None] = []
+    store.subscribe(heard.append)
+    both = store.when_connected()  # (before either is up: at a node's start)
+    late: list[str | None] = []
+    told_first: list[int] = []
+
+    def connected(_: Any) -> None:
+        told_first.append(len(heard))
+        store.subscribe(late.append)  # as a node's part does once Redis is up
+
+    both.addCallback(connected)
+    store._events.connected(Conn())
+    assert heard == [None]
+    store._commands.connected(Conn())
+    assert told_first == [2]  # after the second "events lost", not before it
+    assert heard == [None, None] and late == []
+
+
+def test_when_connected_with_commands_first_does_not_wait() -> None:
+    store = RedisStore("127.0.0.1:6379", clock=Clock(), node_id="gw-1")
+    both = store.when_connected()
+    store._commands.connected(Conn())
+    heard: list[str | None] = []
+    store.subscribe(heard.append)
+    fired: list[int] = []
+    both.addCallback(lambda _: fired.append(len(heard)))
+    store._events.connected(Conn())
+    assert heard == [None] and fired == [1]  # told once, and the wait is over
