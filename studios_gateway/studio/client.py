@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from studios_gateway import reactor_loop
 from studios_gateway.repeats import Repeats
-from studios_gateway.studio.segments import ClampedTCP, SegmentSize
+from studios_gateway.studio.segments import SMALL_MSS, ClampedTCP, SegmentSize
 from studios_gateway.studio.settings import ClientSettings, Gateway
 from studios_gateway.studio.tool_link import ToolConnection, ToolEndpoint
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
@@ -712,12 +712,23 @@ class ConnectClient(Service):
     def bound(self, protocol: TunnelClientProtocol) -> None:
         self.backoff.reset()
         self.waiting_for_free = False
-        if self.segments.bound():
+        small_binds = self.segments.bound()
+        if small_binds == 1:
             self._log.warn("bound to gateway {gw} with {mss}-byte TCP segments after an "
                            "attempt with full-size ones got no answer: the path to it may "
                            "drop large packets without a word (an MTU black hole: ICMP "
-                           "'fragmentation needed' filtered); the tunnel keeps small "
-                           "segments", gw=str(protocol.gateway), mss=self.segments.mss)
+                           "'fragmentation needed' filtered), or the gateway was too busy "
+                           "to answer; this tunnel keeps small segments, the next one "
+                           "tries full-size ones again", gw=str(protocol.gateway),
+                           mss=SMALL_MSS)
+        elif small_binds is not None:
+            self._log.warn("bound to gateway {gw} with {mss}-byte TCP segments after "
+                           "full-size ones got no answer {n} times in a row: the path to "
+                           "it drops large packets without a word (an MTU black hole: "
+                           "ICMP 'fragmentation needed' filtered); studios-connect keeps "
+                           "small segments from now on (docs/operators.md says how to "
+                           "fix the path)", gw=str(protocol.gateway), mss=SMALL_MSS,
+                           n=small_binds)
         if protocol.reply is not None:
             self.backoff.use_period(protocol.reply.retry_period)
         self._attempts, self._said, self._loud = 0, None, True

@@ -11,8 +11,17 @@ default and is a host setting a studio cannot change.
 The client answers it as a person would: after an attempt that connected and then
 ended before its bind was answered, the next attempt uses the other size, small
 segments (:data:`SMALL_MSS`, announced in the SYN, so both ends send them) or the
-path's own. A path that is not a black hole binds either way; small segments cost
-a few percent of a bulk transfer's throughput until the next such stall.
+path's own. A path that is not a black hole binds either way.
+
+One such stall proves little: a gateway too busy to finish TLS handshakes (a restart
+under thousands of studios) ends attempts the same way, and a studio on a sound path
+then bound with small segments and kept them for good (a few percent of a bulk
+transfer's throughput, and more of the gateway's CPU per byte, on every such
+studio). So a tunnel bound with small segments after a full-size stall keeps them, and
+the next connection tries the path's own size again; only when that stalls too and
+small segments bind again (twice in a row: :data:`SURE_AFTER`) does the client keep
+small segments for the rest of the process. A real black hole costs one more stalled
+attempt, at the first reconnect.
 
 The same sockets wait at most 2 s between two SYNs (wire/sockopts.py
 ``cap_retransmissions``, set before the connect): an attempt under way when a silent
@@ -32,11 +41,16 @@ from zope.interface import directlyProvides, providedBy
 
 from studios_gateway.wire.sockopts import cap_retransmissions
 
-__all__ = ["SMALL_MSS", "ClampedTCP", "SegmentSize"]
+__all__ = ["SMALL_MSS", "SURE_AFTER", "ClampedTCP", "SegmentSize"]
 
 #: Bytes of payload per TCP segment in small mode: a 1280-byte packet (the least MTU
 #: IPv6 allows a link) holds it with IPv6's 40-byte header, TCP's 20 and timestamps' 12.
 SMALL_MSS = 1200
+
+
+#: Binds with small segments right after a full-size attempt stalled, in a row, that
+#: make the client keep small segments for the rest of the process.
+SURE_AFTER = 2
 
 
 class SegmentSize:
@@ -45,23 +59,38 @@ class SegmentSize:
     def __init__(self) -> None:
         #: The segment size the next connection announces (None: the path's own).
         self.mss: int | None = None
+        #: Binds with small segments right after a full-size stall, in a row (a bind with
+        #: full-size segments starts again at 0).
+        self.small_binds = 0
         self._after_stall = False
-        self._said = False
+
+    @property
+    def sure(self) -> bool:
+        """The path has been taken for an MTU black hole (small segments for good)."""
+        return self.small_binds >= SURE_AFTER
 
     def stalled(self) -> None:
         """An attempt connected and ended before its bind was answered: the next one
-        uses the other size."""
-        self.mss = None if self.mss else SMALL_MSS
+        uses the other size (small ones still, once the client is sure: what stalls
+        them is not the path's packet size, a gateway away, say)."""
+        self.mss = None if self.mss and not self.sure else SMALL_MSS
         self._after_stall = True
 
-    def bound(self) -> bool:
-        """A bind was answered. True once per process: the first bind with small
-        segments right after an attempt with the path's own size stalled (the owner
-        says so: the path may be an MTU black hole)."""
-        first = self.mss is not None and self._after_stall and not self._said
-        self._after_stall = False
-        self._said = self._said or first
-        return first
+    def bound(self) -> int | None:
+        """A bind was answered with segments of ``mss`` bytes. Returns how many times in
+        a row small segments have now bound right after a full-size attempt stalled (1,
+        then :data:`SURE_AFTER`: the owner says so), else None. The next connection (once
+        this tunnel ends) uses the path's own size again unless the client is sure."""
+        after_stall, self._after_stall = self._after_stall, False
+        if self.mss is None:
+            self.small_binds = 0
+            return None
+        if not after_stall or self.sure:
+            return None  # (small kept, or small after a stall with small: said before)
+        self.small_binds += 1
+        if not self.sure:
+            self.mss = None  # this tunnel keeps its small segments; the next one tries
+        return self.small_binds
 
 
 class _Client(tcp.Client):

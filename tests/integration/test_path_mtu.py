@@ -4,7 +4,9 @@ needs root, as the namespaces do).
 
 The TCP connection opens and the TLS handshake stalls at the gateway's certificate:
 before, every attempt ended before its bind was answered and the studio never bound.
-Now the attempt after such a one announces 1200-byte segments and binds.
+Now the attempt after such a one announces 1200-byte segments and binds; after the
+gateway's restart the studio tries the path's own size once more (a busy gateway stalls
+attempts too), stalls, binds with small segments again and keeps them.
 """
 
 from __future__ import annotations
@@ -47,14 +49,20 @@ def test_a_studio_behind_an_mtu_black_hole_binds_with_small_segments(tmp_path: P
         scenario = subprocess.run(
             ["ip", "netns", "exec", f"{prefix}-gw", sys.executable, "-m",
              "tests.support.black_hole_studio", prefix, str(tmp_path), str(BIND_WITHIN)],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
         assert scenario.returncode == 0, scenario.stdout + scenario.stderr
         result = json.loads(scenario.stdout.splitlines()[-1])
         log = result["client_log"]
         assert result["bound"] is not None, log
         assert "the connection ended before the bind was answered" in log, log
-        assert log.count("1200-byte TCP segments") == 1, log
+        assert log.count("1200-byte TCP segments") == 2, log
         assert "MTU black hole" in log
+        # One stall proves little (a busy gateway stalls attempts too): after the gateway's
+        # restart the studio tried the path's own size again, stalled again, bound with
+        # small segments again, and keeps them from then on.
+        assert result["rebound"] is not None, log
+        assert "the next one tries full-size ones again" in log, log
+        assert "2 times in a row" in log and "keeps small segments from now on" in log, log
     finally:
         path.terminate()
         try:

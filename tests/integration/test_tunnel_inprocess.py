@@ -221,6 +221,26 @@ class TunnelTests(TestCase):
         said = [formatEvent(e) for e in events if "TCP segments" in formatEvent(e)]
         self.assertEqual(len(said), 1, said)
         self.assertIn("MTU black hole", said[0])
+        self.assertIn("the next one tries full-size ones again", said[0])
+
+    @defer.inlineCallbacks
+    def test_the_tunnel_after_a_small_one_tries_full_size_segments_again(self) -> Any:
+        """One stall proves little (a gateway too busy to finish handshakes, a restart
+        under many studios): once that tunnel ends, the next connection uses the path's
+        own size again, and binds with it (here, the gateway dropped the tunnel)."""
+        client = self.client(stalled_before=True)
+        yield client.next_bind()
+        tunnel = self.table.get("s1")
+        assert tunnel is not None
+        first = _tcp_under(tunnel.protocol.transport, "setTcpNoDelay").socket
+        self.assertLessEqual(first.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG),
+                             SMALL_MSS)
+        again = client.next_bind()
+        tunnel.protocol.transport.abortConnection()
+        protocol = yield again
+        sock = _tcp_under(protocol.transport, "setTcpNoDelay").socket
+        self.assertGreater(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG), SMALL_MSS)
+        self.assertEqual(client.segments.small_binds, 0)
 
     @defer.inlineCallbacks
     def test_until_the_bind_is_answered_a_silent_gateway_host_ends_the_connection(

@@ -9,7 +9,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 
-from studios_gateway.studio.segments import SMALL_MSS, ClampedTCP, SegmentSize
+from studios_gateway.studio.segments import SMALL_MSS, SURE_AFTER, ClampedTCP, SegmentSize
 from studios_gateway.wire.sockopts import TCP_RTO_MAX_MS, TUNNEL_RTO_MAX_MS
 
 
@@ -18,21 +18,46 @@ def test_a_stalled_attempt_makes_the_next_one_use_the_other_size() -> None:
     assert sizes.mss is None  # the path's own at first
     sizes.stalled()
     assert sizes.mss == SMALL_MSS
-    assert sizes.bound() is True  # small segments bound where full ones stalled: said
-    assert sizes.mss == SMALL_MSS  # and kept
     sizes.stalled()  # a stall with small ones too (a gateway that was away): full again
     assert sizes.mss is None
-    assert sizes.bound() is False
-    sizes.stalled()
-    assert (sizes.mss, sizes.bound()) == (SMALL_MSS, False)  # said once per process
+    assert sizes.bound() is None  # full-size segments bound: nothing to say
 
 
-def test_a_bind_with_the_paths_own_size_is_nothing_to_say() -> None:
+def test_one_small_bind_after_a_stall_is_kept_for_that_tunnel_only() -> None:
+    """A gateway too busy to finish handshakes stalls an attempt as a black hole does:
+    the tunnel that bound with small segments keeps them (they are the connection's),
+    and the next connection tries the path's own size again."""
     sizes = SegmentSize()
-    assert sizes.bound() is False
+    sizes.stalled()
+    assert sizes.mss == SMALL_MSS
+    assert sizes.bound() == 1  # said: may be a black hole, or a busy gateway
+    assert sizes.mss is None and not sizes.sure  # the next connection: the path's own
+    assert sizes.bound() is None  # it bound: a sound path, nothing more to say
+    assert sizes.small_binds == 0
+    sizes.stalled()  # another busy moment later: again once, not "sure"
+    assert sizes.bound() == 1 and sizes.mss is None and not sizes.sure
+
+
+def test_twice_in_a_row_the_client_keeps_small_segments() -> None:
+    sizes = SegmentSize()
+    sizes.stalled()
+    assert sizes.bound() == 1 and sizes.mss is None
+    sizes.stalled()  # the path's own size stalls again at the next connection
+    assert sizes.mss == SMALL_MSS
+    assert sizes.bound() == SURE_AFTER and sizes.sure
+    assert sizes.mss == SMALL_MSS  # kept from now on
+    assert sizes.bound() is None  # said once
+    sizes.stalled()  # a small attempt stalls (the gateway away): small ones still
+    assert sizes.mss == SMALL_MSS
+    assert sizes.bound() is None
+
+
+def test_a_stall_with_small_segments_then_a_bind_with_full_ones_is_nothing_to_say() -> None:
+    sizes = SegmentSize()
+    assert sizes.bound() is None
     sizes.stalled()
     sizes.stalled()
-    assert (sizes.mss, sizes.bound()) == (None, False)
+    assert (sizes.mss, sizes.bound()) == (None, None)
 
 
 def test_a_connection_made_in_small_mode_announces_small_segments() -> None:
