@@ -64,7 +64,9 @@ def test_the_page_says_not_yet_then_until_when(deployment: Deployment) -> None:
 
 class HoldingTool(SocketTool):
     """A tool that reads a request and does not answer (busy); `got` is set once it has
-    one."""
+    one for ``/busy``. (Not for any request: studios-connect asks the tool's port one of
+    its own at its first bind, studio.points_back, and a test that cut the tunnel then
+    asked its own request after the cut, or after the studio was back: ci52a.)"""
 
     def __init__(self) -> None:
         self.got = threading.Event()
@@ -72,8 +74,11 @@ class HoldingTool(SocketTool):
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as reader:
-            if reader.readline():  # a request line
+            line = reader.readline()  # a request line
+            target = line.split(b" ")[1:2]
+            if target and target[0].endswith(b"/busy"):
                 self.got.set()
+            if line:
                 reader.read()  # until the stream to it ends
 
 
