@@ -10,6 +10,7 @@ from twisted.conch.ssh import connection
 
 from studios_gateway.ssh import channels
 from studios_gateway.ssh.channels import WINDOW, FlowChannel, FlowConnection
+from tests.support.delay_line import DelayLine, per_round_trip
 
 
 class _Wire:
@@ -49,8 +50,8 @@ def window_per_round_trip(delay: int = 4, rate: int = WINDOW // 8, ticks: int = 
     sender, reader = FlowChannel(), _Reader()
     to_reader, to_sender = _wire(sender, WINDOW), _wire(reader, 0)
     waiting: deque[bytes] = deque()
-    forth: deque[tuple[int, bytes]] = deque()
-    back: deque[tuple[int, bytes]] = deque()
+    forth: DelayLine[bytes] = DelayLine(delay)
+    back: DelayLine[bytes] = DelayLine(delay)
     got = []
     for now in range(ticks):
         if sender.queued_bytes < WINDOW:
@@ -61,18 +62,18 @@ def window_per_round_trip(delay: int = 4, rate: int = WINDOW // 8, ticks: int = 
         while waiting and budget > 0:
             packet = waiting.popleft()
             budget -= len(packet)
-            forth.append((now + delay, packet))
-        while forth and forth[0][0] <= now:
-            to_sender.ssh_CHANNEL_DATA(forth.popleft()[1])
-        back.extend((now + delay, p) for kind, p in to_sender.transport.packets
-                    if kind == connection.MSG_CHANNEL_WINDOW_ADJUST)
+            forth.put(now, packet)
+        for packet in forth.due(now):
+            to_sender.ssh_CHANNEL_DATA(packet)
+        for kind, packet in to_sender.transport.packets:
+            if kind == connection.MSG_CHANNEL_WINDOW_ADJUST:
+                back.put(now, packet)
         to_sender.transport.packets.clear()
-        while back and back[0][0] <= now:
-            to_reader.ssh_CHANNEL_WINDOW_ADJUST(back.popleft()[1])
+        for packet in back.due(now):
+            to_reader.ssh_CHANNEL_WINDOW_ADJUST(packet)
         assert reader.localWindowLeft >= 0  # never more in flight than the window
         got.append(reader.got)
-    half = ticks // 2
-    return (got[-1] - got[half]) / (ticks - 1 - half) * 2 * delay / WINDOW
+    return per_round_trip(got, delay, WINDOW)
 
 
 def test_most_of_the_window_is_in_flight_on_a_long_path() -> None:

@@ -3,8 +3,6 @@ trip, on a modelled path (one-way delay, a link rate) between two real Multiplex
 
 from __future__ import annotations
 
-from collections import deque
-
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -20,6 +18,7 @@ from studios_gateway.wire.frames import (
 )
 from studios_gateway.wire.mux import DEFAULT_WINDOW, Multiplexer
 from studios_gateway.wire.stream import ReceiveWindow
+from tests.support.delay_line import DelayLine, per_round_trip
 
 WINDOW = DEFAULT_WINDOW
 CHUNK = 256 * 1024  # what the sender's producer writes at a time (one tool socket read)
@@ -48,8 +47,8 @@ def window_per_round_trip(delay: int = 4, rate: int = WINDOW // 8, ticks: int = 
     receiver.makeConnection(to_sender)
     stream = sender.open_stream()
     waiting = bytearray()
-    forth: deque[tuple[int, bytes]] = deque()
-    back: deque[tuple[int, bytes]] = deque()
+    forth: DelayLine[bytes] = DelayLine(delay)
+    back: DelayLine[bytes] = DelayLine(delay)
     got = []
     for now in range(ticks):
         while stream.send_buffered < CHUNK:
@@ -57,17 +56,16 @@ def window_per_round_trip(delay: int = 4, rate: int = WINDOW // 8, ticks: int = 
         waiting += to_receiver.value()
         to_receiver.clear()
         sent, waiting = bytes(waiting[:rate]), waiting[rate:]
-        forth.append((now + delay, sent))
-        while forth and forth[0][0] <= now:
-            receiver.dataReceived(forth.popleft()[1])
-        back.append((now + delay, to_sender.value()))
+        forth.put(now, sent)
+        for data in forth.due(now):
+            receiver.dataReceived(data)
+        back.put(now, to_sender.value())
         to_sender.clear()
-        while back and back[0][0] <= now:
-            sender.dataReceived(back.popleft()[1])
+        for data in back.due(now):
+            sender.dataReceived(data)
         clock.advance(0)
         got.append(reader.got)
-    half = ticks // 2
-    return (got[-1] - got[half]) / (ticks - 1 - half) * 2 * delay / WINDOW
+    return per_round_trip(got, delay, WINDOW)
 
 
 def test_most_of_the_window_is_in_flight_on_a_long_path() -> None:
