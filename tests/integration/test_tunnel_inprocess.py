@@ -24,7 +24,7 @@ from zope.interface import implementer
 from studios_gateway.demo.tool import make_root
 from studios_gateway.registry.base import SessionRecord, hash_token, new_token
 from studios_gateway.registry.memory import MemoryStore
-from studios_gateway.studio.client import ConnectClient
+from studios_gateway.studio.client import Backoff, ConnectClient
 from studios_gateway.studio.segments import SMALL_MSS
 from studios_gateway.studio.settings import ClientSettings, Gateway
 from studios_gateway.tunnel.server import TunnelServerFactory, TunnelSettings, TunnelTable
@@ -72,6 +72,13 @@ class CountToEOF(Protocol):
 
     def readConnectionLost(self) -> None:
         self.transport.write(b"%d\n" % self.n)
+        self.transport.loseConnection()
+
+
+class _ClosesAtOnce(Protocol):
+    """A listener that accepts a connection and closes it at once."""
+
+    def connectionMade(self) -> None:
         self.transport.loseConnection()
 
 
@@ -241,6 +248,37 @@ class TunnelTests(TestCase):
         sock = _tcp_under(protocol.transport, "setTcpNoDelay").socket
         self.assertGreater(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG), SMALL_MSS)
         self.assertEqual(client.segments.small_binds, 0)
+
+    @pytest.mark.xfail(strict=True, reason="review52: the small attempt after a stall goes "
+                       "to the next gateway listed, and its bind counts as the stalled "
+                       "one's path")
+    @defer.inlineCallbacks
+    def test_a_listed_gateway_that_ends_attempts_does_not_make_a_sound_path_small(
+            self) -> Any:
+        """Two gateways listed, the first accepting connections and closing them at once
+        (a proxying load balancer with no backend, a gateway at its handshake limit):
+        its full-size attempt ends before the bind, the small one after it goes to the
+        second, a sound path, and binds. Twice (the next connection starts at the first
+        again) and the studio said the second's path drops large packets and kept small
+        segments for good (the second gateway was never tried with full-size ones)."""
+        closing = Factory.forProtocol(_ClosesAtOnce)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(closing)
+        self.addCleanup(port.stopListening)
+        settings = ClientSettings(
+            gateways=(Gateway("127.0.0.1", port.getHost().port, self.pin),
+                      Gateway("127.0.0.1", self.gw_port, self.pin)),
+            session_id="s1", token=self.token, tool_port=self.tool_port)
+        client = ConnectClient(settings, reactor, backoff=Backoff(0.05, 0.05))
+        client.startService()
+        self.addCleanup(self.table.wait_empty)
+        self.addCleanup(lambda: client.stopService() if client.running else None)
+        yield client.next_bind()
+        tunnel = self.table.get("s1")
+        assert tunnel is not None
+        again = client.next_bind()
+        tunnel.protocol.transport.abortConnection()
+        yield again
+        self.assertFalse(client.segments.sure)
 
     @defer.inlineCallbacks
     def test_until_the_bind_is_answered_a_silent_gateway_host_ends_the_connection(
