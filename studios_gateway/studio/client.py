@@ -324,7 +324,7 @@ class ConnectClient(Service):
         self.on_bind = on_bind  # sees each ok (the gateway's SSH key fingerprint)
         self.backoff = backoff or Backoff()
         # Small TCP segments after an attempt that stalled before its bind (segments.py).
-        self.segments = SegmentSize()
+        self.segments = SegmentSize(reactor)
         self._tcp = ClampedTCP(reactor, self.segments)
         # A preset's readiness probe: the first bind waits for it (or, with bind_first,
         # the bind comes first so the tool can learn its prefix) and streams wait for it.
@@ -643,6 +643,7 @@ class ConnectClient(Service):
         self._set_state("connecting", "connecting to gateway {gw}", gw=str(gateway),
                         quiet=self._attempts > 0)  # said for the first attempt of a run
         self._state_gateway = gateway
+        self.segments.toward(gateway)  # (its TCP connection's segment size)
         factory = ClientFactory.forProtocol(lambda: self.protocol_class(self, gateway))
         factory.noisy = False
         self._connecting = self.gateway_endpoint(gateway).connect(factory)
@@ -712,7 +713,7 @@ class ConnectClient(Service):
     def bound(self, protocol: TunnelClientProtocol) -> None:
         self.backoff.reset()
         self.waiting_for_free = False
-        small_binds = self.segments.bound()
+        small_binds = self.segments.bound(protocol.gateway)
         if small_binds == 1:
             self._log.warn("bound to gateway {gw} with {mss}-byte TCP segments after an "
                            "attempt with full-size ones got no answer: the path to it may "
@@ -726,8 +727,8 @@ class ConnectClient(Service):
                            "full-size ones got no answer {n} times in a row: the path to "
                            "it drops large packets without a word (an MTU black hole: "
                            "ICMP 'fragmentation needed' filtered); studios-connect keeps "
-                           "small segments from now on (docs/operators.md says how to "
-                           "fix the path)", gw=str(protocol.gateway), mss=SMALL_MSS,
+                           "small segments toward it for the next hour (docs/operators.md "
+                           "says how to fix the path)", gw=str(protocol.gateway), mss=SMALL_MSS,
                            n=small_binds)
         if protocol.reply is not None:
             self.backoff.use_period(protocol.reply.retry_period)
@@ -871,7 +872,8 @@ class ConnectClient(Service):
                           "the gateway refused the bind for now: {code}: {reason}",
                           code=refusal.code, reason=refusal.reason)
         elif protocol.reply is None:  # connected, then nothing: a silent host, a reset
-            self.segments.stalled()  # or a path that drops big packets: the other size next
+            # or a path that drops big packets: the other size next, toward that gateway
+            self.segments.stalled(protocol.gateway)
             self._unreachable(protocol.gateway, reason, "the connection ended before the "
                               f"bind was answered ({broke(reason) or 'closed'})")
         elif self.state == "bound":

@@ -20,8 +20,12 @@ transfer's throughput, and more of the gateway's CPU per byte, on every such
 studio). So a tunnel bound with small segments after a full-size stall keeps them, and
 the next connection tries the path's own size again; only when that stalls too and
 small segments bind again (twice in a row: :data:`SURE_AFTER`) does the client keep
-small segments for the rest of the process. A real black hole costs one more stalled
-attempt, at the first reconnect.
+small segments on that path, and for :data:`SURE_FOR` at most: a real black hole costs
+one more stalled attempt at the first reconnect, and one an hour at most after that.
+What the attempts said is kept per gateway listed: a stalled attempt moves on to the
+next gateway, whose small bind says nothing of the first one's path (review52: two
+listed gateways, the first ending every attempt, made a sound path to the second small
+for good).
 
 The same sockets wait at most 2 s between two SYNs (wire/sockopts.py
 ``cap_retransmissions``, set before the connect): an attempt under way when a silent
@@ -41,7 +45,7 @@ from zope.interface import directlyProvides, providedBy
 
 from studios_gateway.wire.sockopts import cap_retransmissions
 
-__all__ = ["SMALL_MSS", "SURE_AFTER", "ClampedTCP", "SegmentSize"]
+__all__ = ["SMALL_MSS", "SURE_AFTER", "SURE_FOR", "ClampedTCP", "SegmentSize"]
 
 #: Bytes of payload per TCP segment in small mode: a 1280-byte packet (the least MTU
 #: IPv6 allows a link) holds it with IPv6's 40-byte header, TCP's 20 and timestamps' 12.
@@ -49,48 +53,100 @@ SMALL_MSS = 1200
 
 
 #: Binds with small segments right after a full-size attempt stalled, in a row, that
-#: make the client keep small segments for the rest of the process.
+#: make the client keep small segments on that path.
 SURE_AFTER = 2
+
+#: Seconds after which a path taken for a black hole is tried with full-size segments
+#: once more, at its next connection (a studio on a sound path that was taken for one,
+#: by a gateway busy at two restarts in a row, gets its full size back; a real black
+#: hole costs one more stalled attempt, at most once per this).
+SURE_FOR = 3600.0
+
+
+class _Path:
+    """What the attempts toward one gateway said."""
+
+    __slots__ = ("mss", "small_binds", "after_stall", "sure_since")
+
+    def __init__(self) -> None:
+        self.mss: int | None = None
+        self.small_binds = 0
+        self.after_stall = False
+        self.sure_since = 0.0
 
 
 class SegmentSize:
-    """Which segment size the next attempt uses, from how the attempts before it ended."""
+    """Which segment size the next attempt uses, from how the attempts before it ended,
+    kept per path (per gateway listed: a stalled attempt moves on to the next gateway, and
+    a small bind there says nothing about the path to the one that stalled)."""
 
-    def __init__(self) -> None:
-        #: The segment size the next connection announces (None: the path's own).
-        self.mss: int | None = None
-        #: Binds with small segments right after a full-size stall, in a row (a bind with
-        #: full-size segments starts again at 0).
-        self.small_binds = 0
-        self._after_stall = False
+    def __init__(self, clock: Any = None) -> None:
+        self._clock = clock
+        self._paths: dict[Any, _Path] = {}
+        self._toward: Any = None
+
+    def _path(self, path: Any) -> _Path:
+        known = self._paths.get(path)
+        if known is None:
+            known = self._paths[path] = _Path()
+        return known
+
+    def toward(self, path: Any) -> None:
+        """The next connection goes to ``path`` (a gateway): :attr:`mss` is its size. A
+        path taken for a black hole :data:`SURE_FOR` ago is given full-size segments
+        once more."""
+        self._toward = path
+        state = self._path(path)
+        if (state.small_binds >= SURE_AFTER and self._clock is not None
+                and self._clock.seconds() - state.sure_since >= SURE_FOR):
+            state.small_binds = SURE_AFTER - 1
+            state.mss = None
+
+    @property
+    def mss(self) -> int | None:
+        """The segment size the next connection announces (None: the path's own)."""
+        return self._path(self._toward).mss
+
+    @property
+    def small_binds(self) -> int:
+        """Binds with small segments right after a full-size stall, in a row, on the path
+        of the next connection (a bind with full-size segments starts again at 0)."""
+        return self._path(self._toward).small_binds
 
     @property
     def sure(self) -> bool:
-        """The path has been taken for an MTU black hole (small segments for good)."""
+        """The next connection's path is taken for an MTU black hole (small segments)."""
         return self.small_binds >= SURE_AFTER
 
-    def stalled(self) -> None:
-        """An attempt connected and ended before its bind was answered: the next one
-        uses the other size (small ones still, once the client is sure: what stalls
-        them is not the path's packet size, a gateway away, say)."""
-        self.mss = None if self.mss and not self.sure else SMALL_MSS
-        self._after_stall = True
+    def stalled(self, path: Any = None) -> None:
+        """An attempt toward ``path`` (by default the last :meth:`toward`'s) connected and
+        ended before its bind was answered: the next one there uses the other size (small
+        ones still, once it is taken for a black hole: what stalls them is not the
+        path's packet size, a gateway away, say)."""
+        state = self._path(self._toward if path is None else path)
+        sure = state.small_binds >= SURE_AFTER
+        state.mss = None if state.mss and not sure else SMALL_MSS
+        state.after_stall = True
 
-    def bound(self) -> int | None:
-        """A bind was answered with segments of ``mss`` bytes. Returns how many times in
-        a row small segments have now bound right after a full-size attempt stalled (1,
-        then :data:`SURE_AFTER`: the owner says so), else None. The next connection (once
-        this tunnel ends) uses the path's own size again unless the client is sure."""
-        after_stall, self._after_stall = self._after_stall, False
-        if self.mss is None:
-            self.small_binds = 0
+    def bound(self, path: Any = None) -> int | None:
+        """A bind was answered toward ``path`` (by default the last :meth:`toward`'s), with
+        its segment size. Returns how many times in a row small segments have now bound
+        there right after a full-size attempt there stalled (1, then :data:`SURE_AFTER`:
+        the owner says so), else None. The next connection there (once this tunnel ends)
+        uses the path's own size again unless the path is taken for a black hole."""
+        state = self._path(self._toward if path is None else path)
+        after_stall, state.after_stall = state.after_stall, False
+        if state.mss is None:
+            state.small_binds = 0
             return None
-        if not after_stall or self.sure:
+        if not after_stall or state.small_binds >= SURE_AFTER:
             return None  # (small kept, or small after a stall with small: said before)
-        self.small_binds += 1
-        if not self.sure:
-            self.mss = None  # this tunnel keeps its small segments; the next one tries
-        return self.small_binds
+        state.small_binds += 1
+        if state.small_binds < SURE_AFTER:
+            state.mss = None  # this tunnel keeps its small segments; the next one tries
+        elif self._clock is not None:
+            state.sure_since = self._clock.seconds()
+        return state.small_binds
 
 
 class _Client(tcp.Client):

@@ -62,7 +62,8 @@ def test_a_studio_behind_an_mtu_black_hole_binds_with_small_segments(tmp_path: P
         # small segments again, and keeps them from then on.
         assert result["rebound"] is not None, log
         assert "the next one tries full-size ones again" in log, log
-        assert "2 times in a row" in log and "keeps small segments from now on" in log, log
+        assert "2 times in a row" in log, log
+        assert "keeps small segments toward it for the next hour" in log, log
     finally:
         path.terminate()
         try:

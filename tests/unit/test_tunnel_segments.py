@@ -7,9 +7,16 @@ import socket
 
 from twisted.internet import reactor
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from studios_gateway.studio.segments import SMALL_MSS, SURE_AFTER, ClampedTCP, SegmentSize
+from studios_gateway.studio.segments import (
+    SMALL_MSS,
+    SURE_AFTER,
+    SURE_FOR,
+    ClampedTCP,
+    SegmentSize,
+)
 from studios_gateway.wire.sockopts import TCP_RTO_MAX_MS, TUNNEL_RTO_MAX_MS
 
 
@@ -45,11 +52,69 @@ def test_twice_in_a_row_the_client_keeps_small_segments() -> None:
     sizes.stalled()  # the path's own size stalls again at the next connection
     assert sizes.mss == SMALL_MSS
     assert sizes.bound() == SURE_AFTER and sizes.sure
-    assert sizes.mss == SMALL_MSS  # kept from now on
+    assert sizes.mss == SMALL_MSS  # kept (for SURE_FOR: below)
     assert sizes.bound() is None  # said once
     sizes.stalled()  # a small attempt stalls (the gateway away): small ones still
     assert sizes.mss == SMALL_MSS
     assert sizes.bound() is None
+
+
+def test_what_the_attempts_said_is_kept_per_gateway() -> None:
+    """A stalled attempt moves on to the next gateway listed: its small bind there says
+    nothing of the first one's path (review52)."""
+    sizes = SegmentSize()
+    sizes.toward("a")
+    assert sizes.mss is None
+    sizes.stalled("a")  # a ends the attempt before its bind
+    sizes.toward("b")
+    assert sizes.mss is None  # b's path: its own size
+    assert sizes.bound("b") is None  # bound with full-size segments: nothing to say
+    sizes.toward("a")
+    assert sizes.mss == SMALL_MSS  # a's next attempt: small
+    sizes.stalled("a")  # ends again (small too: not the packets' size)
+    sizes.toward("b")
+    assert sizes.bound("b") is None and not sizes.sure
+    sizes.toward("a")
+    assert sizes.mss is None
+
+
+def test_a_black_hole_is_tried_again_after_sure_for() -> None:
+    """Taken for a black hole, a path keeps small segments for SURE_FOR; its next
+    connection after that tries full-size ones once more (a studio on a sound path that
+    a busy gateway stalled at two restarts in a row gets its size back)."""
+    clock = Clock()
+    sizes = SegmentSize(clock)
+    sizes.toward("a")
+    sizes.stalled("a")
+    assert sizes.bound("a") == 1
+    sizes.toward("a")
+    sizes.stalled("a")
+    assert sizes.bound("a") == SURE_AFTER and sizes.sure
+    clock.advance(SURE_FOR - 1)
+    sizes.toward("a")
+    assert sizes.mss == SMALL_MSS  # still small
+    clock.advance(1)
+    sizes.toward("a")
+    assert sizes.mss is None and not sizes.sure  # full size once more
+    assert sizes.bound("a") is None and sizes.small_binds == 0  # a sound path: forgotten
+
+
+def test_a_real_black_hole_is_taken_for_one_again_at_once_after_sure_for() -> None:
+    clock = Clock()
+    sizes = SegmentSize(clock)
+    for _ in range(SURE_AFTER):
+        sizes.toward("a")
+        sizes.stalled("a")
+        sizes.bound("a")
+    assert sizes.sure
+    clock.advance(SURE_FOR)
+    sizes.toward("a")
+    assert sizes.mss is None  # tried once more ...
+    sizes.stalled("a")  # ... it stalls: small again, and sure again with that bind
+    assert sizes.mss == SMALL_MSS
+    assert sizes.bound("a") == SURE_AFTER and sizes.sure
+    sizes.toward("a")
+    assert sizes.mss == SMALL_MSS
 
 
 def test_a_stall_with_small_segments_then_a_bind_with_full_ones_is_nothing_to_say() -> None:
