@@ -33,6 +33,7 @@ from studios_gateway.studio.tool_link import ToolConnection, ToolEndpoint
 from studios_gateway.wire.bind import BindError, BindReply, BindRequest, LineBuffer, parse_reply
 from studios_gateway.wire.carrier import (
     CarrierEndpoint,
+    CarrierStalled,
     ProxyConnect,
     WebSocketClient,
     proxy_setting_for,
@@ -667,6 +668,11 @@ class ConnectClient(Service):
                                   "cannot verify gateway {gw}: {why}; trying again",
                                   every_time=True, gw=str(gateway), why=why)
                 else:
+                    if f.check(error.ConnectionLost, error.ConnectionDone, CarrierStalled):
+                        # Connected, then ended in a carrier's handshake (a wss gateway's
+                        # TLS, an https:// proxy's): a stall, as in lost() for the tunnel's
+                        # own TLS; a path that drops big packets: the other size next.
+                        self.segments.stalled(gateway)
                     self._unreachable(gateway, f)
                 self._gateway_index += 1  # the next attempt tries the next gateway listed
                 self._retry()

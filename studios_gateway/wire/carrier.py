@@ -56,6 +56,11 @@ class CarrierRefused(ConnectionError):
     """The proxy or the gateway did not take the handshake (the reason says how)."""
 
 
+class CarrierStalled(CarrierRefused):
+    """Connected, and then no answer to the handshake in time: as the first large packet
+    of a path that drops them without a word would leave it (studio.segments)."""
+
+
 @implementer(ITransport, IConsumer, IPushProducer)
 class Carrier(Protocol):
     """The inner protocol's transport once the handshake is done."""
@@ -441,7 +446,7 @@ class CarrierEndpoint:
     def _timed_out(self, carrier: Carrier) -> None:
         if carrier.transport is not None:
             carrier.transport.abortConnection()
-        raise CarrierRefused(f"no answer to the handshake within {self.timeout:g}s")
+        raise CarrierStalled(f"no answer to the handshake within {self.timeout:g}s")
 
 
 #: The variables that may name the tunnel's HTTP proxy: the first that is not blank is

@@ -282,6 +282,35 @@ class TunnelTests(TestCase):
         self.assertGreater(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG), SMALL_MSS)
 
     @defer.inlineCallbacks
+    def test_a_wss_gateway_that_ends_its_tls_handshake_makes_the_next_attempt_small(
+            self) -> Any:
+        """A wss:// gateway (the tunnel in a WebSocket to the HTTPS port) whose TLS
+        handshake ends after the TCP connection opened: a stall, as the tunnel's own TLS
+        stalling is (behind an MTU black hole the gateway's certificate never comes), so
+        the next attempt there announces small segments (before, only the tunnel's own
+        TLS counted, and a studio on wss:// behind a black hole never bound: review52).
+        A connection refused is no stall."""
+        closing = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(_ClosesAtOnce))
+        self.addCleanup(closing.stopListening)
+        refusing = socket.socket()
+        refusing.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+        self.addCleanup(refusing.close)
+        for port, stall in ((refusing.getsockname()[1], False),
+                            (closing.getHost().port, True)):
+            gateway = Gateway("127.0.0.1", port, self.pin, carrier="wss",
+                              path="/_connect/tunnel")
+            settings = ClientSettings(gateways=(gateway,), session_id="s1", token=self.token,
+                                      tool_port=self.tool_port)
+            client = ConnectClient(settings, reactor, backoff=Backoff(30, 30))
+            client.startService()
+            self.addCleanup(lambda c=client: c.stopService() if c.running else None)
+            while client.state != "backing-off":  # the first attempt ended
+                yield task.deferLater(reactor, 0.01, lambda: None)
+            yield client.stopService()
+            self.assertEqual(client.segments.mss, SMALL_MSS if stall else None, port)
+
+    @defer.inlineCallbacks
     def test_until_the_bind_is_answered_a_silent_gateway_host_ends_the_connection(
             self) -> Any:
         """A gateway that accepts and then says nothing (its host gone silent after the
