@@ -1,7 +1,10 @@
 """Run inside the gateway's namespace of bench.netpath (``ip netns exec <prefix>-gw``): a
 gateway there, a studio (the demo tool and studios-connect) in ``<prefix>-st``, and how
-long the studio took to bind. Prints one JSON line: ``bound`` (seconds, or null) and the
-client's log. tests/integration/test_path_mtu.py runs it."""
+long the studio took to bind (and, for the tunnel port, to bind again after the gateway's
+restart). Prints one JSON line: ``bound``, ``rebound`` (seconds, or null) and the
+client's log. With ``wss`` the studio reaches the gateway by a WebSocket on its HTTPS
+port (a self-signed certificate for 10.77.0.1). tests/integration/test_path_mtu.py runs
+it."""
 
 from __future__ import annotations
 
@@ -13,16 +16,32 @@ import time
 from pathlib import Path
 
 from studios_gateway.studio.client import GOAWAY_SPREAD
+from studios_gateway.wire.tls import fingerprint_pem
 from tests.support.gateway import BIN, REPO, GatewayProcess, base_env
 
 KEY = "black-hole-test-key"
 TOOL_PORT = 8888
 
 
-def main(prefix: str, tmp: Path, within: float) -> int:
+def main(prefix: str, tmp: Path, within: float, carrier: str = "tls") -> int:
+    https: dict[str, str] = {}
+    if carrier == "wss":
+        cert, key = tmp / "https-cert.pem", tmp / "https-key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out",
+                        str(cert), "-days", "2", "-subj", "/CN=10.77.0.1", "-addext",
+                        "subjectAltName=IP:10.77.0.1"], check=True, capture_output=True)
+        https = {"CONNECT_TLS_CERT_FILE": str(cert), "CONNECT_TLS_KEY_FILE": str(key),
+                 "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING": "true"}
     env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY, CONNECT_BIND_ADDRESS="0.0.0.0",
-                   CONNECT_TLS_HANDSHAKE_TIMEOUT="2s", CONNECT_LOG_LEVEL="info")
+                   CONNECT_TLS_HANDSHAKE_TIMEOUT="2s", CONNECT_LOG_LEVEL="info", **https)
     env["CONNECT_TUNNEL_URL"] = f"10.77.0.1:{env['CONNECT_TUNNEL_PORT']}"
+    gateway_url = {}
+    if carrier == "wss":
+        env["CONNECT_PROXY_URL"] = f"https://10.77.0.1:{env['CONNECT_HTTP_PORT']}"
+        pin = fingerprint_pem((tmp / "https-cert.pem").read_bytes())
+        gateway_url["CONNECT_GATEWAY_URL"] = (f"wss://10.77.0.1:{env['CONNECT_HTTP_PORT']}"
+                                              f"/_connect/tunnel?pin={pin}")
     gw = GatewayProcess(tmp, env)
     studio: list[subprocess.Popen[bytes]] = []
     log = tmp / "connect.log"
@@ -40,11 +59,11 @@ def main(prefix: str, tmp: Path, within: float) -> int:
                  str(TOOL_PORT)], env=plain, stdout=tool_log, stderr=subprocess.STDOUT))
             studio.append(subprocess.Popen(
                 [*in_studio, str(BIN / "studios-connect")],
-                env={**plain, "CONNECT_STRING": created["connect_string"],
+                env={**plain, "CONNECT_STRING": created["connect_string"], **gateway_url,
                      "CONNECT_TOOL_PORT": str(TOOL_PORT), "CONNECT_CLIENT_LOG_LEVEL": "info"},
                 stdout=client_log, stderr=subprocess.STDOUT))
         bound = connected_within(gw, created["id"], within)
-        if bound is not None:
+        if bound is not None and carrier == "tls":
             # Restarted: the studio tries the path's own size again (one stall proves
             # little), stalls again, and keeps small segments from then on.
             gw.stop()
@@ -74,4 +93,4 @@ def connected_within(gw: GatewayProcess, session: str, within: float) -> float |
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])))
+    sys.exit(main(sys.argv[1], Path(sys.argv[2]), float(sys.argv[3]), *sys.argv[4:5]))
