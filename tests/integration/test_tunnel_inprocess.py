@@ -289,26 +289,32 @@ class TunnelTests(TestCase):
         stalling is (behind an MTU black hole the gateway's certificate never comes), so
         the next attempt there announces small segments (before, only the tunnel's own
         TLS counted, and a studio on wss:// behind a black hole never bound: review52).
-        A connection refused is no stall."""
+        A connection refused is no stall; an https:// proxy whose TLS ends so is one.
+        """
         closing = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
             Factory.forProtocol(_ClosesAtOnce))
         self.addCleanup(closing.stopListening)
         refusing = socket.socket()
         refusing.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
         self.addCleanup(refusing.close)
-        for port, stall in ((refusing.getsockname()[1], False),
-                            (closing.getHost().port, True)):
-            gateway = Gateway("127.0.0.1", port, self.pin, carrier="wss",
-                              path="/_connect/tunnel")
+        wss = [(Gateway("127.0.0.1", port, self.pin, carrier="wss", path="/_connect/tunnel"),
+                (), stall) for port, stall in ((refusing.getsockname()[1], False),
+                                               (closing.getHost().port, True))]
+        # The same through an https:// proxy whose TLS ends so (the tunnel's own port
+        # behind it): the proxy's handshake stalls first on such a path.
+        proxied = [(Gateway("127.0.0.1", self.gw_port, self.pin),
+                    (("HTTPS_PROXY", f"https://127.0.0.1:{closing.getHost().port}"),), True)]
+        for gateway, proxy, stall in wss + proxied:
             settings = ClientSettings(gateways=(gateway,), session_id="s1", token=self.token,
-                                      tool_port=self.tool_port)
+                                      tool_port=self.tool_port, proxy_environ=proxy)
             client = ConnectClient(settings, reactor, backoff=Backoff(30, 30))
             client.startService()
             self.addCleanup(lambda c=client: c.stopService() if c.running else None)
             while client.state != "backing-off":  # the first attempt ended
                 yield task.deferLater(reactor, 0.01, lambda: None)
             yield client.stopService()
-            self.assertEqual(client.segments.mss, SMALL_MSS if stall else None, port)
+            self.assertEqual(client.segments.mss, SMALL_MSS if stall else None,
+                             (gateway, proxy))
 
     @defer.inlineCallbacks
     def test_until_the_bind_is_answered_a_silent_gateway_host_ends_the_connection(
