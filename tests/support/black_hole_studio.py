@@ -63,6 +63,10 @@ def main(prefix: str, tmp: Path, within: float, carrier: str = "tls") -> int:
                      "CONNECT_TOOL_PORT": str(TOOL_PORT), "CONNECT_CLIENT_LOG_LEVEL": "info"},
                 stdout=client_log, stderr=subprocess.STDOUT))
         bound = connected_within(gw, created["id"], within)
+        # (the gateway counts the studio connected before the studio has its answer and
+        # logs the bind: wait for that line before anything is stopped)
+        bind_line = f"session {created['id']} bound to gateway"  # (the studio's info line)
+        said_within(log, bind_line, within)
         if bound is not None and carrier == "tls":
             # Restarted: the studio tries the path's own size again (one stall proves
             # little), stalls again, and keeps small segments from then on.
@@ -70,6 +74,7 @@ def main(prefix: str, tmp: Path, within: float, carrier: str = "tls") -> int:
             gw = GatewayProcess(tmp, env, name="gateway-again")
             gw.wait_healthy()
             rebound = connected_within(gw, created["id"], within + 2 * GOAWAY_SPREAD)
+            said_within(log, bind_line, within, times=2)
     finally:
         for proc in reversed(studio):
             proc.terminate()
@@ -78,6 +83,16 @@ def main(prefix: str, tmp: Path, within: float, carrier: str = "tls") -> int:
     print(json.dumps({"bound": bound, "rebound": rebound,
                       "client_log": log.read_text(errors="replace")}))
     return 0
+
+
+def said_within(log: Path, words: str, within: float, times: int = 1) -> bool:
+    """``words`` are in the file ``log`` (``times`` times) within ``within`` seconds."""
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        if log.read_text(errors="replace").count(words) >= times:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def connected_within(gw: GatewayProcess, session: str, within: float) -> float | None:
