@@ -74,6 +74,11 @@ class _Path:
         self.after_stall = False
         self.sure_since = 0.0
 
+    @property
+    def sure(self) -> bool:
+        """Taken for an MTU black hole (small segments kept)."""
+        return self.small_binds >= SURE_AFTER
+
 
 class SegmentSize:
     """Which segment size the next attempt uses, from how the attempts before it ended,
@@ -97,7 +102,7 @@ class SegmentSize:
         once more."""
         self._toward = path
         state = self._path(path)
-        if (state.small_binds >= SURE_AFTER and self._clock is not None
+        if (state.sure and self._clock is not None
                 and self._clock.seconds() - state.sure_since >= SURE_FOR):
             state.small_binds = SURE_AFTER - 1
             state.mss = None
@@ -116,7 +121,7 @@ class SegmentSize:
     @property
     def sure(self) -> bool:
         """The next connection's path is taken for an MTU black hole (small segments)."""
-        return self.small_binds >= SURE_AFTER
+        return self._path(self._toward).sure
 
     def stalled(self, path: Any = None) -> None:
         """An attempt toward ``path`` (by default the last :meth:`toward`'s) connected and
@@ -124,8 +129,7 @@ class SegmentSize:
         ones still, once it is taken for a black hole: what stalls them is not the
         path's packet size, a gateway away, say)."""
         state = self._path(self._toward if path is None else path)
-        sure = state.small_binds >= SURE_AFTER
-        state.mss = None if state.mss and not sure else SMALL_MSS
+        state.mss = None if state.mss and not state.sure else SMALL_MSS
         state.after_stall = True
 
     def bound(self, path: Any = None) -> int | None:
@@ -139,10 +143,10 @@ class SegmentSize:
         if state.mss is None:
             state.small_binds = 0
             return None
-        if not after_stall or state.small_binds >= SURE_AFTER:
+        if not after_stall or state.sure:
             return None  # (small kept, or small after a stall with small: said before)
         state.small_binds += 1
-        if state.small_binds < SURE_AFTER:
+        if not state.sure:
             state.mss = None  # this tunnel keeps its small segments; the next one tries
         elif self._clock is not None:
             state.sure_since = self._clock.seconds()
