@@ -12,12 +12,13 @@ import json
 import os
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 from studios_gateway.studio.client import GOAWAY_SPREAD
-from studios_gateway.wire.tls import fingerprint_pem
+from studios_gateway.wire.tls import fingerprint_pem, make_self_signed
 from tests.support.gateway import BIN, REPO, GatewayProcess, base_env
+from tests.support.waiting import wait_until
 
 KEY = "black-hole-test-key"
 TOOL_PORT = 8888
@@ -25,21 +26,22 @@ TOOL_PORT = 8888
 
 def main(prefix: str, tmp: Path, within: float, carrier: str = "tls") -> int:
     https: dict[str, str] = {}
+    pin = ""
     if carrier == "wss":
+        cert_pem, key_pem = make_self_signed(["10.77.0.1"])
         cert, key = tmp / "https-cert.pem", tmp / "https-key.pem"
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", str(key), "-out",
-                        str(cert), "-days", "2", "-subj", "/CN=10.77.0.1", "-addext",
-                        "subjectAltName=IP:10.77.0.1"], check=True, capture_output=True)
+        cert.write_bytes(cert_pem)
+        key.touch(mode=0o600)
+        key.write_bytes(key_pem)
+        pin = fingerprint_pem(cert_pem)
         https = {"CONNECT_TLS_CERT_FILE": str(cert), "CONNECT_TLS_KEY_FILE": str(key),
                  "TOWER_DATA_STUDIO_ENABLE_PATH_ROUTING": "true"}
     env = base_env(tmp, CONNECT_MANAGEMENT_AUTH_KEY=KEY, CONNECT_BIND_ADDRESS="0.0.0.0",
                    CONNECT_TLS_HANDSHAKE_TIMEOUT="2s", CONNECT_LOG_LEVEL="info", **https)
     env["CONNECT_TUNNEL_URL"] = f"10.77.0.1:{env['CONNECT_TUNNEL_PORT']}"
     gateway_url = {}
-    if carrier == "wss":
+    if pin:
         env["CONNECT_PROXY_URL"] = f"https://10.77.0.1:{env['CONNECT_HTTP_PORT']}"
-        pin = fingerprint_pem((tmp / "https-cert.pem").read_bytes())
         gateway_url["CONNECT_GATEWAY_URL"] = (f"wss://10.77.0.1:{env['CONNECT_HTTP_PORT']}"
                                               f"/_connect/tunnel?pin={pin}")
     gw = GatewayProcess(tmp, env)
@@ -85,26 +87,27 @@ def main(prefix: str, tmp: Path, within: float, carrier: str = "tls") -> int:
     return 0
 
 
-def said_within(log: Path, words: str, within: float, times: int = 1) -> bool:
-    """``words`` are in the file ``log`` (``times`` times) within ``within`` seconds."""
-    start = time.monotonic()
-    while time.monotonic() - start < within:
-        if log.read_text(errors="replace").count(words) >= times:
-            return True
-        time.sleep(0.05)
-    return False
+def said_within(log: Path, words: str, within: float, times: int = 1) -> float | None:
+    """Seconds until ``words`` are in the file ``log`` (``times`` times); None if not
+    within ``within``."""
+    return _within(lambda: log.read_text(errors="replace").count(words) >= times, words,
+                   within)
 
 
 def connected_within(gw: GatewayProcess, session: str, within: float) -> float | None:
     """Seconds until the gateway says the session's studio is connected; None if not
     within ``within``."""
-    start = time.monotonic()
-    while time.monotonic() - start < within:
-        state = json.loads(gw.request(f"/api/sessions/{session}")[1])
-        if state.get("connected"):
-            return time.monotonic() - start
-        time.sleep(0.1)
-    return None
+    return _within(lambda: json.loads(gw.request(f"/api/sessions/{session}")[1]).get(
+        "connected"), f"session {session} connected", within)
+
+
+def _within(condition: Callable[[], object], what: str, within: float) -> float | None:
+    """waiting.wait_until, with None for "not within" (the scenario reports it, and the
+    test asserts on it with the studio's log)."""
+    try:
+        return wait_until(condition, what, within)
+    except AssertionError:
+        return None
 
 
 if __name__ == "__main__":
