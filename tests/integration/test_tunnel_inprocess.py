@@ -112,14 +112,18 @@ class TunnelTests(TestCase):
 
     def client(self, token: str | None = None, version: str | None = None,
                fatal: defer.Deferred[str] | None = None,
-               stalled_before: bool = False) -> ConnectClient:
-        """`stalled_before`: as after an attempt that ended before its bind was answered."""
+               stalled_before: bool = False, gateways: tuple[Gateway, ...] | None = None,
+               proxy_environ: tuple[tuple[str, str], ...] = (),
+               backoff: Backoff | None = None) -> ConnectClient:
+        """`stalled_before`: as after an attempt that ended before its bind was answered.
+        `gateways`: those listed (by default this test's gateway alone)."""
         extra = {"connect_version": version} if version else {}
         settings = ClientSettings(
-            gateways=(Gateway("127.0.0.1", self.gw_port, self.pin),), session_id="s1",
-            token=token or self.token, tool_port=self.tool_port, **extra)
+            gateways=gateways or (Gateway("127.0.0.1", self.gw_port, self.pin),),
+            session_id="s1", token=token or self.token, tool_port=self.tool_port,
+            proxy_environ=proxy_environ, **extra)
         c = ConnectClient(settings, reactor, on_fatal=(fatal.callback if fatal is not None
-                                                       else None))
+                                                       else None), backoff=backoff)
         if stalled_before:
             c.segments.stalled(settings.gateways[0])
         c.startService()
@@ -263,14 +267,9 @@ class TunnelTests(TestCase):
         closing = Factory.forProtocol(_ClosesAtOnce)
         port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(closing)
         self.addCleanup(port.stopListening)
-        settings = ClientSettings(
-            gateways=(Gateway("127.0.0.1", port.getHost().port, self.pin),
-                      Gateway("127.0.0.1", self.gw_port, self.pin)),
-            session_id="s1", token=self.token, tool_port=self.tool_port)
-        client = ConnectClient(settings, reactor, backoff=Backoff(0.05, 0.05))
-        client.startService()
-        self.addCleanup(self.table.wait_empty)
-        self.addCleanup(lambda: client.stopService() if client.running else None)
+        client = self.client(gateways=(Gateway("127.0.0.1", port.getHost().port, self.pin),
+                                       Gateway("127.0.0.1", self.gw_port, self.pin)),
+                             backoff=Backoff(0.05, 0.05))
         yield client.next_bind()
         tunnel = self.table.get("s1")
         assert tunnel is not None
@@ -305,11 +304,8 @@ class TunnelTests(TestCase):
         proxied = [(Gateway("127.0.0.1", self.gw_port, self.pin),
                     (("HTTPS_PROXY", f"https://127.0.0.1:{closing.getHost().port}"),), True)]
         for gateway, proxy, stall in wss + proxied:
-            settings = ClientSettings(gateways=(gateway,), session_id="s1", token=self.token,
-                                      tool_port=self.tool_port, proxy_environ=proxy)
-            client = ConnectClient(settings, reactor, backoff=Backoff(30, 30))
-            client.startService()
-            self.addCleanup(lambda c=client: c.stopService() if c.running else None)
+            client = self.client(gateways=(gateway,), proxy_environ=proxy,
+                                 backoff=Backoff(30, 30))
             while client.state != "backing-off":  # the first attempt ended
                 yield task.deferLater(reactor, 0.01, lambda: None)
             yield client.stopService()
