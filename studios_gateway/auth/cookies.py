@@ -149,7 +149,8 @@ class CookieCodec:
 
     Cookies that verified are remembered for ``verified_ttl`` seconds (at most
     ``verified_max`` of them) by their exact value and scope, so a browser's
-    next requests skip the HMAC. Only valid cookies are remembered: a forged or
+    next requests skip the HMAC; the memory holds only the last ``verified_ttl``
+    seconds' cookies. Only valid cookies are remembered: a forged or
     tampered one pays the full check every time and cannot crowd out others. The
     lookup is a dict lookup keyed by the value; Python's string hash is keyed by
     a per-process secret, so its timing tells an attacker nothing about a
@@ -215,8 +216,15 @@ class CookieCodec:
         if self._verified_ttl <= 0 or self._verified_max <= 0:
             return
         cache = self._verified
-        while len(cache) >= self._verified_max:
-            del cache[next(iter(cache))]  # the oldest
+        # Oldest first (one TTL for all, and an entry found expired is put back at the
+        # end): those whose time is over go here, not only when their cookie comes back.
+        # A logged-out browser's cookies never come back, and each login's stayed until
+        # verified_max newer ones had pushed them out (soak53).
+        while cache:
+            oldest = next(iter(cache))
+            if cache[oldest][0] > now and len(cache) < self._verified_max:
+                break
+            del cache[oldest]
         cache[key] = (now + self._verified_ttl, cookie)
 
 

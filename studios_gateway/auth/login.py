@@ -552,8 +552,15 @@ class Auth:
             return None
         who = Identity(c.subject, session_id, c.login_id, c.expires_at, decision.reason)
         if key is not None and len(values) == 1 and self._fast_memo_max:
-            while len(memo) >= self._fast_memo_max:
-                del memo[next(iter(memo))]  # the oldest
+            # The oldest first, those past their time too: a browser that logged out never
+            # sends its Cookie line again, and each login's answer stayed until
+            # FAST_MEMO_MAX newer ones had pushed it out (soak53).
+            now = self._reactor.seconds()
+            while memo:
+                oldest = next(iter(memo))
+                if memo[oldest][1] > now and len(memo) < self._fast_memo_max:
+                    break
+                del memo[oldest]
             memo[key] = (self.authorizer.changes, min(until, c.expires_at), c.issued_at,
                          who, decision.record, (session_id, c.subject), entry)
         return who, decision.record

@@ -131,8 +131,10 @@ class Router:
     proxy_host: str
     path_routing: bool = False
     # Host header values seen before that name a studio in subdomain mode, with its id:
-    # every request of a studio's pages asks again. Bounded: once full, others are
-    # worked out each time.
+    # every request of a studio's pages asks again. Bounded: once full it starts again
+    # empty (those in use come back at their next request). It was kept full: a node
+    # that had seen 1024 host names (made-up ones too: a scanner's, the soak's 404s)
+    # worked out every other studio's host at every request for the rest of its life.
     _studio_hosts: dict[str, str] = field(default_factory=dict, init=False, repr=False,
                                           compare=False)
 
@@ -145,8 +147,9 @@ class Router:
         if label is not None and target[:1] == "/":
             return Route(label, Mode.SUBDOMAIN, target, "/")
         got = self._route(host_header, target)
-        if (type(got) is Route and got.mode is Mode.SUBDOMAIN
-                and len(self._studio_hosts) < _STUDIO_HOSTS_MAX):
+        if type(got) is Route and got.mode is Mode.SUBDOMAIN:
+            if len(self._studio_hosts) >= _STUDIO_HOSTS_MAX:
+                self._studio_hosts.clear()
             self._studio_hosts[host_header] = got.session_id
         return got
 

@@ -9,6 +9,11 @@ seen before fail with StoreUnavailable. Writes go straight through.
 An invalidation of None ("anything may have changed", e.g. the pub/sub link
 was lost) marks every entry expired but keeps it as the outage fallback.
 
+A "no such session" answer is no route to keep working: once expired it goes (at
+the next miss at most a TTL later), and with it what the table kept per key to tell
+a racing reply. Both stayed for the node's life (up to `max_entries`), one of each
+for every session ever ended here or on another node (soak53).
+
 Users' SSH keys (`get_user_keys`) follow the same rules, keyed by user name and
 invalidated by the store's user-key events.
 
@@ -60,6 +65,7 @@ class _Table(Generic[T]):
         self.generation: dict[str, int] = {}
         self._epoch = 0
         self._max = max_entries
+        self._swept_at = float("-inf")
 
     def token(self, key: str) -> tuple[int, int]:
         return (self._epoch, self.generation.get(key, 0))
@@ -99,6 +105,19 @@ class _Table(Generic[T]):
         for entry in self.entries.values():
             entry.expires = float("-inf")
 
+    def sweep(self, now: float, every: float) -> None:
+        """At most once per `every` seconds: let expired "none" answers go, and the
+        generations of keys no longer held (a new epoch, so that a reply in flight from
+        before is still not cached)."""
+        if now < self._swept_at + every:
+            return
+        self._swept_at = now
+        for key in [k for k, e in self.entries.items() if e.value is None and e.expires <= now]:
+            del self.entries[key]
+        if len(self.generation) > len(self.entries):
+            self.generation = {k: v for k, v in self.generation.items() if k in self.entries}
+            self._epoch += 1
+
 
 class CachingStore:
     """A SessionStore that caches reads of `inner` for `ttl` seconds."""
@@ -114,6 +133,7 @@ class CachingStore:
         self._tunnels: _Table[TunnelHolder | None] = _Table(max_entries)
         self._user_keys: _Table[list[str]] = _Table(max_entries)
         self._seen: _Table[Seen | None] = _Table(max_entries)
+        self._tables = (self._records, self._tunnels, self._user_keys, self._seen)
         self._subscribers = Subscribers()
         self._key_subscribers = Subscribers()
         self.stale_served = 0
@@ -166,7 +186,10 @@ class CachingStore:
         d = defer.maybeDeferred(fetch, key)
 
         def store(value: Any) -> Any:
-            table.put(key, value, self._clock.seconds() + self.ttl, token)
+            now = self._clock.seconds()
+            table.put(key, value, now + self.ttl, token)
+            for each in self._tables:
+                each.sweep(now, self.ttl)
             return value
 
         def fallback(f: Failure) -> Any:

@@ -132,10 +132,16 @@ class Traffic:
         transfer[_HTTP_IN] += bytes_in
         transfer[_HTTP_OUT] += bytes_out
         if session_id:
-            figures = self.usage.of(session_id, started + duration)  # (its end: now)
-            figures.requests += 1
-            figures.bytes_in += bytes_in
-            figures.bytes_out += bytes_out
+            # Only a request that found its session (its tool is known then) gives a studio
+            # figures of its own; one refused before that adds to figures that are there.
+            # Every request to a made-up <id>.<domain> made an entry, kept until the table
+            # was full (100 000), and those pushed out the figures of real studios.
+            figures = (self.usage.of(session_id, started + duration) if tool  # (its end)
+                       else self.usage.get(session_id))
+            if figures is not None:
+                figures.requests += 1
+                figures.bytes_in += bytes_in
+                figures.bytes_out += bytes_out
             if self.quota is not None:
                 self.quota.add(session_id, subject, bytes_in + bytes_out)
         self.access_log.fields(kind, started, duration, session_id, tool, subject, client,

@@ -2,7 +2,9 @@
 
 Kept in a dict by session id (not in Prometheus labels, whose series would grow with
 every session ever seen); a session's entry goes when the session ends, and the
-least recently active entries go beyond `limit`.
+least recently active entries go beyond `limit`. An entry is made for a session that
+was found (Traffic.http: a request that reached its tool; a WebSocket or SSH session
+opened), never for an id a request merely named.
 """
 
 from __future__ import annotations

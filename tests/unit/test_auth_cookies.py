@@ -209,3 +209,22 @@ def test_a_remembered_cookie_issued_in_the_future_is_refused():
     assert c.verify(value, "abc") is not None
     clock.advance(-3600)
     assert c.verify(value, "abc") is None
+
+
+def test_the_memory_lets_cookies_go_when_their_time_is_over():
+    # Each login's cookies were remembered until verified_max newer ones pushed them out,
+    # also once their browser had logged out and never sent them again (soak53: the
+    # gateway's SessionCookie objects grew by ~25 a minute under login churn).
+    c, _, clock = counting_codec(verified_ttl=30)
+    for i in range(100):
+        assert c.verify(c.issue(f"u{i}", "abc", "l", 3600), "abc") is not None
+        clock.advance(1)
+    assert len(c._verified) == 30  # the last 30 seconds' only
+    kept = c.issue("bob", "abc", "l", 3600)
+    assert c.verify(kept, "abc") is not None
+    clock.advance(29)
+    assert c.verify(c.issue("carol", "abc", "l", 3600), "abc") is not None
+    assert len(c._verified) == 2  # bob's and carol's: the loop's are over
+    clock.advance(1)
+    assert c.verify(kept, "abc") is not None  # checked again, remembered again
+    assert len(c._verified) == 2

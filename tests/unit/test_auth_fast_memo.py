@@ -168,3 +168,19 @@ def test_one_keep_alive_connection_is_refused_mid_way_after_a_logout() -> None:
     p.dataReceived(get)
     statuses = [r[0] for r in parse_responses(t.value())]
     assert statuses == [200, 200, 302] and len(h.upstream.conns) == 1
+
+
+def test_answers_past_their_time_are_let_go() -> None:
+    # Each answer stayed until FAST_MEMO_MAX newer ones pushed it out, also when its Cookie
+    # line never came again (a browser that logged out, a login link's one visit): soak53.
+    auth, clock, b = logged_in()
+    (name, line), = [h for h in request(studio("abc"), b.jar).headers
+                     if h[0].lower() == b"cookie"]
+    for n in range(50):
+        extra = ((name, line + b"; other=%d" % n),)
+        assert auth.authorized_now(request(studio("abc"), headers=extra), "abc") is not None
+    assert len(auth._fast_memo) == 50
+    clock.advance(120)  # the decisions' TTL is over: so are the answers
+    run(auth.authorizer.check("abc", "alice", max_age=0))
+    assert auth.authorized_now(request(studio("abc"), b.jar), "abc") is not None
+    assert len(auth._fast_memo) == 1

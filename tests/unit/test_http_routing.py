@@ -120,3 +120,18 @@ def test_parse_host_is_strict(value: str) -> None:
     h = parse_host(value)
     if h is not None:
         assert h == h.lower() and " " not in h and "/" not in h and "@" not in h
+
+
+def test_the_host_memory_takes_new_studios_after_many_made_up_hosts() -> None:
+    # Kept full once 1024 host names had been seen (a scanner's made-up <id>.<domain>
+    # too): every studio after those was worked out from its Host at each request (soak53).
+    from studios_gateway.http.routing import _STUDIO_HOSTS_MAX
+
+    r = Router(studios_domain="studios.example.com", proxy_host="studios.example.com")
+    for n in range(_STUDIO_HOSTS_MAX + 5):
+        r.route(f"scan{n}.studios.example.com", "/")
+    assert len(r._studio_hosts) <= _STUDIO_HOSTS_MAX
+    host = "abcd1234.studios.example.com"
+    assert r.route(host, "/x") == Route("abcd1234", Mode.SUBDOMAIN, "/x", "/")
+    assert r._studio_hosts.get(host) == "abcd1234"
+    assert r.route(host, "/y") == Route("abcd1234", Mode.SUBDOMAIN, "/y", "/")

@@ -452,6 +452,39 @@ class CachingStoreTests(unittest.TestCase):
             self.successResultOf(cache.get(f"s{i}"))
         assert len(cache._records.entries) == 10
 
+    def test_ended_and_unknown_sessions_leave_nothing_behind(self) -> None:
+        # A deleted session's "none" answer (its studio still asking to bind, a tab still
+        # open) stayed for the node's life, with a generation per table: soak53 saw one
+        # more of each for every session it deleted.
+        for i in range(20):
+            self.successResultOf(self.cache.create(record(f"gone{i}")))
+            self.successResultOf(self.cache.get(f"gone{i}"))
+            self.successResultOf(self.backend.delete(f"gone{i}"))
+            assert self.successResultOf(self.cache.get(f"gone{i}")) is None
+            assert self.successResultOf(self.cache.get_tunnel(f"nosuch{i}")) is None
+        self.successResultOf(self.cache.create(record("kept")))
+        assert self.successResultOf(self.cache.get("kept")) is not None
+        self.clock.advance(121)
+        self.successResultOf(self.cache.get("other"))  # a miss: the sweep's turn
+        tables = (self.cache._records, self.cache._tunnels, self.cache._seen)
+        assert list(self.cache._records.entries) == ["kept", "other"]
+        assert [len(t.entries) for t in tables[1:]] == [0, 0]
+        assert [len(t.generation) <= len(t.entries) for t in tables] == [True] * 3
+        # (the one that exists is kept, expired, as the outage fallback)
+        self.flaky.up = False
+        assert self.successResultOf(self.cache.get("kept")) == record("kept")
+
+    def test_a_reply_from_before_a_sweep_is_not_cached(self) -> None:
+        slow: defer.Deferred[Any] = defer.Deferred()
+        cache = CachingStore(_Slow(slow, self.backend), 120, self.clock)
+        d = cache.get("abc123")
+        cache.invalidate("abc123")
+        cache._records.sweep(self.clock.seconds(), 120)  # forgets abc123's generation
+        slow.callback(record(owner="old"))
+        assert self.successResultOf(d).owner == "old"
+        self.successResultOf(self.backend.create(record(owner="new")))
+        assert self.successResultOf(cache.get("abc123")).owner == "new"
+
     def test_subscribers_of_the_cache_hear_invalidations(self) -> None:
         seen = Recorder()
         self.cache.subscribe(seen)

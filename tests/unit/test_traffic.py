@@ -222,3 +222,18 @@ def test_usage_keeps_its_order_and_forgets_with_the_last_session_remembered() ->
     a.open_websockets = c.open_websockets = 1  # nothing idle to let go: kept beyond limit
     d = usage.of("d", 7.0)
     assert usage.get("d") is None and usage.of("d", 8.0) is not d
+
+
+def test_requests_naming_no_known_session_leave_no_figures() -> None:
+    # A request refused before its session was found (no tool: a made-up <id>.<domain>,
+    # a bad cookie's redirect) made an entry of its own, kept until the table held 100 000:
+    # the soak's 404s to random studios grew it by ~20 a minute (soak53).
+    traffic, _, events, _ = make_traffic()
+    for n in range(50):
+        traffic.http_done(facts(session_id=f"nosuch{n}", tool="", status=404))
+    assert [traffic.usage.get(f"nosuch{n}") for n in range(50)] == [None] * 50
+    assert len(events) == 50  # each still has its access line
+    traffic.http_done(facts())  # found: its figures begin
+    traffic.http_done(facts(tool="", status=403, bytes_in=5, bytes_out=7))  # then refused
+    figures = traffic.usage.get("abcd")
+    assert figures is not None and (figures.requests, figures.bytes_in) == (2, 326)
