@@ -30,6 +30,12 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+#: What Runtime.evaluate answers when the page it asked went away under it.
+_NAVIGATING = ("Inspected target navigated or closed",
+               "Execution context was destroyed",
+               "Cannot find context with specified id")
+
+
 class Chromium:
     def __init__(self, tmp_path: Path, timeout: float = 60, flags: Sequence[str] = ()):
         """`flags`: more command-line switches (host resolver rules, a trusted key...)."""
@@ -94,7 +100,15 @@ class Chromium:
         `await_promise`, until the promise's value is."""
         deadline = time.monotonic() + timeout
         while True:
-            value = self.evaluate(expression, session, await_promise)
+            try:
+                value = self.evaluate(expression, session, await_promise)
+            except AssertionError as err:
+                # Asked while the page navigates (a click's navigation, what the caller
+                # waits for): the old document is gone before the new one answers. Not
+                # yet; any other error is the caller's.
+                if not any(why in str(err) for why in _NAVIGATING):
+                    raise
+                value = None
             if value:
                 return value
             assert time.monotonic() < deadline, f"{expression!r} still false after {timeout}s"
