@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from studios_gateway.memos import make_room
+
 __all__ = [
     "COOKIE_NAME",
     "LOGIN_SCOPE",
@@ -216,15 +218,10 @@ class CookieCodec:
         if self._verified_ttl <= 0 or self._verified_max <= 0:
             return
         cache = self._verified
-        # Oldest first (one TTL for all, and an entry found expired is put back at the
-        # end): those whose time is over go here, not only when their cookie comes back.
-        # A logged-out browser's cookies never come back, and each login's stayed until
-        # verified_max newer ones had pushed them out (soak53).
-        while cache:
-            oldest = next(iter(cache))
-            if cache[oldest][0] > now and len(cache) < self._verified_max:
-                break
-            del cache[oldest]
+        # One TTL for all, so the oldest expire first. A logged-out browser's cookies never
+        # come back, and each login's stayed until verified_max newer ones had pushed them
+        # out (soak53).
+        make_room(cache, self._verified_max, lambda hit: hit[0] <= now)
         cache[key] = (now + self._verified_ttl, cookie)
 
 

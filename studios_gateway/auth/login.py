@@ -90,6 +90,7 @@ from studios_gateway.auth.settings import (
 )
 from studios_gateway.http import pages
 from studios_gateway.http.request import RequestInfo
+from studios_gateway.memos import make_room
 from studios_gateway.registry.base import SessionRecord
 from studios_gateway.registry.memory import MemoryStore
 
@@ -552,15 +553,11 @@ class Auth:
             return None
         who = Identity(c.subject, session_id, c.login_id, c.expires_at, decision.reason)
         if key is not None and len(values) == 1 and self._fast_memo_max:
-            # The oldest first, those past their time too: a browser that logged out never
-            # sends its Cookie line again, and each login's answer stayed until
-            # FAST_MEMO_MAX newer ones had pushed it out (soak53).
+            # Those past their time go too: a browser that logged out never sends its Cookie
+            # line again, and each login's answer stayed until FAST_MEMO_MAX newer ones had
+            # pushed it out (soak53).
             now = self._reactor.seconds()
-            while memo:
-                oldest = next(iter(memo))
-                if memo[oldest][1] > now and len(memo) < self._fast_memo_max:
-                    break
-                del memo[oldest]
+            make_room(memo, self._fast_memo_max, lambda answer: answer[1] <= now)
             memo[key] = (self.authorizer.changes, min(until, c.expires_at), c.issued_at,
                          who, decision.record, (session_id, c.subject), entry)
         return who, decision.record
